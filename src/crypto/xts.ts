@@ -1,0 +1,37 @@
+/**
+ * AES-256-XTS (IEEE 1619-2018) engine contract. One interface, three
+ * implementations (native | node | reference), one selected at start-up.
+ *
+ * A run is `data.length / unitSize` consecutive data units processed in place;
+ * unit i uses tweak `firstTweak + i * tweakStep`, encoded as a little-endian
+ * u64 in a 16-byte block (dm-crypt `plain64`). Volumes use unitSize 4096 with
+ * tweakStep 8 (LUKS2 aes-xts-plain64, sector_size 4096); the IEEE vectors use
+ * 512 with step 1.
+ */
+export type XtsEngineName = 'native' | 'node' | 'reference';
+export type XtsUnitSize = 512 | 4096;
+
+export interface XtsRunOptions {
+  /** Data-unit size in bytes; default 4096. */
+  unitSize?: XtsUnitSize;
+  /** Tweak increment between consecutive units; default 8 for 4096-byte units, 1 for 512. */
+  tweakStep?: number;
+}
+
+/** A key schedule bound to one 64-byte key (K1 ‖ K2). Wipe with destroy(). */
+export interface XtsContext {
+  readonly engine: XtsEngineName;
+  encryptSync(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): void;
+  decryptSync(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): void;
+  /** Same as the sync form; the native engine runs it on the libuv thread pool. */
+  encrypt(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): Promise<void>;
+  decrypt(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): Promise<void>;
+  /** Zeroize every copy of the key this context made (best effort in JS). Idempotent. */
+  destroy(): void;
+}
+
+export interface XtsEngine {
+  readonly name: XtsEngineName;
+  /** Throws XtsError code XTS_BAD_KEY (length != 64) / XTS_WEAK_KEY (K1 = K2). */
+  createContext(key: Uint8Array): XtsContext;
+}

@@ -1,0 +1,33 @@
+/**
+ * Contract between the KMS core and its callers (daemon, volume layer).
+ * The core has one entry point: `call(operation, request, caller)`.
+ */
+
+/** The authenticated principal on whose behalf a KMS call is made. */
+export interface Caller {
+  /** Principal ARN: arn:aws:iam::<acct>:root | :user/<n> | :role/<n> | arn:aws:sts::<acct>:assumed-role/<r>/<s>; or a service principal name like `ec2.amazonaws.com`. */
+  arn: string;
+  /** 12-digit account id the principal belongs to. */
+  accountId: string;
+  /** CloudTrail userIdentity.type. */
+  type: 'Root' | 'IAMUser' | 'AssumedRole' | 'Role' | 'AWSService' | 'Unknown';
+  /** Stable principal id (AIDA…, AROA…:session, account id for root). */
+  principalId?: string;
+  /** IAM user name, for aws:username. */
+  userName?: string;
+  /** Set when an AWS service (ebsd acting as EC2) calls on the principal's behalf: `ec2.<region>.amazonaws.com`. */
+  viaService?: string;
+  /** Local Unix uid of the control-socket peer, if the call came from one. */
+  uid?: number;
+  sourceIp?: string;
+  userAgent?: string;
+}
+
+/** AWS JSON 1.1 request/response objects; Blob fields are Uint8Array in-process, base64 on the wire. */
+export type KmsRequest = Record<string, unknown>;
+export type KmsResponse = Record<string, unknown>;
+
+export interface KmsCore {
+  call(operation: string, request: KmsRequest, caller: Caller): Promise<KmsResponse>;
+  close(): Promise<void>;
+}

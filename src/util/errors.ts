@@ -1,0 +1,63 @@
+/**
+ * Typed errors. Every error ebsd raises on purpose carries a stable `code`;
+ * callers branch on `code` (or `instanceof`), never on message text.
+ * KMS errors also carry `awsName` (the AWS exception `__type`); the edges
+ * (fuse errno, control-API status, CLI exit code) translate from these once.
+ */
+export class EbsdError extends Error {
+  /** Stable machine-readable code, e.g. `XTS_BAD_KEY`, `VOLUME_NOT_FOUND`. */
+  readonly code: string;
+  /** AWS exception name where one exists (`NotFoundException`, `InvalidVolume.NotFound`, ...). */
+  readonly awsName?: string;
+
+  constructor(code: string, message: string, opts: { awsName?: string; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+    this.code = code;
+    if (opts.awsName !== undefined) this.awsName = opts.awsName;
+  }
+
+  toJSON(): { code: string; awsName?: string; message: string } {
+    return { code: this.code, ...(this.awsName ? { awsName: this.awsName } : {}), message: this.message };
+  }
+}
+
+/** Invalid argument type at a public entry point (STYLE §3). */
+export class ArgTypeError extends TypeError {
+  readonly code = 'ERR_ARG_TYPE';
+  constructor(name: string, expected: string, got: unknown) {
+    super(`${name} must be ${expected}, got ${describe(got)}`);
+    this.name = 'ArgTypeError';
+  }
+}
+
+/** Argument of the right type but wrong size or range (STYLE §3). */
+export class ArgRangeError extends RangeError {
+  readonly code = 'ERR_ARG_RANGE';
+  constructor(name: string, message: string) {
+    super(`${name} ${message}`);
+    this.name = 'ArgRangeError';
+  }
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Buffer.isBuffer(v)) return `Buffer(${v.length})`;
+  if (v instanceof Uint8Array) return `Uint8Array(${v.length})`;
+  if (Array.isArray(v)) return 'array';
+  return typeof v;
+}
+
+export function checkBytes(name: string, v: unknown, len?: number): asserts v is Uint8Array {
+  if (!(v instanceof Uint8Array)) throw new ArgTypeError(name, 'a Uint8Array or Buffer', v);
+  if (len !== undefined && v.length !== len) throw new ArgRangeError(name, `must be ${len} bytes, got ${v.length}`);
+}
+
+export function checkSafeInt(name: string, v: unknown, min = 0, max = Number.MAX_SAFE_INTEGER): asserts v is number {
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new ArgTypeError(name, 'an integer', v);
+  if (v < min || v > max) throw new ArgRangeError(name, `must be in [${min}, ${max}], got ${v}`);
+}
+
+export function checkString(name: string, v: unknown): asserts v is string {
+  if (typeof v !== 'string') throw new ArgTypeError(name, 'a string', v);
+}
