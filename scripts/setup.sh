@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Idempotent set-up for ebsd on a Debian machine.
+#   - installs the system packages ebsd needs (as root; otherwise says what to install and stops)
+#   - npm ci (only when package-lock.json changed since the last install)
+#   - builds fuse-native's binding, ebsd's native addon and the TypeScript
+#   - puts `ebsd` on the PATH (/usr/local/bin/ebsd)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- system packages --------------------------------------------------------
+# package -> a file or command that proves it is there
+declare -A NEED=(
+  [libfuse2]=/usr/lib/x86_64-linux-gnu/libfuse.so.2
+  [fuse]=/bin/fusermount
+  [fio]=/usr/bin/fio
+  [e2fsprogs]=/sbin/mkfs.ext4
+  [cryptsetup-bin]=/sbin/cryptsetup
+  [util-linux]=/sbin/losetup
+  [make]=/usr/bin/make
+  [g++]=/usr/bin/g++
+  [python3]=/usr/bin/python3
+)
+missing=()
+for pkg in "${!NEED[@]}"; do
+  path=${NEED[$pkg]}
+  if [[ ! -e $path ]] && ! dpkg -s "$pkg" >/dev/null 2>&1; then missing+=("$pkg"); fi
+done
+# libfuse2 may live under another multiarch dir
+if [[ " ${missing[*]-} " == *" libfuse2 "* ]] && ldconfig -p 2>/dev/null | grep -q 'libfuse.so.2 '; then
+  missing=("${missing[@]/libfuse2}")
+fi
+read -r -a missing <<<"${missing[*]-}"
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    say "missing system packages: ${missing[*]}"
+    say "run as root:  apt-get update && apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+  say "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ ! -c /dev/fuse ]]; then
+  modprobe fuse 2>/dev/null || true
+  [[ -c /dev/fuse ]] || { say "/dev/fuse is missing: load the fuse kernel module (modprobe fuse)"; exit 1; }
+fi
+
+# --- node dependencies ------------------------------------------------------
+if [[ ! -f node_modules/.package-lock.json ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# fuse-native's install script (node-gyp-build) is not run by npm 11 unless allowed;
+# build its binding here when it is not there yet.
+if ! node -e "require('fuse-native')" >/dev/null 2>&1; then
+  say "building fuse-native"
+  (cd node_modules/fuse-native && "$ROOT/node_modules/.bin/node-gyp" rebuild --loglevel=error >/dev/null)
+  node -e "require('fuse-native')"
+fi
+
+# --- our native addon + TypeScript -----------------------------------------
+if [[ ! -f native/build/Release/ebsd_native.node ]] || [[ -n $(find native -newer native/build/Release/ebsd_native.node \( -name '*.c' -o -name '*.h' -o -name binding.gyp \) -print -quit) ]]; then
+  say "building the native addon"
+  EBSD_REQUIRE_NATIVE=1 node scripts/build-native.mjs
+fi
+say "tsc"
+npx tsc -p tsconfig.json
+chmod +x dist/cli/main.js 2>/dev/null || true
+
+# --- ebsd on the PATH -------------------------------------------------------
+if [[ -f dist/cli/main.js ]]; then
+  if [[ $(id -u) -eq 0 ]]; then
+    ln -sfn "$ROOT/dist/cli/main.js" /usr/local/bin/ebsd
+  elif ! command -v ebsd >/dev/null; then
+    say "not root: add ebsd to your PATH with:  ln -s $ROOT/dist/cli/main.js ~/.local/bin/ebsd"
+  fi
+fi
+say "ready"
