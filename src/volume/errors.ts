@@ -1,0 +1,73 @@
+import { EbsdError } from '../util/errors.js';
+
+/**
+ * Why a LUKS2 image was refused. Reading never modifies the image when it
+ * throws one of these (the repair of a single bad copy happens only after the
+ * other copy validated completely).
+ */
+export type Luks2ErrorCode =
+  | 'LUKS2_TRUNCATED' // file shorter than the header area / data area
+  | 'LUKS2_BAD_MAGIC' // neither copy carries LUKS\xba\xbe / SKUL\xba\xbe
+  | 'LUKS2_BAD_VERSION' // a copy with the right magic but version != 2
+  | 'LUKS2_BAD_CHECKSUM' // every copy with the right magic fails its checksum
+  | 'LUKS2_BAD_JSON' // checksum fine, JSON area unparsable or not LUKS2-shaped
+  | 'LUKS2_UNSUPPORTED' // valid LUKS2, but not an ebsd layout (cipher, sector size, segments)
+  | 'LUKS2_NO_TOKEN' // no usable `ebsd-kms` token
+  | 'LUKS2_DIGEST_MISMATCH'; // the unwrapped key does not match the LUKS2 digest
+
+export class Luks2Error extends EbsdError {
+  declare readonly code: Luks2ErrorCode;
+  constructor(code: Luks2ErrorCode, message: string, opts: { cause?: unknown } = {}) {
+    super(code, message, opts);
+  }
+}
+
+/** Volume-layer errors; `awsName` is the EC2 error code where EC2 has one. */
+export type VolumeErrorCode =
+  | 'VOLUME_NOT_FOUND' // InvalidVolume.NotFound
+  | 'VOLUME_IN_USE' // VolumeInUse
+  | 'VOLUME_INVALID_PARAMETER' // InvalidParameterValue
+  | 'VOLUME_INCORRECT_STATE' // IncorrectState
+  | 'VOLUME_NOT_ATTACHED' // IncorrectState
+  | 'VOLUME_OPEN' // VolumeInUse: detach while the FUSE file is open
+  | 'VOLUME_LOCKED' // VolumeInUse: another live process holds the image lock
+  | 'VOLUME_TOKEN_MISMATCH' // the image's token names another volume or context
+  | 'VOLUME_IMPAIRED' // I/O refused: key revoked / KMS gone past max-stale
+  | 'VOLUME_CLOSED' // I/O after detach
+  | 'VOLUME_OUT_OF_RANGE'
+  | 'VOLUME_NO_SPACE' // ENOSPC on the backing file
+  | 'VOLUME_IO'; // EIO or any other backing-file failure
+
+export class VolumeError extends EbsdError {
+  declare readonly code: VolumeErrorCode;
+  constructor(code: VolumeErrorCode, message: string, opts: { awsName?: string; cause?: unknown } = {}) {
+    super(code, message, opts);
+  }
+}
+
+export const notFound = (id: string): VolumeError =>
+  new VolumeError('VOLUME_NOT_FOUND', `The volume '${id}' does not exist.`, { awsName: 'InvalidVolume.NotFound' });
+
+export const invalidParameter = (msg: string): VolumeError =>
+  new VolumeError('VOLUME_INVALID_PARAMETER', msg, { awsName: 'InvalidParameterValue' });
+
+export const incorrectState = (msg: string): VolumeError =>
+  new VolumeError('VOLUME_INCORRECT_STATE', msg, { awsName: 'IncorrectState' });
+
+/**
+ * A KMS call made for a volume failed. `awsName` is the KMS exception
+ * (`DisabledException`, `AccessDeniedException`, ...), surfaced unchanged.
+ * `authoritative` says KMS answered "no" (as opposed to not answering).
+ */
+export class KeyServiceError extends EbsdError {
+  readonly authoritative: boolean;
+  readonly operation: string;
+  constructor(operation: string, awsName: string | undefined, authoritative: boolean, message: string, cause?: unknown) {
+    super(authoritative ? 'KMS_REFUSED' : 'KMS_UNAVAILABLE', `${operation}: ${message}`, {
+      ...(awsName ? { awsName } : {}),
+      cause,
+    });
+    this.authoritative = authoritative;
+    this.operation = operation;
+  }
+}

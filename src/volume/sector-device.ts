@@ -1,0 +1,272 @@
+import type { Logger } from 'pino';
+import { silentLogger } from '../util/logger.js';
+import { checkSafeInt, ArgTypeError } from '../util/errors.js';
+import type { BlockDevice } from './types.js';
+import { ioError, type BackingFile } from './backing-file.js';
+import { SectorRangeLock } from './sector-lock.js';
+import { VolumeError } from './errors.js';
+import { SECTOR_SIZE } from './luks2-json.js';
+
+const SS = SECTOR_SIZE;
+
+export interface SectorDeviceOptions {
+  volumeId: string;
+  /** Volume size in bytes, a multiple of 4096. */
+  size: number;
+  backing: BackingFile;
+  /** Byte offset of sector 0 in the backing file (LUKS2 segment offset). */
+  dataOffset: number;
+  logger?: Logger;
+}
+
+/**
+ * Reusable scratch buffers by exact length. FUSE sends the same few sizes
+ * (4 KiB .. 128 KiB) over and over; reusing them keeps the hot path free of
+ * per-call allocations. Not pooled through Buffer.allocUnsafe's shared slab,
+ * so a buffer never shares memory with unrelated data.
+ */
+class ScratchPool {
+  private readonly free = new Map<number, Buffer[]>();
+  take(len: number): Buffer {
+    const l = this.free.get(len);
+    return l?.pop() ?? Buffer.allocUnsafeSlow(len);
+  }
+  give(b: Buffer): void {
+    if (b.length > 4 * 1024 * 1024) return;
+    let l = this.free.get(b.length);
+    if (!l) this.free.set(b.length, (l = []));
+    if (l.length < 64) l.push(b);
+  }
+  clear(): void {
+    for (const l of this.free.values()) for (const b of l) b.fill(0);
+    this.free.clear();
+  }
+}
+
+/**
+ * The sector I/O path shared by the encrypted device and the plaintext
+ * passthrough (DESIGN §3): split into 4 KiB sectors, read-modify-write the
+ * partial first/last sector under the sector-range lock, transform whole
+ * runs in one call, one pread/pwrite per run at dataOffset + pos.
+ */
+export abstract class SectorDevice implements BlockDevice {
+  readonly volumeId: string;
+  abstract readonly unencrypted: boolean;
+  protected readonly backing: BackingFile;
+  protected readonly dataOffset: number;
+  protected readonly log: Logger;
+  private _size: number;
+  private readonly lock = new SectorRangeLock();
+  private readonly pool = new ScratchPool();
+  private inFlight = 0;
+  private drainWaiters: (() => void)[] = [];
+  private failure: VolumeError | null = null;
+
+  constructor(o: SectorDeviceOptions) {
+    checkSafeInt('size', o.size, SS);
+    if (o.size % SS !== 0) throw new RangeError(`size must be a multiple of ${SS}`);
+    this.volumeId = o.volumeId;
+    this._size = o.size;
+    this.backing = o.backing;
+    this.dataOffset = o.dataOffset;
+    this.log = o.logger ?? silentLogger;
+  }
+
+  get size(): number {
+    return this._size;
+  }
+
+  /** Outstanding read/write/flush calls. */
+  get pending(): number {
+    return this.inFlight;
+  }
+
+  /** Non-null once the device refuses I/O (impaired or closed). */
+  get failed(): VolumeError | null {
+    return this.failure;
+  }
+
+  /** Transform a whole-sector run in place (encrypt), `first` = sector number of buf[0]. */
+  protected abstract seal(buf: Buffer, first: number): Promise<void>;
+  /** Inverse of seal; all-zero ciphertext sectors must come out as zeros. */
+  protected abstract unseal(buf: Buffer, first: number): Promise<void>;
+
+  async read(offset: number, length: number, into: Buffer, intoOffset = 0): Promise<number> {
+    this.enter();
+    try {
+      this.checkRange(offset, length);
+      if (!Buffer.isBuffer(into)) throw new ArgTypeError('into', 'a Buffer', into);
+      checkSafeInt('intoOffset', intoOffset, 0, into.length - length);
+      if (length === 0) return 0;
+      const s0 = Math.floor(offset / SS);
+      const s1 = Math.ceil((offset + length) / SS);
+      if (offset % SS === 0 && length % SS === 0) {
+        // Aligned: read ciphertext straight into the caller's buffer, decrypt in place.
+        const target = into.subarray(intoOffset, intoOffset + length);
+        await this.preadFull(target, s0);
+        await this.unseal(target, s0);
+        return length;
+      }
+      const n = (s1 - s0) * SS;
+      const buf = this.pool.take(n);
+      try {
+        await this.preadFull(buf, s0);
+        await this.unseal(buf, s0);
+        const start = offset - s0 * SS;
+        buf.copy(into, intoOffset, start, start + length);
+      } finally {
+        buf.fill(0); // plaintext of whole sectors; the caller only asked for part of it
+        this.pool.give(buf);
+      }
+      return length;
+    } finally {
+      this.leave();
+    }
+  }
+
+  async write(offset: number, data: Buffer): Promise<number> {
+    this.enter();
+    try {
+      if (!(data instanceof Uint8Array)) throw new ArgTypeError('data', 'a Buffer', data);
+      this.checkRange(offset, data.length);
+      if (data.length === 0) return 0;
+      const end = offset + data.length;
+      const s0 = Math.floor(offset / SS);
+      const s1 = Math.ceil(end / SS);
+      const n = s1 - s0;
+      const got = this.lock.acquire(s0, s1);
+      const release = typeof got === 'function' ? got : await got;
+      const buf = this.pool.take(n * SS);
+      let sealed = false;
+      try {
+        // Read-modify-write of the partial first and last sector, under the range lock.
+        const headPartial = offset % SS !== 0;
+        const tailPartial = end % SS !== 0;
+        if (headPartial || (tailPartial && n === 1)) {
+          const h = buf.subarray(0, SS);
+          await this.preadFull(h, s0);
+          await this.unseal(h, s0);
+        }
+        if (tailPartial && n > 1) {
+          const t = buf.subarray((n - 1) * SS);
+          await this.preadFull(t, s1 - 1);
+          await this.unseal(t, s1 - 1);
+        }
+        buf.set(data, offset - s0 * SS);
+        this.checkLive(); // the key may have been withdrawn while we waited for the lock
+        await this.seal(buf, s0);
+        sealed = true;
+        await this.pwriteFull(buf, s0);
+      } finally {
+        if (!sealed) buf.fill(0);
+        this.pool.give(buf);
+        release();
+      }
+      return data.length;
+    } finally {
+      this.leave();
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.enter();
+    try {
+      await this.backing.datasync();
+    } catch (e) {
+      throw ioError(e, `volume ${this.volumeId}: fdatasync`);
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** Grow (ModifyVolume): the caller has already grown the file and the header. */
+  resize(newSize: number): void {
+    checkSafeInt('newSize', newSize, this._size);
+    if (newSize % SS !== 0) throw new RangeError(`newSize must be a multiple of ${SS}`);
+    this._size = newSize;
+  }
+
+  /** Resolves when no read/write/flush is in flight. */
+  drain(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((r) => this.drainWaiters.push(r));
+  }
+
+  /**
+   * Refuse all further I/O with `err` (impaired or closed), wait for the
+   * calls already running, then run `after` (wipe the key). Idempotent:
+   * the first reason wins.
+   */
+  async fail(err: VolumeError, after?: () => void | Promise<void>): Promise<void> {
+    this.failure ??= err;
+    await this.drain();
+    if (after) await after();
+  }
+
+  /** Detach path: refuse new I/O, drain, fdatasync, `wipe`, close the backing fd. */
+  async close(wipeKey?: () => void): Promise<void> {
+    const already = this.failure !== null;
+    this.failure ??= new VolumeError('VOLUME_CLOSED', `volume ${this.volumeId} is detached`);
+    await this.drain();
+    try {
+      if (!already || this.failure.code !== 'VOLUME_CLOSED') await this.backing.datasync().catch((e) => {
+        this.log.warn({ volumeId: this.volumeId, err: ioError(e, 'fdatasync') }, 'fdatasync on detach failed');
+      });
+    } finally {
+      wipeKey?.();
+      this.pool.clear();
+      await this.backing.close().catch(() => {});
+    }
+  }
+
+  private enter(): void {
+    this.checkLive();
+    this.inFlight++;
+  }
+
+  private leave(): void {
+    if (--this.inFlight === 0 && this.drainWaiters.length) {
+      const w = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const r of w) r();
+    }
+  }
+
+  private checkLive(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this._size) {
+      throw new VolumeError('VOLUME_OUT_OF_RANGE', `volume ${this.volumeId}: [${offset}, +${length}) outside [0, ${this._size})`);
+    }
+  }
+
+  /** One pread of the run; bytes past EOF (never written, beyond a short file) read as zero ciphertext. */
+  private async preadFull(buf: Buffer, sector: number): Promise<void> {
+    const pos = this.dataOffset + sector * SS;
+    let off = 0;
+    try {
+      while (off < buf.length) {
+        const n = await this.backing.read(buf, off, buf.length - off, pos + off);
+        if (n === 0) break;
+        off += n;
+      }
+    } catch (e) {
+      throw ioError(e, `volume ${this.volumeId} sector ${sector + Math.floor(off / SS)}: read`);
+    }
+    if (off < buf.length) buf.fill(0, off);
+  }
+
+  private async pwriteFull(buf: Buffer, sector: number): Promise<void> {
+    const pos = this.dataOffset + sector * SS;
+    let off = 0;
+    try {
+      while (off < buf.length) off += await this.backing.write(buf, off, buf.length - off, pos + off);
+    } catch (e) {
+      const err = ioError(e, `volume ${this.volumeId} sector ${sector + Math.floor(off / SS)}: write`);
+      this.log.warn({ volumeId: this.volumeId, sector: sector + Math.floor(off / SS), err: { code: err.code, message: err.message } }, 'backing write failed');
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,32 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { buildLuks2Json, LUKS2_DATA_OFFSET } from '../../../src/volume/luks2-json.js';
+import { createLuks2 } from '../../../src/volume/luks2-header.js';
+
+export function tmpDir(prefix = 'ebsd-vol-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export const VOL = 'vol-0123456789abcdef0';
+
+export function testToken(volumeId = VOL) {
+  return {
+    key_arn: 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab',
+    ciphertext_blob: Buffer.from('not a real blob').toString('base64'),
+    encryption_context: { 'aws:ebs:id': volumeId },
+    volume_id: volumeId,
+  };
+}
+
+/** A key with K1 != K2. */
+export function volumeKey(): Buffer {
+  return randomBytes(64);
+}
+
+export async function makeImage(path: string, size: number, key: Buffer, volumeId = VOL): Promise<void> {
+  const json = buildLuks2Json({ size, volumeKey: key, token: testToken(volumeId) });
+  await createLuks2(path, { json, size, dataOffset: LUKS2_DATA_OFFSET, label: volumeId });
+}
