@@ -49,9 +49,10 @@ const filePath = '/' + fileName
 const zeroFill = !args['no-zero-fill']
 const extraOpts = args['extra-opts'].split(',').map(s => s.trim()).filter(Boolean)
 
-// Same transport options as the daemon's adapter: big_writes lets the kernel send
-// writes larger than one page; max_write=131072 is the largest libfuse2 accepts on
-// /dev/fuse reads (128 KiB), so a 1 MiB fio write arrives as 8 FUSE requests.
+// Same transport options as the daemon's adapter (src/fuse/mount.ts): big_writes lets
+// the kernel send writes larger than one page; max_write=131072 is libfuse2's largest
+// request (128 KiB), so a 1 MiB fio write arrives as 8 FUSE requests. fuse-native's own
+// opts give max_read=131072, allow_other (as root) and default_permissions, as there.
 class BenchFuse extends Fuse {
   _fuseOptions () {
     const base = super._fuseOptions()
@@ -102,7 +103,15 @@ const ops = {
   }
 }
 
-const fuse = new BenchFuse(args.mount, ops, { force: true, mkdir: true, timeout: false })
+const fuse = new BenchFuse(args.mount, ops, {
+  force: true,
+  mkdir: true,
+  timeout: false,
+  fsname: 'ebsd-noop',
+  maxRead: 131072,
+  allowOther: process.getuid() === 0,
+  defaultPermissions: true
+})
 
 let closing = false
 function shutdown (signal) {

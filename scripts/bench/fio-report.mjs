@@ -1,0 +1,308 @@
+#!/usr/bin/env node
+// Turns the fio JSON files of one scripts/bench/fio.sh run into:
+//   --json FILE       a summary (docs/bench/fio-latest.json)
+//   --svg FILE        a grouped bar chart normalised to the no-op ceiling (docs/bench/fio.svg)
+//   --markdown FILE   the `## fio` section of docs/benchmarks.md, between
+//                     <!-- fio:begin --> and <!-- fio:end --> (the rest of the file is
+//                     other suites' and is left byte for byte as it is)
+// and prints the markdown tables on stdout. No dependencies.
+//
+//   node scripts/bench/fio-report.mjs --results DIR --meta meta.json [--json F] [--svg F] [--markdown F]
+//   node scripts/bench/fio-report.mjs --one RESULT.json     # one line, for progress output
+//
+// Result files are named <target>--<workload>.json.
+
+import { readFileSync, writeFileSync, readdirSync, renameSync, mkdirSync, existsSync } from 'node:fs'
+import { dirname, basename, join } from 'node:path'
+import { parseArgs } from 'node:util'
+
+const { values: args } = parseArgs({
+  options: {
+    one: { type: 'string' },
+    results: { type: 'string' },
+    meta: { type: 'string' },
+    json: { type: 'string' },
+    svg: { type: 'string' },
+    markdown: { type: 'string' }
+  }
+})
+
+const TARGETS = [
+  { id: 'encrypted', label: 'encrypted (ebsd, AES-256-XTS)', short: 'encrypted', color: '#2563eb' },
+  { id: 'plaintext', label: 'plaintext passthrough (ebsd --cipher none)', short: 'plaintext', color: '#f59e0b' },
+  { id: 'ceiling', label: 'no-op fuse-native ceiling', short: 'ceiling', color: '#6b7280' },
+  { id: 'raw', label: 'raw backing file (no FUSE)', short: 'raw file', color: '#10b981' }
+]
+
+// One row per figure. `higher`: true when bigger is better. Reference figures: the
+// issue's no-op fuse-native measurements on a 2-core machine of this kind.
+const ROWS = [
+  { id: 'seq-read', workload: 'seq-read', label: '1 MiB seq read, QD8', chart: ['1 MiB seq read', 'QD8'], unit: 'MB/s', higher: true, ref: 1000, pick: m => m.bwMBps },
+  { id: 'seq-write', workload: 'seq-write', label: '1 MiB seq write, QD8', chart: ['1 MiB seq write', 'QD8'], unit: 'MB/s', higher: true, ref: 850, pick: m => m.bwMBps },
+  { id: 'rand-read', workload: 'rand-read', label: '4 KiB rand read, 4×QD32', chart: ['4K rand read', '4×QD32'], unit: 'IOPS', higher: true, ref: 36000, pick: m => m.iops },
+  { id: 'rand-write', workload: 'rand-write', label: '4 KiB rand write, 4×QD32', chart: ['4K rand write', '4×QD32'], unit: 'IOPS', higher: true, ref: 11000, pick: m => m.iops },
+  { id: 'rand-rw', workload: 'rand-rw', label: '4 KiB 70/30 mix, 4×QD32', chart: ['4K 70/30 mix', '4×QD32'], unit: 'IOPS', higher: true, ref: null, pick: m => m.iops },
+  { id: 'lat-mean', workload: 'lat-read', label: '4 KiB rand read QD1, mean', chart: ['4K read QD1', 'mean latency'], unit: 'µs', higher: false, ref: null, pick: m => m.latMeanUs },
+  { id: 'lat-p99', workload: 'lat-read', label: '4 KiB rand read QD1, p99', chart: ['4K read QD1', 'p99 latency'], unit: 'µs', higher: false, ref: null, pick: m => m.latP99Us }
+]
+
+const GOALS = { encOverPlain: 0.90, plainOverCeiling: 0.80, encP99OverCeilingP99: 1.5 }
+
+// ------------------------------------------------------------------ parsing ---
+function metrics (file) {
+  const j = JSON.parse(readFileSync(file, 'utf8'))
+  const job = j.jobs[0]
+  const r = job.read; const w = job.write
+  const p = (o, k) => (o && o.percentile ? o.percentile[k] : undefined)
+  // On FUSE, libaio O_DIRECT is submitted synchronously (no FUSE_ASYNC_DIO), so the
+  // time sits in slat; lat = slat + clat is the figure a user sees. clat is kept too.
+  const side = r.io_bytes > 0 ? r : w
+  const ns = v => (v === undefined ? null : v / 1000)
+  return {
+    jobname: job.jobname,
+    iops: r.iops + w.iops,
+    readIops: r.iops,
+    writeIops: w.iops,
+    bwMBps: (r.bw_bytes + w.bw_bytes) / 1e6,
+    latMeanUs: ns(side.lat_ns.mean),
+    latP50Us: ns(p(side.lat_ns, '50.000000')),
+    latP99Us: ns(p(side.lat_ns, '99.000000')),
+    latP999Us: ns(p(side.lat_ns, '99.900000')),
+    clatMeanUs: ns(side.clat_ns.mean),
+    clatP99Us: ns(p(side.clat_ns, '99.000000')),
+    slatMeanUs: ns(side.slat_ns.mean),
+    errors: job.error,
+    usrCpu: job.usr_cpu,
+    sysCpu: job.sys_cpu
+  }
+}
+
+function fmt (v, unit) {
+  if (v === null || v === undefined || Number.isNaN(v)) return '—'
+  if (unit === 'IOPS') return v >= 10000 ? `${(v / 1000).toFixed(1)}k` : Math.round(v).toString()
+  if (unit === 'MB/s') return Math.round(v).toString()
+  if (unit === 'µs') return v >= 1000 ? v.toFixed(0) : v.toFixed(1)
+  return String(v)
+}
+const fr = v => (v === null || v === undefined || !Number.isFinite(v) ? '—' : v.toFixed(2))
+
+if (args.one) {
+  const m = metrics(args.one)
+  const [target, workload] = basename(args.one, '.json').split('--')
+  const parts = [`${target.padEnd(9)} ${workload.padEnd(10)}`]
+  if (workload.startsWith('seq')) parts.push(`${m.bwMBps.toFixed(0)} MB/s`)
+  else parts.push(`${Math.round(m.iops)} IOPS`)
+  parts.push(`lat mean ${m.latMeanUs.toFixed(1)} µs p99 ${m.latP99Us?.toFixed(1)} µs`)
+  console.log('  ' + parts.join('  '))
+  process.exit(0)
+}
+
+if (!args.results || !args.meta) {
+  console.error('usage: fio-report.mjs --results DIR --meta META [--json F] [--svg F] [--markdown F] | --one FILE')
+  process.exit(2)
+}
+
+const meta = JSON.parse(readFileSync(args.meta, 'utf8'))
+const raw = {}
+for (const f of readdirSync(args.results)) {
+  if (!f.endsWith('.json')) continue
+  const [target, workload] = basename(f, '.json').split('--')
+  raw[workload] ??= {}
+  raw[workload][target] = metrics(join(args.results, f))
+}
+const present = TARGETS.filter(t => Object.values(raw).some(w => w[t.id]))
+
+// ------------------------------------------------------------------- ratios ---
+// A "speed" ratio a/b is always oriented so that > 1 means a is faster:
+// throughput a/b, latency b/a.
+const speed = (row, a, b) => {
+  if (a == null || b == null || a === 0 || b === 0) return null
+  return row.higher ? a / b : b / a
+}
+const rows = ROWS.map(row => {
+  const v = {}
+  for (const t of TARGETS) {
+    const m = raw[row.workload]?.[t.id]
+    v[t.id] = m ? row.pick(m) : null
+  }
+  return {
+    id: row.id,
+    label: row.label,
+    chart: row.chart,
+    unit: row.unit,
+    higherIsBetter: row.higher,
+    reference: row.ref,
+    values: v,
+    ratios: {
+      encryptedOverPlaintext: speed(row, v.encrypted, v.plaintext),
+      plaintextOverCeiling: speed(row, v.plaintext, v.ceiling),
+      encryptedOverCeiling: speed(row, v.encrypted, v.ceiling),
+      rawOverCeiling: speed(row, v.raw, v.ceiling)
+    }
+  }
+})
+
+const minOf = key => {
+  let best = null
+  for (const r of rows) {
+    const x = r.ratios[key]
+    if (x !== null && (best === null || x < best.value)) best = { value: x, row: r.label }
+  }
+  return best
+}
+const latP99 = rows.find(r => r.id === 'lat-p99')
+const encP99 = latP99.values.encrypted; const ceilP99 = latP99.values.ceiling
+const goals = [
+  {
+    goal: `encrypted ≥ ${GOALS.encOverPlain.toFixed(2)}× plaintext, every workload`,
+    worst: minOf('encryptedOverPlaintext'),
+    met: (x => (x ? x.value >= GOALS.encOverPlain : null))(minOf('encryptedOverPlaintext'))
+  },
+  {
+    goal: `plaintext ≥ ${GOALS.plainOverCeiling.toFixed(2)}× no-op ceiling, every workload`,
+    worst: minOf('plaintextOverCeiling'),
+    met: (x => (x ? x.value >= GOALS.plainOverCeiling : null))(minOf('plaintextOverCeiling'))
+  },
+  {
+    goal: `encrypted 4 KiB QD1 p99 ≤ ${GOALS.encP99OverCeilingP99}× ceiling p99`,
+    worst: encP99 && ceilP99 ? { value: encP99 / ceilP99, row: latP99.label } : null,
+    met: encP99 && ceilP99 ? encP99 / ceilP99 <= GOALS.encP99OverCeilingP99 : null
+  }
+]
+
+const summary = {
+  generatedAt: new Date().toISOString(),
+  meta,
+  targets: present.map(t => ({ id: t.id, label: t.label })),
+  rows,
+  goals,
+  perWorkload: raw
+}
+
+// ----------------------------------------------------------------- markdown ---
+function markdown () {
+  const L = []
+  const tcols = present.map(t => t.short)
+  L.push(`Run: ${summary.generatedAt.slice(0, 16).replace('T', ' ')} UTC, \`scripts/bench/fio.sh${meta.mode === 'quick' ? ' --quick' : ''}\` ` +
+    `(${meta.mode}: ${meta.runtimeSec} s per workload after ${meta.rampSec} s ramp, ${meta.sizeMiB} MiB working set), ` +
+    `${meta.cpus} × ${meta.cpuModel}, kernel ${meta.kernel}, ${meta.fio}, backing fs \`${meta.backingFs}\`. ` +
+    `All targets: libaio, \`direct=1\`, on the same filesystem.` + (meta.daemon ? ` Daemon at \`${meta.daemon.commit}\`.` : ' **Daemon not measured in this run** (encrypted/plaintext columns empty).'))
+  L.push('')
+  L.push('![fio: each target relative to the no-op FUSE ceiling](bench/fio.svg)')
+  L.push('')
+  L.push(`| Workload | ${tcols.join(' | ')} | enc / plain | plain / ceiling | enc / ceiling | ceiling ref. |`)
+  L.push(`|---|${tcols.map(() => '--:').join('|')}|--:|--:|--:|--:|`)
+  for (const r of rows) {
+    const vals = present.map(t => fmt(r.values[t.id], r.unit))
+    L.push(`| ${r.label} (${r.unit}) | ${vals.join(' | ')} | ${fr(r.ratios.encryptedOverPlaintext)} | ${fr(r.ratios.plaintextOverCeiling)} | ${fr(r.ratios.encryptedOverCeiling)} | ${r.reference ? fmt(r.reference, r.unit) : ''} |`)
+  }
+  L.push('')
+  L.push('Ratios are speed ratios (> 1 = faster): throughput a/b; for latency rows b/a. ' +
+    'Latency is fio total latency (`lat` = submission + completion): on FUSE, libaio O_DIRECT is submitted ' +
+    'synchronously (libfuse 2.9 does not negotiate `FUSE_ASYNC_DIO`), so `clat` alone is near zero. ' +
+    '"ceiling ref." is the issue\'s reference for the no-op ceiling on this machine class.')
+  L.push('')
+  L.push('| Goal | Measured (worst case) | Met |')
+  L.push('|---|---|:-:|')
+  for (const g of goals) {
+    const m = g.worst ? `${g.worst.value.toFixed(2)} (${g.worst.row})` : 'not measured'
+    L.push(`| ${g.goal} | ${m} | ${g.met === null ? '—' : g.met ? 'yes' : '**no**'} |`)
+  }
+  L.push('')
+  L.push('p99 total latency per workload (µs):')
+  L.push('')
+  L.push(`| Workload | ${tcols.join(' | ')} |`)
+  L.push(`|---|${tcols.map(() => '--:').join('|')}|`)
+  for (const w of ['seq-read', 'seq-write', 'rand-read', 'rand-write', 'rand-rw', 'lat-read']) {
+    if (!raw[w]) continue
+    L.push(`| ${w} | ${present.map(t => fmt(raw[w][t.id]?.latP99Us, 'µs')).join(' | ')} |`)
+  }
+  L.push('')
+  L.push('Raw per-job figures (IOPS split, clat, slat, CPU): `docs/bench/fio-latest.json`.')
+  return L.join('\n')
+}
+
+// ---------------------------------------------------------------------- svg ---
+function esc (s) { return String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;') }
+
+function svg () {
+  const W = 960; const H = 520
+  const m = { l: 64, r: 24, t: 84, b: 108 }
+  const pw = W - m.l - m.r; const ph = H - m.t - m.b
+  const CAP = 2.0
+  const rel = (r, t) => speed(r, r.values[t], r.values.ceiling)
+  let top = 1.2
+  for (const r of rows) for (const t of present) { const x = rel(r, t.id); if (x) top = Math.max(top, Math.min(x, CAP)) }
+  top = Math.ceil(top * 5) / 5
+  const y = v => m.t + ph - (Math.min(v, top) / top) * ph
+  const gw = pw / rows.length
+  const bw = Math.min(26, (gw - 18) / Math.max(1, present.length))
+  const o = []
+  o.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif" font-size="12">`)
+  o.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`)
+  o.push(`<text x="${m.l}" y="26" font-size="17" font-weight="600" fill="#111827">ebsd fio: each target relative to the no-op FUSE ceiling (1.0 = ceiling, higher is better)</text>`)
+  o.push(`<text x="${m.l}" y="46" fill="#4b5563">${esc(`${meta.mode} run ${summary.generatedAt.slice(0, 10)}, ${meta.cpus} CPUs, kernel ${meta.kernel}, libaio direct=1; throughput/IOPS as target ÷ ceiling, latency as ceiling ÷ target`)}</text>`)
+  // legend
+  let lx = m.l
+  for (const t of present) {
+    o.push(`<rect x="${lx}" y="58" width="12" height="12" fill="${t.color}"/><text x="${lx + 16}" y="68" fill="#111827">${esc(t.label)}</text>`)
+    lx += 24 + t.label.length * 6.3
+  }
+  o.push(`<line x1="${lx}" x2="${lx + 18}" y1="64" y2="64" stroke="#f59e0b" stroke-dasharray="2 3"/><text x="${lx + 22}" y="68" fill="#b45309">plaintext goal (0.8× ceiling)</text>`)
+  // grid
+  for (let v = 0; v <= top + 1e-9; v += top > 1.6 ? 0.4 : 0.2) {
+    const yy = y(v)
+    o.push(`<line x1="${m.l}" x2="${W - m.r}" y1="${yy}" y2="${yy}" stroke="${Math.abs(v - 1) < 1e-9 ? '#111827' : '#e5e7eb'}" ${Math.abs(v - 1) < 1e-9 ? 'stroke-dasharray="5 4"' : ''}/>`)
+    o.push(`<text x="${m.l - 8}" y="${yy + 4}" text-anchor="end" fill="#4b5563">${v.toFixed(1)}×</text>`)
+  }
+  const yg = y(GOALS.plainOverCeiling)
+  o.push(`<line x1="${m.l}" x2="${W - m.r}" y1="${yg}" y2="${yg}" stroke="#f59e0b" stroke-width="1" stroke-dasharray="2 3"/>`)
+  rows.forEach((r, i) => {
+    const gx = m.l + i * gw + (gw - bw * present.length) / 2
+    present.forEach((t, k) => {
+      const x = rel(r, t.id); const bx = gx + k * bw
+      if (x === null) {
+        o.push(`<text x="${bx + bw / 2}" y="${y(0) - 4}" text-anchor="middle" fill="#9ca3af" font-size="10">n/a</text>`)
+        return
+      }
+      const yy = y(x)
+      o.push(`<rect x="${bx + 1}" y="${yy}" width="${bw - 2}" height="${y(0) - yy}" fill="${t.color}"><title>${esc(`${t.short}: ${fmt(r.values[t.id], r.unit)} ${r.unit} (${x.toFixed(2)}× ceiling)`)}</title></rect>`)
+      o.push(`<text x="${bx + bw / 2}" y="${yy - 4}" text-anchor="middle" fill="#111827" font-size="10">${x > top ? '>' : ''}${x.toFixed(2)}</text>`)
+    })
+    const cx = m.l + i * gw + gw / 2
+    const words = r.chart
+    o.push(`<text x="${cx}" y="${m.t + ph + 18}" text-anchor="middle" fill="#111827">${esc(words[0])}</text>`)
+    if (words[1]) o.push(`<text x="${cx}" y="${m.t + ph + 33}" text-anchor="middle" fill="#4b5563">${esc(words[1])}</text>`)
+    const c = r.values.ceiling
+    if (c) o.push(`<text x="${cx}" y="${m.t + ph + 50}" text-anchor="middle" fill="#6b7280" font-size="10">ceiling ${esc(fmt(c, r.unit))} ${esc(r.unit)}</text>`)
+  })
+  o.push(`<text x="${m.l}" y="${H - 14}" fill="#6b7280" font-size="11">${esc('Generated by scripts/bench/fio.sh (scripts/bench/fio-report.mjs). Figures and ratios: docs/benchmarks.md § fio, docs/bench/fio-latest.json.')}</text>`)
+  o.push('</svg>')
+  return o.join('\n') + '\n'
+}
+
+// ------------------------------------------------------------------ writing ---
+function writeAtomic (file, text) {
+  mkdirSync(dirname(file), { recursive: true })
+  const tmp = `${file}.tmp-${process.pid}`
+  writeFileSync(tmp, text)
+  renameSync(tmp, file)
+}
+
+const md = markdown()
+console.log(md)
+if (args.json) writeAtomic(args.json, JSON.stringify(summary, null, 2) + '\n')
+if (args.svg) writeAtomic(args.svg, svg())
+if (args.markdown) {
+  // Re-read right before rewriting: other suites own the rest of this file.
+  const BEGIN = '<!-- fio:begin -->'; const END = '<!-- fio:end -->'
+  const block = `${BEGIN}\n${md}\n${END}`
+  let text = existsSync(args.markdown) ? readFileSync(args.markdown, 'utf8') : '# Benchmarks\n'
+  const b = text.indexOf(BEGIN); const e = text.indexOf(END)
+  if (b !== -1 && e > b) {
+    text = text.slice(0, b) + block + text.slice(e + END.length)
+  } else {
+    text = text.replace(/\n*$/, '\n\n') + `## fio\n\n${block}\n`
+  }
+  writeAtomic(args.markdown, text)
+}
