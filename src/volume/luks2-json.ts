@@ -206,3 +206,10 @@ export function serializeLuks2Json(json: Luks2Json, jsonSize: number): Buffer {
   text.copy(out);
   return out;
 }
+
+/** Precondition of any I/O with an unwrapped key: it matches the LUKS2 digest of the data segment. */
+export function verifyVolumeKey(v: Luks2Volume, volumeKey: Uint8Array): void {
+  if (volumeKey.length !== VOLUME_KEY_BYTES || !digestMatches(v.json.digests[v.digestId]!, volumeKey)) {
+    throw new Luks2Error('LUKS2_DIGEST_MISMATCH', `volume key does not match LUKS2 digest ${v.digestId}`);
+  }
+}
