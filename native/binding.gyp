@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "ebsd_native",
+      "sources": ["src/addon.c", "src/xts.c", "src/peercred.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]
+    }
+  ]
+}

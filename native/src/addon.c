@@ -1,0 +1,48 @@
+/*
+ * ebsd native addon entry point: batch AES-256-XTS over runs of data units
+ * (xts.c) and control-socket peer credentials (peercred.c).
+ */
+#include "ebsd_native.h"
+
+#include <openssl/crypto.h>
+#include <stdio.h>
+
+void ebsd_throw_napi(napi_env env, const char *call) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
+  const napi_extended_error_info *info = NULL;
+  char msg[256];
+  if (napi_get_last_error_info(env, &info) == napi_ok && info != NULL && info->error_message != NULL)
+    snprintf(msg, sizeof msg, "N-API call failed: %s (%s)", call, info->error_message);
+  else
+    snprintf(msg, sizeof msg, "N-API call failed: %s", call);
+  napi_throw_error(env, "ERR_NAPI", msg);
+}
+
+napi_value ebsd_make_error(napi_env env, const char *code, const char *msg) {
+  napi_value jcode, jmsg, err;
+  if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &jcode) != napi_ok) return NULL;
+  if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg) != napi_ok) return NULL;
+  if (napi_create_error(env, jcode, jmsg, &err) != napi_ok) return NULL;
+  return err;
+}
+
+napi_value ebsd_throw(napi_env env, const char *code, const char *msg) {
+  /* napi_throw_error sets err.code for us. Its own failure leaves nothing to
+     report to: the caller returns NULL either way, and N-API then surfaces
+     whatever is pending. */
+  napi_status st = napi_throw_error(env, code, msg);
+  (void)st;
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value ver;
+  NAPI_CALL(env, napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &ver));
+  NAPI_CALL(env, napi_set_named_property(env, exports, "opensslVersion", ver));
+  NAPI_CALL(env, ebsd_init_xts(env, exports));
+  NAPI_CALL(env, ebsd_init_peercred(env, exports));
+  return exports;
+}
+
+NAPI_MODULE_INIT() { return init(env, exports); }

@@ -1,0 +1,44 @@
+/*
+ * ebsd native addon: shared helpers.
+ *
+ * Every napi_status is checked (STYLE §13). A failed N-API call throws a JS
+ * Error (code ERR_NAPI) unless an exception is already pending, and the
+ * calling function returns NULL.
+ */
+#ifndef EBSD_NATIVE_H
+#define EBSD_NATIVE_H
+
+#define NAPI_VERSION 8
+#include <node_api.h>
+#include <stdint.h>
+#include <stddef.h>
+
+void ebsd_throw_napi(napi_env env, const char *call);
+/* Throw `new Error(msg)` with `code` set; returns NULL for convenience. */
+napi_value ebsd_throw(napi_env env, const char *code, const char *msg);
+/* Build (not throw) an Error with `code`; NULL if even that failed. */
+napi_value ebsd_make_error(napi_env env, const char *code, const char *msg);
+
+#define NAPI_CALL(env, call)                                                   \
+  do {                                                                         \
+    napi_status status_ = (call);                                              \
+    if (status_ != napi_ok) {                                                  \
+      ebsd_throw_napi((env), #call);                                           \
+      return NULL;                                                             \
+    }                                                                          \
+  } while (0)
+
+/* For callbacks that return void: jump to a cleanup label instead. */
+#define NAPI_CALL_GOTO(env, call, label)                                       \
+  do {                                                                         \
+    napi_status status_ = (call);                                              \
+    if (status_ != napi_ok) {                                                  \
+      ebsd_throw_napi((env), #call);                                           \
+      goto label;                                                              \
+    }                                                                          \
+  } while (0)
+
+napi_status ebsd_init_xts(napi_env env, napi_value exports);
+napi_status ebsd_init_peercred(napi_env env, napi_value exports);
+
+#endif

@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// Builds the N-API addon (native/) with node-gyp into native/build/Release/ebsd_native.node.
+// It is the package's `install` script. If the build fails it warns and exits 0:
+// the `node` XTS engine (node:crypto) is the fallback. With EBSD_REQUIRE_NATIVE=1
+// a failed build exits non-zero instead (CI, and anyone who wants the fast path).
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const nativeDir = join(root, 'native');
+const required = process.env.EBSD_REQUIRE_NATIVE === '1';
+const output = join(nativeDir, 'build', 'Release', 'ebsd_native.node');
+
+function fail(msg) {
+  if (required) {
+    console.error(`ebsd: native addon build FAILED: ${msg}`);
+    process.exit(1);
+  }
+  console.warn(`ebsd: WARNING: native addon not built (${msg}).`);
+  console.warn('ebsd: falling back to the node:crypto XTS engine (much slower).');
+  console.warn('ebsd: to retry: npm run build:native   (needs python3, make and a C compiler)');
+  process.exit(0);
+}
+
+function findNodeGyp() {
+  // Run node-gyp's JS with this very node, so PATH need not hold `node`.
+  for (const p of [join(root, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js')]) {
+    if (existsSync(p)) return { cmd: process.execPath, pre: [p] };
+  }
+  try {
+    const require = createRequire(import.meta.url);
+    return { cmd: process.execPath, pre: [require.resolve('node-gyp/bin/node-gyp.js')] };
+  } catch {
+    return null;
+  }
+}
+
+// Node's headers (including its OpenSSL headers) usually ship with the
+// distribution's node under <prefix>/include/node. Point node-gyp there so it
+// never needs to download a header tarball (machines here have no route to it).
+function localNodeDir() {
+  if (process.env.npm_config_nodedir) return null; // the user chose one
+  const prefix = resolve(dirname(process.execPath), '..');
+  const hdr = join(prefix, 'include', 'node');
+  if (existsSync(join(hdr, 'node_api.h')) && existsSync(join(hdr, 'openssl', 'evp.h')) && existsSync(join(hdr, 'common.gypi'))) {
+    return prefix;
+  }
+  return null;
+}
+
+const gyp = findNodeGyp();
+if (!gyp) fail('node-gyp not found; run npm install first');
+
+const args = [...gyp.pre, 'rebuild', '-C', nativeDir];
+const nodedir = localNodeDir();
+if (nodedir) args.push(`--nodedir=${nodedir}`);
+console.log(`ebsd: building native addon: node-gyp ${args.slice(gyp.pre.length).join(' ')}`);
+const r = spawnSync(gyp.cmd, args, { stdio: 'inherit', env: process.env });
+if (r.error) fail(`could not run node-gyp: ${r.error.message}`);
+if (r.status !== 0) fail(`node-gyp exited with status ${r.status ?? r.signal}`);
+if (!existsSync(output)) fail(`${output} missing after the build`);
+
+// Prove it links against node's OpenSSL and loads.
+const check = spawnSync(
+  process.execPath,
+  ['-e', `const a=require(${JSON.stringify(output)});if(typeof a.createContext!=='function')process.exit(2);console.log('ebsd: native addon OK ('+a.opensslVersion+')')`],
+  { stdio: 'inherit' },
+);
+if (check.status !== 0) fail('the built addon does not load');

@@ -1,0 +1,4 @@
+import { nativeXtsEngine } from '../../src/crypto/xts-native.js';
+import { runXtsSuite } from './xts-suite.js';
+
+runXtsSuite(nativeXtsEngine);

@@ -1,0 +1,44 @@
+/**
+ * Wiping (STYLE §7). Best effort by nature: these tests prove that the buffers
+ * an engine copied key material into are zero after destroy(); they cannot
+ * prove the GC never copied them. The native engine keeps no JS-side copy,
+ * and its OpenSSL key schedules live in native memory a test cannot inspect
+ * (EVP_CIPHER_CTX_free cleanses them; see native/src/xts.c).
+ */
+import { describe, expect, it } from 'vitest';
+import { nodeXtsEngine } from '../../src/crypto/xts-node.js';
+import { referenceXtsEngine } from '../../src/crypto/xts-reference.js';
+import { nativeXtsEngine } from '../../src/crypto/xts-native.js';
+import { randomKey } from './xts-suite.js';
+
+type WithKeyBuffers = { _keyBuffers(): ArrayBufferView[] };
+const allZero = (v: ArrayBufferView) => new Uint8Array(v.buffer, v.byteOffset, v.byteLength).every((b) => b === 0);
+
+describe('XTS key wiping', () => {
+  for (const engine of [nodeXtsEngine, referenceXtsEngine]) {
+    it(`${engine.name}: key copies are non-zero while live and zero after destroy()`, () => {
+      const c = engine.createContext(randomKey());
+      const bufs = (c as unknown as WithKeyBuffers)._keyBuffers();
+      expect(bufs.length).toBeGreaterThan(0);
+      for (const b of bufs) expect(allZero(b)).toBe(false);
+      c.destroy();
+      for (const b of bufs) expect(allZero(b)).toBe(true);
+      expect((c as unknown as WithKeyBuffers)._keyBuffers()).toEqual([]);
+    });
+  }
+
+  it('reference: the expanded schedules hold the key (so wiping them matters)', () => {
+    const key = randomKey();
+    const c = referenceXtsEngine.createContext(key);
+    const [k1e] = (c as unknown as WithKeyBuffers)._keyBuffers();
+    // AES-256 key expansion starts with the key itself (FIPS 197 §5.2)
+    expect(Buffer.from(new Uint8Array(k1e!.buffer, k1e!.byteOffset, 32)).equals(key.subarray(0, 32))).toBe(true);
+    c.destroy();
+  });
+
+  it('native: keeps no JS-side key copy (its schedules are in native memory)', () => {
+    const c = nativeXtsEngine.createContext(randomKey());
+    expect((c as unknown as Partial<WithKeyBuffers>)._keyBuffers).toBeUndefined();
+    c.destroy();
+  });
+});
