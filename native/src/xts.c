@@ -377,42 +377,42 @@ static napi_value run_async(napi_env env, napi_callback_info info, int enc) {
   }
   a.ctx->inflight++;
 
-  napi_value promise, name;
-  napi_status st;
+  napi_value promise = NULL, name;
+  const char *what;
   /* Keep the data buffer and the context alive until job_complete. */
-  if ((st = napi_create_reference(env, a.buf_val, 1, &j->buf_ref)) != napi_ok) goto fail;
-  if ((st = napi_create_reference(env, a.ctx_val, 1, &j->ctx_ref)) != napi_ok) goto fail;
-  if ((st = napi_create_promise(env, &j->deferred, &promise)) != napi_ok) goto fail;
-  if ((st = napi_create_string_utf8(env, "ebsd:xts", NAPI_AUTO_LENGTH, &name)) != napi_ok) goto fail_deferred;
-  if ((st = napi_create_async_work(env, NULL, name, job_execute, job_complete, j, &j->work)) != napi_ok)
-    goto fail_deferred;
-  if ((st = napi_queue_async_work(env, j->work)) != napi_ok) {
-    napi_status st2 = napi_delete_async_work(env, j->work);
-    (void)st2; /* already failing; the first error is the one reported */
-    goto fail_deferred;
-  }
+  what = "napi_create_reference(data)";
+  if (napi_create_reference(env, a.buf_val, 1, &j->buf_ref) != napi_ok) goto fail;
+  what = "napi_create_reference(ctx)";
+  if (napi_create_reference(env, a.ctx_val, 1, &j->ctx_ref) != napi_ok) goto fail;
+  what = "napi_create_string_utf8";
+  if (napi_create_string_utf8(env, "ebsd:xts", NAPI_AUTO_LENGTH, &name) != napi_ok) goto fail;
+  what = "napi_create_async_work";
+  if (napi_create_async_work(env, NULL, name, job_execute, job_complete, j, &j->work) != napi_ok) goto fail;
+  what = "napi_create_promise";
+  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok) goto fail;
+  what = "napi_queue_async_work";
+  if (napi_queue_async_work(env, j->work) != napi_ok) goto fail;
   return promise;
 
-fail_deferred : {
-  /* The promise exists: settle it so nothing waits forever, then throw. */
-  ebsd_throw_napi(env, "napi_create_async_work/napi_queue_async_work");
-  napi_value exc;
-  if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) {
-    napi_status st3 = napi_reject_deferred(env, j->deferred, exc);
-    (void)st3;
-    napi_status st4 = napi_throw(env, exc);
-    (void)st4;
-  }
-  j->deferred = NULL;
-}
 fail:
-  if (j->deferred == NULL && st == napi_ok) { /* unreachable; keeps the compiler honest */ }
+  /* Throw first, while the last error info still describes the failed call. */
+  ebsd_throw_napi(env, what);
+  if (j->deferred != NULL) {
+    /* The promise exists but will not be returned: settle it with the same error. */
+    napi_value exc;
+    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) {
+      napi_status s1 = napi_reject_deferred(env, j->deferred, exc);
+      napi_status s2 = napi_throw(env, exc);
+      (void)s1, (void)s2; /* nothing further to report to */
+    }
+  }
+  /* Cleanup calls below are permitted with an exception pending (no JS runs). */
+  if (j->work != NULL) { napi_status s = napi_delete_async_work(env, j->work); (void)s; }
   if (j->buf_ref != NULL) { napi_status s = napi_delete_reference(env, j->buf_ref); (void)s; }
   if (j->ctx_ref != NULL) { napi_status s = napi_delete_reference(env, j->ctx_ref); (void)s; }
   pool_give(a.ctx, enc, j->evp);
   a.ctx->inflight--;
   free(j);
-  ebsd_throw_napi(env, "run_async");
   return NULL;
 }
 

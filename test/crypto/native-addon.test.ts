@@ -1,0 +1,120 @@
+/**
+ * The native addon itself. This file must not skip: the test suite runs after
+ * `npm run build:native` (scripts/setup.sh), and a missing addon is a failure.
+ */
+import { createServer, connect, type Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { isNativeAvailable, nativeAddon, nativeLoadError, peerCred, requireNative } from '../../src/crypto/native-addon.js';
+import { randomKey } from './xts-suite.js';
+
+describe('native addon', () => {
+  it('is built and loads (run `npm run build:native` if this fails)', () => {
+    expect(nativeLoadError?.message ?? null).toBeNull();
+    expect(isNativeAvailable()).toBe(true);
+    expect(nativeAddon).not.toBeNull();
+  });
+
+  it('links against the OpenSSL inside node', () => {
+    expect(requireNative().opensslVersion).toMatch(/^OpenSSL 3\./);
+    expect(requireNative().opensslVersion).toContain(process.versions.openssl.replace(/\+.*/, ''));
+  });
+
+  describe('argument checks in C (the JS wrapper normally catches these first)', () => {
+    const n = () => requireNative();
+    const code = (fn: () => unknown): string | undefined => {
+      try {
+        fn();
+      } catch (e) {
+        return (e as { code?: string }).code;
+      }
+      return undefined;
+    };
+    it('createContext: key length, weak key, type', () => {
+      expect(code(() => n().createContext(Buffer.alloc(32)))).toBe('XTS_BAD_KEY_LENGTH');
+      expect(code(() => n().createContext(Buffer.alloc(64)))).toBe('XTS_WEAK_KEY');
+      expect(code(() => n().createContext('k' as unknown as Uint8Array))).toBe('ERR_ARG_TYPE');
+    });
+    it('runs: ctx, data, tweak, unit, step, overflow, destroyed', () => {
+      const ctx = n().createContext(randomKey());
+      const b = Buffer.alloc(8192);
+      expect(code(() => n().encryptSync({} as never, b, 0n, 4096, 8))).toBe('ERR_ARG_TYPE');
+      expect(code(() => n().encryptSync(ctx, new Uint16Array(4) as never, 0n, 4096, 8))).toBe('ERR_ARG_TYPE');
+      expect(code(() => n().encryptSync(ctx, b, 0 as never, 4096, 8))).toBe('ERR_ARG_TYPE');
+      expect(code(() => n().encryptSync(ctx, b, -1n, 4096, 8))).toBe('XTS_TWEAK_OVERFLOW');
+      expect(code(() => n().encryptSync(ctx, b, 2n ** 64n, 4096, 8))).toBe('XTS_TWEAK_OVERFLOW');
+      expect(code(() => n().encryptSync(ctx, b, 2n ** 64n - 8n, 4096, 8))).toBe('XTS_TWEAK_OVERFLOW');
+      expect(code(() => n().encryptSync(ctx, b, 0n, 4100, 8))).toBe('XTS_BAD_UNIT_SIZE');
+      expect(code(() => n().encryptSync(ctx, b, 0n, 8, 8))).toBe('ERR_ARG_RANGE');
+      expect(code(() => n().encryptSync(ctx, b.subarray(1), 0n, 4096, 8))).toBe('XTS_PARTIAL_UNIT');
+      expect(code(() => n().encryptSync(ctx, b, 0n, 4096, -1))).toBe('ERR_ARG_RANGE');
+      expect(code(() => n().encryptSync(ctx, b, 0n, 4096, 8))).toBeUndefined();
+      n().destroyContext(ctx);
+      n().destroyContext(ctx);
+      expect(code(() => n().encryptSync(ctx, b, 0n, 4096, 8))).toBe('XTS_DESTROYED');
+      expect(code(() => n().encrypt(ctx, b, 0n, 4096, 8))).toBe('XTS_DESTROYED');
+    });
+  });
+
+  it('async runs keep their buffer alive until done, even if JS drops it (GC during the run)', async () => {
+    const n = requireNative();
+    const ctx = n.createContext(randomKey());
+    const results: Promise<void>[] = [];
+    for (let i = 0; i < 32; i++) results.push(n.encrypt(ctx, Buffer.alloc(1 << 20), BigInt(i), 4096, 8));
+    (globalThis as { gc?: () => void }).gc?.();
+    await Promise.all(results);
+    n.destroyContext(ctx);
+  });
+
+  it('an async run really leaves the event loop free', async () => {
+    const n = requireNative();
+    const ctx = n.createContext(randomKey());
+    const big = Buffer.alloc(32 << 20);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    await n.encrypt(ctx, big, 0n, 4096, 8);
+    clearInterval(timer);
+    n.destroyContext(ctx);
+    expect(ticks).toBeGreaterThan(0);
+  });
+
+  describe('peerCred', () => {
+    it('reports this process as the peer of a Unix socket it connected', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'ebsd-peercred-'));
+      const path = join(dir, 's.sock');
+      const server = createServer();
+      try {
+        const accepted = new Promise<Socket>((res) => server.once('connection', res));
+        await new Promise<void>((res) => server.listen(path, res));
+        const client = connect(path);
+        await new Promise<void>((res) => client.once('connect', () => res()));
+        const s = await accepted;
+        const fd = (s as unknown as { _handle: { fd: number } })._handle.fd;
+        expect(fd).toBeGreaterThanOrEqual(0);
+        const cred = peerCred(fd);
+        expect(cred).toEqual({ pid: process.pid, uid: process.getuid!(), gid: process.getgid!() });
+        client.destroy();
+        s.destroy();
+      } finally {
+        await new Promise<void>((res) => server.close(() => res()));
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('throws ERR_PEERCRED with errno on a non-socket, ERR_ARG_* on bad fds', () => {
+      let err: { code?: string; errno?: number; syscall?: string } | undefined;
+      try {
+        peerCred(0 + 1_000_000); // EBADF
+      } catch (e) {
+        err = e as typeof err;
+      }
+      expect(err?.code).toBe('ERR_PEERCRED');
+      expect(err?.errno).toBe(9); // EBADF
+      expect(err?.syscall).toBe('getsockopt');
+      expect(() => peerCred(-1)).toThrow(expect.objectContaining({ code: 'ERR_ARG_RANGE' }));
+      expect(() => peerCred('3' as unknown as number)).toThrow(expect.objectContaining({ code: 'ERR_ARG_TYPE' }));
+    });
+  });
+});
