@@ -1,0 +1,91 @@
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { atomicWrite } from '../util/atomic-write.js';
+
+/** EC2 volume states (DescribeVolumes `State`). */
+export type VolumeState = 'creating' | 'available' | 'in-use' | 'deleting' | 'error';
+
+export interface AttachmentRecord {
+  instanceId: string;
+  device: string;
+  attachTime: string;
+  /** Host principal ARN that holds the grant. */
+  hostPrincipal: string;
+  grantId: string;
+  /** Needed to re-attach after a daemon restart without the original caller; file is 0600. */
+  grantToken: string;
+}
+
+export interface VolumeRecord {
+  volumeId: string;
+  size: number;
+  state: VolumeState;
+  kmsKeyId: string;
+  createTime: string;
+  tags: { Key: string; Value: string }[];
+  /** Image file name inside the volumes directory. */
+  image: string;
+  attachment?: AttachmentRecord;
+  /** Set only by the measurement-only plaintext mode. */
+  unencrypted?: boolean;
+}
+
+interface CatalogFile {
+  formatVersion: 1;
+  volumes: VolumeRecord[];
+}
+
+/**
+ * `volumes/catalog.json`: the volume records. Every change rewrites the whole
+ * file with atomicWrite (temp, fsync, rename, fsync dir), one change at a
+ * time, so a crash leaves the old or the new catalog, never a mix.
+ */
+export class Catalog {
+  private readonly recs = new Map<string, VolumeRecord>();
+  private chain: Promise<void> = Promise.resolve();
+
+  private constructor(readonly path: string) {}
+
+  static async load(dir: string): Promise<Catalog> {
+    const c = new Catalog(join(dir, 'catalog.json'));
+    let text: string | null = null;
+    try {
+      text = await fsp.readFile(c.path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (text !== null) {
+      const f = JSON.parse(text) as CatalogFile;
+      if (f.formatVersion !== 1 || !Array.isArray(f.volumes)) throw new Error(`${c.path}: unknown catalog format`);
+      for (const v of f.volumes) c.recs.set(v.volumeId, v);
+    }
+    return c;
+  }
+
+  get(id: string): VolumeRecord | undefined {
+    const r = this.recs.get(id);
+    return r && structuredClone(r);
+  }
+
+  list(): VolumeRecord[] {
+    return [...this.recs.values()].map((r) => structuredClone(r));
+  }
+
+  put(rec: VolumeRecord): Promise<void> {
+    this.recs.set(rec.volumeId, structuredClone(rec));
+    return this.persist();
+  }
+
+  remove(id: string): Promise<void> {
+    this.recs.delete(id);
+    return this.persist();
+  }
+
+  private persist(): Promise<void> {
+    const snapshot: CatalogFile = { formatVersion: 1, volumes: [...this.recs.values()] };
+    const text = JSON.stringify(snapshot, null, 1);
+    const p = this.chain.then(() => atomicWrite(this.path, text, 0o600));
+    this.chain = p.catch(() => {});
+    return p;
+  }
+}

@@ -1,0 +1,93 @@
+import type { Caller, KmsCore } from '../kms/types.js';
+import { KeyServiceError } from './errors.js';
+
+/**
+ * The subset of KMS the volume layer needs (DESIGN §2, §9): AWS request and
+ * response shapes, one caller per call. The embedded core (KmsCoreKeyService)
+ * and a remote AWS-KMS-protocol client are interchangeable behind it.
+ */
+export type EncryptionContext = Record<string, string>;
+
+export interface KeyService {
+  generateDataKeyWithoutPlaintext(
+    req: { KeyId: string; NumberOfBytes: number; EncryptionContext: EncryptionContext },
+    caller: Caller,
+  ): Promise<{ CiphertextBlob: Uint8Array; KeyId: string }>;
+  createGrant(
+    req: {
+      KeyId: string;
+      GranteePrincipal: string;
+      RetiringPrincipal?: string;
+      Operations: string[];
+      Constraints?: { EncryptionContextSubset?: EncryptionContext; EncryptionContextEquals?: EncryptionContext };
+      Name?: string;
+    },
+    caller: Caller,
+  ): Promise<{ GrantId: string; GrantToken: string }>;
+  decrypt(
+    req: { CiphertextBlob: Uint8Array; KeyId?: string; EncryptionContext?: EncryptionContext; GrantTokens?: string[] },
+    caller: Caller,
+  ): Promise<{ Plaintext: Uint8Array; KeyId: string }>;
+  retireGrant(req: { KeyId?: string; GrantId?: string; GrantToken?: string }, caller: Caller): Promise<void>;
+  describeKey(req: { KeyId: string; GrantTokens?: string[] }, caller: Caller): Promise<{ KeyMetadata: { Arn: string; KeyState?: string; Enabled?: boolean; [k: string]: unknown } }>;
+}
+
+/**
+ * KMS answers that mean "no" rather than "not now": the key is disabled or
+ * pending deletion, the grant is gone, the caller is denied, the blob does
+ * not belong to this key/context. Anything else (timeouts, internal errors,
+ * KeyUnavailableException, a dead worker) is treated as KMS being
+ * unreachable, which a cached key may ride out until max-stale.
+ */
+export const AUTHORITATIVE_REFUSALS: ReadonlySet<string> = new Set([
+  'DisabledException',
+  'KMSInvalidStateException',
+  'AccessDeniedException',
+  'NotFoundException',
+  'InvalidGrantTokenException',
+  'InvalidGrantIdException',
+  'InvalidCiphertextException',
+  'IncorrectKeyException',
+  'InvalidKeyUsageException',
+  'InvalidArnException',
+  'ValidationException',
+]);
+
+/** Wrap whatever a KMS client threw into a KeyServiceError carrying the AWS name. */
+export function toKeyServiceError(operation: string, e: unknown): KeyServiceError {
+  if (e instanceof KeyServiceError) return e;
+  const err = e as { awsName?: unknown; __type?: unknown; name?: unknown; message?: unknown } | undefined;
+  const awsName =
+    typeof err?.awsName === 'string' ? err.awsName : typeof err?.__type === 'string' ? err.__type : typeof err?.name === 'string' && /Exception$/.test(err.name) ? err.name : undefined;
+  const authoritative = awsName !== undefined && AUTHORITATIVE_REFUSALS.has(awsName);
+  return new KeyServiceError(operation, awsName, authoritative, typeof err?.message === 'string' ? err.message : String(e), e);
+}
+
+/** KeyService over the in-process KMS core (`KmsCore.call`). */
+export class KmsCoreKeyService implements KeyService {
+  constructor(private readonly core: KmsCore) {}
+
+  private async call<T>(op: string, req: Record<string, unknown>, caller: Caller): Promise<T> {
+    try {
+      return (await this.core.call(op, req, caller)) as T;
+    } catch (e) {
+      throw toKeyServiceError(op, e);
+    }
+  }
+
+  generateDataKeyWithoutPlaintext(req: Parameters<KeyService['generateDataKeyWithoutPlaintext']>[0], caller: Caller) {
+    return this.call<{ CiphertextBlob: Uint8Array; KeyId: string }>('GenerateDataKeyWithoutPlaintext', req, caller);
+  }
+  createGrant(req: Parameters<KeyService['createGrant']>[0], caller: Caller) {
+    return this.call<{ GrantId: string; GrantToken: string }>('CreateGrant', req, caller);
+  }
+  decrypt(req: Parameters<KeyService['decrypt']>[0], caller: Caller) {
+    return this.call<{ Plaintext: Uint8Array; KeyId: string }>('Decrypt', req, caller);
+  }
+  async retireGrant(req: Parameters<KeyService['retireGrant']>[0], caller: Caller): Promise<void> {
+    await this.call('RetireGrant', req, caller);
+  }
+  describeKey(req: Parameters<KeyService['describeKey']>[0], caller: Caller) {
+    return this.call<{ KeyMetadata: { Arn: string; KeyState?: string; Enabled?: boolean } }>('DescribeKey', req, caller);
+  }
+}

@@ -1,0 +1,522 @@
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import type { XtsEngine } from '../crypto/xts.js';
+import { silentLogger } from '../util/logger.js';
+import { wipe } from '../util/wipe.js';
+import { KeyedMutex } from '../util/lock.js';
+import { fsyncDir } from '../util/atomic-write.js';
+import { Catalog, type VolumeRecord, type VolumeState } from './catalog.js';
+import { AttachLock } from './attach-lock.js';
+import { openBackingFile } from './backing-file.js';
+import { EncryptedBlockDevice } from './encrypted-block-device.js';
+import { PlainBlockDevice } from './plain-block-device.js';
+import { KeyCache, type ImpairedEvent } from './key-cache.js';
+import type { KeyService } from './key-service.js';
+import type { Attachment } from './attachment.js';
+import type { BlockDevice } from './types.js';
+import { buildLuks2Json, verifyVolumeKey, LUKS2_DATA_OFFSET, VOLUME_KEY_BYTES, type Luks2Volume } from './luks2-json.js';
+import { createLuks2, readLuks2, updateLuks2 } from './luks2-header.js';
+import { VolumeError, incorrectState, invalidParameter, notFound, KeyServiceError } from './errors.js';
+import { parseVolumeSize } from './size.js';
+
+export const DEFAULT_KMS_KEY = 'alias/aws/ebs';
+const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
+
+/** Audit-worthy volume events, for the daemon to append to its audit trail. */
+export interface VolumeAuditEvent {
+  eventName: 'CreateVolume' | 'DeleteVolume' | 'AttachVolume' | 'DetachVolume' | 'ModifyVolume' | 'VolumeImpaired' | 'VolumeRecovered';
+  volumeId: string;
+  principal?: string;
+  time: string;
+  details?: Record<string, unknown>;
+}
+
+export interface VolumeManagerOptions {
+  /** State directory; images and catalog live in `<stateDir>/volumes` (0700). */
+  stateDir: string;
+  keyService: KeyService;
+  /** The host principal: grantee and retiring principal of attach grants, caller of grant Decrypts. */
+  hostPrincipal: Caller;
+  xtsEngine: XtsEngine;
+  /** Region for kms:ViaService `ec2.<region>.amazonaws.com`; default us-east-1. */
+  region?: string;
+  /** InstanceId recorded in attachments; default `i-` + 17 hex derived from nothing secret. */
+  instanceId?: string;
+  availabilityZone?: string;
+  /** Key cache TTL (ms); default 300 000; 0 holds the key until detach. */
+  keyCacheTtlMs?: number;
+  /** Key cache max-stale (ms) while KMS does not answer; default 3 600 000. */
+  keyCacheMaxStaleMs?: number;
+  /** Measurement only: serve volumes as plaintext passthrough (no KMS on attach). */
+  unencrypted?: boolean;
+  /** Open FUSE handles on a volume's file; detach refuses while > 0 unless forced. */
+  openCount?: (volumeId: string) => number;
+  onImpaired?: (ev: ImpairedEvent) => void;
+  onAudit?: (ev: VolumeAuditEvent) => void;
+  logger?: Logger;
+}
+
+export interface CreateVolumeRequest {
+  Size: number | string;
+  KmsKeyId?: string;
+  /** Shortcut for a `Name` tag. */
+  Name?: string;
+  TagSpecifications?: { ResourceType?: string; Tags: { Key: string; Value: string }[] }[];
+}
+
+export interface Filter {
+  Name: string;
+  Values: string[];
+}
+
+/**
+ * EC2-shaped volume operations over LUKS2 images (DESIGN §4, §6):
+ * CreateVolume, DescribeVolumes, DeleteVolume, AttachVolume, DetachVolume,
+ * ModifyVolume. Per-volume operations are serialized; the catalog is the
+ * source of truth and every change to it is atomic.
+ */
+export class VolumeManager {
+  readonly dir: string;
+  private readonly log: Logger;
+  private readonly ks: KeyService;
+  private readonly host: Caller;
+  private readonly viaService: string;
+  readonly instanceId: string;
+  private readonly mutex = new KeyedMutex();
+  private readonly live = new Map<string, Attachment>();
+  private openCount: (volumeId: string) => number;
+
+  private constructor(private readonly o: VolumeManagerOptions, private readonly catalog: Catalog) {
+    this.dir = join(o.stateDir, 'volumes');
+    this.log = (o.logger ?? silentLogger).child({ component: 'volume' });
+    this.ks = o.keyService;
+    this.host = o.hostPrincipal;
+    this.viaService = `ec2.${o.region ?? 'us-east-1'}.amazonaws.com`;
+    this.instanceId = o.instanceId ?? 'i-0ebsd00000000000';
+    this.openCount = o.openCount ?? (() => 0);
+  }
+
+  /** Load the catalog and clean up after a crash (see recover()). */
+  static async open(o: VolumeManagerOptions): Promise<VolumeManager> {
+    const dir = join(o.stateDir, 'volumes');
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    const m = new VolumeManager(o, await Catalog.load(dir));
+    await m.recover();
+    return m;
+  }
+
+  /** The FUSE layer reports open handles through this. */
+  setOpenCountProvider(fn: (volumeId: string) => number): void {
+    this.openCount = fn;
+  }
+
+  /** The attached device for the FUSE layer, or undefined. */
+  getBlockDevice(volumeId: string): BlockDevice | undefined {
+    return this.live.get(volumeId)?.device;
+  }
+
+  attachedVolumeIds(): string[] {
+    return [...this.live.keys()];
+  }
+
+  /**
+   * Finish what a crash interrupted: `creating` and `deleting` records lose
+   * their image and their record; temp files go. Records still `in-use` are
+   * returned for resumeAttachments(). Images with no record are reported,
+   * never deleted (a lost catalog must not cost data).
+   */
+  async recover(): Promise<{ removed: string[]; inUse: string[]; orphans: string[] }> {
+    const removed: string[] = [];
+    for (const r of this.catalog.list()) {
+      if (r.state === 'creating' || r.state === 'deleting') {
+        await this.removeImage(r);
+        await this.catalog.remove(r.volumeId);
+        removed.push(r.volumeId);
+        this.audit({ eventName: 'VolumeRecovered', volumeId: r.volumeId, details: { was: r.state, action: 'removed' } });
+      }
+    }
+    const known = new Set(this.catalog.list().map((r) => r.image));
+    const orphans: string[] = [];
+    for (const f of await fsp.readdir(this.dir)) {
+      if (/^\.vol-[0-9a-f]{17}\.img\.tmp$/.test(f)) await fsp.rm(join(this.dir, f), { force: true });
+      else if (/^vol-[0-9a-f]{17}\.img$/.test(f) && !known.has(f)) orphans.push(f);
+    }
+    if (removed.length || orphans.length) this.log.warn({ removed, orphans }, 'recovered volume catalog after an interrupted operation');
+    const inUse = this.catalog.list().filter((r) => r.state === 'in-use').map((r) => r.volumeId);
+    return { removed, inUse, orphans };
+  }
+
+  // ---- CreateVolume ------------------------------------------------------
+
+  async createVolume(req: CreateVolumeRequest, caller: Caller): Promise<ReturnType<VolumeManager['describe']>> {
+    const size = parseVolumeSize(req.Size);
+    const keyId = req.KmsKeyId ?? DEFAULT_KMS_KEY;
+    if (typeof keyId !== 'string' || keyId === '') throw invalidParameter('KmsKeyId must be a key id, ARN or alias');
+    const tags = [...(req.TagSpecifications ?? []).flatMap((t) => t.Tags)];
+    if (req.Name !== undefined) tags.push({ Key: 'Name', Value: req.Name });
+    const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`;
+    const image = `${volumeId}.img`;
+    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: keyId, createTime: new Date().toISOString(), tags, image };
+    // Postcondition on crash from here on: a `creating` record, which recover() removes with its files.
+    await this.catalog.put(rec);
+    const ctx = { 'aws:ebs:id': volumeId };
+    const tmp = join(this.dir, `.${image}.tmp`);
+    let key: Uint8Array | undefined;
+    try {
+      // DESIGN §6: GenerateDataKeyWithoutPlaintext on the caller's behalf, via EC2.
+      const via: Caller = { ...caller, viaService: this.viaService };
+      let gen: { CiphertextBlob: Uint8Array; KeyId: string };
+      for (let i = 0; ; i++) {
+        gen = await this.ks.generateDataKeyWithoutPlaintext({ KeyId: keyId, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
+        // The LUKS2 digest needs the key once; unwrap it, on the caller's behalf too, and wipe it.
+        key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
+        if (key.length !== VOLUME_KEY_BYTES) throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
+        // DESIGN §3: K1 = K2 is refused by XTS (FIPS); regenerate.
+        if (!Buffer.from(key.subarray(0, 32)).equals(key.subarray(32)) || i >= 3) break;
+        wipe(key);
+      }
+      rec.kmsKeyId = gen.KeyId;
+      const json = buildLuks2Json({
+        size,
+        volumeKey: key,
+        token: { key_arn: gen.KeyId, ciphertext_blob: Buffer.from(gen.CiphertextBlob).toString('base64'), encryption_context: ctx, volume_id: volumeId },
+      });
+      wipe(key);
+      await createLuks2(tmp, { json, size, dataOffset: LUKS2_DATA_OFFSET, label: volumeId });
+      await fsp.rename(tmp, join(this.dir, image));
+      await fsyncDir(this.dir);
+      rec.state = 'available';
+      await this.catalog.put(rec);
+    } catch (e) {
+      wipe(key);
+      await fsp.rm(tmp, { force: true }).catch(() => {});
+      await this.removeImage(rec).catch(() => {});
+      await this.catalog.remove(volumeId).catch(() => {});
+      this.log.warn({ volumeId, keyId, err: errInfo(e) }, 'CreateVolume failed');
+      throw e;
+    }
+    this.log.info({ volumeId, size, keyArn: rec.kmsKeyId }, 'volume created');
+    this.audit({ eventName: 'CreateVolume', volumeId, principal: caller.arn, details: { size, kmsKeyId: rec.kmsKeyId } });
+    return this.describe(rec);
+  }
+
+  // ---- DescribeVolumes ---------------------------------------------------
+
+  describeVolumes(req: { VolumeIds?: string[]; Filters?: Filter[] } = {}): { Volumes: ReturnType<VolumeManager['describe']>[] } {
+    let recs = this.catalog.list();
+    if (req.VolumeIds?.length) {
+      for (const id of req.VolumeIds) if (!recs.some((r) => r.volumeId === id)) throw notFound(id);
+      recs = recs.filter((r) => req.VolumeIds!.includes(r.volumeId));
+    }
+    for (const f of req.Filters ?? []) {
+      const match = (r: VolumeRecord): boolean => {
+        if (f.Name === 'volume-id') return f.Values.includes(r.volumeId);
+        if (f.Name === 'status') return f.Values.includes(r.state);
+        if (f.Name.startsWith('tag:')) return r.tags.some((t) => t.Key === f.Name.slice(4) && f.Values.includes(t.Value));
+        if (f.Name === 'attachment.instance-id') return !!r.attachment && f.Values.includes(r.attachment.instanceId);
+        if (f.Name === 'kms-key-id') return f.Values.includes(r.kmsKeyId);
+        throw invalidParameter(`The filter '${f.Name}' is invalid`);
+      };
+      recs = recs.filter(match);
+    }
+    return { Volumes: recs.map((r) => this.describe(r)) };
+  }
+
+  /** DescribeVolumeStatus: `impaired` once the key cache withdrew the key. */
+  describeVolumeStatus(volumeId: string): { VolumeId: string; VolumeStatus: { Status: 'ok' | 'impaired'; Details: { Name: string; Status: string }[] }; Reason?: ImpairedEvent } {
+    this.record(volumeId);
+    const imp = this.live.get(volumeId)?.keyCache?.impaired ?? null;
+    return {
+      VolumeId: volumeId,
+      VolumeStatus: { Status: imp ? 'impaired' : 'ok', Details: [{ Name: 'io-enabled', Status: imp ? 'failed' : 'passed' }] },
+      ...(imp ? { Reason: imp } : {}),
+    };
+  }
+
+  // ---- DeleteVolume ------------------------------------------------------
+
+  async deleteVolume(req: { VolumeId: string }, caller: Caller): Promise<void> {
+    await this.mutex.run(req.VolumeId, async () => {
+      const rec = this.record(req.VolumeId);
+      if (rec.state === 'in-use') throw new VolumeError('VOLUME_IN_USE', `Volume ${rec.volumeId} is currently attached to ${rec.attachment?.instanceId}`, { awsName: 'VolumeInUse' });
+      if (rec.state !== 'available' && rec.state !== 'error') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
+      rec.state = 'deleting';
+      await this.catalog.put(rec); // a crash from here on: recover() finishes the delete
+      await this.removeImage(rec);
+      await this.catalog.remove(rec.volumeId);
+      this.audit({ eventName: 'DeleteVolume', volumeId: rec.volumeId, principal: caller.arn });
+    });
+  }
+
+  // ---- AttachVolume ------------------------------------------------------
+
+  /**
+   * DESIGN §6: CreateGrant on the caller's behalf (grantee and retiring
+   * principal: the host; [Decrypt]; EncryptionContextSubset on the volume),
+   * Decrypt as the host with the grant token, check the key against the
+   * LUKS2 digest, then serve I/O. `Device` is informational.
+   */
+  async attachVolume(req: { VolumeId: string; InstanceId?: string; Device?: string }, caller: Caller) {
+    return this.mutex.run(req.VolumeId, async () => {
+      const rec = this.record(req.VolumeId);
+      if (this.live.has(rec.volumeId) || rec.state === 'in-use') {
+        throw new VolumeError('VOLUME_IN_USE', `vol ${rec.volumeId} is already attached to ${rec.attachment?.instanceId ?? this.instanceId}`, { awsName: 'VolumeInUse' });
+      }
+      if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
+      if (req.InstanceId !== undefined && req.InstanceId !== this.instanceId) throw invalidParameter(`This host is ${this.instanceId}`);
+      const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
+      const att = await this.bringUp(rec, async (v) => {
+        if (this.o.unencrypted) return { grantId: '', grantToken: '' };
+        const g = await this.ks.createGrant(
+          {
+            KeyId: v.token.key_arn,
+            GranteePrincipal: this.host.arn,
+            RetiringPrincipal: this.host.arn,
+            Operations: ['Decrypt'],
+            Constraints: { EncryptionContextSubset: { 'aws:ebs:id': rec.volumeId } },
+            Name: `ebsd-attach-${rec.volumeId}`,
+          },
+          { ...caller, viaService: this.viaService },
+        );
+        return { grantId: g.GrantId, grantToken: g.GrantToken };
+      });
+      const attachTime = new Date().toISOString();
+      rec.state = 'in-use';
+      rec.attachment = { instanceId: this.instanceId, device, attachTime, hostPrincipal: this.host.arn, grantId: att.grantId, grantToken: att.grantToken };
+      await this.catalog.put(rec);
+      this.log.info({ volumeId: rec.volumeId, keyArn: att.keyArn, grantId: att.grantId }, 'volume attached');
+      this.audit({ eventName: 'AttachVolume', volumeId: rec.volumeId, principal: caller.arn, details: { instanceId: this.instanceId, grantId: att.grantId } });
+      return { VolumeId: rec.volumeId, InstanceId: this.instanceId, Device: device, State: 'attached' as const, AttachTime: attachTime };
+    });
+  }
+
+  /**
+   * After a daemon restart: bring back volumes recorded `in-use` on this
+   * host through the stored grant (Decrypt as the host, digest check). A
+   * volume that fails stays `in-use` and unattached; its error is returned.
+   */
+  async resumeAttachments(): Promise<{ resumed: string[]; failed: { volumeId: string; error: unknown }[] }> {
+    const resumed: string[] = [];
+    const failed: { volumeId: string; error: unknown }[] = [];
+    for (const r of this.catalog.list()) {
+      if (r.state !== 'in-use' || this.live.has(r.volumeId) || !r.attachment) continue;
+      try {
+        await this.mutex.run(r.volumeId, () => this.bringUp(r, async () => ({ grantId: r.attachment!.grantId, grantToken: r.attachment!.grantToken }), true));
+        resumed.push(r.volumeId);
+      } catch (e) {
+        this.log.error({ volumeId: r.volumeId, err: errInfo(e) }, 'could not resume attachment');
+        failed.push({ volumeId: r.volumeId, error: e });
+      }
+    }
+    return { resumed, failed };
+  }
+
+  // ---- DetachVolume ------------------------------------------------------
+
+  /** Refuse while open unless Force; drain, fdatasync, wipe the key, retire the grant, catalog, audit. */
+  async detachVolume(req: { VolumeId: string; Force?: boolean }, caller: Caller) {
+    return this.mutex.run(req.VolumeId, async () => {
+      const rec = this.record(req.VolumeId);
+      if (rec.state !== 'in-use' || !rec.attachment) {
+        throw new VolumeError('VOLUME_NOT_ATTACHED', `Volume '${rec.volumeId}' is in the '${rec.state}' state.`, { awsName: 'IncorrectState' });
+      }
+      const att = this.live.get(rec.volumeId);
+      const open = att ? this.openCount(rec.volumeId) : 0;
+      if (open > 0 && !req.Force) {
+        throw new VolumeError('VOLUME_OPEN', `Volume ${rec.volumeId} is open (${open} handle(s)); close it or detach with Force`, { awsName: 'VolumeInUse' });
+      }
+      if (att) {
+        await att.keyCache?.stop();
+        await att.device.close(); // drain, fdatasync, wipe key, close fd
+        this.live.delete(rec.volumeId);
+        await att.lock.release();
+      }
+      let grantRetired = rec.attachment.grantId === '';
+      if (!grantRetired) {
+        try {
+          await this.ks.retireGrant({ KeyId: (await this.keyArnOf(rec)) ?? rec.kmsKeyId, GrantId: rec.attachment.grantId }, this.host);
+          grantRetired = true;
+        } catch (e) {
+          // The key is already wiped; a grant left behind only lets this host decrypt again.
+          this.log.warn({ volumeId: rec.volumeId, grantId: rec.attachment.grantId, err: errInfo(e) }, 'RetireGrant failed on detach');
+        }
+      }
+      const a = rec.attachment;
+      delete rec.attachment;
+      rec.state = 'available';
+      await this.catalog.put(rec);
+      this.log.info({ volumeId: rec.volumeId, forced: !!req.Force, openHandles: open, grantRetired }, 'volume detached');
+      this.audit({ eventName: 'DetachVolume', volumeId: rec.volumeId, principal: caller.arn, details: { force: !!req.Force, openHandles: open, grantId: a.grantId, grantRetired } });
+      return { VolumeId: rec.volumeId, InstanceId: a.instanceId, Device: a.device, State: 'detached' as const, AttachTime: a.attachTime };
+    });
+  }
+
+  // ---- ModifyVolume ------------------------------------------------------
+
+  /** Grow only: grow the sparse file, then the LUKS2 segment size, then the catalog and live device. */
+  async modifyVolume(req: { VolumeId: string; Size: number | string }, caller: Caller) {
+    return this.mutex.run(req.VolumeId, async () => {
+      const rec = this.record(req.VolumeId);
+      if (rec.state !== 'available' && rec.state !== 'in-use') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
+      const size = parseVolumeSize(req.Size);
+      if (size <= rec.size) throw invalidParameter(`New size ${size} must be larger than the current size ${rec.size}; volumes only grow.`);
+      const path = join(this.dir, rec.image);
+      const cur = await readLuks2(path);
+      await fsp.truncate(path, cur.volume.dataOffset + size); // header never claims more than the file holds
+      await updateLuks2(path, (j) => {
+        for (const s of Object.values(j.segments)) s.size = String(size);
+      });
+      const original = rec.size;
+      rec.size = size;
+      await this.catalog.put(rec);
+      this.live.get(rec.volumeId)?.device.resize(size);
+      this.audit({ eventName: 'ModifyVolume', volumeId: rec.volumeId, principal: caller.arn, details: { originalSize: original, targetSize: size } });
+      return {
+        VolumeModification: { VolumeId: rec.volumeId, ModificationState: 'completed' as const, OriginalSize: original, TargetSize: size, StartTime: new Date().toISOString(), Progress: 100 },
+      };
+    });
+  }
+
+  /** Shutdown: stop every attachment (drain, fdatasync, wipe) but keep catalog `in-use`, so a restart resumes them. */
+  async close(): Promise<void> {
+    for (const [id, att] of this.live) {
+      await this.mutex.run(id, async () => {
+        await att.keyCache?.stop();
+        await att.device.close();
+        await att.lock.release();
+        this.live.delete(id);
+      });
+    }
+  }
+
+  // ---- internals ---------------------------------------------------------
+
+  private async bringUp(
+    rec: VolumeRecord,
+    grant: (v: Luks2Volume) => Promise<{ grantId: string; grantToken: string }>,
+    resuming = false,
+  ): Promise<Attachment & { grantToken: string }> {
+    const path = join(this.dir, rec.image);
+    const lock = await AttachLock.acquire(path, rec.volumeId);
+    let grantInfo: { grantId: string; grantToken: string } | null = null;
+    let key: Uint8Array | undefined;
+    try {
+      const h = await readLuks2(path);
+      const v = h.volume;
+      const ctx = { 'aws:ebs:id': rec.volumeId };
+      // Precondition: the token names this volume and binds the blob to it.
+      if (v.token.volume_id !== rec.volumeId || !sameContext(v.token.encryption_context, ctx) || v.size < rec.size) {
+        throw new VolumeError('VOLUME_TOKEN_MISMATCH', `image of ${rec.volumeId} carries the token of ${v.token.volume_id}`);
+      }
+      grantInfo = await grant(v);
+      let device: EncryptedBlockDevice | PlainBlockDevice;
+      let keyCache: KeyCache | null = null;
+      const backing = await openBackingFile(path);
+      if (this.o.unencrypted) {
+        device = new PlainBlockDevice({ volumeId: rec.volumeId, size: v.size, dataOffset: v.dataOffset, backing, logger: this.log });
+      } else {
+        const blob = Buffer.from(v.token.ciphertext_blob, 'base64');
+        const gt = grantInfo.grantToken;
+        const unwrap = async () =>
+          (await this.ks.decrypt({ CiphertextBlob: blob, KeyId: v.token.key_arn, EncryptionContext: ctx, GrantTokens: [gt] }, this.host)).Plaintext;
+        try {
+          key = await unwrap();
+          verifyVolumeKey(v, key); // Precondition of any I/O: the key matches the LUKS2 digest.
+          device = new EncryptedBlockDevice({ volumeId: rec.volumeId, size: v.size, dataOffset: v.dataOffset, backing, logger: this.log, xts: this.o.xtsEngine.createContext(key) });
+        } catch (e) {
+          await backing.close().catch(() => {});
+          throw e;
+        } finally {
+          wipe(key);
+        }
+        const dev = device;
+        keyCache = new KeyCache(dev, {
+          volumeId: rec.volumeId,
+          ...(this.o.keyCacheTtlMs !== undefined ? { ttlMs: this.o.keyCacheTtlMs } : {}),
+          ...(this.o.keyCacheMaxStaleMs !== undefined ? { maxStaleMs: this.o.keyCacheMaxStaleMs } : {}),
+          refresh: unwrap,
+          verify: (k) => verifyVolumeKey(v, k),
+          logger: this.log,
+          onImpaired: (ev) => {
+            this.audit({ eventName: 'VolumeImpaired', volumeId: ev.volumeId, principal: this.host.arn, details: { reason: ev.reason, awsName: ev.awsName } });
+            this.o.onImpaired?.(ev);
+          },
+        });
+        keyCache.start();
+      }
+      const att: Attachment = { volumeId: rec.volumeId, device, keyCache, lock, keyArn: v.token.key_arn, grantId: grantInfo.grantId };
+      this.live.set(rec.volumeId, att);
+      return { ...att, grantToken: grantInfo.grantToken };
+    } catch (e) {
+      if (grantInfo && grantInfo.grantId && !resuming) {
+        await this.ks.retireGrant({ GrantToken: grantInfo.grantToken }, this.host).catch((err) =>
+          this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not retire the grant of a failed attach'),
+        );
+      }
+      await lock.release();
+      this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'attach failed');
+      throw e;
+    }
+  }
+
+  private record(id: string): VolumeRecord {
+    if (typeof id !== 'string' || !VOLUME_ID.test(id)) throw new VolumeError('VOLUME_NOT_FOUND', `Invalid id: "${String(id)}"`, { awsName: 'InvalidVolumeID.Malformed' });
+    const r = this.catalog.get(id);
+    if (!r) throw notFound(id);
+    return r;
+  }
+
+  private async keyArnOf(rec: VolumeRecord): Promise<string | undefined> {
+    return this.live.get(rec.volumeId)?.keyArn ?? (rec.kmsKeyId.startsWith('arn:') ? rec.kmsKeyId : undefined);
+  }
+
+  private async removeImage(rec: VolumeRecord): Promise<void> {
+    for (const f of [rec.image, `.${rec.image}.tmp`, `${rec.image}.lock`]) await fsp.rm(join(this.dir, f), { force: true });
+    await fsyncDir(this.dir);
+  }
+
+  private describe(r: VolumeRecord) {
+    return {
+      VolumeId: r.volumeId,
+      /** EC2 reports GiB; ebsd volumes may be smaller, so SizeBytes is exact. */
+      Size: Math.ceil(r.size / 1024 ** 3),
+      SizeBytes: r.size,
+      State: r.state as VolumeState,
+      CreateTime: r.createTime,
+      Encrypted: !r.unencrypted,
+      KmsKeyId: r.kmsKeyId,
+      VolumeType: 'gp3',
+      AvailabilityZone: this.o.availabilityZone ?? `${this.o.region ?? 'us-east-1'}a`,
+      Attachments: r.attachment
+        ? [{ VolumeId: r.volumeId, InstanceId: r.attachment.instanceId, Device: r.attachment.device, State: 'attached', AttachTime: r.attachment.attachTime, DeleteOnTermination: false }]
+        : [],
+      Tags: r.tags,
+    };
+  }
+
+  private audit(ev: Omit<VolumeAuditEvent, 'time'>): void {
+    try {
+      this.o.onAudit?.({ ...ev, time: new Date().toISOString() });
+    } catch (e) {
+      this.log.warn({ err: errInfo(e) }, 'audit callback threw');
+    }
+  }
+}
+
+function sameContext(a: Record<string, string>, b: Record<string, string>): boolean {
+  const ka = Object.keys(a).sort();
+  const kb = Object.keys(b).sort();
+  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
+}
+
+/** What may be logged about an error: its class, code and AWS name, never payloads. */
+function errInfo(e: unknown): Record<string, unknown> {
+  if (e instanceof KeyServiceError || e instanceof VolumeError || (e instanceof Error && 'code' in e)) {
+    const x = e as Error & { code?: unknown; awsName?: unknown };
+    return { type: x.name, code: x.code, awsName: x.awsName, message: x.message };
+  }
+  return { type: (e as Error)?.name ?? typeof e, message: (e as Error)?.message };
+}
