@@ -1,0 +1,229 @@
+import type { Caller } from '../types.js';
+import { AccessDeniedException } from '../errors.js';
+import type { CompiledPolicy, CompiledStatement, PrincipalSet } from './policy-document.js';
+import { PolicyCache } from './policy-document.js';
+import { RequestContext, type AuthzRequest, type GrantConstraints, type NewGrantInfo } from './request-context.js';
+
+/**
+ * The authorization decision for one KMS request (KMS Developer Guide,
+ * "Determining access to an AWS KMS key"; IAM "Policy evaluation logic"):
+ *
+ *   1. an explicit Deny in the key policy or an identity policy wins;
+ *   2. else allowed if a key-policy Allow names the caller;
+ *   3. else allowed if a key-policy Allow names the caller's account (IAM
+ *      delegation, `arn:aws:iam::<acct>:root`) and an identity policy allows;
+ *   4. else allowed if a grant for the caller allows the operation and its
+ *      constraints hold;
+ *   5. else implicitly denied.
+ *
+ * Actions without a key (CreateKey, ListKeys, ...) are IAM-only: the account
+ * root may call them, others need an identity policy.
+ */
+
+export type DenyReason =
+  | 'unknown-caller'
+  | 'explicit-deny-key-policy'
+  | 'explicit-deny-identity-policy'
+  | 'no-key-policy-allow'
+  | 'no-identity-policy-allow';
+
+export type Decision =
+  | { allowed: true; by: 'key-policy' | 'iam-policy' | 'grant' | 'account-root'; grantId?: string; sid?: string }
+  | { allowed: false; reason: DenyReason; message: string; sid?: string };
+
+/** A grant as the evaluator sees it (the grant store's records satisfy this). */
+export interface GrantView {
+  readonly grantId: string;
+  readonly operations: readonly string[];
+  readonly constraints?: GrantConstraints;
+}
+
+export interface GrantSource {
+  /** Grants on `keyArn` whose grantee is `caller` (or, for a role session, the role). */
+  grantsFor(keyArn: string, caller: Caller): Iterable<GrantView>;
+}
+
+export interface EvaluatorOptions {
+  /** Identity policies attached to the caller (user or role); none for root and services. */
+  identityPolicies?: (caller: Caller) => readonly CompiledPolicy[];
+  grants?: GrantSource;
+  cache?: PolicyCache;
+}
+
+/** Operations whose requests carry an encryption context, so grant constraints apply (KMS API, GrantConstraints). */
+export const EC_OPERATIONS: ReadonlySet<string> = new Set([
+  'Encrypt', 'Decrypt', 'ReEncryptFrom', 'ReEncryptTo', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext',
+  'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext',
+]);
+
+type Match = 0 | 1 | 2; // none | the caller's account (delegation) | the caller itself
+
+interface CallerIds {
+  arn: string;
+  account: string;
+  isRoot: boolean;
+  isService: boolean;
+  /** `<account>:<role>` for a role session. */
+  roleKey?: string;
+}
+
+function _ids(c: Caller): CallerIds {
+  const s = c.type === 'AssumedRole' || c.type === 'Role' ? /^arn:[\w-]+:(?:sts|iam)::(\d{12}):(?:assumed-role|role(?:\/.*)?)\/([^/]+)/.exec(c.arn) : null;
+  return {
+    arn: c.arn,
+    account: c.accountId,
+    isRoot: c.type === 'Root',
+    isService: c.type === 'AWSService',
+    ...(s ? { roleKey: `${s[1]}:${s[2]}` } : {}),
+  };
+}
+
+function _principalMatch(p: PrincipalSet, id: CallerIds): Match {
+  if (p.any) return 2;
+  if (id.isService) return p.services.has(id.arn) ? 2 : 0;
+  if (p.arns.has(id.arn)) return 2;
+  if (id.roleKey !== undefined && p.roles.has(id.roleKey)) return 2;
+  if (p.accounts.has(id.account)) return id.isRoot ? 2 : 1;
+  return 0;
+}
+
+function _statementMatch(st: CompiledStatement, id: CallerIds): Match {
+  if (st.principal) return _principalMatch(st.principal, id);
+  if (st.notPrincipal) return _principalMatch(st.notPrincipal, id) === 2 ? 0 : 2; // excluded only when named itself
+  return 2; // identity policy: applies to its own principal
+}
+
+function _conditionsHold(st: CompiledStatement, ctx: RequestContext): boolean {
+  for (const c of st.conditions) if (!c.test(ctx)) return false;
+  return true;
+}
+
+function _ecEquals(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) if (b[k] !== a[k]) return false;
+  return true;
+}
+
+function _ecIncludes(whole: Readonly<Record<string, string>>, part: Readonly<Record<string, string>>): boolean {
+  for (const [k, v] of Object.entries(part)) if (whole[k] !== v) return false;
+  return true;
+}
+
+/** Does a request's encryption context satisfy a grant's constraints? (KMS API, GrantConstraints; keys and values case-sensitive.) */
+export function constraintsHold(c: GrantConstraints | undefined, ec: Readonly<Record<string, string>> | undefined): boolean {
+  if (!c) return true;
+  const ctx = ec ?? {};
+  if (c.EncryptionContextEquals && !_ecEquals(c.EncryptionContextEquals, ctx)) return false;
+  if (c.EncryptionContextSubset && !_ecIncludes(ctx, c.EncryptionContextSubset)) return false;
+  return true;
+}
+
+/**
+ * Is grant `child` no broader than `parent`? (KMS Developer Guide, "Granting
+ * CreateGrant permission": its operations are a subset and its constraint is
+ * equally strict or stricter.)
+ */
+export function grantNoBroader(parent: GrantView, child: NewGrantInfo): boolean {
+  for (const op of child.operations) if (!parent.operations.includes(op)) return false;
+  const pc = parent.constraints;
+  if (!pc || (!pc.EncryptionContextEquals && !pc.EncryptionContextSubset)) return true;
+  const cc = child.constraints ?? {};
+  if (pc.EncryptionContextEquals) {
+    return !!cc.EncryptionContextEquals && _ecEquals(pc.EncryptionContextEquals, cc.EncryptionContextEquals) && !cc.EncryptionContextSubset;
+  }
+  const ps = pc.EncryptionContextSubset!;
+  if (cc.EncryptionContextEquals) return _ecIncludes(cc.EncryptionContextEquals, ps);
+  if (cc.EncryptionContextSubset) return _ecIncludes(cc.EncryptionContextSubset, ps);
+  return false;
+}
+
+export function denialMessage(caller: Caller, action: string, resource: string, reason: DenyReason): string {
+  const head = `User: ${caller.arn} is not authorized to perform: ${action} on resource: ${resource}`;
+  switch (reason) {
+    case 'explicit-deny-key-policy': return `${head} with an explicit deny in a resource-based policy`;
+    case 'explicit-deny-identity-policy': return `${head} with an explicit deny in an identity-based policy`;
+    case 'no-key-policy-allow': return `${head} because no resource-based policy allows the ${action} action`;
+    case 'no-identity-policy-allow': return `${head} because no identity-based policy allows the ${action} action`;
+    case 'unknown-caller': return `${head} because the caller${caller.uid !== undefined ? ` (uid ${caller.uid})` : ''} is not mapped to any principal`;
+  }
+}
+
+export class PolicyEvaluator {
+  readonly cache: PolicyCache;
+  private readonly identityPolicies: (caller: Caller) => readonly CompiledPolicy[];
+  private readonly grants: GrantSource | undefined;
+
+  constructor(opts: EvaluatorOptions = {}) {
+    this.cache = opts.cache ?? new PolicyCache();
+    this.identityPolicies = opts.identityPolicies ?? (() => []);
+    this.grants = opts.grants;
+  }
+
+  /** Decide; never throws for a denial. `useGrants: false` is the lockout check's view. */
+  evaluate(req: AuthzRequest, opts: { useGrants?: boolean } = {}): Decision {
+    const { caller, action } = req;
+    const resource = req.resource ?? req.key?.arn ?? '*';
+    const deny = (reason: DenyReason, sid?: string): Decision => ({
+      allowed: false, reason, message: denialMessage(caller, action, resource, reason), ...(sid ? { sid } : {}),
+    });
+    if (caller.type === 'Unknown') return deny('unknown-caller');
+
+    const id = _ids(caller);
+    const ctx = new RequestContext(req);
+    let keyDirect: string | null = null; // sid ('' when none) of the first direct Allow
+    let keyViaAccount = false;
+
+    if (req.key) {
+      const kp = typeof req.key.policy === 'string' ? this.cache.get(req.key.policy, 'key') : req.key.policy;
+      for (const st of kp.statements) {
+        if (!st.matchesAction(action) || !st.matchesResource(resource)) continue;
+        const m = _statementMatch(st, id);
+        if (m === 0) continue;
+        if (st.effect === 'Allow' && (m === 2 ? keyDirect !== null : keyViaAccount)) continue; // already known
+        if (!_conditionsHold(st, ctx)) continue;
+        if (st.effect === 'Deny') return deny('explicit-deny-key-policy', st.sid);
+        if (m === 2) keyDirect = st.sid ?? '';
+        else keyViaAccount = true;
+      }
+    }
+
+    let idAllow = false;
+    if (!id.isRoot && !id.isService) {
+      for (const p of this.identityPolicies(caller)) {
+        for (const st of p.statements) {
+          if (!st.matchesAction(action) || !st.matchesResource(resource)) continue;
+          if (st.effect === 'Allow' && idAllow) continue;
+          if (!_conditionsHold(st, ctx)) continue;
+          if (st.effect === 'Deny') return deny('explicit-deny-identity-policy', st.sid);
+          idAllow = true;
+        }
+      }
+    }
+
+    if (!req.key) {
+      if (id.isRoot) return { allowed: true, by: 'account-root' };
+      return idAllow ? { allowed: true, by: 'iam-policy' } : deny('no-identity-policy-allow');
+    }
+    if (keyDirect !== null) return { allowed: true, by: 'key-policy', ...(keyDirect ? { sid: keyDirect } : {}) };
+    if (keyViaAccount && idAllow) return { allowed: true, by: 'iam-policy' };
+
+    if (opts.useGrants !== false && this.grants && action.startsWith('kms:')) {
+      const op = action.slice(4);
+      for (const g of this.grants.grantsFor(req.key.arn, caller)) {
+        if (!g.operations.includes(op)) continue;
+        if (EC_OPERATIONS.has(op) && !constraintsHold(g.constraints, req.encryptionContext)) continue;
+        if (op === 'CreateGrant' && req.grant && !grantNoBroader(g, req.grant)) continue;
+        return { allowed: true, by: 'grant', grantId: g.grantId };
+      }
+    }
+    return deny(keyViaAccount ? 'no-identity-policy-allow' : 'no-key-policy-allow');
+  }
+
+  /** Decide, throwing AccessDeniedException (message as AWS's) on denial. */
+  authorize(req: AuthzRequest): Decision & { allowed: true } {
+    const d = this.evaluate(req);
+    if (!d.allowed) throw new AccessDeniedException(d.message, { code: `KMS_ACCESS_DENIED` });
+    return d;
+  }
+}

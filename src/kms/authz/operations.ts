@@ -1,0 +1,209 @@
+import type { CallContext, OperationContext, OperationHandler, OperationOptions } from '../dispatcher.js';
+import { InvalidMarkerException, KmsError, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
+import type { KeyRecord } from '../key-record.js';
+import type { KmsResponse } from '../types.js';
+import { checkGrantTokens, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
+import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
+import { parsePolicy } from './policy-document.js';
+
+/**
+ * KMS operations owned by the authorization layer, with AWS's request and
+ * response shapes and exception names (KMS API reference): PutKeyPolicy,
+ * GetKeyPolicy, ListKeyPolicies, CreateGrant, ListGrants,
+ * ListRetirableGrants, RetireGrant, RevokeGrant. Registered into the core's
+ * dispatcher with `registerAuthzOperations`.
+ */
+
+export interface OperationRegistry {
+  registerOperation(name: string, handler: OperationHandler, opts?: OperationOptions): void;
+}
+
+const POLICY_NAME = 'default';
+/** KMS API reference, PutKeyPolicy: "The new key policy will not allow you to update the key policy in the future." */
+export const LOCKOUT_MESSAGE = 'The new key policy will not allow you to update the key policy in the future.';
+
+function _keyId(v: unknown, name = 'KeyId'): string {
+  if (typeof v !== 'string' || v.length < 1 || v.length > 2048) throw new ValidationException(`${name} must be a string of 1 to 2048 characters`);
+  return v;
+}
+
+function _optString(r: Record<string, unknown>, name: string, max: number): string | undefined {
+  const v = r[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string' || v.length < 1 || v.length > max) throw new ValidationException(`${name} must be a string of 1 to ${max} characters`);
+  return v;
+}
+
+function _grantId(v: unknown): string {
+  if (typeof v !== 'string' || v.length < 1 || v.length > 128) throw new KmsError('InvalidGrantIdException', 'The grant ID is not valid.');
+  return v;
+}
+
+function _policyName(v: unknown): void {
+  if (v === undefined || v === null) return;
+  if (typeof v !== 'string' || !/^[\w]{1,128}$/.test(v)) throw new ValidationException('PolicyName must be 1 to 128 characters of [a-zA-Z0-9_]');
+  if (v !== POLICY_NAME) throw new NotFoundException(`No such policy: ${v}. The only valid policy name is "default".`);
+}
+
+const _facts = (k: KeyRecord): KeyFacts => ({ arn: k.arn, accountId: k.accountId, keySpec: k.keySpec, keyUsage: k.keyUsage });
+
+/** GrantListEntry as AWS returns it. */
+export function grantListEntry(g: Grant): Record<string, unknown> {
+  return {
+    KeyId: g.KeyId,
+    GrantId: g.GrantId,
+    ...(g.Name !== undefined ? { Name: g.Name } : {}),
+    CreationDate: g.CreationDate,
+    GranteePrincipal: g.GranteePrincipal,
+    ...(g.RetiringPrincipal !== undefined ? { RetiringPrincipal: g.RetiringPrincipal } : {}),
+    IssuingAccount: g.IssuingAccount,
+    Operations: [...g.Operations],
+    ...(g.Constraints ? { Constraints: g.Constraints } : {}),
+  };
+}
+
+export function registerAuthzOperations(
+  registry: OperationRegistry,
+  authz: PolicyAuthorizer,
+  hooks: { onKeyDeleted?: OperationContext['onKeyDeleted'] } = {},
+): void {
+  const { grants, identities, evaluator } = authz;
+
+  const putKeyPolicy = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
+    const r = call.request;
+    const keyId = _keyId(r.KeyId);
+    _policyName(r.PolicyName);
+    if (typeof r.Policy !== 'string') throw new ValidationException('Policy is required and must be a string');
+    if (r.BypassPolicyLockoutSafetyCheck !== undefined && typeof r.BypassPolicyLockoutSafetyCheck !== 'boolean') {
+      throw new ValidationException('BypassPolicyLockoutSafetyCheck must be a boolean');
+    }
+    const { key } = await ctx.resolveKey(keyId, { aliases: false });
+    await call.authorize({ key });
+    const compiled = parsePolicy(r.Policy, { kind: 'key', accountId: ctx.accountId, principalExists: identities.principalExists });
+    if (r.BypassPolicyLockoutSafetyCheck !== true) {
+      // KMS API reference, PutKeyPolicy: the caller must still be allowed to call PutKeyPolicy under the new policy.
+      const view = ctx.view(key);
+      const areq = authz.toAuthzRequest({
+        action: 'kms:PutKeyPolicy', operation: 'PutKeyPolicy', caller: call.caller, accountId: ctx.accountId, region: ctx.region,
+        key: view, resource: key.arn, request: r, now: call.now,
+      });
+      areq.key = { ...keyInfo(view), policy: compiled };
+      const d = evaluator.evaluate(areq, { useGrants: false });
+      if (!d.allowed) throw new MalformedPolicyDocumentException(LOCKOUT_MESSAGE);
+    }
+    const text = r.Policy;
+    await ctx.keystore.update(key.keyId, (rec) => { rec.policy = text; });
+    return {};
+  };
+
+  const getKeyPolicy = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
+    const r = call.request;
+    const keyId = _keyId(r.KeyId);
+    _policyName(r.PolicyName);
+    const { key } = await ctx.resolveKey(keyId, { aliases: false });
+    await call.authorize({ key, stateCheck: false });
+    return { Policy: key.policy, PolicyName: POLICY_NAME };
+  };
+
+  const listKeyPolicies = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
+    const r = call.request;
+    const keyId = _keyId(r.KeyId);
+    if (r.Limit !== undefined && (typeof r.Limit !== 'number' || !Number.isInteger(r.Limit) || r.Limit < 1 || r.Limit > 1000)) {
+      throw new ValidationException('Limit must be an integer from 1 to 1000');
+    }
+    if (r.Marker !== undefined) throw new InvalidMarkerException('The marker is not valid.'); // one page only, so no marker is ever issued
+    const { key } = await ctx.resolveKey(keyId, { aliases: false });
+    await call.authorize({ key, stateCheck: false });
+    return { PolicyNames: [POLICY_NAME], Truncated: false };
+  };
+
+  const createGrant = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
+    const r = call.request;
+    const keyId = _keyId(r.KeyId);
+    const tokens = checkGrantTokens(r.GrantTokens);
+    const { key } = await ctx.resolveKey(keyId, { aliases: false });
+    const facts = _facts(key);
+    const prepared = grants.prepare(facts, r as unknown as CreateGrantInput);
+    await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}) });
+    const out = await grants.create(facts, prepared, call.now);
+    (call.additionalEventData ??= {}).grantId = out.GrantId;
+    return { GrantToken: out.GrantToken, GrantId: out.GrantId };
+  };
+
+  const listGrants = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
+    const r = call.request;
+    const keyId = _keyId(r.KeyId);
+    const grantId = r.GrantId === undefined ? undefined : _grantId(r.GrantId);
+    const grantee = _optString(r, 'GranteePrincipal', 256);
+    const { key } = await ctx.resolveKey(keyId, { aliases: false });
+    await call.authorize({ key, stateCheck: false });
+    const page = grants.list(key.arn, {
+      ...(r.Limit !== undefined ? { Limit: r.Limit } : {}),
+      ...(r.Marker !== undefined ? { Marker: r.Marker } : {}),
+      ...(grantId !== undefined ? { GrantId: grantId } : {}),
+      ...(grantee !== undefined ? { GranteePrincipal: grantee } : {}),
+    });
+    return { Grants: page.Grants.map(grantListEntry), ...(page.NextMarker ? { NextMarker: page.NextMarker } : {}), Truncated: page.Truncated };
+  };
+
+  const listRetirableGrants = async (_ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
+    const r = call.request;
+    const principal = _optString(r, 'RetiringPrincipal', 256);
+    if (principal === undefined) throw new ValidationException('RetiringPrincipal is required');
+    await call.authorize({});
+    const page = grants.listRetirable(principal, {
+      ...(r.Limit !== undefined ? { Limit: r.Limit } : {}),
+      ...(r.Marker !== undefined ? { Marker: r.Marker } : {}),
+    });
+    return { Grants: page.Grants.map(grantListEntry), ...(page.NextMarker ? { NextMarker: page.NextMarker } : {}), Truncated: page.Truncated };
+  };
+
+  const retireGrant = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
+    const r = call.request;
+    let key: KeyRecord;
+    let grant: Grant | undefined;
+    if (r.GrantToken !== undefined) {
+      if (typeof r.GrantToken !== 'string') throw new ValidationException('GrantToken must be a string');
+      checkGrantTokens([r.GrantToken]);
+      grant = grants.byGrantToken(r.GrantToken);
+      if (!grant) throw new NotFoundException('The grant for this grant token was not found: it was retired or revoked.');
+      ({ key } = await ctx.resolveKey(grant.KeyId, { aliases: false }));
+    } else {
+      if (r.KeyId === undefined || r.GrantId === undefined) throw new ValidationException('Specify either GrantToken, or both KeyId and GrantId');
+      const keyId = _keyId(r.KeyId);
+      const grantId = _grantId(r.GrantId);
+      ({ key } = await ctx.resolveKey(keyId, { aliases: false }));
+      grant = grants.get(key.arn, grantId);
+      if (!grant) {
+        await call.authorize({ key, stateCheck: false });
+        throw new NotFoundException(`Grant ID ${grantId} not found for key ${key.arn}`);
+      }
+    }
+    await call.authorize({ key, stateCheck: false });
+    await grants.remove(key.arn, grant.GrantId);
+    (call.additionalEventData ??= {}).grantId = grant.GrantId;
+    return {};
+  };
+
+  const revokeGrant = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
+    const r = call.request;
+    const keyId = _keyId(r.KeyId);
+    const grantId = _grantId(r.GrantId);
+    const { key } = await ctx.resolveKey(keyId, { aliases: false });
+    await call.authorize({ key, stateCheck: false });
+    if (!grants.get(key.arn, grantId)) throw new NotFoundException(`Grant ID ${grantId} not found for key ${key.arn}`);
+    await grants.remove(key.arn, grantId);
+    (call.additionalEventData ??= {}).grantId = grantId;
+    return {};
+  };
+
+  registry.registerOperation('PutKeyPolicy', putKeyPolicy);
+  registry.registerOperation('GetKeyPolicy', getKeyPolicy, { readOnly: true });
+  registry.registerOperation('ListKeyPolicies', listKeyPolicies, { readOnly: true });
+  registry.registerOperation('CreateGrant', createGrant);
+  registry.registerOperation('ListGrants', listGrants, { readOnly: true });
+  registry.registerOperation('ListRetirableGrants', listRetirableGrants, { readOnly: true });
+  registry.registerOperation('RetireGrant', retireGrant);
+  registry.registerOperation('RevokeGrant', revokeGrant);
+  hooks.onKeyDeleted?.(async (keyId) => { await grants.removeKey(keyId); });
+}

@@ -1,0 +1,189 @@
+import type { Caller } from '../types.js';
+import type { ConditionContext, ContextValue } from './conditions.js';
+import type { CompiledPolicy } from './policy-document.js';
+
+/**
+ * The request context that conditions read (IAM "global condition context
+ * keys" and the KMS condition keys, KMS Developer Guide "AWS KMS condition
+ * keys"). Built lazily: a key is computed only when a policy asks for it, so
+ * a Decrypt through the EBS key policy touches two or three keys, not twenty.
+ */
+
+/** What the evaluator knows about the KMS key a request targets. */
+export interface KeyInfo {
+  arn: string;
+  accountId: string;
+  region?: string;
+  /** The key policy, as text (compiled through the policy cache) or already compiled. */
+  policy: string | CompiledPolicy;
+  keySpec?: string;
+  keyUsage?: string;
+  keyOrigin?: string;
+  /** `AWS` for AWS-managed keys (alias/aws/...), `CUSTOMER` otherwise. */
+  keyManager?: 'AWS' | 'CUSTOMER';
+  /** Alias names (`alias/...`) pointing at the key: kms:ResourceAliases. */
+  aliases?: readonly string[];
+  /** Tags, for aws:ResourceTag/<key>. */
+  tags?: Readonly<Record<string, string>>;
+}
+
+/** The grant a CreateGrant request would create: kms:GrantOperations and friends. */
+export interface NewGrantInfo {
+  operations: readonly string[];
+  granteePrincipal: string;
+  retiringPrincipal?: string;
+  constraints?: GrantConstraints;
+}
+
+export interface GrantConstraints {
+  EncryptionContextEquals?: Readonly<Record<string, string>>;
+  EncryptionContextSubset?: Readonly<Record<string, string>>;
+}
+
+export interface AuthzRequest {
+  /** IAM action, `kms:Decrypt`. */
+  action: string;
+  caller: Caller;
+  /** Absent for account-level actions (CreateKey, ListKeys, ListAliases, ListRetirableGrants, GenerateRandom). */
+  key?: KeyInfo;
+  /** Resource ARN the statement's Resource is matched against; default the key ARN, else `*`. */
+  resource?: string;
+  encryptionContext?: Readonly<Record<string, string>>;
+  grantTokens?: readonly string[];
+  encryptionAlgorithm?: string;
+  signingAlgorithm?: string;
+  macAlgorithm?: string;
+  dataKeyPairSpec?: string;
+  messageType?: string;
+  /** The alias the caller named in KeyId (kms:RequestAlias), `alias/...`. */
+  requestAlias?: string;
+  /** For CreateKey: the requested spec/usage/origin (kms:KeySpec, kms:KeyUsage, kms:KeyOrigin). */
+  keySpec?: string;
+  keyUsage?: string;
+  keyOrigin?: string;
+  grant?: NewGrantInfo;
+  bypassPolicyLockoutSafetyCheck?: boolean;
+  reEncryptOnSameKey?: boolean;
+  /** Any further keys, named as in policies (looked up case-insensitively). */
+  context?: Readonly<Record<string, ContextValue>>;
+  /** Evaluation time (ms since epoch); default now. */
+  now?: number;
+}
+
+const GRANT_ACTIONS = new Set(['kms:creategrant', 'kms:listgrants', 'kms:revokegrant']);
+const EC_PREFIX = 'kms:encryptioncontext:';
+const TAG_PREFIX = 'aws:resourcetag/';
+
+function _roleArnOfSession(arn: string): string | undefined {
+  const m = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
+  return m ? `arn:${m[1]}:iam::${m[2]}:role/${m[3]}` : undefined;
+}
+
+export class RequestContext implements ConditionContext {
+  private ecLower?: Map<string, string>;
+  private extraLower?: Map<string, ContextValue>;
+  constructor(private readonly req: AuthzRequest) {}
+
+  get(key: string): ContextValue | undefined {
+    const r = this.req;
+    const c = r.caller;
+    switch (key) {
+      case 'kms:calleraccount':
+      case 'aws:principalaccount':
+        return c.type === 'AWSService' ? undefined : c.accountId;
+      case 'kms:viaservice':
+        return c.viaService;
+      case 'aws:principalarn':
+        if (c.type === 'AWSService') return undefined;
+        return c.type === 'AssumedRole' ? (_roleArnOfSession(c.arn) ?? c.arn) : c.arn;
+      case 'aws:principaltype':
+        return { Root: 'Account', IAMUser: 'User', AssumedRole: 'AssumedRole', Role: 'AssumedRole', AWSService: undefined, Unknown: 'Anonymous' }[c.type];
+      case 'aws:principalservicename':
+        return c.type === 'AWSService' ? c.arn : undefined;
+      case 'aws:username':
+        return c.type === 'IAMUser' ? c.userName : undefined;
+      case 'aws:userid':
+        return c.principalId;
+      case 'aws:sourceip':
+        return c.sourceIp;
+      case 'aws:useragent':
+        return c.userAgent;
+      case 'aws:viaawsservice':
+        return c.viaService ? 'true' : 'false';
+      case 'aws:currenttime':
+        return new Date(r.now ?? Date.now()).toISOString();
+      case 'aws:epochtime':
+        return String(Math.floor((r.now ?? Date.now()) / 1000));
+      case 'aws:securetransport':
+        return 'true'; // local socket peer or TLS endpoint
+      case 'aws:requestedregion':
+        return r.key?.region;
+      case 'aws:resourceaccount':
+        return r.key?.accountId;
+      case 'kms:encryptioncontextkeys':
+        return r.encryptionContext ? Object.keys(r.encryptionContext) : undefined;
+      case 'kms:grantisforawsresource':
+        return GRANT_ACTIONS.has(r.action.toLowerCase()) ? (c.viaService ? 'true' : 'false') : undefined;
+      case 'kms:grantoperations':
+        return r.grant?.operations;
+      case 'kms:granteeprincipal':
+        return r.grant?.granteePrincipal;
+      case 'kms:retiringprincipal':
+        return r.grant?.retiringPrincipal;
+      case 'kms:grantconstrainttype': {
+        const k = r.grant?.constraints;
+        if (!k) return undefined;
+        return k.EncryptionContextEquals ? 'EncryptionContextEquals' : k.EncryptionContextSubset ? 'EncryptionContextSubset' : undefined;
+      }
+      case 'kms:keyspec':
+        return r.keySpec ?? r.key?.keySpec;
+      case 'kms:keyusage':
+        return r.keyUsage ?? r.key?.keyUsage;
+      case 'kms:keyorigin':
+        return r.keyOrigin ?? r.key?.keyOrigin;
+      case 'kms:encryptionalgorithm':
+        return r.encryptionAlgorithm;
+      case 'kms:signingalgorithm':
+        return r.signingAlgorithm;
+      case 'kms:macalgorithm':
+        return r.macAlgorithm;
+      case 'kms:datakeypairspec':
+        return r.dataKeyPairSpec;
+      case 'kms:messagetype':
+        return r.messageType;
+      case 'kms:requestalias':
+        return r.requestAlias;
+      case 'kms:resourcealiases':
+        return r.key?.aliases;
+      case 'kms:bypasspolicylockoutsafetycheck':
+        return r.bypassPolicyLockoutSafetyCheck === undefined ? undefined : String(r.bypassPolicyLockoutSafetyCheck);
+      case 'kms:reencryptonsamekey':
+        return r.reEncryptOnSameKey === undefined ? undefined : String(r.reEncryptOnSameKey);
+    }
+    if (key.startsWith(EC_PREFIX)) {
+      // KMS Developer Guide: the context key in kms:EncryptionContext:<key> is matched case-insensitively; values are not.
+      const ec = r.encryptionContext;
+      if (!ec) return undefined;
+      if (!this.ecLower) {
+        this.ecLower = new Map();
+        for (const [k, v] of Object.entries(ec)) this.ecLower.set(k.toLowerCase(), v);
+      }
+      return this.ecLower.get(key.slice(EC_PREFIX.length));
+    }
+    if (key.startsWith(TAG_PREFIX)) {
+      const tags = r.key?.tags;
+      if (!tags) return undefined;
+      const want = key.slice(TAG_PREFIX.length);
+      for (const [k, v] of Object.entries(tags)) if (k.toLowerCase() === want) return v;
+      return undefined;
+    }
+    if (r.context) {
+      if (!this.extraLower) {
+        this.extraLower = new Map();
+        for (const [k, v] of Object.entries(r.context)) this.extraLower.set(k.toLowerCase(), v);
+      }
+      return this.extraLower.get(key);
+    }
+    return undefined;
+  }
+}
