@@ -1,0 +1,172 @@
+/**
+ * The operation table. Every call: validate/resolve inside the handler ->
+ * `call.authorize(...)` (the handler must call it before touching a key) ->
+ * execute -> one audit event, whatever happened. Other modules (policies,
+ * grants) add operations with `registerOperation(name, handler)`.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Logger } from '../util/logger.js';
+import { EbsdError } from '../util/errors.js';
+import type { Caller, KmsRequest, KmsResponse } from './types.js';
+import type { AuthorizationRequest, Authorizer } from './authorizer.js';
+import type { KeyRecord, KeyView } from './key-record.js';
+import type { Keystore } from './keystore.js';
+import type { Hsm } from './hsm/hsm-client.js';
+import type { KeyHandle } from './hsm/protocol.js';
+import type { AuditLog } from './audit/audit-log.js';
+import { buildEvent } from './audit/event.js';
+import { AccessDeniedException, KMSInternalException, KmsError, UnknownOperationException } from './errors.js';
+import { checkKeyState } from './key-state.js';
+
+/** What a handler may ask to authorize. */
+export interface AuthorizeArgs {
+  /** IAM action; defaults to `kms:<operation>`. */
+  action?: string;
+  key?: KeyRecord;
+  encryptionContext?: Record<string, string>;
+  grantTokens?: string[];
+  requestAlias?: string;
+  /** Key-state check to apply after authorization (default: the operation name; false: none). */
+  stateCheck?: string | false;
+}
+
+/** One call in flight. */
+export interface CallContext {
+  readonly operation: string;
+  readonly request: KmsRequest;
+  readonly caller: Caller;
+  readonly requestId: string;
+  /** Clock time of the call (epoch ms). */
+  readonly now: number;
+  /** Ask the Authorizer; throws AccessDeniedException, then the key-state exception, if any. */
+  authorize(a: AuthorizeArgs): Promise<void>;
+  /** Key ARNs named in the audit event (authorize adds the key it checked). */
+  readonly resources: string[];
+  /** Extra audit data (e.g. `keyMaterialId`), never secrets. */
+  additionalEventData?: Record<string, unknown>;
+}
+
+/** Services a handler can use. */
+export interface OperationContext {
+  readonly accountId: string;
+  readonly region: string;
+  readonly log: Logger;
+  readonly keystore: Keystore;
+  readonly hsm: Hsm;
+  readonly audit: AuditLog;
+  authorizer: Authorizer;
+  now(): number;
+  /**
+   * Resolve a KeyId as AWS does: key id, key ARN, and (when `aliases` is true)
+   * alias name or alias ARN. `alias/aws/<service>` is created on first use as an
+   * AWS-managed key. Returns the record and the alias used, if any.
+   */
+  resolveKey(keyId: string, opts?: { aliases?: boolean }): Promise<{ key: KeyRecord; requestAlias?: string }>;
+  /** Metadata + aliases, as given to authorizers. */
+  view(key: KeyRecord): KeyView;
+  /** HSM handle of the key's current material, or of a given material id (hex). */
+  handle(key: KeyRecord, materialId?: string): KeyHandle;
+  /** Ask the core to run `tick()` at or after `when` (epoch ms). */
+  scheduleDue(when: number): void;
+  /** Listeners run after a key is deleted (e.g. the grant store drops its grants). */
+  onKeyDeleted(fn: (keyId: string) => void | Promise<void>): void;
+}
+
+export type OperationHandler = (ctx: OperationContext, call: CallContext) => Promise<KmsResponse>;
+
+export interface OperationOptions {
+  /** CloudTrail `readOnly`. */
+  readOnly?: boolean;
+}
+
+export class Dispatcher {
+  private readonly ops = new Map<string, { handler: OperationHandler; readOnly: boolean }>();
+
+  constructor(private readonly ctx: OperationContext, private readonly beforeCall: (now: number) => Promise<void> | void) {}
+
+  registerOperation(name: string, handler: OperationHandler, opts: OperationOptions = {}): void {
+    if (!/^[A-Z][A-Za-z]+$/.test(name)) throw new TypeError(`operation name ${name} is not an AWS operation name`);
+    this.ops.set(name, { handler, readOnly: opts.readOnly ?? false });
+  }
+
+  has(name: string): boolean {
+    return this.ops.has(name);
+  }
+
+  operations(): string[] {
+    return [...this.ops.keys()].sort();
+  }
+
+  async call(operation: string, request: KmsRequest, caller: Caller): Promise<KmsResponse> {
+    const ctx = this.ctx;
+    const now = ctx.now();
+    const due = this.beforeCall(now);
+    if (due) await due;
+    const entry = this.ops.get(operation);
+    let authorized = false;
+    const call: CallContext = {
+      operation,
+      request: request ?? {},
+      caller,
+      requestId: randomUUID(),
+      now,
+      resources: [],
+      authorize: async (a) => {
+        const key = a.key;
+        const resource = key ? key.arn : '*';
+        const action = a.action ?? `kms:${operation}`;
+        const req: AuthorizationRequest = {
+          action, operation, caller, accountId: ctx.accountId, region: ctx.region,
+          ...(key ? { key: ctx.view(key) } : {}),
+          resource,
+          ...(a.encryptionContext ? { encryptionContext: a.encryptionContext } : {}),
+          ...(a.grantTokens ? { grantTokens: a.grantTokens } : {}),
+          ...(a.requestAlias ? { requestAlias: a.requestAlias } : {}),
+          request: call.request,
+          now,
+        };
+        if (key && !call.resources.includes(key.arn)) call.resources.push(key.arn);
+        let d = ctx.authorizer.authorize(req);
+        if (d instanceof Promise) d = await d;
+        if (!d.allowed) {
+          throw new AccessDeniedException(
+            `User: ${caller.arn} is not authorized to perform: ${action} on resource: ${resource} because ${d.reason ?? 'no policy allows the action'}`,
+          );
+        }
+        if (d.grantId) (call.additionalEventData ??= {}).grantId = d.grantId;
+        authorized = true;
+        if (key && a.stateCheck !== false) checkKeyState(a.stateCheck ?? operation, key);
+      },
+    };
+    let response: KmsResponse | undefined;
+    let error: KmsError | undefined;
+    try {
+      if (!entry) throw new UnknownOperationException(`Unknown operation ${operation}`);
+      response = await entry.handler(ctx, call);
+      if (!authorized) throw new KMSInternalException(`operation ${operation} did not authorize its caller`, { code: 'KMS_UNAUTHORIZED_HANDLER' });
+    } catch (e) {
+      error = e instanceof KmsError ? e
+        : e instanceof EbsdError && e.awsName ? new KmsError(e.awsName, e.message, { code: e.code })
+        : new KMSInternalException('An internal error occurred.', { cause: e });
+      if (!(e instanceof KmsError)) ctx.log.error({ err: e, operation, requestId: call.requestId }, 'KMS operation failed unexpectedly');
+    }
+    const ev = buildEvent({
+      eventName: operation,
+      caller,
+      accountId: ctx.accountId,
+      region: ctx.region,
+      request: call.request,
+      ...(response ? { response } : {}),
+      ...(error ? { errorCode: error.awsName!, errorMessage: error.message } : {}),
+      requestId: call.requestId,
+      eventId: randomUUID(),
+      resources: call.resources,
+      readOnly: entry?.readOnly ?? false,
+      time: now,
+      ...(call.additionalEventData ? { additionalEventData: call.additionalEventData } : {}),
+    });
+    await ctx.audit.append(ev);
+    if (error) throw error;
+    return response!;
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * The HSM's message interface: everything that crosses the boundary between
+ * the KMS service (main thread) and the HSM simulator (worker thread).
+ * Only exported key tokens (EKTs), ciphertexts, public keys and, for the
+ * operations whose AWS response contains it, plaintext cross it; the domain
+ * key and plaintext HBKs never do.
+ */
+
+/** A backing key as the main thread knows it: who it belongs to and its token. */
+export interface KeyHandle {
+  arn: string;
+  /** 32-byte HSM backing key id (AWS "key material id"). */
+  hbkId: Uint8Array;
+  /** Exported key token: AES-256-GCM of the material under the domain key. */
+  ekt: Uint8Array;
+  /** Key spec of the KMS key, e.g. SYMMETRIC_DEFAULT, RSA_2048. */
+  spec: string;
+}
+
+/** Where a ReEncrypt reads from / writes to. */
+export interface CipherEndpoint {
+  key: KeyHandle;
+  /** SYMMETRIC_DEFAULT or RSAES_OAEP_SHA_1/256. */
+  algorithm: string;
+  /** Canonical encryption context (symmetric only). */
+  ctx?: Uint8Array;
+}
+
+export type HsmRequest =
+  | { op: 'generateKey'; arn: string; hbkId: Uint8Array; spec: string }
+  | { op: 'encrypt'; key: KeyHandle; plaintext: Uint8Array; ctx: Uint8Array }
+  | { op: 'decrypt'; key: KeyHandle; blob: Uint8Array; ctx: Uint8Array }
+  | { op: 'generateDataKey'; key: KeyHandle; bytes: number; ctx: Uint8Array; wantPlaintext: boolean }
+  | { op: 'rsaEncrypt'; key: KeyHandle; algorithm: string; plaintext: Uint8Array }
+  | { op: 'rsaDecrypt'; key: KeyHandle; algorithm: string; blob: Uint8Array }
+  | { op: 'reEncrypt'; src: CipherEndpoint; blob: Uint8Array; dst: CipherEndpoint }
+  | { op: 'sign'; key: KeyHandle; algorithm: string; message: Uint8Array; messageType: 'RAW' | 'DIGEST' }
+  | { op: 'verify'; key: KeyHandle; algorithm: string; message: Uint8Array; messageType: 'RAW' | 'DIGEST'; signature: Uint8Array }
+  | { op: 'generateDataKeyPair'; key: KeyHandle; ctx: Uint8Array; pairSpec: string; wantPlaintext: boolean }
+  | { op: 'generateMac'; key: KeyHandle; algorithm: string; message: Uint8Array }
+  | { op: 'verifyMac'; key: KeyHandle; algorithm: string; message: Uint8Array; mac: Uint8Array }
+  | { op: 'random'; bytes: number }
+  | { op: 'signAudit'; data: Uint8Array }
+  | { op: 'auditPublicKey' };
+
+export interface HsmResults {
+  generateKey: { ekt: Uint8Array; publicKey?: Uint8Array };
+  encrypt: { blob: Uint8Array };
+  decrypt: { plaintext: Uint8Array };
+  generateDataKey: { blob: Uint8Array; plaintext?: Uint8Array };
+  rsaEncrypt: { blob: Uint8Array };
+  rsaDecrypt: { plaintext: Uint8Array };
+  reEncrypt: { blob: Uint8Array };
+  sign: { signature: Uint8Array };
+  verify: { valid: boolean };
+  generateDataKeyPair: { privateBlob: Uint8Array; privatePlaintext?: Uint8Array; publicKey: Uint8Array };
+  generateMac: { mac: Uint8Array };
+  verifyMac: { valid: boolean };
+  random: { bytes: Uint8Array };
+  signAudit: { signature: Uint8Array };
+  auditPublicKey: { pem: string };
+}
+
+export type HsmOp = HsmRequest['op'];
+export type HsmResult<O extends HsmOp> = HsmResults[O];
+
+/** Wire error: a KMS exception name and message, never secret data. */
+export interface HsmWireError { awsName?: string; code: string; message: string }
+
+export interface HsmInit {
+  /** The kms/ state directory; the HSM keeps its sealed domain in `<dir>/hsm/`. */
+  stateDir: string;
+  passphrase?: string;
+}
+
+/** main -> worker: a batch of requests; worker -> main: a batch of replies, same order. */
+export interface HsmBatch { seq: number; reqs: HsmRequest[] }
+export interface HsmReplyBatch { seq: number; res: ({ ok: true; v: unknown } | { ok: false; e: HsmWireError })[] }

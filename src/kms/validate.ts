@@ -1,0 +1,94 @@
+/**
+ * Request field checks with AWS's ValidationException wording
+ * ("1 validation error detected: Value at 'x' failed to satisfy constraint: ...").
+ */
+import { ValidationException } from './errors.js';
+import type { KmsRequest } from './types.js';
+
+const lc = (s: string) => s[0]!.toLowerCase() + s.slice(1);
+const fail = (name: string, c: string) =>
+  new ValidationException(`1 validation error detected: Value at '${lc(name)}' failed to satisfy constraint: ${c}`);
+
+export function optStr(req: KmsRequest, name: string, min = 1, max = 2048): string | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') throw fail(name, 'Member must be a string');
+  if (v.length < min) throw fail(name, `Member must have length greater than or equal to ${min}`);
+  if (v.length > max) throw fail(name, `Member must have length less than or equal to ${max}`);
+  return v;
+}
+
+export function reqStr(req: KmsRequest, name: string, min = 1, max = 2048): string {
+  const v = optStr(req, name, min, max);
+  if (v === undefined) throw fail(name, 'Member must not be null');
+  return v;
+}
+
+export function optInt(req: KmsRequest, name: string, min: number, max: number): number | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw fail(name, 'Member must be an integer');
+  if (v < min) throw fail(name, `Member must have value greater than or equal to ${min}`);
+  if (v > max) throw fail(name, `Member must have value less than or equal to ${max}`);
+  return v;
+}
+
+export function optBool(req: KmsRequest, name: string): boolean | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw fail(name, 'Member must be a boolean');
+  return v;
+}
+
+export function optBytes(req: KmsRequest, name: string, min: number, max: number): Uint8Array | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (!(v instanceof Uint8Array)) throw fail(name, 'Member must be a blob (Uint8Array)');
+  if (v.length < min) throw fail(name, `Member must have length greater than or equal to ${min}`);
+  if (v.length > max) throw fail(name, `Member must have length less than or equal to ${max}`);
+  return v;
+}
+
+export function reqBytes(req: KmsRequest, name: string, min: number, max: number): Uint8Array {
+  const v = optBytes(req, name, min, max);
+  if (v === undefined) throw fail(name, 'Member must not be null');
+  return v;
+}
+
+export function optEnum<T extends string>(req: KmsRequest, name: string, values: readonly T[]): T | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string' || !values.includes(v as T)) throw fail(name, `Member must satisfy enum value set: [${values.join(', ')}]`);
+  return v as T;
+}
+
+export function reqEnum<T extends string>(req: KmsRequest, name: string, values: readonly T[]): T {
+  const v = optEnum(req, name, values);
+  if (v === undefined) throw fail(name, 'Member must not be null');
+  return v;
+}
+
+/** EncryptionContext: string -> string map (AWS: keys and values are strings; total ≤ 8192 bytes here). */
+export function optContext(req: KmsRequest, name = 'EncryptionContext'): Record<string, string> | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array) throw fail(name, 'Member must be a map of strings');
+  let total = 0;
+  const out: Record<string, string> = {};
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+    if (typeof x !== 'string') throw fail(name, 'Member must be a map of strings');
+    if (k.length === 0) throw fail(name, 'Map keys must have length greater than or equal to 1');
+    total += Buffer.byteLength(k) + Buffer.byteLength(x);
+    out[k] = x;
+  }
+  if (total > 8192) throw fail(name, 'Member must have total length less than or equal to 8192');
+  return out;
+}
+
+export function optStrList(req: KmsRequest, name: string, maxItems: number, maxLen = 8192): string[] | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' || x.length < 1 || x.length > maxLen)) throw fail(name, 'Member must be a list of strings');
+  if (v.length > maxItems) throw fail(name, `Member must have length less than or equal to ${maxItems}`);
+  return v as string[];
+}

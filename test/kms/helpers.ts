@@ -1,0 +1,36 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KmsService, type KmsOptions } from '../../src/kms/kms-core.js';
+import type { Caller } from '../../src/kms/types.js';
+
+export const ACCOUNT = '111122223333';
+export const REGION = 'us-east-1';
+export const admin: Caller = { arn: `arn:aws:iam::${ACCOUNT}:root`, accountId: ACCOUNT, type: 'Root', principalId: ACCOUNT };
+export const stranger: Caller = { arn: 'arn:aws:iam::444455556666:user/eve', accountId: '444455556666', type: 'IAMUser', userName: 'eve' };
+
+export function tempDir(prefix = 'ebsd-kms-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A simulated clock that tests can move forward. */
+export class FakeClock {
+  constructor(public t = Date.UTC(2025, 0, 1)) {}
+  now = (): number => this.t;
+  advanceDays(d: number): void { this.t += d * 86_400_000; }
+}
+
+export async function openKms(dir: string, extra: Partial<KmsOptions> = {}): Promise<KmsService> {
+  return KmsService.open({ stateDir: dir, accountId: ACCOUNT, region: REGION, ...extra });
+}
+
+/** Expect a rejected promise with the given AWS exception name. */
+export async function awsError(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return (e as { awsName?: string }).awsName ?? `non-KMS error: ${(e as Error).message}`;
+  }
+  return 'no error';
+}
