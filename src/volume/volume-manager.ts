@@ -14,7 +14,7 @@ import { openBackingFile } from './backing-file.js';
 import { EncryptedBlockDevice } from './encrypted-block-device.js';
 import { PlainBlockDevice } from './plain-block-device.js';
 import { KeyCache, type ImpairedEvent } from './key-cache.js';
-import type { KeyService } from './key-service.js';
+import { toKeyServiceError, type KeyService } from './key-service.js';
 import type { Attachment } from './attachment.js';
 import type { BlockDevice } from './types.js';
 import { buildLuks2Json, verifyVolumeKey, LUKS2_DATA_OFFSET, VOLUME_KEY_BYTES, type Luks2Volume } from './luks2-json.js';
@@ -92,7 +92,7 @@ export class VolumeManager {
   private constructor(private readonly o: VolumeManagerOptions, private readonly catalog: Catalog) {
     this.dir = join(o.stateDir, 'volumes');
     this.log = (o.logger ?? silentLogger).child({ component: 'volume' });
-    this.ks = o.keyService;
+    this.ks = guardKeyService(o.keyService);
     this.host = o.hostPrincipal;
     this.viaService = `ec2.${o.region ?? 'us-east-1'}.amazonaws.com`;
     this.instanceId = o.instanceId ?? 'i-0ebsd00000000000';
@@ -504,6 +504,26 @@ export class VolumeManager {
       this.log.warn({ err: errInfo(e) }, 'audit callback threw');
     }
   }
+}
+
+/** Whatever KeyService is plugged in, its failures reach callers as KeyServiceError with the AWS name. */
+function guardKeyService(ks: KeyService): KeyService {
+  const wrap =
+    <A extends unknown[], R>(op: string, f: (...a: A) => Promise<R>) =>
+    async (...a: A): Promise<R> => {
+      try {
+        return await f.apply(ks, a);
+      } catch (e) {
+        throw toKeyServiceError(op, e);
+      }
+    };
+  return {
+    generateDataKeyWithoutPlaintext: wrap('GenerateDataKeyWithoutPlaintext', ks.generateDataKeyWithoutPlaintext),
+    createGrant: wrap('CreateGrant', ks.createGrant),
+    decrypt: wrap('Decrypt', ks.decrypt),
+    retireGrant: wrap('RetireGrant', ks.retireGrant),
+    describeKey: wrap('DescribeKey', ks.describeKey),
+  };
 }
 
 function sameContext(a: Record<string, string>, b: Record<string, string>): boolean {

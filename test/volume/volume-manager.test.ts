@@ -1,0 +1,367 @@
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
+import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
+import { readLuks2, updateLuks2 } from '../../src/volume/luks2-header.js';
+import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
+import type { ImpairedEvent } from '../../src/volume/key-cache.js';
+import { createLogger } from '../../src/util/logger.js';
+import { tmpDir } from './helpers/image.js';
+import { kmsHarness, type KmsHarness } from './helpers/kms.js';
+import { testEngine } from './helpers/engine.js';
+import { xtsSector } from './helpers/node-xts.js';
+
+const SS = 4096;
+const MiB = 1 << 20;
+let t: ReturnType<typeof tmpDir>;
+let kms: KmsHarness;
+let mgr: VolumeManager;
+let impaired: ImpairedEvent[];
+let audits: VolumeAuditEvent[];
+let logLines: string[];
+
+async function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
+  const sink = new Writable({ write: (c, _e, cb) => (logLines.push(String(c)), cb()) });
+  return VolumeManager.open({
+    stateDir: t.dir,
+    keyService: kms.keyService,
+    hostPrincipal: kms.host,
+    xtsEngine: await testEngine(),
+    keyCacheTtlMs: 0,
+    logger: createLogger({ level: 'trace', destination: sink }),
+    onImpaired: (e) => impaired.push(e),
+    onAudit: (e) => audits.push(e),
+    ...extra,
+  });
+}
+
+beforeEach(async () => {
+  t = tmpDir();
+  kms = await kmsHarness(join(t.dir, 'kms'));
+  impaired = [];
+  audits = [];
+  logLines = [];
+  mgr = await manager();
+});
+afterEach(async () => {
+  await mgr.close();
+  await kms.close();
+  t.cleanup();
+});
+
+const img = (id: string) => join(t.dir, 'volumes', `${id}.img`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The plaintext volume key, fetched the way an operator with Decrypt via EC2 could (test oracle only). */
+async function volumeKeyOf(id: string): Promise<Buffer> {
+  const h = await readLuks2(img(id), { repair: false });
+  const r = await kms.keyService.decrypt(
+    { CiphertextBlob: Buffer.from(h.volume.token.ciphertext_blob, 'base64'), EncryptionContext: h.volume.token.encryption_context },
+    { ...kms.user, viaService: 'ec2.us-east-1.amazonaws.com' },
+  );
+  return Buffer.from(r.Plaintext);
+}
+
+describe('CreateVolume / DescribeVolumes / DeleteVolume', () => {
+  test('create with the default key, Name tag, describe by id, state and name', async () => {
+    const v = await mgr.createVolume({ Size: '2MiB', Name: 'data' }, kms.user);
+    expect(v.VolumeId).toMatch(/^vol-[0-9a-f]{17}$/);
+    expect(v.State).toBe('available');
+    expect(v.SizeBytes).toBe(2 * MiB);
+    expect(v.Encrypted).toBe(true);
+    expect(v.KmsKeyId).toMatch(/^arn:aws:kms:/);
+    expect(v.Tags).toEqual([{ Key: 'Name', Value: 'data' }]);
+    expect(mgr.describeVolumes({ Filters: [{ Name: 'tag:Name', Values: ['data'] }] }).Volumes.map((x) => x.VolumeId)).toEqual([v.VolumeId]);
+    expect(mgr.describeVolumes({ Filters: [{ Name: 'status', Values: ['in-use'] }] }).Volumes).toEqual([]);
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes).toHaveLength(1);
+    const json = JSON.parse(execFileSync('cryptsetup', ['luksDump', '--dump-json-metadata', img(v.VolumeId)], { encoding: 'utf8' }));
+    expect(json.tokens['0']).toMatchObject({ type: 'ebsd-kms', key_arn: v.KmsKeyId, volume_id: v.VolumeId, encryption_context: { 'aws:ebs:id': v.VolumeId } });
+    // GenerateDataKeyWithoutPlaintext went via EC2 on the caller's behalf.
+    expect(audits.map((a) => a.eventName)).toEqual(['CreateVolume']);
+  });
+
+  test('sizes: bytes, suffixes, bounds and alignment', async () => {
+    await expect(mgr.createVolume({ Size: 4096 * 100 }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidParameterValue' });
+    await expect(mgr.createVolume({ Size: MiB + 1 }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidParameterValue' });
+    await expect(mgr.createVolume({ Size: '65TiB' }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidParameterValue' });
+    await expect(mgr.createVolume({ Size: '8 parsecs' }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidParameterValue' });
+    const v = await mgr.createVolume({ Size: MiB + 4096 }, kms.user);
+    expect(v.SizeBytes).toBe(MiB + 4096);
+    const big = await mgr.createVolume({ Size: '8GiB' }, kms.user);
+    expect(big.Size).toBe(8);
+    expect(big.SizeBytes).toBe(8 * 1024 ** 3);
+  });
+
+  test('a customer key by alias; a disabled key fails create with the KMS exception, leaving nothing', async () => {
+    const arn = await kms.createKey('alias/app');
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: 'alias/app' }, kms.user);
+    expect(v.KmsKeyId).toBe(arn);
+    await kms.disableKey(arn);
+    await expect(mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user)).rejects.toMatchObject({ awsName: 'DisabledException' });
+    expect(mgr.describeVolumes().Volumes).toHaveLength(1);
+    expect(readdirSync(join(t.dir, 'volumes')).filter((f) => f.endsWith('.img'))).toHaveLength(1);
+  });
+
+  test('delete only when available; unknown ids are InvalidVolume.NotFound', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await expect(mgr.deleteVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'VolumeInUse' });
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await mgr.deleteVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(existsSync(img(v.VolumeId))).toBe(false);
+    await expect(mgr.deleteVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidVolume.NotFound' });
+    expect(() => mgr.describeVolumes({ VolumeIds: ['vol-00000000000000000'] })).toThrow(expect.objectContaining({ awsName: 'InvalidVolume.NotFound' }));
+  });
+
+  test('a crash mid-create or mid-delete leaves nothing usable; the next start cleans up', async () => {
+    const a = await mgr.createVolume({ Size: MiB }, kms.user);
+    const b = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.close();
+    // Forge the catalog states a crash would leave.
+    const catPath = join(t.dir, 'volumes', 'catalog.json');
+    const cat = JSON.parse(execFileSync('cat', [catPath], { encoding: 'utf8' }));
+    for (const v of cat.volumes) v.state = v.volumeId === a.VolumeId ? 'creating' : 'deleting';
+    writeFileSync(catPath, JSON.stringify(cat));
+    writeFileSync(join(t.dir, 'volumes', '.vol-0123456789abcdef0.img.tmp'), 'half');
+    mgr = await manager();
+    expect(mgr.describeVolumes().Volumes).toEqual([]);
+    expect(readdirSync(join(t.dir, 'volumes')).sort()).toEqual(['catalog.json']);
+    expect(audits.filter((x) => x.eventName === 'VolumeRecovered').map((x) => x.volumeId).sort()).toEqual([a.VolumeId, b.VolumeId].sort());
+  });
+});
+
+describe('attach, I/O, detach, re-attach', () => {
+  test('round trips with unaligned, cross-sector and concurrent overlapping writes; ciphertext checked with node:crypto', async () => {
+    const v = await mgr.createVolume({ Size: '1MiB' }, kms.user);
+    const id = v.VolumeId;
+    const a = await mgr.attachVolume({ VolumeId: id }, kms.user);
+    expect(a.State).toBe('attached');
+    expect(mgr.describeVolumes({ VolumeIds: [id] }).Volumes[0]!.State).toBe('in-use');
+    const dev = mgr.getBlockDevice(id)!;
+    expect(dev.size).toBe(MiB);
+    const model = Buffer.alloc(MiB);
+    const put = async (off: number, d: Buffer) => {
+      d.copy(model, off);
+      await dev.write(off, d);
+    };
+    await put(1, randomBytes(10));
+    await put(SS - 3, randomBytes(SS + 6));
+    await put(10 * SS, randomBytes(32 * SS));
+    await Promise.all(Array.from({ length: 40 }, (_, i) => put(50 * SS + 300 + i * 97, Buffer.alloc(97, i + 1))));
+    const zeros = Buffer.alloc(SS, 0xff);
+    await dev.read(200 * SS, SS, zeros);
+    expect(zeros.equals(Buffer.alloc(SS))).toBe(true);
+    await dev.flush();
+    await mgr.detachVolume({ VolumeId: id }, kms.user);
+    expect(mgr.getBlockDevice(id)).toBeUndefined();
+    expect(mgr.describeVolumes({ VolumeIds: [id] }).Volumes[0]!.State).toBe('available');
+
+    // Independent check: every written sector on disk decrypts with node:crypto aes-256-xts.
+    const key = await volumeKeyOf(id);
+    const fd = openSync(img(id), 'r');
+    const c = Buffer.alloc(SS);
+    for (let s = 0; s < MiB / SS; s++) {
+      readSync(fd, c, 0, SS, LUKS2_DATA_OFFSET + s * SS);
+      const want = model.subarray(s * SS, (s + 1) * SS);
+      if (c.equals(Buffer.alloc(SS))) expect(want.equals(Buffer.alloc(SS))).toBe(true);
+      else expect(xtsSector(key, 'dec', c, BigInt(s) * 8n).equals(want)).toBe(true);
+    }
+    closeSync(fd);
+
+    await mgr.attachVolume({ VolumeId: id }, kms.user);
+    const all = Buffer.alloc(MiB);
+    await mgr.getBlockDevice(id)!.read(0, MiB, all);
+    expect(all.equals(model)).toBe(true);
+    await mgr.detachVolume({ VolumeId: id }, kms.user);
+    expect(audits.map((x) => x.eventName)).toEqual(['CreateVolume', 'AttachVolume', 'DetachVolume', 'AttachVolume', 'DetachVolume']);
+  });
+
+  test('one attachment at a time: second attach refused; a live lock from another manager refused; a stale lock broken', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await expect(mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'VolumeInUse' });
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    // A lock held by this live process (as another daemon would hold it):
+    const lockPath = `${img(v.VolumeId)}.lock`;
+    const { hostname } = await import('node:os');
+    writeFileSync(lockPath, JSON.stringify({ pid: process.pid, startTime: null, bootId: null, host: hostname(), volumeId: v.VolumeId, since: 'now' }));
+    await expect(mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'VOLUME_LOCKED' });
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.State).toBe('available');
+    // A lock left by a crashed daemon (no such pid):
+    writeFileSync(lockPath, JSON.stringify({ pid: 2 ** 22 + 12345, startTime: '1', bootId: null, host: hostname(), volumeId: v.VolumeId, since: 'then' }));
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(existsSync(lockPath)).toBe(false);
+  });
+
+  test('detach refuses while open unless Force; drained and wiped either way', async () => {
+    let open = 1;
+    mgr.setOpenCountProvider(() => open);
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const dev = mgr.getBlockDevice(v.VolumeId)!;
+    await expect(mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'VOLUME_OPEN', awsName: 'VolumeInUse' });
+    const w = dev.write(0, randomBytes(64 * SS));
+    const r = await mgr.detachVolume({ VolumeId: v.VolumeId, Force: true }, kms.user);
+    await w; // in-flight write drained, not cut off
+    expect(r.State).toBe('detached');
+    await expect(dev.read(0, 1, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_CLOSED' });
+    open = 0;
+    await expect(mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'IncorrectState' });
+  });
+
+  test('ModifyVolume grows the LUKS2 segment and the live device; shrinking is refused', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await mgr.getBlockDevice(v.VolumeId)!.write(MiB - 10, Buffer.alloc(10, 7));
+    await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: MiB }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidParameterValue' });
+    const m = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '3MiB' }, kms.user);
+    expect(m.VolumeModification.TargetSize).toBe(3 * MiB);
+    const dev = mgr.getBlockDevice(v.VolumeId)!;
+    expect(dev.size).toBe(3 * MiB);
+    await dev.write(3 * MiB - 5, Buffer.alloc(5, 9));
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(execFileSync('cryptsetup', ['luksDump', img(v.VolumeId)], { encoding: 'utf8' })).toMatch(/length: 3145728 \[bytes\]/);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const o = Buffer.alloc(2 * MiB + 10);
+    await mgr.getBlockDevice(v.VolumeId)!.read(MiB - 10, 2 * MiB + 10, o);
+    expect(o.subarray(0, 10).equals(Buffer.alloc(10, 7))).toBe(true);
+    expect(o.subarray(-5).equals(Buffer.alloc(5, 9))).toBe(true);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+  });
+
+  test('swapping the tokens of two volumes fails the attach', async () => {
+    const a = await mgr.createVolume({ Size: MiB }, kms.user);
+    const b = await mgr.createVolume({ Size: MiB }, kms.user);
+    const ta = (await readLuks2(img(a.VolumeId))).volume.token;
+    const tb = (await readLuks2(img(b.VolumeId))).volume.token;
+    // Whole tokens swapped: the token names another volume.
+    await updateLuks2(img(a.VolumeId), (j) => void (j.tokens['0'] = { ...tb }));
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'VOLUME_TOKEN_MISMATCH' });
+    // Only the blob swapped: KMS refuses it under a's encryption context.
+    await updateLuks2(img(a.VolumeId), (j) => void (j.tokens['0'] = { ...ta, ciphertext_blob: tb.ciphertext_blob }));
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidCiphertextException' });
+    expect(mgr.describeVolumes({ VolumeIds: [a.VolumeId] }).Volumes[0]!.State).toBe('available');
+    expect(existsSync(`${img(a.VolumeId)}.lock`)).toBe(false);
+  });
+
+  test('a key that does not match the LUKS2 digest is refused before any I/O', async () => {
+    const a = await mgr.createVolume({ Size: MiB }, kms.user);
+    const b = await mgr.createVolume({ Size: MiB }, kms.user);
+    // Give a the digest of b: KMS unwraps a's key fine, the digest check refuses it.
+    const db = (await readLuks2(img(b.VolumeId))).volume.json.digests;
+    await updateLuks2(img(a.VolumeId), (j) => void (j.digests = db));
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'LUKS2_DIGEST_MISMATCH' });
+    expect(mgr.getBlockDevice(a.VolumeId)).toBeUndefined();
+  });
+});
+
+describe('key cache', () => {
+  async function attached(ttl: number, maxStale?: number) {
+    await mgr.close();
+    mgr = await manager({ keyCacheTtlMs: ttl, ...(maxStale !== undefined ? { keyCacheMaxStaleMs: maxStale } : {}) });
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const dev = mgr.getBlockDevice(v.VolumeId)!;
+    await dev.write(0, Buffer.alloc(SS, 1));
+    return { arn, id: v.VolumeId, dev };
+  }
+
+  test('disabling the key impairs an attached volume within one TTL (200 ms)', async () => {
+    const { arn, id, dev } = await attached(200);
+    await kms.disableKey(arn);
+    const t0 = Date.now();
+    while (impaired.length === 0 && Date.now() - t0 < 1000) await sleep(10);
+    expect(Date.now() - t0).toBeLessThanOrEqual(200 + 50);
+    expect(impaired[0]).toMatchObject({ volumeId: id, reason: 'kms-refused', awsName: 'DisabledException' });
+    await expect(dev.read(0, SS, Buffer.alloc(SS))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
+    await expect(dev.write(0, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
+    expect(mgr.describeVolumeStatus(id).VolumeStatus.Status).toBe('impaired');
+    expect(audits.some((a) => a.eventName === 'VolumeImpaired')).toBe(true);
+    expect(logLines.some((l) => /volume impaired/.test(l) && l.includes(id))).toBe(true);
+    await mgr.detachVolume({ VolumeId: id }, kms.user); // detach still works
+  });
+
+  test('revoking the grant impairs within one TTL', async () => {
+    const { arn, id, dev } = await attached(200);
+    const rec = JSON.parse(execFileSync('cat', [join(t.dir, 'volumes', 'catalog.json')], { encoding: 'utf8' })).volumes.find((x: { volumeId: string }) => x.volumeId === id);
+    await kms.revokeGrant(arn, rec.attachment.grantId);
+    const t0 = Date.now();
+    while (impaired.length === 0 && Date.now() - t0 < 1000) await sleep(10);
+    expect(Date.now() - t0).toBeLessThanOrEqual(250);
+    expect(impaired[0]!.reason).toBe('kms-refused');
+    await expect(dev.read(0, 1, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
+    await mgr.detachVolume({ VolumeId: id }, kms.user);
+  });
+
+  test('an unreachable KMS keeps the key until max-stale, then impairs', async () => {
+    const { id, dev } = await attached(100, 600);
+    kms.setUnreachable(true);
+    await sleep(350);
+    expect(impaired).toEqual([]);
+    await dev.read(0, SS, Buffer.alloc(SS)); // still serving
+    const t0 = Date.now();
+    while (impaired.length === 0 && Date.now() - t0 < 2000) await sleep(10);
+    expect(impaired[0]).toMatchObject({ volumeId: id, reason: 'kms-unreachable' });
+    kms.setUnreachable(false);
+    await mgr.detachVolume({ VolumeId: id }, kms.user);
+  });
+
+  test('TTL 0 holds the key until detach, as EBS does', async () => {
+    const { arn, id, dev } = await attached(0);
+    await kms.disableKey(arn);
+    await sleep(300);
+    expect(impaired).toEqual([]);
+    const o = Buffer.alloc(SS);
+    await dev.read(0, SS, o);
+    expect(o.equals(Buffer.alloc(SS, 1))).toBe(true);
+    await mgr.detachVolume({ VolumeId: id }, kms.user);
+  });
+
+  test('a disabled key fails the next attach with the KMS exception surfaced', async () => {
+    const { arn, id } = await attached(0);
+    await mgr.detachVolume({ VolumeId: id }, kms.user);
+    await kms.disableKey(arn);
+    const err = await mgr.attachVolume({ VolumeId: id }, kms.user).catch((e) => e);
+    expect(err).toMatchObject({ code: 'KMS_REFUSED', awsName: 'DisabledException' });
+    expect(mgr.describeVolumes({ VolumeIds: [id] }).Volumes[0]!.State).toBe('available');
+  });
+});
+
+describe('restart', () => {
+  test('volumes recorded in-use are resumed through the stored grant', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await mgr.getBlockDevice(v.VolumeId)!.write(5, Buffer.from('persist'));
+    await mgr.close(); // daemon shutdown: catalog keeps in-use
+    mgr = await manager();
+    const r = await mgr.resumeAttachments();
+    expect(r.resumed).toEqual([v.VolumeId]);
+    const o = Buffer.alloc(7);
+    await mgr.getBlockDevice(v.VolumeId)!.read(5, 7, o);
+    expect(o.toString()).toBe('persist');
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+  });
+});
+
+describe('secrets stay out of logs', () => {
+  test('the plaintext volume key appears in no log line of a full cycle', async () => {
+    await mgr.close();
+    mgr = await manager({ keyCacheTtlMs: 50 });
+    const v = await mgr.createVolume({ Size: MiB, Name: 'secret-test' }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await mgr.getBlockDevice(v.VolumeId)!.write(100, randomBytes(3 * SS));
+    await sleep(120); // a couple of refreshes
+    await mgr.detachVolume({ VolumeId: v.VolumeId, Force: true }, kms.user);
+    const key = await volumeKeyOf(v.VolumeId);
+    const all = logLines.join('\n') + JSON.stringify(audits);
+    expect(logLines.length).toBeGreaterThan(2);
+    for (const needle of [key.toString('hex'), key.toString('base64'), key.subarray(0, 32).toString('hex'), key.subarray(32).toString('base64')]) {
+      expect(all.includes(needle)).toBe(false);
+    }
+  });
+});
