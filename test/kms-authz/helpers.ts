@@ -1,0 +1,26 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Caller } from '../../src/kms/types.js';
+
+export const ACCT = '111122223333';
+export const OTHER = '444455556666';
+export const REGION = 'us-west-2';
+export const KEY_ARN = `arn:aws:kms:${REGION}:${ACCT}:key/1234abcd-12ab-34cd-56ef-1234567890ab`;
+export const EC2_VIA = `ec2.${REGION}.amazonaws.com`;
+
+export const root: Caller = { arn: `arn:aws:iam::${ACCT}:root`, accountId: ACCT, type: 'Root', principalId: ACCT };
+export const user = (name: string, acct = ACCT): Caller => ({
+  arn: `arn:aws:iam::${acct}:user/${name}`, accountId: acct, type: 'IAMUser', principalId: `AIDA${name.toUpperCase()}`, userName: name,
+});
+export const session = (role: string, s: string, acct = ACCT): Caller => ({
+  arn: `arn:aws:sts::${acct}:assumed-role/${role}/${s}`, accountId: acct, type: 'AssumedRole', principalId: `AROAX:${s}`,
+});
+export const unknown: Caller = { arn: `arn:aws:iam::${ACCT}:uid/4242`, accountId: ACCT, type: 'Unknown', uid: 4242 };
+
+export function tempDir(prefix = 'ebsd-authz-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export const doc = (...Statement: unknown[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
