@@ -70,6 +70,7 @@ export class AuditLog {
   private scheduled = false;
   private flushing: Promise<void> | null = null;
   private sealing: Promise<void> = Promise.resolve();
+  private autoSealing = false;
   private fingerprint = '';
   private readonly fsyncMode: 'none' | 'event';
   private readonly digestEvery: number;
@@ -155,7 +156,9 @@ export class AuditLog {
 
   private flush(): Promise<void> {
     if (this.flushing) return this.flushing;
-    this.flushing = (async () => {
+    if (this.pending.length === 0) return Promise.resolve();
+    const run = async (): Promise<void> => {
+      await Promise.resolve(); // never finish synchronously: `flushing` must be set before it is cleared
       while (this.pending.length) {
         const data = this.pending.join('');
         const waiters = this.waiters;
@@ -174,9 +177,14 @@ export class AuditLog {
           for (const w of waiters) w.reject(e);
         }
       }
+    };
+    this.flushing = run().finally(() => {
       this.flushing = null;
-      if (this.flushedSeq - this.sealedThrough >= this.digestEvery) void this.seal().catch((e) => this.o.log.error({ err: e }, 'audit seal failed'));
-    })();
+      if (!this.autoSealing && this.flushedSeq - this.sealedThrough >= this.digestEvery) {
+        this.autoSealing = true;
+        this.seal().catch((e) => this.o.log.error({ err: e }, 'audit seal failed')).finally(() => { this.autoSealing = false; });
+      }
+    });
     return this.flushing;
   }
 
