@@ -1,0 +1,136 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { KmsService } from '../../src/kms/kms-core.js';
+import { openAuthz, registerAuthzOperations, LOCKOUT_MESSAGE, type AuthzHandles } from '../../src/kms/authz/index.js';
+import type { Caller } from '../../src/kms/types.js';
+import { doc, tempDir } from './helpers.js';
+
+/**
+ * Through the real core (HSM, keystore, dispatcher, audit): the authorizer
+ * replaces the placeholder, the grant and key-policy operations are
+ * registered from outside, and every denial is an audit event with
+ * errorCode AccessDeniedException.
+ */
+const ACCOUNT = '111122223333';
+const REGION = 'us-east-1';
+const VIA = `ec2.${REGION}.amazonaws.com`;
+
+let t: ReturnType<typeof tempDir>;
+let kms: KmsService;
+let authz: AuthzHandles;
+let root: Caller;
+let alice: Caller;
+let host: Caller;
+const denials: { eventName: string; arn: string }[] = [];
+
+async function denied(op: string, req: Record<string, unknown>, caller: Caller): Promise<string> {
+  try {
+    await kms.call(op, req, caller);
+  } catch (e) {
+    const err = e as { awsName?: string; message: string };
+    if (err.awsName === 'AccessDeniedException') denials.push({ eventName: op, arn: caller.arn });
+    return `${err.awsName}: ${err.message}`;
+  }
+  return 'allowed';
+}
+
+beforeAll(async () => {
+  t = tempDir('ebsd-authz-core-');
+  authz = await openAuthz({ stateDir: t.dir, kmsDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION });
+  kms = await KmsService.open({ stateDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase' });
+  registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
+  const ids = authz.identities;
+  root = ids.callerForUid(0);
+  await ids.createUser('alice');
+  await ids.mapUid(1000, 'user/alice');
+  await ids.createRole('EbsdHost');
+  await ids.mapUid(999, 'role/EbsdHost', { session: 'host-1' });
+  alice = ids.callerForUid(1000);
+  host = ids.callerForUid(999);
+}, 60_000);
+
+afterAll(async () => {
+  await kms?.close();
+  t?.cleanup();
+});
+
+describe('authorization through the KMS core', () => {
+  it('default key policy + IAM delegation; unknown uid denied', async () => {
+    const { KeyMetadata } = await kms.call('CreateKey', { Description: 'app' }, root) as { KeyMetadata: { KeyId: string; Arn: string } };
+    const keyId = KeyMetadata.KeyId;
+    expect(await denied('Encrypt', { KeyId: keyId, Plaintext: Buffer.from('x') }, alice)).toMatch(
+      new RegExp(`^AccessDeniedException: User: ${alice.arn} is not authorized to perform: kms:Encrypt on resource: ${KeyMetadata.Arn} because no identity-based policy allows the kms:Encrypt action$`),
+    );
+    await authz.identities.attachPolicy('user/alice', 'use', doc({ Effect: 'Allow', Action: ['kms:Encrypt', 'kms:DescribeKey'], Resource: '*' }));
+    await expect(kms.call('Encrypt', { KeyId: keyId, Plaintext: Buffer.from('x') }, alice)).resolves.toHaveProperty('CiphertextBlob');
+    expect(await denied('DescribeKey', { KeyId: keyId }, authz.identities.callerForUid(4242))).toMatch(/uid 4242\) is not mapped/);
+    expect(await denied('CreateKey', {}, alice)).toMatch(/^AccessDeniedException/);
+  });
+
+  it('PutKeyPolicy / GetKeyPolicy / ListKeyPolicies, with the lockout safety check', async () => {
+    const { KeyMetadata } = await kms.call('CreateKey', {}, root) as { KeyMetadata: { KeyId: string } };
+    const keyId = KeyMetadata.KeyId;
+    const got = await kms.call('GetKeyPolicy', { KeyId: keyId, PolicyName: 'default' }, root);
+    expect(JSON.parse(got.Policy as string).Statement[0].Principal.AWS).toBe(`arn:aws:iam::${ACCOUNT}:root`);
+    expect(await kms.call('ListKeyPolicies', { KeyId: keyId }, root)).toEqual({ PolicyNames: ['default'], Truncated: false });
+    const aliceOnly = doc({ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'kms:*', Resource: '*' });
+    await expect(kms.call('PutKeyPolicy', { KeyId: keyId, Policy: aliceOnly }, root)).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: LOCKOUT_MESSAGE });
+    await expect(kms.call('PutKeyPolicy', { KeyId: keyId, Policy: doc({ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:user/nobody` }, Action: 'kms:*', Resource: '*' }) }, root))
+      .rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringMatching(/invalid principals/) });
+    await expect(kms.call('PutKeyPolicy', { KeyId: keyId, Policy: '{bad' }, root)).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException' });
+    await expect(kms.call('GetKeyPolicy', { KeyId: keyId, PolicyName: 'other' }, root)).rejects.toMatchObject({ awsName: 'NotFoundException' });
+    await kms.call('PutKeyPolicy', { KeyId: keyId, Policy: aliceOnly, BypassPolicyLockoutSafetyCheck: true }, root);
+    expect(await denied('GetKeyPolicy', { KeyId: keyId }, root)).toMatch(/^AccessDeniedException.*kms:GetKeyPolicy.*no resource-based policy allows/);
+    expect((await kms.call('GetKeyPolicy', { KeyId: keyId }, alice)).Policy).toBe(aliceOnly);
+  });
+
+  it('EBS flow: managed key via EC2, grant to the host, constrained Decrypt, retire', async () => {
+    const aliceVia: Caller = { ...alice, viaService: VIA };
+    const ec = { 'aws:ebs:id': 'vol-0123456789abcdef0' };
+    const dk = await kms.call('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/aws/ebs', NumberOfBytes: 64, EncryptionContext: ec }, aliceVia);
+    const blob = dk.CiphertextBlob as Uint8Array;
+    const keyArn = dk.KeyId as string;
+    expect(await denied('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/aws/ebs', NumberOfBytes: 64, EncryptionContext: ec }, alice)).toMatch(/no resource-based policy allows/);
+    const hostRole = `arn:aws:iam::${ACCOUNT}:role/EbsdHost`;
+    const g = await kms.call('CreateGrant', {
+      KeyId: keyArn, GranteePrincipal: hostRole, RetiringPrincipal: hostRole, Operations: ['Decrypt'], Constraints: { EncryptionContextSubset: ec },
+    }, aliceVia) as { GrantId: string; GrantToken: string };
+    expect(g.GrantId).toMatch(/^[0-9a-f]{64}$/);
+    const pt = await kms.call('Decrypt', { CiphertextBlob: blob, EncryptionContext: ec, GrantTokens: [g.GrantToken] }, host);
+    expect((pt.Plaintext as Uint8Array).length).toBe(64);
+    expect(await denied('Decrypt', { CiphertextBlob: blob, EncryptionContext: { 'aws:ebs:id': 'vol-other' } }, host)).toMatch(/^AccessDeniedException/);
+    const listed = await kms.call('ListGrants', { KeyId: keyArn }, root);
+    expect(listed.Grants).toEqual([expect.objectContaining({ GrantId: g.GrantId, GranteePrincipal: hostRole, Operations: ['Decrypt'] })]);
+    expect((await kms.call('ListRetirableGrants', { RetiringPrincipal: hostRole }, root)).Grants).toHaveLength(1);
+    expect(await denied('RetireGrant', { GrantToken: g.GrantToken }, alice)).toMatch(/^AccessDeniedException/);
+    await kms.call('RetireGrant', { GrantToken: g.GrantToken }, host);
+    expect(await denied('Decrypt', { CiphertextBlob: blob, EncryptionContext: ec }, host)).toMatch(/^AccessDeniedException/);
+    // Customers cannot change the AWS managed key.
+    expect(await denied('PutKeyPolicy', { KeyId: keyArn, Policy: doc({ Effect: 'Allow', Principal: '*', Action: 'kms:*', Resource: '*' }) }, root)).toMatch(/^AccessDeniedException/);
+    expect(await denied('DisableKey', { KeyId: keyArn }, root)).toMatch(/^AccessDeniedException/);
+    expect(await denied('ScheduleKeyDeletion', { KeyId: keyArn }, root)).toMatch(/^AccessDeniedException/);
+  });
+
+  it('RevokeGrant by the account; a revoked grant stops working', async () => {
+    const { KeyMetadata } = await kms.call('CreateKey', {}, root) as { KeyMetadata: { KeyId: string; Arn: string } };
+    const g = await kms.call('CreateGrant', { KeyId: KeyMetadata.KeyId, GranteePrincipal: alice.arn, Operations: ['GenerateDataKey', 'Decrypt'] }, root) as { GrantId: string };
+    await expect(kms.call('GenerateDataKey', { KeyId: KeyMetadata.KeyId, KeySpec: 'AES_256' }, alice)).resolves.toHaveProperty('Plaintext');
+    await expect(kms.call('RevokeGrant', { KeyId: KeyMetadata.KeyId, GrantId: 'f'.repeat(64) }, root)).rejects.toMatchObject({ awsName: 'NotFoundException' });
+    await kms.call('RevokeGrant', { KeyId: KeyMetadata.KeyId, GrantId: g.GrantId }, root);
+    expect(await denied('GenerateDataKey', { KeyId: KeyMetadata.KeyId, KeySpec: 'AES_256' }, alice)).toMatch(/^AccessDeniedException/);
+  });
+
+  it('every denial is in the audit log with errorCode AccessDeniedException', async () => {
+    expect(denials.length).toBeGreaterThanOrEqual(10);
+    await kms.close();
+    const lines = readFileSync(join(t.dir, 'kms', 'audit', 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const deniedEvents = lines.filter((e) => e.errorCode === 'AccessDeniedException');
+    expect(deniedEvents).toHaveLength(denials.length);
+    for (const [i, d] of denials.entries()) {
+      expect(deniedEvents[i].eventName).toBe(d.eventName);
+      expect(JSON.stringify(deniedEvents[i].userIdentity)).toContain(d.arn.includes(':uid/') ? '4242' : d.arn.split(':').pop()!.split('/')[0]!);
+      expect(deniedEvents[i].errorMessage).toMatch(/is not authorized to perform: kms:/);
+    }
+  });
+});
