@@ -1,0 +1,103 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { createPublicKey, verify, publicEncrypt, constants, createHash, createHmac, createPrivateKey } from 'node:crypto';
+import { KmsService } from '../../src/kms/kms-core.js';
+import { openKms, admin, tempDir, awsError } from './helpers.js';
+
+const u8 = (v: unknown) => v as Uint8Array;
+
+describe('asymmetric and HMAC keys (checked with node:crypto)', () => {
+  const t = tempDir();
+  let kms: KmsService;
+  const mk = async (KeySpec: string, KeyUsage: string) => ((await kms.call('CreateKey', { KeySpec, KeyUsage }, admin)).KeyMetadata as { KeyId: string; Arn: string });
+  beforeAll(async () => { kms = await openKms(t.dir); });
+  afterAll(async () => { await kms.close(); t.cleanup(); });
+
+  const ecCases: [string, string, string][] = [
+    ['ECC_NIST_P256', 'ECDSA_SHA_256', 'sha256'], ['ECC_NIST_P384', 'ECDSA_SHA_384', 'sha384'],
+    ['ECC_NIST_P521', 'ECDSA_SHA_512', 'sha512'], ['ECC_SECG_P256K1', 'ECDSA_SHA_256', 'sha256'],
+  ];
+  for (const [spec, alg, hash] of ecCases) {
+    it(`${spec}: Sign RAW and DIGEST verify with node:crypto; GetPublicKey is DER SPKI`, async () => {
+      const k = await mk(spec, 'SIGN_VERIFY');
+      const pk = await kms.call('GetPublicKey', { KeyId: k.KeyId }, admin);
+      expect(pk).toMatchObject({ KeySpec: spec, KeyUsage: 'SIGN_VERIFY', SigningAlgorithms: [alg] });
+      const pub = createPublicKey({ key: Buffer.from(u8(pk.PublicKey)), format: 'der', type: 'spki' });
+      expect(pub.asymmetricKeyDetails?.namedCurve).toBeDefined();
+      const msg = Buffer.from('message to sign');
+      const s = await kms.call('Sign', { KeyId: k.KeyId, Message: msg, SigningAlgorithm: alg }, admin);
+      expect(verify(hash, msg, { key: pub, dsaEncoding: 'der' }, u8(s.Signature))).toBe(true);
+      const dg = createHash(hash).update(msg).digest();
+      const s2 = await kms.call('Sign', { KeyId: k.KeyId, Message: dg, MessageType: 'DIGEST', SigningAlgorithm: alg }, admin);
+      expect(verify(hash, msg, { key: pub, dsaEncoding: 'der' }, u8(s2.Signature))).toBe(true);
+      expect((await kms.call('Verify', { KeyId: k.KeyId, Message: msg, Signature: s2.Signature, SigningAlgorithm: alg }, admin)).SignatureValid).toBe(true);
+      expect((await kms.call('Verify', { KeyId: k.KeyId, Message: dg, MessageType: 'DIGEST', Signature: s.Signature, SigningAlgorithm: alg }, admin)).SignatureValid).toBe(true);
+      expect(await awsError(kms.call('Verify', { KeyId: k.KeyId, Message: Buffer.from('other'), Signature: s.Signature, SigningAlgorithm: alg }, admin))).toBe('KMSInvalidSignatureException');
+      expect(await awsError(kms.call('Sign', { KeyId: k.KeyId, Message: msg, SigningAlgorithm: 'RSASSA_PSS_SHA_256' }, admin))).toBe('InvalidKeyUsageException');
+      expect(await awsError(kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: msg }, admin))).toBe('InvalidKeyUsageException');
+    }, 30_000);
+  }
+
+  it('RSA_2048 SIGN_VERIFY: PSS and PKCS1, RAW and DIGEST, verified by node:crypto', async () => {
+    const k = await mk('RSA_2048', 'SIGN_VERIFY');
+    const pub = createPublicKey({ key: Buffer.from(u8((await kms.call('GetPublicKey', { KeyId: k.KeyId }, admin)).PublicKey)), format: 'der', type: 'spki' });
+    const msg = Buffer.from('rsa message');
+    for (const h of ['256', '384', '512']) {
+      const dg = createHash(`sha${h}`).update(msg).digest();
+      for (const [alg, padding] of [[`RSASSA_PSS_SHA_${h}`, constants.RSA_PKCS1_PSS_PADDING], [`RSASSA_PKCS1_V1_5_SHA_${h}`, constants.RSA_PKCS1_PADDING]] as const) {
+        for (const [m, MessageType] of [[msg, 'RAW'], [dg, 'DIGEST']] as const) {
+          const s = await kms.call('Sign', { KeyId: k.KeyId, Message: m, MessageType, SigningAlgorithm: alg }, admin);
+          expect(verify(`sha${h}`, msg, { key: pub, padding, saltLength: Number(h) / 8 }, u8(s.Signature)), `${alg} ${MessageType}`).toBe(true);
+          expect((await kms.call('Verify', { KeyId: k.KeyId, Message: m, MessageType, Signature: s.Signature, SigningAlgorithm: alg }, admin)).SignatureValid).toBe(true);
+        }
+      }
+    }
+    expect(await awsError(kms.call('Sign', { KeyId: k.KeyId, Message: Buffer.alloc(31), MessageType: 'DIGEST', SigningAlgorithm: 'RSASSA_PSS_SHA_256' }, admin))).toBe('ValidationException');
+  }, 60_000);
+
+  it('RSA_3072 ENCRYPT_DECRYPT: OAEP both ways, limits, node:crypto encrypts to it', async () => {
+    const k = await mk('RSA_3072', 'ENCRYPT_DECRYPT');
+    const pk = await kms.call('GetPublicKey', { KeyId: k.KeyId }, admin);
+    expect(pk.EncryptionAlgorithms).toEqual(['RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256']);
+    const pub = createPublicKey({ key: Buffer.from(u8(pk.PublicKey)), format: 'der', type: 'spki' });
+    const ct = publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, Buffer.from('secret'));
+    const d = await kms.call('Decrypt', { KeyId: k.KeyId, CiphertextBlob: ct, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }, admin);
+    expect(Buffer.from(u8(d.Plaintext)).toString()).toBe('secret');
+    const e = await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('x'), EncryptionAlgorithm: 'RSAES_OAEP_SHA_1' }, admin);
+    expect(Buffer.from(u8((await kms.call('Decrypt', { KeyId: k.KeyId, CiphertextBlob: e.CiphertextBlob, EncryptionAlgorithm: 'RSAES_OAEP_SHA_1' }, admin)).Plaintext)).toString()).toBe('x');
+    // RSA_3072 + OAEP SHA-256: 384 - 66 = 318 bytes max
+    expect(await awsError(kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: new Uint8Array(319), EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }, admin))).toBe('ValidationException');
+    await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: new Uint8Array(318), EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }, admin);
+    expect(await awsError(kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('x') }, admin))).toBe('InvalidKeyUsageException');
+    expect(await awsError(kms.call('Decrypt', { CiphertextBlob: ct, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }, admin))).toBe('ValidationException');
+    expect(await awsError(kms.call('GenerateDataKey', { KeyId: k.KeyId, NumberOfBytes: 32 }, admin))).toBe('InvalidKeyUsageException');
+  }, 60_000);
+
+  it('GenerateDataKeyPair(+WithoutPlaintext): private key decrypts to a PKCS#8 matching the public key', async () => {
+    const sym = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    const p = await kms.call('GenerateDataKeyPair', { KeyId: sym.KeyId, KeyPairSpec: 'ECC_NIST_P256', EncryptionContext: { p: '1' } }, admin);
+    const priv = createPrivateKey({ key: Buffer.from(u8(p.PrivateKeyPlaintext)), format: 'der', type: 'pkcs8' });
+    expect(createPublicKey(priv).export({ format: 'der', type: 'spki' }).equals(Buffer.from(u8(p.PublicKey)))).toBe(true);
+    const d = await kms.call('Decrypt', { CiphertextBlob: p.PrivateKeyCiphertextBlob, EncryptionContext: { p: '1' } }, admin);
+    expect(Buffer.from(u8(d.Plaintext)).equals(Buffer.from(u8(p.PrivateKeyPlaintext)))).toBe(true);
+    const w = await kms.call('GenerateDataKeyPairWithoutPlaintext', { KeyId: sym.KeyId, KeyPairSpec: 'RSA_2048' }, admin);
+    expect(w.PrivateKeyPlaintext).toBeUndefined();
+    expect(w.KeyPairSpec).toBe('RSA_2048');
+    expect(await awsError(kms.call('GenerateDataKeyPair', { KeyId: sym.KeyId, KeyPairSpec: 'RSA_1024' }, admin))).toBe('ValidationException');
+  }, 60_000);
+
+  it('HMAC keys: GenerateMac matches node:crypto HMAC over the same key? (key never leaves) — VerifyMac accepts own, rejects other', async () => {
+    for (const [spec, alg] of [['HMAC_224', 'HMAC_SHA_224'], ['HMAC_256', 'HMAC_SHA_256'], ['HMAC_384', 'HMAC_SHA_384'], ['HMAC_512', 'HMAC_SHA_512']]) {
+      const k = await mk(spec!, 'GENERATE_VERIFY_MAC');
+      const m = await kms.call('GenerateMac', { KeyId: k.KeyId, Message: Buffer.from('m'), MacAlgorithm: alg }, admin);
+      expect(u8(m.Mac).length).toBe(createHmac(`sha${alg!.slice(9)}`, 'k').update('m').digest().length);
+      expect((await kms.call('VerifyMac', { KeyId: k.KeyId, Message: Buffer.from('m'), Mac: m.Mac, MacAlgorithm: alg }, admin)).MacValid).toBe(true);
+      expect(await awsError(kms.call('VerifyMac', { KeyId: k.KeyId, Message: Buffer.from('n'), Mac: m.Mac, MacAlgorithm: alg }, admin))).toBe('KMSInvalidMacException');
+      expect(await awsError(kms.call('GetPublicKey', { KeyId: k.KeyId }, admin))).toBe('UnsupportedOperationException');
+    }
+    const k = await mk('HMAC_256', 'GENERATE_VERIFY_MAC');
+    expect(await awsError(kms.call('GenerateMac', { KeyId: k.KeyId, Message: Buffer.from('m'), MacAlgorithm: 'HMAC_SHA_512' }, admin))).toBe('InvalidKeyUsageException');
+    const sym = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    expect(await awsError(kms.call('GenerateMac', { KeyId: sym.KeyId, Message: Buffer.from('m'), MacAlgorithm: 'HMAC_SHA_256' }, admin))).toBe('InvalidKeyUsageException');
+    expect(await awsError(kms.call('GetPublicKey', { KeyId: sym.KeyId }, admin))).toBe('UnsupportedOperationException');
+  }, 30_000);
+});
