@@ -186,7 +186,11 @@ function markdown () {
   L.push(`Run: ${summary.generatedAt.slice(0, 16).replace('T', ' ')} UTC, \`scripts/bench/fio.sh${meta.mode === 'quick' ? ' --quick' : ''}\` ` +
     `(${meta.mode}: ${meta.runtimeSec} s per workload after ${meta.rampSec} s ramp, ${meta.sizeMiB} MiB working set), ` +
     `${meta.cpus} × ${meta.cpuModel}, kernel ${meta.kernel}, ${meta.fio}, backing fs \`${meta.backingFs}\`. ` +
-    `All targets: libaio, \`direct=1\`, on the same filesystem.` + (meta.daemon ? ` Daemon at \`${meta.daemon.commit}\`.` : ' **Daemon not measured in this run** (encrypted/plaintext columns empty).'))
+    `All targets: libaio, \`direct=1\`, on the same filesystem.` + (meta.daemon
+      ? meta.daemon.via === 'harness'
+        ? ` **Encrypted and plaintext served by \`scripts/bench/fio-harness.mjs\`** (the daemon's FUSE adapter and block devices from \`dist/\` at \`${meta.daemon.commit}\`, without KMS or control socket): the daemon itself was not available.`
+        : ` Encrypted and plaintext served by \`ebsd daemon\` at \`${meta.daemon.commit}\`.`
+      : ' **Daemon not measured in this run** (encrypted/plaintext columns empty).'))
   L.push('')
   L.push('![fio: each target relative to the no-op FUSE ceiling](bench/fio.svg)')
   L.push('')

@@ -20,6 +20,10 @@
 #   only with --keep).
 # --cpu-prof DIR: run the daemon under `node --cpu-prof --cpu-prof-dir DIR`.
 # --targets: comma list, default encrypted,plaintext,ceiling,raw.
+# --via daemon|harness|auto: who serves encrypted/plaintext. daemon: `ebsd daemon`
+#   (KMS, catalog, attach); harness: scripts/bench/fio-harness.mjs, the daemon's FUSE
+#   adapter and block devices without KMS (for profiling the data path alone).
+#   auto (default): the daemon when dist/ has one, else the harness.
 #
 # Needs root (FUSE mounts, fusermount), fio, node; builds dist/ with `npx tsc -p .`
 # if it is missing or older than src/. Cleans up daemon, mounts and temp dirs on any exit.
@@ -35,6 +39,7 @@ KEEP=0
 TARGETS=encrypted,plaintext,ceiling,raw
 WORK_PARENT=${TMPDIR_BENCH:-/var/tmp}
 CPU_PROF=
+VIA=auto
 while (($#)); do
   case $1 in
     --quick) MODE=quick ;;
@@ -42,15 +47,16 @@ while (($#)); do
     --keep) KEEP=1 ;;
     --targets) TARGETS=$2; shift ;;
     --work-dir) WORK_PARENT=$2; shift ;;
+    --via) VIA=$2; shift ;;
     --cpu-prof) CPU_PROF=$(realpath -m "$2"); shift ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fio.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 
 if [[ $MODE == quick ]]; then
-  SIZE_MIB=256; RUNTIME=1; RAMP=0
+  SIZE_MIB=128; RUNTIME=1; RAMP=0
 else
   SIZE_MIB=1024; RUNTIME=15; RAMP=2
 fi
@@ -121,30 +127,38 @@ start_raw() {
 }
 
 # ------------------------------------------------------------------ daemon ---
-# The encrypted and plaintext targets: one daemon, two volumes.
+# The encrypted and plaintext targets: one daemon, two volumes (--via daemon), or,
+# while the daemon cannot run, scripts/bench/fio-harness.mjs: the same FUSE adapter
+# and block devices from dist/ without KMS and control socket (--via harness).
 STATE=$WORK/state
 DMNT=$WORK/ebsd-mnt
 DAEMON_MISSING=
-declare -A VOL=()
+declare -A VOL=() IMAGE=()
 
 ebsd() { node "$ROOT/dist/cli/main.js" "$@"; }
 
-daemon_available() {
-  if [[ ! -f $ROOT/src/cli/main.ts && ! -f $ROOT/dist/cli/main.js ]]; then
-    DAEMON_MISSING="no src/cli/main.ts"; return 1
-  fi
-  if [[ -f $ROOT/src/cli/main.ts ]] && { [[ ! -f $ROOT/dist/cli/main.js ]] ||
-       [[ -n $(find "$ROOT/src" -newer "$ROOT/dist/cli/main.js" -name '*.ts' -print -quit) ]]; }; then
+build_dist() {
+  if [[ ! -d $ROOT/dist ]] || [[ -n $(find "$ROOT/src" -name '*.ts' -newer "$ROOT/dist" -print -quit 2>/dev/null) ]]; then
     say "building dist/ (npx tsc -p .)"
-    (cd "$ROOT" && npx tsc -p .) >&2 || { DAEMON_MISSING="tsc failed"; return 1; }
+    (cd "$ROOT" && npx tsc -p . && touch dist) >&2 || return 1
   fi
-  return 0
+}
+
+daemon_available() {
+  build_dist || { DAEMON_MISSING="tsc failed"; return 1; }
+  [[ -f $ROOT/dist/cli/main.js ]] || { DAEMON_MISSING="no dist/cli/main.js"; return 1; }
+  [[ -n $(find "$ROOT/dist/daemon" -name '*.js' -print -quit 2>/dev/null) ]] || { DAEMON_MISSING="no dist/daemon"; return 1; }
+}
+
+node_prof_args() {
+  [[ -n $CPU_PROF ]] || return 0
+  mkdir -p "$CPU_PROF"
+  printf '%s\n' --cpu-prof --cpu-prof-dir "$CPU_PROF"
 }
 
 daemon_start() {
   mkdir -p "$STATE" "$DMNT"; MOUNTS+=("$DMNT")
-  local node_args=()
-  [[ -n $CPU_PROF ]] && { mkdir -p "$CPU_PROF"; node_args+=(--cpu-prof --cpu-prof-dir "$CPU_PROF"); }
+  local node_args; mapfile -t node_args < <(node_prof_args)
   node "${node_args[@]}" "$ROOT/dist/cli/main.js" daemon --state-dir "$STATE" --mount "$DMNT" \
     >"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
@@ -166,13 +180,35 @@ daemon_attach() {
   ebsd attach "$id" >/dev/null || die "attach $id ($t) failed"
   VOL[$t]=$id
   FILE[$t]=$DMNT/$id
+  IMAGE[$t]=$(find "$STATE" -type f -name "${id}*" ! -name '*.json' | head -1)
   [[ -e ${FILE[$t]} ]] || die "$t: ${FILE[$t]} did not appear"
   say "$t: ${FILE[$t]}"
 }
 
+harness_start() {
+  build_dist || [[ -f $ROOT/dist/fuse/index.js ]] || die "tsc failed and there is no dist/ to fall back on"
+  mkdir -p "$STATE" "$DMNT"; MOUNTS+=("$DMNT")
+  local node_args out=$WORK/harness.out; mapfile -t node_args < <(node_prof_args)
+  node "${node_args[@]}" "$HERE/fio-harness.mjs" --mount "$DMNT" --dir "$STATE" --size "${SIZE_MIB}MiB" \
+    >"$out" 2>"$WORK/daemon.log" &
+  DAEMON_PID=$!
+  for _ in $(seq 150); do
+    grep -q '^ready ' "$out" 2>/dev/null && break
+    kill -0 "$DAEMON_PID" 2>/dev/null || { tail -20 "$WORK/daemon.log" >&2; die "harness exited"; }
+    sleep 0.1
+  done
+  local _r enc plain encimg plainimg _e
+  read -r _r enc plain encimg plainimg _e <"$out" || die "harness did not become ready"
+  FILE[encrypted]=$enc; FILE[plaintext]=$plain; IMAGE[encrypted]=$encimg; IMAGE[plaintext]=$plainimg
+  VOL[encrypted]=$(basename "$enc"); VOL[plaintext]=$(basename "$plain")
+  say "harness: pid $DAEMON_PID ($_e), encrypted ${FILE[encrypted]}, plaintext ${FILE[plaintext]}"
+}
+
 daemon_stop() {
   local id
-  for id in "${VOL[@]}"; do ebsd detach --force "$id" >/dev/null 2>&1; done
+  if [[ $VIA == daemon ]]; then
+    for id in "${VOL[@]}"; do ebsd detach --force "$id" >/dev/null 2>&1; done
+  fi
   kill -TERM "$DAEMON_PID" 2>/dev/null
   for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || return 0; sleep 0.1; done
   say "daemon did not exit on SIGTERM; SIGKILL"
@@ -181,11 +217,10 @@ daemon_stop() {
 
 # The image of an encrypted volume must not hold the plaintext; a passthrough one must.
 daemon_check_image() {
-  local t=$1 img marker
-  img=$(find "$STATE" -type f -name "${VOL[$t]}*" ! -name '*.json' | head -1)
-  [[ -n $img ]] || die "$t: cannot find the image of ${VOL[$t]} under $STATE"
+  local t=$1 img=${IMAGE[$1]-} marker
+  [[ -n $img && -f $img ]] || die "$t: cannot find the image of ${VOL[$t]} under $STATE"
   marker="ebsd-fio-marker-$$-$RANDOM"
-  yes "$marker" | head -c 1048576 >"$WORK/marker"
+  yes "$marker" | head -c 1048576 >"$WORK/marker" || true
   dd if="$WORK/marker" of="${FILE[$t]}" bs=1M count=1 seek=5 oflag=direct conv=notrunc,fsync status=none
   cmp -s "$WORK/marker" <(dd if="${FILE[$t]}" bs=1M count=1 skip=5 iflag=direct status=none) \
     || die "$t: marker did not read back"
@@ -199,26 +234,36 @@ daemon_check_image() {
 
 daemon_describe() {
   if [[ -n $DAEMON_PID ]]; then
-    printf '{"commit":"%s","volumes":{"encrypted":"%s","plaintext":"%s"},"uvThreadpoolSize":"%s"}' \
-      "$(git -C "$ROOT" rev-parse --short HEAD)" "${VOL[encrypted]-}" "${VOL[plaintext]-}" "${UV_THREADPOOL_SIZE:-default}"
+    printf '{"via":"%s","commit":"%s","volumes":{"encrypted":"%s","plaintext":"%s"},"uvThreadpoolSize":"%s"}' \
+      "$VIA" "$(git -C "$ROOT" rev-parse --short HEAD)" "${VOL[encrypted]-}" "${VOL[plaintext]-}" "${UV_THREADPOOL_SIZE:-default}"
   else
     printf 'null'
   fi
 }
 
 # ------------------------------------------------------------- correctness ---
-# fio with verify: writes the whole working set (which also pre-conditions it, so
-# no timed read lands on a hole), then reads it back checking crc32c + header
-# (offset, block number) of every block; then random 4 KiB writes verified the same way.
+# 1. Fill the whole working set once (pre-conditioning: no timed read lands on a
+#    never-written sector, which an encrypted volume would answer without decrypting).
+# 2. fio verify: 1 MiB sequential and 4 KiB random writes, read back checking a
+#    crc32c and header (offset, block number) in every block.
+# 3. An unaligned 10000-byte buffered write at byte 12345 (partial first and last
+#    sector: the read-modify-write path), read back with O_DIRECT.
 verify_target() {
   local t=$1 f=${FILE[$1]}
-  say "verify $t: sequential fill + read-back of ${SIZE_MIB} MiB, random 4 KiB write + read-back"
+  say "verify $t: fill ${SIZE_MIB} MiB, fio verify (seq 1 MiB, rand 4 KiB), unaligned read-modify-write"
   fio --name=fill --filename="$f" --size="${SIZE_MIB}m" --rw=write --bs=1m --ioengine=libaio \
+      --direct=1 --iodepth=8 --output="$WORK/fill-$t.log" || { cat "$WORK/fill-$t.log" >&2; die "$t: fill failed"; }
+  fio --name=seq --filename="$f" --size=16m --offset=16m --rw=write --bs=1m --ioengine=libaio \
       --direct=1 --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
       --output="$WORK/verify-$t-seq.log" || { cat "$WORK/verify-$t-seq.log" >&2; die "$t: sequential verify failed"; }
-  fio --name=rand --filename="$f" --size=32m --offset=8m --rw=randwrite --bs=4k --ioengine=libaio \
+  fio --name=rand --filename="$f" --size=8m --offset=40m --rw=randwrite --bs=4k --ioengine=libaio \
       --direct=1 --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
       --output="$WORK/verify-$t-rand.log" || { cat "$WORK/verify-$t-rand.log" >&2; die "$t: random verify failed"; }
+  head -c 10000 /dev/urandom >"$WORK/odd"
+  dd if="$WORK/odd" of="$f" bs=10000 count=1 seek=12345 oflag=seek_bytes conv=notrunc,fsync status=none \
+    || die "$t: unaligned write failed"
+  cmp -s -n 10000 "$WORK/odd" <(dd if="$f" bs=24576 count=1 skip=8192 iflag=direct,skip_bytes status=none) 0 $((12345 - 8192)) \
+    || die "$t: unaligned write did not read back"
 }
 
 verify_ceiling() {
@@ -245,13 +290,16 @@ ACTIVE=()
 for t in encrypted plaintext ceiling raw; do has_target "$t" && ACTIVE+=("$t"); done
 
 if has_target encrypted || has_target plaintext; then
-  if daemon_available; then
+  if [[ $VIA == auto ]]; then
+    if daemon_available; then VIA=daemon; else VIA=harness; say "daemon not available ($DAEMON_MISSING): using the data-path harness"; fi
+  fi
+  if [[ $VIA == daemon ]]; then
+    daemon_available || die "daemon not available: $DAEMON_MISSING"
     daemon_start
     has_target encrypted && daemon_attach encrypted
     has_target plaintext && daemon_attach plaintext
   else
-    say "daemon not available yet ($DAEMON_MISSING): skipping encrypted and plaintext targets"
-    ACTIVE=("${ACTIVE[@]/encrypted}"); ACTIVE=("${ACTIVE[@]/plaintext}")
+    harness_start
   fi
 fi
 has_target ceiling && start_ceiling
