@@ -32,6 +32,11 @@ export interface XtsContext {
 
 export interface XtsEngine {
   readonly name: XtsEngineName;
-  /** Throws XtsError code XTS_BAD_KEY (length != 64) / XTS_WEAK_KEY (K1 = K2). */
+  /**
+   * Throws XtsError (src/crypto/xts-errors.ts) code XTS_BAD_KEY_LENGTH (length != 64) /
+   * XTS_WEAK_KEY (K1 = K2). Runs throw XTS_BAD_UNIT_SIZE, XTS_BAD_TWEAK_STEP,
+   * XTS_PARTIAL_UNIT, XTS_TWEAK_OVERFLOW, XTS_DESTROYED; wrong types ArgTypeError.
+   * The async forms reject with the same errors instead of throwing.
+   */
   createContext(key: Uint8Array): XtsContext;
 }
