@@ -1,0 +1,253 @@
+import type { FuseOps, FuseStat, FuseStatfs } from 'fuse-native';
+import type { BlockDevice } from '../volume/types.js';
+import { EbsdError } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import { EBADF, EIO, ENOENT, ENOSPC, EPERM, EISDIR, toErrno } from './errno.js';
+
+/** One attached volume as the FUSE root sees it. */
+interface Entry {
+  readonly dev: BlockDevice;
+  /** Open file handles on this volume's file (open() minus release()). */
+  open: number;
+  /** FUSE requests currently running against the device. */
+  inflight: number;
+  /** Resolvers waiting for inflight to reach 0 (detach drains). */
+  drained: (() => void)[];
+  atime: number;
+  mtime: number;
+  readonly ctime: number;
+  /** Set by remove(): no new opens; I/O on surviving handles fails with EIO. */
+  removed: boolean;
+}
+
+export interface BlockFileSystemOptions {
+  logger: Logger;
+  /** Owner of the volume files (default: the daemon's uid/gid). */
+  uid?: number;
+  gid?: number;
+}
+
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const BLOCK = 4096;
+const U32_MAX = 0xffff_ffff;
+
+/**
+ * The FUSE file system: a flat root holding one regular file (mode 0600) per
+ * attached volume, named by volume id, whose bytes are the volume's plaintext.
+ * The daemon adds and removes devices; this class turns FUSE requests into
+ * BlockDevice calls and failures into errno (via ./errno.ts, the only place).
+ *
+ * Reads and writes are zero-copy: fuse-native hands us a Buffer over libfuse's
+ * own request buffer, and we let the device read into it / write from it.
+ */
+export class BlockFileSystem {
+  private readonly entries = new Map<string, Entry>();
+  /** fh -> volume id. A handle outlives its entry's removal (forced detach). */
+  private readonly handles = new Map<number, Entry>();
+  private nextFh = 1;
+  private readonly log: Logger;
+  private readonly uid: number;
+  private readonly gid: number;
+  private readonly mountedAt = Date.now();
+
+  constructor(opts: BlockFileSystemOptions) {
+    this.log = opts.logger;
+    this.uid = opts.uid ?? process.getuid?.() ?? 0;
+    this.gid = opts.gid ?? process.getgid?.() ?? 0;
+  }
+
+  /** Expose an attached volume as `/<volumeId>`. */
+  add(dev: BlockDevice): void {
+    if (this.entries.has(dev.volumeId)) {
+      throw new EbsdError('FUSE_FILE_EXISTS', `${dev.volumeId} is already exposed in the mount`, { awsName: 'VolumeInUse' });
+    }
+    const now = Date.now();
+    this.entries.set(dev.volumeId, {
+      dev, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
+    });
+  }
+
+  has(volumeId: string): boolean {
+    return this.entries.has(volumeId);
+  }
+
+  volumeIds(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  /** Number of open handles on the volume's file (0 when not exposed). */
+  openCount(volumeId: string): number {
+    return this.entries.get(volumeId)?.open ?? 0;
+  }
+
+  /**
+   * Take the volume's file out of the mount and wait for running requests to
+   * finish. Refused while the file is open unless `force` (then surviving
+   * handles get EIO from now on). Returns the device so the caller can
+   * flush and close it.
+   */
+  async remove(volumeId: string, opts: { force?: boolean } = {}): Promise<BlockDevice | undefined> {
+    const e = this.entries.get(volumeId);
+    if (!e) return undefined;
+    if (e.open > 0 && !opts.force) {
+      throw new EbsdError(
+        'VOLUME_FILE_OPEN',
+        `${volumeId} is open (${e.open} handle${e.open === 1 ? '' : 's'}); close it (losetup -d, umount) or detach with --force`,
+        { awsName: 'VolumeInUse' },
+      );
+    }
+    e.removed = true;
+    this.entries.delete(volumeId);
+    if (e.inflight > 0) await new Promise<void>((r) => e.drained.push(r));
+    return e.dev;
+  }
+
+  /** Wait until no request is running against any device (shutdown). */
+  async drainAll(): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const e of this.entries.values()) {
+      if (e.inflight > 0) waits.push(new Promise<void>((r) => e.drained.push(r)));
+    }
+    await Promise.all(waits);
+  }
+
+  private lookup(path: string): Entry | undefined {
+    return path.length > 1 && path.indexOf('/', 1) === -1 ? this.entries.get(path.slice(1)) : undefined;
+  }
+
+  private stat(e: Entry): FuseStat {
+    return {
+      mode: S_IFREG | 0o600, uid: this.uid, gid: this.gid, size: e.dev.size, nlink: 1,
+      blksize: BLOCK, blocks: Math.ceil(e.dev.size / 512),
+      atime: e.atime, mtime: e.mtime, ctime: e.ctime,
+    };
+  }
+
+  private rootStat(): FuseStat {
+    return {
+      mode: S_IFDIR | 0o755, uid: this.uid, gid: this.gid, size: BLOCK, nlink: 2,
+      atime: this.mountedAt, mtime: this.mountedAt, ctime: this.mountedAt,
+    };
+  }
+
+  /** Run one I/O request, keeping the in-flight count the detach drain waits on. */
+  private async io<T>(e: Entry, fn: () => Promise<T>): Promise<T> {
+    e.inflight++;
+    try {
+      return await fn();
+    } finally {
+      if (--e.inflight === 0 && e.drained.length) for (const r of e.drained.splice(0)) r();
+    }
+  }
+
+  private fail(e: Entry, op: string, offset: number, length: number, err: unknown): number {
+    const errno = toErrno(err);
+    const code = (err as { code?: unknown })?.code;
+    const fields = { volumeId: e.dev.volumeId, op, offset, length, code, reason: (err as Error)?.message };
+    // gocryptfs habit: every EIO is logged with the file and position it hit.
+    if (errno === EIO) this.log.warn(fields, 'I/O error on volume file');
+    else this.log.debug(fields, 'volume file request refused');
+    return errno;
+  }
+
+  /** FUSE operation table for fuse-native. */
+  ops(): FuseOps {
+    return {
+      getattr: (path, cb) => {
+        if (path === '/') return cb(0, this.rootStat());
+        const e = this.lookup(path);
+        return e ? cb(0, this.stat(e)) : cb(ENOENT);
+      },
+      readdir: (path, cb) => {
+        if (path !== '/') return cb(this.lookup(path) ? -20 /* ENOTDIR */ : ENOENT);
+        const names: string[] = [];
+        const stats: FuseStat[] = [];
+        for (const [id, e] of this.entries) { names.push(id); stats.push(this.stat(e)); }
+        return cb(0, names, stats);
+      },
+      open: (path, _flags, cb) => {
+        if (path === '/') return cb(EISDIR);
+        const e = this.lookup(path);
+        if (!e) return cb(ENOENT);
+        const fh = this.nextFh++;
+        if (this.nextFh > 0x7fff_ffff) this.nextFh = 1;
+        this.handles.set(fh, e);
+        e.open++;
+        return cb(0, fh);
+      },
+      release: (_path, fh, cb) => {
+        const e = this.handles.get(fh);
+        if (e) { this.handles.delete(fh); e.open = Math.max(0, e.open - 1); }
+        return cb(0);
+      },
+      read: (_path, fh, buf, len, pos, cb) => {
+        const e = this.handles.get(fh);
+        if (!e) return cb(EBADF);
+        if (e.removed) return cb(this.fail(e, 'read', pos, len, new Error('volume detached')));
+        if (pos >= e.dev.size) return cb(0); // EOF, as for any file
+        const n = Math.min(len, e.dev.size - pos);
+        this.io(e, () => e.dev.read(pos, n, buf, 0)).then(
+          (got) => { e.atime = Date.now(); cb(got); },
+          (err) => cb(this.fail(e, 'read', pos, n, err)),
+        );
+      },
+      write: (_path, fh, buf, len, pos, cb) => {
+        const e = this.handles.get(fh);
+        if (!e) return cb(EBADF);
+        if (e.removed) return cb(this.fail(e, 'write', pos, len, new Error('volume detached')));
+        // A volume has a fixed size (grow it with ModifyVolume): past the end is
+        // ENOSPC, as writing past the end of a block device is.
+        if (pos >= e.dev.size) return cb(len === 0 ? 0 : ENOSPC);
+        const n = Math.min(len, e.dev.size - pos);
+        const data = n === buf.length ? buf : buf.subarray(0, n);
+        this.io(e, () => e.dev.write(pos, data)).then(
+          (put) => { e.mtime = Date.now(); cb(put); },
+          (err) => cb(this.fail(e, 'write', pos, n, err)),
+        );
+      },
+      fsync: (_path, _datasync, fh, cb) => this.sync(fh, 'fsync', cb),
+      // flush comes with every close(2) of a descriptor; DESIGN §3 has it reach fdatasync too.
+      flush: (_path, fh, cb) => this.sync(fh, 'flush', cb),
+      statfs: (_path, cb) => cb(0, this.statfs()),
+      utimens: (path, atime, mtime, cb) => {
+        if (path === '/') return cb(0);
+        const e = this.lookup(path);
+        if (!e) return cb(ENOENT);
+        e.atime = atime || Date.now();
+        e.mtime = mtime || Date.now();
+        return cb(0);
+      },
+      truncate: (path, _size, cb) => cb(this.lookup(path) ? EPERM : ENOENT),
+      ftruncate: (_path, _fh, _size, cb) => cb(EPERM),
+      chmod: (_path, _mode, cb) => cb(EPERM),
+      chown: (_path, _uid, _gid, cb) => cb(EPERM),
+      create: (_path, _mode, cb) => cb(EPERM),
+      unlink: (_path, cb) => cb(EPERM),
+    };
+  }
+
+  private sync(fh: number, op: string, cb: (err: number) => void): void {
+    const e = this.handles.get(fh);
+    if (!e) return cb(EBADF);
+    if (e.removed) return cb(this.fail(e, op, 0, 0, new Error('volume detached')));
+    this.io(e, () => e.dev.flush()).then(
+      () => cb(0),
+      (err) => cb(this.fail(e, op, 0, 0, err)),
+    );
+  }
+
+  private statfs(): FuseStatfs {
+    let bytes = 0;
+    for (const e of this.entries.values()) bytes += e.dev.size;
+    // fuse-native passes statfs as u32: scale the fragment size so 64 TiB still fits.
+    let frsize = BLOCK;
+    while (bytes / frsize > U32_MAX) frsize *= 2;
+    const blocks = Math.ceil(bytes / frsize);
+    return {
+      bsize: BLOCK, frsize, blocks, bfree: 0, bavail: 0,
+      files: this.entries.size, ffree: 0, favail: 0, fsid: 0, flag: 0, namemax: 255,
+    };
+  }
+}
+

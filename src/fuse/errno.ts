@@ -1,0 +1,47 @@
+/**
+ * The one place errno exists in ebsd (DESIGN §7). Block-device failures are
+ * translated here, once, at the FUSE boundary; everything below speaks typed
+ * errors with a stable `code`.
+ */
+
+// Linux errno values (asm-generic/errno-base.h). Negative, as FUSE replies take them.
+export const EPERM = -1;
+export const ENOENT = -2;
+export const EIO = -5;
+export const EBADF = -9;
+export const EACCES = -13;
+export const EBUSY = -16;
+export const EISDIR = -21;
+export const EINVAL = -22;
+export const ENOSPC = -28;
+export const EROFS = -30;
+
+/** Error codes (ours or Node's system ones) that mean "no room to write". */
+const NOSPACE = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+
+/** Error codes that mean the request itself was outside the volume or malformed. */
+const OUT_OF_RANGE = new Set(['ERR_ARG_RANGE', 'ERR_ARG_TYPE', 'ERR_OUT_OF_RANGE']);
+
+/**
+ * Map a failure from a BlockDevice to a negative errno.
+ * - out-of-range / bad-argument errors   -> EINVAL
+ * - ENOSPC (anywhere in the cause chain) -> ENOSPC
+ * - everything else (impaired volume, key gone, backing-file I/O error,
+ *   a bug) -> EIO, which is what a disk returns when it cannot serve a sector.
+ */
+export function toErrno(err: unknown): number {
+  for (let e: unknown = err, depth = 0; e && depth < 5; depth++) {
+    const code = codeOf(e);
+    if (code && NOSPACE.has(code)) return ENOSPC;
+    if (code && (OUT_OF_RANGE.has(code) || /OUT_OF_RANGE/.test(code))) return EINVAL;
+    if (e instanceof RangeError) return EINVAL;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return EIO;
+}
+
+function codeOf(e: unknown): string | undefined {
+  if (typeof e !== 'object' || e === null) return undefined;
+  const c = (e as { code?: unknown }).code;
+  return typeof c === 'string' ? c : undefined;
+}

@@ -1,0 +1,124 @@
+import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import { promisify } from 'node:util';
+import Fuse from 'fuse-native';
+import type { FuseOps, FuseOptions } from 'fuse-native';
+import { EbsdError } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+
+const run = promisify(execFile);
+
+/** 128 KiB: the largest request the kernel sends once big_writes is on (FUSE protocol 7.x, libfuse2). */
+export const MAX_IO = 131072;
+
+/**
+ * fuse-native builds its `-o` string only from the keys it knows about, so
+ * the options a block file wants (big_writes, max_write, ...) are appended here.
+ */
+class BlockFuse extends Fuse {
+  constructor(mnt: string, ops: FuseOps, opts: FuseOptions, private readonly extra: string[]) {
+    super(mnt, ops, opts);
+  }
+
+  override _fuseOptions(): string {
+    const base = super._fuseOptions();
+    const extra = this.extra.join(',');
+    if (!extra) return base;
+    return base ? `${base},${extra}` : `-o${extra}`;
+  }
+}
+
+export interface MountOptions {
+  logger: Logger;
+  /** Let other local users reach the files (still 0600, judged by default_permissions). Default: when root. */
+  allowOther?: boolean;
+}
+
+/**
+ * A mounted FUSE endpoint. mount() recovers a stale endpoint left by a crashed
+ * daemon first; unmount() is lazy (`fusermount -uz`) so a loop device or shell
+ * still holding the old files cannot wedge shutdown.
+ */
+export class FuseMount {
+  private fuse: BlockFuse | undefined;
+  private readonly log: Logger;
+
+  constructor(readonly mountDir: string, private readonly ops: FuseOps, private readonly opts: MountOptions) {
+    this.log = opts.logger;
+  }
+
+  get mounted(): boolean {
+    return this.fuse !== undefined;
+  }
+
+  async mount(): Promise<void> {
+    if (this.fuse) return;
+    await recoverStaleMount(this.mountDir, this.log);
+    await fsp.mkdir(this.mountDir, { recursive: true, mode: 0o755 });
+    const allowOther = this.opts.allowOther ?? process.getuid?.() === 0;
+    const fuse = new BlockFuse(
+      this.mountDir,
+      this.ops,
+      {
+        // A disk never times out a request on its own; neither do we.
+        timeout: false,
+        fsname: 'ebsd',
+        subtype: 'ebsd',
+        maxRead: MAX_IO,
+        allowOther,
+        defaultPermissions: true,
+      },
+      ['big_writes', `max_write=${MAX_IO}`],
+    );
+    await new Promise<void>((resolve, reject) => {
+      fuse.mount((err) => (err ? reject(err) : resolve()));
+    }).catch((err: Error) => {
+      throw new EbsdError('FUSE_MOUNT_FAILED', `cannot mount FUSE at ${this.mountDir}: ${err.message}`, { cause: err });
+    });
+    this.fuse = fuse;
+    this.log.info({ mount: this.mountDir, maxWrite: MAX_IO }, 'FUSE mounted');
+  }
+
+  async unmount(): Promise<void> {
+    const fuse = this.fuse;
+    if (!fuse) return;
+    this.fuse = undefined;
+    try {
+      await new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())));
+      this.log.info({ mount: this.mountDir }, 'FUSE unmounted');
+    } catch (err) {
+      this.log.warn({ mount: this.mountDir, err }, 'FUSE unmount failed; trying a lazy umount');
+      await lazyUnmount(this.mountDir, this.log);
+    }
+  }
+}
+
+/**
+ * A daemon killed with SIGKILL leaves its endpoint mounted but dead: every
+ * stat of it fails with ENOTCONN ("Transport endpoint is not connected").
+ * Detach it lazily so a new mount can take the directory.
+ */
+export async function recoverStaleMount(dir: string, log: Logger): Promise<boolean> {
+  try {
+    await fsp.stat(dir);
+    return false;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return false;
+    if (code !== 'ENOTCONN' && code !== 'ECONNABORTED' && code !== 'EIO') throw err;
+  }
+  log.warn({ mount: dir }, 'stale FUSE mount from a previous daemon; unmounting it');
+  await lazyUnmount(dir, log);
+  await fsp.stat(dir); // throws if still dead: better a clear failure than a second stale layer
+  return true;
+}
+
+async function lazyUnmount(dir: string, log: Logger): Promise<void> {
+  try {
+    await run('fusermount', ['-uz', dir]);
+    return;
+  } catch (err) {
+    log.debug({ mount: dir, err: (err as Error).message }, 'fusermount -uz failed');
+  }
+  await run('umount', ['-l', dir]);
+}
