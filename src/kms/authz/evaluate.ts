@@ -2,6 +2,7 @@ import type { Caller } from '../types.js';
 import { AccessDeniedException } from '../errors.js';
 import type { CompiledPolicy, CompiledStatement, PrincipalSet } from './policy-document.js';
 import { PolicyCache } from './policy-document.js';
+import { callerIds, type CallerIds } from './caller-ids.js';
 import { RequestContext, type AuthzRequest, type GrantConstraints, type NewGrantInfo } from './request-context.js';
 
 /**
@@ -33,14 +34,14 @@ export type Decision =
 
 /** A grant as the evaluator sees it (the grant store's records satisfy this). */
 export interface GrantView {
-  readonly grantId: string;
-  readonly operations: readonly string[];
-  readonly constraints?: GrantConstraints;
+  readonly GrantId: string;
+  readonly Operations: readonly string[];
+  readonly Constraints?: GrantConstraints;
 }
 
 export interface GrantSource {
   /** Grants on `keyArn` whose grantee is `caller` (or, for a role session, the role). */
-  grantsFor(keyArn: string, caller: Caller): Iterable<GrantView>;
+  grantsFor(keyArn: string, caller: Caller): readonly GrantView[];
 }
 
 export interface EvaluatorOptions {
@@ -58,25 +59,6 @@ export const EC_OPERATIONS: ReadonlySet<string> = new Set([
 
 type Match = 0 | 1 | 2; // none | the caller's account (delegation) | the caller itself
 
-interface CallerIds {
-  arn: string;
-  account: string;
-  isRoot: boolean;
-  isService: boolean;
-  /** `<account>:<role>` for a role session. */
-  roleKey?: string;
-}
-
-function _ids(c: Caller): CallerIds {
-  const s = c.type === 'AssumedRole' || c.type === 'Role' ? /^arn:[\w-]+:(?:sts|iam)::(\d{12}):(?:assumed-role|role(?:\/.*)?)\/([^/]+)/.exec(c.arn) : null;
-  return {
-    arn: c.arn,
-    account: c.accountId,
-    isRoot: c.type === 'Root',
-    isService: c.type === 'AWSService',
-    ...(s ? { roleKey: `${s[1]}:${s[2]}` } : {}),
-  };
-}
 
 function _principalMatch(p: PrincipalSet, id: CallerIds): Match {
   if (p.any) return 2;
@@ -106,7 +88,7 @@ function _ecEquals(a: Readonly<Record<string, string>>, b: Readonly<Record<strin
 }
 
 function _ecIncludes(whole: Readonly<Record<string, string>>, part: Readonly<Record<string, string>>): boolean {
-  for (const [k, v] of Object.entries(part)) if (whole[k] !== v) return false;
+  for (const k in part) if (whole[k] !== part[k] || !Object.prototype.hasOwnProperty.call(whole, k)) return false;
   return true;
 }
 
@@ -125,8 +107,8 @@ export function constraintsHold(c: GrantConstraints | undefined, ec: Readonly<Re
  * equally strict or stricter.)
  */
 export function grantNoBroader(parent: GrantView, child: NewGrantInfo): boolean {
-  for (const op of child.operations) if (!parent.operations.includes(op)) return false;
-  const pc = parent.constraints;
+  for (const op of child.operations) if (!parent.Operations.includes(op)) return false;
+  const pc = parent.Constraints;
   if (!pc || (!pc.EncryptionContextEquals && !pc.EncryptionContextSubset)) return true;
   const cc = child.constraints ?? {};
   if (pc.EncryptionContextEquals) {
@@ -169,7 +151,7 @@ export class PolicyEvaluator {
     });
     if (caller.type === 'Unknown') return deny('unknown-caller');
 
-    const id = _ids(caller);
+    const id = callerIds(caller);
     const ctx = new RequestContext(req);
     let keyDirect: string | null = null; // sid ('' when none) of the first direct Allow
     let keyViaAccount = false;
@@ -211,10 +193,10 @@ export class PolicyEvaluator {
     if (opts.useGrants !== false && this.grants && action.startsWith('kms:')) {
       const op = action.slice(4);
       for (const g of this.grants.grantsFor(req.key.arn, caller)) {
-        if (!g.operations.includes(op)) continue;
-        if (EC_OPERATIONS.has(op) && !constraintsHold(g.constraints, req.encryptionContext)) continue;
+        if (!g.Operations.includes(op)) continue;
+        if (EC_OPERATIONS.has(op) && !constraintsHold(g.Constraints, req.encryptionContext)) continue;
         if (op === 'CreateGrant' && req.grant && !grantNoBroader(g, req.grant)) continue;
-        return { allowed: true, by: 'grant', grantId: g.grantId };
+        return { allowed: true, by: 'grant', grantId: g.GrantId };
       }
     }
     return deny(keyViaAccount ? 'no-identity-policy-allow' : 'no-key-policy-allow');

@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
+import { dirname } from 'node:path';
 import { atomicWrite } from '../../util/atomic-write.js';
 import { EbsdError, checkString } from '../../util/errors.js';
 import type { Caller } from '../types.js';
@@ -13,6 +14,7 @@ import {
 import type { GrantSource, GrantView } from './evaluate.js';
 import { EC_OPERATIONS } from './evaluate.js';
 import { isServicePrincipal, parsePrincipalArn } from './policy-document.js';
+import { callerIds } from './caller-ids.js';
 import type { GrantConstraints } from './request-context.js';
 
 /**
@@ -46,6 +48,7 @@ export const LIMITS = {
 } as const;
 
 const NAME_RE = /^[a-zA-Z0-9:/_-]+$/;
+const NONE: readonly GrantView[] = [];
 const TOKEN_VERSION = 1;
 const FILE_VERSION = 1;
 
@@ -117,9 +120,6 @@ function _view(g: StoredGrant): Grant {
     IssuingAccount: g.IssuingAccount,
     Operations: [...g.Operations],
     ...(g.Constraints ? { Constraints: g.Constraints } : {}),
-    grantId: g.GrantId,
-    operations: g.Operations,
-    ...(g.Constraints ? { constraints: g.Constraints } : {}),
   };
 }
 
@@ -132,16 +132,12 @@ function _granteeKey(principal: string): string {
   return principal;
 }
 
-function _callerKeys(c: Caller): string[] {
-  const s = /^arn:[\w-]+:sts::(\d{12}):assumed-role\/([^/]+)\//.exec(c.arn);
-  return s ? [c.arn, `role:${s[1]}:${s[2]}`] : [c.arn];
-}
 
 /** Is `caller` the principal `principal` names (a role names its sessions too)? */
 export function principalIs(caller: Caller, principal: string | undefined): boolean {
   if (principal === undefined) return false;
   const k = _granteeKey(principal);
-  return _callerKeys(caller).includes(k);
+  return callerIds(caller).granteeKeys.includes(k);
 }
 
 /** Operations valid for a key's spec and usage (KMS Developer Guide, "Grant operations"). */
@@ -223,6 +219,7 @@ export class GrantStore implements GrantSource {
    */
   static async open(file: string, opts: { principalExists?: (arn: string) => boolean } = {}): Promise<GrantStore> {
     checkString('file', file);
+    await fsp.mkdir(dirname(file), { recursive: true, mode: 0o700 });
     const s = new GrantStore(file, opts.principalExists);
     let text: string | undefined;
     try {
@@ -240,13 +237,14 @@ export class GrantStore implements GrantSource {
 
   // ---- GrantSource (evaluator) -----------------------------------------------------
 
-  *grantsFor(keyArn: string, caller: Caller): Iterable<GrantView> {
+  /** The stored records themselves (read-only by contract): no copy on the Decrypt path. */
+  grantsFor(keyArn: string, caller: Caller): readonly GrantView[] {
     const m = this.byGrantee.get(keyArn);
-    if (!m) return;
-    for (const k of _callerKeys(caller)) {
-      const list = m.get(k);
-      if (list) for (const g of list) yield _view(g);
-    }
+    if (!m) return NONE;
+    const keys = callerIds(caller).granteeKeys;
+    const a = m.get(keys[0]!);
+    const b = keys.length > 1 ? m.get(keys[1]!) : undefined;
+    return a && b ? [...a, ...b] : (a ?? b ?? NONE);
   }
 
   // ---- operations ------------------------------------------------------------------

@@ -5,6 +5,7 @@ import { atomicWrite } from '../../util/atomic-write.js';
 import { EbsdError, ArgTypeError, ArgRangeError, checkString } from '../../util/errors.js';
 import type { Caller } from '../types.js';
 import { parsePolicy, type CompiledPolicy, PolicyCache } from './policy-document.js';
+import { callerIds } from './caller-ids.js';
 
 /**
  * The account and its principals: one account per state dir, IAM users and
@@ -232,8 +233,8 @@ export class Identities {
       key = `u:${caller.userName}`;
       ent = this.data.users[caller.userName];
     } else if (caller.type === 'AssumedRole' || caller.type === 'Role') {
-      const role = _roleNameOf(caller.arn);
-      key = `r:${role}`;
+      const role = callerIds(caller).roleName;
+      key = role ? `r:${role}` : '';
       ent = role ? this.data.roles[role] : undefined;
     } else return [];
     if (!ent) return [];
@@ -371,11 +372,4 @@ export class Identities {
     this.writing = next;
     return next;
   }
-}
-
-function _roleNameOf(arn: string): string | undefined {
-  const s = /:assumed-role\/([^/]+)\//.exec(arn);
-  if (s) return s[1];
-  const r = /:role(?:\/.*)?\/([^/]+)$/.exec(arn);
-  return r?.[1];
 }

@@ -256,23 +256,25 @@ export function parsePolicy(text: string, opts: ParseOptions): CompiledPolicy {
  * belongs to PutKeyPolicy, not to every call.
  */
 export class PolicyCache {
-  private readonly map = new Map<string, CompiledPolicy>();
+  // Keyed by the text itself (no prefix): V8 caches a string's hash on the
+  // string, so the keystore's policy string hashes once, not on every call.
+  private readonly maps: Record<PolicyKind, Map<string, CompiledPolicy>> = { key: new Map(), identity: new Map() };
   constructor(private readonly capacity = 1024) {}
 
   get(text: string, kind: PolicyKind): CompiledPolicy {
-    const k = kind === 'key' ? `k${text}` : `i${text}`;
-    let p = this.map.get(k);
+    const map = this.maps[kind];
+    let p = map.get(text);
     if (p) return p;
     p = parsePolicy(text, { kind, maxBytes: Number.MAX_SAFE_INTEGER });
-    if (this.map.size >= this.capacity) {
-      const oldest = this.map.keys().next().value;
-      if (oldest !== undefined) this.map.delete(oldest);
+    if (map.size >= this.capacity) {
+      const oldest = map.keys().next().value;
+      if (oldest !== undefined) map.delete(oldest);
     }
-    this.map.set(k, p);
+    map.set(text, p);
     return p;
   }
 
   get size(): number {
-    return this.map.size;
+    return this.maps.key.size + this.maps.identity.size;
   }
 }

@@ -1,6 +1,7 @@
 import type { Caller } from '../types.js';
 import type { ConditionContext, ContextValue } from './conditions.js';
 import type { CompiledPolicy } from './policy-document.js';
+import { callerIds } from './caller-ids.js';
 
 /**
  * The request context that conditions read (IAM "global condition context
@@ -74,10 +75,6 @@ const GRANT_ACTIONS = new Set(['kms:creategrant', 'kms:listgrants', 'kms:revokeg
 const EC_PREFIX = 'kms:encryptioncontext:';
 const TAG_PREFIX = 'aws:resourcetag/';
 
-function _roleArnOfSession(arn: string): string | undefined {
-  const m = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
-  return m ? `arn:${m[1]}:iam::${m[2]}:role/${m[3]}` : undefined;
-}
 
 export class RequestContext implements ConditionContext {
   private ecLower?: Map<string, string>;
@@ -95,7 +92,7 @@ export class RequestContext implements ConditionContext {
         return c.viaService;
       case 'aws:principalarn':
         if (c.type === 'AWSService') return undefined;
-        return c.type === 'AssumedRole' ? (_roleArnOfSession(c.arn) ?? c.arn) : c.arn;
+        return c.type === 'AssumedRole' ? (callerIds(c).roleArn ?? c.arn) : c.arn;
       case 'aws:principaltype':
         return { Root: 'Account', IAMUser: 'User', AssumedRole: 'AssumedRole', Role: 'AssumedRole', AWSService: undefined, Unknown: 'Anonymous' }[c.type];
       case 'aws:principalservicename':

@@ -135,7 +135,7 @@ export type { HsmOp };
  * `.ts` files too: this registers a tiny ESM loader hook that transpiles them
  * with the `typescript` dev dependency. The built daemon (dist/*.js) never uses it.
  */
-function devLoaderUrl(): string {
+export function devLoaderUrl(): string {
   const tsUrl = pathToFileURL(createRequire(import.meta.url).resolve('typescript')).href;
   const hooks = `
 import { readFileSync, existsSync } from 'node:fs';

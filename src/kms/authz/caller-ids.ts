@@ -1,0 +1,42 @@
+import type { Caller } from '../types.js';
+
+/**
+ * What the evaluator, the grant store and the identity store need to know
+ * about a caller's ARN, parsed once per Caller object (WeakMap): a regex on
+ * every Decrypt costs more than the rest of the policy check.
+ */
+export interface CallerIds {
+  readonly arn: string;
+  readonly account: string;
+  readonly isRoot: boolean;
+  readonly isService: boolean;
+  /** Role name, for a role session (or a Role caller). */
+  readonly roleName?: string;
+  /** `arn:<partition>:iam::<acct>:role/<name>` for a session (aws:PrincipalArn; no path, as STS ARNs carry none). */
+  readonly roleArn?: string;
+  /** `role:<acct>:<name>`: how grants and key policies find a role's sessions. */
+  readonly roleKey?: string;
+  /** Keys a grantee lookup tries: the ARN itself, then `roleKey`. */
+  readonly granteeKeys: readonly string[];
+}
+
+const cache = new WeakMap<Caller, CallerIds>();
+const ROLE_RE = /^arn:([\w-]+):(?:sts::(\d{12}):assumed-role|iam::(\d{12}):role(?:\/.*)?)\/([^/]+)/;
+
+export function callerIds(c: Caller): CallerIds {
+  let ids = cache.get(c);
+  if (ids && ids.arn === c.arn) return ids;
+  const m = c.type === 'AssumedRole' || c.type === 'Role' ? ROLE_RE.exec(c.arn) : null;
+  const acct = m ? (m[2] ?? m[3]!) : undefined;
+  const roleKey = m ? `role:${acct}:${m[4]}` : undefined;
+  ids = {
+    arn: c.arn,
+    account: c.accountId,
+    isRoot: c.type === 'Root',
+    isService: c.type === 'AWSService',
+    ...(m ? { roleName: m[4]!, roleArn: `arn:${m[1]}:iam::${acct}:role/${m[4]}`, roleKey } : {}),
+    granteeKeys: roleKey ? [c.arn, roleKey] : [c.arn],
+  };
+  cache.set(c, ids);
+  return ids;
+}
