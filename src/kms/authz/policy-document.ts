@@ -30,7 +30,7 @@ export interface PrincipalSet {
   readonly arns: ReadonlySet<string>;
   /** Account ids whose root (`arn:aws:iam::<id>:root` or bare id) is named: delegation to the account. */
   readonly accounts: ReadonlySet<string>;
-  /** `<account>:<roleName>` for each named role, so its assumed-role sessions match too. */
+  /** `role:<account>:<roleName>` for each named role, so its assumed-role sessions match too. */
   readonly roles: ReadonlySet<string>;
   readonly services: ReadonlySet<string>;
 }
@@ -133,7 +133,7 @@ function _principalSet(v: unknown, where: string, opts: ParseOptions): Principal
         if (form.kind === 'root') accounts.add(form.account);
         else {
           arns.add(p);
-          if (form.kind === 'role') roles.add(`${form.account}:${form.name}`);
+          if (form.kind === 'role') roles.add(`role:${form.account}:${form.name}`);
         }
       } else if (type === 'Service') {
         if (p === '*') { any = true; continue; }
