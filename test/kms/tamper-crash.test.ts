@@ -1,0 +1,93 @@
+import { describe, it, expect } from 'vitest';
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { devLoaderUrl } from '../../src/kms/hsm/hsm-client.js';
+import { openKms, admin, tempDir, awsError } from './helpers.js';
+
+describe('HSM domain sealing', () => {
+  it('KEK file is 0600; passphrase domain: wrong passphrase and tampered file are clear errors and change nothing', async () => {
+    const t = tempDir();
+    const a = join(t.dir, 'a');
+    const k1 = await openKms(a);
+    await k1.close();
+    expect(statSync(join(a, 'hsm', 'kek')).mode & 0o777).toBe(0o600);
+    await expect(openKms(a, { passphrase: 'x' })).rejects.toMatchObject({ code: 'HSM_KEK_SOURCE_MISMATCH' });
+
+    const b = join(t.dir, 'b');
+    const kms = await openKms(b, { passphrase: 'correct horse' });
+    const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    const e = await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('p') }, admin);
+    await kms.close();
+    const domainPath = join(b, 'hsm', 'domain.json');
+    const before = readFileSync(domainPath);
+    await expect(openKms(b, { passphrase: 'wrong' })).rejects.toMatchObject({ code: 'HSM_DOMAIN_UNSEAL_FAILED' });
+    await expect(openKms(b)).rejects.toMatchObject({ code: 'HSM_KEK_SOURCE_MISMATCH' });
+    expect(readFileSync(domainPath).equals(before)).toBe(true);
+    const d = JSON.parse(before.toString());
+    const s = Buffer.from(d.sealed, 'base64'); s[3]! ^= 1;
+    writeFileSync(domainPath, JSON.stringify({ ...d, sealed: s.toString('base64') }));
+    await expect(openKms(b, { passphrase: 'correct horse' })).rejects.toMatchObject({ code: 'HSM_DOMAIN_UNSEAL_FAILED' });
+    writeFileSync(domainPath, '{trunc');
+    await expect(openKms(b, { passphrase: 'correct horse' })).rejects.toMatchObject({ code: 'HSM_DOMAIN_CORRUPT' });
+    writeFileSync(domainPath, before);
+    const again = await openKms(b, { passphrase: 'correct horse' });
+    expect(Buffer.from((await again.call('Decrypt', { CiphertextBlob: e.CiphertextBlob }, admin)).Plaintext as Uint8Array).toString()).toBe('p');
+    await again.close();
+    t.cleanup();
+  }, 60_000);
+});
+
+describe('keystore', () => {
+  it('a tampered key token or key file makes only that key unusable', async () => {
+    const t = tempDir();
+    let kms = await openKms(t.dir);
+    const good = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    const bad = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    const worse = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    await kms.close();
+    const f = join(t.dir, 'keys', `${bad.KeyId}.json`);
+    const r = JSON.parse(readFileSync(f, 'utf8'));
+    const ekt = Buffer.from(r.materials[0].ekt, 'base64'); ekt[20]! ^= 0x40;
+    r.materials[0].ekt = ekt.toString('base64');
+    writeFileSync(f, JSON.stringify(r));
+    writeFileSync(join(t.dir, 'keys', `${worse.KeyId}.json`), '{"half":');
+    kms = await openKms(t.dir);
+    const err = await kms.call('Encrypt', { KeyId: bad.KeyId, Plaintext: Buffer.from('x') }, admin).catch((e) => e);
+    expect(err).toMatchObject({ awsName: 'KMSInternalException', code: 'KMS_KEY_MATERIAL_CORRUPT' });
+    expect(err.message).toContain(bad.KeyId);
+    expect(await kms.call('DescribeKey', { KeyId: worse.KeyId }, admin).catch((e) => e.code)).toBe('KMS_KEY_RECORD_CORRUPT');
+    expect(await awsError(kms.call('Encrypt', { KeyId: good.KeyId, Plaintext: Buffer.from('x') }, admin))).toBe('no error');
+    await kms.close();
+    t.cleanup();
+  }, 30_000);
+
+  it('SIGKILL during updates leaves old or new state, never a corrupt one', async () => {
+    const t = tempDir();
+    let kms = await openKms(t.dir, { hsmMode: 'inline' });
+    const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    const e = await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('durable') }, admin);
+    await kms.close();
+    const child = fileURLToPath(new URL('./crash-child.ts', import.meta.url));
+    for (let round = 0; round < 3; round++) {
+      const p = spawn(process.execPath, ['--import', devLoaderUrl(), child, t.dir, k.KeyId], { stdio: ['ignore', 'pipe', 'inherit'] });
+      await new Promise<void>((res) => p.stdout.once('data', () => res()));
+      await new Promise((r) => setTimeout(r, 300 + round * 150));
+      const exited = p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r));
+      expect(p.exitCode).toBe(null); // still running: the kill lands mid-update
+      p.kill('SIGKILL');
+      await exited;
+      kms = await openKms(t.dir, { hsmMode: 'inline' });
+      expect(kms.context.keystore.broken.size).toBe(0);
+      const md = (await kms.call('DescribeKey', { KeyId: k.KeyId }, admin)).KeyMetadata as { Description: string };
+      expect(md.Description).toMatch(/^d\d+$|^$/);
+      expect(Buffer.from((await kms.call('Decrypt', { CiphertextBlob: e.CiphertextBlob }, admin)).Plaintext as Uint8Array).toString()).toBe('durable');
+      await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('x') }, admin);
+      const aliases = (await kms.call('ListAliases', { Limit: 100 }, admin)).Aliases as unknown[];
+      expect(Array.isArray(aliases)).toBe(true);
+      await kms.close();
+    }
+    t.cleanup();
+  }, 60_000);
+});
