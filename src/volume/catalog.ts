@@ -28,6 +28,21 @@ export interface VolumeRecord {
   attachment?: AttachmentRecord;
   /** Set only by the measurement-only plaintext mode. */
   unencrypted?: boolean;
+  /**
+   * Attach grants whose RetireGrant failed (KMS unreachable) at detach. They
+   * are retried on the next start and before the next attach, and dropped
+   * once retired or once KMS says the grant no longer exists.
+   */
+  pendingGrantRetirements?: PendingGrantRetirement[];
+}
+
+export interface PendingGrantRetirement {
+  grantId: string;
+  keyArn: string;
+  /** Lets the retiring principal retire it by token (file is 0600, like the attachment's token). */
+  grantToken?: string;
+  /** When detach first failed to retire it. */
+  since: string;
 }
 
 interface CatalogFile {

@@ -1,7 +1,13 @@
 /** What the FUSE adapter needs from an attached volume. Offsets are byte offsets inside the volume. */
 export interface BlockDevice {
   readonly volumeId: string;
-  /** Volume size in bytes. */
+  /**
+   * Volume size in bytes. Live: after ModifyVolume grows an attached volume,
+   * the same device object reports the new size at once (no re-attach), so
+   * the FUSE layer should read it on every getattr rather than cache it. To
+   * learn of a change when it happens (e.g. to invalidate the kernel's
+   * attribute cache), pass `onResized` to the VolumeManager. Sizes only grow.
+   */
   readonly size: number;
   /** Human-readable; `true` only for the measurement-only plaintext passthrough (`--cipher none`). */
   readonly unencrypted: boolean;

@@ -55,6 +55,8 @@ export interface VolumeManagerOptions {
   /** Open FUSE handles on a volume's file; detach refuses while > 0 unless forced. */
   openCount?: (volumeId: string) => number;
   onImpaired?: (ev: ImpairedEvent) => void;
+  /** ModifyVolume grew a volume (attached or not); an attached device's `size` already reports `size`. */
+  onResized?: (ev: { volumeId: string; size: number; originalSize: number; attached: boolean }) => void;
   onAudit?: (ev: VolumeAuditEvent) => void;
   logger?: Logger;
 }
@@ -105,6 +107,7 @@ export class VolumeManager {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const m = new VolumeManager(o, await Catalog.load(dir));
     await m.recover();
+    await m.retirePendingGrants();
     return m;
   }
 
@@ -243,6 +246,10 @@ export class VolumeManager {
       const rec = this.record(req.VolumeId);
       if (rec.state === 'in-use') throw new VolumeError('VOLUME_IN_USE', `Volume ${rec.volumeId} is currently attached to ${rec.attachment?.instanceId}`, { awsName: 'VolumeInUse' });
       if (rec.state !== 'available' && rec.state !== 'error') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
+      if (rec.pendingGrantRetirements?.length) await this.retirePending(rec);
+      if (rec.pendingGrantRetirements?.length) {
+        this.log.warn({ volumeId: rec.volumeId, grantIds: rec.pendingGrantRetirements.map((g) => g.grantId) }, 'deleting a volume whose attach grants could not be retired; revoke them with RevokeGrant');
+      }
       rec.state = 'deleting';
       await this.catalog.put(rec); // a crash from here on: recover() finishes the delete
       await this.removeImage(rec);
@@ -267,6 +274,7 @@ export class VolumeManager {
       }
       if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
       if (req.InstanceId !== undefined && req.InstanceId !== this.instanceId) throw invalidParameter(`This host is ${this.instanceId}`);
+      if (rec.pendingGrantRetirements?.length) await this.retirePending(rec);
       const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
       const att = await this.bringUp(rec, async (v) => {
         if (this.o.unencrypted) return { grantId: '', grantToken: '' };
@@ -281,6 +289,11 @@ export class VolumeManager {
           },
           { ...caller, viaService: this.viaService },
         );
+        // CreateGrant is idempotent by Name: a grant a failed detach left behind comes back as this one.
+        if (rec.pendingGrantRetirements?.some((p) => p.grantId === g.GrantId)) {
+          rec.pendingGrantRetirements = rec.pendingGrantRetirements.filter((p) => p.grantId !== g.GrantId);
+          if (!rec.pendingGrantRetirements.length) delete rec.pendingGrantRetirements;
+        }
         return { grantId: g.GrantId, grantToken: g.GrantToken };
       });
       const attachTime = new Date().toISOString();
@@ -336,13 +349,11 @@ export class VolumeManager {
       }
       let grantRetired = rec.attachment.grantId === '';
       if (!grantRetired) {
-        try {
-          await this.ks.retireGrant({ KeyId: (await this.keyArnOf(rec)) ?? rec.kmsKeyId, GrantId: rec.attachment.grantId }, this.host);
-          grantRetired = true;
-        } catch (e) {
-          // The key is already wiped; a grant left behind only lets this host decrypt again.
-          this.log.warn({ volumeId: rec.volumeId, grantId: rec.attachment.grantId, err: errInfo(e) }, 'RetireGrant failed on detach');
-        }
+        const g = { grantId: rec.attachment.grantId, keyArn: att?.keyArn ?? rec.kmsKeyId, ...(rec.attachment.grantToken ? { grantToken: rec.attachment.grantToken } : {}) };
+        grantRetired = await this.retireOne(rec.volumeId, g, 'detach');
+        // The key is already wiped; a grant left behind only lets this host decrypt again.
+        // Keep it so the next start or attach retires it (never forget a live grant).
+        if (!grantRetired) (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
       }
       const a = rec.attachment;
       delete rec.attachment;
@@ -372,7 +383,13 @@ export class VolumeManager {
       const original = rec.size;
       rec.size = size;
       await this.catalog.put(rec);
-      this.live.get(rec.volumeId)?.device.resize(size);
+      const dev = this.live.get(rec.volumeId)?.device;
+      dev?.resize(size);
+      try {
+        this.o.onResized?.({ volumeId: rec.volumeId, size, originalSize: original, attached: !!dev });
+      } catch (e) {
+        this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'onResized callback threw');
+      }
       this.audit({ eventName: 'ModifyVolume', volumeId: rec.volumeId, principal: caller.arn, details: { originalSize: original, targetSize: size } });
       return {
         VolumeModification: { VolumeId: rec.volumeId, ModificationState: 'completed' as const, OriginalSize: original, TargetSize: size, StartTime: new Date().toISOString(), Progress: 100 },
@@ -452,9 +469,11 @@ export class VolumeManager {
       return { ...att, grantToken: grantInfo.grantToken };
     } catch (e) {
       if (grantInfo && grantInfo.grantId && !resuming) {
-        await this.ks.retireGrant({ GrantToken: grantInfo.grantToken }, this.host).catch((err) =>
-          this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not retire the grant of a failed attach'),
-        );
+        const g = { grantId: grantInfo.grantId, keyArn: rec.kmsKeyId, grantToken: grantInfo.grantToken };
+        if (!(await this.retireOne(rec.volumeId, g, 'failed attach'))) {
+          (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
+          await this.catalog.put(rec).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record a pending grant retirement'));
+        }
       }
       await lock.release();
       this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'attach failed');
@@ -469,8 +488,61 @@ export class VolumeManager {
     return r;
   }
 
-  private async keyArnOf(rec: VolumeRecord): Promise<string | undefined> {
-    return this.live.get(rec.volumeId)?.keyArn ?? (rec.kmsKeyId.startsWith('arn:') ? rec.kmsKeyId : undefined);
+  /**
+   * RetireGrant as the host (the grant's retiring principal), by grant token
+   * when we have it: the token names the grant without a key lookup, so a
+   * grant that is already gone answers NotFoundException (by KeyId+GrantId
+   * the core authorizes first, and the host, allowed only by the grant
+   * itself, gets AccessDeniedException once the grant is revoked).
+   *
+   * True when retrying is pointless: retired now, or KMS answered with an
+   * authoritative refusal (grant revoked or already retired, key deleted,
+   * denied). False only when KMS did not answer, so the grant may still be
+   * live and a later retry can succeed.
+   */
+  private async retireOne(volumeId: string, g: { grantId: string; keyArn: string; grantToken?: string }, when: string): Promise<boolean> {
+    try {
+      await this.ks.retireGrant(g.grantToken ? { GrantToken: g.grantToken } : { KeyId: g.keyArn, GrantId: g.grantId }, this.host);
+      return true;
+    } catch (e) {
+      const err = toKeyServiceError('RetireGrant', e);
+      if (err.authoritative) {
+        const gone = err.awsName === 'NotFoundException' || err.awsName === 'InvalidGrantIdException' || err.awsName === 'InvalidGrantTokenException';
+        this.log[gone ? 'info' : 'warn']({ volumeId, grantId: g.grantId, when, awsName: err.awsName }, gone ? 'attach grant already gone' : 'KMS refused RetireGrant; not retrying (revoke the grant as the account if it still exists)');
+        return true;
+      }
+      this.log.warn({ volumeId, grantId: g.grantId, when, err: errInfo(err) }, 'RetireGrant failed; grant kept for a later retry');
+      return false;
+    }
+  }
+
+  /** Retry the grant retirements a failed detach left on `rec`; updates the catalog. Never throws for KMS errors. */
+  private async retirePending(rec: VolumeRecord): Promise<void> {
+    const before = rec.pendingGrantRetirements ?? [];
+    const left: NonNullable<VolumeRecord['pendingGrantRetirements']> = [];
+    for (const g of before) if (!(await this.retireOne(rec.volumeId, g, 'retry'))) left.push(g);
+    if (left.length === before.length) return;
+    if (left.length) rec.pendingGrantRetirements = left;
+    else delete rec.pendingGrantRetirements;
+    await this.catalog.put(rec);
+  }
+
+  /**
+   * Retire every attach grant a failed detach left behind (runs at open, and
+   * per volume before its next attach). Returns the grant ids still pending.
+   */
+  async retirePendingGrants(): Promise<string[]> {
+    const still: string[] = [];
+    for (const r of this.catalog.list()) {
+      if (!r.pendingGrantRetirements?.length) continue;
+      await this.mutex.run(r.volumeId, async () => {
+        const rec = this.catalog.get(r.volumeId);
+        if (!rec) return;
+        await this.retirePending(rec);
+        still.push(...(rec.pendingGrantRetirements ?? []).map((g) => g.grantId));
+      });
+    }
+    return still;
   }
 
   private async removeImage(rec: VolumeRecord): Promise<void> {

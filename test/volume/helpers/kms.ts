@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KmsService } from '../../../src/kms/kms-core.js';
 import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../../../src/kms/authz/index.js';
@@ -36,6 +36,14 @@ const ALICE_VIA_EC2 = JSON.stringify({
   ],
 });
 
+export interface AuditEvent {
+  eventName: string;
+  userIdentity: { arn?: string; type?: string; invokedBy?: string };
+  requestParameters?: Record<string, unknown> & { encryptionContext?: Record<string, string> };
+  errorCode?: string;
+  additionalEventData?: Record<string, unknown>;
+}
+
 export interface KmsHarness {
   kind: 'real-core';
   core: KmsService;
@@ -59,6 +67,8 @@ export interface KmsHarness {
    * must treat as "unreachable", not as a refusal.
    */
   setUnreachable(down: boolean): void;
+  /** The core's CloudTrail-format audit events so far (events.ndjson). */
+  auditEvents(): Promise<AuditEvent[]>;
   /** Make RetireGrant alone fail as unreachable (detach retry tests). */
   setRetireFails(fail: boolean): void;
   close(): Promise<void>;
@@ -69,7 +79,7 @@ export async function kmsHarness(stateDir: string): Promise<KmsHarness> {
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   const kmsDir = join(stateDir, 'kms');
   const authz = await openAuthz({ stateDir, kmsDir, accountId: ACCOUNT, region: REGION });
-  const core = await KmsService.open({ stateDir: kmsDir, accountId: ACCOUNT, region: REGION, hsmMode: 'inline', passphrase: 'volume-tests' });
+  const core = await KmsService.open({ stateDir: kmsDir, accountId: ACCOUNT, region: REGION, hsmMode: 'inline' });
   core.setAuthorizer(authz.authorizer);
   registerAuthzOperations(core, authz.authorizer, { onKeyDeleted: core.context.onKeyDeleted });
   const ids = authz.identities;
@@ -123,6 +133,10 @@ export async function kmsHarness(stateDir: string): Promise<KmsHarness> {
     async grantIds(keyArn) {
       const r = (await core.call('ListGrants', { KeyId: keyArn }, root)) as { Grants: { GrantId: string }[] };
       return r.Grants.map((g) => g.GrantId);
+    },
+    async auditEvents() {
+      const text = await readFile(join(kmsDir, 'audit', 'events.ndjson'), 'utf8');
+      return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditEvent);
     },
     setUnreachable: (d) => void (down = d),
     setRetireFails: (f) => void (retireFails = f),

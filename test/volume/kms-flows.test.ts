@@ -1,0 +1,228 @@
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { VolumeManager, type VolumeManagerOptions } from '../../src/volume/volume-manager.js';
+import type { ImpairedEvent } from '../../src/volume/key-cache.js';
+import { tmpDir } from './helpers/image.js';
+import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
+import { testEngine } from './helpers/engine.js';
+
+/**
+ * DESIGN §6 end to end through the real KMS core (policy authorizer, grants,
+ * audit): what the volume layer asks KMS, as whom, and what KMS recorded.
+ */
+const MiB = 1 << 20;
+let t: ReturnType<typeof tmpDir>;
+let kms: KmsHarness;
+let mgr: VolumeManager;
+let impaired: ImpairedEvent[];
+
+async function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
+  return VolumeManager.open({
+    stateDir: t.dir,
+    keyService: kms.keyService,
+    hostPrincipal: kms.host,
+    xtsEngine: await testEngine(),
+    keyCacheTtlMs: 0,
+    onImpaired: (e) => impaired.push(e),
+    ...extra,
+  });
+}
+
+beforeEach(async () => {
+  t = tmpDir();
+  kms = await kmsHarness(join(t.dir, 'kms'));
+  impaired = [];
+  mgr = await manager();
+});
+afterEach(async () => {
+  await mgr.close();
+  await kms.close();
+  t.cleanup();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const catalogRecord = (id: string) =>
+  (JSON.parse(readFileSync(join(t.dir, 'volumes', 'catalog.json'), 'utf8')).volumes as { volumeId: string; attachment?: { grantId: string }; pendingGrantRetirements?: { grantId: string; keyArn: string }[] }[]).find(
+    (v) => v.volumeId === id,
+  )!;
+const call = (op: string, req: Record<string, unknown>) => kms.core.call(op, req, kms.root) as Promise<Record<string, any>>;
+
+async function waitImpaired(limitMs: number): Promise<number> {
+  const t0 = Date.now();
+  while (impaired.length === 0 && Date.now() - t0 < limitMs * 4) await sleep(5);
+  return Date.now() - t0;
+}
+
+describe('CreateVolume through the real KMS core', () => {
+  test('without KmsKeyId: alias/aws/ebs is created on first use as an AWS managed key with the EBS key policy', async () => {
+    const before = (await call('ListAliases', {})).Aliases as { AliasName: string; TargetKeyId?: string }[];
+    expect(before.find((a) => a.AliasName === 'alias/aws/ebs')?.TargetKeyId).toBeUndefined();
+
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    const { KeyMetadata: md } = await call('DescribeKey', { KeyId: 'alias/aws/ebs' });
+    expect(v.KmsKeyId).toBe(md.Arn);
+    expect(md).toMatchObject({ KeyManager: 'AWS', KeyState: 'Enabled', KeySpec: 'SYMMETRIC_DEFAULT' });
+    const policy = JSON.parse((await call('GetKeyPolicy', { KeyId: md.KeyId, PolicyName: 'default' })).Policy);
+    expect(JSON.stringify(policy)).toContain(`"kms:ViaService":"${VIA}"`);
+    // A second volume reuses the same key.
+    expect((await mgr.createVolume({ Size: MiB }, kms.user)).KmsKeyId).toBe(md.Arn);
+
+    // The EBS key policy admits any principal of the account, but only through EC2.
+    await kms.authz.identities.createUser('bob'); // no identity policy at all
+    const bob = kms.authz.identities.callerFor(kms.authz.identities.userArn('bob'))!;
+    expect((await mgr.createVolume({ Size: MiB }, bob)).KmsKeyId).toBe(md.Arn);
+    await expect(kms.core.call('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/aws/ebs', NumberOfBytes: 64 }, bob)).rejects.toMatchObject({ awsName: 'AccessDeniedException' });
+    // ... while a customer managed key needs an IAM allow bob does not have: the KMS denial is surfaced.
+    const cmk = await kms.createKey();
+    await expect(mgr.createVolume({ Size: MiB, KmsKeyId: cmk }, bob)).rejects.toMatchObject({ code: 'KMS_REFUSED', awsName: 'AccessDeniedException' });
+  });
+
+  test('GenerateDataKeyWithoutPlaintext runs as the caller via EC2, bound to {"aws:ebs:id": vol}', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    const ev = (await kms.auditEvents()).filter((e) => e.eventName === 'GenerateDataKeyWithoutPlaintext');
+    expect(ev).toHaveLength(1);
+    expect(ev[0]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
+    expect(JSON.stringify(ev[0]!.requestParameters)).toContain(JSON.stringify({ 'aws:ebs:id': v.VolumeId }));
+    expect(ev[0]!.errorCode).toBeUndefined();
+    // The user cannot do the same without EC2 (identity policy conditioned on kms:ViaService).
+    await expect(kms.core.call('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/aws/ebs', NumberOfBytes: 64 }, kms.user)).rejects.toMatchObject({ awsName: 'AccessDeniedException' });
+  });
+});
+
+describe('attach grant lifecycle', () => {
+  test('attach: CreateGrant (host, [Decrypt], EncryptionContextSubset) then Decrypt as the host with the token; detach retires it', async () => {
+    const arn = await kms.createKey('alias/app');
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: 'alias/app' }, kms.user);
+    expect(v.KmsKeyId).toBe(arn);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const grantId = catalogRecord(v.VolumeId).attachment!.grantId;
+
+    const grants = (await call('ListGrants', { KeyId: arn })).Grants;
+    expect(grants).toEqual([
+      expect.objectContaining({
+        GrantId: grantId,
+        GranteePrincipal: kms.host.arn,
+        RetiringPrincipal: kms.host.arn,
+        Operations: ['Decrypt'],
+        Constraints: { EncryptionContextSubset: { 'aws:ebs:id': v.VolumeId } },
+      }),
+    ]);
+    const ev = await kms.auditEvents();
+    const cg = ev.findIndex((e) => e.eventName === 'CreateGrant');
+    expect(ev[cg]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
+    const dec = ev.slice(cg + 1).find((e) => e.eventName === 'Decrypt');
+    expect(dec?.userIdentity.arn).toBe(kms.host.arn);
+    expect(dec?.userIdentity.invokedBy).toBeUndefined();
+    expect(dec?.errorCode).toBeUndefined();
+    // The host has no identity policy: only the grant lets it decrypt.
+    expect(kms.authz.identities.listPolicies('role/EbsdHost')).toEqual([]);
+
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(await kms.grantIds(arn)).toEqual([]);
+    const retire = (await kms.auditEvents()).filter((e) => e.eventName === 'RetireGrant');
+    expect(retire.map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
+    expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toBeUndefined();
+  });
+
+  test('DisableKey impairs an attached volume within one TTL (200 ms), DisabledException surfaced; the next attach fails the same way', async () => {
+    await mgr.close();
+    mgr = await manager({ keyCacheTtlMs: 200 });
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await mgr.getBlockDevice(v.VolumeId)!.write(0, Buffer.alloc(4096, 1));
+    await kms.disableKey(arn);
+    expect(await waitImpaired(200)).toBeLessThanOrEqual(250);
+    expect(impaired[0]).toMatchObject({ volumeId: v.VolumeId, reason: 'kms-refused', awsName: 'DisabledException' });
+    await expect(mgr.getBlockDevice(v.VolumeId)!.read(0, 1, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(await kms.grantIds(arn)).toEqual([]); // RetireGrant works on a disabled key
+    await expect(mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'KMS_REFUSED', awsName: 'DisabledException' });
+    expect(await kms.grantIds(arn)).toEqual([]);
+    await kms.enableKey(arn);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const o = Buffer.alloc(4096);
+    await mgr.getBlockDevice(v.VolumeId)!.read(0, 4096, o);
+    expect(o.equals(Buffer.alloc(4096, 1))).toBe(true);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+  });
+
+  test('RevokeGrant impairs an attached volume within one TTL (AccessDeniedException); detach then finds the grant gone', async () => {
+    await mgr.close();
+    mgr = await manager({ keyCacheTtlMs: 200 });
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await kms.revokeGrant(arn, catalogRecord(v.VolumeId).attachment!.grantId);
+    expect(await waitImpaired(200)).toBeLessThanOrEqual(250);
+    expect(impaired[0]).toMatchObject({ volumeId: v.VolumeId, reason: 'kms-refused', awsName: 'AccessDeniedException' });
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toBeUndefined(); // NotFound on retire = already gone
+  });
+
+  test('RetireGrant failing at detach keeps the grant id; the next attach retires it first', async () => {
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const first = catalogRecord(v.VolumeId).attachment!.grantId;
+    kms.setRetireFails(true);
+    const r = await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(r.State).toBe('detached');
+    expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toEqual([expect.objectContaining({ grantId: first, keyArn: arn })]);
+    expect(await kms.grantIds(arn)).toEqual([first]);
+    kms.setRetireFails(false);
+    const n0 = (await kms.auditEvents()).length;
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const second = catalogRecord(v.VolumeId).attachment!.grantId;
+    expect(second).not.toBe(first);
+    expect(await kms.grantIds(arn)).toEqual([second]);
+    expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toBeUndefined();
+    expect((await kms.auditEvents()).slice(n0).map((e) => e.eventName).slice(0, 2)).toEqual(['RetireGrant', 'CreateGrant']);
+
+    // KMS still failing at the next attach: CreateGrant is idempotent by Name, so the
+    // pending grant comes back as the new attachment's grant and leaves the pending list.
+    kms.setRetireFails(true);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(catalogRecord(v.VolumeId).pendingGrantRetirements?.map((g) => g.grantId)).toEqual([second]);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(catalogRecord(v.VolumeId).attachment!.grantId).toBe(second);
+    expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toBeUndefined();
+    kms.setRetireFails(false);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(await kms.grantIds(arn)).toEqual([]);
+  });
+
+  test('RetireGrant failing at detach: the next start retires it', async () => {
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    kms.setRetireFails(true);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(await kms.grantIds(arn)).toHaveLength(1);
+    await mgr.close();
+    mgr = await manager(); // KMS still failing: kept
+    expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toHaveLength(1);
+    await mgr.close();
+    kms.setRetireFails(false);
+    mgr = await manager();
+    expect(await kms.grantIds(arn)).toEqual([]);
+    expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toBeUndefined();
+    expect(await mgr.retirePendingGrants()).toEqual([]);
+  });
+});
+
+describe('ModifyVolume', () => {
+  test('the attached device reports the new size at once; onResized tells the FUSE layer', async () => {
+    const resized: unknown[] = [];
+    await mgr.close();
+    mgr = await manager({ onResized: (e) => resized.push(e) });
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const dev = mgr.getBlockDevice(v.VolumeId)!;
+    await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 2 * MiB }, kms.user);
+    expect(dev.size).toBe(2 * MiB);
+    expect(resized).toEqual([{ volumeId: v.VolumeId, size: 2 * MiB, originalSize: MiB, attached: true }]);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+  });
+});
