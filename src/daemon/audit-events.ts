@@ -22,6 +22,7 @@ export function volumeEvent(ev: VolumeAuditEvent, o: { accountId: string; region
     eventType: ev.eventName === 'VolumeImpaired' || ev.eventName === 'VolumeRecovered' ? 'AwsServiceEvent' : 'AwsApiCall',
   });
   e.eventSource = 'ec2.amazonaws.com';
+  if (!o.caller) e.userIdentity = { type: 'AWSService', invokedBy: 'ec2.amazonaws.com', accountId: o.accountId };
   e.requestParameters = { volumeId: ev.volumeId, ...(ev.principal && !o.caller ? { principal: ev.principal } : {}) };
   if (ev.details) e.additionalEventData = safeDetails(ev.details);
   e.resources = [{ accountId: o.accountId, type: 'AWS::EC2::Volume', ARN: `arn:aws:ec2:${o.region}:${o.accountId}:volume/${ev.volumeId}` }];

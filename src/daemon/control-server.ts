@@ -101,7 +101,7 @@ export class ControlServer {
     } finally {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       // Never the body: requests carry plaintext and blobs.
-      this.log.info({ target, uid: cred?.uid, pid: cred?.pid, status, errorType, requestId, ms: Math.round(ms * 10) / 10 }, 'control request');
+      this.log.info({ target, uid: cred?.uid, peerPid: cred?.pid, status, errorType, requestId, ms: Math.round(ms * 10) / 10 }, 'control request');
       if (--this.inflight === 0) for (const r of this.idle.splice(0)) r();
     }
   }

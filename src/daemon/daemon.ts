@@ -54,6 +54,7 @@ export class Daemon {
   private readonly paths: StatePaths;
   private readonly startedAt = Date.now();
   private xtsEngineName = 'none';
+  private host: Caller | undefined;
   private stopping: Promise<void> | undefined;
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
@@ -105,6 +106,7 @@ export class Daemon {
     await this.fuse.mount();
 
     const host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
+    this.host = host;
     this.mgr = await VolumeManager.open({
       stateDir: paths.root,
       keyService: new KmsCoreKeyService(this.kms),
@@ -128,7 +130,7 @@ export class Daemon {
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
     this.ticker.unref();
-    log.info({ pid: process.pid, socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, unencrypted: this.unencrypted, version: VERSION }, 'ebsd daemon ready');
+    log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, unencrypted: this.unencrypted, version: VERSION }, 'ebsd daemon ready');
   }
 
   /**
@@ -199,14 +201,15 @@ export class Daemon {
     } catch (err) {
       this.log.error({ err }, 'could not audit a denial');
     }
-    this.log.warn({ uid: peer.uid, pid: peer.pid, principal: caller.arn, op }, 'control request denied');
+    this.log.warn({ uid: peer.uid, peerPid: peer.pid, principal: caller.arn, op }, 'control request denied');
     throw new EbsdError('ACCESS_DENIED', message, { awsName: 'AccessDeniedException' });
   }
 
   private async auditVolume(ev: VolumeAuditEvent): Promise<void> {
     const ids = this.authz!.identities;
     try {
-      await this.kms!.context.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region }));
+      const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
+      await this.kms!.context.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
     } catch (err) {
       this.log.error({ err, volumeId: ev.volumeId, eventName: ev.eventName }, 'could not audit a volume event');
     }
