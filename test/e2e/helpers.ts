@@ -1,0 +1,188 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, createWriteStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+/**
+ * End-to-end helpers: the real daemon as a child process (node dist/cli/main.js),
+ * the real CLI, real FUSE/loop/ext4. The daemon serves FUSE from another
+ * process, so this test process may use *Sync calls on the mount freely.
+ * Everything started is recorded and torn down by cleanup(), even on failure.
+ */
+export const ROOT = resolve(import.meta.dirname, '..', '..');
+export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+
+/** Build dist/ if it is missing or older than any source file (npm test builds it first anyway). */
+export function ensureBuilt(): void {
+  const newest = (dir: string): number => {
+    let t = 0;
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      t = Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
+    }
+    return t;
+  };
+  if (existsSync(CLI) && statSync(CLI).mtimeMs >= newest(join(ROOT, 'src'))) return;
+  const r = spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`tsc failed:\n${r.stdout}\n${r.stderr}`);
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  json: () => any;
+}
+
+export function run(cmd: string, args: string[], opts: { uid?: number; gid?: number; env?: NodeJS.ProcessEnv; timeoutMs?: number; input?: string } = {}): Promise<CliResult> {
+  return new Promise((resolveP, reject) => {
+    const p = spawn(cmd, args, {
+      env: { ...process.env, ...opts.env },
+      ...(opts.uid !== undefined ? { uid: opts.uid, gid: opts.gid ?? opts.uid } : {}),
+      stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout!.on('data', (c) => (stdout += c));
+    p.stderr!.on('data', (c) => (stderr += c));
+    const t = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
+    p.on('error', reject);
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolveP({ code: code ?? -1, stdout, stderr, json: () => JSON.parse(stdout) });
+    });
+    if (p.stdin) {
+      p.stdin.on('error', () => {}); // the child may exit without reading its input
+      p.stdin.end(opts.input);
+    }
+  });
+}
+
+export async function sh(cmd: string, args: string[]): Promise<string> {
+  const r = await run(cmd, args);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} -> ${r.code}\n${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+export class Env {
+  readonly dir: string;
+  readonly state: string;
+  readonly mnt: string;
+  readonly log: string;
+  /** Every CLI output, for the known-key test. */
+  readonly outputs: string[] = [];
+  private daemon: ChildProcess | undefined;
+  private readonly loops = new Set<string>();
+  private readonly fsMounts = new Set<string>();
+
+  constructor(name: string) {
+    this.dir = mkdtempSync(join('/tmp', `ebsd-e2e-${name}-`));
+    chmodSync(this.dir, 0o755); // other uids must reach the socket below it
+    this.state = join(this.dir, 'state');
+    this.mnt = join(this.dir, 'mnt');
+    this.log = join(this.dir, 'daemon.log');
+  }
+
+  file(volumeId: string): string {
+    return join(this.mnt, volumeId);
+  }
+
+  get pid(): number | undefined {
+    return this.daemon?.pid;
+  }
+
+  /** Start the daemon and wait for its "ready" log line. */
+  async start(extra: string[] = []): Promise<void> {
+    const out = createWriteStream(this.log, { flags: 'a' });
+    const p = spawn(process.execPath, [CLI, 'daemon', '--state-dir', this.state, '--mount', this.mnt, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.daemon = p;
+    let buf = '';
+    await new Promise<void>((ok, fail) => {
+      const t = setTimeout(() => fail(new Error(`daemon not ready in 30 s:\n${buf}`)), 30_000);
+      const onData = (c: Buffer): void => {
+        out.write(c);
+        buf += c.toString();
+        if (buf.includes('"ebsd daemon ready"')) { clearTimeout(t); ok(); }
+      };
+      p.stdout!.on('data', onData);
+      p.stderr!.on('data', onData);
+      p.on('exit', (code) => { clearTimeout(t); fail(new Error(`daemon exited ${code} before ready:\n${buf}`)); });
+    });
+    p.removeAllListeners('exit');
+  }
+
+  /** SIGTERM and wait; returns the exit code. */
+  async stop(): Promise<number | null> {
+    const p = this.daemon;
+    if (!p || p.exitCode !== null) return p?.exitCode ?? null;
+    const done = new Promise<number | null>((r) => p.once('exit', (c) => r(c)));
+    p.kill('SIGTERM');
+    const code = await Promise.race([done, new Promise<null>((r) => setTimeout(() => r(null), 20_000))]);
+    if (p.exitCode === null) { p.kill('SIGKILL'); await done; }
+    this.daemon = undefined;
+    return code;
+  }
+
+  async kill9(): Promise<void> {
+    const p = this.daemon;
+    if (!p) return;
+    const done = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await done;
+    this.daemon = undefined;
+  }
+
+  async cli(args: string[], opts: { uid?: number } = {}): Promise<CliResult> {
+    const r = await run(process.execPath, [CLI, ...args], { env: { EBSD_STATE_DIR: this.state }, ...opts });
+    this.outputs.push(r.stdout, r.stderr);
+    return r;
+  }
+
+  /** CLI call that must succeed; returns parsed JSON output. */
+  async ok(args: string[]): Promise<any> {
+    const r = await this.cli([...args, '--output', 'json']);
+    if (r.code !== 0) throw new Error(`ebsd ${args.join(' ')} -> exit ${r.code}: ${r.stderr}`);
+    return r.stdout.trim() ? r.json() : {};
+  }
+
+  async losetup(volumeId: string): Promise<string> {
+    const dev = (await sh('losetup', ['-f', '--show', this.file(volumeId)])).trim();
+    this.loops.add(dev);
+    return dev;
+  }
+
+  async detachLoop(dev: string): Promise<void> {
+    await sh('losetup', ['-d', dev]);
+    this.loops.delete(dev);
+  }
+
+  async mountFs(dev: string, name: string): Promise<string> {
+    const at = join(this.dir, name);
+    await sh('mkdir', ['-p', at]);
+    await sh('mount', [dev, at]);
+    this.fsMounts.add(at);
+    return at;
+  }
+
+  async umountFs(at: string): Promise<void> {
+    await sh('umount', [at]);
+    this.fsMounts.delete(at);
+  }
+
+  /** Tear down in dependency order; every step runs even if one fails. */
+  async cleanup(): Promise<void> {
+    for (const m of this.fsMounts) { spawnSync('umount', [m]); spawnSync('umount', ['-l', m]); }
+    for (const l of this.loops) spawnSync('losetup', ['-d', l]);
+    await this.stop().catch(() => {});
+    spawnSync('fusermount', ['-uz', this.mnt]);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  daemonLog(): string {
+    return existsSync(this.log) ? readFileSync(this.log, 'utf8') : '';
+  }
+
+  auditText(): string {
+    const p = join(this.state, 'kms', 'audit', 'events.ndjson');
+    return existsSync(p) ? readFileSync(p, 'utf8') : '';
+  }
+}
