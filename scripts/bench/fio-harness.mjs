@@ -8,13 +8,21 @@
 // headline figures come from the real daemon.
 //
 //   node scripts/bench/fio-harness.mjs --mount DIR --dir DIR [--size 1GiB] [--engine auto]
+//        [--backing pool|sync] [--extra-opts direct_io,...]
+//
+// Experiments (for docs/perf-notes.md, not for the suite's figures):
+//   --backing sync     pread/pwrite with fs.readSync/writeSync on the main thread instead
+//                      of the libuv pool (what a page-cache hit costs without the hop)
+//   --extra-opts LIST  extra libfuse -o options on top of the daemon's (mounted through a
+//                      fuse-native subclass here instead of src/fuse's FuseMount)
 //
 // Prints "ready <encrypted-file> <plaintext-file> <enc-image> <plain-image>" once mounted;
 // unmounts and closes on SIGTERM/SIGINT.
 
 import { parseArgs } from 'node:util'
 import { randomBytes } from 'node:crypto'
-import { openSync, closeSync, ftruncateSync } from 'node:fs'
+import { openSync, closeSync, ftruncateSync, readSync, writeSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { join, resolve, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -26,7 +34,9 @@ const { values: args } = parseArgs({
     mount: { type: 'string' },
     dir: { type: 'string' },
     size: { type: 'string', default: '1GiB' },
-    engine: { type: 'string', default: 'auto' }
+    engine: { type: 'string', default: 'auto' },
+    backing: { type: 'string', default: 'pool' },
+    'extra-opts': { type: 'string', default: '' }
   }
 })
 if (!args.mount || !args.dir) {
@@ -53,7 +63,15 @@ async function image (name) {
   const fd = openSync(path, 'w')
   ftruncateSync(fd, DATA_OFFSET + size)
   closeSync(fd)
-  return { path, backing: await openBackingFile(path) }
+  const backing = await openBackingFile(path)
+  if (args.backing === 'sync') {
+    // Same interface, no thread-pool hop: the call blocks the event loop for the pread/pwrite.
+    backing.read = (buf, off, len, pos) => { try { return Promise.resolve(readSync(backing.fd, buf, off, len, pos)) } catch (e) { return Promise.reject(e) } }
+    backing.write = (buf, off, len, pos) => { try { return Promise.resolve(writeSync(backing.fd, buf, off, len, pos)) } catch (e) { return Promise.reject(e) } }
+  } else if (args.backing !== 'pool') {
+    throw new RangeError(`backing: expected pool or sync, got ${args.backing}`)
+  }
+  return { path, backing }
 }
 
 const enc = await image('vol-0e0c0000000000001.img')
@@ -70,8 +88,21 @@ const devices = [
 ]
 const fs = new BlockFileSystem({ logger: log })
 for (const d of devices) fs.add(d)
-const mount = new FuseMount(args.mount, fs.ops(), { logger: log })
-await mount.mount()
+let mount
+if (args['extra-opts']) {
+  // The daemon's options (src/fuse/mount.ts) plus the experiment's.
+  const Fuse = createRequire(import.meta.url)('fuse-native')
+  const extra = ['big_writes', 'max_write=131072', ...args['extra-opts'].split(',').filter(Boolean)]
+  class ExperimentFuse extends Fuse {
+    _fuseOptions () { const b = super._fuseOptions(); return b ? `${b},${extra.join(',')}` : `-o${extra.join(',')}` }
+  }
+  const f = new ExperimentFuse(args.mount, fs.ops(), { timeout: false, fsname: 'ebsd', subtype: 'ebsd', maxRead: 131072, allowOther: true, defaultPermissions: true, mkdir: true, force: true })
+  await new Promise((resolve, reject) => f.mount(e => (e ? reject(e) : resolve())))
+  mount = { unmount: () => new Promise(resolve => f.unmount(() => resolve())) }
+} else {
+  mount = new FuseMount(args.mount, fs.ops(), { logger: log })
+  await mount.mount()
+}
 process.stdout.write(`ready ${join(args.mount, devices[0].volumeId)} ${join(args.mount, devices[1].volumeId)} ${enc.path} ${plain.path} engine=${engine.name}\n`)
 
 let closing = false

@@ -88,8 +88,8 @@ const fr = v => (v === null || v === undefined || !Number.isFinite(v) ? '—' : 
 
 if (args.one) {
   const m = metrics(args.one)
-  const [target, workload] = basename(args.one, '.json').split('--')
-  const parts = [`${target.padEnd(9)} ${workload.padEnd(10)}`]
+  const [target, workload, round = ''] = basename(args.one, '.json').split('--')
+  const parts = [`${target.padEnd(9)} ${workload.padEnd(10)} ${round.padEnd(2)}`]
   if (workload.startsWith('seq')) parts.push(`${m.bwMBps.toFixed(0)} MB/s`)
   else parts.push(`${Math.round(m.iops)} IOPS`)
   parts.push(`lat mean ${m.latMeanUs.toFixed(1)} µs p99 ${m.latP99Us?.toFixed(1)} µs`)
@@ -103,12 +103,30 @@ if (!args.results || !args.meta) {
 }
 
 const meta = JSON.parse(readFileSync(args.meta, 'utf8'))
-const raw = {}
-for (const f of readdirSync(args.results)) {
+// Several rounds of one target x workload (<target>--<workload>--rN.json): each
+// figure is the median over the rounds (the machine is shared; one noisy round
+// should not decide a ratio). The rounds themselves are kept under `rounds`.
+const runs = {}
+for (const f of readdirSync(args.results).sort()) {
   if (!f.endsWith('.json')) continue
   const [target, workload] = basename(f, '.json').split('--')
-  raw[workload] ??= {}
-  raw[workload][target] = metrics(join(args.results, f))
+  ;((runs[workload] ??= {})[target] ??= []).push(metrics(join(args.results, f)))
+}
+const median = xs => {
+  const a = xs.filter(x => x !== null && x !== undefined).sort((p, q) => p - q)
+  if (!a.length) return null
+  return a.length % 2 ? a[(a.length - 1) / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2
+}
+const raw = {}
+for (const [w, byT] of Object.entries(runs)) {
+  raw[w] = {}
+  for (const [t, list] of Object.entries(byT)) {
+    const m = {}
+    for (const k of Object.keys(list[0])) m[k] = typeof list[0][k] === 'number' ? median(list.map(x => x[k])) : list[0][k]
+    m.rounds = list.length
+    m.roundValues = list.map(x => (w.startsWith('seq') ? x.bwMBps : w === 'lat-read' ? x.latMeanUs : x.iops))
+    raw[w][t] = m
+  }
 }
 const present = TARGETS.filter(t => Object.values(raw).some(w => w[t.id]))
 
@@ -184,12 +202,12 @@ function markdown () {
   const L = []
   const tcols = present.map(t => t.short)
   L.push(`Run: ${summary.generatedAt.slice(0, 16).replace('T', ' ')} UTC, \`scripts/bench/fio.sh${meta.mode === 'quick' ? ' --quick' : ''}\` ` +
-    `(${meta.mode}: ${meta.runtimeSec} s per workload after ${meta.rampSec} s ramp, ${meta.sizeMiB} MiB working set), ` +
+    `(${meta.mode}: ${meta.runtimeSec} s per workload after ${meta.rampSec} s ramp, ${meta.rounds ?? 1} round${(meta.rounds ?? 1) > 1 ? 's, median shown' : ''}, ${meta.sizeMiB} MiB working set), ` +
     `${meta.cpus} × ${meta.cpuModel}, kernel ${meta.kernel}, ${meta.fio}, backing fs \`${meta.backingFs}\`. ` +
     `All targets: libaio, \`direct=1\`, on the same filesystem.` + (meta.daemon
       ? meta.daemon.via === 'harness'
         ? ` **Encrypted and plaintext served by \`scripts/bench/fio-harness.mjs\`** (the daemon's FUSE adapter and block devices from \`dist/\` at \`${meta.daemon.commit}\`, without KMS or control socket): the daemon itself was not available.`
-        : ` Encrypted and plaintext served by \`ebsd daemon\` at \`${meta.daemon.commit}\`.`
+        : ` Encrypted and plaintext served by \`ebsd daemon\` at \`${meta.daemon.commit}\`: two daemons of that build side by side, the second with \`--cipher none --allow-unencrypted\` (the cipher is a daemon-wide switch).`
       : ' **Daemon not measured in this run** (encrypted/plaintext columns empty).'))
   L.push('')
   L.push('![fio: each target relative to the no-op FUSE ceiling](bench/fio.svg)')

@@ -6,7 +6,8 @@
 #
 # Measures, in ONE run and on the same backing filesystem:
 #   encrypted  an AES-256-XTS volume attached through a daemon this script starts
-#   plaintext  the same daemon serving a `--cipher none` passthrough volume
+#   plaintext  the same daemon build serving a `--cipher none` passthrough volume
+#              (cipher is a daemon-wide switch: a second daemon, own state dir)
 #   ceiling    scripts/bench/noop-fuse.mjs: a no-op in-memory fuse-native file
 #   raw        the raw backing file, no FUSE
 # with the workloads in scripts/bench/fio/*.fio. Before timing anything it checks
@@ -15,7 +16,9 @@
 #
 # Results: docs/bench/fio-latest.json, the `## fio` section of docs/benchmarks.md
 # (between <!-- fio:begin --> / <!-- fio:end -->) and docs/bench/fio.svg.
-# --quick: small working set, 1 s per workload, under a minute. Full: under ten.
+# --quick: 128 MiB, 1 s per workload, one round: under a minute (plus a tsc build
+#   when dist/ is older than src/). Full: 1 GiB, 3 rounds of 5 s (+1 s ramp), median
+#   per figure: under ten minutes.
 # --no-publish: print the table, leave docs/ untouched (results stay in the work dir
 #   only with --keep).
 # --cpu-prof DIR: run the daemon under `node --cpu-prof --cpu-prof-dir DIR`.
@@ -55,10 +58,12 @@ while (($#)); do
   shift
 done
 
+# Full: three rounds, workload-major inside each round, median per figure: the
+# machine is shared, and one 15 s sample per figure was seen to swing ±30 %.
 if [[ $MODE == quick ]]; then
-  SIZE_MIB=128; RUNTIME=1; RAMP=0
+  SIZE_MIB=128; RUNTIME=1; RAMP=0; ROUNDS=1
 else
-  SIZE_MIB=1024; RUNTIME=15; RAMP=2
+  SIZE_MIB=1024; RUNTIME=5; RAMP=1; ROUNDS=3
 fi
 WORKLOADS=(seq-write seq-read rand-read rand-write rand-rw lat-read)
 
@@ -77,15 +82,14 @@ RESULTS=$WORK/results
 mkdir -p "$RESULTS"
 NOOP_PID=
 DAEMON_PID=
+DAEMON_PIDS=()
 MOUNTS=()
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  set +e
-  if [[ -n $DAEMON_PID ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-    daemon_stop
-  fi
+  set +eu
+  ((${#DAEMON_PIDS[@]})) && daemon_stop
   if [[ -n $NOOP_PID ]] && kill -0 "$NOOP_PID" 2>/dev/null; then
     kill -TERM "$NOOP_PID"
     for _ in $(seq 50); do kill -0 "$NOOP_PID" 2>/dev/null || break; sleep 0.1; done
@@ -127,13 +131,17 @@ start_raw() {
 }
 
 # ------------------------------------------------------------------ daemon ---
-# The encrypted and plaintext targets: one daemon, two volumes (--via daemon), or,
-# while the daemon cannot run, scripts/bench/fio-harness.mjs: the same FUSE adapter
-# and block devices from dist/ without KMS and control socket (--via harness).
+# The encrypted and plaintext targets. `--cipher none` is a daemon-wide switch
+# (src/daemon/config.ts), so the suite runs the same dist/ build twice, side by side:
+# one daemon with the default cipher serving the encrypted volume, one with
+# `--cipher none --allow-unencrypted` serving the passthrough volume; each has its
+# own temporary state dir and mount on the same backing filesystem.
+# --via harness instead runs scripts/bench/fio-harness.mjs: the same FUSE adapter and
+# block devices from dist/, one process, no KMS and control socket.
 STATE=$WORK/state
 DMNT=$WORK/ebsd-mnt
 DAEMON_MISSING=
-declare -A VOL=() IMAGE=()
+declare -A VOL=() IMAGE=() DSTATE=()
 
 ebsd() { node "$ROOT/dist/cli/main.js" "$@"; }
 
@@ -145,9 +153,9 @@ build_dist() {
 }
 
 daemon_available() {
-  build_dist || { DAEMON_MISSING="tsc failed"; return 1; }
+  build_dist || [[ -f $ROOT/dist/daemon/daemon.js ]] || { DAEMON_MISSING="tsc failed"; return 1; }
   [[ -f $ROOT/dist/cli/main.js ]] || { DAEMON_MISSING="no dist/cli/main.js"; return 1; }
-  [[ -n $(find "$ROOT/dist/daemon" -name '*.js' -print -quit 2>/dev/null) ]] || { DAEMON_MISSING="no dist/daemon"; return 1; }
+  [[ -f $ROOT/dist/daemon/daemon.js ]] || { DAEMON_MISSING="no dist/daemon/daemon.js"; return 1; }
 }
 
 node_prof_args() {
@@ -156,33 +164,33 @@ node_prof_args() {
   printf '%s\n' --cpu-prof --cpu-prof-dir "$CPU_PROF"
 }
 
-daemon_start() {
-  mkdir -p "$STATE" "$DMNT"; MOUNTS+=("$DMNT")
-  local node_args; mapfile -t node_args < <(node_prof_args)
-  node "${node_args[@]}" "$ROOT/dist/cli/main.js" daemon --state-dir "$STATE" --mount "$DMNT" \
-    >"$WORK/daemon.log" 2>&1 &
-  DAEMON_PID=$!
-  export EBSD_STATE_DIR=$STATE
+# daemon_attach TARGET: start TARGET's daemon, create and attach its volume.
+daemon_attach() {
+  local t=$1 extra=() id st=$WORK/state-$1 mnt=$WORK/mnt-$1 pid node_args
+  [[ $t == plaintext ]] && extra=(--cipher none --allow-unencrypted)
+  mkdir -p "$mnt"; MOUNTS+=("$mnt")
+  mapfile -t node_args < <(node_prof_args)
+  node "${node_args[@]}" "$ROOT/dist/cli/main.js" daemon --state-dir "$st" --mount "$mnt" --log-level warn "${extra[@]}" \
+    >"$WORK/daemon-$t.log" 2>&1 &
+  pid=$!
+  DAEMON_PIDS+=("$pid"); DAEMON_PID=$pid; DSTATE[$t]=$st
   for _ in $(seq 150); do
-    [[ -S $STATE/control.sock ]] && break
-    kill -0 "$DAEMON_PID" 2>/dev/null || { tail -20 "$WORK/daemon.log" >&2; die "daemon exited"; }
+    [[ -S $st/ebsd.sock ]] && break
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$WORK/daemon-$t.log" >&2; die "$t daemon exited"; }
     sleep 0.1
   done
-  [[ -S $STATE/control.sock ]] || { tail -20 "$WORK/daemon.log" >&2; die "daemon did not open its control socket"; }
-  say "daemon: pid $DAEMON_PID, state $STATE, mount $DMNT"
-}
-
-daemon_attach() {
-  local t=$1 extra=() id
-  [[ $t == plaintext ]] && extra=(--cipher none --i-understand-this-is-unencrypted)
-  id=$(ebsd volume create --size "${SIZE_MIB}MiB" --name "bench-$t" "${extra[@]}" | grep -o 'vol-[0-9a-f]*' | head -1) \
+  [[ -S $st/ebsd.sock ]] || { tail -20 "$WORK/daemon-$t.log" >&2; die "$t daemon did not open its control socket"; }
+  id=$(ebsd --state-dir "$st" --output json volume create --size "${SIZE_MIB}MiB" --name "fio-$t" | grep -o '"VolumeId": *"vol-[0-9a-f]*"' | grep -o 'vol-[0-9a-f]*') \
     || die "volume create ($t) failed"
-  ebsd attach "$id" >/dev/null || die "attach $id ($t) failed"
+  ebsd --state-dir "$st" --output json attach "$id" >"$WORK/attach-$t.json" || die "attach $id ($t) failed"
   VOL[$t]=$id
-  FILE[$t]=$DMNT/$id
-  IMAGE[$t]=$(find "$STATE" -type f -name "${id}*" ! -name '*.json' | head -1)
+  FILE[$t]=$mnt/$id
+  IMAGE[$t]=$st/volumes/$id.img
   [[ -e ${FILE[$t]} ]] || die "$t: ${FILE[$t]} did not appear"
-  say "$t: ${FILE[$t]}"
+  if [[ $t == plaintext ]]; then
+    grep -q '"Unencrypted": *true' "$WORK/attach-$t.json" || die "plaintext: attach did not report an unencrypted volume"
+  fi
+  say "$t: daemon pid $pid$([[ $t == plaintext ]] && echo ' (--cipher none)'), ${FILE[$t]}"
 }
 
 harness_start() {
@@ -191,7 +199,7 @@ harness_start() {
   local node_args out=$WORK/harness.out; mapfile -t node_args < <(node_prof_args)
   node "${node_args[@]}" "$HERE/fio-harness.mjs" --mount "$DMNT" --dir "$STATE" --size "${SIZE_MIB}MiB" \
     >"$out" 2>"$WORK/daemon.log" &
-  DAEMON_PID=$!
+  DAEMON_PID=$!; DAEMON_PIDS+=("$DAEMON_PID")
   for _ in $(seq 150); do
     grep -q '^ready ' "$out" 2>/dev/null && break
     kill -0 "$DAEMON_PID" 2>/dev/null || { tail -20 "$WORK/daemon.log" >&2; die "harness exited"; }
@@ -205,20 +213,21 @@ harness_start() {
 }
 
 daemon_stop() {
-  local id
+  local t pid
   if [[ $VIA == daemon ]]; then
-    for id in "${VOL[@]}"; do ebsd detach --force "$id" >/dev/null 2>&1; done
+    for t in "${!VOL[@]}"; do ebsd --state-dir "${DSTATE[$t]}" detach --force "${VOL[$t]}" >/dev/null 2>&1; done
   fi
-  kill -TERM "$DAEMON_PID" 2>/dev/null
-  for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || return 0; sleep 0.1; done
-  say "daemon did not exit on SIGTERM; SIGKILL"
-  kill -KILL "$DAEMON_PID" 2>/dev/null
+  for pid in "${DAEMON_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${DAEMON_PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then say "server $pid did not exit on SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null; fi
+  done
 }
 
 # The image of an encrypted volume must not hold the plaintext; a passthrough one must.
 daemon_check_image() {
   local t=$1 img=${IMAGE[$1]-} marker
-  [[ -n $img && -f $img ]] || die "$t: cannot find the image of ${VOL[$t]} under $STATE"
+  [[ -n $img && -f $img ]] || die "$t: cannot find the image of ${VOL[$t]} ($img)"
   marker="ebsd-fio-marker-$$-$RANDOM"
   yes "$marker" | head -c 1048576 >"$WORK/marker" || true
   dd if="$WORK/marker" of="${FILE[$t]}" bs=1M count=1 seek=5 oflag=direct conv=notrunc,fsync status=none
@@ -254,10 +263,10 @@ verify_target() {
   fio --name=fill --filename="$f" --size="${SIZE_MIB}m" --rw=write --bs=1m --ioengine=libaio \
       --direct=1 --iodepth=8 --output="$WORK/fill-$t.log" || { cat "$WORK/fill-$t.log" >&2; die "$t: fill failed"; }
   fio --name=seq --filename="$f" --size=16m --offset=16m --rw=write --bs=1m --ioengine=libaio \
-      --direct=1 --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+      --direct=1 --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
       --output="$WORK/verify-$t-seq.log" || { cat "$WORK/verify-$t-seq.log" >&2; die "$t: sequential verify failed"; }
   fio --name=rand --filename="$f" --size=8m --offset=40m --rw=randwrite --bs=4k --ioengine=libaio \
-      --direct=1 --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+      --direct=1 --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
       --output="$WORK/verify-$t-rand.log" || { cat "$WORK/verify-$t-rand.log" >&2; die "$t: random verify failed"; }
   head -c 10000 /dev/urandom >"$WORK/odd"
   dd if="$WORK/odd" of="$f" bs=10000 count=1 seek=12345 oflag=seek_bytes conv=notrunc,fsync status=none \
@@ -278,14 +287,15 @@ verify_ceiling() {
 
 # ----------------------------------------------------------------- running ---
 run_workload() {
-  local t=$1 w=$2
+  local t=$1 w=$2 r=$3 out=$RESULTS/$1--$2--r$3.json
   FIO_FILE=${FILE[$t]} FIO_SIZE=${SIZE_MIB}m FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
-    fio --output-format=json --output="$RESULTS/$t--$w.json" "$HERE/fio/$w.fio" \
+    fio --output-format=json --output="$out" "$HERE/fio/$w.fio" \
     || die "fio $w on $t failed"
-  node "$HERE/fio-report.mjs" --one "$RESULTS/$t--$w.json" >&2
+  node "$HERE/fio-report.mjs" --one "$out" >&2
 }
 
 T0=$SECONDS
+cd "$WORK" # fio drops state files in its working directory
 ACTIVE=()
 for t in encrypted plaintext ceiling raw; do has_target "$t" && ACTIVE+=("$t"); done
 
@@ -295,7 +305,6 @@ if has_target encrypted || has_target plaintext; then
   fi
   if [[ $VIA == daemon ]]; then
     daemon_available || die "daemon not available: $DAEMON_MISSING"
-    daemon_start
     has_target encrypted && daemon_attach encrypted
     has_target plaintext && daemon_attach plaintext
   else
@@ -313,12 +322,14 @@ done
 for t in encrypted plaintext; do
   [[ " ${ACTIVE[*]} " == *" $t "* ]] && daemon_check_image "$t"
 done
-say "correctness checks passed ($((SECONDS - T0)) s); timing ${#WORKLOADS[@]} workloads x ${#ACTIVE[@]} targets, ${RUNTIME}s each (+${RAMP}s ramp)"
+say "correctness checks passed ($((SECONDS - T0)) s); timing ${#WORKLOADS[@]} workloads x ${#ACTIVE[@]} targets x $ROUNDS round(s), ${RUNTIME}s each (+${RAMP}s ramp)"
 
 # Workload-major order: the targets of one workload run back to back, so a drift
 # of the machine during the run moves all of them together and the ratios hold.
-for w in "${WORKLOADS[@]}"; do
-  for t in "${ACTIVE[@]}"; do run_workload "$t" "$w"; done
+for r in $(seq "$ROUNDS"); do
+  for w in "${WORKLOADS[@]}"; do
+    for t in "${ACTIVE[@]}"; do run_workload "$t" "$w" "$r"; done
+  done
 done
 
 META=$WORK/meta.json
@@ -328,6 +339,7 @@ cat >"$META" <<EOF
   "sizeMiB": $SIZE_MIB,
   "runtimeSec": $RUNTIME,
   "rampSec": $RAMP,
+  "rounds": $ROUNDS,
   "targets": "$(IFS=,; echo "${ACTIVE[*]}")",
   "backingFs": "$(df --output=source,fstype "$WORK" | tail -1 | tr -s ' ')",
   "fio": "$(fio --version)",
@@ -341,7 +353,7 @@ EOF
 
 REPORT_ARGS=(--results "$RESULTS" --meta "$META")
 if ((PUBLISH)); then
-  REPORT_ARGS+=(--json docs/bench/fio-latest.json --svg docs/bench/fio.svg --markdown docs/benchmarks.md)
+  REPORT_ARGS+=(--json "$ROOT/docs/bench/fio-latest.json" --svg "$ROOT/docs/bench/fio.svg" --markdown "$ROOT/docs/benchmarks.md")
 fi
 node "$HERE/fio-report.mjs" "${REPORT_ARGS[@]}"
 say "done in $((SECONDS - T0)) s"
