@@ -122,13 +122,14 @@ export class Env {
     return code;
   }
 
-  async kill9(): Promise<void> {
+  /** SIGKILL; resolves once the process is gone (a restart must wait for that: the pid lock). */
+  kill9(): Promise<void> {
     const p = this.daemon;
-    if (!p) return;
-    const done = new Promise((r) => p.once('exit', r));
-    p.kill('SIGKILL');
-    await done;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
     this.daemon = undefined;
+    const done = new Promise<void>((r) => p.once('exit', () => r()));
+    p.kill('SIGKILL');
+    return done;
   }
 
   async cli(args: string[], opts: { uid?: number } = {}): Promise<CliResult> {
