@@ -1,0 +1,121 @@
+import { closeSync, openSync, readFileSync, readSync, writeSync, fsyncSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from './helpers.js';
+
+const MiB = 1024 * 1024;
+const NOBODY = 65534;
+
+describe('access, concurrency and secrecy through the real daemon', () => {
+  const env = new Env('access');
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start();
+  });
+  afterAll(() => env.cleanup());
+
+  it('serves concurrent CLI calls and two attached volumes at once; detach is refused while open', async () => {
+    const created = await Promise.all([
+      env.ok(['volume', 'create', '--size', '16MiB', '--name', 'a']),
+      env.ok(['volume', 'create', '--size', '16MiB', '--name', 'b']),
+      env.ok(['kms', 'create-key', '--description', 'concurrent']),
+      env.ok(['status']),
+    ]);
+    const [a, b] = [created[0].VolumeId as string, created[1].VolumeId as string];
+    await Promise.all([env.ok(['attach', a]), env.ok(['attach', b])]);
+    const da = randomBytes(MiB);
+    const db = randomBytes(MiB);
+    const fa = openSync(env.file(a), 'r+');
+    const fb = openSync(env.file(b), 'r+');
+    try {
+      writeSync(fa, da, 0, da.length, 3 * MiB);
+      writeSync(fb, db, 0, db.length, 3 * MiB);
+      fsyncSync(fa);
+      fsyncSync(fb);
+      const r = await env.cli(['detach', a]);
+      expect(r.code).toBe(6);
+      expect(r.stderr).toMatch(/^ebsd: VolumeInUse: .*open/);
+      const ba = Buffer.alloc(MiB);
+      const bb = Buffer.alloc(MiB);
+      readSync(fa, ba, 0, MiB, 3 * MiB);
+      readSync(fb, bb, 0, MiB, 3 * MiB);
+      expect(ba.equals(da)).toBe(true);
+      expect(bb.equals(db)).toBe(true);
+    } finally {
+      closeSync(fa);
+      closeSync(fb);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    await Promise.all([env.ok(['detach', a]), env.ok(['detach', b])]);
+    const ls = await env.ok(['volume', 'ls']);
+    expect(ls.Volumes.filter((v: { State: string }) => v.State === 'available')).toHaveLength(2);
+  });
+
+  it('denies an unmapped uid everything and audits the denial; a mapped uid gets in', async () => {
+    const st = await env.cli(['status'], { uid: NOBODY });
+    expect(st.code).toBe(4);
+    expect(st.stderr).toMatch(/^ebsd: AccessDeniedException: .*uid\/65534/);
+    const k = await env.cli(['kms', 'list-keys'], { uid: NOBODY });
+    expect(k.code).toBe(4);
+    const v = await env.cli(['volume', 'create', '--size', '4MiB'], { uid: NOBODY });
+    expect(v.code).toBe(4);
+    const events = readFileSync(join(env.state, 'kms', 'audit', 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const denied = events.filter((e) => e.errorCode === 'AccessDeniedException' && String(e.userIdentity?.arn).endsWith(':uid/65534'));
+    expect(denied.map((e) => e.eventName)).toEqual(expect.arrayContaining(['Status', 'ListKeys', 'CreateVolume']));
+
+    await env.ok(['iam', 'create-user', 'nobody-user']);
+    await env.ok(['iam', 'map-uid', String(NOBODY), 'user/nobody-user']);
+    const ok = await env.cli(['status', '--output', 'json'], { uid: NOBODY });
+    expect(ok.code).toBe(0);
+    expect(ok.json().Caller.Arn).toMatch(/:user\/nobody-user$/);
+    // A mapped user is still not the account root: IAM is refused.
+    const iam = await env.cli(['iam', 'list-users'], { uid: NOBODY });
+    expect(iam.code).toBe(4);
+  });
+
+  it('refuses --cipher none without --allow-unencrypted', async () => {
+    const r = await env.cli(['daemon', '--state-dir', join(env.dir, 'other'), '--mount', join(env.dir, 'mnt-other'), '--cipher', 'none']);
+    expect(r.code).toBe(9);
+    expect(r.stderr).toMatch(/PLAINTEXT.*--allow-unencrypted/);
+  });
+
+  it('a known key written through a full KMS + attach/IO/detach cycle appears in no log, audit line, CLI output or image', async () => {
+    const known = randomBytes(64);
+    const keyFile = join(env.dir, 'known.key');
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(keyFile, known, { mode: 0o600 });
+    const key = await env.ok(['kms', 'create-key', '--description', 'secrecy']);
+    const enc = await env.ok(['kms', 'encrypt', '--key-id', key.KeyMetadata.KeyId, '--plaintext', `fileb://${keyFile}`, '--encryption-context', 'purpose=test']);
+    writeFileSync(join(env.dir, 'ct.bin'), Buffer.from(enc.CiphertextBlob, 'base64'));
+    const re = await env.ok(['kms', 're-encrypt', '--ciphertext-blob', `fileb://${join(env.dir, 'ct.bin')}`, '--source-encryption-context', 'purpose=test', '--destination-key-id', key.KeyMetadata.KeyId]);
+    expect(re.CiphertextBlob).toBeTruthy();
+
+    const vol = (await env.ok(['volume', 'create', '--size', '8MiB', '--kms-key', key.KeyMetadata.Arn])).VolumeId;
+    await env.ok(['attach', vol]);
+    const fd = openSync(env.file(vol), 'r+');
+    try {
+      writeSync(fd, known, 0, known.length, 5 * 4096 + 100);
+      fsyncSync(fd);
+      const back = Buffer.alloc(64);
+      readSync(fd, back, 0, 64, 5 * 4096 + 100);
+      expect(back.equals(known)).toBe(true);
+    } finally {
+      closeSync(fd);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    await env.ok(['detach', vol]);
+    await env.ok(['audit', 'verify']);
+
+    const forms = [known.toString('hex'), known.toString('base64'), known.subarray(0, 24).toString('base64').slice(0, 30), known.toString('base64url')];
+    const haystacks: [string, string][] = [
+      ['daemon log', env.daemonLog()],
+      ['audit log', env.auditText()],
+      ['CLI output', env.outputs.join('\n')],
+    ];
+    for (const [what, text] of haystacks) for (const f of forms) expect(text.includes(f), `${what} contains the key`).toBe(false);
+    const image = readFileSync(join(env.state, 'volumes', `${vol}.img`));
+    expect(image.includes(known), 'volume image holds the plaintext').toBe(false);
+  });
+});
