@@ -33,8 +33,14 @@ export interface AuthorizationRequest {
 
 export interface AuthorizationDecision {
   allowed: boolean;
-  /** Why it was denied, for the AccessDeniedException message (no secrets). */
+  /** Why it was denied, for the AccessDeniedException message (no secrets): the tail after "… because ". */
   reason?: string;
+  /**
+   * The whole AccessDeniedException message, used verbatim when present (no
+   * secrets). AWS words explicit denies "… with an explicit deny in …", not
+   * "… because …", so an engine that knows the wording gives the message itself.
+   */
+  message?: string;
   /** Grant that allowed the call, recorded in the audit event. */
   grantId?: string;
 }

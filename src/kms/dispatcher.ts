@@ -46,6 +46,31 @@ export interface CallContext {
   additionalEventData?: Record<string, unknown>;
 }
 
+/** What CreateKey asks the key-policy validator about. */
+export interface NewKeyPolicyCheck {
+  /** The policy text of the request. */
+  policy: string;
+  /** ARN, spec, usage and tags of the key about to be created (nothing is stored yet). */
+  keyArn: string;
+  keySpec: string;
+  keyUsage: string;
+  tags?: readonly { TagKey: string; TagValue: string }[];
+  caller: Caller;
+  request: Readonly<KmsRequest>;
+  now: number;
+  /** BypassPolicyLockoutSafetyCheck of the request. */
+  bypassLockoutCheck: boolean;
+}
+
+/**
+ * Validates the key policy of a new key: throws MalformedPolicyDocumentException
+ * for a policy the engine cannot accept, or that would lock the caller out
+ * (unless bypassLockoutCheck). Installed by the authorization engine
+ * (`registerAuthzOperations`); without one, CreateKey checks only that the
+ * policy is a JSON document with a Statement.
+ */
+export type KeyPolicyValidator = (c: NewKeyPolicyCheck) => void;
+
 /** Services a handler can use. */
 export interface OperationContext {
   readonly accountId: string;
@@ -55,6 +80,8 @@ export interface OperationContext {
   readonly hsm: Hsm;
   readonly audit: AuditLog;
   authorizer: Authorizer;
+  /** Key-policy validation of the authorization engine, if one is plugged in. */
+  keyPolicyValidator?: KeyPolicyValidator;
   now(): number;
   /**
    * Resolve a KeyId as AWS does: key id, key ARN, and (when `aliases` is true)
@@ -82,7 +109,7 @@ export interface OperationOptions {
 export class Dispatcher {
   private readonly ops = new Map<string, { handler: OperationHandler; readOnly: boolean }>();
 
-  constructor(private readonly ctx: OperationContext, private readonly beforeCall: (now: number) => Promise<void> | void) {}
+  constructor(readonly context: OperationContext, private readonly beforeCall: (now: number) => Promise<void> | void) {}
 
   registerOperation(name: string, handler: OperationHandler, opts: OperationOptions = {}): void {
     if (!/^[A-Z][A-Za-z]+$/.test(name)) throw new TypeError(`operation name ${name} is not an AWS operation name`);
@@ -98,7 +125,7 @@ export class Dispatcher {
   }
 
   async call(operation: string, request: KmsRequest, caller: Caller): Promise<KmsResponse> {
-    const ctx = this.ctx;
+    const ctx = this.context;
     const now = ctx.now();
     const due = this.beforeCall(now);
     if (due) await due;
@@ -129,9 +156,8 @@ export class Dispatcher {
         let d = ctx.authorizer.authorize(req);
         if (d instanceof Promise) d = await d;
         if (!d.allowed) {
-          throw new AccessDeniedException(
-            `User: ${caller.arn} is not authorized to perform: ${action} on resource: ${resource} because ${d.reason ?? 'no policy allows the action'}`,
-          );
+          throw new AccessDeniedException(d.message
+            ?? `User: ${caller.arn} is not authorized to perform: ${action} on resource: ${resource} because ${d.reason ?? 'no policy allows the action'}`);
         }
         if (d.grantId) (call.additionalEventData ??= {}).grantId = d.grantId;
         authorized = true;

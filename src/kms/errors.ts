@@ -36,6 +36,7 @@ export class InvalidAliasNameException extends make('InvalidAliasNameException')
 export class AlreadyExistsException extends make('AlreadyExistsException') {}
 export class InvalidMarkerException extends make('InvalidMarkerException') {}
 export class InvalidGrantTokenException extends make('InvalidGrantTokenException') {}
+export class InvalidGrantIdException extends make('InvalidGrantIdException') {}
 export class LimitExceededException extends make('LimitExceededException') {}
 export class UnsupportedOperationException extends make('UnsupportedOperationException') {}
 export class ValidationException extends make('ValidationException') {}

@@ -121,6 +121,82 @@ describe('authorization through the KMS core', () => {
     expect(await denied('GenerateDataKey', { KeyId: KeyMetadata.KeyId, KeySpec: 'AES_256' }, alice)).toMatch(/^AccessDeniedException/);
   });
 
+  it('explicit Deny: the message is AWS\'s "with an explicit deny in a resource-based policy", in the exception and the audit event', async () => {
+    const policy = doc(
+      { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` }, Action: 'kms:*', Resource: '*' },
+      { Sid: 'NoEncryptForAlice', Effect: 'Deny', Principal: { AWS: alice.arn }, Action: 'kms:Encrypt', Resource: '*' },
+    );
+    const { KeyMetadata } = await kms.call('CreateKey', { Policy: policy }, root) as { KeyMetadata: { KeyId: string; Arn: string } };
+    // alice's identity policy allows kms:Encrypt (first test); the key policy's Deny wins.
+    const expected = `User: ${alice.arn} is not authorized to perform: kms:Encrypt on resource: ${KeyMetadata.Arn} with an explicit deny in a resource-based policy`;
+    expect(await denied('Encrypt', { KeyId: KeyMetadata.KeyId, Plaintext: Buffer.from('x') }, alice)).toBe(`AccessDeniedException: ${expected}`);
+    const lines = readFileSync(join(t.dir, 'kms', 'audit', 'events.ndjson'), 'utf8').trim().split('\n');
+    const last = JSON.parse(lines[lines.length - 1]!);
+    expect(last).toMatchObject({ eventName: 'Encrypt', errorCode: 'AccessDeniedException', errorMessage: expected });
+  });
+
+  it('CreateKey with a Policy: validated like PutKeyPolicy, lockout safety check unless BypassPolicyLockoutSafetyCheck', async () => {
+    const count = async () => ((await kms.call('ListKeys', {}, root)).Keys as unknown[]).length;
+    const before = await count();
+    await expect(kms.call('CreateKey', { Policy: '{bad' }, root)).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException' });
+    await expect(kms.call('CreateKey', { Policy: doc({ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:user/nobody` }, Action: 'kms:*', Resource: '*' }) }, root))
+      .rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringMatching(/invalid principals/) });
+    await expect(kms.call('CreateKey', { Policy: doc({ Effect: 'Allow', Principal: '*', Action: 'kms:*', Resource: '*', Condition: { StringFancy: { 'kms:ViaService': 'x' } } }) }, root))
+      .rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException' });
+    const aliceOnly = doc({ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'kms:*', Resource: '*' });
+    await expect(kms.call('CreateKey', { Policy: aliceOnly }, root)).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: LOCKOUT_MESSAGE });
+    // A policy that keeps PutKeyPolicy for the caller passes; one denying it explicitly does not.
+    const denyPut = doc(
+      { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` }, Action: 'kms:*', Resource: '*' },
+      { Effect: 'Deny', Principal: '*', Action: 'kms:PutKeyPolicy', Resource: '*' },
+    );
+    await expect(kms.call('CreateKey', { Policy: denyPut }, root)).rejects.toMatchObject({ message: LOCKOUT_MESSAGE });
+    expect(await count()).toBe(before); // nothing was created by a refused CreateKey
+    const k = await kms.call('CreateKey', { Policy: aliceOnly, BypassPolicyLockoutSafetyCheck: true }, root) as { KeyMetadata: { KeyId: string } };
+    expect(await count()).toBe(before + 1);
+    expect((await kms.call('GetKeyPolicy', { KeyId: k.KeyMetadata.KeyId }, alice)).Policy).toBe(aliceOnly);
+    expect(await denied('GetKeyPolicy', { KeyId: k.KeyMetadata.KeyId }, root)).toMatch(/^AccessDeniedException/);
+  });
+
+  it('ReEncrypt authorizes kms:ReEncryptFrom on the source key and kms:ReEncryptTo on the destination key', async () => {
+    const rootAll = { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` }, Action: 'kms:*', Resource: '*' };
+    // Key A: alice may re-encrypt *from* it only; key B: *to* it only.
+    const a = await kms.call('CreateKey', { Policy: doc(rootAll, { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'kms:ReEncryptFrom', Resource: '*' }) }, root) as { KeyMetadata: { KeyId: string; Arn: string } };
+    const b = await kms.call('CreateKey', { Policy: doc(rootAll, { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'kms:ReEncryptTo', Resource: '*' }) }, root) as { KeyMetadata: { KeyId: string; Arn: string } };
+    const ec = { purpose: 're-encrypt' };
+    const underA = (await kms.call('Encrypt', { KeyId: a.KeyMetadata.KeyId, Plaintext: Buffer.from('secret'), EncryptionContext: ec }, root)).CiphertextBlob as Uint8Array;
+    const underB = (await kms.call('Encrypt', { KeyId: b.KeyMetadata.KeyId, Plaintext: Buffer.from('secret'), EncryptionContext: ec }, root)).CiphertextBlob as Uint8Array;
+
+    const ok = await kms.call('ReEncrypt', { CiphertextBlob: underA, SourceEncryptionContext: ec, DestinationKeyId: b.KeyMetadata.KeyId, DestinationEncryptionContext: ec }, alice);
+    expect(ok).toMatchObject({ SourceKeyId: a.KeyMetadata.Arn, KeyId: b.KeyMetadata.Arn });
+    const back = await kms.call('Decrypt', { CiphertextBlob: ok.CiphertextBlob, EncryptionContext: ec }, root);
+    expect(Buffer.from(back.Plaintext as Uint8Array).toString()).toBe('secret');
+
+    // A -> A: ReEncryptFrom allowed, ReEncryptTo not (the root statement delegates to IAM, and alice has no identity policy for it).
+    expect(await denied('ReEncrypt', { CiphertextBlob: underA, SourceEncryptionContext: ec, DestinationKeyId: a.KeyMetadata.KeyId, DestinationEncryptionContext: ec }, alice))
+      .toBe(`AccessDeniedException: User: ${alice.arn} is not authorized to perform: kms:ReEncryptTo on resource: ${a.KeyMetadata.Arn} because no identity-based policy allows the kms:ReEncryptTo action`);
+    // B -> B: ReEncryptFrom is refused first.
+    expect(await denied('ReEncrypt', { CiphertextBlob: underB, SourceEncryptionContext: ec, DestinationKeyId: b.KeyMetadata.KeyId, DestinationEncryptionContext: ec }, alice))
+      .toBe(`AccessDeniedException: User: ${alice.arn} is not authorized to perform: kms:ReEncryptFrom on resource: ${b.KeyMetadata.Arn} because no identity-based policy allows the kms:ReEncryptFrom action`);
+    // B -> A: neither.
+    expect(await denied('ReEncrypt', { CiphertextBlob: underB, SourceEncryptionContext: ec, DestinationKeyId: a.KeyMetadata.KeyId }, alice)).toMatch(/kms:ReEncryptFrom/);
+
+    const lines = readFileSync(join(t.dir, 'kms', 'audit', 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const re = lines.filter((e) => e.eventName === 'ReEncrypt');
+    expect(re[0].errorCode).toBeUndefined();
+    expect(re[0].resources.map((r: { ARN: string }) => r.ARN)).toEqual([a.KeyMetadata.Arn, b.KeyMetadata.Arn]);
+    expect(re.slice(1).map((e) => e.errorCode)).toEqual(['AccessDeniedException', 'AccessDeniedException', 'AccessDeniedException']);
+  });
+
+  it('grant ids: malformed is InvalidGrantIdException, unknown is NotFoundException', async () => {
+    const { KeyMetadata } = await kms.call('CreateKey', {}, root) as { KeyMetadata: { KeyId: string } };
+    await expect(kms.call('RevokeGrant', { KeyId: KeyMetadata.KeyId, GrantId: 'not-a-grant-id' }, root)).rejects.toMatchObject({ awsName: 'InvalidGrantIdException' });
+    await expect(kms.call('RetireGrant', { KeyId: KeyMetadata.KeyId, GrantId: 'XYZ' }, root)).rejects.toMatchObject({ awsName: 'InvalidGrantIdException' });
+    await expect(kms.call('ListGrants', { KeyId: KeyMetadata.KeyId, GrantId: 'g'.repeat(64) }, root)).rejects.toMatchObject({ awsName: 'InvalidGrantIdException' });
+    await expect(kms.call('RevokeGrant', { KeyId: KeyMetadata.KeyId, GrantId: 'x'.repeat(200) }, root)).rejects.toMatchObject({ awsName: 'ValidationException' });
+    await expect(kms.call('RevokeGrant', { KeyId: KeyMetadata.KeyId, GrantId: '0'.repeat(64) }, root)).rejects.toMatchObject({ awsName: 'NotFoundException' });
+  });
+
   it('every denial is in the audit log with errorCode AccessDeniedException', async () => {
     expect(denials.length).toBeGreaterThanOrEqual(10);
     await kms.close();

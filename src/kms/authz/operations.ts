@@ -1,5 +1,5 @@
-import type { CallContext, OperationContext, OperationHandler, OperationOptions } from '../dispatcher.js';
-import { InvalidMarkerException, KmsError, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
+import type { CallContext, NewKeyPolicyCheck, OperationContext, OperationHandler, OperationOptions } from '../dispatcher.js';
+import { InvalidGrantIdException, InvalidMarkerException, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
 import type { KeyRecord } from '../key-record.js';
 import type { KmsResponse } from '../types.js';
 import { checkGrantTokens, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
@@ -16,6 +16,8 @@ import { parsePolicy } from './policy-document.js';
 
 export interface OperationRegistry {
   registerOperation(name: string, handler: OperationHandler, opts?: OperationOptions): void;
+  /** The core's services (KmsService and Dispatcher have it): CreateKey's key-policy validator is installed there. */
+  readonly context?: OperationContext;
 }
 
 const POLICY_NAME = 'default';
@@ -34,8 +36,19 @@ function _optString(r: Record<string, unknown>, name: string, max: number): stri
   return v;
 }
 
+/** Grant ids this KMS issues: 64 lowercase hex characters, as AWS's (grants.ts). */
+const GRANT_ID_RE = /^[0-9a-f]{64}$/;
+
+/**
+ * KMS API reference, RetireGrant / RevokeGrant / ListGrants: GrantId is 1-128
+ * characters (ValidationException otherwise); one that cannot be a grant id is
+ * InvalidGrantIdException; a well-formed id of no grant is NotFoundException.
+ */
 function _grantId(v: unknown): string {
-  if (typeof v !== 'string' || v.length < 1 || v.length > 128) throw new KmsError('InvalidGrantIdException', 'The grant ID is not valid.');
+  if (typeof v !== 'string' || v.length < 1 || v.length > 128) {
+    throw new ValidationException("1 validation error detected: Value at 'grantId' failed to satisfy constraint: Member must have length between 1 and 128");
+  }
+  if (!GRANT_ID_RE.test(v)) throw new InvalidGrantIdException(`Invalid grant ID ${v}: a grant ID is 64 hexadecimal characters.`);
   return v;
 }
 
@@ -196,6 +209,29 @@ export function registerAuthzOperations(
     (call.additionalEventData ??= {}).grantId = grantId;
     return {};
   };
+
+  /**
+   * CreateKey with a Policy (KMS API reference, CreateKey): the same
+   * validation as PutKeyPolicy, and the lockout safety check against the key
+   * about to be created, unless BypassPolicyLockoutSafetyCheck.
+   */
+  const validateNewKeyPolicy = (c: NewKeyPolicyCheck): void => {
+    const compiled = parsePolicy(c.policy, { kind: 'key', accountId: registry.context?.accountId ?? c.caller.accountId, principalExists: identities.principalExists });
+    if (c.bypassLockoutCheck) return;
+    const ctx = registry.context;
+    const tags: Record<string, string> = {};
+    for (const t of c.tags ?? []) tags[t.TagKey] = t.TagValue;
+    const d = evaluator.evaluate({
+      action: 'kms:PutKeyPolicy', caller: c.caller, resource: c.keyArn, now: c.now,
+      key: {
+        arn: c.keyArn, accountId: ctx?.accountId ?? c.caller.accountId, ...(ctx ? { region: ctx.region } : {}), policy: compiled,
+        keySpec: c.keySpec, keyUsage: c.keyUsage, keyOrigin: 'AWS_KMS', keyManager: 'CUSTOMER', aliases: [],
+        ...(c.tags?.length ? { tags } : {}),
+      },
+    }, { useGrants: false });
+    if (!d.allowed) throw new MalformedPolicyDocumentException(LOCKOUT_MESSAGE);
+  };
+  if (registry.context) registry.context.keyPolicyValidator = validateNewKeyPolicy;
 
   registry.registerOperation('PutKeyPolicy', putKeyPolicy);
   registry.registerOperation('GetKeyPolicy', getKeyPolicy, { readOnly: true });

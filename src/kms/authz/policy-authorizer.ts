@@ -147,7 +147,8 @@ export class PolicyAuthorizer implements Authorizer {
     if (refusal) return { allowed: false, reason: refusal };
     const d = this.decide(req);
     if (d.allowed) return d.grantId ? { allowed: true, grantId: d.grantId } : { allowed: true };
-    return { allowed: false, reason: denialReason(d.reason, req.action, req.caller) };
+    // evaluate() words the message as AWS does ("… with an explicit deny in …" / "… because …").
+    return { allowed: false, reason: denialReason(d.reason, req.action, req.caller), message: d.message };
   }
 
   private _grantOf(req: AuthorizationRequest): Grant | undefined {

@@ -42,9 +42,9 @@ export function checkPolicy(policy: string | undefined): void {
 /** Make a key: HSM material, then a durable record. Shared by CreateKey and AWS-managed keys. */
 export async function createKeyRecord(ctx: OperationContext, p: {
   keySpec: KeySpec; keyUsage: KeyUsage; description: string; policy?: string; tags?: KeyRecord['tags'];
-  keyManager: 'CUSTOMER' | 'AWS'; now: number;
+  keyManager: 'CUSTOMER' | 'AWS'; now: number; keyId?: string;
 }): Promise<KeyRecord> {
-  const keyId = randomUUID();
+  const keyId = p.keyId ?? randomUUID();
   const arn = `arn:aws:kms:${ctx.region}:${ctx.accountId}:key/${keyId}`;
   const hbkId = randomBytes(32);
   const g = await ctx.hsm.call({ op: 'generateKey', arn, hbkId, spec: p.keySpec });
@@ -86,13 +86,24 @@ export function registerKeyOperations(d: Dispatcher): void {
     if (r.CustomKeyStoreId !== undefined) throw new UnsupportedOperationException('Custom key stores are not supported by this KMS');
     const description = optStr(r, 'Description', 0, 8192) ?? '';
     const policy = optStr(r, 'Policy', 1, 32768);
-    checkPolicy(policy);
-    optBool(r, 'BypassPolicyLockoutSafetyCheck');
+    const validator = ctx.keyPolicyValidator;
+    if (!validator) checkPolicy(policy);
+    const bypass = optBool(r, 'BypassPolicyLockoutSafetyCheck') ?? false;
     const tags = parseTags(r);
+    const keyUsage = usage ?? allowed[0]!;
     await call.authorize({});
+    const keyId = randomUUID();
+    if (policy !== undefined && validator) {
+      // KMS API reference, CreateKey: the policy must be valid, and (unless
+      // BypassPolicyLockoutSafetyCheck) must let the caller call PutKeyPolicy.
+      validator({
+        policy, keyArn: `arn:aws:kms:${ctx.region}:${ctx.accountId}:key/${keyId}`, keySpec: spec, keyUsage,
+        ...(tags ? { tags } : {}), caller: call.caller, request: r, now: call.now, bypassLockoutCheck: bypass,
+      });
+    }
     const key = await createKeyRecord(ctx, {
-      keySpec: spec, keyUsage: usage ?? allowed[0]!, description, ...(policy ? { policy } : {}), ...(tags ? { tags } : {}),
-      keyManager: 'CUSTOMER', now: call.now,
+      keySpec: spec, keyUsage, description, ...(policy ? { policy } : {}), ...(tags ? { tags } : {}),
+      keyManager: 'CUSTOMER', now: call.now, keyId,
     });
     call.resources.push(key.arn);
     return { KeyMetadata: keyMetadata(key) };
