@@ -8,6 +8,22 @@ import { VolumeError } from './errors.js';
 import { SECTOR_SIZE } from './luks2-json.js';
 
 const SS = SECTOR_SIZE;
+/**
+ * Runs from this size up are split into chunks that proceed independently
+ * (pread, then decrypt, each on the libuv pool), so one large request keeps
+ * both the disk/page-cache copy and the cipher busy on every core instead of
+ * doing pread-then-decrypt serially on one (DESIGN §3). Measured in
+ * docs/benchmarks.md (Block device).
+ */
+export const PARALLEL_MIN = 128 * 1024;
+/** Split a run into about this many chunks (the libuv pool has 4 threads by default). */
+const PARALLEL_CHUNKS = 4;
+const MIN_CHUNK = 64 * 1024;
+
+/** Byte length of each chunk when a `len`-byte run is split (a multiple of the sector size). */
+export function chunkBytes(len: number): number {
+  return Math.max(MIN_CHUNK, Math.ceil(len / PARALLEL_CHUNKS / SS) * SS);
+}
 
 export interface SectorDeviceOptions {
   volumeId: string;
@@ -27,9 +43,10 @@ export interface SectorDeviceOptions {
  */
 class ScratchPool {
   private readonly free = new Map<number, Buffer[]>();
+  constructor(private readonly alloc: (len: number) => Buffer) {}
   take(len: number): Buffer {
     const l = this.free.get(len);
-    return l?.pop() ?? Buffer.allocUnsafeSlow(len);
+    return l?.pop() ?? this.alloc(len);
   }
   give(b: Buffer): void {
     if (b.length > 4 * 1024 * 1024) return;
@@ -57,7 +74,7 @@ export abstract class SectorDevice implements BlockDevice {
   protected readonly log: Logger;
   private _size: number;
   private readonly lock = new SectorRangeLock();
-  private readonly pool = new ScratchPool();
+  private readonly pool: ScratchPool;
   private inFlight = 0;
   private drainWaiters: (() => void)[] = [];
   private failure: VolumeError | null = null;
@@ -70,6 +87,16 @@ export abstract class SectorDevice implements BlockDevice {
     this.backing = o.backing;
     this.dataOffset = o.dataOffset;
     this.log = o.logger ?? silentLogger;
+    this.pool = new ScratchPool((len) => this.allocBuffer(len));
+  }
+
+  /**
+   * A buffer suited to this device's I/O: aligned for O_DIRECT when the
+   * backing file is opened that way, so an aligned read() into it goes
+   * straight from the disk into it with no bounce copy.
+   */
+  allocBuffer(len: number): Buffer {
+    return this.backing.allocBuffer?.(len) ?? Buffer.allocUnsafeSlow(len);
   }
 
   get size(): number {
@@ -103,15 +130,18 @@ export abstract class SectorDevice implements BlockDevice {
       if (offset % SS === 0 && length % SS === 0) {
         // Aligned: read ciphertext straight into the caller's buffer, decrypt in place.
         const target = into.subarray(intoOffset, intoOffset + length);
-        await this.preadFull(target, s0);
-        await this.unseal(target, s0);
-        return length;
+        try {
+          await this.readRun(target, s0);
+          return length;
+        } catch (e) {
+          // O_DIRECT and a caller buffer the kernel cannot DMA into: bounce through ours.
+          if (!(this.backing.direct && (e as { cause?: { code?: string } }).cause?.code === 'EINVAL')) throw e;
+        }
       }
       const n = (s1 - s0) * SS;
       const buf = this.pool.take(n);
       try {
-        await this.preadFull(buf, s0);
-        await this.unseal(buf, s0);
+        await this.readRun(buf, s0);
         const start = offset - s0 * SS;
         buf.copy(into, intoOffset, start, start + length);
       } finally {
@@ -177,6 +207,19 @@ export abstract class SectorDevice implements BlockDevice {
     } finally {
       this.leave();
     }
+  }
+
+  /** pread + unseal of whole sectors; large runs in parallel chunks (see PARALLEL_MIN). */
+  private readRun(buf: Buffer, s0: number): Promise<void> {
+    if (buf.length < PARALLEL_MIN) return this.preadFull(buf, s0).then(() => this.unseal(buf, s0));
+    const step = chunkBytes(buf.length);
+    const jobs: Promise<void>[] = [];
+    for (let off = 0; off < buf.length; off += step) {
+      const part = buf.subarray(off, Math.min(off + step, buf.length));
+      const first = s0 + off / SS;
+      jobs.push(this.preadFull(part, first).then(() => this.unseal(part, first)));
+    }
+    return settleAll(jobs);
   }
 
   /** Grow (ModifyVolume): the caller has already grown the file and the header. */
@@ -269,4 +312,14 @@ export abstract class SectorDevice implements BlockDevice {
       throw err;
     }
   }
+}
+
+/**
+ * Wait for every job, then fail with the first error. Unlike Promise.all it
+ * never returns while a chunk is still being read or transformed in place,
+ * so the caller may recycle or wipe the buffer as soon as it settles.
+ */
+export async function settleAll(jobs: Promise<void>[]): Promise<void> {
+  const r = await Promise.allSettled(jobs);
+  for (const x of r) if (x.status === 'rejected') throw x.reason;
 }
