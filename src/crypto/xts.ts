@@ -23,7 +23,12 @@ export interface XtsContext {
   readonly engine: XtsEngineName;
   encryptSync(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): void;
   decryptSync(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): void;
-  /** Same as the sync form; the native engine runs it on the libuv thread pool. */
+  /**
+   * Same as the sync form; the native engine runs it on the libuv thread pool
+   * (the node and reference engines run it on the calling thread after a
+   * microtask). Do not read, write or transfer `data` until the promise
+   * settles. Each call costs a thread hand-off (a few µs), so pass whole runs.
+   */
   encrypt(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): Promise<void>;
   decrypt(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): Promise<void>;
   /** Zeroize every copy of the key this context made (best effort in JS). Idempotent. */
