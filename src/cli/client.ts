@@ -1,7 +1,7 @@
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { SOCKET_FILE } from '../daemon/state-dir.js';
-import { VERSION } from '../daemon/daemon.js';
+import { VERSION } from '../daemon/config.js';
 
 /** A service answered with an AWS error body. */
 export class ServiceError extends Error {

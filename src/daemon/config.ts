@@ -19,6 +19,7 @@ export interface DaemonConfig {
   tickMs?: number;
 }
 
+export const VERSION = '0.1.0';
 export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
 export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 

@@ -19,7 +19,8 @@ import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest } from './aws-json.js';
 import { deniedEvent, volumeEvent } from './audit-events.js';
 
-export const VERSION = '0.1.0';
+export { VERSION } from './config.js';
+import { VERSION } from './config.js';
 /** The IAM role this host acts as: grantee and retiring principal of attach grants (DESIGN §6). */
 export const HOST_ROLE = 'ebsd-host';
 

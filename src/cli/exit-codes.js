@@ -1,0 +1,59 @@
+/**
+ * Exit codes: the one place they exist (DESIGN §7). Documented in `ebsd --help`.
+ */
+export const EXIT = {
+    OK: 0,
+    /** Unexpected failure (a bug, or a service error without an AWS name). */
+    INTERNAL: 1,
+    /** Bad command line. */
+    USAGE: 2,
+    /** The daemon is not running or its socket cannot be reached. */
+    NO_DAEMON: 3,
+    /** AccessDeniedException: the caller's uid/principal may not do this. */
+    DENIED: 4,
+    /** The key, alias, volume, user or grant does not exist. */
+    NOT_FOUND: 5,
+    /** Conflict with current state: volume in use/open, key disabled or pending deletion, already exists. */
+    CONFLICT: 6,
+    /** The service rejected the request as invalid (validation, malformed policy, bad ciphertext, ...). */
+    INVALID: 7,
+    /** `ebsd audit verify` found the audit log modified, truncated or reordered. */
+    AUDIT_FAILED: 8,
+    /** The daemon could not start (another daemon holds the state dir, mount failed, refused config). */
+    DAEMON_START: 9,
+    /** A service-side failure (KMS internal error, dependency timeout). */
+    SERVICE: 10,
+};
+export const EXIT_CODES_HELP = `Exit codes:
+  0  success
+  1  unexpected internal error
+  2  usage error (bad command line)
+  3  daemon not running / control socket unreachable
+  4  access denied (AccessDeniedException; unmapped uid)
+  5  not found (NotFoundException, InvalidVolume.NotFound, NoSuchEntity)
+  6  conflicting state (VolumeInUse, IncorrectState, DisabledException, KMSInvalidStateException, AlreadyExists)
+  7  invalid request (ValidationException, InvalidParameterValue, MalformedPolicyDocument, InvalidCiphertext, ...)
+  8  audit verification failed
+  9  daemon could not start (already running on this state dir, mount failed, refused configuration)
+ 10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure)`;
+const NOT_FOUND = new Set(['NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
+const CONFLICT = new Set([
+    'VolumeInUse', 'IncorrectState', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
+    'EntityAlreadyExistsException', 'DeleteConflictException', 'LimitExceededException',
+]);
+const SERVICE = new Set(['KMSInternalException', 'InternalFailure', 'DependencyTimeoutException', 'KeyUnavailableException']);
+/** AWS exception name -> exit code. */
+export function exitCodeFor(awsName, httpStatus) {
+    if (!awsName)
+        return httpStatus && httpStatus < 500 ? EXIT.INVALID : EXIT.INTERNAL;
+    if (awsName === 'AccessDeniedException')
+        return EXIT.DENIED;
+    if (NOT_FOUND.has(awsName))
+        return EXIT.NOT_FOUND;
+    if (CONFLICT.has(awsName))
+        return EXIT.CONFLICT;
+    if (SERVICE.has(awsName))
+        return EXIT.SERVICE;
+    return EXIT.INVALID;
+}
+//# sourceMappingURL=exit-codes.js.map

@@ -1,0 +1,140 @@
+import { readFileSync } from 'node:fs';
+/**
+ * AWS-CLI-style arguments for `ebsd kms <operation>`: kebab-case flags map to
+ * the operation's PascalCase request members (`--key-id` -> KeyId), with the
+ * AWS CLI's value conventions: `file://path` (text), `fileb://path` (bytes,
+ * sent base64), JSON, and shorthand (`k=v,k2=v2` for maps, `TagKey=a,TagValue=b`
+ * for tag lists). Blob members given without fileb:// are taken as base64, as
+ * AWS CLI v2 does.
+ */
+/** Every KMS operation the daemon serves (AWS KMS API reference names). */
+export const KMS_OPERATIONS = [
+    'CreateKey', 'DescribeKey', 'ListKeys', 'UpdateKeyDescription', 'EnableKey', 'DisableKey', 'ScheduleKeyDeletion',
+    'CancelKeyDeletion', 'EnableKeyRotation', 'DisableKeyRotation', 'GetKeyRotationStatus', 'RotateKeyOnDemand',
+    'ListKeyRotations', 'CreateAlias', 'UpdateAlias', 'DeleteAlias', 'ListAliases', 'Encrypt', 'Decrypt', 'ReEncrypt',
+    'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext',
+    'GenerateRandom', 'Sign', 'Verify', 'GetPublicKey', 'GenerateMac', 'VerifyMac', 'TagResource', 'UntagResource',
+    'ListResourceTags', 'PutKeyPolicy', 'GetKeyPolicy', 'ListKeyPolicies', 'CreateGrant', 'ListGrants',
+    'ListRetirableGrants', 'RetireGrant', 'RevokeGrant',
+];
+const BLOBS = new Set(['Plaintext', 'CiphertextBlob', 'Message', 'Signature', 'Mac']);
+const MAPS = new Set(['EncryptionContext', 'SourceEncryptionContext', 'DestinationEncryptionContext']);
+const LISTS = new Set(['GrantTokens', 'Operations', 'TagKeys', 'Tags']);
+const NUMBERS = new Set(['NumberOfBytes', 'Limit', 'PendingWindowInDays', 'RotationPeriodInDays']);
+const BOOLEANS = new Set(['BypassPolicyLockoutSafetyCheck', 'DryRun', 'MultiRegion', 'IncludeKeyMaterial']);
+/** Options the CLI itself consumes; never sent to KMS. */
+const GLOBAL = new Set(['output', 'query', 'state-dir', 'help', 'version', 'alias']);
+export class UsageError extends Error {
+    constructor(message) {
+        super(message);
+        this.name = 'UsageError';
+    }
+}
+export const kebabToPascal = (s) => s.split('-').map((w) => (w ? w[0].toUpperCase() + w.slice(1) : '')).join('');
+export const pascalToKebab = (s) => s.replace(/([a-z0-9])([A-Z])/g, '$1-$2').toLowerCase();
+export function operationFromKebab(op) {
+    const name = kebabToPascal(op);
+    const known = KMS_OPERATIONS.find((o) => o === name);
+    if (!known)
+        throw new UsageError(`unknown KMS operation "${op}" (see \`ebsd kms --help\`)`);
+    return known;
+}
+/** Parse the tokens after `ebsd kms <operation>` into a request object. */
+export function parseKmsArgs(tokens) {
+    const req = {};
+    for (let i = 0; i < tokens.length;) {
+        const tok = tokens[i++];
+        if (!tok.startsWith('--'))
+            throw new UsageError(`unexpected argument "${tok}"`);
+        let flag = tok.slice(2);
+        let inline;
+        const eq = flag.indexOf('=');
+        if (eq > 0) {
+            inline = flag.slice(eq + 1);
+            flag = flag.slice(0, eq);
+        }
+        const values = inline !== undefined ? [inline] : [];
+        if (inline === undefined)
+            while (i < tokens.length && !tokens[i].startsWith('--'))
+                values.push(tokens[i++]);
+        if (GLOBAL.has(flag))
+            continue;
+        let negate = false;
+        if (flag.startsWith('no-') && BOOLEANS.has(kebabToPascal(flag.slice(3)))) {
+            negate = true;
+            flag = flag.slice(3);
+        }
+        const member = kebabToPascal(flag);
+        req[member] = convert(member, values, negate);
+    }
+    return req;
+}
+function convert(member, values, negate) {
+    if (BOOLEANS.has(member)) {
+        if (values.length === 0)
+            return !negate;
+        return values[0] === 'true';
+    }
+    if (values.length === 0)
+        throw new UsageError(`--${pascalToKebab(member)} needs a value`);
+    if (LISTS.has(member)) {
+        if (values.length === 1 && values[0].trim().startsWith('['))
+            return json(values[0], member);
+        if (member === 'Tags')
+            return values.map((v) => (v.trim().startsWith('{') ? json(v, member) : shorthandMap(v, member)));
+        return values.flatMap((v) => v.split(',')).filter((v) => v !== '');
+    }
+    if (values.length > 1)
+        throw new UsageError(`--${pascalToKebab(member)} takes one value`);
+    const raw = values[0];
+    if (BLOBS.has(member)) {
+        if (raw.startsWith('fileb://'))
+            return readFileSync(raw.slice(8)).toString('base64');
+        if (raw.startsWith('file://'))
+            return Buffer.from(readFileSync(raw.slice(7), 'utf8')).toString('base64');
+        return raw; // base64, as AWS CLI v2 takes blobs by default
+    }
+    const text = raw.startsWith('file://') ? readFileSync(raw.slice(7), 'utf8') : raw;
+    if (NUMBERS.has(member)) {
+        const n = Number(text);
+        if (!Number.isFinite(n))
+            throw new UsageError(`--${pascalToKebab(member)} must be a number, got "${text}"`);
+        return n;
+    }
+    if (MAPS.has(member))
+        return text.trim().startsWith('{') ? json(text, member) : shorthandMap(text, member);
+    if (member === 'Constraints')
+        return text.trim().startsWith('{') ? json(text, member) : shorthandConstraints(text);
+    if (member === 'Policy')
+        return text; // a policy is a JSON *string* member
+    return text.trim().startsWith('{') && member !== 'Description' ? json(text, member) : text;
+}
+function json(text, member) {
+    try {
+        return JSON.parse(text);
+    }
+    catch {
+        throw new UsageError(`--${pascalToKebab(member)}: invalid JSON`);
+    }
+}
+/** `k=v,k2=v2` -> {k: v, k2: v2}. Values may not contain commas (use JSON for those). */
+export function shorthandMap(text, member) {
+    const out = {};
+    for (const pair of text.split(',')) {
+        if (pair === '')
+            continue;
+        const eq = pair.indexOf('=');
+        if (eq <= 0)
+            throw new UsageError(`--${pascalToKebab(member)}: expected key=value pairs, got "${pair}"`);
+        out[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+    return out;
+}
+/** `EncryptionContextSubset={k=v,k2=v2}` (AWS CLI shorthand) -> {EncryptionContextSubset: {...}}. */
+function shorthandConstraints(text) {
+    const m = /^(EncryptionContextSubset|EncryptionContextEquals)=\{(.*)\}$/.exec(text.trim());
+    if (!m)
+        throw new UsageError('--constraints: use JSON or EncryptionContextSubset={k=v,...}');
+    return { [m[1]]: shorthandMap(m[2], 'constraints') };
+}
+//# sourceMappingURL=kms-args.js.map

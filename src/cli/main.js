@@ -1,0 +1,300 @@
+#!/usr/bin/env node
+/**
+ * `ebsd`: the command line. Talks to the daemon over its control socket
+ * (`<state-dir>/ebsd.sock`), except `ebsd daemon` (which is the daemon) and
+ * `ebsd speed` (local). Exit codes live here and in ./exit-codes.ts only.
+ */
+import { readFileSync } from 'node:fs';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseDuration, runDaemon, VERSION } from '../daemon/index.js';
+import { createLogger } from '../util/logger.js';
+import { runSpeed } from '../crypto/speed.js';
+import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
+import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
+import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab } from './kms-args.js';
+import { applyQuery, defaultFormat, humanBytes, kv, print, table } from './output.js';
+/** Set by a command that wants a specific exit code without an error (audit verify). */
+let exitCode = EXIT.OK;
+function fmt(g) {
+    return g.output ?? defaultFormat();
+}
+async function call(g, target, body = {}) {
+    return callDaemon(socketPathFor(g.stateDir), target, body);
+}
+function show(g, v, tableFn) {
+    const out = applyQuery(v, g.query);
+    print(out, fmt(g), g.query ? undefined : tableFn);
+}
+function readArg(v) {
+    return v.startsWith('file://') ? readFileSync(v.slice(7), 'utf8') : v;
+}
+const volumeColumns = [
+    ['VOLUME ID', (r) => r.VolumeId],
+    ['NAME', (r) => r.Tags?.find((t) => t.Key === 'Name')?.Value ?? r.Name],
+    ['SIZE', (r) => humanBytes(r.SizeBytes)],
+    ['STATE', (r) => r.State],
+    ['ENCRYPTED', (r) => (r.Encrypted === false ? 'NO' : 'yes')],
+    ['KMS KEY', (r) => r.KmsKeyId],
+];
+// ---- commands ------------------------------------------------------------
+function daemonCommand(y) {
+    return y.command('daemon', 'Run the ebsd daemon in the foreground (JSON logs on stdout)', (b) => b
+        .option('mount', { type: 'string', default: DEFAULT_MOUNT_DIR, describe: 'FUSE mount point: one file per attached volume' })
+        .option('region', { type: 'string', describe: 'AWS region name (fixed when the state dir is initialised; default us-east-1)' })
+        .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach)' })
+        .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h)' })
+        .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] })
+        .option('cipher', { type: 'string', default: 'aes-xts-plain64', choices: ['aes-xts-plain64', 'none'], describe: '"none" = PLAINTEXT passthrough, for measuring overhead only' })
+        .option('allow-unencrypted', { type: 'boolean', default: false, describe: 'required with --cipher none' }), async (a) => {
+        const cfg = {
+            stateDir: a.stateDir,
+            mountDir: a.mount,
+            ...(a.region ? { region: a.region } : {}),
+            ...(a.keyCacheTtl !== undefined ? { keyCacheTtlMs: parseDuration(a.keyCacheTtl, '--key-cache-ttl') } : {}),
+            ...(a.keyCacheMaxStale !== undefined ? { keyCacheMaxStaleMs: parseDuration(a.keyCacheMaxStale, '--key-cache-max-stale') } : {}),
+            logLevel: a.logLevel,
+            cipher: a.cipher,
+            allowUnencrypted: a.allowUnencrypted,
+        };
+        const log = createLogger({ level: cfg.logLevel, name: 'ebsd' });
+        try {
+            await runDaemon(cfg, log);
+        }
+        catch (e) {
+            log.fatal({ err: e }, 'daemon failed');
+            process.stderr.write(`ebsd daemon: ${e.message}\n`);
+            exitCode = EXIT.DAEMON_START;
+        }
+    });
+}
+function kmsCommand(y) {
+    const ops = KMS_OPERATIONS.map(pascalToKebab);
+    return y.command('kms <operation> [args..]', 'Call a KMS operation (AWS CLI style: ebsd kms encrypt --key-id alias/app --plaintext fileb://f)', (b) => b
+        .positional('operation', { type: 'string', describe: `one of: ${ops.join(', ')}` })
+        .option('alias', { type: 'string', describe: 'create-key only: also create this alias for the new key' })
+        .strict(false)
+        .epilogue('Flags are the operation\'s request members in kebab case (--key-id, --encryption-context k=v,..., --grant-tokens t1 t2, ' +
+        '--policy file://p.json). Blob members (--plaintext, --ciphertext-blob, --message, --signature, --mac) take fileb://path or base64. ' +
+        'Output is the AWS response; blobs are base64 (use --query CiphertextBlob --output text | base64 -d).'), async (a) => {
+        const g = a;
+        const op = operationFromKebab(String(a.operation));
+        const raw = hideBin(process.argv);
+        const at = raw.indexOf(String(a.operation), raw.indexOf('kms') + 1);
+        const req = parseKmsArgs(raw.slice(at + 1));
+        const res = await call(g, `TrentService.${op}`, req);
+        if (op === 'CreateKey' && typeof a.alias === 'string') {
+            const keyId = res.KeyMetadata.KeyId;
+            await call(g, 'TrentService.CreateAlias', { AliasName: a.alias, TargetKeyId: keyId });
+        }
+        show(g, res);
+    });
+}
+function volumeCommands(y) {
+    return y
+        .command('volume', 'Create, list, describe, grow and delete volumes', (v) => v
+        .command('create', 'Create an encrypted volume (EC2 CreateVolume)', (b) => b
+        .option('size', { type: 'string', demandOption: true, describe: 'bytes or 512MiB, 8GiB, 1TiB (multiple of 4 KiB)' })
+        .option('kms-key', { type: 'string', describe: 'key id, ARN or alias (default alias/aws/ebs)' })
+        .option('name', { type: 'string', describe: 'Name tag' })
+        .option('tag', { type: 'array', string: true, describe: 'more tags, Key=Value' }), async (a) => {
+        const g = a;
+        const tags = (a.tag ?? []).map((t) => {
+            const [k, ...rest] = String(t).split('=');
+            return { Key: k, Value: rest.join('=') };
+        });
+        const res = await call(g, 'ebsd.CreateVolume', {
+            Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size,
+            ...(a.kmsKey ? { KmsKeyId: a.kmsKey } : {}),
+            ...(a.name ? { Name: a.name } : {}),
+            ...(tags.length ? { TagSpecifications: [{ ResourceType: 'volume', Tags: tags }] } : {}),
+        });
+        show(g, res, () => table([res], volumeColumns));
+    })
+        .command(['ls', 'list'], 'List volumes (EC2 DescribeVolumes)', (b) => b
+        .option('state', { type: 'string', describe: 'filter: available | in-use | creating | deleting | error' })
+        .option('name', { type: 'string', describe: 'filter: Name tag' })
+        .option('kms-key', { type: 'string', describe: 'filter: key ARN' }), async (a) => {
+        const g = a;
+        const Filters = [];
+        if (a.state)
+            Filters.push({ Name: 'status', Values: [a.state] });
+        if (a.name)
+            Filters.push({ Name: 'tag:Name', Values: [a.name] });
+        if (a.kmsKey)
+            Filters.push({ Name: 'kms-key-id', Values: [a.kmsKey] });
+        const res = await call(g, 'ebsd.DescribeVolumes', Filters.length ? { Filters } : {});
+        show(g, res, () => table(res.Volumes, [...volumeColumns, ['ATTACHED AS', (r) => r.Attachments[0]?.Device]]));
+    })
+        .command('describe <volume-ids..>', 'Describe volumes', (b) => b.positional('volume-ids', { type: 'string', array: true }), async (a) => {
+        const g = a;
+        const res = await call(g, 'ebsd.DescribeVolumes', { VolumeIds: a.volumeIds });
+        show(g, res);
+    })
+        .command('modify <volume-id>', 'Grow a volume (EC2 ModifyVolume; grow only)', (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true }), async (a) => {
+        const g = a;
+        show(g, await call(g, 'ebsd.ModifyVolume', { VolumeId: a.volumeId, Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size }));
+    })
+        .command('delete <volume-id>', 'Delete an available volume and its image', (b) => b.positional('volume-id', { type: 'string', demandOption: true }), async (a) => {
+        const g = a;
+        await call(g, 'ebsd.DeleteVolume', { VolumeId: a.volumeId });
+        if (fmt(g) === 'table')
+            process.stdout.write(`deleted ${a.volumeId}\n`);
+        else
+            show(g, {});
+    })
+        .demandCommand(1, 'name a volume subcommand: create, ls, describe, modify, delete'))
+        .command('attach <volume-id>', 'Attach a volume: its file appears under the mount', (b) => b.positional('volume-id', { type: 'string', demandOption: true }), async (a) => {
+        const g = a;
+        const res = await call(g, 'ebsd.AttachVolume', { VolumeId: a.volumeId });
+        show(g, res, () => `${res.VolumeId} attached at ${res.Path}${res.Unencrypted ? '  (UNENCRYPTED passthrough mode)' : ''}`);
+    })
+        .command('detach <volume-id>', 'Detach a volume (refused while its file is open, unless --force)', (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('force', { type: 'boolean', default: false, describe: 'detach even while open: open handles get EIO' }), async (a) => {
+        const g = a;
+        const res = await call(g, 'ebsd.DetachVolume', { VolumeId: a.volumeId, Force: a.force });
+        show(g, res, () => `${res.VolumeId} detached`);
+    });
+}
+function statusCommand(y) {
+    return y.command('status', 'Daemon, volumes and key-cache state', () => { }, async (a) => {
+        const g = a;
+        const res = await call(g, 'ebsd.Status');
+        show(g, res, () => [
+            kv(res.Daemon),
+            `Caller: ${res.Caller.Arn} (uid ${res.Caller.Uid})`,
+            '',
+            table(res.Volumes, [
+                ['VOLUME ID', (r) => r.VolumeId], ['NAME', (r) => r.Name], ['SIZE', (r) => humanBytes(r.SizeBytes)], ['STATE', (r) => r.State],
+                ['PATH', (r) => r.Path], ['OPEN', (r) => r.OpenHandles], ['KEY CACHE', (r) => r.KeyCache],
+            ]),
+        ].join('\n'));
+    });
+}
+function auditCommands(y) {
+    return y.command('audit', 'Read and verify the audit trail (account root only)', (v) => v
+        .command('tail', 'Show the last audit events', (b) => b.option('n', { alias: 'limit', type: 'number', default: 20 }), async (a) => {
+        const g = a;
+        const res = await call(g, 'ebsd.AuditTail', { Limit: a.n });
+        show(g, res, () => table(res.Events, [
+            ['TIME', (r) => r.eventTime], ['SOURCE', (r) => String(r.eventSource).split('.')[0]], ['EVENT', (r) => r.eventName],
+            ['PRINCIPAL', (r) => r.userIdentity?.arn ?? r.userIdentity?.invokedBy],
+            ['VIA', (r) => r.userIdentity?.invokedBy], ['ERROR', (r) => r.errorCode],
+            ['RESOURCE', (r) => (r.resources ?? []).map((x) => String(x.ARN).split(':').pop()).join(',')],
+        ]));
+    })
+        .command('verify', 'Check the hash chain and signed digests of the audit log', () => { }, async (a) => {
+        const g = a;
+        const res = await call(g, 'ebsd.AuditVerify', {});
+        if (res.ok !== true)
+            exitCode = EXIT.AUDIT_FAILED;
+        show(g, res, () => res.ok
+            ? `audit log OK: ${res.events} events, ${res.digests} signed digests, sealed through #${res.sealedThrough}`
+            : `AUDIT LOG FAILED VERIFICATION: ${kv(res.problem)}`);
+    })
+        .demandCommand(1, 'name an audit subcommand: tail, verify'));
+}
+function iamCommands(y) {
+    const simple = (v, cmd, desc, op, toBody, tableFn) => v.command(cmd, desc, () => { }, async (a) => {
+        const g = a;
+        const res = await call(g, `ebsd.Iam${op}`, toBody(a));
+        show(g, res, tableFn ? () => tableFn(res) : undefined);
+    });
+    return y.command('iam', 'Users, roles, identity policies and uid mappings (account root only)', (v) => {
+        simple(v, 'create-user <name>', 'Create an IAM user', 'CreateUser', (a) => ({ UserName: a.name }));
+        simple(v, 'delete-user <name>', 'Delete an IAM user (and its uid mappings)', 'DeleteUser', (a) => ({ UserName: a.name }));
+        simple(v, 'list-users', 'List IAM users', 'ListUsers', () => ({}), (r) => table(r.Users, [['USER', (x) => x.UserName], ['ARN', (x) => x.Arn], ['POLICIES', (x) => x.PolicyNames.join(',')]]));
+        simple(v, 'create-role <name>', 'Create an IAM role', 'CreateRole', (a) => ({ RoleName: a.name }));
+        simple(v, 'delete-role <name>', 'Delete an IAM role', 'DeleteRole', (a) => ({ RoleName: a.name }));
+        simple(v, 'list-roles', 'List IAM roles', 'ListRoles', () => ({}), (r) => table(r.Roles, [['ROLE', (x) => x.RoleName], ['ARN', (x) => x.Arn], ['POLICIES', (x) => x.PolicyNames.join(',')]]));
+        v.command('map-uid <uid> <principal>', 'Map a local uid to root, user/<name>, role/<name> or an ARN', (b) => b.positional('uid', { type: 'number' }).positional('principal', { type: 'string' }).option('session-name', { type: 'string', describe: 'roles: session name (default uid-<n>)' }), async (a) => {
+            const g = a;
+            show(g, await call(g, 'ebsd.IamMapUid', { Uid: a.uid, Principal: a.principal, ...(a.sessionName ? { SessionName: a.sessionName } : {}) }));
+        });
+        simple(v, 'unmap-uid <uid>', 'Remove a uid mapping (the uid is then denied everything)', 'UnmapUid', (a) => ({ Uid: Number(a.uid) }));
+        simple(v, 'list-uids', 'List uid -> principal mappings', 'ListUidMappings', () => ({}), (r) => table(r.Mappings, [['UID', (x) => x.uid], ['PRINCIPAL', (x) => x.principal], ['SESSION', (x) => x.session]]));
+        v.command('put-policy <principal>', 'Attach (create or replace) an inline identity policy on user/<n> or role/<n>', (b) => b.positional('principal', { type: 'string' }).option('policy-name', { type: 'string', demandOption: true }).option('policy-document', { type: 'string', demandOption: true, describe: 'JSON or file://path' }), async (a) => {
+            const g = a;
+            show(g, await call(g, 'ebsd.IamPutPolicy', { Principal: a.principal, PolicyName: a.policyName, PolicyDocument: readArg(a.policyDocument) }));
+        });
+        simple(v, 'delete-policy <principal> <policy-name>', 'Remove an inline identity policy', 'DeletePolicy', (a) => ({ Principal: a.principal, PolicyName: a.policyName }));
+        simple(v, 'get-policy <principal> <policy-name>', 'Show an inline identity policy', 'GetPolicy', (a) => ({ Principal: a.principal, PolicyName: a.policyName }));
+        simple(v, 'list-policies <principal>', 'List inline identity policies', 'ListPolicies', (a) => ({ Principal: a.principal }));
+        return v.demandCommand(1, 'name an iam subcommand');
+    });
+}
+function speedCommand(y) {
+    return y.command('speed', 'Self-test and measure the XTS engines (local, no daemon)', (b) => b.option('json', { type: 'boolean', default: false }).option('seconds', { type: 'number', default: 0.5, describe: 'per measurement' }), async (a) => {
+        const report = await runSpeed({ seconds: a.seconds });
+        if (a.json || a.output === 'json') {
+            process.stdout.write(JSON.stringify(report, null, 4) + '\n');
+            return;
+        }
+        process.stdout.write(`AES-256-XTS, single thread; engine in use: ${report.selected}\n`);
+        process.stdout.write(table(report.engines, [
+            ['ENGINE', (r) => r.name], ['UNIT', (r) => `${r.unitSize} B`], ['ENCRYPT MB/s', (r) => r.encryptMBps], ['DECRYPT MB/s', (r) => r.decryptMBps],
+        ]) + '\n');
+    });
+}
+// ---- main ------------------------------------------------------------------
+export async function main(argv) {
+    exitCode = EXIT.OK;
+    let y = yargs(argv)
+        .scriptName('ebsd')
+        .version(VERSION)
+        .option('state-dir', { type: 'string', default: process.env.EBSD_STATE_DIR ?? DEFAULT_STATE_DIR, describe: 'daemon state dir (env EBSD_STATE_DIR)', global: true })
+        .option('output', { type: 'string', choices: ['json', 'table', 'text'], describe: 'output format (default: table on a terminal, else json)', global: true })
+        .option('query', { type: 'string', describe: 'pick a field: KeyMetadata.KeyId, Volumes[].VolumeId', global: true })
+        .usage('$0 <command> [options]\n\nEBS-style encrypted block volumes: LUKS2 images, AES-256-XTS, a bundled KMS, FUSE block files.')
+        .epilogue(`${EXIT_CODES_HELP}\n\nThe daemon must be running for every command except \`daemon\` and \`speed\`.`)
+        .demandCommand(1, 'name a command (ebsd --help)')
+        .recommendCommands()
+        .wrap(Math.min(120, process.stdout.columns || 100))
+        .fail(false);
+    y = daemonCommand(y);
+    y = kmsCommand(y);
+    y = volumeCommands(y);
+    y = statusCommand(y);
+    y = auditCommands(y);
+    y = iamCommands(y);
+    y = speedCommand(y);
+    try {
+        await y.parseAsync();
+        return exitCode;
+    }
+    catch (e) {
+        return reportError(e, argv);
+    }
+}
+function reportError(e, argv) {
+    const write = (s) => void process.stderr.write(`ebsd: ${s}\n`);
+    if (e instanceof ServiceError) {
+        write(`${e.awsName}: ${e.message}`);
+        return exitCodeFor(e.awsName, e.status);
+    }
+    if (e instanceof DaemonUnreachableError) {
+        const dir = argv.includes('--state-dir') ? argv[argv.indexOf('--state-dir') + 1] : process.env.EBSD_STATE_DIR ?? DEFAULT_STATE_DIR;
+        if (/permission denied/.test(e.reason)) {
+            write(`${e.message}: every directory above the socket must be searchable (the state dir is 0711)`);
+            return EXIT.NO_DAEMON;
+        }
+        write(`${e.message}. Is the daemon running? Start it with: ebsd daemon --state-dir ${dir} (or set EBSD_STATE_DIR / --state-dir to the right one)`);
+        return EXIT.NO_DAEMON;
+    }
+    if (e instanceof UsageError || e?.name === 'YError') {
+        write(`${e.message} (see ebsd --help)`);
+        return EXIT.USAGE;
+    }
+    const err = e;
+    if (err?.code === 'ENOENT' && /open '/.test(err.message ?? '')) {
+        write(err.message);
+        return EXIT.USAGE;
+    }
+    if (err?.code === 'ERR_ARG_RANGE' || err?.code === 'ERR_ARG_TYPE') {
+        write(err.message);
+        return EXIT.USAGE;
+    }
+    write(`internal error: ${e?.stack ?? String(e)}`);
+    return EXIT.INTERNAL;
+}
+main(hideBin(process.argv)).then((code) => { process.exitCode = code; }, (e) => { process.stderr.write(`ebsd: internal error: ${String(e)}\n`); process.exitCode = EXIT.INTERNAL; });
+//# sourceMappingURL=main.js.map

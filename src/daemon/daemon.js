@@ -1,0 +1,427 @@
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { KmsService } from '../kms/kms-core.js';
+import { openAuthz, registerAuthzOperations } from '../kms/authz/index.js';
+import { verifyAuditLog } from '../kms/audit/verify.js';
+import { EVENTS_FILE } from '../kms/audit/audit-log.js';
+import { selectXtsEngine } from '../crypto/xts-engine.js';
+import { isNativeAvailable, nativeLoadError } from '../crypto/native-addon.js';
+import { VolumeManager } from '../volume/volume-manager.js';
+import { KmsCoreKeyService } from '../volume/key-service.js';
+import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../volume/key-cache.js';
+import { BlockFileSystem, FuseMount } from '../fuse/index.js';
+import { EbsdError } from '../util/errors.js';
+import { checkDaemonConfig } from './config.js';
+import { PidLock, prepareStateDir, statePaths } from './state-dir.js';
+import { ControlServer } from './control-server.js';
+import { decodeKmsRequest } from './aws-json.js';
+import { deniedEvent, volumeEvent } from './audit-events.js';
+export const VERSION = '0.1.0';
+/** The IAM role this host acts as: grantee and retiring principal of attach grants (DESIGN §6). */
+export const HOST_ROLE = 'ebsd-host';
+/**
+ * Control API targets (X-Amz-Target), all `POST /` with a JSON body:
+ *
+ *   TrentService.<Op>        every KMS operation, AWS JSON 1.1 (blobs base64)
+ *   ebsd.CreateVolume        EC2 names and shapes: CreateVolume, DescribeVolumes,
+ *   ebsd.DescribeVolumes     DescribeVolumeStatus, DeleteVolume, AttachVolume,
+ *   ...                      DetachVolume, ModifyVolume
+ *   ebsd.Status              daemon, volumes, key-cache state
+ *   ebsd.AuditTail           last N audit events        (account root only)
+ *   ebsd.AuditVerify         hash chain + signed digests (account root only)
+ *   ebsd.Iam<Op>             CreateUser, DeleteUser, ListUsers, CreateRole, DeleteRole,
+ *                            ListRoles, PutPolicy, DeletePolicy, GetPolicy, MapUid,
+ *                            UnmapUid, ListUidMappings      (account root only)
+ *
+ * The caller is the socket peer's uid (SO_PEERCRED) mapped through identities.json.
+ * An unmapped uid is refused everything and every refusal is audited.
+ */
+const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeStatus', 'DeleteVolume', 'AttachVolume', 'DetachVolume', 'ModifyVolume']);
+export class Daemon {
+    cfg;
+    log;
+    lock;
+    kms;
+    authz;
+    mgr;
+    bfs;
+    fuse;
+    server;
+    ticker;
+    paths;
+    startedAt = Date.now();
+    xtsEngineName = 'none';
+    host;
+    stopping;
+    constructor(cfg, log) {
+        this.cfg = cfg;
+        this.log = log;
+        this.paths = statePaths(cfg.stateDir);
+    }
+    get unencrypted() {
+        return this.cfg.cipher === 'none';
+    }
+    async start() {
+        checkDaemonConfig(this.cfg);
+        if (!isNativeAvailable()) {
+            // SO_PEERCRED is how callers are identified; without it nobody can be judged.
+            throw new EbsdError('NATIVE_ADDON_MISSING', `the native addon is required to identify control-socket callers: ${nativeLoadError?.message}`);
+        }
+        const { created } = await prepareStateDir(this.paths);
+        this.lock = await PidLock.acquire(this.paths.pidFile);
+        try {
+            await this.startServices(created);
+        }
+        catch (e) {
+            await this.stop().catch((err) => this.log.error({ err }, 'cleanup after failed start'));
+            throw e;
+        }
+    }
+    async startServices(created) {
+        const { cfg, log, paths } = this;
+        if (this.unencrypted) {
+            log.warn({ cipher: 'none' }, 'UNENCRYPTED MODE: volume data is stored in plaintext (measurement only)');
+        }
+        this.authz = await openAuthz({ stateDir: paths.root, kmsDir: paths.kms, ...(cfg.region ? { region: cfg.region } : {}) });
+        const ids = this.authz.identities;
+        if (cfg.region && cfg.region !== ids.region) {
+            throw new EbsdError('REGION_MISMATCH', `state dir ${paths.root} belongs to region ${ids.region}, not ${cfg.region}`);
+        }
+        if (!ids.listRoles().some((r) => r.RoleName === HOST_ROLE))
+            await ids.createRole(HOST_ROLE);
+        this.kms = await KmsService.open({
+            stateDir: paths.kms, accountId: ids.accountId, region: ids.region, logger: log, authorizer: this.authz.authorizer,
+        });
+        registerAuthzOperations(this.kms, this.authz.authorizer, { onKeyDeleted: this.kms.context.onKeyDeleted });
+        if (created)
+            log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
+        const engine = selectXtsEngine('auto', log);
+        this.xtsEngineName = this.unencrypted ? 'none' : engine.name;
+        const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }) });
+        this.bfs = bfs;
+        this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
+        await this.fuse.mount();
+        const host = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
+        this.host = host;
+        this.mgr = await VolumeManager.open({
+            stateDir: paths.root,
+            keyService: new KmsCoreKeyService(this.kms),
+            hostPrincipal: host,
+            xtsEngine: engine,
+            region: ids.region,
+            ...(cfg.keyCacheTtlMs !== undefined ? { keyCacheTtlMs: cfg.keyCacheTtlMs } : {}),
+            ...(cfg.keyCacheMaxStaleMs !== undefined ? { keyCacheMaxStaleMs: cfg.keyCacheMaxStaleMs } : {}),
+            unencrypted: this.unencrypted,
+            openCount: (id) => bfs.openCount(id),
+            onAudit: (ev) => void this.auditVolume(ev),
+            onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
+            logger: log,
+        });
+        const { resumed, failed } = await this.mgr.resumeAttachments();
+        for (const id of resumed)
+            this.expose(id);
+        if (resumed.length || failed.length)
+            log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
+        this.server = new ControlServer(paths.socket, (t, b, p) => this.handle(t, b, p), log.child({ component: 'control' }));
+        await this.server.listen();
+        const tickMs = cfg.tickMs ?? 60_000;
+        this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
+        this.ticker.unref();
+        log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, unencrypted: this.unencrypted, version: VERSION }, 'ebsd daemon ready');
+    }
+    /**
+     * Orderly shutdown (SIGTERM/SIGINT): stop taking requests, drain FUSE I/O,
+     * fdatasync and wipe every volume key (attachments stay recorded so the
+     * next start resumes them), unmount, close KMS, release the lock.
+     */
+    stop() {
+        this.stopping ??= this.doStop();
+        return this.stopping;
+    }
+    async doStop() {
+        const { log } = this;
+        const step = async (what, fn) => {
+            try {
+                await fn();
+            }
+            catch (err) {
+                log.error({ err, step: what }, 'shutdown step failed');
+            }
+        };
+        if (this.ticker)
+            clearInterval(this.ticker);
+        await step('control server', () => this.server?.close());
+        await step('drain FUSE', () => this.bfs?.drainAll());
+        for (const id of this.bfs?.volumeIds() ?? [])
+            await step(`hide ${id}`, () => this.bfs.remove(id, { force: true }));
+        await step('volumes', () => this.mgr?.close());
+        await step('unmount', () => this.fuse?.unmount());
+        await step('kms', () => this.kms?.close());
+        await step('identities', () => this.authz?.identities.flush());
+        await step('lock', () => this.lock?.release());
+        log.info('ebsd daemon stopped');
+    }
+    // ---- control API -------------------------------------------------------
+    async handle(target, body, peer) {
+        const ids = this.authz.identities;
+        const caller = ids.callerForUid(peer.uid, peer.userAgent ? { userAgent: peer.userAgent } : {});
+        const dot = target.indexOf('.');
+        const service = target.slice(0, dot);
+        const op = target.slice(dot + 1);
+        if (service === 'TrentService') {
+            // The core authorizes (an unmapped uid is denied there) and audits.
+            return this.kms.call(op, decodeKmsRequest(body), caller);
+        }
+        if (service !== 'ebsd' || !op)
+            throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
+        const source = VOLUME_OPS.has(op) ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
+        const volumeId = typeof body.VolumeId === 'string' ? body.VolumeId : undefined;
+        if (caller.type === 'Unknown') {
+            await this.deny(source, op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
+        }
+        const rootOnly = op.startsWith('Iam') || op.startsWith('Audit');
+        if (rootOnly && caller.type !== 'Root') {
+            await this.deny(source, op, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
+        }
+        if (VOLUME_OPS.has(op))
+            return this.volumeOp(op, body, caller);
+        if (op === 'Status')
+            return this.status(caller);
+        if (op === 'AuditTail')
+            return this.auditTail(body);
+        if (op === 'AuditVerify')
+            return this.auditVerify(body);
+        if (op.startsWith('Iam'))
+            return this.iamOp(op.slice(3), body);
+        throw new EbsdError('UNKNOWN_TARGET', `unknown operation ebsd.${op}`, { awsName: 'UnknownOperationException' });
+    }
+    async deny(source, op, caller, why, peer, volumeId) {
+        const message = `User: ${caller.arn} is not authorized to perform: ${source.split('.')[0]}:${op} because ${why}`;
+        const ids = this.authz.identities;
+        try {
+            await this.kms.context.audit.append(deniedEvent(source, op, caller, message, {
+                accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}),
+            }));
+        }
+        catch (err) {
+            this.log.error({ err }, 'could not audit a denial');
+        }
+        this.log.warn({ uid: peer.uid, peerPid: peer.pid, principal: caller.arn, op }, 'control request denied');
+        throw new EbsdError('ACCESS_DENIED', message, { awsName: 'AccessDeniedException' });
+    }
+    async auditVolume(ev) {
+        const ids = this.authz.identities;
+        try {
+            const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
+            await this.kms.context.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
+        }
+        catch (err) {
+            this.log.error({ err, volumeId: ev.volumeId, eventName: ev.eventName }, 'could not audit a volume event');
+        }
+    }
+    expose(volumeId) {
+        const dev = this.mgr.getBlockDevice(volumeId);
+        if (dev && !this.bfs.has(volumeId))
+            this.bfs.add(dev);
+    }
+    pathOf(volumeId) {
+        return join(this.cfg.mountDir, volumeId);
+    }
+    async volumeOp(op, b, caller) {
+        const mgr = this.mgr;
+        const vol = () => {
+            if (typeof b.VolumeId !== 'string')
+                throw new EbsdError('MISSING_PARAMETER', 'VolumeId is required', { awsName: 'MissingParameter' });
+            return b.VolumeId;
+        };
+        switch (op) {
+            case 'CreateVolume': {
+                const v = await mgr.createVolume(b, caller);
+                return this.unencrypted ? { ...v, Encrypted: false } : v;
+            }
+            case 'DescribeVolumes':
+                return mgr.describeVolumes(b);
+            case 'DescribeVolumeStatus': {
+                const ids = Array.isArray(b.VolumeIds) ? b.VolumeIds : mgr.describeVolumes().Volumes.map((v) => v.VolumeId);
+                return { VolumeStatuses: ids.map((id) => mgr.describeVolumeStatus(id)) };
+            }
+            case 'DeleteVolume':
+                await mgr.deleteVolume({ VolumeId: vol() }, caller);
+                return {};
+            case 'ModifyVolume':
+                return mgr.modifyVolume({ VolumeId: vol(), Size: b.Size }, caller);
+            case 'AttachVolume': {
+                const id = vol();
+                const r = await mgr.attachVolume({ VolumeId: id, ...(typeof b.Device === 'string' ? { Device: b.Device } : {}) }, caller);
+                this.expose(id);
+                return { ...r, Path: this.pathOf(id), ...(this.unencrypted ? { Unencrypted: true } : {}) };
+            }
+            case 'DetachVolume': {
+                const id = vol();
+                const force = b.Force === true;
+                // Take the file out of the mount first: refuses while open (unless Force) and drains running I/O.
+                const dev = await this.bfs.remove(id, { force });
+                try {
+                    return await mgr.detachVolume({ VolumeId: id, Force: force }, caller);
+                }
+                catch (e) {
+                    if (dev && mgr.getBlockDevice(id))
+                        this.bfs.add(dev); // still attached: put the file back
+                    throw e;
+                }
+            }
+        }
+        throw new EbsdError('UNKNOWN_TARGET', `unknown volume operation ${op}`, { awsName: 'UnknownOperationException' });
+    }
+    status(caller) {
+        const ids = this.authz.identities;
+        const mgr = this.mgr;
+        const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
+        const volumes = mgr.describeVolumes().Volumes.map((v) => {
+            const attached = this.bfs.has(v.VolumeId);
+            const st = attached ? mgr.describeVolumeStatus(v.VolumeId) : undefined;
+            const name = v.Tags.find((t) => t.Key === 'Name')?.Value;
+            return {
+                VolumeId: v.VolumeId,
+                ...(name ? { Name: name } : {}),
+                State: v.State,
+                SizeBytes: v.SizeBytes,
+                KmsKeyId: v.KmsKeyId,
+                Attached: attached,
+                ...(attached ? { Path: this.pathOf(v.VolumeId), OpenHandles: this.bfs.openCount(v.VolumeId) } : {}),
+                // Recorded in-use but not served: a resume failed (see the daemon log).
+                ...(v.State === 'in-use' && !attached ? { Problem: 'recorded attached but not served; see daemon log' } : {}),
+                KeyCache: !attached ? 'none' : this.unencrypted ? 'unencrypted' : st?.VolumeStatus.Status === 'impaired' ? 'impaired' : ttl === 0 ? 'held-until-detach' : 'cached',
+                ...(st?.Reason ? { ImpairedReason: { Reason: st.Reason.reason, AwsName: st.Reason.awsName, Time: st.Reason.time } } : {}),
+            };
+        });
+        return {
+            Daemon: {
+                Pid: process.pid, Version: VERSION, StateDir: this.paths.root, MountDir: this.cfg.mountDir, Socket: this.paths.socket,
+                AccountId: ids.accountId, Region: ids.region, Cipher: this.cfg.cipher, Unencrypted: this.unencrypted, XtsEngine: this.xtsEngineName,
+                StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+                KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
+            },
+            Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
+            Volumes: volumes,
+        };
+    }
+    async auditTail(b) {
+        const limit = typeof b.Limit === 'number' && b.Limit > 0 ? Math.min(b.Limit, 10_000) : 20;
+        const file = join(this.paths.kms, 'audit', EVENTS_FILE);
+        const fh = await fsp.open(file, 'r');
+        try {
+            const size = (await fh.stat()).size;
+            // Read backwards in 256 KiB steps until enough complete lines are in hand.
+            let pos = size;
+            let text = '';
+            let lines = [];
+            while (pos > 0) {
+                const n = Math.min(pos, 256 * 1024);
+                pos -= n;
+                const buf = Buffer.alloc(n);
+                await fh.read(buf, 0, n, pos);
+                text = buf.toString('utf8') + text;
+                lines = text.split('\n').filter((l) => l.trim() !== '');
+                if (pos > 0)
+                    lines.shift(); // possibly partial first line
+                if (lines.length >= limit)
+                    break;
+            }
+            const events = lines.slice(-limit).map((l) => JSON.parse(l));
+            return { Events: events };
+        }
+        finally {
+            await fh.close();
+        }
+    }
+    async auditVerify(b) {
+        if (b.Seal !== false)
+            await this.kms.sealAudit();
+        return verifyAuditLog(join(this.paths.kms, 'audit'));
+    }
+    async iamOp(op, b) {
+        const ids = this.authz.identities;
+        const str = (k) => {
+            const v = b[k];
+            if (typeof v !== 'string' || v === '')
+                throw new EbsdError('MISSING_PARAMETER', `${k} is required`, { awsName: 'InvalidInputException' });
+            return v;
+        };
+        const uid = () => {
+            const v = b.Uid;
+            if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
+                throw new EbsdError('BAD_UID', 'Uid must be a non-negative integer', { awsName: 'InvalidInputException' });
+            return v;
+        };
+        const path = typeof b.Path === 'string' ? { path: b.Path } : {};
+        switch (op) {
+            case 'CreateUser': {
+                const c = await ids.createUser(str('UserName'), path);
+                return { User: { UserName: c.userName, Arn: c.arn, UserId: c.principalId } };
+            }
+            case 'DeleteUser':
+                await ids.deleteUser(str('UserName'));
+                return {};
+            case 'ListUsers': return { Users: ids.listUsers() };
+            case 'CreateRole': return { Role: { RoleName: str('RoleName'), Arn: await ids.createRole(str('RoleName'), path) } };
+            case 'DeleteRole':
+                if (str('RoleName') === HOST_ROLE)
+                    throw new EbsdError('IAM_PROTECTED', `${HOST_ROLE} is the host's own role`, { awsName: 'DeleteConflictException' });
+                await ids.deleteRole(str('RoleName'));
+                return {};
+            case 'ListRoles': return { Roles: ids.listRoles() };
+            case 'PutPolicy':
+                await ids.attachPolicy(str('Principal'), str('PolicyName'), str('PolicyDocument'));
+                return {};
+            case 'DeletePolicy':
+                await ids.detachPolicy(str('Principal'), str('PolicyName'));
+                return {};
+            case 'GetPolicy': {
+                const doc = ids.getPolicy(str('Principal'), str('PolicyName'));
+                if (doc === undefined)
+                    throw new EbsdError('IAM_NO_SUCH_ENTITY', `no policy ${str('PolicyName')} on ${str('Principal')}`, { awsName: 'NoSuchEntityException' });
+                return { PolicyName: str('PolicyName'), PolicyDocument: doc };
+            }
+            case 'ListPolicies': return { PolicyNames: ids.listPolicies(str('Principal')) };
+            case 'MapUid':
+                await ids.mapUid(uid(), str('Principal'), typeof b.SessionName === 'string' ? { session: b.SessionName } : {});
+                return { Mapping: ids.listUidMappings().find((m) => m.uid === b.Uid) };
+            case 'UnmapUid':
+                await ids.unmapUid(uid());
+                return {};
+            case 'ListUidMappings': return { Mappings: ids.listUidMappings() };
+        }
+        throw new EbsdError('UNKNOWN_TARGET', `unknown IAM operation ${op}`, { awsName: 'UnknownOperationException' });
+    }
+}
+/**
+ * Run the daemon in the foreground until SIGTERM/SIGINT, then shut down in
+ * order. Resolves when stopped; the CLI turns the outcome into an exit code.
+ */
+export async function runDaemon(cfg, log) {
+    const d = new Daemon(cfg, log);
+    let signalled = () => { };
+    const got = new Promise((r) => (signalled = r));
+    const onSig = (sig) => {
+        log.info({ signal: sig }, 'shutting down');
+        signalled(sig);
+    };
+    process.on('SIGTERM', onSig);
+    process.on('SIGINT', onSig);
+    process.on('SIGHUP', onSig);
+    try {
+        await d.start();
+        // Keep the event loop alive: fuse-native's handles are unref'd.
+        const keepAlive = setInterval(() => { }, 1 << 30);
+        await got;
+        clearInterval(keepAlive);
+        await d.stop();
+    }
+    finally {
+        process.off('SIGTERM', onSig);
+        process.off('SIGINT', onSig);
+        process.off('SIGHUP', onSig);
+    }
+}
+//# sourceMappingURL=daemon.js.map
