@@ -39,6 +39,12 @@ export interface KmsOptions {
   auditFsync?: 'none' | 'event';
   /** Seal a signed audit digest every N events (default 1000). */
   auditDigestEvery?: number;
+  /**
+   * Tests only: scrypt cost for a new passphrase domain, so suites need not
+   * spend seconds per domain. Cheaper than production (N=2^15, r=8, p=1) is
+   * refused outside a test runner (hsm/domain.ts, chooseScryptCost).
+   */
+  scryptCost?: { N: number; r: number; p: number };
   /** HSM transport; 'worker' (default) keeps all key material off the main thread. */
   hsmMode?: 'worker' | 'inline';
   /** Authorization engine; defaults to the same-account placeholder. */
@@ -90,7 +96,9 @@ export class KmsService implements KmsCore {
     const clock = opts.clock ?? Date.now;
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
     const passphrase = opts.passphrase ?? process.env.EBSD_HSM_PASSPHRASE;
-    const hsm = await startHsm({ stateDir: opts.stateDir, ...(passphrase !== undefined ? { passphrase } : {}) }, opts.hsmMode ?? 'worker');
+    const hsm = await startHsm({
+      stateDir: opts.stateDir, ...(passphrase !== undefined ? { passphrase } : {}), ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}),
+    }, opts.hsmMode ?? 'worker');
     try {
       const keystore = new Keystore(opts.stateDir, log);
       keystore.load();

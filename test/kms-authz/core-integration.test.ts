@@ -38,7 +38,7 @@ async function denied(op: string, req: Record<string, unknown>, caller: Caller):
 beforeAll(async () => {
   t = tempDir('ebsd-authz-core-');
   authz = await openAuthz({ stateDir: t.dir, kmsDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION });
-  kms = await KmsService.open({ stateDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase' });
+  kms = await KmsService.open({ stateDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
   registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
   const ids = authz.identities;
   root = ids.callerForUid(0);

@@ -21,8 +21,11 @@ export class FakeClock {
   advanceDays(d: number): void { this.t += d * 86_400_000; }
 }
 
+/** scrypt cost for passphrase domains in tests (production: N=2^15); it changes nothing else. */
+export const TEST_SCRYPT = { N: 2 ** 10, r: 8, p: 1 };
+
 export async function openKms(dir: string, extra: Partial<KmsOptions> = {}): Promise<KmsService> {
-  return KmsService.open({ stateDir: dir, accountId: ACCOUNT, region: REGION, ...extra });
+  return KmsService.open({ stateDir: dir, accountId: ACCOUNT, region: REGION, scryptCost: TEST_SCRYPT, ...extra });
 }
 
 /** Expect a rejected promise with the given AWS exception name. */

@@ -4,7 +4,8 @@ import { readFileSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { devLoaderUrl } from '../../src/kms/hsm/hsm-client.js';
-import { openKms, admin, tempDir, awsError } from './helpers.js';
+import { chooseScryptCost, SCRYPT_COST } from '../../src/kms/hsm/domain.js';
+import { openKms, admin, tempDir, awsError, TEST_SCRYPT } from './helpers.js';
 
 describe('HSM domain sealing', () => {
   it('KEK file is 0600; passphrase domain: wrong passphrase and tampered file are clear errors and change nothing', async () => {
@@ -37,6 +38,27 @@ describe('HSM domain sealing', () => {
     await again.close();
     t.cleanup();
   }, 60_000);
+});
+
+describe('scrypt cost of a passphrase domain', () => {
+  it('production cost by default; a cheaper one only under a test runner; the domain records the cost it was sealed with', async () => {
+    expect(SCRYPT_COST).toEqual({ N: 2 ** 15, r: 8, p: 1 });
+    expect(chooseScryptCost(undefined, {})).toEqual({ N: 2 ** 15, r: 8, p: 1 });
+    expect(() => chooseScryptCost(TEST_SCRYPT, {})).toThrow(RangeError);
+    expect(() => chooseScryptCost({ N: 2 ** 15, r: 8, p: 0 }, {})).toThrow(RangeError);
+    expect(() => chooseScryptCost({ N: 1000, r: 8, p: 1 }, { NODE_ENV: 'test' })).toThrow(/power of two/);
+    expect(chooseScryptCost(TEST_SCRYPT, { NODE_ENV: 'test' })).toEqual(TEST_SCRYPT);
+    expect(chooseScryptCost(TEST_SCRYPT, { VITEST: 'true' })).toEqual(TEST_SCRYPT);
+    expect(chooseScryptCost({ N: 2 ** 16, r: 8, p: 1 }, {})).toEqual({ N: 2 ** 16, r: 8, p: 1 }); // stronger is always fine
+    const t = tempDir();
+    try {
+      const kms = await openKms(t.dir, { passphrase: 'p', hsmMode: 'inline' });
+      await kms.close();
+      expect(JSON.parse(readFileSync(join(t.dir, 'hsm', 'domain.json'), 'utf8')).kdf).toMatchObject({ alg: 'scrypt', ...TEST_SCRYPT });
+    } finally {
+      t.cleanup();
+    }
+  });
 });
 
 describe('keystore', () => {

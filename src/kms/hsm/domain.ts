@@ -16,7 +16,28 @@ import { HsmDomainError } from '../errors.js';
 
 const DOMAIN_VERSION = 1;
 /** scrypt cost: N = 2^15, r = 8, p = 1 (RFC 7914 §2 recommends N ≥ 2^14 for interactive use). */
-const SCRYPT = { N: 2 ** 15, r: 8, p: 1 } as const;
+export const SCRYPT_COST = Object.freeze({ N: 2 ** 15, r: 8, p: 1 });
+
+export interface ScryptCost { N: number; r: number; p: number }
+
+/**
+ * The scrypt cost for a new passphrase domain: the production cost, or a
+ * requested one. A cost cheaper than production (memory N·r or parallelism p
+ * lower) exists only so test suites need not spend seconds per domain; it is
+ * refused unless the process runs under a test runner (NODE_ENV=test or
+ * VITEST), so a production daemon can never be configured into it.
+ */
+export function chooseScryptCost(requested: ScryptCost | undefined, env: NodeJS.ProcessEnv = process.env): ScryptCost {
+  if (requested === undefined) return { ...SCRYPT_COST };
+  const { N, r, p } = requested;
+  if (!Number.isInteger(N) || N < 2 || (N & (N - 1)) !== 0) throw new RangeError(`scrypt N must be a power of two > 1, got ${N}`);
+  if (!Number.isInteger(r) || r < 1 || !Number.isInteger(p) || p < 1) throw new RangeError('scrypt r and p must be positive integers');
+  const weaker = N * r < SCRYPT_COST.N * SCRYPT_COST.r || p < SCRYPT_COST.p;
+  if (weaker && env.NODE_ENV !== 'test' && !env.VITEST) {
+    throw new RangeError(`scrypt cost N=${N} r=${r} p=${p} is below the production cost (N=2^15, r=8, p=1); allowed only in tests`);
+  }
+  return { N, r, p };
+}
 
 interface DomainFile {
   version: number;
@@ -52,12 +73,13 @@ function writeNew(path: string, data: Buffer): void {
   }
 }
 
-export function openDomain(kmsDir: string, passphrase?: string): Domain {
+/** `scryptCost` applies only when a new passphrase domain is created (see chooseScryptCost); an existing domain keeps the cost it was sealed with. */
+export function openDomain(kmsDir: string, passphrase?: string, opts: { scryptCost?: ScryptCost } = {}): Domain {
   const dir = join(kmsDir, 'hsm');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const path = join(dir, 'domain.json');
   const kekPath = join(dir, 'kek');
-  if (!existsSync(path)) return createDomain(path, kekPath, passphrase);
+  if (!existsSync(path)) return createDomain(path, kekPath, passphrase, opts.scryptCost);
 
   let f: DomainFile;
   try {
@@ -101,7 +123,8 @@ export function openDomain(kmsDir: string, passphrase?: string): Domain {
   }
 }
 
-function createDomain(path: string, kekPath: string, passphrase?: string): Domain {
+function createDomain(path: string, kekPath: string, passphrase?: string, scryptCost?: ScryptCost): Domain {
+  const cost = chooseScryptCost(scryptCost);
   const domainKey = Buffer.allocUnsafeSlow(32);
   randomBytes(32).copy(domainKey);
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -109,7 +132,7 @@ function createDomain(path: string, kekPath: string, passphrase?: string): Domai
   let kek: Buffer;
   let kdf: DomainFile['kdf'];
   if (passphrase !== undefined) {
-    kdf = { alg: 'scrypt', ...SCRYPT, salt: randomBytes(16).toString('base64') };
+    kdf = { alg: 'scrypt', ...cost, salt: randomBytes(16).toString('base64') };
     kek = kekFromPassphrase(passphrase, kdf);
   } else {
     kek = randomBytes(32);

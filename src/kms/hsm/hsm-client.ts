@@ -120,7 +120,7 @@ class InlineHsm implements Hsm {
   static async start(init: HsmInit): Promise<InlineHsm> {
     const { openDomain } = await import('./domain.js');
     const { HsmEngine } = await import('./engine.js');
-    return new InlineHsm(new HsmEngine(openDomain(init.stateDir, init.passphrase)));
+    return new InlineHsm(new HsmEngine(openDomain(init.stateDir, init.passphrase, init.scryptCost ? { scryptCost: init.scryptCost } : {})));
   }
   async call<R extends HsmRequest>(req: R): Promise<HsmResult<R['op']>> {
     return this.engine.handle(req) as HsmResult<R['op']>;
@@ -134,14 +134,24 @@ export type { HsmOp };
  * When ebsd runs from its TypeScript sources (vitest), the worker must load
  * `.ts` files too: this registers a tiny ESM loader hook that transpiles them
  * with the `typescript` dev dependency. The built daemon (dist/*.js) never uses it.
+ *
+ * Transpiled files are cached in `node_modules/.cache/ebsd-worker-ts/`, keyed
+ * by the SHA-256 of the source and the compiler version, and `typescript` is
+ * imported only on a cache miss: importing it costs 1-2.5 s per worker on
+ * this machine, which was most of a test's KmsService.open.
  */
 export function devLoaderUrl(): string {
-  const tsUrl = pathToFileURL(createRequire(import.meta.url).resolve('typescript')).href;
+  const tsPath = createRequire(import.meta.url).resolve('typescript');
+  const tsUrl = pathToFileURL(tsPath).href;
+  const nm = tsPath.slice(0, tsPath.lastIndexOf('/node_modules/') + '/node_modules/'.length);
+  const cacheDir = nm + '.cache/ebsd-worker-ts';
   const hooks = `
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync, writeFileSync, renameSync, mkdirSync, existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-let ts;
-export async function initialize(d) { ts = (await import(d.ts)).default; }
+let tsUrl, cacheDir, tsP;
+const KEY = 'v1 esnext es2022 ';
+export async function initialize(d) { tsUrl = d.ts; cacheDir = d.cacheDir; }
 export async function resolve(spec, ctx, next) {
   if (spec.startsWith('.') && spec.endsWith('.js') && ctx.parentURL && ctx.parentURL.endsWith('.ts')) {
     const u = new URL(spec.slice(0, -3) + '.ts', ctx.parentURL);
@@ -152,13 +162,23 @@ export async function resolve(spec, ctx, next) {
 export async function load(url, ctx, next) {
   if (url.startsWith('file:') && url.endsWith('.ts')) {
     const file = fileURLToPath(url);
-    const out = ts.transpileModule(readFileSync(file, 'utf8'), { fileName: file,
-      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, sourceMap: false } });
-    return { format: 'module', source: out.outputText, shortCircuit: true };
+    const src = readFileSync(file, 'utf8');
+    const cached = cacheDir + '/' + createHash('sha256').update(KEY + tsUrl + '\\0' + src).digest('hex') + '.js';
+    try { return { format: 'module', source: readFileSync(cached, 'utf8'), shortCircuit: true }; } catch { /* miss */ }
+    const ts = (await (tsP ??= import(tsUrl))).default;
+    const out = ts.transpileModule(src, { fileName: file,
+      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, sourceMap: false } }).outputText;
+    try {
+      mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
+      const tmp = cached + '.' + process.pid + '.' + Math.random().toString(36).slice(2);
+      writeFileSync(tmp, out, { mode: 0o600 });
+      renameSync(tmp, cached);
+    } catch { /* read-only checkout: no cache */ }
+    return { format: 'module', source: out, shortCircuit: true };
   }
   return next(url, ctx);
 }`;
   const hooksUrl = 'data:text/javascript,' + encodeURIComponent(hooks);
-  const reg = `import { register } from 'node:module'; register(${JSON.stringify(hooksUrl)}, { parentURL: 'file:///', data: { ts: ${JSON.stringify(tsUrl)} } });`;
+  const reg = `import { register } from 'node:module'; register(${JSON.stringify(hooksUrl)}, { parentURL: 'file:///', data: { ts: ${JSON.stringify(tsUrl)}, cacheDir: ${JSON.stringify(cacheDir)} } });`;
   return 'data:text/javascript,' + encodeURIComponent(reg);
 }

@@ -19,7 +19,7 @@ function toWire(e: unknown): HsmWireError {
 
 let engine: HsmEngine;
 try {
-  engine = new HsmEngine(openDomain(init.stateDir, init.passphrase));
+  engine = new HsmEngine(openDomain(init.stateDir, init.passphrase, init.scryptCost ? { scryptCost: init.scryptCost } : {}));
   port.postMessage({ ready: true });
 } catch (e) {
   port.postMessage({ ready: false, e: toWire(e) });

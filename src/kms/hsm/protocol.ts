@@ -71,6 +71,8 @@ export interface HsmInit {
   /** The kms/ state directory; the HSM keeps its sealed domain in `<dir>/hsm/`. */
   stateDir: string;
   passphrase?: string;
+  /** scrypt cost for a new passphrase domain; tests only (hsm/domain.ts, chooseScryptCost). */
+  scryptCost?: { N: number; r: number; p: number };
 }
 
 /** main -> worker: a batch of requests; worker -> main: a batch of replies, same order. */

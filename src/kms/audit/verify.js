@@ -1,0 +1,94 @@
+/**
+ * `verifyAuditLog(dir)`: checks the hash chain of `events.ndjson` and the
+ * signed digests in `digests/`, and names the first event that was modified,
+ * removed, reordered or is missing (truncation of the sealed part).
+ * Events written after the last digest are chained but not yet signed: a
+ * truncation of that tail is undetectable until the next seal (see docs).
+ */
+import { createPublicKey, verify as edVerify } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DIGEST_DIR, EVENTS_FILE, GENESIS_HASH, PUBLIC_KEY_FILE, digestPayload, sha256hex } from './audit-log.js';
+export function verifyAuditLog(dir, opts = {}) {
+    const pem = opts.publicKeyPem ?? readFileSync(join(dir, PUBLIC_KEY_FILE), 'utf8');
+    const pub = createPublicKey(pem);
+    const fp = sha256hex(pem);
+    // 1. Digests: signatures, chain, contiguous coverage.
+    const ddir = join(dir, DIGEST_DIR);
+    const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f)).sort() : [];
+    const digests = [];
+    let prevHash = null;
+    let covered = -1;
+    const res = (problem, events = 0) => ({
+        ok: !problem, events, digests: digests.length, sealedThrough: covered, ...(problem ? { problem } : {}),
+    });
+    for (const n of names) {
+        let d;
+        try {
+            d = JSON.parse(readFileSync(join(ddir, n), 'utf8'));
+        }
+        catch {
+            return res({ kind: 'bad-digest', sequence: Number(n.slice(0, 12)), detail: `digest ${n} is not valid JSON` });
+        }
+        const sigOk = typeof d.signature === 'string' && d.publicKeyFingerprint === fp &&
+            edVerify(null, Buffer.from(digestPayload(d)), pub, Buffer.from(d.signature, 'base64'));
+        if (!sigOk)
+            return res({ kind: 'bad-digest', sequence: d.lastSequence, detail: `digest ${n} has an invalid signature` });
+        if (d.previousDigestHash !== prevHash || d.firstSequence !== covered + 1) {
+            return res({ kind: 'bad-digest', sequence: d.lastSequence, detail: `digest ${n} does not follow the previous digest (a digest was removed or replaced)` });
+        }
+        prevHash = sha256hex(digestPayload(d));
+        covered = d.lastSequence;
+        digests.push(d);
+    }
+    const digestAt = new Map(digests.map((d) => [d.lastSequence, d]));
+    // 2. Events: sequence, chain, digest anchors.
+    const path = join(dir, EVENTS_FILE);
+    const text = existsSync(path) ? readFileSync(path, 'utf8') : '';
+    const lines = text.length ? text.replace(/\n$/, '').split('\n') : [];
+    const seqs = lines.map((l) => { try {
+        return JSON.parse(l).sequenceNumber;
+    }
+    catch {
+        return undefined;
+    } });
+    let expected = 0;
+    let prevLineHash = GENESIS_HASH;
+    let prevId;
+    for (let i = 0; i < lines.length; i++) {
+        const line = lines[i];
+        let ev;
+        try {
+            ev = JSON.parse(line);
+        }
+        catch {
+            return res({ kind: 'modified', sequence: expected, line: i + 1, detail: `line ${i + 1} is not valid JSON` }, i);
+        }
+        const s = ev.sequenceNumber;
+        if (typeof s !== 'number')
+            return res({ kind: 'modified', sequence: expected, line: i + 1, detail: `line ${i + 1} has no sequence number` }, i);
+        if (s !== expected) {
+            if (s < expected || seqs.indexOf(expected, i + 1) >= 0) {
+                return res({ kind: 'reordered', sequence: Math.min(s, expected), line: i + 1, eventID: ev.eventID, detail: `event ${s} found where event ${expected} belongs` }, i);
+            }
+            return res({ kind: 'removed', sequence: expected, line: i + 1, detail: `event ${expected} is absent (next present: ${s})` }, i);
+        }
+        if (ev.previousEventHash !== prevLineHash) {
+            return res(expected === 0
+                ? { kind: 'modified', sequence: 0, line: 1, eventID: ev.eventID, detail: 'first event does not start the chain' }
+                : { kind: 'modified', sequence: expected - 1, line: i, ...(prevId ? { eventID: prevId } : {}), detail: `event ${expected - 1} does not match the hash recorded in event ${expected}` }, i);
+        }
+        prevLineHash = sha256hex(line);
+        const d = digestAt.get(s);
+        if (d && d.lastEventHash !== prevLineHash) {
+            return res({ kind: 'modified', sequence: s, line: i + 1, eventID: ev.eventID, detail: `event ${s} does not match the hash sealed in its digest` }, i);
+        }
+        prevId = ev.eventID;
+        expected++;
+    }
+    if (covered >= expected) {
+        return res({ kind: 'missing', sequence: expected, detail: `events ${expected}..${covered} are sealed by a digest but absent from the log (truncated)` }, lines.length);
+    }
+    return res(undefined, lines.length);
+}
+//# sourceMappingURL=verify.js.map

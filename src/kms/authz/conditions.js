@@ -1,0 +1,258 @@
+import { BlockList, isIP } from 'node:net';
+import { malformedPolicy } from './errors.js';
+import { globMatcher } from './wildcard.js';
+/** Context keys that carry a set of values (KMS Developer Guide, "AWS KMS condition keys"). */
+export const MULTI_VALUED_KEYS = new Set([
+    'kms:encryptioncontextkeys',
+    'kms:grantoperations',
+    'kms:resourcealiases',
+    'aws:tagkeys',
+    'aws:calledvia',
+]);
+const _num = (s) => (s.trim() === '' ? NaN : Number(s));
+function _date(s) {
+    if (/^-?\d+(\.\d+)?$/.test(s))
+        return Number(s) * 1000; // epoch seconds (aws:EpochTime)
+    const t = Date.parse(s);
+    return t;
+}
+function numericOp(cmp, parse, kind) {
+    return (values, where) => {
+        const ps = values.map((x) => {
+            const n = parse(x);
+            if (Number.isNaN(n))
+                throw malformedPolicy(`${where}: "${x}" is not a valid ${kind} value`);
+            return n;
+        });
+        return (v) => {
+            const n = parse(v);
+            if (Number.isNaN(n))
+                return false;
+            for (const p of ps)
+                if (cmp(n, p))
+                    return true;
+            return false;
+        };
+    };
+}
+function _splitArn(s) {
+    const parts = [];
+    let start = 0;
+    for (let i = 0; i < 5; i++) {
+        const j = s.indexOf(':', start);
+        if (j < 0)
+            return undefined;
+        parts.push(s.slice(start, j));
+        start = j + 1;
+    }
+    parts.push(s.slice(start));
+    return parts;
+}
+function arnOp(values, where) {
+    // IAM: ArnEquals and ArnLike both match component by component, with wildcards in each.
+    const pats = values.map((x) => {
+        if (x === '*')
+            return undefined;
+        const parts = _splitArn(x);
+        if (!parts || parts[0] !== 'arn')
+            throw malformedPolicy(`${where}: "${x}" is not a valid ARN pattern`);
+        return parts.map((p) => globMatcher([p], false));
+    });
+    return (v) => {
+        const parts = _splitArn(v);
+        for (const p of pats) {
+            if (p === undefined)
+                return true;
+            if (parts && p.every((m, i) => m(parts[i])))
+                return true;
+        }
+        return false;
+    };
+}
+function ipOp(values, where) {
+    const bl = new BlockList();
+    for (const x of values) {
+        const [addr, bits, extra] = x.split('/');
+        const fam = isIP(addr ?? '');
+        const max = fam === 4 ? 32 : 128;
+        const prefix = bits === undefined ? max : Number(bits);
+        if (!fam || extra !== undefined || !Number.isInteger(prefix) || prefix < 0 || prefix > max) {
+            throw malformedPolicy(`${where}: "${x}" is not a valid IP address or CIDR block`);
+        }
+        bl.addSubnet(addr, prefix, fam === 4 ? 'ipv4' : 'ipv6');
+    }
+    return (v) => {
+        const fam = isIP(v);
+        return fam !== 0 && bl.check(v, fam === 4 ? 'ipv4' : 'ipv6');
+    };
+}
+const OPERATORS = (() => {
+    const o = {};
+    const add = (name, family, negated, build) => {
+        o[name.toLowerCase()] = { family, negated, build };
+    };
+    const strEq = (vals) => { const s = new Set(vals); return (v) => s.has(v); };
+    const strEqIc = (vals) => { const s = new Set(vals.map((x) => x.toLowerCase())); return (v) => s.has(v.toLowerCase()); };
+    const strLike = (vals) => globMatcher(vals, false);
+    add('StringEquals', 'String', false, strEq);
+    add('StringNotEquals', 'String', true, strEq);
+    add('StringEqualsIgnoreCase', 'String', false, strEqIc);
+    add('StringNotEqualsIgnoreCase', 'String', true, strEqIc);
+    add('StringLike', 'String', false, strLike);
+    add('StringNotLike', 'String', true, strLike);
+    add('NumericEquals', 'Numeric', false, numericOp((a, b) => a === b, _num, 'numeric'));
+    add('NumericNotEquals', 'Numeric', true, numericOp((a, b) => a === b, _num, 'numeric'));
+    add('NumericLessThan', 'Numeric', false, numericOp((a, b) => a < b, _num, 'numeric'));
+    add('NumericLessThanEquals', 'Numeric', false, numericOp((a, b) => a <= b, _num, 'numeric'));
+    add('NumericGreaterThan', 'Numeric', false, numericOp((a, b) => a > b, _num, 'numeric'));
+    add('NumericGreaterThanEquals', 'Numeric', false, numericOp((a, b) => a >= b, _num, 'numeric'));
+    add('DateEquals', 'Date', false, numericOp((a, b) => a === b, _date, 'date'));
+    add('DateNotEquals', 'Date', true, numericOp((a, b) => a === b, _date, 'date'));
+    add('DateLessThan', 'Date', false, numericOp((a, b) => a < b, _date, 'date'));
+    add('DateLessThanEquals', 'Date', false, numericOp((a, b) => a <= b, _date, 'date'));
+    add('DateGreaterThan', 'Date', false, numericOp((a, b) => a > b, _date, 'date'));
+    add('DateGreaterThanEquals', 'Date', false, numericOp((a, b) => a >= b, _date, 'date'));
+    add('Bool', 'Bool', false, (vals, where) => {
+        const s = new Set(vals.map((x) => {
+            const l = x.toLowerCase();
+            if (l !== 'true' && l !== 'false')
+                throw malformedPolicy(`${where}: Bool value "${x}" must be true or false`);
+            return l;
+        }));
+        return (v) => s.has(v.toLowerCase());
+    });
+    add('BinaryEquals', 'Binary', false, strEq);
+    add('IpAddress', 'Ip', false, ipOp);
+    add('NotIpAddress', 'Ip', true, ipOp);
+    add('ArnEquals', 'Arn', false, arnOp);
+    add('ArnLike', 'Arn', false, arnOp);
+    add('ArnNotEquals', 'Arn', true, arnOp);
+    add('ArnNotLike', 'Arn', true, arnOp);
+    add('Null', 'Null', false, (vals, where) => {
+        for (const x of vals) {
+            const l = x.toLowerCase();
+            if (l !== 'true' && l !== 'false')
+                throw malformedPolicy(`${where}: Null value "${x}" must be true or false`);
+        }
+        return () => false; // handled specially
+    });
+    return o;
+})();
+/** Parse `ForAllValues:StringLikeIfExists` and friends; undefined if unknown. */
+export function parseOperator(name) {
+    let rest = name;
+    let setOp;
+    const colon = rest.indexOf(':');
+    if (colon >= 0) {
+        const q = rest.slice(0, colon).toLowerCase();
+        if (q === 'foranyvalue')
+            setOp = 'ForAnyValue';
+        else if (q === 'forallvalues')
+            setOp = 'ForAllValues';
+        else
+            return undefined;
+        rest = rest.slice(colon + 1);
+    }
+    let ifExists = false;
+    let spec = OPERATORS[rest.toLowerCase()];
+    if (!spec && /ifexists$/i.test(rest)) {
+        ifExists = true;
+        rest = rest.slice(0, -'IfExists'.length);
+        spec = OPERATORS[rest.toLowerCase()];
+        if (spec?.family === 'Null')
+            return undefined; // NullIfExists does not exist
+    }
+    if (!spec)
+        return undefined;
+    if (setOp && spec.family === 'Null')
+        return undefined;
+    return { setOp, base: rest, ifExists, spec };
+}
+function _scalar(v, where) {
+    if (typeof v === 'string')
+        return v;
+    if (typeof v === 'number' || typeof v === 'boolean')
+        return String(v);
+    throw malformedPolicy(`${where}: condition values must be strings, numbers or booleans`);
+}
+/** Compile one `Condition` object. Throws MalformedPolicyDocumentException naming the problem. */
+export function compileConditions(block, where) {
+    if (block === null || typeof block !== 'object' || Array.isArray(block)) {
+        throw malformedPolicy(`${where}: Condition must be an object`);
+    }
+    const out = [];
+    for (const [opName, body] of Object.entries(block)) {
+        const op = parseOperator(opName);
+        if (!op)
+            throw malformedPolicy(`${where}: unknown condition operator "${opName}"`);
+        if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+            throw malformedPolicy(`${where}: condition operator "${opName}" must map condition keys to values`);
+        }
+        const entries = Object.entries(body);
+        if (entries.length === 0)
+            throw malformedPolicy(`${where}: condition operator "${opName}" has no condition keys`);
+        for (const [rawKey, rawVals] of entries) {
+            const w = `${where}: ${opName} ${rawKey}`;
+            if (!/^[A-Za-z0-9-]+:\S+$/.test(rawKey))
+                throw malformedPolicy(`${w}: "${rawKey}" is not a valid condition key`);
+            const list = Array.isArray(rawVals) ? rawVals : [rawVals];
+            if (list.length === 0)
+                throw malformedPolicy(`${w}: condition key has no values`);
+            const values = list.map((v) => _scalar(v, w));
+            out.push({ operator: opName, key: rawKey.toLowerCase(), test: _compileOne(op, rawKey.toLowerCase(), values, w) });
+        }
+    }
+    return out;
+}
+function _isMissing(v) {
+    return v === undefined || (typeof v !== 'string' && v.length === 0);
+}
+function _compileOne(op, key, values, where) {
+    const { spec, setOp, ifExists } = op;
+    if (spec.family === 'Null') {
+        const wantAbsent = values.map((v) => v.toLowerCase() === 'true');
+        return (ctx) => {
+            const absent = _isMissing(ctx.get(key));
+            return wantAbsent.some((w) => w === absent);
+        };
+    }
+    const pos = spec.build(values, where);
+    const neg = spec.negated;
+    const one = neg ? (v) => !pos(v) : pos;
+    return (ctx) => {
+        const cv = ctx.get(key);
+        if (_isMissing(cv)) {
+            if (ifExists)
+                return true;
+            if (setOp === 'ForAllValues')
+                return true;
+            if (setOp === 'ForAnyValue')
+                return false;
+            return neg;
+        }
+        if (typeof cv === 'string')
+            return one(cv);
+        const vals = cv;
+        if (setOp === 'ForAllValues') {
+            for (const v of vals)
+                if (!one(v))
+                    return false;
+            return true;
+        }
+        if (setOp === 'ForAnyValue') {
+            for (const v of vals)
+                if (one(v))
+                    return true;
+            return false;
+        }
+        // No set operator on a multi-valued key: any value matching the positive form.
+        let any = false;
+        for (const v of vals)
+            if (pos(v)) {
+                any = true;
+                break;
+            }
+        return neg ? !any : any;
+    };
+}
+//# sourceMappingURL=conditions.js.map

@@ -1,0 +1,184 @@
+import { AccessDeniedException } from '../errors.js';
+import { PolicyCache } from './policy-document.js';
+import { callerIds } from './caller-ids.js';
+import { RequestContext } from './request-context.js';
+/** Operations whose requests carry an encryption context, so grant constraints apply (KMS API, GrantConstraints). */
+export const EC_OPERATIONS = new Set([
+    'Encrypt', 'Decrypt', 'ReEncryptFrom', 'ReEncryptTo', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext',
+    'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext',
+]);
+function _principalMatch(p, id) {
+    if (p.any)
+        return 2;
+    if (id.isService)
+        return p.services.has(id.arn) ? 2 : 0;
+    if (p.arns.has(id.arn))
+        return 2;
+    if (id.roleKey !== undefined && p.roles.has(id.roleKey))
+        return 2;
+    if (p.accounts.has(id.account))
+        return id.isRoot ? 2 : 1;
+    return 0;
+}
+function _statementMatch(st, id) {
+    if (st.principal)
+        return _principalMatch(st.principal, id);
+    if (st.notPrincipal)
+        return _principalMatch(st.notPrincipal, id) === 2 ? 0 : 2; // excluded only when named itself
+    return 2; // identity policy: applies to its own principal
+}
+function _conditionsHold(st, ctx) {
+    for (const c of st.conditions)
+        if (!c.test(ctx))
+            return false;
+    return true;
+}
+function _ecEquals(a, b) {
+    const ka = Object.keys(a);
+    if (ka.length !== Object.keys(b).length)
+        return false;
+    for (const k of ka)
+        if (b[k] !== a[k])
+            return false;
+    return true;
+}
+function _ecIncludes(whole, part) {
+    for (const k in part)
+        if (whole[k] !== part[k] || !Object.prototype.hasOwnProperty.call(whole, k))
+            return false;
+    return true;
+}
+/** Does a request's encryption context satisfy a grant's constraints? (KMS API, GrantConstraints; keys and values case-sensitive.) */
+export function constraintsHold(c, ec) {
+    if (!c)
+        return true;
+    const ctx = ec ?? {};
+    if (c.EncryptionContextEquals && !_ecEquals(c.EncryptionContextEquals, ctx))
+        return false;
+    if (c.EncryptionContextSubset && !_ecIncludes(ctx, c.EncryptionContextSubset))
+        return false;
+    return true;
+}
+/**
+ * Is grant `child` no broader than `parent`? (KMS Developer Guide, "Granting
+ * CreateGrant permission": its operations are a subset and its constraint is
+ * equally strict or stricter.)
+ */
+export function grantNoBroader(parent, child) {
+    for (const op of child.operations)
+        if (!parent.Operations.includes(op))
+            return false;
+    const pc = parent.Constraints;
+    if (!pc || (!pc.EncryptionContextEquals && !pc.EncryptionContextSubset))
+        return true;
+    const cc = child.constraints ?? {};
+    if (pc.EncryptionContextEquals) {
+        return !!cc.EncryptionContextEquals && _ecEquals(pc.EncryptionContextEquals, cc.EncryptionContextEquals) && !cc.EncryptionContextSubset;
+    }
+    const ps = pc.EncryptionContextSubset;
+    if (cc.EncryptionContextEquals)
+        return _ecIncludes(cc.EncryptionContextEquals, ps);
+    if (cc.EncryptionContextSubset)
+        return _ecIncludes(cc.EncryptionContextSubset, ps);
+    return false;
+}
+export function denialMessage(caller, action, resource, reason) {
+    const head = `User: ${caller.arn} is not authorized to perform: ${action} on resource: ${resource}`;
+    switch (reason) {
+        case 'explicit-deny-key-policy': return `${head} with an explicit deny in a resource-based policy`;
+        case 'explicit-deny-identity-policy': return `${head} with an explicit deny in an identity-based policy`;
+        case 'no-key-policy-allow': return `${head} because no resource-based policy allows the ${action} action`;
+        case 'no-identity-policy-allow': return `${head} because no identity-based policy allows the ${action} action`;
+        case 'unknown-caller': return `${head} because the caller${caller.uid !== undefined ? ` (uid ${caller.uid})` : ''} is not mapped to any principal`;
+    }
+}
+export class PolicyEvaluator {
+    cache;
+    identityPolicies;
+    grants;
+    constructor(opts = {}) {
+        this.cache = opts.cache ?? new PolicyCache();
+        this.identityPolicies = opts.identityPolicies ?? (() => []);
+        this.grants = opts.grants;
+    }
+    /** Decide; never throws for a denial. `useGrants: false` is the lockout check's view. */
+    evaluate(req, opts = {}) {
+        const { caller, action } = req;
+        const resource = req.resource ?? req.key?.arn ?? '*';
+        const deny = (reason, sid) => ({
+            allowed: false, reason, message: denialMessage(caller, action, resource, reason), ...(sid ? { sid } : {}),
+        });
+        if (caller.type === 'Unknown')
+            return deny('unknown-caller');
+        const id = callerIds(caller);
+        const ctx = new RequestContext(req);
+        let keyDirect = null; // sid ('' when none) of the first direct Allow
+        let keyViaAccount = false;
+        if (req.key) {
+            const kp = typeof req.key.policy === 'string' ? this.cache.get(req.key.policy, 'key') : req.key.policy;
+            for (const st of kp.statements) {
+                if (!st.matchesAction(action) || !st.matchesResource(resource))
+                    continue;
+                const m = _statementMatch(st, id);
+                if (m === 0)
+                    continue;
+                if (st.effect === 'Allow' && (m === 2 ? keyDirect !== null : keyViaAccount))
+                    continue; // already known
+                if (!_conditionsHold(st, ctx))
+                    continue;
+                if (st.effect === 'Deny')
+                    return deny('explicit-deny-key-policy', st.sid);
+                if (m === 2)
+                    keyDirect = st.sid ?? '';
+                else
+                    keyViaAccount = true;
+            }
+        }
+        let idAllow = false;
+        if (!id.isRoot && !id.isService) {
+            for (const p of this.identityPolicies(caller)) {
+                for (const st of p.statements) {
+                    if (!st.matchesAction(action) || !st.matchesResource(resource))
+                        continue;
+                    if (st.effect === 'Allow' && idAllow)
+                        continue;
+                    if (!_conditionsHold(st, ctx))
+                        continue;
+                    if (st.effect === 'Deny')
+                        return deny('explicit-deny-identity-policy', st.sid);
+                    idAllow = true;
+                }
+            }
+        }
+        if (!req.key) {
+            if (id.isRoot)
+                return { allowed: true, by: 'account-root' };
+            return idAllow ? { allowed: true, by: 'iam-policy' } : deny('no-identity-policy-allow');
+        }
+        if (keyDirect !== null)
+            return { allowed: true, by: 'key-policy', ...(keyDirect ? { sid: keyDirect } : {}) };
+        if (keyViaAccount && idAllow)
+            return { allowed: true, by: 'iam-policy' };
+        if (opts.useGrants !== false && this.grants && action.startsWith('kms:')) {
+            const op = action.slice(4);
+            for (const g of this.grants.grantsFor(req.key.arn, caller)) {
+                if (!g.Operations.includes(op))
+                    continue;
+                if (EC_OPERATIONS.has(op) && !constraintsHold(g.Constraints, req.encryptionContext))
+                    continue;
+                if (op === 'CreateGrant' && req.grant && !grantNoBroader(g, req.grant))
+                    continue;
+                return { allowed: true, by: 'grant', grantId: g.GrantId };
+            }
+        }
+        return deny(keyViaAccount ? 'no-identity-policy-allow' : 'no-key-policy-allow');
+    }
+    /** Decide, throwing AccessDeniedException (message as AWS's) on denial. */
+    authorize(req) {
+        const d = this.evaluate(req);
+        if (!d.allowed)
+            throw new AccessDeniedException(d.message, { code: `KMS_ACCESS_DENIED` });
+        return d;
+    }
+}
+//# sourceMappingURL=evaluate.js.map

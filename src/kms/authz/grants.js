@@ -1,0 +1,450 @@
+import { promises as fsp } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { dirname } from 'node:path';
+import { atomicWrite } from '../../util/atomic-write.js';
+import { EbsdError, checkString } from '../../util/errors.js';
+import { InvalidGrantTokenException, InvalidMarkerException, LimitExceededException, NotFoundException, ValidationException, } from '../errors.js';
+import { EC_OPERATIONS } from './evaluate.js';
+import { isServicePrincipal, parsePrincipalArn } from './policy-document.js';
+import { callerIds } from './caller-ids.js';
+/**
+ * The grant store (KMS Developer Guide, "Grants in AWS KMS"; KMS API
+ * reference CreateGrant, ListGrants, ListRetirableGrants, RetireGrant,
+ * RevokeGrant). Grants only allow, never deny. Every change is on disk
+ * (one JSON file, atomic replace) before the call returns, so a grant is
+ * usable the moment CreateGrant answers, with or without its token.
+ */
+/** Operations a grant may allow (KMS API reference, CreateGrant `Operations`). */
+export const GRANT_OPERATIONS = [
+    'Decrypt', 'Encrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncryptFrom', 'ReEncryptTo',
+    'Sign', 'Verify', 'GetPublicKey', 'CreateGrant', 'RetireGrant', 'DescribeKey',
+    'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext', 'GenerateMac', 'VerifyMac', 'DeriveSharedSecret',
+];
+const GRANT_OPERATION_SET = new Set(GRANT_OPERATIONS);
+/** Operations a constrained grant may carry: those with an encryption context, plus the three the constraint ignores. */
+const CONSTRAINABLE = new Set([...EC_OPERATIONS, 'CreateGrant', 'RetireGrant', 'DescribeKey']);
+/** AWS KMS quotas and API length limits. */
+export const LIMITS = {
+    grantsPerKey: 50_000,
+    grantTokensPerRequest: 10,
+    grantTokenMaxLength: 8192,
+    nameMaxLength: 256,
+    constraintPairs: 8,
+    constraintValueChars: 384,
+    listDefault: 50,
+    listMax: 100,
+};
+const NAME_RE = /^[a-zA-Z0-9:/_-]+$/;
+const NONE = [];
+const TOKEN_VERSION = 1;
+const FILE_VERSION = 1;
+function _view(g) {
+    return {
+        KeyId: g.KeyId,
+        GrantId: g.GrantId,
+        ...(g.Name !== undefined ? { Name: g.Name } : {}),
+        CreationDate: g.CreationDate,
+        GranteePrincipal: g.GranteePrincipal,
+        ...(g.RetiringPrincipal !== undefined ? { RetiringPrincipal: g.RetiringPrincipal } : {}),
+        IssuingAccount: g.IssuingAccount,
+        Operations: [...g.Operations],
+        ...(g.Constraints ? { Constraints: g.Constraints } : {}),
+    };
+}
+const _hash = (token) => createHash('sha256').update(token).digest('hex');
+/** Lookup key for a grantee: a role and its sessions share `role:<acct>:<name>`. */
+function _granteeKey(principal) {
+    const f = parsePrincipalArn(principal);
+    if (f?.kind === 'role')
+        return `role:${f.account}:${f.name}`;
+    return principal;
+}
+/** Is `caller` the principal `principal` names (a role names its sessions too)? */
+export function principalIs(caller, principal) {
+    if (principal === undefined)
+        return false;
+    const k = _granteeKey(principal);
+    return callerIds(caller).granteeKeys.includes(k);
+}
+/** Operations valid for a key's spec and usage (KMS Developer Guide, "Grant operations"). */
+export function operationsForKey(keySpec = 'SYMMETRIC_DEFAULT', keyUsage = 'ENCRYPT_DECRYPT') {
+    const common = ['CreateGrant', 'RetireGrant', 'DescribeKey'];
+    if (keySpec === 'SYMMETRIC_DEFAULT') {
+        return new Set([...common, 'Decrypt', 'Encrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncryptFrom', 'ReEncryptTo', 'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext']);
+    }
+    if (keySpec.startsWith('HMAC_'))
+        return new Set([...common, 'GenerateMac', 'VerifyMac']);
+    if (keyUsage === 'SIGN_VERIFY')
+        return new Set([...common, 'Sign', 'Verify', 'GetPublicKey']);
+    if (keyUsage === 'KEY_AGREEMENT')
+        return new Set([...common, 'DeriveSharedSecret', 'GetPublicKey']);
+    return new Set([...common, 'Decrypt', 'Encrypt', 'ReEncryptFrom', 'ReEncryptTo', 'GetPublicKey']);
+}
+function _ecMap(v, where) {
+    if (v === undefined || v === null)
+        return undefined;
+    if (typeof v !== 'object' || Array.isArray(v))
+        throw new ValidationException(`${where} must be a map of strings`);
+    const e = Object.entries(v);
+    if (e.length === 0)
+        return undefined; // an empty map is treated as not specified
+    if (e.length > LIMITS.constraintPairs)
+        throw new ValidationException(`${where} has ${e.length} pairs; at most ${LIMITS.constraintPairs} are allowed`);
+    const out = {};
+    for (const [k, x] of e) {
+        if (typeof x !== 'string' || k.length === 0)
+            throw new ValidationException(`${where} must map non-empty strings to strings`);
+        if (k.length + x.length > LIMITS.constraintValueChars)
+            throw new ValidationException(`${where}: pair "${k}" exceeds ${LIMITS.constraintValueChars} characters`);
+        out[k] = x;
+    }
+    return out;
+}
+/** Validate and normalize a `Constraints` request member. */
+export function parseConstraints(v) {
+    if (v === undefined || v === null)
+        return undefined;
+    if (typeof v !== 'object' || Array.isArray(v))
+        throw new ValidationException('Constraints must be an object');
+    for (const k of Object.keys(v)) {
+        if (k !== 'EncryptionContextEquals' && k !== 'EncryptionContextSubset')
+            throw new ValidationException(`Constraints: unknown member "${k}"`);
+    }
+    const c = v;
+    const eq = _ecMap(c.EncryptionContextEquals, 'Constraints.EncryptionContextEquals');
+    const sub = _ecMap(c.EncryptionContextSubset, 'Constraints.EncryptionContextSubset');
+    if (eq && sub)
+        throw new ValidationException('Constraints: specify only one of EncryptionContextEquals and EncryptionContextSubset');
+    if (eq)
+        return { EncryptionContextEquals: eq };
+    if (sub)
+        return { EncryptionContextSubset: sub };
+    return undefined;
+}
+/** Validate a `GrantTokens` request member (≤ 10 tokens, 1..8192 characters, issued by this store's format). */
+export function checkGrantTokens(v) {
+    if (v === undefined || v === null)
+        return undefined;
+    if (!Array.isArray(v))
+        throw new ValidationException('GrantTokens must be a list of strings');
+    if (v.length > LIMITS.grantTokensPerRequest) {
+        throw new ValidationException(`1 validation error detected: Value at 'grantTokens' failed to satisfy constraint: Member must have length less than or equal to ${LIMITS.grantTokensPerRequest}`);
+    }
+    for (const t of v) {
+        if (typeof t !== 'string' || t.length < 1 || t.length > LIMITS.grantTokenMaxLength)
+            throw new ValidationException('each grant token must be 1 to 8192 characters');
+        const b = Buffer.from(t, 'base64url');
+        if (b.length !== 49 || b[0] !== TOKEN_VERSION || b.toString('base64url') !== t)
+            throw new InvalidGrantTokenException('The grant token is not valid.');
+    }
+    return v;
+}
+function _sameGrant(g, grantee, retiring, ops, c) {
+    if (g.GranteePrincipal !== grantee || g.RetiringPrincipal !== retiring)
+        return false;
+    if (g.Operations.length !== ops.length || !ops.every((o) => g.Operations.includes(o)))
+        return false;
+    return JSON.stringify(g.Constraints ?? null) === JSON.stringify(c ?? null);
+}
+export class GrantStore {
+    file;
+    principalExists;
+    byKey = new Map();
+    /** keyArn -> grantee key -> grants: the Decrypt path's one lookup. */
+    byGrantee = new Map();
+    byToken = new Map();
+    writing = Promise.resolve();
+    constructor(file, principalExists) {
+        this.file = file;
+        this.principalExists = principalExists;
+    }
+    /**
+     * Open (or create on first change) the grant file, e.g. `<state>/kms/grants.json`.
+     * `principalExists` validates grantee / retiring principals of the local account.
+     */
+    static async open(file, opts = {}) {
+        checkString('file', file);
+        await fsp.mkdir(dirname(file), { recursive: true, mode: 0o700 });
+        const s = new GrantStore(file, opts.principalExists);
+        let text;
+        try {
+            text = await fsp.readFile(file, 'utf8');
+        }
+        catch (e) {
+            if (e.code !== 'ENOENT')
+                throw e;
+        }
+        if (text !== undefined) {
+            const data = JSON.parse(text);
+            if (data.version !== FILE_VERSION || !Array.isArray(data.grants))
+                throw new EbsdError('GRANTS_CORRUPT', `${file}: unsupported or corrupt grant file`);
+            for (const g of data.grants)
+                s._index(g);
+        }
+        return s;
+    }
+    // ---- GrantSource (evaluator) -----------------------------------------------------
+    /** The stored records themselves (read-only by contract): no copy on the Decrypt path. */
+    grantsFor(keyArn, caller) {
+        const m = this.byGrantee.get(keyArn);
+        if (!m)
+            return NONE;
+        const keys = callerIds(caller).granteeKeys;
+        const a = m.get(keys[0]);
+        const b = keys.length > 1 ? m.get(keys[1]) : undefined;
+        return a && b ? [...a, ...b] : (a ?? b ?? NONE);
+    }
+    // ---- operations ------------------------------------------------------------------
+    /**
+     * Validate and create a grant (authorization is the caller's business).
+     * Idempotent by Name: the same Name and properties return the existing
+     * GrantId with a fresh token.
+     */
+    /** Validate a CreateGrant request against the key (ValidationException naming the problem). */
+    prepare(key, input) {
+        const grantee = this._principal(input.GranteePrincipal, 'GranteePrincipal', true);
+        const retiring = this._principal(input.RetiringPrincipal, 'RetiringPrincipal', false);
+        const ops = this._operations(input.Operations, key);
+        const constraints = parseConstraints(input.Constraints);
+        if (constraints) {
+            if ((key.keySpec ?? 'SYMMETRIC_DEFAULT') !== 'SYMMETRIC_DEFAULT') {
+                throw new ValidationException('Grant constraints are not supported for asymmetric or HMAC KMS keys: their operations take no encryption context');
+            }
+            const bad = ops.filter((o) => !CONSTRAINABLE.has(o));
+            if (bad.length)
+                throw new ValidationException(`Grant constraints are not supported for operations that take no encryption context: ${bad.join(', ')}`);
+        }
+        let name;
+        if (input.Name !== undefined && input.Name !== null) {
+            if (typeof input.Name !== 'string' || input.Name.length < 1 || input.Name.length > LIMITS.nameMaxLength || !NAME_RE.test(input.Name)) {
+                throw new ValidationException(`Name must be 1 to ${LIMITS.nameMaxLength} characters of [a-zA-Z0-9:/_-]`);
+            }
+            name = input.Name;
+        }
+        return {
+            granteePrincipal: grantee,
+            ...(retiring !== undefined ? { retiringPrincipal: retiring } : {}),
+            operations: ops,
+            ...(constraints ? { constraints } : {}),
+            ...(name !== undefined ? { name } : {}),
+        };
+    }
+    /**
+     * Create a grant (authorization is the caller's business). Idempotent by
+     * Name: the same Name and properties return the existing GrantId with a
+     * fresh token.
+     */
+    async create(key, input, now = Date.now()) {
+        const p = 'granteePrincipal' in input ? input : this.prepare(key, input);
+        const grantee = p.granteePrincipal;
+        const retiring = p.retiringPrincipal;
+        const ops = [...p.operations];
+        const constraints = p.constraints;
+        const name = p.name;
+        const token = Buffer.concat([Buffer.from([TOKEN_VERSION]), randomBytes(48)]).toString('base64url');
+        const keyGrants = this.byKey.get(key.arn);
+        if (name !== undefined && keyGrants) {
+            for (const g of keyGrants.values()) {
+                if (g.Name === name && _sameGrant(g, grantee, retiring, ops, constraints)) {
+                    const h = _hash(token);
+                    g.tokenHashes.push(h);
+                    this.byToken.set(h, g);
+                    await this._persist(() => { g.tokenHashes.pop(); this.byToken.delete(h); });
+                    return { GrantId: g.GrantId, GrantToken: token, created: false };
+                }
+            }
+        }
+        if ((keyGrants?.size ?? 0) >= LIMITS.grantsPerKey) {
+            throw new LimitExceededException(`The KMS key ${key.arn} already has ${LIMITS.grantsPerKey} grants, the maximum.`);
+        }
+        const g = {
+            KeyId: key.arn,
+            GrantId: randomBytes(32).toString('hex'),
+            ...(name !== undefined ? { Name: name } : {}),
+            CreationDate: Math.floor(now / 1000),
+            GranteePrincipal: grantee,
+            ...(retiring !== undefined ? { RetiringPrincipal: retiring } : {}),
+            IssuingAccount: `arn:aws:iam::${key.accountId}:root`,
+            Operations: ops,
+            ...(constraints ? { Constraints: constraints } : {}),
+            tokenHashes: [_hash(token)],
+        };
+        this._index(g);
+        await this._persist(() => this._unindex(g));
+        return { GrantId: g.GrantId, GrantToken: token, created: true };
+    }
+    /** The grant a token was issued for, or undefined (retired, revoked, or never issued). */
+    byGrantToken(token) {
+        checkGrantTokens([token]);
+        const g = this.byToken.get(_hash(token));
+        return g ? _view(g) : undefined;
+    }
+    get(keyArn, grantId) {
+        const g = this.byKey.get(keyArn)?.get(grantId);
+        return g ? _view(g) : undefined;
+    }
+    /** ListGrants: the key's grants, oldest first, optionally filtered; Marker is the next GrantId. */
+    list(keyArn, opts = {}) {
+        let all = [...(this.byKey.get(keyArn)?.values() ?? [])];
+        if (opts.GrantId !== undefined)
+            all = all.filter((g) => g.GrantId === opts.GrantId);
+        if (opts.GranteePrincipal !== undefined)
+            all = all.filter((g) => g.GranteePrincipal === opts.GranteePrincipal);
+        return this._page(all, opts.Limit, opts.Marker);
+    }
+    /** ListRetirableGrants: grants in any key whose RetiringPrincipal is `principal`. */
+    listRetirable(principal, opts = {}) {
+        const all = [];
+        for (const m of this.byKey.values())
+            for (const g of m.values())
+                if (g.RetiringPrincipal === principal)
+                    all.push(g);
+        return this._page(all, opts.Limit, opts.Marker);
+    }
+    /** Remove a grant (RetireGrant / RevokeGrant after their authorization). */
+    async remove(keyArn, grantId) {
+        const g = this.byKey.get(keyArn)?.get(grantId);
+        if (!g)
+            throw new NotFoundException(`Grant ID ${grantId} not found for key ${keyArn}`);
+        this._unindex(g);
+        await this._persist(() => this._index(g));
+        return _view(g);
+    }
+    /** Drop every grant of a deleted key (named by ARN or by key id). */
+    async removeKey(keyArnOrId) {
+        let keyArn = keyArnOrId;
+        if (!keyArn.startsWith('arn:')) {
+            for (const k of this.byKey.keys())
+                if (k.endsWith(`:key/${keyArnOrId}`))
+                    keyArn = k;
+        }
+        const m = this.byKey.get(keyArn);
+        if (!m)
+            return 0;
+        const gs = [...m.values()];
+        for (const g of gs)
+            this._unindex(g);
+        await this._persist(() => gs.forEach((g) => this._index(g)));
+        return gs.length;
+    }
+    countForKey(keyArn) {
+        return this.byKey.get(keyArn)?.size ?? 0;
+    }
+    async flush() {
+        await this.writing;
+    }
+    // ---- internals -------------------------------------------------------------------
+    _page(all, limitIn, marker) {
+        let limit = LIMITS.listDefault;
+        if (limitIn !== undefined) {
+            if (typeof limitIn !== 'number' || !Number.isInteger(limitIn) || limitIn < 1 || limitIn > LIMITS.listMax) {
+                throw new ValidationException(`Limit must be an integer from 1 to ${LIMITS.listMax}`);
+            }
+            limit = limitIn;
+        }
+        let start = 0;
+        if (marker !== undefined) {
+            start = typeof marker === 'string' ? all.findIndex((g) => g.GrantId === marker) : -1;
+            if (start < 0)
+                throw new InvalidMarkerException('The marker is not valid.');
+        }
+        const page = all.slice(start, start + limit);
+        const next = all[start + limit];
+        return { Grants: page.map(_view), ...(next ? { NextMarker: next.GrantId } : {}), Truncated: next !== undefined };
+    }
+    _principal(v, name, required) {
+        if (v === undefined || v === null) {
+            if (required)
+                throw new ValidationException(`${name} is required`);
+            return undefined;
+        }
+        if (typeof v !== 'string' || v.length < 1 || v.length > 256)
+            throw new ValidationException(`${name} must be 1 to 256 characters`);
+        if (isServicePrincipal(v))
+            return v;
+        const f = parsePrincipalArn(v);
+        if (!f)
+            throw new ValidationException(`${name} "${v}" is not a valid principal ARN`);
+        if (this.principalExists && f.kind !== 'root' && !this.principalExists(v)) {
+            throw new ValidationException(`${name} "${v}" is not a valid principal: no such identity`);
+        }
+        return v;
+    }
+    _operations(v, key) {
+        if (!Array.isArray(v) || v.length === 0)
+            throw new ValidationException('Operations must be a non-empty list');
+        const valid = operationsForKey(key.keySpec, key.keyUsage);
+        const out = [];
+        for (const o of v) {
+            if (typeof o !== 'string' || !GRANT_OPERATION_SET.has(o)) {
+                throw new ValidationException(`1 validation error detected: Value '${String(o)}' at 'operations' failed to satisfy constraint: Member must satisfy enum value set: [${GRANT_OPERATIONS.join(', ')}]`);
+            }
+            if (!valid.has(o))
+                throw new ValidationException(`Grant operation ${o} is not valid for a key with KeySpec ${key.keySpec ?? 'SYMMETRIC_DEFAULT'} and KeyUsage ${key.keyUsage ?? 'ENCRYPT_DECRYPT'}`);
+            if (!out.includes(o))
+                out.push(o);
+        }
+        return out;
+    }
+    _index(g) {
+        let m = this.byKey.get(g.KeyId);
+        if (!m)
+            this.byKey.set(g.KeyId, (m = new Map()));
+        m.set(g.GrantId, g);
+        let gm = this.byGrantee.get(g.KeyId);
+        if (!gm)
+            this.byGrantee.set(g.KeyId, (gm = new Map()));
+        const k = _granteeKey(g.GranteePrincipal);
+        const list = gm.get(k);
+        if (list)
+            list.push(g);
+        else
+            gm.set(k, [g]);
+        for (const h of g.tokenHashes)
+            this.byToken.set(h, g);
+    }
+    _unindex(g) {
+        const m = this.byKey.get(g.KeyId);
+        m?.delete(g.GrantId);
+        if (m?.size === 0)
+            this.byKey.delete(g.KeyId);
+        const gm = this.byGrantee.get(g.KeyId);
+        const k = _granteeKey(g.GranteePrincipal);
+        const list = gm?.get(k)?.filter((x) => x !== g);
+        if (gm) {
+            if (list && list.length)
+                gm.set(k, list);
+            else
+                gm.delete(k);
+            if (gm.size === 0)
+                this.byGrantee.delete(g.KeyId);
+        }
+        for (const h of g.tokenHashes)
+            this.byToken.delete(h);
+    }
+    /**
+     * Write the whole store (atomic replace). Writes are serialized; if this
+     * one fails, `undo` restores the in-memory state and the error propagates.
+     * Whole-file rewrites are O(grants); fine for attach/detach rates.
+     */
+    _persist(undo) {
+        const run = async () => {
+            const grants = [];
+            for (const m of this.byKey.values())
+                for (const g of m.values())
+                    grants.push(g);
+            const doc = { version: FILE_VERSION, grants };
+            try {
+                await atomicWrite(this.file, JSON.stringify(doc) + '\n', 0o600);
+            }
+            catch (e) {
+                undo();
+                throw e;
+            }
+        };
+        const next = this.writing.catch(() => { }).then(run);
+        this.writing = next;
+        return next;
+    }
+}
+//# sourceMappingURL=grants.js.map

@@ -1,0 +1,345 @@
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes, randomInt } from 'node:crypto';
+import { atomicWrite } from '../../util/atomic-write.js';
+import { EbsdError, ArgTypeError, ArgRangeError, checkString } from '../../util/errors.js';
+import { parsePolicy, PolicyCache } from './policy-document.js';
+import { callerIds } from './caller-ids.js';
+/**
+ * The account and its principals: one account per state dir, IAM users and
+ * roles with their identity policies, and the local uid -> principal map
+ * (DESIGN §5 Identities). Stored in `<state>/identities.json`, 0600, every
+ * update atomic (write temp, fsync, rename, fsync dir).
+ */
+export const IDENTITIES_FILE = 'identities.json';
+const FILE_VERSION = 1;
+/** IAM errors (IAM API reference names). */
+export class IamError extends EbsdError {
+    constructor(awsName, message) {
+        super(`IAM_${awsName.replace(/Exception$/, '').replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase()}`, message, { awsName });
+    }
+}
+const NAME_RE = /^[\w+=,.@-]{1,64}$/;
+const SESSION_RE = /^[\w+=,.@-]{2,64}$/;
+const PATH_RE = /^\/(?:[\x21-\x7E]*\/)?$/;
+const POLICY_NAME_RE = /^[\w+=,.@-]{1,128}$/;
+const REGION_RE = /^[a-z]{2}(-[a-z]+)+-\d+$/;
+function _id(prefix) {
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+    const b = randomBytes(17);
+    let s = prefix;
+    for (const x of b)
+        s += alphabet[x & 31];
+    return s;
+}
+function _checkName(what, name, re = NAME_RE) {
+    checkString(what, name);
+    if (!re.test(name))
+        throw new IamError('InvalidInputException', `${what} "${name}" does not match ${re}`);
+}
+export class Identities {
+    data;
+    file;
+    writing = Promise.resolve();
+    policyCache = new PolicyCache(256);
+    compiled = new Map();
+    /** Bumped on every change; evaluators may key caches on it. */
+    generation = 0;
+    constructor(file, data) {
+        this.file = file;
+        this.data = data;
+    }
+    /** Open `<stateDir>/identities.json`, creating it (uid 0 -> account root) on first use. */
+    static async open(stateDir, init = {}) {
+        checkString('stateDir', stateDir);
+        const file = join(stateDir, IDENTITIES_FILE);
+        let text;
+        try {
+            text = await fsp.readFile(file, 'utf8');
+        }
+        catch (e) {
+            if (e.code !== 'ENOENT')
+                throw e;
+        }
+        if (text !== undefined) {
+            const data = JSON.parse(text);
+            if (data.version !== FILE_VERSION || !/^\d{12}$/.test(data.accountId)) {
+                throw new EbsdError('IDENTITIES_CORRUPT', `${file}: unsupported or corrupt identity file`);
+            }
+            return new Identities(file, data);
+        }
+        const accountId = init.accountId ?? String(randomInt(100_000, 1_000_000)) + String(randomInt(0, 1_000_000)).padStart(6, '0');
+        if (!/^\d{12}$/.test(accountId))
+            throw new ArgRangeError('accountId', `must be 12 digits, got "${accountId}"`);
+        const region = init.region ?? 'us-east-1';
+        if (!REGION_RE.test(region))
+            throw new ArgRangeError('region', `"${region}" is not a region name`);
+        const data = {
+            version: FILE_VERSION,
+            partition: 'aws',
+            accountId,
+            region,
+            users: {},
+            roles: {},
+            uids: { '0': { principal: `arn:aws:iam::${accountId}:root` } },
+        };
+        const ids = new Identities(file, data);
+        await ids._persist();
+        return ids;
+    }
+    get accountId() { return this.data.accountId; }
+    get region() { return this.data.region; }
+    get partition() { return this.data.partition; }
+    get rootArn() { return `arn:${this.partition}:iam::${this.accountId}:root`; }
+    /** The service principal ebsd acts as when it calls KMS on a caller's behalf (kms:ViaService). */
+    get ec2ViaService() { return `ec2.${this.region}.amazonaws.com`; }
+    userArn(name, path = this.data.users[name]?.path ?? '/') {
+        return `arn:${this.partition}:iam::${this.accountId}:user${path}${name}`;
+    }
+    roleArn(name, path = this.data.roles[name]?.path ?? '/') {
+        return `arn:${this.partition}:iam::${this.accountId}:role${path}${name}`;
+    }
+    sessionArn(role, session) {
+        return `arn:${this.partition}:sts::${this.accountId}:assumed-role/${role}/${session}`;
+    }
+    // ---- users and roles -------------------------------------------------------------
+    async createUser(name, opts = {}) {
+        _checkName('user name', name);
+        const path = opts.path ?? '/';
+        if (!PATH_RE.test(path))
+            throw new IamError('InvalidInputException', `path "${path}" must start and end with /`);
+        if (this.data.users[name])
+            throw new IamError('EntityAlreadyExistsException', `User with name ${name} already exists.`);
+        this.data.users[name] = { path, id: _id('AIDA'), createDate: new Date().toISOString(), policies: {} };
+        await this._changed();
+        return this.callerFor(this.userArn(name));
+    }
+    async deleteUser(name) {
+        if (!this.data.users[name])
+            throw new IamError('NoSuchEntityException', `The user with name ${name} cannot be found.`);
+        const arn = this.userArn(name);
+        delete this.data.users[name];
+        for (const [uid, r] of Object.entries(this.data.uids))
+            if (r.principal === arn)
+                delete this.data.uids[uid];
+        await this._changed();
+    }
+    async createRole(name, opts = {}) {
+        _checkName('role name', name);
+        const path = opts.path ?? '/';
+        if (!PATH_RE.test(path))
+            throw new IamError('InvalidInputException', `path "${path}" must start and end with /`);
+        if (this.data.roles[name])
+            throw new IamError('EntityAlreadyExistsException', `Role with name ${name} already exists.`);
+        this.data.roles[name] = { path, id: _id('AROA'), createDate: new Date().toISOString(), policies: {} };
+        await this._changed();
+        return this.roleArn(name);
+    }
+    async deleteRole(name) {
+        if (!this.data.roles[name])
+            throw new IamError('NoSuchEntityException', `The role with name ${name} cannot be found.`);
+        const arn = this.roleArn(name);
+        delete this.data.roles[name];
+        for (const [uid, r] of Object.entries(this.data.uids))
+            if (r.principal === arn)
+                delete this.data.uids[uid];
+        await this._changed();
+    }
+    listUsers() {
+        return Object.entries(this.data.users).map(([n, r]) => ({
+            UserName: n, Arn: this.userArn(n), UserId: r.id, Path: r.path, CreateDate: r.createDate, PolicyNames: Object.keys(r.policies),
+        }));
+    }
+    listRoles() {
+        return Object.entries(this.data.roles).map(([n, r]) => ({
+            RoleName: n, Arn: this.roleArn(n), RoleId: r.id, Path: r.path, CreateDate: r.createDate, PolicyNames: Object.keys(r.policies),
+        }));
+    }
+    // ---- identity policies -----------------------------------------------------------
+    /**
+     * Attach (create or replace) an inline identity policy on a user or role,
+     * named by ARN or by `user/<name>` / `role/<name>`. The document is
+     * validated as an identity-based policy (no Principal).
+     */
+    async attachPolicy(principal, policyName, document) {
+        _checkName('policy name', policyName, POLICY_NAME_RE);
+        checkString('document', document);
+        const ent = this._entity(principal);
+        try {
+            parsePolicy(document, { kind: 'identity' });
+        }
+        catch (e) {
+            throw new IamError('MalformedPolicyDocumentException', e.message);
+        }
+        ent.policies[policyName] = document;
+        await this._changed();
+    }
+    async detachPolicy(principal, policyName) {
+        const ent = this._entity(principal);
+        if (!(policyName in ent.policies))
+            throw new IamError('NoSuchEntityException', `The policy ${policyName} is not attached to ${principal}.`);
+        delete ent.policies[policyName];
+        await this._changed();
+    }
+    getPolicy(principal, policyName) {
+        return this._entity(principal).policies[policyName];
+    }
+    listPolicies(principal) {
+        return Object.keys(this._entity(principal).policies);
+    }
+    /** Compiled identity policies that apply to `caller` (a user's, or the role's for a session). Cached until the next change. */
+    identityPolicies(caller) {
+        if (caller.accountId !== this.accountId)
+            return [];
+        let ent;
+        let key;
+        if (caller.type === 'IAMUser' && caller.userName) {
+            key = `u:${caller.userName}`;
+            ent = this.data.users[caller.userName];
+        }
+        else if (caller.type === 'AssumedRole' || caller.type === 'Role') {
+            const role = callerIds(caller).roleName;
+            key = role ? `r:${role}` : '';
+            ent = role ? this.data.roles[role] : undefined;
+        }
+        else
+            return [];
+        if (!ent)
+            return [];
+        let list = this.compiled.get(key);
+        if (!list) {
+            list = Object.values(ent.policies).map((t) => this.policyCache.get(t, 'identity'));
+            this.compiled.set(key, list);
+        }
+        return list;
+    }
+    // ---- principals and callers ------------------------------------------------------
+    /** Whether a principal ARN of this account names an existing identity (for key-policy validation). */
+    principalExists = (arn) => {
+        if (arn === this.rootArn)
+            return true;
+        const m = /^arn:[\w-]+:iam::(\d{12}):(user|role)(\/.*)?\/([^/]+)$/.exec(arn);
+        if (m) {
+            if (m[1] !== this.accountId)
+                return false;
+            const rec = m[2] === 'user' ? this.data.users[m[4]] : this.data.roles[m[4]];
+            return !!rec && rec.path === (m[3] ?? '') + '/';
+        }
+        const s = /^arn:[\w-]+:sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
+        if (s)
+            return s[1] === this.accountId && !!this.data.roles[s[2]];
+        return false;
+    };
+    /** The Caller for a principal ARN of this account (root, user, role session), or undefined. */
+    callerFor(arn) {
+        const acct = this.accountId;
+        if (arn === this.rootArn)
+            return { arn, accountId: acct, type: 'Root', principalId: acct };
+        const u = /^arn:[\w-]+:iam::(\d{12}):user(\/.*)?\/([^/]+)$/.exec(arn);
+        if (u && u[1] === acct) {
+            const rec = this.data.users[u[3]];
+            if (!rec)
+                return undefined;
+            return { arn: this.userArn(u[3]), accountId: acct, type: 'IAMUser', principalId: rec.id, userName: u[3] };
+        }
+        const s = /^arn:[\w-]+:sts::(\d{12}):assumed-role\/([^/]+)\/([^/]+)$/.exec(arn);
+        if (s && s[1] === acct)
+            return this.assumeRole(s[2], s[3]);
+        return undefined;
+    }
+    /** An assumed-role session of one of this account's roles (no STS credentials: the daemon vouches for it). */
+    assumeRole(role, session) {
+        const rec = this.data.roles[role];
+        if (!rec)
+            throw new IamError('NoSuchEntityException', `The role with name ${role} cannot be found.`);
+        _checkName('session name', session, SESSION_RE);
+        return { arn: this.sessionArn(role, session), accountId: this.accountId, type: 'AssumedRole', principalId: `${rec.id}:${session}` };
+    }
+    /** A service principal such as `ec2.amazonaws.com`. */
+    serviceCaller(service) {
+        checkString('service', service);
+        if (!/^[a-z0-9][a-z0-9.-]*\.amazonaws\.com$/.test(service))
+            throw new ArgRangeError('service', `"${service}" is not a service principal`);
+        return { arn: service, accountId: this.accountId, type: 'AWSService', principalId: service };
+    }
+    /**
+     * The principal a local uid acts as. An unmapped uid gets an `Unknown`
+     * caller (arn `arn:aws:iam::<acct>:uid/<n>`, which no policy can name);
+     * the authorizer denies it everything and the core audits the denial.
+     */
+    callerForUid(uid, extra = {}) {
+        if (!Number.isInteger(uid) || uid < 0)
+            throw new ArgTypeError('uid', 'a non-negative integer', uid);
+        const rec = this.data.uids[String(uid)];
+        let c;
+        if (rec) {
+            const role = /:role(?:\/.*)?\/([^/]+)$/.exec(rec.principal);
+            c = role ? (this.data.roles[role[1]] ? this.assumeRole(role[1], rec.session ?? `uid-${uid}`) : undefined) : this.callerFor(rec.principal);
+        }
+        c ??= { arn: `arn:${this.partition}:iam::${this.accountId}:uid/${uid}`, accountId: this.accountId, type: 'Unknown' };
+        return { ...c, uid, ...extra };
+    }
+    /** Map a uid to the root, a user, or a role (calls then run as session `session` or `uid-<n>`). */
+    async mapUid(uid, principal, opts = {}) {
+        if (!Number.isInteger(uid) || uid < 0)
+            throw new ArgTypeError('uid', 'a non-negative integer', uid);
+        const arn = this._resolve(principal);
+        if (!this.principalExists(arn) || arn.includes(':sts::'))
+            throw new IamError('NoSuchEntityException', `${principal} is not a user, role or the root of account ${this.accountId}`);
+        if (opts.session !== undefined) {
+            if (!arn.includes(':role/'))
+                throw new IamError('InvalidInputException', 'a session name applies to roles only');
+            _checkName('session name', opts.session, SESSION_RE);
+        }
+        this.data.uids[String(uid)] = { principal: arn, ...(opts.session ? { session: opts.session } : {}) };
+        await this._changed();
+    }
+    async unmapUid(uid) {
+        if (!(String(uid) in this.data.uids))
+            throw new IamError('NoSuchEntityException', `uid ${uid} is not mapped`);
+        delete this.data.uids[String(uid)];
+        await this._changed();
+    }
+    listUidMappings() {
+        return Object.entries(this.data.uids).map(([u, r]) => ({ uid: Number(u), ...r }));
+    }
+    async setRegion(region) {
+        if (!REGION_RE.test(region))
+            throw new ArgRangeError('region', `"${region}" is not a region name`);
+        this.data.region = region;
+        await this._changed();
+    }
+    /** Wait for pending writes. */
+    async flush() {
+        await this.writing;
+    }
+    // ---- internals -------------------------------------------------------------------
+    _resolve(p) {
+        if (p === 'root' || p === this.accountId)
+            return this.rootArn;
+        const m = /^(user|role)\/([^/]+)$/.exec(p);
+        if (m)
+            return m[1] === 'user' ? this.userArn(m[2]) : this.roleArn(m[2]);
+        return p;
+    }
+    _entity(principal) {
+        const arn = this._resolve(principal);
+        const m = /^arn:[\w-]+:iam::(\d{12}):(user|role)(?:\/.*)?\/([^/]+)$/.exec(arn);
+        const rec = m && m[1] === this.accountId ? (m[2] === 'user' ? this.data.users[m[3]] : this.data.roles[m[3]]) : undefined;
+        if (!rec)
+            throw new IamError('NoSuchEntityException', `${principal} is not a user or role of account ${this.accountId}`);
+        return rec;
+    }
+    async _changed() {
+        this.generation++;
+        this.compiled.clear();
+        await this._persist();
+    }
+    /** Serialize writes; each caller returns once a snapshot including its change is on disk. */
+    _persist() {
+        const next = this.writing.catch(() => { }).then(() => atomicWrite(this.file, JSON.stringify(this.data, null, 2) + '\n', 0o600));
+        this.writing = next;
+        return next;
+    }
+}
+//# sourceMappingURL=identities.js.map

@@ -1,0 +1,31 @@
+/**
+ * Authorization engine: key policies, identity policies, grants, identities.
+ *
+ * Wiring (daemon / core):
+ *   const authz = await openAuthz({ stateDir, kmsDir });   // identities.json, kms/grants.json
+ *   ctx.authorizer = authz.authorizer;                      // replaces AccountAuthorizer
+ *   registerAuthzOperations(dispatcher, authz.authorizer, { onKeyDeleted: ctx.onKeyDeleted });
+ *   caller = authz.identities.callerForUid(peerUid, { viaService: authz.identities.ec2ViaService });
+ */
+import { join } from 'node:path';
+import { GrantStore } from './grants.js';
+import { Identities } from './identities.js';
+import { PolicyAuthorizer } from './policy-authorizer.js';
+export { PolicyAuthorizer, keyInfo, denialReason, mayRetireByGrant } from './policy-authorizer.js';
+export { registerAuthzOperations, grantListEntry, LOCKOUT_MESSAGE } from './operations.js';
+export { Identities, IamError, IDENTITIES_FILE } from './identities.js';
+export { GrantStore, GRANT_OPERATIONS, LIMITS as GRANT_LIMITS, checkGrantTokens, parseConstraints, operationsForKey } from './grants.js';
+export { PolicyEvaluator, constraintsHold, grantNoBroader, denialMessage } from './evaluate.js';
+export { parsePolicy, PolicyCache, MAX_KEY_POLICY_BYTES } from './policy-document.js';
+export { EBS_ALIAS, defaultKeyPolicy, ebsManagedKeyPolicy, managedKeyRefusal } from './managed-keys.js';
+export const GRANTS_FILE = 'grants.json';
+/** Open identities (`<stateDir>/identities.json`) and grants (`<kmsDir>/grants.json`) and build the authorizer. */
+export async function openAuthz(opts) {
+    const identities = await Identities.open(opts.stateDir, {
+        ...(opts.accountId ? { accountId: opts.accountId } : {}),
+        ...(opts.region ? { region: opts.region } : {}),
+    });
+    const grants = await GrantStore.open(join(opts.kmsDir, GRANTS_FILE), { principalExists: identities.principalExists });
+    return { identities, grants, authorizer: new PolicyAuthorizer({ identities, grants }) };
+}
+//# sourceMappingURL=index.js.map

@@ -1,0 +1,226 @@
+import { InvalidGrantIdException, InvalidMarkerException, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
+import { checkGrantTokens } from './grants.js';
+import { keyInfo } from './policy-authorizer.js';
+import { parsePolicy } from './policy-document.js';
+const POLICY_NAME = 'default';
+/** KMS API reference, PutKeyPolicy: "The new key policy will not allow you to update the key policy in the future." */
+export const LOCKOUT_MESSAGE = 'The new key policy will not allow you to update the key policy in the future.';
+function _keyId(v, name = 'KeyId') {
+    if (typeof v !== 'string' || v.length < 1 || v.length > 2048)
+        throw new ValidationException(`${name} must be a string of 1 to 2048 characters`);
+    return v;
+}
+function _optString(r, name, max) {
+    const v = r[name];
+    if (v === undefined || v === null)
+        return undefined;
+    if (typeof v !== 'string' || v.length < 1 || v.length > max)
+        throw new ValidationException(`${name} must be a string of 1 to ${max} characters`);
+    return v;
+}
+/** Grant ids this KMS issues: 64 lowercase hex characters, as AWS's (grants.ts). */
+const GRANT_ID_RE = /^[0-9a-f]{64}$/;
+/**
+ * KMS API reference, RetireGrant / RevokeGrant / ListGrants: GrantId is 1-128
+ * characters (ValidationException otherwise); one that cannot be a grant id is
+ * InvalidGrantIdException; a well-formed id of no grant is NotFoundException.
+ */
+function _grantId(v) {
+    if (typeof v !== 'string' || v.length < 1 || v.length > 128) {
+        throw new ValidationException("1 validation error detected: Value at 'grantId' failed to satisfy constraint: Member must have length between 1 and 128");
+    }
+    if (!GRANT_ID_RE.test(v))
+        throw new InvalidGrantIdException(`Invalid grant ID ${v}: a grant ID is 64 hexadecimal characters.`);
+    return v;
+}
+function _policyName(v) {
+    if (v === undefined || v === null)
+        return;
+    if (typeof v !== 'string' || !/^[\w]{1,128}$/.test(v))
+        throw new ValidationException('PolicyName must be 1 to 128 characters of [a-zA-Z0-9_]');
+    if (v !== POLICY_NAME)
+        throw new NotFoundException(`No such policy: ${v}. The only valid policy name is "default".`);
+}
+const _facts = (k) => ({ arn: k.arn, accountId: k.accountId, keySpec: k.keySpec, keyUsage: k.keyUsage });
+/** GrantListEntry as AWS returns it. */
+export function grantListEntry(g) {
+    return {
+        KeyId: g.KeyId,
+        GrantId: g.GrantId,
+        ...(g.Name !== undefined ? { Name: g.Name } : {}),
+        CreationDate: g.CreationDate,
+        GranteePrincipal: g.GranteePrincipal,
+        ...(g.RetiringPrincipal !== undefined ? { RetiringPrincipal: g.RetiringPrincipal } : {}),
+        IssuingAccount: g.IssuingAccount,
+        Operations: [...g.Operations],
+        ...(g.Constraints ? { Constraints: g.Constraints } : {}),
+    };
+}
+export function registerAuthzOperations(registry, authz, hooks = {}) {
+    const { grants, identities, evaluator } = authz;
+    const putKeyPolicy = async (ctx, call) => {
+        const r = call.request;
+        const keyId = _keyId(r.KeyId);
+        _policyName(r.PolicyName);
+        if (typeof r.Policy !== 'string')
+            throw new ValidationException('Policy is required and must be a string');
+        if (r.BypassPolicyLockoutSafetyCheck !== undefined && typeof r.BypassPolicyLockoutSafetyCheck !== 'boolean') {
+            throw new ValidationException('BypassPolicyLockoutSafetyCheck must be a boolean');
+        }
+        const { key } = await ctx.resolveKey(keyId, { aliases: false });
+        await call.authorize({ key });
+        const compiled = parsePolicy(r.Policy, { kind: 'key', accountId: ctx.accountId, principalExists: identities.principalExists });
+        if (r.BypassPolicyLockoutSafetyCheck !== true) {
+            // KMS API reference, PutKeyPolicy: the caller must still be allowed to call PutKeyPolicy under the new policy.
+            const view = ctx.view(key);
+            const areq = authz.toAuthzRequest({
+                action: 'kms:PutKeyPolicy', operation: 'PutKeyPolicy', caller: call.caller, accountId: ctx.accountId, region: ctx.region,
+                key: view, resource: key.arn, request: r, now: call.now,
+            });
+            areq.key = { ...keyInfo(view), policy: compiled };
+            const d = evaluator.evaluate(areq, { useGrants: false });
+            if (!d.allowed)
+                throw new MalformedPolicyDocumentException(LOCKOUT_MESSAGE);
+        }
+        const text = r.Policy;
+        await ctx.keystore.update(key.keyId, (rec) => { rec.policy = text; });
+        return {};
+    };
+    const getKeyPolicy = async (ctx, call) => {
+        const r = call.request;
+        const keyId = _keyId(r.KeyId);
+        _policyName(r.PolicyName);
+        const { key } = await ctx.resolveKey(keyId, { aliases: false });
+        await call.authorize({ key, stateCheck: false });
+        return { Policy: key.policy, PolicyName: POLICY_NAME };
+    };
+    const listKeyPolicies = async (ctx, call) => {
+        const r = call.request;
+        const keyId = _keyId(r.KeyId);
+        if (r.Limit !== undefined && (typeof r.Limit !== 'number' || !Number.isInteger(r.Limit) || r.Limit < 1 || r.Limit > 1000)) {
+            throw new ValidationException('Limit must be an integer from 1 to 1000');
+        }
+        if (r.Marker !== undefined)
+            throw new InvalidMarkerException('The marker is not valid.'); // one page only, so no marker is ever issued
+        const { key } = await ctx.resolveKey(keyId, { aliases: false });
+        await call.authorize({ key, stateCheck: false });
+        return { PolicyNames: [POLICY_NAME], Truncated: false };
+    };
+    const createGrant = async (ctx, call) => {
+        const r = call.request;
+        const keyId = _keyId(r.KeyId);
+        const tokens = checkGrantTokens(r.GrantTokens);
+        const { key } = await ctx.resolveKey(keyId, { aliases: false });
+        const facts = _facts(key);
+        const prepared = grants.prepare(facts, r);
+        await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}) });
+        const out = await grants.create(facts, prepared, call.now);
+        (call.additionalEventData ??= {}).grantId = out.GrantId;
+        return { GrantToken: out.GrantToken, GrantId: out.GrantId };
+    };
+    const listGrants = async (ctx, call) => {
+        const r = call.request;
+        const keyId = _keyId(r.KeyId);
+        const grantId = r.GrantId === undefined ? undefined : _grantId(r.GrantId);
+        const grantee = _optString(r, 'GranteePrincipal', 256);
+        const { key } = await ctx.resolveKey(keyId, { aliases: false });
+        await call.authorize({ key, stateCheck: false });
+        const page = grants.list(key.arn, {
+            ...(r.Limit !== undefined ? { Limit: r.Limit } : {}),
+            ...(r.Marker !== undefined ? { Marker: r.Marker } : {}),
+            ...(grantId !== undefined ? { GrantId: grantId } : {}),
+            ...(grantee !== undefined ? { GranteePrincipal: grantee } : {}),
+        });
+        return { Grants: page.Grants.map(grantListEntry), ...(page.NextMarker ? { NextMarker: page.NextMarker } : {}), Truncated: page.Truncated };
+    };
+    const listRetirableGrants = async (_ctx, call) => {
+        const r = call.request;
+        const principal = _optString(r, 'RetiringPrincipal', 256);
+        if (principal === undefined)
+            throw new ValidationException('RetiringPrincipal is required');
+        await call.authorize({});
+        const page = grants.listRetirable(principal, {
+            ...(r.Limit !== undefined ? { Limit: r.Limit } : {}),
+            ...(r.Marker !== undefined ? { Marker: r.Marker } : {}),
+        });
+        return { Grants: page.Grants.map(grantListEntry), ...(page.NextMarker ? { NextMarker: page.NextMarker } : {}), Truncated: page.Truncated };
+    };
+    const retireGrant = async (ctx, call) => {
+        const r = call.request;
+        let key;
+        let grant;
+        if (r.GrantToken !== undefined) {
+            if (typeof r.GrantToken !== 'string')
+                throw new ValidationException('GrantToken must be a string');
+            checkGrantTokens([r.GrantToken]);
+            grant = grants.byGrantToken(r.GrantToken);
+            if (!grant)
+                throw new NotFoundException('The grant for this grant token was not found: it was retired or revoked.');
+            ({ key } = await ctx.resolveKey(grant.KeyId, { aliases: false }));
+        }
+        else {
+            if (r.KeyId === undefined || r.GrantId === undefined)
+                throw new ValidationException('Specify either GrantToken, or both KeyId and GrantId');
+            const keyId = _keyId(r.KeyId);
+            const grantId = _grantId(r.GrantId);
+            ({ key } = await ctx.resolveKey(keyId, { aliases: false }));
+            grant = grants.get(key.arn, grantId);
+            if (!grant) {
+                await call.authorize({ key, stateCheck: false });
+                throw new NotFoundException(`Grant ID ${grantId} not found for key ${key.arn}`);
+            }
+        }
+        await call.authorize({ key, stateCheck: false });
+        await grants.remove(key.arn, grant.GrantId);
+        (call.additionalEventData ??= {}).grantId = grant.GrantId;
+        return {};
+    };
+    const revokeGrant = async (ctx, call) => {
+        const r = call.request;
+        const keyId = _keyId(r.KeyId);
+        const grantId = _grantId(r.GrantId);
+        const { key } = await ctx.resolveKey(keyId, { aliases: false });
+        await call.authorize({ key, stateCheck: false });
+        if (!grants.get(key.arn, grantId))
+            throw new NotFoundException(`Grant ID ${grantId} not found for key ${key.arn}`);
+        await grants.remove(key.arn, grantId);
+        (call.additionalEventData ??= {}).grantId = grantId;
+        return {};
+    };
+    /**
+     * CreateKey with a Policy (KMS API reference, CreateKey): the same
+     * validation as PutKeyPolicy, and the lockout safety check against the key
+     * about to be created, unless BypassPolicyLockoutSafetyCheck.
+     */
+    const validateNewKeyPolicy = (c) => {
+        const compiled = parsePolicy(c.policy, { kind: 'key', accountId: registry.context?.accountId ?? c.caller.accountId, principalExists: identities.principalExists });
+        if (c.bypassLockoutCheck)
+            return;
+        const ctx = registry.context;
+        const tags = {};
+        for (const t of c.tags ?? [])
+            tags[t.TagKey] = t.TagValue;
+        const d = evaluator.evaluate({
+            action: 'kms:PutKeyPolicy', caller: c.caller, resource: c.keyArn, now: c.now,
+            key: {
+                arn: c.keyArn, accountId: ctx?.accountId ?? c.caller.accountId, ...(ctx ? { region: ctx.region } : {}), policy: compiled,
+                keySpec: c.keySpec, keyUsage: c.keyUsage, keyOrigin: 'AWS_KMS', keyManager: 'CUSTOMER', aliases: [],
+                ...(c.tags?.length ? { tags } : {}),
+            },
+        }, { useGrants: false });
+        if (!d.allowed)
+            throw new MalformedPolicyDocumentException(LOCKOUT_MESSAGE);
+    };
+    if (registry.context)
+        registry.context.keyPolicyValidator = validateNewKeyPolicy;
+    registry.registerOperation('PutKeyPolicy', putKeyPolicy);
+    registry.registerOperation('GetKeyPolicy', getKeyPolicy, { readOnly: true });
+    registry.registerOperation('ListKeyPolicies', listKeyPolicies, { readOnly: true });
+    registry.registerOperation('CreateGrant', createGrant);
+    registry.registerOperation('ListGrants', listGrants, { readOnly: true });
+    registry.registerOperation('ListRetirableGrants', listRetirableGrants, { readOnly: true });
+    registry.registerOperation('RetireGrant', retireGrant);
+    registry.registerOperation('RevokeGrant', revokeGrant);
+    hooks.onKeyDeleted?.(async (keyId) => { await grants.removeKey(keyId); });
+}
+//# sourceMappingURL=operations.js.map

@@ -1,0 +1,173 @@
+import { PolicyEvaluator } from './evaluate.js';
+import { checkGrantTokens, parseConstraints, principalIs } from './grants.js';
+import { managedKeyRefusal } from './managed-keys.js';
+/**
+ * The core's `Authorizer`, backed by key policies, identity policies and
+ * grants. Synchronous: the Decrypt hot path never waits on a promise here.
+ */
+/** The tail the dispatcher puts after "… on resource: <arn> because ". */
+export function denialReason(reason, action, caller) {
+    switch (reason) {
+        case 'explicit-deny-key-policy': return 'of an explicit deny in a resource-based policy';
+        case 'explicit-deny-identity-policy': return 'of an explicit deny in an identity-based policy';
+        case 'no-key-policy-allow': return `no resource-based policy allows the ${action} action`;
+        case 'no-identity-policy-allow': return `no identity-based policy allows the ${action} action`;
+        case 'unknown-caller': return `the caller${caller.uid !== undefined ? ` (uid ${caller.uid})` : ''} is not mapped to any principal`;
+    }
+}
+const _tagCache = new WeakMap();
+function _tags(list) {
+    if (!list || list.length === 0)
+        return undefined;
+    let t = _tagCache.get(list);
+    if (!t) {
+        t = {};
+        for (const { TagKey, TagValue } of list)
+            t[TagKey] = TagValue;
+        _tagCache.set(list, t);
+    }
+    return t;
+}
+/** KeyView -> the evaluator's KeyInfo. */
+export function keyInfo(k) {
+    const tags = _tags(k.tags);
+    return {
+        arn: k.arn,
+        accountId: k.accountId,
+        region: k.region,
+        policy: k.policy,
+        keySpec: k.keySpec,
+        keyUsage: k.keyUsage,
+        keyOrigin: k.origin,
+        keyManager: k.keyManager,
+        aliases: k.aliases,
+        ...(tags ? { tags } : {}),
+    };
+}
+const _str = (v) => (typeof v === 'string' ? v : undefined);
+function _newGrant(r) {
+    if (typeof r.GranteePrincipal !== 'string' || !Array.isArray(r.Operations))
+        return undefined;
+    let constraints;
+    try {
+        constraints = parseConstraints(r.Constraints);
+    }
+    catch {
+        constraints = undefined;
+    }
+    return {
+        operations: r.Operations.filter((o) => typeof o === 'string'),
+        granteePrincipal: r.GranteePrincipal,
+        ...(typeof r.RetiringPrincipal === 'string' ? { retiringPrincipal: r.RetiringPrincipal } : {}),
+        ...(constraints ? { constraints } : {}),
+    };
+}
+/** Who may retire a grant without any policy (KMS Developer Guide, "Retiring and revoking grants"). */
+export function mayRetireByGrant(g, caller) {
+    if (principalIs(caller, g.RetiringPrincipal))
+        return true;
+    if (g.Operations.includes('RetireGrant') && principalIs(caller, g.GranteePrincipal))
+        return true;
+    return caller.type === 'Root' && g.IssuingAccount === caller.arn;
+}
+export class PolicyAuthorizer {
+    evaluator;
+    identities;
+    grants;
+    constructor(opts) {
+        this.identities = opts.identities;
+        this.grants = opts.grants;
+        this.evaluator = new PolicyEvaluator({
+            identityPolicies: (c) => opts.identities.identityPolicies(c),
+            grants: opts.grants,
+            ...(opts.cache ? { cache: opts.cache } : {}),
+        });
+    }
+    /** AuthorizationRequest (core) -> AuthzRequest (evaluator). */
+    toAuthzRequest(req) {
+        const r = req.request;
+        const out = {
+            action: req.action,
+            caller: req.caller,
+            resource: req.resource,
+            now: req.now,
+        };
+        if (req.key)
+            out.key = keyInfo(req.key);
+        if (req.encryptionContext)
+            out.encryptionContext = req.encryptionContext;
+        if (req.grantTokens)
+            out.grantTokens = req.grantTokens;
+        if (req.requestAlias)
+            out.requestAlias = req.requestAlias;
+        const ea = _str(r.EncryptionAlgorithm);
+        if (ea)
+            out.encryptionAlgorithm = ea;
+        const sa = _str(r.SigningAlgorithm);
+        if (sa)
+            out.signingAlgorithm = sa;
+        const ma = _str(r.MacAlgorithm);
+        if (ma)
+            out.macAlgorithm = ma;
+        const kp = _str(r.KeyPairSpec);
+        if (kp)
+            out.dataKeyPairSpec = kp;
+        const mt = _str(r.MessageType);
+        if (mt)
+            out.messageType = mt;
+        if (req.operation === 'CreateKey') {
+            const ks = _str(r.KeySpec) ?? _str(r.CustomerMasterKeySpec) ?? 'SYMMETRIC_DEFAULT';
+            out.keySpec = ks;
+            out.keyUsage = _str(r.KeyUsage) ?? 'ENCRYPT_DECRYPT';
+            out.keyOrigin = _str(r.Origin) ?? 'AWS_KMS';
+        }
+        if (req.operation === 'CreateKey' || req.operation === 'PutKeyPolicy') {
+            out.bypassPolicyLockoutSafetyCheck = r.BypassPolicyLockoutSafetyCheck === true;
+        }
+        if (req.operation === 'ReEncrypt' && typeof r.DestinationKeyId === 'string' && typeof r.SourceKeyId === 'string') {
+            out.reEncryptOnSameKey = r.DestinationKeyId === r.SourceKeyId;
+        }
+        if (req.operation === 'CreateGrant') {
+            const g = _newGrant(r);
+            if (g)
+                out.grant = g;
+        }
+        return out;
+    }
+    /** The decision without the managed-key guard or grant-token checks (see `authorize`). */
+    decide(req) {
+        if (req.operation === 'RetireGrant' && req.caller.type !== 'Unknown') {
+            const g = this._grantOf(req);
+            if (g && mayRetireByGrant(g, req.caller))
+                return { allowed: true, by: 'grant', grantId: g.GrantId };
+        }
+        return this.evaluator.evaluate(this.toAuthzRequest(req));
+    }
+    authorize(req) {
+        if (req.grantTokens)
+            checkGrantTokens(req.grantTokens); // ValidationException / InvalidGrantTokenException
+        const refusal = managedKeyRefusal(req.action, req.key, req.request);
+        if (refusal)
+            return { allowed: false, reason: refusal };
+        const d = this.decide(req);
+        if (d.allowed)
+            return d.grantId ? { allowed: true, grantId: d.grantId } : { allowed: true };
+        // evaluate() words the message as AWS does ("… with an explicit deny in …" / "… because …").
+        return { allowed: false, reason: denialReason(d.reason, req.action, req.caller), message: d.message };
+    }
+    _grantOf(req) {
+        const r = req.request;
+        if (typeof r.GrantToken === 'string') {
+            try {
+                return this.grants.byGrantToken(r.GrantToken);
+            }
+            catch {
+                return undefined;
+            }
+        }
+        if (req.key && typeof r.GrantId === 'string')
+            return this.grants.get(req.key.arn, r.GrantId);
+        return undefined;
+    }
+}
+//# sourceMappingURL=policy-authorizer.js.map

@@ -1,0 +1,156 @@
+/**
+ * The HSM domain: a domain key (AES-256) and the audit signing key (Ed25519),
+ * sealed at rest in `<kms>/hsm/domain.json` under a key-encryption key (KEK).
+ * The KEK is either 32 random bytes in `<kms>/hsm/kek` (mode 0600, created on
+ * first start) or derived from a passphrase with scrypt (RFC 7914).
+ * Opening never rewrites anything: a wrong passphrase, a missing KEK file or a
+ * tampered domain file is an HsmDomainError and the files stay as they were.
+ */
+import { createCipheriv, createDecipheriv, randomBytes, generateKeyPairSync, createPublicKey, createPrivateKey } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, openSync, writeSync, fsyncSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { scrypt } from '@noble/hashes/scrypt.js';
+import { atomicWriteSync } from '../../util/atomic-write.js';
+import { wipe } from '../../util/wipe.js';
+import { HsmDomainError } from '../errors.js';
+const DOMAIN_VERSION = 1;
+/** scrypt cost: N = 2^15, r = 8, p = 1 (RFC 7914 §2 recommends N ≥ 2^14 for interactive use). */
+export const SCRYPT_COST = Object.freeze({ N: 2 ** 15, r: 8, p: 1 });
+/**
+ * The scrypt cost for a new passphrase domain: the production cost, or a
+ * requested one. A cost cheaper than production (memory N·r or parallelism p
+ * lower) exists only so test suites need not spend seconds per domain; it is
+ * refused unless the process runs under a test runner (NODE_ENV=test or
+ * VITEST), so a production daemon can never be configured into it.
+ */
+export function chooseScryptCost(requested, env = process.env) {
+    if (requested === undefined)
+        return { ...SCRYPT_COST };
+    const { N, r, p } = requested;
+    if (!Number.isInteger(N) || N < 2 || (N & (N - 1)) !== 0)
+        throw new RangeError(`scrypt N must be a power of two > 1, got ${N}`);
+    if (!Number.isInteger(r) || r < 1 || !Number.isInteger(p) || p < 1)
+        throw new RangeError('scrypt r and p must be positive integers');
+    const weaker = N * r < SCRYPT_COST.N * SCRYPT_COST.r || p < SCRYPT_COST.p;
+    if (weaker && env.NODE_ENV !== 'test' && !env.VITEST) {
+        throw new RangeError(`scrypt cost N=${N} r=${r} p=${p} is below the production cost (N=2^15, r=8, p=1); allowed only in tests`);
+    }
+    return { N, r, p };
+}
+const AAD = Buffer.from('ebsd/domain/v1');
+function kekFromPassphrase(pass, kdf) {
+    const k = scrypt(pass, Buffer.from(kdf.salt, 'base64'), { N: kdf.N, r: kdf.r, p: kdf.p, dkLen: 32 });
+    return Buffer.from(k.buffer, k.byteOffset, k.byteLength);
+}
+function writeNew(path, data) {
+    // 'wx': never clobber an existing KEK.
+    const fd = openSync(path, 'wx', 0o600);
+    try {
+        writeSync(fd, data);
+        fsyncSync(fd);
+    }
+    finally {
+        closeSync(fd);
+    }
+}
+/** `scryptCost` applies only when a new passphrase domain is created (see chooseScryptCost); an existing domain keeps the cost it was sealed with. */
+export function openDomain(kmsDir, passphrase, opts = {}) {
+    const dir = join(kmsDir, 'hsm');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const path = join(dir, 'domain.json');
+    const kekPath = join(dir, 'kek');
+    if (!existsSync(path))
+        return createDomain(path, kekPath, passphrase, opts.scryptCost);
+    let f;
+    try {
+        f = JSON.parse(readFileSync(path, 'utf8'));
+        if (f.version !== DOMAIN_VERSION || typeof f.iv !== 'string' || typeof f.sealed !== 'string')
+            throw new Error('bad fields');
+    }
+    catch {
+        throw new HsmDomainError('HSM_DOMAIN_CORRUPT', `HSM domain file ${path} is not a valid domain file (tampered or truncated); nothing was changed`);
+    }
+    let kek;
+    if (f.kekSource === 'passphrase') {
+        if (passphrase === undefined)
+            throw new HsmDomainError('HSM_KEK_SOURCE_MISMATCH', 'HSM domain is sealed under a passphrase; set EBSD_HSM_PASSPHRASE');
+        if (!f.kdf)
+            throw new HsmDomainError('HSM_DOMAIN_CORRUPT', `HSM domain file ${path} lacks its KDF parameters`);
+        kek = kekFromPassphrase(passphrase, f.kdf);
+    }
+    else {
+        if (passphrase !== undefined)
+            throw new HsmDomainError('HSM_KEK_SOURCE_MISMATCH', 'HSM domain is sealed under a KEK file, but a passphrase was given');
+        if (!existsSync(kekPath))
+            throw new HsmDomainError('HSM_KEK_MISSING', `HSM key-encryption key ${kekPath} is missing; the domain cannot be opened`);
+        kek = readFileSync(kekPath);
+        if (kek.length !== 32)
+            throw new HsmDomainError('HSM_DOMAIN_UNSEAL_FAILED', `HSM key-encryption key ${kekPath} has the wrong length`);
+    }
+    let plain;
+    try {
+        const sealed = Buffer.from(f.sealed, 'base64');
+        const d = createDecipheriv('aes-256-gcm', kek, Buffer.from(f.iv, 'base64'));
+        d.setAAD(AAD);
+        d.setAuthTag(sealed.subarray(sealed.length - 16));
+        plain = Buffer.concat([d.update(sealed.subarray(0, sealed.length - 16)), d.final()]);
+    }
+    catch {
+        throw new HsmDomainError('HSM_DOMAIN_UNSEAL_FAILED', f.kekSource === 'passphrase' ? 'wrong HSM passphrase, or the domain file was tampered with; nothing was changed'
+            : 'HSM domain failed authentication under the KEK file (tampered domain or KEK); nothing was changed');
+    }
+    finally {
+        wipe(kek);
+    }
+    try {
+        const domainKey = Buffer.allocUnsafeSlow(32);
+        plain.copy(domainKey, 0, 0, 32);
+        const auditPrivateKey = createPrivateKey({ key: plain.subarray(32), format: 'der', type: 'pkcs8' });
+        return { domainKey, auditPrivateKey, auditPublicKeyPem: f.auditPublicKey };
+    }
+    finally {
+        wipe(plain);
+    }
+}
+function createDomain(path, kekPath, passphrase, scryptCost) {
+    const cost = chooseScryptCost(scryptCost);
+    const domainKey = Buffer.allocUnsafeSlow(32);
+    randomBytes(32).copy(domainKey);
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });
+    let kek;
+    let kdf;
+    if (passphrase !== undefined) {
+        kdf = { alg: 'scrypt', ...cost, salt: randomBytes(16).toString('base64') };
+        kek = kekFromPassphrase(passphrase, kdf);
+    }
+    else {
+        kek = randomBytes(32);
+        if (existsSync(kekPath)) {
+            throw new HsmDomainError('HSM_DOMAIN_CORRUPT', `HSM KEK file ${kekPath} exists but the domain file is missing; refusing to create a new domain`);
+        }
+        writeNew(kekPath, kek);
+    }
+    const plain = Buffer.concat([domainKey, pkcs8]);
+    try {
+        const iv = randomBytes(12);
+        const c = createCipheriv('aes-256-gcm', kek, iv);
+        c.setAAD(AAD);
+        const sealed = Buffer.concat([c.update(plain), c.final(), c.getAuthTag()]);
+        const pem = publicKey.export({ format: 'pem', type: 'spki' }).toString();
+        const f = {
+            version: DOMAIN_VERSION,
+            kekSource: passphrase !== undefined ? 'passphrase' : 'file',
+            ...(kdf ? { kdf } : {}),
+            iv: iv.toString('base64'),
+            sealed: sealed.toString('base64'),
+            auditPublicKey: pem,
+        };
+        atomicWriteSync(path, JSON.stringify(f, null, 2) + '\n');
+        return { domainKey, auditPrivateKey: privateKey, auditPublicKeyPem: createPublicKey(pem).export({ format: 'pem', type: 'spki' }).toString() };
+    }
+    finally {
+        wipe(kek, plain, pkcs8);
+    }
+}
+//# sourceMappingURL=domain.js.map

@@ -1,0 +1,363 @@
+/**
+ * The HSM's cryptography. Runs inside the HSM worker: it alone holds the
+ * domain key. Every function that unwraps an HBK wipes it in `finally`
+ * (best effort: JS may have copied it, and OpenSSL KeyObjects for
+ * asymmetric keys are freed by the GC, not zeroized).
+ */
+import { createCipheriv, createDecipheriv, createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, privateDecrypt, publicEncrypt, sign as nodeSign, verify as nodeVerify, constants, timingSafeEqual, createHash, } from 'node:crypto';
+import { p256, p384, p521 } from '@noble/curves/nist.js';
+import { secp256k1 } from '@noble/curves/secp256k1.js';
+import { wipe } from '../../util/wipe.js';
+import { encodeHeader, parseBlob, HBK_ID_LEN, KDF_NONCE_LEN, IV_LEN, TAG_LEN } from '../blob.js';
+import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, HASH_LEN } from '../key-spec.js';
+import { InvalidCiphertextException, KMSInternalException, IncorrectKeyException, ValidationException, KMSInvalidSignatureException } from '../errors.js';
+import { deriveOneTimeKey } from './kdf.js';
+import { Drbg } from './drbg.js';
+const EKT_VERSION = 1;
+const EKT_AAD_PREFIX = Buffer.from('ebsd/ekt/v1', 'utf8');
+export class HsmEngine {
+    domain;
+    drbg = new Drbg();
+    constructor(domain) {
+        this.domain = domain;
+    }
+    // ---- exported key tokens --------------------------------------------
+    ektAad(arn, hbkId) {
+        const a = Buffer.from(arn, 'utf8');
+        const out = Buffer.allocUnsafe(EKT_AAD_PREFIX.length + 2 + a.length + hbkId.length);
+        EKT_AAD_PREFIX.copy(out, 0);
+        out.writeUInt16BE(a.length, EKT_AAD_PREFIX.length);
+        a.copy(out, EKT_AAD_PREFIX.length + 2);
+        out.set(hbkId, EKT_AAD_PREFIX.length + 2 + a.length);
+        return out;
+    }
+    /** EKT = version ‖ iv(12) ‖ AES-256-GCM(domainKey, material, AAD = "ebsd/ekt/v1" ‖ arn ‖ hbkId) ‖ tag(16). */
+    wrap(arn, hbkId, material) {
+        const iv = this.drbg.bytes(IV_LEN);
+        const c = createCipheriv('aes-256-gcm', this.domain.domainKey, iv);
+        c.setAAD(this.ektAad(arn, hbkId));
+        return Buffer.concat([Buffer.of(EKT_VERSION), iv, c.update(material), c.final(), c.getAuthTag()]);
+    }
+    /** Plaintext material of a handle. The caller must wipe it. */
+    unwrap(k) {
+        const t = k.ekt;
+        try {
+            if (t.length < 1 + IV_LEN + TAG_LEN + 1 || t[0] !== EKT_VERSION)
+                throw new Error('format');
+            const d = createDecipheriv('aes-256-gcm', this.domain.domainKey, t.subarray(1, 1 + IV_LEN));
+            d.setAAD(this.ektAad(k.arn, k.hbkId));
+            d.setAuthTag(t.subarray(t.length - TAG_LEN));
+            const out = d.update(t.subarray(1 + IV_LEN, t.length - TAG_LEN));
+            d.final();
+            return out;
+        }
+        catch {
+            throw new KMSInternalException(`The key material token of ${k.arn} (material ${Buffer.from(k.hbkId).toString('hex')}) failed authentication; this key is unusable`, { code: 'KMS_KEY_MATERIAL_CORRUPT' });
+        }
+    }
+    withMaterial(k, fn) {
+        const m = this.unwrap(k);
+        try {
+            return fn(m);
+        }
+        finally {
+            wipe(m);
+        }
+    }
+    privateKey(k) {
+        return this.withMaterial(k, (m) => createPrivateKey({ key: m, format: 'der', type: 'pkcs8' }));
+    }
+    // ---- symmetric --------------------------------------------------------
+    /**
+     * `plaintext` may be a function receiving `extra` fresh random bytes from the
+     * same DRBG draw (GenerateDataKey's data key), which it must return.
+     */
+    symEncrypt(k, plaintext, ctx, extra = 0) {
+        return this.withMaterial(k, (hbk) => {
+            // One DRBG draw (one reseed) per call: the DRBG is pure-JS AES, ~35 µs a draw.
+            const r = extra > 0 ? this.drbg.bytes(KDF_NONCE_LEN + IV_LEN + extra) : this.drbg.bytes(KDF_NONCE_LEN + IV_LEN);
+            const nonce = r.subarray(0, KDF_NONCE_LEN);
+            const iv = r.subarray(KDF_NONCE_LEN, KDF_NONCE_LEN + IV_LEN);
+            const otk = deriveOneTimeKey(hbk, k.hbkId, nonce);
+            try {
+                const header = encodeHeader(k.arn, k.hbkId, nonce, iv);
+                const c = createCipheriv('aes-256-gcm', otk, iv); // NIST SP 800-38D, 96-bit IV
+                c.setAAD(ctx.length ? Buffer.concat([header, ctx]) : header);
+                const pt = typeof plaintext === 'function' ? plaintext(r.subarray(KDF_NONCE_LEN + IV_LEN)) : plaintext;
+                return Buffer.concat([header, c.update(pt), c.final(), c.getAuthTag()]);
+            }
+            finally {
+                wipe(otk, r.subarray(KDF_NONCE_LEN + IV_LEN));
+            }
+        });
+    }
+    symDecrypt(k, blob, ctx) {
+        const p = parseBlob(blob);
+        if (p.arn !== k.arn || Buffer.compare(p.hbkId, k.hbkId) !== 0) {
+            throw new IncorrectKeyException('The key ID in the request does not identify a KMS key that can perform this operation.');
+        }
+        return this.withMaterial(k, (hbk) => {
+            const otk = deriveOneTimeKey(hbk, k.hbkId, p.nonce);
+            try {
+                const d = createDecipheriv('aes-256-gcm', otk, p.iv);
+                d.setAAD(Buffer.concat([p.header, ctx]));
+                d.setAuthTag(p.body.subarray(p.body.length - TAG_LEN));
+                const out = d.update(p.body.subarray(0, p.body.length - TAG_LEN));
+                try {
+                    d.final();
+                }
+                catch {
+                    wipe(out);
+                    throw new InvalidCiphertextException('The ciphertext or its encryption context failed authentication.');
+                }
+                return out;
+            }
+            finally {
+                wipe(otk);
+            }
+        });
+    }
+    // ---- RSA encryption -----------------------------------------------------
+    oaep(alg) {
+        return { padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_1' ? 'sha1' : 'sha256' };
+    }
+    rsaDecrypt(k, alg, blob) {
+        const key = this.privateKey(k);
+        try {
+            return privateDecrypt({ key, ...this.oaep(alg) }, blob);
+        }
+        catch {
+            throw new InvalidCiphertextException('The ciphertext could not be decrypted with this key and algorithm.');
+        }
+    }
+    rsaEncrypt(k, alg, plaintext) {
+        const pub = createPublicKey(this.privateKey(k));
+        return publicEncrypt({ key: pub, ...this.oaep(alg) }, plaintext);
+    }
+    decryptAny(e, blob) {
+        return e.algorithm === 'SYMMETRIC_DEFAULT' ? this.symDecrypt(e.key, blob, e.ctx ?? new Uint8Array(4)) : this.rsaDecrypt(e.key, e.algorithm, blob);
+    }
+    encryptAny(e, pt) {
+        return e.algorithm === 'SYMMETRIC_DEFAULT' ? this.symEncrypt(e.key, pt, e.ctx ?? new Uint8Array(4)) : this.rsaEncrypt(e.key, e.algorithm, pt);
+    }
+    // ---- signatures -----------------------------------------------------------
+    ecdsaDigest(spec, d, digest) {
+        const curve = spec === 'ECC_NIST_P256' ? p256 : spec === 'ECC_NIST_P384' ? p384 : spec === 'ECC_NIST_P521' ? p521 : secp256k1;
+        return curve.sign(digest, d, { prehash: false, format: 'der', lowS: false });
+    }
+    sign(k, alg, message, type) {
+        const hash = signingHash(alg);
+        const key = this.privateKey(k);
+        if (type === 'RAW') {
+            if (alg.startsWith('ECDSA'))
+                return nodeSign(hash, message, { key, dsaEncoding: 'der' });
+            const padding = alg.startsWith('RSASSA_PSS') ? constants.RSA_PKCS1_PSS_PADDING : constants.RSA_PKCS1_PADDING;
+            return nodeSign(hash, message, { key, padding, saltLength: HASH_LEN[hash] });
+        }
+        // DIGEST: the message is already the hash.
+        if (message.length !== HASH_LEN[hash])
+            throw new ValidationException(`Digest length must be ${HASH_LEN[hash]} bytes for ${alg}`);
+        if (alg.startsWith('ECDSA')) {
+            const jwk = key.export({ format: 'jwk' });
+            const d = Buffer.from(jwk.d, 'base64url');
+            try {
+                return this.ecdsaDigest(k.spec, d, message);
+            }
+            finally {
+                wipe(d);
+            }
+        }
+        const emBits = RSA_BITS[k.spec] - 1;
+        const em = alg.startsWith('RSASSA_PSS') ? this.emsaPss(message, hash, emBits) : emsaPkcs1(message, hash, RSA_BITS[k.spec] / 8);
+        // RFC 8017 §8.1.1 / §8.2.1: signature = RSASP1(EM); RSA_NO_PADDING is the bare private-key operation.
+        return privateDecrypt({ key, padding: constants.RSA_NO_PADDING }, em);
+    }
+    /** EMSA-PSS-ENCODE, RFC 8017 §9.1.1, MGF1 with the same hash, sLen = hLen. */
+    emsaPss(mHash, hash, emBits) {
+        const hLen = HASH_LEN[hash];
+        const emLen = Math.ceil(emBits / 8);
+        const salt = this.drbg.bytes(hLen);
+        const h = createHash(hash).update(Buffer.alloc(8)).update(mHash).update(salt).digest();
+        const db = Buffer.alloc(emLen - hLen - 1);
+        db[emLen - 2 * hLen - 2] = 0x01;
+        salt.copy(db, emLen - 2 * hLen - 1);
+        const mask = mgf1(h, db.length, hash);
+        for (let i = 0; i < db.length; i++)
+            db[i] ^= mask[i];
+        db[0] &= 0xff >> (8 * emLen - emBits);
+        const em = Buffer.concat([db, h, Buffer.of(0xbc)]);
+        // emLen may be one byte shorter than the modulus; left-pad for RSA_NO_PADDING.
+        return em.length === Math.ceil((emBits + 1) / 8) ? em : Buffer.concat([Buffer.alloc(1), em]);
+    }
+    verify(k, alg, message, type, sig) {
+        const hash = signingHash(alg);
+        const pub = createPublicKey(this.privateKey(k));
+        try {
+            if (type === 'RAW') {
+                if (alg.startsWith('ECDSA'))
+                    return nodeVerify(hash, message, { key: pub, dsaEncoding: 'der' }, sig);
+                const padding = alg.startsWith('RSASSA_PSS') ? constants.RSA_PKCS1_PSS_PADDING : constants.RSA_PKCS1_PADDING;
+                return nodeVerify(hash, message, { key: pub, padding, saltLength: HASH_LEN[hash] }, sig);
+            }
+            if (message.length !== HASH_LEN[hash])
+                throw new ValidationException(`Digest length must be ${HASH_LEN[hash]} bytes for ${alg}`);
+            if (alg.startsWith('ECDSA')) {
+                const curve = k.spec === 'ECC_NIST_P256' ? p256 : k.spec === 'ECC_NIST_P384' ? p384 : k.spec === 'ECC_NIST_P521' ? p521 : secp256k1;
+                const raw = pub.export({ format: 'jwk' });
+                const x = Buffer.from(raw.x, 'base64url'), y = Buffer.from(raw.y, 'base64url');
+                const point = Buffer.concat([Buffer.of(4), x, y]);
+                return curve.verify(sig, message, point, { prehash: false, format: 'der', lowS: false });
+            }
+            // Recover EM with the public operation and compare (PKCS#1) or check (PSS).
+            const k8 = RSA_BITS[k.spec] / 8;
+            if (sig.length !== k8)
+                return false;
+            const em = publicEncryptRaw(pub, sig);
+            if (alg.startsWith('RSASSA_PKCS1'))
+                return timingSafeEqual(em, emsaPkcs1(message, hash, k8));
+            return emsaPssVerify(message, em.subarray(em.length - Math.ceil((RSA_BITS[k.spec] - 1) / 8)), hash, RSA_BITS[k.spec] - 1);
+        }
+        catch (e) {
+            if (e instanceof ValidationException)
+                throw e;
+            return false;
+        }
+    }
+    // ---- dispatch ---------------------------------------------------------------
+    handle(r) {
+        switch (r.op) {
+            case 'generateKey': return this.generateKey(r.arn, r.hbkId, r.spec);
+            case 'encrypt': return { blob: this.symEncrypt(r.key, r.plaintext, r.ctx) };
+            case 'decrypt': return { plaintext: this.symDecrypt(r.key, r.blob, r.ctx) };
+            case 'generateDataKey': {
+                let plaintext;
+                const blob = this.symEncrypt(r.key, (dk) => { if (r.wantPlaintext)
+                    plaintext = Buffer.from(dk); return dk; }, r.ctx, r.bytes);
+                return plaintext ? { blob, plaintext } : { blob };
+            }
+            case 'rsaEncrypt': return { blob: this.rsaEncrypt(r.key, r.algorithm, r.plaintext) };
+            case 'rsaDecrypt': return { plaintext: this.rsaDecrypt(r.key, r.algorithm, r.blob) };
+            case 'reEncrypt': {
+                const pt = this.decryptAny(r.src, r.blob);
+                try {
+                    return { blob: this.encryptAny(r.dst, pt) };
+                }
+                finally {
+                    wipe(pt);
+                }
+            }
+            case 'sign': return { signature: this.sign(r.key, r.algorithm, r.message, r.messageType) };
+            case 'verify': {
+                const valid = this.verify(r.key, r.algorithm, r.message, r.messageType, r.signature);
+                if (!valid)
+                    throw new KMSInvalidSignatureException('The signature verification failed.');
+                return { valid };
+            }
+            case 'generateDataKeyPair': {
+                const { privateKey, publicKey } = genPair(r.pairSpec);
+                const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });
+                try {
+                    const privateBlob = this.symEncrypt(r.key, pkcs8, r.ctx);
+                    const spki = publicKey.export({ format: 'der', type: 'spki' });
+                    return r.wantPlaintext ? { privateBlob, privatePlaintext: Buffer.from(pkcs8), publicKey: spki } : { privateBlob, publicKey: spki };
+                }
+                finally {
+                    wipe(pkcs8);
+                }
+            }
+            case 'generateMac': return { mac: this.mac(r.key, r.algorithm, r.message) };
+            case 'verifyMac': {
+                const m = this.mac(r.key, r.algorithm, r.message);
+                return { valid: m.length === r.mac.length && timingSafeEqual(m, r.mac) };
+            }
+            case 'random': return { bytes: this.drbg.bytes(r.bytes) };
+            case 'signAudit': return { signature: nodeSign(null, r.data, this.domain.auditPrivateKey) };
+            case 'auditPublicKey': return { pem: this.domain.auditPublicKeyPem };
+        }
+    }
+    mac(k, alg, message) {
+        const h = 'sha' + alg.slice('HMAC_SHA_'.length);
+        return this.withMaterial(k, (m) => createHmac(h, m).update(message).digest()); // RFC 2104
+    }
+    generateKey(arn, hbkId, spec) {
+        if (hbkId.length !== HBK_ID_LEN)
+            throw new ValidationException('hbkId must be 32 bytes');
+        if (spec === 'SYMMETRIC_DEFAULT' || isHmac(spec)) {
+            const m = this.drbg.bytes(spec === 'SYMMETRIC_DEFAULT' ? 32 : HMAC_KEY_BYTES[spec]);
+            try {
+                return { ekt: this.wrap(arn, hbkId, m) };
+            }
+            finally {
+                wipe(m);
+            }
+        }
+        if (!isRsa(spec) && !isEcc(spec))
+            throw new ValidationException(`unsupported key spec ${spec}`);
+        const { privateKey, publicKey } = genPair(spec);
+        const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });
+        try {
+            return { ekt: this.wrap(arn, hbkId, pkcs8), publicKey: publicKey.export({ format: 'der', type: 'spki' }) };
+        }
+        finally {
+            wipe(pkcs8);
+        }
+    }
+}
+function genPair(spec) {
+    // node:crypto (OpenSSL) generates every curve AWS offers, secp256k1 included, and
+    // exports SPKI DER directly; noble is used only where OpenSSL lacks a pre-hashed ECDSA API.
+    if (isRsa(spec))
+        return generateKeyPairSync('rsa', { modulusLength: RSA_BITS[spec], publicExponent: 65537 });
+    return generateKeyPairSync('ec', { namedCurve: EC_CURVE[spec] });
+}
+const DIGEST_INFO = {
+    // RFC 8017 §9.2 note 1: DER of DigestInfo prefix per hash.
+    sha256: Buffer.from('3031300d060960864801650304020105000420', 'hex'),
+    sha384: Buffer.from('3041300d060960864801650304020205000430', 'hex'),
+    sha512: Buffer.from('3051300d060960864801650304020305000440', 'hex'),
+};
+/** EMSA-PKCS1-v1_5-ENCODE, RFC 8017 §9.2. */
+function emsaPkcs1(h, hash, emLen) {
+    const t = Buffer.concat([DIGEST_INFO[hash], h]);
+    const ps = Buffer.alloc(emLen - t.length - 3, 0xff);
+    return Buffer.concat([Buffer.of(0, 1), ps, Buffer.of(0), t]);
+}
+function mgf1(seed, len, hash) {
+    const out = [];
+    let got = 0;
+    for (let c = 0; got < len; c++) {
+        const cnt = Buffer.alloc(4);
+        cnt.writeUInt32BE(c);
+        const d = createHash(hash).update(seed).update(cnt).digest();
+        out.push(d);
+        got += d.length;
+    }
+    return Buffer.concat(out).subarray(0, len);
+}
+/** EMSA-PSS-VERIFY, RFC 8017 §9.1.2, sLen = hLen. */
+function emsaPssVerify(mHash, em, hash, emBits) {
+    const hLen = HASH_LEN[hash];
+    const emLen = Math.ceil(emBits / 8);
+    if (em.length !== emLen || em[emLen - 1] !== 0xbc)
+        return false;
+    const db = Buffer.from(em.subarray(0, emLen - hLen - 1));
+    const h = em.subarray(emLen - hLen - 1, emLen - 1);
+    const mask = mgf1(h, db.length, hash);
+    for (let i = 0; i < db.length; i++)
+        db[i] ^= mask[i];
+    db[0] &= 0xff >> (8 * emLen - emBits);
+    const ps = emLen - 2 * hLen - 2;
+    for (let i = 0; i < ps; i++)
+        if (db[i] !== 0)
+            return false;
+    if (db[ps] !== 1)
+        return false;
+    const salt = db.subarray(db.length - hLen);
+    const h2 = createHash(hash).update(Buffer.alloc(8)).update(mHash).update(salt).digest();
+    return timingSafeEqual(h, h2);
+}
+/** s^e mod n: the bare public-key operation (RFC 8017 §5.2.2 RSAVP1). */
+function publicEncryptRaw(pub, sig) {
+    return publicEncrypt({ key: pub, padding: constants.RSA_NO_PADDING }, sig);
+}
+//# sourceMappingURL=engine.js.map

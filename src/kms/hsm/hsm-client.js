@@ -1,0 +1,180 @@
+/**
+ * Main-thread side of the HSM boundary. Requests issued during one turn of
+ * the event loop travel to the worker as one message, and the worker answers
+ * each batch with one message: a postMessage round trip costs tens of
+ * microseconds, so one per request would cap Decrypt far below the goal
+ * (measured in docs/benchmarks.md). Batches are pipelined: a new batch may
+ * leave while earlier ones are still being answered.
+ *
+ * `mode: 'inline'` runs the same engine on the main thread through the same
+ * message shapes; it exists to measure the cost of the thread boundary and for
+ * hosts without worker threads. The worker is the default.
+ */
+import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+import { EbsdError } from '../../util/errors.js';
+import { HsmDomainError, KMSInternalException, KmsError } from '../errors.js';
+function fromWire(e) {
+    if (e.code.startsWith('HSM_'))
+        return new HsmDomainError(e.code, e.message);
+    if (e.awsName)
+        return new KmsError(e.awsName, e.message, { code: e.code });
+    return new EbsdError(e.code, e.message);
+}
+export async function startHsm(init, mode = 'worker') {
+    return mode === 'inline' ? InlineHsm.start(init) : WorkerHsm.start(init);
+}
+class WorkerHsm {
+    worker;
+    queue = [];
+    waiting = [];
+    inflight = new Map();
+    seq = 0;
+    scheduled = false;
+    closed = false;
+    constructor(worker) {
+        this.worker = worker;
+        worker.on('message', (m) => this.onReply(m));
+        worker.on('error', (e) => this.failAll(e));
+        worker.on('exit', () => this.failAll(new KMSInternalException('HSM worker exited', { code: 'KMS_HSM_GONE' })));
+    }
+    static async start(init) {
+        const dev = import.meta.url.endsWith('.ts');
+        const url = new URL(dev ? './hsm-worker.ts' : './hsm-worker.js', import.meta.url);
+        const worker = new Worker(url, { workerData: init, execArgv: dev ? ['--import', devLoaderUrl()] : [] });
+        const first = await new Promise((resolve, reject) => {
+            worker.once('message', resolve);
+            worker.once('error', reject);
+        });
+        if (!first.ready) {
+            await worker.terminate();
+            throw fromWire(first.e);
+        }
+        worker.unref();
+        return new WorkerHsm(worker);
+    }
+    call(req) {
+        if (this.closed)
+            return Promise.reject(new KMSInternalException('HSM is closed', { code: 'KMS_HSM_GONE' }));
+        return new Promise((resolve, reject) => {
+            this.queue.push(req);
+            this.waiting.push({ resolve: resolve, reject });
+            if (!this.scheduled) {
+                this.scheduled = true;
+                setImmediate(() => this.flush());
+            }
+        });
+    }
+    flush() {
+        this.scheduled = false;
+        if (this.queue.length === 0)
+            return;
+        const seq = ++this.seq;
+        this.inflight.set(seq, this.waiting);
+        const b = { seq, reqs: this.queue };
+        this.queue = [];
+        this.waiting = [];
+        this.worker.ref();
+        this.worker.postMessage(b);
+    }
+    onReply(m) {
+        const ps = this.inflight.get(m.seq);
+        if (!ps)
+            return;
+        this.inflight.delete(m.seq);
+        if (this.inflight.size === 0)
+            this.worker.unref();
+        for (let i = 0; i < ps.length; i++) {
+            const r = m.res[i];
+            if (r.ok)
+                ps[i].resolve(r.v);
+            else
+                ps[i].reject(fromWire(r.e));
+        }
+    }
+    failAll(e) {
+        for (const ps of this.inflight.values())
+            for (const p of ps)
+                p.reject(e);
+        this.inflight.clear();
+        for (const p of this.waiting)
+            p.reject(e);
+        this.waiting = [];
+        this.queue = [];
+    }
+    async close() {
+        if (this.closed)
+            return;
+        this.closed = true;
+        await this.worker.terminate();
+    }
+}
+class InlineHsm {
+    engine;
+    constructor(engine) {
+        this.engine = engine;
+    }
+    static async start(init) {
+        const { openDomain } = await import('./domain.js');
+        const { HsmEngine } = await import('./engine.js');
+        return new InlineHsm(new HsmEngine(openDomain(init.stateDir, init.passphrase, init.scryptCost ? { scryptCost: init.scryptCost } : {})));
+    }
+    async call(req) {
+        return this.engine.handle(req);
+    }
+    async close() { }
+}
+/**
+ * When ebsd runs from its TypeScript sources (vitest), the worker must load
+ * `.ts` files too: this registers a tiny ESM loader hook that transpiles them
+ * with the `typescript` dev dependency. The built daemon (dist/*.js) never uses it.
+ *
+ * Transpiled files are cached in `node_modules/.cache/ebsd-worker-ts/`, keyed
+ * by the SHA-256 of the source and the compiler version, and `typescript` is
+ * imported only on a cache miss: importing it costs 1-2.5 s per worker on
+ * this machine, which was most of a test's KmsService.open.
+ */
+export function devLoaderUrl() {
+    const tsPath = createRequire(import.meta.url).resolve('typescript');
+    const tsUrl = pathToFileURL(tsPath).href;
+    const nm = tsPath.slice(0, tsPath.lastIndexOf('/node_modules/') + '/node_modules/'.length);
+    const cacheDir = nm + '.cache/ebsd-worker-ts';
+    const hooks = `
+import { readFileSync, writeFileSync, renameSync, mkdirSync, existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+let tsUrl, cacheDir, tsP;
+const KEY = 'v1 esnext es2022 ';
+export async function initialize(d) { tsUrl = d.ts; cacheDir = d.cacheDir; }
+export async function resolve(spec, ctx, next) {
+  if (spec.startsWith('.') && spec.endsWith('.js') && ctx.parentURL && ctx.parentURL.endsWith('.ts')) {
+    const u = new URL(spec.slice(0, -3) + '.ts', ctx.parentURL);
+    if (existsSync(fileURLToPath(u))) return { url: u.href, format: 'module', shortCircuit: true };
+  }
+  return next(spec, ctx);
+}
+export async function load(url, ctx, next) {
+  if (url.startsWith('file:') && url.endsWith('.ts')) {
+    const file = fileURLToPath(url);
+    const src = readFileSync(file, 'utf8');
+    const cached = cacheDir + '/' + createHash('sha256').update(KEY + tsUrl + '\\0' + src).digest('hex') + '.js';
+    try { return { format: 'module', source: readFileSync(cached, 'utf8'), shortCircuit: true }; } catch { /* miss */ }
+    const ts = (await (tsP ??= import(tsUrl))).default;
+    const out = ts.transpileModule(src, { fileName: file,
+      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, sourceMap: false } }).outputText;
+    try {
+      mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
+      const tmp = cached + '.' + process.pid + '.' + Math.random().toString(36).slice(2);
+      writeFileSync(tmp, out, { mode: 0o600 });
+      renameSync(tmp, cached);
+    } catch { /* read-only checkout: no cache */ }
+    return { format: 'module', source: out, shortCircuit: true };
+  }
+  return next(url, ctx);
+}`;
+    const hooksUrl = 'data:text/javascript,' + encodeURIComponent(hooks);
+    const reg = `import { register } from 'node:module'; register(${JSON.stringify(hooksUrl)}, { parentURL: 'file:///', data: { ts: ${JSON.stringify(tsUrl)}, cacheDir: ${JSON.stringify(cacheDir)} } });`;
+    return 'data:text/javascript,' + encodeURIComponent(reg);
+}
+//# sourceMappingURL=hsm-client.js.map

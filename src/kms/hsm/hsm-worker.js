@@ -1,0 +1,38 @@
+/**
+ * HSM simulator thread. It opens the sealed domain itself, so the domain key
+ * and every plaintext HBK live only on this thread's heap. It answers
+ * batches of HsmRequest in order (protocol.ts).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { EbsdError } from '../../util/errors.js';
+import { openDomain } from './domain.js';
+import { HsmEngine } from './engine.js';
+const port = parentPort;
+const init = workerData;
+function toWire(e) {
+    if (e instanceof EbsdError)
+        return { ...(e.awsName ? { awsName: e.awsName } : {}), code: e.code, message: e.message };
+    return { awsName: 'KMSInternalException', code: 'KMS_HSM_INTERNAL', message: 'internal HSM error' };
+}
+let engine;
+try {
+    engine = new HsmEngine(openDomain(init.stateDir, init.passphrase, init.scryptCost ? { scryptCost: init.scryptCost } : {}));
+    port.postMessage({ ready: true });
+}
+catch (e) {
+    port.postMessage({ ready: false, e: toWire(e) });
+    process.exit(0);
+}
+port.on('message', (b) => {
+    const res = new Array(b.reqs.length);
+    for (let i = 0; i < b.reqs.length; i++) {
+        try {
+            res[i] = { ok: true, v: engine.handle(b.reqs[i]) };
+        }
+        catch (e) {
+            res[i] = { ok: false, e: toWire(e) };
+        }
+    }
+    port.postMessage({ seq: b.seq, res });
+});
+//# sourceMappingURL=hsm-worker.js.map

@@ -1,0 +1,2 @@
+export {};
+//# sourceMappingURL=key-record.js.map

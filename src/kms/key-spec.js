@@ -1,0 +1,72 @@
+export const KEY_SPECS = [
+    'SYMMETRIC_DEFAULT', 'RSA_2048', 'RSA_3072', 'RSA_4096',
+    'ECC_NIST_P256', 'ECC_NIST_P384', 'ECC_NIST_P521', 'ECC_SECG_P256K1',
+    'HMAC_224', 'HMAC_256', 'HMAC_384', 'HMAC_512',
+];
+export const isRsa = (s) => s.startsWith('RSA_');
+export const isEcc = (s) => s.startsWith('ECC_');
+export const isHmac = (s) => s.startsWith('HMAC_');
+/** Usages AWS accepts for each spec; the first is the default when KeyUsage is omitted. */
+export function allowedUsages(spec) {
+    if (spec === 'SYMMETRIC_DEFAULT')
+        return ['ENCRYPT_DECRYPT'];
+    if (isRsa(spec))
+        return ['ENCRYPT_DECRYPT', 'SIGN_VERIFY'];
+    if (isEcc(spec))
+        return ['SIGN_VERIFY'];
+    return ['GENERATE_VERIFY_MAC'];
+}
+export const RSA_BITS = { RSA_2048: 2048, RSA_3072: 3072, RSA_4096: 4096 };
+export const EC_CURVE = {
+    ECC_NIST_P256: 'prime256v1', ECC_NIST_P384: 'secp384r1', ECC_NIST_P521: 'secp521r1', ECC_SECG_P256K1: 'secp256k1',
+};
+/** HMAC key length in bytes equals the digest length (AWS "HMAC key specs"). */
+export const HMAC_KEY_BYTES = { HMAC_224: 28, HMAC_256: 32, HMAC_384: 48, HMAC_512: 64 };
+export const HMAC_ALG = {
+    HMAC_224: 'HMAC_SHA_224', HMAC_256: 'HMAC_SHA_256', HMAC_384: 'HMAC_SHA_384', HMAC_512: 'HMAC_SHA_512',
+};
+export function encryptionAlgorithms(spec, usage) {
+    if (usage !== 'ENCRYPT_DECRYPT')
+        return undefined;
+    if (spec === 'SYMMETRIC_DEFAULT')
+        return ['SYMMETRIC_DEFAULT'];
+    return ['RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256'];
+}
+export function signingAlgorithms(spec, usage) {
+    if (usage !== 'SIGN_VERIFY')
+        return undefined;
+    if (isRsa(spec)) {
+        return ['RSASSA_PSS_SHA_256', 'RSASSA_PSS_SHA_384', 'RSASSA_PSS_SHA_512',
+            'RSASSA_PKCS1_V1_5_SHA_256', 'RSASSA_PKCS1_V1_5_SHA_384', 'RSASSA_PKCS1_V1_5_SHA_512'];
+    }
+    switch (spec) {
+        case 'ECC_NIST_P256':
+        case 'ECC_SECG_P256K1': return ['ECDSA_SHA_256'];
+        case 'ECC_NIST_P384': return ['ECDSA_SHA_384'];
+        case 'ECC_NIST_P521': return ['ECDSA_SHA_512'];
+        default: return undefined;
+    }
+}
+export function macAlgorithms(spec) {
+    return isHmac(spec) ? [HMAC_ALG[spec]] : undefined;
+}
+/** Hash named by a signing algorithm: `RSASSA_PSS_SHA_256` -> `sha256`. */
+export function signingHash(alg) {
+    const m = /SHA_(256|384|512)$/.exec(alg);
+    return `sha${m[1]}`;
+}
+export const HASH_LEN = { sha256: 32, sha384: 48, sha512: 64 };
+/**
+ * Largest plaintext RSA-OAEP takes: k - 2·hLen - 2 (RFC 8017 §7.1.1).
+ * AWS lists the same figures (e.g. RSA_2048 + OAEP_SHA_256: 190 bytes).
+ */
+export function rsaOaepMaxPlaintext(spec, alg) {
+    const k = RSA_BITS[spec] / 8;
+    const h = alg === 'RSAES_OAEP_SHA_1' ? 20 : 32;
+    return k - 2 * h - 2;
+}
+/** Data key pair specs accepted by GenerateDataKeyPair (no HMAC, no SM2 here). */
+export const DATA_KEY_PAIR_SPECS = [
+    'RSA_2048', 'RSA_3072', 'RSA_4096', 'ECC_NIST_P256', 'ECC_NIST_P384', 'ECC_NIST_P521', 'ECC_SECG_P256K1',
+];
+//# sourceMappingURL=key-spec.js.map

@@ -1,0 +1,261 @@
+/**
+ * The KMS core: `KmsService.open(opts)` wires the HSM simulator (worker
+ * thread), the keystore, the audit log and the operation table; `call()` is
+ * the one entry point (authorize -> execute -> audit, see dispatcher.ts).
+ * Deletions and rotations happen when due: checked on every call against the
+ * clock, and by `tick()`, which the daemon calls periodically.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { silentLogger } from '../util/logger.js';
+import { AccountAuthorizer, ebsManagedKeyPolicy, defaultKeyPolicy } from './authorizer.js';
+import { Dispatcher } from './dispatcher.js';
+import { Keystore } from './keystore.js';
+import { startHsm } from './hsm/hsm-client.js';
+import { AuditLog } from './audit/audit-log.js';
+import { buildEvent } from './audit/event.js';
+import { InvalidArnException, KMSInternalException, NotFoundException } from './errors.js';
+import { createKeyRecord, registerKeyOperations } from './ops/keys.js';
+import { registerCryptoOperations } from './ops/crypto.js';
+import { registerAsymmetricOperations } from './ops/asymmetric.js';
+import { registerAliasOperations } from './ops/aliases.js';
+import { registerTagAndRotationOperations, rotateKey } from './ops/tags-rotation.js';
+const KEY_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const KMS_ARN_RE = /^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):((?:key|alias)\/.+)$/;
+export class KmsService {
+    o;
+    log;
+    clock;
+    dispatcher;
+    deletedListeners = [];
+    nextDue = Infinity;
+    ticking = null;
+    creatingManaged = new Map();
+    closed = false;
+    /** Services handed to operation handlers, including those registered from outside. */
+    context;
+    constructor(o, log, clock, keystore, hsm, audit) {
+        this.o = o;
+        this.log = log;
+        this.clock = clock;
+        const self = this;
+        this.context = {
+            accountId: o.accountId,
+            region: o.region,
+            log,
+            keystore,
+            hsm,
+            audit,
+            authorizer: o.authorizer ?? new AccountAuthorizer(),
+            now: clock,
+            resolveKey: (id, opts) => self.resolveKey(id, opts?.aliases ?? true),
+            view: (k) => self.view(k),
+            handle: (k, mid) => self.handle(k, mid),
+            scheduleDue: (t) => { if (t < self.nextDue)
+                self.nextDue = t; },
+            onKeyDeleted: (fn) => { self.deletedListeners.push(fn); },
+        };
+        this.dispatcher = new Dispatcher(this.context, (now) => (now >= this.nextDue ? this.tick() : undefined));
+        registerKeyOperations(this.dispatcher);
+        registerCryptoOperations(this.dispatcher);
+        registerAsymmetricOperations(this.dispatcher);
+        registerAliasOperations(this.dispatcher);
+        registerTagAndRotationOperations(this.dispatcher);
+    }
+    static async open(opts) {
+        const log = (opts.logger ?? silentLogger).child({ component: 'kms' });
+        const clock = opts.clock ?? Date.now;
+        mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+        const passphrase = opts.passphrase ?? process.env.EBSD_HSM_PASSPHRASE;
+        const hsm = await startHsm({
+            stateDir: opts.stateDir, ...(passphrase !== undefined ? { passphrase } : {}), ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}),
+        }, opts.hsmMode ?? 'worker');
+        try {
+            const keystore = new Keystore(opts.stateDir, log);
+            keystore.load();
+            const audit = await AuditLog.open({
+                dir: join(opts.stateDir, 'audit'), hsm, log, fsync: opts.auditFsync ?? 'none', clock,
+                ...(opts.auditDigestEvery ? { digestEvery: opts.auditDigestEvery } : {}),
+            });
+            const svc = new KmsService(opts, log, clock, keystore, hsm, audit);
+            svc.nextDue = -Infinity; // first call (or tick) computes the real schedule
+            return svc;
+        }
+        catch (e) {
+            await hsm.close();
+            throw e;
+        }
+    }
+    call(operation, request, caller) {
+        if (this.closed)
+            return Promise.reject(new KMSInternalException('KMS core is closed', { code: 'KMS_CLOSED' }));
+        return this.dispatcher.call(operation, request, caller);
+    }
+    /** Add or replace an operation (policies and grants register theirs here). */
+    registerOperation(name, handler, opts) {
+        this.dispatcher.registerOperation(name, handler, opts);
+    }
+    operations() {
+        return this.dispatcher.operations();
+    }
+    setAuthorizer(a) {
+        this.context.authorizer = a;
+    }
+    /** Seal the audit log now (a signed digest over everything written so far). */
+    sealAudit() {
+        return this.context.audit.seal();
+    }
+    /** Run deletions and rotations that are due. Safe to call at any rate. */
+    tick() {
+        if (this.ticking)
+            return this.ticking;
+        this.ticking = this.runDue().finally(() => { this.ticking = null; });
+        return this.ticking;
+    }
+    async runDue() {
+        const ctx = this.context;
+        const now = this.clock();
+        let next = Infinity;
+        for (const k of ctx.keystore.all()) {
+            if (k.keyState === 'PendingDeletion' && k.deletionDate !== undefined) {
+                if (k.deletionDate <= now)
+                    await this.deleteKey(k, now);
+                else
+                    next = Math.min(next, k.deletionDate);
+                continue;
+            }
+            const due = k.rotation.enabled ? k.rotation.nextRotationDate : undefined;
+            if (due === undefined)
+                continue;
+            if (due <= now) {
+                // A disabled key does not rotate; EnableKey reschedules it.
+                if (k.keyState !== 'Enabled')
+                    continue;
+                try {
+                    const after = await rotateKey(ctx, k, 'AUTOMATIC', now);
+                    await this.serviceEvent('RotateKey', after, now, { keyMaterialId: after.materials[after.materials.length - 1].id });
+                    next = Math.min(next, after.rotation.nextRotationDate ?? Infinity);
+                }
+                catch (e) {
+                    this.log.error({ err: e, keyArn: k.arn }, 'automatic key rotation failed');
+                }
+            }
+            else {
+                next = Math.min(next, due);
+            }
+        }
+        this.nextDue = next;
+    }
+    async deleteKey(k, now) {
+        await this.context.keystore.remove(k.keyId);
+        this.log.info({ keyArn: k.arn }, 'KMS key deleted after its waiting period');
+        await this.serviceEvent('DeleteKey', k, now);
+        for (const fn of this.deletedListeners) {
+            try {
+                await fn(k.keyId);
+            }
+            catch (e) {
+                this.log.error({ err: e, keyArn: k.arn }, 'key-deleted listener failed');
+            }
+        }
+    }
+    async serviceEvent(name, k, now, extra) {
+        await this.context.audit.append(buildEvent({
+            eventName: name, accountId: this.o.accountId, region: this.o.region, requestId: randomUUID(), eventId: randomUUID(),
+            resources: [k.arn], readOnly: false, time: now, eventType: 'AwsServiceEvent',
+            ...(extra ? { additionalEventData: extra } : {}),
+        }));
+    }
+    view(k) {
+        const { materials: _m, ...meta } = k;
+        return { ...meta, aliases: this.context.keystore.aliasesOf(k.keyId) };
+    }
+    handle(k, materialId) {
+        const m = materialId === undefined ? k.materials[k.materials.length - 1] : k.materials.find((x) => x.id === materialId);
+        if (!m)
+            throw new KMSInternalException(`key material ${materialId} of ${k.arn} not found`);
+        return { arn: k.arn, hbkId: Buffer.from(m.id, 'hex'), ekt: Buffer.from(m.ekt, 'base64'), spec: k.keySpec };
+    }
+    async resolveKey(id, aliases) {
+        const { accountId, region } = this.o;
+        const ks = this.context.keystore;
+        let keyId;
+        let alias;
+        if (id.startsWith('arn:')) {
+            const m = KMS_ARN_RE.exec(id);
+            if (!m)
+                throw new InvalidArnException(`Invalid arn ${id}`);
+            if (m[1] !== region || m[2] !== accountId)
+                throw new NotFoundException(`${m[3].startsWith('alias/') ? 'Alias' : 'Key'} '${id}' does not exist`);
+            if (m[3].startsWith('key/'))
+                keyId = m[3].slice(4);
+            else
+                alias = m[3];
+        }
+        else if (id.startsWith('alias/')) {
+            alias = id;
+        }
+        else {
+            keyId = id;
+        }
+        if (alias !== undefined) {
+            const aliasArn = `arn:aws:kms:${region}:${accountId}:${alias}`;
+            if (!aliases)
+                throw new NotFoundException(`Key '${aliasArn}' does not exist`);
+            const rec = ks.alias(alias);
+            if (rec)
+                keyId = rec.TargetKeyId;
+            else if (/^alias\/aws\/[a-z0-9-]+$/.test(alias))
+                return { key: await this.managedKey(alias), requestAlias: alias };
+            else
+                throw new NotFoundException(`Alias ${aliasArn} is not found.`);
+        }
+        if (!KEY_ID_RE.test(keyId))
+            throw new NotFoundException(`Invalid keyId '${keyId}'`);
+        const key = ks.get(keyId);
+        if (!key)
+            throw new NotFoundException(`Key 'arn:aws:kms:${region}:${accountId}:key/${keyId}' does not exist`);
+        return alias !== undefined ? { key, requestAlias: alias } : { key };
+    }
+    /** AWS-managed key for `alias/aws/<service>`, created on first use. */
+    managedKey(alias) {
+        let p = this.creatingManaged.get(alias);
+        if (!p) {
+            p = (async () => {
+                const { accountId, region } = this.o;
+                const svc = alias.slice('alias/aws/'.length);
+                const key = await createKeyRecord(this.context, {
+                    keySpec: 'SYMMETRIC_DEFAULT', keyUsage: 'ENCRYPT_DECRYPT',
+                    description: `Default key that protects my ${svc.toUpperCase()} resources when no other key is defined`,
+                    policy: svc === 'ebs' ? ebsManagedKeyPolicy(accountId, region) : defaultKeyPolicy(accountId),
+                    keyManager: 'AWS', now: this.clock(),
+                });
+                await this.context.keystore.updateAliases((m) => {
+                    m.set(alias, { AliasName: alias, TargetKeyId: key.keyId, CreationDate: key.creationDate, LastUpdatedDate: key.creationDate });
+                });
+                await this.serviceEvent('CreateKey', key, key.creationDate);
+                return key;
+            })().finally(() => this.creatingManaged.delete(alias));
+            this.creatingManaged.set(alias, p);
+        }
+        return p;
+    }
+    async close() {
+        if (this.closed)
+            return;
+        this.closed = true;
+        if (this.ticking)
+            await this.ticking.catch(() => { });
+        try {
+            await this.context.audit.close();
+        }
+        finally {
+            await this.context.hsm.close();
+        }
+    }
+}
+export function createKmsCore(opts) {
+    return KmsService.open(opts);
+}
+//# sourceMappingURL=kms-core.js.map

@@ -1,0 +1,79 @@
+import { AlreadyExistsException, InvalidAliasNameException, NotFoundException, ValidationException } from '../errors.js';
+import { epochSeconds } from '../key-metadata.js';
+import { page } from '../paging.js';
+import { optStr, reqStr } from '../validate.js';
+/** AWS: `alias/` then letters, digits, `/ _ -`; 1-256 characters in all. */
+const ALIAS_RE = /^alias\/[a-zA-Z0-9/_-]+$/;
+function checkAliasName(name) {
+    if (!ALIAS_RE.test(name))
+        throw new InvalidAliasNameException(`Alias ${name} must begin with alias/ and contain only alphanumeric characters, forward slashes (/), underscores (_), and dashes (-).`);
+    if (name.startsWith('alias/aws/'))
+        throw new InvalidAliasNameException('Alias names beginning with alias/aws/ are reserved for AWS managed keys.');
+}
+export function registerAliasOperations(d) {
+    d.registerOperation('CreateAlias', async (ctx, call) => {
+        const name = reqStr(call.request, 'AliasName', 1, 256);
+        checkAliasName(name);
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'TargetKeyId'), { aliases: false });
+        await call.authorize({ key });
+        await ctx.keystore.updateAliases((m) => {
+            if (m.has(name))
+                throw new AlreadyExistsException(`An alias with the name arn:aws:kms:${ctx.region}:${ctx.accountId}:${name} already exists`);
+            m.set(name, { AliasName: name, TargetKeyId: key.keyId, CreationDate: call.now, LastUpdatedDate: call.now });
+        });
+        return {};
+    });
+    d.registerOperation('UpdateAlias', async (ctx, call) => {
+        const name = reqStr(call.request, 'AliasName', 1, 256);
+        checkAliasName(name);
+        const cur = ctx.keystore.alias(name);
+        if (!cur)
+            throw new NotFoundException(`Alias arn:aws:kms:${ctx.region}:${ctx.accountId}:${name} is not found.`);
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'TargetKeyId'), { aliases: false });
+        const old = ctx.keystore.get(cur.TargetKeyId);
+        await call.authorize({ key });
+        if (old) {
+            await call.authorize({ key: old, stateCheck: false });
+            const kind = (s) => (s === 'SYMMETRIC_DEFAULT' ? 'sym' : s.startsWith('HMAC') ? 'hmac' : 'asym');
+            if (old.keyUsage !== key.keyUsage || kind(old.keySpec) !== kind(key.keySpec)) {
+                throw new ValidationException('The new target key must have the same key type and key usage as the current target key.');
+            }
+        }
+        await ctx.keystore.updateAliases((m) => {
+            m.set(name, { ...cur, TargetKeyId: key.keyId, LastUpdatedDate: call.now });
+        });
+        return {};
+    });
+    d.registerOperation('DeleteAlias', async (ctx, call) => {
+        const name = reqStr(call.request, 'AliasName', 1, 256);
+        checkAliasName(name);
+        const cur = ctx.keystore.alias(name);
+        if (!cur)
+            throw new NotFoundException(`Alias arn:aws:kms:${ctx.region}:${ctx.accountId}:${name} is not found.`);
+        const key = ctx.keystore.get(cur.TargetKeyId);
+        await call.authorize({ ...(key ? { key } : {}), stateCheck: false });
+        await ctx.keystore.updateAliases((m) => { m.delete(name); });
+        return {};
+    });
+    d.registerOperation('ListAliases', async (ctx, call) => {
+        const keyId = optStr(call.request, 'KeyId');
+        let aliases = ctx.keystore.allAliases();
+        if (keyId !== undefined) {
+            const { key } = await ctx.resolveKey(keyId, { aliases: false });
+            await call.authorize({ key, stateCheck: false });
+            aliases = aliases.filter((a) => a.TargetKeyId === key.keyId);
+        }
+        else {
+            await call.authorize({});
+        }
+        const p = page(call.request, aliases, 50, 100);
+        return {
+            Aliases: p.items.map((a) => ({
+                AliasName: a.AliasName, AliasArn: `arn:aws:kms:${ctx.region}:${ctx.accountId}:${a.AliasName}`, TargetKeyId: a.TargetKeyId,
+                CreationDate: epochSeconds(a.CreationDate), LastUpdatedDate: epochSeconds(a.LastUpdatedDate),
+            })),
+            Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}),
+        };
+    }, { readOnly: true });
+}
+//# sourceMappingURL=aliases.js.map

@@ -1,0 +1,87 @@
+import { InvalidKeyUsageException, KMSInvalidMacException, UnsupportedOperationException, ValidationException } from '../errors.js';
+import { canonicalContext } from '../blob.js';
+import { DATA_KEY_PAIR_SPECS, encryptionAlgorithms, macAlgorithms, signingAlgorithms } from '../key-spec.js';
+import { optContext, optEnum, optStrList, reqBytes, reqEnum, reqStr } from '../validate.js';
+import { requireUsage } from './crypto.js';
+const SIGN_ALGS = [
+    'RSASSA_PSS_SHA_256', 'RSASSA_PSS_SHA_384', 'RSASSA_PSS_SHA_512', 'RSASSA_PKCS1_V1_5_SHA_256', 'RSASSA_PKCS1_V1_5_SHA_384',
+    'RSASSA_PKCS1_V1_5_SHA_512', 'ECDSA_SHA_256', 'ECDSA_SHA_384', 'ECDSA_SHA_512', 'SM2DSA',
+];
+const MAC_ALGS = ['HMAC_SHA_224', 'HMAC_SHA_256', 'HMAC_SHA_384', 'HMAC_SHA_512'];
+export function registerAsymmetricOperations(d) {
+    for (const op of ['Sign', 'Verify']) {
+        d.registerOperation(op, async (ctx, call) => {
+            const r = call.request;
+            const { key, requestAlias } = await ctx.resolveKey(reqStr(r, 'KeyId'));
+            const message = reqBytes(r, 'Message', 1, 4096);
+            const messageType = optEnum(r, 'MessageType', ['RAW', 'DIGEST', 'EXTERNAL_MU']) ?? 'RAW';
+            const alg = reqEnum(r, 'SigningAlgorithm', SIGN_ALGS);
+            const signature = op === 'Verify' ? reqBytes(r, 'Signature', 1, 6144) : undefined;
+            await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [] });
+            requireUsage(key, 'SIGN_VERIFY');
+            if (!signingAlgorithms(key.keySpec, key.keyUsage).includes(alg))
+                throw new InvalidKeyUsageException(`Algorithm ${alg} is incompatible with key spec ${key.keySpec}.`);
+            if (messageType === 'EXTERNAL_MU')
+                throw new ValidationException('MessageType EXTERNAL_MU applies to ML-DSA keys only');
+            if (op === 'Sign') {
+                const out = await ctx.hsm.call({ op: 'sign', key: ctx.handle(key), algorithm: alg, message, messageType });
+                return { KeyId: key.arn, Signature: out.signature, SigningAlgorithm: alg };
+            }
+            await ctx.hsm.call({ op: 'verify', key: ctx.handle(key), algorithm: alg, message, messageType, signature: signature });
+            return { KeyId: key.arn, SignatureValid: true, SigningAlgorithm: alg };
+        });
+    }
+    d.registerOperation('GetPublicKey', async (ctx, call) => {
+        const { key, requestAlias } = await ctx.resolveKey(reqStr(call.request, 'KeyId'));
+        await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), grantTokens: optStrList(call.request, 'GrantTokens', 10) ?? [] });
+        if (!key.publicKey)
+            throw new UnsupportedOperationException(`${key.arn} is not an asymmetric KMS key; it has no public key.`);
+        const enc = encryptionAlgorithms(key.keySpec, key.keyUsage);
+        const sig = signingAlgorithms(key.keySpec, key.keyUsage);
+        return {
+            KeyId: key.arn, PublicKey: new Uint8Array(Buffer.from(key.publicKey, 'base64')), CustomerMasterKeySpec: key.keySpec, KeySpec: key.keySpec,
+            KeyUsage: key.keyUsage, ...(enc ? { EncryptionAlgorithms: enc } : {}), ...(sig ? { SigningAlgorithms: sig } : {}),
+        };
+    }, { readOnly: true });
+    for (const op of ['GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext']) {
+        d.registerOperation(op, async (ctx, call) => {
+            const r = call.request;
+            const { key, requestAlias } = await ctx.resolveKey(reqStr(r, 'KeyId'));
+            const pairSpec = reqEnum(r, 'KeyPairSpec', [...DATA_KEY_PAIR_SPECS, 'SM2']);
+            if (pairSpec === 'SM2')
+                throw new UnsupportedOperationException('SM2 is available only in China Regions');
+            const ec = optContext(r);
+            await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [] });
+            if (key.keySpec !== 'SYMMETRIC_DEFAULT')
+                throw new InvalidKeyUsageException(`${key.arn} is not a symmetric encryption KMS key.`);
+            const want = op === 'GenerateDataKeyPair';
+            const out = await ctx.hsm.call({ op: 'generateDataKeyPair', key: ctx.handle(key), ctx: canonicalContext(ec), pairSpec, wantPlaintext: want });
+            return {
+                PrivateKeyCiphertextBlob: out.privateBlob, ...(want ? { PrivateKeyPlaintext: out.privatePlaintext } : {}),
+                PublicKey: out.publicKey, KeyId: key.arn, KeyPairSpec: pairSpec,
+            };
+        });
+    }
+    for (const op of ['GenerateMac', 'VerifyMac']) {
+        d.registerOperation(op, async (ctx, call) => {
+            const r = call.request;
+            const { key, requestAlias } = await ctx.resolveKey(reqStr(r, 'KeyId'));
+            const message = reqBytes(r, 'Message', 1, 4096);
+            const alg = reqEnum(r, 'MacAlgorithm', MAC_ALGS);
+            const mac = op === 'VerifyMac' ? reqBytes(r, 'Mac', 1, 6144) : undefined;
+            await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [] });
+            requireUsage(key, 'GENERATE_VERIFY_MAC');
+            if (!macAlgorithms(key.keySpec).includes(alg))
+                throw new InvalidKeyUsageException(`Algorithm ${alg} is incompatible with key spec ${key.keySpec}.`);
+            if (op === 'GenerateMac') {
+                const out = await ctx.hsm.call({ op: 'generateMac', key: ctx.handle(key), algorithm: alg, message });
+                return { Mac: out.mac, MacAlgorithm: alg, KeyId: key.arn };
+            }
+            const out = await ctx.hsm.call({ op: 'verifyMac', key: ctx.handle(key), algorithm: alg, message, mac: mac });
+            if (!out.valid)
+                throw new KMSInvalidMacException('The MAC verification failed.');
+            return { KeyId: key.arn, MacValid: true, MacAlgorithm: alg };
+        });
+    }
+}
+//# sourceMappingURL=asymmetric.js.map

@@ -1,0 +1,149 @@
+import { IncorrectKeyException, InvalidCiphertextException, InvalidKeyUsageException, NotFoundException, ValidationException } from '../errors.js';
+import { canonicalContext, parseBlob, MAX_BLOB } from '../blob.js';
+import { encryptionAlgorithms, rsaOaepMaxPlaintext } from '../key-spec.js';
+import { optContext, optEnum, optInt, optStr, optStrList, reqBytes, reqStr } from '../validate.js';
+const ENC_ALGS = ['SYMMETRIC_DEFAULT', 'RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'SM2PKE'];
+export function requireUsage(key, usage) {
+    if (key.keyUsage !== usage) {
+        throw new InvalidKeyUsageException(`${key.arn} key usage is ${key.keyUsage} which is not valid for this operation.`);
+    }
+}
+function checkEncAlg(key, alg) {
+    requireUsage(key, 'ENCRYPT_DECRYPT');
+    if (!encryptionAlgorithms(key.keySpec, key.keyUsage).includes(alg)) {
+        throw new InvalidKeyUsageException(`Algorithm ${alg} is incompatible with key spec ${key.keySpec}.`);
+    }
+}
+/** Resolve the key a symmetric blob names, and check a KeyId in the request against it. */
+async function sourceKey(ctx, blob, keyIdParam, alg) {
+    if (alg !== 'SYMMETRIC_DEFAULT') {
+        if (keyIdParam === undefined)
+            throw new ValidationException('KeyId is required when decrypting with an asymmetric KMS key');
+        const r = await ctx.resolveKey(keyIdParam);
+        return { ...r, symmetric: false };
+    }
+    const p = parseBlob(blob);
+    const m = /^arn:aws:kms:([^:]+):(\d{12}):key\/([0-9a-f-]{36})$/.exec(p.arn);
+    if (!m || m[1] !== ctx.region || m[2] !== ctx.accountId)
+        throw new InvalidCiphertextException('The ciphertext refers to a KMS key this KMS does not hold.');
+    const key = ctx.keystore.get(m[3]);
+    if (!key)
+        throw new NotFoundException(`Key '${p.arn}' does not exist`);
+    let requestAlias;
+    if (keyIdParam !== undefined) {
+        let named;
+        try {
+            named = await ctx.resolveKey(keyIdParam);
+        }
+        catch (e) {
+            if (e instanceof NotFoundException)
+                throw new IncorrectKeyException('The key ID in the request does not identify a KMS key that can perform this operation.');
+            throw e;
+        }
+        if (named.key.keyId !== key.keyId)
+            throw new IncorrectKeyException('The key ID in the request does not identify a KMS key that can perform this operation.');
+        requestAlias = named.requestAlias;
+    }
+    return { key, ...(requestAlias ? { requestAlias } : {}), symmetric: true };
+}
+function materialOf(key, blob) {
+    const id = Buffer.from(parseBlob(blob).hbkId).toString('hex');
+    if (!key.materials.some((m) => m.id === id))
+        throw new InvalidCiphertextException('The ciphertext refers to key material this KMS key does not have.');
+    return id;
+}
+function grantTokens(call) {
+    return optStrList(call.request, 'GrantTokens', 10) ?? [];
+}
+export function registerCryptoOperations(d) {
+    d.registerOperation('Encrypt', async (ctx, call) => {
+        const r = call.request;
+        const { key, requestAlias } = await ctx.resolveKey(reqStr(r, 'KeyId'));
+        const plaintext = reqBytes(r, 'Plaintext', 1, 4096);
+        const ec = optContext(r);
+        const alg = optEnum(r, 'EncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
+        await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
+        checkEncAlg(key, alg);
+        if (alg === 'SYMMETRIC_DEFAULT') {
+            const { blob } = await ctx.hsm.call({ op: 'encrypt', key: ctx.handle(key), plaintext, ctx: canonicalContext(ec) });
+            return { CiphertextBlob: blob, KeyId: key.arn, EncryptionAlgorithm: alg };
+        }
+        if (ec && Object.keys(ec).length)
+            throw new ValidationException('EncryptionContext is not supported with asymmetric KMS keys');
+        const max = rsaOaepMaxPlaintext(key.keySpec, alg);
+        if (plaintext.length > max)
+            throw new ValidationException(`Plaintext must be at most ${max} bytes for ${key.keySpec} with ${alg}`);
+        const { blob } = await ctx.hsm.call({ op: 'rsaEncrypt', key: ctx.handle(key), algorithm: alg, plaintext });
+        return { CiphertextBlob: blob, KeyId: key.arn, EncryptionAlgorithm: alg };
+    });
+    d.registerOperation('Decrypt', async (ctx, call) => {
+        const r = call.request;
+        const blob = reqBytes(r, 'CiphertextBlob', 1, MAX_BLOB);
+        const ec = optContext(r);
+        const alg = optEnum(r, 'EncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
+        const src = await sourceKey(ctx, blob, optStr(r, 'KeyId'), alg);
+        const key = src.key;
+        await call.authorize({ key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
+        checkEncAlg(key, alg);
+        if (src.symmetric) {
+            const mid = materialOf(key, blob);
+            const { plaintext } = await ctx.hsm.call({ op: 'decrypt', key: ctx.handle(key, mid), blob, ctx: canonicalContext(ec) });
+            return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg };
+        }
+        const { plaintext } = await ctx.hsm.call({ op: 'rsaDecrypt', key: ctx.handle(key), algorithm: alg, blob });
+        return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg };
+    });
+    d.registerOperation('ReEncrypt', async (ctx, call) => {
+        const r = call.request;
+        const blob = reqBytes(r, 'CiphertextBlob', 1, MAX_BLOB);
+        const sctx = optContext(r, 'SourceEncryptionContext');
+        const dctx = optContext(r, 'DestinationEncryptionContext');
+        const salg = optEnum(r, 'SourceEncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
+        const dalg = optEnum(r, 'DestinationEncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
+        const src = await sourceKey(ctx, blob, optStr(r, 'SourceKeyId'), salg);
+        const dst = await ctx.resolveKey(reqStr(r, 'DestinationKeyId'));
+        const gt = grantTokens(call);
+        await call.authorize({ action: 'kms:ReEncryptFrom', key: src.key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(sctx ? { encryptionContext: sctx } : {}), grantTokens: gt });
+        await call.authorize({ action: 'kms:ReEncryptTo', key: dst.key, ...(dst.requestAlias ? { requestAlias: dst.requestAlias } : {}), ...(dctx ? { encryptionContext: dctx } : {}), grantTokens: gt });
+        checkEncAlg(src.key, salg);
+        checkEncAlg(dst.key, dalg);
+        if (dalg !== 'SYMMETRIC_DEFAULT' && dctx && Object.keys(dctx).length)
+            throw new ValidationException('EncryptionContext is not supported with asymmetric KMS keys');
+        const s = src.symmetric
+            ? { key: ctx.handle(src.key, materialOf(src.key, blob)), algorithm: salg, ctx: canonicalContext(sctx) }
+            : { key: ctx.handle(src.key), algorithm: salg };
+        const t = { key: ctx.handle(dst.key), algorithm: dalg, ...(dalg === 'SYMMETRIC_DEFAULT' ? { ctx: canonicalContext(dctx) } : {}) };
+        const out = await ctx.hsm.call({ op: 'reEncrypt', src: s, blob, dst: t });
+        return {
+            CiphertextBlob: out.blob, SourceKeyId: src.key.arn, KeyId: dst.key.arn,
+            SourceEncryptionAlgorithm: salg, DestinationEncryptionAlgorithm: dalg,
+        };
+    });
+    for (const op of ['GenerateDataKey', 'GenerateDataKeyWithoutPlaintext']) {
+        d.registerOperation(op, async (ctx, call) => {
+            const r = call.request;
+            const { key, requestAlias } = await ctx.resolveKey(reqStr(r, 'KeyId'));
+            const ec = optContext(r);
+            const spec = optEnum(r, 'KeySpec', ['AES_256', 'AES_128']);
+            const n = optInt(r, 'NumberOfBytes', 1, 1024);
+            if ((spec === undefined) === (n === undefined))
+                throw new ValidationException('Please specify either number of bytes or key spec.');
+            const bytes = n ?? (spec === 'AES_128' ? 16 : 32);
+            await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
+            if (key.keySpec !== 'SYMMETRIC_DEFAULT')
+                throw new InvalidKeyUsageException(`${key.arn} is not a symmetric encryption KMS key.`);
+            const want = op === 'GenerateDataKey';
+            const out = await ctx.hsm.call({ op: 'generateDataKey', key: ctx.handle(key), bytes, ctx: canonicalContext(ec), wantPlaintext: want });
+            return want ? { CiphertextBlob: out.blob, Plaintext: out.plaintext, KeyId: key.arn } : { CiphertextBlob: out.blob, KeyId: key.arn };
+        });
+    }
+    d.registerOperation('GenerateRandom', async (ctx, call) => {
+        const n = optInt(call.request, 'NumberOfBytes', 1, 1024);
+        if (call.request.CustomKeyStoreId !== undefined)
+            throw new ValidationException('Custom key stores are not supported by this KMS');
+        await call.authorize({});
+        const { bytes } = await ctx.hsm.call({ op: 'random', bytes: n ?? 32 });
+        return { Plaintext: bytes };
+    }, { readOnly: true });
+}
+//# sourceMappingURL=crypto.js.map

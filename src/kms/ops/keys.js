@@ -1,0 +1,171 @@
+/** CreateKey, DescribeKey, ListKeys, UpdateKeyDescription, EnableKey, DisableKey, ScheduleKeyDeletion, CancelKeyDeletion. */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { MalformedPolicyDocumentException, TagException, UnsupportedOperationException, ValidationException, } from '../errors.js';
+import { KEY_SPECS, allowedUsages } from '../key-spec.js';
+import { keyMetadata, epochSeconds } from '../key-metadata.js';
+import { defaultKeyPolicy } from '../authorizer.js';
+import { optBool, optEnum, optInt, optStr, optStrList, reqStr } from '../validate.js';
+import { page } from '../paging.js';
+const DAY = 86_400_000;
+export const DEFAULT_ROTATION_DAYS = 365;
+export function parseTags(req, name = 'Tags') {
+    const v = req[name];
+    if (v === undefined || v === null)
+        return undefined;
+    if (!Array.isArray(v))
+        throw new ValidationException(`1 validation error detected: Value at '${name.toLowerCase()}' failed to satisfy constraint: Member must be a list`);
+    if (v.length > 50)
+        throw new TagException('A KMS key can have at most 50 tags');
+    return v.map((t) => {
+        const { TagKey, TagValue } = (t ?? {});
+        if (typeof TagKey !== 'string' || TagKey.length < 1 || TagKey.length > 128)
+            throw new TagException('TagKey must be 1-128 characters');
+        if (typeof TagValue !== 'string' || TagValue.length > 256)
+            throw new TagException('TagValue must be 0-256 characters');
+        if (TagKey.startsWith('aws:'))
+            throw new TagException('Tag keys beginning with aws: are reserved');
+        return { TagKey, TagValue };
+    });
+}
+export function checkPolicy(policy) {
+    if (policy === undefined)
+        return;
+    try {
+        const p = JSON.parse(policy);
+        if (typeof p !== 'object' || p === null || !('Statement' in p))
+            throw new Error('no Statement');
+    }
+    catch {
+        throw new MalformedPolicyDocumentException('The key policy is not a valid JSON policy document.');
+    }
+}
+/** Make a key: HSM material, then a durable record. Shared by CreateKey and AWS-managed keys. */
+export async function createKeyRecord(ctx, p) {
+    const keyId = p.keyId ?? randomUUID();
+    const arn = `arn:aws:kms:${ctx.region}:${ctx.accountId}:key/${keyId}`;
+    const hbkId = randomBytes(32);
+    const g = await ctx.hsm.call({ op: 'generateKey', arn, hbkId, spec: p.keySpec });
+    const managed = p.keyManager === 'AWS';
+    const r = {
+        keyId, arn, accountId: ctx.accountId, region: ctx.region, creationDate: p.now, description: p.description,
+        keySpec: p.keySpec, keyUsage: p.keyUsage, keyState: 'Enabled', keyManager: p.keyManager, origin: 'AWS_KMS',
+        policy: p.policy ?? defaultKeyPolicy(ctx.accountId), tags: p.tags ?? [],
+        // AWS managed keys rotate every year and cannot opt out.
+        rotation: managed ? { enabled: true, periodDays: DEFAULT_ROTATION_DAYS, nextRotationDate: p.now + DEFAULT_ROTATION_DAYS * DAY, onDemandCount: 0 }
+            : { enabled: false, onDemandCount: 0 },
+        materials: [{ id: hbkId.toString('hex'), ekt: Buffer.from(g.ekt).toString('base64'), createdAt: p.now, origin: 'CREATE' }],
+        ...(g.publicKey ? { publicKey: Buffer.from(g.publicKey).toString('base64') } : {}),
+    };
+    await ctx.keystore.create(r);
+    if (r.rotation.nextRotationDate)
+        ctx.scheduleDue(r.rotation.nextRotationDate);
+    return r;
+}
+export function requireCustomerManaged(k, op) {
+    if (k.keyManager === 'AWS')
+        throw new UnsupportedOperationException(`${op} is not supported on AWS managed key ${k.arn}`);
+}
+export function registerKeyOperations(d) {
+    d.registerOperation('CreateKey', async (ctx, call) => {
+        const r = call.request;
+        const spec = (optEnum(r, 'KeySpec', KEY_SPECS) ?? optEnum(r, 'CustomerMasterKeySpec', KEY_SPECS) ?? 'SYMMETRIC_DEFAULT');
+        const usage = optEnum(r, 'KeyUsage', ['ENCRYPT_DECRYPT', 'SIGN_VERIFY', 'GENERATE_VERIFY_MAC', 'KEY_AGREEMENT']);
+        const allowed = allowedUsages(spec);
+        if (usage !== undefined && !allowed.includes(usage)) {
+            throw new ValidationException(`KeyUsage ${usage} is not compatible with KeySpec ${spec}`);
+        }
+        const origin = optStr(r, 'Origin') ?? 'AWS_KMS';
+        if (!['AWS_KMS', 'EXTERNAL', 'AWS_CLOUDHSM', 'EXTERNAL_KEY_STORE'].includes(origin)) {
+            throw new ValidationException(`1 validation error detected: Value at 'origin' failed to satisfy constraint: Member must satisfy enum value set`);
+        }
+        if (origin !== 'AWS_KMS')
+            throw new UnsupportedOperationException(`Origin ${origin} is not supported by this KMS`);
+        if (optBool(r, 'MultiRegion'))
+            throw new UnsupportedOperationException('Multi-Region keys are not supported by this KMS');
+        if (r.CustomKeyStoreId !== undefined)
+            throw new UnsupportedOperationException('Custom key stores are not supported by this KMS');
+        const description = optStr(r, 'Description', 0, 8192) ?? '';
+        const policy = optStr(r, 'Policy', 1, 32768);
+        const validator = ctx.keyPolicyValidator;
+        if (!validator)
+            checkPolicy(policy);
+        const bypass = optBool(r, 'BypassPolicyLockoutSafetyCheck') ?? false;
+        const tags = parseTags(r);
+        const keyUsage = usage ?? allowed[0];
+        await call.authorize({});
+        const keyId = randomUUID();
+        if (policy !== undefined && validator) {
+            // KMS API reference, CreateKey: the policy must be valid, and (unless
+            // BypassPolicyLockoutSafetyCheck) must let the caller call PutKeyPolicy.
+            validator({
+                policy, keyArn: `arn:aws:kms:${ctx.region}:${ctx.accountId}:key/${keyId}`, keySpec: spec, keyUsage,
+                ...(tags ? { tags } : {}), caller: call.caller, request: r, now: call.now, bypassLockoutCheck: bypass,
+            });
+        }
+        const key = await createKeyRecord(ctx, {
+            keySpec: spec, keyUsage, description, ...(policy ? { policy } : {}), ...(tags ? { tags } : {}),
+            keyManager: 'CUSTOMER', now: call.now, keyId,
+        });
+        call.resources.push(key.arn);
+        return { KeyMetadata: keyMetadata(key) };
+    });
+    d.registerOperation('DescribeKey', async (ctx, call) => {
+        const { key, requestAlias } = await ctx.resolveKey(reqStr(call.request, 'KeyId'));
+        await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), grantTokens: optStrList(call.request, 'GrantTokens', 10) ?? [], stateCheck: false });
+        return { KeyMetadata: keyMetadata(key) };
+    }, { readOnly: true });
+    d.registerOperation('ListKeys', async (ctx, call) => {
+        await call.authorize({});
+        const ids = ctx.keystore.allIds();
+        const p = page(call.request, ids, 100, 1000);
+        const base = `arn:aws:kms:${ctx.region}:${ctx.accountId}:key/`;
+        return { Keys: p.items.map((id) => ({ KeyId: id, KeyArn: base + id })), Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}) };
+    }, { readOnly: true });
+    d.registerOperation('UpdateKeyDescription', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        const description = optStr(call.request, 'Description', 0, 8192);
+        if (description === undefined)
+            throw new ValidationException("1 validation error detected: Value at 'description' failed to satisfy constraint: Member must not be null");
+        await call.authorize({ key });
+        requireCustomerManaged(key, 'UpdateKeyDescription');
+        await ctx.keystore.update(key.keyId, (k) => { k.description = description; });
+        return {};
+    });
+    for (const op of ['EnableKey', 'DisableKey']) {
+        d.registerOperation(op, async (ctx, call) => {
+            const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+            await call.authorize({ key });
+            requireCustomerManaged(key, op);
+            await ctx.keystore.update(key.keyId, (k) => { k.keyState = op === 'EnableKey' ? 'Enabled' : 'Disabled'; });
+            // A rotation that fell due while the key was disabled happens on re-enable.
+            if (op === 'EnableKey' && key.rotation.nextRotationDate !== undefined)
+                ctx.scheduleDue(key.rotation.nextRotationDate);
+            return {};
+        });
+    }
+    d.registerOperation('ScheduleKeyDeletion', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        const days = optInt(call.request, 'PendingWindowInDays', 7, 30) ?? 30;
+        await call.authorize({ key });
+        requireCustomerManaged(key, 'ScheduleKeyDeletion');
+        const when = call.now + days * DAY;
+        await ctx.keystore.update(key.keyId, (k) => {
+            k.keyState = 'PendingDeletion';
+            k.deletionDate = when;
+            k.pendingWindowInDays = days;
+        });
+        ctx.scheduleDue(when);
+        return { KeyId: key.arn, DeletionDate: epochSeconds(when), KeyState: 'PendingDeletion', PendingWindowInDays: days };
+    });
+    d.registerOperation('CancelKeyDeletion', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        await call.authorize({ key });
+        await ctx.keystore.update(key.keyId, (k) => {
+            k.keyState = 'Disabled'; // AWS: a canceled deletion leaves the key Disabled
+            delete k.deletionDate;
+            delete k.pendingWindowInDays;
+        });
+        return { KeyId: key.arn };
+    });
+}
+//# sourceMappingURL=keys.js.map

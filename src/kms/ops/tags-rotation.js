@@ -1,0 +1,121 @@
+/** TagResource, UntagResource, ListResourceTags; Enable/DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand, ListKeyRotations. */
+import { randomBytes } from 'node:crypto';
+import { LimitExceededException, TagException, UnsupportedOperationException, ValidationException } from '../errors.js';
+import { epochSeconds } from '../key-metadata.js';
+import { page } from '../paging.js';
+import { optInt, optStrList, reqStr } from '../validate.js';
+import { DEFAULT_ROTATION_DAYS, parseTags, requireCustomerManaged } from './keys.js';
+const DAY = 86_400_000;
+/** AWS quota: on-demand rotations per key. */
+export const MAX_ON_DEMAND_ROTATIONS = 10;
+/** New HBK version; the old ones stay so old ciphertexts still decrypt. */
+export async function rotateKey(ctx, key, type, now) {
+    const hbkId = randomBytes(32);
+    const g = await ctx.hsm.call({ op: 'generateKey', arn: key.arn, hbkId, spec: key.keySpec });
+    await ctx.keystore.update(key.keyId, (k) => {
+        k.materials.push({ id: hbkId.toString('hex'), ekt: Buffer.from(g.ekt).toString('base64'), createdAt: now, origin: type });
+        if (type === 'ON_DEMAND')
+            k.rotation.onDemandCount++;
+        if (k.rotation.enabled)
+            k.rotation.nextRotationDate = now + (k.rotation.periodDays ?? DEFAULT_ROTATION_DAYS) * DAY;
+    });
+    const after = ctx.keystore.get(key.keyId);
+    if (after.rotation.nextRotationDate !== undefined && after.rotation.enabled)
+        ctx.scheduleDue(after.rotation.nextRotationDate);
+    return after;
+}
+function requireRotatable(k) {
+    if (k.keySpec !== 'SYMMETRIC_DEFAULT')
+        throw new UnsupportedOperationException(`${k.arn} does not support automatic rotation; only symmetric encryption KMS keys rotate.`);
+}
+export function registerTagAndRotationOperations(d) {
+    d.registerOperation('TagResource', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        const tags = parseTags(call.request);
+        if (!tags)
+            throw new ValidationException("1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must not be null");
+        await call.authorize({ key });
+        requireCustomerManaged(key, 'TagResource');
+        await ctx.keystore.update(key.keyId, (k) => {
+            for (const t of tags) {
+                const i = k.tags.findIndex((x) => x.TagKey === t.TagKey);
+                if (i >= 0)
+                    k.tags[i] = t;
+                else
+                    k.tags.push(t);
+            }
+            if (k.tags.length > 50)
+                throw new TagException('A KMS key can have at most 50 tags');
+        });
+        return {};
+    });
+    d.registerOperation('UntagResource', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        const keys = optStrList(call.request, 'TagKeys', 50, 128);
+        if (!keys)
+            throw new ValidationException("1 validation error detected: Value at 'tagKeys' failed to satisfy constraint: Member must not be null");
+        await call.authorize({ key });
+        requireCustomerManaged(key, 'UntagResource');
+        await ctx.keystore.update(key.keyId, (k) => { k.tags = k.tags.filter((t) => !keys.includes(t.TagKey)); });
+        return {};
+    });
+    d.registerOperation('ListResourceTags', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        await call.authorize({ key, stateCheck: false });
+        const p = page(call.request, key.tags, 50, 50);
+        return { Tags: p.items, Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}) };
+    }, { readOnly: true });
+    d.registerOperation('EnableKeyRotation', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        const days = optInt(call.request, 'RotationPeriodInDays', 90, 2560) ?? DEFAULT_ROTATION_DAYS;
+        await call.authorize({ key });
+        requireCustomerManaged(key, 'EnableKeyRotation');
+        requireRotatable(key);
+        const next = call.now + days * DAY;
+        await ctx.keystore.update(key.keyId, (k) => { k.rotation.enabled = true; k.rotation.periodDays = days; k.rotation.nextRotationDate = next; });
+        ctx.scheduleDue(next);
+        return {};
+    });
+    d.registerOperation('DisableKeyRotation', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        await call.authorize({ key });
+        requireCustomerManaged(key, 'DisableKeyRotation');
+        requireRotatable(key);
+        await ctx.keystore.update(key.keyId, (k) => { k.rotation.enabled = false; delete k.rotation.nextRotationDate; });
+        return {};
+    });
+    d.registerOperation('GetKeyRotationStatus', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        await call.authorize({ key, stateCheck: false });
+        requireRotatable(key);
+        const r = key.rotation;
+        return {
+            KeyId: key.arn, KeyRotationEnabled: r.enabled,
+            ...(r.enabled ? { RotationPeriodInDays: r.periodDays ?? DEFAULT_ROTATION_DAYS } : {}),
+            ...(r.enabled && r.nextRotationDate !== undefined ? { NextRotationDate: epochSeconds(r.nextRotationDate) } : {}),
+        };
+    }, { readOnly: true });
+    d.registerOperation('RotateKeyOnDemand', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        await call.authorize({ key });
+        requireCustomerManaged(key, 'RotateKeyOnDemand');
+        requireRotatable(key);
+        if (key.rotation.onDemandCount >= MAX_ON_DEMAND_ROTATIONS) {
+            throw new LimitExceededException(`${key.arn} has reached the limit of ${MAX_ON_DEMAND_ROTATIONS} on-demand rotations.`);
+        }
+        await rotateKey(ctx, key, 'ON_DEMAND', call.now);
+        return { KeyId: key.arn };
+    });
+    d.registerOperation('ListKeyRotations', async (ctx, call) => {
+        const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+        await call.authorize({ key, stateCheck: false });
+        requireRotatable(key);
+        const rot = key.materials.filter((m) => m.origin !== 'CREATE');
+        const p = page(call.request, rot, 100, 1000);
+        return {
+            Rotations: p.items.map((m) => ({ KeyId: key.arn, KeyMaterialId: m.id, RotationDate: epochSeconds(m.createdAt), RotationType: m.origin })),
+            Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}),
+        };
+    }, { readOnly: true });
+}
+//# sourceMappingURL=tags-rotation.js.map
