@@ -125,6 +125,11 @@ export class Keystore {
     return [...this.aliases.values()].sort((a, b) => (a.AliasName < b.AliasName ? -1 : 1));
   }
 
+  /** Changes (by identity) whenever the alias table changes; lets callers cache what they derive from it. */
+  get aliasVersion(): object {
+    return this.aliases;
+  }
+
   aliasesOf(keyId: string): string[] {
     const out: string[] = [];
     for (const a of this.aliases.values()) if (a.TargetKeyId === keyId) out.push(a.AliasName);

@@ -36,8 +36,19 @@ function _tags(list: readonly { TagKey: string; TagValue: string }[] | undefined
   return t;
 }
 
-/** KeyView -> the evaluator's KeyInfo. */
+const _infoCache = new WeakMap<KeyView, KeyInfo>();
+
+/** KeyView -> the evaluator's KeyInfo (cached per view: the core caches views per key record, so this is per key version). */
 export function keyInfo(k: KeyView): KeyInfo {
+  let info = _infoCache.get(k);
+  if (!info) {
+    info = Object.freeze(_keyInfo(k));
+    if (Object.isFrozen(k)) _infoCache.set(k, info); // only a frozen view cannot change under the cache
+  }
+  return info;
+}
+
+function _keyInfo(k: KeyView): KeyInfo {
   const tags = _tags(k.tags);
   return {
     arn: k.arn,

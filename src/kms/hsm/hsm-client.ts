@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { EbsdError } from '../../util/errors.js';
 import { HsmDomainError, KMSInternalException, KmsError } from '../errors.js';
-import type { HsmBatch, HsmInit, HsmOp, HsmReplyBatch, HsmRequest, HsmResult, HsmWireError } from './protocol.js';
+import { exactBytes, type HsmBatch, type HsmInit, type HsmOp, type HsmReplyBatch, type HsmRequest, type HsmResult, type HsmWireError } from './protocol.js';
 
 export interface Hsm {
   call<R extends HsmRequest>(req: R): Promise<HsmResult<R['op']>>;
@@ -67,7 +67,7 @@ class WorkerHsm implements Hsm {
   call<R extends HsmRequest>(req: R): Promise<HsmResult<R['op']>> {
     if (this.closed) return Promise.reject(new KMSInternalException('HSM is closed', { code: 'KMS_HSM_GONE' }));
     return new Promise((resolve, reject) => {
-      this.queue.push(req);
+      this.queue.push(exactBytes(req));
       this.waiting.push({ resolve: resolve as (v: unknown) => void, reject });
       if (!this.scheduled) {
         this.scheduled = true;

@@ -7,7 +7,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { EbsdError } from '../../util/errors.js';
 import { openDomain } from './domain.js';
 import { HsmEngine } from './engine.js';
-import type { HsmBatch, HsmInit, HsmReplyBatch, HsmWireError } from './protocol.js';
+import { exactBytes, type HsmBatch, type HsmInit, type HsmReplyBatch, type HsmWireError } from './protocol.js';
 
 const port = parentPort!;
 const init = workerData as HsmInit;
@@ -28,12 +28,17 @@ try {
 
 port.on('message', (b: HsmBatch) => {
   const res: HsmReplyBatch['res'] = new Array(b.reqs.length);
-  for (let i = 0; i < b.reqs.length; i++) {
-    try {
-      res[i] = { ok: true, v: engine.handle(b.reqs[i]!) };
-    } catch (e) {
-      res[i] = { ok: false, e: toWire(e) };
+  engine.beginBatch(); // unwrapped materials are shared within this batch only, wiped at its end
+  try {
+    for (let i = 0; i < b.reqs.length; i++) {
+      try {
+        res[i] = { ok: true, v: exactBytes(engine.handle(b.reqs[i]!) as object) };
+      } catch (e) {
+        res[i] = { ok: false, e: toWire(e) };
+      }
     }
+  } finally {
+    engine.endBatch();
   }
   port.postMessage({ seq: b.seq, res } satisfies HsmReplyBatch);
 });

@@ -78,3 +78,18 @@ export interface HsmInit {
 /** main -> worker: a batch of requests; worker -> main: a batch of replies, same order. */
 export interface HsmBatch { seq: number; reqs: HsmRequest[] }
 export interface HsmReplyBatch { seq: number; res: ({ ok: true; v: unknown } | { ok: false; e: HsmWireError })[] }
+
+/**
+ * Give every top-level byte field of `o` its own exact-size ArrayBuffer.
+ * postMessage's structured clone copies a typed array's whole backing
+ * ArrayBuffer, and small Buffers are views into Node's shared 8 KiB pool: a
+ * 64-byte field would cost an 8 KiB copy each way. Mutates and returns `o`.
+ */
+export function exactBytes<T extends object>(o: T): T {
+  const r = o as Record<string, unknown>;
+  for (const k in r) {
+    const v = r[k];
+    if (v instanceof Uint8Array && v.byteLength !== v.buffer.byteLength) r[k] = new Uint8Array(v);
+  }
+  return o;
+}
