@@ -14,7 +14,7 @@ import type { Keystore } from './keystore.js';
 import type { Hsm } from './hsm/hsm-client.js';
 import type { KeyHandle } from './hsm/protocol.js';
 import type { AuditLog } from './audit/audit-log.js';
-import { buildEvent } from './audit/event.js';
+import { buildEventJson } from './audit/event.js';
 import { AccessDeniedException, KMSInternalException, KmsError, UnknownOperationException } from './errors.js';
 import { checkKeyState } from './key-state.js';
 
@@ -176,7 +176,7 @@ export class Dispatcher {
         : new KMSInternalException('An internal error occurred.', { cause: e });
       if (!(e instanceof KmsError)) ctx.log.error({ err: e, operation, requestId: call.requestId }, 'KMS operation failed unexpectedly');
     }
-    const ev = buildEvent({
+    const ev = buildEventJson({
       eventName: operation,
       caller,
       accountId: ctx.accountId,
@@ -191,7 +191,7 @@ export class Dispatcher {
       time: now,
       ...(call.additionalEventData ? { additionalEventData: call.additionalEventData } : {}),
     });
-    await ctx.audit.append(ev);
+    await ctx.audit.appendJson(ev);
     if (error) throw error;
     return response!;
   }

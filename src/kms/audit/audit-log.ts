@@ -140,9 +140,17 @@ export class AuditLog {
 
   /** Append one event; resolves when it is durable per the fsync mode. */
   append(event: Record<string, unknown>): Promise<void> {
-    event.sequenceNumber = this.nextSeq++;
-    event.previousEventHash = this.lastHash;
-    const line = JSON.stringify(event);
+    const { sequenceNumber: _s, previousEventHash: _p, ...rest } = event;
+    return this.appendJson(JSON.stringify(rest).slice(0, -1));
+  }
+
+  /**
+   * Append an event given as its JSON text without the closing brace
+   * (event.ts, buildEventJson); the chain fields `sequenceNumber` and
+   * `previousEventHash` and the brace are added here, as `append` does.
+   */
+  appendJson(open: string): Promise<void> {
+    const line = open + (open.length > 1 ? ',' : '') + '"sequenceNumber":' + this.nextSeq++ + ',"previousEventHash":"' + this.lastHash + '"}';
     this.lastHash = sha256hex(line);
     this.pending.push(line + '\n');
     return new Promise((resolve, reject) => {

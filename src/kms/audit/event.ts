@@ -90,3 +90,69 @@ export function buildEvent(i: AuditInput): Record<string, unknown> {
   ev.eventCategory = 'Management';
   return ev;
 }
+
+// ---- the same event, serialized directly ---------------------------------------
+
+const _q = JSON.stringify;
+const _identityJson = new WeakMap<Caller, { s: string; c: Caller }>();
+
+function _identity(c: Caller): string {
+  const hit = _identityJson.get(c);
+  // Checked field by field: a caller object changed in place must not log its old identity.
+  const h = hit?.c;
+  if (h && h.type === c.type && h.arn === c.arn && h.accountId === c.accountId && h.principalId === c.principalId
+    && h.userName === c.userName && h.viaService === c.viaService) return hit.s;
+  const s = _q({
+    type: c.type, ...(c.principalId ? { principalId: c.principalId } : {}), arn: c.arn, accountId: c.accountId,
+    ...(c.userName ? { userName: c.userName } : {}), ...(c.viaService ? { invokedBy: c.viaService } : {}),
+  });
+  _identityJson.set(c, { s, c: { ...c } });
+  return s;
+}
+
+const _resourceJson = new Map<string, string>();
+let _lastTime = NaN;
+let _lastTimeJson = '';
+
+function _resource(arn: string, accountId: string): string {
+  let s = _resourceJson.get(arn);
+  if (s === undefined) {
+    s = _q({ accountId: arn.split(':')[4] ?? accountId, type: 'AWS::KMS::Key', ARN: arn });
+    if (_resourceJson.size > 10_000) _resourceJson.clear();
+    _resourceJson.set(arn, s);
+  }
+  return s;
+}
+
+function _time(t: number): string {
+  if (t !== _lastTime) {
+    _lastTime = t;
+    _lastTimeJson = _q(new Date(t).toISOString().replace(/\.\d{3}Z$/, 'Z'));
+  }
+  return _lastTimeJson;
+}
+
+/**
+ * `JSON.stringify(buildEvent(i))` without its closing brace, built as a
+ * string: the static parts and each caller's userIdentity are serialized
+ * once, not per call. The audit log appends the chain fields and the brace
+ * (AuditLog.appendJson). test/kms/audit.test.ts checks it is byte-for-byte
+ * the same as the object path.
+ */
+export function buildEventJson(i: AuditInput): string {
+  const c = i.caller;
+  let s = '{"eventVersion":"1.08","userIdentity":' + (c ? _identity(c) : _q({ accountId: i.accountId, invokedBy: 'kms.amazonaws.com' }))
+    + ',"eventTime":' + _time(i.time)
+    + ',"eventSource":"kms.amazonaws.com","eventName":' + _q(i.eventName)
+    + ',"awsRegion":' + _q(i.region)
+    + ',"sourceIPAddress":' + _q(c ? (c.viaService ?? c.sourceIp ?? '127.0.0.1') : 'kms.amazonaws.com')
+    + ',"userAgent":' + _q(c ? (c.userAgent ?? 'ebsd') : 'kms.amazonaws.com')
+    + ',"requestParameters":' + _q(safeFields(i.request, SAFE_REQUEST))
+    + ',"responseElements":' + _q(safeFields(i.response, SAFE_RESPONSE));
+  if (i.errorCode) s += ',"errorCode":' + _q(i.errorCode) + (i.errorMessage === undefined ? '' : ',"errorMessage":' + _q(i.errorMessage));
+  if (i.additionalEventData) s += ',"additionalEventData":' + _q(i.additionalEventData);
+  s += ',"requestID":' + _q(i.requestId) + ',"eventID":' + _q(i.eventId) + ',"readOnly":' + (i.readOnly ? 'true' : 'false') + ',"resources":[';
+  for (let k = 0; k < i.resources.length; k++) s += (k ? ',' : '') + _resource(i.resources[k]!, i.accountId);
+  return s + '],"eventType":' + _q(i.eventType ?? 'AwsApiCall') + ',"managementEvent":true,"recipientAccountId":' + _q(i.accountId)
+    + ',"eventCategory":"Management"';
+}
