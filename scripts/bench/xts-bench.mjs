@@ -8,6 +8,7 @@
 //     and its ratio to our single-thread figure.
 // Correctness is checked before anything is timed (STYLE §14).
 import { spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { availableParallelism, loadavg } from 'node:os';
 import { resolve, dirname } from 'node:path';
@@ -85,6 +86,29 @@ function timeSync(bytesPerCall) {
   };
 }
 
+// Per-thread scheduler accounting (Linux /proc/self/task/*/schedstat: ns on CPU,
+// ns runnable but waiting for a CPU). Tells "the cores were busy elsewhere" apart
+// from "our threads were idle or blocked".
+function schedSnapshot() {
+  try {
+    return Object.fromEntries(
+      readdirSync('/proc/self/task').map((t) => [t, readFileSync(`/proc/self/task/${t}/schedstat`, 'utf8').trim().split(' ').map(Number)]),
+    );
+  } catch {
+    return null;
+  }
+}
+function schedDelta(a, b, wallNs) {
+  if (!a || !b) return null;
+  let onCpu = 0, waiting = 0;
+  for (const [t, v] of Object.entries(b)) {
+    const p = a[t] ?? [0, 0];
+    onCpu += v[0] - p[0];
+    waiting += v[1] - p[1];
+  }
+  return { onCpuCores: onCpu / wallNs, waitingForCpuCores: waiting / wallNs };
+}
+
 // Async aggregate: wall-clock throughput with INFLIGHT runs outstanding, and how
 // many cores' worth of CPU time the process used meanwhile.
 async function timeAsync() {
@@ -92,6 +116,7 @@ async function timeAsync() {
   const limit = SECONDS * 1e9;
   let bytes = 0;
   const c0 = process.cpuUsage();
+  const s0 = schedSnapshot();
   const t0 = process.hrtime.bigint();
   let stop = false;
   const lane = async (b, i) => {
@@ -105,7 +130,8 @@ async function timeAsync() {
   const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = process.cpuUsage(c0);
   const cpuS = (cpu.user + cpu.system) / 1e6;
-  return { wall: bytes / wallS / 1e6, cores: cpuS / wallS, cpuAll: bytes / cpuS / 1e6 };
+  const sched = schedDelta(s0, schedSnapshot(), wallS * 1e9);
+  return { wall: bytes / wallS / 1e6, cores: cpuS / wallS, cpuAll: bytes / cpuS / 1e6, sched };
 }
 
 function timeOpenssl(elapsed) {
@@ -122,7 +148,7 @@ const loadBefore = loadavg()[0];
 const best = (a, b) => (b === null ? a : a === null ? b : Math.max(a, b));
 let main = { wall: 0, cpu: 0, cpuAll: 0 }, unit1 = { wall: 0, cpu: 0, cpuAll: 0 }, run1m = { wall: 0, cpu: 0, cpuAll: 0 };
 let osslCpu = null, osslWall = null, osslCmd = null, osslElapsedCmd = null;
-let asyncAgg = { wall: 0, cores: 0, cpuAll: 0 };
+let asyncAgg = { wall: 0, cores: 0, cpuAll: 0, sched: null };
 const maxOf = (a, b) => ({ wall: Math.max(a.wall, b.wall), cpu: Math.max(a.cpu, b.cpu), cpuAll: Math.max(a.cpuAll, b.cpuAll) });
 for (let r = 0; r < ROUNDS; r++) {
   main = maxOf(main, timeSync(RUN));
@@ -158,7 +184,7 @@ const res = {
   openssl: { command: osslCmd, userCpuMBps: osslCpu, elapsedCommand: osslElapsedCmd, wallMBps: osslWall },
   ratioToOpensslCpu: ratio(main.cpu, osslCpu),
   ratioToOpensslWall: ratio(main.wall, osslWall),
-  async: { inFlight: INFLIGHT, runBytes: RUN, wallMBps: asyncAgg.wall, coresBusy: asyncAgg.cores, perCpuSecondMBps: asyncAgg.cpuAll },
+  async: { inFlight: INFLIGHT, runBytes: RUN, wallMBps: asyncAgg.wall, coresBusy: asyncAgg.cores, perCpuSecondMBps: asyncAgg.cpuAll, sched: asyncAgg.sched },
   asyncRatioToSingleThread: ratio(asyncAgg.wall, main.wall),
   // Throughput per CPU-second (user+sys) of the async path relative to the sync
   // path: ~1.0 means the thread-pool hand-off costs nothing, so the aggregate is
@@ -191,6 +217,9 @@ if (json) {
     `| native async API, ${INFLIGHT} × ${RUN_LABEL} runs in flight (aggregate) | ${f(asyncAgg.wall)} (${asyncAgg.cores.toFixed(2)} cores busy) | |`,
     `| **ratio async aggregate / 1 thread** | **${r2(res.asyncRatioToSingleThread)}** | |`,
     `| async MB per CPU-second (user+sys) / sync MB per CPU-second | ${r2(res.asyncCpuEfficiency)} | |`,
+    ...(asyncAgg.sched
+      ? [`| during the async run, our threads: on a CPU / runnable but waiting for one (cores) | ${asyncAgg.sched.onCpuCores.toFixed(2)} / ${asyncAgg.sched.waitingForCpuCores.toFixed(2)} | |`]
+      : []),
     '',
     '| Goal | Measured | Met |',
     '|---|---|:-:|',
@@ -214,4 +243,5 @@ if (json) {
   console.log(`  native async, ${INFLIGHT} x ${RUN_LABEL} in flight: ${f(asyncAgg.wall)} MB/s wall, ${asyncAgg.cores.toFixed(2)} cores busy`);
   console.log(`  ratio async aggregate / 1 thread (wall)   ${r2(res.asyncRatioToSingleThread)}   [goal >= 1.50x on 2 cores]`);
   console.log(`  async / sync MB per CPU-second            ${r2(res.asyncCpuEfficiency)}   (~1.0: no hand-off overhead)`);
+  if (asyncAgg.sched) console.log(`  async run, our threads: ${asyncAgg.sched.onCpuCores.toFixed(2)} cores on CPU, ${asyncAgg.sched.waitingForCpuCores.toFixed(2)} cores-worth runnable but waiting for a CPU`);
 }
