@@ -65,12 +65,24 @@ export class Drbg {
     this.update(entropy);
   }
 
-  /** CTR_DRBG_Generate without additional input, §10.2.1.5.1. */
+  /**
+   * CTR_DRBG_Generate without additional input, §10.2.1.5.1. The output
+   * blocks and the closing Update (backtracking resistance: new Key and V
+   * after every request) use the same Key on consecutive counter values,
+   * so one keystream serves both: one AES context per call, not two.
+   */
   generate(len: number): Buffer {
     if (!Number.isInteger(len) || len < 1 || len > 65536) throw new RangeError('len must be 1..65536');
-    const out = this.keystream(len);
-    this.update(); // backtracking resistance: new Key and V after every request
-    return out;
+    const used = Math.ceil(len / BLOCK) * BLOCK;
+    const ks = this.keystream(used + SEED_LEN);
+    try {
+      ks.copy(this.key, 0, used, used + KEY_LEN);
+      ks.copy(this.v1, 0, used + KEY_LEN, used + SEED_LEN);
+      _inc(this.v1, 1);
+      return Buffer.from(ks.subarray(0, len));
+    } finally {
+      wipe(ks);
+    }
   }
 
   /** Reseed with 384 fresh OS bits, then draw `len` bytes. */
