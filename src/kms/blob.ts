@@ -79,7 +79,8 @@ export function canonicalContext(ctx: Record<string, string> | undefined): Uint8
   pairs.sort((x, y) => Buffer.compare(x[0], y[0]));
   let len = 4;
   for (const [k, v] of pairs) len += 8 + k.length + v.length;
-  const out = Buffer.allocUnsafe(len);
+  // Not from Node's shared pool: this crosses postMessage, which copies a view's whole ArrayBuffer.
+  const out = Buffer.from(new ArrayBuffer(len));
   out.writeUInt32BE(pairs.length, 0);
   let o = 4;
   for (const [k, v] of pairs) {

@@ -142,16 +142,12 @@ export class Dispatcher {
         const key = a.key;
         const resource = key ? key.arn : '*';
         const action = a.action ?? `kms:${operation}`;
-        const req: AuthorizationRequest = {
-          action, operation, caller, accountId: ctx.accountId, region: ctx.region,
-          ...(key ? { key: ctx.view(key) } : {}),
-          resource,
-          ...(a.encryptionContext ? { encryptionContext: a.encryptionContext } : {}),
-          ...(a.grantTokens ? { grantTokens: a.grantTokens } : {}),
-          ...(a.requestAlias ? { requestAlias: a.requestAlias } : {}),
-          request: call.request,
-          now,
-        };
+        // Optional members assigned one by one: object spreads here cost measurable garbage on the Decrypt path.
+        const req: AuthorizationRequest = { action, operation, caller, accountId: ctx.accountId, region: ctx.region, resource, request: call.request, now };
+        if (key) req.key = ctx.view(key);
+        if (a.encryptionContext) req.encryptionContext = a.encryptionContext;
+        if (a.grantTokens) req.grantTokens = a.grantTokens;
+        if (a.requestAlias) req.requestAlias = a.requestAlias;
         if (key && !call.resources.includes(key.arn)) call.resources.push(key.arn);
         let d = ctx.authorizer.authorize(req);
         if (d instanceof Promise) d = await d;
