@@ -12,7 +12,8 @@
 //
 // Result files are named <target>--<workload>.json.
 
-import { readFileSync, writeFileSync, readdirSync, renameSync, mkdirSync, existsSync } from 'node:fs'
+import { readFileSync, writeFileSync, readdirSync, renameSync, mkdirSync, existsSync, mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { dirname, basename, join } from 'node:path'
 import { parseArgs } from 'node:util'
 
@@ -23,15 +24,17 @@ const { values: args } = parseArgs({
     meta: { type: 'string' },
     json: { type: 'string' },
     svg: { type: 'string' },
-    markdown: { type: 'string' }
+    markdown: { type: 'string' },
+    'from-json': { type: 'string' }
   }
 })
+let FROM_SUMMARY = null
 
 const TARGETS = [
-  { id: 'encrypted', label: 'encrypted (ebsd, AES-256-XTS)', short: 'encrypted', color: '#2563eb' },
-  { id: 'plaintext', label: 'plaintext passthrough (ebsd --cipher none)', short: 'plaintext', color: '#f59e0b' },
-  { id: 'ceiling', label: 'no-op fuse-native ceiling', short: 'ceiling', color: '#6b7280' },
-  { id: 'raw', label: 'raw backing file (no FUSE)', short: 'raw file', color: '#10b981' }
+  { id: 'encrypted', label: 'encrypted (ebsd, AES-256-XTS)', legend: 'encrypted (ebsd)', short: 'encrypted', color: '#2563eb' },
+  { id: 'plaintext', label: 'plaintext passthrough (ebsd --cipher none)', legend: 'plaintext (ebsd --cipher none)', short: 'plaintext', color: '#f59e0b' },
+  { id: 'ceiling', label: 'no-op fuse-native ceiling', legend: 'no-op FUSE ceiling', short: 'ceiling', color: '#6b7280' },
+  { id: 'raw', label: 'raw backing file (no FUSE)', legend: 'raw file, no FUSE', short: 'raw file', color: '#10b981' }
 ]
 
 // One row per figure. `higher`: true when bigger is better. Reference figures: the
@@ -88,7 +91,7 @@ const fr = v => (v === null || v === undefined || !Number.isFinite(v) ? '—' : 
 
 if (args.one) {
   const m = metrics(args.one)
-  const [target, workload, round = ''] = basename(args.one, '.json').split('--')
+  const [target, workload = m.jobname, round = ''] = basename(args.one, '.json').split('--')
   const parts = [`${target.padEnd(9)} ${workload.padEnd(10)} ${round.padEnd(2)}`]
   if (workload.startsWith('seq')) parts.push(`${m.bwMBps.toFixed(0)} MB/s`)
   else parts.push(`${Math.round(m.iops)} IOPS`)
@@ -97,8 +100,17 @@ if (args.one) {
   process.exit(0)
 }
 
+if (args['from-json']) {
+  // Re-render the markdown and the chart from a summary this script wrote before.
+  const old = JSON.parse(readFileSync(args['from-json'], 'utf8'))
+  const dir = mkdtempSync(join(tmpdir(), 'fio-report-'))
+  writeFileSync(join(dir, 'meta.json'), JSON.stringify(old.meta))
+  mkdirSync(join(dir, 'results'))
+  args.meta = join(dir, 'meta.json'); args.results = join(dir, 'results')
+  FROM_SUMMARY = old
+}
 if (!args.results || !args.meta) {
-  console.error('usage: fio-report.mjs --results DIR --meta META [--json F] [--svg F] [--markdown F] | --one FILE')
+  console.error('usage: fio-report.mjs --results DIR --meta META [--json F] [--svg F] [--markdown F] | --from-json SUMMARY [...] | --one FILE')
   process.exit(2)
 }
 
@@ -117,7 +129,7 @@ const median = xs => {
   if (!a.length) return null
   return a.length % 2 ? a[(a.length - 1) / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2
 }
-const raw = {}
+const raw = FROM_SUMMARY ? FROM_SUMMARY.perWorkload : {}
 for (const [w, byT] of Object.entries(runs)) {
   raw[w] = {}
   for (const [t, list] of Object.entries(byT)) {
@@ -133,9 +145,9 @@ const present = TARGETS.filter(t => Object.values(raw).some(w => w[t.id]))
 // ------------------------------------------------------------------- ratios ---
 // A "speed" ratio a/b is always oriented so that > 1 means a is faster:
 // throughput a/b, latency b/a.
-const speed = (row, a, b) => {
+const speed = (higherIsBetter, a, b) => {
   if (a == null || b == null || a === 0 || b === 0) return null
-  return row.higher ? a / b : b / a
+  return higherIsBetter ? a / b : b / a
 }
 const rows = ROWS.map(row => {
   const v = {}
@@ -152,10 +164,10 @@ const rows = ROWS.map(row => {
     reference: row.ref,
     values: v,
     ratios: {
-      encryptedOverPlaintext: speed(row, v.encrypted, v.plaintext),
-      plaintextOverCeiling: speed(row, v.plaintext, v.ceiling),
-      encryptedOverCeiling: speed(row, v.encrypted, v.ceiling),
-      rawOverCeiling: speed(row, v.raw, v.ceiling)
+      encryptedOverPlaintext: speed(row.higher, v.encrypted, v.plaintext),
+      plaintextOverCeiling: speed(row.higher, v.plaintext, v.ceiling),
+      encryptedOverCeiling: speed(row.higher, v.encrypted, v.ceiling),
+      rawOverCeiling: speed(row.higher, v.raw, v.ceiling)
     }
   }
 })
@@ -189,7 +201,7 @@ const goals = [
 ]
 
 const summary = {
-  generatedAt: new Date().toISOString(),
+  generatedAt: FROM_SUMMARY?.generatedAt ?? new Date().toISOString(),
   meta,
   targets: present.map(t => ({ id: t.id, label: t.label })),
   rows,
@@ -204,7 +216,7 @@ function markdown () {
   L.push(`Run: ${summary.generatedAt.slice(0, 16).replace('T', ' ')} UTC, \`scripts/bench/fio.sh${meta.mode === 'quick' ? ' --quick' : ''}\` ` +
     `(${meta.mode}: ${meta.runtimeSec} s per workload after ${meta.rampSec} s ramp, ${meta.rounds ?? 1} round${(meta.rounds ?? 1) > 1 ? 's, median shown' : ''}, ${meta.sizeMiB} MiB working set), ` +
     `${meta.cpus} × ${meta.cpuModel}, kernel ${meta.kernel}, ${meta.fio}, backing fs \`${meta.backingFs}\`. ` +
-    `All targets: libaio, \`direct=1\`, on the same filesystem.` + (meta.daemon
+    `All targets: libaio, \`direct=1\`, on the same filesystem. Load average ${meta.loadAvgStart ?? '?'} at the start, ${meta.loadAvgEnd ?? '?'} at the end (other work on a shared machine inflates the spread).` + (meta.daemon
       ? meta.daemon.via === 'harness'
         ? ` **Encrypted and plaintext served by \`scripts/bench/fio-harness.mjs\`** (the daemon's FUSE adapter and block devices from \`dist/\` at \`${meta.daemon.commit}\`, without KMS or control socket): the daemon itself was not available.`
         : ` Encrypted and plaintext served by \`ebsd daemon\` at \`${meta.daemon.commit}\`: two daemons of that build side by side, the second with \`--cipher none --allow-unencrypted\` (the cipher is a daemon-wide switch).`
@@ -252,7 +264,7 @@ function svg () {
   const m = { l: 64, r: 24, t: 84, b: 108 }
   const pw = W - m.l - m.r; const ph = H - m.t - m.b
   const CAP = 2.0
-  const rel = (r, t) => speed(r, r.values[t], r.values.ceiling)
+  const rel = (r, t) => speed(r.higherIsBetter, r.values[t], r.values.ceiling)
   let top = 1.2
   for (const r of rows) for (const t of present) { const x = rel(r, t.id); if (x) top = Math.max(top, Math.min(x, CAP)) }
   top = Math.ceil(top * 5) / 5
@@ -267,10 +279,10 @@ function svg () {
   // legend
   let lx = m.l
   for (const t of present) {
-    o.push(`<rect x="${lx}" y="58" width="12" height="12" fill="${t.color}"/><text x="${lx + 16}" y="68" fill="#111827">${esc(t.label)}</text>`)
-    lx += 24 + t.label.length * 6.3
+    o.push(`<rect x="${lx}" y="58" width="12" height="12" fill="${t.color}"/><text x="${lx + 16}" y="68" fill="#111827">${esc(t.legend)}</text>`)
+    lx += 26 + t.legend.length * 6.6
   }
-  o.push(`<line x1="${lx}" x2="${lx + 18}" y1="64" y2="64" stroke="#f59e0b" stroke-dasharray="2 3"/><text x="${lx + 22}" y="68" fill="#b45309">plaintext goal (0.8× ceiling)</text>`)
+  o.push(`<line x1="${lx}" x2="${lx + 18}" y1="64" y2="64" stroke="#f59e0b" stroke-dasharray="2 3"/><text x="${lx + 22}" y="68" fill="#b45309">plaintext goal 0.8×</text>`)
   // grid
   for (let v = 0; v <= top + 1e-9; v += top > 1.6 ? 0.4 : 0.2) {
     const yy = y(v)

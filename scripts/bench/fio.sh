@@ -17,7 +17,7 @@
 # Results: docs/bench/fio-latest.json, the `## fio` section of docs/benchmarks.md
 # (between <!-- fio:begin --> / <!-- fio:end -->) and docs/bench/fio.svg.
 # --quick: 128 MiB, 1 s per workload, one round: under a minute (plus a tsc build
-#   when dist/ is older than src/). Full: 1 GiB, 3 rounds of 5 s (+1 s ramp), median
+#   when dist/ is older than src/). Full: 1 GiB, 3 rounds of 4 s (+1 s ramp), median
 #   per figure: under ten minutes.
 # --no-publish: print the table, leave docs/ untouched (results stay in the work dir
 #   only with --keep).
@@ -63,7 +63,7 @@ done
 if [[ $MODE == quick ]]; then
   SIZE_MIB=128; RUNTIME=1; RAMP=0; ROUNDS=1
 else
-  SIZE_MIB=1024; RUNTIME=5; RAMP=1; ROUNDS=3
+  SIZE_MIB=1024; RUNTIME=4; RAMP=1; ROUNDS=3
 fi
 WORKLOADS=(seq-write seq-read rand-read rand-write rand-rw lat-read)
 
@@ -295,6 +295,7 @@ run_workload() {
 }
 
 T0=$SECONDS
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 cd "$WORK" # fio drops state files in its working directory
 ACTIVE=()
 for t in encrypted plaintext ceiling raw; do has_target "$t" && ACTIVE+=("$t"); done
@@ -347,6 +348,8 @@ cat >"$META" <<EOF
   "cpus": $(nproc),
   "cpuModel": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//; s/"/\\"/g')",
   "daemon": $(daemon_describe),
+  "loadAvgStart": "$LOAD_START",
+  "loadAvgEnd": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "elapsedSec": $((SECONDS - T0))
 }
 EOF
