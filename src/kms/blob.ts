@@ -75,6 +75,19 @@ export function parseBlob(blob: Uint8Array): BlobParts {
  */
 export function canonicalContext(ctx: Record<string, string> | undefined): Uint8Array {
   if (ctx === undefined) return new Uint8Array(4);
+  const keys = Object.keys(ctx);
+  if (keys.length === 1) {
+    // The common case (EBS: one pair) without the intermediate buffers and the sort.
+    const k = keys[0]!, v = ctx[k]!;
+    const kl = Buffer.byteLength(k, 'utf8'), vl = Buffer.byteLength(v, 'utf8');
+    const out = Buffer.from(new ArrayBuffer(4 + 8 + kl + vl));
+    out.writeUInt32BE(1, 0);
+    out.writeUInt32BE(kl, 4);
+    out.write(k, 8, 'utf8');
+    out.writeUInt32BE(vl, 8 + kl);
+    out.write(v, 12 + kl, 'utf8');
+    return out;
+  }
   const pairs = Object.keys(ctx).map((k) => [Buffer.from(k, 'utf8'), Buffer.from(ctx[k]!, 'utf8')] as const);
   pairs.sort((x, y) => Buffer.compare(x[0], y[0]));
   let len = 4;

@@ -46,6 +46,16 @@ describe('symmetric operations', () => {
     expect(hex(canonicalContext({ x: '1', y: '2' }))).toBe(hex(canonicalContext({ y: '2', x: '1' })));
   });
 
+  it('canonical context encoding (docs/kms-format.md): one pair (fast path), several pairs, multi-byte UTF-8', () => {
+    expect(hex(canonicalContext(undefined))).toBe('00000000');
+    expect(hex(canonicalContext({}))).toBe('00000000');
+    expect(hex(canonicalContext({ a: 'bc' }))).toBe('00000001' + '00000001' + '61' + '00000002' + '6263');
+    expect(hex(canonicalContext({ 'ü': '€' }))).toBe('00000001' + '00000002' + 'c3bc' + '00000003' + 'e282ac');
+    expect(hex(canonicalContext({ b: '', a: 'x' }))).toBe('00000002' + '00000001' + '61' + '00000001' + '78' + '00000001' + '62' + '00000000');
+    const one = canonicalContext({ 'aws:ebs:id': 'vol-1' });
+    expect(one.byteLength).toBe(one.buffer.byteLength); // its own ArrayBuffer: crosses postMessage without a pool copy
+  });
+
   it('a tampered blob is InvalidCiphertextException; a wrong KeyId is IncorrectKeyException', async () => {
     const e = await kms.call('Encrypt', { KeyId: keyId, Plaintext: Buffer.from('x') }, admin);
     const b = Buffer.from(e.CiphertextBlob as Uint8Array);

@@ -93,7 +93,9 @@ export function buildEvent(i: AuditInput): Record<string, unknown> {
 
 // ---- the same event, serialized directly ---------------------------------------
 
-const _q = JSON.stringify;
+/** JSON string literal; strings of plain characters (ids, ARNs, names) skip JSON.stringify's call overhead. */
+const _PLAIN = /^[\w.:\/@+=,-]*$/;
+const _q = (v: unknown): string => (typeof v === 'string' && _PLAIN.test(v) ? '"' + v + '"' : JSON.stringify(v));
 const _identityJson = new WeakMap<Caller, { s: string; c: Caller }>();
 
 function _identity(c: Caller): string {

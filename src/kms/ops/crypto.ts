@@ -1,7 +1,7 @@
 /** Encrypt, Decrypt, ReEncrypt, GenerateDataKey(+WithoutPlaintext), GenerateRandom. */
 import type { CallContext, Dispatcher, OperationContext } from '../dispatcher.js';
 import { IncorrectKeyException, InvalidCiphertextException, InvalidKeyUsageException, NotFoundException, ValidationException } from '../errors.js';
-import { canonicalContext, parseBlob, MAX_BLOB } from '../blob.js';
+import { canonicalContext, parseBlob, MAX_BLOB, type BlobParts } from '../blob.js';
 import { encryptionAlgorithms, rsaOaepMaxPlaintext } from '../key-spec.js';
 import type { KeyRecord } from '../key-record.js';
 import type { CipherEndpoint } from '../hsm/protocol.js';
@@ -23,7 +23,7 @@ function checkEncAlg(key: KeyRecord, alg: string): void {
 }
 
 /** Resolve the key a symmetric blob names, and check a KeyId in the request against it. */
-async function sourceKey(ctx: OperationContext, blob: Uint8Array, keyIdParam: string | undefined, alg: string): Promise<{ key: KeyRecord; requestAlias?: string; symmetric: boolean }> {
+async function sourceKey(ctx: OperationContext, blob: Uint8Array, keyIdParam: string | undefined, alg: string): Promise<{ key: KeyRecord; requestAlias?: string; symmetric: boolean; parts?: BlobParts }> {
   if (alg !== 'SYMMETRIC_DEFAULT') {
     if (keyIdParam === undefined) throw new ValidationException('KeyId is required when decrypting with an asymmetric KMS key');
     const r = await ctx.resolveKey(keyIdParam);
@@ -46,11 +46,13 @@ async function sourceKey(ctx: OperationContext, blob: Uint8Array, keyIdParam: st
     if (named.key.keyId !== key.keyId) throw new IncorrectKeyException('The key ID in the request does not identify a KMS key that can perform this operation.');
     requestAlias = named.requestAlias;
   }
-  return { key, ...(requestAlias ? { requestAlias } : {}), symmetric: true };
+  return requestAlias ? { key, requestAlias, symmetric: true, parts: p } : { key, symmetric: true, parts: p };
 }
 
-function materialOf(key: KeyRecord, blob: Uint8Array): string {
-  const id = Buffer.from(parseBlob(blob).hbkId).toString('hex');
+function materialOf(key: KeyRecord, blob: Uint8Array | BlobParts): string {
+  const parts = blob instanceof Uint8Array ? parseBlob(blob) : blob;
+  const h = parts.hbkId;
+  const id = Buffer.from(h.buffer, h.byteOffset, h.byteLength).toString('hex');
   if (!key.materials.some((m) => m.id === id)) throw new InvalidCiphertextException('The ciphertext refers to key material this KMS key does not have.');
   return id;
 }
@@ -89,7 +91,7 @@ export function registerCryptoOperations(d: Dispatcher): void {
     await call.authorize({ key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
     checkEncAlg(key, alg);
     if (src.symmetric) {
-      const mid = materialOf(key, blob);
+      const mid = materialOf(key, src.parts!);
       const { plaintext } = await ctx.hsm.call({ op: 'decrypt', key: ctx.handle(key, mid), blob, ctx: canonicalContext(ec) });
       return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg };
     }
