@@ -252,7 +252,9 @@ function markdown () {
     L.push(`| ${w} | ${present.map(t => fmt(raw[w][t.id]?.latP99Us, 'µs')).join(' | ')} |`)
   }
   L.push('')
-  L.push('Raw per-job figures (IOPS split, clat, slat, CPU): `docs/bench/fio-latest.json`.')
+  L.push('Raw per-job figures (IOPS split, clat, slat, CPU, every round): `docs/bench/fio-latest.json`. ' +
+    'Why the daemon sits where it does, the transport\'s limits (synchronous libaio, serialised direct writes on a FUSE file) ' +
+    'and what to change: [perf-notes.md](perf-notes.md).')
   return L.join('\n')
 }
 
