@@ -29,6 +29,7 @@
 #include "ebsd_native.h"
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,9 +80,14 @@ static int xts_run(EVP_CIPHER_CTX *c, int enc, uint8_t *data, size_t len, uint64
     store_le64(iv, tweak);
     /* cipher and key NULL: keep the key schedule, set only the tweak. The
        _ex2 form (OpenSSL 3) skips the ENGINE bookkeeping of EVP_CipherInit_ex. */
-    if (!EVP_CipherInit_ex2(c, NULL, NULL, iv, enc, NULL)) return 0;
     int outl = 0;
-    if (!EVP_CipherUpdate(c, data + off, &outl, data + off, (int)unit) || (size_t)outl != unit) return 0;
+    if (!EVP_CipherInit_ex2(c, NULL, NULL, iv, enc, NULL) ||
+        !EVP_CipherUpdate(c, data + off, &outl, data + off, (int)unit) || (size_t)outl != unit) {
+      /* Leave no stale entries on this thread's OpenSSL error queue: node's own
+         crypto shares it on the main thread. */
+      ERR_clear_error();
+      return 0;
+    }
   }
   return 1;
 }
@@ -253,6 +259,7 @@ static napi_value create_context(napi_env env, napi_callback_info info) {
   for (int d = 0; d < 2; d++) {
     x->tmpl[d] = EVP_CIPHER_CTX_new();
     if (x->tmpl[d] == NULL || !EVP_CipherInit_ex(x->tmpl[d], cipher, NULL, key, NULL, d)) {
+      ERR_clear_error();
       free_evp_all(x);
       free(x);
       return ebsd_throw(env, "XTS_OPENSSL", "EVP_CipherInit_ex(aes-256-xts) failed");
@@ -307,6 +314,7 @@ static EVP_CIPHER_CTX *pool_take(xts_ctx *x, int enc) {
   EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
   if (c == NULL) return NULL;
   if (!EVP_CIPHER_CTX_copy(c, x->tmpl[enc])) {
+    ERR_clear_error();
     EVP_CIPHER_CTX_free(c);
     return NULL;
   }
