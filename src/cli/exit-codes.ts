@@ -33,7 +33,8 @@ export const EXIT_CODES_HELP = `Exit codes:
   4  access denied (AccessDeniedException; unmapped uid)
   5  not found (NotFoundException, InvalidVolume.NotFound, NoSuchEntity)
   6  conflicting state (VolumeInUse, IncorrectState, DisabledException, KMSInvalidStateException, AlreadyExists)
-  7  invalid request (ValidationException, InvalidParameterValue, MalformedPolicyDocument, InvalidCiphertext, ...)
+  7  invalid request (ValidationException, InvalidParameterValue, MalformedPolicyDocument, InvalidCiphertextException,
+     OperationNotPermitted: --cipher none on a daemon started without --allow-unencrypted, ...)
   8  audit verification failed
   9  daemon could not start (already running on this state dir, mount failed, refused configuration)
  10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure)`;

@@ -49,9 +49,33 @@ const volumeColumns: Parameters<typeof table>[1] = [
   ['NAME', (r) => (r.Tags as { Key: string; Value: string }[] | undefined)?.find((t) => t.Key === 'Name')?.Value ?? r.Name],
   ['SIZE', (r) => humanBytes(r.SizeBytes)],
   ['STATE', (r) => r.State],
-  ['ENCRYPTED', (r) => (r.Encrypted === false ? 'NO' : 'yes')],
-  ['KMS KEY', (r) => r.KmsKeyId],
+  ['ENCRYPTED', encryptedCell],
+  ['KMS KEY', (r) => r.KmsKeyId ?? (r.Encrypted === false ? 'UNENCRYPTED' : undefined)],
 ];
+
+function encryptedCell(r: R): string {
+  return r.Encrypted === false ? 'NO' : 'yes';
+}
+
+const UNENCRYPTED_WARNING = 'WARNING: UNENCRYPTED volume: its data is stored in PLAINTEXT (measurement only, never for real data)';
+
+/** Key-cache column: the state, and for stale/impaired what went wrong. */
+function keyCacheCell(r: R): string {
+  const kc = (r.KeyCache ?? {}) as R;
+  const st = String(kc.State ?? '-');
+  if (st === 'unencrypted') return 'UNENCRYPTED (no key)';
+  if (st === 'stale') return `stale since ${shortTime(kc.StaleSince)}${(kc.LastError as R | undefined)?.AwsName ? ` (${(kc.LastError as R).AwsName})` : ' (KMS unreachable)'}`;
+  if (st === 'impaired') {
+    const i = (kc.Impaired ?? {}) as R;
+    return `impaired: ${i.Reason ?? '?'}${i.AwsName ? ` (${i.AwsName})` : ''}`;
+  }
+  return st;
+}
+
+/** ISO time -> HH:MM:SS (UTC), for narrow table cells; JSON output keeps the full ISO time. */
+function shortTime(v: unknown): string | undefined {
+  return typeof v === 'string' ? v.slice(11, 19) : undefined;
+}
 
 // ---- commands ------------------------------------------------------------
 
@@ -66,9 +90,16 @@ function daemonCommand(y: Argv): Argv {
         .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach)' })
         .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h)' })
         .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] })
-        .option('cipher', { type: 'string', default: 'aes-xts-plain64', choices: ['aes-xts-plain64', 'none'], describe: '"none" = PLAINTEXT passthrough, for measuring overhead only' })
-        .option('allow-unencrypted', { type: 'boolean', default: false, describe: 'required with --cipher none' }),
+        .option('allow-unencrypted', {
+          type: 'boolean',
+          default: false,
+          describe: 'permit measurement-only PLAINTEXT volumes (ebsd volume create --cipher none); refused otherwise',
+        }),
     async (a) => {
+      if ((a as R).cipher !== undefined) {
+        // The cipher is chosen per volume now; a daemon-wide switch would silently serve plaintext.
+        throw new UsageError('ebsd daemon no longer takes --cipher: start it with --allow-unencrypted and create plaintext volumes with `ebsd volume create --cipher none`');
+      }
       const cfg: DaemonConfig = {
         stateDir: a.stateDir as string,
         mountDir: a.mount,
@@ -76,7 +107,6 @@ function daemonCommand(y: Argv): Argv {
         ...(a.keyCacheTtl !== undefined ? { keyCacheTtlMs: parseDuration(a.keyCacheTtl, '--key-cache-ttl') } : {}),
         ...(a.keyCacheMaxStale !== undefined ? { keyCacheMaxStaleMs: parseDuration(a.keyCacheMaxStale, '--key-cache-max-stale') } : {}),
         logLevel: a.logLevel,
-        cipher: a.cipher as DaemonConfig['cipher'],
         allowUnencrypted: a.allowUnencrypted,
       };
       const log = createLogger({ level: cfg.logLevel, name: 'ebsd' });
@@ -129,15 +159,21 @@ function volumeCommands(y: Argv): Argv {
       v
         .command(
           'create',
-          'Create an encrypted volume (EC2 CreateVolume)',
+          'Create an encrypted volume (EC2 CreateVolume); prints its volume id',
           (b) =>
             b
               .option('size', { type: 'string', demandOption: true, describe: 'bytes or 512MiB, 8GiB, 1TiB (multiple of 4 KiB)' })
               .option('kms-key', { type: 'string', describe: 'key id, ARN or alias (default alias/aws/ebs)' })
+              .option('cipher', {
+                type: 'string',
+                choices: ['aes-xts-plain64', 'none'],
+                describe: '"none" = UNENCRYPTED plaintext passthrough, for measuring overhead only; the daemon must run with --allow-unencrypted',
+              })
               .option('name', { type: 'string', describe: 'Name tag' })
               .option('tag', { type: 'array', string: true, describe: 'more tags, Key=Value' }),
           async (a) => {
             const g = a as unknown as Globals;
+            if (a.cipher === 'none' && a.kmsKey) throw new UsageError('--kms-key cannot be combined with --cipher none: a plaintext volume has no key');
             const tags = (a.tag ?? []).map((t) => {
               const [k, ...rest] = String(t).split('=');
               return { Key: k!, Value: rest.join('=') };
@@ -145,10 +181,26 @@ function volumeCommands(y: Argv): Argv {
             const res = await call(g, 'ebsd.CreateVolume', {
               Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size,
               ...(a.kmsKey ? { KmsKeyId: a.kmsKey } : {}),
+              ...(a.cipher ? { Cipher: a.cipher } : {}),
               ...(a.name ? { Name: a.name } : {}),
               ...(tags.length ? { TagSpecifications: [{ ResourceType: 'volume', Tags: tags }] } : {}),
             });
-            show(g, res, () => table([res], volumeColumns));
+            if (res.Encrypted === false) process.stderr.write(`ebsd: ${UNENCRYPTED_WARNING}\n`);
+            if (fmt(g) === 'text' && !g.query) {
+              // `id=$(ebsd volume create --size 1GiB --output text)`
+              process.stdout.write(`${res.VolumeId}\n`);
+              return;
+            }
+            // The id first and alone on its line: it is what the next command needs.
+            show(g, res, () =>
+              [
+                `${res.VolumeId}`,
+                '',
+                table([res], volumeColumns),
+                '',
+                res.Encrypted === false ? `${UNENCRYPTED_WARNING}\nnext: ebsd attach ${res.VolumeId}` : `next: ebsd attach ${res.VolumeId}`,
+              ].join('\n'),
+            );
           },
         )
         .command(
@@ -194,7 +246,8 @@ function volumeCommands(y: Argv): Argv {
     .command('attach <volume-id>', 'Attach a volume: its file appears under the mount', (b) => b.positional('volume-id', { type: 'string', demandOption: true }), async (a) => {
       const g = a as unknown as Globals;
       const res = await call(g, 'ebsd.AttachVolume', { VolumeId: a.volumeId });
-      show(g, res, () => `${res.VolumeId} attached at ${res.Path}${res.Unencrypted ? '  (UNENCRYPTED passthrough mode)' : ''}`);
+      if (res.Unencrypted === true) process.stderr.write(`ebsd: ${UNENCRYPTED_WARNING}\n`);
+      show(g, res, () => `${res.VolumeId} attached at ${res.Path}${res.Unencrypted ? '  (UNENCRYPTED: plaintext passthrough, measurement only)' : ''}`);
     })
     .command(
       'detach <volume-id>',
@@ -219,8 +272,12 @@ function statusCommand(y: Argv): Argv {
         '',
         table(res.Volumes as R[], [
           ['VOLUME ID', (r) => r.VolumeId], ['NAME', (r) => r.Name], ['SIZE', (r) => humanBytes(r.SizeBytes)], ['STATE', (r) => r.State],
-          ['PATH', (r) => r.Path], ['OPEN', (r) => r.OpenHandles], ['KEY CACHE', (r) => r.KeyCache],
+          ['ENCRYPTED', encryptedCell], ['PATH', (r) => r.Path], ['OPEN', (r) => r.OpenHandles], ['KEY CACHE', keyCacheCell],
+          ['LAST UNWRAP', (r) => shortTime((r.KeyCache as R | undefined)?.LastUnwrapTime)],
+          ['NEXT REFRESH', (r) => shortTime((r.KeyCache as R | undefined)?.NextRefreshTime)],
+          ['EXPIRES', (r) => shortTime((r.KeyCache as R | undefined)?.ExpiryTime)],
         ]),
+        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)',
       ].join('\n'),
     );
   });

@@ -1,5 +1,4 @@
 import { ArgRangeError } from '../util/errors.js';
-import { EbsdError } from '../util/errors.js';
 
 export interface DaemonConfig {
   /** Default /var/lib/ebsd. */
@@ -12,8 +11,10 @@ export interface DaemonConfig {
   keyCacheTtlMs?: number;
   keyCacheMaxStaleMs?: number;
   logLevel: string;
-  /** `none` is a measurement-only plaintext passthrough; needs allowUnencrypted. */
-  cipher: 'aes-xts-plain64' | 'none';
+  /**
+   * Accept measurement-only plaintext volumes (`ebsd volume create --cipher none`).
+   * Off by default: CreateVolume and AttachVolume of such a volume are refused.
+   */
   allowUnencrypted: boolean;
   /** KMS rotation/deletion tick (ms); default 60 s. */
   tickMs?: number;
@@ -24,15 +25,6 @@ export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
 export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 
 export function checkDaemonConfig(c: DaemonConfig): void {
-  if (c.cipher !== 'aes-xts-plain64' && c.cipher !== 'none') {
-    throw new ArgRangeError('cipher', `must be aes-xts-plain64 or none, got ${String(c.cipher)}`);
-  }
-  if (c.cipher === 'none' && !c.allowUnencrypted) {
-    throw new EbsdError(
-      'UNENCRYPTED_REFUSED',
-      '--cipher none stores volume data in PLAINTEXT and exists only to measure encryption overhead; add --allow-unencrypted to confirm',
-    );
-  }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
   }

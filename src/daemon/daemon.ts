@@ -62,10 +62,6 @@ export class Daemon {
     this.paths = statePaths(cfg.stateDir);
   }
 
-  get unencrypted(): boolean {
-    return this.cfg.cipher === 'none';
-  }
-
   async start(): Promise<void> {
     checkDaemonConfig(this.cfg);
     if (!isNativeAvailable()) {
@@ -84,8 +80,8 @@ export class Daemon {
 
   private async startServices(created: boolean): Promise<void> {
     const { cfg, log, paths } = this;
-    if (this.unencrypted) {
-      log.warn({ cipher: 'none' }, 'UNENCRYPTED MODE: volume data is stored in plaintext (measurement only)');
+    if (cfg.allowUnencrypted) {
+      log.warn({ allowUnencrypted: true }, '--allow-unencrypted: this daemon will create and attach PLAINTEXT volumes (--cipher none) on request; for measurement only');
     }
     this.authz = await openAuthz({ stateDir: paths.root, kmsDir: paths.kms, ...(cfg.region ? { region: cfg.region } : {}) });
     const ids = this.authz.identities;
@@ -100,7 +96,7 @@ export class Daemon {
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
 
     const engine = selectXtsEngine('auto', log);
-    this.xtsEngineName = this.unencrypted ? 'none' : engine.name;
+    this.xtsEngineName = engine.name;
     const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }) });
     this.bfs = bfs;
     this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
@@ -116,7 +112,7 @@ export class Daemon {
       region: ids.region,
       ...(cfg.keyCacheTtlMs !== undefined ? { keyCacheTtlMs: cfg.keyCacheTtlMs } : {}),
       ...(cfg.keyCacheMaxStaleMs !== undefined ? { keyCacheMaxStaleMs: cfg.keyCacheMaxStaleMs } : {}),
-      unencrypted: this.unencrypted,
+      allowUnencrypted: cfg.allowUnencrypted,
       openCount: (id) => bfs.openCount(id),
       onAudit: (ev) => void this.auditVolume(ev),
       onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
@@ -131,7 +127,7 @@ export class Daemon {
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
     this.ticker.unref();
-    log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, unencrypted: this.unencrypted, version: VERSION }, 'ebsd daemon ready');
+    log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, version: VERSION }, 'ebsd daemon ready');
   }
 
   /**
@@ -232,10 +228,8 @@ export class Daemon {
       return b.VolumeId;
     };
     switch (op) {
-      case 'CreateVolume': {
-        const v = await mgr.createVolume(b as never, caller);
-        return this.unencrypted ? { ...v, Encrypted: false } : v;
-      }
+      case 'CreateVolume':
+        return mgr.createVolume(b as never, caller);
       case 'DescribeVolumes':
         return mgr.describeVolumes(b as never);
       case 'DescribeVolumeStatus': {
@@ -251,7 +245,8 @@ export class Daemon {
         const id = vol();
         const r = await mgr.attachVolume({ VolumeId: id, ...(typeof b.Device === 'string' ? { Device: b.Device } : {}) }, caller);
         this.expose(id);
-        return { ...r, Path: this.pathOf(id), ...(this.unencrypted ? { Unencrypted: true } : {}) };
+        const plain = this.bfs!.has(id) && mgr.getBlockDevice(id)?.unencrypted === true;
+        return { ...r, Path: this.pathOf(id), Encrypted: !plain, ...(plain ? { Unencrypted: true } : {}) };
       }
       case 'DetachVolume': {
         const id = vol();
@@ -273,28 +268,31 @@ export class Daemon {
     const ids = this.authz!.identities;
     const mgr = this.mgr!;
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
+    const caches = new Map(mgr.describeKeyCaches().map((c) => [c.VolumeId, c]));
     const volumes = mgr.describeVolumes().Volumes.map((v) => {
       const attached = this.bfs!.has(v.VolumeId);
-      const st = attached ? mgr.describeVolumeStatus(v.VolumeId) : undefined;
       const name = v.Tags.find((t) => t.Key === 'Name')?.Value;
+      const kc = attached ? caches.get(v.VolumeId) : undefined;
+      const { VolumeId: _id, Encrypted: _enc, ...keyCache } = kc ?? { VolumeId: '', Encrypted: v.Encrypted, State: 'none' as const };
       return {
         VolumeId: v.VolumeId,
         ...(name ? { Name: name } : {}),
         State: v.State,
         SizeBytes: v.SizeBytes,
-        KmsKeyId: v.KmsKeyId,
+        Encrypted: v.Encrypted,
+        ...(v.KmsKeyId ? { KmsKeyId: v.KmsKeyId } : {}),
         Attached: attached,
         ...(attached ? { Path: this.pathOf(v.VolumeId), OpenHandles: this.bfs!.openCount(v.VolumeId) } : {}),
         // Recorded in-use but not served: a resume failed (see the daemon log).
         ...(v.State === 'in-use' && !attached ? { Problem: 'recorded attached but not served; see daemon log' } : {}),
-        KeyCache: !attached ? 'none' : this.unencrypted ? 'unencrypted' : st?.VolumeStatus.Status === 'impaired' ? 'impaired' : ttl === 0 ? 'held-until-detach' : 'cached',
-        ...(st?.Reason ? { ImpairedReason: { Reason: st.Reason.reason, AwsName: st.Reason.awsName, Time: st.Reason.time } } : {}),
+        // State: cached | refreshing | stale | impaired | held-until-detach | unencrypted | none (not attached).
+        KeyCache: keyCache,
       };
     });
     return {
       Daemon: {
         Pid: process.pid, Version: VERSION, StateDir: this.paths.root, MountDir: this.cfg.mountDir, Socket: this.paths.socket,
-        AccountId: ids.accountId, Region: ids.region, Cipher: this.cfg.cipher, Unencrypted: this.unencrypted, XtsEngine: this.xtsEngineName,
+        AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
       },

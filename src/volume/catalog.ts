@@ -26,8 +26,12 @@ export interface VolumeRecord {
   /** Image file name inside the volumes directory. */
   image: string;
   attachment?: AttachmentRecord;
-  /** Set only by the measurement-only plaintext mode. */
-  unencrypted?: boolean;
+  /**
+   * A measurement-only plaintext volume (CreateVolume `Cipher: "none"`): its
+   * image is plain-image.ts, not LUKS2; `kmsKeyId` is '' and it never has a
+   * grant. Absent (never `false`) for encrypted volumes.
+   */
+  unencrypted?: true;
   /**
    * Attach grants whose RetireGrant failed (KMS unreachable) at detach. They
    * are retried on the next start and before the next attach, and dropped

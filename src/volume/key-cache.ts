@@ -18,6 +18,33 @@ export interface ImpairedEvent {
   time: string;
 }
 
+/**
+ * What `ebsd status` shows per attached encrypted volume (DESIGN §6):
+ *   cached             KMS confirmed the key within the TTL; next refresh scheduled
+ *   refreshing         a refresh through the grant is running now
+ *   stale              KMS did not answer (since `staleSince`); key kept until `expiresAt`
+ *   impaired           the key was withdrawn (`impaired` says why); I/O fails with EIO
+ *   held-until-detach  TTL 0: unwrapped once at attach, held until detach (EBS behaviour)
+ */
+export type KeyCacheStateName = 'cached' | 'refreshing' | 'stale' | 'impaired' | 'held-until-detach';
+
+export interface KeyCacheState {
+  state: KeyCacheStateName;
+  /** Last successful unwrap (attach or refresh) confirmed against the LUKS2 digest. */
+  lastUnwrap: string;
+  /** When the next refresh is due; absent when none is scheduled (TTL 0, impaired, running now). */
+  nextRefresh?: string;
+  /** Max-stale deadline: without a KMS confirmation by then the volume becomes impaired. Absent for TTL 0. */
+  expiresAt?: string;
+  /** First failed refresh since the last good one (KMS unreachable). */
+  staleSince?: string;
+  /** The AWS exception (or timeout) of the last failed refresh, while stale. */
+  lastError?: { awsName?: string; message: string };
+  impaired?: ImpairedEvent;
+  ttlMs: number;
+  maxStaleMs: number;
+}
+
 /** What the cache guards: the attached device holding the key schedule. */
 export interface KeyedDevice {
   fail(err: VolumeError, after?: () => void | Promise<void>): Promise<void>;
@@ -59,6 +86,9 @@ export class KeyCache {
   private stopped = false;
   private _impaired: ImpairedEvent | null = null;
   private running: Promise<void> | null = null;
+  private nextAt: number | null = null;
+  private staleSince: number | null = null;
+  private lastError: { awsName?: string; message: string } | null = null;
 
   constructor(private readonly device: KeyedDevice, private readonly o: KeyCacheOptions) {
     this.ttl = o.ttlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
@@ -76,6 +106,32 @@ export class KeyCache {
     return Date.now() - this.lastGood;
   }
 
+  /** A snapshot for status displays; no key material. */
+  state(): KeyCacheState {
+    const iso = (t: number): string => new Date(t).toISOString();
+    const imp = this._impaired;
+    const state: KeyCacheStateName = imp
+      ? 'impaired'
+      : this.staleSince !== null
+        ? 'stale'
+        : this.running
+          ? 'refreshing'
+          : this.ttl === 0
+            ? 'held-until-detach'
+            : 'cached';
+    return {
+      state,
+      lastUnwrap: iso(this.lastGood),
+      ...(this.nextAt !== null && !imp && !this.stopped ? { nextRefresh: iso(this.nextAt) } : {}),
+      ...(this.ttl > 0 && !imp ? { expiresAt: iso(this.lastGood + this.maxStale) } : {}),
+      ...(this.staleSince !== null ? { staleSince: iso(this.staleSince) } : {}),
+      ...(this.lastError && this.staleSince !== null ? { lastError: { ...this.lastError } } : {}),
+      ...(imp ? { impaired: { ...imp } } : {}),
+      ttlMs: this.ttl,
+      maxStaleMs: this.maxStale,
+    };
+  }
+
   start(): void {
     this.lastGood = Date.now();
     if (this.ttl > 0) this.schedule(this.ttl / 2);
@@ -86,6 +142,7 @@ export class KeyCache {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    this.nextAt = null;
     await this.running;
   }
 
@@ -97,10 +154,13 @@ export class KeyCache {
 
   private schedule(ms: number): void {
     if (this.stopped || this._impaired) return;
+    const delay = Math.max(10, ms);
+    this.nextAt = Date.now() + delay;
     this.timer = setTimeout(() => {
       this.timer = null;
+      this.nextAt = null;
       void this.refreshNow();
-    }, Math.max(10, ms));
+    }, delay);
     this.timer.unref();
   }
 
@@ -117,6 +177,9 @@ export class KeyCache {
         return;
       }
       this.lastGood = Date.now();
+      if (this.staleSince !== null) this.log.info({ volumeId: this.o.volumeId, staleMs: this.lastGood - this.staleSince }, 'key refresh succeeded again; KMS reachable');
+      this.staleSince = null;
+      this.lastError = null;
       this.schedule(this.ttl / 2);
     } catch (e) {
       if (this.stopped) return;
@@ -126,6 +189,8 @@ export class KeyCache {
       } else if (this.staleness >= this.maxStale) {
         await this.impair('kms-unreachable', err.awsName, `no KMS confirmation for ${this.staleness} ms: ${err.message}`);
       } else {
+        this.staleSince ??= Date.now();
+        this.lastError = { ...(err.awsName ? { awsName: err.awsName } : {}), message: err.message };
         this.log.warn({ volumeId: this.o.volumeId, awsName: err.awsName, staleMs: this.staleness }, 'key refresh failed; KMS unreachable, keeping key until max-stale');
         this.schedule(Math.min(this.ttl / 4, this.maxStale - this.staleness));
       }
@@ -139,6 +204,7 @@ export class KeyCache {
     const ev: ImpairedEvent = { volumeId: this.o.volumeId, reason, ...(awsName ? { awsName } : {}), message, time: new Date().toISOString() };
     this._impaired = ev;
     if (this.timer) clearTimeout(this.timer);
+    this.nextAt = null;
     this.log.error({ volumeId: ev.volumeId, reason, awsName }, 'volume impaired: I/O disabled and volume key wiped');
     await this.device.fail(
       new VolumeError('VOLUME_IMPAIRED', `volume ${ev.volumeId} is impaired (${reason}${awsName ? `: ${awsName}` : ''})`),

@@ -13,7 +13,7 @@ import { AttachLock } from './attach-lock.js';
 import { openBackingFile } from './backing-file.js';
 import { EncryptedBlockDevice } from './encrypted-block-device.js';
 import { PlainBlockDevice } from './plain-block-device.js';
-import { KeyCache, type ImpairedEvent } from './key-cache.js';
+import { KeyCache, type ImpairedEvent, type KeyCacheState } from './key-cache.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import type { Attachment } from './attachment.js';
 import type { BlockDevice } from './types.js';
@@ -21,6 +21,8 @@ import { buildLuks2Json, verifyVolumeKey, LUKS2_DATA_OFFSET, VOLUME_KEY_BYTES, t
 import { createLuks2, readLuks2, updateLuks2 } from './luks2-header.js';
 import { VolumeError, incorrectState, invalidParameter, notFound, KeyServiceError } from './errors.js';
 import { parseVolumeSize } from './size.js';
+import { createPlainImage, readPlainImage, resizePlainImage } from './plain-image.js';
+import { EbsdError } from '../util/errors.js';
 
 export const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
@@ -50,8 +52,12 @@ export interface VolumeManagerOptions {
   keyCacheTtlMs?: number;
   /** Key cache max-stale (ms) while KMS does not answer; default 3 600 000. */
   keyCacheMaxStaleMs?: number;
-  /** Measurement only: serve volumes as plaintext passthrough (no KMS on attach). */
-  unencrypted?: boolean;
+  /**
+   * Measurement only: accept CreateVolume with `Cipher: "none"` / `Encrypted: false`
+   * and attach such volumes (plaintext passthrough, no KMS key). Off by default;
+   * the daemon turns it on only with `--allow-unencrypted`.
+   */
+  allowUnencrypted?: boolean;
   /** Open FUSE handles on a volume's file; detach refuses while > 0 unless forced. */
   openCount?: (volumeId: string) => number;
   onImpaired?: (ev: ImpairedEvent) => void;
@@ -64,9 +70,30 @@ export interface VolumeManagerOptions {
 export interface CreateVolumeRequest {
   Size: number | string;
   KmsKeyId?: string;
+  /** EC2's flag. `false` asks for a measurement-only plaintext volume (same as `Cipher: "none"`). */
+  Encrypted?: boolean;
+  /** `aes-xts-plain64` (default) or `none`: measurement-only plaintext passthrough. */
+  Cipher?: 'aes-xts-plain64' | 'none';
   /** Shortcut for a `Name` tag. */
   Name?: string;
   TagSpecifications?: { ResourceType?: string; Tags: { Key: string; Value: string }[] }[];
+}
+
+/** Key-cache state of one attached volume, for `ebsd status`. */
+export interface VolumeKeyCacheStatus {
+  VolumeId: string;
+  Encrypted: boolean;
+  /** `unencrypted` for a plaintext volume (it has no key). */
+  State: KeyCacheState['state'] | 'unencrypted';
+  LastUnwrapTime?: string;
+  NextRefreshTime?: string;
+  /** Max-stale deadline. */
+  ExpiryTime?: string;
+  StaleSince?: string;
+  LastError?: { AwsName?: string; Message: string };
+  Impaired?: { Reason: ImpairedEvent['reason']; AwsName?: string; Message: string; Time: string };
+  TtlSeconds?: number;
+  MaxStaleSeconds?: number;
 }
 
 export interface Filter {
@@ -155,6 +182,7 @@ export class VolumeManager {
   // ---- CreateVolume ------------------------------------------------------
 
   async createVolume(req: CreateVolumeRequest, caller: Caller): Promise<ReturnType<VolumeManager['describe']>> {
+    if (wantsPlaintext(req)) return this.createPlainVolume(req, caller);
     const size = parseVolumeSize(req.Size);
     const keyId = req.KmsKeyId ?? DEFAULT_KMS_KEY;
     if (typeof keyId !== 'string' || keyId === '') throw invalidParameter('KmsKeyId must be a key id, ARN or alias');
@@ -206,6 +234,49 @@ export class VolumeManager {
     return this.describe(rec);
   }
 
+  /**
+   * Measurement-only plaintext volume: no KMS call, no key, no grant; an
+   * image with the plaintext marker header (plain-image.ts). Refused unless
+   * the manager was opened with allowUnencrypted.
+   */
+  private async createPlainVolume(req: CreateVolumeRequest, caller: Caller): Promise<ReturnType<VolumeManager['describe']>> {
+    this.checkUnencryptedAllowed('create');
+    const size = parseVolumeSize(req.Size);
+    if (req.KmsKeyId !== undefined) throw invalidParameter('KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key');
+    const tags = [...(req.TagSpecifications ?? []).flatMap((t) => t.Tags)];
+    if (req.Name !== undefined) tags.push({ Key: 'Name', Value: req.Name });
+    const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`;
+    const image = `${volumeId}.img`;
+    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: '', unencrypted: true, createTime: new Date().toISOString(), tags, image };
+    await this.catalog.put(rec);
+    const tmp = join(this.dir, `.${image}.tmp`);
+    try {
+      await createPlainImage(tmp, { volumeId, size });
+      await fsp.rename(tmp, join(this.dir, image));
+      await fsyncDir(this.dir);
+      rec.state = 'available';
+      await this.catalog.put(rec);
+    } catch (e) {
+      await fsp.rm(tmp, { force: true }).catch(() => {});
+      await this.removeImage(rec).catch(() => {});
+      await this.catalog.remove(volumeId).catch(() => {});
+      this.log.warn({ volumeId, err: errInfo(e) }, 'CreateVolume failed');
+      throw e;
+    }
+    this.log.warn({ volumeId, size, encrypted: false }, 'UNENCRYPTED volume created: its data is stored in PLAINTEXT (measurement only)');
+    this.audit({ eventName: 'CreateVolume', volumeId, principal: caller.arn, details: { size, encrypted: false, cipher: 'none' } });
+    return this.describe(rec);
+  }
+
+  private checkUnencryptedAllowed(what: 'create' | 'attach'): void {
+    if (this.o.allowUnencrypted) return;
+    throw new EbsdError(
+      'UNENCRYPTED_REFUSED',
+      `refusing to ${what} an UNENCRYPTED volume (--cipher none): plaintext volumes exist only to measure encryption overhead; start the daemon with --allow-unencrypted to permit them`,
+      { awsName: 'OperationNotPermitted' },
+    );
+  }
+
   // ---- DescribeVolumes ---------------------------------------------------
 
   describeVolumes(req: { VolumeIds?: string[]; Filters?: Filter[] } = {}): { Volumes: ReturnType<VolumeManager['describe']>[] } {
@@ -226,6 +297,36 @@ export class VolumeManager {
       recs = recs.filter(match);
     }
     return { Volumes: recs.map((r) => this.describe(r)) };
+  }
+
+  /** Key-cache state of every attached volume (or one), for `ebsd status`. */
+  describeKeyCaches(volumeIds?: string[]): VolumeKeyCacheStatus[] {
+    const out: VolumeKeyCacheStatus[] = [];
+    for (const [id, att] of this.live) {
+      if (volumeIds && !volumeIds.includes(id)) continue;
+      const kc = att.keyCache;
+      if (!kc) {
+        out.push({ VolumeId: id, Encrypted: false, State: 'unencrypted' });
+        continue;
+      }
+      const st = kc.state();
+      out.push({
+        VolumeId: id,
+        Encrypted: true,
+        State: st.state,
+        LastUnwrapTime: st.lastUnwrap,
+        ...(st.nextRefresh ? { NextRefreshTime: st.nextRefresh } : {}),
+        ...(st.expiresAt ? { ExpiryTime: st.expiresAt } : {}),
+        ...(st.staleSince ? { StaleSince: st.staleSince } : {}),
+        ...(st.lastError ? { LastError: { ...(st.lastError.awsName ? { AwsName: st.lastError.awsName } : {}), Message: st.lastError.message } } : {}),
+        ...(st.impaired
+          ? { Impaired: { Reason: st.impaired.reason, ...(st.impaired.awsName ? { AwsName: st.impaired.awsName } : {}), Message: st.impaired.message, Time: st.impaired.time } }
+          : {}),
+        TtlSeconds: st.ttlMs / 1000,
+        MaxStaleSeconds: st.maxStaleMs / 1000,
+      });
+    }
+    return out;
   }
 
   /** DescribeVolumeStatus: `impaired` once the key cache withdrew the key. */
@@ -275,9 +376,10 @@ export class VolumeManager {
       if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
       if (req.InstanceId !== undefined && req.InstanceId !== this.instanceId) throw invalidParameter(`This host is ${this.instanceId}`);
       if (rec.pendingGrantRetirements?.length) await this.retirePending(rec);
+      if (rec.unencrypted) this.checkUnencryptedAllowed('attach');
       const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
       const att = await this.bringUp(rec, async (v) => {
-        if (this.o.unencrypted) return { grantId: '', grantToken: '' };
+        if (!v) return { grantId: '', grantToken: '' }; // plaintext: no key, no grant
         const g = await this.ks.createGrant(
           {
             KeyId: v.token.key_arn,
@@ -300,8 +402,15 @@ export class VolumeManager {
       rec.state = 'in-use';
       rec.attachment = { instanceId: this.instanceId, device, attachTime, hostPrincipal: this.host.arn, grantId: att.grantId, grantToken: att.grantToken };
       await this.catalog.put(rec);
-      this.log.info({ volumeId: rec.volumeId, keyArn: att.keyArn, grantId: att.grantId }, 'volume attached');
-      this.audit({ eventName: 'AttachVolume', volumeId: rec.volumeId, principal: caller.arn, details: { instanceId: this.instanceId, grantId: att.grantId } });
+      if (rec.unencrypted) {
+        this.log.warn({ volumeId: rec.volumeId, encrypted: false }, 'UNENCRYPTED volume attached: I/O is plaintext passthrough (measurement only)');
+      } else {
+        this.log.info({ volumeId: rec.volumeId, keyArn: att.keyArn, grantId: att.grantId }, 'volume attached');
+      }
+      this.audit({
+        eventName: 'AttachVolume', volumeId: rec.volumeId, principal: caller.arn,
+        details: rec.unencrypted ? { instanceId: this.instanceId, encrypted: false, cipher: 'none' } : { instanceId: this.instanceId, grantId: att.grantId },
+      });
       return { VolumeId: rec.volumeId, InstanceId: this.instanceId, Device: device, State: 'attached' as const, AttachTime: attachTime };
     });
   }
@@ -317,6 +426,7 @@ export class VolumeManager {
     for (const r of this.catalog.list()) {
       if (r.state !== 'in-use' || this.live.has(r.volumeId) || !r.attachment) continue;
       try {
+        if (r.unencrypted) this.checkUnencryptedAllowed('attach');
         await this.mutex.run(r.volumeId, () => this.bringUp(r, async () => ({ grantId: r.attachment!.grantId, grantToken: r.attachment!.grantToken }), true));
         resumed.push(r.volumeId);
       } catch (e) {
@@ -375,11 +485,17 @@ export class VolumeManager {
       const size = parseVolumeSize(req.Size);
       if (size <= rec.size) throw invalidParameter(`New size ${size} must be larger than the current size ${rec.size}; volumes only grow.`);
       const path = join(this.dir, rec.image);
-      const cur = await readLuks2(path);
-      await fsp.truncate(path, cur.volume.dataOffset + size); // header never claims more than the file holds
-      await updateLuks2(path, (j) => {
-        for (const s of Object.values(j.segments)) s.size = String(size);
-      });
+      if (rec.unencrypted) {
+        const cur = await readPlainImage(path);
+        await fsp.truncate(path, cur.dataOffset + size); // header never claims more than the file holds
+        await resizePlainImage(path, size);
+      } else {
+        const cur = await readLuks2(path);
+        await fsp.truncate(path, cur.volume.dataOffset + size);
+        await updateLuks2(path, (j) => {
+          for (const s of Object.values(j.segments)) s.size = String(size);
+        });
+      }
       const original = rec.size;
       rec.size = size;
       await this.catalog.put(rec);
@@ -413,7 +529,8 @@ export class VolumeManager {
 
   private async bringUp(
     rec: VolumeRecord,
-    grant: (v: Luks2Volume) => Promise<{ grantId: string; grantToken: string }>,
+    /** `v` is undefined for a plaintext volume (no LUKS2 header, no grant). */
+    grant: (v: Luks2Volume | undefined) => Promise<{ grantId: string; grantToken: string }>,
     resuming = false,
   ): Promise<Attachment & { grantToken: string }> {
     const path = join(this.dir, rec.image);
@@ -421,6 +538,17 @@ export class VolumeManager {
     let grantInfo: { grantId: string; grantToken: string } | null = null;
     let key: Uint8Array | undefined;
     try {
+      if (rec.unencrypted) {
+        // Measurement only (plain-image.ts): no key, no grant, no key cache.
+        const p = await readPlainImage(path);
+        if (p.volumeId !== rec.volumeId || p.size < rec.size) throw new VolumeError('VOLUME_TOKEN_MISMATCH', `plaintext image of ${rec.volumeId} names ${p.volumeId}`);
+        grantInfo = await grant(undefined);
+        const backing = await openBackingFile(path);
+        const device = new PlainBlockDevice({ volumeId: rec.volumeId, size: p.size, dataOffset: p.dataOffset, backing, logger: this.log });
+        const att: Attachment = { volumeId: rec.volumeId, device, keyCache: null, lock, keyArn: '', grantId: '' };
+        this.live.set(rec.volumeId, att);
+        return { ...att, grantToken: '' };
+      }
       const h = await readLuks2(path);
       const v = h.volume;
       const ctx = { 'aws:ebs:id': rec.volumeId };
@@ -429,12 +557,10 @@ export class VolumeManager {
         throw new VolumeError('VOLUME_TOKEN_MISMATCH', `image of ${rec.volumeId} carries the token of ${v.token.volume_id}`);
       }
       grantInfo = await grant(v);
-      let device: EncryptedBlockDevice | PlainBlockDevice;
-      let keyCache: KeyCache | null = null;
+      let device: EncryptedBlockDevice;
+      let keyCache: KeyCache;
       const backing = await openBackingFile(path);
-      if (this.o.unencrypted) {
-        device = new PlainBlockDevice({ volumeId: rec.volumeId, size: v.size, dataOffset: v.dataOffset, backing, logger: this.log });
-      } else {
+      {
         const blob = Buffer.from(v.token.ciphertext_blob, 'base64');
         const gt = grantInfo.grantToken;
         const unwrap = async () =>
@@ -559,7 +685,8 @@ export class VolumeManager {
       State: r.state as VolumeState,
       CreateTime: r.createTime,
       Encrypted: !r.unencrypted,
-      KmsKeyId: r.kmsKeyId,
+      // EC2 omits KmsKeyId for an unencrypted volume.
+      ...(r.unencrypted ? {} : { KmsKeyId: r.kmsKeyId }),
       VolumeType: 'gp3',
       AvailabilityZone: this.o.availabilityZone ?? `${this.o.region ?? 'us-east-1'}a`,
       Attachments: r.attachment
@@ -611,4 +738,14 @@ function errInfo(e: unknown): Record<string, unknown> {
     return { type: x.name, code: x.code, awsName: x.awsName, message: x.message };
   }
   return { type: (e as Error)?.name ?? typeof e, message: (e as Error)?.message };
+}
+
+/** CreateVolume asks for a measurement-only plaintext volume; a contradiction is refused. */
+function wantsPlaintext(req: CreateVolumeRequest): boolean {
+  const c = req.Cipher;
+  if (c !== undefined && c !== 'aes-xts-plain64' && c !== 'none') throw invalidParameter(`Invalid value '${String(c)}' for Cipher: aes-xts-plain64 or none`);
+  if (req.Encrypted !== undefined && typeof req.Encrypted !== 'boolean') throw invalidParameter('Encrypted must be true or false');
+  if (c === 'none' && req.Encrypted === true) throw invalidParameter('Cipher none contradicts Encrypted true');
+  if (c === 'aes-xts-plain64' && req.Encrypted === false) throw invalidParameter('Cipher aes-xts-plain64 contradicts Encrypted false');
+  return c === 'none' || req.Encrypted === false;
 }
