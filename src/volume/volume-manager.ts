@@ -429,6 +429,7 @@ export class VolumeManager {
         if (r.unencrypted) this.checkUnencryptedAllowed('attach');
         await this.mutex.run(r.volumeId, () => this.bringUp(r, async () => ({ grantId: r.attachment!.grantId, grantToken: r.attachment!.grantToken }), true));
         resumed.push(r.volumeId);
+        if (r.unencrypted) this.log.warn({ volumeId: r.volumeId, encrypted: false }, 'UNENCRYPTED volume re-attached: I/O is plaintext passthrough (measurement only)');
       } catch (e) {
         this.log.error({ volumeId: r.volumeId, err: errInfo(e) }, 'could not resume attachment');
         failed.push({ volumeId: r.volumeId, error: e });

@@ -273,6 +273,10 @@ describe('key cache', () => {
 
   test('disabling the key impairs an attached volume within one TTL (200 ms)', async () => {
     const { arn, id, dev } = await attached(200);
+    const [before] = mgr.describeKeyCaches([id]);
+    expect(before).toMatchObject({ VolumeId: id, Encrypted: true, State: 'cached', TtlSeconds: 0.2 });
+    expect(Date.parse(before!.NextRefreshTime!)).toBeGreaterThan(Date.parse(before!.LastUnwrapTime!));
+    expect(Date.parse(before!.ExpiryTime!) - Date.parse(before!.LastUnwrapTime!)).toBe(3_600_000);
     await kms.disableKey(arn);
     const t0 = Date.now();
     while (impaired.length === 0 && Date.now() - t0 < 1000) await sleep(10);
@@ -281,6 +285,9 @@ describe('key cache', () => {
     await expect(dev.read(0, SS, Buffer.alloc(SS))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
     await expect(dev.write(0, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
     expect(mgr.describeVolumeStatus(id).VolumeStatus.Status).toBe('impaired');
+    const [after] = mgr.describeKeyCaches([id]);
+    expect(after).toMatchObject({ State: 'impaired', Impaired: { Reason: 'kms-refused', AwsName: 'DisabledException' } });
+    expect(after).not.toHaveProperty('NextRefreshTime');
     expect(audits.some((a) => a.eventName === 'VolumeImpaired')).toBe(true);
     expect(logLines.some((l) => /volume impaired/.test(l) && l.includes(id))).toBe(true);
     await mgr.detachVolume({ VolumeId: id }, kms.user); // detach still works
@@ -303,10 +310,15 @@ describe('key cache', () => {
     kms.setUnreachable(true);
     await sleep(350);
     expect(impaired).toEqual([]);
+    const [stale] = mgr.describeKeyCaches([id]);
+    expect(stale).toMatchObject({ State: 'stale', LastError: { AwsName: 'KMSInternalException' } });
+    expect(Date.parse(stale!.StaleSince!)).toBeGreaterThanOrEqual(Date.parse(stale!.LastUnwrapTime!));
+    expect(Date.parse(stale!.ExpiryTime!) - Date.parse(stale!.LastUnwrapTime!)).toBe(600);
     await dev.read(0, SS, Buffer.alloc(SS)); // still serving
     const t0 = Date.now();
     while (impaired.length === 0 && Date.now() - t0 < 2000) await sleep(10);
     expect(impaired[0]).toMatchObject({ volumeId: id, reason: 'kms-unreachable' });
+    expect(mgr.describeKeyCaches([id])[0]).toMatchObject({ State: 'impaired', Impaired: { Reason: 'kms-unreachable' } });
     kms.setUnreachable(false);
     await mgr.detachVolume({ VolumeId: id }, kms.user);
   });
@@ -316,6 +328,10 @@ describe('key cache', () => {
     await kms.disableKey(arn);
     await sleep(300);
     expect(impaired).toEqual([]);
+    const [held] = mgr.describeKeyCaches([id]);
+    expect(held).toMatchObject({ State: 'held-until-detach', TtlSeconds: 0 });
+    expect(held).not.toHaveProperty('NextRefreshTime');
+    expect(held).not.toHaveProperty('ExpiryTime');
     const o = Buffer.alloc(SS);
     await dev.read(0, SS, o);
     expect(o.equals(Buffer.alloc(SS, 1))).toBe(true);
