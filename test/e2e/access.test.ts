@@ -75,10 +75,40 @@ describe('access, concurrency and secrecy through the real daemon', () => {
     expect(iam.code).toBe(4);
   });
 
-  it('refuses --cipher none without --allow-unencrypted', async () => {
-    const r = await env.cli(['daemon', '--state-dir', join(env.dir, 'other'), '--mount', join(env.dir, 'mnt-other'), '--cipher', 'none']);
-    expect(r.code).toBe(9);
-    expect(r.stderr).toMatch(/PLAINTEXT.*--allow-unencrypted/);
+  it('plaintext volumes are refused by a daemon started without --allow-unencrypted; the daemon-wide --cipher is gone', async () => {
+    const r = await env.cli(['volume', 'create', '--size', '4MiB', '--cipher', 'none']);
+    expect(r.code).toBe(7);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^ebsd: OperationNotPermitted: .*UNENCRYPTED.*--allow-unencrypted/);
+    const d = await env.cli(['daemon', '--state-dir', join(env.dir, 'other'), '--mount', join(env.dir, 'mnt-other'), '--cipher', 'none']);
+    expect(d.code).toBe(2);
+    expect(d.stderr).toMatch(/no longer takes --cipher.*volume create --cipher none/);
+  });
+
+  it('every error is one line with the AWS exception name and the documented exit code', async () => {
+    const key = await env.ok(['kms', 'create-key', '--description', 'errors']);
+    const pt = join(env.dir, 'pt.bin');
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(pt, 'not secret');
+    const enc = await env.ok(['kms', 'encrypt', '--key-id', key.KeyMetadata.KeyId, '--plaintext', `fileb://${pt}`, '--encryption-context', 'purpose=a']);
+    writeFileSync(join(env.dir, 'ct-err.bin'), Buffer.from(enc.CiphertextBlob, 'base64'));
+    const cases: [string[], number, RegExp][] = [
+      [['volume', 'create', '--size', '3MiB+1'], 7, /^ebsd: InvalidParameterValue: Invalid value '3MiB\+1' for Size/],
+      [['volume', 'create', '--size', '3000'], 7, /^ebsd: InvalidParameterValue: .*1 MiB/],
+      [['volume', 'create', '--size', '16MiB', '--kms-key', 'alias/no-such-key'], 5, /^ebsd: NotFoundException: .*alias\/no-such-key/],
+      [['detach', 'vol-0123456789abcdef0'], 5, /^ebsd: InvalidVolume\.NotFound: .*vol-0123456789abcdef0/],
+      [['volume', 'delete', 'vol-nope'], 5, /^ebsd: InvalidVolumeID\.Malformed: /],
+      [['kms', 'decrypt', '--ciphertext-blob', `fileb://${join(env.dir, 'ct-err.bin')}`, '--encryption-context', 'purpose=b'], 7, /^ebsd: InvalidCiphertextException: /],
+      [['kms', 'describe-key', '--key-id', 'alias/missing'], 5, /^ebsd: NotFoundException: /],
+      [['volume', 'create', '--size', '4MiB', '--cipher', 'none', '--kms-key', 'alias/x'], 2, /^ebsd: --kms-key cannot be combined with --cipher none/],
+    ];
+    for (const [args, code, re] of cases) {
+      const r = await env.cli(args);
+      expect(r.code, `ebsd ${args.join(' ')}: ${r.stderr}`).toBe(code);
+      expect(r.stderr.trim().split('\n'), `ebsd ${args.join(' ')}`).toHaveLength(1);
+      expect(r.stderr, `ebsd ${args.join(' ')}`).toMatch(re);
+      expect(r.stdout).toBe('');
+    }
   });
 
   it('a known key written through a full KMS + attach/IO/detach cycle appears in no log, audit line, CLI output or image', async () => {

@@ -72,7 +72,13 @@ describe('the DESIGN §1 journey through the real daemon, CLI, FUSE, loop device
     await env.start();
     const st = await env.ok(['status']);
     const v = st.Volumes.find((x: { VolumeId: string }) => x.VolumeId === volumeId);
-    expect(v).toMatchObject({ Attached: true, State: 'in-use', KeyCache: 'cached' });
+    expect(v).toMatchObject({ Attached: true, State: 'in-use', Encrypted: true, KeyCache: { State: 'cached', TtlSeconds: 300 } });
+    // Key-cache timeline: unwrapped at attach, refresh due at TTL/2, impaired by the max-stale deadline without KMS.
+    const kc = v.KeyCache;
+    expect(Date.parse(kc.NextRefreshTime) - Date.parse(kc.LastUnwrapTime)).toBe(150_000);
+    expect(Date.parse(kc.ExpiryTime) - Date.parse(kc.LastUnwrapTime)).toBe(3_600_000);
+    const table = await env.cli(['status', '--output', 'table']);
+    expect(table.stdout).toMatch(new RegExp(`${volumeId}.* yes .*cached +\\d\\d:\\d\\d:\\d\\d +\\d\\d:\\d\\d:\\d\\d +\\d\\d:\\d\\d:\\d\\d`));
     const loop = await env.losetup(volumeId);
     await sh('e2fsck', ['-fn', loop]);
     await env.detachLoop(loop);
