@@ -32,7 +32,7 @@ let FROM_SUMMARY = null
 
 const TARGETS = [
   { id: 'encrypted', label: 'encrypted (ebsd, AES-256-XTS)', legend: 'encrypted (ebsd)', short: 'encrypted', color: '#2563eb' },
-  { id: 'plaintext', label: 'plaintext passthrough (ebsd --cipher none)', legend: 'plaintext (ebsd --cipher none)', short: 'plaintext', color: '#f59e0b' },
+  { id: 'plaintext', label: 'plaintext passthrough (ebsd volume --cipher none)', legend: 'plaintext (ebsd volume --cipher none)', short: 'plaintext', color: '#f59e0b' },
   { id: 'ceiling', label: 'no-op fuse-native ceiling', legend: 'no-op FUSE ceiling', short: 'ceiling', color: '#6b7280' },
   { id: 'raw', label: 'raw backing file (no FUSE)', legend: 'raw file, no FUSE', short: 'raw file', color: '#10b981' }
 ]
@@ -219,7 +219,9 @@ function markdown () {
     `All targets: libaio, \`direct=1\`, on the same filesystem. Load average ${meta.loadAvgStart ?? '?'} at the start, ${meta.loadAvgEnd ?? '?'} at the end (other work on a shared machine inflates the spread).` + (meta.daemon
       ? meta.daemon.via === 'harness'
         ? ` **Encrypted and plaintext served by \`scripts/bench/fio-harness.mjs\`** (the daemon's FUSE adapter and block devices from \`dist/\` at \`${meta.daemon.commit}\`, without KMS or control socket): the daemon itself was not available.`
-        : ` Encrypted and plaintext served by \`ebsd daemon\` at \`${meta.daemon.commit}\`: two daemons of that build side by side, the second with \`--cipher none --allow-unencrypted\` (the cipher is a daemon-wide switch).`
+        : meta.daemon.oneDaemon
+          ? ` Encrypted and plaintext served by ONE \`ebsd daemon --allow-unencrypted\` at \`${meta.daemon.commit}\`: an encrypted volume and a measurement-only plaintext volume (\`ebsd volume create --cipher none\`) side by side.`
+          : ` Encrypted and plaintext served by \`ebsd daemon\` at \`${meta.daemon.commit}\`: two daemons of that build side by side, the second with \`--cipher none --allow-unencrypted\` (then a daemon-wide switch).`
       : ' **Daemon not measured in this run** (encrypted/plaintext columns empty).'))
   L.push('')
   L.push('![fio: each target relative to the no-op FUSE ceiling](bench/fio.svg)')

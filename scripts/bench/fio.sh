@@ -6,8 +6,8 @@
 #
 # Measures, in ONE run and on the same backing filesystem:
 #   encrypted  an AES-256-XTS volume attached through a daemon this script starts
-#   plaintext  the same daemon build serving a `--cipher none` passthrough volume
-#              (cipher is a daemon-wide switch: a second daemon, own state dir)
+#   plaintext  the SAME daemon (started with --allow-unencrypted) serving a
+#              measurement-only passthrough volume (`ebsd volume create --cipher none`)
 #   ceiling    scripts/bench/noop-fuse.mjs: a no-op in-memory fuse-native file
 #   raw        the raw backing file, no FUSE
 # with the workloads in scripts/bench/fio/*.fio. Before timing anything it checks
@@ -131,19 +131,18 @@ start_raw() {
 }
 
 # ------------------------------------------------------------------ daemon ---
-# The encrypted and plaintext targets. `--cipher none` is a daemon-wide switch
-# (src/daemon/config.ts), so the suite runs the same dist/ build twice, side by side:
-# one daemon with the default cipher serving the encrypted volume, one with
-# `--cipher none --allow-unencrypted` serving the passthrough volume; each has its
-# own temporary state dir and mount on the same backing filesystem.
+# The encrypted and plaintext targets: ONE `ebsd daemon` from dist/ on a temporary
+# state dir, started with --allow-unencrypted, serving an encrypted volume and a
+# measurement-only plaintext volume (`volume create --cipher none`) side by side,
+# so both go through the same process, FUSE mount, thread pool and data path.
 # --via harness instead runs scripts/bench/fio-harness.mjs: the same FUSE adapter and
 # block devices from dist/, one process, no KMS and control socket.
 STATE=$WORK/state
 DMNT=$WORK/ebsd-mnt
 DAEMON_MISSING=
-declare -A VOL=() IMAGE=() DSTATE=()
+declare -A VOL=() IMAGE=()
 
-ebsd() { node "$ROOT/dist/cli/main.js" "$@"; }
+ebsd() { node "$ROOT/dist/cli/main.js" --state-dir "$STATE" "$@"; }
 
 build_dist() {
   if [[ ! -d $ROOT/dist ]] || [[ -n $(find "$ROOT/src" -name '*.ts' -newer "$ROOT/dist" -print -quit 2>/dev/null) ]]; then
@@ -164,33 +163,44 @@ node_prof_args() {
   printf '%s\n' --cpu-prof --cpu-prof-dir "$CPU_PROF"
 }
 
-# daemon_attach TARGET: start TARGET's daemon, create and attach its volume.
-daemon_attach() {
-  local t=$1 extra=() id st=$WORK/state-$1 mnt=$WORK/mnt-$1 pid node_args
-  [[ $t == plaintext ]] && extra=(--cipher none --allow-unencrypted)
-  mkdir -p "$mnt"; MOUNTS+=("$mnt")
+daemon_start() {
+  local node_args
+  mkdir -p "$DMNT"; MOUNTS+=("$DMNT")
   mapfile -t node_args < <(node_prof_args)
-  node "${node_args[@]}" "$ROOT/dist/cli/main.js" daemon --state-dir "$st" --mount "$mnt" --log-level warn "${extra[@]}" \
-    >"$WORK/daemon-$t.log" 2>&1 &
-  pid=$!
-  DAEMON_PIDS+=("$pid"); DAEMON_PID=$pid; DSTATE[$t]=$st
+  node "${node_args[@]}" "$ROOT/dist/cli/main.js" daemon --state-dir "$STATE" --mount "$DMNT" --log-level warn --allow-unencrypted \
+    >"$WORK/daemon.log" 2>&1 &
+  DAEMON_PID=$!; DAEMON_PIDS+=("$DAEMON_PID")
   for _ in $(seq 150); do
-    [[ -S $st/ebsd.sock ]] && break
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$WORK/daemon-$t.log" >&2; die "$t daemon exited"; }
+    [[ -S $STATE/ebsd.sock ]] && break
+    kill -0 "$DAEMON_PID" 2>/dev/null || { tail -20 "$WORK/daemon.log" >&2; die "daemon exited"; }
     sleep 0.1
   done
-  [[ -S $st/ebsd.sock ]] || { tail -20 "$WORK/daemon-$t.log" >&2; die "$t daemon did not open its control socket"; }
-  id=$(ebsd --state-dir "$st" --output json volume create --size "${SIZE_MIB}MiB" --name "fio-$t" | grep -o '"VolumeId": *"vol-[0-9a-f]*"' | grep -o 'vol-[0-9a-f]*') \
-    || die "volume create ($t) failed"
-  ebsd --state-dir "$st" --output json attach "$id" >"$WORK/attach-$t.json" || die "attach $id ($t) failed"
+  [[ -S $STATE/ebsd.sock ]] || { tail -20 "$WORK/daemon.log" >&2; die "daemon did not open its control socket"; }
+  say "daemon: pid $DAEMON_PID (--allow-unencrypted), mount $DMNT"
+}
+
+# daemon_attach TARGET: create and attach TARGET's volume on the one daemon.
+daemon_attach() {
+  local t=$1 extra=() id
+  [[ $t == plaintext ]] && extra=(--cipher none)
+  id=$(ebsd --output text volume create --size "${SIZE_MIB}MiB" --name "fio-$t" "${extra[@]}" 2>"$WORK/create-$t.err") \
+    || { cat "$WORK/create-$t.err" >&2; die "volume create ($t) failed"; }
+  [[ $id =~ ^vol-[0-9a-f]{17}$ ]] || die "volume create ($t) printed '$id', not a volume id"
+  ebsd --output json attach "$id" >"$WORK/attach-$t.json" 2>>"$WORK/create-$t.err" || { cat "$WORK/create-$t.err" >&2; die "attach $id ($t) failed"; }
   VOL[$t]=$id
-  FILE[$t]=$mnt/$id
-  IMAGE[$t]=$st/volumes/$id.img
+  FILE[$t]=$DMNT/$id
+  IMAGE[$t]=$STATE/volumes/$id.img
   [[ -e ${FILE[$t]} ]] || die "$t: ${FILE[$t]} did not appear"
+  # The daemon must say which is which: plaintext marked unencrypted, encrypted not.
   if [[ $t == plaintext ]]; then
     grep -q '"Unencrypted": *true' "$WORK/attach-$t.json" || die "plaintext: attach did not report an unencrypted volume"
+    grep -q 'WARNING: UNENCRYPTED' "$WORK/create-$t.err" || die "plaintext: create printed no UNENCRYPTED warning"
+  else
+    grep -q '"Encrypted": *true' "$WORK/attach-$t.json" || die "encrypted: attach did not report an encrypted volume"
   fi
-  say "$t: daemon pid $pid$([[ $t == plaintext ]] && echo ' (--cipher none)'), ${FILE[$t]}"
+  ebsd --output json volume describe "$id" | grep -q "\"Encrypted\": *$([[ $t == plaintext ]] && echo false || echo true)" \
+    || die "$t: DescribeVolumes does not say Encrypted=$([[ $t == plaintext ]] && echo false || echo true)"
+  say "$t: ${FILE[$t]}$([[ $t == plaintext ]] && echo ' (UNENCRYPTED, --cipher none)')"
 }
 
 harness_start() {
@@ -215,7 +225,7 @@ harness_start() {
 daemon_stop() {
   local t pid
   if [[ $VIA == daemon ]]; then
-    for t in "${!VOL[@]}"; do ebsd --state-dir "${DSTATE[$t]}" detach --force "${VOL[$t]}" >/dev/null 2>&1; done
+    for t in "${!VOL[@]}"; do ebsd detach --force "${VOL[$t]}" >/dev/null 2>&1; done
   fi
   for pid in "${DAEMON_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "${DAEMON_PIDS[@]}"; do
@@ -243,8 +253,8 @@ daemon_check_image() {
 
 daemon_describe() {
   if [[ -n $DAEMON_PID ]]; then
-    printf '{"via":"%s","commit":"%s","volumes":{"encrypted":"%s","plaintext":"%s"},"uvThreadpoolSize":"%s"}' \
-      "$VIA" "$(git -C "$ROOT" rev-parse --short HEAD)" "${VOL[encrypted]-}" "${VOL[plaintext]-}" "${UV_THREADPOOL_SIZE:-default}"
+    printf '{"via":"%s","oneDaemon":%s,"commit":"%s","volumes":{"encrypted":"%s","plaintext":"%s"},"uvThreadpoolSize":"%s"}' \
+      "$VIA" "$([[ $VIA == daemon ]] && echo true || echo false)" "$(git -C "$ROOT" rev-parse --short HEAD)" "${VOL[encrypted]-}" "${VOL[plaintext]-}" "${UV_THREADPOOL_SIZE:-default}"
   else
     printf 'null'
   fi
@@ -306,6 +316,7 @@ if has_target encrypted || has_target plaintext; then
   fi
   if [[ $VIA == daemon ]]; then
     daemon_available || die "daemon not available: $DAEMON_MISSING"
+    daemon_start
     has_target encrypted && daemon_attach encrypted
     has_target plaintext && daemon_attach plaintext
   else
