@@ -1,6 +1,7 @@
 /*
  * ebsd native addon entry point: batch AES-256-XTS over runs of data units
- * (xts.c) and control-socket peer credentials (peercred.c).
+ * (xts.c), control-socket peer credentials (peercred.c) and non-blocking
+ * positioned I/O for the volume data path (io.c).
  */
 #include "ebsd_native.h"
 
@@ -42,6 +43,7 @@ static napi_value init(napi_env env, napi_value exports) {
   NAPI_CALL(env, napi_set_named_property(env, exports, "opensslVersion", ver));
   NAPI_CALL(env, ebsd_init_xts(env, exports));
   NAPI_CALL(env, ebsd_init_peercred(env, exports));
+  NAPI_CALL(env, ebsd_init_io(env, exports));
   return exports;
 }
 

@@ -40,5 +40,6 @@ napi_value ebsd_make_error(napi_env env, const char *code, const char *msg);
 
 napi_status ebsd_init_xts(napi_env env, napi_value exports);
 napi_status ebsd_init_peercred(napi_env env, napi_value exports);
+napi_status ebsd_init_io(napi_env env, napi_value exports);
 
 #endif

@@ -7,6 +7,8 @@ import { EBADF, EIO, ENOENT, ENOSPC, EPERM, EISDIR, toErrno } from './errno.js';
 /** One attached volume as the FUSE root sees it. */
 interface Entry {
   readonly dev: BlockDevice;
+  /** The device's writeConsuming (may encrypt in the request buffer), else its write. */
+  readonly write: (offset: number, data: Buffer) => Promise<number>;
   /** Open file handles on this volume's file (open() minus release()). */
   open: number;
   /** FUSE requests currently running against the device. */
@@ -63,8 +65,14 @@ export class BlockFileSystem {
       throw new EbsdError('FUSE_FILE_EXISTS', `${dev.volumeId} is already exposed in the mount`, { awsName: 'VolumeInUse' });
     }
     const now = Date.now();
+    // fuse-native's write buffer is libfuse's request memory, dropped after our
+    // reply and never read back by the kernel: the device may encrypt in it.
+    const consuming = (dev as { writeConsuming?: unknown }).writeConsuming;
+    const write = typeof consuming === 'function'
+      ? (consuming as BlockDevice['write']).bind(dev)
+      : dev.write.bind(dev);
     this.entries.set(dev.volumeId, {
-      dev, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
+      dev, write, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
     });
   }
 
@@ -131,14 +139,9 @@ export class BlockFileSystem {
     };
   }
 
-  /** Run one I/O request, keeping the in-flight count the detach drain waits on. */
-  private async io<T>(e: Entry, fn: () => Promise<T>): Promise<T> {
-    e.inflight++;
-    try {
-      return await fn();
-    } finally {
-      if (--e.inflight === 0 && e.drained.length) for (const r of e.drained.splice(0)) r();
-    }
+  /** Request finished: the in-flight count the detach drain waits on. */
+  private done(e: Entry): void {
+    if (--e.inflight === 0 && e.drained.length) for (const r of e.drained.splice(0)) r();
   }
 
   private fail(e: Entry, op: string, offset: number, length: number, err: unknown): number {
@@ -187,9 +190,19 @@ export class BlockFileSystem {
         if (e.removed) return cb(this.fail(e, 'read', pos, len, new Error('volume detached')));
         if (pos >= e.dev.size) return cb(0); // EOF, as for any file
         const n = Math.min(len, e.dev.size - pos);
-        this.io(e, () => e.dev.read(pos, n, buf, 0)).then(
-          (got) => { e.atime = Date.now(); cb(got); },
-          (err) => cb(this.fail(e, 'read', pos, n, err)),
+        // No async wrapper or closure per request: one .then on the device's
+        // promise (already resolved on the page-cache fast path).
+        e.inflight++;
+        let p: Promise<number>;
+        try {
+          p = e.dev.read(pos, n, buf, 0);
+        } catch (err) {
+          this.done(e);
+          return cb(this.fail(e, 'read', pos, n, err));
+        }
+        p.then(
+          (got) => { this.done(e); e.atime = Date.now(); cb(got); },
+          (err) => { this.done(e); cb(this.fail(e, 'read', pos, n, err)); },
         );
       },
       write: (_path, fh, buf, len, pos, cb) => {
@@ -201,9 +214,17 @@ export class BlockFileSystem {
         if (pos >= e.dev.size) return cb(len === 0 ? 0 : ENOSPC);
         const n = Math.min(len, e.dev.size - pos);
         const data = n === buf.length ? buf : buf.subarray(0, n);
-        this.io(e, () => e.dev.write(pos, data)).then(
-          (put) => { e.mtime = Date.now(); cb(put); },
-          (err) => cb(this.fail(e, 'write', pos, n, err)),
+        e.inflight++;
+        let p: Promise<number>;
+        try {
+          p = e.write(pos, data);
+        } catch (err) {
+          this.done(e);
+          return cb(this.fail(e, 'write', pos, n, err));
+        }
+        p.then(
+          (put) => { this.done(e); e.mtime = Date.now(); cb(put); },
+          (err) => { this.done(e); cb(this.fail(e, 'write', pos, n, err)); },
         );
       },
       fsync: (_path, _datasync, fh, cb) => this.sync(fh, 'fsync', cb),
@@ -231,9 +252,17 @@ export class BlockFileSystem {
     const e = this.handles.get(fh);
     if (!e) return cb(EBADF);
     if (e.removed) return cb(this.fail(e, op, 0, 0, new Error('volume detached')));
-    this.io(e, () => e.dev.flush()).then(
-      () => cb(0),
-      (err) => cb(this.fail(e, op, 0, 0, err)),
+    e.inflight++;
+    let p: Promise<void>;
+    try {
+      p = e.dev.flush();
+    } catch (err) {
+      this.done(e);
+      return cb(this.fail(e, op, 0, 0, err));
+    }
+    p.then(
+      () => { this.done(e); cb(0); },
+      (err) => { this.done(e); cb(this.fail(e, op, 0, 0, err)); },
     );
   }
 

@@ -9,7 +9,7 @@ import { VolumeError } from './errors.js';
  */
 export interface BackingFile {
   read(buf: Buffer, off: number, len: number, pos: number): Promise<number>;
-  write(buf: Buffer, off: number, len: number, pos: number): Promise<number>;
+  write(buf: Uint8Array, off: number, len: number, pos: number): Promise<number>;
   datasync(): Promise<void>;
   truncate(len: number): Promise<void>;
   close(): Promise<void>;
@@ -54,7 +54,7 @@ export class FdBackingFile implements BackingFile {
   read(buf: Buffer, off: number, len: number, pos: number): Promise<number> {
     return new Promise((res, rej) => read(this.fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
   }
-  write(buf: Buffer, off: number, len: number, pos: number): Promise<number> {
+  write(buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
     return new Promise((res, rej) => write(this.fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
   }
   datasync(): Promise<void> {

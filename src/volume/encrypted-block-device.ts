@@ -33,7 +33,9 @@ export class EncryptedBlockDevice extends SectorDevice {
     this.xts = o.xts;
   }
 
-  protected async seal(buf: Buffer, first: number): Promise<void> {
+  protected readonly transforms = true;
+
+  protected seal(buf: Uint8Array, first: number): Promise<void> | void {
     const x = this.ctx();
     if (buf.length <= SYNC_MAX) return x.encryptSync(buf, first * 8, XTS_OPTS);
     if (buf.length < PARALLEL_MIN) return x.encrypt(buf, first * 8, XTS_OPTS);
@@ -41,14 +43,14 @@ export class EncryptedBlockDevice extends SectorDevice {
     const step = chunkBytes(buf.length);
     const jobs: Promise<void>[] = [];
     for (let off = 0; off < buf.length; off += step) jobs.push(x.encrypt(buf.subarray(off, Math.min(off + step, buf.length)), (first + off / SS) * 8, XTS_OPTS));
-    await settleAll(jobs);
+    return settleAll(jobs);
   }
 
-  protected async unseal(buf: Buffer, first: number): Promise<void> {
+  protected unseal(buf: Buffer, first: number): Promise<void> | void {
     const n = buf.length / SS;
     // Decrypt maximal runs of non-zero sectors; leave holes as zeros.
     let runStart = -1;
-    const jobs: Promise<void>[] = [];
+    let jobs: Promise<void>[] | null = null;
     for (let i = 0; i <= n; i++) {
       const zero = i < n && isZeroSector(buf, i * SS);
       if (i < n && !zero) {
@@ -57,13 +59,21 @@ export class EncryptedBlockDevice extends SectorDevice {
       }
       if (runStart >= 0) {
         const run = buf.subarray(runStart * SS, i * SS);
-        if (run.length <= SYNC_MAX) this.ctx().decryptSync(run, (first + runStart) * 8, XTS_OPTS);
-        else jobs.push(this.ctx().decrypt(run, (first + runStart) * 8, XTS_OPTS));
+        const tweak = (first + runStart) * 8;
+        if (run.length <= SYNC_MAX) this.ctx().decryptSync(run, tweak, XTS_OPTS);
+        else if (run.length < PARALLEL_MIN) (jobs ??= []).push(this.ctx().decrypt(run, tweak, XTS_OPTS));
+        else {
+          // A large run read from the page cache in one go: decrypt its chunks in parallel.
+          const step = chunkBytes(run.length);
+          for (let off = 0; off < run.length; off += step) {
+            (jobs ??= []).push(this.ctx().decrypt(run.subarray(off, Math.min(off + step, run.length)), tweak + (off / SS) * 8, XTS_OPTS));
+          }
+        }
         runStart = -1;
       }
     }
-    if (jobs.length === 1) await jobs[0];
-    else if (jobs.length > 1) await settleAll(jobs);
+    if (jobs === null) return undefined;
+    return jobs.length === 1 ? jobs[0] : settleAll(jobs);
   }
 
   /** Destroy the key schedule (best effort zeroization). Called after drain. */

@@ -7,6 +7,7 @@ import { SectorDevice } from './sector-device.js';
  */
 export class PlainBlockDevice extends SectorDevice {
   readonly unencrypted = true;
-  protected async seal(): Promise<void> {}
-  protected async unseal(): Promise<void> {}
+  protected readonly transforms = false;
+  protected seal(): void {}
+  protected unseal(): void {}
 }

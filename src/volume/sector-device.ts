@@ -2,7 +2,9 @@ import type { Logger } from 'pino';
 import { silentLogger } from '../util/logger.js';
 import { checkSafeInt, ArgTypeError } from '../util/errors.js';
 import type { BlockDevice } from './types.js';
-import { ioError, type BackingFile } from './backing-file.js';
+import { writeSync } from 'node:fs';
+import { FdBackingFile, ioError, type BackingFile } from './backing-file.js';
+import { nativeIo, syncWriteGuard, syncWriteSafe, EAGAIN, EOPNOTSUPP } from './native-io.js';
 import { SectorRangeLock } from './sector-lock.js';
 import { VolumeError } from './errors.js';
 import { SECTOR_SIZE } from './luks2-json.js';
@@ -19,6 +21,14 @@ export const PARALLEL_MIN = 128 * 1024;
 /** Split a run into about this many chunks (the libuv pool has 4 threads by default). */
 const PARALLEL_CHUNKS = 4;
 const MIN_CHUNK = 64 * 1024;
+/**
+ * Writes up to this size may be written with a synchronous pwrite on the
+ * event loop (under syncWriteGuard's watchdog): a 4-16 KiB copy into the page
+ * cache costs less than the libuv pool round trip, and O_DIRECT writes to one
+ * FUSE file are serialised by the kernel, so the write's latency is the
+ * random-write IOPS (docs/perf-notes.md §1, §4.2).
+ */
+export const SYNC_WRITE_MAX = 16 * 1024;
 
 /** Byte length of each chunk when a `len`-byte run is split (a multiple of the sector size). */
 export function chunkBytes(len: number): number {
@@ -78,6 +88,14 @@ export abstract class SectorDevice implements BlockDevice {
   private inFlight = 0;
   private drainWaiters: (() => void)[] = [];
   private failure: VolumeError | null = null;
+  /** Backing fd for the page-cache fast paths; -1 when there is none (O_DIRECT, test doubles, no addon). */
+  private readonly fastFd: number;
+  /** pwritev2(RWF_NOWAIT) works on this file (null: not tried yet). */
+  private nowaitWrite: boolean | null = null;
+  /** A synchronous pwrite on the event loop is allowed on this file at all (see syncWriteSafe). */
+  private readonly syncWriteOk: boolean;
+  /** Whether seal() changes the bytes (false for the passthrough): decides if a write may skip the copy. */
+  protected abstract readonly transforms: boolean;
 
   constructor(o: SectorDeviceOptions) {
     checkSafeInt('size', o.size, SS);
@@ -88,6 +106,11 @@ export abstract class SectorDevice implements BlockDevice {
     this.dataOffset = o.dataOffset;
     this.log = o.logger ?? silentLogger;
     this.pool = new ScratchPool((len) => this.allocBuffer(len));
+    const fd = (o.backing as { fd?: unknown }).fd;
+    // Only our own FdBackingFile (a double's methods must be called), never O_DIRECT
+    // (RWF_NOWAIT does not make a direct read return early: it would wait for the disk).
+    this.fastFd = nativeIo !== null && typeof fd === 'number' && !o.backing.direct && o.backing instanceof FdBackingFile ? fd : -1;
+    this.syncWriteOk = this.fastFd >= 0 && syncWriteSafe(this.fastFd);
   }
 
   /**
@@ -113,12 +136,78 @@ export abstract class SectorDevice implements BlockDevice {
     return this.failure;
   }
 
-  /** Transform a whole-sector run in place (encrypt), `first` = sector number of buf[0]. */
-  protected abstract seal(buf: Buffer, first: number): Promise<void>;
-  /** Inverse of seal; all-zero ciphertext sectors must come out as zeros. */
-  protected abstract unseal(buf: Buffer, first: number): Promise<void>;
+  /**
+   * Transform a whole-sector run in place (encrypt), `first` = sector number of
+   * buf[0]. Returns undefined when done synchronously (small runs), else a
+   * promise: the caller then awaits it, and only then (no extra microtask otherwise).
+   */
+  protected abstract seal(buf: Uint8Array, first: number): Promise<void> | void;
+  /** Inverse of seal; all-zero ciphertext sectors must come out as zeros. Same sync/async contract. */
+  protected abstract unseal(buf: Buffer, first: number): Promise<void> | void;
 
-  async read(offset: number, length: number, into: Buffer, intoOffset = 0): Promise<number> {
+  /**
+   * Read `length` bytes at `offset` into `into`. Fast path (aligned whole
+   * sectors, backing file in the page cache): one preadv2(RWF_NOWAIT) on the
+   * event loop straight into the caller's buffer, decrypt in place, and the
+   * returned promise is already resolved: no thread hop and no await. A miss
+   * (EAGAIN) or anything else takes the general path on the libuv pool.
+   */
+  read(offset: number, length: number, into: Buffer, intoOffset = 0): Promise<number> {
+    if (this.fastFd >= 0 && this.failure === null && offset % SS === 0 && length % SS === 0 && length > 0 && Buffer.isBuffer(into) &&
+        Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && offset + length <= this._size &&
+        Number.isSafeInteger(intoOffset) && intoOffset >= 0 && intoOffset + length <= into.length) {
+      const s0 = offset / SS;
+      let got: number;
+      try {
+        got = this.preadCached(into, intoOffset, length, s0);
+      } catch (e) {
+        return Promise.reject(ioError(e, `volume ${this.volumeId} sector ${s0}: read`));
+      }
+      if (got === length) {
+        this.inFlight++;
+        let r: Promise<void> | void;
+        const target = into.subarray(intoOffset, intoOffset + length);
+        try {
+          r = this.unseal(target, s0);
+        } catch (e) {
+          this.leave();
+          return Promise.reject(e);
+        }
+        if (r === undefined) {
+          this.leave();
+          return Promise.resolve(length);
+        }
+        return r.then(() => (this.leave(), length), (e: unknown) => { this.leave(); throw e; });
+      }
+      // Partly cached: the general path reads the rest on the pool (it re-reads
+      // the head too; a partial hit is rare enough not to bother).
+    }
+    return this.readSlow(offset, length, into, intoOffset);
+  }
+
+  /**
+   * Fill into[off, off+len) from the page cache with preadv2(RWF_NOWAIT) at
+   * sector s0; returns how many bytes it got (len, or less on a miss). Bytes
+   * past the end of a short backing file read as zeros (never written).
+   */
+  private preadCached(into: Buffer, off: number, len: number, s0: number): number {
+    const io = nativeIo!;
+    const pos = this.dataOffset + s0 * SS;
+    let done = 0;
+    while (done < len) {
+      const n = io.preadNowait(this.fastFd, into, off + done, len - done, pos + done);
+      if (n < 0) return done; // EAGAIN: not (all) in the page cache
+      if (n === 0) {
+        // EOF: the sparse file is shorter than the volume (never written), zeros.
+        into.fill(0, off + done, off + len);
+        return len;
+      }
+      done += n;
+    }
+    return done;
+  }
+
+  private async readSlow(offset: number, length: number, into: Buffer, intoOffset: number): Promise<number> {
     this.enter();
     try {
       this.checkRange(offset, length);
@@ -154,48 +243,170 @@ export abstract class SectorDevice implements BlockDevice {
     }
   }
 
-  async write(offset: number, data: Buffer): Promise<number> {
-    this.enter();
+  /** Write `data` at `offset`. `data` is left as it was (see writeConsuming). */
+  write(offset: number, data: Buffer): Promise<number> {
+    return this.writeAny(offset, data, false);
+  }
+
+  /**
+   * As write(), but `data` is the caller's to discard afterwards: its bytes are
+   * undefined once this settles (an aligned write is encrypted in place in it,
+   * saving a copy of up to 128 KiB per request). For the FUSE adapter, whose
+   * write buffer is libfuse's request memory, dropped after the reply; the
+   * kernel never reads it back, so ciphertext left there by a failed pwrite
+   * does not matter either.
+   */
+  writeConsuming(offset: number, data: Buffer): Promise<number> {
+    return this.writeAny(offset, data, true);
+  }
+
+  private writeAny(offset: number, data: Uint8Array, consume: boolean): Promise<number> {
+    let r: number | Promise<number>;
     try {
-      if (!(data instanceof Uint8Array)) throw new ArgTypeError('data', 'a Buffer', data);
-      this.checkRange(offset, data.length);
-      if (data.length === 0) return 0;
-      const end = offset + data.length;
-      const s0 = Math.floor(offset / SS);
-      const s1 = Math.ceil(end / SS);
-      const n = s1 - s0;
-      const got = this.lock.acquire(s0, s1);
-      const release = typeof got === 'function' ? got : await got;
-      const buf = this.pool.take(n * SS);
-      let sealed = false;
-      try {
-        // Read-modify-write of the partial first and last sector, under the range lock.
-        const headPartial = offset % SS !== 0;
-        const tailPartial = end % SS !== 0;
-        if (headPartial || (tailPartial && n === 1)) {
-          const h = buf.subarray(0, SS);
-          await this.preadFull(h, s0);
-          await this.unseal(h, s0);
-        }
-        if (tailPartial && n > 1) {
-          const t = buf.subarray((n - 1) * SS);
-          await this.preadFull(t, s1 - 1);
-          await this.unseal(t, s1 - 1);
-        }
-        buf.set(data, offset - s0 * SS);
-        this.checkLive(); // the key may have been withdrawn while we waited for the lock
-        await this.seal(buf, s0);
-        sealed = true;
-        await this.pwriteFull(buf, s0);
-      } finally {
-        if (!sealed) buf.fill(0);
-        this.pool.give(buf);
+      this.enter();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    try {
+      r = this.writeEntered(offset, data, consume);
+    } catch (e) {
+      this.leave();
+      return Promise.reject(e);
+    }
+    if (typeof r === 'number') {
+      this.leave();
+      return Promise.resolve(r);
+    }
+    return r.then((n) => (this.leave(), n), (e: unknown) => { this.leave(); throw e; });
+  }
+
+  /**
+   * Fast path: an aligned whole-sector write whose range is not locked by
+   * another write is sealed and written without any await when the run is
+   * small and the page cache takes it at once (then it returns a number).
+   * Everything else returns a promise from the general path.
+   */
+  private writeEntered(offset: number, data: Uint8Array, consume: boolean): number | Promise<number> {
+    if (!(data instanceof Uint8Array)) throw new ArgTypeError('data', 'a Buffer', data);
+    this.checkRange(offset, data.length);
+    const len = data.length;
+    if (len === 0) return 0;
+    const end = offset + len;
+    const s0 = Math.floor(offset / SS);
+    const s1 = Math.ceil(end / SS);
+    const got = this.lock.acquire(s0, s1);
+    if (typeof got !== 'function' || offset % SS !== 0 || end % SS !== 0) return this.writeSlow(offset, data, s0, s1, got);
+    const release = got;
+    // Aligned and uncontended. Write from the caller's buffer when we may (the
+    // passthrough never changes it; a consuming caller lets us encrypt in it),
+    // unless O_DIRECT needs our aligned buffer.
+    const inPlace = !this.backing.direct && (!this.transforms || consume);
+    const buf = inPlace ? data : this.pool.take(len);
+    let handedOff = false;
+    let sealed = false;
+    try {
+      if (!inPlace) buf.set(data);
+      const sealing = this.seal(buf, s0);
+      if (sealing !== undefined) {
+        handedOff = true;
+        return this.finishWrite(sealing, buf, inPlace, s0, len, release);
+      }
+      sealed = true;
+      const put = this.pwriteCached(buf, s0);
+      if (put === len) return len;
+      handedOff = true;
+      return this.finishWrite(undefined, buf, inPlace, s0, len, release, put);
+    } finally {
+      if (!handedOff) {
+        if (!inPlace) this.recycle(buf as Buffer, sealed);
         release();
       }
-      return data.length;
-    } finally {
-      this.leave();
     }
+  }
+
+  /** The rest of a fast-path write that has to wait: seal on the pool, and/or pwrite the remainder there. */
+  private async finishWrite(sealing: Promise<void> | undefined, buf: Uint8Array, inPlace: boolean, s0: number, len: number,
+    release: () => void, done = 0): Promise<number> {
+    let sealed = sealing === undefined;
+    try {
+      if (sealing) {
+        await sealing;
+        sealed = true;
+        done = len <= SYNC_WRITE_MAX ? this.pwriteCached(buf, s0) : 0;
+      }
+      if (done < len) await this.pwriteFull(buf, s0, done);
+      return len;
+    } finally {
+      if (!inPlace) this.recycle(buf as Buffer, sealed);
+      release();
+    }
+  }
+
+  /** Back to the scratch pool; a buffer that may still hold plaintext is wiped first. */
+  private recycle(buf: Buffer, sealed: boolean): void {
+    if (!sealed) buf.fill(0);
+    this.pool.give(buf);
+  }
+
+  /**
+   * Try to put a sealed run into the page cache without leaving the event
+   * loop: pwritev2(RWF_NOWAIT) where the filesystem supports it, else (ext4)
+   * a plain pwrite for runs up to SYNC_WRITE_MAX under the watchdog. Returns
+   * bytes written (0 when it did not try); the caller sends the rest to the pool.
+   */
+  private pwriteCached(buf: Uint8Array, s0: number): number {
+    if (this.fastFd < 0) return 0;
+    const pos = this.dataOffset + s0 * SS;
+    try {
+      if (this.nowaitWrite !== false) {
+        const n = nativeIo!.pwriteNowait(this.fastFd, buf, 0, buf.length, pos);
+        if (n >= 0) { this.nowaitWrite = true; return n; }
+        if (n === EAGAIN) return 0;
+        if (n === EOPNOTSUPP) this.nowaitWrite = false; // ext4 buffered writes: never will
+      }
+      if (!this.syncWriteOk || buf.length > SYNC_WRITE_MAX || !syncWriteGuard.allowed()) return 0;
+      const t0 = performance.now();
+      const n = writeSync(this.fastFd, buf, 0, buf.length, pos);
+      syncWriteGuard.record(performance.now() - t0);
+      return n;
+    } catch {
+      // Let the pool path retry and report the error with its sector (ENOSPC, EIO ...).
+      return 0;
+    }
+  }
+
+  private async writeSlow(offset: number, data: Uint8Array, s0: number, s1: number, got: (() => void) | Promise<() => void>): Promise<number> {
+    const end = offset + data.length;
+    const n = s1 - s0;
+    const release = typeof got === 'function' ? got : await got;
+    const buf = this.pool.take(n * SS);
+    let sealed = false;
+    try {
+      // Read-modify-write of the partial first and last sector, under the range lock.
+      const headPartial = offset % SS !== 0;
+      const tailPartial = end % SS !== 0;
+      if (headPartial || (tailPartial && n === 1)) {
+        const h = buf.subarray(0, SS);
+        await this.preadFull(h, s0);
+        await this.unseal(h, s0);
+      }
+      if (tailPartial && n > 1) {
+        const t = buf.subarray((n - 1) * SS);
+        await this.preadFull(t, s1 - 1);
+        await this.unseal(t, s1 - 1);
+      }
+      buf.set(data, offset - s0 * SS);
+      this.checkLive(); // the key may have been withdrawn while we waited for the lock
+      await this.seal(buf, s0);
+      sealed = true;
+      const done = n * SS <= SYNC_WRITE_MAX ? this.pwriteCached(buf, s0) : 0;
+      if (done < buf.length) await this.pwriteFull(buf, s0, done);
+    } finally {
+      if (!sealed) buf.fill(0);
+      this.pool.give(buf);
+      release();
+    }
+    return data.length;
   }
 
   async flush(): Promise<void> {
@@ -301,9 +512,9 @@ export abstract class SectorDevice implements BlockDevice {
     if (off < buf.length) buf.fill(0, off);
   }
 
-  private async pwriteFull(buf: Buffer, sector: number): Promise<void> {
+  private async pwriteFull(buf: Uint8Array, sector: number, from = 0): Promise<void> {
     const pos = this.dataOffset + sector * SS;
-    let off = 0;
+    let off = from;
     try {
       while (off < buf.length) off += await this.backing.write(buf, off, buf.length - off, pos + off);
     } catch (e) {

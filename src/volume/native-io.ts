@@ -1,0 +1,98 @@
+import { fstatSync } from 'node:fs';
+import { nativeAddon } from '../crypto/native-addon.js';
+
+/**
+ * Non-blocking positioned I/O from the native addon (native/src/io.c): the
+ * page-cache fast path of the volume data path (docs/perf-notes.md §4).
+ * Both return bytes transferred (>= 0), or a negative errno for "would block"
+ * (EAGAIN) and "not supported here" (EOPNOTSUPP); other errors throw like
+ * node:fs (code, errno, syscall).
+ */
+export interface NativeIo {
+  /** preadv2(fd, …, RWF_NOWAIT): only what the page cache holds; never waits for the disk. */
+  preadNowait(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
+  /** pwritev2(fd, …, RWF_NOWAIT): ext4 answers EOPNOTSUPP for buffered writes; XFS and btrfs accept it. */
+  pwriteNowait(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
+}
+
+export const EAGAIN = -11;
+export const EOPNOTSUPP = -95;
+
+function pick(): NativeIo | null {
+  const a = nativeAddon as unknown as Partial<NativeIo> | null;
+  // An addon built before io.c existed simply has no fast path.
+  return a && typeof a.preadNowait === 'function' && typeof a.pwriteNowait === 'function' ? (a as NativeIo) : null;
+}
+
+/** The addon's I/O functions, or null (addon missing or too old): every I/O then takes the libuv pool. */
+export const nativeIo: NativeIo | null = pick();
+
+/**
+ * Whether a synchronous buffered pwrite on this fd may run on the event loop
+ * at all (under the watchdog, see SyncWriteGuard). Only for files on a real
+ * block device's filesystem: a file system on a loop device (major 7), nbd
+ * (43) or an anonymous device (major 0: FUSE, NFS, tmpfs, overlay...) could
+ * be backed, directly or not, by this very process's FUSE mount, and a
+ * synchronous write that waits for writeback there would never return.
+ */
+export function syncWriteSafe(fd: number): boolean {
+  try {
+    const dev = fstatSync(fd, { bigint: true }).dev;
+    // glibc's gnu_dev_major: bits 8-19 and 32-43.
+    const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
+    return major !== 0 && major !== 7 && major !== 43;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Process-wide watchdog for synchronous buffered pwrites on the event loop.
+ * Normally such a write is a 4-16 KiB memcpy into the page cache (~5-10 µs,
+ * less than a libuv pool round trip). But the kernel may make it wait (dirty
+ * page throttling, journal, memory reclaim), and a blocked event loop stalls
+ * every volume and the control API. So every sync write is timed; one slower
+ * than `slowMs` sends all writes to the pool for `holdMs` (doubling on each
+ * trip in a row, up to `maxHoldMs`). One volume tripping it moves all of them:
+ * the loop is shared, and so, usually, is the backing filesystem.
+ */
+export class SyncWriteGuard {
+  private holdUntil = 0;
+  private hold: number;
+  trips = 0;
+  constructor(
+    readonly slowMs = 1,
+    private readonly holdMs = 1000,
+    private readonly maxHoldMs = 30_000,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.hold = holdMs;
+  }
+
+  /** Whether a sync write may be tried now. */
+  allowed(): boolean {
+    return this.holdUntil === 0 || this.now() >= this.holdUntil;
+  }
+
+  /** Record how long a sync write took (ms). */
+  record(ms: number): void {
+    if (ms <= this.slowMs) {
+      if (this.holdUntil !== 0) {
+        this.holdUntil = 0;
+        this.hold = this.holdMs;
+      }
+      return;
+    }
+    this.trips++;
+    const again = this.holdUntil !== 0;
+    this.holdUntil = this.now() + this.hold;
+    if (again) this.hold = Math.min(this.hold * 2, this.maxHoldMs);
+  }
+
+  /** Force the pool for the next holdMs (tests, and callers who know better). */
+  trip(): void {
+    this.record(Number.POSITIVE_INFINITY);
+  }
+}
+
+export const syncWriteGuard = new SyncWriteGuard();
