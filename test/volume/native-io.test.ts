@@ -1,0 +1,154 @@
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { closeSync, constants, openSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { nativeIo, EAGAIN, EOPNOTSUPP, SyncWriteGuard, syncWriteSafe } from '../../src/volume/native-io.js';
+import { FdBackingFile } from '../../src/volume/backing-file.js';
+import { tmpDir } from './helpers/image.js';
+
+let t: ReturnType<typeof tmpDir>;
+beforeEach(() => { t = tmpDir('ebsd-nio-'); });
+afterEach(() => t.cleanup());
+
+/** Write `data` at `pos` through an O_DIRECT fd: the kernel drops those pages from the page cache. The file must hold >= 4 KiB. */
+function writeUncached(path: string, data: Buffer, pos: number): boolean {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDWR | constants.O_DIRECT);
+  } catch {
+    return false; // tmpfs and friends refuse O_DIRECT
+  }
+  try {
+    const b = new FdBackingFile(fd, true).allocBuffer(data.length);
+    data.copy(b);
+    writeSync(fd, b, 0, b.length, pos);
+    return true;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+describe.skipIf(nativeIo === null)('native io.c', () => {
+  const io = nativeIo!;
+
+  test('preadNowait returns page-cache data, 0 at EOF', () => {
+    const p = join(t.dir, 'f');
+    const data = randomBytes(3 * 4096);
+    writeFileSync(p, data); // buffered: in the page cache now
+    const fd = openSync(p, 'r');
+    try {
+      const b = Buffer.alloc(8192 + 7);
+      expect(io.preadNowait(fd, b, 7, 8192, 4096)).toBe(8192);
+      expect(b.subarray(7).equals(data.subarray(4096, 3 * 4096))).toBe(true);
+      expect(io.preadNowait(fd, b, 0, 4096, 3 * 4096)).toBe(0);
+      // 64-bit position as a double (STYLE §13), past EOF.
+      expect(io.preadNowait(fd, b, 0, 16, 2 ** 40)).toBe(0);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  test('preadNowait answers -EAGAIN instead of waiting for the disk', (ctx) => {
+    const p = join(t.dir, 'f');
+    const data = randomBytes(64 * 1024);
+    writeFileSync(p, Buffer.alloc(data.length)); // allocBuffer's alignment probe needs a first block
+    if (!writeUncached(p, data, 0)) ctx.skip();
+    const fd = openSync(p, 'r');
+    try {
+      const b = Buffer.alloc(data.length);
+      expect(io.preadNowait(fd, b, 0, b.length, 0)).toBe(EAGAIN);
+      // After an ordinary read the same range is a hit.
+      readSync(fd, b, 0, b.length, 0);
+      expect(io.preadNowait(fd, b.fill(0), 0, b.length, 0)).toBe(b.length);
+      expect(b.equals(data)).toBe(true);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  test('pwriteNowait writes, or says it cannot (EOPNOTSUPP on ext4, EAGAIN)', () => {
+    const p = join(t.dir, 'f');
+    writeFileSync(p, Buffer.alloc(8192));
+    const fd = openSync(p, 'r+');
+    try {
+      const d = randomBytes(4096);
+      const n = io.pwriteNowait(fd, d, 0, 4096, 4096);
+      expect([4096, EOPNOTSUPP, EAGAIN]).toContain(n);
+      if (n === 4096) {
+        const b = Buffer.alloc(4096);
+        readSync(fd, b, 0, 4096, 4096);
+        expect(b.equals(d)).toBe(true);
+      }
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  test('errors: bad fd throws like node:fs, arguments are range-checked', () => {
+    const b = Buffer.alloc(16);
+    expect(() => io.preadNowait(0x7ffffff0, b, 0, 16, 0)).toThrow(expect.objectContaining({ code: 'EBADF', errno: -9, syscall: 'preadv2' }));
+    const p = join(t.dir, 'f');
+    writeFileSync(p, b);
+    const fd = openSync(p, 'r');
+    try {
+      expect(() => io.preadNowait(fd, b, 1, 16, 0)).toThrow(expect.objectContaining({ code: 'ERR_ARG_RANGE' }));
+      expect(() => io.preadNowait(fd, b, 17, 0, 0)).toThrow(expect.objectContaining({ code: 'ERR_ARG_RANGE' }));
+      expect(() => io.preadNowait(fd, b, 0, 1, -1)).toThrow(expect.objectContaining({ code: 'ERR_ARG_RANGE' }));
+      expect(() => io.preadNowait(fd, b, 0, 1, 0.5)).toThrow(expect.objectContaining({ code: 'ERR_ARG_RANGE' }));
+      expect(() => io.preadNowait(fd, 'x' as unknown as Buffer, 0, 1, 0)).toThrow(expect.objectContaining({ code: 'ERR_ARG_TYPE' }));
+      expect(() => io.pwriteNowait(fd, new Uint16Array(4) as unknown as Buffer, 0, 1, 0)).toThrow(expect.objectContaining({ code: 'ERR_ARG_TYPE' }));
+      // Read-only fd: a real error, thrown (not a soft negative).
+      expect(() => io.pwriteNowait(fd, b, 0, 16, 0)).toThrow(expect.objectContaining({ code: 'EBADF' }));
+    } finally {
+      closeSync(fd);
+    }
+  });
+});
+
+describe('sync-write safety and watchdog', () => {
+  test('a file on a real disk allows sync writes; /dev/null (devtmpfs, anonymous device) does not', () => {
+    const p = join(t.dir, 'f');
+    writeFileSync(p, 'x');
+    const fd = openSync(p, 'r');
+    const nul = openSync('/dev/null', 'r');
+    try {
+      expect(syncWriteSafe(nul)).toBe(false);
+      expect(typeof syncWriteSafe(fd)).toBe('boolean');
+      expect(syncWriteSafe(-1)).toBe(false);
+    } finally {
+      closeSync(fd);
+      closeSync(nul);
+    }
+  });
+
+  test('one slow write holds sync writes off, doubling while they stay slow, reset by a fast one', () => {
+    let now = 0;
+    const g = new SyncWriteGuard(1, 100, 350, () => now);
+    expect(g.allowed()).toBe(true);
+    g.record(0.01);
+    expect(g.allowed()).toBe(true);
+    g.record(5);
+    expect(g.allowed()).toBe(false);
+    now = 99;
+    expect(g.allowed()).toBe(false);
+    now = 100;
+    expect(g.allowed()).toBe(true);
+    g.record(5); // slow again: 100 ms more, next hold 200
+    expect(g.allowed()).toBe(false);
+    now = 200;
+    g.record(5);
+    now = 399;
+    expect(g.allowed()).toBe(false);
+    now = 400;
+    g.record(5); // capped at 350
+    now = 749;
+    expect(g.allowed()).toBe(false);
+    now = 750;
+    g.record(0.1); // fast: back to normal
+    expect(g.allowed()).toBe(true);
+    g.record(5);
+    now = 850;
+    expect(g.allowed()).toBe(true); // hold reset to 100
+    expect(g.trips).toBe(5);
+  });
+});
