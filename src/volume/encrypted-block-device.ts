@@ -1,5 +1,5 @@
 import type { XtsContext } from '../crypto/xts.js';
-import { SectorDevice, PARALLEL_MIN, chunkBytes, settleAll, type SectorDeviceOptions } from './sector-device.js';
+import { SectorDevice, chunkBytes, settleAll, type SectorDeviceOptions } from './sector-device.js';
 import { SECTOR_SIZE } from './luks2-json.js';
 
 const SS = SECTOR_SIZE;
@@ -7,12 +7,16 @@ const ZERO_SECTOR = Buffer.alloc(SS);
 /** LUKS2 aes-xts-plain64 with sector_size 4096: the IV counts 512-byte units (DESIGN §3). */
 const XTS_OPTS = { unitSize: 4096, tweakStep: 8 } as const;
 /**
- * Runs up to this size are encrypted on the calling thread: a 16 KiB run takes
- * a few µs with AES-NI, less than the libuv thread-pool round trip the async
- * API costs (measured: 4 KiB random reads at QD32 went from 24k to 71k IOPS, see
- * docs/benchmarks.md). Larger runs go to the pool and never block the loop long.
+ * Runs up to this size (the largest FUSE request, 128 KiB) are encrypted and
+ * decrypted on the calling thread: about 50 µs for 128 KiB with AES-NI, less
+ * than the two thread hand-offs a pool job costs on a busy 2-vCPU machine.
+ * Measured through FUSE (harness A/B, 4 rounds × 3 s, medians, load 1.2-2.4,
+ * docs/perf-notes.md §5): 1 MiB seq read 606 -> 836 MB/s with the decrypt on
+ * the loop (was 16 KiB); seq write 615 -> 819 MB/s with the encrypt and the
+ * pwrite on the loop. Larger runs (direct callers of the device) go to the
+ * pool in parallel chunks, so the loop is never held much longer than this.
  */
-const SYNC_MAX = 16 * 1024;
+const SYNC_MAX = 128 * 1024;
 
 export interface EncryptedBlockDeviceOptions extends SectorDeviceOptions {
   /** Key schedule of the verified volume key; this device destroys it on close/impairment. */
@@ -38,7 +42,6 @@ export class EncryptedBlockDevice extends SectorDevice {
   protected seal(buf: Uint8Array, first: number): Promise<void> | void {
     const x = this.ctx();
     if (buf.length <= SYNC_MAX) return x.encryptSync(buf, first * 8, XTS_OPTS);
-    if (buf.length < PARALLEL_MIN) return x.encrypt(buf, first * 8, XTS_OPTS);
     // Large runs: chunks encrypted in parallel on the libuv pool (one core each).
     const step = chunkBytes(buf.length);
     const jobs: Promise<void>[] = [];
@@ -61,9 +64,8 @@ export class EncryptedBlockDevice extends SectorDevice {
         const run = buf.subarray(runStart * SS, i * SS);
         const tweak = (first + runStart) * 8;
         if (run.length <= SYNC_MAX) this.ctx().decryptSync(run, tweak, XTS_OPTS);
-        else if (run.length < PARALLEL_MIN) (jobs ??= []).push(this.ctx().decrypt(run, tweak, XTS_OPTS));
         else {
-          // A large run read from the page cache in one go: decrypt its chunks in parallel.
+          // Larger than any FUSE request: chunks decrypted in parallel on the pool.
           const step = chunkBytes(run.length);
           for (let off = 0; off < run.length; off += step) {
             (jobs ??= []).push(this.ctx().decrypt(run.subarray(off, Math.min(off + step, run.length)), tweak + (off / SS) * 8, XTS_OPTS));

@@ -98,7 +98,7 @@ describe.skipIf(nativeIo === null)('SectorDevice fast paths', () => {
     expect(await p).toBe(4 * SS);
     expect(out.equals(data)).toBe(true);
     expect(calls.read).toBe(0);
-    // 128 KiB (decrypted in parallel chunks on the pool, but read on the loop).
+    // 128 KiB, the largest FUSE request.
     const big = randomBytes(128 * 1024);
     await dev.write(32 * SS, big);
     const o2 = Buffer.alloc(big.length + 3);
@@ -144,7 +144,7 @@ describe.skipIf(nativeIo === null)('SectorDevice fast paths', () => {
     await dev.write(4 * SS, a);
     a.copy(model, 4 * SS);
     expect(a.equals(aCopy)).toBe(true);
-    const b = randomBytes(64 * 1024); // above SYNC_MAX: sealed on the pool
+    const b = randomBytes(64 * 1024);
     const bCopy = Buffer.from(b);
     await dev.writeConsuming(16 * SS, b);
     bCopy.copy(model, 16 * SS);
