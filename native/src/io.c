@@ -12,7 +12,15 @@
  * promise not to block on buffered writes), and the caller then remembers that
  * the file does not support it.
  *
- * Both are synchronous and cheap by construction; neither ever blocks on the
+ * pwriteTimed(fd, buf, off, len, pos, stats) is a plain pwrite(2) that may
+ * block (ext4 buffered writes: dirty throttling, journal, reclaim). It fills
+ * stats (a Float64Array) with [0] the wall time in ns and [1] the voluntary
+ * context switches of the calling thread during the call (getrusage
+ * RUSAGE_THREAD): the watchdog that runs these on the event loop tells a
+ * write that really slept in the kernel (>= 1 voluntary switch) from a thread
+ * that was merely preempted on a busy machine (involuntary switches only).
+ *
+ * The first two are synchronous and cheap by construction; neither ever blocks on the
  * device. Expected "would block" outcomes are returned as negative errno
  * (-EAGAIN, -EOPNOTSUPP) instead of thrown, so the fast path allocates no
  * Error. Any other failure throws an Error with code = errno name, errno and
@@ -24,7 +32,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
 
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
@@ -118,7 +129,8 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
   ssize_t r;
   do r = preadv2(fd, &iov, 1, pos, RWF_NOWAIT); while (r < 0 && errno == EINTR);
   /* Kernels before 4.14 reject the flag with EOPNOTSUPP: report it like a miss. */
-  return io_result(env, r, errno, "preadv2", 1);
+  int err = errno;
+  return io_result(env, r, err, "preadv2", 1);
 }
 
 static napi_value pwrite_nowait(napi_env env, napi_callback_info info) {
@@ -130,13 +142,50 @@ static napi_value pwrite_nowait(napi_env env, napi_callback_info info) {
   struct iovec iov = {p, len};
   ssize_t r;
   do r = pwritev2(fd, &iov, 1, pos, RWF_NOWAIT); while (r < 0 && errno == EINTR);
-  return io_result(env, r, errno, "pwritev2", 1);
+  int err = errno;
+  return io_result(env, r, err, "pwritev2", 1);
+}
+
+static napi_value pwrite_timed(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 6) return ebsd_throw(env, "ERR_ARG_TYPE", "expected (fd, buf, off, len, pos, stats)");
+  bool is_ta = false;
+  NAPI_CALL(env, napi_is_typedarray(env, argv[5], &is_ta));
+  napi_typedarray_type type = napi_int8_array;
+  size_t slen = 0;
+  void *sp = NULL;
+  if (is_ta) NAPI_CALL(env, napi_get_typedarray_info(env, argv[5], &type, &slen, &sp, NULL, NULL));
+  if (!is_ta || type != napi_float64_array || slen < 2 || sp == NULL)
+    return ebsd_throw(env, "ERR_ARG_TYPE", "stats must be a Float64Array of length >= 2");
+  double *stats = (double *)sp;
+  /* io_parse reads the first five arguments again; it is cheap. */
+  int fd;
+  uint8_t *p;
+  size_t len;
+  off_t pos;
+  if (!io_parse(env, info, &fd, &p, &len, &pos)) return NULL;
+  struct rusage r0, r1;
+  struct timespec t0, t1;
+  int have_ru = getrusage(RUSAGE_THREAD, &r0) == 0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  ssize_t r;
+  do r = pwrite(fd, p, len, pos); while (r < 0 && errno == EINTR);
+  int err = errno;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  have_ru = have_ru && getrusage(RUSAGE_THREAD, &r1) == 0;
+  stats[0] = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+  /* Unknown (getrusage failed): count it as slept, the safe side for the watchdog. */
+  stats[1] = have_ru ? (double)(r1.ru_nvcsw - r0.ru_nvcsw) : 1.0;
+  return io_result(env, r, err, "pwrite", 0);
 }
 
 napi_status ebsd_init_io(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pwriteNowait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pwriteTimed", NULL, pwrite_timed, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

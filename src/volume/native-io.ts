@@ -13,6 +13,12 @@ export interface NativeIo {
   preadNowait(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
   /** pwritev2(fd, …, RWF_NOWAIT): ext4 answers EOPNOTSUPP for buffered writes; XFS and btrfs accept it. */
   pwriteNowait(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
+  /**
+   * pwrite(2), which may block; `stats` gets [0] wall ns, [1] voluntary context
+   * switches of the calling thread during the call (did it sleep in the kernel?).
+   * Errors throw, EAGAIN included.
+   */
+  pwriteTimed(fd: number, buf: Uint8Array, off: number, len: number, pos: number, stats: Float64Array): number;
 }
 
 export const EAGAIN = -11;
@@ -21,7 +27,7 @@ export const EOPNOTSUPP = -95;
 function pick(): NativeIo | null {
   const a = nativeAddon as unknown as Partial<NativeIo> | null;
   // An addon built before io.c existed simply has no fast path.
-  return a && typeof a.preadNowait === 'function' && typeof a.pwriteNowait === 'function' ? (a as NativeIo) : null;
+  return a && typeof a.preadNowait === 'function' && typeof a.pwriteNowait === 'function' && typeof a.pwriteTimed === 'function' ? (a as NativeIo) : null;
 }
 
 /** The addon's I/O functions, or null (addon missing or too old): every I/O then takes the libuv pool. */
@@ -52,8 +58,12 @@ export function syncWriteSafe(fd: number): boolean {
  * less than a libuv pool round trip). But the kernel may make it wait (dirty
  * page throttling, journal, memory reclaim), and a blocked event loop stalls
  * every volume and the control API. So every sync write is timed; one slower
- * than `slowMs` sends all writes to the pool for `holdMs` (doubling on each
- * trip in a row, up to `maxHoldMs`). One volume tripping it moves all of them:
+ * than `slowMs` during which the thread slept in the kernel sends all writes
+ * to the pool for `holdMs` (doubling on each trip in a row, up to
+ * `maxHoldMs`). A write that was only preempted (no voluntary context switch:
+ * the machine is busy, the pool would wait for a CPU just the same) does not
+ * count: on a shared 2-vCPU machine that happened several times a minute and
+ * sent writes to the pool for no benefit. One volume tripping it moves all of them:
  * the loop is shared, and so, usually, is the backing filesystem.
  */
 export class SyncWriteGuard {
@@ -74,9 +84,9 @@ export class SyncWriteGuard {
     return this.holdUntil === 0 || this.now() >= this.holdUntil;
   }
 
-  /** Record how long a sync write took (ms). */
-  record(ms: number): void {
-    if (ms <= this.slowMs) {
+  /** Record how long a sync write took (ms), and whether the thread slept in the kernel meanwhile. */
+  record(ms: number, slept = true): void {
+    if (ms <= this.slowMs || !slept) {
       if (this.holdUntil !== 0) {
         this.holdUntil = 0;
         this.hold = this.holdMs;

@@ -84,6 +84,32 @@ describe.skipIf(nativeIo === null)('native io.c', () => {
     }
   });
 
+  test('pwriteTimed writes and reports wall time and voluntary context switches', () => {
+    const p = join(t.dir, 'f');
+    writeFileSync(p, Buffer.alloc(8192));
+    const fd = openSync(p, 'r+');
+    try {
+      const d = randomBytes(4096);
+      const stats = new Float64Array(2).fill(-1);
+      expect(io.pwriteTimed(fd, d, 0, 4096, 4096, stats)).toBe(4096);
+      expect(stats[0]).toBeGreaterThan(0);
+      expect(stats[1]).toBeGreaterThanOrEqual(0);
+      const b = Buffer.alloc(4096);
+      readSync(fd, b, 0, 4096, 4096);
+      expect(b.equals(d)).toBe(true);
+      expect(() => io.pwriteTimed(fd, d, 0, 16, 0, new Float64Array(1))).toThrow(expect.objectContaining({ code: 'ERR_ARG_TYPE' }));
+      expect(() => io.pwriteTimed(fd, d, 0, 16, 0, new Float32Array(2) as unknown as Float64Array)).toThrow(expect.objectContaining({ code: 'ERR_ARG_TYPE' }));
+    } finally {
+      closeSync(fd);
+    }
+    const ro = openSync(p, 'r');
+    try {
+      expect(() => io.pwriteTimed(ro, Buffer.alloc(1), 0, 1, 0, new Float64Array(2))).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'pwrite' }));
+    } finally {
+      closeSync(ro);
+    }
+  });
+
   test('errors: bad fd throws like node:fs, arguments are range-checked', () => {
     const b = Buffer.alloc(16);
     expect(() => io.preadNowait(0x7ffffff0, b, 0, 16, 0)).toThrow(expect.objectContaining({ code: 'EBADF', errno: -9, syscall: 'preadv2' }));
@@ -150,5 +176,14 @@ describe('sync-write safety and watchdog', () => {
     now = 850;
     expect(g.allowed()).toBe(true); // hold reset to 100
     expect(g.trips).toBe(5);
+  });
+
+  test('a slow write that never slept (only preempted) does not trip it', () => {
+    const g = new SyncWriteGuard(1, 100, 350, () => 0);
+    g.record(50, false);
+    expect(g.allowed()).toBe(true);
+    expect(g.trips).toBe(0);
+    g.record(50, true);
+    expect(g.allowed()).toBe(false);
   });
 });
