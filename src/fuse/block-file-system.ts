@@ -41,7 +41,9 @@ const U32_MAX = 0xffff_ffff;
  * BlockDevice calls and failures into errno (via ./errno.ts, the only place).
  *
  * Reads and writes are zero-copy: fuse-native hands us a Buffer over libfuse's
- * own request buffer, and we let the device read into it / write from it.
+ * own request buffer, and we let the device read into it / write from it. A
+ * device with writeConsuming() may also encrypt in that buffer (libfuse drops
+ * it after our reply; the kernel never reads it back).
  */
 export class BlockFileSystem {
   private readonly entries = new Map<string, Entry>();
