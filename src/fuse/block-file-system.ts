@@ -69,10 +69,7 @@ export class BlockFileSystem {
     const now = Date.now();
     // fuse-native's write buffer is libfuse's request memory, dropped after our
     // reply and never read back by the kernel: the device may encrypt in it.
-    const consuming = (dev as { writeConsuming?: unknown }).writeConsuming;
-    const write = typeof consuming === 'function'
-      ? (consuming as BlockDevice['write']).bind(dev)
-      : dev.write.bind(dev);
+    const write: BlockDevice['write'] = dev.writeConsuming ? dev.writeConsuming.bind(dev) : dev.write.bind(dev);
     this.entries.set(dev.volumeId, {
       dev, write, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
     });

@@ -68,7 +68,10 @@ export class FuseMount {
         allowOther,
         defaultPermissions: true,
       },
-      ['big_writes', `max_write=${MAX_IO}`],
+      // entry_timeout/negative_timeout 0: a detached volume's name vanishes and an
+      // attached one appears at once (libfuse's 1 s default let a stale dentry
+      // outlive DetachVolume). Lookups happen on open, never per I/O.
+      ['big_writes', `max_write=${MAX_IO}`, 'entry_timeout=0', 'negative_timeout=0'],
     );
     await new Promise<void>((resolve, reject) => {
       fuse.mount((err) => (err ? reject(err) : resolve()));

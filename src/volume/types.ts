@@ -15,6 +15,12 @@ export interface BlockDevice {
   read(offset: number, length: number, into: Buffer, intoOffset?: number): Promise<number>;
   /** Write `data` at `offset`; resolves once the ciphertext reached the backing file (page cache). */
   write(offset: number, data: Buffer): Promise<number>;
+  /**
+   * Like write(), but the device may use `data` as scratch space (encrypt in
+   * place) and leave it modified. Only for callers that drop the buffer after
+   * the call, such as the FUSE adapter with libfuse's request memory.
+   */
+  writeConsuming?(offset: number, data: Buffer): Promise<number>;
   /** fdatasync of the backing file. */
   flush(): Promise<void>;
 }
