@@ -13,14 +13,7 @@ const LABEL = Buffer.from('ebsd-kms-v1 data encryption', 'utf8');
  * Decrypt. test/kms/kdf.test.ts checks both give the same output.
  */
 export function deriveOneTimeKey(hbk: Uint8Array, hbkId: Uint8Array, nonce: Uint8Array): Buffer {
-  const msg = Buffer.allocUnsafe(4 + LABEL.length + 1 + hbkId.length + nonce.length + 4);
-  let o = msg.writeUInt32BE(1, 0);
-  LABEL.copy(msg, o); o += LABEL.length;
-  msg[o++] = 0;
-  msg.set(hbkId, o); o += hbkId.length;
-  msg.set(nonce, o); o += nonce.length;
-  msg.writeUInt32BE(256, o);
-  return createHmac('sha256', hbk).update(msg).digest();
+  return createHmac('sha256', hbk).update(kdfInput(hbkId, nonce)).digest();
 }
 
 /** The KDF input block, exported for the cross-check test against @noble/hashes. */
