@@ -1,6 +1,7 @@
-import { promises as fsp, constants as C } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { EbsdError } from '../util/errors.js';
+import { createExclusive } from '../util/exclusive-create.js';
 
 /**
  * The state directory layout (DESIGN §7):
@@ -60,18 +61,7 @@ export class PidLock {
 
   static async acquire(path: string): Promise<PidLock> {
     for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        const fh = await fsp.open(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
-        try {
-          await fh.writeFile(`${process.pid}\n`);
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
-        return new PidLock(path);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
+      if (await createExclusive(path, `${process.pid}\n`)) return new PidLock(path);
       const holder = await readPid(path);
       if (holder !== undefined && holder !== process.pid && isAlive(holder)) {
         throw new EbsdError(

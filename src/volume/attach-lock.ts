@@ -1,5 +1,6 @@
 import { promises as fsp, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { createExclusive } from '../util/exclusive-create.js';
 import { VolumeError } from './errors.js';
 
 /**
@@ -61,18 +62,7 @@ export class AttachLock {
     const path = `${imagePath}.lock`;
     const me: LockOwner = { pid: process.pid, startTime: procStartTime(process.pid), bootId: bootId(), host: hostname(), volumeId, since: new Date().toISOString() };
     for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        const fh = await fsp.open(path, 'wx', 0o600);
-        try {
-          await fh.writeFile(JSON.stringify(me));
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
-        return new AttachLock(path);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
+      if (await createExclusive(path, JSON.stringify(me))) return new AttachLock(path);
       const owner = await readOwner(path);
       // An unreadable lock younger than 10 s may be a live owner between O_EXCL and its write.
       const fresh = owner === null && (await fsp.stat(path).then((s) => Date.now() - s.mtimeMs < 10_000, () => false));
