@@ -1,6 +1,6 @@
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite } from '../util/atomic-write.js';
+import { readTextIfExists } from '../util/read-if-exists.js';
 
 /** EC2 volume states (DescribeVolumes `State`). */
 export type VolumeState = 'creating' | 'available' | 'in-use' | 'deleting' | 'error';
@@ -67,13 +67,8 @@ export class Catalog {
 
   static async load(dir: string): Promise<Catalog> {
     const c = new Catalog(join(dir, 'catalog.json'));
-    let text: string | null = null;
-    try {
-      text = await fsp.readFile(c.path, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    if (text !== null) {
+    const text = await readTextIfExists(c.path);
+    if (text !== undefined) {
       const f = JSON.parse(text) as CatalogFile;
       if (f.formatVersion !== 1 || !Array.isArray(f.volumes)) throw new Error(`${c.path}: unknown catalog format`);
       for (const v of f.volumes) c.recs.set(v.volumeId, v);

@@ -3,6 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 import { atomicWrite } from '../../util/atomic-write.js';
 import { EbsdError, checkString } from '../../util/errors.js';
+import { readTextIfExists } from '../../util/read-if-exists.js';
 import type { Caller } from '../types.js';
 import {
   InvalidGrantTokenException,
@@ -221,12 +222,7 @@ export class GrantStore implements GrantSource {
     checkString('file', file);
     await fsp.mkdir(dirname(file), { recursive: true, mode: 0o700 });
     const s = new GrantStore(file, opts.principalExists);
-    let text: string | undefined;
-    try {
-      text = await fsp.readFile(file, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
+    const text = await readTextIfExists(file);
     if (text !== undefined) {
       const data = JSON.parse(text) as GrantFileV1;
       if (data.version !== FILE_VERSION || !Array.isArray(data.grants)) throw new EbsdError('GRANTS_CORRUPT', `${file}: unsupported or corrupt grant file`);

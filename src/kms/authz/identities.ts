@@ -1,8 +1,8 @@
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
 import { atomicWrite } from '../../util/atomic-write.js';
 import { EbsdError, ArgTypeError, ArgRangeError, checkString } from '../../util/errors.js';
+import { readTextIfExists } from '../../util/read-if-exists.js';
 import type { Caller } from '../types.js';
 import { parsePolicy, type CompiledPolicy, PolicyCache } from './policy-document.js';
 import { callerIds } from './caller-ids.js';
@@ -91,12 +91,7 @@ export class Identities {
   static async open(stateDir: string, init: IdentitiesInit = {}): Promise<Identities> {
     checkString('stateDir', stateDir);
     const file = join(stateDir, IDENTITIES_FILE);
-    let text: string | undefined;
-    try {
-      text = await fsp.readFile(file, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
+    const text = await readTextIfExists(file);
     if (text !== undefined) {
       const data = JSON.parse(text) as IdentityFileV1;
       if (data.version !== FILE_VERSION || !/^\d{12}$/.test(data.accountId)) {
