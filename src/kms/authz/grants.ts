@@ -110,7 +110,11 @@ export interface KeyFacts {
   keyUsage?: string;
 }
 
-function _view(g: StoredGrant): Grant {
+/**
+ * A grant as ListGrants / ListRetirableGrants return it (GrantListEntry): a
+ * fresh copy without the token hashes, optional members only when set.
+ */
+export function grantListEntry(g: Grant): Grant {
   return {
     KeyId: g.KeyId,
     GrantId: g.GrantId,
@@ -329,12 +333,12 @@ export class GrantStore implements GrantSource {
   byGrantToken(token: string): Grant | undefined {
     checkGrantTokens([token]);
     const g = this.byToken.get(_hash(token));
-    return g ? _view(g) : undefined;
+    return g ? grantListEntry(g) : undefined;
   }
 
   get(keyArn: string, grantId: string): Grant | undefined {
     const g = this.byKey.get(keyArn)?.get(grantId);
-    return g ? _view(g) : undefined;
+    return g ? grantListEntry(g) : undefined;
   }
 
   /** ListGrants: the key's grants, oldest first, optionally filtered; Marker is the next GrantId. */
@@ -358,7 +362,7 @@ export class GrantStore implements GrantSource {
     if (!g) throw new NotFoundException(`Grant ID ${grantId} not found for key ${keyArn}`);
     this._unindex(g);
     await this._persist(() => this._index(g));
-    return _view(g);
+    return grantListEntry(g);
   }
 
   /** Drop every grant of a deleted key (named by ARN or by key id). */
@@ -400,7 +404,7 @@ export class GrantStore implements GrantSource {
     }
     const page = all.slice(start, start + limit);
     const next = all[start + limit];
-    return { Grants: page.map(_view), ...(next ? { NextMarker: next.GrantId } : {}), Truncated: next !== undefined };
+    return { Grants: page.map(grantListEntry), ...(next ? { NextMarker: next.GrantId } : {}), Truncated: next !== undefined };
   }
 
   private _principal(v: unknown, name: string, required: boolean): string | undefined {

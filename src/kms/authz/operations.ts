@@ -2,7 +2,7 @@ import type { CallContext, NewKeyPolicyCheck, OperationContext, OperationHandler
 import { InvalidGrantIdException, InvalidMarkerException, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
 import type { KeyRecord } from '../key-record.js';
 import type { KmsResponse } from '../types.js';
-import { checkGrantTokens, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
+import { checkGrantTokens, grantListEntry, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
 import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
 import { parsePolicy } from './policy-document.js';
 
@@ -59,21 +59,6 @@ function _policyName(v: unknown): void {
 }
 
 const _facts = (k: KeyRecord): KeyFacts => ({ arn: k.arn, accountId: k.accountId, keySpec: k.keySpec, keyUsage: k.keyUsage });
-
-/** GrantListEntry as AWS returns it. */
-export function grantListEntry(g: Grant): Record<string, unknown> {
-  return {
-    KeyId: g.KeyId,
-    GrantId: g.GrantId,
-    ...(g.Name !== undefined ? { Name: g.Name } : {}),
-    CreationDate: g.CreationDate,
-    GranteePrincipal: g.GranteePrincipal,
-    ...(g.RetiringPrincipal !== undefined ? { RetiringPrincipal: g.RetiringPrincipal } : {}),
-    IssuingAccount: g.IssuingAccount,
-    Operations: [...g.Operations],
-    ...(g.Constraints ? { Constraints: g.Constraints } : {}),
-  };
-}
 
 export function registerAuthzOperations(
   registry: OperationRegistry,
