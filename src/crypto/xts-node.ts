@@ -1,7 +1,8 @@
 import { createCipheriv, createDecipheriv, getCiphers } from 'node:crypto';
-import type { XtsContext, XtsEngine, XtsRunOptions } from './xts.js';
-import { _checkKey, _checkRun, _tweakBlock, type CheckedRun } from './xts-check.js';
+import type { XtsContext, XtsEngine } from './xts.js';
+import { _checkKey, _tweakBlock, type CheckedRun } from './xts-check.js';
 import { XtsError } from './xts-errors.js';
+import { _OnThreadXtsContext } from './xts-on-thread.js';
 import { wipe } from '../util/wipe.js';
 
 /**
@@ -13,18 +14,19 @@ export function isNodeXtsAvailable(): boolean {
   return getCiphers().includes('aes-256-xts');
 }
 
-class NodeXtsContext implements XtsContext {
+class NodeXtsContext extends _OnThreadXtsContext {
   readonly engine = 'node' as const;
   /** Our copy of K1 ‖ K2, outside Buffer's pool so wiping it clears only it. */
   #key: Buffer | null;
   #iv = Buffer.alloc(16);
 
   constructor(key: Uint8Array) {
+    super();
     this.#key = Buffer.allocUnsafeSlow(64);
     this.#key.set(key);
   }
 
-  #run(data: Uint8Array, r: CheckedRun, encrypt: boolean): void {
+  protected override _run(data: Uint8Array, r: CheckedRun, encrypt: boolean): void {
     const key = this.#key;
     if (key === null) throw new XtsError('XTS_DESTROYED', 'context was destroyed');
     const step = BigInt(r.tweakStep);
@@ -40,28 +42,11 @@ class NodeXtsContext implements XtsContext {
     }
   }
 
-  encryptSync(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): void {
-    this.#run(data, _checkRun(data, firstTweak, opts), true);
-  }
-
-  decryptSync(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): void {
-    this.#run(data, _checkRun(data, firstTweak, opts), false);
-  }
-
-  /** No thread pool here: the run happens on the calling thread, after a microtask. */
-  async encrypt(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): Promise<void> {
-    this.encryptSync(data, firstTweak, opts);
-  }
-
-  async decrypt(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): Promise<void> {
-    this.decryptSync(data, firstTweak, opts);
-  }
-
   /**
    * Zeroes our key copy. Best effort: OpenSSL's per-cipher schedules are freed
    * by node when each Cipheriv is collected, and the GC may have moved bytes.
    */
-  destroy(): void {
+  override destroy(): void {
     wipe(this.#key);
     this.#key = null;
   }

@@ -1,7 +1,8 @@
 import { unsafe } from '@noble/ciphers/aes.js';
-import type { XtsContext, XtsEngine, XtsRunOptions } from './xts.js';
-import { _checkKey, _checkRun, type CheckedRun } from './xts-check.js';
+import type { XtsContext, XtsEngine } from './xts.js';
+import { _checkKey, type CheckedRun } from './xts-check.js';
 import { XtsError } from './xts-errors.js';
+import { _OnThreadXtsContext } from './xts-on-thread.js';
 import { wipe } from '../util/wipe.js';
 
 /**
@@ -28,7 +29,7 @@ export function _gfDouble(t: Uint32Array): void {
   t[0] = (t[0]! << 1) ^ (carry * 0x87);
 }
 
-class ReferenceXtsContext implements XtsContext {
+class ReferenceXtsContext extends _OnThreadXtsContext {
   readonly engine = 'reference' as const;
   /** Expanded K1 (encrypt and decrypt schedules) and K2 (tweak, encrypt only). */
   #k1e: Uint32Array | null;
@@ -37,6 +38,7 @@ class ReferenceXtsContext implements XtsContext {
   #t = new Uint32Array(4);
 
   constructor(key: Uint8Array) {
+    super();
     // Temporary copies of the halves, wiped below (best effort, STYLE §7).
     // Not key.slice(): on a Buffer that is a view, and wiping it would zero the caller's key.
     const k1 = new Uint8Array(key.subarray(0, 32));
@@ -50,7 +52,7 @@ class ReferenceXtsContext implements XtsContext {
     }
   }
 
-  #run(data: Uint8Array, r: CheckedRun, encrypt: boolean): void {
+  protected override _run(data: Uint8Array, r: CheckedRun, encrypt: boolean): void {
     const k1 = encrypt ? this.#k1e : this.#k1d;
     const k2 = this.#k2e;
     if (k1 === null || k2 === null) throw new XtsError('XTS_DESTROYED', 'context was destroyed');
@@ -90,25 +92,8 @@ class ReferenceXtsContext implements XtsContext {
     }
   }
 
-  encryptSync(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): void {
-    this.#run(data, _checkRun(data, firstTweak, opts), true);
-  }
-
-  decryptSync(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): void {
-    this.#run(data, _checkRun(data, firstTweak, opts), false);
-  }
-
-  /** Runs on the calling thread, after a microtask. */
-  async encrypt(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): Promise<void> {
-    this.encryptSync(data, firstTweak, opts);
-  }
-
-  async decrypt(data: Uint8Array, firstTweak: bigint | number, opts?: XtsRunOptions): Promise<void> {
-    this.decryptSync(data, firstTweak, opts);
-  }
-
   /** Zeroes the expanded keys. Best effort: the GC may have copied them. */
-  destroy(): void {
+  override destroy(): void {
     wipe(
       this.#k1e && new Uint8Array(this.#k1e.buffer, this.#k1e.byteOffset, this.#k1e.byteLength),
       this.#k1d && new Uint8Array(this.#k1d.buffer, this.#k1d.byteOffset, this.#k1d.byteLength),
