@@ -24,13 +24,12 @@ declare -A NEED=(
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
-  path=${NEED[$pkg]}
-  if [[ ! -e $path ]] && ! dpkg -s "$pkg" >/dev/null 2>&1; then missing+=("$pkg"); fi
+  # The file is the proof, not dpkg's database: a removed package keeps a
+  # "config-files" record that `dpkg -s` still reports as present.
+  [[ -e ${NEED[$pkg]} ]] && continue
+  [[ $pkg == libfuse2 ]] && ldconfig -p 2>/dev/null | grep -q 'libfuse.so.2 ' && continue
+  missing+=("$pkg")
 done
-# libfuse2 may live under another multiarch dir
-if [[ " ${missing[*]-} " == *" libfuse2 "* ]] && ldconfig -p 2>/dev/null | grep -q 'libfuse.so.2 '; then
-  missing=("${missing[@]/libfuse2}")
-fi
 read -r -a missing <<<"${missing[*]-}"
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
