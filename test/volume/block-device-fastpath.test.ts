@@ -1,13 +1,12 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
 import { FdBackingFile, openBackingFile } from '../../src/volume/backing-file.js';
 import { nativeIo, syncWriteGuard } from '../../src/volume/native-io.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
-import { makeImage, tmpDir, volumeKey, VOL } from './helpers/image.js';
+import { tmpDir, VOL, freshImage } from './helpers/image.js';
 import { xtsSector } from './helpers/node-xts.js';
 import { testEngine } from './helpers/engine.js';
 
@@ -24,10 +23,7 @@ let t: ReturnType<typeof tmpDir>;
 let img: string;
 let key: Buffer;
 beforeEach(async () => {
-  t = tmpDir();
-  img = join(t.dir, 'v.img');
-  key = volumeKey();
-  await makeImage(img, SIZE, key);
+  ({ t, img, key } = await freshImage(SIZE));
 });
 afterEach(() => t.cleanup());
 

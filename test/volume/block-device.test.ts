@@ -1,13 +1,12 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { openSync, closeSync, readSync, constants } from 'node:fs';
-import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
 import { FdBackingFile, openBackingFile, type BackingFile } from '../../src/volume/backing-file.js';
 import { VolumeError } from '../../src/volume/errors.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
-import { makeImage, tmpDir, volumeKey, VOL } from './helpers/image.js';
+import { tmpDir, VOL, freshImage } from './helpers/image.js';
 import { xtsSector } from './helpers/node-xts.js';
 import { testEngine } from './helpers/engine.js';
 
@@ -18,10 +17,7 @@ let t: ReturnType<typeof tmpDir>;
 let img: string;
 let key: Buffer;
 beforeEach(async () => {
-  t = tmpDir();
-  img = join(t.dir, 'v.img');
-  key = volumeKey();
-  await makeImage(img, SIZE, key);
+  ({ t, img, key } = await freshImage(SIZE));
 });
 afterEach(() => t.cleanup());
 

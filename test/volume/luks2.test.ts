@@ -6,17 +6,14 @@ import { join } from 'node:path';
 import { readLuks2, updateLuks2, encodeCopy } from '../../src/volume/luks2-header.js';
 import { verifyVolumeKey, LUKS2_HDR_SIZE, LUKS2_DATA_OFFSET, LUKS2_KEYSLOTS_SIZE } from '../../src/volume/luks2-json.js';
 import { Luks2Error } from '../../src/volume/errors.js';
-import { makeImage, tmpDir, volumeKey, VOL } from './helpers/image.js';
+import { tmpDir, volumeKey, VOL, freshImage } from './helpers/image.js';
 
 const SIZE = 1 << 20;
 let t: ReturnType<typeof tmpDir>;
 let img: string;
 let key: Buffer;
 beforeEach(async () => {
-  t = tmpDir();
-  img = join(t.dir, 'v.img');
-  key = volumeKey();
-  await makeImage(img, SIZE, key);
+  ({ t, img, key } = await freshImage(SIZE));
 });
 afterEach(() => t.cleanup());
 

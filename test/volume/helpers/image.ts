@@ -30,3 +30,12 @@ export async function makeImage(path: string, size: number, key: Buffer, volumeI
   const json = buildLuks2Json({ size, volumeKey: key, token: testToken(volumeId) });
   await createLuks2(path, { json, size, dataOffset: LUKS2_DATA_OFFSET, label: volumeId });
 }
+
+/** A fresh temp dir holding `v.img`: a LUKS2 image of `size` bytes under a new random volume key. */
+export async function freshImage(size: number): Promise<{ t: ReturnType<typeof tmpDir>; img: string; key: Buffer }> {
+  const t = tmpDir();
+  const img = join(t.dir, 'v.img');
+  const key = volumeKey();
+  await makeImage(img, size, key);
+  return { t, img, key };
+}
