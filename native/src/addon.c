@@ -37,6 +37,27 @@ napi_value ebsd_throw(napi_env env, const char *code, const char *msg) {
   return NULL;
 }
 
+/* A JS number that is an integer in [min, max] (ERR_ARG_TYPE / ERR_ARG_RANGE otherwise). */
+int ebsd_get_int(napi_env env, napi_value v, const char *name, int64_t min, int64_t max, int64_t *out) {
+  napi_valuetype t;
+  char msg[112];
+  if (napi_typeof(env, v, &t) != napi_ok) { ebsd_throw_napi(env, "napi_typeof"); return 0; }
+  if (t != napi_number) {
+    snprintf(msg, sizeof msg, "%s must be an integer", name);
+    ebsd_throw(env, "ERR_ARG_TYPE", msg);
+    return 0;
+  }
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) { ebsd_throw_napi(env, "napi_get_value_double"); return 0; }
+  if (!(d >= (double)min && d <= (double)max) || d != (double)(int64_t)d) {
+    snprintf(msg, sizeof msg, "%s must be an integer in [%lld, %lld]", name, (long long)min, (long long)max);
+    ebsd_throw(env, "ERR_ARG_RANGE", msg);
+    return 0;
+  }
+  *out = (int64_t)d;
+  return 1;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value ver;
   NAPI_CALL(env, napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &ver));

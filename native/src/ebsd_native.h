@@ -18,6 +18,9 @@ void ebsd_throw_napi(napi_env env, const char *call);
 napi_value ebsd_throw(napi_env env, const char *code, const char *msg);
 /* Build (not throw) an Error with `code`; NULL if even that failed. */
 napi_value ebsd_make_error(napi_env env, const char *code, const char *msg);
+/* Read a JS number that must be an integer in [min, max] into *out; on failure
+ * throws ERR_ARG_TYPE / ERR_ARG_RANGE naming `name` and returns 0. */
+int ebsd_get_int(napi_env env, napi_value v, const char *name, int64_t min, int64_t max, int64_t *out);
 
 #define NAPI_CALL(env, call)                                                   \
   do {                                                                         \

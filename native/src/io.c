@@ -41,27 +41,7 @@
 #define RWF_NOWAIT 0x00000008
 #endif
 
-#define MAX_SAFE_INT 9007199254740991.0
-
-static int io_get_int(napi_env env, napi_value v, const char *name, double min, double max, int64_t *out) {
-  napi_valuetype t;
-  char msg[112];
-  if (napi_typeof(env, v, &t) != napi_ok) { ebsd_throw_napi(env, "napi_typeof"); return 0; }
-  if (t != napi_number) {
-    snprintf(msg, sizeof msg, "%s must be an integer", name);
-    ebsd_throw(env, "ERR_ARG_TYPE", msg);
-    return 0;
-  }
-  double d;
-  if (napi_get_value_double(env, v, &d) != napi_ok) { ebsd_throw_napi(env, "napi_get_value_double"); return 0; }
-  if (!(d >= min && d <= max) || d != (double)(int64_t)d) {
-    snprintf(msg, sizeof msg, "%s must be an integer in [%.0f, %.0f]", name, min, max);
-    ebsd_throw(env, "ERR_ARG_RANGE", msg);
-    return 0;
-  }
-  *out = (int64_t)d;
-  return 1;
-}
+#define MAX_SAFE_INT 9007199254740991LL
 
 /* Parses (fd, buf, off, len, pos); checks [off, off+len) lies inside buf. */
 static int io_parse(napi_env env, napi_callback_info info, int *fd, uint8_t **p, size_t *len, off_t *pos) {
@@ -70,7 +50,7 @@ static int io_parse(napi_env env, napi_callback_info info, int *fd, uint8_t **p,
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) { ebsd_throw_napi(env, "napi_get_cb_info"); return 0; }
   if (argc < 5) { ebsd_throw(env, "ERR_ARG_TYPE", "expected (fd, buf, off, len, pos)"); return 0; }
   int64_t ifd, off, n, ipos;
-  if (!io_get_int(env, argv[0], "fd", 0, 2147483647.0, &ifd)) return 0;
+  if (!ebsd_get_int(env, argv[0], "fd", 0, 2147483647LL, &ifd)) return 0;
   bool is_ta = false;
   if (napi_is_typedarray(env, argv[1], &is_ta) != napi_ok) { ebsd_throw_napi(env, "napi_is_typedarray"); return 0; }
   napi_typedarray_type type = napi_int8_array;
@@ -82,9 +62,9 @@ static int io_parse(napi_env env, napi_callback_info info, int *fd, uint8_t **p,
   }
   if (!is_ta || type != napi_uint8_array) { ebsd_throw(env, "ERR_ARG_TYPE", "buf must be a Uint8Array or Buffer"); return 0; }
   if (data == NULL && blen != 0) { ebsd_throw(env, "ERR_ARG_TYPE", "buf is detached"); return 0; }
-  if (!io_get_int(env, argv[2], "off", 0, (double)blen, &off)) return 0;
-  if (!io_get_int(env, argv[3], "len", 0, (double)blen - (double)off, &n)) return 0;
-  if (!io_get_int(env, argv[4], "pos", 0, MAX_SAFE_INT, &ipos)) return 0;
+  if (!ebsd_get_int(env, argv[2], "off", 0, (int64_t)blen, &off)) return 0;
+  if (!ebsd_get_int(env, argv[3], "len", 0, (int64_t)blen - off, &n)) return 0;
+  if (!ebsd_get_int(env, argv[4], "pos", 0, MAX_SAFE_INT, &ipos)) return 0;
   *fd = (int)ifd;
   *p = (uint8_t *)data + off;
   *len = (size_t)n;

@@ -176,26 +176,6 @@ static int get_u64_bigint(napi_env env, napi_value v, const char *name, uint64_t
   return 1;
 }
 
-static int get_uint(napi_env env, napi_value v, const char *name, int64_t min, int64_t max, int64_t *out) {
-  napi_valuetype t;
-  char msg[112];
-  if (napi_typeof(env, v, &t) != napi_ok) { ebsd_throw_napi(env, "napi_typeof"); return 0; }
-  if (t != napi_number) {
-    snprintf(msg, sizeof msg, "%s must be an integer", name);
-    ebsd_throw(env, "ERR_ARG_TYPE", msg);
-    return 0;
-  }
-  double d;
-  if (napi_get_value_double(env, v, &d) != napi_ok) { ebsd_throw_napi(env, "napi_get_value_double"); return 0; }
-  if (!(d >= (double)min && d <= (double)max) || d != (double)(int64_t)d) {
-    snprintf(msg, sizeof msg, "%s must be an integer in [%lld, %lld]", name, (long long)min, (long long)max);
-    ebsd_throw(env, "ERR_ARG_RANGE", msg);
-    return 0;
-  }
-  *out = (int64_t)d;
-  return 1;
-}
-
 /* Parses (ctx, buf, firstTweak, unitSize, tweakStep) and checks the run. */
 typedef struct {
   xts_ctx *ctx;
@@ -215,8 +195,8 @@ static int parse_run(napi_env env, napi_callback_info info, run_args *a) {
   if (!get_ctx(env, argv[0], &a->ctx)) return 0;
   if (!get_bytes(env, argv[1], "data", &a->data, &a->len)) return 0;
   if (!get_u64_bigint(env, argv[2], "firstTweak", &a->tweak)) return 0;
-  if (!get_uint(env, argv[3], "unitSize", 16, XTS_MAX_UNIT, &unit)) return 0;
-  if (!get_uint(env, argv[4], "tweakStep", 0, 0xffffffffLL, &step)) return 0;
+  if (!ebsd_get_int(env, argv[3], "unitSize", 16, XTS_MAX_UNIT, &unit)) return 0;
+  if (!ebsd_get_int(env, argv[4], "tweakStep", 0, 0xffffffffLL, &step)) return 0;
   if (unit % 16 != 0) { ebsd_throw(env, "XTS_BAD_UNIT_SIZE", "unitSize must be a multiple of 16"); return 0; }
   if (a->len % (size_t)unit != 0) {
     ebsd_throw(env, "XTS_PARTIAL_UNIT", "data length must be a whole number of units");
