@@ -5,7 +5,7 @@ import { VolumeManager, type VolumeManagerOptions } from '../../src/volume/volum
 import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
-import { testEngine } from './helpers/engine.js';
+import { openTestManager } from './helpers/manager.js';
 
 /**
  * DESIGN §6 end to end through the real KMS core (policy authorizer, grants,
@@ -17,16 +17,8 @@ let kms: KmsHarness;
 let mgr: VolumeManager;
 let impaired: ImpairedEvent[];
 
-async function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
-  return VolumeManager.open({
-    stateDir: t.dir,
-    keyService: kms.keyService,
-    hostPrincipal: kms.host,
-    xtsEngine: await testEngine(),
-    keyCacheTtlMs: 0,
-    onImpaired: (e) => impaired.push(e),
-    ...extra,
-  });
+function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
+  return openTestManager(t.dir, kms, { onImpaired: (e) => impaired.push(e), ...extra });
 }
 
 beforeEach(async () => {

@@ -2,14 +2,12 @@ import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Writable } from 'node:stream';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
 import { readLuks2 } from '../../src/volume/luks2-header.js';
 import { PLAIN_DATA_OFFSET, PLAIN_MAGIC, readPlainImage } from '../../src/volume/plain-image.js';
-import { createLogger } from '../../src/util/logger.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, type KmsHarness } from './helpers/kms.js';
-import { testEngine } from './helpers/engine.js';
+import { openTestManager } from './helpers/manager.js';
 
 /** Measurement-only plaintext volumes (CreateVolume Cipher "none"; docs/format.md). */
 const MiB = 1 << 20;
@@ -19,18 +17,8 @@ let mgr: VolumeManager;
 let audits: VolumeAuditEvent[];
 let logLines: string[];
 
-async function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
-  const sink = new Writable({ write: (c, _e, cb) => (logLines.push(String(c)), cb()) });
-  return VolumeManager.open({
-    stateDir: t.dir,
-    keyService: kms.keyService,
-    hostPrincipal: kms.host,
-    xtsEngine: await testEngine(),
-    keyCacheTtlMs: 0,
-    logger: createLogger({ level: 'trace', destination: sink }),
-    onAudit: (e) => audits.push(e),
-    ...extra,
-  });
+function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
+  return openTestManager(t.dir, kms, { onAudit: (e) => audits.push(e), ...extra }, logLines);
 }
 
 beforeEach(async () => {

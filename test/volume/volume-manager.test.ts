@@ -3,15 +3,13 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Writable } from 'node:stream';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
 import { readLuks2, updateLuks2 } from '../../src/volume/luks2-header.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import type { ImpairedEvent } from '../../src/volume/key-cache.js';
-import { createLogger } from '../../src/util/logger.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, type KmsHarness } from './helpers/kms.js';
-import { testEngine } from './helpers/engine.js';
+import { openTestManager } from './helpers/manager.js';
 import { xtsSector } from './helpers/node-xts.js';
 
 const SS = 4096;
@@ -23,19 +21,8 @@ let impaired: ImpairedEvent[];
 let audits: VolumeAuditEvent[];
 let logLines: string[];
 
-async function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
-  const sink = new Writable({ write: (c, _e, cb) => (logLines.push(String(c)), cb()) });
-  return VolumeManager.open({
-    stateDir: t.dir,
-    keyService: kms.keyService,
-    hostPrincipal: kms.host,
-    xtsEngine: await testEngine(),
-    keyCacheTtlMs: 0,
-    logger: createLogger({ level: 'trace', destination: sink }),
-    onImpaired: (e) => impaired.push(e),
-    onAudit: (e) => audits.push(e),
-    ...extra,
-  });
+function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
+  return openTestManager(t.dir, kms, { onImpaired: (e) => impaired.push(e), onAudit: (e) => audits.push(e), ...extra }, logLines);
 }
 
 beforeEach(async () => {
