@@ -9,6 +9,7 @@ import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { tmpDir, VOL, freshImage } from './helpers/image.js';
 import { xtsSector } from './helpers/node-xts.js';
 import { testEngine } from './helpers/engine.js';
+import { evictFromPageCache } from './helpers/page-cache.js';
 
 // The page-cache fast paths of SectorDevice (docs/perf-notes.md §4): reads with
 // preadv2(RWF_NOWAIT) on the event loop and the pool on a miss, aligned writes
@@ -61,7 +62,7 @@ function expectCiphertext(model: Buffer, sectors: Iterable<number>): void {
   }
 }
 
-/** Put ciphertext on disk through O_DIRECT, so those pages are not in the page cache. */
+/** Put ciphertext on disk through O_DIRECT, then make sure those pages are not in the page cache. */
 function writeUncached(data: Buffer, pos: number): boolean {
   let fd: number;
   try {
@@ -73,10 +74,11 @@ function writeUncached(data: Buffer, pos: number): boolean {
     const b = new FdBackingFile(fd, true).allocBuffer(data.length);
     data.copy(b);
     writeSync(fd, b, 0, b.length, pos);
-    return true;
   } finally {
     closeSync(fd);
   }
+  evictFromPageCache(img, pos, data.length);
+  return true;
 }
 
 describe.skipIf(nativeIo === null)('SectorDevice fast paths', () => {

@@ -1,28 +1,19 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import { closeSync, fsyncSync, openSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { nativeIo, EAGAIN, EOPNOTSUPP, SyncWriteGuard, syncWriteSafe } from '../../src/volume/native-io.js';
 import { tmpDir } from './helpers/image.js';
+import { evictFromPageCache } from './helpers/page-cache.js';
 
 let t: ReturnType<typeof tmpDir>;
 beforeEach(() => { t = tmpDir('ebsd-nio-'); });
 afterEach(() => t.cleanup());
 
-/**
- * Leave `data` in `path` on disk but not in the page cache: write, fsync (clean
- * pages), then posix_fadvise(DONTNEED), which drops clean unmapped pages. (An
- * O_DIRECT overwrite was tried first; its page-cache invalidation is best
- * effort and left the pages cached in ~1 run of 3 here.) Node has no fadvise,
- * so python3 (a set-up dependency) calls it.
- */
+/** Leave `data` in `path` on disk but not in the page cache. */
 function dropFromPageCache(path: string, data: Buffer): void {
   writeFileSync(path, data);
-  const fd = openSync(path, 'r+');
-  try { fsyncSync(fd); } finally { closeSync(fd); }
-  execFileSync('python3', ['-c',
-    'import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)', path]);
+  evictFromPageCache(path);
 }
 
 describe.skipIf(nativeIo === null)('native io.c', () => {
