@@ -64,6 +64,7 @@ async function start (cfg, i) {
 }
 
 function fio (file, w) {
+  execFileSync('sync') // no dirty pages of the previous run left to throttle this one
   const out = execFileSync('fio', ['--output-format=json', join(HERE, 'fio', `${w}.fio`)], {
     env: { ...process.env, FIO_FILE: file, FIO_SIZE: `${sizeMiB}m`, FIO_RUNTIME: args.runtime, FIO_RAMP: '1' },
     maxBuffer: 64 << 20,

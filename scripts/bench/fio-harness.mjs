@@ -27,7 +27,9 @@ import { join, resolve, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
-const dist = p => import(join(ROOT, 'dist', p))
+// EBSD_DIST: another build of dist/ (A/B runs of an older commit against this one).
+const DIST = process.env.EBSD_DIST ? resolve(process.env.EBSD_DIST) : join(ROOT, 'dist')
+const dist = p => import(join(DIST, p))
 
 const { values: args } = parseArgs({
   options: {

@@ -298,6 +298,9 @@ verify_ceiling() {
 # ----------------------------------------------------------------- running ---
 run_workload() {
   local t=$1 w=$2 r=$3 out=$RESULTS/$1--$2--r$3.json
+  # Start every run with no dirty pages left by the previous one (a write run
+  # leaves GBs to write back, which would throttle whichever target runs next).
+  sync
   FIO_FILE=${FILE[$t]} FIO_SIZE=${SIZE_MIB}m FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
     fio --output-format=json --output="$out" "$HERE/fio/$w.fio" \
     || die "fio $w on $t failed"

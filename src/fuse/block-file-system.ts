@@ -9,6 +9,8 @@ interface Entry {
   readonly dev: BlockDevice;
   /** The device's writeConsuming (may encrypt in the request buffer), else its write. */
   readonly write: (offset: number, data: Buffer) => Promise<number>;
+  /** The device's writeBehind, if it has one. */
+  readonly behind: ((offset: number, data: Uint8Array) => (() => void) | null) | null;
   /** Open file handles on this volume's file (open() minus release()). */
   open: number;
   /** FUSE requests currently running against the device. */
@@ -70,8 +72,9 @@ export class BlockFileSystem {
     // fuse-native's write buffer is libfuse's request memory, dropped after our
     // reply and never read back by the kernel: the device may encrypt in it.
     const write: BlockDevice['write'] = dev.writeConsuming ? dev.writeConsuming.bind(dev) : dev.write.bind(dev);
+    const behind = dev.writeBehind ? dev.writeBehind.bind(dev) : null;
     this.entries.set(dev.volumeId, {
-      dev, write, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
+      dev, write, behind, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
     });
   }
 
@@ -214,6 +217,20 @@ export class BlockFileSystem {
         const n = Math.min(len, e.dev.size - pos);
         const data = n === buf.length ? buf : buf.subarray(0, n);
         e.inflight++;
+        if (e.behind !== null) {
+          // Write-behind: the device copied the data; reply now, and complete the
+          // write in the nextTick queued right after fuse-native's reply signal,
+          // i.e. on the loop while the libfuse thread replies, before any other
+          // request runs. flush/fsync wait for it and report its failure.
+          let complete: (() => void) | null = null;
+          try { complete = e.behind(pos, data); } catch { complete = null; }
+          if (complete !== null) {
+            e.mtime = Date.now();
+            cb(n);
+            process.nextTick(this.completeBehind, e, complete);
+            return;
+          }
+        }
         let p: Promise<number>;
         try {
           p = e.write(pos, data);
@@ -246,6 +263,14 @@ export class BlockFileSystem {
       unlink: (_path, cb) => cb(EPERM),
     };
   }
+
+  private readonly completeBehind = (e: Entry, complete: () => void): void => {
+    try {
+      complete(); // never throws: a failure is kept by the device for the next flush
+    } finally {
+      this.done(e);
+    }
+  };
 
   private sync(fh: number, op: string, cb: (err: number) => void): void {
     const e = this.handles.get(fh);

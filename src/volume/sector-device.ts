@@ -1,3 +1,4 @@
+import { statfsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { silentLogger } from '../util/logger.js';
 import { checkSafeInt, ArgTypeError } from '../util/errors.js';
@@ -31,6 +32,27 @@ const MIN_CHUNK = 64 * 1024;
  * sequential write 615 -> 819 MB/s encrypted.
  */
 export const SYNC_WRITE_MAX = 128 * 1024;
+/**
+ * Sequential read-ahead: when a read
+ * starts where the previous one ended, the next READ_AHEAD bytes are read
+ * from the page cache and decrypted right after the reply has been posted,
+ * while the kernel carries the reply and the next request. A FUSE direct
+ * read of 1 MiB arrives as eight 128 KiB requests one after the other (no
+ * FUSE_ASYNC_DIO in libfuse 2.9), so without it every request waits for its
+ * own decrypt; with it the decrypt overlaps the transport and a hit is one
+ * memcpy, as for the passthrough. Measured in docs/perf-notes.md §6.
+ */
+export const READ_AHEAD = 128 * 1024;
+/**
+ * Write-behind (writeBehind()) only while the backing filesystem has at least
+ * this much free space, rechecked after every BEHIND_RECHECK_BYTES written
+ * behind and at least every BEHIND_RECHECK_MS: a sparse backing file can run
+ * out of space on a pwrite, and an ENOSPC must reach the writer, not a later
+ * flush. Below the margin every write is written through.
+ */
+export const BEHIND_MIN_FREE = 512 * 1024 * 1024;
+const BEHIND_RECHECK_BYTES = 64 * 1024 * 1024;
+const BEHIND_RECHECK_MS = 1000;
 /** pwriteTimed's out-parameter: [wall ns, voluntary context switches]; one for the process (the loop is one thread). */
 const writeStats = new Float64Array(2);
 
@@ -100,6 +122,25 @@ export abstract class SectorDevice implements BlockDevice {
   private readonly syncWriteOk: boolean;
   /** Whether seal() changes the bytes (false for the passthrough): decides if a write may skip the copy. */
   protected abstract readonly transforms: boolean;
+  /** Read-ahead buffer: plaintext of sectors [raS0, raS0 + raN/SS) while raValid (see READ_AHEAD). */
+  private raBuf: Buffer | null = null;
+  private raS0 = 0;
+  private raN = 0;
+  private raValid = false;
+  /** Sector after the last fast-path read (-1: none): a read starting here is sequential. */
+  private lastReadEnd = -1;
+  /** Sector the scheduled read-ahead will start at; -1 when none is scheduled. */
+  private raNext = -1;
+  /** Read-ahead counters (tests, `ebsd status` some day): runs prefetched, reads served from them. */
+  readonly readAheadStats = { prefetched: 0, hits: 0 };
+  /** A write-behind completion still running on the pool (rare: see writeBehind); reads and flushes wait for it. */
+  private behind: Promise<void> | null = null;
+  /** The first write-behind that failed after its reply: every later flush reports it, and write-behind stops. */
+  private lostWrite: VolumeError | null = null;
+  /** Write-behind space check state (see BEHIND_MIN_FREE). */
+  private behindSpaceOk = false;
+  private behindCheckedAt = Number.NEGATIVE_INFINITY;
+  private behindBytes = 0;
 
   constructor(o: SectorDeviceOptions) {
     checkSafeInt('size', o.size, SS);
@@ -160,7 +201,18 @@ export abstract class SectorDevice implements BlockDevice {
     if (this.fastFd >= 0 && this.failure === null && offset % SS === 0 && length % SS === 0 && length > 0 && Buffer.isBuffer(into) &&
         Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && offset + length <= this._size &&
         Number.isSafeInteger(intoOffset) && intoOffset >= 0 && intoOffset + length <= into.length) {
+      if (this.behind !== null) return this.behind.then(() => this.read(offset, length, into, intoOffset));
       const s0 = offset / SS;
+      const s1 = s0 + length / SS;
+      const sequential = s0 === this.lastReadEnd;
+      this.lastReadEnd = s1;
+      if (this.raValid && s0 >= this.raS0 && s1 * SS <= this.raS0 * SS + this.raN) {
+        const from = (s0 - this.raS0) * SS;
+        this.raBuf!.copy(into, intoOffset, from, from + length);
+        this.readAheadStats.hits++;
+        if (from + length === this.raN) this.scheduleReadAhead(s1);
+        return Promise.resolve(length);
+      }
       let got: number;
       try {
         got = this.preadCached(into, intoOffset, length, s0);
@@ -177,6 +229,7 @@ export abstract class SectorDevice implements BlockDevice {
           this.leave();
           return Promise.reject(e);
         }
+        if (sequential) this.scheduleReadAhead(s1);
         if (r === undefined) {
           this.leave();
           return Promise.resolve(length);
@@ -209,6 +262,52 @@ export abstract class SectorDevice implements BlockDevice {
       done += n;
     }
     return done;
+  }
+
+  /**
+   * Prefetch and decrypt [s, s + READ_AHEAD) once the current request's reply
+   * is on its way: setImmediate runs after the FUSE adapter's callback has
+   * posted the reply (fuse-native signals from process.nextTick), so the work
+   * overlaps the kernel's transport instead of delaying the reply.
+   */
+  private scheduleReadAhead(s: number): void {
+    if (this.raNext < 0) setImmediate(this.runReadAhead);
+    this.raNext = s;
+  }
+
+  private readonly runReadAhead = (): void => {
+    const s = this.raNext;
+    this.raNext = -1;
+    // Never while a write is in progress (it may be half in the page cache) or behind.
+    if (s < 0 || this.failure !== null || this.behind !== null || this.lock.size > 0 || s * SS >= this._size) return;
+    const n = Math.min(READ_AHEAD, this._size - s * SS);
+    const buf = (this.raBuf ??= this.allocBuffer(READ_AHEAD));
+    this.raValid = false;
+    try {
+      if (this.preadCached(buf, 0, n, s) !== n) return; // not in the page cache: the request reads it itself
+      const run = buf.subarray(0, n);
+      const r = this.unseal(run, s);
+      if (r !== undefined) {
+        // Only runs larger than any FUSE request decrypt off the loop; READ_AHEAD is not one.
+        r.catch(() => {});
+        return;
+      }
+    } catch {
+      return; // the request itself will meet (and report) the error
+    }
+    this.raS0 = s;
+    this.raN = n;
+    this.raValid = true;
+    this.readAheadStats.prefetched++;
+  };
+
+  /** Drop the read-ahead (any write may change what it holds); wipe it when the device stops. */
+  private dropReadAhead(wipe: boolean): void {
+    this.raValid = false;
+    if (wipe && this.raBuf) {
+      this.raBuf.fill(0);
+      this.raBuf = null;
+    }
   }
 
   private async readSlow(offset: number, length: number, into: Buffer, intoOffset: number): Promise<number> {
@@ -264,7 +363,107 @@ export abstract class SectorDevice implements BlockDevice {
     return this.writeAny(offset, data, true);
   }
 
+  /**
+   * Write-behind, for the FUSE adapter: accept an aligned write of up to
+   * SYNC_WRITE_MAX bytes by copying it, so the caller can post its reply
+   * before the write is sealed and written. Returns the completion (seal +
+   * pwrite into the page cache), or null when this write must take write()
+   * instead (unaligned, contended, too large, O_DIRECT or a filesystem where
+   * the loop may not write, watchdog tripped, low free space, an earlier
+   * write-behind failed).
+   *
+   * The caller must run the completion before any other request of this
+   * device can run: the FUSE adapter calls it from process.nextTick right
+   * after fuse-native's own nextTick that posts the reply, so it runs on the
+   * event loop while the libfuse thread replies, and every later request
+   * (read, write, flush) sees the data. A write that acknowledged O_DIRECT
+   * caller thus overlaps the kernel's transport; like a disk's volatile write
+   * cache, it is durable only after a flush (fsync), which waits for it. If a
+   * completion fails (the pwrite that normally cannot: ENOSPC is kept away by
+   * BEHIND_MIN_FREE), the error is logged, reported by every later flush,
+   * and write-behind stops for this device.
+   */
+  writeBehind(offset: number, data: Uint8Array): (() => void) | null {
+    const len = data.length;
+    if (this.failure !== null || this.lostWrite !== null || this.behind !== null || this.fastFd < 0 || !this.syncWriteOk ||
+        len === 0 || len > SYNC_WRITE_MAX || offset % SS !== 0 || len % SS !== 0 ||
+        !Number.isSafeInteger(offset) || offset < 0 || offset + len > this._size || !syncWriteGuard.allowed() || !this.behindSpace(len)) {
+      return null;
+    }
+    const s0 = offset / SS;
+    const s1 = s0 + len / SS;
+    if (this.lock.overlaps(s0, s1)) return null;
+    const release = this.lock.acquire(s0, s1) as () => void;
+    this.inFlight++;
+    this.raValid = false;
+    const buf = this.pool.take(len) as Buffer;
+    buf.set(data);
+    return () => this.completeBehind(buf, s0, release);
+  }
+
+  private completeBehind(buf: Buffer, s0: number, release: () => void): void {
+    let sealed = false;
+    let put = 0;
+    try {
+      const r = this.seal(buf, s0);
+      if (r === undefined) {
+        sealed = true;
+        put = this.pwriteCached(buf, s0);
+        if (put === buf.length) {
+          this.pool.give(buf);
+          release();
+          this.leave();
+          return;
+        }
+      }
+      // Rare (the page cache did not take it all at once): finish on the pool;
+      // reads, flushes and further write-behinds wait for it.
+      this.behind = (async () => {
+        try {
+          if (!sealed) { await r; sealed = true; }
+          await this.pwriteFull(buf, s0, put);
+        } catch (e) {
+          this.loseWrite(e, s0);
+        } finally {
+          this.recycle(buf, sealed);
+          release();
+          this.behind = null;
+          this.leave();
+        }
+      })();
+    } catch (e) {
+      this.loseWrite(e, s0);
+      this.recycle(buf, sealed);
+      release();
+      this.leave();
+    }
+  }
+
+  private loseWrite(e: unknown, s0: number): void {
+    const cause = ioError(e, `volume ${this.volumeId} sector ${s0}: write`);
+    this.lostWrite ??= new VolumeError('VOLUME_IO', `volume ${this.volumeId}: a write acknowledged earlier could not be written (${cause.message})`, { cause });
+    this.log.error({ volumeId: this.volumeId, sector: s0, err: { code: cause.code, message: cause.message } }, 'write-behind failed after its reply; every later flush reports it');
+  }
+
+  /** Whether the backing filesystem has room for write-behind (see BEHIND_MIN_FREE). */
+  private behindSpace(len: number): boolean {
+    this.behindBytes += len;
+    const now = performance.now();
+    if (this.behindBytes >= BEHIND_RECHECK_BYTES || now - this.behindCheckedAt >= BEHIND_RECHECK_MS) {
+      this.behindBytes = 0;
+      this.behindCheckedAt = now;
+      try {
+        const st = statfsSync(`/proc/self/fd/${this.fastFd}`);
+        this.behindSpaceOk = st.bavail * st.bsize >= BEHIND_MIN_FREE;
+      } catch {
+        this.behindSpaceOk = false;
+      }
+    }
+    return this.behindSpaceOk;
+  }
+
   private writeAny(offset: number, data: Uint8Array, consume: boolean): Promise<number> {
+    this.raValid = false;
     let r: number | Promise<number>;
     try {
       this.enter();
@@ -415,12 +614,14 @@ export abstract class SectorDevice implements BlockDevice {
   async flush(): Promise<void> {
     this.enter();
     try {
+      if (this.behind !== null) await this.behind;
       await this.backing.datasync();
     } catch (e) {
       throw ioError(e, `volume ${this.volumeId}: fdatasync`);
     } finally {
       this.leave();
     }
+    if (this.lostWrite !== null) throw this.lostWrite;
   }
 
   /** pread + unseal of whole sectors; large runs in parallel chunks (see PARALLEL_MIN). */
@@ -457,6 +658,7 @@ export abstract class SectorDevice implements BlockDevice {
   async fail(err: VolumeError, after?: () => void | Promise<void>): Promise<void> {
     this.failure ??= err;
     await this.drain();
+    this.dropReadAhead(true);
     if (after) await after();
   }
 
@@ -471,6 +673,7 @@ export abstract class SectorDevice implements BlockDevice {
       });
     } finally {
       wipeKey?.();
+      this.dropReadAhead(true);
       this.pool.clear();
       await this.backing.close().catch(() => {});
     }

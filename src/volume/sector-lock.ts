@@ -41,6 +41,12 @@ export class SectorRangeLock {
     return Promise.all(waits).then(() => release);
   }
 
+  /** Whether any held range overlaps [s0, s1) (acquire would wait). */
+  overlaps(s0: number, s1: number): boolean {
+    for (const e of this.held) if (e.s0 < s1 && s0 < e.s1) return true;
+    return false;
+  }
+
   get size(): number {
     return this.held.length;
   }

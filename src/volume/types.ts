@@ -21,6 +21,12 @@ export interface BlockDevice {
    * the call, such as the FUSE adapter with libfuse's request memory.
    */
   writeConsuming?(offset: number, data: Buffer): Promise<number>;
-  /** fdatasync of the backing file. */
+  /**
+   * Write-behind (see SectorDevice.writeBehind): copy `data` and return the
+   * completion to run before any other request of this device, or null when
+   * the write must take write()/writeConsuming(). The caller replies first.
+   */
+  writeBehind?(offset: number, data: Uint8Array): (() => void) | null;
+  /** fdatasync of the backing file; also reports a write-behind that failed after its reply. */
   flush(): Promise<void>;
 }
