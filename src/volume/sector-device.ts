@@ -222,7 +222,8 @@ export abstract class SectorDevice implements BlockDevice {
       if (got === length) {
         this.inFlight++;
         let r: Promise<void> | void;
-        const target = into.subarray(intoOffset, intoOffset + length);
+        // (FUSE hands over a buffer of exactly the request's size: no subarray object then.)
+        const target = intoOffset === 0 && length === into.length ? into : into.subarray(intoOffset, intoOffset + length);
         try {
           r = this.unseal(target, s0);
         } catch (e) {
