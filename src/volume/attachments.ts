@@ -1,0 +1,393 @@
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import type { XtsEngine } from '../crypto/xts.js';
+import { wipe } from '../util/wipe.js';
+import type { KeyedMutex } from '../util/lock.js';
+import type { Catalog, VolumeRecord } from './catalog.js';
+import { AttachLock } from './attach-lock.js';
+import { openBackingFile } from './backing-file.js';
+import { EncryptedBlockDevice } from './encrypted-block-device.js';
+import { PlainBlockDevice } from './plain-block-device.js';
+import { KeyCache, type ImpairedEvent } from './key-cache.js';
+import { toKeyServiceError, type KeyService } from './key-service.js';
+import type { Attachment } from './attachment.js';
+import { verifyVolumeKey, type Luks2Volume } from './luks2-json.js';
+import { readLuks2 } from './luks2-header.js';
+import { VolumeError, incorrectState, invalidParameter, KeyServiceError } from './errors.js';
+import { readPlainImage } from './plain-image.js';
+
+/** The audit events attachments emit; the manager stamps the time (VolumeAuditEvent in volume-manager.ts). */
+export interface AttachmentAuditEvent {
+  eventName: 'AttachVolume' | 'DetachVolume' | 'VolumeImpaired';
+  volumeId: string;
+  principal?: string;
+  details?: Record<string, unknown>;
+}
+
+/** What the attachment orchestration takes from the VolumeManager that owns it (see VolumeManagerOptions for the options). */
+export interface AttachmentsDeps {
+  /** `<stateDir>/volumes`, where the images live. */
+  dir: string;
+  catalog: Catalog;
+  /** The manager's per-volume mutex: lifecycle and attachment operations on one volume never interleave. */
+  mutex: KeyedMutex;
+  /** Already guarded: failures arrive as KeyServiceError with the AWS name. */
+  ks: KeyService;
+  host: Caller;
+  /** kms:ViaService for calls made on the caller's behalf (`ec2.<region>.amazonaws.com`). */
+  viaService: string;
+  instanceId: string;
+  xtsEngine: XtsEngine;
+  keyCacheTtlMs?: number;
+  keyCacheMaxStaleMs?: number;
+  openCount?: (volumeId: string) => number;
+  onImpaired?: (ev: ImpairedEvent) => void;
+  log: Logger;
+  /** The catalog record of a volume id; throws the EC2 errors for a malformed or unknown id. */
+  record: (volumeId: string) => VolumeRecord;
+  /** Throws OperationNotPermitted unless the manager was opened with allowUnencrypted. */
+  checkUnencryptedAllowed: (what: 'attach') => void;
+  audit: (ev: AttachmentAuditEvent) => void;
+}
+
+/**
+ * Attachment orchestration for the VolumeManager (DESIGN §6). Attach: grant,
+ * unwrap, key cache, block device, image lock. Detach: drain, fdatasync, wipe,
+ * retire the grant. After a crash or restart: retire the grants a failed
+ * detach left behind, and re-attach volumes still recorded `in-use`.
+ * Holds the live attachments of this host; the catalog stays the source of truth.
+ */
+export class Attachments {
+  private readonly live = new Map<string, Attachment>();
+  private readonly dir: string;
+  private readonly catalog: Catalog;
+  private readonly mutex: KeyedMutex;
+  private readonly ks: KeyService;
+  private readonly host: Caller;
+  private readonly viaService: string;
+  private readonly instanceId: string;
+  private readonly log: Logger;
+  private readonly record: (volumeId: string) => VolumeRecord;
+  private readonly checkUnencryptedAllowed: (what: 'attach') => void;
+  private readonly audit: (ev: AttachmentAuditEvent) => void;
+  private openCount: (volumeId: string) => number;
+
+  constructor(private readonly o: AttachmentsDeps) {
+    this.dir = o.dir;
+    this.catalog = o.catalog;
+    this.mutex = o.mutex;
+    this.ks = o.ks;
+    this.host = o.host;
+    this.viaService = o.viaService;
+    this.instanceId = o.instanceId;
+    this.log = o.log;
+    this.record = o.record;
+    this.checkUnencryptedAllowed = o.checkUnencryptedAllowed;
+    this.audit = o.audit;
+    this.openCount = o.openCount ?? (() => 0);
+  }
+
+  /** The FUSE layer reports open handles through this. */
+  setOpenCountProvider(fn: (volumeId: string) => number): void {
+    this.openCount = fn;
+  }
+
+  /** The live attachment of a volume on this host, or undefined. */
+  get(volumeId: string): Attachment | undefined {
+    return this.live.get(volumeId);
+  }
+
+  /** Every live attachment, in attach order. */
+  list(): Attachment[] {
+    return [...this.live.values()];
+  }
+
+  // ---- AttachVolume ------------------------------------------------------
+
+  /**
+   * DESIGN §6: CreateGrant on the caller's behalf (grantee and retiring
+   * principal: the host; [Decrypt]; EncryptionContextSubset on the volume),
+   * Decrypt as the host with the grant token, check the key against the
+   * LUKS2 digest, then serve I/O. `Device` is informational.
+   */
+  async attachVolume(req: { VolumeId: string; InstanceId?: string; Device?: string }, caller: Caller) {
+    return this.mutex.run(req.VolumeId, async () => {
+      const rec = this.record(req.VolumeId);
+      if (this.live.has(rec.volumeId) || rec.state === 'in-use') {
+        throw new VolumeError('VOLUME_IN_USE', `vol ${rec.volumeId} is already attached to ${rec.attachment?.instanceId ?? this.instanceId}`, { awsName: 'VolumeInUse' });
+      }
+      if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
+      if (req.InstanceId !== undefined && req.InstanceId !== this.instanceId) throw invalidParameter(`This host is ${this.instanceId}`);
+      if (rec.pendingGrantRetirements?.length) await this.retirePending(rec);
+      if (rec.unencrypted) this.checkUnencryptedAllowed('attach');
+      const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
+      const att = await this.bringUp(rec, async (v) => {
+        if (!v) return { grantId: '', grantToken: '' }; // plaintext: no key, no grant
+        const g = await this.ks.createGrant(
+          {
+            KeyId: v.token.key_arn,
+            GranteePrincipal: this.host.arn,
+            RetiringPrincipal: this.host.arn,
+            Operations: ['Decrypt'],
+            Constraints: { EncryptionContextSubset: { 'aws:ebs:id': rec.volumeId } },
+            Name: `ebsd-attach-${rec.volumeId}`,
+          },
+          { ...caller, viaService: this.viaService },
+        );
+        // CreateGrant is idempotent by Name: a grant a failed detach left behind comes back as this one.
+        if (rec.pendingGrantRetirements?.some((p) => p.grantId === g.GrantId)) {
+          rec.pendingGrantRetirements = rec.pendingGrantRetirements.filter((p) => p.grantId !== g.GrantId);
+          if (!rec.pendingGrantRetirements.length) delete rec.pendingGrantRetirements;
+        }
+        return { grantId: g.GrantId, grantToken: g.GrantToken };
+      });
+      const attachTime = new Date().toISOString();
+      rec.state = 'in-use';
+      rec.attachment = { instanceId: this.instanceId, device, attachTime, hostPrincipal: this.host.arn, grantId: att.grantId, grantToken: att.grantToken };
+      await this.catalog.put(rec);
+      if (rec.unencrypted) {
+        this.log.warn({ volumeId: rec.volumeId, encrypted: false }, 'UNENCRYPTED volume attached: I/O is plaintext passthrough (measurement only)');
+      } else {
+        this.log.info({ volumeId: rec.volumeId, keyArn: att.keyArn, grantId: att.grantId }, 'volume attached');
+      }
+      this.audit({
+        eventName: 'AttachVolume', volumeId: rec.volumeId, principal: caller.arn,
+        details: rec.unencrypted ? { instanceId: this.instanceId, encrypted: false, cipher: 'none' } : { instanceId: this.instanceId, grantId: att.grantId },
+      });
+      return { VolumeId: rec.volumeId, InstanceId: this.instanceId, Device: device, State: 'attached' as const, AttachTime: attachTime };
+    });
+  }
+
+  /**
+   * After a daemon restart: bring back volumes recorded `in-use` on this
+   * host through the stored grant (Decrypt as the host, digest check). A
+   * volume that fails stays `in-use` and unattached; its error is returned.
+   */
+  async resumeAttachments(): Promise<{ resumed: string[]; failed: { volumeId: string; error: unknown }[] }> {
+    const resumed: string[] = [];
+    const failed: { volumeId: string; error: unknown }[] = [];
+    for (const r of this.catalog.list()) {
+      if (r.state !== 'in-use' || this.live.has(r.volumeId) || !r.attachment) continue;
+      try {
+        if (r.unencrypted) this.checkUnencryptedAllowed('attach');
+        await this.mutex.run(r.volumeId, () => this.bringUp(r, async () => ({ grantId: r.attachment!.grantId, grantToken: r.attachment!.grantToken }), true));
+        resumed.push(r.volumeId);
+        if (r.unencrypted) this.log.warn({ volumeId: r.volumeId, encrypted: false }, 'UNENCRYPTED volume re-attached: I/O is plaintext passthrough (measurement only)');
+      } catch (e) {
+        this.log.error({ volumeId: r.volumeId, err: errInfo(e) }, 'could not resume attachment');
+        failed.push({ volumeId: r.volumeId, error: e });
+      }
+    }
+    return { resumed, failed };
+  }
+
+  // ---- DetachVolume ------------------------------------------------------
+
+  /** Refuse while open unless Force; drain, fdatasync, wipe the key, retire the grant, catalog, audit. */
+  async detachVolume(req: { VolumeId: string; Force?: boolean }, caller: Caller) {
+    return this.mutex.run(req.VolumeId, async () => {
+      const rec = this.record(req.VolumeId);
+      if (rec.state !== 'in-use' || !rec.attachment) {
+        throw new VolumeError('VOLUME_NOT_ATTACHED', `Volume '${rec.volumeId}' is in the '${rec.state}' state.`, { awsName: 'IncorrectState' });
+      }
+      const att = this.live.get(rec.volumeId);
+      const open = att ? this.openCount(rec.volumeId) : 0;
+      if (open > 0 && !req.Force) {
+        throw new VolumeError('VOLUME_OPEN', `Volume ${rec.volumeId} is open (${open} handle(s)); close it or detach with Force`, { awsName: 'VolumeInUse' });
+      }
+      if (att) {
+        await att.keyCache?.stop();
+        await att.device.close(); // drain, fdatasync, wipe key, close fd
+        this.live.delete(rec.volumeId);
+        await att.lock.release();
+      }
+      let grantRetired = rec.attachment.grantId === '';
+      if (!grantRetired) {
+        const g = { grantId: rec.attachment.grantId, keyArn: att?.keyArn ?? rec.kmsKeyId, ...(rec.attachment.grantToken ? { grantToken: rec.attachment.grantToken } : {}) };
+        grantRetired = await this.retireOne(rec.volumeId, g, 'detach');
+        // The key is already wiped; a grant left behind only lets this host decrypt again.
+        // Keep it so the next start or attach retires it (never forget a live grant).
+        if (!grantRetired) (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
+      }
+      const a = rec.attachment;
+      delete rec.attachment;
+      rec.state = 'available';
+      await this.catalog.put(rec);
+      this.log.info({ volumeId: rec.volumeId, forced: !!req.Force, openHandles: open, grantRetired }, 'volume detached');
+      this.audit({ eventName: 'DetachVolume', volumeId: rec.volumeId, principal: caller.arn, details: { force: !!req.Force, openHandles: open, grantId: a.grantId, grantRetired } });
+      return { VolumeId: rec.volumeId, InstanceId: a.instanceId, Device: a.device, State: 'detached' as const, AttachTime: a.attachTime };
+    });
+  }
+
+  /** Shutdown: stop every attachment (drain, fdatasync, wipe) but keep catalog `in-use`, so a restart resumes them. */
+  async close(): Promise<void> {
+    for (const [id, att] of this.live) {
+      await this.mutex.run(id, async () => {
+        await att.keyCache?.stop();
+        await att.device.close();
+        await att.lock.release();
+        this.live.delete(id);
+      });
+    }
+  }
+
+  // ---- internals ---------------------------------------------------------
+
+  private async bringUp(
+    rec: VolumeRecord,
+    /** `v` is undefined for a plaintext volume (no LUKS2 header, no grant). */
+    grant: (v: Luks2Volume | undefined) => Promise<{ grantId: string; grantToken: string }>,
+    resuming = false,
+  ): Promise<Attachment & { grantToken: string }> {
+    const path = join(this.dir, rec.image);
+    const lock = await AttachLock.acquire(path, rec.volumeId);
+    let grantInfo: { grantId: string; grantToken: string } | null = null;
+    let key: Uint8Array | undefined;
+    try {
+      if (rec.unencrypted) {
+        // Measurement only (plain-image.ts): no key, no grant, no key cache.
+        const p = await readPlainImage(path);
+        if (p.volumeId !== rec.volumeId || p.size < rec.size) throw new VolumeError('VOLUME_TOKEN_MISMATCH', `plaintext image of ${rec.volumeId} names ${p.volumeId}`);
+        grantInfo = await grant(undefined);
+        const backing = await openBackingFile(path);
+        const device = new PlainBlockDevice({ volumeId: rec.volumeId, size: p.size, dataOffset: p.dataOffset, backing, logger: this.log });
+        const att: Attachment = { volumeId: rec.volumeId, device, keyCache: null, lock, keyArn: '', grantId: '' };
+        this.live.set(rec.volumeId, att);
+        return { ...att, grantToken: '' };
+      }
+      const h = await readLuks2(path);
+      const v = h.volume;
+      const ctx = { 'aws:ebs:id': rec.volumeId };
+      // Precondition: the token names this volume and binds the blob to it.
+      if (v.token.volume_id !== rec.volumeId || !sameContext(v.token.encryption_context, ctx) || v.size < rec.size) {
+        throw new VolumeError('VOLUME_TOKEN_MISMATCH', `image of ${rec.volumeId} carries the token of ${v.token.volume_id}`);
+      }
+      grantInfo = await grant(v);
+      let device: EncryptedBlockDevice;
+      let keyCache: KeyCache;
+      const backing = await openBackingFile(path);
+      {
+        const blob = Buffer.from(v.token.ciphertext_blob, 'base64');
+        const gt = grantInfo.grantToken;
+        const unwrap = async () =>
+          (await this.ks.decrypt({ CiphertextBlob: blob, KeyId: v.token.key_arn, EncryptionContext: ctx, GrantTokens: [gt] }, this.host)).Plaintext;
+        try {
+          key = await unwrap();
+          verifyVolumeKey(v, key); // Precondition of any I/O: the key matches the LUKS2 digest.
+          device = new EncryptedBlockDevice({ volumeId: rec.volumeId, size: v.size, dataOffset: v.dataOffset, backing, logger: this.log, xts: this.o.xtsEngine.createContext(key) });
+        } catch (e) {
+          await backing.close().catch(() => {});
+          throw e;
+        } finally {
+          wipe(key);
+        }
+        const dev = device;
+        keyCache = new KeyCache(dev, {
+          volumeId: rec.volumeId,
+          ...(this.o.keyCacheTtlMs !== undefined ? { ttlMs: this.o.keyCacheTtlMs } : {}),
+          ...(this.o.keyCacheMaxStaleMs !== undefined ? { maxStaleMs: this.o.keyCacheMaxStaleMs } : {}),
+          refresh: unwrap,
+          verify: (k) => verifyVolumeKey(v, k),
+          logger: this.log,
+          onImpaired: (ev) => {
+            this.audit({ eventName: 'VolumeImpaired', volumeId: ev.volumeId, principal: this.host.arn, details: { reason: ev.reason, awsName: ev.awsName } });
+            this.o.onImpaired?.(ev);
+          },
+        });
+        keyCache.start();
+      }
+      const att: Attachment = { volumeId: rec.volumeId, device, keyCache, lock, keyArn: v.token.key_arn, grantId: grantInfo.grantId };
+      this.live.set(rec.volumeId, att);
+      return { ...att, grantToken: grantInfo.grantToken };
+    } catch (e) {
+      if (grantInfo && grantInfo.grantId && !resuming) {
+        const g = { grantId: grantInfo.grantId, keyArn: rec.kmsKeyId, grantToken: grantInfo.grantToken };
+        if (!(await this.retireOne(rec.volumeId, g, 'failed attach'))) {
+          (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
+          await this.catalog.put(rec).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record a pending grant retirement'));
+        }
+      }
+      await lock.release();
+      this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'attach failed');
+      throw e;
+    }
+  }
+
+  // ---- grant retirement --------------------------------------------------
+
+  /**
+   * RetireGrant as the host (the grant's retiring principal), by grant token
+   * when we have it: the token names the grant without a key lookup, so a
+   * grant that is already gone answers NotFoundException (by KeyId+GrantId
+   * the core authorizes first, and the host, allowed only by the grant
+   * itself, gets AccessDeniedException once the grant is revoked).
+   *
+   * True when retrying is pointless: retired now, or KMS answered with an
+   * authoritative refusal (grant revoked or already retired, key deleted,
+   * denied). False only when KMS did not answer, so the grant may still be
+   * live and a later retry can succeed.
+   */
+  private async retireOne(volumeId: string, g: { grantId: string; keyArn: string; grantToken?: string }, when: string): Promise<boolean> {
+    try {
+      await this.ks.retireGrant(g.grantToken ? { GrantToken: g.grantToken } : { KeyId: g.keyArn, GrantId: g.grantId }, this.host);
+      return true;
+    } catch (e) {
+      const err = toKeyServiceError('RetireGrant', e);
+      if (err.authoritative) {
+        const gone = err.awsName === 'NotFoundException' || err.awsName === 'InvalidGrantIdException' || err.awsName === 'InvalidGrantTokenException';
+        this.log[gone ? 'info' : 'warn']({ volumeId, grantId: g.grantId, when, awsName: err.awsName }, gone ? 'attach grant already gone' : 'KMS refused RetireGrant; not retrying (revoke the grant as the account if it still exists)');
+        return true;
+      }
+      this.log.warn({ volumeId, grantId: g.grantId, when, err: errInfo(err) }, 'RetireGrant failed; grant kept for a later retry');
+      return false;
+    }
+  }
+
+  /** Retry the grant retirements a failed detach left on `rec`; updates the catalog. Never throws for KMS errors. */
+  async retirePending(rec: VolumeRecord): Promise<void> {
+    const before = rec.pendingGrantRetirements ?? [];
+    const left: NonNullable<VolumeRecord['pendingGrantRetirements']> = [];
+    for (const g of before) if (!(await this.retireOne(rec.volumeId, g, 'retry'))) left.push(g);
+    if (left.length === before.length) return;
+    if (left.length) rec.pendingGrantRetirements = left;
+    else delete rec.pendingGrantRetirements;
+    await this.catalog.put(rec);
+  }
+
+  /**
+   * Retire every attach grant a failed detach left behind (runs at open, and
+   * per volume before its next attach). Returns the grant ids still pending.
+   */
+  async retirePendingGrants(): Promise<string[]> {
+    const still: string[] = [];
+    for (const r of this.catalog.list()) {
+      if (!r.pendingGrantRetirements?.length) continue;
+      await this.mutex.run(r.volumeId, async () => {
+        const rec = this.catalog.get(r.volumeId);
+        if (!rec) return;
+        await this.retirePending(rec);
+        still.push(...(rec.pendingGrantRetirements ?? []).map((g) => g.grantId));
+      });
+    }
+    return still;
+  }
+}
+
+function sameContext(a: Record<string, string>, b: Record<string, string>): boolean {
+  const ka = Object.keys(a).sort();
+  const kb = Object.keys(b).sort();
+  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
+}
+
+/**
+ * What may be logged about an error: its class, code and AWS name, never payloads.
+ * Exported for volume-manager.ts, which imports this file (never the other way round).
+ */
+export function errInfo(e: unknown): Record<string, unknown> {
+  if (e instanceof KeyServiceError || e instanceof VolumeError || (e instanceof Error && 'code' in e)) {
+    const x = e as Error & { code?: unknown; awsName?: unknown };
+    return { type: x.name, code: x.code, awsName: x.awsName, message: x.message };
+  }
+  return { type: (e as Error)?.name ?? typeof e, message: (e as Error)?.message };
+}
