@@ -14,7 +14,7 @@ import { toKeyServiceError, type KeyService } from './key-service.js';
 import type { Attachment } from './attachment.js';
 import { verifyVolumeKey, type Luks2Volume } from './luks2-json.js';
 import { readLuks2 } from './luks2-header.js';
-import { VolumeError, incorrectState, invalidParameter, KeyServiceError } from './errors.js';
+import { VolumeError, incorrectState, invalidParameter, errInfo } from './errors.js';
 import { readPlainImage } from './plain-image.js';
 
 /** The audit events attachments emit; the manager stamps the time (VolumeAuditEvent in volume-manager.ts). */
@@ -378,16 +378,4 @@ function sameContext(a: Record<string, string>, b: Record<string, string>): bool
   const ka = Object.keys(a).sort();
   const kb = Object.keys(b).sort();
   return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
-}
-
-/**
- * What may be logged about an error: its class, code and AWS name, never payloads.
- * Exported for volume-manager.ts, which imports this file (never the other way round).
- */
-export function errInfo(e: unknown): Record<string, unknown> {
-  if (e instanceof KeyServiceError || e instanceof VolumeError || (e instanceof Error && 'code' in e)) {
-    const x = e as Error & { code?: unknown; awsName?: unknown };
-    return { type: x.name, code: x.code, awsName: x.awsName, message: x.message };
-  }
-  return { type: (e as Error)?.name ?? typeof e, message: (e as Error)?.message };
 }

@@ -71,3 +71,14 @@ export class KeyServiceError extends EbsdError {
     this.operation = operation;
   }
 }
+
+/**
+ * What may be logged about an error: its class, code and AWS name, never payloads.
+ */
+export function errInfo(e: unknown): Record<string, unknown> {
+  if (e instanceof EbsdError || (e instanceof Error && 'code' in e)) {
+    const x = e as Error & { code?: unknown; awsName?: unknown };
+    return { type: x.name, code: x.code, awsName: x.awsName, message: x.message };
+  }
+  return { type: (e as Error)?.name ?? typeof e, message: (e as Error)?.message };
+}
