@@ -15,6 +15,9 @@
 //                      of the libuv pool (what a page-cache hit costs without the hop)
 //   --extra-opts LIST  extra libfuse -o options on top of the daemon's (mounted through a
 //                      fuse-native subclass here instead of src/fuse's FuseMount)
+//   EBSD_DIST=DIR      (environment) serve with another build of dist/, e.g. an older commit's
+//                      (`git worktree add /tmp/old <commit>`, build it there), so that
+//                      fio-experiment.mjs can run old and new side by side in one session
 //
 // Prints "ready <encrypted-file> <plaintext-file> <enc-image> <plain-image>" once mounted;
 // unmounts and closes on SIGTERM/SIGINT.
