@@ -198,10 +198,11 @@ export abstract class SectorDevice implements BlockDevice {
    * (EAGAIN) or anything else takes the general path on the libuv pool.
    */
   read(offset: number, length: number, into: Buffer, intoOffset = 0): Promise<number> {
+    // A write-behind finishing on the pool (rare) is not in the page cache yet: wait for it.
+    if (this.behind !== null) return this.behind.then(() => this.read(offset, length, into, intoOffset));
     if (this.fastFd >= 0 && this.failure === null && offset % SS === 0 && length % SS === 0 && length > 0 && Buffer.isBuffer(into) &&
         Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && offset + length <= this._size &&
         Number.isSafeInteger(intoOffset) && intoOffset >= 0 && intoOffset + length <= into.length) {
-      if (this.behind !== null) return this.behind.then(() => this.read(offset, length, into, intoOffset));
       const s0 = offset / SS;
       const s1 = s0 + length / SS;
       const sequential = s0 === this.lastReadEnd;
