@@ -231,7 +231,8 @@ export abstract class SectorDevice implements BlockDevice {
           this.leave();
           return Promise.reject(e);
         }
-        if (sequential) this.scheduleReadAhead(s1);
+        // Only for FUSE-sized requests: a larger one would not fit in what we prefetch.
+        if (sequential && length <= READ_AHEAD) this.scheduleReadAhead(s1);
         if (r === undefined) {
           this.leave();
           return Promise.resolve(length);

@@ -94,6 +94,18 @@ describe.skipIf(nativeIo === null)('sequential read-ahead', () => {
     await dev.close();
   });
 
+  test('sequential reads larger than the read-ahead (not FUSE-sized) prefetch nothing', async () => {
+    const dev = await encDev();
+    const model = randomBytes(SIZE);
+    await dev.write(0, model);
+    for (let off = 0; off < SIZE; off += 1 << 20) {
+      expect((await readAt(dev, off, 1 << 20)).equals(model.subarray(off, off + (1 << 20)))).toBe(true);
+      await afterReply();
+    }
+    expect(dev.readAheadStats).toEqual({ prefetched: 0, hits: 0 });
+    await dev.close();
+  });
+
   test('a write into the prefetched range is never hidden by it (aligned, unaligned, write-behind)', async () => {
     const dev = await encDev();
     const model = randomBytes(SIZE);
