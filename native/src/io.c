@@ -20,6 +20,21 @@
  * write that really slept in the kernel (>= 1 voluntary switch) from a thread
  * that was merely preempted on a busy machine (involuntary switches only).
  *
+ * awaitLoopEvent(maxUs) busy-waits up to maxUs microseconds for the next
+ * uv_async wake-up of the calling thread's event loop (a FUSE request handed
+ * over by a libfuse thread, a pool job done): 1 if one arrived, 0 if one was
+ * already pending (no wait), -1 if none came. The daemon calls it between two
+ * requests of a sequential stream instead of letting the loop sleep in
+ * epoll_wait, because waking a sleeping vCPU on these VMs costs more than the
+ * gap (src/volume/native-io.ts, STREAM_POLL_US). It works on libuv's async
+ * eventfd (loop->async_io_watcher.fd, from uv.h's private fields, same libuv as
+ * the node binary we build against): fuse-native's reply to every request
+ * detaches a buffer, and Node's buffer finaliser posts a uv_async to this
+ * very loop, so the fd is nearly always readable when we come to poll. The
+ * count read (consumed) first says whether anything besides that one is
+ * pending; after the wait it is written back, so libuv still runs every
+ * handle it belongs to and no wake-up is lost.
+ *
  * The first two are synchronous and cheap by construction; neither ever blocks on the
  * device. Expected "would block" outcomes are returned as negative errno
  * (-EAGAIN, -EOPNOTSUPP) instead of thrown, so the fast path allocates no
@@ -30,6 +45,9 @@
 #include "ebsd_native.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <uv.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -161,11 +179,47 @@ static napi_value pwrite_timed(napi_env env, napi_callback_info info) {
   return io_result(env, r, err, "pwrite", 0);
 }
 
+static napi_value await_loop_event(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) return ebsd_throw(env, "ERR_ARG_TYPE", "expected (maxUs)");
+  int64_t max_us;
+  if (!ebsd_get_int(env, argv[0], "maxUs", 0, 1000000LL, &max_us)) return NULL;
+  struct uv_loop_s *loop = NULL;
+  NAPI_CALL(env, napi_get_uv_event_loop(env, &loop));
+  /* libuv's uv_async wake-up eventfd (Linux), shared by every uv_async_t of the loop. */
+  int fd = loop->async_io_watcher.fd;
+  uint64_t taken = 0;
+  if (read(fd, &taken, sizeof taken) != (ssize_t)sizeof taken) taken = 0;
+  int result = 0;
+  if (taken < 2) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    result = -1;
+    for (;;) {
+      if (poll(&pfd, 1, 0) > 0) { result = 1; break; }
+      clock_gettime(CLOCK_MONOTONIC, &t);
+      if ((t.tv_sec - t0.tv_sec) * 1000000LL + (t.tv_nsec - t0.tv_nsec) / 1000 >= max_us) break;
+    }
+  }
+  /* Give back what we took, so libuv still runs the handles it belongs to. */
+  if (taken > 0) {
+    ssize_t w;
+    do w = write(fd, &taken, sizeof taken); while (w < 0 && errno == EINTR);
+  }
+  napi_value out;
+  NAPI_CALL(env, napi_create_int32(env, result, &out));
+  return out;
+}
+
 napi_status ebsd_init_io(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pwriteNowait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pwriteTimed", NULL, pwrite_timed, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"awaitLoopEvent", NULL, await_loop_event, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

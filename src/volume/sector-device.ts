@@ -4,7 +4,7 @@ import { silentLogger } from '../util/logger.js';
 import { checkSafeInt, ArgTypeError } from '../util/errors.js';
 import type { BlockDevice } from './types.js';
 import { FdBackingFile, ioError, type BackingFile } from './backing-file.js';
-import { nativeIo, syncWriteGuard, syncWriteSafe, EAGAIN, EOPNOTSUPP } from './native-io.js';
+import { nativeIo, syncWriteGuard, syncWriteSafe, streamPoller, EAGAIN, EOPNOTSUPP } from './native-io.js';
 import { SectorRangeLock } from './sector-lock.js';
 import { VolumeError } from './errors.js';
 import { SECTOR_SIZE } from './luks2-json.js';
@@ -129,6 +129,8 @@ export abstract class SectorDevice implements BlockDevice {
   private raValid = false;
   /** Sector after the last fast-path read (-1: none): a read starting here is sequential. */
   private lastReadEnd = -1;
+  /** Sector after the last write-behind (-1: none): a write starting there continues a sequential stream. */
+  private lastWriteEnd = -1;
   /** Sector the scheduled read-ahead will start at; -1 when none is scheduled. */
   private raNext = -1;
   /** Read-ahead counters (tests, `ebsd status` some day): runs prefetched, reads served from them. */
@@ -212,6 +214,7 @@ export abstract class SectorDevice implements BlockDevice {
         this.raBuf!.copy(into, intoOffset, from, from + length);
         this.readAheadStats.hits++;
         if (from + length === this.raN) this.scheduleReadAhead(s1);
+        if (sequential) streamPoller.request();
         return Promise.resolve(length);
       }
       let got: number;
@@ -232,7 +235,10 @@ export abstract class SectorDevice implements BlockDevice {
           return Promise.reject(e);
         }
         // Only for FUSE-sized requests: a larger one would not fit in what we prefetch.
-        if (sequential && length <= READ_AHEAD) this.scheduleReadAhead(s1);
+        if (sequential && length <= READ_AHEAD) {
+          this.scheduleReadAhead(s1);
+          streamPoller.request();
+        }
         if (r === undefined) {
           this.leave();
           return Promise.resolve(length);
@@ -397,6 +403,8 @@ export abstract class SectorDevice implements BlockDevice {
     const s1 = s0 + len / SS;
     if (this.lock.overlaps(s0, s1)) return null;
     const release = this.lock.acquire(s0, s1) as () => void;
+    if (s0 === this.lastWriteEnd) streamPoller.request();
+    this.lastWriteEnd = s1;
     this.inFlight++;
     this.raValid = false;
     const buf = this.pool.take(len) as Buffer;

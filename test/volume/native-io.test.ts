@@ -2,6 +2,8 @@ import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
 import { nativeIo, EAGAIN, EOPNOTSUPP, SyncWriteGuard, syncWriteSafe } from '../../src/volume/native-io.js';
 import { tmpDir } from './helpers/image.js';
 import { evictFromPageCache } from './helpers/page-cache.js';
@@ -101,6 +103,31 @@ describe.skipIf(nativeIo === null)('native io.c', () => {
     } finally {
       closeSync(ro);
     }
+  });
+
+  test('awaitLoopEvent: times out on an idle loop, returns 1 when another thread wakes the loop, and loses no wake-up', async () => {
+    // Idle: nothing wakes this loop during 300 µs (retried: a stray pool completion may).
+    let idle = 0;
+    for (let i = 0; i < 10 && idle !== -1; i++) {
+      await new Promise((r) => setImmediate(r));
+      idle = io.awaitLoopEvent!(300);
+    }
+    expect(idle).toBe(-1);
+    // A worker's message reaches this loop as a uv_async_send: the poll sees it.
+    const w = new Worker("require('node:worker_threads').parentPort.once('message', (p) => setTimeout(() => p.postMessage('hi'), 20))", { eval: true });
+    try {
+      await once(w, 'online');
+      const { port1, port2 } = new MessageChannel();
+      const got = once(port1, 'message');
+      w.postMessage(port2, [port2]);
+      expect(io.awaitLoopEvent!(1_000_000)).toBe(1);
+      // The poll consumed nothing: the message is still delivered.
+      expect((await got)[0]).toBe('hi');
+      port1.close();
+    } finally {
+      await w.terminate();
+    }
+    expect(() => io.awaitLoopEvent!(-1)).toThrow(/maxUs/);
   });
 
   test('errors: bad fd throws like node:fs, arguments are range-checked', () => {
