@@ -33,14 +33,14 @@ const MIN_CHUNK = 64 * 1024;
  */
 export const SYNC_WRITE_MAX = 128 * 1024;
 /**
- * Sequential read-ahead: when a read
- * starts where the previous one ended, the next READ_AHEAD bytes are read
- * from the page cache and decrypted right after the reply has been posted,
- * while the kernel carries the reply and the next request. A FUSE direct
- * read of 1 MiB arrives as eight 128 KiB requests one after the other (no
- * FUSE_ASYNC_DIO in libfuse 2.9), so without it every request waits for its
- * own decrypt; with it the decrypt overlaps the transport and a hit is one
- * memcpy, as for the passthrough. Measured in docs/perf-notes.md §6.
+ * Sequential read-ahead: when a FUSE-sized read starts where the previous one
+ * ended, the next READ_AHEAD bytes are read from the page cache and decrypted
+ * right after the reply has been posted, while the kernel carries the reply
+ * and the next request. A FUSE direct read of 1 MiB arrives as eight 128 KiB
+ * requests one after the other (no FUSE_ASYNC_DIO in libfuse 2.9), so without
+ * it every request waits for its own decrypt; with it the decrypt overlaps the
+ * transport and a hit is one memcpy from a buffer still in the CPU cache (for
+ * the passthrough too). Measured in docs/perf-notes.md §6.
  */
 export const READ_AHEAD = 128 * 1024;
 /**
