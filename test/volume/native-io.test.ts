@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { nativeIo, EAGAIN, EOPNOTSUPP, SyncWriteGuard, syncWriteSafe } from '../../src/volume/native-io.js';
+import { nativeIo, EAGAIN, EOPNOTSUPP, SyncWriteGuard, syncWriteSafe, streamPoller } from '../../src/volume/native-io.js';
 import { tmpDir } from './helpers/image.js';
 import { evictFromPageCache } from './helpers/page-cache.js';
 
@@ -128,6 +128,38 @@ describe.skipIf(nativeIo === null)('native io.c', () => {
       await w.terminate();
     }
     expect(() => io.awaitLoopEvent!(-1)).toThrow(/maxUs/);
+  });
+
+  test('streamPoller: at most one poll per loop turn; after a timeout it skips 2, then 4 chances', async () => {
+    const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+    await turn();
+    const polls = (): number => streamPoller.outcomes.reduce((a, b) => a + b, 0);
+    // Reach a known state: poll until one times out on this idle loop.
+    let before = streamPoller.outcomes[0];
+    for (let i = 0; i < 600 && streamPoller.outcomes[0] === before; i++) {
+      streamPoller.request();
+      await turn();
+    }
+    expect(streamPoller.outcomes[0]).toBe(before + 1);
+    // The backoff is now 2 (fresh) or more (earlier timeouts in this process); count the skips.
+    const skipsUntilPoll = async (): Promise<number> => {
+      const start = polls();
+      let skipped = 0;
+      while (polls() === start) {
+        streamPoller.request();
+        streamPoller.request(); // twice in one turn: still one poll (or one skip)
+        await turn();
+        if (polls() === start) skipped++;
+      }
+      return skipped;
+    };
+    before = streamPoller.outcomes[0];
+    const first = await skipsUntilPoll();
+    expect(first).toBeGreaterThanOrEqual(2);
+    const timedOutAgain = streamPoller.outcomes[0] > before; // near certain on an idle loop
+    const second = await skipsUntilPoll();
+    // Timed out again: the skips double; an event arrived: the backoff resets (none).
+    expect(second).toBe(timedOutAgain ? Math.min(first * 2, 256) : 0);
   });
 
   test('errors: bad fd throws like node:fs, arguments are range-checked', () => {
