@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
@@ -7,8 +7,8 @@ import { FdBackingFile, openBackingFile } from '../../src/volume/backing-file.js
 import { nativeIo, syncWriteGuard } from '../../src/volume/native-io.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { tmpDir, VOL, freshImage } from './helpers/image.js';
+import { openEncrypted, diskSector as readDiskSector } from './helpers/device.js';
 import { xtsSector } from './helpers/node-xts.js';
-import { testEngine } from './helpers/engine.js';
 import { evictFromPageCache } from './helpers/page-cache.js';
 
 // The page-cache fast paths of SectorDevice (docs/perf-notes.md §4): reads with
@@ -39,20 +39,9 @@ async function counted(): Promise<{ backing: FdBackingFile; calls: { read: numbe
   return { backing, calls };
 }
 
-async function encDev(backing: FdBackingFile): Promise<EncryptedBlockDevice> {
-  return new EncryptedBlockDevice({ volumeId: VOL, size: SIZE, dataOffset: LUKS2_DATA_OFFSET, backing, xts: (await testEngine()).createContext(key) });
-}
+const encDev = (backing: FdBackingFile): Promise<EncryptedBlockDevice> => openEncrypted(img, key, SIZE, backing);
 
-function diskSector(s: number): Buffer {
-  const fd = openSync(img, 'r');
-  try {
-    const b = Buffer.alloc(SS);
-    readSync(fd, b, 0, SS, LUKS2_DATA_OFFSET + s * SS);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
+const diskSector = (s: number): Buffer => readDiskSector(img, s);
 
 function expectCiphertext(model: Buffer, sectors: Iterable<number>): void {
   for (const s of sectors) {

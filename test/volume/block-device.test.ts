@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { openSync, closeSync, readSync, constants } from 'node:fs';
+import { openSync, constants } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
@@ -7,8 +7,8 @@ import { FdBackingFile, openBackingFile, type BackingFile } from '../../src/volu
 import { VolumeError } from '../../src/volume/errors.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { tmpDir, VOL, freshImage } from './helpers/image.js';
+import { openEncrypted, diskSector as readDiskSector } from './helpers/device.js';
 import { xtsSector } from './helpers/node-xts.js';
-import { testEngine } from './helpers/engine.js';
 
 const SS = 4096;
 const SIZE = 1 << 20;
@@ -21,26 +21,9 @@ beforeEach(async () => {
 });
 afterEach(() => t.cleanup());
 
-async function openDev(backing?: BackingFile): Promise<EncryptedBlockDevice> {
-  return new EncryptedBlockDevice({
-    volumeId: VOL,
-    size: SIZE,
-    dataOffset: LUKS2_DATA_OFFSET,
-    backing: backing ?? (await openBackingFile(img)),
-    xts: (await testEngine()).createContext(key),
-  });
-}
+const openDev = (backing?: BackingFile): Promise<EncryptedBlockDevice> => openEncrypted(img, key, SIZE, backing);
 
-function diskSector(s: number): Buffer {
-  const fd = openSync(img, 'r');
-  try {
-    const b = Buffer.alloc(SS);
-    readSync(fd, b, 0, SS, LUKS2_DATA_OFFSET + s * SS);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
+const diskSector = (s: number): Buffer => readDiskSector(img, s);
 
 describe('EncryptedBlockDevice', () => {
   test('never-written sectors read as zeros and stay holes on disk', async () => {

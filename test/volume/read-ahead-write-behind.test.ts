@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { closeSync, openSync, readSync, statfsSync } from 'node:fs';
+import { openSync, statfsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
@@ -8,8 +8,8 @@ import { FdBackingFile, openBackingFile } from '../../src/volume/backing-file.js
 import { nativeIo, syncWriteGuard } from '../../src/volume/native-io.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { tmpDir, VOL, freshImage } from './helpers/image.js';
+import { openEncrypted, diskSector as readDiskSector } from './helpers/device.js';
 import { xtsSector } from './helpers/node-xts.js';
-import { testEngine } from './helpers/engine.js';
 
 // Sequential read-ahead and write-behind of SectorDevice (docs/perf-notes.md §6):
 // what a read returns must never depend on whether it was served from the
@@ -28,26 +28,12 @@ beforeEach(async () => {
 });
 afterEach(() => t.cleanup());
 
-async function encDev(backing?: FdBackingFile): Promise<EncryptedBlockDevice> {
-  return new EncryptedBlockDevice({
-    volumeId: VOL, size: SIZE, dataOffset: LUKS2_DATA_OFFSET,
-    backing: backing ?? (await openBackingFile(img)), xts: (await testEngine()).createContext(key),
-  });
-}
+const encDev = (backing?: FdBackingFile): Promise<EncryptedBlockDevice> => openEncrypted(img, key, SIZE, backing);
 
 /** The turn of the event loop after a reply: where the read-ahead runs (setImmediate). */
 const afterReply = (): Promise<void> => new Promise((r) => setImmediate(r));
 
-function diskSector(s: number): Buffer {
-  const fd = openSync(img, 'r');
-  try {
-    const b = Buffer.alloc(SS);
-    readSync(fd, b, 0, SS, LUKS2_DATA_OFFSET + s * SS);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
+const diskSector = (s: number): Buffer => readDiskSector(img, s);
 
 /** Whether the test directory's filesystem leaves room for write-behind at all. */
 function roomForWriteBehind(): boolean {
