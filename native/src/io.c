@@ -117,7 +117,8 @@ static napi_value io_result(napi_env env, ssize_t r, int err, const char *syscal
   return NULL;
 }
 
-static napi_value pread_nowait(napi_env env, napi_callback_info info) {
+/* preadv2 / pwritev2 with RWF_NOWAIT of (fd, buf, off, len, pos). */
+static napi_value io_nowait(napi_env env, napi_callback_info info, int write) {
   int fd;
   uint8_t *p;
   size_t len;
@@ -125,24 +126,15 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
   if (!io_parse(env, info, &fd, &p, &len, &pos)) return NULL;
   struct iovec iov = {p, len};
   ssize_t r;
-  do r = preadv2(fd, &iov, 1, pos, RWF_NOWAIT); while (r < 0 && errno == EINTR);
+  do r = write ? pwritev2(fd, &iov, 1, pos, RWF_NOWAIT) : preadv2(fd, &iov, 1, pos, RWF_NOWAIT);
+  while (r < 0 && errno == EINTR);
   /* Kernels before 4.14 reject the flag with EOPNOTSUPP: report it like a miss. */
   int err = errno;
-  return io_result(env, r, err, "preadv2", 1);
+  return io_result(env, r, err, write ? "pwritev2" : "preadv2", 1);
 }
 
-static napi_value pwrite_nowait(napi_env env, napi_callback_info info) {
-  int fd;
-  uint8_t *p;
-  size_t len;
-  off_t pos;
-  if (!io_parse(env, info, &fd, &p, &len, &pos)) return NULL;
-  struct iovec iov = {p, len};
-  ssize_t r;
-  do r = pwritev2(fd, &iov, 1, pos, RWF_NOWAIT); while (r < 0 && errno == EINTR);
-  int err = errno;
-  return io_result(env, r, err, "pwritev2", 1);
-}
+static napi_value pread_nowait(napi_env env, napi_callback_info info) { return io_nowait(env, info, 0); }
+static napi_value pwrite_nowait(napi_env env, napi_callback_info info) { return io_nowait(env, info, 1); }
 
 static napi_value pwrite_timed(napi_env env, napi_callback_info info) {
   size_t argc = 6;
