@@ -415,39 +415,36 @@ export abstract class SectorDevice implements BlockDevice {
   private completeBehind(buf: Buffer, s0: number, release: () => void): void {
     let sealed = false;
     let put = 0;
-    try {
-      const r = this.seal(buf, s0);
-      if (r === undefined) {
-        sealed = true;
-        put = this.pwriteCached(buf, s0);
-        if (put === buf.length) {
-          this.pool.give(buf);
-          release();
-          this.leave();
-          return;
-        }
-      }
-      // Rare (the page cache did not take it all at once): finish on the pool;
-      // reads, flushes and further write-behinds wait for it.
-      this.behind = (async () => {
-        try {
-          if (!sealed) { await r; sealed = true; }
-          await this.pwriteFull(buf, s0, put);
-        } catch (e) {
-          this.loseWrite(e, s0);
-        } finally {
-          this.recycle(buf, sealed);
-          release();
-          this.behind = null;
-          this.leave();
-        }
-      })();
-    } catch (e) {
-      this.loseWrite(e, s0);
+    let sealing: Promise<void> | void;
+    const finish = (): void => {
       this.recycle(buf, sealed);
       release();
       this.leave();
+    };
+    try {
+      sealing = this.seal(buf, s0);
+      if (sealing === undefined) {
+        sealed = true;
+        put = this.pwriteCached(buf, s0);
+        if (put === buf.length) return finish();
+      }
+    } catch (e) {
+      this.loseWrite(e, s0);
+      return finish();
     }
+    // Rare (the page cache did not take it all at once): finish on the pool;
+    // reads, flushes and further write-behinds wait for it.
+    this.behind = (async () => {
+      try {
+        if (!sealed) { await sealing; sealed = true; }
+        await this.pwriteFull(buf, s0, put);
+      } catch (e) {
+        this.loseWrite(e, s0);
+      } finally {
+        this.behind = null;
+        finish();
+      }
+    })();
   }
 
   private loseWrite(e: unknown, s0: number): void {
