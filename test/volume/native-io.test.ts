@@ -120,6 +120,9 @@ describe.skipIf(nativeIo === null)('native io.c', () => {
       const { port1, port2 } = new MessageChannel();
       const got = once(port1, 'message');
       w.postMessage(port2, [port2]);
+      // One loop turn first, so wake-ups already pending (the worker starting up) are
+      // run and the poll below waits for the worker's message (else it may answer 0).
+      await new Promise((r) => setImmediate(r));
       expect(io.awaitLoopEvent!(1_000_000)).toBe(1);
       // The poll consumed nothing: the message is still delivered.
       expect((await got)[0]).toBe('hi');
