@@ -40,13 +40,13 @@ const TARGETS = [
 // One row per figure. `higher`: true when bigger is better. Reference figures: the
 // issue's no-op fuse-native measurements on a 2-core machine of this kind.
 const ROWS = [
-  { id: 'seq-read', workload: 'seq-read', label: '1 MiB seq read, QD8', chart: ['1 MiB seq read', 'QD8'], unit: 'MB/s', higher: true, ref: 1000, pick: m => m.bwMBps },
-  { id: 'seq-write', workload: 'seq-write', label: '1 MiB seq write, QD8', chart: ['1 MiB seq write', 'QD8'], unit: 'MB/s', higher: true, ref: 850, pick: m => m.bwMBps },
-  { id: 'rand-read', workload: 'rand-read', label: '4 KiB rand read, 4×QD32', chart: ['4K rand read', '4×QD32'], unit: 'IOPS', higher: true, ref: 36000, pick: m => m.iops },
-  { id: 'rand-write', workload: 'rand-write', label: '4 KiB rand write, 4×QD32', chart: ['4K rand write', '4×QD32'], unit: 'IOPS', higher: true, ref: 11000, pick: m => m.iops },
-  { id: 'rand-rw', workload: 'rand-rw', label: '4 KiB 70/30 mix, 4×QD32', chart: ['4K 70/30 mix', '4×QD32'], unit: 'IOPS', higher: true, ref: null, pick: m => m.iops },
-  { id: 'lat-mean', workload: 'lat-read', label: '4 KiB rand read QD1, mean', chart: ['4K read QD1', 'mean latency'], unit: 'µs', higher: false, ref: null, pick: m => m.latMeanUs },
-  { id: 'lat-p99', workload: 'lat-read', label: '4 KiB rand read QD1, p99', chart: ['4K read QD1', 'p99 latency'], unit: 'µs', higher: false, ref: null, pick: m => m.latP99Us }
+  { id: 'seq-read', workload: 'seq-read', label: '1 MiB seq read, QD8', chart: ['1 MiB seq read', 'QD8'], unit: 'MB/s', higher: true, ref: 1000, metric: 'bwMBps' },
+  { id: 'seq-write', workload: 'seq-write', label: '1 MiB seq write, QD8', chart: ['1 MiB seq write', 'QD8'], unit: 'MB/s', higher: true, ref: 850, metric: 'bwMBps' },
+  { id: 'rand-read', workload: 'rand-read', label: '4 KiB rand read, 4×QD32', chart: ['4K rand read', '4×QD32'], unit: 'IOPS', higher: true, ref: 36000, metric: 'iops' },
+  { id: 'rand-write', workload: 'rand-write', label: '4 KiB rand write, 4×QD32', chart: ['4K rand write', '4×QD32'], unit: 'IOPS', higher: true, ref: 11000, metric: 'iops' },
+  { id: 'rand-rw', workload: 'rand-rw', label: '4 KiB 70/30 mix, 4×QD32', chart: ['4K 70/30 mix', '4×QD32'], unit: 'IOPS', higher: true, ref: null, metric: 'iops' },
+  { id: 'lat-mean', workload: 'lat-read', label: '4 KiB rand read QD1, mean', chart: ['4K read QD1', 'mean latency'], unit: 'µs', higher: false, ref: null, metric: 'latMeanUs' },
+  { id: 'lat-p99', workload: 'lat-read', label: '4 KiB rand read QD1, p99', chart: ['4K read QD1', 'p99 latency'], unit: 'µs', higher: false, ref: null, metric: 'latP99Us' }
 ]
 
 const GOALS = { encOverPlain: 0.90, plainOverCeiling: 0.80, encP99OverCeilingP99: 1.5 }
@@ -115,28 +115,35 @@ if (!args.results || !args.meta) {
 }
 
 const meta = JSON.parse(readFileSync(args.meta, 'utf8'))
-// Several rounds of one target x workload (<target>--<workload>--rN.json): each
-// figure is the median over the rounds (the machine is shared; one noisy round
-// should not decide a ratio). The rounds themselves are kept under `rounds`.
+// Several rounds of one target x workload (<target>--<workload>--rN.json). Each
+// figure shown is the median over the rounds; each RATIO is the median of the
+// per-round ratios: fio.sh runs the targets of one workload back to back within a
+// round, so a pair measured seconds apart shares the machine's state, while two
+// per-target medians may come from different rounds (the machine is shared and
+// its speed moves 2-3x within a run). Every round's values and ratios are kept.
 const runs = {}
-for (const f of readdirSync(args.results).sort()) {
+for (const f of readdirSync(args.results)) {
   if (!f.endsWith('.json')) continue
-  const [target, workload] = basename(f, '.json').split('--')
-  ;((runs[workload] ??= {})[target] ??= []).push(metrics(join(args.results, f)))
+  const [target, workload, r = 'r1'] = basename(f, '.json').split('--')
+  ;((runs[workload] ??= {})[target] ??= []).push({ round: Number(r.slice(1)), m: metrics(join(args.results, f)) })
 }
 const median = xs => {
   const a = xs.filter(x => x !== null && x !== undefined).sort((p, q) => p - q)
   if (!a.length) return null
   return a.length % 2 ? a[(a.length - 1) / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2
 }
+const PER_ROUND = ['bwMBps', 'iops', 'latMeanUs', 'latP99Us']
 const raw = FROM_SUMMARY ? FROM_SUMMARY.perWorkload : {}
 for (const [w, byT] of Object.entries(runs)) {
   raw[w] = {}
-  for (const [t, list] of Object.entries(byT)) {
+  for (const [t, entries] of Object.entries(byT)) {
+    entries.sort((a, b) => a.round - b.round)
+    const list = entries.map(e => e.m)
     const m = {}
     for (const k of Object.keys(list[0])) m[k] = typeof list[0][k] === 'number' ? median(list.map(x => x[k])) : list[0][k]
     m.rounds = list.length
     m.roundValues = list.map(x => (w.startsWith('seq') ? x.bwMBps : w === 'lat-read' ? x.latMeanUs : x.iops))
+    m.perRound = entries.map(({ round, m: x }) => Object.fromEntries([['round', round], ...PER_ROUND.map(k => [k, x[k]])]))
     raw[w][t] = m
   }
 }
@@ -149,12 +156,34 @@ const speed = (higherIsBetter, a, b) => {
   if (a == null || b == null || a === 0 || b === 0) return null
   return higherIsBetter ? a / b : b / a
 }
+// The ratio of two targets, round by round (rounds both measured), and its median.
+// Summaries written before per-round figures were kept fall back to the ratio of
+// the medians.
+const RATIO_PAIRS = {
+  encryptedOverPlaintext: ['encrypted', 'plaintext'],
+  plaintextOverCeiling: ['plaintext', 'ceiling'],
+  encryptedOverCeiling: ['encrypted', 'ceiling'],
+  rawOverCeiling: ['raw', 'ceiling']
+}
+function pairedRatio (row, a, b, v) {
+  const ra = raw[row.workload]?.[a]?.perRound; const rb = raw[row.workload]?.[b]?.perRound
+  if (!ra || !rb) return { median: speed(row.higher, v[a], v[b]), rounds: [], min: null, max: null }
+  const rounds = []
+  for (const x of ra) {
+    const y = rb.find(z => z.round === x.round)
+    const q = y ? speed(row.higher, x[row.metric], y[row.metric]) : null
+    if (q !== null) rounds.push(q)
+  }
+  if (!rounds.length) return { median: null, rounds, min: null, max: null }
+  return { median: median(rounds), rounds, min: Math.min(...rounds), max: Math.max(...rounds) }
+}
 const rows = ROWS.map(row => {
   const v = {}
   for (const t of TARGETS) {
     const m = raw[row.workload]?.[t.id]
-    v[t.id] = m ? row.pick(m) : null
+    v[t.id] = m ? m[row.metric] : null
   }
+  const paired = Object.fromEntries(Object.entries(RATIO_PAIRS).map(([k, [a, b]]) => [k, pairedRatio(row, a, b, v)]))
   return {
     id: row.id,
     label: row.label,
@@ -163,12 +192,9 @@ const rows = ROWS.map(row => {
     higherIsBetter: row.higher,
     reference: row.ref,
     values: v,
-    ratios: {
-      encryptedOverPlaintext: speed(row.higher, v.encrypted, v.plaintext),
-      plaintextOverCeiling: speed(row.higher, v.plaintext, v.ceiling),
-      encryptedOverCeiling: speed(row.higher, v.encrypted, v.ceiling),
-      rawOverCeiling: speed(row.higher, v.raw, v.ceiling)
-    }
+    ratios: Object.fromEntries(Object.entries(paired).map(([k, p]) => [k, p.median])),
+    roundRatios: Object.fromEntries(Object.entries(paired).map(([k, p]) => [k, p.rounds])),
+    ratiosOfMedians: Object.fromEntries(Object.entries(RATIO_PAIRS).map(([k, [a, b]]) => [k, speed(row.higher, v[a], v[b])]))
   }
 })
 
@@ -181,7 +207,8 @@ const minOf = key => {
   return best
 }
 const latP99 = rows.find(r => r.id === 'lat-p99')
-const encP99 = latP99.values.encrypted; const ceilP99 = latP99.values.ceiling
+// Encrypted p99 ÷ ceiling p99 (a slowdown, so not a speed ratio), round by round.
+const p99Ratio = pairedRatio({ ...ROWS.find(r => r.id === 'lat-p99'), higher: true }, 'encrypted', 'ceiling', latP99.values).median
 const goals = [
   {
     goal: `encrypted ≥ ${GOALS.encOverPlain.toFixed(2)}× plaintext, every workload`,
@@ -195,8 +222,8 @@ const goals = [
   },
   {
     goal: `encrypted 4 KiB QD1 p99 ≤ ${GOALS.encP99OverCeilingP99}× ceiling p99`,
-    worst: encP99 && ceilP99 ? { value: encP99 / ceilP99, row: latP99.label } : null,
-    met: encP99 && ceilP99 ? encP99 / ceilP99 <= GOALS.encP99OverCeilingP99 : null
+    worst: p99Ratio ? { value: p99Ratio, row: latP99.label } : null,
+    met: p99Ratio ? p99Ratio <= GOALS.encP99OverCeilingP99 : null
   }
 ]
 
@@ -214,7 +241,7 @@ function markdown () {
   const L = []
   const tcols = present.map(t => t.short)
   L.push(`Run: ${summary.generatedAt.slice(0, 16).replace('T', ' ')} UTC, \`scripts/bench/fio.sh${meta.mode === 'quick' ? ' --quick' : ''}\` ` +
-    `(${meta.mode}: ${meta.runtimeSec} s per workload after ${meta.rampSec} s ramp, ${meta.rounds ?? 1} round${(meta.rounds ?? 1) > 1 ? 's, median shown' : ''}, ${meta.sizeMiB} MiB working set), ` +
+    `(${meta.mode}: ${meta.runtimeSec} s per workload after ${meta.rampSec} s ramp, ${meta.rounds ?? 1} round${(meta.rounds ?? 1) > 1 ? 's, target order rotated each round' : ''}, ${meta.sizeMiB} MiB working set), ` +
     `${meta.cpus} × ${meta.cpuModel}, kernel ${meta.kernel}, ${meta.fio}, backing fs \`${meta.backingFs}\`. ` +
     `All targets: libaio, \`direct=1\`, on the same filesystem. Load average ${meta.loadAvgStart ?? '?'} at the start, ${meta.loadAvgEnd ?? '?'} at the end (other work on a shared machine inflates the spread).` + (meta.daemon
       ? meta.daemon.via === 'harness'
@@ -230,10 +257,15 @@ function markdown () {
   L.push(`|---|${tcols.map(() => '--:').join('|')}|--:|--:|--:|--:|`)
   for (const r of rows) {
     const vals = present.map(t => fmt(r.values[t.id], r.unit))
-    L.push(`| ${r.label} (${r.unit}) | ${vals.join(' | ')} | ${fr(r.ratios.encryptedOverPlaintext)} | ${fr(r.ratios.plaintextOverCeiling)} | ${fr(r.ratios.encryptedOverCeiling)} | ${r.reference ? fmt(r.reference, r.unit) : ''} |`)
+    const cell = k => fr(r.ratios[k]) + (r.roundRatios[k].length > 1 ? ` <sub>${fr(Math.min(...r.roundRatios[k]))}–${fr(Math.max(...r.roundRatios[k]))}</sub>` : '')
+    L.push(`| ${r.label} (${r.unit}) | ${vals.join(' | ')} | ${cell('encryptedOverPlaintext')} | ${cell('plaintextOverCeiling')} | ${cell('encryptedOverCeiling')} | ${r.reference ? fmt(r.reference, r.unit) : ''} |`)
   }
   L.push('')
-  L.push('Ratios are speed ratios (> 1 = faster): throughput a/b; for latency rows b/a. ' +
+  L.push(((meta.rounds ?? 1) > 1
+    ? 'Figures: median of the rounds. Ratios: median of the per-round ratios, smallest–largest round in small type. ' +
+      'The targets of one workload run back to back inside a round, so each per-round ratio compares two measurements taken ' +
+      'seconds apart; a ratio of two medians could compare a quiet round with a busy one (`ratiosOfMedians` in the JSON has those too). '
+    : '') + 'Ratios are speed ratios (> 1 = faster): throughput a/b; for latency rows b/a. ' +
     'Latency is fio total latency (`lat` = submission + completion): on FUSE, libaio O_DIRECT is submitted ' +
     'synchronously (libfuse 2.9 does not negotiate `FUSE_ASYNC_DIO`), so `clat` alone is near zero. ' +
     '"ceiling ref." is the issue\'s reference for the no-op ceiling on this machine class.')
@@ -268,7 +300,7 @@ function svg () {
   const m = { l: 64, r: 24, t: 84, b: 108 }
   const pw = W - m.l - m.r; const ph = H - m.t - m.b
   const CAP = 2.0
-  const rel = (r, t) => speed(r.higherIsBetter, r.values[t], r.values.ceiling)
+  const rel = (r, t) => (t === 'ceiling' ? (r.values.ceiling ? 1 : null) : r.ratios[`${t}OverCeiling`] ?? null)
   let top = 1.2
   for (const r of rows) for (const t of present) { const x = rel(r, t.id); if (x) top = Math.max(top, Math.min(x, CAP)) }
   top = Math.ceil(top * 5) / 5

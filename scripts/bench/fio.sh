@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # fio performance suite for ebsd (issue 7, DESIGN §8).
 #
-#   scripts/bench/fio.sh [--quick] [--no-publish] [--targets LIST] [--work-dir DIR]
-#                        [--cpu-prof DIR]
+#   scripts/bench/fio.sh [--quick] [--rounds N] [--no-publish] [--targets LIST]
+#                        [--work-dir DIR] [--cpu-prof DIR]
 #
 # Measures, in ONE run and on the same backing filesystem:
 #   encrypted  an AES-256-XTS volume attached through a daemon this script starts
@@ -17,8 +17,10 @@
 # Results: docs/bench/fio-latest.json, the `## fio` section of docs/benchmarks.md
 # (between <!-- fio:begin --> / <!-- fio:end -->) and docs/bench/fio.svg.
 # --quick: 128 MiB, 1 s per workload, one round: under a minute (plus a tsc build
-#   when dist/ is older than src/). Full: 1 GiB, 3 rounds of 4 s (+1 s ramp), median
-#   per figure: under ten minutes.
+#   when dist/ is older than src/). Full: 1 GiB, 5 rounds of 2 s (+1 s ramp), target
+#   order rotated each round; median per figure, median of the per-round ratios per
+#   ratio: under ten minutes.
+# --rounds N: this many rounds instead of the mode's (quick 1, full 5).
 # --no-publish: print the table, leave docs/ untouched (results stay in the work dir
 #   only with --keep).
 # --cpu-prof DIR: run the daemon under `node --cpu-prof --cpu-prof-dir DIR`.
@@ -43,9 +45,11 @@ TARGETS=encrypted,plaintext,ceiling,raw
 WORK_PARENT=${TMPDIR_BENCH:-/var/tmp}
 CPU_PROF=
 VIA=auto
+ROUNDS_ARG=
 while (($#)); do
   case $1 in
     --quick) MODE=quick ;;
+    --rounds) ROUNDS_ARG=$2; shift ;;
     --no-publish) PUBLISH=0 ;;
     --keep) KEEP=1 ;;
     --targets) TARGETS=$2; shift ;;
@@ -58,18 +62,25 @@ while (($#)); do
   shift
 done
 
-# Full: three rounds, workload-major inside each round, median per figure: the
-# machine is shared, and one 15 s sample per figure was seen to swing ±30 %.
+# Full: five rounds of 2 s (+1 s ramp), workload-major inside each round; figures
+# are medians over the rounds and ratios medians of the per-round ratios. The
+# machine is shared: one 15 s sample per figure was seen to swing ±30 %, and
+# whole rounds 2-3x; more, shorter rounds pair the targets more closely in time.
 if [[ $MODE == quick ]]; then
   SIZE_MIB=128; RUNTIME=1; RAMP=0; ROUNDS=1
 else
-  SIZE_MIB=1024; RUNTIME=4; RAMP=1; ROUNDS=3
+  SIZE_MIB=1024; RUNTIME=2; RAMP=1; ROUNDS=5
 fi
 WORKLOADS=(seq-write seq-read rand-read rand-write rand-rw lat-read)
 
 say() { printf '[fio.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 has_target() { [[ ,$TARGETS, == *,$1,* ]]; }
+
+if [[ -n $ROUNDS_ARG ]]; then
+  [[ $ROUNDS_ARG =~ ^[1-9][0-9]*$ ]] || die "--rounds wants a whole number of rounds, 1 or more (got '$ROUNDS_ARG')"
+  ROUNDS=$ROUNDS_ARG
+fi
 
 [[ $(id -u) -eq 0 ]] || die "run as root (FUSE mounts and fusermount)"
 command -v fio >/dev/null || die "fio is not installed"
@@ -340,10 +351,14 @@ done
 say "correctness checks passed ($((SECONDS - T0)) s); timing ${#WORKLOADS[@]} workloads x ${#ACTIVE[@]} targets x $ROUNDS round(s), ${RUNTIME}s each (+${RAMP}s ramp)"
 
 # Workload-major order: the targets of one workload run back to back, so a drift
-# of the machine during the run moves all of them together and the ratios hold.
+# of the machine moves all of them together and each round gives one ratio per
+# pair (fio-report.mjs reports the median of those). The target that starts a
+# workload rotates from round to round, so no target is always first after the
+# previous workload's writes or always last.
+N=${#ACTIVE[@]}
 for r in $(seq "$ROUNDS"); do
   for w in "${WORKLOADS[@]}"; do
-    for t in "${ACTIVE[@]}"; do run_workload "$t" "$w" "$r"; done
+    for i in $(seq 0 $((N - 1))); do run_workload "${ACTIVE[$(((i + r - 1) % N))]}" "$w" "$r"; done
   done
 done
 
