@@ -94,6 +94,11 @@ function daemonCommand(y: Argv): Argv {
           type: 'boolean',
           default: false,
           describe: 'permit measurement-only PLAINTEXT volumes (ebsd volume create --cipher none); refused otherwise',
+        })
+        .option('write-behind', {
+          type: 'boolean',
+          default: true,
+          describe: 'acknowledge aligned writes once copied and write them right after the reply (a volatile write cache: fsync is the barrier); --no-write-behind: a write is in the backing file before it is acknowledged',
         }),
     async (a) => {
       if ((a as R).cipher !== undefined) {
@@ -108,6 +113,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.keyCacheMaxStale !== undefined ? { keyCacheMaxStaleMs: parseDuration(a.keyCacheMaxStale, '--key-cache-max-stale') } : {}),
         logLevel: a.logLevel,
         allowUnencrypted: a.allowUnencrypted,
+        writeBehind: a.writeBehind,
       };
       const log = createLogger({ level: cfg.logLevel, name: 'ebsd' });
       try {

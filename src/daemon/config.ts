@@ -16,6 +16,15 @@ export interface DaemonConfig {
    * Off by default: CreateVolume and AttachVolume of such a volume are refused.
    */
   allowUnencrypted: boolean;
+  /**
+   * Write-behind on the FUSE data path (default true): an aligned write of up to
+   * 128 KiB is acknowledged once copied and written to the backing file right
+   * after the reply, like a disk with a volatile write cache (flush/fsync is the
+   * barrier). false: every write is in the backing file before it is
+   * acknowledged, so a daemon killed with SIGKILL loses no acknowledged write
+   * even without fsync (README, "Durability and the data path").
+   */
+  writeBehind?: boolean;
   /** KMS rotation/deletion tick (ms); default 60 s. */
   tickMs?: number;
 }

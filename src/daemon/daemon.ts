@@ -55,6 +55,9 @@ export class Daemon {
   private readonly paths: StatePaths;
   private readonly startedAt = Date.now();
   private xtsEngineName = 'none';
+  private get writeBehind(): boolean {
+    return this.cfg.writeBehind ?? true;
+  }
   private host: Caller | undefined;
   private stopping: Promise<void> | undefined;
 
@@ -97,7 +100,7 @@ export class Daemon {
 
     const engine = selectXtsEngine('auto', log);
     this.xtsEngineName = engine.name;
-    const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }) });
+    const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind });
     this.bfs = bfs;
     this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
     await this.fuse.mount();
@@ -127,7 +130,7 @@ export class Daemon {
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
     this.ticker.unref();
-    log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, version: VERSION }, 'ebsd daemon ready');
+    log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, writeBehind: this.writeBehind, version: VERSION }, 'ebsd daemon ready');
   }
 
   /**
@@ -292,7 +295,7 @@ export class Daemon {
     return {
       Daemon: {
         Pid: process.pid, Version: VERSION, StateDir: this.paths.root, MountDir: this.cfg.mountDir, Socket: this.paths.socket,
-        AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName,
+        AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
       },

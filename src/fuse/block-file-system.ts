@@ -26,6 +26,11 @@ interface Entry {
 
 export interface BlockFileSystemOptions {
   logger: Logger;
+  /**
+   * Use the devices' write-behind (default true): see DaemonConfig.writeBehind.
+   * false: every write is acknowledged only once it is in the backing file.
+   */
+  writeBehind?: boolean;
   /** Owner of the volume files (default: the daemon's uid/gid). */
   uid?: number;
   gid?: number;
@@ -56,11 +61,13 @@ export class BlockFileSystem {
   private readonly uid: number;
   private readonly gid: number;
   private readonly mountedAt = Date.now();
+  private readonly writeBehind: boolean;
 
   constructor(opts: BlockFileSystemOptions) {
     this.log = opts.logger;
     this.uid = opts.uid ?? process.getuid?.() ?? 0;
     this.gid = opts.gid ?? process.getgid?.() ?? 0;
+    this.writeBehind = opts.writeBehind ?? true;
   }
 
   /** Expose an attached volume as `/<volumeId>`. */
@@ -72,7 +79,7 @@ export class BlockFileSystem {
     // fuse-native's write buffer is libfuse's request memory, dropped after our
     // reply and never read back by the kernel: the device may encrypt in it.
     const write: BlockDevice['write'] = dev.writeConsuming ? dev.writeConsuming.bind(dev) : dev.write.bind(dev);
-    const behind = dev.writeBehind ? dev.writeBehind.bind(dev) : null;
+    const behind = this.writeBehind && dev.writeBehind ? dev.writeBehind.bind(dev) : null;
     this.entries.set(dev.volumeId, {
       dev, write, behind, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
     });

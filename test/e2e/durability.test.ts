@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt, run } from './helpers.js';
 
@@ -19,15 +19,61 @@ function pattern(i: number): Buffer {
   return Buffer.concat(Array.from({ length: 4096 / 32 }, () => h));
 }
 
-// A writer in its own process: write block i, fdatasync, then print "ack i".
+// A writer in its own process: write block i, fdatasync (unless argv[2] is
+// "nosync"), then print "ack i".
 const WRITER = `
 const fs = require('fs'); const { createHash } = require('crypto');
 const pat = (i) => { const h = createHash('sha256').update('ebsd-block-' + i).digest(); return Buffer.concat(Array.from({ length: 128 }, () => h)); };
 const fd = fs.openSync(process.argv[1], 'r+');
+const sync = process.argv[2] !== 'nosync';
 for (let i = 0; i < 4096; i++) {
-  try { fs.writeSync(fd, pat(i), 0, 4096, i * 4096); fs.fdatasyncSync(fd); } catch (e) { process.exit(3); }
+  try { fs.writeSync(fd, pat(i), 0, 4096, i * 4096); if (sync) fs.fdatasyncSync(fd); } catch (e) { process.exit(3); }
   process.stdout.write('ack ' + i + '\\n');
 }`;
+
+/**
+ * Run WRITER against `file`, SIGKILL the daemon once `after` blocks are
+ * acknowledged, and return the highest acknowledged block.
+ */
+async function writeThenKill(env: Env, file: string, after: number, mode: 'sync' | 'nosync'): Promise<number> {
+  const acked: number[] = [];
+  const writer = spawn(process.execPath, ['-e', WRITER, file, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let killed = false;
+  let gone: Promise<void> = Promise.resolve();
+  const done = new Promise<void>((r) => writer.once('exit', () => r()));
+  let rest = '';
+  writer.stdout.on('data', (c: Buffer) => {
+    rest += c.toString();
+    const lines = rest.split('\n');
+    rest = lines.pop()!;
+    for (const l of lines) if (l.startsWith('ack ')) acked.push(Number(l.slice(4)));
+    if (!killed && acked.length >= after) {
+      killed = true;
+      gone = env.kill9();
+    }
+  });
+  await Promise.race([done, new Promise((r) => setTimeout(r, 60_000))]);
+  if (writer.exitCode === null) writer.kill('SIGKILL');
+  expect(killed).toBe(true);
+  await gone;
+  const last = Math.max(...acked);
+  expect(last).toBeGreaterThanOrEqual(after - 1);
+  return last;
+}
+
+/** Every block 0..last of the volume file holds pattern(i). */
+function expectBlocks(file: string, last: number, what: string): void {
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(4096);
+    for (let i = 0; i <= last; i++) {
+      readSync(fd, buf, 0, 4096, i * 4096);
+      if (!buf.equals(pattern(i))) throw new Error(`${what} block ${i} (of ${last}) lost after SIGKILL`);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
 
 describe('durability through the real daemon', () => {
   const env = new Env('durability');
@@ -55,43 +101,14 @@ describe('durability through the real daemon', () => {
   });
 
   it('every fsync-acknowledged write survives SIGKILL of the daemon; restart recovers the stale mount and re-attaches', async () => {
-    const acked: number[] = [];
-    const writer = spawn(process.execPath, ['-e', WRITER, env.file(vol)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let killed = false;
-    let gone: Promise<void> = Promise.resolve();
-    const done = new Promise<void>((r) => writer.once('exit', () => r()));
-    let rest = '';
-    writer.stdout.on('data', (c: Buffer) => {
-      rest += c.toString();
-      const lines = rest.split('\n');
-      rest = lines.pop()!;
-      for (const l of lines) if (l.startsWith('ack ')) acked.push(Number(l.slice(4)));
-      if (!killed && acked.length >= 300) {
-        killed = true;
-        gone = env.kill9();
-      }
-    });
-    await Promise.race([done, new Promise((r) => setTimeout(r, 60_000))]);
-    if (writer.exitCode === null) writer.kill('SIGKILL');
-    expect(killed).toBe(true);
-    const last = Math.max(...acked);
-    expect(last).toBeGreaterThanOrEqual(299);
-    await gone;
+    const last = await writeThenKill(env, env.file(vol), 300, 'sync');
 
     // The old endpoint is dead ("Transport endpoint is not connected"); the daemon must recover it.
     await env.start();
     const st = await env.ok(['status']);
     expect(st.Volumes.find((x: { VolumeId: string }) => x.VolumeId === vol)).toMatchObject({ Attached: true });
-    const fd = openSync(env.file(vol), 'r');
-    try {
-      const buf = Buffer.alloc(4096);
-      for (let i = 0; i <= last; i++) {
-        readSync(fd, buf, 0, 4096, i * 4096);
-        if (!buf.equals(pattern(i))) throw new Error(`acknowledged block ${i} (of ${last}) lost after SIGKILL`);
-      }
-    } finally {
-      closeSync(fd);
-    }
+    expect(st.Daemon.WriteBehind).toBe(true);
+    expectBlocks(env.file(vol), last, 'fsync-acknowledged');
   });
 
   it('ext4 is clean after journal replay when the daemon is killed under fsync-ing file writes', async () => {
@@ -147,5 +164,23 @@ describe('durability through the real daemon', () => {
     }
     await env.umountFs(fs2);
     await env.detachLoop(loop2);
+  });
+
+  it('--no-write-behind: every acknowledged write survives SIGKILL of the daemon without any fsync', async () => {
+    await env.stop();
+    await env.start(['--no-write-behind']);
+    expect((await env.ok(['status'])).Daemon.WriteBehind).toBe(false);
+    // Overwrite the first blocks with a different pattern first, so a write
+    // that was acknowledged but lost would leave the old pattern behind.
+    const old = openSync(env.file(vol), 'r+');
+    try {
+      for (let i = 0; i < 2000; i++) writeSync(old, pattern(i + 100_000), 0, 4096, i * 4096);
+      fdatasyncSync(old);
+    } finally {
+      closeSync(old);
+    }
+    const last = await writeThenKill(env, env.file(vol), 1500, 'nosync');
+    await env.start(['--no-write-behind']);
+    expectBlocks(env.file(vol), last, 'acknowledged (no fsync)');
   });
 });

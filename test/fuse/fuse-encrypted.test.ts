@@ -101,3 +101,53 @@ describe('FUSE block file over an EncryptedBlockDevice', () => {
     await dev.flush();
   });
 });
+
+describe('FUSE block file with write-behind off (ebsd daemon --no-write-behind)', () => {
+  const dir = tempDir('fuse-wt');
+  const mnt = join(dir, 'mnt');
+  const img = join(dir, 'v.img');
+  const key = volumeKey();
+  const bfs = new BlockFileSystem({ logger: log, writeBehind: false });
+  const mount = new FuseMount(mnt, bfs.ops(), { logger: log });
+  const file = join(mnt, VOL);
+  let dev: EncryptedBlockDevice;
+  let offered = 0;
+
+  beforeAll(async () => {
+    await makeImage(img, SIZE, key);
+    dev = new EncryptedBlockDevice({ volumeId: VOL, size: SIZE, dataOffset: LUKS2_DATA_OFFSET, backing: await openBackingFile(img), xts: (await testEngine()).createContext(key) });
+    const origBehind = dev.writeBehind.bind(dev);
+    dev.writeBehind = (o, d) => (offered++, origBehind(o, d));
+    await mount.mount();
+    bfs.add(dev);
+  });
+
+  afterAll(async () => {
+    await mount.unmount();
+    await sh('fusermount', ['-uz', mnt]).catch(() => {});
+    await dev.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('every acknowledged O_DIRECT write is already in the image (no flush), and write-behind is never offered', async () => {
+    const fd = openSync(img, 'r');
+    try {
+      for (const [len, at] of [[SS, 3], [128 * 1024, 40]] as const) {
+        const data = randomBytes(len);
+        const src = join(dir, `in-${len}`);
+        await fsp.writeFile(src, data);
+        await sh('dd', [`if=${src}`, `of=${file}`, `bs=${len}`, 'count=1', `seek=${at * SS}`, 'oflag=direct,seek_bytes', 'conv=notrunc', 'status=none']);
+        // dd has returned, so every write was acknowledged: the image must hold them now.
+        for (let s = at; s < at + len / SS; s++) {
+          const c = Buffer.alloc(SS);
+          readSync(fd, c, 0, SS, LUKS2_DATA_OFFSET + s * SS);
+          const want = data.subarray((s - at) * SS, (s - at + 1) * SS);
+          expect(xtsSector(key, 'dec', c, BigInt(s) * 8n).equals(want), `sector ${s} of a ${len}-byte write`).toBe(true);
+        }
+      }
+    } finally {
+      closeSync(fd);
+    }
+    expect(offered).toBe(0);
+  });
+});
