@@ -18,6 +18,7 @@
 //   EBSD_DIST=DIR      (environment) serve with another build of dist/, e.g. an older commit's
 //                      (`git worktree add /tmp/old <commit>`, build it there), so that
 //                      fio-experiment.mjs can run old and new side by side in one session
+//   EBSD_POLL_STATS=1  (environment) print the stream poller's outcomes on exit
 //
 // Prints "ready <encrypted-file> <plaintext-file> <enc-image> <plain-image>" once mounted;
 // unmounts and closes on SIGTERM/SIGINT.
@@ -114,6 +115,10 @@ let closing = false
 async function shutdown () {
   if (closing) return
   closing = true
+  if (process.env.EBSD_POLL_STATS) {
+    const { streamPoller, STREAM_POLL_US } = await dist('volume/native-io.js')
+    process.stderr.write(`stream poll (${STREAM_POLL_US} µs) outcomes [timed out, already pending, arrived]: ${streamPoller.outcomes.join(', ')}\n`)
+  }
   try {
     await mount.unmount()
     for (const d of devices) await d.close()

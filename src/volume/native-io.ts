@@ -123,9 +123,13 @@ export const syncWriteGuard = new SyncWriteGuard();
  * So after a request of a sequential stream the loop waits for the next one
  * by polling, for at most STREAM_POLL_US. Measured (docs/perf-notes.md §6):
  * 1 MiB sequential write through the passthrough 948 -> 1362 MB/s (encrypted
- * 1135 -> 1201), 4 interleaved rounds.
+ * 1135 -> 1201), 4 interleaved rounds, with 50 µs. At 50 µs one poll in six
+ * timed out during a 1 MiB stream (the gap between two 128 KiB requests is
+ * close to it), and each timeout makes the poller skip chances; at 200 µs
+ * fewer than one in a hundred did, and twice as many requests were caught by
+ * the poll (docs/perf-notes.md §7).
  */
-export const STREAM_POLL_US = 50;
+export const STREAM_POLL_US = 200;
 
 /**
  * One poll per event-loop turn, at its end (setImmediate: after the reply,
