@@ -18,7 +18,8 @@
 //   EBSD_DIST=DIR      (environment) serve with another build of dist/, e.g. an older commit's
 //                      (`git worktree add /tmp/old <commit>`, build it there), so that
 //                      fio-experiment.mjs can run old and new side by side in one session
-//   EBSD_POLL_STATS=1  (environment) print the stream poller's outcomes on exit
+//   EBSD_POLL_STATS=1  (environment) print the stream poller's outcomes and the sync-write
+//                      watchdog's trips on exit
 //
 // Prints "ready <encrypted-file> <plaintext-file> <enc-image> <plain-image>" once mounted;
 // unmounts and closes on SIGTERM/SIGINT.
@@ -116,8 +117,8 @@ async function shutdown () {
   if (closing) return
   closing = true
   if (process.env.EBSD_POLL_STATS) {
-    const { streamPoller, STREAM_POLL_US } = await dist('volume/native-io.js')
-    process.stderr.write(`stream poll (${STREAM_POLL_US} µs) outcomes [timed out, already pending, arrived]: ${streamPoller.outcomes.join(', ')}\n`)
+    const { streamPoller, STREAM_POLL_US, syncWriteGuard } = await dist('volume/native-io.js')
+    process.stderr.write(`stream poll (${STREAM_POLL_US} µs) outcomes [timed out, already pending, arrived]: ${streamPoller.outcomes.join(', ')}; sync-write watchdog trips: ${syncWriteGuard.trips}\n`)
   }
   try {
     await mount.unmount()

@@ -125,14 +125,18 @@ const runs = {}
 for (const f of readdirSync(args.results)) {
   if (!f.endsWith('.json')) continue
   const [target, workload, r = 'r1'] = basename(f, '.json').split('--')
-  ;((runs[workload] ??= {})[target] ??= []).push({ round: Number(r.slice(1)), m: metrics(join(args.results, f)) })
+  const m = metrics(join(args.results, f))
+  // CPU steal during this run (fio.sh writes <run>.steal beside the JSON).
+  const stealFile = join(args.results, f.replace(/\.json$/, '.steal'))
+  m.stealPct = existsSync(stealFile) ? Number(readFileSync(stealFile, 'utf8')) : null
+  ;((runs[workload] ??= {})[target] ??= []).push({ round: Number(r.slice(1)), m })
 }
 const median = xs => {
   const a = xs.filter(x => x !== null && x !== undefined).sort((p, q) => p - q)
   if (!a.length) return null
   return a.length % 2 ? a[(a.length - 1) / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2
 }
-const PER_ROUND = ['bwMBps', 'iops', 'latMeanUs', 'latP99Us']
+const PER_ROUND = ['bwMBps', 'iops', 'latMeanUs', 'latP99Us', 'stealPct']
 const raw = FROM_SUMMARY ? FROM_SUMMARY.perWorkload : {}
 for (const [w, byT] of Object.entries(runs)) {
   raw[w] = {}
@@ -237,13 +241,20 @@ const summary = {
 }
 
 // ----------------------------------------------------------------- markdown ---
+function stealRange () {
+  const xs = Object.values(raw).flatMap(byT => Object.values(byT).flatMap(m => (m.perRound ?? []).map(x => x.stealPct))).filter(x => x != null)
+  return xs.length ? `${Math.min(...xs).toFixed(1)}–${Math.max(...xs).toFixed(1)} %` : '?'
+}
+
 function markdown () {
   const L = []
   const tcols = present.map(t => t.short)
   L.push(`Run: ${summary.generatedAt.slice(0, 16).replace('T', ' ')} UTC, \`scripts/bench/fio.sh${meta.mode === 'quick' ? ' --quick' : ''}\` ` +
     `(${meta.mode}: ${meta.runtimeSec} s per workload after ${meta.rampSec} s ramp, ${meta.rounds ?? 1} round${(meta.rounds ?? 1) > 1 ? 's, target order rotated each round' : ''}, ${meta.sizeMiB} MiB working set), ` +
     `${meta.cpus} × ${meta.cpuModel}, kernel ${meta.kernel}, ${meta.fio}, backing fs \`${meta.backingFs}\`. ` +
-    `All targets: libaio, \`direct=1\`, on the same filesystem. Load average ${meta.loadAvgStart ?? '?'} at the start, ${meta.loadAvgEnd ?? '?'} at the end (other work on a shared machine inflates the spread).` + (meta.daemon
+    `All targets: libaio, \`direct=1\`, on the same filesystem. Load average ${meta.loadAvgStart ?? '?'} at the start, ${meta.loadAvgEnd ?? '?'} at the end` +
+    (meta.stealPct != null ? `; CPU steal (time the hypervisor gave our vCPUs to other guests) ${meta.stealPct} % over the timed runs, ${stealRange()} per run` : '') +
+    ' (other work on a shared machine inflates the spread).' + (meta.daemon
       ? meta.daemon.via === 'harness'
         ? ` **Encrypted and plaintext served by \`scripts/bench/fio-harness.mjs\`** (the daemon's FUSE adapter and block devices from \`dist/\` at \`${meta.daemon.commit}\`, without KMS or control socket): the daemon itself was not available.`
         : meta.daemon.oneDaemon

@@ -307,14 +307,22 @@ verify_ceiling() {
 }
 
 # ----------------------------------------------------------------- running ---
+# "steal total" jiffies of all CPUs (/proc/stat): steal is time the hypervisor ran
+# something else while one of our vCPUs wanted to run.
+cpu_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat; }
+# steal_pct "S0 T0" "S1 T1": steal as a percentage of all CPU time in between.
+steal_pct() { echo "$1 $2" | awk '{ d = $4 - $2; p = 0; if (d > 0) p = 100 * ($3 - $1) / d; printf "%.1f", p }'; }
+
 run_workload() {
-  local t=$1 w=$2 r=$3 out=$RESULTS/$1--$2--r$3.json
+  local t=$1 w=$2 r=$3 out=$RESULTS/$1--$2--r$3.json before
   # Start every run with no dirty pages left by the previous one (a write run
   # leaves GBs to write back, which would throttle whichever target runs next).
   sync
+  before=$(cpu_ticks)
   FIO_FILE=${FILE[$t]} FIO_SIZE=${SIZE_MIB}m FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
     fio --output-format=json --output="$out" "$HERE/fio/$w.fio" \
     || die "fio $w on $t failed"
+  steal_pct "$before" "$(cpu_ticks)" >"${out%.json}.steal"
   node "$HERE/fio-report.mjs" --one "$out" >&2
 }
 
@@ -369,6 +377,7 @@ fi
 # workload rotates from round to round, so no target is always first after the
 # previous workload's writes or always last.
 N=${#ACTIVE[@]}
+TICKS_START=$(cpu_ticks)
 for r in $(seq "$ROUNDS"); do
   for w in "${WORKLOADS[@]}"; do
     for i in $(seq 0 $((N - 1))); do run_workload "${ACTIVE[$(((i + r - 1) % N))]}" "$w" "$r"; done
@@ -392,6 +401,7 @@ cat >"$META" <<EOF
   "daemon": $(daemon_describe),
   "loadAvgStart": "$LOAD_START",
   "loadAvgEnd": "$(cut -d' ' -f1-3 /proc/loadavg)",
+  "stealPct": $(steal_pct "$TICKS_START" "$(cpu_ticks)"),
   "elapsedSec": $((SECONDS - T0))
 }
 EOF
