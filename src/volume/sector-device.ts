@@ -1,4 +1,3 @@
-import { statfsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { silentLogger } from '../util/logger.js';
 import { checkSafeInt, ArgTypeError } from '../util/errors.js';
@@ -8,6 +7,9 @@ import { nativeIo, syncWriteGuard, syncWriteSafe, streamPoller, EAGAIN, EOPNOTSU
 import { SectorRangeLock } from './sector-lock.js';
 import { VolumeError } from './errors.js';
 import { SECTOR_SIZE } from './luks2-json.js';
+import { ScratchPool } from './scratch-pool.js';
+import { READ_AHEAD, ReadAheadWindow } from './read-ahead.js';
+import { FreeSpaceGate } from './free-space.js';
 
 const SS = SECTOR_SIZE;
 /**
@@ -32,27 +34,6 @@ const MIN_CHUNK = 64 * 1024;
  * sequential write 615 -> 819 MB/s encrypted.
  */
 export const SYNC_WRITE_MAX = 128 * 1024;
-/**
- * Sequential read-ahead: when a FUSE-sized read starts where the previous one
- * ended, the next READ_AHEAD bytes are read from the page cache and decrypted
- * right after the reply has been posted, while the kernel carries the reply
- * and the next request. A FUSE direct read of 1 MiB arrives as eight 128 KiB
- * requests one after the other (no FUSE_ASYNC_DIO in libfuse 2.9), so without
- * it every request waits for its own decrypt; with it the decrypt overlaps the
- * transport and a hit is one memcpy from a buffer still in the CPU cache (for
- * the passthrough too). Measured in docs/perf-notes.md §6.
- */
-export const READ_AHEAD = 128 * 1024;
-/**
- * Write-behind (writeBehind()) only while the backing filesystem has at least
- * this much free space, rechecked after every BEHIND_RECHECK_BYTES written
- * behind and at least every BEHIND_RECHECK_MS: a sparse backing file can run
- * out of space on a pwrite, and an ENOSPC must reach the writer, not a later
- * flush. Below the margin every write is written through.
- */
-export const BEHIND_MIN_FREE = 512 * 1024 * 1024;
-const BEHIND_RECHECK_BYTES = 64 * 1024 * 1024;
-const BEHIND_RECHECK_MS = 1000;
 /** pwriteTimed's out-parameter: [wall ns, voluntary context switches]; one for the process (the loop is one thread). */
 const writeStats = new Float64Array(2);
 
@@ -69,31 +50,6 @@ export interface SectorDeviceOptions {
   /** Byte offset of sector 0 in the backing file (LUKS2 segment offset). */
   dataOffset: number;
   logger?: Logger;
-}
-
-/**
- * Reusable scratch buffers by exact length. FUSE sends the same few sizes
- * (4 KiB .. 128 KiB) over and over; reusing them keeps the hot path free of
- * per-call allocations. Not pooled through Buffer.allocUnsafe's shared slab,
- * so a buffer never shares memory with unrelated data.
- */
-class ScratchPool {
-  private readonly free = new Map<number, Buffer[]>();
-  constructor(private readonly alloc: (len: number) => Buffer) {}
-  take(len: number): Buffer {
-    const l = this.free.get(len);
-    return l?.pop() ?? this.alloc(len);
-  }
-  give(b: Buffer): void {
-    if (b.length > 4 * 1024 * 1024) return;
-    let l = this.free.get(b.length);
-    if (!l) this.free.set(b.length, (l = []));
-    if (l.length < 64) l.push(b);
-  }
-  clear(): void {
-    for (const l of this.free.values()) for (const b of l) b.fill(0);
-    this.free.clear();
-  }
 }
 
 /**
@@ -122,27 +78,20 @@ export abstract class SectorDevice implements BlockDevice {
   private readonly syncWriteOk: boolean;
   /** Whether seal() changes the bytes (false for the passthrough): decides if a write may skip the copy. */
   protected abstract readonly transforms: boolean;
-  /** Read-ahead buffer: plaintext of sectors [raS0, raS0 + raN/SS) while raValid (see READ_AHEAD). */
-  private raBuf: Buffer | null = null;
-  private raS0 = 0;
-  private raN = 0;
-  private raValid = false;
+  /** Plaintext prefetched by sequential reads (see READ_AHEAD). */
+  private readonly ra: ReadAheadWindow;
   /** Sector after the last fast-path read (-1: none): a read starting here is sequential. */
   private lastReadEnd = -1;
   /** Sector after the last write-behind (-1: none): a write starting there continues a sequential stream. */
   private lastWriteEnd = -1;
   /** Sector the scheduled read-ahead will start at; -1 when none is scheduled. */
   private raNext = -1;
-  /** Read-ahead counters (tests, `ebsd status` some day): runs prefetched, reads served from them. */
-  readonly readAheadStats = { prefetched: 0, hits: 0 };
   /** A write-behind completion still running on the pool (rare: see writeBehind); reads and flushes wait for it. */
   private behind: Promise<void> | null = null;
   /** The first write-behind that failed after its reply: every later flush reports it, and write-behind stops. */
   private lostWrite: VolumeError | null = null;
-  /** Write-behind space check state (see BEHIND_MIN_FREE). */
-  private behindSpaceOk = false;
-  private behindCheckedAt = Number.NEGATIVE_INFINITY;
-  private behindBytes = 0;
+  /** Free space on the backing filesystem, for write-behind (see BEHIND_MIN_FREE); null without a fast fd. */
+  private readonly space: FreeSpaceGate | null;
 
   constructor(o: SectorDeviceOptions) {
     checkSafeInt('size', o.size, SS);
@@ -158,6 +107,13 @@ export abstract class SectorDevice implements BlockDevice {
     // (RWF_NOWAIT does not make a direct read return early: it would wait for the disk).
     this.fastFd = nativeIo !== null && typeof fd === 'number' && !o.backing.direct && o.backing instanceof FdBackingFile ? fd : -1;
     this.syncWriteOk = this.fastFd >= 0 && syncWriteSafe(this.fastFd);
+    this.ra = new ReadAheadWindow((len) => this.allocBuffer(len));
+    this.space = this.fastFd >= 0 ? new FreeSpaceGate(this.fastFd) : null;
+  }
+
+  /** Read-ahead counters (tests, `ebsd status` some day): windows prefetched, reads served from them. */
+  get readAheadStats(): { readonly prefetched: number; readonly hits: number } {
+    return this.ra.stats;
   }
 
   /**
@@ -209,11 +165,9 @@ export abstract class SectorDevice implements BlockDevice {
       const s1 = s0 + length / SS;
       const sequential = s0 === this.lastReadEnd;
       this.lastReadEnd = s1;
-      if (this.raValid && s0 >= this.raS0 && s1 * SS <= this.raS0 * SS + this.raN) {
-        const from = (s0 - this.raS0) * SS;
-        this.raBuf!.copy(into, intoOffset, from, from + length);
-        this.readAheadStats.hits++;
-        if (from + length === this.raN) this.scheduleReadAhead(s1);
+      const hit = this.ra.serve(s0, length, into, intoOffset);
+      if (hit >= 0) {
+        if (hit === 1) this.scheduleReadAhead(s1);
         if (sequential) streamPoller.request();
         return Promise.resolve(length);
       }
@@ -290,8 +244,7 @@ export abstract class SectorDevice implements BlockDevice {
     // Never while a write is in progress (it may be half in the page cache) or behind.
     if (s < 0 || this.failure !== null || this.behind !== null || this.lock.size > 0 || s * SS >= this._size) return;
     const n = Math.min(READ_AHEAD, this._size - s * SS);
-    const buf = (this.raBuf ??= this.allocBuffer(READ_AHEAD));
-    this.raValid = false;
+    const buf = this.ra.claim();
     try {
       if (this.preadCached(buf, 0, n, s) !== n) return; // not in the page cache: the request reads it itself
       const run = buf.subarray(0, n);
@@ -304,20 +257,8 @@ export abstract class SectorDevice implements BlockDevice {
     } catch {
       return; // the request itself will meet (and report) the error
     }
-    this.raS0 = s;
-    this.raN = n;
-    this.raValid = true;
-    this.readAheadStats.prefetched++;
+    this.ra.commit(s, n);
   };
-
-  /** Drop the read-ahead (any write may change what it holds); wipe it when the device stops. */
-  private dropReadAhead(wipe: boolean): void {
-    this.raValid = false;
-    if (wipe && this.raBuf) {
-      this.raBuf.fill(0);
-      this.raBuf = null;
-    }
-  }
 
   private async readSlow(offset: number, length: number, into: Buffer, intoOffset: number): Promise<number> {
     this.enter();
@@ -396,7 +337,7 @@ export abstract class SectorDevice implements BlockDevice {
     const len = data.length;
     if (this.failure !== null || this.lostWrite !== null || this.behind !== null || this.fastFd < 0 || !this.syncWriteOk ||
         len === 0 || len > SYNC_WRITE_MAX || offset % SS !== 0 || len % SS !== 0 ||
-        !Number.isSafeInteger(offset) || offset < 0 || offset + len > this._size || !syncWriteGuard.allowed() || !this.behindSpace(len)) {
+        !Number.isSafeInteger(offset) || offset < 0 || offset + len > this._size || !syncWriteGuard.allowed() || !this.space!.allows(len)) {
       return null;
     }
     const s0 = offset / SS;
@@ -406,7 +347,7 @@ export abstract class SectorDevice implements BlockDevice {
     if (s0 === this.lastWriteEnd) streamPoller.request();
     this.lastWriteEnd = s1;
     this.inFlight++;
-    this.raValid = false;
+    this.ra.invalidate();
     const buf = this.pool.take(len) as Buffer;
     buf.set(data);
     return () => this.completeBehind(buf, s0, release);
@@ -453,25 +394,8 @@ export abstract class SectorDevice implements BlockDevice {
     this.log.error({ volumeId: this.volumeId, sector: s0, err: { code: cause.code, message: cause.message } }, 'write-behind failed after its reply; every later flush reports it');
   }
 
-  /** Whether the backing filesystem has room for write-behind (see BEHIND_MIN_FREE). */
-  private behindSpace(len: number): boolean {
-    this.behindBytes += len;
-    const now = performance.now();
-    if (this.behindBytes >= BEHIND_RECHECK_BYTES || now - this.behindCheckedAt >= BEHIND_RECHECK_MS) {
-      this.behindBytes = 0;
-      this.behindCheckedAt = now;
-      try {
-        const st = statfsSync(`/proc/self/fd/${this.fastFd}`);
-        this.behindSpaceOk = st.bavail * st.bsize >= BEHIND_MIN_FREE;
-      } catch {
-        this.behindSpaceOk = false;
-      }
-    }
-    return this.behindSpaceOk;
-  }
-
   private writeAny(offset: number, data: Uint8Array, consume: boolean): Promise<number> {
-    this.raValid = false;
+    this.ra.invalidate();
     let r: number | Promise<number>;
     try {
       this.enter();
@@ -666,7 +590,7 @@ export abstract class SectorDevice implements BlockDevice {
   async fail(err: VolumeError, after?: () => void | Promise<void>): Promise<void> {
     this.failure ??= err;
     await this.drain();
-    this.dropReadAhead(true);
+    this.ra.wipe();
     if (after) await after();
   }
 
@@ -681,7 +605,7 @@ export abstract class SectorDevice implements BlockDevice {
       });
     } finally {
       wipeKey?.();
-      this.dropReadAhead(true);
+      this.ra.wipe();
       this.pool.clear();
       await this.backing.close().catch(() => {});
     }
