@@ -8,11 +8,12 @@
 // headline figures come from the real daemon.
 //
 //   node scripts/bench/fio-harness.mjs --mount DIR --dir DIR [--size 1GiB] [--engine auto]
-//        [--backing pool|sync] [--extra-opts direct_io,...]
+//        [--backing pool|sync] [--extra-opts direct_io,...] [--no-write-behind]
 //
 // Experiments (for docs/perf-notes.md, not for the suite's figures):
 //   --backing sync     pread/pwrite with fs.readSync/writeSync on the main thread instead
 //                      of the libuv pool (what a page-cache hit costs without the hop)
+//   --no-write-behind  every write in the backing file before its reply (ebsd daemon --no-write-behind)
 //   --extra-opts LIST  extra libfuse -o options on top of the daemon's (mounted through a
 //                      fuse-native subclass here instead of src/fuse's FuseMount)
 //   EBSD_DIST=DIR      (environment) serve with another build of dist/, e.g. an older commit's
@@ -43,7 +44,8 @@ const { values: args } = parseArgs({
     size: { type: 'string', default: '1GiB' },
     engine: { type: 'string', default: 'auto' },
     backing: { type: 'string', default: 'pool' },
-    'extra-opts': { type: 'string', default: '' }
+    'extra-opts': { type: 'string', default: '' },
+    'no-write-behind': { type: 'boolean', default: false }
   }
 })
 if (!args.mount || !args.dir) {
@@ -93,7 +95,7 @@ const devices = [
   new EncryptedBlockDevice({ volumeId: 'vol-0e0c0000000000001', size, backing: enc.backing, dataOffset: DATA_OFFSET, xts, logger: log }),
   new PlainBlockDevice({ volumeId: 'vol-0b1a0000000000002', size, backing: plain.backing, dataOffset: DATA_OFFSET, logger: log })
 ]
-const fs = new BlockFileSystem({ logger: log })
+const fs = new BlockFileSystem({ logger: log, writeBehind: !args['no-write-behind'] })
 for (const d of devices) fs.add(d)
 let mount
 if (args['extra-opts']) {
