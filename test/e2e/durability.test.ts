@@ -32,12 +32,13 @@ for (let i = 0; i < 4096; i++) {
 }`;
 
 /**
- * Run WRITER against `file`, SIGKILL the daemon once `after` blocks are
- * acknowledged, and return the highest acknowledged block.
+ * Run a writer script (node -e `script` ...args) that prints "ack i" after
+ * each write it considers done, SIGKILL the daemon once `after` writes are
+ * acknowledged, and return the highest acknowledged i.
  */
-async function writeThenKill(env: Env, file: string, after: number, mode: 'sync' | 'nosync'): Promise<number> {
+async function writeThenKill(env: Env, script: string, args: string[], after: number): Promise<number> {
   const acked: number[] = [];
-  const writer = spawn(process.execPath, ['-e', WRITER, file, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const writer = spawn(process.execPath, ['-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let killed = false;
   let gone: Promise<void> = Promise.resolve();
   const done = new Promise<void>((r) => writer.once('exit', () => r()));
@@ -101,7 +102,7 @@ describe('durability through the real daemon', () => {
   });
 
   it('every fsync-acknowledged write survives SIGKILL of the daemon; restart recovers the stale mount and re-attaches', async () => {
-    const last = await writeThenKill(env, env.file(vol), 300, 'sync');
+    const last = await writeThenKill(env, WRITER, [env.file(vol), 'sync'], 300);
 
     // The old endpoint is dead ("Transport endpoint is not connected"); the daemon must recover it.
     await env.start();
@@ -127,22 +128,7 @@ describe('durability through the real daemon', () => {
         } catch (e) { process.exit(3); }
         process.stdout.write('ack ' + i + '\\n');
       }`;
-    const writer = spawn(process.execPath, ['-e', script, fs], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const acked: number[] = [];
-    let killed = false;
-    let gone: Promise<void> = Promise.resolve();
-    let rest = '';
-    writer.stdout.on('data', (c: Buffer) => {
-      rest += c.toString();
-      const lines = rest.split('\n');
-      rest = lines.pop()!;
-      for (const l of lines) if (l.startsWith('ack ')) acked.push(Number(l.slice(4)));
-      if (!killed && acked.length >= 50) { killed = true; gone = env.kill9(); }
-    });
-    await Promise.race([new Promise((r) => writer.once('exit', r)), new Promise((r) => setTimeout(r, 60_000))]);
-    if (writer.exitCode === null) writer.kill('SIGKILL');
-    expect(killed).toBe(true);
-    await gone;
+    const max = await writeThenKill(env, script, [fs], 50);
     // Tear down the dead stack: lazy unmount (the loop's backing file is gone), drop the loop.
     await run('umount', ['-l', fs]);
     await run('losetup', ['-d', loop]);
@@ -154,7 +140,6 @@ describe('durability through the real daemon', () => {
     const check = await run('e2fsck', ['-fn', loop2]);
     expect(check.code, check.stdout).toBe(0);
     const fs2 = await env.mountFs(loop2, 'crashfs2');
-    const max = Math.max(...acked);
     for (let i = 0; i <= max; i++) {
       const fd = openSync(`${fs2}/f${i}`, 'r');
       const b = Buffer.alloc(8192);
@@ -179,7 +164,7 @@ describe('durability through the real daemon', () => {
     } finally {
       closeSync(old);
     }
-    const last = await writeThenKill(env, env.file(vol), 1500, 'nosync');
+    const last = await writeThenKill(env, WRITER, [env.file(vol), 'nosync'], 1500);
     await env.start(['--no-write-behind']);
     expectBlocks(env.file(vol), last, 'acknowledged (no fsync)');
   });

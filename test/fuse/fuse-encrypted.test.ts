@@ -21,21 +21,37 @@ const SS = 4096;
 const SIZE = 8 * 1024 * 1024;
 const log = createLogger({ level: 'silent' });
 
-describe('FUSE block file over an EncryptedBlockDevice', () => {
-  const dir = tempDir('fuse-enc');
+/**
+ * A real mount (this process serves it) of one EncryptedBlockDevice over a
+ * fresh image, set up in beforeAll and torn down in afterAll. `instrument`
+ * may wrap the device's methods before it is exposed.
+ */
+function encryptedMount(name: string, opts: { writeBehind?: boolean }, instrument: (dev: EncryptedBlockDevice) => void) {
+  const dir = tempDir(name);
   const mnt = join(dir, 'mnt');
-  const img = join(dir, 'v.img');
-  const key = volumeKey();
-  const bfs = new BlockFileSystem({ logger: log });
+  const m = { dir, img: join(dir, 'v.img'), file: join(mnt, VOL), key: volumeKey(), dev: null as unknown as EncryptedBlockDevice };
+  const bfs = new BlockFileSystem({ logger: log, ...opts });
   const mount = new FuseMount(mnt, bfs.ops(), { logger: log });
-  const file = join(mnt, VOL);
-  let dev: EncryptedBlockDevice;
+  beforeAll(async () => {
+    await makeImage(m.img, SIZE, m.key);
+    m.dev = new EncryptedBlockDevice({ volumeId: VOL, size: SIZE, dataOffset: LUKS2_DATA_OFFSET, backing: await openBackingFile(m.img), xts: (await testEngine()).createContext(m.key) });
+    instrument(m.dev);
+    await mount.mount();
+    bfs.add(m.dev);
+  });
+  afterAll(async () => {
+    await mount.unmount();
+    await sh('fusermount', ['-uz', mnt]).catch(() => {});
+    await m.dev.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+  return m;
+}
+
+describe('FUSE block file over an EncryptedBlockDevice', () => {
   let consumed = 0;
   let behind = 0;
-
-  beforeAll(async () => {
-    await makeImage(img, SIZE, key);
-    dev = new EncryptedBlockDevice({ volumeId: VOL, size: SIZE, dataOffset: LUKS2_DATA_OFFSET, backing: await openBackingFile(img), xts: (await testEngine()).createContext(key) });
+  const m = encryptedMount('fuse-enc', {}, (dev) => {
     const orig = dev.writeConsuming.bind(dev);
     dev.writeConsuming = (o, d) => (consumed++, orig(o, d));
     const origBehind = dev.writeBehind.bind(dev);
@@ -44,16 +60,8 @@ describe('FUSE block file over an EncryptedBlockDevice', () => {
       if (complete) behind++;
       return complete;
     };
-    await mount.mount();
-    bfs.add(dev);
   });
-
-  afterAll(async () => {
-    await mount.unmount();
-    await sh('fusermount', ['-uz', mnt]).catch(() => {});
-    await dev.close();
-    await fsp.rm(dir, { recursive: true, force: true });
-  });
+  const { dir, img, file, key } = m;
 
   it('aligned and unaligned writes via the mount: plaintext back through O_DIRECT, ciphertext on disk per node:crypto', async () => {
     const model = Buffer.alloc(SIZE);
@@ -98,35 +106,15 @@ describe('FUSE block file over an EncryptedBlockDevice', () => {
       expect(job.write.io_bytes, bs).toBe(2 * 1024 * 1024);
     }
     expect(behind - before).toBeGreaterThanOrEqual(16 + 512);
-    await dev.flush();
+    await m.dev.flush();
   });
 });
 
 describe('FUSE block file with write-behind off (ebsd daemon --no-write-behind)', () => {
-  const dir = tempDir('fuse-wt');
-  const mnt = join(dir, 'mnt');
-  const img = join(dir, 'v.img');
-  const key = volumeKey();
-  const bfs = new BlockFileSystem({ logger: log, writeBehind: false });
-  const mount = new FuseMount(mnt, bfs.ops(), { logger: log });
-  const file = join(mnt, VOL);
-  let dev: EncryptedBlockDevice;
   let offered = 0;
-
-  beforeAll(async () => {
-    await makeImage(img, SIZE, key);
-    dev = new EncryptedBlockDevice({ volumeId: VOL, size: SIZE, dataOffset: LUKS2_DATA_OFFSET, backing: await openBackingFile(img), xts: (await testEngine()).createContext(key) });
+  const { dir, img, file, key } = encryptedMount('fuse-wt', { writeBehind: false }, (dev) => {
     const origBehind = dev.writeBehind.bind(dev);
     dev.writeBehind = (o, d) => (offered++, origBehind(o, d));
-    await mount.mount();
-    bfs.add(dev);
-  });
-
-  afterAll(async () => {
-    await mount.unmount();
-    await sh('fusermount', ['-uz', mnt]).catch(() => {});
-    await dev.close();
-    await fsp.rm(dir, { recursive: true, force: true });
   });
 
   it('every acknowledged O_DIRECT write is already in the image (no flush), and write-behind is never offered', async () => {
