@@ -146,7 +146,6 @@ for (const [w, byT] of Object.entries(runs)) {
     const m = {}
     for (const k of Object.keys(list[0])) m[k] = typeof list[0][k] === 'number' ? median(list.map(x => x[k])) : list[0][k]
     m.rounds = list.length
-    m.roundValues = list.map(x => (w.startsWith('seq') ? x.bwMBps : w === 'lat-read' ? x.latMeanUs : x.iops))
     m.perRound = entries.map(({ round, m: x }) => Object.fromEntries([['round', round], ...PER_ROUND.map(k => [k, x[k]])]))
     raw[w][t] = m
   }
@@ -171,15 +170,14 @@ const RATIO_PAIRS = {
 }
 function pairedRatio (row, a, b, v) {
   const ra = raw[row.workload]?.[a]?.perRound; const rb = raw[row.workload]?.[b]?.perRound
-  if (!ra || !rb) return { median: speed(row.higher, v[a], v[b]), rounds: [], min: null, max: null }
+  if (!ra || !rb) return { median: speed(row.higher, v[a], v[b]), rounds: [] }
   const rounds = []
   for (const x of ra) {
     const y = rb.find(z => z.round === x.round)
     const q = y ? speed(row.higher, x[row.metric], y[row.metric]) : null
     if (q !== null) rounds.push(q)
   }
-  if (!rounds.length) return { median: null, rounds, min: null, max: null }
-  return { median: median(rounds), rounds, min: Math.min(...rounds), max: Math.max(...rounds) }
+  return { median: median(rounds), rounds }
 }
 const rows = ROWS.map(row => {
   const v = {}
