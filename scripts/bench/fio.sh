@@ -313,15 +313,21 @@ cpu_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; ex
 # steal_pct "S0 T0" "S1 T1": steal as a percentage of all CPU time in between.
 steal_pct() { echo "$1 $2" | awk '{ d = $4 - $2; p = 0; if (d > 0) p = 100 * ($3 - $1) / d; printf "%.1f", p }'; }
 
+# fio_job TARGET WORKLOAD RAMP [fio options...]: one job file on TARGET's file. It
+# starts with no dirty pages left by the previous run (a write run leaves GBs to
+# write back, which would throttle whichever target runs next).
+fio_job() {
+  local t=$1 w=$2 ramp=$3
+  shift 3
+  sync
+  FIO_FILE=${FILE[$t]} FIO_SIZE=${SIZE_MIB}m FIO_RUNTIME=$RUNTIME FIO_RAMP=$ramp \
+    fio "$@" "$HERE/fio/$w.fio"
+}
+
 run_workload() {
   local t=$1 w=$2 r=$3 out=$RESULTS/$1--$2--r$3.json before
-  # Start every run with no dirty pages left by the previous one (a write run
-  # leaves GBs to write back, which would throttle whichever target runs next).
-  sync
   before=$(cpu_ticks)
-  FIO_FILE=${FILE[$t]} FIO_SIZE=${SIZE_MIB}m FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
-    fio --output-format=json --output="$out" "$HERE/fio/$w.fio" \
-    || die "fio $w on $t failed"
+  fio_job "$t" "$w" "$RAMP" --output-format=json --output="$out" || die "fio $w on $t failed"
   steal_pct "$before" "$(cpu_ticks)" >"${out%.json}.steal"
   node "$HERE/fio-report.mjs" --one "$out" >&2
 }
@@ -365,9 +371,7 @@ say "correctness checks passed ($((SECONDS - T0)) s); timing ${#WORKLOADS[@]} wo
 if ((WARMUP)); then
   say "warm-up (not recorded): ${WORKLOADS[0]}, ${RUNTIME}s on each target"
   for t in "${ACTIVE[@]}"; do
-    sync
-    FIO_FILE=${FILE[$t]} FIO_SIZE=${SIZE_MIB}m FIO_RUNTIME=$RUNTIME FIO_RAMP=0 \
-      fio --output=/dev/null "$HERE/fio/${WORKLOADS[0]}.fio" || die "warm-up fio ${WORKLOADS[0]} on $t failed"
+    fio_job "$t" "${WORKLOADS[0]}" 0 --output=/dev/null || die "warm-up fio ${WORKLOADS[0]} on $t failed"
   done
 fi
 
