@@ -21,7 +21,7 @@ function fail(msg) {
   }
   console.warn(`ebsd: WARNING: native addon not built (${msg}).`);
   console.warn('ebsd: falling back to the node:crypto XTS engine (much slower).');
-  console.warn('ebsd: to retry: npm run build:native   (needs python3, make and a C compiler)');
+  console.warn('ebsd: to retry: npm run build:native   (needs python3, make, a C compiler and libgcrypt20-dev)');
   process.exit(0);
 }
 
@@ -38,14 +38,14 @@ function findNodeGyp() {
   }
 }
 
-// Node's headers (including its OpenSSL headers) usually ship with the
+// Node's headers usually ship with the
 // distribution's node under <prefix>/include/node. Point node-gyp there so it
 // never needs to download a header tarball (machines here have no route to it).
 function localNodeDir() {
   if (process.env.npm_config_nodedir) return null; // the user chose one
   const prefix = resolve(dirname(process.execPath), '..');
   const hdr = join(prefix, 'include', 'node');
-  if (existsSync(join(hdr, 'node_api.h')) && existsSync(join(hdr, 'openssl', 'evp.h')) && existsSync(join(hdr, 'common.gypi'))) {
+  if (existsSync(join(hdr, 'node_api.h')) && existsSync(join(hdr, 'common.gypi'))) {
     return prefix;
   }
   return null;
@@ -63,10 +63,10 @@ if (r.error) fail(`could not run node-gyp: ${r.error.message}`);
 if (r.status !== 0) fail(`node-gyp exited with status ${r.status ?? r.signal}`);
 if (!existsSync(output)) fail(`${output} missing after the build`);
 
-// Prove it links against node's OpenSSL and loads.
+// Prove it links (libgcrypt) and loads.
 const check = spawnSync(
   process.execPath,
-  ['-e', `const a=require(${JSON.stringify(output)});if(typeof a.createContext!=='function')process.exit(2);console.log('ebsd: native addon OK ('+a.opensslVersion+')')`],
+  ['-e', `const a=require(${JSON.stringify(output)});if(typeof a.createContext!=='function')process.exit(2);if(a.cipherLibrary===null)process.exit(3);console.log('ebsd: native addon OK (AES-XTS on '+a.cipherLibrary+')')`],
   { stdio: 'inherit' },
 );
 if (check.status !== 0) fail('the built addon does not load');

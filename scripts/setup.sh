@@ -21,6 +21,7 @@ declare -A NEED=(
   [make]=/usr/bin/make
   [g++]=/usr/bin/g++
   [python3]=/usr/bin/python3
+  [libgcrypt20-dev]=/usr/include/gcrypt.h
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

@@ -1,11 +1,10 @@
 /*
  * ebsd native addon entry point: batch AES-256-XTS over runs of data units
- * (xts.c), control-socket peer credentials (peercred.c) and non-blocking
+ * (xts.c, on libgcrypt), control-socket peer credentials (peercred.c) and non-blocking
  * positioned I/O for the volume data path (io.c).
  */
 #include "ebsd_native.h"
 
-#include <openssl/crypto.h>
 #include <stdio.h>
 
 void ebsd_throw_napi(napi_env env, const char *call) {
@@ -59,9 +58,14 @@ int ebsd_get_int(napi_env env, napi_value v, const char *name, int64_t min, int6
 }
 
 static napi_value init(napi_env env, napi_value exports) {
-  napi_value ver;
-  NAPI_CALL(env, napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &ver));
-  NAPI_CALL(env, napi_set_named_property(env, exports, "opensslVersion", ver));
+  /* "libgcrypt 1.10.1", or null when the library at run time is too old. */
+  napi_value lib;
+  const char *v = ebsd_cipher_library();
+  char name[64];
+  snprintf(name, sizeof name, "libgcrypt %s", v != NULL ? v : "");
+  if (v != NULL) NAPI_CALL(env, napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &lib));
+  else NAPI_CALL(env, napi_get_null(env, &lib));
+  NAPI_CALL(env, napi_set_named_property(env, exports, "cipherLibrary", lib));
   NAPI_CALL(env, ebsd_init_xts(env, exports));
   NAPI_CALL(env, ebsd_init_peercred(env, exports));
   NAPI_CALL(env, ebsd_init_io(env, exports));

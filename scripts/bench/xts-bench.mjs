@@ -170,7 +170,7 @@ const f = (x) => (x === null ? 'n/a' : x.toFixed(0));
 const ratio = (a, b) => (a === null || b === null || b === 0 ? null : a / b);
 const res = {
   node: process.version,
-  opensslLibrary: requireNative().opensslVersion,
+  cipherLibrary: requireNative().cipherLibrary,
   opensslCli: spawnSync('openssl', ['version'], { encoding: 'utf8' }).stdout?.trim() ?? null,
   cores: availableParallelism(),
   loadavg1m: { before: loadBefore, after: loadAfter },
@@ -201,7 +201,7 @@ if (json) {
     '## XTS engine',
     '',
     `Run: ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, \`${cmdline}\` (best of ${ROUNDS} interleaved rounds of ${SECONDS} s), ` +
-      `${res.cores} cores, node ${res.node}, addon on ${res.opensslLibrary}, CLI ${res.opensslCli?.replace(/ \(Library.*$/, '')}. ` +
+      `${res.cores} cores, node ${res.node}, addon on ${res.cipherLibrary}, CLI ${res.opensslCli?.replace(/ \(Library.*$/, '')}. ` +
       `Load average ${loadBefore.toFixed(2)} → ${loadAfter.toFixed(2)} (a shared machine: other test suites were running).`,
     '',
     `AES-256-XTS, ${UNIT}-byte units, tweak step 8 (the volume layout). Output checked against IEEE 1619 vector 10 and the other two engines before timing.`,
@@ -232,7 +232,7 @@ if (json) {
   const r2 = (x) => (x === null ? 'n/a' : x.toFixed(2) + 'x');
   const row = (label, a, b) => console.log(`  ${label.padEnd(52)} ${String(a).padStart(8)} ${String(b).padStart(9)}`);
   console.log(`XTS engine benchmark: AES-256-XTS, ${UNIT}-byte units (tweak step ${STEP}), best of ${ROUNDS} rounds of ${SECONDS}s`);
-  console.log(`  addon on ${res.opensslLibrary} (node ${res.node}); CLI ${res.opensslCli}; ${res.cores} cores; load avg ${loadBefore.toFixed(2)} -> ${loadAfter.toFixed(2)}`);
+  console.log(`  addon on ${res.cipherLibrary} (node ${res.node}); CLI ${res.opensslCli}; ${res.cores} cores; load avg ${loadBefore.toFixed(2)} -> ${loadAfter.toFixed(2)}`);
   console.log(`  correctness: IEEE 1619 vector 10 and native = reference = node:crypto on a ${RUN_LABEL} run: OK`);
   row('MB/s', 'wall', 'user-CPU');
   row(`native, 1 thread, ${RUN_LABEL} runs (sync)`, f(main.wall), f(main.cpu));

@@ -15,9 +15,12 @@ export interface PeerCred {
 
 /** The surface of native/build/Release/ebsd_native.node (native/src/*.c). */
 export interface NativeAddon {
-  readonly opensslVersion: string;
+  /** The XTS cipher library, e.g. "libgcrypt 1.10.1"; null if the one found at run time is older than the build's. */
+  readonly cipherLibrary: string | null;
   createContext(key: Uint8Array): NativeXtsHandle;
   destroyContext(ctx: NativeXtsHandle): void;
+  /** For tests: true once the context's native key copy is zero and its handles are closed. */
+  keyWiped(ctx: NativeXtsHandle): boolean;
   encryptSync(ctx: NativeXtsHandle, data: Uint8Array, firstTweak: bigint, unitSize: number, tweakStep: number): void;
   decryptSync(ctx: NativeXtsHandle, data: Uint8Array, firstTweak: bigint, unitSize: number, tweakStep: number): void;
   /** Runs on the libuv thread pool; `data` stays referenced until the promise settles. */

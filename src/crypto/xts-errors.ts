@@ -14,7 +14,7 @@ export type XtsErrorCode =
   | 'XTS_DESTROYED' // context used after destroy()
   | 'XTS_ENGINE_UNAVAILABLE' // the requested engine cannot run here
   | 'XTS_SELF_TEST_FAILED' // an engine produced wrong output for a known vector
-  | 'XTS_OPENSSL'; // OpenSSL reported a failure
+  | 'XTS_CIPHER'; // the cipher library (libgcrypt, in the native addon) reported a failure
 
 /** An XTS error; `argument` names the offending argument where there is one. */
 export class XtsError extends EbsdError {

@@ -6,15 +6,15 @@ import { isNativeAvailable, nativeAddon, nativeLoadError, type NativeAddon, type
 export { isNativeAvailable, nativeLoadError } from './native-addon.js';
 
 /**
- * AES-256-XTS on OpenSSL's EVP_aes_256_xts through the native addon: a whole
- * run of data units per call, and an async form on the libuv thread pool so
- * runs proceed on several cores (DESIGN §3).
+ * AES-256-XTS on libgcrypt through the native addon (native/src/xts.c says
+ * why libgcrypt): a whole run of data units per call, and an async form on the
+ * libuv thread pool so large runs proceed on several cores (DESIGN §3).
  *
- * Key material: the addon keeps no copy of the key, only OpenSSL's key
- * schedules, which EVP_CIPHER_CTX_free cleanses on destroy(). This class keeps
- * no JS copy either. The caller's key buffer is the caller's to wipe. Native
- * memory cannot be inspected from a test; that it is cleansed rests on
- * OpenSSL's provider freeing its context with OPENSSL_clear_free.
+ * Key material: the addon keeps one copy of the key (to key the handles async
+ * runs take) beside libgcrypt's key schedules; destroy() wipes the copy and
+ * closes the handles, which libgcrypt wipes as it frees them. The addon's
+ * keyWiped() lets a test check the copy. This class keeps no JS copy. The
+ * caller's key buffer is the caller's to wipe.
  */
 class NativeXtsContext implements XtsContext {
   readonly engine = 'native' as const;
@@ -63,7 +63,7 @@ class NativeXtsContext implements XtsContext {
     }
   }
 
-  /** Frees (and so cleanses) the native key schedules; runs already queued finish first. */
+  /** Wipes the native key copy and closes (so wipes) the handles; runs already queued finish first. */
   destroy(): void {
     if (this.#handle === null) return;
     this.#addon.destroyContext(this.#handle);

@@ -1,14 +1,15 @@
 /**
  * Wiping (STYLE §7). Best effort by nature: these tests prove that the buffers
  * an engine copied key material into are zero after destroy(); they cannot
- * prove the GC never copied them. The native engine keeps no JS-side copy,
- * and its OpenSSL key schedules live in native memory a test cannot inspect
- * (EVP_CIPHER_CTX_free cleanses them; see native/src/xts.c).
+ * prove the GC never copied them. The native engine keeps no JS-side copy;
+ * its native key copy is checked through the addon's keyWiped(), and
+ * libgcrypt wipes its handles (key schedules) as it closes them.
  */
 import { describe, expect, it } from 'vitest';
 import { nodeXtsEngine } from '../../src/crypto/xts-node.js';
 import { referenceXtsEngine } from '../../src/crypto/xts-reference.js';
 import { nativeXtsEngine } from '../../src/crypto/xts-native.js';
+import { requireNative } from '../../src/crypto/native-addon.js';
 import { randomKey } from './xts-suite.js';
 
 type WithKeyBuffers = { _keyBuffers(): ArrayBufferView[] };
@@ -40,5 +41,19 @@ describe('XTS key wiping', () => {
     const c = nativeXtsEngine.createContext(randomKey());
     expect((c as unknown as Partial<WithKeyBuffers>)._keyBuffers).toBeUndefined();
     c.destroy();
+  });
+
+  it("native: the addon's key copy is wiped and its handles closed by destroyContext", async () => {
+    const n = requireNative();
+    const ctx = n.createContext(randomKey());
+    expect(n.keyWiped(ctx)).toBe(false);
+    // Lend handles to async runs, then destroy while they are queued: the runs
+    // still finish, and the copy is gone at once.
+    const runs = [0, 1, 2].map((i) => n.encrypt(ctx, Buffer.alloc(65536, i), BigInt(i * 128), 4096, 8));
+    n.destroyContext(ctx);
+    expect(n.keyWiped(ctx)).toBe(true);
+    await Promise.all(runs);
+    expect(n.keyWiped(ctx)).toBe(true);
+    expect(() => n.encryptSync(ctx, Buffer.alloc(4096), 0n, 4096, 8)).toThrow(expect.objectContaining({ code: 'XTS_DESTROYED' }));
   });
 });
