@@ -379,7 +379,7 @@ function speedCommand(y: Argv): Argv {
       process.stdout.write(`AES-256-XTS, single thread; engine in use: ${report.selected}\n`);
       process.stdout.write(
         table(report.engines as unknown as R[], [
-          ['ENGINE', (r) => r.name], ['UNIT', (r) => `${r.unitSize} B`], ['ENCRYPT MB/s', (r) => r.encryptMBps], ['DECRYPT MB/s', (r) => r.decryptMBps],
+          ['ENGINE', (r) => r.name], ['LIBRARY', (r) => r.library], ['UNIT', (r) => `${r.unitSize} B`], ['ENCRYPT MB/s', (r) => r.encryptMBps], ['DECRYPT MB/s', (r) => r.decryptMBps],
         ]) + '\n',
       );
     },

@@ -12,6 +12,8 @@ import { availableXtsEngines, getXtsEngine, selectXtsEngine, xtsEngineUnavailabl
 
 export interface SpeedEngineResult {
   name: XtsEngineName;
+  /** XtsEngine.library: what computes the cipher. */
+  library: string;
   unitSize: XtsUnitSize;
   encryptMBps: number;
   decryptMBps: number;
@@ -131,7 +133,7 @@ export async function runSpeed(opts: SpeedOptions = {}): Promise<SpeedReport> {
           const o = { unitSize, tweakStep };
           const encryptMBps = measure(() => ctx.encryptSync(buf, 0n, o), runBytes, seconds);
           const decryptMBps = measure(() => ctx.decryptSync(buf, 0n, o), runBytes, seconds);
-          results.push({ name: engine.name, unitSize, encryptMBps: round1(encryptMBps), decryptMBps: round1(decryptMBps) });
+          results.push({ name: engine.name, library: engine.library, unitSize, encryptMBps: round1(encryptMBps), decryptMBps: round1(decryptMBps) });
           opts.logger?.debug({ engine: engine.name, unitSize, encryptMBps, decryptMBps }, 'xts speed');
           // Let timers and I/O run between measurements.
           await new Promise((r) => setImmediate(r));

@@ -71,7 +71,7 @@ export function selectXtsEngine(preferred: XtsEngineName | 'auto' = 'auto', logg
   const key = `${preferred}:${chosen.name}`;
   if (logger && lastLogged !== key) {
     lastLogged = key;
-    logger.info({ xtsEngine: chosen.name, requested: preferred, skipped }, `XTS engine: ${chosen.name}`);
+    logger.info({ xtsEngine: chosen.name, xtsLibrary: chosen.library, requested: preferred, skipped }, `XTS engine: ${chosen.name} (${chosen.library})`);
   }
   return chosen;
 }

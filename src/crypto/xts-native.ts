@@ -73,6 +73,7 @@ class NativeXtsContext implements XtsContext {
 
 export const nativeXtsEngine: XtsEngine = {
   name: 'native',
+  library: nativeAddon?.cipherLibrary ?? 'native addon not loaded',
   createContext(key: Uint8Array): XtsContext {
     _checkKey(key);
     if (!isNativeAvailable() || nativeAddon === null) {

@@ -59,6 +59,7 @@ class NodeXtsContext extends _OnThreadXtsContext {
 
 export const nodeXtsEngine: XtsEngine = {
   name: 'node',
+  library: `OpenSSL ${process.versions.openssl} (node:crypto)`,
   createContext(key: Uint8Array): XtsContext {
     _checkKey(key);
     if (!isNodeXtsAvailable()) throw new XtsError('XTS_ENGINE_UNAVAILABLE', 'node:crypto lacks aes-256-xts');

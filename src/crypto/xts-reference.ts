@@ -110,6 +110,7 @@ class ReferenceXtsContext extends _OnThreadXtsContext {
 
 export const referenceXtsEngine: XtsEngine = {
   name: 'reference',
+  library: '@noble/ciphers AES block + XTS in TypeScript',
   createContext(key: Uint8Array): XtsContext {
     _checkKey(key);
     return new ReferenceXtsContext(key);

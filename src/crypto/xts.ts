@@ -37,6 +37,8 @@ export interface XtsContext {
 
 export interface XtsEngine {
   readonly name: XtsEngineName;
+  /** What computes the cipher, for people reading `ebsd speed`: e.g. "libgcrypt 1.10.1". */
+  readonly library: string;
   /**
    * Throws XtsError (src/crypto/xts-errors.ts) code XTS_BAD_KEY_LENGTH (length != 64) /
    * XTS_WEAK_KEY (K1 = K2). Runs throw XTS_BAD_UNIT_SIZE, XTS_BAD_TWEAK_STEP,

@@ -10,6 +10,8 @@ describe('runSpeed', () => {
     expect(r.engines.map((e) => `${e.name}/${e.unitSize}`)).toEqual([
       'native/512', 'native/4096', 'node/512', 'node/4096', 'reference/512', 'reference/4096',
     ]);
+    expect(r.engines.find((e) => e.name === 'native')?.library).toMatch(/^libgcrypt \d+\.\d+/);
+    expect(r.engines.find((e) => e.name === 'node')?.library).toBe(`OpenSSL ${process.versions.openssl} (node:crypto)`);
     for (const e of r.engines) {
       expect(e.encryptMBps).toBeGreaterThan(0);
       expect(e.decryptMBps).toBeGreaterThan(0);
@@ -30,6 +32,7 @@ describe('runSpeed', () => {
   it('refuses to time an engine that gets the known answer wrong', async () => {
     const broken: XtsEngine = {
       name: 'node',
+      library: 'a deliberately wrong engine',
       createContext(key: Uint8Array): XtsContext {
         const inner = nodeXtsEngine.createContext(key);
         return {

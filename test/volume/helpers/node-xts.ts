@@ -29,6 +29,7 @@ function run(key: Buffer, dir: 'enc' | 'dec', data: Uint8Array, first: bigint | 
 /** Test-only engine used until (and beside) the project's XTS engines. */
 export const nodeTestEngine: XtsEngine = {
   name: 'node',
+  library: 'node:crypto aes-256-xts, one Cipheriv per sector (test helper)',
   createContext(k: Uint8Array): XtsContext {
     const key = Buffer.from(k);
     let dead = false;
