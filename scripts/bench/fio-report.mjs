@@ -12,7 +12,7 @@
 //
 // Result files are named <target>--<workload>.json.
 
-import { readFileSync, writeFileSync, readdirSync, renameSync, mkdirSync, existsSync, mkdtempSync } from 'node:fs'
+import { readFileSync, writeFileSync, readdirSync, renameSync, mkdirSync, existsSync, mkdtempSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, basename, join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -229,8 +229,15 @@ const goals = [
   }
 ]
 
+// When the run ended: its last result file (so that rendering a kept run later
+// does not date it to the rendering).
+function lastResultTime () {
+  const ms = readdirSync(args.results).filter(f => f.endsWith('.json')).map(f => statSync(join(args.results, f)).mtimeMs)
+  return ms.length ? new Date(Math.max(...ms)).toISOString() : null
+}
+
 const summary = {
-  generatedAt: FROM_SUMMARY?.generatedAt ?? new Date().toISOString(),
+  generatedAt: FROM_SUMMARY?.generatedAt ?? lastResultTime() ?? new Date().toISOString(),
   meta,
   targets: present.map(t => ({ id: t.id, label: t.label })),
   rows,
