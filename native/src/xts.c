@@ -300,13 +300,18 @@ static napi_value create_context(napi_env env, napi_callback_info info) {
   return ext;
 }
 
-static napi_value destroy_context(napi_env env, napi_callback_info info) {
+/* The one argument of destroyContext / keyWiped: a context. 0 (thrown) if it is not one. */
+static int only_ctx_arg(napi_env env, napi_callback_info info, xts_ctx **x) {
   size_t argc = 1;
   napi_value argv[1];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) return ebsd_throw(env, "ERR_ARG_TYPE", "ctx must be a context from createContext()");
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) { ebsd_throw_napi(env, "napi_get_cb_info"); return 0; }
+  if (argc < 1) { ebsd_throw(env, "ERR_ARG_TYPE", "ctx must be a context from createContext()"); return 0; }
+  return get_ctx(env, argv[0], x);
+}
+
+static napi_value destroy_context(napi_env env, napi_callback_info info) {
   xts_ctx *x;
-  if (!get_ctx(env, argv[0], &x)) return NULL;
+  if (!only_ctx_arg(env, info, &x)) return NULL;
   release_key(x);
   x->destroyed = 1;
   napi_value undef;
@@ -316,12 +321,8 @@ static napi_value destroy_context(napi_env env, napi_callback_info info) {
 
 /* For tests: whether the context's key copy is all zero (true once destroyed). */
 static napi_value key_wiped(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) return ebsd_throw(env, "ERR_ARG_TYPE", "ctx must be a context from createContext()");
   xts_ctx *x;
-  if (!get_ctx(env, argv[0], &x)) return NULL;
+  if (!only_ctx_arg(env, info, &x)) return NULL;
   uint8_t any = 0;
   for (int i = 0; i < XTS_KEY_LEN; i++) any |= x->key[i];
   napi_value r;
