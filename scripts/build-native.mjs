@@ -38,9 +38,9 @@ function findNodeGyp() {
   }
 }
 
-// Node's headers usually ship with the
-// distribution's node under <prefix>/include/node. Point node-gyp there so it
-// never needs to download a header tarball (machines here have no route to it).
+// Node's headers usually ship with the distribution's node under
+// <prefix>/include/node. Point node-gyp there so it never needs to download a
+// header tarball (machines here have no route to it).
 function localNodeDir() {
   if (process.env.npm_config_nodedir) return null; // the user chose one
   const prefix = resolve(dirname(process.execPath), '..');
