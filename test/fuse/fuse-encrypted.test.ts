@@ -1,15 +1,13 @@
-import { promises as fsp, openSync, readSync, closeSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockFileSystem, FuseMount } from '../../src/fuse/index.js';
-import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
-import { openBackingFile } from '../../src/volume/backing-file.js';
-import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
+import type { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { createLogger } from '../../src/util/logger.js';
 import { makeImage, volumeKey, VOL } from '../volume/helpers/image.js';
 import { xtsSector } from '../volume/helpers/node-xts.js';
-import { testEngine } from '../volume/helpers/engine.js';
+import { diskSector, openEncrypted } from '../volume/helpers/device.js';
 import { sh, tempDir } from './helpers.js';
 
 // The FUSE adapter over a real EncryptedBlockDevice: writes reach the device
@@ -34,7 +32,7 @@ function encryptedMount(name: string, opts: { writeBehind?: boolean }, instrumen
   const mount = new FuseMount(mnt, bfs.ops(), { logger: log });
   beforeAll(async () => {
     await makeImage(m.img, SIZE, m.key);
-    m.dev = new EncryptedBlockDevice({ volumeId: VOL, size: SIZE, dataOffset: LUKS2_DATA_OFFSET, backing: await openBackingFile(m.img), xts: (await testEngine()).createContext(m.key) });
+    m.dev = await openEncrypted(m.img, m.key, SIZE);
     instrument(m.dev);
     await mount.mount();
     bfs.add(m.dev);
@@ -81,15 +79,8 @@ describe('FUSE block file over an EncryptedBlockDevice', () => {
     await sh('dd', [`if=${file}`, `of=${out}`, 'bs=64k', 'count=8', 'iflag=direct', 'status=none']);
     const back = await fsp.readFile(out);
     expect(back.equals(model.subarray(0, 512 * 1024))).toBe(true);
-    const fd = openSync(img, 'r');
-    try {
-      for (const s of [0, 5, 9, 10, 12, 63, 64]) {
-        const c = Buffer.alloc(SS);
-        readSync(fd, c, 0, SS, LUKS2_DATA_OFFSET + s * SS);
-        expect(xtsSector(key, 'dec', c, BigInt(s) * 8n).equals(model.subarray(s * SS, (s + 1) * SS)), `sector ${s}`).toBe(true);
-      }
-    } finally {
-      closeSync(fd);
+    for (const s of [0, 5, 9, 10, 12, 63, 64]) {
+      expect(xtsSector(key, 'dec', diskSector(img, s), BigInt(s) * 8n).equals(model.subarray(s * SS, (s + 1) * SS)), `sector ${s}`).toBe(true);
     }
   });
 
@@ -118,23 +109,16 @@ describe('FUSE block file with write-behind off (ebsd daemon --no-write-behind)'
   });
 
   it('every acknowledged O_DIRECT write is already in the image (no flush), and write-behind is never offered', async () => {
-    const fd = openSync(img, 'r');
-    try {
-      for (const [len, at] of [[SS, 3], [128 * 1024, 40]] as const) {
-        const data = randomBytes(len);
-        const src = join(dir, `in-${len}`);
-        await fsp.writeFile(src, data);
-        await sh('dd', [`if=${src}`, `of=${file}`, `bs=${len}`, 'count=1', `seek=${at * SS}`, 'oflag=direct,seek_bytes', 'conv=notrunc', 'status=none']);
-        // dd has returned, so every write was acknowledged: the image must hold them now.
-        for (let s = at; s < at + len / SS; s++) {
-          const c = Buffer.alloc(SS);
-          readSync(fd, c, 0, SS, LUKS2_DATA_OFFSET + s * SS);
-          const want = data.subarray((s - at) * SS, (s - at + 1) * SS);
-          expect(xtsSector(key, 'dec', c, BigInt(s) * 8n).equals(want), `sector ${s} of a ${len}-byte write`).toBe(true);
-        }
+    for (const [len, at] of [[SS, 3], [128 * 1024, 40]] as const) {
+      const data = randomBytes(len);
+      const src = join(dir, `in-${len}`);
+      await fsp.writeFile(src, data);
+      await sh('dd', [`if=${src}`, `of=${file}`, `bs=${len}`, 'count=1', `seek=${at * SS}`, 'oflag=direct,seek_bytes', 'conv=notrunc', 'status=none']);
+      // dd has returned, so every write was acknowledged: the image must hold them now.
+      for (let s = at; s < at + len / SS; s++) {
+        const want = data.subarray((s - at) * SS, (s - at + 1) * SS);
+        expect(xtsSector(key, 'dec', diskSector(img, s), BigInt(s) * 8n).equals(want), `sector ${s} of a ${len}-byte write`).toBe(true);
       }
-    } finally {
-      closeSync(fd);
     }
     expect(offered).toBe(0);
   });
