@@ -9,7 +9,7 @@ export const EXIT = {
   USAGE: 2,
   /** The daemon is not running or its socket cannot be reached. */
   NO_DAEMON: 3,
-  /** AccessDeniedException: the caller's uid/principal may not do this. */
+  /** AccessDeniedException (KMS, IAM) or UnauthorizedOperation (EC2): the caller's uid/principal may not do this. */
   DENIED: 4,
   /** The key, alias, volume, user or grant does not exist. */
   NOT_FOUND: 5,
@@ -30,7 +30,7 @@ export const EXIT_CODES_HELP = `Exit codes:
   1  unexpected internal error
   2  usage error (bad command line)
   3  daemon not running / control socket unreachable
-  4  access denied (AccessDeniedException; unmapped uid)
+  4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)
   5  not found (NotFoundException, InvalidVolume.NotFound, NoSuchEntity)
   6  conflicting state (VolumeInUse, IncorrectState, DisabledException, KMSInvalidStateException, AlreadyExists)
   7  invalid request (ValidationException, InvalidParameterValue, MalformedPolicyDocument, InvalidCiphertextException,
@@ -49,7 +49,7 @@ const SERVICE = new Set(['KMSInternalException', 'InternalFailure', 'DependencyT
 /** AWS exception name -> exit code. */
 export function exitCodeFor(awsName: string | undefined, httpStatus?: number): number {
   if (!awsName) return httpStatus && httpStatus < 500 ? EXIT.INVALID : EXIT.INTERNAL;
-  if (awsName === 'AccessDeniedException') return EXIT.DENIED;
+  if (awsName === 'AccessDeniedException' || awsName === 'UnauthorizedOperation') return EXIT.DENIED;
   if (NOT_FOUND.has(awsName)) return EXIT.NOT_FOUND;
   if (CONFLICT.has(awsName)) return EXIT.CONFLICT;
   if (SERVICE.has(awsName)) return EXIT.SERVICE;

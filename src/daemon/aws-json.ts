@@ -45,7 +45,9 @@ export function toWireError(e: unknown): WireError {
   const message = typeof err?.message === 'string' ? err.message : String(e);
   if (awsName) {
     const internal = awsName === 'KMSInternalException' || awsName === 'InternalFailure' || awsName === 'DependencyTimeoutException';
-    return { status: internal ? 500 : 400, body: { __type: awsName, message, ...(code ? { code } : {}) } };
+    // An error may carry its service's status (EC2's UnauthorizedOperation is 403).
+    const own = (e as { httpStatus?: unknown }).httpStatus;
+    return { status: typeof own === 'number' ? own : internal ? 500 : 400, body: { __type: awsName, message, ...(code ? { code } : {}) } };
   }
   if (err instanceof TypeError || err instanceof RangeError || code === 'ERR_ARG_TYPE' || code === 'ERR_ARG_RANGE') {
     return { status: 400, body: { __type: 'ValidationException', message, ...(code ? { code } : {}) } };

@@ -18,6 +18,7 @@ import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-d
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest } from './aws-json.js';
 import { deniedEvent, volumeEvent } from './audit-events.js';
+import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -48,6 +49,7 @@ export class Daemon {
   private kms: KmsService | undefined;
   private authz: AuthzHandles | undefined;
   private mgr: VolumeManager | undefined;
+  private ec2Authz: Ec2Authorizer | undefined;
   private bfs: BlockFileSystem | undefined;
   private fuse: FuseMount | undefined;
   private server: ControlServer | undefined;
@@ -121,6 +123,11 @@ export class Daemon {
       onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
       logger: log,
     });
+    const mgr = this.mgr;
+    this.ec2Authz = new Ec2Authorizer({
+      evaluator: this.authz.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: mgr.instanceId,
+      volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
+    });
     const { resumed, failed } = await this.mgr.resumeAttachments();
     for (const id of resumed) this.expose(id);
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
@@ -183,7 +190,12 @@ export class Daemon {
     if (rootOnly && caller.type !== 'Root') {
       await this.deny(source, op, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
     }
-    if (VOLUME_OPS.has(op)) return this.volumeOp(op, body, caller);
+    if (VOLUME_OPS.has(op)) {
+      // EC2 authorization, before any state changes or KMS call on the caller's behalf.
+      const refusal = this.ec2Authz!.check(op, body, caller);
+      if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
+      return this.volumeOp(op, body, caller);
+    }
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
     if (op === 'AuditVerify') return this.auditVerify(body);
@@ -191,18 +203,19 @@ export class Daemon {
     throw new EbsdError('UNKNOWN_TARGET', `unknown operation ebsd.${op}`, { awsName: 'UnknownOperationException' });
   }
 
-  private async deny(source: string, op: string, caller: Caller, why: string, peer: PeerIdentity, volumeId?: string): Promise<never> {
-    const message = `User: ${caller.arn} is not authorized to perform: ${source.split('.')[0]}:${op} because ${why}`;
+  private async deny(source: string, op: string, caller: Caller, why: string, peer: PeerIdentity, volumeId?: string, refusal?: UnauthorizedOperation): Promise<never> {
+    const message = refusal?.message ?? `User: ${caller.arn} is not authorized to perform: ${source.split('.')[0]}:${op} because ${why}`;
     const ids = this.authz!.identities;
     try {
-      await this.kms!.context.audit.append(deniedEvent(source, op, caller, message, {
+      const ev = deniedEvent(source, op, caller, message, {
         accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}),
-      }));
+      });
+      await this.kms!.context.audit.append(refusal ? { ...ev, errorCode: refusal.auditErrorCode } : ev);
     } catch (err) {
       this.log.error({ err }, 'could not audit a denial');
     }
     this.log.warn({ uid: peer.uid, peerPid: peer.pid, principal: caller.arn, op }, 'control request denied');
-    throw new EbsdError('ACCESS_DENIED', message, { awsName: 'AccessDeniedException' });
+    throw refusal ?? new EbsdError('ACCESS_DENIED', message, { awsName: 'AccessDeniedException' });
   }
 
   private async auditVolume(ev: VolumeAuditEvent): Promise<void> {
@@ -234,9 +247,11 @@ export class Daemon {
       case 'CreateVolume':
         return mgr.createVolume(b as never, caller);
       case 'DescribeVolumes':
-        return mgr.describeVolumes(b as never);
+        return { Volumes: mgr.describeVolumes(b as never).Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v)) };
       case 'DescribeVolumeStatus': {
-        const ids = Array.isArray(b.VolumeIds) ? (b.VolumeIds as string[]) : mgr.describeVolumes().Volumes.map((v) => v.VolumeId);
+        const ids = Array.isArray(b.VolumeIds)
+          ? (b.VolumeIds as string[])
+          : mgr.describeVolumes().Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumeStatus', caller, v)).map((v) => v.VolumeId);
         return { VolumeStatuses: ids.map((id) => mgr.describeVolumeStatus(id)) };
       }
       case 'DeleteVolume':
@@ -272,7 +287,8 @@ export class Daemon {
     const mgr = this.mgr!;
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     const caches = new Map(mgr.describeKeyCaches().map((c) => [c.VolumeId, c]));
-    const volumes = mgr.describeVolumes().Volumes.map((v) => {
+    // Only the volumes the caller may describe (ec2:DescribeVolumes, per volume).
+    const volumes = mgr.describeVolumes().Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v)).map((v) => {
       const attached = this.bfs!.has(v.VolumeId);
       const name = v.Tags.find((t) => t.Key === 'Name')?.Value;
       const kc = attached ? caches.get(v.VolumeId) : undefined;

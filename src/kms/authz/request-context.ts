@@ -65,8 +65,14 @@ export interface AuthzRequest {
   grant?: NewGrantInfo;
   bypassPolicyLockoutSafetyCheck?: boolean;
   reEncryptOnSameKey?: boolean;
-  /** Any further keys, named as in policies (looked up case-insensitively). */
-  context?: Readonly<Record<string, ContextValue>>;
+  /**
+   * Any further keys, named as in policies (looked up case-insensitively):
+   * how another service's request (EC2's `ec2:VolumeSize`, `aws:RequestTag/<k>`,
+   * `aws:ResourceTag/<k>` of a volume) reaches the same evaluator. Consulted
+   * only where the built-in keys above have no value, so it cannot override
+   * who the caller is. A `Map` keeps any outside key (`__proto__` too) as data.
+   */
+  context?: ReadonlyMap<string, ContextValue> | Readonly<Record<string, ContextValue>>;
   /** Evaluation time (ms since epoch); default now. */
   now?: number;
 }
@@ -82,6 +88,22 @@ export class RequestContext implements ConditionContext {
   constructor(private readonly req: AuthzRequest) {}
 
   get(key: string): ContextValue | undefined {
+    const v = this._builtin(key);
+    return v !== undefined ? v : this._extra(key);
+  }
+
+  private _extra(key: string): ContextValue | undefined {
+    const extra = this.req.context;
+    if (!extra) return undefined;
+    if (!this.extraLower) {
+      this.extraLower = new Map();
+      const entries = extra instanceof Map ? extra.entries() : Object.entries(extra);
+      for (const [k, v] of entries) if (!this.extraLower.has(k.toLowerCase())) this.extraLower.set(k.toLowerCase(), v);
+    }
+    return this.extraLower.get(key);
+  }
+
+  private _builtin(key: string): ContextValue | undefined {
     const r = this.req;
     const c = r.caller;
     switch (key) {
@@ -173,13 +195,6 @@ export class RequestContext implements ConditionContext {
       const want = key.slice(TAG_PREFIX.length);
       for (const [k, v] of Object.entries(tags)) if (k.toLowerCase() === want) return v;
       return undefined;
-    }
-    if (r.context) {
-      if (!this.extraLower) {
-        this.extraLower = new Map();
-        for (const [k, v] of Object.entries(r.context)) this.extraLower.set(k.toLowerCase(), v);
-      }
-      return this.extraLower.get(key);
     }
     return undefined;
   }

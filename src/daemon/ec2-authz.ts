@@ -1,0 +1,204 @@
+import type { Caller } from '../kms/types.js';
+import type { PolicyEvaluator } from '../kms/authz/index.js';
+import type { ContextValue } from '../kms/authz/conditions.js';
+import { parseVolumeSize } from '../volume/size.js';
+import { EbsdError } from '../util/errors.js';
+
+/**
+ * EC2 authorization of the volume operations, through the same policy
+ * evaluator as KMS (identity policies; the account root may do everything).
+ * Actions, resource ARNs and condition keys are EC2's (Service Authorization
+ * Reference, "Actions, resources, and condition keys for Amazon EC2"); the
+ * README's "Security model" lists the ones ebsd provides. This file only
+ * builds the request (action, resource, context) from the control-API body
+ * and the catalog's view of the volume; the evaluator decides.
+ */
+
+const GiB = 1024 ** 3;
+const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
+
+/** Control-API operation -> IAM action. */
+export const EC2_ACTIONS: ReadonlyMap<string, string> = new Map([
+  ['CreateVolume', 'ec2:CreateVolume'],
+  ['DescribeVolumes', 'ec2:DescribeVolumes'],
+  ['DescribeVolumeStatus', 'ec2:DescribeVolumeStatus'],
+  ['ModifyVolume', 'ec2:ModifyVolume'],
+  ['DeleteVolume', 'ec2:DeleteVolume'],
+  ['AttachVolume', 'ec2:AttachVolume'],
+  ['DetachVolume', 'ec2:DetachVolume'],
+]);
+
+/** What authorization needs to know of an existing volume (DescribeVolumes' shape). */
+export interface VolumeView {
+  VolumeId: string;
+  SizeBytes: number;
+  Encrypted: boolean;
+  KmsKeyId?: string;
+  VolumeType?: string;
+  Tags: readonly { Key: string; Value: string }[];
+}
+
+/** EC2's refusal: HTTP 403, `UnauthorizedOperation`, the message naming caller, action and resource. */
+export class UnauthorizedOperation extends EbsdError {
+  readonly httpStatus = 403;
+  /** CloudTrail's errorCode for an EC2 refusal. */
+  readonly auditErrorCode = 'Client.UnauthorizedOperation';
+  constructor(message: string) {
+    super('EC2_UNAUTHORIZED', `You are not authorized to perform this operation. ${message}`, { awsName: 'UnauthorizedOperation' });
+  }
+}
+
+export interface Ec2AuthorizerOptions {
+  evaluator: PolicyEvaluator;
+  accountId: string;
+  region: string;
+  /** The instance this host's attachments name (AttachVolume/DetachVolume also authorize on it). */
+  instanceId: string;
+  /** The catalog's view of a volume, or undefined if there is none. */
+  volume: (volumeId: string) => VolumeView | undefined;
+}
+
+export class Ec2Authorizer {
+  constructor(private readonly o: Ec2AuthorizerOptions) {}
+
+  volumeArn(volumeId: string): string {
+    return `arn:aws:ec2:${this.o.region}:${this.o.accountId}:volume/${volumeId}`;
+  }
+
+  instanceArn(instanceId: string): string {
+    return `arn:aws:ec2:${this.o.region}:${this.o.accountId}:instance/${instanceId}`;
+  }
+
+  /**
+   * Authorize one control-API volume request before anything runs. Returns
+   * the refusal to raise, or undefined. A request naming no well-formed
+   * volume id is left to the operation, which refuses it without effect.
+   * DescribeVolumes / DescribeVolumeStatus without ids are not refused: their
+   * answer is filtered per volume (`mayDescribe`).
+   */
+  check(op: string, body: Readonly<Record<string, unknown>>, caller: Caller): UnauthorizedOperation | undefined {
+    const action = EC2_ACTIONS.get(op);
+    if (!action) return undefined;
+    switch (op) {
+      case 'CreateVolume':
+        return this._checkCreate(body, caller);
+      case 'DescribeVolumes':
+      case 'DescribeVolumeStatus': {
+        const ids = Array.isArray(body.VolumeIds) ? body.VolumeIds : [];
+        for (const id of ids) {
+          const refusal = typeof id === 'string' ? this._checkVolume(action, id, caller) : undefined;
+          if (refusal) return refusal;
+        }
+        return undefined;
+      }
+      case 'AttachVolume':
+      case 'DetachVolume': {
+        const id = body.VolumeId;
+        if (typeof id !== 'string') return undefined;
+        // EC2 authorizes attach and detach on the volume and on the instance.
+        const ctx = new Map<string, ContextValue>([['ec2:InstanceID', this.o.instanceId]]);
+        return this._checkVolume(action, id, caller, ctx) ?? this._decide(action, this.instanceArn(this.o.instanceId), caller, this._common(ctx));
+      }
+      default: {
+        const id = body.VolumeId;
+        return typeof id === 'string' ? this._checkVolume(action, id, caller) : undefined;
+      }
+    }
+  }
+
+  /** May `caller` see this volume in a DescribeVolumes / DescribeVolumeStatus / `ebsd status` answer? */
+  mayDescribe(op: 'DescribeVolumes' | 'DescribeVolumeStatus', caller: Caller, v: VolumeView): boolean {
+    if (caller.type === 'Root') return true;
+    return this._decide(EC2_ACTIONS.get(op)!, this.volumeArn(v.VolumeId), caller, this._volumeContext(v)) === undefined;
+  }
+
+  private _checkVolume(action: string, volumeId: string, caller: Caller, extra?: Map<string, ContextValue>): UnauthorizedOperation | undefined {
+    if (!VOLUME_ID.test(volumeId)) return undefined; // InvalidVolumeID.Malformed from the operation, with no effect
+    const v = this.o.volume(volumeId);
+    // A volume that does not exist is judged on its id alone: refused callers learn nothing of it.
+    const ctx = v ? this._volumeContext(v) : this._common(new Map([['ec2:VolumeID', volumeId]]));
+    for (const [k, val] of extra ?? []) ctx.set(k, val);
+    return this._decide(action, this.volumeArn(volumeId), caller, ctx);
+  }
+
+  /** CreateVolume on `volume/*`; tags given at create also need ec2:CreateTags with ec2:CreateAction = CreateVolume. */
+  private _checkCreate(body: Readonly<Record<string, unknown>>, caller: Caller): UnauthorizedOperation | undefined {
+    const resource = this.volumeArn('*');
+    const tags = _requestTags(body);
+    const ctx = this._common(_tagContext(tags));
+    const plain = body.Cipher === 'none' || body.Encrypted === false;
+    ctx.set('ec2:Encrypted', plain ? 'false' : 'true');
+    ctx.set('ec2:VolumeType', 'gp3');
+    const gib = _gib(body.Size);
+    if (gib !== undefined) ctx.set('ec2:VolumeSize', gib);
+    // As given (key id, ARN or alias); absent for the default key.
+    if (!plain && typeof body.KmsKeyId === 'string') ctx.set('ec2:KmsKeyId', body.KmsKeyId);
+    const refusal = this._decide('ec2:CreateVolume', resource, caller, ctx);
+    if (refusal || tags.length === 0) return refusal;
+    const tagCtx = this._common(_tagContext(tags));
+    tagCtx.set('ec2:CreateAction', 'CreateVolume');
+    return this._decide('ec2:CreateTags', resource, caller, tagCtx);
+  }
+
+  /** ec2:ResourceTag/<k> and aws:ResourceTag/<k>, size, encryption, key and id of an existing volume. */
+  private _volumeContext(v: VolumeView): Map<string, ContextValue> {
+    const ctx = this._common(new Map());
+    for (const t of v.Tags) {
+      if (typeof t?.Key !== 'string' || typeof t.Value !== 'string') continue;
+      ctx.set(`ec2:ResourceTag/${t.Key}`, t.Value);
+      ctx.set(`aws:ResourceTag/${t.Key}`, t.Value);
+    }
+    ctx.set('ec2:VolumeID', v.VolumeId);
+    ctx.set('ec2:VolumeSize', String(Math.ceil(v.SizeBytes / GiB)));
+    ctx.set('ec2:Encrypted', v.Encrypted ? 'true' : 'false');
+    if (v.KmsKeyId) ctx.set('ec2:KmsKeyId', v.KmsKeyId);
+    ctx.set('ec2:VolumeType', v.VolumeType ?? 'gp3');
+    return ctx;
+  }
+
+  private _common(ctx: Map<string, ContextValue>): Map<string, ContextValue> {
+    ctx.set('aws:RequestedRegion', this.o.region);
+    ctx.set('ec2:Region', this.o.region);
+    ctx.set('aws:ResourceAccount', this.o.accountId);
+    return ctx;
+  }
+
+  private _decide(action: string, resource: string, caller: Caller, context: Map<string, ContextValue>): UnauthorizedOperation | undefined {
+    const d = this.o.evaluator.evaluate({ action, caller, resource, context });
+    return d.allowed ? undefined : new UnauthorizedOperation(d.message);
+  }
+}
+
+/** Well-formed tags of a CreateVolume request (TagSpecifications for `volume`, and the Name shortcut); shape errors are the operation's to refuse. */
+function _requestTags(body: Readonly<Record<string, unknown>>): { Key: string; Value: string }[] {
+  const out: { Key: string; Value: string }[] = [];
+  const specs = Array.isArray(body.TagSpecifications) ? body.TagSpecifications : [];
+  for (const s of specs) {
+    if (s === null || typeof s !== 'object') continue;
+    const spec = s as { ResourceType?: unknown; Tags?: unknown };
+    if (spec.ResourceType !== undefined && spec.ResourceType !== 'volume') continue;
+    for (const t of Array.isArray(spec.Tags) ? spec.Tags : []) {
+      const tag = t as { Key?: unknown; Value?: unknown } | null;
+      if (tag && typeof tag.Key === 'string' && typeof tag.Value === 'string') out.push({ Key: tag.Key, Value: tag.Value });
+    }
+  }
+  if (typeof body.Name === 'string') out.push({ Key: 'Name', Value: body.Name });
+  return out;
+}
+
+/** aws:RequestTag/<k> and aws:TagKeys (IAM User Guide, "Controlling access during AWS requests"). */
+function _tagContext(tags: readonly { Key: string; Value: string }[]): Map<string, ContextValue> {
+  const ctx = new Map<string, ContextValue>();
+  for (const t of tags) ctx.set(`aws:RequestTag/${t.Key}`, t.Value);
+  if (tags.length) ctx.set('aws:TagKeys', tags.map((t) => t.Key));
+  return ctx;
+}
+
+/** ec2:VolumeSize is in GiB; a size the operation will refuse gives no value (a condition on it then fails). */
+function _gib(size: unknown): string | undefined {
+  try {
+    return String(Math.ceil(parseVolumeSize(size) / GiB));
+  } catch {
+    return undefined;
+  }
+}
