@@ -51,6 +51,8 @@ export function encodeHeader(arn: string, hbkId: Uint8Array, nonce: Uint8Array, 
   return out;
 }
 
+const _utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
 /** Parse without authenticating; the tag is checked later inside the HSM. */
 export function parseBlob(blob: Uint8Array): BlobParts {
   const bad = () => new InvalidCiphertextException('The ciphertext is not a valid KMS ciphertext blob.');
@@ -59,7 +61,13 @@ export function parseBlob(blob: Uint8Array): BlobParts {
   const n = b.readUInt16BE(1);
   const hl = headerLength(n);
   if (n === 0 || blob.length < hl + TAG_LEN) throw bad();
-  const arn = b.toString('utf8', 3, 3 + n);
+  let arn: string;
+  try {
+    // Fatal: bytes that are not UTF-8 would otherwise decode to U+FFFD, so distinct headers could name one ARN.
+    arn = _utf8.decode(blob.subarray(3, 3 + n));
+  } catch {
+    throw bad();
+  }
   if (!arn.startsWith('arn:')) throw bad();
   let o = 3 + n;
   const hbkId = blob.subarray(o, o + HBK_ID_LEN); o += HBK_ID_LEN;

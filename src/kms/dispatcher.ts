@@ -1,5 +1,7 @@
 /**
- * The operation table. Every call: validate/resolve inside the handler ->
+ * The operation table. Every call: check the request's shape and that its
+ * audit record can be written (request-shape.ts; a failure refuses the call
+ * before any effect) -> validate/resolve inside the handler ->
  * `call.authorize(...)` (the handler must call it before touching a key) ->
  * execute -> one audit event, whatever happened. Other modules (policies,
  * grants) add operations with `registerOperation(name, handler)`.
@@ -15,7 +17,8 @@ import type { Hsm } from './hsm/hsm-client.js';
 import type { KeyHandle } from './hsm/protocol.js';
 import type { AuditLog } from './audit/audit-log.js';
 import { buildEventJson } from './audit/event.js';
-import { AccessDeniedException, KMSInternalException, KmsError, UnknownOperationException } from './errors.js';
+import { AccessDeniedException, KMSInternalException, KmsError, UnknownOperationException, ValidationException } from './errors.js';
+import { checkRequestShape } from './request-shape.js';
 import { checkKeyState } from './key-state.js';
 
 /** What a handler may ask to authorize. */
@@ -131,11 +134,28 @@ export class Dispatcher {
     if (due) await due;
     const entry = this.ops.get(operation);
     let authorized = false;
+    let response: KmsResponse | undefined;
+    let error: KmsError | undefined;
+    const requestId = randomUUID();
+    // Every call is audited or has no effect: the request is checked, and its
+    // audit record built once, before the handler can change anything.
+    let checked: KmsRequest = {};
+    let recordable = false;
+    try {
+      checked = checkRequestShape(request);
+      buildEventJson({
+        eventName: operation, caller, accountId: ctx.accountId, region: ctx.region, request: checked,
+        requestId, eventId: requestId, resources: [], readOnly: entry?.readOnly ?? false, time: now,
+      });
+      recordable = true;
+    } catch (e) {
+      error = e instanceof KmsError ? e : new ValidationException(`The request cannot be recorded in the audit log: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+    }
     const call: CallContext = {
       operation,
-      request: request ?? {},
+      request: checked,
       caller,
-      requestId: randomUUID(),
+      requestId,
       now,
       resources: [],
       authorize: async (a) => {
@@ -160,24 +180,24 @@ export class Dispatcher {
         if (key && a.stateCheck !== false) checkKeyState(a.stateCheck ?? operation, key);
       },
     };
-    let response: KmsResponse | undefined;
-    let error: KmsError | undefined;
-    try {
-      if (!entry) throw new UnknownOperationException(`Unknown operation ${operation}`);
-      response = await entry.handler(ctx, call);
-      if (!authorized) throw new KMSInternalException(`operation ${operation} did not authorize its caller`, { code: 'KMS_UNAUTHORIZED_HANDLER' });
-    } catch (e) {
-      error = e instanceof KmsError ? e
-        : e instanceof EbsdError && e.awsName ? new KmsError(e.awsName, e.message, { code: e.code })
-        : new KMSInternalException('An internal error occurred.', { cause: e });
-      if (!(e instanceof KmsError)) ctx.log.error({ err: e, operation, requestId: call.requestId }, 'KMS operation failed unexpectedly');
+    if (recordable) {
+      try {
+        if (!entry) throw new UnknownOperationException(`Unknown operation ${operation}`);
+        response = await entry.handler(ctx, call);
+        if (!authorized) throw new KMSInternalException(`operation ${operation} did not authorize its caller`, { code: 'KMS_UNAUTHORIZED_HANDLER' });
+      } catch (e) {
+        error = e instanceof KmsError ? e
+          : e instanceof EbsdError && e.awsName ? new KmsError(e.awsName, e.message, { code: e.code })
+          : new KMSInternalException('An internal error occurred.', { cause: e });
+        if (!(e instanceof KmsError)) ctx.log.error({ err: e, operation, requestId: call.requestId }, 'KMS operation failed unexpectedly');
+      }
     }
     const ev = buildEventJson({
       eventName: operation,
       caller,
       accountId: ctx.accountId,
       region: ctx.region,
-      request: call.request,
+      ...(recordable ? { request: call.request } : {}),
       ...(response ? { response } : {}),
       ...(error ? { errorCode: error.awsName!, errorMessage: error.message } : {}),
       requestId: call.requestId,

@@ -4,6 +4,16 @@
  */
 import { ValidationException } from './errors.js';
 import type { KmsRequest } from './types.js';
+import { dataMap } from './data-map.js';
+import { isWellFormedUtf16 } from '../util/strict-json.js';
+
+/**
+ * Deepest nesting a policy document may have (parseStrictJson's limit for
+ * key and identity policies). The grammar needs 6 (document, Statement list,
+ * statement, Condition, operator block, value list); 32 leaves room and keeps
+ * every recursive reader far from the end of the stack.
+ */
+export const MAX_POLICY_DEPTH = 32;
 
 const lc = (s: string) => s[0]!.toLowerCase() + s.slice(1);
 const fail = (name: string, c: string) =>
@@ -68,16 +78,25 @@ export function reqEnum<T extends string>(req: KmsRequest, name: string, values:
   return v;
 }
 
-/** EncryptionContext: string -> string map (AWS: keys and values are strings; total ≤ 8192 bytes here). */
+/**
+ * EncryptionContext: string -> string map (AWS: keys and values are strings; total ≤ 8192 bytes here).
+ * The result has no prototype, so every key the caller sent, `__proto__` included, is a member and
+ * reaches the AAD (blob.ts, canonicalContext). Strings with a lone UTF-16 surrogate are refused: they
+ * have no UTF-8 form, and encoding them lossily (to U+FFFD) would make distinct contexts collide.
+ */
 export function optContext(req: KmsRequest, name = 'EncryptionContext'): Record<string, string> | undefined {
   const v = req[name];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array) throw fail(name, 'Member must be a map of strings');
   let total = 0;
-  const out: Record<string, string> = {};
-  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+  const out = dataMap<string>();
+  const src = v as Record<string, unknown>;
+  for (const k of Object.keys(src)) {
+    const x = src[k];
     if (typeof x !== 'string') throw fail(name, 'Member must be a map of strings');
     if (k.length === 0) throw fail(name, 'Map keys must have length greater than or equal to 1');
+    if (!isWellFormedUtf16(k)) throw fail(name, `Map key ${JSON.stringify(k)} is not valid Unicode (lone surrogate)`);
+    if (!isWellFormedUtf16(x)) throw fail(name, `Value of key ${JSON.stringify(k)} is not valid Unicode (lone surrogate)`);
     total += Buffer.byteLength(k) + Buffer.byteLength(x);
     out[k] = x;
   }

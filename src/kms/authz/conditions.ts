@@ -116,8 +116,11 @@ function ipOp(values: string[], where: string): (v: string) => boolean {
     const [addr, bits, extra] = x.split('/');
     const fam = isIP(addr ?? '');
     const max = fam === 4 ? 32 : 128;
+    // RFC 4632 §3.1: the prefix length is decimal digits. `Number("")` is 0, so
+    // "10.0.0.1/" would otherwise read as /0, every address.
+    if (bits !== undefined && !/^\d{1,3}$/.test(bits)) throw malformedPolicy(`${where}: "${x}" is not a valid IP address or CIDR block`);
     const prefix = bits === undefined ? max : Number(bits);
-    if (!fam || extra !== undefined || !Number.isInteger(prefix) || prefix < 0 || prefix > max) {
+    if (!fam || extra !== undefined || prefix > max) {
       throw malformedPolicy(`${where}: "${x}" is not a valid IP address or CIDR block`);
     }
     bl.addSubnet(addr!, prefix, fam === 4 ? 'ipv4' : 'ipv6');
@@ -128,10 +131,12 @@ function ipOp(values: string[], where: string): (v: string) => boolean {
   };
 }
 
-const OPERATORS: Record<string, OperatorSpec> = (() => {
-  const o: Record<string, OperatorSpec> = {};
+// A Map, not an object: operator names come from policies, and `OPERATORS["__proto__"]`
+// or `OPERATORS["constructor"]` of an object would be a prototype member, not undefined.
+const OPERATORS: ReadonlyMap<string, OperatorSpec> = (() => {
+  const o = new Map<string, OperatorSpec>();
   const add = (name: string, family: Family, negated: boolean, build: OperatorSpec['build']): void => {
-    o[name.toLowerCase()] = { family, negated, build };
+    o.set(name.toLowerCase(), { family, negated, build });
   };
   const strEq = (vals: string[]) => { const s = new Set(vals); return (v: string) => s.has(v); };
   const strEqIc = (vals: string[]) => { const s = new Set(vals.map((x) => x.toLowerCase())); return (v: string) => s.has(v.toLowerCase()); };
@@ -201,11 +206,11 @@ export function parseOperator(name: string): ParsedOperator | undefined {
     rest = rest.slice(colon + 1);
   }
   let ifExists = false;
-  let spec = OPERATORS[rest.toLowerCase()];
+  let spec = OPERATORS.get(rest.toLowerCase());
   if (!spec && /ifexists$/i.test(rest)) {
     ifExists = true;
     rest = rest.slice(0, -'IfExists'.length);
-    spec = OPERATORS[rest.toLowerCase()];
+    spec = OPERATORS.get(rest.toLowerCase());
     if (spec?.family === 'Null') return undefined; // NullIfExists does not exist
   }
   if (!spec) return undefined;

@@ -4,6 +4,7 @@ import type { CompiledPolicy, CompiledStatement, PrincipalSet } from './policy-d
 import { PolicyCache } from './policy-document.js';
 import { callerIds, type CallerIds } from './caller-ids.js';
 import { RequestContext, type AuthzRequest, type GrantConstraints, type NewGrantInfo } from './request-context.js';
+import { dataMap, hasMember } from '../data-map.js';
 
 /**
  * The authorization decision for one KMS request (KMS Developer Guide,
@@ -83,19 +84,21 @@ function _conditionsHold(st: CompiledStatement, ctx: RequestContext): boolean {
 function _ecEquals(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
   const ka = Object.keys(a);
   if (ka.length !== Object.keys(b).length) return false;
-  for (const k of ka) if (b[k] !== a[k]) return false;
+  for (const k of ka) if (!hasMember(b, k) || b[k] !== a[k]) return false;
   return true;
 }
 
 function _ecIncludes(whole: Readonly<Record<string, string>>, part: Readonly<Record<string, string>>): boolean {
-  for (const k in part) if (whole[k] !== part[k] || !Object.prototype.hasOwnProperty.call(whole, k)) return false;
+  for (const k of Object.keys(part)) if (!hasMember(whole, k) || whole[k] !== part[k]) return false;
   return true;
 }
+
+const EMPTY_CONTEXT: Readonly<Record<string, string>> = Object.freeze(dataMap<string>());
 
 /** Does a request's encryption context satisfy a grant's constraints? (KMS API, GrantConstraints; keys and values case-sensitive.) */
 export function constraintsHold(c: GrantConstraints | undefined, ec: Readonly<Record<string, string>> | undefined): boolean {
   if (!c) return true;
-  const ctx = ec ?? {};
+  const ctx = ec ?? EMPTY_CONTEXT;
   if (c.EncryptionContextEquals && !_ecEquals(c.EncryptionContextEquals, ctx)) return false;
   if (c.EncryptionContextSubset && !_ecIncludes(ctx, c.EncryptionContextSubset)) return false;
   return true;

@@ -17,6 +17,8 @@ import { EC_OPERATIONS } from './evaluate.js';
 import { isServicePrincipal, parsePrincipalArn } from './policy-document.js';
 import { callerIds } from './caller-ids.js';
 import type { GrantConstraints } from './request-context.js';
+import { dataMap } from '../data-map.js';
+import { isWellFormedUtf16 } from '../../util/strict-json.js';
 
 /**
  * The grant store (KMS Developer Guide, "Grants in AWS KMS"; KMS API
@@ -163,9 +165,12 @@ function _ecMap(v: unknown, where: string): Record<string, string> | undefined {
   const e = Object.entries(v as Record<string, unknown>);
   if (e.length === 0) return undefined; // an empty map is treated as not specified
   if (e.length > LIMITS.constraintPairs) throw new ValidationException(`${where} has ${e.length} pairs; at most ${LIMITS.constraintPairs} are allowed`);
-  const out: Record<string, string> = {};
+  // No prototype: a "__proto__" pair is a member like any other, never dropped (dropping it would
+  // leave an empty constraint that matches every context yet still counts as constrained).
+  const out = dataMap<string>();
   for (const [k, x] of e) {
     if (typeof x !== 'string' || k.length === 0) throw new ValidationException(`${where} must map non-empty strings to strings`);
+    if (!isWellFormedUtf16(k) || !isWellFormedUtf16(x)) throw new ValidationException(`${where}: pair ${JSON.stringify(k)} is not valid Unicode (lone surrogate)`);
     if (k.length + x.length > LIMITS.constraintValueChars) throw new ValidationException(`${where}: pair "${k}" exceeds ${LIMITS.constraintValueChars} characters`);
     out[k] = x;
   }

@@ -6,6 +6,7 @@ import { readTextIfExists } from '../../util/read-if-exists.js';
 import type { Caller } from '../types.js';
 import { parsePolicy, type CompiledPolicy, PolicyCache } from './policy-document.js';
 import { callerIds } from './caller-ids.js';
+import { dataMap, hasMember, toDataMap } from '../data-map.js';
 
 /**
  * The account and its principals: one account per state dir, IAM users and
@@ -84,7 +85,14 @@ export class Identities {
 
   private constructor(file: string, data: IdentityFileV1) {
     this.file = file;
-    this.data = data;
+    // Names are the operators' ("__proto__" and "constructor" pass NAME_RE): every name-keyed
+    // map has no prototype, so a name is always a member, never an inherited property.
+    const entities = (m: Record<string, EntityRecord>): Record<string, EntityRecord> => {
+      const out = toDataMap(m);
+      for (const k of Object.keys(out)) out[k] = { ...out[k]!, policies: toDataMap(out[k]!.policies) };
+      return out;
+    };
+    this.data = { ...data, users: entities(data.users), roles: entities(data.roles), uids: toDataMap(data.uids) };
   }
 
   /** Open `<stateDir>/identities.json`, creating it (uid 0 -> account root) on first use. */
@@ -141,7 +149,7 @@ export class Identities {
     const path = opts.path ?? '/';
     if (!PATH_RE.test(path)) throw new IamError('InvalidInputException', `path "${path}" must start and end with /`);
     if (this.data.users[name]) throw new IamError('EntityAlreadyExistsException', `User with name ${name} already exists.`);
-    this.data.users[name] = { path, id: _id('AIDA'), createDate: new Date().toISOString(), policies: {} };
+    this.data.users[name] = { path, id: _id('AIDA'), createDate: new Date().toISOString(), policies: dataMap<string>() };
     await this._changed();
     return this.callerFor(this.userArn(name))!;
   }
@@ -159,7 +167,7 @@ export class Identities {
     const path = opts.path ?? '/';
     if (!PATH_RE.test(path)) throw new IamError('InvalidInputException', `path "${path}" must start and end with /`);
     if (this.data.roles[name]) throw new IamError('EntityAlreadyExistsException', `Role with name ${name} already exists.`);
-    this.data.roles[name] = { path, id: _id('AROA'), createDate: new Date().toISOString(), policies: {} };
+    this.data.roles[name] = { path, id: _id('AROA'), createDate: new Date().toISOString(), policies: dataMap<string>() };
     await this._changed();
     return this.roleArn(name);
   }
@@ -206,7 +214,7 @@ export class Identities {
 
   async detachPolicy(principal: string, policyName: string): Promise<void> {
     const ent = this._entity(principal);
-    if (!(policyName in ent.policies)) throw new IamError('NoSuchEntityException', `The policy ${policyName} is not attached to ${principal}.`);
+    if (!hasMember(ent.policies, policyName)) throw new IamError('NoSuchEntityException', `The policy ${policyName} is not attached to ${principal}.`);
     delete ent.policies[policyName];
     await this._changed();
   }
@@ -318,7 +326,7 @@ export class Identities {
   }
 
   async unmapUid(uid: number): Promise<void> {
-    if (!(String(uid) in this.data.uids)) throw new IamError('NoSuchEntityException', `uid ${uid} is not mapped`);
+    if (!hasMember(this.data.uids, String(uid))) throw new IamError('NoSuchEntityException', `uid ${uid} is not mapped`);
     delete this.data.uids[String(uid)];
     await this._changed();
   }

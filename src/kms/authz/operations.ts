@@ -5,6 +5,7 @@ import type { KmsResponse } from '../types.js';
 import { checkGrantTokens, grantListEntry, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
 import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
 import { parsePolicy } from './policy-document.js';
+import { dataMap } from '../data-map.js';
 
 /**
  * KMS operations owned by the authorization layer, with AWS's request and
@@ -204,7 +205,7 @@ export function registerAuthzOperations(
     const compiled = parsePolicy(c.policy, { kind: 'key', accountId: registry.context?.accountId ?? c.caller.accountId, principalExists: identities.principalExists });
     if (c.bypassLockoutCheck) return;
     const ctx = registry.context;
-    const tags: Record<string, string> = {};
+    const tags = dataMap<string>();
     for (const t of c.tags ?? []) tags[t.TagKey] = t.TagValue;
     const d = evaluator.evaluate({
       action: 'kms:PutKeyPolicy', caller: c.caller, resource: c.keyArn, now: c.now,

@@ -7,6 +7,7 @@ import type { Identities } from './identities.js';
 import { managedKeyRefusal } from './managed-keys.js';
 import type { PolicyCache } from './policy-document.js';
 import type { AuthzRequest, KeyInfo, NewGrantInfo } from './request-context.js';
+import { dataMap } from '../data-map.js';
 
 /**
  * The core's `Authorizer`, backed by key policies, identity policies and
@@ -29,7 +30,7 @@ function _tags(list: readonly { TagKey: string; TagValue: string }[] | undefined
   if (!list || list.length === 0) return undefined;
   let t = _tagCache.get(list);
   if (!t) {
-    t = {};
+    t = dataMap<string>(); // tag keys are the caller's: "__proto__" is a key, not a prototype
     for (const { TagKey, TagValue } of list) t[TagKey] = TagValue;
     _tagCache.set(list, t);
   }

@@ -1,6 +1,8 @@
 import { compileConditions, type CompiledCondition } from './conditions.js';
 import { malformedPolicy } from './errors.js';
 import { globMatcher } from './wildcard.js';
+import { JsonDocumentError, parseStrictJson } from '../../util/strict-json.js';
+import { MAX_POLICY_DEPTH } from '../validate.js';
 
 /**
  * IAM / KMS policy documents: parse, validate, compile.
@@ -224,9 +226,12 @@ export function parsePolicy(text: string, opts: ParseOptions): CompiledPolicy {
   if (bad) throw malformedPolicy(`The policy document contains a character outside the allowed range at offset ${bad.index}`);
   let doc: unknown;
   try {
-    doc = JSON.parse(text);
+    // Strict: a duplicate member ({"Effect":"Deny","Effect":"Allow"}) is refused, not read as its last
+    // value, and nesting is bounded before any recursive reader sees the document.
+    doc = parseStrictJson(text, { what: 'policy document', maxDepth: MAX_POLICY_DEPTH, awsName: 'MalformedPolicyDocumentException' });
   } catch (e) {
-    throw malformedPolicy(`The policy document is not valid JSON: ${(e as Error).message}`);
+    if (e instanceof JsonDocumentError) throw malformedPolicy(`The policy document is not valid JSON: ${e.message}`);
+    throw e;
   }
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw malformedPolicy('The policy document must be a JSON object');
   const d = doc as Record<string, unknown>;

@@ -8,7 +8,8 @@ import { KEY_SPECS, allowedUsages, type KeySpec, type KeyUsage } from '../key-sp
 import type { KeyRecord } from '../key-record.js';
 import { keyMetadata, epochSeconds } from '../key-metadata.js';
 import { defaultKeyPolicy } from '../authorizer.js';
-import { optBool, optEnum, optInt, optStr, optStrList, reqStr } from '../validate.js';
+import { MAX_POLICY_DEPTH, optBool, optEnum, optInt, optStr, optStrList, reqStr } from '../validate.js';
+import { parseStrictJson } from '../../util/strict-json.js';
 import { page } from '../paging.js';
 import type { KmsRequest } from '../types.js';
 
@@ -32,8 +33,8 @@ export function parseTags(req: KmsRequest, name = 'Tags'): { TagKey: string; Tag
 export function checkPolicy(policy: string | undefined): void {
   if (policy === undefined) return;
   try {
-    const p = JSON.parse(policy) as unknown;
-    if (typeof p !== 'object' || p === null || !('Statement' in p)) throw new Error('no Statement');
+    const p = parseStrictJson(policy, { what: 'key policy', maxDepth: MAX_POLICY_DEPTH, awsName: 'MalformedPolicyDocumentException' });
+    if (typeof p !== 'object' || p === null || !Object.prototype.hasOwnProperty.call(p, 'Statement')) throw new Error('no Statement');
   } catch {
     throw new MalformedPolicyDocumentException('The key policy is not a valid JSON policy document.');
   }
