@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { GrantStore, checkGrantTokens, LIMITS } from '../../src/kms/authz/grants.js';
+import { GrantStore, checkGrantTokens, parseConstraints, LIMITS } from '../../src/kms/authz/grants.js';
+import { constraintsHold } from '../../src/kms/authz/evaluate.js';
 import { ACCT, KEY_ARN, tempDir } from './helpers.js';
 
 let t: ReturnType<typeof tempDir>;
@@ -101,5 +102,22 @@ describe('grant store', () => {
     await store.create(facts, { GranteePrincipal: HOST, Operations: ['Encrypt'] });
     expect(await store.removeKey('1234abcd-12ab-34cd-56ef-1234567890ab')).toBe(2);
     expect(store.countForKey(KEY_ARN)).toBe(0);
+  });
+});
+
+describe('grant constraints with a "__proto__" key (issue 13, point 11)', () => {
+  it('are kept as a pair, survive a reopen, and match only contexts that hold the pair', async () => {
+    const { file, store } = await open();
+    const pair = JSON.parse('{"__proto__":"vol-1"}') as Record<string, string>;
+    const g = await store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'], Constraints: { EncryptionContextEquals: pair } });
+    for (const s of [store, await GrantStore.open(file)]) {
+      const c = s.get(KEY_ARN, g.GrantId)!.Constraints!;
+      expect(Object.keys(c.EncryptionContextEquals!)).toEqual(['__proto__']);
+      expect(constraintsHold(c, { 'aws:ebs:id': 'vol-2' })).toBe(false);
+      expect(constraintsHold(c, undefined)).toBe(false);
+      expect(constraintsHold(c, JSON.parse('{"__proto__":"vol-1"}') as Record<string, string>)).toBe(true);
+    }
+    const sub = parseConstraints({ EncryptionContextSubset: JSON.parse('{"__proto__":"x"}') });
+    expect(constraintsHold(sub, {})).toBe(false);
   });
 });
