@@ -105,7 +105,7 @@ describe('grant store', () => {
   });
 });
 
-describe('grant constraints with a "__proto__" key (issue 13, point 11)', () => {
+describe('grant constraints with a "__proto__" key', () => {
   it('are kept as a pair, survive a reopen, and match only contexts that hold the pair', async () => {
     const { file, store } = await open();
     const pair = JSON.parse('{"__proto__":"vol-1"}') as Record<string, string>;

@@ -8,7 +8,7 @@ import type { Caller } from '../../src/kms/types.js';
 import { doc, tempDir } from './helpers.js';
 
 /**
- * Issue 13, point 11 (fuzzing), through the real KMS core with the policy
+ * What fuzzing the KMS parsers found, through the real KMS core with the policy
  * engine: `__proto__` keys carried as data, duplicate policy members,
  * malformed CIDRs, deep nesting refused before any effect and audited.
  * Objects holding a `"__proto__"` member are made with JSON.parse, as a
@@ -113,6 +113,19 @@ describe('__proto__ as a map key is carried as data', () => {
     expect(await awsName(kms.call('Decrypt', { CiphertextBlob: other, EncryptionContext: { 'aws:ebs:id': 'vol-2' } }, host))).toBe('AccessDeniedException');
     const mine = (await kms.call('Encrypt', { KeyId: keyId, Plaintext: Buffer.from('mine'), EncryptionContext: json('{"__proto__":"vol-1"}') }, root)).CiphertextBlob;
     await expect(kms.call('Decrypt', { CiphertextBlob: mine, EncryptionContext: json('{"__proto__":"vol-1"}') }, host)).resolves.toHaveProperty('Plaintext');
+  });
+
+  it('a user allowed only constrained grants cannot reach another volume through a "__proto__" subset constraint', async () => {
+    await authz.identities.attachPolicy('user/alice', 'constrained-grants', doc({
+      Effect: 'Allow', Action: 'kms:CreateGrant', Resource: '*',
+      Condition: { StringEquals: { 'kms:GrantConstraintType': 'EncryptionContextSubset' } },
+    }));
+    const other = (await kms.call('Encrypt', { KeyId: keyId, Plaintext: Buffer.from('vol-9 key'), EncryptionContext: { 'aws:ebs:id': 'vol-9' } }, root)).CiphertextBlob;
+    const g = await kms.call('CreateGrant', {
+      KeyId: keyId, GranteePrincipal: alice.arn, Operations: ['Decrypt'], Constraints: { EncryptionContextSubset: json('{"__proto__":"vol-1"}') },
+    }, alice) as { GrantToken: string };
+    expect(await awsName(kms.call('Decrypt', { CiphertextBlob: other, EncryptionContext: { 'aws:ebs:id': 'vol-9' }, GrantTokens: [g.GrantToken] }, alice)))
+      .toBe('AccessDeniedException');
   });
 
   it('a "__proto__" request member never becomes the request prototype', async () => {

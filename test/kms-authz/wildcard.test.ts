@@ -7,7 +7,7 @@ import { doc } from './helpers.js';
 /**
  * IAM wildcard matching is linear-time in the sense that matters: at most
  * (|subject| + 1) · (|pattern| + 1) steps whatever the pattern, where a
- * backtracking RegExp takes exponential time on `*?*?…` (issue 13, point 11).
+ * backtracking RegExp takes exponential time on `*?*?…`.
  * Answers are checked against a reference dynamic-programming matcher.
  */
 

@@ -5,7 +5,7 @@ import { InvalidCiphertextException } from '../../src/kms/errors.js';
 /**
  * The key ARN in a ciphertext blob is UTF-8 (docs/kms-format.md). Bytes that
  * are not UTF-8 are refused, not decoded to U+FFFD: a lossy decode lets two
- * different headers name the same ARN (issue 13, point 11).
+ * different headers name the same ARN.
  */
 describe('ciphertext blob ARN', () => {
   const arn = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
