@@ -148,6 +148,15 @@ describe('__proto__ as a map key is carried as data', () => {
     }
   });
 
+  it('a key tag named "__proto__" is a tag: aws:ResourceTag/__proto__ conditions see it', async () => {
+    const { KeyMetadata } = await kms.call('CreateKey', { Tags: [{ TagKey: '__proto__', TagValue: 'team-a' }] }, root) as { KeyMetadata: { KeyId: string } };
+    await authz.identities.attachPolicy('user/alice', 'by-tag', doc({
+      Effect: 'Allow', Action: 'kms:GetKeyRotationStatus', Resource: '*', Condition: { StringEquals: { 'aws:ResourceTag/__proto__': 'team-a' } },
+    }));
+    await expect(kms.call('GetKeyRotationStatus', { KeyId: KeyMetadata.KeyId }, alice)).resolves.toHaveProperty('KeyRotationEnabled');
+    expect(await awsName(kms.call('GetKeyRotationStatus', { KeyId: keyId }, alice))).toBe('AccessDeniedException');
+  });
+
   it('an IAM user named __proto__ is a user like any other', async () => {
     await authz.identities.createUser('__proto__');
     expect(authz.identities.listUsers().map((u) => u.UserName)).toContain('__proto__');
@@ -177,6 +186,15 @@ describe('every call is audited or has no effect', () => {
     expect(d.KeyMetadata.KeyState).toBe('Enabled');
     const last = auditEvents().filter((ev) => ev.eventName === 'ScheduleKeyDeletion').at(-1)!;
     expect(last.errorCode).toBe('ValidationException');
+  });
+
+  it('a member of the wrong type that the operation ignores (DryRun: {}) refuses the call before it takes effect', async () => {
+    const { KeyMetadata } = await kms.call('CreateKey', {}, root) as { KeyMetadata: { KeyId: string } };
+    const e = await failure(kms.call('ScheduleKeyDeletion', { KeyId: KeyMetadata.KeyId, PendingWindowInDays: 7, DryRun: { deep: true } }, root));
+    expect(e.awsName).toBe('ValidationException');
+    expect(e.message).toMatch(/dryRun.*boolean/);
+    const d = await kms.call('DescribeKey', { KeyId: KeyMetadata.KeyId }, root) as { KeyMetadata: { KeyState: string } };
+    expect(d.KeyMetadata.KeyState).toBe('Enabled');
   });
 
   it('a denied call with a deep member is audited as refused', async () => {
