@@ -20,9 +20,8 @@ export const MAX_REQUEST_VALUES = 10_000;
 
 type MemberType = 'string' | 'integer' | 'boolean' | 'blob' | 'stringMap' | 'stringList' | 'tags' | 'constraints';
 
-const STRING_MAX: Readonly<Record<string, number>> = Object.assign(Object.create(null) as Record<string, number>, {
-  Policy: 131_072, Description: 8192, GrantToken: 8192,
-});
+/** Length caps above the default (KMS API reference: Policy 131,072 characters, Description and GrantToken 8,192). */
+const STRING_MAX: ReadonlyMap<string, number> = new Map([['Policy', 131_072], ['Description', 8192], ['GrantToken', 8192]]);
 const DEFAULT_STRING_MAX = 2048;
 
 const _types = (t: MemberType, names: string): [string, MemberType][] => names.split(' ').map((n) => [n, t]);
@@ -94,7 +93,7 @@ function _checkBounds(req: KmsRequest): void {
   }
 }
 
-function _checkString(name: string, v: unknown, max = STRING_MAX[name] ?? DEFAULT_STRING_MAX): void {
+function _checkString(name: string, v: unknown, max = STRING_MAX.get(name) ?? DEFAULT_STRING_MAX): void {
   if (typeof v !== 'string') throw fail(name, 'Member must be a string');
   if (v.length > max) throw fail(name, `Member must have length less than or equal to ${max}`);
 }
