@@ -137,8 +137,10 @@ export class Dispatcher {
     let response: KmsResponse | undefined;
     let error: KmsError | undefined;
     const requestId = randomUUID();
-    // Every call is audited or has no effect: the request is checked, and its
-    // audit record built once, before the handler can change anything.
+    // Every call is audited or has no effect: the request's shape is checked and
+    // its audit record built (then dropped: the real one follows the call) before
+    // the handler can change anything. A request that cannot be recorded is
+    // refused here, and the refusal is recorded without its parameters.
     let checked: KmsRequest = {};
     let recordable = false;
     try {
