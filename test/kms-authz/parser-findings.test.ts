@@ -197,6 +197,19 @@ describe('every call is audited or has no effect', () => {
     expect(d.KeyMetadata.KeyState).toBe('Enabled');
   });
 
+  it('a request that cannot be serialized for the audit log is refused before CreateGrant takes effect, and the refusal is audited', async () => {
+    const before = (await kms.call('ListGrants', { KeyId: keyId }, root) as { Grants: unknown[] }).Grants.length;
+    // In-process callers only (JSON cannot carry it): a member whose serialization throws.
+    const unrecordable = Object.create({ toJSON(): never { throw new Error('cannot serialize'); } }) as object;
+    const e = await failure(kms.call('CreateGrant', { KeyId: keyId, GranteePrincipal: alice.arn, Operations: ['Decrypt'], Extra: unrecordable }, root));
+    expect(e.awsName).toBe('ValidationException');
+    expect(e.message).toMatch(/cannot be recorded/);
+    expect((await kms.call('ListGrants', { KeyId: keyId }, root) as { Grants: unknown[] }).Grants.length).toBe(before);
+    const last = auditEvents().filter((ev) => ev.eventName === 'CreateGrant').at(-1)!;
+    expect(last.errorCode).toBe('ValidationException');
+    expect(last.requestParameters).toBeNull();
+  });
+
   it('a denied call with a deep member is audited as refused', async () => {
     const e = await failure(kms.call('CreateGrant', { KeyId: keyId, GranteePrincipal: alice.arn, Operations: ['Decrypt'], Name: nested(5000) }, alice));
     expect(e.awsName).toBe('ValidationException');
