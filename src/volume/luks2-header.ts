@@ -259,10 +259,13 @@ export interface CreateOptions {
 /** Create a new image file (must not exist): both copies at seqid 1, sparse data area, fsync. */
 export async function createLuks2(path: string, o: CreateOptions): Promise<void> {
   const fields: CopyFields = { seqid: 1, hdrSize: LUKS2_HDR_SIZE, label: o.label ?? '', uuid: o.uuid ?? randomUUID(), subsystem: 'ebsd' };
+  // Encode before creating: a field that does not fit is refused with no file left behind.
+  const primary = encodeCopy('primary', fields, o.json);
+  const secondary = encodeCopy('secondary', fields, o.json);
   const fh = await fsp.open(path, 'wx', 0o600);
   try {
-    await writeAt(fh, encodeCopy('primary', fields, o.json), 0);
-    await writeAt(fh, encodeCopy('secondary', fields, o.json), LUKS2_HDR_SIZE);
+    await writeAt(fh, primary, 0);
+    await writeAt(fh, secondary, LUKS2_HDR_SIZE);
     await fh.truncate(o.dataOffset + o.size);
     await fh.sync();
   } finally {

@@ -1,0 +1,295 @@
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, truncateSync, openSync, readFileSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { createLuks2, readLuks2, updateLuks2 } from '../../src/volume/luks2-header.js';
+import { buildLuks2Json, LUKS2_DATA_OFFSET, LUKS2_HDR_SIZE, LUKS2_JSON_SIZE, type Luks2Json } from '../../src/volume/luks2-json.js';
+import { Luks2Error, VolumeError } from '../../src/volume/errors.js';
+import { createPlainImage, readPlainImage } from '../../src/volume/plain-image.js';
+import { freshImage, testToken, tmpDir, volumeKey, VOL } from './helpers/image.js';
+
+/**
+ * Issue 13, defect 9 and point 11: LUKS2 headers whose checksums are valid but
+ * whose JSON is not an image ebsd may use. Each case writes both header copies
+ * with a correct checksum (this file's own encoder, LUKS2 on-disk format §2,
+ * independent of luks2-header.ts) and expects a Luks2Error that names the image
+ * file and the field, with EC2's IncorrectState.
+ */
+
+const SIZE = 1 << 20;
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'luks2-v1', 'image.img.gz');
+
+let t: ReturnType<typeof tmpDir>;
+let img: string;
+let base: Luks2Json;
+beforeEach(async () => {
+  ({ t, img } = await freshImage(SIZE));
+  base = (await readLuks2(img)).volume.json;
+});
+afterEach(() => t.cleanup());
+
+/** One header copy: binary header (spec §2) + `jsonText` NUL-padded, sha256 checksum over both with csum zeroed. */
+function encodeRawCopy(which: 'primary' | 'secondary', jsonText: string, seqid: bigint): Buffer {
+  const out = Buffer.alloc(LUKS2_HDR_SIZE);
+  Buffer.from(which === 'primary' ? 'LUKS\xba\xbe' : 'SKUL\xba\xbe', 'latin1').copy(out, 0);
+  out.writeUInt16BE(2, 6);
+  out.writeBigUInt64BE(BigInt(LUKS2_HDR_SIZE), 8);
+  out.writeBigUInt64BE(seqid, 16);
+  out.write(VOL, 24, 'latin1');
+  out.write('sha256', 72, 'latin1');
+  randomBytes(64).copy(out, 104);
+  out.write('0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0', 168, 'latin1');
+  out.write('ebsd', 208, 'latin1');
+  out.writeBigUInt64BE(which === 'primary' ? 0n : BigInt(LUKS2_HDR_SIZE), 256);
+  const text = Buffer.from(jsonText, 'utf8');
+  if (text.length >= LUKS2_JSON_SIZE) throw new Error(`test JSON of ${text.length} bytes does not fit`);
+  text.copy(out, 4096);
+  createHash('sha256').update(out).digest().copy(out, 448);
+  return out;
+}
+
+/** Overwrite both copies of `path` with `jsonText` (valid checksums). */
+function writeHeaders(path: string, jsonText: string, seqid = 7n): void {
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, encodeRawCopy('primary', jsonText, seqid), 0, LUKS2_HDR_SIZE, 0);
+    writeSync(fd, encodeRawCopy('secondary', jsonText, seqid), 0, LUKS2_HDR_SIZE, LUKS2_HDR_SIZE);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The base JSON with `mutate` applied, written into both copies. */
+function writeMutated(mutate: (j: any) => void): void {
+  const j = structuredClone(base) as any;
+  mutate(j);
+  writeHeaders(img, JSON.stringify(j));
+}
+
+/** readLuks2 refuses: a Luks2Error with `code`, `field`, IncorrectState, the image and the field in the message; nothing written. */
+async function expectRefused(code: string, field: string): Promise<Luks2Error> {
+  const before = readFileSync(img).subarray(0, 2 * LUKS2_HDR_SIZE);
+  const err = await readLuks2(img).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(Luks2Error);
+  const e = err as Luks2Error;
+  expect({ code: e.code, field: e.field, awsName: e.awsName }).toEqual({ code, field, awsName: 'IncorrectState' });
+  expect(e.message).toContain(img);
+  expect(e.message).toContain(field);
+  expect(readFileSync(img).subarray(0, 2 * LUKS2_HDR_SIZE).equals(before)).toBe(true);
+  return e;
+}
+
+const cryptsetupDump = (p: string) => spawnSync('cryptsetup', ['luksDump', p], { encoding: 'utf8' });
+
+describe('images ebsd writes still open', () => {
+  test('a fresh image reads back, and cryptsetup luksDump accepts it', async () => {
+    const h = await readLuks2(img);
+    expect(h.volume.dataOffset).toBe(LUKS2_DATA_OFFSET);
+    expect(h.volume.size).toBe(SIZE);
+    const d = cryptsetupDump(img);
+    expect(d.status, d.stderr).toBe(0);
+    expect(d.stdout).toMatch(/Version:\s+2/);
+  });
+
+  test('an image after updateLuks2 (seqid 2) still passes ebsd and cryptsetup', async () => {
+    truncateSync(img, LUKS2_DATA_OFFSET + 2 * SIZE); // as ModifyVolume: the file grows first
+    await updateLuks2(img, (j) => {
+      j.segments['0']!.size = String(2 * SIZE);
+    });
+    expect((await readLuks2(img)).seqid).toBe(2);
+    expect(cryptsetupDump(img).status).toBe(0);
+  });
+
+  test('the frozen fixture luks2-v1 opens', async () => {
+    const p = join(t.dir, 'fixture.img');
+    writeFileSync(p, gunzipSync(readFileSync(FIXTURE)));
+    const h = await readLuks2(p, { repair: false });
+    expect(h.volume.token.volume_id).toBe('vol-0f1e2d3c4b5a69788');
+  });
+
+  test('the raw encoder of this file writes headers ebsd and cryptsetup accept (so every refusal below is the field\'s)', async () => {
+    writeHeaders(img, JSON.stringify(base));
+    expect((await readLuks2(img)).seqid).toBe(7);
+    expect(cryptsetupDump(img).status).toBe(0);
+  });
+});
+
+describe('defect 9: a data segment overlapping the headers or the keyslots area', () => {
+  test('offset 0 is refused (writing sector 0 would destroy both headers and the wrapped key)', async () => {
+    writeMutated((j) => { j.segments['0'].offset = '0'; });
+    await expectRefused('LUKS2_BAD_JSON', 'segments.0.offset');
+    // Stricter than cryptsetup, which reads offset 0 as a detached header (docs/format.md).
+  });
+
+  test('an offset inside the keyslots area is refused, as cryptsetup refuses it', async () => {
+    writeMutated((j) => { j.segments['0'].offset = String(2 * LUKS2_HDR_SIZE); });
+    await expectRefused('LUKS2_BAD_JSON', 'segments.0.offset');
+    expect(cryptsetupDump(img).status).not.toBe(0);
+  });
+
+  test('an offset one sector before the end of the keyslots area is refused', async () => {
+    writeMutated((j) => { j.segments['0'].offset = String(LUKS2_DATA_OFFSET - 4096); });
+    await expectRefused('LUKS2_BAD_JSON', 'segments.0.offset');
+    expect(cryptsetupDump(img).status).not.toBe(0);
+  });
+
+  test('a keyslot area outside the keyslots area is refused', async () => {
+    writeMutated((j) => {
+      j.keyslots['0'] = { type: 'luks2', key_size: 64, area: { type: 'raw', offset: '0', size: '4096', encryption: 'aes-xts-plain64', key_size: 64 } };
+    });
+    await expectRefused('LUKS2_BAD_JSON', 'keyslots.0.area');
+  });
+});
+
+describe('point 11: JSON fields out of range', () => {
+  test('digest iterations above 10^7', async () => {
+    writeMutated((j) => { j.digests['0'].iterations = 10_000_001; });
+    await expectRefused('LUKS2_UNSUPPORTED', 'digests.0.iterations');
+  });
+
+  test('digest iterations below 1000', async () => {
+    writeMutated((j) => { j.digests['0'].iterations = 999; });
+    await expectRefused('LUKS2_UNSUPPORTED', 'digests.0.iterations');
+  });
+
+  test('an unsupported digest hash', async () => {
+    writeMutated((j) => { j.digests['0'].hash = 'whirlpool'; });
+    await expectRefused('LUKS2_UNSUPPORTED', 'digests.0.hash');
+  });
+
+  test('a salt that is not base64', async () => {
+    writeMutated((j) => { j.digests['0'].salt = 'not*base64!'; });
+    await expectRefused('LUKS2_BAD_JSON', 'digests.0.salt');
+  });
+
+  test('a digest that is not base64', async () => {
+    writeMutated((j) => { j.digests['0'].digest = 'AAAA AAAA'; });
+    await expectRefused('LUKS2_BAD_JSON', 'digests.0.digest');
+  });
+
+  test('a token blob that is not base64', async () => {
+    writeMutated((j) => { j.tokens['0'].ciphertext_blob = '%%%'; });
+    await expectRefused('LUKS2_NO_TOKEN', 'tokens.0.ciphertext_blob');
+  });
+
+  test('config.requirements.mandatory naming a feature ebsd does not implement', async () => {
+    writeMutated((j) => { j.config.requirements = { mandatory: ['online-reencrypt-v2'] }; });
+    const e = await expectRefused('LUKS2_UNSUPPORTED', 'config.requirements.mandatory');
+    expect(e.message).toContain('online-reencrypt-v2');
+  });
+
+  test('an empty config.requirements.mandatory is fine', async () => {
+    writeMutated((j) => { j.config.requirements = { mandatory: [] }; });
+    expect((await readLuks2(img)).volume.size).toBe(SIZE);
+  });
+
+  test('a u64 string above 2^64-1', async () => {
+    writeMutated((j) => { j.segments['0'].size = '18446744073709551616'; });
+    await expectRefused('LUKS2_BAD_JSON', 'segments.0.size');
+  });
+
+  test('an offset that is a valid u64 but not a safe integer', async () => {
+    writeMutated((j) => { j.segments['0'].offset = '18446744073709547520'; }); // 2^64 - 4096
+    await expectRefused('LUKS2_BAD_JSON', 'segments.0.offset');
+  });
+
+  test('keyslots_size that is not a u64 string', async () => {
+    writeMutated((j) => { j.config.keyslots_size = 16744448; });
+    await expectRefused('LUKS2_BAD_JSON', 'config.keyslots_size');
+  });
+
+  test('seqid above 2^53', async () => {
+    writeHeaders(img, JSON.stringify(base), (1n << 53n) + 1n);
+    await expectRefused('LUKS2_BAD_JSON', 'seqid');
+  });
+
+  test('duplicate member names (JSON.parse would keep the last)', async () => {
+    const text = JSON.stringify(base);
+    // A second "segments" member, offset 0: last-one-wins would read the overlapping one.
+    const dup = text.replace(/}$/, `,"segments":${JSON.stringify({ 0: { ...base.segments['0'], offset: '0' } })}}`);
+    writeHeaders(img, dup);
+    const e = await expectRefused('LUKS2_BAD_JSON', '(json area)');
+    expect(e.message).toMatch(/duplicate member name "segments"/);
+  });
+
+  test('deep nesting is refused, not a stack overflow', async () => {
+    const deep = '['.repeat(5000) + ']'.repeat(5000);
+    writeHeaders(img, JSON.stringify(base).replace('"config":{', `"config":{"x":${deep},`));
+    const e = await expectRefused('LUKS2_BAD_JSON', '(json area)');
+    expect(e.message).toMatch(/nested deeper than/);
+  });
+
+  test('non-numbered ids', async () => {
+    writeMutated((j) => { j.digests = { d: j.digests['0'] }; });
+    await expectRefused('LUKS2_BAD_JSON', 'digests.d');
+  });
+});
+
+describe('fields ebsd is asked to write', () => {
+  const json = (): Luks2Json => buildLuks2Json({ size: SIZE, volumeKey: volumeKey(), token: testToken() });
+
+  test.each([
+    ['label', { label: 'x'.repeat(48) }],
+    ['label', { label: 'vol-\u20ac' }],
+    ['uuid', { uuid: 'u'.repeat(40) }],
+  ] as const)('a %s that does not fit is a typed refusal, not a RangeError; no file is left', async (field, o) => {
+    const p = join(t.dir, 'new.img');
+    const err = await createLuks2(p, { json: json(), size: SIZE, dataOffset: LUKS2_DATA_OFFSET, ...o }).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(Luks2Error);
+    expect(err).toMatchObject({ code: 'LUKS2_BAD_FIELD', field, awsName: 'InvalidParameterValue' });
+    expect(existsSync(p)).toBe(false);
+  });
+});
+
+describe('image files: symlinks and non-regular files', () => {
+  test('a LUKS2 image path that is a symlink to a valid image is refused', async () => {
+    const link = join(t.dir, 'link.img');
+    symlinkSync(img, link);
+    const err = await readLuks2(link).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(Luks2Error);
+    expect(err).toMatchObject({ code: 'LUKS2_NOT_A_FILE', field: '(file)', awsName: 'IncorrectState' });
+    expect((err as Error).message).toContain(link);
+    // updateLuks2 reads first, so it refuses before writing through the link.
+    await expect(updateLuks2(link, () => {})).rejects.toMatchObject({ code: 'LUKS2_NOT_A_FILE' });
+  });
+
+  test('a directory is refused', async () => {
+    const d = join(t.dir, 'dir.img');
+    mkdirSync(d);
+    await expect(readLuks2(d)).rejects.toMatchObject({ code: 'LUKS2_NOT_A_FILE', field: '(file)' });
+  });
+
+  test('a plaintext image path that is a symlink is refused; the target still reads', async () => {
+    const p = join(t.dir, 'plain.img');
+    await createPlainImage(p, { volumeId: VOL, size: SIZE });
+    const link = join(t.dir, 'plain-link.img');
+    symlinkSync(p, link);
+    const err = await readPlainImage(link).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(VolumeError);
+    expect(err).toMatchObject({ code: 'VOLUME_IMAGE_CORRUPT', awsName: 'IncorrectState' });
+    expect((err as Error).message).toContain(link);
+    expect((await readPlainImage(p)).size).toBe(SIZE);
+  });
+
+  test('a corrupt plaintext header is IncorrectState naming the file and the field', async () => {
+    const p = join(t.dir, 'plain.img');
+    await createPlainImage(p, { volumeId: VOL, size: SIZE });
+    const fd = openSync(p, 'r+');
+    try {
+      const line = `EBSD-UNENCRYPTED-VOLUME\n{"format":"ebsd-plaintext","version":1,"volume_id":"${VOL}","size":"1048576","size":"4096","data_offset":"16777216"}\n`;
+      writeSync(fd, Buffer.alloc(4096), 0, 4096, 0);
+      writeSync(fd, Buffer.from(line), 0, line.length, 0);
+    } finally {
+      closeSync(fd);
+    }
+    const err = await readPlainImage(p).then(() => undefined, (e: unknown) => e);
+    expect(err).toMatchObject({ code: 'VOLUME_IMAGE_CORRUPT', awsName: 'IncorrectState' });
+    expect((err as Error).message).toContain(p);
+    expect((err as Error).message).toMatch(/duplicate member name "size"/);
+  });
+});
