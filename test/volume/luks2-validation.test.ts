@@ -293,3 +293,30 @@ describe('image files: symlinks and non-regular files', () => {
     expect((err as Error).message).toMatch(/duplicate member name "size"/);
   });
 });
+
+describe('agreement with cryptsetup (luksDump refuses these too)', () => {
+  test.each([
+    ['segments.0.offset', 'LUKS2_BAD_JSON', (j: any) => { j.segments['0'].offset = String(LUKS2_DATA_OFFSET - 4096); }],
+    ['segments.0.size', 'LUKS2_BAD_JSON', (j: any) => { j.segments['0'].size = '18446744073709551616'; }],
+    ['keyslots.0.area', 'LUKS2_BAD_JSON', (j: any) => { j.keyslots['0'] = { type: 'luks2', key_size: 64, area: { type: 'raw', offset: '4096', size: '4096', encryption: 'aes-xts-plain64', key_size: 64 } }; }],
+    ['digests.d', 'LUKS2_BAD_JSON', (j: any) => { j.digests = { d: j.digests['0'] }; }],
+    ['config.keyslots_size', 'LUKS2_BAD_JSON', (j: any) => { j.config.keyslots_size = '1000'; }],
+    ['config.json_size', 'LUKS2_BAD_JSON', (j: any) => { j.config.json_size = '8192'; }],
+    ['tokens.0.keyslots', 'LUKS2_BAD_JSON', (j: any) => { delete j.tokens['0'].keyslots; }],
+  ] as const)('%s', async (field, code, mutate) => {
+    writeMutated(mutate);
+    await expectRefused(code, field);
+    const d = cryptsetupDump(img);
+    expect(d.status).not.toBe(0);
+    expect(d.stderr).toMatch(/not a valid LUKS device/);
+  });
+
+  test('with duplicate members cryptsetup takes the last one, so ebsd refuses rather than guess', async () => {
+    const dup = JSON.stringify(base).replace(/}$/, `,"segments":${JSON.stringify({ 0: { ...base.segments['0'], offset: '0' } })}}`);
+    writeHeaders(img, dup);
+    await expectRefused('LUKS2_BAD_JSON', '(json area)');
+    const d = cryptsetupDump(img);
+    expect(d.status).toBe(0);
+    expect(d.stdout).toMatch(/offset: 0 \[bytes\]/);
+  });
+});
