@@ -1,19 +1,19 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, truncateSync, openSync, readFileSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { createLuks2, readLuks2, updateLuks2 } from '../../src/volume/luks2-header.js';
-import { buildLuks2Json, LUKS2_DATA_OFFSET, LUKS2_HDR_SIZE, LUKS2_JSON_SIZE, type Luks2Json } from '../../src/volume/luks2-json.js';
+import { buildLuks2Json, LUKS2_DATA_OFFSET, LUKS2_HDR_SIZE, type Luks2Json } from '../../src/volume/luks2-json.js';
 import { Luks2Error, VolumeError } from '../../src/volume/errors.js';
 import { createPlainImage, readPlainImage } from '../../src/volume/plain-image.js';
 import { freshImage, testToken, tmpDir, volumeKey, VOL } from './helpers/image.js';
+import { writeHeaders } from './helpers/raw-header.js';
 
 /**
  * Issue 13, defect 9 and point 11: LUKS2 headers whose checksums are valid but
  * whose JSON is not an image ebsd may use. Each case writes both header copies
- * with a correct checksum (this file's own encoder, LUKS2 on-disk format §2,
+ * with a correct checksum (helpers/raw-header.ts, LUKS2 on-disk format §2,
  * independent of luks2-header.ts) and expects a Luks2Error that names the image
  * file and the field, with EC2's IncorrectState.
  */
@@ -29,37 +29,6 @@ beforeEach(async () => {
   base = (await readLuks2(img)).volume.json;
 });
 afterEach(() => t.cleanup());
-
-/** One header copy: binary header (spec §2) + `jsonText` NUL-padded, sha256 checksum over both with csum zeroed. */
-function encodeRawCopy(which: 'primary' | 'secondary', jsonText: string, seqid: bigint): Buffer {
-  const out = Buffer.alloc(LUKS2_HDR_SIZE);
-  Buffer.from(which === 'primary' ? 'LUKS\xba\xbe' : 'SKUL\xba\xbe', 'latin1').copy(out, 0);
-  out.writeUInt16BE(2, 6);
-  out.writeBigUInt64BE(BigInt(LUKS2_HDR_SIZE), 8);
-  out.writeBigUInt64BE(seqid, 16);
-  out.write(VOL, 24, 'latin1');
-  out.write('sha256', 72, 'latin1');
-  randomBytes(64).copy(out, 104);
-  out.write('0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0', 168, 'latin1');
-  out.write('ebsd', 208, 'latin1');
-  out.writeBigUInt64BE(which === 'primary' ? 0n : BigInt(LUKS2_HDR_SIZE), 256);
-  const text = Buffer.from(jsonText, 'utf8');
-  if (text.length >= LUKS2_JSON_SIZE) throw new Error(`test JSON of ${text.length} bytes does not fit`);
-  text.copy(out, 4096);
-  createHash('sha256').update(out).digest().copy(out, 448);
-  return out;
-}
-
-/** Overwrite both copies of `path` with `jsonText` (valid checksums). */
-function writeHeaders(path: string, jsonText: string, seqid = 7n): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, encodeRawCopy('primary', jsonText, seqid), 0, LUKS2_HDR_SIZE, 0);
-    writeSync(fd, encodeRawCopy('secondary', jsonText, seqid), 0, LUKS2_HDR_SIZE, LUKS2_HDR_SIZE);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** The base JSON with `mutate` applied, written into both copies. */
 function writeMutated(mutate: (j: any) => void): void {
