@@ -1,10 +1,11 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { spawnSync } from 'node:child_process';
+import fc from 'fast-check';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { createLuks2, readLuks2, updateLuks2 } from '../../src/volume/luks2-header.js';
-import { buildLuks2Json, LUKS2_DATA_OFFSET, LUKS2_HDR_SIZE, type Luks2Json } from '../../src/volume/luks2-json.js';
+import { buildLuks2Json, LUKS2_DATA_OFFSET, LUKS2_HDR_SIZE, parseLuks2Json, type Luks2Json } from '../../src/volume/luks2-json.js';
 import { Luks2Error, VolumeError } from '../../src/volume/errors.js';
 import { createPlainImage, readPlainImage } from '../../src/volume/plain-image.js';
 import { freshImage, testToken, tmpDir, volumeKey, VOL } from './helpers/image.js';
@@ -287,5 +288,64 @@ describe('agreement with cryptsetup (luksDump refuses these too)', () => {
     const d = cryptsetupDump(img);
     expect(d.status).toBe(0);
     expect(d.stdout).toMatch(/offset: 0 \[bytes\]/);
+  });
+});
+
+describe('parseLuks2Json under random input (fast-check, fixed seed)', () => {
+  const JSON_SIZE = LUKS2_HDR_SIZE - 4096;
+  const area = (text: string): Buffer => {
+    const b = Buffer.alloc(JSON_SIZE);
+    b.write(text.slice(0, JSON_SIZE - 1), 'utf8'); // may cut a character: that is random input too
+    return b;
+  };
+  /** Either a volume whose layout invariants hold, or a Luks2Error naming a field; never anything else. */
+  const check = (buf: Buffer): void => {
+    let v;
+    try {
+      v = parseLuks2Json(buf, JSON_SIZE);
+    } catch (e) {
+      expect(e).toBeInstanceOf(Luks2Error);
+      expect(typeof (e as Luks2Error).field).toBe('string');
+      return;
+    }
+    const keyslotsSize = Number(v.json.config.keyslots_size);
+    expect(v.dataOffset).toBeGreaterThanOrEqual(2 * LUKS2_HDR_SIZE + keyslotsSize);
+    expect(Number.isSafeInteger(v.dataOffset + v.size)).toBe(true);
+    const d = v.json.digests[v.digestId]!;
+    expect(d.iterations).toBeGreaterThanOrEqual(1000);
+    expect(d.iterations).toBeLessThanOrEqual(10_000_000);
+    expect(['sha1', 'sha256', 'sha512']).toContain(d.hash);
+  };
+  const PATHS = [
+    ['segments', '0', 'offset'], ['segments', '0', 'size'], ['segments', '0'], ['segments'], ['config', 'keyslots_size'], ['config', 'json_size'],
+    ['config', 'requirements'], ['digests', '0', 'iterations'], ['digests', '0', 'hash'], ['digests', '0', 'salt'], ['digests', '0', 'segments'],
+    ['tokens', '0', 'ciphertext_blob'], ['tokens', '0', 'encryption_context'], ['tokens', '0', 'keyslots'], ['keyslots', '0'], ['keyslots'], [],
+  ];
+  const SEED = 1302;
+
+  test('a random JSON value at a meaningful member', () => {
+    fc.assert(
+      fc.property(fc.constantFrom(...PATHS), fc.oneof(fc.jsonValue({ maxDepth: 3 }), fc.bigInt({ min: 0n, max: 1n << 70n }).map(String), fc.nat().map(String)), (path, value) => {
+        const j = structuredClone(base) as any;
+        if (path.length === 0) return check(area(JSON.stringify(value)));
+        let o = j;
+        for (const k of path.slice(0, -1)) o = o[k];
+        o[path[path.length - 1]!] = value;
+        check(area(JSON.stringify(j)));
+      }),
+      { seed: SEED, numRuns: 1000 },
+    );
+  });
+
+  test('random byte edits of a valid area', () => {
+    const text = JSON.stringify(base);
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat({ max: text.length - 1 }), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 8 }), (edits) => {
+        const b = area(text);
+        for (const [at, byte] of edits) b[at] = byte;
+        check(b);
+      }),
+      { seed: SEED, numRuns: 3000 },
+    );
   });
 });
