@@ -1,7 +1,8 @@
 /*
  * ebsd native addon entry point: batch AES-256-XTS over runs of data units
- * (xts.c, on libgcrypt), control-socket peer credentials (peercred.c) and non-blocking
- * positioned I/O for the volume data path (io.c).
+ * (xts.c, on libgcrypt), control-socket peer credentials (peercred.c), non-blocking
+ * positioned I/O for the volume data path (io.c) and the daemon's state-dir lock
+ * (flock.c).
  */
 #include "ebsd_native.h"
 
@@ -69,6 +70,7 @@ static napi_value init(napi_env env, napi_value exports) {
   NAPI_CALL(env, ebsd_init_xts(env, exports));
   NAPI_CALL(env, ebsd_init_peercred(env, exports));
   NAPI_CALL(env, ebsd_init_io(env, exports));
+  NAPI_CALL(env, ebsd_init_flock(env, exports));
   return exports;
 }
 

@@ -28,6 +28,12 @@ export interface NativeAddon {
   decrypt(ctx: NativeXtsHandle, data: Uint8Array, firstTweak: bigint, unitSize: number, tweakStep: number): Promise<void>;
   /** Throws an Error with code ERR_PEERCRED, `errno` and `syscall` on failure. */
   peerCred(fd: number): PeerCred;
+  /**
+   * flock(fd, LOCK_EX | LOCK_NB): true when this open file now holds the lock,
+   * false when another open file holds it. Throws an Error with code ERR_FLOCK,
+   * `errno` and `syscall` on any other failure (EBADF, ENOLCK, ...).
+   */
+  flockExclusive(fd: number): boolean;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -90,4 +96,13 @@ export function requireNative(): NativeAddon {
  */
 export function peerCred(fd: number): PeerCred {
   return requireNative().peerCred(fd);
+}
+
+/**
+ * Take an exclusive, non-blocking flock(2) on an open fd; false when another
+ * open file holds it. The kernel releases it when the fd closes or the process
+ * dies, however it dies. Needs the native addon.
+ */
+export function flockExclusive(fd: number): boolean {
+  return requireNative().flockExclusive(fd);
 }

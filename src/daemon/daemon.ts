@@ -73,8 +73,9 @@ export class Daemon {
       // SO_PEERCRED is how callers are identified; without it nobody can be judged.
       throw new EbsdError('NATIVE_ADDON_MISSING', `the native addon is required to identify control-socket callers: ${nativeLoadError?.message}`);
     }
-    const { created } = await prepareStateDir(this.paths);
-    this.lock = await PidLock.acquire(this.paths.pidFile);
+    const { created, lock, removedTemps } = await prepareStateDir(this.paths);
+    this.lock = lock;
+    if (removedTemps.length) this.log.info({ removed: removedTemps }, 'removed temp files of interrupted atomic writes');
     try {
       await this.startServices(created);
     } catch (e) {

@@ -1,19 +1,22 @@
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { EbsdError } from '../util/errors.js';
-import { createExclusive } from '../util/exclusive-create.js';
+import { atomicWrite, removeAtomicWriteTemps } from '../util/atomic-write.js';
+import { flockExclusive } from '../crypto/native-addon.js';
 
 /**
- * The state directory layout (DESIGN §7):
+ * The state directory layout (docs/format.md "State dir"):
  *   <state>/            0711  any local user may reach the socket inside, nothing else
  *   <state>/kms/        0700  keystore, sealed HSM domain, grants, audit
  *   <state>/volumes/    0700  LUKS2 images and the catalog
  *   <state>/identities.json   0600
- *   <state>/ebsd.pid          0600  one daemon per state dir
+ *   <state>/ebsd.lock         0600  flock(2)ed by the one daemon of this state dir; never removed
+ *   <state>/ebsd.pid          0600  that daemon's pid, for people and scripts only
  *   <state>/ebsd.sock         0666  the control socket (callers judged by uid + policy)
  */
 export const SOCKET_FILE = 'ebsd.sock';
 export const PID_FILE = 'ebsd.pid';
+export const LOCK_FILE = 'ebsd.lock';
 
 export interface StatePaths {
   root: string;
@@ -21,6 +24,7 @@ export interface StatePaths {
   volumes: string;
   socket: string;
   pidFile: string;
+  lockFile: string;
 }
 
 export function statePaths(root: string): StatePaths {
@@ -30,11 +34,23 @@ export function statePaths(root: string): StatePaths {
     volumes: join(root, 'volumes'),
     socket: join(root, SOCKET_FILE),
     pidFile: join(root, PID_FILE),
+    lockFile: join(root, LOCK_FILE),
   };
 }
 
-/** Create (or tighten) the directory skeleton. Idempotent; never loosens an existing file. */
-export async function prepareStateDir(p: StatePaths): Promise<{ created: boolean }> {
+/** kms/ holds keys/, audit/digests/ and hsm/: two levels below it. */
+const KMS_TEMP_DEPTH = 2;
+
+/**
+ * Create (or tighten) the directory skeleton, take the daemon lock, then
+ * remove the temp files that interrupted atomic writes left in the state dir
+ * (identities.json) and kms/. The lock comes before the cleanup: a second
+ * daemon must not delete a temp file the live one is about to rename.
+ * volumes/ is the volume manager's to clean. Never loosens an existing file.
+ * Throws DAEMON_ALREADY_RUNNING (nothing removed, nothing written) when
+ * another daemon holds the state dir.
+ */
+export async function prepareStateDir(p: StatePaths): Promise<{ created: boolean; lock: PidLock; removedTemps: string[] }> {
   let created = false;
   try {
     await fsp.mkdir(p.root, { mode: 0o711 });
@@ -48,36 +64,74 @@ export async function prepareStateDir(p: StatePaths): Promise<{ created: boolean
     await fsp.mkdir(d, { recursive: true, mode: 0o700 });
     await fsp.chmod(d, 0o700);
   }
-  return { created };
+  const lock = await PidLock.acquire(p);
+  try {
+    const removedTemps = [...(await removeAtomicWriteTemps(p.root)), ...(await removeAtomicWriteTemps(p.kms, { depth: KMS_TEMP_DEPTH }))];
+    return { created, lock, removedTemps };
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
 }
 
 /**
- * One daemon per state dir: a pid file created with O_EXCL. A file whose pid
- * is no longer alive (crash, SIGKILL) is stale and taken over. Pid reuse can
- * make a stale file look alive; the message then says which pid to check.
+ * One daemon per state dir: an exclusive flock(2) on `ebsd.lock`, held on an
+ * open file for the daemon's whole life. The kernel drops it when the process
+ * dies, however it dies, so there is no stale lock to judge: no pid to read,
+ * no empty-file window, no pid reuse. The pid file is written after the lock
+ * is held, for information only, and removed only by the holder. A daemon
+ * that did not get the lock removes and writes nothing.
  */
 export class PidLock {
-  private constructor(readonly path: string) {}
+  private released = false;
+  private constructor(private readonly fh: fsp.FileHandle, readonly paths: Pick<StatePaths, 'lockFile' | 'pidFile'>) {}
 
-  static async acquire(path: string): Promise<PidLock> {
-    for (let attempt = 0; attempt < 3; attempt++) {
-      if (await createExclusive(path, `${process.pid}\n`)) return new PidLock(path);
-      const holder = await readPid(path);
-      if (holder !== undefined && holder !== process.pid && isAlive(holder)) {
-        throw new EbsdError(
-          'DAEMON_ALREADY_RUNNING',
-          `another ebsd daemon (pid ${holder}) is already running on this state dir (lock ${path}); stop it first`,
-        );
-      }
-      // Stale: the holder died without cleaning up. Remove and retry the exclusive create.
-      await fsp.rm(path, { force: true });
+  static async acquire(paths: Pick<StatePaths, 'lockFile' | 'pidFile'>): Promise<PidLock> {
+    // O_NOFOLLOW: a symlink planted at the lock path is refused, not followed. No O_TRUNC: the file is never rewritten.
+    const fh = await fsp.open(paths.lockFile, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600).catch((e: NodeJS.ErrnoException) => {
+      throw new EbsdError('DAEMON_LOCK_FAILED', `could not open the daemon lock ${paths.lockFile}: ${e.code ?? e.message}`, { cause: e });
+    });
+    let got: boolean;
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw new EbsdError('DAEMON_LOCK_FAILED', `the daemon lock ${paths.lockFile} is not a regular file`);
+      got = flockExclusive(fh.fd);
+    } catch (e) {
+      await fh.close();
+      if (e instanceof EbsdError) throw e;
+      throw new EbsdError('DAEMON_LOCK_FAILED', `could not lock ${paths.lockFile}: ${(e as Error).message}`, { cause: e });
     }
-    throw new EbsdError('DAEMON_LOCK_FAILED', `could not take the daemon lock ${path}`);
+    if (!got) {
+      await fh.close();
+      const holder = await readPid(paths.pidFile);
+      throw new EbsdError(
+        'DAEMON_ALREADY_RUNNING',
+        `another ebsd daemon (${holder !== undefined ? `pid ${holder}` : 'pid not yet written'}) is already running on this state dir (it holds ${paths.lockFile}); stop it first`,
+      );
+    }
+    const lock = new PidLock(fh, paths);
+    try {
+      await atomicWrite(paths.pidFile, `${process.pid}\n`, 0o600);
+    } catch (e) {
+      await lock.release();
+      throw e;
+    }
+    return lock;
   }
 
+  /**
+   * Remove the pid file (the holder's by construction, whatever it now
+   * says), then drop the lock by closing. The lock file stays: unlinking it
+   * would let two daemons each lock an inode of their own.
+   */
   async release(): Promise<void> {
-    const holder = await readPid(this.path);
-    if (holder === process.pid) await fsp.rm(this.path, { force: true });
+    if (this.released) return;
+    this.released = true;
+    try {
+      await fsp.rm(this.paths.pidFile, { force: true });
+    } finally {
+      await this.fh.close();
+    }
   }
 }
 

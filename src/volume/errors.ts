@@ -3,22 +3,30 @@ import { EbsdError } from '../util/errors.js';
 /**
  * Why a LUKS2 image was refused. Reading never modifies the image when it
  * throws one of these (the repair of a single bad copy happens only after the
- * other copy validated completely).
+ * other copy validated completely). A refused image is a volume the operation
+ * cannot use as it is: `awsName` is EC2's `IncorrectState` (exit 6), except
+ * LUKS2_BAD_FIELD, a value ebsd was asked to write (`InvalidParameterValue`).
+ * `field` names what was wrong (`segments.0.offset`, `seqid`, `(file)`).
  */
 export type Luks2ErrorCode =
   | 'LUKS2_TRUNCATED' // file shorter than the header area / data area
   | 'LUKS2_BAD_MAGIC' // neither copy carries LUKS\xba\xbe / SKUL\xba\xbe
   | 'LUKS2_BAD_VERSION' // a copy with the right magic but version != 2
   | 'LUKS2_BAD_CHECKSUM' // every copy with the right magic fails its checksum
-  | 'LUKS2_BAD_JSON' // checksum fine, JSON area unparsable or not LUKS2-shaped
-  | 'LUKS2_UNSUPPORTED' // valid LUKS2, but not an ebsd layout (cipher, sector size, segments)
+  | 'LUKS2_BAD_JSON' // checksum fine, JSON area unparsable, not LUKS2-shaped, or a value out of range
+  | 'LUKS2_UNSUPPORTED' // valid LUKS2, but not an ebsd layout (cipher, sector size, segments, requirements)
   | 'LUKS2_NO_TOKEN' // no usable `ebsd-kms` token
+  | 'LUKS2_NOT_A_FILE' // the image path is a symlink, a directory, a device: not a regular file
+  | 'LUKS2_BAD_FIELD' // a header field ebsd was asked to write does not fit (label, uuid, subsystem)
   | 'LUKS2_DIGEST_MISMATCH'; // the unwrapped key does not match the LUKS2 digest
 
 export class Luks2Error extends EbsdError {
   declare readonly code: Luks2ErrorCode;
-  constructor(code: Luks2ErrorCode, message: string, opts: { cause?: unknown } = {}) {
-    super(code, message, opts);
+  /** The header or JSON field at fault, as a dotted path (`digests.0.iterations`), when one is. */
+  readonly field?: string;
+  constructor(code: Luks2ErrorCode, message: string, opts: { field?: string; cause?: unknown } = {}) {
+    super(code, message, { awsName: code === 'LUKS2_BAD_FIELD' ? 'InvalidParameterValue' : 'IncorrectState', cause: opts.cause });
+    if (opts.field !== undefined) this.field = opts.field;
   }
 }
 
@@ -36,6 +44,7 @@ export type VolumeErrorCode =
   | 'VOLUME_CLOSED' // I/O after detach
   | 'VOLUME_OUT_OF_RANGE'
   | 'VOLUME_NO_SPACE' // ENOSPC on the backing file
+  | 'VOLUME_IMAGE_CORRUPT' // IncorrectState: the image file is not what its header must be (plain-image.ts)
   | 'VOLUME_IO'; // EIO or any other backing-file failure
 
 export class VolumeError extends EbsdError {

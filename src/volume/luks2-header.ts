@@ -1,5 +1,5 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, constants as fsc } from 'node:fs';
 import { Luks2Error, type Luks2ErrorCode } from './errors.js';
 import {
   LUKS2_BIN_HDR_SIZE,
@@ -50,7 +50,7 @@ interface CopyFields {
 
 type CopyResult =
   | { ok: true; fields: CopyFields; volume: Luks2Volume; jsonArea: Buffer }
-  | { ok: false; code: Luks2ErrorCode; why: string };
+  | { ok: false; code: Luks2ErrorCode; why: string; field?: string };
 
 function cstr(b: Buffer, off: number, len: number): string {
   const s = b.subarray(off, off + len);
@@ -58,9 +58,13 @@ function cstr(b: Buffer, off: number, len: number): string {
   return s.subarray(0, nul < 0 ? len : nul).toString('latin1');
 }
 
+/** Spec §2: label, checksum_alg, uuid and subsystem are NUL-terminated byte strings in fixed fields. */
 function putStr(b: Buffer, off: number, len: number, s: string, name: string): void {
+  if (typeof s !== 'string' || /[^\u0001-\u00ff]/.test(s)) {
+    throw new Luks2Error('LUKS2_BAD_FIELD', `LUKS2 ${name} must be a string of characters U+0001..U+00FF`, { field: name });
+  }
   const v = Buffer.from(s, 'latin1');
-  if (v.length >= len) throw new RangeError(`LUKS2 ${name} must be shorter than ${len} bytes`);
+  if (v.length >= len) throw new Luks2Error('LUKS2_BAD_FIELD', `LUKS2 ${name} is ${v.length} bytes; the field holds at most ${len - 1}`, { field: name });
   v.copy(b, off);
 }
 
@@ -90,24 +94,28 @@ function decodeCopy(buf: Buffer, at: number, which: 'primary' | 'secondary'): Co
     return { ok: false, code: 'LUKS2_BAD_MAGIC', why: `${which} header magic wrong` };
   }
   const version = h.readUInt16BE(OFF.version);
-  if (version !== 2) return { ok: false, code: 'LUKS2_BAD_VERSION', why: `${which} header version ${version}` };
+  const fail = (code: Luks2ErrorCode, field: string, why: string): CopyResult => ({ ok: false, code, field, why: `${which} ${field}: ${why}` });
+  if (version !== 2) return fail('LUKS2_BAD_VERSION', 'version', `${version}, not 2`);
   const hdrSize = Number(h.readBigUInt64BE(OFF.hdrSize));
-  if (!HDR_SIZES.includes(hdrSize)) return { ok: false, code: 'LUKS2_BAD_CHECKSUM', why: `${which} hdr_size ${hdrSize} invalid` };
-  if (Number(h.readBigUInt64BE(OFF.hdrOffset)) !== at) return { ok: false, code: 'LUKS2_BAD_CHECKSUM', why: `${which} hdr_offset wrong` };
+  if (!HDR_SIZES.includes(hdrSize)) return fail('LUKS2_BAD_CHECKSUM', 'hdr_size', `${hdrSize} invalid`);
+  if (h.readBigUInt64BE(OFF.hdrOffset) !== BigInt(at)) return fail('LUKS2_BAD_CHECKSUM', 'hdr_offset', `not ${at}`);
   if (buf.length < at + hdrSize) return { ok: false, code: 'LUKS2_TRUNCATED', why: `${which} JSON area truncated` };
   const alg = cstr(h, OFF.csumAlg, LEN.csumAlg);
-  if (!CSUM_ALGS.has(alg)) return { ok: false, code: 'LUKS2_BAD_CHECKSUM', why: `${which} checksum_alg ${alg} unsupported` };
+  if (!CSUM_ALGS.has(alg)) return fail('LUKS2_BAD_CHECKSUM', 'checksum_alg', `${JSON.stringify(alg)} unsupported`);
   const copy = Buffer.from(buf.subarray(at, at + hdrSize));
   const stored = Buffer.from(copy.subarray(OFF.csum, OFF.csum + LEN.csum));
   copy.fill(0, OFF.csum, OFF.csum + LEN.csum);
   const want = createHash(alg).update(copy).digest();
-  if (!stored.subarray(0, want.length).equals(want)) return { ok: false, code: 'LUKS2_BAD_CHECKSUM', why: `${which} checksum mismatch` };
+  if (!stored.subarray(0, want.length).equals(want)) return fail('LUKS2_BAD_CHECKSUM', 'csum', 'checksum mismatch');
+  // seqid is a u64 on disk; ebsd counts it in a JS number, so past 2^53-1 increments would be lost.
+  const seqid = h.readBigUInt64BE(OFF.seqid);
+  if (seqid > BigInt(Number.MAX_SAFE_INTEGER)) return fail('LUKS2_BAD_JSON', 'seqid', `${seqid} is past 2^53-1`);
   const jsonArea = copy.subarray(LUKS2_BIN_HDR_SIZE);
   let volume: Luks2Volume;
   try {
     volume = parseLuks2Json(jsonArea, hdrSize - LUKS2_BIN_HDR_SIZE);
   } catch (e) {
-    if (e instanceof Luks2Error) return { ok: false, code: e.code, why: `${which}: ${e.message}` };
+    if (e instanceof Luks2Error) return { ok: false, code: e.code, why: `${which}: ${e.message}`, ...(e.field !== undefined ? { field: e.field } : {}) };
     throw e;
   }
   return {
@@ -115,7 +123,7 @@ function decodeCopy(buf: Buffer, at: number, which: 'primary' | 'secondary'): Co
     jsonArea,
     volume,
     fields: {
-      seqid: Number(h.readBigUInt64BE(OFF.seqid)),
+      seqid: Number(seqid),
       hdrSize,
       label: cstr(h, OFF.label, LEN.label),
       uuid: cstr(h, OFF.uuid, LEN.uuid),
@@ -126,6 +134,30 @@ function decodeCopy(buf: Buffer, at: number, which: 'primary' | 'secondary'): Co
 
 /** Most telling error when no copy is valid: structural problems before checksum ones. */
 const SEVERITY: Luks2ErrorCode[] = ['LUKS2_BAD_JSON', 'LUKS2_NO_TOKEN', 'LUKS2_UNSUPPORTED', 'LUKS2_BAD_VERSION', 'LUKS2_BAD_CHECKSUM', 'LUKS2_TRUNCATED', 'LUKS2_BAD_MAGIC'];
+
+/**
+ * Open an existing image without following a symlink (O_NOFOLLOW) and check,
+ * on the opened descriptor, that it is a regular file: an image path replaced
+ * by a symlink to another volume's image, or by a device, is refused before
+ * anything is read or written through it.
+ */
+async function openImage(path: string, mode: 'read' | 'write'): Promise<fsp.FileHandle> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(path, (mode === 'read' ? fsc.O_RDONLY : fsc.O_RDWR) | fsc.O_NOFOLLOW);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new Luks2Error('LUKS2_NOT_A_FILE', `${path}: is a symlink, not an image file`, { field: '(file)', cause: e });
+    throw e;
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new Luks2Error('LUKS2_NOT_A_FILE', `${path}: not a regular file`, { field: '(file)' });
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+  return fh;
+}
 
 async function writeAt(fh: fsp.FileHandle, data: Buffer, pos: number): Promise<void> {
   let off = 0;
@@ -146,7 +178,7 @@ export interface ReadOptions {
  * Throws Luks2Error without writing anything when no copy is usable.
  */
 export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<Luks2Image> {
-  const fh = await fsp.open(path, 'r');
+  const fh = await openImage(path, 'read');
   let head: Buffer;
   let fileSize: number;
   try {
@@ -180,7 +212,8 @@ export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<L
   if (!primary.ok && !secondary.ok) {
     const codes = [primary.code, secondary.code];
     const code = SEVERITY.find((c) => codes.includes(c))!;
-    throw new Luks2Error(code, `${path}: no valid LUKS2 header (${primary.why}; ${secondary.why})`);
+    const field = (primary.code === code ? primary.field : undefined) ?? (secondary.code === code ? secondary.field : undefined);
+    throw new Luks2Error(code, `${path}: no valid LUKS2 header (${primary.why}; ${secondary.why})`, field !== undefined ? { field } : {});
   }
   // Precondition: at least one copy validated completely.
   let best: Extract<CopyResult, { ok: true }>;
@@ -194,7 +227,7 @@ export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<L
   }
   const v = best.volume;
   if (fileSize < v.dataOffset + v.size) {
-    throw new Luks2Error('LUKS2_TRUNCATED', `${path}: ${fileSize} bytes, data segment needs ${v.dataOffset + v.size}`);
+    throw new Luks2Error('LUKS2_TRUNCATED', `${path}: ${fileSize} bytes, data segment needs ${v.dataOffset + v.size}`, { field: `segments.${Object.keys(v.json.segments)[0]}.size` });
   }
 
   const other = which === 'primary' ? secondary : primary;
@@ -202,7 +235,7 @@ export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<L
   let repaired: Luks2Image['repaired'] = null;
   if (stale && opts.repair !== false) {
     const target = which === 'primary' ? 'secondary' : 'primary';
-    const fh2 = await fsp.open(path, 'r+');
+    const fh2 = await openImage(path, 'write');
     try {
       await writeAt(fh2, encodeCopy(target, best.fields, v.json), target === 'primary' ? 0 : best.fields.hdrSize);
       await fh2.datasync();
@@ -226,10 +259,13 @@ export interface CreateOptions {
 /** Create a new image file (must not exist): both copies at seqid 1, sparse data area, fsync. */
 export async function createLuks2(path: string, o: CreateOptions): Promise<void> {
   const fields: CopyFields = { seqid: 1, hdrSize: LUKS2_HDR_SIZE, label: o.label ?? '', uuid: o.uuid ?? randomUUID(), subsystem: 'ebsd' };
+  // Encode before creating: a field that does not fit is refused with no file left behind.
+  const primary = encodeCopy('primary', fields, o.json);
+  const secondary = encodeCopy('secondary', fields, o.json);
   const fh = await fsp.open(path, 'wx', 0o600);
   try {
-    await writeAt(fh, encodeCopy('primary', fields, o.json), 0);
-    await writeAt(fh, encodeCopy('secondary', fields, o.json), LUKS2_HDR_SIZE);
+    await writeAt(fh, primary, 0);
+    await writeAt(fh, secondary, LUKS2_HDR_SIZE);
     await fh.truncate(o.dataOffset + o.size);
     await fh.sync();
   } finally {
@@ -252,8 +288,8 @@ export async function updateLuks2(path: string, mutate: (json: Luks2Json) => voi
   const secondary = encodeCopy('secondary', fields, json);
   const primary = encodeCopy('primary', fields, json);
   const check = decodeCopy(Buffer.concat([primary, secondary]), 0, 'primary');
-  if (!check.ok) throw new Luks2Error(check.code, `refusing to write invalid metadata: ${check.why}`);
-  const fh = await fsp.open(path, 'r+');
+  if (!check.ok) throw new Luks2Error(check.code, `${path}: refusing to write invalid metadata: ${check.why}`, check.field !== undefined ? { field: check.field } : {});
+  const fh = await openImage(path, 'write');
   try {
     await writeAt(fh, secondary, cur.hdrSize);
     await fh.datasync();
