@@ -6,6 +6,7 @@ import { peerCred, type PeerCred } from '../crypto/native-addon.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { encodeResponse, toWireError } from './aws-json.js';
+import { ConnectionGuard, ConnectionThrottledError, RequestTooLargeError, refuseSocket, type ConnectionLimits, type RefusalSummary } from './connection-guard.js';
 
 /** Who is on the other end of a control connection, from the kernel (SO_PEERCRED), never from the request. */
 export interface PeerIdentity {
@@ -18,7 +19,12 @@ export interface PeerIdentity {
 
 export type ControlHandler = (target: string, body: Record<string, unknown>, peer: PeerIdentity) => Promise<unknown>;
 
-const MAX_BODY = 1 << 20; // 1 MiB: the largest KMS request (4 KiB plaintext, 32 KiB policy) with room to spare
+export interface ControlServerOptions {
+  /** Overrides of DEFAULT_LIMITS (connection-guard.ts). */
+  limits?: Partial<ConnectionLimits>;
+  /** Aggregated connection refusals, at most one call per refusal window. */
+  onRefusals?: (s: RefusalSummary[]) => void;
+}
 
 /**
  * The control API: HTTP/1.1 over the Unix socket `<state>/ebsd.sock`.
@@ -29,6 +35,9 @@ export class ControlServer {
   private server: Server | undefined;
   private readonly creds = new WeakMap<Socket, PeerCred>();
   private readonly sockets = new Set<Socket>();
+  /** Connections answered 503 at accept: anything the HTTP parser still makes of them is ignored. */
+  private readonly refused = new WeakSet<Socket>();
+  readonly guard: ConnectionGuard;
   private inflight = 0;
   private idle: (() => void)[] = [];
 
@@ -36,21 +45,48 @@ export class ControlServer {
     private readonly path: string,
     private readonly handler: ControlHandler,
     private readonly log: Logger,
-  ) {}
+    o: ControlServerOptions = {},
+  ) {
+    // Root (uid 0) is exempt from every connection cap: the operator can always get in.
+    this.guard = new ConnectionGuard(o.limits, {
+      exemptKey: '0',
+      onRefusals: (rows) => {
+        this.log.warn({ refusals: rows }, 'control connections refused (connection limits)');
+        o.onRefusals?.(rows);
+      },
+    });
+  }
 
   async listen(): Promise<void> {
     // We hold the state-dir lock, so a socket file left here is a dead daemon's.
     await fsp.rm(this.path, { force: true });
-    const server = createServer({ keepAliveTimeout: 5_000 }, (req, res) => void this.serve(req, res));
+    const l = this.guard.limits;
+    const server = createServer({
+      keepAliveTimeout: l.keepAliveTimeoutMs,
+      headersTimeout: l.headersTimeoutMs,
+      requestTimeout: l.requestTimeoutMs,
+      maxHeaderSize: l.maxHeaderBytes,
+      // How often node looks for connections past headersTimeout/requestTimeout (default 30 s).
+      connectionsCheckingInterval: Math.min(1_000, l.headersTimeoutMs),
+    }, (req, res) => void this.serve(req, res));
     server.on('connection', (s: Socket) => {
-      this.sockets.add(s);
-      s.on('close', () => this.sockets.delete(s));
+      let cred: PeerCred;
       try {
-        this.creds.set(s, readPeer(s));
+        cred = readPeer(s);
       } catch (e) {
         this.log.error({ err: e }, 'cannot read control-socket peer credentials; dropping connection');
         s.destroy();
+        return;
       }
+      const admitted = this.guard.admit(cred.uid);
+      if (admitted instanceof ConnectionThrottledError) {
+        this.refused.add(s);
+        refuseSocket(s, admitted);
+        return;
+      }
+      this.creds.set(s, cred);
+      this.sockets.add(s);
+      s.on('close', () => { this.sockets.delete(s); admitted.release(); });
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -73,10 +109,12 @@ export class ControlServer {
     }
     for (const s of this.sockets) s.destroy();
     await closed;
+    this.guard.flushRefusals();
     await fsp.rm(this.path, { force: true });
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (this.refused.has(req.socket)) { req.socket.destroy(); return; }
     const started = process.hrtime.bigint();
     const requestId = randomUUID();
     const cred = this.creds.get(req.socket);
@@ -88,15 +126,17 @@ export class ControlServer {
       if (!cred) throw new EbsdError('PEER_UNKNOWN', 'peer credentials unavailable', { awsName: 'AccessDeniedException' });
       if (req.method !== 'POST') throw new EbsdError('BAD_METHOD', 'use POST with X-Amz-Target', { awsName: 'ValidationException' });
       if (!target) throw new EbsdError('NO_TARGET', 'missing X-Amz-Target header', { awsName: 'ValidationException' });
-      const body = await readJson(req);
+      const body = await this.readJson(req, cred.uid);
       const ua = req.headers['user-agent'];
       const out = await this.handler(target, body, { ...cred, requestId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) });
       send(res, 200, encodeResponse(out ?? {}), requestId);
     } catch (e) {
       const w = toWireError(e);
+      // 413 and 503 come from the connection limits, not from a service.
+      if (e instanceof RequestTooLargeError || e instanceof ConnectionThrottledError) w.status = e.httpStatus;
       status = w.status;
       errorType = w.body.__type;
-      if (status >= 500) this.log.error({ target, requestId, err: e }, 'control request failed');
+      if (status >= 500 && status !== 503) this.log.error({ target, requestId, err: e }, 'control request failed');
       send(res, w.status, w.body, requestId);
     } finally {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
@@ -105,39 +145,74 @@ export class ControlServer {
       if (--this.inflight === 0) for (const r of this.idle.splice(0)) r();
     }
   }
+
+  /**
+   * The body as a JSON object, within the limits: a declared Content-Length
+   * over `maxBodyBytes` is refused before a byte is read, a longer streamed
+   * body as soon as it passes the limit. Either way the answer (413) goes out
+   * while the rest of the body is read and dropped, so the client reads a
+   * typed error instead of a reset; node's requestTimeout bounds how long.
+   * Chunks are held only while the request is open: an aborted or timed-out
+   * request drops them and gives its bytes back to the shared budget.
+   */
+  private readJson(req: IncomingMessage, uid: number): Promise<Record<string, unknown>> {
+    const max = this.guard.limits.maxBodyBytes;
+    const declared = Number(req.headers['content-length'] ?? NaN);
+    if (declared > max) {
+      req.resume(); // drop the body
+      return Promise.reject(new RequestTooLargeError(max));
+    }
+    return new Promise((resolve, reject) => {
+      let chunks: Buffer[] = [];
+      let n = 0;
+      let reserved = 0;
+      let failed = false;
+      const drop = (): void => {
+        chunks.forEach((c) => c.fill(0)); // best effort: the body may hold plaintext
+        chunks = [];
+        this.guard.releaseBody(reserved);
+        reserved = 0;
+      };
+      const fail = (e: Error): void => {
+        if (failed) return;
+        failed = true;
+        drop();
+        reject(e);
+      };
+      req.on('data', (c: Buffer) => {
+        if (failed) return; // discarding the rest of a refused body
+        n += c.length;
+        if (n > max) return fail(new RequestTooLargeError(max));
+        if (!this.guard.reserveBody(uid, c.length)) {
+          return fail(new ConnectionThrottledError('body-budget', 'the daemon is buffering too many request bodies; retry'));
+        }
+        reserved += c.length;
+        chunks.push(c);
+      });
+      req.on('error', (e) => fail(e));
+      // Aborted, or destroyed by the request timeout: nothing will read these chunks again.
+      req.on('close', () => { if (!req.complete) fail(new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' })); });
+      req.on('end', () => {
+        if (failed) return;
+        const text = Buffer.concat(chunks).toString('utf8');
+        drop();
+        if (text.trim() === '') return resolve({});
+        try {
+          const v = JSON.parse(text) as unknown;
+          if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
+          resolve(v as Record<string, unknown>);
+        } catch {
+          reject(new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' }));
+        }
+      });
+    });
+  }
 }
 
 function readPeer(s: Socket): PeerCred {
   const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof fd !== 'number' || fd < 0) throw new EbsdError('PEER_UNKNOWN', 'control connection has no fd');
   return peerCred(fd);
-}
-
-function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let n = 0;
-    req.on('data', (c: Buffer) => {
-      n += c.length;
-      if (n > MAX_BODY) {
-        reject(new EbsdError('BODY_TOO_LARGE', `request body over ${MAX_BODY} bytes`, { awsName: 'ValidationException' }));
-        req.destroy();
-      } else chunks.push(c);
-    });
-    req.on('error', reject);
-    req.on('end', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      chunks.forEach((c) => c.fill(0)); // best effort: the body may hold plaintext
-      if (text.trim() === '') return resolve({});
-      try {
-        const v = JSON.parse(text) as unknown;
-        if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
-        resolve(v as Record<string, unknown>);
-      } catch {
-        reject(new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' }));
-      }
-    });
-  });
 }
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string): void {

@@ -1,0 +1,209 @@
+/**
+ * What one caller of a control listener may consume: connections (per uid and
+ * overall), header and body bytes, and time. Written for the Unix control
+ * socket and meant to be reused by any other listener the daemon opens (the
+ * KMS over TCP keys callers by source address instead of uid: `admit(key)`
+ * takes any string or number).
+ *
+ * Root (uid 0, `exemptKey`) always gets through: it is never counted against
+ * the per-caller cap nor the overall cap, so a flood from another uid cannot
+ * lock the operator out of `ebsd status` or `ebsd volume detach`.
+ *
+ * Refused connections are answered at once with a short HTTP 503
+ * `ThrottlingException` and closed; refusals are counted per (caller, reason)
+ * and reported in aggregate through `onRefusals`, never one report per connection.
+ */
+import type { Socket } from 'node:net';
+import { EbsdError } from '../util/errors.js';
+
+export interface ConnectionLimits {
+  /** Open connections one caller (uid) may hold; the exempt caller has no cap. */
+  maxPerCaller: number;
+  /** Open connections of all non-exempt callers together. */
+  maxTotal: number;
+  /** Request line and headers, bytes (node's `maxHeaderSize`). */
+  maxHeaderBytes: number;
+  /** Request body, bytes. */
+  maxBodyBytes: number;
+  /** Bytes of request bodies buffered at once over all connections; beyond it, requests are refused with 503. */
+  maxBufferedBodyBytes: number;
+  /** From connection (or the end of the previous request) to the end of the headers. */
+  headersTimeoutMs: number;
+  /** From the first byte to the end of the body. */
+  requestTimeoutMs: number;
+  /** Idle keep-alive connection between requests. */
+  keepAliveTimeoutMs: number;
+  /** Refusals are summed over this window before one report. */
+  refusalWindowMs: number;
+}
+
+/**
+ * Defaults sized for a host's control socket: the CLI opens one connection per
+ * command, the attach path a handful; a 1 MiB body is far above the largest
+ * KMS request (4 KiB plaintext, 32 KiB policy). 64 connections x 1 MiB bounds
+ * what one uid can make the daemon buffer at 64 MiB, and all of them at 128 MiB.
+ */
+export const DEFAULT_LIMITS: ConnectionLimits = Object.freeze({
+  maxPerCaller: 64,
+  maxTotal: 512,
+  maxHeaderBytes: 16 * 1024,
+  maxBodyBytes: 1 << 20,
+  maxBufferedBodyBytes: 128 << 20,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  refusalWindowMs: 10_000,
+});
+
+export type RefusalReason = 'per-caller-limit' | 'total-limit' | 'body-budget';
+
+/** One aggregated report: `count` refusals of `caller` for `reason` between `firstTime` and `lastTime`. */
+export interface RefusalSummary {
+  caller: string;
+  reason: RefusalReason;
+  count: number;
+  firstTime: number;
+  lastTime: number;
+}
+
+/** A request body over `maxBodyBytes`: HTTP 413, named limit. */
+export class RequestTooLargeError extends EbsdError {
+  readonly httpStatus = 413;
+  constructor(readonly limit: number, what = 'request body') {
+    super('REQUEST_TOO_LARGE', `${what} is larger than the limit of ${limit} bytes`, { awsName: 'RequestEntityTooLargeException' });
+  }
+}
+
+/** Too many connections or buffered bytes: HTTP 503, retry later (AWS SDKs back off on ThrottlingException). */
+export class ConnectionThrottledError extends EbsdError {
+  readonly httpStatus = 503;
+  constructor(readonly reason: RefusalReason, detail: string) {
+    super('CONNECTION_THROTTLED', `too many requests: ${detail}`, { awsName: 'ThrottlingException' });
+  }
+}
+
+export interface Admission {
+  /** Call once when the connection closes; further calls do nothing. */
+  release(): void;
+}
+
+export class ConnectionGuard {
+  readonly limits: ConnectionLimits;
+  private readonly perCaller = new Map<string, number>();
+  private total = 0;
+  private buffered = 0;
+  private readonly refusals = new Map<string, RefusalSummary>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    limits: Partial<ConnectionLimits> = {},
+    private readonly o: { exemptKey?: string; onRefusals?: (s: RefusalSummary[]) => void; now?: () => number } = {},
+  ) {
+    this.limits = { ...DEFAULT_LIMITS, ...limits };
+    for (const [k, v] of Object.entries(this.limits)) {
+      if (!Number.isSafeInteger(v) || v <= 0) throw new EbsdError('BAD_LIMIT', `connection limit ${k} must be a positive integer, got ${v}`);
+    }
+  }
+
+  private now(): number {
+    return (this.o.now ?? Date.now)();
+  }
+
+  /** Count a new connection of `caller`, or say why it is refused. */
+  admit(caller: string | number): Admission | ConnectionThrottledError {
+    const key = String(caller);
+    if (key === this.o.exemptKey) return { release: () => {} };
+    const mine = this.perCaller.get(key) ?? 0;
+    if (mine >= this.limits.maxPerCaller) {
+      return this.refuse(key, 'per-caller-limit', `caller ${key} already holds ${mine} connections (limit ${this.limits.maxPerCaller})`);
+    }
+    if (this.total >= this.limits.maxTotal) {
+      return this.refuse(key, 'total-limit', `${this.total} connections open (limit ${this.limits.maxTotal})`);
+    }
+    this.perCaller.set(key, mine + 1);
+    this.total++;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.total--;
+        const n = (this.perCaller.get(key) ?? 1) - 1;
+        if (n > 0) this.perCaller.set(key, n);
+        else this.perCaller.delete(key);
+      },
+    };
+  }
+
+  /**
+   * Reserve `bytes` of body buffer for `caller`; false (and a counted refusal)
+   * when the daemon already buffers `maxBufferedBodyBytes`. The exempt caller
+   * is never refused. Give the bytes back with `releaseBody`.
+   */
+  reserveBody(caller: string | number, bytes: number): boolean {
+    const key = String(caller);
+    if (key !== this.o.exemptKey && this.buffered + bytes > this.limits.maxBufferedBodyBytes) {
+      this.refuse(key, 'body-budget', 'request bodies buffered');
+      return false;
+    }
+    this.buffered += bytes;
+    return true;
+  }
+
+  releaseBody(bytes: number): void {
+    this.buffered = Math.max(0, this.buffered - bytes);
+  }
+
+  /** Current use, for `ebsd status` and tests. */
+  usage(): { connections: number; callers: number; bufferedBodyBytes: number; refusalsPending: number } {
+    let pending = 0;
+    for (const s of this.refusals.values()) pending += s.count;
+    return { connections: this.total, callers: this.perCaller.size, bufferedBodyBytes: this.buffered, refusalsPending: pending };
+  }
+
+  /** Report what is pending now (also on close). */
+  flushRefusals(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.refusals.size === 0) return;
+    const out = [...this.refusals.values()];
+    this.refusals.clear();
+    this.o.onRefusals?.(out);
+  }
+
+  private refuse(key: string, reason: RefusalReason, detail: string): ConnectionThrottledError {
+    const t = this.now();
+    const k = `${key}\0${reason}`;
+    const s = this.refusals.get(k);
+    if (s) {
+      s.count++;
+      s.lastTime = t;
+    } else {
+      // Distinct callers are bounded by the uid space of the host; a network
+      // listener keys by address, so cap the table and fold the rest into one row.
+      const slot = this.refusals.size < 1024 ? k : `*\0${reason}`;
+      const row = this.refusals.get(slot);
+      if (row) { row.count++; row.lastTime = t; } else this.refusals.set(slot, { caller: slot === k ? key : '*', reason, count: 1, firstTime: t, lastTime: t });
+    }
+    if (!this.timer) {
+      this.timer = setTimeout(() => this.flushRefusals(), this.limits.refusalWindowMs);
+      this.timer.unref();
+    }
+    return new ConnectionThrottledError(reason, detail);
+  }
+}
+
+/**
+ * Answer a refused connection with a complete HTTP/1.1 503 and close it as
+ * soon as the answer is handed to the kernel: the fd is freed at once, and a
+ * client that reads sees a ThrottlingException rather than a reset.
+ */
+export function refuseSocket(s: Socket, e: ConnectionThrottledError): void {
+  const body = JSON.stringify({ __type: e.awsName, message: e.message, code: e.code });
+  const head = `HTTP/1.1 ${e.httpStatus} Service Unavailable\r\nContent-Type: application/x-amz-json-1.1\r\n`
+    + `Content-Length: ${Buffer.byteLength(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n`;
+  s.on('error', () => {}); // the peer may already be gone
+  s.end(head + body, () => s.destroy());
+  // A peer that never reads cannot hold the fd: destroy after a short grace.
+  setTimeout(() => s.destroy(), 1_000).unref();
+}
