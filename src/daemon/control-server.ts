@@ -189,9 +189,10 @@ export class ControlServer {
         reserved += c.length;
         chunks.push(c);
       });
-      req.on('error', (e) => fail(e));
       // Aborted, or destroyed by the request timeout: nothing will read these chunks again.
-      req.on('close', () => { if (!req.complete) fail(new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' })); });
+      const aborted = (): void => fail(new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' }));
+      req.on('error', aborted);
+      req.on('close', () => { if (!req.complete) aborted(); });
       req.on('end', () => {
         if (failed) return;
         const text = Buffer.concat(chunks).toString('utf8');

@@ -39,6 +39,9 @@ export interface KmsOptions {
   auditFsync?: 'none' | 'event';
   /** Seal a signed audit digest every N events (default 1000). */
   auditDigestEvery?: number;
+  /** Rotate the live audit file past this size (default 64 MiB), and the full-disk reserve (default 4 MiB); audit-log.ts. */
+  auditRotateBytes?: number;
+  auditReserveBytes?: number;
   /**
    * Tests only: scrypt cost for a new passphrase domain, so suites need not
    * spend seconds per domain. Cheaper than production (N=2^15, r=8, p=1) is
@@ -105,6 +108,8 @@ export class KmsService implements KmsCore {
       const audit = await AuditLog.open({
         dir: join(opts.stateDir, 'audit'), hsm, log, fsync: opts.auditFsync ?? 'none', clock,
         ...(opts.auditDigestEvery ? { digestEvery: opts.auditDigestEvery } : {}),
+        ...(opts.auditRotateBytes ? { rotateBytes: opts.auditRotateBytes } : {}),
+        ...(opts.auditReserveBytes !== undefined ? { reserveBytes: opts.auditReserveBytes } : {}),
       });
       const svc = new KmsService(opts, log, clock, keystore, hsm, audit);
       svc.nextDue = -Infinity; // first call (or tick) computes the real schedule

@@ -7,15 +7,39 @@
  * the previous digest, is signed by the HSM's Ed25519 audit key and written to
  * `<audit>/digests/`; a digest also catches truncation of the sealed part.
  *
+ * Rotation: when the live file passes `rotateBytes` it is renamed
+ * `events.<first sequence, 12 digits>.ndjson` and sealed (a digest naming
+ * it); a new live file continues the same chain (sequence numbers and hashes
+ * run on across files), so `verifyAuditLog` and `tail` read the sealed files
+ * and the live one as one stream.
+ *
+ * Refused callers (an unmapped uid, a throttled connection) are written
+ * through `appendRefusal`: aggregated per (caller, operation, reason) and
+ * window (refusal-aggregator.ts), and their events are the first dropped when
+ * the disk is short.
+ *
+ * Full disk: a reserve file (`reserve`, `reserveBytes`, zero-filled at open)
+ * sits beside the log. On ENOSPC the log deletes it and writes on in the
+ * space it freed, dropping refused callers' events (counted in `health()`),
+ * so the calls that must be audited (the host's grant Decrypt on key refresh
+ * above all) keep working while the operator is told: one error log per
+ * transition, and `ebsd status`. Only when the reserve is used up too do
+ * audited calls fail: a KMS call that cannot be audited must not take effect.
+ * Once space returns the reserve is re-created and the state is back to ok.
+ * Why a reserve rather than refusing at a free-space threshold: free space is
+ * shared with volume images and other processes and changes between a check
+ * and the write; a reserve the log owns is space nobody else can take.
+ *
  * Durability (docs/kms-format.md §Audit): `append` resolves once the event was
  * written to the file (page cache) — it survives SIGKILL of the daemon. With
  * `fsync: 'event'` it resolves only after fdatasync, so it also survives power
  * loss; concurrent events share one fdatasync (group commit).
  */
 import { createHash } from 'node:crypto';
-import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync } from 'node:fs';
+import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { atomicWrite } from '../../util/atomic-write.js';
+import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
+import { RefusalAggregator } from './refusal-aggregator.js';
 import type { Logger } from '../../util/logger.js';
 import type { Hsm } from '../hsm/hsm-client.js';
 
@@ -23,6 +47,20 @@ export const EVENTS_FILE = 'events.ndjson';
 export const DIGEST_DIR = 'digests';
 export const PUBLIC_KEY_FILE = 'digest-public-key.pem';
 export const GENESIS_HASH = '0'.repeat(64);
+export const RESERVE_FILE = 'reserve';
+export const DEFAULT_ROTATE_BYTES = 64 << 20;
+export const DEFAULT_RESERVE_BYTES = 4 << 20;
+/** A sealed, rotated log file: `events.<first sequence>.ndjson`. */
+export const sealedName = (firstSeq: number): string => `events.${String(firstSeq).padStart(12, '0')}.ndjson`;
+export const SEALED_FILE = /^events\.\d{12}\.ndjson$/;
+
+/** The log files of an audit dir, oldest first: the sealed ones by first sequence, then the live one. */
+export function auditLogFiles(dir: string): string[] {
+  let names: string[] = [];
+  try { names = readdirSync(dir); } catch { return []; }
+  const sealed = names.filter((f) => SEALED_FILE.test(f)).sort();
+  return names.includes(EVENTS_FILE) ? [...sealed, EVENTS_FILE] : sealed;
+}
 
 export interface AuditOptions {
   dir: string;
@@ -32,6 +70,24 @@ export interface AuditOptions {
   /** Seal a digest after this many events (default 1000). */
   digestEvery?: number;
   clock?: () => number;
+  /** Rotate the live file once it passes this many bytes (default 64 MiB). */
+  rotateBytes?: number;
+  /** Size of the full-disk reserve (default 4 MiB; 0: none). */
+  reserveBytes?: number;
+  /** Window over which repeated refusals become one event (default 10 s). */
+  refusalWindowMs?: number;
+}
+
+/** Disk state of the audit log, for `ebsd status`. */
+export interface AuditHealth {
+  /** ok | reserve-in-use (disk full; refused callers' events dropped) | failing (audited calls fail). */
+  State: 'ok' | 'reserve-in-use' | 'failing';
+  ReserveBytes: number;
+  DroppedRefusalEvents: number;
+  LiveFileBytes: number;
+  SealedFiles: number;
+  LastError?: string;
+  Since?: string;
 }
 
 export interface DigestFile {
@@ -56,31 +112,62 @@ export function digestPayload(d: DigestFile): string {
   return JSON.stringify(rest);
 }
 
+interface Pending {
+  /** The event's JSON without its closing brace; chain fields are added when written. */
+  open: string;
+  /** A refused caller's event: dropped first when the disk is short. */
+  droppable: boolean;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+const isNoSpace = (e: unknown): boolean => {
+  const c = (e as { code?: unknown })?.code;
+  return c === 'ENOSPC' || c === 'EDQUOT';
+};
+
 export class AuditLog {
   private fh!: fsp.FileHandle;
-  private nextSeq = 0;
-  private lastHash = GENESIS_HASH;
+  /** Last event written (its sequence number and line hash): the chain continues from here. */
   private flushedSeq = -1;
   private flushedHash = GENESIS_HASH;
   private sealedThrough = -1;
   private prevDigestHash: string | null = null;
   private sealStartTime: number;
-  private pending: string[] = [];
-  private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private pending: Pending[] = [];
   private scheduled = false;
   private flushing: Promise<void> | null = null;
-  private sealing: Promise<void> = Promise.resolve();
-  private autoSealing = false;
+  /** Writes, seals and rotations run one at a time, in order. */
+  private queue: Promise<void> = Promise.resolve();
   private fingerprint = '';
+  private liveBytes = 0;
+  private liveFirstSeq = 0;
+  private sealedFiles = 0;
+  private disk: AuditHealth['State'] = 'ok';
+  private diskSince = 0;
+  private lastDiskError: string | undefined;
+  private lastReserveTry = 0;
+  private reserveBytesHeld = 0;
+  private dropped = 0;
+  private readonly refusals: RefusalAggregator;
   private readonly fsyncMode: 'none' | 'event';
   private readonly digestEvery: number;
+  private readonly rotateBytes: number;
+  private readonly reserveBytes: number;
   private readonly clock: () => number;
 
   private constructor(private readonly o: AuditOptions) {
     this.fsyncMode = o.fsync ?? 'none';
     this.digestEvery = o.digestEvery ?? 1000;
+    this.rotateBytes = o.rotateBytes ?? DEFAULT_ROTATE_BYTES;
+    this.reserveBytes = o.reserveBytes ?? DEFAULT_RESERVE_BYTES;
     this.clock = o.clock ?? Date.now;
     this.sealStartTime = this.clock();
+    this.refusals = new RefusalAggregator({
+      ...(o.refusalWindowMs ? { windowMs: o.refusalWindowMs } : {}),
+      clock: this.clock,
+      write: (ev) => this.enqueue(openJson(ev), true),
+    });
   }
 
   static async open(o: AuditOptions): Promise<AuditLog> {
@@ -100,39 +187,72 @@ export class AuditLog {
     if (old !== pem) await atomicWrite(pkPath, pem);
 
     const path = join(dir, EVENTS_FILE);
-    this.recoverTail(path);
-    this.fh = await fsp.open(path, 'a', 0o600);
+    const files = auditLogFiles(dir);
+    this.sealedFiles = files.filter((f) => f !== EVENTS_FILE).length;
+    // The chain continues from the last event of the newest file that holds one.
+    let tail: { first: number; last: number; hash: string } | undefined;
+    for (let i = files.length - 1; i >= 0 && !tail; i--) tail = this.recoverTail(join(dir, files[i]!), files[i] === EVENTS_FILE);
+    if (tail) {
+      this.flushedSeq = tail.last;
+      this.flushedHash = tail.hash;
+    }
     const digests = readdirSync(join(dir, DIGEST_DIR)).filter((f) => /^\d{12}\.json$/.test(f)).sort();
     const last = digests[digests.length - 1];
+    let lastDigest: DigestFile | undefined;
     if (last) {
-      const d = JSON.parse(readFileSync(join(dir, DIGEST_DIR, last), 'utf8')) as DigestFile;
-      this.sealedThrough = d.lastSequence;
-      this.prevDigestHash = sha256hex(digestPayload(d));
+      lastDigest = JSON.parse(readFileSync(join(dir, DIGEST_DIR, last), 'utf8')) as DigestFile;
+      this.sealedThrough = lastDigest.lastSequence;
+      this.prevDigestHash = sha256hex(digestPayload(lastDigest));
     }
+    if (lastDigest && this.flushedSeq < lastDigest.lastSequence) {
+      // The files end before events a signed digest covers: the log was
+      // truncated or files removed. Never reuse those sequence numbers (their
+      // signatures stand): set the live file aside and continue after the
+      // digest, so sealing goes on and `audit verify` names the gap.
+      this.o.log.error({ dir, lastWritten: this.flushedSeq, sealedThrough: lastDigest.lastSequence },
+        'audit log is missing events a signed digest covers (truncated?); continuing the sequence after the digest');
+      if (existsSync(path) && fstatSizeOf(path) > 0) {
+        const aside = `${EVENTS_FILE}.truncated-${this.clock()}`;
+        renameSync(path, join(dir, aside));
+        this.o.log.error({ file: join(dir, aside) }, 'audit: the truncated live file was kept aside for inspection');
+      }
+      this.flushedSeq = lastDigest.lastSequence;
+      this.flushedHash = lastDigest.lastEventHash;
+    }
+    this.fh = await fsp.open(path, 'a', 0o600);
+    this.liveBytes = (await this.fh.stat()).size;
+    this.liveFirstSeq = this.liveBytes > 0 && tail && files[files.length - 1] === EVENTS_FILE ? tail.first : this.flushedSeq + 1;
+    await this.ensureReserve();
   }
 
-  /** Find the last complete line; drop a torn tail (possible only after power loss without fsync). */
-  private recoverTail(path: string): void {
+  /**
+   * First and last sequence and the last line's hash of one log file; for
+   * the live file, a torn tail (possible only after power loss without fsync)
+   * is cut off first. Undefined when the file holds no complete event.
+   */
+  private recoverTail(path: string, live: boolean): { first: number; last: number; hash: string } | undefined {
     let fd: number;
-    try { fd = openSync(path, 'r+'); } catch { return; }
+    try { fd = openSync(path, live ? 'r+' : 'r'); } catch { return undefined; }
     try {
       const size = fstatSync(fd).size;
-      if (size === 0) return;
-      const n = Math.min(size, 1 << 20); // an event is far smaller than 1 MiB
+      if (size === 0) return undefined;
+      const n = Math.min(size, 1 << 20); // an event is far smaller than 1 MiB (fields are bounded, event.ts)
       const buf = Buffer.alloc(n);
       readSync(fd, buf, 0, n, size - n);
       const cut = buf.lastIndexOf(0x0a) + 1;
-      if (cut !== n) {
+      if (cut !== n && live) {
         this.o.log.warn({ file: path, bytes: n - cut }, 'audit log ends in a torn line; truncating it');
         ftruncateSync(fd, size - n + cut);
       }
-      if (cut === 0) return;
+      if (cut === 0) return undefined;
       const body = buf.subarray(0, cut - 1);
       const line = body.subarray(body.lastIndexOf(0x0a) + 1).toString('utf8');
       const ev = JSON.parse(line) as { sequenceNumber: number };
-      this.nextSeq = ev.sequenceNumber + 1;
-      this.lastHash = this.flushedHash = sha256hex(line);
-      this.flushedSeq = ev.sequenceNumber;
+      const head = Buffer.alloc(Math.min(size, 1 << 20));
+      readSync(fd, head, 0, head.length, 0);
+      const nl = head.indexOf(0x0a);
+      const first = (JSON.parse(head.subarray(0, nl < 0 ? head.length : nl).toString('utf8')) as { sequenceNumber: number }).sequenceNumber;
+      return { first, last: ev.sequenceNumber, hash: sha256hex(line) };
     } finally {
       closeSync(fd);
     }
@@ -140,21 +260,59 @@ export class AuditLog {
 
   /** Append one event; resolves when it is durable per the fsync mode. */
   append(event: Record<string, unknown>): Promise<void> {
-    const { sequenceNumber: _s, previousEventHash: _p, ...rest } = event;
-    return this.appendJson(JSON.stringify(rest).slice(0, -1));
+    return this.appendJson(openJson(event));
   }
 
   /**
    * Append an event given as its JSON text without the closing brace
    * (event.ts, buildEventJson); the chain fields `sequenceNumber` and
-   * `previousEventHash` and the brace are added here, as `append` does.
+   * `previousEventHash` and the brace are added when it is written.
    */
   appendJson(open: string): Promise<void> {
-    const line = open + (open.length > 1 ? ',' : '') + '"sequenceNumber":' + this.nextSeq++ + ',"previousEventHash":"' + this.lastHash + '"}';
-    this.lastHash = sha256hex(line);
-    this.pending.push(line + '\n');
+    return this.enqueue(open, false);
+  }
+
+  /**
+   * A refused caller's event (unmapped uid, throttled connection): aggregated
+   * per `key` — say caller, operation and reason — within the refusal window,
+   * and dropped (counted) while the disk is short. Resolves when written or counted.
+   */
+  appendRefusal(key: string, event: () => Record<string, unknown>): Promise<void> {
+    return this.refusals.add(key, event);
+  }
+
+  /** Disk state, for `ebsd status`. */
+  health(): AuditHealth {
+    return {
+      State: this.disk,
+      ReserveBytes: this.reserveBytesHeld,
+      DroppedRefusalEvents: this.dropped,
+      LiveFileBytes: this.liveBytes,
+      SealedFiles: this.sealedFiles,
+      ...(this.lastDiskError ? { LastError: this.lastDiskError } : {}),
+      ...(this.disk !== 'ok' ? { Since: new Date(this.diskSince).toISOString() } : {}),
+    };
+  }
+
+  /**
+   * The last `limit` events, newest last, read backwards from the live file
+   * and then from the sealed files, so a rotation does not hide recent history.
+   */
+  async tail(limit: number): Promise<Record<string, unknown>[]> {
+    await this.flush();
+    const files = auditLogFiles(this.o.dir).reverse();
+    let out: string[] = [];
+    for (const f of files) {
+      if (out.length >= limit) break;
+      const lines = await readLastLines(join(this.o.dir, f), limit - out.length);
+      out = [...lines, ...out];
+    }
+    return out.map((l) => JSON.parse(l) as Record<string, unknown>);
+  }
+
+  private enqueue(open: string, droppable: boolean): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.waiters.push({ resolve, reject });
+      this.pending.push({ open, droppable, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => { this.scheduled = false; void this.flush(); });
@@ -162,72 +320,239 @@ export class AuditLog {
     });
   }
 
+  private exclusive(fn: () => Promise<void>): Promise<void> {
+    const run = this.queue.then(fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
   private flush(): Promise<void> {
     if (this.flushing) return this.flushing;
-    if (this.pending.length === 0) return Promise.resolve();
-    const run = async (): Promise<void> => {
-      await Promise.resolve(); // never finish synchronously: `flushing` must be set before it is cleared
-      while (this.pending.length) {
-        const data = this.pending.join('');
-        const waiters = this.waiters;
-        const seq = this.nextSeq - 1;
-        const hash = this.lastHash;
-        this.pending = [];
-        this.waiters = [];
-        try {
-          await this.fh.write(data);
-          if (this.fsyncMode === 'event') await this.fh.datasync();
-          this.flushedSeq = seq;
-          this.flushedHash = hash;
-          for (const w of waiters) w.resolve();
-        } catch (e) {
-          this.o.log.error({ err: e }, 'audit log write failed');
-          for (const w of waiters) w.reject(e);
-        }
-      }
-    };
-    this.flushing = run().finally(() => {
-      this.flushing = null;
-      if (!this.autoSealing && this.flushedSeq - this.sealedThrough >= this.digestEvery) {
-        this.autoSealing = true;
-        this.seal().catch((e) => this.o.log.error({ err: e }, 'audit seal failed')).finally(() => { this.autoSealing = false; });
+    this.flushing = this.exclusive(async () => {
+      this.flushing = null; // events appended from here on need another pass
+      await this.writePending();
+      if (this.flushedSeq - this.sealedThrough >= this.digestEvery) {
+        await this.sealNow(EVENTS_FILE).catch((e) => this.o.log.error({ err: e }, 'audit seal failed'));
       }
     });
     return this.flushing;
   }
 
+  /** Write every pending event (under `exclusive`). */
+  private async writePending(): Promise<void> {
+    while (this.pending.length) {
+      let batch = this.pending.splice(0);
+      if (this.disk !== 'ok') {
+        await this.tryRecoverDisk();
+        if ((this.disk as AuditHealth['State']) !== 'ok') {
+          // Short of disk: refused callers' events go first (counted), audited calls keep the space.
+          const keep: Pending[] = [];
+          for (const p of batch) {
+            if (p.droppable) { this.dropped++; p.resolve(); } else keep.push(p);
+          }
+          batch = keep;
+          if (batch.length === 0) continue;
+        }
+      }
+      let seq = this.flushedSeq;
+      let hash = this.flushedHash;
+      const lines: string[] = [];
+      for (const p of batch) {
+        const line = p.open + (p.open.length > 1 ? ',' : '') + '"sequenceNumber":' + ++seq + ',"previousEventHash":"' + hash + '"}';
+        hash = sha256hex(line);
+        lines.push(line + '\n');
+      }
+      try {
+        await this.writeAll(Buffer.from(lines.join('')));
+        if (this.fsyncMode === 'event') await this.fh.datasync();
+        this.flushedSeq = seq;
+        this.flushedHash = hash;
+        if (this.disk === 'failing') this.setDisk('reserve-in-use'); // some space came back, not yet the reserve
+        for (const p of batch) p.resolve();
+      } catch (e) {
+        this.o.log.error({ err: e, file: join(this.o.dir, EVENTS_FILE) }, 'audit log write failed');
+        for (const p of batch) p.reject(e);
+      }
+      if (this.liveBytes >= this.rotateBytes) await this.rotate().catch((e) => this.o.log.error({ err: e }, 'audit log rotation failed'));
+    }
+  }
+
+  /**
+   * Write all of `buf` at the end of the live file. ENOSPC: release the
+   * reserve and go on; still ENOSPC: cut the file back to where this batch
+   * began (no torn line, the chain stays whole) and fail.
+   */
+  private async writeAll(buf: Buffer): Promise<void> {
+    const start = this.liveBytes;
+    let off = 0;
+    try {
+      while (off < buf.length) {
+        try {
+          off += (await this.fh.write(buf, off, buf.length - off)).bytesWritten;
+        } catch (e) {
+          if (!isNoSpace(e) || !(await this.releaseReserve(e))) throw e;
+        }
+      }
+      this.liveBytes = start + off;
+    } catch (e) {
+      await this.fh.truncate(start).catch(() => {});
+      this.liveBytes = start;
+      if (isNoSpace(e)) this.setDisk('failing', e);
+      throw e;
+    }
+  }
+
+  private setDisk(state: AuditHealth['State'], err?: unknown): void {
+    if (err) this.lastDiskError = String((err as Error).message ?? err);
+    if (state === this.disk) return;
+    const was = this.disk;
+    this.disk = state;
+    this.diskSince = this.clock();
+    // Once per transition, never per event.
+    if (state === 'ok') {
+      this.o.log.warn({ dir: this.o.dir, was, droppedRefusalEvents: this.dropped }, 'audit log: disk space is back; reserve restored');
+    } else if (state === 'reserve-in-use') {
+      this.o.log.error({ dir: this.o.dir, reserveBytes: this.reserveBytes },
+        'audit log: DISK FULL; released the audit reserve, refused callers\' events are dropped until space returns');
+    } else {
+      this.o.log.error({ dir: this.o.dir, droppedRefusalEvents: this.dropped },
+        'audit log: DISK FULL and the reserve is used up; KMS calls fail until space is freed');
+    }
+  }
+
+  /** Free the reserve so the write can go on; false if there was none left. */
+  private async releaseReserve(err: unknown): Promise<boolean> {
+    if (this.reserveBytesHeld === 0) return false;
+    await fsp.rm(join(this.o.dir, RESERVE_FILE), { force: true });
+    this.reserveBytesHeld = 0;
+    this.lastReserveTry = this.clock();
+    this.setDisk('reserve-in-use', err);
+    return true;
+  }
+
+  /** While short of disk, try (at most every 5 s) to re-create the reserve; success ends the condition. */
+  private async tryRecoverDisk(): Promise<void> {
+    const now = this.clock();
+    if (now - this.lastReserveTry < 5_000) return;
+    this.lastReserveTry = now;
+    if (await this.ensureReserve()) this.setDisk('ok');
+  }
+
+  /** Zero-fill the reserve file up to `reserveBytes` (zeros so the blocks are really allocated). */
+  private async ensureReserve(): Promise<boolean> {
+    if (this.reserveBytes === 0) return true;
+    const path = join(this.o.dir, RESERVE_FILE);
+    let fh: fsp.FileHandle | undefined;
+    try {
+      fh = await fsp.open(path, 'a', 0o600);
+      let size = (await fh.stat()).size;
+      const zeros = Buffer.alloc(Math.min(this.reserveBytes, 1 << 20));
+      while (size < this.reserveBytes) size += (await fh.write(zeros, 0, Math.min(zeros.length, this.reserveBytes - size))).bytesWritten;
+      await fh.datasync();
+      this.reserveBytesHeld = size;
+      return true;
+    } catch (e) {
+      await fh?.close().catch(() => {});
+      fh = undefined;
+      await fsp.rm(path, { force: true }).catch(() => {});
+      this.reserveBytesHeld = 0;
+      if (this.disk === 'ok') this.o.log.error({ err: e, file: path }, 'audit log: cannot allocate the full-disk reserve');
+      return false;
+    } finally {
+      await fh?.close().catch(() => {});
+    }
+  }
+
+  /** Seal the live file under its sealed name and continue the chain in a new live file (under `exclusive`). */
+  private async rotate(): Promise<void> {
+    if (this.flushedSeq < this.liveFirstSeq) return;
+    const name = sealedName(this.liveFirstSeq);
+    await this.fh.datasync();
+    await this.fh.close();
+    renameSync(join(this.o.dir, EVENTS_FILE), join(this.o.dir, name));
+    await fsyncDir(this.o.dir);
+    this.fh = await fsp.open(join(this.o.dir, EVENTS_FILE), 'a', 0o600);
+    this.liveBytes = 0;
+    this.liveFirstSeq = this.flushedSeq + 1;
+    this.sealedFiles++;
+    // A failed seal (disk, HSM) leaves these events for the next digest to cover.
+    await this.sealNow(name).catch((e) => this.o.log.error({ err: e, file: name }, 'audit seal of a rotated file failed'));
+    this.o.log.info({ file: name, lastSequence: this.flushedSeq }, 'audit log rotated');
+  }
+
   /** Write and sign a digest covering every event written so far, if any is unsealed. */
   seal(): Promise<void> {
-    this.sealing = this.sealing.then(async () => {
-      await this.flush();
-      if (this.flushedSeq <= this.sealedThrough) return;
-      if (this.fsyncMode === 'none') await this.fh.datasync(); // a digest never names events that are not on disk
-      const now = this.clock();
-      const d: DigestFile = {
-        digestVersion: 1,
-        logFile: EVENTS_FILE,
-        firstSequence: this.sealedThrough + 1,
-        lastSequence: this.flushedSeq,
-        lastEventHash: this.flushedHash,
-        previousDigestHash: this.prevDigestHash,
-        digestStartTime: new Date(this.sealStartTime).toISOString(),
-        digestEndTime: new Date(now).toISOString(),
-        signatureAlgorithm: 'Ed25519',
-        publicKeyFingerprint: this.fingerprint,
-      };
-      const payload = digestPayload(d);
-      const { signature } = await this.o.hsm.call({ op: 'signAudit', data: Buffer.from(payload) });
-      d.signature = Buffer.from(signature).toString('base64');
-      await atomicWrite(join(this.o.dir, DIGEST_DIR, digestName(d.lastSequence)), JSON.stringify(d, null, 2) + '\n');
-      this.sealedThrough = d.lastSequence;
-      this.prevDigestHash = sha256hex(payload);
-      this.sealStartTime = now;
+    return this.exclusive(async () => {
+      // Refusals counted so far are written (enqueued synchronously) and sealed with the rest.
+      const summaries = this.refusals.flush();
+      await this.writePending();
+      await summaries.catch(() => {});
+      await this.sealNow(EVENTS_FILE);
     });
-    return this.sealing;
+  }
+
+  private async sealNow(logFile: string): Promise<void> {
+    if (this.flushedSeq <= this.sealedThrough) return;
+    if (this.fsyncMode === 'none') await this.fh.datasync(); // a digest never names events that are not on disk
+    const now = this.clock();
+    const d: DigestFile = {
+      digestVersion: 1,
+      logFile,
+      firstSequence: this.sealedThrough + 1,
+      lastSequence: this.flushedSeq,
+      lastEventHash: this.flushedHash,
+      previousDigestHash: this.prevDigestHash,
+      digestStartTime: new Date(this.sealStartTime).toISOString(),
+      digestEndTime: new Date(now).toISOString(),
+      signatureAlgorithm: 'Ed25519',
+      publicKeyFingerprint: this.fingerprint,
+    };
+    const payload = digestPayload(d);
+    const { signature } = await this.o.hsm.call({ op: 'signAudit', data: Buffer.from(payload) });
+    d.signature = Buffer.from(signature).toString('base64');
+    await atomicWrite(join(this.o.dir, DIGEST_DIR, digestName(d.lastSequence)), JSON.stringify(d, null, 2) + '\n');
+    this.sealedThrough = d.lastSequence;
+    this.prevDigestHash = sha256hex(payload);
+    this.sealStartTime = now;
   }
 
   async close(): Promise<void> {
     await this.seal();
     await this.fh.close();
+  }
+}
+
+/** An event object as JSON without its closing brace and without chain fields. */
+function openJson(event: Record<string, unknown>): string {
+  const { sequenceNumber: _s, previousEventHash: _p, ...rest } = event;
+  return JSON.stringify(rest).slice(0, -1);
+}
+
+function fstatSizeOf(path: string): number {
+  const fd = openSync(path, 'r');
+  try { return fstatSync(fd).size; } finally { closeSync(fd); }
+}
+
+/** The last `n` complete lines of a file, reading backwards in 256 KiB steps. */
+async function readLastLines(path: string, n: number): Promise<string[]> {
+  let fh: fsp.FileHandle;
+  try { fh = await fsp.open(path, 'r'); } catch { return []; }
+  try {
+    let pos = (await fh.stat()).size;
+    let text = '';
+    let lines: string[] = [];
+    while (pos > 0) {
+      const len = Math.min(pos, 256 * 1024);
+      pos -= len;
+      const buf = Buffer.alloc(len);
+      await fh.read(buf, 0, len, pos);
+      text = buf.toString('utf8') + text;
+      lines = text.split('\n').filter((l) => l.trim() !== '');
+      if (pos > 0) lines.shift(); // possibly partial first line
+      if (lines.length >= n) break;
+    }
+    return lines.slice(-n);
+  } finally {
+    await fh.close();
   }
 }

@@ -31,6 +31,39 @@ export function safeFields(src: Record<string, unknown> | undefined, allow: Set<
   return out;
 }
 
+/**
+ * Field bounds. CloudTrail truncates a field whose content exceeds the field's
+ * maximum size and marks it with `omitted: true`; requestParameters and
+ * responseElements are capped at 100 KB (CloudTrail record contents, "CloudTrail
+ * record contents for management, data, and network activity events",
+ * docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-event-reference-record-contents.html).
+ * A caller-supplied userAgent is cut at 1 KiB (ebsd's bound, far above any SDK's
+ * user agent): an 8 KB header no longer costs 8 KB of audit per request.
+ */
+export const MAX_USER_AGENT = 1024;
+export const MAX_ERROR_MESSAGE = 2048;
+export const MAX_PARAMETERS_JSON = 100 * 1024;
+export const TRUNCATED_SUFFIX = '...(truncated)';
+
+/** `s` cut to `max` UTF-16 units, marked when cut; a lone surrogate left by the cut is dropped. */
+export function truncateField(s: string, max: number): string {
+  if (s.length <= max) return s;
+  let cut = s.slice(0, max);
+  const last = cut.charCodeAt(cut.length - 1);
+  if (last >= 0xd800 && last <= 0xdbff) cut = cut.slice(0, -1);
+  return cut + TRUNCATED_SUFFIX;
+}
+
+/** requestParameters / responseElements over 100 KB serialized: replaced by `{"omitted":true}`, as CloudTrail does. */
+function _boundParams(v: Record<string, unknown> | null): Record<string, unknown> | null {
+  if (!v) return v;
+  return JSON.stringify(v).length > MAX_PARAMETERS_JSON ? { omitted: true } : v;
+}
+const _OMITTED_JSON = '{"omitted":true}';
+function _boundParamsJson(json: string): string {
+  return json.length > MAX_PARAMETERS_JSON ? _OMITTED_JSON : json;
+}
+
 export interface AuditInput {
   eventName: string;
   caller?: Caller;
@@ -71,13 +104,13 @@ export function buildEvent(i: AuditInput): Record<string, unknown> {
     eventName: i.eventName,
     awsRegion: i.region,
     sourceIPAddress: c ? (c.viaService ?? c.sourceIp ?? '127.0.0.1') : 'kms.amazonaws.com',
-    userAgent: c ? (c.userAgent ?? 'ebsd') : 'kms.amazonaws.com',
-    requestParameters: safeFields(i.request, SAFE_REQUEST),
-    responseElements: safeFields(i.response, SAFE_RESPONSE),
+    userAgent: c ? truncateField(c.userAgent ?? 'ebsd', MAX_USER_AGENT) : 'kms.amazonaws.com',
+    requestParameters: _boundParams(safeFields(i.request, SAFE_REQUEST)),
+    responseElements: _boundParams(safeFields(i.response, SAFE_RESPONSE)),
   };
   if (i.errorCode) {
     ev.errorCode = i.errorCode;
-    ev.errorMessage = i.errorMessage;
+    ev.errorMessage = i.errorMessage === undefined ? undefined : truncateField(i.errorMessage, MAX_ERROR_MESSAGE);
   }
   if (i.additionalEventData) ev.additionalEventData = i.additionalEventData;
   ev.requestID = i.requestId;
@@ -148,10 +181,12 @@ export function buildEventJson(i: AuditInput): string {
     + ',"eventSource":"kms.amazonaws.com","eventName":' + _q(i.eventName)
     + ',"awsRegion":' + _q(i.region)
     + ',"sourceIPAddress":' + _q(c ? (c.viaService ?? c.sourceIp ?? '127.0.0.1') : 'kms.amazonaws.com')
-    + ',"userAgent":' + _q(c ? (c.userAgent ?? 'ebsd') : 'kms.amazonaws.com')
-    + ',"requestParameters":' + _q(safeFields(i.request, SAFE_REQUEST))
-    + ',"responseElements":' + _q(safeFields(i.response, SAFE_RESPONSE));
-  if (i.errorCode) s += ',"errorCode":' + _q(i.errorCode) + (i.errorMessage === undefined ? '' : ',"errorMessage":' + _q(i.errorMessage));
+    + ',"userAgent":' + _q(c ? truncateField(c.userAgent ?? 'ebsd', MAX_USER_AGENT) : 'kms.amazonaws.com')
+    + ',"requestParameters":' + _boundParamsJson(_q(safeFields(i.request, SAFE_REQUEST)))
+    + ',"responseElements":' + _boundParamsJson(_q(safeFields(i.response, SAFE_RESPONSE)));
+  if (i.errorCode) {
+    s += ',"errorCode":' + _q(i.errorCode) + (i.errorMessage === undefined ? '' : ',"errorMessage":' + _q(truncateField(i.errorMessage, MAX_ERROR_MESSAGE)));
+  }
   if (i.additionalEventData) s += ',"additionalEventData":' + _q(i.additionalEventData);
   s += ',"requestID":' + _q(i.requestId) + ',"eventID":' + _q(i.eventId) + ',"readOnly":' + (i.readOnly ? 'true' : 'false') + ',"resources":[';
   for (let k = 0; k < i.resources.length; k++) s += (k ? ',' : '') + _resource(i.resources[k]!, i.accountId);

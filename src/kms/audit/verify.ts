@@ -1,6 +1,7 @@
 /**
- * `verifyAuditLog(dir)`: checks the hash chain of `events.ndjson` and the
- * signed digests in `digests/`, and names the first event that was modified,
+ * `verifyAuditLog(dir)`: checks the hash chain across the sealed log files
+ * (`events.<first sequence>.ndjson`, oldest first) and the live
+ * `events.ndjson`, read as one stream, and the signed digests in `digests/`, and names the first event that was modified,
  * removed, reordered or is missing (truncation of the sealed part).
  * Events written after the last digest are chained but not yet signed: a
  * truncation of that tail is undetectable until the next seal (see docs).
@@ -8,7 +9,7 @@
 import { createPublicKey, verify as edVerify } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DIGEST_DIR, EVENTS_FILE, GENESIS_HASH, PUBLIC_KEY_FILE, digestPayload, sha256hex, type DigestFile } from './audit-log.js';
+import { DIGEST_DIR, GENESIS_HASH, PUBLIC_KEY_FILE, auditLogFiles, digestPayload, sha256hex, type DigestFile } from './audit-log.js';
 
 export type AuditProblemKind = 'modified' | 'removed' | 'reordered' | 'missing' | 'bad-digest';
 
@@ -17,8 +18,10 @@ export interface AuditProblem {
   /** Sequence number of the event concerned (for digests: of the digest's last event). */
   sequence: number;
   eventID?: string;
-  /** 1-based line in events.ndjson, when the event is there. */
+  /** 1-based line in `file`, when the event is there. */
   line?: number;
+  /** The log file holding the event (events.ndjson or a sealed events.<seq>.ndjson). */
+  file?: string;
   detail: string;
 }
 
@@ -26,6 +29,8 @@ export interface AuditVerifyResult {
   ok: boolean;
   events: number;
   digests: number;
+  /** Log files read, oldest first. */
+  files: string[];
   /** Last sequence number covered by a valid signed digest (-1: none). */
   sealedThrough: number;
   problem?: AuditProblem;
@@ -40,10 +45,14 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string } = {}
   const ddir = join(dir, DIGEST_DIR);
   const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f)).sort() : [];
   const digests: DigestFile[] = [];
+  const files = auditLogFiles(dir);
+  /** For each line of the joined stream: its file and line there. */
+  const where: { file: string; line: number }[] = [];
   let prevHash: string | null = null;
   let covered = -1;
   const res = (problem?: AuditProblem, events = 0): AuditVerifyResult => ({
-    ok: !problem, events, digests: digests.length, sealedThrough: covered, ...(problem ? { problem } : {}),
+    ok: !problem, events, digests: digests.length, files, sealedThrough: covered,
+    ...(problem ? { problem: problem.line !== undefined && where[problem.line - 1] ? { ...problem, ...where[problem.line - 1] } : problem } : {}),
   });
   for (const n of names) {
     let d: DigestFile;
@@ -63,9 +72,12 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string } = {}
   const digestAt = new Map(digests.map((d) => [d.lastSequence, d]));
 
   // 2. Events: sequence, chain, digest anchors.
-  const path = join(dir, EVENTS_FILE);
-  const text = existsSync(path) ? readFileSync(path, 'utf8') : '';
-  const lines = text.length ? text.replace(/\n$/, '').split('\n') : [];
+  const lines: string[] = [];
+  for (const f of files) {
+    const text = readFileSync(join(dir, f), 'utf8');
+    const ls = text.length ? text.replace(/\n$/, '').split('\n') : [];
+    ls.forEach((l, i) => { lines.push(l); where.push({ file: f, line: i + 1 }); });
+  }
   const seqs = lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } });
   let expected = 0;
   let prevLineHash = GENESIS_HASH;
