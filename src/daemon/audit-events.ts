@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { buildEvent } from '../kms/audit/event.js';
+import { buildEvent, truncateField } from '../kms/audit/event.js';
+import type { RefusalSummary } from './connection-guard.js';
 import type { Caller } from '../kms/types.js';
 import type { VolumeAuditEvent } from '../volume/volume-manager.js';
 
@@ -29,6 +30,20 @@ export function volumeEvent(ev: VolumeAuditEvent, o: { accountId: string; region
   return e;
 }
 
+/**
+ * Bounds for what a refused caller puts in its event: the operation name
+ * (X-Amz-Target) and a volume id come from the request. CloudTrail truncates
+ * over-long fields (see MAX_USER_AGENT in src/kms/audit/event.ts); a refused
+ * caller gets tighter bounds, since it can send as many requests as it likes.
+ */
+export const MAX_REFUSED_NAME = 128;
+export const MAX_REFUSED_VOLUME_ID = 64;
+
+/** The key under which repeated refusals are aggregated (src/kms/audit/refusal-aggregator.ts). */
+export function refusalKey(uid: number | undefined, eventSource: string, eventName: string, reason: string): string {
+  return `${uid ?? '-'}\0${eventSource}\0${truncateField(eventName, MAX_REFUSED_NAME)}\0${reason}`;
+}
+
 /** A control-API call refused before it reached a service (unmapped uid, not root). */
 export function deniedEvent(
   eventSource: string,
@@ -38,7 +53,7 @@ export function deniedEvent(
   o: { accountId: string; region: string; requestId: string; volumeId?: string },
 ): Record<string, unknown> {
   const e = buildEvent({
-    eventName,
+    eventName: truncateField(eventName, MAX_REFUSED_NAME),
     caller,
     accountId: o.accountId,
     region: o.region,
@@ -51,8 +66,36 @@ export function deniedEvent(
     errorMessage: message,
   });
   e.eventSource = eventSource;
-  e.requestParameters = o.volumeId ? { volumeId: o.volumeId } : null;
+  e.requestParameters = o.volumeId ? { volumeId: truncateField(o.volumeId, MAX_REFUSED_VOLUME_ID) } : null;
   if (caller.uid !== undefined) e.additionalEventData = { localUid: caller.uid };
+  return e;
+}
+
+/**
+ * Connections refused by the connection limits (connection-guard.ts), one
+ * event per (caller, reason) and refusal window, with the count: the
+ * ThrottlingException a flood was answered with, in aggregate.
+ */
+export function throttledEvent(r: RefusalSummary, o: { accountId: string; region: string; uid?: number; caller?: Caller }): Record<string, unknown> {
+  const e = buildEvent({
+    eventName: 'ControlConnection',
+    ...(o.caller ? { caller: o.caller } : {}),
+    accountId: o.accountId,
+    region: o.region,
+    requestId: randomUUID(),
+    eventId: randomUUID(),
+    resources: [],
+    readOnly: true,
+    time: r.lastTime,
+    errorCode: 'ThrottlingException',
+    errorMessage: `connection refused: ${r.reason}`,
+  });
+  e.eventSource = 'ebsd';
+  e.requestParameters = null;
+  e.additionalEventData = {
+    ...(o.uid !== undefined ? { localUid: o.uid } : { caller: truncateField(r.caller, MAX_REFUSED_NAME) }),
+    aggregated: { count: r.count, firstTime: new Date(r.firstTime).toISOString(), lastTime: new Date(r.lastTime).toISOString() },
+  };
   return e;
 }
 

@@ -1,9 +1,7 @@
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { KmsService } from '../kms/kms-core.js';
 import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../kms/authz/index.js';
 import { verifyAuditLog } from '../kms/audit/verify.js';
-import { EVENTS_FILE } from '../kms/audit/audit-log.js';
 import type { Caller } from '../kms/types.js';
 import { selectXtsEngine } from '../crypto/xts-engine.js';
 import { isNativeAvailable, nativeLoadError } from '../crypto/native-addon.js';
@@ -17,8 +15,9 @@ import { checkDaemonConfig, type DaemonConfig } from './config.js';
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest } from './aws-json.js';
-import { deniedEvent, volumeEvent } from './audit-events.js';
+import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
 import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
+import type { RefusalSummary } from './connection-guard.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -133,7 +132,9 @@ export class Daemon {
     for (const id of resumed) this.expose(id);
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
 
-    this.server = new ControlServer(paths.socket, (t, b, p) => this.handle(t, b, p), log.child({ component: 'control' }));
+    this.server = new ControlServer(paths.socket, (t, b, p) => this.handle(t, b, p), log.child({ component: 'control' }), {
+      onRefusals: (rows) => this.auditThrottled(rows),
+    });
     await this.server.listen();
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
@@ -177,7 +178,12 @@ export class Daemon {
     const service = target.slice(0, dot);
     const op = target.slice(dot + 1);
     if (service === 'TrentService') {
-      // The core authorizes (an unmapped uid is denied there) and audits.
+      // An unmapped uid is refused here, so its refusals are aggregated and bounded like
+      // every other refused caller's (deny); the core would deny it too, one event per call.
+      if (caller.type === 'Unknown') {
+        await this.deny('kms.amazonaws.com', op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer);
+      }
+      // The core authorizes and audits.
       return this.kms!.call(op, decodeKmsRequest(body), caller);
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
@@ -207,16 +213,33 @@ export class Daemon {
   private async deny(source: string, op: string, caller: Caller, why: string, peer: PeerIdentity, volumeId?: string, refusal?: UnauthorizedOperation): Promise<never> {
     const message = refusal?.message ?? `User: ${caller.arn} is not authorized to perform: ${source.split('.')[0]}:${op} because ${why}`;
     const ids = this.authz!.identities;
+    // Aggregated per (uid, operation, reason) and bounded in size (audit-events.ts), so a refused flood costs
+    // bounded audit bytes; a policy refusal keeps its volume in the key, so different volumes stay apart.
+    const reason = refusal ? `ec2-policy:${(volumeId ?? '').slice(0, 64)}` : caller.type === 'Unknown' ? 'unmapped-uid' : 'root-only';
     try {
-      const ev = deniedEvent(source, op, caller, message, {
-        accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}),
+      await this.kms!.context.audit.appendRefusal(refusalKey(peer.uid, source, op, reason), () => {
+        const ev = deniedEvent(source, op, caller, message, {
+          accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}),
+        });
+        return refusal ? { ...ev, errorCode: refusal.auditErrorCode } : ev;
       });
-      await this.kms!.context.audit.append(refusal ? { ...ev, errorCode: refusal.auditErrorCode } : ev);
     } catch (err) {
       this.log.error({ err }, 'could not audit a denial');
     }
-    this.log.warn({ uid: peer.uid, peerPid: peer.pid, principal: caller.arn, op }, 'control request denied');
+    this.log.debug({ uid: peer.uid, peerPid: peer.pid, principal: caller.arn, op: op.slice(0, 128) }, 'control request denied');
     throw refusal ?? new EbsdError('ACCESS_DENIED', message, { awsName: 'AccessDeniedException' });
+  }
+
+  /** Connections refused by the limits, already summed per (uid, reason) by the guard. */
+  private auditThrottled(rows: RefusalSummary[]): void {
+    const ids = this.authz!.identities;
+    for (const r of rows) {
+      const uid = /^\d+$/.test(r.caller) ? Number(r.caller) : undefined;
+      const caller = uid !== undefined ? ids.callerForUid(uid) : undefined;
+      void this.kms!.context.audit.appendRefusal(`throttle\0${r.caller}\0${r.reason}`,
+        () => throttledEvent(r, { accountId: ids.accountId, region: ids.region, ...(uid !== undefined ? { uid } : {}), ...(caller ? { caller } : {}) }))
+        .catch((err) => this.log.error({ err }, 'could not audit refused connections'));
+    }
   }
 
   private async auditVolume(ev: VolumeAuditEvent): Promise<void> {
@@ -288,6 +311,7 @@ export class Daemon {
     const mgr = this.mgr!;
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     const caches = new Map(mgr.describeKeyCaches().map((c) => [c.VolumeId, c]));
+    const audit = this.kms!.context.audit.health();
     // Only the volumes the caller may describe (ec2:DescribeVolumes, per volume).
     const volumes = mgr.describeVolumes().Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v)).map((v) => {
       const attached = this.bfs!.has(v.VolumeId);
@@ -315,6 +339,9 @@ export class Daemon {
         AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
+        // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Limits").
+        Audit: audit,
+        ...(audit.State !== 'ok' ? { Problem: `audit log: disk full (${audit.State}); free space in ${this.paths.root}` } : {}),
       },
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
@@ -323,29 +350,7 @@ export class Daemon {
 
   private async auditTail(b: Record<string, unknown>): Promise<unknown> {
     const limit = typeof b.Limit === 'number' && b.Limit > 0 ? Math.min(b.Limit, 10_000) : 20;
-    const file = join(this.paths.kms, 'audit', EVENTS_FILE);
-    const fh = await fsp.open(file, 'r');
-    try {
-      const size = (await fh.stat()).size;
-      // Read backwards in 256 KiB steps until enough complete lines are in hand.
-      let pos = size;
-      let text = '';
-      let lines: string[] = [];
-      while (pos > 0) {
-        const n = Math.min(pos, 256 * 1024);
-        pos -= n;
-        const buf = Buffer.alloc(n);
-        await fh.read(buf, 0, n, pos);
-        text = buf.toString('utf8') + text;
-        lines = text.split('\n').filter((l) => l.trim() !== '');
-        if (pos > 0) lines.shift(); // possibly partial first line
-        if (lines.length >= limit) break;
-      }
-      const events = lines.slice(-limit).map((l) => JSON.parse(l) as Record<string, unknown>);
-      return { Events: events };
-    } finally {
-      await fh.close();
-    }
+    return { Events: await this.kms!.context.audit.tail(limit) };
   }
 
   private async auditVerify(b: Record<string, unknown>): Promise<unknown> {
