@@ -203,7 +203,20 @@ export function refuseSocket(s: Socket, e: ConnectionThrottledError): void {
   const head = `HTTP/1.1 ${e.httpStatus} Service Unavailable\r\nContent-Type: application/x-amz-json-1.1\r\n`
     + `Content-Length: ${Buffer.byteLength(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n`;
   s.on('error', () => {}); // the peer may already be gone
-  s.end(head + body, () => s.destroy());
-  // A peer that never reads cannot hold the fd: destroy after a short grace.
-  setTimeout(() => s.destroy(), 1_000).unref();
+  // Half-close and keep reading what the client sends: closing a Unix socket
+  // with unread data resets it, and the client would see ECONNRESET instead
+  // of the answer. The socket closes when the client does, or after a short
+  // grace; past LINGER_MAX lingering sockets, at once (fds stay bounded).
+  if (lingering >= LINGER_MAX) {
+    s.end(head + body, () => s.destroy());
+    return;
+  }
+  lingering++;
+  s.once('close', () => lingering--);
+  s.end(head + body);
+  setTimeout(() => s.destroy(), LINGER_MS).unref();
 }
+
+const LINGER_MAX = 256;
+const LINGER_MS = 1_000;
+let lingering = 0;

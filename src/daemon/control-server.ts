@@ -97,6 +97,12 @@ export class ControlServer {
     this.server = server;
   }
 
+  /** Connections and buffered body bytes now (for `ebsd status`). */
+  usage(): { Connections: number; Callers: number; BufferedBodyBytes: number; RefusalsPending: number } {
+    const u = this.guard.usage();
+    return { Connections: u.connections, Callers: u.callers, BufferedBodyBytes: u.bufferedBodyBytes, RefusalsPending: u.refusalsPending };
+  }
+
   /** Stop accepting, let running requests finish (bounded), drop idle keep-alive connections. */
   async close(timeoutMs = 10_000): Promise<void> {
     const server = this.server;
@@ -114,7 +120,7 @@ export class ControlServer {
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (this.refused.has(req.socket)) { req.socket.destroy(); return; }
+    if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
     const started = process.hrtime.bigint();
     const requestId = randomUUID();
     const cred = this.creds.get(req.socket);

@@ -341,6 +341,7 @@ export class Daemon {
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Limits").
         Audit: audit,
+        ...(this.server ? { Control: this.server.usage() } : {}),
         ...(audit.State !== 'ok' ? { Problem: `audit log: disk full (${audit.State}); free space in ${this.paths.root}` } : {}),
       },
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
