@@ -1,6 +1,6 @@
 // A hostile local caller for test/e2e/bounds.test.ts, run as another uid
 // (setpriv). Modes:
-//   refused <socket> <n> <uaBytes>   n sequential requests with a uaBytes User-Agent; prints status counts
+//   refused <socket> <n> <uaBytes> [target]  n sequential requests with a uaBytes User-Agent; prints status counts
 //   hold <socket> <n> <bodyBytes>    n connections, each sending headers (Content-Length 1 MiB) and
 //                                    bodyBytes of body, then holding; prints {"ready":...} and waits
 //                                    for stdin to close, then closes everything and exits
@@ -8,7 +8,7 @@
 import { connect } from 'node:net';
 import { request, Agent } from 'node:http';
 
-const [mode, socketPath, nArg, sizeArg] = process.argv.slice(2);
+const [mode, socketPath, nArg, sizeArg, target = 'ebsd.DescribeVolumes'] = process.argv.slice(2);
 const n = Number(nArg);
 const size = Number(sizeArg);
 
@@ -18,7 +18,7 @@ if (mode === 'refused') {
   const ua = 'x'.repeat(size);
   for (let i = 0; i < n; i++) {
     const status = await new Promise((resolve) => {
-      const req = request({ socketPath, agent, method: 'POST', path: '/', headers: { 'X-Amz-Target': 'ebsd.DescribeVolumes', 'User-Agent': ua, 'Content-Type': 'application/x-amz-json-1.1' } }, (res) => {
+      const req = request({ socketPath, agent, method: 'POST', path: '/', headers: { 'X-Amz-Target': target, 'User-Agent': ua, 'Content-Type': 'application/x-amz-json-1.1' } }, (res) => {
         res.resume();
         res.on('end', () => resolve(res.statusCode));
       });
