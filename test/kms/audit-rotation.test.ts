@@ -1,0 +1,87 @@
+import { describe, it, expect } from 'vitest';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { verifyAuditLog } from '../../src/kms/audit/verify.js';
+import { SEALED_FILE } from '../../src/kms/audit/audit-log.js';
+import { buildEventJson, MAX_USER_AGENT } from '../../src/kms/audit/event.js';
+import { openKms, admin, tempDir } from './helpers.js';
+
+/** Audit log rotation into sealed files, verified and tailed as one chain; the sequence after a truncation. */
+describe('audit log rotation', () => {
+  it('rotates past rotateBytes into sealed files; verify and tail read across them; tampering names the file', async () => {
+    const t = tempDir();
+    try {
+      const kms = await openKms(t.dir, { auditRotateBytes: 8 * 1024, auditDigestEvery: 1_000_000, auditReserveBytes: 0 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 60; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      const tail = await kms.context.audit.tail(30);
+      await kms.close();
+
+      const dir = join(t.dir, 'audit');
+      const sealed = readdirSync(dir).filter((f) => SEALED_FILE.test(f)).sort();
+      expect(sealed.length).toBeGreaterThanOrEqual(3);
+      // Every sealed file is named by its first sequence number and covered by a digest that names it.
+      const digests = readdirSync(join(dir, 'digests')).map((f) => JSON.parse(readFileSync(join(dir, 'digests', f), 'utf8')));
+      for (const f of sealed) {
+        const first = JSON.parse(readFileSync(join(dir, f), 'utf8').split('\n')[0]!).sequenceNumber;
+        expect(f).toBe(`events.${String(first).padStart(12, '0')}.ndjson`);
+        expect(digests.some((d) => d.logFile === f)).toBe(true);
+      }
+      const res = verifyAuditLog(dir);
+      expect(res).toMatchObject({ ok: true, events: 61, sealedThrough: 60 });
+      expect(res.files).toEqual([...sealed, 'events.ndjson']);
+
+      // tail spans the rotation: 30 events in sequence order ending with the last one.
+      expect(tail.map((e) => e.sequenceNumber)).toEqual(Array.from({ length: 30 }, (_, i) => 31 + i));
+
+      // A modified event inside a sealed file is found, and the file named.
+      const victim = join(dir, sealed[1]!);
+      const lines = readFileSync(victim, 'utf8').split('\n');
+      lines[1] = lines[1]!.replace('"DescribeKey"', '"Decrypt"');
+      writeFileSync(victim, lines.join('\n'));
+      const bad = verifyAuditLog(dir);
+      expect(bad.ok).toBe(false);
+      expect(bad.problem).toMatchObject({ kind: 'modified', file: sealed[1] });
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('after the log is truncated, the sequence continues after the last digest and sealing goes on (no reused numbers)', async () => {
+    const t = tempDir();
+    try {
+      let kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 5; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close(); // seals 0..5
+      const dir = join(t.dir, 'audit');
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 5 });
+      writeFileSync(join(dir, 'events.ndjson'), ''); // truncated by someone
+
+      kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close();
+      const live = readFileSync(join(dir, 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      expect(live.map((e) => e.sequenceNumber)).toEqual([6]); // not 0 again
+      const res = verifyAuditLog(dir);
+      // The new event is signed (old code: sealedThrough stayed at 5 forever) ...
+      expect(res.sealedThrough).toBe(6);
+      // ... and the gap stays visible.
+      expect(res.ok).toBe(false);
+      expect(res.problem?.kind).toBe('removed');
+      expect(res.problem?.sequence).toBe(0);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('bounds a caller-supplied userAgent and over-large requestParameters as CloudTrail does', () => {
+    const caller = { ...admin, userAgent: 'u'.repeat(8192) };
+    const ev = JSON.parse(buildEventJson({
+      eventName: 'Encrypt', caller, accountId: admin.accountId, region: 'us-east-1', requestId: 'r', eventId: 'e',
+      resources: [], readOnly: false, time: 0, request: { KeyId: 'k', EncryptionContext: { big: 'x'.repeat(200 * 1024) } },
+    }) + '}');
+    expect(ev.userAgent).toBe('u'.repeat(MAX_USER_AGENT) + '...(truncated)');
+    expect(ev.requestParameters).toEqual({ omitted: true });
+  });
+});
