@@ -46,13 +46,11 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string } = {}
   const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f)).sort() : [];
   const digests: DigestFile[] = [];
   const files = auditLogFiles(dir);
-  /** For each line of the joined stream: its file and line there. */
-  const where: { file: string; line: number }[] = [];
   let prevHash: string | null = null;
   let covered = -1;
   const res = (problem?: AuditProblem, events = 0): AuditVerifyResult => ({
     ok: !problem, events, digests: digests.length, files, sealedThrough: covered,
-    ...(problem ? { problem: problem.line !== undefined && where[problem.line - 1] ? { ...problem, ...where[problem.line - 1] } : problem } : {}),
+    ...(problem ? { problem } : {}),
   });
   for (const n of names) {
     let d: DigestFile;
@@ -71,46 +69,48 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string } = {}
   }
   const digestAt = new Map(digests.map((d) => [d.lastSequence, d]));
 
-  // 2. Events: sequence, chain, digest anchors.
-  const lines: string[] = [];
-  for (const f of files) {
-    const text = readFileSync(join(dir, f), 'utf8');
-    const ls = text.length ? text.replace(/\n$/, '').split('\n') : [];
-    ls.forEach((l, i) => { lines.push(l); where.push({ file: f, line: i + 1 }); });
-  }
-  const seqs = lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } });
+  // 2. Events: sequence, chain, digest anchors; one file in memory at a time.
   let expected = 0;
   let prevLineHash = GENESIS_HASH;
   let prevId: string | undefined;
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!;
-    let ev: { sequenceNumber?: unknown; previousEventHash?: unknown; eventID?: string };
-    try { ev = JSON.parse(line); } catch {
-      return res({ kind: 'modified', sequence: expected, line: i + 1, detail: `line ${i + 1} is not valid JSON` }, i);
-    }
-    const s = ev.sequenceNumber;
-    if (typeof s !== 'number') return res({ kind: 'modified', sequence: expected, line: i + 1, detail: `line ${i + 1} has no sequence number` }, i);
-    if (s !== expected) {
-      if (s < expected || seqs.indexOf(expected, i + 1) >= 0) {
-        return res({ kind: 'reordered', sequence: Math.min(s, expected), line: i + 1, eventID: ev.eventID, detail: `event ${s} found where event ${expected} belongs` }, i);
+  let prevAt: { file: string; line: number } | undefined;
+  let count = 0;
+  for (const file of files) {
+    const text = readFileSync(join(dir, file), 'utf8');
+    const lines = text.length ? text.replace(/\n$/, '').split('\n') : [];
+    const seqs = lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } });
+    for (let i = 0; i < lines.length; i++, count++) {
+      const line = lines[i]!;
+      const at = { file, line: i + 1 };
+      let ev: { sequenceNumber?: unknown; previousEventHash?: unknown; eventID?: string };
+      try { ev = JSON.parse(line); } catch {
+        return res({ kind: 'modified', sequence: expected, ...at, detail: `${file} line ${i + 1} is not valid JSON` }, count);
       }
-      return res({ kind: 'removed', sequence: expected, line: i + 1, detail: `event ${expected} is absent (next present: ${s})` }, i);
+      const s = ev.sequenceNumber;
+      if (typeof s !== 'number') return res({ kind: 'modified', sequence: expected, ...at, detail: `${file} line ${i + 1} has no sequence number` }, count);
+      if (s !== expected) {
+        if (s < expected || seqs.indexOf(expected, i + 1) >= 0) {
+          return res({ kind: 'reordered', sequence: Math.min(s, expected), ...at, eventID: ev.eventID, detail: `event ${s} found where event ${expected} belongs` }, count);
+        }
+        return res({ kind: 'removed', sequence: expected, ...at, detail: `event ${expected} is absent (next present: ${s})` }, count);
+      }
+      if (ev.previousEventHash !== prevLineHash) {
+        return res(expected === 0
+          ? { kind: 'modified', sequence: 0, ...at, eventID: ev.eventID, detail: 'first event does not start the chain' }
+          : { kind: 'modified', sequence: expected - 1, ...(prevAt ?? {}), ...(prevId ? { eventID: prevId } : {}), detail: `event ${expected - 1} does not match the hash recorded in event ${expected}` }, count);
+      }
+      prevLineHash = sha256hex(line);
+      const d = digestAt.get(s);
+      if (d && d.lastEventHash !== prevLineHash) {
+        return res({ kind: 'modified', sequence: s, ...at, eventID: ev.eventID, detail: `event ${s} does not match the hash sealed in its digest` }, count);
+      }
+      prevId = ev.eventID;
+      prevAt = at;
+      expected++;
     }
-    if (ev.previousEventHash !== prevLineHash) {
-      return res(expected === 0
-        ? { kind: 'modified', sequence: 0, line: 1, eventID: ev.eventID, detail: 'first event does not start the chain' }
-        : { kind: 'modified', sequence: expected - 1, line: i, ...(prevId ? { eventID: prevId } : {}), detail: `event ${expected - 1} does not match the hash recorded in event ${expected}` }, i);
-    }
-    prevLineHash = sha256hex(line);
-    const d = digestAt.get(s);
-    if (d && d.lastEventHash !== prevLineHash) {
-      return res({ kind: 'modified', sequence: s, line: i + 1, eventID: ev.eventID, detail: `event ${s} does not match the hash sealed in its digest` }, i);
-    }
-    prevId = ev.eventID;
-    expected++;
   }
   if (covered >= expected) {
-    return res({ kind: 'missing', sequence: expected, detail: `events ${expected}..${covered} are sealed by a digest but absent from the log (truncated)` }, lines.length);
+    return res({ kind: 'missing', sequence: expected, detail: `events ${expected}..${covered} are sealed by a digest but absent from the log (truncated)` }, count);
   }
-  return res(undefined, lines.length);
+  return res(undefined, count);
 }
