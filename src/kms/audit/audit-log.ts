@@ -18,17 +18,11 @@
  * window (refusal-aggregator.ts), and their events are the first dropped when
  * the disk is short.
  *
- * Full disk: a reserve file (`reserve`, `reserveBytes`, zero-filled at open)
- * sits beside the log. On ENOSPC the log deletes it and writes on in the
- * space it freed, dropping refused callers' events (counted in `health()`),
- * so the calls that must be audited (the host's grant Decrypt on key refresh
- * above all) keep working while the operator is told: one error log per
- * transition, and `ebsd status`. Only when the reserve is used up too do
- * audited calls fail: a KMS call that cannot be audited must not take effect.
- * Once space returns the reserve is re-created and the state is back to ok.
- * Why a reserve rather than refusing at a free-space threshold: free space is
- * shared with volume images and other processes and changes between a check
- * and the write; a reserve the log owns is space nobody else can take.
+ * Full disk (disk-reserve.ts): on ENOSPC the log gives up its reserve file
+ * and writes on, dropping refused callers' events first, so the calls that
+ * must be audited (the host's grant Decrypt on key refresh above all) keep
+ * working while the operator is told; only when the reserve is used up too
+ * do audited calls fail: a KMS call that cannot be audited must not take effect.
  *
  * Durability (docs/kms-format.md §Audit): `append` resolves once the event was
  * written to the file (page cache) — it survives SIGKILL of the daemon. With
@@ -40,28 +34,16 @@ import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, f
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
 import { RefusalAggregator } from './refusal-aggregator.js';
+import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-files.js';
+import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
 import type { Logger } from '../../util/logger.js';
 import type { Hsm } from '../hsm/hsm-client.js';
 
-export const EVENTS_FILE = 'events.ndjson';
+export { EVENTS_FILE, SEALED_FILE, auditLogFiles, sealedName } from './log-files.js';
 export const DIGEST_DIR = 'digests';
 export const PUBLIC_KEY_FILE = 'digest-public-key.pem';
 export const GENESIS_HASH = '0'.repeat(64);
-export const RESERVE_FILE = 'reserve';
 export const DEFAULT_ROTATE_BYTES = 64 << 20;
-export const DEFAULT_RESERVE_BYTES = 4 << 20;
-/** A sealed, rotated log file: `events.<first sequence>.ndjson`. */
-export const sealedName = (firstSeq: number): string => `events.${String(firstSeq).padStart(12, '0')}.ndjson`;
-export const SEALED_FILE = /^events\.\d{12}\.ndjson$/;
-
-/** The log files of an audit dir, oldest first: the sealed ones by first sequence, then the live one. */
-export function auditLogFiles(dir: string): string[] {
-  let names: string[] = [];
-  try { names = readdirSync(dir); } catch { return []; }
-  const sealed = names.filter((f) => SEALED_FILE.test(f)).sort();
-  return names.includes(EVENTS_FILE) ? [...sealed, EVENTS_FILE] : sealed;
-}
-
 export interface AuditOptions {
   dir: string;
   hsm: Hsm;
@@ -81,7 +63,7 @@ export interface AuditOptions {
 /** Disk state of the audit log, for `ebsd status`. */
 export interface AuditHealth {
   /** ok | reserve-in-use (disk full; refused callers' events dropped) | failing (audited calls fail). */
-  State: 'ok' | 'reserve-in-use' | 'failing';
+  State: DiskState;
   ReserveBytes: number;
   DroppedRefusalEvents: number;
   LiveFileBytes: number;
@@ -121,11 +103,6 @@ interface Pending {
   reject: (e: unknown) => void;
 }
 
-const isNoSpace = (e: unknown): boolean => {
-  const c = (e as { code?: unknown })?.code;
-  return c === 'ENOSPC' || c === 'EDQUOT';
-};
-
 export class AuditLog {
   private fh!: fsp.FileHandle;
   /** Last event written (its sequence number and line hash): the chain continues from here. */
@@ -143,26 +120,20 @@ export class AuditLog {
   private liveBytes = 0;
   private liveFirstSeq = 0;
   private sealedFiles = 0;
-  private disk: AuditHealth['State'] = 'ok';
-  private diskSince = 0;
-  private lastDiskError: string | undefined;
-  private lastReserveTry = 0;
-  private reserveBytesHeld = 0;
-  private dropped = 0;
+  private readonly disk: DiskReserve;
   private readonly refusals: RefusalAggregator;
   private readonly fsyncMode: 'none' | 'event';
   private readonly digestEvery: number;
   private readonly rotateBytes: number;
-  private readonly reserveBytes: number;
   private readonly clock: () => number;
 
   private constructor(private readonly o: AuditOptions) {
     this.fsyncMode = o.fsync ?? 'none';
     this.digestEvery = o.digestEvery ?? 1000;
     this.rotateBytes = o.rotateBytes ?? DEFAULT_ROTATE_BYTES;
-    this.reserveBytes = o.reserveBytes ?? DEFAULT_RESERVE_BYTES;
     this.clock = o.clock ?? Date.now;
     this.sealStartTime = this.clock();
+    this.disk = new DiskReserve({ dir: o.dir, bytes: o.reserveBytes ?? DEFAULT_RESERVE_BYTES, log: o.log, clock: this.clock });
     this.refusals = new RefusalAggregator({
       ...(o.refusalWindowMs ? { windowMs: o.refusalWindowMs } : {}),
       clock: this.clock,
@@ -222,7 +193,7 @@ export class AuditLog {
     this.fh = await fsp.open(path, 'a', 0o600);
     this.liveBytes = (await this.fh.stat()).size;
     this.liveFirstSeq = this.liveBytes > 0 && tail && files[files.length - 1] === EVENTS_FILE ? tail.first : this.flushedSeq + 1;
-    await this.ensureReserve();
+    await this.disk.ensure();
   }
 
   /**
@@ -284,13 +255,13 @@ export class AuditLog {
   /** Disk state, for `ebsd status`. */
   health(): AuditHealth {
     return {
-      State: this.disk,
-      ReserveBytes: this.reserveBytesHeld,
-      DroppedRefusalEvents: this.dropped,
+      State: this.disk.state,
+      ReserveBytes: this.disk.held,
+      DroppedRefusalEvents: this.disk.dropped,
       LiveFileBytes: this.liveBytes,
       SealedFiles: this.sealedFiles,
-      ...(this.lastDiskError ? { LastError: this.lastDiskError } : {}),
-      ...(this.disk !== 'ok' ? { Since: new Date(this.diskSince).toISOString() } : {}),
+      ...(this.disk.lastError ? { LastError: this.disk.lastError } : {}),
+      ...(this.disk.state !== 'ok' ? { Since: new Date(this.disk.since).toISOString() } : {}),
     };
   }
 
@@ -342,13 +313,13 @@ export class AuditLog {
   private async writePending(): Promise<void> {
     while (this.pending.length) {
       let batch = this.pending.splice(0);
-      if (this.disk !== 'ok') {
-        await this.tryRecoverDisk();
-        if ((this.disk as AuditHealth['State']) !== 'ok') {
+      if (this.disk.state !== 'ok') {
+        await this.disk.maybeRecover();
+        if ((this.disk.state as DiskState) !== 'ok') {
           // Short of disk: refused callers' events go first (counted), audited calls keep the space.
           const keep: Pending[] = [];
           for (const p of batch) {
-            if (p.droppable) { this.dropped++; p.resolve(); } else keep.push(p);
+            if (p.droppable) { this.disk.dropped++; p.resolve(); } else keep.push(p);
           }
           batch = keep;
           if (batch.length === 0) continue;
@@ -367,7 +338,7 @@ export class AuditLog {
         if (this.fsyncMode === 'event') await this.fh.datasync();
         this.flushedSeq = seq;
         this.flushedHash = hash;
-        if (this.disk === 'failing') this.setDisk('reserve-in-use'); // some space came back, not yet the reserve
+        this.disk.wrote();
         for (const p of batch) p.resolve();
       } catch (e) {
         this.o.log.error({ err: e, file: join(this.o.dir, EVENTS_FILE) }, 'audit log write failed');
@@ -390,76 +361,15 @@ export class AuditLog {
         try {
           off += (await this.fh.write(buf, off, buf.length - off)).bytesWritten;
         } catch (e) {
-          if (!isNoSpace(e) || !(await this.releaseReserve(e))) throw e;
+          if (!isNoSpace(e) || !(await this.disk.release(e))) throw e;
         }
       }
       this.liveBytes = start + off;
     } catch (e) {
       await this.fh.truncate(start).catch(() => {});
       this.liveBytes = start;
-      if (isNoSpace(e)) this.setDisk('failing', e);
+      if (isNoSpace(e)) this.disk.failed(e);
       throw e;
-    }
-  }
-
-  private setDisk(state: AuditHealth['State'], err?: unknown): void {
-    if (err) this.lastDiskError = String((err as Error).message ?? err);
-    if (state === this.disk) return;
-    const was = this.disk;
-    this.disk = state;
-    this.diskSince = this.clock();
-    // Once per transition, never per event.
-    if (state === 'ok') {
-      this.o.log.warn({ dir: this.o.dir, was, droppedRefusalEvents: this.dropped }, 'audit log: disk space is back; reserve restored');
-    } else if (state === 'reserve-in-use') {
-      this.o.log.error({ dir: this.o.dir, reserveBytes: this.reserveBytes },
-        'audit log: DISK FULL; released the audit reserve, refused callers\' events are dropped until space returns');
-    } else {
-      this.o.log.error({ dir: this.o.dir, droppedRefusalEvents: this.dropped },
-        'audit log: DISK FULL and the reserve is used up; KMS calls fail until space is freed');
-    }
-  }
-
-  /** Free the reserve so the write can go on; false if there was none left. */
-  private async releaseReserve(err: unknown): Promise<boolean> {
-    if (this.reserveBytesHeld === 0) return false;
-    await fsp.rm(join(this.o.dir, RESERVE_FILE), { force: true });
-    this.reserveBytesHeld = 0;
-    this.lastReserveTry = this.clock();
-    this.setDisk('reserve-in-use', err);
-    return true;
-  }
-
-  /** While short of disk, try (at most every 5 s) to re-create the reserve; success ends the condition. */
-  private async tryRecoverDisk(): Promise<void> {
-    const now = this.clock();
-    if (now - this.lastReserveTry < 5_000) return;
-    this.lastReserveTry = now;
-    if (await this.ensureReserve()) this.setDisk('ok');
-  }
-
-  /** Zero-fill the reserve file up to `reserveBytes` (zeros so the blocks are really allocated). */
-  private async ensureReserve(): Promise<boolean> {
-    if (this.reserveBytes === 0) return true;
-    const path = join(this.o.dir, RESERVE_FILE);
-    let fh: fsp.FileHandle | undefined;
-    try {
-      fh = await fsp.open(path, 'a', 0o600);
-      let size = (await fh.stat()).size;
-      const zeros = Buffer.alloc(Math.min(this.reserveBytes, 1 << 20));
-      while (size < this.reserveBytes) size += (await fh.write(zeros, 0, Math.min(zeros.length, this.reserveBytes - size))).bytesWritten;
-      await fh.datasync();
-      this.reserveBytesHeld = size;
-      return true;
-    } catch (e) {
-      await fh?.close().catch(() => {});
-      fh = undefined;
-      await fsp.rm(path, { force: true }).catch(() => {});
-      this.reserveBytesHeld = 0;
-      if (this.disk === 'ok') this.o.log.error({ err: e, file: path }, 'audit log: cannot allocate the full-disk reserve');
-      return false;
-    } finally {
-      await fh?.close().catch(() => {});
     }
   }
 
@@ -531,28 +441,4 @@ function openJson(event: Record<string, unknown>): string {
 function fstatSizeOf(path: string): number {
   const fd = openSync(path, 'r');
   try { return fstatSync(fd).size; } finally { closeSync(fd); }
-}
-
-/** The last `n` complete lines of a file, reading backwards in 256 KiB steps. */
-async function readLastLines(path: string, n: number): Promise<string[]> {
-  let fh: fsp.FileHandle;
-  try { fh = await fsp.open(path, 'r'); } catch { return []; }
-  try {
-    let pos = (await fh.stat()).size;
-    let text = '';
-    let lines: string[] = [];
-    while (pos > 0) {
-      const len = Math.min(pos, 256 * 1024);
-      pos -= len;
-      const buf = Buffer.alloc(len);
-      await fh.read(buf, 0, len, pos);
-      text = buf.toString('utf8') + text;
-      lines = text.split('\n').filter((l) => l.trim() !== '');
-      if (pos > 0) lines.shift(); // possibly partial first line
-      if (lines.length >= n) break;
-    }
-    return lines.slice(-n);
-  } finally {
-    await fh.close();
-  }
 }
