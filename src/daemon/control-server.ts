@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { peerCred, type PeerCred } from '../crypto/native-addon.js';
 import { EbsdError } from '../util/errors.js';
+import { parseStrictJson } from '../util/strict-json.js';
 import type { Logger } from '../util/logger.js';
 import { encodeResponse, toWireError } from './aws-json.js';
 import { ConnectionGuard, ConnectionThrottledError, RequestTooLargeError, refuseSocket, type ConnectionLimits, type RefusalSummary } from './connection-guard.js';
@@ -18,6 +19,9 @@ export interface PeerIdentity {
 }
 
 export type ControlHandler = (target: string, body: Record<string, unknown>, peer: PeerIdentity) => Promise<unknown>;
+
+/** Deepest nesting a request body may have (the KMS and EC2 request shapes need fewer than 8). */
+const MAX_BODY_DEPTH = 64;
 
 export interface ControlServerOptions {
   /** Overrides of DEFAULT_LIMITS (connection-guard.ts). */
@@ -204,13 +208,17 @@ export class ControlServer {
         const text = Buffer.concat(chunks).toString('utf8');
         drop();
         if (text.trim() === '') return resolve({});
+        let v: unknown;
         try {
-          const v = JSON.parse(text) as unknown;
-          if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
-          resolve(v as Record<string, unknown>);
-        } catch {
-          reject(new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' }));
+          // Duplicate members and nesting past 64 are refused here, before any service sees the body.
+          v = parseStrictJson(text, { what: 'request body', maxDepth: MAX_BODY_DEPTH });
+        } catch (e) {
+          return reject(e);
         }
+        if (!v || typeof v !== 'object' || Array.isArray(v)) {
+          return reject(new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' }));
+        }
+        resolve(v as Record<string, unknown>);
       });
     });
   }

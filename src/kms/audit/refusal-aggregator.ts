@@ -2,24 +2,27 @@
  * Repeated refusals of one caller become one event with a count, so a flood
  * of refused requests costs a bounded number of audit bytes per window.
  *
- * The first refusal of a (caller, operation, reason) key in a window is
- * written at once, exactly as an unaggregated event. Repeats within the
- * window are only counted; when the window closes (or on `flush()`: seal,
+ * The first `burst` refusals (default 5) of a (caller, operation, reason)
+ * key in a window are written at once, exactly as unaggregated events, so an
+ * occasional refusal reads as CloudTrail would record it. Further repeats
+ * within the window are only counted; when the window closes (or on `flush()`: seal,
  * close), one more event records them, carrying
  * `additionalEventData.aggregated = { count, firstTime, lastTime, windowSeconds }`
  * in the way CloudTrail carries service-specific extras (CloudTrail record
  * contents, `additionalEventData`). `count` is the number of refusals that
- * event stands for, beyond the first one already written.
+ * event stands for, beyond those already written one by one.
  *
  * At most `maxKeys` keys are tracked per window; refusals under further keys
  * are folded into one overflow row (eventName `RefusalsOverflow`). Per window
- * that bounds the events written to 2 x maxKeys + 1, whatever the caller sends.
+ * that bounds the events written to (burst + 1) x maxKeys + 1, whatever the caller sends.
  */
 import { randomUUID } from 'node:crypto';
 
 export interface RefusalAggregatorOptions {
   windowMs?: number;
   maxKeys?: number;
+  /** Refusals per key and window written one by one before counting starts. */
+  burst?: number;
   clock?: () => number;
   /** Write one event (the audit log's droppable path). */
   write: (event: Record<string, unknown>) => Promise<void>;
@@ -29,12 +32,15 @@ interface Row {
   /** The newest refused event of this key: the summary repeats its fields. */
   last: Record<string, unknown>;
   count: number;
+  /** Written one by one so far in this window. */
+  written: number;
   firstTime: number;
   lastTime: number;
 }
 
 export const DEFAULT_REFUSAL_WINDOW_MS = 10_000;
 export const DEFAULT_REFUSAL_KEYS = 64;
+export const DEFAULT_REFUSAL_BURST = 5;
 const OVERFLOW = '\0overflow';
 
 export class RefusalAggregator {
@@ -42,37 +48,43 @@ export class RefusalAggregator {
   private timer: NodeJS.Timeout | undefined;
   private readonly windowMs: number;
   private readonly maxKeys: number;
+  private readonly burst: number;
   private readonly clock: () => number;
 
   constructor(private readonly o: RefusalAggregatorOptions) {
     this.windowMs = o.windowMs ?? DEFAULT_REFUSAL_WINDOW_MS;
     this.maxKeys = o.maxKeys ?? DEFAULT_REFUSAL_KEYS;
+    this.burst = o.burst ?? DEFAULT_REFUSAL_BURST;
     this.clock = o.clock ?? Date.now;
   }
 
   /**
-   * Record one refusal. Resolves when its event is written (first of the
-   * window) or counted (a repeat). `event` is built only when it will be used.
+   * Record one refusal. Resolves when its event is written (within the
+   * burst) or counted (a repeat past it). `event` is built only when it will be used.
    */
   add(key: string, event: () => Record<string, unknown>): Promise<void> {
     const now = this.clock();
     let k = key;
     if (!this.rows.has(k) && this.rows.size >= this.maxKeys) k = OVERFLOW;
     const row = this.rows.get(k);
+    if (row && k !== OVERFLOW && row.written < this.burst) {
+      row.written++;
+      return this.o.write(event());
+    }
     if (row) {
       row.count++;
       row.lastTime = now;
-      if (k !== OVERFLOW || row.count % 64 === 1) row.last = event(); // refresh the sample, not on every call
+      if (row.count % 64 === 1) row.last = event(); // refresh the sample now and then, not on every call
       return Promise.resolve();
     }
     const ev = event();
     if (k === OVERFLOW) {
       ev.eventName = 'RefusalsOverflow';
-      this.rows.set(k, { last: ev, count: 1, firstTime: now, lastTime: now });
+      this.rows.set(k, { last: ev, count: 1, written: 0, firstTime: now, lastTime: now });
       this.arm();
       return Promise.resolve();
     }
-    this.rows.set(k, { last: ev, count: 0, firstTime: now, lastTime: now });
+    this.rows.set(k, { last: ev, count: 0, written: 1, firstTime: now, lastTime: now });
     this.arm();
     return this.o.write(ev);
   }
