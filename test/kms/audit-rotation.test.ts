@@ -1,5 +1,6 @@
 import { describe, it, expect } from 'vitest';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { verifyAuditLog } from '../../src/kms/audit/verify.js';
 import { SEALED_FILE } from '../../src/kms/audit/audit-log.js';
@@ -83,5 +84,55 @@ describe('audit log rotation', () => {
     }) + '}');
     expect(ev.userAgent).toBe('u'.repeat(MAX_USER_AGENT) + '...(truncated)');
     expect(ev.requestParameters).toEqual({ omitted: true });
+  });
+});
+
+describe('audit log on a full disk', () => {
+  it('gives up its reserve, drops refused events first, fails audited calls only when the reserve is gone, and recovers', async () => {
+    const t = tempDir();
+    const small = join(t.dir, 'small');
+    mkdirSync(small);
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
+    expect(m.status, String(m.stderr)).toBe(0);
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      const clock = { t: Date.now() };
+      kms = await openKms(small, { auditReserveBytes: 256 * 1024, auditDigestEvery: 1_000_000, clock: () => clock.t });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      expect(kms.context.audit.health()).toMatchObject({ State: 'ok', ReserveBytes: 256 * 1024 });
+      // Fill the disk to the last byte.
+      const filler = openSync(join(small, 'filler'), 'w');
+      try { for (;;) writeSync(filler, Buffer.alloc(64 * 1024)); } catch (e) { expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC'); }
+      closeSync(filler);
+
+      // Allowed calls go on (the last page of the file first, then the reserve's space); the condition is reported.
+      for (let i = 0; i < 1000 && kms.context.audit.health().State === 'ok'; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      expect(kms.context.audit.health()).toMatchObject({ State: 'reserve-in-use', ReserveBytes: 0 });
+      // A refused caller's event is dropped and counted, not written.
+      await kms.context.audit.appendRefusal('65534/x', () => ({ eventName: 'Refused', userAgent: 'u'.repeat(1000) }));
+      expect(kms.context.audit.health().DroppedRefusalEvents).toBe(1);
+
+      // Use the reserve up: audited calls then fail (typed ENOSPC from the log), never half-written.
+      let failed: unknown;
+      for (let i = 0; i < 5000 && !failed; i++) {
+        try { await kms.call('DescribeKey', { KeyId: k.KeyId }, admin); } catch (e) { failed = e; }
+      }
+      expect((failed as NodeJS.ErrnoException | undefined)?.code).toBe('ENOSPC');
+      expect(kms.context.audit.health().State).toBe('failing');
+
+      // Space comes back: the reserve is re-created (tried at most every 5 s of the injected clock).
+      rmSync(join(small, 'filler'));
+      clock.t += 6_000;
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      expect(kms.context.audit.health()).toMatchObject({ State: 'ok', ReserveBytes: 256 * 1024 });
+      await kms.close();
+      kms = undefined;
+      const res = verifyAuditLog(join(small, 'audit'));
+      expect(res.ok, JSON.stringify(res.problem)).toBe(true); // nothing torn, chain whole
+    } finally {
+      await kms?.close().catch(() => {});
+      spawnSync('umount', ['-l', small]);
+      t.cleanup();
+    }
   });
 });
