@@ -10,9 +10,13 @@
  * lock the operator out of `ebsd status` or `ebsd volume detach`.
  *
  * Refused connections are answered at once with a short HTTP 503
- * `ThrottlingException` and closed; refusals are counted per (caller, reason)
- * and reported in aggregate through `onRefusals`, never one report per connection.
+ * `ThrottlingException` and closed (`refuseSocket`); refusals are counted per
+ * (caller, reason) and reported in aggregate through `onRefusals`, never one
+ * report per connection. `readBody` reads a request body within the body
+ * limits; the header and time limits are node's own server options, set from
+ * `limits` by the listener (control-server.ts shows how).
  */
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { EbsdError } from '../util/errors.js';
 
@@ -152,6 +156,65 @@ export class ConnectionGuard {
 
   releaseBody(bytes: number): void {
     this.buffered = Math.max(0, this.buffered - bytes);
+  }
+
+  /**
+   * A request body as UTF-8 text, within the limits: a declared
+   * Content-Length over `maxBodyBytes` is refused before a byte is read, a
+   * longer streamed body as soon as it passes the limit (RequestTooLargeError,
+   * 413); past the shared buffer budget, ConnectionThrottledError (503). The
+   * rest of a refused body is read and dropped, so the answer reaches the
+   * client instead of a reset; the server's requestTimeout bounds how long.
+   * Chunks are held only while the request is open: an aborted or timed-out
+   * request drops them and gives its bytes back to the budget.
+   */
+  readBody(req: IncomingMessage, caller: string | number): Promise<string> {
+    const max = this.limits.maxBodyBytes;
+    const declared = Number(req.headers['content-length'] ?? NaN);
+    if (declared > max) {
+      req.resume(); // drop the body
+      return Promise.reject(new RequestTooLargeError(max));
+    }
+    return new Promise((resolve, reject) => {
+      let chunks: Buffer[] = [];
+      let n = 0;
+      let reserved = 0;
+      let failed = false;
+      const drop = (): void => {
+        for (const c of chunks) c.fill(0); // best effort (the GC may have copied): bodies may hold plaintext
+        chunks = [];
+        this.releaseBody(reserved);
+        reserved = 0;
+      };
+      const fail = (e: Error): void => {
+        if (failed) return;
+        failed = true;
+        drop();
+        reject(e);
+      };
+      req.on('data', (c: Buffer) => {
+        if (failed) return; // discarding the rest of a refused body
+        n += c.length;
+        if (n > max) return fail(new RequestTooLargeError(max));
+        if (!this.reserveBody(caller, c.length)) {
+          return fail(new ConnectionThrottledError('body-budget', 'the daemon is buffering too many request bodies; retry'));
+        }
+        reserved += c.length;
+        chunks.push(c);
+      });
+      // Aborted, or destroyed by the request timeout: nothing will read these chunks again.
+      const aborted = (): void => fail(new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' }));
+      req.on('error', aborted);
+      req.on('close', () => { if (!req.complete) aborted(); });
+      req.on('end', () => {
+        if (failed) return;
+        const whole = Buffer.concat(chunks);
+        const text = whole.toString('utf8');
+        whole.fill(0);
+        drop();
+        resolve(text);
+      });
+    });
   }
 
   /** Current use, for `ebsd status` and tests. */

@@ -156,71 +156,16 @@ export class ControlServer {
     }
   }
 
-  /**
-   * The body as a JSON object, within the limits: a declared Content-Length
-   * over `maxBodyBytes` is refused before a byte is read, a longer streamed
-   * body as soon as it passes the limit. Either way the answer (413) goes out
-   * while the rest of the body is read and dropped, so the client reads a
-   * typed error instead of a reset; node's requestTimeout bounds how long.
-   * Chunks are held only while the request is open: an aborted or timed-out
-   * request drops them and gives its bytes back to the shared budget.
-   */
-  private readJson(req: IncomingMessage, uid: number): Promise<Record<string, unknown>> {
-    const max = this.guard.limits.maxBodyBytes;
-    const declared = Number(req.headers['content-length'] ?? NaN);
-    if (declared > max) {
-      req.resume(); // drop the body
-      return Promise.reject(new RequestTooLargeError(max));
+  /** The body as a JSON object: read within the limits (ConnectionGuard.readBody), then parsed strictly. */
+  private async readJson(req: IncomingMessage, uid: number): Promise<Record<string, unknown>> {
+    const text = await this.guard.readBody(req, uid);
+    if (text.trim() === '') return {};
+    // Duplicate members and nesting past 64 are refused here, before any service sees the body.
+    const v = parseStrictJson(text, { what: 'request body', maxDepth: MAX_BODY_DEPTH });
+    if (!v || typeof v !== 'object' || Array.isArray(v)) {
+      throw new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' });
     }
-    return new Promise((resolve, reject) => {
-      let chunks: Buffer[] = [];
-      let n = 0;
-      let reserved = 0;
-      let failed = false;
-      const drop = (): void => {
-        chunks.forEach((c) => c.fill(0)); // best effort: the body may hold plaintext
-        chunks = [];
-        this.guard.releaseBody(reserved);
-        reserved = 0;
-      };
-      const fail = (e: Error): void => {
-        if (failed) return;
-        failed = true;
-        drop();
-        reject(e);
-      };
-      req.on('data', (c: Buffer) => {
-        if (failed) return; // discarding the rest of a refused body
-        n += c.length;
-        if (n > max) return fail(new RequestTooLargeError(max));
-        if (!this.guard.reserveBody(uid, c.length)) {
-          return fail(new ConnectionThrottledError('body-budget', 'the daemon is buffering too many request bodies; retry'));
-        }
-        reserved += c.length;
-        chunks.push(c);
-      });
-      // Aborted, or destroyed by the request timeout: nothing will read these chunks again.
-      const aborted = (): void => fail(new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' }));
-      req.on('error', aborted);
-      req.on('close', () => { if (!req.complete) aborted(); });
-      req.on('end', () => {
-        if (failed) return;
-        const text = Buffer.concat(chunks).toString('utf8');
-        drop();
-        if (text.trim() === '') return resolve({});
-        let v: unknown;
-        try {
-          // Duplicate members and nesting past 64 are refused here, before any service sees the body.
-          v = parseStrictJson(text, { what: 'request body', maxDepth: MAX_BODY_DEPTH });
-        } catch (e) {
-          return reject(e);
-        }
-        if (!v || typeof v !== 'object' || Array.isArray(v)) {
-          return reject(new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' }));
-        }
-        resolve(v as Record<string, unknown>);
-      });
-    });
+    return v as Record<string, unknown>;
   }
 }
 
