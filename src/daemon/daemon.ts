@@ -23,6 +23,11 @@ export { VERSION } from './config.js';
 import { VERSION } from './config.js';
 /** The IAM role this host acts as: grantee and retiring principal of attach grants (DESIGN §6). */
 export const HOST_ROLE = 'ebsd-host';
+const HOST_HOUSEKEEPING_POLICY = 'ebsd-host-list-retirable-grants';
+const HOST_HOUSEKEEPING_DOC = JSON.stringify({
+  Version: '2012-10-17',
+  Statement: [{ Sid: 'FindOwnAttachGrants', Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }],
+});
 
 /**
  * Control API targets (X-Amz-Target), all `POST /` with a JSON body:
@@ -94,6 +99,10 @@ export class Daemon {
       throw new EbsdError('REGION_MISMATCH', `state dir ${paths.root} belongs to region ${ids.region}, not ${cfg.region}`);
     }
     if (!ids.listRoles().some((r) => r.RoleName === HOST_ROLE)) await ids.createRole(HOST_ROLE);
+    // The host lists the grants it may retire, so a restart finds attach grants a crash left behind.
+    if (ids.getPolicy(ids.roleArn(HOST_ROLE), HOST_HOUSEKEEPING_POLICY) === undefined) {
+      await ids.attachPolicy(ids.roleArn(HOST_ROLE), HOST_HOUSEKEEPING_POLICY, HOST_HOUSEKEEPING_DOC);
+    }
     this.kms = await KmsService.open({
       stateDir: paths.kms, accountId: ids.accountId, region: ids.region, logger: log, authorizer: this.authz.authorizer,
     });
@@ -119,6 +128,9 @@ export class Daemon {
       ...(cfg.keyCacheMaxStaleMs !== undefined ? { keyCacheMaxStaleMs: cfg.keyCacheMaxStaleMs } : {}),
       allowUnencrypted: cfg.allowUnencrypted,
       openCount: (id) => bfs.openCount(id),
+      // The FUSE table changes inside the volume's mutex, with the attachment (attach, detach, resume, close).
+      expose: (dev) => bfs.add(dev),
+      hide: async (id, { force }) => void (await bfs.remove(id, { force })),
       onAudit: (ev) => void this.auditVolume(ev),
       onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
       logger: log,
@@ -129,7 +141,6 @@ export class Daemon {
       volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
     });
     const { resumed, failed } = await this.mgr.resumeAttachments();
-    for (const id of resumed) this.expose(id);
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
 
     this.server = new ControlServer(paths.socket, (t, b, p) => this.handle(t, b, p), log.child({ component: 'control' }), {
@@ -160,8 +171,8 @@ export class Daemon {
     if (this.ticker) clearInterval(this.ticker);
     await step('control server', () => this.server?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
+    await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
-    await step('volumes', () => this.mgr?.close());
     await step('unmount', () => this.fuse?.unmount());
     await step('kms', () => this.kms?.close());
     await step('identities', () => this.authz?.identities.flush());
@@ -252,11 +263,6 @@ export class Daemon {
     }
   }
 
-  private expose(volumeId: string): void {
-    const dev = this.mgr!.getBlockDevice(volumeId);
-    if (dev && !this.bfs!.has(volumeId)) this.bfs!.add(dev);
-  }
-
   private pathOf(volumeId: string): string {
     return join(this.cfg.mountDir, volumeId);
   }
@@ -284,24 +290,15 @@ export class Daemon {
       case 'ModifyVolume':
         return mgr.modifyVolume({ VolumeId: vol(), Size: b.Size as never }, caller);
       case 'AttachVolume': {
+        // The manager exposes the file inside the volume's mutex (VolumeManagerOptions.expose).
         const id = vol();
         const r = await mgr.attachVolume({ VolumeId: id, ...(typeof b.Device === 'string' ? { Device: b.Device } : {}) }, caller);
-        this.expose(id);
-        const plain = this.bfs!.has(id) && mgr.getBlockDevice(id)?.unencrypted === true;
+        const plain = mgr.getBlockDevice(id)?.unencrypted === true;
         return { ...r, Path: this.pathOf(id), Encrypted: !plain, ...(plain ? { Unencrypted: true } : {}) };
       }
-      case 'DetachVolume': {
-        const id = vol();
-        const force = b.Force === true;
-        // Take the file out of the mount first: refuses while open (unless Force) and drains running I/O.
-        const dev = await this.bfs!.remove(id, { force });
-        try {
-          return await mgr.detachVolume({ VolumeId: id, Force: force }, caller);
-        } catch (e) {
-          if (dev && mgr.getBlockDevice(id)) this.bfs!.add(dev); // still attached: put the file back
-          throw e;
-        }
-      }
+      case 'DetachVolume':
+        // The manager hides the file inside the volume's mutex (refused while open unless Force).
+        return mgr.detachVolume({ VolumeId: vol(), Force: b.Force === true }, caller);
     }
     throw new EbsdError('UNKNOWN_TARGET', `unknown volume operation ${op}`, { awsName: 'UnknownOperationException' });
   }

@@ -6,11 +6,13 @@ import { wipe } from '../util/wipe.js';
 import type { KeyedMutex } from '../util/lock.js';
 import type { Catalog, VolumeRecord } from './catalog.js';
 import { AttachLock } from './attach-lock.js';
-import { openBackingFile } from './backing-file.js';
+import { checkImageFile, openBackingFile } from './backing-file.js';
+import { faultPoint } from '../util/fault-point.js';
 import { EncryptedBlockDevice } from './encrypted-block-device.js';
 import { PlainBlockDevice } from './plain-block-device.js';
 import { KeyCache, type ImpairedEvent } from './key-cache.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
+import type { BlockDevice } from './types.js';
 import type { Attachment } from './attachment.js';
 import { verifyVolumeKey, type Luks2Volume } from './luks2-json.js';
 import { readLuks2 } from './luks2-header.js';
@@ -49,7 +51,17 @@ export interface AttachmentsDeps {
   /** Throws OperationNotPermitted unless the manager was opened with allowUnencrypted. */
   checkUnencryptedAllowed: (what: 'attach') => void;
   audit: (ev: AttachmentAuditEvent) => void;
+  /** Serve an attached device (the FUSE file); runs inside the volume's mutex. */
+  expose?: (dev: BlockDevice) => void;
+  /**
+   * Stop serving a device: refuse while its file is open unless `force`,
+   * then wait for running requests. Runs inside the volume's mutex.
+   */
+  hide?: (volumeId: string, opts: { force: boolean }) => Promise<void>;
 }
+
+/** Grants named so belong to an attachment of the volume named after the prefix. */
+export const ATTACH_GRANT_PREFIX = 'ebsd-attach-';
 
 /**
  * Attachment orchestration for the VolumeManager (DESIGN §6). Attach: grant,
@@ -72,6 +84,8 @@ export class Attachments {
   private readonly checkUnencryptedAllowed: (what: 'attach') => void;
   private readonly audit: (ev: AttachmentAuditEvent) => void;
   private openCount: (volumeId: string) => number;
+  private readonly expose: (dev: BlockDevice) => void;
+  private readonly hide: (volumeId: string, opts: { force: boolean }) => Promise<void>;
 
   constructor(private readonly o: AttachmentsDeps) {
     this.dir = o.dir;
@@ -86,6 +100,8 @@ export class Attachments {
     this.checkUnencryptedAllowed = o.checkUnencryptedAllowed;
     this.audit = o.audit;
     this.openCount = o.openCount ?? (() => 0);
+    this.expose = o.expose ?? (() => {});
+    this.hide = o.hide ?? (async () => {});
   }
 
   /** The FUSE layer reports open handles through this. */
@@ -131,10 +147,13 @@ export class Attachments {
             RetiringPrincipal: this.host.arn,
             Operations: ['Decrypt'],
             Constraints: { EncryptionContextSubset: { 'aws:ebs:id': rec.volumeId } },
-            Name: `ebsd-attach-${rec.volumeId}`,
+            Name: `${ATTACH_GRANT_PREFIX}${rec.volumeId}`,
           },
           { ...caller, viaService: this.viaService },
         );
+        // A crash from here until the catalog says in-use leaves a live grant with no record:
+        // the next start finds it by name and retires it (retireOrphanGrants).
+        faultPoint('attach.after-grant');
         // CreateGrant is idempotent by Name: a grant a failed detach left behind comes back as this one.
         if (rec.pendingGrantRetirements?.some((p) => p.grantId === g.GrantId)) {
           rec.pendingGrantRetirements = rec.pendingGrantRetirements.filter((p) => p.grantId !== g.GrantId);
@@ -143,9 +162,27 @@ export class Attachments {
         return { grantId: g.GrantId, grantToken: g.GrantToken };
       });
       const attachTime = new Date().toISOString();
+      const before = structuredClone(rec);
       rec.state = 'in-use';
       rec.attachment = { instanceId: this.instanceId, device, attachTime, hostPrincipal: this.host.arn, grantId: att.grantId, grantToken: att.grantToken };
-      await this.catalog.put(rec);
+      let recorded = false;
+      try {
+        await this.catalog.put(rec);
+        recorded = true;
+        this.expose(att.device);
+      } catch (e) {
+        // Not recorded or not served: take everything back, so no half-attached volume remains.
+        this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'attach could not be completed; rolling back');
+        await this.teardown(att).catch(() => {});
+        if (att.grantId) {
+          const g = { grantId: att.grantId, keyArn: att.keyArn, grantToken: att.grantToken };
+          if (!(await this.retireOne(rec.volumeId, g, 'failed attach'))) (before.pendingGrantRetirements ??= []).push({ ...g, since: attachTime });
+        }
+        if (recorded || before.pendingGrantRetirements?.length) {
+          await this.catalog.put(before).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record the rolled-back attach'));
+        }
+        throw e;
+      }
       if (rec.unencrypted) {
         this.log.warn({ volumeId: rec.volumeId, encrypted: false }, 'UNENCRYPTED volume attached: I/O is plaintext passthrough (measurement only)');
       } else {
@@ -168,10 +205,18 @@ export class Attachments {
     const resumed: string[] = [];
     const failed: { volumeId: string; error: unknown }[] = [];
     for (const r of this.catalog.list()) {
-      if (r.state !== 'in-use' || this.live.has(r.volumeId) || !r.attachment) continue;
+      if (r.state !== 'in-use' || this.live.has(r.volumeId) || !r.attachment || r.detaching) continue;
       try {
         if (r.unencrypted) this.checkUnencryptedAllowed('attach');
-        await this.mutex.run(r.volumeId, () => this.bringUp(r, async () => ({ grantId: r.attachment!.grantId, grantToken: r.attachment!.grantToken }), true));
+        await this.mutex.run(r.volumeId, async () => {
+          const att = await this.bringUp(r, async () => ({ grantId: r.attachment!.grantId, grantToken: r.attachment!.grantToken }), true);
+          try {
+            this.expose(att.device);
+          } catch (e) {
+            await this.teardown(att).catch(() => {});
+            throw e;
+          }
+        });
         resumed.push(r.volumeId);
         if (r.unencrypted) this.log.warn({ volumeId: r.volumeId, encrypted: false }, 'UNENCRYPTED volume re-attached: I/O is plaintext passthrough (measurement only)');
       } catch (e) {
@@ -184,7 +229,16 @@ export class Attachments {
 
   // ---- DetachVolume ------------------------------------------------------
 
-  /** Refuse while open unless Force; drain, fdatasync, wipe the key, retire the grant, catalog, audit. */
+  /**
+   * Refuse while open unless Force; stop serving the file, drain, fdatasync,
+   * wipe the key, then retire the grant and record `available`. The whole
+   * sequence holds the volume's mutex, the FUSE file included, so a
+   * concurrent attach or detach of the same volume sees before or after,
+   * never the middle. From the moment the file is hidden the detach goes
+   * through to the end (a closed device is never served again); a crash
+   * after the device is closed leaves a `detaching` intent that the next
+   * start finishes (finishDetach).
+   */
   async detachVolume(req: { VolumeId: string; Force?: boolean }, caller: Caller) {
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
@@ -192,44 +246,83 @@ export class Attachments {
         throw new VolumeError('VOLUME_NOT_ATTACHED', `Volume '${rec.volumeId}' is in the '${rec.state}' state.`, { awsName: 'IncorrectState' });
       }
       const att = this.live.get(rec.volumeId);
+      // Counted while the file is still in the mount: what a forced detach cuts off.
       const open = att ? this.openCount(rec.volumeId) : 0;
       if (open > 0 && !req.Force) {
         throw new VolumeError('VOLUME_OPEN', `Volume ${rec.volumeId} is open (${open} handle(s)); close it or detach with Force`, { awsName: 'VolumeInUse' });
       }
+      let closeError: unknown;
       if (att) {
-        await att.keyCache?.stop();
-        await att.device.close(); // drain, fdatasync, wipe key, close fd
-        this.live.delete(rec.volumeId);
-        await att.lock.release();
+        await this.hide(rec.volumeId, { force: !!req.Force });
+        closeError = await this.teardown(att);
       }
-      let grantRetired = rec.attachment.grantId === '';
-      if (!grantRetired) {
-        const g = { grantId: rec.attachment.grantId, keyArn: att?.keyArn ?? rec.kmsKeyId, ...(rec.attachment.grantToken ? { grantToken: rec.attachment.grantToken } : {}) };
-        grantRetired = await this.retireOne(rec.volumeId, g, 'detach');
-        // The key is already wiped; a grant left behind only lets this host decrypt again.
-        // Keep it so the next start or attach retires it (never forget a live grant).
-        if (!grantRetired) (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
-      }
-      const a = rec.attachment;
-      delete rec.attachment;
-      rec.state = 'available';
+      rec.detaching = { since: new Date().toISOString() };
       await this.catalog.put(rec);
+      const { grantRetired, attachment: a } = await this.finishDetach(rec);
       this.log.info({ volumeId: rec.volumeId, forced: !!req.Force, openHandles: open, grantRetired }, 'volume detached');
-      this.audit({ eventName: 'DetachVolume', volumeId: rec.volumeId, principal: caller.arn, details: { force: !!req.Force, openHandles: open, grantId: a.grantId, grantRetired } });
+      this.audit({
+        eventName: 'DetachVolume', volumeId: rec.volumeId, principal: caller.arn,
+        details: { force: !!req.Force, openHandles: open, grantId: a.grantId, grantRetired, ...(closeError ? { flushFailed: true } : {}) },
+      });
+      if (closeError) {
+        throw new VolumeError('VOLUME_IO', `Volume ${rec.volumeId} is detached, but its last flush failed: writes since the last fsync may be lost`, { cause: closeError });
+      }
       return { VolumeId: rec.volumeId, InstanceId: a.instanceId, Device: a.device, State: 'detached' as const, AttachTime: a.attachTime };
     });
+  }
+
+  /**
+   * The second half of a detach, also run at start for a `detaching` record
+   * a crash left behind: retire the grant (kept as pending if KMS does not
+   * answer), then record `available`. The caller holds the volume's mutex
+   * and has stopped the device.
+   */
+  async finishDetach(rec: VolumeRecord): Promise<{ grantRetired: boolean; attachment: NonNullable<VolumeRecord['attachment']> }> {
+    const a = rec.attachment!;
+    let grantRetired = a.grantId === '';
+    if (!grantRetired) {
+      const g = { grantId: a.grantId, keyArn: rec.kmsKeyId, ...(a.grantToken ? { grantToken: a.grantToken } : {}) };
+      grantRetired = await this.retireOne(rec.volumeId, g, 'detach');
+      // The key is already wiped; a grant left behind only lets this host decrypt again.
+      // Keep it so the next start or attach retires it (never forget a live grant).
+      if (!grantRetired) (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
+    }
+    faultPoint('detach.after-retire');
+    delete rec.attachment;
+    delete rec.detaching;
+    rec.state = 'available';
+    await this.catalog.put(rec);
+    return { grantRetired, attachment: a };
   }
 
   /** Shutdown: stop every attachment (drain, fdatasync, wipe) but keep catalog `in-use`, so a restart resumes them. */
   async close(): Promise<void> {
     for (const [id, att] of this.live) {
       await this.mutex.run(id, async () => {
-        await att.keyCache?.stop();
-        await att.device.close();
-        await att.lock.release();
-        this.live.delete(id);
+        await this.hide(id, { force: true }).catch((err) => this.log.warn({ volumeId: id, err: errInfo(err) }, 'could not hide the volume file'));
+        const err = await this.teardown(att);
+        if (err) this.log.error({ volumeId: id, err: errInfo(err) }, 'flush at shutdown failed');
       });
     }
+  }
+
+  /**
+   * Stop a live attachment: no more refreshes, drain, fdatasync, wipe the
+   * key, close the fd, release the image lock. Runs every step; returns the
+   * device's close error (a failed last flush) instead of throwing, so the
+   * attachment is gone either way.
+   */
+  private async teardown(att: Attachment): Promise<unknown> {
+    let error: unknown;
+    await att.keyCache?.stop();
+    try {
+      await att.device.close();
+    } catch (e) {
+      error = e;
+    }
+    this.live.delete(att.volumeId);
+    await att.lock.release().catch((e) => this.log.warn({ volumeId: att.volumeId, err: errInfo(e) }, 'could not release the image lock'));
+    return error;
   }
 
   // ---- internals ---------------------------------------------------------
@@ -241,6 +334,7 @@ export class Attachments {
     resuming = false,
   ): Promise<Attachment & { grantToken: string }> {
     const path = join(this.dir, rec.image);
+    await checkImageFile(path); // never a symlink to another volume's image
     const lock = await AttachLock.acquire(path, rec.volumeId);
     let grantInfo: { grantId: string; grantToken: string } | null = null;
     let key: Uint8Array | undefined;
@@ -355,6 +449,14 @@ export class Attachments {
     await this.catalog.put(rec);
   }
 
+  /** Retire the attach grants no attachment holds (see retireOrphanGrants). */
+  retireOrphanGrants(onlyVolumeId?: string): Promise<string[]> {
+    return retireOrphanGrants(
+      { ks: this.ks, host: this.host, catalog: this.catalog, log: this.log, ...(onlyVolumeId !== undefined ? { onlyVolumeId } : {}) },
+      (volumeId, g) => this.retireOne(volumeId, g, 'orphan'),
+    );
+  }
+
   /**
    * Retire every attach grant a failed detach left behind (runs at open, and
    * per volume before its next attach). Returns the grant ids still pending.
@@ -372,6 +474,47 @@ export class Attachments {
     }
     return still;
   }
+}
+
+/**
+ * Retire the attach grants no attachment holds: a crash between CreateGrant
+ * and the catalog write leaves one; so does a delete of a volume whose
+ * grant retirement kept failing. Found by ListRetirableGrants as the host
+ * (grants whose retiring principal is this host), matched by name
+ * (`ebsd-attach-<volume id>`) against the catalog, retired by id as the
+ * host. `onlyVolumeId` limits the sweep to one volume (DeleteVolume).
+ * Returns the grant ids retired. Never throws for KMS errors: a sweep that
+ * cannot list is logged and retried at the next start.
+ */
+export async function retireOrphanGrants(
+  o: { ks: KeyService; host: Caller; catalog: Catalog; log: Logger; onlyVolumeId?: string },
+  retire: (volumeId: string, g: { grantId: string; keyArn: string }) => Promise<boolean>,
+): Promise<string[]> {
+  if (!o.ks.listRetirableGrants) return [];
+  const orphans: { volumeId: string; grantId: string; keyArn: string }[] = [];
+  try {
+    let marker: string | undefined;
+    for (let page = 0; page < 1000; page++) {
+      const r = await o.ks.listRetirableGrants({ RetiringPrincipal: o.host.arn, Limit: 100, ...(marker ? { Marker: marker } : {}) }, o.host);
+      for (const g of r.Grants) {
+        if (!g.Name?.startsWith(ATTACH_GRANT_PREFIX)) continue;
+        const volumeId = g.Name.slice(ATTACH_GRANT_PREFIX.length);
+        if (o.onlyVolumeId !== undefined && volumeId !== o.onlyVolumeId) continue;
+        const rec = o.catalog.get(volumeId);
+        const held = rec?.state === 'in-use' && !rec.detaching && rec.attachment?.grantId === g.GrantId;
+        if (!held) orphans.push({ volumeId, grantId: g.GrantId, keyArn: g.KeyId });
+      }
+      if (!r.Truncated || !r.NextMarker) break;
+      marker = r.NextMarker;
+    }
+  } catch (e) {
+    o.log.warn({ err: errInfo(e) }, 'could not list the host\'s retirable grants; attach grants without an attachment stay until the next start');
+    return [];
+  }
+  const retired: string[] = [];
+  for (const g of orphans) if (await retire(g.volumeId, g)) retired.push(g.grantId);
+  if (orphans.length) o.log.warn({ grantIds: orphans.map((g) => g.grantId), retired: retired.length }, 'retired attach grants that no attachment holds');
+  return retired;
 }
 
 function sameContext(a: Record<string, string>, b: Record<string, string>): boolean {

@@ -1,5 +1,5 @@
-import { close, fdatasync, ftruncate, open, read, readSync, write, constants } from 'node:fs';
-import { VolumeError } from './errors.js';
+import { close, fdatasync, fstat, ftruncate, open, read, readSync, write, constants, promises as fsp, type Stats } from 'node:fs';
+import { VolumeError, incorrectState } from './errors.js';
 
 /**
  * The backing file of a volume as the block device uses it: positioned
@@ -68,10 +68,75 @@ export class FdBackingFile implements BackingFile {
   }
 }
 
-/** Open a backing file read-write; `direct` adds O_DIRECT (no page cache: every I/O reaches the disk). */
-export function openBackingFile(path: string, flags = constants.O_RDWR, opts: { direct?: boolean } = {}): Promise<FdBackingFile> {
-  const f = opts.direct ? flags | constants.O_DIRECT : flags;
-  return new Promise((res, rej) => open(path, f, (e, fd) => (e ? rej(e) : res(new FdBackingFile(fd, !!opts.direct)))));
+/**
+ * Open a backing file read-write; `direct` adds O_DIRECT (no page cache:
+ * every I/O reaches the disk). Never follows a symlink (O_NOFOLLOW) and
+ * refuses anything but a regular file (fstat on the opened fd), so an image
+ * replaced by a link to another volume's image is never served.
+ */
+export async function openBackingFile(path: string, flags = constants.O_RDWR, opts: { direct?: boolean } = {}): Promise<FdBackingFile> {
+  const f = (opts.direct ? flags | constants.O_DIRECT : flags) | constants.O_NOFOLLOW;
+  const fd = await new Promise<number>((res, rej) => open(path, f, (e, n) => (e ? rej(refusedImage(path, e) ?? e) : res(n))));
+  const file = new FdBackingFile(fd, !!opts.direct);
+  try {
+    await checkRegular(fd, path);
+  } catch (e) {
+    await file.close().catch(() => {});
+    throw e;
+  }
+  return file;
+}
+
+/**
+ * Precondition of every path-based look at an image (header read, update,
+ * removal): `path` is a regular file, not a symlink, FIFO or device. The
+ * volumes directory is the daemon's own (0700), so the check-then-use
+ * window is closed to other users; truncation goes through an fd from
+ * openBackingFile, which checks the opened file itself.
+ */
+export async function checkImageFile(path: string): Promise<void> {
+  const fh = await fsp.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch((e: unknown) => {
+    throw refusedImage(path, e) ?? ioError(e, path);
+  });
+  try {
+    await checkRegular(fh.fd, path);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Grow the image file to `len` bytes through an fd (never by path). Postcondition:
+ * the file is at least `len` bytes; a file already longer is left as it is,
+ * so no caller can shrink an image below what its header claims.
+ */
+export async function growImageFile(path: string, len: number): Promise<void> {
+  const f = await openBackingFile(path);
+  try {
+    const { size } = await new Promise<Stats>((res, rej) => fstat(f.fd, (e, st) => (e ? rej(ioError(e, path)) : res(st))));
+    if (size < len) {
+      await f.truncate(len);
+      await f.datasync(); // the new size is metadata fdatasync must persist
+    }
+  } finally {
+    await f.close();
+  }
+}
+
+function checkRegular(fd: number, path: string): Promise<void> {
+  return new Promise((res, rej) =>
+    fstat(fd, (e, st) => {
+      if (e) return rej(ioError(e, path));
+      if (!st.isFile()) return rej(incorrectState(`volume image ${path} is not a regular file; refusing to use it`));
+      res();
+    }),
+  );
+}
+
+/** O_NOFOLLOW on a symlink fails with ELOOP: name the refusal. */
+function refusedImage(path: string, e: unknown): VolumeError | undefined {
+  if ((e as NodeJS.ErrnoException | undefined)?.code !== 'ELOOP') return undefined;
+  return incorrectState(`volume image ${path} is a symbolic link; refusing to use it`);
 }
 
 /** Map an fs error to a typed volume error once, here (errno never leaves this layer as errno). */

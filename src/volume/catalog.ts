@@ -38,6 +38,20 @@ export interface VolumeRecord {
    * once retired or once KMS says the grant no longer exists.
    */
   pendingGrantRetirements?: PendingGrantRetirement[];
+  /**
+   * Intent of a ModifyVolume under way, written before the image changes
+   * (file size, then LUKS2 header). A restart that finds it compares the
+   * header with both sizes and rolls the catalog forward or back
+   * (VolumeManager.recover), so header, file and catalog agree again.
+   */
+  modifying?: { originalSize: number; targetSize: number; since: string };
+  /**
+   * Intent of a DetachVolume under way, written after the device is closed
+   * and before the grant is retired. A restart that finds it finishes the
+   * detach (retire the grant, record `available`) instead of resuming an
+   * attachment whose grant may be gone.
+   */
+  detaching?: { since: string };
 }
 
 export interface PendingGrantRetirement {
@@ -85,12 +99,33 @@ export class Catalog {
     return [...this.recs.values()].map((r) => structuredClone(r));
   }
 
-  put(rec: VolumeRecord): Promise<void> {
-    this.recs.set(rec.volumeId, structuredClone(rec));
-    return this.persist();
+  /**
+   * Record a change. Postcondition on failure (ENOSPC, EIO): the in-memory
+   * record is what it was before, matching the file on disk, so a change
+   * that never became durable is never shown (no phantom `creating` volume).
+   */
+  async put(rec: VolumeRecord): Promise<void> {
+    const before = this.recs.get(rec.volumeId);
+    const mine = structuredClone(rec);
+    this.recs.set(rec.volumeId, mine);
+    try {
+      await this.persist();
+    } catch (e) {
+      if (this.recs.get(rec.volumeId) === mine) {
+        if (before) this.recs.set(rec.volumeId, before);
+        else this.recs.delete(rec.volumeId);
+      }
+      throw e;
+    }
   }
 
+  /**
+   * Forget a record. It is gone from memory even if the write fails: callers
+   * remove only records whose on-disk state (`creating`, `deleting`) a
+   * restart removes anyway (VolumeManager.recover).
+   */
   remove(id: string): Promise<void> {
+    if (!this.recs.has(id)) return Promise.resolve();
     this.recs.delete(id);
     return this.persist();
   }

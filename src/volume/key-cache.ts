@@ -167,8 +167,9 @@ export class KeyCache {
   private async refreshOnce(): Promise<void> {
     if (this.stopped || this._impaired) return;
     let key: Uint8Array | undefined;
+    const pending = this.o.refresh();
     try {
-      key = await withTimeout(this.o.refresh(), this.timeout);
+      key = await withTimeout(pending, this.timeout);
       if (this.stopped) return;
       try {
         this.o.verify(key);
@@ -182,6 +183,8 @@ export class KeyCache {
       this.lastError = null;
       this.schedule(this.ttl / 2);
     } catch (e) {
+      // A refresh that timed out may still deliver a key later: wipe it when it comes.
+      if (e instanceof TimeoutError) pending.then((late) => wipe(late), () => {});
       if (this.stopped) return;
       const err = e instanceof TimeoutError ? new KeyServiceError('Decrypt', undefined, false, 'KMS did not answer in time') : toKeyServiceError('Decrypt', e);
       if (err.authoritative) {

@@ -30,6 +30,23 @@ export interface KeyService {
   ): Promise<{ Plaintext: Uint8Array; KeyId: string }>;
   retireGrant(req: { KeyId?: string; GrantId?: string; GrantToken?: string }, caller: Caller): Promise<void>;
   describeKey(req: { KeyId: string; GrantTokens?: string[] }, caller: Caller): Promise<{ KeyMetadata: { Arn: string; KeyState?: string; Enabled?: boolean; [k: string]: unknown } }>;
+  /**
+   * ListRetirableGrants, as the host: lets a restart find attach grants a
+   * crash left without a catalog record. Optional: without it such grants
+   * are only retired when the volume is attached again (CreateGrant is
+   * idempotent by Name and returns the same grant).
+   */
+  listRetirableGrants?(
+    req: { RetiringPrincipal: string; Limit?: number; Marker?: string },
+    caller: Caller,
+  ): Promise<{ Grants: RetirableGrant[]; NextMarker?: string; Truncated?: boolean }>;
+}
+
+/** The members of a GrantListEntry the volume layer reads. */
+export interface RetirableGrant {
+  KeyId: string;
+  GrantId: string;
+  Name?: string;
 }
 
 /**
@@ -89,5 +106,8 @@ export class KmsCoreKeyService implements KeyService {
   }
   describeKey(req: Parameters<KeyService['describeKey']>[0], caller: Caller) {
     return this.call<{ KeyMetadata: { Arn: string; KeyState?: string; Enabled?: boolean } }>('DescribeKey', req, caller);
+  }
+  listRetirableGrants(req: { RetiringPrincipal: string; Limit?: number; Marker?: string }, caller: Caller) {
+    return this.call<{ Grants: RetirableGrant[]; NextMarker?: string; Truncated?: boolean }>('ListRetirableGrants', req, caller);
   }
 }

@@ -18,7 +18,9 @@ import { createLuks2, readLuks2, updateLuks2 } from './luks2-header.js';
 import { VolumeError, incorrectState, invalidParameter, notFound, errInfo } from './errors.js';
 import { parseVolumeSize } from './size.js';
 import { createPlainImage, readPlainImage, resizePlainImage } from './plain-image.js';
+import { checkImageFile, growImageFile } from './backing-file.js';
 import { EbsdError } from '../util/errors.js';
+import { faultPoint } from '../util/fault-point.js';
 
 export const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
@@ -60,6 +62,18 @@ export interface VolumeManagerOptions {
   /** ModifyVolume grew a volume (attached or not); an attached device's `size` already reports `size`. */
   onResized?: (ev: { volumeId: string; size: number; originalSize: number; attached: boolean }) => void;
   onAudit?: (ev: VolumeAuditEvent) => void;
+  /**
+   * Serve an attached volume (the FUSE file). Called inside the volume's
+   * mutex, at attach and at resume, so the FUSE table changes in the same
+   * critical section as the attachment.
+   */
+  expose?: (dev: BlockDevice) => void;
+  /**
+   * Stop serving a volume: refuse while its file is open unless `force`,
+   * then drain running requests. Called inside the volume's mutex, at
+   * detach and at close, before the device is closed.
+   */
+  hide?: (volumeId: string, opts: { force: boolean }) => Promise<void>;
   logger?: Logger;
 }
 
@@ -137,6 +151,8 @@ export class VolumeManager {
       record: (id) => this.record(id),
       checkUnencryptedAllowed: (what) => this.checkUnencryptedAllowed(what),
       audit: (ev) => this.audit(ev),
+      ...(o.expose ? { expose: o.expose } : {}),
+      ...(o.hide ? { hide: o.hide } : {}),
     });
   }
 
@@ -147,6 +163,7 @@ export class VolumeManager {
     const m = new VolumeManager(o, await Catalog.load(dir));
     await m.recover();
     await m.retirePendingGrants();
+    await m.attachments.retireOrphanGrants();
     return m;
   }
 
@@ -166,9 +183,12 @@ export class VolumeManager {
 
   /**
    * Finish what a crash interrupted: `creating` and `deleting` records lose
-   * their image and their record; temp files go. Records still `in-use` are
-   * returned for resumeAttachments(). Images with no record are reported,
-   * never deleted (a lost catalog must not cost data).
+   * their image and their record; a `modifying` intent is settled from the
+   * LUKS2 header (settleModify); a `detaching` intent is finished (grant
+   * retired, `available`); temp files of interrupted writes go (they may
+   * hold grant tokens). Records still `in-use` are returned for
+   * resumeAttachments(). Images with no record are reported, never deleted
+   * (a lost catalog must not cost data).
    */
   async recover(): Promise<{ removed: string[]; inUse: string[]; orphans: string[] }> {
     const removed: string[] = [];
@@ -178,17 +198,79 @@ export class VolumeManager {
         await this.catalog.remove(r.volumeId);
         removed.push(r.volumeId);
         this.audit({ eventName: 'VolumeRecovered', volumeId: r.volumeId, details: { was: r.state, action: 'removed' } });
+        continue;
+      }
+      if (r.modifying) await this.settleModify(r).catch((e) => this.log.error({ volumeId: r.volumeId, err: errInfo(e) }, 'could not settle an interrupted modify'));
+      else await this.reconcileSize(r).catch((e) => this.log.warn({ volumeId: r.volumeId, err: errInfo(e) }, 'could not read the image header at start'));
+      const cur = this.catalog.get(r.volumeId)!;
+      if (cur.detaching && cur.attachment) {
+        try {
+          await this.attachments.finishDetach(cur);
+          this.audit({ eventName: 'VolumeRecovered', volumeId: r.volumeId, details: { was: 'detaching', action: 'detached' } });
+        } catch (e) {
+          this.log.error({ volumeId: r.volumeId, err: errInfo(e) }, 'could not finish an interrupted detach; the next start retries');
+        }
       }
     }
     const known = new Set(this.catalog.list().map((r) => r.image));
     const orphans: string[] = [];
+    const temps: string[] = [];
     for (const f of await fsp.readdir(this.dir)) {
-      if (/^\.vol-[0-9a-f]{17}\.img\.tmp$/.test(f)) await fsp.rm(join(this.dir, f), { force: true });
-      else if (/^vol-[0-9a-f]{17}\.img$/.test(f) && !known.has(f)) orphans.push(f);
+      // `.vol-….img.tmp` (create) and `.catalog.json.<hex>.tmp` (atomicWrite): never live across a start.
+      if (/^\..+\.tmp$/.test(f)) {
+        await fsp.rm(join(this.dir, f), { force: true });
+        temps.push(f);
+      } else if (/^vol-[0-9a-f]{17}\.img$/.test(f) && !known.has(f)) orphans.push(f);
     }
-    if (removed.length || orphans.length) this.log.warn({ removed, orphans }, 'recovered volume catalog after an interrupted operation');
+    if (temps.length) await fsyncDir(this.dir);
+    if (removed.length || orphans.length || temps.length) this.log.warn({ removed, orphans, temps }, 'recovered volume catalog after an interrupted operation');
     const inUse = this.catalog.list().filter((r) => r.state === 'in-use').map((r) => r.volumeId);
     return { removed, inUse, orphans };
+  }
+
+  /**
+   * Settle a ModifyVolume a crash or an error interrupted, from what the
+   * image header says: the new size (the header was written) rolls the
+   * catalog forward, anything else rolls it back to the larger of the old
+   * size and the header's. The file is grown to cover the header's size if
+   * it falls short; it is never shrunk.
+   */
+  private async settleModify(rec: VolumeRecord): Promise<void> {
+    const m = rec.modifying!;
+    const h = await this.imageSize(rec);
+    await growImageFile(join(this.dir, rec.image), h.dataOffset + h.size);
+    const size = h.size === m.targetSize ? m.targetSize : Math.max(m.originalSize, h.size);
+    rec.size = size;
+    delete rec.modifying;
+    await this.catalog.put(rec);
+    this.log.warn({ volumeId: rec.volumeId, originalSize: m.originalSize, targetSize: m.targetSize, headerSize: h.size, size }, 'settled an interrupted ModifyVolume from the image header');
+    this.audit({ eventName: 'VolumeRecovered', volumeId: rec.volumeId, details: { was: 'modifying', action: size === m.targetSize ? 'completed' : 'rolled-back', size } });
+  }
+
+  /**
+   * A header larger than the catalog (a modify interrupted before intents
+   * were recorded): the header and the data behind it win, never the smaller
+   * catalog size.
+   */
+  private async reconcileSize(rec: VolumeRecord): Promise<void> {
+    if (rec.state !== 'available' && rec.state !== 'in-use') return;
+    const h = await this.imageSize(rec);
+    if (h.size <= rec.size) return;
+    this.log.warn({ volumeId: rec.volumeId, catalogSize: rec.size, headerSize: h.size }, 'image header is larger than the catalog; taking the header size');
+    rec.size = h.size;
+    await this.catalog.put(rec);
+  }
+
+  /** The data size and offset the image header records (symlinks and non-regular files refused). */
+  private async imageSize(rec: VolumeRecord): Promise<{ size: number; dataOffset: number }> {
+    const path = join(this.dir, rec.image);
+    await checkImageFile(path);
+    if (rec.unencrypted) {
+      const p = await readPlainImage(path);
+      return { size: p.size, dataOffset: p.dataOffset };
+    }
+    const v = (await readLuks2(path)).volume;
+    return { size: v.size, dataOffset: v.dataOffset };
   }
 
   // ---- CreateVolume ------------------------------------------------------
@@ -364,6 +446,8 @@ export class VolumeManager {
       if (rec.pendingGrantRetirements?.length) {
         this.log.warn({ volumeId: rec.volumeId, grantIds: rec.pendingGrantRetirements.map((g) => g.grantId) }, 'deleting a volume whose attach grants could not be retired; revoke them with RevokeGrant');
       }
+      // Attach grants a crash left without a record would outlive the volume: retire them too.
+      await this.attachments.retireOrphanGrants(rec.volumeId);
       rec.state = 'deleting';
       await this.catalog.put(rec); // a crash from here on: recover() finishes the delete
       await this.removeImage(rec);
@@ -396,7 +480,13 @@ export class VolumeManager {
 
   // ---- ModifyVolume ------------------------------------------------------
 
-  /** Grow only: grow the sparse file, then the LUKS2 segment size, then the catalog and live device. */
+  /**
+   * Grow only. Everything is checked before anything changes (state, size,
+   * the image is a regular file, its header's size); then an intent record,
+   * the sparse file grown (never shrunk), the header, and the catalog. A
+   * crash anywhere in between is settled at the next start from the header
+   * (settleModify), so header, file and catalog agree again.
+   */
   async modifyVolume(req: { VolumeId: string; Size: number | string }, caller: Caller) {
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
@@ -404,19 +494,29 @@ export class VolumeManager {
       const size = parseVolumeSize(req.Size);
       if (size <= rec.size) throw invalidParameter(`New size ${size} must be larger than the current size ${rec.size}; volumes only grow.`);
       const path = join(this.dir, rec.image);
-      if (rec.unencrypted) {
-        const cur = await readPlainImage(path);
-        await fsp.truncate(path, cur.dataOffset + size); // header never claims more than the file holds
-        await resizePlainImage(path, size);
-      } else {
-        const cur = await readLuks2(path);
-        await fsp.truncate(path, cur.volume.dataOffset + size);
-        await updateLuks2(path, (j) => {
-          for (const s of Object.values(j.segments)) s.size = String(size);
-        });
-      }
+      const h = await this.imageSize(rec);
+      // Precondition: never below what the header says, whatever the catalog says.
+      if (size <= h.size) throw invalidParameter(`New size ${size} must be larger than the size ${h.size} the image header of ${rec.volumeId} records; volumes only grow.`);
       const original = rec.size;
+      rec.modifying = { originalSize: original, targetSize: size, since: new Date().toISOString() };
+      await this.catalog.put(rec);
+      try {
+        await growImageFile(path, h.dataOffset + size); // the header never claims more than the file holds
+        if (rec.unencrypted) {
+          await resizePlainImage(path, size);
+        } else {
+          await updateLuks2(path, (j) => {
+            for (const s of Object.values(j.segments)) s.size = String(size);
+          });
+        }
+      } catch (e) {
+        this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'ModifyVolume failed; settling from the image header');
+        await this.settleModify(rec).catch((err) => this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'));
+        throw e;
+      }
+      faultPoint('modify.after-header');
       rec.size = size;
+      delete rec.modifying;
       await this.catalog.put(rec);
       const dev = this.attachments.get(rec.volumeId)?.device;
       dev?.resize(size);
@@ -493,6 +593,7 @@ function guardKeyService(ks: KeyService): KeyService {
     };
   return {
     generateDataKeyWithoutPlaintext: wrap('GenerateDataKeyWithoutPlaintext', ks.generateDataKeyWithoutPlaintext),
+    ...(ks.listRetirableGrants ? { listRetirableGrants: wrap('ListRetirableGrants', ks.listRetirableGrants) } : {}),
     createGrant: wrap('CreateGrant', ks.createGrant),
     decrypt: wrap('Decrypt', ks.decrypt),
     retireGrant: wrap('RetireGrant', ks.retireGrant),

@@ -1,0 +1,19 @@
+/**
+ * Test-only crash points. `faultPoint('modify.after-header')` kills this
+ * process with SIGKILL when the environment variable `EBSD_TEST_FAULT`
+ * names that point (a comma-separated list may name several), so the e2e
+ * tests can crash the daemon between two steps a signal from outside cannot
+ * hit reliably. Without the variable it does nothing: no production path
+ * can reach the kill.
+ *
+ * The names in use, each beside the step it follows:
+ *   attach.after-grant      volume-manager attach: CreateGrant returned, nothing recorded yet
+ *   detach.after-retire     detach: the grant is retired, the catalog still says in-use
+ *   modify.after-header     modify: the LUKS2 header says the new size, the catalog the old
+ */
+export function faultPoint(name: string): void {
+  const want = process.env.EBSD_TEST_FAULT;
+  if (!want) return;
+  if (!want.split(',').includes(name)) return;
+  process.kill(process.pid, 'SIGKILL');
+}
