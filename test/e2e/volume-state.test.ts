@@ -1,0 +1,246 @@
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, fdatasyncSync, mkdirSync, openSync, readSync, renameSync, statSync, symlinkSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from './helpers.js';
+
+/**
+ * Crash- and race-safety of volume state through the real daemon: parallel
+ * attach/detach, SIGKILL at named points (src/util/fault-point.ts, armed by
+ * EBSD_TEST_FAULT in the daemon's environment), an image replaced by a
+ * symlink, a forced detach with the file open.
+ */
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+function pattern(tag: string): Buffer {
+  const h = createHash('sha256').update(`ebsd-volstate-${tag}`).digest();
+  return Buffer.concat(Array.from({ length: 4096 / 32 }, () => h));
+}
+
+function writeBlock(file: string, pos: number, data: Buffer): void {
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, pos);
+    fdatasyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readBlock(file: string, pos: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const b = Buffer.alloc(4096);
+    readSync(fd, b, 0, 4096, pos);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Start the daemon with the named fault point armed (inherited environment), or none. */
+async function startWith(env: Env, fault?: string): Promise<void> {
+  if (fault) process.env.EBSD_TEST_FAULT = fault;
+  try {
+    await env.start();
+  } finally {
+    delete process.env.EBSD_TEST_FAULT;
+  }
+}
+
+/** Run a CLI call that hits an armed fault point: the daemon dies with SIGKILL; wait until it is gone. */
+async function crashAt(env: Env, args: string[]): Promise<void> {
+  const stops = env.daemonLog().split('"ebsd daemon stopped"').length;
+  const r = await env.cli(args);
+  expect(r.code).not.toBe(0);
+  await env.kill9();
+  // Killed at the fault point, not shut down in order.
+  expect(env.daemonLog().split('"ebsd daemon stopped"').length).toBe(stops);
+}
+
+async function attachGrants(env: Env, keyArn: string): Promise<string[]> {
+  const g = await env.ok(['kms', 'list-grants', '--key-id', keyArn]);
+  return (g.Grants as { GrantId: string; Name?: string }[]).filter((x) => x.Name?.startsWith('ebsd-attach-')).map((x) => x.GrantId);
+}
+
+describe('volume state under races and crashes (real daemon)', () => {
+  const env = new Env('volstate');
+  let keyArn = '';
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await startWith(env);
+    keyArn = (await env.ok(['kms', 'create-key', '--description', 'volstate', '--alias', 'alias/vs'])).KeyMetadata.Arn;
+  }, 120_000);
+  afterAll(() => env.cleanup(), 60_000);
+  // A test that failed between a crash and the restart must not take the next ones with it.
+  beforeEach(async () => {
+    if (env.pid === undefined) await startWith(env);
+  }, 60_000);
+
+  const image = (volumeId: string): string => join(env.state, 'volumes', `${volumeId}.img`);
+  const state = async (volumeId: string): Promise<string> => (await env.ok(['volume', 'describe', volumeId])).Volumes[0].State;
+
+  it('20 parallel attach/detach of one volume, then attach: the file serves I/O (3 rounds)', async () => {
+    const id = (await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    for (let round = 0; round < 3; round++) {
+      const calls = Array.from({ length: 20 }, (_, i) => env.cli(i % 2 === 0 ? ['attach', id] : ['detach', id]));
+      const results = await Promise.all(calls);
+      // Each call either did its job or was refused with a conflict; none failed otherwise.
+      for (const r of results) expect([0, 6], r.stderr).toContain(r.code);
+      if ((await state(id)) !== 'in-use') await env.ok(['attach', id]);
+      const st = (await env.ok(['status'])).Volumes.find((v: { VolumeId: string }) => v.VolumeId === id);
+      expect(st.Attached).toBe(true);
+      expect(st.KeyCache.State).toBe('cached');
+      const data = pattern(`race-${round}`);
+      writeBlock(env.file(id), round * 4096, data);
+      expect(readBlock(env.file(id), round * 4096).equals(data)).toBe(true);
+      await env.ok(['detach', id]);
+      expect(await state(id)).toBe('available');
+    }
+    await env.ok(['attach', id]);
+    for (let round = 0; round < 3; round++) expect(readBlock(env.file(id), round * 4096).equals(pattern(`race-${round}`))).toBe(true);
+    await env.ok(['detach', id]);
+  }, 300_000);
+
+  it('SIGKILL after the header update of a modify: the restart completes it; a later 512MiB modify is refused and changes nothing', async () => {
+    const id = (await env.ok(['volume', 'create', '--size', '48MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    await env.ok(['attach', id]);
+    writeBlock(env.file(id), 0, pattern('m0'));
+    writeBlock(env.file(id), 40 * MiB, pattern('m40'));
+    await env.ok(['detach', id]);
+    await env.stop();
+
+    await startWith(env, 'modify.after-header');
+    await crashAt(env, ['volume', 'modify', id, '--size', '1GiB']);
+    await startWith(env);
+    const v = (await env.ok(['volume', 'describe', id])).Volumes[0];
+    expect(v.SizeBytes).toBe(GiB);
+    expect(v.State).toBe('available');
+    await env.ok(['attach', id]);
+    expect(statSync(env.file(id)).size).toBe(GiB);
+    writeBlock(env.file(id), 700 * MiB, pattern('m700'));
+    await env.ok(['detach', id]);
+
+    const before = statSync(image(id));
+    const r = await env.cli(['volume', 'modify', id, '--size', '512MiB']);
+    expect(r.code).toBe(7); // InvalidParameterValue: volumes only grow
+    const after = statSync(image(id));
+    expect(after.size).toBe(before.size);
+    expect(after.mtimeMs).toBe(before.mtimeMs);
+    await env.ok(['attach', id]);
+    expect(readBlock(env.file(id), 0).equals(pattern('m0'))).toBe(true);
+    expect(readBlock(env.file(id), 40 * MiB).equals(pattern('m40'))).toBe(true);
+    expect(readBlock(env.file(id), 700 * MiB).equals(pattern('m700'))).toBe(true);
+    await env.ok(['detach', id]);
+  }, 300_000);
+
+  it('SIGKILL during attach after CreateGrant: the restart retires the grant; delete leaves none', async () => {
+    const id = (await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    await env.stop();
+    await startWith(env, 'attach.after-grant');
+    await crashAt(env, ['attach', id]);
+    await startWith(env);
+    expect(await attachGrants(env, keyArn)).toEqual([]);
+    expect(await state(id)).toBe('available');
+    await env.ok(['attach', id]);
+    expect(await attachGrants(env, keyArn)).toHaveLength(1);
+    await env.ok(['detach', id]);
+    await env.ok(['volume', 'delete', id]);
+    expect(await attachGrants(env, keyArn)).toEqual([]);
+  }, 300_000);
+
+  it('SIGKILL during detach after RetireGrant: the restart finishes the detach; the volume attaches again with its data', async () => {
+    const id = (await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    await env.stop();
+    await startWith(env, 'detach.after-retire');
+    await env.ok(['attach', id]);
+    writeBlock(env.file(id), 8192, pattern('d8'));
+    await crashAt(env, ['detach', id]);
+    await startWith(env);
+    expect(await state(id)).toBe('available');
+    expect(await attachGrants(env, keyArn)).toEqual([]);
+    const st = (await env.ok(['status'])).Volumes.find((v: { VolumeId: string }) => v.VolumeId === id);
+    expect(st.Problem).toBeUndefined();
+    await env.ok(['attach', id]);
+    expect(readBlock(env.file(id), 8192).equals(pattern('d8'))).toBe(true);
+    await env.ok(['detach', id]);
+  }, 300_000);
+
+  it('an image replaced by a symlink to another volume\'s image is refused by modify and attach; the other image is untouched', async () => {
+    const a = (await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    const b = (await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    const sizeB = statSync(image(b)).size;
+    renameSync(image(a), `${image(a)}.moved`);
+    symlinkSync(image(b), image(a));
+    const m = await env.cli(['volume', 'modify', a, '--size', '64MiB']);
+    expect(m.code).toBe(6);
+    expect(m.stderr).toContain('symbolic link');
+    const at = await env.cli(['attach', a]);
+    expect(at.code).toBe(6);
+    expect(at.stderr).toContain('symbolic link');
+    expect(statSync(image(b)).size).toBe(sizeB);
+    expect(await state(a)).toBe('available');
+    await env.ok(['attach', b]);
+    await env.ok(['detach', b]);
+  }, 120_000);
+
+  it('a forced detach audits the open handles it cut off', async () => {
+    const id = (await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    await env.ok(['attach', id]);
+    const fd1 = openSync(env.file(id), 'r');
+    const fd2 = openSync(env.file(id), 'r');
+    try {
+      expect((await env.cli(['detach', id])).code).toBe(6);
+      await env.ok(['detach', id, '--force']);
+    } finally {
+      // The forced detach cut these handles off: their close reports EIO.
+      for (const fd of [fd1, fd2]) try { closeSync(fd); } catch { /* EIO expected */ }
+    }
+    const ev = env
+      .auditText()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l))
+      .filter((e) => e.eventName === 'DetachVolume' && e.requestParameters?.volumeId === id);
+    expect(ev).toHaveLength(1);
+    expect(ev[0].additionalEventData).toMatchObject({ force: true, openHandles: 2 });
+  }, 120_000);
+});
+
+describe('volume create on a full state dir (real daemon on a small tmpfs)', () => {
+  const env = new Env('volstate-enospc');
+  let mounted = false;
+
+  beforeAll(async () => {
+    ensureBuilt();
+    mkdirSync(env.state, { recursive: true, mode: 0o711 });
+    const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=24m,mode=0711', 'tmpfs', env.state]);
+    if (r.status !== 0) throw new Error(`mount tmpfs: ${r.stderr}`);
+    mounted = true;
+    await env.start();
+  }, 120_000);
+  afterAll(async () => {
+    await env.stop().catch(() => {});
+    if (mounted) spawnSync('umount', ['-l', env.state]);
+    await env.cleanup();
+  }, 60_000);
+
+  it('a create whose first catalog write fails with ENOSPC leaves no volume, before or after a restart', async () => {
+    await env.ok(['kms', 'create-key', '--description', 'enospc', '--alias', 'alias/full']);
+    const filler = join(env.state, 'filler');
+    // Fill the tmpfs to the last block (dd stops with ENOSPC, status 1).
+    spawnSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], { stdio: 'ignore' });
+    const r = await env.cli(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/full']);
+    expect(r.code).not.toBe(0);
+    expect((await env.ok(['volume', 'ls'])).Volumes).toEqual([]);
+    spawnSync('rm', ['-f', filler]);
+    await env.stop();
+    await env.start();
+    expect((await env.ok(['volume', 'ls'])).Volumes).toEqual([]);
+    const v = await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/full']);
+    expect(v.State).toBe('available');
+  }, 120_000);
+});
