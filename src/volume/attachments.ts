@@ -249,7 +249,7 @@ export class Attachments {
       // Counted while the file is still in the mount: what a forced detach cuts off.
       const open = att ? this.openCount(rec.volumeId) : 0;
       if (open > 0 && !req.Force) {
-        throw new VolumeError('VOLUME_OPEN', `Volume ${rec.volumeId} is open (${open} handle(s)); close it or detach with Force`, { awsName: 'VolumeInUse' });
+        throw new VolumeError('VOLUME_OPEN', `Volume ${rec.volumeId} is open (${open} handle(s)); close it (losetup -d, umount) or detach with Force (--force)`, { awsName: 'VolumeInUse' });
       }
       let closeError: unknown;
       if (att) {
