@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, fdatasyncSync, mkdirSync, openSync, readSync, renameSync, statSync, symlinkSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from './helpers.js';
@@ -134,6 +134,29 @@ describe('volume state under races and crashes (real daemon)', () => {
     expect(readBlock(env.file(id), 0).equals(pattern('m0'))).toBe(true);
     expect(readBlock(env.file(id), 40 * MiB).equals(pattern('m40'))).toBe(true);
     expect(readBlock(env.file(id), 700 * MiB).equals(pattern('m700'))).toBe(true);
+    await env.ok(['detach', id]);
+  }, 300_000);
+
+  it('a catalog smaller than the image header (a crash before intents were recorded): the header wins; a 512MiB modify never truncates', async () => {
+    const id = (await env.ok(['volume', 'create', '--size', '48MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    await env.ok(['volume', 'modify', id, '--size', '1GiB']);
+    await env.ok(['attach', id]);
+    writeBlock(env.file(id), 700 * MiB, pattern('h700'));
+    await env.ok(['detach', id]);
+    await env.stop();
+    // What a SIGKILL between header and catalog left on disk before modify recorded its intent.
+    const catalog = join(env.state, 'volumes', 'catalog.json');
+    const c = JSON.parse(readFileSync(catalog, 'utf8')) as { volumes: { volumeId: string; size: number }[] };
+    c.volumes.find((v) => v.volumeId === id)!.size = 48 * MiB;
+    writeFileSync(catalog, JSON.stringify(c));
+    await startWith(env);
+    const sizeBefore = statSync(image(id)).size;
+    const r = await env.cli(['volume', 'modify', id, '--size', '512MiB']);
+    expect(r.code).toBe(7);
+    expect(statSync(image(id)).size).toBe(sizeBefore);
+    expect((await env.ok(['volume', 'describe', id])).Volumes[0].SizeBytes).toBe(GiB);
+    await env.ok(['attach', id]);
+    expect(readBlock(env.file(id), 700 * MiB).equals(pattern('h700'))).toBe(true);
     await env.ok(['detach', id]);
   }, 300_000);
 
