@@ -210,6 +210,22 @@ describe('volume state under races and crashes (real daemon)', () => {
     await env.ok(['detach', b]);
   }, 120_000);
 
+  it('an attached volume is served again after an orderly stop and after SIGKILL (resume exposes it under the lock)', async () => {
+    const id = (await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
+    await env.ok(['attach', id]);
+    writeBlock(env.file(id), 4096, pattern('r1'));
+    await env.stop();
+    await startWith(env);
+    expect(readBlock(env.file(id), 4096).equals(pattern('r1'))).toBe(true);
+    await env.kill9();
+    await startWith(env);
+    expect(readBlock(env.file(id), 4096).equals(pattern('r1'))).toBe(true);
+    const again = await env.cli(['attach', id]);
+    expect(again.code).toBe(6); // already attached: VolumeInUse
+    await env.ok(['detach', id]);
+    expect(await attachGrants(env, keyArn)).toEqual([]);
+  }, 300_000);
+
   it('a forced detach audits the open handles it cut off', async () => {
     const id = (await env.ok(['volume', 'create', '--size', '32MiB', '--kms-key', 'alias/vs'])).VolumeId as string;
     await env.ok(['attach', id]);
