@@ -11,7 +11,8 @@ import { faultPoint } from '../util/fault-point.js';
 import { EncryptedBlockDevice } from './encrypted-block-device.js';
 import { PlainBlockDevice } from './plain-block-device.js';
 import { KeyCache, type ImpairedEvent } from './key-cache.js';
-import { toKeyServiceError, type KeyService } from './key-service.js';
+import type { KeyService } from './key-service.js';
+import { ATTACH_GRANT_PREFIX, AttachGrants } from './attach-grants.js';
 import type { BlockDevice } from './types.js';
 import type { Attachment } from './attachment.js';
 import { verifyVolumeKey, type Luks2Volume } from './luks2-json.js';
@@ -60,8 +61,6 @@ export interface AttachmentsDeps {
   hide?: (volumeId: string, opts: { force: boolean }) => Promise<void>;
 }
 
-/** Grants named so belong to an attachment of the volume named after the prefix. */
-export const ATTACH_GRANT_PREFIX = 'ebsd-attach-';
 
 /**
  * Attachment orchestration for the VolumeManager (DESIGN §6). Attach: grant,
@@ -86,6 +85,8 @@ export class Attachments {
   private openCount: (volumeId: string) => number;
   private readonly expose: (dev: BlockDevice) => void;
   private readonly hide: (volumeId: string, opts: { force: boolean }) => Promise<void>;
+  /** Retirement of the attach grants (attach-grants.ts). */
+  readonly grants: AttachGrants;
 
   constructor(private readonly o: AttachmentsDeps) {
     this.dir = o.dir;
@@ -102,6 +103,7 @@ export class Attachments {
     this.openCount = o.openCount ?? (() => 0);
     this.expose = o.expose ?? (() => {});
     this.hide = o.hide ?? (async () => {});
+    this.grants = new AttachGrants(o.ks, o.host, o.catalog, o.mutex, o.log);
   }
 
   /** The FUSE layer reports open handles through this. */
@@ -135,7 +137,7 @@ export class Attachments {
       }
       if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
       if (req.InstanceId !== undefined && req.InstanceId !== this.instanceId) throw invalidParameter(`This host is ${this.instanceId}`);
-      if (rec.pendingGrantRetirements?.length) await this.retirePending(rec);
+      if (rec.pendingGrantRetirements?.length) await this.grants.retirePending(rec);
       if (rec.unencrypted) this.checkUnencryptedAllowed('attach');
       const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
       const att = await this.bringUp(rec, async (v) => {
@@ -152,7 +154,7 @@ export class Attachments {
           { ...caller, viaService: this.viaService },
         );
         // A crash from here until the catalog says in-use leaves a live grant with no record:
-        // the next start finds it by name and retires it (retireOrphanGrants).
+        // the next start finds it by name and retires it (AttachGrants.retireOrphans).
         faultPoint('attach.after-grant');
         // CreateGrant is idempotent by Name: a grant a failed detach left behind comes back as this one.
         if (rec.pendingGrantRetirements?.some((p) => p.grantId === g.GrantId)) {
@@ -176,7 +178,7 @@ export class Attachments {
         await this.teardown(att).catch(() => {});
         if (att.grantId) {
           const g = { grantId: att.grantId, keyArn: att.keyArn, grantToken: att.grantToken };
-          if (!(await this.retireOne(rec.volumeId, g, 'failed attach'))) (before.pendingGrantRetirements ??= []).push({ ...g, since: attachTime });
+          if (!(await this.grants.retireOne(rec.volumeId, g, 'failed attach'))) (before.pendingGrantRetirements ??= []).push({ ...g, since: attachTime });
         }
         if (recorded || before.pendingGrantRetirements?.length) {
           await this.catalog.put(before).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record the rolled-back attach'));
@@ -282,7 +284,7 @@ export class Attachments {
     let grantRetired = a.grantId === '';
     if (!grantRetired) {
       const g = { grantId: a.grantId, keyArn: rec.kmsKeyId, ...(a.grantToken ? { grantToken: a.grantToken } : {}) };
-      grantRetired = await this.retireOne(rec.volumeId, g, 'detach');
+      grantRetired = await this.grants.retireOne(rec.volumeId, g, 'detach');
       // The key is already wiped; a grant left behind only lets this host decrypt again.
       // Keep it so the next start or attach retires it (never forget a live grant).
       if (!grantRetired) (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
@@ -397,7 +399,7 @@ export class Attachments {
     } catch (e) {
       if (grantInfo && grantInfo.grantId && !resuming) {
         const g = { grantId: grantInfo.grantId, keyArn: rec.kmsKeyId, grantToken: grantInfo.grantToken };
-        if (!(await this.retireOne(rec.volumeId, g, 'failed attach'))) {
+        if (!(await this.grants.retireOne(rec.volumeId, g, 'failed attach'))) {
           (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
           await this.catalog.put(rec).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record a pending grant retirement'));
         }
@@ -408,113 +410,6 @@ export class Attachments {
     }
   }
 
-  // ---- grant retirement --------------------------------------------------
-
-  /**
-   * RetireGrant as the host (the grant's retiring principal), by grant token
-   * when we have it: the token names the grant without a key lookup, so a
-   * grant that is already gone answers NotFoundException (by KeyId+GrantId
-   * the core authorizes first, and the host, allowed only by the grant
-   * itself, gets AccessDeniedException once the grant is revoked).
-   *
-   * True when retrying is pointless: retired now, or KMS answered with an
-   * authoritative refusal (grant revoked or already retired, key deleted,
-   * denied). False only when KMS did not answer, so the grant may still be
-   * live and a later retry can succeed.
-   */
-  private async retireOne(volumeId: string, g: { grantId: string; keyArn: string; grantToken?: string }, when: string): Promise<boolean> {
-    try {
-      await this.ks.retireGrant(g.grantToken ? { GrantToken: g.grantToken } : { KeyId: g.keyArn, GrantId: g.grantId }, this.host);
-      return true;
-    } catch (e) {
-      const err = toKeyServiceError('RetireGrant', e);
-      if (err.authoritative) {
-        const gone = err.awsName === 'NotFoundException' || err.awsName === 'InvalidGrantIdException' || err.awsName === 'InvalidGrantTokenException';
-        this.log[gone ? 'info' : 'warn']({ volumeId, grantId: g.grantId, when, awsName: err.awsName }, gone ? 'attach grant already gone' : 'KMS refused RetireGrant; not retrying (revoke the grant as the account if it still exists)');
-        return true;
-      }
-      this.log.warn({ volumeId, grantId: g.grantId, when, err: errInfo(err) }, 'RetireGrant failed; grant kept for a later retry');
-      return false;
-    }
-  }
-
-  /** Retry the grant retirements a failed detach left on `rec`; updates the catalog. Never throws for KMS errors. */
-  async retirePending(rec: VolumeRecord): Promise<void> {
-    const before = rec.pendingGrantRetirements ?? [];
-    const left: NonNullable<VolumeRecord['pendingGrantRetirements']> = [];
-    for (const g of before) if (!(await this.retireOne(rec.volumeId, g, 'retry'))) left.push(g);
-    if (left.length === before.length) return;
-    if (left.length) rec.pendingGrantRetirements = left;
-    else delete rec.pendingGrantRetirements;
-    await this.catalog.put(rec);
-  }
-
-  /** Retire the attach grants no attachment holds (see retireOrphanGrants). */
-  retireOrphanGrants(onlyVolumeId?: string): Promise<string[]> {
-    return retireOrphanGrants(
-      { ks: this.ks, host: this.host, catalog: this.catalog, log: this.log, ...(onlyVolumeId !== undefined ? { onlyVolumeId } : {}) },
-      (volumeId, g) => this.retireOne(volumeId, g, 'orphan'),
-    );
-  }
-
-  /**
-   * Retire every attach grant a failed detach left behind (runs at open, and
-   * per volume before its next attach). Returns the grant ids still pending.
-   */
-  async retirePendingGrants(): Promise<string[]> {
-    const still: string[] = [];
-    for (const r of this.catalog.list()) {
-      if (!r.pendingGrantRetirements?.length) continue;
-      await this.mutex.run(r.volumeId, async () => {
-        const rec = this.catalog.get(r.volumeId);
-        if (!rec) return;
-        await this.retirePending(rec);
-        still.push(...(rec.pendingGrantRetirements ?? []).map((g) => g.grantId));
-      });
-    }
-    return still;
-  }
-}
-
-/**
- * Retire the attach grants no attachment holds: a crash between CreateGrant
- * and the catalog write leaves one; so does a delete of a volume whose
- * grant retirement kept failing. Found by ListRetirableGrants as the host
- * (grants whose retiring principal is this host), matched by name
- * (`ebsd-attach-<volume id>`) against the catalog, retired by id as the
- * host. `onlyVolumeId` limits the sweep to one volume (DeleteVolume).
- * Returns the grant ids retired. Never throws for KMS errors: a sweep that
- * cannot list is logged and retried at the next start.
- */
-export async function retireOrphanGrants(
-  o: { ks: KeyService; host: Caller; catalog: Catalog; log: Logger; onlyVolumeId?: string },
-  retire: (volumeId: string, g: { grantId: string; keyArn: string }) => Promise<boolean>,
-): Promise<string[]> {
-  if (!o.ks.listRetirableGrants) return [];
-  const orphans: { volumeId: string; grantId: string; keyArn: string }[] = [];
-  try {
-    let marker: string | undefined;
-    for (let page = 0; page < 1000; page++) {
-      const r = await o.ks.listRetirableGrants({ RetiringPrincipal: o.host.arn, Limit: 100, ...(marker ? { Marker: marker } : {}) }, o.host);
-      for (const g of r.Grants) {
-        if (!g.Name?.startsWith(ATTACH_GRANT_PREFIX)) continue;
-        const volumeId = g.Name.slice(ATTACH_GRANT_PREFIX.length);
-        if (o.onlyVolumeId !== undefined && volumeId !== o.onlyVolumeId) continue;
-        const rec = o.catalog.get(volumeId);
-        const held = rec?.state === 'in-use' && !rec.detaching && rec.attachment?.grantId === g.GrantId;
-        if (!held) orphans.push({ volumeId, grantId: g.GrantId, keyArn: g.KeyId });
-      }
-      if (!r.Truncated || !r.NextMarker) break;
-      marker = r.NextMarker;
-    }
-  } catch (e) {
-    o.log.warn({ err: errInfo(e) }, 'could not list the host\'s retirable grants; attach grants without an attachment stay until the next start');
-    return [];
-  }
-  const retired: string[] = [];
-  for (const g of orphans) if (await retire(g.volumeId, g)) retired.push(g.grantId);
-  if (orphans.length) o.log.warn({ grantIds: orphans.map((g) => g.grantId), retired: retired.length }, 'retired attach grants that no attachment holds');
-  return retired;
 }
 
 function sameContext(a: Record<string, string>, b: Record<string, string>): boolean {

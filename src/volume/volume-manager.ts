@@ -163,7 +163,7 @@ export class VolumeManager {
     const m = new VolumeManager(o, await Catalog.load(dir));
     await m.recover();
     await m.retirePendingGrants();
-    await m.attachments.retireOrphanGrants();
+    await m.attachments.grants.retireOrphans();
     return m;
   }
 
@@ -442,12 +442,12 @@ export class VolumeManager {
       const rec = this.record(req.VolumeId);
       if (rec.state === 'in-use') throw new VolumeError('VOLUME_IN_USE', `Volume ${rec.volumeId} is currently attached to ${rec.attachment?.instanceId}`, { awsName: 'VolumeInUse' });
       if (rec.state !== 'available' && rec.state !== 'error') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
-      if (rec.pendingGrantRetirements?.length) await this.attachments.retirePending(rec);
+      if (rec.pendingGrantRetirements?.length) await this.attachments.grants.retirePending(rec);
       if (rec.pendingGrantRetirements?.length) {
         this.log.warn({ volumeId: rec.volumeId, grantIds: rec.pendingGrantRetirements.map((g) => g.grantId) }, 'deleting a volume whose attach grants could not be retired; revoke them with RevokeGrant');
       }
       // Attach grants a crash left without a record would outlive the volume: retire them too.
-      await this.attachments.retireOrphanGrants(rec.volumeId);
+      await this.attachments.grants.retireOrphans(rec.volumeId);
       rec.state = 'deleting';
       await this.catalog.put(rec); // a crash from here on: recover() finishes the delete
       await this.removeImage(rec);
@@ -473,9 +473,9 @@ export class VolumeManager {
     return this.attachments.detachVolume(req, caller);
   }
 
-  /** Retire the attach grants a failed detach left behind; returns the grant ids still pending (Attachments.retirePendingGrants). */
+  /** Retire the attach grants a failed detach left behind; returns the grant ids still pending (AttachGrants.retirePendingGrants). */
   retirePendingGrants(): Promise<string[]> {
-    return this.attachments.retirePendingGrants();
+    return this.attachments.grants.retirePendingGrants();
   }
 
   // ---- ModifyVolume ------------------------------------------------------
