@@ -12,13 +12,14 @@ import { Catalog, type VolumeRecord, type VolumeState } from './catalog.js';
 import type { ImpairedEvent, KeyCacheState } from './key-cache.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { Attachments } from './attachments.js';
+import { VolumeRecovery } from './volume-recovery.js';
 import type { BlockDevice } from './types.js';
 import { buildLuks2Json, LUKS2_DATA_OFFSET, VOLUME_KEY_BYTES } from './luks2-json.js';
-import { createLuks2, readLuks2, updateLuks2 } from './luks2-header.js';
+import { createLuks2, updateLuks2 } from './luks2-header.js';
 import { VolumeError, incorrectState, invalidParameter, notFound, errInfo } from './errors.js';
 import { parseVolumeSize } from './size.js';
-import { createPlainImage, readPlainImage, resizePlainImage } from './plain-image.js';
-import { checkImageFile, growImageFile } from './backing-file.js';
+import { createPlainImage, resizePlainImage } from './plain-image.js';
+import { growImageFile } from './backing-file.js';
 import { EbsdError } from '../util/errors.js';
 import { faultPoint } from '../util/fault-point.js';
 
@@ -127,6 +128,7 @@ export class VolumeManager {
   readonly instanceId: string;
   private readonly mutex = new KeyedMutex();
   private readonly attachments: Attachments;
+  private readonly recovery: VolumeRecovery;
 
   private constructor(private readonly o: VolumeManagerOptions, private readonly catalog: Catalog) {
     this.dir = join(o.stateDir, 'volumes');
@@ -153,6 +155,14 @@ export class VolumeManager {
       audit: (ev) => this.audit(ev),
       ...(o.expose ? { expose: o.expose } : {}),
       ...(o.hide ? { hide: o.hide } : {}),
+    });
+    this.recovery = new VolumeRecovery({
+      dir: this.dir,
+      catalog,
+      attachments: this.attachments,
+      log: this.log,
+      audit: (ev) => this.audit(ev),
+      removeImage: (rec) => this.removeImage(rec),
     });
   }
 
@@ -181,96 +191,9 @@ export class VolumeManager {
     return this.attachments.list().map((a) => a.volumeId);
   }
 
-  /**
-   * Finish what a crash interrupted: `creating` and `deleting` records lose
-   * their image and their record; a `modifying` intent is settled from the
-   * LUKS2 header (settleModify); a `detaching` intent is finished (grant
-   * retired, `available`); temp files of interrupted writes go (they may
-   * hold grant tokens). Records still `in-use` are returned for
-   * resumeAttachments(). Images with no record are reported, never deleted
-   * (a lost catalog must not cost data).
-   */
-  async recover(): Promise<{ removed: string[]; inUse: string[]; orphans: string[] }> {
-    const removed: string[] = [];
-    for (const r of this.catalog.list()) {
-      if (r.state === 'creating' || r.state === 'deleting') {
-        await this.removeImage(r);
-        await this.catalog.remove(r.volumeId);
-        removed.push(r.volumeId);
-        this.audit({ eventName: 'VolumeRecovered', volumeId: r.volumeId, details: { was: r.state, action: 'removed' } });
-        continue;
-      }
-      if (r.modifying) await this.settleModify(r).catch((e) => this.log.error({ volumeId: r.volumeId, err: errInfo(e) }, 'could not settle an interrupted modify'));
-      else await this.reconcileSize(r).catch((e) => this.log.warn({ volumeId: r.volumeId, err: errInfo(e) }, 'could not read the image header at start'));
-      const cur = this.catalog.get(r.volumeId)!;
-      if (cur.detaching && cur.attachment) {
-        try {
-          await this.attachments.finishDetach(cur);
-          this.audit({ eventName: 'VolumeRecovered', volumeId: r.volumeId, details: { was: 'detaching', action: 'detached' } });
-        } catch (e) {
-          this.log.error({ volumeId: r.volumeId, err: errInfo(e) }, 'could not finish an interrupted detach; the next start retries');
-        }
-      }
-    }
-    const known = new Set(this.catalog.list().map((r) => r.image));
-    const orphans: string[] = [];
-    const temps: string[] = [];
-    for (const f of await fsp.readdir(this.dir)) {
-      // `.vol-….img.tmp` (create) and `.catalog.json.<hex>.tmp` (atomicWrite): never live across a start.
-      if (/^\..+\.tmp$/.test(f)) {
-        await fsp.rm(join(this.dir, f), { force: true });
-        temps.push(f);
-      } else if (/^vol-[0-9a-f]{17}\.img$/.test(f) && !known.has(f)) orphans.push(f);
-    }
-    if (temps.length) await fsyncDir(this.dir);
-    if (removed.length || orphans.length || temps.length) this.log.warn({ removed, orphans, temps }, 'recovered volume catalog after an interrupted operation');
-    const inUse = this.catalog.list().filter((r) => r.state === 'in-use').map((r) => r.volumeId);
-    return { removed, inUse, orphans };
-  }
-
-  /**
-   * Settle a ModifyVolume a crash or an error interrupted, from what the
-   * image header says: the new size (the header was written) rolls the
-   * catalog forward, anything else rolls it back to the larger of the old
-   * size and the header's. The file is grown to cover the header's size if
-   * it falls short; it is never shrunk.
-   */
-  private async settleModify(rec: VolumeRecord): Promise<void> {
-    const m = rec.modifying!;
-    const h = await this.imageSize(rec);
-    await growImageFile(join(this.dir, rec.image), h.dataOffset + h.size);
-    const size = h.size === m.targetSize ? m.targetSize : Math.max(m.originalSize, h.size);
-    rec.size = size;
-    delete rec.modifying;
-    await this.catalog.put(rec);
-    this.log.warn({ volumeId: rec.volumeId, originalSize: m.originalSize, targetSize: m.targetSize, headerSize: h.size, size }, 'settled an interrupted ModifyVolume from the image header');
-    this.audit({ eventName: 'VolumeRecovered', volumeId: rec.volumeId, details: { was: 'modifying', action: size === m.targetSize ? 'completed' : 'rolled-back', size } });
-  }
-
-  /**
-   * A header larger than the catalog (a modify interrupted before intents
-   * were recorded): the header and the data behind it win, never the smaller
-   * catalog size.
-   */
-  private async reconcileSize(rec: VolumeRecord): Promise<void> {
-    if (rec.state !== 'available' && rec.state !== 'in-use') return;
-    const h = await this.imageSize(rec);
-    if (h.size <= rec.size) return;
-    this.log.warn({ volumeId: rec.volumeId, catalogSize: rec.size, headerSize: h.size }, 'image header is larger than the catalog; taking the header size');
-    rec.size = h.size;
-    await this.catalog.put(rec);
-  }
-
-  /** The data size and offset the image header records (symlinks and non-regular files refused). */
-  private async imageSize(rec: VolumeRecord): Promise<{ size: number; dataOffset: number }> {
-    const path = join(this.dir, rec.image);
-    await checkImageFile(path);
-    if (rec.unencrypted) {
-      const p = await readPlainImage(path);
-      return { size: p.size, dataOffset: p.dataOffset };
-    }
-    const v = (await readLuks2(path)).volume;
-    return { size: v.size, dataOffset: v.dataOffset };
+  /** Finish what a crash interrupted (VolumeRecovery.recover). */
+  recover(): Promise<{ removed: string[]; inUse: string[]; orphans: string[] }> {
+    return this.recovery.recover();
   }
 
   // ---- CreateVolume ------------------------------------------------------
@@ -494,7 +417,7 @@ export class VolumeManager {
       const size = parseVolumeSize(req.Size);
       if (size <= rec.size) throw invalidParameter(`New size ${size} must be larger than the current size ${rec.size}; volumes only grow.`);
       const path = join(this.dir, rec.image);
-      const h = await this.imageSize(rec);
+      const h = await this.recovery.imageSize(rec);
       // Precondition: never below what the header says, whatever the catalog says.
       if (size <= h.size) throw invalidParameter(`New size ${size} must be larger than the size ${h.size} the image header of ${rec.volumeId} records; volumes only grow.`);
       const original = rec.size;
@@ -511,7 +434,7 @@ export class VolumeManager {
         }
       } catch (e) {
         this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'ModifyVolume failed; settling from the image header');
-        await this.settleModify(rec).catch((err) => this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'));
+        await this.recovery.settleModify(rec).catch((err) => this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'));
         throw e;
       }
       faultPoint('modify.after-header');
