@@ -3,11 +3,11 @@
  * xts-native.test.ts, xts-node.test.ts and xts-reference.test.ts.
  */
 import { readFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { XtsContext, XtsEngine, XtsRunOptions } from '../../src/crypto/xts.js';
 import { XtsError } from '../../src/crypto/xts-errors.js';
 import { ArgTypeError } from '../../src/util/errors.js';
+import { printSeedOnFailure, seeded } from './seeded.js';
 
 export interface XtsVector {
   name: string;
@@ -27,6 +27,10 @@ export const VECTORS: XtsVector[] = [...loadVectors('xts-aes-256.json'), ...load
 
 export const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 export const unhex = (s: string): Buffer => Buffer.from(s, 'hex');
+
+/** Every random key and buffer of the XTS tests comes from this seeded stream (seeded.ts). */
+const rnd = seeded('xts');
+export const randomBytes = (n: number): Buffer => rnd.bytes(n);
 
 /** A valid key whose halves differ. */
 export function randomKey(): Buffer {
@@ -63,6 +67,7 @@ export function runXtsSuite(engine: XtsEngine): void {
   };
 
   describe(`XTS engine: ${engine.name}`, () => {
+    printSeedOnFailure();
     it('reports its name', () => {
       expect(engine.name).toMatch(/^(native|node|reference)$/);
       const c = engine.createContext(randomKey());
