@@ -11,8 +11,10 @@ import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { isNativeAvailable, nativeAddon, nativeLoadError, peerCred, requireNative } from '../../src/crypto/native-addon.js';
 import { randomKey } from './xts-suite.js';
+import { printSeedOnFailure } from './seeded.js';
 
 describe('native addon', () => {
+  printSeedOnFailure();
   it('is built and loads (run `npm run build:native` if this fails)', () => {
     expect(nativeLoadError?.message ?? null).toBeNull();
     expect(isNativeAvailable()).toBe(true);
