@@ -6,11 +6,15 @@ import { createServer, connect, type Socket } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { isNativeAvailable, nativeAddon, nativeLoadError, peerCred, requireNative } from '../../src/crypto/native-addon.js';
 import { randomKey } from './xts-suite.js';
+import { printSeedOnFailure } from './seeded.js';
 
 describe('native addon', () => {
+  printSeedOnFailure();
   it('is built and loads (run `npm run build:native` if this fails)', () => {
     expect(nativeLoadError?.message ?? null).toBeNull();
     expect(isNativeAvailable()).toBe(true);
@@ -61,13 +65,45 @@ describe('native addon', () => {
   });
 
   it('async runs keep their buffer alive until done, even if JS drops it (GC during the run)', async () => {
+    // The test config does not pass --expose-gc; turning the flag on at run time
+    // and reading `gc` from a fresh context gives the same full collection.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    expect(typeof gc).toBe('function');
     const n = requireNative();
     const ctx = n.createContext(randomKey());
-    const results: Promise<void>[] = [];
-    for (let i = 0; i < 32; i++) results.push(n.encrypt(ctx, Buffer.alloc(1 << 20), BigInt(i), 4096, 8));
-    (globalThis as { gc?: () => void }).gc?.();
-    await Promise.all(results);
+    const RUNS = 16, SIZE = 1 << 20;
+    const expected = Array.from({ length: RUNS }, (_, i) => {
+      const b = Buffer.alloc(SIZE, i);
+      n.encryptSync(ctx, b, BigInt(i) * 8n, 4096, 8);
+      return b;
+    });
+    const freed = new Set<number>();
+    const registry = new FinalizationRegistry<number>((i) => freed.add(i));
+    const refs: WeakRef<Buffer>[] = [];
+    // Each run's buffer is reachable from JS only through a WeakRef: the addon's
+    // own reference is all that keeps it alive while the run is in flight.
+    const runs = ((): Promise<boolean>[] => {
+      const out: Promise<boolean>[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        const b = Buffer.alloc(SIZE, i);
+        refs.push(new WeakRef(b));
+        registry.register(b, i);
+        out.push(n.encrypt(ctx, b, BigInt(i) * 8n, 4096, 8).then(() => refs[i]!.deref()?.equals(expected[i]!) ?? false));
+      }
+      return out;
+    })();
+    await new Promise((r) => setImmediate(r)); // leave the job that created the WeakRefs (they hold their targets until it ends)
+    gc();
+    expect(freed.size).toBe(0);
+    expect(await Promise.all(runs)).toEqual(Array(RUNS).fill(true)); // alive through gc, and holding the right ciphertext
     n.destroyContext(ctx);
+    // Once done, the addon lets go: every buffer is collected (poll; finalizers run as later tasks).
+    for (let i = 0; i < 100 && freed.size < RUNS; i++) {
+      gc();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(freed.size).toBe(RUNS);
   });
 
   it('an async run really leaves the event loop free', async () => {

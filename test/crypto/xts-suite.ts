@@ -3,11 +3,11 @@
  * xts-native.test.ts, xts-node.test.ts and xts-reference.test.ts.
  */
 import { readFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { XtsContext, XtsEngine, XtsRunOptions } from '../../src/crypto/xts.js';
 import { XtsError } from '../../src/crypto/xts-errors.js';
 import { ArgTypeError } from '../../src/util/errors.js';
+import { printSeedOnFailure, seeded } from './seeded.js';
 
 export interface XtsVector {
   name: string;
@@ -19,12 +19,18 @@ export interface XtsVector {
   ciphertext: string;
 }
 
-export const VECTORS: XtsVector[] = JSON.parse(
-  readFileSync(new URL('../vectors/xts-aes-256.json', import.meta.url), 'utf8'),
-).vectors;
+const loadVectors = (file: string): XtsVector[] =>
+  JSON.parse(readFileSync(new URL(`../vectors/${file}`, import.meta.url), 'utf8')).vectors;
+
+/** IEEE 1619 Annex B (512-byte units) and Python `cryptography`'s answers for 4096-byte units, tweak step 8 (test/vectors/README.md). */
+export const VECTORS: XtsVector[] = [...loadVectors('xts-aes-256.json'), ...loadVectors('xts-aes-256-4096.json')];
 
 export const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 export const unhex = (s: string): Buffer => Buffer.from(s, 'hex');
+
+/** Every random key and buffer of the XTS tests comes from this seeded stream (seeded.ts). */
+const rnd = seeded('xts');
+export const randomBytes = (n: number): Buffer => rnd.bytes(n);
 
 /** A valid key whose halves differ. */
 export function randomKey(): Buffer {
@@ -61,6 +67,7 @@ export function runXtsSuite(engine: XtsEngine): void {
   };
 
   describe(`XTS engine: ${engine.name}`, () => {
+    printSeedOnFailure();
     it('reports its name', () => {
       expect(engine.name).toMatch(/^(native|node|reference)$/);
       const c = engine.createContext(randomKey());
@@ -78,10 +85,16 @@ export function runXtsSuite(engine: XtsEngine): void {
     });
 
     describe('IEEE 1619 vectors', () => {
-      it('has vectors 10 to 14', () => {
+      it('has vectors 10 to 14, and 4096-byte sectors 0, 1, past 2^32, the last one and a run', () => {
         expect(VECTORS.map((v) => v.name)).toEqual(
           expect.arrayContaining([10, 11, 12, 13, 14].map((n) => `IEEE 1619 Vector ${n}`)),
         );
+        const sectors = VECTORS.filter((v) => v.unitSize === 4096);
+        expect(sectors.every((v) => v.tweakStep === 8)).toBe(true);
+        expect(sectors.map((v) => BigInt(v.tweak))).toEqual(
+          expect.arrayContaining([0n, 8n, 8n * (2n ** 32n + 5n), 2n ** 64n - 8n, 8000n]),
+        );
+        expect(sectors.some((v) => v.plaintext.length / 2 > v.unitSize)).toBe(true);
       });
       for (const v of VECTORS) {
         const opts: XtsRunOptions = { unitSize: v.unitSize, tweakStep: v.tweakStep };
@@ -99,13 +112,20 @@ export function runXtsSuite(engine: XtsEngine): void {
           await c.decrypt(buf, BigInt(v.tweak), opts);
           expect(hex(buf)).toBe(v.plaintext);
         }));
-        it(`${v.name}: tweak as a number, and as unit 2 of a run starting one unit earlier`, withCtx(unhex(v.key), (c) => {
-          const buf = unhex(v.plaintext);
-          c.encryptSync(buf, Number(BigInt(v.tweak)), opts);
-          expect(hex(buf)).toBe(v.ciphertext);
-          const run = Buffer.concat([Buffer.alloc(v.unitSize), unhex(v.plaintext)]);
-          c.encryptSync(run, BigInt(v.tweak) - BigInt(v.tweakStep), opts);
-          expect(hex(run.subarray(v.unitSize))).toBe(v.ciphertext);
+        const t = BigInt(v.tweak);
+        it(`${v.name}: tweak as a number where it is safe, and as unit 2 of a run starting one unit earlier`, withCtx(unhex(v.key), (c) => {
+          if (t <= BigInt(Number.MAX_SAFE_INTEGER)) {
+            const buf = unhex(v.plaintext);
+            c.encryptSync(buf, Number(t), opts);
+            expect(hex(buf)).toBe(v.ciphertext);
+          }
+          // A unit before and after the vector's, where the tweak range has one (not before 0, not after 2^64 - 1).
+          const step = BigInt(v.tweakStep), units = BigInt(v.plaintext.length / 2 / v.unitSize);
+          const before = t >= step ? 1 : 0;
+          const after = t + units * step < 2n ** 64n ? 1 : 0;
+          const run = Buffer.concat([Buffer.alloc(before * v.unitSize), unhex(v.plaintext), Buffer.alloc(after * v.unitSize)]);
+          c.encryptSync(run, t - BigInt(before) * step, opts);
+          expect(hex(run.subarray(before * v.unitSize, run.length - after * v.unitSize))).toBe(v.ciphertext);
         }));
       }
     });

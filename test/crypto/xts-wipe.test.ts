@@ -11,11 +11,13 @@ import { referenceXtsEngine } from '../../src/crypto/xts-reference.js';
 import { nativeXtsEngine } from '../../src/crypto/xts-native.js';
 import { requireNative } from '../../src/crypto/native-addon.js';
 import { randomKey } from './xts-suite.js';
+import { printSeedOnFailure } from './seeded.js';
 
 type WithKeyBuffers = { _keyBuffers(): ArrayBufferView[] };
 const allZero = (v: ArrayBufferView) => new Uint8Array(v.buffer, v.byteOffset, v.byteLength).every((b) => b === 0);
 
 describe('XTS key wiping', () => {
+  printSeedOnFailure();
   for (const engine of [nodeXtsEngine, referenceXtsEngine]) {
     it(`${engine.name}: key copies are non-zero while live and zero after destroy()`, () => {
       const c = engine.createContext(randomKey());

@@ -87,29 +87,65 @@ describe('keystore', () => {
 
   it('SIGKILL during updates leaves old or new state, never a corrupt one', async () => {
     const t = tempDir();
-    let kms = await openKms(t.dir, { hsmMode: 'inline' });
-    const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
-    const e = await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('durable') }, admin);
-    await kms.close();
-    const child = fileURLToPath(new URL('./crash-child.ts', import.meta.url));
-    for (let round = 0; round < 3; round++) {
-      const p = spawn(process.execPath, ['--import', devLoaderUrl(), child, t.dir, k.KeyId], { stdio: ['ignore', 'pipe', 'inherit'] });
-      await new Promise<void>((res) => p.stdout.once('data', () => res()));
-      await new Promise((r) => setTimeout(r, 300 + round * 150));
-      const exited = p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r));
-      expect(p.exitCode).toBe(null); // still running: the kill lands mid-update
-      p.kill('SIGKILL');
-      await exited;
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    let p: ReturnType<typeof spawn> | undefined;
+    try {
       kms = await openKms(t.dir, { hsmMode: 'inline' });
-      expect(kms.context.keystore.broken.size).toBe(0);
-      const md = (await kms.call('DescribeKey', { KeyId: k.KeyId }, admin)).KeyMetadata as { Description: string };
-      expect(md.Description).toMatch(/^d\d+$|^$/);
-      expect(Buffer.from((await kms.call('Decrypt', { CiphertextBlob: e.CiphertextBlob }, admin)).Plaintext as Uint8Array).toString()).toBe('durable');
-      await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('x') }, admin);
-      const aliases = (await kms.call('ListAliases', { Limit: 100 }, admin)).Aliases as unknown[];
-      expect(Array.isArray(aliases)).toBe(true);
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      const e = await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('durable') }, admin);
       await kms.close();
+      kms = undefined;
+      const child = fileURLToPath(new URL('./crash-child.ts', import.meta.url));
+      for (let round = 0; round < 3; round++) {
+        const c = spawn(process.execPath, ['--import', devLoaderUrl(), child, t.dir, k.KeyId], { stdio: ['ignore', 'pipe', 'inherit'] });
+        p = c;
+        // The last update of each kind the child saw return: durable, so the state
+        // after the kill must hold it, or the one after it that was in flight.
+        const done = { desc: -1, tag: -1, alias: -1 };
+        const exited = new Promise<void>((res) => c.once('exit', () => res()));
+        const target = round + 1; // kill at a different point each round
+        await new Promise<void>((res, rej) => {
+          let buf = '';
+          c.stdout!.on('data', (d: Buffer) => {
+            buf += d.toString();
+            for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+              const [kind, n] = buf.slice(0, nl).split(' ');
+              buf = buf.slice(nl + 1);
+              if (kind === 'desc' || kind === 'tag' || kind === 'alias') done[kind] = Number(n);
+            }
+            if (done.alias >= target) res();
+          });
+          c.once('exit', (code, sig) => rej(new Error(`crash child exited early (${code ?? sig})`)));
+        });
+        expect(c.exitCode).toBe(null); // still looping through updates: the kill lands mid-sequence
+        c.kill('SIGKILL');
+        await exited;
+        expect(c.signalCode).toBe('SIGKILL');
+        const seen = { ...done }; // nothing the child reported after the kill counts
+
+        kms = await openKms(t.dir, { hsmMode: 'inline' });
+        expect(kms.context.keystore.broken.size).toBe(0);
+        const md = (await kms.call('DescribeKey', { KeyId: k.KeyId }, admin)).KeyMetadata as { Description: string };
+        expect([`d${seen.desc}`, `d${seen.desc + 1}`]).toContain(md.Description);
+        const tags = (await kms.call('ListResourceTags', { KeyId: k.KeyId }, admin)).Tags as { TagKey: string; TagValue: string }[];
+        expect([String(seen.tag), String(seen.tag + 1)]).toContain(tags.find((x) => x.TagKey === 't')?.TagValue);
+        const aliases = (await kms.call('ListAliases', { Limit: 100 }, admin)).Aliases as { AliasName: string; TargetKeyId?: string }[];
+        const mine = aliases.filter((x) => x.AliasName.startsWith(`alias/a${c.pid}-`));
+        const reported = Array.from({ length: seen.alias + 1 }, (_, i) => `alias/a${c.pid}-${i}`);
+        expect(mine.map((x) => x.AliasName)).toEqual(expect.arrayContaining(reported));
+        expect(mine.length - reported.length).toBeGreaterThanOrEqual(0);
+        expect(mine.length - reported.length).toBeLessThanOrEqual(1); // at most the one in flight
+        expect(mine.every((x) => x.TargetKeyId === k.KeyId)).toBe(true);
+        expect(Buffer.from((await kms.call('Decrypt', { CiphertextBlob: e.CiphertextBlob }, admin)).Plaintext as Uint8Array).toString()).toBe('durable');
+        const again = await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('x') }, admin);
+        expect(Buffer.from((await kms.call('Decrypt', { CiphertextBlob: again.CiphertextBlob }, admin)).Plaintext as Uint8Array).toString()).toBe('x');
+        await kms.close();
+        kms = undefined;
+      }
+    } finally {
+      if (p && p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+      await kms?.close();
+      t.cleanup();
     }
-    t.cleanup();
-  }, 60_000);
+  }, 120_000);
 });

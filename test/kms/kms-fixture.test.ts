@@ -1,0 +1,120 @@
+/**
+ * The frozen kms-v1 fixture (test/fixtures/kms-v1, written once by
+ * scripts/make-kms-fixture.mjs): every later version of ebsd must open this
+ * state dir with its passphrase, decrypt every blob to the recorded plaintext,
+ * list the same aliases and grant, verify the recorded signature, and find the
+ * audit log intact. A change to the KDF, the blob layout, the HSM domain
+ * sealing, a key file or the audit chain fails here first.
+ *
+ * The test works on a copy: opening a KMS appends audit events.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cpSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KmsService } from '../../src/kms/kms-core.js';
+import { openAuthz, registerAuthzOperations } from '../../src/kms/authz/index.js';
+import { verifyAuditLog } from '../../src/kms/audit/verify.js';
+import { admin, tempDir } from './helpers.js';
+
+const FIX = fileURLToPath(new URL('../fixtures/kms-v1/', import.meta.url));
+const PASSPHRASE = readFileSync(join(FIX, 'TEST-ONLY-PASSPHRASE.txt'), 'utf8').replace(/\n$/, '');
+interface Blob { name: string; keyId: string; plaintext: string; encryptionContext?: Record<string, string>; encryptionAlgorithm?: string; ciphertextBlob: string }
+const EXPECTED = JSON.parse(readFileSync(join(FIX, 'expected.json'), 'utf8')) as {
+  accountId: string; region: string;
+  keys: Record<'main' | 'second' | 'rsa' | 'ecc', string>;
+  aliases: Record<string, string>;
+  grant: { keyId: string; grantId: string; name: string; operations: string[] };
+  blobs: Blob[];
+  signature: { keyId: string; signingAlgorithm: string; message: string; signature: string; publicKey: string };
+};
+const b64 = (s: string): Buffer => Buffer.from(s, 'base64');
+
+describe('kms-v1 fixture', () => {
+  let t: ReturnType<typeof tempDir>;
+  let state: string;
+  let kms: KmsService | undefined;
+
+  beforeAll(async () => {
+    t = tempDir('ebsd-kms-v1-');
+    state = join(t.dir, 'state');
+    cpSync(join(FIX, 'state'), state, { recursive: true });
+    // Wired as the daemon wires it (src/daemon/daemon.ts): identities at the root, the KMS under kms/.
+    const authz = await openAuthz({ stateDir: state, kmsDir: join(state, 'kms') });
+    expect(authz.identities.accountId).toBe(EXPECTED.accountId);
+    kms = await KmsService.open({
+      stateDir: join(state, 'kms'), accountId: authz.identities.accountId, region: authz.identities.region,
+      passphrase: PASSPHRASE, hsmMode: 'inline', authorizer: authz.authorizer,
+    });
+    registerAuthzOperations(kms, authz.authorizer);
+  });
+  afterAll(async () => {
+    await kms?.close();
+    t?.cleanup();
+  });
+
+  it('the audit log as frozen verifies: hash chain and signed digest', () => {
+    const r = verifyAuditLog(join(FIX, 'state', 'kms', 'audit'));
+    expect(r.problem).toBeUndefined();
+    expect(r.ok).toBe(true);
+    expect(r.digests).toBeGreaterThanOrEqual(1);
+    expect(r.sealedThrough).toBe(r.events - 1); // closed cleanly: every event is under a signature
+  });
+
+  it('has every key, with the main key rotated once', async () => {
+    for (const [role, id] of Object.entries(EXPECTED.keys)) {
+      const md = (await kms!.call('DescribeKey', { KeyId: id }, admin)).KeyMetadata as { KeyId: string; KeyState: string; Description: string };
+      expect(md.KeyState, role).toBe('Enabled');
+      expect(md.Description).toMatch(/^kms-v1 /);
+    }
+    const rot = await kms!.call('ListKeyRotations', { KeyId: EXPECTED.keys.main }, admin);
+    expect((rot.Rotations as unknown[]).length).toBe(1);
+  });
+
+  it('decrypts every blob to its recorded plaintext (contexts and algorithms as recorded)', async () => {
+    expect(EXPECTED.blobs.length).toBeGreaterThanOrEqual(7);
+    for (const b of EXPECTED.blobs) {
+      const r = await kms!.call('Decrypt', {
+        CiphertextBlob: b64(b.ciphertextBlob),
+        ...(b.encryptionContext ? { EncryptionContext: b.encryptionContext } : {}),
+        ...(b.encryptionAlgorithm ? { KeyId: b.keyId, EncryptionAlgorithm: b.encryptionAlgorithm } : {}),
+      }, admin);
+      expect(Buffer.from(r.Plaintext as Uint8Array).toString('base64'), b.name).toBe(b.plaintext);
+      expect(r.KeyId, b.name).toBe(b.keyId);
+    }
+  });
+
+  it('refuses a recorded blob under another encryption context', async () => {
+    const b = EXPECTED.blobs.find((x) => x.encryptionContext)!;
+    const err = await kms!.call('Decrypt', { CiphertextBlob: b64(b.ciphertextBlob), EncryptionContext: { other: 'x' } }, admin).catch((e) => e);
+    expect(err).toMatchObject({ awsName: 'InvalidCiphertextException' });
+  });
+
+  it('lists the aliases and the grant', async () => {
+    const aliases = (await kms!.call('ListAliases', { Limit: 100 }, admin)).Aliases as { AliasName: string; TargetKeyId?: string }[];
+    for (const [name, keyArn] of Object.entries(EXPECTED.aliases)) {
+      expect(aliases.find((a) => a.AliasName === name)?.TargetKeyId, name).toBe(keyArn.split('/').pop());
+    }
+    const grants = (await kms!.call('ListGrants', { KeyId: EXPECTED.grant.keyId }, admin)).Grants as { GrantId: string; Name: string; Operations: string[] }[];
+    expect(grants).toHaveLength(1);
+    expect(grants[0]).toMatchObject({ GrantId: EXPECTED.grant.grantId, Name: EXPECTED.grant.name, Operations: EXPECTED.grant.operations });
+  });
+
+  it('verifies the recorded ECDSA signature and serves the same public key', async () => {
+    const s = EXPECTED.signature;
+    const v = await kms!.call('Verify', { KeyId: s.keyId, Message: b64(s.message), Signature: b64(s.signature), SigningAlgorithm: s.signingAlgorithm }, admin);
+    expect(v.SignatureValid).toBe(true);
+    const pk = await kms!.call('GetPublicKey', { KeyId: s.keyId }, admin);
+    expect(Buffer.from(pk.PublicKey as Uint8Array).toString('base64')).toBe(s.publicKey);
+  });
+
+  it('keeps working: a new blob under the rotated key round-trips and the audit log of the copy still verifies', async () => {
+    const e = await kms!.call('Encrypt', { KeyId: 'alias/kms-v1-main', Plaintext: Buffer.from('v-next') }, admin);
+    expect(Buffer.from((await kms!.call('Decrypt', { CiphertextBlob: e.CiphertextBlob }, admin)).Plaintext as Uint8Array).toString()).toBe('v-next');
+    await kms!.close();
+    kms = undefined;
+    const r = verifyAuditLog(join(state, 'kms', 'audit'));
+    expect(r.problem).toBeUndefined();
+    expect(r.ok).toBe(true);
+  });
+});
