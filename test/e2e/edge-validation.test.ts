@@ -253,3 +253,32 @@ describe('state files and catalog records that are damaged', () => {
     expect(r.stderr).toMatch(new RegExp(`ebsd daemon: ${join(env.state, 'identities.json')} is corrupt: not valid JSON \\(line 2, column 3\\)`));
   });
 });
+
+describe('a full disk under the KMS state', () => {
+  const env = new Env('edge-enospc');
+  let mounted = false;
+
+  beforeAll(async () => {
+    ensureBuilt();
+    // The state dir on a small tmpfs of its own, so filling it touches nothing else.
+    mkdirSync(env.state, { recursive: true });
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=32m,mode=0711', 'tmpfs', env.state], { encoding: 'utf8' });
+    if (m.status !== 0) throw new Error(`mount tmpfs: ${m.stderr}`);
+    mounted = true;
+    await env.start();
+  });
+  afterAll(async () => {
+    await env.stop().catch(() => {});
+    if (mounted) spawnSync('umount', ['-l', env.state]);
+    await env.cleanup();
+  });
+
+  it('says "no space left on device" and names the file, exit 10', async () => {
+    await env.ok(['kms', 'create-key', '--description', 'before']);
+    // Fill the filesystem: dd stops at ENOSPC.
+    spawnSync('dd', ['if=/dev/zero', `of=${join(env.state, 'fill')}`, 'bs=1M'], { encoding: 'utf8' });
+    const r = await env.cli(['kms', 'create-key', '--description', 'after']);
+    expect(r.code).toBe(10);
+    expect(r.stderr).toMatch(/^ebsd: KMSInternalException: An internal error occurred: no space left on device \(ENOSPC\) writing (\/\S+\/kms\/\S+|the audit log kms\/audit\/events\.ndjson)\n$/);
+  });
+});
