@@ -31,16 +31,16 @@ export const EXIT_CODES_HELP = `Exit codes:
   2  usage error (bad command line)
   3  daemon not running / control socket unreachable
   4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)
-  5  not found (NotFoundException, InvalidVolume.NotFound, NoSuchEntity)
+  5  not found (NotFoundException, InvalidVolume.NotFound, InvalidVolumeID.Malformed, NoSuchEntity)
   6  conflicting state (VolumeInUse, IncorrectState, DisabledException, KMSInvalidStateException, AlreadyExists)
   7  invalid request (ValidationException, InvalidParameterValue, InvalidFilter, TagLimitExceeded, UnknownParameter,
-     InvalidVolumeID.Malformed, MalformedPolicyDocument, InvalidCiphertextException,
+     MalformedPolicyDocument, InvalidCiphertextException,
      OperationNotPermitted: --cipher none on a daemon started without --allow-unencrypted, ...)
   8  audit verification failed
   9  daemon could not start (already running on this state dir, mount failed, refused configuration)
  10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, a corrupt image: *.Corrupt)`;
 
-const NOT_FOUND = new Set(['NotFoundException', 'InvalidVolume.NotFound', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
+const NOT_FOUND = new Set(['NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
 const CONFLICT = new Set([
   'VolumeInUse', 'IncorrectState', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
   'EntityAlreadyExistsException', 'DeleteConflictException', 'LimitExceededException',

@@ -107,7 +107,7 @@ describe('edge validation through the real daemon', () => {
     const page = await raw(env, 'ebsd.DescribeVolumes', '{"MaxResults":1}');
     expect(page.body).toMatchObject({ __type: 'InvalidParameterValue', message: expect.stringMatching(/MaxResults/) });
     const cli = await env.cli(['volume', 'describe', 'vol-nope']);
-    expect(cli.code).toBe(7);
+    expect(cli.code).toBe(5); // as for InvalidVolume.NotFound (ebsd --help)
     expect(cli.stderr).toMatch(/^ebsd: InvalidVolumeID\.Malformed: /);
   });
 
