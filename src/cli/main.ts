@@ -318,6 +318,7 @@ function auditCommands(y: Argv): Argv {
         (b) => b.option('n', { alias: 'limit', type: 'number', default: 20 }),
         async (a) => {
           const g = a as unknown as Globals;
+          if (!Number.isInteger(a.n) || a.n < 1 || a.n > 10_000) throw new UsageError(`-n must be an integer from 1 to 10000, got ${String(a.n)}`);
           const res = await call(g, 'ebsd.AuditTail', { Limit: a.n });
           show(g, res, () =>
             table(res.Events as R[], [
