@@ -346,7 +346,8 @@ function auditCommands(y: Argv): Argv {
 
 function iamCommands(y: Argv): Argv {
   const simple = (v: Argv, cmd: string, desc: string, op: string, toBody: (a: R) => R, tableFn?: (res: R) => string): Argv =>
-    v.command(cmd, desc, () => {}, async (a) => {
+    // Positionals declared, or strictOptions() takes them for unknown options.
+    v.command(cmd, desc, (b) => [...cmd.matchAll(/<([^>]+)>/g)].reduce((y, m) => y.positional(m[1]!, { type: 'string' }), b), async (a) => {
       const g = a as unknown as Globals;
       const res = await call(g, `ebsd.Iam${op}`, toBody(a as R));
       show(g, res, tableFn ? () => tableFn(res) : undefined);

@@ -171,8 +171,10 @@ describe('edge validation through the real daemon', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr, args.join(' ')).toMatch(msg);
     }
-    // A known flag still works.
+    // Known flags and positionals still work.
     expect((await env.ok(['kms', 'list-keys', '--limit', '5'])).Keys).toBeDefined();
+    expect((await env.ok(['iam', 'create-user', 'edge-user'])).User.UserName).toBe('edge-user');
+    expect(await env.ok(['iam', 'list-policies', 'user/edge-user'])).toEqual({ PolicyNames: [] });
   });
 
   it('a bad --query is a usage error naming the expression, before anything is sent', async () => {
