@@ -41,7 +41,8 @@ export function parseVolumeSize(v: unknown, name = 'Size'): number {
 export async function checkImageSizeFits(dir: string, v: unknown, name = 'Size'): Promise<number> {
   const size = parseVolumeSize(v, name);
   const need = LUKS2_DATA_OFFSET + size;
-  const probe = join(dir, `.size-probe-${randomBytes(6).toString('hex')}.tmp`);
+  // Named as atomicWrite names its temp files, so the start-up clean-up removes one a crash left behind.
+  const probe = join(dir, `.size-probe.${randomBytes(6).toString('hex')}.tmp`);
   const fh = await fsp.open(probe, 'wx', 0o600);
   try {
     if (await fits(fh, need)) return size;
