@@ -203,12 +203,22 @@ describe('edge validation through the real daemon', () => {
     const key = (await env.ok(['kms', 'create-key', '--description', 'proto'])).KeyMetadata.KeyId as string;
     const pt = join(env.dir, 'pt');
     writeFileSync(pt, 'proto-bound');
-    await env.ok(['kms', 'encrypt', '--key-id', key, '--plaintext', `fileb://${pt}`, '--encryption-context', '__proto__=x,app=y']);
+    const enc = await env.ok(['kms', 'encrypt', '--key-id', key, '--plaintext', `fileb://${pt}`, '--encryption-context', '__proto__=x,app=y']);
+    const ct = join(env.dir, 'proto.ct');
+    writeFileSync(ct, Buffer.from(enc.CiphertextBlob, 'base64'));
     const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.eventName === 'Encrypt').pop();
     const ctx = ev.requestParameters.encryptionContext;
     expect(Object.hasOwn(ctx, '__proto__')).toBe(true);
     expect(Object.getOwnPropertyDescriptor(ctx, '__proto__')!.value).toBe('x');
     expect(ctx.app).toBe('y');
+    // The key is bound into the ciphertext: decrypt needs it, with its value.
+    const dec = await env.ok(['kms', 'decrypt', '--ciphertext-blob', `fileb://${ct}`, '--encryption-context', '__proto__=x,app=y']);
+    expect(Buffer.from(dec.Plaintext, 'base64').toString()).toBe('proto-bound');
+    for (const wrong of ['app=y', '__proto__=z,app=y']) {
+      const r = await env.cli(['kms', 'decrypt', '--ciphertext-blob', `fileb://${ct}`, '--encryption-context', wrong]);
+      expect(r.code, wrong).toBe(7);
+      expect(r.stderr, wrong).toMatch(/^ebsd: InvalidCiphertextException: /);
+    }
   });
 });
 
