@@ -23,6 +23,9 @@ import { checkImageSizeFits } from '../volume/size.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
+/** The largest uid a mapping may name: uid_t is 32 bits and 2^32-1 is (uid_t)-1, "no uid". */
+export const MAX_UID = 2 ** 32 - 2;
+
 /** The IAM role this host acts as: grantee and retiring principal of attach grants (DESIGN §6). */
 export const HOST_ROLE = 'ebsd-host';
 
@@ -43,9 +46,6 @@ export const HOST_ROLE = 'ebsd-host';
  * The caller is the socket peer's uid (SO_PEERCRED) mapped through identities.json.
  * An unmapped uid is refused everything and every refusal is audited.
  */
-/** The largest uid a mapping may name: uid_t is 32 bits and 2^32-1 is (uid_t)-1, "no uid". */
-export const MAX_UID = 2 ** 32 - 2;
-
 const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeStatus', 'DeleteVolume', 'AttachVolume', 'DetachVolume', 'ModifyVolume']);
 
 export class Daemon {
@@ -194,7 +194,8 @@ export class Daemon {
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
     const source = VOLUME_OPS.has(op) ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
-    const volumeId = typeof body.VolumeId === 'string' ? body.VolumeId : undefined;
+    // Only a well-formed id reaches the audit record of a refusal (a body member may be 1 MB long).
+    const volumeId = typeof body.VolumeId === 'string' && VOLUME_ID_RE.test(body.VolumeId) ? body.VolumeId : undefined;
     if (caller.type === 'Unknown') {
       await this.deny(source, op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
     }
