@@ -31,13 +31,14 @@ export const EXIT_CODES_HELP = `Exit codes:
   2  usage error (bad command line)
   3  daemon not running / control socket unreachable
   4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)
-  5  not found (NotFoundException, InvalidVolume.NotFound, NoSuchEntity)
+  5  not found (NotFoundException, InvalidVolume.NotFound, InvalidVolumeID.Malformed, NoSuchEntity)
   6  conflicting state (VolumeInUse, IncorrectState, DisabledException, KMSInvalidStateException, AlreadyExists)
-  7  invalid request (ValidationException, InvalidParameterValue, MalformedPolicyDocument, InvalidCiphertextException,
+  7  invalid request (ValidationException, InvalidParameterValue, InvalidFilter, TagLimitExceeded, UnknownParameter,
+     MalformedPolicyDocument, InvalidCiphertextException,
      OperationNotPermitted: --cipher none on a daemon started without --allow-unencrypted, ...)
   8  audit verification failed
   9  daemon could not start (already running on this state dir, mount failed, refused configuration)
- 10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure)`;
+ 10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, a corrupt image: *.Corrupt)`;
 
 const NOT_FOUND = new Set(['NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
 const CONFLICT = new Set([
@@ -53,5 +54,7 @@ export function exitCodeFor(awsName: string | undefined, httpStatus?: number): n
   if (NOT_FOUND.has(awsName)) return EXIT.NOT_FOUND;
   if (CONFLICT.has(awsName)) return EXIT.CONFLICT;
   if (SERVICE.has(awsName)) return EXIT.SERVICE;
+  // A corrupt image or state file (`InvalidVolume.Corrupt`, `CorruptImage`, ...): the request was fine, the data is not.
+  if (/(^|\.)Corrupt/.test(awsName)) return EXIT.SERVICE;
   return EXIT.INVALID;
 }

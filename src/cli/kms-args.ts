@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { KMS_MEMBERS } from './kms-members.js';
 
 /**
  * AWS-CLI-style arguments for `ebsd kms <operation>`: kebab-case flags map to
@@ -27,7 +28,9 @@ const NUMBERS = new Set(['NumberOfBytes', 'Limit', 'PendingWindowInDays', 'Rotat
 const BOOLEANS = new Set(['BypassPolicyLockoutSafetyCheck', 'DryRun', 'MultiRegion', 'IncludeKeyMaterial']);
 
 /** Options the CLI itself consumes; never sent to KMS. */
-const GLOBAL = new Set(['output', 'query', 'state-dir', 'help', 'version', 'alias']);
+const GLOBAL = new Set(['output', 'query', 'state-dir', 'help', 'version']);
+/** CLI-only options of one operation. */
+const CLI_ONLY: Readonly<Record<string, readonly string[]>> = { CreateKey: ['alias'] };
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -46,9 +49,17 @@ export function operationFromKebab(op: string): string {
   return known;
 }
 
-/** Parse the tokens after `ebsd kms <operation>` into a request object. */
-export function parseKmsArgs(tokens: string[]): Record<string, unknown> {
-  const req: Record<string, unknown> = {};
+/**
+ * Parse the tokens after `ebsd kms <operation>` into a request object: a
+ * null-prototype object, so a member or map key named `__proto__` is carried
+ * as data. A flag that is no member of `operation` is refused with the AWS
+ * CLI's wording, `Unknown options: --kye-id, x`.
+ */
+export function parseKmsArgs(tokens: string[], operation?: string): Record<string, unknown> {
+  const req: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+  const members = operation === undefined ? undefined : new Set(KMS_MEMBERS[operation] ?? []);
+  const cliOnly = operation === undefined ? [] : CLI_ONLY[operation] ?? [];
+  const unknown: string[] = [];
   for (let i = 0; i < tokens.length; ) {
     const tok = tokens[i++]!;
     if (!tok.startsWith('--')) throw new UsageError(`unexpected argument "${tok}"`);
@@ -58,12 +69,17 @@ export function parseKmsArgs(tokens: string[]): Record<string, unknown> {
     if (eq > 0) { inline = flag.slice(eq + 1); flag = flag.slice(0, eq); }
     const values: string[] = inline !== undefined ? [inline] : [];
     if (inline === undefined) while (i < tokens.length && !tokens[i]!.startsWith('--')) values.push(tokens[i++]!);
-    if (GLOBAL.has(flag)) continue;
+    if (GLOBAL.has(flag) || cliOnly.includes(flag)) continue;
     let negate = false;
     if (flag.startsWith('no-') && BOOLEANS.has(kebabToPascal(flag.slice(3)))) { negate = true; flag = flag.slice(3); }
     const member = kebabToPascal(flag);
+    if (members && (!members.has(member) || pascalToKebab(member) !== flag)) {
+      unknown.push(tok.split('=')[0]!, ...values);
+      continue;
+    }
     req[member] = convert(member, values, negate);
   }
+  if (unknown.length) throw new UsageError(`Unknown options: ${unknown.join(', ')}`);
   return req;
 }
 
@@ -81,11 +97,11 @@ function convert(member: string, values: string[], negate: boolean): unknown {
   if (values.length > 1) throw new UsageError(`--${pascalToKebab(member)} takes one value`);
   const raw = values[0]!;
   if (BLOBS.has(member)) {
-    if (raw.startsWith('fileb://')) return readFileSync(raw.slice(8)).toString('base64');
-    if (raw.startsWith('file://')) return Buffer.from(readFileSync(raw.slice(7), 'utf8')).toString('base64');
+    if (raw.startsWith('fileb://')) return readLocalFile(raw.slice(8), `--${pascalToKebab(member)} fileb://`).toString('base64');
+    if (raw.startsWith('file://')) return readLocalFile(raw.slice(7), `--${pascalToKebab(member)} file://`).toString('base64');
     return raw; // base64, as AWS CLI v2 takes blobs by default
   }
-  const text = raw.startsWith('file://') ? readFileSync(raw.slice(7), 'utf8') : raw;
+  const text = raw.startsWith('file://') ? readLocalFile(raw.slice(7), `--${pascalToKebab(member)} file://`).toString('utf8') : raw;
   if (NUMBERS.has(member)) {
     const n = Number(text);
     if (!Number.isFinite(n)) throw new UsageError(`--${pascalToKebab(member)} must be a number, got "${text}"`);
@@ -95,6 +111,27 @@ function convert(member: string, values: string[], negate: boolean): unknown {
   if (member === 'Constraints') return text.trim().startsWith('{') ? json(text, member) : shorthandConstraints(text);
   if (member === 'Policy') return text; // a policy is a JSON *string* member
   return text.trim().startsWith('{') && member !== 'Description' ? json(text, member) : text;
+}
+
+/**
+ * The bytes of a `file://` / `fileb://` argument. A path that cannot be a
+ * file (a NUL byte), a directory, or a file that cannot be read is a usage
+ * error naming the flag and the path, never a raw Node error.
+ */
+export function readLocalFile(path: string, what: string): Buffer {
+  const shown = /[\u0000-\u001f]/.test(path) ? JSON.stringify(path) : path;
+  if (path === '') throw new UsageError(`${what}: no path given`);
+  if (path.includes('\0')) throw new UsageError(`${what}${shown}: a path cannot contain a NUL byte`);
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'EISDIR' ? 'is a directory, not a file'
+      : code === 'ENOENT' ? 'no such file'
+      : code === 'EACCES' ? 'permission denied'
+      : `cannot be read (${code ?? (e as Error).message})`;
+    throw new UsageError(`${what}${shown}: ${why}`);
+  }
 }
 
 function json(text: string, member: string): unknown {
@@ -107,7 +144,8 @@ function json(text: string, member: string): unknown {
 
 /** `k=v,k2=v2` -> {k: v, k2: v2}. Values may not contain commas (use JSON for those). */
 export function shorthandMap(text: string, member: string): Record<string, string> {
-  const out: Record<string, string> = {};
+  // Null prototype: a key named `__proto__` is a key like any other (AWS takes any UTF-8 key).
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const pair of text.split(',')) {
     if (pair === '') continue;
     const eq = pair.indexOf('=');

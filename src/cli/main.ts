@@ -4,7 +4,6 @@
  * (`<state-dir>/ebsd.sock`), except `ebsd daemon` (which is the daemon) and
  * `ebsd speed` (local). Exit codes live here and in ./exit-codes.ts only.
  */
-import { readFileSync } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
@@ -13,8 +12,8 @@ import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseDuration, VERSION, type Daem
 import { createLogger } from '../util/logger.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
-import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab } from './kms-args.js';
-import { applyQuery, defaultFormat, humanBytes, kv, print, table, type OutputFormat } from './output.js';
+import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile } from './kms-args.js';
+import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, table, type OutputFormat } from './output.js';
 
 interface Globals {
   stateDir: string;
@@ -40,13 +39,31 @@ function show(g: Globals, v: unknown, tableFn?: () => string): void {
   print(out, fmt(g), g.query ? undefined : tableFn);
 }
 
-function readArg(v: string): string {
-  return v.startsWith('file://') ? readFileSync(v.slice(7), 'utf8') : v;
+function readArg(v: string, flag: string): string {
+  return v.startsWith('file://') ? readLocalFile(v.slice(7), `${flag} file://`).toString('utf8') : v;
+}
+
+/** The largest uid a mapping may name: uid_t is 32 bits and 2^32-1 is (uid_t)-1, "no uid". */
+const MAX_UID = 2 ** 32 - 2;
+
+/** A uid argument: decimal digits, 0 .. 2^32-2 (never 1e20, -1 or 4294967295). */
+function parseUid(v: unknown): number {
+  const s = String(v);
+  const n = /^[0-9]{1,10}$/.test(s) ? Number(s) : NaN;
+  if (!Number.isInteger(n) || n > MAX_UID) throw new UsageError(`uid must be an integer from 0 to ${MAX_UID}, got "${s}"`);
+  return n;
+}
+
+/** The Name tag of a volume row; tolerant of rows whose Tags are not {Key, Value} objects. */
+function nameTag(r: R): unknown {
+  const tags = Array.isArray(r.Tags) ? (r.Tags as unknown[]) : [];
+  const t = tags.find((x): x is R => !!x && typeof x === 'object' && (x as R).Key === 'Name');
+  return t?.Value ?? r.Name;
 }
 
 const volumeColumns: Parameters<typeof table>[1] = [
   ['VOLUME ID', (r) => r.VolumeId],
-  ['NAME', (r) => (r.Tags as { Key: string; Value: string }[] | undefined)?.find((t) => t.Key === 'Name')?.Value ?? r.Name],
+  ['NAME', nameTag],
   ['SIZE', (r) => humanBytes(r.SizeBytes)],
   ['STATE', (r) => r.State],
   ['ENCRYPTED', encryptedCell],
@@ -95,6 +112,8 @@ function daemonCommand(y: Argv): Argv {
           default: false,
           describe: 'permit measurement-only PLAINTEXT volumes (ebsd volume create --cipher none); refused otherwise',
         })
+        // Gone (see the handler); declared so that its refusal explains what replaced it.
+        .option('cipher', { type: 'string', hidden: true })
         .option('write-behind', {
           type: 'boolean',
           default: true,
@@ -138,6 +157,7 @@ function kmsCommand(y: Argv): Argv {
         .positional('operation', { type: 'string', describe: `one of: ${ops.join(', ')}` })
         .option('alias', { type: 'string', describe: 'create-key only: also create this alias for the new key' })
         .strict(false)
+        .strictOptions(false) // checked per operation by parseKmsArgs, against the operation's members
         .epilogue(
           'Flags are the operation\'s request members in kebab case (--key-id, --encryption-context k=v,..., --grant-tokens t1 t2, ' +
             '--policy file://p.json). Blob members (--plaintext, --ciphertext-blob, --message, --signature, --mac) take fileb://path or base64. ' +
@@ -148,7 +168,7 @@ function kmsCommand(y: Argv): Argv {
       const op = operationFromKebab(String(a.operation));
       const raw = hideBin(process.argv);
       const at = raw.indexOf(String(a.operation), raw.indexOf('kms') + 1);
-      const req = parseKmsArgs(raw.slice(at + 1));
+      const req = parseKmsArgs(raw.slice(at + 1), op);
       const res = await call(g, `TrentService.${op}`, req);
       if (op === 'CreateKey' && typeof a.alias === 'string') {
         const keyId = (res.KeyMetadata as R).KeyId as string;
@@ -298,6 +318,7 @@ function auditCommands(y: Argv): Argv {
         (b) => b.option('n', { alias: 'limit', type: 'number', default: 20 }),
         async (a) => {
           const g = a as unknown as Globals;
+          if (!Number.isInteger(a.n) || a.n < 1 || a.n > 10_000) throw new UsageError(`-n must be an integer from 1 to 10000, got ${String(a.n)}`);
           const res = await call(g, 'ebsd.AuditTail', { Limit: a.n });
           show(g, res, () =>
             table(res.Events as R[], [
@@ -325,7 +346,8 @@ function auditCommands(y: Argv): Argv {
 
 function iamCommands(y: Argv): Argv {
   const simple = (v: Argv, cmd: string, desc: string, op: string, toBody: (a: R) => R, tableFn?: (res: R) => string): Argv =>
-    v.command(cmd, desc, () => {}, async (a) => {
+    // Positionals declared, or strictOptions() takes them for unknown options.
+    v.command(cmd, desc, (b) => [...cmd.matchAll(/<([^>]+)>/g)].reduce((y, m) => y.positional(m[1]!, { type: 'string' }), b), async (a) => {
       const g = a as unknown as Globals;
       const res = await call(g, `ebsd.Iam${op}`, toBody(a as R));
       show(g, res, tableFn ? () => tableFn(res) : undefined);
@@ -340,13 +362,13 @@ function iamCommands(y: Argv): Argv {
     v.command(
       'map-uid <uid> <principal>',
       'Map a local uid to root, user/<name>, role/<name> or an ARN',
-      (b) => b.positional('uid', { type: 'number' }).positional('principal', { type: 'string' }).option('session-name', { type: 'string', describe: 'roles: session name (default uid-<n>)' }),
+      (b) => b.positional('uid', { type: 'string' }).positional('principal', { type: 'string' }).option('session-name', { type: 'string', describe: 'roles: session name (default uid-<n>)' }),
       async (a) => {
         const g = a as unknown as Globals;
-        show(g, await call(g, 'ebsd.IamMapUid', { Uid: a.uid, Principal: a.principal, ...(a.sessionName ? { SessionName: a.sessionName } : {}) }));
+        show(g, await call(g, 'ebsd.IamMapUid', { Uid: parseUid(a.uid), Principal: a.principal, ...(a.sessionName ? { SessionName: a.sessionName } : {}) }));
       },
     );
-    simple(v, 'unmap-uid <uid>', 'Remove a uid mapping (the uid is then denied everything)', 'UnmapUid', (a) => ({ Uid: Number(a.uid) }));
+    simple(v, 'unmap-uid <uid>', 'Remove a uid mapping (the uid is then denied everything)', 'UnmapUid', (a) => ({ Uid: parseUid(a.uid) }));
     simple(v, 'list-uids', 'List uid -> principal mappings', 'ListUidMappings', () => ({}), (r) => table(r.Mappings as R[], [['UID', (x) => x.uid], ['PRINCIPAL', (x) => x.principal], ['SESSION', (x) => x.session]]));
     v.command(
       'put-policy <principal>',
@@ -354,7 +376,7 @@ function iamCommands(y: Argv): Argv {
       (b) => b.positional('principal', { type: 'string' }).option('policy-name', { type: 'string', demandOption: true }).option('policy-document', { type: 'string', demandOption: true, describe: 'JSON or file://path' }),
       async (a) => {
         const g = a as unknown as Globals;
-        show(g, await call(g, 'ebsd.IamPutPolicy', { Principal: a.principal, PolicyName: a.policyName, PolicyDocument: readArg(a.policyDocument) }));
+        show(g, await call(g, 'ebsd.IamPutPolicy', { Principal: a.principal, PolicyName: a.policyName, PolicyDocument: readArg(a.policyDocument, '--policy-document') }));
       },
     );
     simple(v, 'delete-policy <principal> <policy-name>', 'Remove an inline identity policy', 'DeletePolicy', (a) => ({ Principal: a.principal, PolicyName: a.policyName }));
@@ -399,9 +421,18 @@ export async function main(argv: string[]): Promise<number> {
     .usage('$0 <command> [options]\n\nEBS-style encrypted block volumes: LUKS2 images, AES-256-XTS, a bundled KMS, FUSE block files.')
     .epilogue(`${EXIT_CODES_HELP}\n\nThe daemon must be running for every command except \`daemon\` and \`speed\`.`)
     .demandCommand(1, 'name a command (ebsd --help)')
+    // Unknown flags are refused, as the AWS CLI does (`ebsd kms` checks per operation, in parseKmsArgs).
+    .strictOptions()
+    // A bad --query is a usage error before anything is sent, not after the call took effect.
+    .middleware((a) => {
+      if (typeof a.query === 'string') checkQuery(a.query);
+    })
     .recommendCommands()
     .wrap(Math.min(120, process.stdout.columns || 100))
-    .fail(false);
+    // yargs' own refusals (unknown option, missing argument, bad choice) are usage errors, exit 2.
+    .fail((msg, err) => {
+      throw err ?? new UsageError(msg);
+    });
   y = daemonCommand(y);
   y = kmsCommand(y);
   y = volumeCommands(y);
@@ -433,7 +464,7 @@ function reportError(e: unknown, argv: string[]): number {
     return EXIT.NO_DAEMON;
   }
   if (e instanceof UsageError || (e as Error)?.name === 'YError') {
-    write(`${(e as Error).message} (see ebsd --help)`);
+    write(`${unknownOptions((e as Error).message) ?? (e as Error).message} (see ebsd --help)`);
     return EXIT.USAGE;
   }
   const err = e as { code?: string; message?: string };
@@ -447,6 +478,15 @@ function reportError(e: unknown, argv: string[]): number {
   }
   write(`internal error: ${(e as Error)?.stack ?? String(e)}`);
   return EXIT.INTERNAL;
+}
+
+/** yargs' "Unknown arguments: bogus, kye-id" in the AWS CLI's words: "Unknown options: --bogus, --kye-id". */
+function unknownOptions(message: string): string | undefined {
+  const m = /^Unknown arguments?: (.*)$/.exec(message);
+  if (!m) return undefined;
+  // yargs names a kebab-case option twice (such-flag, suchFlag): once is enough.
+  const names = [...new Set(m[1]!.split(', ').map((o) => pascalToKebab(o)))];
+  return `Unknown options: ${names.map((o) => (o.length === 1 ? `-${o}` : `--${o}`)).join(', ')}`;
 }
 
 main(hideBin(process.argv)).then(

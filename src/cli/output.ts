@@ -1,3 +1,5 @@
+import { UsageError } from './kms-args.js';
+
 /**
  * Output formats: `json` (AWS-CLI-shaped: the response object, 4-space
  * indented, blobs base64), `text` (scalars bare, for scripts with --query)
@@ -9,15 +11,29 @@ export function defaultFormat(): OutputFormat {
   return process.stdout.isTTY ? 'table' : 'json';
 }
 
+const QUERY_PART = /^([A-Za-z_][A-Za-z0-9_-]*)?((?:\[\d*\])*)$/;
+
+/**
+ * Refuse a --query outside the subset applyQuery() understands, as a usage
+ * error naming the expression (checked before the request is sent).
+ */
+export function checkQuery(query: string): void {
+  const parts = query.split('.');
+  const bad = parts.find((p) => p === '' || !QUERY_PART.test(p));
+  if (query === '' || bad !== undefined) {
+    throw new UsageError(`unsupported --query expression "${query}"${bad ? ` (at "${bad}")` : ''}: use Member.Member, Member[0] or Member[].Member`);
+  }
+}
+
 /** A tiny JMESPath subset: `A.B`, `A[0].B`, `A[].B` (map). */
 export function applyQuery(v: unknown, query: string | undefined): unknown {
-  if (!query) return v;
+  if (query === undefined) return v;
+  checkQuery(query);
   let cur: unknown[] = [v];
   let mapped = false;
   for (const part of query.split('.')) {
-    const m = /^([^[\]]*)((?:\[\d*\])*)$/.exec(part);
-    if (!m) throw new Error(`unsupported --query expression "${query}"`);
-    if (m[1]) cur = cur.map((x) => (x && typeof x === 'object' ? (x as Record<string, unknown>)[m[1]!] : undefined));
+    const m = QUERY_PART.exec(part)!;
+    if (m[1]) cur = cur.map((x) => (x && typeof x === 'object' && Object.hasOwn(x, m[1]!) ? (x as Record<string, unknown>)[m[1]!] : undefined));
     for (const idx of m[2]!.match(/\[\d*\]/g) ?? []) {
       if (idx === '[]') { cur = cur.flatMap((x) => (Array.isArray(x) ? x : [])); mapped = true; }
       else cur = cur.map((x) => (Array.isArray(x) ? x[Number(idx.slice(1, -1))] : undefined));

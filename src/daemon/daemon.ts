@@ -18,9 +18,14 @@ import { decodeKmsRequest } from './aws-json.js';
 import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
 import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 import type { RefusalSummary } from './connection-guard.js';
+import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
+import { checkImageSizeFits } from '../volume/size.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
+/** The largest uid a mapping may name: uid_t is 32 bits and 2^32-1 is (uid_t)-1, "no uid". */
+export const MAX_UID = 2 ** 32 - 2;
+
 /** The IAM role this host acts as: grantee and retiring principal of attach grants (DESIGN §6). */
 export const HOST_ROLE = 'ebsd-host';
 const HOST_HOUSEKEEPING_POLICY = 'ebsd-host-list-retirable-grants';
@@ -200,7 +205,8 @@ export class Daemon {
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
     const source = VOLUME_OPS.has(op) ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
-    const volumeId = typeof body.VolumeId === 'string' ? body.VolumeId : undefined;
+    // Only a well-formed id reaches the audit record of a refusal (a body member may be 1 MB long).
+    const volumeId = typeof body.VolumeId === 'string' && VOLUME_ID_RE.test(body.VolumeId) ? body.VolumeId : undefined;
     if (caller.type === 'Unknown') {
       await this.deny(source, op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
     }
@@ -208,11 +214,13 @@ export class Daemon {
     if (rootOnly && caller.type !== 'Root') {
       await this.deny(source, op, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
     }
-    if (VOLUME_OPS.has(op)) {
+    if (VOLUME_OPS.has(op) && isEc2Operation(op)) {
+      // Every member checked (types, lengths, counts) before authorization reads it and before anything changes.
+      const req = parseEc2Request(op, body);
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
-      const refusal = this.ec2Authz!.check(op, body, caller);
+      const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
-      return this.volumeOp(op, body, caller);
+      return this.volumeOp(req, caller);
     }
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
@@ -267,40 +275,52 @@ export class Daemon {
     return join(this.cfg.mountDir, volumeId);
   }
 
-  private async volumeOp(op: string, b: Record<string, unknown>, caller: Caller): Promise<unknown> {
+  private async volumeOp(req: Ec2Request, caller: Caller): Promise<unknown> {
     const mgr = this.mgr!;
-    const vol = (): string => {
-      if (typeof b.VolumeId !== 'string') throw new EbsdError('MISSING_PARAMETER', 'VolumeId is required', { awsName: 'MissingParameter' });
-      return b.VolumeId;
-    };
-    switch (op) {
+    switch (req.op) {
       case 'CreateVolume':
-        return mgr.createVolume(b as never, caller);
+        await checkImageSizeFits(mgr.dir, req.input.Size, 'Size');
+        return mgr.createVolume(req.input, caller);
       case 'DescribeVolumes':
-        return { Volumes: mgr.describeVolumes(b as never).Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v)) };
+        return this.describeVolumes(req.input, caller);
       case 'DescribeVolumeStatus': {
-        const ids = Array.isArray(b.VolumeIds)
-          ? (b.VolumeIds as string[])
-          : mgr.describeVolumes().Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumeStatus', caller, v)).map((v) => v.VolumeId);
+        const ids = req.input.VolumeIds
+          ?? mgr.describeVolumes().Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumeStatus', caller, v)).map((v) => v.VolumeId);
         return { VolumeStatuses: ids.map((id) => mgr.describeVolumeStatus(id)) };
       }
       case 'DeleteVolume':
-        await mgr.deleteVolume({ VolumeId: vol() }, caller);
+        await mgr.deleteVolume(req.input, caller);
         return {};
       case 'ModifyVolume':
-        return mgr.modifyVolume({ VolumeId: vol(), Size: b.Size as never }, caller);
+        await checkImageSizeFits(mgr.dir, req.input.Size, 'Size');
+        return mgr.modifyVolume(req.input, caller);
       case 'AttachVolume': {
         // The manager exposes the file inside the volume's mutex (VolumeManagerOptions.expose).
-        const id = vol();
-        const r = await mgr.attachVolume({ VolumeId: id, ...(typeof b.Device === 'string' ? { Device: b.Device } : {}) }, caller);
+        const id = req.input.VolumeId;
+        const r = await mgr.attachVolume(req.input, caller);
         const plain = mgr.getBlockDevice(id)?.unencrypted === true;
         return { ...r, Path: this.pathOf(id), Encrypted: !plain, ...(plain ? { Unencrypted: true } : {}) };
       }
       case 'DetachVolume':
         // The manager hides the file inside the volume's mutex (refused while open unless Force).
-        return mgr.detachVolume({ VolumeId: vol(), Force: b.Force === true }, caller);
+        return mgr.detachVolume({ VolumeId: req.input.VolumeId, Force: req.input.Force === true }, caller);
     }
-    throw new EbsdError('UNKNOWN_TARGET', `unknown volume operation ${op}`, { awsName: 'UnknownOperationException' });
+  }
+
+  /** DescribeVolumes, paged when MaxResults or NextToken is given (NextToken: the last VolumeId returned). */
+  private describeVolumes(input: DescribeVolumesInput, caller: Caller): unknown {
+    const { MaxResults, NextToken, ...query } = input;
+    // Only the volumes the caller may describe (ec2:DescribeVolumes, per volume).
+    const all = this.mgr!.describeVolumes(query).Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v));
+    if (MaxResults === undefined && NextToken === undefined) return { Volumes: all };
+    const sorted = [...all].sort((x, y) => (x.VolumeId < y.VolumeId ? -1 : x.VolumeId > y.VolumeId ? 1 : 0));
+    if (NextToken !== undefined && !VOLUME_ID_RE.test(NextToken)) {
+      throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'NextToken', 'Invalid value for NextToken: pass the NextToken of the previous page unchanged');
+    }
+    const from = NextToken === undefined ? 0 : sorted.findIndex((v) => v.VolumeId > NextToken);
+    const page = from < 0 ? [] : sorted.slice(from, from + (MaxResults ?? 500));
+    const more = from >= 0 && from + page.length < sorted.length;
+    return { Volumes: page, ...(more ? { NextToken: page[page.length - 1]!.VolumeId } : {}) };
   }
 
   private status(caller: Caller): unknown {
@@ -365,7 +385,10 @@ export class Daemon {
     };
     const uid = (): number => {
       const v = b.Uid;
-      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new EbsdError('BAD_UID', 'Uid must be a non-negative integer', { awsName: 'InvalidInputException' });
+      // A uid_t is 32 bits and (uid_t)-1 means "no uid" (setresuid): 0 .. 2^32-2.
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > MAX_UID) {
+        throw new EbsdError('BAD_UID', `Uid must be an integer from 0 to ${MAX_UID}, got ${typeof v === 'number' ? String(v) : typeof v}`, { awsName: 'InvalidInputException' });
+      }
       return v;
     };
     const path = typeof b.Path === 'string' ? { path: b.Path } : {};

@@ -202,7 +202,7 @@ export class Dispatcher {
       } catch (e) {
         error = e instanceof KmsError ? e
           : e instanceof EbsdError && e.awsName ? new KmsError(e.awsName, e.message, { code: e.code })
-          : new KMSInternalException('An internal error occurred.', { cause: e });
+          : new KMSInternalException(internalMessage(e), { cause: e });
         if (!(e instanceof KmsError)) ctx.log.error({ err: e, operation, requestId: call.requestId }, 'KMS operation failed unexpectedly');
       }
     }
@@ -221,8 +221,26 @@ export class Dispatcher {
       time: now,
       ...(call.additionalEventData ? { additionalEventData: call.additionalEventData } : {}),
     });
-    await ctx.audit.appendJson(ev);
+    try {
+      await ctx.audit.appendJson(ev);
+    } catch (e) {
+      // The call is not on record: the caller learns why (a full disk is named).
+      throw new KMSInternalException(internalMessage(e, 'the audit log kms/audit/events.ndjson'), { cause: e });
+    }
     if (error) throw error;
     return response!;
   }
+}
+
+/**
+ * KMSInternalException's message: a full disk is named (errno and file), so
+ * an operator knows what to free; anything else stays opaque (no internals leak).
+ */
+function internalMessage(e: unknown, writing = 'the KMS state directory'): string {
+  const err = e as NodeJS.ErrnoException | undefined;
+  if (err?.code === 'ENOSPC' || err?.code === 'EDQUOT') {
+    const what = err.code === 'ENOSPC' ? 'no space left on device' : 'disk quota exceeded';
+    return `An internal error occurred: ${what} (${err.code}) writing ${err.path ?? writing}`;
+  }
+  return 'An internal error occurred.';
 }

@@ -56,7 +56,7 @@ export async function atomicWrite(path: string, data: Uint8Array | string, mode 
   } catch (e) {
     await fh.close().catch(() => {});
     await fsp.rm(tmp, { force: true });
-    throw e;
+    throw withPath(e, path);
   }
   await fh.close();
   try {
@@ -89,4 +89,11 @@ export function atomicWriteSync(path: string, data: Uint8Array | string, mode = 
 export async function fsyncDir(dir: string): Promise<void> {
   const dh = await fsp.open(dir, 'r');
   try { await dh.sync(); } finally { await dh.close(); }
+}
+
+/** An errno error from writing through a handle carries no path; name the file being replaced (ENOSPC, EIO). */
+function withPath(e: unknown, path: string): unknown {
+  const err = e as NodeJS.ErrnoException | undefined;
+  if (err && typeof err === 'object' && typeof err.code === 'string' && err.path === undefined) err.path = path;
+  return e;
 }

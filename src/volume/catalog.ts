@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { atomicWrite } from '../util/atomic-write.js';
 import { readTextIfExists } from '../util/read-if-exists.js';
+import { parseStateJson, StateFileError } from '../util/state-json.js';
 
 /** EC2 volume states (DescribeVolumes `State`). */
 export type VolumeState = 'creating' | 'available' | 'in-use' | 'deleting' | 'error';
@@ -79,13 +80,32 @@ export class Catalog {
 
   private constructor(readonly path: string) {}
 
-  static async load(dir: string): Promise<Catalog> {
+  /**
+   * Read `<dir>/catalog.json`. A file that is not JSON, or not a catalog, is
+   * refused naming the file (the daemon does not start). A record whose tags
+   * are not `{Key: string, Value: string}` objects (written before requests
+   * were validated) keeps its well-formed tags only, and a record without a
+   * volume id is skipped, each with a warning, so one bad record cannot make
+   * DescribeVolumes or Status fail for everyone.
+   */
+  static async load(dir: string, log?: { warn(obj: object, msg: string): void }): Promise<Catalog> {
     const c = new Catalog(join(dir, 'catalog.json'));
     const text = await readTextIfExists(c.path);
     if (text !== undefined) {
-      const f = JSON.parse(text) as CatalogFile;
-      if (f.formatVersion !== 1 || !Array.isArray(f.volumes)) throw new Error(`${c.path}: unknown catalog format`);
-      for (const v of f.volumes) c.recs.set(v.volumeId, v);
+      const f = parseStateJson('CATALOG_CORRUPT', c.path, text) as CatalogFile | null;
+      if (!f || f.formatVersion !== 1 || !Array.isArray(f.volumes)) throw new StateFileError('CATALOG_CORRUPT', c.path, `${c.path}: unknown catalog format`);
+      f.volumes.forEach((v, i) => {
+        if (!v || typeof v !== 'object' || typeof v.volumeId !== 'string') {
+          log?.warn({ file: c.path, index: i }, 'catalog record without a volume id skipped');
+          return;
+        }
+        const tags = Array.isArray(v.tags) ? v.tags : [];
+        const good = tags.filter((t) => !!t && typeof t === 'object' && typeof t.Key === 'string' && typeof t.Value === 'string');
+        if (good.length !== tags.length || !Array.isArray(v.tags)) {
+          log?.warn({ file: c.path, volumeId: v.volumeId, dropped: tags.length - good.length }, 'catalog record had malformed tags; kept the well-formed ones');
+        }
+        c.recs.set(v.volumeId, { ...v, tags: good.map((t) => ({ Key: t.Key, Value: t.Value })) });
+      });
     }
     return c;
   }

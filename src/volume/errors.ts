@@ -35,6 +35,7 @@ export type VolumeErrorCode =
   | 'VOLUME_NOT_FOUND' // InvalidVolume.NotFound
   | 'VOLUME_IN_USE' // VolumeInUse
   | 'VOLUME_INVALID_PARAMETER' // InvalidParameterValue
+  | 'VOLUME_TOO_LARGE_FOR_FILESYSTEM' // InvalidParameterValue: the image would pass the backing filesystem's file size limit
   | 'VOLUME_INCORRECT_STATE' // IncorrectState
   | 'VOLUME_NOT_ATTACHED' // IncorrectState
   | 'VOLUME_OPEN' // VolumeInUse: detach while the FUSE file is open

@@ -170,7 +170,7 @@ export class VolumeManager {
   static async open(o: VolumeManagerOptions): Promise<VolumeManager> {
     const dir = join(o.stateDir, 'volumes');
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    const m = new VolumeManager(o, await Catalog.load(dir));
+    const m = new VolumeManager(o, await Catalog.load(dir, (o.logger ?? silentLogger).child({ component: 'volume' })));
     await m.recover();
     await m.retirePendingGrants();
     await m.attachments.grants.retireOrphans();

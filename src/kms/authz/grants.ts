@@ -19,6 +19,7 @@ import { callerIds } from './caller-ids.js';
 import type { GrantConstraints } from './request-context.js';
 import { dataMap } from '../data-map.js';
 import { isWellFormedUtf16 } from '../../util/strict-json.js';
+import { parseStateJson } from '../../util/state-json.js';
 
 /**
  * The grant store (KMS Developer Guide, "Grants in AWS KMS"; KMS API
@@ -233,8 +234,8 @@ export class GrantStore implements GrantSource {
     const s = new GrantStore(file, opts.principalExists);
     const text = await readTextIfExists(file);
     if (text !== undefined) {
-      const data = JSON.parse(text) as GrantFileV1;
-      if (data.version !== FILE_VERSION || !Array.isArray(data.grants)) throw new EbsdError('GRANTS_CORRUPT', `${file}: unsupported or corrupt grant file`);
+      const data = parseStateJson('GRANTS_CORRUPT', file, text) as GrantFileV1;
+      if (!data || data.version !== FILE_VERSION || !Array.isArray(data.grants)) throw new EbsdError('GRANTS_CORRUPT', `${file}: unsupported or corrupt grant file`);
       for (const g of data.grants) s._index(g);
     }
     return s;

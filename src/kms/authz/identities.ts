@@ -7,6 +7,7 @@ import type { Caller } from '../types.js';
 import { parsePolicy, type CompiledPolicy, PolicyCache } from './policy-document.js';
 import { callerIds } from './caller-ids.js';
 import { dataMap, hasMember, toDataMap } from '../data-map.js';
+import { parseStateJson } from '../../util/state-json.js';
 
 /**
  * The account and its principals: one account per state dir, IAM users and
@@ -101,8 +102,8 @@ export class Identities {
     const file = join(stateDir, IDENTITIES_FILE);
     const text = await readTextIfExists(file);
     if (text !== undefined) {
-      const data = JSON.parse(text) as IdentityFileV1;
-      if (data.version !== FILE_VERSION || !/^\d{12}$/.test(data.accountId)) {
+      const data = parseStateJson('IDENTITIES_CORRUPT', file, text) as IdentityFileV1;
+      if (!data || data.version !== FILE_VERSION || !/^\d{12}$/.test(data.accountId)) {
         throw new EbsdError('IDENTITIES_CORRUPT', `${file}: unsupported or corrupt identity file`);
       }
       return new Identities(file, data);

@@ -1,0 +1,296 @@
+import { request } from 'node:http';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from './helpers.js';
+
+/**
+ * Every request member is checked at the edge (issue 13, defects 7 and 10):
+ * through the real daemon as a child process and the real CLI. Raw socket
+ * calls send what the CLI never would (a null tag, a string filter).
+ */
+
+type Answer = { status: number; body: { __type?: string; message?: string; [k: string]: unknown } };
+
+/** One control-API call with a raw JSON body, as any local program could send it. */
+function raw(env: Env, target: string, body: string): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { socketPath: join(env.state, 'ebsd.sock'), method: 'POST', path: '/', headers: { 'X-Amz-Target': target, 'Content-Type': 'application/x-amz-json-1.1' } },
+      (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+const NO_STACK = /\n\s+at /;
+
+describe('edge validation through the real daemon', () => {
+  const env = new Env('edge');
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start();
+  });
+  afterAll(() => env.cleanup());
+
+  it('refuses null, non-object and reserved tags, oversized names and 51 tags, naming the member; status and ls keep working', async () => {
+    const before = await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'keep']);
+    const bad: [string, RegExp][] = [
+      ['{"Size":4194304,"TagSpecifications":[{"ResourceType":"volume","Tags":[null]}]}', /TagSpecifications\[0\]\.Tags\[0\] must be an object, got null/],
+      ['{"Size":4194304,"TagSpecifications":[{"ResourceType":"volume","Tags":["x"]}]}', /TagSpecifications\[0\]\.Tags\[0\] must be an object/],
+      ['{"Size":4194304,"TagSpecifications":[{"ResourceType":"volume","Tags":[{"Key":"k","Value":null}]}]}', /TagSpecifications\[0\]\.Tags\[0\]\.Value must be a string, got null/],
+      ['{"Size":4194304,"TagSpecifications":[{"ResourceType":"instance","Tags":[]}]}', /TagSpecifications\[0\]\.ResourceType/],
+      ['{"Size":4194304,"TagSpecifications":[{"ResourceType":"volume","Tags":[{"Key":"' + 'k'.repeat(129) + '","Value":""}]}]}', /Tags\[0\]\.Key must be 1 to 128 characters long, got 129/],
+      ['{"Size":4194304,"TagSpecifications":"x"}', /TagSpecifications must be an array/],
+    ];
+    for (const [body, msg] of bad) {
+      const r = await raw(env, 'ebsd.CreateVolume', body);
+      expect(r.status, body).toBe(400);
+      expect(r.body.__type, body).toBe('InvalidParameterValue');
+      expect(r.body.message, body).toMatch(msg);
+    }
+    const unknown = await raw(env, 'ebsd.CreateVolume', '{"Size":4194304,"Sise":1}');
+    expect(unknown.body).toMatchObject({ __type: 'UnknownParameter', message: expect.stringMatching(/'Sise'/) });
+
+    const longName = await env.cli(['volume', 'create', '--size', '4MiB', '--name', 'n'.repeat(100_000)]); // one argv string stops at 128 KiB
+    expect(longName.code).toBe(7);
+    expect(longName.stderr).toMatch(/^ebsd: InvalidParameterValue: Name must be 0 to 256 characters long, got 100000/);
+    const reserved = await env.cli(['volume', 'create', '--size', '4MiB', '--tag', 'aws:owner=me']);
+    expect(reserved.code).toBe(7);
+    expect(reserved.stderr).toMatch(/InvalidParameterValue: .*'aws:owner'.*TagSpecifications\[0\]\.Tags\[0\]\.Key.*reserved/);
+    const many = await env.cli(['volume', 'create', '--size', '4MiB', '--tag', ...Array.from({ length: 51 }, (_, i) => `k${i}=v`)]);
+    expect(many.code).toBe(7);
+    expect(many.stderr).toMatch(/^ebsd: TagLimitExceeded: .*50/);
+    const fifty = await env.ok(['volume', 'create', '--size', '4MiB', '--tag', ...Array.from({ length: 49 }, (_, i) => `k${i}=v`), '--name', 'fifty']);
+    expect(fifty.Tags).toHaveLength(50);
+
+    // Nothing was created by a refused request, and everyone can still list.
+    const st = await env.cli(['status', '--output', 'table']);
+    expect(st.code).toBe(0);
+    const ls = await env.cli(['volume', 'ls', '--output', 'table']);
+    expect(ls.code).toBe(0);
+    expect(ls.stdout).toContain(before.VolumeId);
+    const all = await env.ok(['volume', 'ls']);
+    expect(all.Volumes.map((v: { VolumeId: string }) => v.VolumeId).sort()).toEqual([before.VolumeId, fifty.VolumeId].sort());
+    expect(readFileSync(join(env.state, 'volumes', 'catalog.json')).length).toBeLessThan(64 * 1024);
+  });
+
+  it('refuses malformed Filters with InvalidFilter and malformed ids with InvalidVolumeID.Malformed, never a TypeError', async () => {
+    const bodies: [string, RegExp][] = [
+      ['{"Filters":"status"}', /^Filters must be an array/],
+      ['{"Filters":[null]}', /^Filters\[0\] must be an object/],
+      ['{"Filters":[{"Name":"status","Values":"available"}]}', /^Filters\[0\]\.Values must be an array of strings/],
+      ['{"Filters":[{"Name":"status","Values":[1]}]}', /^Filters\[0\]\.Values\[0\] must be a string/],
+      ['{"Filters":[{"Name":7,"Values":[]}]}', /^Filters\[0\]\.Name must be a string/],
+      ['{"Filters":[{"Name":"nope","Values":["x"]}]}', /The filter 'nope' is invalid/],
+    ];
+    for (const [body, msg] of bodies) {
+      const r = await raw(env, 'ebsd.DescribeVolumes', body);
+      expect(r.status, body).toBe(400);
+      expect(r.body.__type, body).toBe('InvalidFilter');
+      expect(r.body.message, body).toMatch(msg);
+    }
+    const id = await raw(env, 'ebsd.DescribeVolumes', '{"VolumeIds":[{"x":1}]}');
+    expect(id.body).toMatchObject({ __type: 'InvalidVolumeID.Malformed', message: expect.stringMatching(/VolumeIds\[0\]/) });
+    const del = await raw(env, 'ebsd.DeleteVolume', '{"VolumeId":null}');
+    expect(del.body.__type).toBe('InvalidVolumeID.Malformed');
+    const force = await raw(env, 'ebsd.DetachVolume', '{"VolumeId":"vol-0123456789abcdef0","Force":"yes"}');
+    expect(force.body).toMatchObject({ __type: 'InvalidParameterValue', message: expect.stringMatching(/^Force must be true or false/) });
+    const page = await raw(env, 'ebsd.DescribeVolumes', '{"MaxResults":1}');
+    expect(page.body).toMatchObject({ __type: 'InvalidParameterValue', message: expect.stringMatching(/MaxResults/) });
+    const cli = await env.cli(['volume', 'describe', 'vol-nope']);
+    expect(cli.code).toBe(5); // as for InvalidVolume.NotFound (ebsd --help)
+    expect(cli.stderr).toMatch(/^ebsd: InvalidVolumeID\.Malformed: /);
+  });
+
+  it('pages DescribeVolumes with MaxResults and NextToken', async () => {
+    for (let i = 0; i < 6; i++) await env.ok(['volume', 'create', '--size', '4MiB', '--name', `page-${i}`]);
+    const all = (await env.ok(['volume', 'ls'])).Volumes.map((v: { VolumeId: string }) => v.VolumeId).sort();
+    expect(all.length).toBeGreaterThanOrEqual(6);
+    const seen: string[] = [];
+    let token: string | undefined;
+    for (let n = 0; n < 10; n++) {
+      const r = await raw(env, 'ebsd.DescribeVolumes', JSON.stringify({ MaxResults: 5, ...(token ? { NextToken: token } : {}) }));
+      expect(r.status).toBe(200);
+      const vols = r.body.Volumes as { VolumeId: string }[];
+      expect(vols.length).toBeLessThanOrEqual(5);
+      if (n === 0) expect(r.body.NextToken).toEqual(expect.any(String));
+      seen.push(...vols.map((v) => v.VolumeId));
+      token = r.body.NextToken as string | undefined;
+      if (!token) break;
+    }
+    expect(seen).toEqual(all);
+  });
+
+  it('names the filesystem limit for a size the backing filesystem cannot hold', async () => {
+    const fsType = spawnSync('stat', ['-f', '-c', '%T', env.state], { encoding: 'utf8' }).stdout.trim();
+    const r = await env.cli(['volume', 'create', '--size', '64TiB']);
+    if (/^ext[234]/.test(fsType)) {
+      // ext4 with 4 KiB blocks: 16 TiB per file.
+      expect(r.code).toBe(7);
+      expect(r.stderr).toMatch(/^ebsd: InvalidParameterValue: Invalid value '64TiB' for Size: .*the filesystem holding .*volumes allows files of at most \d+ bytes \(EFBIG\); the largest volume it can hold is \d+ bytes/);
+    } else {
+      expect(r.stderr).not.toMatch(/InternalFailure|EFBIG: file too large/);
+    }
+    expect(r.stderr).not.toMatch(NO_STACK);
+  });
+
+  it('map-uid takes only uids 0..2^32-2, in the CLI and in the daemon', async () => {
+    for (const uid of ['1e20', '-1', '4294967295', '1.5']) {
+      const r = await env.cli(['iam', 'map-uid', uid, 'root']);
+      expect(r.code, uid).toBe(2);
+      expect(r.stderr, uid).toMatch(/uid must be an integer from 0 to 4294967294/);
+    }
+    for (const uid of ['1e20', '4294967295', '-1', '"7"']) {
+      const r = await raw(env, 'ebsd.IamMapUid', `{"Uid":${uid},"Principal":"root"}`);
+      expect(r.status, uid).toBe(400);
+      expect(r.body.__type, uid).toBe('InvalidInputException');
+    }
+    const maps = await env.ok(['iam', 'list-uids']);
+    expect(maps.Mappings.map((m: { uid: number }) => m.uid)).toEqual([0]);
+  });
+
+  it('refuses unknown options with exit 2 and "Unknown options", per KMS operation too', async () => {
+    const cases: [string[], RegExp][] = [
+      [['kms', 'list-keys', '--kye-id', 'x'], /^ebsd: Unknown options: --kye-id, x/],
+      [['kms', 'describe-key', '--key-id', 'k', '--plaintext', 'AA=='], /^ebsd: Unknown options: --plaintext, AA==/],
+      [['kms', 'list-keys', '--alias', 'alias/x'], /^ebsd: Unknown options: --alias, alias\/x/],
+      [['volume', 'ls', '--bogus'], /^ebsd: Unknown options: --bogus/],
+      [['daemon', '--no-such-flag', '--state-dir', join(env.dir, 'never'), '--mount', join(env.dir, 'never-mnt')], /^ebsd: Unknown options: --such-flag/],
+    ];
+    for (const [args, msg] of cases) {
+      const r = await env.cli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toMatch(msg);
+    }
+    // Known flags and positionals still work.
+    expect((await env.ok(['kms', 'list-keys', '--limit', '5'])).Keys).toBeDefined();
+    expect((await env.ok(['iam', 'create-user', 'edge-user'])).User.UserName).toBe('edge-user');
+    expect(await env.ok(['iam', 'list-policies', 'user/edge-user'])).toEqual({ PolicyNames: [] });
+  });
+
+  it('a bad --query is a usage error naming the expression, before anything is sent', async () => {
+    const keysBefore = (await env.ok(['kms', 'list-keys'])).Keys.length;
+    const r = await env.cli(['kms', 'create-key', '--query', "KeyMetadata[?KeyId=='x']"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^ebsd: unsupported --query expression "KeyMetadata\[\?KeyId=='x'\]"/);
+    expect(r.stderr).not.toMatch(NO_STACK);
+    expect((await env.ok(['kms', 'list-keys'])).Keys.length).toBe(keysBefore);
+    const ok = await env.cli(['status', '--query', 'Daemon.Pid', '--output', 'text']);
+    expect(ok.stdout.trim()).toBe(String(env.pid));
+  });
+
+  it('fileb:// of a directory is a usage error naming the path', async () => {
+    const dir = join(env.dir, 'a-dir');
+    mkdirSync(dir, { recursive: true });
+    const r = await env.cli(['kms', 'encrypt', '--key-id', 'alias/aws/ebs', '--plaintext', `fileb://${dir}`]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`ebsd: --plaintext fileb://${dir}: is a directory, not a file (see ebsd --help)\n`);
+    const p = await env.cli(['iam', 'put-policy', 'user/x', '--policy-name', 'p', '--policy-document', `file://${dir}/missing.json`]);
+    expect(p.code).toBe(2);
+    expect(p.stderr).toMatch(/--policy-document file:\/\/.*missing\.json: no such file/);
+  });
+
+  it('carries an encryption-context key named __proto__ to the KMS', async () => {
+    const key = (await env.ok(['kms', 'create-key', '--description', 'proto'])).KeyMetadata.KeyId as string;
+    const pt = join(env.dir, 'pt');
+    writeFileSync(pt, 'proto-bound');
+    const enc = await env.ok(['kms', 'encrypt', '--key-id', key, '--plaintext', `fileb://${pt}`, '--encryption-context', '__proto__=x,app=y']);
+    const ct = join(env.dir, 'proto.ct');
+    writeFileSync(ct, Buffer.from(enc.CiphertextBlob, 'base64'));
+    const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.eventName === 'Encrypt').pop();
+    const ctx = ev.requestParameters.encryptionContext;
+    expect(Object.hasOwn(ctx, '__proto__')).toBe(true);
+    expect(Object.getOwnPropertyDescriptor(ctx, '__proto__')!.value).toBe('x');
+    expect(ctx.app).toBe('y');
+    // The key is bound into the ciphertext: decrypt needs it, with its value.
+    const dec = await env.ok(['kms', 'decrypt', '--ciphertext-blob', `fileb://${ct}`, '--encryption-context', '__proto__=x,app=y']);
+    expect(Buffer.from(dec.Plaintext, 'base64').toString()).toBe('proto-bound');
+    for (const wrong of ['app=y', '__proto__=z,app=y']) {
+      const r = await env.cli(['kms', 'decrypt', '--ciphertext-blob', `fileb://${ct}`, '--encryption-context', wrong]);
+      expect(r.code, wrong).toBe(7);
+      expect(r.stderr, wrong).toMatch(/^ebsd: InvalidCiphertextException: /);
+    }
+  });
+});
+
+describe('state files and catalog records that are damaged', () => {
+  const env = new Env('edge-state');
+
+  beforeAll(() => ensureBuilt());
+  afterAll(() => env.cleanup());
+
+  it('a catalog record with malformed tags does not break status or ls; a corrupt catalog.json stops the start naming the file', async () => {
+    await env.start();
+    const a = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'a'])).VolumeId as string;
+    const b = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'b'])).VolumeId as string;
+    expect(await env.stop()).toBe(0);
+
+    // As a daemon before this change could have written it.
+    const file = join(env.state, 'volumes', 'catalog.json');
+    const cat = JSON.parse(readFileSync(file, 'utf8'));
+    cat.volumes.find((v: { volumeId: string }) => v.volumeId === a).tags = [null, 'x', 7, { Key: 'Name', Value: 'a' }];
+    cat.volumes.find((v: { volumeId: string }) => v.volumeId === b).tags = null;
+    writeFileSync(file, JSON.stringify(cat));
+    await env.start();
+    const st = await env.cli(['status', '--output', 'table']);
+    expect(st.code).toBe(0);
+    const ls = await env.cli(['volume', 'ls', '--output', 'table']);
+    expect(ls.code).toBe(0);
+    expect(ls.stdout).toMatch(new RegExp(`${a}\\s+a\\s`));
+    const vols = (await env.ok(['volume', 'ls'])).Volumes as { VolumeId: string; Tags: unknown }[];
+    expect(vols.find((v) => v.VolumeId === a)!.Tags).toEqual([{ Key: 'Name', Value: 'a' }]);
+    expect(vols.find((v) => v.VolumeId === b)!.Tags).toEqual([]);
+    expect(env.daemonLog()).toContain('catalog record had malformed tags');
+    expect(await env.stop()).toBe(0);
+
+    writeFileSync(file, '{"formatVersion":1,\n"volumes":[{"volumeId":"vol-1');
+    const r = await env.cli(['daemon', '--state-dir', env.state, '--mount', env.mnt]);
+    expect(r.code).toBe(9);
+    expect(r.stderr).toContain(`ebsd daemon: ${file} is corrupt: not valid JSON (line 2, column 30): Unterminated string in JSON at position 49`);
+  });
+
+  it('a corrupt identities.json stops the start naming the file and the line', async () => {
+    writeFileSync(join(env.state, 'identities.json'), '{"version":1,\n  oops');
+    const r = await env.cli(['daemon', '--state-dir', env.state, '--mount', env.mnt]);
+    expect(r.code).toBe(9);
+    expect(r.stderr).toMatch(new RegExp(`ebsd daemon: ${join(env.state, 'identities.json')} is corrupt: not valid JSON \\(line 2, column 3\\)`));
+  });
+});
+
+describe('a full disk under the KMS state', () => {
+  const env = new Env('edge-enospc');
+  let mounted = false;
+
+  beforeAll(async () => {
+    ensureBuilt();
+    // The state dir on a small tmpfs of its own, so filling it touches nothing else.
+    mkdirSync(env.state, { recursive: true });
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=32m,mode=0711', 'tmpfs', env.state], { encoding: 'utf8' });
+    if (m.status !== 0) throw new Error(`mount tmpfs: ${m.stderr}`);
+    mounted = true;
+    await env.start();
+  });
+  afterAll(async () => {
+    await env.stop().catch(() => {});
+    if (mounted) spawnSync('umount', ['-l', env.state]);
+    await env.cleanup();
+  });
+
+  it('says "no space left on device" and names the file, exit 10', async () => {
+    await env.ok(['kms', 'create-key', '--description', 'before']);
+    // Fill the filesystem: dd stops at ENOSPC.
+    spawnSync('dd', ['if=/dev/zero', `of=${join(env.state, 'fill')}`, 'bs=1M'], { encoding: 'utf8' });
+    const r = await env.cli(['kms', 'create-key', '--description', 'after']);
+    expect(r.code).toBe(10);
+    expect(r.stderr).toMatch(/^ebsd: KMSInternalException: An internal error occurred: no space left on device \(ENOSPC\) writing (\/\S+\/kms\/\S+|the audit log kms\/audit\/events\.ndjson)\n$/);
+  });
+});
