@@ -142,7 +142,7 @@ export class Dispatcher {
     return [...this.ops.keys()].sort();
   }
 
-  async call(operation: string, request: KmsRequest, caller: Caller): Promise<KmsResponse> {
+  async call(operation: string, request: KmsRequest, caller: Caller, requestId: string = randomUUID()): Promise<KmsResponse> {
     const ctx = this.context;
     const now = ctx.now();
     const due = this.beforeCall(now);
@@ -151,7 +151,6 @@ export class Dispatcher {
     let authorized = false;
     let response: KmsResponse | undefined;
     let error: KmsError | undefined;
-    const requestId = randomUUID();
     // Every call is audited or has no effect: the request's shape is checked and
     // its members serialized before the handler can change anything. A request
     // that cannot be recorded is refused here, and the refusal is recorded
