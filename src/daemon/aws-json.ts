@@ -68,9 +68,10 @@ export function toWireError(e: unknown): WireError {
   const message = typeof err?.message === 'string' ? err.message : String(e);
   if (awsName) {
     const internal = awsName === 'KMSInternalException' || awsName === 'InternalFailure' || awsName === 'DependencyTimeoutException';
-    // An error may carry its service's status (EC2's UnauthorizedOperation is 403).
+    // An error may carry its service's status (EC2's UnauthorizedOperation is 403); DryRunOperationException
+    // is 412 in the KMS service model; every other client fault is 400.
     const own = (e as { httpStatus?: unknown }).httpStatus;
-    return { status: typeof own === 'number' ? own : internal ? 500 : 400, body: { __type: awsName, message } };
+    return { status: typeof own === 'number' ? own : internal ? 500 : awsName === 'DryRunOperationException' ? 412 : 400, body: { __type: awsName, message } };
   }
   if (err instanceof TypeError || err instanceof RangeError || code === 'ERR_ARG_TYPE' || code === 'ERR_ARG_RANGE') {
     return { status: 400, body: { __type: 'ValidationException', message } };
