@@ -28,7 +28,7 @@ export interface DaemonConfig {
   /** KMS rotation/deletion tick (ms); default 60 s. */
   tickMs?: number;
   /**
-   * Serve the KMS and STS over HTTP(S) on this address (docs/kms-network.md).
+   * Serve the KMS and STS over HTTP(S) on this address (README.md, "KMS over the network").
    * Plain HTTP only on a loopback address; anything else needs `tls`.
    */
   kmsListen?: { host: string; port: number };

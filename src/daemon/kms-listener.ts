@@ -1,5 +1,5 @@
 /**
- * The KMS as a network service (docs/kms-network.md): one HTTP(S) listener
+ * The KMS as a network service (README.md, "KMS over the network"): one HTTP(S) listener
  * serving the KMS API (AWS JSON 1.1, `X-Amz-Target: TrentService.*`) and the
  * STS operations GetCallerIdentity and AssumeRole (Query protocol, XML).
  * Every request is authenticated with SigV4 before anything else looks at it;

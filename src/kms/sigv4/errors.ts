@@ -3,7 +3,7 @@ import { EbsdError } from '../../util/errors.js';
 /**
  * Why a request failed authentication. Each kind has the name a JSON-protocol
  * service (KMS) answers with and the code a Query-protocol service (STS)
- * answers with; both as AWS sends them (docs/kms-network.md, "Refusals").
+ * answers with; both as AWS sends them (README.md, "KMS over the network").
  */
 export type SigV4Refusal = 'MissingAuthenticationToken' | 'IncompleteSignature' | 'InvalidSignature' | 'UnrecognizedClient' | 'ExpiredToken';
 

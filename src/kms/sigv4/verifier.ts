@@ -4,7 +4,7 @@
  * refusals AWS answers with. The signing key is derived where the secret
  * lives (the HSM) and cached here per credential, date, region and service:
  * it is only good for that day, region and service, and deriving it costs an
- * HSM round trip (docs/kms-network.md).
+ * HSM round trip (README.md, "KMS over the network").
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { ALGORITHM, canonicalRequest, headerMap, sha256Hex, stringToSign, type WireRequest } from './canonical.js';

@@ -1,7 +1,7 @@
 /**
  * Long-term access keys of IAM users (`AKIA…`), as `aws iam
  * create-access-key` knows them. The secret is made inside the HSM and stored
- * only sealed under its domain key (docs/kms-network.md); it is shown once,
+ * only sealed under its domain key (README.md, "KMS over the network"); it is shown once,
  * in CreateAccessKey's answer, and never written anywhere in clear.
  */
 import { randomBytes } from 'node:crypto';

@@ -4,7 +4,7 @@
  * the session (role, session name, expiry, access key id) in clear and its
  * secret sealed by the HSM with that clear part as associated data, so a
  * token altered in any byte fails in the HSM and a daemon restart keeps
- * sessions valid until they expire (docs/kms-network.md).
+ * sessions valid until they expire (README.md, "KMS over the network").
  */
 import { EbsdError } from '../../util/errors.js';
 import type { Identities } from '../authz/identities.js';
