@@ -14,6 +14,7 @@ import {
 } from '@aws-sdk/client-kms';
 import { STSClient, GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { kmsUrl } from './helpers.js';
 import { Env, ensureBuilt, run, CLI } from '../e2e/helpers.js';
 
 class Sha256 {
@@ -62,7 +63,7 @@ describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
   beforeAll(async () => {
     ensureBuilt();
     await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
-    url = /"kmsUrl":"([^"]+)"/.exec(env.daemonLog())![1]!;
+    url = await kmsUrl(env);
     accountId = (await env.ok(['iam', 'create-user', 'alice'])).User.Arn.split(':')[4];
     const admin = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] });
     await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'admin', '--policy-document', admin]);
