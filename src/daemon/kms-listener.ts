@@ -162,9 +162,8 @@ export class KmsListener {
       const xml = await this.sts(form!, caller, requestId);
       return sendXml(res, 200, xml, requestId);
     } catch (e) {
-      if (e instanceof SigV4Error || !(e instanceof StsError || e instanceof BodyTooLarge)) {
-        if (!(e instanceof SigV4Error) && toWireError(e).status >= 500) this.o.log.error({ err: e, operation, requestId }, 'KMS network request failed');
-      }
+      const internal = query ? stsError(e).status >= 500 : toWireError(e).status >= 500;
+      if (internal) this.o.log.error({ err: e, operation, requestId }, 'KMS network request failed');
       if (query) {
         const { status, code, message } = stsError(e);
         return sendXml(res, status, `<ErrorResponse xmlns="${STS_NS}"><Error><Type>${status >= 500 ? 'Receiver' : 'Sender'}</Type><Code>${esc(code)}</Code><Message>${esc(message)}</Message></Error><RequestId>${requestId}</RequestId></ErrorResponse>`, requestId);
