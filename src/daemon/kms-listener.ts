@@ -153,7 +153,7 @@ export class KmsListener {
         if (e instanceof SigV4Error) await this.auditRefusal(e, query ? 'sts.amazonaws.com' : 'kms.amazonaws.com', operation, requestId, sourceIp, req);
         throw e;
       }
-      const caller: Caller = { ...verified.principal, sourceIp, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
+      const caller: Caller = { ...verified.principal, sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
       if (!query) {
         if (!target.startsWith('TrentService.')) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
         const out = await this.o.kms(operation, decodeKmsRequest(parseJson(body)), caller, requestId);

@@ -101,7 +101,7 @@ describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
     expect(nf).toBeInstanceOf(NotFoundException);
     // The audit event of the call carries the id the SDK saw (x-amzn-RequestId).
     const rid = (nf as NotFoundException).$metadata.requestId!;
-    expect(events().find((e) => e.requestID === rid)).toMatchObject({ eventName: 'DescribeKey', errorCode: 'NotFoundException', sourceIPAddress: '127.0.0.1', userIdentity: { arn: `arn:aws:iam::${accountId}:user/alice` } });
+    expect(events().find((e) => e.requestID === rid)).toMatchObject({ eventName: 'DescribeKey', errorCode: 'NotFoundException', sourceIPAddress: '127.0.0.1', userIdentity: { arn: `arn:aws:iam::${accountId}:user/alice`, accessKeyId: alice.AccessKeyId } });
     for (let i = 0; i < 2; i++) await kms.send(new CreateKeyCommand({}));
     const pages: number[] = [];
     const ids: string[] = [];
