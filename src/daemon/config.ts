@@ -1,4 +1,5 @@
 import { ArgRangeError } from '../util/errors.js';
+import { isLoopback } from './kms-listener.js';
 
 export interface DaemonConfig {
   /** Default /var/lib/ebsd. */
@@ -53,6 +54,10 @@ export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
+  // Checked before anything starts; the listener checks again (it may be built without a config).
+  if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
+    throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
+  }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
   }

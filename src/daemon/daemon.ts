@@ -19,7 +19,7 @@ import { decodeKmsRequest } from './aws-json.js';
 import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
 import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 import type { RefusalSummary } from './connection-guard.js';
-import { KmsListener, isLoopback } from './kms-listener.js';
+import { KmsListener } from './kms-listener.js';
 import { AccessKeyStore } from '../kms/sts/access-keys.js';
 import { TrustPolicies } from '../kms/sts/trust-policies.js';
 import { StsService } from '../kms/sts/sts-service.js';
@@ -120,9 +120,6 @@ export class Daemon {
     let kmsUrl: string | undefined;
     if (cfg.kmsListen) {
       const kms = this.kms;
-      if (!cfg.tls && !isLoopback(cfg.kmsListen.host)) {
-        throw new EbsdError('KMS_LISTEN_PLAINTEXT', `--kms-listen ${cfg.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
-      }
       const tls = cfg.tls ? { cert: await fsp.readFile(cfg.tls.certFile), key: await fsp.readFile(cfg.tls.keyFile) } : undefined;
       this.listener = new KmsListener({
         ...cfg.kmsListen, ...(tls ? { tls } : {}), region: ids.region, accountId: ids.accountId,
@@ -418,6 +415,7 @@ export class Daemon {
       case 'DeleteRole':
         if (str('RoleName') === HOST_ROLE) throw new EbsdError('IAM_PROTECTED', `${HOST_ROLE} is the host's own role`, { awsName: 'DeleteConflictException' });
         await ids.deleteRole(str('RoleName'));
+        await this.trust!.delete(str('RoleName'));
         return {};
       case 'ListRoles': return { Roles: ids.listRoles() };
       case 'PutPolicy': await ids.attachPolicy(str('Principal'), str('PolicyName'), str('PolicyDocument')); return {};

@@ -104,7 +104,7 @@ export class KmsListener {
   async listen(): Promise<{ host: string; port: number; protocol: 'http' | 'https' }> {
     const { o } = this;
     if (!o.tls && !isLoopback(o.host)) {
-      throw new EbsdError('KMS_LISTEN_PLAINTEXT', `--kms-listen ${o.host}: plain HTTP only on a loopback address; give --tls-cert and --tls-key`);
+      throw new EbsdError('KMS_LISTEN_PLAINTEXT', `--kms-listen ${o.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
     }
     const opts = { maxHeaderSize: this.limits.maxHeaderBytes };
     const handler = (req: IncomingMessage, res: ServerResponse): void => void this.serve(req, res);
