@@ -76,4 +76,16 @@ describe('AWS JSON 1.1 on the control socket', () => {
     // Authorization still comes first: a key that does not exist is NotFound, not a dry-run success.
     expect((await kms('Encrypt', { KeyId: 'alias/nope', Plaintext: 'aGk=', DryRun: true })).body.__type).toBe('NotFoundException');
   });
+
+  it('ListAliases markers stay correct while the list changes: an alias created between two pages does not repeat one', async () => {
+    for (const n of ['a', 'c', 'e']) expect((await kms('CreateAlias', { AliasName: `alias/page-${n}`, TargetKeyId: keyId })).status).toBe(200);
+    const first = await kms('ListAliases', { KeyId: keyId, Limit: 2 });
+    expect(first.body).toMatchObject({ Truncated: true, NextMarker: expect.any(String) });
+    expect((await kms('CreateAlias', { AliasName: 'alias/page-b', TargetKeyId: keyId })).status).toBe(200);
+    const second = await kms('ListAliases', { KeyId: keyId, Limit: 2, Marker: first.body.NextMarker });
+    const names = [...first.body.Aliases, ...second.body.Aliases].map((a: any) => a.AliasName);
+    expect(names).toEqual(['alias/page-a', 'alias/page-c', 'alias/page-e']);
+    expect(second.body.Truncated).toBe(false);
+    expect((await kms('ListAliases', { KeyId: keyId, Marker: 'bm90IGEgbWFya2Vy' })).body.__type).toBe('InvalidMarkerException');
+  });
 });
