@@ -22,6 +22,8 @@ declare -A NEED=(
   [g++]=/usr/bin/g++
   [python3]=/usr/bin/python3
   [libgcrypt20-dev]=/usr/include/gcrypt.h
+  [awscli]=/usr/bin/aws
+  [openssl]=/usr/bin/openssl
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

@@ -8,7 +8,7 @@ import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
 // FUSE and crypto code the daemon needs (measured: ~0.6 s -> ~0.15 s per call).
-import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseDuration, VERSION, type DaemonConfig } from '../daemon/config.js';
+import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseDuration, parseListenAddress, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { createLogger } from '../util/logger.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
@@ -114,6 +114,10 @@ function daemonCommand(y: Argv): Argv {
         })
         // Gone (see the handler); declared so that its refusal explains what replaced it.
         .option('cipher', { type: 'string', hidden: true })
+        .option('kms-listen', { type: 'string', describe: 'serve the KMS and STS (SigV4-authenticated) on HOST:PORT; plain HTTP only on loopback' })
+        .option('tls-cert', { type: 'string', describe: 'PEM certificate (chain) for --kms-listen: HTTPS' })
+        .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert' })
+        .option('kms-only', { type: 'boolean', default: false, describe: 'run the KMS alone (with --kms-listen): no FUSE mount, no volume service' })
         .option('write-behind', {
           type: 'boolean',
           default: true,
@@ -133,7 +137,11 @@ function daemonCommand(y: Argv): Argv {
         logLevel: a.logLevel,
         allowUnencrypted: a.allowUnencrypted,
         writeBehind: a.writeBehind,
+        ...(a.kmsListen !== undefined ? { kmsListen: listenAddress(a.kmsListen) } : {}),
+        ...(a.kmsOnly ? { kmsOnly: true } : {}),
       };
+      if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+      if (a.tlsCert !== undefined) cfg.tls = { certFile: a.tlsCert, keyFile: a.tlsKey! };
       const log = createLogger({ level: cfg.logLevel, name: 'ebsd' });
       try {
         const { runDaemon } = await import('../daemon/daemon.js');
@@ -344,6 +352,14 @@ function auditCommands(y: Argv): Argv {
   );
 }
 
+function listenAddress(v: string): { host: string; port: number } {
+  try {
+    return parseListenAddress(v);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
 function iamCommands(y: Argv): Argv {
   const simple = (v: Argv, cmd: string, desc: string, op: string, toBody: (a: R) => R, tableFn?: (res: R) => string): Argv =>
     // Positionals declared, or strictOptions() takes them for unknown options.
@@ -382,6 +398,28 @@ function iamCommands(y: Argv): Argv {
     simple(v, 'delete-policy <principal> <policy-name>', 'Remove an inline identity policy', 'DeletePolicy', (a) => ({ Principal: a.principal, PolicyName: a.policyName }));
     simple(v, 'get-policy <principal> <policy-name>', 'Show an inline identity policy', 'GetPolicy', (a) => ({ Principal: a.principal, PolicyName: a.policyName }));
     simple(v, 'list-policies <principal>', 'List inline identity policies', 'ListPolicies', (a) => ({ Principal: a.principal }));
+    const keyTable = (r: R): string => table(r.AccessKeyMetadata as R[], [['USER', (x) => x.UserName], ['ACCESS KEY ID', (x) => x.AccessKeyId], ['STATUS', (x) => x.Status], ['CREATED', (x) => x.CreateDate]]);
+    const userName = (b: Argv): Argv => b.option('user-name', { type: 'string', describe: 'IAM user name' });
+    const iam = (cmd: string, desc: string, op: string, build: (b: Argv) => Argv, toBody: (a: R) => R, tableFn?: (res: R) => string): Argv =>
+      v.command(cmd, desc, build, async (a) => {
+        const g = a as unknown as Globals;
+        const res = await call(g, `ebsd.Iam${op}`, toBody(a as R));
+        show(g, res, tableFn ? () => tableFn(res) : undefined);
+      });
+    // The secret is in this answer only (as `aws iam create-access-key` prints it); the daemon keeps it sealed.
+    iam('create-access-key', 'Create an access key (AKIA…) for SigV4 calls to --kms-listen; prints its secret once', 'CreateAccessKey',
+      (b) => userName(b).demandOption('user-name'), (a) => ({ UserName: a.userName }));
+    iam('list-access-keys', 'List access keys (of one user with --user-name)', 'ListAccessKeys', userName,
+      (a) => (a.userName ? { UserName: a.userName } : {}), keyTable);
+    iam('update-access-key', 'Set an access key Active or Inactive', 'UpdateAccessKey',
+      (b) => userName(b).option('access-key-id', { type: 'string', demandOption: true }).option('status', { type: 'string', choices: ['Active', 'Inactive'], demandOption: true }),
+      (a) => ({ AccessKeyId: a.accessKeyId, Status: a.status, ...(a.userName ? { UserName: a.userName } : {}) }));
+    iam('delete-access-key', 'Delete an access key', 'DeleteAccessKey',
+      (b) => userName(b).option('access-key-id', { type: 'string', demandOption: true }),
+      (a) => ({ AccessKeyId: a.accessKeyId, ...(a.userName ? { UserName: a.userName } : {}) }));
+    iam('update-assume-role-policy', "Set a role's trust policy: who may sts:AssumeRole it over --kms-listen", 'UpdateAssumeRolePolicy',
+      (b) => b.option('role-name', { type: 'string', demandOption: true }).option('policy-document', { type: 'string', demandOption: true, describe: 'JSON or file://path' }),
+      (a) => ({ RoleName: a.roleName, PolicyDocument: readArg(a.policyDocument as string, '--policy-document') }));
     return v.demandCommand(1, 'name an iam subcommand');
   });
 }

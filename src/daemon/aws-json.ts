@@ -4,14 +4,32 @@
  * SDKs parse). In-process, KMS blobs are Uint8Array.
  */
 
+import { KmsError, UnsupportedOperationException } from '../kms/errors.js';
+
 /** KMS request members of type Blob (AWS KMS API reference). */
 const REQUEST_BLOBS = new Set(['Plaintext', 'CiphertextBlob', 'Message', 'Signature', 'Mac']);
+/** RFC 4648 §4 base64 with padding, nothing else (no whitespace, no URL alphabet). */
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
+/**
+ * JSON request -> in-process request: blob members decoded strictly (a
+ * malformed one is a SerializationException naming it, as AWS answers, not
+ * a shorter plaintext). `Recipient` (Nitro Enclave attestation) is refused:
+ * ebsd cannot check an attestation document, and answering in the clear
+ * would hand the plaintext to whoever asked for it sealed to an enclave.
+ */
 export function decodeKmsRequest(body: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(body)) {
-    if (REQUEST_BLOBS.has(k) && typeof v === 'string') out[k] = Buffer.from(v, 'base64');
-    else out[k] = v;
+    if (k === 'Recipient' && v !== undefined && v !== null) {
+      throw new UnsupportedOperationException('Recipient (attestation-bound responses for Nitro Enclaves) is not supported by this KMS.', { code: 'KMS_RECIPIENT_UNSUPPORTED' });
+    }
+    if (REQUEST_BLOBS.has(k) && v !== null && v !== undefined) {
+      if (typeof v !== 'string' || !BASE64.test(v)) {
+        throw new KmsError('SerializationException', `${k} must be a base64-encoded blob (RFC 4648 with padding)`, { code: 'KMS_BAD_BLOB' });
+      }
+      out[k] = Buffer.from(v, 'base64');
+    } else out[k] = v;
   }
   return out;
 }
@@ -28,9 +46,14 @@ export function encodeResponse(v: unknown): unknown {
   return v;
 }
 
+/**
+ * `{"__type","message"}` and nothing else: clients that read another member
+ * first (aws-sdk-go-v2; @aws-sdk/client-kms up to 3.972 read `code`) would
+ * otherwise report ebsd's internal code instead of the typed exception.
+ */
 export interface WireError {
   status: number;
-  body: { __type: string; message: string; code?: string };
+  body: { __type: string; message: string };
 }
 
 /**
@@ -45,12 +68,13 @@ export function toWireError(e: unknown): WireError {
   const message = typeof err?.message === 'string' ? err.message : String(e);
   if (awsName) {
     const internal = awsName === 'KMSInternalException' || awsName === 'InternalFailure' || awsName === 'DependencyTimeoutException';
-    // An error may carry its service's status (EC2's UnauthorizedOperation is 403).
+    // An error may carry its service's status (EC2's UnauthorizedOperation is 403); DryRunOperationException
+    // is 412 in the KMS service model; every other client fault is 400.
     const own = (e as { httpStatus?: unknown }).httpStatus;
-    return { status: typeof own === 'number' ? own : internal ? 500 : 400, body: { __type: awsName, message, ...(code ? { code } : {}) } };
+    return { status: typeof own === 'number' ? own : internal ? 500 : awsName === 'DryRunOperationException' ? 412 : 400, body: { __type: awsName, message } };
   }
   if (err instanceof TypeError || err instanceof RangeError || code === 'ERR_ARG_TYPE' || code === 'ERR_ARG_RANGE') {
-    return { status: 400, body: { __type: 'ValidationException', message, ...(code ? { code } : {}) } };
+    return { status: 400, body: { __type: 'ValidationException', message } };
   }
-  return { status: 500, body: { __type: 'InternalFailure', message, ...(code ? { code } : {}) } };
+  return { status: 500, body: { __type: 'InternalFailure', message } };
 }

@@ -1,4 +1,5 @@
 import { ArgRangeError } from '../util/errors.js';
+import { isLoopback } from './kms-listener.js';
 
 export interface DaemonConfig {
   /** Default /var/lib/ebsd. */
@@ -27,6 +28,23 @@ export interface DaemonConfig {
   writeBehind?: boolean;
   /** KMS rotation/deletion tick (ms); default 60 s. */
   tickMs?: number;
+  /**
+   * Serve the KMS and STS over HTTP(S) on this address (README.md, "KMS over the network").
+   * Plain HTTP only on a loopback address; anything else needs `tls`.
+   */
+  kmsListen?: { host: string; port: number };
+  /** PEM files of the listener's certificate (chain) and private key. */
+  tls?: { certFile: string; keyFile: string };
+  /** Run the KMS alone: no FUSE mount, no volume service. */
+  kmsOnly?: boolean;
+}
+
+/** `HOST:PORT`, `[::1]:PORT` -> host and port; a RangeError naming the flag otherwise. */
+export function parseListenAddress(v: string, name = '--kms-listen'): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(v);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new ArgRangeError(name, `"${v}" is not HOST:PORT (e.g. 127.0.0.1:4599, [::1]:0)`);
+  return { host: m[1] ?? m[2]!, port };
 }
 
 export const VERSION = '0.1.0';
@@ -34,6 +52,12 @@ export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
 export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 
 export function checkDaemonConfig(c: DaemonConfig): void {
+  if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
+  if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
+  // Checked before anything starts; the listener checks again (it may be built without a config).
+  if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
+    throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
+  }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
   }

@@ -1,3 +1,4 @@
+import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { KmsService } from '../kms/kms-core.js';
 import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../kms/authz/index.js';
@@ -20,6 +21,10 @@ import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
 import { checkImageSizeFits } from '../volume/size.js';
+import { KmsListener } from './kms-listener.js';
+import { AccessKeyStore } from '../kms/sts/access-keys.js';
+import { TrustPolicies } from '../kms/sts/trust-policies.js';
+import { StsService } from '../kms/sts/sts-service.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -62,6 +67,9 @@ export class Daemon {
   private bfs: BlockFileSystem | undefined;
   private fuse: FuseMount | undefined;
   private server: ControlServer | undefined;
+  private listener: KmsListener | undefined;
+  private accessKeys: AccessKeyStore | undefined;
+  private trust: TrustPolicies | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private readonly paths: StatePaths;
   private readonly startedAt = Date.now();
@@ -113,7 +121,40 @@ export class Daemon {
     });
     registerAuthzOperations(this.kms, this.authz.authorizer, { onKeyDeleted: this.kms.context.onKeyDeleted });
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
+    this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.context.hsm);
+    this.trust = await TrustPolicies.open(paths.root);
+    const host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
+    this.host = host;
+    if (!cfg.kmsOnly) await this.startVolumeService(host);
 
+    this.server = new ControlServer(paths.socket, (t, b, p) => this.handle(t, b, p), log.child({ component: 'control' }), {
+      onRefusals: (rows) => this.auditThrottled(rows),
+    });
+    await this.server.listen();
+    let kmsUrl: string | undefined;
+    if (cfg.kmsListen) {
+      const kms = this.kms;
+      const tls = cfg.tls ? { cert: await fsp.readFile(cfg.tls.certFile), key: await fsp.readFile(cfg.tls.keyFile) } : undefined;
+      this.listener = new KmsListener({
+        ...cfg.kmsListen, ...(tls ? { tls } : {}), region: ids.region, accountId: ids.accountId,
+        sts: new StsService(ids, this.accessKeys, this.trust, kms.context.hsm),
+        kms: (op, req, caller, requestId) => kms.call(op, req, caller, requestId),
+        audit: (ev) => kms.context.audit.append(ev),
+        log: log.child({ component: 'kms-listener' }),
+      });
+      const a = await this.listener.listen();
+      kmsUrl = `${a.protocol}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
+    }
+    const tickMs = cfg.tickMs ?? 60_000;
+    this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
+    this.ticker.unref();
+    log.info({ socket: paths.socket, mount: cfg.kmsOnly ? undefined : cfg.mountDir, kmsOnly: cfg.kmsOnly ?? false, ...(kmsUrl ? { kmsUrl } : {}), xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, writeBehind: this.writeBehind, version: VERSION }, 'ebsd daemon ready');
+  }
+
+  /** FUSE mount and volume manager; a `--kms-only` daemon has neither. */
+  private async startVolumeService(host: Caller): Promise<void> {
+    const { cfg, log, paths } = this;
+    const ids = this.authz!.identities;
     const engine = selectXtsEngine('auto', log);
     this.xtsEngineName = engine.name;
     const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind });
@@ -121,11 +162,9 @@ export class Daemon {
     this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
     await this.fuse.mount();
 
-    const host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
-    this.host = host;
     this.mgr = await VolumeManager.open({
       stateDir: paths.root,
-      keyService: new KmsCoreKeyService(this.kms),
+      keyService: new KmsCoreKeyService(this.kms!),
       hostPrincipal: host,
       xtsEngine: engine,
       region: ids.region,
@@ -142,20 +181,11 @@ export class Daemon {
     });
     const mgr = this.mgr;
     this.ec2Authz = new Ec2Authorizer({
-      evaluator: this.authz.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: mgr.instanceId,
+      evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: mgr.instanceId,
       volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
     });
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
-
-    this.server = new ControlServer(paths.socket, (t, b, p) => this.handle(t, b, p), log.child({ component: 'control' }), {
-      onRefusals: (rows) => this.auditThrottled(rows),
-    });
-    await this.server.listen();
-    const tickMs = cfg.tickMs ?? 60_000;
-    this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
-    this.ticker.unref();
-    log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, writeBehind: this.writeBehind, version: VERSION }, 'ebsd daemon ready');
   }
 
   /**
@@ -174,6 +204,7 @@ export class Daemon {
       try { await fn(); } catch (err) { log.error({ err, step: what }, 'shutdown step failed'); }
     };
     if (this.ticker) clearInterval(this.ticker);
+    await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
@@ -200,7 +231,7 @@ export class Daemon {
         await this.deny('kms.amazonaws.com', op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer);
       }
       // The core authorizes and audits.
-      return this.kms!.call(op, decodeKmsRequest(body), caller);
+      return this.kms!.call(op, decodeKmsRequest(body), caller, peer.requestId);
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
@@ -215,6 +246,7 @@ export class Daemon {
       await this.deny(source, op, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
     }
     if (VOLUME_OPS.has(op) && isEc2Operation(op)) {
+      if (!this.mgr) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
       // Every member checked (types, lengths, counts) before authorization reads it and before anything changes.
       const req = parseEc2Request(op, body);
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
@@ -325,12 +357,12 @@ export class Daemon {
 
   private status(caller: Caller): unknown {
     const ids = this.authz!.identities;
-    const mgr = this.mgr!;
+    const mgr = this.mgr;
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
-    const caches = new Map(mgr.describeKeyCaches().map((c) => [c.VolumeId, c]));
+    const caches = new Map(mgr?.describeKeyCaches().map((c) => [c.VolumeId, c]));
     const audit = this.kms!.context.audit.health();
     // Only the volumes the caller may describe (ec2:DescribeVolumes, per volume).
-    const volumes = mgr.describeVolumes().Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v)).map((v) => {
+    const volumes = (mgr?.describeVolumes().Volumes ?? []).filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v)).map((v) => {
       const attached = this.bfs!.has(v.VolumeId);
       const name = v.Tags.find((t) => t.Key === 'Name')?.Value;
       const kc = attached ? caches.get(v.VolumeId) : undefined;
@@ -397,12 +429,13 @@ export class Daemon {
         const c = await ids.createUser(str('UserName'), path);
         return { User: { UserName: c.userName, Arn: c.arn, UserId: c.principalId } };
       }
-      case 'DeleteUser': await ids.deleteUser(str('UserName')); return {};
+      case 'DeleteUser': await ids.deleteUser(str('UserName')); await this.accessKeys!.deleteUser(str('UserName')); return {};
       case 'ListUsers': return { Users: ids.listUsers() };
       case 'CreateRole': return { Role: { RoleName: str('RoleName'), Arn: await ids.createRole(str('RoleName'), path) } };
       case 'DeleteRole':
         if (str('RoleName') === HOST_ROLE) throw new EbsdError('IAM_PROTECTED', `${HOST_ROLE} is the host's own role`, { awsName: 'DeleteConflictException' });
         await ids.deleteRole(str('RoleName'));
+        await this.trust!.delete(str('RoleName'));
         return {};
       case 'ListRoles': return { Roles: ids.listRoles() };
       case 'PutPolicy': await ids.attachPolicy(str('Principal'), str('PolicyName'), str('PolicyDocument')); return {};
@@ -418,6 +451,29 @@ export class Daemon {
         return { Mapping: ids.listUidMappings().find((m) => m.uid === b.Uid) };
       case 'UnmapUid': await ids.unmapUid(uid()); return {};
       case 'ListUidMappings': return { Mappings: ids.listUidMappings() };
+      case 'CreateAccessKey': {
+        const user = str('UserName');
+        if (!ids.listUsers().some((u) => u.UserName === user)) {
+          throw new EbsdError('IAM_NO_SUCH_ENTITY', `The user with name ${user} cannot be found.`, { awsName: 'NoSuchEntityException' });
+        }
+        return { AccessKey: await this.accessKeys!.create(user) };
+      }
+      case 'ListAccessKeys': {
+        const user = typeof b.UserName === 'string' ? b.UserName : undefined;
+        return { AccessKeyMetadata: this.accessKeys!.list(user), IsTruncated: false };
+      }
+      case 'UpdateAccessKey':
+        await this.accessKeys!.update(str('AccessKeyId'), str('Status') as 'Active', typeof b.UserName === 'string' ? b.UserName : undefined);
+        return {};
+      case 'DeleteAccessKey':
+        await this.accessKeys!.delete(str('AccessKeyId'), typeof b.UserName === 'string' ? b.UserName : undefined);
+        return {};
+      case 'UpdateAssumeRolePolicy': {
+        const role = str('RoleName');
+        if (!ids.listRoles().some((r) => r.RoleName === role)) throw new EbsdError('IAM_NO_SUCH_ENTITY', `The role with name ${role} cannot be found.`, { awsName: 'NoSuchEntityException' });
+        await this.trust!.put(role, str('PolicyDocument'));
+        return {};
+      }
     }
     throw new EbsdError('UNKNOWN_TARGET', `unknown IAM operation ${op}`, { awsName: 'UnknownOperationException' });
   }

@@ -17,7 +17,7 @@ import type { Hsm } from './hsm/hsm-client.js';
 import type { KeyHandle } from './hsm/protocol.js';
 import type { AuditLog } from './audit/audit-log.js';
 import { buildEventJson } from './audit/event.js';
-import { AccessDeniedException, KMSInternalException, KmsError, UnknownOperationException, ValidationException } from './errors.js';
+import { AccessDeniedException, DryRunOperationException, KMSInternalException, KmsError, UnknownOperationException, ValidationException } from './errors.js';
 import { checkRequestShape } from './request-shape.js';
 import { checkKeyState } from './key-state.js';
 
@@ -142,7 +142,7 @@ export class Dispatcher {
     return [...this.ops.keys()].sort();
   }
 
-  async call(operation: string, request: KmsRequest, caller: Caller): Promise<KmsResponse> {
+  async call(operation: string, request: KmsRequest, caller: Caller, requestId: string = randomUUID()): Promise<KmsResponse> {
     const ctx = this.context;
     const now = ctx.now();
     const due = this.beforeCall(now);
@@ -151,7 +151,6 @@ export class Dispatcher {
     let authorized = false;
     let response: KmsResponse | undefined;
     let error: KmsError | undefined;
-    const requestId = randomUUID();
     // Every call is audited or has no effect: the request's shape is checked and
     // its members serialized before the handler can change anything. A request
     // that cannot be recorded is refused here, and the refusal is recorded
@@ -192,6 +191,11 @@ export class Dispatcher {
         if (d.grantId) (call.additionalEventData ??= {}).grantId = d.grantId;
         authorized = true;
         if (key && a.stateCheck !== false) checkKeyState(a.stateCheck ?? operation, key);
+        // DryRun: authorized (and the key usable), so stop here, before any effect. ReEncrypt authorizes
+        // twice (From, then To); only the second one ends it.
+        if (call.request.DryRun === true && action !== 'kms:ReEncryptFrom') {
+          throw new DryRunOperationException('The request would have succeeded, but the DryRun option is set.');
+        }
       },
     };
     if (recordable) {

@@ -48,6 +48,8 @@ export class MalformedPolicyDocumentException extends make('MalformedPolicyDocum
 export class TagException extends make('TagException') {}
 export class KeyUnavailableException extends make('KeyUnavailableException') {}
 export class DependencyTimeoutException extends make('DependencyTimeoutException') {}
+/** A DryRun request that would have succeeded: authorized, no effect. */
+export class DryRunOperationException extends make('DryRunOperationException') {}
 /** The operation name is not one the core knows (AWS answers `UnknownOperationException`). */
 export class UnknownOperationException extends make('UnknownOperationException') {}
 

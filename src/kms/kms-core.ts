@@ -120,9 +120,10 @@ export class KmsService implements KmsCore {
     }
   }
 
-  call(operation: string, request: KmsRequest, caller: Caller): Promise<KmsResponse> {
+  /** `requestId`: the id the caller answers with (x-amzn-RequestId), so the audit event carries the same one. */
+  call(operation: string, request: KmsRequest, caller: Caller, requestId?: string): Promise<KmsResponse> {
     if (this.closed) return Promise.reject(new KMSInternalException('KMS core is closed', { code: 'KMS_CLOSED' }));
-    return this.dispatcher.call(operation, request, caller);
+    return this.dispatcher.call(operation, request, caller, requestId);
   }
 
   /** Add or replace an operation (policies and grants register theirs here). */

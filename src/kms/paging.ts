@@ -3,18 +3,35 @@ import { InvalidMarkerException } from './errors.js';
 import { optInt, optStr } from './validate.js';
 import type { KmsRequest } from './types.js';
 
-export function page<T>(req: KmsRequest, items: T[], def: number, max: number): { items: T[]; Truncated: boolean; NextMarker?: string } {
+const badMarker = (): InvalidMarkerException => new InvalidMarkerException('The marker that specifies where pagination should next begin is not valid.');
+
+/**
+ * One page of `items`. With `keyOf` (items sorted ascending by it), the
+ * marker names the last item returned and the next page starts after it, so
+ * an item added or removed between two calls neither repeats nor hides one
+ * (an offset would shift). Without it, the marker is an offset.
+ */
+export function page<T>(req: KmsRequest, items: T[], def: number, max: number, keyOf?: (t: T) => string): { items: T[]; Truncated: boolean; NextMarker?: string } {
   const limit = optInt(req, 'Limit', 1, max) ?? def;
   const marker = optStr(req, 'Marker', 1, 1024);
   let start = 0;
   if (marker !== undefined) {
-    const m = /^p1:(\d+)$/.exec(Buffer.from(marker, 'base64url').toString('utf8'));
-    if (!m || Number(m[1]) > items.length) throw new InvalidMarkerException('The marker that specifies where pagination should next begin is not valid.');
-    start = Number(m[1]);
+    const text = Buffer.from(marker, 'base64url').toString('utf8');
+    const k = keyOf ? /^k1:(.+)$/s.exec(text) : null;
+    const m = keyOf ? null : /^p1:(\d+)$/.exec(text);
+    if (k) {
+      const after = k[1]!;
+      start = items.findIndex((t) => keyOf!(t) > after);
+      if (start < 0) start = items.length;
+    } else if (m && Number(m[1]) <= items.length) {
+      start = Number(m[1]);
+    } else {
+      throw badMarker();
+    }
   }
   const slice = items.slice(start, start + limit);
   const end = start + slice.length;
-  return end < items.length
-    ? { items: slice, Truncated: true, NextMarker: Buffer.from(`p1:${end}`).toString('base64url') }
-    : { items: slice, Truncated: false };
+  if (end >= items.length) return { items: slice, Truncated: false };
+  const next = keyOf ? `k1:${keyOf(slice[slice.length - 1]!)}` : `p1:${end}`;
+  return { items: slice, Truncated: true, NextMarker: Buffer.from(next).toString('base64url') };
 }

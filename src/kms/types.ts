@@ -21,6 +21,8 @@ export interface Caller {
   uid?: number;
   sourceIp?: string;
   userAgent?: string;
+  /** The SigV4 access key (AKIA… or ASIA…) a network caller signed with (CloudTrail userIdentity.accessKeyId). */
+  accessKeyId?: string;
 }
 
 /** AWS JSON 1.1 request/response objects; Blob fields are Uint8Array in-process, base64 on the wire. */

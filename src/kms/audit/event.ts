@@ -92,6 +92,7 @@ export function buildEvent(i: AuditInput): Record<string, unknown> {
         ...(c.principalId ? { principalId: c.principalId } : {}),
         arn: c.arn,
         accountId: c.accountId,
+        ...(c.accessKeyId ? { accessKeyId: c.accessKeyId } : {}),
         ...(c.userName ? { userName: c.userName } : {}),
         ...(c.viaService ? { invokedBy: c.viaService } : {}),
       }
@@ -136,10 +137,10 @@ function _identity(c: Caller): string {
   // Checked field by field: a caller object changed in place must not log its old identity.
   const h = hit?.c;
   if (h && h.type === c.type && h.arn === c.arn && h.accountId === c.accountId && h.principalId === c.principalId
-    && h.userName === c.userName && h.viaService === c.viaService) return hit.s;
+    && h.userName === c.userName && h.viaService === c.viaService && h.accessKeyId === c.accessKeyId) return hit.s;
   const s = _q({
     type: c.type, ...(c.principalId ? { principalId: c.principalId } : {}), arn: c.arn, accountId: c.accountId,
-    ...(c.userName ? { userName: c.userName } : {}), ...(c.viaService ? { invokedBy: c.viaService } : {}),
+    ...(c.accessKeyId ? { accessKeyId: c.accessKeyId } : {}), ...(c.userName ? { userName: c.userName } : {}), ...(c.viaService ? { invokedBy: c.viaService } : {}),
   });
   _identityJson.set(c, { s, c: { ...c } });
   return s;

@@ -14,14 +14,17 @@ import { secp256k1 } from '@noble/curves/secp256k1.js';
 import { wipe } from '../../util/wipe.js';
 import { encodeHeader, parseBlob, HBK_ID_LEN, KDF_NONCE_LEN, IV_LEN, TAG_LEN } from '../blob.js';
 import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, HASH_LEN } from '../key-spec.js';
-import { InvalidCiphertextException, KMSInternalException, IncorrectKeyException, ValidationException, KMSInvalidSignatureException } from '../errors.js';
+import { KmsError, InvalidCiphertextException, KMSInternalException, IncorrectKeyException, ValidationException, KMSInvalidSignatureException } from '../errors.js';
 import { deriveOneTimeKey } from './kdf.js';
 import { Drbg } from './drbg.js';
 import type { Domain } from './domain.js';
-import type { CipherEndpoint, HsmRequest, KeyHandle } from './protocol.js';
+import type { CipherEndpoint, HsmRequest, KeyHandle, SecretKind } from './protocol.js';
+import { deriveSigningKey } from '../sigv4/signing-key.js';
 
 const EKT_VERSION = 1;
 const EKT_AAD_PREFIX = Buffer.from('ebsd/ekt/v1', 'utf8');
+const SECRET_VERSION = 1;
+const SECRET_AAD_PREFIX = Buffer.from('ebsd/secret/v1\0', 'utf8');
 
 export class HsmEngine {
   private readonly drbg = new Drbg();
@@ -307,6 +310,51 @@ export class HsmEngine {
       case 'random': return { bytes: this.drbg.bytes(r.bytes) };
       case 'signAudit': return { signature: nodeSign(null, r.data, this.domain.auditPrivateKey) };
       case 'auditPublicKey': return { pem: this.domain.auditPublicKeyPem };
+      case 'newSecret': return this.newSecret(r.kind, r.id, r.context);
+      case 'sigv4Key': {
+        const secret = this.unsealSecret(r.kind, r.id, r.context, r.sealed);
+        try { return { key: deriveSigningKey(secret, r.date, r.region, r.service) }; } finally { wipe(secret); }
+      }
+    }
+  }
+
+  // ---- SigV4 secrets -----------------------------------------------------------
+
+  private secretAad(kind: SecretKind, id: string, context: Uint8Array): Buffer {
+    return Buffer.concat([SECRET_AAD_PREFIX, Buffer.from(`${kind}\0${id}\0`, 'utf8'), context]);
+  }
+
+  /**
+   * A new 40-character secret access key (30 DRBG bytes, base64, the shape of
+   * an AWS secret), and its seal: version ‖ iv ‖ AES-256-GCM(domainKey,
+   * secret, AAD = "ebsd/secret/v1" ‖ kind ‖ id ‖ context) ‖ tag.
+   */
+  private newSecret(kind: SecretKind, id: string, context: Uint8Array): { secret: string; sealed: Uint8Array } {
+    const raw = this.drbg.bytes(30);
+    const secret = Buffer.from(Buffer.from(raw).toString('base64'), 'latin1');
+    try {
+      const iv = this.drbg.bytes(IV_LEN);
+      const c = createCipheriv('aes-256-gcm', this.domain.domainKey, iv);
+      c.setAAD(this.secretAad(kind, id, context));
+      const sealed = Buffer.concat([Buffer.of(SECRET_VERSION), iv, c.update(secret), c.final(), c.getAuthTag()]);
+      return { secret: secret.toString('latin1'), sealed };
+    } finally {
+      wipe(raw, secret);
+    }
+  }
+
+  /** The secret inside a seal made by newSecret; the caller wipes it. A seal that fails authentication names no secret. */
+  private unsealSecret(kind: SecretKind, id: string, context: Uint8Array, sealed: Uint8Array): Buffer {
+    try {
+      if (sealed.length < 1 + IV_LEN + TAG_LEN + 1 || sealed[0] !== SECRET_VERSION) throw new Error('format');
+      const d = createDecipheriv('aes-256-gcm', this.domain.domainKey, sealed.subarray(1, 1 + IV_LEN));
+      d.setAAD(this.secretAad(kind, id, context));
+      d.setAuthTag(sealed.subarray(sealed.length - TAG_LEN));
+      const out = d.update(sealed.subarray(1 + IV_LEN, sealed.length - TAG_LEN));
+      d.final();
+      return out;
+    } catch {
+      throw new KmsError('UnrecognizedClientException', `The sealed secret of ${kind} ${id} failed authentication.`, { code: 'KMS_SECRET_UNSEAL_FAILED' });
     }
   }
 

@@ -41,6 +41,8 @@ export type HsmRequest =
   | { op: 'verifyMac'; key: KeyHandle; algorithm: string; message: Uint8Array; mac: Uint8Array }
   | { op: 'random'; bytes: number }
   | { op: 'signAudit'; data: Uint8Array }
+  | { op: 'newSecret'; kind: SecretKind; id: string; context: Uint8Array }
+  | { op: 'sigv4Key'; kind: SecretKind; id: string; context: Uint8Array; sealed: Uint8Array; date: string; region: string; service: string }
   | { op: 'auditPublicKey' };
 
 export interface HsmResults {
@@ -59,7 +61,16 @@ export interface HsmResults {
   random: { bytes: Uint8Array };
   signAudit: { signature: Uint8Array };
   auditPublicKey: { pem: string };
+  /** The secret leaves the HSM this once, to be shown to its owner; only `sealed` is stored. */
+  newSecret: { secret: string; sealed: Uint8Array };
+  sigv4Key: { key: Uint8Array };
 }
+
+/**
+ * What a sealed SigV4 secret belongs to: a long-term access key (AKIA…) or an
+ * STS session (ASIA…, whose token carries the sealed secret).
+ */
+export type SecretKind = 'access-key' | 'session';
 
 export type HsmOp = HsmRequest['op'];
 export type HsmResult<O extends HsmOp> = HsmResults[O];

@@ -68,7 +68,7 @@ export function registerAliasOperations(d: Dispatcher): void {
     } else {
       await call.authorize({});
     }
-    const p = page(call.request, aliases, 50, 100);
+    const p = page(call.request, aliases, 50, 100, (a) => a.AliasName);
     return {
       Aliases: p.items.map((a) => ({
         AliasName: a.AliasName, AliasArn: `arn:aws:kms:${ctx.region}:${ctx.accountId}:${a.AliasName}`, TargetKeyId: a.TargetKeyId,

@@ -119,7 +119,7 @@ export function registerKeyOperations(d: Dispatcher): void {
   d.registerOperation('ListKeys', async (ctx, call) => {
     await call.authorize({});
     const ids = ctx.keystore.allIds();
-    const p = page(call.request, ids, 100, 1000);
+    const p = page(call.request, ids, 100, 1000, (id) => id);
     const base = `arn:aws:kms:${ctx.region}:${ctx.accountId}:key/`;
     return { Keys: p.items.map((id) => ({ KeyId: id, KeyArn: base + id })), Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}) };
   }, { readOnly: true });

@@ -19,7 +19,8 @@ export async function rotateKey(ctx: OperationContext, key: KeyRecord, type: 'AU
   await ctx.keystore.update(key.keyId, (k) => {
     k.materials.push({ id: hbkId.toString('hex'), ekt: Buffer.from(g.ekt).toString('base64'), createdAt: now, origin: type });
     if (type === 'ON_DEMAND') k.rotation.onDemandCount++;
-    if (k.rotation.enabled) k.rotation.nextRotationDate = now + (k.rotation.periodDays ?? DEFAULT_ROTATION_DAYS) * DAY;
+    // Only the automatic rotation moves the schedule; an on-demand one leaves it (AWS RotateKeyOnDemand).
+    if (type === 'AUTOMATIC' && k.rotation.enabled) k.rotation.nextRotationDate = now + (k.rotation.periodDays ?? DEFAULT_ROTATION_DAYS) * DAY;
   });
   const after = ctx.keystore.get(key.keyId)!;
   if (after.rotation.nextRotationDate !== undefined && after.rotation.enabled) ctx.scheduleDue(after.rotation.nextRotationDate);

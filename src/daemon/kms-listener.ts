@@ -1,0 +1,286 @@
+/**
+ * The KMS as a network service (README.md, "KMS over the network"): one HTTP(S) listener
+ * serving the KMS API (AWS JSON 1.1, `X-Amz-Target: TrentService.*`) and the
+ * STS operations GetCallerIdentity and AssumeRole (Query protocol, XML).
+ * Every request is authenticated with SigV4 before anything else looks at it;
+ * a refusal is audited with the access key id and the source address and
+ * never reaches a KMS operation. The authenticated principal then enters the
+ * same authorizer as a Unix-socket caller's.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { randomUUID } from 'node:crypto';
+import { isIP } from 'node:net';
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { EbsdError } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import type { Caller } from '../kms/types.js';
+import { buildEvent } from '../kms/audit/event.js';
+import { SigV4Error } from '../kms/sigv4/errors.js';
+import { SigV4Verifier } from '../kms/sigv4/verifier.js';
+import { StsError, type StsService } from '../kms/sts/sts-service.js';
+import { decodeKmsRequest, encodeResponse, toWireError } from './aws-json.js';
+
+/** Listener limits; the defaults suit KMS requests (4 KiB plaintext, 32 KiB policy). */
+export interface ListenerLimits {
+  maxBodyBytes: number;
+  maxHeaderBytes: number;
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxConnections: number;
+}
+
+export const DEFAULT_LIMITS: ListenerLimits = {
+  maxBodyBytes: 1 << 20,
+  maxHeaderBytes: 16 * 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  maxConnections: 1024,
+};
+
+export interface KmsListenerOptions {
+  host: string;
+  port: number;
+  tls?: { cert: Buffer; key: Buffer };
+  region: string;
+  accountId: string;
+  sts: StsService;
+  /** The KMS core's entry point; the request id becomes the audit event's. */
+  kms: (operation: string, request: Record<string, unknown>, caller: Caller, requestId: string) => Promise<unknown>;
+  /** Append one CloudTrail-shaped record to the audit log. */
+  audit: (event: Record<string, unknown>) => Promise<void>;
+  log: Logger;
+  limits?: Partial<ListenerLimits>;
+  /** Clock for SigV4 and session expiry (tests inject one). */
+  now?: () => number;
+}
+
+const STS_NS = 'https://sts.amazonaws.com/doc/2011-06-15/';
+
+/** True for 127.0.0.0/8, ::1 and `localhost`: the only addresses plain HTTP may listen on. */
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  return host === '::1' || host === '[::1]' || /^::ffff:127\./.test(host);
+}
+
+/**
+ * Connection limits on a server. One call, so the daemon's shared connection
+ * guard can replace it without touching the request path.
+ */
+export function guardConnections(server: Server, limits: ListenerLimits): void {
+  server.maxConnections = limits.maxConnections;
+  server.headersTimeout = limits.headersTimeoutMs;
+  server.requestTimeout = limits.requestTimeoutMs;
+  server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+}
+
+class BodyTooLarge extends EbsdError {
+  constructor(limit: number) {
+    super('BODY_TOO_LARGE', `request body over ${limit} bytes`, { awsName: 'RequestEntityTooLargeException' });
+  }
+}
+
+export class KmsListener {
+  private server: Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  private readonly limits: ListenerLimits;
+  private readonly kmsVerifier: SigV4Verifier<Caller>;
+  private readonly stsVerifier: SigV4Verifier<Caller>;
+  private readonly now: () => number;
+
+  constructor(private readonly o: KmsListenerOptions) {
+    this.limits = { ...DEFAULT_LIMITS, ...o.limits };
+    this.now = o.now ?? Date.now;
+    const v = (service: string) => new SigV4Verifier<Caller>({ region: o.region, services: [service], credentials: o.sts.credentials, now: this.now });
+    this.kmsVerifier = v('kms');
+    this.stsVerifier = v('sts');
+  }
+
+  /** Start listening; resolves with the bound address (port 0 picks a free one). */
+  async listen(): Promise<{ host: string; port: number; protocol: 'http' | 'https' }> {
+    const { o } = this;
+    if (!o.tls && !isLoopback(o.host)) {
+      throw new EbsdError('KMS_LISTEN_PLAINTEXT', `--kms-listen ${o.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
+    }
+    const opts = { maxHeaderSize: this.limits.maxHeaderBytes };
+    const handler = (req: IncomingMessage, res: ServerResponse): void => void this.serve(req, res);
+    const server = o.tls ? createHttpsServer({ ...opts, cert: o.tls.cert, key: o.tls.key }, handler) : createHttpServer(opts, handler);
+    guardConnections(server, this.limits);
+    server.on(o.tls ? 'secureConnection' : 'connection', (s: Socket) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+    server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(o.port, o.host, () => { server.off('error', reject); resolve(); });
+    });
+    this.server = server;
+    const a = server.address() as { address: string; port: number };
+    return { host: a.address, port: a.port, protocol: o.tls ? 'https' : 'http' };
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    const closed = new Promise<void>((r) => server.close(() => r()));
+    server.closeIdleConnections();
+    for (const s of this.sockets) s.destroy();
+    await closed;
+  }
+
+  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const requestId = randomUUID();
+    const target = req.headers['x-amz-target'];
+    const query = typeof target !== 'string';
+    const sourceIp = (req.socket.remoteAddress ?? '').replace(/^::ffff:/, '');
+    const ua = req.headers['user-agent'];
+    let operation = typeof target === 'string' ? target.slice(target.indexOf('.') + 1) : 'Unknown';
+    try {
+      const body = await readBody(req, this.limits.maxBodyBytes);
+      const url = req.url ?? '/';
+      const form = query ? new URLSearchParams(req.method === 'GET' ? url.slice(url.indexOf('?') + 1 || url.length) : body.toString('utf8')) : undefined;
+      if (form) operation = form.get('Action') ?? 'Unknown';
+      let verified;
+      try {
+        verified = await (query ? this.stsVerifier : this.kmsVerifier).verify({ method: req.method ?? 'GET', target: url, headers: pairs(req.rawHeaders), body });
+      } catch (e) {
+        if (e instanceof SigV4Error) await this.auditRefusal(e, query ? 'sts.amazonaws.com' : 'kms.amazonaws.com', operation, requestId, sourceIp, req);
+        throw e;
+      }
+      const caller: Caller = { ...verified.principal, sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
+      if (!query) {
+        if (!target.startsWith('TrentService.')) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
+        const out = await this.o.kms(operation, decodeKmsRequest(parseJson(body)), caller, requestId);
+        return sendJson(res, 200, encodeResponse(out ?? {}), requestId);
+      }
+      const xml = await this.sts(form!, caller, requestId);
+      return sendXml(res, 200, xml, requestId);
+    } catch (e) {
+      const internal = query ? stsError(e).status >= 500 : toWireError(e).status >= 500;
+      if (internal) this.o.log.error({ err: e, operation, requestId }, 'KMS network request failed');
+      if (query) {
+        const { status, code, message } = stsError(e);
+        return sendXml(res, status, `<ErrorResponse xmlns="${STS_NS}"><Error><Type>${status >= 500 ? 'Receiver' : 'Sender'}</Type><Code>${esc(code)}</Code><Message>${esc(message)}</Message></Error><RequestId>${requestId}</RequestId></ErrorResponse>`, requestId);
+      }
+      const w = e instanceof BodyTooLarge ? { status: 413, body: { __type: e.awsName!, message: e.message } } : toWireError(e);
+      return sendJson(res, w.status, w.body, requestId);
+    } finally {
+      this.o.log.debug({ operation, requestId, sourceIp }, 'KMS network request');
+    }
+  }
+
+  private async sts(form: URLSearchParams, caller: Caller, requestId: string): Promise<string> {
+    const action = form.get('Action');
+    const meta = `<ResponseMetadata><RequestId>${requestId}</RequestId></ResponseMetadata>`;
+    if (action === 'GetCallerIdentity') {
+      const r = this.o.sts.getCallerIdentity(caller);
+      return `<GetCallerIdentityResponse xmlns="${STS_NS}"><GetCallerIdentityResult><Arn>${esc(r.Arn)}</Arn><UserId>${esc(r.UserId)}</UserId><Account>${r.Account}</Account></GetCallerIdentityResult>${meta}</GetCallerIdentityResponse>`;
+    }
+    if (action === 'AssumeRole') {
+      const p = {
+        ...(form.get('RoleArn') !== null ? { RoleArn: form.get('RoleArn')! } : {}),
+        ...(form.get('RoleSessionName') !== null ? { RoleSessionName: form.get('RoleSessionName')! } : {}),
+        ...(form.get('DurationSeconds') !== null ? { DurationSeconds: form.get('DurationSeconds')! } : {}),
+      };
+      let r: Record<string, unknown> | undefined;
+      let err: unknown;
+      try {
+        r = await this.o.sts.assumeRole(caller, p, this.now());
+      } catch (e) {
+        err = e;
+      }
+      await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName }, err);
+      if (err) throw err;
+      const c = r!.Credentials as Record<string, string>;
+      const u = r!.AssumedRoleUser as Record<string, string>;
+      // The secret and the token travel only in this answer; the audit record above has neither.
+      return `<AssumeRoleResponse xmlns="${STS_NS}"><AssumeRoleResult><Credentials><AccessKeyId>${c.AccessKeyId}</AccessKeyId><SecretAccessKey>${esc(c.SecretAccessKey!)}</SecretAccessKey><SessionToken>${esc(c.SessionToken!)}</SessionToken><Expiration>${c.Expiration}</Expiration></Credentials><AssumedRoleUser><AssumedRoleId>${esc(u.AssumedRoleId!)}</AssumedRoleId><Arn>${esc(u.Arn!)}</Arn></AssumedRoleUser></AssumeRoleResult>${meta}</AssumeRoleResponse>`;
+    }
+    throw new StsError('InvalidAction', `Could not find operation ${action ?? '(none)'} for version ${form.get('Version') ?? '(none)'}`);
+  }
+
+  private async auditSts(eventName: string, caller: Caller, requestId: string, params: Record<string, unknown>, err: unknown): Promise<void> {
+    const e = buildEvent({
+      eventName, caller, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(), resources: [], readOnly: false, time: this.now(),
+      ...(err ? { errorCode: (err as EbsdError).awsName ?? 'InternalFailure', errorMessage: (err as Error).message } : {}),
+    });
+    e.eventSource = 'sts.amazonaws.com';
+    e.requestParameters = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
+    await this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit an STS call'));
+  }
+
+  /** A request refused before authorization: who it claimed to be and where it came from, never its signature. */
+  private async auditRefusal(err: SigV4Error, source: string, eventName: string, requestId: string, sourceIp: string, req: IncomingMessage): Promise<void> {
+    const ua = req.headers['user-agent'];
+    const e = buildEvent({
+      eventName, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(), resources: [], readOnly: false,
+      time: this.now(), errorCode: err.awsName!, errorMessage: err.message,
+    });
+    e.eventSource = source;
+    e.userIdentity = { type: 'Unknown', ...(err.accessKeyId ? { accessKeyId: err.accessKeyId } : {}) };
+    e.sourceIPAddress = sourceIp;
+    e.userAgent = typeof ua === 'string' ? ua : '';
+    const tls = req.socket as Partial<TLSSocket>;
+    if (typeof tls.getProtocol === 'function') e.tlsDetails = { tlsVersion: tls.getProtocol(), cipherSuite: tls.getCipher?.()?.standardName };
+    this.o.log.warn({ refusal: err.awsName, accessKeyId: err.accessKeyId, sourceIp, eventName, requestId }, 'KMS network request refused');
+    await this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
+  }
+}
+
+function pairs(raw: string[]): [string, string][] {
+  const out: [string, string][] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
+  return out;
+}
+
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length']);
+    if (declared > limit) { reject(new BodyTooLarge(limit)); req.resume(); return; }
+    const chunks: Buffer[] = [];
+    let n = 0;
+    req.on('data', (c: Buffer) => {
+      n += c.length;
+      if (n > limit) { reject(new BodyTooLarge(limit)); req.destroy(); } else chunks.push(c);
+    });
+    req.on('error', reject);
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+function parseJson(body: Buffer): Record<string, unknown> {
+  const text = body.toString('utf8');
+  if (text.trim() === '') return {};
+  let v: unknown;
+  try { v = JSON.parse(text); } catch { v = undefined; }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' });
+  return v as Record<string, unknown>;
+}
+
+function stsError(e: unknown): { status: number; code: string; message: string } {
+  if (e instanceof SigV4Error) return { status: e.queryStatus, code: e.queryCode, message: e.message };
+  if (e instanceof StsError) return { status: e.status, code: e.awsName!, message: e.message };
+  if (e instanceof BodyTooLarge) return { status: 413, code: 'RequestEntityTooLarge', message: e.message };
+  return { status: 500, code: 'InternalFailure', message: 'An internal error occurred.' };
+}
+
+function esc(s: string): string {
+  return s.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, requestId: string): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/x-amz-json-1.1', 'Content-Length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId });
+  res.end(text);
+}
+
+function sendXml(res: ServerResponse, status: number, xml: string, requestId: string): void {
+  res.writeHead(status, { 'Content-Type': 'text/xml', 'Content-Length': Buffer.byteLength(xml), 'x-amzn-RequestId': requestId });
+  res.end(xml);
+}

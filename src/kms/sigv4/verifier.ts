@@ -1,0 +1,175 @@
+/**
+ * SigV4 verification of a request signed in the Authorization header
+ * (AWS General Reference, "Signature Version 4 signing process"), with the
+ * refusals AWS answers with. The signing key is derived where the secret
+ * lives (the HSM) and cached here per credential, date, region and service:
+ * it is only good for that day, region and service, and deriving it costs an
+ * HSM round trip (README.md, "KMS over the network").
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { ALGORITHM, canonicalRequest, headerMap, sha256Hex, stringToSign, type WireRequest } from './canonical.js';
+import { SigV4Error } from './errors.js';
+
+/** AWS accepts a request whose date is within 15 minutes of its clock. */
+export const MAX_SKEW_MS = 15 * 60_000;
+const CACHE_MAX = 4096;
+
+/** An access key known to the service, and what it stands for. */
+export interface Credential<P> {
+  principal: P;
+  /** Names the secret behind this key: equal ids share a cached signing key (a session's id includes its token). */
+  cacheId: string;
+  /** kSigning for the scope, derived from the secret (the HSM does it). */
+  signingKey(date: string, region: string, service: string): Promise<Uint8Array>;
+}
+
+/** Looks up an access key; throws SigV4Error UnrecognizedClient (unknown, inactive) or ExpiredToken. */
+export type CredentialSource<P> = (accessKeyId: string, sessionToken: string | undefined, now: number) => Credential<P>;
+
+export interface VerifierOptions<P> {
+  region: string;
+  /** Service names a credential scope may carry on this endpoint (`kms`, `sts`). */
+  services: readonly string[];
+  credentials: CredentialSource<P>;
+  now?: () => number;
+}
+
+export interface Verified<P> {
+  accessKeyId: string;
+  principal: P;
+  service: string;
+  sessionToken?: string;
+}
+
+interface Parsed { accessKeyId: string; date: string; region: string; service: string; terminator: string; signedHeaders: string[]; signature: string }
+
+export class SigV4Verifier<P> {
+  private readonly keys = new Map<string, Uint8Array>();
+  private cacheDay = '';
+  private readonly now: () => number;
+
+  constructor(private readonly opts: VerifierOptions<P>) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** The credential scope's service for a request, or a refusal. */
+  async verify(req: WireRequest): Promise<Verified<P>> {
+    const headers = headerMap(req.headers);
+    const auth = headers.get('authorization');
+    if (auth === undefined || auth === '') throw new SigV4Error('MissingAuthenticationToken', 'Missing Authentication Token');
+    const p = parseAuthorization(auth);
+    const amzDate = headers.get('x-amz-date') ?? httpDateToAmz(headers.get('date'));
+    if (!amzDate) {
+      throw new SigV4Error('IncompleteSignature', "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.", p.accessKeyId);
+    }
+    const signedAt = parseAmzDate(amzDate);
+    if (signedAt === undefined) throw new SigV4Error('IncompleteSignature', `X-Amz-Date "${amzDate}" is not an ISO 8601 basic date (YYYYMMDD'T'HHMMSS'Z')`, p.accessKeyId);
+    if (!p.signedHeaders.includes('host')) {
+      throw new SigV4Error('IncompleteSignature', "'Host' must be a 'SignedHeader' in the AWS Authorization.", p.accessKeyId);
+    }
+    for (const h of p.signedHeaders) {
+      if (!headers.has(h)) throw new SigV4Error('InvalidSignature', `The signed header '${h}' is not in the request.`, p.accessKeyId);
+    }
+    if (p.terminator !== 'aws4_request') throw new SigV4Error('IncompleteSignature', `Credential should be scoped with a valid terminator: 'aws4_request', not '${p.terminator}'.`, p.accessKeyId);
+    if (p.date !== amzDate.slice(0, 8)) {
+      throw new SigV4Error('InvalidSignature', `Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '${p.date}' != '${amzDate.slice(0, 8)}', from '${amzDate}'.`, p.accessKeyId);
+    }
+    if (p.region !== this.opts.region) throw new SigV4Error('InvalidSignature', `Credential should be scoped to a valid region, not '${p.region}'.`, p.accessKeyId);
+    if (!this.opts.services.includes(p.service)) {
+      throw new SigV4Error('InvalidSignature', `Credential should be scoped to correct service: '${this.opts.services.join("' or '")}', not '${p.service}'.`, p.accessKeyId);
+    }
+    const now = this.now();
+    if (Math.abs(now - signedAt) > MAX_SKEW_MS) {
+      const early = signedAt < now;
+      throw new SigV4Error('InvalidSignature', early
+        ? `Signature expired: ${amzDate} is now earlier than ${toAmzDate(now - MAX_SKEW_MS)} (${toAmzDate(now)} - 15 min.)`
+        : `Signature not yet current: ${amzDate} is still later than ${toAmzDate(now + MAX_SKEW_MS)} (${toAmzDate(now)} + 15 min.)`, p.accessKeyId);
+    }
+    const token = headers.get('x-amz-security-token');
+    const cred = this.opts.credentials(p.accessKeyId, token, now);
+
+    const payloadHash = sha256Hex(req.body);
+    const claimed = headers.get('x-amz-content-sha256');
+    if (claimed !== undefined && claimed !== payloadHash) {
+      throw new SigV4Error('InvalidSignature', "The provided 'x-amz-content-sha256' header does not match what was computed.", p.accessKeyId);
+    }
+    const canonical = canonicalRequest(req, p.signedHeaders, payloadHash, headers);
+    const sts = stringToSign(amzDate, `${p.date}/${p.region}/${p.service}/aws4_request`, canonical);
+    const key = await this.signingKey(cred, p.date, p.region, p.service);
+    const expected = createHmac('sha256', key).update(sts).digest();
+    const given = Buffer.from(p.signature, 'hex');
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      throw new SigV4Error('InvalidSignature', 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.', p.accessKeyId);
+    }
+    return { accessKeyId: p.accessKeyId, principal: cred.principal, service: p.service, ...(token !== undefined ? { sessionToken: token } : {}) };
+  }
+
+  /** Drop every cached signing key (an access key was deleted or deactivated). */
+  forget(): void {
+    for (const k of this.keys.values()) k.fill(0);
+    this.keys.clear();
+  }
+
+  private async signingKey(cred: Credential<P>, date: string, region: string, service: string): Promise<Uint8Array> {
+    if (this.keys.size >= CACHE_MAX) this.forget();
+    if (date > this.cacheDay) {
+      // A new day: the skew check still lets yesterday's keys through around midnight, older ones never.
+      for (const [id, k] of this.keys) if (id.split('\0')[1]! < this.cacheDay) { k.fill(0); this.keys.delete(id); }
+      this.cacheDay = date;
+    }
+    const id = `${cred.cacheId}\0${date}\0${region}\0${service}`;
+    let k = this.keys.get(id);
+    if (!k) {
+      k = await cred.signingKey(date, region, service);
+      this.keys.set(id, k);
+    }
+    return k;
+  }
+}
+
+/** `AWS4-HMAC-SHA256 Credential=AKID/20150830/us-east-1/kms/aws4_request, SignedHeaders=a;b, Signature=hex`. */
+export function parseAuthorization(auth: string): Parsed {
+  const sp = auth.indexOf(' ');
+  const alg = sp < 0 ? auth : auth.slice(0, sp);
+  if (alg !== ALGORITHM) throw new SigV4Error('IncompleteSignature', `Unsupported AWS 'algorithm': '${alg}'; only ${ALGORITHM} is accepted.`);
+  const fields = new Map<string, string>();
+  for (const part of auth.slice(sp + 1).split(',')) {
+    const eq = part.indexOf('=');
+    if (eq < 0) continue;
+    fields.set(part.slice(0, eq).trim(), part.slice(eq + 1).trim());
+  }
+  const missing = ['Credential', 'SignedHeaders', 'Signature'].filter((f) => !fields.get(f));
+  if (missing.length) {
+    throw new SigV4Error('IncompleteSignature', `Authorization header requires ${missing.map((m) => `'${m}'`).join(', ')} parameter${missing.length > 1 ? 's' : ''}. Authorization=${ALGORITHM} ...`);
+  }
+  const cred = fields.get('Credential')!.split('/');
+  if (cred.length !== 5 || cred.some((c) => c === '')) {
+    throw new SigV4Error('IncompleteSignature', "Authorization header's Credential must be <access key id>/<YYYYMMDD>/<region>/<service>/aws4_request.");
+  }
+  const [accessKeyId, date, region, service, terminator] = cred as [string, string, string, string, string];
+  const signature = fields.get('Signature')!;
+  if (!/^[0-9a-f]{64}$/.test(signature)) throw new SigV4Error('IncompleteSignature', 'Signature must be 64 lower-case hex digits.', accessKeyId);
+  const signedHeaders = fields.get('SignedHeaders')!.split(';');
+  if (signedHeaders.some((h) => h === '' || h !== h.toLowerCase())) {
+    throw new SigV4Error('IncompleteSignature', 'SignedHeaders must be lower-case header names separated by semicolons.', accessKeyId);
+  }
+  return { accessKeyId, date, region, service, terminator, signedHeaders, signature };
+}
+
+/** `20150830T123600Z` -> epoch ms, or undefined if malformed. */
+export function parseAmzDate(s: string): number | undefined {
+  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(s);
+  if (!m) return undefined;
+  const t = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
+  return toAmzDate(t) === s ? t : undefined;
+}
+
+export function toAmzDate(ms: number): string {
+  return new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '');
+}
+
+function httpDateToAmz(d: string | undefined): string | undefined {
+  if (!d) return undefined;
+  const t = Date.parse(d);
+  return Number.isNaN(t) ? undefined : toAmzDate(t);
+}

@@ -1,0 +1,125 @@
+/**
+ * STS for ebsd: who a SigV4 access key stands for, GetCallerIdentity and
+ * AssumeRole. Session credentials are stateless: the session token carries
+ * the session (role, session name, expiry, access key id) in clear and its
+ * secret sealed by the HSM with that clear part as associated data, so a
+ * token altered in any byte fails in the HSM and a daemon restart keeps
+ * sessions valid until they expire (README.md, "KMS over the network").
+ */
+import { EbsdError } from '../../util/errors.js';
+import type { Identities } from '../authz/identities.js';
+import type { Hsm } from '../hsm/hsm-client.js';
+import type { Caller } from '../types.js';
+import { SigV4Error } from '../sigv4/errors.js';
+import type { Credential, CredentialSource } from '../sigv4/verifier.js';
+import { newAccessKeyId, type AccessKeyStore } from './access-keys.js';
+import type { TrustPolicies } from './trust-policies.js';
+
+/** AssumeRole DurationSeconds: AWS's bounds (15 min to 12 h), default 1 h. */
+export const MIN_SESSION_S = 900;
+export const MAX_SESSION_S = 43_200;
+export const DEFAULT_SESSION_S = 3_600;
+const TOKEN_VERSION = 1;
+
+interface SessionMeta { v: number; id: string; role: string; session: string; exp: number }
+
+/** STS Query-protocol errors (`<Error><Code>`), with the HTTP status STS uses. */
+export class StsError extends EbsdError {
+  constructor(awsName: 'AccessDenied' | 'ValidationError' | 'InvalidParameterValue' | 'MissingParameter' | 'InvalidAction', message: string, readonly status = awsName === 'AccessDenied' ? 403 : 400) {
+    super(`STS_${awsName.replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase()}`, message, { awsName });
+  }
+}
+
+const invalidToken = (id: string): SigV4Error => new SigV4Error('UnrecognizedClient', 'The security token included in the request is invalid.', id);
+
+export class StsService {
+  constructor(
+    private readonly ids: Identities,
+    private readonly keys: AccessKeyStore,
+    private readonly trust: TrustPolicies,
+    private readonly hsm: Hsm,
+  ) {}
+
+  /** The SigV4 verifier's credential lookup. */
+  readonly credentials: CredentialSource<Caller> = (id, token, now) => {
+    if (id.startsWith('ASIA')) return this.sessionCredential(id, token, now);
+    if (token !== undefined) throw invalidToken(id); // long-term keys carry no token
+    const k = this.keys.get(id);
+    const caller = k && k.Status === 'Active' ? this.ids.callerFor(this.ids.userArn(k.UserName)) : undefined;
+    if (!k || !caller) throw invalidToken(id);
+    const sealed = k.sealed;
+    return {
+      principal: caller,
+      cacheId: id,
+      signingKey: (date, region, service) => this.derive({ kind: 'access-key', id, context: new Uint8Array(0), sealed, date, region, service }),
+    };
+  };
+
+  getCallerIdentity(caller: Caller): { UserId: string; Account: string; Arn: string } {
+    return { UserId: caller.principalId ?? caller.accountId, Account: caller.accountId, Arn: caller.arn };
+  }
+
+  async assumeRole(caller: Caller, p: { RoleArn?: string; RoleSessionName?: string; DurationSeconds?: string }, now = Date.now()): Promise<Record<string, unknown>> {
+    if (!p.RoleArn) throw new StsError('MissingParameter', 'The request must contain the parameter RoleArn');
+    if (!p.RoleSessionName) throw new StsError('MissingParameter', 'The request must contain the parameter RoleSessionName');
+    const m = /^arn:[\w-]+:iam::(\d{12}):role(?:\/.*)?\/([\w+=,.@-]+)$/.exec(p.RoleArn);
+    if (!m) throw new StsError('ValidationError', `${p.RoleArn} is invalid`);
+    if (!/^[\w+=,.@-]{2,64}$/.test(p.RoleSessionName)) {
+      throw new StsError('ValidationError', `1 validation error detected: Value '${p.RoleSessionName}' at 'roleSessionName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*`);
+    }
+    const duration = p.DurationSeconds === undefined ? DEFAULT_SESSION_S : Number(p.DurationSeconds);
+    if (!Number.isInteger(duration) || duration < MIN_SESSION_S || duration > MAX_SESSION_S) {
+      throw new StsError('ValidationError', `1 validation error detected: Value '${p.DurationSeconds}' at 'durationSeconds' failed to satisfy constraint: Member must have value between ${MIN_SESSION_S} and ${MAX_SESSION_S}`);
+    }
+    const role = m[2]!;
+    const notAuthorized = new StsError('AccessDenied', `User: ${caller.arn} is not authorized to perform: sts:AssumeRole on resource: ${p.RoleArn}`);
+    if (m[1] !== this.ids.accountId || !this.ids.listRoles().some((r) => r.RoleName === role)) throw notAuthorized;
+    if (!this.trust.allows(role, caller, this.ids.rootArn)) throw notAuthorized;
+    const session = this.ids.assumeRole(role, p.RoleSessionName);
+    const id = newAccessKeyId('ASIA');
+    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, session: p.RoleSessionName, exp: Math.floor(now / 1000) * 1000 + duration * 1000 };
+    const clear = Buffer.from(JSON.stringify(meta), 'utf8');
+    const { secret, sealed } = await this.hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
+    const token = Buffer.concat([Buffer.of(TOKEN_VERSION), u16(clear.length), clear, sealed]).toString('base64');
+    return {
+      Credentials: { AccessKeyId: id, SecretAccessKey: secret, SessionToken: token, Expiration: new Date(meta.exp).toISOString() },
+      AssumedRoleUser: { AssumedRoleId: session.principalId, Arn: session.arn },
+    };
+  }
+
+  private sessionCredential(id: string, token: string | undefined, now: number): Credential<Caller> {
+    if (token === undefined) throw invalidToken(id);
+    const raw = Buffer.from(token, 'base64');
+    if (raw.length < 3 || raw[0] !== TOKEN_VERSION) throw invalidToken(id);
+    const n = raw.readUInt16BE(1);
+    const clear = raw.subarray(3, 3 + n);
+    let meta: SessionMeta;
+    try { meta = JSON.parse(clear.toString('utf8')) as SessionMeta; } catch { throw invalidToken(id); }
+    if (meta.id !== id || typeof meta.exp !== 'number') throw invalidToken(id);
+    // Expiry is read before the HSM has authenticated the clear part; a forged later expiry still fails there.
+    if (now >= meta.exp) throw new SigV4Error('ExpiredToken', 'The security token included in the request is expired', id);
+    let principal: Caller;
+    try { principal = this.ids.assumeRole(meta.role, meta.session); } catch { throw invalidToken(id); }
+    const sealed = raw.subarray(3 + n);
+    return {
+      principal,
+      cacheId: `${id}\0${token}`,
+      signingKey: (date, region, service) => this.derive({ kind: 'session', id, context: clear, sealed, date, region, service }),
+    };
+  }
+
+  private async derive(r: { kind: 'access-key' | 'session'; id: string; context: Uint8Array; sealed: Uint8Array; date: string; region: string; service: string }): Promise<Uint8Array> {
+    try {
+      return (await this.hsm.call({ op: 'sigv4Key', ...r })).key;
+    } catch (e) {
+      if ((e as { awsName?: string }).awsName === 'UnrecognizedClientException') throw invalidToken(r.id);
+      throw e;
+    }
+  }
+}
+
+function u16(n: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n);
+  return b;
+}

@@ -1,0 +1,84 @@
+/**
+ * Role trust policies ("assume role policy documents"): who may call
+ * sts:AssumeRole on a role. Evaluated as IAM does for the parts ebsd supports:
+ * an explicit Deny wins, then any Allow; a principal matches by its ARN, by
+ * "*", or by the account (root ARN or account id), which trusts every
+ * principal of the account. A role without a trust policy can be assumed by
+ * nobody over STS.
+ */
+import { join } from 'node:path';
+import { EbsdError } from '../../util/errors.js';
+import { atomicWrite } from '../../util/atomic-write.js';
+import { readTextIfExists } from '../../util/read-if-exists.js';
+import type { Caller } from '../types.js';
+
+export const TRUST_FILE = 'role-trust.json';
+
+interface Statement { Effect: 'Allow' | 'Deny'; principals: string[]; actions: string[] }
+
+export class TrustPolicyError extends EbsdError {
+  constructor(awsName: 'MalformedPolicyDocumentException' | 'NoSuchEntityException', message: string) {
+    super(awsName === 'NoSuchEntityException' ? 'IAM_NO_SUCH_ENTITY' : 'IAM_MALFORMED_TRUST_POLICY', message, { awsName });
+  }
+}
+
+export function parseTrustPolicy(text: string): Statement[] {
+  let doc: unknown;
+  try { doc = JSON.parse(text); } catch { throw new TrustPolicyError('MalformedPolicyDocumentException', 'The trust policy is not JSON.'); }
+  const stmts = (doc as { Statement?: unknown })?.Statement;
+  const list = Array.isArray(stmts) ? stmts : stmts ? [stmts] : [];
+  if (list.length === 0) throw new TrustPolicyError('MalformedPolicyDocumentException', 'The trust policy has no Statement.');
+  const strs = (v: unknown, what: string): string[] => {
+    const a = Array.isArray(v) ? v : [v];
+    if (a.length === 0 || a.some((x) => typeof x !== 'string')) throw new TrustPolicyError('MalformedPolicyDocumentException', `${what} must be a string or a list of strings.`);
+    return a as string[];
+  };
+  return list.map((s: Record<string, unknown>, i) => {
+    if (s.Effect !== 'Allow' && s.Effect !== 'Deny') throw new TrustPolicyError('MalformedPolicyDocumentException', `Statement ${i}: Effect must be Allow or Deny.`);
+    const p = s.Principal;
+    const principals = p === '*' ? ['*'] : p && typeof p === 'object' && 'AWS' in p ? strs((p as { AWS: unknown }).AWS, `Statement ${i}: Principal.AWS`) : [];
+    if (principals.length === 0) throw new TrustPolicyError('MalformedPolicyDocumentException', `Statement ${i}: Principal must be "*" or {"AWS": ...}.`);
+    return { Effect: s.Effect, principals, actions: strs(s.Action, `Statement ${i}: Action`) };
+  });
+}
+
+export class TrustPolicies {
+  private constructor(private readonly file: string, private readonly docs: Map<string, string>) {}
+
+  static async open(dir: string): Promise<TrustPolicies> {
+    const file = join(dir, TRUST_FILE);
+    const text = await readTextIfExists(file);
+    const docs = new Map<string, string>(text ? Object.entries((JSON.parse(text) as { Roles: Record<string, string> }).Roles) : []);
+    return new TrustPolicies(file, docs);
+  }
+
+  async put(role: string, document: string): Promise<void> {
+    parseTrustPolicy(document);
+    this.docs.set(role, document);
+    await this.save();
+  }
+
+  get(role: string): string | undefined {
+    return this.docs.get(role);
+  }
+
+  async delete(role: string): Promise<void> {
+    if (this.docs.delete(role)) await this.save();
+  }
+
+  /** May `caller` assume `role`? */
+  allows(role: string, caller: Caller, rootArn: string): boolean {
+    const text = this.docs.get(role);
+    if (text === undefined) return false;
+    const matches = (s: Statement): boolean =>
+      s.actions.some((a) => a === '*' || a === 'sts:*' || a === 'sts:AssumeRole')
+      && s.principals.some((p) => p === '*' || p === caller.arn || p === rootArn || p === caller.accountId);
+    const stmts = parseTrustPolicy(text);
+    if (stmts.some((s) => s.Effect === 'Deny' && matches(s))) return false;
+    return stmts.some((s) => s.Effect === 'Allow' && matches(s));
+  }
+
+  private async save(): Promise<void> {
+    await atomicWrite(this.file, JSON.stringify({ Roles: Object.fromEntries(this.docs) }, null, 1) + '\n', 0o600);
+  }
+}

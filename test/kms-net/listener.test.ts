@@ -1,0 +1,177 @@
+/**
+ * The KMS as a network service, driven by the real AWS SDK clients configured
+ * only through the standard chain (environment variables; a shared config
+ * file with role_arn + source_profile + endpoint_url), against the daemon as
+ * a child process (`--kms-only --kms-listen 127.0.0.1:0`).
+ */
+import { writeFileSync } from 'node:fs';
+import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, DescribeKeyCommand, ListKeysCommand, NotFoundException,
+  InvalidCiphertextException, paginateListKeys,
+} from '@aws-sdk/client-kms';
+import { STSClient, GetCallerIdentityCommand } from '@aws-sdk/client-sts';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { kmsUrl } from './helpers.js';
+import { Env, ensureBuilt, run, CLI } from '../e2e/helpers.js';
+
+class Sha256 {
+  private h: Hash | Hmac;
+  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
+  update(d: Uint8Array | string): void { this.h.update(d); }
+  async digest(): Promise<Uint8Array> { return this.h.digest(); }
+  reset(): void {}
+}
+
+const CRED_VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
+
+describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
+  const env = new Env('kmsnet');
+  const saved = Object.fromEntries(CRED_VARS.map((k) => [k, process.env[k]]));
+  let url = '';
+  let alice = { AccessKeyId: '', SecretAccessKey: '' };
+  let accountId = '';
+
+  const useEnv = (vars: Record<string, string>): void => {
+    for (const k of CRED_VARS) delete process.env[k];
+    Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true' }, vars);
+  };
+  const asAlice = (): void => useEnv({ AWS_ACCESS_KEY_ID: alice.AccessKeyId, AWS_SECRET_ACCESS_KEY: alice.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url });
+  const events = (): Record<string, any>[] => env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+
+  /** A request signed by the reference signer, then changed by `mutate`, sent with fetch. */
+  const signed = async (body: string, o: { secret?: string; accessKeyId?: string; region?: string; service?: string; date?: Date; target?: string; mutate?: (h: Record<string, string>, b: string) => [Record<string, string>, string] } = {}) => {
+    const u = new URL(url);
+    const signer = new SignatureV4({
+      credentials: { accessKeyId: o.accessKeyId ?? alice.AccessKeyId, secretAccessKey: o.secret ?? alice.SecretAccessKey },
+      region: o.region ?? 'us-east-1', service: o.service ?? 'kms', sha256: Sha256,
+    });
+    const req = await signer.sign({
+      method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: '/', query: {},
+      headers: { host: u.host, 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${o.target ?? 'CreateKey'}`, 'user-agent': 'kmsnet-test' }, body,
+    }, o.date ? { signingDate: o.date } : {});
+    let headers = req.headers as Record<string, string>;
+    let b = body;
+    if (o.mutate) [headers, b] = o.mutate({ ...headers }, body);
+    delete headers.host;
+    const res = await fetch(url, { method: 'POST', headers, body: b });
+    return { status: res.status, requestId: res.headers.get('x-amzn-requestid')!, body: await res.json() as Record<string, unknown> };
+  };
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
+    url = await kmsUrl(env);
+    accountId = (await env.ok(['iam', 'create-user', 'alice'])).User.Arn.split(':')[4];
+    const admin = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] });
+    await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'admin', '--policy-document', admin]);
+    alice = (await env.ok(['iam', 'create-access-key', '--user-name', 'alice'])).AccessKey;
+    await env.ok(['iam', 'create-role', 'app']);
+    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', admin]);
+    await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'app', '--policy-document',
+      JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${accountId}:user/alice` }, Action: 'sts:AssumeRole' }] })]);
+  });
+  afterAll(async () => {
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    await env.cleanup();
+  });
+
+  it('create-access-key answers in the shape of aws iam create-access-key, and the secret is stored only sealed', async () => {
+    expect(alice).toMatchObject({ UserName: 'alice', Status: 'Active', AccessKeyId: expect.stringMatching(/^AKIA[A-Z2-7]{16}$/), SecretAccessKey: expect.stringMatching(/^[A-Za-z0-9+/]{40}$/) });
+    const listed = await env.ok(['iam', 'list-access-keys', '--user-name', 'alice']);
+    expect(listed.AccessKeyMetadata).toEqual([{ UserName: 'alice', AccessKeyId: alice.AccessKeyId, Status: 'Active', CreateDate: expect.any(String) }]);
+    expect(JSON.stringify(listed)).not.toContain(alice.SecretAccessKey);
+    const r = await run('grep', ['-rlF', alice.SecretAccessKey, env.dir]);
+    expect(r.stdout).toBe(''); // not in the state dir, the audit log or the daemon's log
+  });
+
+  it('create-key, encrypt/decrypt with context, a typed NotFoundException and a paginator (credentials from the environment)', async () => {
+    asAlice();
+    const kms = new KMSClient({});
+    const { KeyMetadata } = await kms.send(new CreateKeyCommand({ Description: 'over the wire' }));
+    expect(KeyMetadata!.Arn).toMatch(new RegExp(`^arn:aws:kms:us-east-1:${accountId}:key/`));
+    const ctx = { app: 'kmsnet' };
+    const enc = await kms.send(new EncryptCommand({ KeyId: KeyMetadata!.KeyId, Plaintext: Buffer.from('secret words'), EncryptionContext: ctx }));
+    const dec = await kms.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob, EncryptionContext: ctx }));
+    expect(Buffer.from(dec.Plaintext!).toString()).toBe('secret words');
+    await expect(kms.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob, EncryptionContext: { app: 'other' } }))).rejects.toBeInstanceOf(InvalidCiphertextException);
+    const nf = await kms.send(new DescribeKeyCommand({ KeyId: 'alias/does-not-exist' })).catch((e: unknown) => e);
+    expect(nf).toBeInstanceOf(NotFoundException);
+    // The audit event of the call carries the id the SDK saw (x-amzn-RequestId).
+    const rid = (nf as NotFoundException).$metadata.requestId!;
+    expect(events().find((e) => e.requestID === rid)).toMatchObject({ eventName: 'DescribeKey', errorCode: 'NotFoundException', sourceIPAddress: '127.0.0.1', userIdentity: { arn: `arn:aws:iam::${accountId}:user/alice`, accessKeyId: alice.AccessKeyId } });
+    for (let i = 0; i < 2; i++) await kms.send(new CreateKeyCommand({}));
+    const pages: number[] = [];
+    const ids: string[] = [];
+    for await (const p of paginateListKeys({ client: kms, pageSize: 1 }, {})) { pages.push(p.Keys!.length); ids.push(...p.Keys!.map((k) => k.KeyId!)); }
+    expect(pages.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(ids).size).toBe(ids.length);
+    kms.destroy();
+  });
+
+  it('STS: GetCallerIdentity, and a shared-config profile with role_arn + source_profile + endpoint_url reaches KMS as the assumed role', async () => {
+    asAlice();
+    const me = await new STSClient({}).send(new GetCallerIdentityCommand({}));
+    expect(me).toMatchObject({ Account: accountId, Arn: `arn:aws:iam::${accountId}:user/alice` });
+    const config = join(env.dir, 'aws-config');
+    const creds = join(env.dir, 'aws-credentials');
+    writeFileSync(creds, `[base]\naws_access_key_id = ${alice.AccessKeyId}\naws_secret_access_key = ${alice.SecretAccessKey}\n`, { mode: 0o600 });
+    writeFileSync(config, `[profile base]\nregion = us-east-1\nendpoint_url = ${url}\n\n[profile app]\nrole_arn = arn:aws:iam::${accountId}:role/app\nrole_session_name = kmsnet\nsource_profile = base\nregion = us-east-1\nendpoint_url = ${url}\n`);
+    useEnv({ AWS_CONFIG_FILE: config, AWS_SHARED_CREDENTIALS_FILE: creds, AWS_PROFILE: 'app' });
+    const session = `arn:aws:sts::${accountId}:assumed-role/app/kmsnet`;
+    expect(await new STSClient({}).send(new GetCallerIdentityCommand({}))).toMatchObject({ Arn: session });
+    const kms = new KMSClient({});
+    const k = await kms.send(new CreateKeyCommand({ Description: 'by the role' }));
+    expect(events().filter((e) => e.eventName === 'CreateKey' && e.responseElements?.keyMetadata?.KeyId === k.KeyMetadata!.KeyId).map((e) => e.userIdentity.arn)).toEqual([session]);
+    expect(events().some((e) => e.eventSource === 'sts.amazonaws.com' && e.eventName === 'AssumeRole' && !e.errorCode)).toBe(true);
+    expect(env.auditText()).not.toMatch(/ASIA[A-Z2-7]{16}.*SessionToken|secretAccessKey/i);
+    kms.destroy();
+  });
+
+  it('refuses each unauthenticated request with the AWS name, audits it, and never runs the operation', async () => {
+    const keysBefore = await (async () => { asAlice(); return (await new KMSClient({}).send(new ListKeysCommand({ Limit: 1000 }))).Keys!.length; })();
+    const minutes = (n: number) => new Date(Date.now() + n * 60_000);
+    const cases: [string, Awaited<ReturnType<typeof signed>>, string][] = [
+      ['no signature', await signed('{}', { mutate: (h, b) => { delete h.authorization; return [h, b]; } }), 'MissingAuthenticationTokenException'],
+      ['bad signature', await signed('{}', { mutate: (h, b) => [{ ...h, authorization: h.authorization!.replace(/Signature=\w{4}/, 'Signature=0000') }, b] }), 'InvalidSignatureException'],
+      ['garbage Authorization', await signed('{}', { mutate: (h, b) => [{ ...h, authorization: 'AWS4-HMAC-SHA256 nonsense' }, b] }), 'IncompleteSignatureException'],
+      ['wrong secret', await signed('{}', { secret: 'x'.repeat(40) }), 'InvalidSignatureException'],
+      ['tampered body', await signed('{"Description":"a"}', { mutate: (h) => [h, '{"Description":"b"}'] }), 'InvalidSignatureException'],
+      ['wrong region', await signed('{}', { region: 'eu-west-1' }), 'InvalidSignatureException'],
+      ['wrong service', await signed('{}', { service: 'sts' }), 'InvalidSignatureException'],
+      ['date 17 minutes off', await signed('{}', { date: minutes(-17) }), 'InvalidSignatureException'],
+      ['unknown access key', await signed('{}', { accessKeyId: 'AKIAAAAAAAAAAAAAAAAA' }), 'UnrecognizedClientException'],
+    ];
+    for (const [what, r, name] of cases) {
+      expect({ what, status: r.status, body: r.body }).toEqual({ what, status: 400, body: { __type: name, message: expect.any(String) } });
+      const ev = events().filter((e) => e.requestID === r.requestId);
+      expect(ev, what).toHaveLength(1);
+      expect(ev[0], what).toMatchObject({ eventName: 'CreateKey', errorCode: name, sourceIPAddress: '127.0.0.1', userAgent: 'kmsnet-test' });
+      if (what !== 'no signature' && what !== 'garbage Authorization') expect(ev[0].userIdentity.accessKeyId, what).toMatch(/^AKIA/);
+    }
+    // Inactive, then active again: the same key, the same SDK client.
+    await env.ok(['iam', 'update-access-key', '--access-key-id', alice.AccessKeyId, '--status', 'Inactive']);
+    const off = await signed('{}');
+    expect(off).toMatchObject({ status: 400, body: { __type: 'UnrecognizedClientException' } });
+    asAlice();
+    await expect(new KMSClient({}).send(new ListKeysCommand({}))).rejects.toMatchObject({ name: 'UnrecognizedClientException' });
+    await env.ok(['iam', 'update-access-key', '--access-key-id', alice.AccessKeyId, '--status', 'Active']);
+    const keysAfter = (await new KMSClient({}).send(new ListKeysCommand({ Limit: 1000 }))).Keys!.length;
+    expect(keysAfter).toBe(keysBefore); // none of the refused CreateKeys ran
+  });
+
+  it('refuses a body over the limit with a typed 413, and plain HTTP on a non-loopback address (exit 9)', async () => {
+    const big = await signed(JSON.stringify({ Description: 'x'.repeat(1 << 20) }));
+    expect(big).toMatchObject({ status: 413, body: { __type: 'RequestEntityTooLargeException' } });
+    const other = new Env('kmsnet-plain');
+    try {
+      const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--kms-only', '--kms-listen', '0.0.0.0:0'], { timeoutMs: 30_000 });
+      expect(r.code).toBe(9);
+      expect(r.stderr).toMatch(/plain HTTP.*loopback/);
+    } finally {
+      await other.cleanup();
+    }
+  });
+});

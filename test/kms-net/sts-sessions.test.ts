@@ -1,0 +1,97 @@
+/**
+ * STS sessions with a real HSM (inline engine, real sealed domain in a temp
+ * dir) and real identities: the session token's expiry and integrity, the
+ * trust policy, the duration bounds. Time is an input here: the verifier and
+ * AssumeRole take the clock, so "an hour later" needs no waiting.
+ */
+import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { startHsm, type Hsm } from '../../src/kms/hsm/hsm-client.js';
+import { Identities } from '../../src/kms/authz/identities.js';
+import { AccessKeyStore } from '../../src/kms/sts/access-keys.js';
+import { TrustPolicies } from '../../src/kms/sts/trust-policies.js';
+import { StsService } from '../../src/kms/sts/sts-service.js';
+import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
+import type { Caller } from '../../src/kms/types.js';
+import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
+
+class Sha256 {
+  private h: Hash | Hmac;
+  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
+  update(d: Uint8Array | string): void { this.h.update(d); }
+  async digest(): Promise<Uint8Array> { return this.h.digest(); }
+  reset(): void {}
+}
+
+describe('STS session credentials', () => {
+  const t = tempDir('ebsd-sts-');
+  let hsm: Hsm;
+  let ids: Identities;
+  let keys: AccessKeyStore;
+  let sts: StsService;
+  let alice: Caller;
+  let bob: Caller;
+  const t0 = Date.UTC(2026, 10, 30, 6, 0, 0);
+
+  const request = async (c: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }, at: number) => {
+    const signed = await new SignatureV4({ credentials: c, region: 'us-east-1', service: 'kms', sha256: Sha256 }).sign({
+      method: 'POST', protocol: 'https:', hostname: 'kms.local', path: '/', query: {},
+      headers: { host: 'kms.local', 'x-amz-target': 'TrentService.ListKeys' }, body: '{}',
+    }, { signingDate: new Date(at) });
+    return { method: 'POST', target: '/', headers: Object.entries(signed.headers as Record<string, string>), body: Buffer.from('{}') };
+  };
+  const verifyAt = (at: number) => new SigV4Verifier<Caller>({ region: 'us-east-1', services: ['kms'], credentials: sts.credentials, now: () => at });
+
+  beforeAll(async () => {
+    hsm = await startHsm({ stateDir: t.dir, passphrase: 'test', scryptCost: TEST_SCRYPT }, 'inline');
+    ids = await Identities.open(t.dir, { region: 'us-east-1' });
+    alice = await ids.createUser('alice');
+    bob = await ids.createUser('bob');
+    await ids.createRole('app');
+    keys = await AccessKeyStore.open(t.dir, hsm);
+    const trust = await TrustPolicies.open(t.dir);
+    await trust.put('app', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] }));
+    sts = new StsService(ids, keys, trust, hsm);
+  });
+  afterAll(async () => {
+    await hsm?.close();
+    t.cleanup();
+  });
+
+  it('a session signs as arn:aws:sts::ACCT:assumed-role/ROLE/SESSION until its Expiration, then ExpiredTokenException', async () => {
+    const r = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'job-1' }, t0) as any;
+    expect(r.Credentials).toMatchObject({ AccessKeyId: expect.stringMatching(/^ASIA[A-Z2-7]{16}$/), Expiration: new Date(t0 + 3600_000).toISOString() });
+    const c = { accessKeyId: r.Credentials.AccessKeyId, secretAccessKey: r.Credentials.SecretAccessKey, sessionToken: r.Credentials.SessionToken };
+    const ok = await verifyAt(t0 + 59 * 60_000).verify(await request(c, t0 + 59 * 60_000));
+    expect(ok.principal).toMatchObject({ arn: `arn:aws:sts::${ids.accountId}:assumed-role/app/job-1`, type: 'AssumedRole' });
+    const late = t0 + 3600_000;
+    await expect(verifyAt(late).verify(await request(c, late))).rejects.toMatchObject({ awsName: 'ExpiredTokenException', accessKeyId: c.accessKeyId });
+    // The token is the whole proof: without it, or with its clear part altered (a later expiry), it is invalid.
+    await expect(verifyAt(t0).verify(await request({ accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey }, t0))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    const raw = Buffer.from(c.sessionToken, 'base64');
+    const forged = Buffer.from(raw.toString('latin1').replace(/"exp":(\d)/, (_, d: string) => `"exp":${(Number(d) + 1) % 10}`), 'latin1').toString('base64');
+    expect(forged).not.toBe(c.sessionToken);
+    await expect(verifyAt(t0).verify(await request({ ...c, sessionToken: forged }, t0))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+  });
+
+  it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h', async () => {
+    await expect(sts.assumeRole(bob, { RoleArn: ids.roleArn('app'), RoleSessionName: 's' + 'x' }, t0)).rejects.toMatchObject({ awsName: 'AccessDenied', status: 403 });
+    await expect(sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43201' }, t0)).rejects.toMatchObject({ awsName: 'ValidationError' });
+    const max = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43200' }, t0) as any;
+    expect(max.Credentials.Expiration).toBe(new Date(t0 + 12 * 3600_000).toISOString());
+  });
+
+  it('an inactive or deleted access key is unrecognized; the secret is on disk only sealed', async () => {
+    const k = await keys.create('bob');
+    const c = { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey };
+    expect((await verifyAt(t0).verify(await request(c, t0))).principal.arn).toBe(bob.arn);
+    await keys.update(k.AccessKeyId, 'Inactive');
+    await expect(verifyAt(t0).verify(await request(c, t0))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    await keys.update(k.AccessKeyId, 'Active');
+    const { readFileSync } = await import('node:fs');
+    expect(readFileSync(`${t.dir}/access-keys.json`, 'utf8')).not.toContain(k.SecretAccessKey);
+    await keys.delete(k.AccessKeyId);
+    await expect(verifyAt(t0).verify(await request(c, t0))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+  });
+});
