@@ -90,6 +90,8 @@ function daemonCommand(y: Argv): Argv {
         .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach)' })
         .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h)' })
         .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] })
+        .option('log-format', { type: 'string', choices: ['json', 'pretty'], describe: 'log lines: pretty (readable) or json (default: pretty on a terminal, json otherwise)' })
+        .option('metrics-listen', { type: 'string', describe: 'serve Prometheus /metrics on HOST:PORT (e.g. 127.0.0.1:9464)' })
         .option('allow-unencrypted', {
           type: 'boolean',
           default: false,
@@ -114,8 +116,10 @@ function daemonCommand(y: Argv): Argv {
         logLevel: a.logLevel,
         allowUnencrypted: a.allowUnencrypted,
         writeBehind: a.writeBehind,
+        ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
       };
-      const log = createLogger({ level: cfg.logLevel, name: 'ebsd' });
+      const format = (a.logFormat as 'json' | 'pretty' | undefined) ?? (process.stdout.isTTY ? 'pretty' : 'json');
+      const log = createLogger({ level: cfg.logLevel, name: 'ebsd', format });
       try {
         const { runDaemon } = await import('../daemon/daemon.js');
         await runDaemon(cfg, log);

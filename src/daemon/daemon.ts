@@ -18,6 +18,9 @@ import { decodeKmsRequest } from './aws-json.js';
 import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
 import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 import type { RefusalSummary } from './connection-guard.js';
+import { DaemonMetrics, parseListen } from './metrics.js';
+import { SdNotify } from './sd-notify.js';
+import type { KmsCore } from '../kms/types.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -66,13 +69,21 @@ export class Daemon {
   }
   private host: Caller | undefined;
   private stopping: Promise<void> | undefined;
+  /** Operations (README "Running in production"): metrics when --metrics-listen, readiness when $NOTIFY_SOCKET. */
+  private readonly metrics: DaemonMetrics | undefined;
+  private readonly notify: SdNotify;
+  /** The KMS core as every caller in here uses it: metered when metrics are on. */
+  private kmsCore: KmsCore | undefined;
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
     this.paths = statePaths(cfg.stateDir);
+    this.metrics = cfg.metricsListen !== undefined ? new DaemonMetrics() : undefined;
+    this.notify = new SdNotify(log);
   }
 
   async start(): Promise<void> {
     checkDaemonConfig(this.cfg);
+    if (this.cfg.metricsListen !== undefined) parseListen(this.cfg.metricsListen); // refuse a bad flag before mounting
     if (!isNativeAvailable()) {
       // SO_PEERCRED is how callers are identified; without it nobody can be judged.
       throw new EbsdError('NATIVE_ADDON_MISSING', `the native addon is required to identify control-socket callers: ${nativeLoadError?.message}`);
@@ -107,11 +118,14 @@ export class Daemon {
       stateDir: paths.kms, accountId: ids.accountId, region: ids.region, logger: log, authorizer: this.authz.authorizer,
     });
     registerAuthzOperations(this.kms, this.authz.authorizer, { onKeyDeleted: this.kms.context.onKeyDeleted });
+    const kms = this.kms;
+    const kmsOps = new Set(kms.operations());
+    this.kmsCore = this.metrics ? this.metrics.meterKms(kms, (op) => kmsOps.has(op)) : kms;
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
 
     const engine = selectXtsEngine('auto', log);
     this.xtsEngineName = engine.name;
-    const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind });
+    const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind, ...(this.metrics ? { observe: this.metrics.observeVolume } : {}) });
     this.bfs = bfs;
     this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
     await this.fuse.mount();
@@ -120,7 +134,7 @@ export class Daemon {
     this.host = host;
     this.mgr = await VolumeManager.open({
       stateDir: paths.root,
-      keyService: new KmsCoreKeyService(this.kms),
+      keyService: new KmsCoreKeyService(this.kmsCore),
       hostPrincipal: host,
       xtsEngine: engine,
       region: ids.region,
@@ -143,14 +157,37 @@ export class Daemon {
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
 
-    this.server = new ControlServer(paths.socket, (t, b, p) => this.handle(t, b, p), log.child({ component: 'control' }), {
+    this.server = new ControlServer(paths.socket, (t, b, p) => this.handleCounted(t, b, p), log.child({ component: 'control' }), {
       onRefusals: (rows) => this.auditThrottled(rows),
     });
     await this.server.listen();
+    const metricsAt = await this.startMetrics();
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
     this.ticker.unref();
-    log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, writeBehind: this.writeBehind, version: VERSION }, 'ebsd daemon ready');
+    log.info({ socket: paths.socket, mount: cfg.mountDir, xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, writeBehind: this.writeBehind, version: VERSION, ...(metricsAt ? { metrics: metricsAt } : {}) }, 'ebsd daemon ready');
+    // Ready for systemd only now: the mount is up, recorded volumes are back, the socket answers.
+    await this.notify.ready(`serving ${resumed.length} volume(s) at ${cfg.mountDir}`);
+  }
+
+  private async startMetrics(): Promise<string | undefined> {
+    const m = this.metrics;
+    if (!m || this.cfg.metricsListen === undefined) return undefined;
+    const bfs = this.bfs!;
+    const mgr = this.mgr!;
+    const audit = this.kms!.context.audit;
+    const auditFrom = audit.writtenThrough;
+    m.bind({
+      attached: () => bfs.volumeIds(),
+      openHandles: (id) => bfs.openCount(id),
+      inflight: (id) => bfs.inflightCount(id),
+      keyCaches: () => mgr.describeKeyCaches(),
+      auditEventsWritten: () => audit.writtenThrough - auditFrom,
+    });
+    const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
+    const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.log.info({ metrics: `http://${at}/metrics` }, 'serving Prometheus metrics');
+    return at;
   }
 
   /**
@@ -169,7 +206,9 @@ export class Daemon {
       try { await fn(); } catch (err) { log.error({ err, step: what }, 'shutdown step failed'); }
     };
     if (this.ticker) clearInterval(this.ticker);
+    await step('sd_notify', () => this.notify.stopping());
     await step('control server', () => this.server?.close());
+    await step('metrics', () => this.metrics?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
@@ -181,6 +220,18 @@ export class Daemon {
   }
 
   // ---- control API -------------------------------------------------------
+
+  private async handleCounted(target: string, body: Record<string, unknown>, peer: PeerIdentity): Promise<unknown> {
+    if (!this.metrics) return this.handle(target, body, peer);
+    try {
+      const out = await this.handle(target, body, peer);
+      this.metrics.controlRequest(target, undefined);
+      return out;
+    } catch (e) {
+      this.metrics.controlRequest(target, e ?? new Error('undefined thrown'));
+      throw e;
+    }
+  }
 
   private async handle(target: string, body: Record<string, unknown>, peer: PeerIdentity): Promise<unknown> {
     const ids = this.authz!.identities;
@@ -195,7 +246,7 @@ export class Daemon {
         await this.deny('kms.amazonaws.com', op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer);
       }
       // The core authorizes and audits.
-      return this.kms!.call(op, decodeKmsRequest(body), caller);
+      return this.kmsCore!.call(op, decodeKmsRequest(body), caller);
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
