@@ -14,6 +14,8 @@ import { createLogger } from '../util/logger.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab } from './kms-args.js';
+import { completionCommand } from './completion.js';
+import { installUnitsCommand } from './install-units.js';
 import { applyQuery, defaultFormat, humanBytes, kv, print, table, type OutputFormat } from './output.js';
 
 interface Globals {
@@ -413,6 +415,8 @@ export async function main(argv: string[]): Promise<number> {
   y = auditCommands(y);
   y = iamCommands(y);
   y = speedCommand(y);
+  y = installUnitsCommand(y);
+  y = completionCommand(y);
   try {
     await y.parseAsync();
     return exitCode;
