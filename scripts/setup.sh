@@ -22,6 +22,8 @@ declare -A NEED=(
   [g++]=/usr/bin/g++
   [python3]=/usr/bin/python3
   [libgcrypt20-dev]=/usr/include/gcrypt.h
+  [systemd]=/usr/bin/systemd-analyze
+  [tmux]=/usr/bin/tmux
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
