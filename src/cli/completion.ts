@@ -35,7 +35,7 @@ export function completionCommand(y: Argv): Argv {
     .command(
       'completion <shell>',
       'Print a shell completion script (commands, flags, live volume ids, key ids and aliases): source <(ebsd completion bash)',
-      (b) => b.positional('shell', { type: 'string', choices: ['bash', 'zsh'], demandOption: true }),
+      (b) => b.positional('shell', { type: 'string', describe: 'bash or zsh', demandOption: true }),
       (a) => {
         const shell = String(a.shell);
         if (shell !== 'bash' && shell !== 'zsh') throw new UsageError(`completion: shell must be bash or zsh, got "${shell}"`);
