@@ -16,6 +16,7 @@ import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab } from './kms-args.js';
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
+import { topCommand } from './top.js';
 import { applyQuery, defaultFormat, humanBytes, kv, print, table, type OutputFormat } from './output.js';
 
 interface Globals {
@@ -417,6 +418,7 @@ export async function main(argv: string[]): Promise<number> {
   y = speedCommand(y);
   y = installUnitsCommand(y);
   y = completionCommand(y);
+  y = topCommand(y);
   try {
     await y.parseAsync();
     return exitCode;

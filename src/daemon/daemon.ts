@@ -74,6 +74,8 @@ export class Daemon {
   private readonly notify: SdNotify;
   /** The KMS core as every caller in here uses it: metered when metrics are on. */
   private kmsCore: KmsCore | undefined;
+  /** Where /metrics is served (Status shows it; `ebsd top` reads it). */
+  private metricsUrl: string | undefined;
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
     this.paths = statePaths(cfg.stateDir);
@@ -186,7 +188,8 @@ export class Daemon {
     });
     const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
     const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
-    this.log.info({ metrics: `http://${at}/metrics` }, 'serving Prometheus metrics');
+    this.metricsUrl = `http://${at}/metrics`;
+    this.log.info({ metrics: this.metricsUrl }, 'serving Prometheus metrics');
     return at;
   }
 
@@ -386,6 +389,7 @@ export class Daemon {
         Pid: process.pid, Version: VERSION, StateDir: this.paths.root, MountDir: this.cfg.mountDir, Socket: this.paths.socket,
         AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+        ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
