@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeSync, existsSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { Env, ROOT, ensureBuilt } from '../e2e/helpers.js';
 
 /**
  * `ebsd daemon --metrics-listen`: a real daemon child, a real attached volume
@@ -147,6 +147,15 @@ describe('Prometheus metrics from a running daemon', () => {
     expect(text).not.toMatch(/MadeUpOperation/);
     expect(samples.get('ebsd_kms_requests_total{operation="other",outcome="UnknownOperationException"}')).toBe(5);
     expect(samples.get('ebsd_control_requests_total{operation="other",result="UnknownOperationException"}')).toBe(10);
+  });
+
+  it('every ebsd_ metric the shipped alert rules use is one the daemon exports', async () => {
+    const rules = readFileSync(join(ROOT, 'contrib', 'prometheus', 'ebsd-alerts.yml'), 'utf8');
+    const used = new Set(rules.match(/\bebsd_[a-z_]+/g));
+    expect(used.size).toBeGreaterThanOrEqual(4);
+    const { text } = await scrape(port);
+    const exported = new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!));
+    for (const name of used) expect(exported, name).toContain(name);
   });
 
   it('answers 404 off /metrics', async () => {
