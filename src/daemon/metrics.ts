@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import { isIP } from 'node:net';
 import promClient, { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { IoObserver } from '../fuse/block-file-system.js';
+import { LATENCY_SAMPLE, type IoObserver } from '../fuse/block-file-system.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from '../kms/types.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
@@ -38,6 +38,8 @@ export class VolumeIoStats {
   readonly ops = new Float64Array(3);
   readonly bytes = new Float64Array(3);
   readonly latencySum = new Float64Array(3);
+  /** Requests timed (the histogram's count). */
+  readonly timed = new Float64Array(3);
   /** Per operation: one count per bucket bound, then +Inf (not cumulative; summed at scrape). */
   readonly buckets = [new Float64Array(BUCKETS_MICROS.length + 1), new Float64Array(BUCKETS_MICROS.length + 1), new Float64Array(BUCKETS_MICROS.length + 1)];
   /** `op errno` -> count; errors are rare, a Map lookup there is fine. */
@@ -55,6 +57,8 @@ export class VolumeIoStats {
     }
     this.ops[i]!++;
     this.bytes[i]! += bytes;
+    if (micros < 0) return; // not timed (1 in LATENCY_SAMPLE is)
+    this.timed[i]!++;
     this.latencySum[i]! += micros;
     const b = this.buckets[i]!;
     let j = 0;
@@ -144,7 +148,7 @@ export class DaemonMetrics {
       },
     });
     this.registry.registerMetric(new _SnapshotHistogram(
-      'ebsd_volume_request_duration_seconds', 'FUSE request latency, request to reply, per volume and operation', vols,
+      'ebsd_volume_request_duration_seconds', `FUSE request latency, request to reply, per volume and operation; one request in ${LATENCY_SAMPLE} per volume is timed (all are counted in ebsd_volume_operations_total)`, vols,
     ) as never);
 
     const states = ['cached', 'refreshing', 'stale', 'impaired', 'held-until-detach', 'unencrypted'];
@@ -326,7 +330,7 @@ class _SnapshotHistogram {
         acc += b[BUCKETS_MICROS.length]!;
         values.push({ labels: { ...labels, le: '+Inf' }, value: acc, metricName: `${this.name}_bucket` });
         values.push({ labels, value: v.latencySum[i]! / 1e6, metricName: `${this.name}_sum` });
-        values.push({ labels, value: v.ops[i]!, metricName: `${this.name}_count` });
+        values.push({ labels, value: v.timed[i]!, metricName: `${this.name}_count` });
       }
     }
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };

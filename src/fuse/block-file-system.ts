@@ -24,12 +24,21 @@ interface Entry {
   removed: boolean;
   /** Metrics observer bound to this volume at add(), or null. */
   readonly obs: IoObserver | null;
+  /** Requests seen by `obs`; one in LATENCY_SAMPLE is timed. */
+  tick: number;
 }
 
 /**
+ * Time one request in this many (per volume) for the latency histogram; all
+ * are counted. A clock read costs ~0.35 µs on the machine of docs/benchmarks.md
+ * ("Metrics overhead"): two per request would be a measurable share of a 4 KiB read.
+ */
+export const LATENCY_SAMPLE = 16;
+
+/**
  * Told of every finished data request of one volume (metrics): the operation,
- * bytes moved, microseconds from request to reply, and 0 or the errno
- * replied. Bound once per volume at add(), so the data path does no lookup;
+ * bytes moved, microseconds from request to reply (-1: not timed, see
+ * LATENCY_SAMPLE), and 0 or the errno replied. Bound once per volume at add(), so the data path does no lookup;
  * it must not allocate or throw.
  */
 export type IoObserver = (op: 'read' | 'write' | 'flush', bytes: number, micros: number, errno: number) => void;
@@ -96,7 +105,7 @@ export class BlockFileSystem {
     const behind = this.writeBehind && dev.writeBehind ? dev.writeBehind.bind(dev) : null;
     this.entries.set(dev.volumeId, {
       dev, write, behind, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
-      obs: this.observe ? this.observe(dev.volumeId) : null,
+      obs: this.observe ? this.observe(dev.volumeId) : null, tick: 0,
     });
   }
 
@@ -173,9 +182,9 @@ export class BlockFileSystem {
     if (--e.inflight === 0 && e.drained.length) for (const r of e.drained.splice(0)) r();
   }
 
-  private fail(e: Entry, op: 'read' | 'write' | 'flush', offset: number, length: number, err: unknown, t0 = 0): number {
+  private fail(e: Entry, op: 'read' | 'write' | 'flush', offset: number, length: number, err: unknown): number {
     const errno = toErrno(err);
-    if (e.obs !== null) e.obs(op, 0, t0 === 0 ? 0 : (performance.now() - t0) * 1000, errno);
+    if (e.obs !== null) e.obs(op, 0, -1, errno);
     const code = (err as { code?: unknown })?.code;
     const fields = { volumeId: e.dev.volumeId, op, offset, length, code, reason: (err as Error)?.message };
     // gocryptfs habit: every EIO is logged with the file and position it hit.
@@ -223,17 +232,17 @@ export class BlockFileSystem {
         // No async wrapper or closure per request: one .then on the device's
         // promise (already resolved on the page-cache fast path).
         e.inflight++;
-        const t0 = e.obs !== null ? performance.now() : 0;
+        const t0 = e.obs !== null && ++e.tick % LATENCY_SAMPLE === 1 ? performance.now() : 0;
         let p: Promise<number>;
         try {
           p = e.dev.read(pos, n, buf, 0);
         } catch (err) {
           this.done(e);
-          return cb(this.fail(e, 'read', pos, n, err, t0));
+          return cb(this.fail(e, 'read', pos, n, err));
         }
         p.then(
-          (got) => { this.done(e); e.atime = Date.now(); if (e.obs !== null) e.obs('read', got, (performance.now() - t0) * 1000, 0); cb(got); },
-          (err) => { this.done(e); cb(this.fail(e, 'read', pos, n, err, t0)); },
+          (got) => { this.done(e); e.atime = Date.now(); if (e.obs !== null) e.obs('read', got, t0 === 0 ? -1 : (performance.now() - t0) * 1000, 0); cb(got); },
+          (err) => { this.done(e); cb(this.fail(e, 'read', pos, n, err)); },
         );
       },
       write: (_path, fh, buf, len, pos, cb) => {
@@ -249,7 +258,7 @@ export class BlockFileSystem {
         const n = Math.min(len, e.dev.size - pos);
         const data = n === buf.length ? buf : buf.subarray(0, n);
         e.inflight++;
-        const t0 = e.obs !== null ? performance.now() : 0;
+        const t0 = e.obs !== null && ++e.tick % LATENCY_SAMPLE === 1 ? performance.now() : 0;
         if (e.behind !== null) {
           // Write-behind: the device copied the data; reply now, and complete the
           // write in the nextTick queued right after fuse-native's reply signal,
@@ -259,7 +268,7 @@ export class BlockFileSystem {
           try { complete = e.behind(pos, data); } catch { complete = null; }
           if (complete !== null) {
             e.mtime = Date.now();
-            if (e.obs !== null) e.obs('write', n, (performance.now() - t0) * 1000, 0);
+            if (e.obs !== null) e.obs('write', n, t0 === 0 ? -1 : (performance.now() - t0) * 1000, 0);
             cb(n);
             process.nextTick(this.completeBehind, e, complete);
             return;
@@ -270,11 +279,11 @@ export class BlockFileSystem {
           p = e.write(pos, data);
         } catch (err) {
           this.done(e);
-          return cb(this.fail(e, 'write', pos, n, err, t0));
+          return cb(this.fail(e, 'write', pos, n, err));
         }
         p.then(
-          (put) => { this.done(e); e.mtime = Date.now(); if (e.obs !== null) e.obs('write', put, (performance.now() - t0) * 1000, 0); cb(put); },
-          (err) => { this.done(e); cb(this.fail(e, 'write', pos, n, err, t0)); },
+          (put) => { this.done(e); e.mtime = Date.now(); if (e.obs !== null) e.obs('write', put, t0 === 0 ? -1 : (performance.now() - t0) * 1000, 0); cb(put); },
+          (err) => { this.done(e); cb(this.fail(e, 'write', pos, n, err)); },
         );
       },
       fsync: (_path, _datasync, fh, cb) => this.sync(fh, cb),
@@ -312,17 +321,17 @@ export class BlockFileSystem {
     if (!e) return cb(EBADF);
     if (e.removed) return cb(this.fail(e, 'flush', 0, 0, new Error('volume detached')));
     e.inflight++;
-    const t0 = e.obs !== null ? performance.now() : 0;
+    const t0 = e.obs !== null ? performance.now() : 0; // every flush is timed: it costs an fdatasync anyway
     let p: Promise<void>;
     try {
       p = e.dev.flush();
     } catch (err) {
       this.done(e);
-      return cb(this.fail(e, 'flush', 0, 0, err, t0));
+      return cb(this.fail(e, 'flush', 0, 0, err));
     }
     p.then(
-      () => { this.done(e); if (e.obs !== null) e.obs('flush', 0, (performance.now() - t0) * 1000, 0); cb(0); },
-      (err) => { this.done(e); cb(this.fail(e, 'flush', 0, 0, err, t0)); },
+      () => { this.done(e); if (e.obs !== null) e.obs('flush', 0, t0 === 0 ? -1 : (performance.now() - t0) * 1000, 0); cb(0); },
+      (err) => { this.done(e); cb(this.fail(e, 'flush', 0, 0, err)); },
     );
   }
 
