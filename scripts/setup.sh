@@ -24,6 +24,8 @@ declare -A NEED=(
   [libgcrypt20-dev]=/usr/include/gcrypt.h
   [awscli]=/usr/bin/aws
   [openssl]=/usr/bin/openssl
+  [systemd]=/usr/bin/systemd-analyze
+  [tmux]=/usr/bin/tmux
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

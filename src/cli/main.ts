@@ -14,6 +14,9 @@ import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from 
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile } from './kms-args.js';
 import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, table, type OutputFormat } from './output.js';
+import { completionCommand } from './completion.js';
+import { installUnitsCommand } from './install-units.js';
+import { topCommand } from './top.js';
 
 interface Globals {
   stateDir: string;
@@ -107,6 +110,8 @@ function daemonCommand(y: Argv): Argv {
         .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach)' })
         .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h)' })
         .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] })
+        .option('log-format', { type: 'string', choices: ['json', 'pretty'], describe: 'log lines: pretty (readable) or json (default: pretty on a terminal, json otherwise)' })
+        .option('metrics-listen', { type: 'string', describe: 'serve Prometheus /metrics on HOST:PORT (e.g. 127.0.0.1:9464)' })
         .option('allow-unencrypted', {
           type: 'boolean',
           default: false,
@@ -139,10 +144,12 @@ function daemonCommand(y: Argv): Argv {
         writeBehind: a.writeBehind,
         ...(a.kmsListen !== undefined ? { kmsListen: listenAddress(a.kmsListen) } : {}),
         ...(a.kmsOnly ? { kmsOnly: true } : {}),
+        ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
       };
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
       if (a.tlsCert !== undefined) cfg.tls = { certFile: a.tlsCert, keyFile: a.tlsKey! };
-      const log = createLogger({ level: cfg.logLevel, name: 'ebsd' });
+      const format = (a.logFormat as 'json' | 'pretty' | undefined) ?? (process.stdout.isTTY ? 'pretty' : 'json');
+      const log = createLogger({ level: cfg.logLevel, name: 'ebsd', format });
       try {
         const { runDaemon } = await import('../daemon/daemon.js');
         await runDaemon(cfg, log);
@@ -478,6 +485,9 @@ export async function main(argv: string[]): Promise<number> {
   y = auditCommands(y);
   y = iamCommands(y);
   y = speedCommand(y);
+  y = installUnitsCommand(y);
+  y = completionCommand(y);
+  y = topCommand(y);
   try {
     await y.parseAsync();
     return exitCode;

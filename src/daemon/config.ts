@@ -26,6 +26,8 @@ export interface DaemonConfig {
    * even without fsync (README, "Durability and the data path").
    */
   writeBehind?: boolean;
+  /** Serve Prometheus `/metrics` on this HOST:PORT (src/daemon/metrics.ts); off when absent. */
+  metricsListen?: string;
   /** KMS rotation/deletion tick (ms); default 60 s. */
   tickMs?: number;
   /**

@@ -25,6 +25,9 @@ import { KmsListener } from './kms-listener.js';
 import { AccessKeyStore } from '../kms/sts/access-keys.js';
 import { TrustPolicies } from '../kms/sts/trust-policies.js';
 import { StsService } from '../kms/sts/sts-service.js';
+import { DaemonMetrics, parseListen } from './metrics.js';
+import { SdNotify } from './sd-notify.js';
+import type { KmsCore } from '../kms/types.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -79,13 +82,23 @@ export class Daemon {
   }
   private host: Caller | undefined;
   private stopping: Promise<void> | undefined;
+  /** Operations (README "Running in production"): metrics when --metrics-listen, readiness when $NOTIFY_SOCKET. */
+  private readonly metrics: DaemonMetrics | undefined;
+  private readonly notify: SdNotify;
+  /** The KMS core as every caller in here uses it: metered when metrics are on. */
+  private kmsCore: KmsCore | undefined;
+  /** Where /metrics is served (Status shows it; `ebsd top` reads it). */
+  private metricsUrl: string | undefined;
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
     this.paths = statePaths(cfg.stateDir);
+    this.metrics = cfg.metricsListen !== undefined ? new DaemonMetrics() : undefined;
+    this.notify = new SdNotify(log);
   }
 
   async start(): Promise<void> {
     checkDaemonConfig(this.cfg);
+    if (this.cfg.metricsListen !== undefined) parseListen(this.cfg.metricsListen); // refuse a bad flag before mounting
     if (!isNativeAvailable()) {
       // SO_PEERCRED is how callers are identified; without it nobody can be judged.
       throw new EbsdError('NATIVE_ADDON_MISSING', `the native addon is required to identify control-socket callers: ${nativeLoadError?.message}`);
@@ -120,6 +133,9 @@ export class Daemon {
       stateDir: paths.kms, accountId: ids.accountId, region: ids.region, logger: log, authorizer: this.authz.authorizer,
     });
     registerAuthzOperations(this.kms, this.authz.authorizer, { onKeyDeleted: this.kms.context.onKeyDeleted });
+    const kms = this.kms;
+    const kmsOps = new Set(kms.operations());
+    this.kmsCore = this.metrics ? this.metrics.meterKms(kms, (op) => kmsOps.has(op)) : kms;
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
     this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.context.hsm);
     this.trust = await TrustPolicies.open(paths.root);
@@ -127,10 +143,11 @@ export class Daemon {
     this.host = host;
     if (!cfg.kmsOnly) await this.startVolumeService(host);
 
-    this.server = new ControlServer(paths.socket, (t, b, p) => this.handle(t, b, p), log.child({ component: 'control' }), {
+    this.server = new ControlServer(paths.socket, (t, b, p) => this.handleCounted(t, b, p), log.child({ component: 'control' }), {
       onRefusals: (rows) => this.auditThrottled(rows),
     });
     await this.server.listen();
+    const metricsAt = await this.startMetrics();
     let kmsUrl: string | undefined;
     if (cfg.kmsListen) {
       const kms = this.kms;
@@ -148,7 +165,9 @@ export class Daemon {
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
     this.ticker.unref();
-    log.info({ socket: paths.socket, mount: cfg.kmsOnly ? undefined : cfg.mountDir, kmsOnly: cfg.kmsOnly ?? false, ...(kmsUrl ? { kmsUrl } : {}), xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, writeBehind: this.writeBehind, version: VERSION }, 'ebsd daemon ready');
+    log.info({ socket: paths.socket, mount: cfg.kmsOnly ? undefined : cfg.mountDir, kmsOnly: cfg.kmsOnly ?? false, ...(kmsUrl ? { kmsUrl } : {}), xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, writeBehind: this.writeBehind, version: VERSION, ...(metricsAt ? { metrics: metricsAt } : {}) }, 'ebsd daemon ready');
+    // Ready for systemd only now: the mount is up, recorded volumes are back, the sockets answer.
+    await this.notify.ready(cfg.kmsOnly ? 'serving the KMS' : `serving ${this.mgr?.attachedVolumeIds().length ?? 0} volume(s) at ${cfg.mountDir}`);
   }
 
   /** FUSE mount and volume manager; a `--kms-only` daemon has neither. */
@@ -157,14 +176,14 @@ export class Daemon {
     const ids = this.authz!.identities;
     const engine = selectXtsEngine('auto', log);
     this.xtsEngineName = engine.name;
-    const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind });
+    const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind, ...(this.metrics ? { observe: this.metrics.observeVolume } : {}) });
     this.bfs = bfs;
     this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
     await this.fuse.mount();
 
     this.mgr = await VolumeManager.open({
       stateDir: paths.root,
-      keyService: new KmsCoreKeyService(this.kms!),
+      keyService: new KmsCoreKeyService(this.kmsCore!),
       hostPrincipal: host,
       xtsEngine: engine,
       region: ids.region,
@@ -188,6 +207,27 @@ export class Daemon {
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
   }
 
+  private async startMetrics(): Promise<string | undefined> {
+    const m = this.metrics;
+    if (!m || this.cfg.metricsListen === undefined) return undefined;
+    const bfs = this.bfs;
+    const mgr = this.mgr;
+    const audit = this.kms!.context.audit;
+    const auditFrom = audit.writtenThrough;
+    m.bind({
+      attached: () => bfs?.volumeIds() ?? [],
+      openHandles: (id) => bfs?.openCount(id) ?? 0,
+      inflight: (id) => bfs?.inflightCount(id) ?? 0,
+      keyCaches: () => mgr?.describeKeyCaches() ?? [],
+      auditEventsWritten: () => audit.writtenThrough - auditFrom,
+    });
+    const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
+    const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.metricsUrl = `http://${at}/metrics`;
+    this.log.info({ metrics: this.metricsUrl }, 'serving Prometheus metrics');
+    return at;
+  }
+
   /**
    * Orderly shutdown (SIGTERM/SIGINT): stop taking requests, drain FUSE I/O,
    * fdatasync and wipe every volume key (attachments stay recorded so the
@@ -204,8 +244,10 @@ export class Daemon {
       try { await fn(); } catch (err) { log.error({ err, step: what }, 'shutdown step failed'); }
     };
     if (this.ticker) clearInterval(this.ticker);
+    await step('sd_notify', () => this.notify.stopping());
     await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
+    await step('metrics', () => this.metrics?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
@@ -217,6 +259,18 @@ export class Daemon {
   }
 
   // ---- control API -------------------------------------------------------
+
+  private async handleCounted(target: string, body: Record<string, unknown>, peer: PeerIdentity): Promise<unknown> {
+    if (!this.metrics) return this.handle(target, body, peer);
+    try {
+      const out = await this.handle(target, body, peer);
+      this.metrics.controlRequest(target, undefined);
+      return out;
+    } catch (e) {
+      this.metrics.controlRequest(target, e ?? new Error('undefined thrown'));
+      throw e;
+    }
+  }
 
   private async handle(target: string, body: Record<string, unknown>, peer: PeerIdentity): Promise<unknown> {
     const ids = this.authz!.identities;
@@ -231,7 +285,7 @@ export class Daemon {
         await this.deny('kms.amazonaws.com', op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer);
       }
       // The core authorizes and audits.
-      return this.kms!.call(op, decodeKmsRequest(body), caller, peer.requestId);
+      return this.kmsCore!.call(op, decodeKmsRequest(body), caller, peer.requestId);
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
@@ -387,6 +441,7 @@ export class Daemon {
         Pid: process.pid, Version: VERSION, StateDir: this.paths.root, MountDir: this.cfg.mountDir, Socket: this.paths.socket,
         AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+        ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,

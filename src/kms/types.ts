@@ -30,6 +30,7 @@ export type KmsRequest = Record<string, unknown>;
 export type KmsResponse = Record<string, unknown>;
 
 export interface KmsCore {
-  call(operation: string, request: KmsRequest, caller: Caller): Promise<KmsResponse>;
+  /** `requestId`: the response's x-amzn-RequestId, so the audit event carries the same id. */
+  call(operation: string, request: KmsRequest, caller: Caller, requestId?: string): Promise<KmsResponse>;
   close(): Promise<void>;
 }

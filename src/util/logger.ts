@@ -1,4 +1,5 @@
 import { pino, type Logger, type LoggerOptions, type DestinationStream } from 'pino';
+import pinoPretty from 'pino-pretty';
 
 /**
  * The one logger factory. It owns the redaction list (STYLE §9): any field
@@ -24,6 +25,12 @@ export interface LoggerConfig {
   level?: string;
   name?: string;
   destination?: DestinationStream | number | string;
+  /**
+   * `json` (default): one JSON object per line. `pretty`: readable lines
+   * (pino-pretty, in process and synchronous, so nothing is lost on exit);
+   * redaction happens before either.
+   */
+  format?: 'json' | 'pretty';
 }
 
 export function createLogger(cfg: LoggerConfig = {}): Logger {
@@ -35,6 +42,10 @@ export function createLogger(cfg: LoggerConfig = {}): Logger {
     serializers: { err: pino.stdSerializers.err },
   };
   const dest = cfg.destination;
+  if (cfg.format === 'pretty') {
+    const fd = typeof dest === 'number' ? dest : 1;
+    return pino(opts, pinoPretty({ sync: true, destination: fd, colorize: fd === 1 ? process.stdout.isTTY === true : false, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' }));
+  }
   if (dest === undefined) return pino(opts, pino.destination({ fd: 1, sync: true }));
   if (typeof dest === 'number') return pino(opts, pino.destination({ fd: dest, sync: true }));
   if (typeof dest === 'string') return pino(opts, pino.destination({ dest, sync: true, mkdir: true }));

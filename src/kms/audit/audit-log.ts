@@ -229,6 +229,11 @@ export class AuditLog {
     }
   }
 
+  /** Sequence number of the last event written to the log file (-1: none yet); metrics count from it. */
+  get writtenThrough(): number {
+    return this.flushedSeq;
+  }
+
   /** Append one event; resolves when it is durable per the fsync mode. */
   append(event: Record<string, unknown>): Promise<void> {
     return this.appendJson(openJson(event));

@@ -1,0 +1,342 @@
+import { createServer, type Server } from 'node:http';
+import { isIP } from 'node:net';
+import promClient, { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { LATENCY_SAMPLE, type IoObserver } from '../fuse/block-file-system.js';
+import type { Caller, KmsCore, KmsRequest, KmsResponse } from '../kms/types.js';
+import { EbsdError } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+
+/**
+ * Prometheus metrics of one daemon (`ebsd daemon --metrics-listen HOST:PORT`,
+ * README "Running in production"). Names are `ebsd_<subsystem>_<what>_<unit>`;
+ * labels are bounded: `volume_id` (attached volumes only), `operation` (a
+ * known operation name, else `other`), `outcome` / `result` (`ok`, `denied`
+ * or the AWS exception name), `errno`, `state`.
+ *
+ * The FUSE data path does not touch prom-client: a prom-client child still
+ * builds a label hash per observation. Each attached volume gets one
+ * VolumeIoStats (plain numbers and Float64Array buckets, bound at attach),
+ * and the registry reads them at scrape time.
+ */
+
+/** Request latency bucket bounds, seconds: 10 µs .. 1 s (a page-cache hit is ~20 µs, a flush ~ms). */
+export const LATENCY_BUCKETS_SECONDS: readonly number[] = [
+  0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+];
+const BUCKETS_MICROS = Float64Array.from(LATENCY_BUCKETS_SECONDS, (s) => s * 1e6);
+const OPS = ['read', 'write', 'flush'] as const;
+type IoOp = (typeof OPS)[number];
+
+/** Most label values kept per label before new ones become `other` (a caller can send any operation name). */
+const MAX_LABEL_VALUES = 256;
+
+/** Linux errno names for the values the FUSE layer replies (src/fuse/errno.ts); others are `E<n>`. */
+const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 9: 'EBADF', 13: 'EACCES', 16: 'EBUSY', 21: 'EISDIR', 22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS' };
+
+/** One volume's data-path counters; written by the FUSE layer, read at scrape. */
+export class VolumeIoStats {
+  readonly ops = new Float64Array(3);
+  readonly bytes = new Float64Array(3);
+  readonly latencySum = new Float64Array(3);
+  /** Requests timed (the histogram's count). */
+  readonly timed = new Float64Array(3);
+  /** Per operation: one count per bucket bound, then +Inf (not cumulative; summed at scrape). */
+  readonly buckets = [new Float64Array(BUCKETS_MICROS.length + 1), new Float64Array(BUCKETS_MICROS.length + 1), new Float64Array(BUCKETS_MICROS.length + 1)];
+  /** `op errno` -> count; errors are rare, a Map lookup there is fine. */
+  readonly errors = new Map<string, number>();
+
+  constructor(readonly volumeId: string) {}
+
+  /** The FUSE IoObserver: no allocation on success. */
+  readonly observe: IoObserver = (op, bytes, micros, errno) => {
+    const i = op === 'read' ? 0 : op === 'write' ? 1 : 2;
+    if (errno !== 0) {
+      const k = `${op} ${ERRNO_NAMES[-errno] ?? `E${-errno}`}`;
+      this.errors.set(k, (this.errors.get(k) ?? 0) + 1);
+      return;
+    }
+    this.ops[i]!++;
+    this.bytes[i]! += bytes;
+    if (micros < 0) return; // not timed (1 in LATENCY_SAMPLE is)
+    this.timed[i]!++;
+    this.latencySum[i]! += micros;
+    const b = this.buckets[i]!;
+    let j = 0;
+    while (j < BUCKETS_MICROS.length && micros > BUCKETS_MICROS[j]!) j++;
+    b[j]!++;
+  };
+}
+
+/** What the daemon lets metrics read at scrape time (nothing is copied on the way). */
+export interface MetricsSources {
+  /** Volumes served under the mount now. */
+  attached(): string[];
+  openHandles(volumeId: string): number;
+  inflight(volumeId: string): number;
+  /** Key-cache state per attached volume, as `ebsd status` shows it. */
+  keyCaches(): { VolumeId: string; State: string; LastUnwrapTime?: string; ExpiryTime?: string }[];
+  /** Audit events written by this daemon since it started. */
+  auditEventsWritten(): number;
+}
+
+/** A result label: `ok`, `denied`, or the AWS exception name (a bounded set of classes). */
+export function outcomeOf(err: unknown): string {
+  if (err === undefined) return 'ok';
+  const name = (err as { awsName?: unknown })?.awsName;
+  if (name === 'AccessDeniedException' || name === 'UnauthorizedOperation') return 'denied';
+  return typeof name === 'string' ? name : 'InternalError';
+}
+
+export class DaemonMetrics {
+  readonly registry = new Registry();
+  private readonly volumes = new Map<string, VolumeIoStats>();
+  private readonly kmsCalls: Counter<'operation' | 'outcome'>;
+  private readonly kmsLatency: Histogram<'operation'>;
+  private readonly controlCalls: Counter<'operation' | 'result'>;
+  private readonly labelSeen = new Map<string, Set<string>>();
+  private sources: MetricsSources | undefined;
+  private server: Server | undefined;
+
+  constructor() {
+    const registers = [this.registry];
+    promClient.collectDefaultMetrics({ register: this.registry, prefix: 'ebsd_' });
+    const self = this;
+    const vols = (): VolumeIoStats[] => self.liveVolumes();
+    new Counter({
+      name: 'ebsd_volume_operations_total', help: 'FUSE requests completed without error, per volume and operation (read, write, flush)',
+      labelNames: ['volume_id', 'operation'], registers,
+      collect() {
+        this.reset();
+        for (const v of vols()) for (let i = 0; i < 3; i++) this.inc({ volume_id: v.volumeId, operation: OPS[i]! }, v.ops[i]!);
+      },
+    });
+    new Counter({
+      name: 'ebsd_volume_bytes_total', help: 'Plaintext bytes read and written through the volume file',
+      labelNames: ['volume_id', 'operation'], registers,
+      collect() {
+        this.reset();
+        for (const v of vols()) for (let i = 0; i < 2; i++) this.inc({ volume_id: v.volumeId, operation: OPS[i]! }, v.bytes[i]!);
+      },
+    });
+    new Counter({
+      name: 'ebsd_volume_io_errors_total', help: 'FUSE requests answered with an errno, per volume, operation and errno',
+      labelNames: ['volume_id', 'operation', 'errno'], registers,
+      collect() {
+        this.reset();
+        for (const v of vols()) {
+          for (const [k, n] of v.errors) {
+            const [operation, errno] = k.split(' ') as [string, string];
+            this.inc({ volume_id: v.volumeId, operation, errno }, n);
+          }
+        }
+      },
+    });
+    new Gauge({
+      name: 'ebsd_volume_requests_in_flight', help: 'FUSE requests running against the volume now (a write-behind completion counts until it is in the backing file)',
+      labelNames: ['volume_id'], registers,
+      collect() {
+        this.reset();
+        for (const v of vols()) this.set({ volume_id: v.volumeId }, self.sources?.inflight(v.volumeId) ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_volume_open_handles', help: 'Open file handles on the volume file',
+      labelNames: ['volume_id'], registers,
+      collect() {
+        this.reset();
+        for (const v of vols()) this.set({ volume_id: v.volumeId }, self.sources?.openHandles(v.volumeId) ?? 0);
+      },
+    });
+    this.registry.registerMetric(new _SnapshotHistogram(
+      'ebsd_volume_request_duration_seconds', `FUSE request latency, request to reply, per volume and operation; one request in ${LATENCY_SAMPLE} per volume is timed (all are counted in ebsd_volume_operations_total)`, vols,
+    ) as never);
+
+    const states = ['cached', 'refreshing', 'stale', 'impaired', 'held-until-detach', 'unencrypted'];
+    new Gauge({
+      name: 'ebsd_key_cache_state', help: `1 for the key-cache state each attached volume is in (${states.join(', ')})`,
+      labelNames: ['volume_id', 'state'], registers,
+      collect() {
+        this.reset();
+        for (const kc of self.sources?.keyCaches() ?? []) for (const s of states) this.set({ volume_id: kc.VolumeId, state: s }, kc.State === s ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_key_cache_seconds_since_unwrap', help: 'Seconds since KMS last confirmed the volume key (attach or refresh)',
+      labelNames: ['volume_id'], registers,
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const kc of self.sources?.keyCaches() ?? []) {
+          if (kc.LastUnwrapTime) this.set({ volume_id: kc.VolumeId }, (now - Date.parse(kc.LastUnwrapTime)) / 1000);
+        }
+      },
+    });
+    new Gauge({
+      name: 'ebsd_key_cache_seconds_to_max_stale', help: 'Seconds left before the volume is impaired unless KMS confirms its key (absent: held until detach)',
+      labelNames: ['volume_id'], registers,
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const kc of self.sources?.keyCaches() ?? []) {
+          if (kc.ExpiryTime) this.set({ volume_id: kc.VolumeId }, Math.max(0, (Date.parse(kc.ExpiryTime) - now) / 1000));
+        }
+      },
+    });
+
+    this.kmsCalls = new Counter({
+      name: 'ebsd_kms_requests_total', help: 'KMS calls (control API and the daemon\'s own grant/decrypt calls) by operation and outcome',
+      labelNames: ['operation', 'outcome'], registers,
+    });
+    this.kmsLatency = new Histogram({
+      name: 'ebsd_kms_request_duration_seconds', help: 'KMS call latency, authorization and audit included',
+      labelNames: ['operation'], buckets: [...LATENCY_BUCKETS_SECONDS], registers,
+    });
+    new Counter({
+      name: 'ebsd_audit_events_written_total', help: 'Audit events written to the hash-chained log by this daemon',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(self.sources?.auditEventsWritten() ?? 0);
+      },
+    });
+    this.controlCalls = new Counter({
+      name: 'ebsd_control_requests_total', help: 'Control-API requests by operation (X-Amz-Target) and result',
+      labelNames: ['operation', 'result'], registers,
+    });
+  }
+
+  /** Connect the daemon's live state; until then the gauges are empty. */
+  bind(sources: MetricsSources): void {
+    this.sources = sources;
+  }
+
+  /** The BlockFileSystem `observe` option: one stats object per volume, kept across detach/attach. */
+  readonly observeVolume = (volumeId: string): IoObserver => {
+    let s = this.volumes.get(volumeId);
+    if (!s) { s = new VolumeIoStats(volumeId); this.volumes.set(volumeId, s); }
+    return s.observe;
+  };
+
+  /** Stats of attached volumes; those of volumes no longer attached are dropped (their series end). */
+  private liveVolumes(): VolumeIoStats[] {
+    const live = new Set(this.sources?.attached() ?? []);
+    for (const id of this.volumes.keys()) if (!live.has(id)) this.volumes.delete(id);
+    return [...this.volumes.values()];
+  }
+
+  /** `value`, or `other` once `label` has seen MAX_LABEL_VALUES distinct values. */
+  private bounded(label: string, value: string): string {
+    let seen = this.labelSeen.get(label);
+    if (!seen) this.labelSeen.set(label, (seen = new Set()));
+    if (seen.has(value)) return value;
+    if (seen.size >= MAX_LABEL_VALUES) return 'other';
+    seen.add(value);
+    return value;
+  }
+
+  /** A KmsCore that counts and times every call made through it. */
+  meterKms(core: KmsCore, known: (operation: string) => boolean): KmsCore {
+    return {
+      call: async (operation: string, request: KmsRequest, caller: Caller, requestId?: string): Promise<KmsResponse> => {
+        const op = known(operation) ? operation : 'other';
+        const t0 = performance.now();
+        let err: unknown;
+        try {
+          return await core.call(operation, request, caller, requestId);
+        } catch (e) {
+          err = e ?? new Error('undefined thrown');
+          throw e;
+        } finally {
+          this.kmsCalls.inc({ operation: op, outcome: this.bounded('kms_outcome', outcomeOf(err)) });
+          this.kmsLatency.observe({ operation: op }, (performance.now() - t0) / 1000);
+        }
+      },
+      close: () => core.close(),
+    };
+  }
+
+  /** Count one control-API request (the daemon's handler wraps itself with this). */
+  controlRequest(target: string, err: unknown): void {
+    const unknown = (err as { awsName?: unknown } | undefined)?.awsName === 'UnknownOperationException';
+    const operation = unknown ? 'other' : this.bounded('control_operation', target);
+    this.controlCalls.inc({ operation, result: this.bounded('control_result', outcomeOf(err)) });
+  }
+
+  /** Serve `GET /metrics` on HOST:PORT; resolves with the bound address (PORT 0: a free port). */
+  async listen(spec: string, log: Logger): Promise<{ host: string; port: number }> {
+    const { host, port } = parseListen(spec);
+    const server = createServer((req, res) => {
+      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
+        return;
+      }
+      this.registry.metrics().then(
+        (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text),
+        (err) => { log.error({ err }, 'metrics scrape failed'); res.writeHead(500).end(); },
+      );
+    });
+    server.keepAliveTimeout = 5_000;
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 10_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e) => reject(new EbsdError('METRICS_LISTEN', `--metrics-listen ${spec}: ${(e as Error).message}`)));
+      server.listen(port, host, () => resolve());
+    });
+    this.server = server;
+    const addr = server.address();
+    return { host, port: typeof addr === 'object' && addr ? addr.port : port };
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((r) => s.close(() => r()));
+  }
+}
+
+/** `127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:0` -> host and port (typed error naming the flag otherwise). */
+export function parseListen(spec: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || !host || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
+    throw new EbsdError('BAD_METRICS_LISTEN', `--metrics-listen must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`, { awsName: 'ValidationException' });
+  }
+  return { host, port };
+}
+
+/**
+ * A histogram whose buckets live in VolumeIoStats; prom-client formats it
+ * (the registry takes any object with `name` and `get()` in its own shape).
+ */
+class _SnapshotHistogram {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  constructor(readonly name: string, readonly help: string, private readonly vols: () => VolumeIoStats[]) {}
+
+  get(): { name: string; help: string; type: string; aggregator: string; values: { labels: Record<string, string | number>; value: number; metricName: string }[] } {
+    const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+    for (const v of this.vols()) {
+      for (let i = 0; i < 3; i++) {
+        const labels = { volume_id: v.volumeId, operation: OPS[i]! };
+        const b = v.buckets[i]!;
+        let acc = 0;
+        for (let j = 0; j < BUCKETS_MICROS.length; j++) {
+          acc += b[j]!;
+          values.push({ labels: { ...labels, le: LATENCY_BUCKETS_SECONDS[j]! }, value: acc, metricName: `${this.name}_bucket` });
+        }
+        acc += b[BUCKETS_MICROS.length]!;
+        values.push({ labels: { ...labels, le: '+Inf' }, value: acc, metricName: `${this.name}_bucket` });
+        values.push({ labels, value: v.latencySum[i]! / 1e6, metricName: `${this.name}_sum` });
+        values.push({ labels, value: v.timed[i]!, metricName: `${this.name}_count` });
+      }
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  reset(): void {}
+}
+
+export type { IoOp };

@@ -1,0 +1,182 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { Env, ROOT, ensureBuilt } from '../e2e/helpers.js';
+
+/**
+ * `ebsd daemon --metrics-listen`: a real daemon child, a real attached volume
+ * under FUSE, real reads/writes/fsyncs, then a scrape of /metrics over HTTP.
+ * The figures must move by exactly what was done.
+ */
+
+type Samples = Map<string, number>;
+
+/** Parse the Prometheus text format into `name{labels}` -> value (labels as printed). */
+function parse(text: string): Samples {
+  const out: Samples = new Map();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const at = line.lastIndexOf(' ');
+    out.set(line.slice(0, at), Number(line.slice(at + 1)));
+  }
+  return out;
+}
+
+async function scrape(port: number): Promise<{ status: number; type: string; samples: Samples; text: string }> {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  const text = await res.text();
+  return { status: res.status, type: res.headers.get('content-type') ?? '', samples: parse(text), text };
+}
+
+/** One control-API request over the daemon's Unix socket; resolves with the HTTP status. */
+function rawCall(stateDir: string, target: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: join(stateDir, 'ebsd.sock'), method: 'POST', path: '/', headers: { 'X-Amz-Target': target, 'Content-Type': 'application/x-amz-json-1.1' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end('{}');
+  });
+}
+
+/** The port the daemon bound for --metrics-listen 127.0.0.1:0, from its log (polled: the log file is written asynchronously). */
+async function metricsPort(env: Env): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const m = /"metrics":"http:\/\/127\.0\.0\.1:(\d+)\/metrics"/.exec(env.daemonLog());
+    if (m) return Number(m[1]);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`no metrics address in the daemon log:\n${env.daemonLog()}`);
+}
+
+describe('Prometheus metrics from a running daemon', () => {
+  const env = new Env('metrics');
+  let vol = '';
+  let port = 0;
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start(['--metrics-listen', '127.0.0.1:0']);
+    port = await metricsPort(env);
+    vol = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId;
+    await env.ok(['attach', vol]);
+  }, 90_000);
+  afterAll(() => env.cleanup(), 60_000);
+
+  it('counts reads, writes, bytes, flushes and latency per volume after real I/O', async () => {
+    const before = await scrape(port);
+    expect(before.status).toBe(200);
+    expect(before.type).toMatch(/^text\/plain; version=0\.0\.4/);
+    const L = `volume_id="${vol}"`;
+    // Attached and idle: the series exist at zero.
+    expect(before.samples.get(`ebsd_volume_operations_total{${L},operation="write"}`)).toBe(0);
+
+    const fd = openSync(env.file(vol), 'r+');
+    try {
+      const block = randomBytes(4096);
+      for (let i = 0; i < 8; i++) expect(writeSync(fd, block, 0, 4096, i * 4096)).toBe(4096);
+      fsyncSync(fd);
+      const back = Buffer.alloc(4096);
+      // O_DIRECT is not set: the kernel may serve some reads from its cache, so read
+      // a range never read before and count at least one FUSE read.
+      expect(readSync(fd, back, 0, 4096, 1 << 20)).toBe(4096);
+      const s = (await scrape(port)).samples;
+      expect(s.get(`ebsd_volume_open_handles{${L}}`)).toBe(1);
+      const writes = s.get(`ebsd_volume_operations_total{${L},operation="write"}`)!;
+      const written = s.get(`ebsd_volume_bytes_total{${L},operation="write"}`)!;
+      // The kernel may merge the 8 page writes into fewer, larger FUSE writes; the bytes are exact.
+      expect(writes).toBeGreaterThanOrEqual(1);
+      expect(written).toBe(8 * 4096);
+      expect(s.get(`ebsd_volume_operations_total{${L},operation="read"}`)).toBeGreaterThanOrEqual(1);
+      expect(s.get(`ebsd_volume_bytes_total{${L},operation="read"}`)).toBeGreaterThanOrEqual(4096);
+      expect(s.get(`ebsd_volume_operations_total{${L},operation="flush"}`)).toBeGreaterThanOrEqual(1);
+      // Histogram: one request in 16 per volume is timed (the first is), every flush is;
+      // the +Inf bucket equals the count, and the first bound is µs-scale.
+      const count = (op: string): number => s.get(`ebsd_volume_request_duration_seconds_count{${L},operation="${op}"}`)!;
+      expect(count('read') + count('write')).toBeGreaterThanOrEqual(1);
+      expect(count('write')).toBeLessThanOrEqual(writes);
+      expect(count('flush')).toBe(s.get(`ebsd_volume_operations_total{${L},operation="flush"}`));
+      for (const op of ['read', 'write', 'flush']) {
+        expect(s.get(`ebsd_volume_request_duration_seconds_bucket{${L},operation="${op}",le="+Inf"}`)).toBe(count(op));
+      }
+      expect(s.has(`ebsd_volume_request_duration_seconds_bucket{${L},operation="read",le="0.00001"}`)).toBe(true);
+      expect(s.get(`ebsd_volume_request_duration_seconds_sum{${L},operation="flush"}`)).toBeGreaterThan(0);
+      expect(s.get(`ebsd_volume_requests_in_flight{${L}}`)).toBe(0);
+
+      // Past the end of the volume: ENOSPC, counted by errno.
+      expect(() => writeSync(fd, block, 0, 4096, 16 * 1024 * 1024)).toThrow(/ENOSPC/);
+      const e = (await scrape(port)).samples;
+      expect(e.get(`ebsd_volume_io_errors_total{${L},operation="write",errno="ENOSPC"}`)).toBe(1);
+      expect(e.get(`ebsd_volume_bytes_total{${L},operation="write"}`)).toBe(8 * 4096);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('reports the key cache, KMS calls by operation and outcome, audit events and control requests', async () => {
+    const s0 = (await scrape(port)).samples;
+    const L = `volume_id="${vol}"`;
+    expect(s0.get(`ebsd_key_cache_state{${L},state="cached"}`)).toBe(1);
+    expect(s0.get(`ebsd_key_cache_state{${L},state="impaired"}`)).toBe(0);
+    expect(s0.get(`ebsd_key_cache_seconds_since_unwrap{${L}}`)).toBeGreaterThanOrEqual(0);
+    const toStale = s0.get(`ebsd_key_cache_seconds_to_max_stale{${L}}`)!;
+    expect(toStale).toBeGreaterThan(0);
+    expect(toStale).toBeLessThanOrEqual(3600); // default max-stale 1 h
+    // The attach unwrapped through a grant: the daemon's own KMS calls are counted.
+    expect(s0.get('ebsd_kms_requests_total{operation="CreateGrant",outcome="ok"}')).toBeGreaterThanOrEqual(1);
+    expect(s0.get('ebsd_kms_requests_total{operation="Decrypt",outcome="ok"}')).toBeGreaterThanOrEqual(1);
+
+    // A refused and a failing KMS call from the control API.
+    expect((await env.cli(['kms', 'describe-key', '--key-id', 'alias/nope'])).code).not.toBe(0);
+    expect((await env.cli(['status'], { uid: 4242 })).code).toBe(4); // unmapped uid: denied
+    const s1 = (await scrape(port)).samples;
+    expect(s1.get('ebsd_kms_requests_total{operation="DescribeKey",outcome="NotFoundException"}')).toBe(
+      (s0.get('ebsd_kms_requests_total{operation="DescribeKey",outcome="NotFoundException"}') ?? 0) + 1,
+    );
+    expect(s1.get('ebsd_kms_request_duration_seconds_count{operation="DescribeKey"}')).toBeGreaterThanOrEqual(1);
+    expect(s1.get('ebsd_control_requests_total{operation="ebsd.Status",result="denied"}')).toBe(1);
+    expect(s1.get('ebsd_control_requests_total{operation="ebsd.AttachVolume",result="ok"}')).toBe(1);
+    expect(s1.get('ebsd_control_requests_total{operation="TrentService.DescribeKey",result="NotFoundException"}')).toBe(1);
+    // Every one of those calls was audited, and the counter moved with them.
+    expect(s1.get('ebsd_audit_events_written_total')!).toBeGreaterThan(s0.get('ebsd_audit_events_written_total')!);
+  });
+
+  it('keeps labels bounded: unknown operation names are counted as "other", never as new series', async () => {
+    for (let i = 0; i < 5; i++) {
+      expect(await rawCall(env.state, `TrentService.MadeUpOperation${i}`)).toBe(400);
+      expect(await rawCall(env.state, `ebsd.MadeUpOperation${i}`)).toBe(400);
+    }
+    const { text, samples } = await scrape(port);
+    expect(text).not.toMatch(/MadeUpOperation/);
+    expect(samples.get('ebsd_kms_requests_total{operation="other",outcome="UnknownOperationException"}')).toBe(5);
+    expect(samples.get('ebsd_control_requests_total{operation="other",result="UnknownOperationException"}')).toBe(10);
+  });
+
+  it('every ebsd_ metric the shipped alert rules use is one the daemon exports', async () => {
+    const rules = readFileSync(join(ROOT, 'contrib', 'prometheus', 'ebsd-alerts.yml'), 'utf8');
+    const used = new Set(rules.match(/\bebsd_[a-z_]+/g));
+    expect(used.size).toBeGreaterThanOrEqual(4);
+    const { text } = await scrape(port);
+    const exported = new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!));
+    for (const name of used) expect(exported, name).toContain(name);
+  });
+
+  it('answers 404 off /metrics', async () => {
+    const res = await fetch(`http://127.0.0.1:${port}/secrets`);
+    expect(res.status).toBe(404);
+    await res.text();
+  });
+
+  it('a daemon with a malformed --metrics-listen refuses to start, naming the flag, before mounting', async () => {
+    const bad = new Env('metrics-bad');
+    try {
+      await expect(bad.start(['--metrics-listen', 'localhost'])).rejects.toThrow(/--metrics-listen must be HOST:PORT/);
+      expect(existsSync(bad.state)).toBe(false); // refused before the state dir or the mount was touched
+    } finally {
+      await bad.cleanup();
+    }
+  }, 60_000);
+});

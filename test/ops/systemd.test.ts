@@ -1,0 +1,173 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { CLI, Env, ROOT, ensureBuilt, run } from '../e2e/helpers.js';
+
+/**
+ * systemd integration: the shipped units pass `systemd-analyze verify`, and
+ * the daemon speaks the sd_notify(3) datagram protocol to a socket this test
+ * listens on (python3: Node has no AF_UNIX datagram sockets). The listener
+ * reads SCM_CREDENTIALS, so the sender PID the service manager would see is
+ * checked too (NotifyAccess=main needs it to be the daemon's).
+ */
+
+const LISTENER = String.raw`
+import os, socket, struct, sys
+addr, probe = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+s.bind('\0' + addr[1:] if addr.startswith('@') else addr)
+print('LISTENING', flush=True)
+while True:
+    msg, anc, flags, _ = s.recvmsg(4096, socket.CMSG_SPACE(12))
+    pid = -1
+    for lvl, typ, data in anc:
+        if lvl == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
+            pid = struct.unpack('iII', data[:12])[0]
+    # The probe file's existence at the moment the datagram arrives.
+    print('MSG %d %d %s' % (pid, 1 if os.path.exists(probe) else 0, msg.decode().replace('\n', '|')), flush=True)
+`;
+
+interface Notice { pid: number; probe: boolean; fields: Record<string, string> }
+
+class NotifyListener {
+  readonly notices: Notice[] = [];
+  private proc: ChildProcess | undefined;
+
+  async start(address: string, probe: string): Promise<void> {
+    const p = spawn('python3', ['-c', LISTENER, address, probe], { stdio: ['ignore', 'pipe', 'inherit'] });
+    this.proc = p;
+    const lines = createInterface({ input: p.stdout! });
+    await new Promise<void>((ok, fail) => {
+      p.once('exit', (c) => fail(new Error(`notify listener exited ${c}`)));
+      lines.on('line', (l) => {
+        if (l === 'LISTENING') return ok();
+        const m = /^MSG (-?\d+) ([01]) (.*)$/.exec(l);
+        if (!m) return;
+        const fields: Record<string, string> = {};
+        for (const kv of m[3]!.split('|')) if (kv.includes('=')) fields[kv.slice(0, kv.indexOf('='))] = kv.slice(kv.indexOf('=') + 1);
+        this.notices.push({ pid: Number(m[1]), probe: m[2] === '1', fields });
+      });
+    });
+  }
+
+  /** Poll (no fixed sleep) until a notice has `key`; bounded. */
+  async waitFor(key: string, timeoutMs = 30_000): Promise<Notice> {
+    for (let waited = 0; waited < timeoutMs; waited += 20) {
+      const n = this.notices.find((x) => key in x.fields);
+      if (n) return n;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`no ${key} notification; got ${JSON.stringify(this.notices)}`);
+  }
+
+  stop(): void {
+    if (this.proc && this.proc.exitCode === null) this.proc.kill('SIGKILL');
+  }
+}
+
+describe('systemd units', () => {
+  const dir = mkdtempSync('/tmp/ebsd-units-');
+  beforeAll(() => ensureBuilt());
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('ebsd install-units copies every unit (0644) and says daemon-reload cannot run without systemd', async () => {
+    const r = await run(process.execPath, [CLI, 'install-units', '--dir', dir, '--output', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    const res = r.json();
+    const shipped = readdirSync(join(ROOT, 'contrib', 'systemd')).filter((n) => n.endsWith('.service')).sort();
+    expect(res.Installed).toEqual(shipped);
+    expect(shipped).toEqual(['ebsd-attach@.service', 'ebsd-loop@.service', 'ebsd.service']);
+    for (const n of shipped) {
+      expect(statSync(join(dir, n)).mode & 0o777).toBe(0o644);
+      expect(readFileSync(join(dir, n), 'utf8')).toBe(readFileSync(join(ROOT, 'contrib', 'systemd', n), 'utf8'));
+    }
+    // This machine does not boot with systemd (no /run/systemd/system): no reload attempted.
+    expect(res.DaemonReload).toBe(existsSync('/run/systemd/system') ? 'done' : 'systemd-not-running');
+  });
+
+  it('--bin rewrites ExecStart, and a relative --bin is a usage error (exit 2)', async () => {
+    const other = mkdtempSync('/tmp/ebsd-units-bin-');
+    try {
+      const r = await run(process.execPath, [CLI, 'install-units', '--dir', other, '--bin', '/opt/ebsd/bin/ebsd', '--no-reload', '--output', 'json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.json().DaemonReload).toBe('skipped');
+      const unit = readFileSync(join(other, 'ebsd.service'), 'utf8');
+      expect(unit).toMatch(/^ExecStart=\/opt\/ebsd\/bin\/ebsd daemon /m);
+      expect(unit).not.toMatch(/\/usr\/local\/bin\/ebsd/);
+      const bad = await run(process.execPath, [CLI, 'install-units', '--dir', other, '--bin', 'ebsd']);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(/--bin must be an absolute path/);
+    } finally {
+      rmSync(other, { recursive: true, force: true });
+    }
+  });
+
+  it('systemd-analyze verify accepts every unit (templates as instances)', () => {
+    const sa = spawnSync('systemd-analyze', ['--version'], { encoding: 'utf8' });
+    expect(sa.status, 'systemd-analyze is installed by scripts/setup.sh').toBe(0);
+    // verify needs the ExecStart binary to exist: /usr/local/bin/ebsd is linked by scripts/setup.sh.
+    expect(existsSync('/usr/local/bin/ebsd')).toBe(true);
+    const units = ['ebsd.service', 'ebsd-attach@vol-0123456789abcdef0.service', 'ebsd-loop@vol-0123456789abcdef0.service'];
+    const r = spawnSync('systemd-analyze', ['verify', ...units], { cwd: dir, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const unit = readFileSync(join(dir, 'ebsd.service'), 'utf8');
+    expect(unit).toMatch(/^Type=notify$/m);
+    expect(unit).toMatch(/^DeviceAllow=\/dev\/fuse rw$/m);
+    // A private mount namespace would hide the FUSE mount from the host.
+    expect(unit).not.toMatch(/^(ProtectSystem|ProtectHome|PrivateTmp|PrivateDevices|ReadWritePaths|PrivateMounts)=/m);
+  });
+});
+
+describe('sd_notify protocol of the daemon', () => {
+  const env = new Env('sdnotify');
+  const listener = new NotifyListener();
+  const saved = process.env.NOTIFY_SOCKET;
+  let vol = '';
+
+  beforeAll(async () => {
+    ensureBuilt();
+    // A volume recorded as attached, so the next start has one to re-attach before READY=1.
+    await env.start();
+    vol = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId;
+    await env.ok(['attach', vol]);
+    await env.stop();
+  }, 90_000);
+  afterAll(async () => {
+    if (saved === undefined) delete process.env.NOTIFY_SOCKET;
+    else process.env.NOTIFY_SOCKET = saved;
+    listener.stop();
+    await env.cleanup();
+  }, 60_000);
+
+  it('READY=1 from the daemon PID once the mount is up and the volume re-attached; STOPPING=1 on SIGTERM', async () => {
+    const address = `@ebsd-test-notify-${randomBytes(6).toString('hex')}`; // an abstract socket name, as systemd uses
+    await listener.start(address, env.file(vol));
+    process.env.NOTIFY_SOCKET = address; // inherited by the daemon child only for this start
+    try {
+      await env.start();
+    } finally {
+      delete process.env.NOTIFY_SOCKET;
+    }
+    const ready = await listener.waitFor('READY');
+    expect(ready.fields.READY).toBe('1');
+    expect(ready.pid).toBe(env.pid); // the main PID, not the helper's: NotifyAccess=main accepts it
+    expect(ready.probe).toBe(true); // the re-attached volume's file was in the mount when READY=1 arrived
+    expect(ready.fields.STATUS).toMatch(/1 volume/);
+    expect(listener.notices.some((n) => 'STOPPING' in n.fields)).toBe(false);
+
+    const pid = env.pid!;
+    const stopped = env.stop();
+    const stopping = await listener.waitFor('STOPPING');
+    expect(stopping.fields.STOPPING).toBe('1');
+    expect(stopping.pid).toBe(pid);
+    expect(await stopped).toBe(0);
+    // STOPPING=1 came first, before the drain: the volume file was still there.
+    expect(stopping.probe).toBe(true);
+    expect(listener.notices.indexOf(stopping)).toBeGreaterThan(listener.notices.indexOf(ready));
+  });
+});
