@@ -155,7 +155,7 @@ export class Daemon {
       this.listener = new KmsListener({
         ...cfg.kmsListen, ...(tls ? { tls } : {}), region: ids.region, accountId: ids.accountId,
         sts: new StsService(ids, this.accessKeys, this.trust, kms.context.hsm),
-        kms: (op, req, caller, requestId) => kms.call(op, req, caller, requestId),
+        kms: (op, req, caller, requestId) => this.kmsCore!.call(op, req, caller, requestId),
         audit: (ev) => kms.context.audit.append(ev),
         log: log.child({ component: 'kms-listener' }),
       });
