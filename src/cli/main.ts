@@ -466,8 +466,9 @@ export async function main(argv: string[]): Promise<number> {
     .usage('$0 <command> [options]\n\nEBS-style encrypted block volumes: LUKS2 images, AES-256-XTS, a bundled KMS, FUSE block files.')
     .epilogue(`${EXIT_CODES_HELP}\n\nThe daemon must be running for every command except \`daemon\` and \`speed\`.`)
     .demandCommand(1, 'name a command (ebsd --help)')
-    // Unknown flags are refused, as the AWS CLI does (`ebsd kms` checks per operation, in parseKmsArgs).
-    .strictOptions()
+    // Unknown flags are refused, as the AWS CLI does (`ebsd kms` checks per operation, in parseKmsArgs);
+    // not while the shell asks for completions, whose words are half-typed by definition.
+    .strictOptions(!argv.includes('--get-yargs-completions'))
     // A bad --query is a usage error before anything is sent, not after the call took effect.
     .middleware((a) => {
       if (typeof a.query === 'string') checkQuery(a.query);

@@ -117,7 +117,8 @@ describe('audit log on a full disk', () => {
       for (let i = 0; i < 5000 && !failed; i++) {
         try { await kms.call('DescribeKey', { KeyId: k.KeyId }, admin); } catch (e) { failed = e; }
       }
-      expect((failed as NodeJS.ErrnoException | undefined)?.code).toBe('ENOSPC');
+      expect((failed as { awsName?: string } | undefined)?.awsName).toBe('KMSInternalException');
+      expect((failed as Error).message).toMatch(/no space left on device \(ENOSPC\)/);
       expect(kms.context.audit.health().State).toBe('failing');
 
       // Space comes back: the reserve is re-created (tried at most every 5 s of the injected clock).
