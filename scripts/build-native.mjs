@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // Builds the N-API addon (native/) with node-gyp into native/build/Release/ebsd_native.node.
-// It is the package's `install` script. If the build fails it warns and exits 0:
-// the `node` XTS engine (node:crypto) is the fallback. With EBSD_REQUIRE_NATIVE=1
-// a failed build exits non-zero instead (CI, and anyone who wants the fast path).
+// It is the package's `install` script. If the build fails it warns and exits 0, so
+// `npm install` still completes: the library, `ebsd speed` and the tests that need no
+// daemon then use the `node` XTS engine (node:crypto). The daemon does NOT fall back:
+// it refuses to start without the addon, which is how it reads a control-socket
+// caller's uid (SO_PEERCRED; docs/architecture.md §2.8, §5.1). With
+// EBSD_REQUIRE_NATIVE=1 a failed build exits non-zero instead (CI, scripts/setup.sh).
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -20,7 +23,8 @@ function fail(msg) {
     process.exit(1);
   }
   console.warn(`ebsd: WARNING: native addon not built (${msg}).`);
-  console.warn('ebsd: falling back to the node:crypto XTS engine (much slower).');
+  console.warn('ebsd: `ebsd daemon` will refuse to start without it (it identifies callers with SO_PEERCRED);');
+  console.warn('ebsd: only the library and `ebsd speed` fall back to the node:crypto XTS engine (much slower).');
   console.warn('ebsd: to retry: npm run build:native   (needs python3, make, a C compiler and libgcrypt20-dev)');
   process.exit(0);
 }

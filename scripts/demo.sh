@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The DESIGN §1 journey, end to end, in a throwaway state dir and mount.
+# The journey of docs/architecture.md §1, end to end, in a throwaway state dir and mount.
 # Run by `npm run demo` (after scripts/setup.sh built dist/). Needs root
 # (FUSE, losetup, mount). Everything is cleaned up on exit, even on failure.
 set -euo pipefail

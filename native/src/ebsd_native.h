@@ -1,7 +1,7 @@
 /*
  * ebsd native addon: shared helpers.
  *
- * Every napi_status is checked (STYLE §13). A failed N-API call throws a JS
+ * Every napi_status is checked (docs/architecture.md §11.13). A failed N-API call throws a JS
  * Error (code ERR_NAPI) unless an exception is already pending, and the
  * calling function returns NULL.
  */

@@ -39,7 +39,7 @@
  * device. Expected "would block" outcomes are returned as negative errno
  * (-EAGAIN, -EOPNOTSUPP) instead of thrown, so the fast path allocates no
  * Error. Any other failure throws an Error with code = errno name, errno and
- * syscall, like node:fs. Offsets are doubles (STYLE §13: never uint32);
+ * syscall, like node:fs. Offsets are doubles (docs/architecture.md §11.13: never uint32);
  * positions up to 2^53 are exact.
  */
 #include "ebsd_native.h"

@@ -1,7 +1,7 @@
 /*
  * peerCred(fd) -> { pid, uid, gid } of the process at the other end of a
  * connected AF_UNIX socket, via getsockopt(SO_PEERCRED) (Linux socket(7)).
- * The daemon identifies control-socket callers by this uid (DESIGN §5).
+ * The daemon identifies control-socket callers by this uid (docs/architecture.md §5.1).
  */
 #include "ebsd_native.h"
 

@@ -11,7 +11,7 @@
 //   direct  the backing file opened O_DIRECT for every target: each I/O reaches
 //           the disk, as on a real host with cache=none, so plain I/O costs
 //           what the disk costs.
-// Correctness is checked before anything is timed (STYLE §14): device output
+// Correctness is checked before anything is timed (docs/architecture.md §11.14): device output
 // is compared with an independent node:crypto decryption of the ciphertext on disk.
 //   node scripts/bench/blockdev.mjs [--seconds 2] [--size-mib 256] [--qd-seq 8] [--qd-rand 32] [--engine auto] [--mode both|cache|direct] [--json]
 import { createDecipheriv, randomBytes } from 'node:crypto';

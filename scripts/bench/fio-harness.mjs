@@ -99,13 +99,15 @@ const fs = new BlockFileSystem({ logger: log, writeBehind: !args['no-write-behin
 for (const d of devices) fs.add(d)
 let mount
 if (args['extra-opts']) {
-  // The daemon's options (src/fuse/mount.ts) plus the experiment's.
+  // The daemon's options (src/fuse/mount-options.ts, from this tree's dist/ even under
+  // EBSD_DIST, whose older builds may not have the module) plus the experiment's.
+  const { EXTRA_MOUNT_OPTIONS, fuseNativeOptions, appendMountOptions } = await import(join(ROOT, 'dist', 'fuse', 'mount-options.js'))
   const Fuse = createRequire(import.meta.url)('fuse-native')
-  const extra = ['big_writes', 'max_write=131072', ...args['extra-opts'].split(',').filter(Boolean)]
+  const extra = [...EXTRA_MOUNT_OPTIONS, ...args['extra-opts'].split(',').filter(Boolean)]
   class ExperimentFuse extends Fuse {
-    _fuseOptions () { const b = super._fuseOptions(); return b ? `${b},${extra.join(',')}` : `-o${extra.join(',')}` }
+    _fuseOptions () { return appendMountOptions(super._fuseOptions(), extra) }
   }
-  const f = new ExperimentFuse(args.mount, fs.ops(), { timeout: false, fsname: 'ebsd', subtype: 'ebsd', maxRead: 131072, allowOther: true, defaultPermissions: true, mkdir: true, force: true })
+  const f = new ExperimentFuse(args.mount, fs.ops(), { ...fuseNativeOptions(process.getuid() === 0), mkdir: true, force: true })
   await new Promise((resolve, reject) => f.mount(e => (e ? reject(e) : resolve())))
   mount = { unmount: () => new Promise(resolve => f.unmount(() => resolve())) }
 } else {

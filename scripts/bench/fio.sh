@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fio performance suite for ebsd (issue 7, DESIGN §8).
+# fio performance suite for ebsd (issue 7, docs/architecture.md §10).
 #
 #   scripts/bench/fio.sh [--quick] [--rounds N] [--no-publish] [--targets LIST]
 #                        [--work-dir DIR] [--cpu-prof DIR]

@@ -5,7 +5,7 @@
 // network request with @smithy/signature-v4, and its own CPU is reported apart from the daemon's.
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64]
-// It checks one Decrypt on each path returns the data key before timing anything (STYLE §14).
+// It checks one Decrypt on each path returns the data key before timing anything (docs/architecture.md §11.14).
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';

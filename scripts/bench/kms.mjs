@@ -9,7 +9,7 @@
 //                   role session through a grant token (Operations [Decrypt], EncryptionContextSubset), as the
 //                   daemon does on attach.
 // It checks a round trip is correct before timing anything, and prints beside our figures the ceiling:
-// raw node:crypto AES-256-GCM decrypts/s of the same size, measured in the same run (STYLE §14).
+// raw node:crypto AES-256-GCM decrypts/s of the same size, measured in the same run (docs/architecture.md §11.14).
 import { mkdtempSync, rmSync, statSync, readFileSync } from 'node:fs';
 import { tmpdir, loadavg, cpus } from 'node:os';
 import { join } from 'node:path';

@@ -3,22 +3,27 @@
 //
 // A minimal fuse-native process serving ONE in-memory no-op file: reads fill the
 // kernel's buffer with zeros, writes are acknowledged and dropped. It mounts with
-// the same options the ebsd daemon uses (big_writes, max_write=131072, added by a
-// subclass extending fuse-native's _fuseOptions(), as src/fuse does), so whatever
+// the options the ebsd daemon uses, imported from the daemon's own source of them
+// (dist/fuse/mount-options.js, built from src/fuse/mount-options.ts), so whatever
 // fio measures here is the most any fuse-native daemon can reach on this machine.
 //
 //   node scripts/bench/noop-fuse.mjs --mount DIR [--size 1GiB] [--name vol-noop]
 //        [--extra-opts direct_io,max_read=131072] [--no-zero-fill]
 //
 // Prints "ready <path-of-file>" on stdout once the kernel has answered INIT, and
-// unmounts cleanly on SIGTERM/SIGINT. No dependencies beyond fuse-native.
+// unmounts cleanly on SIGTERM/SIGINT. Needs fuse-native and a built dist/ (fio.sh
+// builds it) for the mount options, nothing else of ebsd.
 
 import { createRequire } from 'node:module'
 import { parseArgs } from 'node:util'
 import { execFileSync } from 'node:child_process'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 const require = createRequire(import.meta.url)
 const Fuse = require('fuse-native')
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
+const { EXTRA_MOUNT_OPTIONS, fuseNativeOptions, appendMountOptions } = await import(join(ROOT, 'dist', 'fuse', 'mount-options.js'))
 
 const { values: args } = parseArgs({
   options: {
@@ -49,15 +54,13 @@ const filePath = '/' + fileName
 const zeroFill = !args['no-zero-fill']
 const extraOpts = args['extra-opts'].split(',').map(s => s.trim()).filter(Boolean)
 
-// Same transport options as the daemon's adapter (src/fuse/mount.ts): big_writes lets
-// the kernel send writes larger than one page; max_write=131072 is libfuse2's largest
-// request (128 KiB), so a 1 MiB fio write arrives as 8 FUSE requests. fuse-native's own
-// opts give max_read=131072, allow_other (as root) and default_permissions, as there.
+// The daemon's transport options (src/fuse/mount-options.ts): big_writes lets the
+// kernel send writes larger than one page; max_write=MAX_IO (128 KiB) is libfuse2's
+// largest request, so a 1 MiB fio write arrives as 8 FUSE requests; fuse-native's own
+// opts give max_read, allow_other (as root) and default_permissions. --extra-opts on top.
 class BenchFuse extends Fuse {
   _fuseOptions () {
-    const base = super._fuseOptions()
-    const opts = ['big_writes', 'max_write=131072', ...extraOpts]
-    return base ? `${base},${opts.join(',')}` : `-o${opts.join(',')}`
+    return appendMountOptions(super._fuseOptions(), [...EXTRA_MOUNT_OPTIONS, ...extraOpts])
   }
 }
 
@@ -104,13 +107,10 @@ const ops = {
 }
 
 const fuse = new BenchFuse(args.mount, ops, {
-  force: true,
-  mkdir: true,
-  timeout: false,
+  ...fuseNativeOptions(process.getuid() === 0),
   fsname: 'ebsd-noop',
-  maxRead: 131072,
-  allowOther: process.getuid() === 0,
-  defaultPermissions: true
+  force: true,
+  mkdir: true
 })
 
 let closing = false

@@ -1,12 +1,12 @@
 #!/usr/bin/env node
-// XTS engine benchmark (DESIGN §8, issue 2 §4). Run through scripts/bench/xts.sh,
+// XTS engine benchmark (docs/architecture.md §10, issue 2 §4). Run through scripts/bench/xts.sh,
 // which builds dist/ first. Prints, from one run:
 //   - our native engine, single thread, 4096-byte units (sync API, 256 KiB runs
 //     and one unit per call), beside `openssl speed -evp aes-256-xts -bytes 4096`
 //     and the ratio;
 //   - the async API's aggregate over all cores (several 256 KiB runs in flight)
 //     and its ratio to our single-thread figure.
-// Correctness is checked before anything is timed (STYLE §14).
+// Correctness is checked before anything is timed (docs/architecture.md §11.14).
 import { spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';

@@ -1,5 +1,5 @@
 /**
- * Exit codes: the one place they exist (DESIGN §7). Documented in `ebsd --help`.
+ * Exit codes: the one place they exist (docs/architecture.md §7). Documented in `ebsd --help`.
  */
 export const EXIT = {
   OK: 0,

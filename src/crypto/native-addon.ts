@@ -92,7 +92,7 @@ export function requireNative(): NativeAddon {
 
 /**
  * Credentials of the peer of a connected Unix socket fd (the daemon reads the
- * control-socket caller's uid with it, DESIGN §5). Needs the native addon.
+ * control-socket caller's uid with it, docs/architecture.md §5.1). Needs the native addon.
  */
 export function peerCred(fd: number): PeerCred {
   return requireNative().peerCred(fd);

@@ -7,7 +7,7 @@ import { availableXtsEngines, getXtsEngine, selectXtsEngine, xtsEngineUnavailabl
 
 /**
  * `ebsd speed`: checks every engine against a known answer, then times it
- * (gocryptfs `-speed` style; STYLE §14: check before timing).
+ * (gocryptfs `-speed` style; docs/architecture.md §11.14: check before timing).
  */
 
 export interface SpeedEngineResult {

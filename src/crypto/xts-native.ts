@@ -8,7 +8,7 @@ export { isNativeAvailable, nativeLoadError } from './native-addon.js';
 /**
  * AES-256-XTS on libgcrypt through the native addon (native/src/xts.c says
  * why libgcrypt): a whole run of data units per call, and an async form on the
- * libuv thread pool so large runs proceed on several cores (DESIGN §3).
+ * libuv thread pool so large runs proceed on several cores (docs/architecture.md §3.6).
  *
  * Key material: the addon keeps one copy of the key (to key the handles async
  * runs take) beside libgcrypt's key schedules; destroy() wipes the copy and

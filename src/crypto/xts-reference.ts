@@ -39,7 +39,7 @@ class ReferenceXtsContext extends _OnThreadXtsContext {
 
   constructor(key: Uint8Array) {
     super();
-    // Temporary copies of the halves, wiped below (best effort, STYLE §7).
+    // Temporary copies of the halves, wiped below (best effort, docs/architecture.md §11.7).
     // Not key.slice(): on a Buffer that is a view, and wiping it would zero the caller's key.
     const k1 = new Uint8Array(key.subarray(0, 32));
     const k2 = new Uint8Array(key.subarray(32, 64));

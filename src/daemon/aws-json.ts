@@ -58,7 +58,7 @@ export interface WireError {
 
 /**
  * Typed error -> HTTP status + AWS error body; the one place the control API
- * decides statuses (STYLE §5). Client faults are 400 as in AWS JSON 1.1;
+ * decides statuses (docs/architecture.md §7, §11.5). Client faults are 400 as in AWS JSON 1.1;
  * anything without an AWS name is an internal failure (500).
  */
 export function toWireError(e: unknown): WireError {

@@ -8,7 +8,7 @@ export interface DaemonConfig {
   mountDir: string;
   /** Region used when the state dir is initialised; must match it afterwards. */
   region?: string;
-  /** Key cache TTL in ms (DESIGN §6); 0 holds keys until detach. */
+  /** Key cache TTL in ms (docs/architecture.md §6.3); 0 holds keys until detach. */
   keyCacheTtlMs?: number;
   keyCacheMaxStaleMs?: number;
   logLevel: string;

@@ -96,7 +96,7 @@ export class ControlServer {
       server.once('error', reject);
       server.listen(this.path, () => { server.off('error', reject); resolve(); });
     });
-    // 0666: any local user may connect; the uid then decides (DESIGN §7).
+    // 0666: any local user may connect; the uid then decides (docs/architecture.md §5.1).
     await fsp.chmod(this.path, 0o666);
     this.server = server;
   }

@@ -34,7 +34,7 @@ import { VERSION } from './config.js';
 /** The largest uid a mapping may name: uid_t is 32 bits and 2^32-1 is (uid_t)-1, "no uid". */
 export const MAX_UID = 2 ** 32 - 2;
 
-/** The IAM role this host acts as: grantee and retiring principal of attach grants (DESIGN §6). */
+/** The IAM role this host acts as: grantee and retiring principal of attach grants (docs/architecture.md §5.3, §6.2). */
 export const HOST_ROLE = 'ebsd-host';
 const HOST_HOUSEKEEPING_POLICY = 'ebsd-host-list-retirable-grants';
 const HOST_HOUSEKEEPING_DOC = JSON.stringify({

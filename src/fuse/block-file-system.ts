@@ -287,7 +287,7 @@ export class BlockFileSystem {
         );
       },
       fsync: (_path, _datasync, fh, cb) => this.sync(fh, cb),
-      // flush comes with every close(2) of a descriptor; DESIGN §3 has it reach fdatasync too.
+      // flush comes with every close(2) of a descriptor; docs/architecture.md §3.3 has it reach fdatasync too.
       flush: (_path, fh, cb) => this.sync(fh, cb),
       statfs: (_path, cb) => cb(0, this.statfs()),
       utimens: (path, atime, mtime, cb) => {

@@ -1,5 +1,5 @@
 /**
- * The one place errno exists in ebsd (DESIGN §7). Block-device failures are
+ * The one place errno exists in ebsd (docs/architecture.md §7). Block-device failures are
  * translated here, once, at the FUSE boundary; everything below speaks typed
  * errors with a stable `code`.
  */

@@ -5,26 +5,23 @@ import Fuse from 'fuse-native';
 import type { FuseOps, FuseOptions } from 'fuse-native';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
+import { appendMountOptions, EXTRA_MOUNT_OPTIONS, fuseNativeOptions, MAX_IO } from './mount-options.js';
 
 const run = promisify(execFile);
 
-/** 128 KiB: the largest request the kernel sends once big_writes is on (FUSE protocol 7.x, libfuse2). */
-export const MAX_IO = 131072;
+export { MAX_IO };
 
 /**
  * fuse-native builds its `-o` string only from the keys it knows about, so
  * the options a block file wants (big_writes, max_write, ...) are appended here.
  */
 class BlockFuse extends Fuse {
-  constructor(mnt: string, ops: FuseOps, opts: FuseOptions, private readonly extra: string[]) {
+  constructor(mnt: string, ops: FuseOps, opts: FuseOptions, private readonly extra: readonly string[]) {
     super(mnt, ops, opts);
   }
 
   override _fuseOptions(): string {
-    const base = super._fuseOptions();
-    const extra = this.extra.join(',');
-    if (!extra) return base;
-    return base ? `${base},${extra}` : `-o${extra}`;
+    return appendMountOptions(super._fuseOptions(), this.extra);
   }
 }
 
@@ -59,19 +56,8 @@ export class FuseMount {
     const fuse = new BlockFuse(
       this.mountDir,
       this.ops,
-      {
-        // A disk never times out a request on its own; neither do we.
-        timeout: false,
-        fsname: 'ebsd',
-        subtype: 'ebsd',
-        maxRead: MAX_IO,
-        allowOther,
-        defaultPermissions: true,
-      },
-      // entry_timeout/negative_timeout 0: a detached volume's name vanishes and an
-      // attached one appears at once (libfuse's 1 s default let a stale dentry
-      // outlive DetachVolume). Lookups happen on open, never per I/O.
-      ['big_writes', `max_write=${MAX_IO}`, 'entry_timeout=0', 'negative_timeout=0'],
+      fuseNativeOptions(allowOther),
+      EXTRA_MOUNT_OPTIONS, // mount-options.ts: shared with the benchmark scripts
     );
     await new Promise<void>((resolve, reject) => {
       fuse.mount((err) => (err ? reject(err) : resolve()));

@@ -3,7 +3,7 @@ import { EbsdError } from '../util/errors.js';
 /**
  * KMS exceptions. `awsName` is the AWS `__type` a JSON-protocol client sees;
  * `code` is ebsd's stable code. Messages follow AWS's wording where it is
- * public, but nobody may branch on them (STYLE §4).
+ * public, but nobody may branch on them (docs/architecture.md §11.4).
  */
 export class KmsError extends EbsdError {
   constructor(awsName: string, message: string, opts: { code?: string; cause?: unknown } = {}) {

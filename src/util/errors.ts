@@ -22,7 +22,7 @@ export class EbsdError extends Error {
   }
 }
 
-/** Invalid argument type at a public entry point (STYLE §3). */
+/** Invalid argument type at a public entry point (docs/architecture.md §11.3). */
 export class ArgTypeError extends TypeError {
   readonly code = 'ERR_ARG_TYPE';
   constructor(name: string, expected: string, got: unknown) {
@@ -31,7 +31,7 @@ export class ArgTypeError extends TypeError {
   }
 }
 
-/** Argument of the right type but wrong size or range (STYLE §3). */
+/** Argument of the right type but wrong size or range (docs/architecture.md §11.3). */
 export class ArgRangeError extends RangeError {
   readonly code = 'ERR_ARG_RANGE';
   constructor(name: string, message: string) {

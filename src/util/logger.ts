@@ -2,7 +2,7 @@ import { pino, type Logger, type LoggerOptions, type DestinationStream } from 'p
 import pinoPretty from 'pino-pretty';
 
 /**
- * The one logger factory. It owns the redaction list (STYLE §9): any field
+ * The one logger factory. It owns the redaction list (docs/architecture.md §11.9): any field
  * that could hold key material, plaintext or a ciphertext blob is censored
  * wherever it appears in a log object, at any nesting depth pino supports.
  * Code must still never pass secrets to the logger; this is the safety net.

@@ -4,7 +4,7 @@ import { createExclusive } from '../util/exclusive-create.js';
 import { VolumeError } from './errors.js';
 
 /**
- * One attachment per image (DESIGN §6): `<image>.lock`, created with
+ * One attachment per image (docs/architecture.md §4): `<image>.lock`, created with
  * O_CREAT|O_EXCL and holding the owner's pid, process start time and boot id.
  *
  * Why not flock/fcntl: Node has no binding for either without a native

@@ -63,7 +63,7 @@ export interface AttachmentsDeps {
 
 
 /**
- * Attachment orchestration for the VolumeManager (DESIGN §6). Attach: grant,
+ * Attachment orchestration for the VolumeManager (docs/architecture.md §6). Attach: grant,
  * unwrap, key cache, block device, image lock. Detach: drain, fdatasync, wipe,
  * retire the grant. After a crash or restart: retire the grants a failed
  * detach left behind, and re-attach volumes still recorded `in-use`.
@@ -124,7 +124,7 @@ export class Attachments {
   // ---- AttachVolume ------------------------------------------------------
 
   /**
-   * DESIGN §6: CreateGrant on the caller's behalf (grantee and retiring
+   * docs/architecture.md §6.2: CreateGrant on the caller's behalf (grantee and retiring
    * principal: the host; [Decrypt]; EncryptionContextSubset on the volume),
    * Decrypt as the host with the grant token, check the key against the
    * LUKS2 digest, then serve I/O. `Device` is informational.

@@ -4,7 +4,7 @@ import { SECTOR_SIZE } from './luks2-json.js';
 
 const SS = SECTOR_SIZE;
 const ZERO_SECTOR = Buffer.alloc(SS);
-/** LUKS2 aes-xts-plain64 with sector_size 4096: the IV counts 512-byte units (DESIGN §3). */
+/** LUKS2 aes-xts-plain64 with sector_size 4096: the IV counts 512-byte units (docs/architecture.md §3.5). */
 const XTS_OPTS = { unitSize: 4096, tweakStep: 8 } as const;
 /**
  * Runs up to this size (the largest FUSE request, 128 KiB) are encrypted and

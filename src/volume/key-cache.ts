@@ -19,7 +19,7 @@ export interface ImpairedEvent {
 }
 
 /**
- * What `ebsd status` shows per attached encrypted volume (DESIGN §6):
+ * What `ebsd status` shows per attached encrypted volume (docs/architecture.md §6.3):
  *   cached             KMS confirmed the key within the TTL; next refresh scheduled
  *   refreshing         a refresh through the grant is running now
  *   stale              KMS did not answer (since `staleSince`); key kept until `expiresAt`
@@ -69,7 +69,7 @@ export interface KeyCacheOptions {
 
 /**
  * Bounds how long an unwrapped volume key stays usable without KMS saying
- * so again (DESIGN §6). The key itself lives only in the device's XTS
+ * so again (docs/architecture.md §6.3). The key itself lives only in the device's XTS
  * context (set once at attach, destroyed on impairment or detach); this
  * cache holds no copy. It re-unwraps through the grant every TTL/2 in the
  * background, so a refusal is seen within one TTL and I/O never waits on

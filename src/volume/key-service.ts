@@ -2,7 +2,7 @@ import type { Caller, KmsCore } from '../kms/types.js';
 import { KeyServiceError } from './errors.js';
 
 /**
- * The subset of KMS the volume layer needs (DESIGN §2, §9): AWS request and
+ * The subset of KMS the volume layer needs (docs/architecture.md §2): AWS request and
  * response shapes, one caller per call. The embedded core (KmsCoreKeyService)
  * and a remote AWS-KMS-protocol client are interchangeable behind it.
  */

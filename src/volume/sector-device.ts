@@ -16,7 +16,7 @@ const SS = SECTOR_SIZE;
  * Runs from this size up are split into chunks that proceed independently
  * (pread, then decrypt, each on the libuv pool), so one large request keeps
  * both the disk/page-cache copy and the cipher busy on every core instead of
- * doing pread-then-decrypt serially on one (DESIGN §3). Measured in
+ * doing pread-then-decrypt serially on one (docs/architecture.md §3.1). Measured in
  * docs/benchmarks.md (Block device).
  */
 export const PARALLEL_MIN = 128 * 1024;
@@ -54,7 +54,7 @@ export interface SectorDeviceOptions {
 
 /**
  * The sector I/O path shared by the encrypted device and the plaintext
- * passthrough (DESIGN §3): split into 4 KiB sectors, read-modify-write the
+ * passthrough (docs/architecture.md §3): split into 4 KiB sectors, read-modify-write the
  * partial first/last sector under the sector-range lock, transform whole
  * runs in one call, one pread/pwrite per run at dataOffset + pos.
  */

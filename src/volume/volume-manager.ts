@@ -113,7 +113,7 @@ export interface Filter {
 }
 
 /**
- * EC2-shaped volume operations over LUKS2 images (DESIGN §4, §6):
+ * EC2-shaped volume operations over LUKS2 images (docs/architecture.md §4, §6):
  * CreateVolume, DescribeVolumes, DeleteVolume, AttachVolume, DetachVolume,
  * ModifyVolume. Per-volume operations are serialized; the catalog is the
  * source of truth and every change to it is atomic. The attachment side
@@ -214,7 +214,7 @@ export class VolumeManager {
     const tmp = join(this.dir, `.${image}.tmp`);
     let key: Uint8Array | undefined;
     try {
-      // DESIGN §6: GenerateDataKeyWithoutPlaintext on the caller's behalf, via EC2.
+      // docs/architecture.md §6.1: GenerateDataKeyWithoutPlaintext on the caller's behalf, via EC2.
       const via: Caller = { ...caller, viaService: this.viaService };
       let gen: { CiphertextBlob: Uint8Array; KeyId: string };
       for (let i = 0; ; i++) {
@@ -222,7 +222,7 @@ export class VolumeManager {
         // The LUKS2 digest needs the key once; unwrap it, on the caller's behalf too, and wipe it.
         key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
         if (key.length !== VOLUME_KEY_BYTES) throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
-        // DESIGN §3: K1 = K2 is refused by XTS (FIPS); regenerate.
+        // docs/architecture.md §3.5: K1 = K2 is refused by XTS (FIPS); regenerate.
         if (!Buffer.from(key.subarray(0, 32)).equals(key.subarray(32)) || i >= 3) break;
         wipe(key);
       }

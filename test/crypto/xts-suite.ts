@@ -1,5 +1,5 @@
 /**
- * The one XTS test suite (STYLE §10), run against every engine by
+ * The one XTS test suite (docs/architecture.md §11.10), run against every engine by
  * xts-native.test.ts, xts-node.test.ts and xts-reference.test.ts.
  */
 import { readFileSync } from 'node:fs';

@@ -1,5 +1,5 @@
 /**
- * Wiping (STYLE §7). Best effort by nature: these tests prove that the buffers
+ * Wiping (docs/architecture.md §11.7). Best effort by nature: these tests prove that the buffers
  * an engine copied key material into are zero after destroy(); they cannot
  * prove the GC never copied them. The native engine keeps no JS-side copy;
  * its native key copy is checked through the addon's keyWiped(), and

@@ -5,7 +5,7 @@ import { Env, ensureBuilt, sh } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
-describe('the DESIGN §1 journey through the real daemon, CLI, FUSE, loop device and ext4', () => {
+describe('the journey (docs/architecture.md §1) through the real daemon, CLI, FUSE, loop device and ext4', () => {
   const env = new Env('journey');
   let volumeId = '';
 

@@ -8,7 +8,7 @@ import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
 
 /**
- * DESIGN §6 end to end through the real KMS core (policy authorizer, grants,
+ * docs/architecture.md §6 end to end through the real KMS core (policy authorizer, grants,
  * audit): what the volume layer asks KMS, as whom, and what KMS recorded.
  */
 const MiB = 1 << 20;

@@ -31,7 +31,7 @@ describe.skipIf(nativeIo === null)('native io.c', () => {
       expect(io.preadNowait(fd, b, 7, 8192, 4096)).toBe(8192);
       expect(b.subarray(7).equals(data.subarray(4096, 3 * 4096))).toBe(true);
       expect(io.preadNowait(fd, b, 0, 4096, 3 * 4096)).toBe(0);
-      // 64-bit position as a double (STYLE §13), past EOF.
+      // 64-bit position as a double (docs/architecture.md §11.13), past EOF.
       expect(io.preadNowait(fd, b, 0, 16, 2 ** 40)).toBe(0);
     } finally {
       closeSync(fd);

@@ -8,7 +8,7 @@ import {
 /**
  * Short constructors for the KMS exceptions the authorization layer raises
  * most. The classes are the core's (`src/kms/errors.ts`): one `awsName` per
- * exception, stable `code`s; nobody branches on the message (STYLE §4).
+ * exception, stable `code`s; nobody branches on the message (docs/architecture.md §11.4).
  */
 export const malformedPolicy = (msg: string): MalformedPolicyDocumentException => new MalformedPolicyDocumentException(msg);
 export const validation = (msg: string): ValidationException => new ValidationException(msg);

@@ -12,7 +12,7 @@ import { parseStateJson } from '../../util/state-json.js';
 /**
  * The account and its principals: one account per state dir, IAM users and
  * roles with their identity policies, and the local uid -> principal map
- * (DESIGN §5 Identities). Stored in `<state>/identities.json`, 0600, every
+ * (docs/architecture.md §5.1, §5.3). Stored in `<state>/identities.json`, 0600, every
  * update atomic (write temp, fsync, rename, fsync dir).
  */
 

@@ -33,7 +33,7 @@ export class HsmEngine {
    * token. A batch of requests for one key then pays the EKT unwrap (one
    * AES-GCM decrypt, ~a third of a Decrypt's HSM cost) once, not per request.
    * Lives only between beginBatch() and endBatch(), which wipes every entry;
-   * outside a batch nothing is cached (DESIGN §5: a plaintext HBK lives for
+   * outside a batch nothing is cached (docs/architecture.md §5.6: a plaintext HBK lives for
    * one operation, here one batch of operations, and only on this thread).
    */
   private batchMaterials: Map<string, Buffer> | null = null;

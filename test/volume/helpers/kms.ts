@@ -7,7 +7,7 @@ import { KmsCoreKeyService, type KeyService } from '../../../src/volume/key-serv
 import { KeyServiceError } from '../../../src/volume/errors.js';
 
 /**
- * The REAL KMS core for the volume tests (DESIGN §8: no mocks of the KMS
+ * The REAL KMS core for the volume tests (docs/architecture.md §10: no mocks of the KMS
  * core): HSM simulator (inline transport, for start-up speed), keystore,
  * audit log, the policy authorizer with identities and grants, and the grant
  * and key-policy operations registered from outside, wired the way
