@@ -84,9 +84,9 @@ export function applyStruct(base: JNode, muts: readonly StructMutation[]): JNode
       if (s.node === root) continue;
       if (m.op === 'set') s.set(m.value);
       else {
-        let x = s.node;
-        for (let d = 0; d < m.depth; d++) x = m.obj ? { t: 'o', m: [['a', x]] } : { t: 'a', v: [x] };
-        s.set(x);
+        // Rendered at once: a syntax tree thousands deep would overflow the recursion here.
+        const inner = render(s.node);
+        s.set(raw(m.obj ? '{"a":'.repeat(m.depth) + inner + '}'.repeat(m.depth) : '['.repeat(m.depth) + inner + ']'.repeat(m.depth)));
       }
       continue;
     }
@@ -181,8 +181,9 @@ export const textMutation: fc.Arbitrary<TextMutation> = fc.oneof(
 );
 
 /** A base document (as a JS value) mutated into JSON text. */
-export function mutatedJson(base: fc.Arbitrary<unknown>, o: { paths?: readonly string[][]; pathValue?: fc.Arbitrary<JNode>; maxMutations?: number } = {}): fc.Arbitrary<string> {
+export function mutatedJson(base: fc.Arbitrary<unknown>, o: { paths?: readonly string[][]; pathValue?: fc.Arbitrary<JNode>; maxMutations?: number; text?: boolean } = {}): fc.Arbitrary<string> {
   const struct = fc.array(structMutation(o.paths, o.pathValue), { maxLength: o.maxMutations ?? 3 });
-  const text = fc.oneof({ arbitrary: fc.constant([] as TextMutation[]), weight: 4 }, { arbitrary: fc.array(textMutation, { minLength: 1, maxLength: 2 }), weight: 1 });
+  // text: false for members that arrive already parsed (a request body the server's JSON.parse took).
+  const text = o.text === false ? fc.constant([] as TextMutation[]) : fc.oneof({ arbitrary: fc.constant([] as TextMutation[]), weight: 4 }, { arbitrary: fc.array(textMutation, { minLength: 1, maxLength: 2 }), weight: 1 });
   return fc.tuple(base, struct, text).map(([b, s, t]) => applyText(render(applyStruct(toNode(b), s)), t));
 }

@@ -45,7 +45,7 @@ export function isTypedError(e: unknown, needAwsName = false): boolean {
 export function errorSignature(e: unknown): string {
   if (e instanceof Error) {
     const code = (e as { code?: unknown }).code;
-    const msg = e.message.split('\n')[0]!.replace(/\d{3,}/g, 'N').slice(0, 120);
+    const msg = e.message.split('\n')[0]!.replace(/'\/[^']*'/g, "'<path>'").replace(/\d{3,}/g, 'N').slice(0, 120);
     const cause = (e as { cause?: unknown }).cause;
     const why = cause instanceof Error ? ` <- caused by ${errorSignature(cause)}` : '';
     return `${e.name}${typeof code === 'string' ? ` [${code}]` : ''}: ${msg}${why}`;
@@ -61,5 +61,6 @@ export function showInput(v: unknown, max = 600): string {
     s = String(v);
   }
   s ??= String(v);
+  s = s.replace(/[A-Za-z0-9+/]{48,}={0,2}/g, (b) => `${b.slice(0, 12)}…(${b.length} base64 chars)`);
   return s.length > max ? `${s.slice(0, max)}… (${s.length} chars)` : s;
 }

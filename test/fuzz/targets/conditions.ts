@@ -27,7 +27,7 @@ const target: FuzzTarget<Input, null> = {
   name: 'conditions',
   about: 'compileConditions(block) then each test(ctx); StringLike vs the reference matcher',
   arbitrary: () => fc.record({
-    block: fc.oneof({ arbitrary: block.map((b) => JSON.stringify(b)), weight: 2 }, { arbitrary: mutatedJson(block, { paths: [['__proto__'], ['StringLike'], ['StringLike', 'kms:ViaService']], pathValue: fc.oneof(hostileValue, starQ.map(str)) }), weight: 3 }),
+    block: fc.oneof({ arbitrary: block.map((b) => JSON.stringify(b)), weight: 2 }, { arbitrary: mutatedJson(block, { paths: [['__proto__'], ['StringLike'], ['StringLike', 'kms:ViaService']], pathValue: fc.oneof(hostileValue, starQ.map(str)), text: false }), weight: 3 }),
     ctxValue: fc.oneof(fc.constantFrom('vol-1', '10.1.2.3', 'true', '3', 'arn:aws:iam::111122223333:role/x', ''), fc.string({ maxLength: 12 }), fc.integer({ min: 0, max: 64 }).map((n) => `arn:aws:kms:us${'a'.repeat(n)}`), fc.array(fc.string({ maxLength: 6 }), { maxLength: 3 })),
   }),
   open: async () => null,

@@ -32,8 +32,8 @@ const target: FuzzTarget<Input, null> = {
   name: 'grants',
   about: 'parseConstraints(JSON) and checkGrantTokens(JSON): pairs carried faithfully',
   arbitrary: () => fc.record({
-    constraints: mutatedJson(base, { paths: [['EncryptionContextSubset', '__proto__'], ['EncryptionContextEquals', '__proto__'], ['__proto__'], ['EncryptionContextSubset']], pathValue: hostileValue }),
-    tokens: mutatedJson(tokens),
+    constraints: mutatedJson(base, { paths: [['EncryptionContextSubset', '__proto__'], ['EncryptionContextEquals', '__proto__'], ['__proto__'], ['EncryptionContextSubset']], pathValue: hostileValue, text: false }),
+    tokens: mutatedJson(tokens, { text: false }),
   }),
   open: async () => null,
   close: async () => {},

@@ -35,8 +35,8 @@ export async function openKmsFixture(): Promise<KmsFixture> {
     const kmsDir = join(dir, 'kms');
     const authz = await openAuthz({ stateDir: dir, kmsDir, accountId: ACCOUNT, region: REGION });
     const kms = await KmsService.open({
+      // The KEK in a 0600 file (no passphrase): no scrypt per reset, and no test-only cost outside vitest.
       stateDir: kmsDir, accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline',
-      passphrase: 'fuzz-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 },
     });
     registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
     const root = authz.identities.callerForUid(0);

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { LUKS2_JSON_SIZE, parseLuks2Json } from '../../../src/volume/luks2-json.js';
 import { mutatedJson } from '../harness/json-mutate.js';
-import type { FuzzTarget } from '../harness/target.js';
+import { showInput, type FuzzTarget } from '../harness/target.js';
 import { areaText, BASES, isLuks2Error, LUKS_PATHS, LUKS_VALUES, luksInvalid } from './luks2-common.js';
 
 /**
@@ -25,7 +25,7 @@ const target: FuzzTarget<Uint8Array, null> = {
     return luksInvalid(v, areaText(area), LUKS2_JSON_SIZE) ?? 'accepted';
   },
   isTyped: isLuks2Error,
-  show: (a) => JSON.stringify(areaText(a)).slice(0, 1500),
+  show: (a) => showInput(areaText(a), 1500),
 };
 export default target;
 
