@@ -6,7 +6,7 @@
  *
  *   npx tsc -p . && node scripts/fuzz/run.mjs [--runs 1000000] [--seed N]
  *       [--targets luks2-json,policy] [--parallel 2] [--slow-ms 100]
- *       [--stuck-ms 5000] [--max-stuck 20] [--json out.json]
+ *       [--stuck-ms 5000] [--max-stuck 20] [--runs-for ec2-volume=5000,...] [--json out.json]
  *
  * Prints per target: inputs, typed refusals, accepted, untyped errors (with a
  * shrunk counterexample), hangs (slow: fastest of three runs over --slow-ms;
@@ -35,6 +35,8 @@ const slowMs = Number(opt('slow-ms', 100));
 const stuckMs = Number(opt('stuck-ms', 5000));
 const maxStuck = Number(opt('max-stuck', 20));
 const jsonOut = opt('json', undefined);
+/** Per-target input counts, for targets that are slow by nature (a CreateVolume writes an image). */
+const runsFor = Object.fromEntries(String(opt('runs-for', '')).split(',').filter(Boolean).map((kv) => [kv.split('=')[0], Number(kv.split('=')[1])]));
 
 const hsmClient = join(root, 'dist', 'kms', 'hsm', 'hsm-client.js');
 if (!existsSync(hsmClient)) {
@@ -64,7 +66,7 @@ const queue = [...targets];
 async function lane() {
   for (let t = queue.shift(); t !== undefined; t = queue.shift()) {
     live.set(t, { inputs: 0 });
-    const r = await fuzz(t, { seed, runs, slowMs, stuckMs, maxStuck, chunk: 1000, onDelta: (x) => live.set(t, x) });
+    const r = await fuzz(t, { seed, runs: runsFor[t] ?? runs, slowMs, stuckMs, maxStuck, chunk: 1000, onDelta: (x) => live.set(t, x) });
     live.delete(t);
     reports.push(r);
     console.log(formatReport(r));

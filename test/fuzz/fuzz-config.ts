@@ -14,7 +14,7 @@ export const runsOr = (n: number): number => Number(process.env.FUZZ_RUNS ?? n);
 const SLOW_MS = Number(process.env.FUZZ_SLOW_MS ?? 1000);
 
 export async function fuzzAndReport(target: string, runs: number, extra: { stuckMs?: number; maxStuck?: number } = {}): Promise<TargetReport> {
-  const r = await fuzz(target, { seed: SEED, runs: runsOr(runs), slowMs: SLOW_MS, stuckMs: extra.stuckMs ?? 3000, maxStuck: extra.maxStuck ?? 2, chunk: 250, shrinkMs: 1000 });
+  const r = await fuzz(target, { seed: SEED, runs: runsOr(runs), slowMs: SLOW_MS, stuckMs: extra.stuckMs ?? 3000, maxStuck: extra.maxStuck ?? 2, chunk: 250, shrinkMs: 1000, maxShrink: 4 });
   console.log(formatReport(r));
   return r;
 }

@@ -1,7 +1,10 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { devLoaderUrl } from '../../../src/kms/hsm/hsm-client.js';
 import type { ChunkDelta, Finding } from './engine.js';
+import { scratchRoot } from './target.js';
 import type { WorkerJob } from './worker.js';
 
 /**
@@ -26,6 +29,8 @@ export interface FuzzOptions {
   /** Shrink the first input of each untyped / invalid finding (default true). */
   shrink?: boolean;
   shrinkMs?: number;
+  /** Shrink at most this many findings (the first ones found). */
+  maxShrink?: number;
   onDelta?: (r: TargetReport) => void;
 }
 
@@ -60,12 +65,13 @@ interface Session {
   index: number;
 }
 
-function startWorker(job: Omit<WorkerJob, 'progress'>, stuckMs: number, onMsg: (m: Msg) => void): Promise<Session> {
+function startWorker(job: Omit<WorkerJob, 'progress'>, scratch: string, stuckMs: number, onMsg: (m: Msg) => void): Promise<Session> {
   const progress = new SharedArrayBuffer(12);
   const p = new Int32Array(progress);
   const w = new Worker(new URL('./worker.ts', import.meta.url), {
     workerData: { ...job, progress },
     execArgv: ['--import', devLoaderUrl()],
+    env: { ...process.env, EBSD_FUZZ_SCRATCH: scratch },
     resourceLimits: { maxOldGenerationSizeMb: 1024 },
     stdout: false,
     stderr: false,
@@ -117,16 +123,27 @@ function merge(r: TargetReport, d: ChunkDelta): void {
 /** Fuzz one target in worker threads; resolves with its report (it throws only if the harness itself fails). */
 export async function fuzz(target: string, o: FuzzOptions): Promise<TargetReport> {
   const t0 = performance.now();
+  const r: TargetReport = { target, seed: o.seed, requested: o.runs, inputs: 0, accepted: 0, refused: 0, untyped: 0, invalid: 0, slow: 0, stuck: 0, findings: [], ms: 0 };
+  const scratch = mkdtempSync(join(scratchRoot(), `ebsd-fuzz-${target}-`));
+  try {
+    await runAll(target, o, r, scratch);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  r.ms = performance.now() - t0;
+  return r;
+}
+
+async function runAll(target: string, o: FuzzOptions, r: TargetReport, scratch: string): Promise<void> {
   const chunk = o.chunk ?? 500;
   const slowMs = o.slowMs ?? 100;
   const stuckMs = o.stuckMs ?? 5000;
   const maxStuck = o.maxStuck ?? 3;
-  const r: TargetReport = { target, seed: o.seed, requested: o.runs, inputs: 0, accepted: 0, refused: 0, untyped: 0, invalid: 0, slow: 0, stuck: 0, findings: [], ms: 0 };
   const base = { target, seed: o.seed, runs: o.runs, chunk, slowMs };
   let startChunk = 0;
   let skip = 0;
   for (;;) {
-    const s = await startWorker({ ...base, mode: 'run', startChunk, skip }, stuckMs, (m) => {
+    const s = await startWorker({ ...base, mode: 'run', startChunk, skip }, scratch, stuckMs, (m) => {
       if (m.type === 'delta') {
         merge(r, m.delta);
         o.onDelta?.(r);
@@ -135,7 +152,7 @@ export async function fuzz(target: string, o: FuzzOptions): Promise<TargetReport
     if (s.ended === 'done') break;
     if (s.ended === 'error') throw new Error(`fuzz harness failed on ${target}: ${s.message}`);
     let text = '(not regenerated)';
-    await startWorker({ ...base, mode: 'describe', startChunk: 0, skip: 0, at: { chunk: s.chunk, index: s.index } }, stuckMs, (m) => {
+    await startWorker({ ...base, mode: 'describe', startChunk: 0, skip: 0, at: { chunk: s.chunk, index: s.index } }, scratch, stuckMs, (m) => {
       if (m.type === 'input') text = m.text;
     });
     r.stuck++;
@@ -150,10 +167,10 @@ export async function fuzz(target: string, o: FuzzOptions): Promise<TargetReport
     startChunk = s.chunk;
     skip = s.index + 1;
   }
-  const toShrink = r.findings.filter((f) => f.kind === 'untyped' || f.kind === 'invalid');
+  const toShrink = r.findings.filter((f) => f.kind === 'untyped' || f.kind === 'invalid').slice(0, o.maxShrink ?? Infinity);
   if ((o.shrink ?? true) && toShrink.length > 0) {
     const shrinkMs = o.shrinkMs ?? 3000;
-    await startWorker({ ...base, mode: 'shrink', startChunk: 0, skip: 0, findings: toShrink, shrinkMs }, shrinkMs + stuckMs, (m) => {
+    await startWorker({ ...base, mode: 'shrink', startChunk: 0, skip: 0, findings: toShrink, shrinkMs }, scratch, shrinkMs + stuckMs, (m) => {
       if (m.type !== 'shrunk') return;
       const f = r.findings.find((x) => x.kind === m.kind && x.key === m.key);
       if (f) {
@@ -162,8 +179,6 @@ export async function fuzz(target: string, o: FuzzOptions): Promise<TargetReport
       }
     });
   }
-  r.ms = performance.now() - t0;
-  return r;
 }
 
 /** Plain-text report of one target, as the tests and scripts/fuzz/run.mjs print it. */

@@ -1,4 +1,6 @@
 import type fc from 'fast-check';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { EbsdError } from '../../../src/util/errors.js';
 
 /**
@@ -63,4 +65,13 @@ export function showInput(v: unknown, max = 600): string {
   s ??= String(v);
   s = s.replace(/[A-Za-z0-9+/]{48,}={0,2}/g, (b) => `${b.slice(0, 12)}…(${b.length} base64 chars)`);
   return s.length > max ? `${s.slice(0, max)}… (${s.length} chars)` : s;
+}
+
+/**
+ * Where targets make their scratch directories: the pool gives each run one
+ * (EBSD_FUZZ_SCRATCH) and removes it afterwards, so a worker killed as stuck
+ * leaves nothing behind. tmpfs when there is one.
+ */
+export function scratchRoot(): string {
+  return process.env.EBSD_FUZZ_SCRATCH ?? (existsSync('/dev/shm') ? '/dev/shm' : tmpdir());
 }

@@ -1,12 +1,11 @@
 import fc from 'fast-check';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseKmsArgs, UsageError } from '../../../src/cli/kms-args.js';
 import { EbsdError } from '../../../src/util/errors.js';
 import { hostileString } from '../harness/json-mutate.js';
 import { ownKeys } from '../harness/oracles.js';
-import type { FuzzTarget, Verdict } from '../harness/target.js';
+import { scratchRoot, type FuzzTarget, type Verdict } from '../harness/target.js';
 
 /**
  * `ebsd kms <operation>` arguments (src/cli/kms-args.ts parseKmsArgs):
@@ -38,7 +37,7 @@ const target: FuzzTarget<Input, Ctx> = {
   about: 'parseKmsArgs(tokens): shorthand, JSON, file:// and fileb:// values',
   arbitrary: () => fc.array(token, { minLength: 1, maxLength: 6 }),
   async open() {
-    const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'ebsd-fuzz-cli-'));
+    const dir = mkdtempSync(join(scratchRoot(), 'ebsd-fuzz-cli-'));
     writeFileSync(join(dir, 'f'), 'hello');
     mkdirSync(join(dir, 'd'));
     return { dir };

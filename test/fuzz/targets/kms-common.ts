@@ -1,5 +1,5 @@
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { scratchRoot } from '../harness/target.js';
 import { join } from 'node:path';
 import { KmsService } from '../../../src/kms/kms-core.js';
 import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../../../src/kms/authz/index.js';
@@ -30,7 +30,7 @@ export const REGION = 'us-east-1';
 export const CONTEXT = { 'aws:ebs:id': 'vol-0123456789abcdef0' };
 
 export async function openKmsFixture(): Promise<KmsFixture> {
-  const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'ebsd-fuzz-kms-'));
+  const dir = mkdtempSync(join(scratchRoot(), 'ebsd-fuzz-kms-'));
   try {
     const kmsDir = join(dir, 'kms');
     const authz = await openAuthz({ stateDir: dir, kmsDir, accountId: ACCOUNT, region: REGION });

@@ -1,11 +1,10 @@
 import fc from 'fast-check';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { readLuks2, updateLuks2 } from '../../../src/volume/luks2-header.js';
 import { LUKS2_BIN_HDR_SIZE, LUKS2_DATA_OFFSET } from '../../../src/volume/luks2-json.js';
 import { mutatedJson } from '../harness/json-mutate.js';
-import type { FuzzTarget, Verdict } from '../harness/target.js';
+import { scratchRoot, type FuzzTarget, type Verdict } from '../harness/target.js';
 import { areaText, BASES, checksum, isLuks2Error, LUKS_PATHS, LUKS_VALUES, luksInvalid } from './luks2-common.js';
 
 /**
@@ -109,7 +108,7 @@ const target: FuzzTarget<Input, Ctx> = {
   about: 'readLuks2(image) then updateLuks2 on built binary headers (valid checksums), flipped bytes, raw bytes',
   arbitrary: () => fc.oneof({ arbitrary: built, weight: 9 }, { arbitrary: rawImage, weight: 1 }),
   async open() {
-    const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'ebsd-fuzz-luks2-'));
+    const dir = mkdtempSync(join(scratchRoot(), 'ebsd-fuzz-luks2-'));
     return { dir, file: join(dir, 'vol.img') };
   },
   async close(ctx) {
