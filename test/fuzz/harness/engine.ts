@@ -120,7 +120,7 @@ export async function runEngine<I, C>(t: FuzzTarget<I, C>, o: EngineOptions, hoo
           d.inputs++;
           if (out.kind === 'accepted') d.accepted++;
           else if (out.kind === 'refused') d.refused++;
-          else {
+          else if ('key' in out) {
             const id = `${out.kind}\u0000${out.key}`;
             const f = byKey.get(id);
             if (f) f.count++;

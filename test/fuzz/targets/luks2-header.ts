@@ -62,13 +62,13 @@ const built: fc.Arbitrary<Input> = fc.record({
   kind: fc.constant('built' as const),
   primary: anyCopy,
   secondary: fc.oneof({ arbitrary: fc.constant('same' as const), weight: 4 }, { arbitrary: fc.constant('none' as const), weight: 1 }, { arbitrary: anyCopy, weight: 1 }),
-  flips: fc.oneof({ arbitrary: fc.constant([]), weight: 3 }, { arbitrary: fc.array(fc.record({ at: fc.nat({ max: 0x8000 }), xor: fc.integer({ min: 1, max: 255 }) }), { minLength: 1, maxLength: 3 }), weight: 1 }),
+  flips: fc.oneof({ arbitrary: fc.constant([] as { at: number; xor: number }[]), weight: 3 }, { arbitrary: fc.array(fc.record({ at: fc.nat({ max: 0x8000 }), xor: fc.integer({ min: 1, max: 255 }) }), { minLength: 1, maxLength: 3 }), weight: 1 }),
   length: fc.oneof({ arbitrary: fc.constant('data' as const), weight: 6 }, fc.constantFrom('headers' as const, 'short' as const), fc.nat({ max: 0x9000 })),
 });
 
 const rawImage: fc.Arbitrary<Input> = fc.record({
   kind: fc.constant('raw' as const),
-  flips: fc.constant([]),
+  flips: fc.constant([] as { at: number; xor: number }[]),
   length: fc.constant('data' as const),
   raw: fc.uint8Array({ maxLength: 0x9000 }),
 });
