@@ -6,6 +6,6 @@ describe('fuzz: LUKS2 headers', () => {
     expectClean(await fuzzAndReport('luks2-json', 1500));
   });
   it('binary headers and whole images: typed refusals only, seqid exact, no invalid metadata accepted, rewrite typed', async () => {
-    expectClean(await fuzzAndReport('luks2-header', 600));
+    expectClean(await fuzzAndReport('luks2-header', 300));
   });
 });
