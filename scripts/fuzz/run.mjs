@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * Long fuzz run over every parser that takes outside input (issue 13 point 6):
+ * Long fuzz run over every parser that takes outside input:
  * the targets of test/fuzz/targets, each in worker threads under a watchdog
  * (test/fuzz/harness/pool.ts), several targets at once.
  *

@@ -155,7 +155,7 @@ export async function inputAt<I>(t: FuzzTarget<I, unknown>, seed: number, chunk:
  * Shrink a finding: replay its chunk with a property that fails when an
  * input shows the same kind and key, and let fast-check minimize it.
  */
-export async function shrinkFinding<I, C>(t: FuzzTarget<I, C>, ctx: C, seed: number, f: Finding, slowMs: number, timeMs: number): Promise<{ shrunk: string; detail: string } | undefined> {
+export async function shrinkFinding<I, C>(t: FuzzTarget<I, C>, ctx: C, seed: number, f: Finding, timeMs: number): Promise<{ shrunk: string; detail: string } | undefined> {
   if (f.kind === 'slow' || f.kind === 'stuck') return undefined; // a shrink candidate could hang the worker
   let last = '';
   const r = await fc.check(
@@ -167,7 +167,6 @@ export async function shrinkFinding<I, C>(t: FuzzTarget<I, C>, ctx: C, seed: num
     }),
     { seed: chunkSeed(seed, f.chunk), numRuns: f.index + 1, interruptAfterTimeLimit: timeMs, markInterruptAsFailure: false },
   );
-  void slowMs;
   const x = r.counterexample?.[0] as I | undefined;
   if (!r.failed || x === undefined) return undefined;
   return { shrunk: t.show ? t.show(x) : showInput(x), detail: last };

@@ -32,7 +32,7 @@ async function main(): Promise<void> {
     try {
       for (const f of job.findings ?? []) {
         Atomics.add(progress, 2, 1);
-        const r = await shrinkFinding(t, ctx, job.seed, f, job.slowMs, job.shrinkMs ?? 5000);
+        const r = await shrinkFinding(t, ctx, job.seed, f, job.shrinkMs ?? 5000);
         if (r) port.postMessage({ type: 'shrunk', kind: f.kind, key: f.key, ...r });
       }
     } finally {

@@ -8,8 +8,8 @@ import { duplicateMember, isStrictBase64 } from '../harness/oracles.js';
 /**
  * What both LUKS2 targets share: valid documents to start from, the fields
  * worth aiming at, and the oracle an accepted header must pass
- * (LUKS2 on-disk format specification §2-§3; cryptsetup's own checks; the
- * limits issue 13 point 11 lists).
+ * (LUKS2 on-disk format specification §2-§3, docs/format.md; the checks
+ * cryptsetup makes: iterations, hashes, base64, requirements, u64 range).
  */
 
 /** A few valid JSON areas, built once (each costs a PBKDF2 digest). */
