@@ -91,6 +91,14 @@ function encode(c: Copy, which: 'primary' | 'secondary', at: number): Buffer {
   return b;
 }
 
+function sameJson(text: string, readAs: string): boolean {
+  try {
+    return JSON.stringify(JSON.parse(text)) === readAs;
+  } catch {
+    return false;
+  }
+}
+
 function dataEnd(json: string): number {
   try {
     const seg = Object.values((JSON.parse(json) as { segments: Record<string, { offset: string; size: string }> }).segments)[0]!;
@@ -140,15 +148,17 @@ const target: FuzzTarget<Input, Ctx> = {
       closeSync(fd);
     }
     const img = await readLuks2(ctx.file, { repair: false });
-    const chosen = x.kind === 'built' ? [x.primary!, x.secondary].find((c): c is Copy => typeof c === 'object' && c.seqid !== undefined && BigInt(img.seqid) === c.seqid) : undefined;
-    if (x.kind === 'built' && !chosen) {
-      const seqids = [x.primary!.seqid, typeof x.secondary === 'object' ? x.secondary.seqid : x.primary!.seqid];
-      return { invalid: 'LUKS2 seqid read exactly (at most 2^53-1)', why: `header seqid(s) ${seqids.join(', ')} read as ${img.seqid}` };
-    }
     const jsonSize = img.hdrSize - LUKS2_BIN_HDR_SIZE;
-    const area = Buffer.from(JSON.stringify(img.volume.json));
-    const text = chosen ? areaText(Buffer.from(chosen.json, 'utf8').subarray(0, jsonSize - 1)) : areaText(area);
-    const bad = luksInvalid(img.volume, text, jsonSize);
+    // The copy the reader took: the one whose JSON area parses to what it returned.
+    const copies = x.kind === 'built' ? [x.primary!, x.secondary === 'same' ? x.primary! : x.secondary].filter((c): c is Copy => typeof c === 'object') : [];
+    const readAs = JSON.stringify(img.volume.json);
+    const texts = copies.map((c) => ({ c, text: areaText(Buffer.from(c.json, 'utf8').subarray(0, Math.max(0, c.hdrSize - LUKS2_BIN_HDR_SIZE - 1))) }));
+    const matches = texts.filter(({ c, text }) => c.hdrSize === img.hdrSize && sameJson(text, readAs));
+    const chosen = matches.find(({ c }) => BigInt(img.seqid) === c.seqid);
+    if (matches.length > 0 && !chosen) {
+      return { invalid: 'LUKS2 seqid read exactly (at most 2^53-1)', why: `header seqid ${matches.map(({ c }) => c.seqid).join(' / ')} read as ${img.seqid}` };
+    }
+    const bad = luksInvalid(img.volume, chosen ? chosen.text : readAs, jsonSize);
     if (bad) return bad;
     await updateLuks2(ctx.file, () => {}); // the metadata rewrite of ModifyVolume: typed error at worst
     return 'accepted';
