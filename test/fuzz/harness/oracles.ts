@@ -31,10 +31,13 @@ export function refWildcard(pattern: string, s: string, ignoreCase = false): boo
   return prev[n] === 1;
 }
 
-/** RFC 4648 §4 base64, canonical: only the alphabet, padding to a multiple of 4, unused bits zero. */
+/**
+ * RFC 4648 §4 base64: only the alphabet, `=` padding only at the end, length
+ * a multiple of 4. Unused bits of the last quantum are not checked (neither
+ * cryptsetup's decoder nor AWS's check them).
+ */
 export function isStrictBase64(s: string): boolean {
-  if (s.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(s)) return false;
-  return Buffer.from(s, 'base64').toString('base64') === s;
+  return s.length % 4 === 0 && /^[A-Za-z0-9+/]*={0,2}$/.test(s);
 }
 
 /** Does a string hold a lone (unpaired) UTF-16 surrogate? */
