@@ -1,3 +1,4 @@
+import { isEc2Operation, parseEc2Request } from '../../../src/daemon/ec2-requests.js';
 import fc from 'fast-check';
 import { join } from 'node:path';
 import { nodeXtsEngine } from '../../../src/crypto/xts-engine.js';
@@ -47,25 +48,29 @@ const TEMPLATES: Record<string, unknown> = {
 const PATHS = [['Size'], ['Name'], ['TagSpecifications'], ['TagSpecifications', '0', 'Tags'], ['TagSpecifications', '0', 'Tags', '0'], ['TagSpecifications', '0', 'Tags', '0', 'Key'],
   ['TagSpecifications', '0', 'Tags', '0', 'Value'], ['Filters'], ['Filters', '0'], ['Filters', '0', 'Name'], ['Filters', '0', 'Values'], ['VolumeIds'], ['VolumeId'], ['__proto__'], ['KmsKeyId']];
 
-/** The daemon's dispatch of volume operations (src/daemon/daemon.ts volumeOp), minus attach/detach. */
+/**
+ * The daemon's dispatch of volume operations (src/daemon/daemon.ts handle() and
+ * volumeOp), minus attach/detach: every member checked by parseEc2Request, then
+ * EC2 authorization on the parsed request, then the volume manager.
+ */
 async function volumeOp(mgr: VolumeManager, ec2: Ec2Authorizer, op: string, b: Record<string, unknown>, caller: Caller): Promise<unknown> {
-  const refusal = ec2.check(op, b, caller);
+  if (!isEc2Operation(op)) throw new Error(`no such op ${op}`);
+  const req = parseEc2Request(op, b);
+  const refusal = ec2.check(op, req.input as unknown as Record<string, unknown>, caller);
   if (refusal) throw refusal;
-  const vol = (): string => {
-    if (typeof b.VolumeId !== 'string') throw new EbsdError('MISSING_PARAMETER', 'VolumeId is required', { awsName: 'MissingParameter' });
-    return b.VolumeId;
-  };
-  switch (op) {
-    case 'CreateVolume': return mgr.createVolume(b as never, caller);
-    case 'DescribeVolumes': return { Volumes: mgr.describeVolumes(b as never).Volumes.filter((v) => ec2.mayDescribe('DescribeVolumes', caller, v)) };
+  switch (req.op) {
+    case 'CreateVolume': return mgr.createVolume(req.input, caller);
+    case 'DescribeVolumes': {
+      const { MaxResults: _m, NextToken: _n, ...query } = req.input;
+      return { Volumes: mgr.describeVolumes(query).Volumes.filter((v) => ec2.mayDescribe('DescribeVolumes', caller, v)) };
+    }
     case 'DescribeVolumeStatus': {
-      const ids = Array.isArray(b.VolumeIds)
-        ? (b.VolumeIds as string[])
-        : mgr.describeVolumes().Volumes.filter((v) => ec2.mayDescribe('DescribeVolumeStatus', caller, v)).map((v) => v.VolumeId);
+      const ids = req.input.VolumeIds
+        ?? mgr.describeVolumes().Volumes.filter((v) => ec2.mayDescribe('DescribeVolumeStatus', caller, v)).map((v) => v.VolumeId);
       return { VolumeStatuses: ids.map((id) => mgr.describeVolumeStatus(id)) };
     }
-    case 'DeleteVolume': await mgr.deleteVolume({ VolumeId: vol() }, caller); return {};
-    case 'ModifyVolume': return mgr.modifyVolume({ VolumeId: vol(), Size: b.Size as never }, caller);
+    case 'DeleteVolume': await mgr.deleteVolume(req.input, caller); return {};
+    case 'ModifyVolume': return mgr.modifyVolume(req.input, caller);
   }
   throw new Error(`no such op ${op}`);
 }
