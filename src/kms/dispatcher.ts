@@ -16,7 +16,7 @@ import type { Keystore } from './keystore.js';
 import type { Hsm } from './hsm/hsm-client.js';
 import type { KeyHandle } from './hsm/protocol.js';
 import type { AuditLog } from './audit/audit-log.js';
-import { buildEventJson } from './audit/event.js';
+import { buildEvent, buildEventJson, MAX_ERROR_MESSAGE, truncateField, type AuditInput } from './audit/event.js';
 import { AccessDeniedException, DryRunOperationException, KMSInternalException, KmsError, UnknownOperationException, ValidationException } from './errors.js';
 import { checkRequestShape } from './request-shape.js';
 import { checkKeyState } from './key-state.js';
@@ -124,6 +124,14 @@ function _serializable(req: KmsRequest): void {
   }
 }
 
+/**
+ * Denials are aggregated per (principal, operation, reason): the message names the
+ * principal, action, resource and why, so it is the reason; bounded like the record's field.
+ */
+function _refusalKey(caller: Caller, operation: string, message: string): string {
+  return `kms\0${caller.arn}\0${operation}\0${truncateField(message, MAX_ERROR_MESSAGE)}`;
+}
+
 export class Dispatcher {
   private readonly ops = new Map<string, { handler: OperationHandler; readOnly: boolean }>();
 
@@ -210,7 +218,7 @@ export class Dispatcher {
         if (!(e instanceof KmsError)) ctx.log.error({ err: e, operation, requestId: call.requestId }, 'KMS operation failed unexpectedly');
       }
     }
-    const ev = buildEventJson({
+    const input: AuditInput = {
       eventName: operation,
       caller,
       accountId: ctx.accountId,
@@ -224,9 +232,12 @@ export class Dispatcher {
       readOnly: entry?.readOnly ?? false,
       time: now,
       ...(call.additionalEventData ? { additionalEventData: call.additionalEventData } : {}),
-    });
+    };
     try {
-      await ctx.audit.appendJson(ev);
+      // A denied call had no effect, so its record may be aggregated: a caller looping a refused call
+      // costs bounded audit bytes (refusal-aggregator.ts), as the daemon's own refusals do.
+      if (error?.awsName === 'AccessDeniedException') await ctx.audit.appendRefusal(_refusalKey(caller, operation, error.message), () => buildEvent(input));
+      else await ctx.audit.appendJson(buildEventJson(input));
     } catch (e) {
       // The call is not on record: the caller learns why (a full disk is named).
       throw new KMSInternalException(internalMessage(e, 'the audit log kms/audit/events.ndjson'), { cause: e });
