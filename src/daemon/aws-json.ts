@@ -12,6 +12,15 @@ const REQUEST_BLOBS = new Set(['Plaintext', 'CiphertextBlob', 'Message', 'Signat
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 /**
+ * `out[k] = v` with `k` = "__proto__" would set the prototype (or, for a
+ * string, do nothing): members from the wire are defined, as JSON.parse
+ * defines them, so any UTF-8 key is carried faithfully.
+ */
+function _put(out: Record<string, unknown>, k: string, v: unknown): void {
+  Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
+}
+
+/**
  * JSON request -> in-process request: blob members decoded strictly (a
  * malformed one is a SerializationException naming it, as AWS answers, not
  * a shorter plaintext). `Recipient` (Nitro Enclave attestation) is refused:
@@ -28,19 +37,19 @@ export function decodeKmsRequest(body: Record<string, unknown>): Record<string, 
       if (typeof v !== 'string' || !BASE64.test(v)) {
         throw new KmsError('SerializationException', `${k} must be a base64-encoded blob (RFC 4648 with padding)`, { code: 'KMS_BAD_BLOB' });
       }
-      out[k] = Buffer.from(v, 'base64');
-    } else out[k] = v;
+      _put(out, k, Buffer.from(v, 'base64'));
+    } else _put(out, k, v);
   }
   return out;
 }
 
-/** Every Uint8Array anywhere in the response becomes base64. */
+/** Every Uint8Array anywhere in the response becomes base64; every key is kept (`__proto__` too). */
 export function encodeResponse(v: unknown): unknown {
   if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64');
   if (Array.isArray(v)) return v.map(encodeResponse);
   if (v && typeof v === 'object' && !(v instanceof Date)) {
     const out: Record<string, unknown> = {};
-    for (const [k, x] of Object.entries(v)) if (x !== undefined) out[k] = encodeResponse(x);
+    for (const [k, x] of Object.entries(v)) if (x !== undefined) _put(out, k, encodeResponse(x));
     return out;
   }
   return v;
