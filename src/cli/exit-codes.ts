@@ -21,7 +21,7 @@ export const EXIT = {
   AUDIT_FAILED: 8,
   /** The daemon could not start (another daemon holds the state dir, mount failed, refused config). */
   DAEMON_START: 9,
-  /** A service-side failure (KMS internal error, dependency timeout). */
+  /** A service-side failure (KMS internal error, dependency timeout) or throttling (retry later). */
   SERVICE: 10,
 } as const;
 
@@ -38,14 +38,21 @@ export const EXIT_CODES_HELP = `Exit codes:
      OperationNotPermitted: --cipher none on a daemon started without --allow-unencrypted, ...)
   8  audit verification failed
   9  daemon could not start (already running on this state dir, mount failed, refused configuration)
- 10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, a corrupt image: *.Corrupt)`;
+ 10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, a corrupt image: *.Corrupt;
+     ThrottlingException, RequestLimitExceeded: too many requests or connections, retry later)`;
 
 const NOT_FOUND = new Set(['NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
 const CONFLICT = new Set([
   'VolumeInUse', 'IncorrectState', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
   'EntityAlreadyExistsException', 'DeleteConflictException', 'LimitExceededException',
 ]);
-const SERVICE = new Set(['KMSInternalException', 'InternalFailure', 'DependencyTimeoutException', 'KeyUnavailableException']);
+/**
+ * Throttled (the request was fine, the service is busy: retry later, as the AWS SDKs do) is a service-side
+ * condition, not an invalid request. LimitExceededException stays a conflict: it is a quota of the state
+ * (grants, rotations), which a retry does not lift.
+ */
+const THROTTLED = new Set(['ThrottlingException', 'Throttling', 'RequestLimitExceeded', 'TooManyRequestsException', 'SlowDown']);
+const SERVICE = new Set(['KMSInternalException', 'InternalFailure', 'DependencyTimeoutException', 'KeyUnavailableException', ...THROTTLED]);
 
 /** AWS exception name -> exit code. */
 export function exitCodeFor(awsName: string | undefined, httpStatus?: number): number {

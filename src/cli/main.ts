@@ -513,7 +513,8 @@ function reportError(e: unknown, argv: string[]): number {
     return EXIT.NO_DAEMON;
   }
   if (e instanceof UsageError || (e as Error)?.name === 'YError') {
-    write(`${unknownOptions((e as Error).message) ?? (e as Error).message} (see ebsd --help)`);
+    const m = (e as Error).message;
+    write(`${unknownOptions(m) ?? invalidChoices(m) ?? m.replace(/\s*\n\s*/g, ' ')} (see ebsd --help)`);
     return EXIT.USAGE;
   }
   const err = e as { code?: string; message?: string };
@@ -527,6 +528,17 @@ function reportError(e: unknown, argv: string[]): number {
   }
   write(`internal error: ${(e as Error)?.stack ?? String(e)}`);
   return EXIT.INTERNAL;
+}
+
+/**
+ * yargs' "Invalid values:\n  Argument: output, Given: "xml", Choices: "json", ..." on one line:
+ * `--output: invalid choice "xml" (choose from "json", ...)`, as the AWS CLI words it.
+ */
+function invalidChoices(message: string): string | undefined {
+  if (!message.startsWith('Invalid values:')) return undefined;
+  const args = [...message.matchAll(/Argument: ([^,]+), Given: (.*?), Choices: (.*)$/gm)];
+  if (!args.length) return undefined;
+  return args.map(([, name, given, choices]) => `--${name}: invalid choice ${given} (choose from ${choices!.trim()})`).join('; ');
 }
 
 /** yargs' "Unknown arguments: bogus, kye-id" in the AWS CLI's words: "Unknown options: --bogus, --kye-id". */
