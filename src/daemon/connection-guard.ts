@@ -1,9 +1,8 @@
 /**
  * What one caller of a control listener may consume: connections (per uid and
- * overall), header and body bytes, and time. Written for the Unix control
- * socket and meant to be reused by any other listener the daemon opens (the
- * KMS over TCP keys callers by source address instead of uid: `admit(key)`
- * takes any string or number).
+ * overall), header and body bytes, and time. Shared by every listener the
+ * daemon opens: the Unix control socket keys callers by uid, the KMS over TCP
+ * (kms-listener.ts) by source address (`admit(key)` takes any string or number).
  *
  * Root (uid 0, `exemptKey`) always gets through: it is never counted against
  * the per-caller cap nor the overall cap, so a flood from another uid cannot

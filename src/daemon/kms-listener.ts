@@ -6,6 +6,14 @@
  * a refusal is audited with the access key id and the source address and
  * never reaches a KMS operation. The authenticated principal then enters the
  * same authorizer as a Unix-socket caller's.
+ *
+ * What one client may consume is bounded by the daemon's shared connection
+ * guard (connection-guard.ts), keyed by source address: connections per
+ * address and overall, header and body bytes, bodies buffered at once, and
+ * time. Loopback is not exempt: on `--kms-listen 127.0.0.1` every local user
+ * arrives from loopback, so exempting it would lift the caps for all of them;
+ * the operator's way in under a flood is the control socket, where root is exempt.
+ * Refused connections are counted per (address, reason) and audited in aggregate.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -21,25 +29,22 @@ import { SigV4Error } from '../kms/sigv4/errors.js';
 import { SigV4Verifier } from '../kms/sigv4/verifier.js';
 import { StsError, type StsService } from '../kms/sts/sts-service.js';
 import { decodeKmsRequest, encodeResponse, toWireError } from './aws-json.js';
+import { throttledEvent } from './audit-events.js';
+import {
+  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, refuseSocket, type ConnectionLimits, type RefusalSummary,
+} from './connection-guard.js';
 
-/** Listener limits; the defaults suit KMS requests (4 KiB plaintext, 32 KiB policy). */
-export interface ListenerLimits {
-  maxBodyBytes: number;
-  maxHeaderBytes: number;
-  headersTimeoutMs: number;
-  requestTimeoutMs: number;
-  keepAliveTimeoutMs: number;
-  maxConnections: number;
-}
+/** Listener limits: the connection guard's, with `maxPerCaller` counted per source address. */
+export type ListenerLimits = ConnectionLimits;
 
-export const DEFAULT_LIMITS: ListenerLimits = {
-  maxBodyBytes: 1 << 20,
-  maxHeaderBytes: 16 * 1024,
-  headersTimeoutMs: 10_000,
-  requestTimeoutMs: 30_000,
-  keepAliveTimeoutMs: 5_000,
-  maxConnections: 1024,
-};
+/**
+ * The guard's defaults (sized for KMS requests: 4 KiB plaintext, 32 KiB
+ * policy), with more room per address than a local uid gets: an AWS SDK
+ * pools up to 50 sockets per client, and one address may front several
+ * clients (a host, a NAT). The per-address cap stays below the overall one,
+ * so one address cannot take every connection.
+ */
+export const DEFAULT_LIMITS: ListenerLimits = Object.freeze({ ...GUARD_LIMITS, maxPerCaller: 128, maxTotal: 1024 });
 
 export interface KmsListenerOptions {
   host: string;
@@ -67,15 +72,9 @@ export function isLoopback(host: string): boolean {
   return host === '::1' || host === '[::1]' || /^::ffff:127\./.test(host);
 }
 
-/**
- * Connection limits on a server. One call, so the daemon's shared connection
- * guard can replace it without touching the request path.
- */
-export function guardConnections(server: Server, limits: ListenerLimits): void {
-  server.maxConnections = limits.maxConnections;
-  server.headersTimeout = limits.headersTimeoutMs;
-  server.requestTimeout = limits.requestTimeoutMs;
-  server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+/** The client's address as the guard counts it (an IPv4-mapped IPv6 address as IPv4). */
+function sourceAddress(s: Socket): string {
+  return (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
 }
 
 class BodyTooLarge extends EbsdError {
@@ -87,6 +86,9 @@ class BodyTooLarge extends EbsdError {
 export class KmsListener {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
+  /** Connections answered 503 at accept: anything the HTTP parser still makes of them is ignored. */
+  private readonly refused = new WeakSet<Socket>();
+  readonly guard: ConnectionGuard;
   private readonly limits: ListenerLimits;
   private readonly kmsVerifier: SigV4Verifier<Caller>;
   private readonly stsVerifier: SigV4Verifier<Caller>;
@@ -95,6 +97,8 @@ export class KmsListener {
   constructor(private readonly o: KmsListenerOptions) {
     this.limits = { ...DEFAULT_LIMITS, ...o.limits };
     this.now = o.now ?? Date.now;
+    // No exempt address (see the top of this file).
+    this.guard = new ConnectionGuard(this.limits, { onRefusals: (rows) => this.auditThrottled(rows) });
     const v = (service: string) => new SigV4Verifier<Caller>({ region: o.region, services: [service], credentials: o.sts.credentials, now: this.now });
     this.kmsVerifier = v('kms');
     this.stsVerifier = v('sts');
@@ -106,13 +110,28 @@ export class KmsListener {
     if (!o.tls && !isLoopback(o.host)) {
       throw new EbsdError('KMS_LISTEN_PLAINTEXT', `--kms-listen ${o.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
     }
-    const opts = { maxHeaderSize: this.limits.maxHeaderBytes };
+    const l = this.limits;
+    const opts = {
+      maxHeaderSize: l.maxHeaderBytes,
+      headersTimeout: l.headersTimeoutMs,
+      requestTimeout: l.requestTimeoutMs,
+      keepAliveTimeout: l.keepAliveTimeoutMs,
+      // How often node looks for connections past headersTimeout/requestTimeout (default 30 s).
+      connectionsCheckingInterval: Math.min(1_000, l.headersTimeoutMs),
+    };
     const handler = (req: IncomingMessage, res: ServerResponse): void => void this.serve(req, res);
     const server = o.tls ? createHttpsServer({ ...opts, cert: o.tls.cert, key: o.tls.key }, handler) : createHttpServer(opts, handler);
-    guardConnections(server, this.limits);
-    server.on(o.tls ? 'secureConnection' : 'connection', (s: Socket) => {
+    // Admitted on the TCP connection, before any TLS handshake is paid for.
+    server.on('connection', (s: Socket) => {
+      const admitted = this.guard.admit(sourceAddress(s));
+      if (admitted instanceof ConnectionThrottledError) {
+        this.refused.add(s);
+        // Over TLS a plaintext answer would be noise to the client: close at once.
+        if (o.tls) s.destroy(); else refuseSocket(s, admitted);
+        return;
+      }
       this.sockets.add(s);
-      s.on('close', () => this.sockets.delete(s));
+      s.on('close', () => { this.sockets.delete(s); admitted.release(); });
     });
     server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
     await new Promise<void>((resolve, reject) => {
@@ -132,9 +151,22 @@ export class KmsListener {
     server.closeIdleConnections();
     for (const s of this.sockets) s.destroy();
     await closed;
+    this.guard.flushRefusals();
+  }
+
+  /** Connections refused by the limits, already summed per (address, reason) by the guard. */
+  private auditThrottled(rows: RefusalSummary[]): void {
+    this.o.log.warn({ refusals: rows }, 'KMS network connections refused (connection limits)');
+    for (const r of rows) {
+      const e = throttledEvent(r, { accountId: this.o.accountId, region: this.o.region });
+      e.eventName = 'KmsConnection';
+      e.sourceIPAddress = r.caller;
+      void this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x }, 'could not audit refused KMS connections'));
+    }
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
     const requestId = randomUUID();
     const target = req.headers['x-amz-target'];
     const query = typeof target !== 'string';
@@ -142,7 +174,7 @@ export class KmsListener {
     const ua = req.headers['user-agent'];
     let operation = typeof target === 'string' ? target.slice(target.indexOf('.') + 1) : 'Unknown';
     try {
-      const body = await readBody(req, this.limits.maxBodyBytes);
+      const body = await readBody(req, this.guard, sourceIp);
       const url = req.url ?? '/';
       const form = query ? new URLSearchParams(req.method === 'GET' ? url.slice(url.indexOf('?') + 1 || url.length) : body.toString('utf8')) : undefined;
       if (form) operation = form.get('Action') ?? 'Unknown';
@@ -239,18 +271,48 @@ function pairs(raw: string[]): [string, string][] {
   return out;
 }
 
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * The body as bytes (SigV4 hashes them as sent), within the guard's limits:
+ * over `maxBodyBytes` a 413; past the bytes all connections may buffer at
+ * once, a ThrottlingException. The reservation is given back when the body
+ * is complete or the request ends early.
+ */
+function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string): Promise<Buffer> {
+  const limit = guard.limits.maxBodyBytes;
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length']);
     if (declared > limit) { reject(new BodyTooLarge(limit)); req.resume(); return; }
     const chunks: Buffer[] = [];
     let n = 0;
+    let reserved = 0;
+    let failed = false;
+    const fail = (e: Error): void => {
+      if (failed) return;
+      failed = true;
+      guard.releaseBody(reserved);
+      reserved = 0;
+      reject(e);
+    };
     req.on('data', (c: Buffer) => {
+      if (failed) return;
       n += c.length;
-      if (n > limit) { reject(new BodyTooLarge(limit)); req.destroy(); } else chunks.push(c);
+      if (n > limit) { fail(new BodyTooLarge(limit)); req.destroy(); return; }
+      if (!guard.reserveBody(address, c.length)) {
+        fail(new ConnectionThrottledError('body-budget', 'the daemon is buffering too many request bodies; retry'));
+        req.destroy();
+        return;
+      }
+      reserved += c.length;
+      chunks.push(c);
     });
-    req.on('error', reject);
-    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', fail);
+    req.on('close', () => { if (!req.complete) fail(new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' })); });
+    req.on('end', () => {
+      if (failed) return;
+      guard.releaseBody(reserved);
+      reserved = 0;
+      resolve(Buffer.concat(chunks));
+    });
   });
 }
 

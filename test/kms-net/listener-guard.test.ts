@@ -1,0 +1,93 @@
+/**
+ * The KMS network listener shares the control socket's connection guard
+ * (src/daemon/connection-guard.ts), keyed by source address: one address
+ * flooding connections hits its own cap (128 by default, below the overall
+ * 1024), a client from another address still gets through, and the
+ * refusals are audited in aggregate. Daemon as a child process
+ * (`--kms-only --kms-listen 127.0.0.1:0`); the flood is bounded and closed
+ * in cleanup, also on failure.
+ */
+import { connect, type Socket } from 'node:net';
+import { request } from 'node:http';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { kmsUrl } from './helpers.js';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+
+const FLOOD = 200;
+const PER_ADDRESS = 128; // DEFAULT_LIMITS.maxPerCaller of src/daemon/kms-listener.ts
+
+/** One unsigned request from `localAddress`; resolves with the status and the JSON body. */
+function post(url: URL, localAddress: string): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: url.hostname, port: Number(url.port), localAddress, method: 'POST', path: '/', agent: false,
+      headers: { 'X-Amz-Target': 'TrentService.ListKeys', 'Content-Type': 'application/x-amz-json-1.1' } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end('{}');
+  });
+}
+
+async function poll<T>(fn: () => T | undefined | false, tries = 300, everyMs = 100): Promise<T> {
+  for (let i = 0; i < tries; i++) {
+    const v = fn();
+    if (v) return v;
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error('condition not reached');
+}
+
+describe('KMS listener: connection guard per source address', () => {
+  const env = new Env('kmsguard');
+  const flood: Socket[] = [];
+  let url: URL;
+  const events = (): Record<string, any>[] => env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
+    url = new URL(await kmsUrl(env));
+  }, 60_000);
+  afterAll(async () => {
+    for (const s of flood) s.destroy();
+    await env.cleanup();
+  });
+
+  it(`${FLOOD} connections from 127.0.0.1: the cap holds, 127.0.0.2 gets through, refusals audited in aggregate`, async () => {
+    let refused503 = 0;
+    let closed = 0;
+    await Promise.all(Array.from({ length: FLOOD }, () => new Promise<void>((resolve) => {
+      const s = connect({ host: url.hostname, port: Number(url.port), localAddress: '127.0.0.1' });
+      flood.push(s);
+      s.on('connect', () => {
+        // Headers of a request whose body never comes: the connection stays busy.
+        s.write(`POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Length: 1024\r\n\r\n`);
+        resolve();
+      });
+      s.on('data', (d) => { if (d.toString('latin1').startsWith('HTTP/1.1 503')) refused503++; });
+      s.on('error', () => resolve());
+      s.on('close', () => { closed++; resolve(); });
+    })));
+    // Everything past the per-address cap is answered 503 and closed; the admitted ones stay open.
+    await poll(() => refused503 + closed >= FLOOD - PER_ADDRESS && refused503 > 0);
+    expect(FLOOD - closed).toBeGreaterThanOrEqual(PER_ADDRESS);
+
+    const same = await post(url, '127.0.0.1');
+    expect(same.status).toBe(503);
+    expect(same.body.__type).toBe('ThrottlingException');
+    // Another address has its own count: it reaches the listener (and SigV4 refuses the unsigned request).
+    const other = await post(url, '127.0.0.2');
+    expect(other.status).not.toBe(503);
+    expect(other.body.__type).toBe('MissingAuthenticationTokenException');
+
+    for (const s of flood) s.destroy();
+    // One event per (address, reason) and window, with the count; none per connection.
+    const ev = await poll(() => events().find((e) => e.eventName === 'KmsConnection' && e.errorCode === 'ThrottlingException'));
+    expect(ev.sourceIPAddress).toBe('127.0.0.1');
+    expect(ev.additionalEventData.aggregated.count).toBeGreaterThanOrEqual(FLOOD - PER_ADDRESS + 1);
+    expect(events().filter((e) => e.eventName === 'KmsConnection')).toHaveLength(1);
+  }, 90_000);
+});
