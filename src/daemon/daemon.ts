@@ -157,6 +157,7 @@ export class Daemon {
         sts: new StsService(ids, this.accessKeys, this.trust, kms.context.hsm),
         kms: (op, req, caller, requestId) => this.kmsCore!.call(op, req, caller, requestId),
         audit: (ev) => kms.context.audit.append(ev),
+        auditRefusal: (key, ev) => kms.context.audit.appendRefusal(key, ev),
         log: log.child({ component: 'kms-listener' }),
       });
       const a = await this.listener.listen();

@@ -24,7 +24,7 @@ import type { TLSSocket } from 'node:tls';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Caller } from '../kms/types.js';
-import { buildEvent } from '../kms/audit/event.js';
+import { buildEvent, MAX_USER_AGENT, truncateField } from '../kms/audit/event.js';
 import { SigV4Error } from '../kms/sigv4/errors.js';
 import { SigV4Verifier } from '../kms/sigv4/verifier.js';
 import { StsError, type StsService } from '../kms/sts/sts-service.js';
@@ -57,6 +57,12 @@ export interface KmsListenerOptions {
   kms: (operation: string, request: Record<string, unknown>, caller: Caller, requestId: string) => Promise<unknown>;
   /** Append one CloudTrail-shaped record to the audit log. */
   audit: (event: Record<string, unknown>) => Promise<void>;
+  /**
+   * Append the record of an unauthenticated request, aggregated per `key`
+   * (AuditLog.appendRefusal), so a client looping bad signatures costs
+   * bounded audit bytes. Without it, each refusal goes to `audit`.
+   */
+  auditRefusal?: (key: string, event: () => Record<string, unknown>) => Promise<void>;
   log: Logger;
   limits?: Partial<ListenerLimits>;
   /** Clock for SigV4 and session expiry (tests inject one). */
@@ -250,18 +256,26 @@ export class KmsListener {
   /** A request refused before authorization: who it claimed to be and where it came from, never its signature. */
   private async auditRefusal(err: SigV4Error, source: string, eventName: string, requestId: string, sourceIp: string, req: IncomingMessage): Promise<void> {
     const ua = req.headers['user-agent'];
-    const e = buildEvent({
-      eventName, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(), resources: [], readOnly: false,
-      time: this.now(), errorCode: err.awsName!, errorMessage: err.message,
-    });
-    e.eventSource = source;
-    e.userIdentity = { type: 'Unknown', ...(err.accessKeyId ? { accessKeyId: err.accessKeyId } : {}) };
-    e.sourceIPAddress = sourceIp;
-    e.userAgent = typeof ua === 'string' ? ua : '';
-    const tls = req.socket as Partial<TLSSocket>;
-    if (typeof tls.getProtocol === 'function') e.tlsDetails = { tlsVersion: tls.getProtocol(), cipherSuite: tls.getCipher?.()?.standardName };
-    this.o.log.warn({ refusal: err.awsName, accessKeyId: err.accessKeyId, sourceIp, eventName, requestId }, 'KMS network request refused');
-    await this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
+    // The operation name comes from the wire: bounded in the record and in the aggregation key.
+    const name = truncateField(eventName, 128);
+    const build = (): Record<string, unknown> => {
+      const e = buildEvent({
+        eventName: name, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(), resources: [], readOnly: false,
+        time: this.now(), errorCode: err.awsName!, errorMessage: err.message,
+      });
+      e.eventSource = source;
+      e.userIdentity = { type: 'Unknown', ...(err.accessKeyId ? { accessKeyId: err.accessKeyId } : {}) };
+      e.sourceIPAddress = sourceIp;
+      e.userAgent = typeof ua === 'string' ? truncateField(ua, MAX_USER_AGENT) : '';
+      const tls = req.socket as Partial<TLSSocket>;
+      if (typeof tls.getProtocol === 'function') e.tlsDetails = { tlsVersion: tls.getProtocol(), cipherSuite: tls.getCipher?.()?.standardName };
+      return e;
+    };
+    this.o.log.debug({ refusal: err.awsName, accessKeyId: err.accessKeyId, sourceIp, eventName: name, requestId }, 'KMS network request refused');
+    // Per (address, access key, operation, reason): the message says why (signature, clock skew, region, ...).
+    const key = `kms-listener\0${sourceIp}\0${err.accessKeyId ?? '-'}\0${source}\0${name}\0${truncateField(err.message, 256)}`;
+    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build) : this.o.audit(build());
+    await written.catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
   }
 }
 

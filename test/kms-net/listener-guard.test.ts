@@ -17,10 +17,10 @@ const FLOOD = 200;
 const PER_ADDRESS = 128; // DEFAULT_LIMITS.maxPerCaller of src/daemon/kms-listener.ts
 
 /** One unsigned request from `localAddress`; resolves with the status and the JSON body. */
-function post(url: URL, localAddress: string): Promise<{ status: number; body: any }> {
+function post(url: URL, localAddress: string, userAgent = 'listener-guard-test'): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
     const req = request({ host: url.hostname, port: Number(url.port), localAddress, method: 'POST', path: '/', agent: false,
-      headers: { 'X-Amz-Target': 'TrentService.ListKeys', 'Content-Type': 'application/x-amz-json-1.1' } }, (res) => {
+      headers: { 'X-Amz-Target': 'TrentService.ListKeys', 'Content-Type': 'application/x-amz-json-1.1', 'User-Agent': userAgent } }, (res) => {
       let text = '';
       res.on('data', (c: Buffer) => (text += c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
@@ -89,5 +89,26 @@ describe('KMS listener: connection guard per source address', () => {
     expect(ev.sourceIPAddress).toBe('127.0.0.1');
     expect(ev.additionalEventData.aggregated.count).toBeGreaterThanOrEqual(FLOOD - PER_ADDRESS + 1);
     expect(events().filter((e) => e.eventName === 'KmsConnection')).toHaveLength(1);
+  }, 90_000);
+
+  it('200 unsigned requests with an 8 KB User-Agent: audited in aggregate, each record bounded', async () => {
+    const N = 200;
+    const ua = 'u'.repeat(8192);
+    for (let i = 0; i < N; i++) {
+      const r = await post(url, '127.0.0.3', ua);
+      expect(r.body.__type).toBe('MissingAuthenticationTokenException');
+    }
+    const mine = (): Record<string, any>[] => events().filter((e) => e.sourceIPAddress === '127.0.0.3');
+    // The first few as they happened, then one summary with the count when the refusal window closes.
+    const all = await poll(() => {
+      const m = mine();
+      return m.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 1), 0) === N && m;
+    });
+    // At most (burst 5 + 1 summary) per 10 s window; one event per request would be N.
+    expect(all.length).toBeLessThanOrEqual(N / 8);
+    for (const e of all) {
+      expect(e.errorCode).toBe('MissingAuthenticationTokenException');
+      expect(e.userAgent.length).toBeLessThanOrEqual(1100);
+    }
   }, 90_000);
 });
