@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { decodeKmsRequest } from '../../../src/daemon/aws-json.js';
-import { InvalidCiphertextException, ValidationException } from '../../../src/kms/errors.js';
+import { InvalidCiphertextException, NotFoundException, ValidationException } from '../../../src/kms/errors.js';
 import { loneSurrogate } from '../harness/json-mutate.js';
 import { hasLoneSurrogate } from '../harness/oracles.js';
 import type { FuzzTarget, Verdict } from '../harness/target.js';
@@ -106,10 +106,21 @@ async function bound(x: Input, f: KmsFixture): Promise<Verdict> {
     await decrypt(b2, ctxText(pairs2));
   } catch (e) {
     if (e instanceof InvalidCiphertextException) return 'accepted';
+    // A changed byte inside the key ARN (docs/kms-format.md: bytes 3..3+arnLen) names a key that
+    // does not exist: refused before any key is touched, as NotFoundException, as AWS answers for
+    // an unknown key. Still a refusal, never a decrypt.
+    if (c.kind === 'byte' && e instanceof NotFoundException && inArn(blob, c.at % blob.length)) return 'accepted';
     // A context that is itself invalid UTF-16 may be refused as such, before any blob is looked at.
     if (e instanceof ValidationException && pairs2.some(([k, w]) => hasLoneSurrogate(k) || hasLoneSurrogate(w))) return 'accepted';
     if (!isTypedKmsError(e)) throw e;
     return { invalid: property, why: `${what}: ${(e as Error).name} (${(e as { awsName?: string }).awsName})` };
   }
   return { invalid: property, why: `${what}: Decrypt succeeded` };
+}
+
+/** Is byte `i` of a blob inside its key ARN? (version 1 byte, arnLen u16 big-endian, then the ARN; docs/kms-format.md) */
+function inArn(blob: Uint8Array, i: number): boolean {
+  if (blob.length < 3) return false;
+  const arnLen = (blob[1]! << 8) | blob[2]!;
+  return i >= 1 && i < 3 + arnLen;
 }
