@@ -471,9 +471,8 @@ export class Daemon {
    * `embedded`), the last refresh KMS confirmed, the last error (the volume's
    * while stale, else the remote KMS's last one), seconds left before max-stale.
    */
-  private kmsOf(kc: { LastUnwrapTime?: string | undefined; ExpiryTime?: string | undefined; LastError?: unknown } | { State: string }): Record<string, unknown> {
+  private kmsOf(c: { State: string; LastUnwrapTime?: string | undefined; ExpiryTime?: string | undefined; LastError?: unknown }): Record<string, unknown> {
     const remote = this.remoteKms?.health();
-    const c = kc as { LastUnwrapTime?: string; ExpiryTime?: string; LastError?: unknown };
     const lastError = c.LastError ?? remote?.LastError;
     return {
       Endpoint: remote ? remote.Endpoint : 'embedded',
