@@ -128,7 +128,7 @@ export class AwsKeyService implements KeyService {
       account = me.Account!;
     } catch (e) {
       const err = toKeyServiceError('GetCallerIdentity', e);
-      throw new KeyServiceError('GetCallerIdentity', err.awsName, err.authoritative, `cannot tell who this host is to ${this.endpoint} (credentials from the AWS chain: AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, environment): ${err.message}`, e);
+      throw new KeyServiceError('GetCallerIdentity', err.awsName, err.authoritative, `cannot tell who this host is to ${this.endpoint} (credentials from the AWS chain: AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, environment): ${(e as Error)?.message ?? String(e)}`, e);
     }
     const session = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
     const host: Caller = session
