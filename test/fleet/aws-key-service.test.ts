@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AwsKeyService } from '../../src/volume/aws-key-service.js';
 import { KeyServiceError } from '../../src/volume/errors.js';
 import type { Caller } from '../../src/kms/types.js';
-import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { CLI, Env, ensureBuilt, run } from '../e2e/helpers.js';
 import { until } from './netns.js';
 
 const VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
@@ -98,5 +98,22 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     // One line per transition, however many calls failed in between.
     expect(lines.filter((l) => l.includes('circuit open, calls fail fast'))).toHaveLength(1);
     expect(lines.filter((l) => l.includes('circuit closed'))).toHaveLength(1);
+  });
+
+  it('a daemon that cannot tell who it is to the KMS does not start, and says where credentials come from; --kms-region needs --kms-endpoint', async () => {
+    const other = new Env('awsks-nocreds');
+    try {
+      const noAws = Object.fromEntries(VARS.map((k) => [k, undefined]));
+      const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-endpoint', url], {
+        env: { ...noAws, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', AWS_CONFIG_FILE: `${other.dir}/none`, AWS_SHARED_CREDENTIALS_FILE: `${other.dir}/none`, HOME: other.dir }, timeoutMs: 60_000,
+      });
+      expect(r.code).toBe(9);
+      expect(r.stderr).toMatch(/GetCallerIdentity: cannot tell who this host is to http:\/\/127\.0\.0\.1:\d+ \(credentials from the AWS chain/);
+      const bad = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-region', 'eu-west-1'], { timeoutMs: 60_000 });
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toContain('--kms-region');
+    } finally {
+      await other.cleanup();
+    }
   });
 });
