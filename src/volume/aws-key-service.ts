@@ -63,8 +63,8 @@ const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 
  * call with credentials from the standard AWS chain (environment, shared
  * config and credentials files, `role_arn` + `source_profile` through STS,
  * refreshed by the SDK before expiry), so the KMS sees the host's principal,
- * not the local caller's: local callers were judged on this host already
- * (the `caller` argument is ignored), the KMS host judges the host.
+ * not the local caller's: local callers were judged on this host already,
+ * the KMS host judges the host (`caller` only reaches its audit, see onBehalfOf).
  *
  * A dead KMS is ridden out, not hammered: per-attempt timeouts, the SDK's
  * jittered retries, then a circuit that fails calls at once for a period
@@ -215,23 +215,44 @@ export class AwsKeyService implements KeyService {
       `kms:${op} denied for ${who} on ${on}: add an Allow for "${who}" with ${HOST_KEY_ACTIONS.join(', ')} to the key policy (README "A fleet")`, cause);
   }
 
-  generateDataKeyWithoutPlaintext(req: Parameters<KeyService['generateDataKeyWithoutPlaintext']>[0], _caller: Caller) {
+  /**
+   * The KMS host audits who asked: the host signs, and the local principal
+   * whose request this is (CreateVolume, AttachVolume) rides in the
+   * User-Agent (`ebsd-on-behalf-of/<arn>`), which the KMS audit records as
+   * `userAgent`. Informational, like AWS's `invokedBy`: the KMS authorizes the host only.
+   */
+  private onBehalfOf<C extends { middlewareStack: { add: (...a: any[]) => void } }>(cmd: C, caller: Caller): C {
+    if (!caller.arn || caller.arn === this.host?.arn) return cmd;
+    const tag = ` ebsd-on-behalf-of/${caller.arn}`;
+    cmd.middlewareStack.add(
+      (next: (a: unknown) => Promise<unknown>) => async (args: { request?: { headers?: Record<string, string> } }) => {
+        const h = args.request?.headers;
+        if (h) h['user-agent'] = `${h['user-agent'] ?? ''}${tag}`.trim();
+        return next(args);
+      },
+      // Outside retries and signing: once per call, before any attempt is signed.
+      { step: 'finalizeRequest', priority: 'high', name: 'ebsdOnBehalfOf' },
+    );
+    return cmd;
+  }
+
+  generateDataKeyWithoutPlaintext(req: Parameters<KeyService['generateDataKeyWithoutPlaintext']>[0], caller: Caller) {
     return this.call('GenerateDataKeyWithoutPlaintext', async () => {
-      const r = await this.kms.send(new GenerateDataKeyWithoutPlaintextCommand(req));
+      const r = await this.kms.send(this.onBehalfOf(new GenerateDataKeyWithoutPlaintextCommand(req), caller));
       return { CiphertextBlob: r.CiphertextBlob!, KeyId: r.KeyId! };
     }, req.KeyId);
   }
 
-  createGrant(req: Parameters<KeyService['createGrant']>[0], _caller: Caller) {
+  createGrant(req: Parameters<KeyService['createGrant']>[0], caller: Caller) {
     return this.call('CreateGrant', async () => {
-      const r = await this.kms.send(new CreateGrantCommand({ ...req, Operations: req.Operations as GrantOperation[] }));
+      const r = await this.kms.send(this.onBehalfOf(new CreateGrantCommand({ ...req, Operations: req.Operations as GrantOperation[] }), caller));
       return { GrantId: r.GrantId!, GrantToken: r.GrantToken! };
     }, req.KeyId);
   }
 
-  decrypt(req: Parameters<KeyService['decrypt']>[0], _caller: Caller) {
+  decrypt(req: Parameters<KeyService['decrypt']>[0], caller: Caller) {
     return this.call('Decrypt', async () => {
-      const r = await this.kms.send(new DecryptCommand(req));
+      const r = await this.kms.send(this.onBehalfOf(new DecryptCommand(req), caller));
       return { Plaintext: r.Plaintext!, KeyId: r.KeyId! };
     }, req.KeyId);
   }

@@ -110,8 +110,15 @@ describe('a fleet on one KMS, in network namespaces', () => {
       expect(mine.every((e) => e.sourceIPAddress === addr)).toBe(true);
       const names = new Set(mine.filter((e) => !e.errorCode).map((e) => e.eventName));
       for (const op of ['GenerateDataKeyWithoutPlaintext', 'CreateGrant', 'Decrypt', 'RetireGrant']) expect(names, `${h} ${op}`).toContain(op);
-      // Which volume: the grant's encryption-context constraint names it.
-      expect(JSON.stringify(mine.filter((e) => e.eventName === 'CreateGrant'))).toMatch(/aws:ebs:id.{0,8}vol-[0-9a-f]{17}/);
+      // Which volume: the grant's encryption-context constraint names it. On whose request: the local caller.
+      const grants = mine.filter((e) => e.eventName === 'CreateGrant');
+      expect(JSON.stringify(grants)).toMatch(/aws:ebs:id.{0,8}vol-[0-9a-f]{17}/);
+      const localCaller = (await hosts[h]!.ok(['status'])).Caller.Arn as string;
+      expect(grants.map((e) => e.userAgent)).toEqual(grants.map(() => expect.stringContaining(`ebsd-on-behalf-of/${localCaller}`)));
+      // Create's unwrap is on the caller's behalf; attach's and refresh's Decrypts through the grant are the host's own.
+      const decrypts = mine.filter((e) => e.eventName === 'Decrypt').map((e) => String(e.userAgent).includes('ebsd-on-behalf-of/'));
+      expect(decrypts).toContain(true);
+      expect(decrypts).toContain(false);
     }
   });
 
