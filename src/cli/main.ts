@@ -123,6 +123,8 @@ function daemonCommand(y: Argv): Argv {
         .option('tls-cert', { type: 'string', describe: 'PEM certificate (chain) for --kms-listen: HTTPS' })
         .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert' })
         .option('kms-only', { type: 'boolean', default: false, describe: 'run the KMS alone (with --kms-listen): no FUSE mount, no volume service' })
+        .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
+        .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('write-behind', {
           type: 'boolean',
           default: true,
@@ -144,6 +146,8 @@ function daemonCommand(y: Argv): Argv {
         writeBehind: a.writeBehind,
         ...(a.kmsListen !== undefined ? { kmsListen: listenAddress(a.kmsListen) } : {}),
         ...(a.kmsOnly ? { kmsOnly: true } : {}),
+        ...(a.kmsEndpoint !== undefined ? { kmsEndpoint: a.kmsEndpoint } : {}),
+        ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
         ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
       };
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');

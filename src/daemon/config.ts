@@ -39,6 +39,14 @@ export interface DaemonConfig {
   tls?: { certFile: string; keyFile: string };
   /** Run the KMS alone: no FUSE mount, no volume service. */
   kmsOnly?: boolean;
+  /**
+   * Volume keys from this KMS (AWS KMS, another host's `--kms-only` daemon) over
+   * the AWS protocol, as the host's principal from the standard AWS credential
+   * chain (README.md, "A fleet"); absent: the embedded KMS core.
+   */
+  kmsEndpoint?: string;
+  /** Region of `kmsEndpoint`; default: AWS_REGION or the profile's `region`. */
+  kmsRegion?: string;
 }
 
 /** `HOST:PORT`, `[::1]:PORT` -> host and port; a RangeError naming the flag otherwise. */
@@ -55,6 +63,8 @@ export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 
 export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
+  if (c.kmsEndpoint !== undefined && c.kmsOnly) throw new ArgRangeError('--kms-endpoint', 'a --kms-only daemon serves the KMS; it does not use a remote one');
+  if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
   // Checked before anything starts; the listener checks again (it may be built without a config).
   if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {

@@ -8,6 +8,7 @@ import { selectXtsEngine } from '../crypto/xts-engine.js';
 import { isNativeAvailable, nativeLoadError } from '../crypto/native-addon.js';
 import { VolumeManager, type VolumeAuditEvent } from '../volume/volume-manager.js';
 import { KmsCoreKeyService } from '../volume/key-service.js';
+import { AwsKeyService } from '../volume/aws-key-service.js';
 import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../volume/key-cache.js';
 import { BlockFileSystem, FuseMount } from '../fuse/index.js';
 import { EbsdError } from '../util/errors.js';
@@ -81,6 +82,8 @@ export class Daemon {
     return this.cfg.writeBehind ?? true;
   }
   private host: Caller | undefined;
+  /** Volume keys from another KMS (--kms-endpoint); the embedded core otherwise. */
+  private remoteKms: AwsKeyService | undefined;
   private stopping: Promise<void> | undefined;
   /** Operations (README "Running in production"): metrics when --metrics-listen, readiness when $NOTIFY_SOCKET. */
   private readonly metrics: DaemonMetrics | undefined;
@@ -139,7 +142,13 @@ export class Daemon {
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
     this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.context.hsm);
     this.trust = await TrustPolicies.open(paths.root);
-    const host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
+    let host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
+    if (cfg.kmsEndpoint !== undefined) {
+      // The host acts as whoever the AWS credential chain makes it; the remote KMS's key policies decide.
+      this.remoteKms = new AwsKeyService({ endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}), logger: log.child({ component: 'remote-kms' }) });
+      host = await this.remoteKms.hostPrincipal();
+      log.info({ kmsEndpoint: cfg.kmsEndpoint, hostPrincipal: host.arn }, 'volume keys from a remote KMS');
+    }
     this.host = host;
     if (!cfg.kmsOnly) await this.startVolumeService(host);
 
@@ -184,7 +193,7 @@ export class Daemon {
 
     this.mgr = await VolumeManager.open({
       stateDir: paths.root,
-      keyService: new KmsCoreKeyService(this.kmsCore!),
+      keyService: this.remoteKms ?? new KmsCoreKeyService(this.kmsCore!),
       hostPrincipal: host,
       xtsEngine: engine,
       region: ids.region,
@@ -254,6 +263,7 @@ export class Daemon {
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
     await step('unmount', () => this.fuse?.unmount());
     await step('kms', () => this.kms?.close());
+    this.remoteKms?.close();
     await step('identities', () => this.authz?.identities.flush());
     await step('lock', () => this.lock?.release());
     log.info('ebsd daemon stopped');
@@ -435,6 +445,7 @@ export class Daemon {
         ...(v.State === 'in-use' && !attached ? { Problem: 'recorded attached but not served; see daemon log' } : {}),
         // State: cached | refreshing | stale | impaired | held-until-detach | unencrypted | none (not attached).
         KeyCache: keyCache,
+        ...(v.Encrypted ? { Kms: this.kmsOf(keyCache) } : {}),
       };
     });
     return {
@@ -443,6 +454,7 @@ export class Daemon {
         AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
         ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
+        Kms: this.remoteKms ? this.remoteKms.health() : { Endpoint: 'embedded' },
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
@@ -451,6 +463,23 @@ export class Daemon {
       },
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
+    };
+  }
+
+  /**
+   * Which KMS serves a volume's key and how fresh it is: the endpoint (or
+   * `embedded`), the last refresh KMS confirmed, the last error (the volume's
+   * while stale, else the remote KMS's last one), seconds left before max-stale.
+   */
+  private kmsOf(c: { State: string; LastUnwrapTime?: string | undefined; ExpiryTime?: string | undefined; LastError?: unknown }): Record<string, unknown> {
+    const remote = this.remoteKms?.health();
+    const lastError = c.LastError ?? remote?.LastError;
+    return {
+      Endpoint: remote ? remote.Endpoint : 'embedded',
+      ...(remote ? { HostPrincipal: remote.HostPrincipal, Circuit: remote.Circuit } : {}),
+      ...(c.LastUnwrapTime ? { LastRefreshTime: c.LastUnwrapTime } : {}),
+      ...(lastError ? { LastError: lastError } : {}),
+      ...(c.ExpiryTime ? { SecondsToMaxStale: Math.max(0, Math.round((Date.parse(c.ExpiryTime) - Date.now()) / 1000)) } : {}),
     };
   }
 

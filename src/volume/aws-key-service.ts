@@ -1,0 +1,294 @@
+import { readFileSync } from 'node:fs';
+import { Agent } from 'node:https';
+import { rootCertificates } from 'node:tls';
+import {
+  CreateGrantCommand,
+  DecryptCommand,
+  DescribeKeyCommand,
+  GenerateDataKeyWithoutPlaintextCommand,
+  KMSClient,
+  ListRetirableGrantsCommand,
+  RetireGrantCommand,
+  type GrantOperation,
+} from '@aws-sdk/client-kms';
+import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import { ArgRangeError } from '../util/errors.js';
+import { silentLogger } from '../util/logger.js';
+import { KeyServiceError } from './errors.js';
+import { toKeyServiceError, type KeyService, type RetirableGrant } from './key-service.js';
+
+export interface AwsKeyServiceOptions {
+  /** The KMS endpoint (`https://kms.us-east-1.amazonaws.com`, another host's `ebsd daemon --kms-only`). */
+  endpoint: string;
+  /** Region of the KMS; default: the SDK's own resolution (AWS_REGION, the profile's `region`). */
+  region?: string;
+  /** Per HTTP attempt: the TCP/TLS connect, then the whole request. */
+  connectionTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  /** The SDK's standard retry mode: exponential backoff with full jitter, this many attempts per call. */
+  maxAttempts?: number;
+  /** Consecutive calls KMS did not answer (after the SDK's retries) before the circuit opens. */
+  circuitFailures?: number;
+  /** First open period; doubles while probes keep failing, up to circuitMaxOpenMs. */
+  circuitOpenMs?: number;
+  circuitMaxOpenMs?: number;
+  logger?: Logger;
+}
+
+/** What `ebsd status` shows about the remote KMS; no credentials, no key material. */
+export interface RemoteKmsHealth {
+  Endpoint: string;
+  Region: string;
+  HostPrincipal: string;
+  /** closed: calls go out; open: calls fail at once until NextProbeTime; half-open: one probe is out. */
+  Circuit: 'closed' | 'open' | 'half-open';
+  NextProbeTime?: string;
+  LastSuccessTime?: string;
+  LastError?: { Operation: string; AwsName?: string; Message: string; Time: string };
+  ConsecutiveFailures: number;
+  /** KMS calls made, by operation (one SDK call, retries included, counts once). */
+  Calls: Record<string, number>;
+}
+
+const DEFAULTS = { connectionTimeoutMs: 2_000, requestTimeoutMs: 5_000, maxAttempts: 3, circuitFailures: 3, circuitOpenMs: 1_000, circuitMaxOpenMs: 30_000 };
+
+/** The permissions the host role needs in the key policy, named in AccessDenied messages (README "A fleet"). */
+const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:CreateGrant', 'kms:DescribeKey'];
+
+/**
+ * KeyService over the AWS KMS protocol (`@aws-sdk/client-kms`): AWS KMS
+ * itself or another host's `ebsd daemon --kms-only`. The host signs every
+ * call with credentials from the standard AWS chain (environment, shared
+ * config and credentials files, `role_arn` + `source_profile` through STS,
+ * refreshed by the SDK before expiry), so the KMS sees the host's principal,
+ * not the local caller's: local callers were judged on this host already,
+ * the KMS host judges the host (`caller` only reaches its audit, see onBehalfOf).
+ *
+ * A dead KMS is ridden out, not hammered: per-attempt timeouts, the SDK's
+ * jittered retries, then a circuit that fails calls at once for a period
+ * that doubles while the probe after it keeps failing. An answer from KMS,
+ * even a refusal, closes it. Failures keep their AWS names, so the key cache
+ * tells "no" (impair) from "not now" (serve until max-stale).
+ */
+export class AwsKeyService implements KeyService {
+  readonly endpoint: string;
+  private readonly kms: KMSClient;
+  private readonly sts: STSClient;
+  private readonly o: typeof DEFAULTS;
+  private readonly log: Logger;
+  private region = '';
+  private host: Caller | undefined;
+  private failures = 0;
+  private openUntil = 0;
+  private openMs: number;
+  private probing = false;
+  private lastSuccess: number | undefined;
+  private lastError: RemoteKmsHealth['LastError'];
+  private readonly calls: Record<string, number> = {};
+
+  constructor(opts: AwsKeyServiceOptions) {
+    let url: URL;
+    try {
+      url = new URL(opts.endpoint);
+    } catch {
+      throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}" is not a URL (e.g. https://10.0.0.1:4599)`);
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}": only http(s) URLs`);
+    this.endpoint = opts.endpoint;
+    this.o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => k in DEFAULTS && v !== undefined)) };
+    this.openMs = this.o.circuitOpenMs;
+    this.log = opts.logger ?? silentLogger;
+    const requestHandler = {
+      connectionTimeout: this.o.connectionTimeoutMs,
+      requestTimeout: this.o.requestTimeoutMs,
+      throwOnRequestTimeout: true,
+      ...caBundleAgent(),
+    };
+    const common = { ...(opts.region ? { region: opts.region } : {}), maxAttempts: this.o.maxAttempts, retryMode: 'standard', requestHandler };
+    this.kms = new KMSClient({ ...common, endpoint: opts.endpoint });
+    // STS at its own configured endpoint (profile `endpoint_url`, AWS_ENDPOINT_URL_STS), as for AWS.
+    this.sts = new STSClient(common);
+  }
+
+  /**
+   * Who this host is to the KMS (STS GetCallerIdentity). An assumed-role
+   * session answers with its role's ARN: grants and key policies name the
+   * role, as AWS KMS requires, and every session of it matches.
+   */
+  async hostPrincipal(): Promise<Caller> {
+    if (this.host) return this.host;
+    this.region = await this.kms.config.region();
+    let arn: string;
+    let account: string;
+    try {
+      const me = await this.sts.send(new GetCallerIdentityCommand({}));
+      arn = me.Arn!;
+      account = me.Account!;
+    } catch (e) {
+      const err = toKeyServiceError('GetCallerIdentity', e);
+      throw new KeyServiceError('GetCallerIdentity', err.awsName, err.authoritative, `cannot tell who this host is to ${this.endpoint} (credentials from the AWS chain: AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, environment): ${(e as Error)?.message ?? String(e)}`, e);
+    }
+    const session = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
+    const host: Caller = session
+      ? { arn: `arn:${session[1]}:iam::${session[2]}:role/${session[3]}`, accountId: account, type: 'Role' }
+      : { arn, accountId: account, type: /:role\//.test(arn) ? 'Role' : 'IAMUser' };
+    this.host = host;
+    return host;
+  }
+
+  health(): RemoteKmsHealth {
+    const now = Date.now();
+    return {
+      Endpoint: this.endpoint,
+      Region: this.region,
+      HostPrincipal: this.host?.arn ?? '',
+      Circuit: this.probing ? 'half-open' : this.openUntil > now ? 'open' : 'closed',
+      ...(this.openUntil > now ? { NextProbeTime: new Date(this.openUntil).toISOString() } : {}),
+      ...(this.lastSuccess !== undefined ? { LastSuccessTime: new Date(this.lastSuccess).toISOString() } : {}),
+      ...(this.lastError ? { LastError: { ...this.lastError } } : {}),
+      ConsecutiveFailures: this.failures,
+      Calls: { ...this.calls },
+    };
+  }
+
+  close(): void {
+    this.kms.destroy();
+    this.sts.destroy();
+  }
+
+  private async call<T>(op: string, send: () => Promise<T>, keyId: string | undefined): Promise<T> {
+    const now = Date.now();
+    let probe = false;
+    if (this.openUntil > 0) {
+      if (now < this.openUntil || this.probing) {
+        throw new KeyServiceError(op, undefined, false, `KMS at ${this.endpoint} is not answering (${this.failures} calls in a row); circuit open, next try at ${new Date(Math.max(this.openUntil, now)).toISOString()}`);
+      }
+      probe = this.probing = true;
+    }
+    this.calls[op] = (this.calls[op] ?? 0) + 1;
+    try {
+      const r = await send();
+      this.answered();
+      return r;
+    } catch (e) {
+      const err = toKeyServiceError(op, e);
+      this.lastError = { Operation: op, ...(err.awsName ? { AwsName: err.awsName } : {}), Message: err.message, Time: new Date().toISOString() };
+      if (err.awsName !== undefined && err.awsName !== 'KMSInternalException' && err.awsName !== 'ThrottlingException' && err.awsName !== 'KeyUnavailableException') {
+        this.answered(); // KMS answered: it is up, whatever it said
+      } else {
+        this.unanswered(probe, err);
+      }
+      if (err.awsName === 'AccessDeniedException') throw this.denied(op, keyId, e);
+      throw err;
+    } finally {
+      if (probe) this.probing = false;
+    }
+  }
+
+  private answered(): void {
+    this.lastSuccess = Date.now();
+    if (this.openUntil > 0) this.log.info({ kmsEndpoint: this.endpoint, failures: this.failures }, 'KMS answers again; circuit closed');
+    this.failures = 0;
+    this.openUntil = 0;
+    this.openMs = this.o.circuitOpenMs;
+  }
+
+  private unanswered(probe: boolean, err: KeyServiceError): void {
+    this.failures++;
+    if (probe) {
+      this.openMs = Math.min(this.openMs * 2, this.o.circuitMaxOpenMs);
+      this.openUntil = Date.now() + this.openMs;
+    } else if (this.openUntil === 0 && this.failures >= this.o.circuitFailures) {
+      this.openUntil = Date.now() + this.openMs;
+      // Logged once per outage; the key cache says what it means per volume.
+      this.log.warn({ kmsEndpoint: this.endpoint, failures: this.failures, awsName: err.awsName, message: err.message }, 'KMS not answering; circuit open, calls fail fast between probes');
+    }
+  }
+
+  /** AccessDenied, made to name the permission and the principal that lacks it (README "A fleet"). */
+  private denied(op: string, keyId: string | undefined, cause: unknown): KeyServiceError {
+    const who = this.host?.arn ?? 'this host';
+    const on = keyId ?? 'the key';
+    return new KeyServiceError(op, 'AccessDeniedException', true,
+      `kms:${op} denied for ${who} on ${on}: add an Allow for "${who}" with ${HOST_KEY_ACTIONS.join(', ')} to the key policy (README "A fleet")`, cause);
+  }
+
+  /**
+   * The KMS host audits who asked: the host signs, and the local principal
+   * whose request this is (CreateVolume, AttachVolume) rides in the
+   * User-Agent (`ebsd-on-behalf-of/<arn>`), which the KMS audit records as
+   * `userAgent`. Informational, like AWS's `invokedBy`: the KMS authorizes the host only.
+   */
+  private onBehalfOf<C extends { middlewareStack: { add: (...a: any[]) => void } }>(cmd: C, caller: Caller): C {
+    if (!caller.arn || caller.arn === this.host?.arn) return cmd;
+    const tag = ` ebsd-on-behalf-of/${caller.arn}`;
+    cmd.middlewareStack.add(
+      (next: (a: unknown) => Promise<unknown>) => async (args: { request?: { headers?: Record<string, string> } }) => {
+        const h = args.request?.headers;
+        if (h) h['user-agent'] = `${h['user-agent'] ?? ''}${tag}`.trim();
+        return next(args);
+      },
+      // Outside retries and signing: once per call, before any attempt is signed.
+      { step: 'finalizeRequest', priority: 'high', name: 'ebsdOnBehalfOf' },
+    );
+    return cmd;
+  }
+
+  generateDataKeyWithoutPlaintext(req: Parameters<KeyService['generateDataKeyWithoutPlaintext']>[0], caller: Caller) {
+    return this.call('GenerateDataKeyWithoutPlaintext', async () => {
+      const r = await this.kms.send(this.onBehalfOf(new GenerateDataKeyWithoutPlaintextCommand(req), caller));
+      return { CiphertextBlob: r.CiphertextBlob!, KeyId: r.KeyId! };
+    }, req.KeyId);
+  }
+
+  createGrant(req: Parameters<KeyService['createGrant']>[0], caller: Caller) {
+    return this.call('CreateGrant', async () => {
+      const r = await this.kms.send(this.onBehalfOf(new CreateGrantCommand({ ...req, Operations: req.Operations as GrantOperation[] }), caller));
+      return { GrantId: r.GrantId!, GrantToken: r.GrantToken! };
+    }, req.KeyId);
+  }
+
+  decrypt(req: Parameters<KeyService['decrypt']>[0], caller: Caller) {
+    return this.call('Decrypt', async () => {
+      const r = await this.kms.send(this.onBehalfOf(new DecryptCommand(req), caller));
+      return { Plaintext: r.Plaintext!, KeyId: r.KeyId! };
+    }, req.KeyId);
+  }
+
+  async retireGrant(req: Parameters<KeyService['retireGrant']>[0], _caller: Caller): Promise<void> {
+    await this.call('RetireGrant', () => this.kms.send(new RetireGrantCommand(req)), req.KeyId);
+  }
+
+  describeKey(req: Parameters<KeyService['describeKey']>[0], _caller: Caller) {
+    return this.call('DescribeKey', async () => {
+      const r = await this.kms.send(new DescribeKeyCommand(req));
+      return { KeyMetadata: { ...r.KeyMetadata!, Arn: r.KeyMetadata!.Arn! } };
+    }, req.KeyId);
+  }
+
+  listRetirableGrants(req: { RetiringPrincipal: string; Limit?: number; Marker?: string }, _caller: Caller) {
+    return this.call('ListRetirableGrants', async () => {
+      const r = await this.kms.send(new ListRetirableGrantsCommand(req));
+      const Grants: RetirableGrant[] = (r.Grants ?? []).map((g) => ({ KeyId: g.KeyId!, GrantId: g.GrantId!, ...(g.Name ? { Name: g.Name } : {}) }));
+      return { Grants, ...(r.NextMarker ? { NextMarker: r.NextMarker } : {}), ...(r.Truncated !== undefined ? { Truncated: r.Truncated } : {}) };
+    }, undefined);
+  }
+}
+
+/**
+ * AWS_CA_BUNDLE (the AWS CLI's variable; the JS SDK does not read it): trust
+ * that PEM bundle besides the system roots, for a KMS with a private CA.
+ */
+function caBundleAgent(): { httpsAgent?: Agent } {
+  const file = process.env.AWS_CA_BUNDLE;
+  if (!file) return {};
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ArgRangeError('AWS_CA_BUNDLE', `cannot read ${file}: ${(e as Error).message}`);
+  }
+  return { httpsAgent: new Agent({ keepAlive: true, ca: [...rootCertificates, pem] }) };
+}

@@ -1,0 +1,119 @@
+/**
+ * AwsKeyService (src/volume/aws-key-service.ts) against a real `ebsd daemon
+ * --kms-only --kms-listen` on loopback, credentials from the environment
+ * only: the names the key cache sorts refusals by, AccessDenied naming the
+ * missing permission, and the circuit: opened by a dead KMS, failing fast
+ * without a network call, closed by the first answer once it is back.
+ */
+import { createServer } from 'node:net';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AwsKeyService } from '../../src/volume/aws-key-service.js';
+import { KeyServiceError } from '../../src/volume/errors.js';
+import type { Caller } from '../../src/kms/types.js';
+import { CLI, Env, ensureBuilt, run } from '../e2e/helpers.js';
+import { until } from './netns.js';
+
+const VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
+const ANY: Caller = { arn: 'ignored', accountId: '000000000000', type: 'Root' };
+const CTX = { 'aws:ebs:id': 'vol-0123456789abcdef0' };
+
+describe('AwsKeyService against a --kms-only daemon', () => {
+  const env = new Env('awsks');
+  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
+  const services: AwsKeyService[] = [];
+  let port = 0;
+  let url = '';
+  let keyArn = '';
+  const creds: Record<string, { AccessKeyId: string; SecretAccessKey: string }> = {};
+  const lines: string[] = [];
+  const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
+
+  /** A key service signing as `user`, credentials from the environment (the SDK reads them at its first call). */
+  const as = async (user: string, o: Partial<ConstructorParameters<typeof AwsKeyService>[0]> = {}): Promise<AwsKeyService> => {
+    for (const k of VARS) delete process.env[k];
+    Object.assign(process.env, { AWS_ACCESS_KEY_ID: creds[user]!.AccessKeyId, AWS_SECRET_ACCESS_KEY: creds[user]!.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
+    const ks = new AwsKeyService({ endpoint: url, logger, ...o });
+    services.push(ks);
+    await ks.hostPrincipal();
+    return ks;
+  };
+
+  beforeAll(async () => {
+    ensureBuilt();
+    port = await new Promise<number>((ok) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => ok(p)); }); });
+    url = `http://127.0.0.1:${port}`;
+    await env.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+    for (const u of ['host', 'nobody']) {
+      await env.ok(['iam', 'create-user', u]);
+      creds[u] = (await env.ok(['iam', 'create-access-key', '--user-name', u])).AccessKey;
+    }
+    await env.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+    keyArn = (await env.ok(['kms', 'create-key'])).KeyMetadata.Arn;
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const s of services) s.close();
+    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+    await env.cleanup();
+  });
+
+  it('a refusal keeps its AWS name and is authoritative; AccessDenied names the permission, the principal and the key', async () => {
+    const ks = await as('host');
+    expect(ks.health().HostPrincipal).toMatch(/:user\/host$/);
+    const gen = await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY);
+    const blob = gen.CiphertextBlob;
+    expect((await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY)).Plaintext).toHaveLength(64);
+    await env.ok(['kms', 'disable-key', '--key-id', keyArn]);
+    const off = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch((e: unknown) => e);
+    expect(off).toBeInstanceOf(KeyServiceError);
+    expect(off).toMatchObject({ code: 'KMS_REFUSED', awsName: 'DisabledException', authoritative: true });
+    await env.ok(['kms', 'enable-key', '--key-id', keyArn]);
+
+    const nobody = await as('nobody');
+    const denied = await nobody.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY).catch((e: unknown) => e);
+    expect(denied).toMatchObject({ code: 'KMS_REFUSED', awsName: 'AccessDeniedException', authoritative: true });
+    expect((denied as Error).message).toContain(`kms:GenerateDataKeyWithoutPlaintext denied for ${nobody.health().HostPrincipal} on ${keyArn}: add an Allow`);
+    expect(nobody.health().Circuit).toBe('closed'); // a refusal is an answer
+  });
+
+  it('a dead KMS opens the circuit after 3 unanswered calls; calls then fail fast without a request; the first answer closes it', async () => {
+    const ks = await as('host', { maxAttempts: 1, circuitOpenMs: 300, connectionTimeoutMs: 1000, requestTimeoutMs: 2000 });
+    const blob = (await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY)).CiphertextBlob;
+    await env.kill9();
+    const before = ks.health().Calls.Decrypt ?? 0;
+    for (let i = 0; i < 3; i++) {
+      const e = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
+      expect(e).toMatchObject({ code: 'KMS_UNAVAILABLE', authoritative: false });
+    }
+    expect(ks.health()).toMatchObject({ Circuit: 'open', ConsecutiveFailures: 3, Calls: { Decrypt: before + 3 } });
+    const fast = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
+    expect((fast as Error).message).toMatch(/circuit open/);
+    expect(ks.health().Calls.Decrypt).toBe(before + 3); // no request went out
+    await env.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+    const back = await until('a decrypt through the closed circuit', async () =>
+      (await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch(() => undefined))?.Plaintext);
+    expect(back).toHaveLength(64);
+    expect(ks.health()).toMatchObject({ Circuit: 'closed', ConsecutiveFailures: 0 });
+    // One line per transition, however many calls failed in between.
+    expect(lines.filter((l) => l.includes('circuit open, calls fail fast'))).toHaveLength(1);
+    expect(lines.filter((l) => l.includes('circuit closed'))).toHaveLength(1);
+  });
+
+  it('a daemon that cannot tell who it is to the KMS does not start, and says where credentials come from; --kms-region needs --kms-endpoint', async () => {
+    const other = new Env('awsks-nocreds');
+    try {
+      const noAws = Object.fromEntries(VARS.map((k) => [k, undefined]));
+      const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-endpoint', url], {
+        env: { ...noAws, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', AWS_CONFIG_FILE: `${other.dir}/none`, AWS_SHARED_CREDENTIALS_FILE: `${other.dir}/none`, HOME: other.dir }, timeoutMs: 60_000,
+      });
+      expect(r.code).toBe(9);
+      expect(r.stderr).toMatch(/GetCallerIdentity: cannot tell who this host is to http:\/\/127\.0\.0\.1:\d+ \(credentials from the AWS chain/);
+      const bad = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-region', 'eu-west-1'], { timeoutMs: 60_000 });
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toContain('--kms-region');
+    } finally {
+      await other.cleanup();
+    }
+  });
+});
