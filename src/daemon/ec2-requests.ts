@@ -337,7 +337,7 @@ function kind(v: unknown): string {
 }
 
 function printable(v: unknown): string {
-  const s = typeof v === 'string' ? v : String(JSON.stringify(v) ?? typeof v);
+  const s = typeof v === 'string' ? v : typeof v === 'object' && v !== null ? (Array.isArray(v) ? 'an array' : 'an object') : String(v);
   const cut = s.length > 64 ? `${s.slice(0, 64)}…(${s.length} characters)` : s;
   return `'${cut.replace(/[\u0000-\u001f\u007f]/g, '?')}'`;
 }
