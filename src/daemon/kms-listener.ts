@@ -126,7 +126,11 @@ export class KmsListener {
       connectionsCheckingInterval: Math.min(1_000, l.headersTimeoutMs),
     };
     const handler = (req: IncomingMessage, res: ServerResponse): void => void this.serve(req, res);
-    const server = o.tls ? createHttpsServer({ ...opts, cert: o.tls.cert, key: o.tls.key }, handler) : createHttpServer(opts, handler);
+    // handshakeTimeout: node's default (120 s) would let a caller hold slots with connections that
+    // never finish the TLS handshake; headersTimeout only starts after it.
+    const server = o.tls
+      ? createHttpsServer({ ...opts, cert: o.tls.cert, key: o.tls.key, handshakeTimeout: l.headersTimeoutMs }, handler)
+      : createHttpServer(opts, handler);
     // Admitted on the TCP connection, before any TLS handshake is paid for.
     server.on('connection', (s: Socket) => {
       const admitted = this.guard.admit(sourceAddress(s));

@@ -42,7 +42,7 @@ describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
   const events = (): Record<string, any>[] => env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
 
   /** A request signed by the reference signer, then changed by `mutate`, sent with fetch. */
-  const signed = async (body: string, o: { secret?: string; accessKeyId?: string; region?: string; service?: string; date?: Date; target?: string; mutate?: (h: Record<string, string>, b: string) => [Record<string, string>, string] } = {}) => {
+  const signed = async (body: string, o: { secret?: string; accessKeyId?: string; region?: string; service?: string; date?: Date; target?: string; unsigned?: string[]; mutate?: (h: Record<string, string>, b: string) => [Record<string, string>, string] } = {}) => {
     const u = new URL(url);
     const signer = new SignatureV4({
       credentials: { accessKeyId: o.accessKeyId ?? alice.AccessKeyId, secretAccessKey: o.secret ?? alice.SecretAccessKey },
@@ -51,7 +51,7 @@ describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
     const req = await signer.sign({
       method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: '/', query: {},
       headers: { host: u.host, 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${o.target ?? 'CreateKey'}`, 'user-agent': 'kmsnet-test' }, body,
-    }, o.date ? { signingDate: o.date } : {});
+    }, { ...(o.date ? { signingDate: o.date } : {}), ...(o.unsigned ? { unsignableHeaders: new Set(o.unsigned) } : {}) });
     let headers = req.headers as Record<string, string>;
     let b = body;
     if (o.mutate) [headers, b] = o.mutate({ ...headers }, body);
@@ -143,6 +143,9 @@ describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
       ['wrong service', await signed('{}', { service: 'sts' }), 'InvalidSignatureException'],
       ['date 17 minutes off', await signed('{}', { date: minutes(-17) }), 'InvalidSignatureException'],
       ['unknown access key', await signed('{}', { accessKeyId: 'AKIAAAAAAAAAAAAAAAAA' }), 'UnrecognizedClientException'],
+      // A signature that leaves the operation out could be replayed as another operation.
+      ['operation not signed', await signed('{}', { unsigned: ['x-amz-target'] }), 'IncompleteSignatureException'],
+      ['content type not signed', await signed('{}', { unsigned: ['content-type'] }), 'IncompleteSignatureException'],
     ];
     for (const [what, r, name] of cases) {
       expect({ what, status: r.status, body: r.body }).toEqual({ what, status: 400, body: { __type: name, message: expect.any(String) } });

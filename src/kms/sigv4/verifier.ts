@@ -43,6 +43,9 @@ export interface Verified<P> {
 
 interface Parsed { accessKeyId: string; date: string; region: string; service: string; terminator: string; signedHeaders: string[]; signature: string }
 
+/** Headers that decide what a request does or who makes it: signed whenever sent (the AWS SDKs and CLI sign them). */
+const MUST_SIGN_WHEN_PRESENT = ['x-amz-target', 'content-type'] as const;
+
 export class SigV4Verifier<P> {
   private readonly keys = new Map<string, Uint8Array>();
   private cacheDay = '';
@@ -66,6 +69,15 @@ export class SigV4Verifier<P> {
     if (signedAt === undefined) throw new SigV4Error('IncompleteSignature', `X-Amz-Date "${amzDate}" is not an ISO 8601 basic date (YYYYMMDD'T'HHMMSS'Z')`, p.accessKeyId);
     if (!p.signedHeaders.includes('host')) {
       throw new SigV4Error('IncompleteSignature', "'Host' must be a 'SignedHeader' in the AWS Authorization.", p.accessKeyId);
+    }
+    // The operation (X-Amz-Target) and the body's type must be covered by the signature: else a request
+    // seen once could be replayed, within the skew, as another operation on the same body. (The session
+    // token need not be: another token names another secret, so the signature would not match; AWS's
+    // suite signs one without it, post-sts-header-after.)
+    for (const h of MUST_SIGN_WHEN_PRESENT) {
+      if (headers.has(h) && !p.signedHeaders.includes(h)) {
+        throw new SigV4Error('IncompleteSignature', `'${h}' is present in the request and must be a 'SignedHeader' in the AWS Authorization.`, p.accessKeyId);
+      }
     }
     for (const h of p.signedHeaders) {
       if (!headers.has(h)) throw new SigV4Error('InvalidSignature', `The signed header '${h}' is not in the request.`, p.accessKeyId);
