@@ -23,6 +23,20 @@ export interface Caller {
   userAgent?: string;
   /** The SigV4 access key (AKIA… or ASIA…) a network caller signed with (CloudTrail userIdentity.accessKeyId). */
   accessKeyId?: string;
+  /** Set for a caller signing with STS session credentials (ASIA…): who issued the session and when (CloudTrail userIdentity.sessionContext). */
+  sessionContext?: SessionContext;
+}
+
+/**
+ * CloudTrail userIdentity.sessionContext of an AssumedRole caller: the role
+ * that issued the session and the session's attributes (the CloudTrail
+ * userIdentity element, "userIdentity with temporary security credentials").
+ * Held frozen: the audit caches a caller's serialized identity by reference.
+ */
+export interface SessionContext {
+  readonly sessionIssuer: { readonly type: 'Role'; readonly principalId: string; readonly arn: string; readonly accountId: string; readonly userName: string };
+  /** `creationDate`: when AssumeRole issued the credentials, ISO 8601 to the second; MFA is never part of an ebsd session. */
+  readonly attributes: { readonly creationDate?: string; readonly mfaAuthenticated: 'false' };
 }
 
 /** AWS JSON 1.1 request/response objects; Blob fields are Uint8Array in-process, base64 on the wire. */

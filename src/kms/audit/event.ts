@@ -84,19 +84,28 @@ export interface AuditInput {
   additionalEventData?: Record<string, unknown>;
 }
 
+/**
+ * CloudTrail userIdentity of a caller, members in CloudTrail's order. A caller
+ * with STS session credentials carries `sessionContext` (sessionIssuer: the
+ * role; attributes: creationDate, mfaAuthenticated), as in the CloudTrail
+ * userIdentity element's "temporary security credentials" example.
+ */
+export function userIdentityOf(c: Caller): Record<string, unknown> {
+  return {
+    type: c.type,
+    ...(c.principalId ? { principalId: c.principalId } : {}),
+    arn: c.arn,
+    accountId: c.accountId,
+    ...(c.accessKeyId ? { accessKeyId: c.accessKeyId } : {}),
+    ...(c.userName ? { userName: c.userName } : {}),
+    ...(c.sessionContext ? { sessionContext: c.sessionContext } : {}),
+    ...(c.viaService ? { invokedBy: c.viaService } : {}),
+  };
+}
+
 export function buildEvent(i: AuditInput): Record<string, unknown> {
   const c = i.caller;
-  const userIdentity = c
-    ? {
-        type: c.type,
-        ...(c.principalId ? { principalId: c.principalId } : {}),
-        arn: c.arn,
-        accountId: c.accountId,
-        ...(c.accessKeyId ? { accessKeyId: c.accessKeyId } : {}),
-        ...(c.userName ? { userName: c.userName } : {}),
-        ...(c.viaService ? { invokedBy: c.viaService } : {}),
-      }
-    : { accountId: i.accountId, invokedBy: 'kms.amazonaws.com' };
+  const userIdentity = c ? userIdentityOf(c) : { accountId: i.accountId, invokedBy: 'kms.amazonaws.com' };
   const ev: Record<string, unknown> = {
     eventVersion: '1.08',
     userIdentity,
@@ -137,11 +146,9 @@ function _identity(c: Caller): string {
   // Checked field by field: a caller object changed in place must not log its old identity.
   const h = hit?.c;
   if (h && h.type === c.type && h.arn === c.arn && h.accountId === c.accountId && h.principalId === c.principalId
-    && h.userName === c.userName && h.viaService === c.viaService && h.accessKeyId === c.accessKeyId) return hit.s;
-  const s = _q({
-    type: c.type, ...(c.principalId ? { principalId: c.principalId } : {}), arn: c.arn, accountId: c.accountId,
-    ...(c.accessKeyId ? { accessKeyId: c.accessKeyId } : {}), ...(c.userName ? { userName: c.userName } : {}), ...(c.viaService ? { invokedBy: c.viaService } : {}),
-  });
+    && h.userName === c.userName && h.viaService === c.viaService && h.accessKeyId === c.accessKeyId
+    && h.sessionContext === c.sessionContext) return hit.s; // sessionContext is frozen: compared by reference
+  const s = _q(userIdentityOf(c));
   _identityJson.set(c, { s, c: { ...c } });
   return s;
 }

@@ -9,7 +9,7 @@
 import { EbsdError } from '../../util/errors.js';
 import type { Identities } from '../authz/identities.js';
 import type { Hsm } from '../hsm/hsm-client.js';
-import type { Caller } from '../types.js';
+import type { Caller, SessionContext } from '../types.js';
 import { SigV4Error } from '../sigv4/errors.js';
 import type { Credential, CredentialSource } from '../sigv4/verifier.js';
 import { newAccessKeyId, type AccessKeyStore } from './access-keys.js';
@@ -21,7 +21,8 @@ export const MAX_SESSION_S = 43_200;
 export const DEFAULT_SESSION_S = 3_600;
 const TOKEN_VERSION = 1;
 
-interface SessionMeta { v: number; id: string; role: string; session: string; exp: number }
+/** The token's clear part. `iat` (issue time, ms) is absent from tokens issued before the audit carried a session context. */
+interface SessionMeta { v: number; id: string; role: string; session: string; exp: number; iat?: number }
 
 /** STS Query-protocol errors (`<Error><Code>`), with the HTTP status STS uses. */
 export class StsError extends EbsdError {
@@ -77,7 +78,8 @@ export class StsService {
     if (!this.trust.allows(role, caller, this.ids.rootArn)) throw notAuthorized;
     const session = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
-    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, session: p.RoleSessionName, exp: Math.floor(now / 1000) * 1000 + duration * 1000 };
+    const iat = Math.floor(now / 1000) * 1000;
+    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, session: p.RoleSessionName, exp: iat + duration * 1000, iat };
     const clear = Buffer.from(JSON.stringify(meta), 'utf8');
     const { secret, sealed } = await this.hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
     const token = Buffer.concat([Buffer.of(TOKEN_VERSION), u16(clear.length), clear, sealed]).toString('base64');
@@ -100,12 +102,23 @@ export class StsService {
     if (now >= meta.exp) throw new SigV4Error('ExpiredToken', 'The security token included in the request is expired', id);
     let principal: Caller;
     try { principal = this.ids.assumeRole(meta.role, meta.session); } catch { throw invalidToken(id); }
+    principal.sessionContext = this.sessionContext(meta, principal);
     const sealed = raw.subarray(3 + n);
     return {
       principal,
       cacheId: `${id}\0${token}`,
       signingKey: (date, region, service) => this.derive({ kind: 'session', id, context: clear, sealed, date, region, service }),
     };
+  }
+
+  /** The issuing role and the session's attributes, for the audit's userIdentity.sessionContext. */
+  private sessionContext(meta: SessionMeta, session: Caller): SessionContext {
+    const roleId = session.principalId!.slice(0, session.principalId!.indexOf(':'));
+    const created = typeof meta.iat === 'number' && Number.isFinite(meta.iat) ? new Date(meta.iat).toISOString().replace(/\.\d{3}Z$/, 'Z') : undefined;
+    return Object.freeze({
+      sessionIssuer: Object.freeze({ type: 'Role' as const, principalId: roleId, arn: this.ids.roleArn(meta.role), accountId: session.accountId, userName: meta.role }),
+      attributes: Object.freeze({ ...(created ? { creationDate: created } : {}), mfaAuthenticated: 'false' as const }),
+    });
   }
 
   private async derive(r: { kind: 'access-key' | 'session'; id: string; context: Uint8Array; sealed: Uint8Array; date: string; region: string; service: string }): Promise<Uint8Array> {
