@@ -163,7 +163,8 @@ export class Daemon {
       const tls = cfg.tls ? { cert: await fsp.readFile(cfg.tls.certFile), key: await fsp.readFile(cfg.tls.keyFile) } : undefined;
       this.listener = new KmsListener({
         ...cfg.kmsListen, ...(tls ? { tls } : {}), region: ids.region, accountId: ids.accountId,
-        sts: new StsService(ids, this.accessKeys, this.trust, kms.context.hsm),
+        sts: new StsService(ids, this.accessKeys, this.trust, kms.context.hsm,
+          (caller, action, resource) => this.authz!.authorizer.evaluator.evaluate({ action, caller, resource }).allowed),
         kms: (op, req, caller, requestId) => this.kmsCore!.call(op, req, caller, requestId),
         audit: (ev) => kms.context.audit.append(ev),
         auditRefusal: (key, ev) => kms.context.audit.appendRefusal(key, ev),

@@ -15,6 +15,7 @@ import { StsService } from '../../src/kms/sts/sts-service.js';
 import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
 import type { Caller } from '../../src/kms/types.js';
 import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
+import { PolicyEvaluator } from '../../src/kms/authz/evaluate.js';
 
 class Sha256 {
   private h: Hash | Hmac;
@@ -80,6 +81,20 @@ describe('STS session credentials', () => {
     await expect(sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43201' }, t0)).rejects.toMatchObject({ awsName: 'ValidationError' });
     const max = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43200' }, t0) as any;
     expect(max.Credentials.Expiration).toBe(new Date(t0 + 12 * 3600_000).toISOString());
+  });
+
+  it('a trust policy naming only the account delegates: the caller needs an identity policy allowing sts:AssumeRole too', async () => {
+    await ids.createRole('admin');
+    const trust = await TrustPolicies.open(t.dir);
+    await trust.put('admin', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: ids.rootArn }, Action: 'sts:AssumeRole' }] }));
+    const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
+    const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource) => evaluator.evaluate({ action, caller, resource }).allowed);
+    const assume = (c: Caller) => judged.assumeRole(c, { RoleArn: ids.roleArn('admin'), RoleSessionName: 'esc' }, t0);
+    // bob has no policy: the account-wide trust alone does not let him in (IAM would refuse too).
+    await expect(assume(bob)).rejects.toMatchObject({ awsName: 'AccessDenied', status: 403 });
+    await ids.attachPolicy(bob.arn, 'switch', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'sts:AssumeRole', Resource: ids.roleArn('admin') }] }));
+    await expect(assume(bob)).resolves.toMatchObject({ AssumedRoleUser: { Arn: `arn:aws:sts::${ids.accountId}:assumed-role/admin/esc` } });
+    // A trust policy naming the caller itself needs nothing more (alice on app, above).
   });
 
   it('an inactive or deleted access key is unrecognized; the secret is on disk only sealed', async () => {

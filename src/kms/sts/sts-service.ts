@@ -39,6 +39,8 @@ export class StsService {
     private readonly keys: AccessKeyStore,
     private readonly trust: TrustPolicies,
     private readonly hsm: Hsm,
+    /** Do the caller's identity policies allow `action` on `resource`? (The account root: always.) */
+    private readonly identityAllows: (caller: Caller, action: string, resource: string) => boolean = () => false,
   ) {}
 
   /** The SigV4 verifier's credential lookup. */
@@ -75,7 +77,9 @@ export class StsService {
     const role = m[2]!;
     const notAuthorized = new StsError('AccessDenied', `User: ${caller.arn} is not authorized to perform: sts:AssumeRole on resource: ${p.RoleArn}`);
     if (m[1] !== this.ids.accountId || !this.ids.listRoles().some((r) => r.RoleName === role)) throw notAuthorized;
-    if (!this.trust.allows(role, caller, this.ids.rootArn)) throw notAuthorized;
+    const trusted = this.trust.allows(role, caller, this.ids.rootArn);
+    // Trust through the account only delegates: the caller's own policies must allow it too.
+    if (!trusted || (trusted === 'account' && !this.identityAllows(caller, 'sts:AssumeRole', p.RoleArn))) throw notAuthorized;
     const session = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;

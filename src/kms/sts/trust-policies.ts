@@ -67,15 +67,22 @@ export class TrustPolicies {
   }
 
   /** May `caller` assume `role`? */
-  allows(role: string, caller: Caller, rootArn: string): boolean {
+  /**
+   * Does the role's trust policy let `caller` assume it? `'principal'`: a statement names the
+   * caller itself (or `*`); `'account'`: only the caller's account is named, which in IAM
+   * delegates the decision to the caller's identity policies (the caller must also be allowed
+   * `sts:AssumeRole` on the role; IAM User Guide, "Granting a user permissions to switch roles").
+   */
+  allows(role: string, caller: Caller, rootArn: string): 'principal' | 'account' | false {
     const text = this.docs.get(role);
     if (text === undefined) return false;
-    const matches = (s: Statement): boolean =>
-      s.actions.some((a) => a === '*' || a === 'sts:*' || a === 'sts:AssumeRole')
-      && s.principals.some((p) => p === '*' || p === caller.arn || p === rootArn || p === caller.accountId);
+    const acts = (s: Statement): boolean => s.actions.some((a) => a === '*' || a === 'sts:*' || a === 'sts:AssumeRole');
+    const direct = (s: Statement): boolean => acts(s) && s.principals.some((p) => p === '*' || p === caller.arn);
+    const viaAccount = (s: Statement): boolean => acts(s) && s.principals.some((p) => p === rootArn || p === caller.accountId);
     const stmts = parseTrustPolicy(text);
-    if (stmts.some((s) => s.Effect === 'Deny' && matches(s))) return false;
-    return stmts.some((s) => s.Effect === 'Allow' && matches(s));
+    if (stmts.some((s) => s.Effect === 'Deny' && (direct(s) || viaAccount(s)))) return false;
+    if (stmts.some((s) => s.Effect === 'Allow' && direct(s))) return 'principal';
+    return stmts.some((s) => s.Effect === 'Allow' && viaAccount(s)) ? 'account' : false;
   }
 
   private async save(): Promise<void> {
