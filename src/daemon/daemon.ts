@@ -18,7 +18,7 @@ import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-d
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest } from './aws-json.js';
 import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
-import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
+import { Ec2Authorizer, UnauthorizedOperation as UnauthorizedOperationError, type UnauthorizedOperation } from './ec2-authz.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
 import { checkImageSizeFits } from '../volume/size.js';
@@ -318,6 +318,8 @@ export class Daemon {
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
       const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
+      const keyRefusal = this.remoteKeyRefusal(req, caller);
+      if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
       return this.volumeOp(req, caller);
     }
     if (op === 'Status') return this.status(caller);
@@ -403,6 +405,37 @@ export class Daemon {
         // The manager hides the file inside the volume's mutex (refused while open unless Force).
         return mgr.detachVolume({ VolumeId: req.input.VolumeId, Force: req.input.Force === true }, caller);
     }
+  }
+
+  /**
+   * With a remote KMS, the KMS calls of CreateVolume and AttachVolume are signed as this host, so
+   * the remote key policy cannot judge the local caller (it judges the host). The local identity
+   * decides instead (docs/architecture.md §5.5): a caller other than the account root needs an
+   * identity policy allowing what EBS needs of the caller on the key, `kms:GenerateDataKeyWithoutPlaintext`
+   * to create and `kms:CreateGrant` to attach, with `kms:ViaService` = `ec2.<region>.amazonaws.com`.
+   * The resource is the key as the request or the volume names it (an ARN, an id or an alias).
+   */
+  private remoteKeyRefusal(req: Ec2Request, caller: Caller): UnauthorizedOperation | undefined {
+    if (!this.remoteKms || caller.type === 'Root') return undefined;
+    let action: string;
+    let key: string | undefined;
+    if (req.op === 'CreateVolume') {
+      if (req.input.Cipher === 'none' || req.input.Encrypted === false) return undefined;
+      action = 'kms:GenerateDataKeyWithoutPlaintext';
+      key = req.input.KmsKeyId ?? 'alias/aws/ebs';
+    } else if (req.op === 'AttachVolume') {
+      action = 'kms:CreateGrant';
+      key = this.mgr!.describeVolumes().Volumes.find((v) => v.VolumeId === req.input.VolumeId)?.KmsKeyId;
+      if (key === undefined) return undefined; // unknown or plaintext volume: the operation refuses or needs no key
+    } else {
+      return undefined;
+    }
+    const ids = this.authz!.identities;
+    const d = this.authz!.authorizer.evaluator.evaluate({
+      action, caller, resource: key, context: new Map([['kms:ViaService', `ec2.${ids.region}.amazonaws.com`]]),
+    });
+    if (d.allowed) return undefined;
+    return new UnauthorizedOperationError(`User: ${caller.arn} is not authorized to perform: ${action} on resource: ${key} because no identity-based policy allows the ${action} action (this host's KMS is remote: the local identity policy decides what a local caller may do with a key)`);
   }
 
   /** DescribeVolumes, paged when MaxResults or NextToken is given (NextToken: the last VolumeId returned). */

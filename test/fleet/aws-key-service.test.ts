@@ -116,4 +116,38 @@ describe('AwsKeyService against a --kms-only daemon', () => {
       await other.cleanup();
     }
   });
+
+  it('with a remote KMS, the local identity decides what a local caller may do with a key (the remote policy judges only the host)', async () => {
+    await env.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+    for (const k of VARS) delete process.env[k];
+    Object.assign(process.env, { AWS_ACCESS_KEY_ID: creds.host!.AccessKeyId, AWS_SECRET_ACCESS_KEY: creds.host!.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
+    const host = new Env('awsks-host');
+    try {
+      await host.start(['--kms-endpoint', url]);
+      const ALICE = 1000;
+      await host.ok(['iam', 'create-user', 'alice']);
+      await host.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+      await host.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'ec2', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'ec2:*', Resource: '*' }] })]);
+      const create = () => host.cli(['volume', 'create', '--size', '64MiB', '--kms-key', keyArn, '--output', 'json'], { uid: ALICE });
+      // EC2 allows it, the host may use the key, but alice may not: refused before any KMS call.
+      const refused = await create();
+      expect(refused.code).toBe(4);
+      expect(refused.stderr).toContain('UnauthorizedOperation');
+      expect(refused.stderr).toContain(`kms:GenerateDataKeyWithoutPlaintext on resource: ${keyArn}`);
+      expect((await host.ok(['volume', 'ls'])).Volumes).toHaveLength(0);
+      // A local identity policy for the key (through EC2, as EBS asks) lets her create; attaching needs CreateGrant.
+      await host.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'key', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:GenerateDataKeyWithoutPlaintext', Resource: keyArn, Condition: { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com' } } }] })]);
+      const created = await create();
+      expect(created.code, created.stderr).toBe(0);
+      const vol = JSON.parse(created.stdout).VolumeId as string;
+      const attach = await host.cli(['attach', vol], { uid: ALICE });
+      expect(attach.code).toBe(4);
+      expect(attach.stderr).toContain('kms:CreateGrant');
+      // Root is not judged by identity policies: it attaches through the host's grant.
+      expect((await host.ok(['attach', vol])).State).toBe('attached');
+      expect((await host.ok(['detach', vol])).State).toBe('detached');
+    } finally {
+      await host.cleanup();
+    }
+  });
 });
