@@ -548,7 +548,7 @@ export class Daemon {
         const c = await ids.createUser(str('UserName'), path);
         return { User: { UserName: c.userName, Arn: c.arn, UserId: c.principalId } };
       }
-      case 'DeleteUser': await ids.deleteUser(str('UserName')); await this.accessKeys!.deleteUser(str('UserName')); return {};
+      case 'DeleteUser': await ids.deleteUser(str('UserName')); await this.accessKeys!.deleteUser(str('UserName')); this.listener?.forgetSigningKeys(); return {};
       case 'ListUsers': return { Users: ids.listUsers() };
       case 'CreateRole': return { Role: { RoleName: str('RoleName'), Arn: await ids.createRole(str('RoleName'), path) } };
       case 'DeleteRole':
@@ -583,9 +583,11 @@ export class Daemon {
       }
       case 'UpdateAccessKey':
         await this.accessKeys!.update(str('AccessKeyId'), str('Status') as 'Active', typeof b.UserName === 'string' ? b.UserName : undefined);
+        this.listener?.forgetSigningKeys();
         return {};
       case 'DeleteAccessKey':
         await this.accessKeys!.delete(str('AccessKeyId'), typeof b.UserName === 'string' ? b.UserName : undefined);
+        this.listener?.forgetSigningKeys();
         return {};
       case 'UpdateAssumeRolePolicy': {
         const role = str('RoleName');

@@ -111,6 +111,12 @@ export class KmsListener {
   }
 
   /** Start listening; resolves with the bound address (port 0 picks a free one). */
+  /** Wipe the cached signing keys: an access key was deactivated or deleted (its status is checked on every request anyway). */
+  forgetSigningKeys(): void {
+    this.kmsVerifier.forget();
+    this.stsVerifier.forget();
+  }
+
   async listen(): Promise<{ host: string; port: number; protocol: 'http' | 'https' }> {
     const { o } = this;
     if (!o.tls && !isLoopback(o.host)) {
