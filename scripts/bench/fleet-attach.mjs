@@ -6,7 +6,7 @@
 // few TTLs. Attach/detach go straight to the control socket (no CLI process per call).
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/fleet-attach.mjs [--volumes 100] [--ttl-s 4] [--ttls 3]
-// Before timing it checks one volume of each host reads back what was written (STYLE §14).
+// Before timing it checks one volume of each host reads back what was written (docs/architecture.md §11.14).
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, createWriteStream, openSync, writeSync, readSync, closeSync, constants } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';

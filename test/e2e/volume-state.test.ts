@@ -82,7 +82,19 @@ async function createVolume(env: Env, size: number): Promise<string> {
 }
 
 const attach = (env: Env, id: string): Promise<any> => ok(env, 'ebsd.AttachVolume', { VolumeId: id });
-const detach = (env: Env, id: string): Promise<any> => ok(env, 'ebsd.DetachVolume', { VolumeId: id, Force: false });
+/**
+ * An orderly detach. The kernel sends FUSE RELEASE after close() returns, so the
+ * test's own just-closed handle may still count: poll OpenHandles to 0 first
+ * (bounded), then detach without Force.
+ */
+async function detach(env: Env, id: string): Promise<any> {
+  for (let i = 0; i < 500; i++) {
+    const v = (await ok(env, 'ebsd.Status')).Volumes.find((x: { VolumeId: string }) => x.VolumeId === id);
+    if (!v?.OpenHandles) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return ok(env, 'ebsd.DetachVolume', { VolumeId: id, Force: false });
+}
 
 /** Start the daemon with the named fault point armed (inherited environment), or none. */
 async function startWith(env: Env, fault?: string): Promise<void> {
