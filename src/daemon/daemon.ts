@@ -194,7 +194,8 @@ export class Daemon {
 
     this.mgr = await VolumeManager.open({
       stateDir: paths.root,
-      keyService: this.remoteKms ?? new KmsCoreKeyService(this.kmsCore!),
+      // Remote calls are metered here; the embedded core's through kmsCore.
+      keyService: this.remoteKms ? (this.metrics ? this.metrics.meterKeyService(this.remoteKms) : this.remoteKms) : new KmsCoreKeyService(this.kmsCore!),
       hostPrincipal: host,
       xtsEngine: engine,
       region: ids.region,

@@ -5,6 +5,7 @@ import { LATENCY_SAMPLE, type IoObserver } from '../fuse/block-file-system.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from '../kms/types.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
+import type { KeyService } from '../volume/key-service.js';
 
 /**
  * Prometheus metrics of one daemon (`ebsd daemon --metrics-listen HOST:PORT`,
@@ -86,6 +87,16 @@ export function outcomeOf(err: unknown): string {
   if (name === 'AccessDeniedException' || name === 'UnauthorizedOperation') return 'denied';
   return typeof name === 'string' ? name : 'InternalError';
 }
+
+/** KeyService method -> the KMS operation it is (metric label). */
+const KEY_SERVICE_OPERATIONS: ReadonlyMap<string, string> = new Map([
+  ['generateDataKeyWithoutPlaintext', 'GenerateDataKeyWithoutPlaintext'],
+  ['createGrant', 'CreateGrant'],
+  ['decrypt', 'Decrypt'],
+  ['retireGrant', 'RetireGrant'],
+  ['describeKey', 'DescribeKey'],
+  ['listRetirableGrants', 'ListRetirableGrants'],
+]);
 
 export class DaemonMetrics {
   readonly registry = new Registry();
@@ -253,6 +264,34 @@ export class DaemonMetrics {
       },
       close: () => core.close(),
     };
+  }
+
+  /**
+   * A KeyService (the volume layer's door to a KMS; a remote endpoint's is
+   * `AwsKeyService`) whose KMS operations are counted and timed like the
+   * embedded core's, under the same metric names.
+   */
+  meterKeyService<T extends KeyService>(ks: T): T {
+    return new Proxy(ks, {
+      get: (target, prop, receiver) => {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        const operation = typeof prop === 'string' ? KEY_SERVICE_OPERATIONS.get(prop) : undefined;
+        if (operation === undefined || typeof v !== 'function') return v;
+        return async (...args: unknown[]): Promise<unknown> => {
+          const t0 = performance.now();
+          let err: unknown;
+          try {
+            return await (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+          } catch (e) {
+            err = e ?? new Error('undefined thrown');
+            throw e;
+          } finally {
+            this.kmsCalls.inc({ operation, outcome: this.bounded('kms_outcome', outcomeOf(err)) });
+            this.kmsLatency.observe({ operation }, (performance.now() - t0) / 1000);
+          }
+        };
+      },
+    });
   }
 
   /** Count one control-API request (the daemon's handler wraps itself with this). */

@@ -123,7 +123,7 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     Object.assign(process.env, { AWS_ACCESS_KEY_ID: creds.host!.AccessKeyId, AWS_SECRET_ACCESS_KEY: creds.host!.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
     const host = new Env('awsks-host');
     try {
-      await host.start(['--kms-endpoint', url]);
+      await host.start(['--kms-endpoint', url, '--metrics-listen', '127.0.0.1:0']);
       const ALICE = 1000;
       await host.ok(['iam', 'create-user', 'alice']);
       await host.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
@@ -146,6 +146,14 @@ describe('AwsKeyService against a --kms-only daemon', () => {
       // Root is not judged by identity policies: it attaches through the host's grant.
       expect((await host.ok(['attach', vol])).State).toBe('attached');
       expect((await host.ok(['detach', vol])).State).toBe('detached');
+      // The remote KMS's calls are metered like the embedded core's (ebsd_kms_requests_total).
+      const metricsUrl = (await host.ok(['status'])).Daemon.MetricsUrl as string;
+      const text = await (await fetch(metricsUrl)).text();
+      const count = (op: string, outcome: string): number => Number(new RegExp(`^ebsd_kms_requests_total\\{operation="${op}",outcome="${outcome}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+      expect(count('GenerateDataKeyWithoutPlaintext', 'ok')).toBe(1);
+      expect(count('CreateGrant', 'ok')).toBeGreaterThanOrEqual(1);
+      expect(count('Decrypt', 'ok')).toBeGreaterThanOrEqual(1);
+      expect(count('RetireGrant', 'ok')).toBeGreaterThanOrEqual(1);
     } finally {
       await host.cleanup();
     }
