@@ -239,7 +239,7 @@ describe('policy documents', () => {
   });
 
   it('IpAddress "10.0.0.1/" is refused when the policy is put (not read as /0)', async () => {
-    for (const cidr of ['10.0.0.1/', '10.0.0.1/ 8', '10.0.0.1/+8', '10.0.0.1/0x8']) {
+    for (const cidr of ['10.0.0.1/', '10.0.0.1/ 8', '10.0.0.1/+8', '10.0.0.1/0x8', '10.0.0.1/08']) {
       const policy = doc(
         { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` }, Action: 'kms:*', Resource: '*' },
         { Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:Decrypt', Resource: '*', Condition: { IpAddress: { 'aws:SourceIp': cidr } } },

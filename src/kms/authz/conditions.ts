@@ -116,9 +116,10 @@ function ipOp(values: string[], where: string): (v: string) => boolean {
     const [addr, bits, extra] = x.split('/');
     const fam = isIP(addr ?? '');
     const max = fam === 4 ? 32 : 128;
-    // RFC 4632 §3.1: the prefix length is decimal digits. `Number("")` is 0, so
+    // RFC 4632 §3.1: the prefix length is a decimal number, written without leading zeros
+    // ("/08" is refused, as an octal-looking length is ambiguous). `Number("")` is 0, so
     // "10.0.0.1/" would otherwise read as /0, every address.
-    if (bits !== undefined && !/^\d{1,3}$/.test(bits)) throw malformedPolicy(`${where}: "${x}" is not a valid IP address or CIDR block`);
+    if (bits !== undefined && !/^(?:0|[1-9]\d{0,2})$/.test(bits)) throw malformedPolicy(`${where}: "${x}" is not a valid IP address or CIDR block`);
     const prefix = bits === undefined ? max : Number(bits);
     if (!fam || extra !== undefined || prefix > max) {
       throw malformedPolicy(`${where}: "${x}" is not a valid IP address or CIDR block`);
