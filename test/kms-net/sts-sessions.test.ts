@@ -95,6 +95,15 @@ describe('STS session credentials', () => {
     await ids.attachPolicy(bob.arn, 'switch', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'sts:AssumeRole', Resource: ids.roleArn('admin') }] }));
     await expect(assume(bob)).resolves.toMatchObject({ AssumedRoleUser: { Arn: `arn:aws:sts::${ids.accountId}:assumed-role/admin/esc` } });
     // A trust policy naming the caller itself needs nothing more (alice on app, above).
+    // What is not evaluated is refused, never ignored: a Condition would otherwise trust more than written.
+    for (const [doc, member] of [
+      [{ Statement: [{ Effect: 'Allow', Principal: { AWS: '*' }, Action: 'sts:AssumeRole', Condition: { StringEquals: { 'sts:ExternalId': 'x' } } }] }, 'Condition'],
+      [{ Statement: [{ Effect: 'Deny', NotPrincipal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] }, 'NotPrincipal'],
+    ] as const) {
+      await expect(trust.put('admin', JSON.stringify(doc))).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringContaining(member) });
+    }
+    await expect(trust.put('admin', '{"Statement":[{"Effect":"Deny","Effect":"Allow","Principal":"*","Action":"sts:AssumeRole"}]}'))
+      .rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringContaining('duplicate member name "Effect"') });
   });
 
   it('an inactive or deleted access key is unrecognized; the secret is on disk only sealed', async () => {

@@ -2,14 +2,17 @@
  * Role trust policies ("assume role policy documents"): who may call
  * sts:AssumeRole on a role. Evaluated as IAM does for the parts ebsd supports:
  * an explicit Deny wins, then any Allow; a principal matches by its ARN, by
- * "*", or by the account (root ARN or account id), which trusts every
- * principal of the account. A role without a trust policy can be assumed by
- * nobody over STS.
+ * "*", or by the account (root ARN or account id), which trusts a
+ * principal of the account whose identity policies also allow it. A role
+ * without a trust policy can be assumed by nobody over STS. A statement member
+ * ebsd does not evaluate (Condition, NotPrincipal, NotAction) is refused when
+ * the policy is put, never ignored.
  */
 import { join } from 'node:path';
 import { EbsdError } from '../../util/errors.js';
 import { atomicWrite } from '../../util/atomic-write.js';
 import { readTextIfExists } from '../../util/read-if-exists.js';
+import { parseStrictJson } from '../../util/strict-json.js';
 import type { Caller } from '../types.js';
 
 export const TRUST_FILE = 'role-trust.json';
@@ -22,9 +25,15 @@ export class TrustPolicyError extends EbsdError {
   }
 }
 
+const TRUST_STATEMENT_MEMBERS: ReadonlySet<string> = new Set(['Sid', 'Effect', 'Principal', 'Action']);
+
 export function parseTrustPolicy(text: string): Statement[] {
   let doc: unknown;
-  try { doc = JSON.parse(text); } catch { throw new TrustPolicyError('MalformedPolicyDocumentException', 'The trust policy is not JSON.'); }
+  try {
+    doc = parseStrictJson(text, { what: 'trust policy', maxDepth: 8 });
+  } catch (e) {
+    throw new TrustPolicyError('MalformedPolicyDocumentException', `The trust policy is not valid JSON: ${(e as Error).message}`);
+  }
   const stmts = (doc as { Statement?: unknown })?.Statement;
   const list = Array.isArray(stmts) ? stmts : stmts ? [stmts] : [];
   if (list.length === 0) throw new TrustPolicyError('MalformedPolicyDocumentException', 'The trust policy has no Statement.');
@@ -34,6 +43,11 @@ export function parseTrustPolicy(text: string): Statement[] {
     return a as string[];
   };
   return list.map((s: Record<string, unknown>, i) => {
+    if (!s || typeof s !== 'object' || Array.isArray(s)) throw new TrustPolicyError('MalformedPolicyDocumentException', `Statement ${i} must be an object.`);
+    // Only what is evaluated: a Condition, NotPrincipal or NotAction ignored would trust more than written.
+    for (const k of Object.keys(s)) {
+      if (!TRUST_STATEMENT_MEMBERS.has(k)) throw new TrustPolicyError('MalformedPolicyDocumentException', `Statement ${i}: ${k} is not supported in a trust policy here (supported: ${[...TRUST_STATEMENT_MEMBERS].join(', ')}).`);
+    }
     if (s.Effect !== 'Allow' && s.Effect !== 'Deny') throw new TrustPolicyError('MalformedPolicyDocumentException', `Statement ${i}: Effect must be Allow or Deny.`);
     const p = s.Principal;
     const principals = p === '*' ? ['*'] : p && typeof p === 'object' && 'AWS' in p ? strs((p as { AWS: unknown }).AWS, `Statement ${i}: Principal.AWS`) : [];
