@@ -22,6 +22,8 @@ export type ControlHandler = (target: string, body: Record<string, unknown>, pee
 
 /** Deepest nesting a request body may have (the KMS and EC2 request shapes need fewer than 8). */
 const MAX_BODY_DEPTH = 64;
+/** Values in one body: the largest request (DescribeVolumes with 50 filters of 200 values) holds ~10,200. */
+export const MAX_BODY_VALUES = 20_000;
 
 export interface ControlServerOptions {
   /** Overrides of DEFAULT_LIMITS (connection-guard.ts). */
@@ -161,7 +163,7 @@ export class ControlServer {
     const text = await this.guard.readBody(req, uid);
     if (text.trim() === '') return {};
     // Duplicate members and nesting past 64 are refused here, before any service sees the body.
-    const v = parseStrictJson(text, { what: 'request body', maxDepth: MAX_BODY_DEPTH });
+    const v = parseStrictJson(text, { what: 'request body', maxDepth: MAX_BODY_DEPTH, maxValues: MAX_BODY_VALUES });
     if (!v || typeof v !== 'object' || Array.isArray(v)) {
       throw new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' });
     }

@@ -27,6 +27,8 @@ import type { Caller } from '../kms/types.js';
 import { buildEvent, MAX_USER_AGENT, truncateField } from '../kms/audit/event.js';
 import { SigV4Error } from '../kms/sigv4/errors.js';
 import { SigV4Verifier } from '../kms/sigv4/verifier.js';
+import { parseStrictJson } from '../util/strict-json.js';
+import { MAX_BODY_VALUES } from './control-server.js';
 import { StsError, type StsService } from '../kms/sts/sts-service.js';
 import { decodeKmsRequest, encodeResponse, toWireError } from './aws-json.js';
 import { throttledEvent } from './audit-events.js';
@@ -343,8 +345,8 @@ function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string)
 function parseJson(body: Buffer): Record<string, unknown> {
   const text = body.toString('utf8');
   if (text.trim() === '') return {};
-  let v: unknown;
-  try { v = JSON.parse(text); } catch { v = undefined; }
+  // As on the control socket: duplicate members, deep nesting and huge value counts refused while parsing.
+  const v = parseStrictJson(text, { what: 'request body', maxDepth: 64, maxValues: MAX_BODY_VALUES });
   if (!v || typeof v !== 'object' || Array.isArray(v)) throw new EbsdError('BAD_JSON', 'request body is not a JSON object', { awsName: 'SerializationException' });
   return v as Record<string, unknown>;
 }

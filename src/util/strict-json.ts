@@ -36,6 +36,12 @@ export interface StrictJsonOptions {
   maxDepth?: number;
   /** AWS exception name the errors carry; default `SerializationException`. */
   awsName?: string;
+  /**
+   * Most values (objects, arrays, strings, numbers, literals) the document may hold; default
+   * unbounded. A 1 MiB body of `[{},{},…]` is ~260,000 objects, ~15 MB of heap once parsed: a
+   * bound here keeps what a request costs after parsing near what its bytes cost.
+   */
+  maxValues?: number;
 }
 
 export function parseStrictJson(text: string, opts: StrictJsonOptions): unknown {
@@ -57,11 +63,14 @@ const _STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
 
 class _Parser {
   private pos = 0;
+  private values = 0;
   private readonly maxDepth: number;
+  private readonly maxValues: number;
   private readonly awsName: string;
 
   constructor(private readonly text: string, private readonly opts: StrictJsonOptions) {
     this.maxDepth = opts.maxDepth ?? DEFAULT_MAX_JSON_DEPTH;
+    this.maxValues = opts.maxValues ?? Infinity;
     this.awsName = opts.awsName ?? 'SerializationException';
   }
 
@@ -85,6 +94,7 @@ class _Parser {
   private value(depth: number): unknown {
     const t = this.text;
     if (this.pos >= t.length) this.fail('unexpected end of JSON');
+    if (++this.values > this.maxValues) this.fail(`more than ${this.maxValues} values`);
     const c = t[this.pos];
     if (c === '{') return this.object(depth + 1);
     if (c === '[') return this.array(depth + 1);

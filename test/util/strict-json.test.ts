@@ -36,6 +36,13 @@ describe('parseStrictJson', () => {
     expect(fault(deep).message).toMatch(/nested deeper than 64 levels/);
   });
 
+  it('bounds the count of values, so a small body cannot become a large heap', () => {
+    expect(parseStrictJson('[1,[2,3],{"a":4}]', { what: 'test doc', maxValues: 7 })).toEqual([1, [2, 3], { a: 4 }]);
+    expect(() => parseStrictJson('[1,[2,3],{"a":4}]', { what: 'test doc', maxValues: 6 })).toThrow(/more than 6 values/);
+    const flood = `[${'{},'.repeat(100_000)}{}]`;
+    expect(() => parseStrictJson(flood, { what: 'test doc', maxValues: 20_000 })).toThrow(JsonDocumentError);
+  });
+
   it('refuses lone surrogates, raw control characters and malformed text', () => {
     expect(fault('"\\ud800"').message).toMatch(/lone UTF-16 surrogate/);
     expect(fault('"\ud800"').message).toMatch(/lone UTF-16 surrogate/);
