@@ -95,19 +95,7 @@ export class Env {
     const out = createWriteStream(this.log, { flags: 'a' });
     const p = spawn(process.execPath, [CLI, 'daemon', '--state-dir', this.state, '--mount', this.mnt, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.daemon = p;
-    let buf = '';
-    await new Promise<void>((ok, fail) => {
-      const t = setTimeout(() => fail(new Error(`daemon not ready in 30 s:\n${buf}`)), 30_000);
-      const onData = (c: Buffer): void => {
-        out.write(c);
-        buf += c.toString();
-        if (buf.includes('"ebsd daemon ready"')) { clearTimeout(t); ok(); }
-      };
-      p.stdout!.on('data', onData);
-      p.stderr!.on('data', onData);
-      p.on('exit', (code) => { clearTimeout(t); fail(new Error(`daemon exited ${code} before ready:\n${buf}`)); });
-    });
-    p.removeAllListeners('exit');
+    await untilReady(p, out);
   }
 
   /** SIGTERM and wait; returns the exit code. */
@@ -186,4 +174,21 @@ export class Env {
     const p = join(this.state, 'kms', 'audit', 'events.ndjson');
     return existsSync(p) ? readFileSync(p, 'utf8') : '';
   }
+}
+
+/** Wait for a daemon child's "ebsd daemon ready" line (30 s), copying its output to `out`; its early exit fails. */
+export async function untilReady(p: ChildProcess, out: NodeJS.WritableStream): Promise<void> {
+  let buf = '';
+  await new Promise<void>((ok, fail) => {
+    const t = setTimeout(() => fail(new Error(`daemon not ready in 30 s:\n${buf}`)), 30_000);
+    const onData = (c: Buffer): void => {
+      out.write(c);
+      buf += c.toString();
+      if (buf.includes('"ebsd daemon ready"')) { clearTimeout(t); ok(); }
+    };
+    p.stdout!.on('data', onData);
+    p.stderr!.on('data', onData);
+    p.on('exit', (code) => { clearTimeout(t); fail(new Error(`daemon exited ${code} before ready:\n${buf}`)); });
+  });
+  p.removeAllListeners('exit');
 }

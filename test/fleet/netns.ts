@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, readFileSync } from 'node:fs';
-import { CLI, run, type CliResult } from '../e2e/helpers.js';
+import { CLI, run, untilReady, type CliResult } from '../e2e/helpers.js';
 
 /**
  * Network namespaces joined by a bridge inside the first one, with 10.x
@@ -83,19 +83,7 @@ export class NsDaemon {
     const out = createWriteStream(this.logFile, { flags: 'a' });
     const p = spawn('nsenter', [`--net=/run/netns/${this.netns()}`, process.execPath, CLI, 'daemon', '--state-dir', this.stateDir, ...this.args], { env: this.env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
-    let buf = '';
-    await new Promise<void>((ok, fail) => {
-      const t = setTimeout(() => fail(new Error(`daemon not ready in 30 s:\n${buf}`)), 30_000);
-      const onData = (c: Buffer): void => {
-        out.write(c);
-        buf += c.toString();
-        if (buf.includes('"ebsd daemon ready"')) { clearTimeout(t); ok(); }
-      };
-      p.stdout!.on('data', onData);
-      p.stderr!.on('data', onData);
-      p.on('exit', (code) => { clearTimeout(t); fail(new Error(`daemon exited ${code} before ready:\n${buf}`)); });
-    });
-    p.removeAllListeners('exit');
+    await untilReady(p, out);
   }
 
   get running(): boolean {

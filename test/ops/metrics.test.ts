@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { Env, ROOT, ensureBuilt } from '../e2e/helpers.js';
+import { parseMetrics } from '../../src/cli/top.js';
 
 /**
  * `ebsd daemon --metrics-listen`: a real daemon child, a real attached volume
@@ -13,16 +14,8 @@ import { Env, ROOT, ensureBuilt } from '../e2e/helpers.js';
 
 type Samples = Map<string, number>;
 
-/** Parse the Prometheus text format into `name{labels}` -> value (labels as printed). */
-function parse(text: string): Samples {
-  const out: Samples = new Map();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    out.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return out;
-}
+/** The Prometheus text format as `name{labels}` -> value (labels as printed): `ebsd top`'s own reader. */
+const parse = parseMetrics;
 
 async function scrape(port: number): Promise<{ status: number; type: string; samples: Samples; text: string }> {
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
