@@ -1,0 +1,26 @@
+import { EbsdError } from '../util/errors.js';
+
+/**
+ * Snapshot errors. `awsName` is EC2's error code for the EC2 operations
+ * (CreateSnapshot, DescribeSnapshots, CopySnapshot, DeleteSnapshot,
+ * CreateVolume --snapshot-id) and the EBS direct APIs' exception name for
+ * those (ListSnapshotBlocks, GetSnapshotBlock, PutSnapshotBlock, ...).
+ */
+export type SnapshotErrorCode =
+  | 'SNAPSHOT_NOT_FOUND' // InvalidSnapshot.NotFound / ResourceNotFoundException
+  | 'SNAPSHOT_IN_USE' // InvalidSnapshot.InUse
+  | 'SNAPSHOT_INCORRECT_STATE' // IncorrectState / ValidationException
+  | 'SNAPSHOT_INVALID_PARAMETER' // InvalidParameterValue / ValidationException
+  | 'SNAPSHOT_BLOCK_NOT_FOUND' // a block a manifest names is missing from the store
+  | 'SNAPSHOT_CORRUPT' // a manifest or block that does not read back as written (hash, JSON)
+  | 'SNAPSHOT_STORE'; // the store failed (I/O, S3 error)
+
+export class SnapshotError extends EbsdError {
+  declare readonly code: SnapshotErrorCode;
+  constructor(code: SnapshotErrorCode, message: string, opts: { awsName?: string; cause?: unknown } = {}) {
+    super(code, message, opts);
+  }
+}
+
+export const snapshotNotFound = (id: string): SnapshotError =>
+  new SnapshotError('SNAPSHOT_NOT_FOUND', `The snapshot '${id}' does not exist.`, { awsName: 'InvalidSnapshot.NotFound' });

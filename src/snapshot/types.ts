@@ -1,0 +1,89 @@
+/**
+ * Snapshots (docs/architecture.md, "Snapshots"): a volume's data segment as
+ * 512 KiB blocks of the bytes on disk (ciphertext for an encrypted volume),
+ * content-addressed in a SnapshotStore and listed by one manifest per
+ * snapshot. The manifest is the snapshot's only record: DescribeSnapshots
+ * reads manifests from the store, so a snapshot in a shared store (S3) is
+ * visible to, and restorable on, any daemon using that store.
+ */
+
+/** The EBS direct APIs' block size; block `i` is data bytes [i·512 KiB, (i+1)·512 KiB). */
+export const SNAPSHOT_BLOCK_BYTES = 512 * 1024;
+
+/** EC2 snapshot states (DescribeSnapshots `State`). */
+export type SnapshotState = 'pending' | 'completed' | 'error';
+
+/** Block id in a store: lowercase hex SHA-256 of the stored bytes. */
+export type BlockHash = string;
+
+export interface SnapshotManifest {
+  formatVersion: 1;
+  /** `snap-` + 17 lowercase hex. */
+  snapshotId: string;
+  /** The source volume (`vol-…`), or for a copy the source's volume id, as EC2 reports it; '' for StartSnapshot. */
+  volumeId: string;
+  /** GiB, as VolumeSize. */
+  volumeSize: number;
+  state: SnapshotState;
+  /** 0–100; `Progress` is this with a `%`. */
+  progress: number;
+  /** ISO 8601; the moment CreateSnapshot was accepted (the snapshot's point in time). */
+  startTime: string;
+  completionTime?: string;
+  /** Why `state` is `error` (StateMessage). */
+  stateMessage?: string;
+  description: string;
+  tags: { Key: string; Value: string }[];
+  /** Owner account id (12 digits). */
+  ownerId: string;
+  encrypted: boolean;
+  /** Key ARN; '' when not encrypted. */
+  kmsKeyId: string;
+  /** Identifies the data key's lineage: equal for snapshots and volumes sharing one data key. */
+  dataEncryptionKeyId?: string;
+  /**
+   * The data key wrapped by KMS, as in the volume's LUKS2 token: blob
+   * (base64), the key ARN and the encryption context it was wrapped under
+   * (`{"aws:ebs:id": vol}` for a volume's snapshot, `{"aws:ebs:id": snap}`
+   * for a copy under another key). Absent when not encrypted.
+   */
+  wrappedKey?: { ciphertextBlob: string; keyArn: string; encryptionContext: Record<string, string> };
+  /** Store object holding the image's header area (LUKS2 header, or the plaintext marker), bytes [0, dataOffset). */
+  header?: BlockHash;
+  /** Bytes from the image start to the data segment. */
+  dataOffset: number;
+  /** The previous snapshot of the same lineage this one was taken incrementally against, if any. */
+  parentSnapshotId?: string;
+  /**
+   * Written blocks only, ascending by index: [block index, hash]. An index
+   * not listed reads as zeros (never written, or a hole in the image).
+   */
+  blocks: [number, BlockHash][];
+  /** Blocks this snapshot stored or changed relative to `parentSnapshotId` (all of `blocks` without a parent). */
+  changedBlocks?: number;
+}
+
+/**
+ * Where snapshot blocks and manifests live: a local directory by default, any
+ * S3-compatible store through @aws-sdk/client-s3. Every method is safe to
+ * call concurrently; none ever leaves a partly written object visible.
+ */
+export interface SnapshotStore {
+  /** For status and errors: `dir:/var/lib/ebsd/snapshots` or `s3://bucket/prefix`. */
+  readonly location: string;
+  /** Stores `data` under `hash` (the caller computed it); durable when it resolves; a present block is left as it is. */
+  putBlock(hash: BlockHash, data: Uint8Array): Promise<void>;
+  /** The block's bytes; throws SnapshotError `SNAPSHOT_BLOCK_NOT_FOUND` when absent. */
+  getBlock(hash: BlockHash): Promise<Buffer>;
+  hasBlock(hash: BlockHash): Promise<boolean>;
+  /** Absent is not an error. */
+  deleteBlock(hash: BlockHash): Promise<void>;
+  listBlocks(): AsyncIterable<BlockHash>;
+  /** Replaces the manifest atomically (readers see the old or the new one), durable when it resolves. */
+  putManifest(m: SnapshotManifest): Promise<void>;
+  /** undefined when absent. */
+  getManifest(snapshotId: string): Promise<SnapshotManifest | undefined>;
+  listManifests(): Promise<SnapshotManifest[]>;
+  /** Absent is not an error. */
+  deleteManifest(snapshotId: string): Promise<void>;
+}

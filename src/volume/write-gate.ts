@@ -1,0 +1,37 @@
+/**
+ * What a snapshot needs from an attached volume's data path (src/snapshot):
+ * every write of the data segment passes a WriteGate before its bytes reach
+ * the backing file, whichever way the device writes them (cached, sync, pool,
+ * write-behind). Positions are data-segment byte offsets (0 = first data
+ * byte), lengths in bytes; one call may span several 512 KiB snapshot blocks.
+ */
+export interface WriteGate {
+  /**
+   * Synchronous check for the device's fast paths: true when a write of
+   * [pos, pos + len) may go to the disk now. A true answer has recorded the
+   * write (changed-block tracking); false means "call pass() and wait".
+   */
+  tryPass(pos: number, len: number): boolean;
+  /**
+   * Resolves once the write may go ahead (e.g. the blocks it touches were
+   * copied for a snapshot under way), having recorded it. Rejects only if the
+   * write must fail (the error is the write's).
+   */
+  pass(pos: number, len: number): Promise<void>;
+}
+
+/** The device-side surface a snapshot uses on an attached volume. */
+export interface SnapshotSource {
+  /** Installs (or with undefined removes) the gate every later write passes. */
+  setWriteGate(gate: WriteGate | undefined): void;
+  /**
+   * Holds new writes back, waits until every write already accepted —
+   * including write-behind completions acknowledged to FUSE but not yet on
+   * disk — has reached the backing file, runs `fn`, then lets writes go
+   * again. Reads continue throughout. The snapshot's point in time is taken
+   * inside `fn`.
+   */
+  withWritesPaused<T>(fn: () => Promise<T> | T): Promise<T>;
+  /** Reads raw on-disk bytes (ciphertext for an encrypted volume) of the data segment [pos, pos + len) into `into`; past-EOF reads as zeros. */
+  readRaw(pos: number, len: number, into: Buffer): Promise<void>;
+}
