@@ -10,6 +10,8 @@ import { SECTOR_SIZE } from './luks2-json.js';
 import { ScratchPool } from './scratch-pool.js';
 import { READ_AHEAD, ReadAheadWindow } from './read-ahead.js';
 import { FreeSpaceGate } from './free-space.js';
+import type { SnapshotSource, WriteGate } from './write-gate.js';
+import { WritePause } from './write-pause.js';
 
 const SS = SECTOR_SIZE;
 /**
@@ -58,7 +60,7 @@ export interface SectorDeviceOptions {
  * partial first/last sector under the sector-range lock, transform whole
  * runs in one call, one pread/pwrite per run at dataOffset + pos.
  */
-export abstract class SectorDevice implements BlockDevice {
+export abstract class SectorDevice implements BlockDevice, SnapshotSource {
   readonly volumeId: string;
   abstract readonly unencrypted: boolean;
   protected readonly backing: BackingFile;
@@ -92,6 +94,10 @@ export abstract class SectorDevice implements BlockDevice {
   private lostWrite: VolumeError | null = null;
   /** Free space on the backing filesystem, for write-behind (see BEHIND_MIN_FREE); null without a fast fd. */
   private readonly space: FreeSpaceGate | null;
+  /** Every data write passes it before its bytes reach the backing file (docs/architecture.md §3.7); null: none. */
+  private gate: WriteGate | null = null;
+  /** Accepted writes, and the hold withWritesPaused puts on new ones. */
+  private readonly writes = new WritePause();
 
   constructor(o: SectorDeviceOptions) {
     checkSafeInt('size', o.size, SS);
@@ -335,7 +341,7 @@ export abstract class SectorDevice implements BlockDevice {
    */
   writeBehind(offset: number, data: Uint8Array): (() => void) | null {
     const len = data.length;
-    if (this.failure !== null || this.lostWrite !== null || this.behind !== null || this.fastFd < 0 || !this.syncWriteOk ||
+    if (this.failure !== null || this.lostWrite !== null || this.behind !== null || this.writes.held !== null || this.fastFd < 0 || !this.syncWriteOk ||
         len === 0 || len > SYNC_WRITE_MAX || offset % SS !== 0 || len % SS !== 0 ||
         !Number.isSafeInteger(offset) || offset < 0 || offset + len > this._size || !syncWriteGuard.allowed() || !this.space!.allows(len)) {
       return null;
@@ -347,6 +353,7 @@ export abstract class SectorDevice implements BlockDevice {
     if (s0 === this.lastWriteEnd) streamPoller.request();
     this.lastWriteEnd = s1;
     this.inFlight++;
+    this.writes.begin();
     this.ra.invalidate();
     const buf = this.pool.take(len) as Buffer;
     buf.set(data);
@@ -355,11 +362,12 @@ export abstract class SectorDevice implements BlockDevice {
 
   private completeBehind(buf: Buffer, s0: number, release: () => void): void {
     let sealed = false;
-    let put = 0;
+    let put = -1;
     let sealing: Promise<void> | void;
     const finish = (): void => {
       this.recycle(buf, sealed);
       release();
+      this.writes.end();
       this.leave();
     };
     try {
@@ -395,6 +403,7 @@ export abstract class SectorDevice implements BlockDevice {
   }
 
   private writeAny(offset: number, data: Uint8Array, consume: boolean): Promise<number> {
+    if (this.writes.held !== null) return this.writes.held.then(() => this.writeAny(offset, data, consume));
     this.ra.invalidate();
     let r: number | Promise<number>;
     try {
@@ -402,17 +411,23 @@ export abstract class SectorDevice implements BlockDevice {
     } catch (e) {
       return Promise.reject(e);
     }
+    this.writes.begin();
     try {
       r = this.writeEntered(offset, data, consume);
     } catch (e) {
-      this.leave();
+      this.leaveWrite();
       return Promise.reject(e);
     }
     if (typeof r === 'number') {
-      this.leave();
+      this.leaveWrite();
       return Promise.resolve(r);
     }
-    return r.then((n) => (this.leave(), n), (e: unknown) => { this.leave(); throw e; });
+    return r.then((n) => (this.leaveWrite(), n), (e: unknown) => { this.leaveWrite(); throw e; });
+  }
+
+  private leaveWrite(): void {
+    this.writes.end();
+    this.leave();
   }
 
   /**
@@ -461,13 +476,13 @@ export abstract class SectorDevice implements BlockDevice {
 
   /** The rest of a fast-path write that has to wait: seal on the pool, and/or pwrite the remainder there. */
   private async finishWrite(sealing: Promise<void> | undefined, buf: Uint8Array, inPlace: boolean, s0: number, len: number,
-    release: () => void, done = 0): Promise<number> {
+    release: () => void, done = -1): Promise<number> {
     let sealed = sealing === undefined;
     try {
       if (sealing) {
         await sealing;
         sealed = true;
-        done = len <= SYNC_WRITE_MAX ? this.pwriteCached(buf, s0) : 0;
+        done = len <= SYNC_WRITE_MAX ? this.pwriteCached(buf, s0) : -1;
       }
       if (done < len) await this.pwriteFull(buf, s0, done);
       return len;
@@ -487,25 +502,36 @@ export abstract class SectorDevice implements BlockDevice {
    * Try to put a sealed run into the page cache without leaving the event
    * loop: pwritev2(RWF_NOWAIT) where the filesystem supports it, else (ext4)
    * a plain pwrite for runs up to SYNC_WRITE_MAX under the watchdog. Returns
-   * bytes written (0 when it did not try); the caller sends the rest to the pool.
+   * bytes written, or -1 when the write gate was not passed (not asked, or it
+   * answered "wait"); the caller sends the rest to pwriteFull on the pool,
+   * with that -1 so it awaits the gate first.
    */
   private pwriteCached(buf: Uint8Array, s0: number): number {
-    if (this.fastFd < 0) return 0;
+    if (this.fastFd < 0) return -1;
     const pos = this.dataOffset + s0 * SS;
+    let passed = this.gate === null;
     try {
       if (this.nowaitWrite !== false) {
+        if (!passed) {
+          if (!this.gate!.tryPass(s0 * SS, buf.length)) return -1;
+          passed = true;
+        }
         const n = nativeIo!.pwriteNowait(this.fastFd, buf, 0, buf.length, pos);
         if (n >= 0) { this.nowaitWrite = true; return n; }
         if (n === EAGAIN) return 0;
         if (n === EOPNOTSUPP) this.nowaitWrite = false; // ext4 buffered writes: never will
       }
-      if (!this.syncWriteOk || buf.length > SYNC_WRITE_MAX || !syncWriteGuard.allowed()) return 0;
+      if (!this.syncWriteOk || buf.length > SYNC_WRITE_MAX || !syncWriteGuard.allowed()) return passed ? 0 : -1;
+      if (!passed) {
+        if (!this.gate!.tryPass(s0 * SS, buf.length)) return -1;
+        passed = true;
+      }
       const n = nativeIo!.pwriteTimed(this.fastFd, buf, 0, buf.length, pos, writeStats);
       syncWriteGuard.record(writeStats[0] / 1e6, writeStats[1] > 0);
       return n;
     } catch {
       // Let the pool path retry and report the error with its sector (ENOSPC, EIO ...).
-      return 0;
+      return passed ? 0 : -1;
     }
   }
 
@@ -533,7 +559,7 @@ export abstract class SectorDevice implements BlockDevice {
       this.checkLive(); // the key may have been withdrawn while we waited for the lock
       await this.seal(buf, s0);
       sealed = true;
-      const done = n * SS <= SYNC_WRITE_MAX ? this.pwriteCached(buf, s0) : 0;
+      const done = n * SS <= SYNC_WRITE_MAX ? this.pwriteCached(buf, s0) : -1;
       if (done < buf.length) await this.pwriteFull(buf, s0, done);
     } finally {
       if (!sealed) buf.fill(0);
@@ -567,6 +593,58 @@ export abstract class SectorDevice implements BlockDevice {
       jobs.push(this.preadFull(part, first).then(() => this.unseal(part, first)));
     }
     return settleAll(jobs);
+  }
+
+  /** SnapshotSource: the gate every later write passes (undefined removes it). */
+  setWriteGate(gate: WriteGate | undefined): void {
+    this.gate = gate ?? null;
+  }
+
+  /** SnapshotSource: hold new writes, drain accepted ones (write-behind included), run `fn`, release. */
+  withWritesPaused<T>(fn: () => Promise<T> | T): Promise<T> {
+    return this.writes.run(fn);
+  }
+
+  /**
+   * SnapshotSource: the on-disk bytes of the data segment [pos, pos + len)
+   * (ciphertext for an encrypted volume), zeros past the end of a short file.
+   * Never waits for a write: a gate's pass() may call it while a write waits.
+   */
+  async readRaw(pos: number, len: number, into: Buffer): Promise<void> {
+    this.enter();
+    try {
+      this.checkRange(pos, len);
+      if (!Buffer.isBuffer(into)) throw new ArgTypeError('into', 'a Buffer', into);
+      if (into.length < len) throw new RangeError(`into must hold at least len (${len}) bytes, has ${into.length}`);
+      if (len === 0) return;
+      if (!this.backing.direct) return await this.rawRead(into, pos, len);
+      // O_DIRECT wants aligned buffers and offsets: whole sectors through our own buffer.
+      const s0 = Math.floor(pos / SS);
+      const n = Math.ceil((pos + len) / SS) - s0;
+      const buf = this.pool.take(n * SS);
+      try {
+        await this.rawRead(buf, s0 * SS, n * SS);
+        buf.copy(into, 0, pos - s0 * SS, pos - s0 * SS + len);
+      } finally {
+        this.pool.give(buf);
+      }
+    } finally {
+      this.leave();
+    }
+  }
+
+  private async rawRead(into: Buffer, pos: number, len: number): Promise<void> {
+    let off = 0;
+    try {
+      while (off < len) {
+        const n = await this.backing.read(into, off, len - off, this.dataOffset + pos + off);
+        if (n === 0) break;
+        off += n;
+      }
+    } catch (e) {
+      throw ioError(e, `volume ${this.volumeId} byte ${pos + off}: raw read`);
+    }
+    if (off < len) into.fill(0, off, len);
   }
 
   /** Grow (ModifyVolume): the caller has already grown the file and the header. */
@@ -650,7 +728,13 @@ export abstract class SectorDevice implements BlockDevice {
     if (off < buf.length) buf.fill(0, off);
   }
 
-  private async pwriteFull(buf: Uint8Array, sector: number, from = 0): Promise<void> {
+  /** pwrite the rest of a sealed run from `from` on the pool; from = -1: the write gate has not been passed yet. */
+  private async pwriteFull(buf: Uint8Array, sector: number, from: number): Promise<void> {
+    if (from < 0) {
+      from = 0;
+      const gate = this.gate;
+      if (gate !== null) await gate.pass(sector * SS, buf.length);
+    }
     const pos = this.dataOffset + sector * SS;
     let off = from;
     try {

@@ -14,6 +14,7 @@ import { toKeyServiceError, type KeyService } from './key-service.js';
 import { Attachments } from './attachments.js';
 import { VolumeRecovery } from './volume-recovery.js';
 import type { BlockDevice } from './types.js';
+import type { SnapshotSource } from './write-gate.js';
 import { buildLuks2Json, LUKS2_DATA_OFFSET, VOLUME_KEY_BYTES } from './luks2-json.js';
 import { createLuks2, updateLuks2 } from './luks2-header.js';
 import { VolumeError, incorrectState, invalidParameter, notFound, errInfo } from './errors.js';
@@ -184,6 +185,11 @@ export class VolumeManager {
 
   /** The attached device for the FUSE layer, or undefined. */
   getBlockDevice(volumeId: string): BlockDevice | undefined {
+    return this.attachments.get(volumeId)?.device;
+  }
+
+  /** What a snapshot reads and gates on an attached volume (src/volume/write-gate.ts), or undefined when not attached here. */
+  snapshotSource(volumeId: string): SnapshotSource | undefined {
     return this.attachments.get(volumeId)?.device;
   }
 
