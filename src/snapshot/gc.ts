@@ -15,6 +15,8 @@ export interface CollectableStore extends SnapshotStore {
   listBlocksWithAge(): AsyncIterable<BlockWithAge>;
   /** When the block was last put; undefined when absent. */
   blockModifiedMs(hash: BlockHash): Promise<number | undefined>;
+  /** Lets go of connections (S3); the daemon calls it on stop. */
+  close?(): void;
 }
 
 /**

@@ -37,6 +37,8 @@ export interface S3SnapshotStoreOptions {
   requestTimeoutMs?: number;
   /** The SDK's standard retry mode (exponential backoff, full jitter): attempts per call. */
   maxAttempts?: number;
+  /** Keys per ListObjectsV2 page (MaxKeys); S3's own limit, 1000, by default. */
+  listPageSize?: number;
 }
 
 // 30 s per attempt lets a 512 KiB block through a link as slow as ~20 KiB/s;
@@ -70,7 +72,7 @@ export class S3SnapshotStore implements CollectableStore {
   /** The endpoint in use, when one was given or configured; undefined for AWS S3. */
   readonly endpoint: string | undefined;
 
-  private constructor(private readonly s3: S3Client, bucket: string, prefix: string, endpoint: string | undefined) {
+  private constructor(private readonly s3: S3Client, bucket: string, prefix: string, endpoint: string | undefined, private readonly pageSize: number) {
     this.bucket = bucket;
     this.prefix = prefix;
     this.endpoint = endpoint;
@@ -112,7 +114,7 @@ export class S3SnapshotStore implements CollectableStore {
       s3.destroy();
       s3 = new S3Client({ ...base, ...(region ? { region } : {}), forcePathStyle });
     }
-    return new S3SnapshotStore(s3, opts.bucket, prefix, configured);
+    return new S3SnapshotStore(s3, opts.bucket, prefix, configured, opts.listPageSize ?? 1000);
   }
 
   private key(kind: 'blocks' | 'manifests', name: string): string {
@@ -280,7 +282,7 @@ export class S3SnapshotStore implements CollectableStore {
     for (;;) {
       let r;
       try {
-        r = await this.s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(after ? { StartAfter: after } : {}) }));
+        r = await this.s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: this.pageSize, ...(after ? { StartAfter: after } : {}) }));
       } catch (e) {
         throw this.fail('ListObjectsV2', prefix, e);
       }
