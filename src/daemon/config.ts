@@ -47,6 +47,11 @@ export interface DaemonConfig {
   kmsEndpoint?: string;
   /** Region of `kmsEndpoint`; default: AWS_REGION or the profile's `region`. */
   kmsRegion?: string;
+  /**
+   * Where snapshots live (src/snapshot/open-store.ts): `s3://bucket/prefix` for
+   * an S3-compatible store shared by hosts; absent: `<state>/snapshots`.
+   */
+  snapshotStore?: string;
 }
 
 /** `HOST:PORT`, `[::1]:PORT` -> host and port; a RangeError naming the flag otherwise. */

@@ -29,6 +29,8 @@ import { StsService } from '../kms/sts/sts-service.js';
 import { DaemonMetrics, parseListen } from './metrics.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
+import { openSnapshotStore } from '../snapshot/open-store.js';
+import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -92,6 +94,10 @@ export class Daemon {
   private kmsCore: KmsCore | undefined;
   /** Where /metrics is served (Status shows it; `ebsd top` reads it). */
   private metricsUrl: string | undefined;
+  /** Snapshot blocks and manifests (--snapshot-store) and their collector; none on a --kms-only daemon. */
+  private snapshotStore: CollectableStore | undefined;
+  private snapshotGc: SnapshotGc | undefined;
+  private gcTicker: NodeJS.Timeout | undefined;
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
     this.paths = statePaths(cfg.stateDir);
@@ -185,6 +191,14 @@ export class Daemon {
   private async startVolumeService(host: Caller): Promise<void> {
     const { cfg, log, paths } = this;
     const ids = this.authz!.identities;
+    // Before the mount: a bad --snapshot-store is refused with nothing started.
+    this.snapshotStore = await openSnapshotStore(cfg.snapshotStore, paths.root);
+    const store = this.snapshotStore;
+    const gc = new SnapshotGc(store, { log: log.child({ component: 'snapshot-gc' }) });
+    this.snapshotGc = gc;
+    // Orphans (crashes, young blocks of deleted snapshots) are freed once per grace period.
+    this.gcTicker = setInterval(() => void gc.sweep().catch((err) => log.error({ err, store: store.location }, 'snapshot store sweep failed')), gc.graceMs);
+    this.gcTicker.unref();
     const engine = selectXtsEngine('auto', log);
     this.xtsEngineName = engine.name;
     const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind, ...(this.metrics ? { observe: this.metrics.observeVolume } : {}) });
@@ -256,6 +270,8 @@ export class Daemon {
       try { await fn(); } catch (err) { log.error({ err, step: what }, 'shutdown step failed'); }
     };
     if (this.ticker) clearInterval(this.ticker);
+    if (this.gcTicker) clearInterval(this.gcTicker);
+    this.snapshotStore?.close?.();
     await step('sd_notify', () => this.notify.stopping());
     await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
@@ -489,6 +505,7 @@ export class Daemon {
         AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
         ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
+        ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
         Kms: this.remoteKms ? this.remoteKms.health() : { Endpoint: 'embedded' },
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).

@@ -1,22 +1,22 @@
 import { promises as fsp } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { atomicWrite, fsyncDir } from '../util/atomic-write.js';
+import { atomicWrite, fsyncDir, removeAtomicWriteTemps } from '../util/atomic-write.js';
 import { readTextIfExists } from '../util/read-if-exists.js';
-import { parseStateJson } from '../util/state-json.js';
 import { SnapshotError } from './errors.js';
-import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
-
-const HASH = /^[0-9a-f]{64}$/;
-const SNAP_ID = /^snap-[0-9a-f]{17}$/;
+import { checkBlockHash, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest } from './manifest-check.js';
+import type { BlockWithAge, CollectableStore } from './gc.js';
+import type { BlockHash, SnapshotManifest } from './types.js';
 
 /**
  * The default SnapshotStore: a directory (`<state>/snapshots`) holding
- * `blocks/<2 hex>/<sha256>` and `manifests/<snap-id>.json`. Every object is
- * written with atomicWrite (temp, fsync, rename, fsync dir), so a crash leaves
- * an object whole or absent, and a block is durable before any manifest that
- * names it is written.
+ * `blocks/<2 hex>/<sha256>` and `manifests/<snap-id>.json` (docs/architecture.md §12).
+ * Every object is written with atomicWrite (temp, fsync, rename, fsync dir),
+ * so a crash leaves an object whole or absent, and a block is durable before
+ * any manifest that names it is written. A block read back is hashed before
+ * it is handed out: a changed byte on disk is SNAPSHOT_CORRUPT, never data.
  */
-export class DirSnapshotStore implements SnapshotStore {
+export class DirSnapshotStore implements CollectableStore {
   readonly location: string;
   private readonly blocksDir: string;
   private readonly manifestsDir: string;
@@ -27,83 +27,146 @@ export class DirSnapshotStore implements SnapshotStore {
     this.manifestsDir = join(dir, 'manifests');
   }
 
-  static async open(dir: string): Promise<DirSnapshotStore> {
+  /**
+   * Creates the layout if missing. With `removeTemps`, also removes the temp
+   * files interrupted writes left (a crash between temp and rename): only
+   * while nothing else writes to `dir`, as under the daemon's state-dir lock.
+   */
+  static async open(dir: string, opts: { removeTemps?: boolean } = {}): Promise<DirSnapshotStore> {
     const s = new DirSnapshotStore(dir);
     await fsp.mkdir(s.blocksDir, { recursive: true, mode: 0o700 });
     await fsp.mkdir(s.manifestsDir, { recursive: true, mode: 0o700 });
+    if (opts.removeTemps) {
+      // blocks/<2 hex>/ is one level below blocks/.
+      await removeAtomicWriteTemps(s.blocksDir, { depth: 1 });
+      await removeAtomicWriteTemps(s.manifestsDir);
+    }
     return s;
   }
 
   private blockPath(hash: BlockHash): string {
-    if (!HASH.test(hash)) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `not a block hash: ${JSON.stringify(hash)}`);
+    checkBlockHash(hash);
     return join(this.blocksDir, hash.slice(0, 2), hash);
   }
 
   private manifestPath(id: string): string {
-    if (!SNAP_ID.test(id)) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `not a snapshot id: ${JSON.stringify(id)}`, { awsName: 'InvalidSnapshotID.Malformed' });
+    checkSnapshotId(id);
     return join(this.manifestsDir, `${id}.json`);
   }
 
+  /**
+   * Written even when present: the content is the same (content-addressed),
+   * a damaged copy is replaced, and the block's mtime becomes now, which is
+   * the age the collector's grace period reads (src/snapshot/gc.ts).
+   */
   async putBlock(hash: BlockHash, data: Uint8Array): Promise<void> {
     const p = this.blockPath(hash);
-    if (await this.hasBlock(hash)) return;
     const sub = join(this.blocksDir, hash.slice(0, 2));
     try {
       await fsp.mkdir(sub, { mode: 0o700 });
       await fsyncDir(this.blocksDir);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw this.fail('create', sub, e);
     }
-    await atomicWrite(p, data);
+    try {
+      await atomicWrite(p, data);
+    } catch (e) {
+      throw this.fail('write', p, e);
+    }
   }
 
   async getBlock(hash: BlockHash): Promise<Buffer> {
+    const p = this.blockPath(hash);
+    let data: Buffer;
     try {
-      return await fsp.readFile(this.blockPath(hash));
+      data = await fsp.readFile(p);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
       }
-      throw e;
+      throw this.fail('read', p, e);
     }
+    const got = createHash('sha256').update(data).digest('hex');
+    if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${p} reads back as ${data.length} bytes hashing to ${got}`);
+    return data;
   }
 
   async hasBlock(hash: BlockHash): Promise<boolean> {
     try {
       await fsp.access(this.blockPath(hash));
       return true;
-    } catch {
-      return false;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e instanceof SnapshotError ? e : this.fail('stat', this.blockPath(hash), e);
     }
   }
 
+  async blockModifiedMs(hash: BlockHash): Promise<number | undefined> {
+    try {
+      return (await fsp.stat(this.blockPath(hash))).mtimeMs;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw this.fail('stat', this.blockPath(hash), e);
+    }
+  }
+
+  /**
+   * Not fsynced: a delete lost to a crash leaves an orphan the next sweep
+   * frees; a manifest's delete is (deleteManifest), since it must be durable
+   * before its blocks go.
+   */
   async deleteBlock(hash: BlockHash): Promise<void> {
     await fsp.rm(this.blockPath(hash), { force: true });
   }
 
   async *listBlocks(): AsyncIterable<BlockHash> {
-    for (const sub of await fsp.readdir(this.blocksDir)) {
+    for await (const b of this.listBlocksWithAge()) yield b.hash;
+  }
+
+  /** Every block with its mtime: the collector's age (src/snapshot/gc.ts). */
+  async *listBlocksWithAge(): AsyncIterable<BlockWithAge> {
+    for (const sub of (await fsp.readdir(this.blocksDir)).sort()) {
       if (!/^[0-9a-f]{2}$/.test(sub)) continue;
-      for (const name of await fsp.readdir(join(this.blocksDir, sub))) if (HASH.test(name)) yield name;
+      let names: string[];
+      try {
+        names = await fsp.readdir(join(this.blocksDir, sub));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw e;
+      }
+      for (const name of names.sort()) {
+        if (!isBlockHash(name)) continue;
+        try {
+          const st = await fsp.stat(join(this.blocksDir, sub, name));
+          yield { hash: name, modifiedMs: st.mtimeMs };
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // deleted since the readdir
+        }
+      }
     }
   }
 
   async putManifest(m: SnapshotManifest): Promise<void> {
-    await atomicWrite(this.manifestPath(m.snapshotId), `${JSON.stringify(m)}\n`);
+    const p = this.manifestPath(m.snapshotId);
+    try {
+      await atomicWrite(p, `${JSON.stringify(m)}\n`);
+    } catch (e) {
+      throw this.fail('write', p, e);
+    }
   }
 
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
     const p = this.manifestPath(snapshotId);
     const text = await readTextIfExists(p);
     if (text === undefined) return undefined;
-    return parseStateJson('SNAPSHOT_CORRUPT', p, text) as SnapshotManifest;
+    return parseManifest(p, snapshotId, text);
   }
 
   async listManifests(): Promise<SnapshotManifest[]> {
     const out: SnapshotManifest[] = [];
     for (const name of (await fsp.readdir(this.manifestsDir)).sort()) {
       const id = name.endsWith('.json') ? name.slice(0, -5) : '';
-      if (!SNAP_ID.test(id)) continue;
+      if (!isSnapshotId(id)) continue;
       const m = await this.getManifest(id);
       if (m) out.push(m);
     }
@@ -113,5 +176,10 @@ export class DirSnapshotStore implements SnapshotStore {
   async deleteManifest(snapshotId: string): Promise<void> {
     await fsp.rm(this.manifestPath(snapshotId), { force: true });
     await fsyncDir(this.manifestsDir);
+  }
+
+  private fail(what: string, path: string, e: unknown): SnapshotError {
+    const errno = (e as NodeJS.ErrnoException)?.code;
+    return new SnapshotError('SNAPSHOT_STORE', `snapshot store: cannot ${what} ${path}: ${errno ?? (e as Error)?.message ?? String(e)}`, { cause: e });
   }
 }

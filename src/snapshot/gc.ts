@@ -1,0 +1,200 @@
+import type { Logger } from 'pino';
+import { faultPoint } from '../util/fault-point.js';
+import { silentLogger } from '../util/logger.js';
+import { checkBlockHash, manifestHashes } from './manifest-check.js';
+import type { BlockHash, SnapshotStore } from './types.js';
+
+/** A block as a store lists it for the collector: `modifiedMs` is when it was last put (the store's clock). */
+export interface BlockWithAge {
+  hash: BlockHash;
+  modifiedMs: number;
+}
+
+/** What the collector needs beyond SnapshotStore: each block's age. Both stores have it. */
+export interface CollectableStore extends SnapshotStore {
+  listBlocksWithAge(): AsyncIterable<BlockWithAge>;
+  /** When the block was last put; undefined when absent. */
+  blockModifiedMs(hash: BlockHash): Promise<number | undefined>;
+  /** Lets go of connections (S3); the daemon calls it on stop. */
+  close?(): void;
+}
+
+/**
+ * A block put less than this long ago is never swept, referenced or not: it
+ * may belong to a snapshot another daemon sharing the store is writing, whose
+ * manifest does not name it yet. One hour covers a writer that names its
+ * blocks in its pending manifest as it goes (every progress update), clock
+ * skew between NTP-synced hosts and the store (seconds), and S3 retries with
+ * backoff (seconds); an orphan it keeps costs only space until the next sweep
+ * (docs/architecture.md §12.3).
+ */
+export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
+
+export interface SnapshotGcOptions {
+  graceMs?: number;
+  /** The clock ages are measured against; Date.now by default (tests inject theirs). */
+  now?: () => number;
+  log?: Logger;
+}
+
+export interface SweepResult {
+  /** Manifests marked from (any state). */
+  manifests: number;
+  /** Blocks the sweep looked at. */
+  examined: number;
+  deleted: number;
+  /** Unreferenced, but younger than the grace period. */
+  keptYoung: number;
+  /** Unreferenced, but pinned by an operation in progress on this daemon. */
+  keptPinned: number;
+}
+
+/** Held by an operation while it relies on blocks no manifest names yet; release() when its manifest does (or it gave up). */
+export interface BlockPin {
+  release(): void;
+}
+
+/**
+ * The snapshot store's garbage collector (docs/architecture.md §12.3): mark
+ * every block any manifest names (every state, every daemon sharing the
+ * store), sweep the rest, except blocks pinned by an operation in progress
+ * here and blocks younger than the grace period.
+ *
+ * Crash safety: deleteSnapshot removes the manifest first, durably, and its
+ * blocks after; a crash between leaves orphans a later sweep frees, never a
+ * manifest naming a missing block. The marks are taken twice, before and
+ * after the candidates are chosen, so a manifest written meanwhile by
+ * another daemon still saves its blocks.
+ *
+ * Pins: an operation pins a block before it checks for it or relies on it
+ * (`await gc.pin(hashes)`): pin() waits for a delete of that block already
+ * under way, so afterwards the block is either present and safe or absent
+ * (and will be put again).
+ */
+export class SnapshotGc {
+  readonly graceMs: number;
+  private readonly now: () => number;
+  private readonly log: Logger;
+  private readonly pins = new Map<BlockHash, number>();
+  private readonly deleting = new Map<BlockHash, Promise<void>>();
+  /** One collection at a time on this daemon. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly store: CollectableStore, opts: SnapshotGcOptions = {}) {
+    this.graceMs = opts.graceMs ?? DEFAULT_GC_GRACE_MS;
+    this.now = opts.now ?? Date.now;
+    this.log = opts.log ?? silentLogger;
+  }
+
+  async pin(hashes: Iterable<BlockHash>): Promise<BlockPin> {
+    const held: BlockHash[] = [];
+    for (const h of hashes) {
+      checkBlockHash(h);
+      this.pins.set(h, (this.pins.get(h) ?? 0) + 1);
+      held.push(h);
+    }
+    await Promise.all(held.map((h) => this.deleting.get(h)).filter((p) => p !== undefined));
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        for (const h of held) {
+          const n = this.pins.get(h)! - 1;
+          if (n === 0) this.pins.delete(h);
+          else this.pins.set(h, n);
+        }
+      },
+    };
+  }
+
+  isPinned(hash: BlockHash): boolean {
+    return this.pins.has(hash);
+  }
+
+  /**
+   * Removes the snapshot's manifest, then frees the blocks it named that no
+   * other manifest names (and no pin holds, and are past the grace period).
+   * Absent manifest: nothing to do (`deleted: false`).
+   */
+  deleteSnapshot(snapshotId: string): Promise<{ deleted: boolean; result: SweepResult }> {
+    return this.serial(async () => {
+      const m = await this.store.getManifest(snapshotId);
+      if (!m) return { deleted: false, result: { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 } };
+      await this.store.deleteManifest(snapshotId);
+      faultPoint('gc.after-manifest-delete');
+      const now = this.now();
+      const candidates: BlockWithAge[] = [];
+      for (const hash of new Set(manifestHashes(m))) {
+        const modifiedMs = await this.store.blockModifiedMs(hash);
+        if (modifiedMs !== undefined) candidates.push({ hash, modifiedMs });
+      }
+      const result = await this.collect(candidates, now);
+      this.log.info({ snapshotId, ...result }, 'snapshot deleted; its unshared blocks freed');
+      return { deleted: true, result };
+    });
+  }
+
+  /** Frees every block no manifest names: orphans of crashes, of deleted snapshots' young blocks, of failed writes. */
+  sweep(): Promise<SweepResult> {
+    return this.serial(async () => {
+      const now = this.now();
+      const all: BlockWithAge[] = [];
+      for await (const b of this.store.listBlocksWithAge()) all.push(b);
+      const result = await this.collect(all, now);
+      if (result.deleted || result.keptYoung || result.keptPinned) this.log.info({ store: this.store.location, ...result }, 'snapshot store swept');
+      return result;
+    });
+  }
+
+  private async collect(blocks: BlockWithAge[], now: number): Promise<SweepResult> {
+    // First mark: the blocks listed are judged against the manifests of this moment.
+    let marked = await this.mark();
+    const manifests = marked.manifests;
+    let keptYoung = 0;
+    let keptPinned = 0;
+    const doomed: BlockHash[] = [];
+    for (const b of blocks) {
+      if (marked.refs.has(b.hash)) continue;
+      if (this.pins.has(b.hash)) keptPinned++;
+      else if (!(now - b.modifiedMs >= this.graceMs)) keptYoung++;
+      else doomed.push(b.hash);
+    }
+    let deleted = 0;
+    if (doomed.length) {
+      // Second mark: a manifest written since the first (another daemon's) still saves its blocks.
+      marked = await this.mark();
+      for (const h of doomed) {
+        if (marked.refs.has(h)) continue;
+        // Pins are checked last, synchronously before the delete starts; pin() waits for it.
+        if (this.pins.has(h)) {
+          keptPinned++;
+          continue;
+        }
+        const p = this.store.deleteBlock(h);
+        this.deleting.set(h, p.catch(() => {}));
+        try {
+          await p;
+        } finally {
+          this.deleting.delete(h);
+        }
+        deleted++;
+      }
+    }
+    return { manifests, examined: blocks.length, deleted, keptYoung, keptPinned };
+  }
+
+  /** Every block any manifest names. A manifest that cannot be read throws: no sweep on a partial mark. */
+  private async mark(): Promise<{ refs: Set<BlockHash>; manifests: number }> {
+    const refs = new Set<BlockHash>();
+    const all = await this.store.listManifests();
+    for (const m of all) for (const h of manifestHashes(m)) refs.add(h);
+    return { refs, manifests: all.length };
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+}

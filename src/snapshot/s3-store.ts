@@ -1,0 +1,308 @@
+import { readFileSync } from 'node:fs';
+import { Agent } from 'node:https';
+import { rootCertificates } from 'node:tls';
+import { createHash } from 'node:crypto';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { ArgRangeError } from '../util/errors.js';
+import { SnapshotError } from './errors.js';
+import { checkBlockHash, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest } from './manifest-check.js';
+import type { BlockWithAge, CollectableStore } from './gc.js';
+import type { BlockHash, SnapshotManifest } from './types.js';
+
+export interface S3SnapshotStoreOptions {
+  bucket: string;
+  /** Key prefix without leading or trailing `/`; '' puts `blocks/` and `manifests/` at the bucket's root. */
+  prefix: string;
+  /** Default: the SDK's resolution (AWS_REGION, the profile's `region`), else `us-east-1` (S3-compatible stores rarely care). */
+  region?: string;
+  /**
+   * Default: the SDK's configured endpoint (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL,
+   * the profile's `endpoint_url` or its `services` section), else AWS S3.
+   */
+  endpoint?: string;
+  /** Path-style requests (`http://host/bucket/key`); default: true when an endpoint is given or configured, as S3-compatible servers expect. */
+  forcePathStyle?: boolean;
+  /** Default: the standard credential chain (environment, profiles, SSO, process, IMDS). */
+  credentials?: S3ClientConfig['credentials'];
+  /** Per HTTP attempt: the TCP/TLS connect, then the whole request (a 512 KiB block). */
+  connectionTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  /** The SDK's standard retry mode (exponential backoff, full jitter): attempts per call. */
+  maxAttempts?: number;
+  /** Keys per ListObjectsV2 page (MaxKeys); S3's own limit, 1000, by default. */
+  listPageSize?: number;
+}
+
+// 30 s per attempt lets a 512 KiB block through a link as slow as ~20 KiB/s;
+// three attempts ride out a store's restart or a dropped connection without
+// holding a snapshot for minutes behind a dead endpoint.
+const DEFAULTS = { connectionTimeoutMs: 3_000, requestTimeoutMs: 30_000, maxAttempts: 3 };
+
+// S3 bucket naming rules (general purpose buckets): 3-63 characters, lowercase
+// letters, digits, dots and hyphens, beginning and ending with a letter or digit.
+const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+/**
+ * A SnapshotStore in any S3-compatible object store (docs/architecture.md
+ * §12.2), through `@aws-sdk/client-s3` configured the standard way. Objects:
+ * `PREFIX/blocks/<sha256>` and `PREFIX/manifests/<snap-id>.json`.
+ *
+ * An S3 PUT replaces an object whole or not at all, so nothing partial is ever
+ * visible. Block PUTs carry `x-amz-checksum-sha256`: the block's hash is its
+ * SHA-256, so S3 checks the bytes it stores against the very hash the manifest
+ * names at no cost to us; a GET hashes the bytes again before handing them out.
+ *
+ * Failures are SnapshotError `SNAPSHOT_STORE` naming the operation, the object
+ * and S3's error name; the SDK's error object is not kept as `cause`, so no
+ * request detail travels further into logs (credentials never appear in S3's
+ * error messages; the signature does not either).
+ */
+export class S3SnapshotStore implements CollectableStore {
+  readonly location: string;
+  readonly bucket: string;
+  readonly prefix: string;
+  /** The endpoint in use, when one was given or configured; undefined for AWS S3. */
+  readonly endpoint: string | undefined;
+
+  private constructor(private readonly s3: S3Client, bucket: string, prefix: string, endpoint: string | undefined, private readonly pageSize: number) {
+    this.bucket = bucket;
+    this.prefix = prefix;
+    this.endpoint = endpoint;
+    this.location = `s3://${bucket}${prefix ? `/${prefix}` : ''}`;
+  }
+
+  /** Resolves the configuration (region, endpoint); does not contact the store. */
+  static async open(opts: S3SnapshotStoreOptions): Promise<S3SnapshotStore> {
+    if (!BUCKET.test(opts.bucket) || opts.bucket.includes('..')) {
+      throw new ArgRangeError('bucket', `"${opts.bucket}" is not an S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')`);
+    }
+    const prefix = opts.prefix.replace(/^\/+|\/+$/g, '');
+    if (prefix.split('/').some((p) => p === '' || p === '.' || p === '..') && prefix !== '') {
+      throw new ArgRangeError('prefix', `"${opts.prefix}" has an empty, '.' or '..' path segment`);
+    }
+    const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => k in DEFAULTS && v !== undefined)) };
+    const requestHandler = { connectionTimeout: o.connectionTimeoutMs, requestTimeout: o.requestTimeoutMs, throwOnRequestTimeout: true, ..._caBundleAgent() };
+    const base: S3ClientConfig = {
+      maxAttempts: o.maxAttempts,
+      retryMode: 'standard',
+      requestHandler,
+      ...(opts.credentials ? { credentials: opts.credentials } : {}),
+      ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),
+      ...(opts.region ? { region: opts.region } : {}),
+    };
+    let s3 = new S3Client(base);
+    // The endpoint configured outside the code (environment, profile), which the SDK applies on its own.
+    const configured = opts.endpoint ?? (await (s3.config as { serviceConfiguredEndpoint?: () => Promise<string | undefined> }).serviceConfiguredEndpoint?.());
+    let region = opts.region;
+    if (!region) {
+      try {
+        await s3.config.region();
+      } catch {
+        region = 'us-east-1';
+      }
+    }
+    const forcePathStyle = opts.forcePathStyle ?? configured !== undefined;
+    if (forcePathStyle || region) {
+      s3.destroy();
+      s3 = new S3Client({ ...base, ...(region ? { region } : {}), forcePathStyle });
+    }
+    return new S3SnapshotStore(s3, opts.bucket, prefix, configured, opts.listPageSize ?? 1000);
+  }
+
+  private key(kind: 'blocks' | 'manifests', name: string): string {
+    return `${this.prefix ? `${this.prefix}/` : ''}${kind}/${name}`;
+  }
+
+  private fail(op: string, key: string, e: unknown): SnapshotError {
+    const err = e as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+    const name = err?.name && err.name !== 'Error' ? err.name : (err?.code ?? 'Error');
+    const status = err?.$metadata?.httpStatusCode ? ` (HTTP ${err.$metadata.httpStatusCode})` : '';
+    return new SnapshotError('SNAPSHOT_STORE', `S3 ${op} of s3://${this.bucket}/${key} failed: ${name}${status}: ${err?.message ?? String(e)}`);
+  }
+
+  async putBlock(hash: BlockHash, data: Uint8Array): Promise<void> {
+    checkBlockHash(hash);
+    const key = this.key('blocks', hash);
+    try {
+      // Put even when present: the object is identical (content-addressed),
+      // and its LastModified becomes now, so a collector on another host
+      // holds it for its grace period (src/snapshot/gc.ts) while our manifest is written.
+      await this.s3.send(new PutObjectCommand({
+        Bucket: this.bucket, Key: key, Body: data, ContentLength: data.length,
+        ChecksumSHA256: Buffer.from(hash, 'hex').toString('base64'),
+        ContentType: 'application/octet-stream',
+      }));
+    } catch (e) {
+      if ((e as { name?: string }).name === 'BadDigest' || (e as { name?: string }).name === 'InvalidRequest' && /checksum/i.test((e as Error).message)) {
+        throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash}: the bytes given do not hash to it (S3 ${(e as Error).name} on s3://${this.bucket}/${key})`);
+      }
+      throw this.fail('PutObject', key, e);
+    }
+  }
+
+  async getBlock(hash: BlockHash): Promise<Buffer> {
+    checkBlockHash(hash);
+    const key = this.key('blocks', hash);
+    let data: Buffer;
+    try {
+      const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      data = Buffer.from(await r.Body!.transformToByteArray());
+    } catch (e) {
+      if ((e as { name?: string }).name === 'NoSuchKey') {
+        throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
+      }
+      throw this.fail('GetObject', key, e);
+    }
+    const got = createHash('sha256').update(data).digest('hex');
+    if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash} in ${this.location} reads back as ${data.length} bytes hashing to ${got}`);
+    return data;
+  }
+
+  async hasBlock(hash: BlockHash): Promise<boolean> {
+    checkBlockHash(hash);
+    const key = this.key('blocks', hash);
+    try {
+      await this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      return true;
+    } catch (e) {
+      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') return false;
+      throw this.fail('HeadObject', key, e);
+    }
+  }
+
+  async blockModifiedMs(hash: BlockHash): Promise<number | undefined> {
+    checkBlockHash(hash);
+    const key = this.key('blocks', hash);
+    try {
+      const r = await this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      return r.LastModified?.getTime() ?? Number.POSITIVE_INFINITY;
+    } catch (e) {
+      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') return undefined;
+      throw this.fail('HeadObject', key, e);
+    }
+  }
+
+  async deleteBlock(hash: BlockHash): Promise<void> {
+    checkBlockHash(hash);
+    await this.deleteKey(this.key('blocks', hash));
+  }
+
+  async *listBlocks(): AsyncIterable<BlockHash> {
+    for await (const b of this.listBlocksWithAge()) yield b.hash;
+  }
+
+  /** Every block with its LastModified (the store's clock), in key order: the collector's age (src/snapshot/gc.ts). */
+  async *listBlocksWithAge(): AsyncIterable<BlockWithAge> {
+    const dir = this.key('blocks', '');
+    for await (const o of this.listKeys(dir)) {
+      const name = o.key.slice(dir.length);
+      // No LastModified (a server that omits it): taken as just written, so never swept on a guess.
+      if (isBlockHash(name)) yield { hash: name, modifiedMs: o.lastModified?.getTime() ?? Number.POSITIVE_INFINITY };
+    }
+  }
+
+  async putManifest(m: SnapshotManifest): Promise<void> {
+    checkSnapshotId(m.snapshotId);
+    const key = this.key('manifests', `${m.snapshotId}.json`);
+    const body = Buffer.from(`${JSON.stringify(m)}\n`);
+    try {
+      await this.s3.send(new PutObjectCommand({
+        Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length,
+        ChecksumSHA256: createHash('sha256').update(body).digest('base64'),
+        ContentType: 'application/json',
+      }));
+    } catch (e) {
+      throw this.fail('PutObject', key, e);
+    }
+  }
+
+  async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
+    checkSnapshotId(snapshotId);
+    const key = this.key('manifests', `${snapshotId}.json`);
+    let text: string;
+    try {
+      const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      text = await r.Body!.transformToString('utf8');
+    } catch (e) {
+      if ((e as { name?: string }).name === 'NoSuchKey') return undefined;
+      throw this.fail('GetObject', key, e);
+    }
+    return parseManifest(`s3://${this.bucket}/${key}`, snapshotId, text);
+  }
+
+  async listManifests(): Promise<SnapshotManifest[]> {
+    const dir = this.key('manifests', '');
+    const out: SnapshotManifest[] = [];
+    for await (const o of this.listKeys(dir)) {
+      const name = o.key.slice(dir.length);
+      const id = name.endsWith('.json') ? name.slice(0, -5) : '';
+      if (!isSnapshotId(id)) continue;
+      // Deleted between the listing and the read: gone, not an error.
+      const m = await this.getManifest(id);
+      if (m) out.push(m);
+    }
+    return out;
+  }
+
+  async deleteManifest(snapshotId: string): Promise<void> {
+    checkSnapshotId(snapshotId);
+    await this.deleteKey(this.key('manifests', `${snapshotId}.json`));
+  }
+
+  /** Closes the HTTP connections. */
+  close(): void {
+    this.s3.destroy();
+  }
+
+  private async deleteKey(key: string): Promise<void> {
+    try {
+      // S3 answers 204 for an absent key too.
+      await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+    } catch (e) {
+      throw this.fail('DeleteObject', key, e);
+    }
+  }
+
+  /**
+   * ListObjectsV2 pages chained with StartAfter (the last key of the page)
+   * rather than ContinuationToken: the same walk on S3, and it also works on
+   * servers whose continuation tokens are broken (s3rver's need a cipher
+   * OpenSSL 3 no longer has).
+   */
+  private async *listKeys(prefix: string): AsyncIterable<{ key: string; lastModified: Date | undefined }> {
+    let after: string | undefined;
+    for (;;) {
+      let r;
+      try {
+        r = await this.s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: this.pageSize, ...(after ? { StartAfter: after } : {}) }));
+      } catch (e) {
+        throw this.fail('ListObjectsV2', prefix, e);
+      }
+      const contents = r.Contents ?? [];
+      for (const o of contents) if (o.Key) yield { key: o.Key, lastModified: o.LastModified };
+      if (!r.IsTruncated || contents.length === 0) return;
+      after = contents[contents.length - 1]!.Key;
+    }
+  }
+}
+
+/** AWS_CA_BUNDLE (the AWS CLI's variable) for an HTTPS endpoint with a private CA. */
+function _caBundleAgent(): { httpsAgent?: Agent } {
+  const file = process.env.AWS_CA_BUNDLE;
+  if (!file) return {};
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ArgRangeError('AWS_CA_BUNDLE', `cannot read ${file}: ${(e as Error).message}`);
+  }
+  return { httpsAgent: new Agent({ keepAlive: true, ca: [...rootCertificates, pem] }) };
+}

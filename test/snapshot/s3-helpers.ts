@@ -1,0 +1,58 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+
+/** s3rver's fixed credentials (it refuses any other signature). */
+export const S3RVER_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+
+export interface S3Server {
+  endpoint: string;
+  bucket: string;
+  /** s3rver's directory: `<dir>/<bucket>/<key>._S3rver_object` holds an object's bytes. */
+  dir: string;
+  objectFile(key: string): string;
+  /** The environment a daemon or SDK client needs to reach it the standard way. */
+  env: Record<string, string>;
+  stop(): Promise<void>;
+}
+
+/** Starts test/snapshot/s3-server.mjs (s3rver) in a child process; stop() kills it and removes its directory. */
+export async function startS3Server(bucket = 'ebsd-snapshots'): Promise<S3Server> {
+  const dir = mkdtempSync('/tmp/ebsd-s3rver-');
+  const child: ChildProcess = spawn(process.execPath, ['--openssl-legacy-provider', '--no-warnings', resolve(import.meta.dirname, 's3-server.mjs'), dir, bucket], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (c) => (stderr += c));
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await gone;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const port = await new Promise<number>((res, rej) => {
+      const rl = createInterface({ input: child.stdout! });
+      rl.once('line', (l) => res((JSON.parse(l) as { port: number }).port));
+      child.once('exit', (code) => rej(new Error(`s3rver exited (${code}) before listening: ${stderr}`)));
+    });
+    const endpoint = `http://127.0.0.1:${port}`;
+    return {
+      endpoint, bucket, dir,
+      objectFile: (key) => join(dir, bucket, `${key}._S3rver_object`),
+      env: {
+        AWS_ENDPOINT_URL_S3: endpoint,
+        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+        AWS_REGION: 'us-east-1',
+      },
+      stop,
+    };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}

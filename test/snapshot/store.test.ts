@@ -1,0 +1,80 @@
+/**
+ * The conformance suite (test/snapshot/store-suite.ts) against both stores:
+ * the directory store on a temp dir, and the S3 store on s3rver started by
+ * this file in its own process. Plus what only the directory store does:
+ * temp files of interrupted writes are removed when the daemon opens it.
+ */
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
+import { block, manifest, runSnapshotStoreSuite, snapId } from './store-suite.js';
+import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
+
+runSnapshotStoreSuite('DirSnapshotStore', async () => {
+  const dir = mkdtempSync('/tmp/ebsd-dirstore-');
+  const store = await DirSnapshotStore.open(join(dir, 'snapshots'));
+  return {
+    store,
+    corruptBlock: async (hash, bytes) => writeFileSync(join(dir, 'snapshots', 'blocks', hash.slice(0, 2), hash), bytes),
+    writeRawManifest: async (id, text) => writeFileSync(join(dir, 'snapshots', 'manifests', `${id}.json`), text),
+    close: async () => rmSync(dir, { recursive: true, force: true }),
+  };
+});
+
+let server: S3Server | undefined;
+let raw: S3Client | undefined;
+let prefixes = 0;
+beforeAll(async () => {
+  server = await startS3Server();
+  raw = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, region: 'us-east-1', credentials: S3RVER_CREDENTIALS });
+});
+afterAll(async () => {
+  raw?.destroy();
+  await server?.stop();
+});
+
+runSnapshotStoreSuite('S3SnapshotStore on s3rver', async () => {
+  const prefix = `t${prefixes++}/snapshots`;
+  // Three keys per ListObjectsV2 page, so the suite's listings cross pages.
+  const store = await S3SnapshotStore.open({ bucket: server!.bucket, prefix, endpoint: server!.endpoint, credentials: S3RVER_CREDENTIALS, listPageSize: 3 });
+  const put = (key: string, body: Buffer | string): Promise<unknown> => raw!.send(new PutObjectCommand({ Bucket: server!.bucket, Key: `${prefix}/${key}`, Body: body }));
+  return {
+    store,
+    corruptBlock: async (hash, bytes) => void (await put(`blocks/${hash}`, bytes)),
+    writeRawManifest: async (id, text) => void (await put(`manifests/${id}.json`, text)),
+    close: async () => store.close(),
+  };
+}, { serverReplacesAtomically: false });
+
+describe('DirSnapshotStore after a crash', () => {
+  test('temp files of interrupted writes are removed when opened with removeTemps, and only they', async () => {
+    const dir = mkdtempSync('/tmp/ebsd-dirstore-');
+    try {
+      const root = join(dir, 'snapshots');
+      const s = await DirSnapshotStore.open(root);
+      const b = block(4096);
+      await s.putBlock(b.hash, b.data);
+      const id = snapId();
+      await s.putManifest(manifest(id, [[0, b.hash]]));
+      // What atomicWrite leaves when killed between creating its temp file and the rename.
+      const sub = join(root, 'blocks', b.hash.slice(0, 2));
+      writeFileSync(join(sub, `.${b.hash}.0123456789ab.tmp`), 'partial');
+      mkdirSync(join(root, 'blocks', 'ff'), { recursive: true });
+      writeFileSync(join(root, 'blocks', 'ff', `.${'f'.repeat(64)}.aaaaaaaaaaaa.tmp`), 'partial');
+      writeFileSync(join(root, 'manifests', `.${id}.json.bbbbbbbbbbbb.tmp`), '{"formatVersion":1');
+      await DirSnapshotStore.open(root); // without removeTemps: left alone
+      expect(readdirSync(sub)).toHaveLength(2);
+      const reopened = await DirSnapshotStore.open(root, { removeTemps: true });
+      expect(readdirSync(sub)).toEqual([b.hash]);
+      expect(readdirSync(join(root, 'blocks', 'ff'))).toEqual([]);
+      expect(readdirSync(join(root, 'manifests'))).toEqual([`${id}.json`]);
+      expect((await reopened.getBlock(b.hash)).equals(b.data)).toBe(true);
+      expect((await reopened.getManifest(id))!.blocks).toEqual([[0, b.hash]]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
