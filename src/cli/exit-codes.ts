@@ -41,9 +41,9 @@ export const EXIT_CODES_HELP = `Exit codes:
  10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, a corrupt image: *.Corrupt;
      ThrottlingException, RequestLimitExceeded: too many requests or connections, retry later)`;
 
-const NOT_FOUND = new Set(['NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
+const NOT_FOUND = new Set(['NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'InvalidSnapshot.NotFound', 'InvalidSnapshotID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
 const CONFLICT = new Set([
-  'VolumeInUse', 'IncorrectState', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
+  'VolumeInUse', 'InvalidSnapshot.InUse', 'IncorrectState', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
   'EntityAlreadyExistsException', 'DeleteConflictException', 'LimitExceededException',
 ]);
 /**

@@ -17,6 +17,7 @@ import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, table, ty
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
 import { topCommand } from './top.js';
+import { snapshotCommands } from './snapshot-commands.js';
 
 interface Globals {
   stateDir: string;
@@ -488,6 +489,7 @@ export async function main(argv: string[]): Promise<number> {
   y = daemonCommand(y);
   y = kmsCommand(y);
   y = volumeCommands(y);
+  y = snapshotCommands(y, (code) => (exitCode = code));
   y = statusCommand(y);
   y = auditCommands(y);
   y = iamCommands(y);

@@ -31,6 +31,8 @@ import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
 import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
+import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-manager.js';
+import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type SnapshotRequest } from './snapshot-api.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -69,6 +71,9 @@ export class Daemon {
   private kms: KmsService | undefined;
   private authz: AuthzHandles | undefined;
   private mgr: VolumeManager | undefined;
+  /** Snapshots of this host's volumes (docs/architecture.md §12). */
+  private snapshots: SnapshotManager | undefined;
+  private snapshotApi: SnapshotApi | undefined;
   private ec2Authz: Ec2Authorizer | undefined;
   private bfs: BlockFileSystem | undefined;
   private fuse: FuseMount | undefined;
@@ -218,8 +223,15 @@ export class Daemon {
       allowUnencrypted: cfg.allowUnencrypted,
       openCount: (id) => bfs.openCount(id),
       // The FUSE table changes inside the volume's mutex, with the attachment (attach, detach, resume, close).
-      expose: (dev) => bfs.add(dev),
-      hide: async (id, { force }) => void (await bfs.remove(id, { force })),
+      // Snapshots track every attached volume's writes (docs/architecture.md §12.5).
+      expose: (dev) => {
+        bfs.add(dev);
+        this.snapshots?.volumeAttached(dev);
+      },
+      hide: async (id, { force }) => {
+        await bfs.remove(id, { force });
+        await this.snapshots?.volumeDetaching(id, this.mgr?.getBlockDevice(id));
+      },
       onAudit: (ev) => void this.auditVolume(ev),
       onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
       logger: log,
@@ -229,6 +241,16 @@ export class Daemon {
       evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: mgr.instanceId,
       volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
     });
+    this.snapshots = await SnapshotManager.open({
+      store,
+      gc,
+      localDir: join(paths.root, 'snapshots-local'),
+      volumes: mgr,
+      accountId: ids.accountId,
+      onAudit: (ev) => void this.auditSnapshot(ev),
+      logger: log,
+    });
+    this.snapshotApi = new SnapshotApi({ snapshots: this.snapshots, authz: this.ec2Authz });
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
   }
@@ -277,6 +299,7 @@ export class Daemon {
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
+    await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
     await step('unmount', () => this.fuse?.unmount());
@@ -318,7 +341,7 @@ export class Daemon {
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
-    const source = VOLUME_OPS.has(op) ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
+    const source = VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
     // Only a well-formed id reaches the audit record of a refusal (a body member may be 1 MB long).
     const volumeId = typeof body.VolumeId === 'string' && VOLUME_ID_RE.test(body.VolumeId) ? body.VolumeId : undefined;
     if (caller.type === 'Unknown') {
@@ -338,6 +361,12 @@ export class Daemon {
       const keyRefusal = this.remoteKeyRefusal(req, caller);
       if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
       return this.volumeOp(req, caller);
+    }
+    if (SNAPSHOT_OPS.has(op)) {
+      if (!this.snapshotApi) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
+      const req = parseSnapshotRequest(op as SnapshotRequest['op'], body);
+      // A refusal is audited as the volume refusals are; CreateSnapshot's names its volume.
+      return this.snapshotApi.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal));
     }
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
@@ -375,6 +404,16 @@ export class Daemon {
       void this.kms!.context.audit.appendRefusal(`throttle\0${r.caller}\0${r.reason}`,
         () => throttledEvent(r, { accountId: ids.accountId, region: ids.region, ...(uid !== undefined ? { uid } : {}), ...(caller ? { caller } : {}) }))
         .catch((err) => this.log.error({ err }, 'could not audit refused connections'));
+    }
+  }
+
+  private async auditSnapshot(ev: SnapshotAuditEvent): Promise<void> {
+    const ids = this.authz!.identities;
+    try {
+      const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
+      await this.kms!.context.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
+    } catch (err) {
+      this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event');
     }
   }
 

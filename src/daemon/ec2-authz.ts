@@ -26,7 +26,23 @@ export const EC2_ACTIONS: ReadonlyMap<string, string> = new Map([
   ['DeleteVolume', 'ec2:DeleteVolume'],
   ['AttachVolume', 'ec2:AttachVolume'],
   ['DetachVolume', 'ec2:DetachVolume'],
+  // Snapshots: judged by checkCreateSnapshot / checkSnapshot, which need the volume or manifest.
+  ['CreateSnapshot', 'ec2:CreateSnapshot'],
+  ['DescribeSnapshots', 'ec2:DescribeSnapshots'],
+  ['DeleteSnapshot', 'ec2:DeleteSnapshot'],
 ]);
+
+/** What authorization needs to know of an existing snapshot (DescribeSnapshots' shape). */
+export interface SnapshotView {
+  SnapshotId: string;
+  VolumeId: string;
+  VolumeSize: number;
+  Encrypted: boolean;
+  KmsKeyId?: string;
+  StartTime: string;
+  OwnerId: string;
+  Tags: readonly { Key: string; Value: string }[];
+}
 
 /** What authorization needs to know of an existing volume (DescribeVolumes' shape). */
 export interface VolumeView {
@@ -80,6 +96,10 @@ export class Ec2Authorizer {
     const action = EC2_ACTIONS.get(op);
     if (!action) return undefined;
     switch (op) {
+      case 'CreateSnapshot':
+      case 'DescribeSnapshots':
+      case 'DeleteSnapshot':
+        return undefined; // checkCreateSnapshot / checkSnapshot, by the snapshot API
       case 'CreateVolume':
         return this._checkCreate(body, caller);
       case 'DescribeVolumes':
@@ -110,6 +130,62 @@ export class Ec2Authorizer {
   mayDescribe(op: 'DescribeVolumes' | 'DescribeVolumeStatus', caller: Caller, v: VolumeView): boolean {
     if (caller.type === 'Root') return true;
     return this._decide(EC2_ACTIONS.get(op)!, this.volumeArn(v.VolumeId), caller, this._volumeContext(v)) === undefined;
+  }
+
+  /** EC2's snapshot ARN: no account in it (`arn:aws:ec2:REGION::snapshot/snap-…`). */
+  snapshotArn(snapshotId: string): string {
+    return `arn:aws:ec2:${this.o.region}::snapshot/${snapshotId}`;
+  }
+
+  /**
+   * CreateSnapshot is authorized on the volume (its tags, id, size,
+   * encryption) and on `snapshot/*` (aws:RequestTag/*, ec2:ParentVolume,
+   * ec2:Encrypted, ec2:VolumeSize); tags given at create also need
+   * ec2:CreateTags with ec2:CreateAction = CreateSnapshot.
+   */
+  checkCreateSnapshot(volumeId: string, tags: readonly { Key: string; Value: string }[], caller: Caller): UnauthorizedOperation | undefined {
+    const onVolume = this._checkVolume('ec2:CreateSnapshot', volumeId, caller);
+    if (onVolume) return onVolume;
+    const v = this.o.volume(volumeId);
+    const ctx = this._common(_tagContext(tags));
+    ctx.set('ec2:ParentVolume', this.volumeArn(volumeId));
+    if (v) {
+      ctx.set('ec2:Encrypted', v.Encrypted ? 'true' : 'false');
+      ctx.set('ec2:VolumeSize', String(Math.ceil(v.SizeBytes / GiB)));
+    }
+    const resource = this.snapshotArn('*');
+    const refusal = this._decide('ec2:CreateSnapshot', resource, caller, ctx);
+    if (refusal || tags.length === 0) return refusal;
+    const tagCtx = this._common(_tagContext(tags));
+    tagCtx.set('ec2:CreateAction', 'CreateSnapshot');
+    return this._decide('ec2:CreateTags', resource, caller, tagCtx);
+  }
+
+  /** DeleteSnapshot / DescribeSnapshots (per snapshot) on the snapshot's ARN, with its tags, id, size, encryption, parent volume. */
+  checkSnapshot(op: 'DeleteSnapshot' | 'DescribeSnapshots', s: SnapshotView, caller: Caller): UnauthorizedOperation | undefined {
+    if (caller.type === 'Root') return undefined;
+    return this._decide(EC2_ACTIONS.get(op)!, this.snapshotArn(s.SnapshotId), caller, this._snapshotContext(s));
+  }
+
+  /** A snapshot id that does not exist is judged on its id alone: refused callers learn nothing of it. */
+  checkSnapshotId(op: 'DeleteSnapshot' | 'DescribeSnapshots', snapshotId: string, caller: Caller): UnauthorizedOperation | undefined {
+    if (caller.type === 'Root') return undefined;
+    return this._decide(EC2_ACTIONS.get(op)!, this.snapshotArn(snapshotId), caller, this._common(new Map([['ec2:SnapshotID', snapshotId]])));
+  }
+
+  private _snapshotContext(s: SnapshotView): Map<string, ContextValue> {
+    const ctx = this._common(new Map());
+    for (const t of s.Tags) {
+      ctx.set(`ec2:ResourceTag/${t.Key}`, t.Value);
+      ctx.set(`aws:ResourceTag/${t.Key}`, t.Value);
+    }
+    ctx.set('ec2:SnapshotID', s.SnapshotId);
+    ctx.set('ec2:VolumeSize', String(s.VolumeSize));
+    ctx.set('ec2:Encrypted', s.Encrypted ? 'true' : 'false');
+    ctx.set('ec2:Owner', s.OwnerId);
+    ctx.set('ec2:SnapshotTime', s.StartTime);
+    if (s.VolumeId) ctx.set('ec2:ParentVolume', this.volumeArn(s.VolumeId));
+    return ctx;
   }
 
   private _checkVolume(action: string, volumeId: string, caller: Caller, extra?: Map<string, ContextValue>): UnauthorizedOperation | undefined {

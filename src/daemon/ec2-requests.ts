@@ -205,7 +205,7 @@ function createVolume(m: (k: string) => unknown): CreateVolumeInput {
   return out;
 }
 
-function tag(v: unknown, at: string): Tag {
+export function tag(v: unknown, at: string): Tag {
   const t = object(v, at, 'EC2_INVALID_PARAMETER_VALUE');
   for (const k of Object.keys(t)) {
     if (k !== 'Key' && k !== 'Value') throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', `${at}.${k}`, `The parameter ${at}.${printable(k)} is not recognized (a Tag takes Key and Value)`);
@@ -240,7 +240,8 @@ function describeVolumes(m: (k: string) => unknown): DescribeVolumesInput {
   return out;
 }
 
-function filterList(v: unknown): Filter[] {
+/** Filters of a Describe request; `names` are the filter names the operation serves (`tag:<key>` besides). */
+export function filterList(v: unknown, names: ReadonlySet<string> = VOLUME_FILTER_NAMES): Filter[] {
   if (!Array.isArray(v)) throw new Ec2RequestError('EC2_INVALID_FILTER', 'Filters', `Filters must be an array of {Name, Values}, got ${kind(v)}`);
   if (v.length > FILTERS_MAX) throw new Ec2RequestError('EC2_INVALID_FILTER', 'Filters', `At most ${FILTERS_MAX} filters, got ${v.length}`);
   return v.map((f, i) => {
@@ -253,8 +254,8 @@ function filterList(v: unknown): Filter[] {
     if (typeof name !== 'string' || name.length === 0 || name.length > FILTER_STRING_MAX) {
       throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Name`, `${at}.Name must be a string of 1 to ${FILTER_STRING_MAX} characters, got ${kind(name)}`);
     }
-    if (!VOLUME_FILTER_NAMES.has(name) && !(name.startsWith('tag:') && name.length > 4)) {
-      throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Name`, `The filter ${printable(name)} is invalid (${at}.Name: one of ${[...VOLUME_FILTER_NAMES].join(', ')}, tag:<key>)`);
+    if (!names.has(name) && !(name.startsWith('tag:') && name.length > 4)) {
+      throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Name`, `The filter ${printable(name)} is invalid (${at}.Name: one of ${[...names].join(', ')}, tag:<key>)`);
     }
     const values = Object.hasOwn(f, 'Values') ? f.Values : undefined;
     if (!Array.isArray(values)) throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Values`, `${at}.Values must be an array of strings, got ${kind(values)}`);
@@ -272,7 +273,7 @@ function volumeIds(v: unknown, at: string): string[] {
   return array(v, at, VOLUME_IDS_MAX).map((x, i) => volumeId(x, `${at}[${i}]`));
 }
 
-function volumeId(v: unknown, at: string): string {
+export function volumeId(v: unknown, at: string): string {
   if (v === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', at, `The request must contain the parameter ${at}`);
   if (typeof v !== 'string' || !VOLUME_ID_RE.test(v)) {
     throw new Ec2RequestError('EC2_VOLUME_ID_MALFORMED', at, `Invalid id: ${printable(v)} (${at}: expecting "vol-" followed by 17 hex digits)`);
@@ -291,7 +292,7 @@ function size(v: unknown): number | string {
   throw invalidValue('Size', `Invalid value ${printable(v)} for Size: bytes, or a string such as 8GiB`);
 }
 
-function string(v: unknown, at: string, min: number, max: number): string {
+export function string(v: unknown, at: string, min: number, max: number): string {
   if (typeof v !== 'string') throw invalidValue(at, `${at} must be a string, got ${kind(v)}`);
   if (v.length < min || v.length > max) {
     throw invalidValue(at, `${at} must be ${min === max ? `${min}` : `${min} to ${max}`} characters long, got ${v.length}`);
@@ -300,7 +301,7 @@ function string(v: unknown, at: string, min: number, max: number): string {
   return v;
 }
 
-function array(v: unknown, at: string, max: number): unknown[] {
+export function array(v: unknown, at: string, max: number): unknown[] {
   if (!Array.isArray(v)) throw invalidValue(at, `${at} must be an array, got ${kind(v)}`);
   if (v.length > max) {
     const code = at === 'TagSpecifications' ? 'EC2_TAG_LIMIT_EXCEEDED' : 'EC2_INVALID_PARAMETER_VALUE';
@@ -309,7 +310,7 @@ function array(v: unknown, at: string, max: number): unknown[] {
   return v;
 }
 
-function object(v: unknown, at: string, code: Ec2RequestErrorCode): Record<string, unknown> {
+export function object(v: unknown, at: string, code: Ec2RequestErrorCode): Record<string, unknown> {
   if (!isPlainObject(v)) throw new Ec2RequestError(code, at, `${at} must be an object, got ${kind(v)}`);
   return v;
 }
@@ -318,7 +319,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
-function invalidValue(member: string, message: string): Ec2RequestError {
+export function invalidValue(member: string, message: string): Ec2RequestError {
   return new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', member, message);
 }
 
@@ -328,7 +329,7 @@ function wellFormed(s: string): boolean {
 }
 
 /** What a refusal may show of a value: its type, or a short quoted prefix. */
-function kind(v: unknown): string {
+export function kind(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'string') return `the string ${printable(v)}`;
@@ -336,7 +337,7 @@ function kind(v: unknown): string {
   return `${typeof v} ${printable(v)}`;
 }
 
-function printable(v: unknown): string {
+export function printable(v: unknown): string {
   const s = typeof v === 'string' ? v : typeof v === 'object' && v !== null ? (Array.isArray(v) ? 'an array' : 'an object') : String(v);
   const cut = s.length > 64 ? `${s.slice(0, 64)}…(${s.length} characters)` : s;
   return `'${cut.replace(/[\u0000-\u001f\u007f]/g, '?')}'`;

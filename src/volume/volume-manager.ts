@@ -91,6 +91,21 @@ export interface CreateVolumeRequest {
   TagSpecifications?: { ResourceType?: string; Tags: { Key: string; Value: string }[] }[];
 }
 
+/** A volume as a snapshot sees it (VolumeManager.withVolumeForSnapshot). */
+export interface VolumeForSnapshot {
+  volumeId: string;
+  /** Data bytes. */
+  size: number;
+  state: VolumeState;
+  encrypted: boolean;
+  /** Key ARN; '' for a plaintext volume. */
+  kmsKeyId: string;
+  tags: { Key: string; Value: string }[];
+  imagePath: string;
+  /** The attached device, when this host serves the volume. */
+  device?: BlockDevice;
+}
+
 /** Key-cache state of one attached volume, for `ebsd status`. */
 export interface VolumeKeyCacheStatus {
   VolumeId: string;
@@ -405,6 +420,32 @@ export class VolumeManager {
   /** Retire the attach grants a failed detach left behind; returns the grant ids still pending (AttachGrants.retirePendingGrants). */
   retirePendingGrants(): Promise<string[]> {
     return this.attachments.grants.retirePendingGrants();
+  }
+
+  // ---- Snapshots (src/snapshot) -----------------------------------------
+
+  /**
+   * Runs `fn` holding the volume's mutex, with what a snapshot reads of the
+   * volume: its record's view, the image path, and the attached device (if
+   * any). Attach, detach, modify and delete of this volume wait until `fn`
+   * settles, so a detached volume's image is not attached, grown or removed
+   * while a snapshot reads it (docs/architecture.md §12).
+   */
+  withVolumeForSnapshot<T>(volumeId: string, fn: (v: VolumeForSnapshot) => Promise<T>): Promise<T> {
+    return this.mutex.run(volumeId, async () => {
+      const rec = this.record(volumeId);
+      const device = this.attachments.get(rec.volumeId)?.device;
+      return fn({
+        volumeId: rec.volumeId,
+        size: rec.size,
+        state: rec.state,
+        encrypted: !rec.unencrypted,
+        kmsKeyId: rec.kmsKeyId,
+        tags: rec.tags.map((t) => ({ ...t })),
+        imagePath: join(this.dir, rec.image),
+        ...(device ? { device } : {}),
+      });
+    });
   }
 
   // ---- ModifyVolume ------------------------------------------------------

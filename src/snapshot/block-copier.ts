@@ -1,0 +1,92 @@
+import { createHash } from 'node:crypto';
+import type { BlockHash, SnapshotStore } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES } from './types.js';
+
+const ZERO_BLOCK = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
+
+export interface CopyPlan {
+  /** Block indexes to read, ascending. */
+  indexes: number[];
+  /** Reads block `i` as it was at the snapshot's point in time (512 KiB). */
+  read: (i: number) => Promise<Buffer>;
+  /** A block to read before the next in order (a block a write captured), if any. */
+  nextFirst?: () => number | undefined;
+  store: SnapshotStore;
+  /** Called with the number of blocks done; the caller decides how often it records progress. */
+  onProgress?: (done: number, total: number) => void;
+  /** Awaited before a hash is checked or put, so garbage collection spares it while no manifest names it yet. */
+  pin?: (hash: BlockHash) => Promise<void>;
+  /** Checked between blocks; a truthy return aborts the copy with that error. */
+  aborted?: () => unknown;
+  /** Blocks in flight at once (read, hash, put overlap): default 8. */
+  concurrency?: number;
+}
+
+export interface CopyResult {
+  /** Block index -> hash, for every read block that is not all zeros. */
+  hashes: Map<number, BlockHash>;
+  /** Read blocks that are all zeros (never written, holes): listed nowhere, they read as zeros. */
+  zeroBlocks: number;
+  /** Blocks put that the store did not have yet. */
+  storedBlocks: number;
+}
+
+/**
+ * Reads, hashes and stores a snapshot's blocks (docs/architecture.md §12.2).
+ * A few blocks are in flight at once so reading, SHA-256 and the store's
+ * durable writes overlap; each put is durable before the copy resolves.
+ */
+export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
+  const hashes = new Map<number, BlockHash>();
+  let zeroBlocks = 0;
+  let storedBlocks = 0;
+  const total = p.indexes.length;
+  const done = new Set<number>();
+  let cursor = 0;
+  let finished = 0;
+  const next = (): number | undefined => {
+    for (;;) {
+      const first = p.nextFirst?.();
+      if (first !== undefined && !done.has(first)) {
+        done.add(first);
+        return first;
+      }
+      if (first !== undefined) return undefined; // cannot happen: a captured block is taken once
+      while (cursor < total && done.has(p.indexes[cursor]!)) cursor++;
+      if (cursor >= total) return undefined;
+      const i = p.indexes[cursor++]!;
+      done.add(i);
+      return i;
+    }
+  };
+  let failure: unknown;
+  const worker = async (): Promise<void> => {
+    for (let i = next(); i !== undefined && failure === undefined; i = next()) {
+      const stop = p.aborted?.();
+      if (stop) throw (failure = stop);
+      const buf = await p.read(i).catch((e: unknown) => { throw (failure ??= e); });
+      if (buf.equals(ZERO_BLOCK)) {
+        zeroBlocks++;
+      } else {
+        const hash = createHash('sha256').update(buf).digest('hex');
+        try {
+          await p.pin?.(hash);
+          if (!(await p.store.hasBlock(hash))) {
+            await p.store.putBlock(hash, buf);
+            storedBlocks++;
+          }
+        } catch (e) {
+          throw (failure ??= e);
+        }
+        hashes.set(i, hash);
+      }
+      finished++;
+      p.onProgress?.(finished, total);
+    }
+  };
+  const n = Math.max(1, Math.min(p.concurrency ?? 8, total));
+  const results = await Promise.allSettled(Array.from({ length: n }, worker));
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return { hashes, zeroBlocks, storedBlocks };
+}

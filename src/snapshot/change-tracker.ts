@@ -1,0 +1,167 @@
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import type { WriteGate } from '../volume/write-gate.js';
+import { atomicWrite } from '../util/atomic-write.js';
+import { readTextIfExists } from '../util/read-if-exists.js';
+import { parseStateJson } from '../util/state-json.js';
+import { BlockBitmap } from './block-bitmap.js';
+import type { CowSession } from './cow-session.js';
+
+/**
+ * What a volume's changed-block tracking says when a snapshot starts
+ * (docs/architecture.md §12.5): `base` is the snapshot since whose point in
+ * time every written block is in `changed`; no base means "unknown, copy
+ * everything".
+ */
+export interface TrackingState {
+  base: string | undefined;
+  changed: BlockBitmap;
+}
+
+/** `<local>/tracking/<vol>.json`: the tracking of a volume that is not attached, or the dirty mark of one that is. */
+interface TrackingFile {
+  formatVersion: 1;
+  volumeId: string;
+  /** True only when written at a clean detach or after a snapshot of a detached volume. */
+  clean: boolean;
+  baseSnapshotId?: string;
+  /** BlockBitmap, base64. */
+  changed?: string;
+}
+
+const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
+
+/** The tracking files of this host (local state: tracking describes this host's writes, whatever store the snapshots live in). */
+export class TrackingFiles {
+  constructor(readonly dir: string) {}
+
+  static async open(dir: string): Promise<TrackingFiles> {
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    return new TrackingFiles(dir);
+  }
+
+  private path(volumeId: string): string {
+    if (!VOLUME_ID.test(volumeId)) throw new RangeError(`volumeId: not a volume id: ${JSON.stringify(volumeId)}`);
+    return join(this.dir, `${volumeId}.json`);
+  }
+
+  /** The tracking recorded clean, or an unknown base when there is none (never written, or a crash left the dirty mark). */
+  async load(volumeId: string): Promise<TrackingState> {
+    const p = this.path(volumeId);
+    const text = await readTextIfExists(p);
+    if (text === undefined) return { base: undefined, changed: new BlockBitmap() };
+    const f = parseStateJson('SNAPSHOT_CORRUPT', p, text) as TrackingFile;
+    if (f.clean !== true || f.volumeId !== volumeId || typeof f.baseSnapshotId !== 'string') return { base: undefined, changed: new BlockBitmap() };
+    return { base: f.baseSnapshotId, changed: typeof f.changed === 'string' ? BlockBitmap.fromBase64(f.changed) : new BlockBitmap() };
+  }
+
+  /** Durable when it resolves. */
+  async saveClean(volumeId: string, s: TrackingState): Promise<void> {
+    const f: TrackingFile = { formatVersion: 1, volumeId, clean: s.base !== undefined, ...(s.base ? { baseSnapshotId: s.base, changed: s.changed.toBase64() } : {}) };
+    await atomicWrite(this.path(volumeId), `${JSON.stringify(f)}\n`);
+  }
+
+  /** Written before the first write of an attachment passes: a crash from here on loses the tracking (the next snapshot is full). */
+  async markDirty(volumeId: string): Promise<void> {
+    const f: TrackingFile = { formatVersion: 1, volumeId, clean: false };
+    await atomicWrite(this.path(volumeId), `${JSON.stringify(f)}\n`);
+  }
+
+  async remove(volumeId: string): Promise<void> {
+    await fsp.rm(this.path(volumeId), { force: true });
+  }
+}
+
+/**
+ * The write gate of an attached volume (src/volume/write-gate.ts): records
+ * every written 512 KiB block (changed-block tracking) and, while a
+ * snapshot of the volume runs, holds back writes to blocks it has not
+ * copied yet until the CowSession has their old bytes.
+ *
+ * It opens only once the dirty mark is durable (`ready`): a write that
+ * passed before could be missing from the tracking after a crash.
+ */
+export class ChangeTracker implements WriteGate {
+  private state: TrackingState = { base: undefined, changed: new BlockBitmap() };
+  private arming: Promise<void> | undefined;
+  private armError: unknown;
+  private cow: CowSession | undefined;
+  /** After the tracking was saved at detach, a write would make it wrong: `stale` says so. */
+  private saved = false;
+  stale = false;
+
+  constructor(readonly volumeId: string, files: TrackingFiles) {
+    this.arming = (async () => {
+      this.state = await files.load(volumeId);
+      await files.markDirty(volumeId);
+    })().then(
+      () => { this.arming = undefined; },
+      (e: unknown) => {
+        // Tracking is unknown, never wrong: the next snapshot copies everything.
+        this.armError = e;
+        this.state = { base: undefined, changed: new BlockBitmap() };
+        this.arming = undefined;
+      },
+    );
+  }
+
+  /** Resolves once the gate is open; the error, if the tracking file could not be read or marked (tracking then starts unknown). */
+  async ready(): Promise<unknown> {
+    await this.arming;
+    return this.armError;
+  }
+
+  tryPass(pos: number, len: number): boolean {
+    if (this.arming) return false;
+    const r = BlockBitmap.blocksOf(pos, len);
+    if (!r) return true;
+    if (this.cow?.mustWait(r[0], r[1])) return false;
+    this.record(r[0], r[1]);
+    return true;
+  }
+
+  async pass(pos: number, len: number): Promise<void> {
+    if (this.arming) await this.arming;
+    const r = BlockBitmap.blocksOf(pos, len);
+    if (!r) return;
+    this.record(r[0], r[1]);
+    const cow = this.cow;
+    if (cow) await cow.beforeWrite(r[0], r[1]);
+  }
+
+  private record(first: number, last: number): void {
+    this.state.changed.addRange(first, last);
+    if (this.saved) this.stale = true;
+  }
+
+  /**
+   * The snapshot's point in time; call with writes paused. Hands the
+   * tracking up to now to `makeCow` (which decides what to copy) and starts
+   * a new epoch (writes from now on belong to the next snapshot), with the
+   * returned CowSession holding back writes to blocks not yet copied.
+   */
+  begin(makeCow: (before: TrackingState) => CowSession): TrackingState {
+    const before = this.state;
+    this.cow = makeCow(before);
+    this.state = { base: before.base, changed: new BlockBitmap() };
+    return before;
+  }
+
+  /** The snapshot completed: it is the new base. */
+  commit(snapshotId: string): void {
+    this.cow = undefined;
+    this.state.base = snapshotId;
+  }
+
+  /** The snapshot failed: its blocks count as changed again, against the old base. */
+  rollback(before: TrackingState): void {
+    this.cow = undefined;
+    this.state.changed.or(before.changed);
+  }
+
+  /** For a detach: the state to save. Later writes mark it stale. */
+  snapshotForSave(): TrackingState {
+    this.saved = true;
+    return { base: this.state.base, changed: this.state.changed };
+  }
+}

@@ -1,0 +1,470 @@
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes, createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import type { BlockDevice } from '../volume/types.js';
+import type { SnapshotSource } from '../volume/write-gate.js';
+import type { VolumeForSnapshot } from '../volume/volume-manager.js';
+import { silentLogger } from '../util/logger.js';
+import { faultPoint } from '../util/fault-point.js';
+import { KeyedMutex } from '../util/lock.js';
+import { errInfo } from '../volume/errors.js';
+import { BlockBitmap } from './block-bitmap.js';
+import { copyBlocks } from './block-copier.js';
+import { ChangeTracker, TrackingFiles, type TrackingState } from './change-tracker.js';
+import { CowSession } from './cow-session.js';
+import { SnapshotError, snapshotNotFound } from './errors.js';
+import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
+import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
+import type { BlockPin, SnapshotGc } from './gc.js';
+
+const GiB = 1024 ** 3;
+/** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
+const PROGRESS_STEPS = 10;
+
+/** What the snapshot manager takes from the volume layer (VolumeManager implements it). */
+export interface SnapshotVolumes {
+  withVolumeForSnapshot<T>(volumeId: string, fn: (v: VolumeForSnapshot) => Promise<T>): Promise<T>;
+}
+
+export interface SnapshotAuditEvent {
+  eventName: 'CreateSnapshot' | 'DeleteSnapshot' | 'SnapshotCompleted' | 'SnapshotFailed';
+  snapshotId: string;
+  volumeId?: string;
+  principal?: string;
+  details?: Record<string, unknown>;
+}
+
+export interface SnapshotManagerOptions {
+  store: SnapshotStore;
+  /** This host's own snapshot state (tracking files, pending-create markers): `<state>/snapshots-local`. */
+  localDir: string;
+  volumes: SnapshotVolumes;
+  accountId: string;
+  /**
+   * The store's collector (gc.ts): DeleteSnapshot removes the manifest and frees
+   * the blocks no other manifest names; a create pins every block it stores or
+   * inherits until its manifest names them.
+   */
+  gc: Pick<SnapshotGc, 'pin' | 'deleteSnapshot'>;
+  onAudit?: (ev: SnapshotAuditEvent) => void;
+  logger?: Logger;
+}
+
+export interface CreateSnapshotRequest {
+  VolumeId: string;
+  Description?: string;
+  TagSpecifications?: { ResourceType: 'snapshot'; Tags: { Key: string; Value: string }[] }[];
+}
+
+/** The snapshot surface of a device, when the data path provides it (src/volume/write-gate.ts). */
+export function asSnapshotSource(dev: BlockDevice | undefined): SnapshotSource | undefined {
+  const d = dev as Partial<SnapshotSource> | undefined;
+  return d && typeof d.setWriteGate === 'function' && typeof d.withWritesPaused === 'function' && typeof d.readRaw === 'function' ? (d as SnapshotSource) : undefined;
+}
+
+/** One snapshot being created: what it holds while its manifest does not name its blocks yet. */
+interface RunningCreate {
+  snapshotId: string;
+  volumeId: string;
+  parentId: string | undefined;
+  /** Pins on the blocks put or inherited so far: garbage collection spares them until the manifest names them. */
+  pins: BlockPin[];
+  abort: unknown;
+  cow?: CowSession;
+}
+
+/**
+ * EC2 snapshots of this host's volumes (docs/architecture.md §12):
+ * CreateSnapshot (point in time, copy-on-write on an attached volume,
+ * incremental through changed-block tracking), DescribeSnapshots and
+ * DeleteSnapshot over the manifests of a SnapshotStore, and recovery of
+ * creates a crash interrupted.
+ */
+export class SnapshotManager {
+  private readonly log: Logger;
+  private readonly trackers = new Map<string, ChangeTracker>();
+  private readonly running = new Map<string, RunningCreate>();
+  /** Snapshots a restore or copy reads: DeleteSnapshot refuses them (InvalidSnapshot.InUse). */
+  private readonly holds = new Map<string, number>();
+  private readonly deleting = new KeyedMutex();
+  private closing = false;
+  /** Creates under way, accepted or not: close() waits for them. */
+  private readonly jobs = new Set<Promise<unknown>>();
+
+  private constructor(private readonly o: SnapshotManagerOptions, private readonly tracking: TrackingFiles, private readonly pendingDir: string) {
+    this.log = (o.logger ?? silentLogger).child({ component: 'snapshot' });
+  }
+
+  get store(): SnapshotStore {
+    return this.o.store;
+  }
+
+  /** Opens the local state and settles the creates a crash interrupted (recover()). */
+  static async open(o: SnapshotManagerOptions): Promise<SnapshotManager> {
+    const tracking = await TrackingFiles.open(join(o.localDir, 'tracking'));
+    const pendingDir = join(o.localDir, 'pending');
+    await fsp.mkdir(pendingDir, { recursive: true, mode: 0o700 });
+    const m = new SnapshotManager(o, tracking, pendingDir);
+    await m.recover();
+    return m;
+  }
+
+  /**
+   * A create this daemon started and did not finish (crash, SIGKILL) left a
+   * marker in `<local>/pending`: its manifest, if still `pending`, becomes
+   * `error` with no blocks, so it never shows as completed and references
+   * nothing (its stored blocks are garbage for collection). Another host's
+   * pending snapshots in a shared store are not this host's to judge.
+   */
+  async recover(): Promise<string[]> {
+    const settled: string[] = [];
+    for (const name of await fsp.readdir(this.pendingDir)) {
+      if (!/^snap-[0-9a-f]{17}$/.test(name)) continue;
+      const m = await this.o.store.getManifest(name);
+      if (m?.state === 'pending') {
+        await this.o.store.putManifest(failed(m, 'The daemon stopped (crash or restart) while the snapshot was being created.'));
+        settled.push(name);
+        this.log.warn({ snapshotId: name, volumeId: m.volumeId }, 'snapshot interrupted by a restart: marked error');
+      }
+      await fsp.rm(join(this.pendingDir, name), { force: true });
+    }
+    return settled;
+  }
+
+  // ---- tracking on attach / detach ----------------------------------------
+
+  /** A volume was attached (or resumed): install its change tracker as the device's write gate. */
+  volumeAttached(dev: BlockDevice): void {
+    const src = asSnapshotSource(dev);
+    if (!src) return;
+    const t = new ChangeTracker(dev.volumeId, this.tracking);
+    this.trackers.set(dev.volumeId, t);
+    src.setWriteGate(t);
+    void t.ready().then((err) => {
+      if (err) this.log.warn({ volumeId: dev.volumeId, err: errInfo(err) }, 'changed-block tracking could not be read or marked; the next snapshot copies every block');
+    });
+  }
+
+  /**
+   * A volume is being detached (its file hidden, no new requests): once every
+   * accepted write reached the disk, save its tracking with the clean mark.
+   */
+  async volumeDetaching(volumeId: string, dev: BlockDevice | undefined): Promise<void> {
+    const t = this.trackers.get(volumeId);
+    if (!t) return;
+    this.trackers.delete(volumeId);
+    const src = asSnapshotSource(dev);
+    try {
+      await t.ready();
+      const save = async (): Promise<void> => this.tracking.saveClean(volumeId, t.snapshotForSave());
+      if (src) await src.withWritesPaused(save);
+      else await save();
+      src?.setWriteGate(undefined);
+      if (t.stale) await this.tracking.markDirty(volumeId);
+    } catch (e) {
+      this.log.warn({ volumeId, err: errInfo(e) }, 'could not save changed-block tracking at detach; the next snapshot copies every block');
+    }
+  }
+
+  // ---- CreateSnapshot -------------------------------------------------------
+
+  /**
+   * Accepts a snapshot: writes its `pending` manifest, takes the point in
+   * time, and resolves with EC2's CreateSnapshot answer; the copy goes on in
+   * the background, holding the volume (VolumeManager.withVolumeForSnapshot).
+   */
+  createSnapshot(req: CreateSnapshotRequest, caller: Caller): Promise<Ec2Snapshot> {
+    if (this.closing) return Promise.reject(new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' }));
+    const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
+    const startTime = new Date().toISOString();
+    let accepted: (s: Ec2Snapshot) => void = () => {};
+    const answer = new Promise<Ec2Snapshot>((res) => (accepted = res));
+    let isAccepted = false;
+    const job = this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
+      if (v.state !== 'available' && v.state !== 'in-use') {
+        throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
+      }
+      const src = asSnapshotSource(v.device);
+      if (v.state === 'in-use' && (!v.device || !src || !this.trackers.has(v.volumeId))) {
+        throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
+      }
+      const hdr = await readImageHeader(v);
+      const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
+      const m: SnapshotManifest = {
+        formatVersion: 1,
+        snapshotId,
+        volumeId: v.volumeId,
+        volumeSize: Math.ceil(v.size / GiB),
+        state: 'pending',
+        progress: 0,
+        startTime,
+        description: req.Description ?? '',
+        tags,
+        ownerId: this.o.accountId,
+        encrypted: v.encrypted,
+        kmsKeyId: v.encrypted ? v.kmsKeyId : '',
+        ...(hdr.dataEncryptionKeyId ? { dataEncryptionKeyId: hdr.dataEncryptionKeyId } : {}),
+        ...(hdr.wrappedKey ? { wrappedKey: hdr.wrappedKey } : {}),
+        dataOffset: hdr.dataOffset,
+        blocks: [],
+      };
+      // Crash from here on: recover() turns the pending manifest into error.
+      await fsp.writeFile(join(this.pendingDir, snapshotId), '', { mode: 0o600 });
+      await this.o.store.putManifest(m);
+      faultPoint('snapshot.after-pending');
+      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined };
+      this.running.set(snapshotId, run);
+      try {
+        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId);
+        run.parentId = parent?.snapshotId;
+        const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
+        const plan = src
+          ? await this.pointInTimeAttached(v, src, parent, nBlocks, run)
+          : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks);
+        this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
+        isAccepted = true;
+        accepted(toEc2Snapshot(m));
+        await this.copy(m, hdr.header, v, plan, parent, run);
+      } finally {
+        for (const p of run.pins) p.release();
+        this.running.delete(snapshotId);
+        await fsp.rm(join(this.pendingDir, snapshotId), { force: true }).catch(() => {});
+      }
+    });
+    this.jobs.add(job);
+    void job.catch(() => {}).finally(() => this.jobs.delete(job));
+    const done = job.catch((e: unknown) => {
+      if (!isAccepted) throw e;
+      // After the answer the failure is the snapshot's state (error), already recorded by copy().
+    });
+    return Promise.race([answer, done.then(() => answer)]);
+  }
+
+  /** The latest completed snapshot of the volume under the same data key, if any: the parent for an incremental. */
+  private async parentOf(volumeId: string, dek: string | undefined): Promise<SnapshotManifest | undefined> {
+    let best: SnapshotManifest | undefined;
+    for (const m of await this.o.store.listManifests()) {
+      if (m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) continue;
+      if (!best || m.startTime > best.startTime) best = m;
+    }
+    return best;
+  }
+
+  private async pointInTimeAttached(v: VolumeForSnapshot, src: SnapshotSource, parent: SnapshotManifest | undefined, nBlocks: number, run: RunningCreate): Promise<SnapshotPlan> {
+    const t = this.trackers.get(v.volumeId)!;
+    await t.ready();
+    const read = async (i: number): Promise<Buffer> => {
+      const buf = Buffer.allocUnsafeSlow(SNAPSHOT_BLOCK_BYTES);
+      await src.readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
+      return buf;
+    };
+    let plan: SnapshotPlan | undefined;
+    await src.withWritesPaused(() => {
+      // The point in time: no write is in flight, and none passes until the gate holds the copy-on-write set.
+      const before = t.begin((b) => {
+        const incremental = parent !== undefined && b.base === parent.snapshotId;
+        const indexes = incremental ? [...b.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
+        const cow = new CowSession(indexes, read);
+        run.cow = cow;
+        plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i), nextFirst: () => cow.nextCaptured(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => cow.end() };
+        return cow;
+      });
+      plan!.commit = (id) => t.commit(id);
+      plan!.rollback = () => t.rollback(before);
+    });
+    return plan!;
+  }
+
+  private async pointInTimeDetached(v: VolumeForSnapshot, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number): Promise<SnapshotPlan> {
+    // Held by withVolumeForSnapshot: nobody attaches, grows or deletes the volume while we read its image.
+    const before = await this.tracking.load(v.volumeId);
+    const incremental = parent !== undefined && before.base === parent.snapshotId;
+    const indexes = incremental ? [...before.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
+    const f = await openImageForRead(v.imagePath);
+    return {
+      incremental,
+      indexes,
+      read: imageBlockReader(f, dataOffset, v.size),
+      tracking: before,
+      commit: (id) => void this.tracking.saveClean(v.volumeId, { base: id, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking')),
+      rollback: () => {},
+      close: () => f.close(),
+    };
+  }
+
+  private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate): Promise<void> {
+    const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
+    let recorded = 0;
+    let progressWrite: Promise<void> = Promise.resolve();
+    try {
+      const inherited = new Map<number, BlockHash>();
+      if (plan.incremental && parent) {
+        const reread = new Set(plan.indexes);
+        for (const [i, h] of parent.blocks) if (i < nBlocks && !reread.has(i)) inherited.set(i, h);
+        // The parent may be deleted meanwhile: its blocks stay until this manifest names them.
+        run.pins.push(await this.o.gc.pin(new Set(inherited.values())));
+        for (const h of inherited.values()) {
+          if (!(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the parent ${parent.snapshotId} is missing from ${this.o.store.location}`);
+        }
+      }
+      const headerHash = createHash('sha256').update(header).digest('hex');
+      run.pins.push(await this.o.gc.pin([headerHash]));
+      await this.o.store.putBlock(headerHash, header);
+      const res = await copyBlocks({
+        indexes: plan.indexes,
+        read: plan.read,
+        ...(plan.nextFirst ? { nextFirst: plan.nextFirst } : {}),
+        store: this.o.store,
+        pin: async (h) => void run.pins.push(await this.o.gc.pin([h])),
+        aborted: () => run.abort,
+        onProgress: (done, total) => {
+          // Bounded: one manifest write per tenth, never two at once.
+          const step = Math.floor((done / total) * PROGRESS_STEPS);
+          if (step > recorded && step < PROGRESS_STEPS) {
+            recorded = step;
+            const progress = Math.min(99, Math.floor((done / total) * 100));
+            progressWrite = progressWrite.then(() => this.o.store.putManifest({ ...m, progress })).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
+          }
+        },
+      });
+      faultPoint('snapshot.after-blocks');
+      const all = new Map(inherited);
+      for (const [i, h] of res.hashes) all.set(i, h);
+      const blocks = [...all.entries()].sort((a, b) => a[0] - b[0]);
+      const changedBlocks = parent ? countChanged(parent.blocks, blocks) : blocks.length;
+      await progressWrite;
+      const done: SnapshotManifest = {
+        ...m,
+        state: 'completed',
+        progress: 100,
+        completionTime: new Date().toISOString(),
+        header: headerHash,
+        ...(parent ? { parentSnapshotId: parent.snapshotId } : {}),
+        blocks,
+        changedBlocks,
+      };
+      // Every block is durable (putBlock resolved); now the manifest that names them.
+      await this.o.store.putManifest(done);
+      plan.commit(m.snapshotId);
+      this.log.info(
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowReads: run.cow?.cowReads ?? 0 },
+        'snapshot completed',
+      );
+      this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
+    } catch (e) {
+      plan.rollback();
+      const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
+      this.log.error({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'snapshot failed');
+      await progressWrite;
+      await this.o.store.putManifest(failed(m, why)).catch((err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; the next start marks it error'));
+      this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
+      throw e;
+    } finally {
+      await plan.close().catch(() => {});
+    }
+  }
+
+  // ---- DescribeSnapshots / DeleteSnapshot ---------------------------------
+
+  /** Every snapshot in the store matching the ids and filters; an id that does not exist is InvalidSnapshot.NotFound. */
+  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }): Promise<SnapshotManifest[]> {
+    let all: SnapshotManifest[];
+    if (q.SnapshotIds?.length) {
+      all = [];
+      for (const id of q.SnapshotIds) {
+        const m = await this.o.store.getManifest(id);
+        if (!m) throw snapshotNotFound(id);
+        all.push(m);
+      }
+    } else {
+      all = await this.o.store.listManifests();
+    }
+    const owners = q.OwnerIds?.map((o) => (o === 'self' ? this.o.accountId : o));
+    return all.filter((m) => (!owners?.length || owners.includes(m.ownerId)) && matchesFilters(m, q.Filters ?? []));
+  }
+
+  async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
+    return this.o.store.getManifest(snapshotId);
+  }
+
+  /**
+   * DeleteSnapshot: refused while pending (IncorrectState) or while a
+   * restore or copy reads it (InvalidSnapshot.InUse); then the manifest goes,
+   * and garbage collection frees the blocks no other snapshot references.
+   */
+  async deleteSnapshot(snapshotId: string, caller: Caller): Promise<void> {
+    await this.deleting.run(snapshotId, async () => {
+      const m = await this.o.store.getManifest(snapshotId);
+      if (!m) throw snapshotNotFound(snapshotId);
+      if (m.state === 'pending' || this.running.has(snapshotId)) {
+        throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The snapshot '${snapshotId}' is pending; delete it once it is completed or error.`, { awsName: 'IncorrectState' });
+      }
+      if ((this.holds.get(snapshotId) ?? 0) > 0) {
+        throw new SnapshotError('SNAPSHOT_IN_USE', `The snapshot '${snapshotId}' is currently in use (a volume is being created from it, or it is being copied).`, { awsName: 'InvalidSnapshot.InUse' });
+      }
+      // Manifest first (durably), then the blocks only it named: a crash between leaves orphans for a sweep.
+      await this.o.gc.deleteSnapshot(snapshotId);
+      this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, volumeId: m.volumeId, principal: caller.arn });
+      this.log.info({ snapshotId, volumeId: m.volumeId }, 'snapshot deleted');
+    });
+  }
+
+  /**
+   * Marks a snapshot as read by a restore or copy until the returned function
+   * is called: DeleteSnapshot refuses it meanwhile (InvalidSnapshot.InUse).
+   */
+  hold(snapshotId: string): () => void {
+    this.holds.set(snapshotId, (this.holds.get(snapshotId) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.holds.get(snapshotId) ?? 1) - 1;
+      if (n > 0) this.holds.set(snapshotId, n);
+      else this.holds.delete(snapshotId);
+    };
+  }
+
+  /** Shutdown: creates under way stop and are recorded `error`; tracking stays with the trackers (saved at detach). */
+  async close(): Promise<void> {
+    this.closing = true;
+    const runs = [...this.running.values()];
+    for (const r of runs) {
+      r.abort = new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
+      r.cow?.end();
+    }
+    // The copy notices the abort at its next block and records the snapshot `error`.
+    await Promise.allSettled([...this.jobs]);
+  }
+}
+
+interface SnapshotPlan {
+  incremental: boolean;
+  indexes: number[];
+  read: (i: number) => Promise<Buffer>;
+  nextFirst?: () => number | undefined;
+  tracking: TrackingState;
+  commit: (snapshotId: string) => void;
+  rollback: () => void;
+  close: () => Promise<void>;
+}
+
+function failed(m: SnapshotManifest, why: string): SnapshotManifest {
+  // No blocks: an error snapshot references nothing (what it stored is garbage).
+  const { header: _h, parentSnapshotId: _p, changedBlocks: _c, ...rest } = m;
+  return { ...rest, state: 'error', stateMessage: why, blocks: [] };
+}
+
+/** Indexes whose hash differs between two ascending block lists (added, removed or changed). */
+function countChanged(a: [number, BlockHash][], b: [number, BlockHash][]): number {
+  const x = new Map(a);
+  let n = 0;
+  for (const [i, h] of b) {
+    if (x.get(i) !== h) n++;
+    x.delete(i);
+  }
+  return n + x.size;
+}

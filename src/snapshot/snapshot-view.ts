@@ -1,0 +1,97 @@
+import type { SnapshotManifest } from './types.js';
+import { SnapshotError } from './errors.js';
+
+/**
+ * EC2's Snapshot shape (DescribeSnapshots, CreateSnapshot's response) from a
+ * manifest, DescribeSnapshots' filters, and its paging (Amazon EC2 API
+ * Reference: Snapshot, DescribeSnapshots).
+ */
+export interface Ec2Snapshot {
+  SnapshotId: string;
+  VolumeId: string;
+  State: SnapshotManifest['state'];
+  StateMessage?: string;
+  StartTime: string;
+  CompletionTime?: string;
+  /** `NN%`. */
+  Progress: string;
+  OwnerId: string;
+  Description: string;
+  VolumeSize: number;
+  Encrypted: boolean;
+  KmsKeyId?: string;
+  DataEncryptionKeyId?: string;
+  Tags: { Key: string; Value: string }[];
+  StorageTier: 'standard';
+}
+
+export function toEc2Snapshot(m: SnapshotManifest): Ec2Snapshot {
+  return {
+    SnapshotId: m.snapshotId,
+    VolumeId: m.volumeId,
+    State: m.state,
+    ...(m.stateMessage ? { StateMessage: m.stateMessage } : {}),
+    StartTime: m.startTime,
+    ...(m.completionTime ? { CompletionTime: m.completionTime } : {}),
+    Progress: `${m.progress}%`,
+    OwnerId: m.ownerId,
+    Description: m.description,
+    VolumeSize: m.volumeSize,
+    Encrypted: m.encrypted,
+    // EC2 omits KmsKeyId for an unencrypted snapshot.
+    ...(m.encrypted && m.kmsKeyId ? { KmsKeyId: m.kmsKeyId } : {}),
+    ...(m.dataEncryptionKeyId ? { DataEncryptionKeyId: m.dataEncryptionKeyId } : {}),
+    Tags: m.tags.map((t) => ({ Key: t.Key, Value: t.Value })),
+    StorageTier: 'standard',
+  };
+}
+
+/** DescribeSnapshots filter names ebsd serves (`tag:<key>` besides). */
+export const SNAPSHOT_FILTER_NAMES: ReadonlySet<string> = new Set([
+  'description', 'encrypted', 'owner-id', 'progress', 'snapshot-id', 'start-time', 'status', 'tag-key', 'volume-id', 'volume-size', 'kms-key-id',
+]);
+
+export interface SnapshotFilter {
+  Name: string;
+  Values: string[];
+}
+
+/** EC2 filter values take `*` (any run) and `?` (one character) wildcards. */
+function matcher(values: string[]): (s: string) => boolean {
+  const res = values.map((v) => new RegExp(`^${v.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, 's'));
+  return (s) => res.some((r) => r.test(s));
+}
+
+/** True when `m` passes every filter (filters AND, values of one filter OR, as EC2). */
+export function matchesFilters(m: SnapshotManifest, filters: readonly SnapshotFilter[]): boolean {
+  const s = toEc2Snapshot(m);
+  return filters.every((f) => {
+    const ok = matcher(f.Values);
+    switch (f.Name) {
+      case 'description': return ok(s.Description);
+      case 'encrypted': return ok(String(s.Encrypted));
+      case 'owner-id': return ok(s.OwnerId);
+      case 'progress': return ok(s.Progress);
+      case 'snapshot-id': return ok(s.SnapshotId);
+      case 'start-time': return ok(s.StartTime);
+      case 'status': return ok(s.State);
+      case 'tag-key': return s.Tags.some((t) => ok(t.Key));
+      case 'volume-id': return ok(s.VolumeId);
+      case 'volume-size': return ok(String(s.VolumeSize));
+      case 'kms-key-id': return ok(s.KmsKeyId ?? '');
+      default:
+        if (f.Name.startsWith('tag:')) return s.Tags.some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
+        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `The filter '${f.Name}' is invalid`, { awsName: 'InvalidFilter' });
+    }
+  });
+}
+
+/** One page, ordered by SnapshotId; NextToken is the last id returned. */
+export function page<T extends { SnapshotId: string }>(all: T[], maxResults: number | undefined, nextToken: string | undefined): { Snapshots: T[]; NextToken?: string } {
+  if (maxResults === undefined && nextToken === undefined) return { Snapshots: all };
+  const sorted = [...all].sort((x, y) => (x.SnapshotId < y.SnapshotId ? -1 : x.SnapshotId > y.SnapshotId ? 1 : 0));
+  const from = nextToken === undefined ? 0 : sorted.findIndex((v) => v.SnapshotId > nextToken);
+  const out = from < 0 ? [] : sorted.slice(from, from + (maxResults ?? 1000));
+  const more = from >= 0 && from + out.length < sorted.length;
+  return { Snapshots: out, ...(more ? { NextToken: out[out.length - 1]!.SnapshotId } : {}) };
+}

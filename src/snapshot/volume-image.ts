@@ -1,0 +1,94 @@
+import { constants } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { openBackingFile, type BackingFile } from '../volume/backing-file.js';
+import { readLuks2 } from '../volume/luks2-header.js';
+import { readPlainImage } from '../volume/plain-image.js';
+import type { Luks2Volume } from '../volume/luks2-json.js';
+import type { VolumeForSnapshot } from '../volume/volume-manager.js';
+import type { SnapshotManifest } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES } from './types.js';
+import { SnapshotError } from './errors.js';
+
+/** What a snapshot records of the image besides its data blocks. */
+export interface ImageHeaderInfo {
+  /** Bytes [0, dataOffset): the LUKS2 header (both copies, keyslot area) or the plaintext marker. */
+  header: Buffer;
+  dataOffset: number;
+  /** Data bytes the header records. */
+  size: number;
+  wrappedKey?: NonNullable<SnapshotManifest['wrappedKey']>;
+  dataEncryptionKeyId?: string;
+}
+
+/**
+ * DataEncryptionKeyId (docs/architecture.md §12.7): a UUID-shaped digest
+ * of the LUKS2 key digest (hash, iterations, salt, digest). That digest is
+ * public (cryptsetup luksDump prints it), fixed when the data key is made,
+ * and copied with the header to every volume and snapshot that shares the
+ * data key, so the id is equal along one key lineage and differs after a
+ * re-encryption under a new data key. It reveals nothing of the key beyond
+ * the digest itself.
+ */
+export function dataEncryptionKeyId(v: Luks2Volume): string {
+  const d = v.json.digests[v.digestId]!;
+  const h = createHash('sha256').update(`ebsd-data-encryption-key-id\0${d.hash}\0${d.iterations}\0${d.salt}\0${d.digest}`).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
+}
+
+/** Reads the header area and what the manifest records of it; a header that does not name this volume is refused. */
+export async function readImageHeader(v: VolumeForSnapshot): Promise<ImageHeaderInfo> {
+  let info: Omit<ImageHeaderInfo, 'header'>;
+  if (v.encrypted) {
+    // repair: false: a snapshot never writes to the image.
+    const h = (await readLuks2(v.imagePath, { repair: false })).volume;
+    if (h.token.volume_id !== v.volumeId) {
+      throw new SnapshotError('SNAPSHOT_CORRUPT', `the image of ${v.volumeId} carries the token of ${h.token.volume_id}`);
+    }
+    info = {
+      dataOffset: h.dataOffset,
+      size: h.size,
+      wrappedKey: { ciphertextBlob: h.token.ciphertext_blob, keyArn: h.token.key_arn, encryptionContext: { ...h.token.encryption_context } },
+      dataEncryptionKeyId: dataEncryptionKeyId(h),
+    };
+  } else {
+    const p = await readPlainImage(v.imagePath);
+    info = { dataOffset: p.dataOffset, size: p.size };
+  }
+  const f = await openImageForRead(v.imagePath);
+  try {
+    const header = Buffer.alloc(info.dataOffset);
+    await readFully(f, header, 0);
+    return { ...info, header };
+  } finally {
+    await f.close();
+  }
+}
+
+export function openImageForRead(path: string): Promise<BackingFile> {
+  return openBackingFile(path, constants.O_RDONLY);
+}
+
+/** pread until `buf` is full; bytes past the end of the file read as zeros. */
+export async function readFully(f: BackingFile, buf: Buffer, pos: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const n = await f.read(buf, done, buf.length - done, pos + done);
+    if (n === 0) {
+      buf.fill(0, done);
+      return;
+    }
+    done += n;
+  }
+}
+
+/** A block reader over a detached volume's image: data block `i`, zero-padded to 512 KiB past the data size. */
+export function imageBlockReader(f: BackingFile, dataOffset: number, size: number): (i: number) => Promise<Buffer> {
+  return async (i) => {
+    const buf = Buffer.allocUnsafeSlow(SNAPSHOT_BLOCK_BYTES);
+    const start = i * SNAPSHOT_BLOCK_BYTES;
+    const len = Math.max(0, Math.min(SNAPSHOT_BLOCK_BYTES, size - start));
+    await readFully(f, buf.subarray(0, len), dataOffset + start);
+    buf.fill(0, len);
+    return buf;
+  };
+}

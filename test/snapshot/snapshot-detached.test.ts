@@ -1,0 +1,94 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openSync, writeSync, closeSync, readFileSync, readdirSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+
+/**
+ * CreateSnapshot / DescribeSnapshots / DeleteSnapshot of a detached volume
+ * through the real daemon and CLI: the manifest lists exactly the written
+ * blocks, each stored as the image's on-disk bytes (ciphertext), the header
+ * area is stored, unwritten blocks are not.
+ */
+const B = 512 * 1024;
+const DATA_OFFSET = 16 * 1024 * 1024;
+
+describe('snapshots of a detached volume', () => {
+  const env = new Env('snap-detached');
+  let vol = '';
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start();
+    vol = (await env.ok(['volume', 'create', '--size', '64MiB', '--name', 'snapsrc'])).VolumeId;
+    await env.ok(['attach', vol]);
+    const fd = openSync(env.file(vol), 'r+');
+    try {
+      writeSync(fd, randomBytes(B), 0, B, 0); // block 0
+      writeSync(fd, randomBytes(4096), 0, 4096, 5 * B + 8192); // part of block 5
+    } finally {
+      closeSync(fd);
+    }
+    await env.ok(['detach', vol]);
+  }, 60_000);
+
+  afterAll(() => env.cleanup());
+
+  it('stores the written blocks as on-disk ciphertext and lists only them', async () => {
+    const s = await env.ok(['snapshot', 'create', vol, '--description', 'first', '--tag', 'team=blue', '--wait']);
+    expect(s.SnapshotId).toMatch(/^snap-[0-9a-f]{17}$/);
+    expect(s).toMatchObject({ VolumeId: vol, State: 'completed', Progress: '100%', VolumeSize: 1, Encrypted: true, Description: 'first', Tags: [{ Key: 'team', Value: 'blue' }] });
+    expect(s.KmsKeyId).toMatch(/^arn:aws:kms:/);
+    expect(s.DataEncryptionKeyId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    const m = JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${s.SnapshotId}.json`), 'utf8'));
+    expect(m.blocks.map((b: [number, string]) => b[0])).toEqual([0, 5]);
+    expect(m.wrappedKey.encryptionContext).toEqual({ 'aws:ebs:id': vol });
+    const image = readFileSync(join(env.state, 'volumes', `${vol}.img`));
+    for (const [i, h] of m.blocks as [number, string][]) {
+      const disk = image.subarray(DATA_OFFSET + i * B, DATA_OFFSET + (i + 1) * B);
+      const stored = readFileSync(join(env.state, 'snapshots', 'blocks', h.slice(0, 2), h));
+      expect(stored.equals(disk)).toBe(true);
+      expect(createHash('sha256').update(stored).digest('hex')).toBe(h);
+    }
+    const header = readFileSync(join(env.state, 'snapshots', 'blocks', m.header.slice(0, 2), m.header));
+    expect(header.equals(image.subarray(0, DATA_OFFSET))).toBe(true);
+    expect(header.subarray(0, 6).toString('latin1')).toBe('LUKS\xba\xbe');
+
+    // Describe: by id, by filters; ls.
+    const byId = await env.ok(['snapshot', 'describe', s.SnapshotId]);
+    expect(byId.Snapshots).toHaveLength(1);
+    const filtered = await env.ok(['snapshot', 'describe', '--filters', `Name=volume-id,Values=${vol}`, '--filters', 'Name=tag:team,Values=bl*']);
+    expect(filtered.Snapshots.map((x: any) => x.SnapshotId)).toEqual([s.SnapshotId]);
+    const none = await env.ok(['snapshot', 'describe', '--filters', 'Name=status,Values=error']);
+    expect(none.Snapshots).toEqual([]);
+    expect((await env.ok(['snapshot', 'ls'])).Snapshots).toHaveLength(1);
+
+    // An audit event names the snapshot and its volume.
+    const audit = env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const ev = audit.find((e) => e.eventName === 'CreateSnapshot');
+    expect(ev?.requestParameters).toEqual({ snapshotId: s.SnapshotId, volumeId: vol });
+
+    // Delete: gone, a second delete is NotFound (exit 5).
+    await env.ok(['snapshot', 'delete', s.SnapshotId]);
+    expect(existsSync(join(env.state, 'snapshots', 'manifests', `${s.SnapshotId}.json`))).toBe(false);
+    const again = await env.cli(['snapshot', 'delete', s.SnapshotId]);
+    expect(again.code).toBe(5);
+    expect(again.stderr).toContain('InvalidSnapshot.NotFound');
+  }, 60_000);
+
+  it('refuses what EC2 refuses, naming it', async () => {
+    const missing = await env.cli(['snapshot', 'create', 'vol-00000000000000000']);
+    expect(missing.code).toBe(5);
+    expect(missing.stderr).toContain('InvalidVolume.NotFound');
+    const badId = await env.cli(['snapshot', 'delete', 'snap-xyz']);
+    expect(badId.code).toBe(5);
+    expect(badId.stderr).toContain('InvalidSnapshotID.Malformed');
+    const badTag = await env.cli(['snapshot', 'create', vol, '--tag-specifications', 'ResourceType=volume,Tags=[{Key=a,Value=b}]']);
+    expect(badTag.code).toBe(7);
+    expect(badTag.stderr).toContain('ResourceType');
+    const longDesc = await env.cli(['snapshot', 'create', vol, '--description', 'x'.repeat(256)]);
+    expect(longDesc.code).toBe(7);
+    expect(longDesc.stderr).toContain('Description');
+    expect(readdirSync(join(env.state, 'snapshots', 'manifests'))).toEqual([]);
+  }, 60_000);
+});
