@@ -124,6 +124,16 @@ describe.each(stores)('collector on %s', (_name, open) => {
     expect(await blocksOf(store)).toEqual([]);
   });
 
+  withStore('blocks a live source names (creates under way) are kept like pinned ones, asked at each sweep', async (store) => {
+    const b = block(1024);
+    await store.putBlock(b.hash, b.data);
+    let live: string[] = [b.hash];
+    const gc = new SnapshotGc(store, { graceMs: HOUR, now: () => Date.now() + 2 * HOUR, live: () => live });
+    expect(await gc.sweep()).toMatchObject({ deleted: 0, keptPinned: 1 });
+    live = [];
+    expect(await gc.sweep()).toMatchObject({ deleted: 1, keptPinned: 0 });
+  });
+
   withStore('a manifest written by another daemon while a sweep runs saves the blocks it names', async (store) => {
     const late = block(1024);
     await store.putBlock(late.hash, late.data);
