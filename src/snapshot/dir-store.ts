@@ -10,7 +10,7 @@ import type { BlockHash, SnapshotManifest } from './types.js';
 
 /**
  * The default SnapshotStore: a directory (`<state>/snapshots`) holding
- * `blocks/<2 hex>/<sha256>` and `manifests/<snap-id>.json` (docs/architecture.md §12).
+ * `blocks/<2 hex>/<sha256>` and `manifests/<snap-id>.json` (docs/architecture.md §13).
  * Every object is written with atomicWrite (temp, fsync, rename, fsync dir),
  * so a crash leaves an object whole or absent, and a block is durable before
  * any manifest that names it is written. A block read back is hashed before

@@ -26,7 +26,7 @@ export interface CollectableStore extends SnapshotStore {
  * blocks in its pending manifest as it goes (every progress update), clock
  * skew between NTP-synced hosts and the store (seconds), and S3 retries with
  * backoff (seconds); an orphan it keeps costs only space until the next sweep
- * (docs/architecture.md §12.3).
+ * (docs/architecture.md §13.3).
  */
 export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
 
@@ -34,6 +34,11 @@ export interface SnapshotGcOptions {
   graceMs?: number;
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
   now?: () => number;
+  /**
+   * Pins pulled rather than taken: blocks operations in progress hold without
+   * calling pin() (SnapshotManager.liveBlocks). Asked at each mark.
+   */
+  live?: () => Iterable<BlockHash>;
   log?: Logger;
 }
 
@@ -55,7 +60,7 @@ export interface BlockPin {
 }
 
 /**
- * The snapshot store's garbage collector (docs/architecture.md §12.3): mark
+ * The snapshot store's garbage collector (docs/architecture.md §13.3): mark
  * every block any manifest names (every state, every daemon sharing the
  * store), sweep the rest, except blocks pinned by an operation in progress
  * here and blocks younger than the grace period.
@@ -75,6 +80,7 @@ export class SnapshotGc {
   readonly graceMs: number;
   private readonly now: () => number;
   private readonly log: Logger;
+  private readonly live: () => Iterable<BlockHash>;
   private readonly pins = new Map<BlockHash, number>();
   private readonly deleting = new Map<BlockHash, Promise<void>>();
   /** One collection at a time on this daemon. */
@@ -84,6 +90,7 @@ export class SnapshotGc {
     this.graceMs = opts.graceMs ?? DEFAULT_GC_GRACE_MS;
     this.now = opts.now ?? Date.now;
     this.log = opts.log ?? silentLogger;
+    this.live = opts.live ?? (() => []);
   }
 
   async pin(hashes: Iterable<BlockHash>): Promise<BlockPin> {
@@ -154,9 +161,10 @@ export class SnapshotGc {
     let keptYoung = 0;
     let keptPinned = 0;
     const doomed: BlockHash[] = [];
+    let live = new Set(this.live());
     for (const b of blocks) {
       if (marked.refs.has(b.hash)) continue;
-      if (this.pins.has(b.hash)) keptPinned++;
+      if (this.pins.has(b.hash) || live.has(b.hash)) keptPinned++;
       else if (!(now - b.modifiedMs >= this.graceMs)) keptYoung++;
       else doomed.push(b.hash);
     }
@@ -164,10 +172,11 @@ export class SnapshotGc {
     if (doomed.length) {
       // Second mark: a manifest written since the first (another daemon's) still saves its blocks.
       marked = await this.mark();
+      live = new Set(this.live());
       for (const h of doomed) {
         if (marked.refs.has(h)) continue;
         // Pins are checked last, synchronously before the delete starts; pin() waits for it.
-        if (this.pins.has(h)) {
+        if (this.pins.has(h) || live.has(h)) {
           keptPinned++;
           continue;
         }

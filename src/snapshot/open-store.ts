@@ -8,7 +8,7 @@ import { S3SnapshotStore, type S3SnapshotStoreOptions } from './s3-store.js';
 export const SNAPSHOTS_DIR = 'snapshots';
 
 /**
- * The store `--snapshot-store` names (docs/architecture.md §12.1):
+ * The store `--snapshot-store` names (docs/architecture.md §13.1):
  *   undefined            a directory store at `<state>/snapshots`
  *   s3://bucket[/prefix] an S3-compatible store, configured the standard AWS way
  * Anything else is refused naming the value. Call it with the state-dir lock

@@ -51,8 +51,8 @@ const DEFAULTS = { connectionTimeoutMs: 3_000, requestTimeoutMs: 30_000, maxAtte
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 
 /**
- * A SnapshotStore in any S3-compatible object store (docs/architecture.md
- * §12.2), through `@aws-sdk/client-s3` configured the standard way. Objects:
+ * A SnapshotStore in any S3-compatible object store (docs/architecture.md §13.2),
+ * through `@aws-sdk/client-s3` configured the standard way. Objects:
  * `PREFIX/blocks/<sha256>` and `PREFIX/manifests/<snap-id>.json`.
  *
  * An S3 PUT replaces an object whole or not at all, so nothing partial is ever

@@ -10,6 +10,7 @@
  *   attach.after-grant      volume-manager attach: CreateGrant returned, nothing recorded yet
  *   detach.after-retire     detach: the grant is retired, the catalog still says in-use
  *   modify.after-header     modify: the LUKS2 header says the new size, the catalog the old
+ *   gc.after-manifest-delete  snapshot gc: the manifest is gone, its blocks are not yet
  */
 export function faultPoint(name: string): void {
   const want = process.env.EBSD_TEST_FAULT;

@@ -1,0 +1,270 @@
+/**
+ * The snapshot store's collector (src/snapshot/gc.ts) on real stores: the
+ * directory store and the S3 store on s3rver. Deleting a snapshot frees only
+ * what no other manifest names; orphans are swept; pinned and young blocks
+ * stay; a manifest another daemon writes during a sweep saves its blocks; a
+ * collector killed with SIGKILL (at the crash point between manifest and
+ * blocks, or anywhere in a sweep) leaves no manifest naming a missing block.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { SnapshotGc, type CollectableStore } from '../../src/snapshot/gc.js';
+import { manifestHashes } from '../../src/snapshot/manifest-check.js';
+import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
+import type { SnapshotManifest } from '../../src/snapshot/types.js';
+import { ensureBuilt } from '../e2e/helpers.js';
+import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
+import { block, manifest, snapId } from './store-suite.js';
+
+const HOUR = 3_600_000;
+/** A collector whose clock runs two hours ahead: everything stored now is past a one-hour grace. */
+const later = (store: CollectableStore): SnapshotGc => new SnapshotGc(store, { graceMs: HOUR, now: () => Date.now() + 2 * HOUR });
+
+async function blocksOf(store: CollectableStore): Promise<string[]> {
+  const out: string[] = [];
+  for await (const h of store.listBlocks()) out.push(h);
+  return out.sort();
+}
+
+async function putSnapshot(store: CollectableStore, hashes: { hash: string; data: Buffer }[], over: Partial<SnapshotManifest> = {}): Promise<string> {
+  for (const b of hashes) await store.putBlock(b.hash, b.data);
+  const id = snapId();
+  const [header, ...data] = hashes;
+  await store.putManifest(manifest(id, data.map((b, i) => [i * 3, b.hash]), { header: header!.hash, ...over }));
+  return id;
+}
+
+/** No manifest names a block the store does not have. */
+async function expectConsistent(store: CollectableStore): Promise<void> {
+  const have = new Set(await blocksOf(store));
+  for (const m of await store.listManifests()) for (const h of manifestHashes(m)) expect(have.has(h), `${m.snapshotId} names ${h}`).toBe(true);
+}
+
+let server: S3Server | undefined;
+beforeAll(async () => {
+  server = await startS3Server();
+});
+afterAll(async () => {
+  await server?.stop();
+});
+
+let n = 0;
+const stores: [string, () => Promise<{ store: CollectableStore; close: () => Promise<void> }>][] = [
+  ['DirSnapshotStore', async () => {
+    const dir = mkdtempSync('/tmp/ebsd-gc-');
+    return { store: await DirSnapshotStore.open(join(dir, 'snapshots')), close: async () => rmSync(dir, { recursive: true, force: true }) };
+  }],
+  ['S3SnapshotStore', async () => {
+    const store = await S3SnapshotStore.open({ bucket: server!.bucket, prefix: `gc${n++}`, endpoint: server!.endpoint, credentials: S3RVER_CREDENTIALS });
+    return { store, close: async () => store.close() };
+  }],
+];
+
+describe.each(stores)('collector on %s', (_name, open) => {
+  const withStore = (title: string, fn: (store: CollectableStore) => Promise<void>): void => {
+    test(title, async () => {
+      const { store, close } = await open();
+      try {
+        await fn(store);
+      } finally {
+        await close();
+      }
+    });
+  };
+
+  withStore('deleting a snapshot frees its own blocks; a block another manifest names survives', async (store) => {
+    const [shared, onlyA, onlyB, headerA] = Array.from({ length: 4 }, () => block(4096));
+    const a = await putSnapshot(store, [headerA!, shared!, onlyA!]);
+    const b = await putSnapshot(store, [shared!, onlyB!]); // b's header is `shared` too: headers are marked like blocks
+    const gc = later(store);
+    const r = await gc.deleteSnapshot(a);
+    expect(r.deleted).toBe(true);
+    expect(r.result.deleted).toBe(2);
+    expect(await store.getManifest(a)).toBeUndefined();
+    expect(await blocksOf(store)).toEqual([shared!.hash, onlyB!.hash].sort());
+    expect((await store.getBlock(shared!.hash)).equals(shared!.data)).toBe(true);
+    await expectConsistent(store);
+    expect((await gc.deleteSnapshot(a)).deleted).toBe(false);
+    await gc.deleteSnapshot(b);
+    expect(await blocksOf(store)).toEqual([]);
+  });
+
+  withStore('a sweep frees orphans and keeps every block of every manifest, pending ones included', async (store) => {
+    const kept = [block(1024), block(1024)];
+    const pendingOfOtherDaemon = [block(1024), block(1024)];
+    const orphans = [block(1024), block(1024), block(1024)];
+    await putSnapshot(store, kept);
+    await putSnapshot(store, pendingOfOtherDaemon, { state: 'pending', progress: 40 });
+    for (const o of orphans) await store.putBlock(o.hash, o.data);
+    const r = await later(store).sweep();
+    expect(r).toMatchObject({ manifests: 2, examined: 7, deleted: 3, keptYoung: 0, keptPinned: 0 });
+    expect(await blocksOf(store)).toEqual([...kept, ...pendingOfOtherDaemon].map((b) => b.hash).sort());
+  });
+
+  withStore('young blocks are kept until the grace period has passed; pinned ones until released', async (store) => {
+    const young = block(1024);
+    const pinned = block(1024);
+    await store.putBlock(young.hash, young.data);
+    await store.putBlock(pinned.hash, pinned.data);
+    let clock = Date.now();
+    const gc = new SnapshotGc(store, { graceMs: HOUR, now: () => clock });
+    const pin = await gc.pin([pinned.hash]);
+    expect(gc.isPinned(pinned.hash)).toBe(true);
+    expect(await gc.sweep()).toMatchObject({ deleted: 0, keptYoung: 1, keptPinned: 1 });
+    clock += 2 * HOUR;
+    expect(await gc.sweep()).toMatchObject({ deleted: 1, keptYoung: 0, keptPinned: 1 });
+    expect(await blocksOf(store)).toEqual([pinned.hash]);
+    pin.release();
+    pin.release(); // twice is once
+    expect(gc.isPinned(pinned.hash)).toBe(false);
+    expect(await gc.sweep()).toMatchObject({ deleted: 1 });
+    expect(await blocksOf(store)).toEqual([]);
+  });
+
+  withStore('blocks a live source names (creates under way) are kept like pinned ones, asked at each sweep', async (store) => {
+    const b = block(1024);
+    await store.putBlock(b.hash, b.data);
+    let live: string[] = [b.hash];
+    const gc = new SnapshotGc(store, { graceMs: HOUR, now: () => Date.now() + 2 * HOUR, live: () => live });
+    expect(await gc.sweep()).toMatchObject({ deleted: 0, keptPinned: 1 });
+    live = [];
+    expect(await gc.sweep()).toMatchObject({ deleted: 1, keptPinned: 0 });
+  });
+
+  withStore('a manifest written by another daemon while a sweep runs saves the blocks it names', async (store) => {
+    const late = block(1024);
+    await store.putBlock(late.hash, late.data);
+    let marks = 0;
+    const lateId = snapId();
+    // The other daemon's manifest lands between the sweep's first and second mark.
+    const racing: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      listManifests: async () => {
+        if (marks++ === 1) await store.putManifest(manifest(lateId, [[0, late.hash]], { state: 'pending' }));
+        return store.listManifests();
+      },
+    });
+    const r = await later(racing).sweep();
+    expect(marks).toBe(2);
+    expect(r.deleted).toBe(0);
+    expect(await blocksOf(store)).toEqual([late.hash]);
+    await expectConsistent(store);
+  });
+
+  withStore('a manifest that cannot be read stops the sweep before anything is deleted', async (store) => {
+    const b = block(1024);
+    await putSnapshot(store, [b]);
+    const orphan = block(1024);
+    await store.putBlock(orphan.hash, orphan.data);
+    const broken: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      listManifests: () => store.getManifest('snap-../x'),
+    });
+    await expect(later(broken).sweep()).rejects.toMatchObject({ code: 'SNAPSHOT_INVALID_PARAMETER' });
+    expect(await blocksOf(store)).toEqual([b.hash, orphan.hash].sort());
+  });
+
+  withStore('pin() waits for a delete of that block already under way', async (store) => {
+    const b = block(1024);
+    await store.putBlock(b.hash, b.data);
+    let letGo!: () => void;
+    const held = new Promise<void>((r) => (letGo = r));
+    let started!: () => void;
+    const deleteStarted = new Promise<void>((r) => (started = r));
+    const slow: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      deleteBlock: async (h: string) => {
+        started();
+        await held;
+        await store.deleteBlock(h);
+      },
+    });
+    const gc = later(slow);
+    const sweeping = gc.sweep();
+    await deleteStarted;
+    let pinned = false;
+    const pinning = gc.pin([b.hash]).then((p) => ((pinned = true), p));
+    await new Promise((r) => setImmediate(r));
+    expect(pinned).toBe(false);
+    letGo();
+    const pin = await pinning;
+    // The block is gone and the pin knows it: whoever pinned it puts it again.
+    expect(await store.hasBlock(b.hash)).toBe(false);
+    expect((await sweeping).deleted).toBe(1);
+    pin.release();
+  });
+});
+
+describe('collector killed with SIGKILL (directory store)', () => {
+  beforeAll(() => ensureBuilt());
+
+  /** gc-child.mjs on `dir`; `onStart(kill)` runs once the child has opened the store and begins. */
+  const runChild = (dir: string, args: string[], env: NodeJS.ProcessEnv = {}, onStart?: (kill: () => void) => void) =>
+    new Promise<{ signal: NodeJS.Signals | null; out: string }>((res, rej) => {
+      const p = spawn(process.execPath, [resolve(import.meta.dirname, 'gc-child.mjs'), dir, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      p.stdout.on('data', (c) => {
+        out += c;
+        if (out.includes('start') && onStart) {
+          const f = onStart;
+          onStart = undefined;
+          f(() => void p.kill('SIGKILL'));
+        }
+      });
+      p.stderr.on('data', (c) => (out += c));
+      p.on('error', rej);
+      p.on('exit', (_code, signal) => res({ signal, out }));
+    });
+
+  test('killed between the manifest delete and the block deletes: orphans only, and the next sweep frees them', async () => {
+    const dir = mkdtempSync('/tmp/ebsd-gc-kill-');
+    try {
+      const store = await DirSnapshotStore.open(dir);
+      const [shared, a1, a2, b1] = Array.from({ length: 4 }, () => block(4096));
+      const a = await putSnapshot(store, [a1!, shared!, a2!]);
+      await putSnapshot(store, [b1!, shared!]);
+      const r = await runChild(dir, ['delete', a], { EBSD_TEST_FAULT: 'gc.after-manifest-delete' });
+      expect(r.signal).toBe('SIGKILL');
+      expect(await store.getManifest(a)).toBeUndefined();
+      expect(await blocksOf(store)).toHaveLength(4); // nothing freed yet
+      await expectConsistent(store);
+      expect((await later(store).sweep()).deleted).toBe(2);
+      expect(await blocksOf(store)).toEqual([b1!.hash, shared!.hash].sort());
+      await expectConsistent(store);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('killed anywhere in a sweep of 300 orphans: every manifest still whole; a later sweep finishes', async () => {
+    const dir = mkdtempSync('/tmp/ebsd-gc-kill-');
+    try {
+      const store = await DirSnapshotStore.open(dir);
+      const live = Array.from({ length: 5 }, () => block(512));
+      await putSnapshot(store, live);
+      for (let i = 0; i < 300; i++) {
+        const o = block(512);
+        await store.putBlock(o.hash, o.data);
+      }
+      const total = (await blocksOf(store)).length;
+      const r = await runChild(dir, ['sweep'], {}, (kill) => {
+        // Killed once it has freed something: in practice after the first few of 300 deletes.
+        const poll = (): void => {
+          const left = readdirSync(join(dir, 'blocks')).reduce((s, d) => s + readdirSync(join(dir, 'blocks', d)).length, 0);
+          if (left < total) kill();
+          else setTimeout(poll, 2);
+        };
+        poll();
+      });
+      expect(r.signal === 'SIGKILL' || r.out.includes('done')).toBe(true);
+      const left = (await blocksOf(store)).length;
+      expect(left).toBeLessThan(total);
+      expect(left).toBeGreaterThanOrEqual(live.length);
+      await expectConsistent(store);
+      await later(store).sweep();
+      expect(await blocksOf(store)).toEqual(live.map((b) => b.hash).sort());
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

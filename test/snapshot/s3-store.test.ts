@@ -1,0 +1,175 @@
+/**
+ * What only the S3 store does, against s3rver in its own process: the
+ * standard AWS configuration (AWS_ENDPOINT_URL_S3, a profile's services
+ * section, path-style addressing), the object layout, the checksum every
+ * block PUT carries, and failures typed and named without credentials.
+ */
+import { createServer, request, type IncomingHttpHeaders, type Server } from 'node:http';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { SnapshotError } from '../../src/snapshot/errors.js';
+import { openSnapshotStore } from '../../src/snapshot/open-store.js';
+import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
+import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
+import { block, manifest, snapId } from './store-suite.js';
+
+let server: S3Server;
+const tmp = mkdtempSync('/tmp/ebsd-s3store-');
+beforeAll(async () => {
+  server = await startS3Server();
+});
+afterAll(async () => {
+  await server?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+/** Runs fn with these environment variables set, then puts the environment back. */
+async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  for (const [k, v] of Object.entries(vars)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  }
+}
+
+const CLEAN = { AWS_PROFILE: undefined, AWS_CONFIG_FILE: undefined, AWS_SHARED_CREDENTIALS_FILE: undefined, AWS_ENDPOINT_URL: undefined, AWS_ENDPOINT_URL_S3: undefined, AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_SESSION_TOKEN: undefined, AWS_REGION: undefined };
+
+describe('--snapshot-store values', () => {
+  test('absent: the directory store under the state dir', async () => {
+    const s = await openSnapshotStore(undefined, join(tmp, 'state'));
+    expect(s).toBeInstanceOf(DirSnapshotStore);
+    expect(s.location).toBe(`dir:${join(tmp, 'state', 'snapshots')}`);
+  });
+
+  test.each(['file:///var/snap', '/var/snap', 's3://', 's3:/bucket', 's3://Bad_Bucket/x', 's3://ab/x', 's3://bucket/a//b', 'S3://bucket'])('%s is refused naming the value', async (v) => {
+    const e = await openSnapshotStore(v, tmp).then(() => undefined, (err: Error) => err);
+    expect(e).toMatchObject({ code: 'ERR_ARG_RANGE' });
+    expect(e!.message).toContain('--snapshot-store');
+    expect(e!.message).toContain(`"${v}"`);
+  });
+});
+
+describe('standard AWS configuration', () => {
+  test('AWS_ENDPOINT_URL_S3 and credentials from the environment: path style, PREFIX/blocks/<hash>, PREFIX/manifests/<id>.json', async () => {
+    await withEnv({ ...CLEAN, ...server.env }, async () => {
+      const s = (await openSnapshotStore(`s3://${server.bucket}/env/pre`, tmp)) as S3SnapshotStore;
+      try {
+        expect(s.location).toBe(`s3://${server.bucket}/env/pre`);
+        expect(s.endpoint).toBe(server.endpoint);
+        const b = block(4096);
+        await s.putBlock(b.hash, b.data);
+        const id = snapId();
+        await s.putManifest(manifest(id, [[0, b.hash]]));
+        expect(existsSync(server.objectFile(`env/pre/blocks/${b.hash}`))).toBe(true);
+        expect(existsSync(server.objectFile(`env/pre/manifests/${id}.json`))).toBe(true);
+        expect((await s.getBlock(b.hash)).equals(b.data)).toBe(true);
+      } finally {
+        s.close();
+      }
+    });
+  });
+
+  test('a profile with a services section names the endpoint; credentials from the shared credentials file', async () => {
+    const config = join(tmp, 'config');
+    const creds = join(tmp, 'credentials');
+    writeFileSync(config, `[profile snap]\nregion = eu-west-3\nservices = local-s3\n\n[services local-s3]\ns3 =\n  endpoint_url = ${server.endpoint}\n`);
+    writeFileSync(creds, `[snap]\naws_access_key_id = ${S3RVER_CREDENTIALS.accessKeyId}\naws_secret_access_key = ${S3RVER_CREDENTIALS.secretAccessKey}\n`);
+    await withEnv({ ...CLEAN, AWS_PROFILE: 'snap', AWS_CONFIG_FILE: config, AWS_SHARED_CREDENTIALS_FILE: creds }, async () => {
+      const s = (await openSnapshotStore(`s3://${server.bucket}`, tmp)) as S3SnapshotStore;
+      try {
+        expect(s.endpoint).toBe(server.endpoint);
+        const id = snapId();
+        await s.putManifest(manifest(id, []));
+        expect(existsSync(server.objectFile(`manifests/${id}.json`))).toBe(true);
+        expect((await s.listManifests()).map((m) => m.snapshotId)).toContain(id);
+      } finally {
+        s.close();
+      }
+    });
+  });
+});
+
+describe('what goes over the wire', () => {
+  let proxy: Server;
+  const seen: { method: string; url: string; headers: IncomingHttpHeaders; body: Buffer }[] = [];
+  beforeAll(async () => {
+    // A loopback relay in front of s3rver that records each request (S3 itself checks the checksum; s3rver does not).
+    proxy = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks);
+        seen.push({ method: req.method!, url: req.url!, headers: req.headers, body });
+        const up = request(`${server.endpoint}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
+          res.writeHead(r.statusCode!, r.headers);
+          r.pipe(res);
+        });
+        up.on('error', () => res.destroy());
+        up.end(body);
+      });
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  });
+  afterAll(() => new Promise<void>((r) => proxy.close(() => r())));
+
+  test('a block PUT carries x-amz-checksum-sha256 equal to the block hash', async () => {
+    const port = (proxy.address() as { port: number }).port;
+    const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'wire', endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS });
+    try {
+      const b = block(8192);
+      await s.putBlock(b.hash, b.data);
+      const put = seen.find((r) => r.method === 'PUT' && r.url.includes(`/wire/blocks/${b.hash}`));
+      expect(put).toBeDefined();
+      const trailer = put!.body.toString('latin1');
+      const sent = put!.headers['x-amz-checksum-sha256'] ?? /x-amz-checksum-sha256:([A-Za-z0-9+/=]+)/.exec(trailer)?.[1];
+      expect(sent).toBe(Buffer.from(b.hash, 'hex').toString('base64'));
+    } finally {
+      s.close();
+    }
+  });
+});
+
+describe('failures are SnapshotError SNAPSHOT_STORE naming S3\'s error, never a credential', () => {
+  const SECRET = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY';
+  const failing = async (opts: Partial<Parameters<typeof S3SnapshotStore.open>[0]>, fn: (s: S3SnapshotStore) => Promise<unknown>): Promise<SnapshotError> => {
+    const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'fail', endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS, maxAttempts: 1, ...opts });
+    try {
+      await fn(s);
+    } catch (e) {
+      expect(e).toBeInstanceOf(SnapshotError);
+      expect((e as Error).message).not.toContain(SECRET);
+      expect(JSON.stringify(e)).not.toContain(SECRET);
+      return e as SnapshotError;
+    } finally {
+      s.close();
+    }
+    throw new Error('expected a failure');
+  };
+
+  // s3rver checks the access key id, not SigV4 signatures: an unknown key is what it can refuse.
+  test('unknown credentials: InvalidAccessKeyId, and the secret appears nowhere', async () => {
+    const e = await failing({ credentials: { accessKeyId: 'AKIAEXAMPLEUNKNOWN00', secretAccessKey: SECRET } }, (s) => s.getManifest(snapId()));
+    expect(e.code).toBe('SNAPSHOT_STORE');
+    expect(e.message).toMatch(/GetObject .*InvalidAccessKeyId \(HTTP 403\)/);
+  });
+
+  test('a bucket that does not exist: NoSuchBucket', async () => {
+    const e = await failing({ bucket: 'no-such-bucket' }, (s) => s.listManifests());
+    expect(e.code).toBe('SNAPSHOT_STORE');
+    expect(e.message).toMatch(/ListObjectsV2 of s3:\/\/no-such-bucket\/fail\/manifests\/ failed: NoSuchBucket/);
+  });
+
+  test('nobody listening: the connection error, after the configured attempts', async () => {
+    const dead = createServer();
+    await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
+    const port = (dead.address() as { port: number }).port;
+    await new Promise<void>((r) => dead.close(() => r()));
+    const e = await failing({ endpoint: `http://127.0.0.1:${port}`, maxAttempts: 2 }, (s) => s.getBlock(block(64).hash));
+    expect(e.code).toBe('SNAPSHOT_STORE');
+    expect(e.message).toMatch(/GetObject .*ECONNREFUSED/);
+  });
+});
