@@ -6,8 +6,13 @@
 // it refuses to start without the addon, which is how it reads a control-socket
 // caller's uid (SO_PEERCRED; docs/architecture.md §2.8, §5.1). With
 // EBSD_REQUIRE_NATIVE=1 a failed build exits non-zero instead (CI, scripts/setup.sh).
+//
+// With --if-stale it builds only when the addon is missing, a C source, header or
+// binding.gyp is newer than it, or it was built for another Node ABI
+// (process.versions.modules) or libuv major.minor (io.c reads one of libuv's
+// private fields): the build leaves that in native/build/Release/ebsd_native.abi.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +21,29 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const nativeDir = join(root, 'native');
 const required = process.env.EBSD_REQUIRE_NATIVE === '1';
 const output = join(nativeDir, 'build', 'Release', 'ebsd_native.node');
+
+const stamp = join(nativeDir, 'build', 'Release', 'ebsd_native.abi');
+/** What the addon depends on besides its sources: Node's module ABI and libuv's major.minor. */
+const runtime = `node-abi ${process.versions.modules} libuv ${process.versions.uv.split('.').slice(0, 2).join('.')}\n`;
+
+/** Why the addon must be (re)built, or null when it is up to date. */
+function staleReason() {
+  if (!existsSync(output)) return 'not built';
+  const built = statSync(output).mtimeMs;
+  const sources = [join(nativeDir, 'binding.gyp'), ...readdirSync(join(nativeDir, 'src')).map((f) => join(nativeDir, 'src', f))];
+  const newer = sources.find((f) => /\.(c|h|gyp)$/.test(f) && statSync(f).mtimeMs > built);
+  if (newer) return `${newer} changed`;
+  let was = '';
+  try { was = readFileSync(stamp, 'utf8'); } catch { /* built before stamps existed */ }
+  if (was !== runtime) return `built for ${was.trim() || 'an unknown runtime'}, running ${runtime.trim()}`;
+  return null;
+}
+
+if (process.argv.includes('--if-stale')) {
+  const why = staleReason();
+  if (why === null) process.exit(0);
+  console.log(`ebsd: native addon stale (${why})`);
+}
 
 function fail(msg) {
   if (required) {
@@ -74,3 +102,4 @@ const check = spawnSync(
   { stdio: 'inherit' },
 );
 if (check.status !== 0) fail('the built addon does not load');
+writeFileSync(stamp, runtime);

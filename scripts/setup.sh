@@ -67,10 +67,8 @@ if ! node -e "require('fuse-native')" >/dev/null 2>&1; then
 fi
 
 # --- our native addon + TypeScript -----------------------------------------
-if [[ ! -f native/build/Release/ebsd_native.node ]] || [[ -n $(find native -newer native/build/Release/ebsd_native.node \( -name '*.c' -o -name '*.h' -o -name binding.gyp \) -print -quit) ]]; then
-  say "building the native addon"
-  EBSD_REQUIRE_NATIVE=1 node scripts/build-native.mjs
-fi
+# Rebuilt when a C source changed or Node's ABI / libuv did (build-native.mjs decides).
+EBSD_REQUIRE_NATIVE=1 node scripts/build-native.mjs --if-stale
 say "tsc"
 npx tsc -p tsconfig.json
 chmod +x dist/cli/main.js 2>/dev/null || true

@@ -27,8 +27,9 @@
  * requests of a sequential stream instead of letting the loop sleep in
  * epoll_wait, because waking a sleeping vCPU on these VMs costs more than the
  * gap (src/volume/native-io.ts, STREAM_POLL_US). It works on libuv's async
- * eventfd (loop->async_io_watcher.fd, from uv.h's private fields, same libuv as
- * the node binary we build against): fuse-native's reply to every request
+ * eventfd (loop->async_io_watcher.fd, one of uv.h's private fields): it is
+ * exported only when, at load, the running libuv is the major.minor the addon
+ * was built against and that fd is an eventfd (loop_event_fd). fuse-native's reply to every request
  * detaches a buffer, and Node's buffer finaliser posts a uv_async to this
  * very loop, so the fd is nearly always readable when we come to poll. The
  * count read (consumed) first says whether anything besides that one is
@@ -171,6 +172,31 @@ static napi_value pwrite_timed(napi_env env, napi_callback_info info) {
   return io_result(env, r, err, "pwrite", 0);
 }
 
+/* The loop awaitLoopEvent may poll and its wake-up eventfd, both verified at load. */
+static struct uv_loop_s *polled_loop = NULL;
+static int polled_fd = -1;
+
+/*
+ * libuv's uv_async wake-up eventfd of `loop` (Linux), shared by every
+ * uv_async_t of the loop, or -1 when it cannot be trusted. The field is one of
+ * uv.h's private ones, so it is read only when the libuv running is the
+ * major.minor the addon was compiled against (the struct layout may change
+ * between minors), and the descriptor found there is accepted only if the
+ * kernel says it is an eventfd. Anything else: no awaitLoopEvent (the daemon
+ * then lets the loop sleep in epoll_wait, slower but correct).
+ */
+static int loop_event_fd(struct uv_loop_s *loop) {
+  if ((uv_version() >> 8) != (UV_VERSION_HEX >> 8)) return -1;
+  int fd = loop->async_io_watcher.fd;
+  if (fd < 0) return -1;
+  char path[64], target[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, target, sizeof target - 1);
+  if (n <= 0) return -1;
+  target[n] = '\0';
+  return strcmp(target, "anon_inode:[eventfd]") == 0 ? fd : -1;
+}
+
 static napi_value await_loop_event(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -180,8 +206,9 @@ static napi_value await_loop_event(napi_env env, napi_callback_info info) {
   if (!ebsd_get_int(env, argv[0], "maxUs", 0, 1000000LL, &max_us)) return NULL;
   struct uv_loop_s *loop = NULL;
   NAPI_CALL(env, napi_get_uv_event_loop(env, &loop));
-  /* libuv's uv_async wake-up eventfd (Linux), shared by every uv_async_t of the loop. */
-  int fd = loop->async_io_watcher.fd;
+  /* Only the loop whose wake-up fd was verified at load (see loop_event_fd). */
+  if (loop != polled_loop) return ebsd_throw(env, "ERR_LOOP_POLL", "awaitLoopEvent: not the event loop verified at load");
+  int fd = polled_fd;
   uint64_t taken = 0;
   if (read(fd, &taken, sizeof taken) != (ssize_t)sizeof taken) taken = 0;
   int result = 0;
@@ -211,7 +238,26 @@ napi_status ebsd_init_io(napi_env env, napi_value exports) {
       {"preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pwriteNowait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pwriteTimed", NULL, pwrite_timed, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"awaitLoopEvent", NULL, await_loop_event, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_status st = napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  if (st != napi_ok) return st;
+  /* The libuv these headers describe, for the loader's own check against process.versions.uv. */
+  char built[32];
+  snprintf(built, sizeof built, "%d.%d.%d", UV_VERSION_MAJOR, UV_VERSION_MINOR, UV_VERSION_PATCH);
+  napi_value jbuilt;
+  st = napi_create_string_utf8(env, built, NAPI_AUTO_LENGTH, &jbuilt);
+  if (st != napi_ok) return st;
+  st = napi_set_named_property(env, exports, "libuvBuiltAgainst", jbuilt);
+  if (st != napi_ok) return st;
+  /* awaitLoopEvent only on the main thread's loop, and only when its wake-up fd checks out. */
+  struct uv_loop_s *loop = NULL;
+  st = napi_get_uv_event_loop(env, &loop);
+  if (st != napi_ok) return st;
+  if (loop != uv_default_loop() || polled_loop != NULL) return napi_ok;
+  int fd = loop_event_fd(loop);
+  if (fd < 0) return napi_ok;
+  polled_loop = loop;
+  polled_fd = fd;
+  napi_property_descriptor poll_prop = {"awaitLoopEvent", NULL, await_loop_event, NULL, NULL, NULL, napi_enumerable, NULL};
+  return napi_define_properties(env, exports, 1, &poll_prop);
 }

@@ -18,7 +18,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const dist = (p) => pathToFileURL(resolve(root, 'dist', p)).href;
 const { getXtsEngine } = await import(dist('crypto/xts-engine.js'));
 const { selfTestXtsEngine } = await import(dist('crypto/speed.js'));
-const { nativeAddonPath, requireNative } = await import(dist('crypto/native-addon.js'));
+const { nativeAddonPath, requireNative } = await import(dist('native/addon.js'));
 
 const args = process.argv.slice(2);
 const arg = (name, dflt) => {

@@ -11,7 +11,7 @@ fi
 if ! npx tsc -p tsconfig.json >/tmp/ebsd-xts-bench-tsc.log 2>&1; then
   echo "note: tsc reported errors (see /tmp/ebsd-xts-bench-tsc.log); using whatever it emitted" >&2
 fi
-for f in dist/crypto/xts-engine.js dist/crypto/speed.js dist/crypto/native-addon.js; do
+for f in dist/crypto/xts-engine.js dist/crypto/speed.js dist/native/addon.js; do
   [[ -f $f ]] || { echo "error: $f was not built" >&2; exit 1; }
 done
 command -v openssl >/dev/null || echo "warning: openssl CLI not found; no reference figure" >&2

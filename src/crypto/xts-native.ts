@@ -1,9 +1,9 @@
 import type { XtsContext, XtsEngine, XtsRunOptions } from './xts.js';
 import { _checkKey, _checkRun } from './xts-check.js';
 import { XtsError } from './xts-errors.js';
-import { isNativeAvailable, nativeAddon, nativeLoadError, type NativeAddon, type NativeXtsHandle } from './native-addon.js';
+import { isNativeAvailable, nativeAddon, nativeLoadError, type NativeAddon, type NativeXtsHandle } from '../native/addon.js';
 
-export { isNativeAvailable, nativeLoadError } from './native-addon.js';
+export { isNativeAvailable, nativeLoadError } from '../native/addon.js';
 
 /**
  * AES-256-XTS on libgcrypt through the native addon (native/src/xts.c says

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { promises as fsp } from 'node:fs';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { peerCred, type PeerCred } from '../crypto/native-addon.js';
+import { peerCred, type PeerCred } from '../native/addon.js';
 import { EbsdError } from '../util/errors.js';
 import { parseStrictJson } from '../util/strict-json.js';
 import type { Logger } from '../util/logger.js';

@@ -5,7 +5,7 @@ import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../kms/au
 import { verifyAuditLog } from '../kms/audit/verify.js';
 import type { Caller } from '../kms/types.js';
 import { selectXtsEngine } from '../crypto/xts-engine.js';
-import { isNativeAvailable, nativeLoadError } from '../crypto/native-addon.js';
+import { isNativeAvailable, nativeLoadError } from '../native/addon.js';
 import { VolumeManager, type VolumeAuditEvent } from '../volume/volume-manager.js';
 import { KmsCoreKeyService } from '../volume/key-service.js';
 import { AwsKeyService } from '../volume/aws-key-service.js';

@@ -2,7 +2,7 @@ import { promises as fsp, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { EbsdError } from '../util/errors.js';
 import { atomicWrite, removeAtomicWriteTemps } from '../util/atomic-write.js';
-import { flockExclusive } from '../crypto/native-addon.js';
+import { flockExclusive } from '../native/addon.js';
 
 /**
  * The state directory layout (docs/format.md "State dir"):

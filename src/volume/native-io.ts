@@ -1,43 +1,12 @@
 import { fstatSync } from 'node:fs';
-import { nativeAddon } from '../crypto/native-addon.js';
+import { nativeIo, EAGAIN, EOPNOTSUPP, type NativeIo } from '../native/addon.js';
 
-/**
- * Non-blocking positioned I/O from the native addon (native/src/io.c): the
- * page-cache fast path of the volume data path (docs/perf-notes.md §4).
- * Both return bytes transferred (>= 0), or a negative errno for "would block"
- * (EAGAIN) and "not supported here" (EOPNOTSUPP); other errors throw like
- * node:fs (code, errno, syscall).
+/*
+ * The volume layer's use of the addon's non-blocking I/O (src/native/addon.ts):
+ * which files may take a synchronous write on the event loop, the watchdog
+ * over those writes, and the stream poller.
  */
-export interface NativeIo {
-  /** preadv2(fd, …, RWF_NOWAIT): only what the page cache holds; never waits for the disk. */
-  preadNowait(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
-  /** pwritev2(fd, …, RWF_NOWAIT): ext4 answers EOPNOTSUPP for buffered writes; XFS and btrfs accept it. */
-  pwriteNowait(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
-  /**
-   * pwrite(2), which may block; `stats` gets [0] wall ns, [1] voluntary context
-   * switches of the calling thread during the call (did it sleep in the kernel?).
-   * Errors throw, EAGAIN included.
-   */
-  pwriteTimed(fd: number, buf: Uint8Array, off: number, len: number, pos: number, stats: Float64Array): number;
-  /**
-   * Busy-wait up to maxUs µs for the next uv_async wake-up of this event loop
-   * (see native/src/io.c): 1 = one arrived, 0 = one was already pending (no
-   * wait), -1 = none within maxUs.
-   */
-  awaitLoopEvent?(maxUs: number): number;
-}
-
-export const EAGAIN = -11;
-export const EOPNOTSUPP = -95;
-
-function pick(): NativeIo | null {
-  const a = nativeAddon as unknown as Partial<NativeIo> | null;
-  // An addon built before io.c existed simply has no fast path.
-  return a && typeof a.preadNowait === 'function' && typeof a.pwriteNowait === 'function' && typeof a.pwriteTimed === 'function' ? (a as NativeIo) : null;
-}
-
-/** The addon's I/O functions, or null (addon missing or too old): every I/O then takes the libuv pool. */
-export const nativeIo: NativeIo | null = pick();
+export { nativeIo, EAGAIN, EOPNOTSUPP, type NativeIo };
 
 /**
  * Whether a synchronous buffered pwrite on this fd may run on the event loop

@@ -3,7 +3,7 @@ import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { flockExclusive, nativeAddonPath } from '../../src/crypto/native-addon.js';
+import { flockExclusive, nativeAddonPath } from '../../src/native/addon.js';
 
 /** The native flock(2) behind the daemon's state-dir lock (src/daemon/state-dir.ts). */
 describe('flockExclusive', () => {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
-import { isNativeAvailable, nativeAddon, nativeLoadError, peerCred, requireNative } from '../../src/crypto/native-addon.js';
+import { isNativeAvailable, nativeAddon, nativeLoadError, peerCred, requireNative } from '../../src/native/addon.js';
 import { randomKey } from './xts-suite.js';
 import { printSeedOnFailure } from './seeded.js';
 

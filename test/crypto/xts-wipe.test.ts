@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { nodeXtsEngine } from '../../src/crypto/xts-node.js';
 import { referenceXtsEngine } from '../../src/crypto/xts-reference.js';
 import { nativeXtsEngine } from '../../src/crypto/xts-native.js';
-import { requireNative } from '../../src/crypto/native-addon.js';
+import { requireNative } from '../../src/native/addon.js';
 import { randomKey } from './xts-suite.js';
 import { printSeedOnFailure } from './seeded.js';
 

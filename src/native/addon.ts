@@ -13,8 +13,41 @@ export interface PeerCred {
   gid: number;
 }
 
+/**
+ * Non-blocking positioned I/O (native/src/io.c), the page-cache fast path of
+ * the volume data path (docs/perf-notes.md §4). The first two return bytes
+ * transferred (>= 0), or a negative errno for "would block" (EAGAIN) and "not
+ * supported here" (EOPNOTSUPP); other errors throw like node:fs (code, errno,
+ * syscall).
+ */
+export interface NativeIo {
+  /** preadv2(fd, …, RWF_NOWAIT): only what the page cache holds; never waits for the disk. */
+  preadNowait(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
+  /** pwritev2(fd, …, RWF_NOWAIT): ext4 answers EOPNOTSUPP for buffered writes; XFS and btrfs accept it. */
+  pwriteNowait(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
+  /**
+   * pwrite(2), which may block; `stats` gets [0] wall ns, [1] voluntary context
+   * switches of the calling thread during the call (did it sleep in the kernel?).
+   * Errors throw, EAGAIN included.
+   */
+  pwriteTimed(fd: number, buf: Uint8Array, off: number, len: number, pos: number, stats: Float64Array): number;
+  /**
+   * Busy-wait up to maxUs µs for the next uv_async wake-up of the main event
+   * loop (see native/src/io.c): 1 = one arrived, 0 = one was already pending
+   * (no wait), -1 = none within maxUs. Absent when it could not be verified
+   * safe at load (see loopPollCheck).
+   */
+  awaitLoopEvent?(maxUs: number): number;
+}
+
+/** io.c's "would block" and "not supported here" answers (negative errno). */
+export const EAGAIN = -11;
+export const EOPNOTSUPP = -95;
+
 /** The surface of native/build/Release/ebsd_native.node (native/src/*.c). */
-export interface NativeAddon {
+export interface NativeAddon extends NativeIo {
+  /** The libuv version (major.minor.patch) the addon's headers described when it was built. */
+  readonly libuvBuiltAgainst?: string;
   /** The XTS cipher library, e.g. "libgcrypt 1.10.1"; null if the one found at run time is older than the build's. */
   readonly cipherLibrary: string | null;
   createContext(key: Uint8Array): NativeXtsHandle;
@@ -40,7 +73,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 
 /**
  * Where the addon may be: $EBSD_NATIVE_PATH, then native/build/{Release,Debug}
- * relative to the package root (src/crypto and dist/crypto are both two
+ * relative to the package root (src/native and dist/native are both two
  * levels below it).
  */
 export function nativeAddonCandidates(): string[] {
@@ -71,6 +104,23 @@ function load(): { addon: NativeAddon | null; error: Error | null; path: string 
   };
 }
 
+/**
+ * Whether awaitLoopEvent may be used: it reads one of libuv's private fields,
+ * so the running libuv (process.versions.uv) must be the major.minor the
+ * addon was built against. The addon checks the same, and that the fd is an
+ * eventfd, before it exports the function at all (native/src/io.c); this is
+ * the loader's own look, and the reason it gives when it says no.
+ */
+export function loopPollCheck(a: Pick<NativeAddon, 'libuvBuiltAgainst' | 'awaitLoopEvent'> | null, runningUv = process.versions.uv): string | null {
+  if (a === null) return 'native addon not loaded';
+  if (typeof a.awaitLoopEvent !== 'function') return 'the addon did not verify the event loop\'s wake-up eventfd at load';
+  const mm = (v: string | undefined): string => (v ?? '').split('.').slice(0, 2).join('.');
+  if (a.libuvBuiltAgainst === undefined || mm(a.libuvBuiltAgainst) !== mm(runningUv)) {
+    return `built against libuv ${a.libuvBuiltAgainst ?? 'unknown'}, running ${runningUv}`;
+  }
+  return null;
+}
+
 const loaded = load();
 
 /** The loaded addon, or null when it did not build or load (see nativeLoadError). */
@@ -79,6 +129,17 @@ export const nativeAddon: NativeAddon | null = loaded.addon;
 export const nativeLoadError: Error | null = loaded.error;
 /** The file the addon was loaded from, or null. */
 export const nativeAddonPath: string | null = loaded.path;
+
+function pickIo(a: NativeAddon | null): NativeIo | null {
+  // An addon built before io.c existed simply has no fast path.
+  if (a === null || typeof a.preadNowait !== 'function' || typeof a.pwriteNowait !== 'function' || typeof a.pwriteTimed !== 'function') return null;
+  const io: NativeIo = { preadNowait: a.preadNowait, pwriteNowait: a.pwriteNowait, pwriteTimed: a.pwriteTimed };
+  if (loopPollCheck(a) === null) io.awaitLoopEvent = a.awaitLoopEvent;
+  return io;
+}
+
+/** The addon's I/O functions, or null (addon missing or too old): every I/O then takes the libuv pool. */
+export const nativeIo: NativeIo | null = pickIo(loaded.addon);
 
 export function isNativeAvailable(): boolean {
   return nativeAddon !== null;
