@@ -18,6 +18,7 @@ import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
 import { topCommand } from './top.js';
 import { snapshotCommands } from './snapshot-commands.js';
+import { waitWithProgress } from './wait-progress.js';
 
 interface Globals {
   stateDir: string;
@@ -210,8 +211,10 @@ function volumeCommands(y: Argv): Argv {
           'Create an encrypted volume (EC2 CreateVolume); prints its volume id',
           (b) =>
             b
-              .option('size', { type: 'string', demandOption: true, describe: 'bytes or 512MiB, 8GiB, 1TiB (multiple of 4 KiB)' })
-              .option('kms-key', { type: 'string', describe: 'key id, ARN or alias (default alias/aws/ebs)' })
+              .option('size', { type: 'string', describe: 'bytes or 512MiB, 8GiB, 1TiB (multiple of 4 KiB); with --snapshot-id at least the snapshot\'s (its size if left out)' })
+              .option('snapshot-id', { type: 'string', describe: 'restore this snapshot (snap-…): same KMS key shares its data key, another key re-encrypts every block' })
+              .option('wait', { type: 'boolean', default: false, describe: 'with --snapshot-id: wait until the volume is available (progress on stderr)' })
+              .option('kms-key', { type: 'string', describe: 'key id, ARN or alias (default alias/aws/ebs; with --snapshot-id the snapshot\'s key)' })
               .option('cipher', {
                 type: 'string',
                 choices: ['aes-xts-plain64', 'none'],
@@ -222,17 +225,31 @@ function volumeCommands(y: Argv): Argv {
           async (a) => {
             const g = a as unknown as Globals;
             if (a.cipher === 'none' && a.kmsKey) throw new UsageError('--kms-key cannot be combined with --cipher none: a plaintext volume has no key');
+            if (a.size === undefined && a.snapshotId === undefined) throw new UsageError('volume create needs --size or --snapshot-id');
             const tags = (a.tag ?? []).map((t) => {
               const [k, ...rest] = String(t).split('=');
               return { Key: k!, Value: rest.join('=') };
             });
-            const res = await call(g, 'ebsd.CreateVolume', {
-              Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size,
+            let res = await call(g, 'ebsd.CreateVolume', {
+              ...(a.size !== undefined ? { Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size } : {}),
+              ...(a.snapshotId !== undefined ? { SnapshotId: a.snapshotId } : {}),
               ...(a.kmsKey ? { KmsKeyId: a.kmsKey } : {}),
               ...(a.cipher ? { Cipher: a.cipher } : {}),
               ...(a.name ? { Name: a.name } : {}),
               ...(tags.length ? { TagSpecifications: [{ ResourceType: 'volume', Tags: tags }] } : {}),
             });
+            if (a.wait && res.State === 'creating') {
+              const id = res.VolumeId as string;
+              const describe = async (): Promise<R> => ((await call(g, 'ebsd.DescribeVolumes', { VolumeIds: [id] })).Volumes as R[])[0]!;
+              await waitWithProgress(async () => {
+                res = await describe();
+                return {
+                  state: res.State as string,
+                  ...(typeof res.Progress === 'string' ? { progress: parseInt(res.Progress, 10) } : {}),
+                  ...(typeof res.StateMessage === 'string' ? { message: res.StateMessage } : {}),
+                };
+              }, { label: `${id} from ${a.snapshotId}`, done: ['available'], failed: ['error'] });
+            }
             if (res.Encrypted === false) process.stderr.write(`ebsd: ${UNENCRYPTED_WARNING}\n`);
             if (fmt(g) === 'text' && !g.query) {
               // `id=$(ebsd volume create --size 1GiB --output text)`

@@ -23,6 +23,7 @@ import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
 import { checkImageSizeFits } from '../volume/size.js';
 import { KmsListener } from './kms-listener.js';
+import { SnapshotRestore } from '../snapshot/restore.js';
 import { AccessKeyStore } from '../kms/sts/access-keys.js';
 import { TrustPolicies } from '../kms/sts/trust-policies.js';
 import { StsService } from '../kms/sts/sts-service.js';
@@ -74,6 +75,8 @@ export class Daemon {
   /** Snapshots of this host's volumes (docs/architecture.md §12). */
   private snapshots: SnapshotManager | undefined;
   private snapshotApi: SnapshotApi | undefined;
+  /** CreateVolume with SnapshotId, CopySnapshot (src/snapshot/restore.ts, copy.ts). */
+  private restore: SnapshotRestore | undefined;
   private ec2Authz: Ec2Authorizer | undefined;
   private bfs: BlockFileSystem | undefined;
   private fuse: FuseMount | undefined;
@@ -237,6 +240,7 @@ export class Daemon {
       logger: log,
     });
     const mgr = this.mgr;
+    this.restore = new SnapshotRestore({ store: this.snapshotStore!, volumes: mgr, logger: log });
     this.ec2Authz = new Ec2Authorizer({
       evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: mgr.instanceId,
       volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
@@ -434,9 +438,13 @@ export class Daemon {
   private async volumeOp(req: Ec2Request, caller: Caller): Promise<unknown> {
     const mgr = this.mgr!;
     switch (req.op) {
-      case 'CreateVolume':
-        await checkImageSizeFits(mgr.dir, req.input.Size, 'Size');
-        return mgr.createVolume(req.input, caller);
+      case 'CreateVolume': {
+        const { SnapshotId, Size, ...input } = req.input;
+        if (Size !== undefined) await checkImageSizeFits(mgr.dir, Size, 'Size');
+        if (SnapshotId !== undefined) return this.restore!.createVolume({ ...input, SnapshotId, ...(Size !== undefined ? { Size } : {}) }, caller);
+        if (Size === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Size', 'The request must contain the parameter Size (or SnapshotId)');
+        return mgr.createVolume({ ...input, Size }, caller);
+      }
       case 'DescribeVolumes':
         return this.describeVolumes(req.input, caller);
       case 'DescribeVolumeStatus': {

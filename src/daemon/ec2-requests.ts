@@ -27,6 +27,7 @@ export type Ec2RequestErrorCode =
   | 'EC2_INVALID_FILTER'
   | 'EC2_TAG_LIMIT_EXCEEDED'
   | 'EC2_VOLUME_ID_MALFORMED'
+  | 'EC2_SNAPSHOT_ID_MALFORMED'
   | 'EC2_INVALID_PARAMETER_COMBINATION';
 
 const AWS_NAMES: Record<Ec2RequestErrorCode, string> = {
@@ -37,6 +38,7 @@ const AWS_NAMES: Record<Ec2RequestErrorCode, string> = {
   EC2_INVALID_FILTER: 'InvalidFilter',
   EC2_TAG_LIMIT_EXCEEDED: 'TagLimitExceeded',
   EC2_VOLUME_ID_MALFORMED: 'InvalidVolumeID.Malformed',
+  EC2_SNAPSHOT_ID_MALFORMED: 'InvalidSnapshotID.Malformed',
   EC2_INVALID_PARAMETER_COMBINATION: 'InvalidParameterCombination',
 };
 
@@ -62,6 +64,7 @@ const MAX_RESULTS_MAX = 500;
 const NEXT_TOKEN_MAX = 1024;
 
 export const VOLUME_ID_RE = /^vol-[0-9a-f]{17}$/;
+export const SNAPSHOT_ID_RE = /^snap-[0-9a-f]{17}$/;
 
 /** DescribeVolumes filter names ebsd serves (`tag:<key>` besides). */
 export const VOLUME_FILTER_NAMES = new Set(['volume-id', 'status', 'attachment.instance-id', 'kms-key-id']);
@@ -77,7 +80,10 @@ export interface Filter {
 }
 
 export interface CreateVolumeInput {
-  Size: number | string;
+  /** Optional only with SnapshotId (the snapshot's size is taken). */
+  Size: number | string | undefined;
+  /** Restore from this snapshot (`snap-` + 17 hex). */
+  SnapshotId?: string;
   KmsKeyId?: string;
   Encrypted?: boolean;
   Cipher?: 'aes-xts-plain64' | 'none';
@@ -105,7 +111,7 @@ export type Ec2Operation = Ec2Request['op'];
 
 /** Members each operation takes; anything else is UnknownParameter. */
 const MEMBERS: Record<Ec2Operation, readonly string[]> = {
-  CreateVolume: ['Size', 'KmsKeyId', 'Encrypted', 'Cipher', 'Name', 'TagSpecifications'],
+  CreateVolume: ['Size', 'SnapshotId', 'KmsKeyId', 'Encrypted', 'Cipher', 'Name', 'TagSpecifications'],
   DescribeVolumes: ['VolumeIds', 'Filters', 'MaxResults', 'NextToken'],
   DescribeVolumeStatus: ['VolumeIds'],
   DeleteVolume: ['VolumeId'],
@@ -155,7 +161,14 @@ export function parseEc2Request(op: Ec2Operation, body: unknown): Ec2Request {
 }
 
 function createVolume(m: (k: string) => unknown): CreateVolumeInput {
-  const out: CreateVolumeInput = { Size: size(m('Size')) };
+  const snap = m('SnapshotId');
+  const out: CreateVolumeInput = { Size: snap !== undefined && m('Size') === undefined ? undefined : size(m('Size')) };
+  if (snap !== undefined) {
+    if (typeof snap !== 'string' || !SNAPSHOT_ID_RE.test(snap)) {
+      throw new Ec2RequestError('EC2_SNAPSHOT_ID_MALFORMED', 'SnapshotId', `Invalid id: ${printable(snap)} (SnapshotId: expecting "snap-" followed by 17 hex digits)`);
+    }
+    out.SnapshotId = snap;
+  }
   const keyId = m('KmsKeyId');
   if (keyId !== undefined) out.KmsKeyId = string(keyId, 'KmsKeyId', 1, KMS_KEY_ID_MAX);
   const enc = m('Encrypted');

@@ -93,6 +93,7 @@ const KEY_SERVICE_OPERATIONS: ReadonlyMap<string, string> = new Map([
   ['generateDataKeyWithoutPlaintext', 'GenerateDataKeyWithoutPlaintext'],
   ['createGrant', 'CreateGrant'],
   ['decrypt', 'Decrypt'],
+  ['reEncrypt', 'ReEncrypt'],
   ['retireGrant', 'RetireGrant'],
   ['describeKey', 'DescribeKey'],
   ['listRetirableGrants', 'ListRetirableGrants'],

@@ -8,6 +8,7 @@ import {
   GenerateDataKeyWithoutPlaintextCommand,
   KMSClient,
   ListRetirableGrantsCommand,
+  ReEncryptCommand,
   RetireGrantCommand,
   type GrantOperation,
 } from '@aws-sdk/client-kms';
@@ -55,7 +56,7 @@ export interface RemoteKmsHealth {
 const DEFAULTS = { connectionTimeoutMs: 2_000, requestTimeoutMs: 5_000, maxAttempts: 3, circuitFailures: 3, circuitOpenMs: 1_000, circuitMaxOpenMs: 30_000 };
 
 /** The permissions the host role needs in the key policy, named in AccessDenied messages (README "A fleet"). */
-const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:CreateGrant', 'kms:DescribeKey'];
+const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'];
 
 /**
  * KeyService over the AWS KMS protocol (`@aws-sdk/client-kms`): AWS KMS
@@ -255,6 +256,14 @@ export class AwsKeyService implements KeyService {
       const r = await this.kms.send(this.onBehalfOf(new DecryptCommand(req), caller));
       return { Plaintext: r.Plaintext!, KeyId: r.KeyId! };
     }, req.KeyId);
+  }
+
+  /** ReEncrypt of a snapshot's data key for a volume restored under the same key (signed as the host, on the caller's behalf). */
+  reEncrypt(req: Parameters<KeyService['reEncrypt']>[0], caller: Caller) {
+    return this.call('ReEncrypt', async () => {
+      const r = await this.kms.send(this.onBehalfOf(new ReEncryptCommand(req), caller));
+      return { CiphertextBlob: r.CiphertextBlob!, SourceKeyId: r.SourceKeyId!, KeyId: r.KeyId! };
+    }, req.DestinationKeyId);
   }
 
   async retireGrant(req: Parameters<KeyService['retireGrant']>[0], _caller: Caller): Promise<void> {

@@ -53,6 +53,8 @@ export interface VolumeRecord {
    * attachment whose grant may be gone.
    */
   detaching?: { since: string };
+  /** Why the volume is `error` (a restore from a snapshot that failed), as DescribeVolumes shows it. No secrets: error names and ids. */
+  stateMessage?: string;
 }
 
 export interface PendingGrantRetirement {

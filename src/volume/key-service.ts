@@ -29,6 +29,23 @@ export interface KeyService {
     caller: Caller,
   ): Promise<{ Plaintext: Uint8Array; KeyId: string }>;
   retireGrant(req: { KeyId?: string; GrantId?: string; GrantToken?: string }, caller: Caller): Promise<void>;
+  /**
+   * ReEncrypt: the blob re-wrapped under DestinationKeyId and context,
+   * without the plaintext leaving KMS. A volume restored from a snapshot
+   * under the snapshot's key shares its data key this way, bound to the new
+   * volume's context (docs/architecture.md §14.1).
+   */
+  reEncrypt(
+    req: {
+      CiphertextBlob: Uint8Array;
+      SourceKeyId?: string;
+      SourceEncryptionContext?: EncryptionContext;
+      DestinationKeyId: string;
+      DestinationEncryptionContext?: EncryptionContext;
+      GrantTokens?: string[];
+    },
+    caller: Caller,
+  ): Promise<{ CiphertextBlob: Uint8Array; SourceKeyId: string; KeyId: string }>;
   describeKey(req: { KeyId: string; GrantTokens?: string[] }, caller: Caller): Promise<{ KeyMetadata: { Arn: string; KeyState?: string; Enabled?: boolean; [k: string]: unknown } }>;
   /**
    * ListRetirableGrants, as the host: lets a restart find attach grants a
@@ -103,6 +120,9 @@ export class KmsCoreKeyService implements KeyService {
   }
   async retireGrant(req: Parameters<KeyService['retireGrant']>[0], caller: Caller): Promise<void> {
     await this.call('RetireGrant', req, caller);
+  }
+  reEncrypt(req: Parameters<KeyService['reEncrypt']>[0], caller: Caller) {
+    return this.call<{ CiphertextBlob: Uint8Array; SourceKeyId: string; KeyId: string }>('ReEncrypt', req, caller);
   }
   describeKey(req: Parameters<KeyService['describeKey']>[0], caller: Caller) {
     return this.call<{ KeyMetadata: { Arn: string; KeyState?: string; Enabled?: boolean } }>('DescribeKey', req, caller);

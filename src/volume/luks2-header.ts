@@ -167,29 +167,8 @@ async function writeAt(fh: fsp.FileHandle, data: Buffer, pos: number): Promise<v
   }
 }
 
-export interface ReadOptions {
-  /** Rewrite a bad or older copy from the good one (default true). */
-  repair?: boolean;
-}
-
-/**
- * Read an image header: validate both copies, take the valid one with the
- * higher seqid (spec §2.2), and (unless `repair: false`) rewrite the other.
- * Throws Luks2Error without writing anything when no copy is usable.
- */
-export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<Luks2Image> {
-  const fh = await openImage(path, 'read');
-  let head: Buffer;
-  let fileSize: number;
-  try {
-    fileSize = (await fh.stat()).size;
-    const want = Math.min(fileSize, 2 * HDR_SIZES[HDR_SIZES.length - 1]!);
-    head = Buffer.alloc(want);
-    const { bytesRead } = await fh.read(head, 0, want, 0);
-    head = head.subarray(0, bytesRead);
-  } finally {
-    await fh.close();
-  }
+/** Validate both copies in `head` (the first bytes of an image) and pick the valid one with the higher seqid (spec §2.2). */
+function pickCopy(head: Buffer, path: string): { best: Extract<CopyResult, { ok: true }>; which: 'primary' | 'secondary'; other: CopyResult } {
   if (head.length < LUKS2_BIN_HDR_SIZE) throw new Luks2Error('LUKS2_TRUNCATED', `${path}: ${head.length} bytes, shorter than a LUKS2 header`);
 
   const primary = decodeCopy(head, 0, 'primary');
@@ -225,12 +204,48 @@ export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<L
     best = secondary as Extract<CopyResult, { ok: true }>;
     which = 'secondary';
   }
+  return { best, which, other: which === 'primary' ? secondary : primary };
+}
+
+/**
+ * Read a LUKS2 header held in memory (a snapshot's header area, bytes
+ * [0, dataOffset) of the image it was taken from), validated as readLuks2
+ * validates a file; nothing is repaired. `what` names it in errors.
+ */
+export function parseLuks2Header(head: Buffer, what: string): Luks2Image {
+  const { best } = pickCopy(head, what);
+  return { ...best.fields, volume: best.volume, repaired: null };
+}
+
+export interface ReadOptions {
+  /** Rewrite a bad or older copy from the good one (default true). */
+  repair?: boolean;
+}
+
+/**
+ * Read an image header: validate both copies, take the valid one with the
+ * higher seqid (spec §2.2), and (unless `repair: false`) rewrite the other.
+ * Throws Luks2Error without writing anything when no copy is usable.
+ */
+export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<Luks2Image> {
+  const fh = await openImage(path, 'read');
+  let head: Buffer;
+  let fileSize: number;
+  try {
+    fileSize = (await fh.stat()).size;
+    const want = Math.min(fileSize, 2 * HDR_SIZES[HDR_SIZES.length - 1]!);
+    head = Buffer.alloc(want);
+    const { bytesRead } = await fh.read(head, 0, want, 0);
+    head = head.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+  const { best, which, other } = pickCopy(head, path);
   const v = best.volume;
   if (fileSize < v.dataOffset + v.size) {
     throw new Luks2Error('LUKS2_TRUNCATED', `${path}: ${fileSize} bytes, data segment needs ${v.dataOffset + v.size}`, { field: `segments.${Object.keys(v.json.segments)[0]}.size` });
   }
 
-  const other = which === 'primary' ? secondary : primary;
   const stale = !other.ok || other.fields.seqid !== best.fields.seqid;
   let repaired: Luks2Image['repaired'] = null;
   if (stale && opts.repair !== false) {
@@ -295,6 +310,47 @@ export async function updateLuks2(path: string, mutate: (json: Luks2Json) => voi
     await fh.datasync();
     await writeAt(fh, primary, 0);
     await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+  return { ...fields, volume: check.volume, repaired: null };
+}
+
+export interface CreateFromOptions {
+  /** Data segment size of the new image; the file becomes dataOffset + size bytes, sparse. */
+  size: number;
+  label: string;
+  /** Changes to a copy of the JSON (the token, for a new volume). The segment size is set to `size`. */
+  mutate: (json: Luks2Json) => void;
+}
+
+/**
+ * Create a new image (must not exist) from another image's header area
+ * `head` (its bytes [0, dataOffset), e.g. a snapshot's): the keyslots area and
+ * the digest are kept, the JSON is changed by `mutate`, the label set and a
+ * fresh uuid given (two images must not share one: blkid and udev tell
+ * devices apart by it), both copies written at seqid + 1 and checked before
+ * anything is written.
+ */
+export async function createLuks2From(path: string, head: Buffer, o: CreateFromOptions): Promise<Luks2Image> {
+  const cur = parseLuks2Header(head, `${path} (source header)`);
+  const json = structuredClone(cur.volume.json);
+  o.mutate(json);
+  for (const s of Object.values(json.segments)) s.size = String(o.size);
+  const fields: CopyFields = { seqid: cur.seqid + 1, hdrSize: cur.hdrSize, label: o.label, uuid: randomUUID(), subsystem: cur.subsystem };
+  const primary = encodeCopy('primary', fields, json);
+  const secondary = encodeCopy('secondary', fields, json);
+  const check = decodeCopy(Buffer.concat([primary, secondary]), 0, 'primary');
+  if (!check.ok) throw new Luks2Error(check.code, `${path}: refusing to write invalid metadata: ${check.why}`, check.field !== undefined ? { field: check.field } : {});
+  const dataOffset = check.volume.dataOffset;
+  if (head.length !== dataOffset) throw new Luks2Error('LUKS2_TRUNCATED', `${path}: source header area is ${head.length} bytes, the data segment starts at ${dataOffset}`);
+  const fh = await fsp.open(path, 'wx', 0o600);
+  try {
+    await writeAt(fh, head, 0);
+    await writeAt(fh, secondary, cur.hdrSize);
+    await writeAt(fh, primary, 0);
+    await fh.truncate(dataOffset + o.size);
+    await fh.sync();
   } finally {
     await fh.close();
   }

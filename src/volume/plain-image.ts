@@ -50,6 +50,11 @@ function encode(volumeId: string, size: number): Buffer {
   return buf;
 }
 
+/** The 4 KiB header of a plaintext image of `volumeId`, `size` data bytes. */
+export function encodePlainHeader(volumeId: string, size: number): Buffer {
+  return encode(volumeId, size);
+}
+
 /** Create a new image (must not exist): header, sparse data area, fsync. */
 export async function createPlainImage(path: string, o: { volumeId: string; size: number }): Promise<void> {
   const fh = await fsp.open(path, 'wx', 0o600);
@@ -113,7 +118,14 @@ export async function readPlainImage(path: string): Promise<PlainImage> {
   } finally {
     await fh.close();
   }
-  const bad = (why: string, cause?: unknown): VolumeError => corrupt(path, why, cause);
+  const p = parsePlainHeader(head, path);
+  if (fileSize < p.dataOffset + p.size) throw corrupt(path, `${fileSize} bytes, data needs ${p.dataOffset + p.size}`);
+  return p;
+}
+
+/** Parse and check a plaintext image header held in memory (a snapshot's header area); `what` names it in errors. */
+export function parsePlainHeader(head: Buffer, what: string): PlainImage {
+  const bad = (why: string, cause?: unknown): VolumeError => corrupt(what, why, cause);
   if (head.subarray(0, PLAIN_MAGIC.length).toString('latin1') !== PLAIN_MAGIC) throw bad('no magic line');
   const nl = head.indexOf(0x0a, PLAIN_MAGIC.length);
   if (nl < 0) throw bad('no header line');
@@ -134,7 +146,6 @@ export async function readPlainImage(path: string): Promise<PlainImage> {
   if (h.data_offset !== String(PLAIN_DATA_OFFSET)) throw bad(`data_offset ${JSON.stringify(h.data_offset)} is not "${PLAIN_DATA_OFFSET}"`);
   const dataOffset = PLAIN_DATA_OFFSET;
   if (!Number.isSafeInteger(dataOffset + size)) throw bad(`size ${size} is past what a file can hold`);
-  if (fileSize < dataOffset + size) throw bad(`${fileSize} bytes, data needs ${dataOffset + size}`);
   return { volumeId: h.volume_id, size, dataOffset };
 }
 

@@ -106,6 +106,33 @@ export interface VolumeForSnapshot {
   device?: BlockDevice;
 }
 
+/** What an ImageBuilder is handed: the new volume, where to write its image, and the manager's KMS and XTS engine. */
+export interface ImageBuildContext {
+  volumeId: string;
+  /** Temp path of the image; must not exist yet. The manager renames it into place. */
+  path: string;
+  /** Data segment size in bytes (the request's Size, parsed). */
+  size: number;
+  /** The caller, acting via EC2 (kms:ViaService `ec2.<region>.amazonaws.com`): KMS calls on its behalf use this. */
+  via: Caller;
+  /** Guarded: failures arrive as KeyServiceError with the AWS name. */
+  keyService: KeyService;
+  xtsEngine: XtsEngine;
+  /** Report progress, 0-100 (DescribeVolumes shows it while the volume is `creating`). */
+  progress: (percent: number) => void;
+}
+
+export interface ImageBuilt {
+  /** Key ARN of the volume; '' for a plaintext volume. */
+  kmsKeyId: string;
+  unencrypted?: true;
+  /** Added to the CreateVolume audit event and log line (no secrets: ids only). */
+  details?: Record<string, unknown>;
+}
+
+/** Writes a new volume's image (CreateVolume; a restore from a snapshot). */
+export type ImageBuilder = (o: ImageBuildContext) => Promise<ImageBuilt>;
+
 /** Key-cache state of one attached volume, for `ebsd status`. */
 export interface VolumeKeyCacheStatus {
   VolumeId: string;
@@ -145,6 +172,9 @@ export class VolumeManager {
   private readonly mutex = new KeyedMutex();
   private readonly attachments: Attachments;
   private readonly recovery: VolumeRecovery;
+  /** Volumes whose image a background create is writing, with its progress (0-100). */
+  private readonly building = new Map<string, number>();
+  private readonly pending = new Set<Promise<void>>();
 
   private constructor(private readonly o: VolumeManagerOptions, private readonly catalog: Catalog) {
     this.dir = join(o.stateDir, 'volumes');
@@ -219,91 +249,131 @@ export class VolumeManager {
 
   // ---- CreateVolume ------------------------------------------------------
 
-  async createVolume(req: CreateVolumeRequest, caller: Caller): Promise<ReturnType<VolumeManager['describe']>> {
-    if (wantsPlaintext(req)) return this.createPlainVolume(req, caller);
-    const size = parseVolumeSize(req.Size);
+  /**
+   * CreateVolume: a new LUKS2 volume under a fresh data key, a
+   * measurement-only plaintext volume (`Cipher: "none"`), or, with `build`,
+   * an image someone else writes (a restore from a snapshot, src/snapshot/restore.ts).
+   */
+  async createVolume(req: CreateVolumeRequest, caller: Caller, build?: ImageBuilder, opts: { background?: boolean } = {}): Promise<ReturnType<VolumeManager['describe']>> {
+    if (build) return this.create(req, caller, build, opts.background === true);
+    if (wantsPlaintext(req)) {
+      this.checkUnencryptedAllowed('create');
+      if (req.KmsKeyId !== undefined) throw invalidParameter('KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key');
+      return this.create(req, caller, async ({ volumeId, path, size }) => {
+        await createPlainImage(path, { volumeId, size });
+        return { kmsKeyId: '', unencrypted: true };
+      });
+    }
     const keyId = req.KmsKeyId ?? DEFAULT_KMS_KEY;
     if (typeof keyId !== 'string' || keyId === '') throw invalidParameter('KmsKeyId must be a key id, ARN or alias');
-    const tags = [...(req.TagSpecifications ?? []).flatMap((t) => t.Tags)];
-    if (req.Name !== undefined) tags.push({ Key: 'Name', Value: req.Name });
-    const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`;
-    const image = `${volumeId}.img`;
-    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: keyId, createTime: new Date().toISOString(), tags, image };
-    // Postcondition on crash from here on: a `creating` record, which recover() removes with its files.
-    await this.catalog.put(rec);
-    const ctx = { 'aws:ebs:id': volumeId };
-    const tmp = join(this.dir, `.${image}.tmp`);
-    let key: Uint8Array | undefined;
-    try {
-      // docs/architecture.md §6.1: GenerateDataKeyWithoutPlaintext on the caller's behalf, via EC2.
-      const via: Caller = { ...caller, viaService: this.viaService };
-      let gen: { CiphertextBlob: Uint8Array; KeyId: string };
-      for (let i = 0; ; i++) {
-        gen = await this.ks.generateDataKeyWithoutPlaintext({ KeyId: keyId, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
-        // The LUKS2 digest needs the key once; unwrap it, on the caller's behalf too, and wipe it.
-        key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
-        if (key.length !== VOLUME_KEY_BYTES) throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
-        // docs/architecture.md §3.5: K1 = K2 is refused by XTS (FIPS); regenerate.
-        if (!Buffer.from(key.subarray(0, 32)).equals(key.subarray(32)) || i >= 3) break;
+    return this.create(req, caller, async ({ volumeId, path, size, via }) => {
+      const { key, blob, keyArn } = await this.newDataKey(keyId, volumeId, via);
+      try {
+        const ctx = { 'aws:ebs:id': volumeId };
+        const json = buildLuks2Json({
+          size,
+          volumeKey: key,
+          token: { key_arn: keyArn, ciphertext_blob: Buffer.from(blob).toString('base64'), encryption_context: ctx, volume_id: volumeId },
+        });
+        await createLuks2(path, { json, size, dataOffset: LUKS2_DATA_OFFSET, label: volumeId });
+      } finally {
         wipe(key);
       }
-      rec.kmsKeyId = gen.KeyId;
-      const json = buildLuks2Json({
-        size,
-        volumeKey: key,
-        token: { key_arn: gen.KeyId, ciphertext_blob: Buffer.from(gen.CiphertextBlob).toString('base64'), encryption_context: ctx, volume_id: volumeId },
-      });
-      wipe(key);
-      await createLuks2(tmp, { json, size, dataOffset: LUKS2_DATA_OFFSET, label: volumeId });
-      await fsp.rename(tmp, join(this.dir, image));
-      await fsyncDir(this.dir);
-      rec.state = 'available';
-      await this.catalog.put(rec);
-    } catch (e) {
-      wipe(key);
-      await fsp.rm(tmp, { force: true }).catch(() => {});
-      await this.removeImage(rec).catch(() => {});
-      await this.catalog.remove(volumeId).catch(() => {});
-      this.log.warn({ volumeId, keyId, err: errInfo(e) }, 'CreateVolume failed');
-      throw e;
-    }
-    this.log.info({ volumeId, size, keyArn: rec.kmsKeyId }, 'volume created');
-    this.audit({ eventName: 'CreateVolume', volumeId, principal: caller.arn, details: { size, kmsKeyId: rec.kmsKeyId } });
-    return this.describe(rec);
+      return { kmsKeyId: keyArn };
+    });
   }
 
   /**
-   * Measurement-only plaintext volume: no KMS call, no key, no grant; an
-   * image with the plaintext marker header (plain-image.ts). Refused unless
-   * the manager was opened with allowUnencrypted.
+   * docs/architecture.md §6.1: a new volume key, GenerateDataKeyWithoutPlaintext
+   * under `keyId` with context `{"aws:ebs:id": volumeId}` on the caller's
+   * behalf via EC2, unwrapped once (Decrypt, on the caller's behalf too) for
+   * the LUKS2 digest or a re-encryption. The caller wipes `key`.
    */
-  private async createPlainVolume(req: CreateVolumeRequest, caller: Caller): Promise<ReturnType<VolumeManager['describe']>> {
-    this.checkUnencryptedAllowed('create');
+  async newDataKey(keyId: string, volumeId: string, via: Caller): Promise<{ key: Uint8Array; blob: Uint8Array; keyArn: string }> {
+    const ctx = { 'aws:ebs:id': volumeId };
+    for (let i = 0; ; i++) {
+      const gen = await this.ks.generateDataKeyWithoutPlaintext({ KeyId: keyId, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
+      const key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
+      if (key.length !== VOLUME_KEY_BYTES) {
+        wipe(key);
+        throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
+      }
+      // docs/architecture.md §3.5: K1 = K2 is refused by XTS (FIPS); regenerate.
+      if (!Buffer.from(key.subarray(0, 32)).equals(key.subarray(32)) || i >= 3) return { key, blob: gen.CiphertextBlob, keyArn: gen.KeyId };
+      wipe(key);
+    }
+  }
+
+  /**
+   * The one create path: a `creating` record first (a crash from then on
+   * leaves it, and recover() removes it with its files), the image written
+   * by `build` to a temp file, renamed into place, then `available`. On any
+   * failure the temp file, image and record go.
+   */
+  private async create(req: CreateVolumeRequest, caller: Caller, build: ImageBuilder, background = false): Promise<ReturnType<VolumeManager['describe']>> {
     const size = parseVolumeSize(req.Size);
-    if (req.KmsKeyId !== undefined) throw invalidParameter('KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key');
     const tags = [...(req.TagSpecifications ?? []).flatMap((t) => t.Tags)];
     if (req.Name !== undefined) tags.push({ Key: 'Name', Value: req.Name });
     const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const image = `${volumeId}.img`;
-    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: '', unencrypted: true, createTime: new Date().toISOString(), tags, image };
+    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: req.KmsKeyId ?? '', createTime: new Date().toISOString(), tags, image };
+    // Postcondition on crash from here on: a `creating` record, which recover() removes with its files.
     await this.catalog.put(rec);
+    if (!background) {
+      await this.finishCreate(rec, req, caller, build);
+      return this.describe(rec);
+    }
+    // EC2 answers `creating` at once; the image is written behind (a restore), `available` or `error` after.
+    this.building.set(volumeId, 0);
+    const done = this.finishCreate(rec, req, caller, build)
+      .catch(async (e) => {
+        rec.state = 'error';
+        rec.stateMessage = e instanceof EbsdError ? `${e.awsName ?? e.code}: ${e.message}` : 'internal error (see the daemon log)';
+        await this.catalog.put(rec).catch((err) => this.log.warn({ volumeId, err: errInfo(err) }, 'could not record the failed create'));
+        this.audit({ eventName: 'CreateVolume', volumeId, principal: caller.arn, details: { size, failed: true, error: e instanceof EbsdError ? (e.awsName ?? e.code) : 'InternalError' } });
+      })
+      .finally(() => {
+        this.building.delete(volumeId);
+        this.pending.delete(done);
+      });
+    this.pending.add(done);
+    return this.describe(rec);
+  }
+
+  /** Write the image, rename it into place, record `available`; on failure remove files (and, in the foreground, the record) and rethrow. */
+  private async finishCreate(rec: VolumeRecord, req: CreateVolumeRequest, caller: Caller, build: ImageBuilder): Promise<void> {
+    const { volumeId, image, size } = rec;
     const tmp = join(this.dir, `.${image}.tmp`);
+    let built: ImageBuilt;
     try {
-      await createPlainImage(tmp, { volumeId, size });
+      // KMS calls a build makes are on the caller's behalf, via EC2 (kms:ViaService).
+      built = await build({
+        volumeId, path: tmp, size, via: { ...caller, viaService: this.viaService }, keyService: this.ks, xtsEngine: this.o.xtsEngine,
+        progress: (pct) => void (this.building.has(volumeId) && this.building.set(volumeId, pct)),
+      });
+      if (built.unencrypted) this.checkUnencryptedAllowed('create');
       await fsp.rename(tmp, join(this.dir, image));
       await fsyncDir(this.dir);
+      rec.kmsKeyId = built.kmsKeyId;
+      if (built.unencrypted) rec.unencrypted = true;
       rec.state = 'available';
       await this.catalog.put(rec);
     } catch (e) {
       await fsp.rm(tmp, { force: true }).catch(() => {});
       await this.removeImage(rec).catch(() => {});
-      await this.catalog.remove(volumeId).catch(() => {});
-      this.log.warn({ volumeId, err: errInfo(e) }, 'CreateVolume failed');
+      if (!this.building.has(volumeId)) await this.catalog.remove(volumeId).catch(() => {});
+      this.log.warn({ volumeId, keyId: req.KmsKeyId, err: errInfo(e) }, 'CreateVolume failed');
       throw e;
     }
-    this.log.warn({ volumeId, size, encrypted: false }, 'UNENCRYPTED volume created: its data is stored in PLAINTEXT (measurement only)');
-    this.audit({ eventName: 'CreateVolume', volumeId, principal: caller.arn, details: { size, encrypted: false, cipher: 'none' } });
-    return this.describe(rec);
+    const details = { size, ...(built.unencrypted ? { encrypted: false, cipher: 'none' } : { kmsKeyId: rec.kmsKeyId }), ...built.details };
+    if (built.unencrypted) this.log.warn({ volumeId, size, encrypted: false }, 'UNENCRYPTED volume created: its data is stored in PLAINTEXT (measurement only)');
+    else this.log.info({ volumeId, size, keyArn: rec.kmsKeyId, ...built.details }, 'volume created');
+    this.audit({ eventName: 'CreateVolume', volumeId, principal: caller.arn, details });
+  }
+
+  /** Resolves when every create running in the background has ended (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.pending.size) await Promise.allSettled([...this.pending]);
   }
 
   private checkUnencryptedAllowed(what: 'create' | 'attach'): void {
@@ -528,6 +598,9 @@ export class VolumeManager {
       Size: Math.ceil(r.size / 1024 ** 3),
       SizeBytes: r.size,
       State: r.state as VolumeState,
+      // ebsd's own: how far a restore from a snapshot has come, while `creating`.
+      ...(this.building.has(r.volumeId) ? { Progress: `${this.building.get(r.volumeId)}%` } : {}),
+      ...(r.state === 'error' && r.stateMessage ? { StateMessage: r.stateMessage } : {}),
       CreateTime: r.createTime,
       Encrypted: !r.unencrypted,
       // EC2 omits KmsKeyId for an unencrypted volume.
@@ -566,6 +639,7 @@ function guardKeyService(ks: KeyService): KeyService {
     ...(ks.listRetirableGrants ? { listRetirableGrants: wrap('ListRetirableGrants', ks.listRetirableGrants) } : {}),
     createGrant: wrap('CreateGrant', ks.createGrant),
     decrypt: wrap('Decrypt', ks.decrypt),
+    reEncrypt: wrap('ReEncrypt', ks.reEncrypt),
     retireGrant: wrap('RetireGrant', ks.retireGrant),
     describeKey: wrap('DescribeKey', ks.describeKey),
   };

@@ -104,6 +104,7 @@ export async function kmsHarness(stateDir: string): Promise<KmsHarness> {
     generateDataKeyWithoutPlaintext: gate('GenerateDataKeyWithoutPlaintext', real.generateDataKeyWithoutPlaintext),
     createGrant: gate('CreateGrant', real.createGrant),
     decrypt: gate('Decrypt', real.decrypt),
+    reEncrypt: gate('ReEncrypt', real.reEncrypt),
     retireGrant: gate('RetireGrant', real.retireGrant),
     describeKey: gate('DescribeKey', real.describeKey),
   };

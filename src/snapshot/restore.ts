@@ -1,0 +1,288 @@
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import type { XtsContext, XtsEngine } from '../crypto/xts.js';
+import { silentLogger } from '../util/logger.js';
+import { wipe } from '../util/wipe.js';
+import { faultPoint } from '../util/fault-point.js';
+import type { KeyService } from '../volume/key-service.js';
+import type { CreateVolumeRequest, ImageBuildContext, ImageBuilt, VolumeManager } from '../volume/volume-manager.js';
+import { buildLuks2Json, verifyVolumeKey, VOLUME_KEY_BYTES, type Luks2Volume } from '../volume/luks2-json.js';
+import { createLuks2, createLuks2From, parseLuks2Header } from '../volume/luks2-header.js';
+import { encodePlainHeader, parsePlainHeader, PLAIN_HEADER_SIZE } from '../volume/plain-image.js';
+import { parseVolumeSize } from '../volume/size.js';
+import { SnapshotError, snapshotNotFound } from './errors.js';
+import { reencryptBlock } from './reencrypt.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
+
+/** CreateVolume with SnapshotId: Size may be left out (the snapshot's size is taken). */
+export interface RestoreVolumeRequest extends Omit<CreateVolumeRequest, 'Size'> {
+  SnapshotId: string;
+  Size?: number | string;
+}
+
+export interface SnapshotRestoreOptions {
+  store: SnapshotStore;
+  volumes: VolumeManager;
+  logger?: Logger;
+  /** Blocks read, transformed and written at once (the native XTS engine runs each on the libuv pool); default 4. */
+  concurrency?: number;
+}
+
+/** A snapshot read for a restore or a copy: its manifest and its header area, checked. */
+export interface OpenedSnapshot {
+  manifest: SnapshotManifest;
+  /** Bytes [0, dataOffset) of the image the snapshot was taken from. */
+  header: Buffer;
+  /** Data segment bytes (exact; `volumeSize` in the manifest is GiB). */
+  size: number;
+  /** The parsed LUKS2 header of an encrypted snapshot. */
+  luks2?: Luks2Volume;
+}
+
+/**
+ * CreateVolume from a snapshot (docs/architecture.md §14.1), EC2's rules:
+ * Size defaults to the snapshot's and may not be smaller; a volume from an
+ * encrypted snapshot is always encrypted; the snapshot must be `completed`.
+ *
+ * - Same KMS key (none given, or the snapshot's): the data key is shared.
+ *   ReEncrypt (on the caller's behalf, via EC2) binds the wrapped key to the
+ *   new volume's context, so its attach grant works; the blocks are copied as
+ *   they are stored, ciphertext; the header is the snapshot's with the token,
+ *   label and uuid changed: the LUKS2 digest stays, attach verifies the key
+ *   as for any volume.
+ * - Another key: a new data key under it, the snapshot's key unwrapped
+ *   (Decrypt on the caller's behalf: it needs kms:Decrypt on the old key, as
+ *   EBS requires), every block decrypted and encrypted again, both keys
+ *   wiped, a new LUKS2 header. The old key is then no longer needed.
+ *
+ * The volume is `creating` while blocks are written and `available` after; a
+ * crash leaves `creating`, which the next start removes (VolumeRecovery).
+ */
+export class SnapshotRestore {
+  private readonly store: SnapshotStore;
+  private readonly volumes: VolumeManager;
+  private readonly log: Logger;
+  private readonly concurrency: number;
+
+  constructor(o: SnapshotRestoreOptions) {
+    this.store = o.store;
+    this.volumes = o.volumes;
+    this.log = (o.logger ?? silentLogger).child({ component: 'restore' });
+    this.concurrency = o.concurrency ?? 4;
+  }
+
+  async createVolume(req: RestoreVolumeRequest, caller: Caller): ReturnType<VolumeManager['createVolume']> {
+    const snap = await openSnapshot(this.store, req.SnapshotId);
+    const m = snap.manifest;
+    const size = req.Size === undefined ? snap.size : parseVolumeSize(req.Size);
+    if (size < snap.size) {
+      throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `Volume of size ${size} bytes is smaller than snapshot '${m.snapshotId}', expect size >= ${snap.size} bytes`, { awsName: 'InvalidParameterValue' });
+    }
+    const plainAsked = req.Cipher === 'none' || req.Encrypted === false;
+    if (m.encrypted && plainAsked) {
+      throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `Snapshot '${m.snapshotId}' is encrypted: a volume created from it is always encrypted (Encrypted false / Cipher none refused)`, { awsName: 'InvalidParameterCombination' });
+    }
+    if (plainAsked && req.KmsKeyId !== undefined) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key', { awsName: 'InvalidParameterCombination' });
+    const { SnapshotId: _s, Size: _z, ...rest } = req;
+    // EC2 answers `creating` at once; the blocks are written behind it (`--wait` polls for `available`).
+    return this.volumes.createVolume({ ...rest, Size: size }, caller, (o) => this.build(snap, req, plainAsked, o), { background: true });
+  }
+
+  private async build(snap: OpenedSnapshot, req: RestoreVolumeRequest, plainAsked: boolean, o: ImageBuildContext): Promise<ImageBuilt> {
+    const m = snap.manifest;
+    const t0 = Date.now();
+    const built = await this.buildImage(snap, req, plainAsked, o);
+    this.log.info({ snapshotId: m.snapshotId, volumeId: o.volumeId, blocks: m.blocks.length, reEncrypted: built.details?.reEncrypted, ms: Date.now() - t0 }, 'volume restored from snapshot');
+    return built;
+  }
+
+  private async buildImage(snap: OpenedSnapshot, req: RestoreVolumeRequest, plainAsked: boolean, o: ImageBuildContext): Promise<ImageBuilt> {
+    const m = snap.manifest;
+    const details = { snapshotId: m.snapshotId };
+    if (!m.encrypted && plainAsked) {
+      // Measurement-only snapshot to a measurement-only volume: the blocks as they are, a header naming the new volume.
+      const fh = await fsp.open(o.path, 'wx', 0o600);
+      try {
+        await fh.write(encodePlainHeader(o.volumeId, o.size), 0, PLAIN_HEADER_SIZE, 0);
+        await fh.truncate(m.dataOffset + o.size);
+      } finally {
+        await fh.close();
+      }
+      await this.copyBlocks(snap, o, m.dataOffset, null, null);
+      return { kmsKeyId: '', unencrypted: true, details: { ...details, reEncrypted: false } };
+    }
+    if (m.encrypted) {
+      const wk = m.wrappedKey!;
+      // No KmsKeyId: the snapshot's key (EC2). One given: the same key if it resolves to the same ARN.
+      const targetArn = req.KmsKeyId === undefined ? wk.keyArn : (await o.keyService.describeKey({ KeyId: req.KmsKeyId }, o.via)).KeyMetadata.Arn;
+      if (targetArn === wk.keyArn) return this.buildSameKey(snap, o, details);
+      return this.buildNewKey(snap, targetArn, o, details);
+    }
+    // A measurement-only snapshot to an encrypted volume: encrypted under a new key (the default key unless one is given).
+    return this.buildNewKey(snap, req.KmsKeyId ?? 'alias/aws/ebs', o, details);
+  }
+
+  /** Same KMS key: share the data key (ReEncrypt to the new volume's context), copy ciphertext. */
+  private async buildSameKey(snap: OpenedSnapshot, o: ImageBuildContext, details: Record<string, unknown>): Promise<ImageBuilt> {
+    const wk = snap.manifest.wrappedKey!;
+    const ctx = { 'aws:ebs:id': o.volumeId };
+    const r = await o.keyService.reEncrypt(
+      {
+        CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
+        SourceKeyId: wk.keyArn,
+        SourceEncryptionContext: wk.encryptionContext,
+        DestinationKeyId: wk.keyArn,
+        DestinationEncryptionContext: ctx,
+      },
+      o.via,
+    );
+    await createLuks2From(o.path, snap.header, {
+      size: o.size,
+      label: o.volumeId,
+      mutate: (json) => {
+        for (const t of Object.values(json.tokens)) {
+          if (t.type !== 'ebsd-kms') continue;
+          t.key_arn = r.KeyId;
+          t.ciphertext_blob = Buffer.from(r.CiphertextBlob).toString('base64');
+          t.encryption_context = ctx;
+          t.volume_id = o.volumeId;
+        }
+      },
+    });
+    await this.copyBlocks(snap, o, snap.manifest.dataOffset, null, null);
+    return { kmsKeyId: r.KeyId, details: { ...details, reEncrypted: false } };
+  }
+
+  /** Another KMS key (or an unencrypted snapshot): a new data key, every block decrypted (if encrypted) and encrypted under it. */
+  private async buildNewKey(snap: OpenedSnapshot, keyId: string, o: ImageBuildContext, details: Record<string, unknown>): Promise<ImageBuilt> {
+    const m = snap.manifest;
+    let oldKey: Uint8Array | undefined;
+    let newKey: Uint8Array | undefined;
+    let from: XtsContext | null = null;
+    let to: XtsContext | null = null;
+    try {
+      if (m.encrypted) {
+        oldKey = await unwrapSnapshotKey(o.keyService, snap, o.via);
+        from = o.xtsEngine.createContext(oldKey);
+        wipe(oldKey);
+      }
+      const gen = await this.volumes.newDataKey(keyId, o.volumeId, o.via);
+      newKey = gen.key;
+      const ctx = { 'aws:ebs:id': o.volumeId };
+      const json = buildLuks2Json({
+        size: o.size,
+        volumeKey: newKey,
+        token: { key_arn: gen.keyArn, ciphertext_blob: Buffer.from(gen.blob).toString('base64'), encryption_context: ctx, volume_id: o.volumeId },
+      });
+      to = o.xtsEngine.createContext(newKey);
+      wipe(newKey);
+      const dataOffset = Number(json.segments['0']!.offset);
+      await createLuks2(o.path, { json, size: o.size, dataOffset, label: o.volumeId });
+      await this.copyBlocks(snap, o, dataOffset, from, to);
+      return { kmsKeyId: gen.keyArn, details: { ...details, reEncrypted: true } };
+    } finally {
+      // Best effort in JS (the GC may have copied them); the contexts wipe their native copies.
+      wipe(oldKey, newKey);
+      from?.destroy();
+      to?.destroy();
+    }
+  }
+
+  /** Every stored block into the image at dataOffset + index·512 KiB, re-encrypted when `from`/`to` are given; then fsync. */
+  private async copyBlocks(snap: OpenedSnapshot, o: ImageBuildContext, dataOffset: number, from: XtsContext | null, to: XtsContext | null): Promise<void> {
+    const fh = await fsp.open(o.path, 'r+');
+    const total = snap.manifest.blocks.length;
+    let done = 0;
+    try {
+      await forEachBlock(this.store, snap.manifest, this.concurrency, async (index, data) => {
+        if (index * SNAPSHOT_BLOCK_BYTES + data.length > snap.size) {
+          throw corrupt(snap.manifest, `block ${index} (${data.length} bytes) ends past the snapshot's ${snap.size} bytes`);
+        }
+        if (from || to) await reencryptBlock(from, to, data, index);
+        let off = 0;
+        while (off < data.length) off += (await fh.write(data, off, data.length - off, dataOffset + index * SNAPSHOT_BLOCK_BYTES + off)).bytesWritten;
+        o.progress(Math.floor((++done * 100) / total));
+      });
+      faultPoint('restore.after-blocks');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
+/**
+ * The manifest and header of a snapshot a restore or copy reads: it must
+ * exist (InvalidSnapshot.NotFound) and be `completed` (IncorrectState); the
+ * header must read back as written and say the same as the manifest.
+ */
+export async function openSnapshot(store: SnapshotStore, snapshotId: string): Promise<OpenedSnapshot> {
+  const m = await store.getManifest(snapshotId);
+  if (!m) throw snapshotNotFound(snapshotId);
+  if (m.state !== 'completed') {
+    throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `Snapshot '${snapshotId}' is in state '${m.state}'; only a completed snapshot can be restored or copied`, { awsName: 'IncorrectState' });
+  }
+  if (!m.header) throw corrupt(m, 'it names no header');
+  const header = await getVerified(store, m.header);
+  if (header.length !== m.dataOffset) throw corrupt(m, `its header is ${header.length} bytes, the manifest says the data starts at ${m.dataOffset}`);
+  if (m.encrypted) {
+    if (!m.wrappedKey) throw corrupt(m, 'it is encrypted but carries no wrapped key');
+    const v = parseLuks2Header(header, `snapshot ${snapshotId} header`).volume;
+    if (v.dataOffset !== m.dataOffset) throw corrupt(m, `its LUKS2 data offset ${v.dataOffset} is not the manifest's ${m.dataOffset}`);
+    return { manifest: m, header, size: v.size, luks2: v };
+  }
+  const p = parsePlainHeader(header, `snapshot ${snapshotId} header`);
+  return { manifest: m, header, size: p.size };
+}
+
+/**
+ * The snapshot's data key, unwrapped on the caller's behalf (Decrypt with the
+ * context it was wrapped under) and checked against the snapshot's LUKS2
+ * digest. The caller wipes it.
+ */
+export async function unwrapSnapshotKey(ks: KeyService, snap: OpenedSnapshot, via: Caller): Promise<Uint8Array> {
+  const wk = snap.manifest.wrappedKey!;
+  const key = (await ks.decrypt({ CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'), KeyId: wk.keyArn, EncryptionContext: wk.encryptionContext }, via)).Plaintext;
+  try {
+    if (key.length !== VOLUME_KEY_BYTES) throw corrupt(snap.manifest, `its data key unwrapped to ${key.length} bytes`);
+    verifyVolumeKey(snap.luks2!, key);
+  } catch (e) {
+    wipe(key);
+    throw e;
+  }
+  return key;
+}
+
+/** A block whose bytes hash to its name (content addressing is also the integrity check). */
+export async function getVerified(store: SnapshotStore, hash: BlockHash): Promise<Buffer> {
+  const data = await store.getBlock(hash);
+  const got = createHash('sha256').update(data).digest('hex');
+  if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash} in ${store.location} reads back with SHA-256 ${got}`);
+  return data;
+}
+
+/** Runs `fn` on every block of the manifest, `concurrency` at a time, in index order of start. */
+export async function forEachBlock(store: SnapshotStore, m: SnapshotManifest, concurrency: number, fn: (index: number, data: Buffer) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed: unknown;
+  const worker = async (): Promise<void> => {
+    while (failed === undefined && next < m.blocks.length) {
+      const [index, hash] = m.blocks[next++]!;
+      try {
+        const data = await getVerified(store, hash);
+        if (data.length > SNAPSHOT_BLOCK_BYTES) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${index} of ${m.snapshotId} is ${data.length} bytes, more than ${SNAPSHOT_BLOCK_BYTES}`);
+        await fn(index, data);
+      } catch (e) {
+        failed ??= e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+  if (failed !== undefined) throw failed;
+}
+
+function corrupt(m: SnapshotManifest, why: string): SnapshotError {
+  return new SnapshotError('SNAPSHOT_CORRUPT', `Snapshot '${m.snapshotId}' cannot be read: ${why}`);
+}

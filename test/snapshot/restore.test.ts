@@ -1,0 +1,157 @@
+/**
+ * CreateVolume from a snapshot (src/snapshot/restore.ts) through the real
+ * daemon child, real FUSE, fio and cryptsetup: fio data written and snapshot
+ * taken, the volume overwritten, the snapshot restored to a new volume, which
+ * verifies against the snapshot's data while the original verifies against
+ * the overwrite; same KMS key (data key shared, ciphertext copied) and
+ * another key (re-encrypted); EC2's refusals.
+ */
+import { spawnSync } from 'node:child_process';
+import { closeSync, openSync, readSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt, run } from '../e2e/helpers.js';
+import { readLuks2 } from '../../src/volume/luks2-header.js';
+import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
+import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
+import { makeSnapshot } from './make-snapshot.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 4 * MiB;
+
+/** fio job A (the snapshot's data, 64 KiB blocks) and B (the overwrite, 32 KiB blocks): A's verify fails on B's data (header length). */
+const job = (file: string, bs: string, phase: 'write' | 'verify'): string[] => [
+  `--name=j${bs}`, `--filename=${file}`, `--size=${SIZE}`, '--ioengine=psync', '--rw=write', `--bs=${bs}`, '--verify=crc32c',
+  ...(phase === 'write' ? ['--do_verify=0', '--fsync_on_close=1'] : ['--verify_only']),
+];
+const fio = (file: string, bs: string, phase: 'write' | 'verify') => run('fio', job(file, bs, phase));
+
+describe('volume create --snapshot-id', () => {
+  const env = new Env('restore');
+  let keyA = '';
+  let keyB = '';
+  let vol = '';
+  let snap = '';
+
+  async function detach(id: string): Promise<void> {
+    // FUSE RELEASE follows close(): poll our own handles away before an orderly detach.
+    for (let i = 0; i < 500; i++) {
+      const v = (await env.ok(['status'])).Volumes.find((x: { VolumeId: string }) => x.VolumeId === id);
+      if (!v?.OpenHandles) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await env.ok(['detach', id]);
+  }
+
+  const image = (id: string): string => join(env.state, 'volumes', `${id}.img`);
+
+  function readImageBlock(id: string, index: number): Buffer {
+    const b = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
+    const fd = openSync(image(id), 'r');
+    try {
+      readSync(fd, b, 0, b.length, LUKS2_DATA_OFFSET + index * SNAPSHOT_BLOCK_BYTES);
+    } finally {
+      closeSync(fd);
+    }
+    return b;
+  }
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start(['--key-cache-ttl', '1s']);
+    keyA = (await env.ok(['kms', 'create-key', '--description', 'restore A'])).KeyMetadata.Arn;
+    keyB = (await env.ok(['kms', 'create-key', '--description', 'restore B'])).KeyMetadata.Arn;
+    vol = (await env.ok(['volume', 'create', '--size', '4MiB', '--kms-key', keyA])).VolumeId;
+    await env.ok(['attach', vol]);
+    expect((await fio(env.file(vol), '64k', 'write')).code).toBe(0);
+    await detach(vol);
+    snap = (await makeSnapshot(env.state, vol)).snapshotId;
+    // Overwrite everything: the original now holds B's data, which A's verify refuses.
+    await env.ok(['attach', vol]);
+    expect((await fio(env.file(vol), '32k', 'write')).code).toBe(0);
+    expect((await fio(env.file(vol), '32k', 'verify')).code).toBe(0);
+    expect((await fio(env.file(vol), '64k', 'verify')).code).not.toBe(0);
+    await detach(vol);
+  }, 120_000);
+  afterAll(() => env.cleanup());
+
+  it('same KMS key: the data key is shared (ciphertext copied, LUKS2 digest kept), the token bound to the new volume; fio verifies the snapshot data', async () => {
+    const r = await env.cli(['volume', 'create', '--snapshot-id', snap, '--wait', '--output', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    const v = r.json();
+    expect(v).toMatchObject({ State: 'available', SizeBytes: SIZE, Encrypted: true, KmsKeyId: keyA });
+    expect(r.stderr).toMatch(new RegExp(`${v.VolumeId} from ${snap}: available 100%`));
+    const h = (await readLuks2(image(v.VolumeId), { repair: false }));
+    expect(h.label).toBe(v.VolumeId);
+    expect(h.volume.token).toMatchObject({ key_arn: keyA, volume_id: v.VolumeId, encryption_context: { 'aws:ebs:id': v.VolumeId } });
+    const store = await DirSnapshotStore.open(join(env.state, 'snapshots'));
+    const m = (await store.getManifest(snap))!;
+    expect(h.volume.token.ciphertext_blob).not.toBe(m.wrappedKey!.ciphertextBlob);
+    // Same data key: the same digest, and every block's bytes on disk are the snapshot's ciphertext.
+    const fromSnap = (await store.getBlock(m.header!)).subarray(0, 16384);
+    expect(h.volume.json.digests['0']!.digest).toBe(JSON.parse(fromSnap.subarray(4096).toString('utf8').replace(/\0+$/, '')).digests['0'].digest);
+    expect(m.blocks.length).toBe(SIZE / SNAPSHOT_BLOCK_BYTES);
+    for (const [i, hash] of m.blocks) expect(readImageBlock(v.VolumeId, i).equals(await store.getBlock(hash))).toBe(true);
+    expect(spawnSync('cryptsetup', ['luksDump', image(v.VolumeId)]).status).toBe(0);
+    await env.ok(['attach', v.VolumeId]);
+    expect((await fio(env.file(v.VolumeId), '64k', 'verify')).code).toBe(0);
+    await detach(v.VolumeId);
+    // The original still holds the overwrite.
+    await env.ok(['attach', vol]);
+    expect((await fio(env.file(vol), '32k', 'verify')).code).toBe(0);
+    await detach(vol);
+    const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
+    expect(ev.some((e) => e.eventName === 'ReEncrypt' && e.requestParameters?.destinationEncryptionContext?.['aws:ebs:id'] === v.VolumeId)).toBe(true);
+    const cv = ev.find((e) => e.eventName === 'CreateVolume' && e.requestParameters?.volumeId === v.VolumeId);
+    expect(cv.additionalEventData).toMatchObject({ snapshotId: snap, reEncrypted: false });
+  }, 90_000);
+
+  it('another KMS key: every block re-encrypted under a new data key; the old key disabled, the volume still attaches and verifies', async () => {
+    const r = await env.cli(['volume', 'create', '--snapshot-id', snap, '--kms-key', keyB, '--size', '8MiB', '--wait', '--output', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    const v = r.json();
+    expect(v).toMatchObject({ State: 'available', SizeBytes: 8 * MiB, KmsKeyId: keyB });
+    const store = await DirSnapshotStore.open(join(env.state, 'snapshots'));
+    const m = (await store.getManifest(snap))!;
+    for (const [i, hash] of m.blocks) expect(readImageBlock(v.VolumeId, i).equals(await store.getBlock(hash))).toBe(false);
+    // Past the snapshot's size the volume is a hole (reads as zeros).
+    expect(readImageBlock(v.VolumeId, SIZE / SNAPSHOT_BLOCK_BYTES).every((x) => x === 0)).toBe(true);
+    expect(spawnSync('cryptsetup', ['luksDump', image(v.VolumeId)]).status).toBe(0);
+    await env.ok(['kms', 'disable-key', '--key-id', keyA]);
+    try {
+      await env.ok(['attach', v.VolumeId]);
+      expect((await fio(env.file(v.VolumeId), '64k', 'verify')).code).toBe(0);
+      await detach(v.VolumeId);
+      // A same-key restore now needs the disabled key: refused, and the failed volume ends in `error`.
+      const same = await env.cli(['volume', 'create', '--snapshot-id', snap, '--wait', '--output', 'json']);
+      expect(same.code).toBe(6);
+      expect(same.stderr).toMatch(/IncorrectState: vol-[0-9a-f]{17} from snap-[0-9a-f]{17} ended in state 'error': DisabledException/);
+    } finally {
+      await env.ok(['kms', 'enable-key', '--key-id', keyA]);
+    }
+  }, 90_000);
+
+  it("EC2's refusals: smaller than the snapshot, unencrypted from encrypted, unknown or pending snapshot, malformed id", async () => {
+    const small = await env.cli(['volume', 'create', '--snapshot-id', snap, '--size', '2MiB']);
+    expect(small.code).toBe(7);
+    expect(small.stderr).toMatch(/InvalidParameterValue/);
+    expect(small.stderr).toContain(`${2 * MiB} bytes is smaller than snapshot '${snap}', expect size >= ${SIZE} bytes`);
+    const plain = await env.cli(['volume', 'create', '--snapshot-id', snap, '--cipher', 'none']);
+    expect(plain.code).toBe(7);
+    expect(plain.stderr).toMatch(/InvalidParameterCombination.*always encrypted/);
+    const none = await env.cli(['volume', 'create', '--snapshot-id', 'snap-0123456789abcdef0']);
+    expect(none.code).toBe(5);
+    expect(none.stderr).toMatch(/InvalidSnapshot\.NotFound/);
+    const bad = await env.cli(['volume', 'create', '--snapshot-id', 'snap-xyz']);
+    expect(bad.code).toBe(5);
+    expect(bad.stderr).toMatch(/InvalidSnapshotID\.Malformed/);
+    const pending = (await makeSnapshot(env.state, vol, { state: 'pending' })).snapshotId;
+    const p = await env.cli(['volume', 'create', '--snapshot-id', pending]);
+    expect(p.code).toBe(6);
+    expect(p.stderr).toMatch(/IncorrectState.*'pending'/);
+    // Nothing was created by any refusal.
+    const vols = (await env.ok(['volume', 'ls'])).Volumes.map((x: { VolumeId: string; State: string }) => x.State);
+    expect(vols.filter((s: string) => s === 'creating')).toEqual([]);
+  }, 60_000);
+});
