@@ -407,7 +407,11 @@ export abstract class SectorDevice implements BlockDevice, SnapshotSource {
     this.io.setGate(gate ?? null);
   }
 
-  /** SnapshotSource: hold new writes, drain accepted ones (write-behind included), run `fn`, release. */
+  /**
+   * SnapshotSource: hold new writes, drain accepted ones (write-behind
+   * included), run `fn`, release. A write waiting in the gate's pass() is
+   * accepted, so the pause waits for it: pass() must not wait for a pause.
+   */
   withWritesPaused<T>(fn: () => Promise<T> | T): Promise<T> {
     return this.writes.run(fn);
   }
