@@ -7,10 +7,10 @@ import { EBADF, EIO, ENOENT, ENOSPC, EPERM, EISDIR, toErrno } from './errno.js';
 /** One attached volume as the FUSE root sees it. */
 interface Entry {
   readonly dev: BlockDevice;
-  /** The device's writeConsuming (may encrypt in the request buffer), else its write. */
+  /** The device's submitWrite (one call per request, one reply), if it has one. */
+  readonly submit: NonNullable<BlockDevice['submitWrite']> | null;
+  /** Otherwise the device's writeConsuming (may encrypt in the request buffer), else its write. */
   readonly write: (offset: number, data: Buffer) => Promise<number>;
-  /** The device's writeBehind, if it has one. */
-  readonly behind: ((offset: number, data: Uint8Array) => (() => void) | null) | null;
   /** Open file handles on this volume's file (open() minus release()). */
   open: number;
   /** FUSE requests currently running against the device. */
@@ -101,10 +101,10 @@ export class BlockFileSystem {
     const now = Date.now();
     // fuse-native's write buffer is libfuse's request memory, dropped after our
     // reply and never read back by the kernel: the device may encrypt in it.
+    const submit = dev.submitWrite ? dev.submitWrite.bind(dev) : null;
     const write: BlockDevice['write'] = dev.writeConsuming ? dev.writeConsuming.bind(dev) : dev.write.bind(dev);
-    const behind = this.writeBehind && dev.writeBehind ? dev.writeBehind.bind(dev) : null;
     this.entries.set(dev.volumeId, {
-      dev, write, behind, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
+      dev, submit, write, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
       obs: this.observe ? this.observe(dev.volumeId) : null, tick: 0,
     });
   }
@@ -259,20 +259,23 @@ export class BlockFileSystem {
         const data = n === buf.length ? buf : buf.subarray(0, n);
         e.inflight++;
         const t0 = e.obs !== null && ++e.tick % LATENCY_SAMPLE === 1 ? performance.now() : 0;
-        if (e.behind !== null) {
-          // Write-behind: the device copied the data; reply now, and complete the
-          // write in the nextTick queued right after fuse-native's reply signal,
-          // i.e. on the loop while the libfuse thread replies, before any other
-          // request runs. flush/fsync wait for it and report its failure.
-          let complete: (() => void) | null = null;
-          try { complete = e.behind(pos, data); } catch { complete = null; }
-          if (complete !== null) {
-            e.mtime = Date.now();
-            if (e.obs !== null) e.obs('write', n, t0 === 0 ? -1 : (performance.now() - t0) * 1000, 0);
-            cb(n);
-            process.nextTick(this.completeBehind, e, complete);
-            return;
+        if (e.submit !== null) {
+          // One call, one reply: the device decides whether to write behind
+          // (then it replies at once; flush/fsync wait for the write and report
+          // its failure).
+          try {
+            e.submit(pos, data, this.writeBehind, (err, put) => {
+              this.done(e);
+              if (err !== null) return cb(this.fail(e, 'write', pos, n, err));
+              e.mtime = Date.now();
+              if (e.obs !== null) e.obs('write', put, t0 === 0 ? -1 : (performance.now() - t0) * 1000, 0);
+              cb(put);
+            });
+          } catch (err) {
+            this.done(e);
+            cb(this.fail(e, 'write', pos, n, err));
           }
+          return;
         }
         let p: Promise<number>;
         try {
@@ -306,14 +309,6 @@ export class BlockFileSystem {
       unlink: (_path, cb) => cb(EPERM),
     };
   }
-
-  private readonly completeBehind = (e: Entry, complete: () => void): void => {
-    try {
-      complete(); // never throws: a failure is kept by the device for the next flush
-    } finally {
-      this.done(e);
-    }
-  };
 
   /** fsync and flush alike (both reach fdatasync), logged and counted as 'flush'. */
   private sync(fh: number, cb: (err: number) => void): void {

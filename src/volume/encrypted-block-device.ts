@@ -1,8 +1,6 @@
 import type { XtsContext } from '../crypto/xts.js';
-import { SectorDevice, chunkBytes, settleAll, type SectorDeviceOptions } from './sector-device.js';
-import { SECTOR_SIZE } from './luks2-json.js';
-
-const SS = SECTOR_SIZE;
+import { SectorDevice, type SectorDeviceOptions } from './sector-device.js';
+import { SS, chunkBytes, settleAll } from './sector-geometry.js';
 const ZERO_SECTOR = Buffer.alloc(SS);
 /** LUKS2 aes-xts-plain64 with sector_size 4096: the IV counts 512-byte units (docs/architecture.md §3.5). */
 const XTS_OPTS = { unitSize: 4096, tweakStep: 8 } as const;

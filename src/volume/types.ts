@@ -27,6 +27,13 @@ export interface BlockDevice {
    * the write must take write()/writeConsuming(). The caller replies first.
    */
   writeBehind?(offset: number, data: Uint8Array): (() => void) | null;
+  /**
+   * One call per write request for a caller that drops `data` after the
+   * reply (the FUSE adapter): the device may encrypt in it, and with
+   * `behind` may reply before the bytes are written and complete them before
+   * its next request (see SectorDevice.submitWrite). `reply` runs exactly once.
+   */
+  submitWrite?(offset: number, data: Buffer, behind: boolean, reply: (err: unknown, written: number) => void): void;
   /** fdatasync of the backing file; also reports a write-behind that failed after its reply. */
   flush(): Promise<void>;
 }
