@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { BlockHash, SnapshotStore } from './types.js';
+import type { BlockBatch, BlockHash, SnapshotStore } from './types.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 
 const ZERO_BLOCK = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
@@ -12,6 +12,8 @@ export interface CopyPlan {
   /** A block to read before the next in order (a block a write captured), if any. */
   nextFirst?: () => number | undefined;
   store: SnapshotStore;
+  /** When given, blocks go through it (durable at its commit(), which the caller awaits) instead of putBlock. */
+  batch?: BlockBatch;
   /** Called with the number of blocks done; the caller decides how often it records progress. */
   onProgress?: (done: number, total: number) => void;
   /** Awaited before a hash is checked or put, so garbage collection spares it while no manifest names it yet. */
@@ -72,7 +74,7 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         try {
           await p.pin?.(hash);
           if (!(await p.store.hasBlock(hash))) {
-            await p.store.putBlock(hash, buf);
+            await (p.batch ? p.batch.put(hash, buf) : p.store.putBlock(hash, buf));
             storedBlocks++;
           }
         } catch (e) {

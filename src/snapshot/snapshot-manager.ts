@@ -17,7 +17,7 @@ import { CowSession } from './cow-session.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
 import type { BlockPin, SnapshotGc } from './gc.js';
 
 const GiB = 1024 ** 3;
@@ -299,6 +299,7 @@ export class SnapshotManager {
     const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
     let recorded = 0;
     let progressWrite: Promise<void> = Promise.resolve();
+    let batch: BlockBatch | undefined;
     try {
       const inherited = new Map<number, BlockHash>();
       if (plan.incremental && parent) {
@@ -312,8 +313,10 @@ export class SnapshotManager {
       }
       const headerHash = createHash('sha256').update(header).digest('hex');
       run.pins.push(await this.o.gc.pin([headerHash]));
-      await this.o.store.putBlock(headerHash, header);
+      batch = this.o.store.openBlockBatch?.();
+      if (!(await this.o.store.hasBlock(headerHash))) await (batch ? batch.put(headerHash, header) : this.o.store.putBlock(headerHash, header));
       const res = await copyBlocks({
+        ...(batch ? { batch } : {}),
         indexes: plan.indexes,
         read: plan.read,
         ...(plan.nextFirst ? { nextFirst: plan.nextFirst } : {}),
@@ -330,6 +333,7 @@ export class SnapshotManager {
           }
         },
       });
+      await batch?.commit();
       faultPoint('snapshot.after-blocks');
       const all = new Map(inherited);
       for (const [i, h] of res.hashes) all.set(i, h);
@@ -355,6 +359,7 @@ export class SnapshotManager {
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
     } catch (e) {
+      await batch?.abort().catch(() => {});
       plan.rollback();
       const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
       this.log.error({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'snapshot failed');

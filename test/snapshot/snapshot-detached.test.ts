@@ -91,4 +91,37 @@ describe('snapshots of a detached volume', () => {
     expect(longDesc.stderr).toContain('Description');
     expect(readdirSync(join(env.state, 'snapshots', 'manifests'))).toEqual([]);
   }, 60_000);
+
+  it('a daemon killed after the blocks are durable, before the manifest says completed, leaves the snapshot error and referencing nothing', async () => {
+    await env.stop();
+    process.env.EBSD_TEST_FAULT = 'snapshot.after-blocks';
+    try {
+      await env.start();
+    } finally {
+      delete process.env.EBSD_TEST_FAULT;
+    }
+    const pid = env.pid!;
+    const s = await env.ok(['snapshot', 'create', vol]);
+    expect(s.State).toBe('pending');
+    // The fault point kills the daemon once the copy is durable; poll until it is gone.
+    const alive = (): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+    for (let i = 0; alive() && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(alive()).toBe(false);
+    const pending = JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${s.SnapshotId}.json`), 'utf8'));
+    expect(pending.state).toBe('pending');
+    await env.kill9(); // reap the child record
+    await env.start();
+    const d = (await env.ok(['snapshot', 'describe', s.SnapshotId])).Snapshots[0];
+    expect(d).toMatchObject({ SnapshotId: s.SnapshotId, State: 'error' });
+    expect(d.StateMessage).toMatch(/daemon stopped/);
+    const m = JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${s.SnapshotId}.json`), 'utf8'));
+    expect(m.blocks).toEqual([]);
+    expect(m.header).toBeUndefined();
+    // The next snapshot completes and names only blocks that are in the store.
+    const next = await env.ok(['snapshot', 'create', vol, '--wait']);
+    expect(next.State).toBe('completed');
+    const nm = JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${next.SnapshotId}.json`), 'utf8'));
+    for (const h of [nm.header, ...nm.blocks.map((b: [number, string]) => b[1])]) expect(existsSync(join(env.state, 'snapshots', 'blocks', h.slice(0, 2), h)), h).toBe(true);
+    await env.ok(['snapshot', 'delete', s.SnapshotId]);
+  }, 90_000);
 });
