@@ -14,8 +14,8 @@ export interface CopyPlan {
   store: SnapshotStore;
   /** When given, blocks go through it (durable at its commit(), which the caller awaits) instead of putBlock. */
   batch?: BlockBatch;
-  /** Called with the number of blocks done; the caller decides how often it records progress. */
-  onProgress?: (done: number, total: number) => void;
+  /** Called with the number of blocks done and the hashes so far; the caller decides how often it records progress. */
+  onProgress?: (done: number, total: number, hashes: ReadonlyMap<number, BlockHash>) => void;
   /** Awaited before a hash is checked or put, so garbage collection spares it while no manifest names it yet. */
   pin?: (hash: BlockHash) => Promise<void>;
   /** Checked between blocks; a truthy return aborts the copy with that error. */
@@ -83,7 +83,7 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         hashes.set(i, hash);
       }
       finished++;
-      p.onProgress?.(finished, total);
+      p.onProgress?.(finished, total, hashes);
     }
   };
   const n = Math.max(1, Math.min(p.concurrency ?? 8, total));

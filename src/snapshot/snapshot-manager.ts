@@ -184,6 +184,7 @@ export class SnapshotManager {
     const answer = new Promise<Ec2Snapshot>((res) => (accepted = res));
     let isAccepted = false;
     const job = this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
+      if (this.closing) throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });
       if (v.state !== 'available' && v.state !== 'in-use') {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
       }
@@ -311,6 +312,9 @@ export class SnapshotManager {
           if (!(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the parent ${parent.snapshotId} is missing from ${this.o.store.location}`);
         }
       }
+      // A collector of another daemon sharing the store spares what a manifest names, pending ones too:
+      // name the inherited blocks now and the blocks found in the store at each progress step (§12.3).
+      if (inherited.size) await this.o.store.putManifest({ ...m, blocks: sortBlocks(inherited) });
       const headerHash = createHash('sha256').update(header).digest('hex');
       run.pins.push(await this.o.gc.pin([headerHash]));
       batch = this.o.store.openBlockBatch?.();
@@ -323,13 +327,14 @@ export class SnapshotManager {
         store: this.o.store,
         pin: async (h) => void run.pins.push(await this.o.gc.pin([h])),
         aborted: () => run.abort,
-        onProgress: (done, total) => {
+        onProgress: (done, total, sofar) => {
           // Bounded: one manifest write per tenth, never two at once.
           const step = Math.floor((done / total) * PROGRESS_STEPS);
           if (step > recorded && step < PROGRESS_STEPS) {
             recorded = step;
             const progress = Math.min(99, Math.floor((done / total) * 100));
-            progressWrite = progressWrite.then(() => this.o.store.putManifest({ ...m, progress })).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
+            const blocks = sortBlocks(new Map([...inherited, ...sofar]));
+            progressWrite = progressWrite.then(() => this.o.store.putManifest({ ...m, progress, blocks })).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
           }
         },
       });
@@ -337,7 +342,7 @@ export class SnapshotManager {
       faultPoint('snapshot.after-blocks');
       const all = new Map(inherited);
       for (const [i, h] of res.hashes) all.set(i, h);
-      const blocks = [...all.entries()].sort((a, b) => a[0] - b[0]);
+      const blocks = sortBlocks(all);
       const changedBlocks = parent ? countChanged(parent.blocks, blocks) : blocks.length;
       await progressWrite;
       const done: SnapshotManifest = {
@@ -461,6 +466,10 @@ function failed(m: SnapshotManifest, why: string): SnapshotManifest {
   // No blocks: an error snapshot references nothing (what it stored is garbage).
   const { header: _h, parentSnapshotId: _p, changedBlocks: _c, ...rest } = m;
   return { ...rest, state: 'error', stateMessage: why, blocks: [] };
+}
+
+function sortBlocks(m: ReadonlyMap<number, BlockHash>): [number, BlockHash][] {
+  return [...m.entries()].sort((a, b) => a[0] - b[0]);
 }
 
 /** Indexes whose hash differs between two ascending block lists (added, removed or changed). */
