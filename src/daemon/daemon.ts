@@ -226,7 +226,7 @@ export class Daemon {
       allowUnencrypted: cfg.allowUnencrypted,
       openCount: (id) => bfs.openCount(id),
       // The FUSE table changes inside the volume's mutex, with the attachment (attach, detach, resume, close).
-      // Snapshots track every attached volume's writes (docs/architecture.md §12.5).
+      // Snapshots track every attached volume's writes (docs/architecture.md §12.3).
       expose: (dev) => {
         bfs.add(dev);
         this.snapshots?.volumeAttached(dev);

@@ -34,7 +34,7 @@ export interface CopyResult {
 }
 
 /**
- * Reads, hashes and stores a snapshot's blocks (docs/architecture.md §12.2).
+ * Reads, hashes and stores a snapshot's blocks (docs/architecture.md §12.1).
  * A few blocks are in flight at once so reading, SHA-256 and the store's
  * durable writes overlap; each put is durable before the copy resolves.
  */

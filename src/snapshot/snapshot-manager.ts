@@ -313,7 +313,7 @@ export class SnapshotManager {
         }
       }
       // A collector of another daemon sharing the store spares what a manifest names, pending ones too:
-      // name the inherited blocks now and the blocks found in the store at each progress step (§12.3).
+      // name the inherited blocks now and the blocks found in the store at each progress step (docs/architecture.md §13.3).
       if (inherited.size) await this.o.store.putManifest({ ...m, blocks: sortBlocks(inherited) });
       const headerHash = createHash('sha256').update(header).digest('hex');
       run.pins.push(await this.o.gc.pin([headerHash]));

@@ -6,7 +6,7 @@ import { Env, ensureBuilt, sh } from '../e2e/helpers.js';
 
 /**
  * Incremental snapshots with changed-block tracking (docs/architecture.md
- * §12.5) on an encrypted 256 MiB volume: full, then only the rewritten
+ * §12.3) on an encrypted 256 MiB volume: full, then only the rewritten
  * blocks; the tracking survives a clean restart; a SIGKILL loses it and the
  * next snapshot reads everything but stores nothing new and is correct;
  * every stored block is the image's ciphertext; deleting snapshots frees

@@ -7,7 +7,7 @@ import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 
 /**
- * Point in time under write load (docs/architecture.md §12.4): while a
+ * Point in time under write load (docs/architecture.md §12.2): while a
  * stamp writer (one O_DIRECT 4 KiB write at a time, each stamped with its
  * sequence number) and a fio random-write job run on an attached volume,
  * CreateSnapshot is called. The snapshot must equal the volume after exactly
