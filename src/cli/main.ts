@@ -128,6 +128,7 @@ function daemonCommand(y: Argv): Argv {
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
+        .option('snapshot-gc-grace', { type: 'string', hidden: true, describe: 'keep unreferenced snapshot blocks younger than this (default 1h)' })
         .option('write-behind', {
           type: 'boolean',
           default: true,
@@ -152,6 +153,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsEndpoint !== undefined ? { kmsEndpoint: a.kmsEndpoint } : {}),
         ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
+        ...(a.snapshotGcGrace !== undefined ? { snapshotGcGraceMs: parseDuration(a.snapshotGcGrace, '--snapshot-gc-grace') } : {}),
         ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
       };
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');

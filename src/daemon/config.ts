@@ -52,6 +52,11 @@ export interface DaemonConfig {
    * an S3-compatible store shared by hosts; absent: `<state>/snapshots`.
    */
   snapshotStore?: string;
+  /**
+   * Grace period of the snapshot store's collector (gc.ts): unreferenced blocks
+   * younger than this are kept; default one hour. Tests set 0 to see a delete free blocks.
+   */
+  snapshotGcGraceMs?: number;
 }
 
 /** `HOST:PORT`, `[::1]:PORT` -> host and port; a RangeError naming the flag otherwise. */

@@ -202,10 +202,10 @@ export class Daemon {
     // Before the mount: a bad --snapshot-store is refused with nothing started.
     this.snapshotStore = await openSnapshotStore(cfg.snapshotStore, paths.root);
     const store = this.snapshotStore;
-    const gc = new SnapshotGc(store, { log: log.child({ component: 'snapshot-gc' }) });
+    const gc = new SnapshotGc(store, { log: log.child({ component: 'snapshot-gc' }), ...(cfg.snapshotGcGraceMs !== undefined ? { graceMs: cfg.snapshotGcGraceMs } : {}) });
     this.snapshotGc = gc;
-    // Orphans (crashes, young blocks of deleted snapshots) are freed once per grace period.
-    this.gcTicker = setInterval(() => void gc.sweep().catch((err) => log.error({ err, store: store.location }, 'snapshot store sweep failed')), gc.graceMs);
+    // Orphans (crashes, young blocks of deleted snapshots) are freed once per grace period (at least once a minute apart).
+    this.gcTicker = setInterval(() => void gc.sweep().catch((err) => log.error({ err, store: store.location }, 'snapshot store sweep failed')), Math.max(gc.graceMs, 60_000));
     this.gcTicker.unref();
     const engine = selectXtsEngine('auto', log);
     this.xtsEngineName = engine.name;
@@ -226,7 +226,7 @@ export class Daemon {
       allowUnencrypted: cfg.allowUnencrypted,
       openCount: (id) => bfs.openCount(id),
       // The FUSE table changes inside the volume's mutex, with the attachment (attach, detach, resume, close).
-      // Snapshots track every attached volume's writes (docs/architecture.md §12.5).
+      // Snapshots track every attached volume's writes (docs/architecture.md §12.3).
       expose: (dev) => {
         bfs.add(dev);
         this.snapshots?.volumeAttached(dev);

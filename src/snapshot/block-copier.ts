@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { BlockHash, SnapshotStore } from './types.js';
+import type { BlockBatch, BlockHash, SnapshotStore } from './types.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 
 const ZERO_BLOCK = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
@@ -12,8 +12,10 @@ export interface CopyPlan {
   /** A block to read before the next in order (a block a write captured), if any. */
   nextFirst?: () => number | undefined;
   store: SnapshotStore;
-  /** Called with the number of blocks done; the caller decides how often it records progress. */
-  onProgress?: (done: number, total: number) => void;
+  /** When given, blocks go through it (durable at its commit(), which the caller awaits) instead of putBlock. */
+  batch?: BlockBatch;
+  /** Called with the number of blocks done and the hashes so far; the caller decides how often it records progress. */
+  onProgress?: (done: number, total: number, hashes: ReadonlyMap<number, BlockHash>) => void;
   /** Awaited before a hash is checked or put, so garbage collection spares it while no manifest names it yet. */
   pin?: (hash: BlockHash) => Promise<void>;
   /** Checked between blocks; a truthy return aborts the copy with that error. */
@@ -32,7 +34,7 @@ export interface CopyResult {
 }
 
 /**
- * Reads, hashes and stores a snapshot's blocks (docs/architecture.md §12.2).
+ * Reads, hashes and stores a snapshot's blocks (docs/architecture.md §12.1).
  * A few blocks are in flight at once so reading, SHA-256 and the store's
  * durable writes overlap; each put is durable before the copy resolves.
  */
@@ -72,7 +74,7 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         try {
           await p.pin?.(hash);
           if (!(await p.store.hasBlock(hash))) {
-            await p.store.putBlock(hash, buf);
+            await (p.batch ? p.batch.put(hash, buf) : p.store.putBlock(hash, buf));
             storedBlocks++;
           }
         } catch (e) {
@@ -81,7 +83,7 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         hashes.set(i, hash);
       }
       finished++;
-      p.onProgress?.(finished, total);
+      p.onProgress?.(finished, total, hashes);
     }
   };
   const n = Math.max(1, Math.min(p.concurrency ?? 8, total));

@@ -9,7 +9,7 @@ import type { CowSession } from './cow-session.js';
 
 /**
  * What a volume's changed-block tracking says when a snapshot starts
- * (docs/architecture.md §12.5): `base` is the snapshot since whose point in
+ * (docs/architecture.md §12.3): `base` is the snapshot since whose point in
  * time every written block is in `changed`; no base means "unknown, copy
  * everything".
  */

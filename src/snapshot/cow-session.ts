@@ -6,7 +6,7 @@ export type RawBlockReader = (index: number) => Promise<Buffer>;
 
 /**
  * Copy-on-write for one snapshot of an attached volume (docs/architecture.md
- * §12.4). Holds the blocks the snapshot still has to copy, as they were at
+ * §12.2). Holds the blocks the snapshot still has to copy, as they were at
  * its point in time. A write to such a block first has the block read (its
  * old on-disk bytes kept here for the copier), then proceeds; the copier
  * takes blocks that a write captured before anything else, so captured

@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir, removeAtomicWriteTemps } from '../util/atomic-write.js';
@@ -6,7 +7,7 @@ import { readTextIfExists } from '../util/read-if-exists.js';
 import { SnapshotError } from './errors.js';
 import { checkBlockHash, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
-import type { BlockHash, SnapshotManifest } from './types.js';
+import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
 
 /**
  * The default SnapshotStore: a directory (`<state>/snapshots`) holding
@@ -73,6 +74,64 @@ export class DirSnapshotStore implements CollectableStore {
     } catch (e) {
       throw this.fail('write', p, e);
     }
+  }
+
+  /**
+   * A snapshot's blocks with one wait for the disk: put() writes a temp file
+   * (named as atomicWrite names them, so open({removeTemps}) clears what a
+   * crash leaves); commit() fsyncs them all, several at once, renames each to
+   * its hash and fsyncs each directory once. A block is never visible under
+   * its hash before its bytes are durable, so hasBlock never finds a block a
+   * crash could have left empty. Measured against fsync per block:
+   * docs/benchmarks.md ("Snapshots").
+   */
+  openBlockBatch(): BlockBatch {
+    const pending: { tmp: string; final: string; dir: string }[] = [];
+    const newDirs = new Set<string>();
+    const each = async <T>(items: T[], fn: (x: T) => Promise<unknown>): Promise<void> => {
+      let i = 0;
+      const worker = async (): Promise<void> => {
+        while (i < items.length) await fn(items[i++]!);
+      };
+      await Promise.all(Array.from({ length: Math.min(16, items.length) }, worker));
+    };
+    return {
+      put: async (hash, data) => {
+        const final = this.blockPath(hash);
+        const dir = join(this.blocksDir, hash.slice(0, 2));
+        try {
+          await fsp.mkdir(dir, { mode: 0o700 });
+          newDirs.add(dir);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw this.fail('create', dir, e);
+        }
+        const tmp = join(dir, `.${hash}.${randomBytes(6).toString('hex')}.tmp`);
+        try {
+          await fsp.writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
+        } catch (e) {
+          throw this.fail('write', tmp, e);
+        }
+        pending.push({ tmp, final, dir });
+      },
+      commit: async () => {
+        const batch = pending.splice(0);
+        await each(batch, async (b) => {
+          const fh = await fsp.open(b.tmp, 'r');
+          try {
+            await fh.sync();
+          } finally {
+            await fh.close();
+          }
+        });
+        await each(batch, (b) => fsp.rename(b.tmp, b.final));
+        if (newDirs.size) await fsyncDir(this.blocksDir);
+        await each([...new Set(batch.map((b) => b.dir))], (d) => fsyncDir(d));
+        newDirs.clear();
+      },
+      abort: async () => {
+        for (const b of pending.splice(0)) await fsp.rm(b.tmp, { force: true });
+      },
+    };
   }
 
   async getBlock(hash: BlockHash): Promise<Buffer> {

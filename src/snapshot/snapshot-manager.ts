@@ -17,7 +17,7 @@ import { CowSession } from './cow-session.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
 import type { BlockPin, SnapshotGc } from './gc.js';
 
 const GiB = 1024 ** 3;
@@ -184,6 +184,7 @@ export class SnapshotManager {
     const answer = new Promise<Ec2Snapshot>((res) => (accepted = res));
     let isAccepted = false;
     const job = this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
+      if (this.closing) throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });
       if (v.state !== 'available' && v.state !== 'in-use') {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
       }
@@ -299,6 +300,7 @@ export class SnapshotManager {
     const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
     let recorded = 0;
     let progressWrite: Promise<void> = Promise.resolve();
+    let batch: BlockBatch | undefined;
     try {
       const inherited = new Map<number, BlockHash>();
       if (plan.incremental && parent) {
@@ -310,30 +312,37 @@ export class SnapshotManager {
           if (!(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the parent ${parent.snapshotId} is missing from ${this.o.store.location}`);
         }
       }
+      // A collector of another daemon sharing the store spares what a manifest names, pending ones too:
+      // name the inherited blocks now and the blocks found in the store at each progress step (docs/architecture.md §13.3).
+      if (inherited.size) await this.o.store.putManifest({ ...m, blocks: sortBlocks(inherited) });
       const headerHash = createHash('sha256').update(header).digest('hex');
       run.pins.push(await this.o.gc.pin([headerHash]));
-      await this.o.store.putBlock(headerHash, header);
+      batch = this.o.store.openBlockBatch?.();
+      if (!(await this.o.store.hasBlock(headerHash))) await (batch ? batch.put(headerHash, header) : this.o.store.putBlock(headerHash, header));
       const res = await copyBlocks({
+        ...(batch ? { batch } : {}),
         indexes: plan.indexes,
         read: plan.read,
         ...(plan.nextFirst ? { nextFirst: plan.nextFirst } : {}),
         store: this.o.store,
         pin: async (h) => void run.pins.push(await this.o.gc.pin([h])),
         aborted: () => run.abort,
-        onProgress: (done, total) => {
+        onProgress: (done, total, sofar) => {
           // Bounded: one manifest write per tenth, never two at once.
           const step = Math.floor((done / total) * PROGRESS_STEPS);
           if (step > recorded && step < PROGRESS_STEPS) {
             recorded = step;
             const progress = Math.min(99, Math.floor((done / total) * 100));
-            progressWrite = progressWrite.then(() => this.o.store.putManifest({ ...m, progress })).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
+            const blocks = sortBlocks(new Map([...inherited, ...sofar]));
+            progressWrite = progressWrite.then(() => this.o.store.putManifest({ ...m, progress, blocks })).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
           }
         },
       });
+      await batch?.commit();
       faultPoint('snapshot.after-blocks');
       const all = new Map(inherited);
       for (const [i, h] of res.hashes) all.set(i, h);
-      const blocks = [...all.entries()].sort((a, b) => a[0] - b[0]);
+      const blocks = sortBlocks(all);
       const changedBlocks = parent ? countChanged(parent.blocks, blocks) : blocks.length;
       await progressWrite;
       const done: SnapshotManifest = {
@@ -355,6 +364,7 @@ export class SnapshotManager {
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
     } catch (e) {
+      await batch?.abort().catch(() => {});
       plan.rollback();
       const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
       this.log.error({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'snapshot failed');
@@ -456,6 +466,10 @@ function failed(m: SnapshotManifest, why: string): SnapshotManifest {
   // No blocks: an error snapshot references nothing (what it stored is garbage).
   const { header: _h, parentSnapshotId: _p, changedBlocks: _c, ...rest } = m;
   return { ...rest, state: 'error', stateMessage: why, blocks: [] };
+}
+
+function sortBlocks(m: ReadonlyMap<number, BlockHash>): [number, BlockHash][] {
+  return [...m.entries()].sort((a, b) => a[0] - b[0]);
 }
 
 /** Indexes whose hash differs between two ascending block lists (added, removed or changed). */

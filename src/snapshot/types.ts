@@ -86,4 +86,19 @@ export interface SnapshotStore {
   listManifests(): Promise<SnapshotManifest[]>;
   /** Absent is not an error. */
   deleteManifest(snapshotId: string): Promise<void>;
+  /**
+   * Optional: many puts, one wait for the disk (a snapshot's blocks). A store
+   * without it is used through putBlock, one durable put at a time.
+   */
+  openBlockBatch?(): BlockBatch;
+}
+
+/** Puts whose durability is settled together (SnapshotStore.openBlockBatch). */
+export interface BlockBatch {
+  /** Writes the block without waiting for the disk; it is not visible (hasBlock false, not listed) before commit(). */
+  put(hash: BlockHash, data: Uint8Array): Promise<void>;
+  /** Makes every block put so far durable, then visible; resolves when they are. */
+  commit(): Promise<void>;
+  /** Drops the blocks put and not committed. */
+  abort(): Promise<void>;
 }

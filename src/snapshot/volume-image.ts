@@ -21,7 +21,7 @@ export interface ImageHeaderInfo {
 }
 
 /**
- * DataEncryptionKeyId (docs/architecture.md §12.7): a UUID-shaped digest
+ * DataEncryptionKeyId (docs/architecture.md §12.5): a UUID-shaped digest
  * of the LUKS2 key digest (hash, iterations, salt, digest). That digest is
  * public (cryptsetup luksDump prints it), fixed when the data key is made,
  * and copied with the header to every volume and snapshot that shares the

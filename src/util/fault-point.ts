@@ -11,6 +11,8 @@
  *   detach.after-retire     detach: the grant is retired, the catalog still says in-use
  *   modify.after-header     modify: the LUKS2 header says the new size, the catalog the old
  *   gc.after-manifest-delete  snapshot gc: the manifest is gone, its blocks are not yet
+ *   snapshot.after-pending  snapshot create: the pending manifest is written, no point in time yet
+ *   snapshot.after-blocks   snapshot create: every block is durable, the manifest still says pending
  */
 export function faultPoint(name: string): void {
   const want = process.env.EBSD_TEST_FAULT;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openSync, writeSync, closeSync, readFileSync, readdirSync, existsSync } from 'node:fs';
+import { openSync, writeSync, closeSync, readFileSync, readdirSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
@@ -91,4 +91,85 @@ describe('snapshots of a detached volume', () => {
     expect(longDesc.stderr).toContain('Description');
     expect(readdirSync(join(env.state, 'snapshots', 'manifests'))).toEqual([]);
   }, 60_000);
+
+  it('authorizes each snapshot operation through identity policies (uid 1000 as user/alice), audits refusals, and filters what alice sees', async () => {
+    const ALICE = 1000;
+    const st = await env.ok(['status']);
+    const account = st.Daemon.AccountId as string;
+    const region = st.Daemon.Region as string;
+    await env.ok(['iam', 'create-user', 'alice']);
+    await env.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+    const alice = (args: string[]) => env.cli([...args, '--output', 'json'], { uid: ALICE });
+    const refused = (r: { code: number; stderr: string }, action: string, resource: string): void => {
+      expect(r.code, r.stderr).toBe(4);
+      expect(r.stderr).toContain(`UnauthorizedOperation: You are not authorized to perform this operation. User: arn:aws:iam::${account}:user/alice is not authorized to perform: ${action} on resource: ${resource}`);
+    };
+    const rootSnap = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
+
+    // No policy: refused on the volume, the snapshot ARN (no account in it), and invisible in ls.
+    refused(await alice(['snapshot', 'create', vol]), 'ec2:CreateSnapshot', `arn:aws:ec2:${region}:${account}:volume/${vol}`);
+    refused(await alice(['snapshot', 'delete', rootSnap]), 'ec2:DeleteSnapshot', `arn:aws:ec2:${region}::snapshot/${rootSnap}`);
+    refused(await alice(['snapshot', 'describe', rootSnap]), 'ec2:DescribeSnapshots', `arn:aws:ec2:${region}::snapshot/${rootSnap}`);
+    expect((await alice(['snapshot', 'ls'])).json().Snapshots).toEqual([]);
+
+    // Team blue: create only with the request tag team=blue, see and delete only team=blue snapshots.
+    const doc = {
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: 'ec2:CreateSnapshot', Resource: `arn:aws:ec2:*:*:volume/*` },
+        { Effect: 'Allow', Action: 'ec2:CreateSnapshot', Resource: 'arn:aws:ec2:*::snapshot/*', Condition: { StringEquals: { 'aws:RequestTag/team': 'blue' } } },
+        { Effect: 'Allow', Action: 'ec2:CreateTags', Resource: 'arn:aws:ec2:*::snapshot/*', Condition: { StringEquals: { 'ec2:CreateAction': 'CreateSnapshot' } } },
+        { Effect: 'Allow', Action: ['ec2:DescribeSnapshots', 'ec2:DeleteSnapshot'], Resource: 'arn:aws:ec2:*::snapshot/*', Condition: { StringEquals: { 'ec2:ResourceTag/team': 'blue' } } },
+      ],
+    };
+    const file = join(env.dir, 'alice.json');
+    writeFileSync(file, JSON.stringify(doc));
+    await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'blue', '--policy-document', `file://${file}`]);
+    refused(await alice(['snapshot', 'create', vol, '--tag', 'team=red']), 'ec2:CreateSnapshot', `arn:aws:ec2:${region}::snapshot/*`);
+    const mine = await alice(['snapshot', 'create', vol, '--tag', 'team=blue', '--wait']);
+    expect(mine.code, mine.stderr).toBe(0);
+    const blue = mine.json().SnapshotId;
+    expect((await alice(['snapshot', 'ls'])).json().Snapshots.map((x: any) => x.SnapshotId)).toEqual([blue]);
+    refused(await alice(['snapshot', 'delete', rootSnap]), 'ec2:DeleteSnapshot', `arn:aws:ec2:${region}::snapshot/${rootSnap}`);
+    expect((await alice(['snapshot', 'delete', blue])).code).toBe(0);
+
+    const events = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
+    const denied = events.filter((e) => e.eventName === 'CreateSnapshot' && e.errorCode === 'Client.UnauthorizedOperation');
+    expect(denied.length).toBeGreaterThanOrEqual(1);
+    expect(events.some((e) => e.eventName === 'DeleteSnapshot' && !e.errorCode && String(e.userIdentity?.arn).endsWith(':user/alice'))).toBe(true);
+    await env.ok(['snapshot', 'delete', rootSnap]);
+  }, 90_000);
+
+  it('a daemon killed after the blocks are durable, before the manifest says completed, leaves the snapshot error and referencing nothing', async () => {
+    await env.stop();
+    process.env.EBSD_TEST_FAULT = 'snapshot.after-blocks';
+    try {
+      await env.start();
+    } finally {
+      delete process.env.EBSD_TEST_FAULT;
+    }
+    const pid = env.pid!;
+    const s = await env.ok(['snapshot', 'create', vol]);
+    expect(s.State).toBe('pending');
+    // The fault point kills the daemon once the copy is durable; poll until it is gone.
+    const alive = (): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+    for (let i = 0; alive() && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(alive()).toBe(false);
+    const pending = JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${s.SnapshotId}.json`), 'utf8'));
+    expect(pending.state).toBe('pending');
+    await env.kill9(); // reap the child record
+    await env.start();
+    const d = (await env.ok(['snapshot', 'describe', s.SnapshotId])).Snapshots[0];
+    expect(d).toMatchObject({ SnapshotId: s.SnapshotId, State: 'error' });
+    expect(d.StateMessage).toMatch(/daemon stopped/);
+    const m = JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${s.SnapshotId}.json`), 'utf8'));
+    expect(m.blocks).toEqual([]);
+    expect(m.header).toBeUndefined();
+    // The next snapshot completes and names only blocks that are in the store.
+    const next = await env.ok(['snapshot', 'create', vol, '--wait']);
+    expect(next.State).toBe('completed');
+    const nm = JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${next.SnapshotId}.json`), 'utf8'));
+    for (const h of [nm.header, ...nm.blocks.map((b: [number, string]) => b[1])]) expect(existsSync(join(env.state, 'snapshots', 'blocks', h.slice(0, 2), h)), h).toBe(true);
+    await env.ok(['snapshot', 'delete', s.SnapshotId]);
+  }, 90_000);
 });

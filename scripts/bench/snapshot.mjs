@@ -1,0 +1,177 @@
+#!/usr/bin/env node
+// Snapshot benchmark (issue 17, Speed). Build first (npx tsc -p .), run as root:
+//   node scripts/bench/snapshot.mjs [--size-mib 1024] [--runs 3] [--fio-seconds 10] [--json]
+// In one run, on one daemon (a child process with its own state dir under /tmp):
+//   1. full snapshot of an attached, filled, encrypted volume, from CreateSnapshot to
+//      `completed` (blocks durable), against `cp` of the same image file (and cp + sync,
+//      which, like the snapshot, waits for the disk); the snapshot is checked first: every
+//      stored block equals the image's ciphertext (docs/architecture.md §11.14);
+//   2. incremental snapshot after 1 % of the blocks were rewritten, against the full one;
+//   3. fio 4 KiB random write IOPS on the volume file while full snapshots run back to back,
+//      against fio alone.
+// Each full run deletes its snapshot (collector grace 0) so the next one stores every block
+// again. Prints the load average beside the figures: the machine may be shared.
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream, mkdtempSync, openSync, readSync, closeSync, rmSync, writeSync, readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const { callDaemon, socketPathFor } = await import(pathToFileURL(join(root, 'dist/cli/client.js')).href);
+const args = process.argv.slice(2);
+const arg = (n, d) => (args.includes(`--${n}`) ? args[args.indexOf(`--${n}`) + 1] : d);
+const SIZE_MIB = Number(arg('size-mib', '1024'));
+const RUNS = Number(arg('runs', '3'));
+const FIO_SECONDS = Number(arg('fio-seconds', '10'));
+const B = 512 * 1024;
+const DATA_OFFSET = 16 * 1024 * 1024;
+
+const dir = mkdtempSync('/tmp/ebsd-bench-snap-');
+const state = join(dir, 'state');
+const mnt = join(dir, 'mnt');
+const log = createWriteStream(join(dir, 'daemon.log'));
+const daemon = spawn(process.execPath, [join(root, 'dist/cli/main.js'), 'daemon', '--state-dir', state, '--mount', mnt, '--snapshot-gc-grace', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+const load0 = loadavg();
+let out = '';
+daemon.stdout.on('data', (c) => { log.write(c); out += c; });
+daemon.stderr.on('data', (c) => log.write(c));
+const call = (t, b = {}) => callDaemon(socketPathFor(state), t, b);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+try {
+  for (let i = 0; !out.includes('"ebsd daemon ready"'); i++) {
+    if (i > 600 || daemon.exitCode !== null) throw new Error(`daemon not ready:\n${out}`);
+    await sleep(50);
+  }
+  const vol = (await call('ebsd.CreateVolume', { Size: SIZE_MIB * 1024 * 1024 })).VolumeId;
+  await call('ebsd.AttachVolume', { VolumeId: vol });
+  const file = join(mnt, vol);
+  const image = join(state, 'volumes', `${vol}.img`);
+  // Fill with random data (every block non-zero, nothing deduplicates).
+  const fill = spawnSync('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${SIZE_MIB}`, 'oflag=direct', 'conv=notrunc,fsync', 'status=none']);
+  if (fill.status !== 0) throw new Error(`dd: ${fill.stderr}`);
+
+  const snapshot = async () => {
+    const t0 = performance.now();
+    const s = await call('ebsd.CreateSnapshot', { VolumeId: vol });
+    for (;;) {
+      const d = (await call('ebsd.DescribeSnapshots', { SnapshotIds: [s.SnapshotId] })).Snapshots[0];
+      if (d.State === 'completed') return { id: s.SnapshotId, ms: performance.now() - t0 };
+      if (d.State === 'error') throw new Error(`snapshot ${s.SnapshotId} failed: ${d.StateMessage}`);
+      await sleep(10);
+    }
+  };
+  const manifest = (id) => JSON.parse(readFileSync(join(state, 'snapshots', 'manifests', `${id}.json`), 'utf8'));
+
+  // Correctness first: every block of a full snapshot is the image's ciphertext.
+  const first = await snapshot();
+  const m = manifest(first.id);
+  if (m.blocks.length !== (SIZE_MIB * 1024 * 1024) / B) throw new Error(`full snapshot lists ${m.blocks.length} blocks`);
+  const fd = openSync(image, 'r');
+  const buf = Buffer.alloc(B);
+  for (const [i, h] of m.blocks) {
+    readSync(fd, buf, 0, B, DATA_OFFSET + i * B);
+    if (createHash('sha256').update(buf).digest('hex') !== h) throw new Error(`block ${i} differs from the image`);
+  }
+  closeSync(fd);
+  await call('ebsd.DeleteSnapshot', { SnapshotId: first.id });
+
+  // 1. full snapshot vs cp (and cp + sync), alternating.
+  const full = [];
+  const cp = [];
+  const cpSync = [];
+  for (let r = 0; r < RUNS; r++) {
+    const s = await snapshot();
+    full.push(s.ms);
+    await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
+    const copy = join(dir, 'copy.img');
+    let t = performance.now();
+    spawnSync('cp', [image, copy]);
+    cp.push(performance.now() - t);
+    rmSync(copy);
+    t = performance.now();
+    spawnSync('cp', [image, copy]);
+    spawnSync('sync', ['-f', copy]);
+    cpSync.push(performance.now() - t);
+    rmSync(copy);
+  }
+
+  // 2. incremental after 1 % of the blocks changed, against a full one.
+  const base = await snapshot();
+  const nBlocks = (SIZE_MIB * 1024 * 1024) / B;
+  const incr = [];
+  const fdw = openSync(file, 'r+');
+  for (let r = 0; r < RUNS; r++) {
+    for (let k = 0; k < Math.ceil(nBlocks / 100); k++) {
+      const i = Math.floor(Math.random() * nBlocks);
+      writeSync(fdw, randomBytes(B), 0, B, i * B);
+    }
+    const s = await snapshot();
+    incr.push(s.ms);
+    const mm = manifest(s.id);
+    if (mm.changedBlocks > Math.ceil(nBlocks / 100)) throw new Error(`incremental changed ${mm.changedBlocks} blocks`);
+  }
+  closeSync(fdw);
+
+  // 3. fio random writes alone, then with full snapshots back to back.
+  const fio = () => new Promise((res, rej) => {
+    const p = spawn('fio', ['--name=rw', `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=16',
+      `--runtime=${FIO_SECONDS}`, '--time_based', '--fallocate=none', '--output-format=json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let o = '';
+    p.stdout.on('data', (c) => (o += c));
+    p.on('exit', (c) => (c === 0 ? res(JSON.parse(o.slice(o.indexOf('{'))).jobs[0].write.iops) : rej(new Error(`fio exit ${c}`))));
+  });
+  const alone = await fio();
+  let snapping = true;
+  let during = 0;
+  const loop = (async () => {
+    // Every snapshot during fio is full: the previous one is deleted first.
+    const list = (await call('ebsd.DescribeSnapshots', {})).Snapshots;
+    for (const s of list) await call('ebsd.DeleteSnapshot', { SnapshotId: s.SnapshotId });
+    while (snapping) {
+      const s = await snapshot();
+      during++;
+      await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
+    }
+  })();
+  const withSnap = await fio();
+  snapping = false;
+  await loop;
+
+  const mibs = (ms) => (SIZE_MIB / (ms / 1000)).toFixed(0);
+  const res = {
+    sizeMiB: SIZE_MIB,
+    runs: RUNS,
+    loadavgStart: load0.map((x) => x.toFixed(1)).join(' '),
+    loadavgEnd: loadavg().map((x) => x.toFixed(1)).join(' '),
+    fullMs: Math.round(median(full)),
+    cpMs: Math.round(median(cp)),
+    cpSyncMs: Math.round(median(cpSync)),
+    fullVsCp: +(median(cp) / median(full)).toFixed(2),
+    fullVsCpSync: +(median(cpSync) / median(full)).toFixed(2),
+    incrementalMs: Math.round(median(incr)),
+    incrementalVsFull: +(median(incr) / median(full)).toFixed(3),
+    fioIopsAlone: Math.round(alone),
+    fioIopsDuringSnapshots: Math.round(withSnap),
+    snapshotsDuringFio: during,
+    fioRatio: +(withSnap / alone).toFixed(2),
+  };
+  if (args.includes('--json')) console.log(JSON.stringify(res));
+  else {
+    console.log(`snapshot bench, ${SIZE_MIB} MiB encrypted volume, median of ${RUNS}; load average ${res.loadavgStart} -> ${res.loadavgEnd}`);
+    console.log(`full snapshot       ${res.fullMs} ms (${mibs(res.fullMs)} MiB/s)`);
+    console.log(`cp of the image     ${res.cpMs} ms (${mibs(res.cpMs)} MiB/s)   snapshot/cp throughput ${res.fullVsCp}x (goal >= 0.8x)`);
+    console.log(`cp + sync           ${res.cpSyncMs} ms (${mibs(res.cpSyncMs)} MiB/s)   snapshot/(cp+sync) ${res.fullVsCpSync}x`);
+    console.log(`incremental (1 %)   ${res.incrementalMs} ms   = ${(res.incrementalVsFull * 100).toFixed(1)} % of full (goal <= 5 %)`);
+    console.log(`fio 4k randwrite    ${res.fioIopsAlone} IOPS alone, ${res.fioIopsDuringSnapshots} IOPS with ${during} full snapshot(s) running: ${res.fioRatio}x (goal >= 0.7x)`);
+  }
+} finally {
+  await call('ebsd.DetachVolume', { VolumeId: (await call('ebsd.DescribeVolumes', {}).catch(() => ({ Volumes: [] }))).Volumes[0]?.VolumeId ?? 'vol-00000000000000000', Force: true }).catch(() => {});
+  daemon.kill('SIGTERM');
+  await new Promise((r) => (daemon.exitCode !== null ? r() : daemon.once('exit', r)));
+  spawnSync('fusermount', ['-uz', mnt]);
+  rmSync(dir, { recursive: true, force: true });
+}
