@@ -6,7 +6,7 @@
  * the same store) sees the snapshot, restores it and reads the same bytes.
  * Both daemons find the store through the standard AWS environment only.
  */
-import { closeSync, existsSync, openSync, readSync, readdirSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
@@ -51,7 +51,7 @@ describe('a snapshot in S3 restores on another daemon', () => {
       Version: '2012-10-17',
       Statement: [
         { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
-        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: userArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
+        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: userArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
       ],
     })]);
     // The same access key signs B's KMS calls and its S3 calls: s3rver must know it.
@@ -110,17 +110,4 @@ function freePort(): Promise<number> {
       s.close(() => res(port));
     });
   });
-}
-
-// Read helper kept for the restore step.
-export function readAt(file: string, offset: number, length: number): Buffer {
-  const fd = openSync(file, 'r');
-  try {
-    const buf = Buffer.alloc(length);
-    let got = 0;
-    while (got < length) got += readSync(fd, buf, got, length - got, offset + got);
-    return buf;
-  } finally {
-    closeSync(fd);
-  }
 }

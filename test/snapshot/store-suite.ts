@@ -51,15 +51,10 @@ async function code(p: Promise<unknown>): Promise<string> {
   return 'resolved';
 }
 
-/**
- * `serverReplacesAtomically`: false for a server that rewrites an object in
- * place (s3rver streams a PUT into the existing file, where S3 replaces an
- * object whole): the concurrent-replacement case cannot hold there, whatever the store does.
- */
-export function runSnapshotStoreSuite(name: string, open: () => Promise<StoreUnderTest>, opts: { serverReplacesAtomically?: boolean } = {}): void {
+export function runSnapshotStoreSuite(name: string, open: () => Promise<StoreUnderTest>): void {
   describe(`SnapshotStore conformance: ${name}`, () => {
-    const withStore = (title: string, fn: (t: StoreUnderTest) => Promise<void>, skip = false): void => {
-      test.skipIf(skip)(title, async () => {
+    const withStore = (title: string, fn: (t: StoreUnderTest) => Promise<void>): void => {
+      test(title, async () => {
         const t = await open();
         try {
           await fn(t);
@@ -184,6 +179,6 @@ export function runSnapshotStoreSuite(name: string, open: () => Promise<StoreUnd
       await writer;
       await putting;
       expect((await store.getBlock(b.hash)).equals(b.data)).toBe(true);
-    }, opts.serverReplacesAtomically === false);
+    });
   });
 }
