@@ -41,9 +41,8 @@ describe('a snapshot in S3 restores on another daemon', () => {
     setEnv(server.env);
     await a.start(['--snapshot-store', store(), '--kms-listen', `127.0.0.1:${KMS_PORT}`]);
     // B's identity at A's KMS: an IAM user whose key policy entry lets it use the key as a host.
-    await a.ok(['iam', 'create-user', 'host-b']);
+    const userArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
     const k = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
-    const userArn = (await a.ok(['iam', 'list-users'])).Users.find((u: any) => u.UserName === 'host-b').Arn as string;
     const account = userArn.split(':')[4];
     await a.ok(['iam', 'put-policy', 'user/host-b', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
     keyArn = (await a.ok(['kms', 'create-key', '--description', 'shared volumes'])).KeyMetadata.Arn;

@@ -154,14 +154,14 @@ export function runSnapshotStoreSuite(name: string, open: () => Promise<StoreUnd
 
     withStore('readers see a manifest whole, old or new, while it is replaced; a block being put is absent or whole', async ({ store }) => {
       const id = snapId();
-      // Large enough that a torn write would show: ~8,000 entries.
-      const many = (tag: string): [number, string][] => Array.from({ length: 8000 }, (_, i) => [i, sha256(Buffer.from(`${tag}${i}`))]);
+      // Large enough (~150 KB) that a torn write would show.
+      const many = (tag: string): [number, string][] => Array.from({ length: 2000 }, (_, i) => [i, sha256(Buffer.from(`${tag}${i}`))]);
       const versions = [manifest(id, many('a'), { description: 'a' }), manifest(id, many('b'), { description: 'b' })];
       await store.putManifest(versions[0]!);
       const b = block();
       let writing = true;
       const writer = (async () => {
-        for (let i = 0; i < 10; i++) await store.putManifest(versions[i % 2]!);
+        for (let i = 0; i < 6; i++) await store.putManifest(versions[i % 2]!);
         writing = false;
       })();
       const putting = store.putBlock(b.hash, b.data);
