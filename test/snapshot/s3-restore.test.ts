@@ -6,7 +6,7 @@
  * the same store) sees the snapshot, restores it and reads the same bytes.
  * Both daemons find the store through the standard AWS environment only.
  */
-import { closeSync, existsSync, openSync, readdirSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync, readdirSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
@@ -27,6 +27,7 @@ describe('a snapshot in S3 restores on another daemon', () => {
   let snap: any;
   let keyArn = '';
   let KMS_PORT = 0;
+  let userArn = '';
 
   /** The environment a daemon started now inherits. */
   const setEnv = (vars: Record<string, string>): void => {
@@ -41,7 +42,7 @@ describe('a snapshot in S3 restores on another daemon', () => {
     setEnv(server.env);
     await a.start(['--snapshot-store', store(), '--kms-listen', `127.0.0.1:${KMS_PORT}`]);
     // B's identity at A's KMS: an IAM user whose key policy entry lets it use the key as a host.
-    const userArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
+    userArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
     const k = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
     const account = userArn.split(':')[4];
     await a.ok(['iam', 'put-policy', 'user/host-b', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
@@ -97,6 +98,23 @@ describe('a snapshot in S3 restores on another daemon', () => {
     expect(d.Snapshots[0]).toMatchObject({ SnapshotId: snap.SnapshotId, State: 'completed', VolumeId: vol, KmsKeyId: keyArn, DataEncryptionKeyId: snap.DataEncryptionKeyId, Description: 'to host b' });
     expect((await b.ok(['status'])).Daemon.SnapshotStore).toBe(store());
   });
+
+  it('B restores it (volume create --snapshot-id), attaches it and reads the same bytes', async () => {
+    const r = await b.cli(['volume', 'create', '--snapshot-id', snap.SnapshotId, '--wait', '--output', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    const restored = r.json();
+    // Same KMS key: the snapshot's data key is shared (ReEncrypt at A's KMS to the new volume's context).
+    expect(restored).toMatchObject({ Encrypted: true, KmsKeyId: keyArn, State: 'available' });
+    expect(existsSync(join(b.state, 'volumes', `${restored.VolumeId}.img`))).toBe(true);
+    await b.ok(['attach', restored.VolumeId]);
+    const file = b.file(restored.VolumeId);
+    expect(readAt(file, MiB, data.length).equals(data)).toBe(true);
+    expect(readAt(file, 0, MiB).equals(Buffer.alloc(MiB))).toBe(true); // never written on A: zeros
+    await b.ok(['detach', restored.VolumeId]);
+    // B's key came from A's KMS, as B's host identity: A's audit log says so.
+    const byB = a.auditText().trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.userIdentity?.arn === userArn && !e.errorCode);
+    for (const op of ['CreateGrant', 'Decrypt']) expect(byB.map((e) => e.eventName)).toContain(op);
+  });
 });
 
 /** A loopback port nobody listens on now. */
@@ -109,4 +127,16 @@ function freePort(): Promise<number> {
       s.close(() => res(port));
     });
   });
+}
+
+function readAt(file: string, offset: number, length: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    let got = 0;
+    while (got < length) got += readSync(fd, buf, got, length - got, offset + got);
+    return buf;
+  } finally {
+    closeSync(fd);
+  }
 }
