@@ -297,13 +297,13 @@ export class Daemon {
     };
     if (this.ticker) clearInterval(this.ticker);
     if (this.gcTicker) clearInterval(this.gcTicker);
-    this.snapshotStore?.close?.();
     await step('sd_notify', () => this.notify.stopping());
     await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
+    this.snapshotStore?.close?.(); // after the manifests above are written
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
     await step('unmount', () => this.fuse?.unmount());

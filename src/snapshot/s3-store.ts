@@ -46,6 +46,9 @@ export interface S3SnapshotStoreOptions {
 // holding a snapshot for minutes behind a dead endpoint.
 const DEFAULTS = { connectionTimeoutMs: 3_000, requestTimeoutMs: 30_000, maxAttempts: 3 };
 
+/** Manifest reads in flight at once while listing. */
+const LIST_READERS = 16;
+
 // S3 bucket naming rules (general purpose buckets): 3-63 characters, lowercase
 // letters, digits, dots and hyphens, beginning and ending with a letter or digit.
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
@@ -72,7 +75,7 @@ export class S3SnapshotStore implements CollectableStore {
   /** The endpoint in use, when one was given or configured; undefined for AWS S3. */
   readonly endpoint: string | undefined;
 
-  private constructor(private readonly s3: S3Client, bucket: string, prefix: string, endpoint: string | undefined, private readonly pageSize: number) {
+  private constructor(private readonly s3: S3Client, bucket: string, prefix: string, endpoint: string | undefined, private readonly pageSize: number, private readonly maxAttempts: number) {
     this.bucket = bucket;
     this.prefix = prefix;
     this.endpoint = endpoint;
@@ -114,7 +117,7 @@ export class S3SnapshotStore implements CollectableStore {
       s3.destroy();
       s3 = new S3Client({ ...base, ...(region ? { region } : {}), forcePathStyle });
     }
-    return new S3SnapshotStore(s3, opts.bucket, prefix, configured, opts.listPageSize ?? 1000);
+    return new S3SnapshotStore(s3, opts.bucket, prefix, configured, opts.listPageSize ?? 1000, o.maxAttempts);
   }
 
   private key(kind: 'blocks' | 'manifests', name: string): string {
@@ -150,17 +153,8 @@ export class S3SnapshotStore implements CollectableStore {
 
   async getBlock(hash: BlockHash): Promise<Buffer> {
     checkBlockHash(hash);
-    const key = this.key('blocks', hash);
-    let data: Buffer;
-    try {
-      const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      data = Buffer.from(await r.Body!.transformToByteArray());
-    } catch (e) {
-      if ((e as { name?: string }).name === 'NoSuchKey') {
-        throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
-      }
-      throw this.fail('GetObject', key, e);
-    }
+    const data = await this.getObject(this.key('blocks', hash));
+    if (!data) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
     const got = createHash('sha256').update(data).digest('hex');
     if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash} in ${this.location} reads back as ${data.length} bytes hashing to ${got}`);
     return data;
@@ -227,29 +221,32 @@ export class S3SnapshotStore implements CollectableStore {
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
     checkSnapshotId(snapshotId);
     const key = this.key('manifests', `${snapshotId}.json`);
-    let text: string;
-    try {
-      const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      text = await r.Body!.transformToString('utf8');
-    } catch (e) {
-      if ((e as { name?: string }).name === 'NoSuchKey') return undefined;
-      throw this.fail('GetObject', key, e);
-    }
+    const data = await this.getObject(key);
+    if (!data) return undefined;
+    const text = data.toString('utf8');
     return parseManifest(`s3://${this.bucket}/${key}`, snapshotId, text);
   }
 
   async listManifests(): Promise<SnapshotManifest[]> {
     const dir = this.key('manifests', '');
-    const out: SnapshotManifest[] = [];
+    const ids: string[] = [];
     for await (const o of this.listKeys(dir)) {
       const name = o.key.slice(dir.length);
       const id = name.endsWith('.json') ? name.slice(0, -5) : '';
-      if (!isSnapshotId(id)) continue;
-      // Deleted between the listing and the read: gone, not an error.
-      const m = await this.getManifest(id);
-      if (m) out.push(m);
+      if (isSnapshotId(id)) ids.push(id);
     }
-    return out;
+    // Read LIST_READERS at a time: one round trip each, so a store of many snapshots lists in a few.
+    const got: (SnapshotManifest | undefined)[] = new Array(ids.length);
+    let next = 0;
+    const reader = async (): Promise<void> => {
+      while (next < ids.length) {
+        const i = next++;
+        got[i] = await this.getManifest(ids[i]!);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(LIST_READERS, ids.length) }, reader));
+    // Deleted between the listing and the read: gone, not an error.
+    return got.filter((m): m is SnapshotManifest => m !== undefined);
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {
@@ -260,6 +257,25 @@ export class S3SnapshotStore implements CollectableStore {
   /** Closes the HTTP connections. */
   close(): void {
     this.s3.destroy();
+  }
+
+  /**
+   * An object's bytes, undefined when absent. The SDK retries a request that
+   * fails before the response; a body cut off after the headers (a dropped
+   * connection, a server restart) is retried here, as many times.
+   */
+  private async getObject(key: string): Promise<Buffer | undefined> {
+    for (let attempt = 1; ; attempt++) {
+      let body: { transformToByteArray(): Promise<Uint8Array> } | undefined;
+      try {
+        const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+        body = r.Body;
+        return Buffer.from(await r.Body!.transformToByteArray());
+      } catch (e) {
+        if ((e as { name?: string }).name === 'NoSuchKey') return undefined;
+        if (body === undefined || attempt >= this.maxAttempts) throw this.fail('GetObject', key, e);
+      }
+    }
   }
 
   private async deleteKey(key: string): Promise<void> {

@@ -14,6 +14,8 @@ export interface S3Server {
   objectFile(key: string): string;
   /** The environment a daemon or SDK client needs to reach it the standard way. */
   env: Record<string, string>;
+  /** Accept these credentials too (e.g. a host's access key that also signs its KMS calls). */
+  addAccessKey(accessKeyId: string, secretAccessKey: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -21,7 +23,7 @@ export interface S3Server {
 export async function startS3Server(bucket = 'ebsd-snapshots'): Promise<S3Server> {
   const dir = mkdtempSync('/tmp/ebsd-s3rver-');
   const child: ChildProcess = spawn(process.execPath, ['--openssl-legacy-provider', '--no-warnings', resolve(import.meta.dirname, 's3-server.mjs'), dir, bucket], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['pipe', 'pipe', 'pipe'],
   });
   let stderr = '';
   child.stderr!.on('data', (c) => (stderr += c));
@@ -34,9 +36,13 @@ export async function startS3Server(bucket = 'ebsd-snapshots'): Promise<S3Server
     rmSync(dir, { recursive: true, force: true });
   };
   try {
+    const rl = createInterface({ input: child.stdout! });
+    const lines: string[] = [];
+    const waiting: ((l: string) => void)[] = [];
+    rl.on('line', (l) => (waiting.length ? waiting.shift()!(l) : lines.push(l)));
+    const nextLine = (): Promise<string> => (lines.length ? Promise.resolve(lines.shift()!) : new Promise((r) => waiting.push(r)));
     const port = await new Promise<number>((res, rej) => {
-      const rl = createInterface({ input: child.stdout! });
-      rl.once('line', (l) => res((JSON.parse(l) as { port: number }).port));
+      void nextLine().then((l) => res((JSON.parse(l) as { port: number }).port));
       child.once('exit', (code) => rej(new Error(`s3rver exited (${code}) before listening: ${stderr}`)));
     });
     const endpoint = `http://127.0.0.1:${port}`;
@@ -48,6 +54,11 @@ export async function startS3Server(bucket = 'ebsd-snapshots'): Promise<S3Server
         AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
         AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
         AWS_REGION: 'us-east-1',
+      },
+      addAccessKey: async (id, secret) => {
+        child.stdin!.write(`${id} ${secret}\n`);
+        const l = await nextLine();
+        if (l !== `added ${id}`) throw new Error(`s3rver did not add the key: ${l}`);
       },
       stop,
     };

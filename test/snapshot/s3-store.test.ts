@@ -96,6 +96,8 @@ describe('standard AWS configuration', () => {
 describe('what goes over the wire', () => {
   let proxy: Server;
   const seen: { method: string; url: string; headers: IncomingHttpHeaders; body: Buffer }[] = [];
+  /** GET responses still to cut off after half their body (a dropped connection). */
+  let cutGets = 0;
   beforeAll(async () => {
     // A loopback relay in front of s3rver that records each request (S3 itself checks the checksum; s3rver does not).
     proxy = createServer((req, res) => {
@@ -106,6 +108,17 @@ describe('what goes over the wire', () => {
         seen.push({ method: req.method!, url: req.url!, headers: req.headers, body });
         const up = request(`${server.endpoint}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
           res.writeHead(r.statusCode!, r.headers);
+          if (req.method === 'GET' && r.statusCode === 200 && cutGets > 0) {
+            cutGets--;
+            const half = Number(r.headers['content-length']) / 2;
+            let sent = 0;
+            r.on('data', (c: Buffer) => {
+              if (sent < half) res.write(c.subarray(0, half - sent));
+              sent += c.length;
+              if (sent >= half) res.socket?.destroy();
+            });
+            return;
+          }
           r.pipe(res);
         });
         up.on('error', () => res.destroy());
@@ -114,7 +127,29 @@ describe('what goes over the wire', () => {
     });
     await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
   });
-  afterAll(() => new Promise<void>((r) => proxy.close(() => r())));
+  afterAll(() => new Promise<void>((r) => {
+    proxy.closeAllConnections();
+    proxy.close(() => r());
+  }));
+
+  test('a GET whose body is cut off after the headers is retried, and the block still verifies', async () => {
+    const port = (proxy.address() as { port: number }).port;
+    const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'cut', endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS, maxAttempts: 2 });
+    try {
+      const b = block();
+      await s.putBlock(b.hash, b.data);
+      const before = seen.filter((r) => r.method === 'GET').length;
+      cutGets = 1;
+      expect((await s.getBlock(b.hash)).equals(b.data)).toBe(true);
+      expect(seen.filter((r) => r.method === 'GET').length - before).toBe(2);
+      // Cut on every attempt: a SnapshotError naming GetObject, not a short block.
+      cutGets = 2;
+      await expect(s.getBlock(b.hash)).rejects.toMatchObject({ code: 'SNAPSHOT_STORE', message: expect.stringContaining('GetObject') });
+    } finally {
+      cutGets = 0;
+      s.close();
+    }
+  });
 
   test('a block PUT carries x-amz-checksum-sha256 equal to the block hash', async () => {
     const port = (proxy.address() as { port: number }).port;

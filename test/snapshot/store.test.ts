@@ -47,7 +47,7 @@ runSnapshotStoreSuite('S3SnapshotStore on s3rver', async () => {
     writeRawManifest: async (id, text) => void (await put(`manifests/${id}.json`, text)),
     close: async () => store.close(),
   };
-}, { serverReplacesAtomically: false });
+});
 
 describe('DirSnapshotStore after a crash', () => {
   test('temp files of interrupted writes are removed when opened with removeTemps, and only they', async () => {

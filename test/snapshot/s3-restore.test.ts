@@ -1,0 +1,142 @@
+/**
+ * A snapshot stored in S3 restores on a second daemon with its own state dir
+ * (issue 17 point 5): daemon A (its embedded KMS served on loopback with
+ * --kms-listen) snapshots a volume into s3://bucket/prefix on s3rver; daemon B
+ * (keys from A's KMS with --kms-endpoint, signed with an IAM user's access key;
+ * the same store) sees the snapshot, restores it and reads the same bytes.
+ * Both daemons find the store through the standard AWS environment only.
+ */
+import { closeSync, existsSync, openSync, readSync, readdirSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { startS3Server, type S3Server } from './s3-helpers.js';
+
+const MiB = 1 << 20;
+
+describe('a snapshot in S3 restores on another daemon', () => {
+  const a = new Env('s3-restore-a');
+  const b = new Env('s3-restore-b');
+  let server: S3Server;
+  const saved = { ...process.env };
+  const store = (): string => `s3://${server.bucket}/fleet`;
+  const data = randomBytes(3 * MiB);
+  let vol = '';
+  let snap: any;
+  let keyArn = '';
+  let KMS_PORT = 0;
+  let userArn = '';
+
+  /** The environment a daemon started now inherits. */
+  const setEnv = (vars: Record<string, string>): void => {
+    for (const k of Object.keys(process.env)) if (k.startsWith('AWS_')) delete process.env[k];
+    Object.assign(process.env, vars);
+  };
+
+  beforeAll(async () => {
+    ensureBuilt();
+    server = await startS3Server();
+    KMS_PORT = await freePort();
+    setEnv(server.env);
+    await a.start(['--snapshot-store', store(), '--kms-listen', `127.0.0.1:${KMS_PORT}`]);
+    // B's identity at A's KMS: an IAM user whose key policy entry lets it use the key as a host.
+    userArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
+    const k = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
+    const account = userArn.split(':')[4];
+    await a.ok(['iam', 'put-policy', 'user/host-b', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
+    keyArn = (await a.ok(['kms', 'create-key', '--description', 'shared volumes'])).KeyMetadata.Arn;
+    await a.ok(['kms', 'put-key-policy', '--key-id', keyArn, '--policy-name', 'default', '--policy', JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
+        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: userArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
+      ],
+    })]);
+    // The same access key signs B's KMS calls and its S3 calls: s3rver must know it.
+    await server.addAccessKey(k.AccessKeyId, k.SecretAccessKey);
+    setEnv({
+      AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1',
+      AWS_ENDPOINT_URL_S3: server.endpoint, AWS_ENDPOINT_URL_STS: `http://127.0.0.1:${KMS_PORT}`,
+      AWS_CONFIG_FILE: '/nonexistent', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
+    });
+    await b.start(['--snapshot-store', store(), '--kms-endpoint', `http://127.0.0.1:${KMS_PORT}`]);
+  }, 120_000);
+
+  afterAll(async () => {
+    await b.cleanup();
+    await a.cleanup();
+    for (const k of Object.keys(process.env)) if (k.startsWith('AWS_')) delete process.env[k];
+    Object.assign(process.env, Object.fromEntries(Object.entries(saved).filter(([k]) => k.startsWith('AWS_'))));
+    await server?.stop();
+  }, 60_000);
+
+  it('A snapshots a volume into the S3 store; the objects are there, not in A\'s state dir', async () => {
+    vol = (await a.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId;
+    await a.ok(['attach', vol]);
+    const fd = openSync(a.file(vol), 'r+');
+    try {
+      writeSync(fd, data, 0, data.length, MiB);
+    } finally {
+      closeSync(fd);
+    }
+    await a.ok(['detach', vol]);
+    snap = await a.ok(['snapshot', 'create', vol, '--description', 'to host b', '--wait']);
+    expect(snap).toMatchObject({ State: 'completed', VolumeId: vol, KmsKeyId: keyArn, Encrypted: true });
+    expect(existsSync(server.objectFile(`fleet/manifests/${snap.SnapshotId}.json`))).toBe(true);
+    // 3 MiB from 1 MiB on: blocks 2..7 of 512 KiB, each a store object.
+    const blocks = readdirSync(join(server.dir, server.bucket, 'fleet', 'blocks')).filter((n) => n.endsWith('._S3rver_object'));
+    expect(blocks.length).toBe(6 + 1); // and the LUKS2 header area
+    expect(existsSync(join(a.state, 'snapshots', 'manifests', `${snap.SnapshotId}.json`))).toBe(false);
+    expect((await a.ok(['status'])).Daemon.SnapshotStore).toBe(store());
+  });
+
+  it('B, with its own state dir, describes the same snapshot from the store', async () => {
+    const d = await b.ok(['snapshot', 'describe', snap.SnapshotId]);
+    expect(d.Snapshots).toHaveLength(1);
+    expect(d.Snapshots[0]).toMatchObject({ SnapshotId: snap.SnapshotId, State: 'completed', VolumeId: vol, KmsKeyId: keyArn, DataEncryptionKeyId: snap.DataEncryptionKeyId, Description: 'to host b' });
+    expect((await b.ok(['status'])).Daemon.SnapshotStore).toBe(store());
+  });
+
+  it('B restores it (volume create --snapshot-id), attaches it and reads the same bytes', async () => {
+    const r = await b.cli(['volume', 'create', '--snapshot-id', snap.SnapshotId, '--wait', '--output', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    const restored = r.json();
+    // Same KMS key: the snapshot's data key is shared (ReEncrypt at A's KMS to the new volume's context).
+    expect(restored).toMatchObject({ Encrypted: true, KmsKeyId: keyArn, State: 'available' });
+    expect(existsSync(join(b.state, 'volumes', `${restored.VolumeId}.img`))).toBe(true);
+    await b.ok(['attach', restored.VolumeId]);
+    const file = b.file(restored.VolumeId);
+    expect(readAt(file, MiB, data.length).equals(data)).toBe(true);
+    expect(readAt(file, 0, MiB).equals(Buffer.alloc(MiB))).toBe(true); // never written on A: zeros
+    await b.ok(['detach', restored.VolumeId]);
+    // B's key came from A's KMS, as B's host identity: A's audit log says so.
+    const byB = a.auditText().trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.userIdentity?.arn === userArn && !e.errorCode);
+    for (const op of ['CreateGrant', 'Decrypt']) expect(byB.map((e) => e.eventName)).toContain(op);
+  });
+});
+
+/** A loopback port nobody listens on now. */
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.on('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => res(port));
+    });
+  });
+}
+
+function readAt(file: string, offset: number, length: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    let got = 0;
+    while (got < length) got += readSync(fd, buf, got, length - got, offset + got);
+    return buf;
+  } finally {
+    closeSync(fd);
+  }
+}
