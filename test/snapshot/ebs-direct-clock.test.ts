@@ -9,6 +9,7 @@ import type { Caller } from '../../src/kms/types.js';
 import { KmsCoreKeyService } from '../../src/volume/key-service.js';
 import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { EbsDirect } from '../../src/snapshot/ebs-direct.js';
 import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS } from '../../src/snapshot/ebs-direct-tokens.js';
 import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
@@ -31,8 +32,8 @@ let store: DirSnapshotStore;
 let now = T0;
 const xts = selectXtsEngine('auto');
 
-const direct = (o: { maxPending?: number } = {}): EbsDirect =>
-  new EbsDirect({ store, keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, ...o });
+const direct = (o: { maxPending?: number; pin?: SnapshotGc['pin'] } = {}): EbsDirect =>
+  new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, ...o });
 const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBlock({
   SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
 });
@@ -106,6 +107,27 @@ describe('EbsDirect with an injected clock', () => {
     expect((await store.getManifest(left))?.state).toBe('error');
     await refused(after.completeSnapshot({ SnapshotId: left, ChangedBlocksCount: 1 }), 'ValidationException', 'INVALID_SNAPSHOT_ID');
     after.close();
+  });
+
+  it('blocks written to a pending snapshot survive a sweep of the collector (pinned), and after completion (named by the manifest)', async () => {
+    now = T0;
+    // The collector's clock an hour ahead of the store's: every unreferenced block is old enough to go.
+    const gc = new SnapshotGc(store, { graceMs: 0, now: () => Date.now() + 3_600_000 });
+    const d = direct({ pin: (h) => gc.pin(h) });
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root)).SnapshotId as string;
+    const a = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 9, a), root);
+    const hash = createHash('sha256').update(a).digest('hex');
+    const swept = await gc.sweep();
+    expect(swept.keptPinned).toBeGreaterThanOrEqual(1);
+    expect(await store.hasBlock(hash)).toBe(true);
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 });
+    await gc.sweep();
+    expect(await store.hasBlock(hash)).toBe(true);
+    const listed = await d.listSnapshotBlocks({ SnapshotId: snap });
+    const got = await d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: 9, BlockToken: (listed.Blocks as { BlockToken: string }[])[0]!.BlockToken }, root);
+    expect(Buffer.from(got.BlockData as Buffer).equals(a)).toBe(true);
+    d.close();
   });
 
   it('ClientToken makes StartSnapshot idempotent; the same token with another request is ConflictException', async () => {
