@@ -79,7 +79,6 @@ export class EbsApi {
     await this._authorize(op, input, snaps, caller, peer);
     const d = this.o.direct;
     let out: Record<string, unknown> | undefined;
-    let error: unknown;
     try {
       switch (req.op) {
         case 'ListSnapshotBlocks': out = await d.listSnapshotBlocks(req.input); break;
@@ -89,14 +88,21 @@ export class EbsApi {
         case 'PutSnapshotBlock': out = await d.putSnapshotBlock(req.input, caller); break;
         case 'CompleteSnapshot': out = await d.completeSnapshot(req.input); break;
       }
-      return out;
     } catch (e) {
       // The store's and anything else's failures are EBS's InternalServerException, naming what failed.
-      error = e instanceof EbsDirectError ? e : internal(`${op} failed: ${(e as Error)?.message ?? String(e)}`, e);
+      const error = e instanceof EbsDirectError ? e : internal(`${op} failed: ${(e as Error)?.message ?? String(e)}`, e);
+      await this._audit(op, input, undefined, error, caller, peer.requestId)
+        .catch((x) => this.o.log.error({ err: x, op }, 'could not audit a failed EBS direct API call'));
       throw error;
-    } finally {
-      await this._audit(op, input, out, error, caller, peer.requestId);
     }
+    // A call that cannot be audited does not answer (docs/architecture.md §5.8): no block leaves unaudited.
+    try {
+      await this._audit(op, input, out, undefined, caller, peer.requestId);
+    } catch (x) {
+      this.o.log.error({ err: x, op }, 'could not audit an EBS direct API call');
+      throw internal(`${op}: the call could not be audited, so it is not answered`, x);
+    }
+    return out;
   }
 
   private _parse(op: string, body: Record<string, unknown>): EbsRequest {
@@ -178,11 +184,7 @@ export class EbsApi {
     const snaps = _snapshotsOf(op, input);
     if (op === 'StartSnapshot' && typeof out?.SnapshotId === 'string') snaps.push(out.SnapshotId);
     e.resources = snaps.map((id) => ({ accountId: this.o.accountId, type: 'AWS::EC2::Snapshot', ARN: this.snapshotArn(id) }));
-    try {
-      await this.o.audit.append(e);
-    } catch (x) {
-      this.o.log.error({ err: x, op }, 'could not audit an EBS direct API call');
-    }
+    await this.o.audit.append(e);
   }
 }
 
