@@ -73,6 +73,10 @@ describe('EbsDirect with an injected clock', () => {
     const token = (listed.Blocks as { BlockIndex: number; BlockToken: string }[])[7]!.BlockToken;
     const get = () => d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: 7, BlockToken: token }, root);
 
+    // Paging: the rest after NextToken; a NextToken of another listing (ListChangedBlocks of this snapshot) is refused.
+    expect((listed.Blocks as unknown[]).length).toBe(100);
+    const changed = await d.listChangedBlocks({ SecondSnapshotId: snap, MaxResults: 100 });
+    await refused(d.listSnapshotBlocks({ SnapshotId: snap, NextToken: changed.NextToken as string }), 'ValidationException', 'INVALID_PAGE_TOKEN');
     now = T0 + PAGE_TOKEN_TTL_MS - 1000;
     expect((await d.listSnapshotBlocks({ SnapshotId: snap, NextToken: listed.NextToken as string })).Blocks).toHaveLength(1);
     now = T0 + PAGE_TOKEN_TTL_MS;
