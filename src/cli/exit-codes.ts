@@ -41,18 +41,20 @@ export const EXIT_CODES_HELP = `Exit codes:
  10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, a corrupt image: *.Corrupt;
      ThrottlingException, RequestLimitExceeded: too many requests or connections, retry later)`;
 
-const NOT_FOUND = new Set(['NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'InvalidSnapshot.NotFound', 'InvalidSnapshotID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
+const NOT_FOUND = new Set(['ResourceNotFoundException', 'NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'InvalidSnapshot.NotFound', 'InvalidSnapshotID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
 const CONFLICT = new Set([
   'VolumeInUse', 'InvalidSnapshot.InUse', 'IncorrectState', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
-  'EntityAlreadyExistsException', 'DeleteConflictException', 'LimitExceededException',
+  'EntityAlreadyExistsException', 'DeleteConflictException', 'LimitExceededException', 'ConflictException',
 ]);
 /**
  * Throttled (the request was fine, the service is busy: retry later, as the AWS SDKs do) is a service-side
  * condition, not an invalid request. LimitExceededException stays a conflict: it is a quota of the state
  * (grants, rotations), which a retry does not lift.
  */
-const THROTTLED = new Set(['ThrottlingException', 'Throttling', 'RequestLimitExceeded', 'TooManyRequestsException', 'SlowDown']);
-const SERVICE = new Set(['KMSInternalException', 'InternalFailure', 'DependencyTimeoutException', 'KeyUnavailableException', ...THROTTLED]);
+const THROTTLED = new Set([
+  'ThrottlingException', 'Throttling', 'RequestLimitExceeded', 'TooManyRequestsException', 'SlowDown', 'RequestThrottledException', 'ConcurrentLimitExceededException',
+]);
+const SERVICE = new Set(['KMSInternalException', 'InternalServerException', 'InternalFailure', 'DependencyTimeoutException', 'KeyUnavailableException', ...THROTTLED]);
 
 /** AWS exception name -> exit code. */
 export function exitCodeFor(awsName: string | undefined, httpStatus?: number): number {

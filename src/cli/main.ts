@@ -19,6 +19,7 @@ import { installUnitsCommand } from './install-units.js';
 import { topCommand } from './top.js';
 import { snapshotCommands } from './snapshot-commands.js';
 import { waitWithProgress } from './wait-progress.js';
+import { ebsCommands } from './ebs-commands.js';
 
 interface Globals {
   stateDir: string;
@@ -516,6 +517,7 @@ export async function main(argv: string[]): Promise<number> {
   y = installUnitsCommand(y);
   y = completionCommand(y);
   y = topCommand(y);
+  y = ebsCommands(y);
   try {
     await y.parseAsync();
     return exitCode;

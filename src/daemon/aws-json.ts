@@ -62,7 +62,7 @@ export function encodeResponse(v: unknown): unknown {
  */
 export interface WireError {
   status: number;
-  body: { __type: string; message: string };
+  body: { __type: string; message: string; Reason?: string };
 }
 
 /**
@@ -80,7 +80,12 @@ export function toWireError(e: unknown): WireError {
     // An error may carry its service's status (EC2's UnauthorizedOperation is 403); DryRunOperationException
     // is 412 in the KMS service model; every other client fault is 400.
     const own = (e as { httpStatus?: unknown }).httpStatus;
-    return { status: typeof own === 'number' ? own : internal ? 500 : awsName === 'DryRunOperationException' ? 412 : 400, body: { __type: awsName, message } };
+    // An EBS direct API exception also carries its Reason member (src/snapshot/ebs-direct-errors.ts).
+    const reason = (e as { wireMembers?: { Reason?: unknown } }).wireMembers?.Reason;
+    return {
+      status: typeof own === 'number' ? own : internal ? 500 : awsName === 'DryRunOperationException' ? 412 : 400,
+      body: { __type: awsName, message, ...(typeof reason === 'string' ? { Reason: reason } : {}) },
+    };
   }
   if (err instanceof TypeError || err instanceof RangeError || code === 'ERR_ARG_TYPE' || code === 'ERR_ARG_RANGE') {
     return { status: 400, body: { __type: 'ValidationException', message } };

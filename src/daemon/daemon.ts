@@ -34,6 +34,7 @@ import { openSnapshotStore } from '../snapshot/open-store.js';
 import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
 import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-manager.js';
 import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type SnapshotRequest } from './snapshot-api.js';
+import { EbsApi, openEbsApi } from './ebs-api.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -106,6 +107,8 @@ export class Daemon {
   private snapshotStore: CollectableStore | undefined;
   private snapshotGc: SnapshotGc | undefined;
   private gcTicker: NodeJS.Timeout | undefined;
+  /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
+  private ebs: EbsApi | undefined;
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
     this.paths = statePaths(cfg.stateDir);
@@ -255,6 +258,14 @@ export class Daemon {
       logger: log,
     });
     this.snapshotApi = new SnapshotApi({ snapshots: this.snapshots, authz: this.ec2Authz });
+    if (!this.remoteKms) {
+      // Not with a remote KMS: its calls are signed as this host, so they could not act for the local caller.
+      this.ebs = await openEbsApi({
+        store, gc, pendingDir: join(paths.root, 'ebs-direct-pending'), keys: new KmsCoreKeyService(this.kmsCore!), xts: engine,
+        evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region,
+        audit: this.kms!.context.audit, log: log.child({ component: 'ebs-direct' }),
+      });
+    }
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
   }
@@ -301,6 +312,7 @@ export class Daemon {
     await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());
+    await step('ebs direct', async () => this.ebs?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
     this.snapshotStore?.close?.(); // after the manifests above are written
@@ -342,6 +354,16 @@ export class Daemon {
       }
       // The core authorizes and audits.
       return this.kmsCore!.call(op, decodeKmsRequest(body), caller, peer.requestId);
+    }
+    if (service === 'ebs' && EbsApi.isOperation(op)) {
+      if (caller.type === 'Unknown') {
+        await this.deny('ebs.amazonaws.com', op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer);
+      }
+      if (!this.ebs) {
+        throw new EbsdError('EBS_DIRECT_UNAVAILABLE', `ebs.${op}: the EBS direct APIs are not served by a daemon with --kms-only or --kms-endpoint`, { awsName: 'UnsupportedOperation' });
+      }
+      // Checked, authorized (ebs:<Operation>) and audited by the EBS API itself.
+      return this.ebs.call(op, body, caller, { requestId: peer.requestId, uid: peer.uid });
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 

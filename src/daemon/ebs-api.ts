@@ -1,0 +1,215 @@
+import { randomUUID } from 'node:crypto';
+import type { Caller } from '../kms/types.js';
+import type { PolicyEvaluator } from '../kms/authz/index.js';
+import type { ContextValue } from '../kms/authz/conditions.js';
+import { buildEvent, truncateField } from '../kms/audit/event.js';
+import type { Logger } from '../util/logger.js';
+import { EbsDirect } from '../snapshot/ebs-direct.js';
+import type { SnapshotGc } from '../snapshot/gc.js';
+import type { XtsEngine } from '../crypto/xts.js';
+import type { KeyService } from '../volume/key-service.js';
+import { accessDenied, EbsDirectError, internal, validation } from '../snapshot/ebs-direct-errors.js';
+import {
+  parseCompleteSnapshot, parseGetSnapshotBlock, parseListChangedBlocks, parseListSnapshotBlocks, parsePutSnapshotBlock, parseStartSnapshot,
+  type CompleteSnapshotInput, type GetSnapshotBlockInput, type ListChangedBlocksInput, type ListSnapshotBlocksInput, type PutSnapshotBlockInput,
+  type StartSnapshotInput,
+} from '../snapshot/ebs-direct-input.js';
+import type { SnapshotManifest, SnapshotStore } from '../snapshot/types.js';
+import { deniedEvent, refusalKey } from './audit-events.js';
+
+/**
+ * The EBS direct APIs on the control socket (docs/architecture.md, "EBS direct
+ * APIs"): target `ebs.<Operation>`, AWS JSON body with the operation's
+ * members (BlockData as base64). Each request is checked, authorized through
+ * the identity-policy engine as `ebs:<Operation>` on
+ * `arn:aws:ec2:<region>::snapshot/<id>` (Service Authorization Reference,
+ * "Amazon Elastic Block Store"), run, and audited with eventSource
+ * `ebs.amazonaws.com`; refusals are aggregated like the other control-API
+ * refusals (audit-events.ts).
+ */
+export const EBS_OPERATIONS: ReadonlySet<string> = new Set([
+  'ListSnapshotBlocks', 'ListChangedBlocks', 'GetSnapshotBlock', 'StartSnapshot', 'PutSnapshotBlock', 'CompleteSnapshot',
+]);
+const READ_ONLY = new Set(['ListSnapshotBlocks', 'ListChangedBlocks', 'GetSnapshotBlock']);
+/** RFC 4648 §4 base64 with padding, nothing else. */
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+const SOURCE = 'ebs.amazonaws.com';
+
+/** A checked request, by operation. */
+export type EbsRequest =
+  | { op: 'ListSnapshotBlocks'; input: ListSnapshotBlocksInput }
+  | { op: 'ListChangedBlocks'; input: ListChangedBlocksInput }
+  | { op: 'GetSnapshotBlock'; input: GetSnapshotBlockInput }
+  | { op: 'StartSnapshot'; input: StartSnapshotInput }
+  | { op: 'PutSnapshotBlock'; input: PutSnapshotBlockInput }
+  | { op: 'CompleteSnapshot'; input: CompleteSnapshotInput };
+
+export interface EbsApiOptions {
+  direct: EbsDirect;
+  evaluator: PolicyEvaluator;
+  accountId: string;
+  region: string;
+  /** The daemon's hash-chained audit log. */
+  audit: { append(ev: Record<string, unknown>): Promise<void>; appendRefusal(key: string, ev: () => Record<string, unknown>): Promise<void> };
+  /** A snapshot's manifest, for its tags in the authorization context (undefined when absent). */
+  manifest: (snapshotId: string) => Promise<SnapshotManifest | undefined>;
+  log: Logger;
+}
+
+export class EbsApi {
+  constructor(private readonly o: EbsApiOptions) {}
+
+  /** Wipe the block-token key. */
+  close(): void {
+    this.o.direct.close();
+  }
+
+  static isOperation(op: string): boolean {
+    return EBS_OPERATIONS.has(op);
+  }
+
+  snapshotArn(id: string): string {
+    return `arn:aws:ec2:${this.o.region}::snapshot/${id}`;
+  }
+
+  async call(op: string, body: Record<string, unknown>, caller: Caller, peer: { requestId: string; uid?: number }): Promise<unknown> {
+    const req = this._parse(op, body);
+    const input = req.input as unknown as Record<string, unknown>;
+    const snaps = _snapshotsOf(op, input);
+    await this._authorize(op, input, snaps, caller, peer);
+    const d = this.o.direct;
+    let out: Record<string, unknown> | undefined;
+    try {
+      switch (req.op) {
+        case 'ListSnapshotBlocks': out = await d.listSnapshotBlocks(req.input); break;
+        case 'ListChangedBlocks': out = await d.listChangedBlocks(req.input); break;
+        case 'GetSnapshotBlock': out = await d.getSnapshotBlock(req.input, caller); break;
+        case 'StartSnapshot': out = await d.startSnapshot(req.input, caller); break;
+        case 'PutSnapshotBlock': out = await d.putSnapshotBlock(req.input, caller); break;
+        case 'CompleteSnapshot': out = await d.completeSnapshot(req.input); break;
+      }
+    } catch (e) {
+      // The store's and anything else's failures are EBS's InternalServerException, naming what failed.
+      const error = e instanceof EbsDirectError ? e : internal(`${op} failed: ${(e as Error)?.message ?? String(e)}`, e);
+      await this._audit(op, input, undefined, error, caller, peer.requestId)
+        .catch((x) => this.o.log.error({ err: x, op }, 'could not audit a failed EBS direct API call'));
+      throw error;
+    }
+    // A call that cannot be audited does not answer (docs/architecture.md §5.8): no block leaves unaudited.
+    try {
+      await this._audit(op, input, out, undefined, caller, peer.requestId);
+    } catch (x) {
+      this.o.log.error({ err: x, op }, 'could not audit an EBS direct API call');
+      throw internal(`${op}: the call could not be audited, so it is not answered`, x);
+    }
+    return out;
+  }
+
+  private _parse(op: string, body: Record<string, unknown>): EbsRequest {
+    switch (op) {
+      case 'ListSnapshotBlocks': return { op, input: parseListSnapshotBlocks(body) };
+      case 'ListChangedBlocks': return { op, input: parseListChangedBlocks(body) };
+      case 'GetSnapshotBlock': return { op, input: parseGetSnapshotBlock(body) };
+      case 'StartSnapshot': return { op, input: parseStartSnapshot(body) };
+      case 'CompleteSnapshot': return { op, input: parseCompleteSnapshot(body) };
+      case 'PutSnapshotBlock': {
+        const data = body.BlockData;
+        // The body is JSON, so the block travels as base64; decoded strictly (a malformed one is not a shorter block).
+        if (data !== undefined && (typeof data !== 'string' || !BASE64.test(data))) {
+          throw validation('INVALID_CONTENT_ENCODING', 'BlockData must be base64 (RFC 4648, padded)');
+        }
+        return { op, input: parsePutSnapshotBlock({ ...body, ...(typeof data === 'string' ? { BlockData: Buffer.from(data, 'base64') } : {}) }) };
+      }
+    }
+    throw validation('INVALID_PARAMETER_VALUE', `unknown EBS direct operation ${op.slice(0, 64)}`);
+  }
+
+  /** ebs:<Operation> on each snapshot the request names (StartSnapshot: on snapshot/*, with the request's tags). */
+  private async _authorize(op: string, input: Record<string, unknown>, snaps: string[], caller: Caller, peer: { requestId: string; uid?: number }): Promise<void> {
+    const action = `ebs:${op}`;
+    const targets: { resource: string; ctx: Map<string, ContextValue> }[] = [];
+    if (op === 'StartSnapshot') {
+      const ctx = this._common();
+      const tags = (input.Tags as { Key: string; Value: string }[] | undefined) ?? [];
+      for (const t of tags) ctx.set(`aws:RequestTag/${t.Key}`, t.Value);
+      if (tags.length) ctx.set('aws:TagKeys', tags.map((t) => t.Key));
+      if (typeof input.Description === 'string') ctx.set('ebs:Description', input.Description);
+      if (typeof input.ParentSnapshotId === 'string') ctx.set('ebs:ParentSnapshot', this.snapshotArn(input.ParentSnapshotId));
+      ctx.set('ebs:VolumeSize', String(input.VolumeSize));
+      targets.push({ resource: this.snapshotArn('*'), ctx });
+    }
+    for (const id of snaps) {
+      if (op === 'StartSnapshot') continue;
+      const ctx = this._common();
+      // A snapshot that does not exist is judged on its id alone: refused callers learn nothing of it.
+      for (const t of (await this.o.manifest(id).catch(() => undefined))?.tags ?? []) ctx.set(`aws:ResourceTag/${t.Key}`, t.Value);
+      targets.push({ resource: this.snapshotArn(id), ctx });
+    }
+    for (const t of targets) {
+      const d = this.o.evaluator.evaluate({ action, caller, resource: t.resource, context: t.ctx });
+      if (d.allowed) continue;
+      const snap = t.resource.slice(t.resource.lastIndexOf('/') + 1);
+      await this.o.audit.appendRefusal(refusalKey(peer.uid, SOURCE, op, `ebs-policy:${snap}`), () => {
+        const ev = deniedEvent(SOURCE, op, caller, d.message, { accountId: this.o.accountId, region: this.o.region, requestId: peer.requestId });
+        ev.requestParameters = { snapshotId: snap };
+        return ev;
+      }).catch((err) => this.o.log.error({ err }, 'could not audit an EBS direct API refusal'));
+      throw accessDenied('UNAUTHORIZED_ACCOUNT', d.message);
+    }
+  }
+
+  private _common(): Map<string, ContextValue> {
+    return new Map<string, ContextValue>([['aws:RequestedRegion', this.o.region], ['aws:ResourceAccount', this.o.accountId]]);
+  }
+
+  /** One CloudTrail-shaped event per call: ids, indexes and counts only, never block data, checksums' inputs or tokens. */
+  private async _audit(op: string, input: Record<string, unknown>, out: Record<string, unknown> | undefined, error: unknown, caller: Caller, requestId: string): Promise<void> {
+    const err = error as { awsName?: string; message?: string; wireMembers?: { Reason?: string } } | undefined;
+    const e = buildEvent({
+      eventName: op, caller, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(),
+      resources: [], readOnly: READ_ONLY.has(op), time: Date.now(),
+      ...(error !== undefined ? { errorCode: err?.awsName ?? 'InternalServerException', errorMessage: truncateField(String(err?.message ?? error), 1024) } : {}),
+    });
+    e.eventSource = SOURCE;
+    const params: Record<string, unknown> = {};
+    for (const k of ['SnapshotId', 'FirstSnapshotId', 'SecondSnapshotId', 'ParentSnapshotId', 'BlockIndex', 'VolumeSize', 'Encrypted', 'KmsKeyArn', 'ChangedBlocksCount', 'StartingBlockIndex', 'MaxResults', 'Timeout', 'Progress']) {
+      if (input[k] !== undefined) params[k.charAt(0).toLowerCase() + k.slice(1)] = input[k];
+    }
+    e.requestParameters = params;
+    if (out && op === 'StartSnapshot') e.responseElements = { snapshotId: out.SnapshotId, status: out.Status };
+    else if (out && op === 'CompleteSnapshot') e.responseElements = { status: out.Status };
+    else if (out && (op === 'ListSnapshotBlocks' || op === 'ListChangedBlocks')) e.responseElements = { blocks: ((out.Blocks ?? out.ChangedBlocks) as unknown[]).length };
+    else e.responseElements = null;
+    if (err?.wireMembers?.Reason) e.additionalEventData = { reason: err.wireMembers.Reason };
+    const snaps = _snapshotsOf(op, input);
+    if (op === 'StartSnapshot' && typeof out?.SnapshotId === 'string') snaps.push(out.SnapshotId);
+    e.resources = snaps.map((id) => ({ accountId: this.o.accountId, type: 'AWS::EC2::Snapshot', ARN: this.snapshotArn(id) }));
+    await this.o.audit.append(e);
+  }
+}
+
+function _snapshotsOf(op: string, input: Record<string, unknown>): string[] {
+  const ids: string[] = [];
+  for (const k of op === 'ListChangedBlocks' ? ['FirstSnapshotId', 'SecondSnapshotId'] : op === 'StartSnapshot' ? ['ParentSnapshotId'] : ['SnapshotId']) {
+    if (typeof input[k] === 'string') ids.push(input[k] as string);
+  }
+  return ids;
+}
+
+/**
+ * The EBS direct APIs over the daemon's snapshot store (--snapshot-store),
+ * pinning what they write against its collector: snapshots a previous run
+ * left pending are marked `error` first.
+ */
+export async function openEbsApi(o: {
+  store: SnapshotStore; gc?: SnapshotGc; pendingDir: string; keys: KeyService; xts: XtsEngine; evaluator: PolicyEvaluator; accountId: string; region: string;
+  audit: EbsApiOptions['audit']; log: Logger;
+}): Promise<EbsApi> {
+  const { store, gc } = o;
+  const direct = new EbsDirect({
+    store, pendingDir: o.pendingDir, keys: o.keys, xts: o.xts, accountId: o.accountId, region: o.region, log: o.log, ...(gc ? { pin: (h: Iterable<string>) => gc.pin(h) } : {}),
+  });
+  const marked = await direct.recover();
+  if (marked.length) o.log.warn({ snapshots: marked }, 'snapshots begun with StartSnapshot and never completed before the restart are now error');
+  return new EbsApi({ direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: (id) => store.getManifest(id), log: o.log });
+}

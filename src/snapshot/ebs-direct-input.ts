@@ -1,0 +1,192 @@
+import { validation } from './ebs-direct-errors.js';
+import { SNAPSHOT_BLOCK_BYTES } from './types.js';
+
+/**
+ * Request members of the EBS direct APIs, checked as the API reference
+ * constrains them (types, lengths, patterns, ranges), before anything runs.
+ * A refusal is ValidationException with a Reason, naming the member.
+ */
+
+/** SnapshotId: 1–64 characters, `^snap-[0-9a-f]+$` (ebsd's ids are `snap-` + 17 hex). */
+const SNAP_ID = /^snap-[0-9a-f]+$/;
+/** BlockToken, NextToken, Checksum: `^[A-Za-z0-9+/=]+$`. */
+const B64ISH = /^[A-Za-z0-9+/=]+$/;
+/** KmsKeyArn: 1–2048 characters, `arn:aws[\w-]*:kms:.*`. */
+const KMS_ARN = /^arn:aws[\w-]*:kms:.*$/;
+/** Tag keys and values: `^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$`. */
+const TAG_TEXT = /^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$/u;
+
+/** VolumeSize is GiB, at most 65536 (64 TiB). */
+export const MAX_VOLUME_SIZE_GIB = 65_536;
+/** Blocks in one GiB: 1 GiB / 512 KiB. */
+export const BLOCKS_PER_GIB = 2048;
+/** StartSnapshot Timeout, minutes: 10–4320, default 60. */
+export const DEFAULT_TIMEOUT_MIN = 60;
+export const MAX_TAGS = 50;
+
+type Body = Readonly<Record<string, unknown>>;
+
+export interface ListSnapshotBlocksInput { SnapshotId: string; MaxResults?: number; NextToken?: string; StartingBlockIndex?: number }
+export interface ListChangedBlocksInput { SecondSnapshotId: string; FirstSnapshotId?: string; MaxResults?: number; NextToken?: string; StartingBlockIndex?: number }
+export interface GetSnapshotBlockInput { SnapshotId: string; BlockIndex: number; BlockToken: string }
+export interface StartSnapshotInput {
+  VolumeSize: number; ParentSnapshotId?: string; Tags?: { Key: string; Value: string }[]; Description?: string;
+  ClientToken?: string; Encrypted?: boolean; KmsKeyArn?: string; Timeout?: number;
+}
+export interface PutSnapshotBlockInput {
+  SnapshotId: string; BlockIndex: number; BlockData: Uint8Array; DataLength: number; Progress?: number; Checksum: string; ChecksumAlgorithm: 'SHA256';
+}
+export interface CompleteSnapshotInput {
+  SnapshotId: string; ChangedBlocksCount: number; Checksum?: string; ChecksumAlgorithm?: 'SHA256'; ChecksumAggregationMethod?: 'LINEAR';
+}
+
+function _members(op: string, b: Body, allowed: readonly string[]): void {
+  for (const k of Object.keys(b)) {
+    if (!allowed.includes(k)) throw validation('INVALID_PARAMETER_VALUE', `${op} has no member ${JSON.stringify(k.slice(0, 64))}; its members are ${allowed.join(', ')}`);
+  }
+}
+
+function _snap(b: Body, k: string, required: true): string;
+function _snap(b: Body, k: string, required: false): string | undefined;
+function _snap(b: Body, k: string, required: boolean): string | undefined {
+  const v = b[k];
+  if (v === undefined && !required) return undefined;
+  if (typeof v !== 'string' || v.length < 1 || v.length > 64 || !SNAP_ID.test(v)) {
+    throw validation('INVALID_SNAPSHOT_ID', `${k} must be a snapshot id (snap-…, at most 64 characters), got ${_show(v)}`);
+  }
+  return v;
+}
+
+function _int(b: Body, k: string, min: number, max: number, required: boolean, reason: 'INVALID_PARAMETER_VALUE' | 'INVALID_BLOCK' | 'INVALID_VOLUME_SIZE' = 'INVALID_PARAMETER_VALUE'): number | undefined {
+  const v = b[k];
+  if (v === undefined && !required) return undefined;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw validation(reason, `${k} must be an integer from ${min} to ${max}, got ${_show(v)}`);
+  }
+  return v;
+}
+
+function _str(b: Body, k: string, max: number, pattern?: RegExp, reason: 'INVALID_PARAMETER_VALUE' | 'INVALID_BLOCK_TOKEN' | 'INVALID_PAGE_TOKEN' | 'INVALID_CUSTOMER_KEY' = 'INVALID_PARAMETER_VALUE'): string | undefined {
+  const v = b[k];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v.length < 1 || v.length > max || (pattern && !pattern.test(v))) {
+    throw validation(reason, `${k} must be a string of 1 to ${max} characters${pattern ? ` matching ${pattern.source}` : ''}, got ${_show(v)}`);
+  }
+  return v;
+}
+
+function _required<T>(k: string, v: T | undefined, reason: 'INVALID_PARAMETER_VALUE' | 'INVALID_BLOCK_TOKEN' = 'INVALID_PARAMETER_VALUE'): T {
+  if (v === undefined) throw validation(reason, `${k} is required`);
+  return v;
+}
+
+/** A value named in a refusal: numbers and short strings as they are, anything else by its type (never a 1 MB member). */
+function _show(v: unknown): string {
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (typeof v === 'string') return v.length <= 64 ? JSON.stringify(v) : `a string of ${v.length} characters`;
+  return v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v;
+}
+
+/** MaxResults: 100–10000 (EBS direct APIs FAQ: below 100 is refused). */
+function _page(b: Body): { MaxResults?: number; NextToken?: string; StartingBlockIndex?: number } {
+  const MaxResults = _int(b, 'MaxResults', 100, 10_000, false);
+  const NextToken = _str(b, 'NextToken', 256, B64ISH, 'INVALID_PAGE_TOKEN');
+  const StartingBlockIndex = _int(b, 'StartingBlockIndex', 0, Number.MAX_SAFE_INTEGER, false, 'INVALID_BLOCK');
+  return { ...(MaxResults !== undefined ? { MaxResults } : {}), ...(NextToken !== undefined ? { NextToken } : {}), ...(StartingBlockIndex !== undefined ? { StartingBlockIndex } : {}) };
+}
+
+export function parseListSnapshotBlocks(b: Body): ListSnapshotBlocksInput {
+  _members('ListSnapshotBlocks', b, ['SnapshotId', 'MaxResults', 'NextToken', 'StartingBlockIndex']);
+  return { SnapshotId: _snap(b, 'SnapshotId', true), ..._page(b) };
+}
+
+export function parseListChangedBlocks(b: Body): ListChangedBlocksInput {
+  _members('ListChangedBlocks', b, ['FirstSnapshotId', 'SecondSnapshotId', 'MaxResults', 'NextToken', 'StartingBlockIndex']);
+  const first = _snap(b, 'FirstSnapshotId', false);
+  return { SecondSnapshotId: _snap(b, 'SecondSnapshotId', true), ...(first !== undefined ? { FirstSnapshotId: first } : {}), ..._page(b) };
+}
+
+export function parseGetSnapshotBlock(b: Body): GetSnapshotBlockInput {
+  _members('GetSnapshotBlock', b, ['SnapshotId', 'BlockIndex', 'BlockToken']);
+  return {
+    SnapshotId: _snap(b, 'SnapshotId', true),
+    BlockIndex: _int(b, 'BlockIndex', 0, Number.MAX_SAFE_INTEGER, true, 'INVALID_BLOCK')!,
+    BlockToken: _required('BlockToken', _str(b, 'BlockToken', 256, B64ISH, 'INVALID_BLOCK_TOKEN'), 'INVALID_BLOCK_TOKEN'),
+  };
+}
+
+export function parseStartSnapshot(b: Body): StartSnapshotInput {
+  _members('StartSnapshot', b, ['VolumeSize', 'ParentSnapshotId', 'Tags', 'Description', 'ClientToken', 'Encrypted', 'KmsKeyArn', 'Timeout']);
+  const out: StartSnapshotInput = { VolumeSize: _int(b, 'VolumeSize', 1, MAX_VOLUME_SIZE_GIB, true, 'INVALID_VOLUME_SIZE')! };
+  const parent = _snap(b, 'ParentSnapshotId', false);
+  if (parent !== undefined) out.ParentSnapshotId = parent;
+  const description = _str(b, 'Description', 255);
+  if (description !== undefined) out.Description = description;
+  const token = _str(b, 'ClientToken', 255);
+  if (token !== undefined) out.ClientToken = token;
+  if (b.Encrypted !== undefined) {
+    if (typeof b.Encrypted !== 'boolean') throw validation('INVALID_PARAMETER_VALUE', `Encrypted must be a boolean, got ${_show(b.Encrypted)}`);
+    out.Encrypted = b.Encrypted;
+  }
+  const arn = _str(b, 'KmsKeyArn', 2048, KMS_ARN, 'INVALID_CUSTOMER_KEY');
+  if (arn !== undefined) out.KmsKeyArn = arn;
+  const timeout = _int(b, 'Timeout', 10, 4320, false);
+  if (timeout !== undefined) out.Timeout = timeout;
+  if (b.Tags !== undefined) {
+    if (!Array.isArray(b.Tags) || b.Tags.length > MAX_TAGS) throw validation('INVALID_TAG', `Tags must be a list of at most ${MAX_TAGS} {Key, Value}`);
+    out.Tags = b.Tags.map((t: unknown, i: number) => {
+      const tag = (t ?? {}) as Record<string, unknown>;
+      const ok = typeof t === 'object' && t !== null && !Array.isArray(t) && Object.keys(tag).every((k) => k === 'Key' || k === 'Value')
+        && typeof tag.Key === 'string' && tag.Key.length <= 127 && TAG_TEXT.test(tag.Key)
+        && typeof tag.Value === 'string' && tag.Value.length <= 255 && TAG_TEXT.test(tag.Value);
+      if (!ok) throw validation('INVALID_TAG', `Tags[${i}] must be {Key: at most 127 characters, Value: at most 255} of letters, digits, spaces and _.:/=+-@`);
+      return { Key: tag.Key as string, Value: tag.Value as string };
+    });
+  }
+  // StartSnapshot: "You can't specify ParentSnapshotId and Encrypted in the same request."
+  if (out.ParentSnapshotId !== undefined && out.Encrypted !== undefined) {
+    throw validation('INVALID_PARAMETER_VALUE', 'ParentSnapshotId and Encrypted cannot be given together: a snapshot takes its parent\'s encryption');
+  }
+  if (out.KmsKeyArn !== undefined && out.Encrypted !== true && out.ParentSnapshotId === undefined) {
+    throw validation('INVALID_PARAMETER_VALUE', 'KmsKeyArn needs Encrypted set to true');
+  }
+  return out;
+}
+
+export function parsePutSnapshotBlock(b: Body): PutSnapshotBlockInput {
+  _members('PutSnapshotBlock', b, ['SnapshotId', 'BlockIndex', 'BlockData', 'DataLength', 'Progress', 'Checksum', 'ChecksumAlgorithm']);
+  const SnapshotId = _snap(b, 'SnapshotId', true);
+  const BlockIndex = _int(b, 'BlockIndex', 0, Number.MAX_SAFE_INTEGER, true, 'INVALID_BLOCK')!;
+  // DataLength: "Currently, the only supported size is 524288 bytes."
+  const DataLength = _int(b, 'DataLength', SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, true)!;
+  if (!(b.BlockData instanceof Uint8Array)) throw validation('INVALID_PARAMETER_VALUE', 'BlockData is required (base64 on the wire)');
+  if (b.BlockData.length !== DataLength) {
+    throw validation('INVALID_PARAMETER_VALUE', `BlockData is ${b.BlockData.length} bytes, but DataLength says ${DataLength}`);
+  }
+  const Checksum = _required('Checksum', _str(b, 'Checksum', 64, B64ISH));
+  if (b.ChecksumAlgorithm !== 'SHA256') throw validation('INVALID_PARAMETER_VALUE', `ChecksumAlgorithm must be SHA256, got ${_show(b.ChecksumAlgorithm)}`);
+  const Progress = _int(b, 'Progress', 0, 100, false);
+  return { SnapshotId, BlockIndex, BlockData: b.BlockData, DataLength, Checksum, ChecksumAlgorithm: 'SHA256', ...(Progress !== undefined ? { Progress } : {}) };
+}
+
+export function parseCompleteSnapshot(b: Body): CompleteSnapshotInput {
+  _members('CompleteSnapshot', b, ['SnapshotId', 'ChangedBlocksCount', 'Checksum', 'ChecksumAlgorithm', 'ChecksumAggregationMethod']);
+  const out: CompleteSnapshotInput = {
+    SnapshotId: _snap(b, 'SnapshotId', true),
+    ChangedBlocksCount: _int(b, 'ChangedBlocksCount', 0, Number.MAX_SAFE_INTEGER, true)!,
+  };
+  const checksum = _str(b, 'Checksum', 64, B64ISH);
+  if (checksum !== undefined) out.Checksum = checksum;
+  if (b.ChecksumAlgorithm !== undefined) {
+    if (b.ChecksumAlgorithm !== 'SHA256') throw validation('INVALID_PARAMETER_VALUE', `ChecksumAlgorithm must be SHA256, got ${_show(b.ChecksumAlgorithm)}`);
+    out.ChecksumAlgorithm = 'SHA256';
+  }
+  if (b.ChecksumAggregationMethod !== undefined) {
+    if (b.ChecksumAggregationMethod !== 'LINEAR') throw validation('INVALID_PARAMETER_VALUE', `ChecksumAggregationMethod must be LINEAR, got ${_show(b.ChecksumAggregationMethod)}`);
+    out.ChecksumAggregationMethod = 'LINEAR';
+  }
+  if (out.Checksum !== undefined && (out.ChecksumAlgorithm === undefined || out.ChecksumAggregationMethod === undefined)) {
+    throw validation('INVALID_PARAMETER_VALUE', 'Checksum needs ChecksumAlgorithm SHA256 and ChecksumAggregationMethod LINEAR');
+  }
+  return out;
+}

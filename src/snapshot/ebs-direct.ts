@@ -1,0 +1,520 @@
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import type { Caller } from '../kms/types.js';
+import type { XtsContext, XtsEngine } from '../crypto/xts.js';
+import type { KeyService } from '../volume/key-service.js';
+import { VOLUME_KEY_BYTES, SECTOR_SIZE } from '../volume/luks2-json.js';
+import { wipe } from '../util/wipe.js';
+import type { Logger } from '../util/logger.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
+import type { BlockPin } from './gc.js';
+import { isSnapshotId } from './manifest-check.js';
+import { concurrentLimit, conflict, fromKmsError, internal, notFound, validation } from './ebs-direct-errors.js';
+import { encryptedSnapshotHeader, plainSnapshotHeader } from './ebs-direct-header.js';
+import {
+  BLOCKS_PER_GIB, DEFAULT_TIMEOUT_MIN,
+  type CompleteSnapshotInput, type GetSnapshotBlockInput, type ListChangedBlocksInput, type ListSnapshotBlocksInput,
+  type PutSnapshotBlockInput, type StartSnapshotInput,
+} from './ebs-direct-input.js';
+import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS, TokenSigner } from './ebs-direct-tokens.js';
+
+/**
+ * The EBS direct APIs over a SnapshotStore (docs/architecture.md, "EBS direct APIs"):
+ * read any completed snapshot block by block (ListSnapshotBlocks,
+ * ListChangedBlocks, GetSnapshotBlock) and write new snapshots from outside
+ * (StartSnapshot, PutSnapshotBlock, CompleteSnapshot). Blocks are stored as
+ * the manifest model says: an encrypted snapshot's blocks are the ciphertext
+ * a volume restored from it would hold (AES-256-XTS, 4 KiB sectors, tweak =
+ * 512-byte unit number from the data segment start, docs/format.md), so
+ * PutSnapshotBlock encrypts and GetSnapshotBlock decrypts, each with the
+ * snapshot's data key unwrapped by KMS on the caller's behalf (the caller
+ * must be allowed kms:Decrypt on the key) and wiped after the call.
+ *
+ * Authorization of the ebs:* actions is the transport's (src/daemon/ebs-api.ts);
+ * this class trusts that its caller was authorized and acts for it towards KMS.
+ */
+
+/** LUKS2 aes-xts-plain64 with 4 KiB sectors: the tweak counts 512-byte units. */
+const XTS_OPTS = { unitSize: 4096, tweakStep: 8 } as const;
+const SECTORS_PER_BLOCK = SNAPSHOT_BLOCK_BYTES / SECTOR_SIZE;
+const ZERO_SECTOR = Buffer.alloc(SECTOR_SIZE);
+/** Snapshots begun with StartSnapshot and not yet completed, at once, per daemon (ConcurrentLimitExceededException past it). */
+export const MAX_PENDING_SNAPSHOTS = 100;
+/** KMS default key for EBS, as CreateVolume uses it. */
+const DEFAULT_KMS_KEY = 'alias/aws/ebs';
+/** Parent links followed looking for a common lineage (ListChangedBlocks). */
+const MAX_CHAIN = 10_000;
+/**
+ * A pending snapshot's manifest is rewritten with the blocks written so far
+ * at most this often (and at completion): the collector of another daemon
+ * sharing the store spares blocks younger than its grace period (an hour,
+ * src/snapshot/gc.ts) and blocks a manifest names, so a StartSnapshot that
+ * stays pending for up to its 72-hour Timeout keeps its blocks.
+ */
+export const PENDING_MANIFEST_EVERY_MS = 5 * 60_000;
+
+export interface EbsDirectOptions {
+  store: SnapshotStore;
+  /** KMS, called on the caller's behalf (via EC2, as CreateVolume calls it). */
+  keys: KeyService;
+  xts: XtsEngine;
+  accountId: string;
+  region: string;
+  log?: Logger;
+  /** Injected clock (ms since the epoch); Date.now by default. */
+  now?: () => number;
+  /** Token HMAC key, tests only. */
+  tokenKey?: Uint8Array;
+  maxPending?: number;
+  /**
+   * This daemon's own directory (in its state dir) where a marker file per
+   * snapshot it began and has not finished is kept, so that after a restart
+   * it marks only its own pending snapshots `error`, never those another
+   * daemon sharing the store is writing.
+   */
+  pendingDir: string;
+  /** The collector's pin (SnapshotGc.pin): blocks written to a pending snapshot stay pinned until its manifest names them. */
+  pin?: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
+}
+
+/** A snapshot between StartSnapshot and CompleteSnapshot: held here, its manifest in the store says `pending`. */
+interface Pending {
+  manifest: SnapshotManifest;
+  /** Every block of the snapshot: the parent's, overlaid by those written. */
+  blocks: Map<number, BlockHash>;
+  /** Blocks written to this snapshot: index -> SHA-256 of the plaintext (the caller's Checksum). */
+  written: Map<number, Buffer>;
+  inflight: Set<number>;
+  deadline: number;
+  /** Pins on the blocks written here (and the header), released when the snapshot completes or fails. */
+  pins: BlockPin[];
+  /** When the pending manifest was last written (injected clock). */
+  savedAt: number;
+}
+
+export class EbsDirect {
+  private readonly pending = new Map<string, Pending>();
+  /** StartSnapshot idempotency: ClientToken -> the request it came with and its answer. */
+  private readonly clientTokens = new Map<string, { request: string; response: Record<string, unknown> }>();
+  private readonly tokens: TokenSigner;
+  private readonly now: () => number;
+  private readonly viaService: string;
+
+  constructor(private readonly o: EbsDirectOptions) {
+    this.tokens = new TokenSigner(o.tokenKey);
+    this.now = o.now ?? Date.now;
+    this.viaService = `ec2.${o.region}.amazonaws.com`;
+  }
+
+  /**
+   * After a restart: a snapshot begun with StartSnapshot that was still
+   * pending cannot be finished (what was written lived in the old process),
+   * so it becomes `error`, never `completed`. Returns the ids marked.
+   */
+  async recover(): Promise<string[]> {
+    await fsp.mkdir(this.o.pendingDir, { recursive: true, mode: 0o700 });
+    const marked: string[] = [];
+    for (const id of (await fsp.readdir(this.o.pendingDir)).sort()) {
+      if (!isSnapshotId(id) || this.pending.has(id)) continue;
+      const m = await this.o.store.getManifest(id);
+      if (m?.state === 'pending') {
+        await this.o.store.putManifest({ ...m, state: 'error', stateMessage: 'the daemon restarted before CompleteSnapshot' });
+        marked.push(id);
+      }
+      await this._unmark(id);
+    }
+    return marked;
+  }
+
+  /** Precondition of the pending manifest: its marker is durable first, so a crash right after still finds it. */
+  private async _mark(id: string): Promise<void> {
+    await fsp.mkdir(this.o.pendingDir, { recursive: true, mode: 0o700 });
+    const fh = await fsp.open(join(this.o.pendingDir, id), 'w', 0o600);
+    try { await fh.sync(); } finally { await fh.close(); }
+  }
+
+  private async _unmark(id: string): Promise<void> {
+    await fsp.rm(join(this.o.pendingDir, id), { force: true });
+  }
+
+  /** Wipe the token key; pending snapshots are left for recover() to mark. */
+  close(): void {
+    this.tokens.destroy();
+  }
+
+  // ---- reading -------------------------------------------------------------
+
+  async listSnapshotBlocks(i: ListSnapshotBlocksInput): Promise<Record<string, unknown>> {
+    const m = await this._completed(i.SnapshotId);
+    const scope = `ListSnapshotBlocks\0${m.snapshotId}`;
+    const start = this._start(i, scope);
+    const now = this.now();
+    const expires = now + BLOCK_TOKEN_TTL_MS;
+    const max = i.MaxResults ?? 10_000;
+    const from = lowerBound(m.blocks, start);
+    const page = m.blocks.slice(from, from + max);
+    const more = from + page.length < m.blocks.length;
+    return {
+      Blocks: page.map(([BlockIndex, hash]) => ({ BlockIndex, BlockToken: this.tokens.block(m.snapshotId, BlockIndex, hash, expires) })),
+      ExpiryTime: new Date(expires).toISOString(),
+      VolumeSize: m.volumeSize,
+      BlockSize: SNAPSHOT_BLOCK_BYTES,
+      ...(more ? { NextToken: this.tokens.page(scope, m.blocks[from + page.length]![0], now + PAGE_TOKEN_TTL_MS) } : {}),
+    };
+  }
+
+  /**
+   * Blocks that differ between two snapshots of one lineage (same data key,
+   * or one reached from the other through ParentSnapshotId): an index whose
+   * stored block differs, or is present in only one. Without FirstSnapshotId,
+   * every block of the second.
+   */
+  async listChangedBlocks(i: ListChangedBlocksInput): Promise<Record<string, unknown>> {
+    const second = await this._completed(i.SecondSnapshotId);
+    const first = i.FirstSnapshotId !== undefined ? await this._completed(i.FirstSnapshotId) : undefined;
+    if (first && !(await this._sameLineage(first, second))) {
+      throw validation('UNRELATED_SNAPSHOTS', `${first.snapshotId} and ${second.snapshotId} are not of one lineage (different data keys, volumes and parent chains)`);
+    }
+    const scope = `ListChangedBlocks\0${first?.snapshotId ?? ''}\0${second.snapshotId}`;
+    const start = this._start(i, scope);
+    const now = this.now();
+    const expires = now + BLOCK_TOKEN_TTL_MS;
+    const max = i.MaxResults ?? 10_000;
+    const a = new Map(first?.blocks ?? []);
+    const b = new Map(second.blocks);
+    const indexes = [...new Set([...a.keys(), ...b.keys()])].filter((x) => x >= start && a.get(x) !== b.get(x)).sort((x, y) => x - y);
+    const page = indexes.slice(0, max);
+    return {
+      ChangedBlocks: page.map((BlockIndex) => {
+        const ha = a.get(BlockIndex);
+        const hb = b.get(BlockIndex);
+        return {
+          BlockIndex,
+          ...(ha !== undefined ? { FirstBlockToken: this.tokens.block(first!.snapshotId, BlockIndex, ha, expires) } : {}),
+          ...(hb !== undefined ? { SecondBlockToken: this.tokens.block(second.snapshotId, BlockIndex, hb, expires) } : {}),
+        };
+      }),
+      ExpiryTime: new Date(expires).toISOString(),
+      VolumeSize: second.volumeSize,
+      BlockSize: SNAPSHOT_BLOCK_BYTES,
+      ...(indexes.length > max ? { NextToken: this.tokens.page(scope, indexes[max]!, now + PAGE_TOKEN_TTL_MS) } : {}),
+    };
+  }
+
+  /** The block's plaintext with its SHA-256; the token must be this daemon's, unexpired, for this snapshot, index and content. */
+  async getSnapshotBlock(i: GetSnapshotBlockInput, caller: Caller): Promise<Record<string, unknown>> {
+    const m = await this._completed(i.SnapshotId);
+    const hash = findBlock(m.blocks, i.BlockIndex);
+    if (hash === undefined || !this.tokens.verifyBlock(i.BlockToken, m.snapshotId, i.BlockIndex, hash, this.now())) {
+      throw validation('INVALID_BLOCK_TOKEN', `BlockToken is not a valid, unexpired token for block ${i.BlockIndex} of ${m.snapshotId}: list the snapshot's blocks again`);
+    }
+    const stored = await this.o.store.getBlock(hash);
+    if (sha256(stored).toString('hex') !== hash) throw internal(`block ${i.BlockIndex} of ${m.snapshotId} does not match its content hash in ${this.o.store.location}`);
+    if (stored.length > SNAPSHOT_BLOCK_BYTES || stored.length % SECTOR_SIZE !== 0) throw internal(`block ${i.BlockIndex} of ${m.snapshotId} is ${stored.length} bytes`);
+    // A short last block (a volume not a multiple of 512 KiB) reads as zeros past its end.
+    const data = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
+    stored.copy(data);
+    if (m.encrypted) await this._withKey(m, caller, 'GetSnapshotBlock', (x) => decryptBlock(x, data, i.BlockIndex));
+    return { BlockData: data, DataLength: SNAPSHOT_BLOCK_BYTES, Checksum: sha256(data).toString('base64'), ChecksumAlgorithm: 'SHA256' };
+  }
+
+  // ---- writing -------------------------------------------------------------
+
+  async startSnapshot(i: StartSnapshotInput, caller: Caller): Promise<Record<string, unknown>> {
+    await this._sweep();
+    if (i.ClientToken !== undefined) {
+      const seen = this.clientTokens.get(i.ClientToken);
+      const request = JSON.stringify({ ...i, caller: caller.arn });
+      if (seen) {
+        if (seen.request !== request) throw conflict(`ClientToken ${i.ClientToken} was used for a different StartSnapshot request`);
+        return seen.response;
+      }
+    }
+    if (this.pending.size >= (this.o.maxPending ?? MAX_PENDING_SNAPSHOTS)) {
+      throw concurrentLimit(`${this.pending.size} snapshots are already pending (at most ${this.o.maxPending ?? MAX_PENDING_SNAPSHOTS}): complete one first`);
+    }
+    const parent = i.ParentSnapshotId !== undefined ? await this._completed(i.ParentSnapshotId) : undefined;
+    if (parent && i.VolumeSize < parent.volumeSize) {
+      throw validation('INVALID_VOLUME_SIZE', `VolumeSize ${i.VolumeSize} is smaller than the parent ${parent.snapshotId}'s ${parent.volumeSize} GiB`);
+    }
+    if (parent && i.KmsKeyArn !== undefined && i.KmsKeyArn !== parent.kmsKeyId) {
+      throw validation('INVALID_CUSTOMER_KEY', `KmsKeyArn must be the parent ${parent.snapshotId}'s key (${parent.kmsKeyId || 'unencrypted'}): a snapshot shares its parent's data key`);
+    }
+    const encrypted = parent ? parent.encrypted : i.Encrypted === true;
+    const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
+    const sizeBytes = i.VolumeSize * 1024 ** 3;
+    const manifest: SnapshotManifest = {
+      formatVersion: 1, snapshotId, volumeId: '', volumeSize: i.VolumeSize, state: 'pending', progress: 0,
+      startTime: new Date(this.now()).toISOString(), description: i.Description ?? '', tags: i.Tags ?? [], ownerId: this.o.accountId,
+      encrypted, kmsKeyId: '', dataOffset: 0, blocks: [],
+      ...(parent ? { parentSnapshotId: parent.snapshotId } : {}),
+    };
+    let header: { bytes: Buffer; dataOffset: number };
+    if (encrypted) {
+      header = await this._newKey(manifest, parent, i.KmsKeyArn ?? DEFAULT_KMS_KEY, sizeBytes, caller);
+    } else {
+      header = plainSnapshotHeader(snapshotId, sizeBytes);
+    }
+    const headerHash = sha256(header.bytes).toString('hex');
+    const pins = this.o.pin ? [await this.o.pin([headerHash])] : [];
+    try {
+      await this.o.store.putBlock(headerHash, header.bytes);
+    } catch (e) {
+      for (const p of pins) p.release();
+      throw e;
+    }
+    manifest.header = headerHash;
+    manifest.dataOffset = header.dataOffset;
+    manifest.blocks = parent ? parent.blocks.map(([x, h]) => [x, h] as [number, BlockHash]) : [];
+    try {
+      await this._mark(snapshotId);
+      await this.o.store.putManifest(manifest);
+    } catch (e) {
+      for (const p of pins) p.release();
+      await this._unmark(snapshotId).catch(() => {});
+      throw e;
+    }
+    this.pending.set(snapshotId, {
+      manifest, blocks: new Map(manifest.blocks), written: new Map(), inflight: new Set(),
+      deadline: this.now() + (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000, pins, savedAt: this.now(),
+    });
+    const response = {
+      SnapshotId: snapshotId, OwnerId: this.o.accountId, Status: 'pending', StartTime: manifest.startTime,
+      VolumeSize: i.VolumeSize, BlockSize: SNAPSHOT_BLOCK_BYTES, Description: manifest.description, Tags: manifest.tags,
+      ...(parent ? { ParentSnapshotId: parent.snapshotId } : {}),
+      ...(encrypted ? { KmsKeyArn: manifest.kmsKeyId } : {}),
+      SseType: encrypted ? 'sse-ebs' : 'none',
+    };
+    if (i.ClientToken !== undefined) this.clientTokens.set(i.ClientToken, { request: JSON.stringify({ ...i, caller: caller.arn }), response });
+    this.o.log?.info({ snapshotId, encrypted, parentSnapshotId: parent?.snapshotId, volumeSize: i.VolumeSize, keyArn: manifest.kmsKeyId || undefined }, 'StartSnapshot: snapshot pending');
+    return response;
+  }
+
+  async putSnapshotBlock(i: PutSnapshotBlockInput, caller: Caller): Promise<Record<string, unknown>> {
+    const p = await this._pending(i.SnapshotId);
+    const limit = p.manifest.volumeSize * BLOCKS_PER_GIB;
+    if (i.BlockIndex >= limit) throw validation('INVALID_BLOCK', `BlockIndex ${i.BlockIndex} is past the end of a ${p.manifest.volumeSize} GiB snapshot (at most ${limit - 1})`);
+    const digest = sha256(i.BlockData);
+    if (digest.toString('base64') !== i.Checksum) {
+      throw validation('INVALID_PARAMETER_VALUE', `Checksum does not match BlockData (SHA256, base64) for block ${i.BlockIndex} of ${i.SnapshotId}; nothing was written`);
+    }
+    if (p.inflight.has(i.BlockIndex)) throw validation('CONFLICTING_BLOCK_UPDATE', `block ${i.BlockIndex} of ${i.SnapshotId} is being written by another request`);
+    p.inflight.add(i.BlockIndex);
+    try {
+      const data = Buffer.from(i.BlockData); // our own copy: encrypted in place
+      if (p.manifest.encrypted) await this._withKey(p.manifest, caller, 'PutSnapshotBlock', (x) => x.encrypt(data, i.BlockIndex * SECTORS_PER_BLOCK * 8, XTS_OPTS));
+      const hash = sha256(data).toString('hex');
+      // Pinned before it is put: a sweep deleting an equal block finishes first, then ours is written.
+      if (this.o.pin) p.pins.push(await this.o.pin([hash]));
+      await this.o.store.putBlock(hash, data);
+      p.blocks.set(i.BlockIndex, hash);
+      p.written.set(i.BlockIndex, digest);
+      if (i.Progress !== undefined) p.manifest.progress = i.Progress;
+      if (this.now() - p.savedAt >= PENDING_MANIFEST_EVERY_MS && this.pending.get(i.SnapshotId) === p) {
+        p.savedAt = this.now();
+        await this.o.store.putManifest({ ...p.manifest, blocks: [...p.blocks].sort((x, y) => x[0] - y[0]) });
+      }
+    } finally {
+      p.inflight.delete(i.BlockIndex);
+    }
+    return { Checksum: i.Checksum, ChecksumAlgorithm: 'SHA256' };
+  }
+
+  /**
+   * Seal the snapshot: ChangedBlocksCount must be the number of blocks
+   * written, and a Checksum (LINEAR: SHA-256 of the written blocks' SHA-256
+   * digests concatenated in block-index order) must match. A refusal
+   * changes nothing: the snapshot stays pending and can be completed right.
+   */
+  async completeSnapshot(i: CompleteSnapshotInput): Promise<Record<string, unknown>> {
+    const p = await this._pending(i.SnapshotId);
+    if (p.inflight.size > 0) throw validation('CONFLICTING_BLOCK_UPDATE', `${p.inflight.size} block(s) of ${i.SnapshotId} are still being written`);
+    if (i.ChangedBlocksCount !== p.written.size) {
+      throw validation('INVALID_PARAMETER_VALUE', `ChangedBlocksCount is ${i.ChangedBlocksCount}, but ${p.written.size} block(s) were written to ${i.SnapshotId}; the snapshot stays pending`);
+    }
+    if (i.Checksum !== undefined) {
+      const order = [...p.written.keys()].sort((x, y) => x - y);
+      const agg = createHash('sha256');
+      for (const x of order) agg.update(p.written.get(x)!);
+      if (agg.digest('base64') !== i.Checksum) {
+        throw validation('INVALID_PARAMETER_VALUE', `Checksum (SHA256, LINEAR over ${order.length} block checksums in index order) does not match what was written to ${i.SnapshotId}; the snapshot stays pending`);
+      }
+    }
+    const m: SnapshotManifest = {
+      ...p.manifest, state: 'completed', progress: 100, completionTime: new Date(this.now()).toISOString(),
+      blocks: [...p.blocks].sort((x, y) => x[0] - y[0]), changedBlocks: p.written.size,
+    };
+    await this.o.store.putManifest(m);
+    this.pending.delete(i.SnapshotId);
+    for (const pin of p.pins) pin.release();
+    await this._unmark(i.SnapshotId);
+    this.o.log?.info({ snapshotId: i.SnapshotId, blocks: m.blocks.length, changedBlocks: p.written.size }, 'CompleteSnapshot: snapshot completed');
+    return { Status: 'completed' };
+  }
+
+  // ---- helpers -------------------------------------------------------------
+
+  /** A new data key for an unparented encrypted snapshot, or the parent's; the header for it. Fills kmsKeyId, wrappedKey, dataEncryptionKeyId. */
+  private async _newKey(m: SnapshotManifest, parent: SnapshotManifest | undefined, keyId: string, sizeBytes: number, caller: Caller): Promise<{ bytes: Buffer; dataOffset: number }> {
+    const via: Caller = { ...caller, viaService: this.viaService };
+    let wrapped: { ciphertextBlob: string; keyArn: string; encryptionContext: Record<string, string> };
+    if (parent) {
+      if (!parent.wrappedKey) throw internal(`the encrypted parent ${parent.snapshotId} has no wrapped data key`);
+      wrapped = parent.wrappedKey;
+      m.dataEncryptionKeyId = parent.dataEncryptionKeyId ?? randomUUID();
+    } else {
+      const ctx = { 'aws:ebs:id': m.snapshotId };
+      let gen: { CiphertextBlob: Uint8Array; KeyId: string };
+      try {
+        gen = await this.o.keys.generateDataKeyWithoutPlaintext({ KeyId: keyId, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
+      } catch (e) {
+        throw fromKmsError('GenerateDataKeyWithoutPlaintext', e);
+      }
+      wrapped = { ciphertextBlob: Buffer.from(gen.CiphertextBlob).toString('base64'), keyArn: gen.KeyId, encryptionContext: ctx };
+      m.dataEncryptionKeyId = randomUUID();
+    }
+    m.wrappedKey = wrapped;
+    m.kmsKeyId = wrapped.keyArn;
+    // The LUKS2 digest needs the key once; unwrapping it also proves the caller may use it.
+    let key: Uint8Array | undefined;
+    try {
+      key = await this._unwrap(m, via, 'StartSnapshot');
+      return encryptedSnapshotHeader({
+        snapshotId: m.snapshotId, sizeBytes, dataKey: key, keyArn: wrapped.keyArn,
+        ciphertextBlob: Buffer.from(wrapped.ciphertextBlob, 'base64'), encryptionContext: wrapped.encryptionContext,
+      });
+    } finally {
+      wipe(key); // best effort: the GC may have copied it
+    }
+  }
+
+  private async _unwrap(m: SnapshotManifest, via: Caller, op: string): Promise<Uint8Array> {
+    const w = m.wrappedKey;
+    if (!w) throw internal(`${op}: the encrypted snapshot ${m.snapshotId} has no wrapped data key`);
+    let key: Uint8Array;
+    try {
+      key = (await this.o.keys.decrypt({ CiphertextBlob: Buffer.from(w.ciphertextBlob, 'base64'), KeyId: w.keyArn, EncryptionContext: w.encryptionContext }, via)).Plaintext;
+    } catch (e) {
+      throw fromKmsError(`${op}: Decrypt of the data key of ${m.snapshotId}`, e);
+    }
+    if (key.length !== VOLUME_KEY_BYTES) {
+      wipe(key);
+      throw internal(`${op}: KMS returned a ${key.length}-byte data key for ${m.snapshotId}`);
+    }
+    return key;
+  }
+
+  /** Run `fn` with the snapshot's XTS context, the key unwrapped for `caller`; key and context wiped after, also on failure. */
+  private async _withKey(m: SnapshotManifest, caller: Caller, op: string, fn: (x: XtsContext) => Promise<void> | void): Promise<void> {
+    let key: Uint8Array | undefined;
+    let x: XtsContext | undefined;
+    try {
+      key = await this._unwrap(m, { ...caller, viaService: this.viaService }, op);
+      x = this.o.xts.createContext(key);
+      wipe(key); // the context holds its own schedule
+      await fn(x);
+    } finally {
+      wipe(key); // best effort in JS: the GC may have copied it
+      x?.destroy();
+    }
+  }
+
+  private async _manifest(id: string): Promise<SnapshotManifest> {
+    // The API takes any `snap-<hex>` up to 64 characters; ebsd's ids are `snap-` + 17 hex, so another is no snapshot here.
+    if (!isSnapshotId(id)) throw notFound(id);
+    const m = await this.o.store.getManifest(id);
+    if (!m) throw notFound(id);
+    return m;
+  }
+
+  /** A snapshot the read APIs may serve: "accessed only if it has a completed status" (EBS direct APIs FAQ). */
+  private async _completed(id: string): Promise<SnapshotManifest> {
+    await this._sweep();
+    const m = await this._manifest(id);
+    if (m.state !== 'completed') throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}; only a completed snapshot can be read`);
+    return m;
+  }
+
+  private async _pending(id: string): Promise<Pending> {
+    await this._sweep();
+    const p = this.pending.get(id);
+    if (p) return p;
+    const m = await this._manifest(id);
+    throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; blocks can be written only to a snapshot begun with StartSnapshot and still pending`);
+  }
+
+  /** Pending snapshots past their Timeout become `error` (StartSnapshot, Timeout). */
+  private async _sweep(): Promise<void> {
+    const now = this.now();
+    for (const [id, p] of this.pending) {
+      if (now < p.deadline || p.inflight.size > 0) continue;
+      this.pending.delete(id);
+      for (const pin of p.pins) pin.release(); // its blocks are orphans now, for the collector
+      await this.o.store.putManifest({ ...p.manifest, state: 'error', stateMessage: 'CompleteSnapshot did not come within the StartSnapshot Timeout' });
+      await this._unmark(id);
+      this.o.log?.warn({ snapshotId: id }, 'snapshot timed out before CompleteSnapshot: now error');
+    }
+  }
+
+  private _start(i: { NextToken?: string; StartingBlockIndex?: number }, scope: string): number {
+    // "If you specify NextToken, then StartingBlockIndex is ignored."
+    if (i.NextToken === undefined) return i.StartingBlockIndex ?? 0;
+    const next = this.tokens.openPage(i.NextToken, scope, this.now());
+    if (next === undefined) throw validation('INVALID_PAGE_TOKEN', 'NextToken is not a valid, unexpired token of this listing: start the listing again');
+    return next;
+  }
+
+  /** Same data key (encrypted), or for unencrypted snapshots the same volume or one reachable from the other by parent links. */
+  private async _sameLineage(a: SnapshotManifest, b: SnapshotManifest): Promise<boolean> {
+    if (a.encrypted !== b.encrypted) return false;
+    if (a.encrypted) return a.dataEncryptionKeyId !== undefined && a.dataEncryptionKeyId === b.dataEncryptionKeyId;
+    if (a.volumeId !== '' && a.volumeId === b.volumeId) return true;
+    const chain = async (from: SnapshotManifest): Promise<Set<string>> => {
+      const seen = new Set([from.snapshotId]);
+      let m: SnapshotManifest | undefined = from;
+      while (m?.parentSnapshotId && !seen.has(m.parentSnapshotId) && seen.size < MAX_CHAIN) {
+        seen.add(m.parentSnapshotId);
+        m = await this.o.store.getManifest(m.parentSnapshotId);
+      }
+      return seen;
+    };
+    return (await chain(a)).has(b.snapshotId) || (await chain(b)).has(a.snapshotId);
+  }
+}
+
+function sha256(b: Uint8Array): Buffer {
+  return createHash('sha256').update(b).digest();
+}
+
+/** First position in `blocks` (ascending by index) whose index is >= `index`. */
+function lowerBound(blocks: readonly [number, BlockHash][], index: number): number {
+  let lo = 0;
+  let hi = blocks.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (blocks[mid]![0] < index) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function findBlock(blocks: readonly [number, BlockHash][], index: number): BlockHash | undefined {
+  const at = lowerBound(blocks, index);
+  return blocks[at]?.[0] === index ? blocks[at]![1] : undefined;
+}
+
+/** Decrypt a block in place; an all-zero ciphertext sector is a hole and reads as zeros (docs/format.md). */
+async function decryptBlock(x: XtsContext, data: Buffer, blockIndex: number): Promise<void> {
+  const first = blockIndex * SECTORS_PER_BLOCK;
+  let run = -1;
+  for (let s = 0; s <= SECTORS_PER_BLOCK; s++) {
+    const hole = s < SECTORS_PER_BLOCK && data.subarray(s * SECTOR_SIZE, (s + 1) * SECTOR_SIZE).equals(ZERO_SECTOR);
+    if (s < SECTORS_PER_BLOCK && !hole) {
+      if (run < 0) run = s;
+      continue;
+    }
+    if (run >= 0) await x.decrypt(data.subarray(run * SECTOR_SIZE, s * SECTOR_SIZE), (first + run) * 8, XTS_OPTS);
+    run = -1;
+  }
+}

@@ -1,0 +1,164 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KmsService } from '../../src/kms/kms-core.js';
+import { openAuthz, registerAuthzOperations } from '../../src/kms/authz/index.js';
+import type { Caller } from '../../src/kms/types.js';
+import { KmsCoreKeyService } from '../../src/volume/key-service.js';
+import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
+import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { SnapshotGc } from '../../src/snapshot/gc.js';
+import { EbsDirect } from '../../src/snapshot/ebs-direct.js';
+import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS } from '../../src/snapshot/ebs-direct-tokens.js';
+import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
+
+/**
+ * The EBS direct APIs with an injected clock (the tests take time as an
+ * input): token expiry, StartSnapshot Timeout, restart recovery, client
+ * tokens and limits. Real KMS core in-process, real directory store.
+ */
+const ACCOUNT = '111122223333';
+const REGION = 'us-east-1';
+const BLOCK = 512 * 1024;
+const T0 = Date.parse('2026-11-30T09:00:00Z');
+
+let dir = '';
+let kms: KmsService;
+let root: Caller;
+let keyArn = '';
+let store: DirSnapshotStore;
+let now = T0;
+const xts = selectXtsEngine('auto');
+
+const direct = (o: { maxPending?: number; pin?: SnapshotGc['pin'] } = {}): EbsDirect =>
+  new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, ...o });
+const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBlock({
+  SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
+});
+async function refused(p: Promise<unknown>, awsName: string, reason?: string): Promise<void> {
+  const e = (await p.then(() => undefined, (x: unknown) => x)) as { awsName?: string; reason?: string; message?: string } | undefined;
+  expect(e, `expected ${awsName}`).toBeDefined();
+  expect(e!.awsName, e!.message).toBe(awsName);
+  if (reason) expect(e!.reason, e!.message).toBe(reason);
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ebsd-ebs-direct-'));
+  const authz = await openAuthz({ stateDir: dir, kmsDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION });
+  kms = await KmsService.open({ stateDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
+  registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
+  root = authz.identities.callerForUid(0);
+  keyArn = ((await kms.call('CreateKey', {}, root)) as { KeyMetadata: { Arn: string } }).KeyMetadata.Arn;
+  store = await DirSnapshotStore.open(join(dir, 'snapshots'));
+}, 30_000);
+afterAll(async () => {
+  await kms?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('EbsDirect with an injected clock', () => {
+  it('block tokens live seven days and page tokens 60 minutes, then are refused', async () => {
+    now = T0;
+    const d = direct();
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Encrypted: true, KmsKeyArn: keyArn }), root)).SnapshotId as string;
+    const data = new Map<number, Buffer>();
+    const shared = randomBytes(BLOCK);
+    for (let i = 0; i < 101; i++) data.set(i, i === 7 ? randomBytes(BLOCK) : shared);
+    for (const [i, b] of data) await d.putSnapshotBlock(putReq(snap, i, b), root);
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 101 });
+    const listed = await d.listSnapshotBlocks({ SnapshotId: snap, MaxResults: 100 });
+    expect(listed.ExpiryTime).toBe(new Date(T0 + BLOCK_TOKEN_TTL_MS).toISOString());
+    const token = (listed.Blocks as { BlockIndex: number; BlockToken: string }[])[7]!.BlockToken;
+    const get = () => d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: 7, BlockToken: token }, root);
+
+    // Paging: the rest after NextToken; a NextToken of another listing (ListChangedBlocks of this snapshot) is refused.
+    expect((listed.Blocks as unknown[]).length).toBe(100);
+    const changed = await d.listChangedBlocks({ SecondSnapshotId: snap, MaxResults: 100 });
+    await refused(d.listSnapshotBlocks({ SnapshotId: snap, NextToken: changed.NextToken as string }), 'ValidationException', 'INVALID_PAGE_TOKEN');
+    now = T0 + PAGE_TOKEN_TTL_MS - 1000;
+    expect((await d.listSnapshotBlocks({ SnapshotId: snap, NextToken: listed.NextToken as string })).Blocks).toHaveLength(1);
+    now = T0 + PAGE_TOKEN_TTL_MS;
+    await refused(d.listSnapshotBlocks({ SnapshotId: snap, NextToken: listed.NextToken as string }), 'ValidationException', 'INVALID_PAGE_TOKEN');
+
+    now = T0 + BLOCK_TOKEN_TTL_MS - 1000;
+    expect(Buffer.from((await get()).BlockData as Buffer).equals(data.get(7)!)).toBe(true);
+    now = T0 + BLOCK_TOKEN_TTL_MS;
+    await refused(get(), 'ValidationException', 'INVALID_BLOCK_TOKEN');
+    // Another daemon (another token key) does not take this daemon's tokens.
+    now = T0;
+    await refused(direct().getSnapshotBlock({ SnapshotId: snap, BlockIndex: 7, BlockToken: token }, root), 'ValidationException', 'INVALID_BLOCK_TOKEN');
+    d.close();
+  }, 30_000);
+
+  it('a snapshot not completed within its Timeout becomes error; one pending at a restart becomes error too, never completed', async () => {
+    now = T0;
+    const d = direct();
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 10 }), root)).SnapshotId as string;
+    await d.putSnapshotBlock(putReq(snap, 0, randomBytes(BLOCK)), root);
+    now = T0 + 10 * 60_000 - 1;
+    await d.putSnapshotBlock(putReq(snap, 1, randomBytes(BLOCK)), root);
+    now = T0 + 10 * 60_000;
+    await refused(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }), 'ValidationException', 'INVALID_SNAPSHOT_ID');
+    expect(await store.getManifest(snap)).toMatchObject({ state: 'error', stateMessage: expect.stringMatching(/Timeout/) });
+
+    const left = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root)).SnapshotId as string;
+    await d.putSnapshotBlock(putReq(left, 0, randomBytes(BLOCK)), root);
+    d.close();
+    const after = direct(); // the restarted daemon
+    expect(await after.recover()).toEqual([left]);
+    expect((await store.getManifest(left))?.state).toBe('error');
+    await refused(after.completeSnapshot({ SnapshotId: left, ChangedBlocksCount: 1 }), 'ValidationException', 'INVALID_SNAPSHOT_ID');
+    after.close();
+  });
+
+  it('blocks written to a pending snapshot survive a sweep of the collector (pinned), and after completion (named by the manifest)', async () => {
+    now = T0;
+    // The collector's clock an hour ahead of the store's: every unreferenced block is old enough to go.
+    const gc = new SnapshotGc(store, { graceMs: 0, now: () => Date.now() + 3_600_000 });
+    const d = direct({ pin: (h) => gc.pin(h) });
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root)).SnapshotId as string;
+    const a = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 9, a), root);
+    const hash = createHash('sha256').update(a).digest('hex');
+    const swept = await gc.sweep();
+    expect(swept.keptPinned).toBeGreaterThanOrEqual(1);
+    expect(await store.hasBlock(hash)).toBe(true);
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 });
+    await gc.sweep();
+    expect(await store.hasBlock(hash)).toBe(true);
+    const listed = await d.listSnapshotBlocks({ SnapshotId: snap });
+    const got = await d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: 9, BlockToken: (listed.Blocks as { BlockToken: string }[])[0]!.BlockToken }, root);
+    expect(Buffer.from(got.BlockData as Buffer).equals(a)).toBe(true);
+    d.close();
+  });
+
+  it('ClientToken makes StartSnapshot idempotent; the same token with another request is ConflictException', async () => {
+    now = T0;
+    const d = direct();
+    const a = await d.startSnapshot(parseStartSnapshot({ VolumeSize: 2, ClientToken: 'tok-1', Description: 'x' }), root);
+    const b = await d.startSnapshot(parseStartSnapshot({ VolumeSize: 2, ClientToken: 'tok-1', Description: 'x' }), root);
+    expect(b.SnapshotId).toBe(a.SnapshotId);
+    await refused(d.startSnapshot(parseStartSnapshot({ VolumeSize: 3, ClientToken: 'tok-1', Description: 'x' }), root), 'ConflictException');
+    d.close();
+  });
+
+  it('limits: pending snapshots per daemon, one writer per block, Encrypted with ParentSnapshotId, sizes', async () => {
+    now = T0;
+    const d = direct({ maxPending: 2 });
+    const s1 = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root)).SnapshotId as string;
+    await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root);
+    await refused(d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root), 'ConcurrentLimitExceededException');
+    // Two writers of one block at once: the second is refused, the first lands.
+    const x = randomBytes(BLOCK);
+    const [first, second] = await Promise.allSettled([d.putSnapshotBlock(putReq(s1, 3, x), root), d.putSnapshotBlock(putReq(s1, 3, randomBytes(BLOCK)), root)]);
+    expect(first.status).toBe('fulfilled');
+    expect(second.status === 'rejected' && (second.reason as { reason?: string }).reason).toBe('CONFLICTING_BLOCK_UPDATE');
+    expect(() => parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: s1, Encrypted: true })).toThrow(/ParentSnapshotId and Encrypted/);
+    expect(() => parseStartSnapshot({ VolumeSize: 65_537 })).toThrow(/VolumeSize must be an integer from 1 to 65536/);
+    expect(() => parseStartSnapshot({ VolumeSize: 1, Timeout: 9 })).toThrow(/Timeout/);
+    expect(() => parsePutSnapshotBlock({ SnapshotId: s1, BlockIndex: 0, BlockData: Buffer.alloc(4096), DataLength: 4096, Checksum: 'AA==', ChecksumAlgorithm: 'SHA256' })).toThrow(/DataLength must be an integer from 524288 to 524288/);
+    d.close();
+  });
+});
