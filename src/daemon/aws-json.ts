@@ -66,9 +66,31 @@ export interface WireError {
 }
 
 /**
+ * The HTTP status AWS KMS answers each exception with, where it is not 400
+ * (AWS KMS API Reference: the "Errors" of each operation, and "Common
+ * Errors"). KMS answers 400 for every client fault, ThrottlingException and
+ * LimitExceededException included; the service model's `httpError` traits
+ * (NotFoundException 404, DisabledException, KMSInvalidStateException and
+ * AlreadyExistsException 409, DependencyTimeoutException 503) are not what the
+ * service sends, and the SDKs classify by `__type` either way. The 5xx ones
+ * are those KMS documents as "can be retried": an SDK retries them.
+ */
+export const KMS_ERROR_STATUS: Readonly<Record<string, number>> = Object.freeze({
+  DryRunOperationException: 412,
+  KMSInternalException: 500,
+  KeyUnavailableException: 500,
+  DependencyTimeoutException: 500,
+  InternalFailure: 500,
+  ServiceUnavailable: 503,
+  ThrottlingException: 400,
+});
+
+/**
  * Typed error -> HTTP status + AWS error body; the one place the control API
- * decides statuses (docs/architecture.md §7, §11.5). Client faults are 400 as in AWS JSON 1.1;
- * anything without an AWS name is an internal failure (500).
+ * and the KMS listener decide statuses (docs/architecture.md §7, §11.5): a
+ * KMS exception as in KMS_ERROR_STATUS, else the status an error carries for
+ * its own service (EC2's UnauthorizedOperation is 403), else 400; anything
+ * without an AWS name is an internal failure (500).
  */
 export function toWireError(e: unknown): WireError {
   const err = e as { awsName?: unknown; code?: unknown; message?: unknown; name?: unknown };
@@ -76,11 +98,9 @@ export function toWireError(e: unknown): WireError {
   const code = typeof err?.code === 'string' ? err.code : undefined;
   const message = typeof err?.message === 'string' ? err.message : String(e);
   if (awsName) {
-    const internal = awsName === 'KMSInternalException' || awsName === 'InternalFailure' || awsName === 'DependencyTimeoutException';
-    // An error may carry its service's status (EC2's UnauthorizedOperation is 403); DryRunOperationException
-    // is 412 in the KMS service model; every other client fault is 400.
     const own = (e as { httpStatus?: unknown }).httpStatus;
-    return { status: typeof own === 'number' ? own : internal ? 500 : awsName === 'DryRunOperationException' ? 412 : 400, body: { __type: awsName, message } };
+    const status = KMS_ERROR_STATUS[awsName] ?? (typeof own === 'number' ? own : 400);
+    return { status, body: { __type: awsName, message } };
   }
   if (err instanceof TypeError || err instanceof RangeError || code === 'ERR_ARG_TYPE' || code === 'ERR_ARG_RANGE') {
     return { status: 400, body: { __type: 'ValidationException', message } };
