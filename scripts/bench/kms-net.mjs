@@ -152,5 +152,5 @@ try {
   }
 } finally {
   for (const d of daemons) if (d.exitCode === null) { d.kill('SIGTERM'); await new Promise((r) => d.once('exit', r)); }
-  rmSync(dir, { recursive: true, force: true });
+  if (process.env.KEEP_BENCH_DIR) console.log(`kept ${dir}`); else rmSync(dir, { recursive: true, force: true });
 }
