@@ -412,7 +412,7 @@ export class Daemon {
     const ids = this.authz!.identities;
     try {
       const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
-      await this.kms!.context.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
+      await this.kms!.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
     } catch (err) {
       this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event');
     }
