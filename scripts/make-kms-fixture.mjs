@@ -10,8 +10,7 @@
 import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { KmsService } from '../dist/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations } from '../dist/kms/authz/index.js';
+import { openKms } from '../dist/kms/open-kms.js';
 
 const out = resolve(process.argv[2] ?? 'test/fixtures/kms-v1');
 if (existsSync(join(out, 'state'))) throw new Error(`${out}/state exists: the fixture is frozen; delete it by hand to make a new version`);
@@ -20,15 +19,13 @@ const ACCOUNT = '111122223333', REGION = 'us-east-1';
 const admin = { arn: `arn:aws:iam::${ACCOUNT}:root`, accountId: ACCOUNT, type: 'Root', principalId: ACCOUNT };
 const tmp = mkdtempSync(join(tmpdir(), 'kms-v1-'));
 // A daemon state dir: identities.json at the root, the KMS (keys, HSM domain,
-// grants, audit) under kms/, wired as src/daemon/daemon.ts wires them.
+// grants, audit) under kms/, wired by the daemon's factory (src/kms/open-kms.ts).
 const state = join(tmp, 'state');
 mkdirSync(join(state, 'kms'), { recursive: true, mode: 0o700 });
-const authz = await openAuthz({ stateDir: state, kmsDir: join(state, 'kms'), accountId: ACCOUNT, region: REGION });
+const opened = await openKms({ stateDir: state, accountId: ACCOUNT, region: REGION, passphrase: PASSPHRASE, hsmMode: 'inline' });
+const authz = opened;
 await authz.identities.createRole('kms-v1-host');
-const kms = await KmsService.open({
-  stateDir: join(state, 'kms'), accountId: ACCOUNT, region: REGION, passphrase: PASSPHRASE, hsmMode: 'inline', authorizer: authz.authorizer,
-});
-registerAuthzOperations(kms, authz.authorizer);
+const kms = opened.core;
 const b64 = (b) => Buffer.from(b).toString('base64');
 const call = (op, req) => kms.call(op, req, admin);
 
@@ -61,7 +58,7 @@ blobs.push({ name: 'RSA_2048 OAEP SHA-256', keyId: rsaCt.KeyId, encryptionAlgori
 const message = Buffer.from('kms-v1 signed message');
 const sig = await call('Sign', { KeyId: ecc.KeyId, Message: message, SigningAlgorithm: 'ECDSA_SHA_256' });
 const pub = await call('GetPublicKey', { KeyId: ecc.KeyId });
-await kms.close(); // seals a signed audit digest
+await opened.close(); // seals a signed audit digest
 
 cpSync(state, join(out, 'state'), { recursive: true });
 rmSync(tmp, { recursive: true, force: true });

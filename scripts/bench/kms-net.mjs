@@ -1,13 +1,23 @@
 #!/usr/bin/env node
 // Decrypt of a 64-byte data key: over HTTPS + SigV4 (keep-alive) against the Unix-socket path,
 // same daemon, same run. The daemon runs as a child process (`--kms-only --kms-listen 127.0.0.1:0`
-// with a certificate this script makes with openssl); this process is the client: it signs every
-// network request with @smithy/signature-v4, and its own CPU is reported apart from the daemon's.
+// with a certificate this script makes with openssl); this process is the client, and its own CPU
+// is reported apart from the daemon's (/proc/<pid>/stat: all the daemon's threads, HSM worker included).
 // Build first:  npx tsc -p .   then:
-//   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64]
-// It checks one Decrypt on each path returns the data key before timing anything (docs/architecture.md §11.14).
+//   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
+//                                  [--sign each|per-second]
+// --baseline DIR: a second build (a checkout with dist/ and native/build/, e.g. the commit before a change)
+//                 runs as a second daemon; phases alternate baseline/this build in every run (A/B interleaved),
+//                 so both see the same machine load.
+// --cpu-prof DIR: this build's daemon writes a V8 CPU profile there when it stops.
+// --sign per-second (default): the client signs each distinct request once per second, which is byte for
+//                 byte what an SDK sends (X-Amz-Date has one-second resolution) and leaves the CPU to the
+//                 daemon; `each` runs @smithy/signature-v4 for every request.
+// It checks one Decrypt on each path of each daemon returns the data key before timing anything
+// (docs/architecture.md §11.14). `daemon µs/call` is daemon CPU (every thread) per served call;
+// `calls per daemon CPU-s` its inverse: what the daemon serves per second of one core.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, createWriteStream } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request as httpRequest, Agent as HttpAgent } from 'node:http';
@@ -18,11 +28,12 @@ import { SignatureV4 } from '@smithy/signature-v4';
 const arg = (n, d) => { const i = process.argv.indexOf(`--${n}`); return i > 0 ? process.argv[i + 1] : d; };
 const seconds = Number(arg('seconds', '5'));
 const concurrency = Number(arg('concurrency', '64'));
+const runs = Number(arg('runs', '3'));
+const baseline = arg('baseline', undefined);
+const cpuProf = arg('cpu-prof', undefined);
+const signMode = arg('sign', 'per-second');
 const ROOT = resolve(import.meta.dirname, '..', '..');
-const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 const dir = mkdtempSync(join(tmpdir(), 'ebsd-kmsnet-bench-'));
-const state = join(dir, 'state');
-const cli = (...a) => JSON.parse(execFileSync(process.execPath, [CLI, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: state } }).toString() || '{}');
 
 class Sha256 {
   constructor(secret) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
@@ -32,18 +43,23 @@ class Sha256 {
 }
 
 const cpuOf = (pid) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) * 10; }; // ms, CLK_TCK 100
+const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[s.length >> 1]; };
+const daemons = [];
 
-let daemon;
-try {
-  const ossl = (...a) => execFileSync('openssl', a, { stdio: 'ignore' });
-  ossl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1');
-  const log = createWriteStream(join(dir, 'daemon.log'));
-  daemon = spawn(process.execPath, [CLI, 'daemon', '--state-dir', state, '--kms-only', '--kms-listen', '127.0.0.1:0', '--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** One daemon of one build, with a user, an access key and a data key to decrypt. */
+async function startDaemon(name, root, prof) {
+  const cliPath = join(root, 'dist', 'cli', 'main.js');
+  const state = join(dir, `${name}-state`);
+  const cli = (...a) => JSON.parse(execFileSync(process.execPath, [cliPath, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: state } }).toString() || '{}');
+  const log = createWriteStream(join(dir, `${name}-daemon.log`));
+  const child = spawn(process.execPath, [...(prof ? ['--cpu-prof', '--cpu-prof-dir', resolve(prof)] : []), cliPath, 'daemon', '--state-dir', state, '--kms-only',
+    '--kms-listen', '127.0.0.1:0', '--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  daemons.push(child);
   const url = await new Promise((ok, fail) => {
     let buf = '';
-    daemon.stdout.on('data', (c) => { log.write(c); buf += c; const m = /"kmsUrl":"([^"]+)"/.exec(buf); if (m) ok(m[1]); });
-    daemon.stderr.on('data', (c) => { log.write(c); buf += c; });
-    daemon.on('exit', (c) => fail(new Error(`daemon exited ${c}: ${buf}`)));
+    child.stdout.on('data', (c) => { log.write(c); if (buf.length < 1e5) buf += c; const m = /"kmsUrl":"([^"]+)"/.exec(buf); if (m) ok(m[1]); });
+    child.stderr.on('data', (c) => { log.write(c); if (buf.length < 1e5) buf += c; });
+    child.on('exit', (c) => fail(new Error(`${name} daemon exited ${c}: ${buf}`)));
   });
   cli('iam', 'create-user', 'bench');
   cli('iam', 'put-policy', 'user/bench', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }));
@@ -60,12 +76,22 @@ try {
   const u = new URL(url);
   const signer = new SignatureV4({ credentials: { accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey }, region: 'us-east-1', service: 'kms', sha256: Sha256 });
   const netAgent = new HttpsAgent({ keepAlive: true, maxSockets: concurrency, ca: readFileSync(join(dir, 'c.pem')) });
+  const signed = new Map(); // text -> { second, headers }: an SDK sends the same bytes for the same request within one second
+  const sign = async (op, text) => {
+    const second = Math.floor(Date.now() / 1000);
+    const hit = signMode === 'per-second' ? signed.get(text) : undefined;
+    if (hit && hit.second === second) return hit.headers;
+    const s = await signer.sign({ method: 'POST', protocol: 'https:', hostname: u.hostname, port: Number(u.port), path: '/', query: {},
+      headers: { host: u.host, 'x-amz-target': `TrentService.${op}`, 'content-type': 'application/x-amz-json-1.1', 'content-length': String(Buffer.byteLength(text)) }, body: text },
+    { signingDate: new Date(second * 1000) });
+    if (signMode === 'per-second') signed.set(text, { second, headers: s.headers });
+    return s.headers;
+  };
   const net = async (op, body) => {
     const text = JSON.stringify(body);
-    const s = await signer.sign({ method: 'POST', protocol: 'https:', hostname: u.hostname, port: Number(u.port), path: '/', query: {},
-      headers: { host: u.host, 'x-amz-target': `TrentService.${op}`, 'content-type': 'application/x-amz-json-1.1', 'content-length': String(Buffer.byteLength(text)) }, body: text });
+    const headers = await sign(op, text);
     return new Promise((ok, fail) => {
-      const req = httpsRequest({ host: u.hostname, port: u.port, agent: netAgent, method: 'POST', path: '/', headers: s.headers }, (res) => {
+      const req = httpsRequest({ host: u.hostname, port: u.port, agent: netAgent, method: 'POST', path: '/', headers }, (res) => {
         let t = ''; res.on('data', (c) => (t += c)); res.on('end', () => res.statusCode === 200 ? ok(JSON.parse(t)) : fail(new Error(t)));
       });
       req.on('error', fail); req.end(text);
@@ -76,26 +102,55 @@ try {
   const EncryptionContext = { purpose: 'bench' };
   const dk = await sock('GenerateDataKey', { KeyId: keyId, NumberOfBytes: 64, EncryptionContext });
   const req = { CiphertextBlob: dk.CiphertextBlob, EncryptionContext };
-  for (const [name, f] of [['socket', sock], ['https+sigv4', net]]) {
+  for (const [p, f] of [['socket', sock], ['https+sigv4', net]]) {
     const r = await f('Decrypt', req);
-    if (r.Plaintext !== dk.Plaintext) throw new Error(`${name}: Decrypt returned the wrong plaintext`);
+    if (r.Plaintext !== dk.Plaintext) throw new Error(`${name} ${p}: Decrypt returned the wrong plaintext; refusing to time`);
+    for (let i = 0; i < 300; i++) await f('Decrypt', req); // warm-up: connections, JIT, signing-key cache
   }
-  const phase = async (name, f) => {
-    for (let i = 0; i < 200; i++) await f('Decrypt', req); // warm-up: connections, JIT, signing-key cache
-    const until = Date.now() + seconds * 1000;
-    let n = 0;
-    const c0 = process.cpuUsage(); const d0 = cpuOf(daemon.pid); const t0 = process.hrtime.bigint();
-    await Promise.all(Array.from({ length: concurrency }, async () => { while (Date.now() < until) { await f('Decrypt', req); n++; } }));
-    const s = Number(process.hrtime.bigint() - t0) / 1e9; const c = process.cpuUsage(c0); const d = cpuOf(daemon.pid) - d0;
-    return { name, perSec: Math.round(n / s), clientCpu: ((c.user + c.system) / 1e6 / s).toFixed(2), daemonCpu: (d / 1000 / s).toFixed(2) };
-  };
-  const a = await phase('socket', sock);
-  const b = await phase('https+sigv4', net);
-  console.log(`Decrypt (64-byte data key), ${seconds} s each, concurrency ${concurrency}, load ${loadavg()[0].toFixed(2)}`);
-  console.log('path           calls/s  daemon CPU (cores)  client CPU (cores)');
-  for (const r of [a, b]) console.log(`${r.name.padEnd(14)} ${String(r.perSec).padStart(7)}  ${r.daemonCpu.padStart(18)}  ${r.clientCpu.padStart(18)}`);
-  console.log(`https+sigv4 / socket: ${(b.perSec / a.perSec).toFixed(2)}`);
+  return { name, child, paths: { socket: sock, 'https+sigv4': net }, req };
+}
+
+async function phase(d, path) {
+  const f = d.paths[path];
+  const until = Date.now() + seconds * 1000;
+  let n = 0;
+  const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const t0 = process.hrtime.bigint();
+  await Promise.all(Array.from({ length: concurrency }, async () => { while (Date.now() < until) { await f('Decrypt', d.req); n++; } }));
+  const s = Number(process.hrtime.bigint() - t0) / 1e9; const c = process.cpuUsage(c0); const dcpu = (cpuOf(d.child.pid) - d0) / 1000;
+  return { perSec: n / s, daemonCores: dcpu / s, clientCores: (c.user + c.system) / 1e6 / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
+}
+
+try {
+  const ossl = (...a) => execFileSync('openssl', a, { stdio: 'ignore' });
+  ossl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1');
+  const builds = [];
+  if (baseline) builds.push(await startDaemon('baseline', resolve(baseline)));
+  builds.push(await startDaemon('this', ROOT, cpuProf));
+  const rows = new Map();
+  const loads = [];
+  for (let r = 0; r < runs; r++) {
+    for (const path of ['socket', 'https+sigv4']) {
+      for (const d of r % 2 ? [...builds].reverse() : builds) {
+        const x = await phase(d, path);
+        loads.push(x.load);
+        const k = `${d.name}\0${path}`;
+        rows.set(k, [...(rows.get(k) ?? []), x]);
+      }
+    }
+  }
+  console.log(`Decrypt (64-byte data key), ${seconds} s per phase, ${runs} run(s), concurrency ${concurrency}, signing ${signMode}, load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
+  console.log('build     path          calls/s  daemon CPU (cores)  daemon µs/call  calls per daemon CPU-s  client CPU (cores)');
+  for (const [k, xs] of rows) {
+    const [name, path] = k.split('\0');
+    const m = (f) => median(xs.map(f));
+    console.log(`${name.padEnd(9)} ${path.padEnd(12)} ${m((x) => x.perSec).toFixed(0).padStart(8)}  ${m((x) => x.daemonCores).toFixed(2).padStart(18)}  ${m((x) => x.daemonUs).toFixed(0).padStart(14)}  ${m((x) => 1e6 / x.daemonUs).toFixed(0).padStart(22)}  ${m((x) => x.clientCores).toFixed(2).padStart(18)}`);
+  }
+  for (const d of builds) {
+    const a = median(rows.get(`${d.name}\0socket`).map((x) => x.perSec));
+    const b = median(rows.get(`${d.name}\0https+sigv4`).map((x) => x.perSec));
+    console.log(`${d.name}: https+sigv4 / socket ${(b / a).toFixed(2)}`);
+  }
 } finally {
-  if (daemon && daemon.exitCode === null) { daemon.kill('SIGTERM'); await new Promise((r) => daemon.once('exit', r)); }
-  rmSync(dir, { recursive: true, force: true });
+  for (const d of daemons) if (d.exitCode === null) { d.kill('SIGTERM'); await new Promise((r) => d.once('exit', r)); }
+  if (process.env.KEEP_BENCH_DIR) console.log(`kept ${dir}`); else rmSync(dir, { recursive: true, force: true });
 }

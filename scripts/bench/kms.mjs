@@ -15,7 +15,7 @@ import { tmpdir, loadavg, cpus } from 'node:os';
 import { join } from 'node:path';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { KmsService } from '../../dist/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations } from '../../dist/kms/authz/index.js';
+import { openKms } from '../../dist/kms/open-kms.js';
 
 const arg = (n, d) => { const i = process.argv.indexOf(`--${n}`); return i > 0 ? process.argv[i + 1] : d; };
 const seconds = Number(arg('seconds', '3'));
@@ -34,9 +34,9 @@ let kms;
 try {
   let decryptCaller, gdkCaller, keyId, grantTokens;
   if (policy === 'ebs') {
-    const authz = await openAuthz({ stateDir: dir, kmsDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION });
-    kms = await KmsService.open({ stateDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION, hsmMode, auditFsync, authorizer: authz.authorizer });
-    registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
+    // Wired as the daemon wires it (src/kms/open-kms.ts).
+    const authz = await openKms({ stateDir: dir, accountId: ACCOUNT, region: REGION, hsmMode, auditFsync });
+    kms = authz.core;
     const ids = authz.identities;
     await ids.createUser('alice');
     await ids.mapUid(1000, 'user/alice');

@@ -17,7 +17,9 @@ const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
  * defines them, so any UTF-8 key is carried faithfully.
  */
 function _put(out: Record<string, unknown>, k: string, v: unknown): void {
-  Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
+  // Plain assignment for every other name: defineProperty per member was ~1 % of a Decrypt's daemon time.
+  if (k === '__proto__') Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
+  else out[k] = v;
 }
 
 /**
@@ -66,9 +68,31 @@ export interface WireError {
 }
 
 /**
+ * The HTTP status AWS KMS answers each exception with, where it is not 400
+ * (AWS KMS API Reference: the "Errors" of each operation, and "Common
+ * Errors"). KMS answers 400 for every client fault, ThrottlingException and
+ * LimitExceededException included; the service model's `httpError` traits
+ * (NotFoundException 404, DisabledException, KMSInvalidStateException and
+ * AlreadyExistsException 409, DependencyTimeoutException 503) are not what the
+ * service sends, and the SDKs classify by `__type` either way. The 5xx ones
+ * are those KMS documents as "can be retried": an SDK retries them.
+ */
+export const KMS_ERROR_STATUS: Readonly<Record<string, number>> = Object.freeze({
+  DryRunOperationException: 412,
+  KMSInternalException: 500,
+  KeyUnavailableException: 500,
+  DependencyTimeoutException: 500,
+  InternalFailure: 500,
+  ServiceUnavailable: 503,
+  ThrottlingException: 400,
+});
+
+/**
  * Typed error -> HTTP status + AWS error body; the one place the control API
- * decides statuses (docs/architecture.md §7, §11.5). Client faults are 400 as in AWS JSON 1.1;
- * anything without an AWS name is an internal failure (500).
+ * and the KMS listener decide statuses (docs/architecture.md §7, §11.5): a
+ * KMS exception as in KMS_ERROR_STATUS, else the status an error carries for
+ * its own service (EC2's UnauthorizedOperation is 403), else 400; anything
+ * without an AWS name is an internal failure (500).
  */
 export function toWireError(e: unknown): WireError {
   const err = e as { awsName?: unknown; code?: unknown; message?: unknown; name?: unknown };
@@ -76,16 +100,11 @@ export function toWireError(e: unknown): WireError {
   const code = typeof err?.code === 'string' ? err.code : undefined;
   const message = typeof err?.message === 'string' ? err.message : String(e);
   if (awsName) {
-    const internal = awsName === 'KMSInternalException' || awsName === 'InternalFailure' || awsName === 'DependencyTimeoutException';
-    // An error may carry its service's status (EC2's UnauthorizedOperation is 403); DryRunOperationException
-    // is 412 in the KMS service model; every other client fault is 400.
     const own = (e as { httpStatus?: unknown }).httpStatus;
     // An EBS direct API exception also carries its Reason member (src/snapshot/ebs-direct-errors.ts).
     const reason = (e as { wireMembers?: { Reason?: unknown } }).wireMembers?.Reason;
-    return {
-      status: typeof own === 'number' ? own : internal ? 500 : awsName === 'DryRunOperationException' ? 412 : 400,
-      body: { __type: awsName, message, ...(typeof reason === 'string' ? { Reason: reason } : {}) },
-    };
+    const status = KMS_ERROR_STATUS[awsName] ?? (typeof own === 'number' ? own : 400);
+    return { status, body: { __type: awsName, message, ...(typeof reason === 'string' ? { Reason: reason } : {}) } };
   }
   if (err instanceof TypeError || err instanceof RangeError || code === 'ERR_ARG_TYPE' || code === 'ERR_ARG_RANGE') {
     return { status: 400, body: { __type: 'ValidationException', message } };

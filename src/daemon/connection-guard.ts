@@ -261,7 +261,8 @@ export class ConnectionGuard {
  * client that reads sees a ThrottlingException rather than a reset.
  */
 export function refuseSocket(s: Socket, e: ConnectionThrottledError): void {
-  const body = JSON.stringify({ __type: e.awsName, message: e.message, code: e.code });
+  // {"__type","message"} only: a client that reads another member first would miss the typed exception.
+  const body = JSON.stringify({ __type: e.awsName, message: e.message });
   const head = `HTTP/1.1 ${e.httpStatus} Service Unavailable\r\nContent-Type: application/x-amz-json-1.1\r\n`
     + `Content-Length: ${Buffer.byteLength(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n`;
   s.on('error', () => {}); // the peer may already be gone

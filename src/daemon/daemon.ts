@@ -1,7 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { KmsService } from '../kms/kms-core.js';
-import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../kms/authz/index.js';
+import type { AuthzHandles } from '../kms/authz/index.js';
+import { openKms, type Kms } from '../kms/open-kms.js';
 import { verifyAuditLog } from '../kms/audit/verify.js';
 import type { Caller } from '../kms/types.js';
 import { selectXtsEngine } from '../crypto/xts-engine.js';
@@ -70,6 +71,8 @@ const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeSt
 
 export class Daemon {
   private lock: PidLock | undefined;
+  /** The KMS as opened (src/kms/open-kms.ts); `kms` is its core and `authz` its authorization engine. */
+  private opened: Kms | undefined;
   private kms: KmsService | undefined;
   private authz: AuthzHandles | undefined;
   private mgr: VolumeManager | undefined;
@@ -139,25 +142,20 @@ export class Daemon {
     if (cfg.allowUnencrypted) {
       log.warn({ allowUnencrypted: true }, '--allow-unencrypted: this daemon will create and attach PLAINTEXT volumes (--cipher none) on request; for measurement only');
     }
-    this.authz = await openAuthz({ stateDir: paths.root, kmsDir: paths.kms, ...(cfg.region ? { region: cfg.region } : {}) });
+    this.opened = await openKms({ stateDir: paths.root, kmsDir: paths.kms, logger: log, ...(cfg.region ? { region: cfg.region } : {}) });
+    this.authz = this.opened;
+    this.kms = this.opened.core;
     const ids = this.authz.identities;
-    if (cfg.region && cfg.region !== ids.region) {
-      throw new EbsdError('REGION_MISMATCH', `state dir ${paths.root} belongs to region ${ids.region}, not ${cfg.region}`);
-    }
     if (!ids.listRoles().some((r) => r.RoleName === HOST_ROLE)) await ids.createRole(HOST_ROLE);
     // The host lists the grants it may retire, so a restart finds attach grants a crash left behind.
     if (ids.getPolicy(ids.roleArn(HOST_ROLE), HOST_HOUSEKEEPING_POLICY) === undefined) {
       await ids.attachPolicy(ids.roleArn(HOST_ROLE), HOST_HOUSEKEEPING_POLICY, HOST_HOUSEKEEPING_DOC);
     }
-    this.kms = await KmsService.open({
-      stateDir: paths.kms, accountId: ids.accountId, region: ids.region, logger: log, authorizer: this.authz.authorizer,
-    });
-    registerAuthzOperations(this.kms, this.authz.authorizer, { onKeyDeleted: this.kms.context.onKeyDeleted });
     const kms = this.kms;
     const kmsOps = new Set(kms.operations());
     this.kmsCore = this.metrics ? this.metrics.meterKms(kms, (op) => kmsOps.has(op)) : kms;
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
-    this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.context.hsm);
+    this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.hsm);
     this.trust = await TrustPolicies.open(paths.root);
     let host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
     if (cfg.kmsEndpoint !== undefined) {
@@ -180,11 +178,11 @@ export class Daemon {
       const tls = cfg.tls ? { cert: await fsp.readFile(cfg.tls.certFile), key: await fsp.readFile(cfg.tls.keyFile) } : undefined;
       this.listener = new KmsListener({
         ...cfg.kmsListen, ...(tls ? { tls } : {}), region: ids.region, accountId: ids.accountId,
-        sts: new StsService(ids, this.accessKeys, this.trust, kms.context.hsm,
+        sts: new StsService(ids, this.accessKeys, this.trust, kms.hsm,
           (caller, action, resource) => this.authz!.authorizer.evaluator.evaluate({ action, caller, resource }).allowed),
         kms: (op, req, caller, requestId) => this.kmsCore!.call(op, req, caller, requestId),
-        audit: (ev) => kms.context.audit.append(ev),
-        auditRefusal: (key, ev) => kms.context.audit.appendRefusal(key, ev),
+        audit: (ev) => kms.audit.append(ev),
+        auditRefusal: (key, ev) => kms.audit.appendRefusal(key, ev),
         log: log.child({ component: 'kms-listener' }),
       });
       const a = await this.listener.listen();
@@ -263,7 +261,7 @@ export class Daemon {
       this.ebs = await openEbsApi({
         store, gc, pendingDir: join(paths.root, 'ebs-direct-pending'), keys: new KmsCoreKeyService(this.kmsCore!), xts: engine,
         evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region,
-        audit: this.kms!.context.audit, log: log.child({ component: 'ebs-direct' }),
+        audit: this.kms!.audit, log: log.child({ component: 'ebs-direct' }),
       });
     }
     const { resumed, failed } = await this.mgr.resumeAttachments();
@@ -275,7 +273,7 @@ export class Daemon {
     if (!m || this.cfg.metricsListen === undefined) return undefined;
     const bfs = this.bfs;
     const mgr = this.mgr;
-    const audit = this.kms!.context.audit;
+    const audit = this.kms!.audit;
     const auditFrom = audit.writtenThrough;
     m.bind({
       attached: () => bfs?.volumeIds() ?? [],
@@ -319,9 +317,8 @@ export class Daemon {
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
     await step('unmount', () => this.fuse?.unmount());
-    await step('kms', () => this.kms?.close());
+    await step('kms', () => this.opened?.close()); // audit sealed, HSM stopped, identities and grants written
     this.remoteKms?.close();
-    await step('identities', () => this.authz?.identities.flush());
     await step('lock', () => this.lock?.release());
     log.info('ebsd daemon stopped');
   }
@@ -408,7 +405,7 @@ export class Daemon {
     // bounded audit bytes; a policy refusal keeps its volume in the key, so different volumes stay apart.
     const reason = refusal ? `ec2-policy:${(volumeId ?? '').slice(0, 64)}` : caller.type === 'Unknown' ? 'unmapped-uid' : 'root-only';
     try {
-      await this.kms!.context.audit.appendRefusal(refusalKey(peer.uid, source, op, reason), () => {
+      await this.kms!.audit.appendRefusal(refusalKey(peer.uid, source, op, reason), () => {
         const ev = deniedEvent(source, op, caller, message, {
           accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}),
         });
@@ -427,7 +424,7 @@ export class Daemon {
     for (const r of rows) {
       const uid = /^\d+$/.test(r.caller) ? Number(r.caller) : undefined;
       const caller = uid !== undefined ? ids.callerForUid(uid) : undefined;
-      void this.kms!.context.audit.appendRefusal(`throttle\0${r.caller}\0${r.reason}`,
+      void this.kms!.audit.appendRefusal(`throttle\0${r.caller}\0${r.reason}`,
         () => throttledEvent(r, { accountId: ids.accountId, region: ids.region, ...(uid !== undefined ? { uid } : {}), ...(caller ? { caller } : {}) }))
         .catch((err) => this.log.error({ err }, 'could not audit refused connections'));
     }
@@ -437,7 +434,7 @@ export class Daemon {
     const ids = this.authz!.identities;
     try {
       const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
-      await this.kms!.context.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
+      await this.kms!.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
     } catch (err) {
       this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event');
     }
@@ -447,7 +444,7 @@ export class Daemon {
     const ids = this.authz!.identities;
     try {
       const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
-      await this.kms!.context.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
+      await this.kms!.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
     } catch (err) {
       this.log.error({ err, volumeId: ev.volumeId, eventName: ev.eventName }, 'could not audit a volume event');
     }
@@ -545,7 +542,7 @@ export class Daemon {
     const mgr = this.mgr;
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     const caches = new Map(mgr?.describeKeyCaches().map((c) => [c.VolumeId, c]));
-    const audit = this.kms!.context.audit.health();
+    const audit = this.kms!.audit.health();
     // Only the volumes the caller may describe (ec2:DescribeVolumes, per volume).
     const volumes = (mgr?.describeVolumes().Volumes ?? []).filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v)).map((v) => {
       const attached = this.bfs!.has(v.VolumeId);
@@ -606,7 +603,7 @@ export class Daemon {
 
   private async auditTail(b: Record<string, unknown>): Promise<unknown> {
     const limit = typeof b.Limit === 'number' && b.Limit > 0 ? Math.min(b.Limit, 10_000) : 20;
-    return { Events: await this.kms!.context.audit.tail(limit) };
+    return { Events: await this.kms!.audit.tail(limit) };
   }
 
   private async auditVerify(b: Record<string, unknown>): Promise<unknown> {

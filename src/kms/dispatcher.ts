@@ -142,6 +142,18 @@ export class Dispatcher {
     this.ops.set(name, { handler, readOnly: opts.readOnly ?? false });
   }
 
+  get accountId(): string {
+    return this.context.accountId;
+  }
+
+  get region(): string {
+    return this.context.region;
+  }
+
+  setKeyPolicyValidator(v: KeyPolicyValidator): void {
+    this.context.keyPolicyValidator = v;
+  }
+
   has(name: string): boolean {
     return this.ops.has(name);
   }

@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { silentLogger, type Logger } from '../util/logger.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from './types.js';
 import { AccountAuthorizer, ebsManagedKeyPolicy, defaultKeyPolicy, type Authorizer } from './authorizer.js';
-import { Dispatcher, type OperationContext, type OperationHandler, type OperationOptions } from './dispatcher.js';
+import { Dispatcher, type KeyPolicyValidator, type OperationContext, type OperationHandler, type OperationOptions } from './dispatcher.js';
 import { Keystore } from './keystore.js';
 import { startHsm, type Hsm } from './hsm/hsm-client.js';
 import { AuditLog } from './audit/audit-log.js';
@@ -64,8 +64,12 @@ export class KmsService implements KmsCore {
   private ticking: Promise<void> | null = null;
   private readonly creatingManaged = new Map<string, Promise<KeyRecord>>();
   private closed = false;
-  /** Services handed to operation handlers, including those registered from outside. */
-  readonly context: OperationContext;
+  /**
+   * Services handed to operation handlers (those registered from outside too).
+   * Not public: a caller outside the core uses `call`, `audit`, `hsm` and
+   * `onKeyDeleted` (docs/architecture.md §2.5).
+   */
+  private readonly context: OperationContext;
 
   private constructor(private readonly o: Required<Pick<KmsOptions, 'accountId' | 'region'>> & KmsOptions,
     private readonly log: Logger, private readonly clock: () => number,
@@ -137,6 +141,34 @@ export class KmsService implements KmsCore {
 
   setAuthorizer(a: Authorizer): void {
     this.context.authorizer = a;
+  }
+
+  get accountId(): string {
+    return this.o.accountId;
+  }
+
+  get region(): string {
+    return this.o.region;
+  }
+
+  /** CreateKey's key-policy validation, installed by the authorization engine (registerAuthzOperations). */
+  setKeyPolicyValidator(v: KeyPolicyValidator): void {
+    this.context.keyPolicyValidator = v;
+  }
+
+  /** The audit log every KMS call is recorded in; the daemon appends its volume events and refusals to it. */
+  get audit(): AuditLog {
+    return this.context.audit;
+  }
+
+  /** The HSM (access-key secrets are sealed under its domain key, src/kms/sts). */
+  get hsm(): Hsm {
+    return this.context.hsm;
+  }
+
+  /** Run `fn` after a key is deleted at the end of its waiting period (the grant store drops its grants). */
+  onKeyDeleted(fn: (keyId: string) => void | Promise<void>): void {
+    this.deletedListeners.push(fn);
   }
 
   /** Seal the audit log now (a signed digest over everything written so far). */

@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { KmsService } from '../../src/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../../src/kms/authz/index.js';
+import type { KmsService } from '../../src/kms/kms-core.js';
+import { openKms } from '../../src/kms/open-kms.js';
+import type { AuthzHandles } from '../../src/kms/authz/index.js';
 import type { Caller } from '../../src/kms/types.js';
 import { tempDir } from './helpers.js';
 
@@ -27,9 +28,10 @@ const events = (): Record<string, any>[] => readFileSync(auditFile(), 'utf8').tr
 
 beforeAll(async () => {
   t = tempDir('ebsd-core-refusals-');
-  authz = await openAuthz({ stateDir: t.dir, kmsDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION });
-  kms = await KmsService.open({ stateDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
-  registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
+  // Wired as the daemon wires it (src/kms/open-kms.ts).
+  const opened = await openKms({ stateDir: t.dir, accountId: ACCOUNT, region: REGION, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
+  authz = opened;
+  kms = opened.core;
   root = authz.identities.callerForUid(0);
   await authz.identities.createUser('alice');
   await authz.identities.mapUid(1000, 'user/alice');

@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { KmsService } from '../../src/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../../src/kms/authz/index.js';
+import type { KmsService } from '../../src/kms/kms-core.js';
+import { openKms } from '../../src/kms/open-kms.js';
+import type { AuthzHandles } from '../../src/kms/authz/index.js';
 import { decodeKmsRequest } from '../../src/daemon/aws-json.js';
 import type { Caller } from '../../src/kms/types.js';
 import { doc, tempDir } from './helpers.js';
@@ -59,12 +60,10 @@ function nested(depth: number): unknown {
 
 beforeAll(async () => {
   t = tempDir('ebsd-authz-parsers-');
-  authz = await openAuthz({ stateDir: t.dir, kmsDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION });
-  kms = await KmsService.open({
-    stateDir: join(t.dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer,
-    hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 },
-  });
-  registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
+  // Wired as the daemon wires it (src/kms/open-kms.ts).
+  const opened = await openKms({ stateDir: t.dir, accountId: ACCOUNT, region: REGION, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
+  authz = opened;
+  kms = opened.core;
   const ids = authz.identities;
   root = ids.callerForUid(0);
   await ids.createUser('alice');

@@ -15,7 +15,7 @@ describe('audit log rotation', () => {
       const kms = await openKms(t.dir, { auditRotateBytes: 8 * 1024, auditDigestEvery: 1_000_000, auditReserveBytes: 0 });
       const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
       for (let i = 0; i < 60; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-      const tail = await kms.context.audit.tail(30);
+      const tail = await kms.audit.tail(30);
       await kms.close();
 
       const dir = join(t.dir, 'audit');
@@ -99,18 +99,18 @@ describe('audit log on a full disk', () => {
       const clock = { t: Date.now() };
       kms = await openKms(small, { auditReserveBytes: 256 * 1024, auditDigestEvery: 1_000_000, clock: () => clock.t });
       const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
-      expect(kms.context.audit.health()).toMatchObject({ State: 'ok', ReserveBytes: 256 * 1024 });
+      expect(kms.audit.health()).toMatchObject({ State: 'ok', ReserveBytes: 256 * 1024 });
       // Fill the disk to the last byte.
       const filler = openSync(join(small, 'filler'), 'w');
       try { for (;;) writeSync(filler, Buffer.alloc(64 * 1024)); } catch (e) { expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC'); }
       closeSync(filler);
 
       // Allowed calls go on (the last page of the file first, then the reserve's space); the condition is reported.
-      for (let i = 0; i < 1000 && kms.context.audit.health().State === 'ok'; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-      expect(kms.context.audit.health()).toMatchObject({ State: 'reserve-in-use', ReserveBytes: 0 });
+      for (let i = 0; i < 1000 && kms.audit.health().State === 'ok'; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      expect(kms.audit.health()).toMatchObject({ State: 'reserve-in-use', ReserveBytes: 0 });
       // A refused caller's event is dropped and counted, not written.
-      await kms.context.audit.appendRefusal('65534/x', () => ({ eventName: 'Refused', userAgent: 'u'.repeat(1000) }));
-      expect(kms.context.audit.health().DroppedRefusalEvents).toBe(1);
+      await kms.audit.appendRefusal('65534/x', () => ({ eventName: 'Refused', userAgent: 'u'.repeat(1000) }));
+      expect(kms.audit.health().DroppedRefusalEvents).toBe(1);
 
       // Use the reserve up: audited calls then fail (typed ENOSPC from the log), never half-written.
       let failed: unknown;
@@ -119,13 +119,13 @@ describe('audit log on a full disk', () => {
       }
       expect((failed as { awsName?: string } | undefined)?.awsName).toBe('KMSInternalException');
       expect((failed as Error).message).toMatch(/no space left on device \(ENOSPC\)/);
-      expect(kms.context.audit.health().State).toBe('failing');
+      expect(kms.audit.health().State).toBe('failing');
 
       // Space comes back: the reserve is re-created (tried at most every 5 s of the injected clock).
       rmSync(join(small, 'filler'));
       clock.t += 6_000;
       await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-      expect(kms.context.audit.health()).toMatchObject({ State: 'ok', ReserveBytes: 256 * 1024 });
+      expect(kms.audit.health()).toMatchObject({ State: 'ok', ReserveBytes: 256 * 1024 });
       await kms.close();
       kms = undefined;
       const res = verifyAuditLog(join(small, 'audit'));

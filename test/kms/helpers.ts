@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KmsService, type KmsOptions } from '../../src/kms/kms-core.js';
@@ -26,6 +26,11 @@ export const TEST_SCRYPT = { N: 2 ** 10, r: 8, p: 1 };
 
 export async function openKms(dir: string, extra: Partial<KmsOptions> = {}): Promise<KmsService> {
   return KmsService.open({ stateDir: dir, accountId: ACCOUNT, region: REGION, scryptCost: TEST_SCRYPT, ...extra });
+}
+
+/** The key policy as stored in the key's file (`<kms>/keys/<id>.json`, docs/kms-format.md). */
+export function storedKeyPolicy(kmsDir: string, keyId: string): string {
+  return (JSON.parse(readFileSync(join(kmsDir, 'keys', `${keyId}.json`), 'utf8')) as { policy: string }).policy;
 }
 
 /** Expect a rejected promise with the given AWS exception name. */

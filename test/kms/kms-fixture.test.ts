@@ -12,8 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cpSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { KmsService } from '../../src/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations } from '../../src/kms/authz/index.js';
+import { openKms, type Kms } from '../../src/kms/open-kms.js';
+import type { KmsService } from '../../src/kms/kms-core.js';
 import { verifyAuditLog } from '../../src/kms/audit/verify.js';
 import { admin, tempDir } from './helpers.js';
 
@@ -34,22 +34,19 @@ describe('kms-v1 fixture', () => {
   let t: ReturnType<typeof tempDir>;
   let state: string;
   let kms: KmsService | undefined;
+  let opened: Kms | undefined;
 
   beforeAll(async () => {
     t = tempDir('ebsd-kms-v1-');
     state = join(t.dir, 'state');
     cpSync(join(FIX, 'state'), state, { recursive: true });
-    // Wired as the daemon wires it (src/daemon/daemon.ts): identities at the root, the KMS under kms/.
-    const authz = await openAuthz({ stateDir: state, kmsDir: join(state, 'kms') });
-    expect(authz.identities.accountId).toBe(EXPECTED.accountId);
-    kms = await KmsService.open({
-      stateDir: join(state, 'kms'), accountId: authz.identities.accountId, region: authz.identities.region,
-      passphrase: PASSPHRASE, hsmMode: 'inline', authorizer: authz.authorizer,
-    });
-    registerAuthzOperations(kms, authz.authorizer);
+    // Wired as the daemon wires it (src/kms/open-kms.ts): identities at the root, the KMS under kms/.
+    opened = await openKms({ stateDir: state, passphrase: PASSPHRASE, hsmMode: 'inline' });
+    expect(opened.accountId).toBe(EXPECTED.accountId);
+    kms = opened.core;
   });
   afterAll(async () => {
-    await kms?.close();
+    await opened?.close();
     t?.cleanup();
   });
 

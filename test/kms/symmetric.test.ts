@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { KmsService } from '../../src/kms/kms-core.js';
 import { canonicalContext } from '../../src/kms/blob.js';
-import { openKms, admin, stranger, tempDir, awsError } from './helpers.js';
+import { openKms, admin, stranger, tempDir, awsError, storedKeyPolicy } from './helpers.js';
 
 const hex = (u: unknown) => Buffer.from(u as Uint8Array).toString('hex');
 
@@ -188,8 +188,8 @@ describe('symmetric operations', () => {
     expect(await awsError(kms.call('CreateKey', { Origin: 'EXTERNAL' }, admin))).toBe('UnsupportedOperationException');
     const p = JSON.stringify({ Version: '2012-10-17', Statement: [] });
     const k = await kms.call('CreateKey', { Policy: p }, admin);
-    expect(kms.context.keystore.get((k.KeyMetadata as { KeyId: string }).KeyId)!.policy).toBe(p);
-    expect(JSON.parse(kms.context.keystore.get(keyId)!.policy).Statement[0].Principal.AWS).toBe('arn:aws:iam::111122223333:root');
+    expect(storedKeyPolicy(t.dir, (k.KeyMetadata as { KeyId: string }).KeyId)).toBe(p);
+    expect(JSON.parse(storedKeyPolicy(t.dir, keyId)).Statement[0].Principal.AWS).toBe('arn:aws:iam::111122223333:root');
   });
 
   it('alias/aws/ebs is created on first use as an AWS managed key', async () => {
@@ -198,7 +198,7 @@ describe('symmetric operations', () => {
     expect(md.KeyManager).toBe('AWS');
     expect(w.KeyId).toBe(md.Arn);
     expect(await awsError(kms.call('ScheduleKeyDeletion', { KeyId: md.KeyId }, admin))).toBe('UnsupportedOperationException');
-    expect(JSON.parse(kms.context.keystore.get(md.KeyId as string)!.policy).Id).toBe('auto-ebs-2');
+    expect(JSON.parse(storedKeyPolicy(t.dir, md.KeyId as string)).Id).toBe('auto-ebs-2');
   });
 
   it('registerOperation extends the table; handlers that skip authorize fail closed', async () => {

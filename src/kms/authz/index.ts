@@ -1,11 +1,11 @@
 /**
  * Authorization engine: key policies, identity policies, grants, identities.
  *
- * Wiring (daemon / core):
- *   const authz = await openAuthz({ stateDir, kmsDir });   // identities.json, kms/grants.json
- *   ctx.authorizer = authz.authorizer;                      // replaces AccountAuthorizer
- *   registerAuthzOperations(dispatcher, authz.authorizer, { onKeyDeleted: ctx.onKeyDeleted });
- *   caller = authz.identities.callerForUid(peerUid, { viaService: authz.identities.ec2ViaService });
+ * Wired to the core in one place, src/kms/open-kms.ts (`openKms`): identities
+ * and grants (`openAuthz`), the core with the PolicyAuthorizer, the policy and
+ * grant operations (`registerAuthzOperations`), and the grant store dropping a
+ * deleted key's grants. Callers then come from
+ * `identities.callerForUid(peerUid, ...)` (socket) or SigV4 (network).
  */
 import { join } from 'node:path';
 import { GrantStore } from './grants.js';

@@ -1,4 +1,4 @@
-import type { CallContext, NewKeyPolicyCheck, OperationContext, OperationHandler, OperationOptions } from '../dispatcher.js';
+import type { CallContext, KeyPolicyValidator, NewKeyPolicyCheck, OperationContext, OperationHandler, OperationOptions } from '../dispatcher.js';
 import { InvalidGrantIdException, InvalidMarkerException, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
 import type { KeyRecord } from '../key-record.js';
 import type { KmsResponse } from '../types.js';
@@ -17,8 +17,11 @@ import { dataMap } from '../data-map.js';
 
 export interface OperationRegistry {
   registerOperation(name: string, handler: OperationHandler, opts?: OperationOptions): void;
-  /** The core's services (KmsService and Dispatcher have it): CreateKey's key-policy validator is installed there. */
-  readonly context?: OperationContext;
+  /** Account and region of the core (KmsService and Dispatcher have them). */
+  readonly accountId?: string;
+  readonly region?: string;
+  /** Install CreateKey's key-policy validator in the core (KmsService and Dispatcher have it). */
+  setKeyPolicyValidator?(v: KeyPolicyValidator): void;
 }
 
 const POLICY_NAME = 'default';
@@ -202,22 +205,21 @@ export function registerAuthzOperations(
    * about to be created, unless BypassPolicyLockoutSafetyCheck.
    */
   const validateNewKeyPolicy = (c: NewKeyPolicyCheck): void => {
-    const compiled = parsePolicy(c.policy, { kind: 'key', accountId: registry.context?.accountId ?? c.caller.accountId, principalExists: identities.principalExists });
+    const compiled = parsePolicy(c.policy, { kind: 'key', accountId: registry.accountId ?? c.caller.accountId, principalExists: identities.principalExists });
     if (c.bypassLockoutCheck) return;
-    const ctx = registry.context;
     const tags = dataMap<string>();
     for (const t of c.tags ?? []) tags[t.TagKey] = t.TagValue;
     const d = evaluator.evaluate({
       action: 'kms:PutKeyPolicy', caller: c.caller, resource: c.keyArn, now: c.now,
       key: {
-        arn: c.keyArn, accountId: ctx?.accountId ?? c.caller.accountId, ...(ctx ? { region: ctx.region } : {}), policy: compiled,
+        arn: c.keyArn, accountId: registry.accountId ?? c.caller.accountId, ...(registry.region ? { region: registry.region } : {}), policy: compiled,
         keySpec: c.keySpec, keyUsage: c.keyUsage, keyOrigin: 'AWS_KMS', keyManager: 'CUSTOMER', aliases: [],
         ...(c.tags?.length ? { tags } : {}),
       },
     }, { useGrants: false });
     if (!d.allowed) throw new MalformedPolicyDocumentException(LOCKOUT_MESSAGE);
   };
-  if (registry.context) registry.context.keyPolicyValidator = validateNewKeyPolicy;
+  registry.setKeyPolicyValidator?.(validateNewKeyPolicy);
 
   registry.registerOperation('PutKeyPolicy', putKeyPolicy);
   registry.registerOperation('GetKeyPolicy', getKeyPolicy, { readOnly: true });

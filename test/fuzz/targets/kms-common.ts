@@ -1,8 +1,9 @@
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { scratchRoot } from '../harness/target.js';
 import { join } from 'node:path';
-import { KmsService } from '../../../src/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../../../src/kms/authz/index.js';
+import type { KmsService } from '../../../src/kms/kms-core.js';
+import type { AuthzHandles } from '../../../src/kms/authz/index.js';
+import { openKms } from '../../../src/kms/open-kms.js';
 import { EVENTS_FILE } from '../../../src/kms/audit/audit-log.js';
 import { KmsError } from '../../../src/kms/errors.js';
 import { EbsdError } from '../../../src/util/errors.js';
@@ -33,12 +34,9 @@ export async function openKmsFixture(): Promise<KmsFixture> {
   const dir = mkdtempSync(join(scratchRoot(), 'ebsd-fuzz-kms-'));
   try {
     const kmsDir = join(dir, 'kms');
-    const authz = await openAuthz({ stateDir: dir, kmsDir, accountId: ACCOUNT, region: REGION });
-    const kms = await KmsService.open({
-      // The KEK in a 0600 file (no passphrase): no scrypt per reset, and no test-only cost outside vitest.
-      stateDir: kmsDir, accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline',
-    });
-    registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
+    // Wired as the daemon wires it; the KEK in a 0600 file (no passphrase): no scrypt per reset, and no test-only cost outside vitest.
+    const authz = await openKms({ stateDir: dir, kmsDir, accountId: ACCOUNT, region: REGION, hsmMode: 'inline' });
+    const kms = authz.core;
     const root = authz.identities.callerForUid(0);
     const k1 = (await kms.call('CreateKey', { Description: 'fuzz' }, root)) as { KeyMetadata: { Arn: string; KeyId: string } };
     const k2 = (await kms.call('CreateKey', { Description: 'fuzz 2' }, root)) as { KeyMetadata: { Arn: string; KeyId: string } };

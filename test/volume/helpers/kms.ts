@@ -1,7 +1,8 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { KmsService } from '../../../src/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations, type AuthzHandles } from '../../../src/kms/authz/index.js';
+import type { KmsService } from '../../../src/kms/kms-core.js';
+import type { AuthzHandles } from '../../../src/kms/authz/index.js';
+import { openKms } from '../../../src/kms/open-kms.js';
 import type { Caller } from '../../../src/kms/types.js';
 import { KmsCoreKeyService, type KeyService } from '../../../src/volume/key-service.js';
 import { KeyServiceError } from '../../../src/volume/errors.js';
@@ -10,8 +11,8 @@ import { KeyServiceError } from '../../../src/volume/errors.js';
  * The REAL KMS core for the volume tests (docs/architecture.md §10: no mocks of the KMS
  * core): HSM simulator (inline transport, for start-up speed), keystore,
  * audit log, the policy authorizer with identities and grants, and the grant
- * and key-policy operations registered from outside, wired the way
- * test/kms-authz/core-integration.test.ts and src/kms/authz/index.ts say.
+ * and key-policy operations, wired by the daemon's own factory
+ * (src/kms/open-kms.ts).
  *
  * Principals: the account root (operator levers: CreateKey, DisableKey,
  * RevokeGrant, ListGrants), `user/alice` (uid 1000, the volume owner) and the
@@ -78,10 +79,8 @@ export interface KmsHarness {
 export async function kmsHarness(stateDir: string): Promise<KmsHarness> {
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   const kmsDir = join(stateDir, 'kms');
-  const authz = await openAuthz({ stateDir, kmsDir, accountId: ACCOUNT, region: REGION });
-  const core = await KmsService.open({ stateDir: kmsDir, accountId: ACCOUNT, region: REGION, hsmMode: 'inline' });
-  core.setAuthorizer(authz.authorizer);
-  registerAuthzOperations(core, authz.authorizer, { onKeyDeleted: core.context.onKeyDeleted });
+  const authz = await openKms({ stateDir, kmsDir, accountId: ACCOUNT, region: REGION, hsmMode: 'inline' });
+  const core = authz.core;
   const ids = authz.identities;
   await ids.createUser('alice');
   await ids.mapUid(1000, 'user/alice');
@@ -141,6 +140,6 @@ export async function kmsHarness(stateDir: string): Promise<KmsHarness> {
     },
     setUnreachable: (d) => void (down = d),
     setRetireFails: (f) => void (retireFails = f),
-    close: () => core.close(),
+    close: () => authz.close(),
   };
 }

@@ -1,0 +1,45 @@
+import { describe, expect, test } from 'vitest';
+import { Writable } from 'node:stream';
+import { createLogger, redact, REDACT_FIELDS } from '../../src/util/logger.js';
+
+/** A logger writing into an array, one parsed object per line. */
+function capture(): { log: ReturnType<typeof createLogger>; lines: () => Record<string, unknown>[]; text: () => string } {
+  const out: string[] = [];
+  const sink = new Writable({ write(chunk, _enc, cb) { out.push(String(chunk)); cb(); } });
+  const log = createLogger({ destination: sink, level: 'info' });
+  return { log, lines: () => out.map((l) => JSON.parse(l) as Record<string, unknown>), text: () => out.join('') };
+}
+
+const SECRET = 'deadbeefcafebabe00112233445566778899';
+
+describe('logger redaction (the factory owns the list)', () => {
+  test('every listed field is censored at the top level and three levels down, in arrays too', () => {
+    const { log, text } = capture();
+    for (const f of REDACT_FIELDS) {
+      log.info({ [f]: SECRET, a: { [f]: SECRET, b: { [f]: SECRET, c: { [f]: SECRET } } }, list: [{ [f]: SECRET }] }, 'x');
+    }
+    expect(text()).not.toContain(SECRET);
+    expect(text().split('[redacted]').length - 1).toBe(REDACT_FIELDS.length * 5);
+  });
+
+  test('child bindings (top level) and a logged error\'s own members are censored; other members pass', () => {
+    const { log, lines, text } = capture();
+    const err = Object.assign(new Error('boom'), { token: SECRET, volumeId: 'vol-1' });
+    log.child({ component: 'kms', secret: SECRET }).error({ err, requestId: 'r-1' }, 'failed');
+    expect(text()).not.toContain(SECRET);
+    const l = lines()[0]!;
+    expect(l.component).toBe('kms');
+    expect(l.requestId).toBe('r-1');
+    expect((l.err as Record<string, unknown>).volumeId).toBe('vol-1');
+    expect((l.err as Record<string, unknown>).message).toBe('boom');
+  });
+
+  test('the caller\'s object is never changed, and is returned as is when nothing is censored', () => {
+    const o = { req: { Plaintext: SECRET }, n: 1 };
+    const r = redact(o) as typeof o;
+    expect(r.req.Plaintext).toBe('[redacted]');
+    expect(o.req.Plaintext).toBe(SECRET);
+    const clean = { a: { b: [1, 2] }, bytes: new Uint8Array(4) };
+    expect(redact(clean)).toBe(clean);
+  });
+});
