@@ -6,12 +6,12 @@
  *
  *   transport-fuse --mount DIR --size BYTES [--name vol-noop]
  *                  [--mode classic|uring] [--threads N] [--depth N]
- *                  [--backing FILE]
+ *                  [--backing FILE [--direct]]
  *
  * --mode classic (default): --threads workers (default 4), each blocking in
  *   read(2) on its own /dev/fuse fd cloned with FUSE_DEV_IOC_CLONE.
  * --mode uring: FUSE over io_uring, one queue per CPU, each served by a
- *   thread pinned to that CPU with --depth ring entries (default 32); one
+ *   thread pinned to that CPU with --depth ring entries (default 64); one
  *   classic reader stays for INIT and FORGET. Needs
  *   /sys/module/fuse/parameters/enable_uring = Y before the mount.
  * Both negotiate FUSE_ASYNC_DIO (libaio submissions stay asynchronous),
@@ -27,8 +27,12 @@
  * 4096, docs/architecture.md §3.5), through libgcrypt called exactly as
  * native/src/xts.c's xts_run does: a read is pread into a 4 KiB-aligned
  * buffer and decrypted in place, a write is encrypted into a 4 KiB-aligned
- * buffer and pwritten. The key is random per run, never printed, and wiped
+ * buffer and pwritten (classic: synchronously in the worker thread; uring:
+ * in the payload buffer, the file I/O submitted on the queue's own ring, so
+ * a queue thread keeps many requests in flight to the disk). The key is random per run, never printed, and wiped
  * at exit. Requests must be 4096-aligned in that mode (EINVAL otherwise).
+ * --direct opens the backing file O_DIRECT instead (no page cache, as the
+ * daemon's `direct` backing files; the buffers are page aligned for it).
  *
  * Prints "ready MOUNT/NAME" once the file answers a stat (in uring mode:
  * through the ring), then on SIGTERM/SIGINT unmounts and prints to stderr
@@ -79,6 +83,7 @@ static struct {
   int depth;
   int devfd;
   int backing;                       /* -1: no-op */
+  int direct;                        /* the backing file is O_DIRECT */
   uint8_t key[64];
   struct timespec start;
   atomic_int initialized;            /* INIT answered */
@@ -86,7 +91,7 @@ static struct {
   atomic_int failed;
   atomic_ullong served_classic;
   atomic_ullong served_ring;
-} S = {.name = "vol-noop", .threads = 4, .depth = 32, .backing = -1};
+} S = {.name = "vol-noop", .threads = 4, .depth = 64, .backing = -1};
 
 static void die(const char *what) {
   fprintf(stderr, "transport-fuse: %s: %s\n", what, strerror(errno));
@@ -434,7 +439,13 @@ typedef struct {
   struct fuse_uring_req_header *hdr;
   uint8_t *payload;
   struct iovec iov[2];
+  /* A READ or WRITE waiting for its backing-file I/O (XTS mode): */
+  struct fuse_in_header ih;
+  uint64_t commit_id, offset;
+  uint32_t len;
 } ring_ent;
+
+#define UD_BACKING (1ULL << 32)      /* user_data: a backing-file I/O, not a FUSE command */
 
 static void ent_cmd(ring *r, ring_ent *e, unsigned idx, int qid, uint32_t op, uint64_t commit_id) {
   struct io_uring_sqe *sqe = ring_sqe(r);
@@ -447,6 +458,73 @@ static void ent_cmd(ring *r, ring_ent *e, unsigned idx, int qid, uint32_t op, ui
   struct fuse_uring_cmd_req *req = (void *)sqe->cmd;
   req->qid = (uint16_t)qid;
   req->commit_id = commit_id;
+}
+
+/* The reply (payload length res, or -errno) to the entry's request, and the
+   fetch of its next one, in one COMMIT_AND_FETCH. */
+static void ent_commit(ring *r, ring_ent *e, unsigned idx, int qid, uint64_t unique, uint64_t commit_id, long res) {
+  struct fuse_out_header oh = {.unique = unique, .error = res < 0 ? (int32_t)res : 0};
+  oh.len = (uint32_t)(sizeof oh + (res > 0 ? (size_t)res : 0));
+  memcpy(e->hdr->in_out, &oh, sizeof oh);
+  e->hdr->ring_ent_in_out.payload_sz = res > 0 ? (uint32_t)res : 0;
+  ent_cmd(r, e, idx, qid, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, commit_id);
+  atomic_fetch_add_explicit(&S.served_ring, 1, memory_order_relaxed);
+}
+
+/*
+ * XTS mode on the ring: a READ or WRITE does its backing-file I/O through the
+ * same ring, so one queue thread keeps many requests in flight to the disk
+ * (a synchronous pread would hold the thread, and with it the queue, for a
+ * whole disk round trip). READ: read into the payload, decrypt in place on
+ * completion. WRITE: encrypt the payload in place, write it. Returns 1 when
+ * the I/O was submitted (the commit follows its completion), else the reply.
+ */
+static long backing_start(ring *r, work_ctx *w, ring_ent *e, unsigned idx) {
+  const struct fuse_read_in *ri = (void *)e->hdr->op_in;
+  uint64_t off;
+  size_t n;
+  if (e->ih.opcode == FUSE_READ) {
+    off = ri->offset;
+    if (off >= S.size) return 0;
+    n = ri->size;
+  } else {
+    const struct fuse_write_in *wi = (void *)e->hdr->op_in;
+    off = wi->offset;
+    n = wi->size;
+    if (n > e->hdr->ring_ent_in_out.payload_sz) return -EINVAL;
+    if (off >= S.size) return -ENOSPC;
+  }
+  if (n > MAX_IO) n = MAX_IO;
+  if (n > S.size - off) n = S.size - off;
+  if ((off | n) % XTS_UNIT) return -EINVAL;
+  if (n == 0) return 0;
+  if (e->ih.opcode == FUSE_WRITE) {
+    int err = xts(w, 1, e->payload, NULL, n, off);
+    if (err) return err;
+  }
+  e->offset = off;
+  e->len = (uint32_t)n;
+  struct io_uring_sqe *sqe = ring_sqe(r);
+  sqe->opcode = e->ih.opcode == FUSE_READ ? IORING_OP_READ : IORING_OP_WRITE;
+  sqe->fd = S.backing;
+  sqe->addr = (uint64_t)(uintptr_t)e->payload;
+  sqe->len = (uint32_t)n;
+  sqe->off = off;
+  sqe->user_data = idx | UD_BACKING;
+  return 1;
+}
+
+/* The backing I/O of entry e completed with res: the reply. */
+static long backing_done(work_ctx *w, ring_ent *e, int res) {
+  if (res != (int)e->len) return -EIO; /* short or failed: the volume has no partial sectors */
+  if (e->ih.opcode == FUSE_READ) {
+    int err = xts(w, 0, e->payload, NULL, e->len, e->offset);
+    return err ? err : (long)e->len;
+  }
+  struct fuse_write_out *o = (void *)e->payload;
+  memset(o, 0, sizeof *o);
+  o->size = e->len;
+  return sizeof *o;
 }
 
 static void *uring_queue(void *arg) {
@@ -491,6 +569,10 @@ static void *uring_queue(void *arg) {
       struct io_uring_cqe *cqe = &r.cqes[head & *r.cq_mask];
       unsigned idx = (unsigned)cqe->user_data;
       ring_ent *e = &ents[idx];
+      if (cqe->user_data & UD_BACKING) {
+        ent_commit(&r, e, idx, qid, e->ih.unique, e->commit_id, backing_done(&w, e, cqe->res));
+        continue;
+      }
       if (cqe->res == -EAGAIN && !atomic_load(&S.queues_registered)) {
         ent_cmd(&r, e, idx, qid, FUSE_IO_URING_CMD_REGISTER, 0);
         continue;
@@ -504,18 +586,17 @@ static void *uring_queue(void *arg) {
         stop = 1;
         continue;
       }
-      struct fuse_in_header ih;
-      memcpy(&ih, e->hdr->in_out, sizeof ih);
-      uint64_t commit_id = e->hdr->ring_ent_in_out.commit_id;
-      size_t in_len = e->hdr->ring_ent_in_out.payload_sz;
-      long res = handle(&w, &ih, e->hdr->op_in, e->payload, in_len, e->payload);
-      if (res == NO_REPLY) res = 0; /* never through the ring; a reply keeps the entry cycling */
-      struct fuse_out_header oh = {.unique = ih.unique, .error = res < 0 ? (int32_t)res : 0};
-      oh.len = (uint32_t)(sizeof oh + (res > 0 ? (size_t)res : 0));
-      memcpy(e->hdr->in_out, &oh, sizeof oh);
-      e->hdr->ring_ent_in_out.payload_sz = res > 0 ? (uint32_t)res : 0;
-      ent_cmd(&r, e, idx, qid, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, commit_id);
-      atomic_fetch_add_explicit(&S.served_ring, 1, memory_order_relaxed);
+      memcpy(&e->ih, e->hdr->in_out, sizeof e->ih);
+      e->commit_id = e->hdr->ring_ent_in_out.commit_id;
+      long res;
+      if (S.backing >= 0 && (e->ih.opcode == FUSE_READ || e->ih.opcode == FUSE_WRITE)) {
+        res = backing_start(&r, &w, e, idx);
+        if (res == 1) continue;
+      } else {
+        res = handle(&w, &e->ih, e->hdr->op_in, e->payload, e->hdr->ring_ent_in_out.payload_sz, e->payload);
+        if (res == NO_REPLY) res = 0; /* never through the ring; a reply keeps the entry cycling */
+      }
+      ent_commit(&r, e, idx, qid, e->ih.unique, e->commit_id, res);
     }
     __atomic_store_n(r.cq_head, head, __ATOMIC_RELEASE);
     if (stop) break;
@@ -538,7 +619,7 @@ static uint64_t parse_size(const char *s) {
 
 static void usage(void) {
   fprintf(stderr, "usage: transport-fuse --mount DIR --size BYTES [--name NAME] [--mode classic|uring]\n"
-                  "                      [--threads N] [--depth N] [--backing FILE]\n");
+                  "                      [--threads N] [--depth N] [--backing FILE [--direct]]\n");
   exit(2);
 }
 
@@ -547,7 +628,7 @@ int main(int argc, char **argv) {
       {"mount", required_argument, 0, 'm'}, {"size", required_argument, 0, 's'},
       {"name", required_argument, 0, 'n'},  {"mode", required_argument, 0, 'o'},
       {"threads", required_argument, 0, 't'}, {"depth", required_argument, 0, 'd'},
-      {"backing", required_argument, 0, 'b'}, {0, 0, 0, 0}};
+      {"backing", required_argument, 0, 'b'}, {"direct", no_argument, 0, 'D'}, {0, 0, 0, 0}};
   const char *backing = NULL;
   int c;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -562,6 +643,7 @@ int main(int argc, char **argv) {
     case 't': S.threads = atoi(optarg); break;
     case 'd': S.depth = atoi(optarg); break;
     case 'b': backing = optarg; break;
+    case 'D': S.direct = 1; break;
     default: usage();
     }
   }
@@ -575,7 +657,7 @@ int main(int argc, char **argv) {
     if (!gcry_check_version(GCRYPT_VERSION)) { fprintf(stderr, "transport-fuse: libgcrypt too old\n"); exit(1); }
     gcry_control(GCRYCTL_DISABLE_SECMEM, 0);
     gcry_control(GCRYCTL_INITIALIZATION_FINISHED, 0);
-    S.backing = open(backing, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    S.backing = open(backing, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (S.direct ? O_DIRECT : 0));
     if (S.backing < 0) die(backing);
     struct stat st;
     if (fstat(S.backing, &st)) die("fstat backing");
