@@ -22,6 +22,7 @@ const TARGETS = [
   ['fuse-native', 'fuse-native no-op'],
   ['c-classic', 'C classic no-op'],
   ['c-uring', 'C io_uring no-op'],
+  ['c-uring-nopin', 'C io_uring no-op, unpinned'],
   ['c-classic-xts', 'C classic XTS+file'],
   ['c-uring-xts', 'C io_uring XTS+file']
 ]
@@ -96,7 +97,7 @@ const out = []
 const head = cols => { out.push(`| ${cols.join(' | ')} |`); out.push(`|${cols.map((_, i) => (i ? '---:' : '---')).join('|')}|`) }
 const labels = present.map(([, l]) => l)
 
-out.push(`Medians of ${rounds.length} interleaved round(s) × ${meta.runtimeSec} s, ${meta.sizeMiB} MiB file, XTS targets' backing file ${meta.backingMode ?? 'buffered'}, kernel ${meta.kernel}, ${meta.cpus} CPUs (${meta.cpuModel}), fio ${meta.fio}, ${meta.backingFs}; load average ${meta.loadAvgStart} at the start, ${meta.loadAvgEnd} at the end, steal ${meta.stealPct} %, ${meta.elapsedSec} s of timing.${meta.skipped ? ` Skipped: ${meta.skipped}` : ''}`)
+out.push(`Medians of ${rounds.length} interleaved round(s) × ${meta.runtimeSec} s, ${meta.sizeMiB} MiB file, XTS targets' backing file ${meta.backingMode ?? 'buffered'}, filled in ${meta.fillBs ?? '1m'} writes, kernel ${meta.kernel}, ${meta.cpus} CPUs (${meta.cpuModel}), fio ${meta.fio}, ${meta.backingFs}; load average ${meta.loadAvgStart} at the start, ${meta.loadAvgEnd} at the end, steal ${meta.stealPct} %, ${meta.elapsedSec} s of timing.${meta.skipped ? ` Skipped: ${meta.skipped}` : ''}`)
 out.push('')
 out.push('**Throughput** (MB/s for sequential, IOPS for random):')
 out.push('')

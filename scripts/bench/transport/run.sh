@@ -4,7 +4,7 @@
 #
 #   scripts/bench/transport/run.sh [--rounds N] [--runtime S] [--size MiB]
 #                                  [--targets LIST] [--out DIR] [--keep]
-#                                  [--backing-mode buffered|direct]
+#                                  [--backing-mode buffered|direct] [--fill-bs SIZE]
 #
 # Six targets, measured in ONE run, interleaved:
 #   raw           the raw file on the work dir's filesystem, no FUSE
@@ -13,6 +13,8 @@
 #   c-uring       transport-fuse --mode uring: no-op, FUSE over io_uring, a queue per CPU
 #   c-classic-xts c-classic doing the volume's work: AES-256-XTS + pread/pwrite of a backing file
 #   c-uring-xts   c-uring doing the same
+# and, on request (--targets), c-uring-nopin: c-uring with its queue threads not
+# pinned to their CPUs.
 # with the six fio workloads of scripts/bench/fio.sh (scripts/bench/fio/*.fio).
 # Workload-major: the targets of one workload run back to back, the first one
 # rotating per round, so machine drift (seven other engineers share the two
@@ -41,6 +43,9 @@
 # --backing-mode: how the XTS targets open their backing file: buffered (default,
 # the page cache, as the daemon opens volume images) or direct (O_DIRECT, the same
 # path to the disk as the raw target).
+# --fill-bs: the request size of the fill that precedes timing (default 1m). On ext4
+# with large folios a later 4 KiB buffered write into the XTS targets' image costs in
+# proportion to the folio the fill left (docs/perf-notes.md §8); 4k fills in small ones.
 # Needs root, fio, node, a C compiler, libgcrypt headers, /dev/fuse.
 set -euo pipefail
 
@@ -53,6 +58,7 @@ TARGETS=raw,fuse-native,c-classic,c-uring,c-classic-xts,c-uring-xts
 OUT=
 KEEP=0
 BACKING_MODE=buffered
+FILL_BS=1m
 while (($#)); do
   case $1 in
     --rounds) ROUNDS=$2; shift ;;
@@ -62,6 +68,7 @@ while (($#)); do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --backing-mode) BACKING_MODE=$2; shift ;;
+    --fill-bs) FILL_BS=$2; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -119,7 +126,7 @@ if has_target fuse-native && [[ ! -f $ROOT/dist/fuse/mount-options.js ]]; then
   say "building dist/ for noop-fuse.mjs (npx tsc -p .)"
   (cd "$ROOT" && npx tsc -p .) >&2 || die "tsc failed"
 fi
-if has_target c-uring || has_target c-uring-xts; then
+if has_target c-uring || has_target c-uring-nopin || has_target c-uring-xts; then
   [[ -w $URING_PARAM ]] || die "$URING_PARAM is missing or not writable (kernel without CONFIG_FUSE_IO_URING)"
   URING_OLD=$(cat "$URING_PARAM")
   echo Y >"$URING_PARAM"
@@ -152,7 +159,8 @@ start_target() {
       args=(--mount "$mnt" --size "${SIZE_MIB}M" --name vol-noop)
       # Classic XTS on an O_DIRECT file blocks a worker per disk I/O: 16 workers
       # (libfuse's multithreaded loop keeps up to 10 idle) so the disk sees a queue.
-      if [[ $t == c-uring* ]]; then args+=(--mode uring)
+      if [[ $t == c-uring-nopin ]]; then args+=(--mode uring --no-pin)
+      elif [[ $t == c-uring* ]]; then args+=(--mode uring)
       elif [[ $t == c-classic-xts && $BACKING_MODE == direct ]]; then args+=(--mode classic --threads 16)
       else args+=(--mode classic --threads 4); fi
       if [[ $t == *-xts ]]; then
@@ -170,7 +178,7 @@ start_target() {
 }
 
 ACTIVE=()
-for t in raw fuse-native c-classic c-uring c-classic-xts c-uring-xts; do
+for t in raw fuse-native c-classic c-uring c-uring-nopin c-classic-xts c-uring-xts; do
   has_target "$t" || continue
   if start_target "$t"; then ACTIVE+=("$t"); else
     [[ $t == c-uring* ]] || die "$t could not start"
@@ -182,14 +190,14 @@ done
 
 # ------------------------------------------------------------ correctness ---
 fill() {
-  fio --name=fill --filename="$1" --size="${SIZE_MIB}m" --rw=write --bs=1m --ioengine=libaio \
+  fio --name=fill --filename="$1" --size="${SIZE_MIB}m" --rw=write --bs="$FILL_BS" --ioengine=libaio \
       --direct=1 --iodepth=8 --output="$WORK/fill.log" || { cat "$WORK/fill.log" >&2; die "fill of $1 failed"; }
 }
 for t in "${ACTIVE[@]}"; do
   f=${FILE[$t]}
   case $t in
     raw) fill "$f" ;;
-    fuse-native|c-classic|c-uring)
+    fuse-native|c-classic|c-uring|c-uring-nopin)
       head -c 1048576 /dev/urandom >"$WORK/pattern"
       dd if="$WORK/pattern" of="$f" bs=1M count=1 seek=3 oflag=direct conv=notrunc status=none || die "$t: O_DIRECT write failed"
       cmp -s <(dd if="$f" bs=1M count=1 skip=3 iflag=direct status=none) <(head -c 1048576 /dev/zero) \
@@ -249,7 +257,7 @@ done
 read -r s0 t0 <<<"$TICKS_START"; read -r s1 t1 <<<"$(cpu_ticks)"
 cat >"$OUT/meta.json" <<EOF
 {
-  "rounds": $ROUNDS, "backingMode": "$BACKING_MODE", "runtimeSec": $RUNTIME, "sizeMiB": $SIZE_MIB,
+  "rounds": $ROUNDS, "backingMode": "$BACKING_MODE", "fillBs": "$FILL_BS", "runtimeSec": $RUNTIME, "sizeMiB": $SIZE_MIB,
   "targets": "$(IFS=,; echo "${ACTIVE[*]}")",
   "skipped": "$( [[ -f $OUT/skipped.txt ]] && sed 's/"/\\"/g' "$OUT/skipped.txt" | tr '\n' ' ')",
   "kernel": "$(uname -r)", "cpus": $(nproc), "fio": "$(fio --version)",

@@ -6,13 +6,13 @@
  *
  *   transport-fuse --mount DIR --size BYTES [--name vol-noop]
  *                  [--mode classic|uring] [--threads N] [--depth N]
- *                  [--backing FILE [--direct]]
+ *                  [--backing FILE [--direct]] [--no-pin]
  *
  * --mode classic (default): --threads workers (default 4), each blocking in
  *   read(2) on its own /dev/fuse fd cloned with FUSE_DEV_IOC_CLONE.
  * --mode uring: FUSE over io_uring, one queue per CPU, each served by a
  *   thread pinned to that CPU with --depth ring entries (default 64); one
- *   classic reader stays for INIT and FORGET. Needs
+ *   classic reader stays for INIT and FORGET (--no-pin: queue threads float). Needs
  *   /sys/module/fuse/parameters/enable_uring = Y before the mount.
  * Both negotiate FUSE_ASYNC_DIO (libaio submissions stay asynchronous),
  * FUSE_MAX_PAGES with 1 MiB requests, and open the file with
@@ -84,6 +84,7 @@ static struct {
   int devfd;
   int backing;                       /* -1: no-op */
   int direct;                        /* the backing file is O_DIRECT */
+  int no_pin;                        /* uring: queue threads not pinned to their CPU */
   uint8_t key[64];
   struct timespec start;
   atomic_int initialized;            /* INIT answered */
@@ -532,7 +533,7 @@ static void *uring_queue(void *arg) {
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(qid, &set);
-  pthread_setaffinity_np(pthread_self(), sizeof set, &set); /* best effort: the kernel picks the queue by CPU */
+  if (!S.no_pin) pthread_setaffinity_np(pthread_self(), sizeof set, &set); /* best effort: the kernel picks the queue by CPU */
   ring r;
   int err = ring_setup(&r, (unsigned)S.depth);
   if (err) {
@@ -619,7 +620,7 @@ static uint64_t parse_size(const char *s) {
 
 static void usage(void) {
   fprintf(stderr, "usage: transport-fuse --mount DIR --size BYTES [--name NAME] [--mode classic|uring]\n"
-                  "                      [--threads N] [--depth N] [--backing FILE [--direct]]\n");
+                  "                      [--threads N] [--depth N] [--backing FILE [--direct]] [--no-pin]\n");
   exit(2);
 }
 
@@ -628,7 +629,8 @@ int main(int argc, char **argv) {
       {"mount", required_argument, 0, 'm'}, {"size", required_argument, 0, 's'},
       {"name", required_argument, 0, 'n'},  {"mode", required_argument, 0, 'o'},
       {"threads", required_argument, 0, 't'}, {"depth", required_argument, 0, 'd'},
-      {"backing", required_argument, 0, 'b'}, {"direct", no_argument, 0, 'D'}, {0, 0, 0, 0}};
+      {"backing", required_argument, 0, 'b'}, {"direct", no_argument, 0, 'D'},
+      {"no-pin", no_argument, 0, 'P'}, {0, 0, 0, 0}};
   const char *backing = NULL;
   int c;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -644,6 +646,7 @@ int main(int argc, char **argv) {
     case 'd': S.depth = atoi(optarg); break;
     case 'b': backing = optarg; break;
     case 'D': S.direct = 1; break;
+    case 'P': S.no_pin = 1; break;
     default: usage();
     }
   }
