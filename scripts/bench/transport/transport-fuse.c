@@ -220,7 +220,6 @@ static long do_init(const struct fuse_init_in *in, uint8_t *out) {
   fprintf(stderr, "transport-fuse: INIT 7.%u, negotiated flags 0x%llx%s%s%s\n", o->minor,
           (unsigned long long)flags, (flags & FUSE_ASYNC_DIO) ? " ASYNC_DIO" : "",
           (flags & FUSE_MAX_PAGES) ? " MAX_PAGES" : "", (flags & FUSE_OVER_IO_URING) ? " OVER_IO_URING" : "");
-  atomic_store(&S.initialized, 1);
   return sizeof *o;
 }
 
@@ -365,6 +364,8 @@ static void *classic_worker(void *arg) {
       if (errno == ENODEV) break;
       perror("transport-fuse: write /dev/fuse");
     }
+    /* The kernel has the INIT reply once writev returns: REGISTER may go now. */
+    if (ih->opcode == FUSE_INIT) atomic_store(&S.initialized, 1);
     atomic_fetch_add_explicit(&S.served_classic, 1, memory_order_relaxed);
   }
   return NULL;
@@ -574,7 +575,7 @@ static void *uring_queue(void *arg) {
         ent_commit(&r, e, idx, qid, e->ih.unique, e->commit_id, backing_done(&w, e, cqe->res));
         continue;
       }
-      if (cqe->res == -EAGAIN && !atomic_load(&S.queues_registered)) {
+      if (cqe->res == -EAGAIN) { /* the connection is not initialised yet: register again */
         ent_cmd(&r, e, idx, qid, FUSE_IO_URING_CMD_REGISTER, 0);
         continue;
       }
