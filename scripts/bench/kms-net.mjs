@@ -5,7 +5,7 @@
 // is reported apart from the daemon's (/proc/<pid>/stat: all the daemon's threads, HSM worker included).
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
-//                                  [--sign each|per-second]
+//                                  [--sign each|per-second] [--listener https|http]
 // --baseline DIR: a second build (a checkout with dist/ and native/build/, e.g. the commit before a change)
 //                 runs as a second daemon; phases alternate baseline/this build in every run (A/B interleaved),
 //                 so both see the same machine load.
@@ -32,6 +32,8 @@ const runs = Number(arg('runs', '3'));
 const baseline = arg('baseline', undefined);
 const cpuProf = arg('cpu-prof', undefined);
 const signMode = arg('sign', 'per-second');
+const listener = arg('listener', 'https'); // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
+const NET = `${listener}+sigv4`;
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const dir = mkdtempSync(join(tmpdir(), 'ebsd-kmsnet-bench-'));
 
@@ -53,7 +55,7 @@ async function startDaemon(name, root, prof) {
   const cli = (...a) => JSON.parse(execFileSync(process.execPath, [cliPath, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: state } }).toString() || '{}');
   const log = createWriteStream(join(dir, `${name}-daemon.log`));
   const child = spawn(process.execPath, [...(prof ? ['--cpu-prof', '--cpu-prof-dir', resolve(prof)] : []), cliPath, 'daemon', '--state-dir', state, '--kms-only',
-    '--kms-listen', '127.0.0.1:0', '--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--kms-listen', '127.0.0.1:0', ...(listener === 'https' ? ['--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   daemons.push(child);
   const url = await new Promise((ok, fail) => {
     let buf = '';
@@ -75,13 +77,14 @@ async function startDaemon(name, root, prof) {
   });
   const u = new URL(url);
   const signer = new SignatureV4({ credentials: { accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey }, region: 'us-east-1', service: 'kms', sha256: Sha256 });
-  const netAgent = new HttpsAgent({ keepAlive: true, maxSockets: concurrency, ca: readFileSync(join(dir, 'c.pem')) });
+  const netAgent = u.protocol === 'https:' ? new HttpsAgent({ keepAlive: true, maxSockets: concurrency, ca: readFileSync(join(dir, 'c.pem')) }) : new HttpAgent({ keepAlive: true, maxSockets: concurrency });
+  const netRequest = u.protocol === 'https:' ? httpsRequest : httpRequest;
   const signed = new Map(); // text -> { second, headers }: an SDK sends the same bytes for the same request within one second
   const sign = async (op, text) => {
     const second = Math.floor(Date.now() / 1000);
     const hit = signMode === 'per-second' ? signed.get(text) : undefined;
     if (hit && hit.second === second) return hit.headers;
-    const s = await signer.sign({ method: 'POST', protocol: 'https:', hostname: u.hostname, port: Number(u.port), path: '/', query: {},
+    const s = await signer.sign({ method: 'POST', protocol: u.protocol, hostname: u.hostname, port: Number(u.port), path: '/', query: {},
       headers: { host: u.host, 'x-amz-target': `TrentService.${op}`, 'content-type': 'application/x-amz-json-1.1', 'content-length': String(Buffer.byteLength(text)) }, body: text },
     { signingDate: new Date(second * 1000) });
     if (signMode === 'per-second') signed.set(text, { second, headers: s.headers });
@@ -91,7 +94,7 @@ async function startDaemon(name, root, prof) {
     const text = JSON.stringify(body);
     const headers = await sign(op, text);
     return new Promise((ok, fail) => {
-      const req = httpsRequest({ host: u.hostname, port: u.port, agent: netAgent, method: 'POST', path: '/', headers }, (res) => {
+      const req = netRequest({ host: u.hostname, port: u.port, agent: netAgent, method: 'POST', path: '/', headers }, (res) => {
         let t = ''; res.on('data', (c) => (t += c)); res.on('end', () => res.statusCode === 200 ? ok(JSON.parse(t)) : fail(new Error(t)));
       });
       req.on('error', fail); req.end(text);
@@ -102,12 +105,12 @@ async function startDaemon(name, root, prof) {
   const EncryptionContext = { purpose: 'bench' };
   const dk = await sock('GenerateDataKey', { KeyId: keyId, NumberOfBytes: 64, EncryptionContext });
   const req = { CiphertextBlob: dk.CiphertextBlob, EncryptionContext };
-  for (const [p, f] of [['socket', sock], ['https+sigv4', net]]) {
+  for (const [p, f] of [['socket', sock], [NET, net]]) {
     const r = await f('Decrypt', req);
     if (r.Plaintext !== dk.Plaintext) throw new Error(`${name} ${p}: Decrypt returned the wrong plaintext; refusing to time`);
     for (let i = 0; i < 300; i++) await f('Decrypt', req); // warm-up: connections, JIT, signing-key cache
   }
-  return { name, child, paths: { socket: sock, 'https+sigv4': net }, req };
+  return { name, child, paths: { socket: sock, [NET]: net }, req };
 }
 
 async function phase(d, path) {
@@ -129,7 +132,7 @@ try {
   const rows = new Map();
   const loads = [];
   for (let r = 0; r < runs; r++) {
-    for (const path of ['socket', 'https+sigv4']) {
+    for (const path of ['socket', NET]) {
       for (const d of r % 2 ? [...builds].reverse() : builds) {
         const x = await phase(d, path);
         loads.push(x.load);
@@ -147,8 +150,8 @@ try {
   }
   for (const d of builds) {
     const a = median(rows.get(`${d.name}\0socket`).map((x) => x.perSec));
-    const b = median(rows.get(`${d.name}\0https+sigv4`).map((x) => x.perSec));
-    console.log(`${d.name}: https+sigv4 / socket ${(b / a).toFixed(2)}`);
+    const b = median(rows.get(`${d.name}\0${NET}`).map((x) => x.perSec));
+    console.log(`${d.name}: ${NET} / socket ${(b / a).toFixed(2)}`);
   }
 } finally {
   for (const d of daemons) if (d.exitCode === null) { d.kill('SIGTERM'); await new Promise((r) => d.once('exit', r)); }

@@ -139,17 +139,23 @@ export function buildEvent(i: AuditInput): Record<string, unknown> {
 /** JSON string literal; strings of plain characters (ids, ARNs, names) skip JSON.stringify's call overhead. */
 const _PLAIN = /^[\w.:\/@+=,-]*$/;
 const _q = (v: unknown): string => (typeof v === 'string' && _PLAIN.test(v) ? '"' + v + '"' : JSON.stringify(v));
-const _identityJson = new WeakMap<Caller, { s: string; c: Caller }>();
+/**
+ * By ARN, not by Caller object: both doors build a new Caller per request (the
+ * socket from the uid, the listener from the access key), so a per-object cache
+ * never hit. Bounded like the resources' cache below.
+ */
+const _identityJson = new Map<string, { s: string; c: Caller }>();
 
 function _identity(c: Caller): string {
-  const hit = _identityJson.get(c);
+  const hit = _identityJson.get(c.arn);
   // Checked field by field: a caller object changed in place must not log its old identity.
   const h = hit?.c;
   if (h && h.type === c.type && h.arn === c.arn && h.accountId === c.accountId && h.principalId === c.principalId
     && h.userName === c.userName && h.viaService === c.viaService && h.accessKeyId === c.accessKeyId
     && h.sessionContext === c.sessionContext) return hit.s; // sessionContext is frozen: compared by reference
   const s = _q(userIdentityOf(c));
-  _identityJson.set(c, { s, c: { ...c } });
+  if (_identityJson.size > 10_000) _identityJson.clear();
+  _identityJson.set(c.arn, { s, c: { ...c } });
   return s;
 }
 

@@ -2,8 +2,9 @@ import type { Caller } from '../types.js';
 
 /**
  * What the evaluator, the grant store and the identity store need to know
- * about a caller's ARN, parsed once per Caller object (WeakMap): a regex on
- * every Decrypt costs more than the rest of the policy check.
+ * about a caller's ARN, parsed once per ARN: a regex on every Decrypt costs
+ * more than the rest of the policy check. Keyed by ARN, not by Caller object:
+ * both doors build a new Caller per request.
  */
 export interface CallerIds {
   readonly arn: string;
@@ -20,12 +21,14 @@ export interface CallerIds {
   readonly granteeKeys: readonly string[];
 }
 
-const cache = new WeakMap<Caller, CallerIds>();
+const cache = new Map<string, CallerIds>();
 const ROLE_RE = /^arn:([\w-]+):(?:sts::(\d{12}):assumed-role|iam::(\d{12}):role(?:\/.*)?)\/([^/]+)/;
 
 export function callerIds(c: Caller): CallerIds {
-  let ids = cache.get(c);
-  if (ids && ids.arn === c.arn) return ids;
+  let ids = cache.get(c.arn);
+  // What is derived depends on the ARN, the type and the account: checked, so a changed one is parsed again.
+  if (ids && ids.account === c.accountId && ids.isRoot === (c.type === 'Root') && ids.isService === (c.type === 'AWSService')
+    && (ids.roleKey !== undefined) === (c.type === 'AssumedRole' || c.type === 'Role')) return ids;
   const m = c.type === 'AssumedRole' || c.type === 'Role' ? ROLE_RE.exec(c.arn) : null;
   const acct = m ? (m[2] ?? m[3]!) : undefined;
   const roleKey = m ? `role:${acct}:${m[4]}` : undefined;
@@ -37,6 +40,7 @@ export function callerIds(c: Caller): CallerIds {
     ...(m ? { roleName: m[4]!, roleArn: `arn:${m[1]}:iam::${acct}:role/${m[4]}`, roleKey } : {}),
     granteeKeys: roleKey ? [c.arn, roleKey] : [c.arn],
   };
-  cache.set(c, ids);
+  if (cache.size > 10_000) cache.clear();
+  cache.set(c.arn, ids);
   return ids;
 }
