@@ -30,6 +30,9 @@ export interface CollectableStore extends SnapshotStore {
  */
 export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
 
+/** Store requests (age lookups, deletes) in flight at once: S3 answers each in one round trip. */
+const IN_FLIGHT = 16;
+
 export interface SnapshotGcOptions {
   graceMs?: number;
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
@@ -131,12 +134,8 @@ export class SnapshotGc {
       await this.store.deleteManifest(snapshotId);
       faultPoint('gc.after-manifest-delete');
       const now = this.now();
-      const candidates: BlockWithAge[] = [];
-      for (const hash of new Set(manifestHashes(m))) {
-        const modifiedMs = await this.store.blockModifiedMs(hash);
-        if (modifiedMs !== undefined) candidates.push({ hash, modifiedMs });
-      }
-      const result = await this.collect(candidates, now);
+      // Ages are asked only for the blocks nothing else holds: one request each on S3.
+      const result = await this.collect([...new Set(manifestHashes(m))], (hs) => this.agesOf(hs), now);
       this.log.info({ snapshotId, ...result }, 'snapshot deleted; its unshared blocks freed');
       return { deleted: true, result };
     });
@@ -146,39 +145,46 @@ export class SnapshotGc {
   sweep(): Promise<SweepResult> {
     return this.serial(async () => {
       const now = this.now();
-      const all: BlockWithAge[] = [];
-      for await (const b of this.store.listBlocksWithAge()) all.push(b);
-      const result = await this.collect(all, now);
+      const ages = new Map<BlockHash, number>();
+      for await (const b of this.store.listBlocksWithAge()) ages.set(b.hash, b.modifiedMs);
+      const result = await this.collect([...ages.keys()], async () => ages, now);
       if (result.deleted || result.keptYoung || result.keptPinned) this.log.info({ store: this.store.location, ...result }, 'snapshot store swept');
       return result;
     });
   }
 
-  private async collect(blocks: BlockWithAge[], now: number): Promise<SweepResult> {
-    // First mark: the blocks listed are judged against the manifests of this moment.
+  private async collect(hashes: BlockHash[], agesOf: (hs: BlockHash[]) => Promise<Map<BlockHash, number>>, now: number): Promise<SweepResult> {
+    // First mark: the blocks are judged against the manifests of this moment.
     let marked = await this.mark();
     const manifests = marked.manifests;
+    let live = new Set(this.live());
     let keptYoung = 0;
     let keptPinned = 0;
-    const doomed: BlockHash[] = [];
-    let live = new Set(this.live());
-    for (const b of blocks) {
-      if (marked.refs.has(b.hash)) continue;
-      if (this.pins.has(b.hash) || live.has(b.hash)) keptPinned++;
-      else if (!(now - b.modifiedMs >= this.graceMs)) keptYoung++;
-      else doomed.push(b.hash);
+    const unheld: BlockHash[] = [];
+    for (const h of hashes) {
+      if (marked.refs.has(h)) continue;
+      if (this.pins.has(h) || live.has(h)) keptPinned++;
+      else unheld.push(h);
     }
+    const ages = await agesOf(unheld);
+    const doomed = unheld.filter((h) => {
+      const modifiedMs = ages.get(h);
+      if (modifiedMs === undefined) return false; // already gone
+      if (now - modifiedMs >= this.graceMs) return true;
+      keptYoung++;
+      return false;
+    });
     let deleted = 0;
     if (doomed.length) {
       // Second mark: a manifest written since the first (another daemon's) still saves its blocks.
       marked = await this.mark();
       live = new Set(this.live());
-      for (const h of doomed) {
-        if (marked.refs.has(h)) continue;
+      await inParallel(doomed, IN_FLIGHT, async (h) => {
+        if (marked.refs.has(h)) return;
         // Pins are checked last, synchronously before the delete starts; pin() waits for it.
         if (this.pins.has(h) || live.has(h)) {
           keptPinned++;
-          continue;
+          return;
         }
         const p = this.store.deleteBlock(h);
         this.deleting.set(h, p.catch(() => {}));
@@ -188,9 +194,18 @@ export class SnapshotGc {
           this.deleting.delete(h);
         }
         deleted++;
-      }
+      });
     }
-    return { manifests, examined: blocks.length, deleted, keptYoung, keptPinned };
+    return { manifests, examined: hashes.length, deleted, keptYoung, keptPinned };
+  }
+
+  private async agesOf(hashes: BlockHash[]): Promise<Map<BlockHash, number>> {
+    const out = new Map<BlockHash, number>();
+    await inParallel(hashes, IN_FLIGHT, async (h) => {
+      const m = await this.store.blockModifiedMs(h);
+      if (m !== undefined) out.set(h, m);
+    });
+    return out;
   }
 
   /** Every block any manifest names. A manifest that cannot be read throws: no sweep on a partial mark. */
@@ -206,4 +221,22 @@ export class SnapshotGc {
     this.queue = run.catch(() => {});
     return run;
   }
+}
+
+/** fn over items, at most `n` at a time; the first failure is thrown once all started ones have settled. */
+async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { e: unknown } | undefined;
+  const worker = async (): Promise<void> => {
+    while (next < items.length && !failure) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (e) {
+        failure ??= { e };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+  if (failure) throw failure.e;
 }
