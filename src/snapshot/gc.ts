@@ -51,7 +51,7 @@ export interface SweepResult {
   /** Blocks the sweep looked at. */
   examined: number;
   deleted: number;
-  /** Unreferenced, but younger than the grace period. */
+  /** Unreferenced, but younger than the grace period, or put since a pending snapshot began. */
   keptYoung: number;
   /** Unreferenced, but pinned by an operation in progress on this daemon. */
   keptPinned: number;
@@ -66,7 +66,8 @@ export interface BlockPin {
  * The snapshot store's garbage collector (docs/architecture.md §13.3): mark
  * every block any manifest names (every state, every daemon sharing the
  * store), sweep the rest, except blocks pinned by an operation in progress
- * here and blocks younger than the grace period.
+ * here, blocks younger than the grace period, and blocks put since a pending
+ * snapshot (of any daemon) began.
  *
  * Crash safety: deleteSnapshot removes the manifest first, durably, and its
  * blocks after; a crash between leaves orphans a later sweep frees, never a
@@ -167,10 +168,12 @@ export class SnapshotGc {
       else unheld.push(h);
     }
     const ages = await agesOf(unheld);
+    // Put since a pending snapshot began (less the grace, for clock skew): maybe that snapshot's.
+    const pendingFrom = marked.pendingSinceMs - this.graceMs;
     const doomed = unheld.filter((h) => {
       const modifiedMs = ages.get(h);
       if (modifiedMs === undefined) return false; // already gone
-      if (now - modifiedMs >= this.graceMs) return true;
+      if (now - modifiedMs >= this.graceMs && modifiedMs < pendingFrom) return true;
       keptYoung++;
       return false;
     });
@@ -208,12 +211,25 @@ export class SnapshotGc {
     return out;
   }
 
-  /** Every block any manifest names. A manifest that cannot be read throws: no sweep on a partial mark. */
-  private async mark(): Promise<{ refs: Set<BlockHash>; manifests: number }> {
+  /**
+   * Every block any manifest names, and the start of the oldest `pending`
+   * snapshot (its writer, maybe on another host, puts blocks its manifest
+   * names only when it completes). A manifest that cannot be read throws: no
+   * sweep on a partial mark.
+   */
+  private async mark(): Promise<{ refs: Set<BlockHash>; manifests: number; pendingSinceMs: number }> {
     const refs = new Set<BlockHash>();
     const all = await this.store.listManifests();
-    for (const m of all) for (const h of manifestHashes(m)) refs.add(h);
-    return { refs, manifests: all.length };
+    let pendingSinceMs = Number.POSITIVE_INFINITY;
+    for (const m of all) {
+      for (const h of manifestHashes(m)) refs.add(h);
+      if (m.state === 'pending') {
+        const t = Date.parse(m.startTime);
+        // A start we cannot read protects everything rather than nothing.
+        pendingSinceMs = Math.min(pendingSinceMs, Number.isFinite(t) ? t : Number.NEGATIVE_INFINITY);
+      }
+    }
+    return { refs, manifests: all.length, pendingSinceMs };
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {

@@ -97,11 +97,26 @@ describe.each(stores)('collector on %s', (_name, open) => {
     const pendingOfOtherDaemon = [block(1024), block(1024)];
     const orphans = [block(1024), block(1024), block(1024)];
     await putSnapshot(store, kept);
-    await putSnapshot(store, pendingOfOtherDaemon, { state: 'pending', progress: 40 });
+    // Began (on the collector's clock, two hours ahead) half an hour ago: after the orphans were put, so it cannot own them.
+    await putSnapshot(store, pendingOfOtherDaemon, { state: 'pending', progress: 40, startTime: new Date(Date.now() + 1.5 * HOUR).toISOString() });
     for (const o of orphans) await store.putBlock(o.hash, o.data);
     const r = await later(store).sweep();
     expect(r).toMatchObject({ manifests: 2, examined: 7, deleted: 3, keptYoung: 0, keptPinned: 0 });
     expect(await blocksOf(store)).toEqual([...kept, ...pendingOfOtherDaemon].map((b) => b.hash).sort());
+  });
+
+  withStore('blocks put since another daemon\'s pending snapshot began are kept past the grace period, until it completes', async (store) => {
+    const started = new Date(Date.now() - 60_000).toISOString();
+    const id = snapId();
+    await store.putManifest(manifest(id, [], { state: 'pending', progress: 10, startTime: started }));
+    const itsBlocks = [block(1024), block(1024)];
+    for (const b of itsBlocks) await store.putBlock(b.hash, b.data);
+    const gc = new SnapshotGc(store, { graceMs: HOUR, now: () => Date.now() + 5 * HOUR });
+    expect(await gc.sweep()).toMatchObject({ deleted: 0, keptYoung: 2 });
+    // It completed naming one of them; the other was a block it ended up not needing.
+    await store.putManifest(manifest(id, [[0, itsBlocks[0]!.hash]], { state: 'completed', startTime: started }));
+    expect(await gc.sweep()).toMatchObject({ deleted: 1, keptYoung: 0 });
+    expect(await blocksOf(store)).toEqual([itsBlocks[0]!.hash]);
   });
 
   withStore('young blocks are kept until the grace period has passed; pinned ones until released', async (store) => {
