@@ -38,8 +38,8 @@ export interface SnapshotGcOptions {
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
   now?: () => number;
   /**
-   * Pins pulled rather than taken: blocks operations in progress hold without
-   * calling pin() (SnapshotManager.liveBlocks). Asked at each mark.
+   * Pins pulled rather than taken: blocks that operations in progress hold
+   * without calling pin() (an operation that keeps its own set). Asked at each mark.
    */
   live?: () => Iterable<BlockHash>;
   log?: Logger;
