@@ -115,6 +115,14 @@ describe('a snapshot in S3 restores on another daemon', () => {
     const byB = a.auditText().trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.userIdentity?.arn === userArn && !e.errorCode);
     for (const op of ['CreateGrant', 'Decrypt']) expect(byB.map((e) => e.eventName)).toContain(op);
   });
+
+  it('A deletes the snapshot: its manifest leaves the store at once, its blocks stay for the grace period (B may be writing)', async () => {
+    await a.ok(['snapshot', 'delete', snap.SnapshotId]);
+    expect(existsSync(server.objectFile(`fleet/manifests/${snap.SnapshotId}.json`))).toBe(false);
+    expect((await b.ok(['snapshot', 'describe'])).Snapshots.map((x: any) => x.SnapshotId)).not.toContain(snap.SnapshotId);
+    const blocks = readdirSync(join(server.dir, server.bucket, 'fleet', 'blocks')).filter((n) => n.endsWith('._S3rver_object'));
+    expect(blocks.length).toBe(7);
+  });
 });
 
 /** A loopback port nobody listens on now. */
