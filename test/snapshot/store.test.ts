@@ -4,13 +4,15 @@
  * this file in its own process. Plus what only the directory store does:
  * temp files of interrupted writes are removed when the daemon opens it.
  */
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
-import { block, manifest, runSnapshotStoreSuite, snapId } from './store-suite.js';
+import { SnapshotGc } from '../../src/snapshot/gc.js';
+import { manifestHashes } from '../../src/snapshot/manifest-check.js';
+import { block, manifest, runSnapshotStoreSuite, sha256, snapId } from './store-suite.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
 
 runSnapshotStoreSuite('DirSnapshotStore', async () => {
@@ -73,6 +75,32 @@ describe('DirSnapshotStore after a crash', () => {
       expect(readdirSync(join(root, 'manifests'))).toEqual([`${id}.json`]);
       expect((await reopened.getBlock(b.hash)).equals(b.data)).toBe(true);
       expect((await reopened.getManifest(id))!.blocks).toEqual([[0, b.hash]]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the frozen store of format version 1 (test/fixtures/snapshot-store-v1)', () => {
+  test('opens, lists its manifests, reads every block, and a sweep frees only its orphan', async () => {
+    const fixture = join(import.meta.dirname, '..', 'fixtures', 'snapshot-store-v1');
+    const expected = JSON.parse(readFileSync(join(fixture, 'expected.json'), 'utf8')) as { manifests: string[]; referenced: string[]; orphans: string[] };
+    const dir = mkdtempSync('/tmp/ebsd-dirstore-v1-');
+    try {
+      cpSync(join(fixture, 'snapshots'), join(dir, 'snapshots'), { recursive: true });
+      const s = await DirSnapshotStore.open(join(dir, 'snapshots'), { removeTemps: true });
+      const ms = await s.listManifests();
+      expect(ms.map((m) => m.snapshotId)).toEqual(expected.manifests);
+      expect(ms.map((m) => m.state)).toEqual(['completed', 'completed', 'error']);
+      expect(ms[1]!.parentSnapshotId).toBe(ms[0]!.snapshotId);
+      const named = new Set(ms.flatMap((m) => manifestHashes(m)));
+      expect([...named].sort()).toEqual(expected.referenced);
+      for (const h of [...expected.referenced, ...expected.orphans]) expect(sha256(await s.getBlock(h))).toBe(h);
+      const r = await new SnapshotGc(s, { graceMs: 0 }).sweep();
+      expect(r).toMatchObject({ manifests: 3, deleted: 1 });
+      const left: string[] = [];
+      for await (const h of s.listBlocks()) left.push(h);
+      expect(left.sort()).toEqual(expected.referenced);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
