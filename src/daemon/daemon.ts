@@ -203,6 +203,8 @@ export class Daemon {
     // Before the mount: a bad --snapshot-store is refused with nothing started.
     this.snapshotStore = await openSnapshotStore(cfg.snapshotStore, paths.root);
     const store = this.snapshotStore;
+    // A remote store is probed, not awaited: an S3 outage must not keep volumes from being served.
+    void store.check?.().then(() => log.info({ store: store.location }, 'snapshot store answers'), (err) => log.warn({ err, store: store.location }, 'snapshot store does not answer; snapshots will fail until it does'));
     const gc = new SnapshotGc(store, { log: log.child({ component: 'snapshot-gc' }), ...(cfg.snapshotGcGraceMs !== undefined ? { graceMs: cfg.snapshotGcGraceMs } : {}) });
     this.snapshotGc = gc;
     // Orphans (crashes, young blocks of deleted snapshots) are freed once per grace period (at least once a minute apart).

@@ -17,6 +17,8 @@ export interface CollectableStore extends SnapshotStore {
   blockModifiedMs(hash: BlockHash): Promise<number | undefined>;
   /** Lets go of connections (S3); the daemon calls it on stop. */
   close?(): void;
+  /** A read-only call that proves a remote store answers (S3); the daemon logs the outcome at start. */
+  check?(): Promise<void>;
 }
 
 /**

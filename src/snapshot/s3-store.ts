@@ -254,6 +254,19 @@ export class S3SnapshotStore implements CollectableStore {
     await this.deleteKey(this.key('manifests', `${snapshotId}.json`));
   }
 
+  /**
+   * One ListObjectsV2 of a single key under the prefix: proves the endpoint,
+   * credentials and bucket answer, without writing. Throws like any call.
+   */
+  async check(): Promise<void> {
+    const prefix = this.key('manifests', '');
+    try {
+      await this.s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: 1 }));
+    } catch (e) {
+      throw this.fail('ListObjectsV2', prefix, e);
+    }
+  }
+
   /** Closes the HTTP connections. */
   close(): void {
     this.s3.destroy();

@@ -192,7 +192,12 @@ describe('failures are SnapshotError SNAPSHOT_STORE naming S3\'s error, never a 
     expect(e.message).toMatch(/GetObject .*InvalidAccessKeyId \(HTTP 403\)/);
   });
 
-  test('a bucket that does not exist: NoSuchBucket', async () => {
+  test('a bucket that does not exist: NoSuchBucket, from check() too (the daemon\'s start-up probe)', async () => {
+    const ok = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'fail', endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS });
+    await ok.check();
+    ok.close();
+    const probe = await failing({ bucket: 'no-such-bucket' }, (s) => s.check());
+    expect(probe.message).toMatch(/ListObjectsV2 .*NoSuchBucket/);
     const e = await failing({ bucket: 'no-such-bucket' }, (s) => s.listManifests());
     expect(e.code).toBe('SNAPSHOT_STORE');
     expect(e.message).toMatch(/ListObjectsV2 of s3:\/\/no-such-bucket\/fail\/manifests\/ failed: NoSuchBucket/);
