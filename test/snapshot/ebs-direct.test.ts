@@ -1,5 +1,5 @@
 import { createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -260,6 +260,48 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     await complete(child, new Map());
     expect((await raw('GetSnapshotBlock', { SnapshotId: child, BlockIndex: 0, BlockToken: t0 })).body.Reason).toBe('INVALID_BLOCK_TOKEN');
     expect((await getBlock(child, 0, (await listAll(child))[0]!.BlockToken)).equals(same)).toBe(true);
+  }, 120_000);
+
+  it('two CreateSnapshot snapshots of a volume with 1 MiB rewritten between them: ListChangedBlocks names exactly those 2 blocks, GetSnapshotBlock returns what was written', async () => {
+    const MiB = 1024 * 1024;
+    const vol = (await env.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId;
+    await env.ok(['attach', vol]);
+    const before = randomBytes(16 * MiB);
+    const rewrite = randomBytes(MiB);
+    const writeAt = (buf: Buffer, off: number): void => {
+      const fd = openSync(env.file(vol), 'r+');
+      try {
+        writeSync(fd, buf, 0, buf.length, off);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+    };
+    writeAt(before, 0);
+    const s1 = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
+    writeAt(rewrite, 3 * MiB); // blocks 6 and 7
+    const s2 = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
+    await env.ok(['detach', vol]);
+
+    const changed = await ebs('ListChangedBlocks', { FirstSnapshotId: s1, SecondSnapshotId: s2 });
+    expect(changed.ChangedBlocks.map((b: R) => b.BlockIndex)).toEqual([6, 7]);
+    expect(changed).toMatchObject({ VolumeSize: 1, BlockSize: BLOCK });
+    const [c6, c7] = changed.ChangedBlocks as R[];
+    expect((await getBlock(s1, 6, c6!.FirstBlockToken)).equals(before.subarray(6 * BLOCK, 7 * BLOCK))).toBe(true);
+    expect((await getBlock(s2, 6, c6!.SecondBlockToken)).equals(rewrite.subarray(0, BLOCK))).toBe(true);
+    expect((await getBlock(s2, 7, c7!.SecondBlockToken)).equals(rewrite.subarray(BLOCK))).toBe(true);
+    // The second snapshot reads as the whole volume after the rewrite.
+    const after = Buffer.from(before);
+    rewrite.copy(after, 3 * MiB);
+    const all = await listAll(s2);
+    expect(all.map((b) => b.BlockIndex)).toEqual([...Array(32).keys()]);
+    for (const b of [all[0]!, all[5]!, all[8]!, all[31]!]) {
+      expect((await getBlock(s2, b.BlockIndex, b.BlockToken)).equals(after.subarray(b.BlockIndex * BLOCK, (b.BlockIndex + 1) * BLOCK)), `block ${b.BlockIndex}`).toBe(true);
+    }
+    // A snapshot of that volume and one begun with StartSnapshot under the same key are not one lineage (different data keys).
+    const other = (await start({ VolumeSize: 1, Encrypted: true, KmsKeyArn: keyArn })).SnapshotId;
+    await complete(other, new Map());
+    expect((await raw('ListChangedBlocks', { FirstSnapshotId: s1, SecondSnapshotId: other })).body.Reason).toBe('UNRELATED_SNAPSHOTS');
   }, 120_000);
 
   it('a caller allowed ebs:* but not kms:Decrypt may list but is refused GetSnapshotBlock; without ebs:* nothing; refusals audited', async () => {
