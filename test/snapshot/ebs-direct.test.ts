@@ -1,5 +1,5 @@
 import { createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -140,6 +140,21 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     const dump = JSON.parse(spawnSync('cryptsetup', ['luksDump', '--dump-json-metadata', img], { encoding: 'utf8' }).stdout);
     expect(dump.segments['0']).toMatchObject({ encryption: 'aes-xts-plain64', sector_size: 4096, size: String(1024 ** 3) });
     key.fill(0);
+
+    // A volume restored from it (CreateVolume --snapshot-id, same key) reads back what was put.
+    const restored = (await env.ok(['volume', 'create', '--snapshot-id', snap, '--wait'])).VolumeId;
+    await env.ok(['attach', restored]);
+    const fd = openSync(env.file(restored), 'r');
+    try {
+      for (const [i, want] of blocks) {
+        const buf = Buffer.alloc(BLOCK);
+        expect(readSync(fd, buf, 0, BLOCK, i * BLOCK)).toBe(BLOCK);
+        expect(buf.equals(want), `restored block ${i}`).toBe(true);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    await env.ok(['detach', restored]);
 
     // Audited as EBS calls; no block data and no data key in the audit log.
     const audit = env.auditText();
