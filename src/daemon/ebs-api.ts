@@ -211,5 +211,5 @@ export async function openEbsApi(o: {
   });
   const marked = await direct.recover();
   if (marked.length) o.log.warn({ snapshots: marked }, 'snapshots begun with StartSnapshot and never completed before the restart are now error');
-  return new EbsApi({ direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: (id) => store.getManifest(id), log: o.log });
+  return new EbsApi({ direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: async (id) => direct.pendingManifest(id) ?? store.getManifest(id), log: o.log });
 }

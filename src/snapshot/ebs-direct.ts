@@ -41,6 +41,8 @@ const SECTORS_PER_BLOCK = SNAPSHOT_BLOCK_BYTES / SECTOR_SIZE;
 const ZERO_SECTOR = Buffer.alloc(SECTOR_SIZE);
 /** Snapshots begun with StartSnapshot and not yet completed, at once, per daemon (ConcurrentLimitExceededException past it). */
 export const MAX_PENDING_SNAPSHOTS = 100;
+/** StartSnapshot ClientTokens remembered for idempotency. */
+const MAX_CLIENT_TOKENS = 10_000;
 /** KMS default key for EBS, as CreateVolume uses it. */
 const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 /** Parent links followed looking for a common lineage (ListChangedBlocks). */
@@ -136,6 +138,11 @@ export class EbsDirect {
 
   private async _unmark(id: string): Promise<void> {
     await fsp.rm(join(this.o.pendingDir, id), { force: true });
+  }
+
+  /** The manifest of a snapshot this daemon is writing (StartSnapshot, not completed), without a store read. */
+  pendingManifest(id: string): SnapshotManifest | undefined {
+    return this.pending.get(id)?.manifest;
   }
 
   /** Wipe the token key; pending snapshots are left for recover() to mark. */
@@ -286,7 +293,11 @@ export class EbsDirect {
       ...(encrypted ? { KmsKeyArn: manifest.kmsKeyId } : {}),
       SseType: encrypted ? 'sse-ebs' : 'none',
     };
-    if (i.ClientToken !== undefined) this.clientTokens.set(i.ClientToken, { request: JSON.stringify({ ...i, caller: caller.arn }), response });
+    if (i.ClientToken !== undefined) {
+      // Bounded: the oldest token is forgotten first (a retry that late starts a new snapshot).
+      if (this.clientTokens.size >= MAX_CLIENT_TOKENS) this.clientTokens.delete(this.clientTokens.keys().next().value!);
+      this.clientTokens.set(i.ClientToken, { request: JSON.stringify({ ...i, caller: caller.arn }), response });
+    }
     this.o.log?.info({ snapshotId, encrypted, parentSnapshotId: parent?.snapshotId, volumeSize: i.VolumeSize, keyArn: manifest.kmsKeyId || undefined }, 'StartSnapshot: snapshot pending');
     return response;
   }
