@@ -31,7 +31,7 @@ export const EXIT_CODES_HELP = `Exit codes:
   2  usage error (bad command line)
   3  daemon not running / control socket unreachable
   4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)
-  5  not found (NotFoundException, InvalidVolume.NotFound, InvalidVolumeID.Malformed, NoSuchEntity)
+  5  not found (NotFoundException, ResourceNotFoundException, InvalidVolume.NotFound, InvalidVolumeID.Malformed, NoSuchEntity)
   6  conflicting state (VolumeInUse, IncorrectState, DisabledException, KMSInvalidStateException, AlreadyExists)
   7  invalid request (ValidationException, InvalidParameterValue, InvalidFilter, TagLimitExceeded, UnknownParameter,
      MalformedPolicyDocument, InvalidCiphertextException,
