@@ -32,6 +32,7 @@ import { MAX_BODY_VALUES } from './control-server.js';
 import { StsError, type StsService } from '../kms/sts/sts-service.js';
 import { decodeKmsRequest, encodeResponse, toWireError } from './aws-json.js';
 import { throttledEvent } from './audit-events.js';
+import { ebsRestRequest, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
 import {
   ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, refuseSocket, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
@@ -59,6 +60,8 @@ export interface KmsListenerOptions {
   kms: (operation: string, request: Record<string, unknown>, caller: Caller, requestId: string) => Promise<unknown>;
   /** Append one CloudTrail-shaped record to the audit log. */
   audit: (event: Record<string, unknown>) => Promise<void>;
+  /** The EBS direct APIs (REST, SigV4 service `ebs`, paths under /snapshots), when this daemon serves them. */
+  ebs?: (op: string, members: Record<string, unknown>, caller: Caller, requestId: string) => Promise<Record<string, unknown>>;
   /**
    * Append the record of an unauthenticated request, aggregated per `key`
    * (AuditLog.appendRefusal), so a client looping bad signatures costs
@@ -100,6 +103,7 @@ export class KmsListener {
   private readonly limits: ListenerLimits;
   private readonly kmsVerifier: SigV4Verifier<Caller>;
   private readonly stsVerifier: SigV4Verifier<Caller>;
+  private readonly ebsVerifier: SigV4Verifier<Caller>;
   private readonly now: () => number;
 
   constructor(private readonly o: KmsListenerOptions) {
@@ -110,6 +114,7 @@ export class KmsListener {
     const v = (service: string) => new SigV4Verifier<Caller>({ region: o.region, services: [service], credentials: o.sts.credentials, now: this.now });
     this.kmsVerifier = v('kms');
     this.stsVerifier = v('sts');
+    this.ebsVerifier = new SigV4Verifier<Caller>({ region: o.region, services: ['ebs'], credentials: o.sts.credentials, now: this.now, unsignedPayload: true });
   }
 
   /** Start listening; resolves with the bound address (port 0 picks a free one). */
@@ -117,6 +122,7 @@ export class KmsListener {
   forgetSigningKeys(): void {
     this.kmsVerifier.forget();
     this.stsVerifier.forget();
+    this.ebsVerifier.forget();
   }
 
   async listen(): Promise<{ host: string; port: number; protocol: 'http' | 'https' }> {
@@ -194,6 +200,7 @@ export class KmsListener {
     try {
       const body = await readBody(req, this.guard, sourceIp);
       const url = req.url ?? '/';
+      if (query && this.o.ebs && url.startsWith('/snapshots')) return await this.serveEbs(req, res, body, requestId, sourceIp);
       const form = query ? new URLSearchParams(req.method === 'GET' ? url.slice(url.indexOf('?') + 1 || url.length) : body.toString('utf8')) : undefined;
       if (form) operation = form.get('Action') ?? 'Unknown';
       let verified;
@@ -222,6 +229,27 @@ export class KmsListener {
       return sendJson(res, w.status, w.body, requestId);
     } finally {
       this.o.log.debug({ operation, requestId, sourceIp }, 'KMS network request');
+    }
+  }
+
+  /** An EBS direct API request (ebs-rest.ts): SigV4 first, then the same checks, authorization and audit as on the socket. */
+  private async serveEbs(req: IncomingMessage, res: ServerResponse, body: Buffer, requestId: string, sourceIp: string): Promise<void> {
+    const ua = req.headers['user-agent'];
+    try {
+      let verified;
+      try {
+        verified = await this.ebsVerifier.verify({ method: req.method ?? 'GET', target: req.url ?? '/', headers: pairs(req.rawHeaders), body });
+      } catch (e) {
+        if (e instanceof SigV4Error) await this.auditRefusal(e, 'ebs.amazonaws.com', 'Unknown', requestId, sourceIp, req);
+        throw e;
+      }
+      const caller: Caller = { ...verified.principal, sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
+      const r = ebsRestRequest(req, body);
+      if (!r) throw new EbsdError('UNKNOWN_OPERATION', `no EBS direct API operation is ${req.method} ${(req.url ?? '').split('?')[0]!.slice(0, 128)}`, { awsName: 'UnknownOperationException' });
+      return sendEbsRest(res, r.op, await this.o.ebs!(r.op, r.members, caller, requestId), requestId);
+    } catch (e) {
+      if (toWireError(e).status >= 500) this.o.log.error({ err: e, requestId }, 'EBS direct API network request failed');
+      return sendEbsRestError(res, e, requestId);
     }
   }
 

@@ -32,6 +32,13 @@ export interface VerifierOptions<P> {
   services: readonly string[];
   credentials: CredentialSource<P>;
   now?: () => number;
+  /**
+   * Accept `x-amz-content-sha256: UNSIGNED-PAYLOAD` (the literal then stands for the
+   * payload hash, SigV4 "Signature Calculations for the Authorization Header"): the
+   * EBS direct APIs leave PutSnapshotBlock's block unsigned and protect it with the
+   * signed x-amz-Checksum header instead. Off for KMS and STS.
+   */
+  unsignedPayload?: boolean;
 }
 
 export interface Verified<P> {
@@ -100,8 +107,8 @@ export class SigV4Verifier<P> {
     const token = headers.get('x-amz-security-token');
     const cred = this.opts.credentials(p.accessKeyId, token, now);
 
-    const payloadHash = sha256Hex(req.body);
     const claimed = headers.get('x-amz-content-sha256');
+    const payloadHash = claimed === 'UNSIGNED-PAYLOAD' && this.opts.unsignedPayload === true ? claimed : sha256Hex(req.body);
     if (claimed !== undefined && claimed !== payloadHash) {
       throw new SigV4Error('InvalidSignature', "The provided 'x-amz-content-sha256' header does not match what was computed.", p.accessKeyId);
     }

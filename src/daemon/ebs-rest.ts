@@ -1,0 +1,120 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { validation } from '../snapshot/ebs-direct-errors.js';
+import { toWireError } from './aws-json.js';
+
+/**
+ * The EBS direct APIs' REST binding (EBS direct APIs reference, each
+ * operation's "Request Syntax" / "Response Syntax"), for the network
+ * listener: a SigV4-verified HTTP request -> (operation, members) in the
+ * control API's shapes (so ebs-api.ts checks and runs it the same way), and
+ * the answer back: JSON bodies, the block as the raw body of
+ * GetSnapshotBlock / PutSnapshotBlock, `x-amz-*` headers, timestamps as
+ * epoch seconds, errors as `{message, Reason}` with `x-amzn-ErrorType`.
+ */
+const SNAP = '(snap-[0-9a-f]{1,59})';
+const ROUTES: { method: string; path: RegExp; op: string }[] = [
+  { method: 'GET', path: new RegExp(`^/snapshots/${SNAP}/blocks$`), op: 'ListSnapshotBlocks' },
+  { method: 'GET', path: new RegExp(`^/snapshots/${SNAP}/changedblocks$`), op: 'ListChangedBlocks' },
+  { method: 'GET', path: new RegExp(`^/snapshots/${SNAP}/blocks/([0-9]{1,16})$`), op: 'GetSnapshotBlock' },
+  { method: 'PUT', path: new RegExp(`^/snapshots/${SNAP}/blocks/([0-9]{1,16})$`), op: 'PutSnapshotBlock' },
+  { method: 'POST', path: /^\/snapshots$/, op: 'StartSnapshot' },
+  { method: 'POST', path: new RegExp(`^/snapshots/completion/${SNAP}$`), op: 'CompleteSnapshot' },
+];
+/** Success statuses of the REST binding. */
+const STATUS: Record<string, number> = { StartSnapshot: 201, PutSnapshotBlock: 201, CompleteSnapshot: 202 };
+
+/** Decimal digits as a number; anything else stays a string for the member check to refuse by name. */
+const num = (v: string | null | undefined): number | string | undefined => (v == null ? undefined : /^[0-9]{1,16}$/.test(v) ? Number(v) : v);
+
+function put(out: Record<string, unknown>, k: string, v: unknown): void {
+  if (v !== undefined && v !== null) out[k] = v;
+}
+
+/** The operation and its members; undefined when the path is no EBS direct API route. */
+export function ebsRestRequest(req: IncomingMessage, body: Buffer): { op: string; members: Record<string, unknown> } | undefined {
+  const url = new URL(req.url ?? '/', 'http://localhost');
+  const route = ROUTES.find((r) => r.method === req.method && r.path.test(url.pathname));
+  if (!route) return undefined;
+  const m = route.path.exec(url.pathname)!;
+  const q = url.searchParams;
+  const h = (k: string): string | undefined => {
+    const v = req.headers[k];
+    return typeof v === 'string' ? v : undefined;
+  };
+  const out: Record<string, unknown> = {};
+  switch (route.op) {
+    case 'ListSnapshotBlocks':
+    case 'ListChangedBlocks':
+      put(out, route.op === 'ListSnapshotBlocks' ? 'SnapshotId' : 'SecondSnapshotId', m[1]);
+      if (route.op === 'ListChangedBlocks') put(out, 'FirstSnapshotId', q.get('firstSnapshotId'));
+      put(out, 'MaxResults', num(q.get('maxResults')));
+      put(out, 'NextToken', q.get('pageToken'));
+      put(out, 'StartingBlockIndex', num(q.get('startingBlockIndex')));
+      break;
+    case 'GetSnapshotBlock':
+      Object.assign(out, { SnapshotId: m[1], BlockIndex: Number(m[2]) });
+      put(out, 'BlockToken', q.get('blockToken'));
+      break;
+    case 'PutSnapshotBlock':
+      Object.assign(out, { SnapshotId: m[1], BlockIndex: Number(m[2]), BlockData: body.toString('base64') });
+      put(out, 'DataLength', num(h('x-amz-data-length')));
+      put(out, 'Progress', num(h('x-amz-progress')));
+      put(out, 'Checksum', h('x-amz-checksum'));
+      put(out, 'ChecksumAlgorithm', h('x-amz-checksum-algorithm'));
+      break;
+    case 'CompleteSnapshot':
+      put(out, 'SnapshotId', m[1]);
+      put(out, 'ChangedBlocksCount', num(h('x-amz-changedblockscount')));
+      put(out, 'Checksum', h('x-amz-checksum'));
+      put(out, 'ChecksumAlgorithm', h('x-amz-checksum-algorithm'));
+      put(out, 'ChecksumAggregationMethod', h('x-amz-checksum-aggregation-method'));
+      break;
+    case 'StartSnapshot': {
+      let v: unknown;
+      try {
+        v = body.length ? JSON.parse(body.toString('utf8')) : {};
+      } catch {
+        throw validation('INVALID_PARAMETER_VALUE', 'StartSnapshot body is not JSON');
+      }
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw validation('INVALID_PARAMETER_VALUE', 'StartSnapshot body is not a JSON object');
+      Object.assign(out, v);
+      break;
+    }
+  }
+  return { op: route.op, members: out };
+}
+
+/** ISO time members -> epoch seconds, as REST-JSON carries timestamps. */
+function epoch(o: Record<string, unknown>): Record<string, unknown> {
+  const r: Record<string, unknown> = { ...o };
+  for (const k of ['ExpiryTime', 'StartTime']) if (typeof r[k] === 'string') r[k] = Date.parse(r[k] as string) / 1000;
+  return r;
+}
+
+export function sendEbsRest(res: ServerResponse, op: string, out: Record<string, unknown>, requestId: string): void {
+  const status = STATUS[op] ?? 200;
+  if (op === 'GetSnapshotBlock') {
+    const data = out.BlockData as Buffer;
+    res.writeHead(status, {
+      'Content-Type': 'application/octet-stream', 'Content-Length': data.length, 'x-amzn-RequestId': requestId,
+      'x-amz-Data-Length': String(out.DataLength), 'x-amz-Checksum': String(out.Checksum), 'x-amz-Checksum-Algorithm': String(out.ChecksumAlgorithm),
+    });
+    res.end(data);
+    return;
+  }
+  if (op === 'PutSnapshotBlock') {
+    res.writeHead(status, { 'Content-Length': 0, 'x-amzn-RequestId': requestId, 'x-amz-Checksum': String(out.Checksum), 'x-amz-Checksum-Algorithm': String(out.ChecksumAlgorithm) });
+    res.end();
+    return;
+  }
+  const text = JSON.stringify(epoch(out));
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId });
+  res.end(text);
+}
+
+export function sendEbsRestError(res: ServerResponse, e: unknown, requestId: string): void {
+  const w = toWireError(e);
+  const text = JSON.stringify({ message: w.body.message, ...(w.body.Reason ? { Reason: w.body.Reason } : {}) });
+  res.writeHead(w.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId, 'x-amzn-ErrorType': w.body.__type });
+  res.end(text);
+}
