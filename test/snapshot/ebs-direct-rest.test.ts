@@ -102,6 +102,10 @@ describe('EBS direct APIs over SigV4 REST (real daemon, --kms-listen)', () => {
     expect(kmsSigned.headers.get('x-amzn-errortype')).toMatch(/Signature|Credential/);
     const anon = await fetch(`${base}/snapshots/${snap}/blocks`);
     expect(anon.status).toBeGreaterThanOrEqual(400);
+    // UNSIGNED-PAYLOAD is for EBS only: the KMS on the same listener still hashes the body.
+    const kmsUnsigned = await call('POST', '/', { service: 'kms', unsigned: true, headers: { 'x-amz-target': 'TrentService.ListKeys', 'content-type': 'application/x-amz-json-1.1' }, body: '{}' });
+    expect(kmsUnsigned.status).toBe(400);
+    expect(kmsUnsigned.body.toString()).toMatch(/x-amz-content-sha256/);
     // An unknown route after a valid signature is UnknownOperationException.
     expect((await call('GET', `/snapshots/${snap}/nothing`)).headers.get('x-amzn-errortype')).toBe('UnknownOperationException');
     // Audited as EBS calls by bob.
