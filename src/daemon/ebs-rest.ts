@@ -1,6 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { validation } from '../snapshot/ebs-direct-errors.js';
 import { toWireError } from './aws-json.js';
+import { MAX_BODY_VALUES } from './control-server.js';
+import { parseStrictJson } from '../util/strict-json.js';
 
 /**
  * The EBS direct APIs' REST binding (EBS direct APIs reference, each
@@ -72,12 +74,14 @@ export function ebsRestRequest(req: IncomingMessage, body: Buffer): { op: string
     case 'StartSnapshot': {
       let v: unknown;
       try {
-        v = body.length ? JSON.parse(body.toString('utf8')) : {};
-      } catch {
-        throw validation('INVALID_PARAMETER_VALUE', 'StartSnapshot body is not JSON');
+        // Strictly, as the socket reads bodies (duplicate members, depth, value count).
+        v = body.length ? parseStrictJson(body.toString('utf8'), { what: 'StartSnapshot body', maxDepth: 8, maxValues: MAX_BODY_VALUES }) : {};
+      } catch (e) {
+        throw validation('INVALID_PARAMETER_VALUE', `StartSnapshot body is not valid JSON: ${(e as Error).message}`);
       }
       if (typeof v !== 'object' || v === null || Array.isArray(v)) throw validation('INVALID_PARAMETER_VALUE', 'StartSnapshot body is not a JSON object');
-      Object.assign(out, v);
+      // Defined, not assigned: a member named __proto__ stays a member (and is refused as unknown).
+      for (const [k, x] of Object.entries(v)) Object.defineProperty(out, k, { value: x, enumerable: true, writable: true, configurable: true });
       break;
     }
   }

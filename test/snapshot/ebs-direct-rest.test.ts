@@ -106,6 +106,10 @@ describe('EBS direct APIs over SigV4 REST (real daemon, --kms-listen)', () => {
     const kmsUnsigned = await call('POST', '/', { service: 'kms', unsigned: true, headers: { 'x-amz-target': 'TrentService.ListKeys', 'content-type': 'application/x-amz-json-1.1' }, body: '{}' });
     expect(kmsUnsigned.status).toBe(400);
     expect(kmsUnsigned.body.toString()).toMatch(/x-amz-content-sha256/);
+    // A StartSnapshot body member named __proto__ is an unknown member, not a prototype.
+    const proto = await call('POST', '/snapshots', { headers: { 'content-type': 'application/json' }, body: '{"VolumeSize":1,"__proto__":{"Encrypted":true}}' });
+    expect(proto.status).toBe(400);
+    expect(json(proto)).toMatchObject({ Reason: 'INVALID_PARAMETER_VALUE', message: expect.stringMatching(/no member "__proto__"/) });
     // An unknown route after a valid signature is UnknownOperationException.
     expect((await call('GET', `/snapshots/${snap}/nothing`)).headers.get('x-amzn-errortype')).toBe('UnknownOperationException');
     // Audited as EBS calls by bob.
