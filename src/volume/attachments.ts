@@ -10,7 +10,9 @@ import { checkImageFile, openBackingFile } from './backing-file.js';
 import { faultPoint } from '../util/fault-point.js';
 import { EncryptedBlockDevice } from './encrypted-block-device.js';
 import { PlainBlockDevice } from './plain-block-device.js';
-import { KeyCache, type ImpairedEvent } from './key-cache.js';
+import { DEFAULT_KEY_CACHE_TTL_MS, KeyCache, type ImpairedEvent } from './key-cache.js';
+import { KeyCheck } from './key-check.js';
+import type { Clock } from '../util/clock.js';
 import type { KeyService } from './key-service.js';
 import { ATTACH_GRANT_PREFIX, AttachGrants } from './attach-grants.js';
 import type { BlockDevice } from './types.js';
@@ -44,6 +46,8 @@ export interface AttachmentsDeps {
   xtsEngine: XtsEngine;
   keyCacheTtlMs?: number;
   keyCacheMaxStaleMs?: number;
+  clock?: Clock;
+  random?: () => number;
   openCount?: (volumeId: string) => number;
   onImpaired?: (ev: ImpairedEvent) => void;
   log: Logger;
@@ -87,6 +91,8 @@ export class Attachments {
   private readonly hide: (volumeId: string, opts: { force: boolean }) => Promise<void>;
   /** Retirement of the attach grants (attach-grants.ts). */
   readonly grants: AttachGrants;
+  /** One key-and-grant check per TTL for every attached volume (key-check.ts); none with TTL 0. */
+  readonly keyCheck: KeyCheck | undefined;
 
   constructor(private readonly o: AttachmentsDeps) {
     this.dir = o.dir;
@@ -104,6 +110,8 @@ export class Attachments {
     this.expose = o.expose ?? (() => {});
     this.hide = o.hide ?? (async () => {});
     this.grants = new AttachGrants(o.ks, o.host, o.catalog, o.mutex, o.log);
+    const ttlMs = o.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
+    this.keyCheck = ttlMs > 0 ? new KeyCheck({ ks: o.ks, host: o.host, ttlMs, ...(o.clock ? { clock: o.clock } : {}), ...(o.random ? { random: o.random } : {}), logger: o.log }) : undefined;
   }
 
   /** The FUSE layer reports open handles through this. */
@@ -299,6 +307,7 @@ export class Attachments {
 
   /** Shutdown: stop every attachment (drain, fdatasync, wipe) but keep catalog `in-use`, so a restart resumes them. */
   async close(): Promise<void> {
+    await this.keyCheck?.stop();
     for (const [id, att] of this.live) {
       await this.mutex.run(id, async () => {
         await this.hide(id, { force: true }).catch((err) => this.log.warn({ volumeId: id, err: errInfo(err) }, 'could not hide the volume file'));
@@ -386,6 +395,9 @@ export class Attachments {
           refresh: unwrap,
           verify: (k) => verifyVolumeKey(v, k),
           logger: this.log,
+          ...(this.keyCheck ? { check: this.keyCheck.membership(v.token.key_arn, grantInfo.grantId) } : {}),
+          ...(this.o.clock ? { clock: this.o.clock } : {}),
+          ...(this.o.random ? { random: this.o.random } : {}),
           onImpaired: (ev) => {
             this.audit({ eventName: 'VolumeImpaired', volumeId: ev.volumeId, principal: this.host.arn, details: { reason: ev.reason, awsName: ev.awsName } });
             this.o.onImpaired?.(ev);

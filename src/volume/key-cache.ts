@@ -3,9 +3,12 @@ import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { VolumeError, KeyServiceError } from './errors.js';
 import { toKeyServiceError } from './key-service.js';
+import { systemClock, TimeoutError, withTimeout, type Clock, type TimerHandle } from '../util/clock.js';
 
 export const DEFAULT_KEY_CACHE_TTL_MS = 300_000;
 export const DEFAULT_KEY_CACHE_MAX_STALE_MS = 3_600_000;
+/** With a shared key check, each volume still decrypts through its grant about every this many TTLs. */
+export const DEFAULT_FULL_REFRESH_TTLS = 4;
 
 /** Why a volume stopped serving I/O. */
 export interface ImpairedEvent {
@@ -30,7 +33,10 @@ export type KeyCacheStateName = 'cached' | 'refreshing' | 'stale' | 'impaired' |
 
 export interface KeyCacheState {
   state: KeyCacheStateName;
-  /** Last successful unwrap (attach or refresh) confirmed against the LUKS2 digest. */
+  /**
+   * Last time KMS confirmed the key: an unwrap (attach or refresh) checked
+   * against the LUKS2 digest, or the shared key-and-grant check (key-check.ts).
+   */
   lastUnwrap: string;
   /** When the next refresh is due; absent when none is scheduled (TTL 0, impaired, running now). */
   nextRefresh?: string;
@@ -51,6 +57,25 @@ export interface KeyedDevice {
   wipeKey(): void;
 }
 
+/**
+ * What a shared check (key-check.ts) tells one volume's cache after each of
+ * its rounds: KMS confirmed the key and the grant, KMS could not be asked,
+ * or something changed and the volume must decrypt through its grant to
+ * learn what (the Decrypt's answer decides, never the check's).
+ */
+export interface CheckedCache {
+  confirm(): void;
+  unreachable(err: KeyServiceError): Promise<void>;
+  refreshNow(): Promise<void>;
+}
+
+/** A shared check a cache joins at start and leaves at stop. */
+export interface KeyCheckMembership {
+  join(m: { volumeId: string; keyArn: string; grantId: string; cache: CheckedCache }): { leave(): void; nextRoundAt(): number | null };
+  readonly keyArn: string;
+  readonly grantId: string;
+}
+
 export interface KeyCacheOptions {
   volumeId: string;
   /** 0 = hold the key until detach (EBS behaviour): no refresh at all. */
@@ -65,36 +90,61 @@ export interface KeyCacheOptions {
   verify: (key: Uint8Array) => void;
   onImpaired?: (ev: ImpairedEvent) => void;
   logger?: Logger;
+  /** Time and timers; default the system clock. */
+  clock?: Clock;
+  /** Jitter source in [0, 1); default Math.random. */
+  random?: () => number;
+  /**
+   * The host's shared key-and-grant check (key-check.ts). With it the cache
+   * decrypts through its grant only about every `fullRefreshTtls` TTLs and
+   * whenever the check asks; without it, about once per TTL.
+   */
+  check?: KeyCheckMembership;
+  fullRefreshTtls?: number;
 }
+
+type Health = 'ok' | 'stale' | 'impaired';
 
 /**
  * Bounds how long an unwrapped volume key stays usable without KMS saying
  * so again (docs/architecture.md §6.3). The key itself lives only in the device's XTS
  * context (set once at attach, destroyed on impairment or detach); this
- * cache holds no copy. It re-unwraps through the grant every TTL/2 in the
+ * cache holds no copy. KMS confirms the key at least once per TTL, in the
  * background, so a refusal is seen within one TTL and I/O never waits on
- * KMS. A refresh only confirms: the new plaintext is checked against the
- * LUKS2 digest and wiped at once.
+ * KMS: by the host's shared key-and-grant check when there is one (one
+ * DescribeKey per key and one ListRetirableGrants per host cover every
+ * volume), else by a Decrypt through the grant. A Decrypt only confirms:
+ * the new plaintext is checked against the LUKS2 digest and wiped at once.
+ * Each transition (ok -> stale, stale -> ok, -> impaired) is logged once,
+ * not once per failed retry.
  */
-export class KeyCache {
+export class KeyCache implements CheckedCache {
   private readonly ttl: number;
   private readonly maxStale: number;
   private readonly timeout: number;
+  private readonly fullEvery: number;
   private readonly log: Logger;
-  private timer: NodeJS.Timeout | null = null;
-  private lastGood = Date.now();
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private timer: TimerHandle | null = null;
+  private lastGood: number;
   private stopped = false;
   private _impaired: ImpairedEvent | null = null;
   private running: Promise<void> | null = null;
   private nextAt: number | null = null;
   private staleSince: number | null = null;
   private lastError: { awsName?: string; message: string } | null = null;
+  private membership: { leave(): void; nextRoundAt(): number | null } | null = null;
 
   constructor(private readonly device: KeyedDevice, private readonly o: KeyCacheOptions) {
     this.ttl = o.ttlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     this.maxStale = Math.max(o.maxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS, this.ttl);
-    this.timeout = o.refreshTimeoutMs ?? Math.max(100, Math.min(this.ttl / 2, 30_000));
+    this.timeout = o.refreshTimeoutMs ?? Math.max(100, Math.min(this.ttl / 4, 30_000));
+    this.fullEvery = this.ttl * (o.fullRefreshTtls ?? DEFAULT_FULL_REFRESH_TTLS);
     this.log = o.logger ?? silentLogger;
+    this.clock = o.clock ?? systemClock;
+    this.random = o.random ?? Math.random;
+    this.lastGood = this.clock.now();
   }
 
   get impaired(): ImpairedEvent | null {
@@ -103,7 +153,11 @@ export class KeyCache {
 
   /** Milliseconds since KMS last confirmed the key. */
   get staleness(): number {
-    return Date.now() - this.lastGood;
+    return this.clock.now() - this.lastGood;
+  }
+
+  private get health(): Health {
+    return this._impaired ? 'impaired' : this.staleSince !== null ? 'stale' : 'ok';
   }
 
   /** A snapshot for status displays; no key material. */
@@ -119,10 +173,12 @@ export class KeyCache {
           : this.ttl === 0
             ? 'held-until-detach'
             : 'cached';
+    const round = this.membership?.nextRoundAt() ?? null;
+    const next = [this.nextAt, round].filter((x): x is number => x !== null);
     return {
       state,
       lastUnwrap: iso(this.lastGood),
-      ...(this.nextAt !== null && !imp && !this.stopped ? { nextRefresh: iso(this.nextAt) } : {}),
+      ...(next.length && !imp && !this.stopped ? { nextRefresh: iso(Math.min(...next)) } : {}),
       ...(this.ttl > 0 && !imp ? { expiresAt: iso(this.lastGood + this.maxStale) } : {}),
       ...(this.staleSince !== null ? { staleSince: iso(this.staleSince) } : {}),
       ...(this.lastError && this.staleSince !== null ? { lastError: { ...this.lastError } } : {}),
@@ -133,35 +189,88 @@ export class KeyCache {
   }
 
   start(): void {
-    this.lastGood = Date.now();
-    if (this.ttl > 0) this.schedule(this.ttl / 2);
+    this.lastGood = this.clock.now();
+    if (this.ttl === 0) return;
+    const c = this.o.check;
+    if (c) {
+      this.membership = c.join({ volumeId: this.o.volumeId, keyArn: c.keyArn, grantId: c.grantId, cache: this });
+      // Spread over the period, so a burst of attaches does not decrypt in step.
+      this.schedule(this.fullEvery * (0.25 + 0.75 * this.random()));
+    } else {
+      this.schedule(this.period());
+    }
   }
 
   /** Detach: no more refreshes; waits for one in progress. */
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.membership?.leave();
+    this.membership = null;
+    if (this.timer) this.clock.clearTimeout(this.timer);
     this.timer = null;
     this.nextAt = null;
     await this.running;
   }
 
-  /** Run one refresh now (tests, `ebsd volume refresh-key`). */
+  /** Run one refresh (Decrypt through the grant) now: the shared check, tests, `ebsd volume refresh-key`. */
   refreshNow(): Promise<void> {
     this.running ??= this.refreshOnce().finally(() => (this.running = null));
     return this.running;
   }
 
+  /** The shared check confirmed the key's state and this volume's grant. */
+  confirm(): void {
+    if (this.stopped || this._impaired) return;
+    this.good();
+  }
+
+  /** The shared check could not reach KMS: ride it out until max-stale. */
+  async unreachable(err: KeyServiceError): Promise<void> {
+    if (this.stopped || this._impaired) return;
+    await this.failedReach(err);
+  }
+
+  /**
+   * Between own refreshes: about once per TTL without a shared check (drawn
+   * from [0.75, 0.9] TTL, so volumes attached together drift apart and a
+   * refusal is still seen within one TTL), about every `fullRefreshTtls`
+   * TTLs with one.
+   */
+  private period(): number {
+    const base = this.membership ? this.fullEvery : this.ttl * 0.9;
+    return base * (this.membership ? 0.75 + 0.25 * this.random() : 0.75 / 0.9 + (0.15 / 0.9) * this.random());
+  }
+
   private schedule(ms: number): void {
     if (this.stopped || this._impaired) return;
+    if (this.timer) this.clock.clearTimeout(this.timer);
     const delay = Math.max(10, ms);
-    this.nextAt = Date.now() + delay;
-    this.timer = setTimeout(() => {
+    this.nextAt = this.clock.now() + delay;
+    this.timer = this.clock.setTimeout(() => {
       this.timer = null;
       this.nextAt = null;
       void this.refreshNow();
     }, delay);
-    this.timer.unref();
+  }
+
+  private good(): void {
+    const now = this.clock.now();
+    if (this.staleSince !== null) this.log.info({ volumeId: this.o.volumeId, staleMs: now - this.staleSince }, 'KMS confirms the key again: stale -> cached');
+    this.lastGood = now;
+    this.staleSince = null;
+    this.lastError = null;
+  }
+
+  private async failedReach(err: KeyServiceError): Promise<void> {
+    if (this.staleness >= this.maxStale) {
+      await this.impair('kms-unreachable', err.awsName, `no KMS confirmation for ${this.staleness} ms: ${err.message}`);
+      return;
+    }
+    this.lastError = { ...(err.awsName ? { awsName: err.awsName } : {}), message: err.message };
+    if (this.staleSince === null) {
+      this.staleSince = this.clock.now();
+      this.log.warn({ volumeId: this.o.volumeId, awsName: err.awsName, message: err.message, maxStaleMs: this.maxStale }, 'KMS unreachable: cached -> stale, keeping the key until max-stale');
+    }
   }
 
   private async refreshOnce(): Promise<void> {
@@ -169,7 +278,7 @@ export class KeyCache {
     let key: Uint8Array | undefined;
     const pending = this.o.refresh();
     try {
-      key = await withTimeout(pending, this.timeout);
+      key = await withTimeout(this.clock, pending, this.timeout);
       if (this.stopped) return;
       try {
         this.o.verify(key);
@@ -177,11 +286,8 @@ export class KeyCache {
         await this.impair('key-mismatch', undefined, (e as Error).message);
         return;
       }
-      this.lastGood = Date.now();
-      if (this.staleSince !== null) this.log.info({ volumeId: this.o.volumeId, staleMs: this.lastGood - this.staleSince }, 'key refresh succeeded again; KMS reachable');
-      this.staleSince = null;
-      this.lastError = null;
-      this.schedule(this.ttl / 2);
+      this.good();
+      this.schedule(this.period());
     } catch (e) {
       // A refresh that timed out may still deliver a key later: wipe it when it comes.
       if (e instanceof TimeoutError) pending.then((late) => wipe(late), () => {});
@@ -189,14 +295,11 @@ export class KeyCache {
       const err = e instanceof TimeoutError ? new KeyServiceError('Decrypt', undefined, false, 'KMS did not answer in time') : toKeyServiceError('Decrypt', e);
       if (err.authoritative) {
         await this.impair('kms-refused', err.awsName, err.message);
-      } else if (this.staleness >= this.maxStale) {
-        await this.impair('kms-unreachable', err.awsName, `no KMS confirmation for ${this.staleness} ms: ${err.message}`);
-      } else {
-        this.staleSince ??= Date.now();
-        this.lastError = { ...(err.awsName ? { awsName: err.awsName } : {}), message: err.message };
-        this.log.warn({ volumeId: this.o.volumeId, awsName: err.awsName, staleMs: this.staleness }, 'key refresh failed; KMS unreachable, keeping key until max-stale');
-        this.schedule(Math.min(this.ttl / 4, this.maxStale - this.staleness));
+        return;
       }
+      await this.failedReach(err);
+      // Retry sooner while stale; with a shared check, its rounds retry for us.
+      this.schedule(this.membership ? this.period() : Math.min(this.ttl / 4, Math.max(0, this.maxStale - this.staleness)));
     } finally {
       wipe(key); // best effort: KMS client and GC may hold copies
     }
@@ -204,11 +307,15 @@ export class KeyCache {
 
   private async impair(reason: ImpairedEvent['reason'], awsName: string | undefined, message: string): Promise<void> {
     if (this._impaired) return;
-    const ev: ImpairedEvent = { volumeId: this.o.volumeId, reason, ...(awsName ? { awsName } : {}), message, time: new Date().toISOString() };
+    const ev: ImpairedEvent = { volumeId: this.o.volumeId, reason, ...(awsName ? { awsName } : {}), message, time: new Date(this.clock.now()).toISOString() };
+    const from = this.health;
     this._impaired = ev;
-    if (this.timer) clearTimeout(this.timer);
+    if (this.timer) this.clock.clearTimeout(this.timer);
+    this.timer = null;
     this.nextAt = null;
-    this.log.error({ volumeId: ev.volumeId, reason, awsName }, 'volume impaired: I/O disabled and volume key wiped');
+    this.membership?.leave();
+    this.membership = null;
+    this.log.error({ volumeId: ev.volumeId, reason, awsName, from }, `volume impaired (${from} -> impaired): I/O disabled and volume key wiped`);
     await this.device.fail(
       new VolumeError('VOLUME_IMPAIRED', `volume ${ev.volumeId} is impaired (${reason}${awsName ? `: ${awsName}` : ''})`),
       () => this.device.wipeKey(),
@@ -219,17 +326,4 @@ export class KeyCache {
       this.log.warn({ volumeId: ev.volumeId, err: e }, 'onImpaired callback threw');
     }
   }
-}
-
-class TimeoutError extends Error {}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p,
-    new Promise<never>((_, rej) => {
-      t = setTimeout(() => rej(new TimeoutError('timeout')), ms);
-      t.unref();
-    }),
-  ]).finally(() => clearTimeout(t));
 }

@@ -10,6 +10,7 @@ import { KeyedMutex } from '../util/lock.js';
 import { fsyncDir } from '../util/atomic-write.js';
 import { Catalog, type VolumeRecord, type VolumeState } from './catalog.js';
 import type { ImpairedEvent, KeyCacheState } from './key-cache.js';
+import type { Clock } from '../util/clock.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { Attachments } from './attachments.js';
 import { VolumeRecovery } from './volume-recovery.js';
@@ -52,6 +53,9 @@ export interface VolumeManagerOptions {
   keyCacheTtlMs?: number;
   /** Key cache max-stale (ms) while KMS does not answer; default 3 600 000. */
   keyCacheMaxStaleMs?: number;
+  /** Time, timers and jitter of the key caches and the shared key check (tests drive them); default the system's. */
+  clock?: Clock;
+  random?: () => number;
   /**
    * Measurement only: accept CreateVolume with `Cipher: "none"` / `Encrypted: false`
    * and attach such volumes (plaintext passthrough, no KMS key). Off by default;
@@ -193,6 +197,8 @@ export class VolumeManager {
       xtsEngine: o.xtsEngine,
       keyCacheTtlMs: o.keyCacheTtlMs,
       keyCacheMaxStaleMs: o.keyCacheMaxStaleMs,
+      ...(o.clock ? { clock: o.clock } : {}),
+      ...(o.random ? { random: o.random } : {}),
       openCount: o.openCount,
       onImpaired: o.onImpaired,
       log: this.log,

@@ -1,0 +1,197 @@
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import { silentLogger } from '../util/logger.js';
+import { systemClock, TimeoutError, withTimeout, type Clock, type TimerHandle } from '../util/clock.js';
+import { KeyServiceError } from './errors.js';
+import { toKeyServiceError, type KeyService } from './key-service.js';
+import type { CheckedCache, KeyCheckMembership } from './key-cache.js';
+
+interface Member {
+  volumeId: string;
+  keyArn: string;
+  grantId: string;
+  cache: CheckedCache;
+}
+
+export interface KeyCheckOptions {
+  ks: KeyService;
+  /** The host: the caller of DescribeKey and the retiring principal whose grants are listed. */
+  host: Caller;
+  ttlMs: number;
+  /** Give up on one call after this long and count KMS as unreachable. */
+  timeoutMs?: number;
+  clock?: Clock;
+  /** Jitter source in [0, 1); default Math.random. */
+  random?: () => number;
+  logger?: Logger;
+}
+
+/** What one round learnt, for tests and `ebsd status`. */
+export interface KeyCheckRound {
+  at: number;
+  confirmed: number;
+  toDecrypt: number;
+  unreachable: number;
+  /** False when the host may not list its grants: every volume then decrypts each round. */
+  grantsListed: boolean;
+}
+
+/**
+ * The host's shared key-and-grant check (docs/architecture.md §6.3): once
+ * per TTL (drawn from [0.75, 0.9] TTL) one ListRetirableGrants as the host,
+ * paged, finds which attach grants still exist, and one DescribeKey per key
+ * in use tells whether each key is still Enabled. A volume whose key is
+ * Enabled and whose grant is listed is confirmed without a call of its own;
+ * any other answer (key not Enabled, DescribeKey refused, grant missing,
+ * grants not listable) sends that volume to decrypt through its grant now,
+ * and the Decrypt's answer decides, so a refusal impairs with KMS's own
+ * exception and a lagging list never impairs anything. KMS not answering
+ * makes every member stale; rounds then come every TTL/4 until it answers.
+ */
+export class KeyCheck {
+  private readonly members = new Set<Member>();
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private readonly timeout: number;
+  private readonly log: Logger;
+  private timer: TimerHandle | null = null;
+  private nextAt: number | null = null;
+  private running: Promise<void> | null = null;
+  private stopped = false;
+  private listable = true;
+  private failing = false;
+  last: KeyCheckRound | undefined;
+
+  constructor(private readonly o: KeyCheckOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.random = o.random ?? Math.random;
+    this.timeout = o.timeoutMs ?? Math.max(100, Math.min(o.ttlMs / 4, 30_000));
+    this.log = o.logger ?? silentLogger;
+  }
+
+  /** A key cache's way in: the check it joins for one volume's key and grant. */
+  membership(keyArn: string, grantId: string): KeyCheckMembership {
+    return { keyArn, grantId, join: (m) => this.join(m) };
+  }
+
+  /** Volumes the next round covers. */
+  get size(): number {
+    return this.members.size;
+  }
+
+  /** Run one round now (tests); coalesces with a running one. */
+  runNow(): Promise<void> {
+    this.running ??= this.round().finally(() => (this.running = null));
+    return this.running;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+    this.nextAt = null;
+    await this.running;
+  }
+
+  private join(m: Member): { leave(): void; nextRoundAt(): number | null } {
+    this.members.add(m);
+    if (!this.timer && !this.running) this.schedule(this.period());
+    return {
+      leave: () => {
+        this.members.delete(m);
+        if (this.members.size === 0 && this.timer) {
+          this.clock.clearTimeout(this.timer);
+          this.timer = null;
+          this.nextAt = null;
+        }
+      },
+      nextRoundAt: () => this.nextAt,
+    };
+  }
+
+  private period(): number {
+    return this.o.ttlMs * (0.75 + 0.15 * this.random());
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped || this.members.size === 0) return;
+    if (this.timer) this.clock.clearTimeout(this.timer);
+    const delay = Math.max(10, ms);
+    this.nextAt = this.clock.now() + delay;
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = null;
+      this.nextAt = null;
+      void this.runNow();
+    }, delay);
+  }
+
+  private call<T>(op: string, p: () => Promise<T>): Promise<T> {
+    return withTimeout(this.clock, p(), this.timeout).catch((e: unknown) => {
+      throw e instanceof TimeoutError ? new KeyServiceError(op, undefined, false, 'KMS did not answer in time') : toKeyServiceError(op, e);
+    });
+  }
+
+  /** Every grant id this host may retire, or null when KMS refuses to list them. */
+  private async grantIds(): Promise<Set<string> | null> {
+    const list = this.o.ks.listRetirableGrants?.bind(this.o.ks);
+    if (!list) return null;
+    const ids = new Set<string>();
+    let marker: string | undefined;
+    try {
+      for (let page = 0; page < 1000; page++) {
+        const r = await this.call('ListRetirableGrants', () => list({ RetiringPrincipal: this.o.host.arn, Limit: 100, ...(marker ? { Marker: marker } : {}) }, this.o.host));
+        for (const g of r.Grants) ids.add(g.GrantId);
+        if (!r.Truncated || !r.NextMarker) break;
+        marker = r.NextMarker;
+      }
+    } catch (e) {
+      const err = toKeyServiceError('ListRetirableGrants', e);
+      if (!err.authoritative) throw err;
+      if (this.listable) this.log.warn({ awsName: err.awsName, message: err.message }, 'the host may not list its grants (kms:ListRetirableGrants): every volume decrypts through its grant each TTL');
+      this.listable = false;
+      return null;
+    }
+    if (!this.listable) this.log.info('the host lists its grants again: one shared check per TTL');
+    this.listable = true;
+    return ids;
+  }
+
+  private async round(): Promise<void> {
+    const members = [...this.members];
+    if (members.length === 0) return;
+    const decrypt: Member[] = [];
+    const confirmed: Member[] = [];
+    let unreachable: KeyServiceError | undefined;
+    try {
+      const grants = await this.grantIds();
+      const keys = [...new Set(members.map((m) => m.keyArn))];
+      const enabled = new Map<string, boolean>();
+      await Promise.all(keys.map(async (k) => {
+        try {
+          const r = await this.call('DescribeKey', () => this.o.ks.describeKey({ KeyId: k }, this.o.host));
+          enabled.set(k, r.KeyMetadata.KeyState === undefined ? r.KeyMetadata.Enabled === true : r.KeyMetadata.KeyState === 'Enabled');
+        } catch (e) {
+          const err = toKeyServiceError('DescribeKey', e);
+          if (!err.authoritative) throw err;
+          enabled.set(k, false); // refused: each volume's Decrypt says what it means for it
+        }
+      }));
+      for (const m of members) (enabled.get(m.keyArn) && grants?.has(m.grantId) ? confirmed : decrypt).push(m);
+    } catch (e) {
+      unreachable = toKeyServiceError('DescribeKey', e);
+    }
+    if (this.stopped) return;
+    if (unreachable) {
+      if (!this.failing) this.log.warn({ awsName: unreachable.awsName, message: unreachable.message, volumes: members.length }, 'shared key check: KMS unreachable; retrying every TTL/4');
+      this.failing = true;
+      await Promise.all(members.map((m) => (this.members.has(m) ? m.cache.unreachable(unreachable) : undefined)));
+    } else {
+      if (this.failing) this.log.info({ volumes: members.length }, 'shared key check: KMS answers again');
+      this.failing = false;
+      for (const m of confirmed) if (this.members.has(m)) m.cache.confirm();
+      await Promise.all(decrypt.map((m) => (this.members.has(m) ? m.cache.refreshNow() : undefined)));
+    }
+    this.last = { at: this.clock.now(), confirmed: confirmed.length, toDecrypt: decrypt.length, unreachable: unreachable ? members.length : 0, grantsListed: this.listable };
+    this.schedule(unreachable ? this.o.ttlMs / 4 : this.period());
+  }
+}
