@@ -49,6 +49,12 @@ const HOST_HOUSEKEEPING_DOC = JSON.stringify({
   Version: '2012-10-17',
   Statement: [{ Sid: 'FindOwnAttachGrants', Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }],
 });
+/** The shared key check (docs/architecture.md §6.3) reads the state of each key in use: one DescribeKey per key per TTL. */
+const HOST_KEY_STATE_POLICY = 'ebsd-host-describe-keys';
+const HOST_KEY_STATE_DOC = JSON.stringify({
+  Version: '2012-10-17',
+  Statement: [{ Sid: 'ReadKeyStates', Effect: 'Allow', Action: 'kms:DescribeKey', Resource: '*' }],
+});
 
 /**
  * Control API targets (X-Amz-Target), all `POST /` with a JSON body:
@@ -150,6 +156,9 @@ export class Daemon {
     // The host lists the grants it may retire, so a restart finds attach grants a crash left behind.
     if (ids.getPolicy(ids.roleArn(HOST_ROLE), HOST_HOUSEKEEPING_POLICY) === undefined) {
       await ids.attachPolicy(ids.roleArn(HOST_ROLE), HOST_HOUSEKEEPING_POLICY, HOST_HOUSEKEEPING_DOC);
+    }
+    if (ids.getPolicy(ids.roleArn(HOST_ROLE), HOST_KEY_STATE_POLICY) === undefined) {
+      await ids.attachPolicy(ids.roleArn(HOST_ROLE), HOST_KEY_STATE_POLICY, HOST_KEY_STATE_DOC);
     }
     const kms = this.kms;
     const kmsOps = new Set(kms.operations());

@@ -6,7 +6,8 @@
  */
 export interface Clock {
   now(): number;
-  setTimeout(fn: () => void, ms: number): TimerHandle;
+  /** `fn` may return a promise: a manual clock waits for it before firing the next timer; the system clock ignores it. */
+  setTimeout(fn: () => unknown, ms: number): TimerHandle;
   clearTimeout(handle: TimerHandle): void;
 }
 

@@ -127,6 +127,8 @@ export class KeyCache implements CheckedCache {
   private readonly clock: Clock;
   private readonly random: () => number;
   private timer: TimerHandle | null = null;
+  /** Armed while stale: impairs at max-stale unless KMS confirms first. */
+  private deadline: TimerHandle | null = null;
   private lastGood: number;
   private stopped = false;
   private _impaired: ImpairedEvent | null = null;
@@ -209,7 +211,13 @@ export class KeyCache implements CheckedCache {
     if (this.timer) this.clock.clearTimeout(this.timer);
     this.timer = null;
     this.nextAt = null;
+    this.clearDeadline();
     await this.running;
+  }
+
+  private clearDeadline(): void {
+    if (this.deadline) this.clock.clearTimeout(this.deadline);
+    this.deadline = null;
   }
 
   /** Run one refresh (Decrypt through the grant) now: the shared check, tests, `ebsd volume refresh-key`. */
@@ -249,7 +257,7 @@ export class KeyCache implements CheckedCache {
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;
       this.nextAt = null;
-      void this.refreshNow();
+      return this.refreshNow();
     }, delay);
   }
 
@@ -259,6 +267,7 @@ export class KeyCache implements CheckedCache {
     this.lastGood = now;
     this.staleSince = null;
     this.lastError = null;
+    this.clearDeadline();
   }
 
   private async failedReach(err: KeyServiceError): Promise<void> {
@@ -269,6 +278,13 @@ export class KeyCache implements CheckedCache {
     this.lastError = { ...(err.awsName ? { awsName: err.awsName } : {}), message: err.message };
     if (this.staleSince === null) {
       this.staleSince = this.clock.now();
+      // Max-stale is a deadline, not whenever the next retry happens to fail.
+      this.deadline = this.clock.setTimeout(() => {
+        this.deadline = null;
+        if (this.staleSince === null || this.stopped) return;
+        const last = this.lastError;
+        return this.impair('kms-unreachable', last?.awsName, `no KMS confirmation for ${this.staleness} ms: ${last?.message ?? 'KMS unreachable'}`);
+      }, Math.max(0, this.lastGood + this.maxStale - this.clock.now()));
       this.log.warn({ volumeId: this.o.volumeId, awsName: err.awsName, message: err.message, maxStaleMs: this.maxStale }, 'KMS unreachable: cached -> stale, keeping the key until max-stale');
     }
   }
@@ -310,6 +326,7 @@ export class KeyCache implements CheckedCache {
     const ev: ImpairedEvent = { volumeId: this.o.volumeId, reason, ...(awsName ? { awsName } : {}), message, time: new Date(this.clock.now()).toISOString() };
     const from = this.health;
     this._impaired = ev;
+    this.clearDeadline();
     if (this.timer) this.clock.clearTimeout(this.timer);
     this.timer = null;
     this.nextAt = null;

@@ -121,7 +121,7 @@ export class KeyCheck {
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;
       this.nextAt = null;
-      void this.runNow();
+      return this.runNow();
     }, delay);
   }
 

@@ -6,6 +6,7 @@ import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
+import { ManualClock } from './helpers/manual-clock.js';
 
 /**
  * docs/architecture.md §6 end to end through the real KMS core (policy authorizer, grants,
@@ -33,17 +34,16 @@ afterEach(async () => {
   t.cleanup();
 });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const catalogRecord = (id: string) =>
   (JSON.parse(readFileSync(join(t.dir, 'volumes', 'catalog.json'), 'utf8')).volumes as { volumeId: string; attachment?: { grantId: string }; pendingGrantRetirements?: { grantId: string; keyArn: string }[] }[]).find(
     (v) => v.volumeId === id,
   )!;
 const call = (op: string, req: Record<string, unknown>) => kms.core.call(op, req, kms.root) as Promise<Record<string, any>>;
 
-async function waitImpaired(limitMs: number): Promise<number> {
-  const t0 = Date.now();
-  while (impaired.length === 0 && Date.now() - t0 < limitMs * 4) await sleep(5);
-  return Date.now() - t0;
+/** Move the manual clock one TTL on: everything the key cache does in that time has happened when this returns. */
+async function oneTtl(clock: ManualClock, ttlMs: number): Promise<void> {
+  expect(impaired).toEqual([]);
+  await clock.advance(ttlMs);
 }
 
 describe('CreateVolume through the real KMS core', () => {
@@ -107,8 +107,9 @@ describe('attach grant lifecycle', () => {
     expect(dec?.userIdentity.arn).toBe(kms.host.arn);
     expect(dec?.userIdentity.invokedBy).toBeUndefined();
     expect(dec?.errorCode).toBeUndefined();
-    // The host has no identity policy: only the grant lets it decrypt.
-    expect(kms.authz.identities.listPolicies('role/EbsdHost')).toEqual([]);
+    // The host's identity policy reads key states and lists its grants; only the grant lets it decrypt.
+    expect(kms.authz.identities.listPolicies('role/EbsdHost')).toEqual(['housekeeping']);
+    expect(kms.authz.identities.getPolicy('role/EbsdHost', 'housekeeping')).not.toMatch(/Decrypt|kms:\*/);
 
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
     expect(await kms.grantIds(arn)).toEqual([]);
@@ -119,13 +120,14 @@ describe('attach grant lifecycle', () => {
 
   test('DisableKey impairs an attached volume within one TTL (200 ms), DisabledException surfaced; the next attach fails the same way', async () => {
     await mgr.close();
-    mgr = await manager({ keyCacheTtlMs: 200 });
+    const clock = new ManualClock();
+    mgr = await manager({ keyCacheTtlMs: 200, clock });
     const arn = await kms.createKey();
     const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
     await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
     await mgr.getBlockDevice(v.VolumeId)!.write(0, Buffer.alloc(4096, 1));
     await kms.disableKey(arn);
-    expect(await waitImpaired(200)).toBeLessThanOrEqual(250);
+    await oneTtl(clock, 200);
     expect(impaired[0]).toMatchObject({ volumeId: v.VolumeId, reason: 'kms-refused', awsName: 'DisabledException' });
     await expect(mgr.getBlockDevice(v.VolumeId)!.read(0, 1, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
@@ -142,12 +144,13 @@ describe('attach grant lifecycle', () => {
 
   test('RevokeGrant impairs an attached volume within one TTL (AccessDeniedException); detach then finds the grant gone', async () => {
     await mgr.close();
-    mgr = await manager({ keyCacheTtlMs: 200 });
+    const clock = new ManualClock();
+    mgr = await manager({ keyCacheTtlMs: 200, clock });
     const arn = await kms.createKey();
     const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
     await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
     await kms.revokeGrant(arn, catalogRecord(v.VolumeId).attachment!.grantId);
-    expect(await waitImpaired(200)).toBeLessThanOrEqual(250);
+    await oneTtl(clock, 200);
     expect(impaired[0]).toMatchObject({ volumeId: v.VolumeId, reason: 'kms-refused', awsName: 'AccessDeniedException' });
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
     expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toBeUndefined(); // NotFound on retire = already gone

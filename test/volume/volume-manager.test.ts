@@ -11,6 +11,7 @@ import { tmpDir } from './helpers/image.js';
 import { kmsHarness, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
 import { xtsSector } from './helpers/node-xts.js';
+import { ManualClock } from './helpers/manual-clock.js';
 
 const SS = 4096;
 const MiB = 1 << 20;
@@ -20,6 +21,7 @@ let mgr: VolumeManager;
 let impaired: ImpairedEvent[];
 let audits: VolumeAuditEvent[];
 let logLines: string[];
+let clock: ManualClock;
 
 function manager(extra: Partial<VolumeManagerOptions> = {}): Promise<VolumeManager> {
   return openTestManager(t.dir, kms, { onImpaired: (e) => impaired.push(e), onAudit: (e) => audits.push(e), ...extra }, logLines);
@@ -40,7 +42,6 @@ afterEach(async () => {
 });
 
 const img = (id: string) => join(t.dir, 'volumes', `${id}.img`);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The plaintext volume key, fetched the way an operator with Decrypt via EC2 could (test oracle only). */
 async function volumeKeyOf(id: string): Promise<Buffer> {
@@ -247,9 +248,11 @@ describe('attach, I/O, detach, re-attach', () => {
 });
 
 describe('key cache', () => {
+  /** A manager on a manual clock (no wall-clock bounds: docs/architecture.md §10), one volume attached. */
   async function attached(ttl: number, maxStale?: number) {
     await mgr.close();
-    mgr = await manager({ keyCacheTtlMs: ttl, ...(maxStale !== undefined ? { keyCacheMaxStaleMs: maxStale } : {}) });
+    clock = new ManualClock();
+    mgr = await manager({ keyCacheTtlMs: ttl, clock, ...(maxStale !== undefined ? { keyCacheMaxStaleMs: maxStale } : {}) });
     const arn = await kms.createKey();
     const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
     await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
@@ -258,16 +261,14 @@ describe('key cache', () => {
     return { arn, id: v.VolumeId, dev };
   }
 
-  test('disabling the key impairs an attached volume within one TTL (200 ms)', async () => {
+  test('disabling the key impairs an attached volume within one TTL', async () => {
     const { arn, id, dev } = await attached(200);
     const [before] = mgr.describeKeyCaches([id]);
     expect(before).toMatchObject({ VolumeId: id, Encrypted: true, State: 'cached', TtlSeconds: 0.2 });
     expect(Date.parse(before!.NextRefreshTime!)).toBeGreaterThan(Date.parse(before!.LastUnwrapTime!));
     expect(Date.parse(before!.ExpiryTime!) - Date.parse(before!.LastUnwrapTime!)).toBe(3_600_000);
     await kms.disableKey(arn);
-    const t0 = Date.now();
-    while (impaired.length === 0 && Date.now() - t0 < 1000) await sleep(10);
-    expect(Date.now() - t0).toBeLessThanOrEqual(200 + 50);
+    await clock.advance(200);
     expect(impaired[0]).toMatchObject({ volumeId: id, reason: 'kms-refused', awsName: 'DisabledException' });
     await expect(dev.read(0, SS, Buffer.alloc(SS))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
     await expect(dev.write(0, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
@@ -284,9 +285,7 @@ describe('key cache', () => {
     const { arn, id, dev } = await attached(200);
     const rec = JSON.parse(execFileSync('cat', [join(t.dir, 'volumes', 'catalog.json')], { encoding: 'utf8' })).volumes.find((x: { volumeId: string }) => x.volumeId === id);
     await kms.revokeGrant(arn, rec.attachment.grantId);
-    const t0 = Date.now();
-    while (impaired.length === 0 && Date.now() - t0 < 1000) await sleep(10);
-    expect(Date.now() - t0).toBeLessThanOrEqual(250);
+    await clock.advance(200);
     expect(impaired[0]!.reason).toBe('kms-refused');
     await expect(dev.read(0, 1, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
     await mgr.detachVolume({ VolumeId: id }, kms.user);
@@ -295,15 +294,16 @@ describe('key cache', () => {
   test('an unreachable KMS keeps the key until max-stale, then impairs', async () => {
     const { id, dev } = await attached(100, 600);
     kms.setUnreachable(true);
-    await sleep(350);
+    await clock.advance(350);
     expect(impaired).toEqual([]);
     const [stale] = mgr.describeKeyCaches([id]);
     expect(stale).toMatchObject({ State: 'stale', LastError: { AwsName: 'KMSInternalException' } });
     expect(Date.parse(stale!.StaleSince!)).toBeGreaterThanOrEqual(Date.parse(stale!.LastUnwrapTime!));
     expect(Date.parse(stale!.ExpiryTime!) - Date.parse(stale!.LastUnwrapTime!)).toBe(600);
     await dev.read(0, SS, Buffer.alloc(SS)); // still serving
-    const t0 = Date.now();
-    while (impaired.length === 0 && Date.now() - t0 < 2000) await sleep(10);
+    await clock.advance(249);
+    expect(impaired).toEqual([]);
+    await clock.advance(1); // 600 ms after the last confirmation, to the millisecond
     expect(impaired[0]).toMatchObject({ volumeId: id, reason: 'kms-unreachable' });
     expect(mgr.describeKeyCaches([id])[0]).toMatchObject({ State: 'impaired', Impaired: { Reason: 'kms-unreachable' } });
     kms.setUnreachable(false);
@@ -313,7 +313,8 @@ describe('key cache', () => {
   test('TTL 0 holds the key until detach, as EBS does', async () => {
     const { arn, id, dev } = await attached(0);
     await kms.disableKey(arn);
-    await sleep(300);
+    await clock.advance(3_600_000);
+    expect(clock.pending).toBe(0); // nothing armed: no refresh will ever run
     expect(impaired).toEqual([]);
     const [held] = mgr.describeKeyCaches([id]);
     expect(held).toMatchObject({ State: 'held-until-detach', TtlSeconds: 0 });
@@ -354,11 +355,12 @@ describe('restart', () => {
 describe('secrets stay out of logs', () => {
   test('the plaintext volume key appears in no log line of a full cycle', async () => {
     await mgr.close();
-    mgr = await manager({ keyCacheTtlMs: 50 });
+    clock = new ManualClock();
+    mgr = await manager({ keyCacheTtlMs: 50, clock });
     const v = await mgr.createVolume({ Size: MiB, Name: 'secret-test' }, kms.user);
     await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
     await mgr.getBlockDevice(v.VolumeId)!.write(100, randomBytes(3 * SS));
-    await sleep(120); // a couple of refreshes
+    await clock.advance(500); // shared checks and each volume's own Decrypts
     await mgr.detachVolume({ VolumeId: v.VolumeId, Force: true }, kms.user);
     const key = await volumeKeyOf(v.VolumeId);
     const all = logLines.join('\n') + JSON.stringify(audits);

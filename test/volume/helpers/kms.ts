@@ -86,6 +86,8 @@ export async function kmsHarness(stateDir: string): Promise<KmsHarness> {
   await ids.mapUid(1000, 'user/alice');
   await ids.attachPolicy('user/alice', 'ebs-via-ec2', ALICE_VIA_EC2);
   await ids.createRole('EbsdHost');
+  // As the daemon gives its host role (src/daemon/daemon.ts): list its own grants, read key states for the shared key check.
+  await ids.attachPolicy('role/EbsdHost', 'housekeeping', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['kms:ListRetirableGrants', 'kms:DescribeKey'], Resource: '*' }] }));
   await ids.mapUid(999, 'role/EbsdHost', { session: 'host-1' });
   const root = ids.callerForUid(0);
   const user = ids.callerForUid(1000);
@@ -106,6 +108,7 @@ export async function kmsHarness(stateDir: string): Promise<KmsHarness> {
     reEncrypt: gate('ReEncrypt', real.reEncrypt),
     retireGrant: gate('RetireGrant', real.retireGrant),
     describeKey: gate('DescribeKey', real.describeKey),
+    listRetirableGrants: gate('ListRetirableGrants', real.listRetirableGrants),
   };
 
   return {
