@@ -54,7 +54,7 @@ const CONFLICT = new Set([
 const THROTTLED = new Set([
   'ThrottlingException', 'Throttling', 'RequestLimitExceeded', 'TooManyRequestsException', 'SlowDown', 'RequestThrottledException', 'ConcurrentLimitExceededException',
 ]);
-const SERVICE = new Set(['KMSInternalException', 'InternalServerException', 'InternalFailure', 'DependencyTimeoutException', 'KeyUnavailableException', ...THROTTLED]);
+const SERVICE = new Set(['KMSInternalException', 'InternalServerException', 'InternalFailure', 'DependencyTimeoutException', 'KeyUnavailableException', 'ServiceUnavailable', ...THROTTLED]);
 
 /** AWS exception name -> exit code. */
 export function exitCodeFor(awsName: string | undefined, httpStatus?: number): number {

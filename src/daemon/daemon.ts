@@ -8,8 +8,11 @@ import type { Caller } from '../kms/types.js';
 import { selectXtsEngine } from '../crypto/xts-engine.js';
 import { isNativeAvailable, nativeLoadError } from '../native/addon.js';
 import { VolumeManager, type VolumeAuditEvent } from '../volume/volume-manager.js';
+import { Catalog } from '../volume/catalog.js';
+import type { XtsEngine } from '../crypto/xts.js';
 import { KmsCoreKeyService } from '../volume/key-service.js';
-import { AwsKeyService } from '../volume/aws-key-service.js';
+import { AwsKeyService, isUnreachable } from '../volume/aws-key-service.js';
+import { HostResolver } from './host-resolver.js';
 import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../volume/key-cache.js';
 import { BlockFileSystem, FuseMount } from '../fuse/index.js';
 import { EbsdError } from '../util/errors.js';
@@ -104,6 +107,11 @@ export class Daemon {
   private host: Caller | undefined;
   /** Volume keys from another KMS (--kms-endpoint); the embedded core otherwise. */
   private remoteKms: AwsKeyService | undefined;
+  /** Set while a host with --kms-endpoint waits for its KMS to answer at start (host-resolver.ts). */
+  private hostResolver: HostResolver | undefined;
+  /** Meanwhile: the volumes the catalog records as attached here, shown as waiting in `ebsd status`. */
+  private waitingVolumes: { VolumeId: string; SizeBytes: number; KmsKeyId: string; Encrypted: boolean }[] = [];
+  private xtsEngine: XtsEngine | undefined;
   private stopping: Promise<void> | undefined;
   /** Operations (README "Running in production"): metrics when --metrics-listen, readiness when $NOTIFY_SOCKET. */
   private readonly metrics: DaemonMetrics | undefined;
@@ -170,11 +178,26 @@ export class Daemon {
     if (cfg.kmsEndpoint !== undefined) {
       // The host acts as whoever the AWS credential chain makes it; the remote KMS's key policies decide.
       this.remoteKms = new AwsKeyService({ endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}), logger: log.child({ component: 'remote-kms' }) });
-      host = await this.remoteKms.hostPrincipal();
-      log.info({ kmsEndpoint: cfg.kmsEndpoint, hostPrincipal: host.arn }, 'volume keys from a remote KMS');
+      try {
+        host = await this.remoteKms.hostPrincipal();
+        log.info({ kmsEndpoint: cfg.kmsEndpoint, hostPrincipal: host.arn }, 'volume keys from a remote KMS');
+      } catch (e) {
+        // Missing credentials or a refusal stop the start; a KMS that does not answer yet does not.
+        if (cfg.kmsOnly || !isUnreachable(e)) throw e;
+        await this.mountVolumes();
+        const recorded = (await Catalog.load(join(paths.root, 'volumes'), log)).list().filter((r) => r.state === 'in-use' && r.attachment);
+        this.waitingVolumes = recorded.map((r) => ({ VolumeId: r.volumeId, SizeBytes: r.size, KmsKeyId: r.kmsKeyId, Encrypted: !r.unencrypted }));
+        const remote = this.remoteKms;
+        this.hostResolver = new HostResolver(remote, log.child({ component: 'remote-kms' }), async (h) => {
+          await this.openVolumes(h);
+          this.host = h;
+        }, e);
+      }
     }
-    this.host = host;
-    if (!cfg.kmsOnly) await this.startVolumeService(host);
+    if (!this.hostResolver) {
+      this.host = host;
+      if (!cfg.kmsOnly) await this.startVolumeService(host);
+    }
 
     this.server = new ControlServer(paths.socket, (t, b, p) => this.handleCounted(t, b, p), log.child({ component: 'control' }), {
       onRefusals: (rows) => this.auditThrottled(rows),
@@ -208,8 +231,13 @@ export class Daemon {
 
   /** FUSE mount and volume manager; a `--kms-only` daemon has neither. */
   private async startVolumeService(host: Caller): Promise<void> {
+    await this.mountVolumes();
+    await this.openVolumes(host);
+  }
+
+  /** The snapshot store and the FUSE mount, empty until openVolumes. */
+  private async mountVolumes(): Promise<void> {
     const { cfg, log, paths } = this;
-    const ids = this.authz!.identities;
     // Before the mount: a bad --snapshot-store is refused with nothing started.
     this.snapshotStore = await openSnapshotStore(cfg.snapshotStore, paths.root);
     const store = this.snapshotStore;
@@ -221,12 +249,22 @@ export class Daemon {
     this.gcTicker = setInterval(() => void gc.sweep().catch((err) => log.error({ err, store: store.location }, 'snapshot store sweep failed')), Math.max(gc.graceMs, 60_000));
     this.gcTicker.unref();
     const engine = selectXtsEngine('auto', log);
+    this.xtsEngine = engine;
     this.xtsEngineName = engine.name;
     const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind, ...(this.metrics ? { observe: this.metrics.observeVolume } : {}) });
     this.bfs = bfs;
     this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
     await this.fuse.mount();
+  }
 
+  /** The volume manager (recovery, grant sweeps), snapshots, and the re-attach of recorded volumes: needs the host principal. */
+  private async openVolumes(host: Caller): Promise<void> {
+    const { cfg, log, paths } = this;
+    const ids = this.authz!.identities;
+    const engine = this.xtsEngine!;
+    const bfs = this.bfs!;
+    const store = this.snapshotStore!;
+    const gc = this.snapshotGc!;
     this.mgr = await VolumeManager.open({
       stateDir: paths.root,
       // Remote calls are metered here; the embedded core's through kmsCore.
@@ -322,6 +360,7 @@ export class Daemon {
     await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());
+    await step('host resolver', () => this.hostResolver?.stop());
     await step('ebs direct', async () => this.ebs?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
@@ -387,6 +426,7 @@ export class Daemon {
       await this.deny(source, op, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
     }
     if (VOLUME_OPS.has(op) && isEc2Operation(op)) {
+      if (!this.mgr && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
       if (!this.mgr) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
       // Every member checked (types, lengths, counts) before authorization reads it and before anything changes.
       const req = parseEc2Request(op, body);
@@ -398,6 +438,7 @@ export class Daemon {
       return this.volumeOp(req, caller);
     }
     if (SNAPSHOT_OPS.has(op)) {
+      if (!this.snapshotApi && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
       if (!this.snapshotApi) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
       const req = parseSnapshotRequest(op as SnapshotRequest['op'], body);
       // A refusal is audited as the volume refusals are; CreateSnapshot's names its volume.
@@ -577,6 +618,14 @@ export class Daemon {
         ...(v.Encrypted ? { Kms: this.kmsOf(keyCache) } : {}),
       };
     });
+    // Waiting for the KMS at start (host-resolver.ts): the recorded attachments, to the account root only (no EC2 authorizer yet).
+    if (!mgr && this.hostResolver && caller.type === 'Root') {
+      volumes.push(...this.waitingVolumes.map((w) => ({
+        VolumeId: w.VolumeId, State: 'in-use', SizeBytes: w.SizeBytes, Encrypted: w.Encrypted, ...(w.KmsKeyId ? { KmsKeyId: w.KmsKeyId } : {}), Attached: false,
+        Problem: `waiting for the KMS at ${this.remoteKms!.endpoint}: re-attached through its grant when it answers`,
+        KeyCache: { State: 'attaching' as const },
+      }) as unknown as (typeof volumes)[number]));
+    }
     return {
       Daemon: {
         Pid: process.pid, Version: VERSION, StateDir: this.paths.root, MountDir: this.cfg.mountDir, Socket: this.paths.socket,
@@ -584,7 +633,7 @@ export class Daemon {
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
         ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
         ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
-        Kms: this.remoteKms ? this.remoteKms.health() : { Endpoint: 'embedded' },
+        Kms: this.remoteKms ? { ...this.remoteKms.health(), ...this.waitingForKms() } : { Endpoint: 'embedded' },
         KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
@@ -594,6 +643,13 @@ export class Daemon {
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
     };
+  }
+
+  /** `Waiting` in Daemon.Kms while the host's KMS has not answered since start. */
+  private waitingForKms(): Record<string, unknown> {
+    this.hostResolver?.nudge();
+    const w = this.hostResolver?.waiting();
+    return w ? { State: 'unreachable', Waiting: w } : {};
   }
 
   /**

@@ -101,6 +101,9 @@ export class AwsKeyService implements KeyService {
     this.o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => k in DEFAULTS && v !== undefined)) };
     this.openMs = this.o.circuitOpenMs;
     this.log = opts.logger ?? silentLogger;
+    // The SDK's documented switch for its "node >= 22" notice (a process warning on stderr, printed
+    // in the middle of ebsd's output): ebsd supports node >= 20.19 and pins the SDK it ships.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const requestHandler = {
       connectionTimeout: this.o.connectionTimeoutMs,
       requestTimeout: this.o.requestTimeoutMs,
@@ -284,6 +287,22 @@ export class AwsKeyService implements KeyService {
       return { Grants, ...(r.NextMarker ? { NextMarker: r.NextMarker } : {}), ...(r.Truncated !== undefined ? { Truncated: r.Truncated } : {}) };
     }, undefined);
   }
+}
+
+/** Network errors: the KMS or STS endpoint did not answer (as opposed to refusing or lacking credentials). */
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENETDOWN', 'EAI_AGAIN', 'EPIPE', 'ECONNABORTED']);
+
+/**
+ * True when `e` (or what it wraps) says the endpoint could not be reached:
+ * a socket error or a timeout. Missing credentials and refusals are not:
+ * waiting would not change them.
+ */
+export function isUnreachable(e: unknown): boolean {
+  for (let x = e as { code?: unknown; name?: unknown; cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
+    if (typeof x.code === 'string' && NETWORK_CODES.has(x.code)) return true;
+    if (x.name === 'TimeoutError' || x.name === 'RequestTimeout') return true;
+  }
+  return false;
 }
 
 /**

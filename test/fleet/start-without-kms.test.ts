@@ -1,0 +1,88 @@
+/**
+ * A host daemon with --kms-endpoint whose KMS does not answer when it starts
+ * (docs/architecture.md §8): it comes up (mount, control socket), `ebsd
+ * status` says the KMS is unreachable and shows the recorded attachment
+ * waiting, volume operations are refused as ServiceUnavailable (exit 10),
+ * and once the KMS daemon is started the host resolves its principal and
+ * re-attaches the volume through its stored grant: the data reads back.
+ * The SDK's "node >= 22" notice appears nowhere in the daemon's output.
+ */
+import { createServer } from 'node:net';
+import { openSync, readSync, writeSync, closeSync, constants } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { until } from './netns.js';
+import { SEED, printSeedOnFailure, seeded } from '../crypto/seeded.js';
+
+const VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED', 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'];
+printSeedOnFailure();
+
+describe('a host daemon started while its KMS is down', () => {
+  const kms = new Env('nokms-kms');
+  const host = new Env('nokms-host');
+  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
+  let url = '';
+  let port = 0;
+
+  beforeAll(async () => {
+    ensureBuilt();
+    port = await new Promise<number>((ok) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => ok(p)); }); });
+    url = `http://127.0.0.1:${port}`;
+  }, 60_000);
+
+  afterAll(async () => {
+    await host.cleanup();
+    await kms.cleanup();
+    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+  });
+
+  it('comes up, says it waits, refuses volume operations with ServiceUnavailable, and re-attaches its volume when the KMS starts', async () => {
+    await kms.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+    await kms.ok(['iam', 'create-user', 'host']);
+    await kms.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+    const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
+    const keyArn = (await kms.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
+    for (const v of VARS) delete process.env[v];
+    Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
+
+    // A volume attached and written while the KMS is up; the host stops with it recorded in-use.
+    await host.start(['--kms-endpoint', url, '--key-cache-ttl', '2s']);
+    const vol = (await host.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId as string;
+    await host.ok(['attach', vol]);
+    const data = seeded('start-without-kms').bytes(4096);
+    let fd = openSync(host.file(vol), constants.O_RDWR | constants.O_DIRECT);
+    writeSync(fd, data, 0, 4096, 0);
+    closeSync(fd);
+    expect(await host.stop()).toBe(0);
+    await kms.stop();
+
+    await host.start(['--kms-endpoint', url, '--key-cache-ttl', '2s']);
+    const st = await host.ok(['status']);
+    expect(st.Daemon.Kms).toMatchObject({ Endpoint: url, State: 'unreachable', Waiting: { Attempts: expect.any(Number), LastError: expect.stringContaining('ECONNREFUSED') } });
+    expect(st.Volumes).toEqual([expect.objectContaining({ VolumeId: vol, State: 'in-use', Attached: false, KeyCache: { State: 'attaching' }, Problem: expect.stringContaining(`waiting for the KMS at ${url}`) })]);
+    const refused = await host.cli(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn]);
+    expect(refused.code, refused.stderr).toBe(10);
+    expect(refused.stderr).toContain('ServiceUnavailable');
+    expect(refused.stderr).toContain(`KMS at ${url} has not answered`);
+
+    await kms.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+    const back = await until('the volume re-attached', async () => {
+      const v = (await host.ok(['status'])).Volumes.find((x: any) => x.VolumeId === vol);
+      return v?.Attached ? v : undefined;
+    }, 60_000);
+    expect(back.KeyCache.State).toMatch(/cached|refreshing/);
+    expect((await host.ok(['status'])).Daemon.Kms.Waiting).toBeUndefined();
+    const out = Buffer.alloc(4096);
+    fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
+    readSync(fd, out, 0, 4096, 0);
+    closeSync(fd);
+    expect(out.equals(data), `seed ${SEED}`).toBe(true);
+    expect((await host.ok(['detach', vol])).State).toBe('detached');
+
+    const log = host.daemonLog();
+    expect(log.match(/KMS unreachable at start/g)).toHaveLength(1);
+    expect(log.match(/host principal resolved, volumes open/g)).toHaveLength(1);
+    expect(log).not.toContain('NodeVersionSupportWarning');
+    expect(kms.daemonLog()).not.toContain('NodeVersionSupportWarning');
+  });
+});
