@@ -39,3 +39,13 @@ export function printSeedOnFailure(): void {
     });
   });
 }
+
+/**
+ * A drop-in for node:crypto's `randomBytes(n)` drawing from seeded(label):
+ * a file that writes random payloads replays them under EBSD_TEST_SEED.
+ * Pair it with printSeedOnFailure() in the same file.
+ */
+export function seededBytes(label: string): (n: number) => Buffer {
+  const r = seeded(label);
+  return (n) => r.bytes(n);
+}

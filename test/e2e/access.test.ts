@@ -1,8 +1,11 @@
 import { closeSync, openSync, readFileSync, readSync, writeSync, fsyncSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from './helpers.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
+const randomBytes = seededBytes('e2e/access');
+printSeedOnFailure();
 
 const MiB = 1024 * 1024;
 const NOBODY = 65534;
@@ -47,7 +50,7 @@ describe('access, concurrency and secrecy through the real daemon', () => {
       closeSync(fa);
       closeSync(fb);
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await env.untilClosed(a, b);
     await Promise.all([env.ok(['detach', a]), env.ok(['detach', b])]);
     const ls = await env.ok(['volume', 'ls']);
     expect(ls.Volumes.filter((v: { State: string }) => v.State === 'available')).toHaveLength(2);
@@ -134,7 +137,7 @@ describe('access, concurrency and secrecy through the real daemon', () => {
     } finally {
       closeSync(fd);
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await env.untilClosed(vol);
     await env.ok(['detach', vol]);
     await env.ok(['audit', 'verify']);
 

@@ -253,7 +253,7 @@ describe('a full state dir', () => {
       }
       // Refused callers while the disk is full: their events are the first to go.
       await hostile(['refused', sock(), '50', '8192', 'ebsd.DescribeVolumes']);
-      // Key refresh (TTL 1 s) needs an audited grant Decrypt: it must keep succeeding.
+      // Key confirmation (TTL 1 s) needs audited KMS calls (the shared key check, a grant Decrypt): it must keep succeeding.
       const first = (await env.ok(['status'])).Volumes[0].KeyCache.LastUnwrapTime;
       const st = await poll(async () => {
         const s = await env.ok(['status']);

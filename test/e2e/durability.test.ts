@@ -93,7 +93,7 @@ describe('durability through the real daemon', () => {
     expect(w.code, w.stderr).toBe(0);
     const job = JSON.parse(w.stdout.slice(w.stdout.indexOf('{'))).jobs[0];
     expect(job.error).toBe(0);
-    await new Promise((r) => setTimeout(r, 200));
+    await env.untilClosed(vol);
     await env.ok(['detach', vol]);
     await env.ok(['attach', vol]);
     const v = await run('fio', fioArgs(env.file(vol), ['--verify_only']));

@@ -1,4 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { chmodSync, createWriteStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
@@ -164,6 +165,21 @@ export class Env {
     await this.stop().catch(() => {});
     spawnSync('fusermount', ['-uz', this.mnt]);
     rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Poll (no fixed sleep) until the daemon counts no open handle on these
+   * volumes: the kernel sends FUSE RELEASE after close() returns, so a
+   * just-closed file may still count for a moment. Straight to the socket,
+   * no CLI process per poll; bounded.
+   */
+  async untilClosed(...volumeIds: string[]): Promise<void> {
+    for (let i = 0; i < 1000; i++) {
+      const st = (await callDaemon(socketPathFor(this.state), 'ebsd.Status', {})) as { Volumes: { VolumeId: string; OpenHandles?: number }[] };
+      if (!st.Volumes.some((v) => volumeIds.includes(v.VolumeId) && v.OpenHandles)) return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`${volumeIds.join(', ')}: still open after 1000 polls of ebsd status`);
   }
 
   daemonLog(): string {

@@ -67,7 +67,7 @@ describe('plaintext (--cipher none) and encrypted volumes served by the same dae
   });
 
   it('warns in the log and audits create and attach of the plaintext volume; detach and delete work the same', async () => {
-    await new Promise((r) => setTimeout(r, 200));
+    await env.untilClosed(plain, enc);
     await env.ok(['detach', plain]);
     await env.ok(['volume', 'delete', plain]);
     await env.ok(['detach', enc]);

@@ -9,10 +9,13 @@
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt, sh } from '../e2e/helpers.js';
 import { NetnsFleet, NsDaemon, until } from './netns.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
+const randomBytes = seededBytes('fleet/fleet');
+printSeedOnFailure();
 
 const PORT = 4599;
 const TTL = '2s';

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockFileSystem, FuseMount } from '../../src/fuse/index.js';
 import type { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
@@ -9,6 +9,9 @@ import { makeImage, volumeKey, VOL } from '../volume/helpers/image.js';
 import { xtsSector } from '../volume/helpers/node-xts.js';
 import { diskSector, openEncrypted } from '../volume/helpers/device.js';
 import { sh, tempDir } from './helpers.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
+const randomBytes = seededBytes('fuse/fuse-encrypted');
+printSeedOnFailure();
 
 // The FUSE adapter over a real EncryptedBlockDevice: writes reach the device
 // through writeConsuming (encrypted in libfuse's request buffer, no copy),

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
 import { FdBackingFile, openBackingFile } from '../../src/volume/backing-file.js';
@@ -10,6 +10,9 @@ import { tmpDir, VOL, freshImage } from './helpers/image.js';
 import { openEncrypted, diskSector as readDiskSector } from './helpers/device.js';
 import { xtsSector } from './helpers/node-xts.js';
 import { evictFromPageCache } from './helpers/page-cache.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
+const randomBytes = seededBytes('volume/block-device-fastpath');
+printSeedOnFailure();
 
 // The page-cache fast paths of SectorDevice (docs/perf-notes.md §4): reads with
 // preadv2(RWF_NOWAIT) on the event loop and the pool on a miss, aligned writes

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { openSync, constants } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { seeded, seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
 import { FdBackingFile, openBackingFile, type BackingFile } from '../../src/volume/backing-file.js';
@@ -9,6 +9,10 @@ import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { tmpDir, VOL, freshImage } from './helpers/image.js';
 import { openEncrypted, diskSector as readDiskSector } from './helpers/device.js';
 import { xtsSector } from './helpers/node-xts.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
+const randomBytes = seededBytes('volume/block-device');
+const rnd = seeded('volume/block-device offsets');
+printSeedOnFailure();
 
 const SS = 4096;
 const SIZE = 1 << 20;
@@ -40,8 +44,8 @@ describe('EncryptedBlockDevice', () => {
     const model = Buffer.alloc(SIZE);
     const ops: [number, number][] = [[0, 1], [1, 4095], [4095, 2], [SS * 3 - 7, SS * 2 + 14], [SS * 10, SS * 4], [SIZE - 3, 3], [123457, 65536], [SS * 20 + 1, 1]];
     for (let i = 0; i < 40; i++) {
-      const off = Math.floor(Math.random() * (SIZE - 1));
-      ops.push([off, 1 + Math.floor(Math.random() * Math.min(3 * SS, SIZE - off - 1))]);
+      const off = rnd.int((SIZE - 1));
+      ops.push([off, 1 + rnd.int(Math.min(3 * SS, SIZE - off - 1))]);
     }
     for (const [off, len] of ops) {
       const d = randomBytes(len);
@@ -52,8 +56,8 @@ describe('EncryptedBlockDevice', () => {
     await dev.read(0, SIZE, all);
     expect(all.equals(model)).toBe(true);
     for (let i = 0; i < 30; i++) {
-      const off = Math.floor(Math.random() * (SIZE - 1));
-      const len = 1 + Math.floor(Math.random() * (SIZE - off - 1));
+      const off = rnd.int((SIZE - 1));
+      const len = 1 + rnd.int((SIZE - off - 1));
       const o = Buffer.alloc(len + 9);
       await dev.read(off, len, o, 9);
       expect(o.subarray(9).equals(model.subarray(off, off + len))).toBe(true);

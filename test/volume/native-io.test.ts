@@ -1,12 +1,15 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { nativeIo, EAGAIN, EOPNOTSUPP, SyncWriteGuard, syncWriteSafe, streamPoller } from '../../src/volume/native-io.js';
 import { tmpDir } from './helpers/image.js';
 import { evictFromPageCache } from './helpers/page-cache.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
+const randomBytes = seededBytes('volume/native-io');
+printSeedOnFailure();
 
 let t: ReturnType<typeof tmpDir>;
 beforeEach(() => { t = tmpDir('ebsd-nio-'); });

@@ -1,13 +1,16 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
 import { readLuks2 } from '../../src/volume/luks2-header.js';
 import { PLAIN_DATA_OFFSET, PLAIN_MAGIC, readPlainImage } from '../../src/volume/plain-image.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
+const randomBytes = seededBytes('volume/plain-volume');
+printSeedOnFailure();
 
 /** Measurement-only plaintext volumes (CreateVolume Cipher "none"; docs/format.md). */
 const MiB = 1 << 20;

@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
 import { readLuks2, updateLuks2 } from '../../src/volume/luks2-header.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
@@ -12,6 +12,9 @@ import { kmsHarness, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
 import { xtsSector } from './helpers/node-xts.js';
 import { ManualClock } from './helpers/manual-clock.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
+const randomBytes = seededBytes('volume/volume-manager');
+printSeedOnFailure();
 
 const SS = 4096;
 const MiB = 1 << 20;

@@ -1,9 +1,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { seededBytes } from '../../crypto/seeded.js';
 import { buildLuks2Json, LUKS2_DATA_OFFSET } from '../../../src/volume/luks2-json.js';
 import { createLuks2 } from '../../../src/volume/luks2-header.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts). */
+const randomBytes = seededBytes('volume/helpers/image');
 
 export function tmpDir(prefix = 'ebsd-vol-'): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), prefix));

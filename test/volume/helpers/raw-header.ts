@@ -1,6 +1,9 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { seededBytes } from '../../crypto/seeded.js';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { LUKS2_HDR_SIZE, LUKS2_JSON_SIZE } from '../../../src/volume/luks2-json.js';
+/** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts). */
+const randomBytes = seededBytes('volume/helpers/raw-header');
 
 /**
  * A LUKS2 header writer for tests, independent of src/volume/luks2-header.ts
