@@ -141,7 +141,7 @@ export class KeyCache implements CheckedCache {
   constructor(private readonly device: KeyedDevice, private readonly o: KeyCacheOptions) {
     this.ttl = o.ttlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     this.maxStale = Math.max(o.maxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS, this.ttl);
-    this.timeout = o.refreshTimeoutMs ?? Math.max(100, Math.min(this.ttl / 4, 30_000));
+    this.timeout = o.refreshTimeoutMs ?? Math.max(100, Math.min(this.ttl / 2, 30_000));
     this.fullEvery = this.ttl * (o.fullRefreshTtls ?? DEFAULT_FULL_REFRESH_TTLS);
     this.log = o.logger ?? silentLogger;
     this.clock = o.clock ?? systemClock;

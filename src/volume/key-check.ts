@@ -65,7 +65,7 @@ export class KeyCheck {
   constructor(private readonly o: KeyCheckOptions) {
     this.clock = o.clock ?? systemClock;
     this.random = o.random ?? Math.random;
-    this.timeout = o.timeoutMs ?? Math.max(100, Math.min(o.ttlMs / 4, 30_000));
+    this.timeout = o.timeoutMs ?? Math.max(100, Math.min(o.ttlMs / 2, 30_000));
     this.log = o.logger ?? silentLogger;
   }
 

@@ -128,6 +128,8 @@ describe('a fleet on one KMS, in network namespaces', () => {
   it('KMS killed: both hosts keep serving until max-stale; restarted, refresh resumes without re-attach', async () => {
     const vols = await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.ok(['status'])).Volumes.find((v: any) => v.Attached).VolumeId] as const));
     const grantsBefore = kmsAudit().filter((e) => e.eventName === 'CreateGrant').length;
+    // Transitions are counted from here (a loaded machine may time out a call before the outage too).
+    const logFrom = Object.fromEntries(vols.map(([h]) => [h, hosts[h]!.log().length]));
     await kms.kill9();
     for (const [h, vol] of vols) {
       const st = await until(`${h} stale`, async () => { const v = await volumeOf(h, vol); return v.KeyCache.State === 'stale' ? v : undefined; });
@@ -138,6 +140,8 @@ describe('a fleet on one KMS, in network namespaces', () => {
       await writeDirect(file(h, vol), more, 4 * MiB);
       expect((await readDirect(file(h, vol), more.length, 4 * MiB)).equals(more)).toBe(true);
       expect((await readDirect(file(h, vol), MiB)).equals(patterns.get(h)!)).toBe(true);
+      // Several refreshes fail (shared rounds every TTL/4, circuit probes) before the KMS comes back.
+      await until(`${h}: several failed calls`, async () => ((await hosts[h]!.ok(['status'])).Daemon.Kms.ConsecutiveFailures >= 4 ? true : undefined));
     }
     const stoppedAt = Date.now();
     await kms.start();
@@ -150,7 +154,15 @@ describe('a fleet on one KMS, in network namespaces', () => {
     // Refresh went through the existing grants: no new CreateGrant, no re-attach.
     expect(kmsAudit().filter((e) => e.eventName === 'CreateGrant').length).toBe(grantsBefore);
     // The outage is logged as a transition, once, however many refreshes failed in it.
-    for (const h of ['host-a', 'host-b']) {
+    for (const [h, vol] of vols) {
+      // However many calls failed while the KMS was dead, each transition is one line, up to the first answer.
+      const during = hosts[h]!.log().slice(logFrom[h]);
+      const back = during.indexOf('stale -> cached');
+      expect(back, h).toBeGreaterThan(0);
+      const outage = during.slice(0, back).split('\n');
+      expect(outage.filter((l) => l.includes(vol) && l.includes('cached -> stale')), h).toHaveLength(1);
+      expect(outage.filter((l) => l.includes('shared key check: KMS unreachable')), h).toHaveLength(1);
+      expect(hosts[h]!.log(), h).not.toContain('NodeVersionSupportWarning');
       const opened = hosts[h]!.log().match(/circuit open, calls fail fast/g)?.length ?? 0;
       expect(opened, h).toBeLessThanOrEqual(1);
       expect(hosts[h]!.log().match(/circuit closed/g)?.length ?? 0, h).toBe(opened);
