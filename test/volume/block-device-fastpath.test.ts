@@ -10,6 +10,7 @@ import { tmpDir, VOL, freshImage } from './helpers/image.js';
 import { openEncrypted, diskSector as readDiskSector } from './helpers/device.js';
 import { xtsSector } from './helpers/node-xts.js';
 import { evictFromPageCache } from './helpers/page-cache.js';
+import { readNowaitSupported } from './helpers/fs-caps.js';
 /** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
 const randomBytes = seededBytes('volume/block-device-fastpath');
 printSeedOnFailure();
@@ -74,7 +75,7 @@ function writeUncached(data: Buffer, pos: number): boolean {
 }
 
 describe.skipIf(nativeIo === null)('SectorDevice fast paths', () => {
-  test('aligned read from the page cache: no pool call, promise already settled, plaintext right', async () => {
+  test.skipIf(!readNowaitSupported)('aligned read from the page cache: no pool call, promise already settled, plaintext right', async () => {
     const { backing, calls } = await counted();
     const dev = await encDev(backing);
     const data = randomBytes(4 * SS);
@@ -98,7 +99,7 @@ describe.skipIf(nativeIo === null)('SectorDevice fast paths', () => {
     await dev.close();
   });
 
-  test('page-cache miss (EAGAIN) falls back to the pool, also when only the head is cached', async (ctx) => {
+  test.skipIf(!readNowaitSupported)('page-cache miss (EAGAIN) falls back to the pool, also when only the head is cached', async (ctx) => {
     const { backing, calls } = await counted();
     const dev = await encDev(backing);
     const model = Buffer.alloc(SIZE);
@@ -209,7 +210,7 @@ describe.skipIf(nativeIo === null)('SectorDevice fast paths', () => {
     await dev.close();
   });
 
-  test('passthrough: aligned I/O straight from and into the caller buffers, plaintext on disk', async () => {
+  test.skipIf(!readNowaitSupported)('passthrough: aligned I/O straight from and into the caller buffers, plaintext on disk', async () => {
     const { backing, calls } = await counted();
     const dev = new PlainBlockDevice({ volumeId: VOL, size: SIZE, dataOffset: LUKS2_DATA_OFFSET, backing });
     const d = randomBytes(8 * SS);

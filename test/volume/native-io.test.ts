@@ -7,6 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { nativeIo, EAGAIN, EOPNOTSUPP, SyncWriteGuard, syncWriteSafe, streamPoller } from '../../src/volume/native-io.js';
 import { tmpDir } from './helpers/image.js';
 import { evictFromPageCache } from './helpers/page-cache.js';
+import { readNowaitSupported } from './helpers/fs-caps.js';
 /** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
 const randomBytes = seededBytes('volume/native-io');
 printSeedOnFailure();
@@ -24,7 +25,7 @@ function dropFromPageCache(path: string, data: Buffer): void {
 describe.skipIf(nativeIo === null)('native io.c', () => {
   const io = nativeIo!;
 
-  test('preadNowait returns page-cache data, 0 at EOF', () => {
+  test.skipIf(!readNowaitSupported)('preadNowait returns page-cache data, 0 at EOF', () => {
     const p = join(t.dir, 'f');
     const data = randomBytes(3 * 4096);
     writeFileSync(p, data); // buffered: in the page cache now
@@ -41,7 +42,18 @@ describe.skipIf(nativeIo === null)('native io.c', () => {
     }
   });
 
-  test('preadNowait answers -EAGAIN instead of waiting for the disk', () => {
+  test.skipIf(readNowaitSupported)('preadNowait answers EOPNOTSUPP where the filesystem has no RWF_NOWAIT reads (tmpfs)', () => {
+    const p = join(t.dir, 'f');
+    writeFileSync(p, randomBytes(4096));
+    const fd = openSync(p, 'r');
+    try {
+      expect(io.preadNowait(fd, Buffer.alloc(4096), 0, 4096, 0)).toBe(EOPNOTSUPP);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  test.skipIf(!readNowaitSupported)('preadNowait answers -EAGAIN instead of waiting for the disk', () => {
     const p = join(t.dir, 'f');
     const data = randomBytes(64 * 1024);
     const fd = openSync(p, 'w+');

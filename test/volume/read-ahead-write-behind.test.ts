@@ -12,6 +12,7 @@ import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { tmpDir, VOL, freshImage } from './helpers/image.js';
 import { openEncrypted, diskSector as readDiskSector } from './helpers/device.js';
 import { xtsSector } from './helpers/node-xts.js';
+import { readNowaitSupported } from './helpers/fs-caps.js';
 /** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
 const randomBytes = seededBytes('volume/read-ahead-write-behind');
 printSeedOnFailure();
@@ -52,7 +53,8 @@ async function readAt(dev: SectorDevice, off: number, len: number): Promise<Buff
   return b;
 }
 
-describe.skipIf(nativeIo === null)('sequential read-ahead', () => {
+// Read-ahead and write-behind ride on RWF_NOWAIT page-cache I/O: off where the filesystem has none (helpers/fs-caps.ts).
+describe.skipIf(nativeIo === null || !readNowaitSupported)('sequential read-ahead', () => {
   test('sequential 128 KiB reads are served from the read-ahead after the first two, with the right plaintext', async () => {
     const dev = await encDev();
     const model = randomBytes(SIZE);
@@ -166,7 +168,7 @@ describe.skipIf(nativeIo === null)('sequential read-ahead', () => {
   });
 });
 
-describe.skipIf(nativeIo === null)('write-behind', () => {
+describe.skipIf(nativeIo === null || !readNowaitSupported)('write-behind', () => {
   test('the completion seals and writes: ciphertext on disk, plaintext read back, caller buffer untouched', async (ctx) => {
     if (!roomForWriteBehind()) ctx.skip(); // the guard is tested below; this needs the room
     const dev = await encDev();
