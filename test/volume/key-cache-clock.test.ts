@@ -81,7 +81,6 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     const keys = [await kms.createKey(), await kms.createKey()];
     const ids = await attachMany(12, keys);
     for (const k of Object.keys(calls)) delete calls[k];
-    const decryptsBefore = new Map(ids.map((id) => [id, 0]));
     await clock.advance(8 * TTL);
     expect(states(ids)).toEqual(ids.map(() => 'cached'));
     const total = Object.values(calls).reduce((a, b) => a + b, 0);
@@ -93,10 +92,8 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     expect(calls.ListRetirableGrants).toBeGreaterThanOrEqual(8);
     expect(calls.ListRetirableGrants).toBeLessThanOrEqual(11);
     expect(calls.DescribeKey).toBe(2 * calls.ListRetirableGrants!);
-    for (const c of mgr.describeKeyCaches(ids)) {
-      expect(clock.now() - Date.parse(c.LastUnwrapTime!)).toBeLessThan(TTL);
-      decryptsBefore.set(c.VolumeId, 1);
-    }
+    // Every volume was confirmed within the last TTL.
+    for (const c of mgr.describeKeyCaches(ids)) expect(clock.now() - Date.parse(c.LastUnwrapTime!)).toBeLessThan(TTL);
   });
 
   test('DisableKey: every volume under the key is impaired within one TTL, with the Decrypt\'s DisabledException; the other key\'s volumes keep serving', async () => {
