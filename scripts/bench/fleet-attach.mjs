@@ -70,6 +70,8 @@ try {
     const back = Buffer.alloc(4096);
     fd = openSync(f, constants.O_RDONLY | constants.O_DIRECT); readSync(fd, back, 0, 4096, 0); closeSync(fd);
     if (!back.equals(data)) throw new Error(`${name}: read-back mismatch`);
+    // FUSE RELEASE arrives after close() returns: wait until the daemon counts no open handle.
+    for (let i = 0; i < 1000 && (await call('Status', {})).Volumes.find((v) => v.VolumeId === vols[0])?.OpenHandles; i++) await new Promise((r) => setTimeout(r, 20));
     await call('DetachVolume', { VolumeId: vols[0] });
     const callsBefore = name === 'remote' ? (await call('Status', {})).Daemon.Kms.Calls : {};
     const lat = [];
