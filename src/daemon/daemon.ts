@@ -322,14 +322,14 @@ export class Daemon {
     const m = this.metrics;
     if (!m || this.cfg.metricsListen === undefined) return undefined;
     const bfs = this.bfs;
-    const mgr = this.mgr;
     const audit = this.kms!.audit;
     const auditFrom = audit.writtenThrough;
     m.bind({
       attached: () => bfs?.volumeIds() ?? [],
       openHandles: (id) => bfs?.openCount(id) ?? 0,
       inflight: (id) => bfs?.inflightCount(id) ?? 0,
-      keyCaches: () => mgr?.describeKeyCaches() ?? [],
+      // Read at scrape time: a host waiting for its KMS at start opens its volumes later (host-resolver.ts).
+      keyCaches: () => this.mgr?.describeKeyCaches() ?? [],
       auditEventsWritten: () => audit.writtenThrough - auditFrom,
     });
     const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
