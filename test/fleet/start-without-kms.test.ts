@@ -11,6 +11,7 @@ import { createServer } from 'node:net';
 import { openSync, readSync, writeSync, closeSync, constants } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { until } from './netns.js';
 import { SEED, printSeedOnFailure, seeded } from '../crypto/seeded.js';
 
@@ -23,6 +24,8 @@ describe('a host daemon started while its KMS is down', () => {
   const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
   let url = '';
   let port = 0;
+  /** Status straight from the socket: a poll spawns no CLI process. */
+  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
 
   beforeAll(async () => {
     ensureBuilt();
@@ -57,7 +60,7 @@ describe('a host daemon started while its KMS is down', () => {
     await kms.stop();
 
     await host.start(['--kms-endpoint', url, '--key-cache-ttl', '2s']);
-    const st = await host.ok(['status']);
+    const st = await status();
     expect(st.Daemon.Kms).toMatchObject({ Endpoint: url, State: 'unreachable', Waiting: { Attempts: expect.any(Number), LastError: expect.stringContaining('ECONNREFUSED') } });
     expect(st.Volumes).toEqual([expect.objectContaining({ VolumeId: vol, State: 'in-use', Attached: false, KeyCache: { State: 'attaching' }, Problem: expect.stringContaining(`waiting for the KMS at ${url}`) })]);
     const refused = await host.cli(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn]);
@@ -67,11 +70,11 @@ describe('a host daemon started while its KMS is down', () => {
 
     await kms.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
     const back = await until('the volume re-attached', async () => {
-      const v = (await host.ok(['status'])).Volumes.find((x: any) => x.VolumeId === vol);
+      const v = (await status()).Volumes.find((x: any) => x.VolumeId === vol);
       return v?.Attached ? v : undefined;
     }, 60_000);
     expect(back.KeyCache.State).toMatch(/cached|refreshing/);
-    expect((await host.ok(['status'])).Daemon.Kms.Waiting).toBeUndefined();
+    expect((await status()).Daemon.Kms.Waiting).toBeUndefined();
     const out = Buffer.alloc(4096);
     fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
     readSync(fd, out, 0, 4096, 0);
