@@ -49,12 +49,29 @@ const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 const MAX_CHAIN = 10_000;
 /**
  * A pending snapshot's manifest is rewritten with the blocks written so far
- * at most this often (and at completion): the collector of another daemon
- * sharing the store spares blocks younger than its grace period (an hour,
- * src/snapshot/gc.ts) and blocks a manifest names, so a StartSnapshot that
- * stays pending for up to its 72-hour Timeout keeps its blocks.
+ * at most this long after the first block it does not name yet was put (a
+ * timer, not the next put: a put just before a long idle gap is named too),
+ * and at completion. The collector of another daemon sharing the store
+ * spares blocks younger than its grace period (an hour, src/snapshot/gc.ts)
+ * and blocks a manifest names, so a StartSnapshot that stays pending for up
+ * to its 72-hour Timeout keeps its blocks.
  */
 export const PENDING_MANIFEST_EVERY_MS = 5 * 60_000;
+/** Blocks checked for presence at once by CompleteSnapshot. */
+const PRESENCE_CHECKS_IN_FLIGHT = 16;
+
+/** A scheduled call, cancellable. */
+export interface ScheduledCall {
+  cancel(): void;
+}
+/** Schedules `fn` in `ms` (injected clock's ms); the default is an unref'd setTimeout. */
+export type Scheduler = (fn: () => Promise<void>, ms: number) => ScheduledCall;
+
+const unrefTimer: Scheduler = (fn, ms) => {
+  const t = setTimeout(() => void fn(), ms);
+  t.unref();
+  return { cancel: () => clearTimeout(t) };
+};
 
 export interface EbsDirectOptions {
   store: SnapshotStore;
@@ -78,6 +95,8 @@ export interface EbsDirectOptions {
   pendingDir: string;
   /** The collector's pin (SnapshotGc.pin): blocks written to a pending snapshot stay pinned until its manifest names them. */
   pin?: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
+  /** Timer of the pending manifest's save; tests inject one driven by their clock. */
+  schedule?: Scheduler;
 }
 
 /** A snapshot between StartSnapshot and CompleteSnapshot: held here, its manifest in the store says `pending`. */
@@ -89,16 +108,34 @@ interface Pending {
   written: Map<number, Buffer>;
   inflight: Set<number>;
   deadline: number;
-  /** Pins on the blocks written here (and the header), released when the snapshot completes or fails. */
-  pins: BlockPin[];
-  /** When the pending manifest was last written (injected clock). */
-  savedAt: number;
+  /** Pin on the header, released when the snapshot completes or fails. */
+  headerPin?: BlockPin;
+  /** Pin on each index's block written here: one per index, the old one released when the index is written again. */
+  pins: Map<number, BlockPin>;
+  /** The StartSnapshot ClientToken, forgotten with the snapshot. */
+  clientToken?: string;
+  /** Blocks were put since the pending manifest was last written. */
+  dirty: boolean;
+  /** The scheduled save of the pending manifest, while dirty. */
+  saveTimer?: ScheduledCall;
+  /** The last pending-manifest write: CompleteSnapshot waits for it, so `pending` never overwrites `completed`. */
+  saving: Promise<void>;
+  /** CompleteSnapshot is writing the manifest: puts are refused, the snapshot is not swept. */
+  completing: boolean;
 }
 
 export class EbsDirect {
   private readonly pending = new Map<string, Pending>();
-  /** StartSnapshot idempotency: ClientToken -> the request it came with and its answer. */
-  private readonly clientTokens = new Map<string, { request: string; response: Record<string, unknown> }>();
+  /**
+   * StartSnapshot idempotency: ClientToken -> the request it came with and
+   * its answer (a promise: a retry during the first call gets the same
+   * snapshot). Forgotten when the snapshot leaves `pending` (completed,
+   * error) or the start fails, so it holds at most the pending snapshots.
+   */
+  private readonly clientTokens = new Map<string, { request: string; response: Promise<Record<string, unknown>> }>();
+  /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
+  private starting = 0;
+  private readonly schedule: Scheduler;
   private readonly tokens: TokenSigner;
   private readonly now: () => number;
   private readonly viaService: string;
@@ -107,6 +144,7 @@ export class EbsDirect {
     this.tokens = new TokenSigner(o.tokenKey);
     this.now = o.now ?? Date.now;
     this.viaService = `ec2.${o.region}.amazonaws.com`;
+    this.schedule = o.schedule ?? unrefTimer;
   }
 
   /**
@@ -145,8 +183,9 @@ export class EbsDirect {
     return this.pending.get(id)?.manifest;
   }
 
-  /** Wipe the token key; pending snapshots are left for recover() to mark. */
+  /** Wipe the token key and cancel the scheduled manifest saves; pending snapshots are left for recover() to mark. */
   close(): void {
+    for (const p of this.pending.values()) this._cancelSave(p);
     this.tokens.destroy();
   }
 
@@ -230,17 +269,38 @@ export class EbsDirect {
 
   async startSnapshot(i: StartSnapshotInput, caller: Caller): Promise<Record<string, unknown>> {
     await this._sweep();
-    if (i.ClientToken !== undefined) {
-      const seen = this.clientTokens.get(i.ClientToken);
-      const request = JSON.stringify({ ...i, caller: caller.arn });
+    // From here to the first await, synchronous: the token and the slot are taken before any other start runs.
+    const token = i.ClientToken;
+    const request = JSON.stringify({ ...i, caller: caller.arn });
+    if (token !== undefined) {
+      const seen = this.clientTokens.get(token);
       if (seen) {
-        if (seen.request !== request) throw conflict(`ClientToken ${i.ClientToken} was used for a different StartSnapshot request`);
+        if (seen.request !== request) throw conflict(`ClientToken ${token} was used for a different StartSnapshot request`);
         return seen.response;
       }
     }
-    if (this.pending.size >= (this.o.maxPending ?? MAX_PENDING_SNAPSHOTS)) {
-      throw concurrentLimit(`${this.pending.size} snapshots are already pending (at most ${this.o.maxPending ?? MAX_PENDING_SNAPSHOTS}): complete one first`);
+    const max = this.o.maxPending ?? MAX_PENDING_SNAPSHOTS;
+    if (this.pending.size + this.starting >= max) {
+      throw concurrentLimit(`${this.pending.size + this.starting} snapshots are already pending (at most ${max}): complete one first`);
     }
+    this.starting++;
+    let held = true;
+    const release = (): void => {
+      if (held) this.starting--;
+      held = false;
+    };
+    const started = this._begin(i, caller, token, release).finally(release);
+    if (token !== undefined) {
+      // Bounded: the oldest token is forgotten first (a retry that late starts a new snapshot).
+      if (this.clientTokens.size >= MAX_CLIENT_TOKENS) this.clientTokens.delete(this.clientTokens.keys().next().value!);
+      this.clientTokens.set(token, { request, response: started });
+      started.catch(() => { if (this.clientTokens.get(token)?.response === started) this.clientTokens.delete(token); });
+    }
+    return started;
+  }
+
+  /** StartSnapshot past the limit: `releaseSlot` is called as the snapshot takes its place in `pending` (or on failure, by the caller). */
+  private async _begin(i: StartSnapshotInput, caller: Caller, clientToken: string | undefined, releaseSlot: () => void): Promise<Record<string, unknown>> {
     const parent = i.ParentSnapshotId !== undefined ? await this._completed(i.ParentSnapshotId) : undefined;
     if (parent && i.VolumeSize < parent.volumeSize) {
       throw validation('INVALID_VOLUME_SIZE', `VolumeSize ${i.VolumeSize} is smaller than the parent ${parent.snapshotId}'s ${parent.volumeSize} GiB`);
@@ -264,11 +324,12 @@ export class EbsDirect {
       header = plainSnapshotHeader(snapshotId, sizeBytes);
     }
     const headerHash = sha256(header.bytes).toString('hex');
-    const pins = this.o.pin ? [await this.o.pin([headerHash])] : [];
+    const headerPin = this.o.pin ? await this.o.pin([headerHash]) : undefined;
     try {
+      // Put even when present: a new age keeps another host's collector off it until our manifest names it.
       await this.o.store.putBlock(headerHash, header.bytes);
     } catch (e) {
-      for (const p of pins) p.release();
+      headerPin?.release();
       throw e;
     }
     manifest.header = headerHash;
@@ -278,13 +339,15 @@ export class EbsDirect {
       await this._mark(snapshotId);
       await this.o.store.putManifest(manifest);
     } catch (e) {
-      for (const p of pins) p.release();
+      headerPin?.release();
       await this._unmark(snapshotId).catch(() => {});
       throw e;
     }
+    releaseSlot();
     this.pending.set(snapshotId, {
       manifest, blocks: new Map(manifest.blocks), written: new Map(), inflight: new Set(),
-      deadline: this.now() + (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000, pins, savedAt: this.now(),
+      deadline: this.now() + (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000, headerPin, pins: new Map(),
+      ...(clientToken !== undefined ? { clientToken } : {}), dirty: false, saving: Promise.resolve(), completing: false,
     });
     const response = {
       SnapshotId: snapshotId, OwnerId: this.o.accountId, Status: 'pending', StartTime: manifest.startTime,
@@ -293,11 +356,6 @@ export class EbsDirect {
       ...(encrypted ? { KmsKeyArn: manifest.kmsKeyId } : {}),
       SseType: encrypted ? 'sse-ebs' : 'none',
     };
-    if (i.ClientToken !== undefined) {
-      // Bounded: the oldest token is forgotten first (a retry that late starts a new snapshot).
-      if (this.clientTokens.size >= MAX_CLIENT_TOKENS) this.clientTokens.delete(this.clientTokens.keys().next().value!);
-      this.clientTokens.set(i.ClientToken, { request: JSON.stringify({ ...i, caller: caller.arn }), response });
-    }
     this.o.log?.info({ snapshotId, encrypted, parentSnapshotId: parent?.snapshotId, volumeSize: i.VolumeSize, keyArn: manifest.kmsKeyId || undefined }, 'StartSnapshot: snapshot pending');
     return response;
   }
@@ -311,22 +369,27 @@ export class EbsDirect {
       throw validation('INVALID_PARAMETER_VALUE', `Checksum does not match BlockData (SHA256, base64) for block ${i.BlockIndex} of ${i.SnapshotId}; nothing was written`);
     }
     if (p.inflight.has(i.BlockIndex)) throw validation('CONFLICTING_BLOCK_UPDATE', `block ${i.BlockIndex} of ${i.SnapshotId} is being written by another request`);
+    // Synchronously after _pending's check: CompleteSnapshot sees this put in flight and refuses until it ends.
     p.inflight.add(i.BlockIndex);
+    let pin: BlockPin | undefined;
     try {
       const data = Buffer.from(i.BlockData); // our own copy: encrypted in place
       if (p.manifest.encrypted) await this._withKey(p.manifest, caller, 'PutSnapshotBlock', (x) => x.encrypt(data, i.BlockIndex * SECTORS_PER_BLOCK * 8, XTS_OPTS));
       const hash = sha256(data).toString('hex');
       // Pinned before it is put: a sweep deleting an equal block finishes first, then ours is written.
-      if (this.o.pin) p.pins.push(await this.o.pin([hash]));
+      if (this.o.pin) pin = await this.o.pin([hash]);
+      // Put even when present: a new age keeps another host's collector off it until our manifest names it.
       await this.o.store.putBlock(hash, data);
       p.blocks.set(i.BlockIndex, hash);
       p.written.set(i.BlockIndex, digest);
+      // One pin per index: the block this index held before is no longer this snapshot's.
+      p.pins.get(i.BlockIndex)?.release();
+      if (pin) p.pins.set(i.BlockIndex, pin);
+      pin = undefined;
       if (i.Progress !== undefined) p.manifest.progress = i.Progress;
-      if (this.now() - p.savedAt >= PENDING_MANIFEST_EVERY_MS && this.pending.get(i.SnapshotId) === p) {
-        p.savedAt = this.now();
-        await this.o.store.putManifest({ ...p.manifest, blocks: [...p.blocks].sort((x, y) => x[0] - y[0]) });
-      }
+      this._scheduleSave(p);
     } finally {
+      pin?.release(); // not put: not ours to hold
       p.inflight.delete(i.BlockIndex);
     }
     return { Checksum: i.Checksum, ChecksumAlgorithm: 'SHA256' };
@@ -337,6 +400,16 @@ export class EbsDirect {
    * written, and a Checksum (LINEAR: SHA-256 of the written blocks' SHA-256
    * digests concatenated in block-index order) must match. A refusal
    * changes nothing: the snapshot stays pending and can be completed right.
+   *
+   * From the checks on, the snapshot is `completing`: PutSnapshotBlock is
+   * refused (the snapshot is no longer open for writing), so no block is
+   * acknowledged that the completed manifest leaves out. Before `completed`
+   * is written, every block written here and the header must be in the
+   * store: one missing (freed by a collector that did not see it named) is
+   * InternalServerException naming the indexes, and the snapshot stays
+   * pending, so the caller can put those blocks again and complete; it is
+   * not made `error`, since what is missing is known and can be rewritten.
+   * A failed manifest write also leaves it pending.
    */
   async completeSnapshot(i: CompleteSnapshotInput): Promise<Record<string, unknown>> {
     const p = await this._pending(i.SnapshotId);
@@ -352,16 +425,86 @@ export class EbsDirect {
         throw validation('INVALID_PARAMETER_VALUE', `Checksum (SHA256, LINEAR over ${order.length} block checksums in index order) does not match what was written to ${i.SnapshotId}; the snapshot stays pending`);
       }
     }
+    p.completing = true;
+    this._cancelSave(p);
     const m: SnapshotManifest = {
       ...p.manifest, state: 'completed', progress: 100, completionTime: new Date(this.now()).toISOString(),
       blocks: [...p.blocks].sort((x, y) => x[0] - y[0]), changedBlocks: p.written.size,
     };
-    await this.o.store.putManifest(m);
+    try {
+      await p.saving; // a pending save in progress lands first, never after `completed`
+      await this._checkPresent(p);
+      await this.o.store.putManifest(m);
+    } catch (e) {
+      p.completing = false;
+      if (p.dirty) this._scheduleSave(p);
+      throw e;
+    }
     this.pending.delete(i.SnapshotId);
-    for (const pin of p.pins) pin.release();
+    this._forget(p);
     await this._unmark(i.SnapshotId);
     this.o.log?.info({ snapshotId: i.SnapshotId, blocks: m.blocks.length, changedBlocks: p.written.size }, 'CompleteSnapshot: snapshot completed');
     return { Status: 'completed' };
+  }
+
+  /** Every block written to `p` and its header are in the store; InternalServerException naming the missing ones otherwise. */
+  private async _checkPresent(p: Pending): Promise<void> {
+    const want = new Map<BlockHash, number[]>();
+    for (const x of p.written.keys()) {
+      const h = p.blocks.get(x)!;
+      want.set(h, [...(want.get(h) ?? []), x]);
+    }
+    const missing: number[] = [];
+    let header = true;
+    const hashes = [...want.keys()];
+    for (let at = 0; at < hashes.length; at += PRESENCE_CHECKS_IN_FLIGHT) {
+      const chunk = hashes.slice(at, at + PRESENCE_CHECKS_IN_FLIGHT);
+      const present = await Promise.all(chunk.map((h) => this.o.store.hasBlock(h)));
+      chunk.forEach((h, k) => { if (!present[k]) missing.push(...want.get(h)!); });
+    }
+    if (p.manifest.header) header = await this.o.store.hasBlock(p.manifest.header);
+    if (missing.length === 0 && header) return;
+    missing.sort((x, y) => x - y);
+    const shown = missing.slice(0, 20).join(', ') + (missing.length > 20 ? `, … (${missing.length} in all)` : '');
+    throw internal(`${p.manifest.snapshotId} cannot be completed: ${missing.length ? `block(s) ${shown}` : ''}${missing.length && !header ? ' and ' : ''}${header ? '' : 'its header'} are no longer in ${this.o.store.location}; ${missing.length ? 'put those blocks again and complete' : 'start the snapshot again'} (the snapshot stays pending)`);
+  }
+
+  /** A save of the pending manifest within PENDING_MANIFEST_EVERY_MS, unless one is scheduled. */
+  private _scheduleSave(p: Pending): void {
+    p.dirty = true;
+    if (p.saveTimer || p.completing) return;
+    p.saveTimer = this.schedule(async () => {
+      p.saveTimer = undefined;
+      const run = p.saving.then(() => this._savePending(p));
+      p.saving = run;
+      await run;
+    }, PENDING_MANIFEST_EVERY_MS);
+  }
+
+  private _cancelSave(p: Pending): void {
+    p.saveTimer?.cancel();
+    p.saveTimer = undefined;
+  }
+
+  /** Write the pending manifest naming the blocks put so far; a failure is logged and retried at the next interval. */
+  private async _savePending(p: Pending): Promise<void> {
+    if (p.completing || this.pending.get(p.manifest.snapshotId) !== p || !p.dirty) return;
+    p.dirty = false;
+    try {
+      await this.o.store.putManifest({ ...p.manifest, blocks: [...p.blocks].sort((x, y) => x[0] - y[0]) });
+    } catch (e) {
+      this.o.log?.warn({ snapshotId: p.manifest.snapshotId, err: (e as Error).message }, 'pending manifest not saved; retrying at the next interval');
+      if (this.pending.get(p.manifest.snapshotId) === p) this._scheduleSave(p);
+    }
+  }
+
+  /** `p` left `pending` (completed or error): its timer, pins and ClientToken go. */
+  private _forget(p: Pending): void {
+    this._cancelSave(p);
+    p.headerPin?.release();
+    for (const pin of p.pins.values()) pin.release();
+    p.pins.clear();
+    if (p.clientToken !== undefined) this.clientTokens.delete(p.clientToken);
   }
 
   // ---- helpers -------------------------------------------------------------
@@ -450,7 +593,8 @@ export class EbsDirect {
   private async _pending(id: string): Promise<Pending> {
     await this._sweep();
     const p = this.pending.get(id);
-    if (p) return p;
+    if (p && !p.completing) return p;
+    if (p) throw validation('INVALID_SNAPSHOT_ID', `${id} is being completed (CompleteSnapshot in progress): it takes no more blocks and is not completed twice`);
     const m = await this._manifest(id);
     throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; blocks can be written only to a snapshot begun with StartSnapshot and still pending`);
   }
@@ -459,9 +603,10 @@ export class EbsDirect {
   private async _sweep(): Promise<void> {
     const now = this.now();
     for (const [id, p] of this.pending) {
-      if (now < p.deadline || p.inflight.size > 0) continue;
+      if (now < p.deadline || p.inflight.size > 0 || p.completing) continue;
       this.pending.delete(id);
-      for (const pin of p.pins) pin.release(); // its blocks are orphans now, for the collector
+      this._forget(p); // its blocks are orphans now, for the collector
+      await p.saving; // a pending save in progress lands before `error`
       await this.o.store.putManifest({ ...p.manifest, state: 'error', stateMessage: 'CompleteSnapshot did not come within the StartSnapshot Timeout' });
       await this._unmark(id);
       this.o.log?.warn({ snapshotId: id }, 'snapshot timed out before CompleteSnapshot: now error');
