@@ -1,0 +1,246 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, utimesSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Caller } from '../../src/kms/types.js';
+import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { SnapshotGc } from '../../src/snapshot/gc.js';
+import { EbsDirect, PENDING_MANIFEST_EVERY_MS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
+import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
+import type { SnapshotManifest } from '../../src/snapshot/types.js';
+
+/**
+ * Integrity of snapshots written through the EBS direct APIs, with a shared
+ * store and another host's collector: the pending manifest is saved by a
+ * timer, CompleteSnapshot refuses puts while it writes and checks its blocks
+ * are present, the pending limit holds under concurrency, pins are one per
+ * index, and a put refreshes the age of a block already stored. Unencrypted
+ * snapshots (KMS is not called for them), a real directory store, the real
+ * collector, an injected clock and timer.
+ */
+const BLOCK = 512 * 1024;
+const HOUR = 3_600_000;
+const ACCOUNT = '111122223333';
+const caller = { type: 'Root', arn: `arn:aws:iam::${ACCOUNT}:root`, accountId: ACCOUNT } as unknown as Caller;
+const hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBlock({
+  SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
+});
+
+const dirs: string[] = [];
+const closers: (() => void)[] = [];
+afterEach(() => {
+  for (const c of closers.splice(0)) c();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+/** A timer the test fires: each scheduled call is kept with its delay until run() or cancel. */
+class TestTimers {
+  readonly calls: { fn: () => Promise<void>; ms: number; cancelled: boolean; ran: boolean }[] = [];
+  readonly schedule: Scheduler = (fn, ms) => {
+    const c = { fn, ms, cancelled: false, ran: false };
+    this.calls.push(c);
+    return { cancel: () => { c.cancelled = true; } };
+  };
+  get live(): TestTimers['calls'] {
+    return this.calls.filter((c) => !c.cancelled && !c.ran);
+  }
+  async runDue(): Promise<number> {
+    const due = this.live;
+    for (const c of due) {
+      c.ran = true;
+      await c.fn();
+    }
+    return due.length;
+  }
+}
+
+async function setup(o: { maxPending?: number; gc?: boolean } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'ebsd-ebs-integrity-'));
+  dirs.push(dir);
+  const store = await DirSnapshotStore.open(join(dir, 'snapshots'));
+  const gc = new SnapshotGc(store);
+  const timers = new TestTimers();
+  const clock = { now: Date.now() };
+  const d = new EbsDirect({
+    store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1',
+    now: () => clock.now, schedule: timers.schedule, pin: (h) => gc.pin(h), ...(o.maxPending !== undefined ? { maxPending: o.maxPending } : {}),
+  });
+  closers.push(() => d.close());
+  return { dir, store, gc, timers, clock, d };
+}
+
+async function refusal(p: Promise<unknown>): Promise<{ awsName?: string; reason?: string; message: string }> {
+  const e = await p.then(() => undefined, (x: unknown) => x);
+  expect(e, 'expected a refusal').toBeDefined();
+  return e as { awsName?: string; reason?: string; message: string };
+}
+
+describe('EBS direct APIs: snapshot integrity', () => {
+  it('a block put just before an idle gap is named by the pending manifest within the interval, so another host\'s collector keeps it', async () => {
+    const { store, timers, clock, d } = await setup();
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 4320 }), caller)).SnapshotId as string;
+    expect(timers.live).toHaveLength(0); // nothing unsaved yet
+    const a = randomBytes(BLOCK);
+    const b = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 0, a), caller);
+    await d.putSnapshotBlock(putReq(snap, 5, b), caller);
+    // One save scheduled for both puts, within the interval; not written yet.
+    expect(timers.live.map((c) => c.ms)).toEqual([PENDING_MANIFEST_EVERY_MS]);
+    expect((await store.getManifest(snap))!.blocks).toEqual([]);
+    clock.now += PENDING_MANIFEST_EVERY_MS;
+    expect(await timers.runDue()).toBe(1);
+    expect((await store.getManifest(snap))!).toMatchObject({ state: 'pending', blocks: [[0, hex(a)], [5, hex(b)]] });
+    expect(timers.live).toHaveLength(0); // saved: no timer until the next put
+
+    // Two idle hours; another daemon sharing the store (its own pins, clock two hours on) sweeps.
+    clock.now += 2 * HOUR;
+    const otherHost = new SnapshotGc(store, { now: () => Date.now() + 2 * HOUR });
+    await otherHost.sweep();
+    expect(await store.hasBlock(hex(a))).toBe(true);
+    expect(await store.hasBlock(hex(b))).toBe(true);
+
+    // A put then CompleteSnapshot before the timer fires: the timer is cancelled, the completed manifest names all.
+    const c = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 7, c), caller);
+    const timer = timers.live;
+    expect(timer).toHaveLength(1);
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 3 });
+    expect(timer[0]!.cancelled).toBe(true);
+    expect((await store.getManifest(snap))!).toMatchObject({ state: 'completed', blocks: [[0, hex(a)], [5, hex(b)], [7, hex(c)]] });
+
+    // close() cancels the timer of a snapshot left pending.
+    const other = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
+    await d.putSnapshotBlock(putReq(other, 0, randomBytes(BLOCK)), caller);
+    const left = timers.live;
+    expect(left).toHaveLength(1);
+    d.close();
+    expect(left[0]!.cancelled).toBe(true);
+  });
+
+  it('CompleteSnapshot refuses while a written block is missing from the store; the snapshot stays pending and completes once the block is put again', async () => {
+    const { store, d } = await setup();
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
+    const a = randomBytes(BLOCK);
+    const b = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 2, a), caller);
+    await d.putSnapshotBlock(putReq(snap, 3, b), caller);
+    // Freed by a collector that did not see it named (another host, an older daemon).
+    await store.deleteBlock(hex(b));
+    const e = await refusal(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }));
+    expect(e.awsName, e.message).toBe('InternalServerException');
+    expect(e.message).toMatch(/block\(s\) 3 are no longer in .*put those blocks again/);
+    expect((await store.getManifest(snap))!.state).toBe('pending');
+    // Put again, then complete: every block named is readable.
+    await d.putSnapshotBlock(putReq(snap, 3, b), caller);
+    expect(await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 })).toEqual({ Status: 'completed' });
+    const m = (await store.getManifest(snap))!;
+    expect(m).toMatchObject({ state: 'completed', blocks: [[2, hex(a)], [3, hex(b)]] });
+    for (const [, h] of m.blocks) expect(await store.hasBlock(h)).toBe(true);
+    expect(await store.hasBlock(m.header!)).toBe(true);
+  });
+
+  it('PutSnapshotBlock during CompleteSnapshot is refused (not acknowledged and dropped); a failed manifest write leaves the snapshot pending and writable', async () => {
+    const { store, gc, d } = await setup();
+    const orig = store.putManifest.bind(store);
+    let hold: { entered: () => void; gate: Promise<void> } | undefined;
+    let failNext = false;
+    store.putManifest = async (m: SnapshotManifest) => {
+      if (m.state === 'completed' && failNext) {
+        failNext = false;
+        throw new Error('store unavailable (test)');
+      }
+      if (m.state === 'completed' && hold) {
+        hold.entered();
+        await hold.gate;
+      }
+      return orig(m);
+    };
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
+    const a = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 0, a), caller);
+
+    // The manifest write fails: still pending, still writable, and completes later with every block.
+    failNext = true;
+    await expect(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 })).rejects.toThrow(/store unavailable/);
+    expect((await store.getManifest(snap))!.state).toBe('pending');
+    const b = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 1, b), caller);
+
+    // CompleteSnapshot held inside its manifest write: a put now is refused, and so is a second complete.
+    let entered!: () => void;
+    const inside = new Promise<void>((r) => (entered = r));
+    let open!: () => void;
+    hold = { entered, gate: new Promise<void>((r) => (open = r)) };
+    const completing = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 });
+    await inside;
+    const c = randomBytes(BLOCK);
+    const e = await refusal(d.putSnapshotBlock(putReq(snap, 2, c), caller));
+    expect(e.awsName, e.message).toBe('ValidationException');
+    expect(e.reason).toBe('INVALID_SNAPSHOT_ID');
+    expect(e.message).toMatch(/being completed/);
+    expect((await refusal(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }))).reason).toBe('INVALID_SNAPSHOT_ID');
+    expect(gc.isPinned(hex(c))).toBe(false);
+    open();
+    expect(await completing).toEqual({ Status: 'completed' });
+    expect((await store.getManifest(snap))!).toMatchObject({ state: 'completed', blocks: [[0, hex(a)], [1, hex(b)]], changedBlocks: 2 });
+    // Completed: no pin left, the manifest holds the blocks.
+    expect(gc.isPinned(hex(a)) || gc.isPinned(hex(b))).toBe(false);
+  });
+
+  it('StartSnapshot\'s pending limit holds for concurrent starts; a ClientToken retried concurrently gets one snapshot and is forgotten with it', async () => {
+    const { store, d } = await setup({ maxPending: 2 });
+    const got = await Promise.allSettled(Array.from({ length: 10 }, () => d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)));
+    const ok = got.filter((r): r is PromiseFulfilledResult<Record<string, unknown>> => r.status === 'fulfilled');
+    expect(ok).toHaveLength(2);
+    for (const r of got) if (r.status === 'rejected') expect((r.reason as { awsName?: string }).awsName).toBe('ConcurrentLimitExceededException');
+    expect((await store.listManifests()).filter((m) => m.state === 'pending')).toHaveLength(2);
+    await d.completeSnapshot({ SnapshotId: ok[0]!.value.SnapshotId as string, ChangedBlocksCount: 0 });
+
+    // One slot free: two concurrent retries with one token take it once, and answer the same snapshot.
+    const req = parseStartSnapshot({ VolumeSize: 1, ClientToken: 'retry-1' });
+    const [x, y] = await Promise.all([d.startSnapshot(req, caller), d.startSnapshot(req, caller)]);
+    expect(y.SnapshotId).toBe(x.SnapshotId);
+    expect((await store.listManifests()).filter((m) => m.state === 'pending')).toHaveLength(2);
+    // Completed: the token is forgotten, so the same token starts a new snapshot.
+    await d.completeSnapshot({ SnapshotId: x.SnapshotId as string, ChangedBlocksCount: 0 });
+    const again = await d.startSnapshot(req, caller);
+    expect(again.SnapshotId).not.toBe(x.SnapshotId);
+  });
+
+  it('one pin per index: writing an index again releases the old block\'s pin; completion releases the rest', async () => {
+    const { gc, d } = await setup();
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
+    const a = randomBytes(BLOCK);
+    const b = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 4, a), caller);
+    expect(gc.isPinned(hex(a))).toBe(true);
+    await d.putSnapshotBlock(putReq(snap, 4, b), caller);
+    expect(gc.isPinned(hex(a))).toBe(false);
+    expect(gc.isPinned(hex(b))).toBe(true);
+    // The same block again at the same index: still exactly one pin (released once by completion).
+    await d.putSnapshotBlock(putReq(snap, 4, b), caller);
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 });
+    expect(gc.isPinned(hex(b))).toBe(false);
+  });
+
+  it('a put of a block already in the store refreshes its age, so another host\'s collector keeps it until the manifest names it', async () => {
+    const { dir, store, d } = await setup();
+    const data = randomBytes(BLOCK);
+    const hash = hex(data);
+    // An orphan two hours old (of a snapshot deleted earlier, waiting for a sweep).
+    await store.putBlock(hash, data);
+    const old = new Date(Date.now() - 2 * HOUR);
+    utimesSync(join(dir, 'snapshots', 'blocks', hash.slice(0, 2), hash), old, old);
+    expect((await store.blockModifiedMs(hash))!).toBeLessThan(Date.now() - HOUR);
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
+    await d.putSnapshotBlock(putReq(snap, 0, data), caller);
+    expect((await store.blockModifiedMs(hash))!).toBeGreaterThan(old.getTime() + HOUR);
+    // Another daemon (its own pins) sweeps before our manifest names the block.
+    await new SnapshotGc(store).sweep();
+    expect(await store.hasBlock(hash)).toBe(true);
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 });
+    expect(await store.getBlock(hash)).toEqual(data);
+  });
+});
