@@ -466,7 +466,8 @@ export class EbsDirect {
     if (missing.length === 0 && header) return;
     missing.sort((x, y) => x - y);
     const shown = missing.slice(0, 20).join(', ') + (missing.length > 20 ? `, … (${missing.length} in all)` : '');
-    throw internal(`${p.manifest.snapshotId} cannot be completed: ${missing.length ? `block(s) ${shown}` : ''}${missing.length && !header ? ' and ' : ''}${header ? '' : 'its header'} are no longer in ${this.o.store.location}; ${missing.length ? 'put those blocks again and complete' : 'start the snapshot again'} (the snapshot stays pending)`);
+    const what = [...(missing.length ? [`block(s) ${shown}`] : []), ...(header ? [] : ['its header'])].join(' and ');
+    throw internal(`${p.manifest.snapshotId} cannot be completed: ${what} ${missing.length + (header ? 0 : 1) > 1 ? 'are' : 'is'} no longer in ${this.o.store.location}; ${header ? 'put those blocks again and complete' : 'start the snapshot again'} (the snapshot stays pending)`);
   }
 
   /** A save of the pending manifest within PENDING_MANIFEST_EVERY_MS, unless one is scheduled. */

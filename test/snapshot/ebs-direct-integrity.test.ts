@@ -130,7 +130,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     await store.deleteBlock(hex(b));
     const e = await refusal(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }));
     expect(e.awsName, e.message).toBe('InternalServerException');
-    expect(e.message).toMatch(/block\(s\) 3 are no longer in .*put those blocks again/);
+    expect(e.message).toMatch(/block\(s\) 3 is no longer in .*put those blocks again/);
     expect((await store.getManifest(snap))!.state).toBe('pending');
     // Put again, then complete: every block named is readable.
     await d.putSnapshotBlock(putReq(snap, 3, b), caller);
@@ -139,6 +139,14 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(m).toMatchObject({ state: 'completed', blocks: [[2, hex(a)], [3, hex(b)]] });
     for (const [, h] of m.blocks) expect(await store.hasBlock(h)).toBe(true);
     expect(await store.hasBlock(m.header!)).toBe(true);
+
+    // The header gone: refused too (it cannot be put again through the API), still pending.
+    const bare = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
+    await store.deleteBlock((await store.getManifest(bare))!.header!);
+    const h = await refusal(d.completeSnapshot({ SnapshotId: bare, ChangedBlocksCount: 0 }));
+    expect(h.awsName, h.message).toBe('InternalServerException');
+    expect(h.message).toMatch(/its header is no longer in .*start the snapshot again/);
+    expect((await store.getManifest(bare))!.state).toBe('pending');
   });
 
   it('PutSnapshotBlock during CompleteSnapshot is refused (not acknowledged and dropped); a failed manifest write leaves the snapshot pending and writable', async () => {
