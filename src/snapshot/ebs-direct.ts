@@ -64,7 +64,7 @@ const PRESENCE_CHECKS_IN_FLIGHT = 16;
 export interface ScheduledCall {
   cancel(): void;
 }
-/** Schedules `fn` in `ms` (injected clock's ms); the default is an unref'd setTimeout. */
+/** Runs `fn` once in `ms` milliseconds unless cancelled; the default is an unref'd setTimeout (tests inject a timer they fire). */
 export type Scheduler = (fn: () => Promise<void>, ms: number) => ScheduledCall;
 
 const unrefTimer: Scheduler = (fn, ms) => {
