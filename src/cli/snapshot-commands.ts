@@ -2,6 +2,7 @@ import type { Argv } from 'yargs';
 import { callDaemon, socketPathFor } from './client.js';
 import { EXIT } from './exit-codes.js';
 import { UsageError } from './kms-args.js';
+import { snapshotCopyCommand } from './snapshot-copy-command.js';
 import { applyQuery, defaultFormat, print, table, type OutputFormat } from './output.js';
 
 /**
@@ -197,6 +198,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
         if (fmt(g) === 'table') process.stdout.write(`deleted ${a.snapshotId}\n`);
         else show(g, {});
       })
-      .demandCommand(1, 'name a snapshot subcommand: create, ls, describe, delete'),
+      .command(snapshotCopyCommand)
+      .demandCommand(1, 'name a snapshot subcommand: create, ls, describe, delete, copy'),
   );
 }

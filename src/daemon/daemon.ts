@@ -28,6 +28,9 @@ import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type De
 import { checkImageSizeFits } from '../volume/size.js';
 import { KmsListener } from './kms-listener.js';
 import { SnapshotRestore } from '../snapshot/restore.js';
+import { SnapshotCopier } from '../snapshot/copy.js';
+import { copySnapshot, parseCopySnapshotRequest } from './copy-snapshot-api.js';
+import { toEc2Snapshot } from '../snapshot/snapshot-view.js';
 import { AccessKeyStore } from '../kms/sts/access-keys.js';
 import { TrustPolicies } from '../kms/sts/trust-policies.js';
 import { StsService } from '../kms/sts/sts-service.js';
@@ -90,6 +93,7 @@ export class Daemon {
   private snapshotApi: SnapshotApi | undefined;
   /** CreateVolume with SnapshotId, CopySnapshot (src/snapshot/restore.ts, copy.ts). */
   private restore: SnapshotRestore | undefined;
+  private copier: SnapshotCopier | undefined;
   private ec2Authz: Ec2Authorizer | undefined;
   private bfs: BlockFileSystem | undefined;
   private fuse: FuseMount | undefined;
@@ -291,7 +295,6 @@ export class Daemon {
       logger: log,
     });
     const mgr = this.mgr;
-    this.restore = new SnapshotRestore({ store: this.snapshotStore!, volumes: mgr, logger: log });
     this.ec2Authz = new Ec2Authorizer({
       evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: mgr.instanceId,
       volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
@@ -314,6 +317,14 @@ export class Daemon {
         audit: this.kms!.audit, log: log.child({ component: 'ebs-direct' }),
       });
     }
+    // Restore and copy (docs/architecture.md §14): a source is held against DeleteSnapshot while read.
+    const snaps = this.snapshots;
+    this.restore = new SnapshotRestore({ store, volumes: mgr, hold: (id) => snaps.hold(id), logger: log });
+    this.copier = await SnapshotCopier.open({
+      store, keyService: mgr.keyService, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
+      localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
+      onAudit: (ev) => void this.auditSnapshot(ev as SnapshotAuditEvent), logger: log,
+    });
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
   }
@@ -415,7 +426,7 @@ export class Daemon {
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
-    const source = VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
+    const source = VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) || op === 'CopySnapshot' ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
     // Only a well-formed id reaches the audit record of a refusal (a body member may be 1 MB long).
     const volumeId = typeof body.VolumeId === 'string' && VOLUME_ID_RE.test(body.VolumeId) ? body.VolumeId : undefined;
     if (caller.type === 'Unknown') {
@@ -433,9 +444,19 @@ export class Daemon {
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
       const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
+      if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) {
+        // A restore is also authorized on the snapshot's ARN (its tags, size, encryption), before anything is created.
+        const m = await this.snapshots!.getManifest(req.input.SnapshotId);
+        const onSnap = this.ec2Authz!.checkCreateVolumeFromSnapshot(req.input.SnapshotId, m ? toEc2Snapshot(m) : undefined, caller);
+        if (onSnap) await this.deny(source, op, caller, onSnap.message, peer, volumeId, onSnap);
+      }
       const keyRefusal = this.remoteKeyRefusal(req, caller);
       if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
       return this.volumeOp(req, caller);
+    }
+    if (op === 'CopySnapshot') {
+      if (!this.copier) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
+      return copySnapshot({ copier: this.copier, authz: this.ec2Authz! }, parseCopySnapshotRequest(body), caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r));
     }
     if (SNAPSHOT_OPS.has(op)) {
       if (!this.snapshotApi && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);

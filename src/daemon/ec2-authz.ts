@@ -30,6 +30,8 @@ export const EC2_ACTIONS: ReadonlyMap<string, string> = new Map([
   ['CreateSnapshot', 'ec2:CreateSnapshot'],
   ['DescribeSnapshots', 'ec2:DescribeSnapshots'],
   ['DeleteSnapshot', 'ec2:DeleteSnapshot'],
+  // Restore and copy: judged by checkCreateVolumeFromSnapshot / checkCopySnapshot, which need the source manifest.
+  ['CopySnapshot', 'ec2:CopySnapshot'],
 ]);
 
 /** What authorization needs to know of an existing snapshot (DescribeSnapshots' shape). */
@@ -167,6 +169,37 @@ export class Ec2Authorizer {
     return this._decide(EC2_ACTIONS.get(op)!, this.snapshotArn(s.SnapshotId), caller, this._snapshotContext(s));
   }
 
+  /**
+   * CreateVolume with SnapshotId, on the source snapshot's ARN (its tags, id,
+   * size, encryption, owner; or its id alone when it does not exist). The
+   * `volume/*` half, with ec2:SnapshotID in its context, is check('CreateVolume').
+   */
+  checkCreateVolumeFromSnapshot(snapshotId: string, s: SnapshotView | undefined, caller: Caller): UnauthorizedOperation | undefined {
+    if (caller.type === 'Root') return undefined;
+    const ctx = s ? this._snapshotContext(s) : this._common(new Map([['ec2:SnapshotID', snapshotId]]));
+    return this._decide('ec2:CreateVolume', this.snapshotArn(snapshotId), caller, ctx);
+  }
+
+  /**
+   * CopySnapshot on the source snapshot's ARN (as above) and on the new
+   * `snapshot/*` (aws:RequestTag/*, ec2:Encrypted of the copy); tags given at
+   * the copy also need ec2:CreateTags with ec2:CreateAction = CopySnapshot.
+   */
+  checkCopySnapshot(sourceId: string, s: SnapshotView | undefined, req: { encrypted: boolean; tags: readonly { Key: string; Value: string }[] }, caller: Caller): UnauthorizedOperation | undefined {
+    if (caller.type === 'Root') return undefined;
+    const onSource = this._decide('ec2:CopySnapshot', this.snapshotArn(sourceId), caller, s ? this._snapshotContext(s) : this._common(new Map([['ec2:SnapshotID', sourceId]])));
+    if (onSource) return onSource;
+    const resource = this.snapshotArn('*');
+    const ctx = this._common(_tagContext(req.tags));
+    ctx.set('ec2:Encrypted', req.encrypted ? 'true' : 'false');
+    if (s) ctx.set('ec2:VolumeSize', String(s.VolumeSize));
+    const refusal = this._decide('ec2:CopySnapshot', resource, caller, ctx);
+    if (refusal || req.tags.length === 0) return refusal;
+    const tagCtx = this._common(_tagContext(req.tags));
+    tagCtx.set('ec2:CreateAction', 'CopySnapshot');
+    return this._decide('ec2:CreateTags', resource, caller, tagCtx);
+  }
+
   /** A snapshot id that does not exist is judged on its id alone: refused callers learn nothing of it. */
   checkSnapshotId(op: 'DeleteSnapshot' | 'DescribeSnapshots', snapshotId: string, caller: Caller): UnauthorizedOperation | undefined {
     if (caller.type === 'Root') return undefined;
@@ -209,6 +242,8 @@ export class Ec2Authorizer {
     if (gib !== undefined) ctx.set('ec2:VolumeSize', gib);
     // As given (key id, ARN or alias); absent for the default key.
     if (!plain && typeof body.KmsKeyId === 'string') ctx.set('ec2:KmsKeyId', body.KmsKeyId);
+    // A restore: the snapshot's own ARN is judged by checkCreateVolumeFromSnapshot.
+    if (typeof body.SnapshotId === 'string') ctx.set('ec2:SnapshotID', body.SnapshotId);
     const refusal = this._decide('ec2:CreateVolume', resource, caller, ctx);
     if (refusal || tags.length === 0) return refusal;
     const tagCtx = this._common(_tagContext(tags));

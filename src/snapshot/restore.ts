@@ -28,6 +28,8 @@ export interface SnapshotRestoreOptions {
   logger?: Logger;
   /** Blocks read, transformed and written at once (the native XTS engine runs each on the libuv pool); default 4. */
   concurrency?: number;
+  /** DeleteSnapshot refuses the snapshot while a volume is restored from it (InvalidSnapshot.InUse); returns the release. */
+  hold?: (snapshotId: string) => () => void;
 }
 
 /** A snapshot read for a restore or a copy: its manifest and its header area, checked. */
@@ -65,8 +67,10 @@ export class SnapshotRestore {
   private readonly volumes: VolumeManager;
   private readonly log: Logger;
   private readonly concurrency: number;
+  private readonly hold: SnapshotRestoreOptions['hold'];
 
   constructor(o: SnapshotRestoreOptions) {
+    this.hold = o.hold;
     this.store = o.store;
     this.volumes = o.volumes;
     this.log = (o.logger ?? silentLogger).child({ component: 'restore' });
@@ -86,8 +90,17 @@ export class SnapshotRestore {
     }
     if (plainAsked && req.KmsKeyId !== undefined) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key', { awsName: 'InvalidParameterCombination' });
     const { SnapshotId: _s, Size: _z, ...rest } = req;
-    // EC2 answers `creating` at once; the blocks are written behind it (`--wait` polls for `available`).
-    return this.volumes.createVolume({ ...rest, Size: size }, caller, (o) => this.build(snap, req, plainAsked, o), { background: true });
+    const release = this.hold?.(m.snapshotId) ?? (() => {});
+    let started = false;
+    try {
+      // EC2 answers `creating` at once; the blocks are written behind it (`--wait` polls for `available`).
+      return await this.volumes.createVolume({ ...rest, Size: size }, caller, (o) => {
+        started = true;
+        return this.build(snap, req, plainAsked, o).finally(release);
+      }, { background: true });
+    } finally {
+      if (!started) release();
+    }
   }
 
   private async build(snap: OpenedSnapshot, req: RestoreVolumeRequest, plainAsked: boolean, o: ImageBuildContext): Promise<ImageBuilt> {
@@ -219,7 +232,11 @@ export class SnapshotRestore {
  * header must read back as written and say the same as the manifest.
  */
 export async function openSnapshot(store: SnapshotStore, snapshotId: string): Promise<OpenedSnapshot> {
-  const m = await store.getManifest(snapshotId);
+  return checkedSnapshot(store, snapshotId, await store.getManifest(snapshotId));
+}
+
+/** openSnapshot for a manifest already read (`undefined`: it does not exist). */
+export async function checkedSnapshot(store: SnapshotStore, snapshotId: string, m: SnapshotManifest | undefined): Promise<OpenedSnapshot> {
   if (!m) throw snapshotNotFound(snapshotId);
   if (m.state !== 'completed') {
     throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `Snapshot '${snapshotId}' is in state '${m.state}'; only a completed snapshot can be restored or copied`, { awsName: 'IncorrectState' });

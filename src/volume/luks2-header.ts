@@ -356,3 +356,17 @@ export async function createLuks2From(path: string, head: Buffer, o: CreateFromO
   }
   return { ...fields, volume: check.volume, repaired: null };
 }
+
+/**
+ * The header area [0, dataOffset) of a new image, in memory: both copies at
+ * seqid 1 and an empty keyslots area, as createLuks2 writes them to a file.
+ * A copied snapshot under a new data key stores this as its header.
+ */
+export function encodeLuks2HeaderArea(json: Luks2Json, o: { dataOffset: number; label: string }): Buffer {
+  const fields: CopyFields = { seqid: 1, hdrSize: LUKS2_HDR_SIZE, label: o.label, uuid: randomUUID(), subsystem: 'ebsd' };
+  const out = Buffer.alloc(o.dataOffset);
+  encodeCopy('primary', fields, json).copy(out, 0);
+  encodeCopy('secondary', fields, json).copy(out, LUKS2_HDR_SIZE);
+  parseLuks2Header(out, '(new header area)'); // Postcondition: it reads back.
+  return out;
+}

@@ -229,6 +229,11 @@ export class VolumeManager {
     return m;
   }
 
+  /** The key service volume operations use (guarded: failures are KeyServiceError with the AWS name); a copy of a snapshot uses it too. */
+  get keyService(): KeyService {
+    return this.ks;
+  }
+
   /** The FUSE layer reports open handles through this. */
   setOpenCountProvider(fn: (volumeId: string) => number): void {
     this.attachments.setOpenCountProvider(fn);

@@ -7,7 +7,7 @@
  * another key (re-encrypted); EC2's refusals.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt, run } from '../e2e/helpers.js';
@@ -66,7 +66,10 @@ describe('volume create --snapshot-id', () => {
     await env.ok(['attach', vol]);
     expect((await fio(env.file(vol), '64k', 'write')).code).toBe(0);
     await detach(vol);
-    snap = (await makeSnapshot(env.state, vol)).snapshotId;
+    const c = await env.cli(['snapshot', 'create', vol, '--wait', '--output', 'json']);
+    expect(c.code, c.stderr).toBe(0);
+    expect(c.json()).toMatchObject({ State: 'completed', Encrypted: true, KmsKeyId: keyA });
+    snap = c.json().SnapshotId;
     // Overwrite everything: the original now holds B's data, which A's verify refuses.
     await env.ok(['attach', vol]);
     expect((await fio(env.file(vol), '32k', 'write')).code).toBe(0);
@@ -131,6 +134,93 @@ describe('volume create --snapshot-id', () => {
       await env.ok(['kms', 'enable-key', '--key-id', keyA]);
     }
   }, 90_000);
+
+  it('copy to another key: a new data key and lineage, every block stored anew (ciphertext differs); the old key disabled, the copy still restores, attaches and verifies', async () => {
+    const store = await DirSnapshotStore.open(join(env.state, 'snapshots'));
+    const src = (await store.getManifest(snap))!;
+    // Same key: a new manifest naming the same objects and the same lineage.
+    const same = await env.cli(['snapshot', 'copy', snap, '--wait', '--output', 'json']);
+    expect(same.code, same.stderr).toBe(0);
+    const s1 = same.json();
+    expect(s1).toMatchObject({ State: 'completed', KmsKeyId: keyA, DataEncryptionKeyId: src.dataEncryptionKeyId });
+    const m1 = (await store.getManifest(s1.SnapshotId))!;
+    expect(m1.blocks).toEqual(src.blocks);
+    expect(m1.header).toBe(src.header);
+    // Another key.
+    const r = await env.cli(['snapshot', 'copy', snap, '--kms-key-id', keyB, '--description', 'to B', '--wait', '--output', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/completed 100%/);
+    const s2 = r.json();
+    expect(s2).toMatchObject({ State: 'completed', KmsKeyId: keyB, Encrypted: true, Description: 'to B', VolumeSize: src.volumeSize });
+    expect(s2.DataEncryptionKeyId).toBeTruthy();
+    expect(s2.DataEncryptionKeyId).not.toBe(src.dataEncryptionKeyId);
+    const m2 = (await store.getManifest(s2.SnapshotId))!;
+    expect(m2.wrappedKey).toMatchObject({ keyArn: keyB, encryptionContext: { 'aws:ebs:id': s2.SnapshotId } });
+    expect(m2.blocks.map(([i]) => i)).toEqual(src.blocks.map(([i]) => i));
+    const old = new Map(src.blocks);
+    for (const [i, h] of m2.blocks) {
+      expect(h).not.toBe(old.get(i));
+      expect((await store.getBlock(h)).equals(await store.getBlock(old.get(i)!))).toBe(false);
+    }
+    const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
+    expect(ev.some((e) => e.eventName === 'CopySnapshot' && e.requestParameters?.snapshotId === s2.SnapshotId && e.additionalEventData?.sourceSnapshotId === snap)).toBe(true);
+    expect(ev.some((e) => e.eventName === 'GenerateDataKeyWithoutPlaintext' && e.requestParameters?.encryptionContext?.['aws:ebs:id'] === s2.SnapshotId)).toBe(true);
+    await env.ok(['kms', 'disable-key', '--key-id', keyA]);
+    try {
+      const v = await env.cli(['volume', 'create', '--snapshot-id', s2.SnapshotId, '--wait', '--output', 'json']);
+      expect(v.code, v.stderr).toBe(0);
+      const id = v.json().VolumeId;
+      expect(v.json()).toMatchObject({ State: 'available', KmsKeyId: keyB });
+      expect(spawnSync('cryptsetup', ['luksDump', image(id)]).status).toBe(0);
+      await env.ok(['attach', id]);
+      expect((await fio(env.file(id), '64k', 'verify')).code).toBe(0);
+      await detach(id);
+    } finally {
+      await env.ok(['kms', 'enable-key', '--key-id', keyA]);
+    }
+  }, 90_000);
+
+  it('SIGKILL during a restore and during a copy: after restart the volume is gone (no image, no temp) and the copy is error naming no blocks', async () => {
+    const dead = async (): Promise<void> => {
+      const pid = env.pid!;
+      for (let i = 0; i < 1000; i++) {
+        try { process.kill(pid, 0); } catch { return; }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      throw new Error('daemon did not die at the fault point');
+    };
+    await env.stop();
+    process.env.EBSD_TEST_FAULT = 'restore.after-blocks';
+    try {
+      await env.start(['--key-cache-ttl', '1s']);
+    } finally {
+      delete process.env.EBSD_TEST_FAULT;
+    }
+    // CreateVolume answers `creating`; the daemon dies once the blocks are written, before `available`.
+    const r = await env.ok(['volume', 'create', '--snapshot-id', snap, '--kms-key', keyB]);
+    expect(r.State).toBe('creating');
+    await dead();
+    await env.start(['--key-cache-ttl', '1s']);
+    const after = (await env.ok(['volume', 'ls'])).Volumes.map((x: { VolumeId: string }) => x.VolumeId);
+    expect(after).not.toContain(r.VolumeId);
+    expect(readdirSync(join(env.state, 'volumes')).filter((f) => f.includes(r.VolumeId))).toEqual([]);
+    await env.stop();
+    process.env.EBSD_TEST_FAULT = 'copy.before-complete';
+    try {
+      await env.start(['--key-cache-ttl', '1s']);
+    } finally {
+      delete process.env.EBSD_TEST_FAULT;
+    }
+    const c = await env.ok(['snapshot', 'copy', snap, '--kms-key-id', keyB]);
+    await dead();
+    await env.start(['--key-cache-ttl', '1s']);
+    const store = await DirSnapshotStore.open(join(env.state, 'snapshots'));
+    const last = (await store.getManifest(c.SnapshotId))!;
+    expect(last).toMatchObject({ state: 'error', blocks: [] });
+    expect(last.header).toBeUndefined();
+    expect(last.stateMessage).toMatch(/stopped.*while the snapshot was being copied/);
+    expect((await env.ok(['snapshot', 'describe', last.snapshotId])).Snapshots[0]).toMatchObject({ State: 'error' });
+  }, 120_000);
 
   it("EC2's refusals: smaller than the snapshot, unencrypted from encrypted, unknown or pending snapshot, malformed id", async () => {
     const small = await env.cli(['volume', 'create', '--snapshot-id', snap, '--size', '2MiB']);

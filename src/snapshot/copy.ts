@@ -1,0 +1,297 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import type { XtsContext, XtsEngine } from '../crypto/xts.js';
+import { silentLogger } from '../util/logger.js';
+import { wipe } from '../util/wipe.js';
+import { faultPoint } from '../util/fault-point.js';
+import type { KeyService } from '../volume/key-service.js';
+import { buildLuks2Json, VOLUME_KEY_BYTES } from '../volume/luks2-json.js';
+import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.js';
+import { VolumeError } from '../volume/errors.js';
+import { SnapshotError, snapshotNotFound } from './errors.js';
+import type { BlockPin } from './gc.js';
+import { reencryptBlock } from './reencrypt.js';
+import { checkedSnapshot, forEachBlock, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
+import { dataEncryptionKeyId } from './volume-image.js';
+import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
+
+export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
+
+export interface CopySnapshotRequest {
+  SourceSnapshotId: string;
+  SourceRegion: string;
+  Description?: string;
+  /** EC2: only `true` (encrypt the copy of an unencrypted snapshot); a copy of an encrypted snapshot is encrypted anyway. */
+  Encrypted?: boolean;
+  KmsKeyId?: string;
+  TagSpecifications?: { ResourceType: 'snapshot'; Tags: { Key: string; Value: string }[] }[];
+}
+
+/** What the copier emits for the audit trail (the daemon stamps time and caller). */
+export interface CopyAuditEvent {
+  eventName: 'CopySnapshot' | 'SnapshotCompleted' | 'SnapshotFailed';
+  snapshotId: string;
+  volumeId?: string;
+  principal?: string;
+  details?: Record<string, unknown>;
+}
+
+export interface SnapshotCopierOptions {
+  store: SnapshotStore;
+  keyService: KeyService;
+  xtsEngine: XtsEngine;
+  /** This region: SourceRegion must name it (a copy between regions needs another region's store). */
+  region: string;
+  accountId: string;
+  /** `<state>/snapshots-local/copies`: a marker per copy under way, so a restart marks it `error`. */
+  localDir: string;
+  /** Pins blocks against the collector while the copy has not yet named them in a completed manifest. */
+  pin: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
+  /** DeleteSnapshot refuses the source while the copy reads it (InvalidSnapshot.InUse). */
+  hold?: (snapshotId: string) => () => void;
+  onAudit?: (ev: CopyAuditEvent) => void;
+  logger?: Logger;
+  /** Blocks in flight; default 4. */
+  concurrency?: number;
+}
+
+/**
+ * CopySnapshot (docs/architecture.md §14.2), within this region and store.
+ * The new snapshot's manifest is written `pending` before anything else
+ * (with a local marker: a restart that finds it marks the copy `error`,
+ * never a half copy `completed`), then `completed` once every block it
+ * names is durable.
+ *
+ * - Same KMS key (none given, or the source's): a new manifest naming the
+ *   same blocks and header (content addressing: nothing is copied) and the
+ *   same wrapped data key; DataEncryptionKeyId is inherited.
+ * - Another key (or encrypting an unencrypted snapshot): a new data key under
+ *   it with context `{"aws:ebs:id": newSnap}`, as EBS does for copies; every
+ *   block decrypted and encrypted again, stored under its new hash; a new
+ *   LUKS2 header; a new DataEncryptionKeyId.
+ */
+export class SnapshotCopier {
+  private readonly log: Logger;
+  private readonly running = new Set<Promise<void>>();
+
+  private constructor(private readonly o: SnapshotCopierOptions) {
+    this.log = (o.logger ?? silentLogger).child({ component: 'snapshot-copy' });
+  }
+
+  /** Opens the marker directory and settles the copies a crash interrupted (recover()). */
+  static async open(o: SnapshotCopierOptions): Promise<SnapshotCopier> {
+    await fsp.mkdir(o.localDir, { recursive: true, mode: 0o700 });
+    const c = new SnapshotCopier(o);
+    await c.recover();
+    return c;
+  }
+
+  /**
+   * A copy this daemon started and did not finish left a marker: its
+   * manifest, if still `pending`, becomes `error` naming no blocks (what it
+   * stored is garbage for the collector), so it never shows as completed.
+   */
+  async recover(): Promise<string[]> {
+    const settled: string[] = [];
+    for (const name of await fsp.readdir(this.o.localDir)) {
+      if (!/^snap-[0-9a-f]{17}$/.test(name)) continue;
+      const m = await this.o.store.getManifest(name);
+      if (m?.state === 'pending') {
+        await this.o.store.putManifest(failed(m, 'The daemon stopped (crash or restart) while the snapshot was being copied.'));
+        settled.push(name);
+        this.log.warn({ snapshotId: name }, 'snapshot copy interrupted by a restart: marked error');
+        this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: name, details: { reason: 'restart during copy' } });
+      }
+      await fsp.rm(join(this.o.localDir, name), { force: true });
+    }
+    return settled;
+  }
+
+  /**
+   * Accepts the copy: checks the request and the source (EC2's errors), writes
+   * the `pending` manifest and answers `{SnapshotId}` at once, as EC2 does;
+   * the copy continues in the background. `authorize` runs once the source is
+   * read and before anything is written.
+   */
+  async copySnapshot(req: CopySnapshotRequest, caller: Caller, authorize?: (source: SnapshotManifest | undefined) => Promise<void>): Promise<{ SnapshotId: string; Tags?: { Key: string; Value: string }[] }> {
+    if (req.SourceRegion !== this.o.region) {
+      throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `SourceRegion '${req.SourceRegion}': this daemon serves ${this.o.region} only; a copy between regions needs the other region's store`, { awsName: 'InvalidParameterValue' });
+    }
+    if (req.Encrypted === false) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'Encrypted cannot be set to false: omit it, or set it to true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterValue' });
+    const src = await this.o.store.getManifest(req.SourceSnapshotId);
+    await authorize?.(src);
+    if (!src) throw snapshotNotFound(req.SourceSnapshotId);
+    if (req.KmsKeyId !== undefined && req.Encrypted !== true && !src.encrypted) {
+      throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId needs Encrypted true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterDependency' });
+    }
+    const snap = await checkedSnapshot(this.o.store, req.SourceSnapshotId, src);
+    const release = this.o.hold?.(req.SourceSnapshotId) ?? (() => {});
+    try {
+      const via: Caller = { ...caller, viaService: `ec2.${this.o.region}.amazonaws.com` };
+      const encrypt = src.encrypted || req.Encrypted === true;
+      // Same key: the source's (none given, or one resolving to its ARN); else a new data key.
+      let targetKey: string | undefined;
+      if (src.encrypted) {
+        const arn = req.KmsKeyId === undefined ? src.wrappedKey!.keyArn : (await this.o.keyService.describeKey({ KeyId: req.KmsKeyId }, via)).KeyMetadata.Arn;
+        if (arn !== src.wrappedKey!.keyArn) targetKey = arn;
+      } else if (encrypt) {
+        targetKey = req.KmsKeyId ?? DEFAULT_EBS_KEY;
+      }
+      const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
+      const tags = (req.TagSpecifications ?? []).flatMap((t) => t.Tags);
+      const now = new Date().toISOString();
+      const m: SnapshotManifest = {
+        ...structuredClone(src),
+        snapshotId,
+        state: 'pending',
+        progress: 0,
+        startTime: now,
+        description: req.Description ?? `Copied for DestinationSnapshot ${snapshotId} from SourceSnapshot ${src.snapshotId}`,
+        tags,
+        ownerId: this.o.accountId,
+        blocks: [],
+      };
+      delete m.completionTime;
+      delete m.stateMessage;
+      delete m.parentSnapshotId;
+      delete m.changedBlocks;
+      delete m.header;
+      // Crash from here on: recover() turns the pending manifest into error.
+      await fsp.writeFile(join(this.o.localDir, snapshotId), '', { mode: 0o600 });
+      await this.o.store.putManifest(m);
+      faultPoint('copy.after-pending');
+      this.o.onAudit?.({
+        eventName: 'CopySnapshot', snapshotId, volumeId: src.volumeId, principal: caller.arn,
+        details: { sourceSnapshotId: src.snapshotId, reEncrypted: targetKey !== undefined, ...(targetKey ? { kmsKeyId: targetKey } : {}) },
+      });
+      const job = this.run(snap, m, targetKey, via)
+        .catch(async (e) => {
+          const why = e instanceof VolumeError || e instanceof SnapshotError || (e as { awsName?: string })?.awsName ? `${(e as { awsName?: string }).awsName ?? (e as { code: string }).code}: ${(e as Error).message}` : 'internal error (see the daemon log)';
+          this.log.warn({ snapshotId, sourceSnapshotId: src.snapshotId, err: { message: (e as Error)?.message } }, 'snapshot copy failed');
+          await this.o.store.putManifest(failed(m, why)).catch((err) => this.log.error({ snapshotId, err: { message: (err as Error)?.message } }, 'could not record the failed copy; the next start marks it error'));
+          this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, details: { reason: why } });
+        })
+        .finally(async () => {
+          release();
+          await fsp.rm(join(this.o.localDir, snapshotId), { force: true }).catch(() => {});
+          this.running.delete(job);
+        });
+      this.running.add(job);
+      return { SnapshotId: snapshotId, ...(tags.length ? { Tags: tags } : {}) };
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
+  /** Resolves when every copy under way has ended (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.running.size) await Promise.allSettled([...this.running]);
+  }
+
+  private async run(snap: OpenedSnapshot, m: SnapshotManifest, targetKey: string | undefined, via: Caller): Promise<void> {
+    const pins: BlockPin[] = [];
+    try {
+      if (targetKey === undefined) {
+        // Same data key: the same objects. Pinned until the completed manifest names them.
+        pins.push(await this.o.pin([snap.manifest.header!, ...snap.manifest.blocks.map(([, h]) => h)]));
+        m.header = snap.manifest.header!;
+        m.blocks = snap.manifest.blocks.map(([i, h]) => [i, h]);
+      } else {
+        await this.reencrypt(snap, m, targetKey, via, pins);
+      }
+      faultPoint('copy.before-complete');
+      m.state = 'completed';
+      m.progress = 100;
+      m.changedBlocks = m.blocks.length;
+      m.completionTime = new Date().toISOString();
+      await this.o.store.putManifest(m);
+      this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, details: { sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length } });
+      this.log.info({ snapshotId: m.snapshotId, sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length, reEncrypted: targetKey !== undefined }, 'snapshot copied');
+    } finally {
+      for (const p of pins) p.release();
+    }
+  }
+
+  /** A new data key under `keyId` (context the new snapshot), every block re-encrypted and stored, a new header. */
+  private async reencrypt(snap: OpenedSnapshot, m: SnapshotManifest, keyId: string, via: Caller, pins: BlockPin[]): Promise<void> {
+    const ks = this.o.keyService;
+    const ctx = { 'aws:ebs:id': m.snapshotId };
+    let oldKey: Uint8Array | undefined;
+    let newKey: Uint8Array | undefined;
+    let from: XtsContext | null = null;
+    let to: XtsContext | null = null;
+    try {
+      if (snap.manifest.encrypted) {
+        oldKey = await unwrapSnapshotKey(ks, snap, via);
+        from = this.o.xtsEngine.createContext(oldKey);
+        wipe(oldKey);
+      }
+      let blob: Uint8Array;
+      let keyArn: string;
+      for (let i = 0; ; i++) {
+        const gen = await ks.generateDataKeyWithoutPlaintext({ KeyId: keyId, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
+        newKey = (await ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
+        blob = gen.CiphertextBlob;
+        keyArn = gen.KeyId;
+        // XTS refuses K1 = K2 (docs/architecture.md §3.5): regenerate.
+        if (newKey.length !== VOLUME_KEY_BYTES || !Buffer.from(newKey.subarray(0, 32)).equals(newKey.subarray(32)) || i >= 3) break;
+        wipe(newKey);
+      }
+      if (newKey.length !== VOLUME_KEY_BYTES) throw new SnapshotError('SNAPSHOT_STORE', `KMS returned a ${newKey.length}-byte data key`);
+      const json = buildLuks2Json({
+        size: snap.size,
+        volumeKey: newKey,
+        token: { key_arn: keyArn, ciphertext_blob: Buffer.from(blob).toString('base64'), encryption_context: ctx, volume_id: m.volumeId || m.snapshotId },
+      });
+      to = this.o.xtsEngine.createContext(newKey);
+      wipe(newKey);
+      const header = encodeLuks2HeaderArea(json, { dataOffset: snap.manifest.dataOffset, label: m.volumeId || m.snapshotId });
+      const headerHash = sha256(header);
+      pins.push(await this.o.pin([headerHash]));
+      await this.o.store.putBlock(headerHash, header);
+      const out = new Map<number, BlockHash>();
+      const total = snap.manifest.blocks.length;
+      let done = 0;
+      let shown = 0;
+      await forEachBlock(this.o.store, snap.manifest, this.o.concurrency ?? 4, async (index, data) => {
+        await reencryptBlock(from, to, data, index);
+        const hash = sha256(data);
+        pins.push(await this.o.pin([hash]));
+        await this.o.store.putBlock(hash, data);
+        out.set(index, hash);
+        done++;
+        // Progress in the manifest: every 10 %, not per block (each write is a store round trip).
+        const pct = Math.floor((done * 100) / Math.max(1, total));
+        if (pct >= shown + 10 && pct < 100) {
+          shown = pct;
+          await this.o.store.putManifest({ ...m, progress: pct });
+        }
+      });
+      m.blocks = [...out.entries()].sort((a, b) => a[0] - b[0]);
+      m.header = headerHash;
+      m.encrypted = true;
+      m.kmsKeyId = keyArn;
+      m.wrappedKey = { ciphertextBlob: Buffer.from(blob).toString('base64'), keyArn, encryptionContext: ctx };
+      m.dataEncryptionKeyId = dataEncryptionKeyId(parseLuks2Header(header, 'copy header').volume);
+    } finally {
+      // Best effort in JS (the GC may have copied them); the contexts wipe their native copies.
+      wipe(oldKey, newKey);
+      from?.destroy();
+      to?.destroy();
+    }
+  }
+}
+
+function failed(m: SnapshotManifest, why: string): SnapshotManifest {
+  // No blocks: an error snapshot references nothing (what it stored is garbage).
+  const { header: _h, parentSnapshotId: _p, changedBlocks: _c, ...rest } = m;
+  return { ...rest, state: 'error', stateMessage: why, blocks: [] };
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
