@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
@@ -14,7 +13,7 @@ import { encodePlainHeader, parsePlainHeader, PLAIN_HEADER_SIZE } from '../volum
 import { parseVolumeSize } from '../volume/size.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
 import { reencryptBlock } from './reencrypt.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type SnapshotManifest, type SnapshotStore } from './types.js';
 
 /** CreateVolume with SnapshotId: Size may be left out (the snapshot's size is taken). */
 export interface RestoreVolumeRequest extends Omit<CreateVolumeRequest, 'Size'> {
@@ -242,7 +241,8 @@ export async function checkedSnapshot(store: SnapshotStore, snapshotId: string, 
     throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `Snapshot '${snapshotId}' is in state '${m.state}'; only a completed snapshot can be restored or copied`, { awsName: 'IncorrectState' });
   }
   if (!m.header) throw corrupt(m, 'it names no header');
-  const header = await getVerified(store, m.header);
+  // Every store hashes what it reads back against the name (docs/architecture.md §13): a changed byte is SNAPSHOT_CORRUPT.
+  const header = await store.getBlock(m.header);
   if (header.length !== m.dataOffset) throw corrupt(m, `its header is ${header.length} bytes, the manifest says the data starts at ${m.dataOffset}`);
   if (m.encrypted) {
     if (!m.wrappedKey) throw corrupt(m, 'it is encrypted but carries no wrapped key');
@@ -272,14 +272,6 @@ export async function unwrapSnapshotKey(ks: KeyService, snap: OpenedSnapshot, vi
   return key;
 }
 
-/** A block whose bytes hash to its name (content addressing is also the integrity check). */
-export async function getVerified(store: SnapshotStore, hash: BlockHash): Promise<Buffer> {
-  const data = await store.getBlock(hash);
-  const got = createHash('sha256').update(data).digest('hex');
-  if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash} in ${store.location} reads back with SHA-256 ${got}`);
-  return data;
-}
-
 /** Runs `fn` on every block of the manifest, `concurrency` at a time, in index order of start. */
 export async function forEachBlock(store: SnapshotStore, m: SnapshotManifest, concurrency: number, fn: (index: number, data: Buffer) => Promise<void>): Promise<void> {
   let next = 0;
@@ -288,7 +280,7 @@ export async function forEachBlock(store: SnapshotStore, m: SnapshotManifest, co
     while (failed === undefined && next < m.blocks.length) {
       const [index, hash] = m.blocks[next++]!;
       try {
-        const data = await getVerified(store, hash);
+        const data = await store.getBlock(hash);
         if (data.length > SNAPSHOT_BLOCK_BYTES) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${index} of ${m.snapshotId} is ${data.length} bytes, more than ${SNAPSHOT_BLOCK_BYTES}`);
         await fn(index, data);
       } catch (e) {
