@@ -222,6 +222,45 @@ describe('volume create --snapshot-id', () => {
     expect((await env.ok(['snapshot', 'describe', last.snapshotId])).Snapshots[0]).toMatchObject({ State: 'error' });
   }, 120_000);
 
+  it('authorization: ec2:CreateVolume on the snapshot ARN and ec2:CopySnapshot through identity policies; the KMS calls are the caller\'s, via EC2', async () => {
+    const UID = 4242;
+    await env.ok(['iam', 'create-user', 'carol']);
+    await env.ok(['iam', 'map-uid', String(UID), 'user/carol']);
+    const policy = (statements: object[]) => env.ok(['iam', 'put-policy', 'user/carol', '--policy-name', 'p', '--policy-document', JSON.stringify({ Version: '2012-10-17', Statement: statements })]);
+    const base = [
+      { Effect: 'Allow', Action: ['ec2:CreateVolume'], Resource: 'arn:aws:ec2:*:*:volume/*' },
+      { Effect: 'Allow', Action: ['ec2:DescribeVolumes', 'ec2:DescribeSnapshots'], Resource: '*' },
+      { Effect: 'Allow', Action: 'kms:*', Resource: '*', Condition: { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com' } } },
+      { Effect: 'Allow', Action: 'ec2:CopySnapshot', Resource: 'arn:aws:ec2:*::snapshot/*', Condition: { StringEquals: { 'aws:RequestTag/team': 'a' } } },
+      { Effect: 'Allow', Action: 'ec2:CopySnapshot', Resource: `arn:aws:ec2:*::snapshot/${snap}` },
+    ];
+    await policy(base);
+    const carol = (args: string[]) => env.cli([...args, '--output', 'json'], { uid: UID });
+    const refused = await carol(['volume', 'create', '--snapshot-id', snap]);
+    expect(refused.code).toBe(4);
+    expect(refused.stderr).toMatch(new RegExp(`UnauthorizedOperation.*ec2:CreateVolume on resource: arn:aws:ec2:us-east-1::snapshot/${snap}`));
+    await policy([...base, { Effect: 'Allow', Action: 'ec2:CreateVolume', Resource: 'arn:aws:ec2:*::snapshot/*', Condition: { StringEquals: { 'ec2:Encrypted': 'true' } } }]);
+    const ok = await carol(['volume', 'create', '--snapshot-id', snap, '--wait']);
+    expect(ok.code, ok.stderr).toBe(0);
+    const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
+    const re = ev.find((e) => e.eventName === 'ReEncrypt' && e.requestParameters?.destinationEncryptionContext?.['aws:ebs:id'] === ok.json().VolumeId);
+    expect(re.userIdentity.arn).toMatch(/:user\/carol$/);
+    expect(re.userIdentity.invokedBy).toBe('ec2.us-east-1.amazonaws.com');
+    // CopySnapshot: the new snapshot/* needs the request tag team=a, and tags need ec2:CreateTags (CreateAction CopySnapshot).
+    const noTag = await carol(['snapshot', 'copy', snap]);
+    expect(noTag.code).toBe(4);
+    expect(noTag.stderr).toMatch(/UnauthorizedOperation.*ec2:CopySnapshot on resource: arn:aws:ec2:us-east-1::snapshot\/\*/);
+    const noCreateTags = await carol(['snapshot', 'copy', snap, '--tag', 'team=a']);
+    expect(noCreateTags.code).toBe(4);
+    expect(noCreateTags.stderr).toMatch(/ec2:CreateTags/);
+    await policy([...base, { Effect: 'Allow', Action: 'ec2:CreateTags', Resource: '*', Condition: { StringEquals: { 'ec2:CreateAction': 'CopySnapshot' } } }]);
+    const copied = await carol(['snapshot', 'copy', snap, '--tag', 'team=a', '--wait']);
+    expect(copied.code, copied.stderr).toBe(0);
+    expect(copied.json()).toMatchObject({ State: 'completed', Tags: [{ Key: 'team', Value: 'a' }] });
+    const denied = ev.filter((e) => e.errorCode === 'Client.UnauthorizedOperation' && e.eventName === 'CreateVolume');
+    expect(denied.length).toBeGreaterThan(0);
+  }, 90_000);
+
   it("EC2's refusals: smaller than the snapshot, unencrypted from encrypted, unknown or pending snapshot, malformed id", async () => {
     const small = await env.cli(['volume', 'create', '--snapshot-id', snap, '--size', '2MiB']);
     expect(small.code).toBe(7);
