@@ -2,25 +2,21 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import type { XtsEngine } from '../crypto/xts.js';
-import { wipe } from '../util/wipe.js';
 import type { KeyedMutex } from '../util/lock.js';
 import type { Catalog, VolumeRecord } from './catalog.js';
 import { AttachLock } from './attach-lock.js';
-import { checkImageFile, openBackingFile } from './backing-file.js';
+import { checkImageFile } from './backing-file.js';
 import { faultPoint } from '../util/fault-point.js';
-import { EncryptedBlockDevice } from './encrypted-block-device.js';
-import { PlainBlockDevice } from './plain-block-device.js';
-import { DEFAULT_KEY_CACHE_TTL_MS, KeyCache, type ImpairedEvent } from './key-cache.js';
+import { DEFAULT_KEY_CACHE_TTL_MS, type ImpairedEvent } from './key-cache.js';
 import { KeyCheck } from './key-check.js';
 import type { Clock } from '../util/clock.js';
 import type { KeyService } from './key-service.js';
 import { ATTACH_GRANT_PREFIX, AttachGrants } from './attach-grants.js';
 import type { BlockDevice } from './types.js';
 import type { Attachment } from './attachment.js';
-import { verifyVolumeKey, type Luks2Volume } from './luks2-json.js';
-import { readLuks2 } from './luks2-header.js';
+import type { Luks2Volume } from './luks2-json.js';
 import { VolumeError, incorrectState, invalidParameter, errInfo } from './errors.js';
-import { readPlainImage } from './plain-image.js';
+import { formatOf } from './image-format.js';
 
 /** The audit events attachments emit; the manager stamps the time (VolumeAuditEvent in volume-manager.ts). */
 export interface AttachmentAuditEvent {
@@ -146,7 +142,7 @@ export class Attachments {
       if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
       if (req.InstanceId !== undefined && req.InstanceId !== this.instanceId) throw invalidParameter(`This host is ${this.instanceId}`);
       if (rec.pendingGrantRetirements?.length) await this.grants.retirePending(rec);
-      if (rec.unencrypted) this.checkUnencryptedAllowed('attach');
+      if (formatOf(rec).measurementOnly) this.checkUnencryptedAllowed('attach');
       const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
       const att = await this.bringUp(rec, async (v) => {
         if (!v) return { grantId: '', grantToken: '' }; // plaintext: no key, no grant
@@ -217,7 +213,7 @@ export class Attachments {
     for (const r of this.catalog.list()) {
       if (r.state !== 'in-use' || this.live.has(r.volumeId) || !r.attachment || r.detaching) continue;
       try {
-        if (r.unencrypted) this.checkUnencryptedAllowed('attach');
+        if (formatOf(r).measurementOnly) this.checkUnencryptedAllowed('attach');
         await this.mutex.run(r.volumeId, async () => {
           const att = await this.bringUp(r, async () => ({ grantId: r.attachment!.grantId, grantToken: r.attachment!.grantToken }), true);
           try {
@@ -340,7 +336,7 @@ export class Attachments {
 
   private async bringUp(
     rec: VolumeRecord,
-    /** `v` is undefined for a plaintext volume (no LUKS2 header, no grant). */
+    /** Called with the validated header of a format that has a key; a plaintext volume has no grant. */
     grant: (v: Luks2Volume | undefined) => Promise<{ grantId: string; grantToken: string }>,
     resuming = false,
   ): Promise<Attachment & { grantToken: string }> {
@@ -348,69 +344,38 @@ export class Attachments {
     await checkImageFile(path); // never a symlink to another volume's image
     const lock = await AttachLock.acquire(path, rec.volumeId);
     let grantInfo: { grantId: string; grantToken: string } | null = null;
-    let key: Uint8Array | undefined;
     try {
-      if (rec.unencrypted) {
-        // Measurement only (plain-image.ts): no key, no grant, no key cache.
-        const p = await readPlainImage(path);
-        if (p.volumeId !== rec.volumeId || p.size < rec.size) throw new VolumeError('VOLUME_TOKEN_MISMATCH', `plaintext image of ${rec.volumeId} names ${p.volumeId}`);
-        grantInfo = await grant(undefined);
-        const backing = await openBackingFile(path);
-        const device = new PlainBlockDevice({ volumeId: rec.volumeId, size: p.size, dataOffset: p.dataOffset, backing, logger: this.log });
-        const att: Attachment = { volumeId: rec.volumeId, device, keyCache: null, lock, keyArn: '', grantId: '' };
-        this.live.set(rec.volumeId, att);
-        return { ...att, grantToken: '' };
-      }
-      const h = await readLuks2(path);
-      const v = h.volume;
-      const ctx = { 'aws:ebs:id': rec.volumeId };
-      // Precondition: the token names this volume and binds the blob to it.
-      if (v.token.volume_id !== rec.volumeId || !sameContext(v.token.encryption_context, ctx) || v.size < rec.size) {
-        throw new VolumeError('VOLUME_TOKEN_MISMATCH', `image of ${rec.volumeId} carries the token of ${v.token.volume_id}`);
-      }
-      grantInfo = await grant(v);
-      let device: EncryptedBlockDevice;
-      let keyCache: KeyCache;
-      const backing = await openBackingFile(path);
-      {
-        const blob = Buffer.from(v.token.ciphertext_blob, 'base64');
-        const gt = grantInfo.grantToken;
-        const unwrap = async () =>
-          (await this.ks.decrypt({ CiphertextBlob: blob, KeyId: v.token.key_arn, EncryptionContext: ctx, GrantTokens: [gt] }, this.host)).Plaintext;
-        try {
-          key = await unwrap();
-          verifyVolumeKey(v, key); // Precondition of any I/O: the key matches the LUKS2 digest.
-          device = new EncryptedBlockDevice({ volumeId: rec.volumeId, size: v.size, dataOffset: v.dataOffset, backing, logger: this.log, xts: this.o.xtsEngine.createContext(key) });
-        } catch (e) {
-          await backing.close().catch(() => {});
-          throw e;
-        } finally {
-          wipe(key);
-        }
-        const dev = device;
-        keyCache = new KeyCache(dev, {
-          volumeId: rec.volumeId,
-          ...(this.o.keyCacheTtlMs !== undefined ? { ttlMs: this.o.keyCacheTtlMs } : {}),
-          ...(this.o.keyCacheMaxStaleMs !== undefined ? { maxStaleMs: this.o.keyCacheMaxStaleMs } : {}),
-          refresh: unwrap,
-          verify: (k) => verifyVolumeKey(v, k),
-          logger: this.log,
-          ...(this.keyCheck ? { check: this.keyCheck.membership(v.token.key_arn, grantInfo.grantId) } : {}),
+      const fmt = formatOf(rec);
+      const opened = await fmt.open({
+        path,
+        volumeId: rec.volumeId,
+        size: rec.size,
+        grant: async (v) => (grantInfo = await grant(v)),
+        keyService: this.ks,
+        host: this.host,
+        xtsEngine: this.o.xtsEngine,
+        ...(this.o.keyCacheTtlMs !== undefined ? { keyCacheTtlMs: this.o.keyCacheTtlMs } : {}),
+        ...(this.o.keyCacheMaxStaleMs !== undefined ? { keyCacheMaxStaleMs: this.o.keyCacheMaxStaleMs } : {}),
+        keyCacheExtras: (keyArn, grantId) => ({
+          ...(this.keyCheck ? { check: this.keyCheck.membership(keyArn, grantId) } : {}),
           ...(this.o.clock ? { clock: this.o.clock } : {}),
           ...(this.o.random ? { random: this.o.random } : {}),
-          onImpaired: (ev) => {
-            this.audit({ eventName: 'VolumeImpaired', volumeId: ev.volumeId, principal: this.host.arn, details: { reason: ev.reason, awsName: ev.awsName } });
-            this.o.onImpaired?.(ev);
-          },
-        });
-        keyCache.start();
-      }
-      const att: Attachment = { volumeId: rec.volumeId, device, keyCache, lock, keyArn: v.token.key_arn, grantId: grantInfo.grantId };
+        }),
+        onImpaired: (ev) => {
+          this.audit({ eventName: 'VolumeImpaired', volumeId: ev.volumeId, principal: this.host.arn, details: { reason: ev.reason, awsName: ev.awsName } });
+          this.o.onImpaired?.(ev);
+        },
+        log: this.log,
+      });
+      if (!grantInfo) grantInfo = await grant(undefined); // a format without a key: no grant
+      const gi: { grantId: string; grantToken: string } = grantInfo;
+      const att: Attachment = { volumeId: rec.volumeId, device: opened.device, keyCache: opened.keyCache, lock, keyArn: opened.keyArn, grantId: gi.grantId };
       this.live.set(rec.volumeId, att);
-      return { ...att, grantToken: grantInfo.grantToken };
+      return { ...att, grantToken: gi.grantToken };
     } catch (e) {
-      if (grantInfo && grantInfo.grantId && !resuming) {
-        const g = { grantId: grantInfo.grantId, keyArn: rec.kmsKeyId, grantToken: grantInfo.grantToken };
+      const gi = grantInfo as { grantId: string; grantToken: string } | null;
+      if (gi && gi.grantId && !resuming) {
+        const g = { grantId: gi.grantId, keyArn: rec.kmsKeyId, grantToken: gi.grantToken };
         if (!(await this.grants.retireOne(rec.volumeId, g, 'failed attach'))) {
           (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
           await this.catalog.put(rec).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record a pending grant retirement'));
@@ -424,8 +389,3 @@ export class Attachments {
 
 }
 
-function sameContext(a: Record<string, string>, b: Record<string, string>): boolean {
-  const ka = Object.keys(a).sort();
-  const kb = Object.keys(b).sort();
-  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
-}

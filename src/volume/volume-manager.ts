@@ -16,11 +16,10 @@ import { Attachments } from './attachments.js';
 import { VolumeRecovery } from './volume-recovery.js';
 import type { BlockDevice } from './types.js';
 import type { SnapshotSource } from './write-gate.js';
-import { buildLuks2Json, LUKS2_DATA_OFFSET, VOLUME_KEY_BYTES } from './luks2-json.js';
-import { createLuks2, updateLuks2 } from './luks2-header.js';
+import { VOLUME_KEY_BYTES } from './luks2-json.js';
+import { createLuks2Image, createPlainImage, formatOf } from './image-format.js';
 import { VolumeError, incorrectState, invalidParameter, notFound, errInfo } from './errors.js';
 import { parseVolumeSize } from './size.js';
-import { createPlainImage, resizePlainImage } from './plain-image.js';
 import { growImageFile } from './backing-file.js';
 import { EbsdError } from '../util/errors.js';
 import { faultPoint } from '../util/fault-point.js';
@@ -280,13 +279,7 @@ export class VolumeManager {
     return this.create(req, caller, async ({ volumeId, path, size, via }) => {
       const { key, blob, keyArn } = await this.newDataKey(keyId, volumeId, via);
       try {
-        const ctx = { 'aws:ebs:id': volumeId };
-        const json = buildLuks2Json({
-          size,
-          volumeKey: key,
-          token: { key_arn: keyArn, ciphertext_blob: Buffer.from(blob).toString('base64'), encryption_context: ctx, volume_id: volumeId },
-        });
-        await createLuks2(path, { json, size, dataOffset: LUKS2_DATA_OFFSET, label: volumeId });
+        await createLuks2Image(path, { volumeId, size, key, blob, keyArn });
       } finally {
         wipe(key);
       }
@@ -553,13 +546,7 @@ export class VolumeManager {
       await this.catalog.put(rec);
       try {
         await growImageFile(path, h.dataOffset + size); // the header never claims more than the file holds
-        if (rec.unencrypted) {
-          await resizePlainImage(path, size);
-        } else {
-          await updateLuks2(path, (j) => {
-            for (const s of Object.values(j.segments)) s.size = String(size);
-          });
-        }
+        await formatOf(rec).resize(path, size);
       } catch (e) {
         this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'ModifyVolume failed; settling from the image header');
         await this.recovery.settleModify(rec).catch((err) => this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'));

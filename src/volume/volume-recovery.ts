@@ -5,8 +5,7 @@ import { fsyncDir } from '../util/atomic-write.js';
 import type { Catalog, VolumeRecord } from './catalog.js';
 import type { Attachments } from './attachments.js';
 import { checkImageFile, growImageFile } from './backing-file.js';
-import { readLuks2 } from './luks2-header.js';
-import { readPlainImage } from './plain-image.js';
+import { formatOf } from './image-format.js';
 import { errInfo } from './errors.js';
 
 /** What recovery takes from the VolumeManager that owns it. */
@@ -116,11 +115,6 @@ export class VolumeRecovery {
   async imageSize(rec: VolumeRecord): Promise<{ size: number; dataOffset: number }> {
     const path = join(this.o.dir, rec.image);
     await checkImageFile(path);
-    if (rec.unencrypted) {
-      const p = await readPlainImage(path);
-      return { size: p.size, dataOffset: p.dataOffset };
-    }
-    const v = (await readLuks2(path)).volume;
-    return { size: v.size, dataOffset: v.dataOffset };
+    return formatOf(rec).readHeader(path);
   }
 }
