@@ -444,13 +444,15 @@ export class Daemon {
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
       const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
+      let snapshotKey: string | undefined;
       if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) {
         // A restore is also authorized on the snapshot's ARN (its tags, size, encryption), before anything is created.
         const m = await this.snapshots!.getManifest(req.input.SnapshotId);
         const onSnap = this.ec2Authz!.checkCreateVolumeFromSnapshot(req.input.SnapshotId, m ? toEc2Snapshot(m) : undefined, caller);
         if (onSnap) await this.deny(source, op, caller, onSnap.message, peer, volumeId, onSnap);
+        if (m?.encrypted) snapshotKey = m.kmsKeyId;
       }
-      const keyRefusal = this.remoteKeyRefusal(req, caller);
+      const keyRefusal = this.remoteKeyRefusal(req, caller, snapshotKey);
       if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
       return this.volumeOp(req, caller);
     }
@@ -572,11 +574,15 @@ export class Daemon {
    * to create and `kms:CreateGrant` to attach, with `kms:ViaService` = `ec2.<region>.amazonaws.com`.
    * The resource is the key as the request or the volume names it (an ARN, an id or an alias).
    */
-  private remoteKeyRefusal(req: Ec2Request, caller: Caller): UnauthorizedOperation | undefined {
+  private remoteKeyRefusal(req: Ec2Request, caller: Caller, snapshotKey?: string): UnauthorizedOperation | undefined {
     if (!this.remoteKms || caller.type === 'Root') return undefined;
     let action: string;
     let key: string | undefined;
-    if (req.op === 'CreateVolume') {
+    if (req.op === 'CreateVolume' && snapshotKey !== undefined && req.input.KmsKeyId === undefined) {
+      // A restore under the snapshot's key (ReEncrypt of its data key): the caller must be able to use that key.
+      action = 'kms:ReEncryptFrom';
+      key = snapshotKey;
+    } else if (req.op === 'CreateVolume') {
       if (req.input.Cipher === 'none' || req.input.Encrypted === false) return undefined;
       action = 'kms:GenerateDataKeyWithoutPlaintext';
       key = req.input.KmsKeyId ?? 'alias/aws/ebs';
