@@ -14,6 +14,7 @@ import { Env, ensureBuilt, run } from '../e2e/helpers.js';
 import { readLuks2 } from '../../src/volume/luks2-header.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
 import { makeSnapshot } from './make-snapshot.js';
 
@@ -180,7 +181,7 @@ describe('volume create --snapshot-id', () => {
     }
   }, 90_000);
 
-  it('SIGKILL during a restore and during a copy: after restart the volume is gone (no image, no temp) and the copy is error naming no blocks', async () => {
+  it('SIGKILL during a restore and during a copy: after restart the volume is gone (no image, no temp), the copy is error naming no blocks, and a sweep frees what it stored (nothing orphaned, nothing missing)', async () => {
     const dead = async (): Promise<void> => {
       const pid = env.pid!;
       for (let i = 0; i < 1000; i++) {
@@ -220,6 +221,14 @@ describe('volume create --snapshot-id', () => {
     expect(last.header).toBeUndefined();
     expect(last.stateMessage).toMatch(/stopped.*while the snapshot was being copied/);
     expect((await env.ok(['snapshot', 'describe', last.snapshotId])).Snapshots[0]).toMatchObject({ State: 'error' });
+    // What the failed copy stored is garbage: a sweep (no grace) frees it, and leaves no block unnamed or named but missing.
+    const swept = await new SnapshotGc(store, { graceMs: 0 }).sweep();
+    expect(swept.deleted).toBeGreaterThan(0);
+    const named = new Set((await store.listManifests()).flatMap((x) => [...x.blocks.map(([, h]) => h), ...(x.header ? [x.header] : [])]));
+    const present = new Set<string>();
+    for await (const h of store.listBlocks()) present.add(h);
+    expect([...present].filter((h) => !named.has(h))).toEqual([]);
+    expect([...named].filter((h) => !present.has(h))).toEqual([]);
   }, 120_000);
 
   it('authorization: ec2:CreateVolume on the snapshot ARN and ec2:CopySnapshot through identity policies; the KMS calls are the caller\'s, via EC2', async () => {
