@@ -22,6 +22,8 @@ import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-d
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest } from './aws-json.js';
 import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
+import { SourceSnapshotAuthz } from './restore-authz.js';
+import { describingStore } from '../snapshot/snapshot-view.js';
 import { Ec2Authorizer, UnauthorizedOperation as UnauthorizedOperationError, type UnauthorizedOperation } from './ec2-authz.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
@@ -90,6 +92,8 @@ export class Daemon {
   private snapshotApi: SnapshotApi | undefined;
   /** CreateVolume with SnapshotId, CopySnapshot (src/snapshot/restore.ts, copy.ts). */
   private restore: SnapshotRestore | undefined;
+  /** CreateVolume with SnapshotId (and CopySnapshot): what the caller needs on the source snapshot and its key. */
+  private sourceSnapshotAuthz: SourceSnapshotAuthz | undefined;
   private ec2Authz: Ec2Authorizer | undefined;
   private bfs: BlockFileSystem | undefined;
   private fuse: FuseMount | undefined;
@@ -297,7 +301,8 @@ export class Daemon {
       volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
     });
     this.snapshots = await SnapshotManager.open({
-      store,
+      // DescribeSnapshots leaves out (and logs) a manifest it cannot read; the collector (gc) keeps the strict store.
+      store: describingStore(store, (snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest cannot be read: left out of DescribeSnapshots')),
       gc,
       localDir: join(paths.root, 'snapshots-local'),
       volumes: mgr,
@@ -306,6 +311,11 @@ export class Daemon {
       logger: log,
     });
     this.snapshotApi = new SnapshotApi({ snapshots: this.snapshots, authz: this.ec2Authz });
+    const snapshots = this.snapshots;
+    this.sourceSnapshotAuthz = new SourceSnapshotAuthz({
+      ec2: this.ec2Authz, evaluator: this.authz!.authorizer.evaluator, region: ids.region, remoteKms: this.remoteKms !== undefined,
+      manifest: (id) => snapshots.getManifest(id),
+    });
     if (!this.remoteKms) {
       // Not with a remote KMS: its calls are signed as this host, so they could not act for the local caller.
       this.ebs = await openEbsApi({
@@ -435,6 +445,13 @@ export class Daemon {
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
       const keyRefusal = this.remoteKeyRefusal(req, caller);
       if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
+      if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) {
+        // The source snapshot, and with a remote KMS the caller's use of its key (restore-authz.ts).
+        const { SnapshotId, KmsKeyId, Cipher, Encrypted } = req.input;
+        const plain = Cipher === 'none' || Encrypted === false;
+        const snapRefusal = await this.sourceSnapshotAuthz!.check({ op: 'CreateVolume', snapshotId: SnapshotId, ...(KmsKeyId !== undefined ? { kmsKeyId: KmsKeyId } : {}), plain }, caller);
+        if (snapRefusal) await this.deny(source, op, caller, snapRefusal.message, peer, volumeId, snapRefusal);
+      }
       return this.volumeOp(req, caller);
     }
     if (SNAPSHOT_OPS.has(op)) {
@@ -557,6 +574,7 @@ export class Daemon {
     let key: string | undefined;
     if (req.op === 'CreateVolume') {
       if (req.input.Cipher === 'none' || req.input.Encrypted === false) return undefined;
+      if (req.input.SnapshotId !== undefined) return undefined; // the target is the snapshot's key unless named: restore-authz.ts decides
       action = 'kms:GenerateDataKeyWithoutPlaintext';
       key = req.input.KmsKeyId ?? 'alias/aws/ebs';
     } else if (req.op === 'AttachVolume') {

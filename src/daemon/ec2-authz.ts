@@ -173,6 +173,20 @@ export class Ec2Authorizer {
     return this._decide(EC2_ACTIONS.get(op)!, this.snapshotArn(snapshotId), caller, this._common(new Map([['ec2:SnapshotID', snapshotId]])));
   }
 
+  /**
+   * The source snapshot of CreateVolume (with SnapshotId) or CopySnapshot: EC2
+   * authorizes the action on the snapshot's ARN too, with its tags, id, size,
+   * encryption, owner, time and parent volume (Service Authorization Reference,
+   * CreateVolume and CopySnapshot: resource `snapshot`). A snapshot that does not
+   * exist, or cannot be read, is judged on its id alone.
+   */
+  checkSourceSnapshot(action: 'ec2:CreateVolume' | 'ec2:CopySnapshot', s: SnapshotView | string, caller: Caller): UnauthorizedOperation | undefined {
+    if (caller.type === 'Root') return undefined;
+    const id = typeof s === 'string' ? s : s.SnapshotId;
+    const ctx = typeof s === 'string' ? this._common(new Map([['ec2:SnapshotID', s]])) : this._snapshotContext(s);
+    return this._decide(action, this.snapshotArn(id), caller, ctx);
+  }
+
   private _snapshotContext(s: SnapshotView): Map<string, ContextValue> {
     const ctx = this._common(new Map());
     for (const t of s.Tags) {
@@ -197,7 +211,7 @@ export class Ec2Authorizer {
     return this._decide(action, this.volumeArn(volumeId), caller, ctx);
   }
 
-  /** CreateVolume on `volume/*`; tags given at create also need ec2:CreateTags with ec2:CreateAction = CreateVolume. */
+  /** CreateVolume on `volume/*` (a source snapshot: checkSourceSnapshot); tags given at create also need ec2:CreateTags with ec2:CreateAction = CreateVolume. */
   private _checkCreate(body: Readonly<Record<string, unknown>>, caller: Caller): UnauthorizedOperation | undefined {
     const resource = this.volumeArn('*');
     const tags = _requestTags(body);
@@ -209,6 +223,8 @@ export class Ec2Authorizer {
     if (gib !== undefined) ctx.set('ec2:VolumeSize', gib);
     // As given (key id, ARN or alias); absent for the default key.
     if (!plain && typeof body.KmsKeyId === 'string') ctx.set('ec2:KmsKeyId', body.KmsKeyId);
+    // A volume from a snapshot: the snapshot's ARN (the snapshot itself is judged by checkSourceSnapshot).
+    if (typeof body.SnapshotId === 'string') ctx.set('ec2:ParentSnapshot', this.snapshotArn(body.SnapshotId));
     const refusal = this._decide('ec2:CreateVolume', resource, caller, ctx);
     if (refusal || tags.length === 0) return refusal;
     const tagCtx = this._common(_tagContext(tags));
