@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
@@ -82,5 +82,16 @@ describe('CreateVolume from a snapshot: authorization on the snapshot (real daem
     // Without a snapshot, bob's volume statement (ec2:ParentSnapshot) does not match.
     const plain = await as(BOB, ['volume', 'create', '--size', '16MiB']);
     expect(plain.code, plain.stderr).toBe(4);
+  });
+
+  it('DescribeSnapshots leaves out a manifest it cannot read, and still lists the others', async () => {
+    const bad = join(env.state, 'snapshots', 'manifests', 'snap-0123456789abcdef0.json');
+    writeFileSync(bad, JSON.stringify({ formatVersion: 1, snapshotId: 'snap-0123456789abcdef0', blocks: [], tags: 'x' }));
+    try {
+      const r = await env.ok(['snapshot', 'describe']);
+      expect((r.Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId)).toEqual([snap]);
+    } finally {
+      rmSync(bad, { force: true });
+    }
   });
 });
