@@ -22,6 +22,8 @@ import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-d
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest } from './aws-json.js';
 import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
+import { SourceSnapshotAuthz } from './restore-authz.js';
+import { describingStore } from '../snapshot/snapshot-view.js';
 import { Ec2Authorizer, UnauthorizedOperation as UnauthorizedOperationError, type UnauthorizedOperation } from './ec2-authz.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
@@ -94,6 +96,8 @@ export class Daemon {
   /** CreateVolume with SnapshotId, CopySnapshot (src/snapshot/restore.ts, copy.ts). */
   private restore: SnapshotRestore | undefined;
   private copier: SnapshotCopier | undefined;
+  /** CreateVolume with SnapshotId (and CopySnapshot): what the caller needs on the source snapshot and its key. */
+  private sourceSnapshotAuthz: SourceSnapshotAuthz | undefined;
   private ec2Authz: Ec2Authorizer | undefined;
   private bfs: BlockFileSystem | undefined;
   private fuse: FuseMount | undefined;
@@ -300,7 +304,8 @@ export class Daemon {
       volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
     });
     this.snapshots = await SnapshotManager.open({
-      store,
+      // DescribeSnapshots leaves out (and logs) a manifest it cannot read; the collector (gc) keeps the strict store.
+      store: describingStore(store, (snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest cannot be read: left out of DescribeSnapshots')),
       gc,
       localDir: join(paths.root, 'snapshots-local'),
       volumes: mgr,
@@ -309,6 +314,11 @@ export class Daemon {
       logger: log,
     });
     this.snapshotApi = new SnapshotApi({ snapshots: this.snapshots, authz: this.ec2Authz });
+    const snapshots = this.snapshots;
+    this.sourceSnapshotAuthz = new SourceSnapshotAuthz({
+      ec2: this.ec2Authz, evaluator: this.authz!.authorizer.evaluator, region: ids.region, remoteKms: this.remoteKms !== undefined,
+      manifest: (id) => snapshots.getManifest(id),
+    });
     if (!this.remoteKms) {
       // Not with a remote KMS: its calls are signed as this host, so they could not act for the local caller.
       this.ebs = await openEbsApi({
@@ -444,21 +454,24 @@ export class Daemon {
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
       const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
-      let snapshotKey: string | undefined;
-      if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) {
-        // A restore is also authorized on the snapshot's ARN (its tags, size, encryption), before anything is created.
-        const m = await this.snapshots!.getManifest(req.input.SnapshotId);
-        const onSnap = this.ec2Authz!.checkCreateVolumeFromSnapshot(req.input.SnapshotId, m ? toEc2Snapshot(m) : undefined, caller);
-        if (onSnap) await this.deny(source, op, caller, onSnap.message, peer, volumeId, onSnap);
-        if (m?.encrypted) snapshotKey = m.kmsKeyId;
-      }
-      const keyRefusal = this.remoteKeyRefusal(req, caller, snapshotKey);
+      const keyRefusal = this.remoteKeyRefusal(req, caller);
       if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
+      if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) {
+        // The source snapshot, and with a remote KMS the caller's use of its key (restore-authz.ts).
+        const { SnapshotId, KmsKeyId, Cipher, Encrypted } = req.input;
+        const plain = Cipher === 'none' || Encrypted === false;
+        const snapRefusal = await this.sourceSnapshotAuthz!.check({ op: 'CreateVolume', snapshotId: SnapshotId, ...(KmsKeyId !== undefined ? { kmsKeyId: KmsKeyId } : {}), plain }, caller);
+        if (snapRefusal) await this.deny(source, op, caller, snapRefusal.message, peer, volumeId, snapRefusal);
+      }
       return this.volumeOp(req, caller);
     }
     if (op === 'CopySnapshot') {
       if (!this.copier) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
-      return copySnapshot({ copier: this.copier, authz: this.ec2Authz! }, parseCopySnapshotRequest(body), caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r));
+      const copyReq = parseCopySnapshotRequest(body);
+      // With a remote KMS, the caller's use of the source snapshot's key (restore-authz.ts); the EC2 half is copySnapshot's.
+      const keyRefusal = await this.sourceSnapshotAuthz!.check({ op: 'CopySnapshot', snapshotId: copyReq.SourceSnapshotId, ...(copyReq.KmsKeyId !== undefined ? { kmsKeyId: copyReq.KmsKeyId } : {}) }, caller);
+      if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, undefined, keyRefusal);
+      return copySnapshot({ copier: this.copier, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r));
     }
     if (SNAPSHOT_OPS.has(op)) {
       if (!this.snapshotApi && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
@@ -574,16 +587,13 @@ export class Daemon {
    * to create and `kms:CreateGrant` to attach, with `kms:ViaService` = `ec2.<region>.amazonaws.com`.
    * The resource is the key as the request or the volume names it (an ARN, an id or an alias).
    */
-  private remoteKeyRefusal(req: Ec2Request, caller: Caller, snapshotKey?: string): UnauthorizedOperation | undefined {
+  private remoteKeyRefusal(req: Ec2Request, caller: Caller): UnauthorizedOperation | undefined {
     if (!this.remoteKms || caller.type === 'Root') return undefined;
     let action: string;
     let key: string | undefined;
-    if (req.op === 'CreateVolume' && snapshotKey !== undefined && req.input.KmsKeyId === undefined) {
-      // A restore under the snapshot's key (ReEncrypt of its data key): the caller must be able to use that key.
-      action = 'kms:ReEncryptFrom';
-      key = snapshotKey;
-    } else if (req.op === 'CreateVolume') {
+    if (req.op === 'CreateVolume') {
       if (req.input.Cipher === 'none' || req.input.Encrypted === false) return undefined;
+      if (req.input.SnapshotId !== undefined) return undefined; // the target is the snapshot's key unless named: restore-authz.ts decides
       action = 'kms:GenerateDataKeyWithoutPlaintext';
       key = req.input.KmsKeyId ?? 'alias/aws/ebs';
     } else if (req.op === 'AttachVolume') {

@@ -30,7 +30,7 @@ export const EC2_ACTIONS: ReadonlyMap<string, string> = new Map([
   ['CreateSnapshot', 'ec2:CreateSnapshot'],
   ['DescribeSnapshots', 'ec2:DescribeSnapshots'],
   ['DeleteSnapshot', 'ec2:DeleteSnapshot'],
-  // Restore and copy: judged by checkCreateVolumeFromSnapshot / checkCopySnapshot, which need the source manifest.
+  // Restore and copy: judged by checkSourceSnapshot / checkCopySnapshot, which need the source manifest.
   ['CopySnapshot', 'ec2:CopySnapshot'],
 ]);
 
@@ -170,24 +170,13 @@ export class Ec2Authorizer {
   }
 
   /**
-   * CreateVolume with SnapshotId, on the source snapshot's ARN (its tags, id,
-   * size, encryption, owner; or its id alone when it does not exist). The
-   * `volume/*` half, with ec2:SnapshotID in its context, is check('CreateVolume').
-   */
-  checkCreateVolumeFromSnapshot(snapshotId: string, s: SnapshotView | undefined, caller: Caller): UnauthorizedOperation | undefined {
-    if (caller.type === 'Root') return undefined;
-    const ctx = s ? this._snapshotContext(s) : this._common(new Map([['ec2:SnapshotID', snapshotId]]));
-    return this._decide('ec2:CreateVolume', this.snapshotArn(snapshotId), caller, ctx);
-  }
-
-  /**
    * CopySnapshot on the source snapshot's ARN (as above) and on the new
    * `snapshot/*` (aws:RequestTag/*, ec2:Encrypted of the copy); tags given at
    * the copy also need ec2:CreateTags with ec2:CreateAction = CopySnapshot.
    */
   checkCopySnapshot(sourceId: string, s: SnapshotView | undefined, req: { encrypted: boolean; tags: readonly { Key: string; Value: string }[] }, caller: Caller): UnauthorizedOperation | undefined {
     if (caller.type === 'Root') return undefined;
-    const onSource = this._decide('ec2:CopySnapshot', this.snapshotArn(sourceId), caller, s ? this._snapshotContext(s) : this._common(new Map([['ec2:SnapshotID', sourceId]])));
+    const onSource = this.checkSourceSnapshot('ec2:CopySnapshot', s ?? sourceId, caller);
     if (onSource) return onSource;
     const resource = this.snapshotArn('*');
     const ctx = this._common(_tagContext(req.tags));
@@ -204,6 +193,20 @@ export class Ec2Authorizer {
   checkSnapshotId(op: 'DeleteSnapshot' | 'DescribeSnapshots', snapshotId: string, caller: Caller): UnauthorizedOperation | undefined {
     if (caller.type === 'Root') return undefined;
     return this._decide(EC2_ACTIONS.get(op)!, this.snapshotArn(snapshotId), caller, this._common(new Map([['ec2:SnapshotID', snapshotId]])));
+  }
+
+  /**
+   * The source snapshot of CreateVolume (with SnapshotId) or CopySnapshot: EC2
+   * authorizes the action on the snapshot's ARN too, with its tags, id, size,
+   * encryption, owner, time and parent volume (Service Authorization Reference,
+   * CreateVolume and CopySnapshot: resource `snapshot`). A snapshot that does not
+   * exist, or cannot be read, is judged on its id alone.
+   */
+  checkSourceSnapshot(action: 'ec2:CreateVolume' | 'ec2:CopySnapshot', s: SnapshotView | string, caller: Caller): UnauthorizedOperation | undefined {
+    if (caller.type === 'Root') return undefined;
+    const id = typeof s === 'string' ? s : s.SnapshotId;
+    const ctx = typeof s === 'string' ? this._common(new Map([['ec2:SnapshotID', s]])) : this._snapshotContext(s);
+    return this._decide(action, this.snapshotArn(id), caller, ctx);
   }
 
   private _snapshotContext(s: SnapshotView): Map<string, ContextValue> {
@@ -230,7 +233,7 @@ export class Ec2Authorizer {
     return this._decide(action, this.volumeArn(volumeId), caller, ctx);
   }
 
-  /** CreateVolume on `volume/*`; tags given at create also need ec2:CreateTags with ec2:CreateAction = CreateVolume. */
+  /** CreateVolume on `volume/*` (a source snapshot: checkSourceSnapshot); tags given at create also need ec2:CreateTags with ec2:CreateAction = CreateVolume. */
   private _checkCreate(body: Readonly<Record<string, unknown>>, caller: Caller): UnauthorizedOperation | undefined {
     const resource = this.volumeArn('*');
     const tags = _requestTags(body);
@@ -242,8 +245,11 @@ export class Ec2Authorizer {
     if (gib !== undefined) ctx.set('ec2:VolumeSize', gib);
     // As given (key id, ARN or alias); absent for the default key.
     if (!plain && typeof body.KmsKeyId === 'string') ctx.set('ec2:KmsKeyId', body.KmsKeyId);
-    // A restore: the snapshot's own ARN is judged by checkCreateVolumeFromSnapshot.
-    if (typeof body.SnapshotId === 'string') ctx.set('ec2:SnapshotID', body.SnapshotId);
+    // A volume from a snapshot (the snapshot itself is judged by checkSourceSnapshot, restore-authz.ts).
+    if (typeof body.SnapshotId === 'string') {
+      ctx.set('ec2:SnapshotID', body.SnapshotId);
+      ctx.set('ec2:ParentSnapshot', this.snapshotArn(body.SnapshotId));
+    }
     const refusal = this._decide('ec2:CreateVolume', resource, caller, ctx);
     if (refusal || tags.length === 0) return refusal;
     const tagCtx = this._common(_tagContext(tags));

@@ -1,11 +1,11 @@
 import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir, removeAtomicWriteTemps } from '../util/atomic-write.js';
-import { readTextIfExists } from '../util/read-if-exists.js';
 import { SnapshotError } from './errors.js';
-import { checkBlockHash, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest } from './manifest-check.js';
+import { checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
 import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
 
@@ -207,8 +207,11 @@ export class DirSnapshotStore implements CollectableStore {
 
   async putManifest(m: SnapshotManifest): Promise<void> {
     const p = this.manifestPath(m.snapshotId);
+    const text = `${JSON.stringify(m)}\n`;
+    // Never write what a reader would refuse.
+    checkManifestBytes(p, Buffer.byteLength(text, 'utf8'), true);
     try {
-      await atomicWrite(p, `${JSON.stringify(m)}\n`);
+      await atomicWrite(p, text);
     } catch (e) {
       throw this.fail('write', p, e);
     }
@@ -216,17 +219,34 @@ export class DirSnapshotStore implements CollectableStore {
 
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
     const p = this.manifestPath(snapshotId);
-    const text = await readTextIfExists(p);
+    const text = await this.readManifestText(p);
     if (text === undefined) return undefined;
     return parseManifest(p, snapshotId, text);
   }
 
-  async listManifests(): Promise<SnapshotManifest[]> {
+  /** The manifest's text, its size checked before it is read (a manifest is replaced by rename, never grown in place). */
+  private async readManifestText(p: string): Promise<string | undefined> {
+    let fh: FileHandle;
+    try {
+      fh = await fsp.open(p, 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    try {
+      checkManifestBytes(p, (await fh.stat()).size, false);
+      return await fh.readFile('utf8');
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
     const out: SnapshotManifest[] = [];
     for (const name of (await fsp.readdir(this.manifestsDir)).sort()) {
       const id = name.endsWith('.json') ? name.slice(0, -5) : '';
       if (!isSnapshotId(id)) continue;
-      const m = await this.getManifest(id);
+      const m = await skipCorrupt(id, () => this.getManifest(id), opts.onCorrupt);
       if (m) out.push(m);
     }
     return out;

@@ -13,7 +13,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { ArgRangeError } from '../util/errors.js';
 import { SnapshotError } from './errors.js';
-import { checkBlockHash, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest } from './manifest-check.js';
+import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
 import type { BlockHash, SnapshotManifest } from './types.js';
 
@@ -207,6 +207,8 @@ export class S3SnapshotStore implements CollectableStore {
     checkSnapshotId(m.snapshotId);
     const key = this.key('manifests', `${m.snapshotId}.json`);
     const body = Buffer.from(`${JSON.stringify(m)}\n`);
+    // Never write what a reader would refuse.
+    checkManifestBytes(`s3://${this.bucket}/${key}`, body.length, true);
     try {
       await this.s3.send(new PutObjectCommand({
         Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length,
@@ -221,13 +223,13 @@ export class S3SnapshotStore implements CollectableStore {
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
     checkSnapshotId(snapshotId);
     const key = this.key('manifests', `${snapshotId}.json`);
-    const data = await this.getObject(key);
+    const data = await this.getObject(key, MANIFEST_MAX_BYTES);
     if (!data) return undefined;
     const text = data.toString('utf8');
     return parseManifest(`s3://${this.bucket}/${key}`, snapshotId, text);
   }
 
-  async listManifests(): Promise<SnapshotManifest[]> {
+  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
     const dir = this.key('manifests', '');
     const ids: string[] = [];
     for await (const o of this.listKeys(dir)) {
@@ -241,7 +243,7 @@ export class S3SnapshotStore implements CollectableStore {
     const reader = async (): Promise<void> => {
       while (next < ids.length) {
         const i = next++;
-        got[i] = await this.getManifest(ids[i]!);
+        got[i] = await skipCorrupt(ids[i]!, () => this.getManifest(ids[i]!), opts.onCorrupt);
       }
     };
     await Promise.all(Array.from({ length: Math.min(LIST_READERS, ids.length) }, reader));
@@ -277,15 +279,24 @@ export class S3SnapshotStore implements CollectableStore {
    * fails before the response; a body cut off after the headers (a dropped
    * connection, a server restart) is retried here, as many times.
    */
-  private async getObject(key: string): Promise<Buffer | undefined> {
+  private async getObject(key: string, maxBytes?: number): Promise<Buffer | undefined> {
     for (let attempt = 1; ; attempt++) {
       let body: { transformToByteArray(): Promise<Uint8Array> } | undefined;
       try {
         const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
         body = r.Body;
-        return Buffer.from(await r.Body!.transformToByteArray());
+        // A bounded read (a manifest) is refused on its Content-Length before the body is read.
+        if (maxBytes !== undefined && (r.ContentLength ?? 0) > maxBytes) {
+          (r.Body as { destroy?: () => void } | undefined)?.destroy?.();
+          checkManifestBytes(`s3://${this.bucket}/${key}`, r.ContentLength!, false);
+        }
+        const bytes = Buffer.from(await r.Body!.transformToByteArray());
+        // No Content-Length (chunked): checked once read.
+        if (maxBytes !== undefined) checkManifestBytes(`s3://${this.bucket}/${key}`, bytes.length, false);
+        return bytes;
       } catch (e) {
         if ((e as { name?: string }).name === 'NoSuchKey') return undefined;
+        if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') throw e; // over the cap: not retried
         if (body === undefined || attempt >= this.maxAttempts) throw this.fail('GetObject', key, e);
       }
     }

@@ -1,4 +1,4 @@
-import type { SnapshotManifest } from './types.js';
+import type { SnapshotManifest, SnapshotStore } from './types.js';
 import { SnapshotError } from './errors.js';
 
 /**
@@ -94,4 +94,21 @@ export function page<T extends { SnapshotId: string }>(all: T[], maxResults: num
   const out = from < 0 ? [] : sorted.slice(from, from + (maxResults ?? 1000));
   const more = from >= 0 && from + out.length < sorted.length;
   return { Snapshots: out, ...(more ? { NextToken: out[out.length - 1]!.SnapshotId } : {}) };
+}
+
+/**
+ * The store as DescribeSnapshots lists it: a manifest that cannot be read (a
+ * shared store holds what any writer put there) is reported to `onCorrupt`
+ * and left out, so one bad object does not fail every caller's listing.
+ * Everything else is the store's; the collector keeps the store itself,
+ * whose listing throws on such a manifest (no sweep on a partial mark).
+ */
+export function describingStore(store: SnapshotStore, onCorrupt: (snapshotId: string, err: SnapshotError) => void): SnapshotStore {
+  return new Proxy(store, {
+    get(target, prop) {
+      if (prop === 'listManifests') return () => target.listManifests({ onCorrupt });
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
 }

@@ -1,3 +1,5 @@
+import type { SnapshotError } from './errors.js';
+
 /**
  * Snapshots (docs/architecture.md, "Snapshots"): a volume's data segment as
  * 512 KiB blocks of the bytes on disk (ciphertext for an encrypted volume),
@@ -83,7 +85,12 @@ export interface SnapshotStore {
   putManifest(m: SnapshotManifest): Promise<void>;
   /** undefined when absent. */
   getManifest(snapshotId: string): Promise<SnapshotManifest | undefined>;
-  listManifests(): Promise<SnapshotManifest[]>;
+  /**
+   * Every manifest. One that cannot be read (SNAPSHOT_CORRUPT) throws, so the
+   * collector never sweeps on a partial mark, unless `onCorrupt` is given:
+   * then it is reported there and left out (DescribeSnapshots).
+   */
+  listManifests(opts?: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }): Promise<SnapshotManifest[]>;
   /** Absent is not an error. */
   deleteManifest(snapshotId: string): Promise<void>;
   /**

@@ -1,0 +1,97 @@
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+
+/**
+ * Issue 17, finding 1: CreateVolume with SnapshotId is authorized on the
+ * snapshot's ARN too (`ec2:CreateVolume` on `arn:aws:ec2:REGION::snapshot/ID`,
+ * with the snapshot's tags), and the volume's context carries
+ * `ec2:ParentSnapshot`. uid 1000 is user/alice, uid 1001 user/bob.
+ */
+const ALICE = 1000;
+const BOB = 1001;
+
+interface AuditEvent {
+  eventName: string;
+  errorCode?: string;
+  errorMessage?: string;
+  userIdentity?: { arn?: string };
+}
+
+describe('CreateVolume from a snapshot: authorization on the snapshot (real daemon)', () => {
+  const env = new Env('snap-restore-authz');
+  let snap = '';
+  const as = (uid: number, args: string[]) => env.cli([...args, '--output', 'json'], { uid });
+  const putPolicy = (user: string, doc: unknown): Promise<unknown> => {
+    const file = join(env.dir, `${user}.json`);
+    writeFileSync(file, JSON.stringify(doc));
+    return env.ok(['iam', 'put-policy', `user/${user}`, '--policy-name', 'p', '--policy-document', `file://${file}`]);
+  };
+  const volumeIds = async (): Promise<string[]> => ((await env.ok(['volume', 'ls'])).Volumes as { VolumeId: string }[]).map((v) => v.VolumeId).sort();
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start();
+    const vol = (await env.ok(['volume', 'create', '--size', '16MiB', '--tag', 'team=root'])).VolumeId;
+    snap = (await env.ok(['snapshot', 'create', vol, '--tag', 'team=root', '--wait'])).SnapshotId;
+    for (const [user, uid] of [['alice', ALICE], ['bob', BOB]] as const) {
+      await env.ok(['iam', 'create-user', user]);
+      await env.ok(['iam', 'map-uid', String(uid), `user/${user}`]);
+    }
+    // alice: volumes and KMS, and an explicit Deny on every snapshot.
+    await putPolicy('alice', {
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: ['ec2:CreateVolume', 'ec2:DescribeVolumes'], Resource: 'arn:aws:ec2:*:*:volume/*' },
+        { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
+        { Effect: 'Deny', Action: 'ec2:*', Resource: 'arn:aws:ec2:*::snapshot/*' },
+      ],
+    });
+    // bob: volumes only when made from a snapshot, and CreateVolume on snapshots tagged team=root.
+    await putPolicy('bob', {
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: 'ec2:CreateVolume', Resource: 'arn:aws:ec2:*:*:volume/*', Condition: { StringLike: { 'ec2:ParentSnapshot': 'arn:aws:ec2:*::snapshot/snap-*' } } },
+        { Effect: 'Allow', Action: 'ec2:DescribeVolumes', Resource: 'arn:aws:ec2:*:*:volume/*' },
+        { Effect: 'Allow', Action: 'ec2:CreateVolume', Resource: 'arn:aws:ec2:*::snapshot/*', Condition: { StringEquals: { 'ec2:ResourceTag/team': 'root' } } },
+        { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
+      ],
+    });
+  }, 180_000);
+  afterAll(() => env.cleanup());
+
+  it('refused on the snapshot: UnauthorizedOperation (exit 4) naming the snapshot ARN, audited, nothing created', async () => {
+    const before = await volumeIds();
+    const r = await as(ALICE, ['volume', 'create', '--snapshot-id', snap]);
+    expect(r.code, r.stderr).toBe(4);
+    expect(r.stderr).toMatch(/UnauthorizedOperation/);
+    expect(r.stderr).toContain(`ec2:CreateVolume on resource: arn:aws:ec2:`);
+    expect(r.stderr).toContain(`::snapshot/${snap}`);
+    expect(await volumeIds()).toEqual(before);
+    const denied = env.auditText().trim().split('\n').map((l) => JSON.parse(l) as AuditEvent)
+      .filter((e) => String(e.userIdentity?.arn).endsWith(':user/alice') && e.errorCode === 'Client.UnauthorizedOperation');
+    expect(denied.map((e) => e.eventName)).toContain('CreateVolume');
+    expect(denied.find((e) => e.eventName === 'CreateVolume')!.errorMessage).toContain(`snapshot/${snap}`);
+  });
+
+  it('allowed by a policy on the snapshot ARN (its tag) and ec2:ParentSnapshot: the volume is restored', async () => {
+    const r = await as(BOB, ['volume', 'create', '--snapshot-id', snap, '--wait']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json()).toMatchObject({ State: 'available', Encrypted: true });
+    // Without a snapshot, bob's volume statement (ec2:ParentSnapshot) does not match.
+    const plain = await as(BOB, ['volume', 'create', '--size', '16MiB']);
+    expect(plain.code, plain.stderr).toBe(4);
+  });
+
+  it('DescribeSnapshots leaves out a manifest it cannot read, and still lists the others', async () => {
+    const bad = join(env.state, 'snapshots', 'manifests', 'snap-0123456789abcdef0.json');
+    writeFileSync(bad, JSON.stringify({ formatVersion: 1, snapshotId: 'snap-0123456789abcdef0', blocks: [], tags: 'x' }));
+    try {
+      const r = await env.ok(['snapshot', 'describe']);
+      expect((r.Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId)).toEqual([snap]);
+    } finally {
+      rmSync(bad, { force: true });
+    }
+  });
+});
