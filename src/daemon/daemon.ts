@@ -32,7 +32,6 @@ import { KmsListener } from './kms-listener.js';
 import { SnapshotRestore } from '../snapshot/restore.js';
 import { SnapshotCopier } from '../snapshot/copy.js';
 import { copySnapshot, parseCopySnapshotRequest } from './copy-snapshot-api.js';
-import { toEc2Snapshot } from '../snapshot/snapshot-view.js';
 import { AccessKeyStore } from '../kms/sts/access-keys.js';
 import { TrustPolicies } from '../kms/sts/trust-policies.js';
 import { StsService } from '../kms/sts/sts-service.js';
