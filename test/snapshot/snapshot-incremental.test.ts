@@ -3,6 +3,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { Env, ensureBuilt, sh } from '../e2e/helpers.js';
+import { api, settled } from './helpers.js';
 
 /**
  * Incremental snapshots with changed-block tracking (docs/architecture.md
@@ -19,6 +20,7 @@ interface Manifest { snapshotId: string; state: string; blocks: [number, string]
 
 describe('incremental snapshots of an attached encrypted volume', () => {
   const env = new Env('snap-incr');
+  const call = api(env);
   let vol = '';
   const manifest = (id: string): Manifest => JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${id}.json`), 'utf8'));
   const storedBlocks = (): Set<string> => {
@@ -27,7 +29,7 @@ describe('incremental snapshots of an attached encrypted volume', () => {
   };
   const completedLog = (id: string): Record<string, unknown> => JSON.parse(env.daemonLog().split('\n').find((l) => l.includes(id) && l.includes('"snapshot completed"'))!);
   const snapshot = async (): Promise<string> => {
-    const s = await env.ok(['snapshot', 'create', vol, '--wait']);
+    const s = await settled(env, (await call('CreateSnapshot', { VolumeId: vol })).SnapshotId);
     expect(s.State).toBe('completed');
     return s.SnapshotId;
   };
@@ -43,8 +45,8 @@ describe('incremental snapshots of an attached encrypted volume', () => {
   beforeAll(async () => {
     ensureBuilt();
     await env.start(['--snapshot-gc-grace', '0']);
-    vol = (await env.ok(['volume', 'create', '--size', '256MiB'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await call('CreateVolume', { Size: 256 * 1024 * 1024 })).VolumeId;
+    await call('AttachVolume', { VolumeId: vol });
     await sh('dd', ['if=/dev/urandom', `of=${env.file(vol)}`, 'bs=1M', 'count=256', 'oflag=direct', 'conv=notrunc', 'status=none']);
   }, 120_000);
 
@@ -84,7 +86,7 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     expect(m4.blocks).toEqual(manifest(s3).blocks);
 
     // Every block of the last snapshot is the image's ciphertext (the daemon never decrypted).
-    await env.ok(['detach', vol]);
+    await call('DetachVolume', { VolumeId: vol });
     const image = readFileSync(join(env.state, 'volumes', `${vol}.img`));
     for (const [i, h] of m4.blocks) {
       expect(createHash('sha256').update(image.subarray(DATA_OFFSET + i * B, DATA_OFFSET + (i + 1) * B)).digest('hex'), `block ${i}`).toBe(h);
@@ -92,10 +94,10 @@ describe('incremental snapshots of an attached encrypted volume', () => {
 
     // Deletes free exactly what no remaining snapshot names: s1's old 200/201, then s2's old 300.
     const referenced = (ids: string[]): Set<string> => new Set(ids.flatMap((id) => [manifest(id).header, ...manifest(id).blocks.map((b) => b[1])]));
-    await env.ok(['snapshot', 'delete', s1]);
+    await call('DeleteSnapshot', { SnapshotId: s1 });
     expect(storedBlocks()).toEqual(referenced([s2, s3, s4]));
     expect(storedBlocks().size).toBe(n1 + 3 - 2);
-    await env.ok(['snapshot', 'delete', s2]);
+    await call('DeleteSnapshot', { SnapshotId: s2 });
     expect(storedBlocks()).toEqual(referenced([s3, s4]));
     expect(storedBlocks().size).toBe(n1);
   }, 180_000);
