@@ -13,7 +13,7 @@
 // again. Prints the load average beside the figures: the machine may be shared.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream, mkdtempSync, openSync, readSync, closeSync, rmSync, writeSync, readFileSync } from 'node:fs';
+import { mkdtempSync, openSync, readSync, closeSync, rmSync, writeSync, readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -31,19 +31,25 @@ const DATA_OFFSET = 16 * 1024 * 1024;
 const dir = mkdtempSync('/tmp/ebsd-bench-snap-');
 const state = join(dir, 'state');
 const mnt = join(dir, 'mnt');
-const log = createWriteStream(join(dir, 'daemon.log'));
-const daemon = spawn(process.execPath, [join(root, 'dist/cli/main.js'), 'daemon', '--state-dir', state, '--mount', mnt, '--snapshot-gc-grace', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+// The daemon logs straight into a file, read for readiness.
+const logFd = openSync(join(dir, 'daemon.log'), 'a');
+const daemon = spawn(process.execPath, [join(root, 'dist/cli/main.js'), 'daemon', '--state-dir', state, '--mount', mnt, '--snapshot-gc-grace', '0'], { stdio: ['ignore', logFd, logFd] });
 const load0 = loadavg();
-let out = '';
-daemon.stdout.on('data', (c) => { log.write(c); out += c; });
-daemon.stderr.on('data', (c) => log.write(c));
 const call = (t, b = {}) => callDaemon(socketPathFor(state), t, b);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// Child processes run without blocking the event loop: a loop blocked in spawnSync would miss
+// the daemon closing an idle keep-alive connection and then write into it (EPIPE).
+const sh = (cmd, a) => new Promise((res, rej) => {
+  const p = spawn(cmd, a, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  p.stderr.on('data', (c) => (err += c));
+  p.on('exit', (c) => (c === 0 ? res() : rej(new Error(`${cmd} ${a.join(' ')}: exit ${c}: ${err}`))));
+});
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 try {
-  for (let i = 0; !out.includes('"ebsd daemon ready"'); i++) {
-    if (i > 600 || daemon.exitCode !== null) throw new Error(`daemon not ready:\n${out}`);
+  for (let i = 0; !readFileSync(join(dir, 'daemon.log'), 'utf8').includes('"ebsd daemon ready"'); i++) {
+    if (i > 600 || daemon.exitCode !== null) throw new Error('daemon not ready (see its log)');
     await sleep(50);
   }
   const vol = (await call('ebsd.CreateVolume', { Size: SIZE_MIB * 1024 * 1024 })).VolumeId;
@@ -51,8 +57,7 @@ try {
   const file = join(mnt, vol);
   const image = join(state, 'volumes', `${vol}.img`);
   // Fill with random data (every block non-zero, nothing deduplicates).
-  const fill = spawnSync('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${SIZE_MIB}`, 'oflag=direct', 'conv=notrunc,fsync', 'status=none']);
-  if (fill.status !== 0) throw new Error(`dd: ${fill.stderr}`);
+  await sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${SIZE_MIB}`, 'oflag=direct', 'conv=notrunc,fsync', 'status=none']);
 
   const snapshot = async () => {
     const t0 = performance.now();
@@ -89,12 +94,12 @@ try {
     await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
     const copy = join(dir, 'copy.img');
     let t = performance.now();
-    spawnSync('cp', [image, copy]);
+    await sh('cp', [image, copy]);
     cp.push(performance.now() - t);
     rmSync(copy);
     t = performance.now();
-    spawnSync('cp', [image, copy]);
-    spawnSync('sync', ['-f', copy]);
+    await sh('cp', [image, copy]);
+    await sh('sync', ['-f', copy]);
     cpSync.push(performance.now() - t);
     rmSync(copy);
   }
@@ -132,8 +137,8 @@ try {
     const list = (await call('ebsd.DescribeSnapshots', {})).Snapshots;
     for (const s of list) await call('ebsd.DeleteSnapshot', { SnapshotId: s.SnapshotId });
     while (snapping) {
-      const s = await snapshot();
       during++;
+      const s = await snapshot();
       await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
     }
   })();
@@ -166,8 +171,11 @@ try {
     console.log(`cp of the image     ${res.cpMs} ms (${mibs(res.cpMs)} MiB/s)   snapshot/cp throughput ${res.fullVsCp}x (goal >= 0.8x)`);
     console.log(`cp + sync           ${res.cpSyncMs} ms (${mibs(res.cpSyncMs)} MiB/s)   snapshot/(cp+sync) ${res.fullVsCpSync}x`);
     console.log(`incremental (1 %)   ${res.incrementalMs} ms   = ${(res.incrementalVsFull * 100).toFixed(1)} % of full (goal <= 5 %)`);
-    console.log(`fio 4k randwrite    ${res.fioIopsAlone} IOPS alone, ${res.fioIopsDuringSnapshots} IOPS with ${during} full snapshot(s) running: ${res.fioRatio}x (goal >= 0.7x)`);
+    console.log(`fio 4k randwrite    ${res.fioIopsAlone} IOPS alone, ${res.fioIopsDuringSnapshots} IOPS with full snapshots running throughout (${during} started): ${res.fioRatio}x (goal >= 0.7x)`);
   }
+} catch (e) {
+  process.stderr.write(`bench failed: ${e?.stack ?? e}\ndaemon log tail:\n${readFileSync(join(dir, 'daemon.log'), 'utf8').split('\n').slice(-15).join('\n')}\n`);
+  process.exitCode = 1;
 } finally {
   await call('ebsd.DetachVolume', { VolumeId: (await call('ebsd.DescribeVolumes', {}).catch(() => ({ Volumes: [] }))).Volumes[0]?.VolumeId ?? 'vol-00000000000000000', Force: true }).catch(() => {});
   daemon.kill('SIGTERM');

@@ -319,6 +319,7 @@ export class SnapshotManager {
       run.pins.push(await this.o.gc.pin([headerHash]));
       batch = this.o.store.openBlockBatch?.();
       if (!(await this.o.store.hasBlock(headerHash))) await (batch ? batch.put(headerHash, header) : this.o.store.putBlock(headerHash, header));
+      const t0 = performance.now();
       const res = await copyBlocks({
         ...(batch ? { batch } : {}),
         indexes: plan.indexes,
@@ -338,7 +339,9 @@ export class SnapshotManager {
           }
         },
       });
+      const t1 = performance.now();
       await batch?.commit();
+      const t2 = performance.now();
       faultPoint('snapshot.after-blocks');
       const all = new Map(inherited);
       for (const [i, h] of res.hashes) all.set(i, h);
@@ -359,7 +362,7 @@ export class SnapshotManager {
       await this.o.store.putManifest(done);
       plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowReads: run.cow?.cowReads ?? 0 },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowReads: run.cow?.cowReads ?? 0, copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
