@@ -27,7 +27,15 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     const dir = join(env.state, 'snapshots', 'blocks');
     return new Set(readdirSync(dir).flatMap((d) => readdirSync(join(dir, d)).filter((n) => /^[0-9a-f]{64}$/.test(n))));
   };
-  const completedLog = (id: string): Record<string, unknown> => JSON.parse(env.daemonLog().split('\n').find((l) => l.includes(id) && l.includes('"snapshot completed"'))!);
+  /** The daemon's `snapshot completed` line, logged just after the manifest says completed: polled for. */
+  const completedLog = async (id: string): Promise<Record<string, unknown>> => {
+    for (let i = 0; i < 400; i++) {
+      const line = env.daemonLog().split('\n').find((l) => l.includes(id) && l.includes('"snapshot completed"'));
+      if (line) return JSON.parse(line);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    throw new Error(`no "snapshot completed" log line for ${id}`);
+  };
   const snapshot = async (): Promise<string> => {
     const s = await settled(env, (await call('CreateSnapshot', { VolumeId: vol })).SnapshotId);
     expect(s.State).toBe('completed');
@@ -67,21 +75,21 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     expect(m2.changedBlocks).toBe(2);
     expect(diff(m1, m2)).toEqual([200, 201]);
     expect(storedBlocks().size).toBe(n1 + 2);
-    expect(completedLog(s2)).toMatchObject({ incremental: true, blocksRead: 2, blocksStored: 2 });
+    expect(await completedLog(s2)).toMatchObject({ incremental: true, blocksRead: 2, blocksStored: 2 });
 
     // A clean restart keeps the tracking: the next snapshot reads one block.
     expect(await env.stop()).toBe(0);
     await env.start(['--snapshot-gc-grace', '0']);
     await rewrite('512K', 300);
     const s3 = await snapshot();
-    expect(completedLog(s3)).toMatchObject({ incremental: true, blocksRead: 1, blocksStored: 1, changedBlocks: 1 });
+    expect(await completedLog(s3)).toMatchObject({ incremental: true, blocksRead: 1, blocksStored: 1, changedBlocks: 1 });
     expect(diff(m2, manifest(s3))).toEqual([300]);
 
     // SIGKILL loses it: the next snapshot reads every block, stores nothing new, and is the same volume.
     await env.kill9();
     await env.start(['--snapshot-gc-grace', '0']);
     const s4 = await snapshot();
-    expect(completedLog(s4)).toMatchObject({ incremental: false, blocksRead: 512, blocksStored: 0, changedBlocks: 0 });
+    expect(await completedLog(s4)).toMatchObject({ incremental: false, blocksRead: 512, blocksStored: 0, changedBlocks: 0 });
     const m4 = manifest(s4);
     expect(m4.blocks).toEqual(manifest(s3).blocks);
 
