@@ -19,6 +19,15 @@ describe('snapshots of a detached volume', () => {
   const env = new Env('snap-detached');
   const call = api(env);
   let vol = '';
+  /** Audit events, polled until `pred` holds for one (events are appended just after the call answers). */
+  const auditUntil = async (pred: (e: any) => boolean): Promise<any[]> => {
+    for (let i = 0; i < 200; i++) {
+      const events = env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+      if (events.some(pred)) return events;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    throw new Error('no such audit event');
+  };
   const manifestOf = (id: string): any => JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${id}.json`), 'utf8'));
 
   beforeAll(async () => {
@@ -66,7 +75,7 @@ describe('snapshots of a detached volume', () => {
     expect((await call('DescribeSnapshots', { MaxResults: 5 })).Snapshots).toHaveLength(1);
 
     // An audit event names the snapshot and its volume.
-    const audit = env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const audit = await auditUntil((e) => e.eventName === 'CreateSnapshot');
     expect(audit.find((e) => e.eventName === 'CreateSnapshot')?.requestParameters).toEqual({ snapshotId: s.SnapshotId, volumeId: vol });
 
     // Delete: gone, a second delete is NotFound (exit 5).
@@ -142,9 +151,8 @@ describe('snapshots of a detached volume', () => {
     // The CLI maps the refusal to exit 4.
     const cli = await env.cli(['snapshot', 'delete', rootSnap], { uid: ALICE });
     expect(cli.code).toBe(4);
-    const events = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
-    expect(events.some((e) => e.eventName === 'CreateSnapshot' && e.errorCode === 'Client.UnauthorizedOperation')).toBe(true);
-    expect(events.some((e) => e.eventName === 'DeleteSnapshot' && !e.errorCode && String(e.userIdentity?.arn).endsWith(':user/alice'))).toBe(true);
+    await auditUntil((e) => e.eventName === 'CreateSnapshot' && e.errorCode === 'Client.UnauthorizedOperation');
+    await auditUntil((e) => e.eventName === 'DeleteSnapshot' && !e.errorCode && String(e.userIdentity?.arn).endsWith(':user/alice'));
     await call('DeleteSnapshot', { SnapshotId: rootSnap });
   }, 90_000);
 
