@@ -50,3 +50,21 @@ export async function asUid(env: Env, uid: number, calls: [target: string, body:
   if (r.code !== 0) throw new Error(`as uid ${uid}: exit ${r.code}: ${r.stderr}`);
   return JSON.parse(r.stdout) as UidCallResult[];
 }
+
+/**
+ * DetachVolume once the file's handles are released: FUSE sends RELEASE after
+ * close() has returned, so a detach right after the test closed its own handle
+ * may still see it open (VolumeInUse); polled, bounded.
+ */
+export async function detachWhenClosed(env: Env, volumeId: string): Promise<void> {
+  const call = api(env);
+  for (let i = 0; ; i++) {
+    try {
+      await call('DetachVolume', { VolumeId: volumeId });
+      return;
+    } catch (e) {
+      if (!(e instanceof ServiceError) || e.awsName !== 'VolumeInUse' || i >= 200) throw e;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+}

@@ -3,7 +3,7 @@ import { openSync, writeSync, closeSync, readFileSync, readdirSync, existsSync }
 import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
-import { api, asUid, refusal, settled, type UidCallResult } from './helpers.js';
+import { api, asUid, detachWhenClosed, refusal, settled, type UidCallResult } from './helpers.js';
 
 /**
  * CreateSnapshot / DescribeSnapshots / DeleteSnapshot of a detached volume
@@ -42,7 +42,7 @@ describe('snapshots of a detached volume', () => {
     } finally {
       closeSync(fd);
     }
-    await call('DetachVolume', { VolumeId: vol });
+    await detachWhenClosed(env, vol);
   }, 60_000);
 
   afterAll(() => env.cleanup());

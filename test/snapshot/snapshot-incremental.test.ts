@@ -3,7 +3,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { Env, ensureBuilt, sh } from '../e2e/helpers.js';
-import { api, refusal, settled } from './helpers.js';
+import { api, detachWhenClosed, refusal, settled } from './helpers.js';
 
 /**
  * Incremental snapshots with changed-block tracking (docs/architecture.md
@@ -94,7 +94,7 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     expect(m4.blocks).toEqual(manifest(s3).blocks);
 
     // Every block of the last snapshot is the image's ciphertext (the daemon never decrypted).
-    await call('DetachVolume', { VolumeId: vol });
+    await detachWhenClosed(env, vol);
     const image = readFileSync(join(env.state, 'volumes', `${vol}.img`));
     for (const [i, h] of m4.blocks) {
       expect(createHash('sha256').update(image.subarray(DATA_OFFSET + i * B, DATA_OFFSET + (i + 1) * B)).digest('hex'), `block ${i}`).toBe(h);
