@@ -542,17 +542,6 @@ export class Daemon {
     return join(this.cfg.mountDir, volumeId);
   }
 
-  /** Calls `release` once the volume has left `creating` (built, failed or gone); polled, the build runs in the background. */
-  private releaseWhenCreated(volumeId: string, release: () => void): void {
-    const t = setInterval(() => {
-      const v = this.mgr?.describeVolumes().Volumes.find((x) => x.VolumeId === volumeId);
-      if (v?.State === 'creating' && !this.stopping) return;
-      clearInterval(t);
-      release();
-    }, 100);
-    t.unref();
-  }
-
   private async volumeOp(req: Ec2Request, caller: Caller): Promise<unknown> {
     const mgr = this.mgr!;
     switch (req.op) {
@@ -560,16 +549,8 @@ export class Daemon {
         const { SnapshotId, Size, ...input } = req.input;
         if (Size !== undefined) await checkImageSizeFits(mgr.dir, Size, 'Size');
         if (SnapshotId !== undefined) {
-          // DeleteSnapshot refuses the snapshot (InvalidSnapshot.InUse) while the volume is built from it.
-          const release = this.snapshots!.hold(SnapshotId);
-          try {
-            const v = await this.restore!.createVolume({ ...input, SnapshotId, ...(Size !== undefined ? { Size } : {}) }, caller);
-            this.releaseWhenCreated(v.VolumeId, release);
-            return v;
-          } catch (e) {
-            release();
-            throw e;
-          }
+          // The restore holds the snapshot until the volume is built: DeleteSnapshot answers InvalidSnapshot.InUse meanwhile.
+          return this.restore!.createVolume({ ...input, SnapshotId, ...(Size !== undefined ? { Size } : {}) }, caller);
         }
         if (Size === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Size', 'The request must contain the parameter Size (or SnapshotId)');
         return mgr.createVolume({ ...input, Size }, caller);

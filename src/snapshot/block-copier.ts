@@ -73,7 +73,8 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         const hash = createHash('sha256').update(buf).digest('hex');
         try {
           await p.pin?.(hash);
-          if (!(await p.store.hasBlock(hash))) {
+          // Touched, not only looked up: another daemon's collector spares it until a manifest of ours names it.
+          if (!(await (p.store.touchBlock ? p.store.touchBlock(hash) : Promise.resolve(false)))) {
             await (p.batch ? p.batch.put(hash, buf) : p.store.putBlock(hash, buf));
             storedBlocks++;
           }

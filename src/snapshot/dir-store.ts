@@ -160,6 +160,18 @@ export class DirSnapshotStore implements CollectableStore {
     }
   }
 
+  async touchBlock(hash: BlockHash): Promise<boolean> {
+    const p = this.blockPath(hash);
+    try {
+      const now = new Date();
+      await fsp.utimes(p, now, now);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e instanceof SnapshotError ? e : this.fail('touch', p, e);
+    }
+  }
+
   async blockModifiedMs(hash: BlockHash): Promise<number | undefined> {
     try {
       return (await fsp.stat(this.blockPath(hash))).mtimeMs;

@@ -6,6 +6,7 @@ import {
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  CopyObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
@@ -169,6 +170,22 @@ export class S3SnapshotStore implements CollectableStore {
     } catch (e) {
       if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') return false;
       throw this.fail('HeadObject', key, e);
+    }
+  }
+
+  /** A copy of the object onto itself (metadata replaced) is how S3 makes an object's LastModified now. */
+  async touchBlock(hash: BlockHash): Promise<boolean> {
+    checkBlockHash(hash);
+    const key = this.key('blocks', hash);
+    try {
+      await this.s3.send(new CopyObjectCommand({
+        Bucket: this.bucket, Key: key, CopySource: `${this.bucket}/${key}`, MetadataDirective: 'REPLACE', Metadata: { touched: String(Date.now()) },
+      }));
+      return true;
+    } catch (e) {
+      const name = (e as { name?: string }).name;
+      if (name === 'NotFound' || name === 'NoSuchKey') return false;
+      throw this.fail('CopyObject', key, e);
     }
   }
 

@@ -290,7 +290,7 @@ export class SnapshotManager {
       indexes,
       read: imageBlockReader(f, dataOffset, v.size),
       tracking: before,
-      commit: (id) => void this.tracking.saveClean(v.volumeId, { base: id, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking')),
+      commit: (id) => this.tracking.saveClean(v.volumeId, { base: id, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking')),
       rollback: () => {},
       close: () => f.close(),
     };
@@ -318,7 +318,7 @@ export class SnapshotManager {
       const headerHash = createHash('sha256').update(header).digest('hex');
       run.pins.push(await this.o.gc.pin([headerHash]));
       batch = this.o.store.openBlockBatch?.();
-      if (!(await this.o.store.hasBlock(headerHash))) await (batch ? batch.put(headerHash, header) : this.o.store.putBlock(headerHash, header));
+      if (!(await (this.o.store.touchBlock ? this.o.store.touchBlock(headerHash) : Promise.resolve(false)))) await (batch ? batch.put(headerHash, header) : this.o.store.putBlock(headerHash, header));
       const t0 = performance.now();
       const res = await copyBlocks({
         ...(batch ? { batch } : {}),
@@ -360,7 +360,7 @@ export class SnapshotManager {
       };
       // Every block is durable (putBlock resolved); now the manifest that names them.
       await this.o.store.putManifest(done);
-      plan.commit(m.snapshotId);
+      await plan.commit(m.snapshotId);
       this.log.info(
         { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowReads: run.cow?.cowReads ?? 0, copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1) },
         'snapshot completed',
@@ -460,7 +460,8 @@ interface SnapshotPlan {
   read: (i: number) => Promise<Buffer>;
   nextFirst?: () => number | undefined;
   tracking: TrackingState;
-  commit: (snapshotId: string) => void;
+  /** Awaited inside the volume's lock (detached) so a later attach's dirty mark cannot be overwritten by a late clean save. */
+  commit: (snapshotId: string) => void | Promise<void>;
   rollback: () => void;
   close: () => Promise<void>;
 }

@@ -78,6 +78,14 @@ export interface SnapshotStore {
   /** The block's bytes; throws SnapshotError `SNAPSHOT_BLOCK_NOT_FOUND` when absent. */
   getBlock(hash: BlockHash): Promise<Buffer>;
   hasBlock(hash: BlockHash): Promise<boolean>;
+  /**
+   * hasBlock that also makes a present block's age now (its mtime, S3
+   * LastModified), so another daemon's collector, which sweeps only blocks
+   * older than its grace period, keeps a block this daemon is about to name
+   * instead of storing it again (src/snapshot/gc.ts). Optional: without it a
+   * present block is put again.
+   */
+  touchBlock?(hash: BlockHash): Promise<boolean>;
   /** Absent is not an error. */
   deleteBlock(hash: BlockHash): Promise<void>;
   listBlocks(): AsyncIterable<BlockHash>;

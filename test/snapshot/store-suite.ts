@@ -86,6 +86,17 @@ export function runSnapshotStoreSuite(name: string, open: () => Promise<StoreUnd
       expect(listed).toEqual([b.hash]);
     });
 
+    withStore('touchBlock: true and the bytes unchanged for a present block, no older than before; false for an absent one', async ({ store }) => {
+      const b = block(4096);
+      expect(await store.touchBlock!(b.hash)).toBe(false);
+      expect(await store.hasBlock(b.hash)).toBe(false);
+      await store.putBlock(b.hash, b.data);
+      const first = (await store.blockModifiedMs(b.hash))!;
+      expect(await store.touchBlock!(b.hash)).toBe(true);
+      expect(await store.blockModifiedMs(b.hash)).toBeGreaterThanOrEqual(first);
+      expect((await store.getBlock(b.hash)).equals(b.data)).toBe(true);
+    });
+
     withStore('every block is listed once, across list pages, with its age', async ({ store }) => {
       const blocks = Array.from({ length: 7 }, () => block(1024));
       await Promise.all(blocks.map((b) => store.putBlock(b.hash, b.data)));

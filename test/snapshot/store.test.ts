@@ -4,7 +4,7 @@
  * this file in its own process. Plus what only the directory store does:
  * temp files of interrupted writes are removed when the daemon opens it.
  */
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -101,6 +101,25 @@ describe('the frozen store of format version 1 (test/fixtures/snapshot-store-v1)
       const left: string[] = [];
       for await (const h of s.listBlocks()) left.push(h);
       expect(left.sort()).toEqual(expected.referenced);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('DirSnapshotStore.touchBlock', () => {
+  test('makes a two-hour-old block young again, so a collector with one hour of grace keeps it', async () => {
+    const dir = mkdtempSync(join(process.env.TMPDIR ?? '/tmp', 'ebsd-touch-'));
+    try {
+      const store = await DirSnapshotStore.open(join(dir, 'snapshots'));
+      const b = block(4096);
+      await store.putBlock(b.hash, b.data);
+      const old = new Date(Date.now() - 2 * 3600_000);
+      utimesSync(join(dir, 'snapshots', 'blocks', b.hash.slice(0, 2), b.hash), old, old);
+      expect(await store.blockModifiedMs(b.hash)).toBeLessThan(Date.now() - 3600_000);
+      const before = Date.now();
+      expect(await store.touchBlock(b.hash)).toBe(true);
+      expect(await store.blockModifiedMs(b.hash)).toBeGreaterThanOrEqual(before - 1000);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
