@@ -1,5 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { once } from 'node:events';
@@ -42,14 +44,21 @@ describe.skipIf(nativeIo === null)('native io.c', () => {
     }
   });
 
-  test.skipIf(readNowaitSupported)('preadNowait answers EOPNOTSUPP where the filesystem has no RWF_NOWAIT reads (tmpfs)', () => {
-    const p = join(t.dir, 'f');
-    writeFileSync(p, randomBytes(4096));
-    const fd = openSync(p, 'r');
+  test('preadNowait answers EOPNOTSUPP where the filesystem has no RWF_NOWAIT reads (a tmpfs this test mounts)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebsd-nio-tmpfs-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0700', 'tmpfs', dir]);
     try {
-      expect(io.preadNowait(fd, Buffer.alloc(4096), 0, 4096, 0)).toBe(EOPNOTSUPP);
+      const p = join(dir, 'f');
+      writeFileSync(p, randomBytes(4096));
+      const fd = openSync(p, 'r');
+      try {
+        expect(io.preadNowait(fd, Buffer.alloc(4096), 0, 4096, 0)).toBe(EOPNOTSUPP);
+      } finally {
+        closeSync(fd);
+      }
     } finally {
-      closeSync(fd);
+      execFileSync('umount', [dir]);
+      rmdirSync(dir);
     }
   });
 
