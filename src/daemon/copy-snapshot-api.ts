@@ -2,9 +2,10 @@ import type { Caller } from '../kms/types.js';
 import type { CopySnapshotRequest, SnapshotCopier } from '../snapshot/copy.js';
 import type { SnapshotManifest } from '../snapshot/types.js';
 import { toEc2Snapshot } from '../snapshot/snapshot-view.js';
+import { snapshotTagSpecifications } from './snapshot-api.js';
 import type { Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
 import {
-  Ec2RequestError, KMS_KEY_ID_MAX, SNAPSHOT_ID_RE, TAGS_PER_RESOURCE_MAX, array, invalidValue, object, printable, string, tag, type Tag,
+  Ec2RequestError, KMS_KEY_ID_MAX, SNAPSHOT_ID_RE, invalidValue, object, printable, string,
 } from './ec2-requests.js';
 
 /**
@@ -41,33 +42,10 @@ export function parseCopySnapshotRequest(body: unknown): CopySnapshotRequest {
   const key = m('KmsKeyId');
   if (key !== undefined) out.KmsKeyId = string(key, 'KmsKeyId', 1, KMS_KEY_ID_MAX);
   const specs = m('TagSpecifications');
-  if (specs !== undefined) out.TagSpecifications = tagSpecifications(specs);
+  if (specs !== undefined) out.TagSpecifications = snapshotTagSpecifications(specs, 'CopySnapshot');
   return out;
 }
 
-function tagSpecifications(v: unknown): { ResourceType: 'snapshot'; Tags: Tag[] }[] {
-  const seen = new Set<string>();
-  let count = 0;
-  return array(v, 'TagSpecifications', TAGS_PER_RESOURCE_MAX).map((s, i) => {
-    const at = `TagSpecifications[${i}]`;
-    const spec = object(s, at, 'EC2_INVALID_PARAMETER_VALUE');
-    for (const k of Object.keys(spec)) {
-      if (k !== 'ResourceType' && k !== 'Tags') throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', `${at}.${k}`, `The parameter ${at}.${printable(k)} is not recognized (a TagSpecification takes ResourceType and Tags)`);
-    }
-    const rt = Object.hasOwn(spec, 'ResourceType') ? spec.ResourceType : undefined;
-    if (rt !== 'snapshot') throw invalidValue(`${at}.ResourceType`, `Invalid value ${printable(rt)} for ${at}.ResourceType: CopySnapshot tags only the resource type 'snapshot'`);
-    const raw = Object.hasOwn(spec, 'Tags') ? spec.Tags : undefined;
-    if (raw === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', `${at}.Tags`, `The request must contain the parameter ${at}.Tags`);
-    const tags = array(raw, `${at}.Tags`, Infinity).map((t, j) => {
-      const parsed = tag(t, `${at}.Tags[${j}]`);
-      if (seen.has(parsed.Key)) throw invalidValue(`${at}.Tags[${j}].Key`, `Duplicate tag key ${printable(parsed.Key)}: a snapshot has one value per tag key`);
-      seen.add(parsed.Key);
-      if (++count > TAGS_PER_RESOURCE_MAX) throw new Ec2RequestError('EC2_TAG_LIMIT_EXCEEDED', 'TagSpecifications', `The maximum number of tags per resource is ${TAGS_PER_RESOURCE_MAX}`);
-      return parsed;
-    });
-    return { ResourceType: 'snapshot' as const, Tags: tags };
-  });
-}
 
 /**
  * Runs a CopySnapshot: authorization (ec2:CopySnapshot on the source and on

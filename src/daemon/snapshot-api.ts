@@ -51,7 +51,7 @@ export function parseSnapshotRequest(op: SnapshotRequest['op'], body: unknown): 
       const d = m('Description');
       if (d !== undefined) input.Description = string(d, 'Description', 0, DESCRIPTION_MAX);
       const specs = m('TagSpecifications');
-      if (specs !== undefined) input.TagSpecifications = tagSpecifications(specs);
+      if (specs !== undefined) input.TagSpecifications = snapshotTagSpecifications(specs, 'CreateSnapshot');
       return { op, input };
     }
     case 'DescribeSnapshots': {
@@ -100,7 +100,8 @@ export class SnapshotIdMalformed extends Ec2RequestError {
   }
 }
 
-function tagSpecifications(v: unknown): { ResourceType: 'snapshot'; Tags: Tag[] }[] {
+/** A snapshot's TagSpecifications (CreateSnapshot, CopySnapshot): ResourceType 'snapshot', one value per key, at most 50 tags. */
+export function snapshotTagSpecifications(v: unknown, op: 'CreateSnapshot' | 'CopySnapshot'): { ResourceType: 'snapshot'; Tags: Tag[] }[] {
   const list = array(v, 'TagSpecifications', TAGS_PER_RESOURCE_MAX);
   const seen = new Set<string>();
   let count = 0;
@@ -112,7 +113,7 @@ function tagSpecifications(v: unknown): { ResourceType: 'snapshot'; Tags: Tag[] 
     }
     const rt = Object.hasOwn(spec, 'ResourceType') ? spec.ResourceType : undefined;
     if (rt === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', `${at}.ResourceType`, `The request must contain the parameter ${at}.ResourceType`);
-    if (rt !== 'snapshot') throw invalidValue(`${at}.ResourceType`, `Invalid value ${printable(rt)} for ${at}.ResourceType: CreateSnapshot tags only the resource type 'snapshot'`);
+    if (rt !== 'snapshot') throw invalidValue(`${at}.ResourceType`, `Invalid value ${printable(rt)} for ${at}.ResourceType: ${op} tags only the resource type 'snapshot'`);
     const raw = Object.hasOwn(spec, 'Tags') ? spec.Tags : undefined;
     if (raw === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', `${at}.Tags`, `The request must contain the parameter ${at}.Tags`);
     const tags = array(raw, `${at}.Tags`, Infinity).map((t, j) => {
