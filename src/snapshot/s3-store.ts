@@ -1,6 +1,3 @@
-import { readFileSync } from 'node:fs';
-import { Agent } from 'node:https';
-import { rootCertificates } from 'node:tls';
 import { createHash } from 'node:crypto';
 import {
   DeleteObjectCommand,
@@ -13,6 +10,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { ArgRangeError } from '../util/errors.js';
+import { caBundleAgent } from '../util/ca-bundle.js';
 import { SnapshotError } from './errors.js';
 import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
@@ -93,7 +91,7 @@ export class S3SnapshotStore implements CollectableStore {
       throw new ArgRangeError('prefix', `"${opts.prefix}" has an empty, '.' or '..' path segment`);
     }
     const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => k in DEFAULTS && v !== undefined)) };
-    const requestHandler = { connectionTimeout: o.connectionTimeoutMs, requestTimeout: o.requestTimeoutMs, throwOnRequestTimeout: true, ..._caBundleAgent() };
+    const requestHandler = { connectionTimeout: o.connectionTimeoutMs, requestTimeout: o.requestTimeoutMs, throwOnRequestTimeout: true, ...caBundleAgent() };
     const base: S3ClientConfig = {
       maxAttempts: o.maxAttempts,
       retryMode: 'standard',
@@ -351,15 +349,3 @@ export class S3SnapshotStore implements CollectableStore {
   }
 }
 
-/** AWS_CA_BUNDLE (the AWS CLI's variable) for an HTTPS endpoint with a private CA. */
-function _caBundleAgent(): { httpsAgent?: Agent } {
-  const file = process.env.AWS_CA_BUNDLE;
-  if (!file) return {};
-  let pem: string;
-  try {
-    pem = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new ArgRangeError('AWS_CA_BUNDLE', `cannot read ${file}: ${(e as Error).message}`);
-  }
-  return { httpsAgent: new Agent({ keepAlive: true, ca: [...rootCertificates, pem] }) };
-}

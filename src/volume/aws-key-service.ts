@@ -1,6 +1,3 @@
-import { readFileSync } from 'node:fs';
-import { Agent } from 'node:https';
-import { rootCertificates } from 'node:tls';
 import {
   CreateGrantCommand,
   DecryptCommand,
@@ -16,6 +13,7 @@ import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import { ArgRangeError } from '../util/errors.js';
+import { caBundleAgent } from '../util/ca-bundle.js';
 import { silentLogger } from '../util/logger.js';
 import { KeyServiceError } from './errors.js';
 import { toKeyServiceError, type KeyService, type RetirableGrant } from './key-service.js';
@@ -305,18 +303,3 @@ export function isUnreachable(e: unknown): boolean {
   return false;
 }
 
-/**
- * AWS_CA_BUNDLE (the AWS CLI's variable; the JS SDK does not read it): trust
- * that PEM bundle besides the system roots, for a KMS with a private CA.
- */
-function caBundleAgent(): { httpsAgent?: Agent } {
-  const file = process.env.AWS_CA_BUNDLE;
-  if (!file) return {};
-  let pem: string;
-  try {
-    pem = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new ArgRangeError('AWS_CA_BUNDLE', `cannot read ${file}: ${(e as Error).message}`);
-  }
-  return { httpsAgent: new Agent({ keepAlive: true, ca: [...rootCertificates, pem] }) };
-}
