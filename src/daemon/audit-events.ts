@@ -10,20 +10,7 @@ import type { VolumeAuditEvent } from '../volume/volume-manager.js';
  * hash-chained log as the KMS events, so `ebsd audit verify` covers them.
  */
 export function volumeEvent(ev: VolumeAuditEvent, o: { accountId: string; region: string; caller?: Caller }): Record<string, unknown> {
-  const e = buildEvent({
-    eventName: ev.eventName,
-    ...(o.caller ? { caller: o.caller } : {}),
-    accountId: o.accountId,
-    region: o.region,
-    requestId: randomUUID(),
-    eventId: randomUUID(),
-    resources: [],
-    readOnly: false,
-    time: Date.parse(ev.time) || Date.now(),
-    eventType: ev.eventName === 'VolumeImpaired' || ev.eventName === 'VolumeRecovered' ? 'AwsServiceEvent' : 'AwsApiCall',
-  });
-  e.eventSource = 'ec2.amazonaws.com';
-  if (!o.caller) e.userIdentity = { type: 'AWSService', invokedBy: 'ec2.amazonaws.com', accountId: o.accountId };
+  const e = ec2Event(ev.eventName, ev.time, ev.eventName === 'VolumeImpaired' || ev.eventName === 'VolumeRecovered', o);
   e.requestParameters = { volumeId: ev.volumeId, ...(ev.principal && !o.caller ? { principal: ev.principal } : {}) };
   if (ev.details) e.additionalEventData = safeDetails(ev.details);
   e.resources = [{ accountId: o.accountId, type: 'AWS::EC2::Volume', ARN: `arn:aws:ec2:${o.region}:${o.accountId}:volume/${ev.volumeId}` }];
@@ -100,7 +87,31 @@ export function throttledEvent(r: RefusalSummary, o: { accountId: string; region
 }
 
 /** Details from the volume layer are ids, sizes and flags; keep only scalars, never anything token-like. */
-function safeDetails(d: Record<string, unknown>): Record<string, unknown> {
+/**
+ * The part every EC2 event shares (volumes, snapshots): eventSource
+ * ec2.amazonaws.com, the caller's identity, or EC2's own for what the service
+ * does by itself (`service`: an AwsServiceEvent).
+ */
+export function ec2Event(eventName: string, time: string, service: boolean, o: { accountId: string; region: string; caller?: Caller }): Record<string, unknown> {
+  const e = buildEvent({
+    eventName,
+    ...(o.caller ? { caller: o.caller } : {}),
+    accountId: o.accountId,
+    region: o.region,
+    requestId: randomUUID(),
+    eventId: randomUUID(),
+    resources: [],
+    readOnly: false,
+    time: Date.parse(time) || Date.now(),
+    eventType: service ? 'AwsServiceEvent' : 'AwsApiCall',
+  });
+  e.eventSource = 'ec2.amazonaws.com';
+  if (!o.caller) e.userIdentity = { type: 'AWSService', invokedBy: 'ec2.amazonaws.com', accountId: o.accountId };
+  return e;
+}
+
+/** Scalar details only, and never a member that could hold a token, key, blob or plaintext. */
+export function safeDetails(d: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(d)) {
     if (/token|key$|blob|plaintext/i.test(k) && k !== 'kmsKeyId') continue;

@@ -1,5 +1,4 @@
-import { randomUUID } from 'node:crypto';
-import { buildEvent } from '../kms/audit/event.js';
+import { ec2Event, safeDetails } from './audit-events.js';
 import type { Caller } from '../kms/types.js';
 import type { SnapshotAuditEvent, SnapshotManager } from '../snapshot/snapshot-manager.js';
 import { SNAPSHOT_FILTER_NAMES, page, toEc2Snapshot, type Ec2Snapshot } from '../snapshot/snapshot-view.js';
@@ -173,27 +172,9 @@ export class SnapshotApi {
 
 /** A CloudTrail-shaped event for a snapshot operation or state change (eventSource ec2.amazonaws.com). */
 export function snapshotEvent(ev: SnapshotAuditEvent & { time: string }, o: { accountId: string; region: string; caller?: Caller }): Record<string, unknown> {
-  const service = ev.eventName === 'SnapshotCompleted' || ev.eventName === 'SnapshotFailed';
-  const e = buildEvent({
-    eventName: ev.eventName,
-    ...(o.caller ? { caller: o.caller } : {}),
-    accountId: o.accountId,
-    region: o.region,
-    requestId: randomUUID(),
-    eventId: randomUUID(),
-    resources: [],
-    readOnly: false,
-    time: Date.parse(ev.time) || Date.now(),
-    eventType: service ? 'AwsServiceEvent' : 'AwsApiCall',
-  });
-  e.eventSource = 'ec2.amazonaws.com';
-  if (!o.caller) e.userIdentity = { type: 'AWSService', invokedBy: 'ec2.amazonaws.com', accountId: o.accountId };
+  const e = ec2Event(ev.eventName, ev.time, ev.eventName === 'SnapshotCompleted' || ev.eventName === 'SnapshotFailed', o);
   e.requestParameters = { snapshotId: ev.snapshotId, ...(ev.volumeId ? { volumeId: ev.volumeId } : {}) };
-  if (ev.details) {
-    const d: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(ev.details)) if (v === null || ['string', 'number', 'boolean'].includes(typeof v)) d[k] = v;
-    e.additionalEventData = d;
-  }
+  if (ev.details) e.additionalEventData = safeDetails(ev.details);
   e.resources = [
     { accountId: o.accountId, type: 'AWS::EC2::Snapshot', ARN: `arn:aws:ec2:${o.region}::snapshot/${ev.snapshotId}` },
     ...(ev.volumeId ? [{ accountId: o.accountId, type: 'AWS::EC2::Volume', ARN: `arn:aws:ec2:${o.region}:${o.accountId}:volume/${ev.volumeId}` }] : []),
