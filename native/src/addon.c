@@ -1,8 +1,8 @@
 /*
  * ebsd native addon entry point: batch AES-256-XTS over runs of data units
  * (xts.c, on libgcrypt), control-socket peer credentials (peercred.c), non-blocking
- * positioned I/O for the volume data path (io.c) and the daemon's state-dir lock
- * (flock.c).
+ * positioned I/O for the volume data path (io.c), the daemon's state-dir lock
+ * (flock.c) and early writeback of a restored image (writeback.c).
  */
 #include "ebsd_native.h"
 
@@ -71,6 +71,7 @@ static napi_value init(napi_env env, napi_value exports) {
   NAPI_CALL(env, ebsd_init_peercred(env, exports));
   NAPI_CALL(env, ebsd_init_io(env, exports));
   NAPI_CALL(env, ebsd_init_flock(env, exports));
+  NAPI_CALL(env, ebsd_init_writeback(env, exports));
   return exports;
 }
 

@@ -67,6 +67,14 @@ export interface NativeAddon extends NativeIo {
    * `errno` and `syscall` on any other failure (EBADF, ENOLCK, ...).
    */
   flockExclusive(fd: number): boolean;
+  /**
+   * sync_file_range(fd, pos, len, SYNC_FILE_RANGE_WRITE) on the libuv pool
+   * (native/src/writeback.c): starts writing the range's dirty pages to the
+   * device without waiting for them. No durability promise (fdatasync still
+   * owes that). Rejects like node:fs (code, errno, syscall). Absent in an
+   * addon built before writeback.c.
+   */
+  startWriteback?(fd: number, pos: number, len: number): Promise<void>;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -140,6 +148,10 @@ function pickIo(a: NativeAddon | null): NativeIo | null {
 
 /** The addon's I/O functions, or null (addon missing or too old): every I/O then takes the libuv pool. */
 export const nativeIo: NativeIo | null = pickIo(loaded.addon);
+
+/** The addon's startWriteback, or null (addon missing or built before it): then the final fdatasync writes everything. */
+export const startWriteback: ((fd: number, pos: number, len: number) => Promise<void>) | null =
+  loaded.addon && typeof loaded.addon.startWriteback === 'function' ? loaded.addon.startWriteback.bind(loaded.addon) : null;
 
 export function isNativeAvailable(): boolean {
   return nativeAddon !== null;
