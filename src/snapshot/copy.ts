@@ -14,11 +14,15 @@ import { VolumeError } from '../volume/errors.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
 import type { BlockPin } from './gc.js';
 import { reencryptBlock } from './reencrypt.js';
-import { checkedSnapshot, forEachBlock, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
+import { checkedSnapshot, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
+import { pipeBlocks } from './block-pipeline.js';
+import { sha256HexOffLoop } from '../util/sha256.js';
 import { dataEncryptionKeyId } from './volume-image.js';
 import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
+/** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
+const PUTS_AT_ONCE = 4;
 
 export interface CopySnapshotRequest {
   SourceSnapshotId: string;
@@ -54,8 +58,8 @@ export interface SnapshotCopierOptions {
   hold?: (snapshotId: string) => () => void;
   onAudit?: (ev: CopyAuditEvent) => void;
   logger?: Logger;
-  /** Blocks in flight; default 4. */
-  concurrency?: number;
+  /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 8. */
+  window?: number;
 }
 
 /**
@@ -253,24 +257,7 @@ export class SnapshotCopier {
       const headerHash = sha256(header);
       pins.push(await this.o.pin([headerHash]));
       await this.o.store.putBlock(headerHash, header);
-      const out = new Map<number, BlockHash>();
-      const total = snap.manifest.blocks.length;
-      let done = 0;
-      let shown = 0;
-      await forEachBlock(this.o.store, snap.manifest, this.o.concurrency ?? 4, async (index, data) => {
-        await reencryptBlock(from, to, data, index);
-        const hash = sha256(data);
-        pins.push(await this.o.pin([hash]));
-        await this.o.store.putBlock(hash, data);
-        out.set(index, hash);
-        done++;
-        // Progress in the manifest: every 10 %, not per block (each write is a store round trip).
-        const pct = Math.floor((done * 100) / Math.max(1, total));
-        if (pct >= shown + 10 && pct < 100) {
-          shown = pct;
-          await this.o.store.putManifest({ ...m, progress: pct });
-        }
-      });
+      const out = await this.storeReencrypted(snap, m, from, to, pins);
       m.blocks = [...out.entries()].sort((a, b) => a[0] - b[0]);
       m.header = headerHash;
       m.encrypted = true;
@@ -283,6 +270,73 @@ export class SnapshotCopier {
       from?.destroy();
       to?.destroy();
     }
+  }
+
+  /**
+   * The source's blocks through the restore's pipeline (docs/architecture.md
+   * §14.4): read and checked by the store, re-encrypted and hashed (SHA-256
+   * on the libuv pool) `window` blocks ahead, then pinned and stored, a few
+   * puts at once; through one BlockBatch when the store offers it (one wait
+   * for the disk, every block durable before the completed manifest names
+   * it), else one durable putBlock each. Returns index -> new hash.
+   */
+  private async storeReencrypted(snap: OpenedSnapshot, m: SnapshotManifest, from: XtsContext | null, to: XtsContext | null, pins: BlockPin[]): Promise<Map<number, BlockHash>> {
+    const store = this.o.store;
+    const batch = store.openBlockBatch?.();
+    const out = new Map<number, BlockHash>();
+    const hashes = new Map<number, BlockHash>();
+    const total = snap.manifest.blocks.length;
+    const puts = new Set<Promise<void>>();
+    let failure: unknown;
+    let done = 0;
+    let shown = 0;
+    const putOne = async (index: number, data: Buffer): Promise<void> => {
+      const hash = hashes.get(index)!;
+      hashes.delete(index);
+      pins.push(await this.o.pin([hash]));
+      // Touched, not only looked up: another daemon's collector spares it until our manifest names it.
+      if (!(await (store.touchBlock ? store.touchBlock(hash) : Promise.resolve(false)))) await (batch ? batch.put(hash, data) : store.putBlock(hash, data));
+      out.set(index, hash);
+      done++;
+      // Progress in the manifest: every 10 %, not per block (each write is a store round trip).
+      const pct = Math.floor((done * 100) / Math.max(1, total));
+      if (pct >= shown + 10 && pct < 100) {
+        shown = pct;
+        await store.putManifest({ ...m, progress: pct });
+      }
+    };
+    try {
+      await pipeBlocks({
+        store,
+        manifest: snap.manifest,
+        window: this.o.window,
+        transform: async (index, data) => {
+          await reencryptBlock(from, to, data, index);
+          hashes.set(index, await sha256HexOffLoop(data));
+        },
+        sink: {
+          put: async (index, data) => {
+            if (failure !== undefined) throw failure;
+            const p: Promise<void> = putOne(index, data)
+              .catch((e) => {
+                failure ??= e;
+              })
+              .finally(() => puts.delete(p));
+            puts.add(p);
+            while (puts.size >= PUTS_AT_ONCE) await Promise.race(puts);
+            if (failure !== undefined) throw failure;
+          },
+        },
+      });
+      while (puts.size) await Promise.all(puts);
+      if (failure !== undefined) throw failure;
+      await batch?.commit();
+    } catch (e) {
+      while (puts.size) await Promise.allSettled(puts);
+      await batch?.abort().catch(() => {});
+      throw e;
+    }
+    return out;
   }
 }
 

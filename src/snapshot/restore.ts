@@ -309,26 +309,6 @@ export async function unwrapSnapshotKey(ks: KeyService, snap: OpenedSnapshot, vi
   return key;
 }
 
-/** Runs `fn` on every block of the manifest, `concurrency` at a time, in index order of start. */
-export async function forEachBlock(store: SnapshotStore, m: SnapshotManifest, concurrency: number, fn: (index: number, data: Buffer) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed: unknown;
-  const worker = async (): Promise<void> => {
-    while (failed === undefined && next < m.blocks.length) {
-      const [index, hash] = m.blocks[next++]!;
-      try {
-        const data = await store.getBlock(hash);
-        if (data.length > SNAPSHOT_BLOCK_BYTES) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${index} of ${m.snapshotId} is ${data.length} bytes, more than ${SNAPSHOT_BLOCK_BYTES}`);
-        await fn(index, data);
-      } catch (e) {
-        failed ??= e;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
-  if (failed !== undefined) throw failed;
-}
-
 function corrupt(m: SnapshotManifest, why: string): SnapshotError {
   return new SnapshotError('SNAPSHOT_CORRUPT', `Snapshot '${m.snapshotId}' cannot be read: ${why}`);
 }
