@@ -5,7 +5,7 @@ import { atomicWrite } from '../util/atomic-write.js';
 import { readTextIfExists } from '../util/read-if-exists.js';
 import { parseStateJson } from '../util/state-json.js';
 import { BlockBitmap } from './block-bitmap.js';
-import type { CowSession } from './cow-session.js';
+import type { CowSession, SyncRawReader } from './cow-session.js';
 
 /**
  * What a volume's changed-block tracking says when a snapshot starts
@@ -75,8 +75,8 @@ export class TrackingFiles {
 /**
  * The write gate of an attached volume (src/volume/write-gate.ts): records
  * every written 512 KiB block (changed-block tracking) and, while a
- * snapshot of the volume runs, holds back writes to blocks it has not
- * copied yet until the CowSession has their old bytes.
+ * snapshot of the volume runs, holds back a write to sectors of blocks it
+ * has not copied yet until the CowSession has their old bytes.
  *
  * It opens only once the dirty mark is durable (`ready`): a write that
  * passed before could be missing from the tracking after a crash.
@@ -111,11 +111,11 @@ export class ChangeTracker implements WriteGate {
     return this.armError;
   }
 
-  tryPass(pos: number, len: number): boolean {
+  tryPass(pos: number, len: number, readNow?: SyncRawReader): boolean {
     if (this.arming) return false;
     const r = BlockBitmap.blocksOf(pos, len);
     if (!r) return true;
-    if (this.cow?.mustWait(r[0], r[1])) return false;
+    if (this.cow && !this.cow.tryPass(pos, len, readNow)) return false;
     this.record(r[0], r[1]);
     return true;
   }
@@ -126,7 +126,7 @@ export class ChangeTracker implements WriteGate {
     if (!r) return;
     this.record(r[0], r[1]);
     const cow = this.cow;
-    if (cow) await cow.beforeWrite(r[0], r[1]);
+    if (cow) await cow.beforeWrite(pos, len);
   }
 
   private record(first: number, last: number): void {

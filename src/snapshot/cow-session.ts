@@ -1,119 +1,276 @@
+import type { SyncRawReader } from '../volume/write-gate.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 import { BlockBitmap } from './block-bitmap.js';
+import { COW_SECTOR, CowSpill } from './cow-spill.js';
+import { SnapshotError } from './errors.js';
 
-/** Reads a 512 KiB block of the raw data segment (ciphertext for an encrypted volume) into a new buffer. */
-export type RawBlockReader = (index: number) => Promise<Buffer>;
+/** Reads the raw on-disk bytes [pos, pos + len) of the data segment (ciphertext for an encrypted volume) into `into`. */
+export type RawReader = (pos: number, len: number, into: Buffer) => Promise<void>;
+export type { SyncRawReader };
+
+const PER_BLOCK = SNAPSHOT_BLOCK_BYTES / COW_SECTOR;
+
+export interface CowSessionOptions {
+  /** Captured sectors kept in memory at most; beyond, they go to the spill file. Default 64 MiB. */
+  maxMemoryBytes?: number;
+  /** The spill file's path (under the state dir); opened only if the cap is reached. Without it, memory is not capped. */
+  spillPath?: string;
+}
 
 /**
- * Copy-on-write for one snapshot of an attached volume (docs/architecture.md
- * §12.2). Holds the blocks the snapshot still has to copy, as they were at
- * its point in time. A write to such a block first has the block read (its
- * old on-disk bytes kept here for the copier), then proceeds; the copier
- * takes blocks that a write captured before anything else, so captured
- * memory stays bounded; writes to other blocks are not held at all.
+ * Per block with captured sectors, per sector of it: undefined = not captured
+ * (no write has reached it since the point in time), null = a capture read is
+ * in flight (writes to it wait), a Buffer = its point-in-time bytes in memory,
+ * a number = its slot in the spill file.
+ */
+type SectorOld = Buffer | number | null | undefined;
+interface BlockCow {
+  old: SectorOld[];
+  /** Capture reads in flight in this block. */
+  reads: Set<Promise<void>>;
+  /** The copier has read the block: the session dropped it, late captures are discarded. */
+  dropped: boolean;
+}
+
+/**
+ * Copy-on-write at write granularity for one snapshot of an attached volume
+ * (docs/architecture.md §12.2).
  *
- * Invariant: a block is in at most one of `pending`, `reading`, `captured`;
- * while it is in `pending` or `reading`, no write to it reaches the disk
- * (the gate keeps it back), so what the copier gets is the point-in-time
- * content.
+ * Before a write reaches the disk, the old on-disk bytes of each 4 KiB
+ * sector it overwrites are captured, if the sector lies in a block the
+ * snapshot has not copied yet and no earlier write captured it: the first
+ * write's old bytes are the point-in-time ones. A write waits only for its
+ * own capture read (none at all on the page-cache path, tryPass with a
+ * SyncRawReader), never for the copier. When the copier reaches a block
+ * (take), it reads the whole block as it is now and patches the captured
+ * sectors back in. Captured sectors beyond `maxMemoryBytes` go to a spill
+ * file (CowSpill). Reads of the volume are not involved at all.
+ *
+ * Invariant: what take(i) returns equals the on-disk bytes of block i at
+ * the point in time. Why: a write to a sector of a block still `pending`
+ * passes the gate only once that sector's old bytes are captured (tryPass
+ * answers false, beforeWrite waits while a capture is in flight). take(i)
+ * reads the block, then, in the same turn of the event loop as that read's
+ * completion, drops the block from `pending` and patches in every sector
+ * captured by then. A patched sector holds bytes read before any write to
+ * it passed; every other sector had no write pass before the read ended, so
+ * the read saw its point-in-time bytes (a capture still in flight then is
+ * discarded: its write is still held, and the read's bytes are the same).
  */
 export class CowSession {
   private readonly pending = new BlockBitmap();
   private pendingCount = 0;
-  private readonly reading = new Map<number, Promise<void>>();
-  private readonly captured = new Map<number, Buffer>();
-  /** Resolvers of writes waiting for captured memory to drain. */
-  private drainWaiters: (() => void)[] = [];
+  private readonly blocks = new Map<number, BlockCow>();
+  /** Blocks with captured sectors not yet handed to the copier, in capture order. */
+  private readonly queue = new Set<number>();
+  /** Blocks nextCaptured() handed out or take() started: never queued again. */
+  private readonly handed = new BlockBitmap();
+  private memBytes = 0;
+  private readonly maxMemoryBytes: number;
+  private readonly spill: CowSpill | undefined;
   private failed: unknown;
-  /** Blocks read by a write before the copier reached them (for the log and tests). */
-  cowReads = 0;
+  /** Writes seen by the session: the copier's pacing watches it (cow-pacer.ts). */
+  writes = 0;
+  /** Sectors captured (each once), and how many of them went to the spill file. */
+  capturedSectors = 0;
+  spilledSectors = 0;
 
-  constructor(
-    indexes: Iterable<number>,
-    private readonly read: RawBlockReader,
-    /** At most this many bytes of captured blocks wait for the copier; further writes to uncopied blocks wait. */
-    private readonly maxCapturedBytes = 64 * 1024 * 1024,
-  ) {
+  constructor(indexes: Iterable<number>, private readonly read: RawReader, o: CowSessionOptions = {}) {
     for (const i of indexes) {
+      if (this.pending.has(i)) continue;
       this.pending.add(i);
       this.pendingCount++;
     }
+    this.maxMemoryBytes = o.maxMemoryBytes ?? 64 * 1024 * 1024;
+    this.spill = o.spillPath ? new CowSpill(o.spillPath) : undefined;
   }
 
-  /** True if a write to blocks [first, last] must wait (some block not yet copied). */
-  mustWait(first: number, last: number): boolean {
-    if (this.pendingCount === 0 && this.reading.size === 0) return false;
-    for (let i = first; i <= last; i++) if (this.pending.has(i) || this.reading.has(i)) return true;
-    return false;
+  /** Bytes of captured sectors held in memory now. */
+  get memoryBytes(): number {
+    return this.memBytes;
   }
 
-  /** Before a write of blocks [first, last]: capture each uncopied one. Rejects if the capture read fails (the write fails). */
-  async beforeWrite(first: number, last: number): Promise<void> {
-    for (let i = first; i <= last; i++) {
-      if (this.pending.has(i)) {
-        while (this.capturedBytes() >= this.maxCapturedBytes && !this.failed) await new Promise<void>((r) => this.drainWaiters.push(r));
-        if (this.pending.has(i)) {
-          this.cowReads++;
-          this.claim(i);
-        }
-      }
-      const r = this.reading.get(i);
-      if (r) await r;
-    }
+  /** The spill file's size at its largest, in bytes. */
+  get spillBytes(): number {
+    return (this.spill?.highWater ?? 0) * COW_SECTOR;
   }
 
   /**
-   * The copier's next block: one a write captured, else undefined (the
-   * copier then goes on in index order with take()).
+   * The gate's synchronous check for a write of [pos, pos + len): true when
+   * it may go to the disk now. With `readNow`, sectors to capture are read
+   * from the page cache here; false means "call beforeWrite() and wait".
+   */
+  tryPass(pos: number, len: number, readNow?: SyncRawReader): boolean {
+    this.writes++;
+    if (this.pendingCount === 0 || len <= 0) return true;
+    const s0 = Math.floor(pos / COW_SECTOR);
+    const s1 = Math.ceil((pos + len) / COW_SECTOR);
+    let need = false;
+    for (let s = s0; s < s1; s++) {
+      const b = Math.floor(s / PER_BLOCK);
+      if (!this.pending.has(b)) {
+        s = (b + 1) * PER_BLOCK - 1;
+        continue;
+      }
+      const v = this.blocks.get(b)?.old[s - b * PER_BLOCK];
+      if (v === null) return false; // another write's capture is in flight
+      if (v === undefined) need = true;
+    }
+    if (!need) return true;
+    if (!readNow) return false;
+    const buf = Buffer.allocUnsafeSlow((s1 - s0) * COW_SECTOR);
+    if (!readNow(buf, s0 * COW_SECTOR)) return false;
+    for (let s = s0; s < s1; s++) {
+      const b = Math.floor(s / PER_BLOCK);
+      if (!this.pending.has(b)) continue;
+      const st = this.blockCow(b);
+      const k = s - b * PER_BLOCK;
+      if (st.old[k] === undefined) this.keep(b, st, k, buf, (s - s0) * COW_SECTOR, s1 - s0 === 1);
+    }
+    return true;
+  }
+
+  /**
+   * Before a write of [pos, pos + len): captures the old bytes of the
+   * sectors it overwrites that still need it, and waits for those reads
+   * (and for other writes' captures of the same sectors). A failed capture
+   * read fails the snapshot, not the write.
+   */
+  async beforeWrite(pos: number, len: number): Promise<void> {
+    this.writes++;
+    if (this.pendingCount === 0 || len <= 0) return;
+    const s0 = Math.floor(pos / COW_SECTOR);
+    const s1 = Math.ceil((pos + len) / COW_SECTOR);
+    const waits: Promise<void>[] = [];
+    for (let b = Math.floor(s0 / PER_BLOCK); b * PER_BLOCK < s1; b++) {
+      if (!this.pending.has(b)) continue;
+      const st = this.blockCow(b);
+      const k0 = Math.max(s0 - b * PER_BLOCK, 0);
+      const k1 = Math.min(s1 - b * PER_BLOCK, PER_BLOCK);
+      let inflightHere = false;
+      for (let k = k0; k < k1; k++) if (st.old[k] === null) inflightHere = true;
+      if (inflightHere) waits.push(...st.reads);
+      // Claim each run of uncaptured sectors and read it.
+      for (let k = k0; k < k1; ) {
+        if (st.old[k] !== undefined) {
+          k++;
+          continue;
+        }
+        let e = k;
+        while (e < k1 && st.old[e] === undefined) st.old[e++] = null;
+        waits.push(this.capture(b, st, k, e - k));
+        k = e;
+      }
+    }
+    if (waits.length) await Promise.all(waits);
+  }
+
+  /**
+   * The copier's next block: one with captured sectors (taking it frees
+   * them), else undefined (the copier goes on in index order). A block is
+   * handed out once.
    */
   nextCaptured(): number | undefined {
-    for (const i of this.captured.keys()) return i;
+    for (const i of this.queue) {
+      this.queue.delete(i);
+      if (this.pending.has(i) && !this.handed.has(i)) {
+        this.handed.add(i);
+        return i;
+      }
+    }
     return undefined;
   }
 
-  /** The point-in-time bytes of block `i`, read now unless a write captured them; undefined if `i` is not part of this snapshot or was taken. */
+  /**
+   * The point-in-time bytes of block `i` (see the class comment); undefined
+   * if `i` is not part of this snapshot or was taken already.
+   */
   async take(i: number): Promise<Buffer | undefined> {
-    if (this.pending.has(i)) this.claim(i);
-    const r = this.reading.get(i);
-    if (r) await r;
     if (this.failed) throw this.failed;
-    const buf = this.captured.get(i);
-    if (!buf) return undefined;
-    this.captured.delete(i);
-    this.wakeDrainWaiters();
+    if (!this.pending.has(i)) return undefined;
+    this.handed.add(i);
+    this.queue.delete(i);
+    const buf = Buffer.allocUnsafeSlow(SNAPSHOT_BLOCK_BYTES);
+    await this.read(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
+    if (this.failed) throw this.failed;
+    if (!this.pending.has(i)) return undefined; // taken twice: the caller's bug, never silently wrong
+    // Same turn as the read's completion: from here writes to block i pass at once.
+    this.pending.delete(i);
+    this.pendingCount--;
+    const st = this.blocks.get(i);
+    if (!st) return buf;
+    this.blocks.delete(i);
+    st.dropped = true;
+    const slots: [k: number, slot: number][] = [];
+    for (let k = 0; k < PER_BLOCK; k++) {
+      const v = st.old[k];
+      if (Buffer.isBuffer(v)) {
+        v.copy(buf, k * COW_SECTOR);
+        this.memBytes -= COW_SECTOR;
+      } else if (typeof v === 'number') {
+        slots.push([k, v]);
+      }
+    }
+    try {
+      for (const [k, slot] of slots) await this.spill!.get(slot, buf, k * COW_SECTOR);
+    } finally {
+      for (const [, slot] of slots) this.spill!.release(slot);
+    }
+    if (this.spill?.error) this.fail(this.spill.error);
+    if (this.failed) throw this.failed;
     return buf;
   }
 
-  /** Ends the session: releases every waiting write (an aborted snapshot no longer needs old bytes). */
-  end(): void {
-    for (const i of [...this.pending.indexes()]) this.pending.delete(i);
+  /** Ends the session: every write passes from now on, captured sectors are freed, the spill file closed. */
+  async end(): Promise<void> {
+    this.fail(new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the snapshot ended'));
+    await this.spill?.close();
+  }
+
+  private blockCow(b: number): BlockCow {
+    let st = this.blocks.get(b);
+    if (!st) {
+      st = { old: new Array<SectorOld>(PER_BLOCK), reads: new Set(), dropped: false };
+      this.blocks.set(b, st);
+    }
+    return st;
+  }
+
+  /** Reads sectors [k, k + n) of block b (claimed: null) and keeps them. */
+  private capture(b: number, st: BlockCow, k: number, n: number): Promise<void> {
+    const buf = Buffer.allocUnsafeSlow(n * COW_SECTOR);
+    const r = this.read(b * SNAPSHOT_BLOCK_BYTES + k * COW_SECTOR, n * COW_SECTOR, buf).then(
+      () => {
+        if (st.dropped || this.failed) return;
+        for (let j = 0; j < n; j++) this.keep(b, st, k + j, buf, j * COW_SECTOR, n === 1);
+      },
+      (e: unknown) => this.fail(e),
+    ).finally(() => st.reads.delete(r));
+    st.reads.add(r);
+    return r;
+  }
+
+  /** Keeps sector k of block b, the 4 KiB at buf[off]; `whole` when buf is that sector alone (kept as is, not copied). */
+  private keep(b: number, st: BlockCow, k: number, buf: Buffer, off: number, whole: boolean): void {
+    const sector = whole ? buf : Buffer.from(buf.subarray(off, off + COW_SECTOR));
+    this.capturedSectors++;
+    if (this.spill && this.memBytes + COW_SECTOR > this.maxMemoryBytes) {
+      st.old[k] = this.spill.put(sector);
+      this.spilledSectors++;
+    } else {
+      st.old[k] = sector;
+      this.memBytes += COW_SECTOR;
+    }
+    if (!this.handed.has(b)) this.queue.add(b);
+  }
+
+  /** The snapshot cannot complete: release every write, free what was captured. */
+  private fail(e: unknown): void {
+    this.failed ??= e;
+    for (const st of this.blocks.values()) st.dropped = true;
+    this.blocks.clear();
+    this.queue.clear();
     this.pendingCount = 0;
-    this.captured.clear();
-    this.failed ??= new Error('snapshot ended');
-    this.wakeDrainWaiters();
-  }
-
-  private claim(i: number): void {
-    this.pending.delete(i);
-    this.pendingCount--;
-    const r = this.read(i).then(
-      (buf) => {
-        if (!this.failed) this.captured.set(i, buf);
-      },
-      (e: unknown) => {
-        this.failed ??= e;
-      },
-    ).finally(() => this.reading.delete(i));
-    this.reading.set(i, r);
-  }
-
-  private capturedBytes(): number {
-    return this.captured.size * SNAPSHOT_BLOCK_BYTES;
-  }
-
-  private wakeDrainWaiters(): void {
-    const w = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const r of w) r();
+    this.memBytes = 0;
   }
 }

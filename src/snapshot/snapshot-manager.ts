@@ -98,6 +98,11 @@ export class SnapshotManager {
     this.log = (o.logger ?? silentLogger).child({ component: 'snapshot' });
   }
 
+  /** Where copy-on-write sessions spill captured sectors beyond their memory cap: `<local>/cow`. */
+  private get cowDir(): string {
+    return join(this.o.localDir, 'cow');
+  }
+
   get store(): SnapshotStore {
     return this.o.store;
   }
@@ -121,6 +126,8 @@ export class SnapshotManager {
    */
   async recover(): Promise<string[]> {
     const settled: string[] = [];
+    // Copy-on-write spill files are nameless while in use (cow-spill.ts); one left here by a crash right after its open is garbage.
+    await fsp.rm(this.cowDir, { recursive: true, force: true });
     for (const name of await fsp.readdir(this.pendingDir)) {
       if (!/^snap-[0-9a-f]{17}$/.test(name)) continue;
       const m = await this.o.store.getManifest(name);
@@ -257,9 +264,10 @@ export class SnapshotManager {
   private async pointInTimeAttached(v: VolumeForSnapshot, src: SnapshotSource, parent: SnapshotManifest | undefined, nBlocks: number, run: RunningCreate): Promise<SnapshotPlan> {
     const t = this.trackers.get(v.volumeId)!;
     await t.ready();
+    const readRaw = (pos: number, len: number, into: Buffer): Promise<void> => src.readRaw(pos, len, into);
     const read = async (i: number): Promise<Buffer> => {
       const buf = Buffer.allocUnsafeSlow(SNAPSHOT_BLOCK_BYTES);
-      await src.readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
+      await readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
       return buf;
     };
     let plan: SnapshotPlan | undefined;
@@ -268,7 +276,7 @@ export class SnapshotManager {
       const before = t.begin((b) => {
         const incremental = parent !== undefined && b.base === parent.snapshotId;
         const indexes = incremental ? [...b.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
-        const cow = new CowSession(indexes, read);
+        const cow = new CowSession(indexes, readRaw, { spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
         run.cow = cow;
         plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i), nextFirst: () => cow.nextCaptured(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => cow.end() };
         return cow;
@@ -362,7 +370,7 @@ export class SnapshotManager {
       await this.o.store.putManifest(done);
       await plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowReads: run.cow?.cowReads ?? 0, copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1) },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
@@ -447,7 +455,7 @@ export class SnapshotManager {
     const runs = [...this.running.values()];
     for (const r of runs) {
       r.abort = new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
-      r.cow?.end();
+      void r.cow?.end();
     }
     // The copy notices the abort at its next block and records the snapshot `error`.
     await Promise.allSettled([...this.jobs]);

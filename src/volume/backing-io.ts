@@ -95,6 +95,9 @@ export class BackingIo {
     return this.fd >= 0;
   }
 
+  /** The gate's view of the bytes a write is about to replace: page cache only, on the loop (WriteGate.tryPass). */
+  private readonly readNow = (into: Buffer, pos: number): boolean => this.readCached(into, 0, into.length, pos) === into.length;
+
   /** The gate every later write passes (null: none). */
   setGate(gate: WriteGate | null): void {
     this.gate = gate;
@@ -156,7 +159,7 @@ export class BackingIo {
     try {
       if (this.caps.write !== false) {
         if (!passed) {
-          if (!this.gate!.tryPass(pos, buf.length)) return -1;
+          if (!this.gate!.tryPass(pos, buf.length, this.readNow)) return -1;
           passed = true;
         }
         const n = nativeIo!.pwriteNowait(this.fd, buf, 0, buf.length, at);
@@ -166,7 +169,7 @@ export class BackingIo {
       }
       if (!this.syncWriteOk || buf.length > SYNC_WRITE_MAX || !syncWriteGuard.allowed()) return passed ? 0 : -1;
       if (!passed) {
-        if (!this.gate!.tryPass(pos, buf.length)) return -1;
+        if (!this.gate!.tryPass(pos, buf.length, this.readNow)) return -1;
         passed = true;
       }
       const n = nativeIo!.pwriteTimed(this.fd, buf, 0, buf.length, at, writeStats);

@@ -5,13 +5,19 @@
  * write-behind). Positions are data-segment byte offsets (0 = first data
  * byte), lengths in bytes; one call may span several 512 KiB snapshot blocks.
  */
+/** Fills `into` with the on-disk bytes of the data segment at `pos` without leaving the event loop (page cache), or answers false (`into` then means nothing). */
+export type SyncRawReader = (into: Buffer, pos: number) => boolean;
+
 export interface WriteGate {
   /**
    * Synchronous check for the device's fast paths: true when a write of
    * [pos, pos + len) may go to the disk now. A true answer has recorded the
    * write (changed-block tracking); false means "call pass() and wait".
+   * `readNow`, when the device has a page-cache path, lets the gate read the
+   * bytes about to be overwritten without leaving the event loop (a
+   * snapshot's copy-on-write capture).
    */
-  tryPass(pos: number, len: number): boolean;
+  tryPass(pos: number, len: number, readNow?: SyncRawReader): boolean;
   /**
    * Resolves once the write may go ahead (e.g. the blocks it touches were
    * copied for a snapshot under way), having recorded it. Rejects only if the

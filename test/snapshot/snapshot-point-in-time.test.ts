@@ -126,7 +126,7 @@ describe('snapshot of an attached volume under write load', () => {
     expect(cutLo, `no single point in time: sectors need a cut >= ${cutLo} and <= ${cutHi}`).toBeLessThanOrEqual(cutHi);
     expect(Math.max(cutLo, lo), `cut [${cutLo}, ${cutHi}] vs acknowledged-before-request ${lo}, issued-after-answer > ${hi}`).toBeLessThanOrEqual(Math.min(cutHi, hi));
     const done = env.daemonLog().split('\n').find((l) => l.includes(id) && l.includes('snapshot completed'));
-    console.log(`writes ${writes.length}, request/answer window [${lo}, ${hi}], cut [${cutLo}, ${cutHi}]; ${done?.match(/"cowReads":\d+/)?.[0]}`);
+    console.log(`writes ${writes.length}, request/answer window [${lo}, ${hi}], cut [${cutLo}, ${cutHi}]; ${done?.match(/"cowSectors":\d+/)?.[0]}`);
   }, 90_000);
 
   it('an ext4 frozen around create restores (same key) to a filesystem that passes e2fsck -fn and holds the files of that moment', async () => {
