@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { sha256HexOffLoop } from '../util/sha256.js';
 import type { BlockBatch, BlockHash, SnapshotStore } from './types.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 
@@ -70,7 +70,8 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
       if (buf.equals(ZERO_BLOCK)) {
         zeroBlocks++;
       } else {
-        const hash = createHash('sha256').update(buf).digest('hex');
+        // On libuv's pool: 512 KiB of SHA-256 does not hold the loop that serves FUSE (docs/benchmarks.md, "Snapshots").
+        const hash = await sha256HexOffLoop(buf);
         try {
           await p.pin?.(hash);
           // Touched, not only looked up: another daemon's collector spares it until a manifest of ours names it.

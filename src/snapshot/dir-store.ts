@@ -1,26 +1,29 @@
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir, removeAtomicWriteTemps } from '../util/atomic-write.js';
 import { SnapshotError } from './errors.js';
 import { checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
+import { PackSet, sha256Hex } from './pack-store.js';
 import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
 
 /**
  * The default SnapshotStore: a directory (`<state>/snapshots`) holding
- * `blocks/<2 hex>/<sha256>` and `manifests/<snap-id>.json` (docs/architecture.md §13).
- * Every object is written with atomicWrite (temp, fsync, rename, fsync dir),
- * so a crash leaves an object whole or absent, and a block is durable before
- * any manifest that names it is written. A block read back is hashed before
- * it is handed out: a changed byte on disk is SNAPSHOT_CORRUPT, never data.
+ * `blocks/<2 hex>/<sha256>` (putBlock: one file per block),
+ * `packs/<id>.pack` + `packs/<id>.idx` (openBlockBatch: a snapshot's blocks
+ * in one file, src/snapshot/pack-store.ts) and `manifests/<snap-id>.json`
+ * (docs/architecture.md §13, §13.4). Every block file, index and manifest is
+ * written with atomicWrite (temp, fsync, rename, fsync dir), so a crash
+ * leaves an object whole or absent, and a block is durable before any
+ * manifest that names it is written. A block read back is hashed before it
+ * is handed out: a changed byte on disk is SNAPSHOT_CORRUPT, never data.
  */
 export class DirSnapshotStore implements CollectableStore {
   readonly location: string;
   private readonly blocksDir: string;
   private readonly manifestsDir: string;
+  private packs!: PackSet;
 
   private constructor(readonly dir: string) {
     this.location = `dir:${dir}`;
@@ -42,6 +45,7 @@ export class DirSnapshotStore implements CollectableStore {
       await removeAtomicWriteTemps(s.blocksDir, { depth: 1 });
       await removeAtomicWriteTemps(s.manifestsDir);
     }
+    s.packs = await PackSet.open(join(dir, 'packs'), opts);
     return s;
   }
 
@@ -77,80 +81,47 @@ export class DirSnapshotStore implements CollectableStore {
   }
 
   /**
-   * A snapshot's blocks with one wait for the disk: put() writes a temp file
-   * (named as atomicWrite names them, so open({removeTemps}) clears what a
-   * crash leaves); commit() fsyncs them all, several at once, renames each to
-   * its hash and fsyncs each directory once. A block is never visible under
-   * its hash before its bytes are durable, so hasBlock never finds a block a
-   * crash could have left empty. Measured against fsync per block:
-   * docs/benchmarks.md ("Snapshots").
+   * A snapshot's blocks with one wait for the disk, in one pack file
+   * (src/snapshot/pack-store.ts): sequential writes, one fdatasync, then the
+   * pack's index; a block is never visible before its bytes are durable.
+   * Measured against a file per block: docs/benchmarks.md ("Snapshots").
    */
   openBlockBatch(): BlockBatch {
-    const pending: { tmp: string; final: string; dir: string }[] = [];
-    const newDirs = new Set<string>();
-    const each = async <T>(items: T[], fn: (x: T) => Promise<unknown>): Promise<void> => {
-      let i = 0;
-      const worker = async (): Promise<void> => {
-        while (i < items.length) await fn(items[i++]!);
-      };
-      await Promise.all(Array.from({ length: Math.min(16, items.length) }, worker));
-    };
-    return {
-      put: async (hash, data) => {
-        const final = this.blockPath(hash);
-        const dir = join(this.blocksDir, hash.slice(0, 2));
-        try {
-          await fsp.mkdir(dir, { mode: 0o700 });
-          newDirs.add(dir);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw this.fail('create', dir, e);
-        }
-        const tmp = join(dir, `.${hash}.${randomBytes(6).toString('hex')}.tmp`);
-        try {
-          await fsp.writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
-        } catch (e) {
-          throw this.fail('write', tmp, e);
-        }
-        pending.push({ tmp, final, dir });
-      },
-      commit: async () => {
-        const batch = pending.splice(0);
-        await each(batch, async (b) => {
-          const fh = await fsp.open(b.tmp, 'r');
-          try {
-            await fh.sync();
-          } finally {
-            await fh.close();
-          }
-        });
-        await each(batch, (b) => fsp.rename(b.tmp, b.final));
-        if (newDirs.size) await fsyncDir(this.blocksDir);
-        await each([...new Set(batch.map((b) => b.dir))], (d) => fsyncDir(d));
-        newDirs.clear();
-      },
-      abort: async () => {
-        for (const b of pending.splice(0)) await fsp.rm(b.tmp, { force: true });
-      },
-    };
+    return this.packs.openBatch((what, path, e) => this.fail(what, path, e));
   }
 
+  /**
+   * From a pack when one holds it, else from its block file. A damaged copy
+   * in a pack falls back to a block file of the same hash if there is one
+   * (putBlock writes one even when a pack holds the block).
+   */
   async getBlock(hash: BlockHash): Promise<Buffer> {
     const p = this.blockPath(hash);
+    let packed: SnapshotError | undefined;
+    if (!this.packs.has(hash)) await this.packs.refresh();
+    try {
+      const data = await this.packs.read(hash);
+      if (data) return data;
+    } catch (e) {
+      if (!(e instanceof SnapshotError)) throw this.fail('read', this.packs.locate(hash)?.path ?? this.packs.dir, e);
+      packed = e;
+    }
     let data: Buffer;
     try {
       data = await fsp.readFile(p);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
+        throw packed ?? new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
       }
       throw this.fail('read', p, e);
     }
-    const got = createHash('sha256').update(data).digest('hex');
-    if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${p} reads back as ${data.length} bytes hashing to ${got}`);
+    const got = await sha256Hex(data);
+    if (got !== hash) throw packed ?? new SnapshotError('SNAPSHOT_CORRUPT', `block ${p} reads back as ${data.length} bytes hashing to ${got}`);
     return data;
   }
 
   async hasBlock(hash: BlockHash): Promise<boolean> {
+    if (this.packs.has(hash)) return true;
     try {
       await fsp.access(this.blockPath(hash));
       return true;
@@ -162,6 +133,7 @@ export class DirSnapshotStore implements CollectableStore {
 
   async touchBlock(hash: BlockHash): Promise<boolean> {
     const p = this.blockPath(hash);
+    if (await this.packs.touch(hash)) return true;
     try {
       const now = new Date();
       await fsp.utimes(p, now, now);
@@ -173,10 +145,12 @@ export class DirSnapshotStore implements CollectableStore {
   }
 
   async blockModifiedMs(hash: BlockHash): Promise<number | undefined> {
+    const packed = this.packs.modifiedMs(hash);
     try {
-      return (await fsp.stat(this.blockPath(hash))).mtimeMs;
+      const loose = (await fsp.stat(this.blockPath(hash))).mtimeMs;
+      return packed === undefined ? loose : Math.max(loose, packed);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return packed;
       throw this.fail('stat', this.blockPath(hash), e);
     }
   }
@@ -184,18 +158,37 @@ export class DirSnapshotStore implements CollectableStore {
   /**
    * Not fsynced: a delete lost to a crash leaves an orphan the next sweep
    * frees; a manifest's delete is (deleteManifest), since it must be durable
-   * before its blocks go.
+   * before its blocks go. A packed block is freed in its pack, which goes
+   * with its last block (src/snapshot/pack-store.ts).
    */
   async deleteBlock(hash: BlockHash): Promise<void> {
     await fsp.rm(this.blockPath(hash), { force: true });
+    await this.packs.free([hash]);
+  }
+
+  /** deleteBlock of many: each pack's index is rewritten once, not once per block (src/snapshot/gc.ts calls it). */
+  async deleteBlocks(hashes: BlockHash[]): Promise<void> {
+    let i = 0;
+    const worker = async (): Promise<void> => {
+      while (i < hashes.length) await fsp.rm(this.blockPath(hashes[i++]!), { force: true });
+    };
+    await Promise.all(Array.from({ length: Math.min(16, hashes.length) }, worker));
+    await this.packs.free(hashes);
   }
 
   async *listBlocks(): AsyncIterable<BlockHash> {
     for await (const b of this.listBlocksWithAge()) yield b.hash;
   }
 
-  /** Every block with its mtime: the collector's age (src/snapshot/gc.ts). */
+  /** Every block with its mtime (a packed block: its pack index's): the collector's age (src/snapshot/gc.ts). */
   async *listBlocksWithAge(): AsyncIterable<BlockWithAge> {
+    await this.packs.refresh();
+    const loose = new Set<BlockHash>();
+    yield* this.listLooseBlocks(loose);
+    for (const b of this.packs.list()) if (!loose.has(b.hash)) yield b;
+  }
+
+  private async *listLooseBlocks(seen: Set<BlockHash>): AsyncIterable<BlockWithAge> {
     for (const sub of (await fsp.readdir(this.blocksDir)).sort()) {
       if (!/^[0-9a-f]{2}$/.test(sub)) continue;
       let names: string[];
@@ -209,7 +202,9 @@ export class DirSnapshotStore implements CollectableStore {
         if (!isBlockHash(name)) continue;
         try {
           const st = await fsp.stat(join(this.blocksDir, sub, name));
-          yield { hash: name, modifiedMs: st.mtimeMs };
+          seen.add(name);
+          const packed = this.packs.modifiedMs(name);
+          yield { hash: name, modifiedMs: packed === undefined ? st.mtimeMs : Math.max(packed, st.mtimeMs) };
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // deleted since the readdir
         }

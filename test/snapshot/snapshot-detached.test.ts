@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { api, asUid, detachWhenClosed, refusal, settled, type UidCallResult } from './helpers.js';
+import { storedBlockBytes, storedBlockSet } from './stored-blocks.js';
 
 /**
  * CreateSnapshot / DescribeSnapshots / DeleteSnapshot of a detached volume
@@ -59,11 +60,11 @@ describe('snapshots of a detached volume', () => {
     const image = readFileSync(join(env.state, 'volumes', `${vol}.img`));
     for (const [i, h] of m.blocks as [number, string][]) {
       const disk = image.subarray(DATA_OFFSET + i * B, DATA_OFFSET + (i + 1) * B);
-      const stored = readFileSync(join(env.state, 'snapshots', 'blocks', h.slice(0, 2), h));
+      const stored = await storedBlockBytes(env.state, h);
       expect(stored.equals(disk)).toBe(true);
       expect(createHash('sha256').update(stored).digest('hex')).toBe(h);
     }
-    const header = readFileSync(join(env.state, 'snapshots', 'blocks', m.header.slice(0, 2), m.header));
+    const header = await storedBlockBytes(env.state, m.header);
     expect(header.equals(image.subarray(0, DATA_OFFSET))).toBe(true);
     expect(header.subarray(0, 6).toString('latin1')).toBe('LUKS\xba\xbe');
 
@@ -183,7 +184,8 @@ describe('snapshots of a detached volume', () => {
     const next = await settled(env, (await call('CreateSnapshot', { VolumeId: vol })).SnapshotId);
     expect(next.State).toBe('completed');
     const nm = manifestOf(next.SnapshotId);
-    for (const h of [nm.header, ...nm.blocks.map((b: [number, string]) => b[1])]) expect(existsSync(join(env.state, 'snapshots', 'blocks', h.slice(0, 2), h)), h).toBe(true);
+    const present = await storedBlockSet(env.state);
+    for (const h of [nm.header, ...nm.blocks.map((b: [number, string]) => b[1])]) expect(present.has(h), h).toBe(true);
     await call('DeleteSnapshot', { SnapshotId: s.SnapshotId });
   }, 90_000);
 });

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { Env, ensureBuilt, sh } from '../e2e/helpers.js';
 import { api, detachWhenClosed, refusal, settled } from './helpers.js';
+import { storedBlockSet } from './stored-blocks.js';
 
 /**
  * Incremental snapshots with changed-block tracking (docs/architecture.md
@@ -23,10 +24,7 @@ describe('incremental snapshots of an attached encrypted volume', () => {
   const call = api(env);
   let vol = '';
   const manifest = (id: string): Manifest => JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${id}.json`), 'utf8'));
-  const storedBlocks = (): Set<string> => {
-    const dir = join(env.state, 'snapshots', 'blocks');
-    return new Set(readdirSync(dir).flatMap((d) => readdirSync(join(dir, d)).filter((n) => /^[0-9a-f]{64}$/.test(n))));
-  };
+  const storedBlocks = (): Promise<Set<string>> => storedBlockSet(env.state);
   /** The daemon's `snapshot completed` line, logged just after the manifest says completed: polled for. */
   const completedLog = async (id: string): Promise<Record<string, unknown>> => {
     for (let i = 0; i < 400; i++) {
@@ -65,7 +63,7 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     const m1 = manifest(s1);
     expect(m1.blocks).toHaveLength(512);
     expect(m1.changedBlocks).toBe(512);
-    const n1 = storedBlocks().size; // 512 blocks + the header area
+    const n1 = (await storedBlocks()).size; // 512 blocks + the header area
 
     // 1 MiB rewritten at 100 MiB: blocks 200 and 201.
     await rewrite('1M', 100);
@@ -74,7 +72,7 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     expect(m2.parentSnapshotId).toBe(s1);
     expect(m2.changedBlocks).toBe(2);
     expect(diff(m1, m2)).toEqual([200, 201]);
-    expect(storedBlocks().size).toBe(n1 + 2);
+    expect((await storedBlocks()).size).toBe(n1 + 2);
     expect(await completedLog(s2)).toMatchObject({ incremental: true, blocksRead: 2, blocksStored: 2 });
 
     // A clean restart keeps the tracking: the next snapshot reads one block.
@@ -118,10 +116,10 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     const live = (ids: string[]): string[] => ids.filter((id) => existsSync(join(env.state, 'snapshots', 'manifests', `${id}.json`)));
     const referenced = (ids: string[]): Set<string> => new Set(live(ids).flatMap((id) => [manifest(id).header, ...manifest(id).blocks.map((b) => b[1])]));
     await call('DeleteSnapshot', { SnapshotId: s1 });
-    expect(storedBlocks()).toEqual(referenced([s2, s3, s4]));
-    if (del !== undefined) expect(storedBlocks().size).toBe(n1 + 3 - 2);
+    expect(await storedBlocks()).toEqual(referenced([s2, s3, s4]));
+    if (del !== undefined) expect((await storedBlocks()).size).toBe(n1 + 3 - 2);
     await call('DeleteSnapshot', { SnapshotId: s2 });
-    expect(storedBlocks()).toEqual(referenced([s3, s4]));
-    if (del !== undefined) expect(storedBlocks().size).toBe(n1);
+    expect(await storedBlocks()).toEqual(referenced([s3, s4]));
+    if (del !== undefined) expect((await storedBlocks()).size).toBe(n1);
   }, 180_000);
 });
