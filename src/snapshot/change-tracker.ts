@@ -105,6 +105,11 @@ export class ChangeTracker implements WriteGate {
     );
   }
 
+  /** The snapshot the tracking is relative to (undefined: unknown); read after ready(). */
+  get base(): string | undefined {
+    return this.state.base;
+  }
+
   /** Resolves once the gate is open; the error, if the tracking file could not be read or marked (tracking then starts unknown). */
   async ready(): Promise<unknown> {
     await this.arming;

@@ -21,6 +21,8 @@ import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
  */
 export class DirSnapshotStore implements CollectableStore {
   readonly location: string;
+  /** The daemon's state-dir lock keeps other writers out (docs/architecture.md §13.4). */
+  readonly singleWriter = true;
   private readonly blocksDir: string;
   private readonly manifestsDir: string;
   private packs!: PackSet;

@@ -53,6 +53,8 @@ export interface PackedBlock {
 }
 
 const PACK_ID = /^[0-9a-f]{16}$/;
+/** A batch's pack is fdatasync'd in the background each time this much more was written. */
+const EARLY_SYNC_BYTES = 64 * 1024 * 1024;
 /** Hashing a block this size or larger goes to libuv's pool; smaller ones are cheaper on the loop. */
 const OFF_LOOP_BYTES = 64 * 1024;
 
@@ -293,15 +295,38 @@ export class PackSet {
    * start a new pack.
    */
   openBatch(fail: (what: string, path: string, e: unknown) => SnapshotError): BlockBatch {
-    let cur: { id: string; fh: Promise<FileHandle>; size: number; blocks: Map<BlockHash, { offset: number; length: number }>; writes: Promise<unknown>[] } | undefined;
-    const start = (): NonNullable<typeof cur> => {
+    type Open = {
+      id: string;
+      fh: Promise<FileHandle>;
+      size: number;
+      blocks: Map<BlockHash, { offset: number; length: number }>;
+      writes: Promise<unknown>[];
+      /** Bytes written when the last early fdatasync began, the one under way, and the first failure (commit throws it). */
+      syncedAt: number;
+      syncing?: Promise<void>;
+      syncError?: unknown;
+    };
+    let cur: Open | undefined;
+    const start = (): Open => {
       const id = randomBytes(8).toString('hex');
       const fh = fsp.open(this.packPath(id), 'wx', 0o600);
       fh.catch(() => {});
-      return (cur = { id, fh, size: 0, blocks: new Map(), writes: [] });
+      return (cur = { id, fh, size: 0, blocks: new Map(), writes: [], syncedAt: 0 });
     };
-    const discard = async (c: NonNullable<typeof cur>): Promise<void> => {
+    // An fdatasync every EARLY_SYNC_BYTES while the batch is written, one at a time, so the
+    // disk writes the pack while blocks are still read and hashed and commit's fdatasync
+    // finds little left (docs/benchmarks.md, "Snapshots"). Only commit's counts for durability.
+    const syncEarly = (c: Open, fh: FileHandle): void => {
+      if (c.syncing || c.size - c.syncedAt < EARLY_SYNC_BYTES) return;
+      c.syncedAt = c.size;
+      c.syncing = fh.datasync().then(
+        () => { c.syncing = undefined; },
+        (e: unknown) => { c.syncError ??= e; c.syncing = undefined; },
+      );
+    };
+    const discard = async (c: Open): Promise<void> => {
       await Promise.allSettled(c.writes);
+      await c.syncing;
       await (await c.fh.catch(() => undefined))?.close().catch(() => {});
       await fsp.rm(this.packPath(c.id), { force: true });
     };
@@ -317,6 +342,7 @@ export class PackSet {
           const fh = await c.fh;
           let done = 0;
           while (done < data.length) done += (await fh.write(data, done, data.length - done, at.offset + done)).bytesWritten;
+          syncEarly(c, fh);
         })();
         c.writes.push(w);
         try {
@@ -334,6 +360,9 @@ export class PackSet {
           await Promise.all(c.writes);
           const fh = await c.fh;
           try {
+            await c.syncing;
+            // An early fdatasync that failed may have dropped dirty pages: the pack is not trusted.
+            if (c.syncError) throw c.syncError;
             await fh.datasync();
           } finally {
             await fh.close();

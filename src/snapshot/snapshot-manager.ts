@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes, createHash } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { sha256HexOffLoop } from '../util/sha256.js';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import type { BlockDevice } from '../volume/types.js';
@@ -23,6 +24,10 @@ import type { BlockPin, SnapshotGc } from './gc.js';
 const GiB = 1024 ** 3;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
 const PROGRESS_STEPS = 10;
+/** On a single-writer store, progress is recorded at most once per this many milliseconds. */
+const PROGRESS_MIN_MS = 1000;
+/** Volumes whose last header area is kept to skip hashing an unchanged one (at most 16 MiB each). */
+const HEADER_CACHE_VOLUMES = 4;
 
 /** What the snapshot manager takes from the volume layer (VolumeManager implements it). */
 export interface SnapshotVolumes {
@@ -93,6 +98,8 @@ export class SnapshotManager {
   private closing = false;
   /** Creates under way, accepted or not: close() waits for them. */
   private readonly jobs = new Set<Promise<unknown>>();
+  /** The last header area hashed per volume (headerHash). */
+  private readonly headerCache = new Map<string, { bytes: Buffer; hash: BlockHash }>();
 
   private constructor(private readonly o: SnapshotManagerOptions, private readonly tracking: TrackingFiles, private readonly pendingDir: string) {
     this.log = (o.logger ?? silentLogger).child({ component: 'snapshot' });
@@ -251,8 +258,21 @@ export class SnapshotManager {
     return Promise.race([answer, done.then(() => answer)]);
   }
 
-  /** The latest completed snapshot of the volume under the same data key, if any: the parent for an incremental. */
+  /**
+   * The parent for an incremental (docs/architecture.md §12.3): the
+   * tracking's base when it is a completed snapshot of this volume under the
+   * same data key (one manifest read: the changed blocks are relative to it,
+   * so it is the one an incremental can use); otherwise the latest such
+   * snapshot, found by listing every manifest (the snapshot then reads every
+   * block, which costs far more than the listing).
+   */
   private async parentOf(volumeId: string, dek: string | undefined): Promise<SnapshotManifest | undefined> {
+    const t = this.trackers.get(volumeId);
+    const base = t ? ((await t.ready()), t.base) : (await this.tracking.load(volumeId).catch(() => undefined))?.base;
+    if (base) {
+      const m = await this.o.store.getManifest(base).catch(() => undefined);
+      if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return m;
+    }
     let best: SnapshotManifest | undefined;
     for (const m of await this.o.store.listManifests()) {
       if (m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) continue;
@@ -307,8 +327,10 @@ export class SnapshotManager {
   private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate): Promise<void> {
     const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
     let recorded = 0;
+    let lastRecordMs = performance.now();
     let progressWrite: Promise<void> = Promise.resolve();
     let batch: BlockBatch | undefined;
+    let headerStored: Promise<BlockHash> | undefined;
     try {
       const inherited = new Map<number, BlockHash>();
       if (plan.incremental && parent) {
@@ -322,11 +344,18 @@ export class SnapshotManager {
       }
       // A collector of another daemon sharing the store spares what a manifest names, pending ones too:
       // name the inherited blocks now and the blocks found in the store at each progress step (docs/architecture.md §13.3).
-      if (inherited.size) await this.o.store.putManifest({ ...m, blocks: sortBlocks(inherited) });
-      const headerHash = createHash('sha256').update(header).digest('hex');
-      run.pins.push(await this.o.gc.pin([headerHash]));
+      // A store only this daemon collects (the directory store) has the pins taken above instead.
+      if (inherited.size && !this.o.store.singleWriter) await this.o.store.putManifest({ ...m, blocks: sortBlocks(inherited) });
       batch = this.o.store.openBlockBatch?.();
-      if (!(await (this.o.store.touchBlock ? this.o.store.touchBlock(headerHash) : Promise.resolve(false)))) await (batch ? batch.put(headerHash, header) : this.o.store.putBlock(headerHash, header));
+      const b = batch;
+      // The header area (16 MiB for LUKS2) is hashed on libuv's pool while the blocks are copied.
+      headerStored = (async (): Promise<BlockHash> => {
+        const h = await this.headerHash(m.volumeId, header);
+        run.pins.push(await this.o.gc.pin([h]));
+        if (!(await (this.o.store.touchBlock ? this.o.store.touchBlock(h) : Promise.resolve(false)))) await (b ? b.put(h, header) : this.o.store.putBlock(h, header));
+        return h;
+      })();
+      headerStored.catch(() => {});
       const t0 = performance.now();
       const res = await copyBlocks({
         ...(batch ? { batch } : {}),
@@ -337,9 +366,13 @@ export class SnapshotManager {
         pin: async (h) => void run.pins.push(await this.o.gc.pin([h])),
         aborted: () => run.abort,
         onProgress: (done, total, sofar) => {
-          // Bounded: one manifest write per tenth, never two at once.
+          // Bounded: one manifest write per tenth, never two at once; on a store only this daemon
+          // collects, where the write only reports Progress, not before a second has passed since
+          // the last (a small incremental is done before anyone could watch it).
           const step = Math.floor((done / total) * PROGRESS_STEPS);
+          if (this.o.store.singleWriter && performance.now() - lastRecordMs < PROGRESS_MIN_MS) return;
           if (step > recorded && step < PROGRESS_STEPS) {
+            lastRecordMs = performance.now();
             recorded = step;
             const progress = Math.min(99, Math.floor((done / total) * 100));
             const blocks = sortBlocks(new Map([...inherited, ...sofar]));
@@ -347,6 +380,7 @@ export class SnapshotManager {
           }
         },
       });
+      const headerHash = await headerStored;
       const t1 = performance.now();
       await batch?.commit();
       const t2 = performance.now();
@@ -375,6 +409,8 @@ export class SnapshotManager {
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
     } catch (e) {
+      // The header's put may still be under way: the batch is dropped after it, not beside it.
+      await headerStored?.catch(() => {});
       await batch?.abort().catch(() => {});
       plan.rollback();
       const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
@@ -386,6 +422,32 @@ export class SnapshotManager {
     } finally {
       await plan.close().catch(() => {});
     }
+  }
+
+  /**
+   * SHA-256 of a volume's header area, from the cache when the bytes equal
+   * the last ones hashed for that volume. The cache holds one header per
+   * volume, so a header that changed (a resize, a new token, anything any
+   * writer did below dataOffset) is never mistaken for the old one; a
+   * byte comparison is exact and costs a memcmp, where SHA-256 of 16 MiB
+   * costs tens of milliseconds of a core (docs/benchmarks.md, "Snapshots").
+   */
+  private async headerHash(volumeId: string, header: Buffer): Promise<BlockHash> {
+    const c = this.headerCache.get(volumeId);
+    if (c && c.bytes.equals(header)) {
+      this.headerCache.delete(volumeId);
+      this.headerCache.set(volumeId, c);
+      return c.hash;
+    }
+    const hash = await sha256HexOffLoop(header);
+    // The most recent few volumes only: each entry holds its header area (16 MiB for LUKS2).
+    this.headerCache.delete(volumeId);
+    this.headerCache.set(volumeId, { bytes: header, hash });
+    for (const k of this.headerCache.keys()) {
+      if (this.headerCache.size <= HEADER_CACHE_VOLUMES) break;
+      this.headerCache.delete(k);
+    }
+    return hash;
   }
 
   // ---- DescribeSnapshots / DeleteSnapshot ---------------------------------

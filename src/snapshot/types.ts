@@ -73,6 +73,13 @@ export interface SnapshotManifest {
 export interface SnapshotStore {
   /** For status and errors: `dir:/var/lib/ebsd/snapshots` or `s3://bucket/prefix`. */
   readonly location: string;
+  /**
+   * True when only this daemon writes and collects the store (the directory
+   * store, under the state-dir lock): the collector's pins alone protect a
+   * create's blocks, and a pending manifest need not name them for another
+   * host's collector (src/snapshot/snapshot-manager.ts). Absent: shared.
+   */
+  readonly singleWriter?: boolean;
   /** Stores `data` under `hash` (the caller computed it); durable when it resolves; a present block is left as it is. */
   putBlock(hash: BlockHash, data: Uint8Array): Promise<void>;
   /** The block's bytes; throws SnapshotError `SNAPSHOT_BLOCK_NOT_FOUND` when absent. */
