@@ -98,7 +98,7 @@ try {
   for (let r = 0; r < RUNS; r++) {
     const s = await snapshot();
     full.push(s.ms);
-    fullSplit.push(completedLog(s.id));
+    fullSplit.push(s.id);
     await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
     const copy = join(dir, 'copy.img');
     let t = performance.now();
@@ -125,7 +125,7 @@ try {
     }
     const s = await snapshot();
     incr.push(s.ms);
-    incrSplit.push(completedLog(s.id));
+    incrSplit.push(s.id);
     const mm = manifest(s.id);
     if (mm.changedBlocks > Math.ceil(nBlocks / 100)) throw new Error(`incremental changed ${mm.changedBlocks} blocks`);
   }
@@ -177,8 +177,8 @@ try {
     fioIopsDuringSnapshots: Math.round(withSnap),
     snapshotsDuringFio: during,
     fioRatio: +(withSnap / alone).toFixed(2),
-    fullSplit: fullSplit.map((l) => ({ copyMs: l.copyMs, durableMs: l.durableMs })),
-    incrementalSplit: incrSplit.map((l) => ({ blocksRead: l.blocksRead, copyMs: l.copyMs, durableMs: l.durableMs })),
+    fullSplit: fullSplit.map(completedLog).map((l) => ({ startMs: l.startMs, copyMs: l.copyMs, durableMs: l.durableMs, manifestMs: l.manifestMs })),
+    incrementalSplit: incrSplit.map(completedLog).map((l) => ({ blocksRead: l.blocksRead, startMs: l.startMs, copyMs: l.copyMs, durableMs: l.durableMs, manifestMs: l.manifestMs })),
   };
   if (args.includes('--json')) console.log(JSON.stringify(res));
   else {

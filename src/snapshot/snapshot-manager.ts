@@ -79,6 +79,8 @@ interface RunningCreate {
   pins: BlockPin[];
   abort: unknown;
   cow?: CowSession;
+  /** performance.now() when CreateSnapshot arrived: the log's split of the snapshot's time. */
+  startedMs: number;
 }
 
 /**
@@ -194,6 +196,7 @@ export class SnapshotManager {
     if (this.closing) return Promise.reject(new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' }));
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const startTime = new Date().toISOString();
+    const startedMs = performance.now();
     let accepted: (s: Ec2Snapshot) => void = () => {};
     const answer = new Promise<Ec2Snapshot>((res) => (accepted = res));
     let isAccepted = false;
@@ -230,7 +233,7 @@ export class SnapshotManager {
       await fsp.writeFile(join(this.pendingDir, snapshotId), '', { mode: 0o600 });
       await this.o.store.putManifest(m);
       faultPoint('snapshot.after-pending');
-      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined };
+      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs };
       this.running.set(snapshotId, run);
       try {
         const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId);
@@ -402,9 +405,10 @@ export class SnapshotManager {
       };
       // Every block is durable (putBlock resolved); now the manifest that names them.
       await this.o.store.putManifest(done);
+      const t3 = performance.now();
       await plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1) },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
