@@ -265,6 +265,7 @@ export class KmsListener {
         ...(form.get('RoleArn') !== null ? { RoleArn: form.get('RoleArn')! } : {}),
         ...(form.get('RoleSessionName') !== null ? { RoleSessionName: form.get('RoleSessionName')! } : {}),
         ...(form.get('DurationSeconds') !== null ? { DurationSeconds: form.get('DurationSeconds')! } : {}),
+        ...(form.get('ExternalId') !== null ? { ExternalId: form.get('ExternalId')! } : {}),
       };
       let r: Record<string, unknown> | undefined;
       let err: unknown;

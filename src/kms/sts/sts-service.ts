@@ -14,12 +14,18 @@ import { SigV4Error } from '../sigv4/errors.js';
 import type { Credential, CredentialSource } from '../sigv4/verifier.js';
 import { newAccessKeyId, type AccessKeyStore } from './access-keys.js';
 import type { TrustPolicies } from './trust-policies.js';
+import type { ContextValue } from '../authz/conditions.js';
+import { AssumeRoleContext, type AssumeRoleParams } from './assume-role-context.js';
 
 /** AssumeRole DurationSeconds: AWS's bounds (15 min to 12 h), default 1 h. */
 export const MIN_SESSION_S = 900;
 export const MAX_SESSION_S = 43_200;
 export const DEFAULT_SESSION_S = 3_600;
 const TOKEN_VERSION = 1;
+/** AssumeRole ExternalId (STS API Reference, AssumeRole): 2 to 1224 characters of this set. */
+export const EXTERNAL_ID_MIN = 2;
+export const EXTERNAL_ID_MAX = 1224;
+const EXTERNAL_ID_RE = /^[\w+=,.@:/-]*$/;
 
 /** The token's clear part. `iat` (issue time, ms) is absent from tokens issued before the audit carried a session context. */
 interface SessionMeta { v: number; id: string; role: string; session: string; exp: number; iat?: number }
@@ -39,8 +45,13 @@ export class StsService {
     private readonly keys: AccessKeyStore,
     private readonly trust: TrustPolicies,
     private readonly hsm: Hsm,
-    /** Do the caller's identity policies allow `action` on `resource`? (The account root: always.) */
-    private readonly identityAllows: (caller: Caller, action: string, resource: string) => boolean = () => false,
+    /**
+     * Do the caller's identity policies allow `action` on `resource`? (The account root: always.)
+     * `context`: the request's own condition keys (sts:ExternalId, ...), for their Conditions.
+     */
+    private readonly identityAllows: (caller: Caller, action: string, resource: string, context?: ReadonlyMap<string, ContextValue>) => boolean = () => false,
+    /** `secureTransport`: the listener speaks TLS, so aws:SecureTransport is true in trust-policy conditions. */
+    private readonly opts: { secureTransport?: boolean } = {},
   ) {}
 
   /** The SigV4 verifier's credential lookup. */
@@ -62,7 +73,7 @@ export class StsService {
     return { UserId: caller.principalId ?? caller.accountId, Account: caller.accountId, Arn: caller.arn };
   }
 
-  async assumeRole(caller: Caller, p: { RoleArn?: string; RoleSessionName?: string; DurationSeconds?: string }, now = Date.now()): Promise<Record<string, unknown>> {
+  async assumeRole(caller: Caller, p: AssumeRoleParams, now = Date.now()): Promise<Record<string, unknown>> {
     if (!p.RoleArn) throw new StsError('MissingParameter', 'The request must contain the parameter RoleArn');
     if (!p.RoleSessionName) throw new StsError('MissingParameter', 'The request must contain the parameter RoleSessionName');
     const m = /^arn:[\w-]+:iam::(\d{12}):role(?:\/.*)?\/([\w+=,.@-]+)$/.exec(p.RoleArn);
@@ -74,12 +85,14 @@ export class StsService {
     if (!Number.isInteger(duration) || duration < MIN_SESSION_S || duration > MAX_SESSION_S) {
       throw new StsError('ValidationError', `1 validation error detected: Value '${p.DurationSeconds}' at 'durationSeconds' failed to satisfy constraint: Member must have value between ${MIN_SESSION_S} and ${MAX_SESSION_S}`);
     }
+    if (p.ExternalId !== undefined) checkExternalId(p.ExternalId);
     const role = m[2]!;
     const notAuthorized = new StsError('AccessDenied', `User: ${caller.arn} is not authorized to perform: sts:AssumeRole on resource: ${p.RoleArn}`);
     if (m[1] !== this.ids.accountId || !this.ids.listRoles().some((r) => r.RoleName === role)) throw notAuthorized;
-    const trusted = this.trust.allows(role, caller, this.ids.rootArn);
+    const ctx = new AssumeRoleContext(caller, p.RoleArn, p, { secureTransport: this.opts.secureTransport === true, region: this.ids.region, roleAccount: m[1], now });
+    const trusted = this.trust.allows(role, caller, this.ids.rootArn, ctx);
     // Trust through the account only delegates: the caller's own policies must allow it too.
-    if (!trusted || (trusted === 'account' && !this.identityAllows(caller, 'sts:AssumeRole', p.RoleArn))) throw notAuthorized;
+    if (!trusted || (trusted === 'account' && !this.identityAllows(caller, 'sts:AssumeRole', p.RoleArn, ctx.extraKeys()))) throw notAuthorized;
     const session = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;
@@ -133,6 +146,17 @@ export class StsService {
       throw e;
     }
   }
+}
+
+/**
+ * STS API Reference, AssumeRole, ExternalId: length 2..1224, pattern `[\w+=,.@:/-]*`. The
+ * message leaves the value out, as AWS does for a member it treats as sensitive ("Value at").
+ */
+function checkExternalId(v: string): void {
+  const broken = v.length < EXTERNAL_ID_MIN ? `Member must have length greater than or equal to ${EXTERNAL_ID_MIN}`
+    : v.length > EXTERNAL_ID_MAX ? `Member must have length less than or equal to ${EXTERNAL_ID_MAX}`
+      : !EXTERNAL_ID_RE.test(v) ? 'Member must satisfy regular expression pattern: [\\w+=,.@:\\/-]*' : undefined;
+  if (broken) throw new StsError('ValidationError', `1 validation error detected: Value at 'externalId' failed to satisfy constraint: ${broken}`);
 }
 
 function u16(n: number): Buffer {
