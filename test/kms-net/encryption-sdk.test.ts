@@ -12,10 +12,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildClient, CommitmentPolicy, KmsKeyringNode, KMS, type MessageHeader } from '@aws-crypto/client-node';
-import { kmsUrl } from './helpers.js';
+import { KMS_ADMIN_POLICY, StandardChain, auditEvents, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
-
-const CRED_VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
 const MiB = 1 << 20;
 
 /** `n` bytes of AES-256-CTR keystream under sha256(seed): reproducible from the printed seed. */
@@ -37,7 +35,7 @@ function chunked(b: Buffer): Readable {
 
 describe('AWS Encryption SDK (client-node) with a KMS keyring against ebsd', () => {
   const env = new Env('esdk');
-  const saved = Object.fromEntries(CRED_VARS.map((k) => [k, process.env[k]]));
+  const chain = new StandardChain();
   const clients: KMS[] = [];
   const esdk = buildClient(CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT);
   let url = '';
@@ -48,11 +46,10 @@ describe('AWS Encryption SDK (client-node) with a KMS keyring against ebsd', () 
   let aliceKms: KMS;
   let bobKms: KMS;
 
-  const events = (): Record<string, any>[] => env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+  const events = (): Record<string, any>[] => auditEvents(env);
   /** The SDK's KMS client with credentials resolved once from the environment (the standard chain), then memoized. */
   const kmsFor = async (k: { AccessKeyId: string; SecretAccessKey: string }): Promise<KMS> => {
-    for (const v of CRED_VARS) delete process.env[v];
-    Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true', AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey });
+    chain.use(keyVars(k, url));
     const c = new KMS({});
     clients.push(c);
     expect((await c.config.credentials()).accessKeyId).toBe(k.AccessKeyId);
@@ -70,22 +67,17 @@ describe('AWS Encryption SDK (client-node) with a KMS keyring against ebsd', () 
 
   beforeAll(async () => {
     ensureBuilt();
-    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
-    url = await kmsUrl(env);
-    accountId = (await env.ok(['iam', 'create-user', 'alice'])).User.Arn.split(':')[4];
-    const admin = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] });
-    await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'admin', '--policy-document', admin]);
-    alice = (await env.ok(['iam', 'create-access-key', '--user-name', 'alice'])).AccessKey;
+    ({ url } = await startKmsDaemon(env));
+    ({ key: alice, accountId } = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin'));
     // bob has no policy of his own: whatever he may do with the key comes from a grant.
-    await env.ok(['iam', 'create-user', 'bob']);
-    bob = (await env.ok(['iam', 'create-access-key', '--user-name', 'bob'])).AccessKey;
+    ({ key: bob } = await makeAccessKey(env, 'bob'));
     aliceKms = await kmsFor(alice);
     bobKms = await kmsFor(bob);
     keyArn = (await aliceKms.createKey({ Description: 'esdk envelope key' })).KeyMetadata!.Arn!;
   });
   afterAll(async () => {
     for (const c of clients) c.destroy();
-    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    chain.restore();
     await env.cleanup();
   });
 

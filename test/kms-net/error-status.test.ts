@@ -15,7 +15,7 @@ import {
   KMSClient, CreateAliasCommand, CreateKeyCommand, DecryptCommand, DescribeKeyCommand, DisableKeyCommand, EncryptCommand,
   RotateKeyOnDemandCommand, ScheduleKeyDeletionCommand, type KMSServiceException,
 } from '@aws-sdk/client-kms';
-import { kmsUrl } from './helpers.js';
+import { KMS_ADMIN_POLICY, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { toWireError, KMS_ERROR_STATUS } from '../../src/daemon/aws-json.js';
 import { KmsError } from '../../src/kms/errors.js';
@@ -40,14 +40,9 @@ describe('KMS exceptions: HTTP status as AWS KMS answers them, through @aws-sdk/
     // An unreadable key record, there before the daemon loads its keystore.
     mkdirSync(join(env.state, 'kms', 'keys'), { recursive: true, mode: 0o700 });
     writeFileSync(join(env.state, 'kms', 'keys', `${BROKEN_KEY}.json`), '{ torn', { mode: 0o600 });
-    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
-    const url = await kmsUrl(env);
-    const kmsAll = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] });
-    await env.ok(['iam', 'create-user', 'admin']);
-    await env.ok(['iam', 'put-policy', 'user/admin', '--policy-name', 'kms', '--policy-document', kmsAll]);
-    await env.ok(['iam', 'create-user', 'nobody']);
-    admin = client((await env.ok(['iam', 'create-access-key', '--user-name', 'admin'])).AccessKey, url);
-    nobody = client((await env.ok(['iam', 'create-access-key', '--user-name', 'nobody'])).AccessKey, url);
+    const { url } = await startKmsDaemon(env);
+    admin = client((await makeAccessKey(env, 'admin', KMS_ADMIN_POLICY)).key, url);
+    nobody = client((await makeAccessKey(env, 'nobody')).key, url);
     for (const k of Object.keys(keys) as (keyof typeof keys)[]) keys[k] = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.KeyId!;
     await admin.send(new DisableKeyCommand({ KeyId: keys.disabled }));
     await admin.send(new ScheduleKeyDeletionCommand({ KeyId: keys.pending, PendingWindowInDays: 7 }));

@@ -1,4 +1,22 @@
-import type { Env } from '../e2e/helpers.js';
+/**
+ * Set-up the kms-net tests share, one function per concept: a KMS-only daemon
+ * with a listener (and, for HTTPS, a CA made with openssl), an IAM user with
+ * an access key, the standard credential chain (environment variables) for
+ * SDK clients, an environment for the Debian `aws` CLI, the audit events.
+ * Each test file still owns its `Env` (created in `describe`, cleaned up in
+ * `afterAll`), so cleanup runs on failure as before.
+ */
+import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { sh, type Env } from '../e2e/helpers.js';
+
+/** The Debian package (scripts/setup.sh installs it). */
+export const AWS_CLI = '/usr/bin/aws';
+export const REGION = 'us-east-1';
+
+/** `{"Statement":[Allow kms:* on *]}`, the policy most tests give their users and roles. */
+export const KMS_ADMIN_POLICY = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] });
 
 /** The listener URL from the daemon's ready line; polls, since the log file is written behind the ready event. */
 export async function kmsUrl(env: Env): Promise<string> {
@@ -8,4 +26,101 @@ export async function kmsUrl(env: Env): Promise<string> {
     await new Promise((r) => setTimeout(r, 25));
   }
   throw new Error(`no kmsUrl in the daemon log:\n${env.daemonLog()}`);
+}
+
+/** A test CA and a server certificate for localhost / 127.0.0.1 signed by it, in `dir`. */
+export async function makeTestCa(dir: string): Promise<{ ca: string; cert: string; key: string }> {
+  const ca = join(dir, 'ca');
+  const cert = join(dir, 'server.pem');
+  const key = join(dir, 'server.key');
+  await sh('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${ca}.key`, '-out', `${ca}.pem`, '-days', '1', '-subj', '/CN=ebsd test CA']);
+  await sh('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', join(dir, 'server.csr'), '-subj', '/CN=localhost']);
+  writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
+  await sh('openssl', ['x509', '-req', '-in', join(dir, 'server.csr'), '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', cert, '-days', '1', '-extfile', join(dir, 'ext.cnf')]);
+  return { ca: `${ca}.pem`, cert, key };
+}
+
+/**
+ * `ebsd daemon --kms-only --kms-listen 127.0.0.1:0` as a child of `env`; with `tls`, HTTPS with a
+ * certificate from a fresh test CA (`ca`: the CA's PEM file, for AWS_CA_BUNDLE / NODE_EXTRA_CA_CERTS).
+ */
+export async function startKmsDaemon(env: Env, o: { tls?: boolean } = {}): Promise<{ url: string; ca?: string }> {
+  if (!o.tls) {
+    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
+    return { url: await kmsUrl(env) };
+  }
+  const t = await makeTestCa(env.dir);
+  await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0', '--tls-cert', t.cert, '--tls-key', t.key]);
+  return { url: await kmsUrl(env), ca: t.ca };
+}
+
+export interface AccessKey { AccessKeyId: string; SecretAccessKey: string; UserName: string; Status: string; CreateDate: string }
+
+/**
+ * IAM user `name` (with the inline policy `policy`, named `policyName`, if given) and one access key,
+ * as `ebsd iam create-access-key` prints it. `arn` and `accountId` come from create-user.
+ */
+export async function makeAccessKey(env: Env, name: string, policy?: string, policyName = 'kms'): Promise<{ key: AccessKey; arn: string; accountId: string }> {
+  const arn = (await env.ok(['iam', 'create-user', name])).User.Arn as string;
+  if (policy !== undefined) await env.ok(['iam', 'put-policy', `user/${name}`, '--policy-name', policyName, '--policy-document', policy]);
+  const key = (await env.ok(['iam', 'create-access-key', '--user-name', name])).AccessKey as AccessKey;
+  return { key, arn, accountId: arn.split(':')[4]! };
+}
+
+/** Every variable of the standard credential chain a test may set; cleared before each use. */
+export const CRED_VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
+
+/**
+ * The SDK's standard chain, driven through process.env as a user's shell would: `use` clears every
+ * chain variable, disables the instance-metadata lookup and sets `vars`; `restore` puts back what
+ * the process had (call it in afterAll). A client built after `use` resolves from these variables.
+ */
+export class StandardChain {
+  private readonly saved = Object.fromEntries(CRED_VARS.map((k) => [k, process.env[k]]));
+
+  use(vars: Record<string, string>): void {
+    for (const k of CRED_VARS) delete process.env[k];
+    Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true' }, vars);
+  }
+
+  restore(): void {
+    for (const [k, v] of Object.entries(this.saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  }
+}
+
+/** The chain variables for an access key (or session credentials) against the listener at `url`. */
+export function keyVars(k: { AccessKeyId: string; SecretAccessKey: string; SessionToken?: string }, url: string): Record<string, string> {
+  return {
+    AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: REGION, AWS_ENDPOINT_URL: url,
+    ...(k.SessionToken ? { AWS_SESSION_TOKEN: k.SessionToken } : {}),
+  };
+}
+
+/**
+ * The environment for the `aws` CLI (and a child-process SDK) as a key's holder: credentials from
+ * variables, no config or credentials file of the machine's (HOME is `dir`), the CA trusted through
+ * AWS_CA_BUNDLE and NODE_EXTRA_CA_CERTS when given. `extra` overrides (a config file, a profile).
+ */
+export function awsCliEnv(dir: string, k: { AccessKeyId: string; SecretAccessKey: string } | undefined, o: { ca?: string; extra?: Record<string, string> } = {}): Record<string, string> {
+  return {
+    ...(k ? { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey } : {}),
+    AWS_DEFAULT_REGION: REGION, AWS_REGION: REGION, AWS_EC2_METADATA_DISABLED: 'true',
+    AWS_CONFIG_FILE: join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: join(dir, 'none'), HOME: dir,
+    ...(o.ca ? { AWS_CA_BUNDLE: o.ca, NODE_EXTRA_CA_CERTS: o.ca } : {}),
+    ...o.extra,
+  };
+}
+
+/** The audit log's events, parsed. */
+export function auditEvents(env: Env): Record<string, any>[] {
+  return env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+}
+
+/** node:crypto as @smithy/signature-v4's hash (its Checksum interface), for the reference signer. */
+export class Sha256 {
+  private h: Hash | Hmac;
+  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
+  update(d: Uint8Array | string): void { this.h.update(d); }
+  async digest(): Promise<Uint8Array> { return this.h.digest(); }
+  reset(): void {}
 }

@@ -7,10 +7,8 @@ import { writeFileSync, readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { kmsUrl } from './helpers.js';
-import { Env, ensureBuilt, run, sh, ROOT } from '../e2e/helpers.js';
-
-const AWS = '/usr/bin/aws'; // the Debian package (scripts/setup.sh installs it)
+import { AWS_CLI as AWS, auditEvents, awsCliEnv, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { Env, ensureBuilt, run, ROOT } from '../e2e/helpers.js';
 
 describe('KMS over HTTPS: awscli and the SDK', () => {
   const env = new Env('kmshttps');
@@ -24,23 +22,11 @@ describe('KMS over HTTPS: awscli and the SDK', () => {
 
   beforeAll(async () => {
     ensureBuilt();
-    const d = env.dir;
-    const ca = join(d, 'ca');
-    await sh('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${ca}.key`, '-out', `${ca}.pem`, '-days', '1', '-subj', '/CN=ebsd test CA']);
-    await sh('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(d, 'server.key'), '-out', join(d, 'server.csr'), '-subj', '/CN=localhost']);
-    writeFileSync(join(d, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
-    await sh('openssl', ['x509', '-req', '-in', join(d, 'server.csr'), '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', join(d, 'server.pem'), '-days', '1', '-extfile', join(d, 'ext.cnf')]);
-    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0', '--tls-cert', join(d, 'server.pem'), '--tls-key', join(d, 'server.key')]);
-    url = await kmsUrl(env);
+    const started = await startKmsDaemon(env, { tls: true });
+    url = started.url;
     expect(url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
-    await env.ok(['iam', 'create-user', 'ops']);
-    await env.ok(['iam', 'put-policy', 'user/ops', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
-    const k = (await env.ok(['iam', 'create-access-key', '--user-name', 'ops'])).AccessKey;
-    awsEnv = {
-      AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_DEFAULT_REGION: 'us-east-1', AWS_REGION: 'us-east-1',
-      AWS_CA_BUNDLE: `${ca}.pem`, NODE_EXTRA_CA_CERTS: `${ca}.pem`, AWS_EC2_METADATA_DISABLED: 'true',
-      AWS_CONFIG_FILE: join(d, 'none'), AWS_SHARED_CREDENTIALS_FILE: join(d, 'none'), HOME: d,
-    };
+    const { key: k } = await makeAccessKey(env, 'ops', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }));
+    awsEnv = awsCliEnv(env.dir, k, { ca: started.ca! });
   });
   afterAll(() => env.cleanup());
 
@@ -88,7 +74,7 @@ describe('KMS over HTTPS: awscli and the SDK', () => {
       req.end('{}');
     });
     expect(answer).toMatchObject({ status: 400, body: { __type: 'MissingAuthenticationTokenException' } });
-    const ev = env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((e) => e.requestID === answer.id);
+    const ev = auditEvents(env).find((e) => e.requestID === answer.id);
     expect(ev).toMatchObject({ eventName: 'ListKeys', errorCode: 'MissingAuthenticationTokenException', sourceIPAddress: '127.0.0.1', tlsDetails: { tlsVersion: expect.stringMatching(/^TLSv1\.[23]$/) } });
   });
 });

@@ -10,7 +10,7 @@
 import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { kmsUrl } from './helpers.js';
+import { auditEvents, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 const FLOOD = 200;
@@ -44,12 +44,11 @@ describe('KMS listener: connection guard per source address', () => {
   const env = new Env('kmsguard');
   const flood: Socket[] = [];
   let url: URL;
-  const events = (): Record<string, any>[] => env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+  const events = (): Record<string, any>[] => auditEvents(env);
 
   beforeAll(async () => {
     ensureBuilt();
-    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
-    url = new URL(await kmsUrl(env));
+    url = new URL((await startKmsDaemon(env)).url);
   }, 60_000);
   afterAll(async () => {
     for (const s of flood) s.destroy();

@@ -5,7 +5,6 @@
  * a child process (`--kms-only --kms-listen 127.0.0.1:0`).
  */
 import { writeFileSync } from 'node:fs';
-import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -14,32 +13,19 @@ import {
 } from '@aws-sdk/client-kms';
 import { STSClient, GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { kmsUrl } from './helpers.js';
+import { KMS_ADMIN_POLICY, Sha256, StandardChain, auditEvents, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt, run, CLI } from '../e2e/helpers.js';
-
-class Sha256 {
-  private h: Hash | Hmac;
-  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
-  update(d: Uint8Array | string): void { this.h.update(d); }
-  async digest(): Promise<Uint8Array> { return this.h.digest(); }
-  reset(): void {}
-}
-
-const CRED_VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
 
 describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
   const env = new Env('kmsnet');
-  const saved = Object.fromEntries(CRED_VARS.map((k) => [k, process.env[k]]));
+  const chain = new StandardChain();
   let url = '';
   let alice = { AccessKeyId: '', SecretAccessKey: '' };
   let accountId = '';
 
-  const useEnv = (vars: Record<string, string>): void => {
-    for (const k of CRED_VARS) delete process.env[k];
-    Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true' }, vars);
-  };
-  const asAlice = (): void => useEnv({ AWS_ACCESS_KEY_ID: alice.AccessKeyId, AWS_SECRET_ACCESS_KEY: alice.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url });
-  const events = (): Record<string, any>[] => env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+  const useEnv = (vars: Record<string, string>): void => chain.use(vars);
+  const asAlice = (): void => useEnv(keyVars(alice, url));
+  const events = (): Record<string, any>[] => auditEvents(env);
 
   /** A request signed by the reference signer, then changed by `mutate`, sent with fetch. */
   const signed = async (body: string, o: { secret?: string; accessKeyId?: string; region?: string; service?: string; date?: Date; target?: string; unsigned?: string[]; mutate?: (h: Record<string, string>, b: string) => [Record<string, string>, string] } = {}) => {
@@ -62,19 +48,15 @@ describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
 
   beforeAll(async () => {
     ensureBuilt();
-    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
-    url = await kmsUrl(env);
-    accountId = (await env.ok(['iam', 'create-user', 'alice'])).User.Arn.split(':')[4];
-    const admin = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] });
-    await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'admin', '--policy-document', admin]);
-    alice = (await env.ok(['iam', 'create-access-key', '--user-name', 'alice'])).AccessKey;
+    ({ url } = await startKmsDaemon(env));
+    ({ key: alice, accountId } = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin'));
     await env.ok(['iam', 'create-role', 'app']);
-    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', admin]);
+    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', KMS_ADMIN_POLICY]);
     await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'app', '--policy-document',
       JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${accountId}:user/alice` }, Action: 'sts:AssumeRole' }] })]);
   });
   afterAll(async () => {
-    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    chain.restore();
     await env.cleanup();
   });
 

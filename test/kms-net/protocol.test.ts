@@ -8,6 +8,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { auditEvents, startKmsDaemon } from './helpers.js';
 
 interface Answer { status: number; requestId: string; body: Record<string, any> }
 
@@ -23,12 +24,12 @@ describe('AWS JSON 1.1 on the control socket', () => {
     req.on('error', reject);
     req.end(text);
   });
-  const events = (): Record<string, any>[] => env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+  const events = (): Record<string, any>[] => auditEvents(env);
   let keyId = '';
 
   beforeAll(async () => {
     ensureBuilt();
-    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
+    await startKmsDaemon(env);
     keyId = (await kms('CreateKey', {})).body.KeyMetadata.KeyId;
   });
   afterAll(() => env.cleanup());

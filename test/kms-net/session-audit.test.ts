@@ -10,48 +10,38 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { STSClient, AssumeRoleCommand } from '@aws-sdk/client-sts';
-import { kmsUrl } from './helpers.js';
+import { KMS_ADMIN_POLICY, StandardChain, auditEvents, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { buildEvent, buildEventJson } from '../../src/kms/audit/event.js';
 import type { Caller } from '../../src/kms/types.js';
 
-const CRED_VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
-
 describe('CloudTrail sessionContext for calls made with assumed-role session credentials', () => {
   const env = new Env('sessaudit');
-  const saved = Object.fromEntries(CRED_VARS.map((k) => [k, process.env[k]]));
+  const chain = new StandardChain();
   let url = '';
   let accountId = '';
   let roleArn = '';
   let alice = { AccessKeyId: '', SecretAccessKey: '' };
 
-  const useEnv = (vars: Record<string, string>): void => {
-    for (const k of CRED_VARS) delete process.env[k];
-    Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true', AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url }, vars);
-  };
-  const events = (): Record<string, any>[] => env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+  const events = (): Record<string, any>[] => auditEvents(env);
 
   beforeAll(async () => {
     ensureBuilt();
-    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
-    url = await kmsUrl(env);
-    accountId = (await env.ok(['iam', 'create-user', 'alice'])).User.Arn.split(':')[4];
-    const admin = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] });
-    await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'admin', '--policy-document', admin]);
-    alice = (await env.ok(['iam', 'create-access-key', '--user-name', 'alice'])).AccessKey;
+    ({ url } = await startKmsDaemon(env));
+    ({ key: alice, accountId } = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin'));
     await env.ok(['iam', 'create-role', 'app']);
     roleArn = `arn:aws:iam::${accountId}:role/app`;
-    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', admin]);
+    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', KMS_ADMIN_POLICY]);
     await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'app', '--policy-document',
       JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${accountId}:user/alice` }, Action: 'sts:AssumeRole' }] })]);
   });
   afterAll(async () => {
-    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    chain.restore();
     await env.cleanup();
   });
 
   it('a session from AssumeRole calls KMS; its audit events carry type AssumedRole, the ASIA key and sessionContext', async () => {
-    useEnv({ AWS_ACCESS_KEY_ID: alice.AccessKeyId, AWS_SECRET_ACCESS_KEY: alice.SecretAccessKey });
+    chain.use(keyVars(alice, url));
     const sts = new STSClient({});
     const r = await sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: 'nightly-backup', DurationSeconds: 1800 }));
     sts.destroy();
@@ -59,7 +49,7 @@ describe('CloudTrail sessionContext for calls made with assumed-role session cre
     const roleId = r.AssumedRoleUser!.AssumedRoleId!.split(':')[0]!;
     expect(roleId).toMatch(/^AROA[A-Z2-7]{17}$/);
 
-    useEnv({ AWS_ACCESS_KEY_ID: creds.AccessKeyId!, AWS_SECRET_ACCESS_KEY: creds.SecretAccessKey!, AWS_SESSION_TOKEN: creds.SessionToken! });
+    chain.use(keyVars({ AccessKeyId: creds.AccessKeyId!, SecretAccessKey: creds.SecretAccessKey!, SessionToken: creds.SessionToken! }, url));
     const kms = new KMSClient({});
     try {
       const k = await kms.send(new CreateKeyCommand({ Description: 'by a session' }));

@@ -2,20 +2,11 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
+import { Sha256 } from './helpers.js';
 import { canonicalRequest, headerMap, stringToSign, sha256Hex, type WireRequest } from '../../src/kms/sigv4/canonical.js';
 import { SigV4Verifier, parseAuthorization, parseAmzDate, type Credential } from '../../src/kms/sigv4/verifier.js';
 import { SigV4Error } from '../../src/kms/sigv4/errors.js';
 import { deriveSigningKey } from '../../src/kms/sigv4/signing-key.js';
-
-/** node:crypto as the signer's hash (its Checksum interface). */
-class Sha256 {
-  private h: Hash | Hmac;
-  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
-  update(d: Uint8Array | string): void { this.h.update(d); }
-  async digest(): Promise<Uint8Array> { return this.h.digest(); }
-  reset(): void {}
-}
 
 interface Vector { name: string; sreq: string; creq: string; sts: string; authz: string }
 const suite = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'vectors', 'sigv4-aws-suite.json'), 'utf8')) as {

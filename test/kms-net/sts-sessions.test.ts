@@ -4,7 +4,7 @@
  * trust policy, the duration bounds. Time is an input here: the verifier and
  * AssumeRole take the clock, so "an hour later" needs no waiting.
  */
-import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
+import { Sha256 } from './helpers.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { startHsm, type Hsm } from '../../src/kms/hsm/hsm-client.js';
@@ -16,14 +16,6 @@ import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
 import type { Caller } from '../../src/kms/types.js';
 import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
 import { PolicyEvaluator } from '../../src/kms/authz/evaluate.js';
-
-class Sha256 {
-  private h: Hash | Hmac;
-  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
-  update(d: Uint8Array | string): void { this.h.update(d); }
-  async digest(): Promise<Uint8Array> { return this.h.digest(); }
-  reset(): void {}
-}
 
 describe('STS session credentials', () => {
   const t = tempDir('ebsd-sts-');
@@ -95,9 +87,10 @@ describe('STS session credentials', () => {
     await ids.attachPolicy(bob.arn, 'switch', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'sts:AssumeRole', Resource: ids.roleArn('admin') }] }));
     await expect(assume(bob)).resolves.toMatchObject({ AssumedRoleUser: { Arn: `arn:aws:sts::${ids.accountId}:assumed-role/admin/esc` } });
     // A trust policy naming the caller itself needs nothing more (alice on app, above).
-    // What is not evaluated is refused, never ignored: a Condition would otherwise trust more than written.
+    // What is not evaluated is refused, never ignored: a NotPrincipal, or a Condition operator the
+    // engine does not know, would otherwise trust more than written (trust-conditions.test.ts: Conditions).
     for (const [doc, member] of [
-      [{ Statement: [{ Effect: 'Allow', Principal: { AWS: '*' }, Action: 'sts:AssumeRole', Condition: { StringEquals: { 'sts:ExternalId': 'x' } } }] }, 'Condition'],
+      [{ Statement: [{ Effect: 'Allow', Principal: { AWS: '*' }, Action: 'sts:AssumeRole', Condition: { StringEqualz: { 'sts:ExternalId': 'x' } } }] }, 'StringEqualz'],
       [{ Statement: [{ Effect: 'Deny', NotPrincipal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] }, 'NotPrincipal'],
     ] as const) {
       await expect(trust.put('admin', JSON.stringify(doc))).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringContaining(member) });

@@ -23,7 +23,8 @@
  * reference lists it for GetServiceBearerToken only, so in an AssumeRole it is
  * absent like any other unknown key (a positive operator on it is false,
  * `…IfExists` and `Null: true` are true). Role and principal tags, session
- * tags and source identity are not supported by ebsd, so their keys are absent too.
+ * tags and source identity are not supported by ebsd, so their keys are absent too
+ * (docs/architecture.md §5.9).
  */
 import type { Caller } from '../types.js';
 import type { ConditionContext, ContextValue } from '../authz/conditions.js';
