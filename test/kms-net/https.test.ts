@@ -56,6 +56,16 @@ describe('KMS over HTTPS: awscli and the SDK', () => {
     expect(nf.stderr).toContain('(NotFoundException)');
   });
 
+  it('a trust policy with Bool aws:SecureTransport true: AssumeRole over HTTPS is allowed (aws sts assume-role)', async () => {
+    const me = (await env.ok(['iam', 'list-users'])).Users.find((u: any) => u.UserName === 'ops').Arn;
+    await env.ok(['iam', 'create-role', 'tlsonly']);
+    await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'tlsonly', '--policy-document',
+      JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: me }, Action: 'sts:AssumeRole', Condition: { Bool: { 'aws:SecureTransport': 'true' } } }] })]);
+    const r = await aws(['sts', 'assume-role', '--role-arn', me.replace(/:user\/ops$/, ':role/tlsonly'), '--role-session-name', 'tls']);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    expect(r.json().AssumedRoleUser.Arn).toMatch(/:assumed-role\/tlsonly\/tls$/);
+  });
+
   it('the SDK in a child process trusts the CA through NODE_EXTRA_CA_CERTS; an unsigned request is refused and audited with tlsDetails', async () => {
     const script = `const { KMSClient, ListKeysCommand } = require('module').createRequire(${JSON.stringify(join(ROOT, 'package.json'))})('@aws-sdk/client-kms');
       new KMSClient({}).send(new ListKeysCommand({})).then((r) => console.log(JSON.stringify({ n: r.Keys.length })), (e) => { console.error('Error', e.name, e.message); process.exit(1); });`;

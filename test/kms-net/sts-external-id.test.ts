@@ -5,8 +5,8 @@
  * `@aws-sdk/client-sts` and by the Debian `aws` CLI: `aws sts assume-role
  * --external-id`, and a shared-config profile with role_arn + source_profile +
  * external_id. The session credentials then work against KMS; a wrong or
- * missing ExternalId, or a source address outside the condition, is
- * AccessDenied (403) and audited.
+ * missing ExternalId, a source address outside the condition, or
+ * aws:SecureTransport over plain HTTP, is AccessDenied (403) and audited.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -41,6 +41,7 @@ describe('AssumeRole trust-policy Conditions over the listener: SDK and aws CLI'
     for (const [role, cond] of [
       ['partner', { StringEquals: { 'sts:ExternalId': EXTERNAL_ID }, IpAddress: { 'aws:SourceIp': '127.0.0.1/32' } }],
       ['elsewhere', { IpAddress: { 'aws:SourceIp': '10.0.0.0/8' } }],
+      ['tlsonly', { Bool: { 'aws:SecureTransport': 'true' } }],
     ] as const) {
       await env.ok(['iam', 'create-role', role]);
       await env.ok(['iam', 'put-policy', `role/${role}`, '--policy-name', 'kms', '--policy-document', KMS_ADMIN_POLICY]);
@@ -75,6 +76,8 @@ describe('AssumeRole trust-policy Conditions over the listener: SDK and aws CLI'
         ['wrong ExternalId', { RoleArn: partnerArn, RoleSessionName: 'sdk', ExternalId: 'Partner-0000:prod' }, partnerArn],
         ['no ExternalId', { RoleArn: partnerArn, RoleSessionName: 'sdk' }, partnerArn],
         ['aws:SourceIp outside 10.0.0.0/8', { RoleArn: elsewhereArn, RoleSessionName: 'sdk' }, elsewhereArn],
+        // This listener is plain HTTP (loopback): aws:SecureTransport is false.
+        ['aws:SecureTransport over plain HTTP', { RoleArn: `arn:aws:iam::${accountId}:role/tlsonly`, RoleSessionName: 'sdk' }, `arn:aws:iam::${accountId}:role/tlsonly`],
       ] as const) {
         const e = await sts.send(new AssumeRoleCommand(input)).then(() => undefined, (x: unknown) => x as STSServiceException);
         expect(e, what).toBeDefined();
