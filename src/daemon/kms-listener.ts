@@ -30,6 +30,7 @@ import { SigV4Verifier } from '../kms/sigv4/verifier.js';
 import { parseStrictJson } from '../util/strict-json.js';
 import { MAX_BODY_VALUES } from './control-server.js';
 import { StsError, type StsService } from '../kms/sts/sts-service.js';
+import type { AssumeRoleParams } from '../kms/sts/assume-role-context.js';
 import { decodeKmsRequest, encodeResponse, toWireError } from './aws-json.js';
 import { throttledEvent } from './audit-events.js';
 import { ebsRestRequest, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
@@ -261,12 +262,9 @@ export class KmsListener {
       return `<GetCallerIdentityResponse xmlns="${STS_NS}"><GetCallerIdentityResult><Arn>${esc(r.Arn)}</Arn><UserId>${esc(r.UserId)}</UserId><Account>${r.Account}</Account></GetCallerIdentityResult>${meta}</GetCallerIdentityResponse>`;
     }
     if (action === 'AssumeRole') {
-      const p = {
-        ...(form.get('RoleArn') !== null ? { RoleArn: form.get('RoleArn')! } : {}),
-        ...(form.get('RoleSessionName') !== null ? { RoleSessionName: form.get('RoleSessionName')! } : {}),
-        ...(form.get('DurationSeconds') !== null ? { DurationSeconds: form.get('DurationSeconds')! } : {}),
-        ...(form.get('ExternalId') !== null ? { ExternalId: form.get('ExternalId')! } : {}),
-      };
+      // Every member but Action and Version goes to the service, which refuses the ones it does not implement.
+      const p: AssumeRoleParams = Object.create(null) as AssumeRoleParams;
+      for (const [k, v] of form) if (k !== 'Action' && k !== 'Version' && !(k in p)) p[k] = v;
       let r: Record<string, unknown> | undefined;
       let err: unknown;
       try {

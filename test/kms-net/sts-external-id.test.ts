@@ -85,6 +85,20 @@ describe('AssumeRole trust-policy Conditions over the listener: SDK and aws CLI'
         const ev = auditEvents(env).filter((x) => x.requestID === e!.$metadata.requestId);
         expect(ev, what).toMatchObject([{ eventSource: 'sts.amazonaws.com', eventName: 'AssumeRole', errorCode: 'AccessDenied', sourceIPAddress: '127.0.0.1', userIdentity: { arn: `arn:aws:iam::${accountId}:user/alice` } }]);
       }
+      // Members this STS does not implement narrow or label a session: refused by name, never ignored
+      // (ignoring a session Policy would hand out a session broader than the caller asked for).
+      for (const [member, extra] of [
+        ['Policy', { Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Deny', Action: 'kms:*', Resource: '*' }] }) }],
+        ['PolicyArns', { PolicyArns: [{ arn: 'arn:aws:iam::aws:policy/ReadOnlyAccess' }] }],
+        ['Tags', { Tags: [{ Key: 'team', Value: 'a' }] }],
+        ['SourceIdentity', { SourceIdentity: 'alice-laptop' }],
+      ] as const) {
+        const e = await sts.send(new AssumeRoleCommand({ RoleArn: partnerArn, RoleSessionName: 'sdk', ExternalId: EXTERNAL_ID, ...extra })).then(() => undefined, (x: unknown) => x as STSServiceException);
+        expect(e, member).toBeDefined();
+        expect({ member, name: e!.name, status: e!.$metadata.httpStatusCode }).toEqual({ member, name: 'ValidationError', status: 400 });
+        expect(e!.message).toContain(`AssumeRole member ${member} is not supported`);
+        expect(auditEvents(env).filter((x) => x.requestID === e!.$metadata.requestId), member).toMatchObject([{ eventName: 'AssumeRole', errorCode: 'ValidationError' }]);
+      }
     } finally {
       sts.destroy();
     }

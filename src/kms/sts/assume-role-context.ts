@@ -36,6 +36,8 @@ export interface AssumeRoleParams {
   RoleSessionName?: string;
   DurationSeconds?: string;
   ExternalId?: string;
+  /** Any other request member (Policy, PolicyArns.member.1.arn, Tags.member.1.Key, …): refused by assumeRole, never ignored. */
+  [member: string]: string | undefined;
 }
 
 export interface AssumeRoleSetting {

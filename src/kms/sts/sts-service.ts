@@ -39,6 +39,9 @@ export class StsError extends EbsdError {
 
 const invalidToken = (id: string): SigV4Error => new SigV4Error('UnrecognizedClient', 'The security token included in the request is invalid.', id);
 
+/** The AssumeRole members this STS implements (besides Action and Version). */
+const ASSUME_ROLE_MEMBERS = new Set(['RoleArn', 'RoleSessionName', 'DurationSeconds', 'ExternalId']);
+
 export class StsService {
   constructor(
     private readonly ids: Identities,
@@ -74,6 +77,15 @@ export class StsService {
   }
 
   async assumeRole(caller: Caller, p: AssumeRoleParams, now = Date.now()): Promise<Record<string, unknown>> {
+    // A session policy, tags, a source identity or an MFA code change what the session may do or who it is:
+    // this STS implements none of them, so a request carrying one is refused rather than answered with a
+    // session broader than the caller asked for.
+    for (const member of Object.keys(p)) {
+      if (!ASSUME_ROLE_MEMBERS.has(member)) {
+        const name = member.split('.')[0]!;
+        throw new StsError('ValidationError', `AssumeRole member ${name.slice(0, 64)} is not supported by this STS (supported: RoleArn, RoleSessionName, DurationSeconds, ExternalId); the request was refused so that no session is broader than requested`);
+      }
+    }
     if (!p.RoleArn) throw new StsError('MissingParameter', 'The request must contain the parameter RoleArn');
     if (!p.RoleSessionName) throw new StsError('MissingParameter', 'The request must contain the parameter RoleSessionName');
     const m = /^arn:[\w-]+:iam::(\d{12}):role(?:\/.*)?\/([\w+=,.@-]+)$/.exec(p.RoleArn);
