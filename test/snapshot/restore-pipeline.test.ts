@@ -4,11 +4,12 @@
  * VolumeManager, the directory store and real files: blocks under another
  * key and under the same key land where they belong (runs across a hole), a
  * corrupted stored block fails the restore with SNAPSHOT_CORRUPT and leaves
- * an `error` volume with no image, a failing block stops the pipeline with
+ * an `error` volume with no image, a copy under another key goes through the
+ * same pipeline into the store, a failing block stops the pipeline with
  * nothing left running, and the image writer gathers runs and writes short
  * and scattered blocks in place.
  */
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, writeSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -22,8 +23,11 @@ import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotRestore, type RestoreTiming } from '../../src/snapshot/restore.js';
 import { pipeBlocks } from '../../src/snapshot/block-pipeline.js';
 import { ImageWriter } from '../../src/snapshot/image-writer.js';
+import { isNativeAvailable, startWriteback } from '../../src/native/addon.js';
 import { SNAPSHOT_BLOCK_BYTES, type SnapshotManifest } from '../../src/snapshot/types.js';
 import type { Caller } from '../../src/kms/types.js';
+import { SnapshotCopier } from '../../src/snapshot/copy.js';
+import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { makeSnapshot } from './make-snapshot.js';
 
 const MiB = 1024 * 1024;
@@ -150,6 +154,29 @@ describe('restore pipeline', () => {
     }
   });
 
+  it('copy under another key through the pipeline: every block stored anew (ciphertext differs), the copy restores to the same data', async () => {
+    const gc = new SnapshotGc(store, {});
+    const copier = await SnapshotCopier.open({
+      store, keyService: new KmsCoreKeyService(kms), xtsEngine: selectXtsEngine('auto'), region: REGION, accountId: ACCOUNT,
+      localDir: join(dir, 'copies'), pin: (h) => gc.pin(h), window: 2,
+    });
+    const { SnapshotId } = await copier.copySnapshot({ SourceSnapshotId: snap.snapshotId, SourceRegion: REGION, KmsKeyId: keyB }, root);
+    await copier.settled();
+    const c = (await store.getManifest(SnapshotId))!;
+    expect(c.state, c.stateMessage).toBe('completed');
+    expect(c.kmsKeyId).toBe(keyB);
+    expect(c.blocks.map(([i]) => i)).toEqual(WRITTEN);
+    for (const [k, [, h]] of c.blocks.entries()) {
+      expect(h).not.toBe(snap.blocks[k]![1]);
+      expect((await store.getBlock(h)).equals(await store.getBlock(snap.blocks[k]![1]))).toBe(false);
+    }
+    const v = await new SnapshotRestore({ store, volumes: mgr }).createVolume({ SnapshotId }, root);
+    await mgr.settled();
+    const d = mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!;
+    expect(d.State, d.StateMessage).toBe('available');
+    expect((await readVolume(d.VolumeId)).equals(expected())).toBe(true);
+  });
+
   it('a block failing stops the pipeline: no block starts after it, none is still running when it rejects', async () => {
     let running = 0;
     let started = 0;
@@ -190,5 +217,21 @@ describe('restore pipeline', () => {
     expect(img.equals(want)).toBe(true);
     // Runs: 0-2, then 5-7 (the short block 7 ends it).
     expect(w.stats.writes).toBe(2);
+  });
+
+  it('startWriteback (native sync_file_range WRITE): resolves on a written range, rejects on a bad fd with the errno named as node:fs does', async () => {
+    // The addon is built for the tests (scripts/build-native.mjs); writeback.c is part of it.
+    expect(isNativeAvailable()).toBe(true);
+    expect(startWriteback).not.toBeNull();
+    const fd = openSync(join(dir, 'wb.bin'), 'w');
+    try {
+      writeSync(fd, randomBytes(MiB));
+      await expect(startWriteback!(fd, 0, MiB)).resolves.toBeUndefined();
+    } finally {
+      closeSync(fd);
+    }
+    // No process has this many files open: a descriptor that is surely not one.
+    await expect(startWriteback!(2 ** 31 - 1, 0, MiB)).rejects.toMatchObject({ code: 'EBADF', syscall: 'sync_file_range' });
+    expect(() => startWriteback!(fd, -1, 1)).toThrow(/pos/);
   });
 });
