@@ -3,7 +3,7 @@
 // docs/architecture.md §14.1) against the XTS engine's single-thread speed, in one run.
 // In-process: the KMS core, a VolumeManager, the snapshot manager over a directory store; no FUSE.
 // Build first:  npx tsc -p .   then:
-//   node scripts/bench/restore.mjs [--size-mib 256] [--runs 3] [--window 8] [--run-mib 8] [--max-writes 2] [--no-writeback]
+//   node scripts/bench/restore.mjs [--size-mib 256] [--runs 3] [--window 16] [--run-mib 8] [--max-writes 2] [--no-writeback]
 // Correctness before timing: the first restore is attached and every written block read back
 // and compared with what was written; only then are the timed runs made.
 // Throughput = data bytes of the snapshot's stored blocks / wall time from CreateVolume to `available`.
@@ -36,7 +36,7 @@ const arg = (n, d) => { const i = process.argv.indexOf(`--${n}`); return i > 0 ?
 const MiB = 1024 * 1024;
 const sizeMiB = Number(arg('size-mib', '256'));
 const runs = Number(arg('runs', '3'));
-const window = Number(arg('window', '8'));
+const window = Number(arg('window', '16'));
 const runMiB = Number(arg('run-mib', '8'));
 const maxWrites = Number(arg('max-writes', '2'));
 const earlyWriteback = !process.argv.includes('--no-writeback');

@@ -58,7 +58,7 @@ export interface SnapshotCopierOptions {
   hold?: (snapshotId: string) => () => void;
   onAudit?: (ev: CopyAuditEvent) => void;
   logger?: Logger;
-  /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 8. */
+  /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 16. */
   window?: number;
 }
 

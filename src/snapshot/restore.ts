@@ -27,7 +27,7 @@ export interface SnapshotRestoreOptions {
   store: SnapshotStore;
   volumes: VolumeManager;
   logger?: Logger;
-  /** Blocks read and transformed ahead of the image writer (docs/architecture.md §14.4); default 8. */
+  /** Blocks read and transformed ahead of the image writer (docs/architecture.md §14.4); default 16. */
   window?: number;
   /** How the image is written (runs, writes at once, early writeback). */
   writer?: ImageWriterOptions;
