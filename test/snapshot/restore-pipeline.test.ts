@@ -122,10 +122,9 @@ describe('restore pipeline', () => {
     expect((await readVolume(d.VolumeId)).equals(expected())).toBe(true);
   });
 
-  it('a stored block with one byte changed: the restore fails with SNAPSHOT_CORRUPT, the volume is error with no image left', async () => {
-    // Found by content, whatever the store's layout (a file per block or a pack).
-    const [, hash] = snap.blocks[3]!;
-    const block = await store.getBlock(hash);
+  /** Changes one byte of the stored block `k` of `m` (found by content, whatever the store's layout: a file per block or a pack), restores `m` under `key`, puts the byte back. */
+  async function restoreCorrupted(m: SnapshotManifest, k: number, key: string): Promise<{ d: ReturnType<VolumeManager['describeVolumes']>['Volumes'][number]; files: string[] }> {
+    const block = await store.getBlock(m.blocks[k]![1]);
     const probe = block.subarray(1000, 1064);
     const files: string[] = [];
     const walk = (d: string): void => {
@@ -144,14 +143,19 @@ describe('restore pipeline', () => {
         changed[changed.indexOf(probe) + 10]! ^= 0x01;
         writeFileSync(p, changed);
       }
-      const restore = new SnapshotRestore({ store, volumes: mgr, window: 2 });
-      const d = await restored(restore, keyB);
-      expect(d.State).toBe('error');
-      expect(d.StateMessage).toMatch(/^SNAPSHOT_CORRUPT: /);
-      expect(readdirSync(join(dir, 'volumes')).filter((n) => n.includes(d.VolumeId))).toEqual([]);
+      const v = await new SnapshotRestore({ store, volumes: mgr, window: 2 }).createVolume({ SnapshotId: m.snapshotId, KmsKeyId: key }, root);
+      await mgr.settled();
+      return { d: mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!, files };
     } finally {
       for (const [p, bytes] of saved) writeFileSync(p, bytes);
     }
+  }
+
+  it('a stored block with one byte changed: the restore fails with SNAPSHOT_CORRUPT, the volume is error with no image left', async () => {
+    const { d } = await restoreCorrupted(snap, 3, keyB);
+    expect(d.State).toBe('error');
+    expect(d.StateMessage).toMatch(/^SNAPSHOT_CORRUPT: /);
+    expect(readdirSync(join(dir, 'volumes')).filter((n) => n.includes(d.VolumeId))).toEqual([]);
   });
 
   it('copy under another key through the pipeline: every block stored anew (ciphertext differs), the copy restores to the same data', async () => {
@@ -175,6 +179,11 @@ describe('restore pipeline', () => {
     const d = mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!;
     expect(d.State, d.StateMessage).toBe('available');
     expect((await readVolume(d.VolumeId)).equals(expected())).toBe(true);
+    // The copy's blocks went through the store's batch (a pack file in the directory store): a changed byte there fails a restore too.
+    const { d: bad, files } = await restoreCorrupted(c, 1, keyA);
+    expect(files.every((f) => f.startsWith(join(dir, 'snapshots', 'packs')))).toBe(true);
+    expect(bad.State).toBe('error');
+    expect(bad.StateMessage).toMatch(/^SNAPSHOT_CORRUPT: /);
   });
 
   it('a block failing stops the pipeline: no block starts after it, none is still running when it rejects', async () => {
