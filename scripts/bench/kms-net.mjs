@@ -5,7 +5,11 @@
 // is reported apart from the daemon's (/proc/<pid>/stat: all the daemon's threads, HSM worker included).
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
-//                                  [--sign each|per-second] [--listener https|http]
+//                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N]
+// --client lean (default): kms-lean-client.mjs, raw keep-alive sockets writing the SDK's bytes (signed once per
+//                 second) and reading answers by Content-Length, in --client-threads worker threads (0: the
+//                 main thread; default 1), so the client's CPU per call is a small fraction of the daemon's;
+//                 `node`: node's http/https request with an Agent per path (what this bench used before).
 // --baseline DIR: a second build (a checkout with dist/ and native/build/, e.g. the commit before a change)
 //                 runs as a second daemon; phases alternate baseline/this build in every run (A/B interleaved),
 //                 so both see the same machine load.
@@ -24,6 +28,7 @@ import { request as httpRequest, Agent as HttpAgent } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { createHash, createHmac } from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { leanClient } from './kms-lean-client.mjs';
 
 const arg = (n, d) => { const i = process.argv.indexOf(`--${n}`); return i > 0 ? process.argv[i + 1] : d; };
 const seconds = Number(arg('seconds', '5'));
@@ -32,6 +37,8 @@ const runs = Number(arg('runs', '3'));
 const baseline = arg('baseline', undefined);
 const cpuProf = arg('cpu-prof', undefined);
 const signMode = arg('sign', 'per-second');
+const clientKind = arg('client', 'lean');
+const clientThreads = Number(arg('client-threads', '1'));
 const listener = arg('listener', 'https'); // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
 const NET = `${listener}+sigv4`;
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -47,6 +54,7 @@ class Sha256 {
 const cpuOf = (pid) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) * 10; }; // ms, CLK_TCK 100
 const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[s.length >> 1]; };
 const daemons = [];
+const leanClients = [];
 
 /** One daemon of one build, with a user, an access key and a data key to decrypt. */
 async function startDaemon(name, root, prof) {
@@ -110,7 +118,16 @@ async function startDaemon(name, root, prof) {
     if (r.Plaintext !== dk.Plaintext) throw new Error(`${name} ${p}: Decrypt returned the wrong plaintext; refusing to time`);
     for (let i = 0; i < 300; i++) await f('Decrypt', req); // warm-up: connections, JIT, signing-key cache
   }
-  return { name, child, paths: { socket: sock, [NET]: net }, req };
+  const lean = {};
+  if (clientKind === 'lean') {
+    const base = { op: 'Decrypt', body: req, conns: concurrency, threads: clientThreads };
+    lean.socket = await leanClient({ ...base, socketPath: join(state, 'ebsd.sock') });
+    lean[NET] = await leanClient({ ...base, url, ca: readFileSync(join(dir, 'c.pem')), accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey, region: 'us-east-1' });
+    for (const c of Object.values(lean)) { await c.check(dk.Plaintext); await c.run(0.5); } // every connection answers the data key; warm-up
+    leanClients.push(...Object.values(lean));
+    sockAgent.destroy(); netAgent.destroy(); // their sockets would count against the listener's per-address cap
+  }
+  return { name, child, paths: { socket: sock, [NET]: net }, lean, req };
 }
 
 async function phase(d, path) {
@@ -118,7 +135,8 @@ async function phase(d, path) {
   const until = Date.now() + seconds * 1000;
   let n = 0;
   const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const t0 = process.hrtime.bigint();
-  await Promise.all(Array.from({ length: concurrency }, async () => { while (Date.now() < until) { await f('Decrypt', d.req); n++; } }));
+  if (d.lean[path]) n = await d.lean[path].run(seconds);
+  else await Promise.all(Array.from({ length: concurrency }, async () => { while (Date.now() < until) { await f('Decrypt', d.req); n++; } }));
   const s = Number(process.hrtime.bigint() - t0) / 1e9; const c = process.cpuUsage(c0); const dcpu = (cpuOf(d.child.pid) - d0) / 1000;
   return { perSec: n / s, daemonCores: dcpu / s, clientCores: (c.user + c.system) / 1e6 / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
 }
@@ -141,7 +159,7 @@ try {
       }
     }
   }
-  console.log(`Decrypt (64-byte data key), ${seconds} s per phase, ${runs} run(s), concurrency ${concurrency}, signing ${signMode}, load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
+  console.log(`Decrypt (64-byte data key), ${seconds} s per phase, ${runs} run(s), concurrency ${concurrency}, client ${clientKind}${clientKind === 'lean' ? ` (${clientThreads} thread(s))` : ''}, signing ${clientKind === 'lean' ? 'per-second' : signMode}, load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
   console.log('build     path          calls/s  daemon CPU (cores)  daemon µs/call  calls per daemon CPU-s  client CPU (cores)');
   for (const [k, xs] of rows) {
     const [name, path] = k.split('\0');
@@ -154,6 +172,7 @@ try {
     console.log(`${d.name}: ${NET} / socket ${(b / a).toFixed(2)}`);
   }
 } finally {
+  for (const c of leanClients) await c.close();
   for (const d of daemons) if (d.exitCode === null) { d.kill('SIGTERM'); await new Promise((r) => d.once('exit', r)); }
   if (process.env.KEEP_BENCH_DIR) console.log(`kept ${dir}`); else rmSync(dir, { recursive: true, force: true });
 }
