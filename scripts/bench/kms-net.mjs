@@ -5,7 +5,7 @@
 // is reported apart from the daemon's (/proc/<pid>/stat: all the daemon's threads, HSM worker included).
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
-//                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N]
+//                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N] [--only socket|net]
 // --client lean (default): kms-lean-client.mjs, raw keep-alive sockets writing the SDK's bytes (signed once per
 //                 second) and reading answers by Content-Length, in --client-threads worker threads (0: the
 //                 main thread; default 1), so the client's CPU per call is a small fraction of the daemon's;
@@ -21,7 +21,7 @@
 // (docs/architecture.md §11.14). `daemon µs/call` is daemon CPU (every thread) per served call;
 // `calls per daemon CPU-s` its inverse: what the daemon serves per second of one core.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync, createWriteStream } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, readdirSync, createWriteStream } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request as httpRequest, Agent as HttpAgent } from 'node:http';
@@ -39,7 +39,8 @@ const cpuProf = arg('cpu-prof', undefined);
 const signMode = arg('sign', 'per-second');
 const clientKind = arg('client', 'lean');
 const clientThreads = Number(arg('client-threads', '1'));
-const listener = arg('listener', 'https'); // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
+const listener = arg('listener', 'https');
+const only = arg('only', undefined); // socket | net: time one path alone (for a profile of it) // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
 const NET = `${listener}+sigv4`;
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const dir = mkdtempSync(join(tmpdir(), 'ebsd-kmsnet-bench-'));
@@ -52,6 +53,19 @@ class Sha256 {
 }
 
 const cpuOf = (pid) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) * 10; }; // ms, CLK_TCK 100
+/** CPU ms per thread name (comm) of a process: where the daemon's CPU goes (main thread, HSM worker, GC helpers, libuv pool). */
+const threadsOf = (pid) => {
+  const out = new Map();
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const comm = t === String(pid) ? 'main' : st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'));
+      const f = st.slice(st.lastIndexOf(') ') + 2).split(' ');
+      out.set(comm, (out.get(comm) ?? 0) + (Number(f[11]) + Number(f[12])) * 10);
+    } catch { /* the thread ended */ }
+  }
+  return out;
+};
 const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[s.length >> 1]; };
 const daemons = [];
 const leanClients = [];
@@ -134,11 +148,13 @@ async function phase(d, path) {
   const f = d.paths[path];
   const until = Date.now() + seconds * 1000;
   let n = 0;
-  const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const t0 = process.hrtime.bigint();
+  const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const th0 = threadsOf(d.child.pid); const t0 = process.hrtime.bigint();
   if (d.lean[path]) n = await d.lean[path].run(seconds);
   else await Promise.all(Array.from({ length: concurrency }, async () => { while (Date.now() < until) { await f('Decrypt', d.req); n++; } }));
   const s = Number(process.hrtime.bigint() - t0) / 1e9; const c = process.cpuUsage(c0); const dcpu = (cpuOf(d.child.pid) - d0) / 1000;
-  return { perSec: n / s, daemonCores: dcpu / s, clientCores: (c.user + c.system) / 1e6 / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
+  const threads = {};
+  for (const [k, v] of threadsOf(d.child.pid)) threads[k] = (v - (th0.get(k) ?? 0)) * 1000 / n; // µs per call
+  return { threads, perSec: n / s, daemonCores: dcpu / s, clientCores: (c.user + c.system) / 1e6 / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
 }
 
 try {
@@ -150,7 +166,7 @@ try {
   const rows = new Map();
   const loads = [];
   for (let r = 0; r < runs; r++) {
-    for (const path of ['socket', NET]) {
+    for (const path of only === 'socket' ? ['socket'] : only === 'net' ? [NET] : ['socket', NET]) {
       for (const d of r % 2 ? [...builds].reverse() : builds) {
         const x = await phase(d, path);
         loads.push(x.load);
@@ -166,7 +182,13 @@ try {
     const m = (f) => median(xs.map(f));
     console.log(`${name.padEnd(9)} ${path.padEnd(12)} ${m((x) => x.perSec).toFixed(0).padStart(8)}  ${m((x) => x.daemonCores).toFixed(2).padStart(18)}  ${m((x) => x.daemonUs).toFixed(0).padStart(14)}  ${m((x) => 1e6 / x.daemonUs).toFixed(0).padStart(22)}  ${m((x) => x.clientCores).toFixed(2).padStart(18)}`);
   }
-  for (const d of builds) {
+  console.log('daemon µs/call per thread (median):');
+  for (const [k, xs] of rows) {
+    const names = [...new Set(xs.flatMap((x) => Object.keys(x.threads)))].sort();
+    const [name, path] = k.split('\0');
+    console.log(`${name.padEnd(9)} ${path.padEnd(12)} ${names.map((t) => `${t} ${median(xs.map((x) => x.threads[t] ?? 0)).toFixed(0)}`).join(', ')}`);
+  }
+  for (const d of only ? [] : builds) {
     const a = median(rows.get(`${d.name}\0socket`).map((x) => x.perSec));
     const b = median(rows.get(`${d.name}\0${NET}`).map((x) => x.perSec));
     console.log(`${d.name}: ${NET} / socket ${(b / a).toFixed(2)}`);

@@ -193,10 +193,11 @@ export class KmsListener {
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
     const requestId = randomUUID();
-    const target = req.headers['x-amz-target'];
+    // From rawHeaders, as node builds req.headers (which it does lazily, header by header, on first use).
+    const target = rawHeader(req.rawHeaders, 'x-amz-target', ', ');
     const query = typeof target !== 'string';
     const sourceIp = (req.socket.remoteAddress ?? '').replace(/^::ffff:/, '');
-    const ua = req.headers['user-agent'];
+    const ua = rawHeader(req.rawHeaders, 'user-agent');
     let operation = typeof target === 'string' ? target.slice(target.indexOf('.') + 1) : 'Unknown';
     try {
       const body = await readBody(req, this.guard, sourceIp);
@@ -206,7 +207,7 @@ export class KmsListener {
       if (form) operation = form.get('Action') ?? 'Unknown';
       let verified;
       try {
-        verified = await (query ? this.stsVerifier : this.kmsVerifier).verify({ method: req.method ?? 'GET', target: url, headers: pairs(req.rawHeaders), body });
+        verified = await (query ? this.stsVerifier : this.kmsVerifier).verify({ method: req.method ?? 'GET', target: url, headers: { raw: req.rawHeaders }, body });
       } catch (e) {
         if (e instanceof SigV4Error) await this.auditRefusal(e, query ? 'sts.amazonaws.com' : 'kms.amazonaws.com', operation, requestId, sourceIp, req);
         throw e;
@@ -239,7 +240,7 @@ export class KmsListener {
     try {
       let verified;
       try {
-        verified = await this.ebsVerifier.verify({ method: req.method ?? 'GET', target: req.url ?? '/', headers: pairs(req.rawHeaders), body });
+        verified = await this.ebsVerifier.verify({ method: req.method ?? 'GET', target: req.url ?? '/', headers: { raw: req.rawHeaders }, body });
       } catch (e) {
         if (e instanceof SigV4Error) await this.auditRefusal(e, 'ebs.amazonaws.com', 'Unknown', requestId, sourceIp, req);
         throw e;
@@ -318,9 +319,20 @@ export class KmsListener {
   }
 }
 
-function pairs(raw: string[]): [string, string][] {
-  const out: [string, string][] = [];
-  for (let i = 0; i + 1 < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
+/**
+ * A header's value as `req.headers` would give it: the first one (`join` absent: node keeps the
+ * first user-agent, content-length), or all joined with `join` (node joins unknown repeated headers
+ * with ", "). `name` is lower-case.
+ */
+function rawHeader(raw: string[], name: string, join?: string): string | undefined {
+  let out: string | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const k = raw[i]!;
+    if (k.length !== name.length || k.toLowerCase() !== name) continue;
+    if (out === undefined) out = raw[i + 1]!;
+    else if (join === undefined) return out;
+    else out += join + raw[i + 1]!;
+  }
   return out;
 }
 
@@ -333,7 +345,7 @@ function pairs(raw: string[]): [string, string][] {
 function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string): Promise<Buffer> {
   const limit = guard.limits.maxBodyBytes;
   return new Promise((resolve, reject) => {
-    const declared = Number(req.headers['content-length']);
+    const declared = Number(rawHeader(req.rawHeaders, 'content-length'));
     if (declared > limit) { reject(new BodyTooLarge(limit)); req.resume(); return; }
     const chunks: Buffer[] = [];
     let n = 0;
@@ -391,11 +403,12 @@ function esc(s: string): string {
 
 function sendJson(res: ServerResponse, status: number, body: unknown, requestId: string): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'Content-Type': 'application/x-amz-json-1.1', 'Content-Length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId });
+  // The flat-array form: node copies it as it is, without a pass over an object's keys.
+  res.writeHead(status, ['Content-Type', 'application/x-amz-json-1.1', 'Content-Length', String(Buffer.byteLength(text)), 'x-amzn-RequestId', requestId]);
   res.end(text);
 }
 
 function sendXml(res: ServerResponse, status: number, xml: string, requestId: string): void {
-  res.writeHead(status, { 'Content-Type': 'text/xml', 'Content-Length': Buffer.byteLength(xml), 'x-amzn-RequestId': requestId });
+  res.writeHead(status, ['Content-Type', 'text/xml', 'Content-Length', String(Buffer.byteLength(xml)), 'x-amzn-RequestId', requestId]);
   res.end(xml);
 }

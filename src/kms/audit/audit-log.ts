@@ -29,7 +29,7 @@
  * `fsync: 'event'` it resolves only after fdatasync, so it also survives power
  * loss; concurrent events share one fdatasync (group commit).
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
@@ -86,7 +86,8 @@ export interface DigestFile {
   signature?: string;
 }
 
-export const sha256hex = (s: string | Uint8Array): string => createHash('sha256').update(s).digest('hex');
+/** One-shot `crypto.hash` (a third of createHash's cost): one per audit line. */
+export const sha256hex = (s: string | Uint8Array): string => hash('sha256', s, 'hex');
 export const digestName = (lastSeq: number): string => `${String(lastSeq).padStart(12, '0')}.json`;
 /** The bytes a digest signature covers: the digest without its signature, as written. */
 export function digestPayload(d: DigestFile): string {

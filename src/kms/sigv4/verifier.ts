@@ -6,7 +6,8 @@
  * it is only good for that day, region and service, and deriving it costs an
  * HSM round trip (README.md, "KMS over the network").
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
+import { HmacSha256Key } from './hmac-sha256.js';
 import { ALGORITHM, canonicalRequest, headerMap, sha256Hex, stringToSign, type WireRequest } from './canonical.js';
 import { SigV4Error } from './errors.js';
 
@@ -19,7 +20,7 @@ export interface Credential<P> {
   principal: P;
   /** Names the secret behind this key: equal ids share a cached signing key (a session's id includes its token). */
   cacheId: string;
-  /** kSigning for the scope, derived from the secret (the HSM does it). */
+  /** kSigning for the scope, derived from the secret (the HSM does it); a fresh buffer, which the verifier wipes. */
   signingKey(date: string, region: string, service: string): Promise<Uint8Array>;
 }
 
@@ -54,7 +55,7 @@ interface Parsed { accessKeyId: string; date: string; region: string; service: s
 const MUST_SIGN_WHEN_PRESENT = ['x-amz-target', 'content-type'] as const;
 
 export class SigV4Verifier<P> {
-  private readonly keys = new Map<string, Uint8Array>();
+  private readonly keys = new Map<string, HmacSha256Key>();
   private cacheDay = '';
   private readonly now: () => number;
 
@@ -115,7 +116,7 @@ export class SigV4Verifier<P> {
     const canonical = canonicalRequest(req, p.signedHeaders, payloadHash, headers);
     const sts = stringToSign(amzDate, `${p.date}/${p.region}/${p.service}/aws4_request`, canonical);
     const key = await this.signingKey(cred, p.date, p.region, p.service);
-    const expected = createHmac('sha256', key).update(sts).digest();
+    const expected = key.mac(sts);
     const given = Buffer.from(p.signature, 'hex');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
       throw new SigV4Error('InvalidSignature', 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.', p.accessKeyId);
@@ -125,29 +126,45 @@ export class SigV4Verifier<P> {
 
   /** Drop every cached signing key (an access key was deleted or deactivated). */
   forget(): void {
-    for (const k of this.keys.values()) k.fill(0);
+    for (const k of this.keys.values()) k.wipe();
     this.keys.clear();
   }
 
-  private async signingKey(cred: Credential<P>, date: string, region: string, service: string): Promise<Uint8Array> {
+  /** The cached signing key, as an HMAC key with its pads computed (hmac-sha256.ts). */
+  private async signingKey(cred: Credential<P>, date: string, region: string, service: string): Promise<HmacSha256Key> {
     if (this.keys.size >= CACHE_MAX) this.forget();
     if (date > this.cacheDay) {
       // A new day: the skew check still lets yesterday's keys through around midnight, older ones never.
-      for (const [id, k] of this.keys) if (id.split('\0')[1]! < this.cacheDay) { k.fill(0); this.keys.delete(id); }
+      for (const [id, k] of this.keys) if (id.split('\0')[1]! < this.cacheDay) { k.wipe(); this.keys.delete(id); }
       this.cacheDay = date;
     }
     const id = `${cred.cacheId}\0${date}\0${region}\0${service}`;
     let k = this.keys.get(id);
     if (!k) {
-      k = await cred.signingKey(date, region, service);
+      const raw = await cred.signingKey(date, region, service);
+      try {
+        k = new HmacSha256Key(raw);
+      } finally {
+        raw.fill(0); // the pads hold what is needed; best effort, as every wipe in JS
+      }
       this.keys.set(id, k);
     }
     return k;
   }
 }
 
+/**
+ * The form every AWS SDK and the CLI send, and nothing the general parser below would read
+ * differently: one space after the algorithm, the three fields in this order, non-empty credential
+ * parts, lower-case signed header names, a 64-digit lower-case hex signature.
+ */
+const SDK_FORM = /^AWS4-HMAC-SHA256 Credential=([^/,\s=]+)\/([^/,\s]+)\/([^/,\s]+)\/([^/,\s]+)\/([^/,\s]+), ?SignedHeaders=([a-z0-9-]+(?:;[a-z0-9-]+)*), ?Signature=([0-9a-f]{64})$/;
+
 /** `AWS4-HMAC-SHA256 Credential=AKID/20150830/us-east-1/kms/aws4_request, SignedHeaders=a;b, Signature=hex`. */
 export function parseAuthorization(auth: string): Parsed {
+  // One regular expression instead of a Map and four splits: a tenth of a verification's CPU went here.
+  const f = SDK_FORM.exec(auth);
+  if (f) return { accessKeyId: f[1]!, date: f[2]!, region: f[3]!, service: f[4]!, terminator: f[5]!, signedHeaders: f[6]!.split(';'), signature: f[7]! };
   const sp = auth.indexOf(' ');
   const alg = sp < 0 ? auth : auth.slice(0, sp);
   if (alg !== ALGORITHM) throw new SigV4Error('IncompleteSignature', `Unsupported AWS 'algorithm': '${alg}'; only ${ALGORITHM} is accepted.`);

@@ -82,6 +82,17 @@ export class AccessKeyStore {
     return [...this.keys.values()].filter((k) => userName === undefined || k.UserName === userName).map(meta);
   }
 
+  /**
+   * The SigV4 verifier's lookup, on every network request: the user and status, and the sealed
+   * secret decoded only when a signing key must be derived (once per key and day), not per request.
+   */
+  forSigning(accessKeyId: string): { userName: string; active: boolean; sealed: () => Uint8Array } | undefined {
+    const k = this.keys.get(accessKeyId);
+    if (!k) return undefined;
+    const text = k.Sealed;
+    return { userName: k.UserName, active: k.Status === 'Active', sealed: () => Buffer.from(text, 'base64') };
+  }
+
   get(accessKeyId: string): (AccessKeyMetadata & { sealed: Uint8Array }) | undefined {
     const k = this.keys.get(accessKeyId);
     return k && { ...meta(k), sealed: Buffer.from(k.Sealed, 'base64') };

@@ -61,14 +61,13 @@ export class StsService {
   readonly credentials: CredentialSource<Caller> = (id, token, now) => {
     if (id.startsWith('ASIA')) return this.sessionCredential(id, token, now);
     if (token !== undefined) throw invalidToken(id); // long-term keys carry no token
-    const k = this.keys.get(id);
-    const caller = k && k.Status === 'Active' ? this.ids.callerFor(this.ids.userArn(k.UserName)) : undefined;
+    const k = this.keys.forSigning(id);
+    const caller = k && k.active ? this.ids.callerFor(this.ids.userArn(k.userName)) : undefined;
     if (!k || !caller) throw invalidToken(id);
-    const sealed = k.sealed;
     return {
       principal: caller,
       cacheId: id,
-      signingKey: (date, region, service) => this.derive({ kind: 'access-key', id, context: new Uint8Array(0), sealed, date, region, service }),
+      signingKey: (date, region, service) => this.derive({ kind: 'access-key', id, context: new Uint8Array(0), sealed: k.sealed(), date, region, service }),
     };
   };
 
