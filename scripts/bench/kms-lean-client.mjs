@@ -46,7 +46,22 @@ function requestSource(o) {
   };
 }
 
-/** One keep-alive connection: `next()` sends the request and resolves with { status, body } of the answer. */
+/**
+ * One keep-alive connection: `send(bytes)` resolves with { status, body } of the answer. The server
+ * closes a connection idle past its keep-alive timeout (between phases): the next send reconnects.
+ */
+function connection(o) {
+  let c;
+  return {
+    send: async (bytes) => {
+      if (!c || c.closed()) c = await openConnection(o);
+      return c.send(bytes);
+    },
+    open: async () => { c = await openConnection(o); },
+    close: () => c?.close(),
+  };
+}
+
 function openConnection(o) {
   return new Promise((resolve, reject) => {
     let s;
@@ -77,9 +92,11 @@ function openConnection(o) {
     };
     s.on('data', onData);
     s.on('error', (e) => { if (waiting) { const w = waiting; waiting = undefined; w.fail(e); } else reject(e); });
-    s.on('close', () => { if (waiting) { const w = waiting; waiting = undefined; w.fail(new Error('connection closed')); } });
+    let closed = false;
+    s.on('close', () => { closed = true; if (waiting) { const w = waiting; waiting = undefined; w.fail(new Error('connection closed')); } });
     s.once(o.socketPath || !o.url.startsWith('https:') ? 'connect' : 'secureConnect', () => resolve({
       send: (bytes) => new Promise((ok, fail) => { waiting = { ok, fail }; s.write(bytes); }),
+      closed: () => closed || s.destroyed,
       close: () => s.destroy(),
     }));
   });
@@ -88,7 +105,8 @@ function openConnection(o) {
 /** The load of one thread: `conns` connections, each looping until `until` (ms epoch). */
 async function threadLoad(o) {
   const source = requestSource(o);
-  const conns = await Promise.all(Array.from({ length: o.conns }, () => openConnection(o)));
+  const conns = Array.from({ length: o.conns }, () => connection(o));
+  await Promise.all(conns.map((c) => c.open()));
   let n = 0;
   let bad;
   const run = async (until) => {

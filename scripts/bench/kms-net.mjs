@@ -6,9 +6,10 @@
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
 //                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N] [--only socket|net]
+//                                  [--daemon-node-args '--max-semi-space-size=64']
 // --client lean (default): kms-lean-client.mjs, raw keep-alive sockets writing the SDK's bytes (signed once per
 //                 second) and reading answers by Content-Length, in --client-threads worker threads (0: the
-//                 main thread; default 1), so the client's CPU per call is a small fraction of the daemon's;
+//                 main thread, the default), so the client's CPU per call is a small fraction of the daemon's;
 //                 `node`: node's http/https request with an Agent per path (what this bench used before).
 // --baseline DIR: a second build (a checkout with dist/ and native/build/, e.g. the commit before a change)
 //                 runs as a second daemon; phases alternate baseline/this build in every run (A/B interleaved),
@@ -38,8 +39,9 @@ const baseline = arg('baseline', undefined);
 const cpuProf = arg('cpu-prof', undefined);
 const signMode = arg('sign', 'per-second');
 const clientKind = arg('client', 'lean');
-const clientThreads = Number(arg('client-threads', '1'));
+const clientThreads = Number(arg('client-threads', '0'));
 const listener = arg('listener', 'https');
+const nodeArgs = (arg('daemon-node-args', '') || '').split(' ').filter(Boolean); // V8/node flags for this build's daemon (e.g. --max-semi-space-size=64)
 const only = arg('only', undefined); // socket | net: time one path alone (for a profile of it) // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
 const NET = `${listener}+sigv4`;
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -71,12 +73,12 @@ const daemons = [];
 const leanClients = [];
 
 /** One daemon of one build, with a user, an access key and a data key to decrypt. */
-async function startDaemon(name, root, prof) {
+async function startDaemon(name, root, prof, extraNodeArgs = []) {
   const cliPath = join(root, 'dist', 'cli', 'main.js');
   const state = join(dir, `${name}-state`);
   const cli = (...a) => JSON.parse(execFileSync(process.execPath, [cliPath, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: state } }).toString() || '{}');
   const log = createWriteStream(join(dir, `${name}-daemon.log`));
-  const child = spawn(process.execPath, [...(prof ? ['--cpu-prof', '--cpu-prof-dir', resolve(prof)] : []), cliPath, 'daemon', '--state-dir', state, '--kms-only',
+  const child = spawn(process.execPath, [...extraNodeArgs, ...(prof ? ['--cpu-prof', '--cpu-prof-dir', resolve(prof)] : []), cliPath, 'daemon', '--state-dir', state, '--kms-only',
     '--kms-listen', '127.0.0.1:0', ...(listener === 'https' ? ['--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   daemons.push(child);
   const url = await new Promise((ok, fail) => {
@@ -146,6 +148,7 @@ async function startDaemon(name, root, prof) {
 
 async function phase(d, path) {
   const f = d.paths[path];
+  if (d.lean[path]) await d.lean[path].run(0.3); // reconnect what the server closed while the other phases ran, outside the timing
   const until = Date.now() + seconds * 1000;
   let n = 0;
   const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const th0 = threadsOf(d.child.pid); const t0 = process.hrtime.bigint();
@@ -157,12 +160,14 @@ async function phase(d, path) {
   return { threads, perSec: n / s, daemonCores: dcpu / s, clientCores: (c.user + c.system) / 1e6 / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
 }
 
+// Killed mid-run: stop the daemons and remove the directory too (the finally below would not run).
+for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { for (const d of daemons) d.kill('SIGTERM'); rmSync(dir, { recursive: true, force: true }); process.exit(130); });
 try {
   const ossl = (...a) => execFileSync('openssl', a, { stdio: 'ignore' });
   ossl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1');
   const builds = [];
   if (baseline) builds.push(await startDaemon('baseline', resolve(baseline)));
-  builds.push(await startDaemon('this', ROOT, cpuProf));
+  builds.push(await startDaemon('this', ROOT, cpuProf, nodeArgs));
   const rows = new Map();
   const loads = [];
   for (let r = 0; r < runs; r++) {
