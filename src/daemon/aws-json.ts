@@ -8,8 +8,14 @@ import { KmsError, UnsupportedOperationException } from '../kms/errors.js';
 
 /** KMS request members of type Blob (AWS KMS API reference). */
 const REQUEST_BLOBS = new Set(['Plaintext', 'CiphertextBlob', 'Message', 'Signature', 'Mac']);
-/** RFC 4648 §4 base64 with padding, nothing else (no whitespace, no URL alphabet). */
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/**
+ * RFC 4648 §4 base64 with padding, nothing else (no whitespace, no URL alphabet): a multiple of
+ * four characters of the alphabet, the last one or two of them `=`. The same strings as
+ * `^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$`, whose groups made it
+ * 2 % of a Decrypt's listener time on a 300-character blob.
+ */
+const BASE64_CHARS = /^[A-Za-z0-9+/]*={0,2}$/;
+const isBase64 = (v: string): boolean => v.length % 4 === 0 && BASE64_CHARS.test(v);
 
 /**
  * `out[k] = v` with `k` = "__proto__" would set the prototype (or, for a
@@ -36,7 +42,7 @@ export function decodeKmsRequest(body: Record<string, unknown>): Record<string, 
       throw new UnsupportedOperationException('Recipient (attestation-bound responses for Nitro Enclaves) is not supported by this KMS.', { code: 'KMS_RECIPIENT_UNSUPPORTED' });
     }
     if (REQUEST_BLOBS.has(k) && v !== null && v !== undefined) {
-      if (typeof v !== 'string' || !BASE64.test(v)) {
+      if (typeof v !== 'string' || !isBase64(v)) {
         throw new KmsError('SerializationException', `${k} must be a base64-encoded blob (RFC 4648 with padding)`, { code: 'KMS_BAD_BLOB' });
       }
       _put(out, k, Buffer.from(v, 'base64'));
