@@ -6,7 +6,9 @@
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
 //                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N] [--only socket|net]
-//                                  [--daemon-node-args '--max-semi-space-size=64']
+//                                  [--daemon-node-args '--max-semi-space-size=64'] [--floor]
+// --floor: also time kms-net-floor.mjs, node's HTTPS server answering the same Decrypt response and doing nothing
+//          else, with the same client: the floor under any daemon built on node:https (the reference figure).
 // --client lean (default): kms-lean-client.mjs, raw keep-alive sockets writing the SDK's bytes (signed once per
 //                 second) and reading answers by Content-Length, in --client-threads worker threads (0: the
 //                 main thread, the default), so the client's CPU per call is a small fraction of the daemon's;
@@ -22,7 +24,7 @@
 // (docs/architecture.md §11.14). `daemon µs/call` is daemon CPU (every thread) per served call;
 // `calls per daemon CPU-s` its inverse: what the daemon serves per second of one core.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync, readdirSync, createWriteStream } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, readdirSync, writeFileSync, createWriteStream } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request as httpRequest, Agent as HttpAgent } from 'node:http';
@@ -42,6 +44,7 @@ const clientKind = arg('client', 'lean');
 const clientThreads = Number(arg('client-threads', '0'));
 const listener = arg('listener', 'https');
 const nodeArgs = (arg('daemon-node-args', '') || '').split(' ').filter(Boolean); // V8/node flags for this build's daemon (e.g. --max-semi-space-size=64)
+const floor = process.argv.includes('--floor'); // also time kms-net-floor.mjs: node's HTTPS server answering a fixed body, nothing else
 const only = arg('only', undefined); // socket | net: time one path alone (for a profile of it) // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
 const NET = `${listener}+sigv4`;
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -143,7 +146,25 @@ async function startDaemon(name, root, prof, extraNodeArgs = []) {
     leanClients.push(...Object.values(lean));
     sockAgent.destroy(); netAgent.destroy(); // their sockets would count against the listener's per-address cap
   }
-  return { name, child, paths: { socket: sock, [NET]: net }, lean, req };
+  return { name, child, paths: { socket: sock, [NET]: net }, lean, req, floorAnswer: { KeyId: keyId, Plaintext: dk.Plaintext, EncryptionAlgorithm: 'SYMMETRIC_DEFAULT' }, key };
+}
+
+/** The floor (kms-net-floor.mjs): node's HTTPS server and nothing else, driven by the same lean client. */
+async function startFloor(answer, key, req) {
+  const file = join(dir, 'floor-answer.json');
+  writeFileSync(file, JSON.stringify(answer));
+  const child = spawn(process.execPath, [join(ROOT, 'scripts', 'bench', 'kms-net-floor.mjs'), join(dir, 'c.pem'), join(dir, 'k.pem'), file, listener], { stdio: ['ignore', 'pipe', 'inherit'] });
+  daemons.push(child);
+  const url = await new Promise((ok, fail) => {
+    let buf = '';
+    child.stdout.on('data', (c) => { buf += c; const m = /"url":"([^"]+)"/.exec(buf); if (m) ok(m[1]); });
+    child.on('exit', (c) => fail(new Error(`floor server exited ${c}`)));
+  });
+  const c = await leanClient({ op: 'Decrypt', body: req, conns: concurrency, threads: clientThreads, url, ca: readFileSync(join(dir, 'c.pem')), accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey, region: 'us-east-1' });
+  await c.check(answer.Plaintext);
+  await c.run(0.5);
+  leanClients.push(c);
+  return { name: 'floor', child, paths: {}, lean: { [NET]: c } };
 }
 
 async function phase(d, path) {
@@ -168,11 +189,13 @@ try {
   const builds = [];
   if (baseline) builds.push(await startDaemon('baseline', resolve(baseline)));
   builds.push(await startDaemon('this', ROOT, cpuProf, nodeArgs));
+  if (floor) builds.push(await startFloor(builds.at(-1).floorAnswer, builds.at(-1).key, builds.at(-1).req));
   const rows = new Map();
   const loads = [];
   for (let r = 0; r < runs; r++) {
     for (const path of only === 'socket' ? ['socket'] : only === 'net' ? [NET] : ['socket', NET]) {
       for (const d of r % 2 ? [...builds].reverse() : builds) {
+        if (!d.lean[path] && !d.paths[path]) continue; // the floor has no socket path
         const x = await phase(d, path);
         loads.push(x.load);
         const k = `${d.name}\0${path}`;
@@ -193,7 +216,7 @@ try {
     const [name, path] = k.split('\0');
     console.log(`${name.padEnd(9)} ${path.padEnd(12)} ${names.map((t) => `${t} ${median(xs.map((x) => x.threads[t] ?? 0)).toFixed(0)}`).join(', ')}`);
   }
-  for (const d of only ? [] : builds) {
+  for (const d of only ? [] : builds.filter((b) => b.name !== 'floor')) {
     const a = median(rows.get(`${d.name}\0socket`).map((x) => x.perSec));
     const b = median(rows.get(`${d.name}\0${NET}`).map((x) => x.perSec));
     console.log(`${d.name}: ${NET} / socket ${(b / a).toFixed(2)}`);
