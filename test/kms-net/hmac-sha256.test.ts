@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createHmac, randomBytes } from 'node:crypto';
-import { HmacSha256Key } from '../../src/kms/sigv4/hmac-sha256.js';
+import { HmacSha256Key, hmacSha256 } from '../../src/kms/sigv4/hmac-sha256.js';
 
 // RFC 4231 §4.2-§4.4, §4.7 (test cases 1, 2, 3 and 6 have keys of at most 64 bytes or show the
 // block-size boundary; case 6's 131-byte key is refused: SigV4 signing keys are 32 bytes).
@@ -41,5 +41,15 @@ describe('HmacSha256Key (RFC 2104 on one-shot SHA-256)', () => {
     const k = new HmacSha256Key(key);
     k.wipe();
     expect(k.mac('x').equals(createHmac('sha256', key).update('x').digest())).toBe(false);
+  });
+
+  it('hmacSha256 (one shot, the HSM KDF\'s PRF) gives the RFC 4231 answers and agrees with createHmac for keys of 0-64 bytes', () => {
+    for (const v of RFC4231) expect(hmacSha256(Buffer.from(v.key, 'hex'), Buffer.from(v.data, 'hex')).toString('hex')).toBe(v.mac);
+    for (let n = 0; n <= 64; n++) {
+      const key = randomBytes(n);
+      const msg = randomBytes(n * 3);
+      expect(hmacSha256(key, msg).equals(createHmac('sha256', key).update(msg).digest())).toBe(true);
+    }
+    expect(() => hmacSha256(Buffer.alloc(65), Buffer.alloc(1))).toThrow(RangeError);
   });
 });

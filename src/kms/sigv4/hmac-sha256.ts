@@ -61,3 +61,29 @@ export class HmacSha256Key {
     this.inner = next;
   }
 }
+
+/**
+ * HMAC-SHA256 of one message under a key used once here (RFC 2104 §2, the same construction as
+ * HmacSha256Key without keeping the pads): for the HSM's KDF on every Encrypt and Decrypt, where
+ * createHmac's per-call setup was most of the derivation's cost. Both padded blocks are wiped
+ * before returning (best effort, as all wiping in JS).
+ */
+export function hmacSha256(key: Uint8Array, message: Uint8Array): Buffer {
+  if (key.length > BLOCK) throw new RangeError(`key must be at most ${BLOCK} bytes, got ${key.length}`);
+  const inner = Buffer.allocUnsafeSlow(BLOCK + message.length);
+  const outer = Buffer.allocUnsafeSlow(BLOCK + DIGEST);
+  try {
+    inner.fill(0x36, 0, BLOCK);
+    outer.fill(0x5c, 0, BLOCK);
+    for (let i = 0; i < key.length; i++) {
+      inner[i]! ^= key[i]!;
+      outer[i]! ^= key[i]!;
+    }
+    inner.set(message, BLOCK);
+    outer.set(hash('sha256', inner, 'buffer'), BLOCK);
+    return hash('sha256', outer, 'buffer');
+  } finally {
+    inner.fill(0);
+    outer.fill(0);
+  }
+}
