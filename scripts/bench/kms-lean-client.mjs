@@ -55,7 +55,14 @@ function connection(o) {
   return {
     send: async (bytes) => {
       if (!c || c.closed()) c = await openConnection(o);
-      return c.send(bytes);
+      try {
+        return await c.send(bytes);
+      } catch (e) {
+        // The server's idle close crossed our request on the wire: once more on a new connection.
+        if (!c.closed()) throw e;
+        c = await openConnection(o);
+        return c.send(bytes);
+      }
     },
     open: async () => { c = await openConnection(o); },
     close: () => c?.close(),
@@ -93,6 +100,7 @@ function openConnection(o) {
     s.on('data', onData);
     s.on('error', (e) => { if (waiting) { const w = waiting; waiting = undefined; w.fail(e); } else reject(e); });
     let closed = false;
+    s.on('end', () => { closed = true; }); // the server's FIN: this connection takes no more requests
     s.on('close', () => { closed = true; if (waiting) { const w = waiting; waiting = undefined; w.fail(new Error('connection closed')); } });
     s.once(o.socketPath || !o.url.startsWith('https:') ? 'connect' : 'secureConnect', () => resolve({
       send: (bytes) => new Promise((ok, fail) => { waiting = { ok, fail }; s.write(bytes); }),
