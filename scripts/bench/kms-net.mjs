@@ -5,7 +5,7 @@
 // is reported apart from the daemon's (/proc/<pid>/stat: all the daemon's threads, HSM worker included).
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
-//                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N] [--only socket|net]
+//                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N] [--only socket|net|floor]
 //                                  [--daemon-node-args '--max-semi-space-size=64'] [--floor]
 // --floor: also time kms-net-floor.mjs, node's HTTPS server answering the same Decrypt response and doing nothing
 //          else, with the same client: the floor under any daemon built on node:https (the reference figure).
@@ -45,7 +45,7 @@ const clientThreads = Number(arg('client-threads', '0'));
 const listener = arg('listener', 'https');
 const nodeArgs = (arg('daemon-node-args', '') || '').split(' ').filter(Boolean); // V8/node flags for this build's daemon (e.g. --max-semi-space-size=64)
 const floor = process.argv.includes('--floor'); // also time kms-net-floor.mjs: node's HTTPS server answering a fixed body, nothing else
-const only = arg('only', undefined); // socket | net: time one path alone (for a profile of it) // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
+const only = arg('only', undefined); // socket | net: time one path alone (for a profile of it); floor (with --floor): the floor alone // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
 const NET = `${listener}+sigv4`;
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const dir = mkdtempSync(join(tmpdir(), 'ebsd-kmsnet-bench-'));
@@ -193,9 +193,10 @@ try {
   const rows = new Map();
   const loads = [];
   for (let r = 0; r < runs; r++) {
-    for (const path of only === 'socket' ? ['socket'] : only === 'net' ? [NET] : ['socket', NET]) {
+    for (const path of only === 'socket' ? ['socket'] : only === 'net' || only === 'floor' ? [NET] : ['socket', NET]) {
       for (const d of r % 2 ? [...builds].reverse() : builds) {
         if (!d.lean[path] && !d.paths[path]) continue; // the floor has no socket path
+        if (only === 'floor' && d.name !== 'floor') continue;
         const x = await phase(d, path);
         loads.push(x.load);
         const k = `${d.name}\0${path}`;
