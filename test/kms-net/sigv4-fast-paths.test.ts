@@ -66,5 +66,12 @@ describe('SigV4 fast paths', () => {
     v.forget();
     expect((await v.verify({ method: 'POST', target: '/', headers: { raw }, body: Buffer.from(body) })).principal).toBe('alice');
     expect(derivations).toBe(2);
+    // Several requests deriving the same key at once: the copies that lose are wiped, never the cached one.
+    v.forget();
+    const all = await Promise.all(Array.from({ length: 5 }, () => v.verify({ method: 'POST', target: '/', headers: { raw }, body: Buffer.from(body) })));
+    expect(all.map((x) => x.principal)).toEqual(Array(5).fill('alice'));
+    expect(derivations).toBe(7);
+    expect((await v.verify({ method: 'POST', target: '/', headers: { raw }, body: Buffer.from(body) })).principal).toBe('alice');
+    expect(derivations).toBe(7);
   });
 });

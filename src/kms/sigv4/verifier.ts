@@ -147,7 +147,9 @@ export class SigV4Verifier<P> {
       } finally {
         raw.fill(0); // the pads hold what is needed; best effort, as every wipe in JS
       }
-      this.keys.set(id, k);
+      // Requests that arrived together derived it together: keep the first, wipe the others.
+      const first = this.keys.get(id);
+      if (first) { k.wipe(); k = first; } else this.keys.set(id, k);
     }
     return k;
   }
