@@ -31,10 +31,13 @@ export interface StampOptions {
   whileRunning?: () => void;
   /**
    * Stop the writers once the snapshot's Progress reaches this percentage
-   * (default 30): writes race the copier over the first blocks it copies,
-   * then the copier, no longer paced by writes (cow-pacer.ts), finishes fast.
+   * (default 30) or the stamp writer has written `stopAfterWrites` (default
+   * 1000) more after the answer, whichever comes first: writes race the
+   * copier over its first blocks, then the copier, no longer paced by writes
+   * (cow-pacer.ts), finishes at full speed.
    */
   stopWritersAt?: number;
+  stopAfterWrites?: number;
 }
 
 export async function stampPointInTime(env: Env, vol: string, seed: number, children: ChildProcess[], o: StampOptions = {}): Promise<{ snapshotId: string; completedLine: string | undefined }> {
@@ -45,7 +48,13 @@ export async function stampPointInTime(env: Env, vol: string, seed: number, chil
   const writer = spawn('python3', [join(ROOT, 'test/snapshot/stamp-writer.py'), env.file(vol), String(SECTORS), String(seed), log], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(writer);
   let out = '';
-  writer.stdout!.on('data', (c) => (out += c));
+  /** The stamp writer's count, from its `wrote N` lines. */
+  let wrote = 0;
+  writer.stdout!.on('data', (c) => {
+    out += c;
+    const m = /wrote (\d+)\n(?![^]*wrote)/.exec(out); // the last complete one
+    if (m) wrote = Number(m[1]);
+  });
   while (!out.includes('ready')) {
     if (writer.exitCode !== null) throw new Error('stamp writer exited early');
     await new Promise((r) => setTimeout(r, 20));
@@ -54,6 +63,7 @@ export async function stampPointInTime(env: Env, vol: string, seed: number, chil
   const tSend = process.hrtime.bigint();
   const snap = await callDaemon(socketPathFor(env.state), 'ebsd.CreateSnapshot', { VolumeId: vol });
   const tAnswer = process.hrtime.bigint();
+  const wroteAtAnswer = wrote;
   expect(snap.State).toBe('pending');
   const id = String(snap.SnapshotId);
   const stopAt = o.stopWritersAt ?? 30;
@@ -69,7 +79,7 @@ export async function stampPointInTime(env: Env, vol: string, seed: number, chil
       expect(st).toBe('completed');
       break;
     }
-    if (parseInt(progress, 10) >= stopAt) stopWriters();
+    if (parseInt(progress, 10) >= stopAt || wrote >= wroteAtAnswer + (o.stopAfterWrites ?? 1000)) stopWriters();
     await new Promise((r) => setTimeout(r, 50));
   }
   stopWriters();
