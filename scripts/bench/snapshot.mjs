@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Snapshot benchmark (issue 17, Speed). Build first (npx tsc -p .), run as root:
-//   node scripts/bench/snapshot.mjs [--size-mib 1024] [--runs 3] [--fio-seconds 10] [--skip-fio] [--json]
+//   node scripts/bench/snapshot.mjs [--size-mib 1024] [--runs 3] [--fio-seconds 10] [--skip-fio | --only-fio] [--log] [--json]
 // In one run, on one daemon (a child process with its own state dir under /tmp):
 //   1. full snapshot of an attached, filled, encrypted volume, from CreateSnapshot to
 //      `completed` (blocks durable), against `cp` of the same image file (and cp + sync,
@@ -8,7 +8,11 @@
 //      stored block equals the image's ciphertext (docs/architecture.md §11.14);
 //   2. incremental snapshot after 1 % of the blocks were rewritten, against the full one;
 //   3. fio 4 KiB random write IOPS on the volume file while full snapshots run back to back,
-//      against fio alone (left out with --skip-fio).
+//      against fio alone (--runs pairs, alternating, medians), and how long those snapshots
+//      take against one on the idle volume (the copier yields to writes: cow-pacer.ts).
+// --only-fio: only the correctness check and part 3. --log: each snapshot's copy and durable
+// times and copy-on-write counts, from the daemon's log.
+// --skip-fio: parts 1 and 2 only.
 // Each full run deletes its snapshot (collector grace 0) so the next one stores every block
 // again. Prints the load average beside the figures: the machine may be shared.
 import { spawn, spawnSync } from 'node:child_process';
@@ -26,6 +30,7 @@ const SIZE_MIB = Number(arg('size-mib', '1024'));
 const RUNS = Number(arg('runs', '3'));
 const FIO_SECONDS = Number(arg('fio-seconds', '10'));
 const SKIP_FIO = args.includes('--skip-fio');
+const ONLY_FIO = args.includes('--only-fio');
 const B = 512 * 1024;
 const DATA_OFFSET = 16 * 1024 * 1024;
 
@@ -60,14 +65,17 @@ try {
   // Fill with random data (every block non-zero, nothing deduplicates).
   await sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${SIZE_MIB}`, 'oflag=direct', 'conv=notrunc,fsync', 'status=none']);
 
-  const snapshot = async () => {
+  // Polls every 10 ms for the snapshot timings; every 250 ms while fio runs, where the snapshot's
+  // duration is a by-product and a client reading the manifest 100 times a second would be
+  // part of what fio is measured against.
+  const snapshot = async (pollMs = 10) => {
     const t0 = performance.now();
     const s = await call('ebsd.CreateSnapshot', { VolumeId: vol });
     for (;;) {
       const d = (await call('ebsd.DescribeSnapshots', { SnapshotIds: [s.SnapshotId] })).Snapshots[0];
       if (d.State === 'completed') return { id: s.SnapshotId, ms: performance.now() - t0 };
       if (d.State === 'error') throw new Error(`snapshot ${s.SnapshotId} failed: ${d.StateMessage}`);
-      await sleep(10);
+      await sleep(pollMs);
     }
   };
   const manifest = (id) => JSON.parse(readFileSync(join(state, 'snapshots', 'manifests', `${id}.json`), 'utf8'));
@@ -89,13 +97,14 @@ try {
   }
   closeSync(fd);
   await call('ebsd.DeleteSnapshot', { SnapshotId: first.id });
+  const idleFullMs = first.ms;
 
   // 1. full snapshot vs cp (and cp + sync), alternating.
   const full = [];
   const cp = [];
   const cpSync = [];
   const fullSplit = [];
-  for (let r = 0; r < RUNS; r++) {
+  for (let r = 0; r < (ONLY_FIO ? 0 : RUNS); r++) {
     const s = await snapshot();
     full.push(s.ms);
     fullSplit.push(s.id);
@@ -113,12 +122,12 @@ try {
   }
 
   // 2. incremental after 1 % of the blocks changed, against a full one.
-  const base = await snapshot();
+  if (!ONLY_FIO) await snapshot();
   const nBlocks = (SIZE_MIB * 1024 * 1024) / B;
   const incr = [];
   const incrSplit = [];
   const fdw = openSync(file, 'r+');
-  for (let r = 0; r < RUNS; r++) {
+  for (let r = 0; r < (ONLY_FIO ? 0 : RUNS); r++) {
     for (let k = 0; k < Math.ceil(nBlocks / 100); k++) {
       const i = Math.floor(Math.random() * nBlocks);
       writeSync(fdw, randomBytes(B), 0, B, i * B);
@@ -132,8 +141,10 @@ try {
   closeSync(fdw);
 
   // 3. fio random writes alone, then with full snapshots back to back.
-  let alone = NaN;
-  let withSnap = NaN;
+  const alones = [];
+  const withs = [];
+  /** Durations of the snapshots that completed while fio ran. */
+  const underFioMs = [];
   let during = 0;
   if (!SKIP_FIO) {
     const fio = () => new Promise((res, rej) => {
@@ -143,52 +154,75 @@ try {
       p.stdout.on('data', (c) => (o += c));
       p.on('exit', (c) => (c === 0 ? res(JSON.parse(o.slice(o.indexOf('{'))).jobs[0].write.iops) : rej(new Error(`fio exit ${c}`))));
     });
-    alone = await fio();
-    let snapping = true;
-    const loop = (async () => {
-      // Every snapshot during fio is full: the previous one is deleted first.
-      const list = (await call('ebsd.DescribeSnapshots', {})).Snapshots;
-      for (const s of list) await call('ebsd.DeleteSnapshot', { SnapshotId: s.SnapshotId });
-      while (snapping) {
-        during++;
-        const s = await snapshot();
-        await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
-      }
-    })();
-    withSnap = await fio();
-    snapping = false;
-    await loop;
+    // Every snapshot during fio is full: the previous one is deleted first.
+    for (const s of (await call('ebsd.DescribeSnapshots', {})).Snapshots) await call('ebsd.DeleteSnapshot', { SnapshotId: s.SnapshotId });
+    for (let r = 0; r < RUNS; r++) {
+      alones.push(await fio());
+      let snapping = true;
+      const loop = (async () => {
+        while (snapping) {
+          during++;
+          const s = await snapshot(250);
+          if (snapping) underFioMs.push(s.ms);
+          await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
+        }
+      })();
+      withs.push(await fio());
+      snapping = false;
+      await loop;
+    }
   }
+  const alone = alones.length ? median(alones) : NaN;
+  const withSnap = withs.length ? median(withs) : NaN;
 
   const mibs = (ms) => (SIZE_MIB / (ms / 1000)).toFixed(0);
+  const ms = (xs) => (xs.length ? Math.round(median(xs)) : null);
   const res = {
     sizeMiB: SIZE_MIB,
     runs: RUNS,
     loadavgStart: load0.map((x) => x.toFixed(1)).join(' '),
     loadavgEnd: loadavg().map((x) => x.toFixed(1)).join(' '),
-    fullMs: Math.round(median(full)),
-    cpMs: Math.round(median(cp)),
-    cpSyncMs: Math.round(median(cpSync)),
-    fullVsCp: +(median(cp) / median(full)).toFixed(2),
-    fullVsCpSync: +(median(cpSync) / median(full)).toFixed(2),
-    incrementalMs: Math.round(median(incr)),
-    incrementalVsFull: +(median(incr) / median(full)).toFixed(3),
+    fullMs: ms(full),
+    cpMs: ms(cp),
+    cpSyncMs: ms(cpSync),
+    fullVsCp: full.length ? +(median(cp) / median(full)).toFixed(2) : null,
+    fullVsCpSync: full.length ? +(median(cpSync) / median(full)).toFixed(2) : null,
+    incrementalMs: ms(incr),
+    incrementalVsFull: incr.length ? +(median(incr) / median(full)).toFixed(3) : null,
     fioIopsAlone: Math.round(alone),
     fioIopsDuringSnapshots: Math.round(withSnap),
+    fioIopsAloneRuns: alones.map(Math.round),
+    fioIopsDuringRuns: withs.map(Math.round),
     snapshotsDuringFio: during,
     fioRatio: +(withSnap / alone).toFixed(2),
     fullSplit: fullSplit.map(completedLog).map((l) => ({ startMs: l.startMs, copyMs: l.copyMs, durableMs: l.durableMs, manifestMs: l.manifestMs })),
     incrementalSplit: incrSplit.map(completedLog).map((l) => ({ blocksRead: l.blocksRead, startMs: l.startMs, copyMs: l.copyMs, durableMs: l.durableMs, manifestMs: l.manifestMs })),
+    idleFullMs: Math.round(idleFullMs),
+    underFioFullMs: ms(underFioMs),
+    underFioCompleted: underFioMs.length,
   };
   if (args.includes('--json')) console.log(JSON.stringify(res));
   else {
     console.log(`snapshot bench, ${SIZE_MIB} MiB encrypted volume, median of ${RUNS}; load average ${res.loadavgStart} -> ${res.loadavgEnd}`);
-    console.log(`full snapshot       ${res.fullMs} ms (${mibs(res.fullMs)} MiB/s)`);
-    console.log(`cp of the image     ${res.cpMs} ms (${mibs(res.cpMs)} MiB/s)   snapshot/cp throughput ${res.fullVsCp}x (goal >= 0.8x)`);
-    console.log(`cp + sync           ${res.cpSyncMs} ms (${mibs(res.cpSyncMs)} MiB/s)   snapshot/(cp+sync) ${res.fullVsCpSync}x`);
-    console.log(`incremental (1 %)   ${res.incrementalMs} ms   = ${(res.incrementalVsFull * 100).toFixed(1)} % of full (goal <= 5 %)`);
-    console.log(`  daemon's split     full ${JSON.stringify(res.fullSplit)}; incremental ${JSON.stringify(res.incrementalSplit)}`);
-    if (!SKIP_FIO) console.log(`fio 4k randwrite    ${res.fioIopsAlone} IOPS alone, ${res.fioIopsDuringSnapshots} IOPS with full snapshots running throughout (${during} started): ${res.fioRatio}x (goal >= 0.7x)`);
+    if (!ONLY_FIO) {
+      console.log(`full snapshot       ${res.fullMs} ms (${mibs(res.fullMs)} MiB/s)`);
+      console.log(`cp of the image     ${res.cpMs} ms (${mibs(res.cpMs)} MiB/s)   snapshot/cp throughput ${res.fullVsCp}x (goal >= 0.8x)`);
+      console.log(`cp + sync           ${res.cpSyncMs} ms (${mibs(res.cpSyncMs)} MiB/s)   snapshot/(cp+sync) ${res.fullVsCpSync}x`);
+      console.log(`incremental (1 %)   ${res.incrementalMs} ms   = ${(res.incrementalVsFull * 100).toFixed(1)} % of full (goal <= 5 %)`);
+      console.log(`  daemon's split     full ${JSON.stringify(res.fullSplit)}; incremental ${JSON.stringify(res.incrementalSplit)}`);
+    }
+    if (!SKIP_FIO) {
+      console.log(`fio 4k randwrite    ${res.fioIopsAlone} IOPS alone, ${res.fioIopsDuringSnapshots} IOPS with full snapshots running throughout (${during} started): ${res.fioRatio}x (goal >= 0.7x); runs alone ${res.fioIopsAloneRuns.join(' ')}, with ${res.fioIopsDuringRuns.join(' ')}`);
+      console.log(`snapshot duration   ${res.idleFullMs} ms on the idle volume (the check run), median ${res.underFioFullMs ?? '-'} ms of ${res.underFioCompleted} completed under fio`);
+    }
+  }
+  if (args.includes('--log')) {
+    // Where each snapshot's time went (the daemon's own account of it).
+    for (const l of readFileSync(join(dir, 'daemon.log'), 'utf8').split('\n')) {
+      if (!l.includes('"snapshot completed"')) continue;
+      const j = JSON.parse(l);
+      console.log(`  ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}), paced blocks ${j.pacedBlocks}`);
+    }
   }
 } catch (e) {
   process.stderr.write(`bench failed: ${e?.stack ?? e}\ndaemon log tail:\n${readFileSync(join(dir, 'daemon.log'), 'utf8').split('\n').slice(-15).join('\n')}\n`);

@@ -22,6 +22,12 @@ export interface CopyPlan {
   aborted?: () => unknown;
   /** Blocks in flight at once (read, hash, put overlap): default 8. */
   concurrency?: number;
+  /**
+   * Awaited by each worker before it takes its next block; the function it
+   * resolves to is called when that block is done (cow-pacer.ts: the copier
+   * yields to the volume's foreground writes).
+   */
+  pace?: () => Promise<() => void>;
 }
 
 export interface CopyResult {
@@ -63,7 +69,20 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
   };
   let failure: unknown;
   const worker = async (): Promise<void> => {
-    for (let i = next(); i !== undefined && failure === undefined; i = next()) {
+    for (;;) {
+      // Paced before next(): a block is picked only when it is about to be read.
+      const paced = p.pace ? await p.pace() : undefined;
+      const i = failure === undefined ? next() : undefined;
+      if (i === undefined) return paced?.();
+      try {
+        await copyOne(i);
+      } finally {
+        paced?.();
+      }
+    }
+  };
+  const copyOne = async (i: number): Promise<void> => {
+    {
       const stop = p.aborted?.();
       if (stop) throw (failure = stop);
       const buf = await p.read(i).catch((e: unknown) => { throw (failure ??= e); });

@@ -2,6 +2,7 @@ import type { SyncRawReader } from '../volume/write-gate.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 import { BlockBitmap } from './block-bitmap.js';
 import { COW_SECTOR, CowSpill } from './cow-spill.js';
+import { MemSlots } from './cow-slots.js';
 import { SnapshotError } from './errors.js';
 
 /** Reads the raw on-disk bytes [pos, pos + len) of the data segment (ciphertext for an encrypted volume) into `into`. */
@@ -20,10 +21,10 @@ export interface CowSessionOptions {
 /**
  * Per block with captured sectors, per sector of it: undefined = not captured
  * (no write has reached it since the point in time), null = a capture read is
- * in flight (writes to it wait), a Buffer = its point-in-time bytes in memory,
- * a number = its slot in the spill file.
+ * in flight (writes to it wait), a number >= 0 = its point-in-time bytes in
+ * memory slot n (MemSlots), a number < 0 = in spill-file slot -1 - n.
  */
-type SectorOld = Buffer | number | null | undefined;
+type SectorOld = number | null | undefined;
 interface BlockCow {
   old: SectorOld[];
   /** Capture reads in flight in this block. */
@@ -65,9 +66,10 @@ export class CowSession {
   private readonly queue = new Set<number>();
   /** Blocks nextCaptured() handed out or take() started: never queued again. */
   private readonly handed = new BlockBitmap();
-  private memBytes = 0;
-  private readonly maxMemoryBytes: number;
+  private readonly mem: MemSlots;
   private readonly spill: CowSpill | undefined;
+  /** The synchronous capture's buffer (tryPass runs on the loop, one at a time). */
+  private scratch = Buffer.allocUnsafeSlow(32 * COW_SECTOR);
   private failed: unknown;
   /** Writes seen by the session: the copier's pacing watches it (cow-pacer.ts). */
   writes = 0;
@@ -81,18 +83,19 @@ export class CowSession {
       this.pending.add(i);
       this.pendingCount++;
     }
-    this.maxMemoryBytes = o.maxMemoryBytes ?? 64 * 1024 * 1024;
+    // Without a spill file memory is the only place: no cap.
+    this.mem = new MemSlots(o.spillPath ? o.maxMemoryBytes ?? 64 * 1024 * 1024 : Number.MAX_SAFE_INTEGER);
     this.spill = o.spillPath ? new CowSpill(o.spillPath) : undefined;
   }
 
   /** Bytes of captured sectors held in memory now. */
   get memoryBytes(): number {
-    return this.memBytes;
+    return this.mem.used * COW_SECTOR;
   }
 
   /** The spill file's size at its largest, in bytes. */
   get spillBytes(): number {
-    return (this.spill?.highWater ?? 0) * COW_SECTOR;
+    return this.spill?.highWaterBytes ?? 0;
   }
 
   /**
@@ -118,14 +121,16 @@ export class CowSession {
     }
     if (!need) return true;
     if (!readNow) return false;
-    const buf = Buffer.allocUnsafeSlow((s1 - s0) * COW_SECTOR);
+    const n = (s1 - s0) * COW_SECTOR;
+    if (this.scratch.length < n) this.scratch = Buffer.allocUnsafeSlow(n);
+    const buf = n === this.scratch.length ? this.scratch : this.scratch.subarray(0, n);
     if (!readNow(buf, s0 * COW_SECTOR)) return false;
     for (let s = s0; s < s1; s++) {
       const b = Math.floor(s / PER_BLOCK);
       if (!this.pending.has(b)) continue;
       const st = this.blockCow(b);
       const k = s - b * PER_BLOCK;
-      if (st.old[k] === undefined) this.keep(b, st, k, buf, (s - s0) * COW_SECTOR, s1 - s0 === 1);
+      if (st.old[k] === undefined) this.keep(b, st, k, buf, (s - s0) * COW_SECTOR);
     }
     return true;
   }
@@ -204,11 +209,12 @@ export class CowSession {
     const slots: [k: number, slot: number][] = [];
     for (let k = 0; k < PER_BLOCK; k++) {
       const v = st.old[k];
-      if (Buffer.isBuffer(v)) {
-        v.copy(buf, k * COW_SECTOR);
-        this.memBytes -= COW_SECTOR;
-      } else if (typeof v === 'number') {
-        slots.push([k, v]);
+      if (typeof v !== 'number') continue;
+      if (v >= 0) {
+        this.mem.get(v, buf, k * COW_SECTOR);
+        this.mem.release(v);
+      } else {
+        slots.push([k, -1 - v]);
       }
     }
     try {
@@ -242,7 +248,7 @@ export class CowSession {
     const r = this.read(b * SNAPSHOT_BLOCK_BYTES + k * COW_SECTOR, n * COW_SECTOR, buf).then(
       () => {
         if (st.dropped || this.failed) return;
-        for (let j = 0; j < n; j++) this.keep(b, st, k + j, buf, j * COW_SECTOR, n === 1);
+        for (let j = 0; j < n; j++) this.keep(b, st, k + j, buf, j * COW_SECTOR);
       },
       (e: unknown) => this.fail(e),
     ).finally(() => st.reads.delete(r));
@@ -250,16 +256,16 @@ export class CowSession {
     return r;
   }
 
-  /** Keeps sector k of block b, the 4 KiB at buf[off]; `whole` when buf is that sector alone (kept as is, not copied). */
-  private keep(b: number, st: BlockCow, k: number, buf: Buffer, off: number, whole: boolean): void {
-    const sector = whole ? buf : Buffer.from(buf.subarray(off, off + COW_SECTOR));
+  /** Keeps sector k of block b, the 4 KiB at buf[off] (copied: buf may be reused). */
+  private keep(b: number, st: BlockCow, k: number, buf: Buffer, off: number): void {
     this.capturedSectors++;
-    if (this.spill && this.memBytes + COW_SECTOR > this.maxMemoryBytes) {
-      st.old[k] = this.spill.put(sector);
-      this.spilledSectors++;
+    const slot = this.mem.alloc();
+    if (slot >= 0) {
+      this.mem.put(slot, buf, off);
+      st.old[k] = slot;
     } else {
-      st.old[k] = sector;
-      this.memBytes += COW_SECTOR;
+      st.old[k] = -1 - this.spill!.put(buf, off);
+      this.spilledSectors++;
     }
     if (!this.handed.has(b)) this.queue.add(b);
   }
@@ -271,6 +277,6 @@ export class CowSession {
     this.blocks.clear();
     this.queue.clear();
     this.pendingCount = 0;
-    this.memBytes = 0;
+    this.mem.clear();
   }
 }

@@ -1,39 +1,53 @@
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { nativeIo } from '../volume/native-io.js';
 import { SnapshotError } from './errors.js';
 
 /** One captured sector: the unit a CowSession keeps (docs/architecture.md §12.2). */
 export const COW_SECTOR = 4096;
 
+/** Slots per chunk: the spill file is written 256 KiB at a time. */
+const CHUNK_SLOTS = 64;
+const CHUNK_BYTES = CHUNK_SLOTS * COW_SECTOR;
+
+interface Chunk {
+  /** Slots of this chunk still holding a sector someone needs. */
+  live: number;
+  /** Slots filled so far (the chunk is written when full). */
+  filled: number;
+  /** Its bytes while being filled or written; null once they are in the file. */
+  buf: Buffer | null;
+  writing: boolean;
+}
+
 /**
  * Where a CowSession puts captured sectors once its memory cap is reached
  * (docs/architecture.md §12.2): a file of 4 KiB slots, written through the
- * page cache, never fsynced (its bytes matter only while the snapshot runs).
+ * page cache in 256 KiB chunks (one write per 64 sectors, not one per
+ * sector), never fsynced (its bytes matter only while the snapshot runs).
+ * A chunk is reused once every slot in it was released.
  *
  * The file is unlinked as soon as it is open, so it has no name while in
  * use: a crash or SIGKILL leaves nothing behind, and close() frees its
  * space. The snapshot manager also sweeps the directory at start-up, for a
  * crash between the open and the unlink.
  *
- * A slot is written in the background; until the write is done its bytes
- * are served from memory, and a released slot is reused only once its
- * write has finished (two writes of one slot never race).
+ * Until a chunk's write is done its bytes are served from memory; a chunk is
+ * reused only once its write has finished (two writes of one place never race).
  */
 export class CowSpill {
   private fh: Promise<FileHandle> | undefined;
-  private nextSlot = 0;
-  private readonly free: number[] = [];
-  /** Slots whose write is in flight, with their bytes. */
-  private readonly writing = new Map<number, Buffer>();
-  /** Slots released while their write was in flight: freed when it ends. */
-  private readonly freeLater = new Set<number>();
+  private readonly chunks = new Map<number, Chunk>();
+  private nextChunk = 0;
+  private readonly freeChunks: number[] = [];
+  private current = -1;
   private readonly inflight = new Set<Promise<void>>();
   private failure: unknown;
   private closed = false;
-  /** Slots in use now, and the most ever (the file's size in slots). */
+  /** Slots in use now, and the file's size at its largest, in chunks. */
   used = 0;
-  highWater = 0;
+  highWaterChunks = 0;
 
   constructor(private readonly path: string) {}
 
@@ -42,38 +56,46 @@ export class CowSpill {
     return this.failure;
   }
 
-  /** Keeps a 4 KiB sector; returns its slot. `sector` must not be changed afterwards. */
-  put(sector: Buffer): number {
-    if (sector.length !== COW_SECTOR) throw new RangeError(`sector must be ${COW_SECTOR} bytes, got ${sector.length}`);
+  /** The file's size at its largest, in bytes. */
+  get highWaterBytes(): number {
+    return this.highWaterChunks * CHUNK_BYTES;
+  }
+
+  /** Keeps the 4 KiB sector src[off, off + 4096); returns its slot. */
+  put(src: Buffer, off: number): number {
     if (this.closed) throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `copy-on-write spill file ${this.path} is closed`);
-    const slot = this.free.pop() ?? this.nextSlot++;
+    if (this.current < 0) {
+      this.current = this.freeChunks.pop() ?? this.nextChunk++;
+      this.highWaterChunks = Math.max(this.highWaterChunks, this.nextChunk);
+      this.chunks.set(this.current, { live: 0, filled: 0, buf: Buffer.allocUnsafeSlow(CHUNK_BYTES), writing: false });
+    }
+    const id = this.current;
+    const c = this.chunks.get(id)!;
+    src.copy(c.buf!, c.filled * COW_SECTOR, off, off + COW_SECTOR);
+    const slot = id * CHUNK_SLOTS + c.filled;
+    c.filled++;
+    c.live++;
     this.used++;
-    this.highWater = Math.max(this.highWater, this.used);
-    this.writing.set(slot, sector);
-    const w = this.open()
-      .then((fh) => writeAll(fh, sector, slot * COW_SECTOR))
-      .then(
-        () => {
-          this.writing.delete(slot);
-          if (this.freeLater.delete(slot)) this.free.push(slot);
-        },
-        // The bytes stay in `writing` (readable); the snapshot fails on this error.
-        (e: unknown) => void (this.failure ??= e),
-      )
-      .finally(() => this.inflight.delete(w));
-    this.inflight.add(w);
+    if (c.filled === CHUNK_SLOTS) {
+      this.current = -1;
+      this.write(id, c);
+    }
     return slot;
   }
 
   /** Copies slot `slot` into into[off, off + 4096). */
   async get(slot: number, into: Buffer, off: number): Promise<void> {
-    const mem = this.writing.get(slot);
-    if (mem) {
-      mem.copy(into, off);
+    const c = this.chunks.get(Math.floor(slot / CHUNK_SLOTS));
+    if (!c) throw new SnapshotError('SNAPSHOT_CORRUPT', `copy-on-write spill file ${this.path}: slot ${slot} is not in use`);
+    const at = (slot % CHUNK_SLOTS) * COW_SECTOR;
+    if (c.buf) {
+      c.buf.copy(into, off, at, at + COW_SECTOR);
       return;
     }
     const fh = await this.open();
     let done = 0;
+    // Written moments ago and never fsynced: the page cache has it, and a read there costs less on the loop than a pool round trip.
+    if (nativeIo) done = Math.max(0, nativeIo.preadNowait(fh.fd, into, off, COW_SECTOR, slot * COW_SECTOR));
     while (done < COW_SECTOR) {
       const { bytesRead } = await fh.read(into, off + done, COW_SECTOR - done, slot * COW_SECTOR + done);
       if (bytesRead === 0) throw new SnapshotError('SNAPSHOT_CORRUPT', `copy-on-write spill file ${this.path}: slot ${slot} is past its end`);
@@ -83,19 +105,46 @@ export class CowSpill {
 
   /** The slot's bytes are no longer needed. */
   release(slot: number): void {
+    const id = Math.floor(slot / CHUNK_SLOTS);
+    const c = this.chunks.get(id);
+    if (!c) return;
     this.used--;
-    if (this.writing.has(slot)) this.freeLater.add(slot);
-    else this.free.push(slot);
+    c.live--;
+    this.maybeFree(id, c);
   }
 
   /** Waits for writes in flight, closes (and so frees) the file. */
   async close(): Promise<void> {
     this.closed = true;
     await Promise.allSettled([...this.inflight]);
-    this.writing.clear();
+    this.chunks.clear();
     const fh = this.fh;
     this.fh = undefined;
     if (fh) await (await fh.catch(() => undefined))?.close().catch(() => {});
+  }
+
+  private write(id: number, c: Chunk): void {
+    c.writing = true;
+    const buf = c.buf!;
+    const w = this.open()
+      .then((fh) => writeAll(fh, buf, id * CHUNK_BYTES))
+      .then(
+        () => {
+          c.writing = false;
+          c.buf = null;
+          this.maybeFree(id, c);
+        },
+        // The bytes stay in c.buf (readable); the snapshot fails on this error.
+        (e: unknown) => void (this.failure ??= e),
+      )
+      .finally(() => this.inflight.delete(w));
+    this.inflight.add(w);
+  }
+
+  private maybeFree(id: number, c: Chunk): void {
+    if (c.live > 0 || c.writing || id === this.current) return;
+    this.chunks.delete(id);
+    this.freeChunks.push(id);
   }
 
   private open(): Promise<FileHandle> {

@@ -15,6 +15,7 @@ import { BlockBitmap } from './block-bitmap.js';
 import { copyBlocks } from './block-copier.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from './change-tracker.js';
 import { CowSession } from './cow-session.js';
+import { CopyPacer } from './cow-pacer.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
@@ -22,6 +23,12 @@ import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotMan
 import type { BlockPin, SnapshotGc } from './gc.js';
 
 const GiB = 1024 ** 3;
+/**
+ * Captured sectors a snapshot keeps in memory before its spill file
+ * (docs/architecture.md §12.2). EBSD_TEST_COW_MEMORY_BYTES lowers it, for
+ * tests only (a test reaches the spill file without writing 64 MiB).
+ */
+const COW_MEMORY_BYTES = Number(process.env.EBSD_TEST_COW_MEMORY_BYTES) || 64 * 1024 * 1024;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
 const PROGRESS_STEPS = 10;
 /** On a single-writer store, progress is recorded at most once per this many milliseconds. */
@@ -81,6 +88,7 @@ interface RunningCreate {
   cow?: CowSession;
   /** performance.now() when CreateSnapshot arrived: the log's split of the snapshot's time. */
   startedMs: number;
+  pacer?: CopyPacer;
 }
 
 /**
@@ -299,9 +307,11 @@ export class SnapshotManager {
       const before = t.begin((b) => {
         const incremental = parent !== undefined && b.base === parent.snapshotId;
         const indexes = incremental ? [...b.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
-        const cow = new CowSession(indexes, readRaw, { spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
+        const cow = new CowSession(indexes, readRaw, { maxMemoryBytes: COW_MEMORY_BYTES, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
         run.cow = cow;
-        plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i), nextFirst: () => cow.nextCaptured(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => cow.end() };
+        run.pacer = new CopyPacer(() => cow.writes);
+        const pacer = run.pacer;
+        plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i), nextFirst: () => cow.nextCaptured(), pace: () => pacer.before(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => void cow.end() };
         return cow;
       });
       plan!.commit = (id) => t.commit(id);
@@ -365,6 +375,7 @@ export class SnapshotManager {
         indexes: plan.indexes,
         read: plan.read,
         ...(plan.nextFirst ? { nextFirst: plan.nextFirst } : {}),
+        ...(plan.pace ? { pace: plan.pace } : {}),
         store: this.o.store,
         pin: async (h) => void run.pins.push(await this.o.gc.pin([h])),
         aborted: () => run.abort,
@@ -408,7 +419,7 @@ export class SnapshotManager {
       const t3 = performance.now();
       await plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
@@ -533,6 +544,8 @@ interface SnapshotPlan {
   indexes: number[];
   read: (i: number) => Promise<Buffer>;
   nextFirst?: () => number | undefined;
+  /** The copier's pacing against the volume's writes (attached volumes). */
+  pace?: () => Promise<() => void>;
   tracking: TrackingState;
   /** Awaited inside the volume's lock (detached) so a later attach's dirty mark cannot be overwritten by a late clean save. */
   commit: (snapshotId: string) => void | Promise<void>;

@@ -1,3 +1,6 @@
+/** Fills `into` with the on-disk bytes of the data segment at `pos` without leaving the event loop (page cache), or answers false (`into` then means nothing). */
+export type SyncRawReader = (into: Buffer, pos: number) => boolean;
+
 /**
  * What a snapshot needs from an attached volume's data path (src/snapshot):
  * every write of the data segment passes a WriteGate before its bytes reach
@@ -5,9 +8,6 @@
  * write-behind). Positions are data-segment byte offsets (0 = first data
  * byte), lengths in bytes; one call may span several 512 KiB snapshot blocks.
  */
-/** Fills `into` with the on-disk bytes of the data segment at `pos` without leaving the event loop (page cache), or answers false (`into` then means nothing). */
-export type SyncRawReader = (into: Buffer, pos: number) => boolean;
-
 export interface WriteGate {
   /**
    * Synchronous check for the device's fast paths: true when a write of

@@ -8,7 +8,7 @@ fills it with the 16-byte record (seq, s) (little-endian u64 each) repeated
 the daemon. LOG gets one line per write: `seq sector t_issue t_ack`, the
 times from CLOCK_MONOTONIC in ns (the clock Node's process.hrtime reads), so
 the test can order them against its own request. Prints `ready` on stdout
-after the first 100 writes.
+after the first 100 writes, and `wrote N` every 100 writes.
 """
 import mmap
 import os
@@ -44,6 +44,8 @@ while not stop:
     lines.append(f'{seq} {s} {t0} {t1}\n')
     if seq == 100:
         print('ready', flush=True)
+    if seq % 100 == 0:
+        print(f'wrote {seq}', flush=True)
 os.close(fd)
 with open(log_path, 'w') as f:
     f.writelines(lines)
