@@ -83,8 +83,10 @@ export async function stampPointInTime(env: Env, vol: string, seed: number, chil
     await new Promise((r) => setTimeout(r, 50));
   }
   stopWriters();
-  await new Promise<void>((r) => (writer.exitCode !== null ? r() : writer.once('exit', () => r())));
-  await new Promise<void>((r) => (fio.exitCode !== null || fio.signalCode !== null ? r() : fio.once('exit', () => r())));
+  // A child killed by SIGTERM has exitCode null and its signalCode set: its 'exit' may already be past.
+  const exited = (c: ChildProcess): Promise<void> => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : c.once('exit', () => r())));
+  await exited(writer);
+  await exited(fio);
 
   const writes: W[] = readFileSync(log, 'utf8').trim().split('\n').map((l) => {
     const [seq, s, t0, t1] = l.split(' ');
