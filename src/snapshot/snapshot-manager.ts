@@ -89,6 +89,8 @@ interface RunningCreate {
   /** performance.now() when CreateSnapshot arrived: the log's split of the snapshot's time. */
   startedMs: number;
   pacer?: CopyPacer;
+  /** Resolves once the run has let go of everything (pins, the pending marker) after its last manifest write. */
+  settled: Promise<void>;
 }
 
 /**
@@ -241,7 +243,8 @@ export class SnapshotManager {
       await fsp.writeFile(join(this.pendingDir, snapshotId), '', { mode: 0o600 });
       await this.o.store.putManifest(m);
       faultPoint('snapshot.after-pending');
-      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs };
+      let settle!: () => void;
+      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, settled: new Promise<void>((r) => (settle = r)) };
       this.running.set(snapshotId, run);
       try {
         const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId);
@@ -258,6 +261,7 @@ export class SnapshotManager {
         for (const p of run.pins) p.release();
         this.running.delete(snapshotId);
         await fsp.rm(join(this.pendingDir, snapshotId), { force: true }).catch(() => {});
+        settle();
       }
     });
     this.jobs.add(job);
@@ -497,6 +501,10 @@ export class SnapshotManager {
     await this.deleting.run(snapshotId, async () => {
       const m = await this.o.store.getManifest(snapshotId);
       if (!m) throw snapshotNotFound(snapshotId);
+      // DescribeSnapshots shows `completed` (or `error`) as soon as that manifest is durable, a moment before the
+      // run lets go of its pins: a delete in that moment waits for it instead of calling the snapshot pending.
+      const run = this.running.get(snapshotId);
+      if (run && m.state !== 'pending') await run.settled;
       if (m.state === 'pending' || this.running.has(snapshotId)) {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The snapshot '${snapshotId}' is pending; delete it once it is completed or error.`, { awsName: 'IncorrectState' });
       }
