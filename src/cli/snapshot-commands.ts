@@ -144,7 +144,11 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
           });
           if (a.wait) {
             res = await waitFor(g, String(res.SnapshotId), Math.max(50, a.pollInterval));
-            if (res.State === 'error') setExitCode(EXIT.SERVICE);
+            if (res.State === 'error') {
+              // The answer still goes to stdout (it names the snapshot); stderr says why the exit code is not 0.
+              process.stderr.write(`ebsd: ${String(res.SnapshotId)} ended in state 'error'${res.StateMessage ? `: ${String(res.StateMessage)}` : ''}\n`);
+              setExitCode(EXIT.SERVICE);
+            }
           }
           if (fmt(g) === 'text' && !g.query) {
             process.stdout.write(`${res.SnapshotId}\n`);

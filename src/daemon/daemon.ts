@@ -565,6 +565,8 @@ export class Daemon {
       }
       case 'DeleteVolume':
         await mgr.deleteVolume(req.input, caller);
+        // Its changed-block tracking goes too; one left by a failure here is pruned at the next start.
+        await this.snapshots?.volumeDeleted(req.input.VolumeId).catch((err: unknown) => this.log.warn({ volumeId: req.input.VolumeId, err }, 'could not remove the changed-block tracking of a deleted volume'));
         return {};
       case 'ModifyVolume':
         await checkImageSizeFits(mgr.dir, req.input.Size, 'Size');

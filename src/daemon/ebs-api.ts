@@ -5,6 +5,7 @@ import type { ContextValue } from '../kms/authz/conditions.js';
 import { buildEvent, truncateField } from '../kms/audit/event.js';
 import type { Logger } from '../util/logger.js';
 import { EbsDirect } from '../snapshot/ebs-direct.js';
+import { SnapshotThrottle, type ThrottledOperation } from '../snapshot/ebs-direct-throttle.js';
 import type { SnapshotGc } from '../snapshot/gc.js';
 import type { XtsEngine } from '../crypto/xts.js';
 import type { KeyService } from '../volume/key-service.js';
@@ -54,10 +55,16 @@ export interface EbsApiOptions {
   /** A snapshot's manifest, for its tags in the authorization context (undefined when absent). */
   manifest: (snapshotId: string) => Promise<SnapshotManifest | undefined>;
   log: Logger;
+  /** Per-snapshot request rates of GetSnapshotBlock / PutSnapshotBlock (EBS's quotas by default). */
+  throttle?: SnapshotThrottle;
 }
 
 export class EbsApi {
-  constructor(private readonly o: EbsApiOptions) {}
+  private readonly throttle: SnapshotThrottle;
+
+  constructor(private readonly o: EbsApiOptions) {
+    this.throttle = o.throttle ?? new SnapshotThrottle();
+  }
 
   /** Wipe the block-token key. */
   close(): void {
@@ -80,6 +87,8 @@ export class EbsApi {
     const d = this.o.direct;
     let out: Record<string, unknown> | undefined;
     try {
+      // After authorization: only callers allowed on the snapshot spend its rate.
+      if (req.op === 'GetSnapshotBlock' || req.op === 'PutSnapshotBlock') this.throttle.take(req.op as ThrottledOperation, req.input.SnapshotId);
       switch (req.op) {
         case 'ListSnapshotBlocks': out = await d.listSnapshotBlocks(req.input); break;
         case 'ListChangedBlocks': out = await d.listChangedBlocks(req.input); break;
@@ -204,12 +213,37 @@ function _snapshotsOf(op: string, input: Record<string, unknown>): string[] {
 export async function openEbsApi(o: {
   store: SnapshotStore; gc?: SnapshotGc; pendingDir: string; keys: KeyService; xts: XtsEngine; evaluator: PolicyEvaluator; accountId: string; region: string;
   audit: EbsApiOptions['audit']; log: Logger;
+  /** Where the hidden tuning variables are read (process.env by default). */
+  env?: NodeJS.ProcessEnv;
 }): Promise<EbsApi> {
   const { store, gc } = o;
+  const tuning = ebsDirectTuning(o.env ?? process.env);
   const direct = new EbsDirect({
     store, pendingDir: o.pendingDir, keys: o.keys, xts: o.xts, accountId: o.accountId, region: o.region, log: o.log, ...(gc ? { pin: (h: Iterable<string>) => gc.pin(h) } : {}),
+    ...(tuning.keyTtlMs !== undefined ? { keyTtlMs: tuning.keyTtlMs } : {}),
   });
   const marked = await direct.recover();
   if (marked.length) o.log.warn({ snapshots: marked }, 'snapshots begun with StartSnapshot and never completed before the restart are now error');
-  return new EbsApi({ direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: async (id) => direct.pendingManifest(id) ?? store.getManifest(id), log: o.log });
+  return new EbsApi({
+    direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: async (id) => direct.pendingManifest(id) ?? store.getManifest(id), log: o.log,
+    ...(tuning.perSnapshotRate !== undefined ? { throttle: new SnapshotThrottle(tuning.perSnapshotRate) } : {}),
+  });
+}
+
+/**
+ * Hidden knobs, for tests that cannot wait on AWS's figures (docs/architecture.md §15):
+ * `EBSD_EBS_SNAPSHOT_RPS` (GetSnapshotBlock / PutSnapshotBlock requests per second per
+ * snapshot, default 1000) and `EBSD_EBS_KEY_TTL_MS` (how long a data key unwrapped for a
+ * caller is kept, default 60000; 0 keeps none). A malformed value is refused at start.
+ */
+export function ebsDirectTuning(env: NodeJS.ProcessEnv): { perSnapshotRate?: number; keyTtlMs?: number } {
+  const num = (name: string, min: number): number | undefined => {
+    const v = env[name];
+    if (v === undefined || v === '') return undefined;
+    if (!/^[0-9]{1,9}$/.test(v) || Number(v) < min) throw new RangeError(`${name}: an integer >= ${min}, got ${JSON.stringify(v.slice(0, 32))}`);
+    return Number(v);
+  };
+  const perSnapshotRate = num('EBSD_EBS_SNAPSHOT_RPS', 1);
+  const keyTtlMs = num('EBSD_EBS_KEY_TTL_MS', 0);
+  return { ...(perSnapshotRate !== undefined ? { perSnapshotRate } : {}), ...(keyTtlMs !== undefined ? { keyTtlMs } : {}) };
 }

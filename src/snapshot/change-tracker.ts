@@ -67,8 +67,25 @@ export class TrackingFiles {
     await atomicWrite(this.path(volumeId), `${JSON.stringify(f)}\n`);
   }
 
+  /** The volume was deleted: its tracking goes with it (a volume id is never reused, so it would only be litter). */
   async remove(volumeId: string): Promise<void> {
     await fsp.rm(this.path(volumeId), { force: true });
+  }
+
+  /**
+   * Remove the tracking files of volumes `exists` does not know (deleted
+   * while the daemon was down, or a crash between DeleteVolume and remove).
+   * Files not named `vol-<17 hex>.json` are left alone. Returns the volume ids removed.
+   */
+  async prune(exists: (volumeId: string) => boolean): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of (await fsp.readdir(this.dir)).sort()) {
+      const id = name.endsWith('.json') ? name.slice(0, -'.json'.length) : '';
+      if (!VOLUME_ID.test(id) || exists(id)) continue;
+      await this.remove(id);
+      removed.push(id);
+    }
+    return removed;
   }
 }
 

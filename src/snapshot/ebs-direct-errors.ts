@@ -56,6 +56,10 @@ export const conflict = (message: string): EbsDirectError =>
 export const concurrentLimit = (message: string): EbsDirectError =>
   new EbsDirectError('EBS_CONCURRENT_LIMIT', 'ConcurrentLimitExceededException', 400, message);
 
+/** A per-snapshot or per-account request rate was exceeded (src/snapshot/ebs-direct-throttle.ts): HTTP 400, as EBS answers it. */
+export const throttled = (reason: ThrottledReason, message: string): EbsDirectError =>
+  new EbsDirectError('EBS_THROTTLED', 'RequestThrottledException', 400, message, reason);
+
 export const internal = (message: string, cause?: unknown): EbsDirectError =>
   new EbsDirectError('EBS_INTERNAL', 'InternalServerException', 500, message, undefined, cause);
 

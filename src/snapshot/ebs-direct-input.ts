@@ -147,6 +147,11 @@ export function parseStartSnapshot(b: Body): StartSnapshotInput {
   if (out.ParentSnapshotId !== undefined && out.Encrypted !== undefined) {
     throw validation('INVALID_PARAMETER_VALUE', 'ParentSnapshotId and Encrypted cannot be given together: a snapshot takes its parent\'s encryption');
   }
+  // Encryption outcomes for EBS direct APIs: with a parent, encrypted or not, a KmsKeyArn "fails with ValidationException"
+  // (the snapshot takes the parent's key: a new key would mean new ciphertext for every inherited block, which StartSnapshot never writes).
+  if (out.ParentSnapshotId !== undefined && out.KmsKeyArn !== undefined) {
+    throw validation('INVALID_PARAMETER_VALUE', 'ParentSnapshotId and KmsKeyArn cannot be given together: a snapshot is encrypted with its parent\'s KMS key (to change the key, CopySnapshot the parent with --kms-key-id first)');
+  }
   if (out.KmsKeyArn !== undefined && out.Encrypted !== true && out.ParentSnapshotId === undefined) {
     throw validation('INVALID_PARAMETER_VALUE', 'KmsKeyArn needs Encrypted set to true');
   }

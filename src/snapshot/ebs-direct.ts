@@ -18,6 +18,7 @@ import {
   type PutSnapshotBlockInput, type StartSnapshotInput,
 } from './ebs-direct-input.js';
 import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS, TokenSigner } from './ebs-direct-tokens.js';
+import { SnapshotKeyCache } from './ebs-direct-key-cache.js';
 
 /**
  * The EBS direct APIs over a SnapshotStore (docs/architecture.md, "EBS direct APIs"):
@@ -29,7 +30,8 @@ import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS, TokenSigner } from './ebs-direct
  * 512-byte unit number from the data segment start, docs/format.md), so
  * PutSnapshotBlock encrypts and GetSnapshotBlock decrypts, each with the
  * snapshot's data key unwrapped by KMS on the caller's behalf (the caller
- * must be allowed kms:Decrypt on the key) and wiped after the call.
+ * must be allowed kms:Decrypt on the key), once per caller and snapshot and
+ * kept for a short TTL (ebs-direct-key-cache.ts).
  *
  * Authorization of the ebs:* actions is the transport's (src/daemon/ebs-api.ts);
  * this class trusts that its caller was authorized and acts for it towards KMS.
@@ -97,6 +99,8 @@ export interface EbsDirectOptions {
   pin?: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
   /** Timer of the pending manifest's save; tests inject one driven by their clock. */
   schedule?: Scheduler;
+  /** How long a data key unwrapped for a caller is kept (DEFAULT_SNAPSHOT_KEY_TTL_MS); 0 keeps none. */
+  keyTtlMs?: number;
 }
 
 /** A snapshot between StartSnapshot and CompleteSnapshot: held here, its manifest in the store says `pending`. */
@@ -139,12 +143,15 @@ export class EbsDirect {
   private readonly tokens: TokenSigner;
   private readonly now: () => number;
   private readonly viaService: string;
+  /** Data keys unwrapped for GetSnapshotBlock / PutSnapshotBlock, per caller and snapshot. */
+  private readonly dataKeys: SnapshotKeyCache;
 
   constructor(private readonly o: EbsDirectOptions) {
     this.tokens = new TokenSigner(o.tokenKey);
     this.now = o.now ?? Date.now;
     this.viaService = `ec2.${o.region}.amazonaws.com`;
     this.schedule = o.schedule ?? unrefTimer;
+    this.dataKeys = new SnapshotKeyCache({ xts: o.xts, ...(o.keyTtlMs !== undefined ? { ttlMs: o.keyTtlMs } : {}) });
   }
 
   /**
@@ -183,10 +190,11 @@ export class EbsDirect {
     return this.pending.get(id)?.manifest;
   }
 
-  /** Wipe the token key and cancel the scheduled manifest saves; pending snapshots are left for recover() to mark. */
+  /** Wipe the token key and the cached data keys, cancel the scheduled manifest saves; pending snapshots are left for recover() to mark. */
   close(): void {
     for (const p of this.pending.values()) this._cancelSave(p);
     this.tokens.destroy();
+    this.dataKeys.close();
   }
 
   // ---- reading -------------------------------------------------------------
@@ -304,9 +312,6 @@ export class EbsDirect {
     const parent = i.ParentSnapshotId !== undefined ? await this._completed(i.ParentSnapshotId) : undefined;
     if (parent && i.VolumeSize < parent.volumeSize) {
       throw validation('INVALID_VOLUME_SIZE', `VolumeSize ${i.VolumeSize} is smaller than the parent ${parent.snapshotId}'s ${parent.volumeSize} GiB`);
-    }
-    if (parent && i.KmsKeyArn !== undefined && i.KmsKeyArn !== parent.kmsKeyId) {
-      throw validation('INVALID_CUSTOMER_KEY', `KmsKeyArn must be the parent ${parent.snapshotId}'s key (${parent.kmsKeyId || 'unencrypted'}): a snapshot shares its parent's data key`);
     }
     const encrypted = parent ? parent.encrypted : i.Encrypted === true;
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
@@ -560,19 +565,17 @@ export class EbsDirect {
     return key;
   }
 
-  /** Run `fn` with the snapshot's XTS context, the key unwrapped for `caller`; key and context wiped after, also on failure. */
+  /**
+   * Run `fn` with the snapshot's XTS context, the key unwrapped for `caller`
+   * by KMS once per caller and snapshot and kept for the key cache's TTL
+   * (ebs-direct-key-cache.ts): every call is still authorized for `ebs:*`
+   * by the transport; KMS is asked again after the TTL.
+   */
   private async _withKey(m: SnapshotManifest, caller: Caller, op: string, fn: (x: XtsContext) => Promise<void> | void): Promise<void> {
-    let key: Uint8Array | undefined;
-    let x: XtsContext | undefined;
-    try {
-      key = await this._unwrap(m, { ...caller, viaService: this.viaService }, op);
-      x = this.o.xts.createContext(key);
-      wipe(key); // the context holds its own schedule
-      await fn(x);
-    } finally {
-      wipe(key); // best effort in JS: the GC may have copied it
-      x?.destroy();
-    }
+    const w = m.wrappedKey;
+    // Everything a key policy or grant may judge the caller on is in the id: another principal, access key, uid or address unwraps for itself.
+    const id = JSON.stringify([caller.arn, caller.principalId, caller.accessKeyId, caller.uid, caller.sourceIp, m.snapshotId, w?.keyArn, w?.ciphertextBlob]);
+    await this.dataKeys.use(id, () => this._unwrap(m, { ...caller, viaService: this.viaService }, op), fn);
   }
 
   private async _manifest(id: string): Promise<SnapshotManifest> {

@@ -39,6 +39,8 @@ const HEADER_CACHE_VOLUMES = 4;
 /** What the snapshot manager takes from the volume layer (VolumeManager implements it). */
 export interface SnapshotVolumes {
   withVolumeForSnapshot<T>(volumeId: string, fn: (v: VolumeForSnapshot) => Promise<T>): Promise<T>;
+  /** The volumes this host has, for removing the tracking of deleted ones at open (optional: without it nothing is pruned). */
+  describeVolumes?(): { Volumes: { VolumeId: string }[] };
 }
 
 export interface SnapshotAuditEvent {
@@ -133,7 +135,18 @@ export class SnapshotManager {
     await fsp.mkdir(pendingDir, { recursive: true, mode: 0o700 });
     const m = new SnapshotManager(o, tracking, pendingDir);
     await m.recover();
+    if (o.volumes.describeVolumes) {
+      const known = new Set(o.volumes.describeVolumes().Volumes.map((v) => v.VolumeId));
+      const pruned = await tracking.prune((id) => known.has(id));
+      if (pruned.length) m.log.info({ volumeIds: pruned }, 'removed the changed-block tracking of volumes that no longer exist');
+    }
     return m;
+  }
+
+  /** DeleteVolume succeeded: the volume's changed-block tracking file goes too. */
+  async volumeDeleted(volumeId: string): Promise<void> {
+    this.trackers.delete(volumeId);
+    await this.tracking.remove(volumeId);
   }
 
   /**

@@ -25,10 +25,18 @@ export interface Ec2Snapshot {
   StorageTier: 'standard';
 }
 
+/**
+ * The VolumeId EC2 shows for a snapshot made from no volume of this account
+ * (EBS direct StartSnapshot): the API reference calls it "an arbitrary volume
+ * ID that should not be used for any purpose"; EC2 answers `vol-ffffffff`.
+ * Manifests keep `''` (no volume), so lineage checks never match on it.
+ */
+export const NO_VOLUME_ID = 'vol-ffffffff';
+
 export function toEc2Snapshot(m: SnapshotManifest): Ec2Snapshot {
   return {
     SnapshotId: m.snapshotId,
-    VolumeId: m.volumeId,
+    VolumeId: m.volumeId || NO_VOLUME_ID,
     State: m.state,
     ...(m.stateMessage ? { StateMessage: m.stateMessage } : {}),
     StartTime: m.startTime,
