@@ -1,13 +1,14 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AccessDeniedException, CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListChangedBlocksCommand, PutSnapshotBlockCommand,
-  ResourceNotFoundException, StartSnapshotCommand, ValidationException, ConflictException, paginateListSnapshotBlocks,
+  ListSnapshotBlocksCommand, RequestThrottledException, ResourceNotFoundException, StartSnapshotCommand, ValidationException, ConflictException,
+  paginateListSnapshotBlocks,
 } from '@aws-sdk/client-ebs';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
+import { callDaemon, socketPathFor } from '../../src/cli/client.js';
+import { api } from './helpers.js';
 
 /**
  * Issue 17, EBS direct APIs driven by the real AWS SDK (@aws-sdk/client-ebs)
@@ -55,27 +56,62 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
   let stranger: EBSClient;
   let keyArn = '';
 
+  let base = '';
+  let region = '';
+  const clients: EBSClient[] = [];
+  const keys = new Map<string, { AccessKeyId: string; SecretAccessKey: string }>();
+  /** Another client of `user`, e.g. with other retry settings. */
+  const clientOf = async (user: string, maxAttempts: number): Promise<EBSClient> => {
+    const c = await sdkClient(base, region, keys.get(user)!, maxAttempts);
+    clients.push(c);
+    return c;
+  };
+  /** Decrypt events of the KMS audit made for `user`, and those KMS refused. */
+  const decrypts = (user: string): { all: number; refused: string[] } => {
+    const ev = env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l))
+      .filter((e) => e.eventName === 'Decrypt' && String(e.userIdentity?.arn ?? '').endsWith(`:user/${user}`));
+    return { all: ev.length, refused: ev.filter((e) => e.errorCode).map((e) => String(e.errorCode)) };
+  };
+  /** One block put and the snapshot completed by bob; returns its id, the block and its token. */
+  const oneBlock = async (o: { KmsKeyArn?: string } = {}): Promise<{ snap: string; data: Buffer; token: string }> => {
+    const snap = (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1, ...(o.KmsKeyArn ? { Encrypted: true, KmsKeyArn: o.KmsKeyArn } : {}) }))).SnapshotId!;
+    const data = randomBytes(BLOCK);
+    await ebs.send(new PutSnapshotBlockCommand({ SnapshotId: snap, BlockIndex: 2, BlockData: data, DataLength: BLOCK, Checksum: sha(data).toString('base64'), ChecksumAlgorithm: 'SHA256' }));
+    await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snap, ChangedBlocksCount: 1 }));
+    const token = (await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: snap }))).Blocks![0]!.BlockToken!;
+    return { snap, data, token };
+  };
+
   beforeAll(async () => {
     ensureBuilt();
-    await env.start(['--kms-listen', '127.0.0.1:0']);
-    const base = await kmsUrl(env);
-    const st = await env.ok(['status']);
-    const region = st.Daemon.Region as string;
-    keyArn = (await env.ok(['kms', 'create-key', '--description', 'ebs sdk'])).KeyMetadata.Arn;
-    await env.ok(['iam', 'create-user', 'bob']);
-    await env.ok(['iam', 'create-user', 'eve']);
-    const policy = join(env.dir, 'p.json');
-    writeFileSync(policy, JSON.stringify({ Version: '2012-10-17', Statement: [
+    // Hidden knobs (src/daemon/ebs-api.ts): 4 block requests per second per snapshot, data keys kept 3 s, so the tests need not wait on AWS's figures.
+    process.env.EBSD_EBS_SNAPSHOT_RPS = '4';
+    process.env.EBSD_EBS_KEY_TTL_MS = '3000';
+    try {
+      await env.start(['--kms-listen', '127.0.0.1:0']);
+    } finally {
+      delete process.env.EBSD_EBS_SNAPSHOT_RPS;
+      delete process.env.EBSD_EBS_KEY_TTL_MS;
+    }
+    base = await kmsUrl(env);
+    // Set-up straight to the control socket (root): a CLI process per call costs a Node start-up each.
+    const sock = (target: string, body: Record<string, unknown> = {}): Promise<any> => callDaemon(socketPathFor(env.state), target, body);
+    region = (await sock('ebsd.Status')).Daemon.Region as string;
+    keyArn = (await sock('TrentService.CreateKey', { Description: 'ebs sdk' })).KeyMetadata.Arn;
+    const policy = JSON.stringify({ Version: '2012-10-17', Statement: [
       { Effect: 'Allow', Action: 'ebs:*', Resource: `arn:aws:ec2:${region}::snapshot/*` },
       { Effect: 'Allow', Action: ['kms:Decrypt', 'kms:GenerateDataKeyWithoutPlaintext', 'kms:DescribeKey', 'kms:CreateGrant'], Resource: '*' },
-    ] }));
-    await env.ok(['iam', 'put-policy', 'user/bob', '--policy-name', 'ebs', '--policy-document', `file://${policy}`]);
-    ebs = await sdkClient(base, region, (await env.ok(['iam', 'create-access-key', '--user-name', 'bob'])).AccessKey);
-    stranger = await sdkClient(base, region, (await env.ok(['iam', 'create-access-key', '--user-name', 'eve'])).AccessKey);
+    ] });
+    for (const u of ['bob', 'carol', 'eve']) {
+      await sock('ebsd.IamCreateUser', { UserName: u });
+      if (u !== 'eve') await sock('ebsd.IamPutPolicy', { Principal: `user/${u}`, PolicyName: 'ebs', PolicyDocument: policy });
+      keys.set(u, (await sock('ebsd.IamCreateAccessKey', { UserName: u })).AccessKey);
+    }
+    ebs = await clientOf('bob', 3);
+    stranger = await clientOf('eve', 3);
   }, 120_000);
   afterAll(async () => {
-    ebs?.destroy();
-    stranger?.destroy();
+    for (const c of clients) c.destroy();
     await env.cleanup();
   });
 
@@ -149,4 +185,70 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     const clash = await rejection(ebs.send(new StartSnapshotCommand({ VolumeSize: 2, ClientToken: 'same-token' })));
     expect(clash).toBeInstanceOf(ConflictException);
   }, 60_000);
+  it('a StartSnapshot snapshot describes as VolumeId vol-ffffffff (EC2\'s id for a snapshot of no volume); KmsKeyArn with ParentSnapshotId is ValidationException', async () => {
+    const other = (await env.ok(['kms', 'create-key', '--description', 'another'])).KeyMetadata.Arn as string;
+    const { snap } = await oneBlock({ KmsKeyArn: keyArn });
+    const d = (await env.ok(['snapshot', 'describe', snap])).Snapshots[0];
+    expect(d).toMatchObject({ SnapshotId: snap, VolumeId: 'vol-ffffffff', State: 'completed', Encrypted: true, KmsKeyId: keyArn });
+    const byVolume = await api(env)('DescribeSnapshots', { Filters: [{ Name: 'volume-id', Values: ['vol-ffffffff'] }] });
+    expect(byVolume.Snapshots.map((x: { SnapshotId: string }) => x.SnapshotId)).toContain(snap);
+    // Encryption outcomes for EBS direct APIs: an encrypted parent with KmsKeyArn specified fails with ValidationException, the same key or another.
+    for (const k of [other, keyArn]) {
+      const e = await rejection(ebs.send(new StartSnapshotCommand({ VolumeSize: 1, ParentSnapshotId: snap, KmsKeyArn: k })));
+      expect(e).toBeInstanceOf(ValidationException);
+      expect(e.Reason).toBe('INVALID_PARAMETER_VALUE');
+      expect(e.message).toMatch(/ParentSnapshotId and KmsKeyArn/);
+    }
+  }, 60_000);
+
+  it('GetSnapshotBlock past the per-snapshot rate is RequestThrottledException RESOURCE_LEVEL_THROTTLE (400); the SDK\'s retry then gets every block', async () => {
+    const { snap, data, token } = await oneBlock();
+    const get = (c: EBSClient) => c.send(new GetSnapshotBlockCommand({ SnapshotId: snap, BlockIndex: 2, BlockToken: token }))
+      .then(async (r) => ({ ok: Buffer.from(await r.BlockData!.transformToByteArray()), attempts: r.$metadata.attempts ?? 1 }), (e: unknown) => ({ err: e as any }));
+    // 16 at once against 4 per second, no retry: some are refused, as EBS refuses them.
+    const once = await clientOf('bob', 1);
+    const burst = await Promise.all(Array.from({ length: 16 }, () => get(once)));
+    const refused = burst.filter((r) => 'err' in r).map((r) => (r as { err: any }).err);
+    expect(refused.length).toBeGreaterThan(0);
+    expect(burst.length - refused.length).toBeGreaterThan(0);
+    for (const e of refused) {
+      expect(e).toBeInstanceOf(RequestThrottledException);
+      expect(e.Reason).toBe('RESOURCE_LEVEL_THROTTLE');
+      expect(e.$metadata.httpStatusCode).toBe(400);
+    }
+    // The same burst with the SDK's standard retry: every call ends with the block, some after a throttled attempt.
+    const retrying = await clientOf('bob', 10);
+    const again = await Promise.all(Array.from({ length: 12 }, () => get(retrying)));
+    for (const r of again) {
+      expect('ok' in r, 'err' in r ? String((r as { err: any }).err) : '').toBe(true);
+      expect((r as { ok: Buffer }).ok.equals(data)).toBe(true);
+    }
+    expect(again.some((r) => (r as { attempts: number }).attempts > 1)).toBe(true);
+  }, 120_000);
+
+  it('one Decrypt per caller and snapshot, not per block; once the key is disabled, the next call past the key TTL fails as KMS says', async () => {
+    const own = (await env.ok(['kms', 'create-key', '--description', 'disabled later'])).KeyMetadata as { KeyId: string; Arn: string };
+    const { snap, data, token } = await oneBlock({ KmsKeyArn: own.Arn });
+    const carol = await clientOf('carol', 3);
+    const get = async (): Promise<Buffer> => {
+      const r = await carol.send(new GetSnapshotBlockCommand({ SnapshotId: snap, BlockIndex: 2, BlockToken: token }));
+      return Buffer.from(await r.BlockData!.transformToByteArray());
+    };
+    expect(decrypts('carol').all).toBe(0);
+    // Four at once (within the rate): one Decrypt for all of them.
+    for (const b of await Promise.all([get(), get(), get(), get()])) expect(b.equals(data)).toBe(true);
+    expect(decrypts('carol').all).toBe(1);
+
+    await env.ok(['kms', 'disable-key', '--key-id', own.KeyId]);
+    // Polled, bounded: calls within the TTL may still be served from the cached key; the first past it asks KMS and is refused.
+    let refusal: any;
+    for (let i = 0; i < 200 && !refusal; i++) {
+      refusal = await get().then(() => undefined, (e: unknown) => e);
+      if (!refusal) await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(refusal).toBeInstanceOf(ValidationException);
+    expect(refusal.Reason).toBe('INVALID_CUSTOMER_KEY');
+    expect(refusal.message).toMatch(/Decrypt of the data key of snap-.*disabled/i);
+    expect(decrypts('carol').refused).toContain('DisabledException');
+  }, 120_000);
 });
