@@ -21,7 +21,7 @@ const BLOCK = 512 * 1024;
 const sha = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
 
 /** An EBSClient whose credentials come from the standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), set only while it resolves them. */
-export async function sdkClient(endpoint: string, region: string, key: { AccessKeyId: string; SecretAccessKey: string }, maxAttempts = 3): Promise<EBSClient> {
+async function sdkClient(endpoint: string, region: string, key: { AccessKeyId: string; SecretAccessKey: string }, maxAttempts = 3): Promise<EBSClient> {
   const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY, profile: process.env.AWS_PROFILE };
   process.env.AWS_ACCESS_KEY_ID = key.AccessKeyId;
   process.env.AWS_SECRET_ACCESS_KEY = key.SecretAccessKey;
