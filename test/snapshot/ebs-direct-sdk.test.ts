@@ -58,6 +58,9 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
 
   let base = '';
   let region = '';
+  let policy = '';
+  /** Set-up straight to the control socket (root): a CLI process per call costs a Node start-up each. */
+  const sock = (target: string, body: Record<string, unknown> = {}): Promise<any> => callDaemon(socketPathFor(env.state), target, body);
   const clients: EBSClient[] = [];
   const keys = new Map<string, { AccessKeyId: string; SecretAccessKey: string }>();
   /** Another client of `user`, e.g. with other retry settings. */
@@ -94,11 +97,9 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
       delete process.env.EBSD_EBS_KEY_TTL_MS;
     }
     base = await kmsUrl(env);
-    // Set-up straight to the control socket (root): a CLI process per call costs a Node start-up each.
-    const sock = (target: string, body: Record<string, unknown> = {}): Promise<any> => callDaemon(socketPathFor(env.state), target, body);
     region = (await sock('ebsd.Status')).Daemon.Region as string;
     keyArn = (await sock('TrentService.CreateKey', { Description: 'ebs sdk' })).KeyMetadata.Arn;
-    const policy = JSON.stringify({ Version: '2012-10-17', Statement: [
+    policy = JSON.stringify({ Version: '2012-10-17', Statement: [
       { Effect: 'Allow', Action: 'ebs:*', Resource: `arn:aws:ec2:${region}::snapshot/*` },
       { Effect: 'Allow', Action: ['kms:Decrypt', 'kms:GenerateDataKeyWithoutPlaintext', 'kms:DescribeKey', 'kms:CreateGrant'], Resource: '*' },
     ] });
@@ -238,6 +239,13 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     // Four at once (within the rate): one Decrypt for all of them.
     for (const b of await Promise.all([get(), get(), get(), get()])) expect(b.equals(data)).toBe(true);
     expect(decrypts('carol').all).toBe(1);
+    // The cached key is no pass: ebs:* is judged on every call, so losing it is immediate.
+    await sock('ebsd.IamDeletePolicy', { Principal: 'user/carol', PolicyName: 'ebs' });
+    const denied = await get().then(() => undefined, (e: unknown) => e as any);
+    expect(denied).toBeInstanceOf(AccessDeniedException);
+    expect(denied.Reason).toBe('UNAUTHORIZED_ACCOUNT');
+    await sock('ebsd.IamPutPolicy', { Principal: 'user/carol', PolicyName: 'ebs', PolicyDocument: policy });
+    expect((await get()).equals(data)).toBe(true);
 
     await env.ok(['kms', 'disable-key', '--key-id', own.KeyId]);
     // Polled, bounded: calls within the TTL may still be served from the cached key; the first past it asks KMS and is refused.
