@@ -66,7 +66,7 @@ export class EbsApi {
     this.throttle = o.throttle ?? new SnapshotThrottle();
   }
 
-  /** Wipe the block-token key. */
+  /** Wipe the block-token key and the cached data keys. */
   close(): void {
     this.o.direct.close();
   }
