@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
@@ -13,7 +13,8 @@ import { api, detachWhenClosed, settled } from './helpers.js';
  * - `snapshot create --wait` and `volume create --snapshot-id --wait` exit
  *   non-zero naming the `error` state when the snapshot or restore fails
  *   (store errors the test causes and undoes: the blocks directory replaced
- *   by a file, every put failing with ENOTDIR; one stored block moved aside).
+ *   by a file, every put failing with ENOTDIR; one byte of a stored block
+ *   flipped, so its hash no longer matches).
  */
 const MiB = 1024 * 1024;
 
@@ -48,6 +49,37 @@ describe('tracking files of deleted volumes; --wait on a failed snapshot or rest
       rmSync(blocksDir(), { force: true });
       renameSync(`${blocksDir()}.aside`, blocksDir());
     }
+  };
+
+  /**
+   * Flip one byte of a stored block where the directory store keeps it (a
+   * pack, docs/architecture.md §13.4, or a block file); returns the undo.
+   */
+  const flipStoredByte = (hash: string): (() => void) => {
+    let at: { file: string; offset: number } | undefined;
+    const file = join(blocksDir(), hash.slice(0, 2), hash);
+    if (existsSync(file)) at = { file, offset: 0 };
+    const packs = join(env.state, 'snapshots', 'packs');
+    for (const idx of existsSync(packs) && !at ? readdirSync(packs).filter((n) => n.endsWith('.idx')) : []) {
+      const hit = (JSON.parse(readFileSync(join(packs, idx), 'utf8')).blocks as [string, number, number][]).find(([h]) => h === hash);
+      if (hit) at = { file: join(packs, idx.replace(/\.idx$/, '.pack')), offset: hit[1] };
+    }
+    if (!at) throw new Error(`block ${hash} is in no block file or pack`);
+    const { file: f, offset } = at;
+    const flip = (): void => {
+      const fd = openSync(f, 'r+');
+      try {
+        const b = Buffer.alloc(1);
+        readSync(fd, b, 0, 1, offset);
+        b[0] = b[0]! ^ 0xff;
+        writeSync(fd, b, 0, 1, offset);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+    };
+    flip();
+    return flip;
   };
 
   beforeAll(async () => {
@@ -88,15 +120,14 @@ describe('tracking files of deleted volumes; --wait on a failed snapshot or rest
 
     const snap = (await api(env)('CreateSnapshot', { VolumeId: vol })).SnapshotId as string;
     expect((await settled(env, snap)).State).toBe('completed');
-    // A data block moved aside (the header stays, so CreateVolume accepts the restore and it fails in the background).
+    // One stored byte of a data block flipped (the header stays, so CreateVolume accepts the restore and it fails in the background).
     const [, hash] = (JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${snap}.json`), 'utf8')).blocks as [number, string][])[1]!;
-    const block = join(blocksDir(), hash.slice(0, 2), hash);
-    renameSync(block, `${block}.aside`);
+    const undo = flipStoredByte(hash);
     let restore;
     try {
       restore = await env.cli(['volume', 'create', '--snapshot-id', snap, '--wait', '--output', 'json']);
     } finally {
-      renameSync(`${block}.aside`, block);
+      undo();
     }
     expect(restore.code, restore.stderr).not.toBe(0);
     expect(restore.stderr).toMatch(/vol-[0-9a-f]{17} from snap-[0-9a-f]{17} ended in state 'error'/);
