@@ -17,7 +17,7 @@ import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { manifestHashes } from '../../src/snapshot/manifest-check.js';
 import { ensureBuilt } from '../e2e/helpers.js';
-import { block, manifest, snapId } from './store-suite.js';
+import { block, code, manifest, snapId } from './store-suite.js';
 
 const dirs: string[] = [];
 const tmp = (): string => {
@@ -44,15 +44,6 @@ async function batchSnapshot(store: DirSnapshotStore, fresh: { hash: string; dat
   const names = [...inherit, ...fresh.map((x) => x.hash)];
   await store.putManifest(manifest(id, names.map((h, i) => [i, h])));
   return id;
-}
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(SnapshotError);
-    return (e as SnapshotError).code;
-  }
-  return 'resolved';
 }
 
 describe('DirSnapshotStore pack files', () => {

@@ -41,7 +41,8 @@ export function manifest(id: string, blocks: [number, string][], over: Partial<S
   };
 }
 
-async function code(p: Promise<unknown>): Promise<string> {
+/** The SnapshotError code a promise rejects with, or 'resolved'. */
+export async function code(p: Promise<unknown>): Promise<string> {
   try {
     await p;
   } catch (e) {
