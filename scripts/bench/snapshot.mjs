@@ -167,6 +167,9 @@ try {
           await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
         }
       })();
+      // Awaited below; until then a failure must not be an unhandled rejection, which would end the
+      // process past the finally and leave the daemon and its mount behind.
+      loop.catch(() => {});
       withs.push(await fio());
       snapping = false;
       await loop;
