@@ -86,7 +86,6 @@ export function throttledEvent(r: RefusalSummary, o: { accountId: string; region
   return e;
 }
 
-/** Details from the volume layer are ids, sizes and flags; keep only scalars, never anything token-like. */
 /**
  * The part every EC2 event shares (volumes, snapshots): eventSource
  * ec2.amazonaws.com, the caller's identity, or EC2's own for what the service

@@ -40,6 +40,17 @@ export interface CopyResult {
 }
 
 /**
+ * Stores a block unless the store has it; true if it was put. An existing block
+ * is touched, not only looked up: another daemon's collector spares it until a
+ * manifest of ours names it. With a batch, the put is durable at its commit().
+ */
+export async function putUnlessStored(store: SnapshotStore, batch: BlockBatch | undefined, hash: BlockHash, data: Uint8Array): Promise<boolean> {
+  if (await (store.touchBlock ? store.touchBlock(hash) : Promise.resolve(false))) return false;
+  await (batch ? batch.put(hash, data) : store.putBlock(hash, data));
+  return true;
+}
+
+/**
  * Reads, hashes and stores a snapshot's blocks (docs/architecture.md §12.1).
  * A few blocks are in flight at once so reading, SHA-256 and the store's
  * durable writes overlap; each put is durable before the copy resolves.
@@ -93,11 +104,7 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         const hash = await sha256HexOffLoop(buf);
         try {
           await p.pin?.(hash);
-          // Touched, not only looked up: another daemon's collector spares it until a manifest of ours names it.
-          if (!(await (p.store.touchBlock ? p.store.touchBlock(hash) : Promise.resolve(false)))) {
-            await (p.batch ? p.batch.put(hash, buf) : p.store.putBlock(hash, buf));
-            storedBlocks++;
-          }
+          if (await putUnlessStored(p.store, p.batch, hash, buf)) storedBlocks++;
         } catch (e) {
           throw (failure ??= e);
         }

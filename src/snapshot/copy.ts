@@ -19,6 +19,7 @@ import { pipeBlocks } from './block-pipeline.js';
 import { sha256HexOffLoop } from '../util/sha256.js';
 import { dataEncryptionKeyId } from './volume-image.js';
 import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
+import { putUnlessStored } from './block-copier.js';
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
@@ -294,8 +295,7 @@ export class SnapshotCopier {
       const hash = hashes.get(index)!;
       hashes.delete(index);
       pins.push(await this.o.pin([hash]));
-      // Touched, not only looked up: another daemon's collector spares it until our manifest names it.
-      if (!(await (store.touchBlock ? store.touchBlock(hash) : Promise.resolve(false)))) await (batch ? batch.put(hash, data) : store.putBlock(hash, data));
+      await putUnlessStored(store, batch, hash, data);
       out.set(index, hash);
       done++;
       // Progress in the manifest: every 10 %, not per block (each write is a store round trip).

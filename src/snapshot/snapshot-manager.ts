@@ -12,7 +12,7 @@ import { faultPoint } from '../util/fault-point.js';
 import { KeyedMutex } from '../util/lock.js';
 import { errInfo } from '../volume/errors.js';
 import { BlockBitmap } from './block-bitmap.js';
-import { copyBlocks } from './block-copier.js';
+import { copyBlocks, putUnlessStored } from './block-copier.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from './change-tracker.js';
 import { CowSession } from './cow-session.js';
 import { CopyPacer } from './cow-pacer.js';
@@ -382,7 +382,7 @@ export class SnapshotManager {
       headerStored = (async (): Promise<BlockHash> => {
         const h = await this.headerHash(m.volumeId, header);
         run.pins.push(await this.o.gc.pin([h]));
-        if (!(await (this.o.store.touchBlock ? this.o.store.touchBlock(h) : Promise.resolve(false)))) await (b ? b.put(h, header) : this.o.store.putBlock(h, header));
+        await putUnlessStored(this.o.store, b, h, header);
         return h;
       })();
       headerStored.catch(() => {});
