@@ -1,4 +1,4 @@
-import { hmacSha256 } from '../sigv4/hmac-sha256.js';
+import { createHmac } from 'node:crypto';
 
 const LABEL = Buffer.from('ebsd-kms-v1 data encryption', 'utf8');
 
@@ -8,13 +8,13 @@ const LABEL = Buffer.from('ebsd-kms-v1 data encryption', 'utf8');
  * L = 256 so one iteration: K(1) = PRF(K_in, [1]_32 ‖ Label ‖ 0x00 ‖ Context ‖ [256]_32),
  * Context = HBK id ‖ nonce.
  *
- * HMAC is RFC 2104 over OpenSSL's one-shot SHA-256 (`hmacSha256`), not
- * @noble/hashes (21 µs per derivation) nor `createHmac` (7 µs, most of it
- * per-call setup), and the KDF runs on every Encrypt and Decrypt.
- * test/kms/kdf.test.ts checks it against the NIST vectors and both of those.
+ * The PRF is OpenSSL's HMAC (`createHmac`): a hand-written HMAC over one-shot
+ * SHA-256 was slower here, not faster (docs/benchmarks.md, "KMS over the
+ * network"). test/kms/kdf.test.ts checks it against the NIST vectors and
+ * @noble/hashes.
  */
 export function deriveOneTimeKey(hbk: Uint8Array, hbkId: Uint8Array, nonce: Uint8Array): Buffer {
-  return hmacSha256(hbk, kdfInput(hbkId, nonce));
+  return createHmac('sha256', hbk).update(kdfInput(hbkId, nonce)).digest();
 }
 
 /** The KDF input block, exported for the cross-check test against @noble/hashes. */

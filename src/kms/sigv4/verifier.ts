@@ -6,8 +6,8 @@
  * it is only good for that day, region and service, and deriving it costs an
  * HSM round trip (README.md, "KMS over the network").
  */
-import { timingSafeEqual } from 'node:crypto';
-import { HmacSha256Key } from './hmac-sha256.js';
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { wipe } from '../../util/wipe.js';
 import { ALGORITHM, canonicalRequest, headerMap, sha256Hex, stringToSign, type WireRequest } from './canonical.js';
 import { SigV4Error } from './errors.js';
 
@@ -55,7 +55,7 @@ interface Parsed { accessKeyId: string; date: string; region: string; service: s
 const MUST_SIGN_WHEN_PRESENT = ['x-amz-target', 'content-type'] as const;
 
 export class SigV4Verifier<P> {
-  private readonly keys = new Map<string, HmacSha256Key>();
+  private readonly keys = new Map<string, Buffer>();
   private cacheDay = '';
   private readonly now: () => number;
 
@@ -116,7 +116,9 @@ export class SigV4Verifier<P> {
     const canonical = canonicalRequest(req, p.signedHeaders, payloadHash, headers);
     const sts = stringToSign(amzDate, `${p.date}/${p.region}/${p.service}/aws4_request`, canonical);
     const key = await this.signingKey(cred, p.date, p.region, p.service);
-    const expected = key.mac(sts);
+    // node's HMAC: a hand-written one from cached pads saved under 1 µs of a verification's ~16
+    // (docs/benchmarks.md, "KMS over the network"), not worth its code.
+    const expected = createHmac('sha256', key).update(sts, 'utf8').digest();
     const given = Buffer.from(p.signature, 'hex');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
       throw new SigV4Error('InvalidSignature', 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.', p.accessKeyId);
@@ -126,16 +128,16 @@ export class SigV4Verifier<P> {
 
   /** Drop every cached signing key (an access key was deleted or deactivated). */
   forget(): void {
-    for (const k of this.keys.values()) k.wipe();
+    for (const k of this.keys.values()) wipe(k);
     this.keys.clear();
   }
 
-  /** The cached signing key, as an HMAC key with its pads computed (hmac-sha256.ts). */
-  private async signingKey(cred: Credential<P>, date: string, region: string, service: string): Promise<HmacSha256Key> {
+  /** The cached signing key (kSigning), wiped on eviction and by forget(). */
+  private async signingKey(cred: Credential<P>, date: string, region: string, service: string): Promise<Buffer> {
     if (this.keys.size >= CACHE_MAX) this.forget();
     if (date > this.cacheDay) {
       // A new day: the skew check still lets yesterday's keys through around midnight, older ones never.
-      for (const [id, k] of this.keys) if (id.split('\0')[1]! < this.cacheDay) { k.wipe(); this.keys.delete(id); }
+      for (const [id, k] of this.keys) if (id.split('\0')[1]! < this.cacheDay) { wipe(k); this.keys.delete(id); }
       this.cacheDay = date;
     }
     const id = `${cred.cacheId}\0${date}\0${region}\0${service}`;
@@ -143,13 +145,15 @@ export class SigV4Verifier<P> {
     if (!k) {
       const raw = await cred.signingKey(date, region, service);
       try {
-        k = new HmacSha256Key(raw);
+        // A copy of its own, outside node's buffer pool, for as long as it is cached.
+        k = Buffer.allocUnsafeSlow(raw.length);
+        k.set(raw);
       } finally {
-        raw.fill(0); // the pads hold what is needed; best effort, as every wipe in JS
+        wipe(raw); // best effort, as every wipe in JS
       }
       // Requests that arrived together derived it together: keep the first, wipe the others.
       const first = this.keys.get(id);
-      if (first) { k.wipe(); k = first; } else this.keys.set(id, k);
+      if (first) { wipe(k); k = first; } else this.keys.set(id, k);
     }
     return k;
   }
