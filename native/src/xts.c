@@ -30,7 +30,7 @@
  * same for contexts nobody destroyed. keyWiped(ctx) lets a test check the
  * copy. Memory is ordinary (not mlocked), as the key's JS buffer is.
  */
-#include "ebsd_native.h"
+#include "async-job.h"
 
 #include <gcrypt.h>
 #include <pthread.h>
@@ -56,6 +56,7 @@ typedef struct {
 } xts_ctx;
 
 typedef struct {
+  ebsd_async_job job;                      /* first: the job is the xts_job */
   xts_ctx *ctx;
   gcry_cipher_hd_t hd;
   uint8_t *data;
@@ -67,8 +68,6 @@ typedef struct {
   gcry_error_t err;
   napi_ref buf_ref;
   napi_ref ctx_ref;
-  napi_deferred deferred;
-  napi_async_work work;
 } xts_job;
 
 /* ---- libgcrypt ------------------------------------------------------------ */
@@ -364,13 +363,13 @@ static void pool_give(xts_ctx *x, gcry_cipher_hd_t h) {
   else gcry_cipher_close(h);
 }
 
-static void job_execute(napi_env env, void *data) {
-  xts_job *j = (xts_job *)data;
+static void job_execute(ebsd_async_job *job) {
+  xts_job *j = (xts_job *)job;
   j->err = xts_run(j->hd, j->enc, j->data, j->len, j->tweak, j->unit, j->step);
 }
 
-static void job_complete(napi_env env, napi_status status, void *data) {
-  xts_job *j = (xts_job *)data;
+static int job_done(napi_env env, napi_status status, ebsd_async_job *job, napi_value *error) {
+  xts_job *j = (xts_job *)job;
   xts_ctx *x = j->ctx;
   char msg[160];
   pool_give(x, j->hd);
@@ -378,27 +377,21 @@ static void job_complete(napi_env env, napi_status status, void *data) {
   x->inflight--;
   if (x->finalized && x->inflight == 0) ctx_free(x);
 
-  napi_value result = NULL;
-  if (status == napi_ok && !j->err) {
-    NAPI_CALL_GOTO(env, napi_get_undefined(env, &result), cleanup);
-    NAPI_CALL_GOTO(env, napi_resolve_deferred(env, j->deferred, result), cleanup);
-  } else {
+  int failed = status != napi_ok || j->err;
+  if (failed) {
     if (status == napi_cancelled) snprintf(msg, sizeof msg, "async XTS run was cancelled");
     else if (status != napi_ok) snprintf(msg, sizeof msg, "async XTS run failed (napi_status %d)", (int)status);
     else cipher_message(msg, sizeof msg, j->enc ? "encrypt" : "decrypt", j->err);
-    result = ebsd_make_error(env, status == napi_cancelled ? "XTS_CANCELLED" : "XTS_CIPHER", msg);
-    if (result == NULL) { ebsd_throw_napi(env, "ebsd_make_error"); goto cleanup; }
-    NAPI_CALL_GOTO(env, napi_reject_deferred(env, j->deferred, result), cleanup);
+    *error = ebsd_make_error(env, status == napi_cancelled ? "XTS_CANCELLED" : "XTS_CIPHER", msg);
+    if (*error == NULL) ebsd_throw_napi(env, "ebsd_make_error");
   }
-cleanup:
   /* Release the buffer and the context only now: the worker is done with both. */
   if (j->buf_ref != NULL) NAPI_CALL_GOTO(env, napi_delete_reference(env, j->buf_ref), out2);
 out2:
   if (j->ctx_ref != NULL) NAPI_CALL_GOTO(env, napi_delete_reference(env, j->ctx_ref), out3);
 out3:
-  NAPI_CALL_GOTO(env, napi_delete_async_work(env, j->work), out4);
-out4:
   free(j);
+  return failed;
 }
 
 static napi_value run_async(napi_env env, napi_callback_info info, int enc) {
@@ -407,6 +400,8 @@ static napi_value run_async(napi_env env, napi_callback_info info, int enc) {
   if (!parse_run(env, info, &a)) return NULL;
   xts_job *j = (xts_job *)calloc(1, sizeof *j);
   if (j == NULL) return ebsd_throw(env, "ERR_NO_MEMORY", "out of memory");
+  j->job.execute = job_execute;
+  j->job.done = job_done;
   j->ctx = a.ctx;
   j->data = a.data;
   j->len = a.len;
@@ -422,37 +417,15 @@ static napi_value run_async(napi_env env, napi_callback_info info, int enc) {
   }
   a.ctx->inflight++;
 
-  napi_value promise = NULL, name;
-  const char *what;
-  /* Keep the data buffer and the context alive until job_complete. */
-  what = "napi_create_reference(data)";
-  if (napi_create_reference(env, a.buf_val, 1, &j->buf_ref) != napi_ok) goto fail;
-  what = "napi_create_reference(ctx)";
-  if (napi_create_reference(env, a.ctx_val, 1, &j->ctx_ref) != napi_ok) goto fail;
-  what = "napi_create_string_utf8";
-  if (napi_create_string_utf8(env, "ebsd:xts", NAPI_AUTO_LENGTH, &name) != napi_ok) goto fail;
-  what = "napi_create_async_work";
-  if (napi_create_async_work(env, NULL, name, job_execute, job_complete, j, &j->work) != napi_ok) goto fail;
-  what = "napi_create_promise";
-  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok) goto fail;
-  what = "napi_queue_async_work";
-  if (napi_queue_async_work(env, j->work) != napi_ok) goto fail;
-  return promise;
+  napi_value promise = NULL;
+  /* Keep the data buffer and the context alive until job_done. */
+  if (napi_create_reference(env, a.buf_val, 1, &j->buf_ref) != napi_ok) { ebsd_throw_napi(env, "napi_create_reference(data)"); goto fail; }
+  if (napi_create_reference(env, a.ctx_val, 1, &j->ctx_ref) != napi_ok) { ebsd_throw_napi(env, "napi_create_reference(ctx)"); goto fail; }
+  promise = ebsd_async_job_queue(env, "ebsd:xts", &j->job);
+  if (promise != NULL) return promise;
 
 fail:
-  /* Throw first, while the last error info still describes the failed call. */
-  ebsd_throw_napi(env, what);
-  if (j->deferred != NULL) {
-    /* The promise exists but will not be returned: settle it with the same error. */
-    napi_value exc;
-    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) {
-      napi_status s1 = napi_reject_deferred(env, j->deferred, exc);
-      napi_status s2 = napi_throw(env, exc);
-      (void)s1, (void)s2; /* nothing further to report to */
-    }
-  }
-  /* Cleanup calls below are permitted with an exception pending (no JS runs). */
-  if (j->work != NULL) { napi_status s = napi_delete_async_work(env, j->work); (void)s; }
+  /* An exception is pending; these calls are permitted with one (no JS runs). */
   if (j->buf_ref != NULL) { napi_status s = napi_delete_reference(env, j->buf_ref); (void)s; }
   if (j->ctx_ref != NULL) { napi_status s = napi_delete_reference(env, j->ctx_ref); (void)s; }
   pool_give(a.ctx, j->hd);
