@@ -4,10 +4,16 @@
 // In-process: the KMS core, a VolumeManager, the snapshot manager over a directory store; no FUSE.
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/restore.mjs [--size-mib 256] [--runs 3] [--window 16] [--run-mib 8] [--max-writes 2] [--no-writeback]
+//                                  [--cpu-threads N] [--cpu-mib 256]
 // Correctness before timing: the first restore is attached and every written block read back
 // and compared with what was written; only then are the timed runs made.
 // Throughput = data bytes of the snapshot's stored blocks / wall time from CreateVolume to `available`.
 // Reference: one thread of the same XTS engine encrypting 1 MiB runs (encryptSync), same run.
+// Also, same run: that thread decrypting, and the CPU ceiling of a restore on this machine's
+// cores (SHA-256 check + XTS decrypt + XTS encrypt of every byte and nothing else), computed
+// (cores / (1/sha + 1/dec + 1/enc), from the one-core figures) and measured (--cpu-threads worker
+// threads, default os.availableParallelism(), each doing that work on --cpu-mib MiB of its own
+// blocks: restore-cpu-worker.mjs), each as a ratio to one XTS thread.
 // Second reference, same run: the machine's durable write rate (the restore's bytes written to
 // a new file in the same directory + one fdatasync), which bounds any restore that is durable
 // before `available`. Also printed: SHA-256 on one core and on the pool, memcpy, page-cache
@@ -15,7 +21,8 @@
 // image writes + fdatasync) and as it ran overlapped (per-stage time summed over blocks).
 import { mkdtempSync, rmSync, openSync, writeSync, fdatasyncSync, closeSync, readSync } from 'node:fs';
 import { createHash, webcrypto } from 'node:crypto';
-import { tmpdir, loadavg } from 'node:os';
+import { tmpdir, loadavg, availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { KmsService } from '../../dist/kms/kms-core.js';
@@ -40,6 +47,9 @@ const window = Number(arg('window', '16'));
 const runMiB = Number(arg('run-mib', '8'));
 const maxWrites = Number(arg('max-writes', '2'));
 const earlyWriteback = !process.argv.includes('--no-writeback');
+const cores = availableParallelism();
+const cpuThreads = Number(arg('cpu-threads', String(cores)));
+const cpuMiB = Number(arg('cpu-mib', '256'));
 const ACCOUNT = '111122223333';
 const REGION = 'us-east-1';
 
@@ -108,12 +118,13 @@ try {
   // shared: interleaving keeps both figures under the same load): 1 MiB runs, 4 KiB units, tweak step 8.
   const ctx = engine.createContext(Buffer.concat([randomBytes(32), randomBytes(32)]));
   const buf = randomBytes(MiB);
-  const xtsOnce = (secs) => {
+  const xtsOnce = (secs, decrypt = false) => {
     let n = 0;
     let el = 0;
     const t0 = process.hrtime.bigint();
     while (el < secs) {
-      ctx.encryptSync(buf, n * 256 * 8, { unitSize: 4096, tweakStep: 8 });
+      if (decrypt) ctx.decryptSync(buf, n * 256 * 8, { unitSize: 4096, tweakStep: 8 });
+      else ctx.encryptSync(buf, n * 256 * 8, { unitSize: 4096, tweakStep: 8 });
       n++;
       el = Number(process.hrtime.bigint() - t0) / 1e9;
     }
@@ -139,10 +150,12 @@ try {
   };
   const times = [];
   const xts = [];
+  const xtsDec = [];
   const durable = [];
   const timings = [];
   for (let i = 0; i < runs; i++) {
     xts.push(xtsOnce(1));
+    xtsDec.push(xtsOnce(1, true));
     durable.push(durableOnce());
     const r = await restoreOnce();
     times.push(r.s);
@@ -182,6 +195,22 @@ try {
   const cacheRead = mbs(bytes, now() - t);
   closeSync(rfd);
 
+  // The restore's CPU work alone (hash check, decrypt, encrypt), on every core at once: worker threads
+  // with their own blocks, started together once each has checked its first block; each reports the
+  // wall time of its timed pass, and the rate is all their bytes over the longest of them.
+  const cpuRuns = await Promise.all(Array.from({ length: cpuThreads }, (_, seed) => new Promise((res, rej) => {
+    const wk = new Worker(new URL('./restore-cpu-worker.mjs', import.meta.url), { workerData: { mib: cpuMiB, seed } });
+    wk.once('error', rej);
+    wk.on('message', (msg) => { if (msg.ready) res(wk); });
+  })));
+  const cpuDone = cpuRuns.map((wk) => new Promise((res, rej) => {
+    wk.once('error', rej);
+    wk.on('message', (msg) => { if (!msg.ready) { res(msg); wk.terminate(); } });
+  }));
+  for (const wk of cpuRuns) wk.postMessage('go');
+  const cpuRes = await Promise.all(cpuDone);
+  const cpuMeasured = mbs(cpuRes.reduce((a, r) => a + r.bytes, 0), Math.max(...cpuRes.map((r) => r.ms)));
+
   // Each stage alone, as the pipeline runs it.
   t = now();
   await pipeBlocks({ store, manifest: m, window, sink: { put: async () => {} } });
@@ -210,10 +239,14 @@ try {
   const restoreMBs = bytes / 1e6 / med(times);
   const xtsMBs = med(xts);
   const durMBs = med(durable.map((d) => d.total));
+  const xtsDecMBs = med(xtsDec);
+  const cpuCeiling = cores / (1 / shaOne + 1 / xtsDecMBs + 1 / xtsMBs);
   const load = loadavg().map((x) => x.toFixed(2)).join(' ');
   console.log(`restore under another key: ${sizeMiB} MiB volume, ${m.blocks.length} blocks, ${runs} runs: ${times.map((x) => x.toFixed(2)).join(', ')} s (window ${window}, runs ${runMiB} MiB, ${maxWrites} writes at once, early writeback ${earlyWriteback && startWriteback ? 'on' : 'off'})`);
   console.log(`  restore (decrypt + encrypt + SHA-256 check + write + fdatasync), median: ${f0(restoreMBs)} MB/s`);
   console.log(`  XTS ${engine.name} (${engine.library}) one thread, encrypt only, before each run: ${xts.map(f0).join(', ')} MB/s, median ${f0(xtsMBs)}`);
+  console.log(`  XTS ${engine.name} one thread, decrypt only, before each run: ${xtsDec.map(f0).join(', ')} MB/s, median ${f0(xtsDecMBs)}`);
+  console.log(`  restore CPU ceiling on ${cores} cores (SHA-256 check + decrypt + encrypt per byte, nothing else): computed ${cores} / (1/${f0(shaOne)} + 1/${f0(xtsDecMBs)} + 1/${f0(xtsMBs)}) = ${f0(cpuCeiling)} MB/s, ${(cpuCeiling / xtsMBs).toFixed(2)}x XTS one thread; measured, ${cpuThreads} worker threads x ${cpuMiB} MiB: ${f0(cpuMeasured)} MB/s (each ${cpuRes.map((r) => f0(mbs(r.bytes, r.ms))).join(', ')}), ${(cpuMeasured / xtsMBs).toFixed(2)}x XTS one thread; the restore reaches ${(restoreMBs / cpuMeasured).toFixed(2)} of the measured ceiling`);
   console.log(`  durable write of ${sizeMiB} MiB (pwrite + fdatasync), before each run: ${durable.map((d) => f0(d.total)).join(', ')} MB/s, median ${f0(durMBs)} (page-cache writes ${durable.map((d) => f0(d.write)).join(', ')} MB/s; fdatasync ${durable.map((d) => f0(d.syncMs)).join(', ')} ms)`);
   console.log(`  ratio to XTS one thread: ${(restoreMBs / xtsMBs).toFixed(2)} (goal >= 0.5); to the durable write: ${(restoreMBs / durMBs).toFixed(2)}`);
   console.log(`  same key (ciphertext copy), ${runs} runs: ${same.map((x) => x.toFixed(2)).join(', ')} s, median ${f0(bytes / 1e6 / med(same))} MB/s`);
