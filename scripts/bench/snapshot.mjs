@@ -13,11 +13,18 @@
 // --only-fio: only the correctness check and part 3. --log: each snapshot's copy and durable
 // times and copy-on-write counts, from the daemon's log.
 // --skip-fio: parts 1 and 2 only.
+// --baseline DIR (with --only-fio): a second build (a checkout with dist/ and native/build/, e.g. the
+//   commit before a change) runs as a second daemon with its own volume; in every pair both builds run
+//   fio alone and with snapshots, in alternating order (A/B in the same run).
+// --daemon-node-args '...': V8/node flags for this build's daemon. --cpu-prof DIR: this build's daemon
+//   writes a V8 CPU profile there at exit; the bench prints the monotonic windows of its fio phases
+//   (scripts/bench/cpuprof-window.mjs reads a profile within them).
+// Each fio phase also prints the daemon's CPU per thread (/proc/PID/task/*/stat) in µs per fio write.
 // Each full run deletes its snapshot (collector grace 0) so the next one stores every block
 // again. Prints the load average beside the figures: the machine may be shared.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, openSync, readSync, closeSync, rmSync, writeSync, readFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, openSync, readSync, closeSync, rmSync, writeSync, readFileSync, readdirSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -34,14 +41,13 @@ const ONLY_FIO = args.includes('--only-fio');
 const B = 512 * 1024;
 const DATA_OFFSET = 16 * 1024 * 1024;
 
+const BASELINE = arg('baseline', undefined);
+const NODE_ARGS = (arg('daemon-node-args', '') || '').split(' ').filter(Boolean);
+const CPU_PROF = arg('cpu-prof', undefined);
+if (BASELINE && !ONLY_FIO) throw new Error('--baseline runs the fio part only: add --only-fio');
+
 const dir = mkdtempSync('/tmp/ebsd-bench-snap-');
-const state = join(dir, 'state');
-const mnt = join(dir, 'mnt');
-// The daemon logs straight into a file, read for readiness.
-const logFd = openSync(join(dir, 'daemon.log'), 'a');
-const daemon = spawn(process.execPath, [join(root, 'dist/cli/main.js'), 'daemon', '--state-dir', state, '--mount', mnt, '--snapshot-gc-grace', '0'], { stdio: ['ignore', logFd, logFd] });
 const load0 = loadavg();
-const call = (t, b = {}) => callDaemon(socketPathFor(state), t, b);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // Child processes run without blocking the event loop: a loop blocked in spawnSync would miss
 // the daemon closing an idle keep-alive connection and then write into it (EPIPE).
@@ -52,51 +58,89 @@ const sh = (cmd, a) => new Promise((res, rej) => {
   p.on('exit', (c) => (c === 0 ? res() : rej(new Error(`${cmd} ${a.join(' ')}: exit ${c}: ${err}`))));
 });
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** CPU ms per thread name (comm) of a process: the event loop ('main'), libuv's pool, V8's helpers. */
+const threadsOf = (pid) => {
+  const out = new Map();
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const comm = t === String(pid) ? 'main' : st.slice(st.indexOf('(') + 1, st.lastIndexOf(')')) + (process.env.BENCH_TIDS ? `:${t}` : '');
+      const f = st.slice(st.lastIndexOf(') ') + 2).split(' ');
+      out.set(comm, (out.get(comm) ?? 0) + (Number(f[11]) + Number(f[12])) * 10); // CLK_TCK 100
+    } catch { /* the thread ended */ }
+  }
+  return out;
+};
 
-try {
-  for (let i = 0; !readFileSync(join(dir, 'daemon.log'), 'utf8').includes('"ebsd daemon ready"'); i++) {
-    if (i > 600 || daemon.exitCode !== null) throw new Error('daemon not ready (see its log)');
+/** One daemon of one build, with its own state dir, mount and attached volume. */
+const builds = [];
+async function startBuild(name, buildRoot, nodeArgs) {
+  const bdir = join(dir, name);
+  const state = join(bdir, 'state');
+  const mnt = join(bdir, 'mnt');
+  mkdirSync(bdir, { recursive: true });
+  const logPath = join(bdir, 'daemon.log');
+  // The daemon logs straight into a file, read for readiness.
+  const logFd = openSync(logPath, 'a');
+  const daemon = spawn(process.execPath, [...nodeArgs, join(buildRoot, 'dist/cli/main.js'), 'daemon', '--state-dir', state, '--mount', mnt, '--snapshot-gc-grace', '0'], { stdio: ['ignore', logFd, logFd] });
+  const b = { name, daemon, state, mnt, logPath, call: (t, x = {}) => callDaemon(socketPathFor(state), t, x) };
+  builds.push(b);
+  for (let i = 0; !readFileSync(logPath, 'utf8').includes('"ebsd daemon ready"'); i++) {
+    if (i > 600 || daemon.exitCode !== null) throw new Error(`${name}: daemon not ready (see its log)`);
     await sleep(50);
   }
-  const vol = (await call('ebsd.CreateVolume', { Size: SIZE_MIB * 1024 * 1024 })).VolumeId;
-  await call('ebsd.AttachVolume', { VolumeId: vol });
-  const file = join(mnt, vol);
-  const image = join(state, 'volumes', `${vol}.img`);
+  b.vol = (await b.call('ebsd.CreateVolume', { Size: SIZE_MIB * 1024 * 1024 })).VolumeId;
+  await b.call('ebsd.AttachVolume', { VolumeId: b.vol });
+  b.file = join(mnt, b.vol);
+  b.image = join(state, 'volumes', `${b.vol}.img`);
   // Fill with random data (every block non-zero, nothing deduplicates).
-  await sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${SIZE_MIB}`, 'oflag=direct', 'conv=notrunc,fsync', 'status=none']);
+  await sh('dd', ['if=/dev/urandom', `of=${b.file}`, 'bs=1M', `count=${SIZE_MIB}`, 'oflag=direct', 'conv=notrunc,fsync', 'status=none']);
+  return b;
+}
+
+try {
+  if (BASELINE) await startBuild('baseline', resolve(BASELINE), []);
+  const me = await startBuild('this', root, [...NODE_ARGS, ...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', resolve(CPU_PROF)] : [])]);
+  const { call, vol, file, image, state } = me;
 
   // Polls every 10 ms for the snapshot timings; every 250 ms while fio runs, where the snapshot's
   // duration is a by-product and a client reading the manifest 100 times a second would be
   // part of what fio is measured against.
-  const snapshot = async (pollMs = 10) => {
+  const snapshotOf = async (b, pollMs = 10) => {
     const t0 = performance.now();
-    const s = await call('ebsd.CreateSnapshot', { VolumeId: vol });
+    const s = await b.call('ebsd.CreateSnapshot', { VolumeId: b.vol });
     for (;;) {
-      const d = (await call('ebsd.DescribeSnapshots', { SnapshotIds: [s.SnapshotId] })).Snapshots[0];
+      const d = (await b.call('ebsd.DescribeSnapshots', { SnapshotIds: [s.SnapshotId] })).Snapshots[0];
       if (d.State === 'completed') return { id: s.SnapshotId, ms: performance.now() - t0 };
-      if (d.State === 'error') throw new Error(`snapshot ${s.SnapshotId} failed: ${d.StateMessage}`);
+      if (d.State === 'error') throw new Error(`${b.name}: snapshot ${s.SnapshotId} failed: ${d.StateMessage}`);
       await sleep(pollMs);
     }
   };
-  const manifest = (id) => JSON.parse(readFileSync(join(state, 'snapshots', 'manifests', `${id}.json`), 'utf8'));
+  const snapshot = (pollMs) => snapshotOf(me, pollMs);
+  const manifestOf = (b, id) => JSON.parse(readFileSync(join(b.state, 'snapshots', 'manifests', `${id}.json`), 'utf8'));
+  const manifest = (id) => manifestOf(me, id);
   // The daemon's own split of a snapshot's time (its `snapshot completed` log line): where the time goes.
   const completedLog = (id) => {
-    const line = readFileSync(join(dir, 'daemon.log'), 'utf8').split('\n').find((l) => l.includes(id) && l.includes('"snapshot completed"'));
+    const line = readFileSync(me.logPath, 'utf8').split('\n').find((l) => l.includes(id) && l.includes('"snapshot completed"'));
     return line ? JSON.parse(line) : {};
   };
 
-  // Correctness first: every block of a full snapshot is the image's ciphertext.
-  const first = await snapshot();
-  const m = manifest(first.id);
-  if (m.blocks.length !== (SIZE_MIB * 1024 * 1024) / B) throw new Error(`full snapshot lists ${m.blocks.length} blocks`);
-  const fd = openSync(image, 'r');
-  const buf = Buffer.alloc(B);
-  for (const [i, h] of m.blocks) {
-    readSync(fd, buf, 0, B, DATA_OFFSET + i * B);
-    if (createHash('sha256').update(buf).digest('hex') !== h) throw new Error(`block ${i} differs from the image`);
+  // Correctness first (each build): every block of a full snapshot is the image's ciphertext.
+  let first;
+  for (const b of builds) {
+    const f = await snapshotOf(b);
+    const m = manifestOf(b, f.id);
+    if (m.blocks.length !== (SIZE_MIB * 1024 * 1024) / B) throw new Error(`${b.name}: full snapshot lists ${m.blocks.length} blocks`);
+    const fd = openSync(b.image, 'r');
+    const buf = Buffer.alloc(B);
+    for (const [i, h] of m.blocks) {
+      readSync(fd, buf, 0, B, DATA_OFFSET + i * B);
+      if (createHash('sha256').update(buf).digest('hex') !== h) throw new Error(`${b.name}: block ${i} differs from the image`);
+    }
+    closeSync(fd);
+    await b.call('ebsd.DeleteSnapshot', { SnapshotId: f.id });
+    if (b === me) first = f;
   }
-  closeSync(fd);
-  await call('ebsd.DeleteSnapshot', { SnapshotId: first.id });
   const idleFullMs = first.ms;
 
   // 1. full snapshot vs cp (and cp + sync), alternating.
@@ -140,41 +184,56 @@ try {
   }
   closeSync(fdw);
 
-  // 3. fio random writes alone, then with full snapshots back to back.
-  const alones = [];
-  const withs = [];
-  /** Durations of the snapshots that completed while fio ran. */
-  const underFioMs = [];
-  let during = 0;
+  // 3. fio random writes alone, then with full snapshots back to back (each build, alternating per pair).
+  /** Per build: fio IOPS alone and with snapshots, per pair; the snapshots' durations under fio; CPU per thread. */
+  for (const b of builds) Object.assign(b, { alones: [], withs: [], underFioMs: [], during: 0, threads: { alone: [], with: [] } });
+  /** Monotonic windows (µs, the clock of a V8 CPU profile) of this build's fio phases. */
+  const windows = { alone: [], with: [] };
   if (!SKIP_FIO) {
-    const fio = () => new Promise((res, rej) => {
-      const p = spawn('fio', ['--name=rw', `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=16',
+    const fio = (b) => new Promise((res, rej) => {
+      const p = spawn('fio', ['--name=rw', `--filename=${b.file}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=16',
         `--runtime=${FIO_SECONDS}`, '--time_based', '--fallocate=none', '--output-format=json'], { stdio: ['ignore', 'pipe', 'inherit'] });
       let o = '';
       p.stdout.on('data', (c) => (o += c));
       p.on('exit', (c) => (c === 0 ? res(JSON.parse(o.slice(o.indexOf('{'))).jobs[0].write.iops) : rej(new Error(`fio exit ${c}`))));
     });
+    // The daemon's CPU per thread over one fio phase, in µs per fio write.
+    const phase = async (b, kind, run) => {
+      const th0 = threadsOf(b.daemon.pid);
+      const t0 = process.hrtime.bigint();
+      const iops = await run();
+      const t1 = process.hrtime.bigint();
+      const ios = iops * (Number(t1 - t0) / 1e9);
+      const per = {};
+      for (const [k, v] of threadsOf(b.daemon.pid)) per[k] = ((v - (th0.get(k) ?? 0)) * 1000) / ios;
+      b.threads[kind].push(per);
+      if (b === me) windows[kind].push([Number(t0 / 1000n), Number(t1 / 1000n)]);
+      return iops;
+    };
     // Every snapshot during fio is full: the previous one is deleted first.
-    for (const s of (await call('ebsd.DescribeSnapshots', {})).Snapshots) await call('ebsd.DeleteSnapshot', { SnapshotId: s.SnapshotId });
+    for (const b of builds) for (const s of (await b.call('ebsd.DescribeSnapshots', {})).Snapshots) await b.call('ebsd.DeleteSnapshot', { SnapshotId: s.SnapshotId });
     for (let r = 0; r < RUNS; r++) {
-      alones.push(await fio());
-      let snapping = true;
-      const loop = (async () => {
-        while (snapping) {
-          during++;
-          const s = await snapshot(250);
-          if (snapping) underFioMs.push(s.ms);
-          await call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
-        }
-      })();
-      // Awaited below; until then a failure must not be an unhandled rejection, which would end the
-      // process past the finally and leave the daemon and its mount behind.
-      loop.catch(() => {});
-      withs.push(await fio());
-      snapping = false;
-      await loop;
+      for (const b of r % 2 ? [...builds].reverse() : builds) {
+        b.alones.push(await phase(b, 'alone', () => fio(b)));
+        let snapping = true;
+        const loop = (async () => {
+          while (snapping) {
+            b.during++;
+            const s = await snapshotOf(b, 250);
+            if (snapping) b.underFioMs.push(s.ms);
+            await b.call('ebsd.DeleteSnapshot', { SnapshotId: s.id });
+          }
+        })();
+        // Awaited below; until then a failure must not be an unhandled rejection, which would end the
+        // process past the finally and leave the daemon and its mount behind.
+        loop.catch(() => {});
+        b.withs.push(await phase(b, 'with', () => fio(b)));
+        snapping = false;
+        await loop;
+      }
     }
   }
+  const { alones, withs, underFioMs, during } = me;
   const alone = alones.length ? median(alones) : NaN;
   const withSnap = withs.length ? median(withs) : NaN;
 
@@ -203,6 +262,8 @@ try {
     idleFullMs: Math.round(idleFullMs),
     underFioFullMs: ms(underFioMs),
     underFioCompleted: underFioMs.length,
+    builds: builds.map((b) => ({ name: b.name, alones: b.alones.map(Math.round), withs: b.withs.map(Math.round), threads: b.threads, underFioMs: b.underFioMs.map(Math.round) })),
+    windows,
   };
   if (args.includes('--json')) console.log(JSON.stringify(res));
   else {
@@ -217,23 +278,39 @@ try {
     if (!SKIP_FIO) {
       console.log(`fio 4k randwrite    ${res.fioIopsAlone} IOPS alone, ${res.fioIopsDuringSnapshots} IOPS with full snapshots running throughout (${during} started): ${res.fioRatio}x (goal >= 0.7x); runs alone ${res.fioIopsAloneRuns.join(' ')}, with ${res.fioIopsDuringRuns.join(' ')}`);
       console.log(`snapshot duration   ${res.idleFullMs} ms on the idle volume (the check run), median ${res.underFioFullMs ?? '-'} ms of ${res.underFioCompleted} completed under fio`);
+      for (const b of builds) {
+        const ratios = b.withs.map((w, i) => (w / b.alones[i]).toFixed(2));
+        console.log(`${b.name.padEnd(9)} fio alone ${b.alones.map(Math.round).join(' ')}, with ${b.withs.map(Math.round).join(' ')}: median ${(median(b.withs) / median(b.alones)).toFixed(3)}x, per pair ${ratios.join(' ')}, median of pairs ${median(ratios.map(Number)).toFixed(2)}x`);
+        for (const kind of ['alone', 'with']) {
+          const names = [...new Set(b.threads[kind].flatMap((x) => Object.keys(x)))].sort();
+          console.log(`  daemon CPU µs per fio write, ${kind.padEnd(5)} (median): ${names.map((t) => `${t} ${median(b.threads[kind].map((x) => x[t] ?? 0)).toFixed(1)}`).join(', ')}`);
+        }
+      }
+      if (CPU_PROF) console.log(`cpu profile windows (µs, monotonic): ${JSON.stringify(windows)}`);
     }
   }
   if (args.includes('--log')) {
     // Where each snapshot's time went (the daemon's own account of it).
-    for (const l of readFileSync(join(dir, 'daemon.log'), 'utf8').split('\n')) {
-      if (!l.includes('"snapshot completed"')) continue;
-      const j = JSON.parse(l);
-      console.log(`  ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}), paced blocks ${j.pacedBlocks}`);
+    for (const b of builds) {
+      for (const l of readFileSync(b.logPath, 'utf8').split('\n')) {
+        if (!l.includes('"snapshot completed"')) continue;
+        const j = JSON.parse(l);
+        console.log(`  ${b.name} ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}), paced blocks ${j.pacedBlocks}`);
+      }
     }
   }
 } catch (e) {
-  process.stderr.write(`bench failed: ${e?.stack ?? e}\ndaemon log tail:\n${readFileSync(join(dir, 'daemon.log'), 'utf8').split('\n').slice(-15).join('\n')}\n`);
+  process.stderr.write(`bench failed: ${e?.stack ?? e}\n`);
+  for (const b of builds) process.stderr.write(`${b.name} daemon log tail:\n${readFileSync(b.logPath, 'utf8').split('\n').slice(-15).join('\n')}\n`);
   process.exitCode = 1;
 } finally {
-  await call('ebsd.DetachVolume', { VolumeId: (await call('ebsd.DescribeVolumes', {}).catch(() => ({ Volumes: [] }))).Volumes[0]?.VolumeId ?? 'vol-00000000000000000', Force: true }).catch(() => {});
-  daemon.kill('SIGTERM');
-  await new Promise((r) => (daemon.exitCode !== null ? r() : daemon.once('exit', r)));
-  spawnSync('fusermount', ['-uz', mnt]);
-  rmSync(dir, { recursive: true, force: true });
+  for (const b of builds) {
+    if (b.vol) await b.call('ebsd.DetachVolume', { VolumeId: b.vol, Force: true }).catch(() => {});
+    if (b.daemon.exitCode === null && b.daemon.signalCode === null) {
+      b.daemon.kill('SIGTERM');
+      await new Promise((r) => b.daemon.once('exit', r));
+    }
+    spawnSync('fusermount', ['-uz', b.mnt]);
+  }
+  if (process.env.KEEP_BENCH_DIR) console.log(`kept ${dir}`); else rmSync(dir, { recursive: true, force: true });
 }

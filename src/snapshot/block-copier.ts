@@ -28,6 +28,8 @@ export interface CopyPlan {
    * yields to the volume's foreground writes).
    */
   pace?: () => Promise<() => void>;
+  /** Called with a block's buffer once it is hashed and stored (or found all zeros): the reader may fill it again (block-buffers.ts). */
+  recycle?: (buf: Buffer) => void;
 }
 
 export interface CopyResult {
@@ -110,6 +112,8 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         }
         hashes.set(i, hash);
       }
+      // Every read of buf is done (the put resolved once its bytes were written).
+      p.recycle?.(buf);
       finished++;
       p.onProgress?.(finished, total, hashes);
     }

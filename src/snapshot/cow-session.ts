@@ -4,6 +4,7 @@ import { BlockBitmap } from './block-bitmap.js';
 import { COW_SECTOR, CowSpill } from './cow-spill.js';
 import { MemSlots } from './cow-slots.js';
 import { SnapshotError } from './errors.js';
+import { BufferPool } from './block-buffers.js';
 
 /** Reads the raw on-disk bytes [pos, pos + len) of the data segment (ciphertext for an encrypted volume) into `into`. */
 export type RawReader = (pos: number, len: number, into: Buffer) => Promise<void>;
@@ -71,6 +72,8 @@ export class CowSession {
   /** The synchronous capture's buffer (tryPass runs on the loop, one at a time). */
   private scratch = Buffer.allocUnsafeSlow(32 * COW_SECTOR);
   private failed: unknown;
+  /** The copier's 512 KiB block buffers: take() fills one, the copier gives it back once stored (block-buffers.ts). */
+  readonly buffers = new BufferPool(SNAPSHOT_BLOCK_BYTES, 16);
   /** Writes seen by the session: the copier's pacing watches it (cow-pacer.ts). */
   writes = 0;
   /** Sectors captured (each once), and how many of them went to the spill file. */
@@ -195,7 +198,7 @@ export class CowSession {
     if (!this.pending.has(i)) return undefined;
     this.handed.add(i);
     this.queue.delete(i);
-    const buf = Buffer.allocUnsafeSlow(SNAPSHOT_BLOCK_BYTES);
+    const buf = this.buffers.take();
     await this.read(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
     if (this.failed) throw this.failed;
     if (!this.pending.has(i)) return undefined; // taken twice: the caller's bug, never silently wrong
@@ -213,8 +216,11 @@ export class CowSession {
       if (v >= 0) {
         this.mem.get(v, buf, k * COW_SECTOR);
         this.mem.release(v);
-      } else {
+      } else if (!this.spill!.getNow(-1 - v, buf, k * COW_SECTOR)) {
+        // Not in memory nor the page cache: read on the pool below, the only await per sector.
         slots.push([k, -1 - v]);
+      } else {
+        this.spill!.release(-1 - v);
       }
     }
     try {
@@ -230,6 +236,7 @@ export class CowSession {
   /** Ends the session: every write passes from now on, captured sectors are freed, the spill file closed. */
   async end(): Promise<void> {
     this.fail(new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the snapshot ended'));
+    this.buffers.clear();
     await this.spill?.close();
   }
 

@@ -3,6 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { nativeIo } from '../volume/native-io.js';
 import { SnapshotError } from './errors.js';
+import { BufferPool } from './block-buffers.js';
 
 /** One captured sector: the unit a CowSession keeps (docs/architecture.md §12.2). */
 export const COW_SECTOR = 4096;
@@ -45,6 +46,10 @@ export class CowSpill {
   private readonly inflight = new Set<Promise<void>>();
   private failure: unknown;
   private closed = false;
+  /** The open file's descriptor, once open (the synchronous read in getNow). */
+  private fd = -1;
+  /** Chunk buffers whose write is done, reused for the next chunks (block-buffers.ts says why). */
+  private readonly bufs = new BufferPool(CHUNK_BYTES, 16);
   /** Slots in use now, and the file's size at its largest, in chunks. */
   used = 0;
   highWaterChunks = 0;
@@ -67,7 +72,7 @@ export class CowSpill {
     if (this.current < 0) {
       this.current = this.freeChunks.pop() ?? this.nextChunk++;
       this.highWaterChunks = Math.max(this.highWaterChunks, this.nextChunk);
-      this.chunks.set(this.current, { live: 0, filled: 0, buf: Buffer.allocUnsafeSlow(CHUNK_BYTES), writing: false });
+      this.chunks.set(this.current, { live: 0, filled: 0, buf: this.bufs.take(), writing: false });
     }
     const id = this.current;
     const c = this.chunks.get(id)!;
@@ -81,6 +86,23 @@ export class CowSpill {
       this.write(id, c);
     }
     return slot;
+  }
+
+  /**
+   * Copies slot `slot` into into[off, off + 4096) without waiting: from the
+   * chunk's memory, or from the page cache (preadv2 RWF_NOWAIT). False when
+   * neither has it now; then get() reads it.
+   */
+  getNow(slot: number, into: Buffer, off: number): boolean {
+    const c = this.chunks.get(Math.floor(slot / CHUNK_SLOTS));
+    if (!c) return false;
+    const at = (slot % CHUNK_SLOTS) * COW_SECTOR;
+    if (c.buf) {
+      c.buf.copy(into, off, at, at + COW_SECTOR);
+      return true;
+    }
+    if (this.fd < 0 || !nativeIo) return false;
+    return nativeIo.preadNowait(this.fd, into, off, COW_SECTOR, slot * COW_SECTOR) === COW_SECTOR;
   }
 
   /** Copies slot `slot` into into[off, off + 4096). */
@@ -118,8 +140,10 @@ export class CowSpill {
     this.closed = true;
     await Promise.allSettled([...this.inflight]);
     this.chunks.clear();
+    this.bufs.clear();
     const fh = this.fh;
     this.fh = undefined;
+    this.fd = -1;
     if (fh) await (await fh.catch(() => undefined))?.close().catch(() => {});
   }
 
@@ -132,6 +156,7 @@ export class CowSpill {
         () => {
           c.writing = false;
           c.buf = null;
+          this.bufs.give(buf);
           this.maybeFree(id, c);
         },
         // The bytes stay in c.buf (readable); the snapshot fails on this error.
@@ -153,6 +178,7 @@ export class CowSpill {
       const fh = await fsp.open(this.path, 'w+', 0o600);
       // Nameless from here on: nothing to leak.
       await fsp.rm(this.path, { force: true });
+      if (!this.closed) this.fd = fh.fd;
       return fh;
     })();
     return this.fh;

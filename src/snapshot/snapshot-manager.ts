@@ -313,8 +313,7 @@ export class SnapshotManager {
     const t = this.trackers.get(v.volumeId)!;
     await t.ready();
     const readRaw = (pos: number, len: number, into: Buffer): Promise<void> => src.readRaw(pos, len, into);
-    const read = async (i: number): Promise<Buffer> => {
-      const buf = Buffer.allocUnsafeSlow(SNAPSHOT_BLOCK_BYTES);
+    const read = async (i: number, buf: Buffer): Promise<Buffer> => {
       await readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
       return buf;
     };
@@ -328,7 +327,7 @@ export class SnapshotManager {
         run.cow = cow;
         run.pacer = new CopyPacer(() => cow.writes);
         const pacer = run.pacer;
-        plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i), nextFirst: () => cow.nextCaptured(), pace: () => pacer.before(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => void cow.end() };
+        plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()), recycle: (buf) => cow.buffers.give(buf), nextFirst: () => cow.nextCaptured(), pace: () => pacer.before(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => void cow.end() };
         return cow;
       });
       plan!.commit = (id) => t.commit(id);
@@ -393,6 +392,7 @@ export class SnapshotManager {
         read: plan.read,
         ...(plan.nextFirst ? { nextFirst: plan.nextFirst } : {}),
         ...(plan.pace ? { pace: plan.pace } : {}),
+        ...(plan.recycle ? { recycle: plan.recycle } : {}),
         store: this.o.store,
         pin: async (h) => void run.pins.push(await this.o.gc.pin([h])),
         aborted: () => run.abort,
@@ -567,6 +567,8 @@ interface SnapshotPlan {
   nextFirst?: () => number | undefined;
   /** The copier's pacing against the volume's writes (attached volumes). */
   pace?: () => Promise<() => void>;
+  /** Hands a block's buffer back to the reader once stored (attached volumes). */
+  recycle?: (buf: Buffer) => void;
   tracking: TrackingState;
   /** Awaited inside the volume's lock (detached) so a later attach's dirty mark cannot be overwritten by a late clean save. */
   commit: (snapshotId: string) => void | Promise<void>;
