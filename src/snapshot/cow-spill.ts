@@ -125,6 +125,16 @@ export class CowSpill {
     }
   }
 
+  /** Chunk buffers allocated so far (the others were reused). */
+  get chunkBuffersAllocated(): number {
+    return this.bufs.allocated;
+  }
+
+  /** Resolves once every chunk write started so far has ended. */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.inflight]);
+  }
+
   /** The slot's bytes are no longer needed. */
   release(slot: number): void {
     const id = Math.floor(slot / CHUNK_SLOTS);
