@@ -58,11 +58,17 @@ describe('snapshot buffer reuse', () => {
       for (let round = 0; round < 8; round++) {
         const sectors = Array.from({ length: 64 }, () => rnd.bytes(COW_SECTOR));
         const slots = sectors.map((s) => spill.put(s, 0));
+        // The full chunk's write has started, not ended: its bytes are served from its buffer.
+        for (let k = 0; k < slots.length; k++) {
+          into.fill(0);
+          expect(spill.getNow(slots[k]!, into, 0), `round ${round} slot ${k}: from the chunk's buffer`).toBe(true);
+          expect(into.equals(sectors[k]!), `round ${round} slot ${k} (getNow, buffer)`).toBe(true);
+        }
         await spill.settled();
         for (let k = 0; k < slots.length; k++) {
           into.fill(0);
-          expect(spill.getNow(slots[k]!, into, 0), `round ${round} slot ${k}: in the page cache after its write`).toBe(true);
-          expect(into.equals(sectors[k]!), `round ${round} slot ${k} (getNow)`).toBe(true);
+          // From the page cache, where the filesystem supports RWF_NOWAIT reads; else get() reads it.
+          if (spill.getNow(slots[k]!, into, 0)) expect(into.equals(sectors[k]!), `round ${round} slot ${k} (getNow, file)`).toBe(true);
           into.fill(0);
           await spill.get(slots[k]!, into, 0);
           expect(into.equals(sectors[k]!), `round ${round} slot ${k} (get)`).toBe(true);
