@@ -41,7 +41,6 @@ const UNIT = [
   'test/kms-authz/policy-document.test.ts',
   'test/kms-authz/wildcard.test.ts',
   'test/kms-net/amz-date.test.ts',
-  'test/kms-net/hmac-sha256.test.ts',
   'test/kms-net/sigv4-fast-paths.test.ts',
   'test/kms-net/sigv4-vectors.test.ts',
   'test/kms-net/strict-base64.test.ts',
