@@ -69,8 +69,25 @@ fi
 # --- our native addon + TypeScript -----------------------------------------
 # Rebuilt when a C source changed or Node's ABI / libuv did (build-native.mjs decides).
 EBSD_REQUIRE_NATIVE=1 node scripts/build-native.mjs --if-stale
+# Incremental: the build info lives in dist/ (removing dist/ rebuilds everything), so an
+# unchanged tree is checked in seconds and a changed source is compiled and type-checked as
+# before. The build info does not notice an output removed by hand: then build afresh.
 say "tsc"
-npx tsc -p tsconfig.json
+tsc_incremental() { node_modules/.bin/tsc -p tsconfig.json --incremental --tsBuildInfoFile dist/.tsbuildinfo; }
+tsc_incremental
+outputs_missing() {
+  local f
+  while IFS= read -r f; do
+    f=${f#src/}
+    [[ -e dist/${f%.ts}.js ]] || return 0
+  done < <(find src -name '*.ts' ! -name '*.d.ts')
+  return 1
+}
+if outputs_missing; then
+  say "tsc: an output is missing, building afresh"
+  rm -f dist/.tsbuildinfo
+  tsc_incremental
+fi
 chmod +x dist/cli/main.js 2>/dev/null || true
 
 # --- ebsd on the PATH -------------------------------------------------------
