@@ -6,7 +6,6 @@
  * Each test file still owns its `Env` (created in `describe`, cleaned up in
  * `afterAll`), so cleanup runs on failure as before.
  */
-import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sh, type Env } from '../e2e/helpers.js';
@@ -116,11 +115,4 @@ export function auditEvents(env: Env): Record<string, any>[] {
   return env.auditText().split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
 }
 
-/** node:crypto as @smithy/signature-v4's hash (its Checksum interface), for the reference signer. */
-export class Sha256 {
-  private h: Hash | Hmac;
-  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
-  update(d: Uint8Array | string): void { this.h.update(d); }
-  async digest(): Promise<Uint8Array> { return this.h.digest(); }
-  reset(): void {}
-}
+export { Sha256 } from './smithy-sha256.js';

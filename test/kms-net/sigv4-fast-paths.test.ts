@@ -1,22 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { createHash, createHmac } from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { headerMap } from '../../src/kms/sigv4/canonical.js';
 import { deriveSigningKey } from '../../src/kms/sigv4/signing-key.js';
 import { SigV4Verifier, parseAuthorization } from '../../src/kms/sigv4/verifier.js';
 import { SigV4Error } from '../../src/kms/sigv4/errors.js';
+import { Sha256 } from './smithy-sha256.js';
 
 // The verifier's shortcuts for what SDKs send (one regular expression for the Authorization header,
 // canonical header values kept as they are, node's flat rawHeaders) must read every request exactly as
 // the general code does.
 
-class Sha256 {
-  private readonly h;
-  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
-  update(d: Uint8Array | string): void { this.h.update(d); }
-  async digest(): Promise<Uint8Array> { return this.h.digest(); }
-  reset(): void {}
-}
 
 const SIG = 'a'.repeat(64);
 

@@ -1,20 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { createHash, createHmac } from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { deriveSigningKey } from '../../src/kms/sigv4/signing-key.js';
 import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
+import { Sha256 } from './smithy-sha256.js';
 
 // The verifier keeps each signing key (kSigning) as a copy of its own and wipes key material it is
 // done with: the buffer the HSM handed over at once, the cached copies on forget() (an access key
 // deleted or deactivated) and when a new day evicts keys older than yesterday's.
 
-class Sha256 {
-  private readonly h;
-  constructor(secret?: Uint8Array | string) { this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret); }
-  update(d: Uint8Array | string): void { this.h.update(d); }
-  async digest(): Promise<Uint8Array> { return this.h.digest(); }
-  reset(): void {}
-}
 
 const secret = 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY';
 const body = '{"CiphertextBlob":"AAAA"}';

@@ -1,10 +1,11 @@
-import { createHash, createHmac, randomBytes, type Hash, type Hmac } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
+import { Sha256 } from '../kms-net/smithy-sha256.js';
 
 /**
  * The EBS direct APIs as REST on the network listener (--kms-listen),
@@ -15,18 +16,6 @@ import { kmsUrl } from '../kms-net/helpers.js';
  */
 const BLOCK = 512 * 1024;
 
-class Sha256 {
-  private readonly h: Hash | Hmac;
-  constructor(secret?: Uint8Array | string) {
-    this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', secret);
-  }
-  update(d: Uint8Array | string): void {
-    this.h.update(d);
-  }
-  async digest(): Promise<Uint8Array> {
-    return this.h.digest();
-  }
-}
 
 describe('EBS direct APIs over SigV4 REST (real daemon, --kms-listen)', () => {
   const env = new Env('ebs-rest');
