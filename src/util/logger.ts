@@ -1,5 +1,5 @@
 import { pino, type Logger, type LoggerOptions, type DestinationStream } from 'pino';
-import pinoPretty from 'pino-pretty';
+import { createRequire } from 'node:module';
 
 /**
  * The one logger factory. It owns the redaction list (docs/architecture.md §11.9): any field
@@ -84,6 +84,9 @@ export function createLogger(cfg: LoggerConfig = {}): Logger {
   };
   const dest = cfg.destination;
   if (cfg.format === 'pretty') {
+    // Loaded on first use: pino-pretty is ~40 modules, and only a pretty logger needs them
+    // (every CLI command would otherwise load them before it does anything).
+    const pinoPretty = createRequire(import.meta.url)('pino-pretty') as typeof import('pino-pretty');
     const fd = typeof dest === 'number' ? dest : 1;
     return pino(opts, pinoPretty({ sync: true, destination: fd, colorize: fd === 1 ? process.stdout.isTTY === true : false, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' }));
   }
