@@ -3,11 +3,12 @@
  * xts-native.test.ts, xts-node.test.ts and xts-reference.test.ts.
  */
 import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { XtsContext, XtsEngine, XtsRunOptions } from '../../src/crypto/xts.js';
 import { XtsError } from '../../src/crypto/xts-errors.js';
 import { ArgTypeError } from '../../src/util/errors.js';
-import { printSeedOnFailure, seeded } from './seeded.js';
+import { printSeedOnFailure, seeded, type SeededRandom } from './seeded.js';
 
 export interface XtsVector {
   name: string;
@@ -28,9 +29,20 @@ export const VECTORS: XtsVector[] = [...loadVectors('xts-aes-256.json'), ...load
 export const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 export const unhex = (s: string): Buffer => Buffer.from(s, 'hex');
 
-/** Every random key and buffer of the XTS tests comes from this seeded stream (seeded.ts). */
-const rnd = seeded('xts');
-export const randomBytes = (n: number): Buffer => rnd.bytes(n);
+/**
+ * Every random key and buffer of the XTS tests comes from a seeded stream (seeded.ts), one per
+ * test file: the unit files share a worker process and this module (vitest.config.ts), and a
+ * stream shared between them would make a file's draws depend on the files run before it, so
+ * EBSD_TEST_SEED would not replay a file run alone.
+ */
+const streams = new Map<string, SeededRandom>();
+function stream(): SeededRandom {
+  const file = expect.getState().testPath ?? '';
+  let s = streams.get(file);
+  if (!s) streams.set(file, (s = seeded(`xts:${basename(file)}`)));
+  return s;
+}
+export const randomBytes = (n: number): Buffer => stream().bytes(n);
 
 /** A valid key whose halves differ. */
 export function randomKey(): Buffer {
