@@ -69,11 +69,12 @@ fi
 # --- our native addon + TypeScript -----------------------------------------
 # Rebuilt when a C source changed or Node's ABI / libuv did (build-native.mjs decides).
 EBSD_REQUIRE_NATIVE=1 node scripts/build-native.mjs --if-stale
-# Incremental: the build info lives in dist/ (removing dist/ rebuilds everything), so an
-# unchanged tree is checked in seconds and a changed source is compiled and type-checked as
-# before. The build info does not notice an output removed by hand: then build afresh.
+# Incremental (tsconfig.json: the build info is dist/.tsbuildinfo, kept by every `tsc -p`, so
+# no other build leaves it stale; removing dist/ rebuilds everything): an unchanged tree is
+# checked in seconds, a changed source compiled and type-checked as before. The build info
+# does not notice an output removed by hand: then build afresh.
 say "tsc"
-tsc_incremental() { node_modules/.bin/tsc -p tsconfig.json --incremental --tsBuildInfoFile dist/.tsbuildinfo; }
+tsc_incremental() { node_modules/.bin/tsc -p tsconfig.json; }
 tsc_incremental
 outputs_missing() {
   local f

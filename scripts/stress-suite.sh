@@ -36,6 +36,7 @@ for n in $(seq 1 "$runs"); do
   [ -e "$out/stop" ] && { echo "stopped before run $n" >> "$out/summary.log"; break; }
   start=$(date +%s)
   load0=$(cut -d' ' -f1 /proc/loadavg)
+  rm -f "$out/run-$n.json"   # a run that dies before its report must not show an earlier series' counts
   npx vitest run --reporter=default --reporter=json --outputFile="$out/run-$n.json" > "$out/run-$n.log" 2>&1
   rc=$?
   [ "$rc" -ne 0 ] && failed_runs=$((failed_runs + 1))
