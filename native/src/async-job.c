@@ -6,6 +6,7 @@
  */
 #include "async-job.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 static void job_execute(napi_env env, void *data) {
@@ -19,7 +20,20 @@ static void job_complete(napi_env env, napi_status status, void *data) {
   napi_async_work work = job->work;
   napi_deferred deferred = job->deferred;
   napi_value error = NULL;
-  if (job->done(env, status, job, &error) == 0) {
+  int failed = job->done(env, status, job, &error);
+  /*
+   * An exception done left pending (building or decorating its Error failed) is
+   * cleared here, or no settle call below could run: the promise rejects with
+   * done's Error if it made one, else with what was thrown. It never stays
+   * unsettled.
+   */
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value thrown;
+    if (napi_get_and_clear_last_exception(env, &thrown) == napi_ok && error == NULL) error = thrown;
+    failed = 1;
+  }
+  if (!failed) {
     napi_value result;
     NAPI_CALL_GOTO(env, napi_get_undefined(env, &result), cleanup);
     NAPI_CALL_GOTO(env, napi_resolve_deferred(env, deferred, result), cleanup);
@@ -51,12 +65,17 @@ fail:
   /* Throw first, while the last error info still describes the failed call. */
   ebsd_throw_napi(env, what);
   if (job->deferred != NULL) {
-    /* The promise exists but will not be returned: settle it with the same error. */
-    napi_value exc;
+    /*
+     * The promise exists but will not be returned, so nobody can handle it: resolve
+     * it (a rejection would be an unhandled rejection, which ends the process) to
+     * release its reference; the caller gets the thrown error.
+     */
+    napi_value exc, undef;
     if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) {
-      napi_status s1 = napi_reject_deferred(env, job->deferred, exc);
-      napi_status s2 = napi_throw(env, exc);
-      (void)s1, (void)s2; /* nothing further to report to */
+      napi_status s1 = napi_get_undefined(env, &undef);
+      napi_status s2 = s1 == napi_ok ? napi_resolve_deferred(env, job->deferred, undef) : s1;
+      napi_status s3 = napi_throw(env, exc);
+      (void)s2, (void)s3; /* nothing further to report to */
     }
   }
   /* Permitted with an exception pending (no JS runs). */

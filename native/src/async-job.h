@@ -21,9 +21,9 @@ struct ebsd_async_job {
    * On the JS thread, once, after execute (status napi_ok) or instead of it
    * (napi_cancelled, or another failure status). Releases everything the job
    * holds, the job itself included, and returns 0 to resolve the promise or
-   * nonzero to reject it with *error. Leaving *error NULL on a rejection
-   * (building the Error failed: an exception is then pending) leaves the
-   * promise unsettled.
+   * nonzero to reject it with *error. An exception left pending (building
+   * the Error failed) is cleared and the promise rejects with *error if set,
+   * else with the exception: it is always settled.
    */
   int (*done)(napi_env env, napi_status status, ebsd_async_job *job, napi_value *error);
   /* Owned by async-job.c. */
@@ -33,9 +33,9 @@ struct ebsd_async_job {
 
 /*
  * Queues the job on the libuv pool as async resource `name` and returns its
- * promise. On failure it throws (a promise already made is rejected with the
- * same error), returns NULL, and the job is the caller's again to release:
- * done is never called for it.
+ * promise. On failure it throws (a promise already made, which nobody can
+ * see, is resolved to release it), returns NULL, and the job is the caller's
+ * again to release: done is never called for it.
  */
 napi_value ebsd_async_job_queue(napi_env env, const char *name, ebsd_async_job *job);
 
