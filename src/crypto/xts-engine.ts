@@ -41,12 +41,16 @@ export function getXtsEngine(name: XtsEngineName): XtsEngine {
   return e;
 }
 
-let lastLogged: string | null = null;
+/**
+ * The choice each logger was last told, so it hears it once. Keyed by the logger, not
+ * the process: two daemons in one process (tests start them so) each log their choice.
+ */
+const lastLogged = new WeakMap<Logger, string>();
 
 /**
  * The engine to use: `preferred` if given and available (else an
  * XTS_ENGINE_UNAVAILABLE error), or with `auto` the best available
- * (native > node > reference). The choice is logged once per process (again
+ * (native > node > reference). The choice is logged once per logger (again
  * only if it changes), at info, with the reason the better engines were skipped.
  */
 export function selectXtsEngine(preferred: XtsEngineName | 'auto' = 'auto', logger?: Logger): XtsEngine {
@@ -69,8 +73,8 @@ export function selectXtsEngine(preferred: XtsEngineName | 'auto' = 'auto', logg
     chosen = found ?? referenceXtsEngine;
   }
   const key = `${preferred}:${chosen.name}`;
-  if (logger && lastLogged !== key) {
-    lastLogged = key;
+  if (logger && lastLogged.get(logger) !== key) {
+    lastLogged.set(logger, key);
     logger.info({ xtsEngine: chosen.name, xtsLibrary: chosen.library, requested: preferred, skipped }, `XTS engine: ${chosen.name} (${chosen.library})`);
   }
   return chosen;

@@ -47,6 +47,18 @@ describe('selectXtsEngine', () => {
     expect(logged[0]).toMatchObject({ xtsEngine: 'reference', requested: 'reference' });
   });
 
+  it('logs the choice once per logger: a second logger (a second daemon in this process) hears it too', async () => {
+    const first = captureLogger();
+    const second = captureLogger();
+    for (const l of [first, second, first, second]) selectXtsEngine('node', l.logger);
+    await new Promise((r) => setImmediate(r));
+    for (const { lines } of [first, second]) {
+      const logged = lines.filter((l) => l.xtsEngine !== undefined);
+      expect(logged).toHaveLength(1);
+      expect(logged[0]).toMatchObject({ xtsEngine: 'node', requested: 'node' });
+    }
+  });
+
   it('unknown engine name: XTS_ENGINE_UNAVAILABLE', () => {
     expect(() => getXtsEngine('gpu' as never)).toThrow(expect.objectContaining({ code: 'XTS_ENGINE_UNAVAILABLE' }));
     expect(() => selectXtsEngine('gpu' as never)).toThrow(XtsError);
