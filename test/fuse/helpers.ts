@@ -1,8 +1,7 @@
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import type { BlockDevice } from '../../src/volume/types.js';
+import { tempDir as makeTempDir } from '../helpers/temp-dir.js';
 
 /** A BlockDevice in a Buffer: the smallest thing that honours the contract, for FUSE tests. */
 export class MemoryBlockDevice implements BlockDevice {
@@ -34,8 +33,9 @@ export class MemoryBlockDevice implements BlockDevice {
   }
 }
 
+/** A fresh `ebsd-<prefix>-XXXXXX` (test/helpers/temp-dir.ts); the caller removes it once its mount is gone. */
 export function tempDir(prefix: string): string {
-  return mkdtempSync(join(tmpdir(), `ebsd-${prefix}-`));
+  return makeTempDir(`ebsd-${prefix}-`).dir;
 }
 
 /**

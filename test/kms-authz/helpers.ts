@@ -1,7 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Caller } from '../../src/kms/types.js';
+import { tempDir as makeTempDir, type TempDir } from '../helpers/temp-dir.js';
 
 export const ACCT = '111122223333';
 export const OTHER = '444455556666';
@@ -18,9 +16,7 @@ export const session = (role: string, s: string, acct = ACCT): Caller => ({
 });
 export const unknown: Caller = { arn: `arn:aws:iam::${ACCT}:uid/4242`, accountId: ACCT, type: 'Unknown', uid: 4242 };
 
-export function tempDir(prefix = 'ebsd-authz-'): { dir: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
-}
+/** test/helpers/temp-dir.ts, named for the authorization tests. */
+export const tempDir = (prefix = 'ebsd-authz-'): TempDir => makeTempDir(prefix);
 
 export const doc = (...Statement: unknown[]): string => JSON.stringify({ Version: '2012-10-17', Statement });

@@ -1,18 +1,16 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KmsService, type KmsOptions } from '../../src/kms/kms-core.js';
 import type { Caller } from '../../src/kms/types.js';
+import { tempDir as makeTempDir, type TempDir } from '../helpers/temp-dir.js';
 
 export const ACCOUNT = '111122223333';
 export const REGION = 'us-east-1';
 export const admin: Caller = { arn: `arn:aws:iam::${ACCOUNT}:root`, accountId: ACCOUNT, type: 'Root', principalId: ACCOUNT };
 export const stranger: Caller = { arn: 'arn:aws:iam::444455556666:user/eve', accountId: '444455556666', type: 'IAMUser', userName: 'eve' };
 
-export function tempDir(prefix = 'ebsd-kms-'): { dir: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
-}
+/** test/helpers/temp-dir.ts, named for the KMS tests. */
+export const tempDir = (prefix = 'ebsd-kms-'): TempDir => makeTempDir(prefix);
 
 /** A simulated clock that tests can move forward. */
 export class FakeClock {

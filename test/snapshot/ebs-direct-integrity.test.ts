@@ -1,6 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, utimesSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Caller } from '../../src/kms/types.js';
@@ -9,6 +8,7 @@ import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { EbsDirect, PENDING_MANIFEST_EVERY_MS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
 import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
+import { tempDirPerTest } from '../helpers/temp-dir.js';
 
 /**
  * Integrity of snapshots written through the EBS direct APIs, with a shared
@@ -28,11 +28,13 @@ const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBl
   SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
 });
 
-const dirs: string[] = [];
+const tmp = tempDirPerTest('ebsd-ebs-integrity-');
+// Registered after the directories' afterEach, so it runs before it (vitest runs
+// afterEach hooks in reverse order, sequence.hooks 'stack'): the EbsDirect instances
+// close before their directories go.
 const closers: (() => void)[] = [];
 afterEach(() => {
   for (const c of closers.splice(0)) c();
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
 /** A timer the test fires: each scheduled call is kept with its delay until run() or cancel. */
@@ -57,8 +59,7 @@ class TestTimers {
 }
 
 async function setup(o: { maxPending?: number; gc?: boolean } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'ebsd-ebs-integrity-'));
-  dirs.push(dir);
+  const dir = tmp();
   const store = await DirSnapshotStore.open(join(dir, 'snapshots'));
   const gc = new SnapshotGc(store);
   const timers = new TestTimers();

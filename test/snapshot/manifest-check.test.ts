@@ -1,10 +1,11 @@
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { MANIFEST_MAX_BYTES, parseManifest } from '../../src/snapshot/manifest-check.js';
 import { describingStore, toEc2Snapshot } from '../../src/snapshot/snapshot-view.js';
+import { tempDirPerTest } from '../helpers/temp-dir.js';
 import { manifest } from './store-suite.js';
 
 /**
@@ -15,15 +16,7 @@ import { manifest } from './store-suite.js';
 const GOOD = 'snap-0123456789abcdef1';
 const BAD = 'snap-0123456789abcdef2';
 const HASH = 'a'.repeat(64);
-const dirs: string[] = [];
-const tmp = (): string => {
-  const d = mkdtempSync('/tmp/ebsd-manifest-check-');
-  dirs.push(d);
-  return d;
-};
-afterEach(() => {
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
+const tmp = tempDirPerTest('ebsd-manifest-check-');
 
 const good = (over: Record<string, unknown> = {}): Record<string, unknown> => ({ ...manifest(GOOD, [[0, HASH], [2047, HASH]]), ...over });
 const parse = (v: unknown): unknown => parseManifest('test', GOOD, JSON.stringify(v));

@@ -1,11 +1,11 @@
-import { afterEach, describe, expect, test } from 'vitest';
-import { mkdtempSync, rmSync, existsSync, writeFileSync } from 'node:fs';
+import { describe, expect, test } from 'vitest';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BackingIo } from '../../src/volume/backing-io.js';
 import { openBackingFile, FdBackingFile } from '../../src/volume/backing-file.js';
 import { nativeIo, EOPNOTSUPP } from '../../src/volume/native-io.js';
 import { silentLogger } from '../../src/util/logger.js';
-import { tmpDir } from './helpers/image.js';
+import { tempDirPerTest } from '../helpers/temp-dir.js';
 
 // BackingIo, the data path's one door to the disk (docs/architecture.md §3):
 // what a filesystem answered to RWF_NOWAIT is remembered per filesystem, so a
@@ -13,8 +13,7 @@ import { tmpDir } from './helpers/image.js';
 // RWF_NOWAIT writes) never asks again. The native call is counted by wrapping
 // the real function, which still runs.
 
-const dirs: string[] = [];
-afterEach(() => { for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true }); });
+const tmp = tempDirPerTest('ebsd-bio-');
 
 async function ioOn(dir: string): Promise<{ io: BackingIo; file: FdBackingFile }> {
   const p = join(dir, `img-${Math.random().toString(16).slice(2)}`);
@@ -30,22 +29,19 @@ describe.skipIf(nativeIo === null)('BackingIo RWF_NOWAIT capability memory', () 
     const real = io.pwriteNowait;
     io.pwriteNowait = (fd, buf, off, len, pos) => { const n = real(fd, buf, off, len, pos); answers.push(n); return n; };
     try {
-      const t = tmpDir('ebsd-bio-');
-      dirs.push(t.dir);
-      const a = await ioOn(t.dir);
+      const dir = tmp();
+      const a = await ioOn(dir);
       expect(a.io.writeCached(Buffer.alloc(4096, 1), 0)).toBeGreaterThanOrEqual(0);
       if (answers.length === 0 || answers[0] !== EOPNOTSUPP) {
         // This filesystem takes NOWAIT writes (XFS, btrfs): it is asked every time.
         expect(answers.length).toBeGreaterThan(0);
         return;
       }
-      const b = await ioOn(t.dir); // another image, same filesystem
+      const b = await ioOn(dir); // another image, same filesystem
       b.io.writeCached(Buffer.alloc(4096, 2), 4096);
       expect(answers).toEqual([EOPNOTSUPP]);
       if (existsSync('/dev/shm')) {
-        const shm = mkdtempSync('/dev/shm/ebsd-bio-');
-        dirs.push(shm);
-        const c = await ioOn(shm);
+        const c = await ioOn(tmp('/dev/shm'));
         c.io.writeCached(Buffer.alloc(4096, 3), 0);
         expect(answers.length).toBe(2); // a new filesystem is asked once
         await c.io.close();
