@@ -5,13 +5,14 @@
  * missing permission, and the circuit: opened by a dead KMS, failing fast
  * without a network call, closed by the first answer once it is back.
  */
-import { createServer } from 'node:net';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AwsKeyService } from '../../src/volume/aws-key-service.js';
 import { KeyServiceError } from '../../src/volume/errors.js';
 import type { Caller } from '../../src/kms/types.js';
 import { CLI, Env, ensureBuilt, run } from '../e2e/helpers.js';
+import { restartOnSamePort } from '../helpers/ports.js';
+import { startKmsDaemon } from '../kms-net/helpers.js';
 import { until } from './netns.js';
 
 const VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
@@ -22,7 +23,6 @@ describe('AwsKeyService against a --kms-only daemon', () => {
   const env = new Env('awsks');
   const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
   const services: AwsKeyService[] = [];
-  let port = 0;
   let url = '';
   let keyArn = '';
   const creds: Record<string, { AccessKeyId: string; SecretAccessKey: string }> = {};
@@ -41,9 +41,7 @@ describe('AwsKeyService against a --kms-only daemon', () => {
 
   beforeAll(async () => {
     ensureBuilt();
-    port = await new Promise<number>((ok) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => ok(p)); }); });
-    url = `http://127.0.0.1:${port}`;
-    await env.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+    url = (await startKmsDaemon(env)).url;
     for (const u of ['host', 'nobody']) {
       await env.ok(['iam', 'create-user', u]);
       creds[u] = (await env.ok(['iam', 'create-access-key', '--user-name', u])).AccessKey;
@@ -90,7 +88,8 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     const fast = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
     expect((fast as Error).message).toMatch(/circuit open/);
     expect(ks.health().Calls.Decrypt).toBe(before + 3); // no request went out
-    await env.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+    // Back on its old port: the key service's endpoint is that address.
+    await restartOnSamePort(env, ['--kms-only', '--kms-listen', new URL(url).host]);
     const back = await until('a decrypt through the closed circuit', async () =>
       (await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch(() => undefined))?.Plaintext);
     expect(back).toHaveLength(64);

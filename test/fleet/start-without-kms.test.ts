@@ -7,10 +7,11 @@
  * re-attaches the volume through its stored grant: the data reads back.
  * The SDK's "node >= 22" notice appears nowhere in the daemon's output.
  */
-import { createServer } from 'node:net';
 import { openSync, readSync, writeSync, closeSync, constants } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { restartOnSamePort } from '../helpers/ports.js';
+import { startKmsDaemon } from '../kms-net/helpers.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { until } from './netns.js';
 import { SEED, printSeedOnFailure, seeded } from '../crypto/seeded.js';
@@ -23,15 +24,10 @@ describe('a host daemon started while its KMS is down', () => {
   const host = new Env('nokms-host');
   const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
   let url = '';
-  let port = 0;
   /** Status straight from the socket: a poll spawns no CLI process. */
   const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
 
-  beforeAll(async () => {
-    ensureBuilt();
-    port = await new Promise<number>((ok) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => ok(p)); }); });
-    url = `http://127.0.0.1:${port}`;
-  }, 60_000);
+  beforeAll(() => ensureBuilt(), 60_000);
 
   afterAll(async () => {
     await host.cleanup();
@@ -40,7 +36,7 @@ describe('a host daemon started while its KMS is down', () => {
   });
 
   it('comes up, says it waits, refuses volume operations with ServiceUnavailable, and re-attaches its volume when the KMS starts', async () => {
-    await kms.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+    url = (await startKmsDaemon(kms)).url;
     await kms.ok(['iam', 'create-user', 'host']);
     await kms.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
     const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
@@ -68,7 +64,8 @@ describe('a host daemon started while its KMS is down', () => {
     expect(refused.stderr).toContain('ServiceUnavailable');
     expect(refused.stderr).toContain(`KMS at ${url} has not answered`);
 
-    await kms.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+    // Back on its old port: the host knows only that address.
+    await restartOnSamePort(kms, ['--kms-only', '--kms-listen', new URL(url).host]);
     const back = await until('the volume re-attached', async () => {
       const v = (await status()).Volumes.find((x: any) => x.VolumeId === vol);
       return v?.Attached ? v : undefined;

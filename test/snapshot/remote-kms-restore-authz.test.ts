@@ -6,10 +6,10 @@
  * serves the KMS on loopback; host B restores for uid 1000 (user/alice).
  */
 import { writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { kmsUrl } from '../kms-net/helpers.js';
 
 const ALICE = 1000;
 
@@ -37,8 +37,8 @@ describe('remote KMS: a restore needs the local caller\'s permission on the snap
 
   beforeAll(async () => {
     ensureBuilt();
-    const port = await freePort();
-    await a.start(['--kms-listen', `127.0.0.1:${port}`]);
+    await a.start(['--kms-listen', '127.0.0.1:0']);
+    const kmsAt = await kmsUrl(a);
     const userArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
     const key = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
     const account = userArn.split(':')[4];
@@ -56,9 +56,9 @@ describe('remote KMS: a restore needs the local caller\'s permission on the snap
     for (const x of Object.keys(process.env)) if (x.startsWith('AWS_')) delete process.env[x];
     Object.assign(process.env, {
       AWS_ACCESS_KEY_ID: key.AccessKeyId, AWS_SECRET_ACCESS_KEY: key.SecretAccessKey, AWS_REGION: 'us-east-1',
-      AWS_ENDPOINT_URL_STS: `http://127.0.0.1:${port}`, AWS_CONFIG_FILE: '/nonexistent', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
+      AWS_ENDPOINT_URL_STS: kmsAt, AWS_CONFIG_FILE: '/nonexistent', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
     });
-    await b.start(['--kms-endpoint', `http://127.0.0.1:${port}`]);
+    await b.start(['--kms-endpoint', kmsAt]);
     const vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', k])).VolumeId;
     snap = (await b.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
     await b.ok(['iam', 'create-user', 'alice']);
@@ -98,14 +98,3 @@ describe('remote KMS: a restore needs the local caller\'s permission on the snap
     expect(r.json()).toMatchObject({ State: 'available', KmsKeyId: k2, Encrypted: true });
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.on('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => res(port));
-    });
-  });
-}

@@ -9,9 +9,9 @@
 import { closeSync, existsSync, openSync, readSync, readdirSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { kmsUrl } from '../kms-net/helpers.js';
 import { startS3Server, type S3Server } from './s3-helpers.js';
 
 const MiB = 1 << 20;
@@ -26,7 +26,7 @@ describe('a snapshot in S3 restores on another daemon', () => {
   let vol = '';
   let snap: any;
   let keyArn = '';
-  let KMS_PORT = 0;
+  let kmsAt = '';
   let userArn = '';
 
   /** The environment a daemon started now inherits. */
@@ -38,9 +38,9 @@ describe('a snapshot in S3 restores on another daemon', () => {
   beforeAll(async () => {
     ensureBuilt();
     server = await startS3Server();
-    KMS_PORT = await freePort();
     setEnv(server.env);
-    await a.start(['--snapshot-store', store(), '--kms-listen', `127.0.0.1:${KMS_PORT}`]);
+    await a.start(['--snapshot-store', store(), '--kms-listen', '127.0.0.1:0']);
+    kmsAt = await kmsUrl(a);
     // B's identity at A's KMS: an IAM user whose key policy entry lets it use the key as a host.
     userArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
     const k = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
@@ -58,10 +58,10 @@ describe('a snapshot in S3 restores on another daemon', () => {
     await server.addAccessKey(k.AccessKeyId, k.SecretAccessKey);
     setEnv({
       AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1',
-      AWS_ENDPOINT_URL_S3: server.endpoint, AWS_ENDPOINT_URL_STS: `http://127.0.0.1:${KMS_PORT}`,
+      AWS_ENDPOINT_URL_S3: server.endpoint, AWS_ENDPOINT_URL_STS: kmsAt,
       AWS_CONFIG_FILE: '/nonexistent', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
     });
-    await b.start(['--snapshot-store', store(), '--kms-endpoint', `http://127.0.0.1:${KMS_PORT}`]);
+    await b.start(['--snapshot-store', store(), '--kms-endpoint', kmsAt]);
   }, 120_000);
 
   afterAll(async () => {
@@ -125,18 +125,6 @@ describe('a snapshot in S3 restores on another daemon', () => {
     expect(blocks.length).toBe(7);
   });
 });
-
-/** A loopback port nobody listens on now. */
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.on('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => res(port));
-    });
-  });
-}
 
 function readAt(file: string, offset: number, length: number): Buffer {
   const fd = openSync(file, 'r');

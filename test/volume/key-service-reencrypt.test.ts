@@ -6,15 +6,13 @@
  * to a new context without changing the key, the old context no longer opens
  * the new blob, and a refusal keeps its AWS name.
  */
-import { createServer } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Caller } from '../../src/kms/types.js';
 import { AwsKeyService } from '../../src/volume/aws-key-service.js';
 import type { KeyService } from '../../src/volume/key-service.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { tempDir } from '../helpers/temp-dir.js';
+import { startKmsDaemon } from '../kms-net/helpers.js';
 import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
 
 interface Impl {
@@ -63,9 +61,9 @@ function runReEncryptSuite(name: string, impl: () => Impl): void {
 // ---- the embedded core -------------------------------------------------------
 let core: KmsHarness;
 let coreImpl: Impl;
-const coreDir = mkdtempSync(join(tmpdir(), 'ebsd-reencrypt-'));
+const coreDir = tempDir('ebsd-reencrypt-');
 beforeAll(async () => {
-  core = await kmsHarness(coreDir);
+  core = await kmsHarness(coreDir.dir);
   // The account root: the default key policy allows it everything (ReEncrypt* included).
   coreImpl = {
     ks: core.keyService, caller: { ...core.root, viaService: VIA },
@@ -75,7 +73,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await core?.close();
-  rmSync(coreDir, { recursive: true, force: true });
+  coreDir.cleanup();
 });
 runReEncryptSuite('embedded core (KmsCoreKeyService)', () => coreImpl);
 
@@ -87,9 +85,7 @@ let aws: AwsKeyService | undefined;
 let awsImpl: Impl;
 beforeAll(async () => {
   ensureBuilt();
-  const port = await new Promise<number>((ok) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => ok(p)); }); });
-  const url = `http://127.0.0.1:${port}`;
-  await env.start(['--kms-only', '--kms-listen', `127.0.0.1:${port}`]);
+  const { url } = await startKmsDaemon(env);
   await env.ok(['iam', 'create-user', 'host']);
   const cred = (await env.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
   await env.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
