@@ -1,15 +1,13 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededBytes } from '../../crypto/seeded.js';
+import { tempDir, type TempDir } from '../../helpers/temp-dir.js';
 import { buildLuks2Json, LUKS2_DATA_OFFSET } from '../../../src/volume/luks2-json.js';
 import { createLuks2 } from '../../../src/volume/luks2-header.js';
 /** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts). */
 const randomBytes = seededBytes('volume/helpers/image');
 
-export function tmpDir(prefix = 'ebsd-vol-'): { dir: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+export function tmpDir(prefix = 'ebsd-vol-'): TempDir {
+  return tempDir(prefix);
 }
 
 export const VOL = 'vol-0123456789abcdef0';
