@@ -19,7 +19,12 @@
 // --daemon-node-args '...': V8/node flags for this build's daemon. --cpu-prof DIR: this build's daemon
 //   writes a V8 CPU profile there at exit; the bench prints the monotonic windows of its fio phases
 //   (scripts/bench/cpuprof-window.mjs reads a profile within them).
-// Each fio phase also prints the daemon's CPU per thread (/proc/PID/task/*/stat) in µs per fio write.
+// --env-this K=V (repeatable): an environment variable for this build's daemon only (the baseline's
+//   inherits the bench's environment), e.g. --env-this EBSD_TEST_COW_MEMORY_BYTES=1610612736.
+// Each fio phase also prints the daemon's CPU per thread (/proc/PID/task/*/stat) in µs per fio write,
+// with its system (kernel) part, voluntary context switches per 1000 writes, and fio's own latency
+// (submission to completion) p50 / p99 (µs; one write in flight at a time on a FUSE file, see docs/benchmarks.md).
+// --log also prints, per snapshot, captures read on the pool and the write watchdog's trips (native-io.ts).
 // Each full run deletes its snapshot (collector grace 0) so the next one stores every block
 // again. Prints the load average beside the figures: the machine may be shared.
 import { spawn, spawnSync } from 'node:child_process';
@@ -44,6 +49,13 @@ const DATA_OFFSET = 16 * 1024 * 1024;
 const BASELINE = arg('baseline', undefined);
 const NODE_ARGS = (arg('daemon-node-args', '') || '').split(' ').filter(Boolean);
 const CPU_PROF = arg('cpu-prof', undefined);
+const ENV_THIS = {};
+args.forEach((a, i) => {
+  if (a !== '--env-this') return;
+  const kv = args[i + 1] ?? '';
+  if (!kv.includes('=')) throw new Error(`--env-this wants K=V, got '${kv}'`);
+  ENV_THIS[kv.slice(0, kv.indexOf('='))] = kv.slice(kv.indexOf('=') + 1);
+});
 if (BASELINE && !ONLY_FIO) throw new Error('--baseline runs the fio part only: add --only-fio');
 
 const dir = mkdtempSync('/tmp/ebsd-bench-snap-');
@@ -58,15 +70,23 @@ const sh = (cmd, a) => new Promise((res, rej) => {
   p.on('exit', (c) => (c === 0 ? res() : rej(new Error(`${cmd} ${a.join(' ')}: exit ${c}: ${err}`))));
 });
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-/** CPU ms per thread name (comm) of a process: the event loop ('main'), libuv's pool, V8's helpers. */
+/**
+ * Per thread name (comm) of a process (the event loop 'main', libuv's pool, V8's helpers): CPU ms
+ * [user, system] and voluntary context switches (the thread slept: a wait in the kernel or for work).
+ */
 const threadsOf = (pid) => {
   const out = new Map();
   for (const t of readdirSync(`/proc/${pid}/task`)) {
     try {
       const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const vcs = Number(/voluntary_ctxt_switches:\s*(\d+)/.exec(readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8'))?.[1] ?? 0);
       const comm = t === String(pid) ? 'main' : st.slice(st.indexOf('(') + 1, st.lastIndexOf(')')) + (process.env.BENCH_TIDS ? `:${t}` : '');
       const f = st.slice(st.lastIndexOf(') ') + 2).split(' ');
-      out.set(comm, (out.get(comm) ?? 0) + (Number(f[11]) + Number(f[12])) * 10); // CLK_TCK 100
+      const o = out.get(comm) ?? { u: 0, s: 0, vcs: 0 };
+      o.u += Number(f[11]) * 10; // CLK_TCK 100
+      o.s += Number(f[12]) * 10;
+      o.vcs += vcs;
+      out.set(comm, o);
     } catch { /* the thread ended */ }
   }
   return out;
@@ -74,7 +94,7 @@ const threadsOf = (pid) => {
 
 /** One daemon of one build, with its own state dir, mount and attached volume. */
 const builds = [];
-async function startBuild(name, buildRoot, nodeArgs) {
+async function startBuild(name, buildRoot, nodeArgs, env = process.env) {
   const bdir = join(dir, name);
   const state = join(bdir, 'state');
   const mnt = join(bdir, 'mnt');
@@ -82,7 +102,7 @@ async function startBuild(name, buildRoot, nodeArgs) {
   const logPath = join(bdir, 'daemon.log');
   // The daemon logs straight into a file, read for readiness.
   const logFd = openSync(logPath, 'a');
-  const daemon = spawn(process.execPath, [...nodeArgs, join(buildRoot, 'dist/cli/main.js'), 'daemon', '--state-dir', state, '--mount', mnt, '--snapshot-gc-grace', '0'], { stdio: ['ignore', logFd, logFd] });
+  const daemon = spawn(process.execPath, [...nodeArgs, join(buildRoot, 'dist/cli/main.js'), 'daemon', '--state-dir', state, '--mount', mnt, '--snapshot-gc-grace', '0'], { stdio: ['ignore', logFd, logFd], env });
   const b = { name, daemon, state, mnt, logPath, call: (t, x = {}) => callDaemon(socketPathFor(state), t, x) };
   builds.push(b);
   for (let i = 0; !readFileSync(logPath, 'utf8').includes('"ebsd daemon ready"'); i++) {
@@ -100,7 +120,7 @@ async function startBuild(name, buildRoot, nodeArgs) {
 
 try {
   if (BASELINE) await startBuild('baseline', resolve(BASELINE), []);
-  const me = await startBuild('this', root, [...NODE_ARGS, ...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', resolve(CPU_PROF)] : [])]);
+  const me = await startBuild('this', root, [...NODE_ARGS, ...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', resolve(CPU_PROF)] : [])], { ...process.env, ...ENV_THIS });
   const { call, vol, file, image, state } = me;
 
   // Polls every 10 ms for the snapshot timings; every 250 ms while fio runs, where the snapshot's
@@ -186,27 +206,42 @@ try {
 
   // 3. fio random writes alone, then with full snapshots back to back (each build, alternating per pair).
   /** Per build: fio IOPS alone and with snapshots, per pair; the snapshots' durations under fio; CPU per thread. */
-  for (const b of builds) Object.assign(b, { alones: [], withs: [], underFioMs: [], during: 0, threads: { alone: [], with: [] } });
+  for (const b of builds) Object.assign(b, { alones: [], withs: [], underFioMs: [], during: 0, threads: { alone: [], with: [] }, sys: { alone: [], with: [] }, vcs: { alone: [], with: [] }, lat: { alone: [], with: [] } });
   /** Monotonic windows (µs, the clock of a V8 CPU profile) of this build's fio phases. */
   const windows = { alone: [], with: [] };
   if (!SKIP_FIO) {
     const fio = (b) => new Promise((res, rej) => {
       const p = spawn('fio', ['--name=rw', `--filename=${b.file}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=16',
-        `--runtime=${FIO_SECONDS}`, '--time_based', '--fallocate=none', '--output-format=json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+        `--runtime=${FIO_SECONDS}`, '--time_based', '--fallocate=none', '--lat_percentiles=1', '--output-format=json'], { stdio: ['ignore', 'pipe', 'inherit'] });
       let o = '';
       p.stdout.on('data', (c) => (o += c));
-      p.on('exit', (c) => (c === 0 ? res(JSON.parse(o.slice(o.indexOf('{'))).jobs[0].write.iops) : rej(new Error(`fio exit ${c}`))));
+      p.on('exit', (c) => {
+        if (c !== 0) return rej(new Error(`fio exit ${c}`));
+        const w = JSON.parse(o.slice(o.indexOf('{'))).jobs[0].write;
+        const pct = w.lat_ns?.percentile ?? {};
+        res({ iops: w.iops, p50: (pct['50.000000'] ?? NaN) / 1000, p99: (pct['99.000000'] ?? NaN) / 1000 });
+      });
     });
     // The daemon's CPU per thread over one fio phase, in µs per fio write.
     const phase = async (b, kind, run) => {
       const th0 = threadsOf(b.daemon.pid);
       const t0 = process.hrtime.bigint();
-      const iops = await run();
+      const { iops, p50, p99 } = await run();
       const t1 = process.hrtime.bigint();
       const ios = iops * (Number(t1 - t0) / 1e9);
       const per = {};
-      for (const [k, v] of threadsOf(b.daemon.pid)) per[k] = ((v - (th0.get(k) ?? 0)) * 1000) / ios;
+      const sys = {};
+      const vcs = {};
+      for (const [k, v] of threadsOf(b.daemon.pid)) {
+        const z = th0.get(k) ?? { u: 0, s: 0, vcs: 0 };
+        per[k] = ((v.u + v.s - z.u - z.s) * 1000) / ios;
+        sys[k] = ((v.s - z.s) * 1000) / ios;
+        vcs[k] = ((v.vcs - z.vcs) * 1000) / ios;
+      }
       b.threads[kind].push(per);
+      b.sys[kind].push(sys);
+      b.vcs[kind].push(vcs);
+      b.lat[kind].push([p50, p99]);
       if (b === me) windows[kind].push([Number(t0 / 1000n), Number(t1 / 1000n)]);
       return iops;
     };
@@ -262,7 +297,7 @@ try {
     idleFullMs: Math.round(idleFullMs),
     underFioFullMs: ms(underFioMs),
     underFioCompleted: underFioMs.length,
-    builds: builds.map((b) => ({ name: b.name, alones: b.alones.map(Math.round), withs: b.withs.map(Math.round), threads: b.threads, underFioMs: b.underFioMs.map(Math.round) })),
+    builds: builds.map((b) => ({ name: b.name, alones: b.alones.map(Math.round), withs: b.withs.map(Math.round), threads: b.threads, sys: b.sys, vcs: b.vcs, latUs: b.lat, underFioMs: b.underFioMs.map(Math.round) })),
     windows,
   };
   if (args.includes('--json')) console.log(JSON.stringify(res));
@@ -283,7 +318,9 @@ try {
         console.log(`${b.name.padEnd(9)} fio alone ${b.alones.map(Math.round).join(' ')}, with ${b.withs.map(Math.round).join(' ')}: median ${(median(b.withs) / median(b.alones)).toFixed(3)}x, per pair ${ratios.join(' ')}, median of pairs ${median(ratios.map(Number)).toFixed(2)}x`);
         for (const kind of ['alone', 'with']) {
           const names = [...new Set(b.threads[kind].flatMap((x) => Object.keys(x)))].sort();
-          console.log(`  daemon CPU µs per fio write, ${kind.padEnd(5)} (median): ${names.map((t) => `${t} ${median(b.threads[kind].map((x) => x[t] ?? 0)).toFixed(1)}`).join(', ')}`);
+          const med = (xs, t) => median(xs.map((x) => x[t] ?? 0));
+          console.log(`  daemon CPU µs per fio write, ${kind.padEnd(5)} (median): ${names.map((t) => `${t} ${med(b.threads[kind], t).toFixed(1)} (sys ${med(b.sys[kind], t).toFixed(1)}, vcsw/1000 ${med(b.vcs[kind], t).toFixed(0)})`).join(', ')}`);
+          console.log(`  fio lat µs, ${kind.padEnd(5)}: p50 ${b.lat[kind].map((l) => l[0].toFixed(0)).join(' ')}, p99 ${b.lat[kind].map((l) => l[1].toFixed(0)).join(' ')} (median p50 ${median(b.lat[kind].map((l) => l[0])).toFixed(0)}, p99 ${median(b.lat[kind].map((l) => l[1])).toFixed(0)})`);
         }
       }
       if (CPU_PROF) console.log(`cpu profile windows (µs, monotonic): ${JSON.stringify(windows)}`);
@@ -295,7 +332,7 @@ try {
       for (const l of readFileSync(b.logPath, 'utf8').split('\n')) {
         if (!l.includes('"snapshot completed"')) continue;
         const j = JSON.parse(l);
-        console.log(`  ${b.name} ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}), paced blocks ${j.pacedBlocks}`);
+        console.log(`  ${b.name} ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}, pool captures ${j.cowPoolCaptures ?? '-'}), paced blocks ${j.pacedBlocks}, watchdog trips ${j.writeTrips ?? '-'} (writes held to the pool ${j.writesHeld ?? '-'})`);
       }
     }
   }

@@ -79,6 +79,8 @@ export class CowSession {
   /** Sectors captured (each once), and how many of them went to the spill file. */
   capturedSectors = 0;
   spilledSectors = 0;
+  /** Captures read on the pool (beforeWrite), not on the loop's page-cache path (tryPass with readNow). */
+  poolCaptures = 0;
 
   constructor(indexes: Iterable<number>, private readonly read: RawReader, o: CowSessionOptions = {}) {
     for (const i of indexes) {
@@ -251,6 +253,7 @@ export class CowSession {
 
   /** Reads sectors [k, k + n) of block b (claimed: null) and keeps them. */
   private capture(b: number, st: BlockCow, k: number, n: number): Promise<void> {
+    this.poolCaptures++;
     const buf = Buffer.allocUnsafeSlow(n * COW_SECTOR);
     const r = this.read(b * SNAPSHOT_BLOCK_BYTES + k * COW_SECTOR, n * COW_SECTOR, buf).then(
       () => {

@@ -11,6 +11,7 @@ import { silentLogger } from '../util/logger.js';
 import { faultPoint } from '../util/fault-point.js';
 import { KeyedMutex } from '../util/lock.js';
 import { errInfo } from '../volume/errors.js';
+import { syncWriteGuard } from '../volume/native-io.js';
 import { BlockBitmap } from './block-bitmap.js';
 import { copyBlocks, putUnlessStored } from './block-copier.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from './change-tracker.js';
@@ -90,6 +91,8 @@ interface RunningCreate {
   cow?: CowSession;
   /** performance.now() when CreateSnapshot arrived: the log's split of the snapshot's time. */
   startedMs: number;
+  /** The write watchdog's counters when the run started (syncWriteGuard: process-wide), for the log's deltas. */
+  guardAtStart: { trips: number; held: number };
   pacer?: CopyPacer;
   /** Resolves once the run has let go of everything (pins, the pending marker) after its last manifest write. */
   settled: Promise<void>;
@@ -257,7 +260,7 @@ export class SnapshotManager {
       await this.o.store.putManifest(m);
       faultPoint('snapshot.after-pending');
       let settle!: () => void;
-      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, settled: new Promise<void>((r) => (settle = r)) };
+      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (settle = r)) };
       this.running.set(snapshotId, run);
       try {
         const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId);
@@ -436,7 +439,7 @@ export class SnapshotManager {
       const t3 = performance.now();
       await plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });

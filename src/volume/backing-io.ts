@@ -167,7 +167,11 @@ export class BackingIo {
         if (n === EAGAIN) return 0;
         if (n === EOPNOTSUPP) this.caps.write = false; // ext4 buffered writes: never will
       }
-      if (!this.syncWriteOk || buf.length > SYNC_WRITE_MAX || !syncWriteGuard.allowed()) return passed ? 0 : -1;
+      if (!this.syncWriteOk || buf.length > SYNC_WRITE_MAX) return passed ? 0 : -1;
+      if (!syncWriteGuard.allowed()) {
+        syncWriteGuard.held++;
+        return passed ? 0 : -1;
+      }
       if (!passed) {
         if (!this.gate!.tryPass(pos, buf.length, this.readNow)) return -1;
         passed = true;

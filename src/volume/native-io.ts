@@ -44,7 +44,10 @@ export function syncWriteSafe(fd: number): boolean {
 export class SyncWriteGuard {
   private holdUntil = 0;
   private hold: number;
+  /** Slow sync writes that started or extended a hold (the snapshot log reports the count, docs/benchmarks.md). */
   trips = 0;
+  /** Writes small enough for the loop that went to the pool because a hold was on (counted by BackingIo.writeCached). */
+  held = 0;
   constructor(
     readonly slowMs = 1,
     private readonly holdMs = 1000,
