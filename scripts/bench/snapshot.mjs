@@ -226,7 +226,13 @@ try {
     const phase = async (b, kind, run) => {
       const th0 = threadsOf(b.daemon.pid);
       const t0 = process.hrtime.bigint();
+      // BENCH_PERF=PREFIX: `perf record` of this build's daemon over its first phase of each kind (PREFIX.alone, PREFIX.with).
+      let perf;
+      if (process.env.BENCH_PERF && b === me && !b.threads[kind].length) {
+        perf = spawn('perf', ['record', '-q', '-F', '499', '-g', '-p', String(b.daemon.pid), '-o', `${process.env.BENCH_PERF}.${kind}`, '--', 'sleep', String(FIO_SECONDS - 1)], { stdio: 'ignore' });
+      }
       const { iops, p50, p99 } = await run();
+      if (perf && perf.exitCode === null) await new Promise((r) => perf.once('exit', r));
       const t1 = process.hrtime.bigint();
       const ios = iops * (Number(t1 - t0) / 1e9);
       const per = {};
