@@ -34,6 +34,7 @@ import { ConnectionThrottledError, type RefusalSummary } from './connection-guar
 import {
   DEFAULT_LIMITS, HttpTransport, rawHeader, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse,
 } from './kms-transport.js';
+import { FrontWorker } from './kms-front.js';
 
 export { DEFAULT_LIMITS, type ListenerLimits, type WireRequest, type WireResponse } from './kms-transport.js';
 
@@ -60,6 +61,13 @@ export interface KmsListenerOptions {
   limits?: Partial<ListenerLimits>;
   /** Clock for SigV4 and session expiry (tests inject one). */
   now?: () => number;
+  /**
+   * Where TLS and HTTP run: 0 (default) on this thread; 1 in a front-end
+   * worker thread (kms-front-worker.ts) that hands complete requests here.
+   */
+  frontThreads?: 0 | 1;
+  /** The front-end worker died: the listener is down (the daemon exits non-zero). */
+  onFatal?: (e: Error) => void;
 }
 
 const STS_NS = 'https://sts.amazonaws.com/doc/2011-06-15/';
@@ -78,7 +86,7 @@ class BodyTooLarge extends EbsdError {
 }
 
 export class KmsListener {
-  private transport: HttpTransport | undefined;
+  private transport: HttpTransport | FrontWorker | undefined;
   private readonly limits: ListenerLimits;
   private readonly kmsVerifier: SigV4Verifier<Caller>;
   private readonly stsVerifier: SigV4Verifier<Caller>;
@@ -108,6 +116,12 @@ export class KmsListener {
       throw new EbsdError('KMS_LISTEN_PLAINTEXT', `--kms-listen ${o.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
     }
     const common = { host: o.host, port: o.port, limits: this.limits, onRefusals: (rows: RefusalSummary[]) => this.auditThrottled(rows), ...(o.tls ? { tls: o.tls } : {}) };
+    if (o.frontThreads === 1) {
+      const fatal = o.onFatal ?? ((e: Error) => { throw e; });
+      const front = await FrontWorker.start({ ...common, handle: (r) => this.handleWire(r), log: o.log, onFatal: fatal });
+      this.transport = front;
+      return front.address;
+    }
     const t = new HttpTransport({ ...common, onRequest: (r) => void this.handleWire(r).then((w) => r.respond(w)) });
     const a = await t.listen();
     this.transport = t;
