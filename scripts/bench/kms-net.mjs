@@ -6,7 +6,10 @@
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
 //                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N] [--only socket|net|floor]
-//                                  [--daemon-node-args '--max-semi-space-size=64'] [--floor]
+//                                  [--daemon-node-args '--max-semi-space-size=64'] [--floor] [--kms-front-threads 0|1]
+// --kms-front-threads N: passed to this build's daemon (not the baseline's): 0 TLS and HTTP on the main thread,
+//          1 on the front-end worker (the default with --kms-only). The per-thread line names that worker
+//          `ebsd-kms-front` (it names its own thread); every other unnamed thread is `node`.
 // --floor: also time kms-net-floor.mjs, node's HTTPS server answering the same Decrypt response and doing nothing
 //          else, with the same client: the floor under any daemon built on node:https (the reference figure).
 // --client lean (default): kms-lean-client.mjs, raw keep-alive sockets writing the SDK's bytes (signed once per
@@ -44,6 +47,7 @@ const clientKind = arg('client', 'lean');
 const clientThreads = Number(arg('client-threads', '0'));
 const listener = arg('listener', 'https');
 const nodeArgs = (arg('daemon-node-args', '') || '').split(' ').filter(Boolean); // V8/node flags for this build's daemon (e.g. --max-semi-space-size=64)
+const frontThreads = arg('kms-front-threads', undefined);
 const floor = process.argv.includes('--floor'); // also time kms-net-floor.mjs: node's HTTPS server answering a fixed body, nothing else
 const only = arg('only', undefined); // socket | net: time one path alone (for a profile of it); floor (with --floor): the floor alone // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
 const NET = `${listener}+sigv4`;
@@ -76,13 +80,13 @@ const daemons = [];
 const leanClients = [];
 
 /** One daemon of one build, with a user, an access key and a data key to decrypt. */
-async function startDaemon(name, root, prof, extraNodeArgs = []) {
+async function startDaemon(name, root, prof, extraNodeArgs = [], extraArgs = []) {
   const cliPath = join(root, 'dist', 'cli', 'main.js');
   const state = join(dir, `${name}-state`);
   const cli = (...a) => JSON.parse(execFileSync(process.execPath, [cliPath, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: state } }).toString() || '{}');
   const log = createWriteStream(join(dir, `${name}-daemon.log`));
   const child = spawn(process.execPath, [...extraNodeArgs, ...(prof ? ['--cpu-prof', '--cpu-prof-dir', resolve(prof)] : []), cliPath, 'daemon', '--state-dir', state, '--kms-only',
-    '--kms-listen', '127.0.0.1:0', ...(listener === 'https' ? ['--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--kms-listen', '127.0.0.1:0', ...extraArgs, ...(listener === 'https' ? ['--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   daemons.push(child);
   const url = await new Promise((ok, fail) => {
     let buf = '';
@@ -188,7 +192,7 @@ try {
   ossl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1');
   const builds = [];
   if (baseline) builds.push(await startDaemon('baseline', resolve(baseline)));
-  builds.push(await startDaemon('this', ROOT, cpuProf, nodeArgs));
+  builds.push(await startDaemon('this', ROOT, cpuProf, nodeArgs, frontThreads !== undefined ? ['--kms-front-threads', frontThreads] : []));
   if (floor) builds.push(await startFloor(builds.at(-1).floorAnswer, builds.at(-1).key, builds.at(-1).req));
   const rows = new Map();
   const loads = [];

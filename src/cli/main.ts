@@ -126,6 +126,7 @@ function daemonCommand(y: Argv): Argv {
         .option('tls-cert', { type: 'string', describe: 'PEM certificate (chain) for --kms-listen: HTTPS' })
         .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert' })
         .option('kms-only', { type: 'boolean', default: false, describe: 'run the KMS alone (with --kms-listen): no FUSE mount, no volume service' })
+        .option('kms-front-threads', { type: 'number', describe: '--kms-listen\'s TLS and HTTP: 0 on the main thread, 1 on a front-end worker thread (default: 1 with --kms-only, 0 otherwise)' })
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
@@ -151,6 +152,7 @@ function daemonCommand(y: Argv): Argv {
         writeBehind: a.writeBehind,
         ...(a.kmsListen !== undefined ? { kmsListen: listenAddress(a.kmsListen) } : {}),
         ...(a.kmsOnly ? { kmsOnly: true } : {}),
+        ...(a.kmsFrontThreads !== undefined ? { kmsFrontThreads: a.kmsFrontThreads as 0 | 1 } : {}),
         ...(a.kmsEndpoint !== undefined ? { kmsEndpoint: a.kmsEndpoint } : {}),
         ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),

@@ -40,6 +40,11 @@ export interface DaemonConfig {
   /** Run the KMS alone: no FUSE mount, no volume service. */
   kmsOnly?: boolean;
   /**
+   * Threads running the listener's TLS and HTTP (src/daemon/kms-front.ts): 0 the main thread,
+   * 1 a front-end worker. Default: 1 with `kmsOnly`, 0 otherwise (the FUSE data path keeps its core).
+   */
+  kmsFrontThreads?: 0 | 1;
+  /**
    * Volume keys from this KMS (AWS KMS, another host's `--kms-only` daemon) over
    * the AWS protocol, as the host's principal from the standard AWS credential
    * chain (README.md, "A fleet"); absent: the embedded KMS core.
@@ -76,6 +81,7 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsEndpoint !== undefined && c.kmsOnly) throw new ArgRangeError('--kms-endpoint', 'a --kms-only daemon serves the KMS; it does not use a remote one');
   if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
+  if (c.kmsFrontThreads !== undefined && c.kmsFrontThreads !== 0 && c.kmsFrontThreads !== 1) throw new ArgRangeError('--kms-front-threads', `must be 0 or 1, got ${String(c.kmsFrontThreads)}`);
   // Checked before anything starts; the listener checks again (it may be built without a config).
   if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
     throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);

@@ -140,6 +140,10 @@ export class Daemon {
     this.notify = new SdNotify(log);
   }
 
+  private fail!: (e: Error) => void; // declared before `failed`, whose initializer sets it
+  /** Resolves with the error when a part the daemon cannot run without dies (the KMS front-end worker). */
+  readonly failed = new Promise<Error>((r) => (this.fail = r));
+
   async start(): Promise<void> {
     checkDaemonConfig(this.cfg);
     if (this.cfg.metricsListen !== undefined) parseListen(this.cfg.metricsListen); // refuse a bad flag before mounting
@@ -225,6 +229,8 @@ export class Daemon {
         auditRefusal: (key, ev) => kms.audit.appendRefusal(key, ev),
         ...(this.ebs ? { ebs: (op: string, members: Record<string, unknown>, caller: Caller, requestId: string) => this.ebs!.call(op, members, caller, { requestId }) as Promise<Record<string, unknown>> } : {}),
         log: log.child({ component: 'kms-listener' }),
+        frontThreads: cfg.kmsFrontThreads ?? (cfg.kmsOnly ? 1 : 0),
+        onFatal: (e) => this.fail(e),
       });
       const a = await this.listener.listen();
       kmsUrl = `${a.protocol}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
@@ -813,9 +819,10 @@ export async function runDaemon(cfg: DaemonConfig, log: Logger): Promise<void> {
     await d.start();
     // Keep the event loop alive: fuse-native's handles are unref'd.
     const keepAlive = setInterval(() => {}, 1 << 30);
-    await got;
+    const why = await Promise.race([got, d.failed]);
     clearInterval(keepAlive);
     await d.stop();
+    if (why instanceof Error) throw why; // main.ts logs it and exits non-zero
   } finally {
     process.off('SIGTERM', onSig);
     process.off('SIGINT', onSig);

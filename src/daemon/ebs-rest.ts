@@ -1,4 +1,3 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { validation } from '../snapshot/ebs-direct-errors.js';
 import { toWireError } from './aws-json.js';
 import { MAX_BODY_VALUES } from './control-server.js';
@@ -32,8 +31,13 @@ function put(out: Record<string, unknown>, k: string, v: unknown): void {
   if (v !== undefined && v !== null) out[k] = v;
 }
 
+/** The parts of a request (node's IncomingMessage, or the listener's plain form) this binding reads. */
+export interface RestRequest { method?: string; url?: string; headers: Record<string, string | string[] | undefined> }
+/** Where an answer is written (node's ServerResponse, or the listener's collector). */
+export interface RestResponse { writeHead(status: number, headers: Record<string, string | number>): unknown; end(body?: Buffer | string): unknown }
+
 /** The operation and its members; undefined when the path is no EBS direct API route. */
-export function ebsRestRequest(req: IncomingMessage, body: Buffer): { op: string; members: Record<string, unknown> } | undefined {
+export function ebsRestRequest(req: RestRequest, body: Buffer): { op: string; members: Record<string, unknown> } | undefined {
   const url = new URL(req.url ?? '/', 'http://localhost');
   const route = ROUTES.find((r) => r.method === req.method && r.path.test(url.pathname));
   if (!route) return undefined;
@@ -95,7 +99,7 @@ function epoch(o: Record<string, unknown>): Record<string, unknown> {
   return r;
 }
 
-export function sendEbsRest(res: ServerResponse, op: string, out: Record<string, unknown>, requestId: string): void {
+export function sendEbsRest(res: RestResponse, op: string, out: Record<string, unknown>, requestId: string): void {
   const status = STATUS[op] ?? 200;
   if (op === 'GetSnapshotBlock') {
     const data = out.BlockData as Buffer;
@@ -116,7 +120,7 @@ export function sendEbsRest(res: ServerResponse, op: string, out: Record<string,
   res.end(text);
 }
 
-export function sendEbsRestError(res: ServerResponse, e: unknown, requestId: string): void {
+export function sendEbsRestError(res: RestResponse, e: unknown, requestId: string): void {
   const w = toWireError(e);
   const text = JSON.stringify({ message: w.body.message, ...(w.body.Reason ? { Reason: w.body.Reason } : {}) });
   res.writeHead(w.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), 'x-amzn-RequestId': requestId, 'x-amzn-ErrorType': w.body.__type });

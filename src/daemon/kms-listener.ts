@@ -15,12 +15,8 @@
  * the operator's way in under a flood is the control socket, where root is exempt.
  * Refused connections are counted per (address, reason) and audited in aggregate.
  */
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
 import { randomUUID } from 'node:crypto';
 import { isIP } from 'node:net';
-import type { Socket } from 'node:net';
-import type { TLSSocket } from 'node:tls';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Caller } from '../kms/types.js';
@@ -34,21 +30,13 @@ import type { AssumeRoleParams } from '../kms/sts/assume-role-context.js';
 import { decodeKmsRequest, encodeResponse, toWireError } from './aws-json.js';
 import { throttledEvent } from './audit-events.js';
 import { ebsRestRequest, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
+import { ConnectionThrottledError, type RefusalSummary } from './connection-guard.js';
 import {
-  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, refuseSocket, type ConnectionLimits, type RefusalSummary,
-} from './connection-guard.js';
+  DEFAULT_LIMITS, HttpTransport, rawHeader, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse,
+} from './kms-transport.js';
+import { FrontWorker } from './kms-front.js';
 
-/** Listener limits: the connection guard's, with `maxPerCaller` counted per source address. */
-export type ListenerLimits = ConnectionLimits;
-
-/**
- * The guard's defaults (sized for KMS requests: 4 KiB plaintext, 32 KiB
- * policy), with more room per address than a local uid gets: an AWS SDK
- * pools up to 50 sockets per client, and one address may front several
- * clients (a host, a NAT). The per-address cap stays below the overall one,
- * so one address cannot take every connection.
- */
-export const DEFAULT_LIMITS: ListenerLimits = Object.freeze({ ...GUARD_LIMITS, maxPerCaller: 128, maxTotal: 1024 });
+export { DEFAULT_LIMITS, type ListenerLimits, type WireRequest, type WireResponse } from './kms-transport.js';
 
 export interface KmsListenerOptions {
   host: string;
@@ -73,6 +61,13 @@ export interface KmsListenerOptions {
   limits?: Partial<ListenerLimits>;
   /** Clock for SigV4 and session expiry (tests inject one). */
   now?: () => number;
+  /**
+   * Where TLS and HTTP run: 0 (default) on this thread; 1 in a front-end
+   * worker thread (kms-front-worker.ts) that hands complete requests here.
+   */
+  frontThreads?: 0 | 1;
+  /** The front-end worker died: the listener is down (the daemon exits non-zero). */
+  onFatal?: (e: Error) => void;
 }
 
 const STS_NS = 'https://sts.amazonaws.com/doc/2011-06-15/';
@@ -84,11 +79,6 @@ export function isLoopback(host: string): boolean {
   return host === '::1' || host === '[::1]' || /^::ffff:127\./.test(host);
 }
 
-/** The client's address as the guard counts it (an IPv4-mapped IPv6 address as IPv4). */
-function sourceAddress(s: Socket): string {
-  return (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
-}
-
 class BodyTooLarge extends EbsdError {
   constructor(limit: number) {
     super('BODY_TOO_LARGE', `request body over ${limit} bytes`, { awsName: 'RequestEntityTooLargeException' });
@@ -96,11 +86,7 @@ class BodyTooLarge extends EbsdError {
 }
 
 export class KmsListener {
-  private server: Server | undefined;
-  private readonly sockets = new Set<Socket>();
-  /** Connections answered 503 at accept: anything the HTTP parser still makes of them is ignored. */
-  private readonly refused = new WeakSet<Socket>();
-  readonly guard: ConnectionGuard;
+  private transport: HttpTransport | FrontWorker | undefined;
   private readonly limits: ListenerLimits;
   private readonly kmsVerifier: SigV4Verifier<Caller>;
   private readonly stsVerifier: SigV4Verifier<Caller>;
@@ -110,15 +96,12 @@ export class KmsListener {
   constructor(private readonly o: KmsListenerOptions) {
     this.limits = { ...DEFAULT_LIMITS, ...o.limits };
     this.now = o.now ?? Date.now;
-    // No exempt address (see the top of this file).
-    this.guard = new ConnectionGuard(this.limits, { onRefusals: (rows) => this.auditThrottled(rows) });
     const v = (service: string) => new SigV4Verifier<Caller>({ region: o.region, services: [service], credentials: o.sts.credentials, now: this.now });
     this.kmsVerifier = v('kms');
     this.stsVerifier = v('sts');
     this.ebsVerifier = new SigV4Verifier<Caller>({ region: o.region, services: ['ebs'], credentials: o.sts.credentials, now: this.now, unsignedPayload: true });
   }
 
-  /** Start listening; resolves with the bound address (port 0 picks a free one). */
   /** Wipe the cached signing keys: an access key was deactivated or deleted (its status is checked on every request anyway). */
   forgetSigningKeys(): void {
     this.kmsVerifier.forget();
@@ -126,57 +109,29 @@ export class KmsListener {
     this.ebsVerifier.forget();
   }
 
+  /** Start listening; resolves with the bound address (port 0 picks a free one). */
   async listen(): Promise<{ host: string; port: number; protocol: 'http' | 'https' }> {
     const { o } = this;
     if (!o.tls && !isLoopback(o.host)) {
       throw new EbsdError('KMS_LISTEN_PLAINTEXT', `--kms-listen ${o.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
     }
-    const l = this.limits;
-    const opts = {
-      maxHeaderSize: l.maxHeaderBytes,
-      headersTimeout: l.headersTimeoutMs,
-      requestTimeout: l.requestTimeoutMs,
-      keepAliveTimeout: l.keepAliveTimeoutMs,
-      // How often node looks for connections past headersTimeout/requestTimeout (default 30 s).
-      connectionsCheckingInterval: Math.min(1_000, l.headersTimeoutMs),
-    };
-    const handler = (req: IncomingMessage, res: ServerResponse): void => void this.serve(req, res);
-    // handshakeTimeout: node's default (120 s) would let a caller hold slots with connections that
-    // never finish the TLS handshake; headersTimeout only starts after it.
-    const server = o.tls
-      ? createHttpsServer({ ...opts, cert: o.tls.cert, key: o.tls.key, handshakeTimeout: l.headersTimeoutMs }, handler)
-      : createHttpServer(opts, handler);
-    // Admitted on the TCP connection, before any TLS handshake is paid for.
-    server.on('connection', (s: Socket) => {
-      const admitted = this.guard.admit(sourceAddress(s));
-      if (admitted instanceof ConnectionThrottledError) {
-        this.refused.add(s);
-        // Over TLS a plaintext answer would be noise to the client: close at once.
-        if (o.tls) s.destroy(); else refuseSocket(s, admitted);
-        return;
-      }
-      this.sockets.add(s);
-      s.on('close', () => { this.sockets.delete(s); admitted.release(); });
-    });
-    server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(o.port, o.host, () => { server.off('error', reject); resolve(); });
-    });
-    this.server = server;
-    const a = server.address() as { address: string; port: number };
-    return { host: a.address, port: a.port, protocol: o.tls ? 'https' : 'http' };
+    const common = { host: o.host, port: o.port, limits: this.limits, onRefusals: (rows: RefusalSummary[]) => this.auditThrottled(rows), ...(o.tls ? { tls: o.tls } : {}) };
+    if (o.frontThreads === 1) {
+      const fatal = o.onFatal ?? ((e: Error) => { throw e; });
+      const front = await FrontWorker.start({ ...common, handle: (r) => this.handleWire(r), log: o.log, onFatal: fatal });
+      this.transport = front;
+      return front.address;
+    }
+    const t = new HttpTransport({ ...common, onRequest: (r) => void this.handleWire(r).then((w) => r.respond(w)) });
+    const a = await t.listen();
+    this.transport = t;
+    return a;
   }
 
   async close(): Promise<void> {
-    const server = this.server;
-    if (!server) return;
-    this.server = undefined;
-    const closed = new Promise<void>((r) => server.close(() => r()));
-    server.closeIdleConnections();
-    for (const s of this.sockets) s.destroy();
-    await closed;
-    this.guard.flushRefusals();
+    const t = this.transport;
+    this.transport = undefined;
+    await t?.close();
   }
 
   /** Connections refused by the limits, already summed per (address, reason) by the guard. */
@@ -190,69 +145,76 @@ export class KmsListener {
     }
   }
 
-  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
+  /**
+   * One request, transport-free: SigV4, then the KMS, STS or EBS direct API
+   * operation, and the answer as status, headers and body. Never rejects:
+   * every failure becomes the protocol's error answer.
+   */
+  async handleWire(req: WireRequest): Promise<WireResponse> {
     const requestId = randomUUID();
+    const raw = req.rawHeaders;
     // From rawHeaders, as node builds req.headers (which it does lazily, header by header, on first use).
-    const target = rawHeader(req.rawHeaders, 'x-amz-target', ', ');
+    const target = rawHeader(raw, 'x-amz-target', ', ');
     const query = typeof target !== 'string';
-    const sourceIp = (req.socket.remoteAddress ?? '').replace(/^::ffff:/, '');
-    const ua = rawHeader(req.rawHeaders, 'user-agent');
+    const sourceIp = req.conn.sourceIp;
+    const ua = rawHeader(raw, 'user-agent');
     let operation = typeof target === 'string' ? target.slice(target.indexOf('.') + 1) : 'Unknown';
     try {
-      const body = await readBody(req, this.guard, sourceIp);
-      const url = req.url ?? '/';
-      if (query && this.o.ebs && url.startsWith('/snapshots')) return await this.serveEbs(req, res, body, requestId, sourceIp);
+      if (req.bodyError) throw bodyError(req.bodyError);
+      const { body, url } = req;
+      if (query && this.o.ebs && url.startsWith('/snapshots')) return await this.serveEbs(req, requestId);
       const form = query ? new URLSearchParams(req.method === 'GET' ? url.slice(url.indexOf('?') + 1 || url.length) : body.toString('utf8')) : undefined;
       if (form) operation = form.get('Action') ?? 'Unknown';
       let verified;
       try {
-        verified = await (query ? this.stsVerifier : this.kmsVerifier).verify({ method: req.method ?? 'GET', target: url, headers: { raw: req.rawHeaders }, body });
+        verified = await (query ? this.stsVerifier : this.kmsVerifier).verify({ method: req.method, target: url, headers: { raw }, body });
       } catch (e) {
-        if (e instanceof SigV4Error) await this.auditRefusal(e, query ? 'sts.amazonaws.com' : 'kms.amazonaws.com', operation, requestId, sourceIp, req);
+        if (e instanceof SigV4Error) await this.auditRefusal(e, query ? 'sts.amazonaws.com' : 'kms.amazonaws.com', operation, requestId, req.conn, ua);
         throw e;
       }
       const caller: Caller = { ...verified.principal, sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
       if (!query) {
         if (!target.startsWith('TrentService.')) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
         const out = await this.o.kms(operation, decodeKmsRequest(parseJson(body)), caller, requestId);
-        return sendJson(res, 200, encodeResponse(out ?? {}), requestId);
+        return json(200, encodeResponse(out ?? {}), requestId);
       }
       const xml = await this.sts(form!, caller, requestId);
-      return sendXml(res, 200, xml, requestId);
+      return xmlAnswer(200, xml, requestId);
     } catch (e) {
       const internal = query ? stsError(e).status >= 500 : toWireError(e).status >= 500;
       if (internal) this.o.log.error({ err: e, operation, requestId }, 'KMS network request failed');
       if (query) {
         const { status, code, message } = stsError(e);
-        return sendXml(res, status, `<ErrorResponse xmlns="${STS_NS}"><Error><Type>${status >= 500 ? 'Receiver' : 'Sender'}</Type><Code>${esc(code)}</Code><Message>${esc(message)}</Message></Error><RequestId>${requestId}</RequestId></ErrorResponse>`, requestId);
+        return xmlAnswer(status, `<ErrorResponse xmlns="${STS_NS}"><Error><Type>${status >= 500 ? 'Receiver' : 'Sender'}</Type><Code>${esc(code)}</Code><Message>${esc(message)}</Message></Error><RequestId>${requestId}</RequestId></ErrorResponse>`, requestId);
       }
       const w = e instanceof BodyTooLarge ? { status: 413, body: { __type: e.awsName!, message: e.message } } : toWireError(e);
-      return sendJson(res, w.status, w.body, requestId);
+      return json(w.status, w.body, requestId);
     } finally {
       this.o.log.debug({ operation, requestId, sourceIp }, 'KMS network request');
     }
   }
 
   /** An EBS direct API request (ebs-rest.ts): SigV4 first, then the same checks, authorization and audit as on the socket. */
-  private async serveEbs(req: IncomingMessage, res: ServerResponse, body: Buffer, requestId: string, sourceIp: string): Promise<void> {
-    const ua = req.headers['user-agent'];
+  private async serveEbs(req: WireRequest, requestId: string): Promise<WireResponse> {
+    const ua = rawHeader(req.rawHeaders, 'user-agent');
+    const out = new Answer();
     try {
       let verified;
       try {
-        verified = await this.ebsVerifier.verify({ method: req.method ?? 'GET', target: req.url ?? '/', headers: { raw: req.rawHeaders }, body });
+        verified = await this.ebsVerifier.verify({ method: req.method, target: req.url, headers: { raw: req.rawHeaders }, body: req.body });
       } catch (e) {
-        if (e instanceof SigV4Error) await this.auditRefusal(e, 'ebs.amazonaws.com', 'Unknown', requestId, sourceIp, req);
+        if (e instanceof SigV4Error) await this.auditRefusal(e, 'ebs.amazonaws.com', 'Unknown', requestId, req.conn, ua);
         throw e;
       }
-      const caller: Caller = { ...verified.principal, sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
-      const r = ebsRestRequest(req, body);
-      if (!r) throw new EbsdError('UNKNOWN_OPERATION', `no EBS direct API operation is ${req.method} ${(req.url ?? '').split('?')[0]!.slice(0, 128)}`, { awsName: 'UnknownOperationException' });
-      return sendEbsRest(res, r.op, await this.o.ebs!(r.op, r.members, caller, requestId), requestId);
+      const caller: Caller = { ...verified.principal, sourceIp: req.conn.sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
+      const r = ebsRestRequest(headersOf(req), req.body);
+      if (!r) throw new EbsdError('UNKNOWN_OPERATION', `no EBS direct API operation is ${req.method} ${req.url.split('?')[0]!.slice(0, 128)}`, { awsName: 'UnknownOperationException' });
+      sendEbsRest(out, r.op, await this.o.ebs!(r.op, r.members, caller, requestId), requestId);
     } catch (e) {
       if (toWireError(e).status >= 500) this.o.log.error({ err: e, requestId }, 'EBS direct API network request failed');
-      return sendEbsRestError(res, e, requestId);
+      sendEbsRestError(out, e, requestId);
     }
+    return out.w;
   }
 
   private async sts(form: URLSearchParams, caller: Caller, requestId: string): Promise<string> {
@@ -294,8 +256,8 @@ export class KmsListener {
   }
 
   /** A request refused before authorization: who it claimed to be and where it came from, never its signature. */
-  private async auditRefusal(err: SigV4Error, source: string, eventName: string, requestId: string, sourceIp: string, req: IncomingMessage): Promise<void> {
-    const ua = req.headers['user-agent'];
+  private async auditRefusal(err: SigV4Error, source: string, eventName: string, requestId: string, conn: WireConnection, ua: string | undefined): Promise<void> {
+    const sourceIp = conn.sourceIp;
     // The operation name comes from the wire: bounded in the record and in the aggregation key.
     const name = truncateField(eventName, 128);
     const build = (): Record<string, unknown> => {
@@ -307,8 +269,7 @@ export class KmsListener {
       e.userIdentity = { type: 'Unknown', ...(err.accessKeyId ? { accessKeyId: err.accessKeyId } : {}) };
       e.sourceIPAddress = sourceIp;
       e.userAgent = typeof ua === 'string' ? truncateField(ua, MAX_USER_AGENT) : '';
-      const tls = req.socket as Partial<TLSSocket>;
-      if (typeof tls.getProtocol === 'function') e.tlsDetails = { tlsVersion: tls.getProtocol(), cipherSuite: tls.getCipher?.()?.standardName };
+      if (conn.tls) e.tlsDetails = { ...conn.tls };
       return e;
     };
     this.o.log.debug({ refusal: err.awsName, accessKeyId: err.accessKeyId, sourceIp, eventName: name, requestId }, 'KMS network request refused');
@@ -317,68 +278,6 @@ export class KmsListener {
     const written = this.o.auditRefusal ? this.o.auditRefusal(key, build) : this.o.audit(build());
     await written.catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
   }
-}
-
-/**
- * A header's value as `req.headers` would give it: the first one (`join` absent: node keeps the
- * first user-agent, content-length), or all joined with `join` (node joins unknown repeated headers
- * with ", "). `name` is lower-case.
- */
-function rawHeader(raw: string[], name: string, join?: string): string | undefined {
-  let out: string | undefined;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const k = raw[i]!;
-    if (k.length !== name.length || k.toLowerCase() !== name) continue;
-    if (out === undefined) out = raw[i + 1]!;
-    else if (join === undefined) return out;
-    else out += join + raw[i + 1]!;
-  }
-  return out;
-}
-
-/**
- * The body as bytes (SigV4 hashes them as sent), within the guard's limits:
- * over `maxBodyBytes` a 413; past the bytes all connections may buffer at
- * once, a ThrottlingException. The reservation is given back when the body
- * is complete or the request ends early.
- */
-function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string): Promise<Buffer> {
-  const limit = guard.limits.maxBodyBytes;
-  return new Promise((resolve, reject) => {
-    const declared = Number(rawHeader(req.rawHeaders, 'content-length'));
-    if (declared > limit) { reject(new BodyTooLarge(limit)); req.resume(); return; }
-    const chunks: Buffer[] = [];
-    let n = 0;
-    let reserved = 0;
-    let failed = false;
-    const fail = (e: Error): void => {
-      if (failed) return;
-      failed = true;
-      guard.releaseBody(reserved);
-      reserved = 0;
-      reject(e);
-    };
-    req.on('data', (c: Buffer) => {
-      if (failed) return;
-      n += c.length;
-      if (n > limit) { fail(new BodyTooLarge(limit)); req.destroy(); return; }
-      if (!guard.reserveBody(address, c.length)) {
-        fail(new ConnectionThrottledError('body-budget', 'the daemon is buffering too many request bodies; retry'));
-        req.destroy();
-        return;
-      }
-      reserved += c.length;
-      chunks.push(c);
-    });
-    req.on('error', fail);
-    req.on('close', () => { if (!req.complete) fail(new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' })); });
-    req.on('end', () => {
-      if (failed) return;
-      guard.releaseBody(reserved);
-      reserved = 0;
-      resolve(Buffer.concat(chunks));
-    });
-  });
 }
 
 function parseJson(body: Buffer): Record<string, unknown> {
@@ -401,14 +300,41 @@ function esc(s: string): string {
   return s.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, requestId: string): void {
+function json(status: number, body: unknown, requestId: string): WireResponse {
   const text = JSON.stringify(body);
   // The flat-array form: node copies it as it is, without a pass over an object's keys.
-  res.writeHead(status, ['Content-Type', 'application/x-amz-json-1.1', 'Content-Length', String(Buffer.byteLength(text)), 'x-amzn-RequestId', requestId]);
-  res.end(text);
+  return { status, headers: ['Content-Type', 'application/x-amz-json-1.1', 'Content-Length', String(Buffer.byteLength(text)), 'x-amzn-RequestId', requestId], body: text };
 }
 
-function sendXml(res: ServerResponse, status: number, xml: string, requestId: string): void {
-  res.writeHead(status, ['Content-Type', 'text/xml', 'Content-Length', String(Buffer.byteLength(xml)), 'x-amzn-RequestId', requestId]);
-  res.end(xml);
+function xmlAnswer(status: number, xml: string, requestId: string): WireResponse {
+  return { status, headers: ['Content-Type', 'text/xml', 'Content-Length', String(Buffer.byteLength(xml)), 'x-amzn-RequestId', requestId], body: xml };
+}
+
+/** What the transport could not read, as the error the protocol answers with. */
+function bodyError(e: WireBodyError): Error {
+  if (e.kind === 'too-large') return new BodyTooLarge(e.limit);
+  if (e.kind === 'body-budget') return new ConnectionThrottledError('body-budget', 'the daemon is buffering too many request bodies; retry');
+  return new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' });
+}
+
+/** The request as ebs-rest.ts reads it: method, url and `headers` as node would build them (repeated ones joined with ", "). */
+function headersOf(req: WireRequest): { method: string; url: string; headers: Record<string, string> } {
+  const headers: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    const k = req.rawHeaders[i]!.toLowerCase();
+    headers[k] = k in headers ? `${headers[k]}, ${req.rawHeaders[i + 1]!}` : req.rawHeaders[i + 1]!;
+  }
+  return { method: req.method, url: req.url, headers };
+}
+
+/** Collects what ebs-rest.ts writes (`writeHead`, `end`) as a WireResponse. */
+class Answer {
+  w: WireResponse = { status: 500, headers: [], body: '' };
+  writeHead(status: number, headers: Record<string, string | number>): void {
+    this.w.status = status;
+    this.w.headers = headers;
+  }
+  end(body?: Buffer | string): void {
+    this.w.body = body ?? '';
+  }
 }

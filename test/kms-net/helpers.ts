@@ -40,16 +40,24 @@ export async function makeTestCa(dir: string): Promise<{ ca: string; cert: strin
 }
 
 /**
- * `ebsd daemon --kms-only --kms-listen 127.0.0.1:0` as a child of `env`; with `tls`, HTTPS with a
- * certificate from a fresh test CA (`ca`: the CA's PEM file, for AWS_CA_BUNDLE / NODE_EXTRA_CA_CERTS).
+ * The listener tests that run on both front ends (src/daemon/kms-front.ts): 1, TLS and HTTP on the
+ * front-end worker (the default with --kms-only), and 0, on the daemon's main thread.
  */
-export async function startKmsDaemon(env: Env, o: { tls?: boolean } = {}): Promise<{ url: string; ca?: string }> {
+export const FRONT_THREADS = [1, 0] as const;
+
+/**
+ * `ebsd daemon --kms-only --kms-listen 127.0.0.1:0` as a child of `env`; with `tls`, HTTPS with a
+ * certificate from a fresh test CA (`ca`: the CA's PEM file, for AWS_CA_BUNDLE / NODE_EXTRA_CA_CERTS);
+ * with `frontThreads`, that `--kms-front-threads` (else the daemon's default).
+ */
+export async function startKmsDaemon(env: Env, o: { tls?: boolean; frontThreads?: number } = {}): Promise<{ url: string; ca?: string }> {
+  const front = o.frontThreads !== undefined ? ['--kms-front-threads', String(o.frontThreads)] : [];
   if (!o.tls) {
-    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0']);
+    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0', ...front]);
     return { url: await kmsUrl(env) };
   }
   const t = await makeTestCa(env.dir);
-  await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0', '--tls-cert', t.cert, '--tls-key', t.key]);
+  await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0', '--tls-cert', t.cert, '--tls-key', t.key, ...front]);
   return { url: await kmsUrl(env), ca: t.ca };
 }
 

@@ -4,13 +4,14 @@
  * flooding connections hits its own cap (128 by default, below the overall
  * 1024), a client from another address still gets through, and the
  * refusals are audited in aggregate. Daemon as a child process
- * (`--kms-only --kms-listen 127.0.0.1:0`); the flood is bounded and closed
- * in cleanup, also on failure.
+ * (`--kms-only --kms-listen 127.0.0.1:0`), the guard in the front-end worker
+ * and on the main thread (`--kms-front-threads 1`, `0`); the flood is bounded
+ * and closed in cleanup, also on failure.
  */
 import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { auditEvents, startKmsDaemon } from './helpers.js';
+import { FRONT_THREADS, auditEvents, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 const FLOOD = 200;
@@ -40,7 +41,7 @@ async function poll<T>(fn: () => T | undefined | false, tries = 300, everyMs = 1
   throw new Error('condition not reached');
 }
 
-describe('KMS listener: connection guard per source address', () => {
+describe.each(FRONT_THREADS)('KMS listener: connection guard per source address (--kms-front-threads %i)', (front) => {
   const env = new Env('kmsguard');
   const flood: Socket[] = [];
   let url: URL;
@@ -48,7 +49,7 @@ describe('KMS listener: connection guard per source address', () => {
 
   beforeAll(async () => {
     ensureBuilt();
-    url = new URL((await startKmsDaemon(env)).url);
+    url = new URL((await startKmsDaemon(env, { frontThreads: front })).url);
   }, 60_000);
   afterAll(async () => {
     for (const s of flood) s.destroy();

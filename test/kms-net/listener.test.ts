@@ -2,7 +2,8 @@
  * The KMS as a network service, driven by the real AWS SDK clients configured
  * only through the standard chain (environment variables; a shared config
  * file with role_arn + source_profile + endpoint_url), against the daemon as
- * a child process (`--kms-only --kms-listen 127.0.0.1:0`).
+ * a child process (`--kms-only --kms-listen 127.0.0.1:0`), with TLS and HTTP on
+ * the front-end worker and on the main thread (`--kms-front-threads 1`, `0`).
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,10 +14,10 @@ import {
 } from '@aws-sdk/client-kms';
 import { STSClient, GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { KMS_ADMIN_POLICY, Sha256, StandardChain, auditEvents, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { FRONT_THREADS, KMS_ADMIN_POLICY, Sha256, StandardChain, auditEvents, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt, run, CLI } from '../e2e/helpers.js';
 
-describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
+describe.each(FRONT_THREADS)('KMS and STS over HTTP + SigV4, real SDK clients (--kms-front-threads %i)', (front) => {
   const env = new Env('kmsnet');
   const chain = new StandardChain();
   let url = '';
@@ -48,7 +49,7 @@ describe('KMS and STS over HTTP + SigV4, real SDK clients', () => {
 
   beforeAll(async () => {
     ensureBuilt();
-    ({ url } = await startKmsDaemon(env));
+    ({ url } = await startKmsDaemon(env, { frontThreads: front }));
     ({ key: alice, accountId } = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin'));
     await env.ok(['iam', 'create-role', 'app']);
     await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', KMS_ADMIN_POLICY]);

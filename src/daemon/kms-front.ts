@@ -1,0 +1,204 @@
+/**
+ * The KMS listener's front end on a worker thread (`--kms-front-threads 1`,
+ * docs/architecture.md, "KMS over the network"): the worker
+ * (kms-front-worker.ts) runs TLS, node's HTTP server and the connection guard;
+ * this thread gets each complete request and answers it with
+ * `KmsListener.handleWire` (SigV4, credentials, STS, the KMS core, audit), as
+ * with the listener on this thread. No secret crosses to the worker but the
+ * TLS certificate and key it serves with: SigV4 signing keys, access keys and
+ * the KMS stay here.
+ *
+ * Hand-off, batched per event-loop turn both ways (one `postMessage` per
+ * turn, as the HSM client does): requests as a flat array with one header
+ * string each, and all bodies of a batch in one transferred ArrayBuffer; a
+ * connection's address and TLS session once per connection. Answers as a flat
+ * array. The worker keeps each body's bytes reserved in the guard's body budget
+ * until the answer is written, so the budget bounds the queue too.
+ *
+ * The worker dying (an exception, an exit) takes the listener down: `onFatal`
+ * is told, and the daemon stops with a non-zero exit.
+ */
+import { Worker } from 'node:worker_threads';
+import { EbsdError } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import { devLoaderUrl } from '../kms/hsm/hsm-client.js';
+import type { RefusalSummary } from './connection-guard.js';
+import type { ListenerLimits, WireBodyError, WireConnection, WireRequest, WireResponse } from './kms-transport.js';
+
+/** Fields per request in a batch: id, connection id, method, url, headers ("\n"-joined), body offset, body length, body error. */
+export const REQ_FIELDS = 8;
+/** Fields per answer: id, status, content type or headers, request id or null, body. */
+export const ANS_FIELDS = 5;
+/** `bodyError` on the wire: 0 none. */
+export const BODY_ERRORS = ['', 'too-large', 'body-budget', 'aborted'] as const;
+
+export interface FrontInit {
+  host: string;
+  port: number;
+  tls?: { cert: Buffer | string; key: Buffer | string };
+  limits: ListenerLimits;
+}
+
+/** Worker -> main. */
+export type FrontMessage =
+  | { t: 'ready'; address: { host: string; port: number; protocol: 'http' | 'https' } }
+  | { t: 'failed'; message: string; code?: string }
+  | {
+    t: 'batch';
+    /** [connId, sourceIp, tlsVersion or '', cipherSuite or ''] per new connection. */
+    conns: (number | string)[];
+    reqs: (number | string)[];
+    bodies: ArrayBuffer | null;
+    /** Connections closed since the last batch. */
+    gone: number[];
+    refusals: RefusalSummary[] | null;
+  }
+  | { t: 'closed' };
+
+/** Main -> worker. */
+export type FrontCommand = { t: 'answers'; a: unknown[] } | { t: 'close' };
+
+export interface FrontWorkerOptions extends FrontInit {
+  handle: (r: WireRequest) => Promise<WireResponse>;
+  onRefusals: (rows: RefusalSummary[]) => void;
+  onFatal: (e: Error) => void;
+  log: Logger;
+}
+
+/** How long `close` waits for the worker to close its connections before terminating it. */
+const CLOSE_GRACE_MS = 5_000;
+
+export class FrontWorker {
+  private readonly conns = new Map<number, WireConnection>();
+  private out: unknown[] = [];
+  private scheduled = false;
+  private closing = false;
+  private dead = false;
+  private closedWaiter: (() => void) | undefined;
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly address: { host: string; port: number; protocol: 'http' | 'https' },
+    private readonly o: FrontWorkerOptions,
+  ) {
+    worker.on('message', (m: FrontMessage) => this.onMessage(m));
+    worker.on('error', (e) => this.died(e));
+    worker.on('exit', (code) => this.died(new Error(`exit code ${code}`)));
+  }
+
+  static async start(o: FrontWorkerOptions): Promise<FrontWorker> {
+    const dev = import.meta.url.endsWith('.ts');
+    const url = new URL(dev ? './kms-front-worker.ts' : './kms-front-worker.js', import.meta.url);
+    const init: FrontInit = { host: o.host, port: o.port, limits: { ...o.limits }, ...(o.tls ? { tls: o.tls } : {}) };
+    const worker = new Worker(url, { workerData: init, execArgv: dev ? ['--import', devLoaderUrl()] : [], name: 'kms-front' });
+    let onMsg!: (m: FrontMessage) => void;
+    let onErr!: (e: Error) => void;
+    let onExit!: (code: number) => void;
+    const first = await new Promise<FrontMessage>((resolve, reject) => {
+      onMsg = resolve;
+      onErr = reject;
+      onExit = (code) => reject(new EbsdError('KMS_FRONT_DIED', `the KMS front-end worker exited (code ${code}) before listening`));
+      worker.once('message', onMsg);
+      worker.once('error', onErr);
+      worker.once('exit', onExit);
+    }).catch(async (e: unknown) => { await worker.terminate(); throw e; });
+    worker.off('error', onErr);
+    worker.off('exit', onExit);
+    if (first.t !== 'ready') {
+      await worker.terminate();
+      const m = first as { message?: string; code?: string };
+      throw new EbsdError(m.code === 'EADDRINUSE' ? 'KMS_LISTEN_IN_USE' : 'KMS_LISTEN_FAILED', `--kms-listen ${o.host}:${o.port}: ${m.message ?? 'the front-end worker could not listen'}`);
+    }
+    return new FrontWorker(worker, first.address, o);
+  }
+
+  /** Stop: the worker closes its server and connections (answers still on their way here are dropped). */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    if (this.dead) return;
+    const closed = new Promise<void>((r) => (this.closedWaiter = r));
+    this.worker.postMessage({ t: 'close' } satisfies FrontCommand);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise<void>((r) => { timer = setTimeout(r, CLOSE_GRACE_MS); })]);
+    clearTimeout(timer);
+    await this.worker.terminate();
+  }
+
+  private died(e: Error): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.closedWaiter?.();
+    if (this.closing) return;
+    const err = new EbsdError('KMS_FRONT_DIED', `the KMS front-end worker died (${e.message}): the KMS network listener is down`);
+    this.o.log.error({ err: e }, err.message);
+    this.o.onFatal(err);
+  }
+
+  private onMessage(m: FrontMessage): void {
+    if (m.t === 'closed') { this.closedWaiter?.(); return; }
+    if (m.t !== 'batch') return;
+    const c = m.conns;
+    for (let i = 0; i < c.length; i += 4) {
+      const conn: WireConnection = { sourceIp: c[i + 1] as string };
+      if (c[i + 2]) conn.tls = { tlsVersion: c[i + 2] as string, ...(c[i + 3] ? { cipherSuite: c[i + 3] as string } : {}) };
+      this.conns.set(c[i] as number, conn);
+    }
+    const r = m.reqs;
+    for (let i = 0; i < r.length; i += REQ_FIELDS) {
+      const id = r[i] as number;
+      const conn = this.conns.get(r[i + 1] as number) ?? { sourceIp: 'unknown' };
+      const block = r[i + 4] as string;
+      const req: WireRequest = {
+        method: r[i + 2] as string, url: r[i + 3] as string, rawHeaders: block === '' ? [] : block.split('\n'),
+        body: m.bodies ? Buffer.from(m.bodies, r[i + 5] as number, r[i + 6] as number) : EMPTY, conn,
+      };
+      const be = r[i + 7] as number;
+      if (be) req.bodyError = bodyError(be, this.o.limits.maxBodyBytes);
+      this.o.handle(req).then((w) => this.answer(id, w), (e: unknown) => this.answer(id, internal(e, this.o.log)));
+    }
+    for (const id of m.gone) this.conns.delete(id);
+    if (m.refusals) this.o.onRefusals(m.refusals);
+  }
+
+  private answer(id: number, w: WireResponse): void {
+    if (this.dead || this.closing) return;
+    const h = w.headers;
+    // The listener's JSON and XML answers travel as (content type, request id); node's flat form is rebuilt in the worker.
+    if (Array.isArray(h) && h.length === 6 && h[0] === 'Content-Type' && h[2] === 'Content-Length' && h[4] === 'x-amzn-RequestId' && typeof w.body === 'string') {
+      this.out.push(id, w.status, h[1], h[5], w.body);
+    } else {
+      // A binary body as its own bytes: a pooled Buffer would clone its whole pool.
+      const body = typeof w.body === 'string' ? w.body : new Uint8Array(w.body);
+      this.out.push(id, w.status, h, null, body);
+    }
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    if (this.out.length === 0 || this.dead) return;
+    const a = this.out;
+    this.out = [];
+    this.worker.postMessage({ t: 'answers', a } satisfies FrontCommand);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function bodyError(code: number, limit: number): WireBodyError {
+  const kind = BODY_ERRORS[code];
+  if (kind === 'too-large') return { kind, limit };
+  if (kind === 'body-budget') return { kind };
+  return { kind: 'aborted' };
+}
+
+/** handleWire never rejects; should it, the client still gets an answer. */
+function internal(e: unknown, log: Logger): WireResponse {
+  log.error({ err: e }, 'KMS network request failed');
+  const text = JSON.stringify({ __type: 'InternalFailure', message: 'An internal error occurred.' });
+  return { status: 500, headers: ['Content-Type', 'application/x-amz-json-1.1', 'Content-Length', String(Buffer.byteLength(text))], body: text };
+}

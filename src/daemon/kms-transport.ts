@@ -1,0 +1,266 @@
+/**
+ * The KMS listener's transport (docs/architecture.md, "KMS over the network"):
+ * node's HTTP(S) server with the listener's hardening, and nothing that knows
+ * SigV4, credentials or the KMS. It hands each complete request over as plain
+ * data (`TransportRequest`) and writes back the `WireResponse` it is given.
+ *
+ * It runs either on the daemon's main thread (`--kms-front-threads 0`) or in
+ * the front-end worker (kms-front-worker.ts, `--kms-front-threads 1`); the
+ * guard and its limits are the same object in both: admission per source
+ * address at accept (before any TLS handshake), a 503 on plain HTTP past a
+ * cap, header and body size limits, header, request, idle and handshake
+ * timeouts, and the bytes of bodies buffered at once.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import {
+  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, refuseSocket, type ConnectionLimits, type RefusalSummary,
+} from './connection-guard.js';
+
+/** Listener limits: the connection guard's, with `maxPerCaller` counted per source address. */
+export type ListenerLimits = ConnectionLimits;
+
+/**
+ * The guard's defaults (sized for KMS requests: 4 KiB plaintext, 32 KiB
+ * policy), with more room per address than a local uid gets: an AWS SDK
+ * pools up to 50 sockets per client, and one address may front several
+ * clients (a host, a NAT). The per-address cap stays below the overall one,
+ * so one address cannot take every connection.
+ */
+export const DEFAULT_LIMITS: ListenerLimits = Object.freeze({ ...GUARD_LIMITS, maxPerCaller: 128, maxTotal: 1024 });
+
+/** What a request's connection says about its caller: one object per connection, built at its first request. */
+export interface WireConnection {
+  /** The client's address (an IPv4-mapped IPv6 address as IPv4). */
+  sourceIp: string;
+  /** The TLS session, for CloudTrail's `tlsDetails`; absent on plain HTTP. */
+  tls?: { tlsVersion: string; cipherSuite?: string };
+}
+
+/** Why a request's body was not read: the transport's limits, or the client going away. */
+export type WireBodyError =
+  | { kind: 'too-large'; limit: number }
+  | { kind: 'body-budget' }
+  | { kind: 'aborted' };
+
+/** One HTTP request as the listener's transport-free half reads it (KmsListener.handleWire). */
+export interface WireRequest {
+  method: string;
+  url: string;
+  /** node's flat [name, value, name, value, ...] form, names as sent. */
+  rawHeaders: string[];
+  /** The body as sent (SigV4 hashes these bytes); empty when `bodyError` is set. */
+  body: Buffer;
+  bodyError?: WireBodyError;
+  conn: WireConnection;
+}
+
+/** The answer: written with `writeHead(status, headers)` and `end(body)`. */
+export interface WireResponse {
+  status: number;
+  headers: string[] | Record<string, string | number>;
+  body: string | Buffer;
+}
+
+/** A request handed over by the transport; `respond` writes the answer (once). */
+export interface TransportRequest extends WireRequest {
+  respond(w: WireResponse): void;
+}
+
+export interface TransportOptions {
+  host: string;
+  port: number;
+  tls?: { cert: Buffer | string; key: Buffer | string };
+  limits: ListenerLimits;
+  /** Connections refused by the limits, summed per (address, reason). */
+  onRefusals: (rows: RefusalSummary[]) => void;
+  onRequest: (r: TransportRequest) => void;
+  /**
+   * Keep a body's reservation in the guard's body budget until the answer is
+   * written, not only until the body is read: the front-end worker sets it, so
+   * the budget also bounds the requests queued for the main thread.
+   */
+  holdBodyUntilAnswered?: boolean;
+  /** A connection that carried at least one request closed. */
+  onConnectionClosed?: (c: WireConnection) => void;
+}
+
+/** The client's address as the guard counts it (an IPv4-mapped IPv6 address as IPv4). */
+function sourceAddress(s: Socket): string {
+  return (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
+}
+
+export class HttpTransport {
+  private server: Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  /** Connections answered 503 at accept: anything the HTTP parser still makes of them is ignored. */
+  private readonly refused = new WeakSet<Socket>();
+  private readonly conns = new WeakMap<Socket, WireConnection>();
+  readonly guard: ConnectionGuard;
+
+  constructor(private readonly o: TransportOptions) {
+    // No exempt address (kms-listener.ts says why).
+    this.guard = new ConnectionGuard(o.limits, { onRefusals: o.onRefusals });
+  }
+
+  /** Start listening; resolves with the bound address (port 0 picks a free one). */
+  async listen(): Promise<{ host: string; port: number; protocol: 'http' | 'https' }> {
+    const { o } = this;
+    const l = this.guard.limits;
+    const opts = {
+      maxHeaderSize: l.maxHeaderBytes,
+      headersTimeout: l.headersTimeoutMs,
+      requestTimeout: l.requestTimeoutMs,
+      keepAliveTimeout: l.keepAliveTimeoutMs,
+      // How often node looks for connections past headersTimeout/requestTimeout (default 30 s).
+      connectionsCheckingInterval: Math.min(1_000, l.headersTimeoutMs),
+    };
+    const handler = (req: IncomingMessage, res: ServerResponse): void => this.serve(req, res);
+    // handshakeTimeout: node's default (120 s) would let a caller hold slots with connections that
+    // never finish the TLS handshake; headersTimeout only starts after it.
+    const server = o.tls
+      ? createHttpsServer({ ...opts, cert: o.tls.cert, key: o.tls.key, handshakeTimeout: l.headersTimeoutMs }, handler)
+      : createHttpServer(opts, handler);
+    // Admitted on the TCP connection, before any TLS handshake is paid for.
+    server.on('connection', (s: Socket) => {
+      const admitted = this.guard.admit(sourceAddress(s));
+      if (admitted instanceof ConnectionThrottledError) {
+        this.refused.add(s);
+        // Over TLS a plaintext answer would be noise to the client: close at once.
+        if (o.tls) s.destroy(); else refuseSocket(s, admitted);
+        return;
+      }
+      this.sockets.add(s);
+      s.on('close', () => {
+        this.sockets.delete(s);
+        admitted.release();
+        const c = this.conns.get(s);
+        if (c) o.onConnectionClosed?.(c);
+      });
+    });
+    server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(o.port, o.host, () => { server.off('error', reject); resolve(); });
+    });
+    this.server = server;
+    const a = server.address() as { address: string; port: number };
+    return { host: a.address, port: a.port, protocol: o.tls ? 'https' : 'http' };
+  }
+
+  /** Stop accepting, close every connection, report the refusals still pending. */
+  async close(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    const closed = new Promise<void>((r) => server.close(() => r()));
+    server.closeIdleConnections();
+    for (const s of this.sockets) s.destroy();
+    await closed;
+    this.guard.flushRefusals();
+  }
+
+  /** The connection's address and TLS session, read once per connection (after the handshake). */
+  private connection(s: Socket): WireConnection {
+    let c = this.conns.get(s);
+    if (c) return c;
+    const t = s as Partial<TLSSocket>;
+    const protocol = typeof t.getProtocol === 'function' ? t.getProtocol() : undefined;
+    c = { sourceIp: (s.remoteAddress ?? '').replace(/^::ffff:/, '') };
+    if (protocol) c.tls = { tlsVersion: protocol, ...(t.getCipher?.()?.standardName ? { cipherSuite: t.getCipher!()!.standardName } : {}) };
+    this.conns.set(s, c);
+    return c;
+  }
+
+  private serve(req: IncomingMessage, res: ServerResponse): void {
+    if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
+    const conn = this.connection(req.socket);
+    let reserved = 0;
+    let answered = false;
+    const respond = (w: WireResponse): void => {
+      if (answered) return;
+      answered = true;
+      this.guard.releaseBody(reserved);
+      reserved = 0;
+      res.writeHead(w.status, w.headers as string[]);
+      res.end(w.body);
+    };
+    const hand = (body: Buffer, bodyError?: WireBodyError): void => {
+      const r: TransportRequest = { method: req.method ?? 'GET', url: req.url ?? '/', rawHeaders: req.rawHeaders, body, conn, respond };
+      if (bodyError) r.bodyError = bodyError;
+      this.o.onRequest(r);
+    };
+    readBody(req, this.guard, conn.sourceIp).then(
+      (b) => {
+        if (this.o.holdBodyUntilAnswered && !answered) reserved = b.reserved; else this.guard.releaseBody(b.reserved);
+        hand(b.body);
+      },
+      (e: WireBodyError) => hand(EMPTY, e),
+    );
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * A header's value as `req.headers` would give it: the first one (`join` absent: node keeps the
+ * first user-agent, content-length), or all joined with `join` (node joins unknown repeated headers
+ * with ", "). `name` is lower-case.
+ */
+export function rawHeader(raw: string[], name: string, join?: string): string | undefined {
+  let out: string | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const k = raw[i]!;
+    if (k.length !== name.length || k.toLowerCase() !== name) continue;
+    if (out === undefined) out = raw[i + 1]!;
+    else if (join === undefined) return out;
+    else out += join + raw[i + 1]!;
+  }
+  return out;
+}
+
+/**
+ * The body as bytes (SigV4 hashes them as sent), within the guard's limits:
+ * over `maxBodyBytes`, `too-large` (a 413); past the bytes all connections may
+ * buffer at once, `body-budget` (a ThrottlingException). The caller gives
+ * `reserved` back to the guard; a failed read has given its bytes back already.
+ */
+function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string): Promise<{ body: Buffer; reserved: number }> {
+  const limit = guard.limits.maxBodyBytes;
+  return new Promise((resolve, reject) => {
+    const declared = Number(rawHeader(req.rawHeaders, 'content-length'));
+    if (declared > limit) { reject({ kind: 'too-large', limit } satisfies WireBodyError); req.resume(); return; }
+    const chunks: Buffer[] = [];
+    let n = 0;
+    let reserved = 0;
+    let failed = false;
+    const fail = (e: WireBodyError): void => {
+      if (failed) return;
+      failed = true;
+      guard.releaseBody(reserved);
+      reserved = 0;
+      reject(e);
+    };
+    req.on('data', (c: Buffer) => {
+      if (failed) return;
+      n += c.length;
+      if (n > limit) { fail({ kind: 'too-large', limit }); req.destroy(); return; }
+      if (!guard.reserveBody(address, c.length)) {
+        fail({ kind: 'body-budget' });
+        req.destroy();
+        return;
+      }
+      reserved += c.length;
+      chunks.push(c);
+    });
+    req.on('error', () => fail({ kind: 'aborted' }));
+    req.on('close', () => { if (!req.complete) fail({ kind: 'aborted' }); });
+    req.on('end', () => {
+      if (failed) return;
+      failed = true; // settled: a later 'close' must not give the bytes back twice
+      resolve({ body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), reserved });
+    });
+  });
+}

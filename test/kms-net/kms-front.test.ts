@@ -1,0 +1,174 @@
+/**
+ * The listener's front end on a worker thread (`--kms-front-threads 1`,
+ * src/daemon/kms-front.ts): the worker is its own named thread; pipelined
+ * requests whose bodies cross in one batch are answered in order and each
+ * body arrives byte for byte (SigV4 checks its hash on the main thread); a
+ * 1 MiB body crosses; a stop with requests in flight ends cleanly; and a
+ * worker that dies takes the listener down and says so (in process, so the
+ * test can end the worker itself).
+ */
+import { connect, type Socket } from 'node:net';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { KMS_ADMIN_POLICY, Sha256, makeAccessKey, startKmsDaemon, type AccessKey } from './helpers.js';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { openKms, type Kms } from '../../src/kms/open-kms.js';
+import { AccessKeyStore } from '../../src/kms/sts/access-keys.js';
+import { TrustPolicies } from '../../src/kms/sts/trust-policies.js';
+import { StsService } from '../../src/kms/sts/sts-service.js';
+import { KmsListener } from '../../src/daemon/kms-listener.js';
+import { createLogger } from '../../src/util/logger.js';
+
+/** The bytes of one signed KMS request over HTTP/1.1 keep-alive, as an SDK writes them. */
+async function signedBytes(url: URL, key: AccessKey, op: string, body: string): Promise<Buffer> {
+  const signer = new SignatureV4({ credentials: { accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey }, region: 'us-east-1', service: 'kms', sha256: Sha256 });
+  const r = await signer.sign({
+    method: 'POST', protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: '/', query: {},
+    headers: { host: url.host, 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${op}`, 'content-length': String(Buffer.byteLength(body)) }, body,
+  });
+  let head = 'POST / HTTP/1.1\r\n';
+  for (const [k, v] of Object.entries(r.headers)) head += `${k}: ${v}\r\n`;
+  return Buffer.concat([Buffer.from(`${head}\r\n`), Buffer.from(body)]);
+}
+
+/** Reads `n` HTTP/1.1 answers (Content-Length framed) from `s`, in the order they come. */
+function answers(s: Socket, n: number): Promise<{ status: number; body: any }[]> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const out: { status: number; body: any }[] = [];
+    s.on('data', (c: Buffer) => {
+      buf = Buffer.concat([buf, c]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.subarray(0, end).toString('latin1');
+        const len = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buf.length < end + 4 + len) return;
+        out.push({ status: Number(head.slice(9, 12)), body: JSON.parse(buf.subarray(end + 4, end + 4 + len).toString('utf8') || '{}') });
+        buf = buf.subarray(end + 4 + len);
+        if (out.length === n) { resolve(out); return; }
+      }
+    });
+    s.on('error', reject);
+    s.on('close', () => reject(new Error(`connection closed after ${out.length} of ${n} answers`)));
+  });
+}
+
+describe('KMS listener with its front end on a worker thread', () => {
+  const env = new Env('kmsfront');
+  const open: Socket[] = [];
+  let url: URL;
+  let key: AccessKey;
+
+  beforeAll(async () => {
+    ensureBuilt();
+    url = new URL((await startKmsDaemon(env, { frontThreads: 1 })).url);
+    ({ key } = await makeAccessKey(env, 'front', KMS_ADMIN_POLICY));
+  }, 60_000);
+  afterAll(async () => {
+    for (const s of open) s.destroy();
+    await env.cleanup();
+  });
+
+  const dial = async (): Promise<Socket> => {
+    const s = connect({ host: url.hostname, port: Number(url.port) });
+    open.push(s);
+    await new Promise<void>((r, j) => { s.once('connect', r); s.once('error', j); });
+    return s;
+  };
+
+  it('runs on its own thread, named ebsd-kms-front', () => {
+    const names = readdirSync(`/proc/${env.pid}/task`).map((t) => readFileSync(`/proc/${env.pid}/task/${t}/comm`, 'utf8').trim());
+    expect(names.filter((n) => n === 'ebsd-kms-front')).toHaveLength(1);
+  });
+
+  it('answers pipelined requests in order, each body intact across the hand-off', async () => {
+    const s = await dial();
+    const alias = `alias/front-${'x'.repeat(200)}`;
+    // Three bodies of different sizes in one write: one worker turn, one batch, one shared body buffer.
+    const reqs = await Promise.all([
+      signedBytes(url, key, 'ListKeys', JSON.stringify({ Limit: 7 })),
+      signedBytes(url, key, 'DescribeKey', JSON.stringify({ KeyId: alias })),
+      signedBytes(url, key, 'ListAliases', '{}'),
+    ]);
+    const got = answers(s, 3);
+    s.write(Buffer.concat(reqs));
+    const [a, b, c] = await got;
+    expect(a).toMatchObject({ status: 200, body: { Keys: expect.any(Array) } });
+    expect(b).toMatchObject({ status: 400, body: { __type: 'NotFoundException' } });
+    expect(b.body.message).toContain(alias);
+    expect(c).toMatchObject({ status: 200, body: { Aliases: expect.any(Array) } });
+  });
+
+  it('carries a body of exactly the 1 MiB limit: SigV4 verifies it on the main thread, the KMS refuses its size', async () => {
+    const s = await dial();
+    const skeleton = JSON.stringify({ Description: '' });
+    const body = JSON.stringify({ Description: 'A'.repeat((1 << 20) - skeleton.length) });
+    expect(Buffer.byteLength(body)).toBe(1 << 20);
+    const got = answers(s, 1);
+    s.write(await signedBytes(url, key, 'CreateKey', body));
+    const [r] = await got;
+    // Not InvalidSignatureException: every byte reached the verifier as sent.
+    expect(r!.status).toBe(400);
+    expect(r!.body.__type).toBe('ValidationException');
+    expect(r!.body.message).toMatch(/description/i);
+  });
+
+  it('stops cleanly (exit 0) with requests in flight', async () => {
+    const socks = await Promise.all(Array.from({ length: 8 }, () => dial()));
+    const bytes = await signedBytes(url, key, 'ListKeys', '{}');
+    const settled = socks.map((s) => answers(s, 50).then(() => 'answered', () => 'closed'));
+    for (const s of socks) for (let i = 0; i < 50; i++) s.write(bytes);
+    expect(await env.stop()).toBe(0);
+    // Each connection was either answered in full or closed by the stop: none left hanging.
+    for (const x of await Promise.all(settled)) expect(['answered', 'closed']).toContain(x);
+    expect(env.daemonLog()).toContain('ebsd daemon stopped');
+  }, 60_000);
+});
+
+describe('KMS listener: a front-end worker that dies', () => {
+  let dir = '';
+  let opened: Kms | undefined;
+  afterAll(async () => {
+    await opened?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('takes the listener down and reports it (the daemon exits non-zero on it)', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'ebsd-kmsfront-'));
+    opened = await openKms({ stateDir: dir, region: 'us-east-1' });
+    const core = opened.core;
+    const keys = await AccessKeyStore.open(dir, core.hsm);
+    const sts = new StsService(opened.identities, keys, await TrustPolicies.open(dir), core.hsm);
+    const lines: string[] = [];
+    const log = createLogger({ level: 'info', name: 'test', destination: { write: (l: string) => void lines.push(l) } });
+    const fatal: Error[] = [];
+    const listener = new KmsListener({
+      host: '127.0.0.1', port: 0, region: 'us-east-1', accountId: opened.identities.accountId, sts, log,
+      kms: (op, req, caller, id) => core.call(op, req, caller, id), audit: (e) => core.audit.append(e),
+      frontThreads: 1, onFatal: (e) => fatal.push(e),
+    });
+    const a = await listener.listen();
+    try {
+      // The worker ends as an uncaught exception would end it.
+      await (listener as unknown as { transport: { worker: { terminate(): Promise<number> } } }).transport.worker.terminate();
+      for (let i = 0; i < 100 && fatal.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(fatal).toHaveLength(1);
+      expect(fatal[0]).toMatchObject({ code: 'KMS_FRONT_DIED' });
+      expect(fatal[0]!.message).toMatch(/front-end worker died.*listener is down/);
+      expect(lines.join('')).toMatch(/"level":50.*front-end worker died/);
+      // Nobody listens on the port any more: connections are refused, not left hanging.
+      const refused = await new Promise<string>((r) => {
+        const s = connect({ host: a.host, port: a.port });
+        s.once('connect', () => { s.destroy(); r('connected'); });
+        s.once('error', (e: NodeJS.ErrnoException) => r(e.code ?? 'error'));
+      });
+      expect(refused).toBe('ECONNREFUSED');
+    } finally {
+      await listener.close();
+    }
+  }, 60_000);
+});
