@@ -58,7 +58,7 @@ export const DEFAULT_LIMITS: ConnectionLimits = Object.freeze({
   refusalWindowMs: 10_000,
 });
 
-export type RefusalReason = 'per-caller-limit' | 'total-limit' | 'body-budget';
+export type RefusalReason = 'per-caller-limit' | 'total-limit' | 'body-budget' | 'in-flight-limit';
 
 /** One aggregated report: `count` refusals of `caller` for `reason` between `firstTime` and `lastTime`. */
 export interface RefusalSummary {
@@ -151,6 +151,15 @@ export class ConnectionGuard {
     }
     this.buffered += bytes;
     return true;
+  }
+
+  /**
+   * A request refused because its connection already has `limit` requests
+   * waiting for answers (HTTP/1.1 pipelining): counted with the other
+   * refusals, audited in aggregate.
+   */
+  refuseInFlight(caller: string | number, limit: number): ConnectionThrottledError {
+    return this.refuse(String(caller), 'in-flight-limit', `${limit} requests already in flight on this connection`);
   }
 
   releaseBody(bytes: number): void {

@@ -18,6 +18,8 @@ const init = workerData as FrontInit;
 
 const pending = new Map<number, TransportRequest>();
 const connIds = new WeakMap<WireConnection, number>();
+/** Connections that closed before their first request was handed over (an aborted body): "gone" goes with that request. */
+const closedEarly = new WeakSet<WireConnection>();
 let nextReq = 1;
 let nextConn = 1;
 
@@ -44,7 +46,8 @@ function flush(): void {
     ab = new ArrayBuffer(bodyBytes);
     const u = new Uint8Array(ab);
     let off = 0;
-    for (const b of bodies) { u.set(b, off); off += b.length; }
+    // The copy is what crosses; this thread's bytes (an Encrypt's plaintext, say) are wiped now.
+    for (const b of bodies) { u.set(b, off); off += b.length; b.fill(0); }
   }
   const m: FrontMessage = { t: 'batch', conns, reqs, bodies: ab, gone, refusals };
   conns = [];
@@ -62,6 +65,7 @@ function onRequest(r: TransportRequest): void {
     cid = nextConn++;
     connIds.set(r.conn, cid);
     conns.push(cid, r.conn.sourceIp, r.conn.tls?.tlsVersion ?? '', r.conn.tls?.cipherSuite ?? '');
+    if (closedEarly.has(r.conn)) gone.push(cid); // the main thread reads a batch's requests before its "gone"
   }
   const id = nextReq++;
   pending.set(id, r);
@@ -81,7 +85,7 @@ const transport = new HttpTransport({
   onRefusals: (rows) => { refusals = (refusals ?? []).concat(rows); schedule(); },
   onConnectionClosed: (c) => {
     const id = connIds.get(c);
-    if (id !== undefined) { gone.push(id); schedule(); }
+    if (id !== undefined) { gone.push(id); schedule(); } else closedEarly.add(c);
   },
 });
 

@@ -4,16 +4,18 @@
  * (kms-front-worker.ts) runs TLS, node's HTTP server and the connection guard;
  * this thread gets each complete request and answers it with
  * `KmsListener.handleWire` (SigV4, credentials, STS, the KMS core, audit), as
- * with the listener on this thread. No secret crosses to the worker but the
- * TLS certificate and key it serves with: SigV4 signing keys, access keys and
- * the KMS stay here.
+ * with the listener on this thread. SigV4 signing keys, access keys and the
+ * KMS stay here; the worker sees the TLS certificate and key, and requests and
+ * answers as sent (which can carry plaintext: their bodies are zeroed once
+ * copied or answered, docs/architecture.md §5.2).
  *
  * Hand-off, batched per event-loop turn both ways (one `postMessage` per
  * turn, as the HSM client does): requests as a flat array with one header
  * string each, and all bodies of a batch in one transferred ArrayBuffer; a
  * connection's address and TLS session once per connection. Answers as a flat
  * array. The worker keeps each body's bytes reserved in the guard's body budget
- * until the answer is written, so the budget bounds the queue too.
+ * until the answer is written, and a connection may have at most
+ * MAX_IN_FLIGHT_PER_CONNECTION requests unanswered (kms-transport.ts).
  *
  * The worker dying (an exception, an exit) takes the listener down: `onFatal`
  * is told, and the daemon stops with a non-zero exit.
@@ -23,14 +25,14 @@ import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { devLoaderUrl } from '../kms/hsm/hsm-client.js';
 import type { RefusalSummary } from './connection-guard.js';
-import type { ListenerLimits, WireBodyError, WireConnection, WireRequest, WireResponse } from './kms-transport.js';
+import { MAX_IN_FLIGHT_PER_CONNECTION, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse } from './kms-transport.js';
 
 /** Fields per request in a batch: id, connection id, method, url, headers ("\n"-joined), body offset, body length, body error. */
 export const REQ_FIELDS = 8;
 /** Fields per answer: id, status, content type or headers, request id or null, body. */
 export const ANS_FIELDS = 5;
 /** `bodyError` on the wire: 0 none. */
-export const BODY_ERRORS = ['', 'too-large', 'body-budget', 'aborted'] as const;
+export const BODY_ERRORS = ['', 'too-large', 'body-budget', 'aborted', 'in-flight'] as const;
 
 export interface FrontInit {
   host: string;
@@ -112,6 +114,11 @@ export class FrontWorker {
     return new FrontWorker(worker, first.address, o);
   }
 
+  /** Connections the worker has named and not yet reported closed (kms-front.test.ts checks none is left behind). */
+  get connectionsKnown(): number {
+    return this.conns.size;
+  }
+
   /** Stop: the worker closes its server and connections (answers still on their way here are dropped). */
   async close(): Promise<void> {
     if (this.closing) return;
@@ -155,7 +162,10 @@ export class FrontWorker {
       };
       const be = r[i + 7] as number;
       if (be) req.bodyError = bodyError(be, this.o.limits.maxBodyBytes);
-      this.o.handle(req).then((w) => this.answer(id, w), (e: unknown) => this.answer(id, internal(e, this.o.log)));
+      this.o.handle(req).then(
+        (w) => { req.body.fill(0); this.answer(id, w); },
+        (e: unknown) => { req.body.fill(0); this.answer(id, internal(e, this.o.log)); },
+      );
     }
     for (const id of m.gone) this.conns.delete(id);
     if (m.refusals) this.o.onRefusals(m.refusals);
@@ -193,6 +203,7 @@ function bodyError(code: number, limit: number): WireBodyError {
   const kind = BODY_ERRORS[code];
   if (kind === 'too-large') return { kind, limit };
   if (kind === 'body-budget') return { kind };
+  if (kind === 'in-flight') return { kind, limit: MAX_IN_FLIGHT_PER_CONNECTION };
   return { kind: 'aborted' };
 }
 

@@ -122,7 +122,7 @@ export class KmsListener {
       this.transport = front;
       return front.address;
     }
-    const t = new HttpTransport({ ...common, onRequest: (r) => void this.handleWire(r).then((w) => r.respond(w)) });
+    const t = new HttpTransport({ ...common, onRequest: (r) => void this.handleWire(r).then((w) => { r.body.fill(0); r.respond(w); }) });
     const a = await t.listen();
     this.transport = t;
     return a;
@@ -314,6 +314,7 @@ function xmlAnswer(status: number, xml: string, requestId: string): WireResponse
 function bodyError(e: WireBodyError): Error {
   if (e.kind === 'too-large') return new BodyTooLarge(e.limit);
   if (e.kind === 'body-budget') return new ConnectionThrottledError('body-budget', 'the daemon is buffering too many request bodies; retry');
+  if (e.kind === 'in-flight') return new ConnectionThrottledError('in-flight-limit', `${e.limit} requests already in flight on this connection; wait for their answers`);
   return new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' });
 }
 

@@ -43,7 +43,19 @@ export interface WireConnection {
 export type WireBodyError =
   | { kind: 'too-large'; limit: number }
   | { kind: 'body-budget' }
+  | { kind: 'in-flight'; limit: number }
   | { kind: 'aborted' };
+
+/**
+ * Requests one connection may have waiting for answers (HTTP/1.1 pipelining;
+ * the AWS SDKs and CLI send one at a time). node's parser reads pipelined
+ * requests as fast as they arrive, whatever is still unanswered, so without
+ * this cap one connection could queue any number of requests for the main
+ * thread. Past it a request is answered ThrottlingException without being
+ * read; node holds answers in order and stops reading the socket once they
+ * pile up, so the refusals are bounded too.
+ */
+export const MAX_IN_FLIGHT_PER_CONNECTION = 32;
 
 /** One HTTP request as the listener's transport-free half reads it (KmsListener.handleWire). */
 export interface WireRequest {
@@ -98,6 +110,8 @@ export class HttpTransport {
   /** Connections answered 503 at accept: anything the HTTP parser still makes of them is ignored. */
   private readonly refused = new WeakSet<Socket>();
   private readonly conns = new WeakMap<Socket, WireConnection>();
+  /** Requests handed over and not yet answered, per connection. */
+  private readonly inFlight = new WeakMap<Socket, number>();
   readonly guard: ConnectionGuard;
 
   constructor(private readonly o: TransportOptions) {
@@ -176,22 +190,37 @@ export class HttpTransport {
 
   private serve(req: IncomingMessage, res: ServerResponse): void {
     if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
-    const conn = this.connection(req.socket);
+    const socket = req.socket;
+    const conn = this.connection(socket);
     let reserved = 0;
     let answered = false;
     const respond = (w: WireResponse): void => {
       if (answered) return;
       answered = true;
+      this.inFlight.set(socket, (this.inFlight.get(socket) ?? 1) - 1);
       this.guard.releaseBody(reserved);
       reserved = 0;
-      res.writeHead(w.status, w.headers as string[]);
-      res.end(w.body);
+      try {
+        res.writeHead(w.status, w.headers as string[]);
+        res.end(w.body);
+      } catch {
+        // An answer node will not write (a header it refuses): the connection is unusable, not the listener.
+        socket.destroy();
+      }
     };
     const hand = (body: Buffer, bodyError?: WireBodyError): void => {
       const r: TransportRequest = { method: req.method ?? 'GET', url: req.url ?? '/', rawHeaders: req.rawHeaders, body, conn, respond };
       if (bodyError) r.bodyError = bodyError;
       this.o.onRequest(r);
     };
+    const waiting = this.inFlight.get(socket) ?? 0;
+    this.inFlight.set(socket, waiting + 1);
+    if (waiting >= MAX_IN_FLIGHT_PER_CONNECTION) {
+      this.guard.refuseInFlight(conn.sourceIp, MAX_IN_FLIGHT_PER_CONNECTION);
+      req.resume();
+      hand(EMPTY, { kind: 'in-flight', limit: MAX_IN_FLIGHT_PER_CONNECTION });
+      return;
+    }
     readBody(req, this.guard, conn.sourceIp).then(
       (b) => {
         if (this.o.holdBodyUntilAnswered && !answered) reserved = b.reserved; else this.guard.releaseBody(b.reserved);

@@ -8,7 +8,9 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { sh, type Env } from '../e2e/helpers.js';
+import { Sha256 } from './smithy-sha256.js';
 
 /** The Debian package (scripts/setup.sh installs it). */
 export const AWS_CLI = '/usr/bin/aws';
@@ -124,3 +126,15 @@ export function auditEvents(env: Env): Record<string, any>[] {
 }
 
 export { Sha256 } from './smithy-sha256.js';
+
+/** The bytes of one signed KMS request over HTTP/1.1 keep-alive, as an SDK writes them. */
+export async function signedBytes(url: URL, key: AccessKey, op: string, body: string): Promise<Buffer> {
+  const signer = new SignatureV4({ credentials: { accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey }, region: 'us-east-1', service: 'kms', sha256: Sha256 });
+  const r = await signer.sign({
+    method: 'POST', protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: '/', query: {},
+    headers: { host: url.host, 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${op}`, 'content-length': String(Buffer.byteLength(body)) }, body,
+  });
+  let head = 'POST / HTTP/1.1\r\n';
+  for (const [k, v] of Object.entries(r.headers)) head += `${k}: ${v}\r\n`;
+  return Buffer.concat([Buffer.from(`${head}\r\n`), Buffer.from(body)]);
+}

@@ -8,31 +8,17 @@
  * test can end the worker itself).
  */
 import { connect, type Socket } from 'node:net';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SignatureV4 } from '@smithy/signature-v4';
-import { KMS_ADMIN_POLICY, Sha256, makeAccessKey, startKmsDaemon, type AccessKey } from './helpers.js';
+import { KMS_ADMIN_POLICY, makeAccessKey, signedBytes, startKmsDaemon, type AccessKey } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { tempDir, type TempDir } from '../helpers/temp-dir.js';
 import { openKms, type Kms } from '../../src/kms/open-kms.js';
 import { AccessKeyStore } from '../../src/kms/sts/access-keys.js';
 import { TrustPolicies } from '../../src/kms/sts/trust-policies.js';
 import { StsService } from '../../src/kms/sts/sts-service.js';
 import { KmsListener } from '../../src/daemon/kms-listener.js';
 import { createLogger } from '../../src/util/logger.js';
-
-/** The bytes of one signed KMS request over HTTP/1.1 keep-alive, as an SDK writes them. */
-async function signedBytes(url: URL, key: AccessKey, op: string, body: string): Promise<Buffer> {
-  const signer = new SignatureV4({ credentials: { accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey }, region: 'us-east-1', service: 'kms', sha256: Sha256 });
-  const r = await signer.sign({
-    method: 'POST', protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: '/', query: {},
-    headers: { host: url.host, 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${op}`, 'content-length': String(Buffer.byteLength(body)) }, body,
-  });
-  let head = 'POST / HTTP/1.1\r\n';
-  for (const [k, v] of Object.entries(r.headers)) head += `${k}: ${v}\r\n`;
-  return Buffer.concat([Buffer.from(`${head}\r\n`), Buffer.from(body)]);
-}
 
 /** Reads `n` HTTP/1.1 answers (Content-Length framed) from `s`, in the order they come. */
 function answers(s: Socket, n: number): Promise<{ status: number; body: any }[]> {
@@ -129,32 +115,73 @@ describe('KMS listener with its front end on a worker thread', () => {
   }, 60_000);
 });
 
-describe('KMS listener: a front-end worker that dies', () => {
-  let dir = '';
-  let opened: Kms | undefined;
-  afterAll(async () => {
-    await opened?.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+/** A KmsListener with its front-end worker in this process, over a fresh KMS in `dir` (the test can reach inside). */
+async function inProcess(dir: string): Promise<{ kms: Kms; listener: KmsListener; a: { host: string; port: number }; lines: string[]; fatal: Error[]; front: { worker: { terminate(): Promise<number> }; connectionsKnown: number } }> {
+  const kms = await openKms({ stateDir: dir, region: 'us-east-1' });
+  const core = kms.core;
+  const keys = await AccessKeyStore.open(dir, core.hsm);
+  const sts = new StsService(kms.identities, keys, await TrustPolicies.open(dir), core.hsm);
+  const lines: string[] = [];
+  const log = createLogger({ level: 'info', name: 'test', destination: { write: (l: string) => void lines.push(l) } });
+  const fatal: Error[] = [];
+  const listener = new KmsListener({
+    host: '127.0.0.1', port: 0, region: 'us-east-1', accountId: kms.identities.accountId, sts, log,
+    kms: (op, req, caller, id) => core.call(op, req, caller, id), audit: (e) => core.audit.append(e),
+    frontThreads: 1, onFatal: (e) => fatal.push(e),
   });
+  const a = await listener.listen();
+  const front = (listener as unknown as { transport: { worker: { terminate(): Promise<number> }; connectionsKnown: number } }).transport;
+  return { kms, listener, a, lines, fatal, front };
+}
 
-  it('takes the listener down and reports it (the daemon exits non-zero on it)', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'ebsd-kmsfront-'));
-    opened = await openKms({ stateDir: dir, region: 'us-east-1' });
-    const core = opened.core;
-    const keys = await AccessKeyStore.open(dir, core.hsm);
-    const sts = new StsService(opened.identities, keys, await TrustPolicies.open(dir), core.hsm);
-    const lines: string[] = [];
-    const log = createLogger({ level: 'info', name: 'test', destination: { write: (l: string) => void lines.push(l) } });
-    const fatal: Error[] = [];
-    const listener = new KmsListener({
-      host: '127.0.0.1', port: 0, region: 'us-east-1', accountId: opened.identities.accountId, sts, log,
-      kms: (op, req, caller, id) => core.call(op, req, caller, id), audit: (e) => core.audit.append(e),
-      frontThreads: 1, onFatal: (e) => fatal.push(e),
-    });
-    const a = await listener.listen();
+describe('KMS listener: the front-end worker in process', () => {
+  const dirs: TempDir[] = [];
+  const opened: Kms[] = [];
+  afterAll(async () => {
+    for (const k of opened) await k.close();
+    for (const d of dirs) d.cleanup();
+  });
+  const start = async (): ReturnType<typeof inProcess> => {
+    const t = tempDir('ebsd-kmsfront-');
+    dirs.push(t);
+    const r = await inProcess(t.dir);
+    opened.push(r.kms);
+    return r;
+  };
+
+  it('forgets a connection that closes while its first body is read (no entry left per aborted client)', async () => {
+    const { listener, a, front } = await start();
+    try {
+      // Headers announcing 100 bytes, 3 sent, then the client goes: node closes the socket before it
+      // ends the request, so the connection is first named to the main thread after it closed.
+      for (let i = 0; i < 20; i++) {
+        const s = connect({ host: a.host, port: a.port });
+        await new Promise<void>((r, j) => { s.once('connect', r); s.once('error', j); });
+        s.write(`POST / HTTP/1.1\r\nHost: ${a.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Length: 100\r\n\r\n{}x`);
+        await new Promise((r) => setTimeout(r, 20));
+        s.destroy();
+      }
+      // A live connection is known while it is open...
+      const live = connect({ host: a.host, port: a.port });
+      await new Promise<void>((r, j) => { live.once('connect', r); live.once('error', j); });
+      const answered = new Promise<void>((r) => live.once('data', () => r()));
+      live.write(`POST / HTTP/1.1\r\nHost: ${a.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Length: 2\r\n\r\n{}`);
+      await answered;
+      expect(front.connectionsKnown).toBeGreaterThanOrEqual(1);
+      live.destroy();
+      // ...and every one is forgotten once closed, the aborted ones included.
+      for (let i = 0; i < 200 && front.connectionsKnown > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(front.connectionsKnown).toBe(0);
+    } finally {
+      await listener.close();
+    }
+  }, 60_000);
+
+  it('takes the listener down when the worker dies, and reports it (the daemon exits non-zero on it)', async () => {
+    const { listener, a, front, fatal, lines } = await start();
     try {
       // The worker ends as an uncaught exception would end it.
-      await (listener as unknown as { transport: { worker: { terminate(): Promise<number> } } }).transport.worker.terminate();
+      await front.worker.terminate();
       for (let i = 0; i < 100 && fatal.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
       expect(fatal).toHaveLength(1);
       expect(fatal[0]).toMatchObject({ code: 'KMS_FRONT_DIED' });
