@@ -338,7 +338,7 @@ try {
       for (const l of readFileSync(b.logPath, 'utf8').split('\n')) {
         if (!l.includes('"snapshot completed"')) continue;
         const j = JSON.parse(l);
-        console.log(`  ${b.name} ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}, pool captures ${j.cowPoolCaptures ?? '-'}), paced blocks ${j.pacedBlocks}, watchdog trips ${j.writeTrips ?? '-'} (writes held to the pool ${j.writesHeld ?? '-'})`);
+        console.log(`  ${b.name} ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}, pool captures ${j.cowPoolCaptures ?? '-'}${j.cowNewSlabs !== undefined ? `, new 1 MiB slabs ${j.cowNewSlabs}` : ''}), paced blocks ${j.pacedBlocks}, watchdog trips ${j.writeTrips ?? '-'} (writes held to the pool ${j.writesHeld ?? '-'})`);
       }
     }
   }

@@ -5,8 +5,11 @@ import { COW_SECTOR } from './cow-spill.js';
 const SLAB_SECTORS = 256;
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-/** Slabs no session holds are dropped after this long (docs/architecture.md §12.2). */
-export const COW_MEMORY_TRIM_MS = 60_000;
+/**
+ * Slabs no session holds are dropped after this long (docs/architecture.md
+ * §12.2). EBSD_TEST_COW_TRIM_MS changes it, for measurements only.
+ */
+export const COW_MEMORY_TRIM_MS = Number(process.env.EBSD_TEST_COW_TRIM_MS) || 60_000;
 /** The default budget's ceiling, whatever the machine. */
 const DEFAULT_MAX = 2 * GiB;
 
