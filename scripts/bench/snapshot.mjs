@@ -20,7 +20,7 @@
 //   writes a V8 CPU profile there at exit; the bench prints the monotonic windows of its fio phases
 //   (scripts/bench/cpuprof-window.mjs reads a profile within them).
 // --env-this K=V (repeatable): an environment variable for this build's daemon only (the baseline's
-//   inherits the bench's environment), e.g. --env-this EBSD_TEST_COW_MEMORY_BYTES=1610612736.
+//   inherits the bench's environment), e.g. --env-this EBSD_TEST_COW_TRIM_MS=600000 (keep COW slabs 10 min).
 // Each fio phase also prints the daemon's CPU per thread (/proc/PID/task/*/stat) in µs per fio write,
 // with its system (kernel) part, voluntary context switches per 1000 writes, and fio's own latency
 // (submission to completion) p50 / p99 (µs; one write in flight at a time on a FUSE file, see docs/benchmarks.md).
@@ -338,7 +338,7 @@ try {
       for (const l of readFileSync(b.logPath, 'utf8').split('\n')) {
         if (!l.includes('"snapshot completed"')) continue;
         const j = JSON.parse(l);
-        console.log(`  ${b.name} ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}, pool captures ${j.cowPoolCaptures ?? '-'}), paced blocks ${j.pacedBlocks}, watchdog trips ${j.writeTrips ?? '-'} (writes held to the pool ${j.writesHeld ?? '-'})`);
+        console.log(`  ${b.name} ${j.time} ${j.snapshotId}: copy ${j.copyMs} ms, durable ${j.durableMs} ms, cow sectors ${j.cowSectors} (spilled ${j.cowSpilledSectors}, pool captures ${j.cowPoolCaptures ?? '-'}${j.cowNewSlabs !== undefined ? `, new 1 MiB slabs ${j.cowNewSlabs}` : ''}), paced blocks ${j.pacedBlocks}, watchdog trips ${j.writeTrips ?? '-'} (writes held to the pool ${j.writesHeld ?? '-'})`);
       }
     }
   }

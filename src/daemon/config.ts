@@ -62,6 +62,12 @@ export interface DaemonConfig {
    * younger than this are kept; default one hour. Tests set 0 to see a delete free blocks.
    */
   snapshotGcGraceMs?: number;
+  /**
+   * Memory for the sectors snapshots capture, shared by all of them
+   * (src/snapshot/cow-memory.ts, docs/architecture.md §12.2); absent: min(2 GiB,
+   * MemTotal/16, cgroup memory.max/8). Past it, captures spill to a file.
+   */
+  snapshotCowMemoryBytes?: number;
 }
 
 /** `HOST:PORT`, `[::1]:PORT` -> host and port; a RangeError naming the flag otherwise. */
@@ -101,4 +107,15 @@ export function parseDuration(v: string | number, name: string): number {
   if (!m) throw new ArgRangeError(name, `"${v}" is not a duration (e.g. 300, 300s, 5m, 1h, 250ms)`);
   const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
   return Math.round(Number(m[1]) * mult);
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
+
+/** `1073741824`, `64MiB`, `1.5GiB`, `512K` -> bytes (binary units, rounded down to a byte); an ArgRangeError naming the flag otherwise. */
+export function parseByteSize(v: string | number, name: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]{0,3})\s*$/.exec(String(v));
+  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
+  const bytes = m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : NaN;
+  if (!Number.isSafeInteger(bytes)) throw new ArgRangeError(name, `"${String(v)}" is not a size (bytes, or a number with KiB, MiB, GiB or TiB, e.g. 64MiB, 1.5GiB)`);
+  return bytes;
 }

@@ -41,6 +41,7 @@ import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
 import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
 import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-manager.js';
+import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
 import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type SnapshotRequest } from './snapshot-api.js';
 import { EbsApi, openEbsApi } from './ebs-api.js';
 
@@ -309,6 +310,8 @@ export class Daemon {
       evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: mgr.instanceId,
       volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
     });
+    const cowBudget = resolveCowBudget(cfg.snapshotCowMemoryBytes);
+    log.info({ snapshotCowMemoryBytes: cowBudget.bytes, from: cowBudget.from }, `snapshot copy-on-write memory budget ${(cowBudget.bytes / 2 ** 20).toFixed(1)} MiB`);
     this.snapshots = await SnapshotManager.open({
       // DescribeSnapshots leaves out (and logs) a manifest it cannot read; the collector (gc) keeps the strict store.
       store: describingStore(store, (snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest cannot be read: left out of DescribeSnapshots')),
@@ -318,6 +321,7 @@ export class Daemon {
       accountId: ids.accountId,
       onAudit: (ev) => void this.auditSnapshot(ev),
       logger: log,
+      cowMemory: new CowMemory(cowBudget.bytes),
     });
     this.snapshotApi = new SnapshotApi({ snapshots: this.snapshots, authz: this.ec2Authz });
     const snapshots = this.snapshots;

@@ -2,7 +2,7 @@ import type { SyncRawReader } from '../volume/write-gate.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 import { BlockBitmap } from './block-bitmap.js';
 import { COW_SECTOR, CowSpill } from './cow-spill.js';
-import { MemSlots } from './cow-slots.js';
+import { CowMemory, type SessionSlots } from './cow-memory.js';
 import { SnapshotError } from './errors.js';
 import { BufferPool } from './block-buffers.js';
 
@@ -13,7 +13,12 @@ export type { SyncRawReader };
 const PER_BLOCK = SNAPSHOT_BLOCK_BYTES / COW_SECTOR;
 
 export interface CowSessionOptions {
-  /** Captured sectors kept in memory at most; beyond, they go to the spill file. Default 64 MiB. */
+  /**
+   * The daemon's shared memory for captured sectors (cow-memory.ts); with a
+   * spill file, captures go there once it (or this session's share) is used up.
+   */
+  memory?: CowMemory;
+  /** Without `memory`: a pool of this session's own, of at most this many bytes (default 64 MiB). */
   maxMemoryBytes?: number;
   /** The spill file's path (under the state dir); opened only if the cap is reached. Without it, memory is not capped. */
   spillPath?: string;
@@ -23,7 +28,7 @@ export interface CowSessionOptions {
  * Per block with captured sectors, per sector of it: undefined = not captured
  * (no write has reached it since the point in time), null = a capture read is
  * in flight (writes to it wait), a number >= 0 = its point-in-time bytes in
- * memory slot n (MemSlots), a number < 0 = in spill-file slot -1 - n.
+ * memory slot n (SessionSlots), a number < 0 = in spill-file slot -1 - n.
  */
 type SectorOld = number | null | undefined;
 interface BlockCow {
@@ -45,8 +50,8 @@ interface BlockCow {
  * own capture read (none at all on the page-cache path, tryPass with a
  * SyncRawReader), never for the copier. When the copier reaches a block
  * (take), it reads the whole block as it is now and patches the captured
- * sectors back in. Captured sectors beyond `maxMemoryBytes` go to a spill
- * file (CowSpill). Reads of the volume are not involved at all.
+ * sectors back in. Captured sectors beyond what memory gives the session (its
+ * share of the daemon's CowMemory) go to a spill file (CowSpill). Reads of the volume are not involved at all.
  *
  * Invariant: what take(i) returns equals the on-disk bytes of block i at
  * the point in time. Why: a write to a sector of a block still `pending`
@@ -67,7 +72,7 @@ export class CowSession {
   private readonly queue = new Set<number>();
   /** Blocks nextCaptured() handed out or take() started: never queued again. */
   private readonly handed = new BlockBitmap();
-  private readonly mem: MemSlots;
+  private readonly mem: SessionSlots;
   private readonly spill: CowSpill | undefined;
   /** The synchronous capture's buffer (tryPass runs on the loop, one at a time). */
   private scratch = Buffer.allocUnsafeSlow(32 * COW_SECTOR);
@@ -88,8 +93,11 @@ export class CowSession {
       this.pending.add(i);
       this.pendingCount++;
     }
-    // Without a spill file memory is the only place: no cap.
-    this.mem = new MemSlots(o.spillPath ? o.maxMemoryBytes ?? 64 * 1024 * 1024 : Number.MAX_SAFE_INTEGER);
+    // Never more than the pending blocks' bytes: a session cannot need more, so a small volume does not take the budget from the next.
+    const need = this.pendingCount * SNAPSHOT_BLOCK_BYTES;
+    // Without a spill file memory is the only place: a pool of its own, not capped.
+    const pool = o.spillPath ? o.memory ?? new CowMemory(o.maxMemoryBytes ?? 64 * 1024 * 1024, { trimAfterMs: 0 }) : new CowMemory(need, { trimAfterMs: 0 });
+    this.mem = pool.session(need);
     this.spill = o.spillPath ? new CowSpill(o.spillPath) : undefined;
   }
 
@@ -235,7 +243,7 @@ export class CowSession {
     return buf;
   }
 
-  /** Ends the session: every write passes from now on, captured sectors are freed, the spill file closed. */
+  /** Ends the session: every write passes from now on, captured sectors are freed (memory slots back to the pool), the spill file closed. */
   async end(): Promise<void> {
     this.fail(new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the snapshot ended'));
     this.buffers.clear();
@@ -287,6 +295,6 @@ export class CowSession {
     this.blocks.clear();
     this.queue.clear();
     this.pendingCount = 0;
-    this.mem.clear();
+    this.mem.close();
   }
 }

@@ -16,6 +16,7 @@ import { BlockBitmap } from './block-bitmap.js';
 import { copyBlocks, putUnlessStored } from './block-copier.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from './change-tracker.js';
 import { CowSession } from './cow-session.js';
+import { CowMemory, resolveCowBudget } from './cow-memory.js';
 import { CopyPacer } from './cow-pacer.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
@@ -24,12 +25,6 @@ import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotMan
 import type { BlockPin, SnapshotGc } from './gc.js';
 
 const GiB = 1024 ** 3;
-/**
- * Captured sectors a snapshot keeps in memory before its spill file
- * (docs/architecture.md §12.2). EBSD_TEST_COW_MEMORY_BYTES lowers it, for
- * tests only (a test reaches the spill file without writing 64 MiB).
- */
-const COW_MEMORY_BYTES = Number(process.env.EBSD_TEST_COW_MEMORY_BYTES) || 64 * 1024 * 1024;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
 const PROGRESS_STEPS = 10;
 /** On a single-writer store, progress is recorded at most once per this many milliseconds. */
@@ -66,6 +61,11 @@ export interface SnapshotManagerOptions {
   gc: Pick<SnapshotGc, 'pin' | 'deleteSnapshot'>;
   onAudit?: (ev: SnapshotAuditEvent) => void;
   logger?: Logger;
+  /**
+   * Memory for captured sectors, shared by every snapshot of this daemon
+   * (cow-memory.ts, docs/architecture.md §12.2); default: the default budget.
+   */
+  cowMemory?: CowMemory;
 }
 
 export interface CreateSnapshotRequest {
@@ -89,6 +89,8 @@ interface RunningCreate {
   pins: BlockPin[];
   abort: unknown;
   cow?: CowSession;
+  /** cowMemory.slabsAllocated when the run started: slabs the log says it allocated (the rest were reused). */
+  slabsAtStart?: number;
   /** performance.now() when CreateSnapshot arrived: the log's split of the snapshot's time. */
   startedMs: number;
   /** The write watchdog's counters when the run started (syncWriteGuard: process-wide), for the log's deltas. */
@@ -117,9 +119,11 @@ export class SnapshotManager {
   private readonly jobs = new Set<Promise<unknown>>();
   /** The last header area hashed per volume (headerHash). */
   private readonly headerCache = new Map<string, { bytes: Buffer; hash: BlockHash }>();
+  private readonly cowMemory: CowMemory;
 
   private constructor(private readonly o: SnapshotManagerOptions, private readonly tracking: TrackingFiles, private readonly pendingDir: string) {
     this.log = (o.logger ?? silentLogger).child({ component: 'snapshot' });
+    this.cowMemory = o.cowMemory ?? new CowMemory(resolveCowBudget().bytes);
   }
 
   /** Where copy-on-write sessions spill captured sectors beyond their memory cap: `<local>/cow`. */
@@ -326,8 +330,9 @@ export class SnapshotManager {
       const before = t.begin((b) => {
         const incremental = parent !== undefined && b.base === parent.snapshotId;
         const indexes = incremental ? [...b.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
-        const cow = new CowSession(indexes, readRaw, { maxMemoryBytes: COW_MEMORY_BYTES, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
+        const cow = new CowSession(indexes, readRaw, { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
         run.cow = cow;
+        run.slabsAtStart = this.cowMemory.slabsAllocated;
         run.pacer = new CopyPacer(() => cow.writes);
         const pacer = run.pacer;
         plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()), recycle: (buf) => cow.buffers.give(buf), nextFirst: () => cow.nextCaptured(), pace: () => pacer.before(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => void cow.end() };
@@ -439,7 +444,7 @@ export class SnapshotManager {
       const t3 = performance.now();
       await plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow ? this.cowMemory.slabsAllocated - run.slabsAtStart! : 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
