@@ -1,6 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { BufferPool } from '../../src/snapshot/block-buffers.js';
@@ -9,6 +7,7 @@ import { copyBlocks } from '../../src/snapshot/block-copier.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
 import { seeded } from '../crypto/seeded.js';
+import { tempDirPerTest } from '../helpers/temp-dir.js';
 
 /**
  * The snapshot copier's reusable buffers (src/snapshot/block-buffers.ts,
@@ -16,15 +15,7 @@ import { seeded } from '../crypto/seeded.js';
  * and reuse never changes what is stored.
  */
 describe('snapshot buffer reuse', () => {
-  const dirs: string[] = [];
-  afterEach(() => {
-    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-  });
-  const tmp = (): string => {
-    const d = mkdtempSync(join(tmpdir(), 'ebsd-cowbuf-'));
-    dirs.push(d);
-    return d;
-  };
+  const tmp = tempDirPerTest('ebsd-cowbuf-');
 
   it('BufferPool: a buffer given back is taken again; at most `keep` are kept; others are ignored', () => {
     const pool = new BufferPool(1024, 2);

@@ -1,11 +1,10 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { CowMemory, defaultCowBudget, resolveCowBudget } from '../../src/snapshot/cow-memory.js';
 import { CowSession } from '../../src/snapshot/cow-session.js';
 import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
 import { seeded } from '../crypto/seeded.js';
+import { tempDirPerTest } from '../helpers/temp-dir.js';
 
 /**
  * The daemon-wide copy-on-write memory (src/snapshot/cow-memory.ts,
@@ -29,15 +28,11 @@ interface Vol {
 }
 
 describe('CowMemory: one copy-on-write memory budget for every snapshot of the daemon', () => {
-  const dirs: string[] = [];
-  afterEach(() => {
-    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-  });
+  const tmp = tempDirPerTest('ebsd-cowmem-');
 
   /** A volume of BLOCKS blocks in memory and a session over all of them, drawing on `memory`, spilling under a temp dir. */
   function volume(label: string, memory: CowMemory): Vol {
-    const d = mkdtempSync(join(tmpdir(), 'ebsd-cowmem-'));
-    dirs.push(d);
+    const d = tmp();
     const disk = seeded(label).bytes(BLOCKS * B);
     const pit = Buffer.from(disk);
     const read = async (pos: number, len: number, into: Buffer): Promise<void> => void disk.copy(into, 0, pos, pos + len);
@@ -101,8 +96,7 @@ describe('CowMemory: one copy-on-write memory budget for every snapshot of the d
     await early.cow.end();
     expect(memory.used, 'an ended session returns what it still held').toBe(0);
 
-    const d = mkdtempSync(join(tmpdir(), 'ebsd-cowmem-'));
-    dirs.push(d);
+    const d = tmp();
     const disk = seeded('failing').bytes(BLOCKS * B);
     let failReads = false;
     const read = async (pos: number, len: number, into: Buffer): Promise<void> => {
@@ -170,8 +164,7 @@ describe('CowMemory: one copy-on-write memory budget for every snapshot of the d
     memory.trim();
 
     // Through CowSession: a snapshot of one block is capped at one block's sectors.
-    const d = mkdtempSync(join(tmpdir(), 'ebsd-cowmem-'));
-    dirs.push(d);
+    const d = tmp();
     const one = new CowSession([0], async () => {}, { memory, spillPath: join(d, 'o.spill') });
     const s = one as unknown as { mem: { alloc(): number } };
     for (let k = 0; k < B / S; k++) expect(s.mem.alloc()).toBeGreaterThanOrEqual(0);

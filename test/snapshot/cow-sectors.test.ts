@@ -1,10 +1,10 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { describe, expect, it } from 'vitest';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CowSession } from '../../src/snapshot/cow-session.js';
 import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
 import { printSeedOnFailure, seeded, SEED, type SeededRandom } from '../crypto/seeded.js';
+import { tempDirPerTest } from '../helpers/temp-dir.js';
 
 /**
  * Copy-on-write at write granularity (src/snapshot/cow-session.ts,
@@ -90,15 +90,7 @@ function expectPit(r: Run, i: number, got: Buffer | undefined): void {
 }
 
 describe('CowSession (sector-granular copy-on-write)', () => {
-  const dirs: string[] = [];
-  afterEach(() => {
-    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-  });
-  const spillDir = (): string => {
-    const d = mkdtempSync(join(tmpdir(), 'ebsd-cow-'));
-    dirs.push(d);
-    return d;
-  };
+  const spillDir = tempDirPerTest('ebsd-cow-');
 
   for (const [name, cap] of [['in memory', undefined], ['spilling past a 64 KiB memory cap', 64 * 1024]] as const) {
     it(`take(i) is block i at the point in time under random interleavings of writes and the copier, ${name}`, async () => {
