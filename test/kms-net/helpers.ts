@@ -7,6 +7,7 @@
  * `afterAll`), so cleanup runs on failure as before.
  */
 import { writeFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { sh, type Env } from '../e2e/helpers.js';
@@ -137,4 +138,27 @@ export async function signedBytes(url: URL, key: AccessKey, op: string, body: st
   let head = 'POST / HTTP/1.1\r\n';
   for (const [k, v] of Object.entries(r.headers)) head += `${k}: ${v}\r\n`;
   return Buffer.concat([Buffer.from(`${head}\r\n`), Buffer.from(body)]);
+}
+
+/** Reads `n` HTTP/1.1 answers (Content-Length framed) from `s`, in the order they come. */
+export function answers(s: Socket, n: number): Promise<{ status: number; body: any }[]> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const out: { status: number; body: any }[] = [];
+    s.on('data', (c: Buffer) => {
+      buf = Buffer.concat([buf, c]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.subarray(0, end).toString('latin1');
+        const len = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buf.length < end + 4 + len) return;
+        out.push({ status: Number(head.slice(9, 12)), body: JSON.parse(buf.subarray(end + 4, end + 4 + len).toString('utf8') || '{}') });
+        buf = buf.subarray(end + 4 + len);
+        if (out.length === n) { resolve(out); return; }
+      }
+    });
+    s.on('error', reject);
+    s.on('close', () => reject(new Error(`connection closed after ${out.length} of ${n} answers`)));
+  });
 }

@@ -10,7 +10,7 @@
 import { connect, type Socket } from 'node:net';
 import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KMS_ADMIN_POLICY, makeAccessKey, signedBytes, startKmsDaemon, type AccessKey } from './helpers.js';
+import { KMS_ADMIN_POLICY, answers, makeAccessKey, signedBytes, startKmsDaemon, type AccessKey } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { tempDir, type TempDir } from '../helpers/temp-dir.js';
 import { openKms, type Kms } from '../../src/kms/open-kms.js';
@@ -19,29 +19,6 @@ import { TrustPolicies } from '../../src/kms/sts/trust-policies.js';
 import { StsService } from '../../src/kms/sts/sts-service.js';
 import { KmsListener } from '../../src/daemon/kms-listener.js';
 import { createLogger } from '../../src/util/logger.js';
-
-/** Reads `n` HTTP/1.1 answers (Content-Length framed) from `s`, in the order they come. */
-function answers(s: Socket, n: number): Promise<{ status: number; body: any }[]> {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const out: { status: number; body: any }[] = [];
-    s.on('data', (c: Buffer) => {
-      buf = Buffer.concat([buf, c]);
-      for (;;) {
-        const end = buf.indexOf('\r\n\r\n');
-        if (end < 0) return;
-        const head = buf.subarray(0, end).toString('latin1');
-        const len = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-        if (buf.length < end + 4 + len) return;
-        out.push({ status: Number(head.slice(9, 12)), body: JSON.parse(buf.subarray(end + 4, end + 4 + len).toString('utf8') || '{}') });
-        buf = buf.subarray(end + 4 + len);
-        if (out.length === n) { resolve(out); return; }
-      }
-    });
-    s.on('error', reject);
-    s.on('close', () => reject(new Error(`connection closed after ${out.length} of ${n} answers`)));
-  });
-}
 
 describe('KMS listener with its front end on a worker thread', () => {
   const env = new Env('kmsfront');

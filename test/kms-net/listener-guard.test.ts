@@ -11,7 +11,7 @@
 import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FRONT_THREADS, KMS_ADMIN_POLICY, auditEvents, makeAccessKey, signedBytes, startKmsDaemon } from './helpers.js';
+import { FRONT_THREADS, KMS_ADMIN_POLICY, answers, auditEvents, makeAccessKey, signedBytes, startKmsDaemon } from './helpers.js';
 import { MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/kms-transport.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
@@ -121,30 +121,13 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     // Signed, so each one goes as far as the KMS core and its audit write: real work, answered later.
     const { key } = await makeAccessKey(env, 'pipeliner', KMS_ADMIN_POLICY);
     const one = await signedBytes(url, key, 'ListKeys', '{}');
-    const got = new Promise<{ status: number; type: string }[]>((resolve, reject) => {
-      let buf = Buffer.alloc(0);
-      const out: { status: number; type: string }[] = [];
-      s.on('data', (c: Buffer) => {
-        buf = Buffer.concat([buf, c]);
-        for (;;) {
-          const end = buf.indexOf('\r\n\r\n');
-          if (end < 0) return;
-          const head = buf.subarray(0, end).toString('latin1');
-          const len = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-          if (buf.length < end + 4 + len) return;
-          out.push({ status: Number(head.slice(9, 12)), type: JSON.parse(buf.subarray(end + 4, end + 4 + len).toString('utf8')).__type ?? 'ok' });
-          buf = buf.subarray(end + 4 + len);
-          if (out.length === N) resolve(out);
-        }
-      });
-      s.on('close', () => reject(new Error(`closed after ${out.length} of ${N} answers`)));
-    });
+    const got = answers(s, N);
     // One write (≈ 50 KB, one read on loopback): all 64 are parsed before the first answer is written.
     s.write(Buffer.concat(Array.from({ length: N }, () => one)));
-    const answers = await got;
+    const replies = (await got).map((a) => ({ status: a.status, type: (a.body.__type as string | undefined) ?? 'ok' }));
     // In order: the first ones were served, the ones past the cap never left the transport.
-    expect(answers.slice(0, MAX_IN_FLIGHT_PER_CONNECTION).every((a) => a.status === 200)).toBe(true);
-    expect(answers.slice(MAX_IN_FLIGHT_PER_CONNECTION).every((a) => a.type === 'ThrottlingException' && a.status === 400)).toBe(true);
+    expect(replies.slice(0, MAX_IN_FLIGHT_PER_CONNECTION).every((a) => a.status === 200)).toBe(true);
+    expect(replies.slice(MAX_IN_FLIGHT_PER_CONNECTION).every((a) => a.type === 'ThrottlingException' && a.status === 400)).toBe(true);
     s.destroy();
     const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.4' && e.errorMessage === 'connection refused: in-flight-limit'));
     expect(ev.additionalEventData.aggregated.count).toBe(N - MAX_IN_FLIGHT_PER_CONNECTION);
