@@ -130,7 +130,7 @@ function daemonCommand(y: Argv): Argv {
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
-        .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory.max/8)' })
+        .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
         .option('snapshot-gc-grace', { type: 'string', hidden: true, describe: 'keep unreferenced snapshot blocks younger than this (default 1h)' })
         .option('write-behind', {
           type: 'boolean',

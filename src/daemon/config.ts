@@ -65,7 +65,7 @@ export interface DaemonConfig {
   /**
    * Memory for the sectors snapshots capture, shared by all of them
    * (src/snapshot/cow-memory.ts, docs/architecture.md §12.2); absent: min(2 GiB,
-   * MemTotal/16, cgroup memory.max/8). Past it, captures spill to a file.
+   * MemTotal/16, the cgroup memory limit/8). Past it, captures spill to a file.
    */
   snapshotCowMemoryBytes?: number;
 }

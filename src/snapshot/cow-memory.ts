@@ -9,12 +9,17 @@ const GiB = 1024 * MiB;
  * Slabs no session holds are dropped after this long (docs/architecture.md
  * §12.2). EBSD_TEST_COW_TRIM_MS changes it, for measurements only.
  */
-export const COW_MEMORY_TRIM_MS = Number(process.env.EBSD_TEST_COW_TRIM_MS) || 60_000;
+export const COW_MEMORY_TRIM_MS = trimMs(process.env.EBSD_TEST_COW_TRIM_MS);
+
+/** A whole number of milliseconds within what setTimeout takes; 60 s otherwise. */
+function trimMs(v: string | undefined): number {
+  return v !== undefined && /^\d+$/.test(v.trim()) ? Math.min(Number(v), 2 ** 31 - 1) : 60_000;
+}
 /** The default budget's ceiling, whatever the machine. */
 const DEFAULT_MAX = 2 * GiB;
 
 export interface CowMemoryOptions {
-  /** How long the pool keeps its slabs once no session holds a slot; 0 drops them at once. Default 60 s. */
+  /** How long the pool keeps its slabs once no session holds a slot; 0 drops them at once, Infinity never (the owner calls trim()). Default 60 s. */
   trimAfterMs?: number;
 }
 
@@ -142,7 +147,7 @@ export class CowMemory {
    * timer per capture.
    */
   private becameIdle(): void {
-    if (this.slabs.length === 0) return;
+    if (this.slabs.length === 0 || this.trimAfterMs === Infinity) return;
     if (this.trimAfterMs <= 0) {
       this.trim();
       return;
@@ -209,47 +214,74 @@ export interface CowBudget {
 }
 
 /**
- * The default budget: min(2 GiB, MemTotal / 16, the cgroup v2 memory.max / 8
- * when it is a number). The texts are parameters for the tests; without them
- * /proc/meminfo and the daemon's cgroup are read.
+ * The default budget: min(2 GiB, MemTotal / 16, the cgroup memory limit / 8
+ * when there is one). `meminfo` and `cgroupLimit` (bytes, or a text as the
+ * cgroup files hold it: a number or "max") are parameters for the tests;
+ * without them /proc/meminfo and the daemon's cgroups are read.
  */
-export function defaultCowBudget(meminfo?: string, cgroupMax?: string): CowBudget {
-  const read = (p: string): string | undefined => {
-    try {
-      return readFileSync(p, 'utf8');
-    } catch {
-      return undefined;
-    }
-  };
-  meminfo ??= read('/proc/meminfo') ?? '';
-  cgroupMax ??= ownCgroupMax(read);
+export function defaultCowBudget(meminfo?: string, cgroupLimit?: number | string): CowBudget {
+  meminfo ??= readText('/proc/meminfo') ?? '';
+  const limit = cgroupLimit === undefined ? cgroupMemoryLimit() : typeof cgroupLimit === 'number' ? cgroupLimit : limitOf(cgroupLimit);
   let best: CowBudget = { bytes: DEFAULT_MAX, from: '2 GiB ceiling' };
   const kb = /^MemTotal:\s+(\d+)\s*kB/m.exec(meminfo);
   if (kb) {
     const b = Math.floor((Number(kb[1]) * 1024) / 16);
     if (b < best.bytes) best = { bytes: b, from: 'MemTotal/16' };
   }
-  if (cgroupMax !== undefined && /^\s*\d+\s*$/.test(cgroupMax)) {
-    const b = Math.floor(Number(cgroupMax) / 8);
-    if (b < best.bytes) best = { bytes: b, from: 'cgroup memory.max/8' };
+  if (limit !== undefined) {
+    const b = Math.floor(limit / 8);
+    if (b < best.bytes) best = { bytes: b, from: 'cgroup memory limit/8' };
   }
   return { bytes: Math.floor(best.bytes / COW_SECTOR) * COW_SECTOR, from: best.from };
 }
 
-/** memory.max of the daemon's cgroup (v2), else of /sys/fs/cgroup; undefined when neither exists ("max" is returned as is). */
-function ownCgroupMax(read: (p: string) => string | undefined): string | undefined {
-  const path = /^0::(\/.*)$/m.exec(read('/proc/self/cgroup') ?? '')?.[1];
-  return (path && path !== '/' ? read(`/sys/fs/cgroup${path}/memory.max`) : undefined) ?? read('/sys/fs/cgroup/memory.max');
+function readText(p: string): string | undefined {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** A cgroup limit file's value in bytes; undefined for "max", v1's "unlimited" (≥ 2^62) and anything else. */
+function limitOf(text: string | undefined): number | undefined {
+  if (text === undefined || !/^\s*\d+\s*$/.test(text)) return undefined;
+  const n = Number(text);
+  return n < 2 ** 62 ? n : undefined;
 }
 
 /**
- * The budget the daemon uses: `flagBytes` (--snapshot-cow-memory) or the
- * default, lowered by EBSD_TEST_COW_MEMORY_BYTES (for tests only: they reach
- * the spill file without writing megabytes).
+ * The smallest memory limit on the daemon's cgroup and its ancestors (a
+ * systemd slice's MemoryMax sits on a parent): cgroup v2 `memory.max`, or on
+ * a v1 / hybrid host the memory controller's `memory.limit_in_bytes`.
+ * `procSelfCgroup` and `root` are parameters for the tests.
+ */
+export function cgroupMemoryLimit(procSelfCgroup = readText('/proc/self/cgroup') ?? '', root = '/sys/fs/cgroup'): number | undefined {
+  let best: number | undefined;
+  const walk = (dir: string, path: string, file: string): void => {
+    const parts = path.split('/').filter(Boolean);
+    for (let n = parts.length; n >= 0; n--) {
+      const v = limitOf(readText(`${dir}/${parts.slice(0, n).join('/')}${n > 0 ? '/' : ''}${file}`));
+      if (v !== undefined && (best === undefined || v < best)) best = v;
+    }
+  };
+  for (const line of procSelfCgroup.split('\n')) {
+    const m = /^(\d+):([^:]*):(\/.*)$/.exec(line.trim());
+    if (!m) continue;
+    if (m[1] === '0' && m[2] === '') walk(root, m[3]!, 'memory.max'); // v2 (unified)
+    else if (m[2]!.split(',').includes('memory')) walk(`${root}/memory`, m[3]!, 'memory.limit_in_bytes'); // v1
+  }
+  return best;
+}
+
+/**
+ * The budget the daemon uses: `flagBytes` (--snapshot-cow-memory, rounded
+ * down to whole 4 KiB slots) or the default, lowered by
+ * EBSD_TEST_COW_MEMORY_BYTES (a byte count, for tests only: they reach the
+ * spill file without writing megabytes).
  */
 export function resolveCowBudget(flagBytes?: number, env = process.env.EBSD_TEST_COW_MEMORY_BYTES): CowBudget {
-  let b = flagBytes !== undefined ? { bytes: flagBytes, from: '--snapshot-cow-memory' } : defaultCowBudget();
-  const t = Number(env);
-  if (env !== undefined && env !== '' && Number.isSafeInteger(t) && t >= 0 && t < b.bytes) b = { bytes: t, from: 'EBSD_TEST_COW_MEMORY_BYTES' };
+  let b = flagBytes !== undefined ? { bytes: Math.floor(flagBytes / COW_SECTOR) * COW_SECTOR, from: '--snapshot-cow-memory' } : defaultCowBudget();
+  if (env !== undefined && /^\d+$/.test(env.trim()) && Number(env) < b.bytes) b = { bytes: Number(env), from: 'EBSD_TEST_COW_MEMORY_BYTES' };
   return b;
 }

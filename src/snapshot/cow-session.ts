@@ -73,6 +73,8 @@ export class CowSession {
   /** Blocks nextCaptured() handed out or take() started: never queued again. */
   private readonly handed = new BlockBitmap();
   private readonly mem: SessionSlots;
+  /** The pool made for this session alone (no shared CowMemory given): its slabs go when the session ends. */
+  private readonly ownPool: CowMemory | undefined;
   private readonly spill: CowSpill | undefined;
   /** The synchronous capture's buffer (tryPass runs on the loop, one at a time). */
   private scratch = Buffer.allocUnsafeSlow(32 * COW_SECTOR);
@@ -96,8 +98,10 @@ export class CowSession {
     // Never more than the pending blocks' bytes: a session cannot need more, so a small volume does not take the budget from the next.
     const need = this.pendingCount * SNAPSHOT_BLOCK_BYTES;
     // Without a spill file memory is the only place: a pool of its own, not capped.
-    const pool = o.spillPath ? o.memory ?? new CowMemory(o.maxMemoryBytes ?? 64 * 1024 * 1024, { trimAfterMs: 0 }) : new CowMemory(need, { trimAfterMs: 0 });
-    this.mem = pool.session(need);
+    // A pool of its own keeps its slabs while the session lives (slots freed by take() are reused), and drops them when it ends.
+    const own = o.spillPath && o.memory ? undefined : new CowMemory(o.spillPath ? o.maxMemoryBytes ?? 64 * 1024 * 1024 : need, { trimAfterMs: Infinity });
+    this.ownPool = own;
+    this.mem = (own ?? o.memory!).session(need);
     this.spill = o.spillPath ? new CowSpill(o.spillPath) : undefined;
   }
 
@@ -296,5 +300,6 @@ export class CowSession {
     this.queue.clear();
     this.pendingCount = 0;
     this.mem.close();
+    this.ownPool?.trim();
   }
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CowMemory, defaultCowBudget, resolveCowBudget } from '../../src/snapshot/cow-memory.js';
+import { CowMemory, cgroupMemoryLimit, defaultCowBudget, resolveCowBudget } from '../../src/snapshot/cow-memory.js';
 import { CowSession } from '../../src/snapshot/cow-session.js';
 import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
 import { seeded } from '../crypto/seeded.js';
@@ -174,14 +175,52 @@ describe('CowMemory: one copy-on-write memory budget for every snapshot of the d
     memory.trim();
   });
 
-  it('the default budget: min(2 GiB, MemTotal/16, cgroup memory.max/8), rounded to 4 KiB; EBSD_TEST_COW_MEMORY_BYTES only lowers it', () => {
+  it('the default budget: min(2 GiB, MemTotal/16, cgroup limit/8), rounded to 4 KiB; the flag rounded to 4 KiB; EBSD_TEST_COW_MEMORY_BYTES only lowers it', () => {
     const mem = (gib: number): string => `MemTotal:       ${gib * 1024 * 1024} kB\nMemFree:  1 kB\n`;
     expect(defaultCowBudget(mem(24), 'max\n')).toEqual({ bytes: 1.5 * 1024 * MiB, from: 'MemTotal/16' });
     expect(defaultCowBudget(mem(64), '')).toEqual({ bytes: 2048 * MiB, from: '2 GiB ceiling' });
-    expect(defaultCowBudget(mem(24), `${1024 * MiB}\n`)).toEqual({ bytes: 128 * MiB, from: 'cgroup memory.max/8' });
+    expect(defaultCowBudget(mem(24), `${1024 * MiB}\n`)).toEqual({ bytes: 128 * MiB, from: 'cgroup memory limit/8' });
+    expect(defaultCowBudget(mem(24), '9223372036854771712\n'), "v1's 'unlimited'").toEqual({ bytes: 1.5 * 1024 * MiB, from: 'MemTotal/16' });
     expect(defaultCowBudget(mem(24), `${1000 * 1000 + 5}\n`).bytes % 4096).toBe(0);
     expect(resolveCowBudget(96 * MiB, undefined)).toEqual({ bytes: 96 * MiB, from: '--snapshot-cow-memory' });
+    expect(resolveCowBudget(4095, undefined).bytes, 'the flag in whole 4 KiB slots').toBe(0);
+    expect(resolveCowBudget(96 * MiB + 100, undefined).bytes).toBe(96 * MiB);
     expect(resolveCowBudget(96 * MiB, '65536')).toEqual({ bytes: 65536, from: 'EBSD_TEST_COW_MEMORY_BYTES' });
     expect(resolveCowBudget(96 * MiB, String(200 * MiB)).bytes, 'the override never raises the budget').toBe(96 * MiB);
+    for (const junk of [' ', '', '0x10', '-1', '1e3']) expect(resolveCowBudget(96 * MiB, junk).bytes, `override ${JSON.stringify(junk)} ignored`).toBe(96 * MiB);
+  });
+
+  it('the cgroup limit: the smallest on the cgroup and its ancestors, v2 memory.max or v1 memory.limit_in_bytes', () => {
+    const root = tmp();
+    const put = (rel: string, text: string): void => {
+      mkdirSync(join(root, rel, '..'), { recursive: true });
+      writeFileSync(join(root, rel), text);
+    };
+    // v2: the leaf says max, its slice (a parent) 2 GiB, the root has no file.
+    put('system.slice/ebsd.service/memory.max', 'max\n');
+    put('system.slice/memory.max', `${2048 * MiB}\n`);
+    expect(cgroupMemoryLimit('0::/system.slice/ebsd.service\n', root)).toBe(2048 * MiB);
+    // v1 (and hybrid: a v2 line that names no limit): the memory controller's files, 'unlimited' ignored.
+    put('memory/memory.limit_in_bytes', '9223372036854771712\n');
+    put('memory/docker/abc/memory.limit_in_bytes', `${1024 * MiB}\n`);
+    expect(cgroupMemoryLimit('12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n', root)).toBe(1024 * MiB);
+    expect(cgroupMemoryLimit('4:memory:/\n', root), 'only unlimited on the way').toBeUndefined();
+    expect(cgroupMemoryLimit('', root)).toBeUndefined();
+  });
+
+  it("a session's own pool (no shared memory given) keeps its slabs while it runs and drops them when it ends", async () => {
+    const disk = seeded('own').bytes(BLOCKS * B);
+    const read = async (pos: number, len: number, into: Buffer): Promise<void> => void disk.copy(into, 0, pos, pos + len);
+    const cow = new CowSession(Array.from({ length: BLOCKS }, (_, i) => i), read, { spillPath: join(tmp(), 'own.spill') });
+    const pool = (cow as unknown as { ownPool: CowMemory }).ownPool;
+    const readNow = (into: Buffer, pos: number): boolean => { disk.copy(into, 0, pos, pos + into.length); return true; };
+    expect(cow.tryPass(0, S, readNow)).toBe(true);
+    const got = await cow.take(0);
+    expect(got!.equals(disk.subarray(0, B))).toBe(true);
+    expect(pool.used, 'the one slot went back when block 0 was taken').toBe(0);
+    expect(cow.tryPass(B, S, readNow)).toBe(true);
+    expect(pool.slabsAllocated, 'the slab stayed for the next capture').toBe(1);
+    await cow.end();
+    expect(pool.slabBytes, 'gone with the session').toBe(0);
   });
 });
