@@ -122,6 +122,10 @@ export class DirSnapshotStore implements CollectableStore {
     return data;
   }
 
+  hasBlockInMemory(hash: BlockHash): boolean {
+    return this.packs.has(hash);
+  }
+
   async hasBlock(hash: BlockHash): Promise<boolean> {
     if (this.packs.has(hash)) return true;
     try {

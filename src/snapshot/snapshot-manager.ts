@@ -375,8 +375,10 @@ export class SnapshotManager {
         for (const [i, h] of parent.blocks) if (i < nBlocks && !reread.has(i)) inherited.set(i, h);
         // The parent may be deleted meanwhile: its blocks stay until this manifest names them.
         run.pins.push(await this.o.gc.pin(new Set(inherited.values())));
+        // One look-up of the method (the store may be a Proxy, describingStore), then no await for blocks the store knows in memory.
+        const inMemory = this.o.store.hasBlockInMemory?.bind(this.o.store);
         for (const h of inherited.values()) {
-          if (!(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the parent ${parent.snapshotId} is missing from ${this.o.store.location}`);
+          if (!inMemory?.(h) && !(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the parent ${parent.snapshotId} is missing from ${this.o.store.location}`);
         }
       }
       // A collector of another daemon sharing the store spares what a manifest names, pending ones too:

@@ -86,6 +86,12 @@ export interface SnapshotStore {
   getBlock(hash: BlockHash): Promise<Buffer>;
   hasBlock(hash: BlockHash): Promise<boolean>;
   /**
+   * True when the store knows without I/O that the block is present (a pack's
+   * index in memory); false means "ask hasBlock". Lets a check over thousands
+   * of blocks (an incremental's inherited ones) skip an await per block.
+   */
+  hasBlockInMemory?(hash: BlockHash): boolean;
+  /**
    * hasBlock that also makes a present block's age now (its mtime, S3
    * LastModified), so another daemon's collector, which sweeps only blocks
    * older than its grace period, keeps a block this daemon is about to name

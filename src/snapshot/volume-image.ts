@@ -56,7 +56,8 @@ export async function readImageHeader(v: VolumeForSnapshot): Promise<ImageHeader
   }
   const f = await openImageForRead(v.imagePath);
   try {
-    const header = Buffer.alloc(info.dataOffset);
+    // Not zeroed first: readFully fills every byte (zeros past the end of the file).
+    const header = Buffer.allocUnsafeSlow(info.dataOffset);
     await readFully(f, header, 0);
     return { ...info, header };
   } finally {

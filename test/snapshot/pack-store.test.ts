@@ -54,8 +54,11 @@ describe('DirSnapshotStore pack files', () => {
     const batch = store.openBlockBatch();
     for (const x of a) await batch.put(x.hash, x.data);
     expect(await store.hasBlock(a[0]!.hash)).toBe(false);
+    expect(store.hasBlockInMemory(a[0]!.hash), 'not before commit').toBe(false);
     expect(await listed(store)).toEqual([]);
     await batch.commit();
+    expect(store.hasBlockInMemory(a[0]!.hash), 'a committed pack block is known without I/O').toBe(true);
+    expect(store.hasBlockInMemory(block(64).hash)).toBe(false);
     await store.putManifest(manifest(snapId(), a.map((x, i) => [i, x.hash])));
     const b = Array.from({ length: 3 }, () => block());
     await batchSnapshot(store, b, [a[0]!.hash]);
@@ -66,6 +69,7 @@ describe('DirSnapshotStore pack files', () => {
     const reopened = await DirSnapshotStore.open(root, { removeTemps: true });
     for (const x of [...a, ...b]) {
       expect(await reopened.hasBlock(x.hash)).toBe(true);
+      expect(reopened.hasBlockInMemory(x.hash)).toBe(true);
       expect((await reopened.getBlock(x.hash)).equals(x.data)).toBe(true);
     }
     expect(await reopened.blockModifiedMs(a[0]!.hash)).toBeGreaterThan(0);
