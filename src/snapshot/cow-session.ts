@@ -97,8 +97,8 @@ export class CowSession {
     }
     // Never more than the pending blocks' bytes: a session cannot need more, so a small volume does not take the budget from the next.
     const need = this.pendingCount * SNAPSHOT_BLOCK_BYTES;
-    // Without a spill file memory is the only place: a pool of its own, not capped.
-    // A pool of its own keeps its slabs while the session lives (slots freed by take() are reused), and drops them when it ends.
+    // Without a shared pool, one of its own: maxMemoryBytes with a spill file; without one, memory is the only
+    // place, so as much as it needs. It keeps its slabs while the session lives and drops them when it ends.
     const own = o.spillPath && o.memory ? undefined : new CowMemory(o.spillPath ? o.maxMemoryBytes ?? 64 * 1024 * 1024 : need, { trimAfterMs: Infinity });
     this.ownPool = own;
     this.mem = (own ?? o.memory!).session(need);

@@ -127,7 +127,7 @@ export class DirSnapshotStore implements CollectableStore {
   }
 
   async hasBlock(hash: BlockHash): Promise<boolean> {
-    if (this.packs.has(hash)) return true;
+    if (this.hasBlockInMemory(hash)) return true;
     try {
       await fsp.access(this.blockPath(hash));
       return true;
