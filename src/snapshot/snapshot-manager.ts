@@ -7,6 +7,7 @@ import type { Caller } from '../kms/types.js';
 import type { BlockDevice } from '../volume/types.js';
 import type { SnapshotSource } from '../volume/write-gate.js';
 import type { VolumeForSnapshot } from '../volume/volume-manager.js';
+import { LUKS2_DATA_OFFSET } from '../volume/luks2-json.js';
 import { silentLogger } from '../util/logger.js';
 import { faultPoint } from '../util/fault-point.js';
 import { KeyedMutex } from '../util/lock.js';
@@ -119,6 +120,8 @@ export class SnapshotManager {
   private readonly jobs = new Set<Promise<unknown>>();
   /** The last header area hashed per volume (headerHash). */
   private readonly headerCache = new Map<string, { bytes: Buffer; hash: BlockHash }>();
+  /** One header-area buffer whose bytes nobody needs any more (headerHash), for the next header read. */
+  private spareHeader: Buffer | undefined;
   private readonly cowMemory: CowMemory;
 
   private constructor(private readonly o: SnapshotManagerOptions, private readonly tracking: TrackingFiles, private readonly pendingDir: string) {
@@ -239,7 +242,7 @@ export class SnapshotManager {
       if (v.state === 'in-use' && (!v.device || !src || !this.trackers.has(v.volumeId))) {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
       }
-      const hdr = await readImageHeader(v);
+      const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
       const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
       const m: SnapshotManifest = {
         formatVersion: 1,
@@ -389,9 +392,9 @@ export class SnapshotManager {
       const b = batch;
       // The header area (16 MiB for LUKS2) is hashed on libuv's pool while the blocks are copied.
       headerStored = (async (): Promise<BlockHash> => {
-        const h = await this.headerHash(m.volumeId, header);
+        const { hash: h, bytes } = await this.headerHash(m.volumeId, header);
         run.pins.push(await this.o.gc.pin([h]));
-        await putUnlessStored(this.o.store, b, h, header);
+        await putUnlessStored(this.o.store, b, h, bytes);
         return h;
       })();
       headerStored.catch(() => {});
@@ -473,13 +476,16 @@ export class SnapshotManager {
    * writer did below dataOffset) is never mistaken for the old one; a
    * byte comparison is exact and costs a memcmp, where SHA-256 of 16 MiB
    * costs tens of milliseconds of a core (docs/benchmarks.md, "Snapshots").
+   * Returns the bytes to store: the cached ones when equal, and `header`,
+   * which nothing else holds then, becomes the spare the next read fills.
    */
-  private async headerHash(volumeId: string, header: Buffer): Promise<BlockHash> {
+  private async headerHash(volumeId: string, header: Buffer): Promise<{ hash: BlockHash; bytes: Buffer }> {
     const c = this.headerCache.get(volumeId);
     if (c && c.bytes.equals(header)) {
       this.headerCache.delete(volumeId);
       this.headerCache.set(volumeId, c);
-      return c.hash;
+      if (header !== c.bytes && header.length === LUKS2_DATA_OFFSET && header.buffer.byteLength === LUKS2_DATA_OFFSET) this.spareHeader = header;
+      return { hash: c.hash, bytes: c.bytes };
     }
     const hash = await sha256HexOffLoop(header);
     // The most recent few volumes only: each entry holds its header area (16 MiB for LUKS2).
@@ -489,7 +495,17 @@ export class SnapshotManager {
       if (this.headerCache.size <= HEADER_CACHE_VOLUMES) break;
       this.headerCache.delete(k);
     }
-    return hash;
+    return { hash, bytes: header };
+  }
+
+  /** A buffer for a header area: the spare when it fits (taken, so no two reads share it), else a new one. */
+  private headerBuffer(len: number): Buffer {
+    const b = this.spareHeader;
+    if (b?.length === len) {
+      this.spareHeader = undefined;
+      return b;
+    }
+    return Buffer.allocUnsafeSlow(len);
   }
 
   // ---- DescribeSnapshots / DeleteSnapshot ---------------------------------

@@ -1,9 +1,9 @@
 import { constants } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { openBackingFile, type BackingFile } from '../volume/backing-file.js';
-import { readLuks2 } from '../volume/luks2-header.js';
+import { fileSize, openBackingFile, type BackingFile, type FdBackingFile } from '../volume/backing-file.js';
+import { checkDataSegmentFits, parseLuks2Header } from '../volume/luks2-header.js';
 import { readPlainImage } from '../volume/plain-image.js';
-import type { Luks2Volume } from '../volume/luks2-json.js';
+import { LUKS2_DATA_OFFSET, type Luks2Volume } from '../volume/luks2-json.js';
 import type { VolumeForSnapshot } from '../volume/volume-manager.js';
 import type { SnapshotManifest } from './types.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
@@ -35,37 +35,61 @@ export function dataEncryptionKeyId(v: Luks2Volume): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }
 
-/** Reads the header area and what the manifest records of it; a header that does not name this volume is refused. */
-export async function readImageHeader(v: VolumeForSnapshot): Promise<ImageHeaderInfo> {
-  let info: Omit<ImageHeaderInfo, 'header'>;
-  if (v.encrypted) {
-    // repair: false: a snapshot never writes to the image.
-    const h = (await readLuks2(v.imagePath, { repair: false })).volume;
+/**
+ * Reads the header area and what the manifest records of it; a header that
+ * does not name this volume is refused. One open and one read for ebsd's
+ * layout (data at 16 MiB): the LUKS2 header is parsed from the area read,
+ * so what is parsed and what is stored are the same bytes. `buffer(len)`
+ * supplies the buffer to read into (SnapshotManager keeps a spare, so an
+ * incremental does not allocate 16 MiB each time; docs/benchmarks.md,
+ * "Snapshots").
+ */
+export async function readImageHeader(v: VolumeForSnapshot, buffer: (len: number) => Buffer = (n) => Buffer.allocUnsafeSlow(n)): Promise<ImageHeaderInfo> {
+  if (!v.encrypted) {
+    const p = await readPlainImage(v.imagePath);
+    return { dataOffset: p.dataOffset, size: p.size, header: await readArea(v.imagePath, buffer(p.dataOffset)) };
+  }
+  const f = await openImageForRead(v.imagePath);
+  try {
+    const fileBytes = await fileSize(f, v.imagePath);
+    // Not zeroed first: readFully fills every byte (zeros past the end of the file).
+    let area = buffer(LUKS2_DATA_OFFSET);
+    await readFully(f, area, 0);
+    // Never repaired here: a snapshot never writes to the image.
+    const h = parseLuks2Header(area.subarray(0, Math.min(fileBytes, area.length)), v.imagePath).volume;
+    checkDataSegmentFits(h, fileBytes, v.imagePath);
     if (h.token.volume_id !== v.volumeId) {
       throw new SnapshotError('SNAPSHOT_CORRUPT', `the image of ${v.volumeId} carries the token of ${h.token.volume_id}`);
     }
-    info = {
+    if (h.dataOffset > area.length) {
+      const whole = Buffer.allocUnsafeSlow(h.dataOffset);
+      area.copy(whole);
+      await readFully(f, whole.subarray(area.length), area.length);
+      area = whole;
+    }
+    return {
+      header: area.length === h.dataOffset ? area : area.subarray(0, h.dataOffset),
       dataOffset: h.dataOffset,
       size: h.size,
       wrappedKey: { ciphertextBlob: h.token.ciphertext_blob, keyArn: h.token.key_arn, encryptionContext: { ...h.token.encryption_context } },
       dataEncryptionKeyId: dataEncryptionKeyId(h),
     };
-  } else {
-    const p = await readPlainImage(v.imagePath);
-    info = { dataOffset: p.dataOffset, size: p.size };
-  }
-  const f = await openImageForRead(v.imagePath);
-  try {
-    // Not zeroed first: readFully fills every byte (zeros past the end of the file).
-    const header = Buffer.allocUnsafeSlow(info.dataOffset);
-    await readFully(f, header, 0);
-    return { ...info, header };
   } finally {
     await f.close();
   }
 }
 
-export function openImageForRead(path: string): Promise<BackingFile> {
+async function readArea(path: string, into: Buffer): Promise<Buffer> {
+  const f = await openImageForRead(path);
+  try {
+    await readFully(f, into, 0);
+    return into;
+  } finally {
+    await f.close();
+  }
+}
+
+export function openImageForRead(path: string): Promise<FdBackingFile> {
   return openBackingFile(path, constants.O_RDONLY);
 }
 

@@ -113,14 +113,18 @@ export async function checkImageFile(path: string): Promise<void> {
 export async function growImageFile(path: string, len: number): Promise<void> {
   const f = await openBackingFile(path);
   try {
-    const { size } = await new Promise<Stats>((res, rej) => fstat(f.fd, (e, st) => (e ? rej(ioError(e, path)) : res(st))));
-    if (size < len) {
+    if ((await fileSize(f, path)) < len) {
       await f.truncate(len);
       await f.datasync(); // the new size is metadata fdatasync must persist
     }
   } finally {
     await f.close();
   }
+}
+
+/** The size of an opened file now (fstat on its fd). */
+export function fileSize(f: FdBackingFile, path: string): Promise<number> {
+  return new Promise<number>((res, rej) => fstat(f.fd, (e, st: Stats) => (e ? rej(ioError(e, path)) : res(st.size))));
 }
 
 function checkRegular(fd: number, path: string): Promise<void> {

@@ -217,6 +217,13 @@ export function parseLuks2Header(head: Buffer, what: string): Luks2Image {
   return { ...best.fields, volume: best.volume, repaired: null };
 }
 
+/** An image file of `fileSize` bytes must hold the whole data segment its header records. */
+export function checkDataSegmentFits(v: Luks2Volume, fileSize: number, path: string): void {
+  if (fileSize < v.dataOffset + v.size) {
+    throw new Luks2Error('LUKS2_TRUNCATED', `${path}: ${fileSize} bytes, data segment needs ${v.dataOffset + v.size}`, { field: `segments.${Object.keys(v.json.segments)[0]}.size` });
+  }
+}
+
 export interface ReadOptions {
   /** Rewrite a bad or older copy from the good one (default true). */
   repair?: boolean;
@@ -242,9 +249,7 @@ export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<L
   }
   const { best, which, other } = pickCopy(head, path);
   const v = best.volume;
-  if (fileSize < v.dataOffset + v.size) {
-    throw new Luks2Error('LUKS2_TRUNCATED', `${path}: ${fileSize} bytes, data segment needs ${v.dataOffset + v.size}`, { field: `segments.${Object.keys(v.json.segments)[0]}.size` });
-  }
+  checkDataSegmentFits(v, fileSize, path);
 
   const stale = !other.ok || other.fields.seqid !== best.fields.seqid;
   let repaired: Luks2Image['repaired'] = null;
