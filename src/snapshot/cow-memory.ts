@@ -175,14 +175,18 @@ export class CowMemory {
 export class SessionSlots {
   /** Slots this session holds now. */
   used = 0;
+  /** Slabs the pool allocated for this session's slots (the rest it reused). */
+  newSlabs = 0;
 
   constructor(private readonly pool: CowMemory, private readonly id: number, private capSlots: number) {}
 
   /** A slot, or -1 when this session's cap or the pool's budget is reached (the caller spills). */
   alloc(): number {
     if (this.used >= this.capSlots) return -1;
+    const slabs = this.pool.slabsAllocated;
     const slot = this.pool._alloc(this.id);
     if (slot >= 0) this.used++;
+    this.newSlabs += this.pool.slabsAllocated - slabs;
     return slot;
   }
 

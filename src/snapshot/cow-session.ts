@@ -88,6 +88,10 @@ export class CowSession {
   spilledSectors = 0;
   /** Captures read on the pool (beforeWrite), not on the loop's page-cache path (tryPass with readNow). */
   poolCaptures = 0;
+  /** Slabs the memory pool allocated for this session (the rest of its slots were reused). */
+  get newSlabs(): number {
+    return this.mem.newSlabs;
+  }
 
   constructor(indexes: Iterable<number>, private readonly read: RawReader, o: CowSessionOptions = {}) {
     for (const i of indexes) {

@@ -90,8 +90,6 @@ interface RunningCreate {
   pins: BlockPin[];
   abort: unknown;
   cow?: CowSession;
-  /** cowMemory.slabsAllocated when the run started: slabs the log says it allocated (the rest were reused). */
-  slabsAtStart?: number;
   /** performance.now() when CreateSnapshot arrived: the log's split of the snapshot's time. */
   startedMs: number;
   /** The write watchdog's counters when the run started (syncWriteGuard: process-wide), for the log's deltas. */
@@ -335,7 +333,6 @@ export class SnapshotManager {
         const indexes = incremental ? [...b.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
         const cow = new CowSession(indexes, readRaw, { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
         run.cow = cow;
-        run.slabsAtStart = this.cowMemory.slabsAllocated;
         run.pacer = new CopyPacer(() => cow.writes);
         const pacer = run.pacer;
         plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()), recycle: (buf) => cow.buffers.give(buf), nextFirst: () => cow.nextCaptured(), pace: () => pacer.before(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => void cow.end() };
@@ -449,7 +446,7 @@ export class SnapshotManager {
       const t3 = performance.now();
       await plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow ? this.cowMemory.slabsAllocated - run.slabsAtStart! : 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow?.newSlabs ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });

@@ -128,8 +128,18 @@ describe('CowMemory: one copy-on-write memory budget for every snapshot of the d
     overwrite(second, 10, 500);
     expect(second.cow.memoryBytes).toBe(500 * S);
     expect(memory.slabsAllocated, 'the second session reused both slabs').toBe(2);
+    expect(first.cow.newSlabs).toBe(2);
+    expect(second.cow.newSlabs).toBe(0);
+    // A session running beside it: the slab the pool adds is counted for the session it was added for.
+    const third = volume('third', memory);
+    overwrite(third, 0, 100); // 12 free slots, then a third slab
+    expect(memory.slabsAllocated).toBe(3);
+    expect(third.cow.newSlabs).toBe(1);
+    expect(second.cow.newSlabs, 'not counted for the session beside it').toBe(0);
     await takeAll(second);
     await second.cow.end();
+    await takeAll(third);
+    await third.cow.end();
     expect(memory.trim()).toBe(true); // the test's own clean-up: no idle timer left behind
   });
 
