@@ -38,7 +38,8 @@ export function dataEncryptionKeyId(v: Luks2Volume): string {
 /**
  * Reads the header area and what the manifest records of it; a header that
  * does not name this volume is refused. One open and one read for ebsd's
- * layout (data at 16 MiB): the LUKS2 header is parsed from the area read,
+ * LUKS2 layout (data at 16 MiB; a larger offset takes a second read of the
+ * rest): the LUKS2 header is parsed from the area read,
  * so what is parsed and what is stored are the same bytes. `buffer(len)`
  * supplies the buffer to read into (SnapshotManager keeps a spare, so an
  * incremental does not allocate 16 MiB each time; docs/benchmarks.md,
@@ -47,6 +48,7 @@ export function dataEncryptionKeyId(v: Luks2Volume): string {
 export async function readImageHeader(v: VolumeForSnapshot, buffer: (len: number) => Buffer = (n) => Buffer.allocUnsafeSlow(n)): Promise<ImageHeaderInfo> {
   if (!v.encrypted) {
     const p = await readPlainImage(v.imagePath);
+    if (p.volumeId !== v.volumeId) throw new SnapshotError('SNAPSHOT_CORRUPT', `the image of ${v.volumeId} carries the header of ${p.volumeId}`);
     return { dataOffset: p.dataOffset, size: p.size, header: await readArea(v.imagePath, buffer(p.dataOffset)) };
   }
   const f = await openImageForRead(v.imagePath);
@@ -68,7 +70,9 @@ export async function readImageHeader(v: VolumeForSnapshot, buffer: (len: number
       area = whole;
     }
     return {
-      header: area.length === h.dataOffset ? area : area.subarray(0, h.dataOffset),
+      // A header area shorter than the read (a data offset below 16 MiB) gets a buffer of its own size, so
+      // nothing that keeps it (SnapshotManager's cache) keeps the whole read.
+      header: area.length === h.dataOffset ? area : Buffer.from(area.subarray(0, h.dataOffset)),
       dataOffset: h.dataOffset,
       size: h.size,
       wrappedKey: { ciphertextBlob: h.token.ciphertext_blob, keyArn: h.token.key_arn, encryptionContext: { ...h.token.encryption_context } },

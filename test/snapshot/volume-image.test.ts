@@ -2,10 +2,11 @@ import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { closeSync, openSync, readFileSync, symlinkSync, truncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { readImageHeader, dataEncryptionKeyId } from '../../src/snapshot/volume-image.js';
-import { readLuks2 } from '../../src/volume/luks2-header.js';
-import { LUKS2_DATA_OFFSET, LUKS2_HDR_SIZE } from '../../src/volume/luks2-json.js';
+import { createLuks2, readLuks2 } from '../../src/volume/luks2-header.js';
+import { buildLuks2Json, LUKS2_DATA_OFFSET, LUKS2_HDR_SIZE } from '../../src/volume/luks2-json.js';
+import { createPlainImage } from '../../src/volume/plain-image.js';
 import type { VolumeForSnapshot } from '../../src/volume/volume-manager.js';
-import { freshImage, VOL } from '../volume/helpers/image.js';
+import { freshImage, testToken, volumeKey, VOL } from '../volume/helpers/image.js';
 
 /**
  * readImageHeader parses the LUKS2 header from the same bytes it returns as
@@ -74,9 +75,42 @@ describe('readImageHeader', () => {
     await expect(readImageHeader(volume())).rejects.toMatchObject({ code: 'LUKS2_TRUNCATED' });
   });
 
-  test('refuses a symlink in place of the image', async () => {
+  test('refuses a symlink in place of the image (EC2 IncorrectState, as the data path refuses it)', async () => {
     const link = join(t.dir, 'link.img');
     symlinkSync(img, link);
-    await expect(readImageHeader(volume({ imagePath: link }))).rejects.toThrow(/symbolic link/);
+    await expect(readImageHeader(volume({ imagePath: link }))).rejects.toMatchObject({ code: 'VOLUME_INCORRECT_STATE', awsName: 'IncorrectState', message: expect.stringContaining('is a symbolic link') });
+  });
+
+  // cryptsetup's layouts are not all ebsd's: a header area shorter or longer than the 16 MiB first read.
+  for (const [label, dataOffset, keyslots] of [['4 MiB', 4 << 20, (4 << 20) - 2 * LUKS2_HDR_SIZE], ['32 MiB', 32 << 20, (16 << 20) - 2 * LUKS2_HDR_SIZE]] as const) {
+    test(`a data offset of ${label}: the header area is exactly [0, offset), in a buffer of its own`, async () => {
+      const path = join(t.dir, `o${dataOffset}.img`);
+      const json = buildLuks2Json({ size: SIZE, volumeKey: volumeKey(), token: testToken() });
+      json.segments['0']!.offset = String(dataOffset);
+      json.config.keyslots_size = String(keyslots);
+      await createLuks2(path, { json, size: SIZE, dataOffset, label: VOL });
+      const fd = openSync(path, 'r+');
+      writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, dataOffset); // data right after the header area: not part of it
+      closeSync(fd);
+      const h = await readImageHeader(volume({ imagePath: path }));
+      expect(h.dataOffset).toBe(dataOffset);
+      expect(h.header.length).toBe(dataOffset);
+      expect(h.header.buffer.byteLength, 'no view into a larger read').toBe(dataOffset);
+      expect(h.header.equals(readFileSync(path).subarray(0, dataOffset))).toBe(true);
+      expect(h.dataEncryptionKeyId).toBe(dataEncryptionKeyId((await readLuks2(path, { repair: false })).volume));
+    });
+  }
+
+  test('a plaintext image: its header area, and another volume\'s refused', async () => {
+    const path = join(t.dir, 'plain.img');
+    await createPlainImage(path, { volumeId: VOL, size: SIZE });
+    const h = await readImageHeader(volume({ imagePath: path, encrypted: false }));
+    expect(h.header.equals(readFileSync(path).subarray(0, h.dataOffset))).toBe(true);
+    expect(h.size).toBe(SIZE);
+    expect(h.wrappedKey).toBeUndefined();
+    await expect(readImageHeader(volume({ imagePath: path, encrypted: false, volumeId: 'vol-0fedcba9876543210' }))).rejects.toMatchObject({
+      code: 'SNAPSHOT_CORRUPT',
+      message: expect.stringContaining(`carries the header of ${VOL}`),
+    });
   });
 });
