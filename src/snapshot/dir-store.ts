@@ -19,6 +19,16 @@ import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
  * manifest that names it is written. A block read back is hashed before it
  * is handed out: a changed byte on disk is SNAPSHOT_CORRUPT, never data.
  */
+/** Block entries of the parsed completed manifests kept (~150 bytes each on the heap, and the text: ~30 MB). */
+const PARSED_BLOCKS_MAX = 128 * 1024;
+
+/** Freezes a parsed manifest and everything in it (JSON: objects and arrays only). */
+function deepFreeze(v: unknown): void {
+  if (typeof v !== 'object' || v === null || Object.isFrozen(v)) return;
+  for (const x of Object.values(v)) deepFreeze(x);
+  Object.freeze(v);
+}
+
 export class DirSnapshotStore implements CollectableStore {
   readonly location: string;
   /** The daemon's state-dir lock keeps other writers out (docs/architecture.md §13.4). */
@@ -26,6 +36,17 @@ export class DirSnapshotStore implements CollectableStore {
   private readonly blocksDir: string;
   private readonly manifestsDir: string;
   private packs!: PackSet;
+  /**
+   * Completed manifests as last parsed, with the text they were parsed from:
+   * a manifest read again with the same text is not parsed and checked again
+   * (the JSON parse and the check of every block hash were most of a read;
+   * docs/benchmarks.md, "Snapshots"). The text is read each time and compared
+   * whole, so an edit or a corruption from outside is seen at once, whatever
+   * the file's timestamps. Deep-frozen: every caller shares the object.
+   * Bounded by the blocks listed, the least recently read dropped first.
+   */
+  private readonly parsed = new Map<string, { text: string; m: SnapshotManifest; blocks: number }>();
+  private parsedBlocks = 0;
 
   private constructor(readonly dir: string) {
     this.location = `dir:${dir}`;
@@ -233,8 +254,28 @@ export class DirSnapshotStore implements CollectableStore {
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
     const p = this.manifestPath(snapshotId);
     const text = await this.readManifestText(p);
-    if (text === undefined) return undefined;
-    return parseManifest(p, snapshotId, text);
+    if (text === undefined) {
+      this.forgetParsed(snapshotId);
+      return undefined;
+    }
+    const hit = this.parsed.get(snapshotId);
+    if (hit?.text === text) {
+      this.parsed.delete(snapshotId);
+      this.parsed.set(snapshotId, hit);
+      return hit.m;
+    }
+    const m = parseManifest(p, snapshotId, text);
+    this.forgetParsed(snapshotId);
+    if (m.state !== 'completed' || m.blocks.length > PARSED_BLOCKS_MAX / 4) return m;
+    deepFreeze(m);
+    this.parsed.set(snapshotId, { text, m, blocks: m.blocks.length });
+    this.parsedBlocks += m.blocks.length;
+    for (const [k, v] of this.parsed) {
+      if (this.parsedBlocks <= PARSED_BLOCKS_MAX) break;
+      this.parsed.delete(k);
+      this.parsedBlocks -= v.blocks;
+    }
+    return m;
   }
 
   /** The manifest's text, its size checked before it is read (a manifest is replaced by rename, never grown in place). */
@@ -254,6 +295,13 @@ export class DirSnapshotStore implements CollectableStore {
     }
   }
 
+  private forgetParsed(snapshotId: string): void {
+    const old = this.parsed.get(snapshotId);
+    if (!old) return;
+    this.parsed.delete(snapshotId);
+    this.parsedBlocks -= old.blocks;
+  }
+
   async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
     const out: SnapshotManifest[] = [];
     for (const name of (await fsp.readdir(this.manifestsDir)).sort()) {
@@ -266,6 +314,7 @@ export class DirSnapshotStore implements CollectableStore {
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {
+    this.forgetParsed(snapshotId);
     await fsp.rm(this.manifestPath(snapshotId), { force: true });
     await fsyncDir(this.manifestsDir);
   }

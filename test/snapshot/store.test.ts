@@ -125,3 +125,50 @@ describe('DirSnapshotStore.touchBlock', () => {
     }
   });
 });
+
+describe('DirSnapshotStore: completed manifests parsed once', () => {
+  test('read again unchanged: the same deep-frozen object; rewritten, edited in place, corrupted or deleted: seen at once', async () => {
+    const dir = mkdtempSync('/tmp/ebsd-dirstore-');
+    try {
+      const root = join(dir, 'snapshots');
+      const s = await DirSnapshotStore.open(root);
+      const b = block(4096);
+      await s.putBlock(b.hash, b.data);
+      const id = snapId();
+      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'one' }));
+      const first = (await s.getManifest(id))!;
+      expect(await s.getManifest(id)).toBe(first);
+      expect((await s.listManifests()).find((m) => m.snapshotId === id)).toBe(first);
+      expect(Object.isFrozen(first) && Object.isFrozen(first.blocks) && Object.isFrozen(first.blocks[0]) && Object.isFrozen(first.tags)).toBe(true);
+      expect(() => (first.blocks as [number, string][]).push([1, b.hash])).toThrow(TypeError);
+
+      // putManifest replaces the file (rename): the new content, not the kept one.
+      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'two' }));
+      const second = (await s.getManifest(id))!;
+      expect(second.description).toBe('two');
+
+      // Edited in place from outside, same size, at once (timestamps may not move): the text is compared.
+      const path = join(root, 'manifests', `${id}.json`);
+      const text = readFileSync(path, 'utf8');
+      writeFileSync(path, text.replace('"description":"two"', '"description":"6wo"'));
+      expect((await s.getManifest(id))!.description).toBe('6wo');
+      // Corrupted in place: refused, never the kept good copy.
+      writeFileSync(path, text.slice(0, 40));
+      await expect(s.getManifest(id)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+
+      // A pending manifest is parsed each time (it changes), and not frozen.
+      const p = snapId();
+      await s.putManifest(manifest(p, [], { state: 'pending', progress: 0 }));
+      const pend = (await s.getManifest(p))!;
+      expect(await s.getManifest(p)).not.toBe(pend);
+      expect(Object.isFrozen(pend)).toBe(false);
+
+      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'three' }));
+      expect((await s.getManifest(id))!.description).toBe('three');
+      await s.deleteManifest(id);
+      expect(await s.getManifest(id)).toBeUndefined();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
