@@ -19,14 +19,29 @@ import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
  * manifest that names it is written. A block read back is hashed before it
  * is handed out: a changed byte on disk is SNAPSHOT_CORRUPT, never data.
  */
-/** Block entries of the parsed completed manifests kept (~150 bytes each on the heap, and the text: ~30 MB). */
-const PARSED_BLOCKS_MAX = 128 * 1024;
+/**
+ * Bytes of completed manifests kept parsed, counted as 3 × their text (the
+ * text itself, and the objects parsed from it: ~150 bytes on the heap per
+ * listed block against ~75 of text); a manifest over a quarter of it is not kept.
+ */
+export const KEPT_MANIFEST_BYTES = 32 * 1024 * 1024;
 
-/** Freezes a parsed manifest and everything in it (JSON: objects and arrays only). */
-function deepFreeze(v: unknown): void {
-  if (typeof v !== 'object' || v === null || Object.isFrozen(v)) return;
-  for (const x of Object.values(v)) deepFreeze(x);
-  Object.freeze(v);
+/**
+ * Freezes what a parsed manifest holds that a caller could change: the
+ * manifest, its blocks and their entries, tags, the wrapped key and its
+ * context. Fields parseManifest does not know stay as they are (only the
+ * known ones are walked, so no depth of nesting can overflow the stack).
+ */
+function freezeManifest(m: SnapshotManifest): void {
+  for (const b of m.blocks) Object.freeze(b);
+  Object.freeze(m.blocks);
+  for (const t of m.tags) Object.freeze(t);
+  Object.freeze(m.tags);
+  if (m.wrappedKey) {
+    Object.freeze(m.wrappedKey.encryptionContext);
+    Object.freeze(m.wrappedKey);
+  }
+  Object.freeze(m);
 }
 
 export class DirSnapshotStore implements CollectableStore {
@@ -42,13 +57,15 @@ export class DirSnapshotStore implements CollectableStore {
    * (the JSON parse and the check of every block hash were most of a read;
    * docs/benchmarks.md, "Snapshots"). The text is read each time and compared
    * whole, so an edit or a corruption from outside is seen at once, whatever
-   * the file's timestamps. Deep-frozen: every caller shares the object.
-   * Bounded by the blocks listed, the least recently read dropped first.
+   * the file's timestamps. Frozen (freezeManifest): every caller shares the
+   * object. Bounded in bytes (KEPT_MANIFEST_BYTES), least recently read out.
    */
-  private readonly parsed = new Map<string, { text: string; m: SnapshotManifest; blocks: number }>();
-  private parsedBlocks = 0;
+  private readonly parsed = new Map<string, { text: string; m: SnapshotManifest; bytes: number }>();
+  private parsedBytes = 0;
+  private readonly keptBytesMax: number;
 
-  private constructor(readonly dir: string) {
+  private constructor(readonly dir: string, keptManifestBytes = KEPT_MANIFEST_BYTES) {
+    this.keptBytesMax = keptManifestBytes;
     this.location = `dir:${dir}`;
     this.blocksDir = join(dir, 'blocks');
     this.manifestsDir = join(dir, 'manifests');
@@ -59,8 +76,8 @@ export class DirSnapshotStore implements CollectableStore {
    * files interrupted writes left (a crash between temp and rename): only
    * while nothing else writes to `dir`, as under the daemon's state-dir lock.
    */
-  static async open(dir: string, opts: { removeTemps?: boolean } = {}): Promise<DirSnapshotStore> {
-    const s = new DirSnapshotStore(dir);
+  static async open(dir: string, opts: { removeTemps?: boolean; keptManifestBytes?: number } = {}): Promise<DirSnapshotStore> {
+    const s = new DirSnapshotStore(dir, opts.keptManifestBytes);
     await fsp.mkdir(s.blocksDir, { recursive: true, mode: 0o700 });
     await fsp.mkdir(s.manifestsDir, { recursive: true, mode: 0o700 });
     if (opts.removeTemps) {
@@ -264,16 +281,17 @@ export class DirSnapshotStore implements CollectableStore {
       this.parsed.set(snapshotId, hit);
       return hit.m;
     }
-    const m = parseManifest(p, snapshotId, text);
     this.forgetParsed(snapshotId);
-    if (m.state !== 'completed' || m.blocks.length > PARSED_BLOCKS_MAX / 4) return m;
-    deepFreeze(m);
-    this.parsed.set(snapshotId, { text, m, blocks: m.blocks.length });
-    this.parsedBlocks += m.blocks.length;
+    const m = parseManifest(p, snapshotId, text);
+    const bytes = 3 * text.length;
+    if (m.state !== 'completed' || bytes > this.keptBytesMax / 4) return m;
+    freezeManifest(m);
+    this.parsed.set(snapshotId, { text, m, bytes });
+    this.parsedBytes += bytes;
     for (const [k, v] of this.parsed) {
-      if (this.parsedBlocks <= PARSED_BLOCKS_MAX) break;
+      if (this.parsedBytes <= this.keptBytesMax) break;
       this.parsed.delete(k);
-      this.parsedBlocks -= v.blocks;
+      this.parsedBytes -= v.bytes;
     }
     return m;
   }
@@ -299,7 +317,7 @@ export class DirSnapshotStore implements CollectableStore {
     const old = this.parsed.get(snapshotId);
     if (!old) return;
     this.parsed.delete(snapshotId);
-    this.parsedBlocks -= old.blocks;
+    this.parsedBytes -= old.bytes;
   }
 
   async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {

@@ -104,7 +104,12 @@ export interface SnapshotStore {
   listBlocks(): AsyncIterable<BlockHash>;
   /** Replaces the manifest atomically (readers see the old or the new one), durable when it resolves. */
   putManifest(m: SnapshotManifest): Promise<void>;
-  /** undefined when absent. */
+  /**
+   * undefined when absent. Read-only for the caller, like listManifests'
+   * results: the directory store hands out one shared, frozen object per
+   * completed manifest (dir-store.ts), so a change throws; build a new one
+   * (spread, structuredClone) to alter it.
+   */
   getManifest(snapshotId: string): Promise<SnapshotManifest | undefined>;
   /**
    * Every manifest. One that cannot be read (SNAPSHOT_CORRUPT) throws, so the

@@ -135,12 +135,14 @@ describe('DirSnapshotStore: completed manifests parsed once', () => {
       const b = block(4096);
       await s.putBlock(b.hash, b.data);
       const id = snapId();
-      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'one' }));
+      const wrappedKey = { ciphertextBlob: Buffer.from('blob').toString('base64'), keyArn: 'arn:aws:kms:us-east-1:123456789012:key/00000000-0000-4000-8000-000000000000', encryptionContext: { 'aws:ebs:id': 'vol-0123456789abcdef0' } };
+      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'one', tags: [{ Key: 'k', Value: 'v' }], wrappedKey }));
       const first = (await s.getManifest(id))!;
       expect(await s.getManifest(id)).toBe(first);
       expect((await s.listManifests()).find((m) => m.snapshotId === id)).toBe(first);
-      expect(Object.isFrozen(first) && Object.isFrozen(first.blocks) && Object.isFrozen(first.blocks[0]) && Object.isFrozen(first.tags)).toBe(true);
+      for (const part of [first, first.blocks, first.blocks[0], first.tags, first.tags[0], first.wrappedKey, first.wrappedKey!.encryptionContext]) expect(Object.isFrozen(part)).toBe(true);
       expect(() => (first.blocks as [number, string][]).push([1, b.hash])).toThrow(TypeError);
+      expect(() => ((first.wrappedKey!.encryptionContext as Record<string, string>).x = 'y')).toThrow(TypeError);
 
       // putManifest replaces the file (rename): the new content, not the kept one.
       await s.putManifest(manifest(id, [[0, b.hash]], { description: 'two' }));
@@ -163,10 +165,45 @@ describe('DirSnapshotStore: completed manifests parsed once', () => {
       expect(await s.getManifest(p)).not.toBe(pend);
       expect(Object.isFrozen(pend)).toBe(false);
 
+      // An error manifest is not kept either.
+      const e = snapId();
+      await s.putManifest(manifest(e, [], { state: 'error', progress: 0, stateMessage: 'failed' }));
+      expect(await s.getManifest(e)).not.toBe(await s.getManifest(e));
+
       await s.putManifest(manifest(id, [[0, b.hash]], { description: 'three' }));
-      expect((await s.getManifest(id))!.description).toBe('three');
+      const third = (await s.getManifest(id))!;
+      expect(third.description).toBe('three');
       await s.deleteManifest(id);
       expect(await s.getManifest(id)).toBeUndefined();
+      // Put again with the very same text: a new object, the kept one went with the delete.
+      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'three' }));
+      expect(await s.getManifest(id)).not.toBe(third);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('DirSnapshotStore: the kept manifests are bounded in bytes', () => {
+  test('the least recently read goes first; one over a quarter of the bound is never kept', async () => {
+    const dir = mkdtempSync('/tmp/ebsd-dirstore-');
+    try {
+      const root = join(dir, 'snapshots');
+      const b = block(4096);
+      const ids = Array.from({ length: 5 }, () => snapId());
+      const one = JSON.stringify(manifest(ids[0]!, [[0, b.hash]])).length + 1;
+      // Room for four (each counted 3 × its text), a quarter of it for one.
+      const s = await DirSnapshotStore.open(root, { keptManifestBytes: 4 * 3 * one + 10 });
+      await s.putBlock(b.hash, b.data);
+      for (const id of ids) await s.putManifest(manifest(id, [[0, b.hash]]));
+      const got = [];
+      for (const id of ids) got.push((await s.getManifest(id))!);
+      expect(await s.getManifest(ids[4]!)).toBe(got[4]);
+      expect(await s.getManifest(ids[1]!)).toBe(got[1]);
+      expect(await s.getManifest(ids[0]!), 'the first read, pushed out by the fifth').not.toBe(got[0]);
+      const big = snapId();
+      await s.putManifest(manifest(big, Array.from({ length: 40 }, (_, i) => [i, b.hash] as [number, string]), { volumeSize: 1 }));
+      expect(await s.getManifest(big)).not.toBe(await s.getManifest(big));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
