@@ -13,6 +13,7 @@ import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { manifestHashes } from '../../src/snapshot/manifest-check.js';
 import { block, manifest, runSnapshotStoreSuite, sha256, snapId } from './store-suite.js';
+import { tempDirPerTest } from '../helpers/temp-dir.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
 
 runSnapshotStoreSuite('DirSnapshotStore', async () => {
@@ -127,85 +128,79 @@ describe('DirSnapshotStore.touchBlock', () => {
 });
 
 describe('DirSnapshotStore: completed manifests parsed once', () => {
-  test('read again unchanged: the same deep-frozen object; rewritten, edited in place, corrupted or deleted: seen at once', async () => {
-    const dir = mkdtempSync('/tmp/ebsd-dirstore-');
-    try {
-      const root = join(dir, 'snapshots');
-      const s = await DirSnapshotStore.open(root);
-      const b = block(4096);
-      await s.putBlock(b.hash, b.data);
-      const id = snapId();
-      const wrappedKey = { ciphertextBlob: Buffer.from('blob').toString('base64'), keyArn: 'arn:aws:kms:us-east-1:123456789012:key/00000000-0000-4000-8000-000000000000', encryptionContext: { 'aws:ebs:id': 'vol-0123456789abcdef0' } };
-      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'one', tags: [{ Key: 'k', Value: 'v' }], wrappedKey }));
-      const first = (await s.getManifest(id))!;
-      expect(await s.getManifest(id)).toBe(first);
-      expect((await s.listManifests()).find((m) => m.snapshotId === id)).toBe(first);
-      for (const part of [first, first.blocks, first.blocks[0], first.tags, first.tags[0], first.wrappedKey, first.wrappedKey!.encryptionContext]) expect(Object.isFrozen(part)).toBe(true);
-      expect(() => (first.blocks as [number, string][]).push([1, b.hash])).toThrow(TypeError);
-      expect(() => ((first.wrappedKey!.encryptionContext as Record<string, string>).x = 'y')).toThrow(TypeError);
+  const tmp = tempDirPerTest('ebsd-dirstore-');
+  test('read again unchanged: the same frozen object; rewritten, edited in place, corrupted or deleted: seen at once', async () => {
+    const dir = tmp();
+    const root = join(dir, 'snapshots');
+    const s = await DirSnapshotStore.open(root);
+    const b = block(4096);
+    await s.putBlock(b.hash, b.data);
+    const id = snapId();
+    const wrappedKey = { ciphertextBlob: Buffer.from('blob').toString('base64'), keyArn: 'arn:aws:kms:us-east-1:123456789012:key/00000000-0000-4000-8000-000000000000', encryptionContext: { 'aws:ebs:id': 'vol-0123456789abcdef0' } };
+    await s.putManifest(manifest(id, [[0, b.hash]], { description: 'one', tags: [{ Key: 'k', Value: 'v' }], wrappedKey }));
+    const first = (await s.getManifest(id))!;
+    expect(await s.getManifest(id)).toBe(first);
+    expect((await s.listManifests()).find((m) => m.snapshotId === id)).toBe(first);
+    for (const part of [first, first.blocks, first.blocks[0], first.tags, first.tags[0], first.wrappedKey, first.wrappedKey!.encryptionContext]) expect(Object.isFrozen(part)).toBe(true);
+    expect(() => (first.blocks as [number, string][]).push([1, b.hash])).toThrow(TypeError);
+    expect(() => ((first.wrappedKey!.encryptionContext as Record<string, string>).x = 'y')).toThrow(TypeError);
 
-      // putManifest replaces the file (rename): the new content, not the kept one.
-      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'two' }));
-      const second = (await s.getManifest(id))!;
-      expect(second.description).toBe('two');
+    // putManifest replaces the file (rename): the new content, not the kept one.
+    await s.putManifest(manifest(id, [[0, b.hash]], { description: 'two' }));
+    const second = (await s.getManifest(id))!;
+    expect(second.description).toBe('two');
 
-      // Edited in place from outside, same size, at once (timestamps may not move): the text is compared.
-      const path = join(root, 'manifests', `${id}.json`);
-      const text = readFileSync(path, 'utf8');
-      writeFileSync(path, text.replace('"description":"two"', '"description":"6wo"'));
-      expect((await s.getManifest(id))!.description).toBe('6wo');
-      // Corrupted in place: refused, never the kept good copy.
-      writeFileSync(path, text.slice(0, 40));
-      await expect(s.getManifest(id)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+    // Edited in place from outside, same size, at once (timestamps may not move): the text is compared.
+    const path = join(root, 'manifests', `${id}.json`);
+    const text = readFileSync(path, 'utf8');
+    writeFileSync(path, text.replace('"description":"two"', '"description":"6wo"'));
+    expect((await s.getManifest(id))!.description).toBe('6wo');
+    // Corrupted in place: refused, never the kept good copy.
+    writeFileSync(path, text.slice(0, 40));
+    await expect(s.getManifest(id)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
 
-      // A pending manifest is parsed each time (it changes), and not frozen.
-      const p = snapId();
-      await s.putManifest(manifest(p, [], { state: 'pending', progress: 0 }));
-      const pend = (await s.getManifest(p))!;
-      expect(await s.getManifest(p)).not.toBe(pend);
-      expect(Object.isFrozen(pend)).toBe(false);
+    // A pending manifest is parsed each time (it changes), and not frozen.
+    const p = snapId();
+    await s.putManifest(manifest(p, [], { state: 'pending', progress: 0 }));
+    const pend = (await s.getManifest(p))!;
+    expect(await s.getManifest(p)).not.toBe(pend);
+    expect(Object.isFrozen(pend)).toBe(false);
 
-      // An error manifest is not kept either.
-      const e = snapId();
-      await s.putManifest(manifest(e, [], { state: 'error', progress: 0, stateMessage: 'failed' }));
-      expect(await s.getManifest(e)).not.toBe(await s.getManifest(e));
+    // An error manifest is not kept either.
+    const e = snapId();
+    await s.putManifest(manifest(e, [], { state: 'error', progress: 0, stateMessage: 'failed' }));
+    expect(await s.getManifest(e)).not.toBe(await s.getManifest(e));
 
-      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'three' }));
-      const third = (await s.getManifest(id))!;
-      expect(third.description).toBe('three');
-      await s.deleteManifest(id);
-      expect(await s.getManifest(id)).toBeUndefined();
-      // Put again with the very same text: a new object, the kept one went with the delete.
-      await s.putManifest(manifest(id, [[0, b.hash]], { description: 'three' }));
-      expect(await s.getManifest(id)).not.toBe(third);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    await s.putManifest(manifest(id, [[0, b.hash]], { description: 'three' }));
+    const third = (await s.getManifest(id))!;
+    expect(third.description).toBe('three');
+    await s.deleteManifest(id);
+    expect(await s.getManifest(id)).toBeUndefined();
+    // Put again with the very same text: a new object, the kept one went with the delete.
+    await s.putManifest(manifest(id, [[0, b.hash]], { description: 'three' }));
+    expect(await s.getManifest(id)).not.toBe(third);
   });
 });
 
 describe('DirSnapshotStore: the kept manifests are bounded in bytes', () => {
+  const tmp = tempDirPerTest('ebsd-dirstore-');
   test('the least recently read goes first; one over a quarter of the bound is never kept', async () => {
-    const dir = mkdtempSync('/tmp/ebsd-dirstore-');
-    try {
-      const root = join(dir, 'snapshots');
-      const b = block(4096);
-      const ids = Array.from({ length: 5 }, () => snapId());
-      const one = JSON.stringify(manifest(ids[0]!, [[0, b.hash]])).length + 1;
-      // Room for four (each counted 3 × its text), a quarter of it for one.
-      const s = await DirSnapshotStore.open(root, { keptManifestBytes: 4 * 3 * one + 10 });
-      await s.putBlock(b.hash, b.data);
-      for (const id of ids) await s.putManifest(manifest(id, [[0, b.hash]]));
-      const got = [];
-      for (const id of ids) got.push((await s.getManifest(id))!);
-      expect(await s.getManifest(ids[4]!)).toBe(got[4]);
-      expect(await s.getManifest(ids[1]!)).toBe(got[1]);
-      expect(await s.getManifest(ids[0]!), 'the first read, pushed out by the fifth').not.toBe(got[0]);
-      const big = snapId();
-      await s.putManifest(manifest(big, Array.from({ length: 40 }, (_, i) => [i, b.hash] as [number, string]), { volumeSize: 1 }));
-      expect(await s.getManifest(big)).not.toBe(await s.getManifest(big));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const dir = tmp();
+    const root = join(dir, 'snapshots');
+    const b = block(4096);
+    const ids = Array.from({ length: 5 }, () => snapId());
+    const one = JSON.stringify(manifest(ids[0]!, [[0, b.hash]])).length + 1;
+    // Room for four (each counted 3 × its text), a quarter of it for one.
+    const s = await DirSnapshotStore.open(root, { keptManifestBytes: 4 * 3 * one + 10 });
+    await s.putBlock(b.hash, b.data);
+    for (const id of ids) await s.putManifest(manifest(id, [[0, b.hash]]));
+    const got = [];
+    for (const id of ids) got.push((await s.getManifest(id))!);
+    expect(await s.getManifest(ids[4]!)).toBe(got[4]);
+    expect(await s.getManifest(ids[1]!)).toBe(got[1]);
+    expect(await s.getManifest(ids[0]!), 'the first read, pushed out by the fifth').not.toBe(got[0]);
+    const big = snapId();
+    await s.putManifest(manifest(big, Array.from({ length: 40 }, (_, i) => [i, b.hash] as [number, string]), { volumeSize: 1 }));
+    expect(await s.getManifest(big)).not.toBe(await s.getManifest(big));
   });
 });
