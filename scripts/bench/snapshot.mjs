@@ -8,7 +8,8 @@
 //      stored block equals the image's ciphertext (docs/architecture.md §11.14);
 //   2. incremental snapshot after 1 % of the blocks were rewritten, against the full one
 //      (both as the client sees them, polling every 10 ms, and as the daemon measures them:
-//      from the request to the completed manifest durable, its log's split);
+//      from CreateSnapshot reaching the snapshot manager to the completed manifest durable,
+//      its log's split, each part rounded to 1 ms);
 //   3. fio 4 KiB random write IOPS on the volume file while full snapshots run back to back,
 //      against fio alone (--runs pairs, alternating, medians), and how long those snapshots
 //      take against one on the idle volume (the copier yields to writes: cow-pacer.ts).
@@ -166,13 +167,16 @@ try {
   const idleFullMs = first.ms;
 
   // 1. full snapshot vs cp (and cp + sync), alternating.
-  // The daemon's own measure of each snapshot, from the request's arrival to its completed manifest
-  // durable (the four parts of its "snapshot completed" line): without the client's round trip and
+  // The daemon's own measure of each snapshot, from CreateSnapshot reaching the snapshot manager to
+  // its completed manifest durable (the four parts of its "snapshot completed" line): without the client's round trip and
   // the 10 ms poll that the figures above include. (The manifest's completionTime is stamped before
   // that last write, so it would leave out 4-10 ms.)
   const recorded = (id) => {
     const l = completedLog(id);
-    return l.startMs + l.copyMs + l.durableMs + l.manifestMs;
+    const ms = l.startMs + l.copyMs + l.durableMs + l.manifestMs;
+    // A missing line or field would be NaN, which sorts anywhere in a median: stop instead.
+    if (!Number.isFinite(ms)) throw new Error(`no complete "snapshot completed" line for ${id} in ${me.logPath}`);
+    return ms;
   };
   const full = [];
   const cp = [];
@@ -330,7 +334,7 @@ try {
       console.log(`cp of the image     ${res.cpMs} ms (${mibs(res.cpMs)} MiB/s)   snapshot/cp throughput ${res.fullVsCp}x (goal >= 0.8x)`);
       console.log(`cp + sync           ${res.cpSyncMs} ms (${mibs(res.cpSyncMs)} MiB/s)   snapshot/(cp+sync) ${res.fullVsCpSync}x`);
       console.log(`incremental (1 %)   ${res.incrementalMs} ms   = ${(res.incrementalVsFull * 100).toFixed(1)} % of full (goal <= 5 %)`);
-      console.log(`  as the daemon measures them (request to completed manifest durable): full ${res.fullRecordedMs} ms, incremental ${res.incrementalRecordedMs} ms = ${(res.incrementalRecordedVsFull * 100).toFixed(1)} % of full`);
+      console.log(`  as the daemon measures them (CreateSnapshot to completed manifest durable): full ${res.fullRecordedMs} ms, incremental ${res.incrementalRecordedMs} ms = ${(res.incrementalRecordedVsFull * 100).toFixed(1)} % of full`);
       console.log(`  daemon's split     full ${JSON.stringify(res.fullSplit)}; incremental ${JSON.stringify(res.incrementalSplit)}`);
     }
     if (!SKIP_FIO) {

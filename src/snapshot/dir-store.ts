@@ -24,7 +24,7 @@ import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
  * text itself, and the objects parsed from it: ~150 bytes on the heap per
  * listed block against ~75 of text); a manifest over a quarter of it is not kept.
  */
-export const KEPT_MANIFEST_BYTES = 32 * 1024 * 1024;
+const KEPT_MANIFEST_BYTES = 32 * 1024 * 1024;
 
 /**
  * Freezes what a parsed manifest holds that a caller could change: the

@@ -120,7 +120,9 @@ export class SnapshotManager {
   private readonly headerCache = new Map<string, { bytes: Buffer; hash: BlockHash }>();
   /**
    * One header-area buffer whose bytes nobody needs any more (headerHash), for
-   * the next header read: with the cache, at most 5 × 16 MiB outside the heap.
+   * the next header read: kept between snapshots, with the cache at most five
+   * header areas (16 MiB each in ebsd's layout) outside the heap. A read that
+   * fails, or one of another size, simply leaves it to be allocated again.
    */
   private spareHeader: Buffer | undefined;
   private readonly cowMemory: CowMemory;

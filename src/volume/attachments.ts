@@ -306,7 +306,10 @@ export class Attachments {
     await this.keyCheck?.stop();
     for (const [id, att] of this.live) {
       await this.mutex.run(id, async () => {
-        await this.hide(id, { force: true }).catch((err) => this.log.warn({ volumeId: id, err: errInfo(err) }, 'could not hide the volume file'));
+        await this.hide(id, { force: true }).then(
+          () => this.log.debug({ volumeId: id }, 'volume file hidden for shutdown'),
+          (err) => this.log.warn({ volumeId: id, err: errInfo(err) }, 'could not hide the volume file'),
+        );
         const err = await this.teardown(att);
         if (err) this.log.error({ volumeId: id, err: errInfo(err) }, 'flush at shutdown failed');
       });

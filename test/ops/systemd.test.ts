@@ -20,9 +20,9 @@ addr, probe, mount = sys.argv[1], sys.argv[2], sys.argv[3]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 s.bind('\0' + addr[1:] if addr.startswith('@') else addr)
-# Real-time, so the probe runs the moment a datagram arrives, not when a loaded 2-core machine
-# next schedules us: the daemon goes on with its shutdown right after STOPPING=1, and a late
-# probe would see the drain it is there to rule out. Tests run as root; without the right, as before.
+# Real-time, so the mount table is read the moment a datagram arrives, not when a loaded 2-core
+# machine next schedules us: the daemon goes on with its shutdown right after STOPPING=1.
+# Tests run as root; without the right, as before.
 try:
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 except (PermissionError, AttributeError):
@@ -168,7 +168,7 @@ describe('sd_notify protocol of the daemon', () => {
     await listener.start(address, env.file(vol));
     process.env.NOTIFY_SOCKET = address; // inherited by the daemon child only for this start
     try {
-      await env.start();
+      await env.start(['--log-level', 'debug']);
     } finally {
       delete process.env.NOTIFY_SOCKET;
     }
@@ -190,6 +190,12 @@ describe('sd_notify protocol of the daemon', () => {
     // wait for (it drains right after sending), so that is not asserted here.
     expect(stopping.mounted).toBe(true);
     expect(ready.mounted).toBe(true);
+    // And the order in the daemon's own log: STOPPING=1 sent (the helper exited) before the volume file went.
+    const lines = env.daemonLog().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg?: string; message?: string; volumeId?: string });
+    const sent = lines.findIndex((l) => l.msg === 'sd_notify sent' && l.message === 'STOPPING=1');
+    const hidden = lines.findIndex((l) => l.msg === 'volume file hidden for shutdown' && l.volumeId === vol);
+    expect(sent).toBeGreaterThanOrEqual(0);
+    expect(hidden).toBeGreaterThan(sent);
     expect(listener.notices.indexOf(stopping)).toBeGreaterThan(listener.notices.indexOf(ready));
   });
 });
