@@ -148,6 +148,18 @@ try {
     return line ? JSON.parse(line) : {};
   };
 
+  // The daemon's own measure of each snapshot, from CreateSnapshot reaching the snapshot manager to
+  // its completed manifest durable (the four parts of its "snapshot completed" line): without the client's round trip and
+  // the 10 ms poll that the client-side figures include. (The manifest's completionTime is stamped before
+  // that last write, so it would leave out 4-10 ms.)
+  const recorded = (id) => {
+    const l = completedLog(id);
+    const ms = l.startMs + l.copyMs + l.durableMs + l.manifestMs;
+    // A missing line or field would be NaN, which sorts anywhere in a median: stop instead.
+    if (!Number.isFinite(ms)) throw new Error(`no complete "snapshot completed" line for ${id} in ${me.logPath}`);
+    return ms;
+  };
+
   // Correctness first (each build): every block of a full snapshot is the image's ciphertext.
   let first;
   for (const b of builds) {
@@ -167,17 +179,6 @@ try {
   const idleFullMs = first.ms;
 
   // 1. full snapshot vs cp (and cp + sync), alternating.
-  // The daemon's own measure of each snapshot, from CreateSnapshot reaching the snapshot manager to
-  // its completed manifest durable (the four parts of its "snapshot completed" line): without the client's round trip and
-  // the 10 ms poll that the figures above include. (The manifest's completionTime is stamped before
-  // that last write, so it would leave out 4-10 ms.)
-  const recorded = (id) => {
-    const l = completedLog(id);
-    const ms = l.startMs + l.copyMs + l.durableMs + l.manifestMs;
-    // A missing line or field would be NaN, which sorts anywhere in a median: stop instead.
-    if (!Number.isFinite(ms)) throw new Error(`no complete "snapshot completed" line for ${id} in ${me.logPath}`);
-    return ms;
-  };
   const full = [];
   const cp = [];
   const cpSync = [];

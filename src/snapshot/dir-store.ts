@@ -9,17 +9,6 @@ import { PackSet, sha256Hex } from './pack-store.js';
 import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
 
 /**
- * The default SnapshotStore: a directory (`<state>/snapshots`) holding
- * `blocks/<2 hex>/<sha256>` (putBlock: one file per block),
- * `packs/<id>.pack` + `packs/<id>.idx` (openBlockBatch: a snapshot's blocks
- * in one file, src/snapshot/pack-store.ts) and `manifests/<snap-id>.json`
- * (docs/architecture.md §13, §13.4). Every block file, index and manifest is
- * written with atomicWrite (temp, fsync, rename, fsync dir), so a crash
- * leaves an object whole or absent, and a block is durable before any
- * manifest that names it is written. A block read back is hashed before it
- * is handed out: a changed byte on disk is SNAPSHOT_CORRUPT, never data.
- */
-/**
  * Bytes of completed manifests kept parsed, counted as 3 × their text (the
  * text itself, and the objects parsed from it: ~150 bytes on the heap per
  * listed block against ~75 of text); a manifest over a quarter of it is not kept.
@@ -44,6 +33,17 @@ function freezeManifest(m: SnapshotManifest): void {
   Object.freeze(m);
 }
 
+/**
+ * The default SnapshotStore: a directory (`<state>/snapshots`) holding
+ * `blocks/<2 hex>/<sha256>` (putBlock: one file per block),
+ * `packs/<id>.pack` + `packs/<id>.idx` (openBlockBatch: a snapshot's blocks
+ * in one file, src/snapshot/pack-store.ts) and `manifests/<snap-id>.json`
+ * (docs/architecture.md §13, §13.4). Every block file, index and manifest is
+ * written with atomicWrite (temp, fsync, rename, fsync dir), so a crash
+ * leaves an object whole or absent, and a block is durable before any
+ * manifest that names it is written. A block read back is hashed before it
+ * is handed out: a changed byte on disk is SNAPSHOT_CORRUPT, never data.
+ */
 export class DirSnapshotStore implements CollectableStore {
   readonly location: string;
   /** The daemon's state-dir lock keeps other writers out (docs/architecture.md §13.4). */

@@ -7,7 +7,6 @@ import type { Caller } from '../kms/types.js';
 import type { BlockDevice } from '../volume/types.js';
 import type { SnapshotSource } from '../volume/write-gate.js';
 import type { VolumeForSnapshot } from '../volume/volume-manager.js';
-import { LUKS2_DATA_OFFSET } from '../volume/luks2-json.js';
 import { silentLogger } from '../util/logger.js';
 import { faultPoint } from '../util/fault-point.js';
 import { KeyedMutex } from '../util/lock.js';
@@ -480,14 +479,15 @@ export class SnapshotManager {
    * byte comparison is exact and costs a memcmp, where SHA-256 of 16 MiB
    * costs tens of milliseconds of a core (docs/benchmarks.md, "Snapshots").
    * Returns the bytes to store: the cached ones when equal, and `header`,
-   * which nothing else holds then, becomes the spare the next read fills.
+   * which nothing else holds then, becomes the spare the next read of its
+   * size fills (when it owns its memory, not a view into a larger buffer).
    */
   private async headerHash(volumeId: string, header: Buffer): Promise<{ hash: BlockHash; bytes: Buffer }> {
     const c = this.headerCache.get(volumeId);
     if (c && c.bytes.equals(header)) {
       this.headerCache.delete(volumeId);
       this.headerCache.set(volumeId, c);
-      if (header !== c.bytes && header.length === LUKS2_DATA_OFFSET && header.buffer.byteLength === LUKS2_DATA_OFFSET) this.spareHeader = header;
+      if (header !== c.bytes && header.byteOffset === 0 && header.length === header.buffer.byteLength) this.spareHeader = header;
       return { hash: c.hash, bytes: c.bytes };
     }
     const hash = await sha256HexOffLoop(header);
