@@ -133,10 +133,14 @@ export class EbsApi {
     throw validation('INVALID_PARAMETER_VALUE', `unknown EBS direct operation ${op.slice(0, 64)}`);
   }
 
-  /** ebs:<Operation> on each snapshot the request names (StartSnapshot: on snapshot/*, with the request's tags). */
+  /**
+   * ebs:<Operation> on each snapshot the request names (StartSnapshot: on
+   * snapshot/*, with the request's tags; tags given also need ec2:CreateTags
+   * with ec2:CreateAction = StartSnapshot, as AWS authorizes StartSnapshot).
+   */
   private async _authorize(op: string, input: Record<string, unknown>, snaps: string[], caller: Caller, peer: { requestId: string; uid?: number }): Promise<void> {
     const action = `ebs:${op}`;
-    const targets: { resource: string; ctx: Map<string, ContextValue> }[] = [];
+    const targets: { action: string; resource: string; ctx: Map<string, ContextValue> }[] = [];
     if (op === 'StartSnapshot') {
       const ctx = this._common();
       const tags = (input.Tags as { Key: string; Value: string }[] | undefined) ?? [];
@@ -145,17 +149,24 @@ export class EbsApi {
       if (typeof input.Description === 'string') ctx.set('ebs:Description', input.Description);
       if (typeof input.ParentSnapshotId === 'string') ctx.set('ebs:ParentSnapshot', this.snapshotArn(input.ParentSnapshotId));
       ctx.set('ebs:VolumeSize', String(input.VolumeSize));
-      targets.push({ resource: this.snapshotArn('*'), ctx });
+      targets.push({ action, resource: this.snapshotArn('*'), ctx });
+      if (tags.length) {
+        const tagCtx = this._common();
+        for (const t of tags) tagCtx.set(`aws:RequestTag/${t.Key}`, t.Value);
+        tagCtx.set('aws:TagKeys', tags.map((t) => t.Key));
+        tagCtx.set('ec2:CreateAction', 'StartSnapshot');
+        targets.push({ action: 'ec2:CreateTags', resource: this.snapshotArn('*'), ctx: tagCtx });
+      }
     }
     for (const id of snaps) {
       if (op === 'StartSnapshot') continue;
       const ctx = this._common();
       // A snapshot that does not exist is judged on its id alone: refused callers learn nothing of it.
       for (const t of (await this.o.manifest(id).catch(() => undefined))?.tags ?? []) ctx.set(`aws:ResourceTag/${t.Key}`, t.Value);
-      targets.push({ resource: this.snapshotArn(id), ctx });
+      targets.push({ action, resource: this.snapshotArn(id), ctx });
     }
     for (const t of targets) {
-      const d = this.o.evaluator.evaluate({ action, caller, resource: t.resource, context: t.ctx });
+      const d = this.o.evaluator.evaluate({ action: t.action, caller, resource: t.resource, context: t.ctx });
       if (d.allowed) continue;
       const snap = t.resource.slice(t.resource.lastIndexOf('/') + 1);
       await this.o.audit.appendRefusal(refusalKey(peer.uid, SOURCE, op, `ebs-policy:${snap}`), () => {

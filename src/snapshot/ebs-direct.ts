@@ -111,13 +111,14 @@ interface Pending {
   /** Blocks written to this snapshot: index -> SHA-256 of the plaintext (the caller's Checksum). */
   written: Map<number, Buffer>;
   inflight: Set<number>;
+  /** StartSnapshot's Timeout, in ms: the snapshot becomes `error` this long after its start or its last block put without CompleteSnapshot. */
+  timeoutMs: number;
+  /** When the Timeout runs out: its start, then every block put, moves it on. */
   deadline: number;
   /** Pin on the header, released when the snapshot completes or fails. */
   headerPin?: BlockPin;
   /** Pin on each index's block written here: one per index, the old one released when the index is written again. */
   pins: Map<number, BlockPin>;
-  /** The StartSnapshot ClientToken, forgotten with the snapshot. */
-  clientToken?: string;
   /** Blocks were put since the pending manifest was last written. */
   dirty: boolean;
   /** The scheduled save of the pending manifest, while dirty. */
@@ -133,8 +134,10 @@ export class EbsDirect {
   /**
    * StartSnapshot idempotency: ClientToken -> the request it came with and
    * its answer (a promise: a retry during the first call gets the same
-   * snapshot). Forgotten when the snapshot leaves `pending` (completed,
-   * error) or the start fails, so it holds at most the pending snapshots.
+   * snapshot). Kept after the snapshot completes or fails, as AWS answers a
+   * retry "after it has completed successfully" with the original result
+   * (docs/architecture.md §15); forgotten when the start fails, and past
+   * MAX_CLIENT_TOKENS the oldest first.
    */
   private readonly clientTokens = new Map<string, { request: string; response: Promise<Record<string, unknown>> }>();
   /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
@@ -297,7 +300,7 @@ export class EbsDirect {
       if (held) this.starting--;
       held = false;
     };
-    const started = this._begin(i, caller, token, release).finally(release);
+    const started = this._begin(i, caller, release).finally(release);
     if (token !== undefined) {
       // Bounded: the oldest token is forgotten first (a retry that late starts a new snapshot).
       if (this.clientTokens.size >= MAX_CLIENT_TOKENS) this.clientTokens.delete(this.clientTokens.keys().next().value!);
@@ -308,8 +311,33 @@ export class EbsDirect {
   }
 
   /** StartSnapshot past the limit: `releaseSlot` is called as the snapshot takes its place in `pending` (or on failure, by the caller). */
-  private async _begin(i: StartSnapshotInput, caller: Caller, clientToken: string | undefined, releaseSlot: () => void): Promise<Record<string, unknown>> {
-    const parent = i.ParentSnapshotId !== undefined ? await this._completed(i.ParentSnapshotId) : undefined;
+  private async _begin(i: StartSnapshotInput, caller: Caller, releaseSlot: () => void): Promise<Record<string, unknown>> {
+    // The parent's blocks are pinned until the pending manifest names them, then read again: a DeleteSnapshot of the
+    // parent in between either finished (not found now) or leaves them to this snapshot, never a child naming freed blocks.
+    let parentPin: BlockPin | undefined;
+    let parent: SnapshotManifest | undefined;
+    if (i.ParentSnapshotId !== undefined) {
+      const first = await this._completed(i.ParentSnapshotId);
+      if (this.o.pin) {
+        parentPin = await this.o.pin(first.blocks.map(([, h]) => h));
+        try {
+          parent = await this._completed(i.ParentSnapshotId);
+        } catch (e) {
+          parentPin.release();
+          throw e;
+        }
+      } else {
+        parent = first;
+      }
+    }
+    try {
+      return await this._beginWith(i, parent, caller, releaseSlot);
+    } finally {
+      parentPin?.release();
+    }
+  }
+
+  private async _beginWith(i: StartSnapshotInput, parent: SnapshotManifest | undefined, caller: Caller, releaseSlot: () => void): Promise<Record<string, unknown>> {
     if (parent && i.VolumeSize < parent.volumeSize) {
       throw validation('INVALID_VOLUME_SIZE', `VolumeSize ${i.VolumeSize} is smaller than the parent ${parent.snapshotId}'s ${parent.volumeSize} GiB`);
     }
@@ -349,10 +377,11 @@ export class EbsDirect {
       throw e;
     }
     releaseSlot();
+    const timeoutMs = (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000;
     this.pending.set(snapshotId, {
       manifest, blocks: new Map(manifest.blocks), written: new Map(), inflight: new Set(),
-      deadline: this.now() + (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000, headerPin, pins: new Map(),
-      ...(clientToken !== undefined ? { clientToken } : {}), dirty: false, saving: Promise.resolve(), completing: false,
+      timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
+      dirty: false, saving: Promise.resolve(), completing: false,
     });
     const response = {
       SnapshotId: snapshotId, OwnerId: this.o.accountId, Status: 'pending', StartTime: manifest.startTime,
@@ -392,6 +421,8 @@ export class EbsDirect {
       if (pin) p.pins.set(i.BlockIndex, pin);
       pin = undefined;
       if (i.Progress !== undefined) p.manifest.progress = i.Progress;
+      // StartSnapshot's Timeout counts from the last block written, not from the start.
+      p.deadline = this.now() + p.timeoutMs;
       this._scheduleSave(p);
     } finally {
       pin?.release(); // not put: not ours to hold
@@ -504,13 +535,12 @@ export class EbsDirect {
     }
   }
 
-  /** `p` left `pending` (completed or error): its timer, pins and ClientToken go. */
+  /** `p` left `pending` (completed or error): its timer and pins go (its ClientToken stays: a retry gets the original answer). */
   private _forget(p: Pending): void {
     this._cancelSave(p);
     p.headerPin?.release();
     for (const pin of p.pins.values()) pin.release();
     p.pins.clear();
-    if (p.clientToken !== undefined) this.clientTokens.delete(p.clientToken);
   }
 
   // ---- helpers -------------------------------------------------------------

@@ -92,15 +92,25 @@ describe('EbsDirect with an injected clock', () => {
     d.close();
   }, 30_000);
 
-  it('a snapshot not completed within its Timeout becomes error; one pending at a restart becomes error too, never completed', async () => {
+  it('a snapshot idle for its Timeout (counted from its start, then from its last block) becomes error; one pending at a restart becomes error too, never completed', async () => {
     now = T0;
     const d = direct();
     const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 10 }), root)).SnapshotId as string;
+    // No block within the Timeout of the start: error.
+    const idle = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 10 }), root)).SnapshotId as string;
     await d.putSnapshotBlock(putReq(snap, 0, randomBytes(BLOCK)), root);
     now = T0 + 10 * 60_000 - 1;
     await d.putSnapshotBlock(putReq(snap, 1, randomBytes(BLOCK)), root);
     now = T0 + 10 * 60_000;
-    await refused(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }), 'ValidationException', 'INVALID_SNAPSHOT_ID');
+    await refused(d.putSnapshotBlock(putReq(idle, 0, randomBytes(BLOCK)), root), 'ValidationException', 'INVALID_SNAPSHOT_ID');
+    expect(await store.getManifest(idle)).toMatchObject({ state: 'error', stateMessage: expect.stringMatching(/Timeout/) });
+    // An upload still writing is not cut off: 19 minutes after its start, 9 after its last block, it takes a block.
+    now = T0 + 19 * 60_000;
+    await d.putSnapshotBlock(putReq(snap, 2, randomBytes(BLOCK)), root);
+    expect(await store.getManifest(snap)).toMatchObject({ state: 'pending' });
+    // Then the Timeout passes after its last block without CompleteSnapshot: error.
+    now = T0 + 29 * 60_000;
+    await refused(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 3 }), 'ValidationException', 'INVALID_SNAPSHOT_ID');
     expect(await store.getManifest(snap)).toMatchObject({ state: 'error', stateMessage: expect.stringMatching(/Timeout/) });
 
     const left = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root)).SnapshotId as string;

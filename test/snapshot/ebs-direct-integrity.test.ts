@@ -198,7 +198,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(gc.isPinned(hex(a)) || gc.isPinned(hex(b))).toBe(false);
   });
 
-  it('StartSnapshot\'s pending limit holds for concurrent starts; a ClientToken retried concurrently gets one snapshot and is forgotten with it', async () => {
+  it('StartSnapshot\'s pending limit holds for concurrent starts; a ClientToken retried concurrently gets one snapshot, and after completion still answers the original result', async () => {
     const { store, d } = await setup({ maxPending: 2 });
     const got = await Promise.allSettled(Array.from({ length: 10 }, () => d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)));
     const ok = got.filter((r): r is PromiseFulfilledResult<Record<string, unknown>> => r.status === 'fulfilled');
@@ -212,10 +212,14 @@ describe('EBS direct APIs: snapshot integrity', () => {
     const [x, y] = await Promise.all([d.startSnapshot(req, caller), d.startSnapshot(req, caller)]);
     expect(y.SnapshotId).toBe(x.SnapshotId);
     expect((await store.listManifests()).filter((m) => m.state === 'pending')).toHaveLength(2);
-    // Completed: the token is forgotten, so the same token starts a new snapshot.
+    // Completed: a retry with the token answers the original result and starts nothing (AWS: a retry
+    // "after it has completed successfully" returns the original result); other parameters: ConflictException.
     await d.completeSnapshot({ SnapshotId: x.SnapshotId as string, ChangedBlocksCount: 0 });
+    const before = (await store.listManifests()).length;
     const again = await d.startSnapshot(req, caller);
-    expect(again.SnapshotId).not.toBe(x.SnapshotId);
+    expect(again).toEqual(x);
+    expect((await store.listManifests()).length).toBe(before);
+    await expect(d.startSnapshot(parseStartSnapshot({ VolumeSize: 2, ClientToken: 'retry-1' }), caller)).rejects.toMatchObject({ awsName: 'ConflictException' });
   });
 
   it('one pin per index: writing an index again releases the old block\'s pin; completion releases the rest', async () => {
@@ -251,5 +255,58 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(await store.hasBlock(hash)).toBe(true);
     await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 });
     expect(Buffer.from(await store.getBlock(hash)).equals(data)).toBe(true);
+  });
+
+  it('the parent deleted while a child StartSnapshot is under way: the child keeps the parent\'s blocks, or is refused when the delete came first', async () => {
+    const dir = tmp();
+    const real = await DirSnapshotStore.open(join(dir, 'snapshots'));
+    const gc = new SnapshotGc(real, { graceMs: 0 });
+    // Runs once, at the chosen moment: the daemon's DeleteSnapshot of the parent, its checks passed.
+    let during: { at: 'header-put' | 'pin'; id: string } | undefined;
+    const deleteNow = async (at: 'header-put' | 'pin'): Promise<void> => {
+      if (during?.at !== at) return;
+      const id = during.id;
+      during = undefined;
+      expect((await gc.deleteSnapshot(id)).deleted).toBe(true);
+    };
+    const store = new Proxy(real, {
+      get(t, k, r) {
+        if (k === 'putBlock') return async (h: string, b: Uint8Array) => { await deleteNow('header-put'); return t.putBlock(h, b); };
+        const v = Reflect.get(t, k, r);
+        return typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+    const d = new EbsDirect({
+      store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1',
+      pin: async (h) => { await deleteNow('pin'); return gc.pin(h); },
+    });
+    closers.push(() => d.close());
+    const parentOf = async (): Promise<{ snap: string; blocks: Buffer[] }> => {
+      const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
+      const blocks = [randomBytes(BLOCK), randomBytes(BLOCK)];
+      for (const [i, b] of blocks.entries()) await d.putSnapshotBlock(putReq(snap, i, b), caller);
+      await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 });
+      return { snap, blocks };
+    };
+
+    // The delete lands after the child read its parent (during the child's header put): the child still completes
+    // naming the parent's blocks, and they are all in the store.
+    const p1 = await parentOf();
+    during = { at: 'header-put', id: p1.snap };
+    const child = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: p1.snap }), caller)).SnapshotId as string;
+    expect(during).toBeUndefined(); // the delete ran
+    expect(await real.getManifest(p1.snap)).toBeUndefined();
+    expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 0 })).toEqual({ Status: 'completed' });
+    const m = (await real.getManifest(child))!;
+    expect(m.blocks.map(([, h]) => h)).toEqual(p1.blocks.map(hex));
+    for (const b of p1.blocks) expect(Buffer.from(await real.getBlock(hex(b))).equals(b)).toBe(true);
+    expect((await gc.sweep()).deleted).toBe(0);
+
+    // The delete lands before the child's second read of its parent: refused as not found, nothing left pending.
+    const p2 = await parentOf();
+    during = { at: 'pin', id: p2.snap };
+    const e = await refusal(d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: p2.snap }), caller));
+    expect(e.awsName).toBe('ResourceNotFoundException');
+    expect((await real.listManifests()).filter((x) => x.state === 'pending')).toHaveLength(0);
   });
 });

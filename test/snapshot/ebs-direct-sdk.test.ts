@@ -101,6 +101,8 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     keyArn = (await sock('TrentService.CreateKey', { Description: 'ebs sdk' })).KeyMetadata.Arn;
     policy = JSON.stringify({ Version: '2012-10-17', Statement: [
       { Effect: 'Allow', Action: 'ebs:*', Resource: `arn:aws:ec2:${region}::snapshot/*` },
+      // Tags given to StartSnapshot: AWS authorizes them as ec2:CreateTags (ec2:CreateAction StartSnapshot).
+      { Effect: 'Allow', Action: 'ec2:CreateTags', Resource: `arn:aws:ec2:${region}::snapshot/*`, Condition: { StringEquals: { 'ec2:CreateAction': 'StartSnapshot' } } },
       { Effect: 'Allow', Action: ['kms:Decrypt', 'kms:GenerateDataKeyWithoutPlaintext', 'kms:DescribeKey', 'kms:CreateGrant'], Resource: '*' },
     ] });
     for (const u of ['bob', 'carol', 'eve']) {

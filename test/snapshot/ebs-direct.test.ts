@@ -365,4 +365,30 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     expect(events.some((e) => e.eventSource === 'kms.amazonaws.com' && e.eventName === 'Decrypt' && e.errorCode === 'AccessDeniedException')).toBe(true);
     expect(events.some((e) => e.eventSource === 'ebs.amazonaws.com' && e.eventName === 'GetSnapshotBlock' && !e.errorCode)).toBe(true);
   }, 120_000);
+
+  it('StartSnapshot with Tags also needs ec2:CreateTags (ec2:CreateAction StartSnapshot), as AWS authorizes it; refused, nothing is left pending', async () => {
+    await env.ok(['iam', 'create-user', 'tagger']);
+    await env.ok(['iam', 'map-uid', String(ALICE + 1), 'user/tagger']);
+    const tagger = (args: string[]) => env.cli(['ebs', ...args, '--output', 'json'], { uid: ALICE + 1 });
+    const policy = join(env.dir, 'tagger.json');
+    writeFileSync(policy, JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ebs:*', Resource: `arn:aws:ec2:${region}::snapshot/*` }] }));
+    await env.ok(['iam', 'put-policy', 'user/tagger', '--policy-name', 'ebs', '--policy-document', `file://${policy}`]);
+    const manifests = (): number => readdirSync(join(env.state, 'snapshots', 'manifests')).length;
+
+    const before = manifests();
+    const refused = await tagger(['start-snapshot', '--volume-size', '1', '--tags', 'Key=owner,Value=tagger']);
+    expect(refused.code).toBe(4);
+    expect(refused.stderr).toContain(`AccessDeniedException: User: arn:aws:iam::${account}:user/tagger is not authorized to perform: ec2:CreateTags on resource: arn:aws:ec2:${region}::snapshot/*`);
+    expect(manifests()).toBe(before);
+    // Untagged, ebs:* is enough.
+    const plain = await tagger(['start-snapshot', '--volume-size', '1']);
+    expect(plain.code, plain.stderr).toBe(0);
+
+    // ec2:CreateTags limited to StartSnapshot's tagging: tagged starts pass.
+    writeFileSync(policy, JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ec2:CreateTags', Resource: `arn:aws:ec2:${region}::snapshot/*`, Condition: { StringEquals: { 'ec2:CreateAction': 'StartSnapshot' } } }] }));
+    await env.ok(['iam', 'put-policy', 'user/tagger', '--policy-name', 'tag-at-start', '--policy-document', `file://${policy}`]);
+    const tagged = await tagger(['start-snapshot', '--volume-size', '1', '--tags', 'Key=owner,Value=tagger']);
+    expect(tagged.code, tagged.stderr).toBe(0);
+    expect(manifest(tagged.json().SnapshotId).tags).toEqual([{ Key: 'owner', Value: 'tagger' }]);
+  }, 120_000);
 });
