@@ -25,9 +25,27 @@ const MAX_BODY_DEPTH = 64;
 /** Values in one body: the largest request (DescribeVolumes with 50 filters of 200 values) holds ~10,200. */
 export const MAX_BODY_VALUES = 20_000;
 
+/**
+ * What all uids mapped to no principal may hold together: they are refused
+ * every operation (AccessDeniedException), so a few connections are enough to
+ * read that answer, and nothing they send counts against mapped callers.
+ */
+export const UNMAPPED_LIMITS: Readonly<Pick<ConnectionLimits, 'maxPerCaller' | 'maxTotal' | 'maxBufferedBodyBytes'>> = Object.freeze({
+  maxPerCaller: 4,
+  maxTotal: 16,
+  maxBufferedBodyBytes: 4 << 20,
+});
+
 export interface ControlServerOptions {
   /** Overrides of DEFAULT_LIMITS (connection-guard.ts). */
   limits?: Partial<ConnectionLimits>;
+  /**
+   * Whether a uid is mapped to a principal (root always is). Unmapped uids
+   * are admitted by a guard of their own (UNMAPPED_LIMITS), checked at
+   * accept: a flood of them cannot take the connections or body buffer
+   * mapped callers need. Absent: every uid counts as mapped.
+   */
+  isMapped?: (uid: number) => boolean;
   /** Aggregated connection refusals, at most one call per refusal window. */
   onRefusals?: (s: RefusalSummary[]) => void;
 }
@@ -44,6 +62,11 @@ export class ControlServer {
   /** Connections answered 503 at accept: anything the HTTP parser still makes of them is ignored. */
   private readonly refused = new WeakSet<Socket>();
   readonly guard: ConnectionGuard;
+  /** Connections of uids mapped to no principal (UNMAPPED_LIMITS). */
+  readonly unmappedGuard: ConnectionGuard;
+  /** The guard that admitted each connection: its bodies are read within that guard's budget. */
+  private readonly guardOf = new WeakMap<Socket, ConnectionGuard>();
+  private readonly isMapped: (uid: number) => boolean;
   private inflight = 0;
   private idle: (() => void)[] = [];
 
@@ -53,14 +76,19 @@ export class ControlServer {
     private readonly log: Logger,
     o: ControlServerOptions = {},
   ) {
+    const onRefusals = (rows: RefusalSummary[]): void => {
+      this.log.warn({ refusals: rows }, 'control connections refused (connection limits)');
+      o.onRefusals?.(rows);
+    };
     // Root (uid 0) is exempt from every connection cap: the operator can always get in.
-    this.guard = new ConnectionGuard(o.limits, {
-      exemptKey: '0',
-      onRefusals: (rows) => {
-        this.log.warn({ refusals: rows }, 'control connections refused (connection limits)');
-        o.onRefusals?.(rows);
-      },
-    });
+    this.guard = new ConnectionGuard(o.limits, { exemptKey: '0', onRefusals });
+    this.unmappedGuard = new ConnectionGuard({
+      ...o.limits,
+      maxPerCaller: Math.min(UNMAPPED_LIMITS.maxPerCaller, o.limits?.maxPerCaller ?? Infinity),
+      maxTotal: Math.min(UNMAPPED_LIMITS.maxTotal, o.limits?.maxTotal ?? Infinity),
+      maxBufferedBodyBytes: Math.min(UNMAPPED_LIMITS.maxBufferedBodyBytes, o.limits?.maxBufferedBodyBytes ?? Infinity),
+    }, { onRefusals });
+    this.isMapped = o.isMapped ?? (() => true);
   }
 
   async listen(): Promise<void> {
@@ -84,13 +112,15 @@ export class ControlServer {
         s.destroy();
         return;
       }
-      const admitted = this.guard.admit(cred.uid);
+      const guard = cred.uid === 0 || this.isMapped(cred.uid) ? this.guard : this.unmappedGuard;
+      const admitted = guard.admit(cred.uid);
       if (admitted instanceof ConnectionThrottledError) {
         this.refused.add(s);
         refuseSocket(s, admitted);
         return;
       }
       this.creds.set(s, cred);
+      this.guardOf.set(s, guard);
       this.sockets.add(s);
       s.on('close', () => { this.sockets.delete(s); admitted.release(); });
     });
@@ -103,10 +133,14 @@ export class ControlServer {
     this.server = server;
   }
 
-  /** Connections and buffered body bytes now (for `ebsd status`). */
-  usage(): { Connections: number; Callers: number; BufferedBodyBytes: number; RefusalsPending: number } {
+  /** Connections and buffered body bytes now, of all callers, and of unmapped uids alone (for `ebsd status`). */
+  usage(): { Connections: number; Callers: number; BufferedBodyBytes: number; RefusalsPending: number; Unmapped: { Connections: number; BufferedBodyBytes: number } } {
     const u = this.guard.usage();
-    return { Connections: u.connections, Callers: u.callers, BufferedBodyBytes: u.bufferedBodyBytes, RefusalsPending: u.refusalsPending };
+    const n = this.unmappedGuard.usage();
+    return {
+      Connections: u.connections + n.connections, Callers: u.callers + n.callers, BufferedBodyBytes: u.bufferedBodyBytes + n.bufferedBodyBytes,
+      RefusalsPending: u.refusalsPending + n.refusalsPending, Unmapped: { Connections: n.connections, BufferedBodyBytes: n.bufferedBodyBytes },
+    };
   }
 
   /** Stop accepting, let running requests finish (bounded), drop idle keep-alive connections. */
@@ -122,6 +156,7 @@ export class ControlServer {
     for (const s of this.sockets) s.destroy();
     await closed;
     this.guard.flushRefusals();
+    this.unmappedGuard.flushRefusals();
     await fsp.rm(this.path, { force: true });
   }
 
@@ -138,7 +173,7 @@ export class ControlServer {
       if (!cred) throw new EbsdError('PEER_UNKNOWN', 'peer credentials unavailable', { awsName: 'AccessDeniedException' });
       if (req.method !== 'POST') throw new EbsdError('BAD_METHOD', 'use POST with X-Amz-Target', { awsName: 'ValidationException' });
       if (!target) throw new EbsdError('NO_TARGET', 'missing X-Amz-Target header', { awsName: 'ValidationException' });
-      const body = await this.readJson(req, cred.uid);
+      const body = await this.readJson(req, cred.uid, this.guardOf.get(req.socket) ?? this.guard);
       const ua = req.headers['user-agent'];
       const out = await this.handler(target, body, { ...cred, requestId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) });
       send(res, 200, encodeResponse(out ?? {}), requestId);
@@ -159,8 +194,8 @@ export class ControlServer {
   }
 
   /** The body as a JSON object: read within the limits (ConnectionGuard.readBody), then parsed strictly. */
-  private async readJson(req: IncomingMessage, uid: number): Promise<Record<string, unknown>> {
-    const text = await this.guard.readBody(req, uid);
+  private async readJson(req: IncomingMessage, uid: number, guard: ConnectionGuard): Promise<Record<string, unknown>> {
+    const text = await guard.readBody(req, uid);
     if (text.trim() === '') return {};
     // Duplicate members and nesting past 64 are refused here, before any service sees the body.
     const v = parseStrictJson(text, { what: 'request body', maxDepth: MAX_BODY_DEPTH, maxValues: MAX_BODY_VALUES });

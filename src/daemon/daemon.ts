@@ -213,6 +213,7 @@ export class Daemon {
 
     this.server = new ControlServer(paths.socket, (t, b, p) => this.handleCounted(t, b, p), log.child({ component: 'control' }), {
       onRefusals: (rows) => this.auditThrottled(rows),
+      isMapped: (uid) => this.authz!.identities.callerForUid(uid).type !== 'Unknown',
     });
     await this.server.listen();
     const metricsAt = await this.startMetrics();

@@ -18,9 +18,9 @@ const MiB = 1024 * 1024;
 
 const clients = new Set<ChildProcess>();
 
-/** Start bounds-client.mjs as uid 65534; resolves with its first JSON line. */
-function hostile(args: string[]): Promise<{ out: any; child: ChildProcess }> {
-  const child = spawn('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, CLIENT, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+/** Start bounds-client.mjs as `uid` (65534 unless given); resolves with its first JSON line. */
+function hostile(args: string[], uid = NOBODY): Promise<{ out: any; child: ChildProcess }> {
+  const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, CLIENT, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   clients.add(child);
   child.on('exit', () => clients.delete(child));
   return new Promise((resolve, reject) => {
@@ -140,13 +140,14 @@ describe('bounded resources per caller on the control socket', () => {
     const quiet = await timedStatus();
     const { out, child } = await hostile(['hold', sock(), '2000', '0']);
     try {
-      // The per-uid cap (64) holds; everything past it was answered and closed.
+      // The unmapped uids' cap (4 per uid) holds; everything past it was answered and closed.
       expect(out.connected).toBeGreaterThan(64);
       const ms = await timedStatus();
       const st = await env.ok(['status']);
       console.log(`root ebsd.Status request: ${quiet.toFixed(1)} ms quiet, ${ms.toFixed(1)} ms during a flood of ${out.connected} connections from uid ${NOBODY} (503 read by ${out.refused503})`);
       expect(st.Caller.Uid).toBe(0);
-      expect(st.Daemon.Control.Connections).toBeLessThanOrEqual(64);
+      expect(st.Daemon.Control.Unmapped.Connections).toBeLessThanOrEqual(4);
+      expect(st.Daemon.Control.Connections).toBeLessThanOrEqual(4);
       expect(out.refused503).toBeGreaterThan(0); // a client that reads gets the ThrottlingException
       expect(fdCount(pid)).toBeLessThan(64 + 256 + 150); // capped connections + bounded lingering + the daemon's own
     } finally {
@@ -159,20 +160,30 @@ describe('bounded resources per caller on the control socket', () => {
     await poll(async () => (await env.ok(['status'])).Daemon.Control.Connections === 0);
   });
 
-  it('2000 partial bodies: RSS stays bounded and the buffered bytes are released when they close', async () => {
+  it('2000 partial bodies from a mapped uid: RSS stays bounded and the buffered bytes are released when they close', async () => {
+    // Mapped (to a user with no policy): the per-caller caps of mapped callers are what this measures.
+    await env.ok(['iam', 'create-user', 'partial']);
+    await env.ok(['iam', 'map-uid', String(NOBODY), 'user/partial']);
     const pid = env.pid!;
     const before = rssKiB(pid);
-    const { out, child } = await hostile(['hold', sock(), '2000', String(512 * 1024)]);
     let during = 0;
+    let out: any;
     try {
-      // Wait until the daemon has taken in what the admitted connections sent.
-      await poll(async () => (await env.ok(['status'])).Daemon.Control.BufferedBodyBytes >= 32 * 512 * 1024);
-      during = rssKiB(pid);
-      const st = await env.ok(['status']);
-      expect(st.Daemon.Control.Connections).toBeLessThanOrEqual(64);
-      expect(st.Daemon.Control.BufferedBodyBytes).toBeLessThanOrEqual(64 * MiB);
+      const h = await hostile(['hold', sock(), '2000', String(512 * 1024)]);
+      out = h.out;
+      const child = h.child;
+      try {
+        // Wait until the daemon has taken in what the admitted connections sent.
+        await poll(async () => (await env.ok(['status'])).Daemon.Control.BufferedBodyBytes >= 32 * 512 * 1024);
+        during = rssKiB(pid);
+        const st = await env.ok(['status']);
+        expect(st.Daemon.Control.Connections).toBeLessThanOrEqual(64);
+        expect(st.Daemon.Control.BufferedBodyBytes).toBeLessThanOrEqual(64 * MiB);
+      } finally {
+        await release(child);
+      }
     } finally {
-      await release(child);
+      await env.ok(['iam', 'unmap-uid', String(NOBODY)]);
     }
     const st = await poll(async () => { const s = await env.ok(['status']); return s.Daemon.Control.Connections === 0 && s; });
     expect(st.Daemon.Control.BufferedBodyBytes).toBe(0);
@@ -180,6 +191,26 @@ describe('bounded resources per caller on the control socket', () => {
     console.log(`RSS with ${out.connected} partial 512 KiB bodies from uid ${NOBODY}: ${before} -> ${during} KiB, ${after} KiB after they closed`);
     // Old daemon: +1.7 GB for 2000 bodies, never released. Here at most 64 bodies are buffered.
     expect(during - before).toBeLessThan(200 * 1024);
+  });
+
+  it('unmapped uids flooding with partial bodies cannot starve a mapped caller: they share 16 connections and 4 MiB of their own', async () => {
+    await env.ok(['iam', 'create-user', 'steady']);
+    await env.ok(['iam', 'map-uid', '1000', 'user/steady']);
+    // Two unmapped uids, 100 connections each, each sending 1 MiB - 1 of a 1 MiB body and holding: before their
+    // own guard, 2 x 64 x 1 MiB filled the whole 128 MiB body buffer and a mapped caller's 200-byte request got 503.
+    const floods = [await hostile(['hold', sock(), '100', String(MiB - 1)], 2001), await hostile(['hold', sock(), '100', String(MiB - 1)], 2002)];
+    try {
+      await poll(async () => (await env.ok(['status'])).Daemon.Control.Unmapped.BufferedBodyBytes >= 2 * MiB);
+      const st = await env.ok(['status']);
+      expect(st.Daemon.Control.Unmapped.Connections).toBeLessThanOrEqual(16);
+      expect(st.Daemon.Control.Unmapped.BufferedBodyBytes).toBeLessThanOrEqual(4 * MiB);
+      const steady = await env.cli(['volume', 'ls', '--output', 'json'], { uid: 1000 });
+      expect(steady.code, steady.stderr).toBe(0);
+    } finally {
+      for (const f of floods) await release(f.child);
+      await env.ok(['iam', 'unmap-uid', '1000']);
+    }
+    await poll(async () => (await env.ok(['status'])).Daemon.Control.Connections === 0);
   });
 
   it('refused requests with an 8 KB User-Agent cost bounded audit bytes, aggregated with a count', async () => {
