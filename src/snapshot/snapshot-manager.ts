@@ -196,7 +196,8 @@ export class SnapshotManager {
     this.trackers.set(dev.volumeId, t);
     src.setWriteGate(t);
     void t.ready().then((err) => {
-      if (err) this.log.warn({ volumeId: dev.volumeId, err: errInfo(err) }, 'changed-block tracking could not be read or marked; the next snapshot copies every block');
+      if (t.writesRefused) this.log.error({ volumeId: dev.volumeId, err: errInfo(err) }, 'changed-block tracking could not be marked unknown on disk; writes to the volume fail (EIO) until it can');
+      else if (err) this.log.warn({ volumeId: dev.volumeId, err: errInfo(err) }, 'changed-block tracking could not be read or marked; the next snapshot copies every block');
     });
   }
 
