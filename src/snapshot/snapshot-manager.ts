@@ -274,7 +274,7 @@ export class SnapshotManager {
       const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (settle = r)) };
       this.running.set(snapshotId, run);
       try {
-        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId);
+        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run);
         run.parentId = parent?.snapshotId;
         const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
         const plan = src
@@ -306,21 +306,39 @@ export class SnapshotManager {
    * same data key (one manifest read: the changed blocks are relative to it,
    * so it is the one an incremental can use); otherwise the latest such
    * snapshot, found by listing every manifest (the snapshot then reads every
-   * block, which costs far more than the listing).
+   * block, which costs far more than the listing). The parent comes pinned
+   * (pinParent): undefined when it was deleted meanwhile.
    */
-  private async parentOf(volumeId: string, dek: string | undefined): Promise<SnapshotManifest | undefined> {
+  private async parentOf(volumeId: string, dek: string | undefined, run: RunningCreate): Promise<SnapshotManifest | undefined> {
     const t = this.trackers.get(volumeId);
     const base = t ? ((await t.ready()), t.base) : (await this.tracking.load(volumeId).catch(() => undefined))?.base;
     if (base) {
       const m = await this.o.store.getManifest(base).catch(() => undefined);
-      if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return m;
+      if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return this.pinParent(m, run);
     }
     let best: SnapshotManifest | undefined;
     for (const m of await this.o.store.listManifests()) {
       if (m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) continue;
       if (!best || m.startTime > best.startTime) best = m;
     }
-    return best;
+    return best ? this.pinParent(best, run) : undefined;
+  }
+
+  /**
+   * Called in the same turn as the parent's manifest read (gc.pin takes its
+   * pins before its first await): a DeleteSnapshot of the parent from here on
+   * cannot free a block this create will inherit. Then the manifest is read
+   * again: if the parent went before the pins (its blocks may be gone), there
+   * is no parent and the snapshot is full, decided before its point in time
+   * (the tracking is relative to the deleted parent, so it is of no use).
+   * docs/architecture.md §12.4.
+   */
+  private async pinParent(m: SnapshotManifest, run: RunningCreate): Promise<SnapshotManifest | undefined> {
+    run.pins.push(await this.o.gc.pin(new Set(m.blocks.map(([, h]) => h))));
+    const still = await this.o.store.getManifest(m.snapshotId).catch(() => undefined);
+    if (still?.state === 'completed') return m;
+    this.log.warn({ snapshotId: run.snapshotId, volumeId: m.volumeId, parentSnapshotId: m.snapshotId }, 'the parent snapshot was deleted as this snapshot started: it copies every block');
+    return undefined;
   }
 
   private async pointInTimeAttached(v: VolumeForSnapshot, src: SnapshotSource, parent: SnapshotManifest | undefined, nBlocks: number, run: RunningCreate): Promise<SnapshotPlan> {
