@@ -344,7 +344,13 @@ export class SnapshotManager {
   private async pointInTimeAttached(v: VolumeForSnapshot, src: SnapshotSource, parent: SnapshotManifest | undefined, nBlocks: number, run: RunningCreate): Promise<SnapshotPlan> {
     const t = this.trackers.get(v.volumeId)!;
     await t.ready();
-    const readRaw = (pos: number, len: number, into: Buffer): Promise<void> => src.readRaw(pos, len, into);
+    // Only bytes inside the volume are read: a last block past its end (a size not a multiple of 512 KiB) is
+    // zero-padded to 512 KiB, as imageBlockReader pads it for a detached volume (docs/format.md, "Snapshot blocks").
+    const readRaw = (pos: number, len: number, into: Buffer): Promise<void> => {
+      const inside = Math.max(0, Math.min(len, v.size - pos));
+      if (inside < len) into.fill(0, inside, len);
+      return inside > 0 ? src.readRaw(pos, inside, into) : Promise.resolve();
+    };
     const read = async (i: number, buf: Buffer): Promise<Buffer> => {
       await readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
       return buf;
