@@ -1,7 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import type { WriteGate } from '../volume/write-gate.js';
-import { atomicWrite } from '../util/atomic-write.js';
+import { VolumeError } from '../volume/errors.js';
+import { atomicWrite, fsyncDir } from '../util/atomic-write.js';
 import { readTextIfExists } from '../util/read-if-exists.js';
 import { parseStateJson } from '../util/state-json.js';
 import { BlockBitmap } from './block-bitmap.js';
@@ -40,7 +41,8 @@ export class TrackingFiles {
     return new TrackingFiles(dir);
   }
 
-  private path(volumeId: string): string {
+  /** `<dir>/<vol>.json`; a volumeId that is not a volume id is a RangeError. */
+  path(volumeId: string): string {
     if (!VOLUME_ID.test(volumeId)) throw new RangeError(`volumeId: not a volume id: ${JSON.stringify(volumeId)}`);
     return join(this.dir, `${volumeId}.json`);
   }
@@ -67,9 +69,15 @@ export class TrackingFiles {
     await atomicWrite(this.path(volumeId), `${JSON.stringify(f)}\n`);
   }
 
-  /** The volume was deleted: its tracking goes with it (a volume id is never reused, so it would only be litter). */
+  /**
+   * No tracking file: the volume's tracking is unknown (the next snapshot is
+   * full). Durable when it resolves. Used when the volume was deleted (a
+   * volume id is never reused, so the file would only be litter) and when an
+   * attach could not write its dirty mark (ChangeTracker).
+   */
   async remove(volumeId: string): Promise<void> {
     await fsp.rm(this.path(volumeId), { force: true });
+    await fsyncDir(this.dir);
   }
 
   /**
@@ -96,30 +104,64 @@ export class TrackingFiles {
  * has not copied yet until the CowSession has their old bytes.
  *
  * It opens only once the dirty mark is durable (`ready`): a write that
- * passed before could be missing from the tracking after a crash.
+ * passed before could be missing from the tracking after a crash. If the
+ * file cannot be read or the mark cannot be written (ENOSPC on the temp
+ * file, EIO), the file is removed instead, durably, which says "unknown"
+ * as well as a dirty mark does; if even that fails the gate stays shut:
+ * every write fails with VOLUME_IO (EIO at the FUSE boundary) and tries the
+ * removal, then the dirty mark, again, and the gate opens once one of them
+ * is durable (docs/architecture.md §12.3). Letting writes through with the
+ * last clean file still on disk would make a crash's next snapshot an
+ * incremental that misses them.
  */
 export class ChangeTracker implements WriteGate {
   private state: TrackingState = { base: undefined, changed: new BlockBitmap() };
   private arming: Promise<void> | undefined;
   private armError: unknown;
+  /** Set while no "unknown" could be made durable on disk: writes fail with it (see the class comment). */
+  private shut: VolumeError | undefined;
+  /** The retry of a shut gate under way (one at a time, shared by the writes waiting for it). */
+  private reopening: Promise<void> | undefined;
   private cow: CowSession | undefined;
   /** After the tracking was saved at detach, a write would make it wrong: `stale` says so. */
   private saved = false;
   stale = false;
 
-  constructor(readonly volumeId: string, files: TrackingFiles) {
+  constructor(readonly volumeId: string, private readonly files: TrackingFiles) {
     this.arming = (async () => {
-      this.state = await files.load(volumeId);
-      await files.markDirty(volumeId);
-    })().then(
-      () => { this.arming = undefined; },
-      (e: unknown) => {
-        // Tracking is unknown, never wrong: the next snapshot copies everything.
+      try {
+        this.state = await files.load(volumeId);
+        await files.markDirty(volumeId);
+      } catch (e) {
+        // Tracking is unknown, never wrong: the next snapshot copies everything, after a crash too.
         this.armError = e;
         this.state = { base: undefined, changed: new BlockBitmap() };
-        this.arming = undefined;
-      },
-    );
+        await this.forget();
+      }
+    })().finally(() => {
+      this.arming = undefined;
+    });
+  }
+
+  /** Makes the file say "unknown" durably: removed, else a dirty mark; shuts the gate if neither is durable. */
+  private async forget(): Promise<void> {
+    try {
+      await this.files.remove(this.volumeId);
+    } catch (removeError) {
+      try {
+        await this.files.markDirty(this.volumeId);
+      } catch {
+        const why = (removeError as Error)?.message ?? String(removeError);
+        this.shut = new VolumeError('VOLUME_IO', `volume ${this.volumeId}: writes refused: its changed-block tracking could not be marked unknown on disk (${why}); they pass again once ${this.files.path(this.volumeId)} can be removed or rewritten`);
+        return;
+      }
+    }
+    this.shut = undefined;
+  }
+
+  /** Whether writes are refused because no "unknown" could be made durable (see the class comment). */
+  get writesRefused(): boolean {
+    return this.shut !== undefined;
   }
 
   /** The snapshot the tracking is relative to (undefined: unknown); read after ready(). */
@@ -127,14 +169,18 @@ export class ChangeTracker implements WriteGate {
     return this.state.base;
   }
 
-  /** Resolves once the gate is open; the error, if the tracking file could not be read or marked (tracking then starts unknown). */
+  /**
+   * Resolves once arming ended; the error, if the tracking file could not be
+   * read or marked (tracking then starts unknown, and the gate may have
+   * stayed shut: writesRefused).
+   */
   async ready(): Promise<unknown> {
     await this.arming;
     return this.armError;
   }
 
   tryPass(pos: number, len: number, readNow?: SyncRawReader): boolean {
-    if (this.arming) return false;
+    if (this.arming || this.shut) return false;
     const r = BlockBitmap.blocksOf(pos, len);
     if (!r) return true;
     if (this.cow && !this.cow.tryPass(pos, len, readNow)) return false;
@@ -144,6 +190,13 @@ export class ChangeTracker implements WriteGate {
 
   async pass(pos: number, len: number): Promise<void> {
     if (this.arming) await this.arming;
+    if (this.shut) {
+      this.reopening ??= this.forget().finally(() => {
+        this.reopening = undefined;
+      });
+      await this.reopening;
+      if (this.shut) throw this.shut;
+    }
     const r = BlockBitmap.blocksOf(pos, len);
     if (!r) return;
     this.record(r[0], r[1]);

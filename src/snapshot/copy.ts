@@ -14,7 +14,7 @@ import { VolumeError } from '../volume/errors.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
 import type { BlockPin } from './gc.js';
 import { reencryptBlock } from './reencrypt.js';
-import { checkedSnapshot, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
+import { bytesInside, checkedSnapshot, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
 import { pipeBlocks } from './block-pipeline.js';
 import { sha256HexOffLoop } from '../util/sha256.js';
 import { dataEncryptionKeyId } from './volume-image.js';
@@ -311,7 +311,8 @@ export class SnapshotCopier {
         manifest: snap.manifest,
         window: this.o.window,
         transform: async (index, data) => {
-          await reencryptBlock(from, to, data, index);
+          // A last block past the snapshot's size keeps its zero padding, never encrypted (docs/format.md, "Snapshot blocks").
+          await reencryptBlock(from, to, data.subarray(0, bytesInside(snap, index, data)), index);
           hashes.set(index, await sha256HexOffLoop(data));
         },
         sink: {

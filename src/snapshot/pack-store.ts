@@ -66,6 +66,15 @@ export class PackSet {
   private readonly packs = new Map<string, Pack>();
   /** hash -> the packs holding it live (usually one). */
   private readonly where = new Map<BlockHash, Set<string>>();
+  /**
+   * Packs remove() has dropped from memory and is deleting: load() leaves
+   * them out until their files are gone, or a refresh() in between (a
+   * getBlock miss) would read the index still on disk and bring the freed
+   * blocks back into memory after their files went.
+   */
+  private readonly removing = new Set<string>();
+  /** Index reads under way, per pack id: one at a time, and remove() waits for them before it deletes the files. */
+  private readonly loading = new Map<string, Promise<void>>();
 
   private constructor(readonly dir: string) {}
 
@@ -107,8 +116,19 @@ export class PackSet {
     return join(this.dir, `${id}.idx`);
   }
 
+  /** Reads the pack's index into memory, unless remove() is deleting it; concurrent loads of one pack share the read. */
+  private load(id: string): Promise<void> {
+    if (this.removing.has(id)) return Promise.resolve();
+    let l = this.loading.get(id);
+    if (!l) {
+      l = this.readIndex(id).finally(() => this.loading.delete(id));
+      this.loading.set(id, l);
+    }
+    return l;
+  }
+
   /** An index that cannot be read leaves its pack unread, and in place (its blocks read as missing, never as wrong bytes). */
-  private async load(id: string): Promise<void> {
+  private async readIndex(id: string): Promise<void> {
     let text: string;
     let modifiedMs: number;
     let packBytes: number;
@@ -133,6 +153,8 @@ export class PackSet {
       if (!Array.isArray(b) || !isBlockHash(b[0]) || !Number.isSafeInteger(b[1]) || !Number.isSafeInteger(b[2]) || b[1] < 0 || b[2] < 0 || b[1] + b[2] > packBytes) continue;
       entries.set(b[0], { offset: b[1], length: b[2] });
     }
+    // Read before remove() began, or known already (a commit of this instance): not added again.
+    if (this.removing.has(id) || this.packs.has(id)) return;
     this.add({ id, modifiedMs, entries, live: new Set(entries.keys()), version: 0, written: 0 });
   }
 
@@ -245,13 +267,22 @@ export class PackSet {
     await Promise.all([...touched].map((p) => (p.live.size ? this.persist(p) : this.remove(p))));
   }
 
+  /** Forgets the pack and deletes its files; no load() adds it back meanwhile (`removing`). */
   private async remove(p: Pack): Promise<void> {
     if (this.packs.get(p.id) !== p) return;
+    this.removing.add(p.id);
     this.packs.delete(p.id);
-    while (p.writing) await p.writing.catch(() => {});
-    await fsp.rm(this.indexPath(p.id), { force: true });
-    await fsyncDir(this.dir);
-    await fsp.rm(this.packPath(p.id), { force: true });
+    try {
+      while (p.writing) await p.writing.catch(() => {});
+      // A read of the index begun before this remove sees `removing` when it ends; it must end before the files go.
+      await this.loading.get(p.id)?.catch(() => {});
+      await fsp.rm(this.indexPath(p.id), { force: true });
+      await fsyncDir(this.dir);
+      await fsp.rm(this.packPath(p.id), { force: true });
+    } finally {
+      // Gone (a later load finds no index), or a failed rm left the index naming bytes still there.
+      this.removing.delete(p.id);
+    }
   }
 
   /** Rewrites the pack's index with its live blocks until it reflects every free counted so far. */

@@ -238,14 +238,14 @@ export class SnapshotRestore {
         window: this.window,
         stats,
         transform: async (index, data) => {
-          if (index * SNAPSHOT_BLOCK_BYTES + data.length > snap.size) {
-            throw corrupt(snap.manifest, `block ${index} (${data.length} bytes) ends past the snapshot's ${snap.size} bytes`);
-          }
-          if (from || to) await reencryptBlock(from, to, data, index);
+          const inside = bytesInside(snap, index, data);
+          if (from || to) await reencryptBlock(from, to, data.subarray(0, inside), index);
         },
         sink: {
           put: async (index, data) => {
-            await writer.put(index, data);
+            // The zero padding of a last block past the snapshot's size is not written: the image stays 16 MiB + size (docs/format.md).
+            const inside = Math.min(data.length, snap.size - index * SNAPSHOT_BLOCK_BYTES);
+            await writer.put(index, inside < data.length ? data.subarray(0, inside) : data);
             o.progress(Math.floor((++done * 100) / total));
           },
         },
@@ -307,6 +307,27 @@ export async function unwrapSnapshotKey(ks: KeyService, snap: OpenedSnapshot, vi
     throw e;
   }
   return key;
+}
+
+const ZERO_BLOCK = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
+
+/**
+ * How many bytes of stored block `index` lie inside the snapshot's data size
+ * (docs/format.md, "Snapshot blocks"): all of a block before the last; of the
+ * last block of a size that is not a multiple of 512 KiB, the bytes up to the
+ * size, the rest being the zero padding ebsd stores. A block that starts past
+ * the size, or whose bytes past it are not all zeros, is SNAPSHOT_CORRUPT:
+ * ebsd never writes one, and decrypting or encrypting such bytes would use
+ * tweaks past the end of the volume.
+ */
+export function bytesInside(snap: OpenedSnapshot, index: number, data: Buffer): number {
+  const start = index * SNAPSHOT_BLOCK_BYTES;
+  if (start >= snap.size) throw corrupt(snap.manifest, `block ${index} starts at byte ${start}, at or past the snapshot's end (${snap.size} bytes)`);
+  const inside = Math.min(data.length, snap.size - start);
+  if (inside < data.length && !data.subarray(inside).equals(ZERO_BLOCK.subarray(0, data.length - inside))) {
+    throw corrupt(snap.manifest, `block ${index} (${data.length} bytes) holds bytes other than zeros past the snapshot's end (${snap.size} bytes: ${inside} of the block's bytes are inside)`);
+  }
+  return inside;
 }
 
 function corrupt(m: SnapshotManifest, why: string): SnapshotError {

@@ -196,7 +196,8 @@ export class SnapshotManager {
     this.trackers.set(dev.volumeId, t);
     src.setWriteGate(t);
     void t.ready().then((err) => {
-      if (err) this.log.warn({ volumeId: dev.volumeId, err: errInfo(err) }, 'changed-block tracking could not be read or marked; the next snapshot copies every block');
+      if (t.writesRefused) this.log.error({ volumeId: dev.volumeId, err: errInfo(err) }, 'changed-block tracking could not be marked unknown on disk; writes to the volume fail (EIO) until it can');
+      else if (err) this.log.warn({ volumeId: dev.volumeId, err: errInfo(err) }, 'changed-block tracking could not be read or marked; the next snapshot copies every block');
     });
   }
 
@@ -273,7 +274,7 @@ export class SnapshotManager {
       const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (settle = r)) };
       this.running.set(snapshotId, run);
       try {
-        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId);
+        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run);
         run.parentId = parent?.snapshotId;
         const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
         const plan = src
@@ -305,27 +306,51 @@ export class SnapshotManager {
    * same data key (one manifest read: the changed blocks are relative to it,
    * so it is the one an incremental can use); otherwise the latest such
    * snapshot, found by listing every manifest (the snapshot then reads every
-   * block, which costs far more than the listing).
+   * block, which costs far more than the listing). The parent comes pinned
+   * (pinParent): undefined when it was deleted meanwhile.
    */
-  private async parentOf(volumeId: string, dek: string | undefined): Promise<SnapshotManifest | undefined> {
+  private async parentOf(volumeId: string, dek: string | undefined, run: RunningCreate): Promise<SnapshotManifest | undefined> {
     const t = this.trackers.get(volumeId);
     const base = t ? ((await t.ready()), t.base) : (await this.tracking.load(volumeId).catch(() => undefined))?.base;
     if (base) {
       const m = await this.o.store.getManifest(base).catch(() => undefined);
-      if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return m;
+      if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return this.pinParent(m, run);
     }
     let best: SnapshotManifest | undefined;
     for (const m of await this.o.store.listManifests()) {
       if (m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) continue;
       if (!best || m.startTime > best.startTime) best = m;
     }
-    return best;
+    return best ? this.pinParent(best, run) : undefined;
+  }
+
+  /**
+   * Called in the same turn as the parent's manifest read (gc.pin takes its
+   * pins before its first await): a DeleteSnapshot of the parent from here on
+   * cannot free a block this create will inherit. Then the manifest is read
+   * again: if the parent went before the pins (its blocks may be gone), there
+   * is no parent and the snapshot is full, decided before its point in time
+   * (the tracking is relative to the deleted parent, so it is of no use).
+   * docs/architecture.md §12.4.
+   */
+  private async pinParent(m: SnapshotManifest, run: RunningCreate): Promise<SnapshotManifest | undefined> {
+    run.pins.push(await this.o.gc.pin(new Set(m.blocks.map(([, h]) => h))));
+    const still = await this.o.store.getManifest(m.snapshotId).catch(() => undefined);
+    if (still?.state === 'completed') return m;
+    this.log.warn({ snapshotId: run.snapshotId, volumeId: m.volumeId, parentSnapshotId: m.snapshotId }, 'the parent snapshot was deleted as this snapshot started: it copies every block');
+    return undefined;
   }
 
   private async pointInTimeAttached(v: VolumeForSnapshot, src: SnapshotSource, parent: SnapshotManifest | undefined, nBlocks: number, run: RunningCreate): Promise<SnapshotPlan> {
     const t = this.trackers.get(v.volumeId)!;
     await t.ready();
-    const readRaw = (pos: number, len: number, into: Buffer): Promise<void> => src.readRaw(pos, len, into);
+    // Only bytes inside the volume are read: a last block past its end (a size not a multiple of 512 KiB) is
+    // zero-padded to 512 KiB, as imageBlockReader pads it for a detached volume (docs/format.md, "Snapshot blocks").
+    const readRaw = (pos: number, len: number, into: Buffer): Promise<void> => {
+      const inside = Math.max(0, Math.min(len, v.size - pos));
+      if (inside < len) into.fill(0, inside, len);
+      return inside > 0 ? src.readRaw(pos, inside, into) : Promise.resolve();
+    };
     const read = async (i: number, buf: Buffer): Promise<Buffer> => {
       await readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
       return buf;

@@ -9,7 +9,10 @@ import type { SnapshotError } from './errors.js';
  * visible to, and restorable on, any daemon using that store.
  */
 
-/** The EBS direct APIs' block size; block `i` is data bytes [i·512 KiB, (i+1)·512 KiB). */
+/**
+ * The EBS direct APIs' block size; block `i` is data bytes [i·512 KiB, (i+1)·512 KiB),
+ * the last block of a size that is not a multiple of it zero-padded past the size (docs/format.md, "Snapshot blocks").
+ */
 export const SNAPSHOT_BLOCK_BYTES = 512 * 1024;
 
 /** EC2 snapshot states (DescribeSnapshots `State`). */

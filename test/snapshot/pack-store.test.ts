@@ -9,9 +9,9 @@
  * leaves only what a sweep frees.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { SnapshotError } from '../../src/snapshot/errors.js';
@@ -100,6 +100,49 @@ describe('DirSnapshotStore pack files', () => {
     expect(packFiles(root)).toEqual([]);
     expect(await listed(store)).toEqual([]);
     expect([...pack1, ...pack2].some((n) => existsSync(join(root, 'packs', n)))).toBe(false);
+  });
+
+  test('a getBlock miss while a pack\'s last block is freed does not bring the freed block back from the index being removed', async () => {
+    const root = join(tmp(), 'snapshots');
+    const store = await DirSnapshotStore.open(root);
+    const a = block();
+    const batch = store.openBlockBatch();
+    await batch.put(a.hash, a.data);
+    await batch.commit();
+    expect(packFiles(root)).toHaveLength(2);
+    // An fs hook holds the removal between dropping the pack from memory and deleting its index.
+    let reached!: () => void;
+    const atIndexRm = new Promise<void>((r) => (reached = r));
+    let release!: () => void;
+    const go = new Promise<void>((r) => (release = r));
+    const realRm = fsp.rm.bind(fsp);
+    const hook = vi.spyOn(fsp, 'rm').mockImplementation(async (path, opts) => {
+      if (String(path).endsWith('.idx')) {
+        reached();
+        await go;
+      }
+      return realRm(path, opts);
+    });
+    let freeing: Promise<void> | undefined;
+    try {
+      freeing = store.deleteBlocks([a.hash]);
+      await atIndexRm;
+      expect(store.hasBlockInMemory(a.hash)).toBe(false);
+      // A miss on some other block: getBlock refreshes from the directory, where the index still is.
+      expect(await code(store.getBlock(block(4096).hash))).toBe('SNAPSHOT_BLOCK_NOT_FOUND');
+      expect(store.hasBlockInMemory(a.hash), 'freed block reloaded from the index being removed').toBe(false);
+      release();
+      await freeing;
+    } finally {
+      release();
+      await freeing?.catch(() => {});
+      hook.mockRestore();
+    }
+    expect(packFiles(root)).toEqual([]);
+    expect(store.hasBlockInMemory(a.hash)).toBe(false);
+    expect(await store.hasBlock(a.hash)).toBe(false);
+    expect(await code(store.getBlock(a.hash))).toBe('SNAPSHOT_BLOCK_NOT_FOUND');
+    expect(await listed(store)).toEqual([]);
   });
 
   test('a changed byte in a pack is SNAPSHOT_CORRUPT naming the pack and offset; the other blocks of the pack still read', async () => {
