@@ -55,8 +55,12 @@ export interface SnapshotCopierOptions {
   localDir: string;
   /** Pins blocks against the collector while the copy has not yet named them in a completed manifest. */
   pin: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
-  /** DeleteSnapshot refuses the source while the copy reads it (InvalidSnapshot.InUse). */
-  hold?: (snapshotId: string) => () => void;
+  /**
+   * DeleteSnapshot refuses the source while the copy reads it
+   * (InvalidSnapshot.InUse); resolves with the release. Taken before the
+   * source's manifest is read (SnapshotManager.hold: atomic with a delete).
+   */
+  hold?: (snapshotId: string) => Promise<() => void>;
   onAudit?: (ev: CopyAuditEvent) => void;
   logger?: Logger;
   /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 16. */
@@ -118,23 +122,25 @@ export class SnapshotCopier {
   /**
    * Accepts the copy: checks the request and the source (EC2's errors), writes
    * the `pending` manifest and answers `{SnapshotId}` at once, as EC2 does;
-   * the copy continues in the background. `authorize` runs once the source is
-   * read and before anything is written.
+   * the copy continues in the background. The source is held against
+   * DeleteSnapshot before its manifest is read (a delete either refuses,
+   * InvalidSnapshot.InUse, or has finished: InvalidSnapshot.NotFound here);
+   * `authorize` runs once the source is read and before anything is written.
    */
   async copySnapshot(req: CopySnapshotRequest, caller: Caller, authorize?: (source: SnapshotManifest | undefined) => Promise<void>): Promise<{ SnapshotId: string; Tags?: { Key: string; Value: string }[] }> {
     if (req.SourceRegion !== this.o.region) {
       throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `SourceRegion '${req.SourceRegion}': this daemon serves ${this.o.region} only; a copy between regions needs the other region's store`, { awsName: 'InvalidParameterValue' });
     }
     if (req.Encrypted === false) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'Encrypted cannot be set to false: omit it, or set it to true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterValue' });
-    const src = await this.o.store.getManifest(req.SourceSnapshotId);
-    await authorize?.(src);
-    if (!src) throw snapshotNotFound(req.SourceSnapshotId);
-    if (req.KmsKeyId !== undefined && req.Encrypted !== true && !src.encrypted) {
-      throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId needs Encrypted true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterDependency' });
-    }
-    const snap = await checkedSnapshot(this.o.store, req.SourceSnapshotId, src);
-    const release = this.o.hold?.(req.SourceSnapshotId) ?? (() => {});
+    const release = (await this.o.hold?.(req.SourceSnapshotId)) ?? (() => {});
     try {
+      const src = await this.o.store.getManifest(req.SourceSnapshotId);
+      await authorize?.(src);
+      if (!src) throw snapshotNotFound(req.SourceSnapshotId);
+      if (req.KmsKeyId !== undefined && req.Encrypted !== true && !src.encrypted) {
+        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId needs Encrypted true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterDependency' });
+      }
+      const snap = await checkedSnapshot(this.o.store, req.SourceSnapshotId, src);
       const via: Caller = { ...caller, viaService: `ec2.${this.o.region}.amazonaws.com` };
       const encrypt = src.encrypted || req.Encrypted === true;
       // Same key: the source's (none given, or one resolving to its ARN); else a new data key.
@@ -202,7 +208,13 @@ export class SnapshotCopier {
     try {
       if (targetKey === undefined) {
         // Same data key: the same objects. Pinned until the completed manifest names them.
-        pins.push(await this.o.pin([snap.manifest.header!, ...snap.manifest.blocks.map(([, h]) => h)]));
+        const named = [snap.manifest.header!, ...snap.manifest.blocks.map(([, h]) => h)];
+        pins.push(await this.o.pin(named));
+        // Pinned, so a delete under way has finished: each is present and stays, or is gone (and the copy fails), as for an incremental's inherited blocks.
+        const inMemory = this.o.store.hasBlockInMemory?.bind(this.o.store);
+        for (const h of named) {
+          if (!inMemory?.(h) && !(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the source ${snap.manifest.snapshotId} is missing from ${this.o.store.location}`);
+        }
         m.header = snap.manifest.header!;
         m.blocks = snap.manifest.blocks.map(([i, h]) => [i, h]);
       } else {

@@ -563,17 +563,24 @@ export class SnapshotManager {
   /**
    * Marks a snapshot as read by a restore or copy until the returned function
    * is called: DeleteSnapshot refuses it meanwhile (InvalidSnapshot.InUse).
+   * Taken inside DeleteSnapshot's per-snapshot mutex, so it is atomic with a
+   * delete: either the delete has not checked yet (and refuses), or it has
+   * finished (and the caller's manifest read, which must come after the hold,
+   * finds nothing: InvalidSnapshot.NotFound). A hold taken after a manifest
+   * read would let a delete free the blocks in between.
    */
-  hold(snapshotId: string): () => void {
-    this.holds.set(snapshotId, (this.holds.get(snapshotId) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const n = (this.holds.get(snapshotId) ?? 1) - 1;
-      if (n > 0) this.holds.set(snapshotId, n);
-      else this.holds.delete(snapshotId);
-    };
+  async hold(snapshotId: string): Promise<() => void> {
+    return this.deleting.run(snapshotId, async () => {
+      this.holds.set(snapshotId, (this.holds.get(snapshotId) ?? 0) + 1);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        const n = (this.holds.get(snapshotId) ?? 1) - 1;
+        if (n > 0) this.holds.set(snapshotId, n);
+        else this.holds.delete(snapshotId);
+      };
+    });
   }
 
   /** Shutdown: creates under way stop and are recorded `error`; tracking stays with the trackers (saved at detach). */
