@@ -1,6 +1,4 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import type { XtsContext, XtsEngine } from '../crypto/xts.js';
@@ -20,6 +18,7 @@ import { sha256HexOffLoop } from '../util/sha256.js';
 import { dataEncryptionKeyId } from './volume-image.js';
 import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
 import { putUnlessStored } from './block-copier.js';
+import { failedManifest, PendingMarkers } from './pending-markers.js';
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
@@ -86,37 +85,35 @@ export class SnapshotCopier {
   private readonly log: Logger;
   private readonly running = new Set<Promise<void>>();
 
-  private constructor(private readonly o: SnapshotCopierOptions) {
-    this.log = (o.logger ?? silentLogger).child({ component: 'snapshot-copy' });
+  private constructor(private readonly o: SnapshotCopierOptions, private readonly markers: PendingMarkers, log: Logger) {
+    this.log = log;
   }
 
   /** Opens the marker directory and settles the copies a crash interrupted (recover()). */
   static async open(o: SnapshotCopierOptions): Promise<SnapshotCopier> {
-    await fsp.mkdir(o.localDir, { recursive: true, mode: 0o700 });
-    const c = new SnapshotCopier(o);
+    const log = (o.logger ?? silentLogger).child({ component: 'snapshot-copy' });
+    const markers = await PendingMarkers.open({
+      dir: o.localDir,
+      store: o.store,
+      why: 'The daemon stopped (crash or restart) while the snapshot was being copied.',
+      onSettled: (m) => {
+        log.warn({ snapshotId: m.snapshotId }, 'snapshot copy interrupted by a restart: marked error');
+        o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, details: { reason: 'restart during copy' } });
+      },
+    });
+    const c = new SnapshotCopier(o, markers, log);
     await c.recover();
     return c;
   }
 
   /**
-   * A copy this daemon started and did not finish left a marker: its
-   * manifest, if still `pending`, becomes `error` naming no blocks (what it
-   * stored is garbage for the collector), so it never shows as completed.
+   * A copy this daemon started and did not finish (crash, a terminal manifest
+   * the store refused) left a marker: its manifest, if still `pending`,
+   * becomes `error` naming no blocks (what it stored is garbage for the
+   * collector), so it never shows as completed.
    */
   async recover(): Promise<string[]> {
-    const settled: string[] = [];
-    for (const name of await fsp.readdir(this.o.localDir)) {
-      if (!/^snap-[0-9a-f]{17}$/.test(name)) continue;
-      const m = await this.o.store.getManifest(name);
-      if (m?.state === 'pending') {
-        await this.o.store.putManifest(failed(m, 'The daemon stopped (crash or restart) while the snapshot was being copied.'));
-        settled.push(name);
-        this.log.warn({ snapshotId: name }, 'snapshot copy interrupted by a restart: marked error');
-        this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: name, details: { reason: 'restart during copy' } });
-      }
-      await fsp.rm(join(this.o.localDir, name), { force: true });
-    }
-    return settled;
+    return this.markers.recover();
   }
 
   /**
@@ -171,23 +168,28 @@ export class SnapshotCopier {
       delete m.changedBlocks;
       delete m.header;
       // Crash from here on: recover() turns the pending manifest into error.
-      await fsp.writeFile(join(this.o.localDir, snapshotId), '', { mode: 0o600 });
+      await this.markers.add(snapshotId);
       await this.o.store.putManifest(m);
       faultPoint('copy.after-pending');
       this.o.onAudit?.({
         eventName: 'CopySnapshot', snapshotId, volumeId: src.volumeId, principal: caller.arn,
         details: { sourceSnapshotId: src.snapshotId, reEncrypted: targetKey !== undefined, ...(targetKey ? { kmsKeyId: targetKey } : {}) },
       });
-      const job = this.run(snap, m, targetKey, via)
+      // A terminal manifest (`completed` or `error`) durable: only then may the marker go.
+      let terminal = false;
+      const job = this.run(snap, m, targetKey, via, () => (terminal = true))
         .catch(async (e) => {
           const why = e instanceof VolumeError || e instanceof SnapshotError || (e as { awsName?: string })?.awsName ? `${(e as { awsName?: string }).awsName ?? (e as { code: string }).code}: ${(e as Error).message}` : 'internal error (see the daemon log)';
           this.log.warn({ snapshotId, sourceSnapshotId: src.snapshotId, err: { message: (e as Error)?.message } }, 'snapshot copy failed');
-          await this.o.store.putManifest(failed(m, why)).catch((err) => this.log.error({ snapshotId, err: { message: (err as Error)?.message } }, 'could not record the failed copy; the next start marks it error'));
+          await this.o.store.putManifest(failedManifest(m, why)).then(
+            () => void (terminal = true),
+            (err) => this.log.error({ snapshotId, err: { message: (err as Error)?.message } }, 'could not record the failed copy; its marker is kept and the next start marks it error'),
+          );
           this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, details: { reason: why } });
         })
         .finally(async () => {
           release();
-          await fsp.rm(join(this.o.localDir, snapshotId), { force: true }).catch(() => {});
+          if (terminal) await this.markers.remove(snapshotId).catch(() => {});
           this.running.delete(job);
         });
       this.running.add(job);
@@ -203,7 +205,7 @@ export class SnapshotCopier {
     while (this.running.size) await Promise.allSettled([...this.running]);
   }
 
-  private async run(snap: OpenedSnapshot, m: SnapshotManifest, targetKey: string | undefined, via: Caller): Promise<void> {
+  private async run(snap: OpenedSnapshot, m: SnapshotManifest, targetKey: string | undefined, via: Caller, onTerminal: () => void): Promise<void> {
     const pins: BlockPin[] = [];
     try {
       if (targetKey === undefined) {
@@ -226,6 +228,7 @@ export class SnapshotCopier {
       m.changedBlocks = m.blocks.length;
       m.completionTime = new Date().toISOString();
       await this.o.store.putManifest(m);
+      onTerminal();
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, details: { sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length } });
       this.log.info({ snapshotId: m.snapshotId, sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length, reEncrypted: targetKey !== undefined }, 'snapshot copied');
     } finally {
@@ -350,12 +353,6 @@ export class SnapshotCopier {
     }
     return out;
   }
-}
-
-function failed(m: SnapshotManifest, why: string): SnapshotManifest {
-  // No blocks: an error snapshot references nothing (what it stored is garbage).
-  const { header: _h, parentSnapshotId: _p, changedBlocks: _c, ...rest } = m;
-  return { ...rest, state: 'error', stateMessage: why, blocks: [] };
 }
 
 function sha256(b: Uint8Array): string {
