@@ -19,6 +19,7 @@ import { dataEncryptionKeyId } from './volume-image.js';
 import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
 import { putUnlessStored } from './block-copier.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
+import type { Clock } from '../util/clock.js';
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
@@ -64,6 +65,10 @@ export interface SnapshotCopierOptions {
   logger?: Logger;
   /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 16. */
   window?: number;
+  /** Timers of the background settle of markers the store could not answer for (PendingMarkers); default the system clock. */
+  clock?: Clock;
+  /** First wait before such a marker is tried again (doubled each time, up to 5 minutes); default 5 s. */
+  markerRetryMs?: number;
 }
 
 /**
@@ -96,10 +101,13 @@ export class SnapshotCopier {
       dir: o.localDir,
       store: o.store,
       why: 'The daemon stopped (crash or restart) while the snapshot was being copied.',
+      log,
       onSettled: (m) => {
         log.warn({ snapshotId: m.snapshotId }, 'snapshot copy interrupted by a restart: marked error');
         o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, details: { reason: 'restart during copy' } });
       },
+      ...(o.clock ? { clock: o.clock } : {}),
+      ...(o.markerRetryMs !== undefined ? { retryMs: o.markerRetryMs } : {}),
     });
     const c = new SnapshotCopier(o, markers, log);
     await c.recover();
@@ -110,10 +118,21 @@ export class SnapshotCopier {
    * A copy this daemon started and did not finish (crash, a terminal manifest
    * the store refused) left a marker: its manifest, if still `pending`,
    * becomes `error` naming no blocks (what it stored is garbage for the
-   * collector), so it never shows as completed.
+   * collector), so it never shows as completed. A store that does not answer
+   * keeps the marker, settled in the background once it does (PendingMarkers).
    */
   async recover(): Promise<string[]> {
     return this.markers.recover();
+  }
+
+  /** Pending markers the store has not yet let this daemon settle (tests). */
+  get unsettledMarkers(): string[] {
+    return this.markers.waiting;
+  }
+
+  /** Shutdown: no more background settles (markers left stay for the next start); copies under way are not stopped. */
+  async close(): Promise<void> {
+    await this.markers.close();
   }
 
   /**
@@ -169,7 +188,12 @@ export class SnapshotCopier {
       delete m.header;
       // Crash from here on: recover() turns the pending manifest into error.
       await this.markers.add(snapshotId);
-      await this.o.store.putManifest(m);
+      try {
+        await this.o.store.putManifest(m);
+      } catch (e) {
+        this.markers.retry(snapshotId); // the write may have landed: the marker ends it `error` once the store answers
+        throw e;
+      }
       faultPoint('copy.after-pending');
       this.o.onAudit?.({
         eventName: 'CopySnapshot', snapshotId, volumeId: src.volumeId, principal: caller.arn,
@@ -183,13 +207,14 @@ export class SnapshotCopier {
           this.log.warn({ snapshotId, sourceSnapshotId: src.snapshotId, err: { message: (e as Error)?.message } }, 'snapshot copy failed');
           await this.o.store.putManifest(failedManifest(m, why)).then(
             () => void (terminal = true),
-            (err) => this.log.error({ snapshotId, err: { message: (err as Error)?.message } }, 'could not record the failed copy; its marker is kept and the next start marks it error'),
+            (err) => this.log.error({ snapshotId, err: { message: (err as Error)?.message } }, 'could not record the failed copy; its marker is kept and it is marked error once the store answers (or at the next start)'),
           );
           this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, details: { reason: why } });
         })
         .finally(async () => {
           release();
           if (terminal) await this.markers.remove(snapshotId).catch(() => {});
+          else this.markers.retry(snapshotId);
           this.running.delete(job);
         });
       this.running.add(job);

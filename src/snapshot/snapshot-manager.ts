@@ -24,6 +24,7 @@ import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } 
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
 import type { BlockPin, SnapshotGc } from './gc.js';
+import type { Clock } from '../util/clock.js';
 
 const GiB = 1024 ** 3;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
@@ -67,6 +68,10 @@ export interface SnapshotManagerOptions {
    * (cow-memory.ts, docs/architecture.md §12.2); default: the default budget.
    */
   cowMemory?: CowMemory;
+  /** Timers of the background settle of markers the store could not answer for (PendingMarkers); default the system clock. */
+  clock?: Clock;
+  /** First wait before such a marker is tried again (doubled each time, up to 5 minutes); default 5 s. */
+  markerRetryMs?: number;
 }
 
 export interface CreateSnapshotRequest {
@@ -151,7 +156,10 @@ export class SnapshotManager {
       dir: join(o.localDir, 'pending'),
       store: o.store,
       why: 'The daemon stopped (crash or restart) while the snapshot was being created.',
+      log,
       onSettled: (s) => log.warn({ snapshotId: s.snapshotId, volumeId: s.volumeId }, 'snapshot interrupted by a restart: marked error'),
+      ...(o.clock ? { clock: o.clock } : {}),
+      ...(o.markerRetryMs !== undefined ? { retryMs: o.markerRetryMs } : {}),
     });
     const m = new SnapshotManager(o, tracking, markers);
     await m.recover();
@@ -175,13 +183,20 @@ export class SnapshotManager {
    * terminal manifest the store refused) left a marker in `<local>/pending`:
    * its manifest, if still `pending`, becomes `error` with no blocks, so it
    * never shows as completed and references nothing (its stored blocks are
-   * garbage for collection). Another host's pending snapshots in a shared
-   * store are not this host's to judge.
+   * garbage for collection). A store that does not answer keeps the marker,
+   * settled in the background once it does (PendingMarkers): the daemon
+   * starts anyway. Another host's pending snapshots in a shared store are
+   * not this host's to judge.
    */
   async recover(): Promise<string[]> {
     // Copy-on-write spill files are nameless while in use (cow-spill.ts); one left here by a crash right after its open is garbage.
     await fsp.rm(this.cowDir, { recursive: true, force: true });
     return this.markers.recover();
+  }
+
+  /** Pending markers the store has not yet let this daemon settle (tests). */
+  get unsettledMarkers(): string[] {
+    return this.markers.waiting;
   }
 
   // ---- tracking on attach / detach ----------------------------------------
@@ -265,10 +280,15 @@ export class SnapshotManager {
       };
       // Crash from here on: recover() turns the pending manifest into error.
       await this.markers.add(snapshotId);
-      await this.o.store.putManifest(m);
-      faultPoint('snapshot.after-pending');
       let settle!: () => void;
       const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (settle = r)), terminal: false };
+      try {
+        await this.o.store.putManifest(m);
+      } catch (e) {
+        this.markers.retry(snapshotId); // the write may have landed: the marker ends it `error` once the store answers
+        throw e;
+      }
+      faultPoint('snapshot.after-pending');
       this.running.set(snapshotId, run);
       try {
         const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId);
@@ -284,8 +304,9 @@ export class SnapshotManager {
       } finally {
         for (const p of run.pins) p.release();
         this.running.delete(snapshotId);
-        // Without a terminal manifest the marker stays, so the snapshot cannot stay `pending` for good: the next start's recover() ends it `error`.
+        // Without a terminal manifest the marker stays, so the snapshot cannot stay `pending` for good: settled in the background, else at the next start.
         if (run.terminal) await this.markers.remove(snapshotId).catch(() => {});
+        else this.markers.retry(snapshotId);
         settle();
       }
     });
@@ -465,7 +486,7 @@ export class SnapshotManager {
       await progressWrite;
       await this.o.store.putManifest(failedManifest(m, why)).then(
         () => void (run.terminal = true),
-        (err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; its marker is kept and the next start marks it error'),
+        (err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; its marker is kept and it is marked error once the store answers (or at the next start)'),
       );
       this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
       throw e;
@@ -596,6 +617,8 @@ export class SnapshotManager {
     }
     // The copy notices the abort at its next block and records the snapshot `error`.
     await Promise.allSettled([...this.jobs]);
+    // Markers still waiting for the store stay for the next start's recover().
+    await this.markers.close();
     this.headerCache.clear();
     this.spareHeader = undefined;
   }
