@@ -234,6 +234,7 @@ export class SnapshotCopier {
     const pins: BlockPin[] = [];
     try {
       if (targetKey === undefined) {
+        if (snap.manifest.encrypted) await this.checkSameKeyUse(snap, via);
         // Same data key: the same objects. Pinned until the completed manifest names them.
         const named = [snap.manifest.header!, ...snap.manifest.blocks.map(([, h]) => h)];
         pins.push(await this.o.pin(named));
@@ -259,6 +260,32 @@ export class SnapshotCopier {
     } finally {
       for (const p of pins) p.release();
     }
+  }
+
+  /**
+   * The same-key copy makes no new data key, but the caller must still be
+   * allowed to use the snapshot's key through EC2, as EBS requires for any
+   * copy of an encrypted snapshot (docs/architecture.md §14.3): a ReEncrypt of
+   * the snapshot's wrapped key from and to that key and context, on the
+   * caller's behalf via EC2 (kms:ReEncryptFrom and kms:ReEncryptTo, judged by
+   * the KMS and audited there, as the same-key restore's ReEncrypt is). The
+   * copy keeps the source's wrapped key, which its header area (the same
+   * object) carries: the answer is only the proof. A refusal
+   * (AccessDeniedException, DisabledException) ends the copy `error`, as the
+   * other-key copy's Decrypt does.
+   */
+  private async checkSameKeyUse(snap: OpenedSnapshot, via: Caller): Promise<void> {
+    const wk = snap.manifest.wrappedKey!;
+    await this.o.keyService.reEncrypt(
+      {
+        CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
+        SourceKeyId: wk.keyArn,
+        SourceEncryptionContext: wk.encryptionContext,
+        DestinationKeyId: wk.keyArn,
+        DestinationEncryptionContext: wk.encryptionContext,
+      },
+      via,
+    );
   }
 
   /** A new data key under `keyId` (context the new snapshot), every block re-encrypted and stored, a new header. */
