@@ -396,6 +396,7 @@ export class Daemon {
     await step('ebs direct', async () => this.ebs?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
+    await step('snapshot copies', () => this.copier?.close()); // markers still waiting for the store stay for the next start
     this.snapshotStore?.close?.(); // after the manifests above are written
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));

@@ -1,6 +1,4 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import type { XtsContext, XtsEngine } from '../crypto/xts.js';
@@ -20,6 +18,8 @@ import { sha256HexOffLoop } from '../util/sha256.js';
 import { dataEncryptionKeyId } from './volume-image.js';
 import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
 import { putUnlessStored } from './block-copier.js';
+import { failedManifest, PendingMarkers } from './pending-markers.js';
+import type { Clock } from '../util/clock.js';
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
@@ -55,12 +55,20 @@ export interface SnapshotCopierOptions {
   localDir: string;
   /** Pins blocks against the collector while the copy has not yet named them in a completed manifest. */
   pin: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
-  /** DeleteSnapshot refuses the source while the copy reads it (InvalidSnapshot.InUse). */
-  hold?: (snapshotId: string) => () => void;
+  /**
+   * DeleteSnapshot refuses the source while the copy reads it
+   * (InvalidSnapshot.InUse); resolves with the release. Taken before the
+   * source's manifest is read (SnapshotManager.hold: atomic with a delete).
+   */
+  hold?: (snapshotId: string) => Promise<() => void>;
   onAudit?: (ev: CopyAuditEvent) => void;
   logger?: Logger;
   /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 16. */
   window?: number;
+  /** Timers of the background settle of markers the store could not answer for (PendingMarkers); default the system clock. */
+  clock?: Clock;
+  /** First wait before such a marker is tried again (doubled each time, up to 5 minutes); default 5 s. */
+  markerRetryMs?: number;
 }
 
 /**
@@ -82,59 +90,73 @@ export class SnapshotCopier {
   private readonly log: Logger;
   private readonly running = new Set<Promise<void>>();
 
-  private constructor(private readonly o: SnapshotCopierOptions) {
-    this.log = (o.logger ?? silentLogger).child({ component: 'snapshot-copy' });
+  private constructor(private readonly o: SnapshotCopierOptions, private readonly markers: PendingMarkers, log: Logger) {
+    this.log = log;
   }
 
   /** Opens the marker directory and settles the copies a crash interrupted (recover()). */
   static async open(o: SnapshotCopierOptions): Promise<SnapshotCopier> {
-    await fsp.mkdir(o.localDir, { recursive: true, mode: 0o700 });
-    const c = new SnapshotCopier(o);
+    const log = (o.logger ?? silentLogger).child({ component: 'snapshot-copy' });
+    const markers = await PendingMarkers.open({
+      dir: o.localDir,
+      store: o.store,
+      why: 'The daemon stopped (crash or restart) while the snapshot was being copied.',
+      log,
+      onSettled: (m) => {
+        log.warn({ snapshotId: m.snapshotId }, 'snapshot copy interrupted by a restart: marked error');
+        o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, details: { reason: 'restart during copy' } });
+      },
+      ...(o.clock ? { clock: o.clock } : {}),
+      ...(o.markerRetryMs !== undefined ? { retryMs: o.markerRetryMs } : {}),
+    });
+    const c = new SnapshotCopier(o, markers, log);
     await c.recover();
     return c;
   }
 
   /**
-   * A copy this daemon started and did not finish left a marker: its
-   * manifest, if still `pending`, becomes `error` naming no blocks (what it
-   * stored is garbage for the collector), so it never shows as completed.
+   * A copy this daemon started and did not finish (crash, a terminal manifest
+   * the store refused) left a marker: its manifest, if still `pending`,
+   * becomes `error` naming no blocks (what it stored is garbage for the
+   * collector), so it never shows as completed. A store that does not answer
+   * keeps the marker, settled in the background once it does (PendingMarkers).
    */
   async recover(): Promise<string[]> {
-    const settled: string[] = [];
-    for (const name of await fsp.readdir(this.o.localDir)) {
-      if (!/^snap-[0-9a-f]{17}$/.test(name)) continue;
-      const m = await this.o.store.getManifest(name);
-      if (m?.state === 'pending') {
-        await this.o.store.putManifest(failed(m, 'The daemon stopped (crash or restart) while the snapshot was being copied.'));
-        settled.push(name);
-        this.log.warn({ snapshotId: name }, 'snapshot copy interrupted by a restart: marked error');
-        this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: name, details: { reason: 'restart during copy' } });
-      }
-      await fsp.rm(join(this.o.localDir, name), { force: true });
-    }
-    return settled;
+    return this.markers.recover();
+  }
+
+  /** Pending markers the store has not yet let this daemon settle (tests). */
+  get unsettledMarkers(): string[] {
+    return this.markers.waiting;
+  }
+
+  /** Shutdown: no more background settles (markers left stay for the next start); copies under way are not stopped. */
+  async close(): Promise<void> {
+    await this.markers.close();
   }
 
   /**
    * Accepts the copy: checks the request and the source (EC2's errors), writes
    * the `pending` manifest and answers `{SnapshotId}` at once, as EC2 does;
-   * the copy continues in the background. `authorize` runs once the source is
-   * read and before anything is written.
+   * the copy continues in the background. The source is held against
+   * DeleteSnapshot before its manifest is read (a delete either refuses,
+   * InvalidSnapshot.InUse, or has finished: InvalidSnapshot.NotFound here);
+   * `authorize` runs once the source is read and before anything is written.
    */
   async copySnapshot(req: CopySnapshotRequest, caller: Caller, authorize?: (source: SnapshotManifest | undefined) => Promise<void>): Promise<{ SnapshotId: string; Tags?: { Key: string; Value: string }[] }> {
     if (req.SourceRegion !== this.o.region) {
       throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `SourceRegion '${req.SourceRegion}': this daemon serves ${this.o.region} only; a copy between regions needs the other region's store`, { awsName: 'InvalidParameterValue' });
     }
     if (req.Encrypted === false) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'Encrypted cannot be set to false: omit it, or set it to true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterValue' });
-    const src = await this.o.store.getManifest(req.SourceSnapshotId);
-    await authorize?.(src);
-    if (!src) throw snapshotNotFound(req.SourceSnapshotId);
-    if (req.KmsKeyId !== undefined && req.Encrypted !== true && !src.encrypted) {
-      throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId needs Encrypted true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterDependency' });
-    }
-    const snap = await checkedSnapshot(this.o.store, req.SourceSnapshotId, src);
-    const release = this.o.hold?.(req.SourceSnapshotId) ?? (() => {});
+    const release = (await this.o.hold?.(req.SourceSnapshotId)) ?? (() => {});
     try {
+      const src = await this.o.store.getManifest(req.SourceSnapshotId);
+      await authorize?.(src);
+      if (!src) throw snapshotNotFound(req.SourceSnapshotId);
+      if (req.KmsKeyId !== undefined && req.Encrypted !== true && !src.encrypted) {
+        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId needs Encrypted true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterDependency' });
+      }
+      const snap = await checkedSnapshot(this.o.store, req.SourceSnapshotId, src);
       const via: Caller = { ...caller, viaService: `ec2.${this.o.region}.amazonaws.com` };
       const encrypt = src.encrypted || req.Encrypted === true;
       // Same key: the source's (none given, or one resolving to its ARN); else a new data key.
@@ -165,23 +187,34 @@ export class SnapshotCopier {
       delete m.changedBlocks;
       delete m.header;
       // Crash from here on: recover() turns the pending manifest into error.
-      await fsp.writeFile(join(this.o.localDir, snapshotId), '', { mode: 0o600 });
-      await this.o.store.putManifest(m);
+      await this.markers.add(snapshotId);
+      try {
+        await this.o.store.putManifest(m);
+      } catch (e) {
+        this.markers.retry(snapshotId); // the write may have landed: the marker ends it `error` once the store answers
+        throw e;
+      }
       faultPoint('copy.after-pending');
       this.o.onAudit?.({
         eventName: 'CopySnapshot', snapshotId, volumeId: src.volumeId, principal: caller.arn,
         details: { sourceSnapshotId: src.snapshotId, reEncrypted: targetKey !== undefined, ...(targetKey ? { kmsKeyId: targetKey } : {}) },
       });
-      const job = this.run(snap, m, targetKey, via)
+      // A terminal manifest (`completed` or `error`) durable: only then may the marker go.
+      let terminal = false;
+      const job = this.run(snap, m, targetKey, via, () => (terminal = true))
         .catch(async (e) => {
           const why = e instanceof VolumeError || e instanceof SnapshotError || (e as { awsName?: string })?.awsName ? `${(e as { awsName?: string }).awsName ?? (e as { code: string }).code}: ${(e as Error).message}` : 'internal error (see the daemon log)';
           this.log.warn({ snapshotId, sourceSnapshotId: src.snapshotId, err: { message: (e as Error)?.message } }, 'snapshot copy failed');
-          await this.o.store.putManifest(failed(m, why)).catch((err) => this.log.error({ snapshotId, err: { message: (err as Error)?.message } }, 'could not record the failed copy; the next start marks it error'));
+          await this.o.store.putManifest(failedManifest(m, why)).then(
+            () => void (terminal = true),
+            (err) => this.log.error({ snapshotId, err: { message: (err as Error)?.message } }, 'could not record the failed copy; its marker is kept and it is marked error once the store answers (or at the next start)'),
+          );
           this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, details: { reason: why } });
         })
         .finally(async () => {
           release();
-          await fsp.rm(join(this.o.localDir, snapshotId), { force: true }).catch(() => {});
+          if (terminal) await this.markers.remove(snapshotId).catch(() => {});
+          else this.markers.retry(snapshotId);
           this.running.delete(job);
         });
       this.running.add(job);
@@ -197,12 +230,19 @@ export class SnapshotCopier {
     while (this.running.size) await Promise.allSettled([...this.running]);
   }
 
-  private async run(snap: OpenedSnapshot, m: SnapshotManifest, targetKey: string | undefined, via: Caller): Promise<void> {
+  private async run(snap: OpenedSnapshot, m: SnapshotManifest, targetKey: string | undefined, via: Caller, onTerminal: () => void): Promise<void> {
     const pins: BlockPin[] = [];
     try {
       if (targetKey === undefined) {
+        if (snap.manifest.encrypted) await this.checkSameKeyUse(snap, via);
         // Same data key: the same objects. Pinned until the completed manifest names them.
-        pins.push(await this.o.pin([snap.manifest.header!, ...snap.manifest.blocks.map(([, h]) => h)]));
+        const named = [snap.manifest.header!, ...snap.manifest.blocks.map(([, h]) => h)];
+        pins.push(await this.o.pin(named));
+        // Pinned, so a delete under way has finished: each is present and stays, or is gone (and the copy fails), as for an incremental's inherited blocks.
+        const inMemory = this.o.store.hasBlockInMemory?.bind(this.o.store);
+        for (const h of named) {
+          if (!inMemory?.(h) && !(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the source ${snap.manifest.snapshotId} is missing from ${this.o.store.location}`);
+        }
         m.header = snap.manifest.header!;
         m.blocks = snap.manifest.blocks.map(([i, h]) => [i, h]);
       } else {
@@ -214,11 +254,38 @@ export class SnapshotCopier {
       m.changedBlocks = m.blocks.length;
       m.completionTime = new Date().toISOString();
       await this.o.store.putManifest(m);
+      onTerminal();
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, details: { sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length } });
       this.log.info({ snapshotId: m.snapshotId, sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length, reEncrypted: targetKey !== undefined }, 'snapshot copied');
     } finally {
       for (const p of pins) p.release();
     }
+  }
+
+  /**
+   * The same-key copy makes no new data key, but the caller must still be
+   * allowed to use the snapshot's key through EC2, as EBS requires for any
+   * copy of an encrypted snapshot (docs/architecture.md §14.3): a ReEncrypt of
+   * the snapshot's wrapped key from and to that key and context, on the
+   * caller's behalf via EC2 (kms:ReEncryptFrom and kms:ReEncryptTo, judged by
+   * the KMS and audited there, as the same-key restore's ReEncrypt is). The
+   * copy keeps the source's wrapped key, which its header area (the same
+   * object) carries: the answer is only the proof. A refusal
+   * (AccessDeniedException, DisabledException) ends the copy `error`, as the
+   * other-key copy's Decrypt does.
+   */
+  private async checkSameKeyUse(snap: OpenedSnapshot, via: Caller): Promise<void> {
+    const wk = snap.manifest.wrappedKey!;
+    await this.o.keyService.reEncrypt(
+      {
+        CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
+        SourceKeyId: wk.keyArn,
+        SourceEncryptionContext: wk.encryptionContext,
+        DestinationKeyId: wk.keyArn,
+        DestinationEncryptionContext: wk.encryptionContext,
+      },
+      via,
+    );
   }
 
   /** A new data key under `keyId` (context the new snapshot), every block re-encrypted and stored, a new header. */
@@ -339,12 +406,6 @@ export class SnapshotCopier {
     }
     return out;
   }
-}
-
-function failed(m: SnapshotManifest, why: string): SnapshotManifest {
-  // No blocks: an error snapshot references nothing (what it stored is garbage).
-  const { header: _h, parentSnapshotId: _p, changedBlocks: _c, ...rest } = m;
-  return { ...rest, state: 'error', stateMessage: why, blocks: [] };
 }
 
 function sha256(b: Uint8Array): string {

@@ -33,8 +33,12 @@ export interface SnapshotRestoreOptions {
   writer?: ImageWriterOptions;
   /** Each restore's stage times (the benchmark reads them). */
   onTiming?: (t: RestoreTiming) => void;
-  /** DeleteSnapshot refuses the snapshot while a volume is restored from it (InvalidSnapshot.InUse); returns the release. */
-  hold?: (snapshotId: string) => () => void;
+  /**
+   * DeleteSnapshot refuses the snapshot while a volume is restored from it
+   * (InvalidSnapshot.InUse); resolves with the release. Taken before the
+   * manifest is read (SnapshotManager.hold: atomic with a delete).
+   */
+  hold?: (snapshotId: string) => Promise<() => void>;
 }
 
 /** Where a restore's time went: the pipeline's stages (summed per block, overlapping) and the writer's. */
@@ -94,6 +98,18 @@ export class SnapshotRestore {
   }
 
   async createVolume(req: RestoreVolumeRequest, caller: Caller): ReturnType<VolumeManager['createVolume']> {
+    // Held before the manifest is read: a DeleteSnapshot either refuses (InUse) or has finished (then NotFound).
+    const release = (await this.hold?.(req.SnapshotId)) ?? (() => {});
+    const held = { started: false };
+    try {
+      return await this.createVolumeHeld(req, caller, release, held);
+    } finally {
+      if (!held.started) release();
+    }
+  }
+
+  /** createVolume with the snapshot held; `held.started` once the build owns the release. */
+  private async createVolumeHeld(req: RestoreVolumeRequest, caller: Caller, release: () => void, held: { started: boolean }): ReturnType<VolumeManager['createVolume']> {
     const snap = await openSnapshot(this.store, req.SnapshotId);
     const m = snap.manifest;
     const size = req.Size === undefined ? snap.size : parseVolumeSize(req.Size);
@@ -106,17 +122,11 @@ export class SnapshotRestore {
     }
     if (plainAsked && req.KmsKeyId !== undefined) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key', { awsName: 'InvalidParameterCombination' });
     const { SnapshotId: _s, Size: _z, ...rest } = req;
-    const release = this.hold?.(m.snapshotId) ?? (() => {});
-    let started = false;
-    try {
-      // EC2 answers `creating` at once; the blocks are written behind it (`--wait` polls for `available`).
-      return await this.volumes.createVolume({ ...rest, Size: size }, caller, (o) => {
-        started = true;
-        return this.build(snap, req, plainAsked, o).finally(release);
-      }, { background: true });
-    } finally {
-      if (!started) release();
-    }
+    // EC2 answers `creating` at once; the blocks are written behind it (`--wait` polls for `available`).
+    return this.volumes.createVolume({ ...rest, Size: size }, caller, (o) => {
+      held.started = true;
+      return this.build(snap, req, plainAsked, o).finally(release);
+    }, { background: true });
   }
 
   private async build(snap: OpenedSnapshot, req: RestoreVolumeRequest, plainAsked: boolean, o: ImageBuildContext): Promise<ImageBuilt> {

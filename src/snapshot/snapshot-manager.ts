@@ -19,10 +19,12 @@ import { CowSession } from './cow-session.js';
 import { CowMemory, resolveCowBudget } from './cow-memory.js';
 import { CopyPacer } from './cow-pacer.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
+import { failedManifest, PendingMarkers } from './pending-markers.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
 import type { BlockPin, SnapshotGc } from './gc.js';
+import type { Clock } from '../util/clock.js';
 
 const GiB = 1024 ** 3;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
@@ -66,6 +68,10 @@ export interface SnapshotManagerOptions {
    * (cow-memory.ts, docs/architecture.md §12.2); default: the default budget.
    */
   cowMemory?: CowMemory;
+  /** Timers of the background settle of markers the store could not answer for (PendingMarkers); default the system clock. */
+  clock?: Clock;
+  /** First wait before such a marker is tried again (doubled each time, up to 5 minutes); default 5 s. */
+  markerRetryMs?: number;
 }
 
 export interface CreateSnapshotRequest {
@@ -96,6 +102,8 @@ interface RunningCreate {
   pacer?: CopyPacer;
   /** Resolves once the run has let go of everything (pins, the pending marker) after its last manifest write. */
   settled: Promise<void>;
+  /** A terminal manifest (`completed` or `error`) is durable: only then may the pending marker go. */
+  terminal: boolean;
 }
 
 /**
@@ -126,7 +134,7 @@ export class SnapshotManager {
   private spareHeader: Buffer | undefined;
   private readonly cowMemory: CowMemory;
 
-  private constructor(private readonly o: SnapshotManagerOptions, private readonly tracking: TrackingFiles, private readonly pendingDir: string) {
+  private constructor(private readonly o: SnapshotManagerOptions, private readonly tracking: TrackingFiles, private readonly markers: PendingMarkers) {
     this.log = (o.logger ?? silentLogger).child({ component: 'snapshot' });
     this.cowMemory = o.cowMemory ?? new CowMemory(resolveCowBudget().bytes);
   }
@@ -143,9 +151,17 @@ export class SnapshotManager {
   /** Opens the local state and settles the creates a crash interrupted (recover()). */
   static async open(o: SnapshotManagerOptions): Promise<SnapshotManager> {
     const tracking = await TrackingFiles.open(join(o.localDir, 'tracking'));
-    const pendingDir = join(o.localDir, 'pending');
-    await fsp.mkdir(pendingDir, { recursive: true, mode: 0o700 });
-    const m = new SnapshotManager(o, tracking, pendingDir);
+    const log = (o.logger ?? silentLogger).child({ component: 'snapshot' });
+    const markers = await PendingMarkers.open({
+      dir: join(o.localDir, 'pending'),
+      store: o.store,
+      why: 'The daemon stopped (crash or restart) while the snapshot was being created.',
+      log,
+      onSettled: (s) => log.warn({ snapshotId: s.snapshotId, volumeId: s.volumeId }, 'snapshot interrupted by a restart: marked error'),
+      ...(o.clock ? { clock: o.clock } : {}),
+      ...(o.markerRetryMs !== undefined ? { retryMs: o.markerRetryMs } : {}),
+    });
+    const m = new SnapshotManager(o, tracking, markers);
     await m.recover();
     if (o.volumes.describeVolumes) {
       const known = new Set(o.volumes.describeVolumes().Volumes.map((v) => v.VolumeId));
@@ -163,27 +179,24 @@ export class SnapshotManager {
   }
 
   /**
-   * A create this daemon started and did not finish (crash, SIGKILL) left a
-   * marker in `<local>/pending`: its manifest, if still `pending`, becomes
-   * `error` with no blocks, so it never shows as completed and references
-   * nothing (its stored blocks are garbage for collection). Another host's
-   * pending snapshots in a shared store are not this host's to judge.
+   * A create this daemon started and did not finish (crash, SIGKILL, a
+   * terminal manifest the store refused) left a marker in `<local>/pending`:
+   * its manifest, if still `pending`, becomes `error` with no blocks, so it
+   * never shows as completed and references nothing (its stored blocks are
+   * garbage for collection). A store that does not answer keeps the marker,
+   * settled in the background once it does (PendingMarkers): the daemon
+   * starts anyway. Another host's pending snapshots in a shared store are
+   * not this host's to judge.
    */
   async recover(): Promise<string[]> {
-    const settled: string[] = [];
     // Copy-on-write spill files are nameless while in use (cow-spill.ts); one left here by a crash right after its open is garbage.
     await fsp.rm(this.cowDir, { recursive: true, force: true });
-    for (const name of await fsp.readdir(this.pendingDir)) {
-      if (!/^snap-[0-9a-f]{17}$/.test(name)) continue;
-      const m = await this.o.store.getManifest(name);
-      if (m?.state === 'pending') {
-        await this.o.store.putManifest(failed(m, 'The daemon stopped (crash or restart) while the snapshot was being created.'));
-        settled.push(name);
-        this.log.warn({ snapshotId: name, volumeId: m.volumeId }, 'snapshot interrupted by a restart: marked error');
-      }
-      await fsp.rm(join(this.pendingDir, name), { force: true });
-    }
-    return settled;
+    return this.markers.recover();
+  }
+
+  /** Pending markers the store has not yet let this daemon settle (tests). */
+  get unsettledMarkers(): string[] {
+    return this.markers.waiting;
   }
 
   // ---- tracking on attach / detach ----------------------------------------
@@ -267,11 +280,16 @@ export class SnapshotManager {
         blocks: [],
       };
       // Crash from here on: recover() turns the pending manifest into error.
-      await fsp.writeFile(join(this.pendingDir, snapshotId), '', { mode: 0o600 });
-      await this.o.store.putManifest(m);
-      faultPoint('snapshot.after-pending');
+      await this.markers.add(snapshotId);
       let settle!: () => void;
-      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (settle = r)) };
+      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (settle = r)), terminal: false };
+      try {
+        await this.o.store.putManifest(m);
+      } catch (e) {
+        this.markers.retry(snapshotId); // the write may have landed: the marker ends it `error` once the store answers
+        throw e;
+      }
+      faultPoint('snapshot.after-pending');
       this.running.set(snapshotId, run);
       try {
         const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run);
@@ -287,7 +305,9 @@ export class SnapshotManager {
       } finally {
         for (const p of run.pins) p.release();
         this.running.delete(snapshotId);
-        await fsp.rm(join(this.pendingDir, snapshotId), { force: true }).catch(() => {});
+        // Without a terminal manifest the marker stays, so the snapshot cannot stay `pending` for good: settled in the background, else at the next start.
+        if (run.terminal) await this.markers.remove(snapshotId).catch(() => {});
+        else this.markers.retry(snapshotId);
         settle();
       }
     });
@@ -473,6 +493,7 @@ export class SnapshotManager {
       };
       // Every block is durable (putBlock resolved); now the manifest that names them.
       await this.o.store.putManifest(done);
+      run.terminal = true;
       const t3 = performance.now();
       await plan.commit(m.snapshotId);
       this.log.info(
@@ -488,7 +509,10 @@ export class SnapshotManager {
       const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
       this.log.error({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'snapshot failed');
       await progressWrite;
-      await this.o.store.putManifest(failed(m, why)).catch((err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; the next start marks it error'));
+      await this.o.store.putManifest(failedManifest(m, why)).then(
+        () => void (run.terminal = true),
+        (err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; its marker is kept and it is marked error once the store answers (or at the next start)'),
+      );
       this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
       throw e;
     } finally {
@@ -588,17 +612,24 @@ export class SnapshotManager {
   /**
    * Marks a snapshot as read by a restore or copy until the returned function
    * is called: DeleteSnapshot refuses it meanwhile (InvalidSnapshot.InUse).
+   * Taken inside DeleteSnapshot's per-snapshot mutex, so it is atomic with a
+   * delete: either the delete has not checked yet (and refuses), or it has
+   * finished (and the caller's manifest read, which must come after the hold,
+   * finds nothing: InvalidSnapshot.NotFound). A hold taken after a manifest
+   * read would let a delete free the blocks in between.
    */
-  hold(snapshotId: string): () => void {
-    this.holds.set(snapshotId, (this.holds.get(snapshotId) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const n = (this.holds.get(snapshotId) ?? 1) - 1;
-      if (n > 0) this.holds.set(snapshotId, n);
-      else this.holds.delete(snapshotId);
-    };
+  async hold(snapshotId: string): Promise<() => void> {
+    return this.deleting.run(snapshotId, async () => {
+      this.holds.set(snapshotId, (this.holds.get(snapshotId) ?? 0) + 1);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        const n = (this.holds.get(snapshotId) ?? 1) - 1;
+        if (n > 0) this.holds.set(snapshotId, n);
+        else this.holds.delete(snapshotId);
+      };
+    });
   }
 
   /** Shutdown: creates under way stop and are recorded `error`; tracking stays with the trackers (saved at detach). */
@@ -611,6 +642,8 @@ export class SnapshotManager {
     }
     // The copy notices the abort at its next block and records the snapshot `error`.
     await Promise.allSettled([...this.jobs]);
+    // Markers still waiting for the store stay for the next start's recover().
+    await this.markers.close();
     this.headerCache.clear();
     this.spareHeader = undefined;
   }
@@ -630,12 +663,6 @@ interface SnapshotPlan {
   commit: (snapshotId: string) => void | Promise<void>;
   rollback: () => void;
   close: () => Promise<void>;
-}
-
-function failed(m: SnapshotManifest, why: string): SnapshotManifest {
-  // No blocks: an error snapshot references nothing (what it stored is garbage).
-  const { header: _h, parentSnapshotId: _p, changedBlocks: _c, ...rest } = m;
-  return { ...rest, state: 'error', stateMessage: why, blocks: [] };
 }
 
 function sortBlocks(m: ReadonlyMap<number, BlockHash>): [number, BlockHash][] {

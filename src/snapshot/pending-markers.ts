@@ -1,0 +1,171 @@
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { createExclusive } from '../util/exclusive-create.js';
+import { fsyncDir } from '../util/atomic-write.js';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import { errInfo } from '../volume/errors.js';
+import type { SnapshotManifest, SnapshotStore } from './types.js';
+
+const SNAPSHOT_ID = /^snap-[0-9a-f]{17}$/;
+/** First wait before a marker the store could not settle is tried again; doubled each time, up to the cap. */
+const DEFAULT_RETRY_MS = 5_000;
+const DEFAULT_MAX_RETRY_MS = 5 * 60_000;
+
+export interface PendingMarkersOptions {
+  /** `<state>/snapshots-local/pending` (creates) or `.../copies` (copies). */
+  dir: string;
+  store: SnapshotStore;
+  /** The StateMessage of a manifest a marker finds still `pending`. */
+  why: string;
+  log: Logger;
+  /** Called once a still-`pending` manifest was durably written `error` (log, audit). */
+  onSettled?: (m: SnapshotManifest) => void;
+  /** Timers for the retries (tests drive a manual clock); default the system clock, unref'd. */
+  clock?: Clock;
+  retryMs?: number;
+  maxRetryMs?: number;
+}
+
+/**
+ * The local markers of the snapshots this daemon writes (a create, a copy;
+ * docs/architecture.md §12.4): `<dir>/<snap-id>`, an empty file made durable
+ * (file and directory fsynced) before the `pending` manifest is written, and
+ * removed only once a terminal manifest (`completed` or `error`) is durable.
+ * A marker left behind (a crash, a shutdown, a terminal write the store
+ * refused) means the manifest, if still `pending`, is this daemon's to end:
+ * settling writes it `error` naming no blocks, then removes the marker.
+ *
+ * A store that does not answer while settling (an S3 outage at start) keeps
+ * the marker: a warning names the snapshot, and the settle is tried again in
+ * the background with backoff (retryMs, doubled up to maxRetryMs), so an
+ * outage never keeps the daemon from starting (§13.1). Only markers handed
+ * to the retries (at recover(), or by retry()) are tried again: a marker of a
+ * run still under way is never touched.
+ */
+export class PendingMarkers {
+  private readonly clock: Clock;
+  private readonly retryMs: number;
+  private readonly maxRetryMs: number;
+  /** Markers to settle at the next retry. */
+  private readonly unsettled = new Set<string>();
+  private timer: TimerHandle | undefined;
+  private delayMs: number;
+  private closed = false;
+  /** The retry under way, if any (close() waits for it). */
+  private retrying: Promise<void> | undefined;
+
+  private constructor(private readonly o: PendingMarkersOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.retryMs = o.retryMs ?? DEFAULT_RETRY_MS;
+    this.maxRetryMs = o.maxRetryMs ?? DEFAULT_MAX_RETRY_MS;
+    this.delayMs = this.retryMs;
+  }
+
+  static async open(o: PendingMarkersOptions): Promise<PendingMarkers> {
+    await fsp.mkdir(o.dir, { recursive: true, mode: 0o700 });
+    return new PendingMarkers(o);
+  }
+
+  /** Precondition of the `pending` manifest: its marker is durable first, so a crash right after still finds it. */
+  async add(snapshotId: string): Promise<void> {
+    const path = join(this.o.dir, snapshotId);
+    if (!(await createExclusive(path, ''))) throw new Error(`the marker ${path} already exists: snapshot id ${snapshotId} is taken`);
+    await fsyncDir(this.o.dir);
+  }
+
+  /** Postcondition of a terminal manifest (`completed` or `error`) durably written: the marker goes. */
+  async remove(snapshotId: string): Promise<void> {
+    await fsp.rm(join(this.o.dir, snapshotId), { force: true });
+  }
+
+  /**
+   * At open: settles every marker in the directory. Returns the snapshots
+   * written `error` now; a marker the store could not answer for stays and
+   * is retried in the background.
+   */
+  async recover(): Promise<string[]> {
+    const settled: string[] = [];
+    for (const name of await fsp.readdir(this.o.dir)) {
+      if (!SNAPSHOT_ID.test(name)) continue;
+      const r = await this.trySettle(name);
+      if (r === 'marked') settled.push(name);
+      else if (r === 'kept') this.unsettled.add(name);
+    }
+    this.schedule();
+    return settled;
+  }
+
+  /** A run ended without a terminal manifest (its writes failed): its marker is settled in the background. */
+  retry(snapshotId: string): void {
+    if (this.closed) return;
+    this.unsettled.add(snapshotId);
+    this.schedule();
+  }
+
+  /** Markers still waiting for the store (tests, status). */
+  get waiting(): string[] {
+    return [...this.unsettled];
+  }
+
+  /** Shutdown: no more retries; markers left stay for the next start's recover(). */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.retrying;
+  }
+
+  private schedule(): void {
+    if (this.closed || this.timer !== undefined || this.retrying || this.unsettled.size === 0) return;
+    const delay = this.delayMs;
+    this.delayMs = Math.min(this.delayMs * 2, this.maxRetryMs);
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = undefined;
+      this.retrying = this.retryAll().finally(() => {
+        this.retrying = undefined;
+        this.schedule();
+      });
+      return this.retrying;
+    }, delay);
+  }
+
+  private async retryAll(): Promise<void> {
+    let progressed = false;
+    for (const id of [...this.unsettled]) {
+      if (this.closed) return;
+      if ((await this.trySettle(id)) !== 'kept') {
+        this.unsettled.delete(id);
+        progressed = true;
+      }
+    }
+    // The store answered: the next failure starts the backoff over.
+    if (progressed || this.unsettled.size === 0) this.delayMs = this.retryMs;
+  }
+
+  /** 'marked': written `error` now; 'done': nothing was pending; 'kept': the store failed, the marker stays. */
+  private async trySettle(snapshotId: string): Promise<'marked' | 'done' | 'kept'> {
+    let marked = false;
+    try {
+      const m = await this.o.store.getManifest(snapshotId);
+      if (m?.state === 'pending') {
+        await this.o.store.putManifest(failedManifest(m, this.o.why));
+        marked = true;
+        this.o.onSettled?.(m);
+      }
+      await this.remove(snapshotId);
+      return marked ? 'marked' : 'done';
+    } catch (e) {
+      // Marked but the marker not removed: the next start finds the manifest `error` and removes it.
+      if (marked) return 'marked';
+      this.o.log.warn({ snapshotId, store: this.o.store.location, err: errInfo(e) }, `snapshot ${snapshotId}, left pending by this daemon, cannot be marked error yet: the store failed; its marker is kept and it is tried again`);
+      return 'kept';
+    }
+  }
+}
+
+/** The `error` manifest of a snapshot that did not complete: no blocks (what it stored is garbage for the collector). */
+export function failedManifest(m: SnapshotManifest, why: string): SnapshotManifest {
+  const { header: _h, parentSnapshotId: _p, changedBlocks: _c, ...rest } = m;
+  return { ...rest, state: 'error', stateMessage: why, blocks: [] };
+}
