@@ -1,14 +1,13 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
 import type { Caller } from '../kms/types.js';
 import type { XtsContext, XtsEngine } from '../crypto/xts.js';
 import type { KeyService } from '../volume/key-service.js';
 import { VOLUME_KEY_BYTES, SECTOR_SIZE } from '../volume/luks2-json.js';
 import { wipe } from '../util/wipe.js';
-import type { Logger } from '../util/logger.js';
+import { silentLogger, type Logger } from '../util/logger.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
 import type { BlockPin } from './gc.js';
+import { PendingMarkers } from './pending-markers.js';
 import { isSnapshotId } from './manifest-check.js';
 import { concurrentLimit, conflict, fromKmsError, internal, notFound, validation } from './ebs-direct-errors.js';
 import { encryptedSnapshotHeader, plainSnapshotHeader } from './ebs-direct-header.js';
@@ -131,6 +130,7 @@ interface Pending {
 
 export class EbsDirect {
   private readonly pending = new Map<string, Pending>();
+  private markers: Promise<PendingMarkers> | undefined;
   /**
    * StartSnapshot idempotency: ClientToken -> the request it came with and
    * its answer (a promise: a retry during the first call gets the same
@@ -163,29 +163,25 @@ export class EbsDirect {
    * so it becomes `error`, never `completed`. Returns the ids marked.
    */
   async recover(): Promise<string[]> {
-    await fsp.mkdir(this.o.pendingDir, { recursive: true, mode: 0o700 });
-    const marked: string[] = [];
-    for (const id of (await fsp.readdir(this.o.pendingDir)).sort()) {
-      if (!isSnapshotId(id) || this.pending.has(id)) continue;
-      const m = await this.o.store.getManifest(id);
-      if (m?.state === 'pending') {
-        await this.o.store.putManifest({ ...m, state: 'error', stateMessage: 'the daemon restarted before CompleteSnapshot' });
-        marked.push(id);
-      }
-      await this._unmark(id);
-    }
-    return marked;
+    // At start, before any StartSnapshot: every marker is a snapshot a previous run left pending. A store that
+    // does not answer (an S3 outage) keeps its marker, retried in the background, and does not stop the start.
+    return (await this._markers()).recover();
   }
 
-  /** Precondition of the pending manifest: its marker is durable first, so a crash right after still finds it. */
+  /** The markers of this daemon's pending snapshots (pending-markers.ts), opened on first use. */
+  private _markers(): Promise<PendingMarkers> {
+    this.markers ??= PendingMarkers.open({ dir: this.o.pendingDir, store: this.o.store, why: 'the daemon restarted before CompleteSnapshot', log: this.o.log ?? silentLogger });
+    return this.markers;
+  }
+
+  /** Precondition of the pending manifest: its marker is durable (file and directory) first, so a crash right after still finds it. */
   private async _mark(id: string): Promise<void> {
-    await fsp.mkdir(this.o.pendingDir, { recursive: true, mode: 0o700 });
-    const fh = await fsp.open(join(this.o.pendingDir, id), 'w', 0o600);
-    try { await fh.sync(); } finally { await fh.close(); }
+    await (await this._markers()).add(id);
   }
 
+  /** Postcondition of a terminal manifest durably written. */
   private async _unmark(id: string): Promise<void> {
-    await fsp.rm(join(this.o.pendingDir, id), { force: true });
+    await (await this._markers()).remove(id);
   }
 
   /** The manifest of a snapshot this daemon is writing (StartSnapshot, not completed), without a store read. */
@@ -196,6 +192,7 @@ export class EbsDirect {
   /** Wipe the token key and the cached data keys, cancel the scheduled manifest saves; pending snapshots are left for recover() to mark. */
   close(): void {
     for (const p of this.pending.values()) this._cancelSave(p);
+    void this.markers?.then((m) => m.close());
     this.tokens.destroy();
     this.dataKeys.close();
   }
@@ -641,7 +638,14 @@ export class EbsDirect {
       this.pending.delete(id);
       this._forget(p); // its blocks are orphans now, for the collector
       await p.saving; // a pending save in progress lands before `error`
-      await this.o.store.putManifest({ ...p.manifest, state: 'error', stateMessage: 'CompleteSnapshot did not come within the StartSnapshot Timeout' });
+      try {
+        await this.o.store.putManifest({ ...p.manifest, state: 'error', stateMessage: 'CompleteSnapshot did not come within the StartSnapshot Timeout' });
+      } catch (e) {
+        // The marker stays: the snapshot is written `error` by the markers' retries (or the next start).
+        this.o.log?.warn({ snapshotId: id, err: (e as Error).message }, 'snapshot timed out before CompleteSnapshot; its error manifest could not be written yet');
+        (await this._markers()).retry(id);
+        continue;
+      }
       await this._unmark(id);
       this.o.log?.warn({ snapshotId: id }, 'snapshot timed out before CompleteSnapshot: now error');
     }
