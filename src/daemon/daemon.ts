@@ -20,7 +20,7 @@ import type { Logger } from '../util/logger.js';
 import { checkDaemonConfig, type DaemonConfig } from './config.js';
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
-import { decodeKmsRequest } from './aws-json.js';
+import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
 import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
@@ -432,7 +432,12 @@ export class Daemon {
         await this.deny('kms.amazonaws.com', op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer);
       }
       // The core authorizes and audits.
-      return this.kmsCore!.call(op, decodeKmsRequest(body), caller, peer.requestId);
+      const req = decodeKmsRequest(body);
+      try {
+        return await this.kmsCore!.call(op, req, caller, peer.requestId);
+      } finally {
+        wipeRequestSecrets(req); // decoded here: ours to wipe (aws-json.ts)
+      }
     }
     if (service === 'ebs' && EbsApi.isOperation(op)) {
       if (caller.type === 'Unknown') {

@@ -36,6 +36,8 @@ export async function startHsm(init: HsmInit, mode: 'worker' | 'inline' = 'worke
 
 class WorkerHsm implements Hsm {
   private queue: HsmRequest[] = [];
+  /** The queued requests' own copies of pooled byte fields (exactBytes): moved to the worker, not copied. */
+  private transfer: ArrayBuffer[] = [];
   private waiting: Pending[] = [];
   private readonly inflight = new Map<number, Pending[]>();
   private seq = 0;
@@ -67,7 +69,7 @@ class WorkerHsm implements Hsm {
   call<R extends HsmRequest>(req: R): Promise<HsmResult<R['op']>> {
     if (this.closed) return Promise.reject(new KMSInternalException('HSM is closed', { code: 'KMS_HSM_GONE' }));
     return new Promise((resolve, reject) => {
-      this.queue.push(exactBytes(req));
+      this.queue.push(exactBytes(req, this.transfer, false));
       this.waiting.push({ resolve: resolve as (v: unknown) => void, reject });
       if (!this.scheduled) {
         this.scheduled = true;
@@ -82,10 +84,12 @@ class WorkerHsm implements Hsm {
     const seq = ++this.seq;
     this.inflight.set(seq, this.waiting);
     const b: HsmBatch = { seq, reqs: this.queue };
+    const transfer = this.transfer;
     this.queue = [];
+    this.transfer = [];
     this.waiting = [];
     this.worker.ref();
-    this.worker.postMessage(b);
+    this.worker.postMessage(b, transfer);
   }
 
   private onReply(m: HsmReplyBatch): void {
@@ -106,6 +110,7 @@ class WorkerHsm implements Hsm {
     for (const p of this.waiting) p.reject(e);
     this.waiting = [];
     this.queue = [];
+    this.transfer = [];
   }
 
   async close(): Promise<void> {
