@@ -44,6 +44,7 @@ import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-m
 import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
 import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type SnapshotRequest } from './snapshot-api.js';
 import { EbsApi, openEbsApi } from './ebs-api.js';
+import { hardenProcess, type StartSecrets } from './process-hardening.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -134,6 +135,8 @@ export class Daemon {
   private gcTicker: NodeJS.Timeout | undefined;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
   private ebs: EbsApi | undefined;
+  /** Taken from the environment at start (process-hardening.ts), until the KMS is open. */
+  private secrets: StartSecrets = {};
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
     this.paths = statePaths(cfg.stateDir);
@@ -152,6 +155,8 @@ export class Daemon {
       // SO_PEERCRED is how callers are identified; without it nobody can be judged.
       throw new EbsdError('NATIVE_ADDON_MISSING', `the native addon is required to identify control-socket callers: ${nativeLoadError?.message}`);
     }
+    // Before anything is spawned or opened: no core dumps, the HSM passphrase out of the environment.
+    this.secrets = hardenProcess(this.log);
     const { created, lock, removedTemps } = await prepareStateDir(this.paths);
     this.lock = lock;
     if (removedTemps.length) this.log.info({ removed: removedTemps }, 'removed temp files of interrupted atomic writes');
@@ -168,7 +173,11 @@ export class Daemon {
     if (cfg.allowUnencrypted) {
       log.warn({ allowUnencrypted: true }, '--allow-unencrypted: this daemon will create and attach PLAINTEXT volumes (--cipher none) on request; for measurement only');
     }
-    this.opened = await openKms({ stateDir: paths.root, kmsDir: paths.kms, logger: log, ...(cfg.region ? { region: cfg.region } : {}) });
+    const { hsmPassphrase } = this.secrets;
+    this.secrets = {}; // needed to open the domain only
+    this.opened = await openKms({
+      stateDir: paths.root, kmsDir: paths.kms, logger: log, ...(cfg.region ? { region: cfg.region } : {}), ...(hsmPassphrase !== undefined ? { passphrase: hsmPassphrase } : {}),
+    });
     this.authz = this.opened;
     this.kms = this.opened.core;
     const ids = this.authz.identities;

@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { EbsdError } from '../../util/errors.js';
 import { HsmDomainError, KMSInternalException, KmsError } from '../errors.js';
-import { exactBytes, type HsmBatch, type HsmInit, type HsmOp, type HsmReplyBatch, type HsmRequest, type HsmResult, type HsmWireError } from './protocol.js';
+import { exactBytes, HSM_PASSPHRASE_ENV, type HsmBatch, type HsmInit, type HsmOp, type HsmReplyBatch, type HsmRequest, type HsmResult, type HsmWireError } from './protocol.js';
 
 export interface Hsm {
   call<R extends HsmRequest>(req: R): Promise<HsmResult<R['op']>>;
@@ -53,7 +53,10 @@ class WorkerHsm implements Hsm {
   static async start(init: HsmInit): Promise<WorkerHsm> {
     const dev = import.meta.url.endsWith('.ts');
     const url = new URL(dev ? './hsm-worker.ts' : './hsm-worker.js', import.meta.url);
-    const worker = new Worker(url, { workerData: init, execArgv: dev ? ['--import', devLoaderUrl()] : [] });
+    // The passphrase goes in workerData, to open the domain; never in the worker's copy of the environment.
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env[HSM_PASSPHRASE_ENV];
+    const worker = new Worker(url, { workerData: init, env, execArgv: dev ? ['--import', devLoaderUrl()] : [] });
     const first = await new Promise<{ ready: boolean; e?: HsmWireError }>((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', reject);

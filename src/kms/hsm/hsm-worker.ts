@@ -19,6 +19,9 @@ try {
 } catch (e) {
   port.postMessage({ ready: false, e: toWire(e) });
   process.exit(0);
+} finally {
+  // Needed only to open the domain. A string cannot be wiped; this drops the reference.
+  delete init.passphrase;
 }
 
 port.on('message', (b: HsmBatch) => {

@@ -79,6 +79,13 @@ export type HsmResult<O extends HsmOp> = HsmResults[O];
 /** Wire error: a KMS exception name and message, never secret data. */
 export interface HsmWireError { awsName?: string; code: string; message: string }
 
+/**
+ * The environment variable the daemon takes a domain's passphrase from, once, at
+ * start, and then removes from its environment (docs/architecture.md §5.10); the
+ * KMS core is given the passphrase explicitly (KmsOptions.passphrase, HsmInit).
+ */
+export const HSM_PASSPHRASE_ENV = 'EBSD_HSM_PASSPHRASE';
+
 export interface HsmInit {
   /** The kms/ state directory; the HSM keeps its sealed domain in `<dir>/hsm/`. */
   stateDir: string;
