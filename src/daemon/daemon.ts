@@ -21,7 +21,7 @@ import { checkDaemonConfig, type DaemonConfig } from './config.js';
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
-import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
+import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
 import { Ec2Authorizer, UnauthorizedOperation as UnauthorizedOperationError, type UnauthorizedOperation } from './ec2-authz.js';
@@ -460,15 +460,18 @@ export class Daemon {
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
-    const source = VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) || op === 'CopySnapshot' ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
+    const iam = op.startsWith('Iam');
+    const source = VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) || op === 'CopySnapshot' ? 'ec2.amazonaws.com' : iam ? 'iam.amazonaws.com' : 'ebsd';
+    // An IAM call is recorded, refused or not, under IAM's name for it (PutUserPolicy for ebsd.IamPutPolicy on a user).
+    const eventName = iam ? iamEventName(op.slice(3), body) : op;
     // Only a well-formed id reaches the audit record of a refusal (a body member may be 1 MB long).
     const volumeId = typeof body.VolumeId === 'string' && VOLUME_ID_RE.test(body.VolumeId) ? body.VolumeId : undefined;
     if (caller.type === 'Unknown') {
-      await this.deny(source, op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
+      await this.deny(source, eventName, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
     }
-    const rootOnly = op.startsWith('Iam') || op.startsWith('Audit');
+    const rootOnly = iam || op.startsWith('Audit');
     if (rootOnly && caller.type !== 'Root') {
-      await this.deny(source, op, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
+      await this.deny(source, eventName, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
     }
     if (VOLUME_OPS.has(op) && isEc2Operation(op)) {
       if (!this.mgr && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
@@ -507,7 +510,7 @@ export class Daemon {
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
     if (op === 'AuditVerify') return this.auditVerify(body);
-    if (op.startsWith('Iam')) return this.iamOp(op.slice(3), body);
+    if (iam) return this.auditedIamOp(op.slice(3), body, caller, peer);
     throw new EbsdError('UNKNOWN_TARGET', `unknown operation ebsd.${op}`, { awsName: 'UnknownOperationException' });
   }
 
@@ -743,6 +746,32 @@ export class Daemon {
   private async auditVerify(b: Record<string, unknown>): Promise<unknown> {
     if (b.Seal !== false) await this.kms!.sealAudit();
     return verifyAuditLog(join(this.paths.kms, 'audit'));
+  }
+
+  /**
+   * An IAM call, recorded as CloudTrail records IAM's (audit-events.ts iamEvent): allowed or
+   * failed, one event after it ran, without secrets. A call that cannot be recorded is
+   * answered with ServiceFailure, as a KMS call that cannot be audited fails (dispatcher.ts).
+   */
+  private async auditedIamOp(op: string, b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
+    if (!isIamOperation(op)) return this.iamOp(op, b); // UnknownOperationException: nothing ran
+    let response: unknown;
+    let error: unknown;
+    try {
+      response = await this.iamOp(op, b);
+    } catch (e) {
+      error = e ?? new Error('undefined thrown');
+    }
+    const ids = this.authz!.identities;
+    const failed = error === undefined ? undefined : { message: (error as Error).message ?? String(error), ...(typeof (error as { awsName?: unknown }).awsName === 'string' ? { awsName: (error as { awsName: string }).awsName } : {}) };
+    try {
+      await this.kms!.audit.append(iamEvent(op, b, caller, { accountId: ids.accountId, requestId: peer.requestId, ...(failed ? { error: failed } : { response }) }));
+    } catch (err) {
+      this.log.error({ err, operation: iamEventName(op, b), requestId: peer.requestId }, 'could not audit an IAM call');
+      throw new EbsdError('IAM_NOT_AUDITED', `iam:${iamEventName(op, b)} ${failed ? 'failed and ' : 'ran but '}could not be recorded in the audit log kms/audit/events.ndjson: ${(err as Error).message}`, { awsName: 'ServiceFailure' });
+    }
+    if (error !== undefined) throw error;
+    return response;
   }
 
   private async iamOp(op: string, b: Record<string, unknown>): Promise<unknown> {
