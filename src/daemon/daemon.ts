@@ -24,7 +24,8 @@ import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
 import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
-import { Ec2Authorizer, UnauthorizedOperation as UnauthorizedOperationError, type UnauthorizedOperation } from './ec2-authz.js';
+import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
+import { judgeRemoteKeyUse, RemoteKeyNames } from './remote-key-names.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
 import { checkImageSizeFits } from '../volume/size.js';
@@ -116,6 +117,8 @@ export class Daemon {
   private host: Caller | undefined;
   /** Volume keys from another KMS (--kms-endpoint); the embedded core otherwise. */
   private remoteKms: AwsKeyService | undefined;
+  /** With --kms-endpoint: key names resolved to key ARNs for the local key check (remote-key-names.ts). */
+  private remoteKeyNames: RemoteKeyNames | undefined;
   /** Set while a host with --kms-endpoint waits for its KMS to answer at start (host-resolver.ts). */
   private hostResolver: HostResolver | undefined;
   /** Meanwhile: the volumes the catalog records as attached here, shown as waiting in `ebsd status`. */
@@ -334,8 +337,10 @@ export class Daemon {
     });
     this.snapshotApi = new SnapshotApi({ snapshots: this.snapshots, authz: this.ec2Authz });
     const snapshots = this.snapshots;
+    // With a remote KMS, key names are judged as the keys they stand for (remote-key-names.ts).
+    this.remoteKeyNames = this.remoteKms ? new RemoteKeyNames(async (name) => (await mgr.keyService.describeKey({ KeyId: name }, host)).KeyMetadata.Arn) : undefined;
     this.sourceSnapshotAuthz = new SourceSnapshotAuthz({
-      ec2: this.ec2Authz, evaluator: this.authz!.authorizer.evaluator, region: ids.region, remoteKms: this.remoteKms !== undefined,
+      ec2: this.ec2Authz, evaluator: this.authz!.authorizer.evaluator, region: ids.region, ...(this.remoteKeyNames ? { remoteKeys: this.remoteKeyNames } : {}),
       manifest: (id) => snapshots.getManifest(id),
     });
     if (!this.remoteKms) {
@@ -481,7 +486,7 @@ export class Daemon {
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
       const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
-      const keyRefusal = this.remoteKeyRefusal(req, caller);
+      const keyRefusal = await this.remoteKeyRefusal(req, caller);
       if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
       if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) {
         // The source snapshot, and with a remote KMS the caller's use of its key (restore-authz.ts).
@@ -617,9 +622,11 @@ export class Daemon {
    * decides instead (docs/architecture.md §5.5): a caller other than the account root needs an
    * identity policy allowing what EBS needs of the caller on the key, `kms:GenerateDataKeyWithoutPlaintext`
    * to create and `kms:CreateGrant` to attach, with `kms:ViaService` = `ec2.<region>.amazonaws.com`.
-   * The resource is the key as the request or the volume names it (an ARN, an id or an alias).
+   * The resource is the key's ARN, whatever the request or the volume names it by (an ARN, an id,
+   * an alias name or ARN: resolved by DescribeKey as this host, remote-key-names.ts), with
+   * `kms:RequestAlias` when an alias was used.
    */
-  private remoteKeyRefusal(req: Ec2Request, caller: Caller): UnauthorizedOperation | undefined {
+  private async remoteKeyRefusal(req: Ec2Request, caller: Caller): Promise<UnauthorizedOperation | undefined> {
     if (!this.remoteKms || caller.type === 'Root') return undefined;
     let action: string;
     let key: string | undefined;
@@ -635,12 +642,8 @@ export class Daemon {
     } else {
       return undefined;
     }
-    const ids = this.authz!.identities;
-    const d = this.authz!.authorizer.evaluator.evaluate({
-      action, caller, resource: key, context: new Map([['kms:ViaService', `ec2.${ids.region}.amazonaws.com`]]),
-    });
-    if (d.allowed) return undefined;
-    return new UnauthorizedOperationError(`User: ${caller.arn} is not authorized to perform: ${action} on resource: ${key} because no identity-based policy allows the ${action} action (this host's KMS is remote: the local identity policy decides what a local caller may do with a key)`);
+    const resolved = await this.remoteKeyNames!.resolve(key);
+    return judgeRemoteKeyUse(this.authz!.authorizer.evaluator, this.authz!.identities.region, action, key, resolved, caller);
   }
 
   /** DescribeVolumes, paged when MaxResults or NextToken is given (NextToken: the last VolumeId returned). */
