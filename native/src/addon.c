@@ -72,6 +72,7 @@ static napi_value init(napi_env env, napi_value exports) {
   NAPI_CALL(env, ebsd_init_io(env, exports));
   NAPI_CALL(env, ebsd_init_flock(env, exports));
   NAPI_CALL(env, ebsd_init_writeback(env, exports));
+  NAPI_CALL(env, ebsd_init_harden(env, exports));
   return exports;
 }
 

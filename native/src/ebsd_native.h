@@ -48,5 +48,6 @@ napi_status ebsd_init_peercred(napi_env env, napi_value exports);
 napi_status ebsd_init_io(napi_env env, napi_value exports);
 napi_status ebsd_init_flock(napi_env env, napi_value exports);
 napi_status ebsd_init_writeback(napi_env env, napi_value exports);
+napi_status ebsd_init_harden(napi_env env, napi_value exports);
 
 #endif

@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { buildEvent, truncateField } from '../kms/audit/event.js';
+import { buildEvent, MAX_PARAMETERS_JSON, truncateField } from '../kms/audit/event.js';
 import type { RefusalSummary } from './connection-guard.js';
 import type { Caller } from '../kms/types.js';
 import type { VolumeAuditEvent } from '../volume/volume-manager.js';
 
 /**
  * CloudTrail-shaped events for what the daemon does outside the KMS core:
- * EC2 volume operations and control-API denials. They go into the same
+ * EC2 volume operations, IAM calls and control-API denials. They go into the same
  * hash-chained log as the KMS events, so `ebsd audit verify` covers them.
  */
 export function volumeEvent(ev: VolumeAuditEvent, o: { accountId: string; region: string; caller?: Caller }): Record<string, unknown> {
@@ -117,4 +117,137 @@ export function safeDetails(d: Record<string, unknown>): Record<string, unknown>
     if (v === null || ['string', 'number', 'boolean'].includes(typeof v)) out[k] = v;
   }
   return out;
+}
+
+// ---- IAM --------------------------------------------------------------------
+
+/** How an IAM event names the principal a policy call is about: a role (`role/<n>`, a role ARN) or a user. */
+function _roleNamed(principal: unknown): boolean {
+  return typeof principal === 'string' && (/^role\//.test(principal) || /^arn:[\w-]+:iam::\d{12}:role\//.test(principal));
+}
+
+/**
+ * The control API's `ebsd.Iam<Op>` operations and the IAM API name each is
+ * recorded under (IAM API Reference). `PutPolicy`, `GetPolicy`,
+ * `DeletePolicy` and `ListPolicies` name a user or a role, as IAM's
+ * `Put{User,Role}Policy` etc. do; ebsd's uid mappings (`MapUid`, `UnmapUid`,
+ * `ListUidMappings`) have no IAM counterpart and keep their names.
+ */
+type IamName = (b: Readonly<Record<string, unknown>>) => string;
+const _byPrincipal = (user: string, role: string): IamName => (b) => (_roleNamed(b.Principal) ? role : user);
+const IAM_EVENT_NAMES: ReadonlyMap<string, IamName> = new Map<string, IamName>([
+  ...['CreateUser', 'DeleteUser', 'ListUsers', 'CreateRole', 'DeleteRole', 'ListRoles', 'MapUid', 'UnmapUid', 'ListUidMappings',
+    'CreateAccessKey', 'ListAccessKeys', 'UpdateAccessKey', 'DeleteAccessKey', 'UpdateAssumeRolePolicy'].map((n): [string, IamName] => [n, () => n]),
+  ['PutPolicy', _byPrincipal('PutUserPolicy', 'PutRolePolicy')],
+  ['DeletePolicy', _byPrincipal('DeleteUserPolicy', 'DeleteRolePolicy')],
+  ['GetPolicy', _byPrincipal('GetUserPolicy', 'GetRolePolicy')],
+  ['ListPolicies', _byPrincipal('ListUserPolicies', 'ListRolePolicies')],
+]);
+
+/** Whether `op` (the part after `ebsd.Iam`) is an IAM operation the daemon serves. */
+export function isIamOperation(op: string): boolean {
+  return IAM_EVENT_NAMES.has(op);
+}
+
+/** The eventName an `ebsd.Iam<op>` call is recorded under; `op` itself when it is none of ours. */
+export function iamEventName(op: string, body: Readonly<Record<string, unknown>>): string {
+  return IAM_EVENT_NAMES.get(op)?.(body) ?? op;
+}
+
+/**
+ * Bounds for what an IAM event copies from the request: names as IAM caps them
+ * (a path 512 characters, the longest), a policy document at 10,240 characters
+ * (IAM's largest inline policy, a role's); over that it is cut and marked, as
+ * CloudTrail marks a truncated field.
+ */
+export const MAX_IAM_NAME = 512;
+export const MAX_IAM_POLICY_DOCUMENT = 10_240;
+
+/** Request members an IAM event may record, as CloudTrail names them; never a secret (there is none in an IAM request). */
+const IAM_REQUEST_FIELDS: ReadonlyMap<string, { name: string; max: number }> = new Map([
+  ['UserName', { name: 'userName', max: MAX_IAM_NAME }],
+  ['RoleName', { name: 'roleName', max: MAX_IAM_NAME }],
+  ['Path', { name: 'path', max: MAX_IAM_NAME }],
+  ['PolicyName', { name: 'policyName', max: MAX_IAM_NAME }],
+  ['PolicyDocument', { name: 'policyDocument', max: MAX_IAM_POLICY_DOCUMENT }],
+  ['AccessKeyId', { name: 'accessKeyId', max: MAX_IAM_NAME }],
+  ['Status', { name: 'status', max: MAX_IAM_NAME }],
+  ['SessionName', { name: 'sessionName', max: MAX_IAM_NAME }],
+]);
+
+function _iamRequest(op: string, b: Readonly<Record<string, unknown>>): Record<string, unknown> | null {
+  const out: Record<string, unknown> = {};
+  for (const [k, f] of IAM_REQUEST_FIELDS) {
+    const v = b[k];
+    if (typeof v === 'string') out[f.name] = truncateField(v, f.max);
+  }
+  // A policy call names its user or role by `Principal` (user/<n>, role/<n>, an ARN): recorded as IAM's userName / roleName.
+  if (typeof b.Principal === 'string') {
+    const name = truncateField(b.Principal.slice(b.Principal.lastIndexOf('/') + 1), MAX_IAM_NAME);
+    if (op === 'MapUid') out.principal = truncateField(b.Principal, MAX_IAM_NAME);
+    else out[_roleNamed(b.Principal) ? 'roleName' : 'userName'] = name;
+  }
+  if (typeof b.Uid === 'number' && Number.isSafeInteger(b.Uid)) out.uid = b.Uid;
+  return Object.keys(out).length ? out : null;
+}
+
+/**
+ * What a successful call created, as CloudTrail records IAM responses: the
+ * new user, role, uid mapping, and an access key's id, status and dates, never
+ * its SecretAccessKey. Read-only calls record none (CloudTrail logs no
+ * responseElements for IAM's Get and List calls).
+ */
+function _iamResponse(op: string, r: unknown): Record<string, unknown> | null {
+  const o = (r ?? {}) as Record<string, Record<string, unknown> | undefined>;
+  const pick = (v: Record<string, unknown> | undefined, keys: [string, string][]): Record<string, unknown> | null => {
+    if (!v) return null;
+    const out: Record<string, unknown> = {};
+    for (const [from, to] of keys) if (v[from] !== undefined && v[from] !== null && typeof v[from] !== 'object') out[to] = v[from];
+    return out;
+  };
+  switch (op) {
+    case 'CreateUser': return { user: pick(o.User, [['UserName', 'userName'], ['Arn', 'arn'], ['UserId', 'userId']]) };
+    case 'CreateRole': return { role: pick(o.Role, [['RoleName', 'roleName'], ['Arn', 'arn']]) };
+    case 'CreateAccessKey': return { accessKey: pick(o.AccessKey, [['AccessKeyId', 'accessKeyId'], ['Status', 'status'], ['UserName', 'userName'], ['CreateDate', 'createDate']]) };
+    case 'MapUid': return { mapping: pick(o.Mapping, [['uid', 'uid'], ['principal', 'principal'], ['session', 'session']]) };
+    default: return null;
+  }
+}
+
+/**
+ * One `ebsd.Iam<Op>` call as CloudTrail records an IAM call: eventSource
+ * iam.amazonaws.com, the IAM API name, the caller's identity, the request's
+ * names and documents (bounded) and what it created, never a secret. IAM is a
+ * global service: CloudTrail records its events in us-east-1.
+ */
+export function iamEvent(
+  op: string,
+  body: Readonly<Record<string, unknown>>,
+  caller: Caller,
+  o: { accountId: string; requestId: string; response?: unknown; error?: { awsName?: string; message: string } },
+): Record<string, unknown> {
+  const eventName = iamEventName(op, body);
+  const readOnly = /^(List|Get)/.test(eventName);
+  const e = buildEvent({
+    eventName,
+    caller,
+    accountId: o.accountId,
+    region: 'us-east-1',
+    requestId: o.requestId,
+    eventId: randomUUID(),
+    resources: [],
+    readOnly,
+    time: Date.now(),
+    ...(o.error ? { errorCode: o.error.awsName ?? 'ServiceFailure', errorMessage: o.error.message } : {}),
+  });
+  e.eventSource = 'iam.amazonaws.com';
+  e.requestParameters = _boundIam(_iamRequest(op, body));
+  e.responseElements = o.error || readOnly ? null : _boundIam(_iamResponse(op, o.response));
+  if (caller.uid !== undefined) e.additionalEventData = { localUid: caller.uid };
+  return e;
+}
+
+/** requestParameters / responseElements over 100 KB: `{"omitted": true}`, as CloudTrail (event.ts, MAX_PARAMETERS_JSON). */
+function _boundIam(v: Record<string, unknown> | null): Record<string, unknown> | null {
+  return v && JSON.stringify(v).length > MAX_PARAMETERS_JSON ? { omitted: true } : v;
 }

@@ -5,6 +5,7 @@
  */
 
 import { KmsError, UnsupportedOperationException } from '../kms/errors.js';
+import { wipe } from '../util/wipe.js';
 
 /** KMS request members of type Blob (AWS KMS API reference). */
 const REQUEST_BLOBS = new Set(['Plaintext', 'CiphertextBlob', 'Message', 'Signature', 'Mac']);
@@ -51,16 +52,53 @@ export function decodeKmsRequest(body: Record<string, unknown>): Record<string, 
   return out;
 }
 
-/** Every Uint8Array anywhere in the response becomes base64; every key is kept (`__proto__` too). */
+/**
+ * Members of a KMS response that hold secrets (AWS KMS API Reference): `Plaintext` of Decrypt,
+ * GenerateDataKey and GenerateRandom, `PrivateKeyPlaintext` of GenerateDataKeyPair.
+ */
+export const RESPONSE_SECRETS: readonly string[] = ['Plaintext', 'PrivateKeyPlaintext'];
+
+/**
+ * Every Uint8Array anywhere in the response becomes base64; every key is kept (`__proto__` too).
+ *
+ * Precondition: the response was built for this answer, as every handler behind
+ * the control socket and the KMS listener builds it: its byte members were
+ * allocated for it (the HSM's replies, src/kms/hsm/serve-batch.ts), so once the
+ * handler has returned, the edge encoding it owns them and nobody reads them after.
+ * Postcondition: its top-level secret members (RESPONSE_SECRETS) are zero. The
+ * base64 text still holds the secret until it is sent and collected: a string
+ * cannot be wiped (best effort, src/util/wipe.ts).
+ */
 export function encodeResponse(v: unknown): unknown {
+  const out = _encode(v);
+  if (v && typeof v === 'object' && !Array.isArray(v)) {
+    for (const k of RESPONSE_SECRETS) {
+      const x = (v as Record<string, unknown>)[k];
+      if (x instanceof Uint8Array) wipe(x);
+    }
+  }
+  return out;
+}
+
+function _encode(v: unknown): unknown {
   if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64');
-  if (Array.isArray(v)) return v.map(encodeResponse);
+  if (Array.isArray(v)) return v.map(_encode);
   if (v && typeof v === 'object' && !(v instanceof Date)) {
     const out: Record<string, unknown> = {};
-    for (const [k, x] of Object.entries(v)) if (x !== undefined) _put(out, k, encodeResponse(x));
+    for (const [k, x] of Object.entries(v)) if (x !== undefined) _put(out, k, _encode(x));
     return out;
   }
   return v;
+}
+
+/**
+ * Wipe the `Plaintext` of a request decodeKmsRequest built, once the call has
+ * answered: decodeKmsRequest allocated it, so the edge that decoded it owns it
+ * (a response never shares a request's buffers: the HSM's replies are its own).
+ */
+export function wipeRequestSecrets(req: Record<string, unknown>): void {
+  const p = req.Plaintext;
+  if (p instanceof Uint8Array) wipe(p);
 }
 
 /**

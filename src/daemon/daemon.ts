@@ -20,11 +20,12 @@ import type { Logger } from '../util/logger.js';
 import { checkDaemonConfig, type DaemonConfig } from './config.js';
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
-import { decodeKmsRequest } from './aws-json.js';
-import { deniedEvent, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
+import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
+import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
-import { Ec2Authorizer, UnauthorizedOperation as UnauthorizedOperationError, type UnauthorizedOperation } from './ec2-authz.js';
+import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
+import { judgeRemoteKeyUse, RemoteKeyNames } from './remote-key-names.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
 import { checkImageSizeFits } from '../volume/size.js';
@@ -44,6 +45,7 @@ import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-m
 import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
 import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type SnapshotRequest } from './snapshot-api.js';
 import { EbsApi, openEbsApi } from './ebs-api.js';
+import { hardenProcess, type StartSecrets } from './process-hardening.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -115,6 +117,8 @@ export class Daemon {
   private host: Caller | undefined;
   /** Volume keys from another KMS (--kms-endpoint); the embedded core otherwise. */
   private remoteKms: AwsKeyService | undefined;
+  /** With --kms-endpoint: key names resolved to key ARNs for the local key check (remote-key-names.ts). */
+  private remoteKeyNames: RemoteKeyNames | undefined;
   /** Set while a host with --kms-endpoint waits for its KMS to answer at start (host-resolver.ts). */
   private hostResolver: HostResolver | undefined;
   /** Meanwhile: the volumes the catalog records as attached here, shown as waiting in `ebsd status`. */
@@ -134,6 +138,8 @@ export class Daemon {
   private gcTicker: NodeJS.Timeout | undefined;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
   private ebs: EbsApi | undefined;
+  /** Taken from the environment at start (process-hardening.ts), until the KMS is open. */
+  private secrets: StartSecrets = {};
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
     this.paths = statePaths(cfg.stateDir);
@@ -152,6 +158,8 @@ export class Daemon {
       // SO_PEERCRED is how callers are identified; without it nobody can be judged.
       throw new EbsdError('NATIVE_ADDON_MISSING', `the native addon is required to identify control-socket callers: ${nativeLoadError?.message}`);
     }
+    // Before anything is spawned or opened: no core dumps, the HSM passphrase out of the environment.
+    this.secrets = hardenProcess(this.log);
     const { created, lock, removedTemps } = await prepareStateDir(this.paths);
     this.lock = lock;
     if (removedTemps.length) this.log.info({ removed: removedTemps }, 'removed temp files of interrupted atomic writes');
@@ -168,7 +176,11 @@ export class Daemon {
     if (cfg.allowUnencrypted) {
       log.warn({ allowUnencrypted: true }, '--allow-unencrypted: this daemon will create and attach PLAINTEXT volumes (--cipher none) on request; for measurement only');
     }
-    this.opened = await openKms({ stateDir: paths.root, kmsDir: paths.kms, logger: log, ...(cfg.region ? { region: cfg.region } : {}) });
+    const { hsmPassphrase } = this.secrets;
+    this.secrets = {}; // needed to open the domain only
+    this.opened = await openKms({
+      stateDir: paths.root, kmsDir: paths.kms, logger: log, ...(cfg.region ? { region: cfg.region } : {}), ...(hsmPassphrase !== undefined ? { passphrase: hsmPassphrase } : {}),
+    });
     this.authz = this.opened;
     this.kms = this.opened.core;
     const ids = this.authz.identities;
@@ -326,8 +338,10 @@ export class Daemon {
     });
     this.snapshotApi = new SnapshotApi({ snapshots: this.snapshots, authz: this.ec2Authz });
     const snapshots = this.snapshots;
+    // With a remote KMS, key names are judged as the keys they stand for (remote-key-names.ts).
+    this.remoteKeyNames = this.remoteKms ? new RemoteKeyNames(async (name) => (await mgr.keyService.describeKey({ KeyId: name }, host)).KeyMetadata.Arn) : undefined;
     this.sourceSnapshotAuthz = new SourceSnapshotAuthz({
-      ec2: this.ec2Authz, evaluator: this.authz!.authorizer.evaluator, region: ids.region, remoteKms: this.remoteKms !== undefined,
+      ec2: this.ec2Authz, evaluator: this.authz!.authorizer.evaluator, region: ids.region, ...(this.remoteKeyNames ? { remoteKeys: this.remoteKeyNames } : {}),
       manifest: (id) => snapshots.getManifest(id),
     });
     if (!this.remoteKms) {
@@ -434,7 +448,12 @@ export class Daemon {
         await this.deny('kms.amazonaws.com', op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer);
       }
       // The core authorizes and audits.
-      return this.kmsCore!.call(op, decodeKmsRequest(body), caller, peer.requestId);
+      const req = decodeKmsRequest(body);
+      try {
+        return await this.kmsCore!.call(op, req, caller, peer.requestId);
+      } finally {
+        wipeRequestSecrets(req); // decoded here: ours to wipe (aws-json.ts)
+      }
     }
     if (service === 'ebs' && EbsApi.isOperation(op)) {
       if (caller.type === 'Unknown') {
@@ -448,15 +467,18 @@ export class Daemon {
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
 
-    const source = VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) || op === 'CopySnapshot' ? 'ec2.amazonaws.com' : op.startsWith('Iam') ? 'iam.amazonaws.com' : 'ebsd';
+    const iam = op.startsWith('Iam');
+    const source = VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) || op === 'CopySnapshot' ? 'ec2.amazonaws.com' : iam ? 'iam.amazonaws.com' : 'ebsd';
+    // An IAM call is recorded, refused or not, under IAM's name for it (PutUserPolicy for ebsd.IamPutPolicy on a user).
+    const eventName = iam ? iamEventName(op.slice(3), body) : op;
     // Only a well-formed id reaches the audit record of a refusal (a body member may be 1 MB long).
     const volumeId = typeof body.VolumeId === 'string' && VOLUME_ID_RE.test(body.VolumeId) ? body.VolumeId : undefined;
     if (caller.type === 'Unknown') {
-      await this.deny(source, op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
+      await this.deny(source, eventName, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
     }
-    const rootOnly = op.startsWith('Iam') || op.startsWith('Audit');
+    const rootOnly = iam || op.startsWith('Audit');
     if (rootOnly && caller.type !== 'Root') {
-      await this.deny(source, op, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
+      await this.deny(source, eventName, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
     }
     if (VOLUME_OPS.has(op) && isEc2Operation(op)) {
       if (!this.mgr && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
@@ -466,7 +488,7 @@ export class Daemon {
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
       const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
-      const keyRefusal = this.remoteKeyRefusal(req, caller);
+      const keyRefusal = await this.remoteKeyRefusal(req, caller);
       if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
       if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) {
         // The source snapshot, and with a remote KMS the caller's use of its key (restore-authz.ts).
@@ -495,7 +517,7 @@ export class Daemon {
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
     if (op === 'AuditVerify') return this.auditVerify(body);
-    if (op.startsWith('Iam')) return this.iamOp(op.slice(3), body);
+    if (iam) return this.auditedIamOp(op.slice(3), body, caller, peer);
     throw new EbsdError('UNKNOWN_TARGET', `unknown operation ebsd.${op}`, { awsName: 'UnknownOperationException' });
   }
 
@@ -602,9 +624,11 @@ export class Daemon {
    * decides instead (docs/architecture.md §5.5): a caller other than the account root needs an
    * identity policy allowing what EBS needs of the caller on the key, `kms:GenerateDataKeyWithoutPlaintext`
    * to create and `kms:CreateGrant` to attach, with `kms:ViaService` = `ec2.<region>.amazonaws.com`.
-   * The resource is the key as the request or the volume names it (an ARN, an id or an alias).
+   * The resource is the key's ARN, whatever the request or the volume names it by (an ARN, an id,
+   * an alias name or ARN: resolved by DescribeKey as this host, remote-key-names.ts), with
+   * `kms:RequestAlias` when an alias was used.
    */
-  private remoteKeyRefusal(req: Ec2Request, caller: Caller): UnauthorizedOperation | undefined {
+  private async remoteKeyRefusal(req: Ec2Request, caller: Caller): Promise<UnauthorizedOperation | undefined> {
     if (!this.remoteKms || caller.type === 'Root') return undefined;
     let action: string;
     let key: string | undefined;
@@ -620,12 +644,8 @@ export class Daemon {
     } else {
       return undefined;
     }
-    const ids = this.authz!.identities;
-    const d = this.authz!.authorizer.evaluator.evaluate({
-      action, caller, resource: key, context: new Map([['kms:ViaService', `ec2.${ids.region}.amazonaws.com`]]),
-    });
-    if (d.allowed) return undefined;
-    return new UnauthorizedOperationError(`User: ${caller.arn} is not authorized to perform: ${action} on resource: ${key} because no identity-based policy allows the ${action} action (this host's KMS is remote: the local identity policy decides what a local caller may do with a key)`);
+    const resolved = await this.remoteKeyNames!.resolve(key);
+    return judgeRemoteKeyUse(this.authz!.authorizer.evaluator, this.authz!.identities.region, action, key, resolved, caller);
   }
 
   /** DescribeVolumes, paged when MaxResults or NextToken is given (NextToken: the last VolumeId returned). */
@@ -731,6 +751,32 @@ export class Daemon {
   private async auditVerify(b: Record<string, unknown>): Promise<unknown> {
     if (b.Seal !== false) await this.kms!.sealAudit();
     return verifyAuditLog(join(this.paths.kms, 'audit'));
+  }
+
+  /**
+   * An IAM call, recorded as CloudTrail records IAM's (audit-events.ts iamEvent): allowed or
+   * failed, one event after it ran, without secrets. A call that cannot be recorded is
+   * answered with ServiceFailure, as a KMS call that cannot be audited fails (dispatcher.ts).
+   */
+  private async auditedIamOp(op: string, b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
+    if (!isIamOperation(op)) return this.iamOp(op, b); // UnknownOperationException: nothing ran
+    let response: unknown;
+    let error: unknown;
+    try {
+      response = await this.iamOp(op, b);
+    } catch (e) {
+      error = e ?? new Error('undefined thrown');
+    }
+    const ids = this.authz!.identities;
+    const failed = error === undefined ? undefined : { message: (error as Error).message ?? String(error), ...(typeof (error as { awsName?: unknown }).awsName === 'string' ? { awsName: (error as { awsName: string }).awsName } : {}) };
+    try {
+      await this.kms!.audit.append(iamEvent(op, b, caller, { accountId: ids.accountId, requestId: peer.requestId, ...(failed ? { error: failed } : { response }) }));
+    } catch (err) {
+      this.log.error({ err, operation: iamEventName(op, b), requestId: peer.requestId }, 'could not audit an IAM call');
+      throw new EbsdError('IAM_NOT_AUDITED', `iam:${iamEventName(op, b)} ${failed ? 'failed and ' : 'ran but '}could not be recorded in the audit log kms/audit/events.ndjson: ${(err as Error).message}`, { awsName: 'ServiceFailure' });
+    }
+    if (error !== undefined) throw error;
+    return response;
   }
 
   private async iamOp(op: string, b: Record<string, unknown>): Promise<unknown> {

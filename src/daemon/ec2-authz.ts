@@ -121,6 +121,19 @@ export class Ec2Authorizer {
         const ctx = new Map<string, ContextValue>([['ec2:InstanceID', this.o.instanceId]]);
         return this._checkVolume(action, id, caller, ctx) ?? this._decide(action, this.instanceArn(this.o.instanceId), caller, this._common(ctx));
       }
+      case 'ModifyVolume': {
+        const id = body.VolumeId;
+        if (typeof id !== 'string') return undefined;
+        // The Service Authorization Reference lists ec2:VolumeSize for ModifyVolume on the `volume`
+        // resource: the volume as it is, so on AWS a size condition judges the current size and
+        // caps nothing (a 1 GiB volume allowed by `ec2:VolumeSize <= 1` grows to any size). ebsd
+        // judges the request twice, on the volume as it is (as AWS) and with ec2:VolumeSize set to
+        // the requested size; both must be allowed (README "Security model").
+        const refusal = this._checkVolume(action, id, caller);
+        const target = _gib(body.Size);
+        if (refusal || target === undefined) return refusal; // a size the operation refuses: it answers, without effect
+        return this._checkVolume(action, id, caller, new Map([['ec2:VolumeSize', target]]));
+      }
       default: {
         const id = body.VolumeId;
         return typeof id === 'string' ? this._checkVolume(action, id, caller) : undefined;

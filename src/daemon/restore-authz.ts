@@ -2,7 +2,8 @@ import type { Caller } from '../kms/types.js';
 import type { PolicyEvaluator } from '../kms/authz/index.js';
 import type { SnapshotManifest } from '../snapshot/types.js';
 import { toEc2Snapshot } from '../snapshot/snapshot-view.js';
-import { UnauthorizedOperation, type Ec2Authorizer } from './ec2-authz.js';
+import type { UnauthorizedOperation, Ec2Authorizer } from './ec2-authz.js';
+import { judgeRemoteKeyUse, type RemoteKeyNames, type ResolvedKeyName } from './remote-key-names.js';
 
 /**
  * What a volume from a snapshot, or a snapshot copy, needs of the caller on
@@ -12,14 +13,17 @@ import { UnauthorizedOperation, type Ec2Authorizer } from './ec2-authz.js';
  * KMS the restore's KMS calls are signed as this host, so the local identity
  * policy also decides the caller's use of the snapshot's key: `kms:Decrypt`
  * on it (another target key) or `kms:ReEncryptFrom` + `kms:ReEncryptTo` (the
- * same key), each with `kms:ViaService`, as for the target key (§5.5).
+ * same key), each with `kms:ViaService`, as for the target key (§5.5). Keys are
+ * judged on their ARNs, a target named by alias or id resolved first
+ * (remote-key-names.ts), as the restore itself resolves it to tell the same
+ * key from another (src/snapshot/restore.ts, copy.ts).
  */
 export interface SourceSnapshotAuthzOptions {
   ec2: Ec2Authorizer;
   evaluator: PolicyEvaluator;
   region: string;
-  /** The KMS is remote (`--kms-endpoint`): its calls cannot judge the local caller. */
-  remoteKms: boolean;
+  /** Present when the KMS is remote (`--kms-endpoint`): its calls cannot judge the local caller, so key names are resolved here and judged locally. */
+  remoteKeys?: RemoteKeyNames;
   /** The snapshot's manifest, undefined when it does not exist (or cannot be read). */
   manifest: (snapshotId: string) => Promise<SnapshotManifest | undefined>;
 }
@@ -47,31 +51,29 @@ export class SourceSnapshotAuthz {
     const action = req.op === 'CreateVolume' ? 'ec2:CreateVolume' : 'ec2:CopySnapshot';
     const onSnapshot = this.o.ec2.checkSourceSnapshot(action, m ? toEc2Snapshot(m) : req.snapshotId, caller);
     if (onSnapshot || !m) return onSnapshot;
-    return this.keyRefusal(req, m, caller);
+    return await this.keyRefusal(req, m, caller);
   }
 
   /** With a remote KMS only: the caller's identity policy must allow what the host will do with the snapshot's key for it. */
-  private keyRefusal(req: SourceSnapshotRequest, m: SnapshotManifest, caller: Caller): UnauthorizedOperation | undefined {
-    if (!this.o.remoteKms || caller.type === 'Root') return undefined;
+  private async keyRefusal(req: SourceSnapshotRequest, m: SnapshotManifest, caller: Caller): Promise<UnauthorizedOperation | undefined> {
+    const keys = this.o.remoteKeys;
+    if (!keys || caller.type === 'Root') return undefined;
+    const decide = (action: string, name: string, key: ResolvedKeyName): UnauthorizedOperation | undefined =>
+      judgeRemoteKeyUse(this.o.evaluator, this.o.region, action, name, key, caller);
     const source = m.encrypted ? m.wrappedKey?.keyArn : undefined;
     if (source === undefined) {
       // A plaintext source: only a new data key under the target, unless a plaintext volume is asked for.
       if (req.plain) return undefined;
-      return this.decide('kms:GenerateDataKeyWithoutPlaintext', req.kmsKeyId ?? 'alias/aws/ebs', caller);
+      const name = req.kmsKeyId ?? 'alias/aws/ebs';
+      return decide('kms:GenerateDataKeyWithoutPlaintext', name, await keys.resolve(name));
     }
-    // The same key (none given, or the snapshot's ARN): ReEncrypt from and to it. A key named
-    // otherwise (alias, id) is judged as another key: Decrypt of the old, a data key under the new.
-    if (req.kmsKeyId === undefined || req.kmsKeyId === source) {
-      return this.decide('kms:ReEncryptFrom', source, caller) ?? this.decide('kms:ReEncryptTo', source, caller);
+    // The same key (none given, or a name for the snapshot's key): ReEncrypt from and to it.
+    // Another key: Decrypt of the old, a data key under the new.
+    const from = await keys.resolve(source);
+    const to = req.kmsKeyId === undefined ? from : await keys.resolve(req.kmsKeyId);
+    if (to.arn === from.arn) {
+      return decide('kms:ReEncryptFrom', source, from) ?? decide('kms:ReEncryptTo', req.kmsKeyId ?? source, to);
     }
-    return this.decide('kms:Decrypt', source, caller) ?? this.decide('kms:GenerateDataKeyWithoutPlaintext', req.kmsKeyId, caller);
-  }
-
-  private decide(action: string, key: string, caller: Caller): UnauthorizedOperation | undefined {
-    const d = this.o.evaluator.evaluate({
-      action, caller, resource: key, context: new Map([['kms:ViaService', `ec2.${this.o.region}.amazonaws.com`]]),
-    });
-    if (d.allowed) return undefined;
-    return new UnauthorizedOperation(`User: ${caller.arn} is not authorized to perform: ${action} on resource: ${key} because no identity-based policy allows the ${action} action (this host's KMS is remote: the local identity policy decides what a local caller may do with a key)`);
+    return decide('kms:Decrypt', source, from) ?? decide('kms:GenerateDataKeyWithoutPlaintext', req.kmsKeyId!, to);
   }
 }

@@ -33,7 +33,10 @@ export interface KmsOptions {
   logger?: Logger;
   /** Epoch-ms clock; tests pass a simulated one to move through rotation and deletion windows. */
   clock?: () => number;
-  /** HSM passphrase; defaults to EBSD_HSM_PASSPHRASE. Without one the KEK lives in `<kms>/hsm/kek`. */
+  /**
+   * HSM passphrase (the daemon takes it from EBSD_HSM_PASSPHRASE at start and removes it
+   * from its environment, docs/architecture.md §5.10). Without one the KEK lives in `<kms>/hsm/kek`.
+   */
   passphrase?: string;
   /** 'event': every audit event is fdatasync'ed before the call returns. Default 'none' (page cache). */
   auditFsync?: 'none' | 'event';
@@ -102,7 +105,7 @@ export class KmsService implements KmsCore {
     const log = (opts.logger ?? silentLogger).child({ component: 'kms' });
     const clock = opts.clock ?? Date.now;
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
-    const passphrase = opts.passphrase ?? process.env.EBSD_HSM_PASSPHRASE;
+    const { passphrase } = opts;
     const hsm = await startHsm({
       stateDir: opts.stateDir, ...(passphrase !== undefined ? { passphrase } : {}), ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}),
     }, opts.hsmMode ?? 'worker');

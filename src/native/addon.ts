@@ -75,6 +75,17 @@ export interface NativeAddon extends NativeIo {
    * addon built before writeback.c.
    */
   startWriteback?(fd: number, pos: number, len: number): Promise<void>;
+  /**
+   * setrlimit(RLIMIT_CORE, 0) and prctl(PR_SET_DUMPABLE, 0), both read back
+   * (native/src/harden.c). Throws (code ERR_HARDEN, errno, syscall) when either
+   * fails. Absent in an addon built before harden.c.
+   */
+  disableCoreDumps?(): { coreLimit: number; dumpable: number };
+  /**
+   * Zero the value of environment variable `name` in place, then unsetenv(3) it;
+   * false when it was not set. Absent in an addon built before harden.c.
+   */
+  scrubEnv?(name: string): boolean;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -178,4 +189,30 @@ export function peerCred(fd: number): PeerCred {
  */
 export function flockExclusive(fd: number): boolean {
   return requireNative().flockExclusive(fd);
+}
+
+/**
+ * No core file, whatever the signal, and no ptrace or /proc/<pid>/{mem,environ}
+ * by another process of the same uid, only with CAP_SYS_PTRACE (docs/architecture.md §5.10).
+ * Returns what the kernel now holds. Needs the native addon, built with harden.c.
+ */
+export function disableCoreDumps(): { coreLimit: number; dumpable: number } {
+  const a = requireNative();
+  if (typeof a.disableCoreDumps !== 'function') {
+    throw new Error(`the native addon ${nativeAddonPath} predates native/src/harden.c; rebuild it (npm run build:native)`);
+  }
+  return a.disableCoreDumps();
+}
+
+/**
+ * Remove environment variable `name` from this process, its value overwritten
+ * in place first (native/src/harden.c), so neither a child process nor
+ * /proc/<pid>/environ sees it. Falls back to `delete process.env[name]` when
+ * the addon is missing or older. Returns whether it was set.
+ */
+export function scrubEnv(name: string): boolean {
+  const was = process.env[name] !== undefined;
+  if (nativeAddon !== null && typeof nativeAddon.scrubEnv === 'function') nativeAddon.scrubEnv(name);
+  delete process.env[name];
+  return was;
 }

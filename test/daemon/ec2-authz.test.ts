@@ -93,6 +93,29 @@ describe('Ec2Authorizer', () => {
     expect(noTags.authz.check('CreateVolume', { Size: '1GiB', Name: 'n' }, noTags.alice)?.message).toContain('ec2:CreateTags');
   });
 
+  it('ModifyVolume: ec2:VolumeSize is judged on the volume as it is and on the requested size; both must allow', () => {
+    // The volume is 8 GiB + 4 KiB: 9 GiB rounded up.
+    const cap = setup({ Effect: 'Allow', Action: 'ec2:ModifyVolume', Resource: VOLUMES, Condition: { NumericLessThanEquals: { 'ec2:VolumeSize': '9' } } });
+    expect(cap.authz.check('ModifyVolume', { VolumeId: VOL, Size: '9GiB' }, cap.alice)).toBeUndefined();
+    const grown = cap.authz.check('ModifyVolume', { VolumeId: VOL, Size: '200GiB' }, cap.alice);
+    expect(grown).toBeInstanceOf(UnauthorizedOperation);
+    expect(grown!.message).toContain(`ec2:ModifyVolume on resource: arn:aws:ec2:${REGION}:${ACCT}:volume/${VOL}`);
+    expect(cap.authz.check('ModifyVolume', { VolumeId: VOL, Size: 10 * GiB }, cap.alice)).toBeInstanceOf(UnauthorizedOperation);
+    // A Deny on sizes past a cap refuses the growth, whatever the Allow.
+    const deny = setup(
+      { Effect: 'Allow', Action: 'ec2:*', Resource: VOLUMES },
+      { Effect: 'Deny', Action: 'ec2:ModifyVolume', Resource: VOLUMES, Condition: { NumericGreaterThan: { 'ec2:VolumeSize': '100' } } },
+    );
+    expect(deny.authz.check('ModifyVolume', { VolumeId: VOL, Size: '100GiB' }, deny.alice)).toBeUndefined();
+    expect(deny.authz.check('ModifyVolume', { VolumeId: VOL, Size: '101GiB' }, deny.alice)).toBeInstanceOf(UnauthorizedOperation);
+    // The current size is judged as AWS judges it: a policy on it alone still decides.
+    const onlyBig = setup({ Effect: 'Allow', Action: 'ec2:ModifyVolume', Resource: VOLUMES, Condition: { NumericGreaterThanEquals: { 'ec2:VolumeSize': '9' } } });
+    expect(onlyBig.authz.check('ModifyVolume', { VolumeId: VOL, Size: '20GiB' }, onlyBig.alice)).toBeUndefined();
+    const small = setup({ Effect: 'Allow', Action: 'ec2:ModifyVolume', Resource: VOLUMES, Condition: { NumericGreaterThanEquals: { 'ec2:VolumeSize': '10' } } });
+    expect(small.authz.check('ModifyVolume', { VolumeId: VOL, Size: '20GiB' }, small.alice)).toBeInstanceOf(UnauthorizedOperation);
+    expect(cap.authz.check('ModifyVolume', { VolumeId: VOL, Size: '200GiB' }, root)).toBeUndefined();
+  });
+
   it('extra context keys never override the built-in ones (who the caller is)', () => {
     const alice = user('alice');
     const ctx = new RequestContext({ action: 'ec2:DeleteVolume', caller: alice, context: new Map([['aws:PrincipalArn', 'arn:aws:iam::999999999999:root'], ['__proto__', 'x'], ['ec2:VolumeSize', '3']]) });

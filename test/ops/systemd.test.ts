@@ -137,6 +137,7 @@ describe('systemd units', () => {
     const unit = readFileSync(join(dir, 'ebsd.service'), 'utf8');
     expect(unit).toMatch(/^Type=notify$/m);
     expect(unit).toMatch(/^DeviceAllow=\/dev\/fuse rw$/m);
+    expect(unit).toMatch(/^LimitCORE=0$/m); // no core file of a process holding keys (test/ops/hardening.test.ts: the daemon's own RLIMIT_CORE)
     // A private mount namespace would hide the FUSE mount from the host.
     expect(unit).not.toMatch(/^(ProtectSystem|ProtectHome|PrivateTmp|PrivateDevices|ReadWritePaths|PrivateMounts)=/m);
   });

@@ -13,6 +13,7 @@ import { scrypt } from '@noble/hashes/scrypt.js';
 import { atomicWriteSync } from '../../util/atomic-write.js';
 import { wipe } from '../../util/wipe.js';
 import { HsmDomainError } from '../errors.js';
+import { HSM_PASSPHRASE_ENV } from './protocol.js';
 
 const DOMAIN_VERSION = 1;
 /** scrypt cost: N = 2^15, r = 8, p = 1 (RFC 7914 §2 recommends N ≥ 2^14 for interactive use). */
@@ -90,7 +91,7 @@ export function openDomain(kmsDir: string, passphrase?: string, opts: { scryptCo
   }
   let kek: Buffer;
   if (f.kekSource === 'passphrase') {
-    if (passphrase === undefined) throw new HsmDomainError('HSM_KEK_SOURCE_MISMATCH', 'HSM domain is sealed under a passphrase; set EBSD_HSM_PASSPHRASE');
+    if (passphrase === undefined) throw new HsmDomainError('HSM_KEK_SOURCE_MISMATCH', `HSM domain is sealed under a passphrase; start the daemon with ${HSM_PASSPHRASE_ENV} set`);
     if (!f.kdf) throw new HsmDomainError('HSM_DOMAIN_CORRUPT', `HSM domain file ${path} lacks its KDF parameters`);
     kek = kekFromPassphrase(passphrase, f.kdf);
   } else {

@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { EbsdError } from '../../util/errors.js';
 import { HsmDomainError, KMSInternalException, KmsError } from '../errors.js';
-import { exactBytes, type HsmBatch, type HsmInit, type HsmOp, type HsmReplyBatch, type HsmRequest, type HsmResult, type HsmWireError } from './protocol.js';
+import { exactBytes, HSM_PASSPHRASE_ENV, type HsmBatch, type HsmInit, type HsmOp, type HsmReplyBatch, type HsmRequest, type HsmResult, type HsmWireError } from './protocol.js';
 
 export interface Hsm {
   call<R extends HsmRequest>(req: R): Promise<HsmResult<R['op']>>;
@@ -36,6 +36,8 @@ export async function startHsm(init: HsmInit, mode: 'worker' | 'inline' = 'worke
 
 class WorkerHsm implements Hsm {
   private queue: HsmRequest[] = [];
+  /** The queued requests' own copies of pooled byte fields (exactBytes): moved to the worker, not copied. */
+  private transfer: ArrayBuffer[] = [];
   private waiting: Pending[] = [];
   private readonly inflight = new Map<number, Pending[]>();
   private seq = 0;
@@ -51,7 +53,10 @@ class WorkerHsm implements Hsm {
   static async start(init: HsmInit): Promise<WorkerHsm> {
     const dev = import.meta.url.endsWith('.ts');
     const url = new URL(dev ? './hsm-worker.ts' : './hsm-worker.js', import.meta.url);
-    const worker = new Worker(url, { workerData: init, execArgv: dev ? ['--import', devLoaderUrl()] : [] });
+    // The passphrase goes in workerData, to open the domain; never in the worker's copy of the environment.
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env[HSM_PASSPHRASE_ENV];
+    const worker = new Worker(url, { workerData: init, env, execArgv: dev ? ['--import', devLoaderUrl()] : [] });
     const first = await new Promise<{ ready: boolean; e?: HsmWireError }>((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', reject);
@@ -67,7 +72,7 @@ class WorkerHsm implements Hsm {
   call<R extends HsmRequest>(req: R): Promise<HsmResult<R['op']>> {
     if (this.closed) return Promise.reject(new KMSInternalException('HSM is closed', { code: 'KMS_HSM_GONE' }));
     return new Promise((resolve, reject) => {
-      this.queue.push(exactBytes(req));
+      this.queue.push(exactBytes(req, this.transfer, false));
       this.waiting.push({ resolve: resolve as (v: unknown) => void, reject });
       if (!this.scheduled) {
         this.scheduled = true;
@@ -82,10 +87,12 @@ class WorkerHsm implements Hsm {
     const seq = ++this.seq;
     this.inflight.set(seq, this.waiting);
     const b: HsmBatch = { seq, reqs: this.queue };
+    const transfer = this.transfer;
     this.queue = [];
+    this.transfer = [];
     this.waiting = [];
     this.worker.ref();
-    this.worker.postMessage(b);
+    this.worker.postMessage(b, transfer);
   }
 
   private onReply(m: HsmReplyBatch): void {
@@ -106,6 +113,7 @@ class WorkerHsm implements Hsm {
     for (const p of this.waiting) p.reject(e);
     this.waiting = [];
     this.queue = [];
+    this.transfer = [];
   }
 
   async close(): Promise<void> {

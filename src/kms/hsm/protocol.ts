@@ -5,6 +5,7 @@
  * operations whose AWS response contains it, plaintext cross it; the domain
  * key and plaintext HBKs never do.
  */
+import { wipe } from '../../util/wipe.js';
 
 /** A backing key as the main thread knows it: who it belongs to and its token. */
 export interface KeyHandle {
@@ -78,6 +79,13 @@ export type HsmResult<O extends HsmOp> = HsmResults[O];
 /** Wire error: a KMS exception name and message, never secret data. */
 export interface HsmWireError { awsName?: string; code: string; message: string }
 
+/**
+ * The environment variable the daemon takes a domain's passphrase from, once, at
+ * start, and then removes from its environment (docs/architecture.md §5.10); the
+ * KMS core is given the passphrase explicitly (KmsOptions.passphrase, HsmInit).
+ */
+export const HSM_PASSPHRASE_ENV = 'EBSD_HSM_PASSPHRASE';
+
 export interface HsmInit {
   /** The kms/ state directory; the HSM keeps its sealed domain in `<dir>/hsm/`. */
   stateDir: string;
@@ -91,16 +99,39 @@ export interface HsmBatch { seq: number; reqs: HsmRequest[] }
 export interface HsmReplyBatch { seq: number; res: ({ ok: true; v: unknown } | { ok: false; e: HsmWireError })[] }
 
 /**
- * Give every top-level byte field of `o` its own exact-size ArrayBuffer.
+ * Prepare the top-level byte fields of `o` to cross postMessage, and list in
+ * `transfer` the ArrayBuffers that are to move rather than be copied.
+ *
  * postMessage's structured clone copies a typed array's whole backing
  * ArrayBuffer, and small Buffers are views into Node's shared 8 KiB pool: a
- * 64-byte field would cost an 8 KiB copy each way. Mutates and returns `o`.
+ * 64-byte field would cost an 8 KiB copy each way. So a field that is a view
+ * into a larger buffer is copied into an exact-size one, which this function
+ * owns and lists in `transfer`: posted with it, the copy moves to the
+ * receiver and nothing of it stays on the sending side.
+ *
+ * `owned`: the fields belong to the sender and are not used after the post
+ * (the HSM worker's replies, which carry plaintext and data keys). A field
+ * that is exact already is then transferred as is, and the original of a
+ * copied field is wiped (best effort: src/util/wipe.ts). Not owned (a
+ * request, whose buffers are the caller's): only the copies move; the
+ * caller's buffers are neither wiped nor detached.
+ *
+ * Mutates and returns `o`.
  */
-export function exactBytes<T extends object>(o: T): T {
+export function exactBytes<T extends object>(o: T, transfer: ArrayBuffer[], owned: boolean): T {
   const r = o as Record<string, unknown>;
   for (const k in r) {
     const v = r[k];
-    if (v instanceof Uint8Array && v.byteLength !== v.buffer.byteLength) r[k] = new Uint8Array(v);
+    if (!(v instanceof Uint8Array)) continue;
+    const whole = v.buffer;
+    if (v.byteLength !== whole.byteLength) {
+      const copy = new Uint8Array(v); // a new ArrayBuffer of exactly byteLength
+      if (owned) wipe(v);
+      r[k] = copy;
+      transfer.push(copy.buffer);
+    } else if (owned && whole instanceof ArrayBuffer && !transfer.includes(whole)) {
+      transfer.push(whole);
+    }
   }
   return o;
 }

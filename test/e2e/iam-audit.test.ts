@@ -1,0 +1,102 @@
+/**
+ * Every IAM call through the control socket is in the audit log, as CloudTrail
+ * records IAM calls (src/daemon/audit-events.ts, iamEvent): eventSource
+ * iam.amazonaws.com, IAM's API name, the caller's identity, the request's
+ * names and policy documents, what a create returned, and never a secret:
+ * an access key's SecretAccessKey appears in no audit line. A refused call
+ * (not the account root) and a failed one are recorded too. Real daemon, real
+ * CLI, `ebsd audit tail`.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from './helpers.js';
+
+const ALICE = 1000;
+type Ev = {
+  eventSource: string; eventName: string; readOnly: boolean; awsRegion: string;
+  userIdentity: { arn: string; type: string }; requestParameters: Record<string, unknown> | null;
+  responseElements: Record<string, any> | null; errorCode?: string; errorMessage?: string;
+};
+
+describe('IAM calls are audited', () => {
+  const env = new Env('iam-audit');
+  const userPolicy = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ec2:DescribeVolumes', Resource: '*' }] });
+  const trust = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::111122223333:root' }, Action: 'sts:AssumeRole' }] });
+  let secret = '';
+  let keyId = '';
+  let events: Ev[] = [];
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start();
+    await env.ok(['iam', 'create-user', 'alice']);
+    await env.ok(['iam', 'create-role', 'app']);
+    await env.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+    await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'read', '--policy-document', userPolicy]);
+    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'read', '--policy-document', userPolicy]);
+    await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'app', '--policy-document', trust]);
+    const key = (await env.ok(['iam', 'create-access-key', '--user-name', 'alice'])).AccessKey;
+    secret = key.SecretAccessKey;
+    keyId = key.AccessKeyId;
+    await env.ok(['iam', 'update-access-key', '--user-name', 'alice', '--access-key-id', keyId, '--status', 'Inactive']);
+    await env.ok(['iam', 'get-policy', 'user/alice', 'read']);
+    await env.ok(['iam', 'list-users']);
+    await env.ok(['iam', 'delete-access-key', '--user-name', 'alice', '--access-key-id', keyId]);
+    await env.ok(['iam', 'delete-policy', 'role/app', 'read']);
+    // Failed: the user exists. Refused: alice is not the account root.
+    expect((await env.cli(['iam', 'create-user', 'alice'])).code).not.toBe(0);
+    expect((await env.cli(['iam', 'create-user', 'mallory'], { uid: ALICE })).code).toBe(4);
+    await env.ok(['iam', 'unmap-uid', String(ALICE)]);
+    events = ((await env.ok(['audit', 'tail', '-n', '200'])).Events as Ev[]).filter((e) => e.eventSource === 'iam.amazonaws.com');
+  }, 120_000);
+  afterAll(() => env.cleanup(), 60_000);
+
+  const one = (name: string, where: (e: Ev) => boolean = () => true): Ev => {
+    const found = events.filter((e) => e.eventName === name && where(e));
+    expect(found, `${name} in ${JSON.stringify(events.map((e) => e.eventName))}`).toHaveLength(1);
+    return found[0]!;
+  };
+
+  it('each call is one event under IAM\'s name, by the account root, in us-east-1', () => {
+    const names = events.map((e) => e.eventName);
+    for (const n of ['CreateUser', 'CreateRole', 'MapUid', 'PutUserPolicy', 'PutRolePolicy', 'UpdateAssumeRolePolicy', 'CreateAccessKey',
+      'UpdateAccessKey', 'GetUserPolicy', 'ListUsers', 'DeleteAccessKey', 'DeleteRolePolicy', 'UnmapUid']) expect(names).toContain(n);
+    for (const e of events.filter((x) => !x.errorCode || x.errorCode !== 'AccessDeniedException')) {
+      expect(e.userIdentity.type).toBe('Root');
+      expect(e.awsRegion).toBe('us-east-1');
+    }
+    expect(one('GetUserPolicy').readOnly).toBe(true);
+    expect(one('ListUsers').readOnly).toBe(true);
+    expect(one('ListUsers').responseElements).toBeNull();
+    expect(one('PutUserPolicy').readOnly).toBe(false);
+  });
+
+  it('request parameters name what changed, policy documents included; creates record what they made', () => {
+    expect(one('PutUserPolicy').requestParameters).toEqual({ userName: 'alice', policyName: 'read', policyDocument: userPolicy });
+    expect(one('PutRolePolicy').requestParameters).toEqual({ roleName: 'app', policyName: 'read', policyDocument: userPolicy });
+    expect(one('UpdateAssumeRolePolicy').requestParameters).toEqual({ roleName: 'app', policyDocument: trust });
+    expect(one('MapUid').requestParameters).toEqual({ uid: ALICE, principal: 'user/alice' });
+    expect(one('UpdateAccessKey').requestParameters).toEqual({ userName: 'alice', accessKeyId: keyId, status: 'Inactive' });
+    expect(one('DeleteAccessKey').requestParameters).toEqual({ userName: 'alice', accessKeyId: keyId });
+    expect(one('CreateUser', (e) => !e.errorCode && e.userIdentity.type === 'Root').responseElements!.user).toMatchObject({ userName: 'alice', arn: expect.stringMatching(/:user\/alice$/) });
+    const created = one('CreateAccessKey');
+    expect(created.requestParameters).toEqual({ userName: 'alice' });
+    expect(created.responseElements!.accessKey).toMatchObject({ accessKeyId: keyId, status: 'Active', userName: 'alice' });
+    expect(Object.keys(created.responseElements!.accessKey)).not.toContain('secretAccessKey');
+  });
+
+  it('a failed call carries IAM\'s error; a refused caller is recorded with AccessDeniedException', () => {
+    const failed = one('CreateUser', (e) => e.errorCode === 'EntityAlreadyExistsException');
+    expect(failed.requestParameters).toEqual({ userName: 'alice' });
+    expect(failed.responseElements).toBeNull();
+    const refused = one('CreateUser', (e) => e.errorCode === 'AccessDeniedException');
+    expect(refused.userIdentity.arn).toMatch(/:user\/alice$/);
+    expect(refused.errorMessage).toMatch(/not authorized to perform: iam:CreateUser/);
+  });
+
+  it('the secret access key is in no audit line, and the log verifies', async () => {
+    expect(secret).toMatch(/^[A-Za-z0-9+/]{40}$/);
+    expect(env.auditText()).not.toContain(secret);
+    expect(env.daemonLog()).not.toContain(secret);
+    expect((await env.ok(['audit', 'verify'])).ok).toBe(true);
+  });
+});

@@ -1,0 +1,115 @@
+/**
+ * With --kms-endpoint the local identity policy judges a local caller's use
+ * of a key (docs/architecture.md §5.5), and it judges the key's ARN however
+ * the request names it (src/daemon/remote-key-names.ts): an alias name, an
+ * alias ARN or a bare key id is resolved by DescribeKey as the host, and
+ * kms:RequestAlias is set when an alias was used; a restore tells the
+ * snapshot's key from another by ARN, as the restore itself does. Host A
+ * serves the KMS (--kms-only on loopback); host B uses it for uid 1000
+ * (user/alice).
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { startKmsDaemon } from '../kms-net/helpers.js';
+
+const ALICE = 1000;
+const VIA_EC2 = { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com' } };
+
+describe('remote KMS: the local key check judges the key ARN, whatever the request names it by', () => {
+  const a = new Env('rkn-kms');
+  const b = new Env('rkn-host');
+  const saved = Object.fromEntries(Object.entries(process.env).filter(([x]) => x.startsWith('AWS_')));
+  let arn = '';
+  let names: Record<string, string> = {};
+
+  const alicePolicy = async (...statements: unknown[]): Promise<void> => {
+    const file = join(b.dir, 'alice.json');
+    writeFileSync(file, JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ec2:*', Resource: '*' }, ...statements] }));
+    await b.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'p', '--policy-document', `file://${file}`]);
+  };
+  const create = (key: string) => b.cli(['volume', 'create', '--size', '16MiB', '--kms-key', key, '--output', 'json'], { uid: ALICE });
+
+  beforeAll(async () => {
+    ensureBuilt();
+    const { url } = await startKmsDaemon(a);
+    const hostArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
+    const key = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
+    const account = hostArn.split(':')[4];
+    await a.ok(['iam', 'put-policy', 'user/host-b', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
+    const meta = (await a.ok(['kms', 'create-key', '--description', 'K'])).KeyMetadata;
+    arn = meta.Arn;
+    await a.ok(['kms', 'put-key-policy', '--key-id', arn, '--policy-name', 'default', '--policy', JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
+        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: hostArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
+      ],
+    })]);
+    await a.ok(['kms', 'create-alias', '--alias-name', 'alias/x', '--target-key-id', arn]);
+    names = { 'alias name': 'alias/x', 'alias ARN': arn.replace(/key\/.*$/, 'alias/x'), 'key id': meta.KeyId };
+    for (const x of Object.keys(process.env)) if (x.startsWith('AWS_')) delete process.env[x];
+    Object.assign(process.env, {
+      AWS_ACCESS_KEY_ID: key.AccessKeyId, AWS_SECRET_ACCESS_KEY: key.SecretAccessKey, AWS_REGION: 'us-east-1',
+      AWS_ENDPOINT_URL_STS: url, AWS_CONFIG_FILE: '/nonexistent', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
+    });
+    await b.start(['--kms-endpoint', url]);
+    await b.ok(['iam', 'create-user', 'alice']);
+    await b.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+  }, 180_000);
+
+  afterAll(async () => {
+    try {
+      await b.cleanup();
+      await a.cleanup();
+    } finally {
+      for (const x of Object.keys(process.env)) if (x.startsWith('AWS_')) delete process.env[x];
+      Object.assign(process.env, saved);
+    }
+  }, 60_000);
+
+  it('a Deny of kms:* on the key\'s ARN holds for the alias name, the alias ARN and the bare key id', async () => {
+    await alicePolicy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }, { Effect: 'Deny', Action: 'kms:*', Resource: arn });
+    const before = (await b.ok(['volume', 'ls'])).Volumes.length;
+    for (const [what, name] of Object.entries({ ARN: arn, ...names })) {
+      const r = await create(name);
+      expect(r.code, `${what}: ${r.stderr}`).toBe(4);
+      expect(r.stderr).toContain(`kms:GenerateDataKeyWithoutPlaintext on resource: ${arn} with an explicit deny`);
+    }
+    expect((await b.ok(['volume', 'ls'])).Volumes).toHaveLength(before);
+  });
+
+  it('an Allow scoped to the key\'s ARN lets the alias be used; kms:RequestAlias is the alias the request named', async () => {
+    await alicePolicy({ Effect: 'Allow', Action: 'kms:GenerateDataKeyWithoutPlaintext', Resource: arn, Condition: VIA_EC2 });
+    for (const [what, name] of Object.entries(names)) {
+      const r = await create(name);
+      expect(r.code, `${what}: ${r.stderr}`).toBe(0);
+      expect(JSON.parse(r.stdout).KmsKeyId).toBe(arn);
+    }
+    await alicePolicy({ Effect: 'Allow', Action: 'kms:GenerateDataKeyWithoutPlaintext', Resource: arn, Condition: { ...VIA_EC2, StringEquals: { ...VIA_EC2.StringEquals, 'kms:RequestAlias': 'alias/x' } } });
+    expect((await create('alias/x')).code).toBe(0);
+    expect((await create(names['alias ARN']!)).code).toBe(0);
+    const byArn = await create(arn);
+    expect(byArn.code).toBe(4); // no alias in the request: kms:RequestAlias is absent
+    expect(byArn.stderr).toContain(`on resource: ${arn}`);
+  });
+
+  it('a restore under the snapshot\'s own key named by its alias is the same key: ReEncrypt on the ARN decides, not Decrypt', async () => {
+    const vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', arn])).VolumeId as string;
+    const snap = (await b.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId as string;
+    await alicePolicy({ Effect: 'Allow', Action: ['kms:ReEncryptFrom', 'kms:ReEncryptTo'], Resource: arn, Condition: VIA_EC2 });
+    const r = await b.cli(['volume', 'create', '--snapshot-id', snap, '--kms-key', 'alias/x', '--wait', '--output', 'json'], { uid: ALICE });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ State: 'available', KmsKeyId: arn });
+  });
+
+  it('a name the KMS does not know is refused as the KMS refuses it, with nothing created', async () => {
+    await alicePolicy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' });
+    const before = (await b.ok(['volume', 'ls'])).Volumes.length;
+    const r = await create('alias/nope');
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/NotFoundException/);
+    expect((await b.ok(['volume', 'ls'])).Volumes).toHaveLength(before);
+  });
+});
