@@ -187,13 +187,7 @@ export class SnapshotCopier {
       delete m.changedBlocks;
       delete m.header;
       // Crash from here on: recover() turns the pending manifest into error.
-      await this.markers.add(snapshotId);
-      try {
-        await this.o.store.putManifest(m);
-      } catch (e) {
-        this.markers.retry(snapshotId); // the write may have landed: the marker ends it `error` once the store answers
-        throw e;
-      }
+      await this.markers.putPending(m);
       faultPoint('copy.after-pending');
       this.o.onAudit?.({
         eventName: 'CopySnapshot', snapshotId, volumeId: src.volumeId, principal: caller.arn,

@@ -174,11 +174,6 @@ export class EbsDirect {
     return this.markers;
   }
 
-  /** Precondition of the pending manifest: its marker is durable (file and directory) first, so a crash right after still finds it. */
-  private async _mark(id: string): Promise<void> {
-    await (await this._markers()).add(id);
-  }
-
   /** Postcondition of a terminal manifest durably written. */
   private async _unmark(id: string): Promise<void> {
     await (await this._markers()).remove(id);
@@ -366,11 +361,9 @@ export class EbsDirect {
     manifest.dataOffset = header.dataOffset;
     manifest.blocks = parent ? parent.blocks.map(([x, h]) => [x, h] as [number, BlockHash]) : [];
     try {
-      await this._mark(snapshotId);
-      await this.o.store.putManifest(manifest);
+      await (await this._markers()).putPending(manifest);
     } catch (e) {
       headerPin?.release();
-      await this._unmark(snapshotId).catch(() => {});
       throw e;
     }
     releaseSlot();

@@ -74,6 +74,21 @@ export class PendingMarkers {
     await fsyncDir(this.o.dir);
   }
 
+  /**
+   * The `pending` manifest `m`, written after its marker. A failed write
+   * hands the marker to the retries (the write may have landed): the
+   * snapshot is then ended `error` once the store answers.
+   */
+  async putPending(m: SnapshotManifest): Promise<void> {
+    await this.add(m.snapshotId);
+    try {
+      await this.o.store.putManifest(m);
+    } catch (e) {
+      this.retry(m.snapshotId);
+      throw e;
+    }
+  }
+
   /** Postcondition of a terminal manifest (`completed` or `error`) durably written: the marker goes. */
   async remove(snapshotId: string): Promise<void> {
     await fsp.rm(join(this.o.dir, snapshotId), { force: true });

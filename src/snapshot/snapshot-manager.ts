@@ -279,16 +279,10 @@ export class SnapshotManager {
         dataOffset: hdr.dataOffset,
         blocks: [],
       };
-      // Crash from here on: recover() turns the pending manifest into error.
-      await this.markers.add(snapshotId);
       let settle!: () => void;
       const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (settle = r)), terminal: false };
-      try {
-        await this.o.store.putManifest(m);
-      } catch (e) {
-        this.markers.retry(snapshotId); // the write may have landed: the marker ends it `error` once the store answers
-        throw e;
-      }
+      // Crash from here on: recover() turns the pending manifest into error.
+      await this.markers.putPending(m);
       faultPoint('snapshot.after-pending');
       this.running.set(snapshotId, run);
       try {
