@@ -97,3 +97,13 @@ export function ebsManagedKeyPolicy(accountId: string, region: string): string {
     ],
   });
 }
+
+/**
+ * The AWS managed keys this KMS creates on first use, by alias, with the key
+ * policy each gets. AWS creates an AWS managed key only for a service's
+ * predefined alias, when the service first uses it; ebsd's only service is
+ * EBS. Any other `alias/aws/...` names nothing (docs/architecture.md §5.4).
+ */
+export const AWS_MANAGED_KEY_POLICIES: ReadonlyMap<string, (accountId: string, region: string) => string> = new Map([
+  ['alias/aws/ebs', ebsManagedKeyPolicy],
+]);

@@ -88,8 +88,9 @@ export interface OperationContext {
   now(): number;
   /**
    * Resolve a KeyId as AWS does: key id, key ARN, and (when `aliases` is true)
-   * alias name or alias ARN. `alias/aws/<service>` is created on first use as an
-   * AWS-managed key. Returns the record and the alias used, if any.
+   * alias name or alias ARN. A service's AWS managed key (`alias/aws/ebs`,
+   * AWS_MANAGED_KEY_POLICIES) is created on first use; any other unknown alias,
+   * `alias/aws/...` included, is NotFoundException. Returns the record and the alias used, if any.
    */
   resolveKey(keyId: string, opts?: { aliases?: boolean }): Promise<{ key: KeyRecord; requestAlias?: string }>;
   /** Metadata + aliases, as given to authorizers. */
