@@ -21,6 +21,17 @@ import { AccessDeniedException, DryRunOperationException, KMSInternalException, 
 import { checkRequestShape } from './request-shape.js';
 import { checkKeyState } from './key-state.js';
 
+/**
+ * The operations whose request has a DryRun member (the KMS API model; docs/architecture.md §5.4).
+ * Elsewhere DryRun is a member the operation does not have: its type is checked like any
+ * member's (request-shape.ts), and it is ignored, so CreateKey with DryRun creates the key.
+ */
+export const DRY_RUN_OPERATIONS: ReadonlySet<string> = new Set([
+  'CreateGrant', 'Decrypt', 'DeriveSharedSecret', 'Encrypt', 'GenerateDataKey', 'GenerateDataKeyPair',
+  'GenerateDataKeyPairWithoutPlaintext', 'GenerateDataKeyWithoutPlaintext', 'GenerateMac', 'ReEncrypt', 'RetireGrant',
+  'RevokeGrant', 'Sign', 'Verify', 'VerifyMac',
+]);
+
 /** What a handler may ask to authorize. */
 export interface AuthorizeArgs {
   /** IAM action; defaults to `kms:<operation>`. */
@@ -214,7 +225,7 @@ export class Dispatcher {
         if (key && a.stateCheck !== false) checkKeyState(a.stateCheck ?? operation, key);
         // DryRun: authorized (and the key usable), so stop here, before any effect. ReEncrypt authorizes
         // twice (From, then To); only the second one ends it.
-        if (call.request.DryRun === true && action !== 'kms:ReEncryptFrom') {
+        if (call.request.DryRun === true && DRY_RUN_OPERATIONS.has(operation) && action !== 'kms:ReEncryptFrom') {
           throw new DryRunOperationException('The request would have succeeded, but the DryRun option is set.');
         }
       },
