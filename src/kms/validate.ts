@@ -111,3 +111,13 @@ export function optStrList(req: KmsRequest, name: string, maxItems: number, maxL
   if (v.length > maxItems) throw fail(name, `Member must have length less than or equal to ${maxItems}`);
   return v as string[];
 }
+
+/** A list whose every element is one of `values` (e.g. DryRunModifiers). */
+export function optEnumList<T extends string>(req: KmsRequest, name: string, values: readonly T[]): T[] | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' || !values.includes(x as T))) {
+    throw fail(name, `Member must be a list of values of the enum value set: [${values.join(', ')}]`);
+  }
+  return v as T[];
+}

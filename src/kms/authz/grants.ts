@@ -303,21 +303,16 @@ export class GrantStore implements GrantSource {
     const name = p.name;
 
     const token = Buffer.concat([Buffer.from([TOKEN_VERSION]), randomBytes(48)]).toString('base64url');
-    const keyGrants = this.byKey.get(key.arn);
-    if (name !== undefined && keyGrants) {
-      for (const g of keyGrants.values()) {
-        if (g.Name === name && _sameGrant(g, grantee, retiring, ops, constraints)) {
-          const h = _hash(token);
-          g.tokenHashes.push(h);
-          this.byToken.set(h, g);
-          await this._persist(() => { g.tokenHashes.pop(); this.byToken.delete(h); });
-          return { GrantId: g.GrantId, GrantToken: token, created: false };
-        }
-      }
+    const same = this._sameNamed(key, p);
+    if (same) {
+      const g = same;
+      const h = _hash(token);
+      g.tokenHashes.push(h);
+      this.byToken.set(h, g);
+      await this._persist(() => { g.tokenHashes.pop(); this.byToken.delete(h); });
+      return { GrantId: g.GrantId, GrantToken: token, created: false };
     }
-    if ((keyGrants?.size ?? 0) >= LIMITS.grantsPerKey) {
-      throw new LimitExceededException(`The KMS key ${key.arn} already has ${LIMITS.grantsPerKey} grants, the maximum.`);
-    }
+    this._checkRoom(key);
     const g: StoredGrant = {
       KeyId: key.arn,
       GrantId: randomBytes(32).toString('hex'),
@@ -333,6 +328,14 @@ export class GrantStore implements GrantSource {
     this._index(g);
     await this._persist(() => this._unindex(g));
     return { GrantId: g.GrantId, GrantToken: token, created: true };
+  }
+
+  /**
+   * Throw what `create` would refuse (the per-key grant quota) without creating anything: a
+   * CreateGrant dry run answers DryRunOperationException only if the real call would succeed.
+   */
+  checkCreate(key: KeyFacts, p: PreparedGrant): void {
+    if (!this._sameNamed(key, p)) this._checkRoom(key);
   }
 
   /** The grant a token was issued for, or undefined (retired, revoked, or never issued). */
@@ -394,6 +397,22 @@ export class GrantStore implements GrantSource {
   }
 
   // ---- internals -------------------------------------------------------------------
+
+  /** The key's grant with the same Name and properties (CreateGrant is idempotent by Name), if any. */
+  private _sameNamed(key: KeyFacts, p: PreparedGrant): StoredGrant | undefined {
+    const keyGrants = this.byKey.get(key.arn);
+    if (p.name === undefined || !keyGrants) return undefined;
+    for (const g of keyGrants.values()) {
+      if (g.Name === p.name && _sameGrant(g, p.granteePrincipal, p.retiringPrincipal, [...p.operations], p.constraints)) return g;
+    }
+    return undefined;
+  }
+
+  private _checkRoom(key: KeyFacts): void {
+    if ((this.byKey.get(key.arn)?.size ?? 0) >= LIMITS.grantsPerKey) {
+      throw new LimitExceededException(`The KMS key ${key.arn} already has ${LIMITS.grantsPerKey} grants, the maximum.`);
+    }
+  }
 
   private _page(all: StoredGrant[], limitIn: unknown, marker: unknown): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
     let limit: number = LIMITS.listDefault;

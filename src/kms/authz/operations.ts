@@ -127,6 +127,8 @@ export function registerAuthzOperations(
     const facts = _facts(key);
     const prepared = grants.prepare(facts, r as unknown as CreateGrantInput);
     await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}) });
+    grants.checkCreate(facts, prepared);
+    call.stopIfDryRun();
     const out = await grants.create(facts, prepared, call.now);
     (call.additionalEventData ??= {}).grantId = out.GrantId;
     return { GrantToken: out.GrantToken, GrantId: out.GrantId };
@@ -182,6 +184,7 @@ export function registerAuthzOperations(
       }
     }
     await call.authorize({ key, stateCheck: false });
+    call.stopIfDryRun();
     await grants.remove(key.arn, grant.GrantId);
     (call.additionalEventData ??= {}).grantId = grant.GrantId;
     return {};
@@ -194,6 +197,7 @@ export function registerAuthzOperations(
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     await call.authorize({ key, stateCheck: false });
     if (!grants.get(key.arn, grantId)) throw new NotFoundException(`Grant ID ${grantId} not found for key ${key.arn}`);
+    call.stopIfDryRun();
     await grants.remove(key.arn, grantId);
     (call.additionalEventData ??= {}).grantId = grantId;
     return {};
