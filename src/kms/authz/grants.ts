@@ -7,7 +7,6 @@ import { readTextIfExists } from '../../util/read-if-exists.js';
 import type { Caller } from '../types.js';
 import {
   InvalidGrantTokenException,
-  InvalidMarkerException,
   LimitExceededException,
   NotFoundException,
   ValidationException,
@@ -18,6 +17,7 @@ import { isServicePrincipal, parsePrincipalArn } from './policy-document.js';
 import { callerIds } from './caller-ids.js';
 import type { GrantConstraints } from './request-context.js';
 import { dataMap } from '../data-map.js';
+import { page } from '../paging.js';
 import { isWellFormedUtf16 } from '../../util/strict-json.js';
 import { parseStateJson } from '../../util/state-json.js';
 
@@ -132,6 +132,9 @@ export function grantListEntry(g: Grant): Grant {
 }
 
 const _hash = (token: string): string => createHash('sha256').update(token).digest('hex');
+
+/** List order: creation second (zero-padded, so strings sort as numbers), then the unique GrantId. */
+const _orderKey = (g: StoredGrant): string => `${String(g.CreationDate).padStart(12, '0')}:${g.GrantId}`;
 
 /** Lookup key for a grantee: a role and its sessions share `role:<acct>:<name>`. */
 function _granteeKey(principal: string): string {
@@ -350,7 +353,7 @@ export class GrantStore implements GrantSource {
     return g ? grantListEntry(g) : undefined;
   }
 
-  /** ListGrants: the key's grants, oldest first, optionally filtered; Marker is the next GrantId. */
+  /** ListGrants: the key's grants, oldest first, optionally filtered (paging: `_page`). */
   list(keyArn: string, opts: { Limit?: unknown; Marker?: unknown; GrantId?: unknown; GranteePrincipal?: unknown } = {}): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
     let all = [...(this.byKey.get(keyArn)?.values() ?? [])];
     if (opts.GrantId !== undefined) all = all.filter((g) => g.GrantId === opts.GrantId);
@@ -414,22 +417,15 @@ export class GrantStore implements GrantSource {
     }
   }
 
-  private _page(all: StoredGrant[], limitIn: unknown, marker: unknown): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
-    let limit: number = LIMITS.listDefault;
-    if (limitIn !== undefined) {
-      if (typeof limitIn !== 'number' || !Number.isInteger(limitIn) || limitIn < 1 || limitIn > LIMITS.listMax) {
-        throw new ValidationException(`Limit must be an integer from 1 to ${LIMITS.listMax}`);
-      }
-      limit = limitIn;
-    }
-    let start = 0;
-    if (marker !== undefined) {
-      start = typeof marker === 'string' ? all.findIndex((g) => g.GrantId === marker) : -1;
-      if (start < 0) throw new InvalidMarkerException('The marker is not valid.');
-    }
-    const page = all.slice(start, start + limit);
-    const next = all[start + limit];
-    return { Grants: page.map(grantListEntry), ...(next ? { NextMarker: next.GrantId } : {}), Truncated: next !== undefined };
+  /**
+   * One page, in a stable order (creation time, then GrantId). The marker names the last
+   * grant returned (src/kms/paging.ts), so a grant retired or created between two pages
+   * neither breaks the next call nor hides or repeats another (docs/kms-format.md, "List markers").
+   */
+  private _page(all: StoredGrant[], limit: unknown, marker: unknown): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
+    const sorted = all.map((g) => ({ g, k: _orderKey(g) })).sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0));
+    const p = page({ Limit: limit, Marker: marker }, sorted, LIMITS.listDefault, LIMITS.listMax, (x) => x.k);
+    return { Grants: p.items.map((x) => grantListEntry(x.g)), ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}), Truncated: p.Truncated };
   }
 
   private _principal(v: unknown, name: string, required: boolean): string | undefined {
