@@ -70,3 +70,15 @@ describe('ListGrants and ListRetirableGrants: the marker survives a grant retire
     expect(await awsName(call('ListRetirableGrants', { RetiringPrincipal: HOST, Marker: 'x' }))).toBe('InvalidMarkerException');
   });
 });
+
+describe('ListResourceTags: tags by TagKey, the marker naming the last one returned', () => {
+  it('the tag before the marker is untagged between two pages: the next page still starts after the marker', async () => {
+    const k = (await call('CreateKey', {})).KeyMetadata.KeyId as string;
+    await call('TagResource', { KeyId: k, Tags: ['d', 'b', 'a', 'c'].map((TagKey) => ({ TagKey, TagValue: TagKey.toUpperCase() })) });
+    const got = await pages('ListResourceTags', { KeyId: k }, 'Tags', 2, async (i) => {
+      if (i === 0) await call('UntagResource', { KeyId: k, TagKeys: ['a'] });
+    });
+    expect(got.flat()).toEqual(['a', 'b', 'c', 'd'].map((TagKey) => ({ TagKey, TagValue: TagKey.toUpperCase() })));
+    expect(await awsName(call('ListResourceTags', { KeyId: k, Marker: 'bm90IGEgbWFya2Vy' }))).toBe('InvalidMarkerException');
+  });
+});
