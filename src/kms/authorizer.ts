@@ -18,7 +18,7 @@ export interface AuthorizationRequest {
   region: string;
   /** Resolved target key; undefined for account-level actions (CreateKey, ListKeys, ListAliases, GenerateRandom, ...). */
   key?: KeyView;
-  /** Resource ARN the action is evaluated against (key ARN, or `*`). */
+  /** Resource ARN the action is evaluated against: the key ARN, or without a key `*` or an alias ARN (the alias operations). */
   resource: string;
   /** Encryption context of the request (for kms:EncryptionContext:* and kms:EncryptionContextKeys). */
   encryptionContext?: Readonly<Record<string, string>>;

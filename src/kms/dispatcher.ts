@@ -40,6 +40,11 @@ export interface AuthorizeArgs {
   /** IAM action; defaults to `kms:<operation>`. */
   action?: string;
   key?: KeyRecord;
+  /**
+   * Without `key`: the ARN the action is judged on by identity policies alone (an alias ARN for
+   * CreateAlias, UpdateAlias, DeleteAlias; docs/architecture.md §5.4). Default `*`.
+   */
+  resource?: string;
   encryptionContext?: Record<string, string>;
   grantTokens?: string[];
   requestAlias?: string;
@@ -224,7 +229,7 @@ export class Dispatcher {
       },
       authorize: async (a) => {
         const key = a.key;
-        const resource = key ? key.arn : '*';
+        const resource = key ? key.arn : (a.resource ?? '*');
         const action = a.action ?? `kms:${operation}`;
         // Optional members assigned one by one: object spreads here cost measurable garbage on the Decrypt path.
         const req: AuthorizationRequest = { action, operation, caller, accountId: ctx.accountId, region: ctx.region, resource, request: call.request, now };
