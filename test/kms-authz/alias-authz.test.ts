@@ -88,3 +88,24 @@ describe('CreateAlias, UpdateAlias, DeleteAlias: the permission on the alias (IA
     expect((await call('ListAliases', {})).Aliases.map((a: { AliasName: string }) => a.AliasName)).not.toContain('alias/team-a');
   });
 });
+
+describe('ListAliases: kms:ListAliases from an identity policy, on *, then filtered by KeyId', () => {
+  const names = (r: Record<string, any>): string[] => r.Aliases.map((a: { AliasName: string }) => a.AliasName);
+
+  it('a key whose policy does not name the caller: its aliases are listed all the same', async () => {
+    const bob = await user('bob');
+    const k = (await call('CreateKey', {
+      Policy: doc({ Effect: 'Allow', Principal: { AWS: bob.arn }, Action: 'kms:*', Resource: '*' }), BypassPolicyLockoutSafetyCheck: true,
+    })).KeyMetadata.KeyId as string;
+    expect(await awsName(call('CreateAlias', { AliasName: 'alias/bobs', TargetKeyId: k }, bob))).toBe('AccessDeniedException');
+    await kms.identities.attachPolicy(`user/${bob.userName}`, 'alias', doc({ Effect: 'Allow', Action: 'kms:CreateAlias', Resource: '*' }));
+    await call('CreateAlias', { AliasName: 'alias/bobs', TargetKeyId: k }, bob);
+    expect(names(await call('ListAliases', { KeyId: k }, users.lister))).toEqual(['alias/bobs']);
+    expect(names(await call('ListAliases', { KeyId: k1 }, users.lister))).toEqual(['alias/root-made']);
+  });
+
+  it('an identity policy allowing it only on key ARNs does not allow it, KeyId or not', async () => {
+    expect(await awsName(call('ListAliases', { KeyId: k1Arn }, users.keylister))).toBe('AccessDeniedException');
+    expect(await awsName(call('ListAliases', {}, users.keylister))).toBe('AccessDeniedException');
+  });
+});

@@ -71,14 +71,11 @@ export function registerAliasOperations(d: Dispatcher): void {
 
   d.registerOperation('ListAliases', async (ctx, call) => {
     const keyId = optStr(call.request, 'KeyId');
+    const key = keyId === undefined ? undefined : (await ctx.resolveKey(keyId, { aliases: false })).key;
+    // kms:ListAliases is an identity-policy permission on `*`, KeyId or not: the key's policy has no say (docs/architecture.md §5.4).
+    await call.authorize({});
     let aliases = ctx.keystore.allAliases();
-    if (keyId !== undefined) {
-      const { key } = await ctx.resolveKey(keyId, { aliases: false });
-      await call.authorize({ key, stateCheck: false });
-      aliases = aliases.filter((a) => a.TargetKeyId === key.keyId);
-    } else {
-      await call.authorize({});
-    }
+    if (key) aliases = aliases.filter((a) => a.TargetKeyId === key.keyId);
     const p = page(call.request, aliases, 50, 100, (a) => a.AliasName);
     return {
       Aliases: p.items.map((a) => ({
