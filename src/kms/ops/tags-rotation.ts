@@ -9,8 +9,8 @@ import { optInt, optStrList, reqStr } from '../validate.js';
 import { DEFAULT_ROTATION_DAYS, parseTags, requireCustomerManaged } from './keys.js';
 
 const DAY = 86_400_000;
-/** AWS quota: on-demand rotations per key. */
-export const MAX_ON_DEMAND_ROTATIONS = 10;
+/** AWS quota: on-demand rotations per key (docs/kms-format.md, "Quotas"). */
+export const MAX_ON_DEMAND_ROTATIONS = 25;
 
 /** New HBK version; the old ones stay so old ciphertexts still decrypt. */
 export async function rotateKey(ctx: OperationContext, key: KeyRecord, type: 'AUTOMATIC' | 'ON_DEMAND', now: number): Promise<KeyRecord> {
