@@ -43,6 +43,12 @@ export function optInt(req: KmsRequest, name: string, min: number, max: number):
   return v;
 }
 
+export function reqInt(req: KmsRequest, name: string, min: number, max: number): number {
+  const v = optInt(req, name, min, max);
+  if (v === undefined) throw fail(name, 'Member must not be null');
+  return v;
+}
+
 export function optBool(req: KmsRequest, name: string): boolean | undefined {
   const v = req[name];
   if (v === undefined || v === null) return undefined;

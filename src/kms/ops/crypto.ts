@@ -1,11 +1,11 @@
 /** Encrypt, Decrypt, ReEncrypt, GenerateDataKey(+WithoutPlaintext), GenerateRandom. */
 import type { CallContext, Dispatcher, OperationContext } from '../dispatcher.js';
-import { IncorrectKeyException, InvalidCiphertextException, InvalidKeyUsageException, NotFoundException, ValidationException } from '../errors.js';
+import { CustomKeyStoreNotFoundException, IncorrectKeyException, InvalidCiphertextException, InvalidKeyUsageException, NotFoundException, ValidationException } from '../errors.js';
 import { canonicalContext, parseBlob, MAX_BLOB, type BlobParts } from '../blob.js';
 import { encryptionAlgorithms, rsaOaepMaxPlaintext } from '../key-spec.js';
 import type { KeyRecord } from '../key-record.js';
 import type { CipherEndpoint } from '../hsm/protocol.js';
-import { optBytes, optContext, optEnum, optEnumList, optInt, optStr, optStrList, reqBytes, reqStr } from '../validate.js';
+import { optBytes, optContext, optEnum, optEnumList, optInt, optStr, optStrList, reqBytes, reqInt, reqStr } from '../validate.js';
 
 const ENC_ALGS = ['SYMMETRIC_DEFAULT', 'RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'SM2PKE'] as const;
 const DRY_RUN_MODIFIERS = ['IGNORE_CIPHERTEXT'] as const;
@@ -174,10 +174,11 @@ export function registerCryptoOperations(d: Dispatcher): void {
   }
 
   d.registerOperation('GenerateRandom', async (ctx, call) => {
-    const n = optInt(call.request, 'NumberOfBytes', 1, 1024);
-    if (call.request.CustomKeyStoreId !== undefined) throw new ValidationException('Custom key stores are not supported by this KMS');
+    const n = reqInt(call.request, 'NumberOfBytes', 1, 1024);
+    const store = optStr(call.request, 'CustomKeyStoreId', 1, 64);
+    if (store !== undefined) throw new CustomKeyStoreNotFoundException(`Custom key store ${store} does not exist: this KMS has no custom key stores.`);
     await call.authorize({});
-    const { bytes } = await ctx.hsm.call({ op: 'random', bytes: n ?? 32 });
+    const { bytes } = await ctx.hsm.call({ op: 'random', bytes: n });
     return { Plaintext: bytes };
   }, { readOnly: true });
 }
