@@ -2,7 +2,7 @@
  * Request field checks with AWS's ValidationException wording
  * ("1 validation error detected: Value at 'x' failed to satisfy constraint: ...").
  */
-import { ValidationException } from './errors.js';
+import { LimitExceededException, ValidationException } from './errors.js';
 import type { KmsRequest } from './types.js';
 import { dataMap } from './data-map.js';
 import { isWellFormedUtf16 } from '../util/strict-json.js';
@@ -14,6 +14,21 @@ import { isWellFormedUtf16 } from '../util/strict-json.js';
  * every recursive reader far from the end of the stack.
  */
 export const MAX_POLICY_DEPTH = 32;
+
+/** KMS quota: a key policy is at most 32 KiB, in UTF-8 bytes (docs/kms-format.md, "Quotas"). */
+export const MAX_KEY_POLICY_BYTES = 32 * 1024;
+
+/**
+ * A key policy over the quota is LimitExceededException, as AWS answers CreateKey and
+ * PutKeyPolicy; past the API's length constraint on the member (131,072 characters) the
+ * request-shape check has already answered ValidationException.
+ */
+export function checkKeyPolicySize(policy: string): void {
+  const size = Buffer.byteLength(policy, 'utf8');
+  if (size > MAX_KEY_POLICY_BYTES) {
+    throw new LimitExceededException(`The key policy is ${size} bytes; a key policy can be at most ${MAX_KEY_POLICY_BYTES} bytes (32 KiB).`);
+  }
+}
 
 const lc = (s: string) => s[0]!.toLowerCase() + s.slice(1);
 const fail = (name: string, c: string) =>

@@ -6,6 +6,7 @@ import { checkGrantTokens, grantListEntry, type CreateGrantInput, type Grant, ty
 import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
 import { parsePolicy } from './policy-document.js';
 import { dataMap } from '../data-map.js';
+import { checkKeyPolicySize } from '../validate.js';
 
 /**
  * KMS operations owned by the authorization layer, with AWS's request and
@@ -76,6 +77,7 @@ export function registerAuthzOperations(
     const keyId = _keyId(r.KeyId);
     _policyName(r.PolicyName);
     if (typeof r.Policy !== 'string') throw new ValidationException('Policy is required and must be a string');
+    checkKeyPolicySize(r.Policy);
     if (r.BypassPolicyLockoutSafetyCheck !== undefined && typeof r.BypassPolicyLockoutSafetyCheck !== 'boolean') {
       throw new ValidationException('BypassPolicyLockoutSafetyCheck must be a boolean');
     }
