@@ -30,6 +30,11 @@ export interface ControlServerOptions {
   limits?: Partial<ConnectionLimits>;
   /** Aggregated connection refusals, at most one call per refusal window. */
   onRefusals?: (s: RefusalSummary[]) => void;
+  /**
+   * A body that is not a JSON object (SerializationException), refused here before any handler
+   * sees it: the daemon audits those of KMS targets as the core would have (docs/architecture.md §5.8).
+   */
+  onUnreadableBody?: (target: string, err: unknown, peer: PeerIdentity) => Promise<void>;
 }
 
 /**
@@ -51,7 +56,7 @@ export class ControlServer {
     private readonly path: string,
     private readonly handler: ControlHandler,
     private readonly log: Logger,
-    o: ControlServerOptions = {},
+    private readonly o: ControlServerOptions = {},
   ) {
     // Root (uid 0) is exempt from every connection cap: the operator can always get in.
     this.guard = new ConnectionGuard(o.limits, {
@@ -138,9 +143,17 @@ export class ControlServer {
       if (!cred) throw new EbsdError('PEER_UNKNOWN', 'peer credentials unavailable', { awsName: 'AccessDeniedException' });
       if (req.method !== 'POST') throw new EbsdError('BAD_METHOD', 'use POST with X-Amz-Target', { awsName: 'ValidationException' });
       if (!target) throw new EbsdError('NO_TARGET', 'missing X-Amz-Target header', { awsName: 'ValidationException' });
-      const body = await this.readJson(req, cred.uid);
       const ua = req.headers['user-agent'];
-      const out = await this.handler(target, body, { ...cred, requestId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) });
+      const peer: PeerIdentity = { ...cred, requestId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
+      let body: Record<string, unknown>;
+      try {
+        body = await this.readJson(req, cred.uid);
+      } catch (e) {
+        // Not the guard's refusals (too large, throttled: audited in aggregate by it), only an unreadable body.
+        if ((e as EbsdError).awsName === 'SerializationException') await this.o.onUnreadableBody?.(target, e, peer);
+        throw e;
+      }
+      const out = await this.handler(target, body, peer);
       send(res, 200, encodeResponse(out ?? {}), requestId);
     } catch (e) {
       const w = toWireError(e);
