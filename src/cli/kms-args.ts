@@ -23,7 +23,7 @@ export const KMS_OPERATIONS = [
 
 const BLOBS = new Set(['Plaintext', 'CiphertextBlob', 'Message', 'Signature', 'Mac']);
 const MAPS = new Set(['EncryptionContext', 'SourceEncryptionContext', 'DestinationEncryptionContext']);
-const LISTS = new Set(['GrantTokens', 'Operations', 'TagKeys', 'Tags']);
+const LISTS = new Set(['GrantTokens', 'Operations', 'TagKeys', 'Tags', 'DryRunModifiers']);
 const NUMBERS = new Set(['NumberOfBytes', 'Limit', 'PendingWindowInDays', 'RotationPeriodInDays']);
 const BOOLEANS = new Set(['BypassPolicyLockoutSafetyCheck', 'DryRun', 'MultiRegion', 'IncludeKeyMaterial']);
 

@@ -26,10 +26,10 @@ export const KMS_MEMBERS: Readonly<Record<string, readonly string[]>> = {
   DeleteAlias: ['AliasName'],
   ListAliases: ['KeyId', ...PAGING],
   Encrypt: ['KeyId', 'Plaintext', 'EncryptionContext', GRANT_TOKENS, 'EncryptionAlgorithm', 'DryRun'],
-  Decrypt: ['CiphertextBlob', 'EncryptionContext', GRANT_TOKENS, 'KeyId', 'EncryptionAlgorithm', 'Recipient', 'DryRun'],
+  Decrypt: ['CiphertextBlob', 'EncryptionContext', GRANT_TOKENS, 'KeyId', 'EncryptionAlgorithm', 'Recipient', 'DryRun', 'DryRunModifiers'],
   ReEncrypt: [
     'CiphertextBlob', 'SourceEncryptionContext', 'SourceKeyId', 'DestinationKeyId', 'DestinationEncryptionContext',
-    'SourceEncryptionAlgorithm', 'DestinationEncryptionAlgorithm', GRANT_TOKENS, 'DryRun',
+    'SourceEncryptionAlgorithm', 'DestinationEncryptionAlgorithm', GRANT_TOKENS, 'DryRun', 'DryRunModifiers',
   ],
   GenerateDataKey: ['KeyId', 'EncryptionContext', 'NumberOfBytes', 'KeySpec', GRANT_TOKENS, 'Recipient', 'DryRun'],
   GenerateDataKeyWithoutPlaintext: ['KeyId', 'EncryptionContext', 'KeySpec', 'NumberOfBytes', GRANT_TOKENS, 'DryRun'],

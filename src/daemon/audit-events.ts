@@ -3,6 +3,7 @@ import { buildEvent, MAX_PARAMETERS_JSON, truncateField } from '../kms/audit/eve
 import type { RefusalSummary } from './connection-guard.js';
 import type { Caller } from '../kms/types.js';
 import type { VolumeAuditEvent } from '../volume/volume-manager.js';
+import { toWireError } from './aws-json.js';
 
 /**
  * CloudTrail-shaped events for what the daemon does outside the KMS core:
@@ -29,6 +30,29 @@ export const MAX_REFUSED_VOLUME_ID = 64;
 /** The key under which repeated refusals are aggregated (src/kms/audit/refusal-aggregator.ts). */
 export function refusalKey(uid: number | undefined, eventSource: string, eventName: string, reason: string): string {
   return `${uid ?? '-'}\0${eventSource}\0${truncateField(eventName, MAX_REFUSED_NAME)}\0${reason}`;
+}
+
+/**
+ * A KMS request refused after its caller was identified (SigV4 on the listener, the peer's uid on
+ * the socket) but before the KMS core saw it: a body that is not a JSON object, a blob that is not
+ * base64 (SerializationException), a Recipient (UnsupportedOperationException). Recorded as the
+ * core records a refused call, with the error the caller was answered (`toWireError`) and the
+ * response's request id; no requestParameters, since the request could not be read.
+ */
+export function refusedKmsRequestEvent(operation: string, caller: Caller, err: unknown, o: { accountId: string; region: string; requestId: string }): Record<string, unknown> {
+  const w = toWireError(err);
+  const e = buildEvent({
+    eventName: truncateField(operation, MAX_REFUSED_NAME), caller, accountId: o.accountId, region: o.region, requestId: o.requestId,
+    eventId: randomUUID(), resources: [], readOnly: false, time: Date.now(), errorCode: w.body.__type, errorMessage: w.body.message,
+  });
+  if (caller.uid !== undefined) e.additionalEventData = { localUid: caller.uid };
+  return e;
+}
+
+/** Why such a refusal happened, for its aggregation key: the error answered and its message, bounded. */
+export function refusedKmsRequestReason(err: unknown): string {
+  const w = toWireError(err).body;
+  return `${w.__type}\0${truncateField(w.message, 256)}`;
 }
 
 /** A control-API call refused before it reached a service (unmapped uid, not root). */

@@ -48,6 +48,11 @@ export interface ControlServerOptions {
   isMapped?: (uid: number) => boolean;
   /** Aggregated connection refusals, at most one call per refusal window. */
   onRefusals?: (s: RefusalSummary[]) => void;
+  /**
+   * A body that is not a JSON object (SerializationException), refused here before any handler
+   * sees it: the daemon audits those of KMS targets as the core would have (docs/architecture.md §5.8).
+   */
+  onUnreadableBody?: (target: string, err: unknown, peer: PeerIdentity) => Promise<void>;
 }
 
 /**
@@ -74,7 +79,7 @@ export class ControlServer {
     private readonly path: string,
     private readonly handler: ControlHandler,
     private readonly log: Logger,
-    o: ControlServerOptions = {},
+    private readonly o: ControlServerOptions = {},
   ) {
     const onRefusals = (rows: RefusalSummary[]): void => {
       this.log.warn({ refusals: rows }, 'control connections refused (connection limits)');
@@ -173,9 +178,17 @@ export class ControlServer {
       if (!cred) throw new EbsdError('PEER_UNKNOWN', 'peer credentials unavailable', { awsName: 'AccessDeniedException' });
       if (req.method !== 'POST') throw new EbsdError('BAD_METHOD', 'use POST with X-Amz-Target', { awsName: 'ValidationException' });
       if (!target) throw new EbsdError('NO_TARGET', 'missing X-Amz-Target header', { awsName: 'ValidationException' });
-      const body = await this.readJson(req, cred.uid, this.guardOf.get(req.socket) ?? this.guard);
       const ua = req.headers['user-agent'];
-      const out = await this.handler(target, body, { ...cred, requestId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) });
+      const peer: PeerIdentity = { ...cred, requestId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
+      let body: Record<string, unknown>;
+      try {
+        body = await this.readJson(req, cred.uid, this.guardOf.get(req.socket) ?? this.guard);
+      } catch (e) {
+        // Not the guard's refusals (too large, throttled: audited in aggregate by it), only an unreadable body.
+        if ((e as EbsdError).awsName === 'SerializationException') await this.o.onUnreadableBody?.(target, e, peer);
+        throw e;
+      }
+      const out = await this.handler(target, body, peer);
       send(res, 200, encodeResponse(out ?? {}), requestId);
     } catch (e) {
       const w = toWireError(e);

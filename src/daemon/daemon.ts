@@ -21,7 +21,7 @@ import { checkDaemonConfig, type DaemonConfig } from './config.js';
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
-import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, throttledEvent, volumeEvent } from './audit-events.js';
+import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
 import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
@@ -226,6 +226,11 @@ export class Daemon {
     this.server = new ControlServer(paths.socket, (t, b, p) => this.handleCounted(t, b, p), log.child({ component: 'control' }), {
       onRefusals: (rows) => this.auditThrottled(rows),
       isMapped: (uid) => this.authz!.identities.callerForUid(uid).type !== 'Unknown',
+      onUnreadableBody: async (target, err, peer) => {
+        if (!target.startsWith('TrentService.')) return;
+        const caller = this.authz!.identities.callerForUid(peer.uid, peer.userAgent ? { userAgent: peer.userAgent } : {});
+        await this.auditUndecodable(target.slice('TrentService.'.length), caller, err, peer);
+      },
     });
     await this.server.listen();
     const metricsAt = await this.startMetrics();
@@ -447,12 +452,19 @@ export class Daemon {
       if (caller.type === 'Unknown') {
         await this.deny('kms.amazonaws.com', op, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer);
       }
-      // The core authorizes and audits.
-      const req = decodeKmsRequest(body);
+      let request: Record<string, unknown>;
       try {
-        return await this.kmsCore!.call(op, req, caller, peer.requestId);
+        request = decodeKmsRequest(body);
+      } catch (e) {
+        // Refused before the core (which audits every call it sees): audited here, aggregated like other refusals.
+        await this.auditUndecodable(op, caller, e, peer);
+        throw e;
+      }
+      // The core authorizes and audits.
+      try {
+        return await this.kmsCore!.call(op, request, caller, peer.requestId);
       } finally {
-        wipeRequestSecrets(req); // decoded here: ours to wipe (aws-json.ts)
+        wipeRequestSecrets(request); // decoded here: ours to wipe (aws-json.ts)
       }
     }
     if (service === 'ebs' && EbsApi.isOperation(op)) {
@@ -539,6 +551,20 @@ export class Daemon {
     }
     this.log.debug({ uid: peer.uid, peerPid: peer.pid, principal: caller.arn, op: op.slice(0, 128) }, 'control request denied');
     throw refusal ?? new EbsdError('ACCESS_DENIED', message, { awsName: 'AccessDeniedException' });
+  }
+
+  /**
+   * A KMS request whose body the daemon refused before the core saw it (refusedKmsRequestEvent),
+   * aggregated per (uid, operation, error and its message) as the core aggregates per reason.
+   */
+  private async auditUndecodable(op: string, caller: Caller, err: unknown, peer: PeerIdentity): Promise<void> {
+    const ids = this.authz!.identities;
+    try {
+      await this.kms!.audit.appendRefusal(refusalKey(peer.uid, 'kms.amazonaws.com', op, `undecodable\0${refusedKmsRequestReason(err)}`),
+        () => refusedKmsRequestEvent(op, caller, err, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId }));
+    } catch (e) {
+      this.log.error({ err: e }, 'could not audit a refused KMS request');
+    }
   }
 
   /** Connections refused by the limits, already summed per (uid, reason) by the guard. */

@@ -28,7 +28,7 @@ import { MAX_BODY_VALUES } from './control-server.js';
 import { StsError, type StsService } from '../kms/sts/sts-service.js';
 import type { AssumeRoleParams } from '../kms/sts/assume-role-context.js';
 import { decodeKmsRequest, encodeResponse, toWireError } from './aws-json.js';
-import { throttledEvent } from './audit-events.js';
+import { refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent } from './audit-events.js';
 import { ebsRestRequest, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
 import { ConnectionThrottledError, type RefusalSummary } from './connection-guard.js';
 import {
@@ -174,8 +174,16 @@ export class KmsListener {
       }
       const caller: Caller = { ...verified.principal, sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
       if (!query) {
-        if (!target.startsWith('TrentService.')) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
-        const out = await this.o.kms(operation, decodeKmsRequest(parseJson(body)), caller, requestId);
+        let request: Record<string, unknown>;
+        try {
+          if (!target.startsWith('TrentService.')) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });
+          request = decodeKmsRequest(parseJson(body));
+        } catch (e) {
+          // Refused after authentication, before the core (which audits every call it sees): audited here.
+          await this.auditUndecodable(e, operation, caller, requestId, req.conn);
+          throw e;
+        }
+        const out = await this.o.kms(operation, request, caller, requestId);
         return json(200, encodeResponse(out ?? {}), requestId);
       }
       const xml = await this.sts(form!, caller, requestId);
@@ -253,6 +261,22 @@ export class KmsListener {
     e.eventSource = 'sts.amazonaws.com';
     e.requestParameters = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
     await this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit an STS call'));
+  }
+
+  /**
+   * An authenticated KMS request refused before the core saw it (refusedKmsRequestEvent): the
+   * caller as the core would record it, aggregated per (address, access key, operation, error and
+   * its message) as the listener's other refusals are.
+   */
+  private async auditUndecodable(err: unknown, operation: string, caller: Caller, requestId: string, conn: WireConnection): Promise<void> {
+    const build = (): Record<string, unknown> => {
+      const e = refusedKmsRequestEvent(operation, caller, err, { accountId: this.o.accountId, region: this.o.region, requestId });
+      if (conn.tls) e.tlsDetails = { ...conn.tls };
+      return e;
+    };
+    const key = `kms-listener\0${conn.sourceIp}\0${caller.accessKeyId ?? '-'}\0kms.amazonaws.com\0${truncateField(operation, 128)}\0${refusedKmsRequestReason(err)}`;
+    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build) : this.o.audit(build());
+    await written.catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
   }
 
   /** A request refused before authorization: who it claimed to be and where it came from, never its signature. */

@@ -18,7 +18,7 @@ export interface AuthorizationRequest {
   region: string;
   /** Resolved target key; undefined for account-level actions (CreateKey, ListKeys, ListAliases, GenerateRandom, ...). */
   key?: KeyView;
-  /** Resource ARN the action is evaluated against (key ARN, or `*`). */
+  /** Resource ARN the action is evaluated against: the key ARN, or without a key `*` or an alias ARN (the alias operations). */
   resource: string;
   /** Encryption context of the request (for kms:EncryptionContext:* and kms:EncryptionContextKeys). */
   encryptionContext?: Readonly<Record<string, string>>;
@@ -97,3 +97,13 @@ export function ebsManagedKeyPolicy(accountId: string, region: string): string {
     ],
   });
 }
+
+/**
+ * The AWS managed keys this KMS creates on first use, by alias, with the key
+ * policy each gets. AWS creates an AWS managed key only for a service's
+ * predefined alias, when the service first uses it; ebsd's only service is
+ * EBS. Any other `alias/aws/...` names nothing (docs/architecture.md §5.4).
+ */
+export const AWS_MANAGED_KEY_POLICIES: ReadonlyMap<string, (accountId: string, region: string) => string> = new Map([
+  ['alias/aws/ebs', ebsManagedKeyPolicy],
+]);

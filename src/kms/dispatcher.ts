@@ -3,6 +3,7 @@
  * audit record can be written (request-shape.ts; a failure refuses the call
  * before any effect) -> validate/resolve inside the handler ->
  * `call.authorize(...)` (the handler must call it before touching a key) ->
+ * the operation's own checks -> `call.stopIfDryRun()` (DRY_RUN_OPERATIONS) ->
  * execute -> one audit event, whatever happened. Other modules (policies,
  * grants) add operations with `registerOperation(name, handler)`.
  */
@@ -21,11 +22,29 @@ import { AccessDeniedException, DryRunOperationException, KMSInternalException, 
 import { checkRequestShape } from './request-shape.js';
 import { checkKeyState } from './key-state.js';
 
+/**
+ * The operations whose request has a DryRun member (the KMS API model; docs/architecture.md §5.4).
+ * Elsewhere DryRun is a member the operation does not have: its type is checked like any
+ * member's (request-shape.ts), and it is ignored, so CreateKey with DryRun creates the key.
+ * Their handlers call `call.stopIfDryRun()` once every check of the real call has passed,
+ * just before its first effect.
+ */
+export const DRY_RUN_OPERATIONS: ReadonlySet<string> = new Set([
+  'CreateGrant', 'Decrypt', 'DeriveSharedSecret', 'Encrypt', 'GenerateDataKey', 'GenerateDataKeyPair',
+  'GenerateDataKeyPairWithoutPlaintext', 'GenerateDataKeyWithoutPlaintext', 'GenerateMac', 'ReEncrypt', 'RetireGrant',
+  'RevokeGrant', 'Sign', 'Verify', 'VerifyMac',
+]);
+
 /** What a handler may ask to authorize. */
 export interface AuthorizeArgs {
   /** IAM action; defaults to `kms:<operation>`. */
   action?: string;
   key?: KeyRecord;
+  /**
+   * Without `key`: the ARN the action is judged on by identity policies alone (an alias ARN for
+   * CreateAlias, UpdateAlias, DeleteAlias; docs/architecture.md §5.4). Default `*`.
+   */
+  resource?: string;
   encryptionContext?: Record<string, string>;
   grantTokens?: string[];
   requestAlias?: string;
@@ -43,6 +62,14 @@ export interface CallContext {
   readonly now: number;
   /** Ask the Authorizer; throws AccessDeniedException, then the key-state exception, if any. */
   authorize(a: AuthorizeArgs): Promise<void>;
+  /** DryRun of an operation that has the member (DRY_RUN_OPERATIONS); false for every other operation. */
+  readonly dryRun: boolean;
+  /**
+   * Ends a dry run with DryRunOperationException: a handler of DRY_RUN_OPERATIONS calls it
+   * after authorization and every check the real call makes (key usage, algorithm, ciphertext,
+   * grant existence, quotas), before the call's first effect. Does nothing when not a dry run.
+   */
+  stopIfDryRun(): void;
   /** Key ARNs named in the audit event (authorize adds the key it checked). */
   readonly resources: string[];
   /** Extra audit data (e.g. `keyMaterialId`), never secrets. */
@@ -88,8 +115,9 @@ export interface OperationContext {
   now(): number;
   /**
    * Resolve a KeyId as AWS does: key id, key ARN, and (when `aliases` is true)
-   * alias name or alias ARN. `alias/aws/<service>` is created on first use as an
-   * AWS-managed key. Returns the record and the alias used, if any.
+   * alias name or alias ARN. A service's AWS managed key (`alias/aws/ebs`,
+   * AWS_MANAGED_KEY_POLICIES) is created on first use; any other unknown alias,
+   * `alias/aws/...` included, is NotFoundException. Returns the record and the alias used, if any.
    */
   resolveKey(keyId: string, opts?: { aliases?: boolean }): Promise<{ key: KeyRecord; requestAlias?: string }>;
   /** Metadata + aliases, as given to authorizers. */
@@ -184,6 +212,7 @@ export class Dispatcher {
     } catch (e) {
       error = e instanceof KmsError ? e : new ValidationException(`The request cannot be recorded in the audit log: ${(e as Error)?.message ?? String(e)}`, { cause: e });
     }
+    const dryRun = checked.DryRun === true && DRY_RUN_OPERATIONS.has(operation);
     const call: CallContext = {
       operation,
       request: checked,
@@ -191,9 +220,16 @@ export class Dispatcher {
       requestId,
       now,
       resources: [],
+      dryRun,
+      stopIfDryRun: () => {
+        if (!dryRun) return;
+        // A stop before authorization would tell an unauthorized caller its call would succeed.
+        if (!authorized) throw new KMSInternalException(`operation ${operation} ended a dry run before authorizing its caller`, { code: 'KMS_UNAUTHORIZED_HANDLER' });
+        throw new DryRunOperationException('The request would have succeeded, but the DryRun option is set.');
+      },
       authorize: async (a) => {
         const key = a.key;
-        const resource = key ? key.arn : '*';
+        const resource = key ? key.arn : (a.resource ?? '*');
         const action = a.action ?? `kms:${operation}`;
         // Optional members assigned one by one: object spreads here cost measurable garbage on the Decrypt path.
         const req: AuthorizationRequest = { action, operation, caller, accountId: ctx.accountId, region: ctx.region, resource, request: call.request, now };
@@ -211,11 +247,6 @@ export class Dispatcher {
         if (d.grantId) (call.additionalEventData ??= {}).grantId = d.grantId;
         authorized = true;
         if (key && a.stateCheck !== false) checkKeyState(a.stateCheck ?? operation, key);
-        // DryRun: authorized (and the key usable), so stop here, before any effect. ReEncrypt authorizes
-        // twice (From, then To); only the second one ends it.
-        if (call.request.DryRun === true && action !== 'kms:ReEncryptFrom') {
-          throw new DryRunOperationException('The request would have succeeded, but the DryRun option is set.');
-        }
       },
     };
     if (recordable) {
@@ -223,6 +254,8 @@ export class Dispatcher {
         if (!entry) throw new UnknownOperationException(`Unknown operation ${operation}`);
         response = await entry.handler(ctx, call);
         if (!authorized) throw new KMSInternalException(`operation ${operation} did not authorize its caller`, { code: 'KMS_UNAUTHORIZED_HANDLER' });
+        // A dry run that returns never reached its stop (a handler bug): its answer is withheld.
+        if (dryRun) throw new KMSInternalException(`operation ${operation} did not stop its dry run`, { code: 'KMS_DRY_RUN_NOT_STOPPED' });
       } catch (e) {
         error = e instanceof KmsError ? e
           : e instanceof EbsdError && e.awsName ? new KmsError(e.awsName, e.message, { code: e.code })

@@ -48,6 +48,8 @@ export class MalformedPolicyDocumentException extends make('MalformedPolicyDocum
 export class TagException extends make('TagException') {}
 export class KeyUnavailableException extends make('KeyUnavailableException') {}
 export class DependencyTimeoutException extends make('DependencyTimeoutException') {}
+/** A CustomKeyStoreId that names no custom key store (ebsd has none). */
+export class CustomKeyStoreNotFoundException extends make('CustomKeyStoreNotFoundException') {}
 /** A DryRun request that would have succeeded: authorized, no effect. */
 export class DryRunOperationException extends make('DryRunOperationException') {}
 /** The operation name is not one the core knows (AWS answers `UnknownOperationException`). */

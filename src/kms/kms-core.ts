@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { silentLogger, type Logger } from '../util/logger.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from './types.js';
-import { AccountAuthorizer, ebsManagedKeyPolicy, defaultKeyPolicy, type Authorizer } from './authorizer.js';
+import { AccountAuthorizer, AWS_MANAGED_KEY_POLICIES, type Authorizer } from './authorizer.js';
 import { Dispatcher, type KeyPolicyValidator, type OperationContext, type OperationHandler, type OperationOptions } from './dispatcher.js';
 import { Keystore } from './keystore.js';
 import { startHsm, type Hsm } from './hsm/hsm-client.js';
@@ -287,7 +287,7 @@ export class KmsService implements KmsCore {
       if (!aliases) throw new NotFoundException(`Key '${aliasArn}' does not exist`);
       const rec = ks.alias(alias);
       if (rec) keyId = rec.TargetKeyId;
-      else if (/^alias\/aws\/[a-z0-9-]+$/.test(alias)) return { key: await this.managedKey(alias), requestAlias: alias };
+      else if (AWS_MANAGED_KEY_POLICIES.has(alias)) return { key: await this.managedKey(alias), requestAlias: alias };
       else throw new NotFoundException(`Alias ${aliasArn} is not found.`);
     }
     if (!KEY_ID_RE.test(keyId!)) throw new NotFoundException(`Invalid keyId '${keyId}'`);
@@ -296,7 +296,7 @@ export class KmsService implements KmsCore {
     return alias !== undefined ? { key, requestAlias: alias } : { key };
   }
 
-  /** AWS-managed key for `alias/aws/<service>`, created on first use. */
+  /** The AWS managed key of a service alias (AWS_MANAGED_KEY_POLICIES), created on first use. */
   private managedKey(alias: string): Promise<KeyRecord> {
     let p = this.creatingManaged.get(alias);
     if (!p) {
@@ -306,7 +306,7 @@ export class KmsService implements KmsCore {
         const key = await createKeyRecord(this.context, {
           keySpec: 'SYMMETRIC_DEFAULT', keyUsage: 'ENCRYPT_DECRYPT',
           description: `Default key that protects my ${svc.toUpperCase()} resources when no other key is defined`,
-          policy: svc === 'ebs' ? ebsManagedKeyPolicy(accountId, region) : defaultKeyPolicy(accountId),
+          policy: AWS_MANAGED_KEY_POLICIES.get(alias)!(accountId, region),
           keyManager: 'AWS', now: this.clock(),
         });
         await this.context.keystore.updateAliases((m) => {

@@ -34,7 +34,7 @@ const MEMBER_TYPES: ReadonlyMap<string, MemberType> = new Map([
   ..._types('boolean', 'MultiRegion BypassPolicyLockoutSafetyCheck DryRun'),
   ..._types('blob', 'Plaintext CiphertextBlob Message Signature Mac'),
   ..._types('stringMap', 'EncryptionContext SourceEncryptionContext DestinationEncryptionContext'),
-  ..._types('stringList', 'TagKeys Operations GrantTokens'),
+  ..._types('stringList', 'TagKeys Operations GrantTokens DryRunModifiers'),
   ..._types('tags', 'Tags'),
   ..._types('constraints', 'Constraints'),
 ]);

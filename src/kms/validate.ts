@@ -2,7 +2,7 @@
  * Request field checks with AWS's ValidationException wording
  * ("1 validation error detected: Value at 'x' failed to satisfy constraint: ...").
  */
-import { ValidationException } from './errors.js';
+import { LimitExceededException, ValidationException } from './errors.js';
 import type { KmsRequest } from './types.js';
 import { dataMap } from './data-map.js';
 import { isWellFormedUtf16 } from '../util/strict-json.js';
@@ -14,6 +14,21 @@ import { isWellFormedUtf16 } from '../util/strict-json.js';
  * every recursive reader far from the end of the stack.
  */
 export const MAX_POLICY_DEPTH = 32;
+
+/** KMS quota: a key policy is at most 32 KiB, in UTF-8 bytes (docs/kms-format.md, "Quotas"). */
+export const MAX_KEY_POLICY_BYTES = 32 * 1024;
+
+/**
+ * A key policy over the quota is LimitExceededException, as AWS answers CreateKey and
+ * PutKeyPolicy; past the API's length constraint on the member (131,072 characters) the
+ * request-shape check has already answered ValidationException.
+ */
+export function checkKeyPolicySize(policy: string): void {
+  const size = Buffer.byteLength(policy, 'utf8');
+  if (size > MAX_KEY_POLICY_BYTES) {
+    throw new LimitExceededException(`The key policy is ${size} bytes; a key policy can be at most ${MAX_KEY_POLICY_BYTES} bytes (32 KiB).`);
+  }
+}
 
 const lc = (s: string) => s[0]!.toLowerCase() + s.slice(1);
 const fail = (name: string, c: string) =>
@@ -40,6 +55,12 @@ export function optInt(req: KmsRequest, name: string, min: number, max: number):
   if (typeof v !== 'number' || !Number.isInteger(v)) throw fail(name, 'Member must be an integer');
   if (v < min) throw fail(name, `Member must have value greater than or equal to ${min}`);
   if (v > max) throw fail(name, `Member must have value less than or equal to ${max}`);
+  return v;
+}
+
+export function reqInt(req: KmsRequest, name: string, min: number, max: number): number {
+  const v = optInt(req, name, min, max);
+  if (v === undefined) throw fail(name, 'Member must not be null');
   return v;
 }
 
@@ -110,4 +131,14 @@ export function optStrList(req: KmsRequest, name: string, maxItems: number, maxL
   if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' || x.length < 1 || x.length > maxLen)) throw fail(name, 'Member must be a list of strings');
   if (v.length > maxItems) throw fail(name, `Member must have length less than or equal to ${maxItems}`);
   return v as string[];
+}
+
+/** A list whose every element is one of `values` (e.g. DryRunModifiers). */
+export function optEnumList<T extends string>(req: KmsRequest, name: string, values: readonly T[]): T[] | undefined {
+  const v = req[name];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' || !values.includes(x as T))) {
+    throw fail(name, `Member must be a list of values of the enum value set: [${values.join(', ')}]`);
+  }
+  return v as T[];
 }

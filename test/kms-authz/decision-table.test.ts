@@ -255,7 +255,9 @@ describe('decision table: grants', () => {
     expect(allowed(decide(LOCKED, bob, 'kms:Decrypt', { encryptionContext: { 'aws:ebs:id': 'vol-1' } }))).toBe(true);
     expect(allowed(decide(LOCKED, bob, 'kms:Decrypt', { encryptionContext: { 'aws:ebs:id': 'vol-1', extra: 'x' } }))).toBe(true);
     expect(allowed(decide(LOCKED, bob, 'kms:Decrypt', { encryptionContext: { 'aws:ebs:id': 'vol-2' } }))).toBe(false);
-    expect(allowed(decide(LOCKED, bob, 'kms:Decrypt', { encryptionContext: { 'AWS:EBS:ID': 'vol-1' } }))).toBe(false);
+    // Constraint keys are matched case-insensitively, values exactly (docs/architecture.md §5.4).
+    expect(allowed(decide(LOCKED, bob, 'kms:Decrypt', { encryptionContext: { 'AWS:EBS:ID': 'vol-1' } }))).toBe(true);
+    expect(allowed(decide(LOCKED, bob, 'kms:Decrypt', { encryptionContext: { 'aws:ebs:id': 'VOL-1' } }))).toBe(false);
     expect(allowed(decide(LOCKED, bob, 'kms:Decrypt'))).toBe(false);
     expect(allowed(decide(LOCKED, bob, 'kms:DescribeKey'))).toBe(true); // constraints do not apply to DescribeKey
     await grants.remove(KEY_ARN, g.GrantId);
@@ -266,6 +268,8 @@ describe('decision table: grants', () => {
     expect(allowed(decide(LOCKED, bob, 'kms:Encrypt', { encryptionContext: { Department: 'IT' } }))).toBe(true);
     expect(allowed(decide(LOCKED, bob, 'kms:Encrypt', { encryptionContext: { Department: 'IT', x: 'y' } }))).toBe(false);
     expect(allowed(decide(LOCKED, bob, 'kms:Encrypt', { encryptionContext: { Department: 'it' } }))).toBe(false);
+    expect(allowed(decide(LOCKED, bob, 'kms:Encrypt', { encryptionContext: { department: 'IT' } }))).toBe(true);
+    expect(allowed(decide(LOCKED, bob, 'kms:Encrypt', { encryptionContext: { department: 'IT', DEPARTMENT: 'IT' } }))).toBe(false);
     await grants.remove(KEY_ARN, g.GrantId);
   });
 
@@ -285,6 +289,8 @@ describe('decision table: grants', () => {
     expect(ask(['Decrypt'], { EncryptionContextEquals: { a: '1', b: '2' } })).toBe(true);
     expect(ask(['Decrypt'])).toBe(false);
     expect(ask(['Decrypt'], { EncryptionContextSubset: { b: '2' } })).toBe(false);
+    expect(ask(['Decrypt'], { EncryptionContextSubset: { A: '1' } })).toBe(true); // keys case-insensitive
+    expect(ask(['Decrypt'], { EncryptionContextSubset: { a: 'X' } })).toBe(false);
     expect(ask(['Decrypt', 'Encrypt'], { EncryptionContextSubset: { a: '1' } })).toBe(false);
     await grants.remove(KEY_ARN, g.GrantId);
     const plain = await grants.create(facts, { GranteePrincipal: bob.arn, Operations: ['Decrypt'] });

@@ -21,7 +21,8 @@ describe('grant store', () => {
     const { file, store } = await open();
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
-      const g = await store.create(facts, { GranteePrincipal: HOST, RetiringPrincipal: HOST, Operations: ['Decrypt', 'RetireGrant'], Constraints: { EncryptionContextSubset: { 'aws:ebs:id': `vol-${i}` } } }, 1_700_000_000_000);
+      // One creation second each: grants of the same second are listed by GrantId (docs/kms-format.md, "List markers").
+      const g = await store.create(facts, { GranteePrincipal: HOST, RetiringPrincipal: HOST, Operations: ['Decrypt', 'RetireGrant'], Constraints: { EncryptionContextSubset: { 'aws:ebs:id': `vol-${i}` } } }, 1_700_000_000_000 + i * 1000);
       expect(g.GrantId).toMatch(/^[0-9a-f]{64}$/);
       expect(g.GrantToken.length).toBeGreaterThan(40);
       ids.push(g.GrantId);

@@ -1,4 +1,7 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Caller } from '../../src/kms/types.js';
+import { openKms, type Kms } from '../../src/kms/open-kms.js';
 import { tempDir as makeTempDir, type TempDir } from '../helpers/temp-dir.js';
 
 export const ACCT = '111122223333';
@@ -20,3 +23,26 @@ export const unknown: Caller = { arn: `arn:aws:iam::${ACCT}:uid/4242`, accountId
 export const tempDir = (prefix = 'ebsd-authz-'): TempDir => makeTempDir(prefix);
 
 export const doc = (...Statement: unknown[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
+
+/**
+ * The KMS wired as the daemon wires it (src/kms/open-kms.ts), in `dir`: the
+ * HSM inline and a cheap scrypt, as the core tests open it.
+ */
+export function openTestKms(dir: string): Promise<Kms> {
+  return openKms({ stateDir: dir, accountId: ACCT, region: REGION, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
+}
+
+/** The audit log of a KMS opened in `dir`, parsed. */
+export function auditEventsIn(dir: string): Record<string, any>[] {
+  return readFileSync(join(dir, 'kms', 'audit', 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+}
+
+/** The AWS exception name a call failed with, or 'no error'. */
+export async function awsName(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return (e as { awsName?: string }).awsName ?? `non-KMS error: ${(e as Error).message}`;
+  }
+  return 'no error';
+}

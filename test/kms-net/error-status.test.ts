@@ -64,8 +64,8 @@ describe('KMS exceptions: HTTP status as AWS KMS answers them, through @aws-sdk/
       return admin.send(new DecryptCommand({ CiphertextBlob: blob, Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: new Uint8Array(4) } }));
     } },
     { name: 'LimitExceededException', status: 400, call: async () => {
-      // AWS allows 10 on-demand rotations per key; the 11th is refused.
-      for (let i = 0; i < 10; i++) await admin.send(new RotateKeyOnDemandCommand({ KeyId: keys.rotated }));
+      // AWS allows 25 on-demand rotations per key; the 26th is refused.
+      for (let i = 0; i < 25; i++) await admin.send(new RotateKeyOnDemandCommand({ KeyId: keys.rotated }));
       return admin.send(new RotateKeyOnDemandCommand({ KeyId: keys.rotated }));
     } },
     { name: 'DryRunOperationException', status: 412, call: () => admin.send(new EncryptCommand({ KeyId: keys.enabled, Plaintext: plaintext, DryRun: true })) },

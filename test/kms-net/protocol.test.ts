@@ -7,8 +7,9 @@
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
-import { auditEvents, startKmsDaemon } from './helpers.js';
+import { KMS_ADMIN_POLICY, Sha256, auditEvents, makeAccessKey, startKmsDaemon, type AccessKey } from './helpers.js';
 
 interface Answer { status: number; requestId: string; body: Record<string, any> }
 
@@ -25,12 +26,30 @@ describe('AWS JSON 1.1 on the control socket', () => {
     req.end(text);
   });
   const events = (): Record<string, any>[] => auditEvents(env);
+  const eventsOf = (requestId: string): Record<string, any>[] => events().filter((e) => e.requestID === requestId);
   let keyId = '';
+  let url = '';
+  let alice: { key: AccessKey; arn: string } = { key: {} as AccessKey, arn: '' };
+
+  /** The same request, SigV4-signed by alice, to the network listener. */
+  const net = async (op: string, text: string): Promise<Answer> => {
+    const u = new URL(url);
+    const signer = new SignatureV4({ credentials: { accessKeyId: alice.key.AccessKeyId, secretAccessKey: alice.key.SecretAccessKey }, region: 'us-east-1', service: 'kms', sha256: Sha256 });
+    const r = await signer.sign({
+      method: 'POST', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: '/', query: {},
+      headers: { host: u.host, 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${op}` }, body: text,
+    });
+    const headers = { ...r.headers as Record<string, string> };
+    delete headers.host;
+    const res = await fetch(url, { method: 'POST', headers, body: text });
+    return { status: res.status, requestId: res.headers.get('x-amzn-requestid')!, body: await res.json() as Record<string, any> };
+  };
 
   beforeAll(async () => {
     ensureBuilt();
-    await startKmsDaemon(env);
+    ({ url } = await startKmsDaemon(env));
     keyId = (await kms('CreateKey', {})).body.KeyMetadata.KeyId;
+    alice = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin');
   });
   afterAll(() => env.cleanup());
 
@@ -50,6 +69,10 @@ describe('AWS JSON 1.1 on the control socket', () => {
       expect(r.status).toBe(400);
       expect(r.body).toEqual({ __type: 'SerializationException', message: expect.stringContaining('Plaintext') });
       expect(r.body.CiphertextBlob).toBeUndefined();
+      // Refused before the core, still audited: the caller, the answer, the response's request id.
+      expect(eventsOf(r.requestId)).toMatchObject([{
+        eventName: 'Encrypt', errorCode: 'SerializationException', errorMessage: r.body.message, requestParameters: null, userIdentity: { type: 'Root' },
+      }]);
     }
     expect((await kms('Encrypt', { KeyId: keyId, Plaintext: 'aGk=' })).status).toBe(200);
   });
@@ -59,6 +82,35 @@ describe('AWS JSON 1.1 on the control socket', () => {
     const r = await kms('Decrypt', { CiphertextBlob: blob, Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: 'AAAA' } });
     expect(r.body).toEqual({ __type: 'UnsupportedOperationException', message: expect.any(String) });
     expect(JSON.stringify(r.body)).not.toContain(Buffer.from('enclave only').toString('base64'));
+    expect(eventsOf(r.requestId)).toMatchObject([{ eventName: 'Decrypt', errorCode: 'UnsupportedOperationException', userIdentity: { type: 'Root' } }]);
+  });
+
+  it('a body that is not a JSON object is refused before the core, and audited with the caller and the request id', async () => {
+    for (const text of ['{"KeyId": ', '[1]']) {
+      const r = await kms('Encrypt', text);
+      expect(r).toMatchObject({ status: 400, body: { __type: 'SerializationException' } });
+      expect(eventsOf(r.requestId)).toMatchObject([{ eventName: 'Encrypt', errorCode: 'SerializationException', userIdentity: { type: 'Root' } }]);
+    }
+  });
+
+  it('on the network listener, a request refused after SigV4 but before the core is audited with the signer as caller', async () => {
+    const cases: [string, string, string][] = [
+      ['Encrypt', JSON.stringify({ KeyId: keyId, Plaintext: 'not base64!!' }), 'SerializationException'],
+      ['Decrypt', JSON.stringify({ CiphertextBlob: 'AAAA', Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: 'AAAA' } }), 'UnsupportedOperationException'],
+      ['Encrypt', '{"KeyId": ', 'SerializationException'],
+    ];
+    for (const [op, text, type] of cases) {
+      const r = await net(op, text);
+      expect(r).toMatchObject({ status: 400, body: { __type: type } });
+      expect(eventsOf(r.requestId)).toMatchObject([{
+        eventName: op, errorCode: type, errorMessage: r.body.message, sourceIPAddress: '127.0.0.1',
+        userIdentity: { type: 'IAMUser', arn: alice.arn, accessKeyId: alice.key.AccessKeyId },
+      }]);
+    }
+    // The same listener's decodable requests are audited by the core, as before.
+    const ok = await net('DescribeKey', JSON.stringify({ KeyId: keyId }));
+    expect(ok.status).toBe(200);
+    expect(eventsOf(ok.requestId)).toMatchObject([{ eventName: 'DescribeKey', userIdentity: { arn: alice.arn } }]);
   });
 
   it('DryRun: authorized requests answer DryRunOperationException (412) and have no effect', async () => {

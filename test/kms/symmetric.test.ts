@@ -106,6 +106,14 @@ describe('symmetric operations', () => {
     const r = await kms.call('GenerateRandom', { NumberOfBytes: 48 }, admin);
     expect((r.Plaintext as Uint8Array).length).toBe(48);
     expect(await awsError(kms.call('GenerateRandom', { NumberOfBytes: 1025 }, admin))).toBe('ValidationException');
+    // NumberOfBytes is required, not 32 by default.
+    await expect(kms.call('GenerateRandom', {}, admin)).rejects.toMatchObject({
+      awsName: 'ValidationException', message: "1 validation error detected: Value at 'numberOfBytes' failed to satisfy constraint: Member must not be null",
+    });
+    // No custom key stores here: any CustomKeyStoreId names none.
+    await expect(kms.call('GenerateRandom', { NumberOfBytes: 16, CustomKeyStoreId: 'cks-1234567890abcdef0' }, admin)).rejects.toMatchObject({
+      awsName: 'CustomKeyStoreNotFoundException', message: expect.stringContaining('cks-1234567890abcdef0'),
+    });
   });
 
   it('unknown keys, bad ARNs, other accounts, unknown operations', async () => {

@@ -81,21 +81,34 @@ function _conditionsHold(st: CompiledStatement, ctx: RequestContext): boolean {
   return true;
 }
 
-function _ecEquals(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
-  const ka = Object.keys(a);
-  if (ka.length !== Object.keys(b).length) return false;
-  for (const k of ka) if (!hasMember(b, k) || b[k] !== a[k]) return false;
-  return true;
+/**
+ * Does `ec` hold the pair (`k`, `v`), the key compared case-insensitively and the value exactly
+ * (grant constraints, docs/architecture.md §5.4)? The exact key is tried first: the grant
+ * Decrypt of every attach names it as the constraint does.
+ */
+function _hasPair(ec: Readonly<Record<string, string>>, k: string, v: string): boolean {
+  if (hasMember(ec, k) && ec[k] === v) return true;
+  const lower = k.toLowerCase();
+  for (const x of Object.keys(ec)) if (x !== k && ec[x] === v && x.toLowerCase() === lower) return true;
+  return false;
 }
 
 function _ecIncludes(whole: Readonly<Record<string, string>>, part: Readonly<Record<string, string>>): boolean {
-  for (const k of Object.keys(part)) if (!hasMember(whole, k) || whole[k] !== part[k]) return false;
+  for (const k of Object.keys(part)) if (!_hasPair(whole, k, part[k]!)) return false;
   return true;
+}
+
+/** The same pairs, keys compared case-insensitively, values exactly. */
+function _ecEquals(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
+  return Object.keys(a).length === Object.keys(b).length && _ecIncludes(b, a) && _ecIncludes(a, b);
 }
 
 const EMPTY_CONTEXT: Readonly<Record<string, string>> = Object.freeze(dataMap<string>());
 
-/** Does a request's encryption context satisfy a grant's constraints? (KMS API, GrantConstraints; keys and values case-sensitive.) */
+/**
+ * Does a request's encryption context satisfy a grant's constraints? Keys are compared
+ * case-insensitively, values case-sensitively (docs/architecture.md §5.4).
+ */
 export function constraintsHold(c: GrantConstraints | undefined, ec: Readonly<Record<string, string>> | undefined): boolean {
   if (!c) return true;
   const ctx = ec ?? EMPTY_CONTEXT;

@@ -7,7 +7,6 @@ import { readTextIfExists } from '../../util/read-if-exists.js';
 import type { Caller } from '../types.js';
 import {
   InvalidGrantTokenException,
-  InvalidMarkerException,
   LimitExceededException,
   NotFoundException,
   ValidationException,
@@ -18,6 +17,7 @@ import { isServicePrincipal, parsePrincipalArn } from './policy-document.js';
 import { callerIds } from './caller-ids.js';
 import type { GrantConstraints } from './request-context.js';
 import { dataMap } from '../data-map.js';
+import { page } from '../paging.js';
 import { isWellFormedUtf16 } from '../../util/strict-json.js';
 import { parseStateJson } from '../../util/state-json.js';
 
@@ -132,6 +132,9 @@ export function grantListEntry(g: Grant): Grant {
 }
 
 const _hash = (token: string): string => createHash('sha256').update(token).digest('hex');
+
+/** List order: creation second (zero-padded, so strings sort as numbers), then the unique GrantId. */
+const _orderKey = (g: StoredGrant): string => `${String(g.CreationDate).padStart(12, '0')}:${g.GrantId}`;
 
 /** Lookup key for a grantee: a role and its sessions share `role:<acct>:<name>`. */
 function _granteeKey(principal: string): string {
@@ -303,21 +306,16 @@ export class GrantStore implements GrantSource {
     const name = p.name;
 
     const token = Buffer.concat([Buffer.from([TOKEN_VERSION]), randomBytes(48)]).toString('base64url');
-    const keyGrants = this.byKey.get(key.arn);
-    if (name !== undefined && keyGrants) {
-      for (const g of keyGrants.values()) {
-        if (g.Name === name && _sameGrant(g, grantee, retiring, ops, constraints)) {
-          const h = _hash(token);
-          g.tokenHashes.push(h);
-          this.byToken.set(h, g);
-          await this._persist(() => { g.tokenHashes.pop(); this.byToken.delete(h); });
-          return { GrantId: g.GrantId, GrantToken: token, created: false };
-        }
-      }
+    const same = this._sameNamed(key, p);
+    if (same) {
+      const g = same;
+      const h = _hash(token);
+      g.tokenHashes.push(h);
+      this.byToken.set(h, g);
+      await this._persist(() => { g.tokenHashes.pop(); this.byToken.delete(h); });
+      return { GrantId: g.GrantId, GrantToken: token, created: false };
     }
-    if ((keyGrants?.size ?? 0) >= LIMITS.grantsPerKey) {
-      throw new LimitExceededException(`The KMS key ${key.arn} already has ${LIMITS.grantsPerKey} grants, the maximum.`);
-    }
+    this._checkRoom(key);
     const g: StoredGrant = {
       KeyId: key.arn,
       GrantId: randomBytes(32).toString('hex'),
@@ -335,6 +333,14 @@ export class GrantStore implements GrantSource {
     return { GrantId: g.GrantId, GrantToken: token, created: true };
   }
 
+  /**
+   * Throw what `create` would refuse (the per-key grant quota) without creating anything: a
+   * CreateGrant dry run answers DryRunOperationException only if the real call would succeed.
+   */
+  checkCreate(key: KeyFacts, p: PreparedGrant): void {
+    if (!this._sameNamed(key, p)) this._checkRoom(key);
+  }
+
   /** The grant a token was issued for, or undefined (retired, revoked, or never issued). */
   byGrantToken(token: string): Grant | undefined {
     checkGrantTokens([token]);
@@ -347,7 +353,7 @@ export class GrantStore implements GrantSource {
     return g ? grantListEntry(g) : undefined;
   }
 
-  /** ListGrants: the key's grants, oldest first, optionally filtered; Marker is the next GrantId. */
+  /** ListGrants: the key's grants, oldest first, optionally filtered (paging: `_page`). */
   list(keyArn: string, opts: { Limit?: unknown; Marker?: unknown; GrantId?: unknown; GranteePrincipal?: unknown } = {}): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
     let all = [...(this.byKey.get(keyArn)?.values() ?? [])];
     if (opts.GrantId !== undefined) all = all.filter((g) => g.GrantId === opts.GrantId);
@@ -395,22 +401,31 @@ export class GrantStore implements GrantSource {
 
   // ---- internals -------------------------------------------------------------------
 
-  private _page(all: StoredGrant[], limitIn: unknown, marker: unknown): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
-    let limit: number = LIMITS.listDefault;
-    if (limitIn !== undefined) {
-      if (typeof limitIn !== 'number' || !Number.isInteger(limitIn) || limitIn < 1 || limitIn > LIMITS.listMax) {
-        throw new ValidationException(`Limit must be an integer from 1 to ${LIMITS.listMax}`);
-      }
-      limit = limitIn;
+  /** The key's grant with the same Name and properties (CreateGrant is idempotent by Name), if any. */
+  private _sameNamed(key: KeyFacts, p: PreparedGrant): StoredGrant | undefined {
+    const keyGrants = this.byKey.get(key.arn);
+    if (p.name === undefined || !keyGrants) return undefined;
+    for (const g of keyGrants.values()) {
+      if (g.Name === p.name && _sameGrant(g, p.granteePrincipal, p.retiringPrincipal, [...p.operations], p.constraints)) return g;
     }
-    let start = 0;
-    if (marker !== undefined) {
-      start = typeof marker === 'string' ? all.findIndex((g) => g.GrantId === marker) : -1;
-      if (start < 0) throw new InvalidMarkerException('The marker is not valid.');
+    return undefined;
+  }
+
+  private _checkRoom(key: KeyFacts): void {
+    if ((this.byKey.get(key.arn)?.size ?? 0) >= LIMITS.grantsPerKey) {
+      throw new LimitExceededException(`The KMS key ${key.arn} already has ${LIMITS.grantsPerKey} grants, the maximum.`);
     }
-    const page = all.slice(start, start + limit);
-    const next = all[start + limit];
-    return { Grants: page.map(grantListEntry), ...(next ? { NextMarker: next.GrantId } : {}), Truncated: next !== undefined };
+  }
+
+  /**
+   * One page, in a stable order (creation time, then GrantId). The marker names the last
+   * grant returned (src/kms/paging.ts), so a grant retired or created between two pages
+   * neither breaks the next call nor hides or repeats another (docs/kms-format.md, "List markers").
+   */
+  private _page(all: StoredGrant[], limit: unknown, marker: unknown): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
+    const sorted = all.map((g) => ({ g, k: _orderKey(g) })).sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0));
+    const p = page({ Limit: limit, Marker: marker }, sorted, LIMITS.listDefault, LIMITS.listMax, (x) => x.k);
+    return { Grants: p.items.map((x) => grantListEntry(x.g)), ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}), Truncated: p.Truncated };
   }
 
   private _principal(v: unknown, name: string, required: boolean): string | undefined {

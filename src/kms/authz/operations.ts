@@ -6,6 +6,7 @@ import { checkGrantTokens, grantListEntry, type CreateGrantInput, type Grant, ty
 import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
 import { parsePolicy } from './policy-document.js';
 import { dataMap } from '../data-map.js';
+import { checkKeyPolicySize } from '../validate.js';
 
 /**
  * KMS operations owned by the authorization layer, with AWS's request and
@@ -76,6 +77,7 @@ export function registerAuthzOperations(
     const keyId = _keyId(r.KeyId);
     _policyName(r.PolicyName);
     if (typeof r.Policy !== 'string') throw new ValidationException('Policy is required and must be a string');
+    checkKeyPolicySize(r.Policy);
     if (r.BypassPolicyLockoutSafetyCheck !== undefined && typeof r.BypassPolicyLockoutSafetyCheck !== 'boolean') {
       throw new ValidationException('BypassPolicyLockoutSafetyCheck must be a boolean');
     }
@@ -127,6 +129,8 @@ export function registerAuthzOperations(
     const facts = _facts(key);
     const prepared = grants.prepare(facts, r as unknown as CreateGrantInput);
     await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}) });
+    grants.checkCreate(facts, prepared);
+    call.stopIfDryRun();
     const out = await grants.create(facts, prepared, call.now);
     (call.additionalEventData ??= {}).grantId = out.GrantId;
     return { GrantToken: out.GrantToken, GrantId: out.GrantId };
@@ -182,6 +186,7 @@ export function registerAuthzOperations(
       }
     }
     await call.authorize({ key, stateCheck: false });
+    call.stopIfDryRun();
     await grants.remove(key.arn, grant.GrantId);
     (call.additionalEventData ??= {}).grantId = grant.GrantId;
     return {};
@@ -194,6 +199,7 @@ export function registerAuthzOperations(
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     await call.authorize({ key, stateCheck: false });
     if (!grants.get(key.arn, grantId)) throw new NotFoundException(`Grant ID ${grantId} not found for key ${key.arn}`);
+    call.stopIfDryRun();
     await grants.remove(key.arn, grantId);
     (call.additionalEventData ??= {}).grantId = grantId;
     return {};

@@ -2,7 +2,7 @@ import { compileConditions, type CompiledCondition } from './conditions.js';
 import { malformedPolicy } from './errors.js';
 import { globMatcher } from './wildcard.js';
 import { JsonDocumentError, parseStrictJson } from '../../util/strict-json.js';
-import { MAX_POLICY_DEPTH } from '../validate.js';
+import { MAX_KEY_POLICY_BYTES, MAX_POLICY_DEPTH, checkKeyPolicySize } from '../validate.js';
 
 /**
  * IAM / KMS policy documents: parse, validate, compile.
@@ -11,8 +11,8 @@ import { MAX_POLICY_DEPTH } from '../validate.js';
  * apply to principal P, action A, resource R, context C" without re-reading JSON.
  */
 
-/** KMS quota: a key policy document is at most 32 KiB. */
-export const MAX_KEY_POLICY_BYTES = 32 * 1024;
+/** KMS quota: a key policy document is at most 32 KiB (validate.ts). */
+export { MAX_KEY_POLICY_BYTES };
 /** IAM quota for a customer managed policy document (characters, whitespace excluded by IAM; we count all). */
 export const MAX_IDENTITY_POLICY_BYTES = 6144;
 
@@ -217,9 +217,13 @@ function _compileStatement(s: unknown, index: number, opts: ParseOptions): Compi
  */
 export function parsePolicy(text: string, opts: ParseOptions): CompiledPolicy {
   if (typeof text !== 'string' || text.length === 0) throw malformedPolicy('The policy document is empty');
-  const max = opts.maxBytes ?? (opts.kind === 'key' ? MAX_KEY_POLICY_BYTES : MAX_IDENTITY_POLICY_BYTES);
-  const size = Buffer.byteLength(text, 'utf8');
-  if (size > max) throw malformedPolicy(`The policy document is ${size} bytes; the limit is ${max} bytes`);
+  if (opts.kind === 'key' && opts.maxBytes === undefined) {
+    checkKeyPolicySize(text); // over the KMS quota: LimitExceededException, as CreateKey and PutKeyPolicy answer
+  } else {
+    const max = opts.maxBytes ?? MAX_IDENTITY_POLICY_BYTES;
+    const size = Buffer.byteLength(text, 'utf8');
+    if (size > max) throw malformedPolicy(`The policy document is ${size} bytes; the limit is ${max} bytes`);
+  }
   // KMS API reference, PutKeyPolicy: printable ASCII (U+0020..U+00FF) plus tab, LF and CR.
   // eslint-disable-next-line no-control-regex
   const bad = /[^\t\n\r\u0020-\u00FF]/.exec(text);

@@ -1,5 +1,5 @@
 /** CreateAlias, UpdateAlias, DeleteAlias, ListAliases (AWS alias naming rules). */
-import type { Dispatcher } from '../dispatcher.js';
+import type { CallContext, Dispatcher, OperationContext } from '../dispatcher.js';
 import { AlreadyExistsException, InvalidAliasNameException, NotFoundException, ValidationException } from '../errors.js';
 import { epochSeconds } from '../key-metadata.js';
 import { page } from '../paging.js';
@@ -13,11 +13,20 @@ function checkAliasName(name: string): void {
   if (name.startsWith('alias/aws/')) throw new InvalidAliasNameException('Alias names beginning with alias/aws/ are reserved for AWS managed keys.');
 }
 
+/**
+ * The alias operations need their permission on the alias, from an identity policy, and on
+ * the key(s), from the key policy (docs/architecture.md §5.4): the first check is judged on
+ * the alias ARN by identity policies alone.
+ */
+const authorizeOnAlias = (ctx: OperationContext, call: CallContext, name: string): Promise<void> =>
+  call.authorize({ resource: `arn:aws:kms:${ctx.region}:${ctx.accountId}:${name}`, stateCheck: false });
+
 export function registerAliasOperations(d: Dispatcher): void {
   d.registerOperation('CreateAlias', async (ctx, call) => {
     const name = reqStr(call.request, 'AliasName', 1, 256);
     checkAliasName(name);
     const { key } = await ctx.resolveKey(reqStr(call.request, 'TargetKeyId'), { aliases: false });
+    await authorizeOnAlias(ctx, call, name);
     await call.authorize({ key });
     await ctx.keystore.updateAliases((m) => {
       if (m.has(name)) throw new AlreadyExistsException(`An alias with the name arn:aws:kms:${ctx.region}:${ctx.accountId}:${name} already exists`);
@@ -33,6 +42,7 @@ export function registerAliasOperations(d: Dispatcher): void {
     if (!cur) throw new NotFoundException(`Alias arn:aws:kms:${ctx.region}:${ctx.accountId}:${name} is not found.`);
     const { key } = await ctx.resolveKey(reqStr(call.request, 'TargetKeyId'), { aliases: false });
     const old = ctx.keystore.get(cur.TargetKeyId);
+    await authorizeOnAlias(ctx, call, name);
     await call.authorize({ key });
     if (old) {
       await call.authorize({ key: old, stateCheck: false });
@@ -53,21 +63,19 @@ export function registerAliasOperations(d: Dispatcher): void {
     const cur = ctx.keystore.alias(name);
     if (!cur) throw new NotFoundException(`Alias arn:aws:kms:${ctx.region}:${ctx.accountId}:${name} is not found.`);
     const key = ctx.keystore.get(cur.TargetKeyId);
-    await call.authorize({ ...(key ? { key } : {}), stateCheck: false });
+    await authorizeOnAlias(ctx, call, name);
+    if (key) await call.authorize({ key, stateCheck: false });
     await ctx.keystore.updateAliases((m) => { m.delete(name); });
     return {};
   });
 
   d.registerOperation('ListAliases', async (ctx, call) => {
     const keyId = optStr(call.request, 'KeyId');
+    const key = keyId === undefined ? undefined : (await ctx.resolveKey(keyId, { aliases: false })).key;
+    // kms:ListAliases is an identity-policy permission on `*`, KeyId or not: the key's policy has no say (docs/architecture.md §5.4).
+    await call.authorize({});
     let aliases = ctx.keystore.allAliases();
-    if (keyId !== undefined) {
-      const { key } = await ctx.resolveKey(keyId, { aliases: false });
-      await call.authorize({ key, stateCheck: false });
-      aliases = aliases.filter((a) => a.TargetKeyId === key.keyId);
-    } else {
-      await call.authorize({});
-    }
+    if (key) aliases = aliases.filter((a) => a.TargetKeyId === key.keyId);
     const p = page(call.request, aliases, 50, 100, (a) => a.AliasName);
     return {
       Aliases: p.items.map((a) => ({

@@ -26,10 +26,13 @@ export function registerAsymmetricOperations(d: Dispatcher): void {
       if (!signingAlgorithms(key.keySpec, key.keyUsage)!.includes(alg)) throw new InvalidKeyUsageException(`Algorithm ${alg} is incompatible with key spec ${key.keySpec}.`);
       if (messageType === 'EXTERNAL_MU') throw new ValidationException('MessageType EXTERNAL_MU applies to ML-DSA keys only');
       if (op === 'Sign') {
+        call.stopIfDryRun();
         const out = await ctx.hsm.call({ op: 'sign', key: ctx.handle(key), algorithm: alg, message, messageType });
         return { KeyId: key.arn, Signature: out.signature, SigningAlgorithm: alg };
       }
+      // A dry run verifies too (it has no effect): a wrong signature fails as the real call would.
       await ctx.hsm.call({ op: 'verify', key: ctx.handle(key), algorithm: alg, message, messageType, signature: signature! });
+      call.stopIfDryRun();
       return { KeyId: key.arn, SignatureValid: true, SigningAlgorithm: alg };
     });
   }
@@ -55,6 +58,7 @@ export function registerAsymmetricOperations(d: Dispatcher): void {
       const ec = optContext(r);
       await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [] });
       if (key.keySpec !== 'SYMMETRIC_DEFAULT') throw new InvalidKeyUsageException(`${key.arn} is not a symmetric encryption KMS key.`);
+      call.stopIfDryRun();
       const want = op === 'GenerateDataKeyPair';
       const out = await ctx.hsm.call({ op: 'generateDataKeyPair', key: ctx.handle(key), ctx: canonicalContext(ec), pairSpec, wantPlaintext: want });
       return {
@@ -75,11 +79,14 @@ export function registerAsymmetricOperations(d: Dispatcher): void {
       requireUsage(key, 'GENERATE_VERIFY_MAC');
       if (!macAlgorithms(key.keySpec)!.includes(alg)) throw new InvalidKeyUsageException(`Algorithm ${alg} is incompatible with key spec ${key.keySpec}.`);
       if (op === 'GenerateMac') {
+        call.stopIfDryRun();
         const out = await ctx.hsm.call({ op: 'generateMac', key: ctx.handle(key), algorithm: alg, message });
         return { Mac: out.mac, MacAlgorithm: alg, KeyId: key.arn };
       }
+      // A dry run verifies too (it has no effect): a wrong MAC fails as the real call would.
       const out = await ctx.hsm.call({ op: 'verifyMac', key: ctx.handle(key), algorithm: alg, message, mac: mac! });
       if (!out.valid) throw new KMSInvalidMacException('The MAC verification failed.');
+      call.stopIfDryRun();
       return { KeyId: key.arn, MacValid: true, MacAlgorithm: alg };
     });
   }

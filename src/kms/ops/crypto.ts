@@ -1,13 +1,33 @@
 /** Encrypt, Decrypt, ReEncrypt, GenerateDataKey(+WithoutPlaintext), GenerateRandom. */
 import type { CallContext, Dispatcher, OperationContext } from '../dispatcher.js';
-import { IncorrectKeyException, InvalidCiphertextException, InvalidKeyUsageException, NotFoundException, ValidationException } from '../errors.js';
+import { CustomKeyStoreNotFoundException, IncorrectKeyException, InvalidCiphertextException, InvalidKeyUsageException, NotFoundException, ValidationException } from '../errors.js';
 import { canonicalContext, parseBlob, MAX_BLOB, type BlobParts } from '../blob.js';
 import { encryptionAlgorithms, rsaOaepMaxPlaintext } from '../key-spec.js';
 import type { KeyRecord } from '../key-record.js';
 import type { CipherEndpoint } from '../hsm/protocol.js';
-import { optContext, optEnum, optInt, optStr, optStrList, reqBytes, reqStr } from '../validate.js';
+import { optBytes, optContext, optEnum, optEnumList, optInt, optStr, optStrList, reqBytes, reqInt, reqStr } from '../validate.js';
 
 const ENC_ALGS = ['SYMMETRIC_DEFAULT', 'RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'SM2PKE'] as const;
+const DRY_RUN_MODIFIERS = ['IGNORE_CIPHERTEXT'] as const;
+
+/**
+ * Decrypt and ReEncrypt: DryRunModifiers checked (a list of the enum), and whether this call is a dry
+ * run that skips the ciphertext ("IGNORE_CIPHERTEXT": authorization only, no ciphertext needed or
+ * read; docs/architecture.md §5.4). Without a dry run the modifiers change nothing.
+ */
+function ignoresCiphertext(call: CallContext): boolean {
+  const mods = optEnumList(call.request, 'DryRunModifiers', DRY_RUN_MODIFIERS);
+  return call.dryRun && mods !== undefined && mods.includes('IGNORE_CIPHERTEXT');
+}
+
+/** The key a dry run with IGNORE_CIPHERTEXT names: no ciphertext is read, so the request must name it. */
+async function namedKey(ctx: OperationContext, keyIdParam: string | undefined, member: string): Promise<{ key: KeyRecord; requestAlias?: string; symmetric: boolean; parts?: BlobParts }> {
+  if (keyIdParam === undefined) {
+    throw new ValidationException(`${member} is required when DryRun is true and DryRunModifiers is IGNORE_CIPHERTEXT: no ciphertext is read to find the KMS key`);
+  }
+  const r = await ctx.resolveKey(keyIdParam);
+  return { ...r, symmetric: r.key.keySpec === 'SYMMETRIC_DEFAULT' };
+}
 
 export function requireUsage(key: KeyRecord, usage: string): void {
   if (key.keyUsage !== usage) {
@@ -71,42 +91,49 @@ export function registerCryptoOperations(d: Dispatcher): void {
     await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
     checkEncAlg(key, alg);
     if (alg === 'SYMMETRIC_DEFAULT') {
+      call.stopIfDryRun();
       const { blob } = await ctx.hsm.call({ op: 'encrypt', key: ctx.handle(key), plaintext, ctx: canonicalContext(ec) });
       return { CiphertextBlob: blob, KeyId: key.arn, EncryptionAlgorithm: alg };
     }
     if (ec && Object.keys(ec).length) throw new ValidationException('EncryptionContext is not supported with asymmetric KMS keys');
     const max = rsaOaepMaxPlaintext(key.keySpec, alg);
     if (plaintext.length > max) throw new ValidationException(`Plaintext must be at most ${max} bytes for ${key.keySpec} with ${alg}`);
+    call.stopIfDryRun();
     const { blob } = await ctx.hsm.call({ op: 'rsaEncrypt', key: ctx.handle(key), algorithm: alg, plaintext });
     return { CiphertextBlob: blob, KeyId: key.arn, EncryptionAlgorithm: alg };
   });
 
   d.registerOperation('Decrypt', async (ctx, call) => {
     const r = call.request;
-    const blob = reqBytes(r, 'CiphertextBlob', 1, MAX_BLOB);
+    const ignoreCiphertext = ignoresCiphertext(call);
+    const blob = ignoreCiphertext ? optBytes(r, 'CiphertextBlob', 1, MAX_BLOB) : reqBytes(r, 'CiphertextBlob', 1, MAX_BLOB);
     const ec = optContext(r);
     const alg = optEnum(r, 'EncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
-    const src = await sourceKey(ctx, blob, optStr(r, 'KeyId'), alg);
+    const src = ignoreCiphertext ? await namedKey(ctx, optStr(r, 'KeyId'), 'KeyId') : await sourceKey(ctx, blob!, optStr(r, 'KeyId'), alg);
     const key = src.key;
     await call.authorize({ key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
     checkEncAlg(key, alg);
-    if (src.symmetric) {
-      const mid = materialOf(key, src.parts!);
-      const { plaintext } = await ctx.hsm.call({ op: 'decrypt', key: ctx.handle(key, mid), blob, ctx: canonicalContext(ec) });
-      return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg };
+    if (ignoreCiphertext) call.stopIfDryRun();
+    // A dry run decrypts too: it fails where the real call would (wrong context, tampered blob).
+    const { plaintext } = src.symmetric
+      ? await ctx.hsm.call({ op: 'decrypt', key: ctx.handle(key, materialOf(key, src.parts!)), blob: blob!, ctx: canonicalContext(ec) })
+      : await ctx.hsm.call({ op: 'rsaDecrypt', key: ctx.handle(key), algorithm: alg, blob: blob! });
+    if (call.dryRun) {
+      plaintext.fill(0); // a dry run's plaintext is wiped and dropped (best effort in JS: the GC may have copied it)
+      call.stopIfDryRun();
     }
-    const { plaintext } = await ctx.hsm.call({ op: 'rsaDecrypt', key: ctx.handle(key), algorithm: alg, blob });
     return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg };
   });
 
   d.registerOperation('ReEncrypt', async (ctx, call) => {
     const r = call.request;
-    const blob = reqBytes(r, 'CiphertextBlob', 1, MAX_BLOB);
+    const ignoreCiphertext = ignoresCiphertext(call);
+    const blob = ignoreCiphertext ? optBytes(r, 'CiphertextBlob', 1, MAX_BLOB) : reqBytes(r, 'CiphertextBlob', 1, MAX_BLOB);
     const sctx = optContext(r, 'SourceEncryptionContext');
     const dctx = optContext(r, 'DestinationEncryptionContext');
     const salg = optEnum(r, 'SourceEncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
     const dalg = optEnum(r, 'DestinationEncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
-    const src = await sourceKey(ctx, blob, optStr(r, 'SourceKeyId'), salg);
+    const src = ignoreCiphertext ? await namedKey(ctx, optStr(r, 'SourceKeyId'), 'SourceKeyId') : await sourceKey(ctx, blob!, optStr(r, 'SourceKeyId'), salg);
     const dst = await ctx.resolveKey(reqStr(r, 'DestinationKeyId'));
     const gt = grantTokens(call);
     await call.authorize({ action: 'kms:ReEncryptFrom', key: src.key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(sctx ? { encryptionContext: sctx } : {}), grantTokens: gt });
@@ -114,11 +141,14 @@ export function registerCryptoOperations(d: Dispatcher): void {
     checkEncAlg(src.key, salg);
     checkEncAlg(dst.key, dalg);
     if (dalg !== 'SYMMETRIC_DEFAULT' && dctx && Object.keys(dctx).length) throw new ValidationException('EncryptionContext is not supported with asymmetric KMS keys');
+    if (ignoreCiphertext) call.stopIfDryRun();
     const s: CipherEndpoint = src.symmetric
-      ? { key: ctx.handle(src.key, materialOf(src.key, blob)), algorithm: salg, ctx: canonicalContext(sctx) }
+      ? { key: ctx.handle(src.key, materialOf(src.key, blob!)), algorithm: salg, ctx: canonicalContext(sctx) }
       : { key: ctx.handle(src.key), algorithm: salg };
     const t: CipherEndpoint = { key: ctx.handle(dst.key), algorithm: dalg, ...(dalg === 'SYMMETRIC_DEFAULT' ? { ctx: canonicalContext(dctx) } : {}) };
-    const out = await ctx.hsm.call({ op: 'reEncrypt', src: s, blob, dst: t });
+    // A dry run re-encrypts too, inside the HSM (the plaintext never leaves it), and drops the new ciphertext.
+    const out = await ctx.hsm.call({ op: 'reEncrypt', src: s, blob: blob!, dst: t });
+    call.stopIfDryRun();
     return {
       CiphertextBlob: out.blob, SourceKeyId: src.key.arn, KeyId: dst.key.arn,
       SourceEncryptionAlgorithm: salg, DestinationEncryptionAlgorithm: dalg,
@@ -136,6 +166,7 @@ export function registerCryptoOperations(d: Dispatcher): void {
       const bytes = n ?? (spec === 'AES_128' ? 16 : 32);
       await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
       if (key.keySpec !== 'SYMMETRIC_DEFAULT') throw new InvalidKeyUsageException(`${key.arn} is not a symmetric encryption KMS key.`);
+      call.stopIfDryRun();
       const want = op === 'GenerateDataKey';
       const out = await ctx.hsm.call({ op: 'generateDataKey', key: ctx.handle(key), bytes, ctx: canonicalContext(ec), wantPlaintext: want });
       return want ? { CiphertextBlob: out.blob, Plaintext: out.plaintext!, KeyId: key.arn } : { CiphertextBlob: out.blob, KeyId: key.arn };
@@ -143,10 +174,11 @@ export function registerCryptoOperations(d: Dispatcher): void {
   }
 
   d.registerOperation('GenerateRandom', async (ctx, call) => {
-    const n = optInt(call.request, 'NumberOfBytes', 1, 1024);
-    if (call.request.CustomKeyStoreId !== undefined) throw new ValidationException('Custom key stores are not supported by this KMS');
+    const n = reqInt(call.request, 'NumberOfBytes', 1, 1024);
+    const store = optStr(call.request, 'CustomKeyStoreId', 1, 64);
+    if (store !== undefined) throw new CustomKeyStoreNotFoundException(`Custom key store ${store} does not exist: this KMS has no custom key stores.`);
     await call.authorize({});
-    const { bytes } = await ctx.hsm.call({ op: 'random', bytes: n ?? 32 });
+    const { bytes } = await ctx.hsm.call({ op: 'random', bytes: n });
     return { Plaintext: bytes };
   }, { readOnly: true });
 }

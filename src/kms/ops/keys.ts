@@ -8,7 +8,7 @@ import { KEY_SPECS, allowedUsages, type KeySpec, type KeyUsage } from '../key-sp
 import type { KeyRecord } from '../key-record.js';
 import { keyMetadata, epochSeconds } from '../key-metadata.js';
 import { defaultKeyPolicy } from '../authorizer.js';
-import { MAX_POLICY_DEPTH, optBool, optEnum, optInt, optStr, optStrList, reqStr } from '../validate.js';
+import { MAX_POLICY_DEPTH, checkKeyPolicySize, optBool, optEnum, optInt, optStr, optStrList, reqStr } from '../validate.js';
 import { parseStrictJson } from '../../util/strict-json.js';
 import { page } from '../paging.js';
 import type { KmsRequest } from '../types.js';
@@ -86,7 +86,8 @@ export function registerKeyOperations(d: Dispatcher): void {
     if (optBool(r, 'MultiRegion')) throw new UnsupportedOperationException('Multi-Region keys are not supported by this KMS');
     if (r.CustomKeyStoreId !== undefined) throw new UnsupportedOperationException('Custom key stores are not supported by this KMS');
     const description = optStr(r, 'Description', 0, 8192) ?? '';
-    const policy = optStr(r, 'Policy', 1, 32768);
+    const policy = optStr(r, 'Policy', 1, 131_072);
+    if (policy !== undefined) checkKeyPolicySize(policy);
     const validator = ctx.keyPolicyValidator;
     if (!validator) checkPolicy(policy);
     const bypass = optBool(r, 'BypassPolicyLockoutSafetyCheck') ?? false;

@@ -9,8 +9,8 @@ import { optInt, optStrList, reqStr } from '../validate.js';
 import { DEFAULT_ROTATION_DAYS, parseTags, requireCustomerManaged } from './keys.js';
 
 const DAY = 86_400_000;
-/** AWS quota: on-demand rotations per key. */
-export const MAX_ON_DEMAND_ROTATIONS = 10;
+/** AWS quota: on-demand rotations per key (docs/kms-format.md, "Quotas"). */
+export const MAX_ON_DEMAND_ROTATIONS = 25;
 
 /** New HBK version; the old ones stay so old ciphertexts still decrypt. */
 export async function rotateKey(ctx: OperationContext, key: KeyRecord, type: 'AUTOMATIC' | 'ON_DEMAND', now: number): Promise<KeyRecord> {
@@ -61,7 +61,9 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
   d.registerOperation('ListResourceTags', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     await call.authorize({ key, stateCheck: false });
-    const p = page(call.request, key.tags, 50, 50);
+    // By TagKey, the marker naming the last one returned: a tag removed between two pages skips none (docs/kms-format.md, "List markers").
+    const tags = [...key.tags].sort((a, b) => (a.TagKey < b.TagKey ? -1 : a.TagKey > b.TagKey ? 1 : 0));
+    const p = page(call.request, tags, 50, 50, (t) => t.TagKey);
     return { Tags: p.items, Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}) };
   }, { readOnly: true });
 
