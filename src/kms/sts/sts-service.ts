@@ -101,7 +101,7 @@ export class StsService {
     const notAuthorized = new StsError('AccessDenied', `User: ${caller.arn} is not authorized to perform: sts:AssumeRole on resource: ${p.RoleArn}`);
     if (m[1] !== this.ids.accountId || !this.ids.listRoles().some((r) => r.RoleName === role)) throw notAuthorized;
     const ctx = new AssumeRoleContext(caller, p.RoleArn, p, { secureTransport: this.opts.secureTransport === true, region: this.ids.region, roleAccount: m[1], now });
-    const trusted = this.trust.allows(role, caller, this.ids.rootArn, ctx);
+    const trusted = this.trust.allows(role, caller, ctx);
     // Trust through the account only delegates: the caller's own policies must allow it too.
     if (!trusted || (trusted === 'account' && !this.identityAllows(caller, 'sts:AssumeRole', p.RoleArn, ctx.extraKeys()))) throw notAuthorized;
     const session = this.ids.assumeRole(role, p.RoleSessionName);
