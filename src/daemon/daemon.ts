@@ -223,7 +223,7 @@ export class Daemon {
       this.listener = new KmsListener({
         ...cfg.kmsListen, ...(tls ? { tls } : {}), region: ids.region, accountId: ids.accountId,
         sts: new StsService(ids, this.accessKeys, this.trust, kms.hsm,
-          (caller, action, resource, context) => this.authz!.authorizer.evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }).allowed,
+          (caller, action, resource, context) => this.authz!.authorizer.evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }),
           { secureTransport: tls !== undefined }),
         kms: (op, req, caller, requestId) => this.kmsCore!.call(op, req, caller, requestId),
         audit: (ev) => kms.audit.append(ev),

@@ -13,6 +13,7 @@ import { TrustPolicies } from '../../src/kms/sts/trust-policies.js';
 import { StsService } from '../../src/kms/sts/sts-service.js';
 import type { AssumeRoleParams } from '../../src/kms/sts/assume-role-context.js';
 import type { Caller } from '../../src/kms/types.js';
+import { PolicyEvaluator } from '../../src/kms/authz/evaluate.js';
 import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
 
 describe('AssumeRole: trust-policy principals and actions', () => {
@@ -22,6 +23,8 @@ describe('AssumeRole: trust-policy principals and actions', () => {
   let ids: Identities;
   let trust: TrustPolicies;
   let sts: StsService;
+  /** As the daemon wires it: the caller's identity policies judged by the policy evaluator. */
+  let judged: StsService;
   let alice: Caller;
 
   const put = (role: string, ...Statement: Record<string, unknown>[]) => trust.put(role, JSON.stringify({ Version: '2012-10-17', Statement }));
@@ -40,7 +43,10 @@ describe('AssumeRole: trust-policy principals and actions', () => {
     alice = { ...(await ids.createUser('alice')), sourceIp: '127.0.0.1' };
     for (const r of ['app', 'chained', 'other']) await ids.createRole(r);
     trust = await TrustPolicies.open(t.dir);
-    sts = new StsService(ids, await AccessKeyStore.open(t.dir, hsm), trust, hsm);
+    const keys = await AccessKeyStore.open(t.dir, hsm);
+    sts = new StsService(ids, keys, trust, hsm);
+    const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
+    judged = new StsService(ids, keys, trust, hsm, (caller, action, resource, context) => evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }));
     await put('app', { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' });
     await put('other', { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' });
   });
@@ -84,5 +90,57 @@ describe('AssumeRole: trust-policy principals and actions', () => {
       await put('chained', { Effect: 'Allow', Principal: { AWS: alice.arn }, Action });
       expect([Action, await outcome(alice, 'chained')]).toEqual([Action, want]);
     }
+  });
+
+  it('RoleArn must be the role\'s own ARN: a made-up path or partition is a role that does not exist, and policies judge the real ARN', async () => {
+    const acct = ids.accountId;
+    await ids.createRole('prod-admin');
+    await ids.createRole('pathed', { path: '/team/' });
+    await put('prod-admin', { Effect: 'Allow', Principal: { AWS: ids.rootArn }, Action: 'sts:AssumeRole' });
+    await put('pathed', { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' });
+    const dev = { ...(await ids.createUser('dev')), sourceIp: '127.0.0.1' };
+    // dev may assume the roles under /dev/ only; prod-admin sits at /.
+    await ids.attachPolicy(dev.arn, 'dev-roles', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'sts:AssumeRole', Resource: `arn:aws:iam::${acct}:role/dev/*` }] }));
+    const attempt = (caller: Caller, RoleArn: string) => judged.assumeRole(caller, { RoleArn, RoleSessionName: 'esc' }, t0);
+    const denied = (caller: Caller, arn: string) => ({ awsName: 'AccessDenied', status: 403, message: `User: ${caller.arn} is not authorized to perform: sts:AssumeRole on resource: ${arn}` });
+    for (const arn of [`arn:aws:iam::${acct}:role/dev/prod-admin`, `arn:aws:iam::${acct}:role/prod-admin`]) {
+      await expect(attempt(dev, arn)).rejects.toMatchObject(denied(dev, arn));
+    }
+    // A partition or path that is not the role's, for a caller the trust policy names: still no such role.
+    for (const arn of [`arn:bogus:iam::${acct}:role/app`, `arn:aws-cn:iam::${acct}:role/app`, `arn:aws:iam::${acct}:role/x/app`, `arn:aws:iam::${acct}:role/pathed`]) {
+      await expect(attempt(alice, arn)).rejects.toMatchObject(denied(alice, arn));
+    }
+    // Unknown roles are answered the same way, as before.
+    await expect(attempt(alice, `arn:aws:iam::${acct}:role/nobody`)).rejects.toMatchObject(denied(alice, `arn:aws:iam::${acct}:role/nobody`));
+    // The role's own ARN, path included, works.
+    expect(ids.roleArn('pathed')).toBe(`arn:aws:iam::${acct}:role/team/pathed`);
+    await expect(attempt(alice, ids.roleArn('pathed'))).resolves.toMatchObject({ AssumedRoleUser: { Arn: `arn:aws:sts::${acct}:assumed-role/pathed/esc` } });
+    await expect(attempt(alice, ids.roleArn('app'))).resolves.toBeDefined();
+  });
+
+  it('an explicit Deny in the caller\'s own policies wins even when the trust policy names the caller', async () => {
+    const erin = { ...(await ids.createUser('erin')), sourceIp: '127.0.0.1' };
+    await ids.createRole('named');
+    await put('named', { Effect: 'Allow', Principal: { AWS: erin.arn }, Action: 'sts:AssumeRole' });
+    // Named by the trust policy: no identity policy is needed.
+    expect(await outcome(erin, 'named', {}, judged)).toBe('ok');
+    // A Deny on another role changes nothing; one on this role (or on every role, or by wildcard action) refuses.
+    await ids.attachPolicy(erin.arn, 'fence', JSON.stringify({ Statement: [{ Effect: 'Deny', Action: 'sts:AssumeRole', Resource: ids.roleArn('app') }] }));
+    expect(await outcome(erin, 'named', {}, judged)).toBe('ok');
+    for (const st of [
+      { Effect: 'Deny', Action: 'sts:AssumeRole', Resource: ids.roleArn('named') },
+      { Effect: 'Deny', Action: 'sts:Assume*', Resource: '*' },
+      { Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringEquals: { 'sts:RoleSessionName': 'job-1' } } },
+    ]) {
+      await ids.attachPolicy(erin.arn, 'fence', JSON.stringify({ Statement: [st] }));
+      expect([st, await outcome(erin, 'named', {}, judged)]).toEqual([st, 'AccessDenied']);
+    }
+    // The conditional Deny applies only to its session name.
+    expect(await outcome(erin, 'named', { RoleSessionName: 'job-2' }, judged)).toBe('ok');
+    // A role session is judged by its role's policies the same way.
+    await ids.attachPolicy(ids.roleArn('app'), 'no-chaining', JSON.stringify({ Statement: [{ Effect: 'Deny', Action: 'sts:AssumeRole', Resource: '*' }] }));
+    await put('chained', { Effect: 'Allow', Principal: { AWS: ids.roleArn('app') }, Action: 'sts:AssumeRole' });
+    expect(await outcome(await sessionOf('app', alice, judged), 'chained', {}, judged)).toBe('AccessDenied');
+    await ids.detachPolicy(ids.roleArn('app'), 'no-chaining');
   });
 });

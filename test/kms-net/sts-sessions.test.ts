@@ -80,7 +80,7 @@ describe('STS session credentials', () => {
     const trust = await TrustPolicies.open(t.dir);
     await trust.put('admin', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: ids.rootArn }, Action: 'sts:AssumeRole' }] }));
     const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
-    const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource) => evaluator.evaluate({ action, caller, resource }).allowed);
+    const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource) => evaluator.evaluate({ action, caller, resource }));
     const assume = (c: Caller) => judged.assumeRole(c, { RoleArn: ids.roleArn('admin'), RoleSessionName: 'esc' }, t0);
     // bob has no policy: the account-wide trust alone does not let him in (IAM would refuse too).
     await expect(assume(bob)).rejects.toMatchObject({ awsName: 'AccessDenied', status: 403 });

@@ -30,6 +30,14 @@ const EXTERNAL_ID_RE = /^[\w+=,.@:/-]*$/;
 /** The token's clear part. `iat` (issue time, ms) is absent from tokens issued before the audit carried a session context. */
 interface SessionMeta { v: number; id: string; role: string; session: string; exp: number; iat?: number }
 
+/**
+ * What the caller's own identity policies decide about an action (src/kms/authz/evaluate.ts's
+ * Decision has this shape): an explicit Deny is `reason: 'explicit-deny-identity-policy'`.
+ */
+export type IdentityDecision = { allowed: true } | { allowed: false; reason: string };
+
+const NO_IDENTITY_POLICY: IdentityDecision = { allowed: false, reason: 'no-identity-policy-allow' };
+
 /** STS Query-protocol errors (`<Error><Code>`), with the HTTP status STS uses. */
 export class StsError extends EbsdError {
   constructor(awsName: 'AccessDenied' | 'ValidationError' | 'InvalidParameterValue' | 'MissingParameter' | 'InvalidAction', message: string, readonly status = awsName === 'AccessDenied' ? 403 : 400) {
@@ -49,10 +57,10 @@ export class StsService {
     private readonly trust: TrustPolicies,
     private readonly hsm: Hsm,
     /**
-     * Do the caller's identity policies allow `action` on `resource`? (The account root: always.)
+     * What the caller's identity policies decide for `action` on `resource` (the account root: allowed).
      * `context`: the request's own condition keys (sts:ExternalId, ...), for their Conditions.
      */
-    private readonly identityAllows: (caller: Caller, action: string, resource: string, context?: ReadonlyMap<string, ContextValue>) => boolean = () => false,
+    private readonly identityDecision: (caller: Caller, action: string, resource: string, context?: ReadonlyMap<string, ContextValue>) => IdentityDecision = () => NO_IDENTITY_POLICY,
     /** `secureTransport`: the listener speaks TLS, so aws:SecureTransport is true in trust-policy conditions. */
     private readonly opts: { secureTransport?: boolean } = {},
   ) {}
@@ -99,11 +107,20 @@ export class StsService {
     if (p.ExternalId !== undefined) checkExternalId(p.ExternalId);
     const role = m[2]!;
     const notAuthorized = new StsError('AccessDenied', `User: ${caller.arn} is not authorized to perform: sts:AssumeRole on resource: ${p.RoleArn}`);
-    if (m[1] !== this.ids.accountId || !this.ids.listRoles().some((r) => r.RoleName === role)) throw notAuthorized;
-    const ctx = new AssumeRoleContext(caller, p.RoleArn, p, { secureTransport: this.opts.secureTransport === true, region: this.ids.region, roleAccount: m[1], now });
+    // The role is named by its ARN, path and partition included: an ARN that is not the role's own (another
+    // path, a made-up partition) names a role that does not exist, answered as STS answers for one. From here
+    // on every decision reads the role's ARN, never what the caller wrote.
+    const rec = m[1] === this.ids.accountId ? this.ids.listRoles().find((r) => r.RoleName === role) : undefined;
+    if (!rec || rec.Arn !== p.RoleArn) throw notAuthorized;
+    const roleArn = rec.Arn;
+    const ctx = new AssumeRoleContext(caller, roleArn, p, { secureTransport: this.opts.secureTransport === true, region: this.ids.region, roleAccount: m[1]!, now });
     const trusted = this.trust.allows(role, caller, ctx);
-    // Trust through the account only delegates: the caller's own policies must allow it too.
-    if (!trusted || (trusted === 'account' && !this.identityAllows(caller, 'sts:AssumeRole', p.RoleArn, ctx.extraKeys()))) throw notAuthorized;
+    if (!trusted) throw notAuthorized;
+    // The caller's own policies are read whatever the trust policy says (IAM User Guide, "Policy evaluation
+    // logic"): an explicit Deny there wins even when the trust policy names the caller. Trust through the
+    // account only delegates, so then they must also allow it.
+    const own = this.identityDecision(caller, 'sts:AssumeRole', roleArn, ctx.extraKeys());
+    if (!own.allowed && (own.reason === 'explicit-deny-identity-policy' || trusted === 'account')) throw notAuthorized;
     const session = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;
