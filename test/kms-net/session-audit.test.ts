@@ -6,6 +6,8 @@
  * CloudTrail userIdentity element, "temporary security credentials" example).
  * The daemon runs as a child (`--kms-only --kms-listen 127.0.0.1:0`), the
  * clients are the real AWS SDK configured through environment variables.
+ * Also here, as the same daemon and role serve it: a role's MaxSessionDuration
+ * set with `ebsd iam create-role` / `update-role` and enforced over the wire.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
@@ -81,6 +83,26 @@ describe('CloudTrail sessionContext for calls made with assumed-role session cre
     for (const e of byAlice) expect(e.userIdentity.sessionContext).toBeUndefined();
     expect(env.auditText()).not.toContain(creds.SessionToken!);
     expect(env.auditText()).not.toContain(creds.SecretAccessKey!);
+  });
+
+  it('MaxSessionDuration: 3600 unless the role says more (update-role, list-roles); a longer DurationSeconds is the SDK\'s ValidationError', async () => {
+    chain.use(keyVars(alice, url));
+    const sts = new STSClient({});
+    try {
+      const long = () => sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: 'long-job', DurationSeconds: 7200 }));
+      await expect(long()).rejects.toMatchObject({ name: 'ValidationError', message: 'The requested DurationSeconds exceeds the MaxSessionDuration set for this role.', $metadata: { httpStatusCode: 400 } });
+      await env.ok(['iam', 'update-role', '--role-name', 'app', '--max-session-duration', '7200']);
+      expect((await env.ok(['iam', 'list-roles'])).Roles.find((r: { RoleName: string }) => r.RoleName === 'app').MaxSessionDuration).toBe(7200);
+      const r = await long();
+      expect(r.Credentials!.AccessKeyId).toMatch(/^ASIA/);
+    } finally {
+      sts.destroy();
+    }
+    expect((await env.ok(['iam', 'create-role', 'batch', '--max-session-duration', '43200'])).Role).toMatchObject({ RoleName: 'batch', MaxSessionDuration: 43_200 });
+    expect((await env.ok(['iam', 'create-role', 'plain'])).Role).toMatchObject({ RoleName: 'plain', MaxSessionDuration: 3600, Arn: `arn:aws:iam::${accountId}:role/plain` });
+    const bad = await env.cli(['iam', 'create-role', 'toolong', '--max-session-duration', '43201']);
+    expect(bad.code).toBe(7); // invalid request
+    expect(bad.stderr).toContain("Value '43201' at 'maxSessionDuration' failed to satisfy constraint");
   });
 
   it('the object path and the serialized path of the audit event agree on a sessionContext', () => {

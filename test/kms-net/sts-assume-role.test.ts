@@ -7,7 +7,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHsm, type Hsm } from '../../src/kms/hsm/hsm-client.js';
-import { Identities } from '../../src/kms/authz/identities.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Identities, IDENTITIES_FILE } from '../../src/kms/authz/identities.js';
 import { AccessKeyStore } from '../../src/kms/sts/access-keys.js';
 import { TrustPolicies } from '../../src/kms/sts/trust-policies.js';
 import { StsService } from '../../src/kms/sts/sts-service.js';
@@ -142,5 +144,66 @@ describe('AssumeRole: trust-policy principals and actions', () => {
     await put('chained', { Effect: 'Allow', Principal: { AWS: ids.roleArn('app') }, Action: 'sts:AssumeRole' });
     expect(await outcome(await sessionOf('app', alice, judged), 'chained', {}, judged)).toBe('AccessDenied');
     await ids.detachPolicy(ids.roleArn('app'), 'no-chaining');
+  });
+
+  it('DurationSeconds: digits only; at most the role\'s MaxSessionDuration (default 3600, 3600..43200); 1 h when chained', async () => {
+    await ids.createRole('short');
+    await ids.createRole('long', { maxSessionDuration: 43_200 });
+    await put('short', { Effect: 'Allow', Principal: { AWS: [alice.arn, ids.roleArn('long')] }, Action: 'sts:AssumeRole' });
+    await put('long', { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' });
+    expect(ids.listRoles().filter((r) => r.RoleName === 'short' || r.RoleName === 'long').map((r) => r.MaxSessionDuration)).toEqual([3600, 43_200]);
+    const fail = (caller: Caller, role: string, DurationSeconds?: string) => sts.assumeRole(caller, { RoleArn: ids.roleArn(role), RoleSessionName: 'dur', ...(DurationSeconds !== undefined ? { DurationSeconds } : {}) }, t0)
+      .then((r: any) => `ok ${(Date.parse(r.Credentials.Expiration) - t0) / 1000}`, (e: { awsName: string; message: string }) => `${e.awsName}: ${e.message}`);
+    const overRole = 'ValidationError: The requested DurationSeconds exceeds the MaxSessionDuration set for this role.';
+    const overChain = 'ValidationError: The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.';
+
+    // Number() would read each of these as 900.
+    for (const v of ['9e2', '0x384', ' 900 ', '900.0', '+900', '', '900\n']) {
+      expect([v, await fail(alice, 'short', v)]).toEqual([v, expect.stringMatching(/^ValidationError: 1 validation error detected: .* at 'durationSeconds' .*decimal digits$/s)]);
+    }
+    expect(await fail(alice, 'short', '0900')).toBe('ok 900');
+    expect(await fail(alice, 'short')).toBe('ok 3600');
+    expect(await fail(alice, 'short', '3601')).toBe(overRole);
+    expect(await fail(alice, 'long', '43200')).toBe('ok 43200');
+    expect(await fail(alice, 'long', '43201')).toMatch(/^ValidationError: .*between 900 and 43200$/);
+    // Someone the role does not trust learns nothing about its MaxSessionDuration.
+    const mallory = { ...(await ids.createUser('mallory')), sourceIp: '127.0.0.1' };
+    expect(await fail(mallory, 'short', '7200')).toMatch(/^AccessDenied: /);
+
+    // MaxSessionDuration is changed with UpdateRole, within IAM's bounds.
+    await ids.updateRole('short', { maxSessionDuration: 7200 });
+    expect(await fail(alice, 'short', '7200')).toBe('ok 7200');
+    expect(await fail(alice, 'short', '7201')).toBe(overRole);
+    for (const [v, why] of [[3599, 'greater than or equal to 3600'], [43_201, 'less than or equal to 43200']] as const) {
+      await expect(ids.updateRole('short', { maxSessionDuration: v })).rejects.toMatchObject({ awsName: 'ValidationError', message: expect.stringContaining(why) });
+      await expect(ids.createRole('bad', { maxSessionDuration: v })).rejects.toMatchObject({ awsName: 'ValidationError', message: expect.stringContaining(`Value '${v}' at 'maxSessionDuration'`) });
+    }
+    await expect(ids.createRole('bad', { maxSessionDuration: 3600.5 })).rejects.toThrow(/maxSessionDuration/);
+    expect(ids.listRoles().some((r) => r.RoleName === 'bad')).toBe(false);
+
+    // Role chaining: a session of `long` may assume `short` (7200) for 1 h at most.
+    const session = await sessionOf('long', alice);
+    expect(await fail(session, 'short', '3601')).toBe(overChain);
+    expect(await fail(session, 'short', '3600')).toBe('ok 3600');
+    expect(await fail(session, 'short')).toBe('ok 3600');
+  });
+
+  it('a role stored before MaxSessionDuration existed reads as 3600', async () => {
+    const dir = tempDir('ebsd-assume-old-');
+    try {
+      const old = await Identities.open(dir.dir, { region: 'us-east-1' });
+      await old.createRole('legacy');
+      await old.flush();
+      const file = join(dir.dir, IDENTITIES_FILE);
+      const data = JSON.parse(readFileSync(file, 'utf8'));
+      delete data.roles.legacy.maxSessionDuration;
+      writeFileSync(file, JSON.stringify(data));
+      const reopened = await Identities.open(dir.dir);
+      expect(reopened.listRoles()[0]).toMatchObject({ RoleName: 'legacy', MaxSessionDuration: 3600 });
+      await reopened.updateRole('legacy', { maxSessionDuration: 5400 });
+      expect((await Identities.open(dir.dir)).listRoles()[0]!.MaxSessionDuration).toBe(5400);
+    } finally {
+      dir.cleanup();
+    }
   });
 });

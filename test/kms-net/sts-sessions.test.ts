@@ -41,7 +41,7 @@ describe('STS session credentials', () => {
     ids = await Identities.open(t.dir, { region: 'us-east-1' });
     alice = await ids.createUser('alice');
     bob = await ids.createUser('bob');
-    await ids.createRole('app');
+    await ids.createRole('app', { maxSessionDuration: 43_200 }); // 12 h sessions below
     keys = await AccessKeyStore.open(t.dir, hsm);
     const trust = await TrustPolicies.open(t.dir);
     await trust.put('app', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] }));
@@ -68,7 +68,7 @@ describe('STS session credentials', () => {
     await expect(verifyAt(t0).verify(await request({ ...c, sessionToken: forged }, t0))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
   });
 
-  it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h', async () => {
+  it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h (the role\'s MaxSessionDuration)', async () => {
     await expect(sts.assumeRole(bob, { RoleArn: ids.roleArn('app'), RoleSessionName: 's' + 'x' }, t0)).rejects.toMatchObject({ awsName: 'AccessDenied', status: 403 });
     await expect(sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43201' }, t0)).rejects.toMatchObject({ awsName: 'ValidationError' });
     const max = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43200' }, t0) as any;

@@ -40,7 +40,7 @@ describe('AssumeRole: trust-policy Conditions', () => {
     hsm = await startHsm({ stateDir: t.dir, passphrase: 'test', scryptCost: TEST_SCRYPT }, 'inline');
     ids = await Identities.open(t.dir, { region: 'us-east-1' });
     alice = await ids.createUser('alice');
-    await ids.createRole('app');
+    await ids.createRole('app', { maxSessionDuration: 43_200 }); // DurationSeconds 7200 below
     roleArn = ids.roleArn('app');
     const keys = await AccessKeyStore.open(t.dir, hsm);
     trust = await TrustPolicies.open(t.dir);

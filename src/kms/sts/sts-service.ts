@@ -17,10 +17,15 @@ import type { TrustPolicies } from './trust-policies.js';
 import type { ContextValue } from '../authz/conditions.js';
 import { AssumeRoleContext, type AssumeRoleParams } from './assume-role-context.js';
 
-/** AssumeRole DurationSeconds: AWS's bounds (15 min to 12 h), default 1 h. */
+/**
+ * AssumeRole DurationSeconds: AWS's bounds (15 min to 12 h), default 1 h. A session may last no longer
+ * than its role's MaxSessionDuration (3600 unless the role says more, src/kms/authz/identities.ts), and
+ * one assumed by role chaining (the caller is itself a role session) no longer than 1 h.
+ */
 export const MIN_SESSION_S = 900;
 export const MAX_SESSION_S = 43_200;
 export const DEFAULT_SESSION_S = 3_600;
+export const CHAINED_SESSION_MAX_S = 3_600;
 const TOKEN_VERSION = 1;
 /** AssumeRole ExternalId (STS API Reference, AssumeRole): 2 to 1224 characters of this set. */
 export const EXTERNAL_ID_MIN = 2;
@@ -100,8 +105,12 @@ export class StsService {
     if (!/^[\w+=,.@-]{2,64}$/.test(p.RoleSessionName)) {
       throw new StsError('ValidationError', `1 validation error detected: Value '${p.RoleSessionName}' at 'roleSessionName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*`);
     }
+    // Digits only: Number() would also read '9e2', '0x384', ' 900 ' and '900.0' as 900.
+    if (p.DurationSeconds !== undefined && !/^[0-9]{1,9}$/.test(p.DurationSeconds)) {
+      throw new StsError('ValidationError', `1 validation error detected: Value '${p.DurationSeconds.slice(0, 64)}' at 'durationSeconds' failed to satisfy constraint: Member must be an integer written in decimal digits`);
+    }
     const duration = p.DurationSeconds === undefined ? DEFAULT_SESSION_S : Number(p.DurationSeconds);
-    if (!Number.isInteger(duration) || duration < MIN_SESSION_S || duration > MAX_SESSION_S) {
+    if (duration < MIN_SESSION_S || duration > MAX_SESSION_S) {
       throw new StsError('ValidationError', `1 validation error detected: Value '${p.DurationSeconds}' at 'durationSeconds' failed to satisfy constraint: Member must have value between ${MIN_SESSION_S} and ${MAX_SESSION_S}`);
     }
     if (p.ExternalId !== undefined) checkExternalId(p.ExternalId);
@@ -121,6 +130,11 @@ export class StsService {
     // account only delegates, so then they must also allow it.
     const own = this.identityDecision(caller, 'sts:AssumeRole', roleArn, ctx.extraKeys());
     if (!own.allowed && (own.reason === 'explicit-deny-identity-policy' || trusted === 'account')) throw notAuthorized;
+    // After the decision: only a caller allowed to assume the role learns its MaxSessionDuration.
+    if (caller.type === 'AssumedRole' && duration > CHAINED_SESSION_MAX_S) {
+      throw new StsError('ValidationError', 'The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.');
+    }
+    if (duration > rec.MaxSessionDuration) throw new StsError('ValidationError', 'The requested DurationSeconds exceeds the MaxSessionDuration set for this role.');
     const session = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;
