@@ -68,6 +68,31 @@ describe('STS session credentials', () => {
     await expect(verifyAt(t0).verify(await request({ ...c, sessionToken: forged }, t0))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
   });
 
+  it('a session token is accepted only as issued: another base64 spelling of the same bytes is unrecognized and adds no signing-key cache entry', async () => {
+    const r = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'b64' }, t0) as any;
+    const c = { accessKeyId: r.Credentials.AccessKeyId, secretAccessKey: r.Credentials.SecretAccessKey, sessionToken: r.Credentials.SessionToken as string };
+    const at = t0 + 60_000;
+    const v = verifyAt(at);
+    // The verifier's cache is private; read here only to count its entries.
+    const cached = (): number => (v as unknown as { keys: Map<string, unknown> }).keys.size;
+    expect((await v.verify(await request(c, at))).principal.arn).toBe(`arn:aws:sts::${ids.accountId}:assumed-role/app/b64`);
+    expect((await v.verify(await request(c, at))).principal.arn).toBe(`arn:aws:sts::${ids.accountId}:assumed-role/app/b64`);
+    expect(cached()).toBe(1);
+    const tok = c.sessionToken;
+    const raw = Buffer.from(tok, 'base64');
+    expect(raw.toString('base64')).toBe(tok);
+    // Spellings node's decoder reads as the same bytes: padding added or dropped, a stray character, the URL-safe alphabet.
+    const urlSafe = tok.replace(/\+/g, '-').replace(/\//g, '_');
+    const variants = [tok + '=', tok + '==', tok + 'A', tok + '.', tok + '!', tok.replace(/=+$/, ''), urlSafe, `${tok.slice(0, 8)}*${tok.slice(8)}`]
+      .filter((x) => x !== tok);
+    expect(variants.length).toBeGreaterThanOrEqual(6);
+    for (const x of variants) {
+      expect(Buffer.from(x, 'base64').equals(raw)).toBe(true);
+      await expect(v.verify(await request({ ...c, sessionToken: x }, at))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    }
+    expect(cached()).toBe(1);
+  });
+
   it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h (the role\'s MaxSessionDuration)', async () => {
     await expect(sts.assumeRole(bob, { RoleArn: ids.roleArn('app'), RoleSessionName: 's' + 'x' }, t0)).rejects.toMatchObject({ awsName: 'AccessDenied', status: 403 });
     await expect(sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43201' }, t0)).rejects.toMatchObject({ awsName: 'ValidationError' });

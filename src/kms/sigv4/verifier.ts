@@ -18,7 +18,7 @@ const CACHE_MAX = 4096;
 /** An access key known to the service, and what it stands for. */
 export interface Credential<P> {
   principal: P;
-  /** Names the secret behind this key: equal ids share a cached signing key (a session's id includes its token). */
+  /** Names the secret behind this key: equal ids share a cached signing key (a session's id includes its token's digest). */
   cacheId: string;
   /** kSigning for the scope, derived from the secret (the HSM does it); a fresh buffer, which the verifier wipes. */
   signingKey(date: string, region: string, service: string): Promise<Uint8Array>;

@@ -6,6 +6,7 @@
  * token altered in any byte fails in the HSM and a daemon restart keeps
  * sessions valid until they expire (README.md, "KMS over the network").
  */
+import { createHash } from 'node:crypto';
 import { EbsdError } from '../../util/errors.js';
 import type { Identities } from '../authz/identities.js';
 import type { Hsm } from '../hsm/hsm-client.js';
@@ -151,6 +152,11 @@ export class StsService {
   private sessionCredential(id: string, token: string | undefined, now: number): Credential<Caller> {
     if (token === undefined) throw invalidToken(id);
     const raw = Buffer.from(token, 'base64');
+    // Only the token as issued: node's decoder skips characters outside the alphabet, reads the URL-safe
+    // one too and stops at padding, so '<token>=', '<token>\n' or '-' for '+' decode to the same bytes, and
+    // each spelling would be a signing-key cache entry of its own (an HSM call each, and at the cache's
+    // cap a flush for every caller). Re-encoding gives back the one canonical spelling.
+    if (raw.toString('base64') !== token) throw invalidToken(id);
     if (raw.length < 3 || raw[0] !== TOKEN_VERSION) throw invalidToken(id);
     const n = raw.readUInt16BE(1);
     const clear = raw.subarray(3, 3 + n);
@@ -165,7 +171,8 @@ export class StsService {
     const sealed = raw.subarray(3 + n);
     return {
       principal,
-      cacheId: `${id}\0${token}`,
+      // The decoded token's digest: one entry per session, whatever the header held, and a short key.
+      cacheId: `${id}\0${createHash('sha256').update(raw).digest('base64')}`,
       signingKey: (date, region, service) => this.derive({ kind: 'session', id, context: clear, sealed, date, region, service }),
     };
   }
