@@ -93,6 +93,44 @@ describe('STS session credentials', () => {
     expect(cached()).toBe(1);
   });
 
+  it('a session belongs to the role it was issued for: once the role is deleted and created again under its name, the old token is unrecognized', async () => {
+    const trust = await TrustPolicies.open(t.dir);
+    const s2 = new StsService(ids, keys, trust, hsm);
+    const at = t0 + 60_000;
+    const verify = async (c: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }) =>
+      new SigV4Verifier<Caller>({ region: 'us-east-1', services: ['kms'], credentials: s2.credentials, now: () => at }).verify(await request(c, at));
+    const session = async () => {
+      const r = await s2.assumeRole(alice, { RoleArn: ids.roleArn('ephemeral'), RoleSessionName: 'gone' }, t0) as any;
+      return { accessKeyId: r.Credentials.AccessKeyId as string, secretAccessKey: r.Credentials.SecretAccessKey as string, sessionToken: r.Credentials.SessionToken as string };
+    };
+    const trustAlice = JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] });
+    await ids.createRole('ephemeral');
+    await trust.put('ephemeral', trustAlice);
+    const old = await session();
+    expect((await verify(old)).principal.arn).toBe(`arn:aws:sts::${ids.accountId}:assumed-role/ephemeral/gone`);
+    await ids.deleteRole('ephemeral');
+    await trust.delete('ephemeral');
+    await expect(verify(old)).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    // The same name, a new role (a new RoleId, its own policies): the old session is not one of its sessions.
+    await ids.createRole('ephemeral');
+    await trust.put('ephemeral', trustAlice);
+    await expect(verify(old)).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    const fresh = await session();
+    expect((await verify(fresh)).principal.principalId).toBe(`${ids.listRoles().find((r) => r.RoleName === 'ephemeral')!.RoleId}:gone`);
+  });
+
+  it('a token of the format before the role id (version 1, sealed by the same HSM) is unrecognized', async () => {
+    const id = 'ASIA' + 'Q'.repeat(16);
+    const iat = t0;
+    const clear = Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'legacy', exp: iat + 3600_000, iat }), 'utf8');
+    const { secret, sealed } = await hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(clear.length);
+    const token = Buffer.concat([Buffer.of(1), len, clear, sealed]).toString('base64');
+    const at = t0 + 60_000;
+    await expect(verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, at))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+  });
+
   it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h (the role\'s MaxSessionDuration)', async () => {
     await expect(sts.assumeRole(bob, { RoleArn: ids.roleArn('app'), RoleSessionName: 's' + 'x' }, t0)).rejects.toMatchObject({ awsName: 'AccessDenied', status: 403 });
     await expect(sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43201' }, t0)).rejects.toMatchObject({ awsName: 'ValidationError' });

@@ -1,10 +1,11 @@
 /**
  * STS for ebsd: who a SigV4 access key stands for, GetCallerIdentity and
  * AssumeRole. Session credentials are stateless: the session token carries
- * the session (role, session name, expiry, access key id) in clear and its
+ * the session (role name and unique id, session name, expiry, access key id) in clear and its
  * secret sealed by the HSM with that clear part as associated data, so a
  * token altered in any byte fails in the HSM and a daemon restart keeps
- * sessions valid until they expire (README.md, "KMS over the network").
+ * sessions valid until they expire (README.md, "KMS over the network"; the
+ * token's layout: docs/kms-format.md, "STS session token").
  */
 import { createHash } from 'node:crypto';
 import { EbsdError } from '../../util/errors.js';
@@ -27,14 +28,19 @@ export const MIN_SESSION_S = 900;
 export const MAX_SESSION_S = 43_200;
 export const DEFAULT_SESSION_S = 3_600;
 export const CHAINED_SESSION_MAX_S = 3_600;
-const TOKEN_VERSION = 1;
+/**
+ * 2: the clear part names the role's unique id (`rid`, AROA…), so a role deleted and created again
+ * under the same name does not accept the old role's sessions. Version 1 tokens (no `rid`) are refused:
+ * a session lasts 12 h at most, so after an upgrade they are at worst asked for again.
+ */
+const TOKEN_VERSION = 2;
 /** AssumeRole ExternalId (STS API Reference, AssumeRole): 2 to 1224 characters of this set. */
 export const EXTERNAL_ID_MIN = 2;
 export const EXTERNAL_ID_MAX = 1224;
 const EXTERNAL_ID_RE = /^[\w+=,.@:/-]*$/;
 
-/** The token's clear part. `iat` (issue time, ms) is absent from tokens issued before the audit carried a session context. */
-interface SessionMeta { v: number; id: string; role: string; session: string; exp: number; iat?: number }
+/** The token's clear part: `rid` is the role's unique id (RoleId), `iat` the issue time (ms). */
+interface SessionMeta { v: number; id: string; role: string; rid: string; session: string; exp: number; iat?: number }
 
 /**
  * What the caller's own identity policies decide about an action (src/kms/authz/evaluate.ts's
@@ -139,7 +145,7 @@ export class StsService {
     const session = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;
-    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, session: p.RoleSessionName, exp: iat + duration * 1000, iat };
+    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, rid: rec.RoleId, session: p.RoleSessionName, exp: iat + duration * 1000, iat };
     const clear = Buffer.from(JSON.stringify(meta), 'utf8');
     const { secret, sealed } = await this.hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
     const token = Buffer.concat([Buffer.of(TOKEN_VERSION), u16(clear.length), clear, sealed]).toString('base64');
@@ -162,11 +168,14 @@ export class StsService {
     const clear = raw.subarray(3, 3 + n);
     let meta: SessionMeta;
     try { meta = JSON.parse(clear.toString('utf8')) as SessionMeta; } catch { throw invalidToken(id); }
-    if (meta.id !== id || typeof meta.exp !== 'number') throw invalidToken(id);
+    if (meta === null || typeof meta !== 'object' || meta.v !== TOKEN_VERSION || meta.id !== id || typeof meta.exp !== 'number' || typeof meta.rid !== 'string') throw invalidToken(id);
     // Expiry is read before the HSM has authenticated the clear part; a forged later expiry still fails there.
     if (now >= meta.exp) throw new SigV4Error('ExpiredToken', 'The security token included in the request is expired', id);
     let principal: Caller;
     try { principal = this.ids.assumeRole(meta.role, meta.session); } catch { throw invalidToken(id); }
+    // The role the session was issued for, not one created since under the same name (its id differs).
+    // Like the expiry, read before the HSM authenticates the clear part: a forged id fails there.
+    if (principal.principalId !== `${meta.rid}:${meta.session}`) throw invalidToken(id);
     principal.sessionContext = this.sessionContext(meta, principal);
     const sealed = raw.subarray(3 + n);
     return {
