@@ -105,6 +105,32 @@ describe('CloudTrail sessionContext for calls made with assumed-role session cre
     expect(bad.stderr).toContain("Value '43201' at 'maxSessionDuration' failed to satisfy constraint");
   });
 
+  it('an AssumeRole with a 500 KB RoleArn or RoleSessionName is ValidationError; its audit event stays small', async () => {
+    chain.use(keyVars(alice, url));
+    const sts = new STSClient({});
+    const huge = 'x'.repeat(500_000);
+    try {
+      for (const [input, member] of [
+        [{ RoleArn: `${roleArn}${huge}`, RoleSessionName: 'big-arn' }, 'roleArn'],
+        [{ RoleArn: roleArn, RoleSessionName: `s${huge}` }, 'roleSessionName'],
+      ] as const) {
+        const e = await sts.send(new AssumeRoleCommand(input)).then(() => undefined, (x: Error) => x);
+        expect(e).toMatchObject({ name: 'ValidationError', message: expect.stringContaining(`at '${member}' failed to satisfy constraint: Member must have length`) });
+        expect(e!.message.length).toBeLessThan(400); // the value is quoted cut, not whole
+      }
+      await expect(sts.send(new AssumeRoleCommand({ RoleArn: 'arn:aws:iam::1:role', RoleSessionName: 'short-arn' }))).rejects.toMatchObject({ name: 'ValidationError', message: expect.stringContaining('greater than or equal to 20') });
+    } finally {
+      sts.destroy();
+    }
+    const refused = events().filter((e) => e.eventName === 'AssumeRole' && e.errorCode === 'ValidationError');
+    expect(refused.length).toBeGreaterThanOrEqual(3);
+    for (const e of refused) {
+      expect(JSON.stringify(e).length).toBeLessThan(8 * 1024);
+      for (const v of Object.values(e.requestParameters as Record<string, string>)) expect(v.length).toBeLessThanOrEqual(2048 + '...(truncated)'.length);
+    }
+    expect(refused.some((e) => (e.requestParameters.roleArn as string).endsWith('...(truncated)'))).toBe(true);
+  });
+
   it('the object path and the serialized path of the audit event agree on a sessionContext', () => {
     const sessionContext = Object.freeze({
       sessionIssuer: Object.freeze({ type: 'Role' as const, principalId: 'AROAAAAAAAAAAAAAAAAAA', arn: 'arn:aws:iam::111122223333:role/app', accountId: '111122223333', userName: 'app' }),

@@ -34,6 +34,9 @@ export const CHAINED_SESSION_MAX_S = 3_600;
  * a session lasts 12 h at most, so after an upgrade they are at worst asked for again.
  */
 const TOKEN_VERSION = 2;
+/** AssumeRole RoleArn (STS API Reference, AssumeRole): 20 to 2048 characters. */
+export const ROLE_ARN_MIN = 20;
+export const ROLE_ARN_MAX = 2048;
 /** AssumeRole ExternalId (STS API Reference, AssumeRole): 2 to 1224 characters of this set. */
 export const EXTERNAL_ID_MIN = 2;
 export const EXTERNAL_ID_MAX = 1224;
@@ -107,10 +110,15 @@ export class StsService {
     }
     if (!p.RoleArn) throw new StsError('MissingParameter', 'The request must contain the parameter RoleArn');
     if (!p.RoleSessionName) throw new StsError('MissingParameter', 'The request must contain the parameter RoleSessionName');
+    // STS API Reference, AssumeRole: RoleArn 20..2048 characters, RoleSessionName 2..64 of [\w+=,.@-]. Checked
+    // before anything else reads them; a value quoted back is cut (the request body may hold a megabyte).
+    const quote = (v: string): string => (v.length > 64 ? `${v.slice(0, 64)}...` : v);
+    const arnLength = p.RoleArn.length < ROLE_ARN_MIN ? `greater than or equal to ${ROLE_ARN_MIN}` : p.RoleArn.length > ROLE_ARN_MAX ? `less than or equal to ${ROLE_ARN_MAX}` : undefined;
+    if (arnLength) throw new StsError('ValidationError', `1 validation error detected: Value '${quote(p.RoleArn)}' at 'roleArn' failed to satisfy constraint: Member must have length ${arnLength}`);
     const m = /^arn:[\w-]+:iam::(\d{12}):role(?:\/.*)?\/([\w+=,.@-]+)$/.exec(p.RoleArn);
     if (!m) throw new StsError('ValidationError', `${p.RoleArn} is invalid`);
     if (!/^[\w+=,.@-]{2,64}$/.test(p.RoleSessionName)) {
-      throw new StsError('ValidationError', `1 validation error detected: Value '${p.RoleSessionName}' at 'roleSessionName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*`);
+      throw new StsError('ValidationError', `1 validation error detected: Value '${quote(p.RoleSessionName)}' at 'roleSessionName' failed to satisfy constraint: ${p.RoleSessionName.length < 2 || p.RoleSessionName.length > 64 ? 'Member must have length between 2 and 64' : 'Member must satisfy regular expression pattern: [\\w+=,.@-]*'}`);
     }
     // Digits only: Number() would also read '9e2', '0x384', ' 900 ' and '900.0' as 900.
     if (p.DurationSeconds !== undefined && !/^[0-9]{1,9}$/.test(p.DurationSeconds)) {
