@@ -18,6 +18,45 @@ import { Env, ensureBuilt } from '../e2e/helpers.js';
 const FLOOD = 200;
 const PER_ADDRESS = 128; // DEFAULT_LIMITS.maxPerCaller of src/daemon/kms-listener.ts
 
+/**
+ * One raw request from `localAddress`: `head` (request line and headers, without the blank line), then
+ * `body`. Resolves with the first answer's status, Connection header and JSON body, and `closed`: whether
+ * the server then closed the connection (waited for when the answer says `Connection: close`); or with
+ * `reset` when the connection ended without an answer.
+ */
+function rawExchange(url: URL, localAddress: string, head: string, body: Buffer[]): Promise<{ status: number; connection?: string; body: any; closed: boolean } | 'reset'> {
+  return new Promise((resolve) => {
+    const s = connect({ host: url.hostname, port: Number(url.port), localAddress });
+    let buf = Buffer.alloc(0);
+    let answer: { status: number; connection?: string; body: any; closed: boolean } | undefined;
+    s.on('data', (c: Buffer) => {
+      if (answer) return;
+      buf = Buffer.concat([buf, c]);
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const h = buf.subarray(0, end).toString('latin1');
+      const len = Number(/content-length: *(\d+)/i.exec(h)?.[1] ?? 0);
+      if (buf.length < end + 4 + len) return;
+      answer = { status: Number(h.slice(9, 12)), connection: /\r\nconnection: *([^\r]+)/i.exec(h)?.[1]?.toLowerCase(), body: JSON.parse(buf.subarray(end + 4, end + 4 + len).toString('utf8') || '{}'), closed: false };
+      if (answer.connection !== 'close') { s.destroy(); resolve(answer); }
+    });
+    s.on('error', () => {}); // a reset: 'close' follows
+    s.on('close', () => {
+      if (!answer) { resolve('reset'); return; }
+      if (answer.connection === 'close') resolve({ ...answer, closed: true });
+    });
+    s.on('connect', () => {
+      s.write(`${head}\r\n\r\n`);
+      for (const b of body) s.write(b);
+    });
+  });
+}
+
+/** `Transfer-Encoding: chunked` framing of `parts`, with the last chunk. */
+function chunked(parts: Buffer[]): Buffer[] {
+  return [...parts.flatMap((p) => [Buffer.from(`${p.length.toString(16)}\r\n`), p, Buffer.from('\r\n')]), Buffer.from('0\r\n\r\n')];
+}
+
 /** One unsigned request from `localAddress`; resolves with the status and the JSON body. */
 function post(url: URL, localAddress: string, userAgent = 'listener-guard-test'): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
@@ -112,6 +151,42 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
       expect(e.userAgent.length).toBeLessThanOrEqual(1100);
     }
   }, 90_000);
+
+  it('a chunked body past 1 MiB is read to its end and answered 413 RequestEntityTooLargeException, then the connection closes', async () => {
+    const parts = Array.from({ length: 20 }, () => Buffer.alloc(64 * 1024, 0x20)); // 1.25 MiB of spaces
+    const r = await rawExchange(url, '127.0.0.7', `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nTransfer-Encoding: chunked`, chunked(parts));
+    expect(r).toMatchObject({ status: 413, connection: 'close', closed: true, body: { __type: 'RequestEntityTooLargeException' } });
+  }, 60_000);
+
+  it('one address holding 16 MiB of unfinished bodies gets ThrottlingException (answered, then closed); another address still sends its bodies', async () => {
+    const MiB = 1 << 20;
+    // 16 requests declaring 1 MiB (the largest allowed body) whose last byte never comes: 16 MiB - 16 bytes held.
+    const held: Socket[] = [];
+    await Promise.all(Array.from({ length: 16 }, () => new Promise<void>((resolve, reject) => {
+      const s = connect({ host: url.hostname, port: Number(url.port), localAddress: '127.0.0.5' });
+      held.push(s);
+      flood.push(s);
+      s.on('error', reject);
+      s.on('connect', () => {
+        s.write(`POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Length: ${MiB}\r\n\r\n`);
+        s.write(Buffer.alloc(MiB - 1, 0x20), () => resolve());
+      });
+    })));
+    const small = (from: string, size: number) => rawExchange(url, from, `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: ${size}`, [Buffer.alloc(size, 0x20)]);
+    // Once the held bytes have arrived, 127.0.0.5's next body does not fit its share: a typed answer, not a reset.
+    let r: Awaited<ReturnType<typeof small>> = 'reset';
+    for (let i = 0; i < 50; i++) {
+      r = await small('127.0.0.5', 4096);
+      if (r !== 'reset' && r.body.__type === 'ThrottlingException') break;
+      await new Promise((w) => setTimeout(w, 100));
+    }
+    expect(r).toMatchObject({ status: 400, connection: 'close', closed: true, body: { __type: 'ThrottlingException' } });
+    // The budget left is everyone else's: another address's 512 KiB body is read and reaches SigV4.
+    expect(await small('127.0.0.6', 512 * 1024)).toMatchObject({ status: 400, body: { __type: 'MissingAuthenticationTokenException' } });
+    for (const s of held) s.destroy();
+    const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.5' && e.errorMessage === 'connection refused: body-budget'));
+    expect(ev.errorCode).toBe('ThrottlingException');
+  }, 60_000);
 
   it(`64 pipelined requests on one connection: ${MAX_IN_FLIGHT_PER_CONNECTION} reach the listener, the rest are ThrottlingException, audited in aggregate`, async () => {
     const N = 64;
