@@ -410,9 +410,17 @@ function iamCommands(y: Argv): Argv {
     simple(v, 'create-user <name>', 'Create an IAM user', 'CreateUser', (a) => ({ UserName: a.name }));
     simple(v, 'delete-user <name>', 'Delete an IAM user (and its uid mappings)', 'DeleteUser', (a) => ({ UserName: a.name }));
     simple(v, 'list-users', 'List IAM users', 'ListUsers', () => ({}), (r) => table(r.Users as R[], [['USER', (x) => x.UserName], ['ARN', (x) => x.Arn], ['POLICIES', (x) => (x.PolicyNames as string[]).join(',')]]));
-    simple(v, 'create-role <name>', 'Create an IAM role', 'CreateRole', (a) => ({ RoleName: a.name }));
+    v.command(
+      'create-role <name>',
+      'Create an IAM role',
+      (b) => b.positional('name', { type: 'string' }).option('max-session-duration', { type: 'number', describe: 'longest AssumeRole session, seconds (3600..43200; default 3600)' }),
+      async (a) => {
+        const g = a as unknown as Globals;
+        show(g, await call(g, 'ebsd.IamCreateRole', { RoleName: a.name, ...(a.maxSessionDuration !== undefined ? { MaxSessionDuration: a.maxSessionDuration } : {}) }));
+      },
+    );
     simple(v, 'delete-role <name>', 'Delete an IAM role', 'DeleteRole', (a) => ({ RoleName: a.name }));
-    simple(v, 'list-roles', 'List IAM roles', 'ListRoles', () => ({}), (r) => table(r.Roles as R[], [['ROLE', (x) => x.RoleName], ['ARN', (x) => x.Arn], ['POLICIES', (x) => (x.PolicyNames as string[]).join(',')]]));
+    simple(v, 'list-roles', 'List IAM roles', 'ListRoles', () => ({}), (r) => table(r.Roles as R[], [['ROLE', (x) => x.RoleName], ['ARN', (x) => x.Arn], ['MAX SESSION', (x) => x.MaxSessionDuration], ['POLICIES', (x) => (x.PolicyNames as string[]).join(',')]]));
     v.command(
       'map-uid <uid> <principal>',
       'Map a local uid to root, user/<name>, role/<name> or an ARN',
@@ -455,6 +463,9 @@ function iamCommands(y: Argv): Argv {
     iam('delete-access-key', 'Delete an access key', 'DeleteAccessKey',
       (b) => userName(b).option('access-key-id', { type: 'string', demandOption: true }),
       (a) => ({ AccessKeyId: a.accessKeyId, ...(a.userName ? { UserName: a.userName } : {}) }));
+    iam('update-role', "Change a role: its MaxSessionDuration (the longest session AssumeRole grants)", 'UpdateRole',
+      (b) => b.option('role-name', { type: 'string', demandOption: true }).option('max-session-duration', { type: 'number', demandOption: true, describe: 'seconds, 3600..43200' }),
+      (a) => ({ RoleName: a.roleName, MaxSessionDuration: a.maxSessionDuration }));
     iam('update-assume-role-policy', "Set a role's trust policy: who may sts:AssumeRole it over --kms-listen", 'UpdateAssumeRolePolicy',
       (b) => b.option('role-name', { type: 'string', demandOption: true }).option('policy-document', { type: 'string', demandOption: true, describe: 'JSON or file://path' }),
       (a) => ({ RoleName: a.roleName, PolicyDocument: readArg(a.policyDocument as string, '--policy-document') }));

@@ -1,6 +1,7 @@
 /**
  * What one caller of a control listener may consume: connections (per uid and
- * overall), header and body bytes, and time. Shared by every listener the
+ * overall), header and body bytes, body bytes buffered at once (per caller and
+ * overall), and time. Shared by every listener the
  * daemon opens: the Unix control socket keys callers by uid, the KMS over TCP
  * (kms-listener.ts) by source address (`admit(key)` takes any string or number).
  *
@@ -30,6 +31,12 @@ export interface ConnectionLimits {
   maxBodyBytes: number;
   /** Bytes of request bodies buffered at once over all connections; beyond it, requests are refused with 503. */
   maxBufferedBodyBytes: number;
+  /**
+   * Bytes of request bodies one caller may have buffered at once (the exempt caller: no cap); beyond it, that
+   * caller's requests are refused like the overall budget's. Default: an eighth of `maxBufferedBodyBytes`, so
+   * one caller's connections (64 or 128 x 1 MiB) cannot take the whole budget from everyone else.
+   */
+  maxBufferedBodyBytesPerCaller?: number;
   /** From connection (or the end of the previous request) to the end of the headers. */
   headersTimeoutMs: number;
   /** From the first byte to the end of the body. */
@@ -43,8 +50,10 @@ export interface ConnectionLimits {
 /**
  * Defaults sized for a host's control socket: the CLI opens one connection per
  * command, the attach path a handful; a 1 MiB body is far above the largest
- * KMS request (4 KiB plaintext, 32 KiB policy). 64 connections x 1 MiB bounds
- * what one uid can make the daemon buffer at 64 MiB, and all of them at 128 MiB.
+ * KMS request (4 KiB plaintext, 32 KiB policy). Bodies buffered at once: 128 MiB
+ * in all, and an eighth of that (16 MiB) per caller, below what one caller's
+ * connections could otherwise hold (64 x 1 MiB here, 128 x 1 MiB per address on
+ * the KMS listener), so one caller cannot starve the others' bodies.
  */
 export const DEFAULT_LIMITS: ConnectionLimits = Object.freeze({
   maxPerCaller: 64,
@@ -95,6 +104,9 @@ export class ConnectionGuard {
   private readonly perCaller = new Map<string, number>();
   private total = 0;
   private buffered = 0;
+  /** Body bytes buffered per (non-exempt) caller. */
+  private readonly bufferedBy = new Map<string, number>();
+  private readonly bodyPerCaller: number;
   private readonly refusals = new Map<string, RefusalSummary>();
   private timer: NodeJS.Timeout | undefined;
 
@@ -103,9 +115,12 @@ export class ConnectionGuard {
     private readonly o: { exemptKey?: string; onRefusals?: (s: RefusalSummary[]) => void; now?: () => number } = {},
   ) {
     this.limits = { ...DEFAULT_LIMITS, ...limits };
+    if (this.limits.maxBufferedBodyBytesPerCaller === undefined) delete this.limits.maxBufferedBodyBytesPerCaller;
     for (const [k, v] of Object.entries(this.limits)) {
       if (!Number.isSafeInteger(v) || v <= 0) throw new EbsdError('BAD_LIMIT', `connection limit ${k} must be a positive integer, got ${v}`);
     }
+    const total = this.limits.maxBufferedBodyBytes;
+    this.bodyPerCaller = Math.min(total, this.limits.maxBufferedBodyBytesPerCaller ?? Math.max(1, Math.floor(total / 8)));
   }
 
   private now(): number {
@@ -140,16 +155,27 @@ export class ConnectionGuard {
 
   /**
    * Reserve `bytes` of body buffer for `caller`; false (and a counted refusal)
-   * when the daemon already buffers `maxBufferedBodyBytes`. The exempt caller
-   * is never refused. Give the bytes back with `releaseBody`.
+   * when the daemon already buffers `maxBufferedBodyBytes`, or this caller its
+   * share (`maxBufferedBodyBytesPerCaller`). The exempt caller is never
+   * refused. Give the bytes back with `releaseBody(caller, bytes)`.
    */
   reserveBody(caller: string | number, bytes: number): boolean {
     const key = String(caller);
-    if (key !== this.o.exemptKey && this.buffered + bytes > this.limits.maxBufferedBodyBytes) {
+    if (key === this.o.exemptKey) {
+      this.buffered += bytes;
+      return true;
+    }
+    const mine = this.bufferedBy.get(key) ?? 0;
+    if (mine + bytes > this.bodyPerCaller) {
+      this.refuse(key, 'body-budget', `caller ${key} has ${mine} bytes of request bodies buffered (limit ${this.bodyPerCaller})`);
+      return false;
+    }
+    if (this.buffered + bytes > this.limits.maxBufferedBodyBytes) {
       this.refuse(key, 'body-budget', 'request bodies buffered');
       return false;
     }
     this.buffered += bytes;
+    this.bufferedBy.set(key, mine + bytes);
     return true;
   }
 
@@ -162,8 +188,14 @@ export class ConnectionGuard {
     return this.refuse(String(caller), 'in-flight-limit', `${limit} requests already in flight on this connection`);
   }
 
-  releaseBody(bytes: number): void {
+  /** Give back `bytes` that `reserveBody(caller, …)` reserved. */
+  releaseBody(caller: string | number, bytes: number): void {
+    if (bytes <= 0) return;
     this.buffered = Math.max(0, this.buffered - bytes);
+    const key = String(caller);
+    const left = (this.bufferedBy.get(key) ?? 0) - bytes;
+    if (left > 0) this.bufferedBy.set(key, left);
+    else this.bufferedBy.delete(key);
   }
 
   /**
@@ -191,7 +223,7 @@ export class ConnectionGuard {
       const drop = (): void => {
         for (const c of chunks) c.fill(0); // best effort (the GC may have copied): bodies may hold plaintext
         chunks = [];
-        this.releaseBody(reserved);
+        this.releaseBody(caller, reserved);
         reserved = 0;
       };
       const fail = (e: Error): void => {

@@ -76,8 +76,8 @@ const HOST_KEY_STATE_DOC = JSON.stringify({
  *   ebsd.Status              daemon, volumes, key-cache state
  *   ebsd.AuditTail           last N audit events        (account root only)
  *   ebsd.AuditVerify         hash chain + signed digests (account root only)
- *   ebsd.Iam<Op>             CreateUser, DeleteUser, ListUsers, CreateRole, DeleteRole,
- *                            ListRoles, PutPolicy, DeletePolicy, GetPolicy, MapUid,
+ *   ebsd.Iam<Op>             CreateUser, DeleteUser, ListUsers, CreateRole, UpdateRole,
+ *                            DeleteRole, ListRoles, PutPolicy, DeletePolicy, GetPolicy, MapUid,
  *                            UnmapUid, ListUidMappings      (account root only)
  *
  * The caller is the socket peer's uid (SO_PEERCRED) mapped through identities.json.
@@ -241,7 +241,7 @@ export class Daemon {
       this.listener = new KmsListener({
         ...cfg.kmsListen, ...(tls ? { tls } : {}), region: ids.region, accountId: ids.accountId,
         sts: new StsService(ids, this.accessKeys, this.trust, kms.hsm,
-          (caller, action, resource, context) => this.authz!.authorizer.evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }).allowed,
+          (caller, action, resource, context) => this.authz!.authorizer.evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }),
           { secureTransport: tls !== undefined }),
         kms: (op, req, caller, requestId) => this.kmsCore!.call(op, req, caller, requestId),
         audit: (ev) => kms.audit.append(ev),
@@ -821,6 +821,14 @@ export class Daemon {
       return v;
     };
     const path = typeof b.Path === 'string' ? { path: b.Path } : {};
+    const maxSession = (): { maxSessionDuration?: number } => {
+      const v = b.MaxSessionDuration;
+      if (v === undefined) return {};
+      if (typeof v !== 'number' || !Number.isInteger(v)) {
+        throw new EbsdError('BAD_MAX_SESSION_DURATION', `MaxSessionDuration must be an integer number of seconds, got ${typeof v === 'number' ? String(v) : typeof v}`, { awsName: 'ValidationError' });
+      }
+      return { maxSessionDuration: v };
+    };
     switch (op) {
       case 'CreateUser': {
         const c = await ids.createUser(str('UserName'), path);
@@ -828,7 +836,11 @@ export class Daemon {
       }
       case 'DeleteUser': await ids.deleteUser(str('UserName')); await this.accessKeys!.deleteUser(str('UserName')); this.listener?.forgetSigningKeys(); return {};
       case 'ListUsers': return { Users: ids.listUsers() };
-      case 'CreateRole': return { Role: { RoleName: str('RoleName'), Arn: await ids.createRole(str('RoleName'), path) } };
+      case 'CreateRole': {
+        const arn = await ids.createRole(str('RoleName'), { ...path, ...maxSession() });
+        return { Role: ids.listRoles().find((r) => r.Arn === arn) };
+      }
+      case 'UpdateRole': await ids.updateRole(str('RoleName'), maxSession()); return {};
       case 'DeleteRole':
         if (str('RoleName') === HOST_ROLE) throw new EbsdError('IAM_PROTECTED', `${HOST_ROLE} is the host's own role`, { awsName: 'DeleteConflictException' });
         await ids.deleteRole(str('RoleName'));

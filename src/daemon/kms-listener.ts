@@ -259,7 +259,10 @@ export class KmsListener {
       ...(err ? { errorCode: (err as EbsdError).awsName ?? 'InternalFailure', errorMessage: (err as Error).message } : {}),
     });
     e.eventSource = 'sts.amazonaws.com';
-    e.requestParameters = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
+    // Set after buildEvent, so bounded here: each value cut as CloudTrail cuts a long field (a refused
+    // request's RoleArn may be most of a 1 MiB body); the longest valid one (RoleArn, 2048 characters) stays whole.
+    const max = 2048;
+    e.requestParameters = Object.fromEntries(Object.entries(params).flatMap(([k, v]) => (v === undefined ? [] : [[k, typeof v === 'string' ? truncateField(v, max) : v]])));
     await this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit an STS call'));
   }
 

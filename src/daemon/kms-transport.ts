@@ -9,7 +9,7 @@
  * guard and its limits are the same object in both: admission per source
  * address at accept (before any TLS handshake), a 503 on plain HTTP past a
  * cap, header and body size limits, header, request, idle and handshake
- * timeouts, and the bytes of bodies buffered at once.
+ * timeouts, and the bytes of bodies buffered at once (per address and in all).
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -194,13 +194,16 @@ export class HttpTransport {
     const conn = this.connection(socket);
     let reserved = 0;
     let answered = false;
+    /** A body refused while it streamed in: answered once it has been read to its end, then the connection closes. */
+    let closeAfter = false;
     const respond = (w: WireResponse): void => {
       if (answered) return;
       answered = true;
       this.inFlight.set(socket, (this.inFlight.get(socket) ?? 1) - 1);
-      this.guard.releaseBody(reserved);
+      this.guard.releaseBody(conn.sourceIp, reserved);
       reserved = 0;
       try {
+        if (closeAfter) res.shouldKeepAlive = false; // node sends Connection: close and ends the socket after the answer
         res.writeHead(w.status, w.headers as string[]);
         res.end(w.body);
       } catch {
@@ -223,10 +226,13 @@ export class HttpTransport {
     }
     readBody(req, this.guard, conn.sourceIp).then(
       (b) => {
-        if (this.o.holdBodyUntilAnswered && !answered) reserved = b.reserved; else this.guard.releaseBody(b.reserved);
+        if (this.o.holdBodyUntilAnswered && !answered) reserved = b.reserved; else this.guard.releaseBody(conn.sourceIp, b.reserved);
         hand(b.body);
       },
-      (e: WireBodyError) => hand(EMPTY, e),
+      (e: WireBodyError & { drained?: boolean }) => {
+        if (e.drained) closeAfter = true;
+        hand(EMPTY, e);
+      },
     );
   }
 }
@@ -252,43 +258,59 @@ export function rawHeader(raw: string[], name: string, join?: string): string | 
 
 /**
  * The body as bytes (SigV4 hashes them as sent), within the guard's limits:
- * over `maxBodyBytes`, `too-large` (a 413); past the bytes all connections may
- * buffer at once, `body-budget` (a ThrottlingException). The caller gives
- * `reserved` back to the guard; a failed read has given its bytes back already.
+ * over `maxBodyBytes`, `too-large` (a 413); past the bytes all connections, or
+ * this address, may buffer at once, `body-budget` (a ThrottlingException). The
+ * caller gives `reserved` back to the guard; a failed read has given its bytes
+ * back already.
+ *
+ * A declared Content-Length over the limit is refused before a byte is read
+ * (node then reads and drops the body before the connection's next request).
+ * A body refused while it streams in (chunked, or past the budget) is no
+ * longer buffered but still read to its end, and only then refused, marked
+ * `drained`: the transport answers and closes the connection. Answering before
+ * the end and closing would reset a client still sending, which then never
+ * reads the answer; the request timeout bounds how long the rest may take.
  */
 function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string): Promise<{ body: Buffer; reserved: number }> {
   const limit = guard.limits.maxBodyBytes;
   return new Promise((resolve, reject) => {
     const declared = Number(rawHeader(req.rawHeaders, 'content-length'));
     if (declared > limit) { reject({ kind: 'too-large', limit } satisfies WireBodyError); req.resume(); return; }
-    const chunks: Buffer[] = [];
+    let chunks: Buffer[] = [];
     let n = 0;
     let reserved = 0;
-    let failed = false;
-    const fail = (e: WireBodyError): void => {
-      if (failed) return;
-      failed = true;
-      guard.releaseBody(reserved);
+    let settled = false;
+    let refused: (WireBodyError & { drained: true }) | undefined;
+    const drop = (): void => {
+      for (const c of chunks) c.fill(0); // best effort (the GC may have copied): bodies may hold plaintext
+      chunks = [];
+      guard.releaseBody(address, reserved);
       reserved = 0;
+    };
+    const fail = (e: WireBodyError): void => {
+      if (settled) return;
+      settled = true;
+      drop();
       reject(e);
     };
+    const refuse = (e: WireBodyError): void => {
+      refused = { ...e, drained: true };
+      drop();
+    };
     req.on('data', (c: Buffer) => {
-      if (failed) return;
+      if (settled || refused) return; // the rest of a refused body: read and dropped
       n += c.length;
-      if (n > limit) { fail({ kind: 'too-large', limit }); req.destroy(); return; }
-      if (!guard.reserveBody(address, c.length)) {
-        fail({ kind: 'body-budget' });
-        req.destroy();
-        return;
-      }
+      if (n > limit) { refuse({ kind: 'too-large', limit }); return; }
+      if (!guard.reserveBody(address, c.length)) { refuse({ kind: 'body-budget' }); return; }
       reserved += c.length;
       chunks.push(c);
     });
     req.on('error', () => fail({ kind: 'aborted' }));
     req.on('close', () => { if (!req.complete) fail({ kind: 'aborted' }); });
     req.on('end', () => {
-      if (failed) return;
-      failed = true; // settled: a later 'close' must not give the bytes back twice
+      if (refused) { fail(refused); return; }
+      if (settled) return;
+      settled = true; // settled: a later 'close' must not give the bytes back twice
       resolve({ body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), reserved });
     });
   });

@@ -13,6 +13,9 @@ export const REDACT_FIELDS: readonly string[] = [
   'CiphertextForRecipient', 'PrivateKeyPlaintext', 'PrivateKeyCiphertextBlob', 'passphrase',
   'secret', 'kek', 'domainKey', 'hbk', 'token', 'GrantToken', 'GrantTokens', 'Mac', 'Message',
   'Signature', 'blob', 'body', 'data', 'buf', 'buffer',
+  // Access-key and STS session secrets, as AWS answers name them and as the SDKs' credential objects
+  // and the SigV4 header carry them, and the signing key derived from a secret.
+  'SecretAccessKey', 'secretAccessKey', 'SessionToken', 'sessionToken', 'x-amz-security-token', 'signingKey',
 ];
 const SENSITIVE: ReadonlySet<string> = new Set(REDACT_FIELDS);
 const CENSOR = '[redacted]';

@@ -44,13 +44,34 @@ describe('ConnectionGuard', () => {
   });
 
   it('bounds buffered body bytes over all connections, except for the exempt caller', () => {
-    const g = new ConnectionGuard({ maxBufferedBodyBytes: 100 }, { exemptKey: '0' });
+    const g = new ConnectionGuard({ maxBufferedBodyBytes: 100, maxBufferedBodyBytesPerCaller: 100 }, { exemptKey: '0' });
     expect(g.reserveBody(1000, 60)).toBe(true);
     expect(g.reserveBody(1001, 60)).toBe(false);
     expect(g.reserveBody(0, 60)).toBe(true);
-    g.releaseBody(120);
+    g.releaseBody(1000, 60);
+    g.releaseBody(0, 60);
     expect(g.usage().bufferedBodyBytes).toBe(0);
     expect(g.reserveBody(1001, 60)).toBe(true);
+  });
+
+  it('bounds each caller\'s buffered body bytes to its share (default: an eighth of the total), so one caller cannot take the budget', () => {
+    const reports: RefusalSummary[][] = [];
+    const g = new ConnectionGuard({ maxBufferedBodyBytes: 800 }, { exemptKey: '0', onRefusals: (r) => reports.push(r) });
+    // 100 bytes each: the first caller's second reservation would pass the total but not its share.
+    expect(g.reserveBody('10.0.0.1', 100)).toBe(true);
+    expect(g.reserveBody('10.0.0.1', 1)).toBe(false);
+    for (let i = 2; i <= 8; i++) expect(g.reserveBody(`10.0.0.${i}`, 100)).toBe(true);
+    expect(g.usage().bufferedBodyBytes).toBe(800);
+    g.releaseBody('10.0.0.1', 100);
+    expect(g.reserveBody('10.0.0.1', 100)).toBe(true); // its share is back
+    expect(g.reserveBody(0, 1000)).toBe(true); // the exempt caller: no share, no total
+    g.flushRefusals();
+    expect(reports.flat()).toEqual([expect.objectContaining({ caller: '10.0.0.1', reason: 'body-budget', count: 1 })]);
+    // The default is what the KMS listener runs with: 16 MiB of the 128 MiB, below 128 connections x 1 MiB.
+    const d = new ConnectionGuard();
+    expect(d.reserveBody('a', 16 << 20)).toBe(true);
+    expect(d.reserveBody('a', 1)).toBe(false);
+    expect(d.reserveBody('b', 16 << 20)).toBe(true);
   });
 
   it('refuses a limit that is not a positive integer with a typed error naming it', () => {

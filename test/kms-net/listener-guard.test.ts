@@ -18,6 +18,45 @@ import { Env, ensureBuilt } from '../e2e/helpers.js';
 const FLOOD = 200;
 const PER_ADDRESS = 128; // DEFAULT_LIMITS.maxPerCaller of src/daemon/kms-listener.ts
 
+/**
+ * One raw request from `localAddress`: `head` (request line and headers, without the blank line), then
+ * `body`. Resolves with the first answer's status, Connection header and JSON body, and `closed`: whether
+ * the server then closed the connection (waited for when the answer says `Connection: close`); or with
+ * `reset` when the connection ended without an answer.
+ */
+function rawExchange(url: URL, localAddress: string, head: string, body: Buffer[]): Promise<{ status: number; connection?: string; body: any; closed: boolean } | 'reset'> {
+  return new Promise((resolve) => {
+    const s = connect({ host: url.hostname, port: Number(url.port), localAddress });
+    let buf = Buffer.alloc(0);
+    let answer: { status: number; connection?: string; body: any; closed: boolean } | undefined;
+    s.on('data', (c: Buffer) => {
+      if (answer) return;
+      buf = Buffer.concat([buf, c]);
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const h = buf.subarray(0, end).toString('latin1');
+      const len = Number(/content-length: *(\d+)/i.exec(h)?.[1] ?? 0);
+      if (buf.length < end + 4 + len) return;
+      answer = { status: Number(h.slice(9, 12)), connection: /\r\nconnection: *([^\r]+)/i.exec(h)?.[1]?.toLowerCase(), body: JSON.parse(buf.subarray(end + 4, end + 4 + len).toString('utf8') || '{}'), closed: false };
+      if (answer.connection !== 'close') { s.destroy(); resolve(answer); }
+    });
+    s.on('error', () => {}); // a reset: 'close' follows
+    s.on('close', () => {
+      if (!answer) { resolve('reset'); return; }
+      if (answer.connection === 'close') resolve({ ...answer, closed: true });
+    });
+    s.on('connect', () => {
+      s.write(`${head}\r\n\r\n`);
+      for (const b of body) s.write(b);
+    });
+  });
+}
+
+/** `Transfer-Encoding: chunked` framing of `parts`, with the last chunk. */
+function chunked(parts: Buffer[]): Buffer[] {
+  return [...parts.flatMap((p) => [Buffer.from(`${p.length.toString(16)}\r\n`), p, Buffer.from('\r\n')]), Buffer.from('0\r\n\r\n')];
+}
+
 /** One unsigned request from `localAddress`; resolves with the status and the JSON body. */
 function post(url: URL, localAddress: string, userAgent = 'listener-guard-test'): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
@@ -112,6 +151,51 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
       expect(e.userAgent.length).toBeLessThanOrEqual(1100);
     }
   }, 90_000);
+
+  it('a chunked body past 1 MiB is read to its end and answered 413 RequestEntityTooLargeException, then the connection closes', async () => {
+    const parts = Array.from({ length: 20 }, () => Buffer.alloc(64 * 1024, 0x20)); // 1.25 MiB of spaces
+    const r = await rawExchange(url, '127.0.0.7', `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nTransfer-Encoding: chunked`, chunked(parts));
+    expect(r).toMatchObject({ status: 413, connection: 'close', closed: true, body: { __type: 'RequestEntityTooLargeException' } });
+  }, 60_000);
+
+  it('one address\'s bodies are held to 16 MiB: the one past it is read to its end, answered ThrottlingException and closed; another address still sends its bodies', async () => {
+    const MiB = 1 << 20;
+    const N = 17; // 17 x (1 MiB - 1) does not fit in 16 MiB: at least one body is refused
+    const head = `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: ${MiB}\r\n\r\n`;
+    // Each request declares 1 MiB (the largest allowed body) and holds back its last byte.
+    const socks: Socket[] = [];
+    const got = await Promise.all(Array.from({ length: N }, () => new Promise<Socket>((resolve, reject) => {
+      const s = connect({ host: url.hostname, port: Number(url.port), localAddress: '127.0.0.5' });
+      flood.push(s);
+      socks.push(s);
+      s.on('error', reject);
+      s.on('connect', () => { s.write(head); s.write(Buffer.alloc(MiB - 1, 0x20), () => resolve(s)); });
+    })));
+    // The refusal happens as the bytes arrive; the aggregated audit record says when it has.
+    const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.5' && e.errorMessage === 'connection refused: body-budget'));
+    expect(ev.errorCode).toBe('ThrottlingException');
+    // Meanwhile another address's body is read and reaches SigV4.
+    const other = await rawExchange(url, '127.0.0.6', `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: ${512 * 1024}`, [Buffer.alloc(512 * 1024, 0x20)]);
+    expect(other).toMatchObject({ status: 400, body: { __type: 'MissingAuthenticationTokenException' } });
+    // Now the last bytes: every request gets an answer, none a reset; the refused ones ThrottlingException and a close.
+    const outcomes = await Promise.all(got.map((s) => new Promise<string>((resolve) => {
+      let buf = '';
+      s.on('data', (c: Buffer) => {
+        buf += c.toString('latin1');
+        const type = /"__type":"(\w+)"/.exec(buf)?.[1];
+        if (type === 'MissingAuthenticationTokenException') resolve(type);
+      });
+      s.on('close', () => {
+        const type = /"__type":"(\w+)"/.exec(buf)?.[1] ?? 'reset';
+        resolve(type === 'ThrottlingException' && /\r\nconnection: close\r\n/i.test(buf) && buf.startsWith('HTTP/1.1 400') ? 'ThrottlingException, closed' : type);
+      });
+      s.write(' ');
+    })));
+    expect(outcomes.every((o) => o === 'MissingAuthenticationTokenException' || o === 'ThrottlingException, closed')).toBe(true);
+    expect(outcomes.filter((o) => o === 'ThrottlingException, closed').length).toBeGreaterThanOrEqual(1);
+    expect(outcomes.filter((o) => o === 'MissingAuthenticationTokenException').length).toBeGreaterThanOrEqual(1);
+    for (const s of socks) s.destroy();
+  }, 120_000);
 
   it(`64 pipelined requests on one connection: ${MAX_IN_FLIGHT_PER_CONNECTION} reach the listener, the rest are ThrottlingException, audited in aggregate`, async () => {
     const N = 64;

@@ -6,6 +6,8 @@
  * CloudTrail userIdentity element, "temporary security credentials" example).
  * The daemon runs as a child (`--kms-only --kms-listen 127.0.0.1:0`), the
  * clients are the real AWS SDK configured through environment variables.
+ * Also here, as the same daemon and role serve it: a role's MaxSessionDuration
+ * set with `ebsd iam create-role` / `update-role` and enforced over the wire.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
@@ -81,6 +83,52 @@ describe('CloudTrail sessionContext for calls made with assumed-role session cre
     for (const e of byAlice) expect(e.userIdentity.sessionContext).toBeUndefined();
     expect(env.auditText()).not.toContain(creds.SessionToken!);
     expect(env.auditText()).not.toContain(creds.SecretAccessKey!);
+  });
+
+  it('MaxSessionDuration: 3600 unless the role says more (update-role, list-roles); a longer DurationSeconds is the SDK\'s ValidationError', async () => {
+    chain.use(keyVars(alice, url));
+    const sts = new STSClient({});
+    try {
+      const long = () => sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: 'long-job', DurationSeconds: 7200 }));
+      await expect(long()).rejects.toMatchObject({ name: 'ValidationError', message: 'The requested DurationSeconds exceeds the MaxSessionDuration set for this role.', $metadata: { httpStatusCode: 400 } });
+      await env.ok(['iam', 'update-role', '--role-name', 'app', '--max-session-duration', '7200']);
+      expect((await env.ok(['iam', 'list-roles'])).Roles.find((r: { RoleName: string }) => r.RoleName === 'app').MaxSessionDuration).toBe(7200);
+      const r = await long();
+      expect(r.Credentials!.AccessKeyId).toMatch(/^ASIA/);
+    } finally {
+      sts.destroy();
+    }
+    expect((await env.ok(['iam', 'create-role', 'batch', '--max-session-duration', '43200'])).Role).toMatchObject({ RoleName: 'batch', MaxSessionDuration: 43_200 });
+    expect((await env.ok(['iam', 'create-role', 'plain'])).Role).toMatchObject({ RoleName: 'plain', MaxSessionDuration: 3600, Arn: `arn:aws:iam::${accountId}:role/plain` });
+    const bad = await env.cli(['iam', 'create-role', 'toolong', '--max-session-duration', '43201']);
+    expect(bad.code).toBe(7); // invalid request
+    expect(bad.stderr).toContain("Value '43201' at 'maxSessionDuration' failed to satisfy constraint");
+  });
+
+  it('an AssumeRole with a 500 KB RoleArn or RoleSessionName is ValidationError; its audit event stays small', async () => {
+    chain.use(keyVars(alice, url));
+    const sts = new STSClient({});
+    const huge = 'x'.repeat(500_000);
+    try {
+      for (const [input, member] of [
+        [{ RoleArn: `${roleArn}${huge}`, RoleSessionName: 'big-arn' }, 'roleArn'],
+        [{ RoleArn: roleArn, RoleSessionName: `s${huge}` }, 'roleSessionName'],
+      ] as const) {
+        const e = await sts.send(new AssumeRoleCommand(input)).then(() => undefined, (x: Error) => x);
+        expect(e).toMatchObject({ name: 'ValidationError', message: expect.stringContaining(`at '${member}' failed to satisfy constraint: Member must have length`) });
+        expect(e!.message.length).toBeLessThan(400); // the value is quoted cut, not whole
+      }
+      await expect(sts.send(new AssumeRoleCommand({ RoleArn: 'arn:aws:iam::1:role', RoleSessionName: 'short-arn' }))).rejects.toMatchObject({ name: 'ValidationError', message: expect.stringContaining('greater than or equal to 20') });
+    } finally {
+      sts.destroy();
+    }
+    const refused = events().filter((e) => e.eventName === 'AssumeRole' && e.errorCode === 'ValidationError');
+    expect(refused.length).toBeGreaterThanOrEqual(3);
+    for (const e of refused) {
+      expect(JSON.stringify(e).length).toBeLessThan(8 * 1024);
+      for (const v of Object.values(e.requestParameters as Record<string, string>)) expect(v.length).toBeLessThanOrEqual(2048 + '...(truncated)'.length);
+    }
+    expect(refused.some((e) => (e.requestParameters.roleArn as string).endsWith('...(truncated)'))).toBe(true);
   });
 
   it('the object path and the serialized path of the audit event agree on a sessionContext', () => {

@@ -41,7 +41,7 @@ describe('STS session credentials', () => {
     ids = await Identities.open(t.dir, { region: 'us-east-1' });
     alice = await ids.createUser('alice');
     bob = await ids.createUser('bob');
-    await ids.createRole('app');
+    await ids.createRole('app', { maxSessionDuration: 43_200 }); // 12 h sessions below
     keys = await AccessKeyStore.open(t.dir, hsm);
     const trust = await TrustPolicies.open(t.dir);
     await trust.put('app', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] }));
@@ -68,7 +68,70 @@ describe('STS session credentials', () => {
     await expect(verifyAt(t0).verify(await request({ ...c, sessionToken: forged }, t0))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
   });
 
-  it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h', async () => {
+  it('a session token is accepted only as issued: another base64 spelling of the same bytes is unrecognized and adds no signing-key cache entry', async () => {
+    const r = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'b64' }, t0) as any;
+    const c = { accessKeyId: r.Credentials.AccessKeyId, secretAccessKey: r.Credentials.SecretAccessKey, sessionToken: r.Credentials.SessionToken as string };
+    const at = t0 + 60_000;
+    const v = verifyAt(at);
+    // The verifier's cache is private; read here only to count its entries.
+    const cached = (): number => (v as unknown as { keys: Map<string, unknown> }).keys.size;
+    expect((await v.verify(await request(c, at))).principal.arn).toBe(`arn:aws:sts::${ids.accountId}:assumed-role/app/b64`);
+    expect((await v.verify(await request(c, at))).principal.arn).toBe(`arn:aws:sts::${ids.accountId}:assumed-role/app/b64`);
+    expect(cached()).toBe(1);
+    const tok = c.sessionToken;
+    const raw = Buffer.from(tok, 'base64');
+    expect(raw.toString('base64')).toBe(tok);
+    // Spellings node's decoder reads as the same bytes: padding added or dropped, a stray character, the URL-safe alphabet.
+    const urlSafe = tok.replace(/\+/g, '-').replace(/\//g, '_');
+    const variants = [tok + '=', tok + '==', tok + 'A', tok + '.', tok + '!', tok.replace(/=+$/, ''), urlSafe, `${tok.slice(0, 8)}*${tok.slice(8)}`]
+      .filter((x) => x !== tok);
+    expect(variants.length).toBeGreaterThanOrEqual(6);
+    for (const x of variants) {
+      expect(Buffer.from(x, 'base64').equals(raw)).toBe(true);
+      await expect(v.verify(await request({ ...c, sessionToken: x }, at))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    }
+    expect(cached()).toBe(1);
+  });
+
+  it('a session belongs to the role it was issued for: once the role is deleted and created again under its name, the old token is unrecognized', async () => {
+    const trust = await TrustPolicies.open(t.dir);
+    const s2 = new StsService(ids, keys, trust, hsm);
+    const at = t0 + 60_000;
+    const verify = async (c: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }) =>
+      new SigV4Verifier<Caller>({ region: 'us-east-1', services: ['kms'], credentials: s2.credentials, now: () => at }).verify(await request(c, at));
+    const session = async () => {
+      const r = await s2.assumeRole(alice, { RoleArn: ids.roleArn('ephemeral'), RoleSessionName: 'gone' }, t0) as any;
+      return { accessKeyId: r.Credentials.AccessKeyId as string, secretAccessKey: r.Credentials.SecretAccessKey as string, sessionToken: r.Credentials.SessionToken as string };
+    };
+    const trustAlice = JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] });
+    await ids.createRole('ephemeral');
+    await trust.put('ephemeral', trustAlice);
+    const old = await session();
+    expect((await verify(old)).principal.arn).toBe(`arn:aws:sts::${ids.accountId}:assumed-role/ephemeral/gone`);
+    await ids.deleteRole('ephemeral');
+    await trust.delete('ephemeral');
+    await expect(verify(old)).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    // The same name, a new role (a new RoleId, its own policies): the old session is not one of its sessions.
+    await ids.createRole('ephemeral');
+    await trust.put('ephemeral', trustAlice);
+    await expect(verify(old)).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    const fresh = await session();
+    expect((await verify(fresh)).principal.principalId).toBe(`${ids.listRoles().find((r) => r.RoleName === 'ephemeral')!.RoleId}:gone`);
+  });
+
+  it('a token of the format before the role id (version 1, sealed by the same HSM) is unrecognized', async () => {
+    const id = 'ASIA' + 'Q'.repeat(16);
+    const iat = t0;
+    const clear = Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'legacy', exp: iat + 3600_000, iat }), 'utf8');
+    const { secret, sealed } = await hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(clear.length);
+    const token = Buffer.concat([Buffer.of(1), len, clear, sealed]).toString('base64');
+    const at = t0 + 60_000;
+    await expect(verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, at))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+  });
+
+  it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h (the role\'s MaxSessionDuration)', async () => {
     await expect(sts.assumeRole(bob, { RoleArn: ids.roleArn('app'), RoleSessionName: 's' + 'x' }, t0)).rejects.toMatchObject({ awsName: 'AccessDenied', status: 403 });
     await expect(sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43201' }, t0)).rejects.toMatchObject({ awsName: 'ValidationError' });
     const max = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'long', DurationSeconds: '43200' }, t0) as any;
@@ -80,7 +143,7 @@ describe('STS session credentials', () => {
     const trust = await TrustPolicies.open(t.dir);
     await trust.put('admin', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: ids.rootArn }, Action: 'sts:AssumeRole' }] }));
     const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
-    const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource) => evaluator.evaluate({ action, caller, resource }).allowed);
+    const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource) => evaluator.evaluate({ action, caller, resource }));
     const assume = (c: Caller) => judged.assumeRole(c, { RoleArn: ids.roleArn('admin'), RoleSessionName: 'esc' }, t0);
     // bob has no policy: the account-wide trust alone does not let him in (IAM would refuse too).
     await expect(assume(bob)).rejects.toMatchObject({ awsName: 'AccessDenied', status: 403 });

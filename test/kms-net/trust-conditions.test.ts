@@ -40,7 +40,7 @@ describe('AssumeRole: trust-policy Conditions', () => {
     hsm = await startHsm({ stateDir: t.dir, passphrase: 'test', scryptCost: TEST_SCRYPT }, 'inline');
     ids = await Identities.open(t.dir, { region: 'us-east-1' });
     alice = await ids.createUser('alice');
-    await ids.createRole('app');
+    await ids.createRole('app', { maxSessionDuration: 43_200 }); // DurationSeconds 7200 below
     roleArn = ids.roleArn('app');
     const keys = await AccessKeyStore.open(t.dir, hsm);
     trust = await TrustPolicies.open(t.dir);
@@ -177,7 +177,7 @@ describe('AssumeRole: trust-policy Conditions', () => {
     const carol = { ...(ids.callerFor(ids.userArn('carol'))!), sourceIp: '127.0.0.1' };
     const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
     const keys = await AccessKeyStore.open(t.dir, hsm);
-    const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource, context) => evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }).allowed, { secureTransport: true });
+    const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource, context) => evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }), { secureTransport: true });
     await trust.put('app', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: ids.rootArn }, Action: 'sts:AssumeRole', Condition: { 'Null': { 'sts:ExternalId': 'false' } } }] }));
     await ids.attachPolicy(ids.userArn('carol'), 'switch', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'sts:AssumeRole', Resource: roleArn, Condition: { StringEquals: { 'sts:ExternalId': 'carol-only' } } }] }));
     expect(await outcome({ ExternalId: 'carol-only' }, { caller: carol, sts: judged })).toBe('ok');

@@ -34,6 +34,15 @@ describe('logger redaction (the factory owns the list)', () => {
     expect((l.err as Record<string, unknown>).message).toBe('boom');
   });
 
+  test('STS and access-key secrets: an AssumeRole answer, an SDK credentials object, the session token header', () => {
+    const { log, text } = capture();
+    log.info({ Credentials: { AccessKeyId: 'ASIAEXAMPLE', SecretAccessKey: SECRET, SessionToken: SECRET, Expiration: 'x' } }, 'assumed');
+    log.info({ credentials: { accessKeyId: 'AKIAEXAMPLE', secretAccessKey: SECRET, sessionToken: SECRET } }, 'client');
+    log.info({ headers: { 'x-amz-security-token': SECRET }, cred: { signingKey: SECRET } }, 'request');
+    expect(text()).not.toContain(SECRET);
+    expect(text()).toContain('ASIAEXAMPLE'); // the key id is not a secret
+  });
+
   test('the caller\'s object is never changed, and is returned as is when nothing is censored', () => {
     const o = { req: { Plaintext: SECRET }, n: 1 };
     const r = redact(o) as typeof o;

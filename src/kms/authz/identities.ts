@@ -21,7 +21,7 @@ const FILE_VERSION = 1;
 
 /** IAM errors (IAM API reference names). */
 export class IamError extends EbsdError {
-  constructor(awsName: 'NoSuchEntityException' | 'EntityAlreadyExistsException' | 'MalformedPolicyDocumentException' | 'InvalidInputException' | 'DeleteConflictException', message: string) {
+  constructor(awsName: 'NoSuchEntityException' | 'EntityAlreadyExistsException' | 'MalformedPolicyDocumentException' | 'InvalidInputException' | 'DeleteConflictException' | 'ValidationError', message: string) {
     super(`IAM_${awsName.replace(/Exception$/, '').replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase()}`, message, { awsName });
   }
 }
@@ -32,6 +32,22 @@ interface EntityRecord {
   createDate: string;
   /** Inline identity policies, name -> document text. */
   policies: Record<string, string>;
+  /** Roles only: the longest session AssumeRole may grant, seconds. Absent (files written before it existed): 3600. */
+  maxSessionDuration?: number;
+}
+
+/**
+ * A role's MaxSessionDuration (IAM API Reference, CreateRole / UpdateRole): 3600 to 43200 seconds,
+ * 3600 when not given. AssumeRole's DurationSeconds may not exceed it.
+ */
+export const ROLE_MAX_SESSION_MIN = 3_600;
+export const ROLE_MAX_SESSION_MAX = 43_200;
+export const ROLE_MAX_SESSION_DEFAULT = 3_600;
+
+function _checkMaxSessionDuration(v: unknown): asserts v is number {
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new ArgTypeError('maxSessionDuration', 'an integer number of seconds', v);
+  const broken = v < ROLE_MAX_SESSION_MIN ? `greater than or equal to ${ROLE_MAX_SESSION_MIN}` : v > ROLE_MAX_SESSION_MAX ? `less than or equal to ${ROLE_MAX_SESSION_MAX}` : undefined;
+  if (broken) throw new IamError('ValidationError', `1 validation error detected: Value '${v}' at 'maxSessionDuration' failed to satisfy constraint: Member must have value ${broken}`);
 }
 
 interface UidRecord {
@@ -163,14 +179,26 @@ export class Identities {
     await this._changed();
   }
 
-  async createRole(name: string, opts: { path?: string } = {}): Promise<string> {
+  async createRole(name: string, opts: { path?: string; maxSessionDuration?: number } = {}): Promise<string> {
     _checkName('role name', name);
     const path = opts.path ?? '/';
     if (!PATH_RE.test(path)) throw new IamError('InvalidInputException', `path "${path}" must start and end with /`);
+    const maxSessionDuration = opts.maxSessionDuration ?? ROLE_MAX_SESSION_DEFAULT;
+    _checkMaxSessionDuration(maxSessionDuration);
     if (this.data.roles[name]) throw new IamError('EntityAlreadyExistsException', `Role with name ${name} already exists.`);
-    this.data.roles[name] = { path, id: _id('AROA'), createDate: new Date().toISOString(), policies: dataMap<string>() };
+    this.data.roles[name] = { path, id: _id('AROA'), createDate: new Date().toISOString(), policies: dataMap<string>(), maxSessionDuration };
     await this._changed();
     return this.roleArn(name);
+  }
+
+  /** UpdateRole: change what can be changed after creation (here: MaxSessionDuration). */
+  async updateRole(name: string, opts: { maxSessionDuration?: number }): Promise<void> {
+    const rec = this.data.roles[name];
+    if (!rec) throw new IamError('NoSuchEntityException', `The role with name ${name} cannot be found.`);
+    if (opts.maxSessionDuration === undefined) return;
+    _checkMaxSessionDuration(opts.maxSessionDuration);
+    rec.maxSessionDuration = opts.maxSessionDuration;
+    await this._changed();
   }
 
   async deleteRole(name: string): Promise<void> {
@@ -187,9 +215,10 @@ export class Identities {
     }));
   }
 
-  listRoles(): { RoleName: string; Arn: string; RoleId: string; Path: string; CreateDate: string; PolicyNames: string[] }[] {
+  listRoles(): { RoleName: string; Arn: string; RoleId: string; Path: string; CreateDate: string; MaxSessionDuration: number; PolicyNames: string[] }[] {
     return Object.entries(this.data.roles).map(([n, r]) => ({
-      RoleName: n, Arn: this.roleArn(n), RoleId: r.id, Path: r.path, CreateDate: r.createDate, PolicyNames: Object.keys(r.policies),
+      RoleName: n, Arn: this.roleArn(n), RoleId: r.id, Path: r.path, CreateDate: r.createDate,
+      MaxSessionDuration: r.maxSessionDuration ?? ROLE_MAX_SESSION_DEFAULT, PolicyNames: Object.keys(r.policies),
     }));
   }
 

@@ -18,7 +18,7 @@ const CACHE_MAX = 4096;
 /** An access key known to the service, and what it stands for. */
 export interface Credential<P> {
   principal: P;
-  /** Names the secret behind this key: equal ids share a cached signing key (a session's id includes its token). */
+  /** Names the secret behind this key: equal ids share a cached signing key (a session's id includes its token's digest). */
   cacheId: string;
   /** kSigning for the scope, derived from the secret (the HSM does it); a fresh buffer, which the verifier wipes. */
   signingKey(date: string, region: string, service: string): Promise<Uint8Array>;
@@ -54,9 +54,15 @@ interface Parsed { accessKeyId: string; date: string; region: string; service: s
 /** Headers that decide what a request does or who makes it: signed whenever sent (the AWS SDKs and CLI sign them). */
 const MUST_SIGN_WHEN_PRESENT = ['x-amz-target', 'content-type'] as const;
 
+/** A cached signing key and the credential-scope date it is good for. */
+interface CachedKey { key: Buffer; date: string }
+
+const DAY_MS = 86_400_000;
+
 export class SigV4Verifier<P> {
-  private readonly keys = new Map<string, Buffer>();
-  private cacheDay = '';
+  private readonly keys = new Map<string, CachedKey>();
+  /** The UTC day (days since the epoch) the cache was last swept on; a new day sweeps it again. */
+  private cacheDay = -1;
   private readonly now: () => number;
 
   constructor(private readonly opts: VerifierOptions<P>) {
@@ -115,7 +121,7 @@ export class SigV4Verifier<P> {
     }
     const canonical = canonicalRequest(req, p.signedHeaders, payloadHash, headers);
     const sts = stringToSign(amzDate, `${p.date}/${p.region}/${p.service}/aws4_request`, canonical);
-    const key = await this.signingKey(cred, p.date, p.region, p.service);
+    const key = await this.signingKey(cred, p.date, p.region, p.service, now);
     // node's HMAC: a hand-written one from cached pads saved under 1 µs of a verification's ~16
     // (docs/benchmarks.md, "KMS over the network"), not worth its code.
     const expected = createHmac('sha256', key).update(sts, 'utf8').digest();
@@ -128,20 +134,24 @@ export class SigV4Verifier<P> {
 
   /** Drop every cached signing key (an access key was deleted or deactivated). */
   forget(): void {
-    for (const k of this.keys.values()) wipe(k);
+    for (const c of this.keys.values()) wipe(c.key);
     this.keys.clear();
   }
 
   /** The cached signing key (kSigning), wiped on eviction and by forget(). */
-  private async signingKey(cred: Credential<P>, date: string, region: string, service: string): Promise<Buffer> {
+  private async signingKey(cred: Credential<P>, date: string, region: string, service: string, now: number): Promise<Buffer> {
     if (this.keys.size >= CACHE_MAX) this.forget();
-    if (date > this.cacheDay) {
-      // A new day: the skew check still lets yesterday's keys through around midnight, older ones never.
-      for (const [id, k] of this.keys) if (id.split('\0')[1]! < this.cacheDay) { wipe(k); this.keys.delete(id); }
-      this.cacheDay = date;
+    const today = Math.floor(now / DAY_MS); // a number: no date formatting per request
+    if (today !== this.cacheDay) {
+      // A new day: the skew check still lets yesterday's keys through around midnight, older ones never,
+      // whatever day the cache last saw (a quiet day in between evicts both days before it). The date is
+      // the entry's own field: a cache id may hold anything (a session's holds its token).
+      const yesterday = toAmzDate(now - DAY_MS).slice(0, 8);
+      for (const [id, c] of this.keys) if (c.date < yesterday) { wipe(c.key); this.keys.delete(id); }
+      this.cacheDay = today;
     }
     const id = `${cred.cacheId}\0${date}\0${region}\0${service}`;
-    let k = this.keys.get(id);
+    let k = this.keys.get(id)?.key;
     if (!k) {
       const raw = await cred.signingKey(date, region, service);
       try {
@@ -152,8 +162,8 @@ export class SigV4Verifier<P> {
         wipe(raw); // best effort, as every wipe in JS
       }
       // Requests that arrived together derived it together: keep the first, wipe the others.
-      const first = this.keys.get(id);
-      if (first) { wipe(k); k = first; } else this.keys.set(id, k);
+      const first = this.keys.get(id)?.key;
+      if (first) { wipe(k); k = first; } else this.keys.set(id, { key: k, date });
     }
     return k;
   }

@@ -1,11 +1,13 @@
 /**
  * STS for ebsd: who a SigV4 access key stands for, GetCallerIdentity and
  * AssumeRole. Session credentials are stateless: the session token carries
- * the session (role, session name, expiry, access key id) in clear and its
+ * the session (role name and unique id, session name, expiry, access key id) in clear and its
  * secret sealed by the HSM with that clear part as associated data, so a
  * token altered in any byte fails in the HSM and a daemon restart keeps
- * sessions valid until they expire (README.md, "KMS over the network").
+ * sessions valid until they expire (README.md, "KMS over the network"; the
+ * token's layout: docs/kms-format.md, "STS session token").
  */
+import { createHash } from 'node:crypto';
 import { EbsdError } from '../../util/errors.js';
 import type { Identities } from '../authz/identities.js';
 import type { Hsm } from '../hsm/hsm-client.js';
@@ -17,18 +19,39 @@ import type { TrustPolicies } from './trust-policies.js';
 import type { ContextValue } from '../authz/conditions.js';
 import { AssumeRoleContext, type AssumeRoleParams } from './assume-role-context.js';
 
-/** AssumeRole DurationSeconds: AWS's bounds (15 min to 12 h), default 1 h. */
+/**
+ * AssumeRole DurationSeconds: AWS's bounds (15 min to 12 h), default 1 h. A session may last no longer
+ * than its role's MaxSessionDuration (3600 unless the role says more, src/kms/authz/identities.ts), and
+ * one assumed by role chaining (the caller is itself a role session) no longer than 1 h.
+ */
 export const MIN_SESSION_S = 900;
 export const MAX_SESSION_S = 43_200;
 export const DEFAULT_SESSION_S = 3_600;
-const TOKEN_VERSION = 1;
+export const CHAINED_SESSION_MAX_S = 3_600;
+/**
+ * 2: the clear part names the role's unique id (`rid`, AROA…), so a role deleted and created again
+ * under the same name does not accept the old role's sessions. Version 1 tokens (no `rid`) are refused:
+ * a session lasts 12 h at most, so after an upgrade they are at worst asked for again.
+ */
+const TOKEN_VERSION = 2;
+/** AssumeRole RoleArn (STS API Reference, AssumeRole): 20 to 2048 characters. */
+export const ROLE_ARN_MIN = 20;
+export const ROLE_ARN_MAX = 2048;
 /** AssumeRole ExternalId (STS API Reference, AssumeRole): 2 to 1224 characters of this set. */
 export const EXTERNAL_ID_MIN = 2;
 export const EXTERNAL_ID_MAX = 1224;
 const EXTERNAL_ID_RE = /^[\w+=,.@:/-]*$/;
 
-/** The token's clear part. `iat` (issue time, ms) is absent from tokens issued before the audit carried a session context. */
-interface SessionMeta { v: number; id: string; role: string; session: string; exp: number; iat?: number }
+/** The token's clear part: `rid` is the role's unique id (RoleId), `iat` the issue time (ms). */
+interface SessionMeta { v: number; id: string; role: string; rid: string; session: string; exp: number; iat?: number }
+
+/**
+ * What the caller's own identity policies decide about an action (src/kms/authz/evaluate.ts's
+ * Decision has this shape): an explicit Deny is `reason: 'explicit-deny-identity-policy'`.
+ */
+export type IdentityDecision = { allowed: true } | { allowed: false; reason: string };
+
+const NO_IDENTITY_POLICY: IdentityDecision = { allowed: false, reason: 'no-identity-policy-allow' };
 
 /** STS Query-protocol errors (`<Error><Code>`), with the HTTP status STS uses. */
 export class StsError extends EbsdError {
@@ -49,10 +72,10 @@ export class StsService {
     private readonly trust: TrustPolicies,
     private readonly hsm: Hsm,
     /**
-     * Do the caller's identity policies allow `action` on `resource`? (The account root: always.)
+     * What the caller's identity policies decide for `action` on `resource` (the account root: allowed).
      * `context`: the request's own condition keys (sts:ExternalId, ...), for their Conditions.
      */
-    private readonly identityAllows: (caller: Caller, action: string, resource: string, context?: ReadonlyMap<string, ContextValue>) => boolean = () => false,
+    private readonly identityDecision: (caller: Caller, action: string, resource: string, context?: ReadonlyMap<string, ContextValue>) => IdentityDecision = () => NO_IDENTITY_POLICY,
     /** `secureTransport`: the listener speaks TLS, so aws:SecureTransport is true in trust-policy conditions. */
     private readonly opts: { secureTransport?: boolean } = {},
   ) {}
@@ -87,27 +110,50 @@ export class StsService {
     }
     if (!p.RoleArn) throw new StsError('MissingParameter', 'The request must contain the parameter RoleArn');
     if (!p.RoleSessionName) throw new StsError('MissingParameter', 'The request must contain the parameter RoleSessionName');
+    // STS API Reference, AssumeRole: RoleArn 20..2048 characters, RoleSessionName 2..64 of [\w+=,.@-]. Checked
+    // before anything else reads them; a value quoted back is cut (the request body may hold a megabyte).
+    const quote = (v: string): string => (v.length > 64 ? `${v.slice(0, 64)}...` : v);
+    const arnLength = p.RoleArn.length < ROLE_ARN_MIN ? `greater than or equal to ${ROLE_ARN_MIN}` : p.RoleArn.length > ROLE_ARN_MAX ? `less than or equal to ${ROLE_ARN_MAX}` : undefined;
+    if (arnLength) throw new StsError('ValidationError', `1 validation error detected: Value '${quote(p.RoleArn)}' at 'roleArn' failed to satisfy constraint: Member must have length ${arnLength}`);
     const m = /^arn:[\w-]+:iam::(\d{12}):role(?:\/.*)?\/([\w+=,.@-]+)$/.exec(p.RoleArn);
     if (!m) throw new StsError('ValidationError', `${p.RoleArn} is invalid`);
     if (!/^[\w+=,.@-]{2,64}$/.test(p.RoleSessionName)) {
-      throw new StsError('ValidationError', `1 validation error detected: Value '${p.RoleSessionName}' at 'roleSessionName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*`);
+      throw new StsError('ValidationError', `1 validation error detected: Value '${quote(p.RoleSessionName)}' at 'roleSessionName' failed to satisfy constraint: ${p.RoleSessionName.length < 2 || p.RoleSessionName.length > 64 ? 'Member must have length between 2 and 64' : 'Member must satisfy regular expression pattern: [\\w+=,.@-]*'}`);
+    }
+    // Digits only: Number() would also read '9e2', '0x384', ' 900 ' and '900.0' as 900.
+    if (p.DurationSeconds !== undefined && !/^[0-9]{1,9}$/.test(p.DurationSeconds)) {
+      throw new StsError('ValidationError', `1 validation error detected: Value '${p.DurationSeconds.slice(0, 64)}' at 'durationSeconds' failed to satisfy constraint: Member must be an integer written in decimal digits`);
     }
     const duration = p.DurationSeconds === undefined ? DEFAULT_SESSION_S : Number(p.DurationSeconds);
-    if (!Number.isInteger(duration) || duration < MIN_SESSION_S || duration > MAX_SESSION_S) {
+    if (duration < MIN_SESSION_S || duration > MAX_SESSION_S) {
       throw new StsError('ValidationError', `1 validation error detected: Value '${p.DurationSeconds}' at 'durationSeconds' failed to satisfy constraint: Member must have value between ${MIN_SESSION_S} and ${MAX_SESSION_S}`);
     }
     if (p.ExternalId !== undefined) checkExternalId(p.ExternalId);
     const role = m[2]!;
     const notAuthorized = new StsError('AccessDenied', `User: ${caller.arn} is not authorized to perform: sts:AssumeRole on resource: ${p.RoleArn}`);
-    if (m[1] !== this.ids.accountId || !this.ids.listRoles().some((r) => r.RoleName === role)) throw notAuthorized;
-    const ctx = new AssumeRoleContext(caller, p.RoleArn, p, { secureTransport: this.opts.secureTransport === true, region: this.ids.region, roleAccount: m[1], now });
-    const trusted = this.trust.allows(role, caller, this.ids.rootArn, ctx);
-    // Trust through the account only delegates: the caller's own policies must allow it too.
-    if (!trusted || (trusted === 'account' && !this.identityAllows(caller, 'sts:AssumeRole', p.RoleArn, ctx.extraKeys()))) throw notAuthorized;
+    // The role is named by its ARN, path and partition included: an ARN that is not the role's own (another
+    // path, a made-up partition) names a role that does not exist, answered as STS answers for one. From here
+    // on every decision reads the role's ARN, never what the caller wrote.
+    const rec = m[1] === this.ids.accountId ? this.ids.listRoles().find((r) => r.RoleName === role) : undefined;
+    if (!rec || rec.Arn !== p.RoleArn) throw notAuthorized;
+    const roleArn = rec.Arn;
+    const ctx = new AssumeRoleContext(caller, roleArn, p, { secureTransport: this.opts.secureTransport === true, region: this.ids.region, roleAccount: m[1]!, now });
+    const trusted = this.trust.allows(role, caller, ctx);
+    if (!trusted) throw notAuthorized;
+    // The caller's own policies are read whatever the trust policy says (IAM User Guide, "Policy evaluation
+    // logic"): an explicit Deny there wins even when the trust policy names the caller. Trust through the
+    // account only delegates, so then they must also allow it.
+    const own = this.identityDecision(caller, 'sts:AssumeRole', roleArn, ctx.extraKeys());
+    if (!own.allowed && (own.reason === 'explicit-deny-identity-policy' || trusted === 'account')) throw notAuthorized;
+    // After the decision: only a caller allowed to assume the role learns its MaxSessionDuration.
+    if (caller.type === 'AssumedRole' && duration > CHAINED_SESSION_MAX_S) {
+      throw new StsError('ValidationError', 'The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.');
+    }
+    if (duration > rec.MaxSessionDuration) throw new StsError('ValidationError', 'The requested DurationSeconds exceeds the MaxSessionDuration set for this role.');
     const session = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;
-    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, session: p.RoleSessionName, exp: iat + duration * 1000, iat };
+    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, rid: rec.RoleId, session: p.RoleSessionName, exp: iat + duration * 1000, iat };
     const clear = Buffer.from(JSON.stringify(meta), 'utf8');
     const { secret, sealed } = await this.hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
     const token = Buffer.concat([Buffer.of(TOKEN_VERSION), u16(clear.length), clear, sealed]).toString('base64');
@@ -120,21 +166,30 @@ export class StsService {
   private sessionCredential(id: string, token: string | undefined, now: number): Credential<Caller> {
     if (token === undefined) throw invalidToken(id);
     const raw = Buffer.from(token, 'base64');
+    // Only the token as issued: node's decoder skips characters outside the alphabet, reads the URL-safe
+    // one too and stops at padding, so '<token>=', '<token>\n' or '-' for '+' decode to the same bytes, and
+    // each spelling would be a signing-key cache entry of its own (an HSM call each, and at the cache's
+    // cap a flush for every caller). Re-encoding gives back the one canonical spelling.
+    if (raw.toString('base64') !== token) throw invalidToken(id);
     if (raw.length < 3 || raw[0] !== TOKEN_VERSION) throw invalidToken(id);
     const n = raw.readUInt16BE(1);
     const clear = raw.subarray(3, 3 + n);
     let meta: SessionMeta;
     try { meta = JSON.parse(clear.toString('utf8')) as SessionMeta; } catch { throw invalidToken(id); }
-    if (meta.id !== id || typeof meta.exp !== 'number') throw invalidToken(id);
+    if (meta === null || typeof meta !== 'object' || meta.v !== TOKEN_VERSION || meta.id !== id || typeof meta.exp !== 'number' || typeof meta.rid !== 'string') throw invalidToken(id);
     // Expiry is read before the HSM has authenticated the clear part; a forged later expiry still fails there.
     if (now >= meta.exp) throw new SigV4Error('ExpiredToken', 'The security token included in the request is expired', id);
     let principal: Caller;
     try { principal = this.ids.assumeRole(meta.role, meta.session); } catch { throw invalidToken(id); }
+    // The role the session was issued for, not one created since under the same name (its id differs).
+    // Like the expiry, read before the HSM authenticates the clear part: a forged id fails there.
+    if (principal.principalId !== `${meta.rid}:${meta.session}`) throw invalidToken(id);
     principal.sessionContext = this.sessionContext(meta, principal);
     const sealed = raw.subarray(3 + n);
     return {
       principal,
-      cacheId: `${id}\0${token}`,
+      // The decoded token's digest: one entry per session, whatever the header held, and a short key.
+      cacheId: `${id}\0${createHash('sha256').update(raw).digest('base64')}`,
       signingKey: (date, region, service) => this.derive({ kind: 'session', id, context: clear, sealed, date, region, service }),
     };
   }

@@ -1,9 +1,14 @@
 /**
  * Role trust policies ("assume role policy documents"): who may call
  * sts:AssumeRole on a role. Evaluated as IAM does for the parts ebsd supports:
- * an explicit Deny wins, then any Allow; a principal matches by its ARN, by
- * "*", or by the account (root ARN or account id), which trusts a
- * principal of the account whose identity policies also allow it. A
+ * an explicit Deny wins, then any Allow; a principal matches as in a key
+ * policy (src/kms/authz/evaluate.ts): by its ARN, a role's ARN also matching
+ * that role's sessions (`arn:aws:sts::ACCT:assumed-role/ROLE/SESSION`, so a
+ * role may trust another role's sessions, role chaining, and a Deny naming a
+ * role binds its sessions), by "*", or by the account (root ARN or account
+ * id), which trusts a principal of the account whose identity policies also
+ * allow it. Actions match as IAM matches them, case-insensitively and with
+ * `*` and `?` wildcards (`sts:Assume*`, `STS:AssumeRole`). A
  * statement's Condition is compiled by the same engine as key and identity
  * policies (src/kms/authz/conditions.ts) and read against the AssumeRole
  * request context (assume-role-context.ts); a statement applies only when all
@@ -18,10 +23,44 @@ import { readTextIfExists } from '../../util/read-if-exists.js';
 import { parseStrictJson } from '../../util/strict-json.js';
 import type { Caller } from '../types.js';
 import { compileConditions, type CompiledCondition, type ConditionContext } from '../authz/conditions.js';
+import { parsePrincipalArn } from '../authz/policy-document.js';
+import { callerIds } from '../authz/caller-ids.js';
+import { globMatcher } from '../authz/wildcard.js';
 
 export const TRUST_FILE = 'role-trust.json';
 
-interface Statement { Effect: 'Allow' | 'Deny'; principals: string[]; actions: string[]; conditions: readonly CompiledCondition[] }
+/**
+ * A statement's principals, normalized as a key policy's PrincipalSet (src/kms/authz/policy-document.ts):
+ * `roles` holds `role:<account>:<name>` for each role ARN named, the key a session's CallerIds carries.
+ */
+interface TrustPrincipals { any: boolean; arns: ReadonlySet<string>; accounts: ReadonlySet<string>; roles: ReadonlySet<string> }
+
+interface Statement { Effect: 'Allow' | 'Deny'; principals: TrustPrincipals; matchesAction: (action: string) => boolean; conditions: readonly CompiledCondition[] }
+
+/** An unparseable principal string is kept as an exact ARN (it matches nobody's ARN but its own), as before. */
+function principalsOf(list: readonly string[]): TrustPrincipals {
+  const arns = new Set<string>();
+  const accounts = new Set<string>();
+  const roles = new Set<string>();
+  let any = false;
+  for (const p of list) {
+    if (p === '*') { any = true; continue; }
+    const form = /^\d{12}$/.test(p) ? ({ kind: 'root', account: p } as const) : parsePrincipalArn(p);
+    if (form?.kind === 'root') { accounts.add(form.account); continue; }
+    arns.add(p);
+    if (form?.kind === 'role') roles.add(`role:${form.account}:${form.name}`);
+  }
+  return { any, arns, accounts, roles };
+}
+
+/** 2: the statement names the caller itself (or anyone); 1: only the caller's account; 0: not the caller. */
+function principalMatch(p: TrustPrincipals, caller: Caller): 0 | 1 | 2 {
+  if (p.any) return 2;
+  const id = callerIds(caller);
+  if (p.arns.has(id.arn)) return 2;
+  if (id.roleKey !== undefined && p.roles.has(id.roleKey)) return 2;
+  return p.accounts.has(id.account) ? 1 : 0;
+}
 
 export class TrustPolicyError extends EbsdError {
   constructor(awsName: 'MalformedPolicyDocumentException' | 'NoSuchEntityException', message: string) {
@@ -62,7 +101,7 @@ export function parseTrustPolicy(text: string): Statement[] {
     } catch (e) {
       throw new TrustPolicyError('MalformedPolicyDocumentException', (e as Error).message);
     }
-    return { Effect: s.Effect, principals, actions: strs(s.Action, `Statement ${i}: Action`), conditions };
+    return { Effect: s.Effect, principals: principalsOf(principals), matchesAction: globMatcher(strs(s.Action, `Statement ${i}: Action`), true), conditions };
   });
 }
 
@@ -104,16 +143,13 @@ export class TrustPolicies {
    * A statement counts only if every condition it has holds in `ctx` (a Deny too: a Deny whose
    * condition fails does not apply). Without `ctx` every condition key is absent.
    */
-  allows(role: string, caller: Caller, rootArn: string, ctx: ConditionContext = NO_CONTEXT): 'principal' | 'account' | false {
+  allows(role: string, caller: Caller, ctx: ConditionContext = NO_CONTEXT): 'principal' | 'account' | false {
     const stmts = this.statements(role);
     if (stmts === undefined) return false;
-    const acts = (s: Statement): boolean => s.actions.some((a) => a === '*' || a === 'sts:*' || a === 'sts:AssumeRole');
-    const holds = (s: Statement): boolean => s.conditions.every((c) => c.test(ctx));
-    const direct = (s: Statement): boolean => acts(s) && s.principals.some((p) => p === '*' || p === caller.arn) && holds(s);
-    const viaAccount = (s: Statement): boolean => acts(s) && s.principals.some((p) => p === rootArn || p === caller.accountId) && holds(s);
-    if (stmts.some((s) => s.Effect === 'Deny' && (direct(s) || viaAccount(s)))) return false;
-    if (stmts.some((s) => s.Effect === 'Allow' && direct(s))) return 'principal';
-    return stmts.some((s) => s.Effect === 'Allow' && viaAccount(s)) ? 'account' : false;
+    const applies = (s: Statement): 0 | 1 | 2 => (s.matchesAction('sts:AssumeRole') && s.conditions.every((c) => c.test(ctx)) ? principalMatch(s.principals, caller) : 0);
+    if (stmts.some((s) => s.Effect === 'Deny' && applies(s) !== 0)) return false;
+    if (stmts.some((s) => s.Effect === 'Allow' && applies(s) === 2)) return 'principal';
+    return stmts.some((s) => s.Effect === 'Allow' && applies(s) === 1) ? 'account' : false;
   }
 
   private statements(role: string): Statement[] | undefined {
