@@ -196,11 +196,13 @@ describe('bounded resources per caller on the control socket', () => {
   it('unmapped uids flooding with partial bodies cannot starve a mapped caller: they share 16 connections and 4 MiB of their own', async () => {
     await env.ok(['iam', 'create-user', 'steady']);
     await env.ok(['iam', 'map-uid', '1000', 'user/steady']);
-    // Two unmapped uids, 100 connections each, each sending 1 MiB - 1 of a 1 MiB body and holding: before their
-    // own guard, 2 x 64 x 1 MiB filled the whole 128 MiB body buffer and a mapped caller's 200-byte request got 503.
-    const floods = [await hostile(['hold', sock(), '100', String(MiB - 1)], 2001), await hostile(['hold', sock(), '100', String(MiB - 1)], 2002)];
+    // Two unmapped uids, 100 connections each, each sending 256 KiB - 1 of a 1 MiB body and holding: before their
+    // own guard, every uid mapped or not drew on the one 128 MiB body buffer (and 64 connections per uid, 512 in all).
+    const part = String(256 * 1024 - 1);
+    const floods = [await hostile(['hold', sock(), '100', part], 2001), await hostile(['hold', sock(), '100', part], 2002)];
     try {
-      await poll(async () => (await env.ok(['status'])).Daemon.Control.Unmapped.BufferedBodyBytes >= 2 * MiB);
+      // Each unmapped uid may buffer an eighth of their 4 MiB (512 KiB): wait until both hold bodies.
+      await poll(async () => (await env.ok(['status'])).Daemon.Control.Unmapped.BufferedBodyBytes >= 2 * (256 * 1024 - 1));
       const st = await env.ok(['status']);
       expect(st.Daemon.Control.Unmapped.Connections).toBeLessThanOrEqual(16);
       expect(st.Daemon.Control.Unmapped.BufferedBodyBytes).toBeLessThanOrEqual(4 * MiB);
