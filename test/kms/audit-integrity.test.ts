@@ -1,0 +1,89 @@
+import { describe, it, expect } from 'vitest';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { verifyAuditLog } from '../../src/kms/audit/verify.js';
+import { openKms, admin, tempDir } from './helpers.js';
+
+const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+/** Rewrite every `previousEventHash` so the edited file is a consistent chain again (what a forger does). */
+function rechain(lines: string[]): string[] {
+  let prev = '0'.repeat(64);
+  return lines.map((l) => {
+    const out = l.replace(/"previousEventHash":"[0-9a-f]{64}"\}$/, `"previousEventHash":"${prev}"}`);
+    prev = sha(out);
+    return out;
+  });
+}
+
+/** The audit log against its seal high-water mark (docs/kms-format.md §Audit log). */
+describe('audit log integrity', () => {
+  it('deleting every digest and re-chaining an edited log is reported, and the daemon signs nothing over it', async () => {
+    const t = tempDir();
+    try {
+      let kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 4; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close(); // seals 0..4
+      const dir = join(t.dir, 'audit');
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 4, markThrough: 4 });
+      expect(existsSync(join(t.dir, 'audit-mark.json'))).toBe(true);
+
+      // The forgery: every digest gone, event 1's caller changed, the chain recomputed.
+      rmSync(join(dir, 'digests'), { recursive: true });
+      const path = join(dir, 'events.ndjson');
+      const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
+      lines[1] = lines[1]!.replace(admin.arn, 'arn:aws:iam::111122223333:user/someone-else');
+      expect(lines[1]).toContain('someone-else');
+      writeFileSync(path, rechain(lines).join('\n') + '\n');
+
+      const res = verifyAuditLog(dir);
+      expect(res.ok).toBe(false);
+      expect(res.problem).toMatchObject({ kind: 'missing-digest', sequence: 0 });
+      expect(res.problem?.detail).toMatch(/events 0\.\.4 are missing/);
+
+      // Restarted: the log is marked tampered, calls are still audited, and no digest is signed over the forged history.
+      kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      expect(kms.audit.health()).toMatchObject({ Integrity: 'tampered' });
+      expect(kms.audit.health().IntegrityProblem).toMatch(/digests are missing: the last signed digest sealed events through 4/);
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.sealAudit();
+      await kms.close();
+      expect(readdirSync(join(dir, 'digests'))).toEqual([]);
+      expect(readFileSync(path, 'utf8').trimEnd().split('\n')).toHaveLength(6);
+      expect(verifyAuditLog(dir).problem).toMatchObject({ kind: 'missing-digest' });
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('a replaced or unsigned mark is reported; a digest chain that ends early is reported against the mark', async () => {
+    const t = tempDir();
+    try {
+      const kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 2 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 5; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close();
+      const dir = join(t.dir, 'audit');
+      const digests = readdirSync(join(dir, 'digests')).sort();
+      expect(digests.length).toBeGreaterThanOrEqual(3);
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true });
+
+      // Only the newest digest removed: the rest chain fine, the mark says one is missing.
+      const newest = join(dir, 'digests', digests[digests.length - 1]!);
+      const saved = readFileSync(newest, 'utf8');
+      rmSync(newest);
+      expect(verifyAuditLog(dir).problem).toMatchObject({ kind: 'missing-digest' });
+      writeFileSync(newest, saved);
+
+      // A mark lowered by hand fails its signature.
+      const markPath = join(t.dir, 'audit-mark.json');
+      const mark = JSON.parse(readFileSync(markPath, 'utf8'));
+      writeFileSync(markPath, JSON.stringify({ ...mark, lastSequence: 1 }));
+      expect(verifyAuditLog(dir).problem).toMatchObject({ kind: 'bad-mark' });
+    } finally {
+      t.cleanup();
+    }
+  });
+});
