@@ -87,3 +87,30 @@ describe('audit log integrity', () => {
     }
   });
 });
+
+describe('audit sealing from tick', () => {
+  it('tick seals when events were written since the last digest, and only then', async () => {
+    const t = tempDir();
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 1_000_000 });
+      const dir = join(t.dir, 'audit');
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 3; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      expect(readdirSync(join(dir, 'digests'))).toEqual([]);
+      await kms.tick();
+      expect(readdirSync(join(dir, 'digests'))).toEqual(['000000000003.json']);
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 3 });
+      await kms.tick(); // nothing new: no new digest
+      expect(readdirSync(join(dir, 'digests'))).toEqual(['000000000003.json']);
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.tick();
+      expect(readdirSync(join(dir, 'digests')).sort()).toEqual(['000000000003.json', '000000000004.json']);
+      await kms.close();
+      kms = undefined;
+    } finally {
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+});
