@@ -1,5 +1,5 @@
-import { describe, it, expect } from 'vitest';
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { describe, it, expect, vi } from 'vitest';
+import { existsSync, promises as fsp, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { verifyAuditLog } from '../../src/kms/audit/verify.js';
@@ -109,6 +109,39 @@ describe('audit sealing from tick', () => {
       await kms.close();
       kms = undefined;
     } finally {
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+});
+
+describe('audit write failures', () => {
+  it("a failed fdatasync fails that call and cuts its event back out: the chain stays whole, no number is reused", async () => {
+    const t = tempDir();
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    // The FileHandle class is not exported; its prototype is that of any open handle.
+    const probe = await fsp.open(t.dir, 'r');
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+    await probe.close();
+    try {
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditFsync: 'event' });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      const eio = Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5, syscall: 'fdatasync' });
+      const spy = vi.spyOn(proto, 'datasync').mockRejectedValueOnce(eio);
+      const failed = await kms.call('DescribeKey', { KeyId: k.KeyId }, admin).then(() => undefined, (e: unknown) => e);
+      expect(spy).toHaveBeenCalled();
+      spy.mockRestore();
+      expect((failed as { awsName?: string } | undefined)?.awsName).toBe('KMSInternalException');
+      for (let i = 0; i < 2; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close();
+      kms = undefined;
+      const dir = join(t.dir, 'audit');
+      const seqs = readFileSync(join(dir, 'events.ndjson'), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l).sequenceNumber);
+      expect(seqs).toEqual([0, 1, 2]);
+      const res = verifyAuditLog(dir);
+      expect(res.ok, JSON.stringify(res.problem)).toBe(true);
+    } finally {
+      vi.restoreAllMocks();
       await kms?.close().catch(() => {});
       t.cleanup();
     }

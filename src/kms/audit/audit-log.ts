@@ -395,8 +395,9 @@ export class AuditLog {
         lines.push(line + '\n');
       }
       try {
+        const start = this.liveBytes;
         await this.writeAll(Buffer.from(lines.join('')));
-        if (this.fsyncMode === 'event') await this.fh.datasync();
+        if (this.fsyncMode === 'event') await this.syncBatch(start, seq, hash);
         this.flushedSeq = seq;
         this.flushedHash = hash;
         this.disk.wrote();
@@ -430,6 +431,29 @@ export class AuditLog {
       await this.fh.truncate(start).catch(() => {});
       this.liveBytes = start;
       if (isNoSpace(e)) this.disk.failed(e);
+      throw e;
+    }
+  }
+
+  /**
+   * fdatasync the batch just written (from byte `start`, ending at `seq`, `hash`). If that
+   * fails the batch fails, and its lines must not stay behind with sequence
+   * numbers the next batch would use again: cut the file back to where the
+   * batch began, as writeAll does. If even that fails, the lines are still
+   * in the file: the chain moves past them, so no number is reused.
+   */
+  private async syncBatch(start: number, seq: number, hash: string): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (e) {
+      try {
+        await this.fh.truncate(start);
+        this.liveBytes = start;
+      } catch (te) {
+        this.o.log.error({ err: te, file: join(this.o.dir, EVENTS_FILE) }, 'audit: could not cut back a batch whose fdatasync failed; its events stay in the log');
+        this.flushedSeq = seq;
+        this.flushedHash = hash;
+      }
       throw e;
     }
   }
