@@ -147,3 +147,30 @@ describe('audit write failures', () => {
     }
   });
 });
+
+describe('audit log truncation', () => {
+  it('after a truncation the intact prefix stays in the live file and verify names the gap where it is', async () => {
+    const t = tempDir();
+    try {
+      let kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 5; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close(); // seals 0..5
+      const dir = join(t.dir, 'audit');
+      const path = join(dir, 'events.ndjson');
+      writeFileSync(path, readFileSync(path, 'utf8').split('\n').slice(0, 3).join('\n') + '\n'); // 0..2 kept
+
+      kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close();
+      const seqs = readFileSync(path, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l).sequenceNumber);
+      expect(seqs).toEqual([0, 1, 2, 6]);
+      expect(readdirSync(dir).filter((f) => f.includes('truncated'))).toEqual([]);
+      const res = verifyAuditLog(dir);
+      expect(res).toMatchObject({ ok: false, sealedThrough: 6 });
+      expect(res.problem).toMatchObject({ kind: 'removed', sequence: 3 });
+    } finally {
+      t.cleanup();
+    }
+  });
+});

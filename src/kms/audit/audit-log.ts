@@ -38,7 +38,7 @@
  * loss; concurrent events share one fdatasync (group commit).
  */
 import { createPublicKey, hash } from 'node:crypto';
-import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync, existsSync } from 'node:fs';
+import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
 import { RefusalAggregator } from './refusal-aggregator.js';
@@ -208,15 +208,11 @@ export class AuditLog {
     if (lastDigest && this.flushedSeq < lastDigest.lastSequence) {
       // The files end before events a signed digest covers: the log was
       // truncated or files removed. Never reuse those sequence numbers (their
-      // signatures stand): set the live file aside and continue after the
-      // digest, so sealing goes on and `audit verify` names the gap.
+      // signatures stand): continue after the digest, in the same file, so
+      // the intact prefix stays where verify reads it and `audit verify`
+      // names the gap where it is (not at sequence 0), and sealing goes on.
       this.o.log.error({ dir, lastWritten: this.flushedSeq, sealedThrough: lastDigest.lastSequence },
         'audit log is missing events a signed digest covers (truncated?); continuing the sequence after the digest');
-      if (existsSync(path) && fstatSizeOf(path) > 0) {
-        const aside = `${EVENTS_FILE}.truncated-${this.clock()}`;
-        renameSync(path, join(dir, aside));
-        this.o.log.error({ file: join(dir, aside) }, 'audit: the truncated live file was kept aside for inspection');
-      }
       this.flushedSeq = lastDigest.lastSequence;
       this.flushedHash = lastDigest.lastEventHash;
     }
@@ -545,9 +541,4 @@ function lineHashAt(dir: string, files: string[], seq: number): string | undefin
     if (typeof first === 'number' && first <= seq) return undefined;
   }
   return undefined;
-}
-
-function fstatSizeOf(path: string): number {
-  const fd = openSync(path, 'r');
-  try { return fstatSync(fd).size; } finally { closeSync(fd); }
 }
