@@ -3,7 +3,9 @@
  * thread), the keystore, the audit log and the operation table; `call()` is
  * the one entry point (authorize -> execute -> audit, see dispatcher.ts).
  * Deletions and rotations happen when due: checked on every call against the
- * clock, and by `tick()`, which the daemon calls periodically.
+ * clock, and by `tick()`, which the daemon calls periodically; `tick()` also
+ * seals the audit log when events were written since the last digest
+ * (docs/kms-format.md §Audit log).
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -93,7 +95,7 @@ export class KmsService implements KmsCore {
       scheduleDue: (t) => { if (t < self.nextDue) self.nextDue = t; },
       onKeyDeleted: (fn) => { self.deletedListeners.push(fn); },
     };
-    this.dispatcher = new Dispatcher(this.context, (now) => (now >= this.nextDue ? this.tick() : undefined));
+    this.dispatcher = new Dispatcher(this.context, (now) => (now >= this.nextDue ? this.runDueOnce() : undefined));
     registerKeyOperations(this.dispatcher);
     registerCryptoOperations(this.dispatcher);
     registerAsymmetricOperations(this.dispatcher);
@@ -179,8 +181,18 @@ export class KmsService implements KmsCore {
     return this.context.audit.seal();
   }
 
-  /** Run deletions and rotations that are due. Safe to call at any rate. */
-  tick(): Promise<void> {
+  /**
+   * Run deletions and rotations that are due, then seal the audit log if
+   * events were written since its last digest (a call's own path runs only
+   * the first part: a seal is an HSM signature and an fdatasync). Safe to
+   * call at any rate.
+   */
+  async tick(): Promise<void> {
+    await this.runDueOnce();
+    if (!this.closed) await this.context.audit.seal();
+  }
+
+  private runDueOnce(): Promise<void> {
     if (this.ticking) return this.ticking;
     this.ticking = this.runDue().finally(() => { this.ticking = null; });
     return this.ticking;

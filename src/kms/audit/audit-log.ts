@@ -13,6 +13,14 @@
  * run on across files), so `verifyAuditLog` and `tail` read the sealed files
  * and the live one as one stream.
  *
+ * Seal high-water mark (seal-mark.ts): each digest is also recorded, signed,
+ * in `<kms>/audit-mark.json`, outside the audit directory. At start, digests
+ * on disk that end before the mark (deleted), a digest that is not the one
+ * the mark names (replaced) or a last sealed event whose hash is not the
+ * mark's (re-chained) put the log in the tampered state: events are still
+ * written, but no digest is signed until an operator has dealt with it, so
+ * the daemon never puts its signature on history it cannot vouch for.
+ *
  * Refused callers (an unmapped uid, a throttled connection) are written
  * through `appendRefusal`: aggregated per (caller, operation, reason) and
  * window (refusal-aggregator.ts), and their events are the first dropped when
@@ -29,13 +37,14 @@
  * `fsync: 'event'` it resolves only after fdatasync, so it also survives power
  * loss; concurrent events share one fdatasync (group commit).
  */
-import { hash } from 'node:crypto';
-import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync, existsSync } from 'node:fs';
+import { createPublicKey, hash } from 'node:crypto';
+import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
 import { RefusalAggregator } from './refusal-aggregator.js';
 import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-files.js';
 import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
+import { markPathOf, readSealMark, writeSealMark, type SealMark } from './seal-mark.js';
 import type { Logger } from '../../util/logger.js';
 import type { Hsm } from '../hsm/hsm-client.js';
 
@@ -58,6 +67,8 @@ export interface AuditOptions {
   reserveBytes?: number;
   /** Window over which repeated refusals become one event (default 10 s). */
   refusalWindowMs?: number;
+  /** The seal high-water mark (default `<dir>/../audit-mark.json`, seal-mark.ts). */
+  markPath?: string;
 }
 
 /** Disk state of the audit log, for `ebsd status`. */
@@ -70,6 +81,9 @@ export interface AuditHealth {
   SealedFiles: number;
   LastError?: string;
   Since?: string;
+  /** tampered: the log does not reach the seal high-water mark (IntegrityProblem says how); nothing is signed. */
+  Integrity: 'ok' | 'tampered';
+  IntegrityProblem?: string;
 }
 
 export interface DigestFile {
@@ -118,6 +132,9 @@ export class AuditLog {
   /** Writes, seals and rotations run one at a time, in order. */
   private queue: Promise<void> = Promise.resolve();
   private fingerprint = '';
+  private markPath = '';
+  /** Why the log cannot be vouched for (seal-mark.ts); set at start, never cleared while running. */
+  private integrityProblem: string | undefined;
   private liveBytes = 0;
   private liveFirstSeq = 0;
   private sealedFiles = 0;
@@ -176,18 +193,26 @@ export class AuditLog {
       this.sealedThrough = lastDigest.lastSequence;
       this.prevDigestHash = sha256hex(digestPayload(lastDigest));
     }
+    this.markPath = this.o.markPath ?? markPathOf(dir);
+    const { mark, error } = readSealMark(this.markPath, createPublicKey(pem), this.fingerprint);
+    const problem = error ?? (mark ? this.checkMark(mark, lastDigest, files, tail) : undefined);
+    if (problem) {
+      this.integrityProblem = problem;
+      this.o.log.error({ dir, mark: this.markPath, problem },
+        'audit log does not match its seal high-water mark (tampered?); events are still written, but no digest is signed');
+    } else if (!mark && lastDigest) {
+      // Digests from before the mark existed: the mark starts from them.
+      this.o.log.warn({ dir, mark: this.markPath, lastSequence: lastDigest.lastSequence }, 'audit: no seal high-water mark; starting one from the last digest on disk');
+      await this.writeMark(lastDigest, last!);
+    }
     if (lastDigest && this.flushedSeq < lastDigest.lastSequence) {
       // The files end before events a signed digest covers: the log was
       // truncated or files removed. Never reuse those sequence numbers (their
-      // signatures stand): set the live file aside and continue after the
-      // digest, so sealing goes on and `audit verify` names the gap.
+      // signatures stand): continue after the digest, in the same file, so
+      // the intact prefix stays where verify reads it and `audit verify`
+      // names the gap where it is (not at sequence 0), and sealing goes on.
       this.o.log.error({ dir, lastWritten: this.flushedSeq, sealedThrough: lastDigest.lastSequence },
         'audit log is missing events a signed digest covers (truncated?); continuing the sequence after the digest');
-      if (existsSync(path) && fstatSizeOf(path) > 0) {
-        const aside = `${EVENTS_FILE}.truncated-${this.clock()}`;
-        renameSync(path, join(dir, aside));
-        this.o.log.error({ file: join(dir, aside) }, 'audit: the truncated live file was kept aside for inspection');
-      }
       this.flushedSeq = lastDigest.lastSequence;
       this.flushedHash = lastDigest.lastEventHash;
     }
@@ -195,6 +220,30 @@ export class AuditLog {
     this.liveBytes = (await this.fh.stat()).size;
     this.liveFirstSeq = this.liveBytes > 0 && tail && files[files.length - 1] === EVENTS_FILE ? tail.first : this.flushedSeq + 1;
     await this.disk.ensure();
+  }
+
+  /** Why the files on disk do not reach `mark`, or undefined when they do. */
+  private checkMark(mark: SealMark, lastDigest: DigestFile | undefined, files: string[], tail: { last: number; hash: string } | undefined): string | undefined {
+    const { dir } = this.o;
+    if (!lastDigest || lastDigest.lastSequence < mark.lastSequence) {
+      return `digests are missing: the last signed digest sealed events through ${mark.lastSequence} (${this.markPath}), ` +
+        `but the digests in ${join(dir, DIGEST_DIR)} ${lastDigest ? `end at ${lastDigest.lastSequence}` : 'are gone'}`;
+    }
+    const name = digestName(mark.lastSequence);
+    let d: DigestFile | undefined;
+    try { d = JSON.parse(readFileSync(join(dir, DIGEST_DIR, name), 'utf8')) as DigestFile; } catch { /* reported below */ }
+    if (!d || sha256hex(digestPayload(d)) !== mark.digestHash) return `digest ${name} is missing or is not the one signed (${this.markPath})`;
+    const h = tail && tail.last === mark.lastSequence ? tail.hash : lineHashAt(dir, files, mark.lastSequence);
+    // An absent line is a truncation: handled (and reported by verify) as such below.
+    if (h !== undefined && h !== mark.lastEventHash) return `event ${mark.lastSequence} does not match the hash of the last signed digest (${this.markPath})`;
+    return undefined;
+  }
+
+  private async writeMark(d: DigestFile, file: string): Promise<void> {
+    await writeSealMark(this.markPath, this.o.hsm, {
+      lastSequence: d.lastSequence, lastEventHash: d.lastEventHash, digestFile: file,
+      digestHash: sha256hex(digestPayload(d)), publicKeyFingerprint: this.fingerprint,
+    });
   }
 
   /**
@@ -266,6 +315,8 @@ export class AuditLog {
       DroppedRefusalEvents: this.disk.dropped,
       LiveFileBytes: this.liveBytes,
       SealedFiles: this.sealedFiles,
+      Integrity: this.integrityProblem ? 'tampered' : 'ok',
+      ...(this.integrityProblem ? { IntegrityProblem: this.integrityProblem } : {}),
       ...(this.disk.lastError ? { LastError: this.disk.lastError } : {}),
       ...(this.disk.state !== 'ok' ? { Since: new Date(this.disk.since).toISOString() } : {}),
     };
@@ -340,8 +391,9 @@ export class AuditLog {
         lines.push(line + '\n');
       }
       try {
+        const start = this.liveBytes;
         await this.writeAll(Buffer.from(lines.join('')));
-        if (this.fsyncMode === 'event') await this.fh.datasync();
+        if (this.fsyncMode === 'event') await this.syncBatch(start, seq, hash);
         this.flushedSeq = seq;
         this.flushedHash = hash;
         this.disk.wrote();
@@ -379,6 +431,29 @@ export class AuditLog {
     }
   }
 
+  /**
+   * fdatasync the batch just written (from byte `start`, ending at `seq`, `hash`). If that
+   * fails the batch fails, and its lines must not stay behind with sequence
+   * numbers the next batch would use again: cut the file back to where the
+   * batch began, as writeAll does. If even that fails, the lines are still
+   * in the file: the chain moves past them, so no number is reused.
+   */
+  private async syncBatch(start: number, seq: number, hash: string): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (e) {
+      try {
+        await this.fh.truncate(start);
+        this.liveBytes = start;
+      } catch (te) {
+        this.o.log.error({ err: te, file: join(this.o.dir, EVENTS_FILE) }, 'audit: could not cut back a batch whose fdatasync failed; its events stay in the log');
+        this.flushedSeq = seq;
+        this.flushedHash = hash;
+      }
+      throw e;
+    }
+  }
+
   /** Seal the live file under its sealed name and continue the chain in a new live file (under `exclusive`). */
   private async rotate(): Promise<void> {
     if (this.flushedSeq < this.liveFirstSeq) return;
@@ -409,6 +484,10 @@ export class AuditLog {
 
   private async sealNow(logFile: string): Promise<void> {
     if (this.flushedSeq <= this.sealedThrough) return;
+    if (this.integrityProblem) {
+      this.o.log.warn({ problem: this.integrityProblem }, 'audit log is in the tampered state; not signing a digest');
+      return;
+    }
     if (this.fsyncMode === 'none') await this.fh.datasync(); // a digest never names events that are not on disk
     const now = this.clock();
     const d: DigestFile = {
@@ -426,10 +505,13 @@ export class AuditLog {
     const payload = digestPayload(d);
     const { signature } = await this.o.hsm.call({ op: 'signAudit', data: Buffer.from(payload) });
     d.signature = Buffer.from(signature).toString('base64');
-    await atomicWrite(join(this.o.dir, DIGEST_DIR, digestName(d.lastSequence)), JSON.stringify(d, null, 2) + '\n');
+    const name = digestName(d.lastSequence);
+    await atomicWrite(join(this.o.dir, DIGEST_DIR, name), JSON.stringify(d, null, 2) + '\n');
     this.sealedThrough = d.lastSequence;
     this.prevDigestHash = sha256hex(payload);
     this.sealStartTime = now;
+    // After the digest: a mark never runs ahead of the digests on disk.
+    await this.writeMark(d, name);
   }
 
   async close(): Promise<void> {
@@ -444,7 +526,19 @@ function openJson(event: Record<string, unknown>): string {
   return JSON.stringify(rest).slice(0, -1);
 }
 
-function fstatSizeOf(path: string): number {
-  const fd = openSync(path, 'r');
-  try { return fstatSync(fd).size; } finally { closeSync(fd); }
+/** SHA-256 hex of the line holding event `seq`, searching the files newest first; undefined when absent. */
+function lineHashAt(dir: string, files: string[], seq: number): string | undefined {
+  for (let i = files.length - 1; i >= 0; i--) {
+    const text = readFileSync(join(dir, files[i]!), 'utf8');
+    const lines = text.replace(/\n$/, '').split('\n');
+    for (const l of lines) {
+      let s: unknown;
+      try { s = (JSON.parse(l) as { sequenceNumber?: unknown }).sequenceNumber; } catch { continue; }
+      if (s === seq) return sha256hex(l);
+    }
+    let first: unknown;
+    try { first = (JSON.parse(lines[0] ?? '') as { sequenceNumber?: unknown }).sequenceNumber; } catch { /* next file */ }
+    if (typeof first === 'number' && first <= seq) return undefined;
+  }
+  return undefined;
 }

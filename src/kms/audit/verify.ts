@@ -3,15 +3,19 @@
  * (`events.<first sequence>.ndjson`, oldest first) and the live
  * `events.ndjson`, read as one stream, and the signed digests in `digests/`, and names the first event that was modified,
  * removed, reordered or is missing (truncation of the sealed part).
+ * The seal high-water mark (`<kms>/audit-mark.json`, seal-mark.ts) names the
+ * last digest the daemon signed: digests that end before it are reported
+ * `missing-digest` (deleted digests, however consistent what remains is).
  * Events written after the last digest are chained but not yet signed: a
  * truncation of that tail is undetectable until the next seal (see docs).
  */
 import { createPublicKey, verify as edVerify } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { markPathOf, readSealMark, type SealMark } from './seal-mark.js';
 import { DIGEST_DIR, GENESIS_HASH, PUBLIC_KEY_FILE, auditLogFiles, digestPayload, sha256hex, type DigestFile } from './audit-log.js';
 
-export type AuditProblemKind = 'modified' | 'removed' | 'reordered' | 'missing' | 'bad-digest';
+export type AuditProblemKind = 'modified' | 'removed' | 'reordered' | 'missing' | 'bad-digest' | 'missing-digest' | 'bad-mark';
 
 export interface AuditProblem {
   kind: AuditProblemKind;
@@ -33,10 +37,13 @@ export interface AuditVerifyResult {
   files: string[];
   /** Last sequence number covered by a valid signed digest (-1: none). */
   sealedThrough: number;
+  /** Last sequence the seal high-water mark says was signed (absent: no mark). */
+  markThrough?: number;
   problem?: AuditProblem;
 }
 
-export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string } = {}): AuditVerifyResult {
+/** `markPath`: the seal high-water mark (default: `audit-mark.json` beside `dir`). */
+export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markPath?: string } = {}): AuditVerifyResult {
   const pem = opts.publicKeyPem ?? readFileSync(join(dir, PUBLIC_KEY_FILE), 'utf8');
   const pub = createPublicKey(pem);
   const fp = sha256hex(pem);
@@ -48,8 +55,10 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string } = {}
   const files = auditLogFiles(dir);
   let prevHash: string | null = null;
   let covered = -1;
+  let mark: SealMark | undefined;
   const res = (problem?: AuditProblem, events = 0): AuditVerifyResult => ({
     ok: !problem, events, digests: digests.length, files, sealedThrough: covered,
+    ...(mark ? { markThrough: mark.lastSequence } : {}),
     ...(problem ? { problem } : {}),
   });
   for (const n of names) {
@@ -68,6 +77,22 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string } = {}
     digests.push(d);
   }
   const digestAt = new Map(digests.map((d) => [d.lastSequence, d]));
+
+  // 1b. The seal high-water mark: the digests must reach the last one signed.
+  const markPath = opts.markPath ?? markPathOf(dir);
+  const m = readSealMark(markPath, pub, fp);
+  if (m.error) return res({ kind: 'bad-mark', sequence: -1, detail: m.error });
+  mark = m.mark;
+  if (mark && mark.lastSequence > covered) {
+    return res({ kind: 'missing-digest', sequence: covered + 1,
+      detail: `digests sealing events ${covered + 1}..${mark.lastSequence} are missing: the seal high-water mark ${markPath} records digest ${mark.digestFile} as signed` });
+  }
+  if (mark) {
+    const d = digestAt.get(mark.lastSequence);
+    if (!d || sha256hex(digestPayload(d)) !== mark.digestHash) {
+      return res({ kind: 'bad-digest', sequence: mark.lastSequence, detail: `digest ${mark.digestFile} is not the one the seal high-water mark ${markPath} records` });
+    }
+  }
 
   // 2. Events: sequence, chain, digest anchors; one file in memory at a time.
   let expected = 0;

@@ -1,0 +1,176 @@
+import { describe, it, expect, vi } from 'vitest';
+import { existsSync, promises as fsp, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { verifyAuditLog } from '../../src/kms/audit/verify.js';
+import { openKms, admin, tempDir } from './helpers.js';
+
+const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+/** Rewrite every `previousEventHash` so the edited file is a consistent chain again (what a forger does). */
+function rechain(lines: string[]): string[] {
+  let prev = '0'.repeat(64);
+  return lines.map((l) => {
+    const out = l.replace(/"previousEventHash":"[0-9a-f]{64}"\}$/, `"previousEventHash":"${prev}"}`);
+    prev = sha(out);
+    return out;
+  });
+}
+
+/** The audit log against its seal high-water mark (docs/kms-format.md §Audit log). */
+describe('audit log integrity', () => {
+  it('deleting every digest and re-chaining an edited log is reported, and the daemon signs nothing over it', async () => {
+    const t = tempDir();
+    try {
+      let kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 4; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close(); // seals 0..4
+      const dir = join(t.dir, 'audit');
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 4, markThrough: 4 });
+      expect(existsSync(join(t.dir, 'audit-mark.json'))).toBe(true);
+
+      // The forgery: every digest gone, event 1's caller changed, the chain recomputed.
+      rmSync(join(dir, 'digests'), { recursive: true });
+      const path = join(dir, 'events.ndjson');
+      const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
+      lines[1] = lines[1]!.replace(admin.arn, 'arn:aws:iam::111122223333:user/someone-else');
+      expect(lines[1]).toContain('someone-else');
+      writeFileSync(path, rechain(lines).join('\n') + '\n');
+
+      const res = verifyAuditLog(dir);
+      expect(res.ok).toBe(false);
+      expect(res.problem).toMatchObject({ kind: 'missing-digest', sequence: 0 });
+      expect(res.problem?.detail).toMatch(/events 0\.\.4 are missing/);
+
+      // Restarted: the log is marked tampered, calls are still audited, and no digest is signed over the forged history.
+      kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      expect(kms.audit.health()).toMatchObject({ Integrity: 'tampered' });
+      expect(kms.audit.health().IntegrityProblem).toMatch(/digests are missing: the last signed digest sealed events through 4/);
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.sealAudit();
+      await kms.close();
+      expect(readdirSync(join(dir, 'digests'))).toEqual([]);
+      expect(readFileSync(path, 'utf8').trimEnd().split('\n')).toHaveLength(6);
+      expect(verifyAuditLog(dir).problem).toMatchObject({ kind: 'missing-digest' });
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('a replaced or unsigned mark is reported; a digest chain that ends early is reported against the mark', async () => {
+    const t = tempDir();
+    try {
+      const kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 2 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 5; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close();
+      const dir = join(t.dir, 'audit');
+      const digests = readdirSync(join(dir, 'digests')).sort();
+      expect(digests.length).toBeGreaterThanOrEqual(3);
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true });
+
+      // Only the newest digest removed: the rest chain fine, the mark says one is missing.
+      const newest = join(dir, 'digests', digests[digests.length - 1]!);
+      const saved = readFileSync(newest, 'utf8');
+      rmSync(newest);
+      expect(verifyAuditLog(dir).problem).toMatchObject({ kind: 'missing-digest' });
+      writeFileSync(newest, saved);
+
+      // A mark lowered by hand fails its signature.
+      const markPath = join(t.dir, 'audit-mark.json');
+      const mark = JSON.parse(readFileSync(markPath, 'utf8'));
+      writeFileSync(markPath, JSON.stringify({ ...mark, lastSequence: 1 }));
+      expect(verifyAuditLog(dir).problem).toMatchObject({ kind: 'bad-mark' });
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
+describe('audit sealing from tick', () => {
+  it('tick seals when events were written since the last digest, and only then', async () => {
+    const t = tempDir();
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 1_000_000 });
+      const dir = join(t.dir, 'audit');
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 3; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      expect(readdirSync(join(dir, 'digests'))).toEqual([]);
+      await kms.tick();
+      expect(readdirSync(join(dir, 'digests'))).toEqual(['000000000003.json']);
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 3 });
+      await kms.tick(); // nothing new: no new digest
+      expect(readdirSync(join(dir, 'digests'))).toEqual(['000000000003.json']);
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.tick();
+      expect(readdirSync(join(dir, 'digests')).sort()).toEqual(['000000000003.json', '000000000004.json']);
+      await kms.close();
+      kms = undefined;
+    } finally {
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+});
+
+describe('audit write failures', () => {
+  it("a failed fdatasync fails that call and cuts its event back out: the chain stays whole, no number is reused", async () => {
+    const t = tempDir();
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    // The FileHandle class is not exported; its prototype is that of any open handle.
+    const probe = await fsp.open(t.dir, 'r');
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+    await probe.close();
+    try {
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditFsync: 'event' });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      const eio = Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5, syscall: 'fdatasync' });
+      const spy = vi.spyOn(proto, 'datasync').mockRejectedValueOnce(eio);
+      const failed = await kms.call('DescribeKey', { KeyId: k.KeyId }, admin).then(() => undefined, (e: unknown) => e);
+      expect(spy).toHaveBeenCalled();
+      spy.mockRestore();
+      expect((failed as { awsName?: string } | undefined)?.awsName).toBe('KMSInternalException');
+      for (let i = 0; i < 2; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close();
+      kms = undefined;
+      const dir = join(t.dir, 'audit');
+      const seqs = readFileSync(join(dir, 'events.ndjson'), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l).sequenceNumber);
+      expect(seqs).toEqual([0, 1, 2]);
+      const res = verifyAuditLog(dir);
+      expect(res.ok, JSON.stringify(res.problem)).toBe(true);
+    } finally {
+      vi.restoreAllMocks();
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+});
+
+describe('audit log truncation', () => {
+  it('after a truncation the intact prefix stays in the live file and verify names the gap where it is', async () => {
+    const t = tempDir();
+    try {
+      let kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 5; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close(); // seals 0..5
+      const dir = join(t.dir, 'audit');
+      const path = join(dir, 'events.ndjson');
+      writeFileSync(path, readFileSync(path, 'utf8').split('\n').slice(0, 3).join('\n') + '\n'); // 0..2 kept
+
+      kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close();
+      const seqs = readFileSync(path, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l).sequenceNumber);
+      expect(seqs).toEqual([0, 1, 2, 6]);
+      expect(readdirSync(dir).filter((f) => f.includes('truncated'))).toEqual([]);
+      const res = verifyAuditLog(dir);
+      expect(res).toMatchObject({ ok: false, sealedThrough: 6 });
+      expect(res.problem).toMatchObject({ kind: 'removed', sequence: 3 });
+    } finally {
+      t.cleanup();
+    }
+  });
+});
