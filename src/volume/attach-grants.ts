@@ -5,8 +5,26 @@ import type { Catalog, VolumeRecord } from './catalog.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { errInfo } from './errors.js';
 
-/** Grants named so belong to an attachment of the volume named after the prefix. */
+/** Grants named so belong to an attachment: `ebsd-attach-<instance id>-<volume id>`. */
 export const ATTACH_GRANT_PREFIX = 'ebsd-attach-';
+
+/**
+ * The attach grant's name. It carries the host's InstanceId because hosts
+ * sharing one IAM role share the retiring principal, so ListRetirableGrants
+ * shows each of them every host's grants (docs/architecture.md §6.2).
+ */
+export function attachGrantName(instanceId: string, volumeId: string): string {
+  return `${ATTACH_GRANT_PREFIX}${instanceId}-${volumeId}`;
+}
+
+/** What an attach grant's name says: whose (undefined: the old `ebsd-attach-<vol>`, which names no host) and which volume. */
+function parseAttachGrantName(name: string | undefined): { instanceId?: string; volumeId: string } | undefined {
+  if (!name?.startsWith(ATTACH_GRANT_PREFIX)) return undefined;
+  const rest = name.slice(ATTACH_GRANT_PREFIX.length);
+  const m = /^(?:(i-[0-9a-zA-Z]+)-)?(vol-[0-9a-f]+)$/.exec(rest);
+  if (!m) return undefined;
+  return { ...(m[1] ? { instanceId: m[1] } : {}), volumeId: m[2]! };
+}
 
 /**
  * Retirement of attach grants (the `[Decrypt]` grants attach creates for the
@@ -18,6 +36,7 @@ export class AttachGrants {
   constructor(
     private readonly ks: KeyService,
     private readonly host: Caller,
+    private readonly instanceId: string,
     private readonly catalog: Catalog,
     private readonly mutex: KeyedMutex,
     private readonly log: Logger,
@@ -85,27 +104,38 @@ export class AttachGrants {
    * Retire the attach grants no attachment holds: a crash between CreateGrant
    * and the catalog write leaves one; so does a delete of a volume whose
    * grant retirement kept failing. Found by ListRetirableGrants as the host
-   * (grants whose retiring principal is this host), matched by name
-   * (`ebsd-attach-<volume id>`) against the catalog, retired by id as the
-   * host. `onlyVolumeId` limits the sweep to one volume (DeleteVolume).
-   * Returns the grant ids retired. Never throws for KMS errors: a sweep that
-   * cannot list is logged and retried at the next start.
+   * (grants whose retiring principal is this host's principal), matched by
+   * name against the catalog, retired by id as the host. Only this host's
+   * own grants are candidates: `ebsd-attach-<this instance>-<vol>`, and the
+   * old `ebsd-attach-<vol>` (made before names carried the instance) when
+   * `<vol>` is in this host's catalog. Hosts sharing one IAM role see each
+   * other's grants in the list; another instance's grants, and old-format
+   * grants of volumes this host does not know, are left alone (they may be
+   * another host's live attachments). `onlyVolumeId` limits the sweep to one
+   * volume (DeleteVolume). Returns the grant ids retired. Never throws for
+   * KMS errors: a sweep that cannot list is logged and retried at the next start.
    */
   async retireOrphans(onlyVolumeId?: string): Promise<string[]> {
     const list = this.ks.listRetirableGrants?.bind(this.ks);
     if (!list) return [];
     const orphans: { volumeId: string; grantId: string; keyArn: string }[] = [];
+    let unattributed = 0;
     try {
       let marker: string | undefined;
       for (let page = 0; page < 1000; page++) {
         const r = await list({ RetiringPrincipal: this.host.arn, Limit: 100, ...(marker ? { Marker: marker } : {}) }, this.host);
         for (const g of r.Grants) {
-          if (!g.Name?.startsWith(ATTACH_GRANT_PREFIX)) continue;
-          const volumeId = g.Name.slice(ATTACH_GRANT_PREFIX.length);
-          if (onlyVolumeId !== undefined && volumeId !== onlyVolumeId) continue;
-          const rec = this.catalog.get(volumeId);
+          const n = parseAttachGrantName(g.Name);
+          if (!n) continue;
+          if (onlyVolumeId !== undefined && n.volumeId !== onlyVolumeId) continue;
+          if (n.instanceId !== undefined && n.instanceId !== this.instanceId) continue; // another host's
+          const rec = this.catalog.get(n.volumeId);
+          if (n.instanceId === undefined && !rec) {
+            unattributed++;
+            continue;
+          }
           const held = rec?.state === 'in-use' && !rec.detaching && rec.attachment?.grantId === g.GrantId;
-          if (!held) orphans.push({ volumeId, grantId: g.GrantId, keyArn: g.KeyId });
+          if (!held) orphans.push({ volumeId: n.volumeId, grantId: g.GrantId, keyArn: g.KeyId });
         }
         if (!r.Truncated || !r.NextMarker) break;
         marker = r.NextMarker;
@@ -114,6 +144,7 @@ export class AttachGrants {
       this.log.warn({ err: errInfo(e) }, 'could not list the host\'s retirable grants; attach grants without an attachment stay until the next start');
       return [];
     }
+    if (unattributed) this.log.info({ grants: unattributed }, 'attach grants named the old way (ebsd-attach-<vol>) for volumes this host does not know: left alone, they may be another host\'s on the same role');
     const retired: string[] = [];
     for (const g of orphans) if (await this.retireOne(g.volumeId, g, 'orphan')) retired.push(g.grantId);
     if (orphans.length) this.log.warn({ grantIds: orphans.map((g) => g.grantId), retired: retired.length }, 'retired attach grants that no attachment holds');

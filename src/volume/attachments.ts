@@ -11,7 +11,7 @@ import { DEFAULT_KEY_CACHE_TTL_MS, type ImpairedEvent } from './key-cache.js';
 import { KeyCheck } from './key-check.js';
 import type { Clock } from '../util/clock.js';
 import type { KeyService } from './key-service.js';
-import { ATTACH_GRANT_PREFIX, AttachGrants } from './attach-grants.js';
+import { attachGrantName, AttachGrants } from './attach-grants.js';
 import type { BlockDevice } from './types.js';
 import type { Attachment } from './attachment.js';
 import type { Luks2Volume } from './luks2-json.js';
@@ -105,7 +105,7 @@ export class Attachments {
     this.openCount = o.openCount ?? (() => 0);
     this.expose = o.expose ?? (() => {});
     this.hide = o.hide ?? (async () => {});
-    this.grants = new AttachGrants(o.ks, o.host, o.catalog, o.mutex, o.log);
+    this.grants = new AttachGrants(o.ks, o.host, o.instanceId, o.catalog, o.mutex, o.log);
     const ttlMs = o.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     this.keyCheck = ttlMs > 0 ? new KeyCheck({ ks: o.ks, host: o.host, ttlMs, ...(o.clock ? { clock: o.clock } : {}), ...(o.random ? { random: o.random } : {}), logger: o.log }) : undefined;
   }
@@ -153,7 +153,7 @@ export class Attachments {
             RetiringPrincipal: this.host.arn,
             Operations: ['Decrypt'],
             Constraints: { EncryptionContextSubset: { 'aws:ebs:id': rec.volumeId } },
-            Name: `${ATTACH_GRANT_PREFIX}${rec.volumeId}`,
+            Name: attachGrantName(this.instanceId, rec.volumeId),
           },
           { ...caller, viaService: this.viaService },
         );

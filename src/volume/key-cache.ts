@@ -14,7 +14,7 @@ export const DEFAULT_FULL_REFRESH_TTLS = 4;
 export interface ImpairedEvent {
   volumeId: string;
   /** `kms-refused` (authoritative no), `kms-unreachable` (past max-stale), `key-mismatch`. */
-  reason: 'kms-refused' | 'kms-unreachable' | 'key-mismatch';
+  reason: 'kms-refused' | 'kms-unreachable' | 'key-mismatch' | 'grant-revoked';
   /** The KMS exception, when KMS gave one. */
   awsName?: string;
   message: string;
@@ -67,6 +67,8 @@ export interface CheckedCache {
   confirm(): void;
   unreachable(err: KeyServiceError): Promise<void>;
   refreshNow(): Promise<void>;
+  /** The volume's attach grant, listed by an earlier round, is gone from a complete list: revoked or retired by someone else. */
+  grantGone(message: string): Promise<void>;
 }
 
 /** A shared check a cache joins at start and leaves at stop. */
@@ -230,6 +232,16 @@ export class KeyCache implements CheckedCache {
   confirm(): void {
     if (this.stopped || this._impaired) return;
     this.good();
+  }
+
+  /**
+   * The shared check saw this volume's grant listed, then a complete list
+   * without it: impaired without a Decrypt, whose success would prove nothing
+   * when the key policy itself allows the host kms:Decrypt (docs/architecture.md §6.3).
+   */
+  async grantGone(message: string): Promise<void> {
+    if (this.stopped || this._impaired) return;
+    await this.impair('grant-revoked', undefined, message);
   }
 
   /** The shared check could not reach KMS: ride it out until max-stale. */

@@ -34,6 +34,8 @@ export interface KeyCheckRound {
   unreachable: number;
   /** False when the host may not list its grants: every volume then decrypts each round. */
   grantsListed: boolean;
+  /** Volumes impaired because their grant, listed by an earlier round, was gone from this one. */
+  grantGone: number;
 }
 
 /**
@@ -45,7 +47,11 @@ export interface KeyCheckRound {
  * any other answer (key not Enabled, DescribeKey refused, grant missing,
  * grants not listable) sends that volume to decrypt through its grant now,
  * and the Decrypt's answer decides, so a refusal impairs with KMS's own
- * exception and a lagging list never impairs anything. KMS not answering
+ * exception and a list lagging behind a new grant never impairs anything.
+ * One exception: a grant an earlier round listed and a complete list no
+ * longer holds was revoked or retired, and that volume is impaired
+ * (`grant-revoked`) without a Decrypt, which a key policy allowing the host
+ * kms:Decrypt would let succeed anyway. KMS not answering
  * makes every member stale; rounds then come every TTL/4 until it answers.
  */
 export class KeyCheck {
@@ -59,6 +65,8 @@ export class KeyCheck {
   private running: Promise<void> | null = null;
   private stopped = false;
   private listable = true;
+  /** Members whose grant a round has listed: a complete list without it later means it is gone. */
+  private readonly listed = new WeakSet<Member>();
   private failing = false;
   last: KeyCheckRound | undefined;
 
@@ -161,6 +169,7 @@ export class KeyCheck {
     if (members.length === 0) return;
     const decrypt: Member[] = [];
     const confirmed: Member[] = [];
+    const gone: Member[] = [];
     let unreachable: KeyServiceError | undefined;
     try {
       const grants = await this.grantIds();
@@ -176,7 +185,14 @@ export class KeyCheck {
           enabled.set(k, false); // refused: each volume's Decrypt says what it means for it
         }
       }));
-      for (const m of members) (enabled.get(m.keyArn) && grants?.has(m.grantId) ? confirmed : decrypt).push(m);
+      for (const m of members) {
+        if (grants?.has(m.grantId)) this.listed.add(m);
+        else if (grants && this.listed.has(m)) {
+          gone.push(m);
+          continue;
+        }
+        (enabled.get(m.keyArn) && grants?.has(m.grantId) ? confirmed : decrypt).push(m);
+      }
     } catch (e) {
       unreachable = toKeyServiceError('DescribeKey', e);
     }
@@ -189,9 +205,11 @@ export class KeyCheck {
       if (this.failing) this.log.info({ volumes: members.length }, 'shared key check: KMS answers again');
       this.failing = false;
       for (const m of confirmed) if (this.members.has(m)) m.cache.confirm();
+      if (gone.length) this.log.warn({ volumes: gone.map((m) => m.volumeId), grantIds: gone.map((m) => m.grantId) }, 'shared key check: attach grants listed before are gone (revoked or retired): volumes impaired');
+      await Promise.all(gone.map((m) => (this.members.has(m) ? m.cache.grantGone(`attach grant ${m.grantId} is no longer listed for the host (revoked or retired)`) : undefined)));
       await Promise.all(decrypt.map((m) => (this.members.has(m) ? m.cache.refreshNow() : undefined)));
     }
-    this.last = { at: this.clock.now(), confirmed: confirmed.length, toDecrypt: decrypt.length, unreachable: unreachable ? members.length : 0, grantsListed: this.listable };
+    this.last = { at: this.clock.now(), confirmed: confirmed.length, toDecrypt: decrypt.length, unreachable: unreachable ? members.length : 0, grantsListed: this.listable, grantGone: gone.length };
     this.schedule(unreachable ? this.o.ttlMs / 4 : this.period());
   }
 }

@@ -14,6 +14,7 @@ import type { Clock } from '../util/clock.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { Attachments } from './attachments.js';
 import { VolumeRecovery } from './volume-recovery.js';
+import { loadInstanceId } from './instance-id.js';
 import type { BlockDevice } from './types.js';
 import type { SnapshotSource } from './write-gate.js';
 import { VOLUME_KEY_BYTES } from './luks2-json.js';
@@ -45,7 +46,7 @@ export interface VolumeManagerOptions {
   xtsEngine: XtsEngine;
   /** Region for kms:ViaService `ec2.<region>.amazonaws.com`; default us-east-1. */
   region?: string;
-  /** InstanceId recorded in attachments; default `i-` + 17 hex derived from nothing secret. */
+  /** InstanceId recorded in attachments and named in attach grants; default the one in `<stateDir>/volumes/instance-id`, drawn at random at the first start (instance-id.ts). */
   instanceId?: string;
   availabilityZone?: string;
   /** Key cache TTL (ms); default 300 000; 0 holds the key until detach. */
@@ -184,7 +185,7 @@ export class VolumeManager {
     this.log = (o.logger ?? silentLogger).child({ component: 'volume' });
     this.ks = guardKeyService(o.keyService);
     this.viaService = `ec2.${o.region ?? 'us-east-1'}.amazonaws.com`;
-    this.instanceId = o.instanceId ?? 'i-0ebsd00000000000';
+    this.instanceId = o.instanceId!; // open() fills it in
     this.attachments = new Attachments({
       dir: this.dir,
       catalog,
@@ -221,7 +222,8 @@ export class VolumeManager {
   static async open(o: VolumeManagerOptions): Promise<VolumeManager> {
     const dir = join(o.stateDir, 'volumes');
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    const m = new VolumeManager(o, await Catalog.load(dir, (o.logger ?? silentLogger).child({ component: 'volume' })));
+    const instanceId = o.instanceId ?? (await loadInstanceId(dir));
+    const m = new VolumeManager({ ...o, instanceId }, await Catalog.load(dir, (o.logger ?? silentLogger).child({ component: 'volume' })));
     await m.recover();
     await m.retirePendingGrants();
     await m.attachments.grants.retireOrphans();

@@ -185,6 +185,27 @@ describe('a fleet on one KMS, in network namespaces', () => {
     }
   });
 
+  it('revoke-grant under the README key policy (the host may also Decrypt by policy): that host\'s volume is impaired (grant-revoked), the other host\'s keeps serving; grant names carry each host\'s InstanceId', async () => {
+    const vols = Object.fromEntries(await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.ok(['status'])).Volumes.find((v: any) => v.Attached).VolumeId as string] as const)));
+    const listed = (await kms.ok(['kms', 'list-grants', '--key-id', keyArn])).Grants as { GrantId: string; Name?: string }[];
+    const grantOf = (vol: string) => listed.find((g) => g.Name?.endsWith(`-${vol}`) && g.Name.startsWith('ebsd-attach-i-'));
+    const [ga, gb] = [grantOf(vols['host-a']!), grantOf(vols['host-b']!)];
+    expect(ga && gb).toBeTruthy();
+    expect(ga!.Name!.split('-')[3]).not.toBe(gb!.Name!.split('-')[3]); // i-<hex> differs between the hosts
+    // A shared round has listed the grant since the re-attach: the volume was confirmed after now.
+    const since = Date.now();
+    await until('host-a confirmed by a round', async () => { const v = await volumeOf('host-a', vols['host-a']!); return Date.parse(v.Kms.LastRefreshTime) > since ? v : undefined; }, 15_000);
+    await kms.ok(['kms', 'revoke-grant', '--key-id', keyArn, '--grant-id', ga!.GrantId]);
+    const st = await until('host-a impaired', async () => { const v = await volumeOf('host-a', vols['host-a']!); return v.KeyCache.State === 'impaired' ? v : undefined; }, 15_000);
+    expect(st.KeyCache.Impaired).toMatchObject({ Reason: 'grant-revoked' });
+    await expect(readDirect(file('host-a', vols['host-a']!), 4096)).rejects.toThrow(/Input\/output error/);
+    expect((await volumeOf('host-b', vols['host-b']!)).KeyCache.State).toMatch(/cached|refreshing/);
+    expect((await readDirect(file('host-b', vols['host-b']!), MiB)).equals(patterns.get('host-b')!)).toBe(true);
+    await hosts['host-a']!.ok(['detach', vols['host-a']!, '--force']);
+    await hosts['host-a']!.ok(['attach', vols['host-a']!]);
+    expect((await readDirect(file('host-a', vols['host-a']!), MiB)).equals(patterns.get('host-a')!)).toBe(true);
+  });
+
   it('a host whose role is not in the key policy cannot create or attach, and the error names the permission', async () => {
     const c = hostDaemon('host-c', 'b', 'host-c');
     await c.start();

@@ -132,6 +132,21 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     expect(states([ids[0]!, ids[2]!])).toEqual(['cached', 'cached']);
   });
 
+  test('RevokeGrant while the host may also Decrypt by policy (the old README key policy): the grant a round listed and the next does not impairs the volume within one TTL (grant-revoked), not a policy Decrypt', async () => {
+    await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
+    const k = await kms.createKey();
+    const ids = await attachMany(1, [k]);
+    const [grantId] = await kms.grantIds(k);
+    ids.push(...(await attachMany(1, [k])));
+    await clock.advance(TTL); // a round has listed both grants
+    await kms.revokeGrant(k, grantId!);
+    await clock.advance(TTL);
+    expect(impaired.map((e) => [e.volumeId, e.reason])).toEqual([[ids[0], 'grant-revoked']]);
+    expect(states([ids[1]!])).toEqual(['cached']);
+    await expect(mgr.getBlockDevice(ids[0]!)!.read(0, SS, Buffer.alloc(SS))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
+    expect(lines(/attach grants listed before are gone/)).toHaveLength(1);
+  });
+
   test('KMS unreachable: stale (logged once however many retries fail), reads go on, back to cached when it answers, no re-attach; past max-stale: impaired, logged once', async () => {
     const k = await kms.createKey();
     const ids = await attachMany(3, [k]);

@@ -119,7 +119,7 @@ describe('CreateVolume / DescribeVolumes / DeleteVolume', () => {
     writeFileSync(join(t.dir, 'volumes', '.vol-0123456789abcdef0.img.tmp'), 'half');
     mgr = await manager();
     expect(mgr.describeVolumes().Volumes).toEqual([]);
-    expect(readdirSync(join(t.dir, 'volumes')).sort()).toEqual(['catalog.json']);
+    expect(readdirSync(join(t.dir, 'volumes')).sort()).toEqual(['catalog.json', 'instance-id']);
     expect(audits.filter((x) => x.eventName === 'VolumeRecovered').map((x) => x.volumeId).sort()).toEqual([a.VolumeId, b.VolumeId].sort());
   });
 });
