@@ -1,6 +1,6 @@
 import { ArgRangeError } from '../util/errors.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
-import { isLoopback } from './kms-listener.js';
+import { isLoopback } from '../util/loopback.js';
 
 export interface DaemonConfig {
   /** Default /var/lib/ebsd. */
@@ -92,6 +92,18 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   // Checked before anything starts; the listener checks again (it may be built without a config).
   if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
     throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
+  }
+  // Checked before anything starts; the KMS client checks again (src/volume/aws-key-service.ts).
+  if (c.kmsEndpoint !== undefined) {
+    let u: URL | undefined;
+    try {
+      u = new URL(c.kmsEndpoint);
+    } catch {
+      u = undefined; // the client names what is wrong with it
+    }
+    if (u?.protocol === 'http:' && !isLoopback(u.hostname)) {
+      throw new ArgRangeError('--kms-endpoint', `"${c.kmsEndpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
+    }
   }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
