@@ -26,6 +26,7 @@ import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
 import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 import { judgeRemoteKeyUse, RemoteKeyNames } from './remote-key-names.js';
+import { ResumeRetry } from '../volume/resume-retry.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
 import { checkImageSizeFits } from '../volume/size.js';
@@ -121,6 +122,8 @@ export class Daemon {
   private remoteKeyNames: RemoteKeyNames | undefined;
   /** Set while a host with --kms-endpoint waits for its KMS to answer at start (host-resolver.ts). */
   private hostResolver: HostResolver | undefined;
+  /** Volumes recorded attached whose re-attach the KMS did not answer: retried with back-off (resume-retry.ts). */
+  private resumeRetry: ResumeRetry | undefined;
   /** Meanwhile: the volumes the catalog records as attached here, shown as waiting in `ebsd status`. */
   private waitingVolumes: { VolumeId: string; SizeBytes: number; KmsKeyId: string; Encrypted: boolean }[] = [];
   private xtsEngine: XtsEngine | undefined;
@@ -367,6 +370,10 @@ export class Daemon {
     });
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
+    // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.
+    const resumeMgr = this.mgr;
+    this.resumeRetry = new ResumeRetry({ resume: (only) => resumeMgr.resumeAttachments(only), logger: log.child({ component: 'resume-retry' }) });
+    this.resumeRetry.add(failed);
   }
 
   private async startMetrics(): Promise<string | undefined> {
@@ -412,6 +419,7 @@ export class Daemon {
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());
     await step('host resolver', () => this.hostResolver?.stop());
+    await step('resume retry', () => this.resumeRetry?.stop());
     await step('ebs direct', async () => this.ebs?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
@@ -719,8 +727,8 @@ export class Daemon {
         ...(v.KmsKeyId ? { KmsKeyId: v.KmsKeyId } : {}),
         Attached: attached,
         ...(attached ? { Path: this.pathOf(v.VolumeId), OpenHandles: this.bfs!.openCount(v.VolumeId) } : {}),
-        // Recorded in-use but not served: a resume failed (see the daemon log).
-        ...(v.State === 'in-use' && !attached ? { Problem: 'recorded attached but not served; see daemon log' } : {}),
+        // Recorded in-use but not served: a resume failed; retried when the KMS did not answer (resume-retry.ts).
+        ...(v.State === 'in-use' && !attached ? this.unservedProblem(v.VolumeId) : {}),
         // State: cached | refreshing | stale | impaired | held-until-detach | unencrypted | none (not attached).
         KeyCache: keyCache,
         ...(v.Encrypted ? { Kms: this.kmsOf(keyCache) } : {}),
@@ -751,6 +759,14 @@ export class Daemon {
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
     };
+  }
+
+  /** Why a volume recorded attached is not served, and its retry when there is one. */
+  private unservedProblem(volumeId: string): Record<string, unknown> {
+    this.resumeRetry?.nudge();
+    const r = this.resumeRetry?.state(volumeId);
+    if (!r) return { Problem: 'recorded attached but not served (KMS refused the re-attach, or it failed); see daemon log; detach it' };
+    return { Problem: `recorded attached, not served yet: the KMS did not answer the re-attach (${r.AwsName ?? r.LastError}); retrying with back-off`, Resume: r };
   }
 
   /** `Waiting` in Daemon.Kms while the host's KMS has not answered since start. */
