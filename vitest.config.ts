@@ -56,6 +56,7 @@ const UNIT = [
   'test/snapshot/snapshot-cli-args.test.ts',
   'test/snapshot/source-snapshot-authz.test.ts',
   'test/snapshot/ebs-direct-key-cache.test.ts',
+  'test/volume/resume-retry.test.ts',
   'test/util/strict-json.test.ts',
   'test/util/util.test.ts',
   'test/util/logger-redact.test.ts',

@@ -110,8 +110,8 @@ function daemonCommand(y: Argv): Argv {
       b
         .option('mount', { type: 'string', default: DEFAULT_MOUNT_DIR, describe: 'FUSE mount point: one file per attached volume' })
         .option('region', { type: 'string', describe: 'AWS region name (fixed when the state dir is initialised; default us-east-1)' })
-        .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach)' })
-        .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h)' })
+        .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach; at most 596h)' })
+        .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h; at most 596h)' })
         .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] })
         .option('log-format', { type: 'string', choices: ['json', 'pretty'], describe: 'log lines: pretty (readable) or json (default: pretty on a terminal, json otherwise)' })
         .option('metrics-listen', { type: 'string', describe: 'serve Prometheus /metrics on HOST:PORT (e.g. 127.0.0.1:9464)' })
@@ -158,7 +158,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
         ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory') } : {}),
-        ...(a.snapshotGcGrace !== undefined ? { snapshotGcGraceMs: parseDuration(a.snapshotGcGrace, '--snapshot-gc-grace') } : {}),
+        ...(a.snapshotGcGrace !== undefined ? { snapshotGcGraceMs: parseDuration(a.snapshotGcGrace, '--snapshot-gc-grace', Number.MAX_SAFE_INTEGER) } : {}),
         ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
       };
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');

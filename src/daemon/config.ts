@@ -1,5 +1,6 @@
 import { ArgRangeError } from '../util/errors.js';
-import { isLoopback } from './kms-listener.js';
+import { MAX_TIMER_MS } from '../util/clock.js';
+import { isLoopback } from '../util/loopback.js';
 
 export interface DaemonConfig {
   /** Default /var/lib/ebsd. */
@@ -92,21 +93,49 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
     throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
   }
+  // Checked before anything starts; the KMS client checks again (src/volume/aws-key-service.ts).
+  if (c.kmsEndpoint !== undefined) {
+    let u: URL | undefined;
+    try {
+      u = new URL(c.kmsEndpoint);
+    } catch {
+      u = undefined; // the client names what is wrong with it
+    }
+    if (u?.protocol === 'http:' && !isLoopback(u.hostname)) {
+      throw new ArgRangeError('--kms-endpoint', `"${c.kmsEndpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
+    }
+  }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
+    // Both feed timers (src/volume/key-cache.ts): past MAX_TIMER_MS Node fires them after 1 ms.
+    if (v !== undefined && v > MAX_TIMER_MS) throw new ArgRangeError(name, `must be at most ${durationLimit(MAX_TIMER_MS)}, got ${v}`);
   }
 }
 
-/** `300`, `300s`, `5m`, `1h`, `250ms` -> milliseconds. */
-export function parseDuration(v: string | number, name: string): number {
+
+/**
+ * `300`, `300s`, `5m`, `1h`, `250ms` -> milliseconds, at most `maxMs`; an
+ * ArgRangeError naming the flag otherwise. The default, MAX_TIMER_MS, is for a
+ * value that feeds a timer (src/util/clock.ts): a longer key-cache max-stale
+ * would expire at once, a longer TTL would refresh in a loop.
+ */
+export function parseDuration(v: string | number, name: string, maxMs: number = MAX_TIMER_MS): number {
+  let ms: number;
   if (typeof v === 'number') {
     if (!Number.isFinite(v) || v < 0) throw new ArgRangeError(name, `must be a non-negative duration, got ${v}`);
-    return Math.round(v * 1000);
+    ms = Math.round(v * 1000);
+  } else {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(v);
+    if (!m) throw new ArgRangeError(name, `"${v}" is not a duration (e.g. 300, 300s, 5m, 1h, 250ms)`);
+    const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+    ms = Math.round(Number(m[1]) * mult);
   }
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(v);
-  if (!m) throw new ArgRangeError(name, `"${v}" is not a duration (e.g. 300, 300s, 5m, 1h, 250ms)`);
-  const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
-  return Math.round(Number(m[1]) * mult);
+  if (!(ms <= maxMs)) throw new ArgRangeError(name, `${String(v)} is too long: at most ${durationLimit(maxMs)}`);
+  return ms;
+}
+
+function durationLimit(ms: number): string {
+  return ms === MAX_TIMER_MS ? `${MAX_TIMER_MS} ms (2^31-1 ms, about 596 h: the longest timer Node keeps)` : `${ms} ms`;
 }
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };

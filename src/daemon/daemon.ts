@@ -26,6 +26,7 @@ import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
 import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 import { judgeRemoteKeyUse, RemoteKeyNames } from './remote-key-names.js';
+import { ResumeRetry } from '../volume/resume-retry.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
 import { checkImageSizeFits } from '../volume/size.js';
@@ -121,6 +122,8 @@ export class Daemon {
   private remoteKeyNames: RemoteKeyNames | undefined;
   /** Set while a host with --kms-endpoint waits for its KMS to answer at start (host-resolver.ts). */
   private hostResolver: HostResolver | undefined;
+  /** Volumes recorded attached whose re-attach the KMS did not answer: retried with back-off (resume-retry.ts). */
+  private resumeRetry: ResumeRetry | undefined;
   /** Meanwhile: the volumes the catalog records as attached here, shown as waiting in `ebsd status`. */
   private waitingVolumes: { VolumeId: string; SizeBytes: number; KmsKeyId: string; Encrypted: boolean }[] = [];
   private xtsEngine: XtsEngine | undefined;
@@ -367,6 +370,10 @@ export class Daemon {
     });
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
+    // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.
+    const resumeMgr = this.mgr;
+    this.resumeRetry = new ResumeRetry({ resume: (only) => resumeMgr.resumeAttachments(only), logger: log.child({ component: 'resume-retry' }) });
+    this.resumeRetry.add(failed);
   }
 
   private async startMetrics(): Promise<string | undefined> {
@@ -412,6 +419,7 @@ export class Daemon {
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());
     await step('host resolver', () => this.hostResolver?.stop());
+    await step('resume retry', () => this.resumeRetry?.stop());
     await step('ebs direct', async () => this.ebs?.close());
     await step('drain FUSE', () => this.bfs?.drainAll());
     await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
@@ -500,14 +508,17 @@ export class Daemon {
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
       const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
-      const keyRefusal = await this.remoteKeyRefusal(req, caller);
-      if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, volumeId, keyRefusal);
+      const keyCheck = await this.remoteKeyRefusal(req, caller);
+      if (keyCheck.refusal) await this.deny(source, op, caller, keyCheck.refusal.message, peer, volumeId, keyCheck.refusal);
+      // The key judged is the key used: the KMS would resolve a name again, after an alias may have moved.
+      if (keyCheck.keyArn !== undefined && req.op === 'CreateVolume') req.input.KmsKeyId = keyCheck.keyArn;
       if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) {
         // The source snapshot, and with a remote KMS the caller's use of its key (restore-authz.ts).
         const { SnapshotId, KmsKeyId, Cipher, Encrypted } = req.input;
         const plain = Cipher === 'none' || Encrypted === false;
-        const snapRefusal = await this.sourceSnapshotAuthz!.check({ op: 'CreateVolume', snapshotId: SnapshotId, ...(KmsKeyId !== undefined ? { kmsKeyId: KmsKeyId } : {}), plain }, caller);
-        if (snapRefusal) await this.deny(source, op, caller, snapRefusal.message, peer, volumeId, snapRefusal);
+        const snap = await this.sourceSnapshotAuthz!.check({ op: 'CreateVolume', snapshotId: SnapshotId, ...(KmsKeyId !== undefined ? { kmsKeyId: KmsKeyId } : {}), plain }, caller);
+        if (snap.refusal) await this.deny(source, op, caller, snap.refusal.message, peer, volumeId, snap.refusal);
+        if (snap.targetKeyArn !== undefined) req.input.KmsKeyId = snap.targetKeyArn;
       }
       return this.volumeOp(req, caller);
     }
@@ -515,8 +526,11 @@ export class Daemon {
       if (!this.copier) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
       const copyReq = parseCopySnapshotRequest(body);
       // With a remote KMS, the caller's use of the source snapshot's key (restore-authz.ts); the EC2 half is copySnapshot's.
-      const keyRefusal = await this.sourceSnapshotAuthz!.check({ op: 'CopySnapshot', snapshotId: copyReq.SourceSnapshotId, ...(copyReq.KmsKeyId !== undefined ? { kmsKeyId: copyReq.KmsKeyId } : {}) }, caller);
-      if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, undefined, keyRefusal);
+      // A plaintext source copied without Encrypted stays plaintext: no key to judge.
+      const keyCheck = await this.sourceSnapshotAuthz!.check({ op: 'CopySnapshot', snapshotId: copyReq.SourceSnapshotId, ...(copyReq.KmsKeyId !== undefined ? { kmsKeyId: copyReq.KmsKeyId } : {}), plain: copyReq.Encrypted !== true }, caller);
+      if (keyCheck.refusal) await this.deny(source, op, caller, keyCheck.refusal.message, peer, undefined, keyCheck.refusal);
+      // The key judged is the key used (as for a restore above).
+      if (keyCheck.targetKeyArn !== undefined) copyReq.KmsKeyId = keyCheck.targetKeyArn;
       return copySnapshot({ copier: this.copier, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r));
     }
     if (SNAPSHOT_OPS.has(op)) {
@@ -652,26 +666,28 @@ export class Daemon {
    * to create and `kms:CreateGrant` to attach, with `kms:ViaService` = `ec2.<region>.amazonaws.com`.
    * The resource is the key's ARN, whatever the request or the volume names it by (an ARN, an id,
    * an alias name or ARN: resolved by DescribeKey as this host, remote-key-names.ts), with
-   * `kms:RequestAlias` when an alias was used.
+   * `kms:RequestAlias` when an alias was used. The ARN judged is returned so that the create sends it,
+   * not the name, to the KMS: a name resolved again there could stand for another key by then.
    */
-  private async remoteKeyRefusal(req: Ec2Request, caller: Caller): Promise<UnauthorizedOperation | undefined> {
-    if (!this.remoteKms || caller.type === 'Root') return undefined;
+  private async remoteKeyRefusal(req: Ec2Request, caller: Caller): Promise<{ refusal?: UnauthorizedOperation; keyArn?: string }> {
+    if (!this.remoteKms || caller.type === 'Root') return {};
     let action: string;
     let key: string | undefined;
     if (req.op === 'CreateVolume') {
-      if (req.input.Cipher === 'none' || req.input.Encrypted === false) return undefined;
-      if (req.input.SnapshotId !== undefined) return undefined; // the target is the snapshot's key unless named: restore-authz.ts decides
+      if (req.input.Cipher === 'none' || req.input.Encrypted === false) return {};
+      if (req.input.SnapshotId !== undefined) return {}; // the target is the snapshot's key unless named: restore-authz.ts decides
       action = 'kms:GenerateDataKeyWithoutPlaintext';
       key = req.input.KmsKeyId ?? 'alias/aws/ebs';
     } else if (req.op === 'AttachVolume') {
       action = 'kms:CreateGrant';
       key = this.mgr!.describeVolumes().Volumes.find((v) => v.VolumeId === req.input.VolumeId)?.KmsKeyId;
-      if (key === undefined) return undefined; // unknown or plaintext volume: the operation refuses or needs no key
+      if (key === undefined) return {}; // unknown or plaintext volume: the operation refuses or needs no key
     } else {
-      return undefined;
+      return {};
     }
     const resolved = await this.remoteKeyNames!.resolve(key);
-    return judgeRemoteKeyUse(this.authz!.authorizer.evaluator, this.authz!.identities.region, action, key, resolved, caller);
+    const refusal = judgeRemoteKeyUse(this.authz!.authorizer.evaluator, this.authz!.identities.region, action, key, resolved, caller);
+    return refusal ? { refusal } : { keyArn: resolved.arn };
   }
 
   /** DescribeVolumes, paged when MaxResults or NextToken is given (NextToken: the last VolumeId returned). */
@@ -711,8 +727,8 @@ export class Daemon {
         ...(v.KmsKeyId ? { KmsKeyId: v.KmsKeyId } : {}),
         Attached: attached,
         ...(attached ? { Path: this.pathOf(v.VolumeId), OpenHandles: this.bfs!.openCount(v.VolumeId) } : {}),
-        // Recorded in-use but not served: a resume failed (see the daemon log).
-        ...(v.State === 'in-use' && !attached ? { Problem: 'recorded attached but not served; see daemon log' } : {}),
+        // Recorded in-use but not served: a resume failed; retried when the KMS did not answer (resume-retry.ts).
+        ...(v.State === 'in-use' && !attached ? this.unservedProblem(v.VolumeId) : {}),
         // State: cached | refreshing | stale | impaired | held-until-detach | unencrypted | none (not attached).
         KeyCache: keyCache,
         ...(v.Encrypted ? { Kms: this.kmsOf(keyCache) } : {}),
@@ -743,6 +759,14 @@ export class Daemon {
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
     };
+  }
+
+  /** Why a volume recorded attached is not served, and its retry when there is one. */
+  private unservedProblem(volumeId: string): Record<string, unknown> {
+    this.resumeRetry?.nudge();
+    const r = this.resumeRetry?.state(volumeId);
+    if (!r) return { Problem: 'recorded attached but not served (KMS refused the re-attach, or it failed); see daemon log; detach it' };
+    return { Problem: `recorded attached, not served yet: the KMS did not answer the re-attach (${r.AwsName ?? r.LastError}); retrying with back-off`, Resume: r };
   }
 
   /** `Waiting` in Daemon.Kms while the host's KMS has not answered since start. */

@@ -1,4 +1,5 @@
 import type { Caller } from '../kms/types.js';
+import { backoffDelayMs } from '../util/backoff.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { isUnreachable, type AwsKeyService } from '../volume/aws-key-service.js';
@@ -90,7 +91,7 @@ export class HostResolver {
 
   private schedule(): void {
     if (this.stopped) return;
-    const ms = Math.min(30_000, 1000 * 2 ** Math.min(this.attempts - 1, 5)) * (0.5 + 0.5 * Math.random());
+    const ms = backoffDelayMs(this.attempts);
     this.nextTry = Date.now() + ms;
     this.timer = setTimeout(() => {
       this.timer = undefined;

@@ -16,7 +16,7 @@
  * Refused connections are counted per (address, reason) and audited in aggregate.
  */
 import { randomUUID } from 'node:crypto';
-import { isIP } from 'node:net';
+import { isLoopback } from '../util/loopback.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Caller } from '../kms/types.js';
@@ -72,12 +72,8 @@ export interface KmsListenerOptions {
 
 const STS_NS = 'https://sts.amazonaws.com/doc/2011-06-15/';
 
-/** True for 127.0.0.0/8, ::1 and `localhost`: the only addresses plain HTTP may listen on. */
-export function isLoopback(host: string): boolean {
-  if (host === 'localhost') return true;
-  if (isIP(host) === 4) return host.startsWith('127.');
-  return host === '::1' || host === '[::1]' || /^::ffff:127\./.test(host);
-}
+/** The only addresses plain HTTP may listen on (src/util/loopback.ts); the KMS client uses the same rule. */
+export { isLoopback } from '../util/loopback.js';
 
 class BodyTooLarge extends EbsdError {
   constructor(limit: number) {

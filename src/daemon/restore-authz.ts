@@ -17,6 +17,11 @@ import { judgeRemoteKeyUse, type RemoteKeyNames, type ResolvedKeyName } from './
  * judged on their ARNs, a target named by alias or id resolved first
  * (remote-key-names.ts), as the restore itself resolves it to tell the same
  * key from another (src/snapshot/restore.ts, copy.ts).
+ *
+ * The target key's ARN judged here is the one the operation must use: the
+ * daemon passes it as the request's KmsKeyId, so an alias moved between this
+ * check and the restore's own resolution cannot send the data to a key the
+ * check never saw (docs/architecture.md §5.5).
  */
 export interface SourceSnapshotAuthzOptions {
   ec2: Ec2Authorizer;
@@ -37,11 +42,18 @@ export interface SourceSnapshotRequest {
   plain?: boolean;
 }
 
+/** The outcome of a check: a refusal, or the target key's ARN the check judged (when it resolved a name). */
+export interface SourceSnapshotDecision {
+  refusal?: UnauthorizedOperation;
+  /** Set when a named (or default) target key was resolved and judged: the operation's KmsKeyId must be this ARN. */
+  targetKeyArn?: string;
+}
+
 export class SourceSnapshotAuthz {
   constructor(private readonly o: SourceSnapshotAuthzOptions) {}
 
-  /** The refusal to raise, or undefined. A snapshot that does not exist is judged on its id alone; the operation then says NotFound. */
-  async check(req: SourceSnapshotRequest, caller: Caller): Promise<UnauthorizedOperation | undefined> {
+  /** The refusal to raise, if any, and the target key's ARN judged. A snapshot that does not exist is judged on its id alone; the operation then says NotFound. */
+  async check(req: SourceSnapshotRequest, caller: Caller): Promise<SourceSnapshotDecision> {
     let m: SnapshotManifest | undefined;
     try {
       m = await this.o.manifest(req.snapshotId);
@@ -50,30 +62,34 @@ export class SourceSnapshotAuthz {
     }
     const action = req.op === 'CreateVolume' ? 'ec2:CreateVolume' : 'ec2:CopySnapshot';
     const onSnapshot = this.o.ec2.checkSourceSnapshot(action, m ? toEc2Snapshot(m) : req.snapshotId, caller);
-    if (onSnapshot || !m) return onSnapshot;
+    if (onSnapshot) return { refusal: onSnapshot };
+    if (!m) return {};
     return await this.keyRefusal(req, m, caller);
   }
 
   /** With a remote KMS only: the caller's identity policy must allow what the host will do with the snapshot's key for it. */
-  private async keyRefusal(req: SourceSnapshotRequest, m: SnapshotManifest, caller: Caller): Promise<UnauthorizedOperation | undefined> {
+  private async keyRefusal(req: SourceSnapshotRequest, m: SnapshotManifest, caller: Caller): Promise<SourceSnapshotDecision> {
     const keys = this.o.remoteKeys;
-    if (!keys || caller.type === 'Root') return undefined;
+    if (!keys || caller.type === 'Root') return {};
     const decide = (action: string, name: string, key: ResolvedKeyName): UnauthorizedOperation | undefined =>
       judgeRemoteKeyUse(this.o.evaluator, this.o.region, action, name, key, caller);
+    const outcome = (refusal: UnauthorizedOperation | undefined, to: ResolvedKeyName): SourceSnapshotDecision =>
+      (refusal ? { refusal } : { targetKeyArn: to.arn });
     const source = m.encrypted ? m.wrappedKey?.keyArn : undefined;
     if (source === undefined) {
       // A plaintext source: only a new data key under the target, unless a plaintext volume is asked for.
-      if (req.plain) return undefined;
+      if (req.plain) return {};
       const name = req.kmsKeyId ?? 'alias/aws/ebs';
-      return decide('kms:GenerateDataKeyWithoutPlaintext', name, await keys.resolve(name));
+      const to = await keys.resolve(name);
+      return outcome(decide('kms:GenerateDataKeyWithoutPlaintext', name, to), to);
     }
     // The same key (none given, or a name for the snapshot's key): ReEncrypt from and to it.
     // Another key: Decrypt of the old, a data key under the new.
     const from = await keys.resolve(source);
     const to = req.kmsKeyId === undefined ? from : await keys.resolve(req.kmsKeyId);
     if (to.arn === from.arn) {
-      return decide('kms:ReEncryptFrom', source, from) ?? decide('kms:ReEncryptTo', req.kmsKeyId ?? source, to);
+      return outcome(decide('kms:ReEncryptFrom', source, from) ?? decide('kms:ReEncryptTo', req.kmsKeyId ?? source, to), to);
     }
-    return decide('kms:Decrypt', source, from) ?? decide('kms:GenerateDataKeyWithoutPlaintext', req.kmsKeyId!, to);
+    return outcome(decide('kms:Decrypt', source, from) ?? decide('kms:GenerateDataKeyWithoutPlaintext', req.kmsKeyId!, to), to);
   }
 }

@@ -40,3 +40,10 @@ export function withTimeout<T>(clock: Clock, p: Promise<T>, ms: number): Promise
 export class TimeoutError extends Error {
   override readonly name = 'TimeoutError';
 }
+
+/**
+ * The longest delay a Node timer keeps: setTimeout turns a larger one into 1 ms
+ * (Node.js API, timers: "When delay is larger than 2147483647 or less than 1,
+ * the delay will be set to 1"). About 596.5 hours (24.8 days).
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;

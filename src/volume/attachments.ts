@@ -205,12 +205,15 @@ export class Attachments {
   /**
    * After a daemon restart: bring back volumes recorded `in-use` on this
    * host through the stored grant (Decrypt as the host, digest check). A
-   * volume that fails stays `in-use` and unattached; its error is returned.
+   * volume that fails stays `in-use` and unattached; its error is returned
+   * (the daemon retries those the KMS did not answer, resume-retry.ts).
+   * `only`: these volumes alone.
    */
-  async resumeAttachments(): Promise<{ resumed: string[]; failed: { volumeId: string; error: unknown }[] }> {
+  async resumeAttachments(only?: ReadonlySet<string>): Promise<{ resumed: string[]; failed: { volumeId: string; error: unknown }[] }> {
     const resumed: string[] = [];
     const failed: { volumeId: string; error: unknown }[] = [];
     for (const r of this.catalog.list()) {
+      if (only && !only.has(r.volumeId)) continue;
       if (r.state !== 'in-use' || this.live.has(r.volumeId) || !r.attachment || r.detaching) continue;
       try {
         if (formatOf(r).measurementOnly) this.checkUnencryptedAllowed('attach');

@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import { ArgRangeError } from '../util/errors.js';
 import { caBundleAgent } from '../util/ca-bundle.js';
+import { isLoopback } from '../util/loopback.js';
 import { silentLogger } from '../util/logger.js';
 import { KeyServiceError } from './errors.js';
 import { toKeyServiceError, type KeyService, type RetirableGrant } from './key-service.js';
@@ -95,6 +96,10 @@ export class AwsKeyService implements KeyService {
       throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}" is not a URL (e.g. https://10.0.0.1:4599)`);
     }
     if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}": only http(s) URLs`);
+    // A Decrypt answer carries the plaintext volume key: plain HTTP only to this machine, as the listener allows it.
+    if (url.protocol === 'http:' && !isLoopback(url.hostname)) {
+      throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
+    }
     this.endpoint = opts.endpoint;
     this.o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => k in DEFAULTS && v !== undefined)) };
     this.openMs = this.o.circuitOpenMs;

@@ -3,7 +3,7 @@ import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { VolumeError, KeyServiceError } from './errors.js';
 import { toKeyServiceError } from './key-service.js';
-import { systemClock, TimeoutError, withTimeout, type Clock, type TimerHandle } from '../util/clock.js';
+import { MAX_TIMER_MS, systemClock, TimeoutError, withTimeout, type Clock, type TimerHandle } from '../util/clock.js';
 
 export const DEFAULT_KEY_CACHE_TTL_MS = 300_000;
 export const DEFAULT_KEY_CACHE_MAX_STALE_MS = 3_600_000;
@@ -143,6 +143,8 @@ export class KeyCache implements CheckedCache {
   constructor(private readonly device: KeyedDevice, private readonly o: KeyCacheOptions) {
     this.ttl = o.ttlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     this.maxStale = Math.max(o.maxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS, this.ttl);
+    // The max-stale deadline is one timer; past MAX_TIMER_MS Node would fire it after 1 ms.
+    if (this.maxStale > MAX_TIMER_MS) throw new RangeError(`maxStaleMs and ttlMs must be at most ${MAX_TIMER_MS} ms, got ${this.maxStale}`);
     this.timeout = o.refreshTimeoutMs ?? Math.max(100, Math.min(this.ttl / 2, 30_000));
     this.fullEvery = this.ttl * (o.fullRefreshTtls ?? DEFAULT_FULL_REFRESH_TTLS);
     this.log = o.logger ?? silentLogger;
@@ -264,7 +266,8 @@ export class KeyCache implements CheckedCache {
   private schedule(ms: number): void {
     if (this.stopped || this._impaired) return;
     if (this.timer) this.clock.clearTimeout(this.timer);
-    const delay = Math.max(10, ms);
+    // At most MAX_TIMER_MS (4 TTLs between full refreshes can exceed it): a refresh early rather than after 1 ms.
+    const delay = Math.min(MAX_TIMER_MS, Math.max(10, ms));
     this.nextAt = this.clock.now() + delay;
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;

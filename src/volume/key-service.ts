@@ -69,9 +69,15 @@ export interface RetirableGrant {
 /**
  * KMS answers that mean "no" rather than "not now": the key is disabled or
  * pending deletion, the grant is gone, the caller is denied, the blob does
- * not belong to this key/context. Anything else (timeouts, internal errors,
- * KeyUnavailableException, a dead worker) is treated as KMS being
- * unreachable, which a cached key may ride out until max-stale.
+ * not belong to this key/context, the host's access key does not exist
+ * (UnrecognizedClientException: deleted host credentials cut the host off
+ * within one TTL, as a revoked grant does). Anything else (timeouts, internal
+ * errors, KeyUnavailableException, a dead worker) is treated as KMS being
+ * unreachable, which a cached key may ride out until max-stale. So are
+ * InvalidSignatureException (a clock skewed past the signature window, or a
+ * secret being rotated) and ExpiredTokenException (a session the SDK is
+ * renewing): a host fixes those itself, and impairing on them would take
+ * every volume down for a passing fault (docs/architecture.md §6.3).
  */
 export const AUTHORITATIVE_REFUSALS: ReadonlySet<string> = new Set([
   'DisabledException',
@@ -85,6 +91,7 @@ export const AUTHORITATIVE_REFUSALS: ReadonlySet<string> = new Set([
   'InvalidKeyUsageException',
   'InvalidArnException',
   'ValidationException',
+  'UnrecognizedClientException',
 ]);
 
 /** Wrap whatever a KMS client threw into a KeyServiceError carrying the AWS name. */

@@ -484,8 +484,8 @@ export class VolumeManager {
   }
 
   /** After a daemon restart: re-attach the volumes recorded `in-use` on this host (Attachments.resumeAttachments). */
-  resumeAttachments(): Promise<{ resumed: string[]; failed: { volumeId: string; error: unknown }[] }> {
-    return this.attachments.resumeAttachments();
+  resumeAttachments(only?: ReadonlySet<string>): Promise<{ resumed: string[]; failed: { volumeId: string; error: unknown }[] }> {
+    return this.attachments.resumeAttachments(only);
   }
 
   /** DetachVolume: drain, fdatasync, wipe the key, retire the grant (Attachments.detachVolume). */

@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AwsKeyService } from '../../src/volume/aws-key-service.js';
 import { KeyServiceError } from '../../src/volume/errors.js';
+import { toKeyServiceError } from '../../src/volume/key-service.js';
 import type { Caller } from '../../src/kms/types.js';
 import { CLI, Env, ensureBuilt, run } from '../e2e/helpers.js';
 import { restartOnSamePort } from '../helpers/ports.js';
@@ -73,6 +74,20 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     expect(denied).toMatchObject({ code: 'KMS_REFUSED', awsName: 'AccessDeniedException', authoritative: true });
     expect((denied as Error).message).toContain(`kms:GenerateDataKeyWithoutPlaintext denied for ${nobody.health().HostPrincipal} on ${keyArn}: add an Allow`);
     expect(nobody.health().Circuit).toBe('closed'); // a refusal is an answer
+  });
+
+  it('deleted host credentials are a refusal (UnrecognizedClientException); a bad signature or an expired session is not', async () => {
+    await env.ok(['iam', 'create-user', 'gone']);
+    creds.gone = (await env.ok(['iam', 'create-access-key', '--user-name', 'gone'])).AccessKey;
+    await env.ok(['iam', 'put-policy', 'user/gone', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+    const ks = await as('gone');
+    const blob = (await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY)).CiphertextBlob;
+    await env.ok(['iam', 'delete-access-key', '--user-name', 'gone', '--access-key-id', creds.gone.AccessKeyId]);
+    const e = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'KMS_REFUSED', awsName: 'UnrecognizedClientException', authoritative: true });
+    for (const name of ['InvalidSignatureException', 'ExpiredTokenException']) {
+      expect(toKeyServiceError('Decrypt', { name, message: 'x' })).toMatchObject({ awsName: name, authoritative: false });
+    }
   });
 
   it('a dead KMS opens the circuit after 3 unanswered calls; calls then fail fast without a request; the first answer closes it', async () => {

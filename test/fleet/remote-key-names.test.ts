@@ -22,6 +22,7 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
   const b = new Env('rkn-host');
   const saved = Object.fromEntries(Object.entries(process.env).filter(([x]) => x.startsWith('AWS_')));
   let arn = '';
+  let arn2 = '';
   let names: Record<string, string> = {};
 
   const alicePolicy = async (...statements: unknown[]): Promise<void> => {
@@ -41,6 +42,15 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
     const meta = (await a.ok(['kms', 'create-key', '--description', 'K'])).KeyMetadata;
     arn = meta.Arn;
     await a.ok(['kms', 'put-key-policy', '--key-id', arn, '--policy-name', 'default', '--policy', JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
+        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: hostArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
+      ],
+    })]);
+    // K2: usable by the host too; the alias-move test denies it to alice.
+    arn2 = (await a.ok(['kms', 'create-key', '--description', 'K2'])).KeyMetadata.Arn;
+    await a.ok(['kms', 'put-key-policy', '--key-id', arn2, '--policy-name', 'default', '--policy', JSON.stringify({
       Version: '2012-10-17',
       Statement: [
         { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
@@ -102,6 +112,34 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
     const r = await b.cli(['volume', 'create', '--snapshot-id', snap, '--kms-key', 'alias/x', '--wait', '--output', 'json'], { uid: ALICE });
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ State: 'available', KmsKeyId: arn });
+  });
+
+  it('an alias moved after the check cannot carry a create, a restore or a copy to the key the check did not judge', async () => {
+    // A snapshot under K1 first (its creation takes longer than the name cache lives).
+    const vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', arn])).VolumeId as string;
+    const snap = (await b.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId as string;
+    await alicePolicy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }, { Effect: 'Deny', Action: 'kms:*', Resource: arn2 });
+    try {
+      // Judged: alias/x is K1, allowed (the host remembers the answer, remote-key-names.ts).
+      const first = await create('alias/x');
+      expect(first.code, first.stderr).toBe(0);
+      expect(JSON.parse(first.stdout).KmsKeyId).toBe(arn);
+      await a.ok(['kms', 'update-alias', '--alias-name', 'alias/x', '--target-key-id', arn2]);
+      // Judged on K1 again (the remembered answer): the create must use K1, not whatever the KMS resolves alias/x to now.
+      const moved = await create('alias/x');
+      expect(moved.code, moved.stderr).toBe(0);
+      expect(JSON.parse(moved.stdout).KmsKeyId).toBe(arn);
+      const restored = await b.cli(['volume', 'create', '--snapshot-id', snap, '--kms-key', 'alias/x', '--wait', '--output', 'json'], { uid: ALICE });
+      expect(restored.code, restored.stderr).toBe(0);
+      expect(JSON.parse(restored.stdout)).toMatchObject({ State: 'available', KmsKeyId: arn });
+      const copied = await b.cli(['snapshot', 'copy', snap, '--kms-key-id', 'alias/x', '--wait', '--output', 'json'], { uid: ALICE });
+      expect(copied.code, copied.stderr).toBe(0);
+      expect(JSON.parse(copied.stdout)).toMatchObject({ State: 'completed', KmsKeyId: arn });
+      // Nothing on this host is under the denied key.
+      expect((await b.ok(['volume', 'ls'])).Volumes.map((v: { KmsKeyId?: string }) => v.KmsKeyId)).not.toContain(arn2);
+    } finally {
+      await a.ok(['kms', 'update-alias', '--alias-name', 'alias/x', '--target-key-id', arn]);
+    }
   });
 
   it('a name the KMS does not know is refused as the KMS refuses it, with nothing created', async () => {

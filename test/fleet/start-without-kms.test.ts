@@ -8,6 +8,7 @@
  * The SDK's "node >= 22" notice appears nowhere in the daemon's output.
  */
 import { openSync, readSync, writeSync, closeSync, constants } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { restartOnSamePort } from '../helpers/ports.js';
@@ -16,7 +17,7 @@ import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { until } from './netns.js';
 import { SEED, printSeedOnFailure, seeded } from '../crypto/seeded.js';
 
-const VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED', 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'];
+const VARS = ['AWS_ENDPOINT_URL_STS', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED', 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'];
 printSeedOnFailure();
 
 describe('a host daemon started while its KMS is down', () => {
@@ -84,5 +85,120 @@ describe('a host daemon started while its KMS is down', () => {
     expect(log.match(/host principal resolved, volumes open/g)).toHaveLength(1);
     expect(log).not.toContain('NodeVersionSupportWarning');
     expect(kms.daemonLog()).not.toContain('NodeVersionSupportWarning');
+  });
+});
+
+/**
+ * A TCP proxy on loopback in front of the KMS: `stop` closes it (new
+ * connections refused, open ones cut), `start` listens again on its port.
+ */
+class TcpProxy {
+  private server: Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  port = 0;
+  constructor(private readonly target: { host: string; port: number }) {}
+
+  async start(): Promise<void> {
+    for (let i = 0; ; i++) {
+      const server = createServer((c) => {
+        const up = connect(this.target.port, this.target.host);
+        for (const x of [c, up]) {
+          this.sockets.add(x);
+          x.on('close', () => this.sockets.delete(x));
+          x.on('error', () => {});
+        }
+        c.pipe(up).pipe(c);
+        c.on('close', () => up.destroy());
+        up.on('close', () => c.destroy());
+      });
+      try {
+        await new Promise<void>((res, rej) => {
+          server.once('error', rej);
+          server.listen(this.port, '127.0.0.1', () => res());
+        });
+        this.server = server;
+        this.port = (server.address() as { port: number }).port;
+        return;
+      } catch (e) {
+        if (i >= 20 || (e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    for (const x of this.sockets) x.destroy();
+    if (s) await new Promise<void>((res) => s.close(() => res()));
+  }
+}
+
+describe('a host restarted while STS answers and the KMS does not', () => {
+  const kms = new Env('kmsdown-kms');
+  const host = new Env('kmsdown-host');
+  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
+  let proxy: TcpProxy | undefined;
+  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
+
+  beforeAll(() => ensureBuilt(), 60_000);
+
+  afterAll(async () => {
+    try {
+      await proxy?.stop();
+      await host.cleanup();
+      await kms.cleanup();
+    } finally {
+      for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+    }
+  });
+
+  it('retries the re-attach with back-off, shows why in status, and serves the volume again once the KMS answers', async () => {
+    const url = (await startKmsDaemon(kms)).url;
+    await kms.ok(['iam', 'create-user', 'host']);
+    await kms.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+    const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
+    const keyArn = (await kms.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
+    const u = new URL(url);
+    proxy = new TcpProxy({ host: u.hostname, port: Number(u.port) });
+    await proxy.start();
+    const kmsUrl = `http://127.0.0.1:${proxy.port}`;
+    for (const v of VARS) delete process.env[v];
+    // STS straight to the KMS daemon, the KMS calls through the proxy.
+    Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: url, AWS_EC2_METADATA_DISABLED: 'true' });
+
+    await host.start(['--kms-endpoint', kmsUrl, '--key-cache-ttl', '2s']);
+    const vol = (await host.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId as string;
+    await host.ok(['attach', vol]);
+    const data = seeded('kms-down-sts-up').bytes(4096);
+    let fd = openSync(host.file(vol), constants.O_RDWR | constants.O_DIRECT);
+    writeSync(fd, data, 0, 4096, 0);
+    closeSync(fd);
+    expect(await host.stop()).toBe(0);
+    await proxy.stop();
+
+    // STS answers, so the host principal resolves; the re-attach's Decrypt does not get through.
+    await host.start(['--kms-endpoint', kmsUrl, '--key-cache-ttl', '2s']);
+    const st = await status();
+    expect(st.Daemon.Kms.Waiting).toBeUndefined();
+    const waiting = st.Volumes.find((x: any) => x.VolumeId === vol);
+    expect(waiting).toMatchObject({ State: 'in-use', Attached: false, Problem: expect.stringContaining('retrying with back-off'), Resume: { Attempts: expect.any(Number), LastError: expect.any(String) } });
+
+    await proxy.start();
+    const back = await until('the volume served again', async () => {
+      const v = (await status()).Volumes.find((x: any) => x.VolumeId === vol);
+      return v?.Attached ? v : undefined;
+    }, 90_000);
+    expect(back.Problem).toBeUndefined();
+    expect(back.KeyCache.State).toMatch(/cached|refreshing/);
+    const out = Buffer.alloc(4096);
+    fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
+    readSync(fd, out, 0, 4096, 0);
+    closeSync(fd);
+    expect(out.equals(data), `seed ${SEED}`).toBe(true);
+    expect((await host.ok(['detach', vol])).State).toBe('detached');
+    const log = host.daemonLog();
+    expect(log.match(/KMS did not answer the re-attach of volumes recorded attached/g)).toHaveLength(1);
+    expect(log.match(/volume recorded attached is served again/g)).toHaveLength(1);
   });
 });

@@ -1,0 +1,63 @@
+/**
+ * Durations that feed a timer are at most 2^31-1 ms (src/util/clock.ts,
+ * MAX_TIMER_MS): Node fires a longer setTimeout after 1 ms, so a max-stale of
+ * 597 h impaired a volume at the first failed refresh and a TTL that long
+ * refreshed in a loop. The flags are refused at parse (exit 2, the flag and
+ * the limit named); the key cache refuses them too, and caps its own refresh
+ * period (4 TTLs with a shared check) at the limit.
+ */
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { checkDaemonConfig, parseDuration } from '../../src/daemon/config.js';
+import { MAX_TIMER_MS, type Clock, type TimerHandle } from '../../src/util/clock.js';
+import { KeyCache, type KeyCheckMembership } from '../../src/volume/key-cache.js';
+import { ensureBuilt } from '../e2e/helpers.js';
+
+const H = 3_600_000;
+
+describe('durations that feed a timer', () => {
+  it('parseDuration takes up to 2^31-1 ms and refuses more, naming the flag and the limit', () => {
+    expect(parseDuration('596h', '--key-cache-max-stale')).toBe(596 * H);
+    expect(parseDuration(`${MAX_TIMER_MS}ms`, '--key-cache-ttl')).toBe(MAX_TIMER_MS);
+    for (const v of ['597h', `${MAX_TIMER_MS + 1}ms`, '99999999999999999999h', 2_147_484]) {
+      expect(() => parseDuration(v, '--key-cache-max-stale')).toThrow(/--key-cache-max-stale .* is too long: at most 2147483647 ms/);
+    }
+    // A duration that feeds no timer may be longer (the snapshot GC grace is compared with ages).
+    expect(parseDuration('1000h', '--snapshot-gc-grace', Number.MAX_SAFE_INTEGER)).toBe(1000 * H);
+  });
+
+  it('checkDaemonConfig refuses a key-cache TTL or max-stale past the limit', () => {
+    const base = { stateDir: '/x', mountDir: '/y', logLevel: 'info', allowUnencrypted: false };
+    expect(() => checkDaemonConfig({ ...base, keyCacheMaxStaleMs: MAX_TIMER_MS })).not.toThrow();
+    expect(() => checkDaemonConfig({ ...base, keyCacheMaxStaleMs: MAX_TIMER_MS + 1 })).toThrow(/keyCacheMaxStaleMs.*at most 2147483647 ms/);
+    expect(() => checkDaemonConfig({ ...base, keyCacheTtlMs: 600 * H })).toThrow(/keyCacheTtlMs.*at most/);
+  });
+
+  it('ebsd daemon --key-cache-max-stale 597h / --key-cache-ttl 600h: exit 2 before anything starts', () => {
+    ensureBuilt();
+    for (const [flag, v] of [['--key-cache-max-stale', '597h'], ['--key-cache-ttl', '600h']]) {
+      const r = spawnSync(process.execPath, ['dist/cli/main.js', 'daemon', flag!, v!, '--state-dir', '/nonexistent/ebsd-duration-test'], { encoding: 'utf8', timeout: 30_000 });
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toContain(`${flag} ${v} is too long: at most 2147483647 ms`);
+    }
+  });
+
+  it('the key cache refuses a max-stale past the limit, and caps a refresh period of 4 long TTLs at it', () => {
+    const delays: number[] = [];
+    const clock: Clock = {
+      now: () => 0,
+      setTimeout: (_fn: () => unknown, ms: number): TimerHandle => { delays.push(ms); return {}; },
+      clearTimeout: () => {},
+    };
+    const device = { fail: async () => {}, wipeKey: () => {} };
+    const o = { volumeId: 'vol-0123456789abcdef0', refresh: async () => new Uint8Array(64), verify: () => {}, clock, random: () => 0.999 };
+    expect(() => new KeyCache(device, { ...o, ttlMs: H, maxStaleMs: 597 * H })).toThrow(RangeError);
+    // 500 h TTL with a shared check: full refreshes about every 4 TTLs (2000 h), above the limit.
+    const check: KeyCheckMembership = { keyArn: 'arn', grantId: 'g', join: () => ({ leave: () => {}, nextRoundAt: () => null }) };
+    const kc = new KeyCache(device, { ...o, ttlMs: 500 * H, maxStaleMs: 596 * H, check });
+    kc.start();
+    expect(delays.length).toBeGreaterThan(0);
+    for (const d of delays) expect(d).toBeLessThanOrEqual(MAX_TIMER_MS);
+    expect(delays[0]).toBe(MAX_TIMER_MS);
+  });
+});
