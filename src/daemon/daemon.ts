@@ -46,6 +46,7 @@ import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
 import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type SnapshotRequest } from './snapshot-api.js';
 import { EbsApi, openEbsApi } from './ebs-api.js';
 import { hardenProcess, type StartSecrets } from './process-hardening.js';
+import { RequestAudit } from './request-audit.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -138,6 +139,11 @@ export class Daemon {
   private gcTicker: NodeJS.Timeout | undefined;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
   private ebs: EbsApi | undefined;
+  /** EC2 operations and the events they write (docs/architecture.md §5.8): refused while the audit log fails, answered once written. */
+  private readonly ec2Audit = new RequestAudit(() => {
+    const h = this.kms?.audit.health();
+    return h?.State === 'failing' ? `${h.LastError ?? 'disk full'}; free space in ${this.paths.root}` : undefined;
+  });
   /** Taken from the environment at start (process-hardening.ts), until the KMS is open. */
   private secrets: StartSecrets = {};
 
@@ -319,7 +325,7 @@ export class Daemon {
         await bfs.remove(id, { force });
         await this.snapshots?.volumeDetaching(id, this.mgr?.getBlockDevice(id));
       },
-      onAudit: (ev) => void this.auditVolume(ev),
+      onAudit: (ev) => this.auditVolume(ev),
       onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
       logger: log,
     });
@@ -337,7 +343,7 @@ export class Daemon {
       localDir: join(paths.root, 'snapshots-local'),
       volumes: mgr,
       accountId: ids.accountId,
-      onAudit: (ev) => void this.auditSnapshot(ev),
+      onAudit: (ev) => this.auditSnapshot(ev),
       logger: log,
       cowMemory: new CowMemory(cowBudget.bytes),
     });
@@ -363,7 +369,7 @@ export class Daemon {
     this.copier = await SnapshotCopier.open({
       store, keyService: mgr.keyService, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
       localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
-      onAudit: (ev) => void this.auditSnapshot(ev as SnapshotAuditEvent), logger: log,
+      onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log,
     });
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
@@ -509,7 +515,7 @@ export class Daemon {
         const snapRefusal = await this.sourceSnapshotAuthz!.check({ op: 'CreateVolume', snapshotId: SnapshotId, ...(KmsKeyId !== undefined ? { kmsKeyId: KmsKeyId } : {}), plain }, caller);
         if (snapRefusal) await this.deny(source, op, caller, snapRefusal.message, peer, volumeId, snapRefusal);
       }
-      return this.volumeOp(req, caller);
+      return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') }, () => this.volumeOp(req, caller));
     }
     if (op === 'CopySnapshot') {
       if (!this.copier) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
@@ -517,14 +523,17 @@ export class Daemon {
       // With a remote KMS, the caller's use of the source snapshot's key (restore-authz.ts); the EC2 half is copySnapshot's.
       const keyRefusal = await this.sourceSnapshotAuthz!.check({ op: 'CopySnapshot', snapshotId: copyReq.SourceSnapshotId, ...(copyReq.KmsKeyId !== undefined ? { kmsKeyId: copyReq.KmsKeyId } : {}) }, caller);
       if (keyRefusal) await this.deny(source, op, caller, keyRefusal.message, peer, undefined, keyRefusal);
-      return copySnapshot({ copier: this.copier, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r));
+      return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: true },
+        () => copySnapshot({ copier: this.copier!, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r)));
     }
     if (SNAPSHOT_OPS.has(op)) {
       if (!this.snapshotApi && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
       if (!this.snapshotApi) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
       const req = parseSnapshotRequest(op as SnapshotRequest['op'], body);
       // A refusal is audited as the volume refusals are; CreateSnapshot's names its volume.
-      return this.snapshotApi.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal));
+      const api = this.snapshotApi;
+      return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') },
+        () => api.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal)));
     }
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
@@ -579,24 +588,29 @@ export class Daemon {
     }
   }
 
-  private async auditSnapshot(ev: SnapshotAuditEvent): Promise<void> {
+  /**
+   * A snapshot event from the managers. One a control request caused is awaited by its answer,
+   * which fails if the write does (request-audit.ts); others (a snapshot's completion) are logged.
+   */
+  private auditSnapshot(ev: SnapshotAuditEvent): void {
     const ids = this.authz!.identities;
-    try {
+    const write = (async () => {
       const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
       await this.kms!.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
-    } catch (err) {
-      this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event');
-    }
+    })();
+    if (this.ec2Audit.requestOf(ev.principal)) this.ec2Audit.track(write);
+    write.catch((err: unknown) => this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event'));
   }
 
-  private async auditVolume(ev: VolumeAuditEvent): Promise<void> {
+  /** A volume event from the volume manager, awaited by the request that caused it as auditSnapshot's are. */
+  private auditVolume(ev: VolumeAuditEvent): void {
     const ids = this.authz!.identities;
-    try {
+    const write = (async () => {
       const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
       await this.kms!.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
-    } catch (err) {
-      this.log.error({ err, volumeId: ev.volumeId, eventName: ev.eventName }, 'could not audit a volume event');
-    }
+    })();
+    if (this.ec2Audit.requestOf(ev.principal)) this.ec2Audit.track(write);
+    write.catch((err: unknown) => this.log.error({ err, volumeId: ev.volumeId, eventName: ev.eventName }, 'could not audit a volume event'));
   }
 
   private pathOf(volumeId: string): string {

@@ -243,7 +243,13 @@ export class KmsListener {
       } catch (e) {
         err = e;
       }
-      await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName }, err);
+      try {
+        await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName }, err);
+      } catch (x) {
+        // A call that cannot be audited does not take effect (docs/architecture.md §5.8): the credentials are not handed out.
+        this.o.log.error({ err: x, requestId }, 'could not audit an STS call');
+        throw new EbsdError('STS_NOT_AUDITED', `sts:AssumeRole could not be recorded in the audit log: ${(x as Error)?.message ?? String(x)}`, { cause: x });
+      }
       if (err) throw err;
       const c = r!.Credentials as Record<string, string>;
       const u = r!.AssumedRoleUser as Record<string, string>;
@@ -260,7 +266,7 @@ export class KmsListener {
     });
     e.eventSource = 'sts.amazonaws.com';
     e.requestParameters = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
-    await this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit an STS call'));
+    await this.o.audit(e);
   }
 
   /**
