@@ -594,22 +594,26 @@ export class Daemon {
    */
   private auditSnapshot(ev: SnapshotAuditEvent): void {
     const ids = this.authz!.identities;
+    // The request's own caller carries its user agent; its request id is the one it is answered with.
+    const req = this.ec2Audit.requestOf(ev.principal);
     const write = (async () => {
-      const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
-      await this.kms!.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
+      const caller = req?.caller ?? (ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined);
+      await this.kms!.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}), ...(req ? { requestId: req.requestId } : {}) }));
     })();
-    if (this.ec2Audit.requestOf(ev.principal)) this.ec2Audit.track(write);
+    if (req) this.ec2Audit.track(write);
     write.catch((err: unknown) => this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event'));
   }
 
   /** A volume event from the volume manager, awaited by the request that caused it as auditSnapshot's are. */
   private auditVolume(ev: VolumeAuditEvent): void {
     const ids = this.authz!.identities;
+    // The request's own caller carries its user agent; its request id is the one it is answered with.
+    const req = this.ec2Audit.requestOf(ev.principal);
     const write = (async () => {
-      const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
-      await this.kms!.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
+      const caller = req?.caller ?? (ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined);
+      await this.kms!.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}), ...(req ? { requestId: req.requestId } : {}) }));
     })();
-    if (this.ec2Audit.requestOf(ev.principal)) this.ec2Audit.track(write);
+    if (req) this.ec2Audit.track(write);
     write.catch((err: unknown) => this.log.error({ err, volumeId: ev.volumeId, eventName: ev.eventName }, 'could not audit a volume event'));
   }
 
