@@ -85,6 +85,8 @@ const HOST_KEY_STATE_DOC = JSON.stringify({
  * An unmapped uid is refused everything and every refusal is audited.
  */
 const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeStatus', 'DeleteVolume', 'AttachVolume', 'DetachVolume', 'ModifyVolume']);
+/** The daemon's other own operations (ebsd.<op>; ebsd.Iam<op> are audit-events.ts isIamOperation's). */
+const EBSD_OPS = new Set(['CopySnapshot', 'Status', 'AuditTail', 'AuditVerify']);
 
 export class Daemon {
   private lock: PidLock | undefined;
@@ -131,6 +133,8 @@ export class Daemon {
   private readonly notify: SdNotify;
   /** The KMS core as every caller in here uses it: metered when metrics are on. */
   private kmsCore: KmsCore | undefined;
+  /** The KMS core's operations (TrentService.<op>). */
+  private kmsOps: ReadonlySet<string> = new Set();
   /** Where /metrics is served (Status shows it; `ebsd top` reads it). */
   private metricsUrl: string | undefined;
   /** Snapshot blocks and manifests (--snapshot-store) and their collector; none on a --kms-only daemon. */
@@ -200,6 +204,7 @@ export class Daemon {
     }
     const kms = this.kms;
     const kmsOps = new Set(kms.operations());
+    this.kmsOps = kmsOps;
     this.kmsCore = this.metrics ? this.metrics.meterKms(kms, (op) => kmsOps.has(op)) : kms;
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
     this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.hsm);
@@ -438,12 +443,23 @@ export class Daemon {
     if (!this.metrics) return this.handle(target, body, peer);
     try {
       const out = await this.handle(target, body, peer);
-      this.metrics.controlRequest(target, undefined);
+      this.metrics.controlRequest(target, this.dispatches(target), undefined);
       return out;
     } catch (e) {
-      this.metrics.controlRequest(target, e ?? new Error('undefined thrown'));
+      this.metrics.controlRequest(target, this.dispatches(target), e ?? new Error('undefined thrown'));
       throw e;
     }
+  }
+
+  /** Is `target` (X-Amz-Target) one `handle` dispatches? The names a metrics label may take. */
+  private dispatches(target: string): boolean {
+    const dot = target.indexOf('.');
+    const service = target.slice(0, dot);
+    const op = target.slice(dot + 1);
+    if (service === 'TrentService') return this.kmsOps.has(op);
+    if (service === 'ebs') return EbsApi.isOperation(op);
+    if (service !== 'ebsd') return false;
+    return VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) || EBSD_OPS.has(op) || (op.startsWith('Iam') && isIamOperation(op.slice(3)));
   }
 
   private async handle(target: string, body: Record<string, unknown>, peer: PeerIdentity): Promise<unknown> {
