@@ -38,7 +38,7 @@ export const EXIT_CODES_HELP = `Exit codes:
      OperationNotPermitted: --cipher none on a daemon started without --allow-unencrypted, ...)
   8  audit verification failed
   9  daemon could not start (already running on this state dir, mount failed, refused configuration)
- 10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, a corrupt image: *.Corrupt;
+ 10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, EC2's InternalError, IAM's ServiceFailure, a corrupt image: *.Corrupt;
      ThrottlingException, RequestLimitExceeded: too many requests or connections, retry later)`;
 
 const NOT_FOUND = new Set(['ResourceNotFoundException', 'NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'InvalidSnapshot.NotFound', 'InvalidSnapshotID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
@@ -54,7 +54,7 @@ const CONFLICT = new Set([
 const THROTTLED = new Set([
   'ThrottlingException', 'Throttling', 'RequestLimitExceeded', 'TooManyRequestsException', 'SlowDown', 'RequestThrottledException', 'ConcurrentLimitExceededException',
 ]);
-const SERVICE = new Set(['KMSInternalException', 'InternalServerException', 'InternalFailure', 'DependencyTimeoutException', 'KeyUnavailableException', 'ServiceUnavailable', ...THROTTLED]);
+const SERVICE = new Set(['KMSInternalException', 'InternalServerException', 'InternalFailure', 'InternalError', 'ServiceFailure', 'DependencyTimeoutException', 'KeyUnavailableException', 'ServiceUnavailable', ...THROTTLED]);
 
 /** AWS exception name -> exit code. */
 export function exitCodeFor(awsName: string | undefined, httpStatus?: number): number {

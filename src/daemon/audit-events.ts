@@ -10,7 +10,7 @@ import { toWireError } from './aws-json.js';
  * EC2 volume operations, IAM calls and control-API denials. They go into the same
  * hash-chained log as the KMS events, so `ebsd audit verify` covers them.
  */
-export function volumeEvent(ev: VolumeAuditEvent, o: { accountId: string; region: string; caller?: Caller }): Record<string, unknown> {
+export function volumeEvent(ev: VolumeAuditEvent, o: { accountId: string; region: string; caller?: Caller; requestId?: string }): Record<string, unknown> {
   const e = ec2Event(ev.eventName, ev.time, ev.eventName === 'VolumeImpaired' || ev.eventName === 'VolumeRecovered', o);
   e.requestParameters = { volumeId: ev.volumeId, ...(ev.principal && !o.caller ? { principal: ev.principal } : {}) };
   if (ev.details) e.additionalEventData = safeDetails(ev.details);
@@ -113,15 +113,17 @@ export function throttledEvent(r: RefusalSummary, o: { accountId: string; region
 /**
  * The part every EC2 event shares (volumes, snapshots): eventSource
  * ec2.amazonaws.com, the caller's identity, or EC2's own for what the service
- * does by itself (`service`: an AwsServiceEvent).
+ * does by itself (`service`: an AwsServiceEvent). `requestId`: the control
+ * request's `x-amzn-RequestId` when a request caused the event, as CloudTrail's
+ * requestID is the id of the request the service answered; else a fresh one.
  */
-export function ec2Event(eventName: string, time: string, service: boolean, o: { accountId: string; region: string; caller?: Caller }): Record<string, unknown> {
+export function ec2Event(eventName: string, time: string, service: boolean, o: { accountId: string; region: string; caller?: Caller; requestId?: string }): Record<string, unknown> {
   const e = buildEvent({
     eventName,
     ...(o.caller ? { caller: o.caller } : {}),
     accountId: o.accountId,
     region: o.region,
-    requestId: randomUUID(),
+    requestId: o.requestId ?? randomUUID(),
     eventId: randomUUID(),
     resources: [],
     readOnly: false,

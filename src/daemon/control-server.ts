@@ -7,6 +7,7 @@ import { EbsdError } from '../util/errors.js';
 import { parseStrictJson } from '../util/strict-json.js';
 import type { Logger } from '../util/logger.js';
 import { encodeResponse, toWireError } from './aws-json.js';
+import { truncateField } from '../kms/audit/event.js';
 import { ConnectionGuard, ConnectionThrottledError, RequestTooLargeError, refuseSocket, type ConnectionLimits, type RefusalSummary } from './connection-guard.js';
 
 /** Who is on the other end of a control connection, from the kernel (SO_PEERCRED), never from the request. */
@@ -24,6 +25,8 @@ export type ControlHandler = (target: string, body: Record<string, unknown>, pee
 const MAX_BODY_DEPTH = 64;
 /** Values in one body: the largest request (DescribeVolumes with 50 filters of 200 values) holds ~10,200. */
 export const MAX_BODY_VALUES = 20_000;
+/** The X-Amz-Target as logged: a header may be 16 KB long, a log line need not be (cut and marked, truncateField). */
+export const MAX_LOGGED_TARGET = 128;
 
 /**
  * What all uids mapped to no principal may hold together: they are refused
@@ -196,12 +199,14 @@ export class ControlServer {
       if (e instanceof RequestTooLargeError || e instanceof ConnectionThrottledError) w.status = e.httpStatus;
       status = w.status;
       errorType = w.body.__type;
-      if (status >= 500 && status !== 503) this.log.error({ target, requestId, err: e }, 'control request failed');
+      if (status >= 500 && status !== 503) this.log.error({ target: truncateField(target, MAX_LOGGED_TARGET), requestId, err: e }, 'control request failed');
       send(res, w.status, w.body, requestId);
     } finally {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
-      // Never the body: requests carry plaintext and blobs.
-      this.log.info({ target, uid: cred?.uid, peerPid: cred?.pid, status, errorType, requestId, ms: Math.round(ms * 10) / 10 }, 'control request');
+      // Never the body: requests carry plaintext and blobs. A refused or unmapped caller's line is at debug:
+      // its refusals are audited in aggregate, and it may send as many as the connection limits let it.
+      const refused = !cred || !(this.o.isMapped?.(cred.uid) ?? true) || errorType === 'AccessDeniedException' || errorType === 'UnauthorizedOperation';
+      this.log[refused ? 'debug' : 'info']({ target: truncateField(target, MAX_LOGGED_TARGET), uid: cred?.uid, peerPid: cred?.pid, status, errorType, requestId, ms: Math.round(ms * 10) / 10 }, 'control request');
       if (--this.inflight === 0) for (const r of this.idle.splice(0)) r();
     }
   }

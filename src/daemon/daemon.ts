@@ -47,6 +47,7 @@ import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
 import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type SnapshotRequest } from './snapshot-api.js';
 import { EbsApi, openEbsApi } from './ebs-api.js';
 import { hardenProcess, type StartSecrets } from './process-hardening.js';
+import { RequestAudit } from './request-audit.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
@@ -85,6 +86,8 @@ const HOST_KEY_STATE_DOC = JSON.stringify({
  * An unmapped uid is refused everything and every refusal is audited.
  */
 const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeStatus', 'DeleteVolume', 'AttachVolume', 'DetachVolume', 'ModifyVolume']);
+/** The daemon's other own operations (ebsd.<op>; ebsd.Iam<op> are audit-events.ts isIamOperation's). */
+const EBSD_OPS = new Set(['CopySnapshot', 'Status', 'AuditTail', 'AuditVerify']);
 
 export class Daemon {
   private lock: PidLock | undefined;
@@ -133,6 +136,8 @@ export class Daemon {
   private readonly notify: SdNotify;
   /** The KMS core as every caller in here uses it: metered when metrics are on. */
   private kmsCore: KmsCore | undefined;
+  /** The KMS core's operations (TrentService.<op>). */
+  private kmsOps: ReadonlySet<string> = new Set();
   /** Where /metrics is served (Status shows it; `ebsd top` reads it). */
   private metricsUrl: string | undefined;
   /** Snapshot blocks and manifests (--snapshot-store) and their collector; none on a --kms-only daemon. */
@@ -141,6 +146,11 @@ export class Daemon {
   private gcTicker: NodeJS.Timeout | undefined;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
   private ebs: EbsApi | undefined;
+  /** EC2 operations and the events they write (docs/architecture.md §5.8): refused while the audit log fails, answered once written. */
+  private readonly ec2Audit = new RequestAudit(() => {
+    const h = this.kms?.audit.health();
+    return h?.State === 'failing' ? `${h.LastError ?? 'disk full'}; free space in ${this.paths.root}` : undefined;
+  });
   /** Taken from the environment at start (process-hardening.ts), until the KMS is open. */
   private secrets: StartSecrets = {};
 
@@ -197,6 +207,7 @@ export class Daemon {
     }
     const kms = this.kms;
     const kmsOps = new Set(kms.operations());
+    this.kmsOps = kmsOps;
     this.kmsCore = this.metrics ? this.metrics.meterKms(kms, (op) => kmsOps.has(op)) : kms;
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
     this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.hsm);
@@ -322,7 +333,7 @@ export class Daemon {
         await bfs.remove(id, { force });
         await this.snapshots?.volumeDetaching(id, this.mgr?.getBlockDevice(id));
       },
-      onAudit: (ev) => void this.auditVolume(ev),
+      onAudit: (ev) => this.auditVolume(ev),
       onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
       logger: log,
     });
@@ -340,7 +351,7 @@ export class Daemon {
       localDir: join(paths.root, 'snapshots-local'),
       volumes: mgr,
       accountId: ids.accountId,
-      onAudit: (ev) => void this.auditSnapshot(ev),
+      onAudit: (ev) => this.auditSnapshot(ev),
       logger: log,
       cowMemory: new CowMemory(cowBudget.bytes),
     });
@@ -366,7 +377,7 @@ export class Daemon {
     this.copier = await SnapshotCopier.open({
       store, keyService: mgr.keyService, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
       localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
-      onAudit: (ev) => void this.auditSnapshot(ev as SnapshotAuditEvent), logger: log,
+      onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log,
     });
     const { resumed, failed } = await this.mgr.resumeAttachments();
     if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
@@ -440,12 +451,23 @@ export class Daemon {
     if (!this.metrics) return this.handle(target, body, peer);
     try {
       const out = await this.handle(target, body, peer);
-      this.metrics.controlRequest(target, undefined);
+      this.metrics.controlRequest(target, this.dispatches(target), undefined);
       return out;
     } catch (e) {
-      this.metrics.controlRequest(target, e ?? new Error('undefined thrown'));
+      this.metrics.controlRequest(target, this.dispatches(target), e ?? new Error('undefined thrown'));
       throw e;
     }
+  }
+
+  /** Is `target` (X-Amz-Target) one `handle` dispatches? The names a metrics label may take. */
+  private dispatches(target: string): boolean {
+    const dot = target.indexOf('.');
+    const service = target.slice(0, dot);
+    const op = target.slice(dot + 1);
+    if (service === 'TrentService') return this.kmsOps.has(op);
+    if (service === 'ebs') return EbsApi.isOperation(op);
+    if (service !== 'ebsd') return false;
+    return VOLUME_OPS.has(op) || SNAPSHOT_OPS.has(op) || EBSD_OPS.has(op) || (op.startsWith('Iam') && isIamOperation(op.slice(3)));
   }
 
   private async handle(target: string, body: Record<string, unknown>, peer: PeerIdentity): Promise<unknown> {
@@ -520,7 +542,7 @@ export class Daemon {
         if (snap.refusal) await this.deny(source, op, caller, snap.refusal.message, peer, volumeId, snap.refusal);
         if (snap.targetKeyArn !== undefined) req.input.KmsKeyId = snap.targetKeyArn;
       }
-      return this.volumeOp(req, caller);
+      return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') }, () => this.volumeOp(req, caller));
     }
     if (op === 'CopySnapshot') {
       if (!this.copier) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
@@ -531,14 +553,17 @@ export class Daemon {
       if (keyCheck.refusal) await this.deny(source, op, caller, keyCheck.refusal.message, peer, undefined, keyCheck.refusal);
       // The key judged is the key used (as for a restore above).
       if (keyCheck.targetKeyArn !== undefined) copyReq.KmsKeyId = keyCheck.targetKeyArn;
-      return copySnapshot({ copier: this.copier, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r));
+      return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: true },
+        () => copySnapshot({ copier: this.copier!, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r)));
     }
     if (SNAPSHOT_OPS.has(op)) {
       if (!this.snapshotApi && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
       if (!this.snapshotApi) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
       const req = parseSnapshotRequest(op as SnapshotRequest['op'], body);
       // A refusal is audited as the volume refusals are; CreateSnapshot's names its volume.
-      return this.snapshotApi.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal));
+      const api = this.snapshotApi;
+      return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') },
+        () => api.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal)));
     }
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
@@ -593,24 +618,33 @@ export class Daemon {
     }
   }
 
-  private async auditSnapshot(ev: SnapshotAuditEvent): Promise<void> {
+  /**
+   * A snapshot event from the managers. One a control request caused is awaited by its answer,
+   * which fails if the write does (request-audit.ts); others (a snapshot's completion) are logged.
+   */
+  private auditSnapshot(ev: SnapshotAuditEvent): void {
     const ids = this.authz!.identities;
-    try {
-      const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
-      await this.kms!.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
-    } catch (err) {
-      this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event');
-    }
+    // The request's own caller carries its user agent; its request id is the one it is answered with.
+    const req = this.ec2Audit.requestOf(ev.principal);
+    const write = (async () => {
+      const caller = req?.caller ?? (ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined);
+      await this.kms!.audit.append(snapshotEvent({ ...ev, time: new Date().toISOString() }, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}), ...(req ? { requestId: req.requestId } : {}) }));
+    })();
+    if (req) this.ec2Audit.track(write);
+    write.catch((err: unknown) => this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event'));
   }
 
-  private async auditVolume(ev: VolumeAuditEvent): Promise<void> {
+  /** A volume event from the volume manager, awaited by the request that caused it as auditSnapshot's are. */
+  private auditVolume(ev: VolumeAuditEvent): void {
     const ids = this.authz!.identities;
-    try {
-      const caller = ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined;
-      await this.kms!.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}) }));
-    } catch (err) {
-      this.log.error({ err, volumeId: ev.volumeId, eventName: ev.eventName }, 'could not audit a volume event');
-    }
+    // The request's own caller carries its user agent; its request id is the one it is answered with.
+    const req = this.ec2Audit.requestOf(ev.principal);
+    const write = (async () => {
+      const caller = req?.caller ?? (ev.principal ? ids.callerFor(ev.principal) ?? (ev.principal === this.host?.arn ? this.host : undefined) : undefined);
+      await this.kms!.audit.append(volumeEvent(ev, { accountId: ids.accountId, region: ids.region, ...(caller ? { caller } : {}), ...(req ? { requestId: req.requestId } : {}) }));
+    })();
+    if (req) this.ec2Audit.track(write);
+    write.catch((err: unknown) => this.log.error({ err, volumeId: ev.volumeId, eventName: ev.eventName }, 'could not audit a volume event'));
   }
 
   private pathOf(volumeId: string): string {

@@ -239,7 +239,13 @@ export class KmsListener {
       } catch (e) {
         err = e;
       }
-      await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName }, err);
+      try {
+        await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName }, err);
+      } catch (x) {
+        // A call that cannot be audited does not take effect (docs/architecture.md §5.8): the credentials are not handed out.
+        this.o.log.error({ err: x, requestId }, 'could not audit an STS call');
+        throw new EbsdError('STS_NOT_AUDITED', `sts:AssumeRole could not be recorded in the audit log: ${(x as Error)?.message ?? String(x)}`, { cause: x });
+      }
       if (err) throw err;
       const c = r!.Credentials as Record<string, string>;
       const u = r!.AssumedRoleUser as Record<string, string>;
@@ -259,7 +265,7 @@ export class KmsListener {
     // request's RoleArn may be most of a 1 MiB body); the longest valid one (RoleArn, 2048 characters) stays whole.
     const max = 2048;
     e.requestParameters = Object.fromEntries(Object.entries(params).flatMap(([k, v]) => (v === undefined ? [] : [[k, typeof v === 'string' ? truncateField(v, max) : v]])));
-    await this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit an STS call'));
+    await this.o.audit(e);
   }
 
   /**

@@ -295,10 +295,14 @@ export class DaemonMetrics {
     });
   }
 
-  /** Count one control-API request (the daemon's handler wraps itself with this). */
-  controlRequest(target: string, err: unknown): void {
-    const unknown = (err as { awsName?: unknown } | undefined)?.awsName === 'UnknownOperationException';
-    const operation = unknown ? 'other' : this.bounded('control_operation', target);
+  /**
+   * Count one control-API request (the daemon's handler wraps itself with this). `known`: the
+   * target is one the daemon dispatches; any other is `other` and never takes a place among the
+   * label's values, so a caller (refused or not) cannot fill the set and push the daemon's own
+   * operations out to `other`.
+   */
+  controlRequest(target: string, known: boolean, err: unknown): void {
+    const operation = known ? this.bounded('control_operation', target) : 'other';
     this.controlCalls.inc({ operation, result: this.bounded('control_result', outcomeOf(err)) });
   }
 

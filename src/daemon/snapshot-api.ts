@@ -171,7 +171,7 @@ export class SnapshotApi {
 }
 
 /** A CloudTrail-shaped event for a snapshot operation or state change (eventSource ec2.amazonaws.com). */
-export function snapshotEvent(ev: SnapshotAuditEvent & { time: string }, o: { accountId: string; region: string; caller?: Caller }): Record<string, unknown> {
+export function snapshotEvent(ev: SnapshotAuditEvent & { time: string }, o: { accountId: string; region: string; caller?: Caller; requestId?: string }): Record<string, unknown> {
   const e = ec2Event(ev.eventName, ev.time, ev.eventName === 'SnapshotCompleted' || ev.eventName === 'SnapshotFailed', o);
   e.requestParameters = { snapshotId: ev.snapshotId, ...(ev.volumeId ? { volumeId: ev.volumeId } : {}) };
   if (ev.details) e.additionalEventData = safeDetails(ev.details);

@@ -132,10 +132,21 @@ export interface OperationContext {
 
 export type OperationHandler = (ctx: OperationContext, call: CallContext) => Promise<KmsResponse>;
 
-export interface OperationOptions {
-  /** CloudTrail `readOnly`. */
-  readOnly?: boolean;
-}
+/**
+ * The operations CloudTrail records with `readOnly: true`: every cryptographic
+ * operation (Encrypt, Decrypt, ReEncrypt, GenerateDataKey*, GenerateRandom,
+ * Sign, Verify, GenerateMac, VerifyMac, DeriveSharedSecret, Decapsulate) and
+ * every Describe, Get and List; every other operation is `false`
+ * (docs/kms-format.md, "Audit log"). One table, so an operation's flag does not
+ * depend on the file that registers it.
+ */
+export const READ_ONLY_OPERATIONS: ReadonlySet<string> = new Set([
+  'Encrypt', 'Decrypt', 'ReEncrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'GenerateDataKeyPair',
+  'GenerateDataKeyPairWithoutPlaintext', 'GenerateRandom', 'Sign', 'Verify', 'GenerateMac', 'VerifyMac',
+  'DeriveSharedSecret', 'Decapsulate',
+  'DescribeKey', 'DescribeCustomKeyStores', 'GetKeyPolicy', 'GetKeyRotationStatus', 'GetPublicKey', 'GetParametersForImport',
+  'ListAliases', 'ListGrants', 'ListKeyPolicies', 'ListKeyRotations', 'ListKeys', 'ListResourceTags', 'ListRetirableGrants',
+]);
 
 /**
  * Serialize every member but blobs, and drop the text: the audit record's
@@ -165,9 +176,9 @@ export class Dispatcher {
 
   constructor(readonly context: OperationContext, private readonly beforeCall: (now: number) => Promise<void> | void) {}
 
-  registerOperation(name: string, handler: OperationHandler, opts: OperationOptions = {}): void {
+  registerOperation(name: string, handler: OperationHandler): void {
     if (!/^[A-Z][A-Za-z]+$/.test(name)) throw new TypeError(`operation name ${name} is not an AWS operation name`);
-    this.ops.set(name, { handler, readOnly: opts.readOnly ?? false });
+    this.ops.set(name, { handler, readOnly: READ_ONLY_OPERATIONS.has(name) });
   }
 
   get accountId(): string {

@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { silentLogger, type Logger } from '../util/logger.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from './types.js';
 import { AccountAuthorizer, AWS_MANAGED_KEY_POLICIES, type Authorizer } from './authorizer.js';
-import { Dispatcher, type KeyPolicyValidator, type OperationContext, type OperationHandler, type OperationOptions } from './dispatcher.js';
+import { Dispatcher, type KeyPolicyValidator, type OperationContext, type OperationHandler } from './dispatcher.js';
 import { Keystore } from './keystore.js';
 import { startHsm, type Hsm } from './hsm/hsm-client.js';
 import { AuditLog } from './audit/audit-log.js';
@@ -136,8 +136,8 @@ export class KmsService implements KmsCore {
   }
 
   /** Add or replace an operation (policies and grants register theirs here). */
-  registerOperation(name: string, handler: OperationHandler, opts?: OperationOptions): void {
-    this.dispatcher.registerOperation(name, handler, opts);
+  registerOperation(name: string, handler: OperationHandler): void {
+    this.dispatcher.registerOperation(name, handler);
   }
 
   operations(): string[] {

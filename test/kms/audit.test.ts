@@ -24,7 +24,7 @@ describe('audit log', () => {
     expect(evs.length).toBe(12);
     expect(evs[1]).toMatchObject({
       eventVersion: '1.08', eventSource: 'kms.amazonaws.com', eventName: 'Encrypt', awsRegion: 'us-east-1', eventType: 'AwsApiCall',
-      readOnly: false, requestParameters: { keyId: k.KeyId, encryptionContext: { purpose: 'test' } },
+      readOnly: true, requestParameters: { keyId: k.KeyId, encryptionContext: { purpose: 'test' } },
       userIdentity: { type: 'Root', arn: admin.arn, accountId: admin.accountId }, resources: [{ ARN: k.Arn, type: 'AWS::KMS::Key' }],
     });
     expect(evs[1].requestParameters.plaintext).toBeUndefined();
@@ -62,6 +62,42 @@ describe('audit log', () => {
     appendFileSync(path, '{"forged":true}\n');
     expect(verifyAuditLog(dir).problem?.kind).toBe('modified');
     t.cleanup();
+  }, 30_000);
+
+  it('readOnly is CloudTrail\'s per operation: true for crypto, Describe, Get and List; false for what changes state', async () => {
+    const t = tempDir();
+    try {
+      const kms = await openKms(t.dir);
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      const sig = (await kms.call('CreateKey', { KeySpec: 'ECC_NIST_P256', KeyUsage: 'SIGN_VERIFY' }, admin)).KeyMetadata as { KeyId: string };
+      const mac = (await kms.call('CreateKey', { KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC' }, admin)).KeyMetadata as { KeyId: string };
+      const ct = (await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('x') }, admin)).CiphertextBlob;
+      await kms.call('Decrypt', { CiphertextBlob: ct }, admin);
+      await kms.call('ReEncrypt', { CiphertextBlob: ct, DestinationKeyId: k.KeyId }, admin);
+      await kms.call('GenerateDataKey', { KeyId: k.KeyId, KeySpec: 'AES_256' }, admin);
+      await kms.call('GenerateDataKeyWithoutPlaintext', { KeyId: k.KeyId, KeySpec: 'AES_256' }, admin);
+      await kms.call('GenerateRandom', { NumberOfBytes: 16 }, admin);
+      const s = await kms.call('Sign', { KeyId: sig.KeyId, Message: Buffer.from('m'), SigningAlgorithm: 'ECDSA_SHA_256' }, admin);
+      await kms.call('Verify', { KeyId: sig.KeyId, Message: Buffer.from('m'), Signature: s.Signature, SigningAlgorithm: 'ECDSA_SHA_256' }, admin);
+      const m = await kms.call('GenerateMac', { KeyId: mac.KeyId, Message: Buffer.from('m'), MacAlgorithm: 'HMAC_SHA_256' }, admin);
+      await kms.call('VerifyMac', { KeyId: mac.KeyId, Message: Buffer.from('m'), Mac: m.Mac, MacAlgorithm: 'HMAC_SHA_256' }, admin);
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.call('ListAliases', {}, admin);
+      await kms.call('ListKeys', {}, admin);
+      await kms.call('TagResource', { KeyId: k.KeyId, Tags: [{ TagKey: 'a', TagValue: 'b' }] }, admin);
+      await kms.call('DisableKey', { KeyId: k.KeyId }, admin);
+      await kms.close();
+      const evs = readFileSync(join(t.dir, 'audit', 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { eventName: string; readOnly: boolean; errorCode?: string });
+      for (const e of evs) expect(e.errorCode, e.eventName).toBeUndefined();
+      const flags = Object.fromEntries(evs.map((e) => [e.eventName, e.readOnly]));
+      expect(flags).toEqual({
+        CreateKey: false, Encrypt: true, Decrypt: true, ReEncrypt: true, GenerateDataKey: true, GenerateDataKeyWithoutPlaintext: true,
+        GenerateRandom: true, Sign: true, Verify: true, GenerateMac: true, VerifyMac: true, DescribeKey: true, ListAliases: true,
+        ListKeys: true, TagResource: false, DisableKey: false,
+      });
+    } finally {
+      t.cleanup();
+    }
   }, 30_000);
 
   it('a known plaintext and data key never appear (hex or base64) in the audit log or logs', async () => {

@@ -3,7 +3,7 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readSync, wri
 import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { Env, ROOT, ensureBuilt } from '../e2e/helpers.js';
+import { Env, ROOT, ensureBuilt, run } from '../e2e/helpers.js';
 import { parseMetrics } from '../../src/cli/top.js';
 
 /**
@@ -147,6 +147,32 @@ describe('Prometheus metrics from a running daemon', () => {
     expect(samples.get('ebsd_kms_requests_total{operation="other",outcome="UnknownOperationException"}')).toBe(5);
     expect(samples.get('ebsd_control_requests_total{operation="other",result="UnknownOperationException"}')).toBe(10);
   });
+
+  it('an unmapped caller\'s made-up targets are "other" and take no label place: root\'s later operations keep their names', async () => {
+    // 300 distinct targets (more than the label's 256 places) from an unmapped uid, refused before dispatch.
+    const flood = `import { request, Agent } from 'node:http';
+const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+const counts = {};
+for (let i = 0; i < 300; i++) {
+  for (const t of ['ebsd.Flood' + i, 'TrentService.Flood' + i]) {
+    const status = await new Promise((resolve) => {
+      const req = request({ socketPath: process.argv[1], agent, method: 'POST', path: '/', headers: { 'X-Amz-Target': t, 'Content-Type': 'application/x-amz-json-1.1' } }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); });
+      req.on('error', (e) => resolve(e.code));
+      req.end('{}');
+    });
+    counts[status] = (counts[status] ?? 0) + 1;
+  }
+}
+agent.destroy();
+console.log(JSON.stringify(counts));`;
+    const r = await run(process.execPath, ['--input-type=module', '-e', flood, join(env.state, 'ebsd.sock')], { uid: 65534 });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ 400: 600 });
+    expect(await rawCall(env.state, 'ebsd.DescribeSnapshots')).toBe(200);
+    const { text, samples } = await scrape(port);
+    expect(text).not.toMatch(/Flood/);
+    expect(samples.get('ebsd_control_requests_total{operation="ebsd.DescribeSnapshots",result="ok"}')).toBe(1);
+  }, 120_000);
 
   it('every ebsd_ metric the shipped alert rules use is one the daemon exports', async () => {
     const rules = readFileSync(join(ROOT, 'contrib', 'prometheus', 'ebsd-alerts.yml'), 'utf8');

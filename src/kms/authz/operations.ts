@@ -1,4 +1,4 @@
-import type { CallContext, KeyPolicyValidator, NewKeyPolicyCheck, OperationContext, OperationHandler, OperationOptions } from '../dispatcher.js';
+import type { CallContext, KeyPolicyValidator, NewKeyPolicyCheck, OperationContext, OperationHandler } from '../dispatcher.js';
 import { InvalidGrantIdException, InvalidMarkerException, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
 import type { KeyRecord } from '../key-record.js';
 import type { KmsResponse } from '../types.js';
@@ -17,7 +17,7 @@ import { checkKeyPolicySize } from '../validate.js';
  */
 
 export interface OperationRegistry {
-  registerOperation(name: string, handler: OperationHandler, opts?: OperationOptions): void;
+  registerOperation(name: string, handler: OperationHandler): void;
   /** Account and region of the core (KmsService and Dispatcher have them). */
   readonly accountId?: string;
   readonly region?: string;
@@ -228,11 +228,11 @@ export function registerAuthzOperations(
   registry.setKeyPolicyValidator?.(validateNewKeyPolicy);
 
   registry.registerOperation('PutKeyPolicy', putKeyPolicy);
-  registry.registerOperation('GetKeyPolicy', getKeyPolicy, { readOnly: true });
-  registry.registerOperation('ListKeyPolicies', listKeyPolicies, { readOnly: true });
+  registry.registerOperation('GetKeyPolicy', getKeyPolicy);
+  registry.registerOperation('ListKeyPolicies', listKeyPolicies);
   registry.registerOperation('CreateGrant', createGrant);
-  registry.registerOperation('ListGrants', listGrants, { readOnly: true });
-  registry.registerOperation('ListRetirableGrants', listRetirableGrants, { readOnly: true });
+  registry.registerOperation('ListGrants', listGrants);
+  registry.registerOperation('ListRetirableGrants', listRetirableGrants);
   registry.registerOperation('RetireGrant', retireGrant);
   registry.registerOperation('RevokeGrant', revokeGrant);
   hooks.onKeyDeleted?.(async (keyId) => { await grants.removeKey(keyId); });

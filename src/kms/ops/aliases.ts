@@ -84,5 +84,5 @@ export function registerAliasOperations(d: Dispatcher): void {
       })),
       Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}),
     };
-  }, { readOnly: true });
+  });
 }

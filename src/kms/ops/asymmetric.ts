@@ -47,7 +47,7 @@ export function registerAsymmetricOperations(d: Dispatcher): void {
       KeyId: key.arn, PublicKey: new Uint8Array(Buffer.from(key.publicKey, 'base64')), CustomerMasterKeySpec: key.keySpec, KeySpec: key.keySpec,
       KeyUsage: key.keyUsage, ...(enc ? { EncryptionAlgorithms: enc } : {}), ...(sig ? { SigningAlgorithms: sig } : {}),
     };
-  }, { readOnly: true });
+  });
 
   for (const op of ['GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext'] as const) {
     d.registerOperation(op, async (ctx, call) => {

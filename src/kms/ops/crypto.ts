@@ -180,5 +180,5 @@ export function registerCryptoOperations(d: Dispatcher): void {
     await call.authorize({});
     const { bytes } = await ctx.hsm.call({ op: 'random', bytes: n });
     return { Plaintext: bytes };
-  }, { readOnly: true });
+  });
 }

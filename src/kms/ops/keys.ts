@@ -115,7 +115,7 @@ export function registerKeyOperations(d: Dispatcher): void {
     const { key, requestAlias } = await ctx.resolveKey(reqStr(call.request, 'KeyId'));
     await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), grantTokens: optStrList(call.request, 'GrantTokens', 10) ?? [], stateCheck: false });
     return { KeyMetadata: keyMetadata(key) };
-  }, { readOnly: true });
+  });
 
   d.registerOperation('ListKeys', async (ctx, call) => {
     await call.authorize({});
@@ -123,7 +123,7 @@ export function registerKeyOperations(d: Dispatcher): void {
     const p = page(call.request, ids, 100, 1000, (id) => id);
     const base = `arn:aws:kms:${ctx.region}:${ctx.accountId}:key/`;
     return { Keys: p.items.map((id) => ({ KeyId: id, KeyArn: base + id })), Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}) };
-  }, { readOnly: true });
+  });
 
   d.registerOperation('UpdateKeyDescription', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });

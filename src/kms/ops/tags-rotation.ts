@@ -65,7 +65,7 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
     const tags = [...key.tags].sort((a, b) => (a.TagKey < b.TagKey ? -1 : a.TagKey > b.TagKey ? 1 : 0));
     const p = page(call.request, tags, 50, 50, (t) => t.TagKey);
     return { Tags: p.items, Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}) };
-  }, { readOnly: true });
+  });
 
   d.registerOperation('EnableKeyRotation', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
@@ -98,7 +98,7 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
       ...(r.enabled ? { RotationPeriodInDays: r.periodDays ?? DEFAULT_ROTATION_DAYS } : {}),
       ...(r.enabled && r.nextRotationDate !== undefined ? { NextRotationDate: epochSeconds(r.nextRotationDate) } : {}),
     };
-  }, { readOnly: true });
+  });
 
   d.registerOperation('RotateKeyOnDemand', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
@@ -122,5 +122,5 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
       Rotations: p.items.map((m) => ({ KeyId: key.arn, KeyMaterialId: m.id, RotationDate: epochSeconds(m.createdAt), RotationType: m.origin })),
       Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}),
     };
-  }, { readOnly: true });
+  });
 }
