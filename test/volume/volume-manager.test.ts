@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync } from 'node:fs';
+import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync, readlinkSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
@@ -12,6 +12,9 @@ import { kmsHarness, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
 import { xtsSector } from './helpers/node-xts.js';
 import { ManualClock } from './helpers/manual-clock.js';
+import { readNowaitSupported } from './helpers/fs-caps.js';
+import { nativeIo } from '../../src/volume/native-io.js';
+import { BEHIND_MIN_FREE } from '../../src/volume/free-space.js';
 /** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
 const randomBytes = seededBytes('volume/volume-manager');
 printSeedOnFailure();
@@ -202,6 +205,36 @@ describe('attach, I/O, detach, re-attach', () => {
     await expect(dev.read(0, 1, Buffer.alloc(1))).rejects.toMatchObject({ code: 'VOLUME_CLOSED' });
     open = 0;
     await expect(mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'IncorrectState' });
+  });
+
+  // Write-behind needs the page-cache fast paths and room on the filesystem (read-ahead-write-behind.test.ts).
+  test.skipIf(nativeIo === null || !readNowaitSupported)('a write lost after its reply fails the detach (VOLUME_IO, audited flushFailed); the volume is detached all the same', async (ctx) => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    const id = v.VolumeId;
+    if (statfsSync(img(id)).bavail * statfsSync(img(id)).bsize < BEHIND_MIN_FREE) ctx.skip();
+    await mgr.attachVolume({ VolumeId: id }, kms.user);
+    const dev = mgr.getBlockDevice(id)!;
+    // The device's read-write fd on the image becomes a read-only one under the same number
+    // (open(2) takes the lowest free number): its writes now fail after being acknowledged.
+    const fds = readdirSync('/proc/self/fd').filter((n) => { try { return readlinkSync(`/proc/self/fd/${n}`) === img(id); } catch { return false; } });
+    expect(fds).toHaveLength(1);
+    closeSync(Number(fds[0]));
+    const ro = openSync(img(id), 'r');
+    expect(ro).toBe(Number(fds[0]));
+    const complete = dev.writeBehind!(0, randomBytes(SS));
+    expect(complete).not.toBeNull();
+    complete!(); // acknowledged; the pwrite and the pool's retry fail (EBADF)
+    await expect(mgr.detachVolume({ VolumeId: id }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_IO', message: expect.stringContaining('is detached, but its last flush failed'),
+    });
+    expect(mgr.describeVolumes({ VolumeIds: [id] }).Volumes[0]!.State).toBe('available');
+    expect(mgr.getBlockDevice(id)).toBeUndefined();
+    expect(existsSync(`${img(id)}.lock`)).toBe(false);
+    const ev = audits.find((a) => a.eventName === 'DetachVolume')!;
+    expect(ev.details).toMatchObject({ flushFailed: true, grantRetired: true });
+    expect(logLines.some((l) => /write-behind failed after its reply/.test(l))).toBe(true);
+    // The fd was closed by the detach: nothing points at the image any more.
+    expect(readdirSync('/proc/self/fd').some((n) => { try { return readlinkSync(`/proc/self/fd/${n}`) === img(id); } catch { return false; } })).toBe(false);
   });
 
   test('ModifyVolume grows the LUKS2 segment and the live device; shrinking is refused', async () => {
