@@ -20,6 +20,7 @@ import { VOLUME_KEY_BYTES } from './luks2-json.js';
 import { createLuks2Image, createPlainImage, formatOf } from './image-format.js';
 import { VolumeError, incorrectState, invalidParameter, notFound, errInfo } from './errors.js';
 import { parseVolumeSize } from './size.js';
+import { matchesVolumeFilters } from './volume-filters.js';
 import { growImageFile } from './backing-file.js';
 import { EbsdError } from '../util/errors.js';
 import { faultPoint } from '../util/fault-point.js';
@@ -397,18 +398,8 @@ export class VolumeManager {
       for (const id of req.VolumeIds) if (!recs.some((r) => r.volumeId === id)) throw notFound(id);
       recs = recs.filter((r) => req.VolumeIds!.includes(r.volumeId));
     }
-    for (const f of req.Filters ?? []) {
-      const match = (r: VolumeRecord): boolean => {
-        if (f.Name === 'volume-id') return f.Values.includes(r.volumeId);
-        if (f.Name === 'status') return f.Values.includes(r.state);
-        if (f.Name.startsWith('tag:')) return r.tags.some((t) => t.Key === f.Name.slice(4) && f.Values.includes(t.Value));
-        if (f.Name === 'attachment.instance-id') return !!r.attachment && f.Values.includes(r.attachment.instanceId);
-        if (f.Name === 'kms-key-id') return f.Values.includes(r.kmsKeyId);
-        throw invalidParameter(`The filter '${f.Name}' is invalid`);
-      };
-      recs = recs.filter(match);
-    }
-    return { Volumes: recs.map((r) => this.describe(r)) };
+    const out = recs.map((r) => this.describe(r));
+    return { Volumes: req.Filters?.length ? out.filter((v) => matchesVolumeFilters(v, req.Filters!)) : out };
   }
 
   /** Key-cache state of every attached volume (or one), for `ebsd status`. */

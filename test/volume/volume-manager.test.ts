@@ -70,11 +70,20 @@ describe('CreateVolume / DescribeVolumes / DeleteVolume', () => {
     expect(v.Tags).toEqual([{ Key: 'Name', Value: 'data' }]);
     expect(mgr.describeVolumes({ Filters: [{ Name: 'tag:Name', Values: ['data'] }] }).Volumes.map((x) => x.VolumeId)).toEqual([v.VolumeId]);
     expect(mgr.describeVolumes({ Filters: [{ Name: 'status', Values: ['in-use'] }] }).Volumes).toEqual([]);
+    // EC2's wildcards and names (volume-filters.test.ts has the table): size is GiB, as Size shows it.
+    const ids = (Filters: { Name: string; Values: string[] }[]) => mgr.describeVolumes({ Filters }).Volumes.map((x) => x.VolumeId);
+    expect(ids([{ Name: 'tag:Name', Values: ['d*'] }, { Name: 'tag-key', Values: ['Na?e'] }, { Name: 'size', Values: ['1'] }, { Name: 'encrypted', Values: ['true'] }])).toEqual([v.VolumeId]);
+    expect(ids([{ Name: 'tag:Name', Values: ['n*'] }])).toEqual([]);
+    await mgr.attachVolume({ VolumeId: v.VolumeId, Device: '/dev/sdf' }, kms.user);
+    expect(ids([{ Name: 'attachment.device', Values: ['/dev/sd?'] }, { Name: 'attachment.status', Values: ['attached'] }])).toEqual([v.VolumeId]);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(ids([{ Name: 'attachment.device', Values: ['*'] }])).toEqual([]);
+    expect(() => ids([{ Name: 'nope', Values: ['x'] }])).toThrow(expect.objectContaining({ awsName: 'InvalidParameterValue', message: "The filter 'nope' is invalid" }));
     expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes).toHaveLength(1);
     const json = JSON.parse(execFileSync('cryptsetup', ['luksDump', '--dump-json-metadata', img(v.VolumeId)], { encoding: 'utf8' }));
     expect(json.tokens['0']).toMatchObject({ type: 'ebsd-kms', key_arn: v.KmsKeyId, volume_id: v.VolumeId, encryption_context: { 'aws:ebs:id': v.VolumeId } });
     // GenerateDataKeyWithoutPlaintext went via EC2 on the caller's behalf.
-    expect(audits.map((a) => a.eventName)).toEqual(['CreateVolume']);
+    expect(audits.map((a) => a.eventName)).toEqual(['CreateVolume', 'AttachVolume', 'DetachVolume']);
   });
 
   test('sizes: bytes, suffixes, bounds and alignment', async () => {
