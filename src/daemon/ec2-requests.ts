@@ -269,10 +269,11 @@ export function filterList(v: unknown, names: ReadonlySet<string> = VOLUME_FILTE
     if (typeof name !== 'string' || name.length === 0 || name.length > FILTER_STRING_MAX) {
       throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Name`, `${at}.Name must be a string of 1 to ${FILTER_STRING_MAX} characters, got ${kind(name)}`);
     }
+    // An unknown name is EC2's InvalidParameterValue "The filter 'x' is invalid"; InvalidFilter is for a malformed filter.
     const why = unserved.get(name);
-    if (why !== undefined) throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Name`, why);
+    if (why !== undefined) throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', `${at}.Name`, why);
     if (!names.has(name) && !(name.startsWith('tag:') && name.length > 4)) {
-      throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Name`, `The filter ${printable(name)} is invalid (${at}.Name: one of ${[...names].join(', ')}, tag:<key>)`);
+      throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', `${at}.Name`, `The filter ${printable(name)} is invalid (${at}.Name: one of ${[...names].join(', ')}, tag:<key>)`);
     }
     const values = Object.hasOwn(f, 'Values') ? f.Values : undefined;
     if (!Array.isArray(values)) throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Values`, `${at}.Values must be an array of strings, got ${kind(values)}`);

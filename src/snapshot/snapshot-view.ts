@@ -84,7 +84,7 @@ export function matchesFilters(m: SnapshotManifest, filters: readonly SnapshotFi
       case 'kms-key-id': return ok(s.KmsKeyId ?? '');
       default:
         if (f.Name.startsWith('tag:')) return s.Tags.some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
-        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `The filter '${f.Name}' is invalid`, { awsName: 'InvalidFilter' });
+        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `The filter '${f.Name}' is invalid`, { awsName: 'InvalidParameterValue' });
     }
   });
 }
