@@ -540,8 +540,16 @@ export class VolumeManager {
         await formatOf(rec).resize(path, size);
       } catch (e) {
         this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'ModifyVolume failed; settling from the image header');
-        await this.recovery.settleModify(rec).catch((err) => this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'));
-        throw e;
+        const settled = await this.recovery.settleModify(rec).then(
+          () => true,
+          (err) => (this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'), false),
+        );
+        // The header reached the new size before the error (the update failed after its
+        // second copy was durable): the catalog rolled forward, so the modify happened.
+        // Answer so, and grow the attached device, or the caller, DescribeVolumes and the
+        // device would tell three different sizes.
+        if (!settled || rec.size !== size) throw e;
+        this.log.warn({ volumeId: rec.volumeId, size, err: errInfo(e) }, 'ModifyVolume: the image header records the new size despite the error; the modify completed');
       }
       faultPoint('modify.after-header');
       rec.size = size;

@@ -1,10 +1,11 @@
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync, readlinkSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
 import { readLuks2, updateLuks2 } from '../../src/volume/luks2-header.js';
+import { formatOf } from '../../src/volume/image-format.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
@@ -264,6 +265,38 @@ describe('attach, I/O, detach, re-attach', () => {
     expect(o.subarray(0, 10).equals(Buffer.alloc(10, 7))).toBe(true);
     expect(o.subarray(-5).equals(Buffer.alloc(5, 9))).toBe(true);
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+  });
+
+  test('a header update that fails after the new size is durable answers success and grows the attached device; one that fails before rolls back', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const luks2 = formatOf({});
+    const real = luks2.resize.bind(luks2);
+    // Injected: the header update writes both copies, then fails (as a failed last fsync would).
+    const after = vi.spyOn(luks2, 'resize').mockImplementationOnce(async (path, size) => {
+      await real(path, size);
+      throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+    });
+    try {
+      const m = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '2MiB' }, kms.user);
+      expect(m.VolumeModification).toMatchObject({ ModificationState: 'completed' });
+    } finally {
+      after.mockRestore();
+    }
+    expect(mgr.getBlockDevice(v.VolumeId)!.size).toBe(2 * MiB);
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.SizeBytes).toBe(2 * MiB);
+    await mgr.getBlockDevice(v.VolumeId)!.write(2 * MiB - 4, Buffer.alloc(4, 1)); // the new end is served
+    // Injected: the update fails before anything is written: the modify fails, nothing grew.
+    const before = vi.spyOn(luks2, 'resize').mockRejectedValueOnce(Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' }));
+    try {
+      await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '3MiB' }, kms.user)).rejects.toThrow(/EIO/);
+    } finally {
+      before.mockRestore();
+    }
+    expect(mgr.getBlockDevice(v.VolumeId)!.size).toBe(2 * MiB);
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.SizeBytes).toBe(2 * MiB);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(audits.filter((a) => a.eventName === 'ModifyVolume').map((a) => a.details)).toEqual([{ originalSize: MiB, targetSize: 2 * MiB }]);
   });
 
   test('swapping the tokens of two volumes fails the attach', async () => {
