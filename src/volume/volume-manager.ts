@@ -523,6 +523,7 @@ export class VolumeManager {
    * (settleModify), so header, file and catalog agree again.
    */
   async modifyVolume(req: { VolumeId: string; Size: number | string }, caller: Caller) {
+    const startTime = new Date().toISOString(); // EC2's StartTime: when the call came in
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
       if (rec.state !== 'available' && rec.state !== 'in-use') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
@@ -563,8 +564,20 @@ export class VolumeManager {
         this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'onResized callback threw');
       }
       this.audit({ eventName: 'ModifyVolume', volumeId: rec.volumeId, principal: caller.arn, details: { originalSize: original, targetSize: size } });
+      const endTime = new Date().toISOString();
       return {
-        VolumeModification: { VolumeId: rec.volumeId, ModificationState: 'completed' as const, OriginalSize: original, TargetSize: size, StartTime: new Date().toISOString(), Progress: 100 },
+        VolumeModification: {
+          VolumeId: rec.volumeId,
+          ModificationState: 'completed' as const,
+          // EC2 reports GiB, rounded up as DescribeVolumes' Size; ebsd volumes may be smaller, so the *Bytes are exact.
+          OriginalSize: gib(original),
+          TargetSize: gib(size),
+          OriginalSizeBytes: original,
+          TargetSizeBytes: size,
+          StartTime: startTime,
+          EndTime: endTime,
+          Progress: 100,
+        },
       };
     });
   }
@@ -592,7 +605,7 @@ export class VolumeManager {
     return {
       VolumeId: r.volumeId,
       /** EC2 reports GiB; ebsd volumes may be smaller, so SizeBytes is exact. */
-      Size: Math.ceil(r.size / 1024 ** 3),
+      Size: gib(r.size),
       SizeBytes: r.size,
       State: r.state as VolumeState,
       // ebsd's own: how far a restore from a snapshot has come, while `creating`.
@@ -618,6 +631,11 @@ export class VolumeManager {
       this.log.warn({ err: errInfo(e) }, 'audit callback threw');
     }
   }
+}
+
+/** Bytes as EC2's GiB sizes show them: rounded up, so a volume smaller than 1 GiB is 1. */
+function gib(bytes: number): number {
+  return Math.ceil(bytes / 1024 ** 3);
 }
 
 /** Whatever KeyService is plugged in, its failures reach callers as KeyServiceError with the AWS name. */

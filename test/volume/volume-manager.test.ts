@@ -253,7 +253,9 @@ describe('attach, I/O, detach, re-attach', () => {
     await mgr.getBlockDevice(v.VolumeId)!.write(MiB - 10, Buffer.alloc(10, 7));
     await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: MiB }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidParameterValue' });
     const m = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '3MiB' }, kms.user);
-    expect(m.VolumeModification.TargetSize).toBe(3 * MiB);
+    // EC2's fields are GiB, rounded up as DescribeVolumes' Size; the *Bytes are exact.
+    expect(m.VolumeModification).toMatchObject({ OriginalSize: 1, TargetSize: 1, OriginalSizeBytes: MiB, TargetSizeBytes: 3 * MiB, ModificationState: 'completed', Progress: 100 });
+    expect(m.VolumeModification.StartTime).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z$/);
     const dev = mgr.getBlockDevice(v.VolumeId)!;
     expect(dev.size).toBe(3 * MiB);
     await dev.write(3 * MiB - 5, Buffer.alloc(5, 9));
@@ -279,7 +281,7 @@ describe('attach, I/O, detach, re-attach', () => {
     });
     try {
       const m = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '2MiB' }, kms.user);
-      expect(m.VolumeModification).toMatchObject({ ModificationState: 'completed' });
+      expect(m.VolumeModification).toMatchObject({ ModificationState: 'completed', TargetSizeBytes: 2 * MiB });
     } finally {
       after.mockRestore();
     }
