@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync, readlinkSync, statfsSync } from 'node:fs';
+import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync, readlinkSync, rmSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
@@ -308,12 +308,34 @@ describe('attach, I/O, detach, re-attach', () => {
     const tb = (await readLuks2(img(b.VolumeId))).volume.token;
     // Whole tokens swapped: the token names another volume.
     await updateLuks2(img(a.VolumeId), (j) => void (j.tokens['0'] = { ...tb }));
-    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'VOLUME_TOKEN_MISMATCH' });
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_TOKEN_MISMATCH', awsName: 'IncorrectState', message: `the image of ${a.VolumeId} carries the token of ${b.VolumeId}`,
+    });
+    // Only the context swapped: named as such, not as another volume's token.
+    await updateLuks2(img(a.VolumeId), (j) => void (j.tokens['0'] = { ...ta, encryption_context: tb.encryption_context }));
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_TOKEN_MISMATCH', awsName: 'IncorrectState', message: expect.stringContaining(`binds its key to the encryption context {"aws:ebs:id":"${b.VolumeId}"}`),
+    });
     // Only the blob swapped: KMS refuses it under a's encryption context.
     await updateLuks2(img(a.VolumeId), (j) => void (j.tokens['0'] = { ...ta, ciphertext_blob: tb.ciphertext_blob }));
     await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidCiphertextException' });
     expect(mgr.describeVolumes({ VolumeIds: [a.VolumeId] }).Volumes[0]!.State).toBe('available');
     expect(existsSync(`${img(a.VolumeId)}.lock`)).toBe(false);
+  });
+
+  test('an image the attach cannot use is IncorrectState naming why: a header smaller than the catalog, a missing file', async () => {
+    const a = await mgr.createVolume({ Size: 2 * MiB }, kms.user);
+    await updateLuks2(img(a.VolumeId), (j) => { for (const sg of Object.values(j.segments)) sg.size = String(MiB); });
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_IMAGE_CORRUPT', awsName: 'IncorrectState', message: `the image header of ${a.VolumeId} records ${MiB} data bytes, fewer than the ${2 * MiB} the catalog records`,
+    });
+    rmSync(img(a.VolumeId));
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_INCORRECT_STATE', awsName: 'IncorrectState', message: `volume image ${img(a.VolumeId)} does not exist`,
+    });
+    await expect(mgr.modifyVolume({ VolumeId: a.VolumeId, Size: 4 * MiB }, kms.user)).rejects.toMatchObject({ awsName: 'IncorrectState' });
+    expect(mgr.describeVolumes({ VolumeIds: [a.VolumeId] }).Volumes[0]!.State).toBe('available');
+    expect(audits.map((x) => x.eventName)).toEqual(['CreateVolume']);
   });
 
   test('a key that does not match the LUKS2 digest is refused before any I/O', async () => {
