@@ -1,4 +1,5 @@
 import { EbsdError } from '../util/errors.js';
+import { VOLUME_FILTER_NAMES, UNSERVED_VOLUME_FILTERS } from '../volume/volume-filters.js';
 
 /**
  * The EC2 volume requests of the control API, checked at the edge: an
@@ -66,8 +67,6 @@ const NEXT_TOKEN_MAX = 1024;
 export const VOLUME_ID_RE = /^vol-[0-9a-f]{17}$/;
 export const SNAPSHOT_ID_RE = /^snap-[0-9a-f]{17}$/;
 
-/** DescribeVolumes filter names ebsd serves (`tag:<key>` besides). */
-export const VOLUME_FILTER_NAMES = new Set(['volume-id', 'status', 'attachment.instance-id', 'kms-key-id']);
 
 export interface Tag {
   Key: string;
@@ -237,7 +236,7 @@ function describeVolumes(m: (k: string) => unknown): DescribeVolumesInput {
   const ids = m('VolumeIds');
   if (ids !== undefined) out.VolumeIds = volumeIds(ids, 'VolumeIds');
   const filters = m('Filters');
-  if (filters !== undefined) out.Filters = filterList(filters);
+  if (filters !== undefined) out.Filters = filterList(filters, VOLUME_FILTER_NAMES, UNSERVED_VOLUME_FILTERS);
   const max = m('MaxResults');
   if (max !== undefined) {
     if (typeof max !== 'number' || !Number.isInteger(max) || max < MAX_RESULTS_MIN || max > MAX_RESULTS_MAX) {
@@ -253,8 +252,11 @@ function describeVolumes(m: (k: string) => unknown): DescribeVolumesInput {
   return out;
 }
 
-/** Filters of a Describe request; `names` are the filter names the operation serves (`tag:<key>` besides). */
-export function filterList(v: unknown, names: ReadonlySet<string> = VOLUME_FILTER_NAMES): Filter[] {
+/**
+ * Filters of a Describe request; `names` are the filter names the operation
+ * serves (`tag:<key>` besides), `unserved` documented names it refuses, with why.
+ */
+export function filterList(v: unknown, names: ReadonlySet<string> = VOLUME_FILTER_NAMES, unserved: ReadonlyMap<string, string> = new Map()): Filter[] {
   if (!Array.isArray(v)) throw new Ec2RequestError('EC2_INVALID_FILTER', 'Filters', `Filters must be an array of {Name, Values}, got ${kind(v)}`);
   if (v.length > FILTERS_MAX) throw new Ec2RequestError('EC2_INVALID_FILTER', 'Filters', `At most ${FILTERS_MAX} filters, got ${v.length}`);
   return v.map((f, i) => {
@@ -267,8 +269,11 @@ export function filterList(v: unknown, names: ReadonlySet<string> = VOLUME_FILTE
     if (typeof name !== 'string' || name.length === 0 || name.length > FILTER_STRING_MAX) {
       throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Name`, `${at}.Name must be a string of 1 to ${FILTER_STRING_MAX} characters, got ${kind(name)}`);
     }
+    // An unknown name is EC2's InvalidParameterValue "The filter 'x' is invalid"; InvalidFilter is for a malformed filter.
+    const why = unserved.get(name);
+    if (why !== undefined) throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', `${at}.Name`, why);
     if (!names.has(name) && !(name.startsWith('tag:') && name.length > 4)) {
-      throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Name`, `The filter ${printable(name)} is invalid (${at}.Name: one of ${[...names].join(', ')}, tag:<key>)`);
+      throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', `${at}.Name`, `The filter ${printable(name)} is invalid (${at}.Name: one of ${[...names].join(', ')}, tag:<key>)`);
     }
     const values = Object.hasOwn(f, 'Values') ? f.Values : undefined;
     if (!Array.isArray(values)) throw new Ec2RequestError('EC2_INVALID_FILTER', `${at}.Values`, `${at}.Values must be an array of strings, got ${kind(values)}`);

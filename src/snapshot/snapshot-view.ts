@@ -1,5 +1,6 @@
 import type { SnapshotManifest, SnapshotStore } from './types.js';
 import { SnapshotError } from './errors.js';
+import { filterMatcher } from '../util/ec2-filter.js';
 
 /**
  * EC2's Snapshot shape (DescribeSnapshots, CreateSnapshot's response) from a
@@ -64,17 +65,11 @@ export interface SnapshotFilter {
   Values: string[];
 }
 
-/** EC2 filter values take `*` (any run) and `?` (one character) wildcards. */
-function matcher(values: string[]): (s: string) => boolean {
-  const res = values.map((v) => new RegExp(`^${v.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, 's'));
-  return (s) => res.some((r) => r.test(s));
-}
-
 /** True when `m` passes every filter (filters AND, values of one filter OR, as EC2). */
 export function matchesFilters(m: SnapshotManifest, filters: readonly SnapshotFilter[]): boolean {
   const s = toEc2Snapshot(m);
   return filters.every((f) => {
-    const ok = matcher(f.Values);
+    const ok = filterMatcher(f.Values);
     switch (f.Name) {
       case 'description': return ok(s.Description);
       case 'encrypted': return ok(String(s.Encrypted));
@@ -89,7 +84,7 @@ export function matchesFilters(m: SnapshotManifest, filters: readonly SnapshotFi
       case 'kms-key-id': return ok(s.KmsKeyId ?? '');
       default:
         if (f.Name.startsWith('tag:')) return s.Tags.some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
-        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `The filter '${f.Name}' is invalid`, { awsName: 'InvalidFilter' });
+        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `The filter '${f.Name}' is invalid`, { awsName: 'InvalidParameterValue' });
     }
   });
 }

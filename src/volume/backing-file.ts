@@ -137,10 +137,16 @@ function checkRegular(fd: number, path: string): Promise<void> {
   );
 }
 
-/** O_NOFOLLOW on a symlink fails with ELOOP: name the refusal. */
+/**
+ * O_NOFOLLOW on a symlink fails with ELOOP, a missing image with ENOENT: name
+ * the refusal. Either is a volume the operation cannot use (IncorrectState,
+ * docs/format.md), not a service failure a retry could get past.
+ */
 function refusedImage(path: string, e: unknown): VolumeError | undefined {
-  if ((e as NodeJS.ErrnoException | undefined)?.code !== 'ELOOP') return undefined;
-  return incorrectState(`volume image ${path} is a symbolic link; refusing to use it`);
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ELOOP') return incorrectState(`volume image ${path} is a symbolic link; refusing to use it`);
+  if (code === 'ENOENT') return new VolumeError('VOLUME_INCORRECT_STATE', `volume image ${path} does not exist`, { awsName: 'IncorrectState', cause: e });
+  return undefined;
 }
 
 /** Map an fs error to a typed volume error once, here (errno never leaves this layer as errno). */

@@ -100,10 +100,15 @@ const LUKS2: ImageFormat = {
     const h = await readLuks2(o.path);
     const v = h.volume;
     const ctx = { 'aws:ebs:id': o.volumeId };
-    // Precondition: the token names this volume and binds the blob to it.
-    if (v.token.volume_id !== o.volumeId || !sameContext(v.token.encryption_context, ctx) || v.size < o.size) {
-      throw new VolumeError('VOLUME_TOKEN_MISMATCH', `image of ${o.volumeId} carries the token of ${v.token.volume_id}`);
+    // Precondition: the token names this volume and binds the blob to it, and the header
+    // covers the catalog's size. A refused image is IncorrectState (docs/format.md, "What a reader refuses").
+    if (v.token.volume_id !== o.volumeId) {
+      throw refused('VOLUME_TOKEN_MISMATCH', `the image of ${o.volumeId} carries the token of ${v.token.volume_id}`);
     }
+    if (!sameContext(v.token.encryption_context, ctx)) {
+      throw refused('VOLUME_TOKEN_MISMATCH', `the token in the image of ${o.volumeId} binds its key to the encryption context ${JSON.stringify(v.token.encryption_context)}, not ${JSON.stringify(ctx)}`);
+    }
+    if (v.size < o.size) throw smallerThanCatalog(o.volumeId, v.size, o.size);
     const { grantId, grantToken } = await o.grant(v);
     const blob = Buffer.from(v.token.ciphertext_blob, 'base64');
     const unwrap = async (): Promise<Uint8Array> =>
@@ -150,11 +155,21 @@ const PLAINTEXT: ImageFormat = {
   async open(o) {
     // Measurement only (plain-image.ts): no key, no grant, no key cache.
     const p = await readPlainImage(o.path);
-    if (p.volumeId !== o.volumeId || p.size < o.size) throw new VolumeError('VOLUME_TOKEN_MISMATCH', `plaintext image of ${o.volumeId} names ${p.volumeId}`);
+    if (p.volumeId !== o.volumeId) throw refused('VOLUME_TOKEN_MISMATCH', `the plaintext image of ${o.volumeId} names ${p.volumeId}`);
+    if (p.size < o.size) throw smallerThanCatalog(o.volumeId, p.size, o.size);
     const backing = await openBackingFile(o.path);
     return { device: new PlainBlockDevice({ volumeId: o.volumeId, size: p.size, dataOffset: p.dataOffset, backing, logger: o.log }), keyCache: null, keyArn: '' };
   },
 };
+
+/** An image the attach cannot use as it is: EC2's IncorrectState (exit 6), not a service failure. */
+function refused(code: 'VOLUME_TOKEN_MISMATCH' | 'VOLUME_IMAGE_CORRUPT', message: string): VolumeError {
+  return new VolumeError(code, message, { awsName: 'IncorrectState' });
+}
+
+function smallerThanCatalog(volumeId: string, header: number, catalog: number): VolumeError {
+  return refused('VOLUME_IMAGE_CORRUPT', `the image header of ${volumeId} records ${header} data bytes, fewer than the ${catalog} the catalog records`);
+}
 
 function sameContext(a: Record<string, string>, b: Record<string, string>): boolean {
   const ka = Object.keys(a).sort();

@@ -49,6 +49,8 @@ export abstract class SectorDevice implements BlockDevice, SnapshotSource {
   private readonly behind: WriteBehind;
   /** Accepted writes, and the hold withWritesPaused puts on new ones. */
   private readonly writes = new WritePause();
+  /** The first close(): later calls answer the same. */
+  private closing: Promise<void> | null = null;
 
   constructor(o: SectorDeviceOptions) {
     checkSafeInt('size', o.size, SS);
@@ -458,22 +460,40 @@ export abstract class SectorDevice implements BlockDevice, SnapshotSource {
     if (after) await after();
   }
 
-  /** Detach path: refuse new I/O, drain, fdatasync, `wipe`, close the backing fd. */
-  async close(wipeKey?: () => void): Promise<void> {
-    const already = this.failure !== null;
+  /**
+   * Detach path: refuse new I/O, drain, fdatasync, `wipe`, close the backing
+   * fd. Rejects when the volume's last writes may be lost: the fdatasync or
+   * the close failed, or a write-behind acknowledged earlier could not be
+   * written (docs/architecture.md §3.3); the key is wiped and the fd closed
+   * either way. Idempotent: a second call answers what the first did, and
+   * never closes the fd number again (it may belong to another file by then).
+   */
+  close(wipeKey?: () => void): Promise<void> {
+    return (this.closing ??= this.closeOnce(wipeKey));
+  }
+
+  private async closeOnce(wipeKey?: () => void): Promise<void> {
     this.failure ??= new VolumeError('VOLUME_CLOSED', `volume ${this.volumeId} is detached`);
     await this.drain();
+    let error: VolumeError | null = null;
     try {
-      if (!already || this.failure.code !== 'VOLUME_CLOSED') await this.io.datasync().catch((e) => {
-        this.log.warn({ volumeId: this.volumeId, err: ioError(e, 'fdatasync') }, 'fdatasync on detach failed');
+      await this.io.datasync().catch((e) => {
+        error = ioError(e, `volume ${this.volumeId}: fdatasync on detach`);
       });
     } finally {
       wipeKey?.();
       this.ra.wipe();
-      await this.io.close().catch(() => {});
+      await this.io.close().catch((e) => {
+        error ??= ioError(e, `volume ${this.volumeId}: close on detach`);
+      });
+    }
+    // The lost write is the older failure and the one a caller must hear of: its data never reached the file.
+    const lost = this.behind.lost ?? error;
+    if (lost) {
+      this.log.error({ volumeId: this.volumeId, err: { code: lost.code, message: lost.message } }, 'detach: the last writes may be lost');
+      throw lost;
     }
   }
-
   private enter(): void {
     this.checkLive();
     this.inFlight++;

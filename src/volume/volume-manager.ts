@@ -21,6 +21,7 @@ import { VOLUME_KEY_BYTES } from './luks2-json.js';
 import { createLuks2Image, createPlainImage, formatOf } from './image-format.js';
 import { VolumeError, incorrectState, invalidParameter, notFound, errInfo } from './errors.js';
 import { parseVolumeSize } from './size.js';
+import { matchesVolumeFilters } from './volume-filters.js';
 import { growImageFile } from './backing-file.js';
 import { EbsdError } from '../util/errors.js';
 import { faultPoint } from '../util/fault-point.js';
@@ -399,18 +400,8 @@ export class VolumeManager {
       for (const id of req.VolumeIds) if (!recs.some((r) => r.volumeId === id)) throw notFound(id);
       recs = recs.filter((r) => req.VolumeIds!.includes(r.volumeId));
     }
-    for (const f of req.Filters ?? []) {
-      const match = (r: VolumeRecord): boolean => {
-        if (f.Name === 'volume-id') return f.Values.includes(r.volumeId);
-        if (f.Name === 'status') return f.Values.includes(r.state);
-        if (f.Name.startsWith('tag:')) return r.tags.some((t) => t.Key === f.Name.slice(4) && f.Values.includes(t.Value));
-        if (f.Name === 'attachment.instance-id') return !!r.attachment && f.Values.includes(r.attachment.instanceId);
-        if (f.Name === 'kms-key-id') return f.Values.includes(r.kmsKeyId);
-        throw invalidParameter(`The filter '${f.Name}' is invalid`);
-      };
-      recs = recs.filter(match);
-    }
-    return { Volumes: recs.map((r) => this.describe(r)) };
+    const out = recs.map((r) => this.describe(r));
+    return { Volumes: req.Filters?.length ? out.filter((v) => matchesVolumeFilters(v, req.Filters!)) : out };
   }
 
   /** Key-cache state of every attached volume (or one), for `ebsd status`. */
@@ -534,6 +525,7 @@ export class VolumeManager {
    * (settleModify), so header, file and catalog agree again.
    */
   async modifyVolume(req: { VolumeId: string; Size: number | string }, caller: Caller) {
+    const startTime = new Date().toISOString(); // EC2's StartTime: when the call came in
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
       if (rec.state !== 'available' && rec.state !== 'in-use') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
@@ -551,8 +543,16 @@ export class VolumeManager {
         await formatOf(rec).resize(path, size);
       } catch (e) {
         this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'ModifyVolume failed; settling from the image header');
-        await this.recovery.settleModify(rec).catch((err) => this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'));
-        throw e;
+        const settled = await this.recovery.settleModify(rec).then(
+          () => true,
+          (err) => (this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'), false),
+        );
+        // The header reached the new size before the error (the update failed after its
+        // second copy was durable): the catalog rolled forward, so the modify happened.
+        // Answer so, and grow the attached device, or the caller, DescribeVolumes and the
+        // device would tell three different sizes.
+        if (!settled || rec.size !== size) throw e;
+        this.log.warn({ volumeId: rec.volumeId, size, err: errInfo(e) }, 'ModifyVolume: the image header records the new size despite the error; the modify completed');
       }
       faultPoint('modify.after-header');
       rec.size = size;
@@ -566,8 +566,20 @@ export class VolumeManager {
         this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'onResized callback threw');
       }
       this.audit({ eventName: 'ModifyVolume', volumeId: rec.volumeId, principal: caller.arn, details: { originalSize: original, targetSize: size } });
+      const endTime = new Date().toISOString();
       return {
-        VolumeModification: { VolumeId: rec.volumeId, ModificationState: 'completed' as const, OriginalSize: original, TargetSize: size, StartTime: new Date().toISOString(), Progress: 100 },
+        VolumeModification: {
+          VolumeId: rec.volumeId,
+          ModificationState: 'completed' as const,
+          // EC2 reports GiB, rounded up as DescribeVolumes' Size; ebsd volumes may be smaller, so the *Bytes are exact.
+          OriginalSize: gib(original),
+          TargetSize: gib(size),
+          OriginalSizeBytes: original,
+          TargetSizeBytes: size,
+          StartTime: startTime,
+          EndTime: endTime,
+          Progress: 100,
+        },
       };
     });
   }
@@ -595,7 +607,7 @@ export class VolumeManager {
     return {
       VolumeId: r.volumeId,
       /** EC2 reports GiB; ebsd volumes may be smaller, so SizeBytes is exact. */
-      Size: Math.ceil(r.size / 1024 ** 3),
+      Size: gib(r.size),
       SizeBytes: r.size,
       State: r.state as VolumeState,
       // ebsd's own: how far a restore from a snapshot has come, while `creating`.
@@ -621,6 +633,11 @@ export class VolumeManager {
       this.log.warn({ err: errInfo(e) }, 'audit callback threw');
     }
   }
+}
+
+/** Bytes as EC2's GiB sizes show them: rounded up, so a volume smaller than 1 GiB is 1. */
+function gib(bytes: number): number {
+  return Math.ceil(bytes / 1024 ** 3);
 }
 
 /** Whatever KeyService is plugged in, its failures reach callers as KeyServiceError with the AWS name. */

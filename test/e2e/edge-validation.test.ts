@@ -83,20 +83,25 @@ describe('edge validation through the real daemon', () => {
     expect(readFileSync(join(env.state, 'volumes', 'catalog.json')).length).toBeLessThan(64 * 1024);
   });
 
-  it('refuses malformed Filters with InvalidFilter and malformed ids with InvalidVolumeID.Malformed, never a TypeError', async () => {
+  it('refuses malformed Filters with InvalidFilter, unknown filter names with InvalidParameterValue, and malformed ids with InvalidVolumeID.Malformed, never a TypeError', async () => {
     const bodies: [string, RegExp][] = [
       ['{"Filters":"status"}', /^Filters must be an array/],
       ['{"Filters":[null]}', /^Filters\[0\] must be an object/],
       ['{"Filters":[{"Name":"status","Values":"available"}]}', /^Filters\[0\]\.Values must be an array of strings/],
       ['{"Filters":[{"Name":"status","Values":[1]}]}', /^Filters\[0\]\.Values\[0\] must be a string/],
       ['{"Filters":[{"Name":7,"Values":[]}]}', /^Filters\[0\]\.Name must be a string/],
-      ['{"Filters":[{"Name":"nope","Values":["x"]}]}', /The filter 'nope' is invalid/],
     ];
     for (const [body, msg] of bodies) {
       const r = await raw(env, 'ebsd.DescribeVolumes', body);
       expect(r.status, body).toBe(400);
       expect(r.body.__type, body).toBe('InvalidFilter');
       expect(r.body.message, body).toMatch(msg);
+    }
+    // An unknown filter name is EC2's InvalidParameterValue, for volumes and snapshots alike.
+    for (const op of ['ebsd.DescribeVolumes', 'ebsd.DescribeSnapshots']) {
+      const r = await raw(env, op, '{"Filters":[{"Name":"nope","Values":["x"]}]}');
+      expect(r.status, op).toBe(400);
+      expect(r.body, op).toMatchObject({ __type: 'InvalidParameterValue', message: expect.stringMatching(/^The filter 'nope' is invalid/) });
     }
     const id = await raw(env, 'ebsd.DescribeVolumes', '{"VolumeIds":[{"x":1}]}');
     expect(id.body).toMatchObject({ __type: 'InvalidVolumeID.Malformed', message: expect.stringMatching(/VolumeIds\[0\]/) });

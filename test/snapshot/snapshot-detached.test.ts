@@ -95,7 +95,7 @@ describe('snapshots of a detached volume', () => {
     expect(await refusal(call('CreateSnapshot', { VolumeId: vol, TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: 'a', Value: 'b' }] }] }))).toBe('InvalidParameterValue');
     expect(await refusal(call('CreateSnapshot', { VolumeId: vol, Description: 'x'.repeat(256) }))).toBe('InvalidParameterValue');
     expect(await refusal(call('CreateSnapshot', { VolumeId: vol, Bogus: 1 }))).toBe('UnknownParameter');
-    expect(await refusal(call('DescribeSnapshots', { Filters: [{ Name: 'no-such-filter', Values: ['x'] }] }))).toBe('InvalidFilter');
+    expect(await refusal(call('DescribeSnapshots', { Filters: [{ Name: 'no-such-filter', Values: ['x'] }] }))).toBe('InvalidParameterValue');
     expect(await refusal(call('DescribeSnapshots', { SnapshotIds: ['snap-00000000000000000'] }))).toBe('InvalidSnapshot.NotFound');
     expect(await refusal(call('DescribeSnapshots', { MaxResults: 4 }))).toBe('InvalidParameterValue');
     expect(readdirSync(join(env.state, 'snapshots', 'manifests'))).toEqual([]);

@@ -225,6 +225,27 @@ describe.skipIf(nativeIo === null || !readNowaitSupported)('write-behind', () =>
     await expect(dev.flush()).rejects.toMatchObject({ code: 'VOLUME_IO', message: expect.stringContaining('acknowledged earlier') });
     await expect(dev.flush()).rejects.toMatchObject({ code: 'VOLUME_IO' });
     expect(dev.writeBehind(SS, randomBytes(SS))).toBeNull();
-    await dev.close();
+    // The detach hears of it too: close rejects, after wiping the key and closing the fd.
+    await expect(dev.close()).rejects.toMatchObject({ code: 'VOLUME_IO', message: expect.stringContaining('acknowledged earlier') });
+    await expect(dev.read(0, SS, Buffer.alloc(SS))).rejects.toMatchObject({ code: 'VOLUME_CLOSED' });
+    // A second close answers the same and does not close the fd number again.
+    await expect(dev.close()).rejects.toMatchObject({ code: 'VOLUME_IO' });
+  });
+});
+
+describe('close at detach', () => {
+  test('a failed fdatasync or close at detach rejects close; the key is wiped and the file closed all the same', async () => {
+    const real = await openBackingFile(img);
+    let closed = false;
+    const failing = Object.assign(Object.create(real) as FdBackingFile, {
+      datasync: () => Promise.reject(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' })),
+      close: async () => { await real.close(); closed = true; throw Object.assign(new Error('EIO: i/o error, close'), { code: 'EIO' }); },
+    });
+    const dev = await encDev(failing);
+    await dev.write(0, randomBytes(SS));
+    // The first failure is the one reported (fdatasync), and the close ran anyway.
+    await expect(dev.close()).rejects.toMatchObject({ code: 'VOLUME_IO', message: expect.stringMatching(/fdatasync on detach.*EIO/) });
+    expect(closed).toBe(true);
+    await expect(dev.write(0, randomBytes(SS))).rejects.toMatchObject({ code: 'VOLUME_CLOSED' });
   });
 });

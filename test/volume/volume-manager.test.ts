@@ -1,10 +1,11 @@
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync } from 'node:fs';
+import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync, readlinkSync, rmSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
 import { readLuks2, updateLuks2 } from '../../src/volume/luks2-header.js';
+import { formatOf } from '../../src/volume/image-format.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
@@ -12,6 +13,9 @@ import { kmsHarness, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
 import { xtsSector } from './helpers/node-xts.js';
 import { ManualClock } from './helpers/manual-clock.js';
+import { readNowaitSupported } from './helpers/fs-caps.js';
+import { nativeIo } from '../../src/volume/native-io.js';
+import { BEHIND_MIN_FREE } from '../../src/volume/free-space.js';
 /** Random payloads replay under EBSD_TEST_SEED (test/crypto/seeded.ts); a failure prints the seed. */
 const randomBytes = seededBytes('volume/volume-manager');
 printSeedOnFailure();
@@ -67,11 +71,20 @@ describe('CreateVolume / DescribeVolumes / DeleteVolume', () => {
     expect(v.Tags).toEqual([{ Key: 'Name', Value: 'data' }]);
     expect(mgr.describeVolumes({ Filters: [{ Name: 'tag:Name', Values: ['data'] }] }).Volumes.map((x) => x.VolumeId)).toEqual([v.VolumeId]);
     expect(mgr.describeVolumes({ Filters: [{ Name: 'status', Values: ['in-use'] }] }).Volumes).toEqual([]);
+    // EC2's wildcards and names (volume-filters.test.ts has the table): size is GiB, as Size shows it.
+    const ids = (Filters: { Name: string; Values: string[] }[]) => mgr.describeVolumes({ Filters }).Volumes.map((x) => x.VolumeId);
+    expect(ids([{ Name: 'tag:Name', Values: ['d*'] }, { Name: 'tag-key', Values: ['Na?e'] }, { Name: 'size', Values: ['1'] }, { Name: 'encrypted', Values: ['true'] }])).toEqual([v.VolumeId]);
+    expect(ids([{ Name: 'tag:Name', Values: ['n*'] }])).toEqual([]);
+    await mgr.attachVolume({ VolumeId: v.VolumeId, Device: '/dev/sdf' }, kms.user);
+    expect(ids([{ Name: 'attachment.device', Values: ['/dev/sd?'] }, { Name: 'attachment.status', Values: ['attached'] }])).toEqual([v.VolumeId]);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(ids([{ Name: 'attachment.device', Values: ['*'] }])).toEqual([]);
+    expect(() => ids([{ Name: 'nope', Values: ['x'] }])).toThrow(expect.objectContaining({ awsName: 'InvalidParameterValue', message: "The filter 'nope' is invalid" }));
     expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes).toHaveLength(1);
     const json = JSON.parse(execFileSync('cryptsetup', ['luksDump', '--dump-json-metadata', img(v.VolumeId)], { encoding: 'utf8' }));
     expect(json.tokens['0']).toMatchObject({ type: 'ebsd-kms', key_arn: v.KmsKeyId, volume_id: v.VolumeId, encryption_context: { 'aws:ebs:id': v.VolumeId } });
     // GenerateDataKeyWithoutPlaintext went via EC2 on the caller's behalf.
-    expect(audits.map((a) => a.eventName)).toEqual(['CreateVolume']);
+    expect(audits.map((a) => a.eventName)).toEqual(['CreateVolume', 'AttachVolume', 'DetachVolume']);
   });
 
   test('sizes: bytes, suffixes, bounds and alignment', async () => {
@@ -204,13 +217,45 @@ describe('attach, I/O, detach, re-attach', () => {
     await expect(mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'IncorrectState' });
   });
 
+  // Write-behind needs the page-cache fast paths and room on the filesystem (read-ahead-write-behind.test.ts).
+  test.skipIf(nativeIo === null || !readNowaitSupported)('a write lost after its reply fails the detach (VOLUME_IO, audited flushFailed); the volume is detached all the same', async (ctx) => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    const id = v.VolumeId;
+    if (statfsSync(img(id)).bavail * statfsSync(img(id)).bsize < BEHIND_MIN_FREE) ctx.skip();
+    await mgr.attachVolume({ VolumeId: id }, kms.user);
+    const dev = mgr.getBlockDevice(id)!;
+    // The device's read-write fd on the image becomes a read-only one under the same number
+    // (open(2) takes the lowest free number): its writes now fail after being acknowledged.
+    const fds = readdirSync('/proc/self/fd').filter((n) => { try { return readlinkSync(`/proc/self/fd/${n}`) === img(id); } catch { return false; } });
+    expect(fds).toHaveLength(1);
+    closeSync(Number(fds[0]));
+    const ro = openSync(img(id), 'r');
+    expect(ro).toBe(Number(fds[0]));
+    const complete = dev.writeBehind!(0, randomBytes(SS));
+    expect(complete).not.toBeNull();
+    complete!(); // acknowledged; the pwrite and the pool's retry fail (EBADF)
+    await expect(mgr.detachVolume({ VolumeId: id }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_IO', message: expect.stringContaining('is detached, but its last flush failed'),
+    });
+    expect(mgr.describeVolumes({ VolumeIds: [id] }).Volumes[0]!.State).toBe('available');
+    expect(mgr.getBlockDevice(id)).toBeUndefined();
+    expect(existsSync(`${img(id)}.lock`)).toBe(false);
+    const ev = audits.find((a) => a.eventName === 'DetachVolume')!;
+    expect(ev.details).toMatchObject({ flushFailed: true, grantRetired: true });
+    expect(logLines.some((l) => /write-behind failed after its reply/.test(l))).toBe(true);
+    // The fd was closed by the detach: nothing points at the image any more.
+    expect(readdirSync('/proc/self/fd').some((n) => { try { return readlinkSync(`/proc/self/fd/${n}`) === img(id); } catch { return false; } })).toBe(false);
+  });
+
   test('ModifyVolume grows the LUKS2 segment and the live device; shrinking is refused', async () => {
     const v = await mgr.createVolume({ Size: MiB }, kms.user);
     await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
     await mgr.getBlockDevice(v.VolumeId)!.write(MiB - 10, Buffer.alloc(10, 7));
     await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: MiB }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidParameterValue' });
     const m = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '3MiB' }, kms.user);
-    expect(m.VolumeModification.TargetSize).toBe(3 * MiB);
+    // EC2's fields are GiB, rounded up as DescribeVolumes' Size; the *Bytes are exact.
+    expect(m.VolumeModification).toMatchObject({ OriginalSize: 1, TargetSize: 1, OriginalSizeBytes: MiB, TargetSizeBytes: 3 * MiB, ModificationState: 'completed', Progress: 100 });
+    expect(m.VolumeModification.StartTime).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z$/);
     const dev = mgr.getBlockDevice(v.VolumeId)!;
     expect(dev.size).toBe(3 * MiB);
     await dev.write(3 * MiB - 5, Buffer.alloc(5, 9));
@@ -224,6 +269,38 @@ describe('attach, I/O, detach, re-attach', () => {
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
   });
 
+  test('a header update that fails after the new size is durable answers success and grows the attached device; one that fails before rolls back', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    const luks2 = formatOf({});
+    const real = luks2.resize.bind(luks2);
+    // Injected: the header update writes both copies, then fails (as a failed last fsync would).
+    const after = vi.spyOn(luks2, 'resize').mockImplementationOnce(async (path, size) => {
+      await real(path, size);
+      throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+    });
+    try {
+      const m = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '2MiB' }, kms.user);
+      expect(m.VolumeModification).toMatchObject({ ModificationState: 'completed', TargetSizeBytes: 2 * MiB });
+    } finally {
+      after.mockRestore();
+    }
+    expect(mgr.getBlockDevice(v.VolumeId)!.size).toBe(2 * MiB);
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.SizeBytes).toBe(2 * MiB);
+    await mgr.getBlockDevice(v.VolumeId)!.write(2 * MiB - 4, Buffer.alloc(4, 1)); // the new end is served
+    // Injected: the update fails before anything is written: the modify fails, nothing grew.
+    const before = vi.spyOn(luks2, 'resize').mockRejectedValueOnce(Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' }));
+    try {
+      await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '3MiB' }, kms.user)).rejects.toThrow(/EIO/);
+    } finally {
+      before.mockRestore();
+    }
+    expect(mgr.getBlockDevice(v.VolumeId)!.size).toBe(2 * MiB);
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.SizeBytes).toBe(2 * MiB);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(audits.filter((a) => a.eventName === 'ModifyVolume').map((a) => a.details)).toEqual([{ originalSize: MiB, targetSize: 2 * MiB }]);
+  });
+
   test('swapping the tokens of two volumes fails the attach', async () => {
     const a = await mgr.createVolume({ Size: MiB }, kms.user);
     const b = await mgr.createVolume({ Size: MiB }, kms.user);
@@ -231,12 +308,34 @@ describe('attach, I/O, detach, re-attach', () => {
     const tb = (await readLuks2(img(b.VolumeId))).volume.token;
     // Whole tokens swapped: the token names another volume.
     await updateLuks2(img(a.VolumeId), (j) => void (j.tokens['0'] = { ...tb }));
-    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'VOLUME_TOKEN_MISMATCH' });
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_TOKEN_MISMATCH', awsName: 'IncorrectState', message: `the image of ${a.VolumeId} carries the token of ${b.VolumeId}`,
+    });
+    // Only the context swapped: named as such, not as another volume's token.
+    await updateLuks2(img(a.VolumeId), (j) => void (j.tokens['0'] = { ...ta, encryption_context: tb.encryption_context }));
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_TOKEN_MISMATCH', awsName: 'IncorrectState', message: expect.stringContaining(`binds its key to the encryption context {"aws:ebs:id":"${b.VolumeId}"}`),
+    });
     // Only the blob swapped: KMS refuses it under a's encryption context.
     await updateLuks2(img(a.VolumeId), (j) => void (j.tokens['0'] = { ...ta, ciphertext_blob: tb.ciphertext_blob }));
     await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidCiphertextException' });
     expect(mgr.describeVolumes({ VolumeIds: [a.VolumeId] }).Volumes[0]!.State).toBe('available');
     expect(existsSync(`${img(a.VolumeId)}.lock`)).toBe(false);
+  });
+
+  test('an image the attach cannot use is IncorrectState naming why: a header smaller than the catalog, a missing file', async () => {
+    const a = await mgr.createVolume({ Size: 2 * MiB }, kms.user);
+    await updateLuks2(img(a.VolumeId), (j) => { for (const sg of Object.values(j.segments)) sg.size = String(MiB); });
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_IMAGE_CORRUPT', awsName: 'IncorrectState', message: `the image header of ${a.VolumeId} records ${MiB} data bytes, fewer than the ${2 * MiB} the catalog records`,
+    });
+    rmSync(img(a.VolumeId));
+    await expect(mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user)).rejects.toMatchObject({
+      code: 'VOLUME_INCORRECT_STATE', awsName: 'IncorrectState', message: `volume image ${img(a.VolumeId)} does not exist`,
+    });
+    await expect(mgr.modifyVolume({ VolumeId: a.VolumeId, Size: 4 * MiB }, kms.user)).rejects.toMatchObject({ awsName: 'IncorrectState' });
+    expect(mgr.describeVolumes({ VolumeIds: [a.VolumeId] }).Volumes[0]!.State).toBe('available');
+    expect(audits.map((x) => x.eventName)).toEqual(['CreateVolume']);
   });
 
   test('a key that does not match the LUKS2 digest is refused before any I/O', async () => {

@@ -1,0 +1,68 @@
+import { filterMatcher } from '../util/ec2-filter.js';
+import { invalidParameter } from './errors.js';
+
+/**
+ * DescribeVolumes' filters, EC2's names (README, the DescribeVolumes filters
+ * paragraph), matched against the volume as DescribeVolumes shows it, so a
+ * filter and the field it names always agree: `size` is the GiB `Size`,
+ * `attachment.*` match when the volume's attachment does (a detached volume
+ * matches none). Values take EC2's wildcards (src/util/ec2-filter.ts).
+ * `kms-key-id` is ebsd's own (EC2's DescribeVolumes has none); it matches no
+ * unencrypted volume. `snapshot-id` is refused: ebsd's catalog does not
+ * record the snapshot a volume was created from.
+ */
+
+/** The fields of a described volume the filters read. */
+export interface FilterableVolume {
+  VolumeId: string;
+  Size: number;
+  State: string;
+  CreateTime: string;
+  Encrypted: boolean;
+  KmsKeyId?: string;
+  VolumeType: string;
+  AvailabilityZone: string;
+  Attachments: { InstanceId: string; Device: string; State: string; AttachTime: string; DeleteOnTermination: boolean }[];
+  Tags: { Key: string; Value: string }[];
+}
+
+/** The filter names DescribeVolumes serves (`tag:<key>` besides). */
+export const VOLUME_FILTER_NAMES: ReadonlySet<string> = new Set([
+  'attachment.attach-time', 'attachment.delete-on-termination', 'attachment.device', 'attachment.instance-id', 'attachment.status',
+  'availability-zone', 'create-time', 'encrypted', 'fast-restored', 'kms-key-id', 'multi-attach-enabled', 'size', 'status',
+  'tag-key', 'volume-id', 'volume-type',
+]);
+
+/** The answer to a documented filter ebsd cannot serve, instead of "invalid". */
+export const UNSERVED_VOLUME_FILTERS: ReadonlyMap<string, string> = new Map([
+  ['snapshot-id', "ebsd does not record the snapshot a volume was created from, so it cannot filter on 'snapshot-id'"],
+]);
+
+/** True when `v` passes every filter (filters AND, the values of one filter OR, as EC2). */
+export function matchesVolumeFilters(v: FilterableVolume, filters: readonly { Name: string; Values: string[] }[]): boolean {
+  return filters.every((f) => {
+    const ok = filterMatcher(f.Values);
+    const att = v.Attachments;
+    switch (f.Name) {
+      case 'attachment.attach-time': return att.some((a) => ok(a.AttachTime));
+      case 'attachment.delete-on-termination': return att.some((a) => ok(String(a.DeleteOnTermination)));
+      case 'attachment.device': return att.some((a) => ok(a.Device));
+      case 'attachment.instance-id': return att.some((a) => ok(a.InstanceId));
+      case 'attachment.status': return att.some((a) => ok(a.State));
+      case 'availability-zone': return ok(v.AvailabilityZone);
+      case 'create-time': return ok(v.CreateTime);
+      case 'encrypted': return ok(String(v.Encrypted));
+      case 'fast-restored': return ok('false');
+      case 'kms-key-id': return v.KmsKeyId !== undefined && ok(v.KmsKeyId);
+      case 'multi-attach-enabled': return ok('false');
+      case 'size': return ok(String(v.Size));
+      case 'status': return ok(v.State);
+      case 'tag-key': return v.Tags.some((t) => ok(t.Key));
+      case 'volume-id': return ok(v.VolumeId);
+      case 'volume-type': return ok(v.VolumeType);
+      default:
+        if (f.Name.startsWith('tag:') && f.Name.length > 4) return v.Tags.some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
+        throw invalidParameter(UNSERVED_VOLUME_FILTERS.get(f.Name) ?? `The filter '${f.Name}' is invalid`);
+    }
+  });
+}
