@@ -128,7 +128,9 @@ describe('a fleet on one KMS, in network namespaces', () => {
   it('KMS killed: both hosts keep serving until max-stale; restarted, refresh resumes without re-attach', async () => {
     const vols = await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.ok(['status'])).Volumes.find((v: any) => v.Attached).VolumeId] as const));
     const grantsBefore = kmsAudit().filter((e) => e.eventName === 'CreateGrant').length;
-    // Transitions are counted from here (a loaded machine may time out a call before the outage too).
+    // A loaded machine may time out a call before the outage too: start from both volumes cached (any earlier
+    // flap has come back), and count transitions from there.
+    for (const [h, vol] of vols) await until(`${h} cached before the outage`, async () => ((await volumeOf(h, vol)).KeyCache.State === 'cached' ? true : undefined));
     const logFrom = Object.fromEntries(vols.map(([h]) => [h, hosts[h]!.log().length]));
     await kms.kill9();
     for (const [h, vol] of vols) {
@@ -157,7 +159,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
     for (const [h, vol] of vols) {
       // However many calls failed while the KMS was dead, each transition is one line, up to the first answer.
       const during = hosts[h]!.log().slice(logFrom[h]);
-      const back = during.indexOf('stale -> cached');
+      const back = during.indexOf('stale -> cached', during.indexOf('cached -> stale'));
       expect(back, h).toBeGreaterThan(0);
       const outage = during.slice(0, back).split('\n');
       expect(outage.filter((l) => l.includes(vol) && l.includes('cached -> stale')), h).toHaveLength(1);
