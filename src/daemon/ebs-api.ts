@@ -66,9 +66,9 @@ export class EbsApi {
     this.throttle = o.throttle ?? new SnapshotThrottle();
   }
 
-  /** Wipe the block-token key and the cached data keys. */
-  close(): void {
-    this.o.direct.close();
+  /** Wipe the block-token key and the cached data keys; resolves once the pending markers' retries have stopped. */
+  async close(): Promise<void> {
+    await this.o.direct.close();
   }
 
   static isOperation(op: string): boolean {

@@ -42,8 +42,13 @@ const SECTORS_PER_BLOCK = SNAPSHOT_BLOCK_BYTES / SECTOR_SIZE;
 const ZERO_SECTOR = Buffer.alloc(SECTOR_SIZE);
 /** Snapshots begun with StartSnapshot and not yet completed, at once, per daemon (ConcurrentLimitExceededException past it). */
 export const MAX_PENDING_SNAPSHOTS = 100;
-/** StartSnapshot ClientTokens remembered for idempotency. */
-const MAX_CLIENT_TOKENS = 10_000;
+/**
+ * StartSnapshot ClientTokens remembered for idempotency. An entry keeps the
+ * request's SHA-256 and the answer (up to 50 tags: tens of KB at most), so
+ * the map stays within tens of MB; the tokens of pending snapshots are never
+ * the ones forgotten.
+ */
+const MAX_CLIENT_TOKENS = 1_000;
 /** KMS default key for EBS, as CreateVolume uses it. */
 const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 /** Parent links followed looking for a common lineage (ListChangedBlocks). */
@@ -87,6 +92,8 @@ export interface EbsDirectOptions {
   /** Token HMAC key, tests only. */
   tokenKey?: Uint8Array;
   maxPending?: number;
+  /** ClientTokens remembered (MAX_CLIENT_TOKENS); tests set fewer. */
+  maxClientTokens?: number;
   /**
    * This daemon's own directory (in its state dir) where a marker file per
    * snapshot it began and has not finished is kept, so that after a restart
@@ -137,9 +144,9 @@ export class EbsDirect {
    * snapshot). Kept after the snapshot completes or fails, as AWS answers a
    * retry "after it has completed successfully" with the original result
    * (docs/architecture.md §15); forgotten when the start fails, and past
-   * MAX_CLIENT_TOKENS the oldest first.
+   * MAX_CLIENT_TOKENS the oldest of a snapshot no longer pending first.
    */
-  private readonly clientTokens = new Map<string, { request: string; response: Promise<Record<string, unknown>> }>();
+  private readonly clientTokens = new Map<string, { request: string; response: Promise<Record<string, unknown>>; snapshotId?: string }>();
   /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
   private starting = 0;
   private readonly schedule: Scheduler;
@@ -184,12 +191,17 @@ export class EbsDirect {
     return this.pending.get(id)?.manifest;
   }
 
-  /** Wipe the token key and the cached data keys, cancel the scheduled manifest saves; pending snapshots are left for recover() to mark. */
-  close(): void {
+  /**
+   * Wipe the token key and the cached data keys, cancel the scheduled
+   * manifest saves; pending snapshots are left for recover() to mark.
+   * Resolves once the markers' background retries have stopped (the store
+   * may be closed after).
+   */
+  async close(): Promise<void> {
     for (const p of this.pending.values()) this._cancelSave(p);
-    void this.markers?.then((m) => m.close());
     this.tokens.destroy();
     this.dataKeys.close();
+    await (await this.markers?.catch(() => undefined))?.close();
   }
 
   // ---- reading -------------------------------------------------------------
@@ -274,7 +286,7 @@ export class EbsDirect {
     await this._sweep();
     // From here to the first await, synchronous: the token and the slot are taken before any other start runs.
     const token = i.ClientToken;
-    const request = JSON.stringify({ ...i, caller: caller.arn });
+    const request = createHash('sha256').update(JSON.stringify({ ...i, caller: caller.arn })).digest('base64');
     if (token !== undefined) {
       const seen = this.clientTokens.get(token);
       if (seen) {
@@ -294,10 +306,18 @@ export class EbsDirect {
     };
     const started = this._begin(i, caller, release).finally(release);
     if (token !== undefined) {
-      // Bounded: the oldest token is forgotten first (a retry that late starts a new snapshot).
-      if (this.clientTokens.size >= MAX_CLIENT_TOKENS) this.clientTokens.delete(this.clientTokens.keys().next().value!);
-      this.clientTokens.set(token, { request, response: started });
-      started.catch(() => { if (this.clientTokens.get(token)?.response === started) this.clientTokens.delete(token); });
+      // Bounded: the oldest token of a snapshot no longer pending is forgotten first (a retry that late starts a new
+      // snapshot); a pending snapshot's token stays, so a retry of a long upload's start never makes a second one.
+      if (this.clientTokens.size >= (this.o.maxClientTokens ?? MAX_CLIENT_TOKENS)) {
+        for (const [t, e] of this.clientTokens) {
+          if (e.snapshotId === undefined || this.pending.has(e.snapshotId)) continue;
+          this.clientTokens.delete(t);
+          break;
+        }
+      }
+      const entry: { request: string; response: Promise<Record<string, unknown>>; snapshotId?: string } = { request, response: started };
+      this.clientTokens.set(token, entry);
+      started.then((r) => { entry.snapshotId = r.SnapshotId as string; }, () => { if (this.clientTokens.get(token) === entry) this.clientTokens.delete(token); });
     }
     return started;
   }

@@ -271,7 +271,7 @@ export class SnapshotGc {
 }
 
 /** fn over items, at most `n` at a time; the first failure is thrown once all started ones have settled. */
-async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
+export async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   let failure: { e: unknown } | undefined;
   const worker = async (): Promise<void> => {

@@ -349,7 +349,8 @@ export class SnapshotManager {
    */
   private async pinParent(m: SnapshotManifest, run: RunningCreate): Promise<SnapshotManifest | undefined> {
     run.pins.push(await this.o.gc.pin(new Set(m.blocks.map(([, h]) => h))));
-    const still = await this.o.store.getManifest(m.snapshotId).catch(() => undefined);
+    // A store error is an error (the create fails), not a deletion: a full snapshot of a large volume is not a retry.
+    const still = await this.o.store.getManifest(m.snapshotId);
     if (still?.state === 'completed') return m;
     this.log.warn({ snapshotId: run.snapshotId, volumeId: m.volumeId, parentSnapshotId: m.snapshotId }, 'the parent snapshot was deleted as this snapshot started: it copies every block');
     return undefined;

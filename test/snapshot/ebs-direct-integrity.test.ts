@@ -58,7 +58,7 @@ class TestTimers {
   }
 }
 
-async function setup(o: { maxPending?: number; gc?: boolean } = {}) {
+async function setup(o: { maxPending?: number; maxClientTokens?: number; gc?: boolean } = {}) {
   const dir = tmp();
   const store = await DirSnapshotStore.open(join(dir, 'snapshots'));
   const gc = new SnapshotGc(store);
@@ -67,6 +67,7 @@ async function setup(o: { maxPending?: number; gc?: boolean } = {}) {
   const d = new EbsDirect({
     store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1',
     now: () => clock.now, schedule: timers.schedule, pin: (h) => gc.pin(h), ...(o.maxPending !== undefined ? { maxPending: o.maxPending } : {}),
+    ...(o.maxClientTokens !== undefined ? { maxClientTokens: o.maxClientTokens } : {}),
   });
   closers.push(() => d.close());
   return { dir, store, gc, timers, clock, d };
@@ -220,6 +221,21 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(again).toEqual(x);
     expect((await store.listManifests()).length).toBe(before);
     await expect(d.startSnapshot(parseStartSnapshot({ VolumeSize: 2, ClientToken: 'retry-1' }), caller)).rejects.toMatchObject({ awsName: 'ConflictException' });
+  });
+
+  it('past the ClientToken bound the oldest token of a snapshot no longer pending is forgotten, never a pending one', async () => {
+    const { store, d } = await setup({ maxClientTokens: 3 });
+    const start = (token: string) => d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ClientToken: token }), caller);
+    const a = await start('a'); // stays pending: a long upload
+    const b = await start('b');
+    const c = await start('c');
+    for (const x of [b, c]) await d.completeSnapshot({ SnapshotId: x.SnapshotId as string, ChangedBlocksCount: 0 });
+    await start('d'); // past the bound: 'b' goes, not the older 'a'
+    expect((await start('a')).SnapshotId).toBe(a.SnapshotId);
+    expect((await start('c')).SnapshotId).toBe(c.SnapshotId);
+    const before = (await store.listManifests()).length;
+    expect((await start('b')).SnapshotId).not.toBe(b.SnapshotId); // forgotten: a new snapshot
+    expect((await store.listManifests()).length).toBe(before + 1);
   });
 
   it('one pin per index: writing an index again releases the old block\'s pin; completion releases the rest', async () => {
