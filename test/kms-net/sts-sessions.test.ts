@@ -119,7 +119,7 @@ describe('STS session credentials', () => {
     expect((await verify(fresh)).principal.principalId).toBe(`${ids.listRoles().find((r) => r.RoleName === 'ephemeral')!.RoleId}:gone`);
   });
 
-  it('a token of the format before the role id (version 1, sealed by the same HSM) is unrecognized', async () => {
+  it('a token of the format before the role id (version 1, sealed by the same HSM) works until it expires, then is expired; a forged one is unrecognized', async () => {
     const id = 'ASIA' + 'Q'.repeat(16);
     const iat = t0;
     const clear = Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'legacy', exp: iat + 3600_000, iat }), 'utf8');
@@ -127,8 +127,18 @@ describe('STS session credentials', () => {
     const len = Buffer.alloc(2);
     len.writeUInt16BE(clear.length);
     const token = Buffer.concat([Buffer.of(1), len, clear, sealed]).toString('base64');
+    // Issued before an upgrade: a fleet host's SDK holds it until it expires, and a refusal would impair its volumes.
     const at = t0 + 60_000;
-    await expect(verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, at))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+    const v = await verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, at));
+    expect(v.principal.arn).toBe(`arn:aws:sts::${ids.accountId}:assumed-role/app/legacy`);
+    const late = iat + 3600_000;
+    await expect(verifyAt(late).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, late))).rejects.toMatchObject({ awsName: 'ExpiredTokenException' });
+    // Its clear part is still authenticated by the HSM: a later expiry written in is refused.
+    const forgedClear = Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'legacy', exp: iat + 7200_000, iat }), 'utf8');
+    const flen = Buffer.alloc(2);
+    flen.writeUInt16BE(forgedClear.length);
+    const forged = Buffer.concat([Buffer.of(1), flen, forgedClear, sealed]).toString('base64');
+    await expect(verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: forged }, at))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
   });
 
   it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h (the role\'s MaxSessionDuration)', async () => {

@@ -30,10 +30,13 @@ export const DEFAULT_SESSION_S = 3_600;
 export const CHAINED_SESSION_MAX_S = 3_600;
 /**
  * 2: the clear part names the role's unique id (`rid`, AROA…), so a role deleted and created again
- * under the same name does not accept the old role's sessions. Version 1 tokens (no `rid`) are refused:
- * a session lasts 12 h at most, so after an upgrade they are at worst asked for again.
+ * under the same name does not accept the old role's sessions. Version 1 tokens (no `rid`), issued
+ * before it, are still accepted until they expire (12 h at most), the role judged by name as then:
+ * refusing them would impair every fleet host whose SDK holds one (UnrecognizedClientException is
+ * a refusal to a host, and the SDK does not fetch new credentials on an error).
  */
 const TOKEN_VERSION = 2;
+const TOKEN_VERSION_1 = 1;
 /** AssumeRole RoleArn (STS API Reference, AssumeRole): 20 to 2048 characters. */
 export const ROLE_ARN_MIN = 20;
 export const ROLE_ARN_MAX = 2048;
@@ -171,19 +174,20 @@ export class StsService {
     // each spelling would be a signing-key cache entry of its own (an HSM call each, and at the cache's
     // cap a flush for every caller). Re-encoding gives back the one canonical spelling.
     if (raw.toString('base64') !== token) throw invalidToken(id);
-    if (raw.length < 3 || raw[0] !== TOKEN_VERSION) throw invalidToken(id);
+    if (raw.length < 3 || (raw[0] !== TOKEN_VERSION && raw[0] !== TOKEN_VERSION_1)) throw invalidToken(id);
     const n = raw.readUInt16BE(1);
     const clear = raw.subarray(3, 3 + n);
     let meta: SessionMeta;
     try { meta = JSON.parse(clear.toString('utf8')) as SessionMeta; } catch { throw invalidToken(id); }
-    if (meta === null || typeof meta !== 'object' || meta.v !== TOKEN_VERSION || meta.id !== id || typeof meta.exp !== 'number' || typeof meta.rid !== 'string') throw invalidToken(id);
+    if (meta === null || typeof meta !== 'object' || meta.v !== raw[0] || meta.id !== id || typeof meta.exp !== 'number') throw invalidToken(id);
+    if (meta.v === TOKEN_VERSION && typeof meta.rid !== 'string') throw invalidToken(id);
     // Expiry is read before the HSM has authenticated the clear part; a forged later expiry still fails there.
     if (now >= meta.exp) throw new SigV4Error('ExpiredToken', 'The security token included in the request is expired', id);
     let principal: Caller;
     try { principal = this.ids.assumeRole(meta.role, meta.session); } catch { throw invalidToken(id); }
     // The role the session was issued for, not one created since under the same name (its id differs).
     // Like the expiry, read before the HSM authenticates the clear part: a forged id fails there.
-    if (principal.principalId !== `${meta.rid}:${meta.session}`) throw invalidToken(id);
+    if (meta.v === TOKEN_VERSION && principal.principalId !== `${meta.rid}:${meta.session}`) throw invalidToken(id);
     principal.sessionContext = this.sessionContext(meta, principal);
     const sealed = raw.subarray(3 + n);
     return {
