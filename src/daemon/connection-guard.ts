@@ -33,8 +33,10 @@ export interface ConnectionLimits {
   maxBufferedBodyBytes: number;
   /**
    * Bytes of request bodies one caller may have buffered at once (the exempt caller: no cap); beyond it, that
-   * caller's requests are refused like the overall budget's. Default: an eighth of `maxBufferedBodyBytes`, so
-   * one caller's connections (64 or 128 x 1 MiB) cannot take the whole budget from everyone else.
+   * caller's requests are refused like the overall budget's. Default: three eighths of `maxBufferedBodyBytes`
+   * (48 MiB of 128), so one caller's connections (64 or 128 x 1 MiB) cannot take the whole budget from everyone
+   * else, while an EBS direct uploader's 64 parallel 512 KiB PutSnapshotBlock bodies (32 MiB, coldsnap's
+   * default) still fit.
    */
   maxBufferedBodyBytesPerCaller?: number;
   /** From connection (or the end of the previous request) to the end of the headers. */
@@ -51,7 +53,7 @@ export interface ConnectionLimits {
  * Defaults sized for a host's control socket: the CLI opens one connection per
  * command, the attach path a handful; a 1 MiB body is far above the largest
  * KMS request (4 KiB plaintext, 32 KiB policy). Bodies buffered at once: 128 MiB
- * in all, and an eighth of that (16 MiB) per caller, below what one caller's
+ * in all, and three eighths of that (48 MiB) per caller, below what one caller's
  * connections could otherwise hold (64 x 1 MiB here, 128 x 1 MiB per address on
  * the KMS listener), so one caller cannot starve the others' bodies.
  */
@@ -120,7 +122,7 @@ export class ConnectionGuard {
       if (!Number.isSafeInteger(v) || v <= 0) throw new EbsdError('BAD_LIMIT', `connection limit ${k} must be a positive integer, got ${v}`);
     }
     const total = this.limits.maxBufferedBodyBytes;
-    this.bodyPerCaller = Math.min(total, this.limits.maxBufferedBodyBytesPerCaller ?? Math.max(1, Math.floor(total / 8)));
+    this.bodyPerCaller = Math.min(total, this.limits.maxBufferedBodyBytesPerCaller ?? Math.max(1, Math.floor((total * 3) / 8)));
   }
 
   private now(): number {

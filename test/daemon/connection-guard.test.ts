@@ -54,24 +54,26 @@ describe('ConnectionGuard', () => {
     expect(g.reserveBody(1001, 60)).toBe(true);
   });
 
-  it('bounds each caller\'s buffered body bytes to its share (default: an eighth of the total), so one caller cannot take the budget', () => {
+  it('bounds each caller\'s buffered body bytes to its share (default: three eighths of the total), so one caller cannot take the budget', () => {
     const reports: RefusalSummary[][] = [];
     const g = new ConnectionGuard({ maxBufferedBodyBytes: 800 }, { exemptKey: '0', onRefusals: (r) => reports.push(r) });
-    // 100 bytes each: the first caller's second reservation would pass the total but not its share.
-    expect(g.reserveBody('10.0.0.1', 100)).toBe(true);
+    // The first caller's reservation past 300 bytes would pass the total but not its share.
+    expect(g.reserveBody('10.0.0.1', 300)).toBe(true);
     expect(g.reserveBody('10.0.0.1', 1)).toBe(false);
-    for (let i = 2; i <= 8; i++) expect(g.reserveBody(`10.0.0.${i}`, 100)).toBe(true);
+    expect(g.reserveBody('10.0.0.2', 300)).toBe(true);
+    expect(g.reserveBody('10.0.0.3', 200)).toBe(true);
     expect(g.usage().bufferedBodyBytes).toBe(800);
-    g.releaseBody('10.0.0.1', 100);
-    expect(g.reserveBody('10.0.0.1', 100)).toBe(true); // its share is back
+    g.releaseBody('10.0.0.1', 300);
+    expect(g.reserveBody('10.0.0.1', 300)).toBe(true); // its share is back
     expect(g.reserveBody(0, 1000)).toBe(true); // the exempt caller: no share, no total
     g.flushRefusals();
     expect(reports.flat()).toEqual([expect.objectContaining({ caller: '10.0.0.1', reason: 'body-budget', count: 1 })]);
-    // The default is what the KMS listener runs with: 16 MiB of the 128 MiB, below 128 connections x 1 MiB.
+    // The default is what the KMS listener runs with: 48 MiB of the 128 MiB, below 128 connections x 1 MiB and
+    // above an EBS direct uploader's 64 x 512 KiB.
     const d = new ConnectionGuard();
-    expect(d.reserveBody('a', 16 << 20)).toBe(true);
+    expect(d.reserveBody('a', 48 << 20)).toBe(true);
     expect(d.reserveBody('a', 1)).toBe(false);
-    expect(d.reserveBody('b', 16 << 20)).toBe(true);
+    expect(d.reserveBody('b', 48 << 20)).toBe(true);
   });
 
   it('refuses a limit that is not a positive integer with a typed error naming it', () => {

@@ -158,9 +158,9 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     expect(r).toMatchObject({ status: 413, connection: 'close', closed: true, body: { __type: 'RequestEntityTooLargeException' } });
   }, 60_000);
 
-  it('one address\'s bodies are held to 16 MiB: the one past it is read to its end, answered ThrottlingException and closed; another address still sends its bodies', async () => {
+  it('one address\'s bodies are held to 48 MiB: the one past it is read to its end, answered ThrottlingException and closed; another address still sends its bodies', async () => {
     const MiB = 1 << 20;
-    const N = 17; // 17 x (1 MiB - 1) does not fit in 16 MiB: at least one body is refused
+    const N = 49; // 49 x (1 MiB - 1) does not fit in 48 MiB: at least one body is refused
     const head = `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: ${MiB}\r\n\r\n`;
     // Each request declares 1 MiB (the largest allowed body) and holds back its last byte.
     const socks: Socket[] = [];
