@@ -27,7 +27,7 @@ import { parseStrictJson } from '../util/strict-json.js';
 import { MAX_BODY_VALUES } from './control-server.js';
 import { StsError, type StsService } from '../kms/sts/sts-service.js';
 import type { AssumeRoleParams } from '../kms/sts/assume-role-context.js';
-import { decodeKmsRequest, encodeResponse, toWireError } from './aws-json.js';
+import { decodeKmsRequest, encodeResponse, toWireError, wipeRequestSecrets } from './aws-json.js';
 import { refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent } from './audit-events.js';
 import { ebsRestRequest, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
 import { ConnectionThrottledError, type RefusalSummary } from './connection-guard.js';
@@ -179,8 +179,12 @@ export class KmsListener {
           await this.auditUndecodable(e, operation, caller, requestId, req.conn);
           throw e;
         }
-        const out = await this.o.kms(operation, request, caller, requestId);
-        return json(200, encodeResponse(out ?? {}), requestId);
+        try {
+          const out = await this.o.kms(operation, request, caller, requestId);
+          return json(200, encodeResponse(out ?? {}), requestId);
+        } finally {
+          wipeRequestSecrets(request); // decoded here: ours to wipe, as on the control socket (aws-json.ts)
+        }
       }
       const xml = await this.sts(form!, caller, requestId);
       return xmlAnswer(200, xml, requestId);
