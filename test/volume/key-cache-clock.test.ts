@@ -1,7 +1,8 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { join } from 'node:path';
 import type { VolumeManager } from '../../src/volume/volume-manager.js';
-import type { KeyService } from '../../src/volume/key-service.js';
+import type { CallOptions, KeyService } from '../../src/volume/key-service.js';
+import { KeyServiceError } from '../../src/volume/errors.js';
 import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, type KmsHarness } from './helpers/kms.js';
@@ -29,6 +30,9 @@ let clock: ManualClock;
 let impaired: ImpairedEvent[];
 let logLines: string[];
 let calls: Record<string, number>;
+/** Plays AwsKeyService's open circuit: Decrypt and DescribeKey fail at once, unanswered, unless a Decrypt bypasses it. */
+let circuitOpen: boolean;
+let bypassed: number;
 
 /** The harness's key service, counting the calls that reach it (the KMS side of the ledger). */
 function counting(ks: KeyService): KeyService {
@@ -36,12 +40,19 @@ function counting(ks: KeyService): KeyService {
     calls[op] = (calls[op] ?? 0) + 1;
     return f.apply(ks, a);
   };
+  const decrypt = c('Decrypt', ks.decrypt);
+  const describeKey = c('DescribeKey', ks.describeKey);
   return {
     generateDataKeyWithoutPlaintext: c('GenerateDataKeyWithoutPlaintext', ks.generateDataKeyWithoutPlaintext),
+    decrypt: (req, caller, opts?: CallOptions) => {
+      if (opts?.bypassCircuit) bypassed++;
+      else if (circuitOpen) return Promise.reject(new KeyServiceError('Decrypt', undefined, false, 'circuit open'));
+      // An answer closes the circuit, as in AwsKeyService.
+      return decrypt(req, caller, opts).then((r) => ((circuitOpen = false), r));
+    },
+    describeKey: (req, caller) => (circuitOpen ? Promise.reject(new KeyServiceError('DescribeKey', undefined, false, 'circuit open')) : describeKey(req, caller)),
     createGrant: c('CreateGrant', ks.createGrant),
-    decrypt: c('Decrypt', ks.decrypt),
     retireGrant: c('RetireGrant', ks.retireGrant),
-    describeKey: c('DescribeKey', ks.describeKey),
     listRetirableGrants: c('ListRetirableGrants', ks.listRetirableGrants!),
   };
 }
@@ -53,6 +64,8 @@ beforeEach(async () => {
   impaired = [];
   logLines = [];
   calls = {};
+  circuitOpen = false;
+  bypassed = 0;
   mgr = await openTestManager(t.dir, kms, {
     keyService: counting(kms.keyService), keyCacheTtlMs: TTL, keyCacheMaxStaleMs: MAX_STALE, clock, random: seededRandom(SEED),
     onImpaired: (e) => impaired.push(e),
@@ -181,6 +194,42 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     const after = calls.ListRetirableGrants;
     await clock.advance(2 * TTL);
     expect(calls.ListRetirableGrants).toBe(after);
+  });
+
+  test('a circuit still open at the max-stale deadline after KMS came back: one last Decrypt bypasses it, and the volumes stay cached', async () => {
+    const k = await kms.createKey();
+    const ids = await attachMany(2, [k]);
+    await clock.advance(TTL);
+    kms.setUnreachable(true);
+    circuitOpen = true;
+    await clock.advance(3 * TTL);
+    expect(states(ids)).toEqual(ids.map(() => 'stale'));
+    kms.setUnreachable(false); // KMS is back; the circuit's doubled open period has not run out
+    const deadline = Math.max(...mgr.describeKeyCaches(ids).map((c) => Date.parse(c.ExpiryTime!)));
+    await clock.advance(deadline - clock.now() - TTL / 2);
+    expect(states(ids)).toEqual(ids.map(() => 'stale'));
+    expect(bypassed).toBe(0);
+    await clock.advance(TTL / 2 + 1); // ExpiryTime is rounded down to the millisecond
+    expect(impaired).toEqual([]);
+    expect(states(ids)).toEqual(ids.map(() => 'cached'));
+    expect(bypassed).toBe(ids.length);
+    expect(lines(/stale -> cached/)).toHaveLength(ids.length);
+  });
+
+  test('a circuit still open at the max-stale deadline while KMS is still down: the last Decrypt fails too and the volumes are impaired at the deadline', async () => {
+    const k = await kms.createKey();
+    const ids = await attachMany(2, [k]);
+    await clock.advance(TTL);
+    kms.setUnreachable(true);
+    circuitOpen = true;
+    await clock.advance(TTL);
+    const deadline = Math.min(...mgr.describeKeyCaches(ids).map((c) => Date.parse(c.ExpiryTime!)));
+    await clock.advance(deadline - clock.now() - 1);
+    expect(impaired).toEqual([]);
+    await clock.advance(TTL / 2);
+    expect(bypassed).toBe(ids.length);
+    expect(impaired.map((e) => e.reason)).toEqual(ids.map(() => 'kms-unreachable'));
+    expect(lines(/volume impaired \(stale -> impaired\)/)).toHaveLength(ids.length);
   });
 
   test('a host that may not list its grants falls back to a Decrypt per volume per round, and says so once', async () => {
