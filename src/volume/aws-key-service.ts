@@ -17,7 +17,7 @@ import { caBundleAgent } from '../util/ca-bundle.js';
 import { isLoopback } from '../util/loopback.js';
 import { silentLogger } from '../util/logger.js';
 import { KeyServiceError } from './errors.js';
-import { toKeyServiceError, type KeyService, type RetirableGrant } from './key-service.js';
+import { toKeyServiceError, type CallOptions, type KeyService, type RetirableGrant } from './key-service.js';
 
 export interface AwsKeyServiceOptions {
   /** The KMS endpoint (`https://kms.us-east-1.amazonaws.com`, another host's `ebsd daemon --kms-only`). */
@@ -165,10 +165,12 @@ export class AwsKeyService implements KeyService {
     this.sts.destroy();
   }
 
-  private async call<T>(op: string, send: () => Promise<T>, keyId: string | undefined): Promise<T> {
+  private async call<T>(op: string, send: () => Promise<T>, keyId: string | undefined, opts?: CallOptions): Promise<T> {
     const now = Date.now();
     let probe = false;
-    if (this.openUntil > 0) {
+    // A bypassing call goes out while the circuit is open but is not its probe:
+    // an answer closes the circuit, a failure leaves the open period as it was.
+    if (this.openUntil > 0 && !opts?.bypassCircuit) {
       if (now < this.openUntil || this.probing) {
         throw new KeyServiceError(op, undefined, false, `KMS at ${this.endpoint} is not answering (${this.failures} calls in a row); circuit open, next try at ${new Date(Math.max(this.openUntil, now)).toISOString()}`);
       }
@@ -257,11 +259,11 @@ export class AwsKeyService implements KeyService {
     }, req.KeyId);
   }
 
-  decrypt(req: Parameters<KeyService['decrypt']>[0], caller: Caller) {
+  decrypt(req: Parameters<KeyService['decrypt']>[0], caller: Caller, opts?: CallOptions) {
     return this.call('Decrypt', async () => {
       const r = await this.kms.send(this.onBehalfOf(new DecryptCommand(req), caller));
       return { Plaintext: r.Plaintext!, KeyId: r.KeyId! };
-    }, req.KeyId);
+    }, req.KeyId, opts);
   }
 
   /** ReEncrypt of a snapshot's data key for a volume restored under the same key (signed as the host, on the caller's behalf). */

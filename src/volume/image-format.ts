@@ -6,7 +6,7 @@ import { openBackingFile } from './backing-file.js';
 import { EncryptedBlockDevice } from './encrypted-block-device.js';
 import { PlainBlockDevice } from './plain-block-device.js';
 import { KeyCache, type ImpairedEvent, type KeyCacheOptions } from './key-cache.js';
-import type { KeyService } from './key-service.js';
+import type { CallOptions, KeyService } from './key-service.js';
 import { buildLuks2Json, LUKS2_DATA_OFFSET, verifyVolumeKey, type Luks2Volume } from './luks2-json.js';
 import { createLuks2, readLuks2, updateLuks2 } from './luks2-header.js';
 import { createPlainImage, readPlainImage, resizePlainImage } from './plain-image.js';
@@ -111,8 +111,8 @@ const LUKS2: ImageFormat = {
     if (v.size < o.size) throw smallerThanCatalog(o.volumeId, v.size, o.size);
     const { grantId, grantToken } = await o.grant(v);
     const blob = Buffer.from(v.token.ciphertext_blob, 'base64');
-    const unwrap = async (): Promise<Uint8Array> =>
-      (await o.keyService.decrypt({ CiphertextBlob: blob, KeyId: v.token.key_arn, EncryptionContext: ctx, GrantTokens: [grantToken] }, o.host)).Plaintext;
+    const unwrap = async (opts?: CallOptions): Promise<Uint8Array> =>
+      (await o.keyService.decrypt({ CiphertextBlob: blob, KeyId: v.token.key_arn, EncryptionContext: ctx, GrantTokens: [grantToken] }, o.host, opts)).Plaintext;
     const backing = await openBackingFile(o.path);
     let key: Uint8Array | undefined;
     let device: EncryptedBlockDevice;

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { VolumeError, KeyServiceError } from './errors.js';
-import { toKeyServiceError } from './key-service.js';
+import { toKeyServiceError, type CallOptions } from './key-service.js';
 import { MAX_TIMER_MS, systemClock, TimeoutError, withTimeout, type Clock, type TimerHandle } from '../util/clock.js';
 
 export const DEFAULT_KEY_CACHE_TTL_MS = 300_000;
@@ -86,8 +86,8 @@ export interface KeyCacheOptions {
   maxStaleMs?: number;
   /** Give up on one refresh call after this long and count it as unreachable. */
   refreshTimeoutMs?: number;
-  /** Unwrap the key again through the grant, as the host. */
-  refresh: () => Promise<Uint8Array>;
+  /** Unwrap the key again through the grant, as the host; `opts` passes through to the KeyService. */
+  refresh: (opts?: CallOptions) => Promise<Uint8Array>;
   /** Throws if the refreshed key is not the volume's key (LUKS2 digest). */
   verify: (key: Uint8Array) => void;
   onImpaired?: (ev: ImpairedEvent) => void;
@@ -285,29 +285,45 @@ export class KeyCache implements CheckedCache {
     this.clearDeadline();
   }
 
-  private async failedReach(err: KeyServiceError): Promise<void> {
-    if (this.staleness >= this.maxStale) {
+  private async failedReach(err: KeyServiceError, lastTry = false): Promise<void> {
+    if (lastTry) {
       await this.impair('kms-unreachable', err.awsName, `no KMS confirmation for ${this.staleness} ms: ${err.message}`);
       return;
     }
     this.lastError = { ...(err.awsName ? { awsName: err.awsName } : {}), message: err.message };
     if (this.staleSince === null) {
       this.staleSince = this.clock.now();
-      // Max-stale is a deadline, not whenever the next retry happens to fail.
+      this.log.warn({ volumeId: this.o.volumeId, awsName: err.awsName, message: err.message, maxStaleMs: this.maxStale }, 'KMS unreachable: cached -> stale, keeping the key until max-stale');
+    }
+    // Max-stale is a deadline, not whenever the next retry happens to fail; a
+    // failure found past it (a late round) brings the deadline's last try forward.
+    if (!this.deadline) {
       this.deadline = this.clock.setTimeout(() => {
         this.deadline = null;
         if (this.staleSince === null || this.stopped) return;
-        const last = this.lastError;
-        return this.impair('kms-unreachable', last?.awsName, `no KMS confirmation for ${this.staleness} ms: ${last?.message ?? 'KMS unreachable'}`);
+        return this.lastTry();
       }, Math.max(0, this.lastGood + this.maxStale - this.clock.now()));
-      this.log.warn({ volumeId: this.o.volumeId, awsName: err.awsName, message: err.message, maxStaleMs: this.maxStale }, 'KMS unreachable: cached -> stale, keeping the key until max-stale');
     }
   }
 
-  private async refreshOnce(): Promise<void> {
+  /**
+   * At the max-stale deadline: one Decrypt that goes out even through an open
+   * circuit (whose open period, doubling while probes fail, may outlast the
+   * outage), so a KMS that came back before the deadline keeps the volume.
+   * Impaired only if this try fails too; it is bounded by the refresh timeout
+   * (docs/architecture.md §6.3).
+   */
+  private async lastTry(): Promise<void> {
+    await this.running;
+    if (this.staleSince === null || this.stopped || this._impaired) return;
+    this.running = this.refreshOnce({ bypassCircuit: true }).finally(() => (this.running = null));
+    await this.running;
+  }
+
+  private async refreshOnce(opts?: CallOptions): Promise<void> {
     if (this.stopped || this._impaired) return;
     let key: Uint8Array | undefined;
-    const pending = this.o.refresh();
+    const pending = this.o.refresh(opts);
     try {
       key = await withTimeout(this.clock, pending, this.timeout);
       if (this.stopped) return;
@@ -328,7 +344,7 @@ export class KeyCache implements CheckedCache {
         await this.impair('kms-refused', err.awsName, err.message);
         return;
       }
-      await this.failedReach(err);
+      await this.failedReach(err, opts?.bypassCircuit === true);
       // Retry sooner while stale; with a shared check, its rounds retry for us.
       this.schedule(this.membership ? this.period() : Math.min(this.ttl / 4, Math.max(0, this.maxStale - this.staleness)));
     } finally {

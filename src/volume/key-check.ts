@@ -6,6 +6,11 @@ import { KeyServiceError } from './errors.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import type { CheckedCache, KeyCheckMembership } from './key-cache.js';
 
+/** ListRetirableGrants pages per round (100 grants each); a list still truncated after them is incomplete. */
+const MAX_GRANT_PAGES = 1000;
+/** Complete lists in a row without a grant listed before, before its volume is impaired: the list is eventually consistent. */
+const GONE_AFTER_MISSES = 2;
+
 interface Member {
   volumeId: string;
   keyArn: string;
@@ -34,8 +39,10 @@ export interface KeyCheckRound {
   unreachable: number;
   /** False when the host may not list its grants: every volume then decrypts each round. */
   grantsListed: boolean;
-  /** Volumes impaired because their grant, listed by an earlier round, was gone from this one. */
+  /** Volumes impaired because their grant, listed by an earlier round, was gone from this one and the one before. */
   grantGone: number;
+  /** False when the list of grants ended without saying it was whole (truncated without a marker, or the page cap): absences were not judged. */
+  grantsComplete: boolean;
 }
 
 /**
@@ -48,10 +55,13 @@ export interface KeyCheckRound {
  * grants not listable) sends that volume to decrypt through its grant now,
  * and the Decrypt's answer decides, so a refusal impairs with KMS's own
  * exception and a list lagging behind a new grant never impairs anything.
- * One exception: a grant an earlier round listed and a complete list no
- * longer holds was revoked or retired, and that volume is impaired
+ * One exception: a grant an earlier round listed and two complete lists in a
+ * row no longer hold was revoked or retired, and that volume is impaired
  * (`grant-revoked`) without a Decrypt, which a key policy allowing the host
- * kms:Decrypt would let succeed anyway. KMS not answering
+ * kms:Decrypt would let succeed anyway. Two rounds, because
+ * ListRetirableGrants is eventually consistent: one missing entry proves
+ * nothing. A list that ends truncated without a marker, or at the page cap,
+ * is not complete, and no absence from it counts. KMS not answering
  * makes every member stale; rounds then come every TTL/4 until it answers.
  */
 export class KeyCheck {
@@ -65,9 +75,13 @@ export class KeyCheck {
   private running: Promise<void> | null = null;
   private stopped = false;
   private listable = true;
-  /** Members whose grant a round has listed: a complete list without it later means it is gone. */
+  /** Members whose grant a round has listed: complete lists without it later mean it is gone. */
   private readonly listed = new WeakSet<Member>();
+  /** Complete lists in a row that lacked a listed member's grant. */
+  private readonly misses = new WeakMap<Member, number>();
   private failing = false;
+  /** The last list was whole (logged once when it stops being). */
+  private complete = true;
   last: KeyCheckRound | undefined;
 
   constructor(private readonly o: KeyCheckOptions) {
@@ -139,17 +153,25 @@ export class KeyCheck {
     });
   }
 
-  /** Every grant id this host may retire, or null when KMS refuses to list them. */
-  private async grantIds(): Promise<Set<string> | null> {
+  /**
+   * Every grant id this host may retire, and whether the list is whole (it
+   * ended with Truncated false); null when KMS refuses to list them.
+   */
+  private async grantIds(): Promise<{ ids: Set<string>; complete: boolean } | null> {
     const list = this.o.ks.listRetirableGrants?.bind(this.o.ks);
     if (!list) return null;
     const ids = new Set<string>();
     let marker: string | undefined;
+    let complete = false;
     try {
-      for (let page = 0; page < 1000; page++) {
+      for (let page = 0; page < MAX_GRANT_PAGES; page++) {
         const r = await this.call('ListRetirableGrants', () => list({ RetiringPrincipal: this.o.host.arn, Limit: 100, ...(marker ? { Marker: marker } : {}) }, this.o.host));
         for (const g of r.Grants) ids.add(g.GrantId);
-        if (!r.Truncated || !r.NextMarker) break;
+        if (!r.Truncated) {
+          complete = true;
+          break;
+        }
+        if (!r.NextMarker) break; // truncated, and no way to the rest
         marker = r.NextMarker;
       }
     } catch (e) {
@@ -161,7 +183,9 @@ export class KeyCheck {
     }
     if (!this.listable) this.log.info('the host lists its grants again: one shared check per TTL');
     this.listable = true;
-    return ids;
+    if (!complete && this.complete) this.log.warn({ grants: ids.size }, 'shared key check: the list of attach grants ended truncated without a marker or at the page cap; grants missing from it are not judged');
+    this.complete = complete;
+    return { ids, complete };
   }
 
   private async round(): Promise<void> {
@@ -170,6 +194,7 @@ export class KeyCheck {
     const decrypt: Member[] = [];
     const confirmed: Member[] = [];
     const gone: Member[] = [];
+    let goneNow: Member[] = [];
     let unreachable: KeyServiceError | undefined;
     try {
       const grants = await this.grantIds();
@@ -186,12 +211,19 @@ export class KeyCheck {
         }
       }));
       for (const m of members) {
-        if (grants?.has(m.grantId)) this.listed.add(m);
-        else if (grants && this.listed.has(m)) {
-          gone.push(m);
-          continue;
+        const seen = grants?.ids.has(m.grantId) === true;
+        if (seen) {
+          this.listed.add(m);
+          this.misses.delete(m);
+        } else if (grants?.complete && this.listed.has(m)) {
+          const n = (this.misses.get(m) ?? 0) + 1;
+          this.misses.set(m, n);
+          if (n >= GONE_AFTER_MISSES) {
+            gone.push(m);
+            continue;
+          }
         }
-        (enabled.get(m.keyArn) && grants?.has(m.grantId) ? confirmed : decrypt).push(m);
+        (enabled.get(m.keyArn) && seen ? confirmed : decrypt).push(m);
       }
     } catch (e) {
       unreachable = toKeyServiceError('DescribeKey', e);
@@ -205,11 +237,13 @@ export class KeyCheck {
       if (this.failing) this.log.info({ volumes: members.length }, 'shared key check: KMS answers again');
       this.failing = false;
       for (const m of confirmed) if (this.members.has(m)) m.cache.confirm();
-      if (gone.length) this.log.warn({ volumes: gone.map((m) => m.volumeId), grantIds: gone.map((m) => m.grantId) }, 'shared key check: attach grants listed before are gone (revoked or retired): volumes impaired');
-      await Promise.all(gone.map((m) => (this.members.has(m) ? m.cache.grantGone(`attach grant ${m.grantId} is no longer listed for the host (revoked or retired)`) : undefined)));
+      // Only members still attached: a volume detached during the round is not impaired.
+      goneNow = gone.filter((m) => this.members.has(m));
+      if (goneNow.length) this.log.warn({ volumes: goneNow.map((m) => m.volumeId), grantIds: goneNow.map((m) => m.grantId) }, 'shared key check: attach grants listed before are gone (revoked or retired): volumes impaired');
+      await Promise.all(goneNow.map((m) => (this.members.has(m) ? m.cache.grantGone(`attach grant ${m.grantId} is no longer listed for the host in ${GONE_AFTER_MISSES} complete lists in a row (revoked or retired)`) : undefined)));
       await Promise.all(decrypt.map((m) => (this.members.has(m) ? m.cache.refreshNow() : undefined)));
     }
-    this.last = { at: this.clock.now(), confirmed: confirmed.length, toDecrypt: decrypt.length, unreachable: unreachable ? members.length : 0, grantsListed: this.listable, grantGone: gone.length };
+    this.last = { at: this.clock.now(), confirmed: confirmed.length, toDecrypt: decrypt.length, unreachable: unreachable ? members.length : 0, grantsListed: this.listable, grantGone: goneNow.length, grantsComplete: this.complete };
     this.schedule(unreachable ? this.o.ttlMs / 4 : this.period());
   }
 }

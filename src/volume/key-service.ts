@@ -8,6 +8,16 @@ import { KeyServiceError } from './errors.js';
  */
 export type EncryptionContext = Record<string, string>;
 
+/** How one call goes out; a KeyService without a circuit ignores it. */
+export interface CallOptions {
+  /**
+   * Send even while a circuit breaker holds calls back: the key cache's last
+   * try at the max-stale deadline, so a circuit whose open period outlasts
+   * the KMS outage never impairs a volume by itself (docs/architecture.md §6.3).
+   */
+  bypassCircuit?: boolean;
+}
+
 export interface KeyService {
   generateDataKeyWithoutPlaintext(
     req: { KeyId: string; NumberOfBytes: number; EncryptionContext: EncryptionContext },
@@ -27,6 +37,7 @@ export interface KeyService {
   decrypt(
     req: { CiphertextBlob: Uint8Array; KeyId?: string; EncryptionContext?: EncryptionContext; GrantTokens?: string[] },
     caller: Caller,
+    opts?: CallOptions,
   ): Promise<{ Plaintext: Uint8Array; KeyId: string }>;
   retireGrant(req: { KeyId?: string; GrantId?: string; GrantToken?: string }, caller: Caller): Promise<void>;
   /**

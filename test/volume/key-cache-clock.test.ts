@@ -1,7 +1,8 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { join } from 'node:path';
 import type { VolumeManager } from '../../src/volume/volume-manager.js';
-import type { KeyService } from '../../src/volume/key-service.js';
+import type { CallOptions, KeyService } from '../../src/volume/key-service.js';
+import { KeyServiceError } from '../../src/volume/errors.js';
 import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, type KmsHarness } from './helpers/kms.js';
@@ -29,6 +30,11 @@ let clock: ManualClock;
 let impaired: ImpairedEvent[];
 let logLines: string[];
 let calls: Record<string, number>;
+/** Plays AwsKeyService's open circuit: Decrypt and DescribeKey fail at once, unanswered, unless a Decrypt bypasses it. */
+let circuitOpen: boolean;
+let bypassed: number;
+/** Rewrites ListRetirableGrants answers: an eventually consistent or truncated list. */
+let listFault: ((r: { Grants: { GrantId: string; KeyId: string }[]; NextMarker?: string; Truncated?: boolean }) => typeof r) | null;
 
 /** The harness's key service, counting the calls that reach it (the KMS side of the ledger). */
 function counting(ks: KeyService): KeyService {
@@ -36,13 +42,21 @@ function counting(ks: KeyService): KeyService {
     calls[op] = (calls[op] ?? 0) + 1;
     return f.apply(ks, a);
   };
+  const decrypt = c('Decrypt', ks.decrypt);
+  const describeKey = c('DescribeKey', ks.describeKey);
   return {
     generateDataKeyWithoutPlaintext: c('GenerateDataKeyWithoutPlaintext', ks.generateDataKeyWithoutPlaintext),
+    decrypt: (req, caller, opts?: CallOptions) => {
+      if (opts?.bypassCircuit) bypassed++;
+      else if (circuitOpen) return Promise.reject(new KeyServiceError('Decrypt', undefined, false, 'circuit open'));
+      // An answer closes the circuit, as in AwsKeyService.
+      return decrypt(req, caller, opts).then((r) => ((circuitOpen = false), r));
+    },
+    describeKey: (req, caller) => (circuitOpen ? Promise.reject(new KeyServiceError('DescribeKey', undefined, false, 'circuit open')) : describeKey(req, caller)),
     createGrant: c('CreateGrant', ks.createGrant),
-    decrypt: c('Decrypt', ks.decrypt),
     retireGrant: c('RetireGrant', ks.retireGrant),
-    describeKey: c('DescribeKey', ks.describeKey),
-    listRetirableGrants: c('ListRetirableGrants', ks.listRetirableGrants!),
+    // Under a fault the KMS sees no marker of the fault's making.
+    listRetirableGrants: (req, caller) => c('ListRetirableGrants', ks.listRetirableGrants!)(listFault ? { ...req, Marker: undefined } : req, caller).then((r) => (listFault ? listFault(r) : r)),
   };
 }
 
@@ -53,6 +67,9 @@ beforeEach(async () => {
   impaired = [];
   logLines = [];
   calls = {};
+  circuitOpen = false;
+  listFault = null;
+  bypassed = 0;
   mgr = await openTestManager(t.dir, kms, {
     keyService: counting(kms.keyService), keyCacheTtlMs: TTL, keyCacheMaxStaleMs: MAX_STALE, clock, random: seededRandom(SEED),
     onImpaired: (e) => impaired.push(e),
@@ -132,7 +149,7 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     expect(states([ids[0]!, ids[2]!])).toEqual(['cached', 'cached']);
   });
 
-  test('RevokeGrant while the host may also Decrypt by policy (the old README key policy): the grant a round listed and the next does not impairs the volume within one TTL (grant-revoked), not a policy Decrypt', async () => {
+  test('RevokeGrant while the host may also Decrypt by policy (the old README key policy): the grant a round listed and the next two do not impairs the volume within two TTL (grant-revoked), not a policy Decrypt', async () => {
     await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
     const k = await kms.createKey();
     const ids = await attachMany(1, [k]);
@@ -140,11 +157,48 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     ids.push(...(await attachMany(1, [k])));
     await clock.advance(TTL); // a round has listed both grants
     await kms.revokeGrant(k, grantId!);
-    await clock.advance(TTL);
+    await clock.advance(2 * TTL);
     expect(impaired.map((e) => [e.volumeId, e.reason])).toEqual([[ids[0], 'grant-revoked']]);
     expect(states([ids[1]!])).toEqual(['cached']);
     await expect(mgr.getBlockDevice(ids[0]!)!.read(0, SS, Buffer.alloc(SS))).rejects.toMatchObject({ code: 'VOLUME_IMPAIRED' });
     expect(lines(/attach grants listed before are gone/)).toHaveLength(1);
+  });
+
+  test('ListRetirableGrants is eventually consistent: a grant missing from one complete list, then listed again, impairs nothing; missing from two in a row, it does', async () => {
+    await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
+    const k = await kms.createKey();
+    const ids = await attachMany(1, [k]);
+    const [grantId] = await kms.grantIds(k);
+    await clock.advance(TTL); // a round has listed the grant
+    const rounds = () => calls.ListRetirableGrants ?? 0;
+    const hide = (r: Parameters<NonNullable<typeof listFault>>[0]) => ({ ...r, Grants: r.Grants.filter((g) => g.GrantId !== grantId) });
+    listFault = hide;
+    const before = rounds();
+    while (rounds() === before) await clock.advance(TTL / 10);
+    listFault = null; // one round missed it
+    await clock.advance(2 * TTL);
+    expect(impaired).toEqual([]);
+    expect(states(ids)).toEqual(['cached']);
+    listFault = hide;
+    const from = rounds();
+    while (rounds() < from + 2) await clock.advance(TTL / 10);
+    expect(impaired.map((e) => [e.volumeId, e.reason])).toEqual([[ids[0], 'grant-revoked']]);
+  });
+
+  test('a list of grants that ends truncated without a marker, or is still truncated at the page cap, is not complete: a grant missing from it impairs nothing', async () => {
+    await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
+    const k = await kms.createKey();
+    const ids = await attachMany(1, [k]);
+    await clock.advance(TTL); // a round has listed the grant
+    listFault = () => ({ Grants: [], Truncated: true });
+    await clock.advance(3 * TTL);
+    expect(impaired).toEqual([]);
+    expect(states(ids)).toEqual(['cached']); // each round's Decrypt confirms it instead
+    expect(lines(/ended truncated without a marker or at the page cap/)).toHaveLength(1);
+    listFault = () => ({ Grants: [], Truncated: true, NextMarker: 'more' });
+    await clock.advance(3 * TTL);
+    expect(impaired).toEqual([]);
+    expect(states(ids)).toEqual(['cached']);
   });
 
   test('KMS unreachable: stale (logged once however many retries fail), reads go on, back to cached when it answers, no re-attach; past max-stale: impaired, logged once', async () => {
@@ -181,6 +235,42 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     const after = calls.ListRetirableGrants;
     await clock.advance(2 * TTL);
     expect(calls.ListRetirableGrants).toBe(after);
+  });
+
+  test('a circuit still open at the max-stale deadline after KMS came back: one last Decrypt bypasses it, and the volumes stay cached', async () => {
+    const k = await kms.createKey();
+    const ids = await attachMany(2, [k]);
+    await clock.advance(TTL);
+    kms.setUnreachable(true);
+    circuitOpen = true;
+    await clock.advance(3 * TTL);
+    expect(states(ids)).toEqual(ids.map(() => 'stale'));
+    kms.setUnreachable(false); // KMS is back; the circuit's doubled open period has not run out
+    const deadline = Math.max(...mgr.describeKeyCaches(ids).map((c) => Date.parse(c.ExpiryTime!)));
+    await clock.advance(deadline - clock.now() - TTL / 2);
+    expect(states(ids)).toEqual(ids.map(() => 'stale'));
+    expect(bypassed).toBe(0);
+    await clock.advance(TTL / 2 + 1); // ExpiryTime is rounded down to the millisecond
+    expect(impaired).toEqual([]);
+    expect(states(ids)).toEqual(ids.map(() => 'cached'));
+    expect(bypassed).toBe(ids.length);
+    expect(lines(/stale -> cached/)).toHaveLength(ids.length);
+  });
+
+  test('a circuit still open at the max-stale deadline while KMS is still down: the last Decrypt fails too and the volumes are impaired at the deadline', async () => {
+    const k = await kms.createKey();
+    const ids = await attachMany(2, [k]);
+    await clock.advance(TTL);
+    kms.setUnreachable(true);
+    circuitOpen = true;
+    await clock.advance(TTL);
+    const deadline = Math.min(...mgr.describeKeyCaches(ids).map((c) => Date.parse(c.ExpiryTime!)));
+    await clock.advance(deadline - clock.now() - 1);
+    expect(impaired).toEqual([]);
+    await clock.advance(TTL / 2);
+    expect(bypassed).toBe(ids.length);
+    expect(impaired.map((e) => e.reason)).toEqual(ids.map(() => 'kms-unreachable'));
+    expect(lines(/volume impaired \(stale -> impaired\)/)).toHaveLength(ids.length);
   });
 
   test('a host that may not list its grants falls back to a Decrypt per volume per round, and says so once', async () => {
