@@ -797,7 +797,6 @@ export class Daemon {
 
   /** Why a volume recorded attached is not served, and its retry when there is one. */
   private unservedProblem(volumeId: string): Record<string, unknown> {
-    this.resumeRetry?.nudge();
     const r = this.resumeRetry?.state(volumeId);
     if (!r) return { Problem: 'recorded attached but not served (KMS refused the re-attach, or it failed); see daemon log; detach it' };
     return { Problem: `recorded attached, not served yet: the KMS did not answer the re-attach (${r.AwsName ?? r.LastError}); retrying with back-off`, Resume: r };

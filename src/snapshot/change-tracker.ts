@@ -159,6 +159,11 @@ export class ChangeTracker implements WriteGate {
     this.shut = undefined;
   }
 
+  /** WriteGate.mayRefuse: while arming (it may end shut) or shut, write-behind is not taken. */
+  get mayRefuse(): boolean {
+    return this.arming !== undefined || this.shut !== undefined;
+  }
+
   /** Whether writes are refused because no "unknown" could be made durable (see the class comment). */
   get writesRefused(): boolean {
     return this.shut !== undefined;

@@ -9,5 +9,9 @@ import { isIP } from 'node:net';
 export function isLoopback(host: string): boolean {
   if (host === 'localhost') return true;
   if (isIP(host) === 4) return host.startsWith('127.');
-  return host === '::1' || host === '[::1]' || /^::ffff:127\./.test(host) || /^\[::ffff:(127\.|7f)/i.test(host);
+  const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  if (isIP(h) !== 6) return false;
+  // An IPv4-mapped address is loopback when its IPv4 part is 127/8: `::ffff:127.x.y.z`, or in
+  // hex (as URL writes it) `::ffff:7fxx:xxxx`; `::ffff:7f:1` is 0.127.0.1, not loopback.
+  return h === '::1' || /^::ffff:127\./i.test(h) || /^::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}$/i.test(h);
 }

@@ -217,15 +217,22 @@ export class Attachments {
       if (r.state !== 'in-use' || this.live.has(r.volumeId) || !r.attachment || r.detaching) continue;
       try {
         if (formatOf(r).measurementOnly) this.checkUnencryptedAllowed('attach');
-        await this.mutex.run(r.volumeId, async () => {
-          const att = await this.bringUp(r, async () => ({ grantId: r.attachment!.grantId, grantToken: r.attachment!.grantToken }), true);
+        const up = await this.mutex.run(r.volumeId, async () => {
+          // The check above read a copy taken before the lock: a detach or delete may have
+          // run meanwhile (the retry runs in the background, resume-retry.ts). Read again here.
+          const cur = this.catalog.get(r.volumeId);
+          if (!cur || cur.state !== 'in-use' || this.live.has(cur.volumeId) || !cur.attachment || cur.detaching) return false;
+          const a = cur.attachment;
+          const att = await this.bringUp(cur, async () => ({ grantId: a.grantId, grantToken: a.grantToken }), true);
           try {
             this.expose(att.device);
           } catch (e) {
             await this.teardown(att).catch(() => {});
             throw e;
           }
+          return true;
         });
+        if (!up) continue;
         resumed.push(r.volumeId);
         if (r.unencrypted) this.log.warn({ volumeId: r.volumeId, encrypted: false }, 'UNENCRYPTED volume re-attached: I/O is plaintext passthrough (measurement only)');
       } catch (e) {

@@ -106,10 +106,12 @@ export class BackingIo {
   /**
    * Whether a write of `len` bytes may be acknowledged before it is written
    * (write-behind): the loop may write this file synchronously, the watchdog
-   * has not tripped, and the filesystem has room (FreeSpaceGate).
+   * has not tripped, the filesystem has room (FreeSpaceGate), and the write
+   * gate cannot refuse it (WriteGate.mayRefuse: a refusal after the reply
+   * would lose a write the application was told succeeded).
    */
   roomForBehind(len: number): boolean {
-    return this.syncWriteOk && syncWriteGuard.allowed() && this.space!.allows(len);
+    return this.syncWriteOk && syncWriteGuard.allowed() && this.gate?.mayRefuse !== true && this.space!.allows(len);
   }
 
   /**

@@ -12,7 +12,9 @@ import { KeyServiceError, errInfo } from './errors.js';
  * answers, as a host waiting for STS at start is (src/daemon/host-resolver.ts).
  * A refusal (AccessDenied, a disabled key, a revoked grant) is not retried:
  * the volume stays recorded attached and unserved until detached, as before.
- * Tries are logged when the kind of failure changes, not per retry.
+ * Tries are logged when the kind of failure changes, not per retry. Only
+ * the back-off starts a round: `ebsd status` reads the state and never
+ * triggers one (`ebsd top` asks every second).
  */
 
 /** What `ebsd status` shows for a volume waiting here. */
@@ -62,7 +64,6 @@ export class ResumeRetry {
   private nextTry: number | null = null;
   private round = 0;
   private running: Promise<void> | null = null;
-  private lastTry = 0;
   private stopped = false;
 
   constructor(private readonly o: ResumeRetryOptions) {
@@ -106,18 +107,6 @@ export class ResumeRetry {
     return this.waiting.size;
   }
 
-  /**
-   * Someone asked (`ebsd status`, an attach of a waiting volume): try now
-   * rather than at the end of a back-off of up to 30 s, at most once a second.
-   */
-  nudge(): void {
-    if (this.stopped || this.running || !this.waiting.size || this.clock.now() - this.lastTry < 1000) return;
-    if (this.timer) this.clock.clearTimeout(this.timer);
-    this.timer = null;
-    this.nextTry = null;
-    this.start();
-  }
-
   /** Runs one round now (tests); resolves when it is done. */
   async tryNow(): Promise<void> {
     if (this.running) return this.running;
@@ -158,7 +147,6 @@ export class ResumeRetry {
 
   private async tryOnce(): Promise<void> {
     if (this.stopped || !this.waiting.size) return;
-    this.lastTry = this.clock.now();
     const ids = new Set(this.waiting.keys());
     let out: ResumeOutcome;
     try {

@@ -453,6 +453,8 @@ export class VolumeManager {
       const rec = this.record(req.VolumeId);
       if (rec.state === 'in-use') throw new VolumeError('VOLUME_IN_USE', `Volume ${rec.volumeId} is currently attached to ${rec.attachment?.instanceId}`, { awsName: 'VolumeInUse' });
       if (rec.state !== 'available' && rec.state !== 'error') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
+      // Whatever the record says, an image still served is never removed from under its device.
+      if (this.attachments.get(rec.volumeId)) throw new VolumeError('VOLUME_IN_USE', `Volume ${rec.volumeId} is still attached on this host`, { awsName: 'VolumeInUse' });
       if (rec.pendingGrantRetirements?.length) await this.attachments.grants.retirePending(rec);
       if (rec.pendingGrantRetirements?.length) {
         this.log.warn({ volumeId: rec.volumeId, grantIds: rec.pendingGrantRetirements.map((g) => g.grantId) }, 'deleting a volume whose attach grants could not be retired; revoke them with RevokeGrant');

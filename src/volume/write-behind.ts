@@ -42,7 +42,8 @@ export class WriteBehind {
    * it, take its sectors in the range lock, and return the completion to run
    * before any other request of the device; null when this write must be
    * written through (unaligned, contended, too large, a completion still
-   * pending or lost, no synchronous writes on this file, low free space).
+   * pending or lost, no synchronous writes on this file, low free space, a
+   * write gate that may refuse it).
    */
   accept(offset: number, data: Uint8Array, size: number): (() => void) | null {
     const len = data.length;

@@ -24,6 +24,12 @@ export interface WriteGate {
    * write must fail (the error is the write's).
    */
   pass(pos: number, len: number): Promise<void>;
+  /**
+   * True while pass() might reject (not yet armed, or refusing writes): a
+   * write must then not be acknowledged before it passes (write-behind),
+   * or its failure would reach no one. Absent: never rejects.
+   */
+  readonly mayRefuse?: boolean;
 }
 
 /** The device-side surface a snapshot uses on an attached volume. */

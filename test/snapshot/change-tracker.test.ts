@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { closeSync, openSync, readSync, promises as fsp } from 'node:fs';
+import { closeSync, openSync, readSync, statfsSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { BlockBitmap } from '../../src/snapshot/block-bitmap.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from '../../src/snapshot/change-tracker.js';
@@ -7,6 +7,8 @@ import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
 import { openBackingFile } from '../../src/volume/backing-file.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { EIO, toErrno } from '../../src/fuse/errno.js';
+import { BEHIND_MIN_FREE } from '../../src/volume/free-space.js';
+import { nativeIo } from '../../src/volume/native-io.js';
 import { freshImage, VOL } from '../volume/helpers/image.js';
 
 /**
@@ -153,5 +155,46 @@ describe('changed-block tracking whose dirty mark cannot be written', () => {
     expect(tracker.writesRefused).toBe(false);
     expect((await afterCrash()).base).toBeUndefined();
     expect(JSON.parse(await fsp.readFile(files.path(VOL), 'utf8'))).toMatchObject({ clean: false });
+  });
+
+  /** SectorDevice.submitWrite as the FUSE adapter calls it; `sync`: replied before submitWrite returned (write-behind). */
+  function submit(off: number, data: Buffer, behind: boolean): Promise<{ err: unknown; n: number; sync: boolean }> {
+    let sync = true;
+    const r = new Promise<{ err: unknown; n: number; sync: boolean }>((res) => dev.submitWrite(off, data, behind, (err, n) => res({ err, n, sync })));
+    sync = false;
+    return r;
+  }
+
+  test.skipIf(nativeIo === null)('write-behind is not taken while the gate is arming or shut: the write gets EIO, nothing acknowledged is lost', async (ctx) => {
+    const st = statfsSync(img);
+    if (st.bavail * st.bsize < BEHIND_MIN_FREE) ctx.skip();
+    const data = Buffer.alloc(4096, 0x6b);
+    // Control: without a gate this device takes write-behind (replied at once).
+    expect(await submit(0, data, true)).toEqual({ err: null, n: 4096, sync: true });
+    await dev.flush();
+
+    files.full = true;
+    files.removeFails = true;
+    const tracker = new ChangeTracker(VOL, files);
+    dev.setWriteGate(tracker);
+    // Submitted while arming, which ends shut: written through, so the refusal reaches the caller.
+    const whileArming = await submit(7 * B, data, true);
+    expect(whileArming.sync).toBe(false);
+    expect(toErrno(whileArming.err)).toBe(EIO);
+    expect(tracker.writesRefused).toBe(true);
+    const whileShut = await submit(7 * B, data, true);
+    expect(whileShut).toMatchObject({ sync: false, n: 0 });
+    expect(toErrno(whileShut.err)).toBe(EIO);
+    expect(disk(7 * B, 4096).equals(Buffer.alloc(4096))).toBe(true);
+    await dev.flush(); // nothing acknowledged was lost
+
+    // The disk comes back: the next write reopens the gate, then write-behind and flush work again.
+    files.full = false;
+    files.removeFails = false;
+    expect(await submit(7 * B, data, true)).toMatchObject({ err: null, n: 4096 });
+    expect(tracker.writesRefused).toBe(false);
+    expect(await submit(6 * B, data, true)).toEqual({ err: null, n: 4096, sync: true });
+    await dev.flush();
+    expect(disk(6 * B, 4096).equals(data)).toBe(true);
   });
 });

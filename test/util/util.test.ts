@@ -7,6 +7,7 @@ import { atomicWrite, atomicWriteSync } from '../../src/util/atomic-write.js';
 import { createLogger } from '../../src/util/logger.js';
 import { EbsdError, ArgTypeError, ArgRangeError, checkBytes, checkSafeInt } from '../../src/util/errors.js';
 import { KeyedMutex } from '../../src/util/lock.js';
+import { isLoopback } from '../../src/util/loopback.js';
 import { wipe } from '../../src/util/wipe.js';
 
 describe('atomicWrite', () => {
@@ -95,4 +96,17 @@ test('wipe zeroes every buffer it is given', () => {
   const a = Buffer.from('secret'), b = new Uint8Array([1, 2, 3]);
   wipe(a, undefined, b);
   expect([...a, ...b].every((x) => x === 0)).toBe(true);
+});
+
+describe('isLoopback', () => {
+  test('127/8, ::1 and localhost, bracketed as a URL hostname keeps them; IPv4-mapped only when the IPv4 part is 127/8', () => {
+    const hostname = (u: string) => new URL(u).hostname;
+    for (const h of ['localhost', '127.0.0.1', '127.255.0.9', '::1', '[::1]', '::ffff:127.0.0.1', '[::ffff:127.1.2.3]', hostname('http://[::ffff:127.0.0.1]/'), '[::ffff:7fff:ffff]', '::ffff:7f00:1']) {
+      expect([h, isLoopback(h)]).toEqual([h, true]);
+    }
+    // ::ffff:7f:1 is 0.127.0.1; ::ffff:7f0:1 is 7.240.0.1.
+    for (const h of ['[::ffff:7f:1]', '::ffff:7f:1', '[::ffff:7f0:1]', hostname('http://[::ffff:0.127.0.1]/'), '[::ffff:10.0.0.1]', '10.0.0.1', '0.127.0.1', '[::2]', '::', 'example.com', '[::ffff:7f00:1', '128.0.0.1']) {
+      expect([h, isLoopback(h)]).toEqual([h, false]);
+    }
+  });
 });

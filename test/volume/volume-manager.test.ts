@@ -452,6 +452,70 @@ describe('restart', () => {
     expect(o.toString()).toBe('persist');
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
   });
+
+  test('a volume detached while a resume round handles another is not brought back, and is then deleted unserved', async () => {
+    const a = await mgr.createVolume({ Size: MiB }, kms.user);
+    const b = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: a.VolumeId }, kms.user);
+    await mgr.attachVolume({ VolumeId: b.VolumeId }, kms.user);
+    await mgr.close();
+    // The first volume the round takes blocks in Decrypt until the test has detached the other;
+    // meanwhile RetireGrant fails, so the detached volume's grant still works (as with a KMS that
+    // did not answer the retire): only the catalog says it is detached.
+    let retireDown = false;
+    let first: string | undefined;
+    let blocked!: () => void;
+    const reached = new Promise<void>((r) => (blocked = r));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const keyService = {
+      ...kms.keyService,
+      decrypt: async (...args: Parameters<typeof kms.keyService.decrypt>) => {
+        const id = args[0].EncryptionContext?.['aws:ebs:id'];
+        if (first === undefined && id) {
+          first = id;
+          blocked();
+          await gate;
+        }
+        return kms.keyService.decrypt(...args);
+      },
+      retireGrant: async (...args: Parameters<typeof kms.keyService.retireGrant>) => {
+        if (retireDown) throw new Error('connect ECONNREFUSED 127.0.0.1:1');
+        return kms.keyService.retireGrant(...args);
+      },
+    };
+    mgr = await manager({ keyService });
+    const round = mgr.resumeAttachments(new Set([a.VolumeId, b.VolumeId]));
+    await reached;
+    const other = first === a.VolumeId ? b.VolumeId : a.VolumeId;
+    expect(mgr.getBlockDevice(other)).toBeUndefined(); // the round has not reached it yet
+    retireDown = true;
+    await mgr.detachVolume({ VolumeId: other }, kms.user);
+    release();
+    const r = await round;
+    expect(r).toEqual({ resumed: [first], failed: [] });
+    expect(mgr.getBlockDevice(other)).toBeUndefined();
+    expect(mgr.describeVolumes({ VolumeIds: [other] }).Volumes[0]!.State).toBe('available');
+    retireDown = false;
+    await mgr.deleteVolume({ VolumeId: other }, kms.user);
+    await mgr.detachVolume({ VolumeId: first! }, kms.user);
+  });
+
+  test('DeleteVolume refuses a volume still served, whatever its record says', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    // An inconsistent record (the race above, before its fix): available while the device is live.
+    const catalog = (mgr as unknown as { catalog: { get(id: string): { state: string; attachment?: unknown }; put(r: unknown): Promise<void> } }).catalog;
+    const rec = catalog.get(v.VolumeId);
+    const attachment = rec.attachment;
+    await catalog.put({ ...rec, state: 'available', attachment: undefined });
+    const err = await mgr.deleteVolume({ VolumeId: v.VolumeId }, kms.user).catch((e) => e);
+    expect(err).toMatchObject({ code: 'VOLUME_IN_USE', awsName: 'VolumeInUse' });
+    expect(existsSync(img(v.VolumeId))).toBe(true);
+    expect(mgr.getBlockDevice(v.VolumeId)).toBeDefined();
+    await catalog.put({ ...rec, state: 'in-use', attachment });
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+  });
 });
 
 describe('secrets stay out of logs', () => {
