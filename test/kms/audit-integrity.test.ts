@@ -3,7 +3,8 @@ import { existsSync, promises as fsp, readFileSync, readdirSync, rmSync, writeFi
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { verifyAuditLog } from '../../src/kms/audit/verify.js';
-import { openKms, admin, tempDir } from './helpers.js';
+import pino from 'pino';
+import { openKms, admin, tempDir, FakeClock } from './helpers.js';
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
@@ -83,6 +84,43 @@ describe('audit log integrity', () => {
       writeFileSync(markPath, JSON.stringify({ ...mark, lastSequence: 1 }));
       expect(verifyAuditLog(dir).problem).toMatchObject({ kind: 'bad-mark' });
     } finally {
+      t.cleanup();
+    }
+  });
+});
+
+describe('audit log in the tampered state', () => {
+  it('says so once at start and at most hourly after, not once per write past digestEvery', async () => {
+    const t = tempDir();
+    const clock = new FakeClock();
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      kms = await openKms(t.dir, { auditReserveBytes: 0, clock: clock.now });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      await kms.close();
+      rmSync(join(t.dir, 'audit', 'digests'), { recursive: true });
+
+      const lines: string[] = [];
+      const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 2, clock: clock.now, logger });
+      expect(kms.audit.health()).toMatchObject({ Integrity: 'tampered' });
+      const count = (re: RegExp): number => lines.filter((l) => re.test(l)).length;
+      expect(count(/does not match its seal high-water mark/)).toBe(1);
+      // Well past digestEvery: every batch would have tried to seal.
+      for (let i = 0; i < 20; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.tick();
+      await kms.sealAudit();
+      expect(count(/tampered state; not signing/)).toBe(0);
+      clock.t += 3_600_000;
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.sealAudit();
+      await kms.sealAudit();
+      expect(count(/tampered state; not signing/)).toBe(1);
+      await kms.close();
+      kms = undefined;
+      expect(readdirSync(join(t.dir, 'audit', 'digests'))).toEqual([]);
+    } finally {
+      await kms?.close().catch(() => {});
       t.cleanup();
     }
   });

@@ -53,6 +53,8 @@ export const DIGEST_DIR = 'digests';
 export const PUBLIC_KEY_FILE = 'digest-public-key.pem';
 export const GENESIS_HASH = '0'.repeat(64);
 export const DEFAULT_ROTATE_BYTES = 64 << 20;
+/** While tampered, the "not signing" warning repeats at most this often (the start-up error is the first). */
+export const TAMPERED_WARN_MS = 3_600_000;
 export interface AuditOptions {
   dir: string;
   hsm: Hsm;
@@ -135,6 +137,8 @@ export class AuditLog {
   private markPath = '';
   /** Why the log cannot be vouched for (seal-mark.ts); set at start, never cleared while running. */
   private integrityProblem: string | undefined;
+  /** When the tampered state was last logged (rate limit: TAMPERED_WARN_MS). */
+  private tamperedWarnedAt = -Infinity;
   private liveBytes = 0;
   private liveFirstSeq = 0;
   private sealedFiles = 0;
@@ -198,6 +202,7 @@ export class AuditLog {
     const problem = error ?? (mark ? this.checkMark(mark, lastDigest, files, tail) : undefined);
     if (problem) {
       this.integrityProblem = problem;
+      this.tamperedWarnedAt = this.clock();
       this.o.log.error({ dir, mark: this.markPath, problem },
         'audit log does not match its seal high-water mark (tampered?); events are still written, but no digest is signed');
     } else if (!mark && lastDigest) {
@@ -359,7 +364,9 @@ export class AuditLog {
     this.flushing = this.exclusive(async () => {
       this.flushing = null; // events appended from here on need another pass
       await this.writePending();
-      if (this.flushedSeq - this.sealedThrough >= this.digestEvery) {
+      // While tampered nothing is signed, and sealedThrough never moves: checking
+      // here would reach sealNow on every batch once digestEvery events are written.
+      if (!this.integrityProblem && this.flushedSeq - this.sealedThrough >= this.digestEvery) {
         await this.sealNow(EVENTS_FILE).catch((e) => this.o.log.error({ err: e }, 'audit seal failed'));
       }
     });
@@ -485,7 +492,13 @@ export class AuditLog {
   private async sealNow(logFile: string): Promise<void> {
     if (this.flushedSeq <= this.sealedThrough) return;
     if (this.integrityProblem) {
-      this.o.log.warn({ problem: this.integrityProblem }, 'audit log is in the tampered state; not signing a digest');
+      // Said at start (error) and then at most hourly: a seal on close, rotation or request is refused quietly in between.
+      const now = this.clock();
+      if (now - this.tamperedWarnedAt >= TAMPERED_WARN_MS) {
+        this.tamperedWarnedAt = now;
+        this.o.log.warn({ problem: this.integrityProblem, unsignedFrom: this.sealedThrough + 1, unsignedThrough: this.flushedSeq },
+          'audit log is in the tampered state; not signing a digest');
+      }
       return;
     }
     if (this.fsyncMode === 'none') await this.fh.datasync(); // a digest never names events that are not on disk
