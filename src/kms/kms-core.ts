@@ -4,8 +4,8 @@
  * the one entry point (authorize -> execute -> audit, see dispatcher.ts).
  * Deletions and rotations happen when due: checked on every call against the
  * clock, and by `tick()`, which the daemon calls periodically; `tick()` also
- * seals the audit log when events were written since the last digest
- * (docs/kms-format.md §Audit log).
+ * seals the audit log when events were written since the last digest and that
+ * digest is an hour old (docs/kms-format.md §Audit log).
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -44,6 +44,8 @@ export interface KmsOptions {
   auditFsync?: 'none' | 'event';
   /** Seal a signed audit digest every N events (default 1000). */
   auditDigestEvery?: number;
+  /** `tick()` seals the audit log once its last digest is this old (default 1 hour). */
+  auditSealIntervalMs?: number;
   /** Rotate the live audit file past this size (default 64 MiB), and the full-disk reserve (default 4 MiB); audit-log.ts. */
   auditRotateBytes?: number;
   auditReserveBytes?: number;
@@ -117,6 +119,7 @@ export class KmsService implements KmsCore {
       const audit = await AuditLog.open({
         dir: join(opts.stateDir, 'audit'), hsm, log, fsync: opts.auditFsync ?? 'none', clock,
         ...(opts.auditDigestEvery ? { digestEvery: opts.auditDigestEvery } : {}),
+        ...(opts.auditSealIntervalMs !== undefined ? { sealIntervalMs: opts.auditSealIntervalMs } : {}),
         ...(opts.auditRotateBytes ? { rotateBytes: opts.auditRotateBytes } : {}),
         ...(opts.auditReserveBytes !== undefined ? { reserveBytes: opts.auditReserveBytes } : {}),
       });
@@ -183,13 +186,14 @@ export class KmsService implements KmsCore {
 
   /**
    * Run deletions and rotations that are due, then seal the audit log if
-   * events were written since its last digest (a call's own path runs only
-   * the first part: a seal is an HSM signature and an fdatasync). Safe to
-   * call at any rate.
+   * events were written since its last digest and that digest is an hour old
+   * (`auditSealIntervalMs`; a call's own path runs only the first part: a seal
+   * is two HSM signatures, fdatasyncs and a file kept for good). Safe to call
+   * at any rate.
    */
   async tick(): Promise<void> {
     await this.runDueOnce();
-    if (!this.closed) await this.context.audit.seal();
+    if (!this.closed) await this.context.audit.sealIfDue();
   }
 
   private runDueOnce(): Promise<void> {

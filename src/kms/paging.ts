@@ -11,7 +11,7 @@ const badMarker = (): InvalidMarkerException => new InvalidMarkerException('The 
  * an item added or removed between two calls neither repeats nor hides one
  * (an offset would shift). Without it, the marker is an offset.
  */
-export function page<T>(req: KmsRequest, items: T[], def: number, max: number, keyOf?: (t: T) => string): { items: T[]; Truncated: boolean; NextMarker?: string } {
+export function page<T>(req: KmsRequest, items: readonly T[], def: number, max: number, keyOf?: (t: T) => string): { items: T[]; Truncated: boolean; NextMarker?: string } {
   const limit = optInt(req, 'Limit', 1, max) ?? def;
   const marker = optStr(req, 'Marker', 1, 1024);
   let start = 0;
@@ -20,9 +20,16 @@ export function page<T>(req: KmsRequest, items: T[], def: number, max: number, k
     const k = keyOf ? /^k1:(.+)$/s.exec(text) : null;
     const m = keyOf ? null : /^p1:(\d+)$/.exec(text);
     if (k) {
+      // Binary search for the first item after the marker (items are sorted by keyOf).
       const after = k[1]!;
-      start = items.findIndex((t) => keyOf!(t) > after);
-      if (start < 0) start = items.length;
+      let lo = 0;
+      let hi = items.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (keyOf!(items[mid]!) > after) hi = mid;
+        else lo = mid + 1;
+      }
+      start = lo;
     } else if (m && Number(m[1]) <= items.length) {
       start = Number(m[1]);
     } else {

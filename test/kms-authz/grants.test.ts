@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { statSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { GrantStore, checkGrantTokens, parseConstraints, LIMITS } from '../../src/kms/authz/grants.js';
 import { constraintsHold } from '../../src/kms/authz/evaluate.js';
@@ -120,5 +121,65 @@ describe('grant constraints with a "__proto__" key', () => {
     }
     const sub = parseConstraints({ EncryptionContextSubset: JSON.parse('{"__proto__":"x"}') });
     expect(constraintsHold(sub, {})).toBe(false);
+  });
+});
+
+describe('grant list paging over many grants', () => {
+  const OTHER_KEY = KEY_ARN.replace(/key\/.*$/, 'key/0000aaaa-00aa-00aa-00aa-0000aaaaaaaa');
+  const OTHER_ROLE = `arn:aws:iam::${ACCT}:role/Other`;
+  /** Every page, `limit` at a time, with `between(pageIndex)` after each page but the last. */
+  async function allPages(list: (marker?: string) => { Grants: { GrantId: string }[]; NextMarker?: string; Truncated: boolean }, between: (i: number) => Promise<void> = async () => {}): Promise<string[]> {
+    const out: string[] = [];
+    let marker: string | undefined;
+    for (let i = 0; ; i++) {
+      const p = list(marker);
+      out.push(...p.Grants.map((g) => g.GrantId));
+      if (!p.Truncated) return out;
+      marker = p.NextMarker;
+      await between(i);
+    }
+  }
+
+  it('5,000 grants page in order, once each; the order is built once per list, not per page, and rebuilt after a change', async () => {
+    t = tempDir();
+    const file = join(t.dir, 'grants.json');
+    // Written as the store writes it: 5,000 CreateGrant calls would rewrite the file 5,000 times.
+    const grants = Array.from({ length: 5_000 }, (_, i) => ({
+      KeyId: i % 5 === 4 ? OTHER_KEY : KEY_ARN,
+      GrantId: createHash('sha256').update(`g${i}`).digest('hex'),
+      CreationDate: 1_700_000_000 + Math.floor((i * 7919) % 5_000 / 3), // out of file order, three to a second
+      GranteePrincipal: HOST,
+      RetiringPrincipal: i % 10 === 9 ? OTHER_ROLE : HOST,
+      IssuingAccount: `arn:aws:iam::${ACCT}:root`,
+      Operations: ['Decrypt'],
+      tokenHashes: [],
+    }));
+    writeFileSync(file, JSON.stringify({ version: 1, grants }) + '\n');
+    const store = await GrantStore.open(file);
+    const order = (gs: typeof grants): string[] => [...gs].sort((a, b) => a.CreationDate - b.CreationDate || (a.GrantId < b.GrantId ? -1 : 1)).map((g) => g.GrantId);
+
+    const builds0 = store.orderBuilds;
+    const byKey = await allPages((Marker) => store.list(KEY_ARN, { Limit: 100, ...(Marker ? { Marker } : {}) }));
+    expect(byKey).toEqual(order(grants.filter((g) => g.KeyId === KEY_ARN)));
+    expect(byKey).toHaveLength(4_000);
+    const retirable = await allPages((Marker) => store.listRetirable(HOST, { Limit: 100, ...(Marker ? { Marker } : {}) }));
+    expect(retirable).toEqual(order(grants.filter((g) => g.RetiringPrincipal === HOST)));
+    expect(store.orderBuilds - builds0).toBe(2); // 40 + 45 pages, one sort each list
+
+    // Changes between pages: the marker still names the last grant returned.
+    const expected = order(grants.filter((g) => g.RetiringPrincipal === HOST));
+    const gone = expected[1_050]!;
+    let added = '';
+    const got = await allPages((Marker) => store.listRetirable(HOST, { Limit: 100, ...(Marker ? { Marker } : {}) }), async (i) => {
+      if (i === 9) await store.remove(KEY_ARN, gone);
+      if (i === 20) added = (await store.create(facts, { GranteePrincipal: HOST, RetiringPrincipal: HOST, Operations: ['Decrypt'] }, 1_800_000_000_000)).GrantId;
+    });
+    expect(got).toEqual([...expected.filter((id) => id !== gone), added]);
+    expect(store.orderBuilds - builds0).toBe(4); // kept from the pass above, then rebuilt once after each change
+    // Another principal's order is not dropped by this one's changes.
+    const before = store.orderBuilds;
+    expect(store.listRetirable(OTHER_ROLE, { Limit: 100 }).Grants).toHaveLength(100);
+    expect(store.listRetirable(OTHER_ROLE, { Limit: 100 }).Grants).toHaveLength(100);
+    expect(store.orderBuilds - before).toBe(1);
   });
 });

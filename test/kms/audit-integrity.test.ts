@@ -3,7 +3,8 @@ import { existsSync, promises as fsp, readFileSync, readdirSync, rmSync, writeFi
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { verifyAuditLog } from '../../src/kms/audit/verify.js';
-import { openKms, admin, tempDir } from './helpers.js';
+import pino from 'pino';
+import { openKms, admin, tempDir, FakeClock } from './helpers.js';
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
@@ -88,26 +89,87 @@ describe('audit log integrity', () => {
   });
 });
 
-describe('audit sealing from tick', () => {
-  it('tick seals when events were written since the last digest, and only then', async () => {
+describe('audit log in the tampered state', () => {
+  it('says so once at start and at most hourly after, not once per write past digestEvery', async () => {
     const t = tempDir();
+    const clock = new FakeClock();
     let kms: Awaited<ReturnType<typeof openKms>> | undefined;
     try {
-      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 1_000_000 });
-      const dir = join(t.dir, 'audit');
+      kms = await openKms(t.dir, { auditReserveBytes: 0, clock: clock.now });
       const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
-      for (let i = 0; i < 3; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-      expect(readdirSync(join(dir, 'digests'))).toEqual([]);
+      await kms.close();
+      rmSync(join(t.dir, 'audit', 'digests'), { recursive: true });
+
+      const lines: string[] = [];
+      const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 2, clock: clock.now, logger });
+      expect(kms.audit.health()).toMatchObject({ Integrity: 'tampered' });
+      const count = (re: RegExp): number => lines.filter((l) => re.test(l)).length;
+      expect(count(/does not match its seal high-water mark/)).toBe(1);
+      // Well past digestEvery: every batch would have tried to seal.
+      for (let i = 0; i < 20; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
       await kms.tick();
-      expect(readdirSync(join(dir, 'digests'))).toEqual(['000000000003.json']);
-      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 3 });
-      await kms.tick(); // nothing new: no new digest
-      expect(readdirSync(join(dir, 'digests'))).toEqual(['000000000003.json']);
+      await kms.sealAudit();
+      expect(count(/tampered state; not signing/)).toBe(0);
+      clock.t += 3_600_000;
       await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-      await kms.tick();
-      expect(readdirSync(join(dir, 'digests')).sort()).toEqual(['000000000003.json', '000000000004.json']);
+      await kms.sealAudit();
+      await kms.sealAudit();
+      expect(count(/tampered state; not signing/)).toBe(1);
       await kms.close();
       kms = undefined;
+      expect(readdirSync(join(t.dir, 'audit', 'digests'))).toEqual([]);
+    } finally {
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+});
+
+describe('audit sealing from tick', () => {
+  it('tick seals unsealed events once the last digest is an hour old, and only then', async () => {
+    const t = tempDir();
+    const clock = new FakeClock();
+    const hour = 3_600_000;
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 1_000_000, clock: clock.now });
+      const dir = join(t.dir, 'audit');
+      const digests = (): string[] => readdirSync(join(dir, 'digests')).sort();
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 3; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      // Ticks each minute for most of an hour: nothing is sealed.
+      for (let m = 0; m < 59; m++) { clock.t += 60_000; await kms.tick(); }
+      expect(digests()).toEqual([]);
+      clock.t += 60_000;
+      await kms.tick();
+      expect(digests()).toEqual(['000000000003.json']);
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 3 });
+      clock.t += 2 * hour;
+      await kms.tick(); // nothing new: no new digest
+      expect(digests()).toEqual(['000000000003.json']);
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.tick(); // the last digest is over an hour old: sealed at once
+      expect(digests()).toEqual(['000000000003.json', '000000000004.json']);
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      clock.t += hour - 1;
+      await kms.tick();
+      expect(digests()).toHaveLength(2);
+      await kms.close(); // close seals regardless of age
+      expect(digests()).toEqual(['000000000003.json', '000000000004.json', '000000000005.json']);
+
+      // After a restart the hour counts from the newest digest on disk, not from the start.
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 1_000_000, clock: clock.now });
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      clock.t += hour - 60_000;
+      await kms.tick();
+      expect(digests()).toHaveLength(3);
+      clock.t += 60_000;
+      await kms.tick();
+      expect(digests()).toHaveLength(4);
+      await kms.close();
+      kms = undefined;
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 6 });
     } finally {
       await kms?.close().catch(() => {});
       t.cleanup();

@@ -2,8 +2,9 @@
  * Append-only audit log: CloudTrail events as NDJSON in `<audit>/events.ndjson`.
  * Each line carries `sequenceNumber` and `previousEventHash` (SHA-256 hex of the
  * previous line's bytes; 64 zeros for the first), so editing, removing or
- * reordering a line breaks the chain. Every `digestEvery` events, on `seal()`
- * and on close, a digest naming the last sealed event and its hash, chained to
+ * reordering a line breaks the chain. Every `digestEvery` events, on `seal()`,
+ * on close and, from the daemon's tick, once the last digest is an hour old
+ * (`sealIfDue`), a digest naming the last sealed event and its hash, chained to
  * the previous digest, is signed by the HSM's Ed25519 audit key and written to
  * `<audit>/digests/`; a digest also catches truncation of the sealed part.
  *
@@ -53,6 +54,10 @@ export const DIGEST_DIR = 'digests';
 export const PUBLIC_KEY_FILE = 'digest-public-key.pem';
 export const GENESIS_HASH = '0'.repeat(64);
 export const DEFAULT_ROTATE_BYTES = 64 << 20;
+/** `sealIfDue` (the daemon's tick) seals once the last digest is this old (CloudTrail delivers digests hourly). */
+export const DEFAULT_SEAL_INTERVAL_MS = 3_600_000;
+/** While tampered, the "not signing" warning repeats at most this often (the start-up error is the first). */
+export const TAMPERED_WARN_MS = 3_600_000;
 export interface AuditOptions {
   dir: string;
   hsm: Hsm;
@@ -69,6 +74,8 @@ export interface AuditOptions {
   refusalWindowMs?: number;
   /** The seal high-water mark (default `<dir>/../audit-mark.json`, seal-mark.ts). */
   markPath?: string;
+  /** `sealIfDue` seals once the last digest is this old (default 1 hour). */
+  sealIntervalMs?: number;
 }
 
 /** Disk state of the audit log, for `ebsd status`. */
@@ -126,6 +133,8 @@ export class AuditLog {
   private sealedThrough = -1;
   private prevDigestHash: string | null = null;
   private sealStartTime: number;
+  /** When the last digest was signed (from the newest digest at open; the open time when there is none). */
+  private lastSealAt: number;
   private pending: Pending[] = [];
   private scheduled = false;
   private flushing: Promise<void> | null = null;
@@ -135,6 +144,8 @@ export class AuditLog {
   private markPath = '';
   /** Why the log cannot be vouched for (seal-mark.ts); set at start, never cleared while running. */
   private integrityProblem: string | undefined;
+  /** When the tampered state was last logged (rate limit: TAMPERED_WARN_MS). */
+  private tamperedWarnedAt = -Infinity;
   private liveBytes = 0;
   private liveFirstSeq = 0;
   private sealedFiles = 0;
@@ -143,6 +154,7 @@ export class AuditLog {
   private readonly fsyncMode: 'none' | 'event';
   private readonly digestEvery: number;
   private readonly rotateBytes: number;
+  private readonly sealIntervalMs: number;
   private readonly clock: () => number;
 
   private constructor(private readonly o: AuditOptions) {
@@ -151,6 +163,8 @@ export class AuditLog {
     this.rotateBytes = o.rotateBytes ?? DEFAULT_ROTATE_BYTES;
     this.clock = o.clock ?? Date.now;
     this.sealStartTime = this.clock();
+    this.lastSealAt = this.sealStartTime;
+    this.sealIntervalMs = o.sealIntervalMs ?? DEFAULT_SEAL_INTERVAL_MS;
     this.disk = new DiskReserve({ dir: o.dir, bytes: o.reserveBytes ?? DEFAULT_RESERVE_BYTES, log: o.log, clock: this.clock });
     this.refusals = new RefusalAggregator({
       ...(o.refusalWindowMs ? { windowMs: o.refusalWindowMs } : {}),
@@ -192,12 +206,16 @@ export class AuditLog {
       lastDigest = JSON.parse(readFileSync(join(dir, DIGEST_DIR, last), 'utf8')) as DigestFile;
       this.sealedThrough = lastDigest.lastSequence;
       this.prevDigestHash = sha256hex(digestPayload(lastDigest));
+      // A digest dated in the future (clock stepped back) counts as just signed.
+      const end = Date.parse(lastDigest.digestEndTime);
+      if (Number.isFinite(end)) this.lastSealAt = Math.min(end, this.lastSealAt);
     }
     this.markPath = this.o.markPath ?? markPathOf(dir);
     const { mark, error } = readSealMark(this.markPath, createPublicKey(pem), this.fingerprint);
     const problem = error ?? (mark ? this.checkMark(mark, lastDigest, files, tail) : undefined);
     if (problem) {
       this.integrityProblem = problem;
+      this.tamperedWarnedAt = this.clock();
       this.o.log.error({ dir, mark: this.markPath, problem },
         'audit log does not match its seal high-water mark (tampered?); events are still written, but no digest is signed');
     } else if (!mark && lastDigest) {
@@ -359,7 +377,9 @@ export class AuditLog {
     this.flushing = this.exclusive(async () => {
       this.flushing = null; // events appended from here on need another pass
       await this.writePending();
-      if (this.flushedSeq - this.sealedThrough >= this.digestEvery) {
+      // While tampered nothing is signed, and sealedThrough never moves: checking
+      // here would reach sealNow on every batch once digestEvery events are written.
+      if (!this.integrityProblem && this.flushedSeq - this.sealedThrough >= this.digestEvery) {
         await this.sealNow(EVENTS_FILE).catch((e) => this.o.log.error({ err: e }, 'audit seal failed'));
       }
     });
@@ -482,10 +502,34 @@ export class AuditLog {
     });
   }
 
+  /**
+   * Seal if events are unsealed and the last digest is `sealIntervalMs` old
+   * (or `digestEvery` events behind); for the daemon's periodic tick, so a
+   * quiet daemon does not write a digest (two HSM signatures, fsyncs, one file
+   * kept for good) every tick.
+   */
+  sealIfDue(): Promise<void> {
+    return this.exclusive(async () => {
+      await this.writePending();
+      if (this.integrityProblem || this.flushedSeq <= this.sealedThrough) return;
+      if (this.clock() - this.lastSealAt < this.sealIntervalMs && this.flushedSeq - this.sealedThrough < this.digestEvery) return;
+      const summaries = this.refusals.flush();
+      await this.writePending();
+      await summaries.catch(() => {});
+      await this.sealNow(EVENTS_FILE);
+    });
+  }
+
   private async sealNow(logFile: string): Promise<void> {
     if (this.flushedSeq <= this.sealedThrough) return;
     if (this.integrityProblem) {
-      this.o.log.warn({ problem: this.integrityProblem }, 'audit log is in the tampered state; not signing a digest');
+      // Said at start (error) and then at most hourly: a seal on close, rotation or request is refused quietly in between.
+      const now = this.clock();
+      if (now - this.tamperedWarnedAt >= TAMPERED_WARN_MS) {
+        this.tamperedWarnedAt = now;
+        this.o.log.warn({ problem: this.integrityProblem, unsignedFrom: this.sealedThrough + 1, unsignedThrough: this.flushedSeq },
+          'audit log is in the tampered state; not signing a digest');
+      }
       return;
     }
     if (this.fsyncMode === 'none') await this.fh.datasync(); // a digest never names events that are not on disk
@@ -510,6 +554,7 @@ export class AuditLog {
     this.sealedThrough = d.lastSequence;
     this.prevDigestHash = sha256hex(payload);
     this.sealStartTime = now;
+    this.lastSealAt = now;
     // After the digest: a mark never runs ahead of the digests on disk.
     await this.writeMark(d, name);
   }
