@@ -18,6 +18,19 @@ import { until } from './netns.js';
 import { SEED, printSeedOnFailure, seeded } from '../crypto/seeded.js';
 
 const VARS = ['AWS_ENDPOINT_URL_STS', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED', 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'];
+
+/** A 16 MiB volume under `keyArn` created, attached and written (4 KiB from `seed`) through `kmsUrl`; the host then stops with it recorded in-use. */
+async function attachedAndStopped(host: Env, kmsUrl: string, keyArn: string, seed: string): Promise<{ vol: string; data: Buffer }> {
+  await host.start(['--kms-endpoint', kmsUrl, '--key-cache-ttl', '2s']);
+  const vol = (await host.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId as string;
+  await host.ok(['attach', vol]);
+  const data = seeded(seed).bytes(4096);
+  const fd = openSync(host.file(vol), constants.O_RDWR | constants.O_DIRECT);
+  writeSync(fd, data, 0, 4096, 0);
+  closeSync(fd);
+  expect(await host.stop()).toBe(0);
+  return { vol, data };
+}
 printSeedOnFailure();
 
 describe('a host daemon started while its KMS is down', () => {
@@ -46,14 +59,7 @@ describe('a host daemon started while its KMS is down', () => {
     Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
 
     // A volume attached and written while the KMS is up; the host stops with it recorded in-use.
-    await host.start(['--kms-endpoint', url, '--key-cache-ttl', '2s']);
-    const vol = (await host.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId as string;
-    await host.ok(['attach', vol]);
-    const data = seeded('start-without-kms').bytes(4096);
-    let fd = openSync(host.file(vol), constants.O_RDWR | constants.O_DIRECT);
-    writeSync(fd, data, 0, 4096, 0);
-    closeSync(fd);
-    expect(await host.stop()).toBe(0);
+    const { vol, data } = await attachedAndStopped(host, url, keyArn, 'start-without-kms');
     await kms.stop();
 
     await host.start(['--kms-endpoint', url, '--key-cache-ttl', '2s']);
@@ -74,7 +80,7 @@ describe('a host daemon started while its KMS is down', () => {
     expect(back.KeyCache.State).toMatch(/cached|refreshing/);
     expect((await status()).Daemon.Kms.Waiting).toBeUndefined();
     const out = Buffer.alloc(4096);
-    fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
+    const fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
     readSync(fd, out, 0, 4096, 0);
     closeSync(fd);
     expect(out.equals(data), `seed ${SEED}`).toBe(true);
@@ -167,14 +173,7 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     // STS straight to the KMS daemon, the KMS calls through the proxy.
     Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: url, AWS_EC2_METADATA_DISABLED: 'true' });
 
-    await host.start(['--kms-endpoint', kmsUrl, '--key-cache-ttl', '2s']);
-    const vol = (await host.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId as string;
-    await host.ok(['attach', vol]);
-    const data = seeded('kms-down-sts-up').bytes(4096);
-    let fd = openSync(host.file(vol), constants.O_RDWR | constants.O_DIRECT);
-    writeSync(fd, data, 0, 4096, 0);
-    closeSync(fd);
-    expect(await host.stop()).toBe(0);
+    const { vol, data } = await attachedAndStopped(host, kmsUrl, keyArn, 'kms-down-sts-up');
     await proxy.stop();
 
     // STS answers, so the host principal resolves; the re-attach's Decrypt does not get through.
@@ -192,7 +191,7 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     expect(back.Problem).toBeUndefined();
     expect(back.KeyCache.State).toMatch(/cached|refreshing/);
     const out = Buffer.alloc(4096);
-    fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
+    const fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
     readSync(fd, out, 0, 4096, 0);
     closeSync(fd);
     expect(out.equals(data), `seed ${SEED}`).toBe(true);
