@@ -21,6 +21,7 @@ import { CopyPacer } from './cow-pacer.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
+import { FilterBudget } from '../util/ec2-filter.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
 import type { BlockPin, SnapshotGc } from './gc.js';
@@ -571,7 +572,8 @@ export class SnapshotManager {
       all = await this.o.store.listManifests();
     }
     const owners = q.OwnerIds?.map((o) => (o === 'self' ? this.o.accountId : o));
-    return all.filter((m) => (!owners?.length || owners.includes(m.ownerId)) && matchesFilters(m, q.Filters ?? []));
+    const budget = new FilterBudget(); // one per request (ec2-filter.ts)
+    return all.filter((m) => (!owners?.length || owners.includes(m.ownerId)) && matchesFilters(m, q.Filters ?? [], budget));
   }
 
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {

@@ -1,6 +1,6 @@
 import type { SnapshotManifest, SnapshotStore } from './types.js';
 import { SnapshotError } from './errors.js';
-import { filterMatcher } from '../util/ec2-filter.js';
+import { filterMatcher, FilterTooCostlyError, type FilterBudget } from '../util/ec2-filter.js';
 
 /**
  * EC2's Snapshot shape (DescribeSnapshots, CreateSnapshot's response) from a
@@ -66,10 +66,19 @@ export interface SnapshotFilter {
 }
 
 /** True when `m` passes every filter (filters AND, values of one filter OR, as EC2). */
-export function matchesFilters(m: SnapshotManifest, filters: readonly SnapshotFilter[]): boolean {
+export function matchesFilters(m: SnapshotManifest, filters: readonly SnapshotFilter[], budget?: FilterBudget): boolean {
+  try {
+    return matchesAll(m, filters, budget);
+  } catch (e) {
+    if (e instanceof FilterTooCostlyError) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', e.message, { awsName: 'InvalidParameterValue' });
+    throw e;
+  }
+}
+
+function matchesAll(m: SnapshotManifest, filters: readonly SnapshotFilter[], budget: FilterBudget | undefined): boolean {
   const s = toEc2Snapshot(m);
   return filters.every((f) => {
-    const ok = filterMatcher(f.Values);
+    const ok = filterMatcher(f.Values, budget);
     switch (f.Name) {
       case 'description': return ok(s.Description);
       case 'encrypted': return ok(String(s.Encrypted));

@@ -1,4 +1,4 @@
-import { filterMatcher } from '../util/ec2-filter.js';
+import { filterMatcher, FilterTooCostlyError, type FilterBudget } from '../util/ec2-filter.js';
 import { invalidParameter } from './errors.js';
 
 /**
@@ -39,30 +39,37 @@ export const UNSERVED_VOLUME_FILTERS: ReadonlyMap<string, string> = new Map([
 ]);
 
 /** True when `v` passes every filter (filters AND, the values of one filter OR, as EC2). */
-export function matchesVolumeFilters(v: FilterableVolume, filters: readonly { Name: string; Values: string[] }[]): boolean {
-  return filters.every((f) => {
-    const ok = filterMatcher(f.Values);
-    const att = v.Attachments;
-    switch (f.Name) {
-      case 'attachment.attach-time': return att.some((a) => ok(a.AttachTime));
-      case 'attachment.delete-on-termination': return att.some((a) => ok(String(a.DeleteOnTermination)));
-      case 'attachment.device': return att.some((a) => ok(a.Device));
-      case 'attachment.instance-id': return att.some((a) => ok(a.InstanceId));
-      case 'attachment.status': return att.some((a) => ok(a.State));
-      case 'availability-zone': return ok(v.AvailabilityZone);
-      case 'create-time': return ok(v.CreateTime);
-      case 'encrypted': return ok(String(v.Encrypted));
-      case 'fast-restored': return ok('false');
-      case 'kms-key-id': return v.KmsKeyId !== undefined && ok(v.KmsKeyId);
-      case 'multi-attach-enabled': return ok('false');
-      case 'size': return ok(String(v.Size));
-      case 'status': return ok(v.State);
-      case 'tag-key': return v.Tags.some((t) => ok(t.Key));
-      case 'volume-id': return ok(v.VolumeId);
-      case 'volume-type': return ok(v.VolumeType);
-      default:
-        if (f.Name.startsWith('tag:') && f.Name.length > 4) return v.Tags.some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
-        throw invalidParameter(UNSERVED_VOLUME_FILTERS.get(f.Name) ?? `The filter '${f.Name}' is invalid`);
-    }
-  });
+export function matchesVolumeFilters(v: FilterableVolume, filters: readonly { Name: string; Values: string[] }[], budget?: FilterBudget): boolean {
+  try {
+    return filters.every((f) => matchesOne(v, f, budget));
+  } catch (e) {
+    if (e instanceof FilterTooCostlyError) throw invalidParameter(e.message);
+    throw e;
+  }
+}
+
+function matchesOne(v: FilterableVolume, f: { Name: string; Values: string[] }, budget: FilterBudget | undefined): boolean {
+  const ok = filterMatcher(f.Values, budget);
+  const att = v.Attachments;
+  switch (f.Name) {
+    case 'attachment.attach-time': return att.some((a) => ok(a.AttachTime));
+    case 'attachment.delete-on-termination': return att.some((a) => ok(String(a.DeleteOnTermination)));
+    case 'attachment.device': return att.some((a) => ok(a.Device));
+    case 'attachment.instance-id': return att.some((a) => ok(a.InstanceId));
+    case 'attachment.status': return att.some((a) => ok(a.State));
+    case 'availability-zone': return ok(v.AvailabilityZone);
+    case 'create-time': return ok(v.CreateTime);
+    case 'encrypted': return ok(String(v.Encrypted));
+    case 'fast-restored': return ok('false');
+    case 'kms-key-id': return v.KmsKeyId !== undefined && ok(v.KmsKeyId);
+    case 'multi-attach-enabled': return ok('false');
+    case 'size': return ok(String(v.Size));
+    case 'status': return ok(v.State);
+    case 'tag-key': return v.Tags.some((t) => ok(t.Key));
+    case 'volume-id': return ok(v.VolumeId);
+    case 'volume-type': return ok(v.VolumeType);
+    default:
+      if (f.Name.startsWith('tag:') && f.Name.length > 4) return v.Tags.some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
+      throw invalidParameter(UNSERVED_VOLUME_FILTERS.get(f.Name) ?? `The filter '${f.Name}' is invalid`);
+  }
 }

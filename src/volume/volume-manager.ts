@@ -22,6 +22,7 @@ import { createLuks2Image, createPlainImage, formatOf } from './image-format.js'
 import { VolumeError, incorrectState, invalidParameter, notFound, errInfo } from './errors.js';
 import { parseVolumeSize } from './size.js';
 import { matchesVolumeFilters } from './volume-filters.js';
+import { FilterBudget } from '../util/ec2-filter.js';
 import { growImageFile } from './backing-file.js';
 import { EbsdError } from '../util/errors.js';
 import { faultPoint } from '../util/fault-point.js';
@@ -401,7 +402,8 @@ export class VolumeManager {
       recs = recs.filter((r) => req.VolumeIds!.includes(r.volumeId));
     }
     const out = recs.map((r) => this.describe(r));
-    return { Volumes: req.Filters?.length ? out.filter((v) => matchesVolumeFilters(v, req.Filters!)) : out };
+    const budget = new FilterBudget(); // one per request (ec2-filter.ts)
+    return { Volumes: req.Filters?.length ? out.filter((v) => matchesVolumeFilters(v, req.Filters!, budget)) : out };
   }
 
   /** Key-cache state of every attached volume (or one), for `ebsd status`. */

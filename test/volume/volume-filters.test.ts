@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { filterMatcher } from '../../src/util/ec2-filter.js';
+import { FILTER_STEPS_PER_REQUEST, FilterBudget, filterMatcher } from '../../src/util/ec2-filter.js';
 import { matchesVolumeFilters, type FilterableVolume } from '../../src/volume/volume-filters.js';
 
 // EC2 filter values and DescribeVolumes' filter names (src/util/ec2-filter.ts,
@@ -28,6 +28,24 @@ describe('EC2 filter values', () => {
     expect(filterMatcher([v])('a'.repeat(40))).toBe(false);
     expect(filterMatcher([v])('a'.repeat(40) + 'b')).toBe(true);
     expect(filterMatcher(['*?'.repeat(120) + 'z'])('y'.repeat(255))).toBe(false);
+  });
+
+  test('a request\'s filters share one step budget: the worst values within EC2\'s limits are refused, not run for seconds', () => {
+    // 200 values of `*a` x 127 + `b` against 50 tag keys of 128 `a`s: every value is walked against every key, on
+    // every volume of the request. Counted in one budget, the request stops past it, refused naming what to change.
+    const costly = Array.from({ length: 200 }, () => '*a'.repeat(127) + 'b');
+    const tags = Array.from({ length: 50 }, (_, i) => ({ Key: 'a'.repeat(127) + String.fromCharCode(0x41 + (i % 26)), Value: 'v' }));
+    const v: FilterableVolume = { VolumeId: 'vol-0123456789abcdef2', Size: 1, State: 'available', CreateTime: '2024-06-01T10:00:00.000Z', Encrypted: false, VolumeType: 'gp3', AvailabilityZone: 'us-east-1a', Attachments: [], Tags: tags };
+    const filters = [{ Name: 'tag-key', Values: costly }];
+    const budget = new FilterBudget();
+    let volumes = 0;
+    expect(() => { for (;;) { matchesVolumeFilters(v, filters, budget); volumes++; } }).toThrow(expect.objectContaining({ awsName: 'InvalidParameterValue', message: expect.stringMatching(/matching steps/) }));
+    expect(volumes).toBeGreaterThan(0); // whole volumes were matched before the budget ran out
+    expect(budget.left).toBeLessThan(0);
+    // Ordinary filters spend a handful of steps: a thousand volumes' worth stays far inside one request's budget.
+    const small = new FilterBudget();
+    for (let i = 0; i < 1000; i++) matchesVolumeFilters(v, [{ Name: 'tag-key', Values: ['a*B', 'team'] }, { Name: 'volume-id', Values: ['vol-*'] }], small);
+    expect(FILTER_STEPS_PER_REQUEST - small.left).toBeLessThan(FILTER_STEPS_PER_REQUEST / 10);
   });
 });
 
