@@ -1,5 +1,5 @@
 import { EbsdError } from '../util/errors.js';
-import { VOLUME_FILTER_NAMES, UNSERVED_VOLUME_FILTERS } from '../volume/volume-filters.js';
+import { VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
 
 /**
  * The EC2 volume requests of the control API, checked at the edge: an
@@ -236,7 +236,7 @@ function describeVolumes(m: (k: string) => unknown): DescribeVolumesInput {
   const ids = m('VolumeIds');
   if (ids !== undefined) out.VolumeIds = volumeIds(ids, 'VolumeIds');
   const filters = m('Filters');
-  if (filters !== undefined) out.Filters = filterList(filters, VOLUME_FILTER_NAMES, UNSERVED_VOLUME_FILTERS);
+  if (filters !== undefined) out.Filters = filterList(filters, VOLUME_FILTER_NAMES);
   const max = m('MaxResults');
   if (max !== undefined) {
     if (typeof max !== 'number' || !Number.isInteger(max) || max < MAX_RESULTS_MIN || max > MAX_RESULTS_MAX) {

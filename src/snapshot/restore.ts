@@ -126,7 +126,7 @@ export class SnapshotRestore {
     return this.volumes.createVolume({ ...rest, Size: size }, caller, (o) => {
       held.started = true;
       return this.build(snap, req, plainAsked, o).finally(release);
-    }, { background: true });
+    }, { background: true, snapshotId: m.snapshotId });
   }
 
   private async build(snap: OpenedSnapshot, req: RestoreVolumeRequest, plainAsked: boolean, o: ImageBuildContext): Promise<ImageBuilt> {

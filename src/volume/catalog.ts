@@ -33,6 +33,8 @@ export interface VolumeRecord {
    * grant. Absent (never `false`) for encrypted volumes.
    */
   unencrypted?: true;
+  /** The snapshot the volume was created from (CreateVolume `SnapshotId`); absent otherwise. DescribeVolumes shows it. */
+  snapshotId?: string;
   /**
    * Attach grants whose RetireGrant failed (KMS unreachable) at detach. They
    * are retried on the next start and before the next attach, and dropped

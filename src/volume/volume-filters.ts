@@ -18,6 +18,7 @@ export interface FilterableVolume {
   Size: number;
   State: string;
   CreateTime: string;
+  SnapshotId: string;
   Encrypted: boolean;
   KmsKeyId?: string;
   VolumeType: string;
@@ -30,12 +31,7 @@ export interface FilterableVolume {
 export const VOLUME_FILTER_NAMES: ReadonlySet<string> = new Set([
   'attachment.attach-time', 'attachment.delete-on-termination', 'attachment.device', 'attachment.instance-id', 'attachment.status',
   'availability-zone', 'create-time', 'encrypted', 'fast-restored', 'kms-key-id', 'multi-attach-enabled', 'size', 'status',
-  'tag-key', 'volume-id', 'volume-type',
-]);
-
-/** The answer to a documented filter ebsd cannot serve, instead of "invalid". */
-export const UNSERVED_VOLUME_FILTERS: ReadonlyMap<string, string> = new Map([
-  ['snapshot-id', "ebsd does not record the snapshot a volume was created from, so it cannot filter on 'snapshot-id'"],
+  'snapshot-id', 'tag-key', 'volume-id', 'volume-type',
 ]);
 
 /** True when `v` passes every filter (filters AND, the values of one filter OR, as EC2). */
@@ -64,12 +60,13 @@ function matchesOne(v: FilterableVolume, f: { Name: string; Values: string[] }, 
     case 'kms-key-id': return v.KmsKeyId !== undefined && ok(v.KmsKeyId);
     case 'multi-attach-enabled': return ok('false');
     case 'size': return ok(String(v.Size));
+    case 'snapshot-id': return ok(v.SnapshotId);
     case 'status': return ok(v.State);
     case 'tag-key': return v.Tags.some((t) => ok(t.Key));
     case 'volume-id': return ok(v.VolumeId);
     case 'volume-type': return ok(v.VolumeType);
     default:
       if (f.Name.startsWith('tag:') && f.Name.length > 4) return v.Tags.some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
-      throw invalidParameter(UNSERVED_VOLUME_FILTERS.get(f.Name) ?? `The filter '${f.Name}' is invalid`);
+      throw invalidParameter(`The filter '${f.Name}' is invalid`);
   }
 }

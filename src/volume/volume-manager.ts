@@ -268,8 +268,8 @@ export class VolumeManager {
    * measurement-only plaintext volume (`Cipher: "none"`), or, with `build`,
    * an image someone else writes (a restore from a snapshot, src/snapshot/restore.ts).
    */
-  async createVolume(req: CreateVolumeRequest, caller: Caller, build?: ImageBuilder, opts: { background?: boolean } = {}): Promise<ReturnType<VolumeManager['describe']>> {
-    if (build) return this.create(req, caller, build, opts.background === true);
+  async createVolume(req: CreateVolumeRequest, caller: Caller, build?: ImageBuilder, opts: { background?: boolean; snapshotId?: string } = {}): Promise<ReturnType<VolumeManager['describe']>> {
+    if (build) return this.create(req, caller, build, opts.background === true, opts.snapshotId);
     if (wantsPlaintext(req)) {
       this.checkUnencryptedAllowed('create');
       if (req.KmsKeyId !== undefined) throw invalidParameter('KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key');
@@ -318,13 +318,13 @@ export class VolumeManager {
    * by `build` to a temp file, renamed into place, then `available`. On any
    * failure the temp file, image and record go.
    */
-  private async create(req: CreateVolumeRequest, caller: Caller, build: ImageBuilder, background = false): Promise<ReturnType<VolumeManager['describe']>> {
+  private async create(req: CreateVolumeRequest, caller: Caller, build: ImageBuilder, background = false, snapshotId?: string): Promise<ReturnType<VolumeManager['describe']>> {
     const size = parseVolumeSize(req.Size);
     const tags = [...(req.TagSpecifications ?? []).flatMap((t) => t.Tags)];
     if (req.Name !== undefined) tags.push({ Key: 'Name', Value: req.Name });
     const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const image = `${volumeId}.img`;
-    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: req.KmsKeyId ?? '', createTime: new Date().toISOString(), tags, image };
+    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: req.KmsKeyId ?? '', createTime: new Date().toISOString(), tags, image, ...(snapshotId !== undefined ? { snapshotId } : {}) };
     // Postcondition on crash from here on: a `creating` record, which recover() removes with its files.
     await this.catalog.put(rec);
     if (!background) {
@@ -618,6 +618,8 @@ export class VolumeManager {
       ...(this.building.has(r.volumeId) ? { Progress: `${this.building.get(r.volumeId)}%` } : {}),
       ...(r.state === 'error' && r.stateMessage ? { StateMessage: r.stateMessage } : {}),
       CreateTime: r.createTime,
+      // EC2 answers "" for a volume not created from a snapshot.
+      SnapshotId: r.snapshotId ?? '',
       Encrypted: !r.unencrypted,
       // EC2 omits KmsKeyId for an unencrypted volume.
       ...(r.unencrypted ? {} : { KmsKeyId: r.kmsKeyId }),
