@@ -10,7 +10,7 @@ import { buildLuks2Json, VOLUME_KEY_BYTES } from '../volume/luks2-json.js';
 import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.js';
 import { VolumeError } from '../volume/errors.js';
 import { SnapshotError, snapshotNotFound } from './errors.js';
-import { inParallel, type BlockPin } from './gc.js';
+import { inParallel, STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { reencryptBlock } from './reencrypt.js';
 import { bytesInside, checkedSnapshot, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
 import { pipeBlocks } from './block-pipeline.js';
@@ -20,9 +20,6 @@ import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
 import { putUnlessStored } from './block-copier.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import type { Clock } from '../util/clock.js';
-
-/** Presence checks of a same-key copy's blocks in flight at once. */
-const PRESENCE_CHECKS_IN_FLIGHT = 16;
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
@@ -236,9 +233,9 @@ export class SnapshotCopier {
         const named = [snap.manifest.header!, ...snap.manifest.blocks.map(([, h]) => h)];
         pins.push(await this.o.pin(named));
         // Pinned, so a delete under way has finished: each is present and stays, or is gone (and the copy fails), as for an incremental's inherited blocks.
-        // 16 at a time: a store without an in-memory index (S3) answers each in one round trip.
+        // Several at a time: a store without an in-memory index (S3) answers each in one round trip.
         const inMemory = this.o.store.hasBlockInMemory?.bind(this.o.store);
-        await inParallel([...new Set(named)], PRESENCE_CHECKS_IN_FLIGHT, async (h) => {
+        await inParallel([...new Set(named)], STORE_REQUESTS_IN_FLIGHT, async (h) => {
           if (!inMemory?.(h) && !(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the source ${snap.manifest.snapshotId} is missing from ${this.o.store.location}`);
         });
         m.header = snap.manifest.header!;

@@ -6,7 +6,7 @@ import { VOLUME_KEY_BYTES, SECTOR_SIZE } from '../volume/luks2-json.js';
 import { wipe } from '../util/wipe.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
-import type { BlockPin } from './gc.js';
+import { inParallel, STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { PendingMarkers } from './pending-markers.js';
 import { isSnapshotId } from './manifest-check.js';
 import { concurrentLimit, conflict, fromKmsError, internal, notFound, validation } from './ebs-direct-errors.js';
@@ -63,8 +63,6 @@ const MAX_CHAIN = 10_000;
  * to its 72-hour Timeout keeps its blocks.
  */
 export const PENDING_MANIFEST_EVERY_MS = 5 * 60_000;
-/** Blocks checked for presence at once by CompleteSnapshot. */
-const PRESENCE_CHECKS_IN_FLIGHT = 16;
 
 /** A scheduled call, cancellable. */
 export interface ScheduledCall {
@@ -502,12 +500,9 @@ export class EbsDirect {
     }
     const missing: number[] = [];
     let header = true;
-    const hashes = [...want.keys()];
-    for (let at = 0; at < hashes.length; at += PRESENCE_CHECKS_IN_FLIGHT) {
-      const chunk = hashes.slice(at, at + PRESENCE_CHECKS_IN_FLIGHT);
-      const present = await Promise.all(chunk.map((h) => this.o.store.hasBlock(h)));
-      chunk.forEach((h, k) => { if (!present[k]) missing.push(...want.get(h)!); });
-    }
+    await inParallel([...want.keys()], STORE_REQUESTS_IN_FLIGHT, async (h) => {
+      if (!(await this.o.store.hasBlock(h))) missing.push(...want.get(h)!);
+    });
     if (p.manifest.header) header = await this.o.store.hasBlock(p.manifest.header);
     if (missing.length === 0 && header) return;
     missing.sort((x, y) => x - y);

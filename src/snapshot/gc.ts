@@ -38,8 +38,8 @@ export interface CollectableStore extends SnapshotStore {
  */
 export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
 
-/** Store requests (age lookups, deletes) in flight at once: S3 answers each in one round trip. */
-const IN_FLIGHT = 16;
+/** Store requests (age lookups, deletes, presence checks) in flight at once: S3 answers each in one round trip. */
+export const STORE_REQUESTS_IN_FLIGHT = 16;
 
 export interface SnapshotGcOptions {
   graceMs?: number;
@@ -212,7 +212,7 @@ export class SnapshotGc {
           deleted += go.length;
         }
       } else {
-        await inParallel(doomed, IN_FLIGHT, async (h) => {
+        await inParallel(doomed, STORE_REQUESTS_IN_FLIGHT, async (h) => {
           if (marked.refs.has(h)) return;
           // Pins are checked last, synchronously before the delete starts; pin() waits for it.
           if (this.pins.has(h) || live.has(h)) {
@@ -235,7 +235,7 @@ export class SnapshotGc {
 
   private async agesOf(hashes: BlockHash[]): Promise<Map<BlockHash, number>> {
     const out = new Map<BlockHash, number>();
-    await inParallel(hashes, IN_FLIGHT, async (h) => {
+    await inParallel(hashes, STORE_REQUESTS_IN_FLIGHT, async (h) => {
       const m = await this.store.blockModifiedMs(h);
       if (m !== undefined) out.set(h, m);
     });
