@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
+import { createRemoteHostUser, hostBEnv, hostKeyPolicy, restoreAwsEnv, savedAwsEnv } from './remote-host.js';
 
 const ALICE = 1000;
 const VIA_EC2 = { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com' } };
@@ -20,7 +21,7 @@ const VIA_EC2 = { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com
 describe('remote KMS: the local key check judges the key ARN, whatever the request names it by', () => {
   const a = new Env('rkn-kms');
   const b = new Env('rkn-host');
-  const saved = Object.fromEntries(Object.entries(process.env).filter(([x]) => x.startsWith('AWS_')));
+  const saved = savedAwsEnv();
   let arn = '';
   let arn2 = '';
   let names: Record<string, string> = {};
@@ -35,35 +36,15 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
   beforeAll(async () => {
     ensureBuilt();
     const { url } = await startKmsDaemon(a);
-    const hostArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
-    const key = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
-    const account = hostArn.split(':')[4];
-    await a.ok(['iam', 'put-policy', 'user/host-b', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
+    const host = await createRemoteHostUser(a);
     const meta = (await a.ok(['kms', 'create-key', '--description', 'K'])).KeyMetadata;
     arn = meta.Arn;
-    await a.ok(['kms', 'put-key-policy', '--key-id', arn, '--policy-name', 'default', '--policy', JSON.stringify({
-      Version: '2012-10-17',
-      Statement: [
-        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
-        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: hostArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
-      ],
-    })]);
     // K2: usable by the host too; the alias-move test denies it to alice.
     arn2 = (await a.ok(['kms', 'create-key', '--description', 'K2'])).KeyMetadata.Arn;
-    await a.ok(['kms', 'put-key-policy', '--key-id', arn2, '--policy-name', 'default', '--policy', JSON.stringify({
-      Version: '2012-10-17',
-      Statement: [
-        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
-        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: hostArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
-      ],
-    })]);
+    for (const id of [arn, arn2]) await a.ok(['kms', 'put-key-policy', '--key-id', id, '--policy-name', 'default', '--policy', hostKeyPolicy(host)]);
     await a.ok(['kms', 'create-alias', '--alias-name', 'alias/x', '--target-key-id', arn]);
     names = { 'alias name': 'alias/x', 'alias ARN': arn.replace(/key\/.*$/, 'alias/x'), 'key id': meta.KeyId };
-    for (const x of Object.keys(process.env)) if (x.startsWith('AWS_')) delete process.env[x];
-    Object.assign(process.env, {
-      AWS_ACCESS_KEY_ID: key.AccessKeyId, AWS_SECRET_ACCESS_KEY: key.SecretAccessKey, AWS_REGION: 'us-east-1',
-      AWS_ENDPOINT_URL_STS: url, AWS_CONFIG_FILE: '/nonexistent', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
-    });
+    hostBEnv(host, url);
     await b.start(['--kms-endpoint', url]);
     await b.ok(['iam', 'create-user', 'alice']);
     await b.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
@@ -74,8 +55,7 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
       await b.cleanup();
       await a.cleanup();
     } finally {
-      for (const x of Object.keys(process.env)) if (x.startsWith('AWS_')) delete process.env[x];
-      Object.assign(process.env, saved);
+      restoreAwsEnv(saved);
     }
   }, 60_000);
 

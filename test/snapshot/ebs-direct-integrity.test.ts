@@ -9,6 +9,7 @@ import { EbsDirect, PENDING_MANIFEST_EVERY_MS, type Scheduler } from '../../src/
 import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
 import { tempDirPerTest } from '../helpers/temp-dir.js';
+import { storeWith } from './in-process-host.js';
 
 /**
  * Integrity of snapshots written through the EBS direct APIs, with a shared
@@ -285,13 +286,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
       during = undefined;
       expect((await gc.deleteSnapshot(id)).deleted).toBe(true);
     };
-    const store = new Proxy(real, {
-      get(t, k, r) {
-        if (k === 'putBlock') return async (h: string, b: Uint8Array) => { await deleteNow('header-put'); return t.putBlock(h, b); };
-        const v = Reflect.get(t, k, r);
-        return typeof v === 'function' ? v.bind(t) : v;
-      },
-    });
+    const store = storeWith(real, { putBlock: async (h, b) => { await deleteNow('header-put'); return real.putBlock(h, b); } });
     const d = new EbsDirect({
       store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1',
       pin: async (h) => { await deleteNow('pin'); return gc.pin(h); },

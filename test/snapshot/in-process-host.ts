@@ -72,7 +72,7 @@ export async function openInProcessHost(prefix: string): Promise<InProcessHost> 
 }
 
 /** `store` with some of its methods replaced (a fault or a step injected); everything else is the store's own. */
-export function storeWith<S extends SnapshotStore>(store: S, over: Partial<Pick<SnapshotStore, 'getManifest' | 'putManifest' | 'getBlock'>>): S {
+export function storeWith<S extends SnapshotStore>(store: S, over: Partial<Pick<SnapshotStore, 'getManifest' | 'putManifest' | 'getBlock' | 'putBlock'>>): S {
   return new Proxy(store, {
     get(target, prop) {
       if (typeof prop === 'string' && prop in over) return over[prop as keyof typeof over];

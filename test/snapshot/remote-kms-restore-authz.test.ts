@@ -10,13 +10,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
+import { createRemoteHostUser, hostBEnv, hostKeyPolicy, restoreAwsEnv, savedAwsEnv } from '../fleet/remote-host.js';
 
 const ALICE = 1000;
 
 describe('remote KMS: a restore needs the local caller\'s permission on the snapshot\'s key', () => {
   const a = new Env('rk-restore-a');
   const b = new Env('rk-restore-b');
-  const saved = Object.fromEntries(Object.entries(process.env).filter(([x]) => x.startsWith('AWS_')));
+  const saved = savedAwsEnv();
   let k = '';
   let k2 = '';
   let snap = '';
@@ -39,25 +40,11 @@ describe('remote KMS: a restore needs the local caller\'s permission on the snap
     ensureBuilt();
     await a.start(['--kms-listen', '127.0.0.1:0']);
     const kmsAt = await kmsUrl(a);
-    const userArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
-    const key = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
-    const account = userArn.split(':')[4];
-    await a.ok(['iam', 'put-policy', 'user/host-b', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
-    const policy = JSON.stringify({
-      Version: '2012-10-17',
-      Statement: [
-        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
-        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: userArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
-      ],
-    });
+    const host = await createRemoteHostUser(a);
     k = (await a.ok(['kms', 'create-key', '--description', 'K: the snapshot key'])).KeyMetadata.Arn;
     k2 = (await a.ok(['kms', 'create-key', '--description', 'K2: alice may use'])).KeyMetadata.Arn;
-    for (const id of [k, k2]) await a.ok(['kms', 'put-key-policy', '--key-id', id, '--policy-name', 'default', '--policy', policy]);
-    for (const x of Object.keys(process.env)) if (x.startsWith('AWS_')) delete process.env[x];
-    Object.assign(process.env, {
-      AWS_ACCESS_KEY_ID: key.AccessKeyId, AWS_SECRET_ACCESS_KEY: key.SecretAccessKey, AWS_REGION: 'us-east-1',
-      AWS_ENDPOINT_URL_STS: kmsAt, AWS_CONFIG_FILE: '/nonexistent', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
-    });
+    for (const id of [k, k2]) await a.ok(['kms', 'put-key-policy', '--key-id', id, '--policy-name', 'default', '--policy', hostKeyPolicy(host)]);
+    hostBEnv(host, kmsAt);
     await b.start(['--kms-endpoint', kmsAt]);
     const vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', k])).VolumeId;
     snap = (await b.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
@@ -70,8 +57,7 @@ describe('remote KMS: a restore needs the local caller\'s permission on the snap
       await b.cleanup();
       await a.cleanup();
     } finally {
-      for (const x of Object.keys(process.env)) if (x.startsWith('AWS_')) delete process.env[x];
-      Object.assign(process.env, saved);
+      restoreAwsEnv(saved);
     }
   }, 60_000);
 
