@@ -419,8 +419,8 @@ export class SnapshotManager {
       if (plan.incremental && parent) {
         const reread = new Set(plan.indexes);
         for (const [i, h] of parent.blocks) if (i < nBlocks && !reread.has(i)) inherited.set(i, h);
-        // The parent may be deleted meanwhile: its blocks stay until this manifest names them.
-        run.pins.push(await this.o.gc.pin(new Set(inherited.values())));
+        // The parent may be deleted meanwhile: its blocks, pinned since its manifest was read (pinParent), stay until
+        // this manifest names them.
         // One look-up of the method (the store may be a Proxy, describingStore), then no await for blocks the store knows in memory.
         const inMemory = this.o.store.hasBlockInMemory?.bind(this.o.store);
         for (const h of inherited.values()) {
