@@ -81,7 +81,7 @@ describe('operations whose event cannot be written do not answer success', () =>
       chattr('-i');
     }
     expect(auditEvents(env).length).toBe(before);
-    expect(env.daemonLog()).toMatch(/could not audit an STS call/);
+    expect(await env.untilLog(/could not audit an STS call/)).toMatch(/could not audit an STS call/);
   }, 60_000);
 
   it('once the file takes writes again, the same operations answer and are recorded', async () => {

@@ -301,7 +301,7 @@ describe('a full state dir', () => {
       readSync(fd, back, 0, 4096, 0);
       expect(back.every((b) => b === 0xab)).toBe(true);
       // Reported once per transition, not per event.
-      expect(env.daemonLog().split('DISK FULL; released the audit reserve').length - 1).toBe(1);
+      expect((await env.untilLog('DISK FULL; released the audit reserve')).split('DISK FULL; released the audit reserve').length - 1).toBe(1);
     } finally {
       closeSync(fd);
     }

@@ -254,7 +254,7 @@ describe('state files and catalog records that are damaged', () => {
     const vols = (await env.ok(['volume', 'ls'])).Volumes as { VolumeId: string; Tags: unknown }[];
     expect(vols.find((v) => v.VolumeId === a)!.Tags).toEqual([{ Key: 'Name', Value: 'a' }]);
     expect(vols.find((v) => v.VolumeId === b)!.Tags).toEqual([]);
-    expect(env.daemonLog()).toContain('catalog record had malformed tags');
+    expect(await env.untilLog('catalog record had malformed tags')).toContain('catalog record had malformed tags');
     expect(await env.stop()).toBe(0);
 
     writeFileSync(file, '{"formatVersion":1,\n"volumes":[{"volumeId":"vol-1');

@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
-import { chmodSync, createWriteStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync } from 'node:fs';
+import { chmodSync, createWriteStream, type WriteStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 /**
@@ -77,6 +77,8 @@ export class Env {
   /** Every CLI output, for the known-key test. */
   readonly outputs: string[] = [];
   private daemon: ChildProcess | undefined;
+  /** Where the running daemon's output is copied; ended (and flushed) when the daemon is gone. */
+  private out: WriteStream | undefined;
   private readonly loops = new Set<string>();
   private readonly fsMounts = new Set<string>();
 
@@ -101,18 +103,54 @@ export class Env {
     const out = createWriteStream(this.log, { flags: 'a' });
     const p = spawn(process.execPath, [CLI, 'daemon', '--state-dir', this.state, '--mount', this.mnt, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.daemon = p;
-    await untilReady(p, out);
+    this.out = out;
+    try {
+      await untilReady(p, out);
+    } catch (e) {
+      // A start that failed: what the daemon said on its way out is in the log before the caller looks.
+      if (p.exitCode !== null || p.signalCode !== null) await this.flushed(p);
+      throw e;
+    }
+  }
+
+  /**
+   * The daemon's output reaches the log file through a pipe and a write stream, so a line the daemon
+   * wrote before it answered may not be in the file yet when the answer arrives. Poll (10 s) until
+   * `pattern` is there; returns the log either way, for the caller's assertion to name what is missing.
+   */
+  async untilLog(pattern: string | RegExp, ms = 10_000): Promise<string> {
+    const has = (s: string): boolean => (typeof pattern === 'string' ? s.includes(pattern) : pattern.test(s));
+    const end = Date.now() + ms;
+    let log = this.daemonLog();
+    while (!has(log) && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 25));
+      log = this.daemonLog();
+    }
+    return log;
+  }
+
+  /** Once the process has exited: wait for its pipes to close and the log file to take all it wrote. */
+  private async flushed(p: ChildProcess): Promise<void> {
+    // A grandchild that kept the pipe open must not hang the test: 5 s at most.
+    const closed = (s: NodeJS.ReadableStream & { closed?: boolean } | null): Promise<void> =>
+      !s || s.closed ? Promise.resolve() : new Promise<void>((r) => { const t = setTimeout(r, 5_000); s.once('close', () => { clearTimeout(t); r(); }); });
+    await Promise.all([closed(p.stdout), closed(p.stderr)]);
+    const out = this.out;
+    this.out = undefined;
+    if (out) await new Promise<void>((r) => out.end(() => r()));
   }
 
   /** SIGTERM and wait; returns the exit code. */
   async stop(): Promise<number | null> {
     const p = this.daemon;
+    if (p && p.exitCode !== null) await this.flushed(p);
     if (!p || p.exitCode !== null) return p?.exitCode ?? null;
     const done = new Promise<number | null>((r) => p.once('exit', (c) => r(c)));
     p.kill('SIGTERM');
     const code = await Promise.race([done, new Promise<null>((r) => setTimeout(() => r(null), 20_000))]);
     if (p.exitCode === null) { p.kill('SIGKILL'); await done; }
     this.daemon = undefined;
+    await this.flushed(p);
     return code;
   }
 
@@ -123,7 +161,7 @@ export class Env {
     this.daemon = undefined;
     const done = new Promise<void>((r) => p.once('exit', () => r()));
     p.kill('SIGKILL');
-    return done;
+    return done.then(() => this.flushed(p));
   }
 
   async cli(args: string[], opts: { uid?: number } = {}): Promise<CliResult> {

@@ -71,6 +71,7 @@ describe('plaintext (--cipher none) and encrypted volumes served by the same dae
     await env.ok(['detach', plain]);
     await env.ok(['volume', 'delete', plain]);
     await env.ok(['detach', enc]);
+    await env.untilLog(/UNENCRYPTED volume attached/);
     const log = env.daemonLog().split('\n').filter((l) => l.includes(plain) && /"level":40/.test(l));
     expect(log.some((l) => /UNENCRYPTED volume created/.test(l))).toBe(true);
     expect(log.some((l) => /UNENCRYPTED volume attached/.test(l))).toBe(true);

@@ -86,7 +86,7 @@ describe('a host daemon started while its KMS is down', () => {
     expect(out.equals(data), `seed ${SEED}`).toBe(true);
     expect((await host.ok(['detach', vol])).State).toBe('detached');
 
-    const log = host.daemonLog();
+    const log = await host.untilLog(/host principal resolved, volumes open/);
     expect(log.match(/KMS unreachable at start/g)).toHaveLength(1);
     expect(log.match(/host principal resolved, volumes open/g)).toHaveLength(1);
     expect(log).not.toContain('NodeVersionSupportWarning');
@@ -196,7 +196,7 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     closeSync(fd);
     expect(out.equals(data), `seed ${SEED}`).toBe(true);
     expect((await host.ok(['detach', vol])).State).toBe('detached');
-    const log = host.daemonLog();
+    const log = await host.untilLog(/volume recorded attached is served again/);
     expect(log.match(/KMS did not answer the re-attach of volumes recorded attached/g)).toHaveLength(1);
     expect(log.match(/volume recorded attached is served again/g)).toHaveLength(1);
   });

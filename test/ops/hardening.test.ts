@@ -49,9 +49,10 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
   }, 60_000);
   afterAll(() => env.cleanup(), 60_000);
 
-  it('RLIMIT_CORE is 0 (soft and hard), and the daemon says so at debug', () => {
+  it('RLIMIT_CORE is 0 (soft and hard), and the daemon says so at debug', async () => {
     expect(coreLimits(env.pid!)).toMatch(/^Max core file size\s+0\s+0\s+bytes/);
-    expect(env.daemonLog()).toContain('core dumps disabled (RLIMIT_CORE 0, PR_SET_DUMPABLE 0)');
+    const said = 'core dumps disabled (RLIMIT_CORE 0, PR_SET_DUMPABLE 0)';
+    expect(await env.untilLog(said)).toContain(said);
   });
 
   it('systemd-notify ran without the passphrase; the daemon\'s own environment no longer shows it; the domain is sealed under it', async () => {

@@ -90,7 +90,7 @@ describe('a snapshot in S3 restores on another daemon', () => {
     expect(blocks.length).toBe(6 + 1); // and the LUKS2 header area
     expect(existsSync(join(a.state, 'snapshots', 'manifests', `${snap.SnapshotId}.json`))).toBe(false);
     expect((await a.ok(['status'])).Daemon.SnapshotStore).toBe(store());
-    expect(a.daemonLog()).toContain('"snapshot store answers"');
+    expect(await a.untilLog('"snapshot store answers"')).toContain('"snapshot store answers"');
   });
 
   it('B, with its own state dir, describes the same snapshot from the store', async () => {
