@@ -400,6 +400,7 @@ export class Daemon {
       // Read at scrape time: a host waiting for its KMS at start opens its volumes later (host-resolver.ts).
       keyCaches: () => this.mgr?.describeKeyCaches() ?? [],
       auditEventsWritten: () => audit.writtenThrough - auditFrom,
+      kmsCallLoad: () => this.kms?.callLoad ?? { active: 0, waiting: 0, callers: 0 },
     });
     const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
     const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;

@@ -78,6 +78,8 @@ export interface MetricsSources {
   keyCaches(): { VolumeId: string; State: string; LastUnwrapTime?: string; ExpiryTime?: string }[];
   /** Audit events written by this daemon since it started. */
   auditEventsWritten(): number;
+  /** KMS calls in the core and waiting for a turn (src/kms/fair-gate.ts); absent when the KMS is on another host. */
+  kmsCallLoad?(): { active: number; waiting: number; callers: number };
 }
 
 /** A result label: `ok`, `denied`, or the AWS exception name (a bounded set of classes). */
@@ -202,6 +204,22 @@ export class DaemonMetrics {
     this.kmsLatency = new Histogram({
       name: 'ebsd_kms_request_duration_seconds', help: 'KMS call latency, authorization and audit included',
       labelNames: ['operation'], buckets: [...LATENCY_BUCKETS_SECONDS], registers,
+    });
+    new Gauge({
+      name: 'ebsd_kms_calls_active', help: 'KMS calls in the core now (authorizing, in the HSM, or waiting for their audit record)',
+      registers,
+      collect() {
+        const l = self.sources?.kmsCallLoad?.();
+        if (l) this.set(l.active);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_kms_calls_waiting', help: 'KMS calls waiting for a turn in the core, which goes to the waiting callers in rotation',
+      registers,
+      collect() {
+        const l = self.sources?.kmsCallLoad?.();
+        if (l) this.set(l.waiting);
+      },
     });
     new Counter({
       name: 'ebsd_audit_events_written_total', help: 'Audit events written to the hash-chained log by this daemon',

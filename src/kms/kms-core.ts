@@ -26,6 +26,7 @@ import { registerCryptoOperations } from './ops/crypto.js';
 import { registerAsymmetricOperations } from './ops/asymmetric.js';
 import { registerAliasOperations } from './ops/aliases.js';
 import { registerTagAndRotationOperations, rotateKey } from './ops/tags-rotation.js';
+import { FairGate } from './fair-gate.js';
 
 export interface KmsOptions {
   /** The `kms/` directory of the state dir (created 0700 if missing). */
@@ -59,13 +60,24 @@ export interface KmsOptions {
   hsmMode?: 'worker' | 'inline';
   /** Authorization engine; defaults to the same-account placeholder. */
   authorizer?: Authorizer;
+  /** Calls in the core at once before callers take turns (fair-gate.ts); default MAX_ACTIVE_CALLS. */
+  maxActiveCalls?: number;
 }
+
+/**
+ * Calls in the KMS core at once before callers take turns (fair-gate.ts). Above
+ * the 64 connections of a saturating client (scripts/bench/kms-net.mjs), so a
+ * lone caller is never held back; low enough that another caller's call waits
+ * behind at most this many, not behind everything one caller has queued.
+ */
+export const MAX_ACTIVE_CALLS = 128;
 
 const KEY_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const KMS_ARN_RE = /^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):((?:key|alias)\/.+)$/;
 
 export class KmsService implements KmsCore {
   private readonly dispatcher: Dispatcher;
+  private readonly gate: FairGate;
   private readonly deletedListeners: ((keyId: string) => void | Promise<void>)[] = [];
   private nextDue = Infinity;
   private ticking: Promise<void> | null = null;
@@ -98,6 +110,7 @@ export class KmsService implements KmsCore {
       onKeyDeleted: (fn) => { self.deletedListeners.push(fn); },
     };
     this.dispatcher = new Dispatcher(this.context, (now) => (now >= this.nextDue ? this.runDueOnce() : undefined));
+    this.gate = new FairGate(o.maxActiveCalls ?? MAX_ACTIVE_CALLS);
     registerKeyOperations(this.dispatcher);
     registerCryptoOperations(this.dispatcher);
     registerAsymmetricOperations(this.dispatcher);
@@ -135,7 +148,13 @@ export class KmsService implements KmsCore {
   /** `requestId`: the id the caller answers with (x-amzn-RequestId), so the audit event carries the same one. */
   call(operation: string, request: KmsRequest, caller: Caller, requestId?: string): Promise<KmsResponse> {
     if (this.closed) return Promise.reject(new KMSInternalException('KMS core is closed', { code: 'KMS_CLOSED' }));
-    return this.dispatcher.call(operation, request, caller, requestId);
+    // Turns are per principal ARN: each user, role session (each fleet host's is its own) and local uid's principal.
+    return this.gate.run(caller.arn, () => this.dispatcher.call(operation, request, caller, requestId));
+  }
+
+  /** Calls in the core and calls waiting for a turn (fair-gate.ts). */
+  get callLoad(): { active: number; waiting: number; callers: number } {
+    return this.gate.load;
   }
 
   /** Add or replace an operation (policies and grants register theirs here). */

@@ -135,6 +135,9 @@ describe('Prometheus metrics from a running daemon', () => {
     expect(s1.get('ebsd_control_requests_total{operation="TrentService.DescribeKey",result="NotFoundException"}')).toBe(1);
     // Every one of those calls was audited, and the counter moved with them.
     expect(s1.get('ebsd_audit_events_written_total')!).toBeGreaterThan(s0.get('ebsd_audit_events_written_total')!);
+    // Nothing is in the KMS core between calls, and nobody waits for a turn (src/kms/fair-gate.ts).
+    expect(s1.get('ebsd_kms_calls_active')).toBe(0);
+    expect(s1.get('ebsd_kms_calls_waiting')).toBe(0);
   });
 
   it('keeps labels bounded: unknown operation names are counted as "other", never as new series', async () => {
