@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { KmsService } from '../kms/kms-core.js';
 import type { AuthzHandles } from '../kms/authz/index.js';
 import { openKms, type Kms } from '../kms/open-kms.js';
-import { verifyAuditLog } from '../kms/audit/verify.js';
+import { verifyAuditLogOffThread } from '../kms/audit/verify.js';
+import { KeyedMutex } from '../util/lock.js';
 import type { Caller } from '../kms/types.js';
 import { selectXtsEngine } from '../crypto/xts-engine.js';
 import { isNativeAvailable, nativeLoadError } from '../native/addon.js';
@@ -94,6 +95,8 @@ export class Daemon {
   /** The KMS as opened (src/kms/open-kms.ts); `kms` is its core and `authz` its authorization engine. */
   private opened: Kms | undefined;
   private kms: KmsService | undefined;
+  /** `ebsd audit verify` runs one at a time. */
+  private readonly verifying = new KeyedMutex();
   private authz: AuthzHandles | undefined;
   private mgr: VolumeManager | undefined;
   /** Snapshots of this host's volumes (docs/architecture.md §12). */
@@ -833,8 +836,11 @@ export class Daemon {
   }
 
   private async auditVerify(b: Record<string, unknown>): Promise<unknown> {
-    if (b.Seal !== false) await this.kms!.sealAudit();
-    return verifyAuditLog(join(this.paths.kms, 'audit'));
+    // One at a time: each reads the whole log, on a thread of its own.
+    return this.verifying.run('audit', async () => {
+      if (b.Seal !== false) await this.kms!.sealAudit();
+      return verifyAuditLogOffThread(join(this.paths.kms, 'audit'));
+    });
   }
 
   /**

@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { createLogger } from '../../src/util/logger.js';
-import { verifyAuditLog } from '../../src/kms/audit/verify.js';
+import { verifyAuditLog, verifyAuditLogOffThread } from '../../src/kms/audit/verify.js';
 import { openKms, admin, stranger, tempDir, awsError } from './helpers.js';
 
 describe('audit log', () => {
@@ -134,4 +134,29 @@ describe('audit log', () => {
     expect(ks.includes(plaintext.toString('hex').slice(0, 24))).toBe(false);
     t.cleanup();
   }, 60_000);
+});
+
+describe('audit verification on a worker thread (verifyAuditLogOffThread, as the daemon runs it)', () => {
+  it('answers what verifyAuditLog answers, intact and tampered; an unreadable log is an error naming the directory', async () => {
+    const t = tempDir();
+    const kms = await openKms(t.dir, { auditDigestEvery: 4 });
+    const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    for (let i = 0; i < 9; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+    await kms.sealAudit();
+    await kms.close();
+    const dir = join(t.dir, 'audit');
+    const intact = await verifyAuditLogOffThread(dir);
+    expect(intact).toEqual(verifyAuditLog(dir));
+    expect(intact).toMatchObject({ ok: true, events: 10, sealedThrough: 9 });
+    const path = join(dir, 'events.ndjson');
+    const lines = readFileSync(path, 'utf8').trim().split('\n');
+    lines[2] = lines[2]!.replace('"DescribeKey"', '"Decrypt"');
+    writeFileSync(path, `${lines.join('\n')}\n`);
+    const tampered = await verifyAuditLogOffThread(dir);
+    expect(tampered).toEqual(verifyAuditLog(dir));
+    expect(tampered.problem).toMatchObject({ kind: 'modified', sequence: 2 });
+    const gone = join(t.dir, 'no-such-audit');
+    await expect(verifyAuditLogOffThread(gone)).rejects.toThrow(new RegExp(`audit verification of ${gone} failed: ENOENT`));
+    t.cleanup();
+  });
 });

@@ -12,6 +12,8 @@
 import { createPublicKey, verify as edVerify } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { devLoaderUrl } from '../hsm/hsm-client.js';
 import { markPathOf, readSealMark, type SealMark } from './seal-mark.js';
 import { DIGEST_DIR, GENESIS_HASH, PUBLIC_KEY_FILE, auditLogFiles, digestPayload, sha256hex, type DigestFile } from './audit-log.js';
 
@@ -103,7 +105,8 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   for (const file of files) {
     const text = readFileSync(join(dir, file), 'utf8');
     const lines = text.length ? text.replace(/\n$/, '').split('\n') : [];
-    const seqs = lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } });
+    // Every line's sequence number, parsed only when one is out of place (to tell reordered from removed).
+    const seqsOf = (): (number | undefined)[] => lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } });
     for (let i = 0; i < lines.length; i++, count++) {
       const line = lines[i]!;
       const at = { file, line: i + 1 };
@@ -114,7 +117,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
       const s = ev.sequenceNumber;
       if (typeof s !== 'number') return res({ kind: 'modified', sequence: expected, ...at, detail: `${file} line ${i + 1} has no sequence number` }, count);
       if (s !== expected) {
-        if (s < expected || seqs.indexOf(expected, i + 1) >= 0) {
+        if (s < expected || seqsOf().indexOf(expected, i + 1) >= 0) {
           return res({ kind: 'reordered', sequence: Math.min(s, expected), ...at, eventID: ev.eventID, detail: `event ${s} found where event ${expected} belongs` }, count);
         }
         return res({ kind: 'removed', sequence: expected, ...at, detail: `event ${expected} is absent (next present: ${s})` }, count);
@@ -138,4 +141,30 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
     return res({ kind: 'missing', sequence: expected, detail: `events ${expected}..${covered} are sealed by a digest but absent from the log (truncated)` }, count);
   }
   return res(undefined, count);
+}
+
+/**
+ * `verifyAuditLog` on a worker thread. It reads every log file, 64 MiB each
+ * and never pruned, and hashes and parses every line: on the daemon's main
+ * thread that would stop FUSE requests and key refreshes for as long (2.4 s
+ * for 100,000 events on a loaded machine; docs/benchmarks.md, "Audit
+ * verification off the main thread"). The worker reads only the log; a
+ * failure to read is thrown here with its message.
+ */
+export function verifyAuditLogOffThread(dir: string, opts: { markPath?: string } = {}): Promise<AuditVerifyResult> {
+  const dev = import.meta.url.endsWith('.ts');
+  const url = new URL(dev ? './verify-thread.ts' : './verify-thread.js', import.meta.url);
+  const worker = new Worker(url, {
+    workerData: { dir, ...(opts.markPath !== undefined ? { markPath: opts.markPath } : {}) },
+    execArgv: dev ? ['--import', devLoaderUrl()] : [],
+    name: 'audit-verify',
+  });
+  return new Promise<AuditVerifyResult>((resolve, reject) => {
+    worker.once('message', (m: { result?: AuditVerifyResult; error?: string; code?: string }) => {
+      if (m.result) resolve(m.result);
+      else reject(Object.assign(new Error(`audit verification of ${dir} failed: ${m.error}`), m.code ? { code: m.code } : {}));
+    });
+    worker.once('error', (e) => reject(e));
+    worker.once('exit', (code) => reject(new Error(`the audit verification thread exited (code ${code}) without a result`)));
+  }).finally(() => void worker.terminate());
 }

@@ -1,0 +1,14 @@
+/**
+ * The worker side of `verifyAuditLogOffThread` (verify.ts): checks the log in
+ * `workerData.dir` and posts the result. The daemon's main thread never reads
+ * the log files itself, which can be gigabytes after months of rotation.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { verifyAuditLog } from './verify.js';
+
+const { dir, markPath } = workerData as { dir: string; markPath?: string };
+try {
+  parentPort!.postMessage({ result: verifyAuditLog(dir, markPath !== undefined ? { markPath } : {}) });
+} catch (e) {
+  parentPort!.postMessage({ error: (e as Error)?.message ?? String(e), code: (e as NodeJS.ErrnoException)?.code });
+}
