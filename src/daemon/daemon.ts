@@ -277,6 +277,7 @@ export class Daemon {
     log.info({ socket: paths.socket, mount: cfg.kmsOnly ? undefined : cfg.mountDir, kmsOnly: cfg.kmsOnly ?? false, ...(kmsUrl ? { kmsUrl } : {}), xtsEngine: this.xtsEngineName, allowUnencrypted: cfg.allowUnencrypted, writeBehind: this.writeBehind, version: VERSION, ...(metricsAt ? { metrics: metricsAt } : {}) }, 'ebsd daemon ready');
     // Ready for systemd only now: the mount is up, recorded volumes are back, the sockets answer.
     await this.notify.ready(cfg.kmsOnly ? 'serving the KMS' : `serving ${this.mgr?.attachedVolumeIds().length ?? 0} volume(s) at ${cfg.mountDir}`);
+    this.notify.startWatchdog();
   }
 
   /** FUSE mount and volume manager; a `--kms-only` daemon has neither. */
@@ -446,6 +447,7 @@ export class Daemon {
     await step('kms', () => this.opened?.close()); // audit sealed, HSM stopped, identities and grants written
     this.remoteKms?.close();
     await step('lock', () => this.lock?.release());
+    this.notify.stopWatchdog(); // pinged through the drain: a drain of many volumes may outlast the interval
     log.info('ebsd daemon stopped');
   }
 

@@ -17,9 +17,43 @@ import type { Logger } from '../util/logger.js';
  */
 export class SdNotify {
   private readonly socket: string | undefined;
+  /**
+   * The service manager's watchdog interval for this process (sd_watchdog_enabled(3)):
+   * $WATCHDOG_USEC, if $WATCHDOG_PID is absent or names this process. Absent: no watchdog.
+   */
+  readonly watchdogUsec: number | undefined;
+  private watchdog: NodeJS.Timeout | undefined;
+  private pinging = false;
 
   constructor(private readonly log: Logger, env: NodeJS.ProcessEnv = process.env, private readonly bin = 'systemd-notify') {
     this.socket = env.NOTIFY_SOCKET || undefined;
+    const usec = env.WATCHDOG_USEC ?? '';
+    const pid = env.WATCHDOG_PID ?? '';
+    this.watchdogUsec = this.socket && /^[1-9]\d{0,15}$/.test(usec) && (pid === '' || pid === String(process.pid)) ? Number(usec) : undefined;
+  }
+
+  /**
+   * With a watchdog (`WatchdogSec=` in the unit): `WATCHDOG=1` every half interval
+   * from the main event loop, so a daemon whose loop stops answering FUSE and the
+   * control socket stops pinging and the service manager restarts it (ebsd.service:
+   * Restart=on-failure; the volumes recorded attached come back on the next start).
+   * A ping still on its way when the next is due is not doubled.
+   */
+  startWatchdog(): void {
+    if (this.watchdogUsec === undefined || this.watchdog) return;
+    const everyMs = Math.max(50, Math.floor(this.watchdogUsec / 2000));
+    this.log.info({ watchdogUsec: this.watchdogUsec, everyMs }, 'systemd watchdog: WATCHDOG=1 every half interval');
+    this.watchdog = setInterval(() => {
+      if (this.pinging) return;
+      this.pinging = true;
+      void this.send(['WATCHDOG=1']).finally(() => { this.pinging = false; });
+    }, everyMs);
+    this.watchdog.unref();
+  }
+
+  stopWatchdog(): void {
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.watchdog = undefined;
   }
 
   get enabled(): boolean {

@@ -137,6 +137,7 @@ describe('systemd units', () => {
     const unit = readFileSync(join(dir, 'ebsd.service'), 'utf8');
     expect(unit).toMatch(/^Type=notify$/m);
     expect(unit).toMatch(/^DeviceAllow=\/dev\/fuse rw$/m);
+    expect(unit).toMatch(/^WatchdogSec=60s$/m); // the daemon pings every half interval (sd-notify.ts)
     expect(unit).toMatch(/^LimitCORE=0$/m); // no core file of a process holding keys (test/ops/hardening.test.ts: the daemon's own RLIMIT_CORE)
     // A private mount namespace would hide the FUSE mount from the host.
     expect(unit).not.toMatch(/^(ProtectSystem|ProtectHome|PrivateTmp|PrivateDevices|ReadWritePaths|PrivateMounts)=/m);
@@ -198,5 +199,46 @@ describe('sd_notify protocol of the daemon', () => {
     expect(sent).toBeGreaterThanOrEqual(0);
     expect(hidden).toBeGreaterThan(sent);
     expect(listener.notices.indexOf(stopping)).toBeGreaterThan(listener.notices.indexOf(ready));
+  });
+
+  it('with WATCHDOG_USEC, WATCHDOG=1 from the daemon PID every half interval; not when WATCHDOG_PID names another process', async () => {
+    const watch = new NotifyListener();
+    const address = `@ebsd-test-watchdog-${randomBytes(6).toString('hex')}`;
+    await watch.start(address, env.file(vol));
+    const startWith = async (vars: Record<string, string>): Promise<void> => {
+      Object.assign(process.env, { NOTIFY_SOCKET: address, ...vars });
+      try {
+        await env.start();
+      } finally {
+        for (const k of ['NOTIFY_SOCKET', ...Object.keys(vars)]) delete process.env[k];
+      }
+    };
+    const pings = (): Notice[] => watch.notices.filter((n) => 'WATCHDOG' in n.fields);
+    try {
+      await startWith({ WATCHDOG_USEC: '400000' }); // 0.4 s: a ping every 0.2 s
+      const pid = env.pid!;
+      for (let i = 0; i < 1500 && pings().length < 4; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(pings().length).toBeGreaterThanOrEqual(4);
+      for (const p of pings()) {
+        expect(p.fields.WATCHDOG).toBe('1');
+        expect(p.pid).toBe(pid); // NotifyAccess=main accepts it
+      }
+      expect(await env.untilLog('systemd watchdog')).toMatch(/"watchdogUsec":400000,"everyMs":200/);
+      expect(await env.stop()).toBe(0);
+
+      // $WATCHDOG_PID names another process: the watchdog is not this daemon's (sd_watchdog_enabled(3)).
+      const before = pings().length;
+      const logBefore = env.daemonLog().length;
+      await startWith({ WATCHDOG_USEC: '400000', WATCHDOG_PID: '1' });
+      const readies = (): number => watch.notices.filter((n) => 'READY' in n.fields).length;
+      for (let i = 0; i < 1500 && readies() < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(readies()).toBe(2); // this start's READY=1 arrived: it would be pinging by now
+      for (let i = 0; i < 50; i++) await new Promise((r) => setTimeout(r, 20)); // five intervals' worth
+      expect(await env.stop()).toBe(0);
+      expect(pings().length).toBe(before);
+      expect(env.daemonLog().slice(logBefore)).not.toContain('systemd watchdog');
+    } finally {
+      watch.stop();
+    }
   });
 });
