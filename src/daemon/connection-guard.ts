@@ -101,6 +101,42 @@ export interface Admission {
   release(): void;
 }
 
+/**
+ * Whom a limit counts: a uid, an IPv4 address, or for IPv6 the address's /64
+ * (`2001:db8:1:2::/64`). One host is routinely given a whole /64 and may take
+ * any address in it, so per-address caps on IPv6 would be no caps at all.
+ */
+export function callerKey(caller: string | number): string {
+  const s = String(caller);
+  if (!s.includes(':')) return s;
+  const groups = ipv6Groups(s);
+  return groups ? `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64` : s;
+}
+
+/** The eight 16-bit groups of an IPv6 address in text form (zone id dropped, trailing dotted IPv4 allowed); undefined if it is not one. */
+function ipv6Groups(text: string): number[] | undefined {
+  let t = text.replace(/%.*$/, '');
+  const v4 = /(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(t);
+  if (v4) {
+    const b = v4.slice(1).map(Number);
+    if (b.some((x) => x > 255)) return undefined;
+    t = `${t.slice(0, v4.index)}${((b[0]! << 8) | b[1]!).toString(16)}:${((b[2]! << 8) | b[3]!).toString(16)}`;
+  }
+  const halves = t.split('::');
+  if (halves.length > 2) return undefined;
+  const part = (h: string): number[] | undefined => {
+    if (h === '') return [];
+    const gs = h.split(':');
+    return gs.every((g) => /^[0-9a-fA-F]{1,4}$/.test(g)) ? gs.map((g) => parseInt(g, 16)) : undefined;
+  };
+  const head = part(halves[0]!);
+  const tail = halves.length === 2 ? part(halves[1]!) : [];
+  if (!head || !tail) return undefined;
+  if (halves.length === 1) return head.length === 8 ? head : undefined;
+  const fill = 8 - head.length - tail.length;
+  return fill >= 1 ? [...head, ...new Array<number>(fill).fill(0), ...tail] : undefined;
+}
+
 export class ConnectionGuard {
   readonly limits: ConnectionLimits;
   private readonly perCaller = new Map<string, number>();
@@ -131,7 +167,7 @@ export class ConnectionGuard {
 
   /** Count a new connection of `caller`, or say why it is refused. */
   admit(caller: string | number): Admission | ConnectionThrottledError {
-    const key = String(caller);
+    const key = callerKey(caller);
     if (key === this.o.exemptKey) return { release: () => {} };
     const mine = this.perCaller.get(key) ?? 0;
     if (mine >= this.limits.maxPerCaller) {
@@ -162,7 +198,7 @@ export class ConnectionGuard {
    * refused. Give the bytes back with `releaseBody(caller, bytes)`.
    */
   reserveBody(caller: string | number, bytes: number): boolean {
-    const key = String(caller);
+    const key = callerKey(caller);
     if (key === this.o.exemptKey) {
       this.buffered += bytes;
       return true;
@@ -187,14 +223,14 @@ export class ConnectionGuard {
    * refusals, audited in aggregate.
    */
   refuseInFlight(caller: string | number, limit: number): ConnectionThrottledError {
-    return this.refuse(String(caller), 'in-flight-limit', `${limit} requests already in flight on this connection`);
+    return this.refuse(callerKey(caller), 'in-flight-limit', `${limit} requests already in flight on this connection`);
   }
 
   /** Give back `bytes` that `reserveBody(caller, …)` reserved. */
   releaseBody(caller: string | number, bytes: number): void {
     if (bytes <= 0) return;
     this.buffered = Math.max(0, this.buffered - bytes);
-    const key = String(caller);
+    const key = callerKey(caller);
     const left = (this.bufferedBy.get(key) ?? 0) - bytes;
     if (left > 0) this.bufferedBy.set(key, left);
     else this.bufferedBy.delete(key);

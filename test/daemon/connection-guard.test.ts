@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConnectionGuard, ConnectionThrottledError, type RefusalSummary } from '../../src/daemon/connection-guard.js';
+import { ConnectionGuard, ConnectionThrottledError, callerKey, type RefusalSummary } from '../../src/daemon/connection-guard.js';
 import { EbsdError } from '../../src/util/errors.js';
 
 describe('ConnectionGuard', () => {
@@ -79,5 +79,43 @@ describe('ConnectionGuard', () => {
   it('refuses a limit that is not a positive integer with a typed error naming it', () => {
     expect(() => new ConnectionGuard({ maxPerCaller: 0 })).toThrow(EbsdError);
     expect(() => new ConnectionGuard({ maxBodyBytes: 1.5 })).toThrow(/maxBodyBytes/);
+  });
+});
+
+describe('IPv6 callers are counted by /64', () => {
+  it('callerKey: uids and IPv4 as they are; IPv6 in any spelling as its /64; not an address: as it is', () => {
+    expect(callerKey(1000)).toBe('1000');
+    expect(callerKey('192.0.2.7')).toBe('192.0.2.7');
+    expect(callerKey('2001:db8:1:2::7')).toBe('2001:db8:1:2::/64');
+    expect(callerKey('2001:0DB8:0001:0002:aaaa:bbbb:cccc:dddd')).toBe('2001:db8:1:2::/64');
+    expect(callerKey('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(callerKey('::1')).toBe('0:0:0:0::/64');
+    expect(callerKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+    expect(callerKey('64:ff9b::192.0.2.33')).toBe('64:ff9b:0:0::/64');
+    expect(callerKey('unknown')).toBe('unknown');
+    expect(callerKey('1:2:3')).toBe('1:2:3'); // not an IPv6 address: counted by its own text
+    expect(callerKey('1::2::3')).toBe('1::2::3');
+  });
+
+  it('addresses of one /64 share the per-caller caps (connections, buffered bodies); another /64 does not', () => {
+    const reports: RefusalSummary[][] = [];
+    const g = new ConnectionGuard({ maxPerCaller: 2, maxTotal: 100, maxBufferedBodyBytes: 800, maxBufferedBodyBytesPerCaller: 300 }, { onRefusals: (r) => reports.push(r) });
+    expect(g.admit('2001:db8:1:2::a')).not.toBeInstanceOf(ConnectionThrottledError);
+    expect(g.admit('2001:db8:1:2::b')).not.toBeInstanceOf(ConnectionThrottledError);
+    const third = g.admit('2001:db8:1:2:ffff::c');
+    expect(third).toBeInstanceOf(ConnectionThrottledError);
+    expect((third as ConnectionThrottledError).message).toContain('caller 2001:db8:1:2::/64 already holds 2 connections');
+    expect(g.admit('2001:db8:1:3::a')).not.toBeInstanceOf(ConnectionThrottledError);
+    // Bodies: 300 bytes for the whole /64.
+    expect(g.reserveBody('2001:db8:1:2::a', 200)).toBe(true);
+    expect(g.reserveBody('2001:db8:1:2::d', 200)).toBe(false);
+    expect(g.reserveBody('2001:db8:1:3::d', 200)).toBe(true);
+    g.releaseBody('2001:db8:1:2::e', 200); // released under another address of the same /64
+    expect(g.reserveBody('2001:db8:1:2::d', 300)).toBe(true);
+    g.flushRefusals();
+    expect(reports.flat().map((r) => `${r.caller} ${r.reason} ${r.count}`).sort()).toEqual([
+      '2001:db8:1:2::/64 body-budget 1',
+      '2001:db8:1:2::/64 per-caller-limit 1',
+    ]);
   });
 });
