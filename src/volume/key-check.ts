@@ -10,6 +10,15 @@ import type { CheckedCache, KeyCheckMembership } from './key-cache.js';
 const MAX_GRANT_PAGES = 1000;
 /** Complete lists in a row without a grant listed before, before its volume is impaired: the list is eventually consistent. */
 const GONE_AFTER_MISSES = 2;
+/**
+ * A grant no round has ever listed (revoked between the attach and the first
+ * round) is gone after this many complete lists without it, once the volume has
+ * been in the check this long: AWS documents that a new grant may take up to
+ * five minutes to show everywhere (eventual consistency), so before that an
+ * absence says nothing.
+ */
+const NEVER_LISTED_MISSES = 3;
+const NEVER_LISTED_GRACE_MS = 5 * 60_000;
 
 interface Member {
   volumeId: string;
@@ -60,7 +69,10 @@ export interface KeyCheckRound {
  * (`grant-revoked`) without a Decrypt, which a key policy allowing the host
  * kms:Decrypt would let succeed anyway. Two rounds, because
  * ListRetirableGrants is eventually consistent: one missing entry proves
- * nothing. A list that ends truncated without a marker, or at the page cap,
+ * nothing. A grant no round ever listed (revoked between the attach and the
+ * first round) is judged the same way after NEVER_LISTED_MISSES complete
+ * lists without it, once the volume has been in the check five minutes (how
+ * long AWS says a new grant may take to show). A list that ends truncated without a marker, or at the page cap,
  * is not complete, and no absence from it counts. KMS not answering
  * makes every member stale; rounds then come every TTL/4 until it answers.
  */
@@ -77,8 +89,10 @@ export class KeyCheck {
   private listable = true;
   /** Members whose grant a round has listed: complete lists without it later mean it is gone. */
   private readonly listed = new WeakSet<Member>();
-  /** Complete lists in a row that lacked a listed member's grant. */
+  /** Complete lists in a row that lacked a member's grant (listed before, or never listed). */
   private readonly misses = new WeakMap<Member, number>();
+  /** When each member joined the check. */
+  private readonly joinedAt = new WeakMap<Member, number>();
   private failing = false;
   /** The last list was whole (logged once when it stops being). */
   private complete = true;
@@ -117,6 +131,7 @@ export class KeyCheck {
 
   private join(m: Member): { leave(): void; nextRoundAt(): number | null } {
     this.members.add(m);
+    this.joinedAt.set(m, this.clock.now());
     if (!this.timer && !this.running) this.schedule(this.period());
     return {
       leave: () => {
@@ -215,10 +230,11 @@ export class KeyCheck {
         if (seen) {
           this.listed.add(m);
           this.misses.delete(m);
-        } else if (grants?.complete && this.listed.has(m)) {
+        } else if (grants?.complete) {
           const n = (this.misses.get(m) ?? 0) + 1;
           this.misses.set(m, n);
-          if (n >= GONE_AFTER_MISSES) {
+          const wasListed = this.listed.has(m);
+          if (wasListed ? n >= GONE_AFTER_MISSES : n >= NEVER_LISTED_MISSES && this.clock.now() - (this.joinedAt.get(m) ?? 0) >= NEVER_LISTED_GRACE_MS) {
             gone.push(m);
             continue;
           }
@@ -239,8 +255,13 @@ export class KeyCheck {
       for (const m of confirmed) if (this.members.has(m)) m.cache.confirm();
       // Only members still attached: a volume detached during the round is not impaired.
       goneNow = gone.filter((m) => this.members.has(m));
-      if (goneNow.length) this.log.warn({ volumes: goneNow.map((m) => m.volumeId), grantIds: goneNow.map((m) => m.grantId) }, 'shared key check: attach grants listed before are gone (revoked or retired): volumes impaired');
-      await Promise.all(goneNow.map((m) => (this.members.has(m) ? m.cache.grantGone(`attach grant ${m.grantId} is no longer listed for the host in ${GONE_AFTER_MISSES} complete lists in a row (revoked or retired)`) : undefined)));
+      const before = goneNow.filter((m) => this.listed.has(m));
+      const never = goneNow.filter((m) => !this.listed.has(m));
+      if (before.length) this.log.warn({ volumes: before.map((m) => m.volumeId), grantIds: before.map((m) => m.grantId) }, 'shared key check: attach grants listed before are gone (revoked or retired): volumes impaired');
+      if (never.length) this.log.warn({ volumes: never.map((m) => m.volumeId), grantIds: never.map((m) => m.grantId) }, 'shared key check: attach grants never listed since the attach are gone (revoked or retired before the first check): volumes impaired');
+      await Promise.all(goneNow.map((m) => (this.members.has(m) ? m.cache.grantGone(this.listed.has(m)
+        ? `attach grant ${m.grantId} is no longer listed for the host in ${GONE_AFTER_MISSES} complete lists in a row (revoked or retired)`
+        : `attach grant ${m.grantId} was never listed for the host: absent from ${this.misses.get(m)} complete lists in a row over ${NEVER_LISTED_GRACE_MS / 60_000} minutes or more since the attach (revoked or retired before the first check)`) : undefined)));
       await Promise.all(decrypt.map((m) => (this.members.has(m) ? m.cache.refreshNow() : undefined)));
     }
     this.last = { at: this.clock.now(), confirmed: confirmed.length, toDecrypt: decrypt.length, unreachable: unreachable ? members.length : 0, grantsListed: this.listable, grantGone: goneNow.length, grantsComplete: this.complete };

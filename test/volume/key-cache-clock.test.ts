@@ -164,6 +164,38 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     expect(lines(/attach grants listed before are gone/)).toHaveLength(1);
   });
 
+  test('RevokeGrant before the first round, while the host may Decrypt by policy: the grant never listed is judged gone after three complete lists and five minutes (grant-revoked), not before', async () => {
+    await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
+    const k = await kms.createKey();
+    const ids = await attachMany(1, [k]);
+    const [grantId] = await kms.grantIds(k);
+    await kms.revokeGrant(k, grantId!); // before any round has listed it
+    ids.push(...(await attachMany(1, [k])));
+    const rounds = () => calls.ListRetirableGrants ?? 0;
+    await clock.advance(4 * TTL); // four minutes: three or more complete lists without it, inside the five minutes a new grant may take to show
+    expect(rounds()).toBeGreaterThanOrEqual(3);
+    expect(impaired).toEqual([]);
+    expect(states(ids)).toEqual(['cached', 'cached']); // each round's Decrypt, allowed by policy, confirmed it
+    await clock.advance(2 * TTL);
+    expect(impaired.map((e) => [e.volumeId, e.reason])).toEqual([[ids[0], 'grant-revoked']]);
+    expect(states([ids[1]!])).toEqual(['cached']);
+    expect(lines(/attach grants never listed since the attach are gone/)).toHaveLength(1);
+    expect(mgr.describeKeyCaches([ids[0]!])[0]!.LastError ?? JSON.stringify(mgr.describeKeyCaches([ids[0]!])[0])).toMatch(/was never listed for the host/);
+  });
+
+  test('a new grant the list shows only after four minutes (eventual consistency) impairs nothing', async () => {
+    await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
+    const k = await kms.createKey();
+    const ids = await attachMany(1, [k]);
+    const [grantId] = await kms.grantIds(k);
+    listFault = (r) => ({ ...r, Grants: r.Grants.filter((g) => g.GrantId !== grantId) });
+    await clock.advance(4 * TTL);
+    listFault = null;
+    await clock.advance(4 * TTL);
+    expect(impaired).toEqual([]);
+    expect(states(ids)).toEqual(['cached']);
+  });
+
   test('ListRetirableGrants is eventually consistent: a grant missing from one complete list, then listed again, impairs nothing; missing from two in a row, it does', async () => {
     await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
     const k = await kms.createKey();
