@@ -166,8 +166,12 @@ describe('a fleet on one KMS, in network namespaces', () => {
     for (const [h, vol] of vols) {
       // However many calls failed while the KMS was dead, each transition is one line, from the kill (by the
       // lines' own pino time, not by offsets into a log earlier tests wrote to) up to the volume's first answer.
-      const lines = logLines(hosts[h]!.log()).filter((l) => l.time >= killedAt);
-      const back = lines.findIndex((l) => l.time >= restartedAt && l.volumeId === vol && l.msg.includes('stale -> cached'));
+      // The status answer above came after the 'stale -> cached' line was written, not after it reached the
+      // log file (a pipe and a write stream between them): polled for, bounded.
+      const isBack = (l: { time: number; msg: string; volumeId?: string }): boolean => l.time >= restartedAt && l.volumeId === vol && l.msg.includes('stale -> cached');
+      const log = await hosts[h]!.untilLog((text) => logLines(text).some(isBack));
+      const lines = logLines(log).filter((l) => l.time >= killedAt);
+      const back = lines.findIndex(isBack);
       expect(back, h).toBeGreaterThan(0);
       const outage = lines.slice(0, back + 1);
       expect(outage.filter((l) => l.volumeId === vol && l.msg.includes('cached -> stale')), h).toHaveLength(1);
@@ -175,7 +179,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
       const opened = outage.filter((l) => l.msg.includes('circuit open, calls fail fast')).length;
       expect(opened, h).toBeLessThanOrEqual(1);
       expect(outage.filter((l) => l.msg.includes('circuit closed')).length, h).toBe(opened);
-      expect(hosts[h]!.log(), h).not.toContain('NodeVersionSupportWarning');
+      expect(log, h).not.toContain('NodeVersionSupportWarning');
     }
   });
 
