@@ -209,16 +209,10 @@ export class Env {
   /**
    * Poll (no fixed sleep) until the daemon counts no open handle on these
    * volumes: the kernel sends FUSE RELEASE after close() returns, so a
-   * just-closed file may still count for a moment. Straight to the socket,
-   * no CLI process per poll; bounded.
+   * just-closed file may still count for a moment. See untilClosed below.
    */
-  async untilClosed(...volumeIds: string[]): Promise<void> {
-    for (let i = 0; i < 1000; i++) {
-      const st = (await callDaemon(socketPathFor(this.state), 'ebsd.Status', {})) as { Volumes: { VolumeId: string; OpenHandles?: number }[] };
-      if (!st.Volumes.some((v) => volumeIds.includes(v.VolumeId) && v.OpenHandles)) return;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    throw new Error(`${volumeIds.join(', ')}: still open after 1000 polls of ebsd status`);
+  untilClosed(...volumeIds: string[]): Promise<void> {
+    return untilClosed(this.state, volumeIds);
   }
 
   daemonLog(): string {
@@ -229,6 +223,21 @@ export class Env {
     const p = join(this.state, 'kms', 'audit', 'events.ndjson');
     return existsSync(p) ? readFileSync(p, 'utf8') : '';
   }
+}
+
+/**
+ * Poll the daemon of `stateDir` until it counts no open handle on these volumes: the kernel sends FUSE
+ * RELEASE after close() returns (also after a dd child exits), so a just-closed file may still count
+ * for a moment, and a detach without --force then fails with VolumeInUse. Straight to the socket, no
+ * CLI process per poll; bounded.
+ */
+export async function untilClosed(stateDir: string, volumeIds: string[]): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    const st = (await callDaemon(socketPathFor(stateDir), 'ebsd.Status', {})) as { Volumes: { VolumeId: string; OpenHandles?: number }[] };
+    if (!st.Volumes.some((v) => volumeIds.includes(v.VolumeId) && v.OpenHandles)) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`${volumeIds.join(', ')}: still open after 1000 polls of ebsd status`);
 }
 
 /** What a log is polled for: a substring, a pattern, or a test of the whole text. */

@@ -102,6 +102,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
       await hosts[h]!.ok(['attach', vol]);
       const data = randomBytes(MiB);
       await writeDirect(file(h, vol), data);
+      await hosts[h]!.untilClosed(vol); // dd's close reaches the daemon as FUSE RELEASE after dd exits
       await hosts[h]!.ok(['detach', vol]);
       await hosts[h]!.ok(['attach', vol]);
       expect((await readDirect(file(h, vol), MiB)).equals(data)).toBe(true);

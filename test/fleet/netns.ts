@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs';
-import { CLI, pipesFlushed, run, untilReady, untilText, type CliResult, type LogPattern } from '../e2e/helpers.js';
+import { CLI, pipesFlushed, run, untilClosed, untilReady, untilText, type CliResult, type LogPattern } from '../e2e/helpers.js';
 
 /**
  * Network namespaces joined by a bridge inside the first one, with 10.x
@@ -141,6 +141,11 @@ export class NsDaemon {
     const r = await this.cli(args);
     if (r.code !== 0) throw new Error(`ebsd ${args.join(' ')} -> exit ${r.code}: ${r.stderr}`);
     return r.stdout.trim() ? r.json() : {};
+  }
+
+  /** Until the daemon counts no open handle on these volumes (FUSE RELEASE comes after close() returns). */
+  untilClosed(...volumeIds: string[]): Promise<void> {
+    return untilClosed(this.stateDir, volumeIds);
   }
 
   log(): string {
