@@ -32,7 +32,8 @@ function hostile(args: string[], uid = NOBODY): Promise<{ out: any; child: Child
       const nl = buf.indexOf('\n');
       if (nl >= 0) resolve({ out: JSON.parse(buf.slice(0, nl)), child });
     });
-    child.on('exit', (code) => { if (!buf.includes('\n')) reject(new Error(`bounds-client ${args[0]} exited ${code}: ${err}`)); });
+    // 'close', not 'exit': a client that prints its line and exits ('refused') may be seen exiting before the line is read.
+    child.on('close', (code) => { if (!buf.includes('\n')) reject(new Error(`bounds-client ${args[0]} exited ${code}: ${err}`)); });
   });
 }
 
