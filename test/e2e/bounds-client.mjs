@@ -1,14 +1,17 @@
 // A hostile local caller for test/e2e/bounds.test.ts, run as another uid
 // (setpriv). Modes:
 //   refused <socket> <n> <uaBytes> [target]  n sequential requests with a uaBytes User-Agent; prints status counts
-//   hold <socket> <n> <bodyBytes>    n connections, each sending headers (Content-Length 1 MiB) and
-//                                    bodyBytes of body, then holding; prints {"ready":...} and waits
+//   hold <socket> <n> <bodyBytes> [min503]
+//                                    n connections, each sending headers (Content-Length 1 MiB) and
+//                                    bodyBytes of body, then holding; prints {"ready":...} once at least
+//                                    min503 (default 0) 503 answers were read (30 s at most) and waits
 //                                    for stdin to close, then closes everything and exits
 // Everything it opens is closed when it exits; the test kills it on failure.
 import { connect } from 'node:net';
 import { request, Agent } from 'node:http';
 
 const [mode, socketPath, nArg, sizeArg, target = 'ebsd.DescribeVolumes'] = process.argv.slice(2);
+const min503 = mode === 'hold' ? Number(process.argv[6] ?? 0) : 0;
 const n = Number(nArg);
 const size = Number(sizeArg);
 
@@ -52,6 +55,9 @@ if (mode === 'refused') {
   })));
   // Give the daemon's answers a moment to arrive, then report: the answers are counted, not timed.
   await new Promise((r) => setTimeout(r, 500));
+  // A caller that needs some 503s read says how many: a loaded daemon may take longer than 500 ms to
+  // answer the connections past its caps. Bounded: with none after 30 s, the count says so.
+  for (const end = Date.now() + 30_000; refused503 < min503 && Date.now() < end;) await new Promise((r) => setTimeout(r, 25));
   console.log(JSON.stringify({ ready: true, connected, refused503, closedEarly, failed }));
   process.stdin.resume();
   process.stdin.on('end', () => {

@@ -100,6 +100,9 @@ export class Env {
 
   /** Start the daemon and wait for its "ready" log line. */
   async start(extra: string[] = []): Promise<void> {
+    // A daemon that died on its own (a fault point) and was not stopped: its last lines go in before the new one's.
+    const prev = this.daemon;
+    if (prev && (prev.exitCode !== null || prev.signalCode !== null)) await this.flushed(prev);
     const out = createWriteStream(this.log, { flags: 'a' });
     const p = spawn(process.execPath, [CLI, 'daemon', '--state-dir', this.state, '--mount', this.mnt, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.daemon = p;
@@ -118,33 +121,24 @@ export class Env {
    * wrote before it answered may not be in the file yet when the answer arrives. Poll (10 s) until
    * `pattern` is there; returns the log either way, for the caller's assertion to name what is missing.
    */
-  async untilLog(pattern: string | RegExp, ms = 10_000): Promise<string> {
-    const has = (s: string): boolean => (typeof pattern === 'string' ? s.includes(pattern) : pattern.test(s));
-    const end = Date.now() + ms;
-    let log = this.daemonLog();
-    while (!has(log) && Date.now() < end) {
-      await new Promise((r) => setTimeout(r, 25));
-      log = this.daemonLog();
-    }
-    return log;
+  untilLog(pattern: LogPattern, ms = 10_000): Promise<string> {
+    return untilText(() => this.daemonLog(), pattern, ms);
   }
 
   /** Once the process has exited: wait for its pipes to close and the log file to take all it wrote. */
   private async flushed(p: ChildProcess): Promise<void> {
-    // A grandchild that kept the pipe open must not hang the test: 5 s at most.
-    const closed = (s: NodeJS.ReadableStream & { closed?: boolean } | null): Promise<void> =>
-      !s || s.closed ? Promise.resolve() : new Promise<void>((r) => { const t = setTimeout(r, 5_000); s.once('close', () => { clearTimeout(t); r(); }); });
-    await Promise.all([closed(p.stdout), closed(p.stderr)]);
     const out = this.out;
     this.out = undefined;
-    if (out) await new Promise<void>((r) => out.end(() => r()));
+    await pipesFlushed(p, out);
   }
 
   /** SIGTERM and wait; returns the exit code. */
   async stop(): Promise<number | null> {
     const p = this.daemon;
-    if (p && p.exitCode !== null) await this.flushed(p);
-    if (!p || p.exitCode !== null) return p?.exitCode ?? null;
+    // Gone already (exited, or killed by a signal: a fault point's SIGKILL): no 'exit' is coming to wait for.
+    const gone = p !== undefined && (p.exitCode !== null || p.signalCode !== null);
+    if (gone) await this.flushed(p);
+    if (!p || gone) return p?.exitCode ?? null;
     const done = new Promise<number | null>((r) => p.once('exit', (c) => r(c)));
     p.kill('SIGTERM');
     const code = await Promise.race([done, new Promise<null>((r) => setTimeout(() => r(null), 20_000))]);
@@ -157,8 +151,10 @@ export class Env {
   /** SIGKILL; resolves once the process is gone (a restart must wait for that: the pid lock). */
   kill9(): Promise<void> {
     const p = this.daemon;
-    if (!p || p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
+    if (!p) return Promise.resolve();
     this.daemon = undefined;
+    // Already gone (a fault point's SIGKILL): its last lines may still be in the pipe.
+    if (p.exitCode !== null || p.signalCode !== null) return this.flushed(p);
     const done = new Promise<void>((r) => p.once('exit', () => r()));
     p.kill('SIGKILL');
     return done.then(() => this.flushed(p));
@@ -213,16 +209,10 @@ export class Env {
   /**
    * Poll (no fixed sleep) until the daemon counts no open handle on these
    * volumes: the kernel sends FUSE RELEASE after close() returns, so a
-   * just-closed file may still count for a moment. Straight to the socket,
-   * no CLI process per poll; bounded.
+   * just-closed file may still count for a moment. See untilClosed below.
    */
-  async untilClosed(...volumeIds: string[]): Promise<void> {
-    for (let i = 0; i < 1000; i++) {
-      const st = (await callDaemon(socketPathFor(this.state), 'ebsd.Status', {})) as { Volumes: { VolumeId: string; OpenHandles?: number }[] };
-      if (!st.Volumes.some((v) => volumeIds.includes(v.VolumeId) && v.OpenHandles)) return;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    throw new Error(`${volumeIds.join(', ')}: still open after 1000 polls of ebsd status`);
+  untilClosed(...volumeIds: string[]): Promise<void> {
+    return untilClosed(this.state, volumeIds);
   }
 
   daemonLog(): string {
@@ -233,6 +223,51 @@ export class Env {
     const p = join(this.state, 'kms', 'audit', 'events.ndjson');
     return existsSync(p) ? readFileSync(p, 'utf8') : '';
   }
+}
+
+/**
+ * Poll the daemon of `stateDir` until it counts no open handle on these volumes: the kernel sends FUSE
+ * RELEASE after close() returns (also after a dd child exits), so a just-closed file may still count
+ * for a moment, and a detach without --force then fails with VolumeInUse. Straight to the socket, no
+ * CLI process per poll; bounded.
+ */
+export async function untilClosed(stateDir: string, volumeIds: string[]): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    const st = (await callDaemon(socketPathFor(stateDir), 'ebsd.Status', {})) as { Volumes: { VolumeId: string; OpenHandles?: number }[] };
+    if (!st.Volumes.some((v) => volumeIds.includes(v.VolumeId) && v.OpenHandles)) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`${volumeIds.join(', ')}: still open after 1000 polls of ebsd status`);
+}
+
+/** What a log is polled for: a substring, a pattern, or a test of the whole text. */
+export type LogPattern = string | RegExp | ((log: string) => boolean);
+
+/**
+ * Poll `read()` (every 25 ms, `ms` at most) until it holds `pattern`; returns the last text read either
+ * way, for the caller's assertion to name what is missing. For a file written behind the event awaited.
+ */
+export async function untilText(read: () => string, pattern: LogPattern, ms = 10_000): Promise<string> {
+  const has = (s: string): boolean => (typeof pattern === 'string' ? s.includes(pattern) : pattern instanceof RegExp ? pattern.test(s) : pattern(s));
+  const end = Date.now() + ms;
+  let text = read();
+  while (!has(text) && Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 25));
+    text = read();
+  }
+  return text;
+}
+
+/**
+ * Once `p` has exited: wait for its stdout and stderr pipes to close (5 s at most each: a grandchild
+ * that kept one open must not hang the test), then end `out`, the stream its output was copied to,
+ * and wait until the file has taken everything.
+ */
+export async function pipesFlushed(p: ChildProcess, out: WriteStream | undefined): Promise<void> {
+  const closed = (s: NodeJS.ReadableStream & { closed?: boolean } | null): Promise<void> =>
+    !s || s.closed ? Promise.resolve() : new Promise<void>((r) => { const t = setTimeout(r, 5_000); s.once('close', () => { clearTimeout(t); r(); }); });
+  await Promise.all([closed(p.stdout), closed(p.stderr)]);
+  if (out) await new Promise<void>((r) => out.end(() => r()));
 }
 
 /** Wait for a daemon child's "ebsd daemon ready" line (30 s), copying its output to `out`; its early exit fails. */

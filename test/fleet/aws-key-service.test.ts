@@ -91,7 +91,9 @@ describe('AwsKeyService against a --kms-only daemon', () => {
   });
 
   it('a dead KMS opens the circuit after 3 unanswered calls; calls then fail fast without a request; the first answer closes it', async () => {
-    const ks = await as('host', { maxAttempts: 1, circuitOpenMs: 300, connectionTimeoutMs: 1000, requestTimeoutMs: 2000 });
+    // Open for 5 s: the checks below that it is open and fails fast must not outlast it on a loaded machine
+    // (at 300 ms, a test process stalled that long would find it closed and send the "fast" call out as a probe).
+    const ks = await as('host', { maxAttempts: 1, circuitOpenMs: 5_000, connectionTimeoutMs: 1000, requestTimeoutMs: 2000 });
     const blob = (await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY)).CiphertextBlob;
     await env.kill9();
     const before = ks.health().Calls.Decrypt ?? 0;

@@ -102,11 +102,14 @@ describe('a fleet on one KMS, in network namespaces', () => {
       await hosts[h]!.ok(['attach', vol]);
       const data = randomBytes(MiB);
       await writeDirect(file(h, vol), data);
+      await hosts[h]!.untilClosed(vol); // dd's close reaches the daemon as FUSE RELEASE after dd exits
       await hosts[h]!.ok(['detach', vol]);
       await hosts[h]!.ok(['attach', vol]);
       expect((await readDirect(file(h, vol), MiB)).equals(data)).toBe(true);
       patterns.set(h, data);
-      const st = await volumeOf(h, vol);
+      // A loaded machine may time a refresh call out (TTL/2) between the attach and this status: the volume is
+      // stale until the next round, then cached again (as host-b in the revoke-grant test). Polled, bounded.
+      const st = await until(`${h} cached`, async () => { const v = await volumeOf(h, vol); return /cached|refreshing/.test(v.KeyCache.State) ? v : undefined; }, 15_000);
       expect(st).toMatchObject({ Attached: true, KmsKeyId: keyArn, KeyCache: { State: expect.stringMatching(/cached|refreshing/) }, Kms: { Endpoint: url(), HostPrincipal: `arn:aws:iam::${accountId}:role/${h}` } });
       expect(st.Kms.SecondsToMaxStale).toBeGreaterThan(0);
     }
@@ -166,8 +169,12 @@ describe('a fleet on one KMS, in network namespaces', () => {
     for (const [h, vol] of vols) {
       // However many calls failed while the KMS was dead, each transition is one line, from the kill (by the
       // lines' own pino time, not by offsets into a log earlier tests wrote to) up to the volume's first answer.
-      const lines = logLines(hosts[h]!.log()).filter((l) => l.time >= killedAt);
-      const back = lines.findIndex((l) => l.time >= restartedAt && l.volumeId === vol && l.msg.includes('stale -> cached'));
+      // The status answer above came after the 'stale -> cached' line was written, not after it reached the
+      // log file (a pipe and a write stream between them): polled for, bounded.
+      const isBack = (l: { time: number; msg: string; volumeId?: string }): boolean => l.time >= restartedAt && l.volumeId === vol && l.msg.includes('stale -> cached');
+      const log = await hosts[h]!.untilLog((text) => logLines(text).some(isBack));
+      const lines = logLines(log).filter((l) => l.time >= killedAt);
+      const back = lines.findIndex(isBack);
       expect(back, h).toBeGreaterThan(0);
       const outage = lines.slice(0, back + 1);
       expect(outage.filter((l) => l.volumeId === vol && l.msg.includes('cached -> stale')), h).toHaveLength(1);
@@ -175,7 +182,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
       const opened = outage.filter((l) => l.msg.includes('circuit open, calls fail fast')).length;
       expect(opened, h).toBeLessThanOrEqual(1);
       expect(outage.filter((l) => l.msg.includes('circuit closed')).length, h).toBe(opened);
-      expect(hosts[h]!.log(), h).not.toContain('NodeVersionSupportWarning');
+      expect(log, h).not.toContain('NodeVersionSupportWarning');
     }
   });
 

@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, readFileSync } from 'node:fs';
-import { CLI, run, untilReady, type CliResult } from '../e2e/helpers.js';
+import { createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs';
+import { CLI, pipesFlushed, run, untilClosed, untilReady, untilText, type CliResult, type LogPattern } from '../e2e/helpers.js';
 
 /**
  * Network namespaces joined by a bridge inside the first one, with 10.x
@@ -70,6 +70,8 @@ function ip(args: string[]): void {
  */
 export class NsDaemon {
   private proc: ChildProcess | undefined;
+  /** Where the running daemon's output is copied; ended (and flushed) when the daemon is gone. */
+  private out: WriteStream | undefined;
 
   constructor(
     readonly netns: () => string,
@@ -83,31 +85,52 @@ export class NsDaemon {
     const out = createWriteStream(this.logFile, { flags: 'a' });
     const p = spawn('nsenter', [`--net=/run/netns/${this.netns()}`, process.execPath, CLI, 'daemon', '--state-dir', this.stateDir, ...this.args], { env: this.env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
-    await untilReady(p, out);
+    this.out = out;
+    try {
+      await untilReady(p, out);
+    } catch (e) {
+      if (p.exitCode !== null || p.signalCode !== null) await this.flushed(p);
+      throw e;
+    }
   }
 
   get running(): boolean {
     return this.proc !== undefined && this.proc.exitCode === null && this.proc.signalCode === null;
   }
 
-  kill9(): Promise<void> {
+  /** SIGKILL; resolves once the process is gone and the log file has all it wrote. */
+  async kill9(): Promise<void> {
     const p = this.proc;
     this.proc = undefined;
-    if (!p || p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
-    const done = new Promise<void>((r) => p.once('exit', () => r()));
-    p.kill('SIGKILL');
-    return done;
+    if (!p) return;
+    if (p.exitCode === null && p.signalCode === null) {
+      const done = new Promise<void>((r) => p.once('exit', () => r()));
+      p.kill('SIGKILL');
+      await done;
+    }
+    await this.flushed(p);
   }
 
+  /** SIGTERM (SIGKILL after 20 s); resolves once the process is gone and the log file has all it wrote. */
   async stop(): Promise<void> {
     const p = this.proc;
-    if (!p || p.exitCode !== null || p.signalCode !== null) return;
-    const done = new Promise<void>((r) => p.once('exit', () => r()));
-    p.kill('SIGTERM');
-    const t = setTimeout(() => p.kill('SIGKILL'), 20_000);
-    await done;
-    clearTimeout(t);
+    if (!p) return;
+    if (p.exitCode === null && p.signalCode === null) {
+      const done = new Promise<void>((r) => p.once('exit', () => r()));
+      p.kill('SIGTERM');
+      const t = setTimeout(() => p.kill('SIGKILL'), 20_000);
+      await done;
+      clearTimeout(t);
+    }
     this.proc = undefined;
+    await this.flushed(p);
+  }
+
+  /** The daemon's output reaches logFile through a pipe and a write stream: end it once the process is gone. */
+  private async flushed(p: ChildProcess): Promise<void> {
+    const out = this.out;
+    this.out = undefined;
+    await pipesFlushed(p, out);
   }
 
   cli(args: string[]): Promise<CliResult> {
@@ -120,8 +143,21 @@ export class NsDaemon {
     return r.stdout.trim() ? r.json() : {};
   }
 
+  /** Until the daemon counts no open handle on these volumes (FUSE RELEASE comes after close() returns). */
+  untilClosed(...volumeIds: string[]): Promise<void> {
+    return untilClosed(this.stateDir, volumeIds);
+  }
+
   log(): string {
     return existsSync(this.logFile) ? readFileSync(this.logFile, 'utf8') : '';
+  }
+
+  /**
+   * A line the daemon wrote before it answered may not be in logFile yet when the answer arrives
+   * (pipe, write stream): poll (10 s) until `pattern` holds; returns the log either way.
+   */
+  untilLog(pattern: LogPattern, ms = 10_000): Promise<string> {
+    return untilText(() => this.log(), pattern, ms);
   }
 }
 

@@ -84,6 +84,7 @@ describe('a host daemon started while its KMS is down', () => {
     readSync(fd, out, 0, 4096, 0);
     closeSync(fd);
     expect(out.equals(data), `seed ${SEED}`).toBe(true);
+    await host.untilClosed(vol); // FUSE RELEASE reaches the daemon after close() returns
     expect((await host.ok(['detach', vol])).State).toBe('detached');
 
     const log = await host.untilLog(/host principal resolved, volumes open/);
@@ -195,6 +196,7 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     readSync(fd, out, 0, 4096, 0);
     closeSync(fd);
     expect(out.equals(data), `seed ${SEED}`).toBe(true);
+    await host.untilClosed(vol); // FUSE RELEASE reaches the daemon after close() returns
     expect((await host.ok(['detach', vol])).State).toBe('detached');
     const log = await host.untilLog(/volume recorded attached is served again/);
     expect(log.match(/KMS did not answer the re-attach of volumes recorded attached/g)).toHaveLength(1);

@@ -42,16 +42,23 @@ describe('restartOnSamePort', () => {
   it('a port held by someone else when the daemon starts: started again once it is free, on that port', async () => {
     const blocker = await hold(host);
     const before = inUse();
+    const readyLines = (log: string): string[] => log.match(/"kmsUrl":"([^"]+)"/g) ?? [];
+    const readyBefore = readyLines(env.daemonLog()).length;
     const restarted = restartOnSamePort(env, ['--kms-only', '--kms-listen', host]);
     try {
-      // Let go only once a start has failed on it (polled, bounded).
-      for (let i = 0; i < 400 && inUse() === before; i++) await new Promise((r) => setTimeout(r, 25));
+      // Let go only once a start has failed on it (polled, bounded). The bound is the daemon's start-up
+      // time to its listen() on a loaded machine (Env.start allows 30 s): released earlier, the first
+      // start would succeed and the retry would go untested.
+      const end = Date.now() + 30_000;
+      while (inUse() === before && Date.now() < end) await new Promise((r) => setTimeout(r, 25));
     } finally {
       await release(blocker);
     }
     await restarted;
     expect(inUse()).toBeGreaterThan(before);
-    const ready = env.daemonLog().match(/"kmsUrl":"([^"]+)"/g)!;
+    // The restarted daemon's ready line reaches the log file behind the ready event: polled for.
+    const ready = readyLines(await env.untilLog((log) => readyLines(log).length > readyBefore));
+    expect(ready).toHaveLength(readyBefore + 1);
     expect(ready.at(-1)).toBe(`"kmsUrl":"http://${host}"`);
   }, 60_000);
 });

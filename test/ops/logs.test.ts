@@ -24,7 +24,8 @@ describe('daemon log format', () => {
     let out = '';
     p.stdout!.on('data', (c) => (out += c));
     p.stderr!.on('data', (c) => (out += c));
-    const exited = new Promise<number | null>((r) => p.once('exit', (c) => r(c)));
+    // 'close', not 'exit': 'exit' may come while the last lines are still in the pipes, unread here.
+    const exited = new Promise<number | null>((r) => p.once('close', (c) => r(c)));
     for (let i = 0; i < 1500 && !out.includes('ebsd daemon ready'); i++) {
       if (p.exitCode !== null) throw new Error(`daemon exited ${p.exitCode}:\n${out}`);
       await new Promise((r) => setTimeout(r, 20));

@@ -154,6 +154,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     } finally {
       closeSync(fd);
     }
+    await env.untilClosed(restored); // FUSE RELEASE reaches the daemon after close() returns
     await env.ok(['detach', restored]);
 
     // Audited as EBS calls; no block data and no data key in the audit log.
@@ -296,6 +297,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     const s1 = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
     writeAt(rewrite, 3 * MiB); // blocks 6 and 7
     const s2 = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
+    await env.untilClosed(vol); // writeAt's close: FUSE RELEASE comes after close() returns
     await env.ok(['detach', vol]);
 
     const changed = await ebs('ListChangedBlocks', { FirstSnapshotId: s1, SecondSnapshotId: s2 });

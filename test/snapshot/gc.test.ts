@@ -238,7 +238,8 @@ describe('collector killed with SIGKILL (directory store)', () => {
       });
       p.stderr.on('data', (c) => (out += c));
       p.on('error', rej);
-      p.on('exit', (_code, signal) => res({ signal, out }));
+      // 'close', not 'exit': 'exit' may come before the last of its output ("done") is read from the pipes.
+      p.on('close', (_code, signal) => res({ signal, out }));
     });
 
   test('killed between the manifest delete and the block deletes: orphans only, and the next sweep frees them', async () => {

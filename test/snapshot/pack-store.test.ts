@@ -205,7 +205,8 @@ describe('DirSnapshotStore pack files after a crash', () => {
       p.stdout.on('data', (c) => (out += c));
       p.stderr.on('data', (c) => (out += c));
       p.on('error', rej);
-      p.on('exit', (_code, signal) => res({ signal, out }));
+      // 'close', not 'exit': 'exit' may come before the last of its output (hashes, "committed") is read from the pipes.
+      p.on('close', (_code, signal) => res({ signal, out }));
     });
 
   for (const [fault, what] of [

@@ -51,8 +51,12 @@ describe('daemon start with the S3 store down and pending markers left', () => {
     await env.ok(['attach', vol]);
     expect(existsSync(env.file(vol))).toBe(true);
     await env.ok(['detach', vol]);
-    const warned = env.daemonLog().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; snapshotId?: string; component?: string; msg: string })
+    const warnings = (log: string) => log.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; snapshotId?: string; component?: string; msg: string })
       .filter((l) => l.level === 40 && l.snapshotId === LEFT);
+    // Written before the ready line, but the log file takes the daemon's output through a pipe and a write
+    // stream: polled (bounded) until a warning of each part is there.
+    const parts = (log: string): string => [...new Set(warnings(log).map((l) => l.component))].sort().join();
+    const warned = warnings(await env.untilLog((log) => parts(log) === 'ebs-direct,snapshot,snapshot-copy'));
     // Each marker warned at least once (the background retry, 5 s on, may have warned again).
     expect([...new Set(warned.map((l) => l.component))].sort()).toEqual(['ebs-direct', 'snapshot', 'snapshot-copy']);
     for (const l of warned) expect(l.msg).toContain(`snapshot ${LEFT}`);

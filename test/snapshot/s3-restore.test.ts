@@ -81,6 +81,7 @@ describe('a snapshot in S3 restores on another daemon', () => {
     } finally {
       closeSync(fd);
     }
+    await a.untilClosed(vol); // FUSE RELEASE reaches the daemon after close() returns
     await a.ok(['detach', vol]);
     snap = await a.ok(['snapshot', 'create', vol, '--description', 'to host b', '--wait']);
     expect(snap).toMatchObject({ State: 'completed', VolumeId: vol, KmsKeyId: keyArn, Encrypted: true });
@@ -111,6 +112,7 @@ describe('a snapshot in S3 restores on another daemon', () => {
     const file = b.file(restored.VolumeId);
     expect(readAt(file, MiB, data.length).equals(data)).toBe(true);
     expect(readAt(file, 0, MiB).equals(Buffer.alloc(MiB))).toBe(true); // never written on A: zeros
+    await b.untilClosed(restored.VolumeId); // readAt's close: FUSE RELEASE comes after close() returns
     await b.ok(['detach', restored.VolumeId]);
     // B's key came from A's KMS, as B's host identity: A's audit log says so.
     const byB = a.auditText().trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.userIdentity?.arn === userArn && !e.errorCode);

@@ -134,7 +134,9 @@ export async function stampPointInTime(env: Env, vol: string, seed: number, chil
   // One cut explains every sector, and it lies between the request and the answer.
   expect(cutLo, `no single point in time: sectors need a cut >= ${cutLo} and <= ${cutHi}`).toBeLessThanOrEqual(cutHi);
   expect(Math.max(cutLo, lo), `cut [${cutLo}, ${cutHi}] vs acknowledged-before-request ${lo}, issued-after-answer > ${hi}`).toBeLessThanOrEqual(Math.min(cutHi, hi));
-  const completedLine = env.daemonLog().split('\n').find((l) => l.includes(id) && l.includes('snapshot completed'));
+  // Logged once the manifest says completed, and it reaches the log file behind that (pipe, write stream): polled for.
+  const isCompleted = (l: string): boolean => l.includes(id) && l.includes('snapshot completed');
+  const completedLine = (await env.untilLog((log) => log.split('\n').some(isCompleted))).split('\n').find(isCompleted);
   console.log(`writes ${writes.length}, request/answer window [${lo}, ${hi}], cut [${cutLo}, ${cutHi}]; ${completedLine?.match(/"cowSectors":\d+,"cowSpilledSectors":\d+/)?.[0]}`);
   return { snapshotId: id, completedLine };
 }
