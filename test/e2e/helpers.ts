@@ -103,17 +103,8 @@ export class Env {
     // A daemon that died on its own (a fault point) and was not stopped: its last lines go in before the new one's.
     const prev = this.daemon;
     if (prev && (prev.exitCode !== null || prev.signalCode !== null)) await this.flushed(prev);
-    const out = createWriteStream(this.log, { flags: 'a' });
-    const p = spawn(process.execPath, [CLI, 'daemon', '--state-dir', this.state, '--mount', this.mnt, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.daemon = p;
-    this.out = out;
-    try {
-      await untilReady(p, out);
-    } catch (e) {
-      // A start that failed: what the daemon said on its way out is in the log before the caller looks.
-      if (p.exitCode !== null || p.signalCode !== null) await this.flushed(p);
-      throw e;
-    }
+    await startDaemonChild(this.log, process.execPath, [CLI, 'daemon', '--state-dir', this.state, '--mount', this.mnt, ...extra], undefined,
+      (p, out) => { this.daemon = p; this.out = out; }, (p) => this.flushed(p));
   }
 
   /**
@@ -268,6 +259,26 @@ export async function pipesFlushed(p: ChildProcess, out: WriteStream | undefined
     !s || s.closed ? Promise.resolve() : new Promise<void>((r) => { const t = setTimeout(r, 5_000); s.once('close', () => { clearTimeout(t); r(); }); });
   await Promise.all([closed(p.stdout), closed(p.stderr)]);
   if (out) await new Promise<void>((r) => out.end(() => r()));
+}
+
+/**
+ * Spawn a daemon child whose output is copied to `logFile`, hand it to `keep` at once (so a
+ * cleanup can kill it whatever happens next), and wait for its ready line. A start that fails
+ * with the child gone leaves all it said in the file (`flush`) before the error is thrown.
+ */
+export async function startDaemonChild(
+  logFile: string, cmd: string, args: string[], env: NodeJS.ProcessEnv | undefined,
+  keep: (p: ChildProcess, out: WriteStream) => void, flush: (p: ChildProcess) => Promise<void>,
+): Promise<void> {
+  const out = createWriteStream(logFile, { flags: 'a' });
+  const p = spawn(cmd, args, { ...(env ? { env } : {}), stdio: ['ignore', 'pipe', 'pipe'] });
+  keep(p, out);
+  try {
+    await untilReady(p, out);
+  } catch (e) {
+    if (p.exitCode !== null || p.signalCode !== null) await flush(p);
+    throw e;
+  }
 }
 
 /** Wait for a daemon child's "ebsd daemon ready" line (30 s), copying its output to `out`; its early exit fails. */

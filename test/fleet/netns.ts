@@ -1,6 +1,6 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs';
-import { CLI, pipesFlushed, run, untilClosed, untilReady, untilText, type CliResult, type LogPattern } from '../e2e/helpers.js';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, type WriteStream } from 'node:fs';
+import { CLI, pipesFlushed, run, startDaemonChild, untilClosed, untilText, type CliResult, type LogPattern } from '../e2e/helpers.js';
 
 /**
  * Network namespaces joined by a bridge inside the first one, with 10.x
@@ -82,16 +82,8 @@ export class NsDaemon {
   ) {}
 
   async start(): Promise<void> {
-    const out = createWriteStream(this.logFile, { flags: 'a' });
-    const p = spawn('nsenter', [`--net=/run/netns/${this.netns()}`, process.execPath, CLI, 'daemon', '--state-dir', this.stateDir, ...this.args], { env: this.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.proc = p;
-    this.out = out;
-    try {
-      await untilReady(p, out);
-    } catch (e) {
-      if (p.exitCode !== null || p.signalCode !== null) await this.flushed(p);
-      throw e;
-    }
+    await startDaemonChild(this.logFile, 'nsenter', [`--net=/run/netns/${this.netns()}`, process.execPath, CLI, 'daemon', '--state-dir', this.stateDir, ...this.args], this.env,
+      (p, out) => { this.proc = p; this.out = out; }, (p) => this.flushed(p));
   }
 
   get running(): boolean {
