@@ -31,6 +31,16 @@ async function attachedAndStopped(host: Env, kmsUrl: string, keyArn: string, see
   expect(await host.stop()).toBe(0);
   return { vol, data };
 }
+
+/** A KMS daemon started in `kms` with a user `host` allowed kms:*, its access key, and a key: what every case's host needs. */
+async function kmsWithHostUser(kms: Env): Promise<{ url: string; k: { AccessKeyId: string; SecretAccessKey: string }; keyArn: string }> {
+  const url = (await startKmsDaemon(kms)).url;
+  await kms.ok(['iam', 'create-user', 'host']);
+  await kms.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+  const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
+  const keyArn = (await kms.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
+  return { url, k, keyArn };
+}
 printSeedOnFailure();
 
 describe('a host daemon started while its KMS is down', () => {
@@ -50,11 +60,9 @@ describe('a host daemon started while its KMS is down', () => {
   });
 
   it('comes up, says it waits, refuses volume operations with ServiceUnavailable, and re-attaches its volume when the KMS starts', async () => {
-    url = (await startKmsDaemon(kms)).url;
-    await kms.ok(['iam', 'create-user', 'host']);
-    await kms.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
-    const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
-    const keyArn = (await kms.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
+    const made = await kmsWithHostUser(kms);
+    url = made.url;
+    const { k, keyArn } = made;
     for (const v of VARS) delete process.env[v];
     Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
 
@@ -161,11 +169,7 @@ describe('a host restarted while STS answers and the KMS does not', () => {
   });
 
   it('retries the re-attach with back-off, shows why in status, and serves the volume again once the KMS answers', async () => {
-    const url = (await startKmsDaemon(kms)).url;
-    await kms.ok(['iam', 'create-user', 'host']);
-    await kms.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
-    const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
-    const keyArn = (await kms.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
+    const { url, k, keyArn } = await kmsWithHostUser(kms);
     const u = new URL(url);
     proxy = new TcpProxy({ host: u.hostname, port: Number(u.port) });
     await proxy.start();
