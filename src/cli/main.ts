@@ -199,14 +199,49 @@ function kmsCommand(y: Argv): Argv {
       const raw = hideBin(process.argv);
       const at = raw.indexOf(String(a.operation), raw.indexOf('kms') + 1);
       const req = parseKmsArgs(raw.slice(at + 1), op);
+      const alias = op === 'CreateKey' && a.alias !== undefined ? await aliasForNewKey(g, a.alias) : undefined;
       const res = await call(g, `TrentService.${op}`, req);
-      if (op === 'CreateKey' && typeof a.alias === 'string') {
+      if (alias !== undefined) {
         const keyId = (res.KeyMetadata as R).KeyId as string;
-        await call(g, 'TrentService.CreateAlias', { AliasName: a.alias, TargetKeyId: keyId });
+        try {
+          await call(g, 'TrentService.CreateAlias', { AliasName: alias, TargetKeyId: keyId });
+        } catch (e) {
+          // The key exists now: its description goes to stdout all the same, and the error names it.
+          show(g, res);
+          const note = `key ${keyId} was created, but not its alias ${alias}`;
+          if (e instanceof ServiceError) throw new ServiceError(e.awsName, `${e.message} (${note})`, e.status);
+          process.stderr.write(`ebsd: ${note}\n`);
+          throw e;
+        }
       }
       show(g, res);
     },
   );
+}
+
+/** AWS: `alias/` then letters, digits, `/ _ -`; 1-256 characters; `alias/aws/` is reserved (src/kms/ops/aliases.ts). */
+const ALIAS_RE = /^alias\/[a-zA-Z0-9/_-]+$/;
+
+/**
+ * `kms create-key --alias NAME`: the alias is checked before the key is made (a valid name, and free),
+ * so a refused alias leaves no key behind with an id nobody was told.
+ */
+async function aliasForNewKey(g: Globals, alias: unknown): Promise<string> {
+  const name = String(alias);
+  if (name === '') throw new UsageError('--alias needs a value: alias/NAME');
+  if (!ALIAS_RE.test(name) || name.length > 256) {
+    throw new UsageError(`--alias "${name}": an alias name is alias/ then letters, digits, /, _ or - (at most 256 characters)`);
+  }
+  if (name.startsWith('alias/aws/')) throw new UsageError(`--alias "${name}": names beginning with alias/aws/ are reserved for AWS managed keys`);
+  try {
+    const taken = await call(g, 'TrentService.DescribeKey', { KeyId: name });
+    const keyId = (taken.KeyMetadata as R | undefined)?.KeyId;
+    throw new ServiceError('AlreadyExistsException', `An alias with the name ${name} already exists (key ${String(keyId)}); no key was created`, 400);
+  } catch (e) {
+    // NotFound: the name is free. Denied or another refusal: CreateAlias will judge it, and a failure there names the new key.
+    if (e instanceof ServiceError && e.awsName !== 'AlreadyExistsException') return name;
+    throw e;
+  }
 }
 
 function volumeCommands(y: Argv): Argv {
