@@ -60,6 +60,8 @@ export function callDaemon(socketPath: string, target: string, body: Record<stri
     req.on('error', (e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') reject(new DaemonUnreachableError(socketPath, e.code === 'ENOENT' ? 'no socket' : 'connection refused'));
       else if (e.code === 'EACCES') reject(new DaemonUnreachableError(socketPath, 'permission denied on the socket path'));
+      // `--state-dir /etc/passwd`: a file where a directory should be; no daemon can be there.
+      else if (e.code === 'ENOTDIR') reject(new DaemonUnreachableError(socketPath, 'not a directory: the state dir must be a directory'));
       else reject(e);
     });
     req.end(text);

@@ -1,7 +1,8 @@
-import { writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { callDaemon, socketPathFor } from './client.js';
-import { UsageError, readLocalFile } from './kms-args.js';
+import { UsageError, readLocalFile, wholeNumber } from './kms-args.js';
 import { applyQuery, defaultFormat, print, type OutputFormat } from './output.js';
 
 /**
@@ -26,11 +27,36 @@ function show(g: Globals, v: unknown): void {
 /** `Key=k,Value=v` (AWS CLI shorthand) or a JSON list. */
 function parseTags(values: string[]): { Key: string; Value: string }[] {
   return values.flatMap((v) => {
-    if (v.trim().startsWith('[')) return JSON.parse(v) as { Key: string; Value: string }[];
+    if (v.trim().startsWith('[')) {
+      let list: unknown;
+      try {
+        list = JSON.parse(v);
+      } catch (e) {
+        throw new UsageError(`--tags: not valid JSON: ${(e as Error).message}`);
+      }
+      if (!Array.isArray(list)) throw new UsageError('--tags: a JSON value must be a list of {"Key": k, "Value": v}');
+      return list as { Key: string; Value: string }[];
+    }
     const m = /^Key=([^,]*),Value=(.*)$/.exec(v);
     if (!m) throw new UsageError(`--tags: expected Key=k,Value=v, got "${v}"`);
     return [{ Key: m[1]!, Value: m[2]! }];
   });
+}
+
+/** OUTFILE must be writable as a file: checked before the block is fetched, a usage error naming the path. */
+function checkOutfile(path: string): void {
+  if (path === '') throw new UsageError('OUTFILE: no path given');
+  let st;
+  try {
+    st = statSync(path, { throwIfNoEntry: false });
+  } catch (e) {
+    throw new UsageError(`OUTFILE ${path}: cannot be written (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  if (st?.isDirectory()) throw new UsageError(`OUTFILE ${path}: is a directory, not a file`);
+  if (st) return;
+  const dir = statSync(dirname(resolve(path)), { throwIfNoEntry: false });
+  if (!dir) throw new UsageError(`OUTFILE ${path}: no such directory: ${dirname(resolve(path))}`);
+  if (!dir.isDirectory()) throw new UsageError(`OUTFILE ${path}: ${dirname(resolve(path))} is not a directory`);
 }
 
 /** Every page of a list operation, concatenated as the AWS CLI does (the other members from the first page). */
@@ -48,9 +74,9 @@ async function paginate(g: Globals, op: string, body: R, key: string, all: boole
 }
 
 const pageOptions = (b: Argv): Argv => b
-  .option('max-results', { type: 'number', describe: 'blocks per page, 100–10000' })
+  .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: 'blocks per page, 100–10000' })
   .option('next-token', { type: 'string', describe: 'continue a listing (implies --no-paginate)' })
-  .option('starting-block-index', { type: 'number', describe: 'list from this block index' })
+  .option('starting-block-index', { type: 'string', coerce: wholeNumber('--starting-block-index'), describe: 'list from this block index' })
   .option('paginate', { type: 'boolean', default: true, describe: 'follow NextToken to the end (--no-paginate: one page)' });
 
 function pageMembers(a: R): R {
@@ -83,10 +109,11 @@ export function ebsCommands(y: Argv): Argv {
         b
           .positional('outfile', { type: 'string', describe: 'where the 512 KiB block is written' })
           .option('snapshot-id', { type: 'string', demandOption: true })
-          .option('block-index', { type: 'number', demandOption: true })
+          .option('block-index', { type: 'string', coerce: wholeNumber('--block-index'), demandOption: true })
           .option('block-token', { type: 'string', demandOption: true }),
       async (a) => {
         const g = a as unknown as Globals;
+        checkOutfile(String(a.outfile));
         const res = await call(g, 'GetSnapshotBlock', { SnapshotId: a.snapshotId, BlockIndex: a.blockIndex, BlockToken: a.blockToken });
         const { BlockData, ...rest } = res;
         writeFileSync(String(a.outfile), Buffer.from(String(BlockData), 'base64'), { mode: 0o600 });
@@ -94,14 +121,14 @@ export function ebsCommands(y: Argv): Argv {
       })
       .command('start-snapshot', 'Begin a snapshot to write with put-snapshot-block (StartSnapshot)', (b) =>
         b
-          .option('volume-size', { type: 'number', demandOption: true, describe: 'GiB, 1–65536' })
+          .option('volume-size', { type: 'string', coerce: wholeNumber('--volume-size'), demandOption: true, describe: 'GiB, 1–65536' })
           .option('parent-snapshot-id', { type: 'string' })
           .option('description', { type: 'string' })
           .option('tags', { type: 'array', string: true, describe: 'Key=k,Value=v ...' })
           .option('client-token', { type: 'string' })
           .option('encrypted', { type: 'boolean' })
           .option('kms-key-arn', { type: 'string' })
-          .option('timeout', { type: 'number', describe: 'minutes to CompleteSnapshot, 10–4320 (default 60)' }),
+          .option('timeout', { type: 'string', coerce: wholeNumber('--timeout'), describe: 'minutes to CompleteSnapshot, 10–4320 (default 60)' }),
       async (a) => {
         const g = a as unknown as Globals;
         show(g, await call(g, 'StartSnapshot', {
@@ -118,12 +145,12 @@ export function ebsCommands(y: Argv): Argv {
       .command('put-snapshot-block', 'Write one 512 KiB block to a pending snapshot (PutSnapshotBlock)', (b) =>
         b
           .option('snapshot-id', { type: 'string', demandOption: true })
-          .option('block-index', { type: 'number', demandOption: true })
+          .option('block-index', { type: 'string', coerce: wholeNumber('--block-index'), demandOption: true })
           .option('block-data', { type: 'string', demandOption: true, describe: 'file holding the block (path or fileb://path)' })
-          .option('data-length', { type: 'number', demandOption: true })
+          .option('data-length', { type: 'string', coerce: wholeNumber('--data-length'), demandOption: true })
           .option('checksum', { type: 'string', demandOption: true, describe: 'SHA256 of the block, base64' })
           .option('checksum-algorithm', { type: 'string', demandOption: true, choices: ['SHA256'] })
-          .option('progress', { type: 'number' }),
+          .option('progress', { type: 'string', coerce: wholeNumber('--progress') }),
       async (a) => {
         const g = a as unknown as Globals;
         const path = String(a.blockData).replace(/^fileb?:\/\//, '');
@@ -136,7 +163,7 @@ export function ebsCommands(y: Argv): Argv {
       .command('complete-snapshot', 'Seal a pending snapshot (CompleteSnapshot)', (b) =>
         b
           .option('snapshot-id', { type: 'string', demandOption: true })
-          .option('changed-blocks-count', { type: 'number', demandOption: true })
+          .option('changed-blocks-count', { type: 'string', coerce: wholeNumber('--changed-blocks-count'), demandOption: true })
           .option('checksum', { type: 'string', describe: 'SHA256 over the written blocks\' SHA256 digests in index order, base64' })
           .option('checksum-algorithm', { type: 'string', choices: ['SHA256'] })
           .option('checksum-aggregation-method', { type: 'string', choices: ['LINEAR'] }),

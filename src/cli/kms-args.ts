@@ -39,6 +39,33 @@ export class UsageError extends Error {
   }
 }
 
+/**
+ * Refuse an option given as the empty string (`--name "$UNSET"`): dropping it would widen a filter to
+ * everything or fall back to a default key, so `''` is a usage error naming the option.
+ */
+export function refuseEmpty(a: Record<string, unknown>, ...options: string[]): void {
+  for (const o of options) {
+    const v = a[o.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())];
+    if (v === '') throw new UsageError(`--${o}: empty value`);
+  }
+}
+
+/**
+ * A yargs `coerce` for a whole-number option: decimal digits only, up to 2^53-1. yargs' own
+ * `type: 'number'` turns `abc` into NaN (sent as null: "Invalid value 'null'") and takes `0x10` as 16.
+ * Given twice, the last value counts (as every option: main.ts normalizeArgs).
+ */
+export function wholeNumber(flag: string): (v: unknown) => number {
+  return (v: unknown): number => {
+    const last = Array.isArray(v) ? v[v.length - 1] : v;
+    if (typeof last === 'number' && Number.isSafeInteger(last) && last >= 0) return last; // a default
+    const s = String(last);
+    const n = /^\d+$/.test(s) ? Number(s) : NaN;
+    if (!Number.isSafeInteger(n)) throw new UsageError(`${flag} must be a whole number (decimal digits), got "${s}"`);
+    return n;
+  };
+}
+
 export const kebabToPascal = (s: string): string => s.split('-').map((w) => (w ? w[0]!.toUpperCase() + w.slice(1) : '')).join('');
 export const pascalToKebab = (s: string): string => s.replace(/([a-z0-9])([A-Z])/g, '$1-$2').toLowerCase();
 
@@ -85,8 +112,14 @@ export function parseKmsArgs(tokens: string[], operation?: string): Record<strin
 
 function convert(member: string, values: string[], negate: boolean): unknown {
   if (BOOLEANS.has(member)) {
+    // As the AWS CLI: a boolean flag stands alone (`--dry-run`, `--no-dry-run`); an explicit
+    // true/false (any case) is taken, anything else refused: `--dry-run TRUE` once ran the real operation.
     if (values.length === 0) return !negate;
-    return values[0] === 'true';
+    const flag = `--${negate ? 'no-' : ''}${pascalToKebab(member)}`;
+    if (negate || values.length > 1 || !/^(true|false)$/i.test(values[0]!)) {
+      throw new UsageError(`${flag} takes no value${negate ? '' : ' (or true or false)'}, got ${values.map((v) => `"${v}"`).join(' ')}`);
+    }
+    return values[0]!.toLowerCase() === 'true';
   }
   if (values.length === 0) throw new UsageError(`--${pascalToKebab(member)} needs a value`);
   if (LISTS.has(member)) {

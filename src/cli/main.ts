@@ -4,6 +4,7 @@
  * (`<state-dir>/ebsd.sock`), except `ebsd daemon` (which is the daemon) and
  * `ebsd speed` (local). Exit codes live here and in ./exit-codes.ts only.
  */
+import { resolve as resolvePath } from 'node:path';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
@@ -12,7 +13,7 @@ import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, par
 import { createLogger } from '../util/logger.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
-import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile } from './kms-args.js';
+import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
 import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, table, type OutputFormat } from './output.js';
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
@@ -126,7 +127,7 @@ function daemonCommand(y: Argv): Argv {
         .option('tls-cert', { type: 'string', describe: 'PEM certificate (chain) for --kms-listen: HTTPS' })
         .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert' })
         .option('kms-only', { type: 'boolean', default: false, describe: 'run the KMS alone (with --kms-listen): no FUSE mount, no volume service' })
-        .option('kms-front-threads', { type: 'number', describe: '--kms-listen\'s TLS and HTTP: 0 on the main thread, 1 on a front-end worker thread (default: 1 with --kms-only, 0 otherwise)' })
+        .option('kms-front-threads', { type: 'string', coerce: wholeNumber('--kms-front-threads'), describe: '--kms-listen\'s TLS and HTTP: 0 on the main thread, 1 on a front-end worker thread (default: 1 with --kms-only, 0 otherwise)' })
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
@@ -199,14 +200,49 @@ function kmsCommand(y: Argv): Argv {
       const raw = hideBin(process.argv);
       const at = raw.indexOf(String(a.operation), raw.indexOf('kms') + 1);
       const req = parseKmsArgs(raw.slice(at + 1), op);
+      const alias = op === 'CreateKey' && a.alias !== undefined ? await aliasForNewKey(g, a.alias) : undefined;
       const res = await call(g, `TrentService.${op}`, req);
-      if (op === 'CreateKey' && typeof a.alias === 'string') {
+      if (alias !== undefined) {
         const keyId = (res.KeyMetadata as R).KeyId as string;
-        await call(g, 'TrentService.CreateAlias', { AliasName: a.alias, TargetKeyId: keyId });
+        try {
+          await call(g, 'TrentService.CreateAlias', { AliasName: alias, TargetKeyId: keyId });
+        } catch (e) {
+          // The key exists now: its description goes to stdout all the same, and the error names it.
+          show(g, res);
+          const note = `key ${keyId} was created, but not its alias ${alias}`;
+          if (e instanceof ServiceError) throw new ServiceError(e.awsName, `${e.message} (${note})`, e.status);
+          process.stderr.write(`ebsd: ${note}\n`);
+          throw e;
+        }
       }
       show(g, res);
     },
   );
+}
+
+/** AWS: `alias/` then letters, digits, `/ _ -`; 1-256 characters; `alias/aws/` is reserved (src/kms/ops/aliases.ts). */
+const ALIAS_RE = /^alias\/[a-zA-Z0-9/_-]+$/;
+
+/**
+ * `kms create-key --alias NAME`: the alias is checked before the key is made (a valid name, and free),
+ * so a refused alias leaves no key behind with an id nobody was told.
+ */
+async function aliasForNewKey(g: Globals, alias: unknown): Promise<string> {
+  const name = String(alias);
+  if (name === '') throw new UsageError('--alias needs a value: alias/NAME');
+  if (!ALIAS_RE.test(name) || name.length > 256) {
+    throw new UsageError(`--alias "${name}": an alias name is alias/ then letters, digits, /, _ or - (at most 256 characters)`);
+  }
+  if (name.startsWith('alias/aws/')) throw new UsageError(`--alias "${name}": names beginning with alias/aws/ are reserved for AWS managed keys`);
+  try {
+    const taken = await call(g, 'TrentService.DescribeKey', { KeyId: name });
+    const keyId = (taken.KeyMetadata as R | undefined)?.KeyId;
+    throw new ServiceError('AlreadyExistsException', `An alias with the name ${name} already exists (key ${String(keyId)}); no key was created`, 400);
+  } catch (e) {
+    // NotFound: the name is free. Denied or another refusal: CreateAlias will judge it, and a failure there names the new key.
+    if (e instanceof ServiceError && e.awsName !== 'AlreadyExistsException') return name;
+    throw e;
+  }
 }
 
 function volumeCommands(y: Argv): Argv {
@@ -231,7 +267,8 @@ function volumeCommands(y: Argv): Argv {
               .option('tag', { type: 'array', string: true, describe: 'more tags, Key=Value' }),
           async (a) => {
             const g = a as unknown as Globals;
-            if (a.cipher === 'none' && a.kmsKey) throw new UsageError('--kms-key cannot be combined with --cipher none: a plaintext volume has no key');
+            refuseEmpty(a, 'kms-key', 'name', 'snapshot-id', 'size');
+            if (a.cipher === 'none' && a.kmsKey !== undefined) throw new UsageError('--kms-key cannot be combined with --cipher none: a plaintext volume has no key');
             if (a.size === undefined && a.snapshotId === undefined) throw new UsageError('volume create needs --size or --snapshot-id');
             const tags = (a.tag ?? []).map((t) => {
               const [k, ...rest] = String(t).split('=');
@@ -240,9 +277,9 @@ function volumeCommands(y: Argv): Argv {
             let res = await call(g, 'ebsd.CreateVolume', {
               ...(a.size !== undefined ? { Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size } : {}),
               ...(a.snapshotId !== undefined ? { SnapshotId: a.snapshotId } : {}),
-              ...(a.kmsKey ? { KmsKeyId: a.kmsKey } : {}),
+              ...(a.kmsKey !== undefined ? { KmsKeyId: a.kmsKey } : {}),
               ...(a.cipher ? { Cipher: a.cipher } : {}),
-              ...(a.name ? { Name: a.name } : {}),
+              ...(a.name !== undefined ? { Name: a.name } : {}),
               ...(tags.length ? { TagSpecifications: [{ ResourceType: 'volume', Tags: tags }] } : {}),
             });
             if (a.wait && res.State === 'creating') {
@@ -285,10 +322,11 @@ function volumeCommands(y: Argv): Argv {
               .option('kms-key', { type: 'string', describe: 'filter: key ARN' }),
           async (a) => {
             const g = a as unknown as Globals;
+            refuseEmpty(a, 'state', 'name', 'kms-key');
             const Filters: R[] = [];
-            if (a.state) Filters.push({ Name: 'status', Values: [a.state] });
-            if (a.name) Filters.push({ Name: 'tag:Name', Values: [a.name] });
-            if (a.kmsKey) Filters.push({ Name: 'kms-key-id', Values: [a.kmsKey] });
+            if (a.state !== undefined) Filters.push({ Name: 'status', Values: [a.state] });
+            if (a.name !== undefined) Filters.push({ Name: 'tag:Name', Values: [a.name] });
+            if (a.kmsKey !== undefined) Filters.push({ Name: 'kms-key-id', Values: [a.kmsKey] });
             const res = await call(g, 'ebsd.DescribeVolumes', Filters.length ? { Filters } : {});
             show(g, res, () => table(res.Volumes as R[], [...volumeColumns, ['ATTACHED AS', (r) => (r.Attachments as R[])[0]?.Device]]));
           },
@@ -361,7 +399,7 @@ function auditCommands(y: Argv): Argv {
       .command(
         'tail',
         'Show the last audit events',
-        (b) => b.option('n', { alias: 'limit', type: 'number', default: 20 }),
+        (b) => b.option('n', { alias: 'limit', type: 'string', coerce: wholeNumber('-n'), default: '20' }),
         async (a) => {
           const g = a as unknown as Globals;
           if (!Number.isInteger(a.n) || a.n < 1 || a.n > 10_000) throw new UsageError(`-n must be an integer from 1 to 10000, got ${String(a.n)}`);
@@ -413,7 +451,7 @@ function iamCommands(y: Argv): Argv {
     v.command(
       'create-role <name>',
       'Create an IAM role',
-      (b) => b.positional('name', { type: 'string' }).option('max-session-duration', { type: 'number', describe: 'longest AssumeRole session, seconds (3600..43200; default 3600)' }),
+      (b) => b.positional('name', { type: 'string' }).option('max-session-duration', { type: 'string', coerce: wholeNumber('--max-session-duration'), describe: 'longest AssumeRole session, seconds (3600..43200; default 3600)' }),
       async (a) => {
         const g = a as unknown as Globals;
         show(g, await call(g, 'ebsd.IamCreateRole', { RoleName: a.name, ...(a.maxSessionDuration !== undefined ? { MaxSessionDuration: a.maxSessionDuration } : {}) }));
@@ -464,7 +502,7 @@ function iamCommands(y: Argv): Argv {
       (b) => userName(b).option('access-key-id', { type: 'string', demandOption: true }),
       (a) => ({ AccessKeyId: a.accessKeyId, ...(a.userName ? { UserName: a.userName } : {}) }));
     iam('update-role', "Change a role: its MaxSessionDuration (the longest session AssumeRole grants)", 'UpdateRole',
-      (b) => b.option('role-name', { type: 'string', demandOption: true }).option('max-session-duration', { type: 'number', demandOption: true, describe: 'seconds, 3600..43200' }),
+      (b) => b.option('role-name', { type: 'string', demandOption: true }).option('max-session-duration', { type: 'string', coerce: wholeNumber('--max-session-duration'), demandOption: true, describe: 'seconds, 3600..43200' }),
       (a) => ({ RoleName: a.roleName, MaxSessionDuration: a.maxSessionDuration }));
     iam('update-assume-role-policy', "Set a role's trust policy: who may sts:AssumeRole it over --kms-listen", 'UpdateAssumeRolePolicy',
       (b) => b.option('role-name', { type: 'string', demandOption: true }).option('policy-document', { type: 'string', demandOption: true, describe: 'JSON or file://path' }),
@@ -497,12 +535,55 @@ function speedCommand(y: Argv): Argv {
 
 // ---- main ------------------------------------------------------------------
 
+/** The state dir the command line named (resolved), for the "is the daemon running?" hint. */
+let stateDirUsed: string | undefined;
+
+const camel = (k: string): string => k.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+/**
+ * Argument rules yargs does not apply itself, run before validation and before any request:
+ * - an option given twice keeps its last value, as the AWS CLI does (yargs would make an array
+ *   of it: `--query A --query B` crashed after the call, `--output json --output text` printed a table);
+ *   options declared as arrays (--tag, --filters, positionals with ..) keep every value;
+ * - a boolean flag takes no value or `=true` / `=false` (any case); `--wait=yes` was silently false;
+ * - the state dir: EBSD_STATE_DIR= (empty) is unset, `--state-dir ''` is refused, a relative one is made absolute.
+ */
+function normalizeArgs(a: R, yy: Argv, argv: string[]): void {
+  const o = (yy as unknown as { getOptions(): unknown }).getOptions() as { key: Record<string, boolean>; array: string[]; boolean: string[] };
+  const arrays = new Set(o.array.flatMap((k) => [k, camel(k)]));
+  for (const k of Object.keys(o.key)) {
+    if (arrays.has(k)) continue;
+    for (const key of new Set([k, camel(k)])) {
+      const v = a[key];
+      if (Array.isArray(v)) a[key] = v[v.length - 1];
+    }
+  }
+  const bools = new Set(o.boolean);
+  const end = argv.indexOf('--');
+  for (const tok of end < 0 ? argv : argv.slice(0, end)) {
+    const m = /^--(no-)?([^=]+)=(.*)$/s.exec(tok);
+    if (!m) continue;
+    const name = m[2]!;
+    if (!bools.has(name)) continue;
+    const negated = m[1] !== undefined;
+    if (!/^(true|false)$/i.test(m[3]!)) throw new UsageError(`--${m[1] ?? ''}${m[2]} takes no value, or true or false; got "${m[3]}"`);
+    const v = (m[3]!.toLowerCase() === 'true') !== negated;
+    a[name] = v;
+    a[camel(name)] = v;
+  }
+  if (typeof a.stateDir === 'string' || typeof a['state-dir'] === 'string') {
+    const dir = String(a.stateDir ?? a['state-dir']);
+    if (dir === '') throw new UsageError('--state-dir: empty path (leave it out for the default, or set EBSD_STATE_DIR)');
+    a.stateDir = a['state-dir'] = stateDirUsed = resolvePath(dir);
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   exitCode = EXIT.OK;
   let y: Argv = yargs(argv)
     .scriptName('ebsd')
     .version(VERSION)
-    .option('state-dir', { type: 'string', default: process.env.EBSD_STATE_DIR ?? DEFAULT_STATE_DIR, describe: 'daemon state dir (env EBSD_STATE_DIR)', global: true })
+    .option('state-dir', { type: 'string', default: process.env.EBSD_STATE_DIR || DEFAULT_STATE_DIR, describe: 'daemon state dir (env EBSD_STATE_DIR; empty = unset)', global: true })
     .option('output', { type: 'string', choices: ['json', 'table', 'text'], describe: 'output format (default: table on a terminal, else json)', global: true })
     .option('query', { type: 'string', describe: 'pick a field: KeyMetadata.KeyId, Volumes[].VolumeId', global: true })
     .usage('$0 <command> [options]\n\nEBS-style encrypted block volumes: LUKS2 images, AES-256-XTS, a bundled KMS, FUSE block files.')
@@ -511,6 +592,10 @@ export async function main(argv: string[]): Promise<number> {
     // Unknown flags are refused, as the AWS CLI does (`ebsd kms` checks per operation, in parseKmsArgs);
     // not while the shell asks for completions, whose words are half-typed by definition.
     .strictOptions(!argv.includes('--get-yargs-completions'))
+    // An unknown subcommand (`ebsd snapshot restore x`, `ebsd iam bogus`) is refused too, never a silent exit 0.
+    .strictCommands(!argv.includes('--get-yargs-completions'))
+    // Repeated options, boolean values and the state dir are settled before validation and before anything is sent.
+    .middleware(((a: R, yy: Argv) => normalizeArgs(a, yy, argv)) as unknown as (a: R) => void, true)
     // A bad --query is a usage error before anything is sent, not after the call took effect.
     .middleware((a) => {
       if (typeof a.query === 'string') checkQuery(a.query);
@@ -548,7 +633,7 @@ function reportError(e: unknown, argv: string[]): number {
     return exitCodeFor(e.awsName, e.status);
   }
   if (e instanceof DaemonUnreachableError) {
-    const dir = argv.includes('--state-dir') ? argv[argv.indexOf('--state-dir') + 1] : process.env.EBSD_STATE_DIR ?? DEFAULT_STATE_DIR;
+    const dir = stateDirUsed ?? stateDirArg(argv) ?? (process.env.EBSD_STATE_DIR || DEFAULT_STATE_DIR);
     if (/permission denied/.test(e.reason)) {
       write(`${e.message}: every directory above the socket must be searchable (the state dir is 0711)`);
       return EXIT.NO_DAEMON;
@@ -572,6 +657,16 @@ function reportError(e: unknown, argv: string[]): number {
   }
   write(`internal error: ${(e as Error)?.stack ?? String(e)}`);
   return EXIT.INTERNAL;
+}
+
+/** The last --state-dir of the command line, `--state-dir X` or `--state-dir=X`. */
+function stateDirArg(argv: string[]): string | undefined {
+  let dir: string | undefined;
+  argv.forEach((t, i) => {
+    if (t === '--state-dir' && i + 1 < argv.length) dir = argv[i + 1];
+    else if (t.startsWith('--state-dir=')) dir = t.slice('--state-dir='.length);
+  });
+  return dir || undefined;
 }
 
 /**

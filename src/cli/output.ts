@@ -25,7 +25,7 @@ export function checkQuery(query: string): void {
   }
 }
 
-/** A tiny JMESPath subset: `A.B`, `A[0].B`, `A[].B` (map). */
+/** A tiny JMESPath subset: `A.B`, `A[0].B`, `A[].B` (a projection: missing and null results dropped). */
 export function applyQuery(v: unknown, query: string | undefined): unknown {
   if (query === undefined) return v;
   checkQuery(query);
@@ -39,12 +39,15 @@ export function applyQuery(v: unknown, query: string | undefined): unknown {
       else cur = cur.map((x) => (Array.isArray(x) ? x[Number(idx.slice(1, -1))] : undefined));
     }
   }
-  return mapped ? cur : cur[0];
+  // As JMESPath: a projection (`A[].B`) leaves out what is missing or null, so
+  // `Volumes[].Attachments[0].Device` lists the devices there are; a plain path to nothing is null.
+  return mapped ? cur.filter((x) => x !== undefined && x !== null) : cur[0] ?? null;
 }
 
 export function print(v: unknown, fmt: OutputFormat, table?: () => string): void {
   if (fmt === 'json') {
-    process.stdout.write(JSON.stringify(v ?? {}, null, 4) + '\n');
+    // null, not {}, for a --query that names nothing (as the AWS CLI prints it).
+    process.stdout.write(JSON.stringify(v === undefined ? null : v, null, 4) + '\n');
   } else if (fmt === 'text') {
     process.stdout.write(toText(v) + '\n');
   } else {
@@ -54,8 +57,9 @@ export function print(v: unknown, fmt: OutputFormat, table?: () => string): void
 
 function toText(v: unknown): string {
   if (v === null || v === undefined) return 'None';
-  if (Array.isArray(v)) return v.map((x) => (typeof x === 'object' ? JSON.stringify(x) : String(x))).join('\t');
-  if (typeof v === 'object') return Object.values(v).map((x) => (typeof x === 'object' ? JSON.stringify(x) : String(x))).join('\t');
+  const cell = (x: unknown): string => (x === null || x === undefined ? 'None' : typeof x === 'object' ? JSON.stringify(x) : String(x));
+  if (Array.isArray(v)) return v.map(cell).join('\t');
+  if (typeof v === 'object') return Object.values(v).map(cell).join('\t');
   return String(v);
 }
 

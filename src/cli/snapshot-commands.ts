@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { callDaemon, socketPathFor } from './client.js';
 import { EXIT } from './exit-codes.js';
-import { UsageError } from './kms-args.js';
+import { UsageError, refuseEmpty, wholeNumber } from './kms-args.js';
 import { snapshotCopyCommand } from './snapshot-copy-command.js';
 import { applyQuery, defaultFormat, print, table, type OutputFormat } from './output.js';
 
@@ -128,7 +128,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             .option('tag-specifications', { type: 'string', describe: 'ResourceType=snapshot,Tags=[{Key=k,Value=v}] or JSON' })
             .option('tag', { type: 'array', string: true, describe: 'tags, Key=Value (shortcut for --tag-specifications)' })
             .option('wait', { type: 'boolean', default: false, describe: 'wait until completed (progress on stderr); exit 10 if it ends in error' })
-            .option('poll-interval', { type: 'number', default: 500, hidden: true }),
+            .option('poll-interval', { type: 'string', coerce: wholeNumber('--poll-interval'), default: 500, hidden: true }),
         async (a) => {
           const g = a as unknown as Globals;
           const specs = a.tagSpecifications ? parseTagSpecifications(a.tagSpecifications) : [];
@@ -166,9 +166,10 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             .option('state', { type: 'string', describe: 'filter: pending | completed | error' }),
         async (a) => {
           const g = a as unknown as Globals;
+          refuseEmpty(a, 'volume-id', 'state');
           const Filters: R[] = [];
-          if (a.volumeId) Filters.push({ Name: 'volume-id', Values: [a.volumeId] });
-          if (a.state) Filters.push({ Name: 'status', Values: [a.state] });
+          if (a.volumeId !== undefined) Filters.push({ Name: 'volume-id', Values: [a.volumeId] });
+          if (a.state !== undefined) Filters.push({ Name: 'status', Values: [a.state] });
           const res = await call(g, 'ebsd.DescribeSnapshots', Filters.length ? { Filters } : {});
           show(g, res, () => table(res.Snapshots as R[], columns));
         },
@@ -181,7 +182,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             .positional('snapshot-ids', { type: 'string', array: true })
             .option('filters', { type: 'array', string: true, describe: 'Name=status,Values=completed or JSON; repeatable' })
             .option('owner-ids', { type: 'array', string: true, describe: 'account ids or self' })
-            .option('max-results', { type: 'number', describe: '5..1000' })
+            .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: '5..1000' })
             .option('next-token', { type: 'string' }),
         async (a) => {
           const g = a as unknown as Globals;

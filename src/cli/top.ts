@@ -22,6 +22,11 @@ const RESET = `${ESC}0m`;
 /** Highlight a key whose max-stale deadline is this close (seconds), or within 10 % of max-stale. */
 const NEAR_MAX_STALE_S = 300;
 
+/** The text without its SGR escape sequences (colours, bold). */
+export function stripEscapes(text: string): string {
+  return text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '');
+}
+
 export function parseMetrics(text: string): Samples {
   const out: Samples = new Map();
   for (const line of text.split('\n')) {
@@ -162,7 +167,8 @@ export function topCommand(y: Argv): Argv {
           const at = performance.now();
           if (!a.once || frame > 0) {
             const text = renderTop(status, now, before, (at - beforeAt) / 1000, out.columns || 120);
-            out.write(tty ? `${ESC}H${ESC}2J${text}\n` : `${text}\n`);
+            // Colours and bold only on a terminal: a pipe or file gets plain text.
+            out.write(tty ? `${ESC}H${ESC}2J${text}\n` : `${out.isTTY === true ? text : stripEscapes(text)}\n`);
             if (a.once) break;
           }
           before = now;

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parseKmsArgs, UsageError } from '../../src/cli/kms-args.js';
+import { parseKmsArgs, UsageError, wholeNumber } from '../../src/cli/kms-args.js';
 
 /** `ebsd kms <op>` argument parsing: the refusals argv cannot reach end to end (a NUL byte), and map keys. */
 describe('parseKmsArgs', () => {
@@ -32,5 +32,25 @@ describe('parseKmsArgs', () => {
     expect(() => parseKmsArgs(['--policy', `file://${dir}`], 'PutKeyPolicy')).toThrow(UsageError);
     writeFileSync(join(dir, 'pt'), 'abc');
     expect(parseKmsArgs(['--plaintext', `fileb://${join(dir, 'pt')}`], 'Encrypt').Plaintext).toBe(Buffer.from('abc').toString('base64'));
+  });
+
+  it('a boolean flag stands alone, or takes true/false in any case; any other value is a usage error naming the flag', () => {
+    expect(parseKmsArgs(['--key-id', 'k', '--dry-run'], 'Encrypt').DryRun).toBe(true);
+    expect(parseKmsArgs(['--key-id', 'k', '--no-dry-run'], 'Encrypt').DryRun).toBe(false);
+    expect(parseKmsArgs(['--key-id', 'k', '--dry-run', 'TRUE'], 'Encrypt').DryRun).toBe(true);
+    expect(parseKmsArgs(['--key-id', 'k', '--dry-run=False'], 'Encrypt').DryRun).toBe(false);
+    for (const v of ['yes', '1', 'on', '']) {
+      expect(() => parseKmsArgs(['--key-id', 'k', '--dry-run', v], 'Encrypt'), v).toThrow(new UsageError(`--dry-run takes no value (or true or false), got "${v}"`));
+    }
+    expect(() => parseKmsArgs(['--policy', '{}', '--bypass-policy-lockout-safety-check', 'yes'], 'PutKeyPolicy')).toThrow(/--bypass-policy-lockout-safety-check takes no value/);
+    expect(() => parseKmsArgs(['--no-dry-run', 'true'], 'Encrypt')).toThrow(new UsageError('--no-dry-run takes no value, got "true"'));
+  });
+
+  it('a whole-number option takes decimal digits only, quoting what it got', () => {
+    const n = wholeNumber('--max-results');
+    expect(n('100')).toBe(100);
+    expect(n(['3', '5'])).toBe(5);
+    expect(n(20)).toBe(20);
+    for (const v of ['abc', '0x10', '1e3', '-1', '1.5', '', ' 7', '99999999999999999999']) expect(() => n(v), v).toThrow(new UsageError(`--max-results must be a whole number (decimal digits), got "${v}"`));
   });
 });

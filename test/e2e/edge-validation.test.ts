@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Env, ensureBuilt } from './helpers.js';
+import { CLI, Env, ensureBuilt, run } from './helpers.js';
 
 /**
  * Every request member is checked at the edge (issue 13, defects 7 and 10):
@@ -202,6 +202,145 @@ describe('edge validation through the real daemon', () => {
     const p = await env.cli(['iam', 'put-policy', 'user/x', '--policy-name', 'p', '--policy-document', `file://${dir}/missing.json`]);
     expect(p.code).toBe(2);
     expect(p.stderr).toMatch(/--policy-document file:\/\/.*missing\.json: no such file/);
+  });
+
+  it('create-key --alias: a bad, reserved, missing or taken alias is refused before the key is made (no orphan key)', async () => {
+    await env.ok(['kms', 'create-key', '--alias', 'alias/edge-taken']);
+    const keys = async (): Promise<number> => (await env.ok(['kms', 'list-keys'])).Keys.length;
+    const before = await keys();
+    const cases: [string[], number, RegExp][] = [
+      [['--alias', 'bad-name'], 2, /^ebsd: --alias "bad-name": an alias name is alias\/ then/],
+      [['--alias'], 2, /^ebsd: --alias needs a value/],
+      [['--alias='], 2, /^ebsd: --alias needs a value/],
+      [['--alias', 'alias/aws/mine'], 2, /reserved for AWS managed keys/],
+      [['--alias', 'alias/edge-taken'], 6, /^ebsd: AlreadyExistsException: An alias with the name alias\/edge-taken already exists \(key [0-9a-f-]{36}\); no key was created/],
+    ];
+    for (const [args, code, msg] of cases) {
+      const r = await env.cli(['kms', 'create-key', '--description', 'orphan?', ...args]);
+      expect(r.code, args.join(' ')).toBe(code);
+      expect(r.stderr, args.join(' ')).toMatch(msg);
+      expect(r.stdout, args.join(' ')).toBe('');
+    }
+    expect(await keys()).toBe(before);
+    const made = await env.ok(['kms', 'create-key', '--alias', 'alias/edge-new']);
+    expect((await env.ok(['kms', 'describe-key', '--key-id', 'alias/edge-new'])).KeyMetadata.KeyId).toBe(made.KeyMetadata.KeyId);
+  });
+
+  it('a boolean flag takes no value, or true/false: --dry-run TRUE is a dry run, --dry-run yes a usage error', async () => {
+    const dry = await env.cli(['kms', 'encrypt', '--key-id', 'alias/edge-new', '--plaintext', 'AAAA', '--dry-run', 'TRUE']);
+    expect(dry.stderr).toMatch(/^ebsd: DryRunOperationException: /);
+    expect(dry.stdout).toBe('');
+    for (const v of ['yes', '1']) {
+      const r = await env.cli(['kms', 'encrypt', '--key-id', 'alias/edge-new', '--plaintext', 'AAAA', '--dry-run', v]);
+      expect(r.code, v).toBe(2);
+      expect(r.stderr, v).toMatch(new RegExp(`^ebsd: --dry-run takes no value \\(or true or false\\), got "${v}"`));
+      expect(r.stdout, v).toBe('');
+    }
+    const bypass = await env.cli(['kms', 'put-key-policy', '--key-id', 'alias/edge-new', '--policy', '{}', '--bypass-policy-lockout-safety-check', 'yes']);
+    expect(bypass.code).toBe(2);
+    expect(bypass.stderr).toMatch(/--bypass-policy-lockout-safety-check takes no value/);
+    const vol = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'bool'])).VolumeId as string;
+    for (const args of [['detach', vol, '--force=yes'], ['volume', 'create', '--size', '4MiB', '--wait=1']]) {
+      const r = await env.cli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toMatch(/^ebsd: --(force|wait) takes no value, or true or false; got "(yes|1)"/);
+    }
+    await env.ok(['volume', 'delete', vol]);
+  });
+
+  it('an unknown subcommand is a usage error, not a silent exit 0', async () => {
+    for (const args of [['snapshot', 'restore', 'x'], ['iam', 'bogus'], ['ebs', 'bogus-op'], ['audit', 'bogus'], ['volume', 'bogus']]) {
+      const r = await env.cli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toMatch(/^ebsd: Unknown commands?: (restore, x|bogus|bogus-op) \(see ebsd --help\)/);
+    }
+  });
+
+  it('an option given twice keeps its last value, as the AWS CLI does, before anything is sent', async () => {
+    const r = await env.cli(['volume', 'create', '--size', '4MiB', '--size', '8MiB', '--name', 'twice', '--query', 'Size', '--query', 'VolumeId', '--output', 'json', '--output', 'text']);
+    expect(r.code, r.stderr).toBe(0);
+    const id = r.stdout.trim();
+    expect(id).toMatch(/^vol-[0-9a-f]{17}$/);
+    expect((await env.ok(['volume', 'describe', id])).Volumes[0].SizeBytes).toBe(8 * 1024 * 1024);
+    const st = await env.cli(['status', '--state-dir', join(env.dir, 'nope'), '--state-dir', env.state, '--query', 'Daemon.Pid', '--output', 'text']);
+    expect(st.code, st.stderr).toBe(0);
+    expect(st.stdout.trim()).toBe(String(env.pid));
+    await env.ok(['iam', 'put-policy', 'user/edge-user', '--policy-name', 'first', '--policy-name', 'last', '--policy-document', '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:ListKeys","Resource":"*"}]}']);
+    expect(await env.ok(['iam', 'list-policies', 'user/edge-user'])).toEqual({ PolicyNames: ['last'] });
+    await env.ok(['volume', 'delete', id]);
+  });
+
+  it('an empty filter, key or name is a usage error naming the option, never dropped', async () => {
+    const vols = async (): Promise<number> => (await env.ok(['volume', 'ls'])).Volumes.length;
+    const n = await vols();
+    const cases: [string[], string][] = [
+      [['volume', 'create', '--size', '4MiB', '--kms-key', ''], 'kms-key'],
+      [['volume', 'create', '--size', '4MiB', '--name', ''], 'name'],
+      [['volume', 'ls', '--name', ''], 'name'],
+      [['volume', 'ls', '--state', ''], 'state'],
+      [['volume', 'ls', '--kms-key='], 'kms-key'],
+      [['snapshot', 'ls', '--volume-id', ''], 'volume-id'],
+      [['snapshot', 'ls', '--state', ''], 'state'],
+    ];
+    for (const [args, opt] of cases) {
+      const r = await env.cli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toBe(`ebsd: --${opt}: empty value (see ebsd --help)\n`);
+      expect(r.stdout, args.join(' ')).toBe('');
+    }
+    expect(await vols()).toBe(n);
+  });
+
+  it('--query projections leave out missing values; a path to nothing is null (JSON) or None (text)', async () => {
+    const vol = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'q'])).VolumeId as string;
+    const dev = await env.cli(['volume', 'ls', '--query', 'Volumes[].Attachments[0].Device', '--output', 'text']);
+    expect(dev.code).toBe(0);
+    expect(dev.stdout).not.toMatch(/undefined|None|null/);
+    expect(await env.ok(['volume', 'ls', '--query', 'Volumes[].Nope'])).toEqual([]);
+    expect((await env.ok(['volume', 'ls', '--query', 'Volumes[].VolumeId'])) as string[]).toContain(vol);
+    const none = await env.cli(['status', '--query', 'Nope', '--output', 'json']);
+    expect(none.stdout).toBe('null\n');
+    const text = await env.cli(['status', '--query', 'Daemon.Nope', '--output', 'text']);
+    expect(text.stdout).toBe('None\n');
+    await env.ok(['volume', 'delete', vol]);
+  });
+
+  it('a number option takes decimal digits only; bad --tags JSON is a usage error; both before anything is sent', async () => {
+    const cases: [string[], RegExp][] = [
+      [['ebs', 'start-snapshot', '--volume-size', 'abc'], /^ebsd: --volume-size must be a whole number \(decimal digits\), got "abc"/],
+      [['ebs', 'start-snapshot', '--volume-size', '0x10'], /^ebsd: --volume-size must be a whole number \(decimal digits\), got "0x10"/],
+      [['ebs', 'list-snapshot-blocks', '--snapshot-id', 'snap-0123456789abcdef0', '--max-results', 'abc'], /^ebsd: --max-results must be a whole number .*"abc"/],
+      [['ebs', 'get-snapshot-block', join(env.dir, 'b'), '--snapshot-id', 's', '--block-index', 'abc', '--block-token', 't'], /^ebsd: --block-index must be a whole number .*"abc"/],
+      [['iam', 'create-role', 'edge-role', '--max-session-duration', 'abc'], /^ebsd: --max-session-duration must be a whole number .*"abc"/],
+      [['snapshot', 'describe', '--max-results', '1.5'], /^ebsd: --max-results must be a whole number .*"1\.5"/],
+      [['ebs', 'start-snapshot', '--volume-size', '1', '--tags', '[bad'], /^ebsd: --tags: not valid JSON: /],
+      [['ebs', 'get-snapshot-block', env.dir, '--snapshot-id', 's', '--block-index', '0', '--block-token', 't'], /^ebsd: OUTFILE .*: is a directory, not a file/],
+      [['ebs', 'get-snapshot-block', join(env.dir, 'no-dir', 'b'), '--snapshot-id', 's', '--block-index', '0', '--block-token', 't'], /^ebsd: OUTFILE .*: no such directory/],
+    ];
+    for (const [args, msg] of cases) {
+      const r = await env.cli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toMatch(msg);
+      expect(r.stderr, args.join(' ')).not.toMatch(NO_STACK);
+    }
+    expect((await env.ok(['iam', 'list-roles'])).Roles.map((x: { RoleName: string }) => x.RoleName)).not.toContain('edge-role');
+  });
+
+  it('the state dir: EBSD_STATE_DIR= is unset, --state-dir= is refused, --state-dir=X is named in the hint, a file is not a daemon', async () => {
+    const cli = (args: string[], env2: NodeJS.ProcessEnv = {}) => run(process.execPath, [CLI, ...args], { env: { EBSD_STATE_DIR: env.state, ...env2 } });
+    const unset = await cli(['status'], { EBSD_STATE_DIR: '' });
+    expect(unset.stderr).not.toMatch(/ at ebsd\.sock|internal error/);
+    if (unset.code === 3) expect(unset.stderr).toContain('/var/lib/ebsd/ebsd.sock');
+    const empty = await cli(['status', '--state-dir=']);
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toMatch(/^ebsd: --state-dir: empty path/);
+    const other = join(env.dir, 'other');
+    const eq = await cli(['status', `--state-dir=${other}`]);
+    expect(eq.code).toBe(3);
+    expect(eq.stderr).toContain(`Start it with: ebsd daemon --state-dir ${other} `);
+    const file = await cli(['status', '--state-dir', '/etc/passwd']);
+    expect(file.code).toBe(3);
+    expect(file.stderr).toMatch(/^ebsd: cannot reach the ebsd daemon at \/etc\/passwd\/ebsd\.sock \(not a directory/);
   });
 
   it('carries an encryption-context key named __proto__ to the KMS', async () => {
