@@ -55,12 +55,16 @@ export interface BlockFileSystemOptions {
   gid?: number;
   /** Metrics: an observer per added volume (src/daemon/metrics.ts). */
   observe?: (volumeId: string) => IoObserver;
+  /** First file handle number handed out (default 1); tests start it near FH_MAX to cross the wrap. */
+  firstFh?: number;
 }
 
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const BLOCK = 4096;
 const U32_MAX = 0xffff_ffff;
+/** Largest file handle number handed out; the next one after it is 1 again. */
+export const FH_MAX = 0x7fff_ffff;
 
 /**
  * The FUSE file system: a flat root holding one regular file (mode 0600) per
@@ -91,6 +95,9 @@ export class BlockFileSystem {
     this.gid = opts.gid ?? process.getgid?.() ?? 0;
     this.writeBehind = opts.writeBehind ?? true;
     this.observe = opts.observe ?? null;
+    const first = opts.firstFh ?? 1;
+    if (!Number.isInteger(first) || first < 1 || first > FH_MAX) throw new RangeError(`firstFh must be 1..${FH_MAX}`);
+    this.nextFh = first;
   }
 
   /** Expose an attached volume as `/<volumeId>`. */
@@ -177,6 +184,20 @@ export class BlockFileSystem {
     };
   }
 
+  /**
+   * The next file handle number not in use. The counter wraps to 1 after
+   * FH_MAX; a number a long-lived handle (a loop device's) still holds is
+   * skipped, or its `handles` entry would be replaced and its I/O would reach
+   * another volume. Terminates: a Map holds far fewer than FH_MAX entries.
+   */
+  private allocFh(): number {
+    for (;;) {
+      const fh = this.nextFh;
+      this.nextFh = fh >= FH_MAX ? 1 : fh + 1;
+      if (!this.handles.has(fh)) return fh;
+    }
+  }
+
   /** Request finished: the in-flight count the detach drain waits on. */
   private done(e: Entry): void {
     if (--e.inflight === 0 && e.drained.length) for (const r of e.drained.splice(0)) r();
@@ -212,8 +233,7 @@ export class BlockFileSystem {
         if (path === '/') return cb(EISDIR);
         const e = this.lookup(path);
         if (!e) return cb(ENOENT);
-        const fh = this.nextFh++;
-        if (this.nextFh > 0x7fff_ffff) this.nextFh = 1;
+        const fh = this.allocFh();
         this.handles.set(fh, e);
         e.open++;
         return cb(0, fh);
