@@ -229,6 +229,8 @@ export class BlockFileSystem {
         for (const [id, e] of this.entries) { names.push(id); stats.push(this.stat(e)); }
         return cb(0, names, stats);
       },
+      // Flags are not looked at: O_TRUNC arrives here (atomic_o_trunc, mount-options.ts)
+      // and is ignored, as a block device ignores it.
       open: (path, _flags, cb) => {
         if (path === '/') return cb(EISDIR);
         const e = this.lookup(path);
@@ -321,13 +323,30 @@ export class BlockFileSystem {
         e.mtime = mtime || Date.now();
         return cb(0);
       },
-      truncate: (path, _size, cb) => cb(this.lookup(path) ? EPERM : ENOENT),
-      ftruncate: (_path, _fh, _size, cb) => cb(EPERM),
+      truncate: (path, size, cb) => {
+        const e = this.lookup(path);
+        return cb(e ? this.resize(e, size) : ENOENT);
+      },
+      ftruncate: (_path, fh, size, cb) => {
+        const e = this.handles.get(fh);
+        return cb(e ? this.resize(e, size) : EBADF);
+      },
       chmod: (_path, _mode, cb) => cb(EPERM),
       chown: (_path, _uid, _gid, cb) => cb(EPERM),
       create: (_path, _mode, cb) => cb(EPERM),
       unlink: (_path, cb) => cb(EPERM),
     };
+  }
+
+  /**
+   * truncate/ftruncate: a volume has the size it was given (grow it with
+   * ModifyVolume). To its own size is a no-op (`truncate -s <size>`); any other
+   * size is EPERM.
+   */
+  private resize(e: Entry, size: number): number {
+    if (size === e.dev.size) return 0;
+    this.log.debug({ volumeId: e.dev.volumeId, size, volumeSize: e.dev.size }, 'volume file truncate refused: a volume keeps its size');
+    return EPERM;
   }
 
   /** fsync and flush alike (both reach fdatasync), logged and counted as 'flush'. */
