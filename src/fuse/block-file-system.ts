@@ -2,7 +2,7 @@ import type { FuseOps, FuseStat, FuseStatfs } from 'fuse-native';
 import type { BlockDevice } from '../volume/types.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { EBADF, EIO, ENOENT, ENOSPC, EPERM, EISDIR, toErrno } from './errno.js';
+import { EBADF, EIO, ENOENT, ENOMEM, ENOSPC, EPERM, EISDIR, toErrno } from './errno.js';
 
 /** One attached volume as the FUSE root sees it. */
 interface Entry {
@@ -22,6 +22,8 @@ interface Entry {
   readonly ctime: number;
   /** Set by remove(): no new opens; I/O on surviving handles fails with EIO. */
   removed: boolean;
+  /** Requests refused on surviving handles since remove(): logged once, then counted. */
+  refusedAfterRemoval: number;
   /** Metrics observer bound to this volume at add(), or null. */
   readonly obs: IoObserver | null;
   /** Requests seen by `obs`; one in LATENCY_SAMPLE is timed. */
@@ -111,7 +113,7 @@ export class BlockFileSystem {
     const submit = dev.submitWrite ? dev.submitWrite.bind(dev) : null;
     const write: BlockDevice['write'] = dev.writeConsuming ? dev.writeConsuming.bind(dev) : dev.write.bind(dev);
     this.entries.set(dev.volumeId, {
-      dev, submit, write, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
+      dev, submit, write, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false, refusedAfterRemoval: 0,
       obs: this.observe ? this.observe(dev.volumeId) : null, tick: 0,
     });
   }
@@ -152,6 +154,11 @@ export class BlockFileSystem {
     }
     e.removed = true;
     this.entries.delete(volumeId);
+    // Said once here, not once per request: a loop device or fio on a surviving
+    // handle would otherwise log a line per request (hundreds per second).
+    if (e.open > 0) {
+      this.log.warn({ volumeId, openHandles: e.open }, 'volume file removed while open (forced detach): I/O on its surviving handles now fails with EIO');
+    }
     if (e.inflight > 0) await new Promise<void>((r) => e.drained.push(r));
     return e.dev;
   }
@@ -209,9 +216,22 @@ export class BlockFileSystem {
     const code = (err as { code?: unknown })?.code;
     const fields = { volumeId: e.dev.volumeId, op, offset, length, code, reason: (err as Error)?.message };
     // gocryptfs habit: every EIO is logged with the file and position it hit.
-    if (errno === EIO) this.log.warn(fields, 'I/O error on volume file');
+    if (errno === EIO || errno === ENOMEM) this.log.warn(fields, 'I/O error on volume file');
     else this.log.debug(fields, 'volume file request refused');
     return errno;
+  }
+
+  /**
+   * A request on a surviving handle of a removed (force-detached) volume: EIO.
+   * remove() warned once; here the first is logged at debug and the rest only
+   * counted (release() of the last handle logs the count).
+   */
+  private refuseRemoved(e: Entry, op: 'read' | 'write' | 'flush', offset: number, length: number): number {
+    if (e.obs !== null) e.obs(op, 0, -1, EIO);
+    if (++e.refusedAfterRemoval === 1) {
+      this.log.debug({ volumeId: e.dev.volumeId, op, offset, length }, 'request on a handle of a detached volume refused (EIO); further ones are counted');
+    }
+    return EIO;
   }
 
   /** FUSE operation table for fuse-native. */
@@ -242,13 +262,19 @@ export class BlockFileSystem {
       },
       release: (_path, fh, cb) => {
         const e = this.handles.get(fh);
-        if (e) { this.handles.delete(fh); e.open = Math.max(0, e.open - 1); }
+        if (e) {
+          this.handles.delete(fh);
+          e.open = Math.max(0, e.open - 1);
+          if (e.removed && e.open === 0 && e.refusedAfterRemoval > 0) {
+            this.log.debug({ volumeId: e.dev.volumeId, refused: e.refusedAfterRemoval }, 'last handle of a detached volume closed; requests refused on its handles since the detach');
+          }
+        }
         return cb(0);
       },
       read: (_path, fh, buf, len, pos, cb) => {
         const e = this.handles.get(fh);
         if (!e) return cb(EBADF);
-        if (e.removed) return cb(this.fail(e, 'read', pos, len, new Error('volume detached')));
+        if (e.removed) return cb(this.refuseRemoved(e, 'read', pos, len));
         if (pos >= e.dev.size) return cb(0); // EOF, as for any file
         const n = Math.min(len, e.dev.size - pos);
         // No async wrapper or closure per request: one .then on the device's
@@ -270,7 +296,7 @@ export class BlockFileSystem {
       write: (_path, fh, buf, len, pos, cb) => {
         const e = this.handles.get(fh);
         if (!e) return cb(EBADF);
-        if (e.removed) return cb(this.fail(e, 'write', pos, len, new Error('volume detached')));
+        if (e.removed) return cb(this.refuseRemoved(e, 'write', pos, len));
         // A volume has a fixed size (grow it with ModifyVolume): past the end is
         // ENOSPC, as writing past the end of a block device is.
         if (pos >= e.dev.size) {
@@ -353,7 +379,7 @@ export class BlockFileSystem {
   private sync(fh: number, cb: (err: number) => void): void {
     const e = this.handles.get(fh);
     if (!e) return cb(EBADF);
-    if (e.removed) return cb(this.fail(e, 'flush', 0, 0, new Error('volume detached')));
+    if (e.removed) return cb(this.refuseRemoved(e, 'flush', 0, 0));
     e.inflight++;
     const t0 = e.obs !== null ? performance.now() : 0; // every flush is timed: it costs an fdatasync anyway
     let p: Promise<void>;
