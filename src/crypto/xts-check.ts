@@ -26,9 +26,19 @@ export function _checkKey(key: unknown, name = 'key'): asserts key is Uint8Array
       argument: name,
     });
   }
+  if (xtsKeyHalvesEqual(key)) throw new XtsError('XTS_WEAK_KEY', 'halves K1 and K2 must differ', { argument: name });
+}
+
+/**
+ * Whether the halves K1 and K2 of a 64-byte XTS key are equal, compared in
+ * place and in constant time. In place matters: a copy such as
+ * `Buffer.from(key.subarray(0, 32))` lands in Node's shared 8 KiB Buffer pool,
+ * which nobody wipes, so key material would outlive the caller's wipe().
+ */
+export function xtsKeyHalvesEqual(key: Uint8Array): boolean {
   let diff = 0;
   for (let i = 0; i < 32; i++) diff |= key[i]! ^ key[i + 32]!;
-  if (diff === 0) throw new XtsError('XTS_WEAK_KEY', 'halves K1 and K2 must differ', { argument: name });
+  return diff === 0;
 }
 
 /**

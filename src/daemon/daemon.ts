@@ -47,7 +47,7 @@ import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-m
 import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
 import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type SnapshotRequest } from './snapshot-api.js';
 import { EbsApi, openEbsApi } from './ebs-api.js';
-import { hardenProcess, type StartSecrets } from './process-hardening.js';
+import { hardenProcess, setIoFlusherAtStart, type StartSecrets } from './process-hardening.js';
 import { RequestAudit } from './request-audit.js';
 
 export { VERSION } from './config.js';
@@ -176,6 +176,8 @@ export class Daemon {
     }
     // Before anything is spawned or opened: no core dumps, the HSM passphrase out of the environment.
     this.secrets = hardenProcess(this.log);
+    // Before the FUSE thread and the KMS workers exist: they inherit it.
+    await setIoFlusherAtStart(this.log);
     const { created, lock, removedTemps } = await prepareStateDir(this.paths);
     this.lock = lock;
     if (removedTemps.length) this.log.info({ removed: removedTemps }, 'removed temp files of interrupted atomic writes');

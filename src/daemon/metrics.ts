@@ -32,7 +32,7 @@ type IoOp = (typeof OPS)[number];
 const MAX_LABEL_VALUES = 256;
 
 /** Linux errno names for the values the FUSE layer replies (src/fuse/errno.ts); others are `E<n>`. */
-const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 9: 'EBADF', 13: 'EACCES', 16: 'EBUSY', 21: 'EISDIR', 22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS' };
+const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 9: 'EBADF', 12: 'ENOMEM', 13: 'EACCES', 16: 'EBUSY', 21: 'EISDIR', 22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS' };
 
 /** One volume's data-path counters; written by the FUSE layer, read at scrape. */
 export class VolumeIoStats {

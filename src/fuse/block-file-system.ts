@@ -2,7 +2,7 @@ import type { FuseOps, FuseStat, FuseStatfs } from 'fuse-native';
 import type { BlockDevice } from '../volume/types.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { EBADF, EIO, ENOENT, ENOSPC, EPERM, EISDIR, toErrno } from './errno.js';
+import { EBADF, EIO, ENOENT, ENOMEM, ENOSPC, EPERM, EISDIR, toErrno } from './errno.js';
 
 /** One attached volume as the FUSE root sees it. */
 interface Entry {
@@ -22,6 +22,8 @@ interface Entry {
   readonly ctime: number;
   /** Set by remove(): no new opens; I/O on surviving handles fails with EIO. */
   removed: boolean;
+  /** Requests refused on surviving handles since remove(): logged once, then counted. */
+  refusedAfterRemoval: number;
   /** Metrics observer bound to this volume at add(), or null. */
   readonly obs: IoObserver | null;
   /** Requests seen by `obs`; one in LATENCY_SAMPLE is timed. */
@@ -55,12 +57,16 @@ export interface BlockFileSystemOptions {
   gid?: number;
   /** Metrics: an observer per added volume (src/daemon/metrics.ts). */
   observe?: (volumeId: string) => IoObserver;
+  /** First file handle number handed out (default 1); tests start it near FH_MAX to cross the wrap. */
+  firstFh?: number;
 }
 
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const BLOCK = 4096;
 const U32_MAX = 0xffff_ffff;
+/** Largest file handle number handed out; the next one after it is 1 again. */
+export const FH_MAX = 0x7fff_ffff;
 
 /**
  * The FUSE file system: a flat root holding one regular file (mode 0600) per
@@ -91,6 +97,9 @@ export class BlockFileSystem {
     this.gid = opts.gid ?? process.getgid?.() ?? 0;
     this.writeBehind = opts.writeBehind ?? true;
     this.observe = opts.observe ?? null;
+    const first = opts.firstFh ?? 1;
+    if (!Number.isInteger(first) || first < 1 || first > FH_MAX) throw new RangeError(`firstFh must be 1..${FH_MAX}`);
+    this.nextFh = first;
   }
 
   /** Expose an attached volume as `/<volumeId>`. */
@@ -104,7 +113,7 @@ export class BlockFileSystem {
     const submit = dev.submitWrite ? dev.submitWrite.bind(dev) : null;
     const write: BlockDevice['write'] = dev.writeConsuming ? dev.writeConsuming.bind(dev) : dev.write.bind(dev);
     this.entries.set(dev.volumeId, {
-      dev, submit, write, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false,
+      dev, submit, write, open: 0, inflight: 0, drained: [], atime: now, mtime: now, ctime: now, removed: false, refusedAfterRemoval: 0,
       obs: this.observe ? this.observe(dev.volumeId) : null, tick: 0,
     });
   }
@@ -145,6 +154,11 @@ export class BlockFileSystem {
     }
     e.removed = true;
     this.entries.delete(volumeId);
+    // Said once here, not once per request: a loop device or fio on a surviving
+    // handle would otherwise log a line per request (hundreds per second).
+    if (e.open > 0) {
+      this.log.warn({ volumeId, openHandles: e.open }, 'volume file removed while open (forced detach): I/O on its surviving handles now fails with EIO');
+    }
     if (e.inflight > 0) await new Promise<void>((r) => e.drained.push(r));
     return e.dev;
   }
@@ -177,6 +191,20 @@ export class BlockFileSystem {
     };
   }
 
+  /**
+   * The next file handle number not in use. The counter wraps to 1 after
+   * FH_MAX; a number a long-lived handle (a loop device's) still holds is
+   * skipped, or its `handles` entry would be replaced and its I/O would reach
+   * another volume. Terminates: a Map holds far fewer than FH_MAX entries.
+   */
+  private allocFh(): number {
+    for (;;) {
+      const fh = this.nextFh;
+      this.nextFh = fh >= FH_MAX ? 1 : fh + 1;
+      if (!this.handles.has(fh)) return fh;
+    }
+  }
+
   /** Request finished: the in-flight count the detach drain waits on. */
   private done(e: Entry): void {
     if (--e.inflight === 0 && e.drained.length) for (const r of e.drained.splice(0)) r();
@@ -188,9 +216,22 @@ export class BlockFileSystem {
     const code = (err as { code?: unknown })?.code;
     const fields = { volumeId: e.dev.volumeId, op, offset, length, code, reason: (err as Error)?.message };
     // gocryptfs habit: every EIO is logged with the file and position it hit.
-    if (errno === EIO) this.log.warn(fields, 'I/O error on volume file');
+    if (errno === EIO || errno === ENOMEM) this.log.warn(fields, 'I/O error on volume file');
     else this.log.debug(fields, 'volume file request refused');
     return errno;
+  }
+
+  /**
+   * A request on a surviving handle of a removed (force-detached) volume: EIO.
+   * remove() warned once; here the first is logged at debug and the rest only
+   * counted (release() of the last handle logs the count).
+   */
+  private refuseRemoved(e: Entry, op: 'read' | 'write' | 'flush', offset: number, length: number): number {
+    if (e.obs !== null) e.obs(op, 0, -1, EIO);
+    if (++e.refusedAfterRemoval === 1) {
+      this.log.debug({ volumeId: e.dev.volumeId, op, offset, length }, 'request on a handle of a detached volume refused (EIO); further ones are counted');
+    }
+    return EIO;
   }
 
   /** FUSE operation table for fuse-native. */
@@ -208,25 +249,32 @@ export class BlockFileSystem {
         for (const [id, e] of this.entries) { names.push(id); stats.push(this.stat(e)); }
         return cb(0, names, stats);
       },
+      // Flags are not looked at: O_TRUNC arrives here (atomic_o_trunc, mount-options.ts)
+      // and is ignored, as a block device ignores it.
       open: (path, _flags, cb) => {
         if (path === '/') return cb(EISDIR);
         const e = this.lookup(path);
         if (!e) return cb(ENOENT);
-        const fh = this.nextFh++;
-        if (this.nextFh > 0x7fff_ffff) this.nextFh = 1;
+        const fh = this.allocFh();
         this.handles.set(fh, e);
         e.open++;
         return cb(0, fh);
       },
       release: (_path, fh, cb) => {
         const e = this.handles.get(fh);
-        if (e) { this.handles.delete(fh); e.open = Math.max(0, e.open - 1); }
+        if (e) {
+          this.handles.delete(fh);
+          e.open = Math.max(0, e.open - 1);
+          if (e.removed && e.open === 0 && e.refusedAfterRemoval > 0) {
+            this.log.debug({ volumeId: e.dev.volumeId, refused: e.refusedAfterRemoval }, 'last handle of a detached volume closed; requests refused on its handles since the detach');
+          }
+        }
         return cb(0);
       },
       read: (_path, fh, buf, len, pos, cb) => {
         const e = this.handles.get(fh);
         if (!e) return cb(EBADF);
-        if (e.removed) return cb(this.fail(e, 'read', pos, len, new Error('volume detached')));
+        if (e.removed) return cb(this.refuseRemoved(e, 'read', pos, len));
         if (pos >= e.dev.size) return cb(0); // EOF, as for any file
         const n = Math.min(len, e.dev.size - pos);
         // No async wrapper or closure per request: one .then on the device's
@@ -248,7 +296,7 @@ export class BlockFileSystem {
       write: (_path, fh, buf, len, pos, cb) => {
         const e = this.handles.get(fh);
         if (!e) return cb(EBADF);
-        if (e.removed) return cb(this.fail(e, 'write', pos, len, new Error('volume detached')));
+        if (e.removed) return cb(this.refuseRemoved(e, 'write', pos, len));
         // A volume has a fixed size (grow it with ModifyVolume): past the end is
         // ENOSPC, as writing past the end of a block device is.
         if (pos >= e.dev.size) {
@@ -301,8 +349,14 @@ export class BlockFileSystem {
         e.mtime = mtime || Date.now();
         return cb(0);
       },
-      truncate: (path, _size, cb) => cb(this.lookup(path) ? EPERM : ENOENT),
-      ftruncate: (_path, _fh, _size, cb) => cb(EPERM),
+      truncate: (path, size, cb) => {
+        const e = this.lookup(path);
+        return cb(e ? this.resize(e, size) : ENOENT);
+      },
+      ftruncate: (_path, fh, size, cb) => {
+        const e = this.handles.get(fh);
+        return cb(e ? this.resize(e, size) : EBADF);
+      },
       chmod: (_path, _mode, cb) => cb(EPERM),
       chown: (_path, _uid, _gid, cb) => cb(EPERM),
       create: (_path, _mode, cb) => cb(EPERM),
@@ -310,11 +364,22 @@ export class BlockFileSystem {
     };
   }
 
+  /**
+   * truncate/ftruncate: a volume has the size it was given (grow it with
+   * ModifyVolume). To its own size is a no-op (`truncate -s <size>`); any other
+   * size is EPERM.
+   */
+  private resize(e: Entry, size: number): number {
+    if (size === e.dev.size) return 0;
+    this.log.debug({ volumeId: e.dev.volumeId, size, volumeSize: e.dev.size }, 'volume file truncate refused: a volume keeps its size');
+    return EPERM;
+  }
+
   /** fsync and flush alike (both reach fdatasync), logged and counted as 'flush'. */
   private sync(fh: number, cb: (err: number) => void): void {
     const e = this.handles.get(fh);
     if (!e) return cb(EBADF);
-    if (e.removed) return cb(this.fail(e, 'flush', 0, 0, new Error('volume detached')));
+    if (e.removed) return cb(this.refuseRemoved(e, 'flush', 0, 0));
     e.inflight++;
     const t0 = e.obs !== null ? performance.now() : 0; // every flush is timed: it costs an fdatasync anyway
     let p: Promise<void>;

@@ -9,6 +9,7 @@ export const EPERM = -1;
 export const ENOENT = -2;
 export const EIO = -5;
 export const EBADF = -9;
+export const ENOMEM = -12;
 export const EACCES = -13;
 export const EBUSY = -16;
 export const EISDIR = -21;
@@ -19,13 +20,23 @@ export const EROFS = -30;
 /** Error codes (ours or Node's system ones) that mean "no room to write". */
 const NOSPACE = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
 
-/** Error codes that mean the request itself was outside the volume or malformed. */
-const OUT_OF_RANGE = new Set(['ERR_ARG_RANGE', 'ERR_ARG_TYPE', 'ERR_OUT_OF_RANGE']);
+/**
+ * Error codes that mean the request itself was outside the volume or malformed:
+ * ours (util/errors.ts ArgRangeError, ArgTypeError) and Node's. Only these: a
+ * RangeError without one of them is not a bad argument (V8's "Array buffer
+ * allocation failed" is a RangeError, as are bugs).
+ */
+const OUT_OF_RANGE = new Set(['ERR_ARG_RANGE', 'ERR_ARG_TYPE', 'ERR_OUT_OF_RANGE', 'ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ERR_BUFFER_OUT_OF_BOUNDS']);
+
+/** Error codes of a failed allocation (Node's, and a system call's ENOMEM). */
+const NO_MEMORY = new Set(['ERR_MEMORY_ALLOCATION_FAILED', 'ENOMEM']);
 
 /**
  * Map a failure from a BlockDevice to a negative errno.
- * - out-of-range / bad-argument errors   -> EINVAL
+ * - out-of-range / bad-argument errors (by code only) -> EINVAL
  * - ENOSPC (anywhere in the cause chain) -> ENOSPC
+ * - a failed allocation (V8's "Array buffer allocation failed" RangeError,
+ *   ERR_MEMORY_ALLOCATION_FAILED, ENOMEM) -> ENOMEM
  * - everything else (impaired volume, key gone, backing-file I/O error,
  *   a bug) -> EIO, which is what a disk returns when it cannot serve a sector.
  */
@@ -34,7 +45,8 @@ export function toErrno(err: unknown): number {
     const code = codeOf(e);
     if (code && NOSPACE.has(code)) return ENOSPC;
     if (code && (OUT_OF_RANGE.has(code) || /OUT_OF_RANGE/.test(code))) return EINVAL;
-    if (e instanceof RangeError) return EINVAL;
+    if (code && NO_MEMORY.has(code)) return ENOMEM;
+    if (e instanceof RangeError && /allocation failed/i.test(e.message)) return ENOMEM;
     e = (e as { cause?: unknown }).cause;
   }
   return EIO;

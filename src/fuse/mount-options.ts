@@ -29,8 +29,14 @@ export function fuseNativeOptions(allowOther: boolean): FuseOptions {
  * entry_timeout/negative_timeout 0: a detached volume's name vanishes and an
  * attached one appears at once (libfuse's 1 s default let a stale dentry
  * outlive DetachVolume). Lookups happen on open, never per I/O.
+ * attr_timeout is not set: libfuse's default, 1 s. The kernel may show a
+ * volume's old size that long after ModifyVolume (README, "Growing an
+ * attached volume": stat, then `losetup -c`).
+ * atomic_o_trunc: O_TRUNC reaches open() as a flag, which a block device
+ * ignores, instead of a separate truncate to size 0 that must be refused
+ * (`dd of=` without conv=notrunc, `cp`, `cat >` onto a volume file).
  */
-export const EXTRA_MOUNT_OPTIONS: readonly string[] = Object.freeze(['big_writes', `max_write=${MAX_IO}`, 'entry_timeout=0', 'negative_timeout=0']);
+export const EXTRA_MOUNT_OPTIONS: readonly string[] = Object.freeze(['big_writes', `max_write=${MAX_IO}`, 'entry_timeout=0', 'negative_timeout=0', 'atomic_o_trunc']);
 
 /** fuse-native's `-o` string (`base`, possibly empty) with `extra` appended. */
 export function appendMountOptions(base: string, extra: readonly string[]): string {

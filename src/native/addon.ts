@@ -86,6 +86,17 @@ export interface NativeAddon extends NativeIo {
    * false when it was not set. Absent in an addon built before harden.c.
    */
   scrubEnv?(name: string): boolean;
+  /**
+   * prctl(PR_SET_IO_FLUSHER, 1) on the calling thread, read back (native/src/harden.c):
+   * ioFlusher 1 when it holds; errno why it was refused (EPERM, EINVAL), else 0.
+   * Absent in an addon built before it.
+   */
+  setIoFlusher?(): { ioFlusher: 0 | 1; errno: number };
+  /**
+   * The same on `n` distinct libuv pool threads (n jobs held until all run, 5 s
+   * at most): how many threads now hold it, and the first refusal's errno.
+   */
+  setIoFlusherOnPool?(n: number): Promise<{ threads: number; errno: number }>;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -202,6 +213,23 @@ export function disableCoreDumps(): { coreLimit: number; dumpable: number } {
     throw new Error(`the native addon ${nativeAddonPath} predates native/src/harden.c; rebuild it (npm run build:native)`);
   }
   return a.disableCoreDumps();
+}
+
+/**
+ * PR_SET_IO_FLUSHER on this (the JS) thread, and so on every thread it starts
+ * afterwards, then on `poolSize` threads of the libuv pool, which an ES module
+ * entry has already started (native/src/harden.c). Needs the native addon;
+ * throws when it predates setIoFlusher.
+ */
+export async function setIoFlusher(poolSize: number): Promise<{ main: 0 | 1; poolThreads: number; errno: number }> {
+  const a = requireNative();
+  if (typeof a.setIoFlusher !== 'function' || typeof a.setIoFlusherOnPool !== 'function') {
+    throw new Error(`the native addon ${nativeAddonPath} predates PR_SET_IO_FLUSHER in native/src/harden.c; rebuild it (npm run build:native)`);
+  }
+  const main = a.setIoFlusher();
+  if (main.ioFlusher !== 1) return { main: 0, poolThreads: 0, errno: main.errno };
+  const pool = await a.setIoFlusherOnPool(poolSize);
+  return { main: 1, poolThreads: pool.threads, errno: pool.errno };
 }
 
 /**

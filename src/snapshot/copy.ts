@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import type { XtsContext, XtsEngine } from '../crypto/xts.js';
+import { xtsKeyHalvesEqual } from '../crypto/xts-check.js';
 import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { faultPoint } from '../util/fault-point.js';
@@ -304,8 +305,8 @@ export class SnapshotCopier {
         newKey = (await ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
         blob = gen.CiphertextBlob;
         keyArn = gen.KeyId;
-        // XTS refuses K1 = K2 (docs/architecture.md §3.5): regenerate.
-        if (newKey.length !== VOLUME_KEY_BYTES || !Buffer.from(newKey.subarray(0, 32)).equals(newKey.subarray(32)) || i >= 3) break;
+        // XTS refuses K1 = K2 (docs/architecture.md §3.5): regenerate. Compared in place: no copy of K1 in Node's Buffer pool.
+        if (newKey.length !== VOLUME_KEY_BYTES || !xtsKeyHalvesEqual(newKey) || i >= 3) break;
         wipe(newKey);
       }
       if (newKey.length !== VOLUME_KEY_BYTES) throw new SnapshotError('SNAPSHOT_STORE', `KMS returned a ${newKey.length}-byte data key`);

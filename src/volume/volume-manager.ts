@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import type { XtsEngine } from '../crypto/xts.js';
+import { xtsKeyHalvesEqual } from '../crypto/xts-check.js';
 import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { KeyedMutex } from '../util/lock.js';
@@ -307,7 +308,8 @@ export class VolumeManager {
         throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
       }
       // docs/architecture.md §3.5: K1 = K2 is refused by XTS (FIPS); regenerate.
-      if (!Buffer.from(key.subarray(0, 32)).equals(key.subarray(32)) || i >= 3) return { key, blob: gen.CiphertextBlob, keyArn: gen.KeyId };
+      // Compared in place (xtsKeyHalvesEqual): no copy of K1 in Node's Buffer pool.
+      if (!xtsKeyHalvesEqual(key) || i >= 3) return { key, blob: gen.CiphertextBlob, keyArn: gen.KeyId };
       wipe(key);
     }
   }
