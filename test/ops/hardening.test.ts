@@ -36,7 +36,8 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
     mkdirSync(bin);
     mkdirSync(dumps);
     // A stand-in for systemd-notify(1): it writes the environment it was given, one file per run.
-    writeFileSync(join(bin, 'systemd-notify'), `#!/bin/sh\nenv > ${dumps}/$$.env\n`, { mode: 0o755 });
+    // Written aside and renamed: the test reads only whole dumps (a file name seen while `env` still writes would read empty).
+    writeFileSync(join(bin, 'systemd-notify'), `#!/bin/sh\nenv > ${dumps}/$$.tmp && mv ${dumps}/$$.tmp ${dumps}/$$.env\n`, { mode: 0o755 });
     Object.assign(process.env, { PATH: `${bin}:${process.env.PATH}`, NOTIFY_SOCKET: '@ebsd-test-harden-unused', EBSD_HSM_PASSPHRASE: passphrase });
     try {
       await env.start(['--log-level', 'debug']);
@@ -56,8 +57,9 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
   });
 
   it('systemd-notify ran without the passphrase; the daemon\'s own environment no longer shows it; the domain is sealed under it', async () => {
-    for (let i = 0; i < 500 && readdirSync(dumps).length === 0; i++) await new Promise((r) => setTimeout(r, 20));
-    const runs = readdirSync(dumps).map((f) => readFileSync(join(dumps, f), 'utf8'));
+    const whole = (): string[] => readdirSync(dumps).filter((f) => f.endsWith('.env'));
+    for (let i = 0; i < 500 && whole().length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    const runs = whole().map((f) => readFileSync(join(dumps, f), 'utf8'));
     expect(runs.length).toBeGreaterThan(0);
     for (const e of runs) {
       expect(e).toContain('NOTIFY_SOCKET=@ebsd-test-harden-unused'); // it is the environment the daemon gave it
