@@ -595,7 +595,8 @@ export async function main(argv: string[]): Promise<number> {
     // An unknown subcommand (`ebsd snapshot restore x`, `ebsd iam bogus`) is refused too, never a silent exit 0.
     .strictCommands(!argv.includes('--get-yargs-completions'))
     // Repeated options, boolean values and the state dir are settled before validation and before anything is sent.
-    .middleware(((a: R, yy: Argv) => normalizeArgs(a, yy, argv)) as unknown as (a: R) => void, true)
+    // Not while the shell asks for completions: a half-typed `--wait=t` would print an error on every key press.
+    .middleware(((a: R, yy: Argv) => (argv.includes('--get-yargs-completions') ? undefined : normalizeArgs(a, yy, argv))) as unknown as (a: R) => void, true)
     // A bad --query is a usage error before anything is sent, not after the call took effect.
     .middleware((a) => {
       if (typeof a.query === 'string') checkQuery(a.query);

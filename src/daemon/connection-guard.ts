@@ -73,7 +73,10 @@ export type RefusalReason = 'per-caller-limit' | 'total-limit' | 'body-budget' |
 
 /** One aggregated report: `count` refusals of `caller` for `reason` between `firstTime` and `lastTime`. */
 export interface RefusalSummary {
+  /** Whom the limit counted (callerKey): a uid, an address, an IPv6 /64. */
   caller: string;
+  /** The first address refused in this row, as the connection came (an IPv6 /64's caller is not an address). */
+  sourceAddress?: string;
   reason: RefusalReason;
   count: number;
   firstTime: number;
@@ -109,8 +112,15 @@ export interface Admission {
 export function callerKey(caller: string | number): string {
   const s = String(caller);
   if (!s.includes(':')) return s;
-  const groups = ipv6Groups(s);
-  return groups ? `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64` : s;
+  const g = ipv6Groups(s);
+  if (!g) return s;
+  // IPv4 clients seen through IPv4-mapped (::ffff:0:0/96) or NAT64 (64:ff9b::/96) addresses: each by its IPv4 address.
+  const mapped = g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff;
+  const nat64 = g[0] === 0x64 && g[1] === 0xff9b && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0;
+  if (mapped || nat64) return `${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`;
+  // Link-local (fe80::/10): every link has the same /64, so each address, with its zone, is a caller of its own.
+  if ((g[0]! & 0xffc0) === 0xfe80) return s;
+  return `${g.slice(0, 4).map((x) => x.toString(16)).join(':')}::/64`;
 }
 
 /** The eight 16-bit groups of an IPv6 address in text form (zone id dropped, trailing dotted IPv4 allowed); undefined if it is not one. */
@@ -171,10 +181,10 @@ export class ConnectionGuard {
     if (key === this.o.exemptKey) return { release: () => {} };
     const mine = this.perCaller.get(key) ?? 0;
     if (mine >= this.limits.maxPerCaller) {
-      return this.refuse(key, 'per-caller-limit', `caller ${key} already holds ${mine} connections (limit ${this.limits.maxPerCaller})`);
+      return this.refuse(key, 'per-caller-limit', `caller ${key} already holds ${mine} connections (limit ${this.limits.maxPerCaller})`, String(caller));
     }
     if (this.total >= this.limits.maxTotal) {
-      return this.refuse(key, 'total-limit', `${this.total} connections open (limit ${this.limits.maxTotal})`);
+      return this.refuse(key, 'total-limit', `${this.total} connections open (limit ${this.limits.maxTotal})`, String(caller));
     }
     this.perCaller.set(key, mine + 1);
     this.total++;
@@ -205,11 +215,11 @@ export class ConnectionGuard {
     }
     const mine = this.bufferedBy.get(key) ?? 0;
     if (mine + bytes > this.bodyPerCaller) {
-      this.refuse(key, 'body-budget', `caller ${key} has ${mine} bytes of request bodies buffered (limit ${this.bodyPerCaller})`);
+      this.refuse(key, 'body-budget', `caller ${key} has ${mine} bytes of request bodies buffered (limit ${this.bodyPerCaller})`, String(caller));
       return false;
     }
     if (this.buffered + bytes > this.limits.maxBufferedBodyBytes) {
-      this.refuse(key, 'body-budget', 'request bodies buffered');
+      this.refuse(key, 'body-budget', 'request bodies buffered', String(caller));
       return false;
     }
     this.buffered += bytes;
@@ -223,7 +233,7 @@ export class ConnectionGuard {
    * refusals, audited in aggregate.
    */
   refuseInFlight(caller: string | number, limit: number): ConnectionThrottledError {
-    return this.refuse(callerKey(caller), 'in-flight-limit', `${limit} requests already in flight on this connection`);
+    return this.refuse(callerKey(caller), 'in-flight-limit', `${limit} requests already in flight on this connection`, String(caller));
   }
 
   /** Give back `bytes` that `reserveBody(caller, …)` reserved. */
@@ -312,7 +322,7 @@ export class ConnectionGuard {
     this.o.onRefusals?.(out);
   }
 
-  private refuse(key: string, reason: RefusalReason, detail: string): ConnectionThrottledError {
+  private refuse(key: string, reason: RefusalReason, detail: string, raw: string = key): ConnectionThrottledError {
     const t = this.now();
     const k = `${key}\0${reason}`;
     const s = this.refusals.get(k);
@@ -324,7 +334,7 @@ export class ConnectionGuard {
       // listener keys by address, so cap the table and fold the rest into one row.
       const slot = this.refusals.size < 1024 ? k : `*\0${reason}`;
       const row = this.refusals.get(slot);
-      if (row) { row.count++; row.lastTime = t; } else this.refusals.set(slot, { caller: slot === k ? key : '*', reason, count: 1, firstTime: t, lastTime: t });
+      if (row) { row.count++; row.lastTime = t; } else this.refusals.set(slot, { caller: slot === k ? key : '*', ...(slot === k && raw !== key ? { sourceAddress: raw } : {}), reason, count: 1, firstTime: t, lastTime: t });
     }
     if (!this.timer) {
       this.timer = setTimeout(() => this.flushRefusals(), this.limits.refusalWindowMs);

@@ -95,8 +95,9 @@ export class Daemon {
   /** The KMS as opened (src/kms/open-kms.ts); `kms` is its core and `authz` its authorization engine. */
   private opened: Kms | undefined;
   private kms: KmsService | undefined;
-  /** `ebsd audit verify` runs one at a time. */
+  /** `ebsd audit verify` runs one at a time, on a thread the stop ends (doStop). */
   private readonly verifying = new KeyedMutex();
+  private readonly verifyAbort = new AbortController();
   private authz: AuthzHandles | undefined;
   private mgr: VolumeManager | undefined;
   /** Snapshots of this host's volumes (docs/architecture.md §12). */
@@ -433,6 +434,7 @@ export class Daemon {
     if (this.ticker) clearInterval(this.ticker);
     if (this.gcTicker) clearInterval(this.gcTicker);
     await step('sd_notify', () => this.notify.stopping());
+    this.verifyAbort.abort('the daemon is shutting down'); // an audit verification under way answers that, its thread ended
     await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());
@@ -841,9 +843,12 @@ export class Daemon {
 
   private async auditVerify(b: Record<string, unknown>): Promise<unknown> {
     // One at a time: each reads the whole log, on a thread of its own.
+    const stopping = (): EbsdError => new EbsdError('SHUTTING_DOWN', 'ebsd.AuditVerify: the daemon is shutting down', { awsName: 'ServiceUnavailable' });
+    if (this.stopping) throw stopping();
     return this.verifying.run('audit', async () => {
+      if (this.stopping) throw stopping(); // queued behind another check while the stop began
       if (b.Seal !== false) await this.kms!.sealAudit();
-      return verifyAuditLogOffThread(join(this.paths.kms, 'audit'));
+      return verifyAuditLogOffThread(join(this.paths.kms, 'audit'), { signal: this.verifyAbort.signal });
     });
   }
 

@@ -136,7 +136,7 @@ export class KmsListener {
     for (const r of rows) {
       const e = throttledEvent(r, { accountId: this.o.accountId, region: this.o.region });
       e.eventName = 'KmsConnection';
-      e.sourceIPAddress = r.caller;
+      e.sourceIPAddress = r.sourceAddress ?? r.caller; // a row of an IPv6 /64: its first address (the /64 is additionalEventData.caller)
       void this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x }, 'could not audit refused KMS connections'));
     }
   }

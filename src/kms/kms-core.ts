@@ -149,7 +149,10 @@ export class KmsService implements KmsCore {
   call(operation: string, request: KmsRequest, caller: Caller, requestId?: string): Promise<KmsResponse> {
     if (this.closed) return Promise.reject(new KMSInternalException('KMS core is closed', { code: 'KMS_CLOSED' }));
     // Turns are per principal ARN: each user, role session (each fleet host's is its own) and local uid's principal.
-    return this.gate.run(caller.arn, () => this.dispatcher.call(operation, request, caller, requestId));
+    // Closed while it waited for its turn: refused as a call after close is, not run against a stopped HSM and audit log.
+    return this.gate.run(caller.arn, () => (this.closed
+      ? Promise.reject(new KMSInternalException('KMS core is closed', { code: 'KMS_CLOSED' }))
+      : this.dispatcher.call(operation, request, caller, requestId)));
   }
 
   /** Calls in the core and calls waiting for a turn (fair-gate.ts). */

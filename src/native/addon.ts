@@ -228,7 +228,12 @@ export async function setIoFlusher(poolSize: number): Promise<{ main: 0 | 1; poo
   }
   const main = a.setIoFlusher();
   if (main.ioFlusher !== 1) return { main: 0, poolThreads: 0, errno: main.errno };
-  const pool = await a.setIoFlusherOnPool(poolSize);
+  // Each pool job waits at most 5 s at its barrier, but a pool thread stuck for good (a hung stat
+  // queued earlier) would keep the last job from ever starting: the start goes on after 10 s, with
+  // the threads counted so far unknown (0), and the caller warns.
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<{ threads: number; errno: number }>((r) => { timer = setTimeout(() => r({ threads: 0, errno: 0 }), 10_000); timer.unref(); });
+  const pool = await Promise.race([a.setIoFlusherOnPool(poolSize), late]).finally(() => clearTimeout(timer));
   return { main: 1, poolThreads: pool.threads, errno: pool.errno };
 }
 

@@ -370,7 +370,8 @@ export class Attachments {
         ...(this.o.keyCacheTtlMs !== undefined ? { keyCacheTtlMs: this.o.keyCacheTtlMs } : {}),
         ...(this.o.keyCacheMaxStaleMs !== undefined ? { keyCacheMaxStaleMs: this.o.keyCacheMaxStaleMs } : {}),
         keyCacheExtras: (keyArn, grantId) => ({
-          ...(this.keyCheck ? { check: this.keyCheck.membership(keyArn, grantId) } : {}),
+          // A resumed grant names the principal recorded at attach; a new one, this host.
+          ...(this.keyCheck ? { check: this.keyCheck.membership(keyArn, grantId, resuming ? rec.attachment?.hostPrincipal : this.host.arn) } : {}),
           ...(this.o.clock ? { clock: this.o.clock } : {}),
           ...(this.o.random ? { random: this.o.random } : {}),
         }),

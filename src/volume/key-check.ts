@@ -93,6 +93,8 @@ export class KeyCheck {
   private readonly misses = new WeakMap<Member, number>();
   /** When each member joined the check. */
   private readonly joinedAt = new WeakMap<Member, number>();
+  /** Members whose grant names another retiring principal than the host's: never in the lists (membership()). */
+  private readonly foreign = new WeakSet<Member>();
   private failing = false;
   /** The last list was whole (logged once when it stops being). */
   private complete = true;
@@ -106,8 +108,15 @@ export class KeyCheck {
   }
 
   /** A key cache's way in: the check it joins for one volume's key and grant. */
-  membership(keyArn: string, grantId: string): KeyCheckMembership {
-    return { keyArn, grantId, join: (m) => this.join(m) };
+  /**
+   * `retiringPrincipal`: whom the grant names as retiring principal, when known (the principal
+   * recorded at attach). The lists name only the current host's grants, so a grant recorded under
+   * another principal (the host changed its identity and restarted) is never in them: it is not
+   * judged by its absence, and each round's Decrypt through it decides.
+   */
+  membership(keyArn: string, grantId: string, retiringPrincipal?: string): KeyCheckMembership {
+    const foreign = retiringPrincipal !== undefined && retiringPrincipal !== this.o.host.arn;
+    return { keyArn, grantId, join: (m) => this.join(m, foreign) };
   }
 
   /** Volumes the next round covers. */
@@ -129,9 +138,10 @@ export class KeyCheck {
     await this.running;
   }
 
-  private join(m: Member): { leave(): void; nextRoundAt(): number | null } {
+  private join(m: Member, foreign: boolean): { leave(): void; nextRoundAt(): number | null } {
     this.members.add(m);
     this.joinedAt.set(m, this.clock.now());
+    if (foreign) this.foreign.add(m);
     if (!this.timer && !this.running) this.schedule(this.period());
     return {
       leave: () => {
@@ -234,7 +244,7 @@ export class KeyCheck {
           const n = (this.misses.get(m) ?? 0) + 1;
           this.misses.set(m, n);
           const wasListed = this.listed.has(m);
-          if (wasListed ? n >= GONE_AFTER_MISSES : n >= NEVER_LISTED_MISSES && this.clock.now() - (this.joinedAt.get(m) ?? 0) >= NEVER_LISTED_GRACE_MS) {
+          if (wasListed ? n >= GONE_AFTER_MISSES : !this.foreign.has(m) && n >= NEVER_LISTED_MISSES && this.clock.now() - (this.joinedAt.get(m) ?? 0) >= NEVER_LISTED_GRACE_MS) {
             gone.push(m);
             continue;
           }

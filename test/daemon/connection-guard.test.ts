@@ -90,8 +90,11 @@ describe('IPv6 callers are counted by /64', () => {
     expect(callerKey('2001:0DB8:0001:0002:aaaa:bbbb:cccc:dddd')).toBe('2001:db8:1:2::/64');
     expect(callerKey('2001:db8::1')).toBe('2001:db8:0:0::/64');
     expect(callerKey('::1')).toBe('0:0:0:0::/64');
-    expect(callerKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
-    expect(callerKey('64:ff9b::192.0.2.33')).toBe('64:ff9b:0:0::/64');
+    expect(callerKey('fe80::1%eth0')).toBe('fe80::1%eth0'); // link-local: the same /64 on every link, so each address apart
+    expect(callerKey('fe80::1%eth1')).toBe('fe80::1%eth1');
+    expect(callerKey('64:ff9b::192.0.2.33')).toBe('192.0.2.33'); // NAT64: the IPv4 client behind it
+    expect(callerKey('64:ff9b::c000:221')).toBe('192.0.2.33');
+    expect(callerKey('::ffff:192.0.2.7')).toBe('192.0.2.7');
     expect(callerKey('unknown')).toBe('unknown');
     expect(callerKey('1:2:3')).toBe('1:2:3'); // not an IPv6 address: counted by its own text
     expect(callerKey('1::2::3')).toBe('1::2::3');
@@ -117,5 +120,8 @@ describe('IPv6 callers are counted by /64', () => {
       '2001:db8:1:2::/64 body-budget 1',
       '2001:db8:1:2::/64 per-caller-limit 1',
     ]);
+    // The audit needs an address: each row keeps the first one refused (KmsConnection's sourceIPAddress).
+    expect(reports.flat().find((r) => r.reason === 'per-caller-limit')!.sourceAddress).toBe('2001:db8:1:2:ffff::c');
+    expect(reports.flat().find((r) => r.reason === 'body-budget')!.sourceAddress).toBe('2001:db8:1:2::d');
   });
 });

@@ -183,6 +183,27 @@ describe('KeyCache and the shared key check on a manual clock', () => {
     expect(mgr.describeKeyCaches([ids[0]!])[0]!.LastError ?? JSON.stringify(mgr.describeKeyCaches([ids[0]!])[0])).toMatch(/was never listed for the host/);
   });
 
+  test('a volume resumed under a new host identity (its grant retirable by the old one, so in none of the new lists) is not judged by its absence', async () => {
+    await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
+    const k = await kms.createKey();
+    const ids = await attachMany(1, [k]);
+    await mgr.close();
+    // The same role, another session: ListRetirableGrants names only the new session's grants.
+    await kms.authz.identities.mapUid(998, 'role/EbsdHost', { session: 'host-2' });
+    const host2 = kms.authz.identities.callerForUid(998);
+    mgr = await openTestManager(t.dir, kms, {
+      keyService: counting(kms.keyService), keyCacheTtlMs: TTL, keyCacheMaxStaleMs: MAX_STALE, clock, random: seededRandom(SEED), hostPrincipal: host2,
+      onImpaired: (e) => impaired.push(e),
+    }, logLines);
+    expect((await mgr.resumeAttachments()).resumed).toEqual(ids);
+    const rounds = () => calls.ListRetirableGrants ?? 0;
+    const from = rounds();
+    await clock.advance(8 * TTL); // past three complete lists and five minutes
+    expect(rounds() - from).toBeGreaterThanOrEqual(3);
+    expect(impaired).toEqual([]);
+    expect(states(ids)).toEqual(['cached']); // each round's Decrypt through the old grant confirms it
+  });
+
   test('a new grant the list shows only after four minutes (eventual consistency) impairs nothing', async () => {
     await kms.authz.identities.attachPolicy('role/EbsdHost', 'decrypt-by-policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }] }));
     const k = await kms.createKey();

@@ -151,7 +151,8 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
  * verification off the main thread"). The worker reads only the log; a
  * failure to read is thrown here with its message.
  */
-export function verifyAuditLogOffThread(dir: string, opts: { markPath?: string } = {}): Promise<AuditVerifyResult> {
+export function verifyAuditLogOffThread(dir: string, opts: { markPath?: string; signal?: AbortSignal } = {}): Promise<AuditVerifyResult> {
+  if (opts.signal?.aborted) return Promise.reject(new Error(`audit verification of ${dir} stopped: ${String(opts.signal.reason)}`));
   const dev = import.meta.url.endsWith('.ts');
   const url = new URL(dev ? './verify-thread.ts' : './verify-thread.js', import.meta.url);
   const worker = new Worker(url, {
@@ -166,5 +167,7 @@ export function verifyAuditLogOffThread(dir: string, opts: { markPath?: string }
     });
     worker.once('error', (e) => reject(e));
     worker.once('exit', (code) => reject(new Error(`the audit verification thread exited (code ${code}) without a result`)));
+    // A daemon stopping does not wait for a read of the whole log: the thread is ended.
+    opts.signal?.addEventListener('abort', () => reject(new Error(`audit verification of ${dir} stopped: ${String(opts.signal!.reason)}`)), { once: true });
   }).finally(() => void worker.terminate());
 }
