@@ -81,7 +81,11 @@ export interface BlockPin {
  * blocks after; a crash between leaves orphans a later sweep frees, never a
  * manifest naming a missing block. The marks are taken twice, before and
  * after the candidates are chosen, so a manifest written meanwhile by
- * another daemon still saves its blocks.
+ * another daemon still saves its blocks. Each block's age is read again
+ * after the second mark, just before its delete (one request each on S3):
+ * the ages that chose the candidates may be minutes old, and a block another
+ * daemon put or touched since, for a snapshot whose pending manifest does not
+ * name it yet, is young again and kept.
  *
  * Pins: an operation pins a block before it checks for it or relies on it
  * (`await gc.pin(hashes)`): pin() waits for a delete of that block already
@@ -190,11 +194,24 @@ export class SnapshotGc {
       // Second mark: a manifest written since the first (another daemon's) still saves its blocks.
       marked = await this.mark();
       live = new Set(this.live());
+      const pendingFromNow = marked.pendingSinceMs - this.graceMs;
+      // The ages above may be minutes old (a long listing of a shared store): another daemon may
+      // have put or touched a block since, for a snapshot whose pending manifest does not name it
+      // yet. Each block's age is read again just before it is deleted and judged by the same rule
+      // (against the second mark's pending snapshots).
+      const stillOld = (modifiedMs: number | undefined): boolean => {
+        if (modifiedMs === undefined) return false; // already gone
+        if (now - modifiedMs >= this.graceMs && modifiedMs < pendingFromNow) return true;
+        keptYoung++;
+        return false;
+      };
       const deleteBlocks = this.store.deleteBlocks?.bind(this.store);
       if (deleteBlocks) {
+        const unmarked = doomed.filter((h) => !marked.refs.has(h));
+        const agesNow = await this.agesOf(unmarked);
         // Pins are checked last, synchronously before the delete starts; pin() waits for it.
-        const go = doomed.filter((h) => {
-          if (marked.refs.has(h)) return false;
+        const go = unmarked.filter((h) => {
+          if (!stillOld(agesNow.get(h))) return false;
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;
             return false;
@@ -214,6 +231,7 @@ export class SnapshotGc {
       } else {
         await inParallel(doomed, STORE_REQUESTS_IN_FLIGHT, async (h) => {
           if (marked.refs.has(h)) return;
+          if (!stillOld(await this.store.blockModifiedMs(h))) return;
           // Pins are checked last, synchronously before the delete starts; pin() waits for it.
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;

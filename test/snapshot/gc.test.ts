@@ -168,6 +168,52 @@ describe.each(stores)('collector on %s', (_name, open) => {
     await expectConsistent(store);
   });
 
+  withStore('a block another daemon touches after its age was read is kept: ages are read again just before each delete', async (store) => {
+    const GRACE = 2000;
+    // Another daemon's putUnlessStored: a touch (the directory store's utimes; on S3 a copy onto
+    // itself, which s3rver does not date anew), and the put EBS direct's PutSnapshotBlock does.
+    const refresh = async (b: { hash: string; data: Buffer }): Promise<void> => {
+      expect(await store.touchBlock!(b.hash)).toBe(true);
+      await store.putBlock(b.hash, b.data);
+    };
+    const swept = block(1024);
+    const freed = block(1024);
+    const other = block(1024);
+    await store.putBlock(swept.hash, swept.data);
+    await store.putBlock(other.hash, other.data);
+    const id = await putSnapshot(store, [freed, block(1024)]);
+    await new Promise((r) => setTimeout(r, GRACE + 600)); // every block is past the grace period
+    // The sweep's listing ends (minutes on a big shared store); then another daemon touches
+    // `swept` (putUnlessStored: present, not put again) for a create whose pending manifest does
+    // not name it yet.
+    const sweeping: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      listBlocksWithAge: async function* () {
+        for await (const b of store.listBlocksWithAge()) yield b;
+        await refresh(swept);
+      },
+    });
+    const r = await new SnapshotGc(sweeping, { graceMs: GRACE }).sweep();
+    expect(r).toMatchObject({ deleted: 1, keptYoung: 1 });
+    expect(await store.hasBlock(swept.hash)).toBe(true);
+    expect(await store.hasBlock(other.hash)).toBe(false);
+    // DeleteSnapshot: the age of `freed` is read, then another daemon touches it.
+    let touched = false;
+    const deleting: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      blockModifiedMs: async (h: string) => {
+        const age = await store.blockModifiedMs(h);
+        if (h === freed.hash && !touched) {
+          touched = true;
+          await refresh(freed);
+        }
+        return age;
+      },
+    });
+    const d = await new SnapshotGc(deleting, { graceMs: GRACE }).deleteSnapshot(id);
+    expect(touched).toBe(true);
+    expect(d.result).toMatchObject({ deleted: 1, keptYoung: 1 });
+    expect(await store.hasBlock(freed.hash)).toBe(true);
+  });
+
   withStore('a manifest that cannot be read stops the sweep before anything is deleted', async (store) => {
     const b = block(1024);
     await putSnapshot(store, [b]);
