@@ -320,11 +320,18 @@ export class DirSnapshotStore implements CollectableStore {
     this.parsedBytes -= old.bytes;
   }
 
-  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
-    const out: SnapshotManifest[] = [];
+  async listManifestIds(): Promise<string[]> {
+    const ids: string[] = [];
     for (const name of (await fsp.readdir(this.manifestsDir)).sort()) {
       const id = name.endsWith('.json') ? name.slice(0, -5) : '';
-      if (!isSnapshotId(id)) continue;
+      if (isSnapshotId(id)) ids.push(id);
+    }
+    return ids;
+  }
+
+  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
+    const out: SnapshotManifest[] = [];
+    for (const id of await this.listManifestIds()) {
       const m = await skipCorrupt(id, () => this.getManifest(id), opts.onCorrupt);
       if (m) out.push(m);
     }

@@ -41,6 +41,13 @@ export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
 /** Store requests (age lookups, deletes, presence checks) in flight at once: S3 answers each in one round trip. */
 export const STORE_REQUESTS_IN_FLIGHT = 16;
 
+/**
+ * Manifests read at once by a mark (and by a listing that keeps only what it
+ * needs of each): each is held parsed until folded in, up to ~50 MiB of heap
+ * for a 100 GiB volume's snapshot, so fewer than STORE_REQUESTS_IN_FLIGHT.
+ */
+export const MARK_READERS = 4;
+
 export interface SnapshotGcOptions {
   graceMs?: number;
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
@@ -268,17 +275,22 @@ export class SnapshotGc {
    */
   private async mark(): Promise<{ refs: Set<BlockHash>; manifests: number; pendingSinceMs: number }> {
     const refs = new Set<BlockHash>();
-    const all = await this.store.listManifests();
+    let manifests = 0;
     let pendingSinceMs = Number.POSITIVE_INFINITY;
-    for (const m of all) {
+    // One manifest at a time per reader, folded into `refs` and let go: memory is the distinct
+    // blocks plus MARK_READERS manifests, not every manifest's block list at once.
+    await inParallel(await this.store.listManifestIds(), MARK_READERS, async (id) => {
+      const m = await this.store.getManifest(id);
+      if (!m) return; // deleted since the listing
+      manifests++;
       for (const h of manifestHashes(m)) refs.add(h);
       if (m.state === 'pending') {
         const t = Date.parse(m.startTime);
         // A start we cannot read protects everything rather than nothing.
         pendingSinceMs = Math.min(pendingSinceMs, Number.isFinite(t) ? t : Number.NEGATIVE_INFINITY);
       }
-    }
-    return { refs, manifests: all.length, pendingSinceMs };
+    });
+    return { refs, manifests, pendingSinceMs };
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {

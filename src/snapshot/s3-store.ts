@@ -244,7 +244,7 @@ export class S3SnapshotStore implements CollectableStore {
     return parseManifest(`s3://${this.bucket}/${key}`, snapshotId, text);
   }
 
-  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
+  async listManifestIds(): Promise<string[]> {
     const dir = this.key('manifests', '');
     const ids: string[] = [];
     for await (const o of this.listKeys(dir)) {
@@ -252,6 +252,11 @@ export class S3SnapshotStore implements CollectableStore {
       const id = name.endsWith('.json') ? name.slice(0, -5) : '';
       if (isSnapshotId(id)) ids.push(id);
     }
+    return ids;
+  }
+
+  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
+    const ids = await this.listManifestIds();
     // Read LIST_READERS at a time: one round trip each, so a store of many snapshots lists in a few.
     const got: (SnapshotManifest | undefined)[] = new Array(ids.length);
     let next = 0;

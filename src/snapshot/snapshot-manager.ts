@@ -24,7 +24,8 @@ import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } 
 import { FilterBudget } from '../util/ec2-filter.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
-import type { BlockPin, SnapshotGc } from './gc.js';
+import { MARK_READERS, inParallel, type BlockPin, type SnapshotGc } from './gc.js';
+import { skipCorrupt } from './manifest-check.js';
 import type { Clock } from '../util/clock.js';
 
 const GiB = 1024 ** 3;
@@ -331,12 +332,17 @@ export class SnapshotManager {
       const m = await this.o.store.getManifest(base).catch(() => undefined);
       if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return this.pinParent(m, run);
     }
-    let best: SnapshotManifest | undefined;
-    for (const m of await this.o.store.listManifests()) {
-      if (m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) continue;
-      if (!best || m.startTime > best.startTime) best = m;
-    }
-    return best ? this.pinParent(best, run) : undefined;
+    // Read one by one, keeping only the latest match's id: not every manifest's block list at once (listManifests).
+    const best = { id: '', startTime: '' };
+    await inParallel(await this.o.store.listManifestIds(), MARK_READERS, async (id) => {
+      // Corrupt: left out, as DescribeSnapshots leaves it out; a store error fails the create.
+      const m = await skipCorrupt(id, () => this.o.store.getManifest(id), () => {});
+      if (!m || m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) return;
+      if (!best.id || m.startTime > best.startTime || (m.startTime === best.startTime && m.snapshotId < best.id)) Object.assign(best, { id: m.snapshotId, startTime: m.startTime });
+    });
+    if (!best.id) return undefined;
+    const m = await this.o.store.getManifest(best.id);
+    return m ? this.pinParent(m, run) : undefined;
   }
 
   /**

@@ -120,6 +120,13 @@ export interface SnapshotStore {
    * then it is reported there and left out (DescribeSnapshots).
    */
   listManifests(opts?: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }): Promise<SnapshotManifest[]>;
+  /**
+   * The ids of every manifest, none read. Whoever needs every manifest's
+   * blocks (the collector's mark) reads them one by one with getManifest and
+   * lets each go: listManifests holds all of them, every block list at once
+   * (hundreds of MiB for a few large volumes' snapshots).
+   */
+  listManifestIds(): Promise<string[]>;
   /** Absent is not an error. */
   deleteManifest(snapshotId: string): Promise<void>;
   /**

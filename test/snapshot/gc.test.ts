@@ -156,9 +156,9 @@ describe.each(stores)('collector on %s', (_name, open) => {
     const lateId = snapId();
     // The other daemon's manifest lands between the sweep's first and second mark.
     const racing: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
-      listManifests: async () => {
+      listManifestIds: async () => {
         if (marks++ === 1) await store.putManifest(manifest(lateId, [[0, late.hash]], { state: 'pending' }));
-        return store.listManifests();
+        return store.listManifestIds();
       },
     });
     const r = await later(racing).sweep();
@@ -220,7 +220,7 @@ describe.each(stores)('collector on %s', (_name, open) => {
     const orphan = block(1024);
     await store.putBlock(orphan.hash, orphan.data);
     const broken: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
-      listManifests: () => store.getManifest('snap-../x'),
+      listManifestIds: async () => [...(await store.listManifestIds()), 'snap-../x'],
     });
     await expect(later(broken).sweep()).rejects.toMatchObject({ code: 'SNAPSHOT_INVALID_PARAMETER' });
     expect(await blocksOf(store)).toEqual([b.hash, orphan.hash].sort());
@@ -338,4 +338,33 @@ describe('collector killed with SIGKILL (directory store)', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe('collector memory (directory store, a child process)', () => {
+  beforeAll(() => ensureBuilt());
+
+  test('a sweep holds one manifest per reader, not every manifest\'s block list: 16 manifests of 100K blocks in a 160 MiB heap', async () => {
+    const dir = mkdtempSync('/tmp/ebsd-gc-mem-');
+    try {
+      const store = await DirSnapshotStore.open(dir);
+      const blocks: [number, string][] = Array.from({ length: 100_000 }, (_, i) => [i, i.toString(16).padStart(64, '0')]);
+      // ~7.5 MB of JSON and ~25 MiB of heap parsed, each; all 16 at once (the mark before) is ~400 MiB.
+      for (let i = 0; i < 16; i++) await store.putManifest(manifest(snapId(), blocks, { volumeSize: 100 }));
+      const orphan = block(512);
+      await store.putBlock(orphan.hash, orphan.data);
+      const r = await new Promise<{ code: number | null; out: string }>((res, rej) => {
+        const p = spawn(process.execPath, ['--max-old-space-size=160', resolve(import.meta.dirname, 'gc-child.mjs'), dir, 'sweep'], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        p.stdout.on('data', (c) => (out += c));
+        p.stderr.on('data', (c) => (out += c));
+        p.on('error', rej);
+        p.on('exit', (code) => res({ code, out }));
+      });
+      expect(r.out).toContain('done');
+      expect(r.code).toBe(0);
+      expect(await store.hasBlock(orphan.hash)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
