@@ -76,6 +76,40 @@ describe('source snapshot held against DeleteSnapshot', () => {
     expect(await missingBlocks(h.store, copy)).toEqual([]);
   });
 
+  it('same-key CopySnapshot on a shared store: its pending manifest names the source\'s objects, so another host deleting the source frees none of them', async () => {
+    const src = await h.newSnapshot();
+    // Another host: its own collector (no pins or holds of ours), deleting the source once the copy is pending.
+    const otherHost = new SnapshotGc(h.store, { graceMs: 0 });
+    let firstPending: SnapshotManifest | undefined;
+    let otherDelete: Promise<unknown> | undefined;
+    const shared = new Proxy(h.store, {
+      get(target, prop) {
+        if (prop === 'singleWriter') return false;
+        if (prop === 'putManifest') {
+          return async (m: SnapshotManifest) => {
+            await target.putManifest(m);
+            if (m.snapshotId !== src.snapshotId && m.state === 'pending' && !firstPending) {
+              firstPending = structuredClone(m);
+              otherDelete = otherHost.deleteSnapshot(src.snapshotId);
+              await otherDelete;
+            }
+          };
+        }
+        const v: unknown = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    }) as SnapshotStore;
+    const c = await copier(shared);
+    const { SnapshotId } = await c.copySnapshot({ SourceSnapshotId: src.snapshotId, SourceRegion: REGION }, h.root);
+    await c.settled();
+    expect(await otherDelete).toMatchObject({ deleted: true, result: { deleted: 0 } });
+    expect(firstPending).toMatchObject({ snapshotId: SnapshotId, header: src.header, blocks: src.blocks });
+    const copy = (await h.store.getManifest(SnapshotId))!;
+    expect(copy.state, copy.stateMessage).toBe('completed');
+    expect(await missingBlocks(h.store, copy), 'blocks the copy names').toEqual([]);
+    await snaps.deleteSnapshot(SnapshotId, h.root);
+  });
+
   it('CreateVolume from a snapshot: a delete while the header is read is InvalidSnapshot.InUse; the volume ends available', async () => {
     const src = await h.newSnapshot();
     const race = deleteAfterHeaderRead(src);
