@@ -53,6 +53,16 @@ const LIST_READERS = 16;
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 
 /**
+ * CopyObject's `x-amz-copy-source`: bucket and key URL-encoded (S3 decodes
+ * it), each path segment on its own so the '/' stay. Unencoded, a prefix with
+ * a non-ASCII character is not a valid header and one with a '%' names
+ * another key.
+ */
+export function copySource(bucket: string, key: string): string {
+  return `${bucket}/${key}`.split('/').map(encodeURIComponent).join('/');
+}
+
+/**
  * A SnapshotStore in any S3-compatible object store (docs/architecture.md §13.2),
  * through `@aws-sdk/client-s3` configured the standard way. Objects:
  * `PREFIX/blocks/<sha256>` and `PREFIX/manifests/<snap-id>.json`.
@@ -177,7 +187,7 @@ export class S3SnapshotStore implements CollectableStore {
     const key = this.key('blocks', hash);
     try {
       await this.s3.send(new CopyObjectCommand({
-        Bucket: this.bucket, Key: key, CopySource: `${this.bucket}/${key}`, MetadataDirective: 'REPLACE', Metadata: { touched: String(Date.now()) },
+        Bucket: this.bucket, Key: key, CopySource: copySource(this.bucket, key), MetadataDirective: 'REPLACE', Metadata: { touched: String(Date.now()) },
       }));
       return true;
     } catch (e) {

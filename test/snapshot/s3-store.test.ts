@@ -154,6 +154,29 @@ describe('what goes over the wire', () => {
     }
   });
 
+  test('touchBlock under a prefix with a non-ASCII character or a \'%\': the copy source is URL-encoded and names the block itself', async () => {
+    const port = (proxy.address() as { port: number }).port;
+    const open = (prefix: string): Promise<S3SnapshotStore> => S3SnapshotStore.open({ bucket: server.bucket, prefix, endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS, maxAttempts: 1 });
+    const [cjk, pct, decoded] = await Promise.all([open('\u4e2d\u6587/x'), open('x%41y'), open('xAy')]);
+    try {
+      for (const [s, encoded] of [[cjk, '%E4%B8%AD%E6%96%87/x'], [pct, 'x%2541y']] as const) {
+        const b = block(1024);
+        expect(await s.touchBlock(b.hash)).toBe(false);
+        await s.putBlock(b.hash, b.data);
+        expect(await s.touchBlock(b.hash)).toBe(true);
+        const copy = seen.filter((r) => r.method === 'PUT' && r.headers['x-amz-copy-source']).at(-1)!;
+        expect(copy.headers['x-amz-copy-source']).toBe(`${server.bucket}/${encoded}/blocks/${b.hash}`);
+        expect((await s.getBlock(b.hash)).equals(b.data)).toBe(true);
+      }
+      // Present only under `xAy` (what `x%41y` decodes to): absent under `x%41y`.
+      const other = block(1024);
+      await decoded.putBlock(other.hash, other.data);
+      expect(await pct.touchBlock(other.hash)).toBe(false);
+    } finally {
+      for (const s of [cjk, pct, decoded]) s.close();
+    }
+  });
+
   test('a block PUT carries x-amz-checksum-sha256 equal to the block hash', async () => {
     const port = (proxy.address() as { port: number }).port;
     const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'wire', endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS });
