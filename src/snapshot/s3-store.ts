@@ -14,7 +14,7 @@ import { caBundleAgent } from '../util/ca-bundle.js';
 import { SnapshotError } from './errors.js';
 import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
-import type { BlockHash, SnapshotManifest } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest } from './types.js';
 
 export interface S3SnapshotStoreOptions {
   bucket: string;
@@ -160,9 +160,11 @@ export class S3SnapshotStore implements CollectableStore {
     }
   }
 
-  async getBlock(hash: BlockHash): Promise<Buffer> {
+  async getBlock(hash: BlockHash, maxBytes: number = SNAPSHOT_BLOCK_BYTES): Promise<Buffer> {
     checkBlockHash(hash);
-    const data = await this.getObject(this.key('blocks', hash));
+    const data = await this.getObject(this.key('blocks', hash), maxBytes, (where, bytes) => new SnapshotError(
+      'SNAPSHOT_CORRUPT', `block ${hash} ${where} is ${bytes} bytes, over the ${maxBytes} bytes this read accepts (a block is at most ${SNAPSHOT_BLOCK_BYTES}; a header area, its manifest's dataOffset): not read`,
+    ));
     if (!data) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
     const got = createHash('sha256').update(data).digest('hex');
     if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash} in ${this.location} reads back as ${data.length} bytes hashing to ${got}`);
@@ -248,7 +250,9 @@ export class S3SnapshotStore implements CollectableStore {
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
     checkSnapshotId(snapshotId);
     const key = this.key('manifests', `${snapshotId}.json`);
-    const data = await this.getObject(key, MANIFEST_MAX_BYTES);
+    const data = await this.getObject(key, MANIFEST_MAX_BYTES, (where, bytes) => new SnapshotError(
+      'SNAPSHOT_CORRUPT', `snapshot manifest ${where} is ${bytes} bytes, over the ${MANIFEST_MAX_BYTES}-byte limit`,
+    ));
     if (!data) return undefined;
     const text = data.toString('utf8');
     return parseManifest(`s3://${this.bucket}/${key}`, snapshotId, text);
@@ -305,25 +309,36 @@ export class S3SnapshotStore implements CollectableStore {
   }
 
   /**
-   * An object's bytes, undefined when absent. The SDK retries a request that
+   * An object's bytes, undefined when absent; an object over `maxBytes` is
+   * refused (the error `tooBig` makes, naming the key and its size) on its
+   * Content-Length, before the body is read, or, without one (chunked), as
+   * soon as more than that has arrived: one object in a shared store cannot
+   * make a reader allocate what it likes. The SDK retries a request that
    * fails before the response; a body cut off after the headers (a dropped
    * connection, a server restart) is retried here, as many times.
    */
-  private async getObject(key: string, maxBytes?: number): Promise<Buffer | undefined> {
+  private async getObject(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError): Promise<Buffer | undefined> {
+    const where = `s3://${this.bucket}/${key}`;
     for (let attempt = 1; ; attempt++) {
-      let body: { transformToByteArray(): Promise<Uint8Array> } | undefined;
+      let body: (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
       try {
         const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-        body = r.Body;
-        // A bounded read (a manifest) is refused on its Content-Length before the body is read.
-        if (maxBytes !== undefined && (r.ContentLength ?? 0) > maxBytes) {
-          (r.Body as { destroy?: () => void } | undefined)?.destroy?.();
-          checkManifestBytes(`s3://${this.bucket}/${key}`, r.ContentLength!, false);
+        body = r.Body as unknown as AsyncIterable<Uint8Array> & { destroy?: () => void };
+        if ((r.ContentLength ?? 0) > maxBytes) {
+          body?.destroy?.();
+          throw tooBig(where, r.ContentLength!);
         }
-        const bytes = Buffer.from(await r.Body!.transformToByteArray());
-        // No Content-Length (chunked): checked once read.
-        if (maxBytes !== undefined) checkManifestBytes(`s3://${this.bucket}/${key}`, bytes.length, false);
-        return bytes;
+        const chunks: Uint8Array[] = [];
+        let bytes = 0;
+        for await (const c of body) {
+          bytes += c.length;
+          if (bytes > maxBytes) {
+            body.destroy?.();
+            throw tooBig(where, bytes);
+          }
+          chunks.push(c);
+        }
+        return Buffer.concat(chunks, bytes);
       } catch (e) {
         if ((e as { name?: string }).name === 'NoSuchKey') return undefined;
         if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') throw e; // over the cap: not retried

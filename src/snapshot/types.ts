@@ -85,8 +85,14 @@ export interface SnapshotStore {
   readonly singleWriter?: boolean;
   /** Stores `data` under `hash` (the caller computed it); durable when it resolves; a present block is left as it is. */
   putBlock(hash: BlockHash, data: Uint8Array): Promise<void>;
-  /** The block's bytes; throws SnapshotError `SNAPSHOT_BLOCK_NOT_FOUND` when absent. */
-  getBlock(hash: BlockHash): Promise<Buffer>;
+  /**
+   * The block's bytes; throws SnapshotError `SNAPSHOT_BLOCK_NOT_FOUND` when absent.
+   * `maxBytes` (default SNAPSHOT_BLOCK_BYTES): a larger object is SNAPSHOT_CORRUPT,
+   * refused by the S3 store on its Content-Length before the body is read (the
+   * directory store, whose objects only this daemon writes, does not check);
+   * a header area's read passes its manifest's dataOffset.
+   */
+  getBlock(hash: BlockHash, maxBytes?: number): Promise<Buffer>;
   hasBlock(hash: BlockHash): Promise<boolean>;
   /**
    * True when the store knows without I/O that the block is present (a pack's

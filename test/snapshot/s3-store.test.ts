@@ -177,6 +177,27 @@ describe('what goes over the wire', () => {
     }
   });
 
+  test('getBlock refuses an object larger than a block (or than the size it is given) on its Content-Length, naming the key and the size', async () => {
+    const port = (proxy.address() as { port: number }).port;
+    const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'big', endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS, maxAttempts: 1 });
+    try {
+      const big = block(512 * 1024 + 4096);
+      await s.putBlock(big.hash, big.data);
+      const e = await s.getBlock(big.hash).then(() => undefined, (err: SnapshotError) => err);
+      expect(e).toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+      expect(e!.message).toContain(`s3://${server.bucket}/big/blocks/${big.hash} is ${big.data.length} bytes`);
+      expect(e!.message).toContain(`${512 * 1024} bytes this read accepts`);
+      // A header area's read says how large it may be.
+      expect((await s.getBlock(big.hash, big.data.length)).equals(big.data)).toBe(true);
+      await expect(s.getBlock(big.hash, big.data.length - 1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+      const ok = block(512 * 1024);
+      await s.putBlock(ok.hash, ok.data);
+      expect((await s.getBlock(ok.hash)).equals(ok.data)).toBe(true);
+    } finally {
+      s.close();
+    }
+  });
+
   test('a block PUT carries x-amz-checksum-sha256 equal to the block hash', async () => {
     const port = (proxy.address() as { port: number }).port;
     const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'wire', endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS });
