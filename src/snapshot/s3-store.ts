@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import {
   DeleteObjectCommand,
   GetObjectCommand,
+  HeadBucketCommand,
   HeadObjectCommand,
   CopyObjectCommand,
   ListObjectsV2Command,
@@ -45,6 +46,9 @@ export interface S3SnapshotStoreOptions {
 // holding a snapshot for minutes behind a dead endpoint.
 const DEFAULTS = { connectionTimeoutMs: 3_000, requestTimeoutMs: 30_000, maxAttempts: 3 };
 
+/** A bucket HeadBucket found is not asked for again, on a HEAD's 404, for this long. */
+const BUCKET_SEEN_MS = 60_000;
+
 /** Manifest reads in flight at once while listing. */
 const LIST_READERS = 16;
 
@@ -83,6 +87,10 @@ export class S3SnapshotStore implements CollectableStore {
   readonly prefix: string;
   /** The endpoint in use, when one was given or configured; undefined for AWS S3. */
   readonly endpoint: string | undefined;
+
+  /** When HeadBucket last found the bucket (performance.now()), and the HeadBucket in flight (bucketBehind404). */
+  private bucketSeenAt = Number.NEGATIVE_INFINITY;
+  private bucketAsk: Promise<void> | undefined;
 
   private constructor(private readonly s3: S3Client, bucket: string, prefix: string, endpoint: string | undefined, private readonly pageSize: number, private readonly maxAttempts: number) {
     this.bucket = bucket;
@@ -178,7 +186,10 @@ export class S3SnapshotStore implements CollectableStore {
       await this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
       return true;
     } catch (e) {
-      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') return false;
+      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') {
+        await this.bucketBehind404(key);
+        return false;
+      }
       throw this.fail('HeadObject', key, e);
     }
   }
@@ -206,7 +217,10 @@ export class S3SnapshotStore implements CollectableStore {
       const r = await this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
       return r.LastModified?.getTime() ?? Number.POSITIVE_INFINITY;
     } catch (e) {
-      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') return undefined;
+      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') {
+        await this.bucketBehind404(key);
+        return undefined;
+      }
       throw this.fail('HeadObject', key, e);
     }
   }
@@ -345,6 +359,32 @@ export class S3SnapshotStore implements CollectableStore {
         if (body === undefined || attempt >= this.maxAttempts) throw this.fail('GetObject', key, e);
       }
     }
+  }
+
+  /**
+   * A HEAD answers a bare 404 (`NotFound`, no body) for a missing bucket as
+   * for a missing key: before a 404 is taken as "no such block", the bucket
+   * is asked for (HeadBucket, once per BUCKET_SEEN_MS, shared by concurrent
+   * callers), so a bucket deleted or misnamed is an error naming it, not
+   * every block "missing" (a snapshot refused, a collector's age undefined).
+   */
+  private async bucketBehind404(key: string): Promise<void> {
+    if (performance.now() - this.bucketSeenAt < BUCKET_SEEN_MS) return;
+    this.bucketAsk ??= (async () => {
+      try {
+        await this.s3.send(new HeadBucketCommand({ Bucket: this.bucket }));
+        this.bucketSeenAt = performance.now();
+      } catch (e) {
+        const name = (e as { name?: string }).name;
+        if (name === 'NotFound' || name === 'NoSuchBucket') {
+          throw new SnapshotError('SNAPSHOT_STORE', `S3 bucket ${this.bucket} does not exist (HeadBucket: HTTP 404), asked after HeadObject of s3://${this.bucket}/${key} answered 404; check the snapshot store's bucket (${this.location})`);
+        }
+        throw this.fail('HeadBucket', '', e);
+      }
+    })().finally(() => {
+      this.bucketAsk = undefined;
+    });
+    await this.bucketAsk;
   }
 
   private async deleteKey(key: string): Promise<void> {

@@ -250,6 +250,27 @@ describe('failures are SnapshotError SNAPSHOT_STORE naming S3\'s error, never a 
     expect(e.message).toMatch(/ListObjectsV2 of s3:\/\/no-such-bucket\/fail\/manifests\/ failed: NoSuchBucket/);
   });
 
+  test('a bucket that does not exist: hasBlock and blockModifiedMs (a HEAD\'s bare 404) throw naming the bucket, not "absent"', async () => {
+    const h = block(64).hash;
+    for (const op of [(s: S3SnapshotStore) => s.hasBlock(h), (s: S3SnapshotStore) => s.blockModifiedMs(h)]) {
+      const e = await failing({ bucket: 'no-such-bucket' }, op);
+      expect(e.code).toBe('SNAPSHOT_STORE');
+      expect(e.message).toContain('S3 bucket no-such-bucket does not exist');
+      expect(e.message).toContain(`s3://no-such-bucket/fail/blocks/${h}`);
+    }
+    // The bucket there: absent is absent, and one HeadBucket answers for the 404s that follow.
+    const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'fail', endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS, maxAttempts: 1 });
+    const sent: string[] = [];
+    s['s3'].middlewareStack.add((next, ctx) => (args) => (sent.push(ctx.commandName!), next(args)), { step: 'initialize' });
+    try {
+      expect(await Promise.all([s.hasBlock(h), s.hasBlock(block(64).hash), s.blockModifiedMs(h)])).toEqual([false, false, undefined]);
+      expect(await s.hasBlock(h)).toBe(false);
+      expect(sent.filter((c) => c === 'HeadBucketCommand')).toHaveLength(1);
+    } finally {
+      s.close();
+    }
+  });
+
   test('nobody listening: the connection error, after the configured attempts', async () => {
     // A port nobody listens on cannot be held: another process may take it in between, so an
     // answer other than ECONNREFUSED is tried again on a new port, three times at most.
