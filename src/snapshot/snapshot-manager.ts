@@ -24,7 +24,7 @@ import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } 
 import { FilterBudget } from '../util/ec2-filter.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
-import { MARK_READERS, inParallel, type BlockPin, type SnapshotGc } from './gc.js';
+import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, inParallel, type BlockPin, type SnapshotGc } from './gc.js';
 import { skipCorrupt } from './manifest-check.js';
 import type { Clock } from '../util/clock.js';
 
@@ -440,10 +440,11 @@ export class SnapshotManager {
       batch = this.o.store.openBlockBatch?.();
       const b = batch;
       // The header area (16 MiB for LUKS2) is hashed on libuv's pool while the blocks are copied.
+      let headerFound = false;
       headerStored = (async (): Promise<BlockHash> => {
         const { hash: h, bytes } = await this.headerHash(m.volumeId, header);
         run.pins.push(await this.o.gc.pin([h]));
-        await putUnlessStored(this.o.store, b, h, bytes);
+        headerFound = !(await putUnlessStored(this.o.store, b, h, bytes));
         return h;
       })();
       headerStored.catch(() => {});
@@ -493,6 +494,10 @@ export class SnapshotManager {
         blocks,
         changedBlocks,
       };
+      // A block found in the store was touched, not put: on a store other daemons collect, one of
+      // them may have freed it since (its age read just before our touch). Asked again, one request
+      // each, so the completed manifest never names a block that is gone: the create fails instead.
+      if (!this.o.store.singleWriter) await this.checkFound(m.snapshotId, headerFound ? [...res.found, headerHash] : [...res.found]);
       // Every block is durable (putBlock resolved); now the manifest that names them.
       await this.o.store.putManifest(done);
       run.terminal = true;
@@ -520,6 +525,17 @@ export class SnapshotManager {
     } finally {
       await plan.close().catch(() => {});
     }
+  }
+
+  /** Every hash in `found` is still in the store; SNAPSHOT_BLOCK_NOT_FOUND naming the missing ones otherwise. */
+  private async checkFound(snapshotId: string, found: BlockHash[]): Promise<void> {
+    const missing: BlockHash[] = [];
+    await inParallel(found, STORE_REQUESTS_IN_FLIGHT, async (h) => {
+      if (!(await this.o.store.hasBlock(h))) missing.push(h);
+    });
+    if (missing.length === 0) return;
+    const shown = missing.slice(0, 5).join(', ') + (missing.length > 5 ? `, … (${missing.length} in all)` : '');
+    throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `${snapshotId}: block(s) found in ${this.o.store.location} and not stored again are gone since (freed by a collector sharing the store?): ${shown}`);
   }
 
   /**
