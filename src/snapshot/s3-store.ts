@@ -13,9 +13,9 @@ import {
 import { ArgRangeError } from '../util/errors.js';
 import { caBundleAgent } from '../util/ca-bundle.js';
 import { SnapshotError } from './errors.js';
-import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt } from './manifest-check.js';
+import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotSummary } from './types.js';
 
 export interface S3SnapshotStoreOptions {
   bucket: string;
@@ -283,20 +283,30 @@ export class S3SnapshotStore implements CollectableStore {
     return ids;
   }
 
-  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
+  listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
+    return this.readManifests(opts, (m) => m);
+  }
+
+  listManifestSummaries(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotSummary[]> {
+    return this.readManifests(opts, summaryOf);
+  }
+
+  /** Every manifest, each through `keep` as soon as it is parsed. */
+  private async readManifests<T>(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }, keep: (m: SnapshotManifest) => T): Promise<T[]> {
     const ids = await this.listManifestIds();
     // Read LIST_READERS at a time: one round trip each, so a store of many snapshots lists in a few.
-    const got: (SnapshotManifest | undefined)[] = new Array(ids.length);
+    const got: (T | undefined)[] = new Array(ids.length);
     let next = 0;
     const reader = async (): Promise<void> => {
       while (next < ids.length) {
         const i = next++;
-        got[i] = await skipCorrupt(ids[i]!, () => this.getManifest(ids[i]!), opts.onCorrupt);
+        const m = await skipCorrupt(ids[i]!, () => this.getManifest(ids[i]!), opts.onCorrupt);
+        if (m) got[i] = keep(m);
       }
     };
     await Promise.all(Array.from({ length: Math.min(LIST_READERS, ids.length) }, reader));
     // Deleted between the listing and the read: gone, not an error.
-    return got.filter((m): m is SnapshotManifest => m !== undefined);
+    return got.filter((m): m is T => m !== undefined);
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {

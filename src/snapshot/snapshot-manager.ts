@@ -23,9 +23,9 @@ import { failedManifest, PendingMarkers } from './pending-markers.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
 import { FilterBudget } from '../util/ec2-filter.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
 import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, inParallel, type BlockPin, type SnapshotGc } from './gc.js';
-import { skipCorrupt } from './manifest-check.js';
+import { skipCorrupt, summaryOf } from './manifest-check.js';
 import type { Clock } from '../util/clock.js';
 
 const GiB = 1024 ** 3;
@@ -581,17 +581,18 @@ export class SnapshotManager {
   // ---- DescribeSnapshots / DeleteSnapshot ---------------------------------
 
   /** Every snapshot in the store matching the ids and filters; an id that does not exist is InvalidSnapshot.NotFound. */
-  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }): Promise<SnapshotManifest[]> {
-    let all: SnapshotManifest[];
+  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }): Promise<SnapshotSummary[]> {
+    // Summaries: each manifest's block list is dropped once read, so a listing holds no block lists.
+    let all: SnapshotSummary[];
     if (q.SnapshotIds?.length) {
       all = [];
       for (const id of q.SnapshotIds) {
         const m = await this.o.store.getManifest(id);
         if (!m) throw snapshotNotFound(id);
-        all.push(m);
+        all.push(summaryOf(m));
       }
     } else {
-      all = await this.o.store.listManifests();
+      all = await this.o.store.listManifestSummaries();
     }
     const owners = q.OwnerIds?.map((o) => (o === 'self' ? this.o.accountId : o));
     const budget = new FilterBudget(); // one per request (ec2-filter.ts)

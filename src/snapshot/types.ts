@@ -68,6 +68,9 @@ export interface SnapshotManifest {
   changedBlocks?: number;
 }
 
+/** A manifest without its block list: what DescribeSnapshots shows. */
+export type SnapshotSummary = Omit<SnapshotManifest, 'blocks'>;
+
 /**
  * Where snapshot blocks and manifests live: a local directory by default, any
  * S3-compatible store through @aws-sdk/client-s3. Every method is safe to
@@ -133,6 +136,8 @@ export interface SnapshotStore {
    * (hundreds of MiB for a few large volumes' snapshots).
    */
   listManifestIds(): Promise<string[]>;
+  /** listManifests, each manifest's block list dropped once it is parsed (DescribeSnapshots): memory for the summaries, not every block. */
+  listManifestSummaries(opts?: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }): Promise<SnapshotSummary[]>;
   /** Absent is not an error. */
   deleteManifest(snapshotId: string): Promise<void>;
   /**

@@ -343,7 +343,7 @@ describe('collector killed with SIGKILL (directory store)', () => {
 describe('collector memory (directory store, a child process)', () => {
   beforeAll(() => ensureBuilt());
 
-  test('a sweep holds one manifest per reader, not every manifest\'s block list: 16 manifests of 100K blocks in a 160 MiB heap', async () => {
+  test('a sweep, and DescribeSnapshots\' listing, hold one manifest per reader, not every manifest\'s block list: 16 manifests of 100K blocks in a 160 MiB heap', async () => {
     const dir = mkdtempSync('/tmp/ebsd-gc-mem-');
     try {
       const store = await DirSnapshotStore.open(dir);
@@ -352,17 +352,21 @@ describe('collector memory (directory store, a child process)', () => {
       for (let i = 0; i < 16; i++) await store.putManifest(manifest(snapId(), blocks, { volumeSize: 100 }));
       const orphan = block(512);
       await store.putBlock(orphan.hash, orphan.data);
-      const r = await new Promise<{ code: number | null; out: string }>((res, rej) => {
-        const p = spawn(process.execPath, ['--max-old-space-size=160', resolve(import.meta.dirname, 'gc-child.mjs'), dir, 'sweep'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const run = (mode: string) => new Promise<{ code: number | null; out: string }>((res, rej) => {
+        const p = spawn(process.execPath, ['--max-old-space-size=160', resolve(import.meta.dirname, 'gc-child.mjs'), dir, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
         p.stdout.on('data', (c) => (out += c));
         p.stderr.on('data', (c) => (out += c));
         p.on('error', rej);
         p.on('exit', (code) => res({ code, out }));
       });
+      const r = await run('sweep');
       expect(r.out).toContain('done');
       expect(r.code).toBe(0);
       expect(await store.hasBlock(orphan.hash)).toBe(false);
+      const d = await run('summaries');
+      expect(d.out).toContain('16 summaries');
+      expect(d.code).toBe(0);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
