@@ -39,6 +39,8 @@ export interface CopyResult {
   zeroBlocks: number;
   /** Blocks put that the store did not have yet. */
   storedBlocks: number;
+  /** Hashes found in the store (touched, not put): whoever names them checks they are still there on a shared store. */
+  found: Set<BlockHash>;
 }
 
 /**
@@ -61,6 +63,7 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
   const hashes = new Map<number, BlockHash>();
   let zeroBlocks = 0;
   let storedBlocks = 0;
+  const found = new Set<BlockHash>();
   const total = p.indexes.length;
   const done = new Set<number>();
   let cursor = 0;
@@ -107,6 +110,7 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         try {
           await p.pin?.(hash);
           if (await putUnlessStored(p.store, p.batch, hash, buf)) storedBlocks++;
+          else found.add(hash);
         } catch (e) {
           throw (failure ??= e);
         }
@@ -122,5 +126,5 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
   const results = await Promise.allSettled(Array.from({ length: n }, worker));
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
-  return { hashes, zeroBlocks, storedBlocks };
+  return { hashes, zeroBlocks, storedBlocks, found };
 }

@@ -187,6 +187,14 @@ export class SnapshotCopier {
       delete m.parentSnapshotId;
       delete m.changedBlocks;
       delete m.header;
+      // A same-key copy names the source's objects. On a store other daemons collect, the pending
+      // manifest names them from its first write: this daemon's pins and hold keep them from its own
+      // collector only, and another host deleting the source meanwhile would free them otherwise.
+      const sharedSameKey = targetKey === undefined && !this.o.store.singleWriter;
+      if (sharedSameKey) {
+        if (src.header) m.header = src.header;
+        m.blocks = src.blocks.map(([i, h]) => [i, h]);
+      }
       // Crash from here on: recover() turns the pending manifest into error.
       await this.markers.putPending(m);
       faultPoint('copy.after-pending');
@@ -235,9 +243,12 @@ export class SnapshotCopier {
         pins.push(await this.o.pin(named));
         // Pinned, so a delete under way has finished: each is present and stays, or is gone (and the copy fails), as for an incremental's inherited blocks.
         // Several at a time: a store without an in-memory index (S3) answers each in one round trip.
+        // A shared store: touched rather than only looked up, so a collector on another host that chose
+        // them by an age read before our pending manifest named them finds them young when it looks again.
         const inMemory = this.o.store.hasBlockInMemory?.bind(this.o.store);
+        const touch = this.o.store.singleWriter ? undefined : this.o.store.touchBlock?.bind(this.o.store);
         await inParallel([...new Set(named)], STORE_REQUESTS_IN_FLIGHT, async (h) => {
-          if (!inMemory?.(h) && !(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the source ${snap.manifest.snapshotId} is missing from ${this.o.store.location}`);
+          if (!inMemory?.(h) && !(await (touch ?? this.o.store.hasBlock.bind(this.o.store))(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the source ${snap.manifest.snapshotId} is missing from ${this.o.store.location}`);
         });
         m.header = snap.manifest.header!;
         m.blocks = snap.manifest.blocks.map(([i, h]) => [i, h]);

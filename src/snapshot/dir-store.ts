@@ -3,10 +3,10 @@ import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir, removeAtomicWriteTemps } from '../util/atomic-write.js';
 import { SnapshotError } from './errors.js';
-import { checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt } from './manifest-check.js';
+import { checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
 import { PackSet, sha256Hex } from './pack-store.js';
-import type { BlockBatch, BlockHash, SnapshotManifest } from './types.js';
+import type { BlockBatch, BlockHash, SnapshotManifest, SnapshotSummary } from './types.js';
 
 /**
  * Bytes of completed manifests kept parsed, counted as 3 × their text (the
@@ -320,13 +320,29 @@ export class DirSnapshotStore implements CollectableStore {
     this.parsedBytes -= old.bytes;
   }
 
-  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
-    const out: SnapshotManifest[] = [];
+  async listManifestIds(): Promise<string[]> {
+    const ids: string[] = [];
     for (const name of (await fsp.readdir(this.manifestsDir)).sort()) {
       const id = name.endsWith('.json') ? name.slice(0, -5) : '';
-      if (!isSnapshotId(id)) continue;
+      if (isSnapshotId(id)) ids.push(id);
+    }
+    return ids;
+  }
+
+  listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
+    return this.readManifests(opts, (m) => m);
+  }
+
+  listManifestSummaries(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotSummary[]> {
+    return this.readManifests(opts, summaryOf);
+  }
+
+  /** Every manifest, each through `keep` as soon as it is read. */
+  private async readManifests<T>(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }, keep: (m: SnapshotManifest) => T): Promise<T[]> {
+    const out: T[] = [];
+    for (const id of await this.listManifestIds()) {
       const m = await skipCorrupt(id, () => this.getManifest(id), opts.onCorrupt);
-      if (m) out.push(m);
+      if (m) out.push(keep(m));
     }
     return out;
   }

@@ -41,6 +41,13 @@ export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
 /** Store requests (age lookups, deletes, presence checks) in flight at once: S3 answers each in one round trip. */
 export const STORE_REQUESTS_IN_FLIGHT = 16;
 
+/**
+ * Manifests read at once by a mark (and by a listing that keeps only what it
+ * needs of each): each is held parsed until folded in, up to ~50 MiB of heap
+ * for a 100 GiB volume's snapshot, so fewer than STORE_REQUESTS_IN_FLIGHT.
+ */
+export const MARK_READERS = 4;
+
 export interface SnapshotGcOptions {
   graceMs?: number;
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
@@ -81,7 +88,11 @@ export interface BlockPin {
  * blocks after; a crash between leaves orphans a later sweep frees, never a
  * manifest naming a missing block. The marks are taken twice, before and
  * after the candidates are chosen, so a manifest written meanwhile by
- * another daemon still saves its blocks.
+ * another daemon still saves its blocks. Each block's age is read again
+ * after the second mark, just before its delete (one request each on S3):
+ * the ages that chose the candidates may be minutes old, and a block another
+ * daemon put or touched since, for a snapshot whose pending manifest does not
+ * name it yet, is young again and kept.
  *
  * Pins: an operation pins a block before it checks for it or relies on it
  * (`await gc.pin(hashes)`): pin() waits for a delete of that block already
@@ -190,11 +201,24 @@ export class SnapshotGc {
       // Second mark: a manifest written since the first (another daemon's) still saves its blocks.
       marked = await this.mark();
       live = new Set(this.live());
+      const pendingFromNow = marked.pendingSinceMs - this.graceMs;
+      // The ages above may be minutes old (a long listing of a shared store): another daemon may
+      // have put or touched a block since, for a snapshot whose pending manifest does not name it
+      // yet. Each block's age is read again just before it is deleted and judged by the same rule
+      // (against the second mark's pending snapshots).
+      const stillOld = (modifiedMs: number | undefined): boolean => {
+        if (modifiedMs === undefined) return false; // already gone
+        if (now - modifiedMs >= this.graceMs && modifiedMs < pendingFromNow) return true;
+        keptYoung++;
+        return false;
+      };
       const deleteBlocks = this.store.deleteBlocks?.bind(this.store);
       if (deleteBlocks) {
+        const unmarked = doomed.filter((h) => !marked.refs.has(h));
+        const agesNow = await this.agesOf(unmarked);
         // Pins are checked last, synchronously before the delete starts; pin() waits for it.
-        const go = doomed.filter((h) => {
-          if (marked.refs.has(h)) return false;
+        const go = unmarked.filter((h) => {
+          if (!stillOld(agesNow.get(h))) return false;
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;
             return false;
@@ -214,6 +238,7 @@ export class SnapshotGc {
       } else {
         await inParallel(doomed, STORE_REQUESTS_IN_FLIGHT, async (h) => {
           if (marked.refs.has(h)) return;
+          if (!stillOld(await this.store.blockModifiedMs(h))) return;
           // Pins are checked last, synchronously before the delete starts; pin() waits for it.
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;
@@ -250,17 +275,22 @@ export class SnapshotGc {
    */
   private async mark(): Promise<{ refs: Set<BlockHash>; manifests: number; pendingSinceMs: number }> {
     const refs = new Set<BlockHash>();
-    const all = await this.store.listManifests();
+    let manifests = 0;
     let pendingSinceMs = Number.POSITIVE_INFINITY;
-    for (const m of all) {
+    // One manifest at a time per reader, folded into `refs` and let go: memory is the distinct
+    // blocks plus MARK_READERS manifests, not every manifest's block list at once.
+    await inParallel(await this.store.listManifestIds(), MARK_READERS, async (id) => {
+      const m = await this.store.getManifest(id);
+      if (!m) return; // deleted since the listing
+      manifests++;
       for (const h of manifestHashes(m)) refs.add(h);
       if (m.state === 'pending') {
         const t = Date.parse(m.startTime);
         // A start we cannot read protects everything rather than nothing.
         pendingSinceMs = Math.min(pendingSinceMs, Number.isFinite(t) ? t : Number.NEGATIVE_INFINITY);
       }
-    }
-    return { refs, manifests: all.length, pendingSinceMs };
+    });
+    return { refs, manifests, pendingSinceMs };
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {

@@ -1,5 +1,5 @@
 import { SnapshotError } from './errors.js';
-import type { BlockHash, SnapshotManifest } from './types.js';
+import type { BlockHash, SnapshotManifest, SnapshotSummary } from './types.js';
 
 const HASH = /^[0-9a-f]{64}$/;
 const SNAP_ID = /^snap-[0-9a-f]{17}$/;
@@ -149,6 +149,12 @@ export function parseManifest(where: string, snapshotId: string, text: string): 
     last = b[0] as number;
   }
   return m as unknown as SnapshotManifest;
+}
+
+/** The manifest without its block list (a new object; the manifest is left as it is). */
+export function summaryOf(m: SnapshotManifest): SnapshotSummary {
+  const { blocks: _blocks, ...rest } = m;
+  return rest;
 }
 
 /** A store's manifest read while listing: a corrupt one is reported to `onCorrupt` and left out, or thrown when there is none. */

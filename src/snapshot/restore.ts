@@ -289,7 +289,8 @@ export async function checkedSnapshot(store: SnapshotStore, snapshotId: string, 
   }
   if (!m.header) throw corrupt(m, 'it names no header');
   // Every store hashes what it reads back against the name (docs/architecture.md §13): a changed byte is SNAPSHOT_CORRUPT.
-  const header = await store.getBlock(m.header);
+  // Read only if it is no larger than the manifest says: an object of any size is not read whole first.
+  const header = await store.getBlock(m.header, m.dataOffset);
   if (header.length !== m.dataOffset) throw corrupt(m, `its header is ${header.length} bytes, the manifest says the data starts at ${m.dataOffset}`);
   if (m.encrypted) {
     if (!m.wrappedKey) throw corrupt(m, 'it is encrypted but carries no wrapped key');

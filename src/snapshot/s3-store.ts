@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import {
   DeleteObjectCommand,
   GetObjectCommand,
+  HeadBucketCommand,
   HeadObjectCommand,
   CopyObjectCommand,
   ListObjectsV2Command,
@@ -12,9 +13,9 @@ import {
 import { ArgRangeError } from '../util/errors.js';
 import { caBundleAgent } from '../util/ca-bundle.js';
 import { SnapshotError } from './errors.js';
-import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt } from './manifest-check.js';
+import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
-import type { BlockHash, SnapshotManifest } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotSummary } from './types.js';
 
 export interface S3SnapshotStoreOptions {
   bucket: string;
@@ -45,12 +46,25 @@ export interface S3SnapshotStoreOptions {
 // holding a snapshot for minutes behind a dead endpoint.
 const DEFAULTS = { connectionTimeoutMs: 3_000, requestTimeoutMs: 30_000, maxAttempts: 3 };
 
+/** A bucket HeadBucket found is not asked for again, on a HEAD's 404, for this long. */
+const BUCKET_SEEN_MS = 60_000;
+
 /** Manifest reads in flight at once while listing. */
 const LIST_READERS = 16;
 
 // S3 bucket naming rules (general purpose buckets): 3-63 characters, lowercase
 // letters, digits, dots and hyphens, beginning and ending with a letter or digit.
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+/**
+ * CopyObject's `x-amz-copy-source`: bucket and key URL-encoded (S3 decodes
+ * it), each path segment on its own so the '/' stay. Unencoded, a prefix with
+ * a non-ASCII character is not a valid header and one with a '%' names
+ * another key.
+ */
+export function copySource(bucket: string, key: string): string {
+  return `${bucket}/${key}`.split('/').map(encodeURIComponent).join('/');
+}
 
 /**
  * A SnapshotStore in any S3-compatible object store (docs/architecture.md §13.2),
@@ -73,6 +87,10 @@ export class S3SnapshotStore implements CollectableStore {
   readonly prefix: string;
   /** The endpoint in use, when one was given or configured; undefined for AWS S3. */
   readonly endpoint: string | undefined;
+
+  /** When HeadBucket last found the bucket (performance.now()), and the HeadBucket in flight (bucketBehind404). */
+  private bucketSeenAt = Number.NEGATIVE_INFINITY;
+  private bucketAsk: Promise<void> | undefined;
 
   private constructor(private readonly s3: S3Client, bucket: string, prefix: string, endpoint: string | undefined, private readonly pageSize: number, private readonly maxAttempts: number) {
     this.bucket = bucket;
@@ -150,9 +168,11 @@ export class S3SnapshotStore implements CollectableStore {
     }
   }
 
-  async getBlock(hash: BlockHash): Promise<Buffer> {
+  async getBlock(hash: BlockHash, maxBytes: number = SNAPSHOT_BLOCK_BYTES): Promise<Buffer> {
     checkBlockHash(hash);
-    const data = await this.getObject(this.key('blocks', hash));
+    const data = await this.getObject(this.key('blocks', hash), maxBytes, (where, bytes) => new SnapshotError(
+      'SNAPSHOT_CORRUPT', `block ${hash} ${where} is ${bytes} bytes, over the ${maxBytes} bytes this read accepts (a block is at most ${SNAPSHOT_BLOCK_BYTES}; a header area, its manifest's dataOffset): not read`,
+    ));
     if (!data) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
     const got = createHash('sha256').update(data).digest('hex');
     if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash} in ${this.location} reads back as ${data.length} bytes hashing to ${got}`);
@@ -166,7 +186,10 @@ export class S3SnapshotStore implements CollectableStore {
       await this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
       return true;
     } catch (e) {
-      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') return false;
+      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') {
+        await this.bucketBehind404(key);
+        return false;
+      }
       throw this.fail('HeadObject', key, e);
     }
   }
@@ -177,7 +200,7 @@ export class S3SnapshotStore implements CollectableStore {
     const key = this.key('blocks', hash);
     try {
       await this.s3.send(new CopyObjectCommand({
-        Bucket: this.bucket, Key: key, CopySource: `${this.bucket}/${key}`, MetadataDirective: 'REPLACE', Metadata: { touched: String(Date.now()) },
+        Bucket: this.bucket, Key: key, CopySource: copySource(this.bucket, key), MetadataDirective: 'REPLACE', Metadata: { touched: String(Date.now()) },
       }));
       return true;
     } catch (e) {
@@ -194,7 +217,10 @@ export class S3SnapshotStore implements CollectableStore {
       const r = await this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
       return r.LastModified?.getTime() ?? Number.POSITIVE_INFINITY;
     } catch (e) {
-      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') return undefined;
+      if ((e as { name?: string }).name === 'NotFound' || (e as { name?: string }).name === 'NoSuchKey') {
+        await this.bucketBehind404(key);
+        return undefined;
+      }
       throw this.fail('HeadObject', key, e);
     }
   }
@@ -238,13 +264,15 @@ export class S3SnapshotStore implements CollectableStore {
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
     checkSnapshotId(snapshotId);
     const key = this.key('manifests', `${snapshotId}.json`);
-    const data = await this.getObject(key, MANIFEST_MAX_BYTES);
+    const data = await this.getObject(key, MANIFEST_MAX_BYTES, (where, bytes) => new SnapshotError(
+      'SNAPSHOT_CORRUPT', `snapshot manifest ${where} is ${bytes} bytes, over the ${MANIFEST_MAX_BYTES}-byte limit`,
+    ));
     if (!data) return undefined;
     const text = data.toString('utf8');
     return parseManifest(`s3://${this.bucket}/${key}`, snapshotId, text);
   }
 
-  async listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
+  async listManifestIds(): Promise<string[]> {
     const dir = this.key('manifests', '');
     const ids: string[] = [];
     for await (const o of this.listKeys(dir)) {
@@ -252,18 +280,33 @@ export class S3SnapshotStore implements CollectableStore {
       const id = name.endsWith('.json') ? name.slice(0, -5) : '';
       if (isSnapshotId(id)) ids.push(id);
     }
+    return ids;
+  }
+
+  listManifests(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotManifest[]> {
+    return this.readManifests(opts, (m) => m);
+  }
+
+  listManifestSummaries(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } = {}): Promise<SnapshotSummary[]> {
+    return this.readManifests(opts, summaryOf);
+  }
+
+  /** Every manifest, each through `keep` as soon as it is parsed. */
+  private async readManifests<T>(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }, keep: (m: SnapshotManifest) => T): Promise<T[]> {
+    const ids = await this.listManifestIds();
     // Read LIST_READERS at a time: one round trip each, so a store of many snapshots lists in a few.
-    const got: (SnapshotManifest | undefined)[] = new Array(ids.length);
+    const got: (T | undefined)[] = new Array(ids.length);
     let next = 0;
     const reader = async (): Promise<void> => {
       while (next < ids.length) {
         const i = next++;
-        got[i] = await skipCorrupt(ids[i]!, () => this.getManifest(ids[i]!), opts.onCorrupt);
+        const m = await skipCorrupt(ids[i]!, () => this.getManifest(ids[i]!), opts.onCorrupt);
+        if (m) got[i] = keep(m);
       }
     };
     await Promise.all(Array.from({ length: Math.min(LIST_READERS, ids.length) }, reader));
     // Deleted between the listing and the read: gone, not an error.
-    return got.filter((m): m is SnapshotManifest => m !== undefined);
+    return got.filter((m): m is T => m !== undefined);
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {
@@ -290,31 +333,68 @@ export class S3SnapshotStore implements CollectableStore {
   }
 
   /**
-   * An object's bytes, undefined when absent. The SDK retries a request that
+   * An object's bytes, undefined when absent; an object over `maxBytes` is
+   * refused (the error `tooBig` makes, naming the key and its size) on its
+   * Content-Length, before the body is read, or, without one (chunked), as
+   * soon as more than that has arrived: one object in a shared store cannot
+   * make a reader allocate what it likes. The SDK retries a request that
    * fails before the response; a body cut off after the headers (a dropped
    * connection, a server restart) is retried here, as many times.
    */
-  private async getObject(key: string, maxBytes?: number): Promise<Buffer | undefined> {
+  private async getObject(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError): Promise<Buffer | undefined> {
+    const where = `s3://${this.bucket}/${key}`;
     for (let attempt = 1; ; attempt++) {
-      let body: { transformToByteArray(): Promise<Uint8Array> } | undefined;
+      let body: (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
       try {
         const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-        body = r.Body;
-        // A bounded read (a manifest) is refused on its Content-Length before the body is read.
-        if (maxBytes !== undefined && (r.ContentLength ?? 0) > maxBytes) {
-          (r.Body as { destroy?: () => void } | undefined)?.destroy?.();
-          checkManifestBytes(`s3://${this.bucket}/${key}`, r.ContentLength!, false);
+        body = r.Body as unknown as AsyncIterable<Uint8Array> & { destroy?: () => void };
+        if ((r.ContentLength ?? 0) > maxBytes) {
+          body?.destroy?.();
+          throw tooBig(where, r.ContentLength!);
         }
-        const bytes = Buffer.from(await r.Body!.transformToByteArray());
-        // No Content-Length (chunked): checked once read.
-        if (maxBytes !== undefined) checkManifestBytes(`s3://${this.bucket}/${key}`, bytes.length, false);
-        return bytes;
+        const chunks: Uint8Array[] = [];
+        let bytes = 0;
+        for await (const c of body) {
+          bytes += c.length;
+          if (bytes > maxBytes) {
+            body.destroy?.();
+            throw tooBig(where, bytes);
+          }
+          chunks.push(c);
+        }
+        return Buffer.concat(chunks, bytes);
       } catch (e) {
         if ((e as { name?: string }).name === 'NoSuchKey') return undefined;
         if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') throw e; // over the cap: not retried
         if (body === undefined || attempt >= this.maxAttempts) throw this.fail('GetObject', key, e);
       }
     }
+  }
+
+  /**
+   * A HEAD answers a bare 404 (`NotFound`, no body) for a missing bucket as
+   * for a missing key: before a 404 is taken as "no such block", the bucket
+   * is asked for (HeadBucket, once per BUCKET_SEEN_MS, shared by concurrent
+   * callers), so a bucket deleted or misnamed is an error naming it, not
+   * every block "missing" (a snapshot refused, a collector's age undefined).
+   */
+  private async bucketBehind404(key: string): Promise<void> {
+    if (performance.now() - this.bucketSeenAt < BUCKET_SEEN_MS) return;
+    this.bucketAsk ??= (async () => {
+      try {
+        await this.s3.send(new HeadBucketCommand({ Bucket: this.bucket }));
+        this.bucketSeenAt = performance.now();
+      } catch (e) {
+        const name = (e as { name?: string }).name;
+        if (name === 'NotFound' || name === 'NoSuchBucket') {
+          throw new SnapshotError('SNAPSHOT_STORE', `S3 bucket ${this.bucket} does not exist (HeadBucket: HTTP 404), asked after HeadObject of s3://${this.bucket}/${key} answered 404; check the snapshot store's bucket (${this.location})`);
+        }
+        throw this.fail('HeadBucket', '', e);
+      }
+    })().finally(() => {
+      this.bucketAsk = undefined;
+    });
+    await this.bucketAsk;
   }
 
   private async deleteKey(key: string): Promise<void> {

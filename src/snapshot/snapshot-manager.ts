@@ -23,8 +23,9 @@ import { failedManifest, PendingMarkers } from './pending-markers.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
 import { FilterBudget } from '../util/ec2-filter.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
-import type { BlockPin, SnapshotGc } from './gc.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
+import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, inParallel, type BlockPin, type SnapshotGc } from './gc.js';
+import { skipCorrupt, summaryOf } from './manifest-check.js';
 import type { Clock } from '../util/clock.js';
 
 const GiB = 1024 ** 3;
@@ -331,12 +332,17 @@ export class SnapshotManager {
       const m = await this.o.store.getManifest(base).catch(() => undefined);
       if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return this.pinParent(m, run);
     }
-    let best: SnapshotManifest | undefined;
-    for (const m of await this.o.store.listManifests()) {
-      if (m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) continue;
-      if (!best || m.startTime > best.startTime) best = m;
-    }
-    return best ? this.pinParent(best, run) : undefined;
+    // Read one by one, keeping only the latest match's id: not every manifest's block list at once (listManifests).
+    const best = { id: '', startTime: '' };
+    await inParallel(await this.o.store.listManifestIds(), MARK_READERS, async (id) => {
+      // Corrupt: left out, as DescribeSnapshots leaves it out; a store error fails the create.
+      const m = await skipCorrupt(id, () => this.o.store.getManifest(id), () => {});
+      if (!m || m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) return;
+      if (!best.id || m.startTime > best.startTime || (m.startTime === best.startTime && m.snapshotId < best.id)) Object.assign(best, { id: m.snapshotId, startTime: m.startTime });
+    });
+    if (!best.id) return undefined;
+    const m = await this.o.store.getManifest(best.id);
+    return m ? this.pinParent(m, run) : undefined;
   }
 
   /**
@@ -434,10 +440,11 @@ export class SnapshotManager {
       batch = this.o.store.openBlockBatch?.();
       const b = batch;
       // The header area (16 MiB for LUKS2) is hashed on libuv's pool while the blocks are copied.
+      let headerFound = false;
       headerStored = (async (): Promise<BlockHash> => {
         const { hash: h, bytes } = await this.headerHash(m.volumeId, header);
         run.pins.push(await this.o.gc.pin([h]));
-        await putUnlessStored(this.o.store, b, h, bytes);
+        headerFound = !(await putUnlessStored(this.o.store, b, h, bytes));
         return h;
       })();
       headerStored.catch(() => {});
@@ -487,6 +494,10 @@ export class SnapshotManager {
         blocks,
         changedBlocks,
       };
+      // A block found in the store was touched, not put: on a store other daemons collect, one of
+      // them may have freed it since (its age read just before our touch). Asked again, one request
+      // each, so the completed manifest never names a block that is gone: the create fails instead.
+      if (!this.o.store.singleWriter) await this.checkFound(m.snapshotId, headerFound ? [...res.found, headerHash] : [...res.found]);
       // Every block is durable (putBlock resolved); now the manifest that names them.
       await this.o.store.putManifest(done);
       run.terminal = true;
@@ -514,6 +525,17 @@ export class SnapshotManager {
     } finally {
       await plan.close().catch(() => {});
     }
+  }
+
+  /** Every hash in `found` is still in the store; SNAPSHOT_BLOCK_NOT_FOUND naming the missing ones otherwise. */
+  private async checkFound(snapshotId: string, found: BlockHash[]): Promise<void> {
+    const missing: BlockHash[] = [];
+    await inParallel(found, STORE_REQUESTS_IN_FLIGHT, async (h) => {
+      if (!(await this.o.store.hasBlock(h))) missing.push(h);
+    });
+    if (missing.length === 0) return;
+    const shown = missing.slice(0, 5).join(', ') + (missing.length > 5 ? `, … (${missing.length} in all)` : '');
+    throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `${snapshotId}: block(s) found in ${this.o.store.location} and not stored again are gone since (freed by a collector sharing the store?): ${shown}`);
   }
 
   /**
@@ -559,17 +581,18 @@ export class SnapshotManager {
   // ---- DescribeSnapshots / DeleteSnapshot ---------------------------------
 
   /** Every snapshot in the store matching the ids and filters; an id that does not exist is InvalidSnapshot.NotFound. */
-  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }): Promise<SnapshotManifest[]> {
-    let all: SnapshotManifest[];
+  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }): Promise<SnapshotSummary[]> {
+    // Summaries: each manifest's block list is dropped once read, so a listing holds no block lists.
+    let all: SnapshotSummary[];
     if (q.SnapshotIds?.length) {
       all = [];
       for (const id of q.SnapshotIds) {
         const m = await this.o.store.getManifest(id);
         if (!m) throw snapshotNotFound(id);
-        all.push(m);
+        all.push(summaryOf(m));
       }
     } else {
-      all = await this.o.store.listManifests();
+      all = await this.o.store.listManifestSummaries();
     }
     const owners = q.OwnerIds?.map((o) => (o === 'self' ? this.o.accountId : o));
     const budget = new FilterBudget(); // one per request (ec2-filter.ts)

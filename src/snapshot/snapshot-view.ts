@@ -1,4 +1,4 @@
-import type { SnapshotManifest, SnapshotStore } from './types.js';
+import type { SnapshotManifest, SnapshotStore, SnapshotSummary } from './types.js';
 import { SnapshotError } from './errors.js';
 import { filterMatcher, FilterTooCostlyError, type FilterBudget } from '../util/ec2-filter.js';
 
@@ -34,7 +34,7 @@ export interface Ec2Snapshot {
  */
 export const NO_VOLUME_ID = 'vol-ffffffff';
 
-export function toEc2Snapshot(m: SnapshotManifest): Ec2Snapshot {
+export function toEc2Snapshot(m: SnapshotSummary): Ec2Snapshot {
   return {
     SnapshotId: m.snapshotId,
     VolumeId: m.volumeId || NO_VOLUME_ID,
@@ -66,7 +66,7 @@ export interface SnapshotFilter {
 }
 
 /** True when `m` passes every filter (filters AND, values of one filter OR, as EC2). */
-export function matchesFilters(m: SnapshotManifest, filters: readonly SnapshotFilter[], budget?: FilterBudget): boolean {
+export function matchesFilters(m: SnapshotSummary, filters: readonly SnapshotFilter[], budget?: FilterBudget): boolean {
   try {
     return matchesAll(m, filters, budget);
   } catch (e) {
@@ -75,7 +75,7 @@ export function matchesFilters(m: SnapshotManifest, filters: readonly SnapshotFi
   }
 }
 
-function matchesAll(m: SnapshotManifest, filters: readonly SnapshotFilter[], budget: FilterBudget | undefined): boolean {
+function matchesAll(m: SnapshotSummary, filters: readonly SnapshotFilter[], budget: FilterBudget | undefined): boolean {
   const s = toEc2Snapshot(m);
   return filters.every((f) => {
     const ok = filterMatcher(f.Values, budget);
@@ -119,6 +119,7 @@ export function describingStore(store: SnapshotStore, onCorrupt: (snapshotId: st
   return new Proxy(store, {
     get(target, prop) {
       if (prop === 'listManifests') return () => target.listManifests({ onCorrupt });
+      if (prop === 'listManifestSummaries') return () => target.listManifestSummaries({ onCorrupt });
       const v: unknown = Reflect.get(target, prop, target);
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },

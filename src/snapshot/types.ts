@@ -68,6 +68,9 @@ export interface SnapshotManifest {
   changedBlocks?: number;
 }
 
+/** A manifest without its block list: what DescribeSnapshots shows. */
+export type SnapshotSummary = Omit<SnapshotManifest, 'blocks'>;
+
 /**
  * Where snapshot blocks and manifests live: a local directory by default, any
  * S3-compatible store through @aws-sdk/client-s3. Every method is safe to
@@ -85,8 +88,14 @@ export interface SnapshotStore {
   readonly singleWriter?: boolean;
   /** Stores `data` under `hash` (the caller computed it); durable when it resolves; a present block is left as it is. */
   putBlock(hash: BlockHash, data: Uint8Array): Promise<void>;
-  /** The block's bytes; throws SnapshotError `SNAPSHOT_BLOCK_NOT_FOUND` when absent. */
-  getBlock(hash: BlockHash): Promise<Buffer>;
+  /**
+   * The block's bytes; throws SnapshotError `SNAPSHOT_BLOCK_NOT_FOUND` when absent.
+   * `maxBytes` (default SNAPSHOT_BLOCK_BYTES): a larger object is SNAPSHOT_CORRUPT,
+   * refused by the S3 store on its Content-Length before the body is read (the
+   * directory store, whose objects only this daemon writes, does not check);
+   * a header area's read passes its manifest's dataOffset.
+   */
+  getBlock(hash: BlockHash, maxBytes?: number): Promise<Buffer>;
   hasBlock(hash: BlockHash): Promise<boolean>;
   /**
    * True when the store knows without I/O that the block is present (a pack's
@@ -120,6 +129,15 @@ export interface SnapshotStore {
    * then it is reported there and left out (DescribeSnapshots).
    */
   listManifests(opts?: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }): Promise<SnapshotManifest[]>;
+  /**
+   * The ids of every manifest, none read. Whoever needs every manifest's
+   * blocks (the collector's mark) reads them one by one with getManifest and
+   * lets each go: listManifests holds all of them, every block list at once
+   * (hundreds of MiB for a few large volumes' snapshots).
+   */
+  listManifestIds(): Promise<string[]>;
+  /** listManifests, each manifest's block list dropped once it is parsed (DescribeSnapshots): memory for the summaries, not every block. */
+  listManifestSummaries(opts?: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }): Promise<SnapshotSummary[]>;
   /** Absent is not an error. */
   deleteManifest(snapshotId: string): Promise<void>;
   /**

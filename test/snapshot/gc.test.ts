@@ -156,9 +156,9 @@ describe.each(stores)('collector on %s', (_name, open) => {
     const lateId = snapId();
     // The other daemon's manifest lands between the sweep's first and second mark.
     const racing: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
-      listManifests: async () => {
+      listManifestIds: async () => {
         if (marks++ === 1) await store.putManifest(manifest(lateId, [[0, late.hash]], { state: 'pending' }));
-        return store.listManifests();
+        return store.listManifestIds();
       },
     });
     const r = await later(racing).sweep();
@@ -168,13 +168,59 @@ describe.each(stores)('collector on %s', (_name, open) => {
     await expectConsistent(store);
   });
 
+  withStore('a block another daemon touches after its age was read is kept: ages are read again just before each delete', async (store) => {
+    const GRACE = 2000;
+    // Another daemon's putUnlessStored: a touch (the directory store's utimes; on S3 a copy onto
+    // itself, which s3rver does not date anew), and the put EBS direct's PutSnapshotBlock does.
+    const refresh = async (b: { hash: string; data: Buffer }): Promise<void> => {
+      expect(await store.touchBlock!(b.hash)).toBe(true);
+      await store.putBlock(b.hash, b.data);
+    };
+    const swept = block(1024);
+    const freed = block(1024);
+    const other = block(1024);
+    await store.putBlock(swept.hash, swept.data);
+    await store.putBlock(other.hash, other.data);
+    const id = await putSnapshot(store, [freed, block(1024)]);
+    await new Promise((r) => setTimeout(r, GRACE + 600)); // every block is past the grace period
+    // The sweep's listing ends (minutes on a big shared store); then another daemon touches
+    // `swept` (putUnlessStored: present, not put again) for a create whose pending manifest does
+    // not name it yet.
+    const sweeping: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      listBlocksWithAge: async function* () {
+        for await (const b of store.listBlocksWithAge()) yield b;
+        await refresh(swept);
+      },
+    });
+    const r = await new SnapshotGc(sweeping, { graceMs: GRACE }).sweep();
+    expect(r).toMatchObject({ deleted: 1, keptYoung: 1 });
+    expect(await store.hasBlock(swept.hash)).toBe(true);
+    expect(await store.hasBlock(other.hash)).toBe(false);
+    // DeleteSnapshot: the age of `freed` is read, then another daemon touches it.
+    let touched = false;
+    const deleting: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      blockModifiedMs: async (h: string) => {
+        const age = await store.blockModifiedMs(h);
+        if (h === freed.hash && !touched) {
+          touched = true;
+          await refresh(freed);
+        }
+        return age;
+      },
+    });
+    const d = await new SnapshotGc(deleting, { graceMs: GRACE }).deleteSnapshot(id);
+    expect(touched).toBe(true);
+    expect(d.result).toMatchObject({ deleted: 1, keptYoung: 1 });
+    expect(await store.hasBlock(freed.hash)).toBe(true);
+  });
+
   withStore('a manifest that cannot be read stops the sweep before anything is deleted', async (store) => {
     const b = block(1024);
     await putSnapshot(store, [b]);
     const orphan = block(1024);
     await store.putBlock(orphan.hash, orphan.data);
     const broken: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
-      listManifests: () => store.getManifest('snap-../x'),
+      listManifestIds: async () => [...(await store.listManifestIds()), 'snap-../x'],
     });
     await expect(later(broken).sweep()).rejects.toMatchObject({ code: 'SNAPSHOT_INVALID_PARAMETER' });
     expect(await blocksOf(store)).toEqual([b.hash, orphan.hash].sort());
@@ -293,4 +339,37 @@ describe('collector killed with SIGKILL (directory store)', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe('collector memory (directory store, a child process)', () => {
+  beforeAll(() => ensureBuilt());
+
+  test('a sweep, and DescribeSnapshots\' listing, hold one manifest per reader, not every manifest\'s block list: 16 manifests of 100K blocks in a 160 MiB heap', async () => {
+    const dir = mkdtempSync('/tmp/ebsd-gc-mem-');
+    try {
+      const store = await DirSnapshotStore.open(dir);
+      const blocks: [number, string][] = Array.from({ length: 100_000 }, (_, i) => [i, i.toString(16).padStart(64, '0')]);
+      // ~7.5 MB of JSON and ~25 MiB of heap parsed, each; all 16 at once (the mark before) is ~400 MiB.
+      for (let i = 0; i < 16; i++) await store.putManifest(manifest(snapId(), blocks, { volumeSize: 100 }));
+      const orphan = block(512);
+      await store.putBlock(orphan.hash, orphan.data);
+      const run = (mode: string) => new Promise<{ code: number | null; out: string }>((res, rej) => {
+        const p = spawn(process.execPath, ['--max-old-space-size=160', resolve(import.meta.dirname, 'gc-child.mjs'), dir, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        p.stdout.on('data', (c) => (out += c));
+        p.stderr.on('data', (c) => (out += c));
+        p.on('error', rej);
+        p.on('exit', (code) => res({ code, out }));
+      });
+      const r = await run('sweep');
+      expect(r.out).toContain('done');
+      expect(r.code).toBe(0);
+      expect(await store.hasBlock(orphan.hash)).toBe(false);
+      const d = await run('summaries');
+      expect(d.out).toContain('16 summaries');
+      expect(d.code).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });

@@ -78,6 +78,11 @@ describe('a bad manifest in the store', () => {
     expect(listed.map((m) => m.snapshotId)).toEqual([GOOD]);
     expect(listed.map(toEc2Snapshot)[0]!.Tags).toEqual([]);
     expect(reported).toEqual([`${BAD}:SNAPSHOT_CORRUPT`]);
+    // DescribeSnapshots lists summaries: the same, without block lists.
+    const summaries = await describingStore(store, (id, err) => reported.push(`${id}:${err.code}`)).listManifestSummaries();
+    expect(summaries.map((m) => m.snapshotId)).toEqual([GOOD]);
+    expect(summaries[0]).not.toHaveProperty('blocks');
+    expect(reported).toEqual([`${BAD}:SNAPSHOT_CORRUPT`, `${BAD}:SNAPSHOT_CORRUPT`]);
   });
 
   it('one over MANIFEST_MAX_BYTES is refused on its size, unread (a sparse file), and never written', async () => {

@@ -154,6 +154,50 @@ describe('what goes over the wire', () => {
     }
   });
 
+  test('touchBlock under a prefix with a non-ASCII character or a \'%\': the copy source is URL-encoded and names the block itself', async () => {
+    const port = (proxy.address() as { port: number }).port;
+    const open = (prefix: string): Promise<S3SnapshotStore> => S3SnapshotStore.open({ bucket: server.bucket, prefix, endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS, maxAttempts: 1 });
+    const [cjk, pct, decoded] = await Promise.all([open('\u4e2d\u6587/x'), open('x%41y'), open('xAy')]);
+    try {
+      for (const [s, encoded] of [[cjk, '%E4%B8%AD%E6%96%87/x'], [pct, 'x%2541y']] as const) {
+        const b = block(1024);
+        expect(await s.touchBlock(b.hash)).toBe(false);
+        await s.putBlock(b.hash, b.data);
+        expect(await s.touchBlock(b.hash)).toBe(true);
+        const copy = seen.filter((r) => r.method === 'PUT' && r.headers['x-amz-copy-source']).at(-1)!;
+        expect(copy.headers['x-amz-copy-source']).toBe(`${server.bucket}/${encoded}/blocks/${b.hash}`);
+        expect((await s.getBlock(b.hash)).equals(b.data)).toBe(true);
+      }
+      // Present only under `xAy` (what `x%41y` decodes to): absent under `x%41y`.
+      const other = block(1024);
+      await decoded.putBlock(other.hash, other.data);
+      expect(await pct.touchBlock(other.hash)).toBe(false);
+    } finally {
+      for (const s of [cjk, pct, decoded]) s.close();
+    }
+  });
+
+  test('getBlock refuses an object larger than a block (or than the size it is given) on its Content-Length, naming the key and the size', async () => {
+    const port = (proxy.address() as { port: number }).port;
+    const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'big', endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS, maxAttempts: 1 });
+    try {
+      const big = block(512 * 1024 + 4096);
+      await s.putBlock(big.hash, big.data);
+      const e = await s.getBlock(big.hash).then(() => undefined, (err: SnapshotError) => err);
+      expect(e).toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+      expect(e!.message).toContain(`s3://${server.bucket}/big/blocks/${big.hash} is ${big.data.length} bytes`);
+      expect(e!.message).toContain(`${512 * 1024} bytes this read accepts`);
+      // A header area's read says how large it may be.
+      expect((await s.getBlock(big.hash, big.data.length)).equals(big.data)).toBe(true);
+      await expect(s.getBlock(big.hash, big.data.length - 1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+      const ok = block(512 * 1024);
+      await s.putBlock(ok.hash, ok.data);
+      expect((await s.getBlock(ok.hash)).equals(ok.data)).toBe(true);
+    } finally {
+      s.close();
+    }
+  });
+
   test('a block PUT carries x-amz-checksum-sha256 equal to the block hash', async () => {
     const port = (proxy.address() as { port: number }).port;
     const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'wire', endpoint: `http://127.0.0.1:${port}`, credentials: S3RVER_CREDENTIALS });
@@ -204,6 +248,27 @@ describe('failures are SnapshotError SNAPSHOT_STORE naming S3\'s error, never a 
     const e = await failing({ bucket: 'no-such-bucket' }, (s) => s.listManifests());
     expect(e.code).toBe('SNAPSHOT_STORE');
     expect(e.message).toMatch(/ListObjectsV2 of s3:\/\/no-such-bucket\/fail\/manifests\/ failed: NoSuchBucket/);
+  });
+
+  test('a bucket that does not exist: hasBlock and blockModifiedMs (a HEAD\'s bare 404) throw naming the bucket, not "absent"', async () => {
+    const h = block(64).hash;
+    for (const op of [(s: S3SnapshotStore) => s.hasBlock(h), (s: S3SnapshotStore) => s.blockModifiedMs(h)]) {
+      const e = await failing({ bucket: 'no-such-bucket' }, op);
+      expect(e.code).toBe('SNAPSHOT_STORE');
+      expect(e.message).toContain('S3 bucket no-such-bucket does not exist');
+      expect(e.message).toContain(`s3://no-such-bucket/fail/blocks/${h}`);
+    }
+    // The bucket there: absent is absent, and one HeadBucket answers for the 404s that follow.
+    const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'fail', endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS, maxAttempts: 1 });
+    const sent: string[] = [];
+    s['s3'].middlewareStack.add((next, ctx) => (args) => (sent.push(ctx.commandName!), next(args)), { step: 'initialize' });
+    try {
+      expect(await Promise.all([s.hasBlock(h), s.hasBlock(block(64).hash), s.blockModifiedMs(h)])).toEqual([false, false, undefined]);
+      expect(await s.hasBlock(h)).toBe(false);
+      expect(sent.filter((c) => c === 'HeadBucketCommand')).toHaveLength(1);
+    } finally {
+      s.close();
+    }
   });
 
   test('nobody listening: the connection error, after the configured attempts', async () => {

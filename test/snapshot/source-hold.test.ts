@@ -18,6 +18,7 @@ import { SnapshotManager } from '../../src/snapshot/snapshot-manager.js';
 import { SnapshotRestore } from '../../src/snapshot/restore.js';
 import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
 import { ACCOUNT, REGION, missingBlocks, openInProcessHost, storeWith, type InProcessHost } from './in-process-host.js';
+import { makeSnapshot } from './make-snapshot.js';
 
 describe('source snapshot held against DeleteSnapshot', () => {
   let h: InProcessHost;
@@ -74,6 +75,81 @@ describe('source snapshot held against DeleteSnapshot', () => {
     // Released with the copy's end: the delete now goes through, and the copy still reads whole.
     await snaps.deleteSnapshot(src.snapshotId, h.root);
     expect(await missingBlocks(h.store, copy)).toEqual([]);
+  });
+
+  it('same-key CopySnapshot on a shared store: its pending manifest names the source\'s objects, so another host deleting the source frees none of them', async () => {
+    const src = await h.newSnapshot();
+    // Another host: its own collector (no pins or holds of ours), deleting the source once the copy is pending.
+    const otherHost = new SnapshotGc(h.store, { graceMs: 0 });
+    let firstPending: SnapshotManifest | undefined;
+    let otherDelete: Promise<unknown> | undefined;
+    const shared = new Proxy(h.store, {
+      get(target, prop) {
+        if (prop === 'singleWriter') return false;
+        if (prop === 'putManifest') {
+          return async (m: SnapshotManifest) => {
+            await target.putManifest(m);
+            if (m.snapshotId !== src.snapshotId && m.state === 'pending' && !firstPending) {
+              firstPending = structuredClone(m);
+              otherDelete = otherHost.deleteSnapshot(src.snapshotId);
+              await otherDelete;
+            }
+          };
+        }
+        const v: unknown = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    }) as SnapshotStore;
+    const c = await copier(shared);
+    const { SnapshotId } = await c.copySnapshot({ SourceSnapshotId: src.snapshotId, SourceRegion: REGION }, h.root);
+    await c.settled();
+    expect(await otherDelete).toMatchObject({ deleted: true, result: { deleted: 0 } });
+    expect(firstPending).toMatchObject({ snapshotId: SnapshotId, header: src.header, blocks: src.blocks });
+    const copy = (await h.store.getManifest(SnapshotId))!;
+    expect(copy.state, copy.stateMessage).toBe('completed');
+    expect(await missingBlocks(h.store, copy), 'blocks the copy names').toEqual([]);
+    await snaps.deleteSnapshot(SnapshotId, h.root);
+  });
+
+  it('CreateSnapshot on a shared store: a block found in the store, then freed by another host, fails the create rather than being named', async () => {
+    const vol = await h.newVolume();
+    const old = await makeSnapshot(h.dir, vol);
+    await h.store.deleteManifest(old.snapshotId); // its blocks are orphans now: the create finds them (a touch), it does not put them
+    const victim = old.blocks[0]![1];
+    let freed = false;
+    const shared = new Proxy(h.store, {
+      get(target, prop) {
+        if (prop === 'singleWriter') return false;
+        if (prop === 'touchBlock') {
+          // Another host's collector deletes the block right after our touch (it read the block's age just before).
+          return async (x: string) => {
+            const present = await target.touchBlock(x);
+            if (present && x === victim && !freed) {
+              freed = true;
+              await target.deleteBlock(x);
+            }
+            return present;
+          };
+        }
+        const v: unknown = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    }) as SnapshotStore;
+    const s2 = await SnapshotManager.open({ store: shared, localDir: join(h.dir, 'local-found'), volumes: h.mgr, accountId: ACCOUNT, gc });
+    try {
+      const { SnapshotId } = await s2.createSnapshot({ VolumeId: vol }, h.root);
+      let m = await h.store.getManifest(SnapshotId);
+      for (let i = 0; i < 500 && m?.state === 'pending'; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        m = await h.store.getManifest(SnapshotId);
+      }
+      expect(freed).toBe(true);
+      expect(m!.state, 'the create names no missing block').toBe('error');
+      expect(m!.stateMessage).toContain(victim);
+      await s2.deleteSnapshot(SnapshotId, h.root);
+    } finally {
+      await s2.close();
+    }
   });
 
   it('CreateVolume from a snapshot: a delete while the header is read is InvalidSnapshot.InUse; the volume ends available', async () => {

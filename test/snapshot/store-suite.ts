@@ -141,6 +141,8 @@ export function runSnapshotStoreSuite(name: string, open: () => Promise<StoreUnd
       await store.putManifest(manifest(a, [[3, h]], { state: 'completed' }));
       expect((await store.getManifest(a))!.blocks).toEqual([[3, h]]);
       expect((await store.listManifests()).map((m) => m.snapshotId)).toEqual([a, b]);
+      expect((await store.listManifestIds()).sort()).toEqual([a, b]);
+      expect((await store.listManifestSummaries()).map((m) => [m.snapshotId, 'blocks' in m])).toEqual([[a, false], [b, false]]);
       await store.deleteManifest(a);
       await store.deleteManifest(a);
       expect(await store.getManifest(a)).toBeUndefined();
