@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import type { XtsContext, XtsEngine } from '../crypto/xts.js';
@@ -304,8 +304,9 @@ export class SnapshotCopier {
         newKey = (await ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
         blob = gen.CiphertextBlob;
         keyArn = gen.KeyId;
-        // XTS refuses K1 = K2 (docs/architecture.md §3.5): regenerate.
-        if (newKey.length !== VOLUME_KEY_BYTES || !Buffer.from(newKey.subarray(0, 32)).equals(newKey.subarray(32)) || i >= 3) break;
+        // XTS refuses K1 = K2 (docs/architecture.md §3.5): regenerate. Compared in place, constant
+        // time: no copy of K1 (Buffer.from of 32 bytes lands in Node's shared, never-wiped pool).
+        if (newKey.length !== VOLUME_KEY_BYTES || !timingSafeEqual(newKey.subarray(0, 32), newKey.subarray(32)) || i >= 3) break;
         wipe(newKey);
       }
       if (newKey.length !== VOLUME_KEY_BYTES) throw new SnapshotError('SNAPSHOT_STORE', `KMS returned a ${newKey.length}-byte data key`);
