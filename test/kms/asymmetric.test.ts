@@ -72,6 +72,27 @@ describe('asymmetric and HMAC keys (checked with node:crypto)', () => {
     expect(await awsError(kms.call('GenerateDataKey', { KeyId: k.KeyId, NumberOfBytes: 32 }, admin))).toBe('InvalidKeyUsageException');
   }, 60_000);
 
+  it('ReEncrypt to an RSA key: a plaintext over the OAEP limit is ValidationException (as Encrypt), not KMSInternalException', async () => {
+    // Review finding 4: ReEncrypt never checked the destination's limit; publicEncrypt threw inside the HSM (HTTP 500, retried by SDKs).
+    const sym = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    const rsa = await mk('RSA_2048', 'ENCRYPT_DECRYPT');
+    const re = async (n: number, alg: string) => {
+      const c = await kms.call('Encrypt', { KeyId: sym.KeyId, Plaintext: Buffer.alloc(n, 7) }, admin);
+      return kms.call('ReEncrypt', { CiphertextBlob: c.CiphertextBlob, DestinationKeyId: rsa.KeyId, DestinationEncryptionAlgorithm: alg }, admin);
+    };
+    // RSA_2048: 256 - 66 = 190 bytes with SHA-256, 256 - 42 = 214 with SHA-1 (RFC 8017 §7.1.1; AWS lists the same)
+    for (const [n, alg] of [[300, 'RSAES_OAEP_SHA_256'], [191, 'RSAES_OAEP_SHA_256'], [215, 'RSAES_OAEP_SHA_1']] as const) {
+      const err = await re(n, alg).then(() => undefined, (e: unknown) => e as { awsName?: string; message?: string });
+      expect(err?.awsName, err?.message).toBe('ValidationException');
+      expect(err?.message).toMatch(/at most (190|214) bytes for RSA_2048/);
+    }
+    for (const [n, alg] of [[190, 'RSAES_OAEP_SHA_256'], [214, 'RSAES_OAEP_SHA_1']] as const) {
+      const out = await re(n, alg);
+      const d = await kms.call('Decrypt', { KeyId: rsa.KeyId, CiphertextBlob: out.CiphertextBlob, EncryptionAlgorithm: alg }, admin);
+      expect(Buffer.from(u8(d.Plaintext)).equals(Buffer.alloc(n, 7))).toBe(true);
+    }
+  }, 60_000);
+
   it('GenerateDataKeyPair(+WithoutPlaintext): private key decrypts to a PKCS#8 matching the public key', async () => {
     const sym = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
     const p = await kms.call('GenerateDataKeyPair', { KeyId: sym.KeyId, KeyPairSpec: 'ECC_NIST_P256', EncryptionContext: { p: '1' } }, admin);

@@ -13,7 +13,7 @@ import { p256, p384, p521 } from '@noble/curves/nist.js';
 import { secp256k1 } from '@noble/curves/secp256k1.js';
 import { wipe } from '../../util/wipe.js';
 import { encodeHeader, parseBlob, HBK_ID_LEN, KDF_NONCE_LEN, IV_LEN, TAG_LEN } from '../blob.js';
-import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, HASH_LEN } from '../key-spec.js';
+import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, HASH_LEN, rsaOaepMaxPlaintext } from '../key-spec.js';
 import { KmsError, InvalidCiphertextException, KMSInternalException, IncorrectKeyException, ValidationException, KMSInvalidSignatureException } from '../errors.js';
 import { deriveOneTimeKey } from './kdf.js';
 import { Drbg } from './drbg.js';
@@ -182,6 +182,10 @@ export class HsmEngine {
   }
 
   private rsaEncrypt(k: KeyHandle, alg: string, plaintext: Uint8Array): Buffer {
+    // Encrypt checks this before the HSM call; ReEncrypt learns the plaintext length only here,
+    // after the decrypt. Same answer as Encrypt: a 4xx ValidationException, not publicEncrypt's throw (a 500).
+    const max = rsaOaepMaxPlaintext(k.spec, alg);
+    if (plaintext.length > max) throw new ValidationException(`Plaintext must be at most ${max} bytes for ${k.spec} with ${alg}`);
     const pub = createPublicKey(this.privateKey(k));
     return publicEncrypt({ key: pub, ...this.oaep(alg) }, plaintext);
   }
