@@ -95,8 +95,16 @@ export class HsmEngine {
   private withMaterial<T>(k: KeyHandle, fn: (m: Buffer) => T): T {
     const cache = this.batchMaterials;
     if (cache) {
-      // The token authenticates arn and hbkId (its AAD), so token bytes + both name one unwrap result.
-      const id = Buffer.from(k.ekt.buffer, k.ekt.byteOffset, k.ekt.byteLength).toString('latin1') + '\0' + k.arn;
+      // The token authenticates arn and hbkId (its AAD): a cached unwrap may serve only a request
+      // naming the same token, arn and hbkId, or a request under another hbkId would skip the
+      // authentication. The spec is not in the AAD (that would change the token format); it is in
+      // the key so a handle under another spec at least never shares another's cached material.
+      const id = JSON.stringify([
+        Buffer.from(k.ekt.buffer, k.ekt.byteOffset, k.ekt.byteLength).toString('latin1'),
+        k.arn,
+        Buffer.from(k.hbkId.buffer, k.hbkId.byteOffset, k.hbkId.byteLength).toString('hex'),
+        k.spec,
+      ]);
       let m = cache.get(id);
       if (!m) {
         m = this.unwrap(k);
