@@ -431,6 +431,8 @@ function emsaPssVerify(mHash: Uint8Array, em: Buffer, hash: string, emBits: numb
   const hLen = HASH_LEN[hash]!;
   const emLen = Math.ceil(emBits / 8);
   if (em.length !== emLen || em[emLen - 1] !== 0xbc) return false;
+  // Step 6: the leftmost 8·emLen − emBits bits of maskedDB must be zero.
+  if ((em[0]! & ~(0xff >> (8 * emLen - emBits)) & 0xff) !== 0) return false;
   const db = Buffer.from(em.subarray(0, emLen - hLen - 1));
   const h = em.subarray(emLen - hLen - 1, emLen - 1);
   const mask = mgf1(h, db.length, hash);
