@@ -50,7 +50,7 @@ interface CopyFields {
 
 type CopyResult =
   | { ok: true; fields: CopyFields; volume: Luks2Volume; jsonArea: Buffer }
-  | { ok: false; code: Luks2ErrorCode; why: string; field?: string };
+  | { ok: false; code: Luks2ErrorCode; why: string; field?: string; intactSeqid?: bigint };
 
 function cstr(b: Buffer, off: number, len: number): string {
   const s = b.subarray(off, off + len);
@@ -108,14 +108,17 @@ function decodeCopy(buf: Buffer, at: number, which: 'primary' | 'secondary'): Co
   const want = createHash(alg).update(copy).digest();
   if (!stored.subarray(0, want.length).equals(want)) return fail('LUKS2_BAD_CHECKSUM', 'csum', 'checksum mismatch');
   // seqid is a u64 on disk; ebsd counts it in a JS number, so past 2^53-1 increments would be lost.
+  // From here on the copy is intact (magic, checksum, whole area present): a refusal is
+  // "ebsd cannot use it", not "it is damaged", and carries the seqid so pickCopy never
+  // repairs an older copy over it (cryptsetup would take it as the current metadata).
   const seqid = h.readBigUInt64BE(OFF.seqid);
-  if (seqid > BigInt(Number.MAX_SAFE_INTEGER)) return fail('LUKS2_BAD_JSON', 'seqid', `${seqid} is past 2^53-1`);
+  if (seqid > BigInt(Number.MAX_SAFE_INTEGER)) return { ...fail('LUKS2_BAD_JSON', 'seqid', `${seqid} is past 2^53-1`), intactSeqid: seqid } as CopyResult;
   const jsonArea = copy.subarray(LUKS2_BIN_HDR_SIZE);
   let volume: Luks2Volume;
   try {
     volume = parseLuks2Json(jsonArea, hdrSize - LUKS2_BIN_HDR_SIZE);
   } catch (e) {
-    if (e instanceof Luks2Error) return { ok: false, code: e.code, why: `${which}: ${e.message}`, ...(e.field !== undefined ? { field: e.field } : {}) };
+    if (e instanceof Luks2Error) return { ok: false, code: e.code, why: `${which}: ${e.message}`, intactSeqid: seqid, ...(e.field !== undefined ? { field: e.field } : {}) };
     throw e;
   }
   return {
@@ -204,7 +207,22 @@ function pickCopy(head: Buffer, path: string): { best: Extract<CopyResult, { ok:
     best = secondary as Extract<CopyResult, { ok: true }>;
     which = 'secondary';
   }
-  return { best, which, other: which === 'primary' ? secondary : primary };
+  const other = which === 'primary' ? secondary : primary;
+  // Only a damaged copy (bad magic, checksum, truncation) may lose to the other. An intact copy
+  // ebsd cannot use (a mandatory requirement such as online-reencrypt-v2, more segments, another
+  // cipher) at the same or a higher seqid is what cryptsetup reads as the current metadata (a
+  // reencryption in progress, luksAddKey, a crash between cryptsetup's two writes): opening with
+  // the older copy, and repairing over the newer one, would destroy it. Refuse, write nothing.
+  if (!other.ok && other.intactSeqid !== undefined && other.intactSeqid >= BigInt(best.fields.seqid)) {
+    const otherWhich = which === 'primary' ? 'secondary' : 'primary';
+    const rel = other.intactSeqid > BigInt(best.fields.seqid) ? 'newer than' : 'as new as';
+    throw new Luks2Error(
+      other.code,
+      `${path}: the ${otherWhich} header copy (seqid ${other.intactSeqid}) is intact and ${rel} the ${which} copy (seqid ${best.fields.seqid}), but ebsd cannot use it (${other.why}); refusing to open with the older metadata or to repair over it; nothing was written`,
+      other.field !== undefined ? { field: other.field } : {},
+    );
+  }
+  return { best, which, other };
 }
 
 /**
@@ -232,7 +250,8 @@ export interface ReadOptions {
 /**
  * Read an image header: validate both copies, take the valid one with the
  * higher seqid (spec §2.2), and (unless `repair: false`) rewrite the other.
- * Throws Luks2Error without writing anything when no copy is usable.
+ * Throws Luks2Error without writing anything when no copy is usable, or when
+ * the other copy is intact but unusable and at least as new (pickCopy).
  */
 export async function readLuks2(path: string, opts: ReadOptions = {}): Promise<Luks2Image> {
   const fh = await openImage(path, 'read');

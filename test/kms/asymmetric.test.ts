@@ -1,5 +1,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { createPublicKey, verify, publicEncrypt, constants, createHash, createHmac, createPrivateKey } from 'node:crypto';
+import { createPublicKey, verify, publicEncrypt, constants, createHash, createHmac, createPrivateKey, generateKeyPairSync, privateDecrypt, randomBytes } from 'node:crypto';
+import { openDomain } from '../../src/kms/hsm/domain.js';
+import { HsmEngine } from '../../src/kms/hsm/engine.js';
 import { KmsService } from '../../src/kms/kms-core.js';
 import { openKms, admin, tempDir, awsError } from './helpers.js';
 
@@ -72,6 +74,27 @@ describe('asymmetric and HMAC keys (checked with node:crypto)', () => {
     expect(await awsError(kms.call('GenerateDataKey', { KeyId: k.KeyId, NumberOfBytes: 32 }, admin))).toBe('InvalidKeyUsageException');
   }, 60_000);
 
+  it('ReEncrypt to an RSA key: a plaintext over the OAEP limit is ValidationException (as Encrypt), not KMSInternalException', async () => {
+    // Review finding 4: ReEncrypt never checked the destination's limit; publicEncrypt threw inside the HSM (HTTP 500, retried by SDKs).
+    const sym = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+    const rsa = await mk('RSA_2048', 'ENCRYPT_DECRYPT');
+    const re = async (n: number, alg: string) => {
+      const c = await kms.call('Encrypt', { KeyId: sym.KeyId, Plaintext: Buffer.alloc(n, 7) }, admin);
+      return kms.call('ReEncrypt', { CiphertextBlob: c.CiphertextBlob, DestinationKeyId: rsa.KeyId, DestinationEncryptionAlgorithm: alg }, admin);
+    };
+    // RSA_2048: 256 - 66 = 190 bytes with SHA-256, 256 - 42 = 214 with SHA-1 (RFC 8017 §7.1.1; AWS lists the same)
+    for (const [n, alg] of [[300, 'RSAES_OAEP_SHA_256'], [191, 'RSAES_OAEP_SHA_256'], [215, 'RSAES_OAEP_SHA_1']] as const) {
+      const err = await re(n, alg).then(() => undefined, (e: unknown) => e as { awsName?: string; message?: string });
+      expect(err?.awsName, err?.message).toBe('ValidationException');
+      expect(err?.message).toMatch(/at most (190|214) bytes for RSA_2048/);
+    }
+    for (const [n, alg] of [[190, 'RSAES_OAEP_SHA_256'], [214, 'RSAES_OAEP_SHA_1']] as const) {
+      const out = await re(n, alg);
+      const d = await kms.call('Decrypt', { KeyId: rsa.KeyId, CiphertextBlob: out.CiphertextBlob, EncryptionAlgorithm: alg }, admin);
+      expect(Buffer.from(u8(d.Plaintext)).equals(Buffer.alloc(n, 7))).toBe(true);
+    }
+  }, 60_000);
+
   it('GenerateDataKeyPair(+WithoutPlaintext): private key decrypts to a PKCS#8 matching the public key', async () => {
     const sym = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
     const p = await kms.call('GenerateDataKeyPair', { KeyId: sym.KeyId, KeyPairSpec: 'ECC_NIST_P256', EncryptionContext: { p: '1' } }, admin);
@@ -100,4 +123,49 @@ describe('asymmetric and HMAC keys (checked with node:crypto)', () => {
     expect(await awsError(kms.call('GenerateMac', { KeyId: sym.KeyId, Message: Buffer.from('m'), MacAlgorithm: 'HMAC_SHA_256' }, admin))).toBe('InvalidKeyUsageException');
     expect(await awsError(kms.call('GetPublicKey', { KeyId: sym.KeyId }, admin))).toBe('UnsupportedOperationException');
   }, 30_000);
+});
+
+describe('EMSA-PSS-VERIFY of a DIGEST signature (the HSM engine on a real domain)', () => {
+  // Review finding 6: RFC 8017 §9.1.2 step 6, the leftmost 8·emLen − emBits bits of maskedDB must be zero.
+  const mgf1 = (seed: Buffer, len: number): Buffer => {
+    const out: Buffer[] = [];
+    for (let c = 0; out.length * 32 < len; c++) out.push(createHash('sha256').update(seed).update(Buffer.of(c >>> 24, (c >>> 16) & 255, (c >>> 8) & 255, c & 255)).digest());
+    return Buffer.concat(out).subarray(0, len);
+  };
+  /** EMSA-PSS-ENCODE (RFC 8017 §9.1.1), SHA-256, sLen = 32, emBits = 2047 (emLen = 256), the top bit of maskedDB forced to `top`. */
+  const encode = (mHash: Buffer, top: 0 | 1): Buffer => {
+    const salt = randomBytes(32);
+    const h = createHash('sha256').update(Buffer.alloc(8)).update(mHash).update(salt).digest();
+    const db = Buffer.alloc(256 - 32 - 1);
+    db[db.length - 33] = 1;
+    salt.copy(db, db.length - 32);
+    const mask = mgf1(h, db.length);
+    for (let i = 0; i < db.length; i++) db[i]! ^= mask[i]!;
+    db[0] = top ? db[0]! | 0x80 : db[0]! & 0x7f;
+    return Buffer.concat([db, h, Buffer.of(0xbc)]);
+  };
+
+  it('a signature whose EM has the top bit of maskedDB set is refused; the same EM with it clear verifies', () => {
+    const t = tempDir();
+    try {
+      const engine = new HsmEngine(openDomain(t.dir));
+      const arn = 'arn:aws:kms:us-east-1:111122223333:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+      const hbkId = randomBytes(32);
+      const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 65537 });
+      const n = Buffer.from(privateKey.export({ format: 'jwk' }).n!, 'base64url');
+      const key = { arn, hbkId, ekt: engine.wrap(arn, hbkId, privateKey.export({ format: 'der', type: 'pkcs8' })), spec: 'RSA_2048' };
+      const mHash = createHash('sha256').update('message').digest();
+      const sigOf = (em: Buffer) => privateDecrypt({ key: privateKey, padding: constants.RSA_NO_PADDING }, em); // RSASP1: em^d mod n
+      const verifyIt = (signature: Buffer) => () => engine.handle({ op: 'verify', key, algorithm: 'RSASSA_PSS_SHA_256', message: mHash, messageType: 'DIGEST', signature });
+
+      expect(verifyIt(sigOf(encode(mHash, 0)))).not.toThrow();
+      // EM with the top bit set must still be below n to be a signature at all: draw salts until it is.
+      let em = encode(mHash, 1);
+      for (let i = 0; i < 200 && Buffer.compare(em, n) >= 0; i++) em = encode(mHash, 1);
+      expect(Buffer.compare(em, n)).toBeLessThan(0);
+      expect(verifyIt(sigOf(em))).toThrow(expect.objectContaining({ awsName: 'KMSInvalidSignatureException' }));
+    } finally {
+      t.cleanup();
+    }
+  });
 });

@@ -4,7 +4,8 @@ import { readFileSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { devLoaderUrl } from '../../src/kms/hsm/hsm-client.js';
-import { chooseScryptCost, SCRYPT_COST } from '../../src/kms/hsm/domain.js';
+import { generateKeyPairSync } from 'node:crypto';
+import { chooseScryptCost, openDomain, SCRYPT_COST } from '../../src/kms/hsm/domain.js';
 import { openKms, admin, tempDir, awsError, TEST_SCRYPT } from './helpers.js';
 
 describe('HSM domain sealing', () => {
@@ -38,6 +39,38 @@ describe('HSM domain sealing', () => {
     await again.close();
     t.cleanup();
   }, 60_000);
+});
+
+describe('HSM domain audit public key', () => {
+  // Review finding 2: domain.json's auditPublicKey is outside the GCM seal; the key must come from the sealed private key.
+  it('a substituted auditPublicKey is refused (HSM_DOMAIN_CORRUPT naming file and field); the genuine one opens', () => {
+    const t = tempDir();
+    try {
+      const first = openDomain(t.dir);
+      const domainPath = join(t.dir, 'hsm', 'domain.json');
+      const before = readFileSync(domainPath);
+      const d = JSON.parse(before.toString());
+      const forged = generateKeyPairSync('ed25519').publicKey.export({ format: 'pem', type: 'spki' }).toString();
+      for (const bad of [forged, 'not a key', undefined]) {
+        writeFileSync(domainPath, JSON.stringify({ ...d, auditPublicKey: bad }));
+        let err: unknown;
+        try {
+          openDomain(t.dir);
+        } catch (e) {
+          err = e;
+        }
+        expect(err).toMatchObject({ code: 'HSM_DOMAIN_CORRUPT' });
+        expect((err as Error).message).toContain(domainPath);
+        expect((err as Error).message).toContain('auditPublicKey');
+      }
+      writeFileSync(domainPath, before);
+      const again = openDomain(t.dir);
+      expect(again.auditPublicKeyPem).toBe(first.auditPublicKeyPem);
+      expect(again.auditPublicKeyPem).toBe(d.auditPublicKey);
+    } finally {
+      t.cleanup();
+    }
+  });
 });
 
 describe('scrypt cost of a passphrase domain', () => {

@@ -11,7 +11,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
 import { SnapshotCopier } from '../../src/snapshot/copy.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
@@ -81,5 +81,37 @@ describe('same-key CopySnapshot: the caller must be allowed to use the snapshot 
     const re = auditEvents().filter((e) => e.eventName === 'ReEncrypt' && e.userIdentity?.arn === carol.arn && !e.errorCode);
     expect(re).toHaveLength(1);
     expect(re[0]!.userIdentity.invokedBy).toBe(VIA);
+  });
+
+  it('the new data key of an other-key copy: K1 = K2 is checked in place, never copied into Node\'s Buffer pool', async () => {
+    // Review finding 3: Buffer.from(key.subarray(0, 32)) copied K1 into the shared 8 KiB pool, never wiped.
+    const src = await h.newSnapshot();
+    const other = (await h.kms.call('CreateKey', { Description: 'copy key compare' }, h.root)).KeyMetadata.Arn as string;
+    const keys: Uint8Array[] = [];
+    const decrypt = h.keyService.decrypt.bind(h.keyService);
+    const dec = vi.spyOn(h.keyService, 'decrypt').mockImplementation(async (...args: Parameters<typeof decrypt>) => {
+      const r = await decrypt(...args);
+      keys.push(r.Plaintext);
+      return r;
+    });
+    const copies: string[] = [];
+    const realFrom = Buffer.from;
+    const from = vi.spyOn(Buffer, 'from').mockImplementation(function (this: unknown, ...args: unknown[]) {
+      const a = args[0];
+      if (a instanceof Uint8Array && keys.some((k) => k.buffer === a.buffer && a.byteLength > 0)) copies.push(`${a.byteLength} bytes at ${a.byteOffset - keys.find((k) => k.buffer === a.buffer)!.byteOffset}`);
+      return (realFrom as (...x: unknown[]) => Buffer).apply(Buffer, args);
+    } as typeof Buffer.from);
+    try {
+      const { SnapshotId } = await copier.copySnapshot({ SourceSnapshotId: src.snapshotId, SourceRegion: REGION, KmsKeyId: other }, h.root);
+      await copier.settled();
+      const m = (await h.store.getManifest(SnapshotId))!;
+      expect(m.state, m.stateMessage).toBe('completed');
+      expect(m.kmsKeyId).toBe(other);
+    } finally {
+      from.mockRestore();
+      dec.mockRestore();
+    }
+    expect(keys.length).toBeGreaterThan(0);
+    expect(copies).toEqual([]);
   });
 });

@@ -150,6 +150,54 @@ describe('two copies: seqid, repair, safe update', () => {
   });
 });
 
+describe('an intact copy ebsd cannot use is never repaired over', () => {
+  // Review finding 1: cryptsetup takes the intact copy with the higher seqid (here a secondary
+  // written first by cryptsetup reencrypt, luksAddKey, or a crash between its two writes); ebsd
+  // must refuse rather than open with the older primary and rewrite the newer secondary from it.
+  async function newerUnusable(which: 'primary' | 'secondary', seqid: number, mutate: (j: any) => void) {
+    const h1 = await readLuks2(img, { repair: false });
+    const j = structuredClone(h1.volume.json) as any;
+    mutate(j);
+    const copy = encodeCopy(which, { seqid, hdrSize: LUKS2_HDR_SIZE, label: VOL, uuid: h1.uuid, subsystem: 'ebsd' }, j);
+    patch(img, which === 'primary' ? 0 : LUKS2_HDR_SIZE, copy);
+    const before = region(img, 0, 2 * LUKS2_HDR_SIZE);
+    const err = await readLuks2(img).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(Luks2Error);
+    expect(region(img, 0, 2 * LUKS2_HDR_SIZE).equals(before)).toBe(true);
+    return err as Luks2Error;
+  }
+
+  test('secondary at seqid 2 with requirements.mandatory online-reencrypt-v2: refused, both copies untouched', async () => {
+    const e = await newerUnusable('secondary', 2, (j) => void (j.config.requirements = { mandatory: ['online-reencrypt-v2'] }));
+    expect(e.code).toBe('LUKS2_UNSUPPORTED');
+    expect(e.field).toBe('config.requirements.mandatory');
+    expect(e.message).toContain(img);
+    expect(e.message).toContain('online-reencrypt-v2');
+    expect(e.message).toContain('nothing was written');
+    expect(e.awsName).toBe('IncorrectState');
+  });
+
+  test('primary at seqid 3 with a second segment: refused, both copies untouched', async () => {
+    const e = await newerUnusable('primary', 3, (j) => void (j.segments['1'] = { ...j.segments['0'], offset: String(LUKS2_DATA_OFFSET + SIZE) }));
+    expect(e.message).toContain('nothing was written');
+  });
+
+  test('an older intact unusable copy is still brought up to date (as cryptsetup does)', async () => {
+    const h1 = await readLuks2(img, { repair: false });
+    const j = structuredClone(h1.volume.json) as any;
+    j.config.requirements = { mandatory: ['online-reencrypt-v2'] };
+    patch(img, LUKS2_HDR_SIZE, encodeCopy('secondary', { seqid: 1, hdrSize: LUKS2_HDR_SIZE, label: VOL, uuid: h1.uuid, subsystem: 'ebsd' }, j));
+    patch(img, 0, encodeCopy('primary', { seqid: 2, hdrSize: LUKS2_HDR_SIZE, label: VOL, uuid: h1.uuid, subsystem: 'ebsd' }, h1.volume.json));
+    const h = await readLuks2(img);
+    expect(h.seqid).toBe(2);
+    expect(h.repaired).toBe('secondary');
+    expect((await readLuks2(img, { repair: false })).repaired).toBeNull();
+  });
+});
+
 describe('refused images are left untouched', () => {
   async function refused(code: string, mutate: () => void): Promise<void> {
     mutate();

@@ -118,7 +118,22 @@ export function openDomain(kmsDir: string, passphrase?: string, opts: { scryptCo
     const domainKey = Buffer.allocUnsafeSlow(32);
     plain.copy(domainKey, 0, 0, 32);
     const auditPrivateKey = createPrivateKey({ key: plain.subarray(32), format: 'der', type: 'pkcs8' });
-    return { domainKey, auditPrivateKey, auditPublicKeyPem: f.auditPublicKey };
+    // Only iv and sealed are authenticated: the stored auditPublicKey is a convenience copy that
+    // anyone able to write state files could replace (audit verification trusts it). The key
+    // returned is the one derived from the sealed private key; a stored one that differs is refused.
+    const derived = createPublicKey(auditPrivateKey);
+    let stored: ReturnType<typeof createPublicKey> | undefined;
+    try {
+      if (typeof f.auditPublicKey === 'string') stored = createPublicKey(f.auditPublicKey);
+    } catch {
+      stored = undefined;
+    }
+    const spki = (k: ReturnType<typeof createPublicKey>) => k.export({ format: 'der', type: 'spki' });
+    if (stored === undefined || !spki(stored).equals(spki(derived))) {
+      wipe(domainKey);
+      throw new HsmDomainError('HSM_DOMAIN_CORRUPT', `HSM domain file ${path}: field auditPublicKey does not match the sealed audit signing key (tampered); nothing was changed`);
+    }
+    return { domainKey, auditPrivateKey, auditPublicKeyPem: derived.export({ format: 'pem', type: 'spki' }).toString() };
   } finally {
     wipe(plain);
   }

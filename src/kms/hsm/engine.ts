@@ -13,7 +13,7 @@ import { p256, p384, p521 } from '@noble/curves/nist.js';
 import { secp256k1 } from '@noble/curves/secp256k1.js';
 import { wipe } from '../../util/wipe.js';
 import { encodeHeader, parseBlob, HBK_ID_LEN, KDF_NONCE_LEN, IV_LEN, TAG_LEN } from '../blob.js';
-import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, HASH_LEN } from '../key-spec.js';
+import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, HASH_LEN, rsaOaepMaxPlaintext } from '../key-spec.js';
 import { KmsError, InvalidCiphertextException, KMSInternalException, IncorrectKeyException, ValidationException, KMSInvalidSignatureException } from '../errors.js';
 import { deriveOneTimeKey } from './kdf.js';
 import { Drbg } from './drbg.js';
@@ -95,8 +95,16 @@ export class HsmEngine {
   private withMaterial<T>(k: KeyHandle, fn: (m: Buffer) => T): T {
     const cache = this.batchMaterials;
     if (cache) {
-      // The token authenticates arn and hbkId (its AAD), so token bytes + both name one unwrap result.
-      const id = Buffer.from(k.ekt.buffer, k.ekt.byteOffset, k.ekt.byteLength).toString('latin1') + '\0' + k.arn;
+      // The token authenticates arn and hbkId (its AAD): a cached unwrap may serve only a request
+      // naming the same token, arn and hbkId, or a request under another hbkId would skip the
+      // authentication. The spec is not in the AAD (that would change the token format); it is in
+      // the key so a handle under another spec at least never shares another's cached material.
+      const id = JSON.stringify([
+        Buffer.from(k.ekt.buffer, k.ekt.byteOffset, k.ekt.byteLength).toString('latin1'),
+        k.arn,
+        Buffer.from(k.hbkId.buffer, k.hbkId.byteOffset, k.hbkId.byteLength).toString('hex'),
+        k.spec,
+      ]);
       let m = cache.get(id);
       if (!m) {
         m = this.unwrap(k);
@@ -182,6 +190,10 @@ export class HsmEngine {
   }
 
   private rsaEncrypt(k: KeyHandle, alg: string, plaintext: Uint8Array): Buffer {
+    // Encrypt checks this before the HSM call; ReEncrypt learns the plaintext length only here,
+    // after the decrypt. Same answer as Encrypt: a 4xx ValidationException, not publicEncrypt's throw (a 500).
+    const max = rsaOaepMaxPlaintext(k.spec, alg);
+    if (plaintext.length > max) throw new ValidationException(`Plaintext must be at most ${max} bytes for ${k.spec} with ${alg}`);
     const pub = createPublicKey(this.privateKey(k));
     return publicEncrypt({ key: pub, ...this.oaep(alg) }, plaintext);
   }
@@ -419,6 +431,8 @@ function emsaPssVerify(mHash: Uint8Array, em: Buffer, hash: string, emBits: numb
   const hLen = HASH_LEN[hash]!;
   const emLen = Math.ceil(emBits / 8);
   if (em.length !== emLen || em[emLen - 1] !== 0xbc) return false;
+  // Step 6: the leftmost 8·emLen − emBits bits of maskedDB must be zero.
+  if ((em[0]! & ~(0xff >> (8 * emLen - emBits)) & 0xff) !== 0) return false;
   const db = Buffer.from(em.subarray(0, emLen - hLen - 1));
   const h = em.subarray(emLen - hLen - 1, emLen - 1);
   const mask = mgf1(h, db.length, hash);

@@ -1,0 +1,51 @@
+/**
+ * The HSM engine's per-batch cache of unwrapped key materials must not let a
+ * request skip the token's authentication: the token (EKT) authenticates the
+ * ARN and the hbkId (its AAD), so a cached unwrap may only serve a request
+ * naming the same token, ARN and hbkId (and key spec). Review finding 5.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { openDomain } from '../../src/kms/hsm/domain.js';
+import { HsmEngine } from '../../src/kms/hsm/engine.js';
+import type { KeyHandle } from '../../src/kms/hsm/protocol.js';
+import { tempDir } from './helpers.js';
+import type { TempDir } from '../helpers/temp-dir.js';
+
+const ARN = 'arn:aws:kms:us-east-1:111122223333:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+
+describe('HSM batch material cache', () => {
+  let t: TempDir;
+  let engine: HsmEngine;
+  let key: KeyHandle;
+  beforeAll(() => {
+    t = tempDir('ebsd-hsm-batch-cache-');
+    engine = new HsmEngine(openDomain(t.dir));
+    const hbkId = randomBytes(32);
+    const { ekt } = engine.handle({ op: 'generateKey', arn: ARN, hbkId, spec: 'SYMMETRIC_DEFAULT' }) as { ekt: Uint8Array };
+    key = { arn: ARN, hbkId, ekt, spec: 'SYMMETRIC_DEFAULT' };
+  });
+  afterAll(() => {
+    engine.endBatch();
+    t.cleanup();
+  });
+
+  const encrypt = (k: KeyHandle) => () => engine.handle({ op: 'encrypt', key: k, plaintext: Buffer.from('p'), ctx: new Uint8Array(4) });
+  const corrupt = { awsName: 'KMSInternalException', code: 'KMS_KEY_MATERIAL_CORRUPT' };
+
+  it('outside a batch, the same token under another hbkId fails authentication', () => {
+    expect(encrypt(key)).not.toThrow();
+    expect(encrypt({ ...key, hbkId: randomBytes(32) })).toThrow(expect.objectContaining(corrupt));
+  });
+
+  it('inside a batch, after the genuine request cached the material, the same token and ARN under another hbkId still fails', () => {
+    engine.beginBatch();
+    try {
+      expect(encrypt(key)).not.toThrow();
+      expect(encrypt({ ...key, hbkId: randomBytes(32) })).toThrow(expect.objectContaining(corrupt));
+      expect(encrypt(key)).not.toThrow(); // the genuine handle still hits
+    } finally {
+      engine.endBatch();
+    }
+  });
+});
