@@ -264,10 +264,11 @@ function volumeCommands(y: Argv): Argv {
                 describe: '"none" = UNENCRYPTED plaintext passthrough, for measuring overhead only; the daemon must run with --allow-unencrypted',
               })
               .option('name', { type: 'string', describe: 'Name tag' })
-              .option('tag', { type: 'array', string: true, describe: 'more tags, Key=Value' }),
+              .option('tag', { type: 'array', string: true, describe: 'more tags, Key=Value' })
+              .option('client-token', { type: 'string', describe: 'idempotency token (EC2 ClientToken, up to 64 ASCII characters): a retry with the same token and options answers the same volume' }),
           async (a) => {
             const g = a as unknown as Globals;
-            refuseEmpty(a, 'kms-key', 'name', 'snapshot-id', 'size');
+            refuseEmpty(a, 'kms-key', 'name', 'snapshot-id', 'size', 'client-token');
             if (a.cipher === 'none' && a.kmsKey !== undefined) throw new UsageError('--kms-key cannot be combined with --cipher none: a plaintext volume has no key');
             if (a.size === undefined && a.snapshotId === undefined) throw new UsageError('volume create needs --size or --snapshot-id');
             const tags = (a.tag ?? []).map((t) => {
@@ -281,6 +282,7 @@ function volumeCommands(y: Argv): Argv {
               ...(a.cipher ? { Cipher: a.cipher } : {}),
               ...(a.name !== undefined ? { Name: a.name } : {}),
               ...(tags.length ? { TagSpecifications: [{ ResourceType: 'volume', Tags: tags }] } : {}),
+              ...(a.clientToken !== undefined ? { ClientToken: a.clientToken } : {}),
             });
             if (a.wait && res.State === 'creating') {
               const id = res.VolumeId as string;

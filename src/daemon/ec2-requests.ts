@@ -13,7 +13,7 @@ import { VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
  *   `volume`; Name (ebsd's shortcut for the Name tag) is a tag value;
  *   VolumeId `vol-` + 17 hex; Filters: at most 50, Name 1..255 characters,
  *   Values an array of at most 200 strings of at most 255 characters;
- *   MaxResults 5..500; unknown members are refused (UnknownParameter), as EC2 does.
+ *   MaxResults 5..500; ClientToken 1..64 printable ASCII; unknown members are refused (UnknownParameter), as EC2 does.
  *
  * Errors carry EC2's names: InvalidParameterValue, InvalidParameter,
  * MissingParameter, UnknownParameter, InvalidFilter, TagLimitExceeded,
@@ -60,6 +60,8 @@ export const FILTER_STRING_MAX = 255;
 export const VOLUME_IDS_MAX = 500;
 export const KMS_KEY_ID_MAX = 2048;
 export const DEVICE_MAX = 64;
+/** EC2: "Constraints: Maximum 64 ASCII characters" (Ensuring idempotency of Amazon EC2 API requests). */
+export const CLIENT_TOKEN_MAX = 64;
 const MAX_RESULTS_MIN = 5;
 const MAX_RESULTS_MAX = 500;
 const NEXT_TOKEN_MAX = 1024;
@@ -88,6 +90,8 @@ export interface CreateVolumeInput {
   Cipher?: 'aes-xts-plain64' | 'none';
   Name?: string;
   TagSpecifications?: { ResourceType: 'volume'; Tags: Tag[] }[];
+  /** EC2's idempotency token: 1..64 printable ASCII characters, case-sensitive. */
+  ClientToken?: string;
 }
 
 export interface DescribeVolumesInput {
@@ -110,7 +114,7 @@ export type Ec2Operation = Ec2Request['op'];
 
 /** Members each operation takes; anything else is UnknownParameter. */
 const MEMBERS: Record<Ec2Operation, readonly string[]> = {
-  CreateVolume: ['Size', 'SnapshotId', 'KmsKeyId', 'Encrypted', 'Cipher', 'Name', 'TagSpecifications'],
+  CreateVolume: ['Size', 'SnapshotId', 'KmsKeyId', 'Encrypted', 'Cipher', 'Name', 'TagSpecifications', 'ClientToken'],
   DescribeVolumes: ['VolumeIds', 'Filters', 'MaxResults', 'NextToken'],
   DescribeVolumeStatus: ['VolumeIds'],
   DeleteVolume: ['VolumeId'],
@@ -205,6 +209,11 @@ function createVolume(m: (k: string) => unknown): CreateVolumeInput {
       parsed.forEach((t, j) => tags.push({ tag: t, member: `${at}.Tags[${j}]` }));
       return { ResourceType: 'volume' as const, Tags: parsed };
     });
+  }
+  const token = m('ClientToken');
+  if (token !== undefined) {
+    out.ClientToken = string(token, 'ClientToken', 1, CLIENT_TOKEN_MAX);
+    if (!/^[\x20-\x7e]+$/.test(out.ClientToken)) throw invalidValue('ClientToken', `Invalid value ${printable(out.ClientToken)} for ClientToken: printable ASCII characters only`);
   }
   if (tags.length > TAGS_PER_RESOURCE_MAX) {
     throw new Ec2RequestError('EC2_TAG_LIMIT_EXCEEDED', 'TagSpecifications', `The maximum number of tags per resource is ${TAGS_PER_RESOURCE_MAX}; this request has ${tags.length}`);

@@ -96,6 +96,8 @@ export interface CreateVolumeRequest {
   /** Shortcut for a `Name` tag. */
   Name?: string;
   TagSpecifications?: { ResourceType?: string; Tags: { Key: string; Value: string }[] }[];
+  /** EC2's ClientToken and a digest of the request (parameters and caller), recorded with the volume (VolumeManager.repeatCreate). */
+  clientToken?: { token: string; request: string };
 }
 
 /** A volume as a snapshot sees it (VolumeManager.withVolumeForSnapshot). */
@@ -326,7 +328,11 @@ export class VolumeManager {
     if (req.Name !== undefined) tags.push({ Key: 'Name', Value: req.Name });
     const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const image = `${volumeId}.img`;
-    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: req.KmsKeyId ?? '', createTime: new Date().toISOString(), tags, image, ...(snapshotId !== undefined ? { snapshotId } : {}) };
+    const rec: VolumeRecord = {
+      volumeId, size, state: 'creating', kmsKeyId: req.KmsKeyId ?? '', createTime: new Date().toISOString(), tags, image,
+      ...(snapshotId !== undefined ? { snapshotId } : {}),
+      ...(req.clientToken ? { clientToken: { token: req.clientToken.token, request: req.clientToken.request } } : {}),
+    };
     // Postcondition on crash from here on: a `creating` record, which recover() removes with its files.
     await this.catalog.put(rec);
     if (!background) {
@@ -379,6 +385,23 @@ export class VolumeManager {
     if (built.unencrypted) this.log.warn({ volumeId, size, encrypted: false }, 'UNENCRYPTED volume created: its data is stored in PLAINTEXT (measurement only)');
     else this.log.info({ volumeId, size, keyArn: rec.kmsKeyId, ...built.details }, 'volume created');
     this.audit({ eventName: 'CreateVolume', volumeId, principal: caller.arn, details });
+  }
+
+  /**
+   * A CreateVolume repeated with a ClientToken already recorded: the volume it
+   * created, as it is now (audited as a CreateVolume, `idempotentRepeat`),
+   * or IdempotentParameterMismatch when `request` (the digest of its
+   * parameters and caller) differs. Undefined when no volume holds the token:
+   * a first use, or one whose volume was deleted or whose create failed.
+   */
+  repeatCreate(token: string, request: string, caller: Caller): ReturnType<VolumeManager['describe']> | undefined {
+    const rec = this.catalog.list().find((r) => r.clientToken?.token === token);
+    if (!rec) return undefined;
+    if (rec.clientToken!.request !== request) {
+      throw new VolumeError('VOLUME_IDEMPOTENT_MISMATCH', `The client token '${token}' was already used by a CreateVolume request with different parameters`, { awsName: 'IdempotentParameterMismatch' });
+    }
+    this.audit({ eventName: 'CreateVolume', volumeId: rec.volumeId, principal: caller.arn, details: { size: rec.size, idempotentRepeat: true, state: rec.state } });
+    return this.describe(rec);
   }
 
   /** Resolves when every create running in the background has ended (tests, shutdown). */

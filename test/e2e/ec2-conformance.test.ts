@@ -1,0 +1,90 @@
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from './helpers.js';
+
+/**
+ * EC2 API conformance of the volume operations, through the real daemon and
+ * CLI: what a user who knows EC2 (Amazon EC2 API Reference) expects of
+ * CreateVolume, DescribeVolumes, AttachVolume and the common parameters.
+ */
+
+type Answer = { status: number; body: { __type?: string; message?: string; [k: string]: any } };
+
+function raw(env: Env, op: string, body: unknown): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { socketPath: join(env.state, 'ebsd.sock'), method: 'POST', path: '/', headers: { 'X-Amz-Target': `ebsd.${op}`, 'Content-Type': 'application/x-amz-json-1.1' } },
+      (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+const MiB = 1024 * 1024;
+
+describe('EC2 conformance of the volume API (real daemon)', () => {
+  const env = new Env('ec2-conf');
+  const volumeIds = async (): Promise<string[]> => ((await env.ok(['volume', 'ls'])).Volumes as { VolumeId: string }[]).map((v) => v.VolumeId).sort();
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start();
+  }, 60_000);
+  afterAll(() => env.cleanup());
+
+  it('CreateVolume ClientToken: a repeat answers the same volume (also after a restart and while the first runs), other parameters are IdempotentParameterMismatch, a deleted volume frees its token', async () => {
+    const before = await volumeIds();
+    const first = await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'idem', '--client-token', 'tok-1']);
+    const again = await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'idem', '--client-token', 'tok-1']);
+    expect(again.VolumeId).toBe(first.VolumeId);
+    expect(again.State).toBe('available');
+    expect(await volumeIds()).toEqual([...before, first.VolumeId].sort());
+
+    // The same token with other parameters: refused, nothing created.
+    const other = await raw(env, 'CreateVolume', { Size: 8 * MiB, Name: 'idem', ClientToken: 'tok-1' });
+    expect(other.status).toBe(400);
+    expect(other.body.__type).toBe('IdempotentParameterMismatch');
+    const cli = await env.cli(['volume', 'create', '--size', '4MiB', '--name', 'other', '--client-token', 'tok-1']);
+    expect(cli.code).not.toBe(0);
+    expect(cli.stderr).toMatch(/IdempotentParameterMismatch/);
+    // Case-sensitive: another token.
+    const upper = await raw(env, 'CreateVolume', { Size: 4 * MiB, Name: 'idem', ClientToken: 'TOK-1' });
+    expect(upper.status).toBe(200);
+    expect(upper.body.VolumeId).not.toBe(first.VolumeId);
+    expect(await volumeIds()).toEqual([...before, first.VolumeId, upper.body.VolumeId].sort());
+
+    // Concurrent requests with one token make one volume.
+    const both = await Promise.all([1, 2, 3].map(() => raw(env, 'CreateVolume', { Size: 4 * MiB, ClientToken: 'tok-concurrent' })));
+    expect(both.map((r) => r.status)).toEqual([200, 200, 200]);
+    expect(new Set(both.map((r) => r.body.VolumeId)).size).toBe(1);
+
+    // Durable: the token survives a restart.
+    await env.stop();
+    await env.start();
+    const afterRestart = await raw(env, 'CreateVolume', { Size: 4 * MiB, Name: 'idem', ClientToken: 'tok-1' });
+    expect(afterRestart.status).toBe(200);
+    expect(afterRestart.body.VolumeId).toBe(first.VolumeId);
+
+    // A deleted volume's token is forgotten: the next use creates a new volume.
+    await env.ok(['volume', 'delete', first.VolumeId]);
+    const fresh = await raw(env, 'CreateVolume', { Size: 4 * MiB, Name: 'idem', ClientToken: 'tok-1' });
+    expect(fresh.status).toBe(200);
+    expect(fresh.body.VolumeId).not.toBe(first.VolumeId);
+
+    // EC2's limit: 64 ASCII characters.
+    const long = await raw(env, 'CreateVolume', { Size: 4 * MiB, ClientToken: 't'.repeat(65) });
+    expect(long.body.__type).toBe('InvalidParameterValue');
+    expect(long.body.message).toMatch(/ClientToken must be 1 to 64 characters/);
+    const nonAscii = await raw(env, 'CreateVolume', { Size: 4 * MiB, ClientToken: 'tök' });
+    expect(nonAscii.body.__type).toBe('InvalidParameterValue');
+    // The repeats are audited as CreateVolume calls.
+    expect(env.auditText()).toMatch(/"idempotentRepeat":true/);
+  }, 120_000);
+});
