@@ -706,7 +706,8 @@ export class Daemon {
       }
       case 'DetachVolume':
         // The manager hides the file inside the volume's mutex (refused while open unless Force).
-        return mgr.detachVolume({ VolumeId: req.input.VolumeId, Force: req.input.Force === true }, caller);
+        // Device is not compared: a volume has one attachment here, on this host.
+        return mgr.detachVolume({ VolumeId: req.input.VolumeId, Force: req.input.Force === true, ...(req.input.InstanceId !== undefined ? { InstanceId: req.input.InstanceId } : {}) }, caller);
     }
   }
 

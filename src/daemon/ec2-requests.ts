@@ -29,6 +29,7 @@ export type Ec2RequestErrorCode =
   | 'EC2_TAG_LIMIT_EXCEEDED'
   | 'EC2_VOLUME_ID_MALFORMED'
   | 'EC2_SNAPSHOT_ID_MALFORMED'
+  | 'EC2_INSTANCE_ID_MALFORMED'
   | 'EC2_INVALID_PARAMETER_COMBINATION';
 
 const AWS_NAMES: Record<Ec2RequestErrorCode, string> = {
@@ -40,6 +41,7 @@ const AWS_NAMES: Record<Ec2RequestErrorCode, string> = {
   EC2_TAG_LIMIT_EXCEEDED: 'TagLimitExceeded',
   EC2_VOLUME_ID_MALFORMED: 'InvalidVolumeID.Malformed',
   EC2_SNAPSHOT_ID_MALFORMED: 'InvalidSnapshotID.Malformed',
+  EC2_INSTANCE_ID_MALFORMED: 'InvalidInstanceID.Malformed',
   EC2_INVALID_PARAMETER_COMBINATION: 'InvalidParameterCombination',
 };
 
@@ -68,6 +70,8 @@ const NEXT_TOKEN_MAX = 1024;
 
 export const VOLUME_ID_RE = /^vol-[0-9a-f]{17}$/;
 export const SNAPSHOT_ID_RE = /^snap-[0-9a-f]{17}$/;
+/** EC2 instance ids: `i-` and 8 (older) or 17 hex digits. */
+export const INSTANCE_ID_RE = /^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 
 
 export interface Tag {
@@ -107,8 +111,8 @@ export type Ec2Request =
   | { op: 'DescribeVolumeStatus'; input: { VolumeIds?: string[] } }
   | { op: 'DeleteVolume'; input: { VolumeId: string } }
   | { op: 'ModifyVolume'; input: { VolumeId: string; Size: number | string } }
-  | { op: 'AttachVolume'; input: { VolumeId: string; Device?: string } }
-  | { op: 'DetachVolume'; input: { VolumeId: string; Force: boolean } };
+  | { op: 'AttachVolume'; input: { VolumeId: string; InstanceId?: string; Device?: string } }
+  | { op: 'DetachVolume'; input: { VolumeId: string; Force: boolean; InstanceId?: string; Device?: string } };
 
 export type Ec2Operation = Ec2Request['op'];
 
@@ -119,8 +123,8 @@ const MEMBERS: Record<Ec2Operation, readonly string[]> = {
   DescribeVolumeStatus: ['VolumeIds'],
   DeleteVolume: ['VolumeId'],
   ModifyVolume: ['VolumeId', 'Size'],
-  AttachVolume: ['VolumeId', 'Device'],
-  DetachVolume: ['VolumeId', 'Force'],
+  AttachVolume: ['VolumeId', 'InstanceId', 'Device'],
+  DetachVolume: ['VolumeId', 'Force', 'InstanceId', 'Device'],
 };
 
 export function isEc2Operation(op: string): op is Ec2Operation {
@@ -151,16 +155,29 @@ export function parseEc2Request(op: Ec2Operation, body: unknown): Ec2Request {
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId') } };
     case 'ModifyVolume':
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), Size: size(m('Size')) } };
-    case 'AttachVolume': {
-      const dev = m('Device');
-      return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), ...(dev === undefined ? {} : { Device: string(dev, 'Device', 1, DEVICE_MAX) }) } };
-    }
+    case 'AttachVolume':
+      return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), ...instanceAndDevice(m) } };
     case 'DetachVolume': {
       const f = m('Force');
       if (f !== undefined && typeof f !== 'boolean') throw invalidValue('Force', `Force must be true or false, got ${kind(f)}`);
-      return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), Force: f === true } };
+      return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), Force: f === true, ...instanceAndDevice(m) } };
     }
   }
+}
+
+/** AttachVolume's and DetachVolume's InstanceId and Device (EC2 requires both at attach; ebsd takes them optionally). */
+function instanceAndDevice(m: (k: string) => unknown): { InstanceId?: string; Device?: string } {
+  const out: { InstanceId?: string; Device?: string } = {};
+  const inst = m('InstanceId');
+  if (inst !== undefined) {
+    if (typeof inst !== 'string' || !INSTANCE_ID_RE.test(inst)) {
+      throw new Ec2RequestError('EC2_INSTANCE_ID_MALFORMED', 'InstanceId', `Invalid id: ${printable(inst)} (InstanceId: expecting "i-" followed by 8 or 17 hex digits)`);
+    }
+    out.InstanceId = inst;
+  }
+  const dev = m('Device');
+  if (dev !== undefined) out.Device = string(dev, 'Device', 1, DEVICE_MAX);
+  return out;
 }
 
 function createVolume(m: (k: string) => unknown): CreateVolumeInput {

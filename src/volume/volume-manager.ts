@@ -509,7 +509,7 @@ export class VolumeManager {
   }
 
   /** DetachVolume: drain, fdatasync, wipe the key, retire the grant (Attachments.detachVolume). */
-  detachVolume(req: { VolumeId: string; Force?: boolean }, caller: Caller) {
+  detachVolume(req: { VolumeId: string; Force?: boolean; InstanceId?: string }, caller: Caller) {
     return this.attachments.detachVolume(req, caller);
   }
 

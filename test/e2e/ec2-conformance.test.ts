@@ -1,4 +1,5 @@
 import { request } from 'node:http';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from './helpers.js';
@@ -87,4 +88,28 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     // The repeats are audited as CreateVolume calls.
     expect(env.auditText()).toMatch(/"idempotentRepeat":true/);
   }, 120_000);
+
+  it('AttachVolume and DetachVolume take EC2\'s InstanceId and Device: this host\'s id attaches, another is InvalidInstanceID.NotFound, a malformed one InvalidInstanceID.Malformed', async () => {
+    const host = readFileSync(join(env.state, 'volumes', 'instance-id'), 'utf8').trim();
+    const vol = (await env.ok(['volume', 'create', '--size', '4MiB'])).VolumeId as string;
+    const other = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: 'i-0123456789abcdef0', Device: '/dev/sdf' });
+    expect(other.status).toBe(400);
+    expect(other.body).toMatchObject({ __type: 'InvalidInstanceID.NotFound', message: expect.stringMatching(/^The instance ID 'i-0123456789abcdef0' does not exist/) });
+    const bad = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: 'i-xyz', Device: '/dev/sdf' });
+    expect(bad.body.__type).toBe('InvalidInstanceID.Malformed');
+    expect((await env.ok(['volume', 'describe', vol])).Volumes[0].State).toBe('available');
+
+    const ok = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: host, Device: '/dev/sdf' });
+    expect(ok.status, JSON.stringify(ok.body)).toBe(200);
+    expect(ok.body).toMatchObject({ VolumeId: vol, InstanceId: host, Device: '/dev/sdf', State: 'attached' });
+    const att = (await env.ok(['volume', 'describe', vol])).Volumes[0].Attachments[0];
+    expect(att).toMatchObject({ InstanceId: host, Device: '/dev/sdf' });
+
+    const wrongDetach = await raw(env, 'DetachVolume', { VolumeId: vol, InstanceId: 'i-0123456789abcdef0' });
+    expect(wrongDetach.body.__type).toBe('InvalidInstanceID.NotFound');
+    await env.untilClosed(vol);
+    const detached = await raw(env, 'DetachVolume', { VolumeId: vol, InstanceId: host, Device: '/dev/sdf' });
+    expect(detached.status, JSON.stringify(detached.body)).toBe(200);
+    expect(detached.body).toMatchObject({ VolumeId: vol, State: 'detached' });
+  }, 60_000);
 });
