@@ -26,7 +26,7 @@ import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
 import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
-import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
+import { DryRunOperation, Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 import { judgeRemoteKeyUse, RemoteKeyNames } from './remote-key-names.js';
 import { ResumeRetry } from '../volume/resume-retry.js';
 import type { RefusalSummary } from './connection-guard.js';
@@ -555,6 +555,8 @@ export class Daemon {
         if (snap.refusal) await this.deny(source, op, caller, snap.refusal.message, peer, volumeId, snap.refusal);
         if (snap.targetKeyArn !== undefined) req.input.KmsKeyId = snap.targetKeyArn;
       }
+      // Checked and authorized: a dry run ends here, before the volume manager.
+      if (req.dryRun) await this.dryRun(source, op, caller, peer, volumeId);
       return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') }, () => this.volumeOp(req, caller, tokenRequest));
     }
     if (op === 'CopySnapshot') {
@@ -567,7 +569,8 @@ export class Daemon {
       // The key judged is the key used (as for a restore above).
       if (keyCheck.targetKeyArn !== undefined) copyReq.KmsKeyId = keyCheck.targetKeyArn;
       return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: true },
-        () => copySnapshot({ copier: this.copier!, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r)));
+        () => copySnapshot({ copier: this.copier!, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r),
+          copyReq.DryRun === true ? () => this.dryRun(source, op, caller, peer) : undefined));
     }
     if (SNAPSHOT_OPS.has(op)) {
       if (!this.snapshotApi && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
@@ -576,7 +579,7 @@ export class Daemon {
       // A refusal is audited as the volume refusals are; CreateSnapshot's names its volume.
       const api = this.snapshotApi;
       return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') },
-        () => api.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal)));
+        () => api.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal), (volId) => this.dryRun(source, op, caller, peer, volId)));
     }
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
@@ -603,6 +606,25 @@ export class Daemon {
     }
     this.log.debug({ uid: peer.uid, peerPid: peer.pid, principal: caller.arn, op: op.slice(0, 128) }, 'control request denied');
     throw refusal ?? new EbsdError('ACCESS_DENIED', message, { awsName: 'AccessDeniedException' });
+  }
+
+  /**
+   * An EC2 request with DryRun that was checked and authorized: audited as CloudTrail records a dry
+   * run (errorCode Client.DryRunOperation), aggregated as refusals are (a dry run changes nothing and
+   * costs the caller nothing, so a flood of them costs bounded audit bytes), then DryRunOperation.
+   */
+  private async dryRun(source: string, op: string, caller: Caller, peer: PeerIdentity, volumeId?: string): Promise<never> {
+    const answer = new DryRunOperation();
+    const ids = this.authz!.identities;
+    try {
+      await this.kms!.audit.appendRefusal(refusalKey(peer.uid, source, op, `dry-run:${(volumeId ?? '').slice(0, 64)}`), () => ({
+        ...deniedEvent(source, op, caller, answer.message, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}) }),
+        errorCode: answer.auditErrorCode,
+      }));
+    } catch (err) {
+      this.log.error({ err }, 'could not audit a dry run');
+    }
+    throw answer;
   }
 
   /**

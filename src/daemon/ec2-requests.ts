@@ -13,7 +13,7 @@ import { VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
  *   `volume`; Name (ebsd's shortcut for the Name tag) is a tag value;
  *   VolumeId `vol-` + 17 hex; Filters: at most 50, Name 1..255 characters,
  *   Values an array of at most 200 strings of at most 255 characters;
- *   MaxResults 5..500; ClientToken 1..64 printable ASCII; unknown members are refused (UnknownParameter), as EC2 does.
+ *   MaxResults 5..500; DryRun a boolean; ClientToken 1..64 printable ASCII; unknown members are refused (UnknownParameter), as EC2 does.
  *
  * Errors carry EC2's names: InvalidParameterValue, InvalidParameter,
  * MissingParameter, UnknownParameter, InvalidFilter, TagLimitExceeded,
@@ -105,26 +105,28 @@ export interface DescribeVolumesInput {
   NextToken?: string;
 }
 
-export type Ec2Request =
+/** `dryRun`: EC2's DryRun member, true when set (checked, authorized, then DryRunOperation; nothing runs). */
+export type Ec2Request = (
   | { op: 'CreateVolume'; input: CreateVolumeInput }
   | { op: 'DescribeVolumes'; input: DescribeVolumesInput }
   | { op: 'DescribeVolumeStatus'; input: { VolumeIds?: string[] } }
   | { op: 'DeleteVolume'; input: { VolumeId: string } }
   | { op: 'ModifyVolume'; input: { VolumeId: string; Size: number | string } }
   | { op: 'AttachVolume'; input: { VolumeId: string; InstanceId?: string; Device?: string } }
-  | { op: 'DetachVolume'; input: { VolumeId: string; Force: boolean; InstanceId?: string; Device?: string } };
+  | { op: 'DetachVolume'; input: { VolumeId: string; Force: boolean; InstanceId?: string; Device?: string } }
+) & { dryRun?: boolean };
 
 export type Ec2Operation = Ec2Request['op'];
 
 /** Members each operation takes; anything else is UnknownParameter. */
 const MEMBERS: Record<Ec2Operation, readonly string[]> = {
-  CreateVolume: ['Size', 'SnapshotId', 'KmsKeyId', 'Encrypted', 'Cipher', 'Name', 'TagSpecifications', 'ClientToken'],
-  DescribeVolumes: ['VolumeIds', 'Filters', 'MaxResults', 'NextToken'],
-  DescribeVolumeStatus: ['VolumeIds'],
-  DeleteVolume: ['VolumeId'],
-  ModifyVolume: ['VolumeId', 'Size'],
-  AttachVolume: ['VolumeId', 'InstanceId', 'Device'],
-  DetachVolume: ['VolumeId', 'Force', 'InstanceId', 'Device'],
+  CreateVolume: ['Size', 'SnapshotId', 'KmsKeyId', 'Encrypted', 'Cipher', 'Name', 'TagSpecifications', 'ClientToken', 'DryRun'],
+  DescribeVolumes: ['VolumeIds', 'Filters', 'MaxResults', 'NextToken', 'DryRun'],
+  DescribeVolumeStatus: ['VolumeIds', 'DryRun'],
+  DeleteVolume: ['VolumeId', 'DryRun'],
+  ModifyVolume: ['VolumeId', 'Size', 'DryRun'],
+  AttachVolume: ['VolumeId', 'InstanceId', 'Device', 'DryRun'],
+  DetachVolume: ['VolumeId', 'Force', 'InstanceId', 'Device', 'DryRun'],
 };
 
 export function isEc2Operation(op: string): op is Ec2Operation {
@@ -142,6 +144,18 @@ export function parseEc2Request(op: Ec2Operation, body: unknown): Ec2Request {
     if (!allowed.includes(k)) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', k, `The parameter ${printable(k)} is not recognized by ${op} (it takes: ${allowed.join(', ')})`);
   }
   const m = (k: string): unknown => (Object.hasOwn(b, k) ? b[k] : undefined);
+  const req = parseMembers(op, m);
+  return dryRun(m) ? { ...req, dryRun: true } : req;
+}
+
+/** EC2's DryRun member: a boolean; true asks whether the request would be allowed, and nothing runs. */
+export function dryRun(m: (k: string) => unknown): boolean {
+  const d = m('DryRun');
+  if (d !== undefined && typeof d !== 'boolean') throw invalidValue('DryRun', `DryRun must be true or false, got ${kind(d)}`);
+  return d === true;
+}
+
+function parseMembers(op: Ec2Operation, m: (k: string) => unknown): Ec2Request {
   switch (op) {
     case 'CreateVolume':
       return { op, input: createVolume(m) };

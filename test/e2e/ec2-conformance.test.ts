@@ -112,4 +112,73 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     expect(detached.status, JSON.stringify(detached.body)).toBe(200);
     expect(detached.body).toMatchObject({ VolumeId: vol, State: 'detached' });
   }, 60_000);
+
+  it('DryRun on every EC2 operation: checked, authorized, then DryRunOperation (412) with nothing changed and an audit event; UnauthorizedOperation when not allowed', async () => {
+    const dry = 'Request would have succeeded, but DryRun flag is set.';
+    const vol = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'dry'])).VolumeId as string;
+    const attached = (await env.ok(['volume', 'create', '--size', '4MiB'])).VolumeId as string;
+    await env.ok(['attach', attached]);
+    const snap = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId as string;
+    const region = (await env.ok(['status'])).Daemon.Region as string;
+    const volumesBefore = await volumeIds();
+    const snapshotsBefore = ((await env.ok(['snapshot', 'ls'])).Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId).sort();
+
+    const calls: [string, Record<string, unknown>][] = [
+      ['CreateVolume', { Size: 4 * MiB }],
+      ['CreateVolume', { SnapshotId: snap }],
+      ['DescribeVolumes', {}],
+      ['DescribeVolumes', { VolumeIds: [vol] }],
+      ['DescribeVolumeStatus', { VolumeIds: [vol] }],
+      ['ModifyVolume', { VolumeId: vol, Size: 8 * MiB }],
+      ['DeleteVolume', { VolumeId: vol }],
+      ['AttachVolume', { VolumeId: vol }],
+      ['DetachVolume', { VolumeId: attached, Force: true }],
+      ['CreateSnapshot', { VolumeId: vol }],
+      ['DescribeSnapshots', {}],
+      ['DeleteSnapshot', { SnapshotId: snap }],
+      ['CopySnapshot', { SourceSnapshotId: snap, SourceRegion: region }],
+    ];
+    for (const [op, body] of calls) {
+      const r = await raw(env, op, { ...body, DryRun: true });
+      expect([op, r.status, r.body.__type, r.body.message]).toEqual([op, 412, 'DryRunOperation', dry]);
+      // DryRun false is the ordinary request; a non-boolean is refused.
+      const bad = await raw(env, op, { ...body, DryRun: 'yes' });
+      expect([op, bad.body.__type, bad.body.message]).toEqual([op, 'InvalidParameterValue', expect.stringMatching(/DryRun must be true or false/)]);
+    }
+    // Request checking still comes first.
+    expect((await raw(env, 'DeleteVolume', { VolumeId: 'vol-1', DryRun: true })).body.__type).toBe('InvalidVolumeID.Malformed');
+    expect((await raw(env, 'DescribeVolumes', { DryRun: false })).status).toBe(200);
+
+    // Nothing changed.
+    expect(await volumeIds()).toEqual(volumesBefore);
+    const described = (await env.ok(['volume', 'describe', vol, attached])).Volumes as { VolumeId: string; State: string; SizeBytes: number }[];
+    expect(described.map((v) => [v.VolumeId, v.State, v.SizeBytes]).sort()).toEqual([[vol, 'available', 4 * MiB], [attached, 'in-use', 4 * MiB]].sort());
+    expect(((await env.ok(['snapshot', 'ls'])).Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId).sort()).toEqual(snapshotsBefore);
+
+    // The CLI's --dry-run.
+    for (const args of [['volume', 'create', '--size', '4MiB', '--dry-run'], ['volume', 'ls', '--dry-run'], ['volume', 'describe', vol, '--dry-run'], ['volume', 'modify', vol, '--size', '8MiB', '--dry-run'],
+      ['volume', 'delete', vol, '--dry-run'], ['attach', vol, '--dry-run'], ['detach', attached, '--dry-run'], ['snapshot', 'create', vol, '--dry-run'], ['snapshot', 'ls', '--dry-run'],
+      ['snapshot', 'describe', snap, '--dry-run'], ['snapshot', 'delete', snap, '--dry-run'], ['snapshot', 'copy', snap, '--dry-run']]) {
+      const r = await env.cli(args);
+      expect([args.join(' '), r.stderr.trim()]).toEqual([args.join(' '), `ebsd: DryRunOperation: ${dry}`]);
+    }
+    expect(await volumeIds()).toEqual(volumesBefore);
+
+    // Audited as EC2 audits a dry run.
+    const events = env.auditText().trim().split('\n').map((l) => JSON.parse(l) as { eventName: string; eventSource: string; errorCode?: string });
+    const dryEvents = events.filter((e) => e.errorCode === 'Client.DryRunOperation');
+    expect(new Set(dryEvents.map((e) => e.eventName))).toEqual(new Set(calls.map(([op]) => op)));
+    expect(dryEvents.every((e) => e.eventSource === 'ec2.amazonaws.com')).toBe(true);
+
+    // Without the permission: UnauthorizedOperation, not DryRunOperation.
+    await env.ok(['iam', 'create-user', 'dryrunner']);
+    await env.ok(['iam', 'map-uid', '1000', 'user/dryrunner']);
+    const denied = await env.cli(['volume', 'delete', vol, '--dry-run'], { uid: 1000 });
+    expect(denied.code).toBe(4);
+    expect(denied.stderr).toMatch(/^ebsd: UnauthorizedOperation: /);
+    const deniedSnap = await env.cli(['snapshot', 'delete', snap, '--dry-run'], { uid: 1000 });
+    expect(deniedSnap.stderr).toMatch(/^ebsd: UnauthorizedOperation: /);
+    await env.untilClosed(attached);
+    await env.ok(['detach', attached]);
+  }, 120_000);
 });
