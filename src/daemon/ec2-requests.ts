@@ -13,7 +13,7 @@ import { VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
  *   `volume`; Name (ebsd's shortcut for the Name tag) is a tag value;
  *   VolumeId `vol-` + 17 hex; Filters: at most 50, Name 1..255 characters,
  *   Values an array of at most 200 strings of at most 255 characters;
- *   MaxResults 5..500; DryRun a boolean; ClientToken 1..64 printable ASCII; unknown members are refused (UnknownParameter), as EC2 does.
+ *   MaxResults at least 5, over 500 taken as 500; DryRun a boolean; ClientToken 1..64 printable ASCII; unknown members are refused (UnknownParameter), as EC2 does.
  *
  * Errors carry EC2's names: InvalidParameterValue, InvalidParameter,
  * MissingParameter, UnknownParameter, InvalidFilter, TagLimitExceeded,
@@ -279,10 +279,11 @@ function describeVolumes(m: (k: string) => unknown): DescribeVolumesInput {
   if (filters !== undefined) out.Filters = filterList(filters, VOLUME_FILTER_NAMES);
   const max = m('MaxResults');
   if (max !== undefined) {
-    if (typeof max !== 'number' || !Number.isInteger(max) || max < MAX_RESULTS_MIN || max > MAX_RESULTS_MAX) {
-      throw invalidValue('MaxResults', `Invalid value ${printable(max)} for MaxResults: an integer from ${MAX_RESULTS_MIN} to ${MAX_RESULTS_MAX}`);
+    if (typeof max !== 'number' || !Number.isSafeInteger(max) || max < MAX_RESULTS_MIN) {
+      throw invalidValue('MaxResults', `Invalid value ${printable(max)} for MaxResults: an integer of at least ${MAX_RESULTS_MIN} (values over ${MAX_RESULTS_MAX} return ${MAX_RESULTS_MAX} items)`);
     }
-    out.MaxResults = max;
+    // EC2: "If this parameter is set to a value larger than 500, only 500 items are returned."
+    out.MaxResults = Math.min(max, MAX_RESULTS_MAX);
   }
   const token = m('NextToken');
   if (token !== undefined) out.NextToken = string(token, 'NextToken', 1, NEXT_TOKEN_MAX);

@@ -181,4 +181,14 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     await env.untilClosed(attached);
     await env.ok(['detach', attached]);
   }, 120_000);
+
+  it('DescribeVolumes MaxResults over 500 is taken as 500 (EC2), not refused; below 5 and with VolumeIds it still is', async () => {
+    const all = await volumeIds();
+    const big = await raw(env, 'DescribeVolumes', { MaxResults: 1000 });
+    expect(big.status, JSON.stringify(big.body)).toBe(200);
+    expect((big.body.Volumes as { VolumeId: string }[]).map((v) => v.VolumeId).sort()).toEqual(all);
+    expect(big.body.NextToken).toBeUndefined();
+    expect((await raw(env, 'DescribeVolumes', { MaxResults: 4 })).body.__type).toBe('InvalidParameterValue');
+    expect((await raw(env, 'DescribeVolumes', { MaxResults: 1000, VolumeIds: [all[0]] })).body.__type).toBe('InvalidParameterCombination');
+  }, 60_000);
 });
