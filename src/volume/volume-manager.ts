@@ -29,6 +29,9 @@ import { EbsdError } from '../util/errors.js';
 import { faultPoint } from '../util/fault-point.js';
 
 export const DEFAULT_KMS_KEY = 'alias/aws/ebs';
+/** What EC2 shows for a gp3 volume created without Iops and Throughput: the baseline, 3000 IOPS and 125 MiB/s. */
+const GP3_IOPS = 3000;
+const GP3_THROUGHPUT_MIBPS = 125;
 const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
 
 /** Audit-worthy volume events, for the daemon to append to its audit trail. */
@@ -649,6 +652,10 @@ export class VolumeManager {
       // EC2 omits KmsKeyId for an unencrypted volume.
       ...(r.unencrypted ? {} : { KmsKeyId: r.kmsKeyId }),
       VolumeType: 'gp3',
+      // gp3's baseline, which ebsd does not enforce (the volume runs as fast as the disk and the cipher allow).
+      Iops: GP3_IOPS,
+      Throughput: GP3_THROUGHPUT_MIBPS,
+      MultiAttachEnabled: false,
       AvailabilityZone: this.o.availabilityZone ?? `${this.o.region ?? 'us-east-1'}a`,
       Attachments: r.attachment
         ? [{ VolumeId: r.volumeId, InstanceId: r.attachment.instanceId, Device: r.attachment.device, State: 'attached', AttachTime: r.attachment.attachTime, DeleteOnTermination: false }]

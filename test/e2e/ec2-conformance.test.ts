@@ -191,4 +191,13 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     expect((await raw(env, 'DescribeVolumes', { MaxResults: 4 })).body.__type).toBe('InvalidParameterValue');
     expect((await raw(env, 'DescribeVolumes', { MaxResults: 1000, VolumeIds: [all[0]] })).body.__type).toBe('InvalidParameterCombination');
   }, 60_000);
+
+  it('a volume shows gp3\'s Iops, Throughput and MultiAttachEnabled, and the multi-attach-enabled filter matches it', async () => {
+    const created = await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'gp3']);
+    expect(created).toMatchObject({ VolumeType: 'gp3', Iops: 3000, Throughput: 125, MultiAttachEnabled: false });
+    const [v] = (await env.ok(['volume', 'describe', created.VolumeId])).Volumes;
+    expect(v).toMatchObject({ VolumeType: 'gp3', Iops: 3000, Throughput: 125, MultiAttachEnabled: false });
+    const f = await raw(env, 'DescribeVolumes', { Filters: [{ Name: 'multi-attach-enabled', Values: ['false'] }, { Name: 'tag:Name', Values: ['gp3'] }] });
+    expect((f.body.Volumes as { VolumeId: string; MultiAttachEnabled: boolean }[]).map((x) => [x.VolumeId, x.MultiAttachEnabled])).toEqual([[created.VolumeId, false]]);
+  }, 60_000);
 });
