@@ -179,7 +179,8 @@ export class VolumeManager {
   readonly dir: string;
   private readonly log: Logger;
   private readonly ks: KeyService;
-  private readonly viaService: string;
+  /** `ec2.<region>.amazonaws.com`: the kms:ViaService of the KMS calls made on a caller's behalf. */
+  readonly viaService: string;
   readonly instanceId: string;
   private readonly mutex = new KeyedMutex();
   private readonly attachments: Attachments;

@@ -200,4 +200,37 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     const f = await raw(env, 'DescribeVolumes', { Filters: [{ Name: 'multi-attach-enabled', Values: ['false'] }, { Name: 'tag:Name', Values: ['gp3'] }] });
     expect((f.body.Volumes as { VolumeId: string; MultiAttachEnabled: boolean }[]).map((x) => [x.VolumeId, x.MultiAttachEnabled])).toEqual([[created.VolumeId, false]]);
   }, 60_000);
+
+  it('a restore (CreateVolume with SnapshotId) with a KmsKeyId that does not exist fails at once and creates nothing; a restored volume shows its key ARN while creating', async () => {
+    const src = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId as string;
+    const snap = (await env.ok(['snapshot', 'create', src, '--wait'])).SnapshotId as string;
+    const before = await volumeIds();
+    const bad = await raw(env, 'CreateVolume', { SnapshotId: snap, KmsKeyId: 'alias/nope' });
+    expect(bad.status, JSON.stringify(bad.body)).toBe(400);
+    expect(bad.body.__type).toBe('NotFoundException');
+    // The same as without SnapshotId.
+    expect((await raw(env, 'CreateVolume', { Size: 4 * MiB, KmsKeyId: 'alias/nope' })).body.__type).toBe('NotFoundException');
+    expect(await volumeIds()).toEqual(before);
+
+    // Another key: the answer (creating) already names its ARN, as the finished volume does.
+    const key = await env.ok(['kms', 'create-key']);
+    await env.ok(['kms', 'create-alias', '--alias-name', 'alias/restore-to', '--target-key-id', key.KeyMetadata.KeyId]);
+    const restored = await raw(env, 'CreateVolume', { SnapshotId: snap, KmsKeyId: 'alias/restore-to' });
+    expect(restored.status, JSON.stringify(restored.body)).toBe(200);
+    expect(restored.body).toMatchObject({ Encrypted: true, KmsKeyId: key.KeyMetadata.Arn, SnapshotId: snap });
+    // The snapshot's own key when none is given.
+    const srcKey = (await env.ok(['volume', 'describe', src])).Volumes[0].KmsKeyId as string;
+    const same = await raw(env, 'CreateVolume', { SnapshotId: snap });
+    expect(same.body).toMatchObject({ Encrypted: true, KmsKeyId: srcKey });
+    for (const id of [restored.body.VolumeId as string, same.body.VolumeId as string]) {
+      let v: { State: string; KmsKeyId: string } | undefined;
+      for (let i = 0; i < 200; i++) {
+        v = (await env.ok(['volume', 'describe', id])).Volumes[0];
+        if (v!.State !== 'creating') break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(v!.State).toBe('available');
+      expect(v!.KmsKeyId).toBe(id === restored.body.VolumeId ? key.KeyMetadata.Arn : srcKey);
+    }
+  }, 120_000);
 });
