@@ -1,5 +1,6 @@
 import { EbsdError } from '../util/errors.js';
 import { VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
+import { SIZE_UNIT_HINT } from '../volume/size.js';
 
 /**
  * The EC2 volume requests of the control API, checked at the edge: an
@@ -344,11 +345,11 @@ export function volumeId(v: unknown, at: string): string {
 function size(v: unknown): number | string {
   if (v === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Size', 'The request must contain the parameter Size');
   if (typeof v === 'number') {
-    if (!Number.isSafeInteger(v) || v <= 0) throw invalidValue('Size', `Invalid value ${printable(v)} for Size: a positive whole number of bytes`);
+    if (!Number.isSafeInteger(v) || v <= 0) throw invalidValue('Size', `Invalid value ${printable(v)} for Size: a positive whole number of bytes. ${SIZE_UNIT_HINT}`);
     return v;
   }
   if (typeof v === 'string' && v.length <= 32) return v;
-  throw invalidValue('Size', `Invalid value ${printable(v)} for Size: bytes, or a string such as 8GiB`);
+  throw invalidValue('Size', `Invalid value ${printable(v)} for Size: ${SIZE_UNIT_HINT}`);
 }
 
 export function string(v: unknown, at: string, min: number, max: number): string {

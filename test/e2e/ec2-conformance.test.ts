@@ -233,4 +233,20 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
       expect(v!.KmsKeyId).toBe(id === restored.body.VolumeId ? key.KeyMetadata.Arn : srcKey);
     }
   }, 120_000);
+
+  it('a Size given as EC2 gives it (GiB) is refused with a message that says the unit', async () => {
+    const hint = 'Size is in bytes, or a string with a unit such as "8GiB" (EC2\'s Size is GiB)';
+    const before = await volumeIds();
+    for (const [op, body] of [['CreateVolume', { Size: 8 }], ['CreateVolume', { Size: '8' }], ['CreateVolume', { Size: -1 }], ['CreateVolume', { Size: '8 gigs' }], ['CreateVolume', { Size: true }]] as const) {
+      const r = await raw(env, op, body);
+      expect([JSON.stringify(body), r.body.__type]).toEqual([JSON.stringify(body), 'InvalidParameterValue']);
+      expect(r.body.message).toContain(hint);
+    }
+    const vol = before[0]!;
+    const grow = await raw(env, 'ModifyVolume', { VolumeId: vol, Size: 16 });
+    expect(grow.body.message).toContain(hint);
+    const cli = await env.cli(['volume', 'create', '--size', '8']);
+    expect(cli.stderr).toContain(hint);
+    expect(await volumeIds()).toEqual(before);
+  }, 60_000);
 });
