@@ -358,19 +358,41 @@ function volumeCommands(y: Argv): Argv {
         })
         .demandCommand(1, 'name a volume subcommand: create, ls, describe, modify, delete'),
     )
-    .command('attach <volume-id>', 'Attach a volume: its file appears under the mount', (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
-      const g = a as unknown as Globals;
-      const res = await call(g, 'ebsd.AttachVolume', { VolumeId: a.volumeId, ...dryRunMember(a) });
-      if (res.Unencrypted === true) process.stderr.write(`ebsd: ${UNENCRYPTED_WARNING}\n`);
-      show(g, res, () => `${res.VolumeId} attached at ${res.Path}${res.Unencrypted ? '  (UNENCRYPTED: plaintext passthrough, measurement only)' : ''}`);
-    })
+    .command(
+      'attach <volume-id>',
+      'Attach a volume: its file appears under the mount',
+      (b) =>
+        b
+          .positional('volume-id', { type: 'string', demandOption: true })
+          .option('instance-id', { type: 'string', describe: 'EC2 InstanceId: must be this host\'s (<state-dir>/volumes/instance-id)' })
+          .option('device', { type: 'string', describe: 'EC2 Device: recorded and shown only (default /dev/ebsd/VOL); the volume is the file under the mount' })
+          .option('dry-run', DRY_RUN_OPTION),
+      async (a) => {
+        const g = a as unknown as Globals;
+        refuseEmpty(a, 'instance-id', 'device');
+        const res = await call(g, 'ebsd.AttachVolume', {
+          VolumeId: a.volumeId,
+          ...(a.instanceId !== undefined ? { InstanceId: a.instanceId } : {}),
+          ...(a.device !== undefined ? { Device: a.device } : {}),
+          ...dryRunMember(a),
+        });
+        if (res.Unencrypted === true) process.stderr.write(`ebsd: ${UNENCRYPTED_WARNING}\n`);
+        show(g, res, () => `${res.VolumeId} attached at ${res.Path}${res.Unencrypted ? '  (UNENCRYPTED: plaintext passthrough, measurement only)' : ''}`);
+      },
+    )
     .command(
       'detach <volume-id>',
       'Detach a volume (refused while its file is open, unless --force)',
-      (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('force', { type: 'boolean', default: false, describe: 'detach even while open: open handles get EIO' }).option('dry-run', DRY_RUN_OPTION),
+      (b) =>
+        b
+          .positional('volume-id', { type: 'string', demandOption: true })
+          .option('force', { type: 'boolean', default: false, describe: 'detach even while open: open handles get EIO' })
+          .option('instance-id', { type: 'string', describe: 'EC2 InstanceId: must be this host\'s' })
+          .option('dry-run', DRY_RUN_OPTION),
       async (a) => {
         const g = a as unknown as Globals;
-        const res = await call(g, 'ebsd.DetachVolume', { VolumeId: a.volumeId, Force: a.force, ...dryRunMember(a) });
+        refuseEmpty(a, 'instance-id');
+        const res = await call(g, 'ebsd.DetachVolume', { VolumeId: a.volumeId, Force: a.force, ...(a.instanceId !== undefined ? { InstanceId: a.instanceId } : {}), ...dryRunMember(a) });
         show(g, res, () => `${res.VolumeId} detached`);
       },
     );

@@ -105,6 +105,12 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     const att = (await env.ok(['volume', 'describe', vol])).Volumes[0].Attachments[0];
     expect(att).toMatchObject({ InstanceId: host, Device: '/dev/sdf' });
 
+    // The CLI takes them too, and exits 5 (not found) as for an unknown volume.
+    const cliOther = await env.cli(['attach', vol, '--instance-id', 'i-0123456789abcdef0']);
+    expect(cliOther.code).toBe(5);
+    expect(cliOther.stderr).toMatch(/^ebsd: InvalidInstanceID\.NotFound: The instance ID 'i-0123456789abcdef0' does not exist/);
+    const cliDetach = await env.cli(['detach', vol, '--instance-id', 'i-0123456789abcdef0']);
+    expect(cliDetach.code).toBe(5);
     const wrongDetach = await raw(env, 'DetachVolume', { VolumeId: vol, InstanceId: 'i-0123456789abcdef0' });
     expect(wrongDetach.body.__type).toBe('InvalidInstanceID.NotFound');
     await env.untilClosed(vol);
