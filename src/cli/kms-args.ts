@@ -194,3 +194,14 @@ function shorthandConstraints(text: string): Record<string, unknown> {
   if (!m) throw new UsageError('--constraints: use JSON or EncryptionContextSubset={k=v,...}');
   return { [m[1]!]: shorthandMap(m[2]!, 'constraints') };
 }
+
+/** `--dry-run` of the EC2 volume and snapshot commands (EC2's DryRun member). */
+export const DRY_RUN_OPTION = {
+  type: 'boolean',
+  describe: 'check the request and your permissions only (EC2 DryRun): DryRunOperation if it would succeed, UnauthorizedOperation if not; nothing changes',
+} as const;
+
+/** `{DryRun: true}` when `--dry-run` was given, else nothing. */
+export function dryRunMember(a: { dryRun?: unknown }): { DryRun?: true } {
+  return a.dryRun === true ? { DryRun: true } : {};
+}

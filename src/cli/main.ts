@@ -13,7 +13,7 @@ import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, par
 import { createLogger } from '../util/logger.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
-import { KMS_OPERATIONS, UsageError, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
+import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, dryRunMember, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
 import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, table, type OutputFormat } from './output.js';
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
@@ -264,10 +264,12 @@ function volumeCommands(y: Argv): Argv {
                 describe: '"none" = UNENCRYPTED plaintext passthrough, for measuring overhead only; the daemon must run with --allow-unencrypted',
               })
               .option('name', { type: 'string', describe: 'Name tag' })
-              .option('tag', { type: 'array', string: true, describe: 'more tags, Key=Value' }),
+              .option('tag', { type: 'array', string: true, describe: 'more tags, Key=Value' })
+              .option('client-token', { type: 'string', describe: 'idempotency token (EC2 ClientToken, up to 64 ASCII characters): a retry with the same token and options answers the same volume' })
+              .option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
-            refuseEmpty(a, 'kms-key', 'name', 'snapshot-id', 'size');
+            refuseEmpty(a, 'kms-key', 'name', 'snapshot-id', 'size', 'client-token');
             if (a.cipher === 'none' && a.kmsKey !== undefined) throw new UsageError('--kms-key cannot be combined with --cipher none: a plaintext volume has no key');
             if (a.size === undefined && a.snapshotId === undefined) throw new UsageError('volume create needs --size or --snapshot-id');
             const tags = (a.tag ?? []).map((t) => {
@@ -281,6 +283,8 @@ function volumeCommands(y: Argv): Argv {
               ...(a.cipher ? { Cipher: a.cipher } : {}),
               ...(a.name !== undefined ? { Name: a.name } : {}),
               ...(tags.length ? { TagSpecifications: [{ ResourceType: 'volume', Tags: tags }] } : {}),
+              ...(a.clientToken !== undefined ? { ClientToken: a.clientToken } : {}),
+              ...dryRunMember(a),
             });
             if (a.wait && res.State === 'creating') {
               const id = res.VolumeId as string;
@@ -319,7 +323,8 @@ function volumeCommands(y: Argv): Argv {
             b
               .option('state', { type: 'string', describe: 'filter: available | in-use | creating | deleting | error' })
               .option('name', { type: 'string', describe: 'filter: Name tag' })
-              .option('kms-key', { type: 'string', describe: 'filter: key ARN' }),
+              .option('kms-key', { type: 'string', describe: 'filter: key ARN' })
+              .option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
             refuseEmpty(a, 'state', 'name', 'kms-key');
@@ -327,45 +332,67 @@ function volumeCommands(y: Argv): Argv {
             if (a.state !== undefined) Filters.push({ Name: 'status', Values: [a.state] });
             if (a.name !== undefined) Filters.push({ Name: 'tag:Name', Values: [a.name] });
             if (a.kmsKey !== undefined) Filters.push({ Name: 'kms-key-id', Values: [a.kmsKey] });
-            const res = await call(g, 'ebsd.DescribeVolumes', Filters.length ? { Filters } : {});
+            const res = await call(g, 'ebsd.DescribeVolumes', { ...(Filters.length ? { Filters } : {}), ...dryRunMember(a) });
             show(g, res, () => table(res.Volumes as R[], [...volumeColumns, ['ATTACHED AS', (r) => (r.Attachments as R[])[0]?.Device]]));
           },
         )
-        .command('describe <volume-ids..>', 'Describe volumes', (b) => b.positional('volume-ids', { type: 'string', array: true }), async (a) => {
+        .command('describe <volume-ids..>', 'Describe volumes', (b) => b.positional('volume-ids', { type: 'string', array: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
           const g = a as unknown as Globals;
-          const res = await call(g, 'ebsd.DescribeVolumes', { VolumeIds: a.volumeIds });
+          const res = await call(g, 'ebsd.DescribeVolumes', { VolumeIds: a.volumeIds, ...dryRunMember(a) });
           show(g, res);
         })
         .command(
           'modify <volume-id>',
           'Grow a volume (EC2 ModifyVolume; grow only)',
-          (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true }),
+          (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
-            show(g, await call(g, 'ebsd.ModifyVolume', { VolumeId: a.volumeId, Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size }));
+            show(g, await call(g, 'ebsd.ModifyVolume', { VolumeId: a.volumeId, Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size, ...dryRunMember(a) }));
           },
         )
-        .command('delete <volume-id>', 'Delete an available volume and its image', (b) => b.positional('volume-id', { type: 'string', demandOption: true }), async (a) => {
+        .command('delete <volume-id>', 'Delete an available volume and its image', (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
           const g = a as unknown as Globals;
-          await call(g, 'ebsd.DeleteVolume', { VolumeId: a.volumeId });
+          await call(g, 'ebsd.DeleteVolume', { VolumeId: a.volumeId, ...dryRunMember(a) });
           if (fmt(g) === 'table') process.stdout.write(`deleted ${a.volumeId}\n`);
           else show(g, {});
         })
         .demandCommand(1, 'name a volume subcommand: create, ls, describe, modify, delete'),
     )
-    .command('attach <volume-id>', 'Attach a volume: its file appears under the mount', (b) => b.positional('volume-id', { type: 'string', demandOption: true }), async (a) => {
-      const g = a as unknown as Globals;
-      const res = await call(g, 'ebsd.AttachVolume', { VolumeId: a.volumeId });
-      if (res.Unencrypted === true) process.stderr.write(`ebsd: ${UNENCRYPTED_WARNING}\n`);
-      show(g, res, () => `${res.VolumeId} attached at ${res.Path}${res.Unencrypted ? '  (UNENCRYPTED: plaintext passthrough, measurement only)' : ''}`);
-    })
+    .command(
+      'attach <volume-id>',
+      'Attach a volume: its file appears under the mount',
+      (b) =>
+        b
+          .positional('volume-id', { type: 'string', demandOption: true })
+          .option('instance-id', { type: 'string', describe: 'EC2 InstanceId: must be this host\'s (<state-dir>/volumes/instance-id)' })
+          .option('device', { type: 'string', describe: 'EC2 Device: recorded and shown only (default /dev/ebsd/VOL); the volume is the file under the mount' })
+          .option('dry-run', DRY_RUN_OPTION),
+      async (a) => {
+        const g = a as unknown as Globals;
+        refuseEmpty(a, 'instance-id', 'device');
+        const res = await call(g, 'ebsd.AttachVolume', {
+          VolumeId: a.volumeId,
+          ...(a.instanceId !== undefined ? { InstanceId: a.instanceId } : {}),
+          ...(a.device !== undefined ? { Device: a.device } : {}),
+          ...dryRunMember(a),
+        });
+        if (res.Unencrypted === true) process.stderr.write(`ebsd: ${UNENCRYPTED_WARNING}\n`);
+        show(g, res, () => `${res.VolumeId} attached at ${res.Path}${res.Unencrypted ? '  (UNENCRYPTED: plaintext passthrough, measurement only)' : ''}`);
+      },
+    )
     .command(
       'detach <volume-id>',
       'Detach a volume (refused while its file is open, unless --force)',
-      (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('force', { type: 'boolean', default: false, describe: 'detach even while open: open handles get EIO' }),
+      (b) =>
+        b
+          .positional('volume-id', { type: 'string', demandOption: true })
+          .option('force', { type: 'boolean', default: false, describe: 'detach even while open: open handles get EIO' })
+          .option('instance-id', { type: 'string', describe: 'EC2 InstanceId: must be this host\'s' })
+          .option('dry-run', DRY_RUN_OPTION),
       async (a) => {
         const g = a as unknown as Globals;
-        const res = await call(g, 'ebsd.DetachVolume', { VolumeId: a.volumeId, Force: a.force });
+        refuseEmpty(a, 'instance-id');
+        const res = await call(g, 'ebsd.DetachVolume', { VolumeId: a.volumeId, Force: a.force, ...(a.instanceId !== undefined ? { InstanceId: a.instanceId } : {}), ...dryRunMember(a) });
         show(g, res, () => `${res.VolumeId} detached`);
       },
     );

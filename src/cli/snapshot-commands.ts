@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { callDaemon, socketPathFor } from './client.js';
 import { EXIT } from './exit-codes.js';
-import { UsageError, refuseEmpty, wholeNumber } from './kms-args.js';
+import { DRY_RUN_OPTION, UsageError, dryRunMember, refuseEmpty, wholeNumber } from './kms-args.js';
 import { snapshotCopyCommand } from './snapshot-copy-command.js';
 import { applyQuery, defaultFormat, print, table, type OutputFormat } from './output.js';
 
@@ -128,7 +128,8 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             .option('tag-specifications', { type: 'string', describe: 'ResourceType=snapshot,Tags=[{Key=k,Value=v}] or JSON' })
             .option('tag', { type: 'array', string: true, describe: 'tags, Key=Value (shortcut for --tag-specifications)' })
             .option('wait', { type: 'boolean', default: false, describe: 'wait until completed (progress on stderr); exit 10 if it ends in error' })
-            .option('poll-interval', { type: 'string', coerce: wholeNumber('--poll-interval'), default: 500, hidden: true }),
+            .option('poll-interval', { type: 'string', coerce: wholeNumber('--poll-interval'), default: 500, hidden: true })
+            .option('dry-run', DRY_RUN_OPTION),
         async (a) => {
           const g = a as unknown as Globals;
           const specs = a.tagSpecifications ? parseTagSpecifications(a.tagSpecifications) : [];
@@ -141,6 +142,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             VolumeId: a.volumeId,
             ...(a.description !== undefined ? { Description: a.description } : {}),
             ...(specs.length ? { TagSpecifications: specs } : {}),
+            ...dryRunMember(a),
           });
           if (a.wait) {
             res = await waitFor(g, String(res.SnapshotId), Math.max(50, a.pollInterval));
@@ -163,14 +165,15 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
         (b) =>
           b
             .option('volume-id', { type: 'string', describe: 'filter: the source volume' })
-            .option('state', { type: 'string', describe: 'filter: pending | completed | error' }),
+            .option('state', { type: 'string', describe: 'filter: pending | completed | error' })
+            .option('dry-run', DRY_RUN_OPTION),
         async (a) => {
           const g = a as unknown as Globals;
           refuseEmpty(a, 'volume-id', 'state');
           const Filters: R[] = [];
           if (a.volumeId !== undefined) Filters.push({ Name: 'volume-id', Values: [a.volumeId] });
           if (a.state !== undefined) Filters.push({ Name: 'status', Values: [a.state] });
-          const res = await call(g, 'ebsd.DescribeSnapshots', Filters.length ? { Filters } : {});
+          const res = await call(g, 'ebsd.DescribeSnapshots', { ...(Filters.length ? { Filters } : {}), ...dryRunMember(a) });
           show(g, res, () => table(res.Snapshots as R[], columns));
         },
       )
@@ -183,7 +186,8 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             .option('filters', { type: 'array', string: true, describe: 'Name=status,Values=completed or JSON; repeatable' })
             .option('owner-ids', { type: 'array', string: true, describe: 'account ids or self' })
             .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: '5..1000' })
-            .option('next-token', { type: 'string' }),
+            .option('next-token', { type: 'string' })
+            .option('dry-run', DRY_RUN_OPTION),
         async (a) => {
           const g = a as unknown as Globals;
           const filters = parseFilters(a.filters ?? []);
@@ -193,13 +197,14 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             ...(a.ownerIds?.length ? { OwnerIds: a.ownerIds } : {}),
             ...(a.maxResults !== undefined ? { MaxResults: a.maxResults } : {}),
             ...(a.nextToken !== undefined ? { NextToken: a.nextToken } : {}),
+            ...dryRunMember(a),
           });
           show(g, res);
         },
       )
-      .command('delete <snapshot-id>', 'Delete a snapshot (EC2 DeleteSnapshot); frees the blocks no other snapshot references', (b) => b.positional('snapshot-id', { type: 'string', demandOption: true }), async (a) => {
+      .command('delete <snapshot-id>', 'Delete a snapshot (EC2 DeleteSnapshot); frees the blocks no other snapshot references', (b) => b.positional('snapshot-id', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
         const g = a as unknown as Globals;
-        await call(g, 'ebsd.DeleteSnapshot', { SnapshotId: a.snapshotId });
+        await call(g, 'ebsd.DeleteSnapshot', { SnapshotId: a.snapshotId, ...dryRunMember(a) });
         if (fmt(g) === 'table') process.stdout.write(`deleted ${a.snapshotId}\n`);
         else show(g, {});
       })

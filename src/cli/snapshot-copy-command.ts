@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { callDaemon, socketPathFor } from './client.js';
-import { UsageError } from './kms-args.js';
+import { DRY_RUN_OPTION, UsageError, dryRunMember } from './kms-args.js';
 import { applyQuery, defaultFormat, print, type OutputFormat } from './output.js';
 import { waitWithProgress } from './wait-progress.js';
 
@@ -28,7 +28,8 @@ export const snapshotCopyCommand: CommandModule<object, any> = {
       .option('description', { type: 'string', describe: 'up to 255 characters' })
       .option('source-region', { type: 'string', describe: 'the source snapshot\'s region (default: the daemon\'s)' })
       .option('tag', { type: 'array', string: true, describe: 'tags of the copy, Key=Value' })
-      .option('wait', { type: 'boolean', default: false, describe: 'wait until completed (progress on stderr)' }),
+      .option('wait', { type: 'boolean', default: false, describe: 'wait until completed (progress on stderr)' })
+      .option('dry-run', DRY_RUN_OPTION),
   handler: async (a) => {
     const g = a as unknown as Globals;
     const call = (target: string, body: R = {}): Promise<R> => callDaemon(socketPathFor(g.stateDir), target, body);
@@ -45,6 +46,7 @@ export const snapshotCopyCommand: CommandModule<object, any> = {
       ...(a.encrypted !== undefined ? { Encrypted: a.encrypted } : {}),
       ...(a.description !== undefined ? { Description: a.description } : {}),
       ...(tags.length ? { TagSpecifications: [{ ResourceType: 'snapshot', Tags: tags }] } : {}),
+      ...dryRunMember({ dryRun: a.dryRun }),
     });
     if (a.wait) {
       const id = String(res.SnapshotId);

@@ -5,7 +5,7 @@ import { toEc2Snapshot } from '../snapshot/snapshot-view.js';
 import { snapshotTagSpecifications } from './snapshot-api.js';
 import type { Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
 import {
-  Ec2RequestError, KMS_KEY_ID_MAX, SNAPSHOT_ID_RE, invalidValue, object, printable, string,
+  Ec2RequestError, KMS_KEY_ID_MAX, SNAPSHOT_ID_RE, dryRun, invalidValue, object, printable, string,
 } from './ec2-requests.js';
 
 /**
@@ -15,10 +15,11 @@ import {
  * most 255 characters; Encrypted a boolean; KmsKeyId a key id, ARN or alias;
  * TagSpecifications ResourceType `snapshot`; unknown members refused.
  */
-const MEMBERS = ['SourceSnapshotId', 'SourceRegion', 'Description', 'Encrypted', 'KmsKeyId', 'TagSpecifications'];
+const MEMBERS = ['SourceSnapshotId', 'SourceRegion', 'Description', 'Encrypted', 'KmsKeyId', 'TagSpecifications', 'DryRun'];
 const DESCRIPTION_MAX = 255;
 
-export function parseCopySnapshotRequest(body: unknown): CopySnapshotRequest {
+/** `DryRun`: EC2's member, when true (checked, authorized, then DryRunOperation; nothing is copied). */
+export function parseCopySnapshotRequest(body: unknown): CopySnapshotRequest & { DryRun?: true } {
   const b = object(body, 'request body', 'EC2_INVALID_PARAMETER');
   for (const k of Object.keys(b)) {
     if (!MEMBERS.includes(k)) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', k, `The parameter ${printable(k)} is not recognized by CopySnapshot (it takes: ${MEMBERS.join(', ')})`);
@@ -43,7 +44,7 @@ export function parseCopySnapshotRequest(body: unknown): CopySnapshotRequest {
   if (key !== undefined) out.KmsKeyId = string(key, 'KmsKeyId', 1, KMS_KEY_ID_MAX);
   const specs = m('TagSpecifications');
   if (specs !== undefined) out.TagSpecifications = snapshotTagSpecifications(specs, 'CopySnapshot');
-  return out;
+  return dryRun(m) ? { ...out, DryRun: true } : out;
 }
 
 
@@ -57,11 +58,15 @@ export function copySnapshot(
   req: CopySnapshotRequest,
   caller: Caller,
   deny: (refusal: UnauthorizedOperation) => Promise<never>,
+  dry?: () => Promise<never>,
 ): Promise<unknown> {
   const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
-  return o.copier.copySnapshot(req, caller, async (src: SnapshotManifest | undefined) => {
+  const { DryRun: _d, ...copy } = req as CopySnapshotRequest & { DryRun?: true };
+  return o.copier.copySnapshot(copy, caller, async (src: SnapshotManifest | undefined) => {
     const encrypted = src?.encrypted === true || req.Encrypted === true;
     const refusal = o.authz.checkCopySnapshot(req.SourceSnapshotId, src ? toEc2Snapshot(src) : undefined, { encrypted, tags }, caller);
     if (refusal) await deny(refusal);
+    // Authorized: a dry run ends here, before anything is written.
+    if (dry) await dry();
   });
 }

@@ -6,6 +6,7 @@ import { openKms, type Kms } from '../kms/open-kms.js';
 import { verifyAuditLogOffThread } from '../kms/audit/verify.js';
 import { KeyedMutex } from '../util/lock.js';
 import type { Caller } from '../kms/types.js';
+import { createHash } from 'node:crypto';
 import { selectXtsEngine } from '../crypto/xts-engine.js';
 import { isNativeAvailable, nativeLoadError } from '../native/addon.js';
 import { VolumeManager, type VolumeAuditEvent } from '../volume/volume-manager.js';
@@ -25,12 +26,12 @@ import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
 import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
-import { Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
+import { DryRunOperation, Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
 import { judgeRemoteKeyUse, RemoteKeyNames } from './remote-key-names.js';
 import { ResumeRetry } from '../volume/resume-retry.js';
 import type { RefusalSummary } from './connection-guard.js';
-import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
-import { checkImageSizeFits } from '../volume/size.js';
+import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type CreateVolumeInput, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
+import { checkImageSizeFits, parseVolumeSize } from '../volume/size.js';
 import { KmsListener } from './kms-listener.js';
 import { SnapshotRestore } from '../snapshot/restore.js';
 import { SnapshotCopier } from '../snapshot/copy.js';
@@ -151,6 +152,8 @@ export class Daemon {
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
   private ebs: EbsApi | undefined;
   /** EC2 operations and the events they write (docs/architecture.md §5.8): refused while the audit log fails, answered once written. */
+  /** CreateVolume ClientTokens whose create is running: a repeat waits for it, then finds its volume (VolumeManager.repeatCreate). */
+  private readonly creatingTokens = new Map<string, Promise<unknown>>();
   private readonly ec2Audit = new RequestAudit(() => {
     const h = this.kms?.audit.health();
     return h?.State === 'failing' ? `${h.LastError ?? 'disk full'}; free space in ${this.paths.root}` : undefined;
@@ -537,6 +540,8 @@ export class Daemon {
       if (!this.mgr) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
       // Every member checked (types, lengths, counts) before authorization reads it and before anything changes.
       const req = parseEc2Request(op, body);
+      // A ClientToken stands for these parameters, as the caller sent them (before a key name is resolved), and this caller.
+      const tokenRequest = req.op === 'CreateVolume' && req.input.ClientToken !== undefined ? createVolumeDigest(req.input, caller) : undefined;
       // EC2 authorization, before any state changes or KMS call on the caller's behalf.
       const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
@@ -552,7 +557,9 @@ export class Daemon {
         if (snap.refusal) await this.deny(source, op, caller, snap.refusal.message, peer, volumeId, snap.refusal);
         if (snap.targetKeyArn !== undefined) req.input.KmsKeyId = snap.targetKeyArn;
       }
-      return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') }, () => this.volumeOp(req, caller));
+      // Checked and authorized: a dry run ends here, before the volume manager.
+      if (req.dryRun) await this.dryRun(source, op, caller, peer, volumeId);
+      return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') }, () => this.volumeOp(req, caller, tokenRequest));
     }
     if (op === 'CopySnapshot') {
       if (!this.copier) throw new EbsdError('KMS_ONLY', `ebsd.${op}: this daemon runs with --kms-only and serves no volumes`, { awsName: 'UnsupportedOperation' });
@@ -564,7 +571,8 @@ export class Daemon {
       // The key judged is the key used (as for a restore above).
       if (keyCheck.targetKeyArn !== undefined) copyReq.KmsKeyId = keyCheck.targetKeyArn;
       return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: true },
-        () => copySnapshot({ copier: this.copier!, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r)));
+        () => copySnapshot({ copier: this.copier!, authz: this.ec2Authz! }, copyReq, caller, (r) => this.deny(source, op, caller, r.message, peer, undefined, r),
+          copyReq.DryRun === true ? () => this.dryRun(source, op, caller, peer) : undefined));
     }
     if (SNAPSHOT_OPS.has(op)) {
       if (!this.snapshotApi && this.hostResolver && !this.cfg.kmsOnly) throw this.hostResolver.refusal(op);
@@ -573,7 +581,7 @@ export class Daemon {
       // A refusal is audited as the volume refusals are; CreateSnapshot's names its volume.
       const api = this.snapshotApi;
       return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') },
-        () => api.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal)));
+        () => api.run(req, caller, (refusal, volId) => this.deny(source, op, caller, refusal.message, peer, volId, refusal), (volId) => this.dryRun(source, op, caller, peer, volId)));
     }
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
@@ -600,6 +608,25 @@ export class Daemon {
     }
     this.log.debug({ uid: peer.uid, peerPid: peer.pid, principal: caller.arn, op: op.slice(0, 128) }, 'control request denied');
     throw refusal ?? new EbsdError('ACCESS_DENIED', message, { awsName: 'AccessDeniedException' });
+  }
+
+  /**
+   * An EC2 request with DryRun that was checked and authorized: audited as CloudTrail records a dry
+   * run (errorCode Client.DryRunOperation), aggregated as refusals are (a dry run changes nothing and
+   * costs the caller nothing, so a flood of them costs bounded audit bytes), then DryRunOperation.
+   */
+  private async dryRun(source: string, op: string, caller: Caller, peer: PeerIdentity, volumeId?: string): Promise<never> {
+    const answer = new DryRunOperation();
+    const ids = this.authz!.identities;
+    try {
+      await this.kms!.audit.appendRefusal(refusalKey(peer.uid, source, op, `dry-run:${(volumeId ?? '').slice(0, 64)}`), () => ({
+        ...deniedEvent(source, op, caller, answer.message, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}) }),
+        errorCode: answer.auditErrorCode,
+      }));
+    } catch (err) {
+      this.log.error({ err }, 'could not audit a dry run');
+    }
+    throw answer;
   }
 
   /**
@@ -661,18 +688,23 @@ export class Daemon {
     return join(this.cfg.mountDir, volumeId);
   }
 
-  private async volumeOp(req: Ec2Request, caller: Caller): Promise<unknown> {
+  private async volumeOp(req: Ec2Request, caller: Caller, tokenRequest?: string): Promise<unknown> {
     const mgr = this.mgr!;
     switch (req.op) {
       case 'CreateVolume': {
-        const { SnapshotId, Size, ...input } = req.input;
-        if (Size !== undefined) await checkImageSizeFits(mgr.dir, Size, 'Size');
-        if (SnapshotId !== undefined) {
-          // The restore holds the snapshot until the volume is built: DeleteSnapshot answers InvalidSnapshot.InUse meanwhile.
-          return this.restore!.createVolume({ ...input, SnapshotId, ...(Size !== undefined ? { Size } : {}) }, caller);
+        const { ClientToken, ...rest } = req.input;
+        if (ClientToken === undefined || tokenRequest === undefined) return this.createVolume(rest, caller);
+        // EC2 idempotency: a repeat answers the volume the token made (its state now); a repeat while that create runs waits for it.
+        for (let running = this.creatingTokens.get(ClientToken); running; running = this.creatingTokens.get(ClientToken)) await running.catch(() => {});
+        const seen = mgr.repeatCreate(ClientToken, tokenRequest, caller);
+        if (seen) return seen;
+        const p = this.createVolume({ ...rest, clientToken: { token: ClientToken, request: tokenRequest } }, caller);
+        this.creatingTokens.set(ClientToken, p);
+        try {
+          return await p;
+        } finally {
+          if (this.creatingTokens.get(ClientToken) === p) this.creatingTokens.delete(ClientToken);
         }
-        if (Size === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Size', 'The request must contain the parameter Size (or SnapshotId)');
-        return mgr.createVolume({ ...input, Size }, caller);
       }
       case 'DescribeVolumes':
         return this.describeVolumes(req.input, caller);
@@ -698,8 +730,21 @@ export class Daemon {
       }
       case 'DetachVolume':
         // The manager hides the file inside the volume's mutex (refused while open unless Force).
-        return mgr.detachVolume({ VolumeId: req.input.VolumeId, Force: req.input.Force === true }, caller);
+        // Device is not compared: a volume has one attachment here, on this host.
+        return mgr.detachVolume({ VolumeId: req.input.VolumeId, Force: req.input.Force === true, ...(req.input.InstanceId !== undefined ? { InstanceId: req.input.InstanceId } : {}) }, caller);
     }
+  }
+
+  private async createVolume(req: Omit<CreateVolumeInput, 'ClientToken'> & { clientToken?: { token: string; request: string } }, caller: Caller): Promise<unknown> {
+    const mgr = this.mgr!;
+    const { SnapshotId, Size, ...input } = req;
+    if (Size !== undefined) await checkImageSizeFits(mgr.dir, Size, 'Size');
+    if (SnapshotId !== undefined) {
+      // The restore holds the snapshot until the volume is built: DeleteSnapshot answers InvalidSnapshot.InUse meanwhile.
+      return this.restore!.createVolume({ ...input, SnapshotId, ...(Size !== undefined ? { Size } : {}) }, caller);
+    }
+    if (Size === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Size', 'The request must contain the parameter Size (or SnapshotId)');
+    return mgr.createVolume({ ...input, Size }, caller);
   }
 
   /**
@@ -991,4 +1036,18 @@ export async function runDaemon(cfg: DaemonConfig, log: Logger): Promise<void> {
     process.off('SIGINT', onSig);
     process.off('SIGHUP', onSig);
   }
+}
+
+/** What a CreateVolume ClientToken stands for: the request's parameters as checked (ClientToken aside) and its caller. */
+function createVolumeDigest(input: CreateVolumeInput, caller: Caller): string {
+  const { ClientToken: _t, ...params } = input;
+  // A size is the same size however it is written ("4MiB", 4194304).
+  if (params.Size !== undefined) {
+    try {
+      params.Size = parseVolumeSize(params.Size);
+    } catch {
+      // refused later, by the create
+    }
+  }
+  return createHash('sha256').update(JSON.stringify({ params, caller: caller.arn })).digest('base64');
 }

@@ -66,6 +66,18 @@ export class UnauthorizedOperation extends EbsdError {
   }
 }
 
+/**
+ * EC2's answer to an authorized request with `DryRun` set: HTTP 412, `DryRunOperation`, with
+ * EC2's message; nothing ran. Audited as CloudTrail records it (errorCode `Client.DryRunOperation`).
+ */
+export class DryRunOperation extends EbsdError {
+  readonly httpStatus = 412;
+  readonly auditErrorCode = 'Client.DryRunOperation';
+  constructor() {
+    super('EC2_DRY_RUN', 'Request would have succeeded, but DryRun flag is set.', { awsName: 'DryRunOperation' });
+  }
+}
+
 export interface Ec2AuthorizerOptions {
   evaluator: PolicyEvaluator;
   accountId: string;

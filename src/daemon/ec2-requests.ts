@@ -1,5 +1,6 @@
 import { EbsdError } from '../util/errors.js';
 import { VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
+import { SIZE_UNIT_HINT } from '../volume/size.js';
 
 /**
  * The EC2 volume requests of the control API, checked at the edge: an
@@ -13,7 +14,7 @@ import { VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
  *   `volume`; Name (ebsd's shortcut for the Name tag) is a tag value;
  *   VolumeId `vol-` + 17 hex; Filters: at most 50, Name 1..255 characters,
  *   Values an array of at most 200 strings of at most 255 characters;
- *   MaxResults 5..500; unknown members are refused (UnknownParameter), as EC2 does.
+ *   MaxResults at least 5, over 500 taken as 500; DryRun a boolean; ClientToken 1..64 printable ASCII; unknown members are refused (UnknownParameter), as EC2 does.
  *
  * Errors carry EC2's names: InvalidParameterValue, InvalidParameter,
  * MissingParameter, UnknownParameter, InvalidFilter, TagLimitExceeded,
@@ -29,6 +30,7 @@ export type Ec2RequestErrorCode =
   | 'EC2_TAG_LIMIT_EXCEEDED'
   | 'EC2_VOLUME_ID_MALFORMED'
   | 'EC2_SNAPSHOT_ID_MALFORMED'
+  | 'EC2_INSTANCE_ID_MALFORMED'
   | 'EC2_INVALID_PARAMETER_COMBINATION';
 
 const AWS_NAMES: Record<Ec2RequestErrorCode, string> = {
@@ -40,6 +42,7 @@ const AWS_NAMES: Record<Ec2RequestErrorCode, string> = {
   EC2_TAG_LIMIT_EXCEEDED: 'TagLimitExceeded',
   EC2_VOLUME_ID_MALFORMED: 'InvalidVolumeID.Malformed',
   EC2_SNAPSHOT_ID_MALFORMED: 'InvalidSnapshotID.Malformed',
+  EC2_INSTANCE_ID_MALFORMED: 'InvalidInstanceID.Malformed',
   EC2_INVALID_PARAMETER_COMBINATION: 'InvalidParameterCombination',
 };
 
@@ -60,12 +63,16 @@ export const FILTER_STRING_MAX = 255;
 export const VOLUME_IDS_MAX = 500;
 export const KMS_KEY_ID_MAX = 2048;
 export const DEVICE_MAX = 64;
+/** EC2: "Constraints: Maximum 64 ASCII characters" (Ensuring idempotency of Amazon EC2 API requests). */
+export const CLIENT_TOKEN_MAX = 64;
 const MAX_RESULTS_MIN = 5;
 const MAX_RESULTS_MAX = 500;
 const NEXT_TOKEN_MAX = 1024;
 
 export const VOLUME_ID_RE = /^vol-[0-9a-f]{17}$/;
 export const SNAPSHOT_ID_RE = /^snap-[0-9a-f]{17}$/;
+/** EC2 instance ids: `i-` and 8 (older) or 17 hex digits. */
+export const INSTANCE_ID_RE = /^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
 
 
 export interface Tag {
@@ -88,6 +95,8 @@ export interface CreateVolumeInput {
   Cipher?: 'aes-xts-plain64' | 'none';
   Name?: string;
   TagSpecifications?: { ResourceType: 'volume'; Tags: Tag[] }[];
+  /** EC2's idempotency token: 1..64 printable ASCII characters, case-sensitive. */
+  ClientToken?: string;
 }
 
 export interface DescribeVolumesInput {
@@ -97,26 +106,28 @@ export interface DescribeVolumesInput {
   NextToken?: string;
 }
 
-export type Ec2Request =
+/** `dryRun`: EC2's DryRun member, true when set (checked, authorized, then DryRunOperation; nothing runs). */
+export type Ec2Request = (
   | { op: 'CreateVolume'; input: CreateVolumeInput }
   | { op: 'DescribeVolumes'; input: DescribeVolumesInput }
   | { op: 'DescribeVolumeStatus'; input: { VolumeIds?: string[] } }
   | { op: 'DeleteVolume'; input: { VolumeId: string } }
   | { op: 'ModifyVolume'; input: { VolumeId: string; Size: number | string } }
-  | { op: 'AttachVolume'; input: { VolumeId: string; Device?: string } }
-  | { op: 'DetachVolume'; input: { VolumeId: string; Force: boolean } };
+  | { op: 'AttachVolume'; input: { VolumeId: string; InstanceId?: string; Device?: string } }
+  | { op: 'DetachVolume'; input: { VolumeId: string; Force: boolean; InstanceId?: string; Device?: string } }
+) & { dryRun?: boolean };
 
 export type Ec2Operation = Ec2Request['op'];
 
 /** Members each operation takes; anything else is UnknownParameter. */
 const MEMBERS: Record<Ec2Operation, readonly string[]> = {
-  CreateVolume: ['Size', 'SnapshotId', 'KmsKeyId', 'Encrypted', 'Cipher', 'Name', 'TagSpecifications'],
-  DescribeVolumes: ['VolumeIds', 'Filters', 'MaxResults', 'NextToken'],
-  DescribeVolumeStatus: ['VolumeIds'],
-  DeleteVolume: ['VolumeId'],
-  ModifyVolume: ['VolumeId', 'Size'],
-  AttachVolume: ['VolumeId', 'Device'],
-  DetachVolume: ['VolumeId', 'Force'],
+  CreateVolume: ['Size', 'SnapshotId', 'KmsKeyId', 'Encrypted', 'Cipher', 'Name', 'TagSpecifications', 'ClientToken', 'DryRun'],
+  DescribeVolumes: ['VolumeIds', 'Filters', 'MaxResults', 'NextToken', 'DryRun'],
+  DescribeVolumeStatus: ['VolumeIds', 'DryRun'],
+  DeleteVolume: ['VolumeId', 'DryRun'],
+  ModifyVolume: ['VolumeId', 'Size', 'DryRun'],
+  AttachVolume: ['VolumeId', 'InstanceId', 'Device', 'DryRun'],
+  DetachVolume: ['VolumeId', 'Force', 'InstanceId', 'Device', 'DryRun'],
 };
 
 export function isEc2Operation(op: string): op is Ec2Operation {
@@ -134,6 +145,18 @@ export function parseEc2Request(op: Ec2Operation, body: unknown): Ec2Request {
     if (!allowed.includes(k)) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', k, `The parameter ${printable(k)} is not recognized by ${op} (it takes: ${allowed.join(', ')})`);
   }
   const m = (k: string): unknown => (Object.hasOwn(b, k) ? b[k] : undefined);
+  const req = parseMembers(op, m);
+  return dryRun(m) ? { ...req, dryRun: true } : req;
+}
+
+/** EC2's DryRun member: a boolean; true asks whether the request would be allowed, and nothing runs. */
+export function dryRun(m: (k: string) => unknown): boolean {
+  const d = m('DryRun');
+  if (d !== undefined && typeof d !== 'boolean') throw invalidValue('DryRun', `DryRun must be true or false, got ${kind(d)}`);
+  return d === true;
+}
+
+function parseMembers(op: Ec2Operation, m: (k: string) => unknown): Ec2Request {
   switch (op) {
     case 'CreateVolume':
       return { op, input: createVolume(m) };
@@ -147,16 +170,29 @@ export function parseEc2Request(op: Ec2Operation, body: unknown): Ec2Request {
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId') } };
     case 'ModifyVolume':
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), Size: size(m('Size')) } };
-    case 'AttachVolume': {
-      const dev = m('Device');
-      return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), ...(dev === undefined ? {} : { Device: string(dev, 'Device', 1, DEVICE_MAX) }) } };
-    }
+    case 'AttachVolume':
+      return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), ...instanceAndDevice(m) } };
     case 'DetachVolume': {
       const f = m('Force');
       if (f !== undefined && typeof f !== 'boolean') throw invalidValue('Force', `Force must be true or false, got ${kind(f)}`);
-      return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), Force: f === true } };
+      return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), Force: f === true, ...instanceAndDevice(m) } };
     }
   }
+}
+
+/** AttachVolume's and DetachVolume's InstanceId and Device (EC2 requires both at attach; ebsd takes them optionally). */
+function instanceAndDevice(m: (k: string) => unknown): { InstanceId?: string; Device?: string } {
+  const out: { InstanceId?: string; Device?: string } = {};
+  const inst = m('InstanceId');
+  if (inst !== undefined) {
+    if (typeof inst !== 'string' || !INSTANCE_ID_RE.test(inst)) {
+      throw new Ec2RequestError('EC2_INSTANCE_ID_MALFORMED', 'InstanceId', `Invalid id: ${printable(inst)} (InstanceId: expecting "i-" followed by 8 or 17 hex digits)`);
+    }
+    out.InstanceId = inst;
+  }
+  const dev = m('Device');
+  if (dev !== undefined) out.Device = string(dev, 'Device', 1, DEVICE_MAX);
+  return out;
 }
 
 function createVolume(m: (k: string) => unknown): CreateVolumeInput {
@@ -206,6 +242,11 @@ function createVolume(m: (k: string) => unknown): CreateVolumeInput {
       return { ResourceType: 'volume' as const, Tags: parsed };
     });
   }
+  const token = m('ClientToken');
+  if (token !== undefined) {
+    out.ClientToken = string(token, 'ClientToken', 1, CLIENT_TOKEN_MAX);
+    if (!/^[\x20-\x7e]+$/.test(out.ClientToken)) throw invalidValue('ClientToken', `Invalid value ${printable(out.ClientToken)} for ClientToken: printable ASCII characters only`);
+  }
   if (tags.length > TAGS_PER_RESOURCE_MAX) {
     throw new Ec2RequestError('EC2_TAG_LIMIT_EXCEEDED', 'TagSpecifications', `The maximum number of tags per resource is ${TAGS_PER_RESOURCE_MAX}; this request has ${tags.length}`);
   }
@@ -239,10 +280,11 @@ function describeVolumes(m: (k: string) => unknown): DescribeVolumesInput {
   if (filters !== undefined) out.Filters = filterList(filters, VOLUME_FILTER_NAMES);
   const max = m('MaxResults');
   if (max !== undefined) {
-    if (typeof max !== 'number' || !Number.isInteger(max) || max < MAX_RESULTS_MIN || max > MAX_RESULTS_MAX) {
-      throw invalidValue('MaxResults', `Invalid value ${printable(max)} for MaxResults: an integer from ${MAX_RESULTS_MIN} to ${MAX_RESULTS_MAX}`);
+    if (typeof max !== 'number' || !Number.isSafeInteger(max) || max < MAX_RESULTS_MIN) {
+      throw invalidValue('MaxResults', `Invalid value ${printable(max)} for MaxResults: an integer of at least ${MAX_RESULTS_MIN} (values over ${MAX_RESULTS_MAX} return ${MAX_RESULTS_MAX} items)`);
     }
-    out.MaxResults = max;
+    // EC2: "If this parameter is set to a value larger than 500, only 500 items are returned."
+    out.MaxResults = Math.min(max, MAX_RESULTS_MAX);
   }
   const token = m('NextToken');
   if (token !== undefined) out.NextToken = string(token, 'NextToken', 1, NEXT_TOKEN_MAX);
@@ -303,11 +345,11 @@ export function volumeId(v: unknown, at: string): string {
 function size(v: unknown): number | string {
   if (v === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Size', 'The request must contain the parameter Size');
   if (typeof v === 'number') {
-    if (!Number.isSafeInteger(v) || v <= 0) throw invalidValue('Size', `Invalid value ${printable(v)} for Size: a positive whole number of bytes`);
+    if (!Number.isSafeInteger(v) || v <= 0) throw invalidValue('Size', `Invalid value ${printable(v)} for Size: a positive whole number of bytes. ${SIZE_UNIT_HINT}`);
     return v;
   }
   if (typeof v === 'string' && v.length <= 32) return v;
-  throw invalidValue('Size', `Invalid value ${printable(v)} for Size: bytes, or a string such as 8GiB`);
+  throw invalidValue('Size', `Invalid value ${printable(v)} for Size: ${SIZE_UNIT_HINT}`);
 }
 
 export function string(v: unknown, at: string, min: number, max: number): string {

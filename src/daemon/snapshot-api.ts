@@ -4,7 +4,7 @@ import type { SnapshotAuditEvent, SnapshotManager } from '../snapshot/snapshot-m
 import { SNAPSHOT_FILTER_NAMES, page, toEc2Snapshot, type Ec2Snapshot } from '../snapshot/snapshot-view.js';
 import type { Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
 import {
-  Ec2RequestError, TAGS_PER_RESOURCE_MAX, array, filterList, invalidValue, object, printable, string, tag, volumeId, type Filter, type Tag,
+  Ec2RequestError, TAGS_PER_RESOURCE_MAX, array, dryRun, filterList, invalidValue, object, printable, string, tag, volumeId, type Filter, type Tag,
 } from './ec2-requests.js';
 
 /**
@@ -13,7 +13,7 @@ import {
  * at the edge with EC2's limits and error names (Amazon EC2 API Reference:
  * CreateSnapshot, DescribeSnapshots, DeleteSnapshot): Description at most
  * 255 characters; TagSpecifications ResourceType `snapshot`; SnapshotIds at
- * most 1000 of `snap-` + 17 hex; MaxResults 5..1000, not with SnapshotIds;
+ * most 1000 of `snap-` + 17 hex; MaxResults 5..1000, not with SnapshotIds; DryRun;
  * unknown members refused (UnknownParameter).
  */
 export const SNAPSHOT_OPS: ReadonlySet<string> = new Set(['CreateSnapshot', 'DescribeSnapshots', 'DeleteSnapshot']);
@@ -25,15 +25,17 @@ const MAX_RESULTS_MIN = 5;
 const MAX_RESULTS_MAX = 1000;
 const NEXT_TOKEN_MAX = 1024;
 
-export type SnapshotRequest =
+/** `dryRun`: EC2's DryRun member, when true (checked, authorized, then DryRunOperation; nothing runs). */
+export type SnapshotRequest = (
   | { op: 'CreateSnapshot'; input: { VolumeId: string; Description?: string; TagSpecifications?: { ResourceType: 'snapshot'; Tags: Tag[] }[] } }
   | { op: 'DescribeSnapshots'; input: { SnapshotIds?: string[]; Filters?: Filter[]; OwnerIds?: string[]; MaxResults?: number; NextToken?: string } }
-  | { op: 'DeleteSnapshot'; input: { SnapshotId: string } };
+  | { op: 'DeleteSnapshot'; input: { SnapshotId: string } }
+) & { dryRun?: boolean };
 
 const MEMBERS: Record<SnapshotRequest['op'], readonly string[]> = {
-  CreateSnapshot: ['VolumeId', 'Description', 'TagSpecifications'],
-  DescribeSnapshots: ['SnapshotIds', 'Filters', 'OwnerIds', 'MaxResults', 'NextToken'],
-  DeleteSnapshot: ['SnapshotId'],
+  CreateSnapshot: ['VolumeId', 'Description', 'TagSpecifications', 'DryRun'],
+  DescribeSnapshots: ['SnapshotIds', 'Filters', 'OwnerIds', 'MaxResults', 'NextToken', 'DryRun'],
+  DeleteSnapshot: ['SnapshotId', 'DryRun'],
 };
 
 /** An untrusted body -> a typed snapshot request, or an Ec2RequestError naming the member. */
@@ -44,6 +46,11 @@ export function parseSnapshotRequest(op: SnapshotRequest['op'], body: unknown): 
     if (!allowed.includes(k)) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', k, `The parameter ${printable(k)} is not recognized by ${op} (it takes: ${allowed.join(', ')})`);
   }
   const m = (k: string): unknown => (Object.hasOwn(b, k) ? b[k] : undefined);
+  const req = parseMembers(op, m);
+  return dryRun(m) ? { ...req, dryRun: true } : req;
+}
+
+function parseMembers(op: SnapshotRequest['op'], m: (k: string) => unknown): SnapshotRequest {
   switch (op) {
     case 'CreateSnapshot': {
       const input: Extract<SnapshotRequest, { op: 'CreateSnapshot' }>['input'] = { VolumeId: volumeId(m('VolumeId'), 'VolumeId') };
@@ -133,18 +140,21 @@ export interface SnapshotApiOptions {
 
 /** Audits a refusal and throws it (the daemon's deny()); `volumeId` when the request names a volume. */
 export type Deny = (refusal: UnauthorizedOperation, volumeId: string | undefined) => Promise<never>;
+/** Audits a dry run that would have been allowed and throws DryRunOperation (the daemon's dryRun()). */
+export type DryRun = (volumeId: string | undefined) => Promise<never>;
 
 /** Runs a parsed snapshot request: authorization first (per snapshot where EC2 has a resource), then the manager. */
 export class SnapshotApi {
   constructor(private readonly o: SnapshotApiOptions) {}
 
-  async run(req: SnapshotRequest, caller: Caller, deny: Deny): Promise<unknown> {
+  async run(req: SnapshotRequest, caller: Caller, deny: Deny, dry: DryRun): Promise<unknown> {
     const { snapshots, authz } = this.o;
     switch (req.op) {
       case 'CreateSnapshot': {
         const tags = (req.input.TagSpecifications ?? []).flatMap((s) => s.Tags);
         const refusal = authz.checkCreateSnapshot(req.input.VolumeId, tags, caller);
         if (refusal) await deny(refusal, req.input.VolumeId);
+        if (req.dryRun) await dry(req.input.VolumeId);
         return snapshots.createSnapshot(req.input, caller);
       }
       case 'DescribeSnapshots': {
@@ -154,6 +164,7 @@ export class SnapshotApi {
           const refusal = m ? authz.checkSnapshot('DescribeSnapshots', toEc2Snapshot(m), caller) : authz.checkSnapshotId('DescribeSnapshots', id, caller);
           if (refusal) await deny(refusal, undefined);
         }
+        if (req.dryRun) await dry(undefined);
         // Only the snapshots the caller may describe (ec2:DescribeSnapshots, per snapshot).
         const all: Ec2Snapshot[] = (await snapshots.describeSnapshots(query)).map(toEc2Snapshot).filter((s) => authz.checkSnapshot('DescribeSnapshots', s, caller) === undefined);
         return page(all, MaxResults, NextToken);
@@ -163,6 +174,7 @@ export class SnapshotApi {
         const m = await snapshots.getManifest(id);
         const refusal = m ? authz.checkSnapshot('DeleteSnapshot', toEc2Snapshot(m), caller) : authz.checkSnapshotId('DeleteSnapshot', id, caller);
         if (refusal) await deny(refusal, undefined);
+        if (req.dryRun) await dry(undefined);
         await snapshots.deleteSnapshot(id, caller);
         return { Return: true };
       }

@@ -121,26 +121,43 @@ export class SnapshotRestore {
       throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `Snapshot '${m.snapshotId}' is encrypted: a volume created from it is always encrypted (Encrypted false / Cipher none refused)`, { awsName: 'InvalidParameterCombination' });
     }
     if (plainAsked && req.KmsKeyId !== undefined) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key', { awsName: 'InvalidParameterCombination' });
+    // The new volume's key, resolved before anything is created: a key that does not exist (or the caller may not
+    // describe) fails the request, as it does without SnapshotId, and the volume shows its key ARN while `creating`.
+    const target = await this.targetKey(snap, req, plainAsked, caller);
     const { SnapshotId: _s, Size: _z, ...rest } = req;
     // EC2 answers `creating` at once; the blocks are written behind it (`--wait` polls for `available`).
-    return this.volumes.createVolume({ ...rest, Size: size }, caller, (o) => {
+    return this.volumes.createVolume({ ...rest, ...(target !== undefined ? { KmsKeyId: target } : {}), Size: size }, caller, (o) => {
       held.started = true;
-      return this.build(snap, req, plainAsked, o).finally(release);
+      return this.build(snap, target, o).finally(release);
     }, { background: true, snapshotId: m.snapshotId });
   }
 
-  private async build(snap: OpenedSnapshot, req: RestoreVolumeRequest, plainAsked: boolean, o: ImageBuildContext): Promise<ImageBuilt> {
+  /**
+   * The key ARN of the volume restored from `snap`: none for a plaintext one; the snapshot's when no
+   * KmsKeyId is given (EC2), else KmsKeyId resolved (DescribeKey on the caller's behalf, via EC2);
+   * for an unencrypted snapshot restored encrypted, KmsKeyId or `alias/aws/ebs`.
+   */
+  private async targetKey(snap: OpenedSnapshot, req: RestoreVolumeRequest, plainAsked: boolean, caller: Caller): Promise<string | undefined> {
+    const m = snap.manifest;
+    if (!m.encrypted && plainAsked) return undefined;
+    if (m.encrypted && req.KmsKeyId === undefined) return m.wrappedKey!.keyArn;
+    const via: Caller = { ...caller, viaService: this.volumes.viaService };
+    return (await this.volumes.keyService.describeKey({ KeyId: req.KmsKeyId ?? 'alias/aws/ebs' }, via)).KeyMetadata.Arn;
+  }
+
+  private async build(snap: OpenedSnapshot, target: string | undefined, o: ImageBuildContext): Promise<ImageBuilt> {
     const m = snap.manifest;
     const t0 = Date.now();
-    const built = await this.buildImage(snap, req, plainAsked, o);
+    const built = await this.buildImage(snap, target, o);
     this.log.info({ snapshotId: m.snapshotId, volumeId: o.volumeId, blocks: m.blocks.length, reEncrypted: built.details?.reEncrypted, ms: Date.now() - t0 }, 'volume restored from snapshot');
     return built;
   }
 
-  private async buildImage(snap: OpenedSnapshot, req: RestoreVolumeRequest, plainAsked: boolean, o: ImageBuildContext): Promise<ImageBuilt> {
+  /** `target`: the new volume's key ARN (targetKey), undefined for a plaintext volume. */
+  private async buildImage(snap: OpenedSnapshot, target: string | undefined, o: ImageBuildContext): Promise<ImageBuilt> {
     const m = snap.manifest;
     const details = { snapshotId: m.snapshotId };
-    if (!m.encrypted && plainAsked) {
+    if (target === undefined) {
       // Measurement-only snapshot to a measurement-only volume: the blocks as they are, a header naming the new volume.
       const fh = await fsp.open(o.path, 'wx', 0o600);
       try {
@@ -152,15 +169,10 @@ export class SnapshotRestore {
       await this.copyBlocks(snap, o, m.dataOffset, null, null);
       return { kmsKeyId: '', unencrypted: true, details: { ...details, reEncrypted: false } };
     }
-    if (m.encrypted) {
-      const wk = m.wrappedKey!;
-      // No KmsKeyId: the snapshot's key (EC2). One given: the same key if it resolves to the same ARN.
-      const targetArn = req.KmsKeyId === undefined ? wk.keyArn : (await o.keyService.describeKey({ KeyId: req.KmsKeyId }, o.via)).KeyMetadata.Arn;
-      if (targetArn === wk.keyArn) return this.buildSameKey(snap, o, details);
-      return this.buildNewKey(snap, targetArn, o, details);
-    }
-    // A measurement-only snapshot to an encrypted volume: encrypted under a new key (the default key unless one is given).
-    return this.buildNewKey(snap, req.KmsKeyId ?? 'alias/aws/ebs', o, details);
+    // The same key as the snapshot's (none given, or one resolving to its ARN): the data key is shared.
+    if (m.encrypted && target === m.wrappedKey!.keyArn) return this.buildSameKey(snap, o, details);
+    // Another key, or a measurement-only snapshot to an encrypted volume: a new data key under it.
+    return this.buildNewKey(snap, target, o, details);
   }
 
   /** Same KMS key: share the data key (ReEncrypt to the new volume's context), copy ciphertext. */

@@ -127,6 +127,12 @@ export class Attachments {
 
   // ---- AttachVolume ------------------------------------------------------
 
+  /** This host is the one instance ebsd knows: another InstanceId is EC2's InvalidInstanceID.NotFound. */
+  private checkInstance(instanceId: string | undefined): void {
+    if (instanceId === undefined || instanceId === this.instanceId) return;
+    throw new VolumeError('VOLUME_INSTANCE_NOT_FOUND', `The instance ID '${instanceId}' does not exist (this host is ${this.instanceId})`, { awsName: 'InvalidInstanceID.NotFound' });
+  }
+
   /**
    * docs/architecture.md §6.2: CreateGrant on the caller's behalf (grantee and retiring
    * principal: the host; [Decrypt]; EncryptionContextSubset on the volume),
@@ -134,13 +140,13 @@ export class Attachments {
    * LUKS2 digest, then serve I/O. `Device` is informational.
    */
   async attachVolume(req: { VolumeId: string; InstanceId?: string; Device?: string }, caller: Caller) {
+    this.checkInstance(req.InstanceId);
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
       if (this.live.has(rec.volumeId) || rec.state === 'in-use') {
         throw new VolumeError('VOLUME_IN_USE', `vol ${rec.volumeId} is already attached to ${rec.attachment?.instanceId ?? this.instanceId}`, { awsName: 'VolumeInUse' });
       }
       if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
-      if (req.InstanceId !== undefined && req.InstanceId !== this.instanceId) throw invalidParameter(`This host is ${this.instanceId}`);
       if (rec.pendingGrantRetirements?.length) await this.grants.retirePending(rec);
       if (formatOf(rec).measurementOnly) this.checkUnencryptedAllowed('attach');
       const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
@@ -255,7 +261,8 @@ export class Attachments {
    * after the device is closed leaves a `detaching` intent that the next
    * start finishes (finishDetach).
    */
-  async detachVolume(req: { VolumeId: string; Force?: boolean }, caller: Caller) {
+  async detachVolume(req: { VolumeId: string; Force?: boolean; InstanceId?: string }, caller: Caller) {
+    this.checkInstance(req.InstanceId);
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
       if (rec.state !== 'in-use' || !rec.attachment) {

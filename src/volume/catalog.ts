@@ -55,6 +55,13 @@ export interface VolumeRecord {
    * attachment whose grant may be gone.
    */
   detaching?: { since: string };
+  /**
+   * CreateVolume's ClientToken and a digest of the request it came with (its
+   * parameters and caller): a repeat with the same token answers this volume,
+   * one with other parameters is IdempotentParameterMismatch. Kept as long as
+   * the record (so across restarts); forgotten with the volume at DeleteVolume.
+   */
+  clientToken?: { token: string; request: string };
   /** Why the volume is `error` (a restore from a snapshot that failed), as DescribeVolumes shows it. No secrets: error names and ids. */
   stateMessage?: string;
 }

@@ -6,6 +6,8 @@ import { LUKS2_DATA_OFFSET } from './luks2-json.js';
 
 export const MIN_VOLUME_SIZE = 1024 * 1024; // 1 MiB
 export const MAX_VOLUME_SIZE = 64 * 1024 ** 4; // 64 TiB, EBS io2 Block Express maximum
+/** What every size refusal says: ebsd's Size is not EC2's (GiB, an integer). */
+export const SIZE_UNIT_HINT = 'Size is in bytes, or a string with a unit such as "8GiB" (EC2\'s Size is GiB)';
 const UNITS: ReadonlyMap<string, number> = new Map([
   ['', 1], ['B', 1], ['K', 1024], ['KiB', 1024], ['M', 1024 ** 2], ['MiB', 1024 ** 2], ['G', 1024 ** 3], ['GiB', 1024 ** 3], ['T', 1024 ** 4], ['TiB', 1024 ** 4],
 ]);
@@ -20,11 +22,11 @@ export function parseVolumeSize(v: unknown, name = 'Size'): number {
   else if (typeof v === 'string') {
     const m = /^\s*([0-9]{1,20})\s*([A-Za-z]{0,3})\s*$/.exec(v);
     const unit = m ? UNITS.get(m[2]!) : undefined;
-    if (!m || unit === undefined) throw invalidParameter(`Invalid value '${v.slice(0, 64)}' for ${name}. Use bytes or a suffix KiB, MiB, GiB, TiB.`);
+    if (!m || unit === undefined) throw invalidParameter(`Invalid value '${v.slice(0, 64)}' for ${name}. Use bytes or a suffix KiB, MiB, GiB, TiB: ${SIZE_UNIT_HINT}.`);
     bytes = Number(m[1]) * unit;
   } else throw invalidParameter(`${name} is required`);
   if (!Number.isSafeInteger(bytes) || bytes < MIN_VOLUME_SIZE || bytes > MAX_VOLUME_SIZE) {
-    throw invalidParameter(`Invalid value '${String(v)}' for ${name}: must be from 1 MiB to 64 TiB.`);
+    throw invalidParameter(`Invalid value '${String(v)}' for ${name}: must be from 1 MiB to 64 TiB. ${SIZE_UNIT_HINT}.`);
   }
   if (bytes % 4096 !== 0) throw invalidParameter(`Invalid value '${String(v)}' for ${name}: must be a multiple of 4 KiB.`);
   return bytes;

@@ -29,6 +29,9 @@ import { EbsdError } from '../util/errors.js';
 import { faultPoint } from '../util/fault-point.js';
 
 export const DEFAULT_KMS_KEY = 'alias/aws/ebs';
+/** What EC2 shows for a gp3 volume created without Iops and Throughput: the baseline, 3000 IOPS and 125 MiB/s. */
+const GP3_IOPS = 3000;
+const GP3_THROUGHPUT_MIBPS = 125;
 const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
 
 /** Audit-worthy volume events, for the daemon to append to its audit trail. */
@@ -96,6 +99,8 @@ export interface CreateVolumeRequest {
   /** Shortcut for a `Name` tag. */
   Name?: string;
   TagSpecifications?: { ResourceType?: string; Tags: { Key: string; Value: string }[] }[];
+  /** EC2's ClientToken and a digest of the request (parameters and caller), recorded with the volume (VolumeManager.repeatCreate). */
+  clientToken?: { token: string; request: string };
 }
 
 /** A volume as a snapshot sees it (VolumeManager.withVolumeForSnapshot). */
@@ -174,7 +179,8 @@ export class VolumeManager {
   readonly dir: string;
   private readonly log: Logger;
   private readonly ks: KeyService;
-  private readonly viaService: string;
+  /** `ec2.<region>.amazonaws.com`: the kms:ViaService of the KMS calls made on a caller's behalf. */
+  readonly viaService: string;
   readonly instanceId: string;
   private readonly mutex = new KeyedMutex();
   private readonly attachments: Attachments;
@@ -326,7 +332,11 @@ export class VolumeManager {
     if (req.Name !== undefined) tags.push({ Key: 'Name', Value: req.Name });
     const volumeId = `vol-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const image = `${volumeId}.img`;
-    const rec: VolumeRecord = { volumeId, size, state: 'creating', kmsKeyId: req.KmsKeyId ?? '', createTime: new Date().toISOString(), tags, image, ...(snapshotId !== undefined ? { snapshotId } : {}) };
+    const rec: VolumeRecord = {
+      volumeId, size, state: 'creating', kmsKeyId: req.KmsKeyId ?? '', createTime: new Date().toISOString(), tags, image,
+      ...(snapshotId !== undefined ? { snapshotId } : {}),
+      ...(req.clientToken ? { clientToken: { token: req.clientToken.token, request: req.clientToken.request } } : {}),
+    };
     // Postcondition on crash from here on: a `creating` record, which recover() removes with its files.
     await this.catalog.put(rec);
     if (!background) {
@@ -379,6 +389,23 @@ export class VolumeManager {
     if (built.unencrypted) this.log.warn({ volumeId, size, encrypted: false }, 'UNENCRYPTED volume created: its data is stored in PLAINTEXT (measurement only)');
     else this.log.info({ volumeId, size, keyArn: rec.kmsKeyId, ...built.details }, 'volume created');
     this.audit({ eventName: 'CreateVolume', volumeId, principal: caller.arn, details });
+  }
+
+  /**
+   * A CreateVolume repeated with a ClientToken already recorded: the volume it
+   * created, as it is now (audited as a CreateVolume, `idempotentRepeat`),
+   * or IdempotentParameterMismatch when `request` (the digest of its
+   * parameters and caller) differs. Undefined when no volume holds the token:
+   * a first use, or one whose volume was deleted or whose create failed.
+   */
+  repeatCreate(token: string, request: string, caller: Caller): ReturnType<VolumeManager['describe']> | undefined {
+    const rec = this.catalog.list().find((r) => r.clientToken?.token === token);
+    if (!rec) return undefined;
+    if (rec.clientToken!.request !== request) {
+      throw new VolumeError('VOLUME_IDEMPOTENT_MISMATCH', `The client token '${token}' was already used by a CreateVolume request with different parameters`, { awsName: 'IdempotentParameterMismatch' });
+    }
+    this.audit({ eventName: 'CreateVolume', volumeId: rec.volumeId, principal: caller.arn, details: { size: rec.size, idempotentRepeat: true, state: rec.state } });
+    return this.describe(rec);
   }
 
   /** Resolves when every create running in the background has ended (tests, shutdown). */
@@ -486,7 +513,7 @@ export class VolumeManager {
   }
 
   /** DetachVolume: drain, fdatasync, wipe the key, retire the grant (Attachments.detachVolume). */
-  detachVolume(req: { VolumeId: string; Force?: boolean }, caller: Caller) {
+  detachVolume(req: { VolumeId: string; Force?: boolean; InstanceId?: string }, caller: Caller) {
     return this.attachments.detachVolume(req, caller);
   }
 
@@ -626,6 +653,10 @@ export class VolumeManager {
       // EC2 omits KmsKeyId for an unencrypted volume.
       ...(r.unencrypted ? {} : { KmsKeyId: r.kmsKeyId }),
       VolumeType: 'gp3',
+      // gp3's baseline, which ebsd does not enforce (the volume runs as fast as the disk and the cipher allow).
+      Iops: GP3_IOPS,
+      Throughput: GP3_THROUGHPUT_MIBPS,
+      MultiAttachEnabled: false,
       AvailabilityZone: this.o.availabilityZone ?? `${this.o.region ?? 'us-east-1'}a`,
       Attachments: r.attachment
         ? [{ VolumeId: r.volumeId, InstanceId: r.attachment.instanceId, Device: r.attachment.device, State: 'attached', AttachTime: r.attachment.attachTime, DeleteOnTermination: false }]

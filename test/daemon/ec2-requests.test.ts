@@ -64,7 +64,11 @@ describe('parseEc2Request', () => {
       expect(parseEc2Request('DescribeVolumes', { Filters: [{ Name, Values: ['*'] }] })).toEqual({ op: 'DescribeVolumes', input: { Filters: [{ Name, Values: ['*'] }] } });
     }
     expect(refusal('DescribeVolumes', { VolumeIds: ['vol-0123456789abcdef0'], MaxResults: 5 }).awsName).toBe('InvalidParameterCombination');
-    expect(refusal('DescribeVolumes', { MaxResults: 501 }).member).toBe('MaxResults');
+    expect(refusal('DescribeVolumes', { MaxResults: 4 }).member).toBe('MaxResults');
+    // EC2: a value over 500 returns 500 items (the AWS CLI sends 1000), it is not refused.
+    expect(parseEc2Request('DescribeVolumes', { MaxResults: 501 })).toEqual({ op: 'DescribeVolumes', input: { MaxResults: 500 } });
+    expect(parseEc2Request('DescribeVolumes', { MaxResults: 1000 })).toEqual({ op: 'DescribeVolumes', input: { MaxResults: 500 } });
+    expect(refusal('DescribeVolumes', { MaxResults: 1.5 }).member).toBe('MaxResults');
     expect(refusal('DescribeVolumes', { VolumeIds: 'vol-0123456789abcdef0' }).member).toBe('VolumeIds');
     expect(refusal('DescribeVolumes', { VolumeIds: Array(501).fill('vol-0123456789abcdef0') }).member).toBe('VolumeIds');
   });
