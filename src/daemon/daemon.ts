@@ -558,7 +558,15 @@ export class Daemon {
         if (snap.targetKeyArn !== undefined) req.input.KmsKeyId = snap.targetKeyArn;
       }
       // Checked and authorized: a dry run ends here, before the volume manager.
-      if (req.dryRun) await this.dryRun(source, op, caller, peer, volumeId);
+      if (req.dryRun) {
+        if ((req.op === 'DescribeVolumes' || req.op === 'DescribeVolumeStatus') && !req.input.VolumeIds?.length) {
+          const listing = req.op;
+          const mgr = this.mgr!;
+          const refusal = await this.ec2Authz!.checkListingDryRun(listing, caller, () => mgr.describeVolumes().Volumes.some((v) => this.ec2Authz!.mayDescribe(listing, caller, v)));
+          if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
+        }
+        await this.dryRun(source, op, caller, peer, volumeId);
+      }
       return this.ec2Audit.run(op, { requestId: peer.requestId, caller, changes: !op.startsWith('Describe') }, () => this.volumeOp(req, caller, tokenRequest));
     }
     if (op === 'CopySnapshot') {
@@ -893,7 +901,8 @@ export class Daemon {
     return this.verifying.run('audit', async () => {
       if (this.stopping) throw stopping(); // queued behind another check while the stop began
       if (b.Seal !== false) await this.kms!.sealAudit();
-      return verifyAuditLogOffThread(join(this.paths.kms, 'audit'), { signal: this.verifyAbort.signal });
+      // Against the HSM's own public key: the PEM file beside the log is only a copy anyone who can write the state dir could swap.
+      return verifyAuditLogOffThread(join(this.paths.kms, 'audit'), { publicKeyPem: this.kms!.audit.publicKeyPem, signal: this.verifyAbort.signal });
     });
   }
 

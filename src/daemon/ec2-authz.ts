@@ -153,6 +153,22 @@ export class Ec2Authorizer {
     }
   }
 
+  /**
+   * A DryRun of a listing without ids (DescribeVolumes, DescribeVolumeStatus, DescribeSnapshots): the
+   * real call refuses nothing and filters its answer per item, but a dry run must say whether the
+   * caller may make the call at all (EC2: UnauthorizedOperation otherwise). Allowed when a statement
+   * allows the action on every resource of the type (`wildcardArn`, no resource context), or on at
+   * least one item the caller would be shown (`anyShown`, asked only then).
+   */
+  checkListingDryRun(op: 'DescribeVolumes' | 'DescribeVolumeStatus' | 'DescribeSnapshots', caller: Caller, anyShown: () => boolean | Promise<boolean>): UnauthorizedOperation | undefined | Promise<UnauthorizedOperation | undefined> {
+    if (caller.type === 'Root') return undefined;
+    const wildcard = op === 'DescribeSnapshots' ? this.snapshotArn('*') : this.volumeArn('*');
+    const onAll = this._decide(EC2_ACTIONS.get(op)!, wildcard, caller, this._common(new Map()));
+    if (!onAll) return undefined;
+    const shown = anyShown();
+    return shown instanceof Promise ? shown.then((yes) => (yes ? undefined : onAll)) : shown ? undefined : onAll;
+  }
+
   /** May `caller` see this volume in a DescribeVolumes / DescribeVolumeStatus / `ebsd status` answer? */
   mayDescribe(op: 'DescribeVolumes' | 'DescribeVolumeStatus', caller: Caller, v: VolumeView): boolean {
     if (caller.type === 'Root') return true;

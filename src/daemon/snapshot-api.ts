@@ -164,7 +164,13 @@ export class SnapshotApi {
           const refusal = m ? authz.checkSnapshot('DescribeSnapshots', toEc2Snapshot(m), caller) : authz.checkSnapshotId('DescribeSnapshots', id, caller);
           if (refusal) await deny(refusal, undefined);
         }
-        if (req.dryRun) await dry(undefined);
+        if (req.dryRun) {
+          if (!query.SnapshotIds?.length) {
+            const refusal = await authz.checkListingDryRun('DescribeSnapshots', caller, async () => (await snapshots.describeSnapshots(query)).some((m) => authz.checkSnapshot('DescribeSnapshots', toEc2Snapshot(m), caller) === undefined));
+            if (refusal) await deny(refusal, undefined);
+          }
+          await dry(undefined);
+        }
         // Only the snapshots the caller may describe (ec2:DescribeSnapshots, per snapshot).
         const all: Ec2Snapshot[] = (await snapshots.describeSnapshots(query)).map(toEc2Snapshot).filter((s) => authz.checkSnapshot('DescribeSnapshots', s, caller) === undefined);
         return page(all, MaxResults, NextToken);

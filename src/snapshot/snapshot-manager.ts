@@ -425,18 +425,29 @@ export class SnapshotManager {
       if (plan.incremental && parent) {
         const reread = new Set(plan.indexes);
         for (const [i, h] of parent.blocks) if (i < nBlocks && !reread.has(i)) inherited.set(i, h);
-        // The parent may be deleted meanwhile: its blocks, pinned since its manifest was read (pinParent), stay until
-        // this manifest names them.
-        // One look-up of the method (the store may be a Proxy, describingStore), then no await for blocks the store knows in memory.
-        const inMemory = this.o.store.hasBlockInMemory?.bind(this.o.store);
-        for (const h of inherited.values()) {
-          if (!inMemory?.(h) && !(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the parent ${parent.snapshotId} is missing from ${this.o.store.location}`);
+        if (this.o.store.singleWriter) {
+          // The parent may be deleted meanwhile: its blocks, pinned since its manifest was read (pinParent), stay until
+          // this manifest names them; only this daemon collects this store, so the pins are enough.
+          // One look-up of the method (the store may be a Proxy, describingStore), then no await for blocks the store knows in memory.
+          const inMemory = this.o.store.hasBlockInMemory?.bind(this.o.store);
+          for (const h of inherited.values()) {
+            if (!inMemory?.(h) && !(await this.o.store.hasBlock(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the parent ${parent.snapshotId} is missing from ${this.o.store.location}`);
+          }
+        } else {
+          // A collector of another daemon sharing the store spares what a manifest names, pending ones too, and
+          // re-reads a block's age just before it deletes (docs/architecture.md §13.3). The pins above are this
+          // daemon's only. So: name the inherited blocks first, then touch each (its age renewed: a collector
+          // that marked before our manifest and reads the age after the touch spares it); one gone by then is
+          // found missing here, before anything names it as stored.
+          if (inherited.size) await this.o.store.putManifest({ ...m, blocks: sortBlocks(inherited) });
+          const gone: BlockHash[] = [];
+          await inParallel([...new Set(inherited.values())], STORE_REQUESTS_IN_FLIGHT, async (h) => {
+            if (!(await (this.o.store.touchBlock ? this.o.store.touchBlock(h) : this.o.store.hasBlock(h)))) gone.push(h);
+          });
+          if (gone.length) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${gone[0]} of the parent ${parent.snapshotId} is missing from ${this.o.store.location}${gone.length > 1 ? ` (and ${gone.length - 1} more)` : ''}`);
         }
       }
-      // A collector of another daemon sharing the store spares what a manifest names, pending ones too:
-      // name the inherited blocks now and the blocks found in the store at each progress step (docs/architecture.md §13.3).
-      // A store only this daemon collects (the directory store) has the pins taken above instead.
-      if (inherited.size && !this.o.store.singleWriter) await this.o.store.putManifest({ ...m, blocks: sortBlocks(inherited) });
+      // The blocks found in the store are named at each progress step, for the same collectors.
       batch = this.o.store.openBlockBatch?.();
       const b = batch;
       // The header area (16 MiB for LUKS2) is hashed on libuv's pool while the blocks are copied.

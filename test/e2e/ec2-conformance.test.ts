@@ -184,6 +184,18 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     expect(denied.stderr).toMatch(/^ebsd: UnauthorizedOperation: /);
     const deniedSnap = await env.cli(['snapshot', 'delete', snap, '--dry-run'], { uid: 1000 });
     expect(deniedSnap.stderr).toMatch(/^ebsd: UnauthorizedOperation: /);
+    // Listings without ids refuse nobody for real (the answer is filtered), but a dry run says whether
+    // the caller may list at all: with no policy, UnauthorizedOperation; allowed on volume/*, DryRunOperation.
+    for (const args of [['volume', 'ls', '--dry-run'], ['snapshot', 'ls', '--dry-run']]) {
+      const r = await env.cli(args, { uid: 1000 });
+      expect(r.stderr, args.join(' ')).toMatch(/^ebsd: UnauthorizedOperation: /);
+    }
+    await env.ok(['iam', 'put-policy', 'user/dryrunner', '--policy-name', 'list', '--policy-document',
+      JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['ec2:DescribeVolumes', 'ec2:DescribeSnapshots'], Resource: '*' }] })]);
+    for (const args of [['volume', 'ls', '--dry-run'], ['snapshot', 'ls', '--dry-run']]) {
+      const r = await env.cli(args, { uid: 1000 });
+      expect(r.stderr, args.join(' ')).toMatch(/^ebsd: DryRunOperation: /);
+    }
     await env.untilClosed(attached);
     await env.ok(['detach', attached]);
   }, 120_000);

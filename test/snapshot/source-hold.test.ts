@@ -152,6 +152,53 @@ describe('source snapshot held against DeleteSnapshot', () => {
     }
   });
 
+  it('an incremental on a shared store names its inherited blocks in its pending manifest before it touches them; one freed by another host before the touch fails the create', async () => {
+    const vol = await h.newVolume();
+    let armed = false;
+    let victim = '';
+    let namedFirst: boolean | undefined;
+    const shared = new Proxy(h.store, {
+      get(target, prop) {
+        if (prop === 'singleWriter') return false;
+        if (prop === 'touchBlock') {
+          return async (x: string) => {
+            if (armed && x === victim && namedFirst === undefined) {
+              // What another host's collector would see at this moment: a pending manifest of ours naming the block.
+              namedFirst = (await target.listManifests()).some((m) => m.state === 'pending' && m.volumeId === vol && m.blocks.some(([, hh]) => hh === x));
+              await target.deleteBlock(x); // freed by that collector just before our touch
+            }
+            return target.touchBlock(x);
+          };
+        }
+        const v: unknown = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    }) as SnapshotStore;
+    const s2 = await SnapshotManager.open({ store: shared, localDir: join(h.dir, 'local-inherited'), volumes: h.mgr, accountId: ACCOUNT, gc });
+    const settled = async (id: string): Promise<SnapshotManifest> => {
+      let m = await h.store.getManifest(id);
+      for (let i = 0; i < 500 && m?.state === 'pending'; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        m = await h.store.getManifest(id);
+      }
+      return m!;
+    };
+    try {
+      const first = await settled((await s2.createSnapshot({ VolumeId: vol }, h.root)).SnapshotId);
+      expect(first.state).toBe('completed');
+      victim = first.blocks[0]![1];
+      armed = true;
+      const second = await settled((await s2.createSnapshot({ VolumeId: vol }, h.root)).SnapshotId); // nothing written since: every block inherited
+      expect(namedFirst, 'the pending manifest named the block before the touch').toBe(true);
+      expect(second.state, 'the create names no missing block').toBe('error');
+      expect(second.stateMessage).toContain(victim);
+      await s2.deleteSnapshot(second.snapshotId, h.root);
+      await s2.deleteSnapshot(first.snapshotId, h.root);
+    } finally {
+      await s2.close();
+    }
+  });
+
   it('CreateVolume from a snapshot: a delete while the header is read is InvalidSnapshot.InUse; the volume ends available', async () => {
     const src = await h.newSnapshot();
     const race = deleteAfterHeaderRead(src);

@@ -141,6 +141,12 @@ export class AuditLog {
   /** Writes, seals and rotations run one at a time, in order. */
   private queue: Promise<void> = Promise.resolve();
   private fingerprint = '';
+  /**
+   * The HSM's audit public key (derived from its sealed private key). `ebsd audit verify` checks
+   * against this one, not the PEM file beside the log, which anyone able to write the state dir
+   * could replace while the daemon runs.
+   */
+  publicKeyPem = '';
   private markPath = '';
   /** Why the log cannot be vouched for (seal-mark.ts); set at start, never cleared while running. */
   private integrityProblem: string | undefined;
@@ -183,6 +189,7 @@ export class AuditLog {
     const { dir } = this.o;
     mkdirSync(join(dir, DIGEST_DIR), { recursive: true, mode: 0o700 });
     const pem = (await this.o.hsm.call({ op: 'auditPublicKey' })).pem;
+    this.publicKeyPem = pem;
     this.fingerprint = sha256hex(pem);
     const pkPath = join(dir, PUBLIC_KEY_FILE);
     let old = '';

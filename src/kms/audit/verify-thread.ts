@@ -6,9 +6,9 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { verifyAuditLog } from './verify.js';
 
-const { dir, markPath } = workerData as { dir: string; markPath?: string };
+const { dir, markPath, publicKeyPem } = workerData as { dir: string; markPath?: string; publicKeyPem?: string };
 try {
-  parentPort!.postMessage({ result: verifyAuditLog(dir, markPath !== undefined ? { markPath } : {}) });
+  parentPort!.postMessage({ result: verifyAuditLog(dir, { ...(markPath !== undefined ? { markPath } : {}), ...(publicKeyPem !== undefined ? { publicKeyPem } : {}) }) });
 } catch (e) {
   parentPort!.postMessage({ error: (e as Error)?.message ?? String(e), code: (e as NodeJS.ErrnoException)?.code });
 }

@@ -151,12 +151,12 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
  * verification off the main thread"). The worker reads only the log; a
  * failure to read is thrown here with its message.
  */
-export function verifyAuditLogOffThread(dir: string, opts: { markPath?: string; signal?: AbortSignal } = {}): Promise<AuditVerifyResult> {
+export function verifyAuditLogOffThread(dir: string, opts: { markPath?: string; publicKeyPem?: string; signal?: AbortSignal } = {}): Promise<AuditVerifyResult> {
   if (opts.signal?.aborted) return Promise.reject(new Error(`audit verification of ${dir} stopped: ${String(opts.signal.reason)}`));
   const dev = import.meta.url.endsWith('.ts');
   const url = new URL(dev ? './verify-thread.ts' : './verify-thread.js', import.meta.url);
   const worker = new Worker(url, {
-    workerData: { dir, ...(opts.markPath !== undefined ? { markPath: opts.markPath } : {}) },
+    workerData: { dir, ...(opts.markPath !== undefined ? { markPath: opts.markPath } : {}), ...(opts.publicKeyPem !== undefined ? { publicKeyPem: opts.publicKeyPem } : {}) },
     execArgv: dev ? ['--import', devLoaderUrl()] : [],
     name: 'audit-verify',
   });
