@@ -559,6 +559,8 @@ export class Daemon {
       }
       // Checked and authorized: a dry run ends here, before the volume manager.
       if (req.dryRun) {
+        // What the real call would refuse before any effect, a dry run refuses too.
+        if (req.op === 'AttachVolume' || req.op === 'DetachVolume') this.mgr!.checkInstance(req.input.InstanceId);
         if ((req.op === 'DescribeVolumes' || req.op === 'DescribeVolumeStatus') && !req.input.VolumeIds?.length) {
           const listing = req.op;
           const mgr = this.mgr!;

@@ -128,7 +128,7 @@ export class Attachments {
   // ---- AttachVolume ------------------------------------------------------
 
   /** This host is the one instance ebsd knows: another InstanceId is EC2's InvalidInstanceID.NotFound. */
-  private checkInstance(instanceId: string | undefined): void {
+  checkInstance(instanceId: string | undefined): void {
     if (instanceId === undefined || instanceId === this.instanceId) return;
     throw new VolumeError('VOLUME_INSTANCE_NOT_FOUND', `The instance ID '${instanceId}' does not exist (this host is ${this.instanceId})`, { awsName: 'InvalidInstanceID.NotFound' });
   }

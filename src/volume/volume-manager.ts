@@ -507,6 +507,11 @@ export class VolumeManager {
     return this.attachments.attachVolume(req, caller);
   }
 
+  /** AttachVolume / DetachVolume's InstanceId: this host's, or InvalidInstanceID.NotFound (a dry run checks it too). */
+  checkInstance(instanceId: string | undefined): void {
+    this.attachments.checkInstance(instanceId);
+  }
+
   /** After a daemon restart: re-attach the volumes recorded `in-use` on this host (Attachments.resumeAttachments). */
   resumeAttachments(only?: ReadonlySet<string>): Promise<{ resumed: string[]; failed: { volumeId: string; error: unknown }[] }> {
     return this.attachments.resumeAttachments(only);

@@ -95,6 +95,10 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     const other = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: 'i-0123456789abcdef0', Device: '/dev/sdf' });
     expect(other.status).toBe(400);
     expect(other.body).toMatchObject({ __type: 'InvalidInstanceID.NotFound', message: expect.stringMatching(/^The instance ID 'i-0123456789abcdef0' does not exist/) });
+    // A dry run refuses what the real call would: another instance is not DryRunOperation.
+    const dry = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: 'i-0123456789abcdef0', DryRun: true });
+    expect(dry.body.__type).toBe('InvalidInstanceID.NotFound');
+    expect((await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: host, DryRun: true })).body.__type).toBe('DryRunOperation');
     const bad = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: 'i-xyz', Device: '/dev/sdf' });
     expect(bad.body.__type).toBe('InvalidInstanceID.Malformed');
     expect((await env.ok(['volume', 'describe', vol])).Volumes[0].State).toBe('available');
