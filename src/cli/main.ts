@@ -9,7 +9,7 @@ import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
 // FUSE and crypto code the daemon needs (measured: ~0.6 s -> ~0.15 s per call).
-import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, VERSION, type DaemonConfig } from '../daemon/config.js';
+import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { createLogger } from '../util/logger.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
@@ -131,6 +131,7 @@ function daemonCommand(y: Argv): Argv {
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
+        .option('refusal-window', { type: 'string', describe: 'how long refusals of one caller are summed into one audit event (1s to 10m; default 10s)' })
         .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
         .option('snapshot-gc-grace', { type: 'string', hidden: true, describe: 'keep unreferenced snapshot blocks younger than this (default 1h)' })
         .option('write-behind', {
@@ -159,6 +160,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
         ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory') } : {}),
+        ...(a.refusalWindow !== undefined ? { refusalWindowMs: refusalWindow(a.refusalWindow) } : {}),
         ...(a.snapshotGcGrace !== undefined ? { snapshotGcGraceMs: parseDuration(a.snapshotGcGrace, '--snapshot-gc-grace', Number.MAX_SAFE_INTEGER) } : {}),
         ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
       };

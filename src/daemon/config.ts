@@ -32,6 +32,12 @@ export interface DaemonConfig {
   /** KMS rotation/deletion tick (ms); default 60 s. */
   tickMs?: number;
   /**
+   * How long refusals of one caller are summed before they are audited as one event
+   * (connection limits, unauthenticated and denied requests; README "Refused callers in the
+   * audit log"). Default 10 s; 1 s to 10 min.
+   */
+  refusalWindowMs?: number;
+  /**
    * Serve the KMS and STS over HTTP(S) on this address (README.md, "KMS over the network").
    * Plain HTTP only on a loopback address; anything else needs `tls`.
    */
@@ -112,6 +118,13 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   }
 }
 
+
+/** `--refusal-window`: a duration from 1 s to 10 min (parseDuration's forms). */
+export function refusalWindow(v: string | number): number {
+  const ms = parseDuration(v, '--refusal-window', 10 * 60_000);
+  if (ms < 1000) throw new ArgRangeError('--refusal-window', `must be at least 1s, got ${ms} ms`);
+  return ms;
+}
 
 /**
  * `300`, `300s`, `5m`, `1h`, `250ms` -> milliseconds, at most `maxMs`; an

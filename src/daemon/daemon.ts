@@ -202,6 +202,7 @@ export class Daemon {
     this.secrets = {}; // needed to open the domain only
     this.opened = await openKms({
       stateDir: paths.root, kmsDir: paths.kms, logger: log, ...(cfg.region ? { region: cfg.region } : {}), ...(hsmPassphrase !== undefined ? { passphrase: hsmPassphrase } : {}),
+      ...(cfg.refusalWindowMs !== undefined ? { auditRefusalWindowMs: cfg.refusalWindowMs } : {}),
     });
     this.authz = this.opened;
     this.kms = this.opened.core;
@@ -247,6 +248,7 @@ export class Daemon {
     }
 
     this.server = new ControlServer(paths.socket, (t, b, p) => this.handleCounted(t, b, p), log.child({ component: 'control' }), {
+      ...(cfg.refusalWindowMs !== undefined ? { limits: { refusalWindowMs: cfg.refusalWindowMs } } : {}),
       onRefusals: (rows) => this.auditThrottled(rows),
       isMapped: (uid) => this.authz!.identities.callerForUid(uid).type !== 'Unknown',
       onUnreadableBody: async (target, err, peer) => {
@@ -272,6 +274,7 @@ export class Daemon {
         ...(this.ebs ? { ebs: (op: string, members: Record<string, unknown>, caller: Caller, requestId: string) => this.ebs!.call(op, members, caller, { requestId }) as Promise<Record<string, unknown>> } : {}),
         log: log.child({ component: 'kms-listener' }),
         frontThreads: cfg.kmsFrontThreads ?? (cfg.kmsOnly ? 1 : 0),
+        ...(cfg.refusalWindowMs !== undefined ? { limits: { refusalWindowMs: cfg.refusalWindowMs } } : {}),
         onFatal: (e) => this.fail(e),
       });
       const a = await this.listener.listen();

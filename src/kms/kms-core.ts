@@ -62,6 +62,8 @@ export interface KmsOptions {
   authorizer?: Authorizer;
   /** Calls in the core at once before callers take turns (fair-gate.ts); default MAX_ACTIVE_CALLS. */
   maxActiveCalls?: number;
+  /** How long refused callers' repeats are summed before one aggregated event is written (refusal-aggregator.ts; default 10 s). */
+  auditRefusalWindowMs?: number;
 }
 
 /**
@@ -135,6 +137,7 @@ export class KmsService implements KmsCore {
         ...(opts.auditSealIntervalMs !== undefined ? { sealIntervalMs: opts.auditSealIntervalMs } : {}),
         ...(opts.auditRotateBytes ? { rotateBytes: opts.auditRotateBytes } : {}),
         ...(opts.auditReserveBytes !== undefined ? { reserveBytes: opts.auditReserveBytes } : {}),
+        ...(opts.auditRefusalWindowMs !== undefined ? { refusalWindowMs: opts.auditRefusalWindowMs } : {}),
       });
       const svc = new KmsService(opts, log, clock, keystore, hsm, audit);
       svc.nextDue = -Infinity; // first call (or tick) computes the real schedule

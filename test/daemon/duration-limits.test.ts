@@ -8,12 +8,23 @@
  */
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { checkDaemonConfig, parseDuration } from '../../src/daemon/config.js';
+import { checkDaemonConfig, parseDuration, refusalWindow } from '../../src/daemon/config.js';
 import { MAX_TIMER_MS, type Clock, type TimerHandle } from '../../src/util/clock.js';
 import { KeyCache, type KeyCheckMembership } from '../../src/volume/key-cache.js';
 import { ensureBuilt } from '../e2e/helpers.js';
 
 const H = 3_600_000;
+
+describe('--refusal-window', () => {
+  it('takes 1 s to 10 min in parseDuration\'s forms and refuses the rest, naming the flag', () => {
+    expect(refusalWindow('3s')).toBe(3000);
+    expect(refusalWindow('10m')).toBe(600_000);
+    expect(refusalWindow(1)).toBe(1000);
+    expect(() => refusalWindow('500ms')).toThrow(/--refusal-window.*at least 1s/);
+    expect(() => refusalWindow('11m')).toThrow(/--refusal-window/);
+    expect(() => refusalWindow('soon')).toThrow(/--refusal-window/);
+  });
+});
 
 describe('durations that feed a timer', () => {
   it('parseDuration takes up to 2^31-1 ms and refuses more, naming the flag and the limit', () => {

@@ -53,8 +53,8 @@ export const FRONT_THREADS = [1, 0] as const;
  * certificate from a fresh test CA (`ca`: the CA's PEM file, for AWS_CA_BUNDLE / NODE_EXTRA_CA_CERTS);
  * with `frontThreads`, that `--kms-front-threads` (else the daemon's default).
  */
-export async function startKmsDaemon(env: Env, o: { tls?: boolean; frontThreads?: number } = {}): Promise<{ url: string; ca?: string }> {
-  const front = o.frontThreads !== undefined ? ['--kms-front-threads', String(o.frontThreads)] : [];
+export async function startKmsDaemon(env: Env, o: { tls?: boolean; frontThreads?: number; extra?: string[] } = {}): Promise<{ url: string; ca?: string }> {
+  const front = [...(o.frontThreads !== undefined ? ['--kms-front-threads', String(o.frontThreads)] : []), ...(o.extra ?? [])];
   if (!o.tls) {
     await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0', ...front]);
     return { url: await kmsUrl(env) };

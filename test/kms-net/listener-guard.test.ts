@@ -89,7 +89,8 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
 
   beforeAll(async () => {
     ensureBuilt();
-    url = new URL((await startKmsDaemon(env, { frontThreads: front })).url);
+    // Refusals are audited once their 3 s window ends (default 10 s): what each case waits for.
+    url = new URL((await startKmsDaemon(env, { frontThreads: front, extra: ['--refusal-window', '3s'] })).url);
   }, 60_000);
   afterAll(async () => {
     for (const s of flood) s.destroy();
@@ -124,11 +125,18 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     expect(other.body.__type).toBe('MissingAuthenticationTokenException');
 
     for (const s of flood) s.destroy();
-    // One event per (address, reason) and window, with the count; none per connection.
-    const ev = await poll(() => events().find((e) => e.eventName === 'KmsConnection' && e.errorCode === 'ThrottlingException'));
-    expect(ev.sourceIPAddress).toBe('127.0.0.1');
-    expect(ev.additionalEventData.aggregated.count).toBeGreaterThanOrEqual(FLOOD - PER_ADDRESS + 1);
-    expect(events().filter((e) => e.eventName === 'KmsConnection')).toHaveLength(1);
+    // One event per (address, reason) and window, with the count; none per connection. The flood and the
+    // request after it usually fall in one 3 s window; a loaded machine may spread them over a second one.
+    const refusals = (): Record<string, any>[] => events().filter((e) => e.eventName === 'KmsConnection');
+    const all = await poll(() => {
+      const r = refusals();
+      return r.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 0), 0) >= FLOOD - PER_ADDRESS + 1 && r;
+    });
+    expect(all.length).toBeLessThanOrEqual(2);
+    for (const e of all) {
+      expect(e.errorCode).toBe('ThrottlingException');
+      expect(e.sourceIPAddress).toBe('127.0.0.1');
+    }
   }, 90_000);
 
   it('200 unsigned requests with an 8 KB User-Agent: audited in aggregate, each record bounded', async () => {
@@ -144,7 +152,7 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
       const m = mine();
       return m.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 1), 0) === N && m;
     });
-    // At most (burst 5 + 1 summary) per 10 s window; one event per request would be N.
+    // At most (burst 5 + 1 summary) per 3 s window; one event per request would be N.
     expect(all.length).toBeLessThanOrEqual(N / 8);
     for (const e of all) {
       expect(e.errorCode).toBe('MissingAuthenticationTokenException');
