@@ -66,7 +66,7 @@ export function copySnapshot(
     const encrypted = src?.encrypted === true || req.Encrypted === true;
     const refusal = o.authz.checkCopySnapshot(req.SourceSnapshotId, src ? toEc2Snapshot(src) : undefined, { encrypted, tags }, caller);
     if (refusal) await deny(refusal);
-    // Authorized: a dry run ends here, before anything is written.
-    if (dry) await dry();
-  });
+  // Authorized, and the source and target key checked as the real call checks them (a source that does
+  // not exist is InvalidSnapshot.NotFound, not DryRunOperation): a dry run ends there, before anything is written.
+  }, dry);
 }

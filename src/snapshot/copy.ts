@@ -144,7 +144,12 @@ export class SnapshotCopier {
    * InvalidSnapshot.InUse, or has finished: InvalidSnapshot.NotFound here);
    * `authorize` runs once the source is read and before anything is written.
    */
-  async copySnapshot(req: CopySnapshotRequest, caller: Caller, authorize?: (source: SnapshotManifest | undefined) => Promise<void>): Promise<{ SnapshotId: string; Tags?: { Key: string; Value: string }[] }> {
+  async copySnapshot(
+    req: CopySnapshotRequest, caller: Caller,
+    authorize?: (source: SnapshotManifest | undefined) => Promise<void>,
+    /** A dry run: stops (throws) once the request, the source and the target key are checked as the real call checks them, before anything is written. */
+    dryRun?: () => Promise<never>,
+  ): Promise<{ SnapshotId: string; Tags?: { Key: string; Value: string }[] }> {
     if (req.SourceRegion !== this.o.region) {
       throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `SourceRegion '${req.SourceRegion}': this daemon serves ${this.o.region} only; a copy between regions needs the other region's store`, { awsName: 'InvalidParameterValue' });
     }
@@ -168,6 +173,7 @@ export class SnapshotCopier {
       } else if (encrypt) {
         targetKey = req.KmsKeyId ?? DEFAULT_EBS_KEY;
       }
+      if (dryRun) await dryRun();
       const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
       const tags = (req.TagSpecifications ?? []).flatMap((t) => t.Tags);
       const now = new Date().toISOString();

@@ -157,6 +157,8 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     }
     // Request checking still comes first.
     expect((await raw(env, 'DeleteVolume', { VolumeId: 'vol-1', DryRun: true })).body.__type).toBe('InvalidVolumeID.Malformed');
+    // And what the real copy would refuse after authorizing (a source that does not exist), a dry run refuses too.
+    expect((await raw(env, 'CopySnapshot', { SourceSnapshotId: 'snap-0123456789abcdef0', SourceRegion: region, DryRun: true })).body.__type).toBe('InvalidSnapshot.NotFound');
     expect((await raw(env, 'DescribeVolumes', { DryRun: false })).status).toBe(200);
 
     // Nothing changed.
