@@ -87,6 +87,35 @@ describe('authorization through the KMS core', () => {
     expect((await kms.call('GetKeyPolicy', { KeyId: keyId }, alice)).Policy).toBe(aliceOnly);
   });
 
+  it('RetireGrant is authorized by the grant itself: a grantee allowed RetireGrant by its own grant, or a key policy allowing kms:RetireGrant, cannot retire another principal\'s grant', async () => {
+    const ids = authz.identities;
+    await ids.createUser('carol');
+    await ids.mapUid(1001, 'user/carol');
+    await ids.createUser('bob');
+    await ids.mapUid(1002, 'user/bob');
+    const carol = ids.callerForUid(1001);
+    const bob = ids.callerForUid(1002);
+    const acct = `arn:aws:iam::${ACCOUNT}`;
+    // alice may RetireGrant by the key policy; carol has only a grant with DescribeKey and RetireGrant.
+    const { KeyMetadata } = await kms.call('CreateKey', {
+      Policy: doc(
+        { Sid: 'root', Effect: 'Allow', Principal: { AWS: `${acct}:root` }, Action: 'kms:*', Resource: '*' },
+        { Sid: 'alice', Effect: 'Allow', Principal: { AWS: `${acct}:user/alice` }, Action: 'kms:RetireGrant', Resource: '*' },
+      ),
+    }, root) as { KeyMetadata: { KeyId: string; Arn: string } };
+    const k = KeyMetadata.Arn;
+    const carols = await kms.call('CreateGrant', { KeyId: k, GranteePrincipal: `${acct}:user/carol`, Operations: ['DescribeKey', 'RetireGrant'] }, root) as { GrantId: string };
+    const bobs = await kms.call('CreateGrant', { KeyId: k, GranteePrincipal: `${acct}:user/bob`, Operations: ['DescribeKey'] }, root) as { GrantId: string };
+    expect(await denied('RetireGrant', { KeyId: k, GrantId: bobs.GrantId }, carol)).toMatch(/^AccessDeniedException: .*kms:RetireGrant.*because the grant does not allow it/);
+    expect(await denied('RetireGrant', { KeyId: k, GrantId: bobs.GrantId }, alice)).toMatch(/^AccessDeniedException: .*because the grant does not allow it/);
+    expect(await denied('RetireGrant', { KeyId: k, GrantId: bobs.GrantId }, bob)).toMatch(/^AccessDeniedException/); // its grant does not include RetireGrant
+    await kms.call('DescribeKey', { KeyId: k }, bob); // bob's grant still works
+    // Carol retires her own (it includes RetireGrant); the account that created bob's retires his.
+    await kms.call('RetireGrant', { KeyId: k, GrantId: carols.GrantId }, carol);
+    await kms.call('RetireGrant', { KeyId: k, GrantId: bobs.GrantId }, root);
+    expect(await denied('DescribeKey', { KeyId: k }, bob)).toMatch(/^AccessDeniedException/);
+  });
+
   it('EBS flow: managed key via EC2, grant to the host, constrained Decrypt, retire', async () => {
     const aliceVia: Caller = { ...alice, viaService: VIA };
     const ec = { 'aws:ebs:id': 'vol-0123456789abcdef0' };

@@ -146,11 +146,34 @@ export class PolicyAuthorizer implements Authorizer {
 
   /** The decision without the managed-key guard or grant-token checks (see `authorize`). */
   decide(req: AuthorizationRequest): Decision {
-    if (req.operation === 'RetireGrant' && req.caller.type !== 'Unknown') {
-      const g = this._grantOf(req);
-      if (g && mayRetireByGrant(g, req.caller)) return { allowed: true, by: 'grant', grantId: g.GrantId };
-    }
+    if (req.operation === 'RetireGrant') return this._decideRetire(req);
     return this.evaluator.evaluate(this.toAuthzRequest(req));
+  }
+
+  /**
+   * RetireGrant is authorized by the grant, not by policies (AWS KMS, "Retiring and revoking
+   * grants"): its retiring principal, its grantee if that grant includes RetireGrant, or the
+   * account that created it. "The kms:RetireGrant permission alone does not allow principals to
+   * retire a grant", so a key-policy or IAM Allow of kms:RetireGrant, or another grant of the
+   * caller's listing RetireGrant, retires nothing; an explicit Deny still refuses.
+   */
+  private _decideRetire(req: AuthorizationRequest): Decision {
+    const authz = this.toAuthzRequest(req);
+    const resource = authz.resource ?? authz.key?.arn ?? '*';
+    const g = req.caller.type === 'Unknown' ? undefined : this._grantOf(req);
+    if (g && mayRetireByGrant(g, req.caller)) {
+      const d = this.evaluator.evaluate(authz, { useGrants: false });
+      if (!d.allowed && (d.reason === 'explicit-deny-key-policy' || d.reason === 'explicit-deny-identity-policy')) return d;
+      return { allowed: true, by: 'grant', grantId: g.GrantId };
+    }
+    const d = this.evaluator.evaluate(authz, { useGrants: false });
+    // No such grant: a caller the policies allow learns that (NotFoundException from the operation); others are refused.
+    if (!g) return d;
+    if (!d.allowed && d.reason !== 'no-key-policy-allow' && d.reason !== 'no-identity-policy-allow') return d; // an explicit Deny, an unknown caller
+    return {
+      allowed: false, reason: 'no-key-policy-allow',
+      message: `User: ${req.caller.arn} is not authorized to perform: kms:RetireGrant on resource: ${resource} because the grant does not allow it: only its retiring principal, its grantee when the grant includes RetireGrant, or the account that created it may retire a grant`,
+    };
   }
 
   authorize(req: AuthorizationRequest): AuthorizationDecision {
