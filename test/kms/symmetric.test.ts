@@ -189,6 +189,17 @@ describe('symmetric operations', () => {
     expect(await awsError(kms.call('TagResource', { KeyId: keyId, Tags: [{ TagKey: 'aws:x', TagValue: 'v' }] }, admin))).toBe('TagException');
   });
 
+  it('duplicate tag keys in one request: TagException naming the key, nothing stored (CreateKey and TagResource)', async () => {
+    const dup = [{ TagKey: 'a', TagValue: '1' }, { TagKey: 'a', TagValue: '2' }];
+    const refusal = (p: Promise<unknown>) => p.then(() => 'no error', (e: { awsName?: string; message: string }) => `${e.awsName}: ${e.message}`);
+    const before = (await kms.call('ListKeys', {}, admin)).Keys as unknown[];
+    expect(await refusal(kms.call('CreateKey', { Tags: dup }, admin))).toMatch(/^TagException: .*"a"/);
+    expect((await kms.call('ListKeys', {}, admin)).Keys).toHaveLength(before.length);
+    const k = ((await kms.call('CreateKey', { Tags: [{ TagKey: 'a', TagValue: '0' }] }, admin)).KeyMetadata as { KeyId: string }).KeyId;
+    expect(await refusal(kms.call('TagResource', { KeyId: k, Tags: [...dup, { TagKey: 'b', TagValue: '3' }] }, admin))).toMatch(/^TagException: .*"a"/);
+    expect((await kms.call('ListResourceTags', { KeyId: k }, admin)).Tags).toEqual([{ TagKey: 'a', TagValue: '0' }]);
+  });
+
   it('CreateKey validation', async () => {
     expect(await awsError(kms.call('CreateKey', { KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'SIGN_VERIFY' }, admin))).toBe('ValidationException');
     expect(await awsError(kms.call('CreateKey', { KeySpec: 'RSA_1024' }, admin))).toBe('ValidationException');

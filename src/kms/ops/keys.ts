@@ -21,11 +21,16 @@ export function parseTags(req: KmsRequest, name = 'Tags'): { TagKey: string; Tag
   if (v === undefined || v === null) return undefined;
   if (!Array.isArray(v)) throw new ValidationException(`1 validation error detected: Value at '${name.toLowerCase()}' failed to satisfy constraint: Member must be a list`);
   if (v.length > 50) throw new TagException('A KMS key can have at most 50 tags');
+  const seen = new Set<string>();
   return v.map((t: unknown) => {
     const { TagKey, TagValue } = (t ?? {}) as Record<string, unknown>;
     if (typeof TagKey !== 'string' || TagKey.length < 1 || TagKey.length > 128) throw new TagException('TagKey must be 1-128 characters');
     if (typeof TagValue !== 'string' || TagValue.length > 256) throw new TagException('TagValue must be 0-256 characters');
     if (TagKey.startsWith('aws:')) throw new TagException('Tag keys beginning with aws: are reserved');
+    // A key has one value per tag key; one request naming a key twice is refused
+    // (CreateKey and TagResource alike) rather than keeping one value silently.
+    if (seen.has(TagKey)) throw new TagException(`Duplicate tag key in the request: ${JSON.stringify(TagKey)}; each TagKey may appear once`);
+    seen.add(TagKey);
     return { TagKey, TagValue };
   });
 }
