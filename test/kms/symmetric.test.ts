@@ -203,6 +203,12 @@ describe('symmetric operations', () => {
   it('CreateKey validation', async () => {
     expect(await awsError(kms.call('CreateKey', { KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'SIGN_VERIFY' }, admin))).toBe('ValidationException');
     expect(await awsError(kms.call('CreateKey', { KeySpec: 'RSA_1024' }, admin))).toBe('ValidationException');
+    // KeySpec and its deprecated twin CustomerMasterKeySpec: one or the other, not both (not even equal).
+    const before = ((await kms.call('ListKeys', {}, admin)).Keys as unknown[]).length;
+    expect(await awsError(kms.call('CreateKey', { KeySpec: 'RSA_2048', CustomerMasterKeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT' }, admin))).toBe('ValidationException');
+    expect(await awsError(kms.call('CreateKey', { KeySpec: 'SYMMETRIC_DEFAULT', CustomerMasterKeySpec: 'SYMMETRIC_DEFAULT' }, admin))).toBe('ValidationException');
+    expect(((await kms.call('ListKeys', {}, admin)).Keys as unknown[]).length).toBe(before);
+    expect((await kms.call('CreateKey', { CustomerMasterKeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC' }, admin)).KeyMetadata).toMatchObject({ KeySpec: 'HMAC_256', CustomerMasterKeySpec: 'HMAC_256' });
     expect(await awsError(kms.call('CreateKey', { Policy: '{not json' }, admin))).toBe('MalformedPolicyDocumentException');
     expect(await awsError(kms.call('CreateKey', { Origin: 'EXTERNAL' }, admin))).toBe('UnsupportedOperationException');
     const p = JSON.stringify({ Version: '2012-10-17', Statement: [] });

@@ -77,7 +77,14 @@ export function requireCustomerManaged(k: KeyRecord, op: string): void {
 export function registerKeyOperations(d: Dispatcher): void {
   d.registerOperation('CreateKey', async (ctx, call) => {
     const r = call.request;
-    const spec = (optEnum(r, 'KeySpec', KEY_SPECS) ?? optEnum(r, 'CustomerMasterKeySpec', KEY_SPECS) ?? 'SYMMETRIC_DEFAULT') as KeySpec;
+    // CustomerMasterKeySpec is the deprecated name of KeySpec ("they work the same way; only
+    // the names differ"): one request gives one or the other, never both.
+    const keySpec = optEnum(r, 'KeySpec', KEY_SPECS);
+    const cmkSpec = optEnum(r, 'CustomerMasterKeySpec', KEY_SPECS);
+    if (keySpec !== undefined && cmkSpec !== undefined) {
+      throw new ValidationException('You cannot specify both KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated; use KeySpec.');
+    }
+    const spec = (keySpec ?? cmkSpec ?? 'SYMMETRIC_DEFAULT') as KeySpec;
     const usage = optEnum<KeyUsage>(r, 'KeyUsage', ['ENCRYPT_DECRYPT', 'SIGN_VERIFY', 'GENERATE_VERIFY_MAC', 'KEY_AGREEMENT' as KeyUsage]);
     const allowed = allowedUsages(spec);
     if (usage !== undefined && !allowed.includes(usage)) {
