@@ -87,6 +87,11 @@ export function registerKeyOperations(d: Dispatcher): void {
     const spec = (keySpec ?? cmkSpec ?? 'SYMMETRIC_DEFAULT') as KeySpec;
     const usage = optEnum<KeyUsage>(r, 'KeyUsage', ['ENCRYPT_DECRYPT', 'SIGN_VERIFY', 'GENERATE_VERIFY_MAC', 'KEY_AGREEMENT' as KeyUsage]);
     const allowed = allowedUsages(spec);
+    // AWS accepts KEY_AGREEMENT for the NIST curves (DeriveSharedSecret); ebsd has no
+    // DeriveSharedSecret, so such a key is a valid request ebsd does not support.
+    if ((usage as string) === 'KEY_AGREEMENT' && spec.startsWith('ECC_NIST_')) {
+      throw new UnsupportedOperationException(`KeyUsage KEY_AGREEMENT is not supported by this KMS: ebsd does not implement DeriveSharedSecret, so it cannot create key agreement keys (KeySpec ${spec})`);
+    }
     if (usage !== undefined && !allowed.includes(usage)) {
       throw new ValidationException(`KeyUsage ${usage} is not compatible with KeySpec ${spec}`);
     }
