@@ -95,6 +95,11 @@ export function registerKeyOperations(d: Dispatcher): void {
     if (usage !== undefined && !allowed.includes(usage)) {
       throw new ValidationException(`KeyUsage ${usage} is not compatible with KeySpec ${spec}`);
     }
+    // AWS CreateKey: KeyUsage defaults to ENCRYPT_DECRYPT and is required unless that default fits
+    // (symmetric keys; RSA accepts it too). ECC and HMAC keys must name theirs: no silent guess.
+    if (usage === undefined && !allowed.includes('ENCRYPT_DECRYPT')) {
+      throw new ValidationException(`KeyUsage is required for KeySpec ${spec}: the default ENCRYPT_DECRYPT is not compatible with it; specify one of ${allowed.join(', ')}`);
+    }
     const origin = optStr(r, 'Origin') ?? 'AWS_KMS';
     if (!['AWS_KMS', 'EXTERNAL', 'AWS_CLOUDHSM', 'EXTERNAL_KEY_STORE'].includes(origin)) {
       throw new ValidationException(`1 validation error detected: Value at 'origin' failed to satisfy constraint: Member must satisfy enum value set`);
@@ -109,7 +114,7 @@ export function registerKeyOperations(d: Dispatcher): void {
     if (!validator) checkPolicy(policy);
     const bypass = optBool(r, 'BypassPolicyLockoutSafetyCheck') ?? false;
     const tags = parseTags(r);
-    const keyUsage = usage ?? allowed[0]!;
+    const keyUsage: KeyUsage = usage ?? 'ENCRYPT_DECRYPT';
     await call.authorize({});
     const keyId = randomUUID();
     if (policy !== undefined && validator) {
