@@ -20,7 +20,7 @@ export const isRsa = (s: string): boolean => s.startsWith('RSA_');
 export const isEcc = (s: string): boolean => s.startsWith('ECC_');
 export const isHmac = (s: string): boolean => s.startsWith('HMAC_');
 
-/** Usages AWS accepts for each spec; the first is the default when KeyUsage is omitted. */
+/** Usages AWS accepts for each spec (CreateKey's default, ENCRYPT_DECRYPT, only where listed; KEY_AGREEMENT is not supported here). */
 export function allowedUsages(spec: KeySpec): KeyUsage[] {
   if (spec === 'SYMMETRIC_DEFAULT') return ['ENCRYPT_DECRYPT'];
   if (isRsa(spec)) return ['ENCRYPT_DECRYPT', 'SIGN_VERIFY'];

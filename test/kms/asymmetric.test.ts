@@ -123,6 +123,32 @@ describe('asymmetric and HMAC keys (checked with node:crypto)', () => {
     expect(await awsError(kms.call('GenerateMac', { KeyId: sym.KeyId, Message: Buffer.from('m'), MacAlgorithm: 'HMAC_SHA_256' }, admin))).toBe('InvalidKeyUsageException');
     expect(await awsError(kms.call('GetPublicKey', { KeyId: sym.KeyId }, admin))).toBe('UnsupportedOperationException');
   }, 30_000);
+
+  it('KeyUsage is required for ECC and HMAC keys (the default ENCRYPT_DECRYPT does not fit); RSA takes the default', async () => {
+    const before = ((await kms.call('ListKeys', {}, admin)).Keys as unknown[]).length;
+    for (const spec of ['ECC_NIST_P256', 'ECC_SECG_P256K1', 'HMAC_256', 'HMAC_512']) {
+      for (const req of [{ KeySpec: spec }, { CustomerMasterKeySpec: spec }]) {
+        const e = await kms.call('CreateKey', req, admin).then(() => undefined, (x: { awsName?: string; message: string }) => x);
+        expect(e?.awsName, spec).toBe('ValidationException');
+        expect(e?.message).toMatch(/KeyUsage/);
+      }
+    }
+    expect(((await kms.call('ListKeys', {}, admin)).Keys as unknown[]).length).toBe(before);
+    expect((await kms.call('CreateKey', { KeySpec: 'RSA_2048' }, admin)).KeyMetadata).toMatchObject({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' });
+  }, 30_000);
+
+  it('KEY_AGREEMENT: valid for the NIST curves but unsupported here (no DeriveSharedSecret); invalid for other specs', async () => {
+    const before = ((await kms.call('ListKeys', {}, admin)).Keys as unknown[]).length;
+    for (const KeySpec of ['ECC_NIST_P256', 'ECC_NIST_P384', 'ECC_NIST_P521']) {
+      const e = await kms.call('CreateKey', { KeySpec, KeyUsage: 'KEY_AGREEMENT' }, admin).then(() => undefined, (x: { awsName?: string; message: string }) => x);
+      expect(e?.awsName, KeySpec).toBe('UnsupportedOperationException');
+      expect(e?.message).toMatch(/KEY_AGREEMENT/);
+    }
+    for (const KeySpec of ['ECC_SECG_P256K1', 'RSA_2048', 'HMAC_256', 'SYMMETRIC_DEFAULT']) {
+      expect(await awsError(kms.call('CreateKey', { KeySpec, KeyUsage: 'KEY_AGREEMENT' }, admin)), KeySpec).toBe('ValidationException');
+    }
+    expect(((await kms.call('ListKeys', {}, admin)).Keys as unknown[]).length).toBe(before);
+  });
 });
 
 describe('EMSA-PSS-VERIFY of a DIGEST signature (the HSM engine on a real domain)', () => {

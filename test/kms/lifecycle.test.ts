@@ -44,6 +44,29 @@ describe('rotation and deletion over simulated time', () => {
     }
   }, 30_000);
 
+  it('GetKeyRotationStatus: false while pending deletion, restored by CancelKeyDeletion; unchanged while disabled', async () => {
+    const t = tempDir();
+    const clock = new FakeClock();
+    const kms = await openKms(t.dir, { clock: clock.now });
+    try {
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      await kms.call('EnableKeyRotation', { KeyId: k.KeyId, RotationPeriodInDays: 90 }, admin);
+      const on = { KeyRotationEnabled: true, RotationPeriodInDays: 90, NextRotationDate: (clock.t + 90 * 86_400_000) / 1000 };
+      await kms.call('DisableKey', { KeyId: k.KeyId }, admin);
+      expect(await kms.call('GetKeyRotationStatus', { KeyId: k.KeyId }, admin)).toMatchObject(on);
+      await kms.call('ScheduleKeyDeletion', { KeyId: k.KeyId, PendingWindowInDays: 7 }, admin);
+      const pending = await kms.call('GetKeyRotationStatus', { KeyId: k.KeyId }, admin);
+      expect(pending.KeyRotationEnabled).toBe(false);
+      expect(pending).not.toHaveProperty('RotationPeriodInDays');
+      expect(pending).not.toHaveProperty('NextRotationDate');
+      await kms.call('CancelKeyDeletion', { KeyId: k.KeyId }, admin);
+      expect(await kms.call('GetKeyRotationStatus', { KeyId: k.KeyId }, admin)).toMatchObject(on);
+    } finally {
+      await kms.close();
+      t.cleanup();
+    }
+  }, 30_000);
+
   it('a key scheduled for deletion is really deleted when due, with its aliases, and survives a restart until then', async () => {
     const t = tempDir();
     const clock = new FakeClock();

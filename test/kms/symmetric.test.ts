@@ -189,9 +189,26 @@ describe('symmetric operations', () => {
     expect(await awsError(kms.call('TagResource', { KeyId: keyId, Tags: [{ TagKey: 'aws:x', TagValue: 'v' }] }, admin))).toBe('TagException');
   });
 
+  it('duplicate tag keys in one request: TagException naming the key, nothing stored (CreateKey and TagResource)', async () => {
+    const dup = [{ TagKey: 'a', TagValue: '1' }, { TagKey: 'a', TagValue: '2' }];
+    const refusal = (p: Promise<unknown>) => p.then(() => 'no error', (e: { awsName?: string; message: string }) => `${e.awsName}: ${e.message}`);
+    const before = (await kms.call('ListKeys', {}, admin)).Keys as unknown[];
+    expect(await refusal(kms.call('CreateKey', { Tags: dup }, admin))).toMatch(/^TagException: .*"a"/);
+    expect((await kms.call('ListKeys', {}, admin)).Keys).toHaveLength(before.length);
+    const k = ((await kms.call('CreateKey', { Tags: [{ TagKey: 'a', TagValue: '0' }] }, admin)).KeyMetadata as { KeyId: string }).KeyId;
+    expect(await refusal(kms.call('TagResource', { KeyId: k, Tags: [...dup, { TagKey: 'b', TagValue: '3' }] }, admin))).toMatch(/^TagException: .*"a"/);
+    expect((await kms.call('ListResourceTags', { KeyId: k }, admin)).Tags).toEqual([{ TagKey: 'a', TagValue: '0' }]);
+  });
+
   it('CreateKey validation', async () => {
     expect(await awsError(kms.call('CreateKey', { KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'SIGN_VERIFY' }, admin))).toBe('ValidationException');
     expect(await awsError(kms.call('CreateKey', { KeySpec: 'RSA_1024' }, admin))).toBe('ValidationException');
+    // KeySpec and its deprecated twin CustomerMasterKeySpec: one or the other, not both (not even equal).
+    const before = ((await kms.call('ListKeys', {}, admin)).Keys as unknown[]).length;
+    expect(await awsError(kms.call('CreateKey', { KeySpec: 'RSA_2048', CustomerMasterKeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT' }, admin))).toBe('ValidationException');
+    expect(await awsError(kms.call('CreateKey', { KeySpec: 'SYMMETRIC_DEFAULT', CustomerMasterKeySpec: 'SYMMETRIC_DEFAULT' }, admin))).toBe('ValidationException');
+    expect(((await kms.call('ListKeys', {}, admin)).Keys as unknown[]).length).toBe(before);
+    expect((await kms.call('CreateKey', { CustomerMasterKeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC' }, admin)).KeyMetadata).toMatchObject({ KeySpec: 'HMAC_256', CustomerMasterKeySpec: 'HMAC_256' });
     expect(await awsError(kms.call('CreateKey', { Policy: '{not json' }, admin))).toBe('MalformedPolicyDocumentException');
     expect(await awsError(kms.call('CreateKey', { Origin: 'EXTERNAL' }, admin))).toBe('UnsupportedOperationException');
     const p = JSON.stringify({ Version: '2012-10-17', Statement: [] });

@@ -21,11 +21,16 @@ export function parseTags(req: KmsRequest, name = 'Tags'): { TagKey: string; Tag
   if (v === undefined || v === null) return undefined;
   if (!Array.isArray(v)) throw new ValidationException(`1 validation error detected: Value at '${name.toLowerCase()}' failed to satisfy constraint: Member must be a list`);
   if (v.length > 50) throw new TagException('A KMS key can have at most 50 tags');
+  const seen = new Set<string>();
   return v.map((t: unknown) => {
     const { TagKey, TagValue } = (t ?? {}) as Record<string, unknown>;
     if (typeof TagKey !== 'string' || TagKey.length < 1 || TagKey.length > 128) throw new TagException('TagKey must be 1-128 characters');
     if (typeof TagValue !== 'string' || TagValue.length > 256) throw new TagException('TagValue must be 0-256 characters');
     if (TagKey.startsWith('aws:')) throw new TagException('Tag keys beginning with aws: are reserved');
+    // A key has one value per tag key; one request naming a key twice is refused
+    // (CreateKey and TagResource alike) rather than keeping one value silently.
+    if (seen.has(TagKey)) throw new TagException(`Duplicate tag key in the request: ${JSON.stringify(TagKey)}; each TagKey may appear once`);
+    seen.add(TagKey);
     return { TagKey, TagValue };
   });
 }
@@ -72,11 +77,28 @@ export function requireCustomerManaged(k: KeyRecord, op: string): void {
 export function registerKeyOperations(d: Dispatcher): void {
   d.registerOperation('CreateKey', async (ctx, call) => {
     const r = call.request;
-    const spec = (optEnum(r, 'KeySpec', KEY_SPECS) ?? optEnum(r, 'CustomerMasterKeySpec', KEY_SPECS) ?? 'SYMMETRIC_DEFAULT') as KeySpec;
+    // CustomerMasterKeySpec is the deprecated name of KeySpec ("they work the same way; only
+    // the names differ"): one request gives one or the other, never both.
+    const keySpec = optEnum(r, 'KeySpec', KEY_SPECS);
+    const cmkSpec = optEnum(r, 'CustomerMasterKeySpec', KEY_SPECS);
+    if (keySpec !== undefined && cmkSpec !== undefined) {
+      throw new ValidationException('You cannot specify both KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated; use KeySpec.');
+    }
+    const spec = (keySpec ?? cmkSpec ?? 'SYMMETRIC_DEFAULT') as KeySpec;
     const usage = optEnum<KeyUsage>(r, 'KeyUsage', ['ENCRYPT_DECRYPT', 'SIGN_VERIFY', 'GENERATE_VERIFY_MAC', 'KEY_AGREEMENT' as KeyUsage]);
     const allowed = allowedUsages(spec);
+    // AWS accepts KEY_AGREEMENT for the NIST curves (DeriveSharedSecret); ebsd has no
+    // DeriveSharedSecret, so such a key is a valid request ebsd does not support.
+    if ((usage as string) === 'KEY_AGREEMENT' && spec.startsWith('ECC_NIST_')) {
+      throw new UnsupportedOperationException(`KeyUsage KEY_AGREEMENT is not supported by this KMS: ebsd does not implement DeriveSharedSecret, so it cannot create key agreement keys (KeySpec ${spec})`);
+    }
     if (usage !== undefined && !allowed.includes(usage)) {
       throw new ValidationException(`KeyUsage ${usage} is not compatible with KeySpec ${spec}`);
+    }
+    // AWS CreateKey: KeyUsage defaults to ENCRYPT_DECRYPT and is required unless that default fits
+    // (symmetric keys; RSA accepts it too). ECC and HMAC keys must name theirs: no silent guess.
+    if (usage === undefined && !allowed.includes('ENCRYPT_DECRYPT')) {
+      throw new ValidationException(`KeyUsage is required for KeySpec ${spec}: the default ENCRYPT_DECRYPT is not compatible with it; specify one of ${allowed.join(', ')}`);
     }
     const origin = optStr(r, 'Origin') ?? 'AWS_KMS';
     if (!['AWS_KMS', 'EXTERNAL', 'AWS_CLOUDHSM', 'EXTERNAL_KEY_STORE'].includes(origin)) {
@@ -92,7 +114,7 @@ export function registerKeyOperations(d: Dispatcher): void {
     if (!validator) checkPolicy(policy);
     const bypass = optBool(r, 'BypassPolicyLockoutSafetyCheck') ?? false;
     const tags = parseTags(r);
-    const keyUsage = usage ?? allowed[0]!;
+    const keyUsage: KeyUsage = usage ?? 'ENCRYPT_DECRYPT';
     await call.authorize({});
     const keyId = randomUUID();
     if (policy !== undefined && validator) {

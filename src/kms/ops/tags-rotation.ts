@@ -93,10 +93,14 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
     await call.authorize({ key, stateCheck: false });
     requireRotatable(key);
     const r = key.rotation;
+    // AWS GetKeyRotationStatus: while a key is pending deletion its rotation status is false
+    // (the stored flag is kept, so CancelKeyDeletion brings it back). A disabled key keeps
+    // its status; it is just not rotated until re-enabled.
+    const enabled = r.enabled && key.keyState !== 'PendingDeletion';
     return {
-      KeyId: key.arn, KeyRotationEnabled: r.enabled,
-      ...(r.enabled ? { RotationPeriodInDays: r.periodDays ?? DEFAULT_ROTATION_DAYS } : {}),
-      ...(r.enabled && r.nextRotationDate !== undefined ? { NextRotationDate: epochSeconds(r.nextRotationDate) } : {}),
+      KeyId: key.arn, KeyRotationEnabled: enabled,
+      ...(enabled ? { RotationPeriodInDays: r.periodDays ?? DEFAULT_ROTATION_DAYS } : {}),
+      ...(enabled && r.nextRotationDate !== undefined ? { NextRotationDate: epochSeconds(r.nextRotationDate) } : {}),
     };
   });
 
