@@ -66,6 +66,13 @@ export interface AuthzRequest {
   bypassPolicyLockoutSafetyCheck?: boolean;
   reEncryptOnSameKey?: boolean;
   /**
+   * Tags the request would set (CreateKey, TagResource): aws:RequestTag/<k>, keyed by TagKey
+   * as written. Keys differing only in case are one condition key with several values.
+   */
+  requestTags?: Readonly<Record<string, string>>;
+  /** Tag keys the request names (CreateKey, TagResource, UntagResource): aws:TagKeys. */
+  tagKeys?: readonly string[];
+  /**
    * Any further keys, named as in policies (looked up case-insensitively):
    * how another service's request (EC2's `ec2:VolumeSize`, `aws:RequestTag/<k>`,
    * `aws:ResourceTag/<k>` of a volume) reaches the same evaluator. Consulted
@@ -80,6 +87,7 @@ export interface AuthzRequest {
 const GRANT_ACTIONS = new Set(['kms:creategrant', 'kms:listgrants', 'kms:revokegrant']);
 const EC_PREFIX = 'kms:encryptioncontext:';
 const TAG_PREFIX = 'aws:resourcetag/';
+const REQUEST_TAG_PREFIX = 'aws:requesttag/';
 
 
 export class RequestContext implements ConditionContext {
@@ -178,6 +186,8 @@ export class RequestContext implements ConditionContext {
         return r.bypassPolicyLockoutSafetyCheck === undefined ? undefined : String(r.bypassPolicyLockoutSafetyCheck);
       case 'kms:reencryptonsamekey':
         return r.reEncryptOnSameKey === undefined ? undefined : String(r.reEncryptOnSameKey);
+      case 'aws:tagkeys':
+        return r.tagKeys;
     }
     if (key.startsWith(EC_PREFIX)) {
       // KMS Developer Guide: the context key in kms:EncryptionContext:<key> is matched case-insensitively; values are not.
@@ -188,6 +198,13 @@ export class RequestContext implements ConditionContext {
         for (const [k, v] of Object.entries(ec)) this.ecLower.set(k.toLowerCase(), v);
       }
       return this.ecLower.get(key.slice(EC_PREFIX.length));
+    }
+    if (key.startsWith(REQUEST_TAG_PREFIX) && r.requestTags) {
+      // Every value of a case-differing same key ("Project" and "project"): a Deny on any of them fires.
+      const want = key.slice(REQUEST_TAG_PREFIX.length);
+      const vals: string[] = [];
+      for (const [k, v] of Object.entries(r.requestTags)) if (k.toLowerCase() === want) vals.push(v);
+      return vals.length === 0 ? undefined : vals.length === 1 ? vals[0] : vals;
     }
     if (key.startsWith(TAG_PREFIX)) {
       const tags = r.key?.tags;
