@@ -244,6 +244,21 @@ describe('authorization through the KMS core', () => {
     expect(await denied('CreateKey', { Tags: [{ TagKey: 'team', TagValue: 'blue' }] }, tagger)).toBe('allowed');
   });
 
+  it('aws:PrincipalArn of a session of a role with a path is the role ARN with its path', async () => {
+    const ids = authz.identities;
+    await ids.createRole('Ops', { path: '/untrusted/' });
+    await ids.mapUid(1002, 'role/Ops', { session: 'ops-1' });
+    const ops = ids.callerForUid(1002);
+    const policy = doc(
+      { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` }, Action: 'kms:*', Resource: '*' },
+      { Effect: 'Allow', Principal: { AWS: '*' }, Action: 'kms:Encrypt', Resource: '*' },
+      { Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:*', Resource: '*', Condition: { ArnLike: { 'aws:PrincipalArn': `arn:aws:iam::${ACCOUNT}:role/untrusted/*` } } },
+    );
+    const { KeyMetadata } = await kms.call('CreateKey', { Policy: policy }, root) as { KeyMetadata: { KeyId: string } };
+    expect(await denied('Encrypt', { KeyId: KeyMetadata.KeyId, Plaintext: Buffer.from('x') }, ops)).toMatch(/explicit deny in a resource-based policy$/);
+    expect(await denied('Encrypt', { KeyId: KeyMetadata.KeyId, Plaintext: Buffer.from('x') }, host)).toBe('allowed');
+  });
+
   it('grant ids: malformed is InvalidGrantIdException, unknown is NotFoundException', async () => {
     const { KeyMetadata } = await kms.call('CreateKey', {}, root) as { KeyMetadata: { KeyId: string } };
     await expect(kms.call('RevokeGrant', { KeyId: KeyMetadata.KeyId, GrantId: 'not-a-grant-id' }, root)).rejects.toMatchObject({ awsName: 'InvalidGrantIdException' });

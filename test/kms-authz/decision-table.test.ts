@@ -298,3 +298,30 @@ describe('decision table: grants', () => {
     await grants.remove(KEY_ARN, plain.GrantId);
   });
 });
+
+describe('aws:PrincipalArn of a role session', () => {
+  const policy = doc(
+    { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCT}:root` }, Action: 'kms:*', Resource: '*' },
+    { Sid: 'NoUntrusted', Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:*', Resource: '*', Condition: { ArnLike: { 'aws:PrincipalArn': `arn:aws:iam::${ACCT}:role/untrusted/*` } } },
+  );
+  const paths: Record<string, string> = { Ops: '/untrusted/', Plain: '/' };
+  const withPaths = new PolicyEvaluator({
+    identityPolicies: () => [parsePolicy(doc({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }), { kind: 'identity' })],
+    roleArn: (acct, name) => (acct === ACCT && paths[name] ? `arn:aws:iam::${ACCT}:role${paths[name]}${name}` : undefined),
+  });
+  const ask = (c: Caller) => withPaths.evaluate({ action: 'kms:Decrypt', caller: c, key: key(policy) });
+
+  it('is the role ARN with its path, as a Role caller has it', () => {
+    expect(ask(session('Ops', 's1'))).toMatchObject({ allowed: false, reason: 'explicit-deny-key-policy', sid: 'NoUntrusted' });
+    expect(ask({ arn: `arn:aws:iam::${ACCT}:role/untrusted/Ops`, accountId: ACCT, type: 'Role' })).toMatchObject({ allowed: false, sid: 'NoUntrusted' });
+    expect(ask(session('Plain', 's1')).allowed).toBe(true);
+  });
+
+  it('an STS session names its issuer (sessionContext.sessionIssuer.arn, with the path)', () => {
+    const s: Caller = {
+      ...session('Net', 's2'),
+      sessionContext: { sessionIssuer: { type: 'Role', principalId: 'AROAX', arn: `arn:aws:iam::${ACCT}:role/untrusted/Net`, accountId: ACCT, userName: 'Net' }, attributes: { mfaAuthenticated: 'false' } },
+    };
+    expect(ask(s)).toMatchObject({ allowed: false, sid: 'NoUntrusted' });
+  });
+});

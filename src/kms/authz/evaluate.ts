@@ -50,6 +50,11 @@ export interface EvaluatorOptions {
   identityPolicies?: (caller: Caller) => readonly CompiledPolicy[];
   grants?: GrantSource;
   cache?: PolicyCache;
+  /**
+   * The IAM ARN, with its path, of role `name` in `account`, if known: a session's
+   * aws:PrincipalArn (its STS ARN carries no path; the role's ARN does).
+   */
+  roleArn?: (account: string, name: string) => string | undefined;
 }
 
 /** Operations whose requests carry an encryption context, so grant constraints apply (KMS API, GrantConstraints). */
@@ -151,11 +156,13 @@ export class PolicyEvaluator {
   readonly cache: PolicyCache;
   private readonly identityPolicies: (caller: Caller) => readonly CompiledPolicy[];
   private readonly grants: GrantSource | undefined;
+  private readonly roleArn: EvaluatorOptions['roleArn'];
 
   constructor(opts: EvaluatorOptions = {}) {
     this.cache = opts.cache ?? new PolicyCache();
     this.identityPolicies = opts.identityPolicies ?? (() => []);
     this.grants = opts.grants;
+    this.roleArn = opts.roleArn;
   }
 
   /** Decide; never throws for a denial. `useGrants: false` is the lockout check's view. */
@@ -168,7 +175,7 @@ export class PolicyEvaluator {
     if (caller.type === 'Unknown') return deny('unknown-caller');
 
     const id = callerIds(caller);
-    const ctx = new RequestContext(req);
+    const ctx = new RequestContext(req, this.roleArn);
     let keyDirect: string | null = null; // sid ('' when none) of the first direct Allow
     let keyViaAccount = false;
 

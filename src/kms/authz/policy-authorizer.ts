@@ -103,6 +103,7 @@ export class PolicyAuthorizer implements Authorizer {
     this.evaluator = new PolicyEvaluator({
       identityPolicies: (c) => opts.identities.identityPolicies(c),
       grants: opts.grants,
+      roleArn: (account, name) => opts.identities.existingRoleArn(account, name),
       ...(opts.cache ? { cache: opts.cache } : {}),
     });
   }

@@ -93,7 +93,7 @@ const REQUEST_TAG_PREFIX = 'aws:requesttag/';
 export class RequestContext implements ConditionContext {
   private ecLower?: Map<string, string>;
   private extraLower?: Map<string, ContextValue>;
-  constructor(private readonly req: AuthzRequest) {}
+  constructor(private readonly req: AuthzRequest, private readonly roleArnOf?: (account: string, name: string) => string | undefined) {}
 
   get(key: string): ContextValue | undefined {
     const v = this._builtin(key);
@@ -111,6 +111,20 @@ export class RequestContext implements ConditionContext {
     return this.extraLower.get(key);
   }
 
+  /**
+   * aws:PrincipalArn of a role session: the role's IAM ARN with its path (`role/untrusted/R`),
+   * as a Role caller's own ARN has it; the STS session ARN carries no path.
+   */
+  private _sessionRoleArn(): string {
+    const c = this.req.caller;
+    const ids = callerIds(c);
+    if (ids.roleName === undefined) return c.arn;
+    const issuer = c.sessionContext?.sessionIssuer;
+    if (issuer && issuer.userName === ids.roleName && issuer.accountId === ids.account) return issuer.arn;
+    const m = /^arn:[\w-]+:sts::(\d{12}):/.exec(c.arn);
+    return (m && this.roleArnOf?.(m[1]!, ids.roleName)) ?? ids.roleArn ?? c.arn;
+  }
+
   private _builtin(key: string): ContextValue | undefined {
     const r = this.req;
     const c = r.caller;
@@ -122,7 +136,7 @@ export class RequestContext implements ConditionContext {
         return c.viaService;
       case 'aws:principalarn':
         if (c.type === 'AWSService') return undefined;
-        return c.type === 'AssumedRole' ? (callerIds(c).roleArn ?? c.arn) : c.arn;
+        return c.type === 'AssumedRole' ? this._sessionRoleArn() : c.arn;
       case 'aws:principaltype':
         return { Root: 'Account', IAMUser: 'User', AssumedRole: 'AssumedRole', Role: 'AssumedRole', AWSService: undefined, Unknown: 'Anonymous' }[c.type];
       case 'aws:principalservicename':
