@@ -118,3 +118,24 @@ describe('condition operators', () => {
     expect(() => compileConditions({ StringEquals: { 'a:b': { x: 1 } } }, 'S')).toThrow(/strings, numbers or booleans/);
   });
 });
+
+describe('policy variables in condition values', () => {
+  const vcheck = (cond: Record<string, unknown>, ctx: Record<string, ContextValue>, variables = true): boolean => {
+    const tests = compileConditions(cond, 'test', { variables });
+    const lower = new Map(Object.entries(ctx).map(([k, v]) => [k.toLowerCase(), v]));
+    return tests.every((t) => t.test({ get: (k) => lower.get(k) }));
+  };
+  it('substitutes any context key; no value, a multi-valued key or a malformed variable match nothing', () => {
+    expect(vcheck({ StringEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:PrincipalTag/team': 'x', 'aws:ResourceTag/team': 'x' })).toBe(true);
+    expect(vcheck({ StringEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' })).toBe(false);
+    expect(vcheck({ StringNotEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:ResourceTag/team': 'x' })).toBe(true);
+    expect(vcheck({ StringEquals: { 'a:k': '${kms:EncryptionContextKeys}' } }, { 'kms:EncryptionContextKeys': ['x'], 'a:k': 'x' })).toBe(false);
+    expect(vcheck({ StringEquals: { 'a:k': '${aws:username' } }, { 'aws:username': 'u', 'a:k': '${aws:username' })).toBe(false);
+    expect(vcheck({ StringEquals: { 'a:k': "${a:none, 'it''s'}" } }, { 'a:k': "it's" })).toBe(true);
+    expect(vcheck({ NumericLessThan: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': '5' })).toBe(true);
+    expect(vcheck({ NumericLessThan: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': 'lots' })).toBe(false);
+    expect(vcheck({ ArnLike: { 'aws:PrincipalArn': 'arn:aws:iam::${aws:PrincipalAccount}:role/*' } }, { 'aws:PrincipalAccount': '111122223333', 'aws:PrincipalArn': 'arn:aws:iam::111122223333:role/R' })).toBe(true);
+    expect(vcheck({ ArnLike: { 'aws:PrincipalArn': 'arn:aws:iam::${aws:PrincipalAccount}:role/*' } }, { 'aws:PrincipalAccount': '*', 'aws:PrincipalArn': 'arn:aws:iam::111122223333:role/R' })).toBe(false);
+    expect(vcheck({ StringEquals: { 'a:k': '${aws:username}' } }, { 'aws:username': 'u', 'a:k': '${aws:username}' }, false)).toBe(true);
+  });
+});

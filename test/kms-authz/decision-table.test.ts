@@ -325,3 +325,55 @@ describe('aws:PrincipalArn of a role session', () => {
     expect(ask(s)).toMatchObject({ allowed: false, sid: 'NoUntrusted' });
   });
 });
+
+describe('IAM policy variables (Version 2012-10-17 only)', () => {
+  const ownerPolicy = (Version: string | undefined, value: string, op = 'StringEquals') => JSON.stringify({
+    ...(Version ? { Version } : {}),
+    Statement: [{ Effect: 'Allow', Principal: { AWS: '*' }, Action: 'kms:Decrypt', Resource: '*', Condition: { [op]: { 'aws:ResourceTag/Owner': value } } }],
+  });
+  const on = (policy: string, owner: string, c: Caller) =>
+    ev.evaluate({ action: 'kms:Decrypt', caller: c, key: key(policy, { tags: { Owner: owner } }) }).allowed;
+
+  it('${aws:username} in a Condition value is the caller\'s user name', () => {
+    const p = ownerPolicy('2012-10-17', '${aws:username}');
+    expect(on(p, 'alice', alice)).toBe(true);
+    expect(on(p, 'alice', bob)).toBe(false);
+    expect(on(p, '${aws:username}', alice)).toBe(false);
+    expect(on(p, '${aws:username}', bob)).toBe(false);
+    expect(on(p, 'app-1', keyUser)).toBe(false); // a session has no aws:username: the value matches nothing
+    expect(on(ownerPolicy('2012-10-17', "${aws:username, 'nobody'}"), 'nobody', keyUser)).toBe(true);
+  });
+
+  it('${*} ${?} ${$} are literal; a substituted value is literal too', () => {
+    const star = ownerPolicy('2012-10-17', 'a${*}', 'StringLike');
+    expect(on(star, 'a*', alice)).toBe(true);
+    expect(on(star, 'ab', alice)).toBe(false);
+    expect(on(ownerPolicy('2012-10-17', '${$}{x}${?}'), '${x}?', alice)).toBe(true);
+    const like = ownerPolicy('2012-10-17', '${aws:userid}', 'StringLike');
+    const wild: Caller = { ...alice, principalId: 'AIDA*' };
+    expect(on(like, 'AIDA*', wild)).toBe(true);
+    expect(on(like, 'AIDAX', wild)).toBe(false);
+  });
+
+  it('Version 2008-10-17 or none: written text, compared as is', () => {
+    for (const v of ['2008-10-17', undefined]) {
+      const p = ownerPolicy(v, '${aws:username}');
+      expect(on(p, 'alice', alice)).toBe(false);
+      expect(on(p, '${aws:username}', bob)).toBe(true);
+    }
+  });
+
+  it('in Resource and NotResource', () => {
+    const pol = parsePolicy(doc({ Effect: 'Allow', Action: 'kms:CreateAlias', Resource: `arn:aws:kms:${REGION}:${ACCT}:alias/\${aws:username}-*` }), { kind: 'identity' });
+    const e = new PolicyEvaluator({ identityPolicies: () => [pol] });
+    const ask = (c: Caller, name: string) => e.evaluate({ action: 'kms:CreateAlias', caller: c, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/${name}` }).allowed;
+    expect(ask(alice, 'alice-db')).toBe(true);
+    expect(ask(bob, 'alice-db')).toBe(false);
+    expect(ask(alice, '${aws:username}-db')).toBe(false);
+    expect(ask(keyUser, '${aws:username}-db')).toBe(false);
+    const deny = parsePolicy(doc({ Effect: 'Allow', Action: 'kms:CreateAlias', Resource: '*' }, { Effect: 'Deny', Action: 'kms:CreateAlias', NotResource: `arn:aws:kms:${REGION}:${ACCT}:alias/\${aws:username}-*` }), { kind: 'identity' });
+    const e2 = new PolicyEvaluator({ identityPolicies: () => [deny] });
+    expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/alice-x` }).allowed).toBe(true);
+    expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/bob-x` }).allowed).toBe(false);
+  });
+});

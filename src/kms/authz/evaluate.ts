@@ -182,7 +182,7 @@ export class PolicyEvaluator {
     if (req.key) {
       const kp = typeof req.key.policy === 'string' ? this.cache.get(req.key.policy, 'key') : req.key.policy;
       for (const st of kp.statements) {
-        if (!st.matchesAction(action) || !st.matchesResource(resource)) continue;
+        if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
         const m = _statementMatch(st, id);
         if (m === 0) continue;
         if (st.effect === 'Allow' && (m === 2 ? keyDirect !== null : keyViaAccount)) continue; // already known
@@ -197,7 +197,7 @@ export class PolicyEvaluator {
     if (!id.isRoot && !id.isService) {
       for (const p of this.identityPolicies(caller)) {
         for (const st of p.statements) {
-          if (!st.matchesAction(action) || !st.matchesResource(resource)) continue;
+          if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
           if (st.effect === 'Allow' && idAllow) continue;
           if (!_conditionsHold(st, ctx)) continue;
           if (st.effect === 'Deny') return deny('explicit-deny-identity-policy', st.sid);
