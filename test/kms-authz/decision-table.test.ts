@@ -377,3 +377,19 @@ describe('IAM policy variables (Version 2012-10-17 only)', () => {
     expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/bob-x` }).allowed).toBe(false);
   });
 });
+
+describe('NotPrincipal', () => {
+  const roleArn = `arn:aws:iam::${ACCT}:role/ExampleUserRole`;
+  const pol = (...except: string[]) => doc(
+    { Effect: 'Allow', Principal: { AWS: '*' }, Action: 'kms:Decrypt', Resource: '*' },
+    { Sid: 'OnlyThese', Effect: 'Deny', NotPrincipal: { AWS: except }, Action: 'kms:Decrypt', Resource: '*' },
+  );
+  it('naming a role exempts the role, not its sessions; a session is exempt only by its own ARN', () => {
+    expect(decide(pol(roleArn), keyUser, 'kms:Decrypt')).toMatchObject({ allowed: false, reason: 'explicit-deny-key-policy', sid: 'OnlyThese' });
+    expect(decide(pol(roleArn), { arn: roleArn, accountId: ACCT, type: 'Role' }, 'kms:Decrypt').allowed).toBe(true);
+    expect(decide(pol(roleArn, keyUser.arn), keyUser, 'kms:Decrypt').allowed).toBe(true);
+    expect(decide(pol(roleArn, keyUser.arn), session('ExampleUserRole', 'app-2'), 'kms:Decrypt').allowed).toBe(false);
+    expect(decide(pol(alice.arn), alice, 'kms:Decrypt').allowed).toBe(true);
+    expect(decide(pol(alice.arn), bob, 'kms:Decrypt').allowed).toBe(false);
+  });
+});

@@ -75,9 +75,21 @@ function _principalMatch(p: PrincipalSet, id: CallerIds): Match {
   return 0;
 }
 
+/**
+ * Does a NotPrincipal name the caller itself? Its exact ARN, not its role's: naming a role
+ * exempts the role, not its sessions, which only their own session ARN exempts (IAM User
+ * Guide, "NotPrincipal"); naming the account exempts its root only.
+ */
+function _notPrincipalNames(p: PrincipalSet, id: CallerIds): boolean {
+  if (p.any) return true;
+  if (id.isService) return p.services.has(id.arn);
+  if (p.arns.has(id.arn)) return true;
+  return id.isRoot && p.accounts.has(id.account);
+}
+
 function _statementMatch(st: CompiledStatement, id: CallerIds): Match {
   if (st.principal) return _principalMatch(st.principal, id);
-  if (st.notPrincipal) return _principalMatch(st.notPrincipal, id) === 2 ? 0 : 2; // excluded only when named itself
+  if (st.notPrincipal) return _notPrincipalNames(st.notPrincipal, id) ? 0 : 2; // excluded only when named itself
   return 2; // identity policy: applies to its own principal
 }
 
