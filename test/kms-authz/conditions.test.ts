@@ -139,3 +139,24 @@ describe('policy variables in condition values', () => {
     expect(vcheck({ StringEquals: { 'a:k': '${aws:username}' } }, { 'aws:username': 'u', 'a:k': '${aws:username}' }, false)).toBe(true);
   });
 });
+
+describe('numbers and dates as IAM reads them', () => {
+  it('Numeric: plain decimals only', () => {
+    for (const bad of ['0x5', '-Infinity', 'Infinity', '1e3', ' 5', '0b1', '']) {
+      expect(() => compileConditions({ NumericLessThan: { 'a:n': bad } }, 'N')).toThrow(/not a valid numeric value/);
+      expect(check({ NumericLessThan: { 'a:n': '100' } }, { 'a:n': bad })).toBe(false);
+    }
+    expect(check({ NumericLessThan: { 'a:n': '-2.5' } }, { 'a:n': '-3' })).toBe(true);
+    expect(check({ NumericEquals: { 'a:n': 5 } }, { 'a:n': '+5' })).toBe(true);
+  });
+  it('Date: ISO 8601 and epoch seconds only', () => {
+    for (const bad of ['Tue Jan 01 2030', 'Jan 1, 2030', '2030/01/01', 'Tue, 01 Jan 2030 00:00:00 GMT', '0x5']) {
+      expect(() => compileConditions({ DateLessThan: { 'a:d': bad } }, 'D')).toThrow(/not a valid date value/);
+      expect(check({ DateGreaterThan: { 'a:d': '2020-01-01T00:00:00Z' } }, { 'a:d': bad })).toBe(false);
+    }
+    expect(check({ DateEquals: { 'a:d': '2030-01-01' } }, { 'a:d': '2030-01-01T00:00:00Z' })).toBe(true);
+    expect(check({ DateEquals: { 'a:d': '2030-01-01T00:00:00' } }, { 'a:d': '2030-01-01T01:00:00+01:00' })).toBe(true);
+    expect(check({ DateEquals: { 'a:d': '2030-01-01T00:00:00.5Z' } }, { 'a:d': '2030-01-01T00:00:00.500Z' })).toBe(true);
+    expect(check({ DateEquals: { 'a:d': '1893456000' } }, { 'a:d': '2030-01-01T00:00Z' })).toBe(true);
+  });
+});

@@ -393,3 +393,16 @@ describe('NotPrincipal', () => {
     expect(decide(pol(alice.arn), bob, 'kms:Decrypt').allowed).toBe(false);
   });
 });
+
+describe('kms:EncryptionContext:<k> with keys differing only in case', () => {
+  const pol = doc(
+    { Effect: 'Allow', Principal: { AWS: '*' }, Action: 'kms:Encrypt', Resource: '*' },
+    { Sid: 'NoSecret', Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:Encrypt', Resource: '*', Condition: { StringEquals: { 'kms:EncryptionContext:Dept': 'secret' } } },
+  );
+  it('every value counts: a Deny on any of them fires, whatever the order', () => {
+    for (const encryptionContext of [{ Dept: 'secret', dept: 'x' }, { dept: 'x', Dept: 'secret' }, { DEPT: 'x', dept: 'y', Dept: 'secret' }]) {
+      expect(decide(pol, alice, 'kms:Encrypt', { encryptionContext })).toMatchObject({ allowed: false, sid: 'NoSecret' });
+    }
+    expect(decide(pol, alice, 'kms:Encrypt', { encryptionContext: { Dept: 'x', dept: 'y' } }).allowed).toBe(true);
+  });
+});

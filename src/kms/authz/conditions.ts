@@ -59,12 +59,24 @@ interface OperatorSpec {
   build(values: string[], where: string, lits?: readonly (Uint8Array | undefined)[]): (v: string) => boolean;
 }
 
-const _num = (s: string): number => (s.trim() === '' ? NaN : Number(s));
+/** A plain decimal number (`5`, `-2.5`): not `0x5`, `1e3`, `Infinity` or `" 5 "`, which `Number` would read. */
+const _num = (s: string): number => (/^[+-]?\d+(?:\.\d+)?$/.test(s) ? Number(s) : NaN);
 
+const ISO_8601 = /^(\d{4}-\d{2}-\d{2})(?:T(\d{2}:\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+
+/**
+ * A date as IAM reads one: epoch seconds (aws:EpochTime), or ISO 8601 (`2030-01-01`,
+ * `2030-01-01T12:00:00Z`, with an offset or fraction; no zone is UTC). Not what else
+ * `Date.parse` reads ("Tue Jan 01 2030", RFC 2822).
+ */
 function _date(s: string): number {
-  if (/^-?\d+(\.\d+)?$/.test(s)) return Number(s) * 1000; // epoch seconds (aws:EpochTime)
-  const t = Date.parse(s);
-  return t;
+  if (/^-?\d+(\.\d+)?$/.test(s)) return Number(s) * 1000;
+  const m = ISO_8601.exec(s);
+  if (!m) return NaN;
+  const [, day, hm, sec, frac, zone] = m;
+  if (!hm) return Date.parse(`${day}T00:00:00Z`);
+  const z = zone === undefined || zone === 'Z' ? 'Z' : `${zone.slice(0, 3)}:${zone.slice(-2)}`;
+  return Date.parse(`${day}T${hm}:${sec ?? '00'}${frac ? `.${frac.slice(0, 3).padEnd(3, '0')}` : ''}${z}`);
 }
 
 function numericOp(cmp: (a: number, b: number) => boolean, parse: (s: string) => number, kind: string) {

@@ -91,7 +91,7 @@ const REQUEST_TAG_PREFIX = 'aws:requesttag/';
 
 
 export class RequestContext implements ConditionContext {
-  private ecLower?: Map<string, string>;
+  private ecLower?: Map<string, ContextValue>;
   private extraLower?: Map<string, ContextValue>;
   constructor(private readonly req: AuthzRequest, private readonly roleArnOf?: (account: string, name: string) => string | undefined) {}
 
@@ -208,8 +208,14 @@ export class RequestContext implements ConditionContext {
       const ec = r.encryptionContext;
       if (!ec) return undefined;
       if (!this.ecLower) {
+        // Keys differing only in case ({"Dept": "secret", "dept": "x"}) are one condition key with
+        // every value: a Deny on any of them fires, whichever the request lists last.
         this.ecLower = new Map();
-        for (const [k, v] of Object.entries(ec)) this.ecLower.set(k.toLowerCase(), v);
+        for (const [k, v] of Object.entries(ec)) {
+          const l = k.toLowerCase();
+          const had = this.ecLower.get(l);
+          this.ecLower.set(l, had === undefined ? v : typeof had === 'string' ? [had, v] : [...had, v]);
+        }
       }
       return this.ecLower.get(key.slice(EC_PREFIX.length));
     }
