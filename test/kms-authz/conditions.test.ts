@@ -118,3 +118,45 @@ describe('condition operators', () => {
     expect(() => compileConditions({ StringEquals: { 'a:b': { x: 1 } } }, 'S')).toThrow(/strings, numbers or booleans/);
   });
 });
+
+describe('policy variables in condition values', () => {
+  const vcheck = (cond: Record<string, unknown>, ctx: Record<string, ContextValue>, variables = true): boolean => {
+    const tests = compileConditions(cond, 'test', { variables });
+    const lower = new Map(Object.entries(ctx).map(([k, v]) => [k.toLowerCase(), v]));
+    return tests.every((t) => t.test({ get: (k) => lower.get(k) }));
+  };
+  it('substitutes any context key; no value, a multi-valued key or a malformed variable match nothing', () => {
+    expect(vcheck({ StringEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:PrincipalTag/team': 'x', 'aws:ResourceTag/team': 'x' })).toBe(true);
+    expect(vcheck({ StringEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' })).toBe(false);
+    expect(vcheck({ StringNotEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:ResourceTag/team': 'x' })).toBe(true);
+    expect(vcheck({ StringEquals: { 'a:k': '${kms:EncryptionContextKeys}' } }, { 'kms:EncryptionContextKeys': ['x'], 'a:k': 'x' })).toBe(false);
+    expect(vcheck({ StringEquals: { 'a:k': '${aws:username' } }, { 'aws:username': 'u', 'a:k': '${aws:username' })).toBe(false);
+    expect(vcheck({ StringEquals: { 'a:k': "${a:none, 'it''s'}" } }, { 'a:k': "it's" })).toBe(true);
+    expect(vcheck({ NumericLessThan: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': '5' })).toBe(true);
+    expect(vcheck({ NumericLessThan: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': 'lots' })).toBe(false);
+    expect(vcheck({ ArnLike: { 'aws:PrincipalArn': 'arn:aws:iam::${aws:PrincipalAccount}:role/*' } }, { 'aws:PrincipalAccount': '111122223333', 'aws:PrincipalArn': 'arn:aws:iam::111122223333:role/R' })).toBe(true);
+    expect(vcheck({ ArnLike: { 'aws:PrincipalArn': 'arn:aws:iam::${aws:PrincipalAccount}:role/*' } }, { 'aws:PrincipalAccount': '*', 'aws:PrincipalArn': 'arn:aws:iam::111122223333:role/R' })).toBe(false);
+    expect(vcheck({ StringEquals: { 'a:k': '${aws:username}' } }, { 'aws:username': 'u', 'a:k': '${aws:username}' }, false)).toBe(true);
+  });
+});
+
+describe('numbers and dates as IAM reads them', () => {
+  it('Numeric: plain decimals only', () => {
+    for (const bad of ['0x5', '-Infinity', 'Infinity', '1e3', ' 5', '0b1', '']) {
+      expect(() => compileConditions({ NumericLessThan: { 'a:n': bad } }, 'N')).toThrow(/not a valid numeric value/);
+      expect(check({ NumericLessThan: { 'a:n': '100' } }, { 'a:n': bad })).toBe(false);
+    }
+    expect(check({ NumericLessThan: { 'a:n': '-2.5' } }, { 'a:n': '-3' })).toBe(true);
+    expect(check({ NumericEquals: { 'a:n': 5 } }, { 'a:n': '+5' })).toBe(true);
+  });
+  it('Date: ISO 8601 and epoch seconds only', () => {
+    for (const bad of ['Tue Jan 01 2030', 'Jan 1, 2030', '2030/01/01', 'Tue, 01 Jan 2030 00:00:00 GMT', '0x5']) {
+      expect(() => compileConditions({ DateLessThan: { 'a:d': bad } }, 'D')).toThrow(/not a valid date value/);
+      expect(check({ DateGreaterThan: { 'a:d': '2020-01-01T00:00:00Z' } }, { 'a:d': bad })).toBe(false);
+    }
+    expect(check({ DateEquals: { 'a:d': '2030-01-01' } }, { 'a:d': '2030-01-01T00:00:00Z' })).toBe(true);
+    expect(check({ DateEquals: { 'a:d': '2030-01-01T00:00:00' } }, { 'a:d': '2030-01-01T01:00:00+01:00' })).toBe(true);
+    expect(check({ DateEquals: { 'a:d': '2030-01-01T00:00:00.5Z' } }, { 'a:d': '2030-01-01T00:00:00.500Z' })).toBe(true);
+    expect(check({ DateEquals: { 'a:d': '1893456000' } }, { 'a:d': '2030-01-01T00:00Z' })).toBe(true);
+  });
+});

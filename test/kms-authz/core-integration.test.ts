@@ -219,6 +219,46 @@ describe('authorization through the KMS core', () => {
     expect(re.slice(1).map((e) => e.errorCode)).toEqual(['AccessDeniedException', 'AccessDeniedException', 'AccessDeniedException']);
   });
 
+  it('aws:TagKeys and aws:RequestTag/<k> reach the policies of CreateKey, TagResource and UntagResource', async () => {
+    const ids = authz.identities;
+    await ids.createUser('tagger');
+    await ids.mapUid(1001, 'user/tagger');
+    const tagger = ids.callerForUid(1001);
+    await ids.attachPolicy('user/tagger', 'tag', doc(
+      { Effect: 'Allow', Action: ['kms:TagResource', 'kms:UntagResource'], Resource: '*' },
+      { Effect: 'Allow', Action: 'kms:CreateKey', Resource: '*', Condition: { StringEquals: { 'aws:RequestTag/team': 'blue' } } },
+    ));
+    const policy = doc(
+      { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` }, Action: 'kms:*', Resource: '*' },
+      { Sid: 'NoProjectRetag', Effect: 'Deny', Principal: { AWS: '*' }, Action: ['kms:TagResource', 'kms:UntagResource'], Resource: '*', Condition: { 'ForAnyValue:StringEquals': { 'aws:TagKeys': ['Project'] } } },
+    );
+    const { KeyMetadata } = await kms.call('CreateKey', { Policy: policy, Tags: [{ TagKey: 'Project', TagValue: 'a' }] }, root) as { KeyMetadata: { KeyId: string } };
+    const KeyId = KeyMetadata.KeyId;
+    expect(await denied('TagResource', { KeyId, Tags: [{ TagKey: 'Project', TagValue: 'b' }] }, tagger)).toMatch(/with an explicit deny in a resource-based policy$/);
+    expect(await denied('TagResource', { KeyId, Tags: [{ TagKey: 'Env', TagValue: 'x' }, { TagKey: 'Project', TagValue: 'b' }] }, tagger)).toMatch(/explicit deny/);
+    expect(await denied('UntagResource', { KeyId, TagKeys: ['Project'] }, tagger)).toMatch(/explicit deny/);
+    expect(await denied('TagResource', { KeyId, Tags: [{ TagKey: 'Env', TagValue: 'x' }] }, tagger)).toBe('allowed');
+    expect(await denied('UntagResource', { KeyId, TagKeys: ['Env'] }, tagger)).toBe('allowed');
+    expect(await denied('CreateKey', { Tags: [{ TagKey: 'team', TagValue: 'red' }] }, tagger)).toMatch(/^AccessDeniedException/);
+    expect(await denied('CreateKey', {}, tagger)).toMatch(/^AccessDeniedException/);
+    expect(await denied('CreateKey', { Tags: [{ TagKey: 'team', TagValue: 'blue' }] }, tagger)).toBe('allowed');
+  });
+
+  it('aws:PrincipalArn of a session of a role with a path is the role ARN with its path', async () => {
+    const ids = authz.identities;
+    await ids.createRole('Ops', { path: '/untrusted/' });
+    await ids.mapUid(1002, 'role/Ops', { session: 'ops-1' });
+    const ops = ids.callerForUid(1002);
+    const policy = doc(
+      { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` }, Action: 'kms:*', Resource: '*' },
+      { Effect: 'Allow', Principal: { AWS: '*' }, Action: 'kms:Encrypt', Resource: '*' },
+      { Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:*', Resource: '*', Condition: { ArnLike: { 'aws:PrincipalArn': `arn:aws:iam::${ACCOUNT}:role/untrusted/*` } } },
+    );
+    const { KeyMetadata } = await kms.call('CreateKey', { Policy: policy }, root) as { KeyMetadata: { KeyId: string } };
+    expect(await denied('Encrypt', { KeyId: KeyMetadata.KeyId, Plaintext: Buffer.from('x') }, ops)).toMatch(/explicit deny in a resource-based policy$/);
+    expect(await denied('Encrypt', { KeyId: KeyMetadata.KeyId, Plaintext: Buffer.from('x') }, host)).toBe('allowed');
+  });
+
   it('grant ids: malformed is InvalidGrantIdException, unknown is NotFoundException', async () => {
     const { KeyMetadata } = await kms.call('CreateKey', {}, root) as { KeyMetadata: { KeyId: string } };
     await expect(kms.call('RevokeGrant', { KeyId: KeyMetadata.KeyId, GrantId: 'not-a-grant-id' }, root)).rejects.toMatchObject({ awsName: 'InvalidGrantIdException' });

@@ -298,3 +298,111 @@ describe('decision table: grants', () => {
     await grants.remove(KEY_ARN, plain.GrantId);
   });
 });
+
+describe('aws:PrincipalArn of a role session', () => {
+  const policy = doc(
+    { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCT}:root` }, Action: 'kms:*', Resource: '*' },
+    { Sid: 'NoUntrusted', Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:*', Resource: '*', Condition: { ArnLike: { 'aws:PrincipalArn': `arn:aws:iam::${ACCT}:role/untrusted/*` } } },
+  );
+  const paths: Record<string, string> = { Ops: '/untrusted/', Plain: '/' };
+  const withPaths = new PolicyEvaluator({
+    identityPolicies: () => [parsePolicy(doc({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }), { kind: 'identity' })],
+    roleArn: (acct, name) => (acct === ACCT && paths[name] ? `arn:aws:iam::${ACCT}:role${paths[name]}${name}` : undefined),
+  });
+  const ask = (c: Caller) => withPaths.evaluate({ action: 'kms:Decrypt', caller: c, key: key(policy) });
+
+  it('is the role ARN with its path, as a Role caller has it', () => {
+    expect(ask(session('Ops', 's1'))).toMatchObject({ allowed: false, reason: 'explicit-deny-key-policy', sid: 'NoUntrusted' });
+    expect(ask({ arn: `arn:aws:iam::${ACCT}:role/untrusted/Ops`, accountId: ACCT, type: 'Role' })).toMatchObject({ allowed: false, sid: 'NoUntrusted' });
+    expect(ask(session('Plain', 's1')).allowed).toBe(true);
+  });
+
+  it('an STS session names its issuer (sessionContext.sessionIssuer.arn, with the path)', () => {
+    const s: Caller = {
+      ...session('Net', 's2'),
+      sessionContext: { sessionIssuer: { type: 'Role', principalId: 'AROAX', arn: `arn:aws:iam::${ACCT}:role/untrusted/Net`, accountId: ACCT, userName: 'Net' }, attributes: { mfaAuthenticated: 'false' } },
+    };
+    expect(ask(s)).toMatchObject({ allowed: false, sid: 'NoUntrusted' });
+  });
+});
+
+describe('IAM policy variables (Version 2012-10-17 only)', () => {
+  const ownerPolicy = (Version: string | undefined, value: string, op = 'StringEquals') => JSON.stringify({
+    ...(Version ? { Version } : {}),
+    Statement: [{ Effect: 'Allow', Principal: { AWS: '*' }, Action: 'kms:Decrypt', Resource: '*', Condition: { [op]: { 'aws:ResourceTag/Owner': value } } }],
+  });
+  const on = (policy: string, owner: string, c: Caller) =>
+    ev.evaluate({ action: 'kms:Decrypt', caller: c, key: key(policy, { tags: { Owner: owner } }) }).allowed;
+
+  it('${aws:username} in a Condition value is the caller\'s user name', () => {
+    const p = ownerPolicy('2012-10-17', '${aws:username}');
+    expect(on(p, 'alice', alice)).toBe(true);
+    expect(on(p, 'alice', bob)).toBe(false);
+    expect(on(p, '${aws:username}', alice)).toBe(false);
+    expect(on(p, '${aws:username}', bob)).toBe(false);
+    expect(on(p, 'app-1', keyUser)).toBe(false); // a session has no aws:username: the value matches nothing
+    expect(on(ownerPolicy('2012-10-17', "${aws:username, 'nobody'}"), 'nobody', keyUser)).toBe(true);
+  });
+
+  it('${*} ${?} ${$} are literal; a substituted value is literal too', () => {
+    const star = ownerPolicy('2012-10-17', 'a${*}', 'StringLike');
+    expect(on(star, 'a*', alice)).toBe(true);
+    expect(on(star, 'ab', alice)).toBe(false);
+    expect(on(ownerPolicy('2012-10-17', '${$}{x}${?}'), '${x}?', alice)).toBe(true);
+    const like = ownerPolicy('2012-10-17', '${aws:userid}', 'StringLike');
+    const wild: Caller = { ...alice, principalId: 'AIDA*' };
+    expect(on(like, 'AIDA*', wild)).toBe(true);
+    expect(on(like, 'AIDAX', wild)).toBe(false);
+  });
+
+  it('Version 2008-10-17 or none: written text, compared as is', () => {
+    for (const v of ['2008-10-17', undefined]) {
+      const p = ownerPolicy(v, '${aws:username}');
+      expect(on(p, 'alice', alice)).toBe(false);
+      expect(on(p, '${aws:username}', bob)).toBe(true);
+    }
+  });
+
+  it('in Resource and NotResource', () => {
+    const pol = parsePolicy(doc({ Effect: 'Allow', Action: 'kms:CreateAlias', Resource: `arn:aws:kms:${REGION}:${ACCT}:alias/\${aws:username}-*` }), { kind: 'identity' });
+    const e = new PolicyEvaluator({ identityPolicies: () => [pol] });
+    const ask = (c: Caller, name: string) => e.evaluate({ action: 'kms:CreateAlias', caller: c, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/${name}` }).allowed;
+    expect(ask(alice, 'alice-db')).toBe(true);
+    expect(ask(bob, 'alice-db')).toBe(false);
+    expect(ask(alice, '${aws:username}-db')).toBe(false);
+    expect(ask(keyUser, '${aws:username}-db')).toBe(false);
+    const deny = parsePolicy(doc({ Effect: 'Allow', Action: 'kms:CreateAlias', Resource: '*' }, { Effect: 'Deny', Action: 'kms:CreateAlias', NotResource: `arn:aws:kms:${REGION}:${ACCT}:alias/\${aws:username}-*` }), { kind: 'identity' });
+    const e2 = new PolicyEvaluator({ identityPolicies: () => [deny] });
+    expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/alice-x` }).allowed).toBe(true);
+    expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/bob-x` }).allowed).toBe(false);
+  });
+});
+
+describe('NotPrincipal', () => {
+  const roleArn = `arn:aws:iam::${ACCT}:role/ExampleUserRole`;
+  const pol = (...except: string[]) => doc(
+    { Effect: 'Allow', Principal: { AWS: '*' }, Action: 'kms:Decrypt', Resource: '*' },
+    { Sid: 'OnlyThese', Effect: 'Deny', NotPrincipal: { AWS: except }, Action: 'kms:Decrypt', Resource: '*' },
+  );
+  it('naming a role exempts the role, not its sessions; a session is exempt only by its own ARN', () => {
+    expect(decide(pol(roleArn), keyUser, 'kms:Decrypt')).toMatchObject({ allowed: false, reason: 'explicit-deny-key-policy', sid: 'OnlyThese' });
+    expect(decide(pol(roleArn), { arn: roleArn, accountId: ACCT, type: 'Role' }, 'kms:Decrypt').allowed).toBe(true);
+    expect(decide(pol(roleArn, keyUser.arn), keyUser, 'kms:Decrypt').allowed).toBe(true);
+    expect(decide(pol(roleArn, keyUser.arn), session('ExampleUserRole', 'app-2'), 'kms:Decrypt').allowed).toBe(false);
+    expect(decide(pol(alice.arn), alice, 'kms:Decrypt').allowed).toBe(true);
+    expect(decide(pol(alice.arn), bob, 'kms:Decrypt').allowed).toBe(false);
+  });
+});
+
+describe('kms:EncryptionContext:<k> with keys differing only in case', () => {
+  const pol = doc(
+    { Effect: 'Allow', Principal: { AWS: '*' }, Action: 'kms:Encrypt', Resource: '*' },
+    { Sid: 'NoSecret', Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:Encrypt', Resource: '*', Condition: { StringEquals: { 'kms:EncryptionContext:Dept': 'secret' } } },
+  );
+  it('every value counts: a Deny on any of them fires, whatever the order', () => {
+    for (const encryptionContext of [{ Dept: 'secret', dept: 'x' }, { dept: 'x', Dept: 'secret' }, { DEPT: 'x', dept: 'y', Dept: 'secret' }]) {
+      expect(decide(pol, alice, 'kms:Encrypt', { encryptionContext })).toMatchObject({ allowed: false, sid: 'NoSecret' });
+    }
+    expect(decide(pol, alice, 'kms:Encrypt', { encryptionContext: { Dept: 'x', dept: 'y' } }).allowed).toBe(true);
+  });
+});

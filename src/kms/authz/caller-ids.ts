@@ -13,7 +13,7 @@ export interface CallerIds {
   readonly isService: boolean;
   /** Role name, for a role session (or a Role caller). */
   readonly roleName?: string;
-  /** `arn:<partition>:iam::<acct>:role/<name>` for a session (aws:PrincipalArn; no path, as STS ARNs carry none). */
+  /** `arn:<partition>:iam::<acct>:role/<name>` for a session (no path, as STS ARNs carry none; aws:PrincipalArn looks the path up, request-context.ts). */
   readonly roleArn?: string;
   /** `role:<acct>:<name>`: how grants and key policies find a role's sessions. */
   readonly roleKey?: string;

@@ -1,6 +1,7 @@
 import { BlockList, isIP } from 'node:net';
 import { malformedPolicy } from './errors.js';
 import { globMatcher } from './wildcard.js';
+import { compileTemplate, hasVariables, type Resolved } from './policy-variables.js';
 
 /**
  * IAM Condition element: operators, IfExists, ForAnyValue/ForAllValues.
@@ -51,16 +52,31 @@ type Family = 'String' | 'Numeric' | 'Date' | 'Bool' | 'Binary' | 'Ip' | 'Arn' |
 interface OperatorSpec {
   family: Family;
   negated: boolean;
-  /** Build the positive single-value predicate from the policy's values. */
-  build(values: string[], where: string): (v: string) => boolean;
+  /**
+   * Build the positive single-value predicate from the policy's values. `lits[i]` marks the
+   * characters of `values[i]` that a policy variable substituted (literal, never wildcards).
+   */
+  build(values: string[], where: string, lits?: readonly (Uint8Array | undefined)[]): (v: string) => boolean;
 }
 
-const _num = (s: string): number => (s.trim() === '' ? NaN : Number(s));
+/** A plain decimal number (`5`, `-2.5`): not `0x5`, `1e3`, `Infinity` or `" 5 "`, which `Number` would read. */
+const _num = (s: string): number => (/^[+-]?\d+(?:\.\d+)?$/.test(s) ? Number(s) : NaN);
 
+const ISO_8601 = /^(\d{4}-\d{2}-\d{2})(?:T(\d{2}:\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+
+/**
+ * A date as IAM reads one: epoch seconds (aws:EpochTime), or ISO 8601 (`2030-01-01`,
+ * `2030-01-01T12:00:00Z`, with an offset or fraction; no zone is UTC). Not what else
+ * `Date.parse` reads ("Tue Jan 01 2030", RFC 2822).
+ */
 function _date(s: string): number {
-  if (/^-?\d+(\.\d+)?$/.test(s)) return Number(s) * 1000; // epoch seconds (aws:EpochTime)
-  const t = Date.parse(s);
-  return t;
+  if (/^-?\d+(\.\d+)?$/.test(s)) return Number(s) * 1000;
+  const m = ISO_8601.exec(s);
+  if (!m) return NaN;
+  const [, day, hm, sec, frac, zone] = m;
+  if (!hm) return Date.parse(`${day}T00:00:00Z`);
+  const z = zone === undefined || zone === 'Z' ? 'Z' : `${zone.slice(0, 3)}:${zone.slice(-2)}`;
+  return Date.parse(`${day}T${hm}:${sec ?? '00'}${frac ? `.${frac.slice(0, 3).padEnd(3, '0')}` : ''}${z}`);
 }
 
 function numericOp(cmp: (a: number, b: number) => boolean, parse: (s: string) => number, kind: string) {
@@ -92,13 +108,19 @@ function _splitArn(s: string): string[] | undefined {
   return parts;
 }
 
-function arnOp(values: string[], where: string): (v: string) => boolean {
+function arnOp(values: string[], where: string, lits?: readonly (Uint8Array | undefined)[]): (v: string) => boolean {
   // IAM: ArnEquals and ArnLike both match component by component, with wildcards in each.
-  const pats = values.map((x) => {
-    if (x === '*') return undefined;
+  const pats = values.map((x, i) => {
+    const lit = lits?.[i];
+    if (x === '*' && !lit) return undefined;
     const parts = _splitArn(x);
     if (!parts || parts[0] !== 'arn') throw malformedPolicy(`${where}: "${x}" is not a valid ARN pattern`);
-    return parts.map((p) => globMatcher([p], false));
+    let at = 0;
+    return parts.map((p) => {
+      const m = lit?.subarray(at, at + p.length);
+      at += p.length + 1;
+      return globMatcher([p], false, m ? [m] : undefined);
+    });
   });
   return (v) => {
     const parts = _splitArn(v);
@@ -141,7 +163,7 @@ const OPERATORS: ReadonlyMap<string, OperatorSpec> = (() => {
   };
   const strEq = (vals: string[]) => { const s = new Set(vals); return (v: string) => s.has(v); };
   const strEqIc = (vals: string[]) => { const s = new Set(vals.map((x) => x.toLowerCase())); return (v: string) => s.has(v.toLowerCase()); };
-  const strLike = (vals: string[]) => globMatcher(vals, false);
+  const strLike = (vals: string[], _w: string, lits?: readonly (Uint8Array | undefined)[]) => globMatcher(vals, false, lits);
   add('StringEquals', 'String', false, strEq);
   add('StringNotEquals', 'String', true, strEq);
   add('StringEqualsIgnoreCase', 'String', false, strEqIc);
@@ -226,7 +248,12 @@ function _scalar(v: unknown, where: string): string {
 }
 
 /** Compile one `Condition` object. Throws MalformedPolicyDocumentException naming the problem. */
-export function compileConditions(block: unknown, where: string): CompiledCondition[] {
+export interface CompileOptions {
+  /** Substitute IAM policy variables (`${aws:username}`) in values: Version 2012-10-17 only. */
+  variables?: boolean;
+}
+
+export function compileConditions(block: unknown, where: string, opts: CompileOptions = {}): CompiledCondition[] {
   if (block === null || typeof block !== 'object' || Array.isArray(block)) {
     throw malformedPolicy(`${where}: Condition must be an object`);
   }
@@ -245,7 +272,7 @@ export function compileConditions(block: unknown, where: string): CompiledCondit
       const list = Array.isArray(rawVals) ? rawVals : [rawVals];
       if (list.length === 0) throw malformedPolicy(`${w}: condition key has no values`);
       const values = list.map((v) => _scalar(v, w));
-      out.push({ operator: opName, key: rawKey.toLowerCase(), test: _compileOne(op, rawKey.toLowerCase(), values, w) });
+      out.push({ operator: opName, key: rawKey.toLowerCase(), test: _compileOne(op, rawKey.toLowerCase(), values, w, opts.variables === true) });
     }
   }
   return out;
@@ -255,7 +282,29 @@ function _isMissing(v: ContextValue | undefined): boolean {
   return v === undefined || (typeof v !== 'string' && v.length === 0);
 }
 
-function _compileOne(op: ParsedOperator, key: string, values: string[], where: string): (ctx: ConditionContext) => boolean {
+/**
+ * The positive predicate of values holding policy variables, for this request: each value
+ * resolved (one whose variable has no value, or that resolves to something the operator
+ * cannot read, matches nothing).
+ */
+function _variablePredicate(spec: OperatorSpec, values: string[], where: string): (ctx: ConditionContext) => (v: string) => boolean {
+  const templates = values.map((v) => (hasVariables(v) ? compileTemplate(v) : undefined));
+  // The values without variables are checked now, as any policy's are.
+  const fixed = values.filter((_, i) => !templates[i]);
+  if (fixed.length) spec.build(fixed, where);
+  return (ctx) => {
+    const preds: ((v: string) => boolean)[] = [];
+    for (let i = 0; i < values.length; i++) {
+      const t = templates[i];
+      const r: Resolved | undefined = t ? t.resolve(ctx) : { s: values[i]! };
+      if (!r) continue;
+      try { preds.push(spec.build([r.s], where, [r.lit])); } catch { /* resolves to an unreadable value: no match */ }
+    }
+    return (v) => preds.some((p) => p(v));
+  };
+}
+
+function _compileOne(op: ParsedOperator, key: string, values: string[], where: string, variables: boolean): (ctx: ConditionContext) => boolean {
   const { spec, setOp, ifExists } = op;
   if (spec.family === 'Null') {
     const wantAbsent = values.map((v) => v.toLowerCase() === 'true');
@@ -264,30 +313,33 @@ function _compileOne(op: ParsedOperator, key: string, values: string[], where: s
       return wantAbsent.some((w) => w === absent);
     };
   }
+  if (variables && values.some(hasVariables)) {
+    const perRequest = _variablePredicate(spec, values, where);
+    return (ctx) => _test(perRequest(ctx), spec.negated, setOp, ifExists, ctx.get(key));
+  }
   const pos = spec.build(values, where);
-  const neg = spec.negated;
-  const one = neg ? (v: string) => !pos(v) : pos;
-  return (ctx) => {
-    const cv = ctx.get(key);
-    if (_isMissing(cv)) {
-      if (ifExists) return true;
-      if (setOp === 'ForAllValues') return true;
-      if (setOp === 'ForAnyValue') return false;
-      return neg;
-    }
-    if (typeof cv === 'string') return one(cv);
-    const vals = cv as readonly string[];
-    if (setOp === 'ForAllValues') {
-      for (const v of vals) if (!one(v)) return false;
-      return true;
-    }
-    if (setOp === 'ForAnyValue') {
-      for (const v of vals) if (one(v)) return true;
-      return false;
-    }
-    // No set operator on a multi-valued key: any value matching the positive form.
-    let any = false;
-    for (const v of vals) if (pos(v)) { any = true; break; }
-    return neg ? !any : any;
-  };
+  return (ctx) => _test(pos, spec.negated, setOp, ifExists, ctx.get(key));
+}
+
+function _test(pos: (v: string) => boolean, neg: boolean, setOp: SetOperator, ifExists: boolean, cv: ContextValue | undefined): boolean {
+  if (_isMissing(cv)) {
+    if (ifExists) return true;
+    if (setOp === 'ForAllValues') return true;
+    if (setOp === 'ForAnyValue') return false;
+    return neg;
+  }
+  if (typeof cv === 'string') return pos(cv) !== neg;
+  const vals = cv as readonly string[];
+  if (setOp === 'ForAllValues') {
+    for (const v of vals) if (pos(v) === neg) return false;
+    return true;
+  }
+  if (setOp === 'ForAnyValue') {
+    for (const v of vals) if (pos(v) !== neg) return true;
+    return false;
+  }
+  // No set operator on a multi-valued key: any value matching the positive form.
+  let any = false;
+  for (const v of vals) if (pos(v)) { any = true; break; }
+  return neg ? !any : any;
 }

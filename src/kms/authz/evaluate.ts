@@ -50,6 +50,11 @@ export interface EvaluatorOptions {
   identityPolicies?: (caller: Caller) => readonly CompiledPolicy[];
   grants?: GrantSource;
   cache?: PolicyCache;
+  /**
+   * The IAM ARN, with its path, of role `name` in `account`, if known: a session's
+   * aws:PrincipalArn (its STS ARN carries no path; the role's ARN does).
+   */
+  roleArn?: (account: string, name: string) => string | undefined;
 }
 
 /** Operations whose requests carry an encryption context, so grant constraints apply (KMS API, GrantConstraints). */
@@ -70,9 +75,21 @@ function _principalMatch(p: PrincipalSet, id: CallerIds): Match {
   return 0;
 }
 
+/**
+ * Does a NotPrincipal name the caller itself? Its exact ARN, not its role's: naming a role
+ * exempts the role, not its sessions, which only their own session ARN exempts (IAM User
+ * Guide, "NotPrincipal"); naming the account exempts its root only.
+ */
+function _notPrincipalNames(p: PrincipalSet, id: CallerIds): boolean {
+  if (p.any) return true;
+  if (id.isService) return p.services.has(id.arn);
+  if (p.arns.has(id.arn)) return true;
+  return id.isRoot && p.accounts.has(id.account);
+}
+
 function _statementMatch(st: CompiledStatement, id: CallerIds): Match {
   if (st.principal) return _principalMatch(st.principal, id);
-  if (st.notPrincipal) return _principalMatch(st.notPrincipal, id) === 2 ? 0 : 2; // excluded only when named itself
+  if (st.notPrincipal) return _notPrincipalNames(st.notPrincipal, id) ? 0 : 2; // excluded only when named itself
   return 2; // identity policy: applies to its own principal
 }
 
@@ -151,11 +168,13 @@ export class PolicyEvaluator {
   readonly cache: PolicyCache;
   private readonly identityPolicies: (caller: Caller) => readonly CompiledPolicy[];
   private readonly grants: GrantSource | undefined;
+  private readonly roleArn: EvaluatorOptions['roleArn'];
 
   constructor(opts: EvaluatorOptions = {}) {
     this.cache = opts.cache ?? new PolicyCache();
     this.identityPolicies = opts.identityPolicies ?? (() => []);
     this.grants = opts.grants;
+    this.roleArn = opts.roleArn;
   }
 
   /** Decide; never throws for a denial. `useGrants: false` is the lockout check's view. */
@@ -168,14 +187,14 @@ export class PolicyEvaluator {
     if (caller.type === 'Unknown') return deny('unknown-caller');
 
     const id = callerIds(caller);
-    const ctx = new RequestContext(req);
+    const ctx = new RequestContext(req, this.roleArn);
     let keyDirect: string | null = null; // sid ('' when none) of the first direct Allow
     let keyViaAccount = false;
 
     if (req.key) {
       const kp = typeof req.key.policy === 'string' ? this.cache.get(req.key.policy, 'key') : req.key.policy;
       for (const st of kp.statements) {
-        if (!st.matchesAction(action) || !st.matchesResource(resource)) continue;
+        if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
         const m = _statementMatch(st, id);
         if (m === 0) continue;
         if (st.effect === 'Allow' && (m === 2 ? keyDirect !== null : keyViaAccount)) continue; // already known
@@ -190,7 +209,7 @@ export class PolicyEvaluator {
     if (!id.isRoot && !id.isService) {
       for (const p of this.identityPolicies(caller)) {
         for (const st of p.statements) {
-          if (!st.matchesAction(action) || !st.matchesResource(resource)) continue;
+          if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
           if (st.effect === 'Allow' && idAllow) continue;
           if (!_conditionsHold(st, ctx)) continue;
           if (st.effect === 'Deny') return deny('explicit-deny-identity-policy', st.sid);

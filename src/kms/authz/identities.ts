@@ -155,6 +155,10 @@ export class Identities {
   roleArn(name: string, path = this.data.roles[name]?.path ?? '/'): string {
     return `arn:${this.partition}:iam::${this.accountId}:role${path}${name}`;
   }
+  /** The ARN, with its path, of this account's role `name`; undefined if there is no such role. */
+  existingRoleArn(account: string, name: string): string | undefined {
+    return account === this.accountId && this.data.roles[name] ? this.roleArn(name) : undefined;
+  }
   sessionArn(role: string, session: string): string {
     return `arn:${this.partition}:sts::${this.accountId}:assumed-role/${role}/${session}`;
   }

@@ -103,6 +103,7 @@ export class PolicyAuthorizer implements Authorizer {
     this.evaluator = new PolicyEvaluator({
       identityPolicies: (c) => opts.identities.identityPolicies(c),
       grants: opts.grants,
+      roleArn: (account, name) => opts.identities.existingRoleArn(account, name),
       ...(opts.cache ? { cache: opts.cache } : {}),
     });
   }
@@ -136,6 +137,21 @@ export class PolicyAuthorizer implements Authorizer {
     }
     if (req.operation === 'ReEncrypt' && typeof r.DestinationKeyId === 'string' && typeof r.SourceKeyId === 'string') {
       out.reEncryptOnSameKey = r.DestinationKeyId === r.SourceKeyId;
+    }
+    if (req.operation === 'CreateKey' || req.operation === 'TagResource') {
+      // aws:RequestTag/<k> and aws:TagKeys (KMS Developer Guide, "Controlling access with tags").
+      const tags = Array.isArray(r.Tags) ? r.Tags.filter((x): x is { TagKey: string; TagValue?: unknown } =>
+        x !== null && typeof x === 'object' && typeof (x as { TagKey?: unknown }).TagKey === 'string') : [];
+      if (tags.length) {
+        const rt = dataMap<string>();
+        for (const x of tags) rt[x.TagKey] = typeof x.TagValue === 'string' ? x.TagValue : '';
+        out.requestTags = rt;
+        out.tagKeys = tags.map((x) => x.TagKey);
+      }
+    }
+    if (req.operation === 'UntagResource' && Array.isArray(r.TagKeys)) {
+      const keys = r.TagKeys.filter((k): k is string => typeof k === 'string');
+      if (keys.length) out.tagKeys = keys;
     }
     if (req.operation === 'CreateGrant') {
       const g = _newGrant(r);

@@ -1,4 +1,5 @@
-import { compileConditions, type CompiledCondition } from './conditions.js';
+import { compileConditions, type CompiledCondition, type ConditionContext } from './conditions.js';
+import { compileTemplate, hasVariables } from './policy-variables.js';
 import { malformedPolicy } from './errors.js';
 import { globMatcher } from './wildcard.js';
 import { JsonDocumentError, parseStrictJson } from '../../util/strict-json.js';
@@ -45,7 +46,8 @@ export interface CompiledStatement {
   readonly principal?: PrincipalSet;
   readonly notPrincipal?: PrincipalSet;
   matchesAction(action: string): boolean;
-  matchesResource(arn: string): boolean;
+  /** `ctx`: the request, for policy variables in Resource (`${aws:username}`); without it they match nothing. */
+  matchesResource(arn: string, ctx?: ConditionContext): boolean;
   readonly conditions: readonly CompiledCondition[];
 }
 
@@ -148,7 +150,7 @@ function _principalSet(v: unknown, where: string, opts: ParseOptions): Principal
   return { any, arns, accounts, roles, services };
 }
 
-function _compileStatement(s: unknown, index: number, opts: ParseOptions): CompiledStatement {
+function _compileStatement(s: unknown, index: number, opts: ParseOptions, variables: boolean): CompiledStatement {
   const where = `Statement[${index}]`;
   if (s === null || typeof s !== 'object' || Array.isArray(s)) throw malformedPolicy(`${where} must be an object`);
   const st = s as Record<string, unknown>;
@@ -194,11 +196,26 @@ function _compileStatement(s: unknown, index: number, opts: ParseOptions): Compi
   for (const r of resources) {
     if (r !== '*' && !r.startsWith('arn:')) throw malformedPolicy(`${w}: resource "${r}" must be "*" or an ARN`);
   }
-  const resMatch = globMatcher(resources, false);
   const resNeg = resKey === 'NotResource';
-  const matchesResource = (arn: string): boolean => resMatch(arn) !== resNeg;
+  let matchesResource: (arn: string, ctx?: ConditionContext) => boolean;
+  if (variables && resources.some(hasVariables)) {
+    // IAM policy variables (Version 2012-10-17): resolved per request; one with no value matches nothing.
+    const templates = resources.map(compileTemplate);
+    matchesResource = (arn, ctx) => {
+      const pats: string[] = [];
+      const lits: (Uint8Array | undefined)[] = [];
+      for (const t of templates) {
+        const r = t.resolve(ctx);
+        if (r) { pats.push(r.s); lits.push(r.lit); }
+      }
+      return (pats.length > 0 && globMatcher(pats, false, lits)(arn)) !== resNeg;
+    };
+  } else {
+    const resMatch = globMatcher(resources, false);
+    matchesResource = (arn) => resMatch(arn) !== resNeg;
+  }
 
-  const conditions = st.Condition === undefined ? [] : compileConditions(st.Condition, w);
+  const conditions = st.Condition === undefined ? [] : compileConditions(st.Condition, w, { variables });
   return {
     index,
     ...(sid ? { sid } : {}),
@@ -247,7 +264,9 @@ export function parsePolicy(text: string, opts: ParseOptions): CompiledPolicy {
   if (d.Statement === undefined) throw malformedPolicy('The policy document has no Statement');
   const raw = _asList(d.Statement);
   if (raw.length === 0) throw malformedPolicy('Statement must not be empty');
-  const statements = raw.map((s, i) => _compileStatement(s, i, opts));
+  // IAM policy variables are replaced only in a policy whose Version is 2012-10-17 (IAM User Guide, "Version").
+  const variables = d.Version === '2012-10-17';
+  const statements = raw.map((s, i) => _compileStatement(s, i, opts, variables));
   return {
     kind: opts.kind,
     ...(d.Version !== undefined ? { version: d.Version as string } : {}),

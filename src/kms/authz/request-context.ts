@@ -66,6 +66,13 @@ export interface AuthzRequest {
   bypassPolicyLockoutSafetyCheck?: boolean;
   reEncryptOnSameKey?: boolean;
   /**
+   * Tags the request would set (CreateKey, TagResource): aws:RequestTag/<k>, keyed by TagKey
+   * as written. Keys differing only in case are one condition key with several values.
+   */
+  requestTags?: Readonly<Record<string, string>>;
+  /** Tag keys the request names (CreateKey, TagResource, UntagResource): aws:TagKeys. */
+  tagKeys?: readonly string[];
+  /**
    * Any further keys, named as in policies (looked up case-insensitively):
    * how another service's request (EC2's `ec2:VolumeSize`, `aws:RequestTag/<k>`,
    * `aws:ResourceTag/<k>` of a volume) reaches the same evaluator. Consulted
@@ -80,12 +87,13 @@ export interface AuthzRequest {
 const GRANT_ACTIONS = new Set(['kms:creategrant', 'kms:listgrants', 'kms:revokegrant']);
 const EC_PREFIX = 'kms:encryptioncontext:';
 const TAG_PREFIX = 'aws:resourcetag/';
+const REQUEST_TAG_PREFIX = 'aws:requesttag/';
 
 
 export class RequestContext implements ConditionContext {
-  private ecLower?: Map<string, string>;
+  private ecLower?: Map<string, ContextValue>;
   private extraLower?: Map<string, ContextValue>;
-  constructor(private readonly req: AuthzRequest) {}
+  constructor(private readonly req: AuthzRequest, private readonly roleArnOf?: (account: string, name: string) => string | undefined) {}
 
   get(key: string): ContextValue | undefined {
     const v = this._builtin(key);
@@ -103,6 +111,20 @@ export class RequestContext implements ConditionContext {
     return this.extraLower.get(key);
   }
 
+  /**
+   * aws:PrincipalArn of a role session: the role's IAM ARN with its path (`role/untrusted/R`),
+   * as a Role caller's own ARN has it; the STS session ARN carries no path.
+   */
+  private _sessionRoleArn(): string {
+    const c = this.req.caller;
+    const ids = callerIds(c);
+    if (ids.roleName === undefined) return c.arn;
+    const issuer = c.sessionContext?.sessionIssuer;
+    if (issuer && issuer.userName === ids.roleName && issuer.accountId === ids.account) return issuer.arn;
+    const m = /^arn:[\w-]+:sts::(\d{12}):/.exec(c.arn);
+    return (m && this.roleArnOf?.(m[1]!, ids.roleName)) ?? ids.roleArn ?? c.arn;
+  }
+
   private _builtin(key: string): ContextValue | undefined {
     const r = this.req;
     const c = r.caller;
@@ -114,7 +136,7 @@ export class RequestContext implements ConditionContext {
         return c.viaService;
       case 'aws:principalarn':
         if (c.type === 'AWSService') return undefined;
-        return c.type === 'AssumedRole' ? (callerIds(c).roleArn ?? c.arn) : c.arn;
+        return c.type === 'AssumedRole' ? this._sessionRoleArn() : c.arn;
       case 'aws:principaltype':
         return { Root: 'Account', IAMUser: 'User', AssumedRole: 'AssumedRole', Role: 'AssumedRole', AWSService: undefined, Unknown: 'Anonymous' }[c.type];
       case 'aws:principalservicename':
@@ -178,16 +200,31 @@ export class RequestContext implements ConditionContext {
         return r.bypassPolicyLockoutSafetyCheck === undefined ? undefined : String(r.bypassPolicyLockoutSafetyCheck);
       case 'kms:reencryptonsamekey':
         return r.reEncryptOnSameKey === undefined ? undefined : String(r.reEncryptOnSameKey);
+      case 'aws:tagkeys':
+        return r.tagKeys;
     }
     if (key.startsWith(EC_PREFIX)) {
       // KMS Developer Guide: the context key in kms:EncryptionContext:<key> is matched case-insensitively; values are not.
       const ec = r.encryptionContext;
       if (!ec) return undefined;
       if (!this.ecLower) {
+        // Keys differing only in case ({"Dept": "secret", "dept": "x"}) are one condition key with
+        // every value: a Deny on any of them fires, whichever the request lists last.
         this.ecLower = new Map();
-        for (const [k, v] of Object.entries(ec)) this.ecLower.set(k.toLowerCase(), v);
+        for (const [k, v] of Object.entries(ec)) {
+          const l = k.toLowerCase();
+          const had = this.ecLower.get(l);
+          this.ecLower.set(l, had === undefined ? v : typeof had === 'string' ? [had, v] : [...had, v]);
+        }
       }
       return this.ecLower.get(key.slice(EC_PREFIX.length));
+    }
+    if (key.startsWith(REQUEST_TAG_PREFIX) && r.requestTags) {
+      // Every value of a case-differing same key ("Project" and "project"): a Deny on any of them fires.
+      const want = key.slice(REQUEST_TAG_PREFIX.length);
+      const vals: string[] = [];
+      for (const [k, v] of Object.entries(r.requestTags)) if (k.toLowerCase() === want) vals.push(v);
+      return vals.length === 0 ? undefined : vals.length === 1 ? vals[0] : vals;
     }
     if (key.startsWith(TAG_PREFIX)) {
       const tags = r.key?.tags;

@@ -27,7 +27,7 @@ export interface MatchStats {
  * units, as the RegExp this replaced matched them. `stats`, when given,
  * receives the number of steps taken.
  */
-export function globMatch(pattern: string, subject: string, stats?: MatchStats): boolean {
+export function globMatch(pattern: string, subject: string, stats?: MatchStats, lit?: Uint8Array): boolean {
   const pl = pattern.length;
   const sl = subject.length;
   let p = 0;
@@ -38,10 +38,11 @@ export function globMatch(pattern: string, subject: string, stats?: MatchStats):
   while (s < sl) {
     steps++;
     const c = p < pl ? pattern.charCodeAt(p) : -1;
-    if (c === 0x3f /* ? */ || (c !== 0x2a /* * */ && c === subject.charCodeAt(s))) {
+    const literal = lit !== undefined && p < pl && lit[p] === 1; // a substituted policy variable's `*` / `?`
+    if ((c === 0x3f /* ? */ && !literal) || ((c !== 0x2a /* * */ || literal) && c === subject.charCodeAt(s))) {
       p++;
       s++;
-    } else if (c === 0x2a) {
+    } else if (c === 0x2a && !literal) {
       star = p++;
       resume = s;
     } else if (star >= 0) {
@@ -52,13 +53,21 @@ export function globMatch(pattern: string, subject: string, stats?: MatchStats):
       return false;
     }
   }
-  while (p < pl && pattern.charCodeAt(p) === 0x2a) { p++; steps++; }
+  while (p < pl && pattern.charCodeAt(p) === 0x2a && !(lit !== undefined && lit[p] === 1)) { p++; steps++; }
   if (stats) stats.steps = steps;
   return p === pl;
 }
 
-/** A matcher for a list of patterns (any one may match); exact-only lists use a Set. */
-export function globMatcher(patterns: readonly string[], ignoreCase: boolean): (s: string) => boolean {
+/**
+ * A matcher for a list of patterns (any one may match); exact-only lists use a Set. `lits[i]`,
+ * when given, marks the characters of `patterns[i]` that are literal (substituted policy
+ * variables, `${*}`): their `*` and `?` are not wildcards. Not with `ignoreCase`.
+ */
+export function globMatcher(patterns: readonly string[], ignoreCase: boolean, lits?: readonly (Uint8Array | undefined)[]): (s: string) => boolean {
+  if (lits && lits.some((m) => m !== undefined)) {
+    const masked = patterns.map((p, i) => ({ p, m: lits[i] }));
+    return (subject) => masked.some(({ p, m }) => globMatch(p, subject, undefined, m));
+  }
   if (patterns.includes('*')) return () => true;
   const norm = ignoreCase ? patterns.map((p) => p.toLowerCase()) : [...patterns];
   const exact = new Set(norm.filter((p) => !hasWildcard(p)));

@@ -79,6 +79,7 @@ export function parseTrustPolicy(text: string): Statement[] {
   }
   const stmts = (doc as { Statement?: unknown })?.Statement;
   const list = Array.isArray(stmts) ? stmts : stmts ? [stmts] : [];
+  const variables = (doc as { Version?: unknown })?.Version === '2012-10-17'; // IAM policy variables: this Version only
   if (list.length === 0) throw new TrustPolicyError('MalformedPolicyDocumentException', 'The trust policy has no Statement.');
   const strs = (v: unknown, what: string): string[] => {
     const a = Array.isArray(v) ? v : [v];
@@ -97,7 +98,7 @@ export function parseTrustPolicy(text: string): Statement[] {
     if (principals.length === 0) throw new TrustPolicyError('MalformedPolicyDocumentException', `Statement ${i}: Principal must be "*" or {"AWS": ...}.`);
     let conditions: CompiledCondition[] = [];
     try {
-      if (s.Condition !== undefined) conditions = compileConditions(s.Condition, `Statement ${i}`);
+      if (s.Condition !== undefined) conditions = compileConditions(s.Condition, `Statement ${i}`, { variables });
     } catch (e) {
       throw new TrustPolicyError('MalformedPolicyDocumentException', (e as Error).message);
     }
