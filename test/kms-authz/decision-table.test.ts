@@ -375,6 +375,10 @@ describe('IAM policy variables (Version 2012-10-17 only)', () => {
     const e2 = new PolicyEvaluator({ identityPolicies: () => [deny] });
     expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/alice-x` }).allowed).toBe(true);
     expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/bob-x` }).allowed).toBe(false);
+    // A caller for whom the variable has no value (a role session: no aws:username): the NotResource is left
+    // out with its statement, rather than covering every resource (which would deny it everything).
+    expect(keyUser.userName).toBeUndefined();
+    expect(e2.evaluate({ action: 'kms:CreateAlias', caller: keyUser, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/any-x` }).allowed).toBe(true);
   });
 });
 

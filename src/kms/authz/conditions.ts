@@ -59,8 +59,13 @@ interface OperatorSpec {
   build(values: string[], where: string, lits?: readonly (Uint8Array | undefined)[]): (v: string) => boolean;
 }
 
-/** A plain decimal number (`5`, `-2.5`): not `0x5`, `1e3`, `Infinity` or `" 5 "`, which `Number` would read. */
-const _num = (s: string): number => (/^[+-]?\d+(?:\.\d+)?$/.test(s) ? Number(s) : NaN);
+/**
+ * A number as the policy or the request writes it. Read as JavaScript's `Number` reads text
+ * (`1e3`, `.5` and `" 5"` too), as before: policies already stored with such values must keep
+ * compiling (a stored key policy that no longer compiles would refuse every call on its key,
+ * PutKeyPolicy included). An empty string is not a number.
+ */
+const _num = (s: string): number => (s.trim() === '' ? NaN : Number(s));
 
 const ISO_8601 = /^(\d{4}-\d{2}-\d{2})(?:T(\d{2}:\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
 
@@ -72,11 +77,15 @@ const ISO_8601 = /^(\d{4}-\d{2}-\d{2})(?:T(\d{2}:\d{2})(?::(\d{2})(?:\.(\d+))?)?
 function _date(s: string): number {
   if (/^-?\d+(\.\d+)?$/.test(s)) return Number(s) * 1000;
   const m = ISO_8601.exec(s);
-  if (!m) return NaN;
-  const [, day, hm, sec, frac, zone] = m;
-  if (!hm) return Date.parse(`${day}T00:00:00Z`);
-  const z = zone === undefined || zone === 'Z' ? 'Z' : `${zone.slice(0, 3)}:${zone.slice(-2)}`;
-  return Date.parse(`${day}T${hm}:${sec ?? '00'}${frac ? `.${frac.slice(0, 3).padEnd(3, '0')}` : ''}${z}`);
+  if (m) {
+    const [, day, hm, sec, frac, zone] = m;
+    if (!hm) return Date.parse(`${day}T00:00:00Z`);
+    const z = zone === undefined || zone === 'Z' ? 'Z' : `${zone.slice(0, 3)}:${zone.slice(-2)}`;
+    return Date.parse(`${day}T${hm}:${sec ?? '00'}${frac ? `.${frac.slice(0, 3).padEnd(3, '0')}` : ''}${z}`);
+  }
+  // Any other form Date.parse reads (lowercase ISO, RFC 2822), as before: stored policies with such
+  // values must keep compiling (see _num).
+  return Date.parse(s);
 }
 
 function numericOp(cmp: (a: number, b: number) => boolean, parse: (s: string) => number, kind: string) {
@@ -287,7 +296,7 @@ function _isMissing(v: ContextValue | undefined): boolean {
  * resolved (one whose variable has no value, or that resolves to something the operator
  * cannot read, matches nothing).
  */
-function _variablePredicate(spec: OperatorSpec, values: string[], where: string): (ctx: ConditionContext) => (v: string) => boolean {
+function _variablePredicate(spec: OperatorSpec, values: string[], where: string): (ctx: ConditionContext) => ((v: string) => boolean) | undefined {
   const templates = values.map((v) => (hasVariables(v) ? compileTemplate(v) : undefined));
   // The values without variables are checked now, as any policy's are.
   const fixed = values.filter((_, i) => !templates[i]);
@@ -297,7 +306,11 @@ function _variablePredicate(spec: OperatorSpec, values: string[], where: string)
     for (let i = 0; i < values.length; i++) {
       const t = templates[i];
       const r: Resolved | undefined = t ? t.resolve(ctx) : { s: values[i]! };
-      if (!r) continue;
+      // A variable with no value in this request: the condition does not hold, whatever its
+      // operator (AWS: such a variable may make the statement invalid). Negated, it would
+      // otherwise hold for everyone: an Allow `StringNotEquals ${aws:username}` would let in
+      // every role session, which has no aws:username.
+      if (!r) return undefined;
       try { preds.push(spec.build([r.s], where, [r.lit])); } catch { /* resolves to an unreadable value: no match */ }
     }
     return (v) => preds.some((p) => p(v));
@@ -315,7 +328,10 @@ function _compileOne(op: ParsedOperator, key: string, values: string[], where: s
   }
   if (variables && values.some(hasVariables)) {
     const perRequest = _variablePredicate(spec, values, where);
-    return (ctx) => _test(perRequest(ctx), spec.negated, setOp, ifExists, ctx.get(key));
+    return (ctx) => {
+      const pos = perRequest(ctx);
+      return pos !== undefined && _test(pos, spec.negated, setOp, ifExists, ctx.get(key));
+    };
   }
   const pos = spec.build(values, where);
   return (ctx) => _test(pos, spec.negated, setOp, ifExists, ctx.get(key));

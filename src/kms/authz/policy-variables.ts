@@ -10,8 +10,9 @@ import type { ConditionContext } from './conditions.js';
  * - `${key, 'default'}` uses `default` (`''` inside it is one quote) when the key has no value;
  * - `${*}`, `${?}`, `${$}` are a literal `*`, `?`, `$`;
  * - a substituted value is literal: its `*` and `?` are not wildcards;
- * - a variable with no value (absent, or a multi-valued key), and a malformed `${…`, make
- *   that value match nothing.
+ * - a variable with no value (absent, or a multi-valued key without a default), and a
+ *   malformed `${…`, make the condition not hold whatever its operator, and a Resource /
+ *   NotResource holding one leaves the statement out (conditions.ts, policy-document.ts).
  * One pass: a substituted value's own `${…}` is not replaced again.
  */
 
