@@ -1,8 +1,7 @@
-import { request } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Env, ensureBuilt } from './helpers.js';
+import { Env, ensureBuilt, rawControlCall } from './helpers.js';
 
 /**
  * EC2 API conformance of the volume operations, through the real daemon and
@@ -13,19 +12,7 @@ import { Env, ensureBuilt } from './helpers.js';
 type Answer = { status: number; body: { __type?: string; message?: string; [k: string]: any } };
 
 function raw(env: Env, op: string, body: unknown): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      { socketPath: join(env.state, 'ebsd.sock'), method: 'POST', path: '/', headers: { 'X-Amz-Target': `ebsd.${op}`, 'Content-Type': 'application/x-amz-json-1.1' } },
-      (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
+  return rawControlCall(env.state, `ebsd.${op}`, body);
 }
 
 const MiB = 1024 * 1024;

@@ -1,9 +1,8 @@
-import { request } from 'node:http';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, Env, ensureBuilt, run } from './helpers.js';
+import { CLI, Env, ensureBuilt, rawControlCall, run } from './helpers.js';
 
 /**
  * Every request member is checked at the edge (issue 13, defects 7 and 10):
@@ -15,19 +14,7 @@ type Answer = { status: number; body: { __type?: string; message?: string; [k: s
 
 /** One control-API call with a raw JSON body, as any local program could send it. */
 function raw(env: Env, target: string, body: string): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      { socketPath: join(env.state, 'ebsd.sock'), method: 'POST', path: '/', headers: { 'X-Amz-Target': target, 'Content-Type': 'application/x-amz-json-1.1' } },
-      (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
+  return rawControlCall(env.state, target, body);
 }
 
 const NO_STACK = /\n\s+at /;

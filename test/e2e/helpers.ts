@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { chmodSync, createWriteStream, type WriteStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync } from 'node:fs';
+import { request } from 'node:http';
 import { join, resolve } from 'node:path';
 
 /**
@@ -296,4 +297,28 @@ export async function untilReady(p: ChildProcess, out: NodeJS.WritableStream): P
     p.on('exit', (code) => { clearTimeout(t); fail(new Error(`daemon exited ${code} before ready:\n${buf}`)); });
   });
   p.removeAllListeners('exit');
+}
+
+/** A control-API answer as a raw call sees it. */
+export interface ControlAnswer { status: number; body: { __type?: string; message?: string; [k: string]: any } }
+
+/**
+ * One control-API call as any local program could send it: `body` as given (a string is sent as is,
+ * so a test can send what the CLI never would), X-Amz-Target `target`, through the socket of the
+ * daemon whose state dir is `stateDir`, on a connection of its own.
+ */
+export function rawControlCall(stateDir: string, target: string, body: string | unknown): Promise<ControlAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { socketPath: join(stateDir, 'ebsd.sock'), method: 'POST', path: '/', agent: false, headers: { 'X-Amz-Target': target, 'Content-Type': 'application/x-amz-json-1.1' } },
+      (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(typeof body === 'string' ? body : JSON.stringify(body));
+  });
 }

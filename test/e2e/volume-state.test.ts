@@ -1,11 +1,10 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, fdatasyncSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { exitCodeFor } from '../../src/cli/exit-codes.js';
-import { Env, ensureBuilt } from './helpers.js';
+import { Env, ensureBuilt, rawControlCall } from './helpers.js';
 
 /**
  * Crash- and race-safety of volume state through the real daemon: parallel
@@ -54,19 +53,7 @@ type Answer = { status: number; body: any };
 
 /** One control-API call as root through the daemon's socket (what the CLI sends, without its start-up). */
 function call(env: Env, target: string, body: Record<string, unknown> = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      { socketPath: join(env.state, 'ebsd.sock'), method: 'POST', path: '/', agent: false, headers: { 'X-Amz-Target': target, 'Content-Type': 'application/x-amz-json-1.1' } },
-      (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
+  return rawControlCall(env.state, target, body);
 }
 
 /** A call that must succeed; its answer. */
