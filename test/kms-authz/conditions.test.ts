@@ -136,6 +136,7 @@ describe('policy variables in condition values', () => {
     expect(vcheck({ StringEquals: { 'a:k': "${a:none, 'it''s'}" } }, { 'a:k': "it's" })).toBe(true);
     expect(vcheck({ NumericLessThan: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': '5' })).toBe(true);
     expect(vcheck({ NumericLessThan: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': 'lots' })).toBe(false);
+    expect(vcheck({ NumericNotEquals: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': 'lots' })).toBe(false); // unreadable: not held, negated too
     expect(vcheck({ ArnLike: { 'aws:PrincipalArn': 'arn:aws:iam::${aws:PrincipalAccount}:role/*' } }, { 'aws:PrincipalAccount': '111122223333', 'aws:PrincipalArn': 'arn:aws:iam::111122223333:role/R' })).toBe(true);
     expect(vcheck({ ArnLike: { 'aws:PrincipalArn': 'arn:aws:iam::${aws:PrincipalAccount}:role/*' } }, { 'aws:PrincipalAccount': '*', 'aws:PrincipalArn': 'arn:aws:iam::111122223333:role/R' })).toBe(false);
     expect(vcheck({ StringEquals: { 'a:k': '${aws:username}' } }, { 'aws:username': 'u', 'a:k': '${aws:username}' }, false)).toBe(true);

@@ -293,8 +293,8 @@ function _isMissing(v: ContextValue | undefined): boolean {
 
 /**
  * The positive predicate of values holding policy variables, for this request: each value
- * resolved (one whose variable has no value, or that resolves to something the operator
- * cannot read, matches nothing).
+ * resolved; undefined when one has no value, or resolves to something the operator cannot
+ * read: then the condition does not hold, whatever its operator (_compileOne).
  */
 function _variablePredicate(spec: OperatorSpec, values: string[], where: string): (ctx: ConditionContext) => ((v: string) => boolean) | undefined {
   const templates = values.map((v) => (hasVariables(v) ? compileTemplate(v) : undefined));
@@ -311,7 +311,8 @@ function _variablePredicate(spec: OperatorSpec, values: string[], where: string)
       // otherwise hold for everyone: an Allow `StringNotEquals ${aws:username}` would let in
       // every role session, which has no aws:username.
       if (!r) return undefined;
-      try { preds.push(spec.build([r.s], where, [r.lit])); } catch { /* resolves to an unreadable value: no match */ }
+      // A value that resolves to something the operator cannot read (a number that is not one): the same.
+      try { preds.push(spec.build([r.s], where, [r.lit])); } catch { return undefined; }
     }
     return (v) => preds.some((p) => p(v));
   };
