@@ -95,6 +95,10 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
   if (c.kmsFrontThreads !== undefined && c.kmsFrontThreads !== 0 && c.kmsFrontThreads !== 1) throw new ArgRangeError('--kms-front-threads', `must be 0 or 1, got ${String(c.kmsFrontThreads)}`);
+  // A config built in code, not through the CLI's parse, is held to the same range.
+  if (c.refusalWindowMs !== undefined && (!Number.isSafeInteger(c.refusalWindowMs) || c.refusalWindowMs < 1000 || c.refusalWindowMs > 10 * 60_000)) {
+    throw new ArgRangeError('--refusal-window', `must be from 1s to 10m, got ${String(c.refusalWindowMs)} ms`);
+  }
   // Checked before anything starts; the listener checks again (it may be built without a config).
   if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
     throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);

@@ -23,6 +23,11 @@ describe('--refusal-window', () => {
     expect(() => refusalWindow('500ms')).toThrow(/--refusal-window.*at least 1s/);
     expect(() => refusalWindow('11m')).toThrow(/--refusal-window/);
     expect(() => refusalWindow('soon')).toThrow(/--refusal-window/);
+    // A config built in code is held to the same range.
+    const base = { stateDir: '/tmp/x', mountDir: '/tmp/m', logLevel: 'info', allowUnencrypted: false };
+    expect(() => checkDaemonConfig({ ...base, refusalWindowMs: 0 })).toThrow(/--refusal-window.*from 1s to 10m/);
+    expect(() => checkDaemonConfig({ ...base, refusalWindowMs: 2 ** 31 })).toThrow(/--refusal-window/);
+    expect(() => checkDaemonConfig({ ...base, refusalWindowMs: 3000 })).not.toThrow();
   });
 });
 

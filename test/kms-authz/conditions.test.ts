@@ -128,15 +128,20 @@ describe('policy variables in condition values', () => {
   it('substitutes any context key; no value, a multi-valued key or a malformed variable match nothing', () => {
     expect(vcheck({ StringEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:PrincipalTag/team': 'x', 'aws:ResourceTag/team': 'x' })).toBe(true);
     expect(vcheck({ StringEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' })).toBe(false);
-    // No value: the condition does not hold whatever its operator; negated, it would hold for every caller without the key.
-    expect(vcheck({ StringNotEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:ResourceTag/team': 'x' })).toBe(false);
-    expect(vcheck({ StringNotEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:PrincipalTag/team': 'y', 'aws:ResourceTag/team': 'x' })).toBe(true);
+    // No value: null, as IAM treats it (negated operators "match against a null value"): it matches nothing,
+    // so a negated operator holds (a Deny so written still denies), and the other values still count.
+    expect(vcheck({ StringNotEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:ResourceTag/team': 'x' })).toBe(true);
+    expect(vcheck({ StringNotEquals: { 'aws:ResourceTag/team': '${aws:PrincipalTag/team}' } }, { 'aws:PrincipalTag/team': 'x', 'aws:ResourceTag/team': 'x' })).toBe(false);
+    expect(vcheck({ StringEquals: { 'a:owner': ['admin', '${aws:username}'] } }, { 'a:owner': 'admin' })).toBe(true);
+    expect(vcheck({ StringEqualsIfExists: { 'a:owner': '${aws:username}' } }, {})).toBe(true);
+    expect(vcheck({ 'ForAllValues:StringEquals': { 'a:keys': '${aws:username}' } }, {})).toBe(true);
     expect(vcheck({ StringEquals: { 'a:k': '${kms:EncryptionContextKeys}' } }, { 'kms:EncryptionContextKeys': ['x'], 'a:k': 'x' })).toBe(false);
     expect(vcheck({ StringEquals: { 'a:k': '${aws:username' } }, { 'aws:username': 'u', 'a:k': '${aws:username' })).toBe(false);
     expect(vcheck({ StringEquals: { 'a:k': "${a:none, 'it''s'}" } }, { 'a:k': "it's" })).toBe(true);
     expect(vcheck({ NumericLessThan: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': '5' })).toBe(true);
     expect(vcheck({ NumericLessThan: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': 'lots' })).toBe(false);
-    expect(vcheck({ NumericNotEquals: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': 'lots' })).toBe(false); // unreadable: not held, negated too
+    expect(vcheck({ NumericNotEquals: { 'a:n': '${a:max}' } }, { 'a:n': '3', 'a:max': 'lots' })).toBe(true); // unreadable: null too
+    expect(vcheck({ NumericLessThan: { 'a:n': ['10', '${a:max}'] } }, { 'a:n': '5', 'a:max': 'lots' })).toBe(true);
     expect(vcheck({ ArnLike: { 'aws:PrincipalArn': 'arn:aws:iam::${aws:PrincipalAccount}:role/*' } }, { 'aws:PrincipalAccount': '111122223333', 'aws:PrincipalArn': 'arn:aws:iam::111122223333:role/R' })).toBe(true);
     expect(vcheck({ ArnLike: { 'aws:PrincipalArn': 'arn:aws:iam::${aws:PrincipalAccount}:role/*' } }, { 'aws:PrincipalAccount': '*', 'aws:PrincipalArn': 'arn:aws:iam::111122223333:role/R' })).toBe(false);
     expect(vcheck({ StringEquals: { 'a:k': '${aws:username}' } }, { 'aws:username': 'u', 'a:k': '${aws:username}' }, false)).toBe(true);

@@ -375,10 +375,17 @@ describe('IAM policy variables (Version 2012-10-17 only)', () => {
     const e2 = new PolicyEvaluator({ identityPolicies: () => [deny] });
     expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/alice-x` }).allowed).toBe(true);
     expect(e2.evaluate({ action: 'kms:CreateAlias', caller: alice, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/bob-x` }).allowed).toBe(false);
-    // A caller for whom the variable has no value (a role session: no aws:username): the NotResource is left
-    // out with its statement, rather than covering every resource (which would deny it everything).
+    // A caller for whom the variable has no value (a role session: no aws:username): the pattern matches no
+    // resource, so this Deny's NotResource covers every one: it fails closed.
     expect(keyUser.userName).toBeUndefined();
-    expect(e2.evaluate({ action: 'kms:CreateAlias', caller: keyUser, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/any-x` }).allowed).toBe(true);
+    expect(e2.evaluate({ action: 'kms:CreateAlias', caller: keyUser, resource: `arn:aws:kms:${REGION}:${ACCT}:alias/any-x` }).allowed).toBe(false);
+    // And a Deny with a negated condition on the variable denies it too (null is not equal to anything).
+    const deny2 = parsePolicy(doc({ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }, { Effect: 'Deny', Action: 'kms:Decrypt', Resource: '*', Condition: { StringNotEquals: { 'kms:EncryptionContext:owner': '${aws:username}' } } }), { kind: 'identity' });
+    const e3 = new PolicyEvaluator({ identityPolicies: () => [deny2] });
+    const decrypt = (c: Caller, owner: string) => e3.evaluate({ action: 'kms:Decrypt', caller: c, resource: '*', encryptionContext: { owner } }).allowed;
+    expect(decrypt(alice, 'alice')).toBe(true);
+    expect(decrypt(alice, 'bob')).toBe(false);
+    expect(decrypt(keyUser, 'bob')).toBe(false);
   });
 });
 

@@ -293,10 +293,13 @@ function _isMissing(v: ContextValue | undefined): boolean {
 
 /**
  * The positive predicate of values holding policy variables, for this request: each value
- * resolved; undefined when one has no value, or resolves to something the operator cannot
- * read: then the condition does not hold, whatever its operator (_compileOne).
+ * resolved. A value whose variable has no value in the request, or that resolves to something
+ * the operator cannot read, is null, as IAM treats it: it matches nothing, so with the
+ * condition's other values ORed, a positive operator holds only if another value matches and
+ * a negated one holds unless another matches (AWS: negated operators "match against a null
+ * value"). A Deny with StringNotEquals ${aws:username} thus still denies a role session.
  */
-function _variablePredicate(spec: OperatorSpec, values: string[], where: string): (ctx: ConditionContext) => ((v: string) => boolean) | undefined {
+function _variablePredicate(spec: OperatorSpec, values: string[], where: string): (ctx: ConditionContext) => (v: string) => boolean {
   const templates = values.map((v) => (hasVariables(v) ? compileTemplate(v) : undefined));
   // The values without variables are checked now, as any policy's are.
   const fixed = values.filter((_, i) => !templates[i]);
@@ -306,13 +309,8 @@ function _variablePredicate(spec: OperatorSpec, values: string[], where: string)
     for (let i = 0; i < values.length; i++) {
       const t = templates[i];
       const r: Resolved | undefined = t ? t.resolve(ctx) : { s: values[i]! };
-      // A variable with no value in this request: the condition does not hold, whatever its
-      // operator (AWS: such a variable may make the statement invalid). Negated, it would
-      // otherwise hold for everyone: an Allow `StringNotEquals ${aws:username}` would let in
-      // every role session, which has no aws:username.
-      if (!r) return undefined;
-      // A value that resolves to something the operator cannot read (a number that is not one): the same.
-      try { preds.push(spec.build([r.s], where, [r.lit])); } catch { return undefined; }
+      if (!r) continue; // no value: null, matches nothing
+      try { preds.push(spec.build([r.s], where, [r.lit])); } catch { /* unreadable: null too */ }
     }
     return (v) => preds.some((p) => p(v));
   };
@@ -329,10 +327,7 @@ function _compileOne(op: ParsedOperator, key: string, values: string[], where: s
   }
   if (variables && values.some(hasVariables)) {
     const perRequest = _variablePredicate(spec, values, where);
-    return (ctx) => {
-      const pos = perRequest(ctx);
-      return pos !== undefined && _test(pos, spec.negated, setOp, ifExists, ctx.get(key));
-    };
+    return (ctx) => _test(perRequest(ctx), spec.negated, setOp, ifExists, ctx.get(key));
   }
   const pos = spec.build(values, where);
   return (ctx) => _test(pos, spec.negated, setOp, ifExists, ctx.get(key));

@@ -199,20 +199,18 @@ function _compileStatement(s: unknown, index: number, opts: ParseOptions, variab
   const resNeg = resKey === 'NotResource';
   let matchesResource: (arn: string, ctx?: ConditionContext) => boolean;
   if (variables && resources.some(hasVariables)) {
-    // IAM policy variables (Version 2012-10-17): resolved per request. One with no value in this
-    // request leaves the statement out (Resource and NotResource alike): a NotResource of nothing
-    // would otherwise cover every resource.
+    // IAM policy variables (Version 2012-10-17): resolved per request. A pattern whose variable has
+    // no value matches no resource, in Resource and NotResource alike (so a Deny's NotResource of
+    // nothing covers every resource: it fails closed).
     const templates = resources.map(compileTemplate);
     matchesResource = (arn, ctx) => {
       const pats: string[] = [];
       const lits: (Uint8Array | undefined)[] = [];
       for (const t of templates) {
         const r = t.resolve(ctx);
-        if (!r) return false;
-        pats.push(r.s);
-        lits.push(r.lit);
+        if (r) { pats.push(r.s); lits.push(r.lit); }
       }
-      return globMatcher(pats, false, lits)(arn) !== resNeg;
+      return (pats.length > 0 && globMatcher(pats, false, lits)(arn)) !== resNeg;
     };
   } else {
     const resMatch = globMatcher(resources, false);

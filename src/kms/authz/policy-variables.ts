@@ -11,8 +11,9 @@ import type { ConditionContext } from './conditions.js';
  * - `${*}`, `${?}`, `${$}` are a literal `*`, `?`, `$`;
  * - a substituted value is literal: its `*` and `?` are not wildcards;
  * - a variable with no value (absent, or a multi-valued key without a default), and a
- *   malformed `${…`, make the condition not hold whatever its operator, and a Resource /
- *   NotResource holding one leaves the statement out (conditions.ts, policy-document.ts).
+ *   malformed `${…`, make that value null: it matches nothing, so a negated operator holds
+ *   against it as IAM's do, and a Resource / NotResource pattern holding one matches no
+ *   resource (conditions.ts, policy-document.ts).
  * One pass: a substituted value's own `${…}` is not replaced again.
  */
 
