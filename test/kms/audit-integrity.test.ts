@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { verifyAuditLog } from '../../src/kms/audit/verify.js';
 import pino from 'pino';
-import { openKms, admin, tempDir, FakeClock } from './helpers.js';
+import { openKms, admin, sealedAuditLog, tempDir, FakeClock } from './helpers.js';
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
@@ -23,10 +23,7 @@ describe('audit log integrity', () => {
   it('deleting every digest and re-chaining an edited log is reported, and the daemon signs nothing over it', async () => {
     const t = tempDir();
     try {
-      let kms = await openKms(t.dir, { auditReserveBytes: 0 });
-      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
-      for (let i = 0; i < 4; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-      await kms.close(); // seals 0..4
+      const keyId = await sealedAuditLog(t.dir, 4, { auditReserveBytes: 0 }); // seals 0..4
       const dir = join(t.dir, 'audit');
       expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 4, markThrough: 4 });
       expect(existsSync(join(t.dir, 'audit-mark.json'))).toBe(true);
@@ -45,10 +42,10 @@ describe('audit log integrity', () => {
       expect(res.problem?.detail).toMatch(/events 0\.\.4 are missing/);
 
       // Restarted: the log is marked tampered, calls are still audited, and no digest is signed over the forged history.
-      kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      const kms = await openKms(t.dir, { auditReserveBytes: 0 });
       expect(kms.audit.health()).toMatchObject({ Integrity: 'tampered' });
       expect(kms.audit.health().IntegrityProblem).toMatch(/digests are missing: the last signed digest sealed events through 4/);
-      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.call('DescribeKey', { KeyId: keyId }, admin);
       await kms.sealAudit();
       await kms.close();
       expect(readdirSync(join(dir, 'digests'))).toEqual([]);
@@ -62,10 +59,7 @@ describe('audit log integrity', () => {
   it('a replaced or unsigned mark is reported; a digest chain that ends early is reported against the mark', async () => {
     const t = tempDir();
     try {
-      const kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 2 });
-      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
-      for (let i = 0; i < 5; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-      await kms.close();
+      await sealedAuditLog(t.dir, 5, { auditReserveBytes: 0, auditDigestEvery: 2 });
       const dir = join(t.dir, 'audit');
       const digests = readdirSync(join(dir, 'digests')).sort();
       expect(digests.length).toBeGreaterThanOrEqual(3);

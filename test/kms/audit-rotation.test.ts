@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { verifyAuditLog } from '../../src/kms/audit/verify.js';
 import { SEALED_FILE } from '../../src/kms/audit/audit-log.js';
 import { buildEventJson, MAX_USER_AGENT } from '../../src/kms/audit/event.js';
-import { openKms, admin, tempDir } from './helpers.js';
+import { openKms, admin, sealedAuditLog, tempDir } from './helpers.js';
 
 /** Audit log rotation into sealed files, verified and tailed as one chain; the sequence after a truncation. */
 describe('audit log rotation', () => {
@@ -51,16 +51,13 @@ describe('audit log rotation', () => {
   it('after the log is truncated, the sequence continues after the last digest and sealing goes on (no reused numbers)', async () => {
     const t = tempDir();
     try {
-      let kms = await openKms(t.dir, { auditReserveBytes: 0 });
-      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
-      for (let i = 0; i < 5; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-      await kms.close(); // seals 0..5
+      const keyId = await sealedAuditLog(t.dir, 5, { auditReserveBytes: 0 }); // seals 0..5
       const dir = join(t.dir, 'audit');
       expect(verifyAuditLog(dir)).toMatchObject({ ok: true, sealedThrough: 5 });
       writeFileSync(join(dir, 'events.ndjson'), ''); // truncated by someone
 
-      kms = await openKms(t.dir, { auditReserveBytes: 0 });
-      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      const kms = await openKms(t.dir, { auditReserveBytes: 0 });
+      await kms.call('DescribeKey', { KeyId: keyId }, admin);
       await kms.close();
       const live = readFileSync(join(dir, 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
       expect(live.map((e) => e.sequenceNumber)).toEqual([6]); // not 0 again

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { createLogger } from '../../src/util/logger.js';
 import { verifyAuditLog, verifyAuditLogOffThread } from '../../src/kms/audit/verify.js';
-import { openKms, admin, stranger, tempDir, awsError } from './helpers.js';
+import { openKms, admin, sealedAuditLog, stranger, tempDir, awsError } from './helpers.js';
 
 describe('audit log', () => {
   it('one CloudTrail event per call (allowed, denied, failed); verify detects modify/remove/reorder/truncate', async () => {
@@ -139,11 +139,7 @@ describe('audit log', () => {
 describe('audit verification on a worker thread (verifyAuditLogOffThread, as the daemon runs it)', () => {
   it('answers what verifyAuditLog answers, intact and tampered; an unreadable log is an error naming the directory', async () => {
     const t = tempDir();
-    const kms = await openKms(t.dir, { auditDigestEvery: 4 });
-    const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
-    for (let i = 0; i < 9; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
-    await kms.sealAudit();
-    await kms.close();
+    await sealedAuditLog(t.dir, 9, { auditDigestEvery: 4 }); // the close seals the last 2 events
     const dir = join(t.dir, 'audit');
     const intact = await verifyAuditLogOffThread(dir);
     expect(intact).toEqual(verifyAuditLog(dir));

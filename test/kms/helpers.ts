@@ -26,6 +26,19 @@ export async function openKms(dir: string, extra: Partial<KmsOptions> = {}): Pro
   return KmsService.open({ stateDir: dir, accountId: ACCOUNT, region: REGION, scryptCost: TEST_SCRYPT, ...extra });
 }
 
+/**
+ * An audit log to check: a KMS in `dir` opened with `extra`, one key created and described `n`
+ * times by the account root (n + 1 events), then closed, which seals the log. Returns the key id,
+ * for calls after a reopen.
+ */
+export async function sealedAuditLog(dir: string, n: number, extra: Partial<KmsOptions> = {}): Promise<string> {
+  const kms = await openKms(dir, extra);
+  const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+  for (let i = 0; i < n; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+  await kms.close();
+  return k.KeyId;
+}
+
 /** The key policy as stored in the key's file (`<kms>/keys/<id>.json`, docs/kms-format.md). */
 export function storedKeyPolicy(kmsDir: string, keyId: string): string {
   return (JSON.parse(readFileSync(join(kmsDir, 'keys', `${keyId}.json`), 'utf8')) as { policy: string }).policy;
