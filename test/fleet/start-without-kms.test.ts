@@ -32,6 +32,23 @@ async function attachedAndStopped(host: Env, kmsUrl: string, keyArn: string, see
   return { vol, data };
 }
 
+/** The 4 KiB attachedAndStopped wrote read back through the volume file (O_DIRECT), then the volume detached. */
+async function readsBackAndDetaches(host: Env, vol: string, data: Buffer): Promise<void> {
+  const out = Buffer.alloc(4096);
+  const fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
+  readSync(fd, out, 0, 4096, 0);
+  closeSync(fd);
+  expect(out.equals(data), `seed ${SEED}`).toBe(true);
+  await host.untilClosed(vol); // FUSE RELEASE reaches the daemon after close() returns
+  expect((await host.ok(['detach', vol])).State).toBe('detached');
+}
+
+/** The host's credentials and `endpoints` (AWS_ENDPOINT_URL…) as the only AWS settings of this process, which the host daemon inherits. */
+function useHostCredentials(k: { AccessKeyId: string; SecretAccessKey: string }, endpoints: Record<string, string>): void {
+  for (const v of VARS) delete process.env[v];
+  Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', ...endpoints });
+}
+
 /** A KMS daemon started in `kms` with a user `host` allowed kms:*, its access key, and a key: what every case's host needs. */
 async function kmsWithHostUser(kms: Env): Promise<{ url: string; k: { AccessKeyId: string; SecretAccessKey: string }; keyArn: string }> {
   const url = (await startKmsDaemon(kms)).url;
@@ -63,8 +80,7 @@ describe('a host daemon started while its KMS is down', () => {
     const made = await kmsWithHostUser(kms);
     url = made.url;
     const { k, keyArn } = made;
-    for (const v of VARS) delete process.env[v];
-    Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
+    useHostCredentials(k, { AWS_ENDPOINT_URL: url });
 
     // A volume attached and written while the KMS is up; the host stops with it recorded in-use.
     const { vol, data } = await attachedAndStopped(host, url, keyArn, 'start-without-kms');
@@ -87,13 +103,7 @@ describe('a host daemon started while its KMS is down', () => {
     }, 60_000);
     expect(back.KeyCache.State).toMatch(/cached|refreshing/);
     expect((await status()).Daemon.Kms.Waiting).toBeUndefined();
-    const out = Buffer.alloc(4096);
-    const fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
-    readSync(fd, out, 0, 4096, 0);
-    closeSync(fd);
-    expect(out.equals(data), `seed ${SEED}`).toBe(true);
-    await host.untilClosed(vol); // FUSE RELEASE reaches the daemon after close() returns
-    expect((await host.ok(['detach', vol])).State).toBe('detached');
+    await readsBackAndDetaches(host, vol, data);
 
     const log = await host.untilLog(/host principal resolved, volumes open/);
     expect(log.match(/KMS unreachable at start/g)).toHaveLength(1);
@@ -174,9 +184,8 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     proxy = new TcpProxy({ host: u.hostname, port: Number(u.port) });
     await proxy.start();
     const kmsUrl = `http://127.0.0.1:${proxy.port}`;
-    for (const v of VARS) delete process.env[v];
     // STS straight to the KMS daemon, the KMS calls through the proxy.
-    Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: url, AWS_EC2_METADATA_DISABLED: 'true' });
+    useHostCredentials(k, { AWS_ENDPOINT_URL_STS: url });
 
     const { vol, data } = await attachedAndStopped(host, kmsUrl, keyArn, 'kms-down-sts-up');
     await proxy.stop();
@@ -195,13 +204,7 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     }, 90_000);
     expect(back.Problem).toBeUndefined();
     expect(back.KeyCache.State).toMatch(/cached|refreshing/);
-    const out = Buffer.alloc(4096);
-    const fd = openSync(host.file(vol), constants.O_RDONLY | constants.O_DIRECT);
-    readSync(fd, out, 0, 4096, 0);
-    closeSync(fd);
-    expect(out.equals(data), `seed ${SEED}`).toBe(true);
-    await host.untilClosed(vol); // FUSE RELEASE reaches the daemon after close() returns
-    expect((await host.ok(['detach', vol])).State).toBe('detached');
+    await readsBackAndDetaches(host, vol, data);
     const log = await host.untilLog(/volume recorded attached is served again/);
     expect(log.match(/KMS did not answer the re-attach of volumes recorded attached/g)).toHaveLength(1);
     expect(log.match(/volume recorded attached is served again/g)).toHaveLength(1);
