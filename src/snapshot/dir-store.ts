@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir, removeAtomicWriteTemps } from '../util/atomic-write.js';
 import { SnapshotError } from './errors.js';
-import { checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt, summaryOf } from './manifest-check.js';
+import { checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, readListedManifests, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
 import { PackSet, sha256Hex } from './pack-store.js';
 import type { BlockBatch, BlockHash, SnapshotManifest, SnapshotSummary } from './types.js';
@@ -337,14 +337,9 @@ export class DirSnapshotStore implements CollectableStore {
     return this.readManifests(opts, summaryOf);
   }
 
-  /** Every manifest, each through `keep` as soon as it is read. */
+  /** Every manifest, each through `keep` as soon as it is read; one at a time (local files). */
   private async readManifests<T>(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }, keep: (m: SnapshotManifest) => T): Promise<T[]> {
-    const out: T[] = [];
-    for (const id of await this.listManifestIds()) {
-      const m = await skipCorrupt(id, () => this.getManifest(id), opts.onCorrupt);
-      if (m) out.push(keep(m));
-    }
-    return out;
+    return readListedManifests(await this.listManifestIds(), 1, (id) => this.getManifest(id), opts.onCorrupt, keep);
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {

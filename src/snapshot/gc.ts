@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import { faultPoint } from '../util/fault-point.js';
 import { silentLogger } from '../util/logger.js';
 import { checkBlockHash, manifestHashes } from './manifest-check.js';
+import { inParallel } from '../util/in-parallel.js';
 import type { BlockHash, SnapshotStore } from './types.js';
 
 /** A block as a store lists it for the collector: `modifiedMs` is when it was last put (the store's clock). */
@@ -298,22 +299,4 @@ export class SnapshotGc {
     this.queue = run.catch(() => {});
     return run;
   }
-}
-
-/** fn over items, at most `n` at a time; the first failure is thrown once all started ones have settled. */
-export async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failure: { e: unknown } | undefined;
-  const worker = async (): Promise<void> => {
-    while (next < items.length && !failure) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (e) {
-        failure ??= { e };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-  if (failure) throw failure.e;
 }

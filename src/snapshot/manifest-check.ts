@@ -1,4 +1,5 @@
 import { SnapshotError } from './errors.js';
+import { inParallel } from '../util/in-parallel.js';
 import type { BlockHash, SnapshotManifest, SnapshotSummary } from './types.js';
 
 const HASH = /^[0-9a-f]{64}$/;
@@ -155,6 +156,24 @@ export function parseManifest(where: string, snapshotId: string, text: string): 
 export function summaryOf(m: SnapshotManifest): SnapshotSummary {
   const { blocks: _blocks, ...rest } = m;
   return rest;
+}
+
+/**
+ * A store's listing of whole manifests (listManifests, listManifestSummaries): the manifests `ids`
+ * names, read `readers` at a time, each through `keep` as soon as it is read (a summary drops its
+ * block list there, so a listing never holds every one); a corrupt one as skipCorrupt says, one
+ * deleted since `ids` was listed left out; in the order of `ids`.
+ */
+export async function readListedManifests<T>(
+  ids: string[], readers: number, read: (snapshotId: string) => Promise<SnapshotManifest | undefined>,
+  onCorrupt: ((snapshotId: string, err: SnapshotError) => void) | undefined, keep: (m: SnapshotManifest) => T,
+): Promise<T[]> {
+  const got: (T | undefined)[] = new Array(ids.length);
+  await inParallel(ids.map((id, i) => [id, i] as const), readers, async ([id, i]) => {
+    const m = await skipCorrupt(id, () => read(id), onCorrupt);
+    if (m) got[i] = keep(m);
+  });
+  return got.filter((m): m is T => m !== undefined);
 }
 
 /** A store's manifest read while listing: a corrupt one is reported to `onCorrupt` and left out, or thrown when there is none. */

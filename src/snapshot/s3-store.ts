@@ -13,7 +13,7 @@ import {
 import { ArgRangeError } from '../util/errors.js';
 import { caBundleAgent } from '../util/ca-bundle.js';
 import { SnapshotError } from './errors.js';
-import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, skipCorrupt, summaryOf } from './manifest-check.js';
+import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, readListedManifests, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotSummary } from './types.js';
 
@@ -291,22 +291,9 @@ export class S3SnapshotStore implements CollectableStore {
     return this.readManifests(opts, summaryOf);
   }
 
-  /** Every manifest, each through `keep` as soon as it is parsed. */
+  /** Every manifest, each through `keep` as soon as it is parsed; LIST_READERS at a time: one round trip each, so a store of many snapshots lists in a few. */
   private async readManifests<T>(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }, keep: (m: SnapshotManifest) => T): Promise<T[]> {
-    const ids = await this.listManifestIds();
-    // Read LIST_READERS at a time: one round trip each, so a store of many snapshots lists in a few.
-    const got: (T | undefined)[] = new Array(ids.length);
-    let next = 0;
-    const reader = async (): Promise<void> => {
-      while (next < ids.length) {
-        const i = next++;
-        const m = await skipCorrupt(ids[i]!, () => this.getManifest(ids[i]!), opts.onCorrupt);
-        if (m) got[i] = keep(m);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(LIST_READERS, ids.length) }, reader));
-    // Deleted between the listing and the read: gone, not an error.
-    return got.filter((m): m is T => m !== undefined);
+    return readListedManifests(await this.listManifestIds(), LIST_READERS, (id) => this.getManifest(id), opts.onCorrupt, keep);
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {

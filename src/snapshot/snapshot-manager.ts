@@ -24,7 +24,8 @@ import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } 
 import { FilterBudget } from '../util/ec2-filter.js';
 import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
-import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, inParallel, type BlockPin, type SnapshotGc } from './gc.js';
+import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
+import { inParallel } from '../util/in-parallel.js';
 import { skipCorrupt, summaryOf } from './manifest-check.js';
 import type { Clock } from '../util/clock.js';
 
