@@ -160,13 +160,11 @@ export class Ec2Authorizer {
    * allows the action on every resource of the type (`wildcardArn`, no resource context), or on at
    * least one item the caller would be shown (`anyShown`, asked only then).
    */
-  checkListingDryRun(op: 'DescribeVolumes' | 'DescribeVolumeStatus' | 'DescribeSnapshots', caller: Caller, anyShown: () => boolean | Promise<boolean>): UnauthorizedOperation | undefined | Promise<UnauthorizedOperation | undefined> {
+  async checkListingDryRun(op: 'DescribeVolumes' | 'DescribeVolumeStatus' | 'DescribeSnapshots', caller: Caller, anyShown: () => boolean | Promise<boolean>): Promise<UnauthorizedOperation | undefined> {
     if (caller.type === 'Root') return undefined;
     const wildcard = op === 'DescribeSnapshots' ? this.snapshotArn('*') : this.volumeArn('*');
     const onAll = this._decide(EC2_ACTIONS.get(op)!, wildcard, caller, this._common(new Map()));
-    if (!onAll) return undefined;
-    const shown = anyShown();
-    return shown instanceof Promise ? shown.then((yes) => (yes ? undefined : onAll)) : shown ? undefined : onAll;
+    return onAll && !(await anyShown()) ? onAll : undefined;
   }
 
   /** May `caller` see this volume in a DescribeVolumes / DescribeVolumeStatus / `ebsd status` answer? */
