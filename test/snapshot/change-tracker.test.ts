@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { closeSync, openSync, readSync, statfsSync, promises as fsp } from 'node:fs';
+import { statfsSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { BlockBitmap } from '../../src/snapshot/block-bitmap.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from '../../src/snapshot/change-tracker.js';
@@ -9,7 +9,7 @@ import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { EIO, toErrno } from '../../src/fuse/errno.js';
 import { BEHIND_MIN_FREE } from '../../src/volume/free-space.js';
 import { nativeIo } from '../../src/volume/native-io.js';
-import { freshImage, VOL } from '../volume/helpers/image.js';
+import { dataSegmentBytes, freshImage, VOL } from '../volume/helpers/image.js';
 
 /**
  * Changed-block tracking when its file cannot be written (docs/architecture.md
@@ -76,14 +76,7 @@ afterEach(async () => {
 const afterCrash = (): Promise<TrackingState> => new TrackingFiles(files.dir).load(VOL);
 
 function disk(pos: number, len: number): Buffer {
-  const fd = openSync(img, 'r');
-  try {
-    const b = Buffer.alloc(len);
-    readSync(fd, b, 0, len, LUKS2_DATA_OFFSET + pos);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
+  return dataSegmentBytes(img, pos, len);
 }
 
 describe('changed-block tracking whose dirty mark cannot be written', () => {

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { closeSync, openSync, readSync, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { EncryptedBlockDevice } from '../../src/volume/encrypted-block-device.js';
 import { PlainBlockDevice } from '../../src/volume/plain-block-device.js';
@@ -10,7 +10,7 @@ import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import type { WriteGate } from '../../src/volume/write-gate.js';
 import { BlockFileSystem, FuseMount } from '../../src/fuse/index.js';
 import { createLogger } from '../../src/util/logger.js';
-import { tmpDir, VOL, freshImage } from './helpers/image.js';
+import { dataSegmentBytes, tmpDir, VOL, freshImage } from './helpers/image.js';
 import { openEncrypted } from './helpers/device.js';
 import { printSeedOnFailure, seeded } from '../crypto/seeded.js';
 import { sh } from '../fuse/helpers.js';
@@ -37,14 +37,7 @@ afterEach(() => t.cleanup());
 
 /** Data-segment bytes [pos, pos + len) of the image as they are on disk now. */
 function disk(pos: number, len: number): Buffer {
-  const fd = openSync(img, 'r');
-  try {
-    const b = Buffer.alloc(len);
-    readSync(fd, b, 0, len, LUKS2_DATA_OFFSET + pos);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
+  return dataSegmentBytes(img, pos, len);
 }
 
 interface Call { kind: 'try' | 'pass'; pos: number; len: number; before: Buffer }

@@ -1,3 +1,4 @@
+import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { seededBytes } from '../../crypto/seeded.js';
 import { tempDir, type TempDir } from '../../helpers/temp-dir.js';
@@ -38,4 +39,16 @@ export async function freshImage(size: number): Promise<{ t: ReturnType<typeof t
   const key = volumeKey();
   await makeImage(img, size, key);
   return { t, img, key };
+}
+
+/** Data-segment bytes [pos, pos + len) of the image file `img` as they are on disk now (past its LUKS2 header area). */
+export function dataSegmentBytes(img: string, pos: number, len: number): Buffer {
+  const fd = openSync(img, 'r');
+  try {
+    const b = Buffer.alloc(len);
+    readSync(fd, b, 0, len, LUKS2_DATA_OFFSET + pos);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
 }
