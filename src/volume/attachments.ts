@@ -71,6 +71,10 @@ export interface AttachmentsDeps {
  */
 export class Attachments {
   private readonly live = new Map<string, Attachment>();
+  /** Attaches under way (grant, unwrap, digest check): DescribeVolumes shows them `attaching`, as EC2 does. */
+  private readonly pending = new Map<string, { instanceId: string; device: string; since: string }>();
+  /** Detaches under way (drain, fdatasync, grant retirement): DescribeVolumes shows them `detaching`. */
+  private readonly leaving = new Set<string>();
   private readonly dir: string;
   private readonly catalog: Catalog;
   private readonly mutex: KeyedMutex;
@@ -150,62 +154,82 @@ export class Attachments {
       if (rec.pendingGrantRetirements?.length) await this.grants.retirePending(rec);
       if (formatOf(rec).measurementOnly) this.checkUnencryptedAllowed('attach');
       const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
-      const att = await this.bringUp(rec, async (v) => {
-        if (!v) return { grantId: '', grantToken: '' }; // plaintext: no key, no grant
-        const g = await this.ks.createGrant(
-          {
-            KeyId: v.token.key_arn,
-            GranteePrincipal: this.host.arn,
-            RetiringPrincipal: this.host.arn,
-            Operations: ['Decrypt'],
-            Constraints: { EncryptionContextSubset: { 'aws:ebs:id': rec.volumeId } },
-            Name: attachGrantName(this.instanceId, rec.volumeId),
-          },
-          { ...caller, viaService: this.viaService },
-        );
-        // A crash from here until the catalog says in-use leaves a live grant with no record:
-        // the next start finds it by name and retires it (AttachGrants.retireOrphans).
-        faultPoint('attach.after-grant');
-        // CreateGrant is idempotent by Name: a grant a failed detach left behind comes back as this one.
-        if (rec.pendingGrantRetirements?.some((p) => p.grantId === g.GrantId)) {
-          rec.pendingGrantRetirements = rec.pendingGrantRetirements.filter((p) => p.grantId !== g.GrantId);
-          if (!rec.pendingGrantRetirements.length) delete rec.pendingGrantRetirements;
-        }
-        return { grantId: g.GrantId, grantToken: g.GrantToken };
-      });
-      const attachTime = new Date().toISOString();
-      const before = structuredClone(rec);
-      rec.state = 'in-use';
-      rec.attachment = { instanceId: this.instanceId, device, attachTime, hostPrincipal: this.host.arn, grantId: att.grantId, grantToken: att.grantToken };
-      let recorded = false;
+      this.pending.set(rec.volumeId, { instanceId: this.instanceId, device, since: new Date().toISOString() });
       try {
-        await this.catalog.put(rec);
-        recorded = true;
-        this.expose(att.device);
-      } catch (e) {
-        // Not recorded or not served: take everything back, so no half-attached volume remains.
-        this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'attach could not be completed; rolling back');
-        await this.teardown(att).catch(() => {});
-        if (att.grantId) {
-          const g = { grantId: att.grantId, keyArn: att.keyArn, grantToken: att.grantToken };
-          if (!(await this.grants.retireOne(rec.volumeId, g, 'failed attach'))) (before.pendingGrantRetirements ??= []).push({ ...g, since: attachTime });
-        }
-        if (recorded || before.pendingGrantRetirements?.length) {
-          await this.catalog.put(before).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record the rolled-back attach'));
-        }
-        throw e;
+        return await this.attachRecorded(rec, device, caller);
+      } finally {
+        this.pending.delete(rec.volumeId);
       }
-      if (rec.unencrypted) {
-        this.log.warn({ volumeId: rec.volumeId, encrypted: false }, 'UNENCRYPTED volume attached: I/O is plaintext passthrough (measurement only)');
-      } else {
-        this.log.info({ volumeId: rec.volumeId, keyArn: att.keyArn, grantId: att.grantId }, 'volume attached');
-      }
-      this.audit({
-        eventName: 'AttachVolume', volumeId: rec.volumeId, principal: caller.arn,
-        details: rec.unencrypted ? { instanceId: this.instanceId, encrypted: false, cipher: 'none' } : { instanceId: this.instanceId, grantId: att.grantId },
-      });
-      return { VolumeId: rec.volumeId, InstanceId: this.instanceId, Device: device, State: 'attached' as const, AttachTime: attachTime };
     });
+  }
+
+  /** Is a detach of `volumeId` under way on this host? DescribeVolumes shows it `detaching`. */
+  detaching(volumeId: string): boolean {
+    return this.leaving.has(volumeId);
+  }
+
+  /** The attach under way on this host for `volumeId`, if one is: what DescribeVolumes shows as `attaching`. */
+  attaching(volumeId: string): { instanceId: string; device: string; since: string } | undefined {
+    return this.pending.get(volumeId);
+  }
+
+  /** attachVolume's work once the request is checked; the caller holds the volume's mutex. */
+  private async attachRecorded(rec: VolumeRecord, device: string, caller: Caller) {
+    const att = await this.bringUp(rec, async (v) => {
+      if (!v) return { grantId: '', grantToken: '' }; // plaintext: no key, no grant
+      const g = await this.ks.createGrant(
+        {
+          KeyId: v.token.key_arn,
+          GranteePrincipal: this.host.arn,
+          RetiringPrincipal: this.host.arn,
+          Operations: ['Decrypt'],
+          Constraints: { EncryptionContextSubset: { 'aws:ebs:id': rec.volumeId } },
+          Name: attachGrantName(this.instanceId, rec.volumeId),
+        },
+        { ...caller, viaService: this.viaService },
+      );
+      // A crash from here until the catalog says in-use leaves a live grant with no record:
+      // the next start finds it by name and retires it (AttachGrants.retireOrphans).
+      faultPoint('attach.after-grant');
+      // CreateGrant is idempotent by Name: a grant a failed detach left behind comes back as this one.
+      if (rec.pendingGrantRetirements?.some((p) => p.grantId === g.GrantId)) {
+        rec.pendingGrantRetirements = rec.pendingGrantRetirements.filter((p) => p.grantId !== g.GrantId);
+        if (!rec.pendingGrantRetirements.length) delete rec.pendingGrantRetirements;
+      }
+      return { grantId: g.GrantId, grantToken: g.GrantToken };
+    });
+    const attachTime = new Date().toISOString();
+    const before = structuredClone(rec);
+    rec.state = 'in-use';
+    rec.attachment = { instanceId: this.instanceId, device, attachTime, hostPrincipal: this.host.arn, grantId: att.grantId, grantToken: att.grantToken };
+    let recorded = false;
+    try {
+      await this.catalog.put(rec);
+      recorded = true;
+      this.expose(att.device);
+    } catch (e) {
+      // Not recorded or not served: take everything back, so no half-attached volume remains.
+      this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'attach could not be completed; rolling back');
+      await this.teardown(att).catch(() => {});
+      if (att.grantId) {
+        const g = { grantId: att.grantId, keyArn: att.keyArn, grantToken: att.grantToken };
+        if (!(await this.grants.retireOne(rec.volumeId, g, 'failed attach'))) (before.pendingGrantRetirements ??= []).push({ ...g, since: attachTime });
+      }
+      if (recorded || before.pendingGrantRetirements?.length) {
+        await this.catalog.put(before).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record the rolled-back attach'));
+      }
+      throw e;
+    }
+    if (rec.unencrypted) {
+      this.log.warn({ volumeId: rec.volumeId, encrypted: false }, 'UNENCRYPTED volume attached: I/O is plaintext passthrough (measurement only)');
+    } else {
+      this.log.info({ volumeId: rec.volumeId, keyArn: att.keyArn, grantId: att.grantId }, 'volume attached');
+    }
+    this.audit({
+      eventName: 'AttachVolume', volumeId: rec.volumeId, principal: caller.arn,
+      details: rec.unencrypted ? { instanceId: this.instanceId, encrypted: false, cipher: 'none' } : { instanceId: this.instanceId, grantId: att.grantId },
+    });
+    return { VolumeId: rec.volumeId, InstanceId: this.instanceId, Device: device, State: 'attached' as const, AttachTime: attachTime };
   }
 
   /**
@@ -275,13 +299,20 @@ export class Attachments {
         throw new VolumeError('VOLUME_OPEN', `Volume ${rec.volumeId} is open (${open} handle(s)); close it (losetup -d, umount) or detach with Force (--force)`, { awsName: 'VolumeInUse' });
       }
       let closeError: unknown;
-      if (att) {
-        await this.hide(rec.volumeId, { force: !!req.Force });
-        closeError = await this.teardown(att);
+      this.leaving.add(rec.volumeId);
+      let finished: Awaited<ReturnType<Attachments['finishDetach']>>;
+      try {
+        if (att) {
+          await this.hide(rec.volumeId, { force: !!req.Force });
+          closeError = await this.teardown(att);
+        }
+        rec.detaching = { since: new Date().toISOString() };
+        await this.catalog.put(rec);
+        finished = await this.finishDetach(rec);
+      } finally {
+        this.leaving.delete(rec.volumeId);
       }
-      rec.detaching = { since: new Date().toISOString() };
-      await this.catalog.put(rec);
-      const { grantRetired, attachment: a } = await this.finishDetach(rec);
+      const { grantRetired, attachment: a } = finished;
       this.log.info({ volumeId: rec.volumeId, forced: !!req.Force, openHandles: open, grantRetired }, 'volume detached');
       this.audit({
         eventName: 'DetachVolume', volumeId: rec.volumeId, principal: caller.arn,

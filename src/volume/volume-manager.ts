@@ -642,12 +642,20 @@ export class VolumeManager {
   }
 
   private describe(r: VolumeRecord) {
+    // EC2's attachment states: `attaching` while the grant, unwrap and digest check run (the
+    // volume is then `in-use`, as in EC2), `detaching` while a detach retires the grant.
+    const attaching = r.attachment ? undefined : this.attachments.attaching(r.volumeId);
+    const attachments = r.attachment
+      ? [{ VolumeId: r.volumeId, InstanceId: r.attachment.instanceId, Device: r.attachment.device, State: r.detaching || this.attachments.detaching(r.volumeId) ? 'detaching' as const : 'attached' as const, AttachTime: r.attachment.attachTime, DeleteOnTermination: false }]
+      : attaching
+        ? [{ VolumeId: r.volumeId, InstanceId: attaching.instanceId, Device: attaching.device, State: 'attaching' as const, AttachTime: attaching.since, DeleteOnTermination: false }]
+        : [];
     return {
       VolumeId: r.volumeId,
       /** EC2 reports GiB; ebsd volumes may be smaller, so SizeBytes is exact. */
       Size: gib(r.size),
       SizeBytes: r.size,
-      State: r.state as VolumeState,
+      State: (attaching ? 'in-use' : r.state) as VolumeState,
       // ebsd's own: how far a restore from a snapshot has come, while `creating`.
       ...(this.building.has(r.volumeId) ? { Progress: `${this.building.get(r.volumeId)}%` } : {}),
       ...(r.state === 'error' && r.stateMessage ? { StateMessage: r.stateMessage } : {}),
@@ -663,9 +671,7 @@ export class VolumeManager {
       Throughput: GP3_THROUGHPUT_MIBPS,
       MultiAttachEnabled: false,
       AvailabilityZone: this.o.availabilityZone ?? `${this.o.region ?? 'us-east-1'}a`,
-      Attachments: r.attachment
-        ? [{ VolumeId: r.volumeId, InstanceId: r.attachment.instanceId, Device: r.attachment.device, State: 'attached', AttachTime: r.attachment.attachTime, DeleteOnTermination: false }]
-        : [],
+      Attachments: attachments,
       Tags: r.tags,
     };
   }

@@ -1,0 +1,104 @@
+/**
+ * EC2's attachment states while an attach or a detach is under way: the volume
+ * is `in-use` with its attachment `attaching` while the host's CreateGrant and
+ * Decrypt are out, and `detaching` while the detach retires the grant
+ * (docs/architecture.md §6). Host A serves the KMS (--kms-only on loopback);
+ * host B attaches through it. The KMS process is stopped (SIGSTOP) to hold a
+ * call open, so the states are seen, not raced for; SIGCONT lets the call
+ * finish within the host's 5 s request timeout.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { startKmsDaemon } from '../kms-net/helpers.js';
+import { callDaemon, socketPathFor } from '../../src/cli/client.js';
+import { until } from './netns.js';
+import { createRemoteHostUser, hostBEnv, hostKeyPolicy, restoreAwsEnv, savedAwsEnv } from './remote-host.js';
+
+describe('attachment states while the KMS call of an attach or a detach is out', () => {
+  const a = new Env('ast-kms');
+  const b = new Env('ast-host');
+  const saved = savedAwsEnv();
+  let vol = '';
+  let kmsPid = 0;
+  /** DescribeVolumes straight from the socket: a poll spawns no CLI process. */
+  const describe1 = async (): Promise<any> => (await callDaemon(socketPathFor(b.state), 'ebsd.DescribeVolumes', { VolumeIds: [vol] })).Volumes[0];
+  const byStatus = async (status: string): Promise<string[]> =>
+    (await callDaemon(socketPathFor(b.state), 'ebsd.DescribeVolumes', { Filters: [{ Name: 'attachment.status', Values: [status] }] })).Volumes.map((v: any) => v.VolumeId);
+
+  beforeAll(async () => {
+    ensureBuilt();
+    const { url } = await startKmsDaemon(a);
+    kmsPid = a.pid!;
+    const host = await createRemoteHostUser(a);
+    const arn = (await a.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
+    await a.ok(['kms', 'put-key-policy', '--key-id', arn, '--policy-name', 'default', '--policy', hostKeyPolicy(host)]);
+    hostBEnv(host, url);
+    await b.start(['--kms-endpoint', url]);
+    vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', arn])).VolumeId as string;
+  }, 180_000);
+
+  afterAll(async () => {
+    try {
+      if (kmsPid) process.kill(kmsPid, 'SIGCONT');
+    } catch { /* gone already */ }
+    try {
+      await b.cleanup();
+      await a.cleanup();
+    } finally {
+      restoreAwsEnv(saved);
+    }
+  }, 60_000);
+
+  it('shows attaching, then attached; detaching, then no attachment', async () => {
+    expect(await describe1()).toMatchObject({ State: 'available', Attachments: [] });
+
+    process.kill(kmsPid, 'SIGSTOP');
+    const attach = b.cli(['attach', vol, '--output', 'json']);
+    let seen: any;
+    try {
+      seen = await until('the attach under way', async () => {
+        const v = await describe1();
+        return v.Attachments[0]?.State === 'attaching' ? v : undefined;
+      }, 15_000);
+      expect(await byStatus('attaching')).toEqual([vol]);
+    } finally {
+      process.kill(kmsPid, 'SIGCONT');
+    }
+    expect(seen).toMatchObject({ State: 'in-use', Attachments: [{ VolumeId: vol, Device: `/dev/ebsd/${vol}`, State: 'attaching', DeleteOnTermination: false }] });
+    const attached = await attach;
+    expect(attached.code, attached.stderr).toBe(0);
+    expect(JSON.parse(attached.stdout).State).toBe('attached');
+    expect(await describe1()).toMatchObject({ State: 'in-use', Attachments: [{ State: 'attached' }] });
+    expect(await byStatus('attaching')).toEqual([]);
+
+    process.kill(kmsPid, 'SIGSTOP');
+    const detach = b.cli(['detach', vol, '--output', 'json']);
+    try {
+      seen = await until('the detach under way', async () => {
+        const v = await describe1();
+        return v.Attachments[0]?.State === 'detaching' ? v : undefined;
+      }, 15_000);
+      expect(await byStatus('detaching')).toEqual([vol]);
+    } finally {
+      process.kill(kmsPid, 'SIGCONT');
+    }
+    expect(seen).toMatchObject({ State: 'in-use', Attachments: [{ VolumeId: vol, State: 'detaching' }] });
+    const detached = await detach;
+    expect(detached.code, detached.stderr).toBe(0);
+    expect(JSON.parse(detached.stdout).State).toBe('detached');
+    expect(await describe1()).toMatchObject({ State: 'available', Attachments: [] });
+  });
+
+  it('an attach the KMS refuses leaves the volume available, with no attachment shown', async () => {
+    // Host B's user loses kms:CreateGrant on the key: the attach fails at the grant.
+    const arn = (await describe1()).KmsKeyId as string;
+    await a.ok(['kms', 'put-key-policy', '--key-id', arn, '--policy-name', 'default', '--policy', JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${arn.split(':')[4]}:root` }, Action: 'kms:*', Resource: '*' }],
+    })]);
+    const r = await b.cli(['attach', vol]);
+    expect(r.code, r.stderr).not.toBe(0);
+    expect(r.stderr).toContain('AccessDenied');
+    expect(await describe1()).toMatchObject({ State: 'available', Attachments: [] });
+  });
+});
