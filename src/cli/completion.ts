@@ -15,7 +15,7 @@ import { UsageError } from './kms-args.js';
 
 const LIVE_TIMEOUT_MS = 1_500;
 /** Commands whose next word is a volume id. */
-const VOLUME_WORDS = new Set(['attach', 'detach', 'describe', 'modify', 'delete', '--volume-id']);
+const VOLUME_WORDS = new Set(['attach', 'detach', 'describe', 'modify', 'modifications', 'delete', '--volume-id']);
 /** Flags whose value is a KMS key (id, ARN or alias). */
 const KEY_FLAGS = new Set(['--key-id', '--kms-key', '--target-key-id', '--destination-key-id']);
 

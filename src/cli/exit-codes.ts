@@ -41,7 +41,7 @@ export const EXIT_CODES_HELP = `Exit codes:
  10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, EC2's InternalError, IAM's ServiceFailure, a corrupt image: *.Corrupt;
      ThrottlingException, RequestLimitExceeded: too many requests or connections, retry later)`;
 
-const NOT_FOUND = new Set(['ResourceNotFoundException', 'NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeID.Malformed', 'InvalidSnapshot.NotFound', 'InvalidSnapshotID.Malformed', 'InvalidInstanceID.NotFound', 'InvalidInstanceID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
+const NOT_FOUND = new Set(['ResourceNotFoundException', 'NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeModification.NotFound', 'InvalidVolumeID.Malformed', 'InvalidSnapshot.NotFound', 'InvalidSnapshotID.Malformed', 'InvalidInstanceID.NotFound', 'InvalidInstanceID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
 const CONFLICT = new Set([
   'VolumeInUse', 'InvalidSnapshot.InUse', 'IncorrectState', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
   'EntityAlreadyExistsException', 'DeleteConflictException', 'LimitExceededException', 'ConflictException',

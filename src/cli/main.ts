@@ -18,7 +18,7 @@ import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, table, ty
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
 import { topCommand } from './top.js';
-import { snapshotCommands } from './snapshot-commands.js';
+import { parseFilters, snapshotCommands } from './snapshot-commands.js';
 import { waitWithProgress } from './wait-progress.js';
 import { ebsCommands } from './ebs-commands.js';
 
@@ -352,13 +352,40 @@ function volumeCommands(y: Argv): Argv {
             show(g, await call(g, 'ebsd.ModifyVolume', { VolumeId: a.volumeId, Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size, ...dryRunMember(a) }));
           },
         )
+        .command(
+          'modifications [volume-ids..]',
+          'The latest modification of each volume (EC2 DescribeVolumesModifications)',
+          (b) =>
+            b
+              .positional('volume-ids', { type: 'string', array: true })
+              .option('filters', { type: 'array', string: true, describe: 'Name=modification-state,Values=completed or JSON; repeatable' })
+              .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: '5..500' })
+              .option('next-token', { type: 'string' })
+              .option('dry-run', DRY_RUN_OPTION),
+          async (a) => {
+            const g = a as unknown as Globals;
+            const filters = parseFilters(a.filters ?? []);
+            const res = await call(g, 'ebsd.DescribeVolumesModifications', {
+              ...(a.volumeIds?.length ? { VolumeIds: a.volumeIds } : {}),
+              ...(filters.length ? { Filters: filters } : {}),
+              ...(a.maxResults !== undefined ? { MaxResults: a.maxResults } : {}),
+              ...(a.nextToken !== undefined ? { NextToken: a.nextToken } : {}),
+              ...dryRunMember(a),
+            });
+            show(g, res, () => table(res.VolumesModifications as R[], [
+              ['VOLUME', (r) => r.VolumeId], ['STATE', (r) => r.ModificationState],
+              ['FROM', (r) => humanBytes(r.OriginalSizeBytes as number)], ['TO', (r) => humanBytes(r.TargetSizeBytes as number)],
+              ['STARTED', (r) => r.StartTime], ['ENDED', (r) => r.EndTime ?? ''], ['MESSAGE', (r) => r.StatusMessage ?? ''],
+            ]));
+          },
+        )
         .command('delete <volume-id>', 'Delete an available volume and its image', (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
           const g = a as unknown as Globals;
           await call(g, 'ebsd.DeleteVolume', { VolumeId: a.volumeId, ...dryRunMember(a) });
           if (fmt(g) === 'table') process.stdout.write(`deleted ${a.volumeId}\n`);
           else show(g, {});
         })
-        .demandCommand(1, 'name a volume subcommand: create, ls, describe, modify, delete'),
+        .demandCommand(1, 'name a volume subcommand: create, ls, describe, modify, modifications, delete'),
     )
     .command(
       'attach <volume-id>',

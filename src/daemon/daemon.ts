@@ -87,7 +87,7 @@ const HOST_KEY_STATE_DOC = JSON.stringify({
  * The caller is the socket peer's uid (SO_PEERCRED) mapped through identities.json.
  * An unmapped uid is refused everything and every refusal is audited.
  */
-const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeStatus', 'DeleteVolume', 'AttachVolume', 'DetachVolume', 'ModifyVolume']);
+const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeStatus', 'DeleteVolume', 'AttachVolume', 'DetachVolume', 'ModifyVolume', 'DescribeVolumesModifications']);
 /** The daemon's other own operations (ebsd.<op>; ebsd.Iam<op> are audit-events.ts isIamOperation's). */
 const EBSD_OPS = new Set(['CopySnapshot', 'Status', 'AuditTail', 'AuditVerify']);
 
@@ -734,6 +734,8 @@ export class Daemon {
       case 'ModifyVolume':
         await checkImageSizeFits(mgr.dir, req.input.Size, 'Size');
         return mgr.modifyVolume(req.input, caller);
+      case 'DescribeVolumesModifications':
+        return this.describeVolumesModifications(req.input);
       case 'AttachVolume': {
         // The manager exposes the file inside the volume's mutex (VolumeManagerOptions.expose).
         const id = req.input.VolumeId;
@@ -798,14 +800,17 @@ export class Daemon {
     // Only the volumes the caller may describe (ec2:DescribeVolumes, per volume).
     const all = this.mgr!.describeVolumes(query).Volumes.filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v));
     if (MaxResults === undefined && NextToken === undefined) return { Volumes: all };
-    const sorted = [...all].sort((x, y) => (x.VolumeId < y.VolumeId ? -1 : x.VolumeId > y.VolumeId ? 1 : 0));
-    if (NextToken !== undefined && !VOLUME_ID_RE.test(NextToken)) {
-      throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'NextToken', 'Invalid value for NextToken: pass the NextToken of the previous page unchanged');
-    }
-    const from = NextToken === undefined ? 0 : sorted.findIndex((v) => v.VolumeId > NextToken);
-    const page = from < 0 ? [] : sorted.slice(from, from + (MaxResults ?? 500));
-    const more = from >= 0 && from + page.length < sorted.length;
-    return { Volumes: page, ...(more ? { NextToken: page[page.length - 1]!.VolumeId } : {}) };
+    const { page, next } = pageById(all, MaxResults, NextToken);
+    return { Volumes: page, ...(next ? { NextToken: next } : {}) };
+  }
+
+  /** Paged as describeVolumes (by volume id); authorized as a whole (ec2-authz.ts), so nothing is filtered per volume. */
+  private describeVolumesModifications(input: DescribeVolumesInput): unknown {
+    const { MaxResults, NextToken, ...query } = input;
+    const all = this.mgr!.describeVolumesModifications(query).VolumesModifications;
+    if (MaxResults === undefined && NextToken === undefined) return { VolumesModifications: all };
+    const { page, next } = pageById(all, MaxResults, NextToken);
+    return { VolumesModifications: page, ...(next ? { NextToken: next } : {}) };
   }
 
   private status(caller: Caller): unknown {
@@ -1064,4 +1069,19 @@ function createVolumeDigest(input: CreateVolumeInput, caller: Caller): string {
     }
   }
   return createHash('sha256').update(JSON.stringify({ params, caller: caller.arn })).digest('base64');
+}
+
+/**
+ * One page of `items` in volume-id order: the token is the last id shown, so a
+ * volume created or deleted between pages neither repeats nor shifts the rest.
+ */
+function pageById<T extends { VolumeId: string }>(items: readonly T[], max: number | undefined, token: string | undefined): { page: T[]; next?: string } {
+  if (token !== undefined && !VOLUME_ID_RE.test(token)) {
+    throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'NextToken', 'Invalid value for NextToken: pass the NextToken of the previous page unchanged');
+  }
+  const sorted = [...items].sort((x, y) => (x.VolumeId < y.VolumeId ? -1 : x.VolumeId > y.VolumeId ? 1 : 0));
+  const from = token === undefined ? 0 : sorted.findIndex((v) => v.VolumeId > token);
+  const page = from < 0 ? [] : sorted.slice(from, from + (max ?? 500));
+  const more = from >= 0 && from + page.length < sorted.length;
+  return { page, ...(more ? { next: page[page.length - 1]!.VolumeId } : {}) };
 }

@@ -23,6 +23,7 @@ export const EC2_ACTIONS: ReadonlyMap<string, string> = new Map([
   ['DescribeVolumes', 'ec2:DescribeVolumes'],
   ['DescribeVolumeStatus', 'ec2:DescribeVolumeStatus'],
   ['ModifyVolume', 'ec2:ModifyVolume'],
+  ['DescribeVolumesModifications', 'ec2:DescribeVolumesModifications'],
   ['DeleteVolume', 'ec2:DeleteVolume'],
   ['AttachVolume', 'ec2:AttachVolume'],
   ['DetachVolume', 'ec2:DetachVolume'],
@@ -125,6 +126,9 @@ export class Ec2Authorizer {
         }
         return undefined;
       }
+      case 'DescribeVolumesModifications':
+        // No resource types in the Service Authorization Reference: only a statement on "*" allows it, as in EC2.
+        return this._decide(action, '*', caller, this._common(new Map()));
       case 'AttachVolume':
       case 'DetachVolume': {
         const id = body.VolumeId;

@@ -1,5 +1,5 @@
 import { EbsdError } from '../util/errors.js';
-import { VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
+import { MODIFICATION_FILTER_NAMES, VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
 import { SIZE_UNIT_HINT } from '../volume/size.js';
 
 /**
@@ -113,6 +113,7 @@ export type Ec2Request = (
   | { op: 'DescribeVolumeStatus'; input: { VolumeIds?: string[] } }
   | { op: 'DeleteVolume'; input: { VolumeId: string } }
   | { op: 'ModifyVolume'; input: { VolumeId: string; Size: number | string } }
+  | { op: 'DescribeVolumesModifications'; input: DescribeVolumesInput }
   | { op: 'AttachVolume'; input: { VolumeId: string; InstanceId?: string; Device?: string } }
   | { op: 'DetachVolume'; input: { VolumeId: string; Force: boolean; InstanceId?: string; Device?: string } }
 ) & { dryRun?: boolean };
@@ -126,6 +127,7 @@ const MEMBERS: Record<Ec2Operation, readonly string[]> = {
   DescribeVolumeStatus: ['VolumeIds', 'DryRun'],
   DeleteVolume: ['VolumeId', 'DryRun'],
   ModifyVolume: ['VolumeId', 'Size', 'DryRun'],
+  DescribeVolumesModifications: ['VolumeIds', 'Filters', 'MaxResults', 'NextToken', 'DryRun'],
   AttachVolume: ['VolumeId', 'InstanceId', 'Device', 'DryRun'],
   DetachVolume: ['VolumeId', 'Force', 'InstanceId', 'Device', 'DryRun'],
 };
@@ -170,6 +172,8 @@ function parseMembers(op: Ec2Operation, m: (k: string) => unknown): Ec2Request {
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId') } };
     case 'ModifyVolume':
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), Size: size(m('Size')) } };
+    case 'DescribeVolumesModifications':
+      return { op, input: describeVolumes(m, MODIFICATION_FILTER_NAMES) };
     case 'AttachVolume':
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), ...instanceAndDevice(m) } };
     case 'DetachVolume': {
@@ -272,12 +276,13 @@ export function tag(v: unknown, at: string): Tag {
   return { Key: key, Value: value };
 }
 
-function describeVolumes(m: (k: string) => unknown): DescribeVolumesInput {
+/** DescribeVolumes' members, and DescribeVolumesModifications' (the same, with its own filter names). */
+function describeVolumes(m: (k: string) => unknown, filterNames: ReadonlySet<string> = VOLUME_FILTER_NAMES): DescribeVolumesInput {
   const out: DescribeVolumesInput = {};
   const ids = m('VolumeIds');
   if (ids !== undefined) out.VolumeIds = volumeIds(ids, 'VolumeIds');
   const filters = m('Filters');
-  if (filters !== undefined) out.Filters = filterList(filters, VOLUME_FILTER_NAMES);
+  if (filters !== undefined) out.Filters = filterList(filters, filterNames);
   const max = m('MaxResults');
   if (max !== undefined) {
     if (typeof max !== 'number' || !Number.isSafeInteger(max) || max < MAX_RESULTS_MIN) {

@@ -49,6 +49,12 @@ export interface VolumeRecord {
    */
   modifying?: { originalSize: number; targetSize: number; since: string };
   /**
+   * The last ModifyVolume that ended, as DescribeVolumesModifications shows it: `completed`,
+   * or `failed` when an interrupted one was rolled back from the image header. Replaced by
+   * the next; a volume never modified has none.
+   */
+  lastModification?: LastModification;
+  /**
    * Intent of a DetachVolume under way, written after the device is closed
    * and before the grant is retired. A restart that finds it finishes the
    * detach (retire the grant, record `available`) instead of resuming an
@@ -64,6 +70,16 @@ export interface VolumeRecord {
   clientToken?: { token: string; request: string };
   /** Why the volume is `error` (a restore from a snapshot that failed), as DescribeVolumes shows it. No secrets: error names and ids. */
   stateMessage?: string;
+}
+
+export interface LastModification {
+  originalSize: number;
+  targetSize: number;
+  /** When the request came in (a settled one: when its intent was recorded). */
+  startTime: string;
+  endTime: string;
+  state: 'completed' | 'failed';
+  statusMessage?: string;
 }
 
 export interface PendingGrantRetirement {

@@ -47,6 +47,7 @@ export type VolumeErrorCode =
   | 'VOLUME_NO_SPACE' // ENOSPC on the backing file
   | 'VOLUME_IMAGE_CORRUPT' // IncorrectState: the image file is not what its header must be (plain-image.ts)
   | 'VOLUME_INSTANCE_NOT_FOUND' // InvalidInstanceID.NotFound: AttachVolume/DetachVolume naming an instance other than this host
+  | 'VOLUME_MODIFICATION_NOT_FOUND' // InvalidVolumeModification.NotFound: DescribeVolumesModifications of a volume never modified
   | 'VOLUME_IDEMPOTENT_MISMATCH' // IdempotentParameterMismatch: a CreateVolume ClientToken reused with other parameters
   | 'VOLUME_IO'; // EIO or any other backing-file failure
 

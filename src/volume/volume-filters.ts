@@ -70,3 +70,50 @@ function matchesOne(v: FilterableVolume, f: { Name: string; Values: string[] }, 
       throw invalidParameter(`The filter '${f.Name}' is invalid`);
   }
 }
+
+/** EC2's VolumeModification (ModifyVolume, DescribeVolumesModifications), with ebsd's exact sizes in bytes besides the GiB. */
+export interface VolumeModification {
+  VolumeId: string;
+  ModificationState: 'modifying' | 'optimizing' | 'completed' | 'failed';
+  StatusMessage?: string;
+  TargetSize: number;
+  TargetIops: number;
+  TargetVolumeType: 'gp3';
+  TargetThroughput: number;
+  TargetMultiAttachEnabled: boolean;
+  OriginalSize: number;
+  OriginalIops: number;
+  OriginalVolumeType: 'gp3';
+  OriginalThroughput: number;
+  OriginalMultiAttachEnabled: boolean;
+  OriginalSizeBytes: number;
+  TargetSizeBytes: number;
+  Progress: number;
+  StartTime: string;
+  EndTime?: string;
+}
+
+/** DescribeVolumesModifications' filter names (EC2's; note the two camel-case ones, as EC2 spells them). */
+export const MODIFICATION_FILTER_NAMES: ReadonlySet<string> = new Set([
+  'modification-state', 'original-iops', 'original-size', 'original-volume-type', 'originalMultiAttachEnabled', 'start-time',
+  'target-iops', 'target-size', 'target-volume-type', 'targetMultiAttachEnabled', 'volume-id',
+]);
+
+/** True when `m` passes every filter (filters AND, the values of one filter OR, as EC2). */
+export function matchesModificationFilters(m: VolumeModification, filters: readonly { Name: string; Values: string[] }[], budget?: FilterBudget): boolean {
+  const field: Record<string, string> = {
+    'modification-state': m.ModificationState, 'original-iops': String(m.OriginalIops), 'original-size': String(m.OriginalSize),
+    'original-volume-type': m.OriginalVolumeType, originalMultiAttachEnabled: String(m.OriginalMultiAttachEnabled), 'start-time': m.StartTime,
+    'target-iops': String(m.TargetIops), 'target-size': String(m.TargetSize), 'target-volume-type': m.TargetVolumeType,
+    targetMultiAttachEnabled: String(m.TargetMultiAttachEnabled), 'volume-id': m.VolumeId,
+  };
+  try {
+    return filters.every((f) => {
+      if (!Object.hasOwn(field, f.Name)) throw invalidParameter(`The filter '${f.Name}' is invalid`);
+      return filterMatcher(f.Values, budget)(field[f.Name]!);
+    });
+  } catch (e) {
+    if (e instanceof FilterTooCostlyError) throw invalidParameter(e.message);
+    throw e;
+  }
+}

@@ -22,7 +22,7 @@ import { VOLUME_KEY_BYTES } from './luks2-json.js';
 import { createLuks2Image, createPlainImage, formatOf } from './image-format.js';
 import { VolumeError, incorrectState, invalidParameter, notFound, errInfo } from './errors.js';
 import { parseVolumeSize } from './size.js';
-import { matchesVolumeFilters } from './volume-filters.js';
+import { matchesModificationFilters, matchesVolumeFilters, type VolumeModification } from './volume-filters.js';
 import { FilterBudget } from '../util/ec2-filter.js';
 import { growImageFile } from './backing-file.js';
 import { EbsdError } from '../util/errors.js';
@@ -576,6 +576,7 @@ export class VolumeManager {
       const original = rec.size;
       rec.modifying = { originalSize: original, targetSize: size, since: new Date().toISOString() };
       await this.catalog.put(rec);
+      faultPoint('modify.after-intent');
       try {
         await growImageFile(path, h.dataOffset + size); // the header never claims more than the file holds
         await formatOf(rec).resize(path, size);
@@ -595,6 +596,7 @@ export class VolumeManager {
       faultPoint('modify.after-header');
       rec.size = size;
       delete rec.modifying;
+      rec.lastModification = { originalSize: original, targetSize: size, startTime, endTime: new Date().toISOString(), state: 'completed' };
       await this.catalog.put(rec);
       const dev = this.attachments.get(rec.volumeId)?.device;
       dev?.resize(size);
@@ -604,22 +606,61 @@ export class VolumeManager {
         this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'onResized callback threw');
       }
       this.audit({ eventName: 'ModifyVolume', volumeId: rec.volumeId, principal: caller.arn, details: { originalSize: original, targetSize: size } });
-      const endTime = new Date().toISOString();
-      return {
-        VolumeModification: {
-          VolumeId: rec.volumeId,
-          ModificationState: 'completed' as const,
-          // EC2 reports GiB, rounded up as DescribeVolumes' Size; ebsd volumes may be smaller, so the *Bytes are exact.
-          OriginalSize: gib(original),
-          TargetSize: gib(size),
-          OriginalSizeBytes: original,
-          TargetSizeBytes: size,
-          StartTime: startTime,
-          EndTime: endTime,
-          Progress: 100,
-        },
-      };
+      return { VolumeModification: this.modificationOf(rec)! };
     });
+  }
+
+  // ---- DescribeVolumesModifications --------------------------------------
+
+  /**
+   * EC2's DescribeVolumesModifications: the most recent modification of each
+   * volume (the one under way, else the last that ended). With `VolumeIds`,
+   * an unknown volume is InvalidVolumeID.NotFound and one never modified is
+   * InvalidVolumeModification.NotFound, as EC2 answers; without, volumes never
+   * modified are left out. `Filters` are EC2's (volume-filters.ts).
+   */
+  describeVolumesModifications(req: { VolumeIds?: string[]; Filters?: Filter[] } = {}): { VolumesModifications: VolumeModification[] } {
+    const recs = req.VolumeIds?.length ? req.VolumeIds.map((id) => this.record(id)) : this.catalog.list();
+    const out: VolumeModification[] = [];
+    for (const r of recs) {
+      const m = this.modificationOf(r);
+      if (m) out.push(m);
+      else if (req.VolumeIds?.length) throw new VolumeError('VOLUME_MODIFICATION_NOT_FOUND', `Modification for volume '${r.volumeId}' does not exist.`, { awsName: 'InvalidVolumeModification.NotFound' });
+    }
+    const budget = new FilterBudget();
+    return { VolumesModifications: req.Filters?.length ? out.filter((m) => matchesModificationFilters(m, req.Filters!, budget)) : out };
+  }
+
+  /** The volume's most recent modification in EC2's VolumeModification shape; undefined when it was never modified. */
+  private modificationOf(r: VolumeRecord): VolumeModification | undefined {
+    const now = r.modifying;
+    const last = now ? undefined : r.lastModification;
+    if (!now && !last) return undefined;
+    const originalSize = now?.originalSize ?? last!.originalSize;
+    const targetSize = now?.targetSize ?? last!.targetSize;
+    // gp3 before and after: ebsd changes the size only (README, "Volumes").
+    const fixed = { Iops: GP3_IOPS, VolumeType: 'gp3' as const, Throughput: GP3_THROUGHPUT_MIBPS, MultiAttachEnabled: false };
+    return {
+      VolumeId: r.volumeId,
+      ModificationState: now ? 'modifying' : last!.state,
+      ...(last?.statusMessage ? { StatusMessage: last.statusMessage } : {}),
+      // EC2 reports GiB, rounded up as DescribeVolumes' Size; ebsd volumes may be smaller, so the *Bytes are exact.
+      TargetSize: gib(targetSize),
+      TargetIops: fixed.Iops,
+      TargetVolumeType: fixed.VolumeType,
+      TargetThroughput: fixed.Throughput,
+      TargetMultiAttachEnabled: fixed.MultiAttachEnabled,
+      OriginalSize: gib(originalSize),
+      OriginalIops: fixed.Iops,
+      OriginalVolumeType: fixed.VolumeType,
+      OriginalThroughput: fixed.Throughput,
+      OriginalMultiAttachEnabled: fixed.MultiAttachEnabled,
+      OriginalSizeBytes: originalSize,
+      TargetSizeBytes: targetSize,
+      Progress: now ? 0 : 100,
+      StartTime: now?.since ?? last!.startTime,
+      ...(last ? { EndTime: last.endTime } : {}),
+    };
   }
 
   /** Shutdown: stop every attachment (drain, fdatasync, wipe) but keep catalog `in-use`, so a restart resumes them. */

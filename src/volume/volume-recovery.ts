@@ -92,6 +92,12 @@ export class VolumeRecovery {
     const size = h.size === m.targetSize ? m.targetSize : Math.max(m.originalSize, h.size);
     rec.size = size;
     delete rec.modifying;
+    const completed = size === m.targetSize;
+    rec.lastModification = {
+      originalSize: m.originalSize, targetSize: m.targetSize, startTime: m.since, endTime: new Date().toISOString(),
+      state: completed ? 'completed' : 'failed',
+      ...(completed ? {} : { statusMessage: `interrupted and rolled back to ${size} bytes (the size the image header records)` }),
+    };
     await this.o.catalog.put(rec);
     this.o.log.warn({ volumeId: rec.volumeId, originalSize: m.originalSize, targetSize: m.targetSize, headerSize: h.size, size }, 'settled an interrupted ModifyVolume from the image header');
     this.o.audit({ eventName: 'VolumeRecovered', volumeId: rec.volumeId, details: { was: 'modifying', action: size === m.targetSize ? 'completed' : 'rolled-back', size } });

@@ -163,6 +163,10 @@ describe('volume state under races and crashes (real daemon)', () => {
     const v = (await ok(env, 'ebsd.DescribeVolumes', { VolumeIds: [id] })).Volumes[0];
     expect(v.SizeBytes).toBe(GiB);
     expect(v.State).toBe('available');
+    // DescribeVolumesModifications tells the modify completed, from the intent's start.
+    expect((await ok(env, 'ebsd.DescribeVolumesModifications', { VolumeIds: [id] })).VolumesModifications).toEqual([
+      expect.objectContaining({ VolumeId: id, ModificationState: 'completed', OriginalSizeBytes: 48 * MiB, TargetSizeBytes: GiB, OriginalSize: 1, TargetSize: 1, Progress: 100, StartTime: expect.any(String), EndTime: expect.any(String) }),
+    ]);
     await attach(env, id);
     expect(statSync(env.file(id)).size).toBe(GiB);
     writeBlock(env.file(id), 700 * MiB, pattern('m700'));
@@ -179,6 +183,25 @@ describe('volume state under races and crashes (real daemon)', () => {
     expect(readBlock(env.file(id), 40 * MiB).equals(pattern('m40'))).toBe(true);
     expect(readBlock(env.file(id), 700 * MiB).equals(pattern('m700'))).toBe(true);
     await detach(env, id);
+  }, 300_000);
+
+  it('SIGKILL after a modify recorded its intent, before the image grew: the restart rolls it back, and DescribeVolumesModifications says failed', async () => {
+    const id = await createVolume(env, 48 * MiB);
+    await env.stop();
+    await startWith(env, 'modify.after-intent');
+    await crashAt(env, ['volume', 'modify', id, '--size', '64MiB']);
+    await startWith(env);
+    const v = (await ok(env, 'ebsd.DescribeVolumes', { VolumeIds: [id] })).Volumes[0];
+    expect(v).toMatchObject({ SizeBytes: 48 * MiB, State: 'available' });
+    const [m] = (await ok(env, 'ebsd.DescribeVolumesModifications', { VolumeIds: [id] })).VolumesModifications;
+    expect(m).toMatchObject({ VolumeId: id, ModificationState: 'failed', OriginalSizeBytes: 48 * MiB, TargetSizeBytes: 64 * MiB, Progress: 100 });
+    expect(m.StatusMessage).toContain(`rolled back to ${48 * MiB} bytes`);
+    // The next modify replaces it.
+    await ok(env, 'ebsd.ModifyVolume', { VolumeId: id, Size: '64MiB' });
+    expect((await ok(env, 'ebsd.DescribeVolumesModifications', { VolumeIds: [id] })).VolumesModifications).toEqual([
+      expect.not.objectContaining({ StatusMessage: expect.anything() }),
+    ]);
+    expect((await ok(env, 'ebsd.DescribeVolumesModifications', { VolumeIds: [id] })).VolumesModifications[0].ModificationState).toBe('completed');
   }, 300_000);
 
   it('a catalog smaller than the image header (a crash before intents were recorded): the header wins; a 512MiB modify never truncates', async () => {

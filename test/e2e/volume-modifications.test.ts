@@ -1,0 +1,123 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Env, ensureBuilt, rawControlCall } from './helpers.js';
+
+/**
+ * EC2's DescribeVolumesModifications through the real daemon and CLI
+ * (`ebsd volume modifications`): the latest modification of each volume, EC2's
+ * errors for a volume never modified, its filters and pages, and its
+ * authorization (no resource types: only a statement on "*" allows it).
+ * The crash cases (completed from the header, failed when rolled back) are in
+ * volume-state.test.ts.
+ */
+const ALICE = 1000;
+const MiB = 1024 * 1024;
+
+describe('DescribeVolumesModifications (real daemon)', () => {
+  const env = new Env('volmods');
+  const vols: string[] = [];
+  let plain = ''; // never modified
+
+  const alice = (args: string[]) => env.cli([...args, '--output', 'json'], { uid: ALICE });
+  const putPolicy = (doc: unknown): Promise<unknown> => {
+    const file = join(env.dir, 'alice.json');
+    writeFileSync(file, JSON.stringify(doc));
+    return env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'p', '--policy-document', `file://${file}`]);
+  };
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start();
+    for (let i = 0; i < 6; i++) {
+      const id = (await rawControlCall(env.state, 'ebsd.CreateVolume', { Size: '16MiB' })).body.VolumeId as string;
+      await rawControlCall(env.state, 'ebsd.ModifyVolume', { VolumeId: id, Size: '32MiB' });
+      vols.push(id);
+    }
+    // The first one grows twice: only the latest modification is shown.
+    await env.ok(['volume', 'modify', vols[0]!, '--size', '2GiB']);
+    plain = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId;
+    await env.ok(['iam', 'create-user', 'alice']);
+    await env.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+  }, 180_000);
+  afterAll(() => env.cleanup());
+
+  it('shows the latest modification of each volume, with EC2\'s members; ModifyVolume answers the same shape', async () => {
+    const res = await env.ok(['volume', 'modifications', vols[0]!]);
+    expect(res.VolumesModifications).toEqual([{
+      VolumeId: vols[0], ModificationState: 'completed',
+      OriginalSize: 1, TargetSize: 2, OriginalSizeBytes: 32 * MiB, TargetSizeBytes: 2048 * MiB,
+      OriginalIops: 3000, TargetIops: 3000, OriginalThroughput: 125, TargetThroughput: 125,
+      OriginalVolumeType: 'gp3', TargetVolumeType: 'gp3', OriginalMultiAttachEnabled: false, TargetMultiAttachEnabled: false,
+      Progress: 100, StartTime: expect.any(String), EndTime: expect.any(String),
+    }]);
+    const m = res.VolumesModifications[0];
+    expect(Date.parse(m.EndTime)).toBeGreaterThanOrEqual(Date.parse(m.StartTime));
+
+    // Without ids: every modified volume, and not the one never modified.
+    const all = (await env.ok(['volume', 'modifications'])).VolumesModifications.map((x: { VolumeId: string }) => x.VolumeId);
+    expect(all.sort()).toEqual([...vols].sort());
+    expect(all).not.toContain(plain);
+
+    const table = await env.cli(['volume', 'modifications', vols[1]!, '--output', 'table']);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(new RegExp(`${vols[1]}\\s+completed\\s+16MiB\\s+32MiB`));
+  });
+
+  it('a volume never modified is InvalidVolumeModification.NotFound, an unknown one InvalidVolume.NotFound; both exit 5', async () => {
+    const never = await env.cli(['volume', 'modifications', plain]);
+    expect(never.code, never.stderr).toBe(5);
+    expect(never.stderr).toContain(`InvalidVolumeModification.NotFound: Modification for volume '${plain}' does not exist.`);
+    const unknown = await env.cli(['volume', 'modifications', 'vol-0123456789abcdef0']);
+    expect(unknown.code, unknown.stderr).toBe(5);
+    expect(unknown.stderr).toContain('InvalidVolume.NotFound');
+  });
+
+  it('filters by EC2\'s names; an unknown filter is refused by name', async () => {
+    const by = async (...f: string[]): Promise<string[]> =>
+      (await env.ok(['volume', 'modifications', ...f.flatMap((x) => ['--filters', x])])).VolumesModifications.map((x: { VolumeId: string }) => x.VolumeId).sort();
+    expect(await by('Name=target-size,Values=2')).toEqual([vols[0]]);
+    expect(await by('Name=modification-state,Values=completed', 'Name=original-size,Values=1')).toEqual([...vols].sort());
+    expect(await by('Name=modification-state,Values=modifying,failed')).toEqual([]);
+    expect(await by(`Name=volume-id,Values=${vols[2]},${vols[3]}`)).toEqual([vols[2], vols[3]].sort());
+    expect(await by('Name=targetMultiAttachEnabled,Values=false', 'Name=target-volume-type,Values=gp3')).toHaveLength(6);
+    const bad = await env.cli(['volume', 'modifications', '--filters', 'Name=size,Values=1']);
+    expect(bad.code, bad.stderr).not.toBe(0);
+    expect(bad.stderr).toContain("The filter 'size' is invalid");
+  });
+
+  it('pages in volume-id order with MaxResults and NextToken, each volume once', async () => {
+    const seen: string[] = [];
+    let token: string | undefined;
+    let pages = 0;
+    do {
+      const r = await rawControlCall(env.state, 'ebsd.DescribeVolumesModifications', { MaxResults: 5, ...(token ? { NextToken: token } : {}) });
+      expect(r.status).toBe(200);
+      seen.push(...r.body.VolumesModifications.map((x: { VolumeId: string }) => x.VolumeId));
+      token = r.body.NextToken;
+      pages++;
+    } while (token);
+    expect(pages).toBe(2);
+    expect(seen).toEqual([...vols].sort());
+    const mixed = await rawControlCall(env.state, 'ebsd.DescribeVolumesModifications', { VolumeIds: [vols[0]], MaxResults: 5 });
+    expect(mixed.status).not.toBe(200);
+    expect(JSON.stringify(mixed.body)).toContain('cannot be used together');
+  });
+
+  it('is authorized on "*" only, as EC2 (no resource types); a DryRun says DryRunOperation', async () => {
+    await putPolicy({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ec2:DescribeVolumesModifications', Resource: 'arn:aws:ec2:*:*:volume/*' }] });
+    const refused = await alice(['volume', 'modifications']);
+    expect(refused.code, refused.stderr).toBe(4);
+    expect(refused.stderr).toMatch(/UnauthorizedOperation: .*user\/alice is not authorized to perform: ec2:DescribeVolumesModifications on resource: \*/);
+    await putPolicy({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ec2:DescribeVolumesModifications', Resource: '*' }] });
+    const allowed = await alice(['volume', 'modifications']);
+    expect(allowed.code, allowed.stderr).toBe(0);
+    expect(allowed.json().VolumesModifications).toHaveLength(6);
+    const dry = await alice(['volume', 'modifications', '--dry-run']);
+    expect(dry.stderr).toContain('DryRunOperation');
+    const events = env.auditText().trim().split('\n').map((l) => JSON.parse(l) as { eventName: string; errorCode?: string; userIdentity?: { arn?: string } });
+    const mine = events.filter((e) => e.eventName === 'DescribeVolumesModifications' && String(e.userIdentity?.arn).endsWith(':user/alice'));
+    // Refusals and dry runs are audited; a Describe that succeeds is not (as every Describe here).
+    expect(mine.map((e) => e.errorCode ?? 'ok')).toEqual(['Client.UnauthorizedOperation', 'Client.DryRunOperation']);
+  });
+});
