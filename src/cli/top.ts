@@ -1,6 +1,7 @@
 import type { Argv } from 'yargs';
 import { callDaemon, socketPathFor } from './client.js';
 import { UsageError } from './kms-args.js';
+import { applyQuery } from './output.js';
 
 /**
  * `ebsd top`: a live view of the attached volumes, refreshed every second,
@@ -74,42 +75,108 @@ function fmtDuration(s: number): string {
   return `${Math.floor(s)}s`;
 }
 
-export interface TopFrame {
-  text: string;
+/**
+ * One refresh's figures, as `ebsd top --output json` prints them and the screen shows them
+ * (renderTop draws from this, so the two cannot disagree). Names follow the Prometheus
+ * metrics they come from, without the `ebsd_` prefix and with `_total` read as
+ * `_per_second` (a rate between two scrapes); README.md "ebsd top" lists them. A rate
+ * is null without metrics (no --metrics-listen) or before a second scrape.
+ */
+export interface TopFigures {
+  time: string;
+  pid: number | null;
+  uptime_seconds: number;
+  mount_dir: string | null;
+  /** Seconds between the two scrapes the rates come from; null for the first screen. */
+  interval_seconds: number | null;
+  kms_requests_per_second: number | null;
+  /** Calls whose outcome was not `ok` (denied, or an AWS exception). */
+  kms_requests_failed_per_second: number | null;
+  volumes: VolumeFigures[];
+}
+
+export interface VolumeFigures {
+  volume_id: string;
+  name: string;
+  /** Reads and writes (the screen's IOPS is their sum; flushes are left out, as there). */
+  volume_operations_per_second: { read: number; write: number } | null;
+  /** Plaintext bytes (the screen's MB/s is their sum / 1e6). */
+  volume_bytes_per_second: { read: number; write: number } | null;
+  /** Upper bound of the histogram bucket holding the 99th percentile of reads and writes; "+Inf" past the last bucket. */
+  volume_request_duration_seconds_p99: number | '+Inf' | null;
+  volume_open_handles: number;
+  key_cache_state: string | null;
+  /** The AWS exception that impaired the volume, when it is impaired. */
+  key_cache_impaired_by: string | null;
+  key_cache_seconds_to_max_stale: number | null;
+  key_cache_max_stale_seconds: number | null;
+}
+
+/** The figures of one refresh from Status and two scrapes `dt` seconds apart (pure: tests and the loop share it). */
+export function topFigures(status: R, now: Samples | undefined, before: Samples | undefined, dt: number, at = Date.now()): TopFigures {
+  const d = (status.Daemon ?? {}) as R;
+  const vols = ((status.Volumes ?? []) as R[]).filter((v) => v.Attached === true);
+  const rated = now !== undefined && before !== undefined && dt > 0;
+  const rate = (k: string, ...has: string[]): number => (rated ? Math.max(0, (sum(now, k, ...has) - sum(before, k, ...has)) / dt) : 0);
+  const byOp = (k: string, L: string): { read: number; write: number } | null =>
+    (rated ? { read: rate(k, L, 'operation="read"'), write: rate(k, L, 'operation="write"') } : null);
+  const calls = rate('ebsd_kms_requests_total');
+  return {
+    time: new Date(at).toISOString(),
+    pid: typeof d.Pid === 'number' ? d.Pid : null,
+    uptime_seconds: Number(d.UptimeSeconds ?? 0),
+    mount_dir: typeof d.MountDir === 'string' ? d.MountDir : null,
+    interval_seconds: rated ? dt : null,
+    kms_requests_per_second: rated ? calls : null,
+    kms_requests_failed_per_second: rated ? Math.max(0, calls - rate('ebsd_kms_requests_total', 'outcome="ok"')) : null,
+    volumes: vols.map((v) => {
+      const id = String(v.VolumeId);
+      const L = `volume_id="${id}"`;
+      const kc = (v.KeyCache ?? {}) as R;
+      const q = rated ? p99(now, before, id) : undefined;
+      return {
+        volume_id: id,
+        name: String(v.Name ?? ''),
+        volume_operations_per_second: byOp('ebsd_volume_operations_total', L),
+        volume_bytes_per_second: byOp('ebsd_volume_bytes_total', L),
+        volume_request_duration_seconds_p99: q === undefined ? null : q === Infinity ? '+Inf' : q,
+        volume_open_handles: Number(v.OpenHandles ?? 0),
+        key_cache_state: typeof kc.State === 'string' ? kc.State : null,
+        key_cache_impaired_by: kc.State === 'impaired' && typeof (kc.Impaired as R | undefined)?.AwsName === 'string' ? String((kc.Impaired as R).AwsName) : null,
+        key_cache_seconds_to_max_stale: typeof kc.ExpiryTime === 'string' ? Math.max(0, (Date.parse(kc.ExpiryTime) - at) / 1000) : null,
+        key_cache_max_stale_seconds: typeof kc.MaxStaleSeconds === 'number' ? kc.MaxStaleSeconds : null,
+      };
+    }),
+  };
 }
 
 /** Render one screen from Status and two scrapes `dt` seconds apart (pure: tests and the loop share it). */
 export function renderTop(status: R, now: Samples | undefined, before: Samples | undefined, dt: number, width = 120): string {
-  const d = (status.Daemon ?? {}) as R;
-  const vols = ((status.Volumes ?? []) as R[]).filter((v) => v.Attached === true);
+  const f = topFigures(status, now, before, dt);
   const lines: string[] = [];
-  lines.push(`${BOLD}ebsd top${RESET}  pid ${d.Pid}  up ${fmtDuration(Number(d.UptimeSeconds ?? 0))}  ${vols.length} attached  mount ${d.MountDir}   (q: quit)`);
+  lines.push(`${BOLD}ebsd top${RESET}  pid ${f.pid ?? '-'}  up ${fmtDuration(f.uptime_seconds)}  ${f.volumes.length} attached  mount ${f.mount_dir ?? '-'}   (q: quit)`);
   if (!now) lines.push(`no metrics: start the daemon with --metrics-listen 127.0.0.1:PORT for IOPS, MB/s and latency`);
-  const rate = (k: string, ...has: string[]): number => (now && before && dt > 0 ? Math.max(0, (sum(now, k, ...has) - sum(before, k, ...has)) / dt) : 0);
-  if (now) {
-    const calls = rate('ebsd_kms_requests_total');
-    const errs = calls - rate('ebsd_kms_requests_total', 'outcome="ok"');
-    lines.push(`KMS  ${calls.toFixed(1)} calls/s  ${errs.toFixed(1)} errors/s`);
-  }
+  // The first screen (no earlier scrape yet) shows zero rates, as it always has.
+  else lines.push(`KMS  ${(f.kms_requests_per_second ?? 0).toFixed(1)} calls/s  ${(f.kms_requests_failed_per_second ?? 0).toFixed(1)} errors/s`);
   lines.push('');
   const head = ['VOLUME ID', 'NAME', 'IOPS', 'MB/s', 'P99', 'OPEN', 'KEY CACHE', 'MAX-STALE IN'];
   const rows: { cells: string[]; color: string }[] = [];
-  for (const v of vols) {
-    const id = String(v.VolumeId);
-    const L = `volume_id="${id}"`;
-    const kc = (v.KeyCache ?? {}) as R;
-    const state = String(kc.State ?? '-');
-    const expiry = typeof kc.ExpiryTime === 'string' ? (Date.parse(kc.ExpiryTime) - Date.now()) / 1000 : undefined;
-    const maxStale = Number(kc.MaxStaleSeconds ?? 0);
+  for (const v of f.volumes) {
+    const state = v.key_cache_state ?? '-';
+    const expiry = v.key_cache_seconds_to_max_stale ?? undefined;
+    const maxStale = v.key_cache_max_stale_seconds ?? 0;
     const near = expiry !== undefined && (expiry < NEAR_MAX_STALE_S || (maxStale > 0 && expiry < 0.1 * maxStale));
-    const iops = now ? rate('ebsd_volume_operations_total', L, 'operation="read"') + rate('ebsd_volume_operations_total', L, 'operation="write"') : undefined;
-    const mbs = now ? rate('ebsd_volume_bytes_total', L) / 1e6 : undefined;
+    const ops = v.volume_operations_per_second;
+    const bytes = v.volume_bytes_per_second;
+    const q = v.volume_request_duration_seconds_p99;
     rows.push({
       cells: [
-        id, String(v.Name ?? ''), iops === undefined ? '-' : iops.toFixed(0), mbs === undefined ? '-' : mbs.toFixed(1),
-        now && before ? fmtSeconds(p99(now, before, id)) : '-', String(v.OpenHandles ?? 0),
-        state === 'impaired' ? `IMPAIRED${(kc.Impaired as R | undefined)?.AwsName ? ` (${(kc.Impaired as R).AwsName})` : ''}` : state,
-        expiry === undefined ? '-' : fmtDuration(Math.max(0, expiry)),
+        v.volume_id, v.name,
+        now ? (ops ? ops.read + ops.write : 0).toFixed(0) : '-',
+        now ? ((bytes ? bytes.read + bytes.write : 0) / 1e6).toFixed(1) : '-',
+        fmtSeconds(q === null ? undefined : q === '+Inf' ? Infinity : q), String(v.volume_open_handles),
+        state === 'impaired' ? `IMPAIRED${v.key_cache_impaired_by ? ` (${v.key_cache_impaired_by})` : ''}` : state,
+        expiry === undefined ? '-' : fmtDuration(expiry),
       ],
       color: state === 'impaired' ? RED : near || state === 'stale' ? YELLOW : '',
     });
@@ -134,7 +201,7 @@ async function scrape(url: string): Promise<Samples | undefined> {
 export function topCommand(y: Argv): Argv {
   return y.command(
     'top',
-    'Live view of attached volumes: IOPS, MB/s, p99 latency, handles, key cache (q to quit)',
+    'Live view of attached volumes: IOPS, MB/s, p99 latency, handles, key cache (q to quit); --output json: one JSON line per refresh',
     (b) =>
       b
         .option('interval', { type: 'number', default: 1, describe: 'seconds between refreshes' })
@@ -145,12 +212,25 @@ export function topCommand(y: Argv): Argv {
       if (!Number.isFinite(interval) || interval < 0.2 || interval > 3600) throw new UsageError(`--interval must be between 0.2 and 3600 seconds, got ${a.interval}`);
       const socket = socketPathFor(stateDir);
       const out = process.stdout;
-      const tty = out.isTTY === true && !a.once;
+      // --output json, as every command takes it: no screen, one compact JSON document per
+      // refresh (one line, for `| jq` and `| head -1`), --query applied to each. Only when asked
+      // for: off a terminal top has always printed plain screens, and scripts read those.
+      const json = a.output === 'json';
+      const query = typeof a.query === 'string' ? a.query : undefined;
+      const tty = out.isTTY === true && !a.once && !json;
       let before: Samples | undefined;
       let beforeAt = 0;
       let stop = false;
+      let outError: Error | undefined;
       let wake: () => void = () => {};
       const quit = (): void => { stop = true; wake(); };
+      // The reader went away (`| head -1`): stop quietly with exit 0, as other line tools do.
+      // Node ignores SIGPIPE, so this arrives as an EPIPE error on stdout; anything else is raised.
+      const onOutError = (e: NodeJS.ErrnoException): void => {
+        if (e.code !== 'EPIPE') outError = e;
+        quit();
+      };
+      out.on('error', onOutError);
       if (tty && process.stdin.isTTY) {
         process.stdin.setRawMode(true);
         process.stdin.resume();
@@ -165,20 +245,31 @@ export function topCommand(y: Argv): Argv {
           const url = typeof (status.Daemon as R | undefined)?.MetricsUrl === 'string' ? String((status.Daemon as R).MetricsUrl) : undefined;
           const now = url ? await scrape(url) : undefined;
           const at = performance.now();
-          if (!a.once || frame > 0) {
-            const text = renderTop(status, now, before, (at - beforeAt) / 1000, out.columns || 120);
-            // Colours and bold only on a terminal: a pipe or file gets plain text.
-            out.write(tty ? `${ESC}H${ESC}2J${text}\n` : `${out.isTTY === true ? text : stripEscapes(text)}\n`);
+          if (stop) break;
+          // JSON documents, like --once, start at the second scrape, so each one has its rates.
+          if ((!a.once && !json) || frame > 0) {
+            const dt = (at - beforeAt) / 1000;
+            if (json) {
+              out.write(`${JSON.stringify(applyQuery(topFigures(status, now, before, dt), query))}\n`);
+            } else {
+              const text = renderTop(status, now, before, dt, out.columns || 120);
+              // Colours and bold only on a terminal: a pipe or file gets plain text.
+              out.write(tty ? `${ESC}H${ESC}2J${text}\n` : `${out.isTTY === true ? text : stripEscapes(text)}\n`);
+            }
             if (a.once) break;
           }
           before = now;
           beforeAt = at;
+          if (stop) break;
           await new Promise<void>((r) => { const t = setTimeout(r, interval * 1000); wake = () => { clearTimeout(t); r(); }; });
         }
       } finally {
         if (tty) out.write(`${ESC}?25h${ESC}?1049l`);
         if (process.stdin.isTTY && tty) { process.stdin.setRawMode(false); process.stdin.pause(); }
+        process.removeListener('SIGINT', quit);
+        process.removeListener('SIGTERM', quit);
       }
+      if (outError) throw outError;
     },
   );
 }

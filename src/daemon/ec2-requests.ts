@@ -1,6 +1,7 @@
 import { EbsdError } from '../util/errors.js';
 import { MODIFICATION_FILTER_NAMES, VOLUME_FILTER_NAMES } from '../volume/volume-filters.js';
 import { SIZE_UNIT_HINT } from '../volume/size.js';
+import { charCount } from '../util/char-count.js';
 
 /**
  * The EC2 volume requests of the control API, checked at the edge: an
@@ -9,7 +10,8 @@ import { SIZE_UNIT_HINT } from '../volume/size.js';
  * changes). Limits are EC2's (Amazon EC2 API Reference: CreateVolume, Tag,
  * TagSpecification, Filter, DescribeVolumes; common errors):
  *
- *   tag key 1..128 characters, not starting with `aws:`; value 0..256;
+ *   tag key 1..128 characters, not starting with `aws:`; value 0..256 (every
+ *   length here in Unicode characters, as EC2 counts them, not UTF-16 units);
  *   at most 50 tags per resource, keys unique; TagSpecifications ResourceType
  *   `volume`; Name (ebsd's shortcut for the Name tag) is a tag value;
  *   VolumeId `vol-` + 17 hex; Filters: at most 50, Name 1..255 characters,
@@ -359,8 +361,9 @@ function size(v: unknown): number | string {
 
 export function string(v: unknown, at: string, min: number, max: number): string {
   if (typeof v !== 'string') throw invalidValue(at, `${at} must be a string, got ${kind(v)}`);
-  if (v.length < min || v.length > max) {
-    throw invalidValue(at, `${at} must be ${min === max ? `${min}` : `${min} to ${max}`} characters long, got ${v.length}`);
+  const n = charCount(v);
+  if (n < min || n > max) {
+    throw invalidValue(at, `${at} must be ${min === max ? `${min}` : `${min} to ${max}`} characters long, got ${n}`);
   }
   if (!wellFormed(v)) throw invalidValue(at, `${at} is not valid Unicode (it holds a lone surrogate)`);
   return v;

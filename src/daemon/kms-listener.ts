@@ -168,7 +168,7 @@ export class KmsListener {
         if (e instanceof SigV4Error) await this.auditRefusal(e, query ? 'sts.amazonaws.com' : 'kms.amazonaws.com', operation, requestId, req.conn, ua);
         throw e;
       }
-      const caller: Caller = { ...verified.principal, sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
+      const caller: Caller = { ...verified.principal, sourceIp, secureTransport: req.conn.tls !== undefined, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
       if (!query) {
         let request: Record<string, unknown>;
         try {
@@ -214,7 +214,7 @@ export class KmsListener {
         if (e instanceof SigV4Error) await this.auditRefusal(e, 'ebs.amazonaws.com', 'Unknown', requestId, req.conn, ua);
         throw e;
       }
-      const caller: Caller = { ...verified.principal, sourceIp: req.conn.sourceIp, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
+      const caller: Caller = { ...verified.principal, sourceIp: req.conn.sourceIp, secureTransport: req.conn.tls !== undefined, accessKeyId: verified.accessKeyId, ...(typeof ua === 'string' ? { userAgent: ua } : {}) };
       const r = ebsRestRequest(headersOf(req), req.body);
       if (!r) throw new EbsdError('UNKNOWN_OPERATION', `no EBS direct API operation is ${req.method} ${req.url.split('?')[0]!.slice(0, 128)}`, { awsName: 'UnknownOperationException' });
       sendEbsRest(out, r.op, await this.o.ebs!(r.op, r.members, caller, requestId), requestId);

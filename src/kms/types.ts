@@ -20,6 +20,12 @@ export interface Caller {
   /** Local Unix uid of the control-socket peer, if the call came from one. */
   uid?: number;
   sourceIp?: string;
+  /**
+   * aws:SecureTransport: false for a request that arrived over plain HTTP (`--kms-listen` without
+   * --tls-cert), true over HTTPS; absent for the control socket and the daemon's own calls, which
+   * count as secure (docs/architecture.md §5.4, "aws:SecureTransport").
+   */
+  secureTransport?: boolean;
   userAgent?: string;
   /** The SigV4 access key (AKIA… or ASIA…) a network caller signed with (CloudTrail userIdentity.accessKeyId). */
   accessKeyId?: string;

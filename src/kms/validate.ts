@@ -6,6 +6,7 @@ import { LimitExceededException, ValidationException } from './errors.js';
 import type { KmsRequest } from './types.js';
 import { dataMap } from './data-map.js';
 import { isWellFormedUtf16 } from '../util/strict-json.js';
+import { charCount } from '../util/char-count.js';
 
 /**
  * Deepest nesting a policy document may have (parseStrictJson's limit for
@@ -125,10 +126,11 @@ export function optContext(req: KmsRequest, name = 'EncryptionContext'): Record<
   return out;
 }
 
+/** A list of at most `maxItems` strings, each 1..`maxLen` characters (UntagResource's TagKeys: 128, counted as AWS counts, src/util/char-count.ts). */
 export function optStrList(req: KmsRequest, name: string, maxItems: number, maxLen = 8192): string[] | undefined {
   const v = req[name];
   if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' || x.length < 1 || x.length > maxLen)) throw fail(name, 'Member must be a list of strings');
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' || x === '' || charCount(x) > maxLen)) throw fail(name, 'Member must be a list of strings');
   if (v.length > maxItems) throw fail(name, `Member must have length less than or equal to ${maxItems}`);
   return v as string[];
 }

@@ -1,4 +1,5 @@
 import { validation } from './ebs-direct-errors.js';
+import { charCount } from '../util/char-count.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 
 /**
@@ -137,8 +138,8 @@ export function parseStartSnapshot(b: Body): StartSnapshotInput {
     out.Tags = b.Tags.map((t: unknown, i: number) => {
       const tag = (t ?? {}) as Record<string, unknown>;
       const ok = typeof t === 'object' && t !== null && !Array.isArray(t) && Object.keys(tag).every((k) => k === 'Key' || k === 'Value')
-        && typeof tag.Key === 'string' && tag.Key.length <= 127 && TAG_TEXT.test(tag.Key)
-        && typeof tag.Value === 'string' && tag.Value.length <= 255 && TAG_TEXT.test(tag.Value);
+        && typeof tag.Key === 'string' && charCount(tag.Key) <= 127 && TAG_TEXT.test(tag.Key)
+        && typeof tag.Value === 'string' && charCount(tag.Value) <= 255 && TAG_TEXT.test(tag.Value);
       if (!ok) throw validation('INVALID_TAG', `Tags[${i}] must be {Key: at most 127 characters, Value: at most 255} of letters, digits, spaces and _.:/=+-@`);
       return { Key: tag.Key as string, Value: tag.Value as string };
     });

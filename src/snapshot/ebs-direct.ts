@@ -609,8 +609,9 @@ export class EbsDirect {
    */
   private async _withKey(m: SnapshotManifest, caller: Caller, op: string, fn: (x: XtsContext) => Promise<void> | void): Promise<void> {
     const w = m.wrappedKey;
-    // Everything a key policy or grant may judge the caller on is in the id: another principal, access key, uid or address unwraps for itself.
-    const id = JSON.stringify([caller.arn, caller.principalId, caller.accessKeyId, caller.uid, caller.sourceIp, m.snapshotId, w?.keyArn, w?.ciphertextBlob]);
+    // Everything a key policy or grant may judge the caller on is in the id: another principal, access key, uid, address or
+    // transport (aws:SecureTransport) unwraps for itself.
+    const id = JSON.stringify([caller.arn, caller.principalId, caller.accessKeyId, caller.uid, caller.sourceIp, caller.secureTransport, m.snapshotId, w?.keyArn, w?.ciphertextBlob]);
     await this.dataKeys.use(id, () => this._unwrap(m, { ...caller, viaService: this.viaService }, op), fn);
   }
 

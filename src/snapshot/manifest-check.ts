@@ -1,5 +1,6 @@
 import { SnapshotError } from './errors.js';
 import { inParallel } from '../util/in-parallel.js';
+import { charCount } from '../util/char-count.js';
 import type { BlockHash, SnapshotManifest, SnapshotSummary } from './types.js';
 
 const HASH = /^[0-9a-f]{64}$/;
@@ -56,7 +57,7 @@ const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 /** ISO 8601 as Date#toISOString writes it (what ebsd stores). */
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
 const STATES: ReadonlySet<unknown> = new Set(['pending', 'completed', 'error']);
-/** EC2's limits: 50 tags, Key 1–128, Value 0–256 characters; Description 255. */
+/** EC2's limits: 50 tags, Key 1–128, Value 0–256 characters; Description 255 (Unicode characters, as the EC2 edge counts them). */
 const TAGS_MAX = 50;
 const TAG_KEY_MAX = 128;
 const TAG_VALUE_MAX = 256;
@@ -92,7 +93,7 @@ export function parseManifest(where: string, snapshotId: string, text: string): 
   const m = v as Record<string, unknown>;
   const str = (k: string, max: number, optional = false): void => {
     if (optional && m[k] === undefined) return;
-    if (typeof m[k] !== 'string' || (m[k] as string).length > max) throw bad(`${k} ${show(m[k])} is not a string of at most ${max} characters`);
+    if (typeof m[k] !== 'string' || charCount(m[k] as string) > max) throw bad(`${k} ${show(m[k])} is not a string of at most ${max} characters`);
   };
   const int = (k: string, min: number, max: number): void => {
     const x = m[k];
@@ -116,8 +117,8 @@ export function parseManifest(where: string, snapshotId: string, text: string): 
   if (!Array.isArray(m.tags) || m.tags.length > TAGS_MAX) throw bad(`tags is not an array of at most ${TAGS_MAX}`);
   for (const t of m.tags as unknown[]) {
     const tag = t as { Key?: unknown; Value?: unknown } | null;
-    if (typeof tag !== 'object' || tag === null || typeof tag.Key !== 'string' || tag.Key.length < 1 || tag.Key.length > TAG_KEY_MAX
-      || typeof tag.Value !== 'string' || tag.Value.length > TAG_VALUE_MAX) {
+    if (typeof tag !== 'object' || tag === null || typeof tag.Key !== 'string' || tag.Key === '' || charCount(tag.Key) > TAG_KEY_MAX
+      || typeof tag.Value !== 'string' || charCount(tag.Value) > TAG_VALUE_MAX) {
       throw bad(`tag ${show(t)} is not {Key (1-${TAG_KEY_MAX} characters), Value (0-${TAG_VALUE_MAX})}`);
     }
   }

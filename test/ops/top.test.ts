@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { CLI, Env, ensureBuilt } from '../e2e/helpers.js';
+import { CLI, Env, ensureBuilt, run } from '../e2e/helpers.js';
+import type { TopFigures } from '../../src/cli/top.js';
 
 /**
  * `ebsd top` in a real terminal (tmux): it shows the attached volume, its
@@ -78,5 +80,94 @@ describe('ebsd top in tmux', () => {
     tmux('send-keys', '-t', session, 'q');
     for (let i = 0; i < 400 && tmux('has-session', '-t', session).code === 0; i++) await new Promise((r) => setTimeout(r, 25));
     expect(tmux('has-session', '-t', session).code).not.toBe(0); // top exited, so its session closed
+  });
+});
+
+/**
+ * `ebsd top --output json` against a real daemon with metrics: no screen, one JSON
+ * document per line and refresh carrying the screen's figures under the metrics' names,
+ * --once stops after one, and a reader that goes away (`| head -1`) ends it with exit 0.
+ */
+describe('ebsd top --output json', () => {
+  const env = new Env('top-json');
+  let vol = '';
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start(['--metrics-listen', '127.0.0.1:0']);
+    vol = (await env.ok(['volume', 'create', '--size', '16MiB', '--name', 'piped'])).VolumeId;
+    await env.ok(['attach', vol]);
+  }, 90_000);
+  afterAll(() => env.cleanup(), 60_000);
+
+  const top = (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
+    run(process.execPath, [CLI, 'top', '--output', 'json', '--interval', '0.2', ...args], { env: { EBSD_STATE_DIR: env.state }, timeoutMs: 30_000 });
+
+  it('--once prints one JSON line with the figures named as the metrics are, and exits 0', async () => {
+    const r = await top('--once');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain('\x1b');
+    const lines = r.stdout.split('\n');
+    expect(lines).toHaveLength(2); // one document, then the final newline
+    expect(lines[1]).toBe('');
+    const doc = JSON.parse(lines[0]!) as TopFigures;
+    expect(doc.interval_seconds).toBeGreaterThan(0);
+    expect(doc.kms_requests_per_second).toBeGreaterThanOrEqual(0);
+    expect(doc.kms_requests_failed_per_second).toBeGreaterThanOrEqual(0);
+    expect(doc.volumes).toHaveLength(1);
+    expect(doc.volumes[0]).toMatchObject({
+      volume_id: vol, name: 'piped', volume_open_handles: 0, key_cache_state: 'cached', key_cache_impaired_by: null,
+      volume_operations_per_second: { read: expect.any(Number), write: expect.any(Number) },
+      volume_bytes_per_second: { read: expect.any(Number), write: expect.any(Number) },
+    });
+  });
+
+  it('--query applies to each document', async () => {
+    const r = await top('--once', '--query', 'volumes[].volume_id');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${JSON.stringify([vol])}\n`);
+  });
+
+  it('one line per refresh shows real writes, and exits 0 when its reader goes away (EPIPE)', async () => {
+    const p = spawn(process.execPath, [CLI, 'top', '--output', 'json', '--interval', '0.2'], { env: { ...process.env, EBSD_STATE_DIR: env.state }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    p.stderr.on('data', (c) => (stderr += c));
+    const exited = new Promise<number | null>((r) => p.once('exit', (c) => r(c)));
+    const fd = openSync(env.file(vol), 'r+');
+    try {
+      const block = randomBytes(4096);
+      let seen = 0;
+      let wrote = false;
+      for await (const line of createInterface({ input: p.stdout })) {
+        const doc = JSON.parse(line) as TopFigures; // each line is a whole document
+        const v = doc.volumes.find((x) => x.volume_id === vol)!;
+        expect(v.volume_open_handles).toBe(1);
+        if (v.volume_operations_per_second!.write > 0) {
+          expect(v.volume_bytes_per_second!.write).toBeGreaterThan(0);
+          wrote = true;
+          break;
+        }
+        if (++seen > 200) break;
+        for (let i = 0; i < 64; i++) writeSync(fd, block, 0, 4096, ((seen * 64 + i) % 4096) * 4096);
+        fsyncSync(fd);
+      }
+      expect(wrote, 'a refresh showed the writes').toBe(true);
+    } finally {
+      closeSync(fd);
+    }
+    // As `| head -1` does: close our end of the pipe; top's next write fails with EPIPE.
+    p.stdout.destroy();
+    const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 20_000))]);
+    if (code === 'hung') p.kill('SIGKILL');
+    expect(code).toBe(0);
+    expect(stderr).toBe('');
+  });
+
+  it('works in a shell pipeline: `ebsd top --output json | head -1` exits 0 on both sides', async () => {
+    const r = await run('bash', ['-o', 'pipefail', '-c', `"${process.execPath}" "${CLI}" top --output json --interval 0.2 | head -1`], { env: { EBSD_STATE_DIR: env.state }, timeoutMs: 30_000 });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect((JSON.parse(r.stdout) as TopFigures).volumes[0]!.volume_id).toBe(vol);
   });
 });

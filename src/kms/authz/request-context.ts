@@ -156,7 +156,9 @@ export class RequestContext implements ConditionContext {
       case 'aws:epochtime':
         return String(Math.floor((r.now ?? Date.now()) / 1000));
       case 'aws:securetransport':
-        return 'true'; // local socket peer or TLS endpoint
+        // False only for a request that came in over plain HTTP; HTTPS, the control socket and the
+        // daemon's own calls are true (docs/architecture.md §5.4, "aws:SecureTransport").
+        return c.secureTransport === false ? 'false' : 'true';
       case 'aws:requestedregion':
         return r.key?.region;
       case 'aws:resourceaccount':

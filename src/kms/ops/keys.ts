@@ -10,6 +10,7 @@ import { keyMetadata, epochSeconds } from '../key-metadata.js';
 import { defaultKeyPolicy } from '../authorizer.js';
 import { MAX_POLICY_DEPTH, checkKeyPolicySize, optBool, optEnum, optInt, optStr, optStrList, reqStr } from '../validate.js';
 import { parseStrictJson } from '../../util/strict-json.js';
+import { charCount } from '../../util/char-count.js';
 import { page } from '../paging.js';
 import type { KmsRequest } from '../types.js';
 
@@ -24,8 +25,9 @@ export function parseTags(req: KmsRequest, name = 'Tags'): { TagKey: string; Tag
   const seen = new Set<string>();
   return v.map((t: unknown) => {
     const { TagKey, TagValue } = (t ?? {}) as Record<string, unknown>;
-    if (typeof TagKey !== 'string' || TagKey.length < 1 || TagKey.length > 128) throw new TagException('TagKey must be 1-128 characters');
-    if (typeof TagValue !== 'string' || TagValue.length > 256) throw new TagException('TagValue must be 0-256 characters');
+    // Characters, not UTF-16 units: a TagKey of 128 emoji is within bounds (src/util/char-count.ts).
+    if (typeof TagKey !== 'string' || TagKey === '' || charCount(TagKey) > 128) throw new TagException('TagKey must be 1-128 characters');
+    if (typeof TagValue !== 'string' || charCount(TagValue) > 256) throw new TagException('TagValue must be 0-256 characters');
     if (TagKey.startsWith('aws:')) throw new TagException('Tag keys beginning with aws: are reserved');
     // A key has one value per tag key; one request naming a key twice is refused
     // (CreateKey and TagResource alike) rather than keeping one value silently.

@@ -22,7 +22,7 @@ import { ACCOUNT, closeKmsFixture, fill, openKmsFixture, REGION, type KmsFixture
  * error name; after every request, accepted or not, DescribeVolumes and the
  * status rendering still work for everyone (a request must not poison the
  * catalog); an accepted CreateVolume respects EC2's tag limits (≤ 50 tags,
- * key 1-128 characters, value ≤ 256, both strings).
+ * key 1-128 characters, value ≤ 256, both strings; Unicode characters, as EC2 counts).
  */
 interface Input { op: string; text: string; asUser: boolean }
 interface Ctx { f: KmsFixture; mgr: VolumeManager; ec2: Ec2Authorizer; user: Caller; vars: Record<string, string> }
@@ -147,7 +147,7 @@ const target: FuzzTarget<Input, Ctx> = {
     if (failure !== undefined) throw failure;
     if (x.op === 'CreateVolume') {
       const tags = (out as { Tags: unknown[] }).Tags;
-      const bad = tags.find((t) => !t || typeof t !== 'object' || typeof (t as any).Key !== 'string' || typeof (t as any).Value !== 'string' || (t as any).Key.length < 1 || (t as any).Key.length > 128 || (t as any).Value.length > 256);
+      const bad = tags.find((t) => !t || typeof t !== 'object' || typeof (t as any).Key !== 'string' || typeof (t as any).Value !== 'string' || (t as any).Key === '' || [...(t as any).Key].length > 128 || [...(t as any).Value].length > 256);
       if (tags.length > 50 || bad !== undefined) return { invalid: 'CreateVolume respects EC2 tag limits', why: `${tags.length} tags; ${JSON.stringify(bad)?.slice(0, 100)}` };
       await c.mgr.deleteVolume({ VolumeId: (out as { VolumeId: string }).VolumeId }, c.f.root); // keep the state small
     }
