@@ -221,8 +221,10 @@ export class Daemon {
     this.kmsCore = this.metrics ? this.metrics.meterKms(kms, (op) => kmsOps.has(op)) : kms;
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
     this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.hsm);
-    this.trust = await TrustPolicies.open(paths.root);
-    let host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
+    this.trust = await TrustPolicies.open(paths.root, ids);
+    // With its RoleId: a key policy naming the role is bound to that id (src/kms/authz/principal-bindings.ts).
+    const hostRoleId = ids.uniqueIdOf(ids.roleArn(HOST_ROLE));
+    let host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role', ...(hostRoleId ? { principalId: hostRoleId } : {}) };
     if (cfg.kmsEndpoint !== undefined) {
       // The host acts as whoever the AWS credential chain makes it; the remote KMS's key policies decide.
       this.remoteKms = new AwsKeyService({ endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}), logger: log.child({ component: 'remote-kms' }) });

@@ -101,6 +101,13 @@ export interface NewKeyPolicyCheck {
  */
 export type KeyPolicyValidator = (c: NewKeyPolicyCheck) => void;
 
+/**
+ * Binds a key policy's user and role ARNs to their principals' unique ids (the record's
+ * `policyPrincipals`; src/kms/authz/principal-bindings.ts). Undefined: nothing to bind.
+ * Installed by the authorization engine (`KmsService.bindKeyPolicies`).
+ */
+export type KeyPolicyBinder = (policy: string) => Record<string, string> | undefined;
+
 /** Services a handler can use. */
 export interface OperationContext {
   readonly accountId: string;
@@ -112,6 +119,8 @@ export interface OperationContext {
   authorizer: Authorizer;
   /** Key-policy validation of the authorization engine, if one is plugged in. */
   keyPolicyValidator?: KeyPolicyValidator;
+  /** Principal binding of the authorization engine, if one is plugged in: every key policy stored is bound with it. */
+  keyPolicyBinder?: KeyPolicyBinder;
   now(): number;
   /**
    * Resolve a KeyId as AWS does: key id, key ARN, and (when `aliases` is true)

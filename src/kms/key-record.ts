@@ -29,6 +29,13 @@ export interface KeyRecord {
   origin: 'AWS_KMS';
   /** Key policy JSON, stored as given (or the default key policy). */
   policy: string;
+  /**
+   * The policy's principal bindings: each user or role ARN of the account it names -> that
+   * principal's unique id when the policy was saved (src/kms/authz/principal-bindings.ts).
+   * Absent when it names none, and in records written before bindings: those are bound when
+   * the KMS opens (`KmsService.bindKeyPolicies`).
+   */
+  policyPrincipals?: Record<string, string>;
   tags: { TagKey: string; TagValue: string }[];
   /** Epoch ms when PendingDeletion ends. */
   deletionDate?: number;

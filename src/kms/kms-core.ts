@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { silentLogger, type Logger } from '../util/logger.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from './types.js';
 import { AccountAuthorizer, AWS_MANAGED_KEY_POLICIES, type Authorizer } from './authorizer.js';
-import { Dispatcher, type KeyPolicyValidator, type OperationContext, type OperationHandler } from './dispatcher.js';
+import { Dispatcher, type KeyPolicyBinder, type KeyPolicyValidator, type OperationContext, type OperationHandler } from './dispatcher.js';
 import { Keystore } from './keystore.js';
 import { startHsm, type Hsm } from './hsm/hsm-client.js';
 import { AuditLog } from './audit/audit-log.js';
@@ -187,6 +187,33 @@ export class KmsService implements KmsCore {
   /** CreateKey's key-policy validation, installed by the authorization engine (registerAuthzOperations). */
   setKeyPolicyValidator(v: KeyPolicyValidator): void {
     this.context.keyPolicyValidator = v;
+  }
+
+  /**
+   * Install the authorization engine's principal binder (CreateKey and the AWS managed keys bind
+   * their policy with it), then bind every stored key policy that has no bindings yet (records
+   * written before bindings existed): to the principals that exist now, so each keeps the access
+   * it had, and a principal created later under a named one's name gets none of it. A record
+   * so bound is written back, once. docs/architecture.md §5.4.
+   */
+  async bindKeyPolicies(binder: KeyPolicyBinder): Promise<void> {
+    this.context.keyPolicyBinder = binder;
+    const ks = this.context.keystore;
+    for (const k of ks.all()) {
+      if (k.policyPrincipals !== undefined) continue;
+      let bound: Record<string, string> | undefined;
+      try {
+        bound = binder(k.policy);
+      } catch (err) {
+        // A stored policy that does not compile fails every call on the key anyway; the other keys still bind.
+        this.log.error({ err, keyArn: k.arn }, 'the stored key policy does not compile; its principals are not bound');
+        continue;
+      }
+      if (!bound) continue; // names no user or role of the account: nothing to bind, nothing to write
+      const b = bound;
+      await ks.update(k.keyId, (r) => { if (r.policy === k.policy && r.policyPrincipals === undefined) r.policyPrincipals = b; });
+      this.log.info({ keyArn: k.arn, principals: Object.keys(b).length }, 'bound the principals of a stored key policy to their unique ids');
+    }
   }
 
   /** The audit log every KMS call is recorded in; the daemon appends its volume events and refusals to it. */

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { EbsdError } from '../util/errors.js';
 import { KmsService, type KmsOptions } from './kms-core.js';
 import { openAuthz, registerAuthzOperations } from './authz/index.js';
+import { keyPolicyBinder } from './authz/principal-bindings.js';
 import type { Identities } from './authz/identities.js';
 import type { GrantStore } from './authz/grants.js';
 import type { PolicyAuthorizer } from './authz/policy-authorizer.js';
@@ -46,6 +47,13 @@ export async function openKms(o: OpenKmsOptions): Promise<Kms> {
   }
   const kms = await KmsService.open({ ...core, stateDir: kmsDir, accountId: ids.accountId, region: ids.region, authorizer: authz.authorizer });
   registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: (fn) => kms.onKeyDeleted(fn) });
+  try {
+    // Key policies are stored bound to their principals' unique ids; one stored before that is bound now.
+    await kms.bindKeyPolicies(keyPolicyBinder(ids));
+  } catch (e) {
+    await kms.close();
+    throw e;
+  }
   let closed: Promise<void> | undefined;
   return {
     core: kms,

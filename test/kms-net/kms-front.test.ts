@@ -97,7 +97,7 @@ async function inProcess(dir: string): Promise<{ kms: Kms; listener: KmsListener
   const kms = await openKms({ stateDir: dir, region: 'us-east-1' });
   const core = kms.core;
   const keys = await AccessKeyStore.open(dir, core.hsm);
-  const sts = new StsService(kms.identities, keys, await TrustPolicies.open(dir), core.hsm);
+  const sts = new StsService(kms.identities, keys, await TrustPolicies.open(dir, kms.identities), core.hsm);
   const lines: string[] = [];
   const log = createLogger({ level: 'info', name: 'test', destination: { write: (l: string) => void lines.push(l) } });
   const fatal: Error[] = [];

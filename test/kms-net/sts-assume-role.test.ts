@@ -44,7 +44,7 @@ describe('AssumeRole: trust-policy principals and actions', () => {
     ids = await Identities.open(t.dir, { region: 'us-east-1' });
     alice = { ...(await ids.createUser('alice')), sourceIp: '127.0.0.1' };
     for (const r of ['app', 'chained', 'other']) await ids.createRole(r);
-    trust = await TrustPolicies.open(t.dir);
+    trust = await TrustPolicies.open(t.dir, ids);
     const keys = await AccessKeyStore.open(t.dir, hsm);
     sts = new StsService(ids, keys, trust, hsm);
     const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });

@@ -43,7 +43,7 @@ describe('STS session credentials', () => {
     bob = await ids.createUser('bob');
     await ids.createRole('app', { maxSessionDuration: 43_200 }); // 12 h sessions below
     keys = await AccessKeyStore.open(t.dir, hsm);
-    const trust = await TrustPolicies.open(t.dir);
+    const trust = await TrustPolicies.open(t.dir, ids);
     await trust.put('app', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] }));
     sts = new StsService(ids, keys, trust, hsm);
   });
@@ -94,7 +94,7 @@ describe('STS session credentials', () => {
   });
 
   it('a session belongs to the role it was issued for: once the role is deleted and created again under its name, the old token is unrecognized', async () => {
-    const trust = await TrustPolicies.open(t.dir);
+    const trust = await TrustPolicies.open(t.dir, ids);
     const s2 = new StsService(ids, keys, trust, hsm);
     const at = t0 + 60_000;
     const verify = async (c: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }) =>
@@ -150,7 +150,7 @@ describe('STS session credentials', () => {
 
   it('a trust policy naming only the account delegates: the caller needs an identity policy allowing sts:AssumeRole too', async () => {
     await ids.createRole('admin');
-    const trust = await TrustPolicies.open(t.dir);
+    const trust = await TrustPolicies.open(t.dir, ids);
     await trust.put('admin', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: ids.rootArn }, Action: 'sts:AssumeRole' }] }));
     const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
     const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource) => evaluator.evaluate({ action, caller, resource }));

@@ -43,7 +43,7 @@ describe('AssumeRole: trust-policy Conditions', () => {
     await ids.createRole('app', { maxSessionDuration: 43_200 }); // DurationSeconds 7200 below
     roleArn = ids.roleArn('app');
     const keys = await AccessKeyStore.open(t.dir, hsm);
-    trust = await TrustPolicies.open(t.dir);
+    trust = await TrustPolicies.open(t.dir, ids);
     tls = new StsService(ids, keys, trust, hsm, undefined, { secureTransport: true });
     plain = new StsService(ids, keys, trust, hsm, undefined, { secureTransport: false });
   });

@@ -8,9 +8,18 @@ import type { Caller } from '../types.js';
  */
 export interface CallerIds {
   readonly arn: string;
+  /** The caller's principalId these ids were derived from. */
+  readonly principalId: string | undefined;
   readonly account: string;
   readonly isRoot: boolean;
   readonly isService: boolean;
+  /** An assumed-role session (`arn:…:sts::…:assumed-role/…`). */
+  readonly isSession: boolean;
+  /**
+   * The unique id a bound policy principal is compared with (principal-bindings.ts): a user's
+   * AIDA…, a Role caller's AROA…, and for a session its role's AROA… (principalId `AROA…:session`).
+   */
+  readonly uniqueId?: string;
   /** Role name, for a role session (or a Role caller). */
   readonly roleName?: string;
   /** `arn:<partition>:iam::<acct>:role/<name>` for a session (no path, as STS ARNs carry none; aws:PrincipalArn looks the path up, request-context.ts). */
@@ -26,17 +35,25 @@ const ROLE_RE = /^arn:([\w-]+):(?:sts::(\d{12}):assumed-role|iam::(\d{12}):role(
 
 export function callerIds(c: Caller): CallerIds {
   let ids = cache.get(c.arn);
-  // What is derived depends on the ARN, the type and the account: checked, so a changed one is parsed again.
+  // What is derived depends on the ARN, the type, the account and the principal id (a principal created
+  // again under its name has a new one): checked, so a changed one is parsed again.
   if (ids && ids.account === c.accountId && ids.isRoot === (c.type === 'Root') && ids.isService === (c.type === 'AWSService')
-    && (ids.roleKey !== undefined) === (c.type === 'AssumedRole' || c.type === 'Role')) return ids;
+    && (ids.roleKey !== undefined) === (c.type === 'AssumedRole' || c.type === 'Role') && ids.principalId === c.principalId) return ids;
   const m = c.type === 'AssumedRole' || c.type === 'Role' ? ROLE_RE.exec(c.arn) : null;
   const acct = m ? (m[2] ?? m[3]!) : undefined;
   const roleKey = m ? `role:${acct}:${m[4]}` : undefined;
+  const pid = c.principalId;
+  const isSession = c.type === 'AssumedRole';
+  const uniqueId = pid === undefined || (c.type !== 'IAMUser' && c.type !== 'Role' && !isSession) ? undefined
+    : isSession ? (pid.includes(':') ? pid.slice(0, pid.indexOf(':')) : undefined) : pid;
   ids = {
     arn: c.arn,
     account: c.accountId,
+    principalId: pid,
     isRoot: c.type === 'Root',
     isService: c.type === 'AWSService',
+    isSession,
+    ...(uniqueId ? { uniqueId } : {}),
     ...(m ? { roleName: m[4]!, roleArn: `arn:${m[1]}:iam::${acct}:role/${m[4]}`, roleKey } : {}),
     granteeKeys: roleKey ? [c.arn, roleKey] : [c.arn],
   };

@@ -66,24 +66,31 @@ export const EC_OPERATIONS: ReadonlySet<string> = new Set([
 type Match = 0 | 1 | 2; // none | the caller's account (delegation) | the caller itself
 
 
+/**
+ * Does a Principal name the caller? A bound user or role (principal-bindings.ts) by its unique
+ * id only, a role's id covering its sessions; what the set holds by name (policy-document.ts,
+ * PrincipalSet) by ARN. Both are set lookups compiled in: no lookup by name per call.
+ */
 function _principalMatch(p: PrincipalSet, id: CallerIds): Match {
   if (p.any) return 2;
   if (id.isService) return p.services.has(id.arn) ? 2 : 0;
   if (p.arns.has(id.arn)) return 2;
+  if (id.uniqueId !== undefined && p.ids.has(id.uniqueId)) return 2;
   if (id.roleKey !== undefined && p.roles.has(id.roleKey)) return 2;
   if (p.accounts.has(id.account)) return id.isRoot ? 2 : 1;
   return 0;
 }
 
 /**
- * Does a NotPrincipal name the caller itself? Its exact ARN, not its role's: naming a role
- * exempts the role, not its sessions, which only their own session ARN exempts (IAM User
- * Guide, "NotPrincipal"); naming the account exempts its root only.
+ * Does a NotPrincipal name the caller itself? Its exact ARN or its own unique id, not its
+ * role's: naming a role exempts the role, not its sessions, which only their own session ARN
+ * exempts (IAM User Guide, "NotPrincipal"); naming the account exempts its root only.
  */
 function _notPrincipalNames(p: PrincipalSet, id: CallerIds): boolean {
   if (p.any) return true;
   if (id.isService) return p.services.has(id.arn);
   if (p.arns.has(id.arn)) return true;
+  if (!id.isSession && id.uniqueId !== undefined && p.ids.has(id.uniqueId)) return true;
   return id.isRoot && p.accounts.has(id.account);
 }
 
@@ -192,7 +199,7 @@ export class PolicyEvaluator {
     let keyViaAccount = false;
 
     if (req.key) {
-      const kp = typeof req.key.policy === 'string' ? this.cache.get(req.key.policy, 'key') : req.key.policy;
+      const kp = typeof req.key.policy === 'string' ? this.cache.get(req.key.policy, 'key', req.key.principalIds) : req.key.policy;
       for (const st of kp.statements) {
         if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
         const m = _statementMatch(st, id);

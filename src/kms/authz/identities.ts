@@ -299,6 +299,18 @@ export class Identities {
     return false;
   };
 
+  /**
+   * The unique id (UserId AIDA…, RoleId AROA…) of the user or role whose ARN is exactly `arn`,
+   * partition and path included; undefined if there is none. What a policy's principal
+   * bindings are made with (principal-bindings.ts, PrincipalDirectory).
+   */
+  uniqueIdOf(arn: string): string | undefined {
+    const m = /^arn:([\w-]+):iam::(\d{12}):(user|role)(\/.*)?\/([^/]+)$/.exec(arn);
+    if (!m || m[1] !== this.partition || m[2] !== this.accountId) return undefined;
+    const rec = m[3] === 'user' ? this.data.users[m[5]!] : this.data.roles[m[5]!];
+    return rec && rec.path === (m[4] ?? '') + '/' ? rec.id : undefined;
+  }
+
   /** The Caller for a principal ARN of this account (root, user, role session), or undefined. */
   callerFor(arn: string): Caller | undefined {
     const acct = this.accountId;

@@ -5,6 +5,7 @@ import type { KmsResponse } from '../types.js';
 import { checkGrantTokens, grantListEntry, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
 import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
 import { parsePolicy } from './policy-document.js';
+import { bindPrincipals, shownPolicy } from './principal-bindings.js';
 import { dataMap } from '../data-map.js';
 import { checkKeyPolicySize } from '../validate.js';
 
@@ -83,7 +84,10 @@ export function registerAuthzOperations(
     }
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     await call.authorize({ key });
-    const compiled = parsePolicy(r.Policy, { kind: 'key', accountId: ctx.accountId, principalExists: identities.principalExists });
+    // Validated (every principal of the account exists), then compiled bound to the principals' unique ids.
+    const named = parsePolicy(r.Policy, { kind: 'key', accountId: ctx.accountId, principalExists: identities.principalExists }).principalArns;
+    const bound = bindPrincipals(named, identities);
+    const compiled = parsePolicy(r.Policy, { kind: 'key', ...(bound ? { bindings: bound } : {}) });
     if (r.BypassPolicyLockoutSafetyCheck !== true) {
       // KMS API reference, PutKeyPolicy: the caller must still be allowed to call PutKeyPolicy under the new policy.
       const view = ctx.view(key);
@@ -96,7 +100,11 @@ export function registerAuthzOperations(
       if (!d.allowed) throw new MalformedPolicyDocumentException(LOCKOUT_MESSAGE);
     }
     const text = r.Policy;
-    await ctx.keystore.update(key.keyId, (rec) => { rec.policy = text; });
+    await ctx.keystore.update(key.keyId, (rec) => {
+      rec.policy = text;
+      if (bound) rec.policyPrincipals = bound;
+      else delete rec.policyPrincipals;
+    });
     return {};
   };
 
@@ -106,7 +114,8 @@ export function registerAuthzOperations(
     _policyName(r.PolicyName);
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     await call.authorize({ key, stateCheck: false });
-    return { Policy: key.policy, PolicyName: POLICY_NAME };
+    // As saved, or with a deleted principal's ARN shown as the unique id it was bound to (principal-bindings.ts).
+    return { Policy: shownPolicy(key.policy, key.policyPrincipals, identities), PolicyName: POLICY_NAME };
   };
 
   const listKeyPolicies = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
@@ -211,14 +220,18 @@ export function registerAuthzOperations(
    * about to be created, unless BypassPolicyLockoutSafetyCheck.
    */
   const validateNewKeyPolicy = (c: NewKeyPolicyCheck): void => {
-    const compiled = parsePolicy(c.policy, { kind: 'key', accountId: registry.accountId ?? c.caller.accountId, principalExists: identities.principalExists });
+    const accountId = registry.accountId ?? c.caller.accountId;
+    const named = parsePolicy(c.policy, { kind: 'key', accountId, principalExists: identities.principalExists }).principalArns;
     if (c.bypassLockoutCheck) return;
+    // Judged as it will be stored: bound to the principals' unique ids (the core binds it again when it stores it).
+    const bound = bindPrincipals(named, identities);
+    const compiled = parsePolicy(c.policy, { kind: 'key', ...(bound ? { bindings: bound } : {}) });
     const tags = dataMap<string>();
     for (const t of c.tags ?? []) tags[t.TagKey] = t.TagValue;
     const d = evaluator.evaluate({
       action: 'kms:PutKeyPolicy', caller: c.caller, resource: c.keyArn, now: c.now,
       key: {
-        arn: c.keyArn, accountId: registry.accountId ?? c.caller.accountId, ...(registry.region ? { region: registry.region } : {}), policy: compiled,
+        arn: c.keyArn, accountId, ...(registry.region ? { region: registry.region } : {}), policy: compiled,
         keySpec: c.keySpec, keyUsage: c.keyUsage, keyOrigin: 'AWS_KMS', keyManager: 'CUSTOMER', aliases: [],
         ...(c.tags?.length ? { tags } : {}),
       },

@@ -56,6 +56,7 @@ function _keyInfo(k: KeyView): KeyInfo {
     accountId: k.accountId,
     region: k.region,
     policy: k.policy,
+    ...(k.policyPrincipals ? { principalIds: k.policyPrincipals } : {}),
     keySpec: k.keySpec,
     keyUsage: k.keyUsage,
     keyOrigin: k.origin,

@@ -4,6 +4,8 @@ import { malformedPolicy } from './errors.js';
 import { globMatcher } from './wildcard.js';
 import { JsonDocumentError, parseStrictJson } from '../../util/strict-json.js';
 import { MAX_KEY_POLICY_BYTES, MAX_POLICY_DEPTH, checkKeyPolicySize } from '../validate.js';
+import { hasMember } from '../data-map.js';
+import type { PrincipalBindings } from './principal-bindings.js';
 
 /**
  * IAM / KMS policy documents: parse, validate, compile.
@@ -25,16 +27,25 @@ const PRINCIPAL_TYPES = new Set(['AWS', 'Service', 'Federated', 'CanonicalUser']
 export type PolicyKind = 'key' | 'identity';
 export type Effect = 'Allow' | 'Deny';
 
-/** Who a Principal / NotPrincipal element names, normalized. */
+/**
+ * Who a Principal / NotPrincipal element names, normalized. A user or role ARN bound to a
+ * unique id (principal-bindings.ts) names the principal with that id: its id is in `ids`, and
+ * its ARN (and role key) only where matching by name can grant nothing the policy did not give
+ * the principal it named: in a Deny's Principal (the Deny still reaches a principal created
+ * again under the name) and an Allow's NotPrincipal (one created again under the name stays
+ * excluded). docs/architecture.md §5.4.
+ */
 export interface PrincipalSet {
   /** `"*"` or `{"AWS": "*"}`. */
   readonly any: boolean;
-  /** Exact principal ARNs: users, roles, assumed-role sessions, account roots. */
+  /** Principal ARNs matched by name: assumed-role sessions, unbound users and roles (see above). */
   readonly arns: ReadonlySet<string>;
   /** Account ids whose root (`arn:aws:iam::<id>:root` or bare id) is named: delegation to the account. */
   readonly accounts: ReadonlySet<string>;
-  /** `role:<account>:<roleName>` for each named role, so its assumed-role sessions match too. */
+  /** `role:<account>:<roleName>` for each role in `arns`, so its assumed-role sessions match too. */
   readonly roles: ReadonlySet<string>;
+  /** Unique ids (AIDA…, AROA…) of the bound users and roles named; a role's id covers its sessions. */
+  readonly ids: ReadonlySet<string>;
   readonly services: ReadonlySet<string>;
 }
 
@@ -58,6 +69,8 @@ export interface CompiledPolicy {
   readonly statements: readonly CompiledStatement[];
   /** The document as submitted (GetKeyPolicy returns it verbatim). */
   readonly text: string;
+  /** The exact user and role ARNs (any account) named in a Principal or NotPrincipal: what binding binds. */
+  readonly principalArns: readonly string[];
 }
 
 export interface ParseOptions {
@@ -66,6 +79,12 @@ export interface ParseOptions {
   accountId?: string;
   /** Called for users, roles and sessions of the local account; false makes the principal invalid. */
   principalExists?: (arn: string) => boolean;
+  /**
+   * The policy's principal bindings (principal-bindings.ts): a user or role ARN bound here
+   * names the principal with that id. Without them every ARN is matched by name (a policy
+   * evaluated outside the KMS, or one naming no user or role of the account).
+   */
+  bindings?: PrincipalBindings;
   maxBytes?: number;
 }
 
@@ -76,6 +95,8 @@ const USER_ROLE_RE = new RegExp(`^arn:${PARTITION}:iam::(\\d{12}):(user|role)(/[
 const SESSION_RE = new RegExp(`^arn:${PARTITION}:sts::(\\d{12}):assumed-role/([\\w+=,.@-]{1,64})/([\\w+=,.@-]{2,64})$`);
 const SERVICE_RE = /^[a-z0-9][a-z0-9.-]*\.amazonaws\.com(\.cn)?$/;
 const ACTION_RE = /^[A-Za-z0-9-]+:[A-Za-z0-9*?]+$/;
+/** A unique principal id as IAM writes one (AIDA… a user, AROA… a role, and IAM's other four-letter prefixes). */
+export const UNIQUE_ID_RE = /^A[A-Z]{3}[A-Z2-7]{16,}$/;
 
 /** Parsed shape of a principal ARN the evaluator understands. */
 export type PrincipalForm =
@@ -110,13 +131,18 @@ function _strings(v: unknown, where: string): string[] {
 
 const INVALID_PRINCIPALS = 'Policy contains a statement with one or more invalid principals';
 
-function _principalSet(v: unknown, where: string, opts: ParseOptions): PrincipalSet {
+/**
+ * `byName`: whether a bound ARN also matches by name (a Deny's Principal, an Allow's
+ * NotPrincipal; see PrincipalSet). `named`: collects the user and role ARNs named.
+ */
+function _principalSet(v: unknown, where: string, opts: ParseOptions, byName: boolean, named: Set<string>): PrincipalSet {
   const arns = new Set<string>();
   const accounts = new Set<string>();
   const roles = new Set<string>();
+  const ids = new Set<string>();
   const services = new Set<string>();
   let any = false;
-  if (v === '*') return { any: true, arns, accounts, roles, services };
+  if (v === '*') return { any: true, arns, accounts, roles, ids, services };
   if (v === null || typeof v !== 'object' || Array.isArray(v)) {
     throw malformedPolicy(`${INVALID_PRINCIPALS}: ${where} must be "*" or an object such as {"AWS": ...}`);
   }
@@ -129,6 +155,10 @@ function _principalSet(v: unknown, where: string, opts: ParseOptions): Principal
         if (p === '*') { any = true; continue; }
         const id = ACCOUNT_RE.test(p) ? p : undefined;
         const form = id ? ({ kind: 'root', account: id } as const) : parsePrincipalArn(p);
+        if (!form && UNIQUE_ID_RE.test(p)) {
+          // GetKeyPolicy shows a deleted principal's unique id where its ARN was; it names nobody, so it is not accepted back.
+          throw malformedPolicy(`${INVALID_PRINCIPALS}: "${p}" is a unique principal id (a deleted principal's, as a stored policy shows one), not a principal ARN; name an existing principal by its ARN or remove it`);
+        }
         if (!form) throw malformedPolicy(`${INVALID_PRINCIPALS}: "${p}" is not an account id or a principal ARN`);
         if (opts.accountId && form.account === opts.accountId && form.kind !== 'root' && opts.principalExists) {
           const check = form.kind === 'session' ? p.replace(/:sts::(\d{12}):assumed-role\/([^/]+)\/.*$/, ':iam::$1:role/$2') : p;
@@ -136,8 +166,13 @@ function _principalSet(v: unknown, where: string, opts: ParseOptions): Principal
         }
         if (form.kind === 'root') accounts.add(form.account);
         else {
-          arns.add(p);
-          if (form.kind === 'role') roles.add(`role:${form.account}:${form.name}`);
+          const bound = form.kind !== 'session' && opts.bindings !== undefined && hasMember(opts.bindings, p) ? opts.bindings[p]! : undefined;
+          if (form.kind !== 'session') named.add(p);
+          if (bound !== '' && bound !== undefined) ids.add(bound); // '' binds to nobody
+          if (bound === undefined || byName) {
+            arns.add(p);
+            if (form.kind === 'role') roles.add(`role:${form.account}:${form.name}`);
+          }
         }
       } else if (type === 'Service') {
         if (p === '*') { any = true; continue; }
@@ -147,10 +182,10 @@ function _principalSet(v: unknown, where: string, opts: ParseOptions): Principal
       // Federated / CanonicalUser are valid syntax but never match a local caller.
     }
   }
-  return { any, arns, accounts, roles, services };
+  return { any, arns, accounts, roles, ids, services };
 }
 
-function _compileStatement(s: unknown, index: number, opts: ParseOptions, variables: boolean): CompiledStatement {
+function _compileStatement(s: unknown, index: number, opts: ParseOptions, variables: boolean, named: Set<string>): CompiledStatement {
   const where = `Statement[${index}]`;
   if (s === null || typeof s !== 'object' || Array.isArray(s)) throw malformedPolicy(`${where} must be an object`);
   const st = s as Record<string, unknown>;
@@ -222,8 +257,8 @@ function _compileStatement(s: unknown, index: number, opts: ParseOptions, variab
     index,
     ...(sid ? { sid } : {}),
     effect: st.Effect,
-    ...(hasP ? { principal: _principalSet(st.Principal, `${w}.Principal`, opts) } : {}),
-    ...(hasNP ? { notPrincipal: _principalSet(st.NotPrincipal, `${w}.NotPrincipal`, opts) } : {}),
+    ...(hasP ? { principal: _principalSet(st.Principal, `${w}.Principal`, opts, st.Effect === 'Deny', named) } : {}),
+    ...(hasNP ? { notPrincipal: _principalSet(st.NotPrincipal, `${w}.NotPrincipal`, opts, st.Effect === 'Allow', named) } : {}),
     matchesAction,
     matchesResource,
     conditions,
@@ -268,13 +303,15 @@ export function parsePolicy(text: string, opts: ParseOptions): CompiledPolicy {
   if (raw.length === 0) throw malformedPolicy('Statement must not be empty');
   // IAM policy variables are replaced only in a policy whose Version is 2012-10-17 (IAM User Guide, "Version").
   const variables = d.Version === '2012-10-17';
-  const statements = raw.map((s, i) => _compileStatement(s, i, opts, variables));
+  const named = new Set<string>();
+  const statements = raw.map((s, i) => _compileStatement(s, i, opts, variables, named));
   return {
     kind: opts.kind,
     ...(d.Version !== undefined ? { version: d.Version as string } : {}),
     ...(d.Id !== undefined ? { id: d.Id as string } : {}),
     statements,
     text,
+    principalArns: [...named],
   };
 }
 
@@ -284,14 +321,28 @@ export function parsePolicy(text: string, opts: ParseOptions): CompiledPolicy {
  * authorization well under its share of the 50 µs budget (≥ 20,000/s).
  * Entries are compiled without the principal-existence check: that check
  * belongs to PutKeyPolicy, not to every call.
+ *
+ * A policy with principal bindings is compiled with them (the ids are in its
+ * principal sets: no lookup by name per call) and cached by its bindings
+ * object, which the key record holds: one WeakMap lookup, and the entry goes
+ * with the record version that held it.
  */
 export class PolicyCache {
   // Keyed by the text itself (no prefix): V8 caches a string's hash on the
   // string, so the keystore's policy string hashes once, not on every call.
   private readonly maps: Record<PolicyKind, Map<string, CompiledPolicy>> = { key: new Map(), identity: new Map() };
+  private readonly bound = new WeakMap<PrincipalBindings, CompiledPolicy>();
   constructor(private readonly capacity = 1024) {}
 
-  get(text: string, kind: PolicyKind): CompiledPolicy {
+  get(text: string, kind: PolicyKind, bindings?: PrincipalBindings): CompiledPolicy {
+    if (bindings) {
+      let b = this.bound.get(bindings);
+      // The same bindings object with another text or kind (never from one key record): compiled anew.
+      if (b && b.text === text && b.kind === kind) return b;
+      b = parsePolicy(text, { kind, bindings, maxBytes: Number.MAX_SAFE_INTEGER });
+      this.bound.set(bindings, b);
+      return b;
+    }
     const map = this.maps[kind];
     let p = map.get(text);
     if (p) return p;

@@ -1,6 +1,7 @@
 import type { Caller } from '../types.js';
 import type { ConditionContext, ContextValue } from './conditions.js';
 import type { CompiledPolicy } from './policy-document.js';
+import type { PrincipalBindings } from './principal-bindings.js';
 import { callerIds } from './caller-ids.js';
 
 /**
@@ -17,6 +18,8 @@ export interface KeyInfo {
   region?: string;
   /** The key policy, as text (compiled through the policy cache) or already compiled. */
   policy: string | CompiledPolicy;
+  /** The text policy's principal bindings (principal-bindings.ts), compiled in with it. */
+  principalIds?: PrincipalBindings;
   keySpec?: string;
   keyUsage?: string;
   keyOrigin?: string;

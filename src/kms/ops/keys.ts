@@ -57,10 +57,12 @@ export async function createKeyRecord(ctx: OperationContext, p: {
   const hbkId = randomBytes(32);
   const g = await ctx.hsm.call({ op: 'generateKey', arn, hbkId, spec: p.keySpec });
   const managed = p.keyManager === 'AWS';
+  const policy = p.policy ?? defaultKeyPolicy(ctx.accountId);
+  const bound = ctx.keyPolicyBinder?.(policy);
   const r: KeyRecord = {
     keyId, arn, accountId: ctx.accountId, region: ctx.region, creationDate: p.now, description: p.description,
     keySpec: p.keySpec, keyUsage: p.keyUsage, keyState: 'Enabled', keyManager: p.keyManager, origin: 'AWS_KMS',
-    policy: p.policy ?? defaultKeyPolicy(ctx.accountId), tags: p.tags ?? [],
+    policy, ...(bound ? { policyPrincipals: bound } : {}), tags: p.tags ?? [],
     // AWS managed keys rotate every year and cannot opt out.
     rotation: managed ? { enabled: true, periodDays: DEFAULT_ROTATION_DAYS, nextRotationDate: p.now + DEFAULT_ROTATION_DAYS * DAY, onDemandCount: 0 }
       : { enabled: false, onDemandCount: 0 },

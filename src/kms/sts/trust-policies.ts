@@ -15,6 +15,12 @@
  * its conditions hold. A role without a trust policy can be assumed by nobody
  * over STS. A statement member ebsd does not evaluate (NotPrincipal,
  * NotAction) is refused when the policy is put, never ignored.
+ *
+ * A user or role ARN of the account in a Principal is bound, when the policy
+ * is put, to that principal's unique id (src/kms/authz/principal-bindings.ts),
+ * stored beside the document: a principal deleted and created again under the
+ * name is not trusted until the policy is put again. A trust file written
+ * before bindings is bound when it is opened, to the principals then existing.
  */
 import { join } from 'node:path';
 import { EbsdError } from '../../util/errors.js';
@@ -23,34 +29,44 @@ import { readTextIfExists } from '../../util/read-if-exists.js';
 import { parseStrictJson } from '../../util/strict-json.js';
 import type { Caller } from '../types.js';
 import { compileConditions, type CompiledCondition, type ConditionContext } from '../authz/conditions.js';
-import { parsePrincipalArn } from '../authz/policy-document.js';
+import { UNIQUE_ID_RE, parsePrincipalArn } from '../authz/policy-document.js';
 import { callerIds } from '../authz/caller-ids.js';
 import { globMatcher } from '../authz/wildcard.js';
+import { bindPrincipals, shownPolicy, type PrincipalBindings, type PrincipalDirectory } from '../authz/principal-bindings.js';
+import { hasMember } from '../data-map.js';
 
 export const TRUST_FILE = 'role-trust.json';
 
 /**
  * A statement's principals, normalized as a key policy's PrincipalSet (src/kms/authz/policy-document.ts):
- * `roles` holds `role:<account>:<name>` for each role ARN named, the key a session's CallerIds carries.
+ * `roles` holds `role:<account>:<name>` for each role ARN in `arns`, the key a session's CallerIds carries;
+ * `ids` the unique ids of the bound users and roles. A bound ARN is in `arns` too only in a Deny, so
+ * the Deny still reaches a principal created again under the name (an Allow reaches only the one bound).
  */
-interface TrustPrincipals { any: boolean; arns: ReadonlySet<string>; accounts: ReadonlySet<string>; roles: ReadonlySet<string> }
+interface TrustPrincipals { any: boolean; arns: ReadonlySet<string>; accounts: ReadonlySet<string>; roles: ReadonlySet<string>; ids: ReadonlySet<string> }
 
 interface Statement { Effect: 'Allow' | 'Deny'; principals: TrustPrincipals; matchesAction: (action: string) => boolean; conditions: readonly CompiledCondition[] }
 
 /** An unparseable principal string is kept as an exact ARN (it matches nobody's ARN but its own), as before. */
-function principalsOf(list: readonly string[]): TrustPrincipals {
+function principalsOf(list: readonly string[], bindings: PrincipalBindings | undefined, byName: boolean, named: Set<string>): TrustPrincipals {
   const arns = new Set<string>();
   const accounts = new Set<string>();
   const roles = new Set<string>();
+  const ids = new Set<string>();
   let any = false;
   for (const p of list) {
     if (p === '*') { any = true; continue; }
     const form = /^\d{12}$/.test(p) ? ({ kind: 'root', account: p } as const) : parsePrincipalArn(p);
     if (form?.kind === 'root') { accounts.add(form.account); continue; }
+    const userOrRole = form?.kind === 'user' || form?.kind === 'role';
+    if (userOrRole) named.add(p);
+    const bound = userOrRole && bindings !== undefined && hasMember(bindings, p) ? bindings[p]! : undefined;
+    if (bound !== undefined && bound !== '') ids.add(bound); // '' binds to nobody
+    if (bound !== undefined && !byName) continue;
     arns.add(p);
     if (form?.kind === 'role') roles.add(`role:${form.account}:${form.name}`);
   }
-  return { any, arns, accounts, roles };
+  return { any, arns, accounts, roles, ids };
 }
 
 /** 2: the statement names the caller itself (or anyone); 1: only the caller's account; 0: not the caller. */
@@ -58,6 +74,7 @@ function principalMatch(p: TrustPrincipals, caller: Caller): 0 | 1 | 2 {
   if (p.any) return 2;
   const id = callerIds(caller);
   if (p.arns.has(id.arn)) return 2;
+  if (id.uniqueId !== undefined && p.ids.has(id.uniqueId)) return 2; // a bound user, or a bound role's session
   if (id.roleKey !== undefined && p.roles.has(id.roleKey)) return 2;
   return p.accounts.has(id.account) ? 1 : 0;
 }
@@ -70,7 +87,23 @@ export class TrustPolicyError extends EbsdError {
 
 const TRUST_STATEMENT_MEMBERS: ReadonlySet<string> = new Set(['Sid', 'Effect', 'Principal', 'Action', 'Condition']);
 
-export function parseTrustPolicy(text: string): Statement[] {
+export interface TrustParseOptions {
+  /** The policy's principal bindings (principal-bindings.ts): a user or role ARN bound here names the principal with that id. */
+  bindings?: PrincipalBindings;
+  /**
+   * Given when the policy is put: each user and role of this account it names must exist (IAM refuses an
+   * invalid principal), and a bare unique id (a deleted principal's, as a stored policy shows one) is refused.
+   */
+  directory?: PrincipalDirectory;
+}
+
+export interface ParsedTrustPolicy {
+  statements: Statement[];
+  /** The user and role ARNs (any account) named in a Principal: what binding binds. */
+  principalArns: string[];
+}
+
+export function parseTrustPolicy(text: string, opts: TrustParseOptions = {}): ParsedTrustPolicy {
   let doc: unknown;
   try {
     doc = parseStrictJson(text, { what: 'trust policy', maxDepth: 8 });
@@ -86,7 +119,8 @@ export function parseTrustPolicy(text: string): Statement[] {
     if (a.length === 0 || a.some((x) => typeof x !== 'string')) throw new TrustPolicyError('MalformedPolicyDocumentException', `${what} must be a string or a list of strings.`);
     return a as string[];
   };
-  return list.map((s: Record<string, unknown>, i) => {
+  const named = new Set<string>();
+  const statements = list.map((s: Record<string, unknown>, i): Statement => {
     if (!s || typeof s !== 'object' || Array.isArray(s)) throw new TrustPolicyError('MalformedPolicyDocumentException', `Statement ${i} must be an object.`);
     // Only what is evaluated: a NotPrincipal or NotAction ignored would trust more than written.
     for (const k of Object.keys(s)) {
@@ -96,43 +130,95 @@ export function parseTrustPolicy(text: string): Statement[] {
     const p = s.Principal;
     const principals = p === '*' ? ['*'] : p && typeof p === 'object' && 'AWS' in p ? strs((p as { AWS: unknown }).AWS, `Statement ${i}: Principal.AWS`) : [];
     if (principals.length === 0) throw new TrustPolicyError('MalformedPolicyDocumentException', `Statement ${i}: Principal must be "*" or {"AWS": ...}.`);
+    if (opts.directory) _checkPrincipals(principals, i, opts.directory);
     let conditions: CompiledCondition[] = [];
     try {
       if (s.Condition !== undefined) conditions = compileConditions(s.Condition, `Statement ${i}`, { variables });
     } catch (e) {
       throw new TrustPolicyError('MalformedPolicyDocumentException', (e as Error).message);
     }
-    return { Effect: s.Effect, principals: principalsOf(principals), matchesAction: globMatcher(strs(s.Action, `Statement ${i}: Action`), true), conditions };
+    const principalSet = principalsOf(principals, opts.bindings, s.Effect === 'Deny', named);
+    return { Effect: s.Effect, principals: principalSet, matchesAction: globMatcher(strs(s.Action, `Statement ${i}: Action`), true), conditions };
   });
+  return { statements, principalArns: [...named] };
+}
+
+/** IAM's answer to a principal it cannot resolve: "Invalid principal in policy". */
+function _checkPrincipals(list: readonly string[], i: number, dir: PrincipalDirectory): void {
+  for (const p of list) {
+    if (UNIQUE_ID_RE.test(p)) {
+      throw new TrustPolicyError('MalformedPolicyDocumentException', `Invalid principal in policy: Statement ${i}: "${p}" is a unique principal id (a deleted principal's, as a stored policy shows one), not a principal ARN; name an existing principal by its ARN or remove it.`);
+    }
+    const form = parsePrincipalArn(p);
+    if ((form?.kind === 'user' || form?.kind === 'role') && form.account === dir.accountId && dir.uniqueIdOf(p) === undefined) {
+      throw new TrustPolicyError('MalformedPolicyDocumentException', `Invalid principal in policy: Statement ${i}: "${p}" does not exist in account ${dir.accountId}.`);
+    }
+  }
 }
 
 const NO_CONTEXT: ConditionContext = { get: () => undefined };
 
+/** `role-trust.json`: the documents by role name, and the bindings of those that name users or roles of the account. */
+interface TrustFile { Roles: Record<string, string>; Principals?: Record<string, Record<string, string>> }
+
 export class TrustPolicies {
   /** Compiled statements per role, built on first use: an AssumeRole does not re-read JSON. */
   private readonly compiled = new Map<string, Statement[]>();
-  private constructor(private readonly file: string, private readonly docs: Map<string, string>) {}
+  private constructor(
+    private readonly file: string,
+    private readonly docs: Map<string, string>,
+    private readonly bindings: Map<string, PrincipalBindings>,
+    private readonly principals: PrincipalDirectory,
+  ) {}
 
-  static async open(dir: string): Promise<TrustPolicies> {
+  /**
+   * `principals`: the account's identities (src/kms/authz/identities.ts), which policies are bound
+   * with. A document stored without bindings (a file written before them) is bound now, to the
+   * principals that exist now, and the file written back once.
+   */
+  static async open(dir: string, principals: PrincipalDirectory): Promise<TrustPolicies> {
     const file = join(dir, TRUST_FILE);
     const text = await readTextIfExists(file);
-    const docs = new Map<string, string>(text ? Object.entries((JSON.parse(text) as { Roles: Record<string, string> }).Roles) : []);
-    return new TrustPolicies(file, docs);
+    const data = text ? (JSON.parse(text) as TrustFile) : { Roles: {} };
+    const docs = new Map<string, string>(Object.entries(data.Roles));
+    const bindings = new Map<string, PrincipalBindings>(Object.entries(data.Principals ?? {}));
+    const t = new TrustPolicies(file, docs, bindings, principals);
+    let migrated = false;
+    for (const [role, doc] of docs) {
+      if (bindings.has(role)) continue;
+      let bound: PrincipalBindings | undefined;
+      try {
+        bound = bindPrincipals(parseTrustPolicy(doc).principalArns, principals);
+      } catch {
+        continue; // a document that does not parse trusts nobody (`allows` fails on it, as before)
+      }
+      if (bound) { bindings.set(role, bound); migrated = true; }
+    }
+    if (migrated) await t.save();
+    return t;
   }
 
+  /** UpdateAssumeRolePolicy: validate, bind the named users and roles to their unique ids, store. */
   async put(role: string, document: string): Promise<void> {
-    const stmts = parseTrustPolicy(document);
+    const { principalArns } = parseTrustPolicy(document, { directory: this.principals });
+    const bound = bindPrincipals(principalArns, this.principals);
+    const stmts = parseTrustPolicy(document, bound ? { bindings: bound } : {}).statements;
     this.docs.set(role, document);
+    if (bound) this.bindings.set(role, bound);
+    else this.bindings.delete(role);
     this.compiled.set(role, stmts);
     await this.save();
   }
 
+  /** The role's trust policy as saved, or with a deleted principal's ARN shown as the unique id it was bound to (principal-bindings.ts). */
   get(role: string): string | undefined {
-    return this.docs.get(role);
+    const doc = this.docs.get(role);
+    return doc === undefined ? undefined : shownPolicy(doc, this.bindings.get(role), this.principals);
   }
 
   async delete(role: string): Promise<void> {
     this.compiled.delete(role);
+    this.bindings.delete(role);
     if (this.docs.delete(role)) await this.save();
   }
 
@@ -158,12 +244,15 @@ export class TrustPolicies {
     if (stmts) return stmts;
     const text = this.docs.get(role);
     if (text === undefined) return undefined;
-    stmts = parseTrustPolicy(text);
+    const bound = this.bindings.get(role);
+    stmts = parseTrustPolicy(text, bound ? { bindings: bound } : {}).statements;
     this.compiled.set(role, stmts);
     return stmts;
   }
 
   private async save(): Promise<void> {
-    await atomicWrite(this.file, JSON.stringify({ Roles: Object.fromEntries(this.docs) }, null, 1) + '\n', 0o600);
+    const out: TrustFile = { Roles: Object.fromEntries(this.docs) };
+    if (this.bindings.size > 0) out.Principals = Object.fromEntries(this.bindings);
+    await atomicWrite(this.file, JSON.stringify(out, null, 1) + '\n', 0o600);
   }
 }

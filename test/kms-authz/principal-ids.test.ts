@@ -1,0 +1,252 @@
+/**
+ * Key policies and role trust policies bind the users and roles they name to the principals'
+ * unique ids (src/kms/authz/principal-bindings.ts, docs/architecture.md §5.4), through the real
+ * KMS core (HSM inline, keystore, dispatcher), real identities, trust store and STS: a principal
+ * deleted and created again under the same name gets nothing its predecessor was given, until
+ * the policy is saved again; the bindings survive a reopen; policies stored before bindings
+ * are bound when opened.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Kms } from '../../src/kms/open-kms.js';
+import type { Caller } from '../../src/kms/types.js';
+import { AccessKeyStore } from '../../src/kms/sts/access-keys.js';
+import { TrustPolicies, TRUST_FILE } from '../../src/kms/sts/trust-policies.js';
+import { StsService } from '../../src/kms/sts/sts-service.js';
+import { ACCT, awsName, doc, openTestKms, tempDir } from './helpers.js';
+import type { TempDir } from '../helpers/temp-dir.js';
+
+const ROOT = `arn:aws:iam::${ACCT}:root`;
+const USE = ['kms:Encrypt', 'kms:DescribeKey'];
+const rootAdmin = { Sid: 'admin', Effect: 'Allow', Principal: { AWS: ROOT }, Action: 'kms:*', Resource: '*' };
+const allow = (arn: string, Sid = 'use'): Record<string, unknown> => ({ Sid, Effect: 'Allow', Principal: { AWS: arn }, Action: USE, Resource: '*' });
+
+const opened: { kms?: Kms; t: TempDir }[] = [];
+afterEach(async () => {
+  for (const o of opened.splice(0)) {
+    await o.kms?.close();
+    o.t.cleanup();
+  }
+});
+
+/** A fresh KMS (and its dir), closed and removed after the test. */
+async function fresh(): Promise<{ kms: Kms; dir: string; slot: { kms?: Kms; t: TempDir } }> {
+  const t = tempDir('ebsd-principal-ids-');
+  const slot: { kms?: Kms; t: TempDir } = { t };
+  opened.push(slot);
+  slot.kms = await openTestKms(t.dir);
+  return { kms: slot.kms, dir: t.dir, slot };
+}
+
+const root = (kms: Kms): Caller => kms.identities.callerForUid(0);
+const userCaller = (kms: Kms, name: string): Caller => kms.identities.callerFor(kms.identities.userArn(name))!;
+const useKey = (kms: Kms, keyId: string, caller: Caller): Promise<string> =>
+  awsName(kms.core.call('Encrypt', { KeyId: keyId, Plaintext: Buffer.from('x') }, caller));
+const keyWith = async (kms: Kms, ...statements: unknown[]): Promise<string> =>
+  ((await kms.core.call('CreateKey', { Policy: doc(...statements) }, root(kms))).KeyMetadata as { KeyId: string }).KeyId;
+const shown = async (kms: Kms, keyId: string): Promise<string> => (await kms.core.call('GetKeyPolicy', { KeyId: keyId }, root(kms))).Policy as string;
+const userId = (kms: Kms, name: string): string => kms.identities.listUsers().find((u) => u.UserName === name)!.UserId;
+const roleId = (kms: Kms, name: string): string => kms.identities.listRoles().find((r) => r.RoleName === name)!.RoleId;
+
+async function recreateUser(kms: Kms, name: string): Promise<Caller> {
+  await kms.identities.deleteUser(name);
+  return kms.identities.createUser(name);
+}
+
+/** Rewrite a stored key record as one written before bindings existed (no `policyPrincipals`). */
+function stripBindings(dir: string, keyId: string): void {
+  const f = join(dir, 'kms', 'keys', `${keyId}.json`);
+  const r = JSON.parse(readFileSync(f, 'utf8')) as Record<string, unknown>;
+  delete r.policyPrincipals;
+  writeFileSync(f, JSON.stringify(r));
+}
+const storedBindings = (dir: string, keyId: string): unknown =>
+  (JSON.parse(readFileSync(join(dir, 'kms', 'keys', `${keyId}.json`), 'utf8')) as { policyPrincipals?: unknown }).policyPrincipals;
+
+describe('key policies bind users and roles to their unique ids', () => {
+  it('a user deleted and created again under its name is refused; the same statement for an existing user still allows; GetKeyPolicy shows the old AIDA id; PutKeyPolicy binds the new user', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    await ids.createUser('alice');
+    await ids.createUser('bob');
+    const policy = doc(rootAdmin, allow(ids.userArn('alice'), 'alice'), allow(ids.userArn('bob'), 'bob'));
+    const keyId = ((await kms.core.call('CreateKey', { Policy: policy }, root(kms))).KeyMetadata as { KeyId: string }).KeyId;
+    expect(await useKey(kms, keyId, userCaller(kms, 'alice'))).toBe('no error');
+    expect(await shown(kms, keyId)).toBe(policy); // every bound principal exists: exactly as saved
+
+    const oldId = userId(kms, 'alice');
+    const alice2 = await recreateUser(kms, 'alice');
+    expect(alice2.principalId).not.toBe(oldId);
+    expect(await useKey(kms, keyId, alice2)).toBe('AccessDeniedException');
+    expect(await useKey(kms, keyId, userCaller(kms, 'bob'))).toBe('no error');
+
+    // As AWS shows a deleted principal: its ARN replaced by the unique id it was bound to, nothing else changed.
+    const after = JSON.parse(await shown(kms, keyId));
+    expect(after.Statement.map((s: { Principal: { AWS: string } }) => s.Principal.AWS)).toEqual([ROOT, oldId, ids.userArn('bob')]);
+    expect(after).toEqual({ ...JSON.parse(policy), Statement: JSON.parse(policy).Statement.map((s: { Sid: string }) => (s.Sid === 'alice' ? { ...s, Principal: { AWS: oldId } } : s)) });
+
+    // The id as shown is not accepted back: it names nobody.
+    await expect(kms.core.call('PutKeyPolicy', { KeyId: keyId, Policy: JSON.stringify(after) }, root(kms)))
+      .rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringContaining(oldId) });
+    // Saving the policy with the ARN again binds it to the new alice.
+    await kms.core.call('PutKeyPolicy', { KeyId: keyId, Policy: policy }, root(kms));
+    expect(await useKey(kms, keyId, alice2)).toBe('no error');
+    expect(await shown(kms, keyId)).toBe(policy);
+  });
+
+  it('fails closed where matching by id alone would give a re-created principal more: a Deny still reaches it, an Allow\'s NotPrincipal still excludes it; a Deny\'s NotPrincipal exempts only the bound one', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    for (const u of ['alice', 'carol', 'dave']) await ids.createUser(u);
+    const anyone = { Sid: 'anyone', Effect: 'Allow', Principal: { AWS: '*' }, Action: USE, Resource: '*' };
+    const denyAlice = await keyWith(kms, rootAdmin, anyone, { Effect: 'Deny', Principal: { AWS: ids.userArn('alice') }, Action: USE, Resource: '*' });
+    const allButCarol = await keyWith(kms, rootAdmin, { Effect: 'Allow', NotPrincipal: { AWS: ids.userArn('carol') }, Action: USE, Resource: '*' });
+    const onlyDave = await keyWith(kms, rootAdmin, anyone, { Effect: 'Deny', NotPrincipal: { AWS: [ROOT, ids.userArn('dave')] }, Action: USE, Resource: '*' });
+    expect(await useKey(kms, denyAlice, userCaller(kms, 'alice'))).toBe('AccessDeniedException');
+    expect(await useKey(kms, allButCarol, userCaller(kms, 'carol'))).toBe('AccessDeniedException');
+    expect(await useKey(kms, allButCarol, userCaller(kms, 'alice'))).toBe('no error');
+    expect(await useKey(kms, onlyDave, userCaller(kms, 'dave'))).toBe('no error');
+    expect(await useKey(kms, onlyDave, userCaller(kms, 'alice'))).toBe('AccessDeniedException');
+
+    const alice2 = await recreateUser(kms, 'alice');
+    const carol2 = await recreateUser(kms, 'carol');
+    const dave2 = await recreateUser(kms, 'dave');
+    expect(await useKey(kms, denyAlice, alice2)).toBe('AccessDeniedException');
+    expect(await useKey(kms, allButCarol, carol2)).toBe('AccessDeniedException');
+    expect(await useKey(kms, onlyDave, dave2)).toBe('AccessDeniedException');
+  });
+
+  it('a key policy naming a role covers the sessions of the role it was bound to, not those of a role created again under the name, until it is saved again', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    await ids.createRole('app', { path: '/svc/' });
+    await ids.createRole('ops');
+    const policy = doc(rootAdmin, allow(ids.roleArn('app'), 'app'), allow(ids.roleArn('ops'), 'ops'));
+    const keyId = await keyWith(kms, ...JSON.parse(policy).Statement);
+    expect(await useKey(kms, keyId, ids.assumeRole('app', 'job-1'))).toBe('no error');
+
+    const oldId = roleId(kms, 'app');
+    await ids.deleteRole('app');
+    await ids.createRole('app', { path: '/svc/' });
+    expect(await useKey(kms, keyId, ids.assumeRole('app', 'job-1'))).toBe('AccessDeniedException');
+    expect(await useKey(kms, keyId, ids.assumeRole('ops', 'job-1'))).toBe('no error');
+    expect(JSON.parse(await shown(kms, keyId)).Statement[1].Principal.AWS).toBe(oldId);
+
+    await kms.core.call('PutKeyPolicy', { KeyId: keyId, Policy: policy }, root(kms));
+    expect(await useKey(kms, keyId, ids.assumeRole('app', 'job-1'))).toBe('no error');
+  });
+
+  it('bindings persist: a principal re-created while the KMS is closed, or after a reopen, is still refused', async () => {
+    const { kms, dir, slot } = await fresh();
+    await kms.identities.createUser('alice');
+    await kms.identities.createUser('erin');
+    const keyId = await keyWith(kms, rootAdmin, allow(kms.identities.userArn('alice')), allow(kms.identities.userArn('erin'), 'erin'));
+    const aliceId = userId(kms, 'alice');
+    expect(storedBindings(dir, keyId)).toEqual({ [kms.identities.userArn('alice')]: aliceId, [kms.identities.userArn('erin')]: userId(kms, 'erin') });
+    await recreateUser(kms, 'alice');
+    await kms.close();
+
+    // Reopened from its state dir: the stored binding is read back, not made again against the new alice.
+    const k2 = slot.kms = await openTestKms(dir);
+    expect(await useKey(k2, keyId, userCaller(k2, 'alice'))).toBe('AccessDeniedException');
+    expect(JSON.parse(await shown(k2, keyId)).Statement[1].Principal.AWS).toBe(aliceId);
+    expect(await useKey(k2, keyId, userCaller(k2, 'erin'))).toBe('no error');
+    await recreateUser(k2, 'erin');
+    expect(await useKey(k2, keyId, userCaller(k2, 'erin'))).toBe('AccessDeniedException');
+  });
+
+  it('a key policy stored without bindings is bound when the KMS opens, to the principals existing then, and written back', async () => {
+    const { kms, dir, slot } = await fresh();
+    const ids = kms.identities;
+    for (const u of ['alice', 'ghost']) await ids.createUser(u);
+    await ids.createRole('app');
+    const policy = doc(rootAdmin, allow(ids.userArn('alice')), allow(ids.roleArn('app'), 'app'), allow(ids.userArn('ghost'), 'ghost'));
+    const keyId = await keyWith(kms, ...JSON.parse(policy).Statement);
+    const plain = await keyWith(kms, rootAdmin); // names no user or role: nothing to bind
+    await ids.deleteUser('ghost'); // gone before the upgrade: its name binds to nobody
+    await kms.close();
+    stripBindings(dir, keyId);
+    expect(storedBindings(dir, keyId)).toBeUndefined();
+
+    const k2 = slot.kms = await openTestKms(dir);
+    // Same access as before for the principals that exist.
+    expect(await useKey(k2, keyId, userCaller(k2, 'alice'))).toBe('no error');
+    expect(await useKey(k2, keyId, k2.identities.assumeRole('app', 's1'))).toBe('no error');
+    expect(storedBindings(dir, keyId)).toEqual({
+      [k2.identities.userArn('alice')]: userId(k2, 'alice'), [k2.identities.roleArn('app')]: roleId(k2, 'app'), [k2.identities.userArn('ghost')]: '',
+    });
+    expect(storedBindings(dir, plain)).toBeUndefined();
+    // Bound now: a principal created under a bound name afterwards gets nothing, nor one under the name that bound to nobody.
+    expect(await useKey(k2, keyId, await recreateUser(k2, 'alice'))).toBe('AccessDeniedException');
+    expect(await useKey(k2, keyId, await k2.identities.createUser('ghost'))).toBe('AccessDeniedException');
+    // A name bound to nobody has no id to show: it stays as written.
+    expect(JSON.parse(await shown(k2, keyId)).Statement[3].Principal.AWS).toBe(k2.identities.userArn('ghost'));
+    expect(readdirSync(join(dir, 'kms', 'keys')).filter((f) => !f.endsWith('.json'))).toEqual([]); // no temp file left
+  });
+});
+
+describe('role trust policies bind users and roles to their unique ids', () => {
+  async function stsOver(kms: Kms, dir: string): Promise<{ trust: TrustPolicies; sts: StsService }> {
+    const trust = await TrustPolicies.open(dir, kms.identities);
+    return { trust, sts: new StsService(kms.identities, await AccessKeyStore.open(dir, kms.core.hsm), trust, kms.core.hsm) };
+  }
+  const assume = (kms: Kms, sts: StsService, caller: Caller, role: string): Promise<string> =>
+    awsName(sts.assumeRole(caller, { RoleArn: kms.identities.roleArn(role), RoleSessionName: 'job-1' }));
+  const trustDoc = (...arns: string[]): string => JSON.stringify({ Version: '2012-10-17', Statement: arns.map((a) => ({ Effect: 'Allow', Principal: { AWS: a }, Action: 'sts:AssumeRole' })) });
+
+  it('a re-created user or caller role is refused AssumeRole; the stored policy shows the old id; putting it again binds the new one; ids and unknown principals are refused when put', async () => {
+    const { kms, dir } = await fresh();
+    const ids = kms.identities;
+    await ids.createUser('alice');
+    await ids.createUser('bob');
+    await ids.createRole('target');
+    await ids.createRole('caller');
+    const { trust, sts } = await stsOver(kms, dir);
+    const policy = trustDoc(ids.userArn('alice'), ids.userArn('bob'), ids.roleArn('caller'));
+    await trust.put('target', policy);
+    expect(await assume(kms, sts, userCaller(kms, 'alice'), 'target')).toBe('no error');
+    expect(await assume(kms, sts, ids.assumeRole('caller', 'hop'), 'target')).toBe('no error');
+    expect(trust.get('target')).toBe(policy);
+
+    const aliceId = userId(kms, 'alice');
+    const callerId = roleId(kms, 'caller');
+    const alice2 = await recreateUser(kms, 'alice');
+    await ids.deleteRole('caller');
+    await ids.createRole('caller');
+    expect(await assume(kms, sts, alice2, 'target')).toBe('AccessDenied');
+    expect(await assume(kms, sts, ids.assumeRole('caller', 'hop'), 'target')).toBe('AccessDenied');
+    expect(await assume(kms, sts, userCaller(kms, 'bob'), 'target')).toBe('no error');
+    expect(JSON.parse(trust.get('target')!).Statement.map((s: { Principal: { AWS: string } }) => s.Principal.AWS)).toEqual([aliceId, ids.userArn('bob'), callerId]);
+
+    await expect(trust.put('target', trust.get('target')!)).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringContaining(aliceId) });
+    await expect(trust.put('target', trustDoc(ids.userArn('nobody')))).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringContaining('user/nobody') });
+    await trust.put('target', policy);
+    expect(await assume(kms, sts, alice2, 'target')).toBe('no error');
+    expect(await assume(kms, sts, ids.assumeRole('caller', 'hop'), 'target')).toBe('no error');
+  });
+
+  it('trust bindings persist across a reopen, and a trust file written before bindings is bound when opened', async () => {
+    const { kms, dir } = await fresh();
+    const ids = kms.identities;
+    for (const u of ['alice', 'bob']) await ids.createUser(u);
+    for (const r of ['kept', 'legacy']) await ids.createRole(r);
+    const first = await stsOver(kms, dir);
+    await first.trust.put('kept', trustDoc(ids.userArn('alice')));
+    // `legacy` as a file written before bindings holds it: the document only.
+    const file = join(dir, TRUST_FILE);
+    const data = JSON.parse(readFileSync(file, 'utf8')) as { Roles: Record<string, string>; Principals: Record<string, unknown> };
+    data.Roles.legacy = trustDoc(ids.userArn('bob'));
+    writeFileSync(file, JSON.stringify(data));
+    expect(data.Principals).toEqual({ kept: { [ids.userArn('alice')]: userId(kms, 'alice') } });
+
+    const bobId = userId(kms, 'bob');
+    const alice2 = await recreateUser(kms, 'alice');
+    const { sts } = await stsOver(kms, dir); // reopened from the file
+    expect(await assume(kms, sts, alice2, 'kept')).toBe('AccessDenied');
+    expect(await assume(kms, sts, userCaller(kms, 'bob'), 'legacy')).toBe('no error'); // bound to the bob existing now
+    expect((JSON.parse(readFileSync(file, 'utf8')) as { Principals: Record<string, unknown> }).Principals.legacy).toEqual({ [ids.userArn('bob')]: bobId });
+    const bob2 = await recreateUser(kms, 'bob');
+    expect(await assume(kms, (await stsOver(kms, dir)).sts, bob2, 'legacy')).toBe('AccessDenied');
+  });
+});
