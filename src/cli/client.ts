@@ -23,13 +23,19 @@ export function socketPathFor(stateDir: string): string {
   return join(stateDir, SOCKET_FILE);
 }
 
-/** One control-API call: POST / with X-Amz-Target over the Unix socket. */
-export function callDaemon(socketPath: string, target: string, body: Record<string, unknown>): Promise<Record<string, unknown>> {
+/**
+ * One control-API call: POST / with X-Amz-Target over the Unix socket.
+ * `signal` ends the call (the request is destroyed; the promise rejects with
+ * the signal's reason): `ebsd top` quits or gives up on a daemon that
+ * accepts connections but does not answer.
+ */
+export function callDaemon(socketPath: string, target: string, body: Record<string, unknown>, opts: { signal?: AbortSignal } = {}): Promise<Record<string, unknown>> {
   const text = JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = request(
       {
         socketPath,
+        ...(opts.signal ? { signal: opts.signal } : {}),
         method: 'POST',
         path: '/',
         headers: {
@@ -58,7 +64,8 @@ export function callDaemon(socketPath: string, target: string, body: Record<stri
       },
     );
     req.on('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') reject(new DaemonUnreachableError(socketPath, e.code === 'ENOENT' ? 'no socket' : 'connection refused'));
+      if (opts.signal?.aborted) reject(opts.signal.reason);
+      else if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') reject(new DaemonUnreachableError(socketPath, e.code === 'ENOENT' ? 'no socket' : 'connection refused'));
       else if (e.code === 'EACCES') reject(new DaemonUnreachableError(socketPath, 'permission denied on the socket path'));
       // `--state-dir /etc/passwd`: a file where a directory should be; no daemon can be there.
       else if (e.code === 'ENOTDIR') reject(new DaemonUnreachableError(socketPath, 'not a directory: the state dir must be a directory'));

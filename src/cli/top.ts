@@ -1,5 +1,5 @@
 import type { Argv } from 'yargs';
-import { callDaemon, socketPathFor } from './client.js';
+import { callDaemon, DaemonUnreachableError, socketPathFor } from './client.js';
 import { UsageError } from './kms-args.js';
 import { applyQuery } from './output.js';
 
@@ -20,6 +20,12 @@ const RED = `${ESC}1;37;41m`;
 const YELLOW = `${ESC}1;30;43m`;
 const BOLD = `${ESC}1m`;
 const RESET = `${ESC}0m`;
+/**
+ * How long a refresh waits for the daemon's Status: a daemon stopped (SIGSTOP) or
+ * stuck still accepts connections, and top must then say so and end rather than
+ * hang with the terminal in raw mode (q, ^C and SIGTERM also end the wait).
+ */
+const STATUS_TIMEOUT_MS = 10_000;
 /** Highlight a key whose max-stale deadline is this close (seconds), or within 10 % of max-stale. */
 const NEAR_MAX_STALE_S = 300;
 
@@ -155,7 +161,9 @@ export function renderTop(status: R, now: Samples | undefined, before: Samples |
   const f = topFigures(status, now, before, dt);
   const lines: string[] = [];
   lines.push(`${BOLD}ebsd top${RESET}  pid ${f.pid ?? '-'}  up ${fmtDuration(f.uptime_seconds)}  ${f.volumes.length} attached  mount ${f.mount_dir ?? '-'}   (q: quit)`);
-  if (!now) lines.push(`no metrics: start the daemon with --metrics-listen 127.0.0.1:PORT for IOPS, MB/s and latency`);
+  const url = (status.Daemon as R | undefined)?.MetricsUrl;
+  if (!now && typeof url === 'string') lines.push(`no metrics: ${url} did not answer (a firewall for this uid? see README "Running in production")`);
+  else if (!now) lines.push(`no metrics: start the daemon with --metrics-listen 127.0.0.1:PORT for IOPS, MB/s and latency`);
   // The first screen (no earlier scrape yet) shows zero rates, as it always has.
   else lines.push(`KMS  ${(f.kms_requests_per_second ?? 0).toFixed(1)} calls/s  ${(f.kms_requests_failed_per_second ?? 0).toFixed(1)} errors/s`);
   lines.push('');
@@ -189,9 +197,9 @@ export function renderTop(status: R, now: Samples | undefined, before: Samples |
   return lines.join('\n');
 }
 
-async function scrape(url: string): Promise<Samples | undefined> {
+async function scrape(url: string, quit: AbortSignal): Promise<Samples | undefined> {
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(900) });
+    const res = await fetch(url, { signal: AbortSignal.any([quit, AbortSignal.timeout(900)]) });
     return res.ok ? parseMetrics(await res.text()) : undefined;
   } catch {
     return undefined;
@@ -223,7 +231,8 @@ export function topCommand(y: Argv): Argv {
       let stop = false;
       let outError: Error | undefined;
       let wake: () => void = () => {};
-      const quit = (): void => { stop = true; wake(); };
+      const quitting = new AbortController();
+      const quit = (): void => { stop = true; wake(); quitting.abort(new Error('quit')); };
       // The reader went away (`| head -1`): stop quietly with exit 0, as other line tools do.
       // Node ignores SIGPIPE, so this arrives as an EPIPE error on stdout; anything else is raised.
       const onOutError = (e: NodeJS.ErrnoException): void => {
@@ -240,10 +249,21 @@ export function topCommand(y: Argv): Argv {
       process.once('SIGTERM', quit);
       if (tty) out.write(`${ESC}?1049h${ESC}?25l`); // alternate screen, hide cursor
       try {
+        let pid: unknown;
         for (let frame = 0; !stop; frame++) {
-          const status = await callDaemon(socket, 'ebsd.Status', {});
-          const url = typeof (status.Daemon as R | undefined)?.MetricsUrl === 'string' ? String((status.Daemon as R).MetricsUrl) : undefined;
-          const now = url ? await scrape(url) : undefined;
+          const timeout = AbortSignal.timeout(STATUS_TIMEOUT_MS);
+          const status = await callDaemon(socket, 'ebsd.Status', {}, { signal: AbortSignal.any([quitting.signal, timeout]) }).catch((e: unknown) => {
+            if (stop) return undefined;
+            if (timeout.aborted) throw new DaemonUnreachableError(socket, `no answer to Status within ${STATUS_TIMEOUT_MS / 1000} s (daemon stopped or stuck?)`);
+            throw e;
+          });
+          if (!status) break;
+          // A restarted daemon's counters start again: rates across the restart would be wrong.
+          const d = (status.Daemon ?? {}) as R;
+          if (d.Pid !== pid) before = undefined;
+          pid = d.Pid;
+          const url = typeof d.MetricsUrl === 'string' ? d.MetricsUrl : undefined;
+          const now = url ? await scrape(url, quitting.signal) : undefined;
           const at = performance.now();
           if (stop) break;
           // JSON documents, like --once, start at the second scrape, so each one has its rates.

@@ -164,6 +164,30 @@ describe('ebsd top --output json', () => {
     expect(stderr).toBe('');
   });
 
+  it('a daemon that accepts but does not answer (SIGSTOP): SIGTERM ends top at once; alone it gives up after 10 s with exit 3', async () => {
+    const pid = env.pid!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const p = spawn(process.execPath, [CLI, 'top', '--output', 'json', '--interval', '0.2'], { env: { ...process.env, EBSD_STATE_DIR: env.state } });
+      let out = '';
+      p.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      const exited = new Promise<number | null>((r) => p.on('close', (code) => r(code)));
+      await new Promise((r) => setTimeout(r, 1_500)); // top is waiting on Status
+      p.kill('SIGTERM');
+      const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 5_000))]);
+      if (code === 'hung') p.kill('SIGKILL');
+      expect(code).toBe(0);
+      expect(out).toBe('');
+
+      const r = await top('--once');
+      expect(r.code, r.stderr).toBe(3);
+      expect(r.stderr).toContain('no answer to Status within 10 s');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    expect((await top('--once')).code).toBe(0); // and the daemon answers again
+  }, 60_000);
+
   it('works in a shell pipeline: `ebsd top --output json | head -1` exits 0 on both sides', async () => {
     const r = await run('bash', ['-o', 'pipefail', '-c', `"${process.execPath}" "${CLI}" top --output json --interval 0.2 | head -1`], { env: { EBSD_STATE_DIR: env.state }, timeoutMs: 30_000 });
     expect(r.stderr).toBe('');
