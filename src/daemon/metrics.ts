@@ -25,6 +25,15 @@ import { ConnectionGuard, ConnectionThrottledError, refuseSocket } from './conne
 export const LATENCY_BUCKETS_SECONDS: readonly number[] = [
   0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 ];
+/**
+ * KMS call latency bucket bounds, seconds: 100 µs .. 30 s. An embedded-core
+ * call takes ~0.1-1 ms; a remote one tens of ms, and when the KMS does not
+ * answer up to 3 attempts of 2 s connect + 5 s request plus back-off
+ * (src/volume/aws-key-service.ts DEFAULTS): those land in the 10-30 s buckets, not +Inf.
+ */
+export const KMS_LATENCY_BUCKETS_SECONDS: readonly number[] = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+];
 const BUCKETS_MICROS = Float64Array.from(LATENCY_BUCKETS_SECONDS, (s) => s * 1e6);
 const OPS = ['read', 'write', 'flush'] as const;
 type IoOp = (typeof OPS)[number];
@@ -229,7 +238,7 @@ export class DaemonMetrics {
     });
     this.kmsLatency = new Histogram({
       name: 'ebsd_kms_request_duration_seconds', help: 'KMS call latency, authorization and audit included',
-      labelNames: ['operation'], buckets: [...LATENCY_BUCKETS_SECONDS], registers,
+      labelNames: ['operation'], buckets: [...KMS_LATENCY_BUCKETS_SECONDS], registers,
     });
     new Gauge({
       name: 'ebsd_kms_calls_active', help: 'KMS calls in the core now (authorizing, in the HSM, or waiting for their audit record)',

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Env, ROOT, ensureBuilt, run } from '../e2e/helpers.js';
 import { parseMetrics } from '../../src/cli/top.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
-import { METRICS_LIMITS } from '../../src/daemon/metrics.js';
+import { KMS_LATENCY_BUCKETS_SECONDS, METRICS_LIMITS } from '../../src/daemon/metrics.js';
 
 /**
  * `ebsd daemon --metrics-listen`: a real daemon child, a real attached volume
@@ -158,6 +158,10 @@ describe('Prometheus metrics from a running daemon', () => {
       (s0.get('ebsd_kms_requests_total{operation="DescribeKey",outcome="NotFoundException"}') ?? 0) + 1,
     );
     expect(s1.get('ebsd_kms_request_duration_seconds_count{operation="DescribeKey"}')).toBeGreaterThanOrEqual(1);
+    // KMS buckets of their own, up to 30 s (a remote call that times out is not lost in +Inf); the FUSE ones stop at 1 s.
+    const kmsBounds = [...s1.keys()].filter((k) => k.startsWith('ebsd_kms_request_duration_seconds_bucket{') && k.includes('operation="DescribeKey"')).map((k) => /le="([^"]+)"/.exec(k)![1]);
+    expect(kmsBounds).toEqual([...KMS_LATENCY_BUCKETS_SECONDS.map(String), '+Inf']);
+    expect(kmsBounds).toContain('30');
     expect(s1.get('ebsd_control_requests_total{operation="ebsd.Status",result="denied"}')).toBe(1);
     expect(s1.get('ebsd_control_requests_total{operation="ebsd.AttachVolume",result="ok"}')).toBe(1);
     expect(s1.get('ebsd_control_requests_total{operation="TrentService.DescribeKey",result="NotFoundException"}')).toBe(1);
