@@ -76,7 +76,10 @@ export class VolumeIoStats {
   /** `op errno` -> count; errors are rare, a Map lookup there is fine. */
   readonly errors = new Map<string, number>();
 
-  constructor(readonly volumeId: string) {}
+  constructor(readonly volumeId: string) {
+    // The EIO series exist from attach at 0: rate() needs a sample before the first error to see it.
+    for (const op of OPS) this.errors.set(`${op} EIO`, 0);
+  }
 
   /** The FUSE IoObserver: no allocation on success. */
   readonly observe: IoObserver = (op, bytes, micros, errno) => {
@@ -119,6 +122,14 @@ export function outcomeOf(err: unknown): string {
   if (name === 'AccessDeniedException' || name === 'UnauthorizedOperation') return 'denied';
   return typeof name === 'string' ? name : 'InternalError';
 }
+
+/** The KMS calls of the volume-key path (create, attach, key refresh), counted from 0 per outcome below. */
+const ZEROED_KMS_OPERATIONS = ['GenerateDataKeyWithoutPlaintext', 'CreateGrant', 'Decrypt'] as const;
+/**
+ * Outcomes meaning the KMS could not serve the call now (aws-key-service.ts: the ones that do not
+ * close its circuit), and `InternalError`: what an unanswered remote call counts as (`outcomeOf`).
+ */
+const ZEROED_KMS_OUTCOMES = ['InternalError', 'KMSInternalException', 'KeyUnavailableException', 'DependencyTimeoutException', 'ThrottlingException'] as const;
 
 /** KeyService method -> the KMS operation it is (metric label). */
 const KEY_SERVICE_OPERATIONS: ReadonlyMap<string, string> = new Map([
@@ -264,6 +275,11 @@ export class DaemonMetrics {
         this.inc(self.sources?.auditEventsWritten() ?? 0);
       },
     });
+    // The failures EbsdKmsErrors (contrib/prometheus/ebsd-alerts.yml) watches, at 0 from start on the
+    // volume-key path: a series created at its first error has no earlier sample, and rate() misses that burst.
+    for (const operation of ZEROED_KMS_OPERATIONS) {
+      for (const outcome of ZEROED_KMS_OUTCOMES) this.kmsCalls.inc({ operation, outcome: this.bounded('kms_outcome', outcome) }, 0);
+    }
     this.controlCalls = new Counter({
       name: 'ebsd_control_requests_total', help: 'Control-API requests by operation (X-Amz-Target) and result',
       labelNames: ['operation', 'result'], registers,

@@ -94,6 +94,13 @@ describe('Prometheus metrics from a running daemon', () => {
     const L = `volume_id="${vol}"`;
     // Attached and idle: the series exist at zero.
     expect(before.samples.get(`ebsd_volume_operations_total{${L},operation="write"}`)).toBe(0);
+    // The series alerts take rate() of exist at zero before the first error (a series born at 1 has no rate).
+    for (const op of ['read', 'write', 'flush']) expect(before.samples.get(`ebsd_volume_io_errors_total{${L},operation="${op}",errno="EIO"}`)).toBe(0);
+    for (const op of ['GenerateDataKeyWithoutPlaintext', 'CreateGrant', 'Decrypt']) {
+      for (const outcome of ['InternalError', 'KMSInternalException', 'KeyUnavailableException', 'DependencyTimeoutException', 'ThrottlingException']) {
+        expect(before.samples.get(`ebsd_kms_requests_total{operation="${op}",outcome="${outcome}"}`), `${op} ${outcome}`).toBe(0);
+      }
+    }
 
     const fd = openSync(env.file(vol), 'r+');
     try {
