@@ -4,6 +4,7 @@ import promClient, { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LATENCY_SAMPLE, type IoObserver } from '../fuse/block-file-system.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from '../kms/types.js';
 import { EbsdError } from '../util/errors.js';
+import { isLoopback } from '../util/loopback.js';
 import type { Logger } from '../util/logger.js';
 import type { KeyService } from '../volume/key-service.js';
 import { ConnectionGuard, ConnectionThrottledError, refuseSocket } from './connection-guard.js';
@@ -433,7 +434,12 @@ export class DaemonMetrics {
     });
     this.server = server;
     const addr = server.address();
-    return { host, port: typeof addr === 'object' && addr ? addr.port : port };
+    const bound = typeof addr === 'object' && addr ? addr.port : port;
+    if (!isLoopback(host)) {
+      // Allowed (an operator may firewall it), but said: the listener has no access control (README "Running in production").
+      log.warn({ metricsListen: spec, host, port: bound }, '--metrics-listen is not a loopback address: anyone who can reach it reads every attached volume\'s id, I/O and key-cache state; bind it to 127.0.0.1 or firewall the port');
+    }
+    return { host, port: bound };
   }
 
   /**
