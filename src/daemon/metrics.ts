@@ -114,6 +114,13 @@ export interface MetricsSources {
   auditEventsWritten(): number;
   /** KMS calls in the core and waiting for a turn (src/kms/fair-gate.ts); absent when the KMS is on another host. */
   kmsCallLoad?(): { active: number; waiting: number; callers: number };
+  /**
+   * With --kms-endpoint only: the endpoint, and whether it answers (false while the host waits
+   * for it at start, host-resolver.ts, and while its last call went unanswered).
+   */
+  remoteKms?(): { endpoint: string; reachable: boolean };
+  /** Volumes recorded in-use on this host but not served (waiting for the KMS at start, or a failed resume). */
+  volumesUnserved(): number;
 }
 
 /** A result label: `ok`, `denied`, or the AWS exception name (a bounded set of classes). */
@@ -266,6 +273,22 @@ export class DaemonMetrics {
       collect() {
         const l = self.sources?.kmsCallLoad?.();
         if (l) this.set(l.waiting);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_kms_remote_reachable', help: '1 while the --kms-endpoint answers, 0 while it does not (waiting for it at start, or its last call unanswered); absent with the embedded KMS',
+      labelNames: ['endpoint'], registers,
+      collect() {
+        this.reset();
+        const r = self.sources?.remoteKms?.();
+        if (r) this.set({ endpoint: r.endpoint }, r.reachable ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_volumes_unserved', help: 'Volumes recorded in-use on this host but not served under the mount (waiting for the KMS at start, or a re-attach that failed)',
+      registers,
+      collect() {
+        this.set(self.sources?.volumesUnserved() ?? 0);
       },
     });
     new Counter({

@@ -177,6 +177,9 @@ describe('Prometheus metrics from a running daemon', () => {
     // Nothing is in the KMS core between calls, and nobody waits for a turn (src/kms/fair-gate.ts).
     expect(s1.get('ebsd_kms_calls_active')).toBe(0);
     expect(s1.get('ebsd_kms_calls_waiting')).toBe(0);
+    // The embedded KMS: no remote reachability series; the attached volume is served.
+    expect([...s1.keys()].some((k) => k.startsWith('ebsd_kms_remote_reachable'))).toBe(false);
+    expect(s1.get('ebsd_volumes_unserved')).toBe(0);
   });
 
   it('keeps labels bounded: unknown operation names are counted as "other", never as new series', async () => {
