@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { Env, ROOT, ensureBuilt, run } from '../e2e/helpers.js';
 import { parseMetrics } from '../../src/cli/top.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
-import { KMS_LATENCY_BUCKETS_SECONDS, METRICS_LIMITS } from '../../src/daemon/metrics.js';
+import { KMS_LATENCY_BUCKETS_SECONDS } from '../../src/daemon/metrics.js';
+import { METRICS_LIMITS } from '../../src/daemon/metrics-listener.js';
 
 /**
  * `ebsd daemon --metrics-listen`: a real daemon child, a real attached volume
