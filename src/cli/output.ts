@@ -44,44 +44,71 @@ export function applyQuery(v: unknown, query: string | undefined): unknown {
   return mapped ? cur.filter((x) => x !== undefined && x !== null) : cur[0] ?? null;
 }
 
+/** C0 controls, DEL and C1 controls: what a terminal may act on (ESC and CSI start sequences, BEL ends OSC). */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+
+/** `\x1b` for ESC: the character's code as a visible escape. */
+const visible = (c: string): string => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+
+/**
+ * A value made safe to print on a terminal: every C0 and C1 control character
+ * and DEL becomes a visible `\xNN` (ESC is `\x1b`, BEL `\x07`), so a volume
+ * Name or tag value such as "\x1b]52;c;…\x07" (an OSC 52 clipboard write) or
+ * "\x1b[2J" is shown, never acted on by the terminal of whoever lists it.
+ * For cells of tables and text; --output json keeps values exact.
+ */
+export function printableCell(s: string): string {
+  return s.replace(CONTROL, visible);
+}
+
+/** Output for a person, as a whole: controls other than the line breaks the layout itself uses made visible. */
+function printableLayout(s: string): string {
+  return s.replace(CONTROL, (c) => (c === '\n' ? c : visible(c)));
+}
+
 export function print(v: unknown, fmt: OutputFormat, table?: () => string): void {
   if (fmt === 'json') {
     // null, not {}, for a --query that names nothing (as the AWS CLI prints it).
     process.stdout.write(JSON.stringify(v === undefined ? null : v, null, 4) + '\n');
   } else if (fmt === 'text') {
-    process.stdout.write(toText(v) + '\n');
+    // Text feeds scripts (`--query … --output text`): values are exact, except on a terminal.
+    const tty = process.stdout.isTTY === true;
+    process.stdout.write(toText(v, tty) + '\n');
   } else {
-    process.stdout.write((table ? table() : kv(v)) + '\n');
+    // table() and kv() escape their cells; a command's own table callback may add lines of its own.
+    process.stdout.write(printableLayout(table ? table() : kv(v)) + '\n');
   }
 }
 
-function toText(v: unknown): string {
+function toText(v: unknown, printable: boolean): string {
   if (v === null || v === undefined) return 'None';
-  const cell = (x: unknown): string => (x === null || x === undefined ? 'None' : typeof x === 'object' ? JSON.stringify(x) : String(x));
+  const raw = (x: unknown): string => (x === null || x === undefined ? 'None' : typeof x === 'object' ? JSON.stringify(x) : String(x));
+  const cell = printable ? (x: unknown): string => printableCell(raw(x)) : raw;
   if (Array.isArray(v)) return v.map(cell).join('\t');
   if (typeof v === 'object') return Object.values(v).map(cell).join('\t');
-  return String(v);
+  return cell(v);
 }
 
 /** Nested object as indented `Key: value` lines. */
 export function kv(v: unknown, indent = ''): string {
   if (v === null || v === undefined) return `${indent}-`;
-  if (typeof v !== 'object') return `${indent}${String(v)}`;
+  if (typeof v !== 'object') return `${indent}${printableCell(String(v))}`;
   const lines: string[] = [];
   const entries = Array.isArray(v) ? v.map((x, i) => [`[${i}]`, x] as const) : Object.entries(v);
   if (entries.length === 0) return `${indent}${Array.isArray(v) ? '(none)' : '(empty)'}`;
-  for (const [k, x] of entries) {
+  for (const [key, x] of entries) {
+    const k = printableCell(key);
     if (x !== null && typeof x === 'object' && (Array.isArray(x) ? x.length : Object.keys(x).length)) {
       lines.push(`${indent}${k}:`);
       lines.push(kv(x, indent + '  '));
     } else {
-      lines.push(`${indent}${k}: ${x === null || x === undefined ? '-' : Array.isArray(x) ? '[]' : typeof x === 'object' ? '{}' : String(x)}`);
+      lines.push(`${indent}${k}: ${x === null || x === undefined ? '-' : Array.isArray(x) ? '[]' : typeof x === 'object' ? '{}' : printableCell(String(x))}`);
     }
   }
   return lines.join('\n');
 }
 
-/** Fixed-width columns. */
+/** Fixed-width columns; cells through printableCell. */
 export function table(rows: Record<string, unknown>[], columns: [header: string, get: (r: Record<string, unknown>) => unknown][]): string {
   if (rows.length === 0) return '(none)';
   const cells = rows.map((r) => columns.map(([, get]) => fmtCell(get(r))));
@@ -92,8 +119,8 @@ export function table(rows: Record<string, unknown>[], columns: [header: string,
 
 function fmtCell(v: unknown): string {
   if (v === undefined || v === null || v === '') return '-';
-  if (typeof v === 'object') return JSON.stringify(v);
-  return String(v);
+  // JSON.stringify escapes C0 controls itself, not DEL or C1.
+  return printableCell(typeof v === 'object' ? JSON.stringify(v) : String(v));
 }
 
 export function humanBytes(n: unknown): string {

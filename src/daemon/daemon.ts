@@ -39,7 +39,8 @@ import { copySnapshot, parseCopySnapshotRequest } from './copy-snapshot-api.js';
 import { AccessKeyStore } from '../kms/sts/access-keys.js';
 import { TrustPolicies } from '../kms/sts/trust-policies.js';
 import { StsService } from '../kms/sts/sts-service.js';
-import { DaemonMetrics, parseListen } from './metrics.js';
+import { DaemonMetrics } from './metrics.js';
+import { parseListen } from './metrics-listener.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
@@ -416,6 +417,8 @@ export class Daemon {
       keyCaches: () => this.mgr?.describeKeyCaches() ?? [],
       auditEventsWritten: () => audit.writtenThrough - auditFrom,
       kmsCallLoad: () => this.kms?.callLoad ?? { active: 0, waiting: 0, callers: 0 },
+      ...(this.remoteKms ? { remoteKms: () => this.remoteKmsReachability() } : {}),
+      volumesUnserved: () => this.unservedVolumeCount(),
     });
     const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
     const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -868,6 +871,28 @@ export class Daemon {
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
     };
+  }
+
+  /** The --kms-endpoint and whether it answers now: not while the host waits for it at start, nor while its last call went unanswered. */
+  private remoteKmsReachability(): { endpoint: string; reachable: boolean } {
+    const remote = this.remoteKms!;
+    const waiting = this.hostResolver !== undefined && !this.hostResolver.done;
+    return { endpoint: remote.endpoint, reachable: !waiting && remote.health().ConsecutiveFailures === 0 };
+  }
+
+  /**
+   * Volumes recorded attached to this host whose file is not under the mount: the recorded ones
+   * while the host waits for its KMS at start, then those whose re-attach failed (as `ebsd status`
+   * shows them, with a Problem). An attach or detach in progress is not counted.
+   */
+  private unservedVolumeCount(): number {
+    const mgr = this.mgr;
+    if (!mgr) return this.hostResolver && !this.cfg.kmsOnly ? this.waitingVolumes.length : 0;
+    let n = 0;
+    for (const v of mgr.describeVolumes().Volumes) {
+      if (v.State === 'in-use' && v.Attachments[0]?.State === 'attached' && !this.bfs?.has(v.VolumeId)) n++;
+    }
+    return n;
   }
 
   /** Why a volume recorded attached is not served, and its retry when there is one. */

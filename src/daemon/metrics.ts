@@ -1,11 +1,9 @@
-import { createServer, type Server } from 'node:http';
-import { isIP } from 'node:net';
 import promClient, { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LATENCY_SAMPLE, type IoObserver } from '../fuse/block-file-system.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from '../kms/types.js';
-import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { KeyService } from '../volume/key-service.js';
+import { MetricsListener } from './metrics-listener.js';
 
 /**
  * Prometheus metrics of one daemon (`ebsd daemon --metrics-listen HOST:PORT`,
@@ -23,6 +21,15 @@ import type { KeyService } from '../volume/key-service.js';
 /** Request latency bucket bounds, seconds: 10 µs .. 1 s (a page-cache hit is ~20 µs, a flush ~ms). */
 export const LATENCY_BUCKETS_SECONDS: readonly number[] = [
   0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+];
+/**
+ * KMS call latency bucket bounds, seconds: 100 µs .. 30 s. An embedded-core
+ * call takes ~0.1-1 ms; a remote one tens of ms, and when the KMS does not
+ * answer up to 3 attempts of 2 s connect + 5 s request plus back-off
+ * (src/volume/aws-key-service.ts DEFAULTS): those land in the 10-30 s buckets, not +Inf.
+ */
+export const KMS_LATENCY_BUCKETS_SECONDS: readonly number[] = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 ];
 const BUCKETS_MICROS = Float64Array.from(LATENCY_BUCKETS_SECONDS, (s) => s * 1e6);
 const OPS = ['read', 'write', 'flush'] as const;
@@ -46,7 +53,10 @@ export class VolumeIoStats {
   /** `op errno` -> count; errors are rare, a Map lookup there is fine. */
   readonly errors = new Map<string, number>();
 
-  constructor(readonly volumeId: string) {}
+  constructor(readonly volumeId: string) {
+    // The EIO series exist from attach at 0: rate() needs a sample before the first error to see it.
+    for (const op of OPS) this.errors.set(`${op} EIO`, 0);
+  }
 
   /** The FUSE IoObserver: no allocation on success. */
   readonly observe: IoObserver = (op, bytes, micros, errno) => {
@@ -80,6 +90,13 @@ export interface MetricsSources {
   auditEventsWritten(): number;
   /** KMS calls in the core and waiting for a turn (src/kms/fair-gate.ts); absent when the KMS is on another host. */
   kmsCallLoad?(): { active: number; waiting: number; callers: number };
+  /**
+   * With --kms-endpoint only: the endpoint, and whether it answers (false while the host waits
+   * for it at start, host-resolver.ts, and while its last call went unanswered).
+   */
+  remoteKms?(): { endpoint: string; reachable: boolean };
+  /** Volumes recorded in-use on this host but not served (waiting for the KMS at start, or a failed resume). */
+  volumesUnserved(): number;
 }
 
 /** A result label: `ok`, `denied`, or the AWS exception name (a bounded set of classes). */
@@ -89,6 +106,14 @@ export function outcomeOf(err: unknown): string {
   if (name === 'AccessDeniedException' || name === 'UnauthorizedOperation') return 'denied';
   return typeof name === 'string' ? name : 'InternalError';
 }
+
+/** The KMS calls of the volume-key path (create, attach, key refresh), counted from 0 per outcome below. */
+const ZEROED_KMS_OPERATIONS = ['GenerateDataKeyWithoutPlaintext', 'CreateGrant', 'Decrypt'] as const;
+/**
+ * Outcomes meaning the KMS could not serve the call now (aws-key-service.ts: the ones that do not
+ * close its circuit), and `InternalError`: what an unanswered remote call counts as (`outcomeOf`).
+ */
+const ZEROED_KMS_OUTCOMES = ['InternalError', 'KMSInternalException', 'KeyUnavailableException', 'DependencyTimeoutException', 'ThrottlingException'] as const;
 
 /** KeyService method -> the KMS operation it is (metric label). */
 const KEY_SERVICE_OPERATIONS: ReadonlyMap<string, string> = new Map([
@@ -109,7 +134,7 @@ export class DaemonMetrics {
   private readonly controlCalls: Counter<'operation' | 'result'>;
   private readonly labelSeen = new Map<string, Set<string>>();
   private sources: MetricsSources | undefined;
-  private server: Server | undefined;
+  private listener: MetricsListener | undefined;
 
   constructor() {
     const registers = [this.registry];
@@ -203,7 +228,7 @@ export class DaemonMetrics {
     });
     this.kmsLatency = new Histogram({
       name: 'ebsd_kms_request_duration_seconds', help: 'KMS call latency, authorization and audit included',
-      labelNames: ['operation'], buckets: [...LATENCY_BUCKETS_SECONDS], registers,
+      labelNames: ['operation'], buckets: [...KMS_LATENCY_BUCKETS_SECONDS], registers,
     });
     new Gauge({
       name: 'ebsd_kms_calls_active', help: 'KMS calls in the core now (authorizing, in the HSM, or waiting for their audit record)',
@@ -221,6 +246,22 @@ export class DaemonMetrics {
         if (l) this.set(l.waiting);
       },
     });
+    new Gauge({
+      name: 'ebsd_kms_remote_reachable', help: '1 while the --kms-endpoint answers, 0 while it does not (waiting for it at start, or its last call unanswered); absent with the embedded KMS',
+      labelNames: ['endpoint'], registers,
+      collect() {
+        this.reset();
+        const r = self.sources?.remoteKms?.();
+        if (r) this.set({ endpoint: r.endpoint }, r.reachable ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_volumes_unserved', help: 'Volumes recorded in-use on this host but not served under the mount (waiting for the KMS at start, or a re-attach that failed)',
+      registers,
+      collect() {
+        this.set(self.sources?.volumesUnserved() ?? 0);
+      },
+    });
     new Counter({
       name: 'ebsd_audit_events_written_total', help: 'Audit events written to the hash-chained log by this daemon',
       registers,
@@ -229,6 +270,11 @@ export class DaemonMetrics {
         this.inc(self.sources?.auditEventsWritten() ?? 0);
       },
     });
+    // The failures EbsdKmsErrors (contrib/prometheus/ebsd-alerts.yml) watches, at 0 from start on the
+    // volume-key path: a series created at its first error has no earlier sample, and rate() misses that burst.
+    for (const operation of ZEROED_KMS_OPERATIONS) {
+      for (const outcome of ZEROED_KMS_OUTCOMES) this.kmsCalls.inc({ operation, outcome: this.bounded('kms_outcome', outcome) }, 0);
+    }
     this.controlCalls = new Counter({
       name: 'ebsd_control_requests_total', help: 'Control-API requests by operation (X-Amz-Target) and result',
       labelNames: ['operation', 'result'], registers,
@@ -324,49 +370,19 @@ export class DaemonMetrics {
     this.controlCalls.inc({ operation, result: this.bounded('control_result', outcomeOf(err)) });
   }
 
-  /** Serve `GET /metrics` on HOST:PORT; resolves with the bound address (PORT 0: a free port). */
+  /** Serve `GET /metrics` on HOST:PORT (metrics-listener.ts); resolves with the bound address (PORT 0: a free port). */
   async listen(spec: string, log: Logger): Promise<{ host: string; port: number }> {
-    const { host, port } = parseListen(spec);
-    const server = createServer((req, res) => {
-      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
-        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
-        return;
-      }
-      this.registry.metrics().then(
-        (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text),
-        (err) => { log.error({ err }, 'metrics scrape failed'); res.writeHead(500).end(); },
-      );
-    });
-    server.keepAliveTimeout = 5_000;
-    server.headersTimeout = 10_000;
-    server.requestTimeout = 10_000;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (e) => reject(new EbsdError('METRICS_LISTEN', `--metrics-listen ${spec}: ${(e as Error).message}`)));
-      server.listen(port, host, () => resolve());
-    });
-    this.server = server;
-    const addr = server.address();
-    return { host, port: typeof addr === 'object' && addr ? addr.port : port };
+    const l = new MetricsListener(this.registry);
+    const at = await l.listen(spec, log);
+    this.listener = l;
+    return at;
   }
 
   async close(): Promise<void> {
-    const s = this.server;
-    this.server = undefined;
-    if (!s) return;
-    s.closeAllConnections();
-    await new Promise<void>((r) => s.close(() => r()));
+    const l = this.listener;
+    this.listener = undefined;
+    await l?.close();
   }
-}
-
-/** `127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:0` -> host and port (typed error naming the flag otherwise). */
-export function parseListen(spec: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
-  const host = m?.[1] ?? m?.[2];
-  const port = Number(m?.[3]);
-  if (!m || !host || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
-    throw new EbsdError('BAD_METRICS_LISTEN', `--metrics-listen must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`, { awsName: 'ValidationException' });
-  }
-  return { host, port };
 }
 
 /**

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { applyQuery, print } from '../../src/cli/output.js';
+import { applyQuery, print, printableCell, table } from '../../src/cli/output.js';
 import { stripEscapes } from '../../src/cli/top.js';
 
 /** --query as JMESPath projects it, the AWS CLI's null/None, and top's plain text off a terminal. */
@@ -24,6 +24,44 @@ describe('CLI output', () => {
     print(applyQuery(vols, 'Nope'), 'text');
     print([1, null], 'text');
     expect(out).toBe('null\nNone\n1\tNone\n');
+  });
+
+  const hostile = 'x\u001b]52;c;aGk=\u0007\u001b[2J\u009b\u007fy';
+  const shown = 'x\\x1b]52;c;aGk=\\x07\\x1b[2J\\x9b\\x7fy';
+
+  it('printableCell shows C0, C1 and DEL as \\xNN and leaves other text alone', () => {
+    expect(printableCell(hostile)).toBe(shown);
+    expect(printableCell('vol-1 données ✓')).toBe('vol-1 données ✓');
+    expect(printableCell('a\tb\nc\u0000')).toBe('a\\x09b\\x0ac\\x00');
+  });
+
+  it('tables and key-value output escape control characters in cells and keys; JSON keeps the exact value; text only on a terminal', () => {
+    const v = { Volumes: [{ VolumeId: 'vol-1', Name: hostile }], [hostile]: hostile };
+    const t = table(v.Volumes, [['VOLUME ID', (r) => r.VolumeId], ['NAME', (r) => r.Name], ['TAGS', () => ({ Name: hostile })]]);
+    expect(t).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/);
+    expect(t).toContain(shown);
+    capture();
+    print(v, 'table');
+    print(v, 'table', () => `custom ${hostile}`);
+    expect(out).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/);
+    expect(out).toContain(`${shown}: ${shown}`);
+    expect(out).toContain(`custom ${shown}`);
+    out = '';
+    print(v, 'json');
+    expect(JSON.parse(out)[hostile]).toBe(hostile);
+    const tty = Object.getOwnPropertyDescriptor(process.stdout, 'isTTY');
+    try {
+      out = '';
+      Object.defineProperty(process.stdout, 'isTTY', { value: false, configurable: true });
+      print([hostile, 'b'], 'text');
+      expect(out).toBe(`${hostile}\tb\n`); // a script's pipe gets the value as it is
+      out = '';
+      Object.defineProperty(process.stdout, 'isTTY', { value: true, configurable: true });
+      print([hostile, 'b'], 'text');
+      expect(out).toBe(`${shown}\tb\n`);
+    } finally {
+      if (tty) Object.defineProperty(process.stdout, 'isTTY', tty); else delete (process.stdout as { isTTY?: boolean }).isTTY;
+    }
   });
 
   it('top off a terminal: no escape sequences', () => {

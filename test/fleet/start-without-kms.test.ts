@@ -5,6 +5,8 @@
  * waiting, volume operations are refused as ServiceUnavailable (exit 10),
  * and once the KMS daemon is started the host resolves its principal and
  * re-attaches the volume through its stored grant: the data reads back.
+ * Meanwhile its metrics say the KMS does not answer and the volume is not
+ * served (ebsd_kms_remote_reachable, ebsd_volumes_unserved), then that it is.
  * The SDK's "node >= 22" notice appears nowhere in the daemon's output.
  */
 import { openSync, readSync, writeSync, closeSync, constants } from 'node:fs';
@@ -14,6 +16,7 @@ import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { restartOnSamePort } from '../helpers/ports.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
+import { parseMetrics } from '../../src/cli/top.js';
 import { until } from './netns.js';
 import { SEED, printSeedOnFailure, seeded } from '../crypto/seeded.js';
 
@@ -86,8 +89,13 @@ describe('a host daemon started while its KMS is down', () => {
     const { vol, data } = await attachedAndStopped(host, url, keyArn, 'start-without-kms');
     await kms.stop();
 
-    await host.start(['--kms-endpoint', url, '--key-cache-ttl', '2s']);
+    await host.start(['--kms-endpoint', url, '--key-cache-ttl', '2s', '--metrics-listen', '127.0.0.1:0']);
     const st = await status();
+    // Metrics say it too, for the shipped alerts (contrib/prometheus/ebsd-alerts.yml): the KMS does not answer, one volume is not served.
+    const metricsUrl = st.Daemon.MetricsUrl as string;
+    const waiting = parseMetrics(await (await fetch(metricsUrl)).text());
+    expect(waiting.get(`ebsd_kms_remote_reachable{endpoint="${url}"}`)).toBe(0);
+    expect(waiting.get('ebsd_volumes_unserved')).toBe(1);
     expect(st.Daemon.Kms).toMatchObject({ Endpoint: url, State: 'unreachable', Waiting: { Attempts: expect.any(Number), LastError: expect.stringContaining('ECONNREFUSED') } });
     expect(st.Volumes).toEqual([expect.objectContaining({ VolumeId: vol, State: 'in-use', Attached: false, KeyCache: { State: 'attaching' }, Problem: expect.stringContaining(`waiting for the KMS at ${url}`) })]);
     const refused = await host.cli(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn]);
@@ -103,6 +111,9 @@ describe('a host daemon started while its KMS is down', () => {
     }, 60_000);
     expect(back.KeyCache.State).toMatch(/cached|refreshing/);
     expect((await status()).Daemon.Kms.Waiting).toBeUndefined();
+    const served = parseMetrics(await (await fetch(metricsUrl)).text());
+    expect(served.get(`ebsd_kms_remote_reachable{endpoint="${url}"}`)).toBe(1);
+    expect(served.get('ebsd_volumes_unserved')).toBe(0);
     await readsBackAndDetaches(host, vol, data);
 
     const log = await host.untilLog(/host principal resolved, volumes open/);
@@ -191,11 +202,15 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     await proxy.stop();
 
     // STS answers, so the host principal resolves; the re-attach's Decrypt does not get through.
-    await host.start(['--kms-endpoint', kmsUrl, '--key-cache-ttl', '2s']);
+    await host.start(['--kms-endpoint', kmsUrl, '--key-cache-ttl', '2s', '--metrics-listen', '127.0.0.1:0']);
     const st = await status();
     expect(st.Daemon.Kms.Waiting).toBeUndefined();
     const waiting = st.Volumes.find((x: any) => x.VolumeId === vol);
     expect(waiting).toMatchObject({ State: 'in-use', Attached: false, Problem: expect.stringContaining('retrying with back-off'), Resume: { Attempts: expect.any(Number), LastError: expect.any(String) } });
+    // The failed re-attach is an unserved volume in the metrics, and the KMS's unanswered Decrypt makes it unreachable.
+    const unserved = parseMetrics(await (await fetch(st.Daemon.MetricsUrl as string)).text());
+    expect(unserved.get('ebsd_volumes_unserved')).toBe(1);
+    expect(unserved.get(`ebsd_kms_remote_reachable{endpoint="${kmsUrl}"}`)).toBe(0);
 
     await proxy.start();
     const back = await until('the volume served again', async () => {
@@ -204,6 +219,9 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     }, 90_000);
     expect(back.Problem).toBeUndefined();
     expect(back.KeyCache.State).toMatch(/cached|refreshing/);
+    const served = parseMetrics(await (await fetch(st.Daemon.MetricsUrl as string)).text());
+    expect(served.get('ebsd_volumes_unserved')).toBe(0);
+    expect(served.get(`ebsd_kms_remote_reachable{endpoint="${kmsUrl}"}`)).toBe(1);
     await readsBackAndDetaches(host, vol, data);
     const log = await host.untilLog(/volume recorded attached is served again/);
     expect(log.match(/KMS did not answer the re-attach of volumes recorded attached/g)).toHaveLength(1);

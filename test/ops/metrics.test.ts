@@ -2,9 +2,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Env, ROOT, ensureBuilt, run } from '../e2e/helpers.js';
 import { parseMetrics } from '../../src/cli/top.js';
+import { callDaemon, socketPathFor } from '../../src/cli/client.js';
+import { KMS_LATENCY_BUCKETS_SECONDS } from '../../src/daemon/metrics.js';
+import { METRICS_LIMITS } from '../../src/daemon/metrics-listener.js';
 
 /**
  * `ebsd daemon --metrics-listen`: a real daemon child, a real attached volume
@@ -32,6 +36,31 @@ function rawCall(stateDir: string, target: string): Promise<number> {
     });
     req.on('error', reject);
     req.end('{}');
+  });
+}
+
+/** A GET /metrics from the loopback address `from`, on a connection of its own; the status, or the error code. */
+function scrapeFrom(port: number, from: string): Promise<number | string> {
+  return new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port, path: '/metrics', localAddress: from, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', (e) => resolve((e as NodeJS.ErrnoException).code ?? 'error'));
+    req.end();
+  });
+}
+
+/** An idle TCP connection to the metrics port from `from`, open once connected; `closed` resolves with what the server sent before it closed. */
+function idleConnection(port: number, from: string): Promise<{ s: Socket; closed: Promise<string> }> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port, localAddress: from });
+    let got = '';
+    s.on('data', (d) => (got += d.toString('latin1')));
+    const closed = new Promise<string>((r) => s.on('close', () => r(got)));
+    s.on('error', () => {}); // a connection node drops at accept is reset
+    s.once('connect', () => resolve({ s, closed }));
+    s.once('error', reject);
   });
 }
 
@@ -66,6 +95,13 @@ describe('Prometheus metrics from a running daemon', () => {
     const L = `volume_id="${vol}"`;
     // Attached and idle: the series exist at zero.
     expect(before.samples.get(`ebsd_volume_operations_total{${L},operation="write"}`)).toBe(0);
+    // The series alerts take rate() of exist at zero before the first error (a series born at 1 has no rate).
+    for (const op of ['read', 'write', 'flush']) expect(before.samples.get(`ebsd_volume_io_errors_total{${L},operation="${op}",errno="EIO"}`)).toBe(0);
+    for (const op of ['GenerateDataKeyWithoutPlaintext', 'CreateGrant', 'Decrypt']) {
+      for (const outcome of ['InternalError', 'KMSInternalException', 'KeyUnavailableException', 'DependencyTimeoutException', 'ThrottlingException']) {
+        expect(before.samples.get(`ebsd_kms_requests_total{operation="${op}",outcome="${outcome}"}`), `${op} ${outcome}`).toBe(0);
+      }
+    }
 
     const fd = openSync(env.file(vol), 'r+');
     try {
@@ -130,6 +166,10 @@ describe('Prometheus metrics from a running daemon', () => {
       (s0.get('ebsd_kms_requests_total{operation="DescribeKey",outcome="NotFoundException"}') ?? 0) + 1,
     );
     expect(s1.get('ebsd_kms_request_duration_seconds_count{operation="DescribeKey"}')).toBeGreaterThanOrEqual(1);
+    // KMS buckets of their own, up to 30 s (a remote call that times out is not lost in +Inf); the FUSE ones stop at 1 s.
+    const kmsBounds = [...s1.keys()].filter((k) => k.startsWith('ebsd_kms_request_duration_seconds_bucket{') && k.includes('operation="DescribeKey"')).map((k) => /le="([^"]+)"/.exec(k)![1]);
+    expect(kmsBounds).toEqual([...KMS_LATENCY_BUCKETS_SECONDS.map(String), '+Inf']);
+    expect(kmsBounds).toContain('30');
     expect(s1.get('ebsd_control_requests_total{operation="ebsd.Status",result="denied"}')).toBe(1);
     expect(s1.get('ebsd_control_requests_total{operation="ebsd.AttachVolume",result="ok"}')).toBe(1);
     expect(s1.get('ebsd_control_requests_total{operation="TrentService.DescribeKey",result="NotFoundException"}')).toBe(1);
@@ -138,6 +178,9 @@ describe('Prometheus metrics from a running daemon', () => {
     // Nothing is in the KMS core between calls, and nobody waits for a turn (src/kms/fair-gate.ts).
     expect(s1.get('ebsd_kms_calls_active')).toBe(0);
     expect(s1.get('ebsd_kms_calls_waiting')).toBe(0);
+    // The embedded KMS: no remote reachability series; the attached volume is served.
+    expect([...s1.keys()].some((k) => k.startsWith('ebsd_kms_remote_reachable'))).toBe(false);
+    expect(s1.get('ebsd_volumes_unserved')).toBe(0);
   });
 
   it('keeps labels bounded: unknown operation names are counted as "other", never as new series', async () => {
@@ -185,6 +228,59 @@ console.log(JSON.stringify(counts));`;
     const exported = new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!));
     for (const name of used) expect(exported, name).toContain(name);
   });
+
+  it('bounds the connections one source holds: the one past the limit is answered 503 and closed; another source, and the same after closing one, still scrape', async () => {
+    const n = METRICS_LIMITS.maxPerSource;
+    const held = [];
+    try {
+      for (let i = 0; i < n; i++) held.push(await idleConnection(port, '127.0.0.1'));
+      const extra = await idleConnection(port, '127.0.0.1');
+      expect(await extra.closed).toMatch(/^HTTP\/1\.1 503 [^]*ThrottlingException/);
+      expect(await scrapeFrom(port, '127.0.0.2')).toBe(200);
+      held.pop()!.s.destroy();
+      // The daemon sees the close after the client: poll until its slot is free.
+      let status: number | string = 0;
+      for (let i = 0; i < 200 && status !== 200; i++) {
+        status = await scrapeFrom(port, '127.0.0.1');
+        if (status !== 200) await new Promise((r) => setTimeout(r, 25));
+      }
+      expect(status).toBe(200);
+    } finally {
+      for (const h of held) h.s.destroy();
+    }
+  });
+
+  it('a flood of 200 connections from many loopback sources holds at most the total limit open, and the control socket keeps answering', async () => {
+    const conns: { s: Socket; closed: Promise<string> }[] = [];
+    let closed = 0;
+    try {
+      // 20 sources x 10: under the per-source cap, over the total.
+      for (let i = 0; i < 200; i++) {
+        const c = await idleConnection(port, `127.0.1.${10 + (i % 20)}`).catch(() => undefined);
+        if (!c) { closed++; continue; }
+        conns.push(c);
+        void c.closed.then(() => closed++);
+        if (i % 50 === 49) {
+          const st = await callDaemon(socketPathFor(env.state), 'ebsd.Status', {}) as { Volumes: unknown[] };
+          expect(st.Volumes.length).toBe(1);
+        }
+      }
+      // Refused connections are closed within a second (refuseSocket) or at once (node's ceiling).
+      for (let i = 0; i < 400 && closed < 200 - METRICS_LIMITS.maxTotal; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(200 - closed).toBeLessThanOrEqual(METRICS_LIMITS.maxTotal);
+      expect(200 - closed).toBeGreaterThan(0);
+      expect((await env.cli(['status'])).code).toBe(0);
+    } finally {
+      for (const c of conns) c.s.destroy();
+    }
+    // Once the flood has gone, a scrape gets through again (the daemon may see the closes a little later).
+    let status: number | string = 0;
+    for (let i = 0; i < 200 && status !== 200; i++) {
+      status = await scrapeFrom(port, '127.0.0.1');
+      if (status !== 200) await new Promise((r) => setTimeout(r, 25));
+    }
+    expect(status).toBe(200);
+  }, 60_000);
 
   it('answers 404 off /metrics', async () => {
     const res = await fetch(`http://127.0.0.1:${port}/secrets`);

@@ -1,0 +1,159 @@
+/**
+ * The HTTP door to a daemon's metrics registry (`ebsd daemon --metrics-listen
+ * HOST:PORT`, README "Running in production"): `GET /metrics`, bounded in
+ * connections, time and collects, since it has no access control.
+ */
+
+import { createServer, type Server } from 'node:http';
+import { isIP, type Socket } from 'node:net';
+import type { Registry } from 'prom-client';
+import { EbsdError } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import { isLoopback } from '../util/loopback.js';
+import { ConnectionGuard, ConnectionThrottledError, refuseSocket } from './connection-guard.js';
+
+/**
+ * Limits of the metrics listener. Prometheus holds one keep-alive connection
+ * per target and `ebsd top` one per viewer, so a few per source are plenty;
+ * on loopback every local user is a source (127.0.0.0/8), so the total is
+ * what keeps the daemon's file descriptors for its control socket and volumes.
+ */
+export const METRICS_LIMITS = Object.freeze({
+  /** Open connections from one address (an IPv6 /64, connection-guard.ts callerKey). */
+  maxPerSource: 16,
+  /** Open connections of all sources together; node drops connections past twice this at accept. */
+  maxTotal: 64,
+  maxHeaderBytes: 8 * 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 10_000,
+  keepAliveTimeoutMs: 5_000,
+  maxRequestsPerConnection: 1_000,
+  /** Least time between the end of one collect and the start of the next (scrapes in between share it). */
+  minCollectGapMs: 100,
+});
+
+export class MetricsListener {
+  private server: Server | undefined;
+  private guard: ConnectionGuard | undefined;
+  /** The collect that scrapes arriving now will share, not started yet; the one running (see `collect`). */
+  private queued: Promise<string> | undefined;
+  private running: Promise<string> | undefined;
+  private lastCollectEnd = -Infinity;
+
+  constructor(private readonly registry: Registry) {}
+
+  /**
+   * Serve `GET /metrics` on HOST:PORT; resolves with the bound address (PORT 0: a free port).
+   *
+   * The listener has no access control (README "Running in production"), so
+   * whoever can connect must not be able to take the daemon's file descriptors
+   * or its main thread: connections are counted per source address and in all
+   * (ConnectionGuard, as the KMS listener counts them; refused ones get a 503
+   * and are closed), node drops anything past a hard ceiling at accept, idle
+   * and slow connections are closed by the header, request and keep-alive
+   * timeouts, and scrapes share collects (`collect`).
+   */
+  async listen(spec: string, log: Logger): Promise<{ host: string; port: number }> {
+    const { host, port } = parseListen(spec);
+    const l = METRICS_LIMITS;
+    const guard = new ConnectionGuard({
+      maxPerCaller: l.maxPerSource, maxTotal: l.maxTotal, headersTimeoutMs: l.headersTimeoutMs,
+      requestTimeoutMs: l.requestTimeoutMs, keepAliveTimeoutMs: l.keepAliveTimeoutMs,
+    }, { onRefusals: (rows) => log.warn({ refusals: rows }, 'metrics listener refused connections over its limits') });
+    this.guard = guard;
+    const server = createServer({
+      maxHeaderSize: l.maxHeaderBytes,
+      headersTimeout: l.headersTimeoutMs,
+      requestTimeout: l.requestTimeoutMs,
+      keepAliveTimeout: l.keepAliveTimeoutMs,
+      // How often node looks for connections past headersTimeout/requestTimeout (default 30 s).
+      connectionsCheckingInterval: 1_000,
+    }, (req, res) => {
+      req.resume(); // a GET has no body; anything sent is dropped
+      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
+        return;
+      }
+      this.collect().then(
+        (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text),
+        (err) => { log.error({ err }, 'metrics scrape failed'); res.writeHead(500).end(); },
+      );
+    });
+    // Admitted ones, plus room for the 503 answers of refused ones (refuseSocket closes them within a second).
+    server.maxConnections = l.maxTotal * 2;
+    // Pipelined requests on one connection each wait for an answer; past this many, node answers 503 and closes.
+    server.maxRequestsPerSocket = l.maxRequestsPerConnection;
+    // A connection that sends nothing at all (not even a request line) is closed after this much silence.
+    server.timeout = l.headersTimeoutMs;
+    server.on('connection', (s: Socket) => {
+      const admitted = guard.admit((s.remoteAddress ?? 'unknown').replace(/^::ffff:/, ''));
+      if (admitted instanceof ConnectionThrottledError) {
+        refuseSocket(s, admitted);
+        return;
+      }
+      s.on('close', () => admitted.release());
+    });
+    server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e) => reject(new EbsdError('METRICS_LISTEN', `--metrics-listen ${spec}: ${(e as Error).message}`)));
+      server.listen(port, host, () => resolve());
+    });
+    this.server = server;
+    const addr = server.address();
+    const bound = typeof addr === 'object' && addr ? addr.port : port;
+    if (!isLoopback(host)) {
+      // Allowed (an operator may firewall it), but said: the listener has no access control (README "Running in production").
+      log.warn({ metricsListen: spec, host, port: bound }, '--metrics-listen is not a loopback address: anyone who can reach it reads every attached volume\'s id, I/O and key-cache state; bind it to 127.0.0.1 or firewall the port');
+    }
+    return { host, port: bound };
+  }
+
+  /**
+   * The registry's text, shared: every scrape that arrives while a collect
+   * runs, or within METRICS_LIMITS.minCollectGapMs of the last one's end,
+   * gets the next collect's result. Each answer is still taken after its
+   * request arrived, and a flood of scrapes runs at most one collect per gap
+   * on the main thread.
+   */
+  private collect(): Promise<string> {
+    if (this.queued) return this.queued;
+    const next = (async (): Promise<string> => {
+      await null; // `queued` is set before this goes on
+      if (this.running) await this.running.catch(() => {});
+      const wait = this.lastCollectEnd + METRICS_LIMITS.minCollectGapMs - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
+      // From here a new scrape waits for the collect after this one: it may have come after state this one read.
+      this.queued = undefined;
+      const run = this.registry.metrics();
+      this.running = run;
+      try {
+        return await run;
+      } finally {
+        this.lastCollectEnd = performance.now();
+        if (this.running === run) this.running = undefined;
+      }
+    })();
+    this.queued = next;
+    return next;
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((r) => s.close(() => r()));
+    this.guard?.flushRefusals();
+  }
+}
+
+/** `127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:0` -> host and port (typed error naming the flag otherwise). */
+export function parseListen(spec: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || !host || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
+    throw new EbsdError('BAD_METRICS_LISTEN', `--metrics-listen must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`, { awsName: 'ValidationException' });
+  }
+  return { host, port };
+}

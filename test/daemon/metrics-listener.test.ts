@@ -1,0 +1,62 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { request } from 'node:http';
+import { Gauge } from 'prom-client';
+import { DaemonMetrics } from '../../src/daemon/metrics.js';
+import { createLogger, silentLogger } from '../../src/util/logger.js';
+
+/**
+ * The metrics listener over real loopback sockets, in this process: a burst
+ * of concurrent scrapes shares collects instead of running one each on the
+ * main thread (DaemonMetrics.collect), and every scrape is still answered;
+ * a listener off loopback is served with a warning in the log.
+ */
+describe('metrics listener: concurrent scrapes share collects', () => {
+  let m: DaemonMetrics | undefined;
+  afterEach(async () => { await m?.close(); m = undefined; });
+
+  it('40 concurrent scrapes from 8 sources are all answered by far fewer collects', async () => {
+    m = new DaemonMetrics();
+    let collects = 0;
+    new Gauge({ name: 'test_collects', help: 'collects run', registers: [m.registry], collect() { this.set(++collects); } });
+    const { port } = await m.listen('127.0.0.1:0', silentLogger);
+    const texts = await Promise.all(Array.from({ length: 40 }, (_, i) => new Promise<string>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, path: '/metrics', localAddress: `127.0.2.${1 + (i % 8)}`, agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`status ${res.statusCode}`))));
+      });
+      req.on('error', reject);
+      req.end();
+    })));
+    expect(texts).toHaveLength(40);
+    for (const t of texts) expect(t).toMatch(/^test_collects \d+$/m);
+    // Each collect is answered to every scrape that waited for it; at most one runs at a time, 100 ms apart.
+    expect(collects).toBeLessThan(20);
+    expect(new Set(texts.map((t) => /^test_collects (\d+)$/m.exec(t)![1])).size).toBe(collects);
+  });
+});
+
+describe('metrics listener off loopback', () => {
+  /** A DaemonMetrics listening on `spec`; the lines it logged while starting. */
+  async function startLog(spec: string): Promise<string[]> {
+    const lines: string[] = [];
+    const log = createLogger({ level: 'info', destination: { write: (l: string) => void lines.push(l) } });
+    const m = new DaemonMetrics();
+    try {
+      const { port } = await m.listen(spec, log);
+      const res = await fetch(`http://127.0.0.1:${port}/metrics`); // served all the same
+      expect(res.status).toBe(200);
+      await res.text();
+    } finally {
+      await m.close();
+    }
+    return lines;
+  }
+
+  it('0.0.0.0 is served with one warning naming the flag; 127.0.0.1 without', async () => {
+    const wide = (await startLog('0.0.0.0:0')).map((l) => JSON.parse(l) as { level: number; msg: string; metricsListen?: string });
+    expect(wide).toEqual([expect.objectContaining({ level: 40, metricsListen: '0.0.0.0:0', msg: expect.stringContaining('--metrics-listen is not a loopback address') })]);
+    expect(await startLog('127.0.0.1:0')).toEqual([]);
+  });
+});
