@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { callDaemon, DaemonUnreachableError, socketPathFor } from './client.js';
 import { UsageError } from './kms-args.js';
-import { applyQuery } from './output.js';
+import { applyQuery, printableCell } from './output.js';
 
 /**
  * `ebsd top`: a live view of the attached volumes, refreshed every second,
@@ -160,9 +160,10 @@ export function topFigures(status: R, now: Samples | undefined, before: Samples 
 export function renderTop(status: R, now: Samples | undefined, before: Samples | undefined, dt: number, width = 120): string {
   const f = topFigures(status, now, before, dt);
   const lines: string[] = [];
-  lines.push(`${BOLD}ebsd top${RESET}  pid ${f.pid ?? '-'}  up ${fmtDuration(f.uptime_seconds)}  ${f.volumes.length} attached  mount ${f.mount_dir ?? '-'}   (q: quit)`);
+  // Names and messages come from callers (tags) and remote services: control characters are shown, never sent to the terminal.
+  lines.push(`${BOLD}ebsd top${RESET}  pid ${f.pid ?? '-'}  up ${fmtDuration(f.uptime_seconds)}  ${f.volumes.length} attached  mount ${printableCell(f.mount_dir ?? '-')}   (q: quit)`);
   const url = (status.Daemon as R | undefined)?.MetricsUrl;
-  if (!now && typeof url === 'string') lines.push(`no metrics: ${url} did not answer (a firewall for this uid? see README "Running in production")`);
+  if (!now && typeof url === 'string') lines.push(`no metrics: ${printableCell(url)} did not answer (a firewall for this uid? see README "Running in production")`);
   else if (!now) lines.push(`no metrics: start the daemon with --metrics-listen 127.0.0.1:PORT for IOPS, MB/s and latency`);
   // The first screen (no earlier scrape yet) shows zero rates, as it always has.
   else lines.push(`KMS  ${(f.kms_requests_per_second ?? 0).toFixed(1)} calls/s  ${(f.kms_requests_failed_per_second ?? 0).toFixed(1)} errors/s`);
@@ -179,11 +180,11 @@ export function renderTop(status: R, now: Samples | undefined, before: Samples |
     const q = v.volume_request_duration_seconds_p99;
     rows.push({
       cells: [
-        v.volume_id, v.name,
+        printableCell(v.volume_id), printableCell(v.name),
         now ? (ops ? ops.read + ops.write : 0).toFixed(0) : '-',
         now ? ((bytes ? bytes.read + bytes.write : 0) / 1e6).toFixed(1) : '-',
         fmtSeconds(q === null ? undefined : q === '+Inf' ? Infinity : q), String(v.volume_open_handles),
-        state === 'impaired' ? `IMPAIRED${v.key_cache_impaired_by ? ` (${v.key_cache_impaired_by})` : ''}` : state,
+        state === 'impaired' ? `IMPAIRED${v.key_cache_impaired_by ? ` (${printableCell(v.key_cache_impaired_by)})` : ''}` : printableCell(state),
         expiry === undefined ? '-' : fmtDuration(expiry),
       ],
       color: state === 'impaired' ? RED : near || state === 'stale' ? YELLOW : '',
