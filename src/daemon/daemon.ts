@@ -222,7 +222,7 @@ export class Daemon {
     this.kmsCore = this.metrics ? this.metrics.meterKms(kms, (op) => kmsOps.has(op)) : kms;
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
     this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.hsm);
-    this.trust = await TrustPolicies.open(paths.root, ids);
+    this.trust = await TrustPolicies.open(paths.root, ids, this.log);
     // With its RoleId: a key policy naming the role is bound to that id (src/kms/authz/principal-bindings.ts).
     const hostRoleId = ids.uniqueIdOf(ids.roleArn(HOST_ROLE));
     let host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role', ...(hostRoleId ? { principalId: hostRoleId } : {}) };

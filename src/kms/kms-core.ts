@@ -213,6 +213,8 @@ export class KmsService implements KmsCore {
       const b = bound;
       await ks.update(k.keyId, (r) => { if (r.policy === k.policy && r.policyPrincipals === undefined) r.policyPrincipals = b; });
       this.log.info({ keyArn: k.arn, principals: Object.keys(b).length }, 'bound the principals of a stored key policy to their unique ids');
+      const nobody = Object.keys(b).filter((arn) => b[arn] === '');
+      if (nobody.length) this.log.warn({ keyArn: k.arn, principals: nobody }, 'a stored key policy names users or roles that do not exist: they are bound to nobody and get nothing (put the policy again once they exist)');
     }
   }
 

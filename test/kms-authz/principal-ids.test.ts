@@ -186,6 +186,28 @@ describe('key policies bind users and roles to their unique ids', () => {
   });
 });
 
+describe('key policy bindings out of step with the text', () => {
+  it('a user of the account named in the text but missing from the stored bindings gets nothing, never whoever holds the name', async () => {
+    const { kms, dir, slot } = await fresh();
+    const ids = kms.identities;
+    for (const u of ['alice', 'bob']) await ids.createUser(u);
+    const keyId = await keyWith(kms, rootAdmin, allow(ids.userArn('alice')));
+    await kms.close();
+    // An older binary's PutKeyPolicy replaced the text and kept the record's bindings (alice only).
+    const f = join(dir, 'kms', 'keys', `${keyId}.json`);
+    const r = JSON.parse(readFileSync(f, 'utf8')) as Record<string, unknown>;
+    r.policy = doc(rootAdmin, allow(`arn:aws:iam::${ACCT}:user/alice`), allow(`arn:aws:iam::${ACCT}:user/bob`, 'bob'), allow('arn:aws:iam::111122223333:root', 'other'));
+    writeFileSync(f, JSON.stringify(r));
+
+    const k2 = slot.kms = await openTestKms(dir);
+    expect(await useKey(k2, keyId, userCaller(k2, 'alice'))).toBe('no error');
+    expect(await useKey(k2, keyId, userCaller(k2, 'bob'))).toBe('AccessDeniedException');
+    // Put again, the policy binds bob.
+    await k2.core.call('PutKeyPolicy', { KeyId: keyId, PolicyName: 'default', Policy: r.policy }, root(k2));
+    expect(await useKey(k2, keyId, userCaller(k2, 'bob'))).toBe('no error');
+  });
+});
+
 describe('role trust policies bind users and roles to their unique ids', () => {
   async function stsOver(kms: Kms, dir: string): Promise<{ trust: TrustPolicies; sts: StsService }> {
     const trust = await TrustPolicies.open(dir, kms.identities);

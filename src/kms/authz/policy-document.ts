@@ -131,6 +131,12 @@ function _strings(v: unknown, where: string): string[] {
 
 const INVALID_PRINCIPALS = 'Policy contains a statement with one or more invalid principals';
 
+/** The account a policy's bindings are of: every bound ARN is of the local account (principal-bindings.ts). */
+function _bindingsAccount(b: PrincipalBindings): string | undefined {
+  for (const arn of Object.keys(b)) return parsePrincipalArn(arn)?.account;
+  return undefined;
+}
+
 /**
  * `byName`: whether a bound ARN also matches by name (a Deny's Principal, an Allow's
  * NotPrincipal; see PrincipalSet). `named`: collects the user and role ARNs named.
@@ -166,7 +172,11 @@ function _principalSet(v: unknown, where: string, opts: ParseOptions, byName: bo
         }
         if (form.kind === 'root') accounts.add(form.account);
         else {
-          const bound = form.kind !== 'session' && opts.bindings !== undefined && hasMember(opts.bindings, p) ? opts.bindings[p]! : undefined;
+          // A policy with bindings names a user or role of its account only through them: one missing
+          // from them (bindings out of step with the text) names nobody, never whoever holds the name now.
+          const bound = form.kind === 'session' || opts.bindings === undefined ? undefined
+            : hasMember(opts.bindings, p) ? opts.bindings[p]!
+            : form.account === _bindingsAccount(opts.bindings) ? '' : undefined;
           if (form.kind !== 'session') named.add(p);
           if (bound !== '' && bound !== undefined) ids.add(bound); // '' binds to nobody
           if (bound === undefined || byName) {

@@ -176,7 +176,7 @@ export class TrustPolicies {
    * with. A document stored without bindings (a file written before them) is bound now, to the
    * principals that exist now, and the file written back once.
    */
-  static async open(dir: string, principals: PrincipalDirectory): Promise<TrustPolicies> {
+  static async open(dir: string, principals: PrincipalDirectory, log?: { warn(o: object, msg: string): void }): Promise<TrustPolicies> {
     const file = join(dir, TRUST_FILE);
     const text = await readTextIfExists(file);
     const data = text ? (JSON.parse(text) as TrustFile) : { Roles: {} };
@@ -192,7 +192,14 @@ export class TrustPolicies {
       } catch {
         continue; // a document that does not parse trusts nobody (`allows` fails on it, as before)
       }
-      if (bound) { bindings.set(role, bound); migrated = true; }
+      if (bound) {
+        bindings.set(role, bound);
+        migrated = true;
+        const nobody = Object.keys(bound).filter((arn) => bound[arn] === '');
+        // A trust policy stored before bindings could name a user or role that did not exist (or a role
+        // without its path): it now names nobody, where before it matched whoever held that name.
+        if (nobody.length) log?.warn({ role, principals: nobody }, 'a stored trust policy names users or roles that do not exist (a role ARN needs its path): they are bound to nobody and may not assume the role (update the trust policy once they exist)');
+      }
     }
     if (migrated) await t.save();
     return t;
