@@ -279,6 +279,25 @@ describe('role trust policies bind users and roles to their unique ids', () => {
     await expect(t2.put('nosuch', policy)).rejects.toMatchObject({ awsName: 'NoSuchEntityException' });
   });
 
+  it('concurrent trust-policy puts and deletes: the file reopened holds the final state, no deleted or replaced document back', async () => {
+    const { kms, dir } = await fresh();
+    const ids = kms.identities;
+    await ids.createUser('alice');
+    await ids.createUser('bob');
+    const roles = Array.from({ length: 12 }, (_, i) => `r${i}`);
+    for (const r of roles) await ids.createRole(r);
+    const { trust } = await stsOver(kms, dir);
+    for (let round = 0; round < 6; round++) {
+      await Promise.all(roles.map((r) => trust.put(r, trustDoc(ids.userArn('alice')))));
+      // At once: every other role's document deleted, the rest replaced twice (the second one last).
+      await Promise.all(roles.map((r, i) => (i % 2 === 0 ? trust.delete(r)
+        : Promise.all([trust.put(r, trustDoc(ids.userArn('alice'), ids.userArn('bob'))), trust.put(r, trustDoc(ids.userArn('bob')))]))));
+      const reopened = (await stsOver(kms, dir)).trust;
+      expect(roles.map((r) => reopened.get(r)), `round ${round}`).toEqual(roles.map((r) => trust.get(r)));
+      expect(roles.map((r) => trust.get(r))).toEqual(roles.map((_, i) => (i % 2 === 0 ? undefined : trustDoc(ids.userArn('bob')))));
+    }
+  });
+
   it('a trust file written before role ids binds each document, when opened, to the role then of its name; a document of no role is dropped', async () => {
     const { kms, dir } = await fresh();
     const ids = kms.identities;

@@ -17,8 +17,10 @@ import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
 import type { Caller } from '../../src/kms/types.js';
 import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
 import { Sha256 } from './smithy-sha256.js';
+import { printSeedOnFailure, seeded } from '../crypto/seeded.js';
 
 describe('access keys', () => {
+  printSeedOnFailure();
   const t = tempDir('ebsd-access-keys-');
   let hsm: Hsm;
   const t0 = Date.UTC(2026, 10, 30, 6, 0, 0);
@@ -114,6 +116,30 @@ describe('access keys', () => {
     expect(JSON.stringify(onDisk)).not.toContain(gone.AccessKeyId);
   });
 
+  it('concurrent UpdateAccessKey and DeleteAccessKey calls: the file reopened holds the final state, no deleted key back, no status undone', async () => {
+    const rnd = seeded('access-key writes');
+    const dir = stateDir();
+    const ids = await Identities.open(dir, { region: 'us-east-1' });
+    const keys = await AccessKeyStore.open(dir, hsm, ids);
+    for (let round = 0; round < 8; round++) {
+      const made: string[] = [];
+      for (let u = 0; u < 4; u++) {
+        await ids.createUser(`r${round}u${u}`);
+        for (let i = 0; i < 2; i++) made.push((await keys.create(`r${round}u${u}`)).AccessKeyId);
+      }
+      // Every key changed at once: deleted, deactivated, or deactivated and then activated again.
+      await Promise.all(made.map((id) => {
+        const r = rnd.int(10);
+        if (r < 4) return keys.delete(id);
+        if (r < 7) return keys.update(id, 'Inactive');
+        return Promise.all([keys.update(id, 'Inactive'), keys.update(id, 'Active')]);
+      }));
+      const reopened = await AccessKeyStore.open(dir, hsm, ids);
+      const byId = (a: { AccessKeyId: string }, b: { AccessKeyId: string }): number => a.AccessKeyId.localeCompare(b.AccessKeyId);
+      expect(reopened.list().sort(byId), `round ${round}`).toEqual(keys.list().sort(byId));
+    }
+  });
+
   it('CreateAccessKey for a user that does not exist: NoSuchEntityException', async () => {
     const dir = stateDir();
     const ids = await Identities.open(dir, { region: 'us-east-1' });
@@ -121,3 +147,4 @@ describe('access keys', () => {
     await expect(keys.create('ghost')).rejects.toMatchObject({ awsName: 'NoSuchEntityException' });
   });
 });
+

@@ -65,6 +65,9 @@ export function newAccessKeyId(prefix: 'AKIA' | 'ASIA'): string {
 }
 
 export class AccessKeyStore {
+  /** Saves chained in call order, each writing the state as it is when its turn comes (Identities does the same). */
+  private writing: Promise<void> = Promise.resolve();
+
   private constructor(private readonly file: string, private readonly keys: Map<string, Stored>, private readonly hsm: Hsm, private readonly users: UserDirectory) {}
 
   /**
@@ -171,8 +174,16 @@ export class AccessKeyStore {
     return k;
   }
 
-  private async save(): Promise<void> {
-    await atomicWrite(this.file, JSON.stringify({ AccessKeys: [...this.keys.values()] }, null, 1) + '\n', 0o600);
+  /**
+   * Postcondition: once a save resolves, the file holds the state as it was when that save was
+   * called or later, never earlier. Writes are chained: two overlapping atomicWrites could rename
+   * in either order, and an older snapshot landing last would bring back a deleted key. Each
+   * write serializes the state when its turn comes, so the last one holds the latest state.
+   */
+  private save(): Promise<void> {
+    const next = this.writing.catch(() => {}).then(() => atomicWrite(this.file, JSON.stringify({ AccessKeys: [...this.keys.values()] }, null, 1) + '\n', 0o600));
+    this.writing = next;
+    return next;
   }
 }
 

@@ -181,6 +181,8 @@ export interface RoleDirectory extends PrincipalDirectory {
 export class TrustPolicies {
   /** Compiled statements per role, built on first use: an AssumeRole does not re-read JSON. */
   private readonly compiled = new Map<string, Statement[]>();
+  /** Saves chained in call order, each writing the state as it is when its turn comes (as access-keys.ts does). */
+  private writing: Promise<void> = Promise.resolve();
   private constructor(
     private readonly file: string,
     private readonly docs: Map<string, string>,
@@ -289,9 +291,18 @@ export class TrustPolicies {
     return doc !== undefined && id !== undefined && id === this.principals.roleId(role) ? doc : undefined;
   }
 
-  private async save(): Promise<void> {
-    const out: TrustFile = { Roles: Object.fromEntries(this.docs), RoleIds: Object.fromEntries(this.roleIds) };
-    if (this.bindings.size > 0) out.Principals = Object.fromEntries(this.bindings);
-    await atomicWrite(this.file, JSON.stringify(out, null, 1) + '\n', 0o600);
+  /**
+   * Postcondition: once a save resolves, the file holds the state as it was when that save was
+   * called or later: writes are chained (overlapping atomicWrites could rename in either order,
+   * an older document landing last), and each serializes the state when its turn comes.
+   */
+  private save(): Promise<void> {
+    const next = this.writing.catch(() => {}).then(() => {
+      const out: TrustFile = { Roles: Object.fromEntries(this.docs), RoleIds: Object.fromEntries(this.roleIds) };
+      if (this.bindings.size > 0) out.Principals = Object.fromEntries(this.bindings);
+      return atomicWrite(this.file, JSON.stringify(out, null, 1) + '\n', 0o600);
+    });
+    this.writing = next;
+    return next;
   }
 }
