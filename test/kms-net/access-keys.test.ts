@@ -140,6 +140,27 @@ describe('access keys', () => {
     }
   });
 
+  it('concurrent CreateAccessKey calls for one user: exactly two succeed, the others LimitExceededException; DeleteUser is refused while one is under way', async () => {
+    const dir = stateDir();
+    const ids = await Identities.open(dir, { region: 'us-east-1' });
+    const keys = await AccessKeyStore.open(dir, hsm, ids);
+    await ids.createUser('erin');
+    const creates = [keys.create('erin'), keys.create('erin'), keys.create('erin'), keys.create('erin')];
+    // The HSM is drawing the secrets: no key is stored yet, but the user is not deletable.
+    expect(keys.list('erin')).toEqual([]);
+    expect(() => keys.assertNoKeys('erin')).toThrow(expect.objectContaining({ awsName: 'DeleteConflictException' }));
+    const r = await Promise.allSettled(creates);
+    expect(r.filter((x) => x.status === 'fulfilled')).toHaveLength(2);
+    for (const x of r.filter((y): y is PromiseRejectedResult => y.status === 'rejected')) {
+      expect(x.reason).toMatchObject({ awsName: 'LimitExceededException', message: 'Cannot exceed quota for AccessKeysPerUser: 2' });
+    }
+    expect(keys.list('erin')).toHaveLength(2);
+    expect((await AccessKeyStore.open(dir, hsm, ids)).list('erin')).toHaveLength(2);
+    // The reservations are released: with a key deleted, a slot is free again.
+    await keys.delete(keys.list('erin')[0]!.AccessKeyId);
+    await expect(keys.create('erin')).resolves.toMatchObject({ UserName: 'erin' });
+  });
+
   it('CreateAccessKey for a user that does not exist: NoSuchEntityException', async () => {
     const dir = stateDir();
     const ids = await Identities.open(dir, { region: 'us-east-1' });

@@ -65,6 +65,8 @@ export function newAccessKeyId(prefix: 'AKIA' | 'ASIA'): string {
 }
 
 export class AccessKeyStore {
+  /** Creates under way (the HSM draws the secret), per user id: each holds a slot of the user's quota. */
+  private readonly creating = new Map<string, number>();
   /** Saves chained in call order, each writing the state as it is when its turn comes (Identities does the same). */
   private writing: Promise<void> = Promise.resolve();
 
@@ -105,13 +107,26 @@ export class AccessKeyStore {
   async create(userName: string): Promise<AccessKeyMetadata & { SecretAccessKey: string }> {
     const userId = this.users.userId(userName);
     if (userId === undefined) throw new AccessKeyError('NoSuchEntityException', `The user with name ${userName} cannot be found.`);
-    if (this.list(userName).length >= MAX_KEYS_PER_USER) {
+    // Precondition: the slot is taken before the HSM call awaits, so concurrent creates cannot all pass the check.
+    const pending = this.creating.get(userId) ?? 0;
+    if (this.list(userName).length + pending >= MAX_KEYS_PER_USER) {
       throw new AccessKeyError('LimitExceededException', `Cannot exceed quota for AccessKeysPerUser: ${MAX_KEYS_PER_USER}`);
     }
+    this.creating.set(userId, pending + 1);
     const id = newAccessKeyId('AKIA');
-    const { secret, sealed } = await this.hsm.call({ op: 'newSecret', kind: 'access-key', id, context: new Uint8Array(0) });
-    const rec: Stored = { UserName: userName, UserId: userId, AccessKeyId: id, Status: 'Active', CreateDate: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'), Sealed: Buffer.from(sealed).toString('base64') };
-    this.keys.set(id, rec);
+    let secret: string;
+    let rec: Stored;
+    try {
+      const made = await this.hsm.call({ op: 'newSecret', kind: 'access-key', id, context: new Uint8Array(0) });
+      secret = made.secret;
+      rec = { UserName: userName, UserId: userId, AccessKeyId: id, Status: 'Active', CreateDate: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'), Sealed: Buffer.from(made.sealed).toString('base64') };
+      // In the same turn as the release below: the slot passes from the reservation to the key.
+      this.keys.set(id, rec);
+    } finally {
+      const left = this.creating.get(userId)! - 1;
+      if (left === 0) this.creating.delete(userId);
+      else this.creating.set(userId, left);
+    }
     await this.save();
     return { UserName: rec.UserName, AccessKeyId: id, Status: rec.Status, SecretAccessKey: secret, CreateDate: rec.CreateDate };
   }
@@ -123,10 +138,11 @@ export class AccessKeyStore {
 
   /**
    * DeleteUser's precondition (IAM API Reference, DeleteUser: a user's access keys are deleted
-   * first): a user who has a key cannot be deleted.
+   * first): a user who has a key, or whose key is being created, cannot be deleted.
    */
   assertNoKeys(userName: string): void {
-    if (this.list(userName).length > 0) {
+    const userId = this.users.userId(userName);
+    if (this.list(userName).length > 0 || (userId !== undefined && this.creating.has(userId))) {
       throw new AccessKeyError('DeleteConflictException', 'Cannot delete entity, must delete access keys first.');
     }
   }
