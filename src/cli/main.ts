@@ -502,7 +502,7 @@ function iamCommands(y: Argv): Argv {
     });
   return y.command('iam', 'Users, roles, identity policies and uid mappings (account root only)', (v) => {
     simple(v, 'create-user <name>', 'Create an IAM user', 'CreateUser', (a) => ({ UserName: a.name }));
-    simple(v, 'delete-user <name>', 'Delete an IAM user (and its uid mappings)', 'DeleteUser', (a) => ({ UserName: a.name }));
+    simple(v, 'delete-user <name>', 'Delete an IAM user (and its inline policies and uid mappings); refused while it has access keys', 'DeleteUser', (a) => ({ UserName: a.name }));
     simple(v, 'list-users', 'List IAM users', 'ListUsers', () => ({}), (r) => table(r.Users as R[], [['USER', (x) => x.UserName], ['ARN', (x) => x.Arn], ['POLICIES', (x) => (x.PolicyNames as string[]).join(',')]]));
     v.command(
       'create-role <name>',

@@ -221,7 +221,7 @@ export class Daemon {
     this.kmsOps = kmsOps;
     this.kmsCore = this.metrics ? this.metrics.meterKms(kms, (op) => kmsOps.has(op)) : kms;
     if (created) log.info({ stateDir: paths.root, accountId: ids.accountId, region: ids.region }, 'initialised a new state dir (uid 0 -> account root)');
-    this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.hsm);
+    this.accessKeys = await AccessKeyStore.open(paths.root, this.kms.hsm, ids);
     this.trust = await TrustPolicies.open(paths.root, ids, this.log);
     // With its RoleId: a key policy naming the role is bound to that id (src/kms/authz/principal-bindings.ts).
     const hostRoleId = ids.uniqueIdOf(ids.roleArn(HOST_ROLE));
@@ -998,7 +998,12 @@ export class Daemon {
         const c = await ids.createUser(str('UserName'), path);
         return { User: { UserName: c.userName, Arn: c.arn, UserId: c.principalId } };
       }
-      case 'DeleteUser': await ids.deleteUser(str('UserName')); await this.accessKeys!.deleteUser(str('UserName')); this.listener?.forgetSigningKeys(); return {};
+      case 'DeleteUser':
+        // IAM refuses to delete a user who still has access keys (IAM API Reference, DeleteUser): one
+        // write, to identities.json, and no key outlives its user to sign for a later one of the name.
+        this.accessKeys!.assertNoKeys(str('UserName'));
+        await ids.deleteUser(str('UserName'));
+        return {};
       case 'ListUsers': return { Users: ids.listUsers() };
       case 'CreateRole': {
         const arn = await ids.createRole(str('RoleName'), { ...path, ...maxSession() });

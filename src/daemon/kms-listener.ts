@@ -159,8 +159,17 @@ export class KmsListener {
       if (req.bodyError) throw bodyError(req.bodyError);
       const { body, url } = req;
       if (query && this.o.ebs && url.startsWith('/snapshots')) return await this.serveEbs(req, requestId);
-      const form = query ? new URLSearchParams(req.method === 'GET' ? url.slice(url.indexOf('?') + 1 || url.length) : body.toString('utf8')) : undefined;
+      const queryString = url.slice(url.indexOf('?') + 1 || url.length);
+      const form = query ? new URLSearchParams(req.method === 'GET' ? queryString : body.toString('utf8')) : undefined;
       if (form) operation = form.get('Action') ?? 'Unknown';
+      // An STS request's members are read from one place, a GET's query string or a POST's body: members
+      // in the other are signed but would go unread, a session Policy among them (the session broader than
+      // asked), so such a request is refused (after authentication, in sts()) rather than half read.
+      const unread = query && (req.method === 'GET' ? body.length > 0 : new URLSearchParams(queryString).size > 0)
+        ? new StsError('ValidationError', req.method === 'GET'
+          ? 'A GET request to this STS carries its parameters in the query string only; this one also has a body, which would not be read: the request was refused'
+          : 'A POST request to this STS carries its parameters in the body only; this one also has parameters in the URL query string, which would not be read: the request was refused')
+        : undefined;
       let verified;
       try {
         verified = await (query ? this.stsVerifier : this.kmsVerifier).verify({ method: req.method, target: url, headers: { raw }, body });
@@ -186,7 +195,7 @@ export class KmsListener {
           wipeRequestSecrets(request); // decoded here: ours to wipe, as on the control socket (aws-json.ts)
         }
       }
-      const xml = await this.sts(form!, caller, requestId);
+      const xml = await this.sts(form!, caller, requestId, unread);
       return xmlAnswer(200, xml, requestId);
     } catch (e) {
       const internal = query ? stsError(e).status >= 500 : toWireError(e).status >= 500;
@@ -225,8 +234,10 @@ export class KmsListener {
     return out.w;
   }
 
-  private async sts(form: URLSearchParams, caller: Caller, requestId: string): Promise<string> {
+  /** `unread`: the request also carries members where they are not read (handleWire): refused, an AssumeRole audited as refused. */
+  private async sts(form: URLSearchParams, caller: Caller, requestId: string, unread?: StsError): Promise<string> {
     const action = form.get('Action');
+    if (unread && action !== 'AssumeRole') throw unread;
     const meta = `<ResponseMetadata><RequestId>${requestId}</RequestId></ResponseMetadata>`;
     if (action === 'GetCallerIdentity') {
       const r = this.o.sts.getCallerIdentity(caller);
@@ -239,6 +250,7 @@ export class KmsListener {
       let r: Record<string, unknown> | undefined;
       let err: unknown;
       try {
+        if (unread) throw unread;
         r = await this.o.sts.assumeRole(caller, p, this.now());
       } catch (e) {
         err = e;

@@ -38,6 +38,10 @@ describe('IAM calls are audited', () => {
     secret = key.SecretAccessKey;
     keyId = key.AccessKeyId;
     await env.ok(['iam', 'update-access-key', '--user-name', 'alice', '--access-key-id', keyId, '--status', 'Inactive']);
+    // As IAM: a user with an access key (active or not) cannot be deleted; exit 6, a conflict.
+    const conflict = await env.cli(['iam', 'delete-user', 'alice']);
+    expect(conflict.code, conflict.stderr).toBe(6);
+    expect(conflict.stderr).toContain('Cannot delete entity, must delete access keys first.');
     await env.ok(['iam', 'get-policy', 'user/alice', 'read']);
     await env.ok(['iam', 'list-users']);
     await env.ok(['iam', 'delete-access-key', '--user-name', 'alice', '--access-key-id', keyId]);
@@ -46,6 +50,7 @@ describe('IAM calls are audited', () => {
     expect((await env.cli(['iam', 'create-user', 'alice'])).code).not.toBe(0);
     expect((await env.cli(['iam', 'create-user', 'mallory'], { uid: ALICE })).code).toBe(4);
     await env.ok(['iam', 'unmap-uid', String(ALICE)]);
+    await env.ok(['iam', 'delete-user', 'alice']); // its keys deleted: now it can be
     events = ((await env.ok(['audit', 'tail', '-n', '200'])).Events as Ev[]).filter((e) => e.eventSource === 'iam.amazonaws.com');
   }, 120_000);
   afterAll(() => env.cleanup(), 60_000);
@@ -82,6 +87,11 @@ describe('IAM calls are audited', () => {
     expect(created.requestParameters).toEqual({ userName: 'alice' });
     expect(created.responseElements!.accessKey).toMatchObject({ accessKeyId: keyId, status: 'Active', userName: 'alice' });
     expect(Object.keys(created.responseElements!.accessKey)).not.toContain('secretAccessKey');
+  });
+
+  it('DeleteUser of a user with an access key fails with DeleteConflictException; once the key is deleted it succeeds', () => {
+    expect(one('DeleteUser', (e) => e.errorCode === 'DeleteConflictException')).toMatchObject({ requestParameters: { userName: 'alice' }, errorMessage: 'Cannot delete entity, must delete access keys first.' });
+    expect(events.filter((e) => e.eventName === 'DeleteUser' && !e.errorCode)).toHaveLength(1);
   });
 
   it('a failed call carries IAM\'s error; a refused caller is recorded with AccessDeniedException', () => {

@@ -211,7 +211,7 @@ describe('key policy bindings out of step with the text', () => {
 describe('role trust policies bind users and roles to their unique ids', () => {
   async function stsOver(kms: Kms, dir: string): Promise<{ trust: TrustPolicies; sts: StsService }> {
     const trust = await TrustPolicies.open(dir, kms.identities);
-    return { trust, sts: new StsService(kms.identities, await AccessKeyStore.open(dir, kms.core.hsm), trust, kms.core.hsm) };
+    return { trust, sts: new StsService(kms.identities, await AccessKeyStore.open(dir, kms.core.hsm, kms.identities), trust, kms.core.hsm) };
   }
   const assume = (kms: Kms, sts: StsService, caller: Caller, role: string): Promise<string> =>
     awsName(sts.assumeRole(caller, { RoleArn: kms.identities.roleArn(role), RoleSessionName: 'job-1' }));
@@ -270,5 +270,67 @@ describe('role trust policies bind users and roles to their unique ids', () => {
     expect((JSON.parse(readFileSync(file, 'utf8')) as { Principals: Record<string, unknown> }).Principals.legacy).toEqual({ [ids.userArn('bob')]: bobId });
     const bob2 = await recreateUser(kms, 'bob');
     expect(await assume(kms, (await stsOver(kms, dir)).sts, bob2, 'legacy')).toBe('AccessDenied');
+  });
+
+  it('a trust policy belongs to the role it was put on: a role created again under the name starts with none, though DeleteRole\'s trust write was lost', async () => {
+    const { kms, dir } = await fresh();
+    const ids = kms.identities;
+    await ids.createUser('alice');
+    await ids.createRole('app');
+    const { trust, sts } = await stsOver(kms, dir);
+    const policy = trustDoc(ids.userArn('alice'));
+    await trust.put('app', policy);
+    expect(await assume(kms, sts, userCaller(kms, 'alice'), 'app')).toBe('no error');
+    const oldId = roleId(kms, 'app');
+    // DeleteRole: identities.json written, role-trust.json not (a crash, ENOSPC); then a new role of the name.
+    await ids.deleteRole('app');
+    await ids.createRole('app');
+    expect(roleId(kms, 'app')).not.toBe(oldId);
+    const file = join(dir, TRUST_FILE);
+    expect((JSON.parse(readFileSync(file, 'utf8')) as { RoleIds: Record<string, string> }).RoleIds).toEqual({ app: oldId });
+    for (const t of [trust, (await stsOver(kms, dir)).trust]) { // as it runs, and reopened
+      expect(t.get('app')).toBeUndefined();
+      expect(t.allows('app', userCaller(kms, 'alice'))).toBe(false);
+    }
+    expect(await assume(kms, sts, userCaller(kms, 'alice'), 'app')).toBe('AccessDenied');
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual({ Roles: {}, RoleIds: {} }); // dropped when reopened
+    // Its own trust policy, put on the new role, is the one that counts.
+    const { trust: t2, sts: s2 } = await stsOver(kms, dir);
+    await t2.put('app', policy);
+    expect(await assume(kms, s2, userCaller(kms, 'alice'), 'app')).toBe('no error');
+    await expect(t2.put('nosuch', policy)).rejects.toMatchObject({ awsName: 'NoSuchEntityException' });
+  });
+
+  it('concurrent trust-policy puts and deletes: the file reopened holds the final state, no deleted or replaced document back', async () => {
+    const { kms, dir } = await fresh();
+    const ids = kms.identities;
+    await ids.createUser('alice');
+    await ids.createUser('bob');
+    const roles = Array.from({ length: 12 }, (_, i) => `r${i}`);
+    for (const r of roles) await ids.createRole(r);
+    const { trust } = await stsOver(kms, dir);
+    for (let round = 0; round < 6; round++) {
+      await Promise.all(roles.map((r) => trust.put(r, trustDoc(ids.userArn('alice')))));
+      // At once: every other role's document deleted, the rest replaced twice (the second one last).
+      await Promise.all(roles.map((r, i) => (i % 2 === 0 ? trust.delete(r)
+        : Promise.all([trust.put(r, trustDoc(ids.userArn('alice'), ids.userArn('bob'))), trust.put(r, trustDoc(ids.userArn('bob')))]))));
+      const reopened = (await stsOver(kms, dir)).trust;
+      expect(roles.map((r) => reopened.get(r)), `round ${round}`).toEqual(roles.map((r) => trust.get(r)));
+      expect(roles.map((r) => trust.get(r))).toEqual(roles.map((_, i) => (i % 2 === 0 ? undefined : trustDoc(ids.userArn('bob')))));
+    }
+  });
+
+  it('a trust file written before role ids binds each document, when opened, to the role then of its name; a document of no role is dropped', async () => {
+    const { kms, dir } = await fresh();
+    const ids = kms.identities;
+    await ids.createUser('alice');
+    await ids.createRole('app');
+    const file = join(dir, TRUST_FILE);
+    writeFileSync(file, JSON.stringify({ Roles: { app: trustDoc(ids.userArn('alice')), gone: trustDoc(ids.userArn('alice')) } }));
+    const { sts } = await stsOver(kms, dir);
+    expect(await assume(kms, sts, userCaller(kms, 'alice'), 'app')).toBe('no error');
+    const data = JSON.parse(readFileSync(file, 'utf8')) as { Roles: Record<string, string>; RoleIds: Record<string, string> };
+    expect(Object.keys(data.Roles)).toEqual(['app']);
+    expect(data.RoleIds).toEqual({ app: roleId(kms, 'app') });
   });
 });

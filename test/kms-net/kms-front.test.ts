@@ -96,7 +96,7 @@ describe('KMS listener with its front end on a worker thread', () => {
 async function inProcess(dir: string): Promise<{ kms: Kms; listener: KmsListener; a: { host: string; port: number }; lines: string[]; fatal: Error[]; front: { worker: { terminate(): Promise<number> }; connectionsKnown: number } }> {
   const kms = await openKms({ stateDir: dir, region: 'us-east-1' });
   const core = kms.core;
-  const keys = await AccessKeyStore.open(dir, core.hsm);
+  const keys = await AccessKeyStore.open(dir, core.hsm, kms.identities);
   const sts = new StsService(kms.identities, keys, await TrustPolicies.open(dir, kms.identities), core.hsm);
   const lines: string[] = [];
   const log = createLogger({ level: 'info', name: 'test', destination: { write: (l: string) => void lines.push(l) } });

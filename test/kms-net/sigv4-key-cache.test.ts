@@ -1,7 +1,9 @@
+import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { deriveSigningKey } from '../../src/kms/sigv4/signing-key.js';
-import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
+import { SigV4Verifier, toAmzDate } from '../../src/kms/sigv4/verifier.js';
+import { canonicalRequest, sha256Hex, stringToSign, type WireRequest } from '../../src/kms/sigv4/canonical.js';
 import { Sha256 } from './smithy-sha256.js';
 
 // The verifier keeps each signing key (kSigning) as a copy of its own and wipes key material it is
@@ -89,5 +91,67 @@ describe('SigV4 verifier: the signing-key cache wipes what it is done with', () 
     expect(cachedFor('20261130')).toHaveLength(1);
     expect(cachedFor('20261201')).toHaveLength(1);
     expect(cache().size).toBe(2);
+  });
+});
+
+/**
+ * A request for `accessKeyId` signed with the raw signing key `kSigning` (not a secret): what a
+ * caller who knows no secret can send with an all-zero key. The canonical form is the verifier's own
+ * (canonical.ts, pinned by AWS's suite in sigv4-vectors.test.ts).
+ */
+function signedWithKey(accessKeyId: string, kSigning: Buffer, ms: number): WireRequest {
+  const amz = toAmzDate(ms);
+  const day = amz.slice(0, 8);
+  const headers: [string, string][] = [['host', '127.0.0.1:4443'], ['x-amz-date', amz], ['x-amz-target', 'TrentService.Decrypt'], ['content-type', 'application/x-amz-json-1.1']];
+  const signedHeaders = ['content-type', 'host', 'x-amz-date', 'x-amz-target'];
+  const req: WireRequest = { method: 'POST', target: '/', headers: { raw: headers.flat() }, body: Buffer.from(body) };
+  const sts = stringToSign(amz, `${day}/us-east-1/kms/aws4_request`, canonicalRequest(req, signedHeaders, sha256Hex(req.body)));
+  const sig = createHmac('sha256', kSigning).update(sts, 'utf8').digest('hex');
+  return { ...req, headers: { raw: [...headers.flat(), 'authorization', `AWS4-HMAC-SHA256 Credential=${accessKeyId}/${day}/us-east-1/kms/aws4_request, SignedHeaders=${signedHeaders.join(';')}, Signature=${sig}`] } };
+}
+
+describe('SigV4 verifier: a signing key wiped by forget() or a flush is never used', () => {
+  const now = Date.UTC(2026, 10, 28, 12, 0, 0);
+  const day = toAmzDate(now).slice(0, 8);
+  const secretOf = (id: string): Buffer => Buffer.from(id === 'AKIAVICTIM' ? secret : `secret-of-${id}`);
+  const keyOf = (id: string): Buffer => deriveSigningKey(secretOf(id), day, 'us-east-1', 'kms');
+  const zero = Buffer.alloc(32);
+  const verifier = () => new SigV4Verifier({ region: 'us-east-1', services: ['kms'], now: () => now,
+    credentials: (id) => ({ principal: id, cacheId: id, signingKey: async (d, r, s) => deriveSigningKey(secretOf(id), d, r, s) }) });
+  const outcome = (p: Promise<{ principal: unknown }>): Promise<string> => p.then((r) => `accepted as ${String(r.principal)}`, (e: { awsName?: string }) => e.awsName ?? String(e));
+
+  it('forget() called while a verification is under way: a zero-key signature is refused, the cached key still wiped', async () => {
+    const v = verifier();
+    // The cache is private; read here only to see that forget() still wipes it.
+    const cached = (): Buffer[] => [...(v as unknown as { keys: Map<string, { key: Buffer }> }).keys.values()].map((c) => c.key);
+    expect(await outcome(v.verify(signedWithKey('AKIAVICTIM', keyOf('AKIAVICTIM'), now)))).toBe('accepted as AKIAVICTIM');
+    const held = cached();
+    expect(held).toHaveLength(1);
+    const forged = v.verify(signedWithKey('AKIAVICTIM', zero, now));
+    v.forget(); // an access key deleted (an IAM call) in the same turn
+    expect(await outcome(forged)).toBe('InvalidSignatureException');
+    expect(held[0]!.every((b) => b === 0)).toBe(true);
+    // And while the key is being derived (the HSM's await): the key it derives is the one used.
+    const pending = v.verify(signedWithKey('AKIAVICTIM', zero, now));
+    v.forget();
+    expect(await outcome(pending)).toBe('InvalidSignatureException');
+    const real = v.verify(signedWithKey('AKIAVICTIM', keyOf('AKIAVICTIM'), now));
+    v.forget();
+    expect(await outcome(real)).toBe('accepted as AKIAVICTIM');
+  });
+
+  it('a cache flush at its cap, started by another request of the same turn: a zero-key signature is refused', async () => {
+    const v = verifier();
+    const size = (): number => (v as unknown as { keys: Map<string, unknown> }).keys.size;
+    // Fill the cache to its cap (4096 entries, src/kms/sigv4/verifier.ts CACHE_MAX): the victim's key last.
+    for (let i = 0; size() < 4095; i++) await v.verify(signedWithKey(`ASIA${i}`, keyOf(`ASIA${i}`), now));
+    expect(await outcome(v.verify(signedWithKey('AKIAVICTIM', zero, now)))).toBe('InvalidSignatureException'); // caches the victim's key
+    expect(size()).toBe(4096);
+    // Two requests in one turn (one front-worker batch): the victim's with a zero-key signature, then any
+    // other, whose lookup flushes (and wipes) the full cache.
+    const forged = v.verify(signedWithKey('AKIAVICTIM', zero, now));
+    const other = v.verify(signedWithKey('ASIA0', keyOf('ASIA0'), now));
+    expect(await outcome(forged)).toBe('InvalidSignatureException');
+    expect(await outcome(other)).toBe('accepted as ASIA0');
   });
 });

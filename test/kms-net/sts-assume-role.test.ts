@@ -45,7 +45,7 @@ describe('AssumeRole: trust-policy principals and actions', () => {
     alice = { ...(await ids.createUser('alice')), sourceIp: '127.0.0.1' };
     for (const r of ['app', 'chained', 'other']) await ids.createRole(r);
     trust = await TrustPolicies.open(t.dir, ids);
-    const keys = await AccessKeyStore.open(t.dir, hsm);
+    const keys = await AccessKeyStore.open(t.dir, hsm, ids);
     sts = new StsService(ids, keys, trust, hsm);
     const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
     judged = new StsService(ids, keys, trust, hsm, (caller, action, resource, context) => evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }));

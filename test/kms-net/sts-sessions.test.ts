@@ -42,7 +42,7 @@ describe('STS session credentials', () => {
     alice = await ids.createUser('alice');
     bob = await ids.createUser('bob');
     await ids.createRole('app', { maxSessionDuration: 43_200 }); // 12 h sessions below
-    keys = await AccessKeyStore.open(t.dir, hsm);
+    keys = await AccessKeyStore.open(t.dir, hsm, ids);
     const trust = await TrustPolicies.open(t.dir, ids);
     await trust.put('app', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' }] }));
     sts = new StsService(ids, keys, trust, hsm);

@@ -42,7 +42,7 @@ describe('AssumeRole: trust-policy Conditions', () => {
     alice = await ids.createUser('alice');
     await ids.createRole('app', { maxSessionDuration: 43_200 }); // DurationSeconds 7200 below
     roleArn = ids.roleArn('app');
-    const keys = await AccessKeyStore.open(t.dir, hsm);
+    const keys = await AccessKeyStore.open(t.dir, hsm, ids);
     trust = await TrustPolicies.open(t.dir, ids);
     tls = new StsService(ids, keys, trust, hsm, undefined, { secureTransport: true });
     plain = new StsService(ids, keys, trust, hsm, undefined, { secureTransport: false });
@@ -176,7 +176,7 @@ describe('AssumeRole: trust-policy Conditions', () => {
     await ids.createUser('carol');
     const carol = { ...(ids.callerFor(ids.userArn('carol'))!), sourceIp: '127.0.0.1' };
     const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
-    const keys = await AccessKeyStore.open(t.dir, hsm);
+    const keys = await AccessKeyStore.open(t.dir, hsm, ids);
     const judged = new StsService(ids, keys, trust, hsm, (caller, action, resource, context) => evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }), { secureTransport: true });
     await trust.put('app', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: ids.rootArn }, Action: 'sts:AssumeRole', Condition: { 'Null': { 'sts:ExternalId': 'false' } } }] }));
     await ids.attachPolicy(ids.userArn('carol'), 'switch', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'sts:AssumeRole', Resource: roleArn, Condition: { StringEquals: { 'sts:ExternalId': 'carol-only' } } }] }));

@@ -311,6 +311,16 @@ export class Identities {
     return rec && rec.path === (m[4] ?? '') + '/' ? rec.id : undefined;
   }
 
+  /** The unique id (UserId, AIDA…) of the user `name`, or undefined if there is no such user. */
+  userId(name: string): string | undefined {
+    return hasMember(this.data.users, name) ? this.data.users[name]!.id : undefined;
+  }
+
+  /** The unique id (RoleId, AROA…) of the role `name`, or undefined if there is no such role. */
+  roleId(name: string): string | undefined {
+    return hasMember(this.data.roles, name) ? this.data.roles[name]!.id : undefined;
+  }
+
   /** The Caller for a principal ARN of this account (root, user, role session), or undefined. */
   callerFor(arn: string): Caller | undefined {
     const acct = this.accountId;

@@ -121,10 +121,7 @@ export class SigV4Verifier<P> {
     }
     const canonical = canonicalRequest(req, p.signedHeaders, payloadHash, headers);
     const sts = stringToSign(amzDate, `${p.date}/${p.region}/${p.service}/aws4_request`, canonical);
-    const key = await this.signingKey(cred, p.date, p.region, p.service, now);
-    // node's HMAC: a hand-written one from cached pads saved under 1 µs of a verification's ~16
-    // (docs/benchmarks.md, "KMS over the network"), not worth its code.
-    const expected = createHmac('sha256', key).update(sts, 'utf8').digest();
+    const expected = await this.expectedSignature(cred, p.date, p.region, p.service, now, sts);
     const given = Buffer.from(p.signature, 'hex');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
       throw new SigV4Error('InvalidSignature', 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.', p.accessKeyId);
@@ -138,8 +135,16 @@ export class SigV4Verifier<P> {
     this.keys.clear();
   }
 
-  /** The cached signing key (kSigning), wiped on eviction and by forget(). */
-  private async signingKey(cred: Credential<P>, date: string, region: string, service: string, now: number): Promise<Buffer> {
+  /**
+   * The signature the request should carry: HMAC-SHA256 of the string to sign under the signing
+   * key (kSigning), which is cached and wiped on eviction and by forget().
+   *
+   * Precondition: the HMAC is computed in the same turn as the key is taken from the cache (or put
+   * there), with no await in between. A key handed back to the caller would be used a microtask
+   * later, by when a forget() or a flush at CACHE_MAX (another request's) may have wiped it: the
+   * expected signature would then be the one under an all-zero key, which anyone can compute.
+   */
+  private async expectedSignature(cred: Credential<P>, date: string, region: string, service: string, now: number, stringToSign: string): Promise<Buffer> {
     if (this.keys.size >= CACHE_MAX) this.forget();
     const today = Math.floor(now / DAY_MS); // a number: no date formatting per request
     if (today !== this.cacheDay) {
@@ -165,7 +170,9 @@ export class SigV4Verifier<P> {
       const first = this.keys.get(id)?.key;
       if (first) { wipe(k); k = first; } else this.keys.set(id, { key: k, date });
     }
-    return k;
+    // node's HMAC: a hand-written one from cached pads saved under 1 µs of a verification's ~16
+    // (docs/benchmarks.md, "KMS over the network"), not worth its code.
+    return createHmac('sha256', k).update(stringToSign, 'utf8').digest();
   }
 }
 

@@ -89,7 +89,8 @@ export class StsService {
     if (token !== undefined) throw invalidToken(id); // long-term keys carry no token
     const k = this.keys.forSigning(id);
     const caller = k && k.active ? this.ids.callerFor(this.ids.userArn(k.userName)) : undefined;
-    if (!k || !caller) throw invalidToken(id);
+    // The user the key was made for, not one created since under the same name (its UserId differs).
+    if (!k || !caller || caller.principalId !== k.userId) throw invalidToken(id);
     return {
       principal: caller,
       cacheId: id,

@@ -21,6 +21,13 @@
  * stored beside the document: a principal deleted and created again under the
  * name is not trusted until the policy is put again. A trust file written
  * before bindings is bound when it is opened, to the principals then existing.
+ *
+ * A document belongs to the role it was put on, named by the role's unique id
+ * (RoleId, AROA…) as well as by name: a role deleted and created again under
+ * the name starts with no trust policy, whatever a crash between DeleteRole's
+ * two writes (identities.json, then this file) left here. A document whose
+ * role id is no longer the role's is nobody's, and dropped when the file is
+ * next opened.
  */
 import { join } from 'node:path';
 import { EbsdError } from '../../util/errors.js';
@@ -158,32 +165,55 @@ function _checkPrincipals(list: readonly string[], i: number, dir: PrincipalDire
 
 const NO_CONTEXT: ConditionContext = { get: () => undefined };
 
-/** `role-trust.json`: the documents by role name, and the bindings of those that name users or roles of the account. */
-interface TrustFile { Roles: Record<string, string>; Principals?: Record<string, Record<string, string>> }
+/**
+ * `role-trust.json`: the documents by role name, the unique id of the role each was put on (absent in a
+ * file written before them: bound at open to the role then of that name), and the bindings of those
+ * that name users or roles of the account.
+ */
+interface TrustFile { Roles: Record<string, string>; RoleIds?: Record<string, string>; Principals?: Record<string, Record<string, string>> }
+
+/** What trust policies need from the identity store (src/kms/authz/identities.ts implements it). */
+export interface RoleDirectory extends PrincipalDirectory {
+  /** The unique id (RoleId, AROA…) of the role `name`, or undefined if there is none. */
+  roleId(name: string): string | undefined;
+}
 
 export class TrustPolicies {
   /** Compiled statements per role, built on first use: an AssumeRole does not re-read JSON. */
   private readonly compiled = new Map<string, Statement[]>();
+  /** Saves chained in call order, each writing the state as it is when its turn comes (as access-keys.ts does). */
+  private writing: Promise<void> = Promise.resolve();
   private constructor(
     private readonly file: string,
     private readonly docs: Map<string, string>,
+    private readonly roleIds: Map<string, string>,
     private readonly bindings: Map<string, PrincipalBindings>,
-    private readonly principals: PrincipalDirectory,
+    private readonly principals: RoleDirectory,
   ) {}
 
   /**
    * `principals`: the account's identities (src/kms/authz/identities.ts), which policies are bound
    * with. A document stored without bindings (a file written before them) is bound now, to the
-   * principals that exist now, and the file written back once.
+   * principals that exist now, and a document stored without its role's id is bound to the role
+   * of its name; a document whose role (by id) no longer exists is dropped. Then the file is written
+   * back once.
    */
-  static async open(dir: string, principals: PrincipalDirectory, log?: { warn(o: object, msg: string): void }): Promise<TrustPolicies> {
+  static async open(dir: string, principals: RoleDirectory, log?: { warn(o: object, msg: string): void }): Promise<TrustPolicies> {
     const file = join(dir, TRUST_FILE);
     const text = await readTextIfExists(file);
     const data = text ? (JSON.parse(text) as TrustFile) : { Roles: {} };
     const docs = new Map<string, string>(Object.entries(data.Roles));
+    const roleIds = new Map<string, string>(Object.entries(data.RoleIds ?? {}));
     const bindings = new Map<string, PrincipalBindings>(Object.entries(data.Principals ?? {}));
-    const t = new TrustPolicies(file, docs, bindings, principals);
+    const t = new TrustPolicies(file, docs, roleIds, bindings, principals);
     let migrated = false;
+    for (const role of docs.keys()) {
+      const current = principals.roleId(role);
+      if (!roleIds.has(role) && current !== undefined) { roleIds.set(role, current); migrated = true; }
+      if (current === undefined || roleIds.get(role) !== current) {
+        docs.delete(role); roleIds.delete(role); bindings.delete(role); migrated = true;
+      }
+    }
     for (const [role, doc] of docs) {
       if (bindings.has(role)) continue;
       let bound: PrincipalBindings | undefined;
@@ -205,12 +235,15 @@ export class TrustPolicies {
     return t;
   }
 
-  /** UpdateAssumeRolePolicy: validate, bind the named users and roles to their unique ids, store. */
+  /** UpdateAssumeRolePolicy: validate, bind the named users and roles to their unique ids, store for the role as it is now (its RoleId). */
   async put(role: string, document: string): Promise<void> {
+    const roleId = this.principals.roleId(role);
+    if (roleId === undefined) throw new TrustPolicyError('NoSuchEntityException', `The role with name ${role} cannot be found.`);
     const { principalArns } = parseTrustPolicy(document, { directory: this.principals });
     const bound = bindPrincipals(principalArns, this.principals);
     const stmts = parseTrustPolicy(document, bound ? { bindings: bound } : {}).statements;
     this.docs.set(role, document);
+    this.roleIds.set(role, roleId);
     if (bound) this.bindings.set(role, bound);
     else this.bindings.delete(role);
     this.compiled.set(role, stmts);
@@ -219,13 +252,14 @@ export class TrustPolicies {
 
   /** The role's trust policy as saved, or with a deleted principal's ARN shown as the unique id it was bound to (principal-bindings.ts). */
   get(role: string): string | undefined {
-    const doc = this.docs.get(role);
+    const doc = this.ownDoc(role);
     return doc === undefined ? undefined : shownPolicy(doc, this.bindings.get(role), this.principals);
   }
 
   async delete(role: string): Promise<void> {
     this.compiled.delete(role);
     this.bindings.delete(role);
+    this.roleIds.delete(role);
     if (this.docs.delete(role)) await this.save();
   }
 
@@ -247,19 +281,35 @@ export class TrustPolicies {
   }
 
   private statements(role: string): Statement[] | undefined {
+    const text = this.ownDoc(role);
+    if (text === undefined) return undefined;
     let stmts = this.compiled.get(role);
     if (stmts) return stmts;
-    const text = this.docs.get(role);
-    if (text === undefined) return undefined;
     const bound = this.bindings.get(role);
     stmts = parseTrustPolicy(text, bound ? { bindings: bound } : {}).statements;
     this.compiled.set(role, stmts);
     return stmts;
   }
 
-  private async save(): Promise<void> {
-    const out: TrustFile = { Roles: Object.fromEntries(this.docs) };
-    if (this.bindings.size > 0) out.Principals = Object.fromEntries(this.bindings);
-    await atomicWrite(this.file, JSON.stringify(out, null, 1) + '\n', 0o600);
+  /** The role's document if it was put on the role that now has the name (its RoleId), else undefined. */
+  private ownDoc(role: string): string | undefined {
+    const doc = this.docs.get(role);
+    const id = this.roleIds.get(role);
+    return doc !== undefined && id !== undefined && id === this.principals.roleId(role) ? doc : undefined;
+  }
+
+  /**
+   * Postcondition: once a save resolves, the file holds the state as it was when that save was
+   * called or later: writes are chained (overlapping atomicWrites could rename in either order,
+   * an older document landing last), and each serializes the state when its turn comes.
+   */
+  private save(): Promise<void> {
+    const next = this.writing.catch(() => {}).then(() => {
+      const out: TrustFile = { Roles: Object.fromEntries(this.docs), RoleIds: Object.fromEntries(this.roleIds) };
+      if (this.bindings.size > 0) out.Principals = Object.fromEntries(this.bindings);
+      return atomicWrite(this.file, JSON.stringify(out, null, 1) + '\n', 0o600);
+    });
+    this.writing = next;
+    return next;
   }
 }
