@@ -15,7 +15,7 @@ import {
   type CompleteSnapshotInput, type GetSnapshotBlockInput, type ListChangedBlocksInput, type ListSnapshotBlocksInput, type PutSnapshotBlockInput,
   type StartSnapshotInput,
 } from '../snapshot/ebs-direct-input.js';
-import type { SnapshotManifest, SnapshotStore } from '../snapshot/types.js';
+import type { SnapshotStore, SnapshotSummary } from '../snapshot/types.js';
 import { deniedEvent, refusalKey } from './audit-events.js';
 
 /**
@@ -52,8 +52,8 @@ export interface EbsApiOptions {
   region: string;
   /** The daemon's hash-chained audit log. */
   audit: { append(ev: Record<string, unknown>): Promise<void>; appendRefusal(key: string, ev: () => Record<string, unknown>): Promise<void> };
-  /** A snapshot's manifest, for its tags in the authorization context (undefined when absent). */
-  manifest: (snapshotId: string) => Promise<SnapshotManifest | undefined>;
+  /** A snapshot's manifest (without blocks), for its tags in the authorization context (undefined when absent). */
+  manifest: (snapshotId: string) => Promise<SnapshotSummary | undefined>;
   log: Logger;
   /** Per-snapshot request rates of GetSnapshotBlock / PutSnapshotBlock (EBS's quotas by default). */
   throttle?: SnapshotThrottle;
@@ -233,10 +233,18 @@ export async function openEbsApi(o: {
     store, pendingDir: o.pendingDir, keys: o.keys, xts: o.xts, accountId: o.accountId, region: o.region, log: o.log, ...(gc ? { pin: (h: Iterable<string>) => gc.pin(h) } : {}),
     ...(tuning.keyTtlMs !== undefined ? { keyTtlMs: tuning.keyTtlMs } : {}),
   });
-  const marked = await direct.recover();
+  // A deleted snapshot's cached manifest goes with it (ebs-direct-manifests.ts).
+  const unsubscribe = gc?.onManifestDeleted((id) => direct.forgetSnapshot(id));
+  let marked: string[];
+  try {
+    marked = await direct.recover();
+  } catch (e) {
+    unsubscribe?.();
+    throw e;
+  }
   if (marked.length) o.log.warn({ snapshots: marked }, 'snapshots begun with StartSnapshot and never completed before the restart are now error');
   return new EbsApi({
-    direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: async (id) => direct.pendingManifest(id) ?? store.getManifest(id), log: o.log,
+    direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: (id) => direct.snapshotSummary(id), log: o.log,
     ...(tuning.perSnapshotRate !== undefined ? { throttle: new SnapshotThrottle(tuning.perSnapshotRate) } : {}),
   });
 }

@@ -1,0 +1,227 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KmsService } from '../../src/kms/kms-core.js';
+import { openAuthz, registerAuthzOperations } from '../../src/kms/authz/index.js';
+import type { Caller } from '../../src/kms/types.js';
+import { KmsCoreKeyService } from '../../src/volume/key-service.js';
+import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
+import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { SnapshotGc } from '../../src/snapshot/gc.js';
+import { EbsDirect } from '../../src/snapshot/ebs-direct.js';
+import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
+import type { SnapshotStore } from '../../src/snapshot/types.js';
+
+/**
+ * The EBS direct read APIs over cached completed manifests
+ * (src/snapshot/ebs-direct-manifests.ts): paging and lookups answer as the
+ * manifest says, a deleted snapshot is not found, and the manifest is read
+ * from the store once, not per call. Real KMS core, real directory store; the
+ * store's getManifest is counted through a proxy of the real object.
+ */
+const ACCOUNT = '111122223333';
+const REGION = 'us-east-1';
+const BLOCK = 512 * 1024;
+const T0 = Date.parse('2026-11-30T09:00:00Z');
+
+let dir = '';
+let kms: KmsService;
+let root: Caller;
+let store: DirSnapshotStore;
+let now = T0;
+const xts = selectXtsEngine('auto');
+
+/** The real store, its getManifest calls counted per snapshot id. */
+function counted(s: SnapshotStore, o: { shared?: boolean } = {}): { store: SnapshotStore; reads: Map<string, number> } {
+  const reads = new Map<string, number>();
+  const proxy = new Proxy(s, {
+    get(target, key) {
+      if (key === 'getManifest') {
+        return (id: string) => {
+          reads.set(id, (reads.get(id) ?? 0) + 1);
+          return target.getManifest(id);
+        };
+      }
+      if (key === 'singleWriter' && o.shared) return undefined;
+      const v = Reflect.get(target, key, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  return { store: proxy, reads };
+}
+
+const direct = (s: SnapshotStore, o: { gc?: SnapshotGc; manifestCacheBlocks?: number } = {}): EbsDirect =>
+  new EbsDirect({
+    store: s, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now,
+    ...(o.gc ? { pin: (h: Iterable<string>) => o.gc!.pin(h) } : {}),
+    ...(o.manifestCacheBlocks !== undefined ? { manifestCacheBlocks: o.manifestCacheBlocks } : {}),
+  });
+const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBlock({
+  SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
+});
+async function refused(p: Promise<unknown>, awsName: string, reason?: string): Promise<void> {
+  const e = (await p.then(() => undefined, (x: unknown) => x)) as { awsName?: string; reason?: string; message?: string } | undefined;
+  expect(e, `expected ${awsName}`).toBeDefined();
+  expect(e!.awsName, e!.message).toBe(awsName);
+  if (reason) expect(e!.reason, e!.message).toBe(reason);
+}
+type Listed = { BlockIndex: number; BlockToken: string };
+type Changed = { BlockIndex: number; FirstBlockToken?: string; SecondBlockToken?: string };
+
+/** A completed snapshot with `blocks` (index -> data) written, on `parent` if given. */
+async function snapshot(d: EbsDirect, blocks: Map<number, Buffer>, parent?: string): Promise<string> {
+  const id = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ...(parent ? { ParentSnapshotId: parent } : {}) }), root)).SnapshotId as string;
+  for (const [i, b] of blocks) await d.putSnapshotBlock(putReq(id, i, b), root);
+  await d.completeSnapshot({ SnapshotId: id, ChangedBlocksCount: blocks.size });
+  return id;
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ebsd-ebs-cache-'));
+  const authz = await openAuthz({ stateDir: dir, kmsDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION });
+  kms = await KmsService.open({ stateDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
+  registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
+  root = authz.identities.callerForUid(0);
+  store = await DirSnapshotStore.open(join(dir, 'snapshots'));
+}, 30_000);
+afterAll(async () => {
+  await kms?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('EbsDirect: cached completed manifests', () => {
+  it('N GetSnapshotBlock and listing calls read the manifest from the store once; paging, StartingBlockIndex and lookups answer as the manifest says', async () => {
+    now = T0;
+    const { store: s, reads } = counted(store);
+    const d = direct(s);
+    try {
+      const data = new Map<number, Buffer>();
+      // Sparse, unordered indexes: 250 blocks between 0 and 2047.
+      const shared = randomBytes(BLOCK);
+      for (let k = 0; k < 250; k++) data.set((k * 797) % 2048, k % 50 === 0 ? randomBytes(BLOCK) : shared);
+      const snap = await snapshot(d, data);
+      const sorted = [...data.keys()].sort((x, y) => x - y);
+      reads.clear();
+
+      // Every page, in order, with NextToken; then StartingBlockIndex between two listed indexes.
+      const seen: Listed[] = [];
+      let next: string | undefined;
+      do {
+        const page = await d.listSnapshotBlocks({ SnapshotId: snap, MaxResults: 100, ...(next ? { NextToken: next } : {}) });
+        seen.push(...(page.Blocks as Listed[]));
+        next = page.NextToken as string | undefined;
+      } while (next);
+      expect(seen.map((b) => b.BlockIndex)).toEqual(sorted);
+      const from = sorted[120]! + 1;
+      const tail = await d.listSnapshotBlocks({ SnapshotId: snap, MaxResults: 100, StartingBlockIndex: from });
+      expect((tail.Blocks as Listed[]).map((b) => b.BlockIndex)).toEqual(sorted.slice(121, 221));
+
+      // Gets of every block return what was put; an index the snapshot does not list is refused.
+      for (const b of seen) {
+        const got = await d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: b.BlockIndex, BlockToken: b.BlockToken }, root);
+        expect((got.BlockData as Buffer).equals(data.get(b.BlockIndex)!)).toBe(true);
+      }
+      await refused(d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: sorted[0]! + 1, BlockToken: seen[0]!.BlockToken }, root), 'ValidationException', 'INVALID_BLOCK_TOKEN');
+      const all = await d.listChangedBlocks({ SecondSnapshotId: snap, MaxResults: 10_000 });
+      expect((all.ChangedBlocks as Changed[]).map((b) => b.BlockIndex)).toEqual(sorted);
+
+      // 250 gets, 5 listings: one read of the manifest.
+      expect(reads.get(snap)).toBe(1);
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('ListChangedBlocks pages over a parent and its child name exactly the changed indexes, with the right tokens', async () => {
+    now = T0;
+    const d = direct(store);
+    try {
+      const parentData = new Map<number, Buffer>();
+      for (let i = 0; i < 300; i++) parentData.set(i * 3, randomBytes(BLOCK));
+      const parent = await snapshot(d, parentData);
+      // The child rewrites some (one with the same bytes: no change), adds others.
+      const childData = new Map<number, Buffer>([[0, parentData.get(0)!], [3, randomBytes(BLOCK)], [4, randomBytes(BLOCK)], [600, randomBytes(BLOCK)], [897, randomBytes(BLOCK)], [2000, randomBytes(BLOCK)]]);
+      const child = await snapshot(d, childData, parent);
+      const expected = [3, 4, 600, 897, 2000];
+
+      const got: Changed[] = [];
+      let next: string | undefined;
+      do {
+        const page = await d.listChangedBlocks({ FirstSnapshotId: parent, SecondSnapshotId: child, MaxResults: 100, ...(next ? { NextToken: next } : {}) });
+        got.push(...(page.ChangedBlocks as Changed[]));
+        next = page.NextToken as string | undefined;
+      } while (next);
+      expect(got.map((b) => b.BlockIndex)).toEqual(expected);
+      expect(got.map((b) => [b.FirstBlockToken !== undefined, b.SecondBlockToken !== undefined])).toEqual([[true, true], [false, true], [true, true], [true, true], [false, true]]);
+      const b600 = got.find((b) => b.BlockIndex === 600)!;
+      expect(((await d.getSnapshotBlock({ SnapshotId: parent, BlockIndex: 600, BlockToken: b600.FirstBlockToken! }, root)).BlockData as Buffer).equals(parentData.get(600)!)).toBe(true);
+      expect(((await d.getSnapshotBlock({ SnapshotId: child, BlockIndex: 600, BlockToken: b600.SecondBlockToken! }, root)).BlockData as Buffer).equals(childData.get(600)!)).toBe(true);
+
+      // Paging by MaxResults over the child alone (every block: 300 inherited or rewritten, plus 3 new).
+      const alone: number[] = [];
+      next = undefined;
+      do {
+        const page = await d.listChangedBlocks({ SecondSnapshotId: child, MaxResults: 100, ...(next ? { NextToken: next } : {}) });
+        expect((page.ChangedBlocks as Changed[]).length).toBeLessThanOrEqual(100);
+        alone.push(...(page.ChangedBlocks as Changed[]).map((b) => b.BlockIndex));
+        next = page.NextToken as string | undefined;
+      } while (next);
+      expect(alone).toEqual([...new Set([...parentData.keys(), ...childData.keys()])].sort((x, y) => x - y));
+      // StartingBlockIndex skips to the first change at or past it.
+      const fromMid = await d.listChangedBlocks({ FirstSnapshotId: parent, SecondSnapshotId: child, StartingBlockIndex: 601 });
+      expect((fromMid.ChangedBlocks as Changed[]).map((b) => b.BlockIndex)).toEqual([897, 2000]);
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('after DeleteSnapshot (the collector removes the manifest) the cached snapshot is ResourceNotFoundException, its tokens too', async () => {
+    now = T0;
+    const gc = new SnapshotGc(store, { graceMs: 0 });
+    const d = direct(store, { gc });
+    const unsubscribe = gc.onManifestDeleted((id) => d.forgetSnapshot(id));
+    try {
+      const snap = await snapshot(d, new Map([[5, randomBytes(BLOCK)]]));
+      const listed = (await d.listSnapshotBlocks({ SnapshotId: snap })).Blocks as Listed[];
+      expect((await d.snapshotSummary(snap))?.state).toBe('completed');
+      expect((await gc.deleteSnapshot(snap)).deleted).toBe(true);
+      await refused(d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: 5, BlockToken: listed[0]!.BlockToken }, root), 'ResourceNotFoundException', 'SNAPSHOT_NOT_FOUND');
+      await refused(d.listSnapshotBlocks({ SnapshotId: snap }), 'ResourceNotFoundException', 'SNAPSHOT_NOT_FOUND');
+      await refused(d.listChangedBlocks({ SecondSnapshotId: snap }), 'ResourceNotFoundException', 'SNAPSHOT_NOT_FOUND');
+      expect(await d.snapshotSummary(snap)).toBeUndefined();
+    } finally {
+      unsubscribe();
+      await d.close();
+    }
+  });
+
+  it('the cache holds at most its block budget (least recently used out); a store other daemons write is read again after a minute', async () => {
+    now = T0;
+    const { store: s, reads } = counted(store);
+    const d = direct(s, { manifestCacheBlocks: 64 + 3 + 64 + 3 }); // two 3-block manifests and their overhead
+    const { store: shared, reads: sharedReads } = counted(store, { shared: true });
+    const ds = direct(shared);
+    try {
+      const ids: string[] = [];
+      for (let k = 0; k < 3; k++) ids.push(await snapshot(d, new Map([[0, randomBytes(BLOCK)], [1, randomBytes(BLOCK)], [2, randomBytes(BLOCK)]])));
+      reads.clear();
+      for (const id of ids) await d.listSnapshotBlocks({ SnapshotId: id });
+      for (const id of ids.slice(1)) await d.listSnapshotBlocks({ SnapshotId: id }); // the two last are held
+      await d.listSnapshotBlocks({ SnapshotId: ids[0]! }); // the first was evicted: read again
+      expect(ids.map((id) => reads.get(id))).toEqual([2, 1, 1]);
+
+      await ds.listSnapshotBlocks({ SnapshotId: ids[0]! });
+      now += 59_000;
+      await ds.listSnapshotBlocks({ SnapshotId: ids[0]! });
+      expect(sharedReads.get(ids[0]!)).toBe(1);
+      now += 2_000;
+      await ds.listSnapshotBlocks({ SnapshotId: ids[0]! });
+      expect(sharedReads.get(ids[0]!)).toBe(2);
+    } finally {
+      await d.close();
+      await ds.close();
+    }
+  });
+});
