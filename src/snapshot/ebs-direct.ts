@@ -9,8 +9,8 @@ import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type Snaps
 import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { PendingMarkers } from './pending-markers.js';
-import { isSnapshotId } from './manifest-check.js';
-import { concurrentLimit, conflict, fromKmsError, internal, notFound, validation } from './ebs-direct-errors.js';
+import { MANIFEST_MAX_BYTES, isSnapshotId } from './manifest-check.js';
+import { concurrentLimit, conflict, fromKmsError, internal, notFound, quotaExceeded, validation } from './ebs-direct-errors.js';
 import { encryptedSnapshotHeader, plainSnapshotHeader } from './ebs-direct-header.js';
 import {
   BLOCKS_PER_GIB, DEFAULT_TIMEOUT_MIN,
@@ -51,6 +51,15 @@ export const MAX_PENDING_SNAPSHOTS = 100;
  * the ones forgotten.
  */
 const MAX_CLIENT_TOKENS = 1_000;
+/**
+ * Blocks one snapshot may hold (its parent's and those written), so that its
+ * manifest always fits the store's MANIFEST_MAX_BYTES: 79 bytes a block at
+ * worst (`[134217727,"<64 hex>"],`, BlockIndex below 65536 GiB x 2048), 1 MiB
+ * left for the rest (50 tags, description, wrapped key). 836,206 blocks
+ * (~408 GiB written); PutSnapshotBlock past it is ServiceQuotaExceededException
+ * (docs/architecture.md §15), never a CompleteSnapshot that fails at the end.
+ */
+export const MAX_SNAPSHOT_BLOCKS = Math.floor((MANIFEST_MAX_BYTES - 1024 * 1024) / 79);
 /** KMS default key for EBS, as CreateVolume uses it. */
 const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 /** Parent links followed looking for a common lineage (ListChangedBlocks). */
@@ -109,6 +118,8 @@ export interface EbsDirectOptions {
   schedule?: Scheduler;
   /** How long a data key unwrapped for a caller is kept (DEFAULT_SNAPSHOT_KEY_TTL_MS); 0 keeps none. */
   keyTtlMs?: number;
+  /** Blocks a snapshot may hold (MAX_SNAPSHOT_BLOCKS); tests set fewer. */
+  maxSnapshotBlocks?: number;
   /** Blocks of completed manifests kept in memory (MANIFEST_CACHE_BLOCKS); tests set fewer. */
   manifestCacheBlocks?: number;
 }
@@ -466,6 +477,15 @@ export class EbsDirect {
       throw validation('INVALID_PARAMETER_VALUE', `Checksum does not match BlockData (SHA256, base64) for block ${i.BlockIndex} of ${i.SnapshotId}; nothing was written`);
     }
     if (p.inflight.has(i.BlockIndex)) throw validation('CONFLICTING_BLOCK_UPDATE', `block ${i.BlockIndex} of ${i.SnapshotId} is being written by another request`);
+    if (!p.blocks.has(i.BlockIndex)) {
+      // A new index: counted with the new indexes still being put, so concurrent puts cannot pass the limit together.
+      const cap = this.o.maxSnapshotBlocks ?? MAX_SNAPSHOT_BLOCKS;
+      let adding = 1;
+      for (const x of p.inflight) if (!p.blocks.has(x)) adding++;
+      if (p.blocks.size + adding > cap) {
+        throw quotaExceeded(`${i.SnapshotId} holds ${p.blocks.size} block(s) (its parent's and those written); a snapshot holds at most ${cap}, so block ${i.BlockIndex} is not written (blocks already held may be written again)`);
+      }
+    }
     // Synchronously after _pending's check: CompleteSnapshot sees this put in flight and refuses until it ends.
     p.inflight.add(i.BlockIndex);
     let pin: BlockPin | undefined;

@@ -10,16 +10,20 @@ import { KmsCoreKeyService } from '../../src/volume/key-service.js';
 import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
-import { EbsDirect } from '../../src/snapshot/ebs-direct.js';
+import { EbsDirect, MAX_SNAPSHOT_BLOCKS } from '../../src/snapshot/ebs-direct.js';
 import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotStore } from '../../src/snapshot/types.js';
+import { MANIFEST_MAX_BYTES } from '../../src/snapshot/manifest-check.js';
+import type { EbsDirectError } from '../../src/snapshot/ebs-direct-errors.js';
 
 /**
- * The EBS direct read APIs over cached completed manifests
- * (src/snapshot/ebs-direct-manifests.ts): paging and lookups answer as the
- * manifest says, a deleted snapshot is not found, and the manifest is read
- * from the store once, not per call. Real KMS core, real directory store; the
- * store's getManifest is counted through a proxy of the real object.
+ * The EBS direct APIs' bounds in memory, size and time: the read APIs over
+ * cached completed manifests (src/snapshot/ebs-direct-manifests.ts: paging and
+ * lookups answer as the manifest says, a deleted snapshot is not found, the
+ * manifest is read from the store once, not per call), the block count a
+ * snapshot may reach, and StartSnapshot's Timeout on a timer. Real KMS core,
+ * real directory store; the store's getManifest is counted through a proxy of
+ * the real object.
  */
 const ACCOUNT = '111122223333';
 const REGION = 'us-east-1';
@@ -52,11 +56,12 @@ function counted(s: SnapshotStore, o: { shared?: boolean } = {}): { store: Snaps
   return { store: proxy, reads };
 }
 
-const direct = (s: SnapshotStore, o: { gc?: SnapshotGc; manifestCacheBlocks?: number } = {}): EbsDirect =>
+const direct = (s: SnapshotStore, o: { gc?: SnapshotGc; manifestCacheBlocks?: number; maxSnapshotBlocks?: number } = {}): EbsDirect =>
   new EbsDirect({
     store: s, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now,
     ...(o.gc ? { pin: (h: Iterable<string>) => o.gc!.pin(h) } : {}),
     ...(o.manifestCacheBlocks !== undefined ? { manifestCacheBlocks: o.manifestCacheBlocks } : {}),
+    ...(o.maxSnapshotBlocks !== undefined ? { maxSnapshotBlocks: o.maxSnapshotBlocks } : {}),
   });
 const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBlock({
   SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
@@ -222,6 +227,37 @@ describe('EbsDirect: cached completed manifests', () => {
     } finally {
       await d.close();
       await ds.close();
+    }
+  });
+});
+
+describe('EbsDirect: blocks per snapshot', () => {
+  it('MAX_SNAPSHOT_BLOCKS leaves a manifest of that many blocks at the widest indexes within the store\'s limit', () => {
+    const widest = `[${65536 * 2048 - 1},"${'f'.repeat(64)}"],`;
+    expect(widest.length * MAX_SNAPSHOT_BLOCKS + 1024 * 1024).toBeLessThanOrEqual(MANIFEST_MAX_BYTES);
+  });
+
+  it('a put of a new index past the limit (parent blocks + written, in flight included) is ServiceQuotaExceededException 402; rewrites still go, and it completes', async () => {
+    now = T0;
+    const d = direct(store, { maxSnapshotBlocks: 4 });
+    try {
+      const parent = await snapshot(d, new Map([[0, randomBytes(BLOCK)], [1, randomBytes(BLOCK)]]));
+      const child = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent }), root)).SnapshotId as string;
+      await d.putSnapshotBlock(putReq(child, 0, randomBytes(BLOCK)), root); // held already: 2
+      await d.putSnapshotBlock(putReq(child, 5, randomBytes(BLOCK)), root); // 3
+      // Two new indexes at once for the one place left: one is refused.
+      const two = await Promise.allSettled([d.putSnapshotBlock(putReq(child, 6, randomBytes(BLOCK)), root), d.putSnapshotBlock(putReq(child, 7, randomBytes(BLOCK)), root)]);
+      expect(two.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected']);
+      const e = (two.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason as EbsDirectError;
+      expect([e.awsName, e.httpStatus, e.reason]).toEqual(['ServiceQuotaExceededException', 402, 'DEPENDENCY_SERVICE_QUOTA_EXCEEDED']);
+      expect(e.message).toMatch(/at most 4/);
+      await refused(d.putSnapshotBlock(putReq(child, 9, randomBytes(BLOCK)), root), 'ServiceQuotaExceededException');
+      const last = randomBytes(BLOCK);
+      await d.putSnapshotBlock(putReq(child, 5, last), root); // a rewrite
+      expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 3 })).toEqual({ Status: 'completed' });
+      expect((await store.getManifest(child))?.blocks.length).toBe(4);
+    } finally {
+      await d.close();
     }
   });
 });
