@@ -5,6 +5,7 @@ import type { KeyService } from '../volume/key-service.js';
 import { VOLUME_KEY_BYTES, SECTOR_SIZE } from '../volume/luks2-json.js';
 import { wipe } from '../util/wipe.js';
 import { silentLogger, type Logger } from '../util/logger.js';
+import { MAX_TIMER_MS } from '../util/clock.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
 import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
@@ -77,6 +78,9 @@ const SHARED_MANIFEST_MAX_AGE_MS = 60_000;
  */
 export const PENDING_MANIFEST_EVERY_MS = 5 * 60_000;
 
+/** The Timeout sweep is not run again sooner than this after a sweep that left an overdue snapshot (a put or CompleteSnapshot in flight on it). */
+const SWEEP_RETRY_MS = 1_000;
+
 /** A scheduled call, cancellable. */
 export interface ScheduledCall {
   cancel(): void;
@@ -116,6 +120,8 @@ export interface EbsDirectOptions {
   pin?: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
   /** Timer of the pending manifest's save; tests inject one driven by their clock. */
   schedule?: Scheduler;
+  /** Timer of the StartSnapshot Timeout's sweep (at the earliest deadline); tests inject one driven by their clock. */
+  sweepSchedule?: Scheduler;
   /** How long a data key unwrapped for a caller is kept (DEFAULT_SNAPSHOT_KEY_TTL_MS); 0 keeps none. */
   keyTtlMs?: number;
   /** Blocks a snapshot may hold (MAX_SNAPSHOT_BLOCKS); tests set fewer. */
@@ -171,6 +177,10 @@ export class EbsDirect {
   /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
   private starting = 0;
   private readonly schedule: Scheduler;
+  private readonly sweepSchedule: Scheduler;
+  /** The sweep armed for the earliest Timeout deadline (`at`, ms since the epoch), while any snapshot is pending. */
+  private sweepTimer: { at: number; call: ScheduledCall } | undefined;
+  private closed = false;
   private readonly tokens: TokenSigner;
   private readonly now: () => number;
   private readonly viaService: string;
@@ -184,6 +194,7 @@ export class EbsDirect {
     this.now = o.now ?? Date.now;
     this.viaService = `ec2.${o.region}.amazonaws.com`;
     this.schedule = o.schedule ?? unrefTimer;
+    this.sweepSchedule = o.sweepSchedule ?? unrefTimer;
     this.dataKeys = new SnapshotKeyCache({ xts: o.xts, ...(o.keyTtlMs !== undefined ? { ttlMs: o.keyTtlMs } : {}) });
     this.manifests = new CompletedManifests({
       load: (id) => o.store.getManifest(id), now: this.now,
@@ -244,6 +255,9 @@ export class EbsDirect {
    * may be closed after).
    */
   async close(): Promise<void> {
+    this.closed = true;
+    this.sweepTimer?.call.cancel();
+    this.sweepTimer = undefined;
     for (const p of this.pending.values()) this._cancelSave(p);
     this.tokens.destroy();
     this.dataKeys.close();
@@ -457,6 +471,7 @@ export class EbsDirect {
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
       dirty: false, saving: Promise.resolve(), completing: false,
     });
+    this._armSweep();
     const response = {
       SnapshotId: snapshotId, OwnerId: this.o.accountId, Status: 'pending', StartTime: manifest.startTime,
       VolumeSize: i.VolumeSize, BlockSize: SNAPSHOT_BLOCK_BYTES, Description: manifest.description, Tags: manifest.tags,
@@ -557,6 +572,7 @@ export class EbsDirect {
     } catch (e) {
       p.completing = false;
       if (p.dirty) this._scheduleSave(p);
+      this._armSweep(); // its Timeout counts again
       throw e;
     }
     this.pending.delete(i.SnapshotId);
@@ -722,6 +738,33 @@ export class EbsDirect {
     if (p) throw validation('INVALID_SNAPSHOT_ID', `${id} is being completed (CompleteSnapshot in progress): it takes no more blocks and is not completed twice`);
     const m = await this._manifest(id);
     throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; blocks can be written only to a snapshot begun with StartSnapshot and still pending`);
+  }
+
+  /**
+   * A timer for the earliest Timeout deadline, so an abandoned upload becomes
+   * `error` (and lets go of its blocks) without waiting for another EBS call.
+   * Armed at StartSnapshot and again after each sweep it runs; a put moves a
+   * deadline later only, so the armed timer may fire early and re-arms.
+   */
+  private _armSweep(): void {
+    if (this.closed) return;
+    let earliest = Infinity;
+    for (const p of this.pending.values()) if (!p.completing && p.deadline < earliest) earliest = p.deadline;
+    if (earliest === Infinity || (this.sweepTimer && this.sweepTimer.at <= earliest)) return;
+    this.sweepTimer?.call.cancel();
+    const armed: { at: number; call: ScheduledCall } = {
+      at: earliest,
+      call: this.sweepSchedule(async () => {
+        if (this.sweepTimer === armed) this.sweepTimer = undefined;
+        try {
+          await this._sweep();
+        } catch (e) {
+          this.o.log?.warn({ err: (e as Error).message }, 'StartSnapshot Timeout sweep failed; retried at the next deadline');
+        }
+        this._armSweep();
+      }, Math.min(MAX_TIMER_MS, Math.max(SWEEP_RETRY_MS, earliest - this.now()))),
+    };
+    this.sweepTimer = armed;
   }
 
   /** Pending snapshots past their Timeout become `error` (StartSnapshot, Timeout). */

@@ -10,7 +10,7 @@ import { KmsCoreKeyService } from '../../src/volume/key-service.js';
 import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
-import { EbsDirect, MAX_SNAPSHOT_BLOCKS } from '../../src/snapshot/ebs-direct.js';
+import { EbsDirect, MAX_SNAPSHOT_BLOCKS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
 import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotStore } from '../../src/snapshot/types.js';
 import { MANIFEST_MAX_BYTES } from '../../src/snapshot/manifest-check.js';
@@ -56,13 +56,34 @@ function counted(s: SnapshotStore, o: { shared?: boolean } = {}): { store: Snaps
   return { store: proxy, reads };
 }
 
-const direct = (s: SnapshotStore, o: { gc?: SnapshotGc; manifestCacheBlocks?: number; maxSnapshotBlocks?: number } = {}): EbsDirect =>
+const direct = (s: SnapshotStore, o: { gc?: SnapshotGc; manifestCacheBlocks?: number; maxSnapshotBlocks?: number; sweepSchedule?: Scheduler } = {}): EbsDirect =>
   new EbsDirect({
     store: s, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now,
     ...(o.gc ? { pin: (h: Iterable<string>) => o.gc!.pin(h) } : {}),
     ...(o.manifestCacheBlocks !== undefined ? { manifestCacheBlocks: o.manifestCacheBlocks } : {}),
     ...(o.maxSnapshotBlocks !== undefined ? { maxSnapshotBlocks: o.maxSnapshotBlocks } : {}),
+    ...(o.sweepSchedule ? { sweepSchedule: o.sweepSchedule } : {}),
   });
+
+/** Timers the test fires: each scheduled call kept with its delay until fired or cancelled. */
+function testTimers(): { schedule: Scheduler; live: () => { fn: () => Promise<void>; ms: number }[]; fire: () => Promise<void> } {
+  const calls: { fn: () => Promise<void>; ms: number; done: boolean }[] = [];
+  const live = () => calls.filter((c) => !c.done);
+  return {
+    schedule: (fn, ms) => {
+      const c = { fn, ms, done: false };
+      calls.push(c);
+      return { cancel: () => { c.done = true; } };
+    },
+    live,
+    fire: async () => {
+      for (const c of live()) {
+        c.done = true;
+        await c.fn();
+      }
+    },
+  };
+}
 const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBlock({
   SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
 });
@@ -259,5 +280,38 @@ describe('EbsDirect: blocks per snapshot', () => {
     } finally {
       await d.close();
     }
+  });
+});
+
+describe('EbsDirect: StartSnapshot Timeout on a timer', () => {
+  it('an abandoned snapshot becomes error at its deadline with no other EBS call; a put moves the timer on; close stops it', async () => {
+    now = T0;
+    const timers = testTimers();
+    const d = direct(store, { sweepSchedule: timers.schedule });
+    try {
+      const idle = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 10 }), root)).SnapshotId as string;
+      const busy = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 10 }), root)).SnapshotId as string;
+      // One timer, at the earliest deadline.
+      expect(timers.live().map((c) => c.ms)).toEqual([10 * 60_000]);
+      now = T0 + 5 * 60_000;
+      await d.putSnapshotBlock(putReq(busy, 0, randomBytes(BLOCK)), root); // busy's deadline: T0 + 15 min
+      now = T0 + 10 * 60_000;
+      await timers.fire();
+      expect((await store.getManifest(idle))?.state).toBe('error');
+      expect(d.pendingManifest(idle)).toBeUndefined();
+      expect(d.pendingManifest(busy)).toBeDefined();
+      // Re-armed for busy's deadline.
+      expect(timers.live().map((c) => c.ms)).toEqual([5 * 60_000]);
+      now = T0 + 15 * 60_000;
+      await timers.fire();
+      expect((await store.getManifest(busy))).toMatchObject({ state: 'error', stateMessage: expect.stringMatching(/Timeout/) });
+      expect(timers.live()).toHaveLength(0); // nothing pending: no timer
+
+      await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 10 }), root);
+      expect(timers.live()).toHaveLength(1);
+    } finally {
+      await d.close();
+    }
+    expect(timers.live()).toHaveLength(0);
   });
 });
