@@ -161,8 +161,16 @@ export class EbsApi {
     for (const id of snaps) {
       if (op === 'StartSnapshot') continue;
       const ctx = this._common();
-      // A snapshot that does not exist is judged on its id alone: refused callers learn nothing of it.
-      for (const t of (await this.o.manifest(id).catch(() => undefined))?.tags ?? []) ctx.set(`aws:ResourceTag/${t.Key}`, t.Value);
+      // A snapshot that does not exist is judged on its id alone: refused callers learn nothing of it. Tags that
+      // cannot be read fail the call (fail closed): a policy that denies by tag must not be judged without them.
+      let summary: SnapshotSummary | undefined;
+      try {
+        summary = await this.o.manifest(id);
+      } catch (e) {
+        this.o.log.error({ err: e, op, snapshotId: id }, 'EBS direct API: the snapshot\'s tags could not be read for authorization');
+        throw internal(`${op}: the tags of ${id} could not be read for authorization: ${(e as Error)?.message ?? String(e)}`, e);
+      }
+      for (const t of summary?.tags ?? []) ctx.set(`aws:ResourceTag/${t.Key}`, t.Value);
       targets.push({ action, resource: this.snapshotArn(id), ctx });
     }
     for (const t of targets) {

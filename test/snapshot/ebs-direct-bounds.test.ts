@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +15,8 @@ import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/eb
 import type { SnapshotStore } from '../../src/snapshot/types.js';
 import { MANIFEST_MAX_BYTES } from '../../src/snapshot/manifest-check.js';
 import type { EbsDirectError } from '../../src/snapshot/ebs-direct-errors.js';
+import { EbsApi } from '../../src/daemon/ebs-api.js';
+import { silentLogger } from '../../src/util/logger.js';
 
 /**
  * The EBS direct APIs' bounds in memory, size and time: the read APIs over
@@ -33,6 +35,7 @@ const T0 = Date.parse('2026-11-30T09:00:00Z');
 let dir = '';
 let kms: KmsService;
 let root: Caller;
+let authz: Awaited<ReturnType<typeof openAuthz>>;
 let store: DirSnapshotStore;
 let now = T0;
 const xts = selectXtsEngine('auto');
@@ -106,7 +109,7 @@ async function snapshot(d: EbsDirect, blocks: Map<number, Buffer>, parent?: stri
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ebsd-ebs-cache-'));
-  const authz = await openAuthz({ stateDir: dir, kmsDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION });
+  authz = await openAuthz({ stateDir: dir, kmsDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION });
   kms = await KmsService.open({ stateDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
   registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
   root = authz.identities.callerForUid(0);
@@ -313,5 +316,23 @@ describe('EbsDirect: StartSnapshot Timeout on a timer', () => {
       await d.close();
     }
     expect(timers.live()).toHaveLength(0);
+  });
+});
+
+describe('EbsApi: the snapshot\'s tags for authorization', () => {
+  it('tags that cannot be read fail the call (InternalServerException), never authorize it without them; a missing snapshot is judged on its id', async () => {
+    now = T0;
+    const d = direct(store);
+    const api = new EbsApi({ direct: d, evaluator: authz.authorizer.evaluator, accountId: ACCOUNT, region: REGION, audit: kms.audit, manifest: (id) => d.snapshotSummary(id), log: silentLogger });
+    try {
+      const bad = 'snap-0badbadbadbadbad0';
+      writeFileSync(join(dir, 'snapshots', 'manifests', `${bad}.json`), '{"formatVersion":1,');
+      const e = (await api.call('ListSnapshotBlocks', { SnapshotId: bad }, root, { requestId: 'r1' }).then(() => undefined, (x: unknown) => x)) as EbsDirectError;
+      expect(e.awsName, e.message).toBe('InternalServerException');
+      expect(e.message).toMatch(/tags of snap-0badbadbadbadbad0 could not be read for authorization/);
+      await refused(api.call('ListSnapshotBlocks', { SnapshotId: 'snap-0000000000000000a' }, root, { requestId: 'r2' }), 'ResourceNotFoundException');
+    } finally {
+      await api.close();
+    }
   });
 });
