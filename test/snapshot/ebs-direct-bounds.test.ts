@@ -255,6 +255,34 @@ describe('EbsDirect: cached completed manifests', () => {
   });
 });
 
+describe('EbsDirect: lineage of unencrypted snapshots (ListChangedBlocks)', () => {
+  it('siblings of one parent and cousins are of one lineage; snapshots with no common ancestor are UNRELATED_SNAPSHOTS', async () => {
+    now = T0;
+    const { store: s, reads } = counted(store);
+    const d = direct(s);
+    try {
+      const base = randomBytes(BLOCK);
+      const parent = await snapshot(d, new Map([[0, base]]));
+      const a = await snapshot(d, new Map([[1, randomBytes(BLOCK)]]), parent);
+      const b = await snapshot(d, new Map([[2, randomBytes(BLOCK)]]), parent);
+      const aChild = await snapshot(d, new Map([[3, randomBytes(BLOCK)]]), a);
+      const other = await snapshot(d, new Map([[0, base]]));
+      const changed = async (x: string, y: string) => ((await d.listChangedBlocks({ FirstSnapshotId: x, SecondSnapshotId: y })).ChangedBlocks as Changed[]).map((c) => c.BlockIndex);
+      expect(await changed(a, b)).toEqual([1, 2]);
+      expect(await changed(aChild, b)).toEqual([1, 2, 3]);
+      expect(await changed(parent, aChild)).toEqual([1, 3]);
+      await refused(d.listChangedBlocks({ FirstSnapshotId: other, SecondSnapshotId: a }), 'ValidationException', 'UNRELATED_SNAPSHOTS');
+      // The answer and the parent links are kept: asking again reads no manifest.
+      reads.clear();
+      expect(await changed(a, b)).toEqual([1, 2]);
+      await refused(d.listChangedBlocks({ FirstSnapshotId: other, SecondSnapshotId: a }), 'ValidationException', 'UNRELATED_SNAPSHOTS');
+      expect(reads.size).toBe(0);
+    } finally {
+      await d.close();
+    }
+  });
+});
+
 describe('EbsDirect: blocks per snapshot', () => {
   it('MAX_SNAPSHOT_BLOCKS leaves a manifest of that many blocks at the widest indexes within the store\'s limit', () => {
     const widest = `[${65536 * 2048 - 1},"${'f'.repeat(64)}"],`;
