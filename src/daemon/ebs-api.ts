@@ -15,7 +15,7 @@ import {
   type CompleteSnapshotInput, type GetSnapshotBlockInput, type ListChangedBlocksInput, type ListSnapshotBlocksInput, type PutSnapshotBlockInput,
   type StartSnapshotInput,
 } from '../snapshot/ebs-direct-input.js';
-import type { SnapshotManifest, SnapshotStore } from '../snapshot/types.js';
+import type { SnapshotStore, SnapshotSummary } from '../snapshot/types.js';
 import { deniedEvent, refusalKey } from './audit-events.js';
 
 /**
@@ -52,8 +52,8 @@ export interface EbsApiOptions {
   region: string;
   /** The daemon's hash-chained audit log. */
   audit: { append(ev: Record<string, unknown>): Promise<void>; appendRefusal(key: string, ev: () => Record<string, unknown>): Promise<void> };
-  /** A snapshot's manifest, for its tags in the authorization context (undefined when absent). */
-  manifest: (snapshotId: string) => Promise<SnapshotManifest | undefined>;
+  /** A snapshot's manifest (without blocks), for its tags in the authorization context (undefined when absent). */
+  manifest: (snapshotId: string) => Promise<SnapshotSummary | undefined>;
   log: Logger;
   /** Per-snapshot request rates of GetSnapshotBlock / PutSnapshotBlock (EBS's quotas by default). */
   throttle?: SnapshotThrottle;
@@ -161,8 +161,16 @@ export class EbsApi {
     for (const id of snaps) {
       if (op === 'StartSnapshot') continue;
       const ctx = this._common();
-      // A snapshot that does not exist is judged on its id alone: refused callers learn nothing of it.
-      for (const t of (await this.o.manifest(id).catch(() => undefined))?.tags ?? []) ctx.set(`aws:ResourceTag/${t.Key}`, t.Value);
+      // A snapshot that does not exist is judged on its id alone: refused callers learn nothing of it. Tags that
+      // cannot be read fail the call (fail closed): a policy that denies by tag must not be judged without them.
+      let summary: SnapshotSummary | undefined;
+      try {
+        summary = await this.o.manifest(id);
+      } catch (e) {
+        this.o.log.error({ err: e, op, snapshotId: id }, 'EBS direct API: the snapshot\'s tags could not be read for authorization');
+        throw internal(`${op}: the tags of ${id} could not be read for authorization: ${(e as Error)?.message ?? String(e)}`, e);
+      }
+      for (const t of summary?.tags ?? []) ctx.set(`aws:ResourceTag/${t.Key}`, t.Value);
       targets.push({ action, resource: this.snapshotArn(id), ctx });
     }
     for (const t of targets) {
@@ -233,10 +241,18 @@ export async function openEbsApi(o: {
     store, pendingDir: o.pendingDir, keys: o.keys, xts: o.xts, accountId: o.accountId, region: o.region, log: o.log, ...(gc ? { pin: (h: Iterable<string>) => gc.pin(h) } : {}),
     ...(tuning.keyTtlMs !== undefined ? { keyTtlMs: tuning.keyTtlMs } : {}),
   });
-  const marked = await direct.recover();
+  // A deleted snapshot's cached manifest goes with it (ebs-direct-manifests.ts).
+  const unsubscribe = gc?.onManifestDeleted((id) => direct.forgetSnapshot(id));
+  let marked: string[];
+  try {
+    marked = await direct.recover();
+  } catch (e) {
+    unsubscribe?.();
+    throw e;
+  }
   if (marked.length) o.log.warn({ snapshots: marked }, 'snapshots begun with StartSnapshot and never completed before the restart are now error');
   return new EbsApi({
-    direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: async (id) => direct.pendingManifest(id) ?? store.getManifest(id), log: o.log,
+    direct, evaluator: o.evaluator, accountId: o.accountId, region: o.region, audit: o.audit, manifest: (id) => direct.snapshotSummary(id), log: o.log,
     ...(tuning.perSnapshotRate !== undefined ? { throttle: new SnapshotThrottle(tuning.perSnapshotRate) } : {}),
   });
 }

@@ -36,6 +36,23 @@ export interface RestRequest { method?: string; url?: string; headers: Record<st
 /** Where an answer is written (node's ServerResponse, or the listener's collector). */
 export interface RestResponse { writeHead(status: number, headers: Record<string, string | number>): unknown; end(body?: Buffer | string): unknown }
 
+/** The operation a method and target (path and query) name, undefined for no EBS direct API route; the body not read. */
+export function ebsRestOperation(method: string, target: string): string | undefined {
+  const path = new URL(target, 'http://localhost').pathname;
+  return ROUTES.find((r) => r.method === method && r.path.test(path))?.op;
+}
+
+/**
+ * Accepting `x-amz-content-sha256: UNSIGNED-PAYLOAD` for a request: only
+ * PutSnapshotBlock, as the SDKs send it, and then the headers that bind the
+ * unsigned block (its SHA-256, algorithm and length, and the progress when
+ * sent) must be signed (docs/architecture.md §15). Undefined: refused.
+ */
+export function ebsUnsignedPayload(method: string, target: string): { mustSign: readonly string[]; mustSignWhenPresent: readonly string[] } | undefined {
+  if (ebsRestOperation(method, target) !== 'PutSnapshotBlock') return undefined;
+  return { mustSign: ['x-amz-checksum', 'x-amz-checksum-algorithm', 'x-amz-data-length'], mustSignWhenPresent: ['x-amz-progress'] };
+}
+
 /** The operation and its members; undefined when the path is no EBS direct API route. */
 export function ebsRestRequest(req: RestRequest, body: Buffer): { op: string; members: Record<string, unknown> } | undefined {
   const url = new URL(req.url ?? '/', 'http://localhost');

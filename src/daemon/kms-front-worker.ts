@@ -80,7 +80,6 @@ const transport = new HttpTransport({
   port: init.port,
   ...(init.tls ? { tls: init.tls } : {}),
   limits: init.limits,
-  holdBodyUntilAnswered: true,
   onRequest,
   onRefusals: (rows) => { refusals = (refusals ?? []).concat(rows); schedule(); },
   onConnectionClosed: (c) => {

@@ -29,7 +29,7 @@ import { StsError, type StsService } from '../kms/sts/sts-service.js';
 import type { AssumeRoleParams } from '../kms/sts/assume-role-context.js';
 import { decodeKmsRequest, encodeResponse, toWireError, wipeRequestSecrets } from './aws-json.js';
 import { refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent } from './audit-events.js';
-import { ebsRestRequest, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
+import { ebsRestRequest, ebsUnsignedPayload, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
 import { ConnectionThrottledError, type RefusalSummary } from './connection-guard.js';
 import {
   DEFAULT_LIMITS, HttpTransport, rawHeader, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse,
@@ -95,7 +95,7 @@ export class KmsListener {
     const v = (service: string) => new SigV4Verifier<Caller>({ region: o.region, services: [service], credentials: o.sts.credentials, now: this.now });
     this.kmsVerifier = v('kms');
     this.stsVerifier = v('sts');
-    this.ebsVerifier = new SigV4Verifier<Caller>({ region: o.region, services: ['ebs'], credentials: o.sts.credentials, now: this.now, unsignedPayload: true });
+    this.ebsVerifier = new SigV4Verifier<Caller>({ region: o.region, services: ['ebs'], credentials: o.sts.credentials, now: this.now, unsignedPayload: ebsUnsignedPayload });
   }
 
   /** Wipe the cached signing keys: an access key was deactivated or deleted (its status is checked on every request anyway). */

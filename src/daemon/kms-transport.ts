@@ -88,13 +88,14 @@ export interface TransportOptions {
   limits: ListenerLimits;
   /** Connections refused by the limits, summed per (address, reason). */
   onRefusals: (rows: RefusalSummary[]) => void;
-  onRequest: (r: TransportRequest) => void;
   /**
-   * Keep a body's reservation in the guard's body budget until the answer is
-   * written, not only until the body is read: the front-end worker sets it, so
-   * the budget also bounds the requests queued for the main thread.
+   * A body's reservation in the guard's body budget is kept until its answer
+   * is written, not only until the body is read, on the main thread as in the
+   * front-end worker: the budget bounds the requests being handled (512 KiB
+   * PutSnapshotBlock bodies awaiting the store, requests queued for the main
+   * thread), not only those being read.
    */
-  holdBodyUntilAnswered?: boolean;
+  onRequest: (r: TransportRequest) => void;
   /** A connection that carried at least one request closed. */
   onConnectionClosed?: (c: WireConnection) => void;
 }
@@ -226,7 +227,7 @@ export class HttpTransport {
     }
     readBody(req, this.guard, conn.sourceIp).then(
       (b) => {
-        if (this.o.holdBodyUntilAnswered && !answered) reserved = b.reserved; else this.guard.releaseBody(conn.sourceIp, b.reserved);
+        if (!answered) reserved = b.reserved; else this.guard.releaseBody(conn.sourceIp, b.reserved);
         hand(b.body);
       },
       (e: WireBodyError & { drained?: boolean }) => {

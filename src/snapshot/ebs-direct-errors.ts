@@ -14,6 +14,8 @@ export type ValidationReason =
 export type NotFoundReason = 'SNAPSHOT_NOT_FOUND' | 'GRANT_NOT_FOUND' | 'DEPENDENCY_RESOURCE_NOT_FOUND' | 'IMAGE_NOT_FOUND';
 export type AccessDeniedReason = 'UNAUTHORIZED_ACCOUNT' | 'DEPENDENCY_ACCESS_DENIED';
 export type ThrottledReason = 'ACCOUNT_THROTTLED' | 'DEPENDENCY_REQUEST_THROTTLED' | 'RESOURCE_LEVEL_THROTTLE';
+/** ServiceQuotaExceededExceptionReason has this one value. */
+export type QuotaReason = 'DEPENDENCY_SERVICE_QUOTA_EXCEEDED';
 
 export type EbsDirectErrorCode =
   | 'EBS_VALIDATION'
@@ -59,6 +61,13 @@ export const concurrentLimit = (message: string): EbsDirectError =>
 /** A per-snapshot or per-account request rate was exceeded (src/snapshot/ebs-direct-throttle.ts): HTTP 400, as EBS answers it. */
 export const throttled = (reason: ThrottledReason, message: string): EbsDirectError =>
   new EbsDirectError('EBS_THROTTLED', 'RequestThrottledException', 400, message, reason);
+
+/**
+ * A limit of this service was reached (a snapshot's block count): HTTP 402, as the
+ * EBS model gives ServiceQuotaExceededException, a client fault the SDKs do not retry.
+ */
+export const quotaExceeded = (message: string): EbsDirectError =>
+  new EbsDirectError('EBS_QUOTA', 'ServiceQuotaExceededException', 402, message, 'DEPENDENCY_SERVICE_QUOTA_EXCEEDED' satisfies QuotaReason);
 
 export const internal = (message: string, cause?: unknown): EbsDirectError =>
   new EbsDirectError('EBS_INTERNAL', 'InternalServerException', 500, message, undefined, cause);

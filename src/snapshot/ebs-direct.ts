@@ -5,12 +5,13 @@ import type { KeyService } from '../volume/key-service.js';
 import { VOLUME_KEY_BYTES, SECTOR_SIZE } from '../volume/luks2-json.js';
 import { wipe } from '../util/wipe.js';
 import { silentLogger, type Logger } from '../util/logger.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
+import { MAX_TIMER_MS } from '../util/clock.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
 import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { PendingMarkers } from './pending-markers.js';
-import { isSnapshotId } from './manifest-check.js';
-import { concurrentLimit, conflict, fromKmsError, internal, notFound, validation } from './ebs-direct-errors.js';
+import { MANIFEST_MAX_BYTES, isSnapshotId } from './manifest-check.js';
+import { concurrentLimit, conflict, fromKmsError, internal, notFound, quotaExceeded, validation } from './ebs-direct-errors.js';
 import { encryptedSnapshotHeader, plainSnapshotHeader } from './ebs-direct-header.js';
 import {
   BLOCKS_PER_GIB, DEFAULT_TIMEOUT_MIN,
@@ -19,6 +20,7 @@ import {
 } from './ebs-direct-input.js';
 import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS, TokenSigner } from './ebs-direct-tokens.js';
 import { SnapshotKeyCache } from './ebs-direct-key-cache.js';
+import { CompletedManifests, type BlockList } from './ebs-direct-manifests.js';
 
 /**
  * The EBS direct APIs over a SnapshotStore (docs/architecture.md, "EBS direct APIs"):
@@ -50,10 +52,21 @@ export const MAX_PENDING_SNAPSHOTS = 100;
  * the ones forgotten.
  */
 const MAX_CLIENT_TOKENS = 1_000;
+/**
+ * Blocks one snapshot may hold (its parent's and those written), so that its
+ * manifest always fits the store's MANIFEST_MAX_BYTES: 79 bytes a block at
+ * worst (`[134217727,"<64 hex>"],`, BlockIndex below 65536 GiB x 2048), 1 MiB
+ * left for the rest (50 tags, description, wrapped key). 836,206 blocks
+ * (~408 GiB written); PutSnapshotBlock past it is ServiceQuotaExceededException
+ * (docs/architecture.md §15), never a CompleteSnapshot that fails at the end.
+ */
+export const MAX_SNAPSHOT_BLOCKS = Math.floor((MANIFEST_MAX_BYTES - 1024 * 1024) / 79);
 /** KMS default key for EBS, as CreateVolume uses it. */
 const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 /** Parent links followed looking for a common lineage (ListChangedBlocks). */
 const MAX_CHAIN = 10_000;
+/** With a store other daemons write (S3), a cached completed manifest is read again this long after (a delete elsewhere shows within it). */
+const SHARED_MANIFEST_MAX_AGE_MS = 60_000;
 /**
  * A pending snapshot's manifest is rewritten with the blocks written so far
  * at most this long after the first block it does not name yet was put (a
@@ -64,6 +77,9 @@ const MAX_CHAIN = 10_000;
  * to its 72-hour Timeout keeps its blocks.
  */
 export const PENDING_MANIFEST_EVERY_MS = 5 * 60_000;
+
+/** The Timeout sweep is not run again sooner than this after a sweep that left an overdue snapshot (a put or CompleteSnapshot in flight on it). */
+const SWEEP_RETRY_MS = 1_000;
 
 /** A scheduled call, cancellable. */
 export interface ScheduledCall {
@@ -104,8 +120,20 @@ export interface EbsDirectOptions {
   pin?: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
   /** Timer of the pending manifest's save; tests inject one driven by their clock. */
   schedule?: Scheduler;
+  /** Timer of the StartSnapshot Timeout's sweep (at the earliest deadline); tests inject one driven by their clock. */
+  sweepSchedule?: Scheduler;
   /** How long a data key unwrapped for a caller is kept (DEFAULT_SNAPSHOT_KEY_TTL_MS); 0 keeps none. */
   keyTtlMs?: number;
+  /** Blocks a snapshot may hold (MAX_SNAPSHOT_BLOCKS); tests set fewer. */
+  maxSnapshotBlocks?: number;
+  /** Blocks of completed manifests kept in memory (MANIFEST_CACHE_BLOCKS); tests set fewer. */
+  manifestCacheBlocks?: number;
+}
+
+/** A completed snapshot as the read APIs serve it (ebs-direct-manifests.ts). */
+interface Completed {
+  summary: SnapshotSummary;
+  blocks: BlockList;
 }
 
 /** A snapshot between StartSnapshot and CompleteSnapshot: held here, its manifest in the store says `pending`. */
@@ -149,18 +177,30 @@ export class EbsDirect {
   /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
   private starting = 0;
   private readonly schedule: Scheduler;
+  private readonly sweepSchedule: Scheduler;
+  /** The sweep armed for the earliest Timeout deadline (`at`, ms since the epoch), while any snapshot is pending. */
+  private sweepTimer: { at: number; call: ScheduledCall } | undefined;
+  private closed = false;
   private readonly tokens: TokenSigner;
   private readonly now: () => number;
   private readonly viaService: string;
   /** Data keys unwrapped for GetSnapshotBlock / PutSnapshotBlock, per caller and snapshot. */
   private readonly dataKeys: SnapshotKeyCache;
+  /** Completed manifests, parsed once and indexed (ebs-direct-manifests.ts). */
+  private readonly manifests: CompletedManifests;
 
   constructor(private readonly o: EbsDirectOptions) {
     this.tokens = new TokenSigner(o.tokenKey);
     this.now = o.now ?? Date.now;
     this.viaService = `ec2.${o.region}.amazonaws.com`;
     this.schedule = o.schedule ?? unrefTimer;
+    this.sweepSchedule = o.sweepSchedule ?? unrefTimer;
     this.dataKeys = new SnapshotKeyCache({ xts: o.xts, ...(o.keyTtlMs !== undefined ? { ttlMs: o.keyTtlMs } : {}) });
+    this.manifests = new CompletedManifests({
+      load: (id) => o.store.getManifest(id), now: this.now,
+      maxAgeMs: o.store.singleWriter ? Infinity : SHARED_MANIFEST_MAX_AGE_MS,
+      ...(o.manifestCacheBlocks !== undefined ? { maxBlocks: o.manifestCacheBlocks } : {}),
+    });
   }
 
   /**
@@ -191,12 +231,33 @@ export class EbsDirect {
   }
 
   /**
+   * A snapshot's manifest without its blocks, for the authorization's tag
+   * read: this daemon's pending one, else the cached or stored one;
+   * undefined when there is none (or the id is not one of ebsd's). A store
+   * failure throws.
+   */
+  async snapshotSummary(id: string): Promise<SnapshotSummary | undefined> {
+    const p = this.pending.get(id);
+    if (p) return p.manifest;
+    if (!isSnapshotId(id)) return undefined;
+    return (await this.manifests.get(id))?.summary;
+  }
+
+  /** The snapshot was deleted (DeleteSnapshot): its cached manifest goes, so the read APIs answer ResourceNotFoundException. */
+  forgetSnapshot(id: string): void {
+    this.manifests.forget(id);
+  }
+
+  /**
    * Wipe the token key and the cached data keys, cancel the scheduled
    * manifest saves; pending snapshots are left for recover() to mark.
    * Resolves once the markers' background retries have stopped (the store
    * may be closed after).
    */
   async close(): Promise<void> {
+    this.closed = true;
+    this.sweepTimer?.call.cancel();
+    this.sweepTimer = undefined;
     for (const p of this.pending.values()) this._cancelSave(p);
     this.tokens.destroy();
     this.dataKeys.close();
@@ -206,66 +267,84 @@ export class EbsDirect {
   // ---- reading -------------------------------------------------------------
 
   async listSnapshotBlocks(i: ListSnapshotBlocksInput): Promise<Record<string, unknown>> {
-    const m = await this._completed(i.SnapshotId);
+    const { summary: m, blocks } = await this._completed(i.SnapshotId);
     const scope = `ListSnapshotBlocks\0${m.snapshotId}`;
     const start = this._start(i, scope);
     const now = this.now();
     const expires = now + BLOCK_TOKEN_TTL_MS;
     const max = i.MaxResults ?? 10_000;
-    const from = lowerBound(m.blocks, start);
-    const page = m.blocks.slice(from, from + max);
-    const more = from + page.length < m.blocks.length;
+    const from = blocks.lowerBound(start);
+    const end = Math.min(from + max, blocks.length);
+    const page: { BlockIndex: number; BlockToken: string }[] = [];
+    for (let at = from; at < end; at++) {
+      const BlockIndex = blocks.indexAt(at);
+      page.push({ BlockIndex, BlockToken: this.tokens.block(m.snapshotId, BlockIndex, blocks.hashAt(at), expires) });
+    }
     return {
-      Blocks: page.map(([BlockIndex, hash]) => ({ BlockIndex, BlockToken: this.tokens.block(m.snapshotId, BlockIndex, hash, expires) })),
+      Blocks: page,
       ExpiryTime: new Date(expires).toISOString(),
       VolumeSize: m.volumeSize,
       BlockSize: SNAPSHOT_BLOCK_BYTES,
-      ...(more ? { NextToken: this.tokens.page(scope, m.blocks[from + page.length]![0], now + PAGE_TOKEN_TTL_MS) } : {}),
+      ...(end < blocks.length ? { NextToken: this.tokens.page(scope, blocks.indexAt(end), now + PAGE_TOKEN_TTL_MS) } : {}),
     };
   }
 
   /**
    * Blocks that differ between two snapshots of one lineage (same data key,
-   * or one reached from the other through ParentSnapshotId): an index whose
-   * stored block differs, or is present in only one. Without FirstSnapshotId,
-   * every block of the second.
+   * or a common ancestor through ParentSnapshotId): an index whose stored
+   * block differs, or is present in only one. Without FirstSnapshotId, every
+   * block of the second. A page walks both sorted block lists from the
+   * starting index until it has MaxResults changes and one more.
    */
   async listChangedBlocks(i: ListChangedBlocksInput): Promise<Record<string, unknown>> {
     const second = await this._completed(i.SecondSnapshotId);
     const first = i.FirstSnapshotId !== undefined ? await this._completed(i.FirstSnapshotId) : undefined;
-    if (first && !(await this._sameLineage(first, second))) {
-      throw validation('UNRELATED_SNAPSHOTS', `${first.snapshotId} and ${second.snapshotId} are not of one lineage (different data keys, volumes and parent chains)`);
+    if (first && !(await this._sameLineage(first.summary, second.summary))) {
+      throw validation('UNRELATED_SNAPSHOTS', `${first.summary.snapshotId} and ${second.summary.snapshotId} are not of one lineage (different data keys, volumes and parent chains)`);
     }
-    const scope = `ListChangedBlocks\0${first?.snapshotId ?? ''}\0${second.snapshotId}`;
+    const firstId = first?.summary.snapshotId ?? '';
+    const secondId = second.summary.snapshotId;
+    const scope = `ListChangedBlocks\0${firstId}\0${secondId}`;
     const start = this._start(i, scope);
     const now = this.now();
     const expires = now + BLOCK_TOKEN_TTL_MS;
     const max = i.MaxResults ?? 10_000;
-    const a = new Map(first?.blocks ?? []);
-    const b = new Map(second.blocks);
-    const indexes = [...new Set([...a.keys(), ...b.keys()])].filter((x) => x >= start && a.get(x) !== b.get(x)).sort((x, y) => x - y);
-    const page = indexes.slice(0, max);
+    const a = first?.blocks;
+    const b = second.blocks;
+    let ia = a ? a.lowerBound(start) : 0;
+    let ib = b.lowerBound(start);
+    const changed: Record<string, unknown>[] = [];
+    let next: number | undefined;
+    while ((a !== undefined && ia < a.length) || ib < b.length) {
+      const xa = a !== undefined && ia < a.length ? a.indexAt(ia) : Infinity;
+      const xb = ib < b.length ? b.indexAt(ib) : Infinity;
+      const x = Math.min(xa, xb);
+      const pa = xa === x ? ia++ : -1;
+      const pb = xb === x ? ib++ : -1;
+      if (pa >= 0 && pb >= 0 && a!.sameHash(pa, b, pb)) continue;
+      if (changed.length === max) {
+        next = x;
+        break;
+      }
+      changed.push({
+        BlockIndex: x,
+        ...(pa >= 0 ? { FirstBlockToken: this.tokens.block(firstId, x, a!.hashAt(pa), expires) } : {}),
+        ...(pb >= 0 ? { SecondBlockToken: this.tokens.block(secondId, x, b.hashAt(pb), expires) } : {}),
+      });
+    }
     return {
-      ChangedBlocks: page.map((BlockIndex) => {
-        const ha = a.get(BlockIndex);
-        const hb = b.get(BlockIndex);
-        return {
-          BlockIndex,
-          ...(ha !== undefined ? { FirstBlockToken: this.tokens.block(first!.snapshotId, BlockIndex, ha, expires) } : {}),
-          ...(hb !== undefined ? { SecondBlockToken: this.tokens.block(second.snapshotId, BlockIndex, hb, expires) } : {}),
-        };
-      }),
+      ChangedBlocks: changed,
       ExpiryTime: new Date(expires).toISOString(),
-      VolumeSize: second.volumeSize,
+      VolumeSize: second.summary.volumeSize,
       BlockSize: SNAPSHOT_BLOCK_BYTES,
-      ...(indexes.length > max ? { NextToken: this.tokens.page(scope, indexes[max]!, now + PAGE_TOKEN_TTL_MS) } : {}),
+      ...(next !== undefined ? { NextToken: this.tokens.page(scope, next, now + PAGE_TOKEN_TTL_MS) } : {}),
     };
   }
 
   /** The block's plaintext with its SHA-256; the token must be this daemon's, unexpired, for this snapshot, index and content. */
   async getSnapshotBlock(i: GetSnapshotBlockInput, caller: Caller): Promise<Record<string, unknown>> {
-    const m = await this._completed(i.SnapshotId);
-    const hash = findBlock(m.blocks, i.BlockIndex);
+    const { summary: m, blocks } = await this._completed(i.SnapshotId);
+    const hash = blocks.find(i.BlockIndex);
     if (hash === undefined || !this.tokens.verifyBlock(i.BlockToken, m.snapshotId, i.BlockIndex, hash, this.now())) {
       throw validation('INVALID_BLOCK_TOKEN', `BlockToken is not a valid, unexpired token for block ${i.BlockIndex} of ${m.snapshotId}: list the snapshot's blocks again`);
     }
@@ -328,11 +407,11 @@ export class EbsDirect {
     let parentPin: BlockPin | undefined;
     let parent: SnapshotManifest | undefined;
     if (i.ParentSnapshotId !== undefined) {
-      const first = await this._completed(i.ParentSnapshotId);
+      const first = await this._completedInStore(i.ParentSnapshotId);
       if (this.o.pin) {
         parentPin = await this.o.pin(first.blocks.map(([, h]) => h));
         try {
-          parent = await this._completed(i.ParentSnapshotId);
+          parent = await this._completedInStore(i.ParentSnapshotId);
         } catch (e) {
           parentPin.release();
           throw e;
@@ -392,6 +471,7 @@ export class EbsDirect {
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
       dirty: false, saving: Promise.resolve(), completing: false,
     });
+    this._armSweep();
     const response = {
       SnapshotId: snapshotId, OwnerId: this.o.accountId, Status: 'pending', StartTime: manifest.startTime,
       VolumeSize: i.VolumeSize, BlockSize: SNAPSHOT_BLOCK_BYTES, Description: manifest.description, Tags: manifest.tags,
@@ -412,6 +492,15 @@ export class EbsDirect {
       throw validation('INVALID_PARAMETER_VALUE', `Checksum does not match BlockData (SHA256, base64) for block ${i.BlockIndex} of ${i.SnapshotId}; nothing was written`);
     }
     if (p.inflight.has(i.BlockIndex)) throw validation('CONFLICTING_BLOCK_UPDATE', `block ${i.BlockIndex} of ${i.SnapshotId} is being written by another request`);
+    if (!p.blocks.has(i.BlockIndex)) {
+      // A new index: counted with the new indexes still being put, so concurrent puts cannot pass the limit together.
+      const cap = this.o.maxSnapshotBlocks ?? MAX_SNAPSHOT_BLOCKS;
+      let adding = 1;
+      for (const x of p.inflight) if (!p.blocks.has(x)) adding++;
+      if (p.blocks.size + adding > cap) {
+        throw quotaExceeded(`${i.SnapshotId} holds ${p.blocks.size} block(s) (its parent's and those written); a snapshot holds at most ${cap}, so block ${i.BlockIndex} is not written (blocks already held may be written again)`);
+      }
+    }
     // Synchronously after _pending's check: CompleteSnapshot sees this put in flight and refuses until it ends.
     p.inflight.add(i.BlockIndex);
     let pin: BlockPin | undefined;
@@ -483,6 +572,7 @@ export class EbsDirect {
     } catch (e) {
       p.completing = false;
       if (p.dirty) this._scheduleSave(p);
+      this._armSweep(); // its Timeout counts again
       throw e;
     }
     this.pending.delete(i.SnapshotId);
@@ -585,7 +675,7 @@ export class EbsDirect {
     }
   }
 
-  private async _unwrap(m: SnapshotManifest, via: Caller, op: string): Promise<Uint8Array> {
+  private async _unwrap(m: SnapshotSummary, via: Caller, op: string): Promise<Uint8Array> {
     const w = m.wrappedKey;
     if (!w) throw internal(`${op}: the encrypted snapshot ${m.snapshotId} has no wrapped data key`);
     let key: Uint8Array;
@@ -607,7 +697,7 @@ export class EbsDirect {
    * (ebs-direct-key-cache.ts): every call is still authorized for `ebs:*`
    * by the transport; KMS is asked again after the TTL.
    */
-  private async _withKey(m: SnapshotManifest, caller: Caller, op: string, fn: (x: XtsContext) => Promise<void> | void): Promise<void> {
+  private async _withKey(m: SnapshotSummary, caller: Caller, op: string, fn: (x: XtsContext) => Promise<void> | void): Promise<void> {
     const w = m.wrappedKey;
     // Everything a key policy or grant may judge the caller on is in the id: another principal, access key, uid, address or
     // transport (aws:SecureTransport) unwraps for itself.
@@ -623,8 +713,18 @@ export class EbsDirect {
     return m;
   }
 
-  /** A snapshot the read APIs may serve: "accessed only if it has a completed status" (EBS direct APIs FAQ). */
-  private async _completed(id: string): Promise<SnapshotManifest> {
+  /** A snapshot the read APIs may serve: "accessed only if it has a completed status" (EBS direct APIs FAQ); from the manifest cache. */
+  private async _completed(id: string): Promise<Completed> {
+    await this._sweep();
+    if (!isSnapshotId(id)) throw notFound(id);
+    const s = await this.manifests.get(id);
+    if (!s) throw notFound(id);
+    if (!s.blocks) throw validation('INVALID_SNAPSHOT_ID', `${id} is ${s.summary.state}; only a completed snapshot can be read`);
+    return { summary: s.summary, blocks: s.blocks };
+  }
+
+  /** A completed snapshot's whole manifest read from the store, not the cache (StartSnapshot's parent, read again after its pin). */
+  private async _completedInStore(id: string): Promise<SnapshotManifest> {
     await this._sweep();
     const m = await this._manifest(id);
     if (m.state !== 'completed') throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}; only a completed snapshot can be read`);
@@ -638,6 +738,33 @@ export class EbsDirect {
     if (p) throw validation('INVALID_SNAPSHOT_ID', `${id} is being completed (CompleteSnapshot in progress): it takes no more blocks and is not completed twice`);
     const m = await this._manifest(id);
     throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; blocks can be written only to a snapshot begun with StartSnapshot and still pending`);
+  }
+
+  /**
+   * A timer for the earliest Timeout deadline, so an abandoned upload becomes
+   * `error` (and lets go of its blocks) without waiting for another EBS call.
+   * Armed at StartSnapshot and again after each sweep it runs; a put moves a
+   * deadline later only, so the armed timer may fire early and re-arms.
+   */
+  private _armSweep(): void {
+    if (this.closed) return;
+    let earliest = Infinity;
+    for (const p of this.pending.values()) if (!p.completing && p.deadline < earliest) earliest = p.deadline;
+    if (earliest === Infinity || (this.sweepTimer && this.sweepTimer.at <= earliest)) return;
+    this.sweepTimer?.call.cancel();
+    const armed: { at: number; call: ScheduledCall } = {
+      at: earliest,
+      call: this.sweepSchedule(async () => {
+        if (this.sweepTimer === armed) this.sweepTimer = undefined;
+        try {
+          await this._sweep();
+        } catch (e) {
+          this.o.log?.warn({ err: (e as Error).message }, 'StartSnapshot Timeout sweep failed; retried at the next deadline');
+        }
+        this._armSweep();
+      }, Math.min(MAX_TIMER_MS, Math.max(SWEEP_RETRY_MS, earliest - this.now()))),
+    };
+    this.sweepTimer = armed;
   }
 
   /** Pending snapshots past their Timeout become `error` (StartSnapshot, Timeout). */
@@ -669,43 +796,34 @@ export class EbsDirect {
     return next;
   }
 
-  /** Same data key (encrypted), or for unencrypted snapshots the same volume or one reachable from the other by parent links. */
-  private async _sameLineage(a: SnapshotManifest, b: SnapshotManifest): Promise<boolean> {
+  /**
+   * Same data key (encrypted), or for unencrypted snapshots the same volume
+   * or a common ancestor within MAX_CHAIN parent links (one the other's
+   * ancestor, or siblings of one parent): "snapshots of the same
+   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). Parent
+   * links and answers are kept (ebs-direct-manifests.ts): a completed
+   * snapshot's parent never changes.
+   */
+  private async _sameLineage(a: SnapshotSummary, b: SnapshotSummary): Promise<boolean> {
     if (a.encrypted !== b.encrypted) return false;
     if (a.encrypted) return a.dataEncryptionKeyId !== undefined && a.dataEncryptionKeyId === b.dataEncryptionKeyId;
     if (a.volumeId !== '' && a.volumeId === b.volumeId) return true;
-    const chain = async (from: SnapshotManifest): Promise<Set<string>> => {
-      const seen = new Set([from.snapshotId]);
-      let m: SnapshotManifest | undefined = from;
-      while (m?.parentSnapshotId && !seen.has(m.parentSnapshotId) && seen.size < MAX_CHAIN) {
-        seen.add(m.parentSnapshotId);
-        m = await this.o.store.getManifest(m.parentSnapshotId);
+    return this.manifests.related(a.snapshotId, b.snapshotId, async () => {
+      // A parent named but since deleted still joins its children: the chain goes through its id and stops there.
+      const ancestors = new Set<string>();
+      for (let id: string | undefined = a.snapshotId; id && !ancestors.has(id) && ancestors.size < MAX_CHAIN; id = await this.manifests.parentOf(id)) ancestors.add(id);
+      const seen = new Set<string>();
+      for (let id: string | undefined = b.snapshotId; id && !seen.has(id) && seen.size < MAX_CHAIN; id = await this.manifests.parentOf(id)) {
+        if (ancestors.has(id)) return true;
+        seen.add(id);
       }
-      return seen;
-    };
-    return (await chain(a)).has(b.snapshotId) || (await chain(b)).has(a.snapshotId);
+      return false;
+    });
   }
 }
 
 function sha256(b: Uint8Array): Buffer {
   return createHash('sha256').update(b).digest();
-}
-
-/** First position in `blocks` (ascending by index) whose index is >= `index`. */
-function lowerBound(blocks: readonly [number, BlockHash][], index: number): number {
-  let lo = 0;
-  let hi = blocks.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (blocks[mid]![0] < index) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
-function findBlock(blocks: readonly [number, BlockHash][], index: number): BlockHash | undefined {
-  const at = lowerBound(blocks, index);
-  return blocks[at]?.[0] === index ? blocks[at]![1] : undefined;
 }
 
 /** Decrypt a block in place; an all-zero ciphertext sector is a hole and reads as zeros (docs/format.md). */

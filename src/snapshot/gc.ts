@@ -109,6 +109,8 @@ export class SnapshotGc {
   private readonly deleting = new Map<BlockHash, Promise<void>>();
   /** One collection at a time on this daemon. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Told each snapshot whose manifest deleteSnapshot removed (onManifestDeleted). */
+  private readonly deletedListeners = new Set<(snapshotId: string) => void>();
 
   constructor(private readonly store: CollectableStore, opts: SnapshotGcOptions = {}) {
     this.graceMs = opts.graceMs ?? DEFAULT_GC_GRACE_MS;
@@ -139,6 +141,16 @@ export class SnapshotGc {
     };
   }
 
+  /**
+   * `fn` is called with each snapshot id whose manifest deleteSnapshot
+   * removes, right after the removal and before its blocks are freed (the
+   * EBS direct APIs drop their cached copy of it). Returns the unsubscribe.
+   */
+  onManifestDeleted(fn: (snapshotId: string) => void): () => void {
+    this.deletedListeners.add(fn);
+    return () => this.deletedListeners.delete(fn);
+  }
+
   isPinned(hash: BlockHash): boolean {
     return this.pins.has(hash);
   }
@@ -153,6 +165,7 @@ export class SnapshotGc {
       const m = await this.store.getManifest(snapshotId);
       if (!m) return { deleted: false, result: { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 } };
       await this.store.deleteManifest(snapshotId);
+      for (const fn of this.deletedListeners) fn(snapshotId);
       faultPoint('gc.after-manifest-delete');
       const now = this.now();
       // Ages are asked only for the blocks nothing else holds: one request each on S3.

@@ -22,7 +22,8 @@ describe('EBS direct APIs over SigV4 REST (real daemon, --kms-listen)', () => {
   let base = '';
   let creds = { accessKeyId: '', secretAccessKey: '' };
 
-  const call = async (method: string, path: string, o: { query?: Record<string, string>; headers?: Record<string, string>; body?: Buffer | string; unsigned?: boolean; service?: string } = {}) => {
+  /** Signs `body` and `headers`; sends `sentBody` (default `body`) and `extra` headers added after signing. */
+  const call = async (method: string, path: string, o: { query?: Record<string, string>; headers?: Record<string, string>; body?: Buffer | string; unsigned?: boolean; service?: string; sentBody?: Buffer | string; extra?: Record<string, string> } = {}) => {
     const url = new URL(base);
     const body = o.body ?? '';
     const headers: Record<string, string> = { host: url.host, ...(o.headers ?? {}), ...(o.unsigned ? { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } : {}) };
@@ -30,7 +31,7 @@ describe('EBS direct APIs over SigV4 REST (real daemon, --kms-listen)', () => {
       method, protocol: 'http:', hostname: url.hostname, port: Number(url.port), path, query: o.query ?? {}, headers, body,
     });
     const qs = new URLSearchParams(o.query ?? {}).toString();
-    const res = await fetch(`${base}${path}${qs ? `?${qs}` : ''}`, { method, headers: signed.headers as Record<string, string>, ...(method === 'GET' ? {} : { body }) });
+    const res = await fetch(`${base}${path}${qs ? `?${qs}` : ''}`, { method, headers: { ...(signed.headers as Record<string, string>), ...(o.extra ?? {}) }, ...(method === 'GET' ? {} : { body: o.sentBody ?? body }) });
     return { status: res.status, headers: res.headers, body: Buffer.from(await res.arrayBuffer()) };
   };
   const json = (r: { body: Buffer }): Record<string, any> => JSON.parse(r.body.toString('utf8'));
@@ -103,5 +104,37 @@ describe('EBS direct APIs over SigV4 REST (real daemon, --kms-listen)', () => {
     expect((await call('GET', `/snapshots/${snap}/nothing`)).headers.get('x-amzn-errortype')).toBe('UnknownOperationException');
     // Audited as EBS calls by bob.
     expect(env.auditText()).toMatch(/"userName":"bob".*"eventSource":"ebs.amazonaws.com","eventName":"GetSnapshotBlock"/);
+  }, 120_000);
+
+  it('UNSIGNED-PAYLOAD is accepted for PutSnapshotBlock only, and then with its checksum, algorithm and length signed', async () => {
+    // A StartSnapshot signed over one body and sent with another: the body is hashed, so it does not match.
+    const swapped = await call('POST', '/snapshots', { headers: { 'content-type': 'application/json' }, body: '{"VolumeSize":1}', sentBody: '{"VolumeSize":7,"Description":"not signed"}', unsigned: true });
+    expect(swapped.status).toBe(400);
+    expect(swapped.body.toString()).toMatch(/x-amz-content-sha256/);
+    // The same, signed with its own body hash, goes (UNSIGNED-PAYLOAD was the only wrong thing).
+    const start = await call('POST', '/snapshots', { headers: { 'content-type': 'application/json' }, body: '{"VolumeSize":1}' });
+    expect(start.status, start.body.toString()).toBe(201);
+    const snap = json(start).SnapshotId as string;
+    // CompleteSnapshot and ListSnapshotBlocks with UNSIGNED-PAYLOAD: refused as well.
+    const complete = await call('POST', `/snapshots/completion/${snap}`, { headers: { 'x-amz-changedblockscount': '0', 'content-type': 'application/json' }, unsigned: true });
+    expect(complete.status).toBe(400);
+    expect(complete.body.toString()).toMatch(/x-amz-content-sha256/);
+
+    const data = randomBytes(BLOCK);
+    const all = { 'x-amz-data-length': String(BLOCK), 'x-amz-checksum': sha(data), 'x-amz-checksum-algorithm': 'SHA256' };
+    for (const h of Object.keys(all) as (keyof typeof all)[]) {
+      // One of the three added after signing: not among SignedHeaders.
+      const { [h]: late, ...signedOnes } = all;
+      const put = await call('PUT', `/snapshots/${snap}/blocks/0`, { headers: signedOnes, body: data, unsigned: true, extra: { [h]: late } });
+      expect(put.status, h).toBe(400);
+      expect(put.headers.get('x-amzn-errortype')).toMatch(/IncompleteSignature/);
+      expect(put.body.toString()).toContain(`'${h}' must be a 'SignedHeader'`);
+    }
+    // x-amz-progress, when sent, too.
+    const progress = await call('PUT', `/snapshots/${snap}/blocks/0`, { headers: all, body: data, unsigned: true, extra: { 'x-amz-progress': '50' } });
+    expect(progress.body.toString()).toContain("'x-amz-progress' must be a 'SignedHeader'");
+    // All signed: written.
+    const put = await call('PUT', `/snapshots/${snap}/blocks/0`, { headers: { ...all, 'x-amz-progress': '50' }, body: data, unsigned: true });
+    expect(put.status, put.body.toString()).toBe(201);
   }, 120_000);
 });

@@ -34,12 +34,14 @@ export interface VerifierOptions<P> {
   credentials: CredentialSource<P>;
   now?: () => number;
   /**
-   * Accept `x-amz-content-sha256: UNSIGNED-PAYLOAD` (the literal then stands for the
-   * payload hash, SigV4 "Signature Calculations for the Authorization Header"): the
-   * EBS direct APIs leave PutSnapshotBlock's block unsigned and protect it with the
-   * signed x-amz-Checksum header instead. Off for KMS and STS.
+   * Whether `x-amz-content-sha256: UNSIGNED-PAYLOAD` is accepted for this request (the
+   * literal then stands for the payload hash, SigV4 "Signature Calculations for the
+   * Authorization Header"), and the headers that must then be signed: the EBS direct
+   * APIs leave PutSnapshotBlock's block unsigned and bind it by the signed
+   * x-amz-Checksum instead. Undefined (the default, and for KMS and STS): the payload
+   * is hashed and a claimed UNSIGNED-PAYLOAD does not match it.
    */
-  unsignedPayload?: boolean;
+  unsignedPayload?: (method: string, target: string) => { mustSign: readonly string[]; mustSignWhenPresent?: readonly string[] } | undefined;
 }
 
 export interface Verified<P> {
@@ -115,7 +117,15 @@ export class SigV4Verifier<P> {
     const cred = this.opts.credentials(p.accessKeyId, token, now);
 
     const claimed = headers.get('x-amz-content-sha256');
-    const payloadHash = claimed === 'UNSIGNED-PAYLOAD' && this.opts.unsignedPayload === true ? claimed : sha256Hex(req.body);
+    const unsigned = claimed === 'UNSIGNED-PAYLOAD' ? this.opts.unsignedPayload?.(req.method, req.target) : undefined;
+    if (unsigned) {
+      // The body is not signed: what binds it must be.
+      const missing = [...unsigned.mustSign, ...(unsigned.mustSignWhenPresent ?? []).filter((h) => headers.has(h))].find((h) => !p.signedHeaders.includes(h));
+      if (missing !== undefined) {
+        throw new SigV4Error('IncompleteSignature', `'${missing}' must be a 'SignedHeader' in the AWS Authorization when x-amz-content-sha256 is UNSIGNED-PAYLOAD.`, p.accessKeyId);
+      }
+    }
+    const payloadHash = unsigned ? 'UNSIGNED-PAYLOAD' : sha256Hex(req.body);
     if (claimed !== undefined && claimed !== payloadHash) {
       throw new SigV4Error('InvalidSignature', "The provided 'x-amz-content-sha256' header does not match what was computed.", p.accessKeyId);
     }
