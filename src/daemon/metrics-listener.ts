@@ -10,7 +10,7 @@ import type { Registry } from 'prom-client';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { isLoopback } from '../util/loopback.js';
-import { ConnectionGuard, ConnectionThrottledError, refuseSocket } from './connection-guard.js';
+import { ConnectionGuard, ConnectionThrottledError, refuseSocket, type Admission } from './connection-guard.js';
 
 /**
  * Limits of the metrics listener. Prometheus holds one keep-alive connection
@@ -32,9 +32,13 @@ export const METRICS_LIMITS = Object.freeze({
   minCollectGapMs: 100,
 });
 
+/** An admitted connection: its source, the requests it has being answered, its slot. Map order is age. */
+interface OpenConnection { source: string; busy: number; admission: Admission }
+
 export class MetricsListener {
   private server: Server | undefined;
   private guard: ConnectionGuard | undefined;
+  private readonly open = new Map<Socket, OpenConnection>();
   /** The collect that scrapes arriving now will share, not started yet; the one running (see `collect`). */
   private queued: Promise<string> | undefined;
   private running: Promise<string> | undefined;
@@ -48,10 +52,15 @@ export class MetricsListener {
    * The listener has no access control (README "Running in production"), so
    * whoever can connect must not be able to take the daemon's file descriptors
    * or its main thread: connections are counted per source address and in all
-   * (ConnectionGuard, as the KMS listener counts them; refused ones get a 503
-   * and are closed), node drops anything past a hard ceiling at accept, idle
+   * (ConnectionGuard, as the KMS listener counts them), node drops anything
+   * past a hard ceiling at accept, idle
    * and slow connections are closed by the header, request and keep-alive
-   * timeouts, and scrapes share collects (`collect`).
+   * timeouts, and scrapes share collects (`collect`). A connection over a
+   * limit takes the place of the oldest connection with no request being
+   * answered (of its source, for the per-source limit; of any, for the total),
+   * which is closed: answering takes milliseconds, so holding connections open
+   * (keep-alive, or headers sent slowly) cannot keep a scraper out. Only when
+   * every connection is being answered is the new one refused (503, closed).
    */
   async listen(spec: string, log: Logger): Promise<{ host: string; port: number }> {
     const { host, port } = parseListen(spec);
@@ -70,6 +79,11 @@ export class MetricsListener {
       connectionsCheckingInterval: 1_000,
     }, (req, res) => {
       req.resume(); // a GET has no body; anything sent is dropped
+      const c = this.open.get(req.socket);
+      if (c) {
+        c.busy++;
+        res.once('close', () => c.busy--);
+      }
       if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
         res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
         return;
@@ -86,14 +100,30 @@ export class MetricsListener {
     // A connection that sends nothing at all (not even a request line) is closed after this much silence.
     server.timeout = l.headersTimeoutMs;
     server.on('connection', (s: Socket) => {
-      const admitted = guard.admit((s.remoteAddress ?? 'unknown').replace(/^::ffff:/, ''));
+      const source = (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
+      let admitted = guard.admit(source);
+      if (admitted instanceof ConnectionThrottledError && this.evictIdle(admitted.reason === 'per-caller-limit' ? source : undefined)) {
+        admitted = guard.admit(source);
+      }
       if (admitted instanceof ConnectionThrottledError) {
         refuseSocket(s, admitted);
         return;
       }
-      s.on('close', () => admitted.release());
+      const admission = admitted;
+      this.open.set(s, { source, busy: 0, admission });
+      s.on('close', () => {
+        this.open.delete(s);
+        admission.release();
+      });
     });
-    server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
+    // What node found wrong, said: 431 for headers over the limit, 408 for a request not sent in time, 400 otherwise.
+    server.on('clientError', (e: NodeJS.ErrnoException, s: Socket) => {
+      if (!s.writable) { s.destroy(); return; }
+      const [status, text] = e.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large']
+        : e.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
+      const body = `${text}: ${status === 431 ? `headers over ${l.maxHeaderBytes} bytes` : status === 408 ? `the request was not sent within ${l.requestTimeoutMs / 1000} s` : 'not an HTTP request this listener reads (GET /metrics)'}\n`;
+      s.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e) => reject(new EbsdError('METRICS_LISTEN', `--metrics-listen ${spec}: ${(e as Error).message}`)));
       server.listen(port, host, () => resolve());
@@ -106,6 +136,21 @@ export class MetricsListener {
       log.warn({ metricsListen: spec, host, port: bound }, '--metrics-listen is not a loopback address: anyone who can reach it reads every attached volume\'s id, I/O and key-cache state; bind it to 127.0.0.1 or firewall the port');
     }
     return { host, port: bound };
+  }
+
+  /**
+   * Close the oldest admitted connection with no request being answered, of
+   * `source` when given; its slot is free when this returns true.
+   */
+  private evictIdle(source?: string): boolean {
+    for (const [s, c] of this.open) {
+      if (c.busy > 0 || (source !== undefined && c.source !== source)) continue;
+      this.open.delete(s);
+      c.admission.release();
+      s.destroy();
+      return true;
+    }
+    return false;
   }
 
   /**

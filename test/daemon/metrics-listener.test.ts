@@ -1,7 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { Gauge } from 'prom-client';
 import { DaemonMetrics } from '../../src/daemon/metrics.js';
+import { METRICS_LIMITS } from '../../src/daemon/metrics-listener.js';
 import { createLogger, silentLogger } from '../../src/util/logger.js';
 
 /**
@@ -58,5 +60,29 @@ describe('metrics listener off loopback', () => {
     const wide = (await startLog('0.0.0.0:0')).map((l) => JSON.parse(l) as { level: number; msg: string; metricsListen?: string });
     expect(wide).toEqual([expect.objectContaining({ level: 40, metricsListen: '0.0.0.0:0', msg: expect.stringContaining('--metrics-listen is not a loopback address') })]);
     expect(await startLog('127.0.0.1:0')).toEqual([]);
+  });
+});
+
+describe('metrics listener: what a malformed request is told', () => {
+  let m: DaemonMetrics | undefined;
+  afterEach(async () => { await m?.close(); m = undefined; });
+
+  const raw = (port: number, text: string): Promise<string> => new Promise((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port }, () => s.end(text));
+    let got = '';
+    s.on('data', (d) => (got += d.toString('latin1')));
+    s.on('close', () => resolve(got));
+    s.on('error', reject);
+  });
+
+  it('headers over the limit are 431 and a non-HTTP line 400, each saying why', async () => {
+    m = new DaemonMetrics();
+    const { port } = await m.listen('127.0.0.1:0', silentLogger);
+    const big = await raw(port, `GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: ${'a'.repeat(9000)}\r\n\r\n`);
+    expect(big).toMatch(/^HTTP\/1\.1 431 Request Header Fields Too Large\r\n/);
+    expect(big).toContain(`headers over ${METRICS_LIMITS.maxHeaderBytes} bytes`);
+    const junk = await raw(port, 'HELLO\r\n\r\n');
+    expect(junk).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(junk).toContain('GET /metrics');
   });
 });
