@@ -294,12 +294,21 @@ export class AwsKeyService implements KeyService {
   }
 }
 
-/** Network errors: the KMS or STS endpoint did not answer (as opposed to refusing or lacking credentials). */
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENETDOWN', 'EAI_AGAIN', 'EPIPE', 'ECONNABORTED']);
+/**
+ * Network errors: the KMS or STS endpoint did not answer (as opposed to refusing or lacking credentials).
+ * Name resolution counts: a service-discovery name answers NXDOMAIN while its KMS is unhealthy
+ * (getaddrinfo EAI_NONAME/EAI_NODATA, which Node reports as ENOTFOUND), or the resolver fails
+ * (EAI_AGAIN, EAI_FAIL). A mistyped host name waits too, its error shown in `ebsd status`.
+ * Other EAI_* codes (bad flags, family, service) are this process's own mistakes: waiting would not change them.
+ */
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENETDOWN', 'EPIPE', 'ECONNABORTED',
+  'ENOTFOUND', 'EAI_NONAME', 'EAI_NODATA', 'EAI_AGAIN', 'EAI_FAIL',
+]);
 
 /**
  * True when `e` (or what it wraps) says the endpoint could not be reached:
- * a socket error or a timeout. Missing credentials and refusals are not:
+ * its name did not resolve, a socket error, or a timeout. Missing credentials and refusals are not:
  * waiting would not change them.
  */
 export function isUnreachable(e: unknown): boolean {

@@ -6,6 +6,7 @@
  * and once the KMS daemon is started the host resolves its principal and
  * re-attaches the volume through its stored grant: the data reads back.
  * The SDK's "node >= 22" notice appears nowhere in the daemon's output.
+ * A KMS host name that does not resolve (ENOTFOUND) is waited for the same way.
  */
 import { openSync, readSync, writeSync, closeSync, constants } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
@@ -208,5 +209,38 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     const log = await host.untilLog(/volume recorded attached is served again/);
     expect(log.match(/KMS did not answer the re-attach of volumes recorded attached/g)).toHaveLength(1);
     expect(log.match(/volume recorded attached is served again/g)).toHaveLength(1);
+  });
+});
+
+describe('a host daemon whose KMS host name does not resolve', () => {
+  const host = new Env('nxkms-host');
+  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
+  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
+
+  beforeAll(() => ensureBuilt(), 60_000);
+
+  afterAll(async () => {
+    await host.cleanup();
+    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+  });
+
+  it('comes up and waits (getaddrinfo ENOTFOUND is unreachable, as ECONNREFUSED is), and refuses volume operations with ServiceUnavailable', async () => {
+    // .invalid never resolves (RFC 6761 §6.4), and a 64-octet label cannot be put in a DNS query
+    // (RFC 1035 §2.3.4): glibc's getaddrinfo fails it as EAI_NONAME (Node: ENOTFOUND) without asking
+    // any resolver, so no query leaves the machine, whatever /etc/resolv.conf says.
+    const url = `https://${'a'.repeat(64)}.invalid`;
+    // Never sent: no connection is made. STS at the same name, as a fleet host's profile would say.
+    useHostCredentials({ AccessKeyId: 'AKIAIOSFODNN7EXAMPLE', SecretAccessKey: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' }, { AWS_ENDPOINT_URL: url });
+    await host.start(['--kms-endpoint', url]);
+    const st = await status();
+    expect(st.Daemon.Kms).toMatchObject({ Endpoint: url, State: 'unreachable', Waiting: { Attempts: expect.any(Number), LastError: expect.stringContaining('ENOTFOUND') } });
+    const refused = await host.cli(['volume', 'create', '--size', '16MiB', '--kms-key', 'alias/aws/ebs']);
+    expect(refused.code, refused.stderr).toBe(10);
+    expect(refused.stderr).toContain('ServiceUnavailable');
+    // A status call tries again at once: still waiting, still the same reason, still one warning.
+    await until('a second try', async () => ((await status()).Daemon.Kms.Waiting.Attempts >= 2 ? true : undefined), 30_000);
+    expect((await status()).Daemon.Kms.Waiting.LastError).toContain('ENOTFOUND');
+    expect(host.daemonLog().match(/KMS unreachable at start/g)).toHaveLength(1);
+    expect(await host.stop()).toBe(0);
   });
 });
