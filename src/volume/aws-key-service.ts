@@ -29,7 +29,7 @@ export interface AwsKeyServiceOptions {
   requestTimeoutMs?: number;
   /** The SDK's standard retry mode: exponential backoff with full jitter, this many attempts per call. */
   maxAttempts?: number;
-  /** Consecutive calls KMS did not answer (after the SDK's retries) before the circuit opens. */
+  /** Consecutive calls KMS did not answer, or answered with a server fault (after the SDK's retries), before the circuit opens. */
   circuitFailures?: number;
   /** First open period; doubles while probes keep failing, up to circuitMaxOpenMs. */
   circuitOpenMs?: number;
@@ -69,8 +69,10 @@ const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 
  * A dead KMS is ridden out, not hammered: per-attempt timeouts, the SDK's
  * jittered retries, then a circuit that fails calls at once for a period
  * that doubles while the probe after it keeps failing. An answer from KMS,
- * even a refusal, closes it. Failures keep their AWS names, so the key cache
- * tells "no" (impair) from "not now" (serve until max-stale).
+ * even a refusal or a throttle, closes it; a server fault (HTTP 5xx:
+ * DependencyTimeoutException, KMSInternalException, KeyUnavailableException,
+ * a proxy's 503) counts as no answer (isServerFault). Failures keep their AWS
+ * names, so the key cache tells "no" (impair) from "not now" (serve until max-stale).
  */
 export class AwsKeyService implements KeyService {
   readonly endpoint: string;
@@ -184,7 +186,8 @@ export class AwsKeyService implements KeyService {
     } catch (e) {
       const err = toKeyServiceError(op, e);
       this.lastError = { Operation: op, ...(err.awsName ? { AwsName: err.awsName } : {}), Message: err.message, Time: new Date().toISOString() };
-      if (err.awsName !== undefined && err.awsName !== 'KMSInternalException' && err.awsName !== 'ThrottlingException' && err.awsName !== 'KeyUnavailableException') {
+      // A throttle is an answer (README "A fleet": the SDK's retries back off, the key cache rides it out as "not now").
+      if (err.awsName !== undefined && !isServerFault(e)) {
         this.answered(); // KMS answered: it is up, whatever it said
       } else {
         this.unanswered(probe, err);
@@ -292,6 +295,18 @@ export class AwsKeyService implements KeyService {
       return { Grants, ...(r.NextMarker ? { NextMarker: r.NextMarker } : {}), ...(r.Truncated !== undefined ? { Truncated: r.Truncated } : {}) };
     }, undefined);
   }
+}
+
+/**
+ * An SDK error for an HTTP 5xx: a modeled server fault (the KMS model marks DependencyTimeoutException,
+ * KMSInternalException, KeyUnavailableException `server`) or an unmodeled status >= 500 (a load
+ * balancer's 502/503). KMS failed to answer the request, as a timeout does; the key cache treats
+ * it as "not now" (none of these is in AUTHORITATIVE_REFUSALS).
+ */
+export function isServerFault(e: unknown): boolean {
+  const x = e as { $fault?: unknown; $metadata?: { httpStatusCode?: unknown } } | undefined;
+  const status = x?.$metadata?.httpStatusCode;
+  return x?.$fault === 'server' || (typeof status === 'number' && status >= 500);
 }
 
 /**
