@@ -225,7 +225,10 @@ export class Daemon {
     let host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role' };
     if (cfg.kmsEndpoint !== undefined) {
       // The host acts as whoever the AWS credential chain makes it; the remote KMS's key policies decide.
-      this.remoteKms = new AwsKeyService({ endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}), logger: log.child({ component: 'remote-kms' }) });
+      this.remoteKms = new AwsKeyService({
+        endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}),
+        ...(cfg.hostPrincipalArn !== undefined ? { hostPrincipalArn: cfg.hostPrincipalArn } : {}), logger: log.child({ component: 'remote-kms' }),
+      });
       try {
         host = await this.remoteKms.hostPrincipal();
         log.info({ kmsEndpoint: cfg.kmsEndpoint, hostPrincipal: host.arn }, 'volume keys from a remote KMS');

@@ -34,6 +34,11 @@ export interface AwsKeyServiceOptions {
   /** First open period; doubles while probes keep failing, up to circuitMaxOpenMs. */
   circuitOpenMs?: number;
   circuitMaxOpenMs?: number;
+  /**
+   * The host's principal as grants and key policies name it (`--host-principal-arn`), for a role
+   * with a path: STS names a session by its role's name only. Checked against STS's answer (hostPrincipal).
+   */
+  hostPrincipalArn?: string;
   logger?: Logger;
 }
 
@@ -80,6 +85,7 @@ export class AwsKeyService implements KeyService {
   private readonly sts: STSClient;
   private readonly o: typeof DEFAULTS;
   private readonly log: Logger;
+  private readonly givenPrincipal: IamPrincipalArn | undefined;
   private region = '';
   private host: Caller | undefined;
   private failures = 0;
@@ -101,6 +107,10 @@ export class AwsKeyService implements KeyService {
     // A Decrypt answer carries the plaintext volume key: plain HTTP only to this machine, as the listener allows it.
     if (url.protocol === 'http:' && !isLoopback(url.hostname)) {
       throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
+    }
+    if (opts.hostPrincipalArn !== undefined) {
+      this.givenPrincipal = parseIamPrincipalArn(opts.hostPrincipalArn);
+      if (!this.givenPrincipal) throw new ArgRangeError('--host-principal-arn', `"${opts.hostPrincipalArn}" is not an IAM role or user ARN (arn:aws:iam::111122223333:role/fleet/host-a)`);
     }
     this.endpoint = opts.endpoint;
     this.o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => k in DEFAULTS && v !== undefined)) };
@@ -124,7 +134,9 @@ export class AwsKeyService implements KeyService {
   /**
    * Who this host is to the KMS (STS GetCallerIdentity). An assumed-role
    * session answers with its role's ARN: grants and key policies name the
-   * role, as AWS KMS requires, and every session of it matches.
+   * role, as AWS KMS requires, and every session of it matches. The session
+   * ARN carries the role's name, not its path: a role with a path is given
+   * with `hostPrincipalArn`, which must agree with STS (checkGivenPrincipal).
    */
   async hostPrincipal(): Promise<Caller> {
     if (this.host) return this.host;
@@ -139,10 +151,12 @@ export class AwsKeyService implements KeyService {
       const err = toKeyServiceError('GetCallerIdentity', e);
       throw new KeyServiceError('GetCallerIdentity', err.awsName, err.authoritative, `cannot tell who this host is to ${this.endpoint} (credentials from the AWS chain: AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, environment): ${(e as Error)?.message ?? String(e)}`, e);
     }
-    const session = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
-    const host: Caller = session
-      ? { arn: `arn:${session[1]}:iam::${session[2]}:role/${session[3]}`, accountId: account, type: 'Role' }
-      : { arn, accountId: account, type: /:role\//.test(arn) ? 'Role' : 'IAMUser' };
+    const session = SESSION_RE.exec(arn);
+    const host: Caller = this.givenPrincipal
+      ? checkGivenPrincipal(this.givenPrincipal, arn, account)
+      : session
+        ? { arn: `arn:${session[1]}:iam::${session[2]}:role/${session[3]}`, accountId: account, type: 'Role' }
+        : { arn, accountId: account, type: /:role\//.test(arn) ? 'Role' : 'IAMUser' };
     this.host = host;
     return host;
   }
@@ -295,6 +309,50 @@ export class AwsKeyService implements KeyService {
       return { Grants, ...(r.NextMarker ? { NextMarker: r.NextMarker } : {}), ...(r.Truncated !== undefined ? { Truncated: r.Truncated } : {}) };
     }, undefined);
   }
+}
+
+/** An assumed-role session as STS names it: partition, account, role name (no path), session name. */
+const SESSION_RE = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/;
+
+export interface IamPrincipalArn {
+  arn: string;
+  partition: string;
+  account: string;
+  type: 'role' | 'user';
+  /** The last segment: the role's or user's name. */
+  name: string;
+}
+
+/**
+ * `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME` (or `user/`), PATH optional: IAM's
+ * path is `/`-separated printable ASCII, a role's or user's name at most 64 of
+ * [A-Za-z0-9+=,.@_-]; undefined for anything else.
+ */
+export function parseIamPrincipalArn(v: string): IamPrincipalArn | undefined {
+  if (typeof v !== 'string' || v.length > 2048) return undefined;
+  const m = /^arn:([a-z][a-z0-9-]*):iam::(\d{12}):(role|user)\/(?:[\x21-\x7e]{1,510}\/)?([\w+=,.@-]{1,64})$/.exec(v);
+  return m ? { arn: v, partition: m[1]!, account: m[2]!, type: m[3] as 'role' | 'user', name: m[4]! } : undefined;
+}
+
+/**
+ * The host principal `--host-principal-arn` gives, if it is who STS says the
+ * host is: for an assumed-role session, a role of the same partition and
+ * account whose last path segment is the session's role name; for an IAM user,
+ * the user's ARN as STS gives it (with its path). Refused otherwise, naming both.
+ */
+function checkGivenPrincipal(given: IamPrincipalArn, stsArn: string, account: string): Caller {
+  const session = SESSION_RE.exec(stsArn);
+  const user = parseIamPrincipalArn(stsArn);
+  const matches = session
+    ? given.type === 'role' && given.partition === session[1] && given.account === account && given.name === session[3]
+    : user?.type === 'user' && given.arn === stsArn;
+  if (!matches) {
+    const expect = session
+      ? `a role ARN arn:${session[1]}:iam::${account}:role/[PATH/]${session[3]}`
+      : user?.type === 'user' ? stsArn : 'nothing: --host-principal-arn names an IAM role or user, and this identity is neither';
+    throw new ArgRangeError('--host-principal-arn', `${given.arn} is not this host: STS GetCallerIdentity says ${stsArn}, which --host-principal-arn may only name as ${expect}`);
+  }
+  return { arn: given.arn, accountId: account, type: given.type === 'role' ? 'Role' : 'IAMUser' };
 }
 
 /**

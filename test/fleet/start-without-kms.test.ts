@@ -228,9 +228,9 @@ describe('a host daemon whose KMS host name does not resolve', () => {
   });
 
   it('comes up and waits (getaddrinfo ENOTFOUND is unreachable, as ECONNREFUSED is), and refuses volume operations with ServiceUnavailable', async () => {
-    // .invalid never resolves (RFC 6761 §6.4), and a 64-octet label cannot be put in a DNS query
-    // (RFC 1035 §2.3.4): glibc's getaddrinfo fails it as EAI_NONAME (Node: ENOTFOUND) without asking
-    // any resolver, so no query leaves the machine, whatever /etc/resolv.conf says.
+    // .invalid is reserved never to resolve, and a DNS label holds at most 63 octets, so a 64-octet
+    // one cannot be put in a query: glibc's getaddrinfo fails it as EAI_NONAME (Node: ENOTFOUND)
+    // without asking any resolver, so no query leaves the machine, whatever /etc/resolv.conf says.
     const url = `https://${'a'.repeat(64)}.invalid`;
     // Never sent: no connection is made. STS at the same name, as a fleet host's profile would say.
     useHostCredentials({ AccessKeyId: 'AKIAIOSFODNN7EXAMPLE', SecretAccessKey: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' }, { AWS_ENDPOINT_URL: url });
