@@ -86,6 +86,8 @@ export class AwsKeyService implements KeyService {
   private readonly o: typeof DEFAULTS;
   private readonly log: Logger;
   private readonly givenPrincipal: IamPrincipalArn | undefined;
+  private readonly clientConfig: ConstructorParameters<typeof STSClient>[0];
+  private stsChecked = false;
   private region = '';
   private host: Caller | undefined;
   private failures = 0;
@@ -126,6 +128,7 @@ export class AwsKeyService implements KeyService {
       ...caBundleAgent(),
     };
     const common = { ...(opts.region ? { region: opts.region } : {}), maxAttempts: this.o.maxAttempts, retryMode: 'standard', requestHandler };
+    this.clientConfig = common;
     this.kms = new KMSClient({ ...common, endpoint: opts.endpoint });
     // STS at its own configured endpoint (profile `endpoint_url`, AWS_ENDPOINT_URL_STS), as for AWS.
     this.sts = new STSClient(common);
@@ -141,6 +144,7 @@ export class AwsKeyService implements KeyService {
   async hostPrincipal(): Promise<Caller> {
     if (this.host) return this.host;
     this.region = await this.kms.config.region();
+    await this.checkStsEndpoint();
     let arn: string;
     let account: string;
     try {
@@ -159,6 +163,20 @@ export class AwsKeyService implements KeyService {
         : { arn, accountId: account, type: /:role\//.test(arn) ? 'Role' : 'IAMUser' };
     this.host = host;
     return host;
+  }
+
+  /**
+   * A KMS that is not AWS's (another host's `--kms-only` listener) with no STS endpoint configured
+   * would send GetCallerIdentity, and this host's access key id, to AWS's public STS. Refused
+   * before any call: the host's STS is the KMS host's listener, configured as the SDK reads it.
+   */
+  private async checkStsEndpoint(): Promise<void> {
+    if (this.stsChecked || isAwsHost(new URL(this.endpoint).hostname)) return;
+    const sts = await resolvedStsEndpoint(this.clientConfig);
+    if (sts !== undefined && isAwsHost(sts.hostname)) {
+      throw new ArgRangeError('--kms-endpoint', `${this.endpoint} is not an AWS endpoint, but no STS endpoint is configured: GetCallerIdentity would go to ${sts.origin} with this host's access key id. Set AWS_ENDPOINT_URL_STS (or AWS_ENDPOINT_URL, or endpoint_url in the AWS profile) to the KMS host's listener, e.g. AWS_ENDPOINT_URL_STS=${new URL(this.endpoint).origin} (README "A fleet")`);
+    }
+    this.stsChecked = true;
   }
 
   health(): RemoteKmsHealth {
@@ -309,6 +327,41 @@ export class AwsKeyService implements KeyService {
       return { Grants, ...(r.NextMarker ? { NextMarker: r.NextMarker } : {}), ...(r.Truncated !== undefined ? { Truncated: r.Truncated } : {}) };
     }, undefined);
   }
+}
+
+/** AWS's own endpoints (`kms.us-east-1.amazonaws.com`, China's `.amazonaws.com.cn`, dual-stack `.api.aws`). */
+function isAwsHost(hostname: string): boolean {
+  return /(^|\.)(amazonaws\.com|amazonaws\.com\.cn|api\.aws)\.?$/i.test(hostname);
+}
+
+/**
+ * Where an STS client with `config` sends GetCallerIdentity, as the SDK resolves it: AWS_ENDPOINT_URL_STS,
+ * AWS_ENDPOINT_URL, the profile's `services` section or `endpoint_url` (unless AWS_IGNORE_CONFIGURED_ENDPOINT_URLS),
+ * else AWS's endpoint for the region. The SDK itself resolves it: a throwaway client with a placeholder
+ * credential (so the credential chain, which may call STS itself, is not run) builds the request, which is
+ * stopped before it is signed or sent. Undefined when it cannot be resolved (no region, say): the real call says why.
+ */
+async function resolvedStsEndpoint(config: ConstructorParameters<typeof STSClient>[0]): Promise<URL | undefined> {
+  const probe = new STSClient({ ...config, credentials: { accessKeyId: 'placeholder', secretAccessKey: 'placeholder' } });
+  let at: URL | undefined;
+  const cmd = new GetCallerIdentityCommand({});
+  cmd.middlewareStack.add(
+    () => async (args: { request?: unknown }) => {
+      const r = args.request as { protocol?: string; hostname?: string; port?: number };
+      at = new URL(`${r.protocol ?? 'https:'}//${r.hostname}${r.port ? `:${r.port}` : ''}`);
+      throw new Error('ebsd: STS endpoint resolved, request not sent');
+    },
+    // Built (endpoint resolved) and not yet signed, retried or sent.
+    { step: 'build', priority: 'low', name: 'ebsdStsEndpointProbe' },
+  );
+  try {
+    await probe.send(cmd);
+  } catch {
+    // the stop above, or a resolution failure (at stays undefined)
+  } finally {
+    probe.destroy();
+  }
+  return at;
 }
 
 /** An assumed-role session as STS names it: partition, account, role name (no path), session name. */

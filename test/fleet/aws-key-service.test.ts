@@ -125,13 +125,37 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     try {
       const noAws = Object.fromEntries(VARS.map((k) => [k, undefined]));
       const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-endpoint', url], {
-        env: { ...noAws, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', AWS_CONFIG_FILE: `${other.dir}/none`, AWS_SHARED_CREDENTIALS_FILE: `${other.dir}/none`, HOME: other.dir }, timeoutMs: 60_000,
+        env: { ...noAws, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: url, AWS_EC2_METADATA_DISABLED: 'true', AWS_CONFIG_FILE: `${other.dir}/none`, AWS_SHARED_CREDENTIALS_FILE: `${other.dir}/none`, HOME: other.dir }, timeoutMs: 60_000,
       });
       expect(r.code).toBe(9);
       expect(r.stderr).toMatch(/GetCallerIdentity: cannot tell who this host is to http:\/\/127\.0\.0\.1:\d+ \(credentials from the AWS chain/);
       const bad = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-region', 'eu-west-1'], { timeoutMs: 60_000 });
       expect(bad.code).not.toBe(0);
       expect(bad.stderr).toContain('--kms-region');
+    } finally {
+      await other.cleanup();
+    }
+  });
+
+  it('a --kms-endpoint that is not AWS with no STS endpoint configured is refused at start (GetCallerIdentity would go to AWS); with AWS_ENDPOINT_URL_STS the host starts', async () => {
+    const other = new Env('awsks-nosts');
+    try {
+      const hostEnv = {
+        AWS_ACCESS_KEY_ID: creds.host!.AccessKeyId, AWS_SECRET_ACCESS_KEY: creds.host!.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true',
+        AWS_CONFIG_FILE: `${other.dir}/none`, AWS_SHARED_CREDENTIALS_FILE: `${other.dir}/none`,
+      };
+      const noAws = Object.fromEntries(VARS.map((k) => [k, undefined]));
+      // Refused before any request is built to completion: the endpoint is resolved by the SDK, nothing is signed or sent.
+      const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-endpoint', url], { env: { ...noAws, ...hostEnv, HOME: other.dir }, timeoutMs: 60_000 });
+      expect(r.code, r.stderr).not.toBe(0);
+      expect(r.stderr).toContain(`--kms-endpoint ${url} is not an AWS endpoint, but no STS endpoint is configured: GetCallerIdentity would go to https://sts.us-east-1.amazonaws.com`);
+      expect(r.stderr).toContain(`Set AWS_ENDPOINT_URL_STS (or AWS_ENDPOINT_URL, or endpoint_url in the AWS profile) to the KMS host's listener, e.g. AWS_ENDPOINT_URL_STS=${url}`);
+      // STS configured for STS alone (the KMS client takes --kms-endpoint): the host starts as the user.
+      for (const k of VARS) delete process.env[k];
+      Object.assign(process.env, hostEnv, { AWS_ENDPOINT_URL_STS: url });
+      await other.start(['--kms-endpoint', url]);
+      expect((await other.ok(['status'])).Daemon.Kms).toMatchObject({ Endpoint: url, HostPrincipal: expect.stringMatching(/:user\/host$/) });
+      expect(await other.stop()).toBe(0);
     } finally {
       await other.cleanup();
     }
