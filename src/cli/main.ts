@@ -130,6 +130,7 @@ function daemonCommand(y: Argv): Argv {
         .option('kms-front-threads', { type: 'string', coerce: wholeNumber('--kms-front-threads'), describe: '--kms-listen\'s TLS and HTTP: 0 on the main thread, 1 on a front-end worker thread (default: 1 with --kms-only, 0 otherwise)' })
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
+        .option('host-principal-arn', { type: 'string', describe: 'this host\'s role (or user) ARN for grants at --kms-endpoint, for a role with a path (STS names a session by its role\'s name only); must agree with STS GetCallerIdentity' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
         .option('refusal-window', { type: 'string', describe: 'how long refusals of one caller are summed into one audit event (1s to 10m; default 10s)' })
         .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
@@ -158,6 +159,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsFrontThreads !== undefined ? { kmsFrontThreads: a.kmsFrontThreads as 0 | 1 } : {}),
         ...(a.kmsEndpoint !== undefined ? { kmsEndpoint: a.kmsEndpoint } : {}),
         ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
+        ...(a.hostPrincipalArn !== undefined ? { hostPrincipalArn: a.hostPrincipalArn } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
         ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory') } : {}),
         ...(a.refusalWindow !== undefined ? { refusalWindowMs: refusalWindow(a.refusalWindow) } : {}),

@@ -60,6 +60,11 @@ export interface DaemonConfig {
   /** Region of `kmsEndpoint`; default: AWS_REGION or the profile's `region`. */
   kmsRegion?: string;
   /**
+   * The host's principal for grants at `kmsEndpoint`, when STS's answer does not name it as
+   * written: a role with a path (README.md, "A fleet"). Checked against STS at start.
+   */
+  hostPrincipalArn?: string;
+  /**
    * Where snapshots live (src/snapshot/open-store.ts): `s3://bucket/prefix` for
    * an S3-compatible store shared by hosts; absent: `<state>/snapshots`.
    */
@@ -93,6 +98,7 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
   if (c.kmsEndpoint !== undefined && c.kmsOnly) throw new ArgRangeError('--kms-endpoint', 'a --kms-only daemon serves the KMS; it does not use a remote one');
   if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
+  if (c.hostPrincipalArn !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--host-principal-arn', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
   if (c.kmsFrontThreads !== undefined && c.kmsFrontThreads !== 0 && c.kmsFrontThreads !== 1) throw new ArgRangeError('--kms-front-threads', `must be 0 or 1, got ${String(c.kmsFrontThreads)}`);
   // A config built in code, not through the CLI's parse, is held to the same range.

@@ -228,7 +228,10 @@ export class Daemon {
     let host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role', ...(hostRoleId ? { principalId: hostRoleId } : {}) };
     if (cfg.kmsEndpoint !== undefined) {
       // The host acts as whoever the AWS credential chain makes it; the remote KMS's key policies decide.
-      this.remoteKms = new AwsKeyService({ endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}), logger: log.child({ component: 'remote-kms' }) });
+      this.remoteKms = new AwsKeyService({
+        endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}),
+        ...(cfg.hostPrincipalArn !== undefined ? { hostPrincipalArn: cfg.hostPrincipalArn } : {}), logger: log.child({ component: 'remote-kms' }),
+      });
       try {
         host = await this.remoteKms.hostPrincipal();
         log.info({ kmsEndpoint: cfg.kmsEndpoint, hostPrincipal: host.arn }, 'volume keys from a remote KMS');
@@ -239,10 +242,7 @@ export class Daemon {
         const recorded = (await Catalog.load(join(paths.root, 'volumes'), log)).list().filter((r) => r.state === 'in-use' && r.attachment);
         this.waitingVolumes = recorded.map((r) => ({ VolumeId: r.volumeId, SizeBytes: r.size, KmsKeyId: r.kmsKeyId, Encrypted: !r.unencrypted }));
         const remote = this.remoteKms;
-        this.hostResolver = new HostResolver(remote, log.child({ component: 'remote-kms' }), async (h) => {
-          await this.openVolumes(h);
-          this.host = h;
-        }, e);
+        this.hostResolver = new HostResolver(remote, log.child({ component: 'remote-kms' }), (h) => this.openVolumes(h), e);
       }
     }
     if (!this.hostResolver) {
@@ -320,7 +320,13 @@ export class Daemon {
     await this.fuse.mount();
   }
 
-  /** The volume manager (recovery, grant sweeps), snapshots, and the re-attach of recorded volumes: needs the host principal. */
+  /**
+   * The volume manager (recovery, grant sweeps), snapshots, and the re-attach of recorded volumes: needs the host principal.
+   * All or nothing: the parts are built in locals and published together at the end (`this.mgr` last, the
+   * flag the volume API tests), so a request never finds some of them; on a failure the parts opened are
+   * closed and nothing is published, so HostResolver's next try opens everything afresh, not over a
+   * VolumeManager still open on the same state dir (docs/architecture.md §8).
+   */
   private async openVolumes(host: Caller): Promise<void> {
     const { cfg, log, paths } = this;
     const ids = this.authz!.identities;
@@ -328,79 +334,106 @@ export class Daemon {
     const bfs = this.bfs!;
     const store = this.snapshotStore!;
     const gc = this.snapshotGc!;
-    this.mgr = await VolumeManager.open({
-      stateDir: paths.root,
-      // Remote calls are metered here; the embedded core's through kmsCore.
-      keyService: this.remoteKms ? (this.metrics ? this.metrics.meterKeyService(this.remoteKms) : this.remoteKms) : new KmsCoreKeyService(this.kmsCore!),
-      hostPrincipal: host,
-      xtsEngine: engine,
-      region: ids.region,
-      ...(cfg.keyCacheTtlMs !== undefined ? { keyCacheTtlMs: cfg.keyCacheTtlMs } : {}),
-      ...(cfg.keyCacheMaxStaleMs !== undefined ? { keyCacheMaxStaleMs: cfg.keyCacheMaxStaleMs } : {}),
-      allowUnencrypted: cfg.allowUnencrypted,
-      openCount: (id) => bfs.openCount(id),
-      // The FUSE table changes inside the volume's mutex, with the attachment (attach, detach, resume, close).
-      // Snapshots track every attached volume's writes (docs/architecture.md §12.3).
-      expose: (dev) => {
-        bfs.add(dev);
-        this.snapshots?.volumeAttached(dev);
-      },
-      hide: async (id, { force }) => {
-        await bfs.remove(id, { force });
-        await this.snapshots?.volumeDetaching(id, this.mgr?.getBlockDevice(id));
-      },
-      onAudit: (ev) => this.auditVolume(ev),
-      onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
-      logger: log,
-    });
-    const mgr = this.mgr;
-    this.ec2Authz = new Ec2Authorizer({
-      evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: mgr.instanceId,
-      volume: (id) => mgr.describeVolumes().Volumes.find((v) => v.VolumeId === id),
-    });
-    const cowBudget = resolveCowBudget(cfg.snapshotCowMemoryBytes);
-    log.info({ snapshotCowMemoryBytes: cowBudget.bytes, from: cowBudget.from }, `snapshot copy-on-write memory budget ${(cowBudget.bytes / 2 ** 20).toFixed(1)} MiB`);
-    this.snapshots = await SnapshotManager.open({
-      // DescribeSnapshots leaves out (and logs) a manifest it cannot read; the collector (gc) keeps the strict store.
-      store: describingStore(store, (snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest cannot be read: left out of DescribeSnapshots')),
-      gc,
-      localDir: join(paths.root, 'snapshots-local'),
-      volumes: mgr,
-      accountId: ids.accountId,
-      onAudit: (ev) => this.auditSnapshot(ev),
-      logger: log,
-      cowMemory: new CowMemory(cowBudget.bytes),
-    });
-    this.snapshotApi = new SnapshotApi({ snapshots: this.snapshots, authz: this.ec2Authz });
-    const snapshots = this.snapshots;
-    // With a remote KMS, key names are judged as the keys they stand for (remote-key-names.ts).
-    this.remoteKeyNames = this.remoteKms ? new RemoteKeyNames(async (name) => (await mgr.keyService.describeKey({ KeyId: name }, host)).KeyMetadata.Arn) : undefined;
-    this.sourceSnapshotAuthz = new SourceSnapshotAuthz({
-      ec2: this.ec2Authz, evaluator: this.authz!.authorizer.evaluator, region: ids.region, ...(this.remoteKeyNames ? { remoteKeys: this.remoteKeyNames } : {}),
-      manifest: (id) => snapshots.getManifest(id),
-    });
-    if (!this.remoteKms) {
-      // Not with a remote KMS: its calls are signed as this host, so they could not act for the local caller.
-      this.ebs = await openEbsApi({
-        store, gc, pendingDir: join(paths.root, 'ebs-direct-pending'), keys: new KmsCoreKeyService(this.kmsCore!), xts: engine,
-        evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region,
-        audit: this.kms!.audit, log: log.child({ component: 'ebs-direct' }),
+    // What the FUSE callbacks below see; set as each part opens.
+    let mgr: VolumeManager | undefined;
+    let snapshots: SnapshotManager | undefined;
+    let copier: SnapshotCopier | undefined;
+    let ebs: EbsApi | undefined;
+    try {
+      mgr = await VolumeManager.open({
+        stateDir: paths.root,
+        // Remote calls are metered here; the embedded core's through kmsCore.
+        keyService: this.remoteKms ? (this.metrics ? this.metrics.meterKeyService(this.remoteKms) : this.remoteKms) : new KmsCoreKeyService(this.kmsCore!),
+        hostPrincipal: host,
+        xtsEngine: engine,
+        region: ids.region,
+        ...(cfg.keyCacheTtlMs !== undefined ? { keyCacheTtlMs: cfg.keyCacheTtlMs } : {}),
+        ...(cfg.keyCacheMaxStaleMs !== undefined ? { keyCacheMaxStaleMs: cfg.keyCacheMaxStaleMs } : {}),
+        allowUnencrypted: cfg.allowUnencrypted,
+        openCount: (id) => bfs.openCount(id),
+        // The FUSE table changes inside the volume's mutex, with the attachment (attach, detach, resume, close).
+        // Snapshots track every attached volume's writes (docs/architecture.md §12.3).
+        expose: (dev) => {
+          bfs.add(dev);
+          snapshots?.volumeAttached(dev);
+        },
+        hide: async (id, { force }) => {
+          await bfs.remove(id, { force });
+          await snapshots?.volumeDetaching(id, mgr?.getBlockDevice(id));
+        },
+        onAudit: (ev) => this.auditVolume(ev),
+        onImpaired: (ev) => log.error({ volumeId: ev.volumeId, reason: ev.reason, awsName: ev.awsName }, 'volume impaired: I/O now fails with EIO'),
+        logger: log,
       });
+      const m = mgr;
+      const ec2Authz = new Ec2Authorizer({
+        evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region, instanceId: m.instanceId,
+        volume: (id) => m.describeVolumes().Volumes.find((v) => v.VolumeId === id),
+      });
+      const cowBudget = resolveCowBudget(cfg.snapshotCowMemoryBytes);
+      log.info({ snapshotCowMemoryBytes: cowBudget.bytes, from: cowBudget.from }, `snapshot copy-on-write memory budget ${(cowBudget.bytes / 2 ** 20).toFixed(1)} MiB`);
+      snapshots = await SnapshotManager.open({
+        // DescribeSnapshots leaves out (and logs) a manifest it cannot read; the collector (gc) keeps the strict store.
+        store: describingStore(store, (snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest cannot be read: left out of DescribeSnapshots')),
+        gc,
+        localDir: join(paths.root, 'snapshots-local'),
+        volumes: m,
+        accountId: ids.accountId,
+        onAudit: (ev) => this.auditSnapshot(ev),
+        logger: log,
+        cowMemory: new CowMemory(cowBudget.bytes),
+      });
+      const snaps = snapshots;
+      const snapshotApi = new SnapshotApi({ snapshots: snaps, authz: ec2Authz });
+      // With a remote KMS, key names are judged as the keys they stand for (remote-key-names.ts).
+      const remoteKeyNames = this.remoteKms ? new RemoteKeyNames(async (name) => (await m.keyService.describeKey({ KeyId: name }, host)).KeyMetadata.Arn) : undefined;
+      const sourceSnapshotAuthz = new SourceSnapshotAuthz({
+        ec2: ec2Authz, evaluator: this.authz!.authorizer.evaluator, region: ids.region, ...(remoteKeyNames ? { remoteKeys: remoteKeyNames } : {}),
+        manifest: (id) => snaps.getManifest(id),
+      });
+      if (!this.remoteKms) {
+        // Not with a remote KMS: its calls are signed as this host, so they could not act for the local caller.
+        ebs = await openEbsApi({
+          store, gc, pendingDir: join(paths.root, 'ebs-direct-pending'), keys: new KmsCoreKeyService(this.kmsCore!), xts: engine,
+          evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region,
+          audit: this.kms!.audit, log: log.child({ component: 'ebs-direct' }),
+        });
+      }
+      // Restore and copy (docs/architecture.md §14): a source is held against DeleteSnapshot while read.
+      const restore = new SnapshotRestore({ store, volumes: m, hold: (id) => snaps.hold(id), logger: log });
+      copier = await SnapshotCopier.open({
+        store, keyService: m.keyService, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
+        localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
+        onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log,
+      });
+      const { resumed, failed } = await m.resumeAttachments();
+      if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
+      // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.
+      const resumeRetry = new ResumeRetry({ resume: (only) => m.resumeAttachments(only), logger: log.child({ component: 'resume-retry' }) });
+      resumeRetry.add(failed);
+      // Published together (nothing awaited in between, so no request runs among them); `mgr` last.
+      this.host = host;
+      this.ec2Authz = ec2Authz;
+      this.snapshots = snaps;
+      this.snapshotApi = snapshotApi;
+      this.remoteKeyNames = remoteKeyNames;
+      this.sourceSnapshotAuthz = sourceSnapshotAuthz;
+      this.ebs = ebs;
+      this.restore = restore;
+      this.copier = copier;
+      this.resumeRetry = resumeRetry;
+      this.mgr = m;
+    } catch (e) {
+      // In the reverse order of opening; a failure to close is logged, the open's error is what the caller gets.
+      const closing = async (what: string, fn: () => Promise<unknown> | undefined): Promise<void> => {
+        try { await fn(); } catch (err) { log.error({ err, step: what }, 'could not close after a failed open of the volumes'); }
+      };
+      await closing('snapshot copies', () => copier?.close());
+      await closing('ebs direct', () => ebs?.close());
+      await closing('snapshots', () => snapshots?.close());
+      await closing('volumes', () => mgr?.close());
+      throw e;
     }
-    // Restore and copy (docs/architecture.md §14): a source is held against DeleteSnapshot while read.
-    const snaps = this.snapshots;
-    this.restore = new SnapshotRestore({ store, volumes: mgr, hold: (id) => snaps.hold(id), logger: log });
-    this.copier = await SnapshotCopier.open({
-      store, keyService: mgr.keyService, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
-      localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
-      onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log,
-    });
-    const { resumed, failed } = await this.mgr.resumeAttachments();
-    if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
-    // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.
-    const resumeMgr = this.mgr;
-    this.resumeRetry = new ResumeRetry({ resume: (only) => resumeMgr.resumeAttachments(only), logger: log.child({ component: 'resume-retry' }) });
-    this.resumeRetry.add(failed);
   }
 
   private async startMetrics(): Promise<string | undefined> {

@@ -17,6 +17,7 @@ import { caBundleAgent } from '../util/ca-bundle.js';
 import { isLoopback } from '../util/loopback.js';
 import { silentLogger } from '../util/logger.js';
 import { KeyServiceError } from './errors.js';
+import { checkGivenPrincipal, isAwsHost, parseIamPrincipalArn, resolvedStsEndpoint, SESSION_RE, type IamPrincipalArn } from './host-identity.js';
 import { toKeyServiceError, type CallOptions, type KeyService, type RetirableGrant } from './key-service.js';
 
 export interface AwsKeyServiceOptions {
@@ -29,11 +30,16 @@ export interface AwsKeyServiceOptions {
   requestTimeoutMs?: number;
   /** The SDK's standard retry mode: exponential backoff with full jitter, this many attempts per call. */
   maxAttempts?: number;
-  /** Consecutive calls KMS did not answer (after the SDK's retries) before the circuit opens. */
+  /** Consecutive calls KMS did not answer, or answered with a server fault (after the SDK's retries), before the circuit opens. */
   circuitFailures?: number;
   /** First open period; doubles while probes keep failing, up to circuitMaxOpenMs. */
   circuitOpenMs?: number;
   circuitMaxOpenMs?: number;
+  /**
+   * The host's principal as grants and key policies name it (`--host-principal-arn`), for a role
+   * with a path: STS names a session by its role's name only. Checked against STS's answer (hostPrincipal).
+   */
+  hostPrincipalArn?: string;
   logger?: Logger;
 }
 
@@ -69,8 +75,10 @@ const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 
  * A dead KMS is ridden out, not hammered: per-attempt timeouts, the SDK's
  * jittered retries, then a circuit that fails calls at once for a period
  * that doubles while the probe after it keeps failing. An answer from KMS,
- * even a refusal, closes it. Failures keep their AWS names, so the key cache
- * tells "no" (impair) from "not now" (serve until max-stale).
+ * even a refusal or a throttle, closes it; a server fault (HTTP 5xx:
+ * DependencyTimeoutException, KMSInternalException, KeyUnavailableException,
+ * a proxy's 503) counts as no answer (isServerFault). Failures keep their AWS
+ * names, so the key cache tells "no" (impair) from "not now" (serve until max-stale).
  */
 export class AwsKeyService implements KeyService {
   readonly endpoint: string;
@@ -78,6 +86,9 @@ export class AwsKeyService implements KeyService {
   private readonly sts: STSClient;
   private readonly o: typeof DEFAULTS;
   private readonly log: Logger;
+  private readonly givenPrincipal: IamPrincipalArn | undefined;
+  private readonly clientConfig: ConstructorParameters<typeof STSClient>[0];
+  private stsChecked = false;
   private region = '';
   private host: Caller | undefined;
   private failures = 0;
@@ -100,6 +111,10 @@ export class AwsKeyService implements KeyService {
     if (url.protocol === 'http:' && !isLoopback(url.hostname)) {
       throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
     }
+    if (opts.hostPrincipalArn !== undefined) {
+      this.givenPrincipal = parseIamPrincipalArn(opts.hostPrincipalArn);
+      if (!this.givenPrincipal) throw new ArgRangeError('--host-principal-arn', `"${opts.hostPrincipalArn}" is not an IAM role or user ARN (arn:aws:iam::111122223333:role/fleet/host-a)`);
+    }
     this.endpoint = opts.endpoint;
     this.o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => k in DEFAULTS && v !== undefined)) };
     this.openMs = this.o.circuitOpenMs;
@@ -114,6 +129,7 @@ export class AwsKeyService implements KeyService {
       ...caBundleAgent(),
     };
     const common = { ...(opts.region ? { region: opts.region } : {}), maxAttempts: this.o.maxAttempts, retryMode: 'standard', requestHandler };
+    this.clientConfig = common;
     this.kms = new KMSClient({ ...common, endpoint: opts.endpoint });
     // STS at its own configured endpoint (profile `endpoint_url`, AWS_ENDPOINT_URL_STS), as for AWS.
     this.sts = new STSClient(common);
@@ -122,11 +138,14 @@ export class AwsKeyService implements KeyService {
   /**
    * Who this host is to the KMS (STS GetCallerIdentity). An assumed-role
    * session answers with its role's ARN: grants and key policies name the
-   * role, as AWS KMS requires, and every session of it matches.
+   * role, as AWS KMS requires, and every session of it matches. The session
+   * ARN carries the role's name, not its path: a role with a path is given
+   * with `hostPrincipalArn`, which must agree with STS (checkGivenPrincipal).
    */
   async hostPrincipal(): Promise<Caller> {
     if (this.host) return this.host;
     this.region = await this.kms.config.region();
+    await this.checkStsEndpoint();
     let arn: string;
     let account: string;
     try {
@@ -137,12 +156,28 @@ export class AwsKeyService implements KeyService {
       const err = toKeyServiceError('GetCallerIdentity', e);
       throw new KeyServiceError('GetCallerIdentity', err.awsName, err.authoritative, `cannot tell who this host is to ${this.endpoint} (credentials from the AWS chain: AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, environment): ${(e as Error)?.message ?? String(e)}`, e);
     }
-    const session = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
-    const host: Caller = session
-      ? { arn: `arn:${session[1]}:iam::${session[2]}:role/${session[3]}`, accountId: account, type: 'Role' }
-      : { arn, accountId: account, type: /:role\//.test(arn) ? 'Role' : 'IAMUser' };
+    const session = SESSION_RE.exec(arn);
+    const host: Caller = this.givenPrincipal
+      ? checkGivenPrincipal(this.givenPrincipal, arn, account)
+      : session
+        ? { arn: `arn:${session[1]}:iam::${session[2]}:role/${session[3]}`, accountId: account, type: 'Role' }
+        : { arn, accountId: account, type: /:role\//.test(arn) ? 'Role' : 'IAMUser' };
     this.host = host;
     return host;
+  }
+
+  /**
+   * A KMS that is not AWS's (another host's `--kms-only` listener) with no STS endpoint configured
+   * would send GetCallerIdentity, and this host's access key id, to AWS's public STS. Refused
+   * before any call: the host's STS is the KMS host's listener, configured as the SDK reads it.
+   */
+  private async checkStsEndpoint(): Promise<void> {
+    if (this.stsChecked || isAwsHost(new URL(this.endpoint).hostname)) return;
+    const sts = await resolvedStsEndpoint(this.clientConfig);
+    if (sts !== undefined && isAwsHost(sts.hostname)) {
+      throw new ArgRangeError('--kms-endpoint', `${this.endpoint} is not an AWS endpoint, but no STS endpoint is configured: GetCallerIdentity would go to ${sts.origin} with this host's access key id. Set AWS_ENDPOINT_URL_STS (or AWS_ENDPOINT_URL, or endpoint_url in the AWS profile) to the KMS host's listener, e.g. AWS_ENDPOINT_URL_STS=${new URL(this.endpoint).origin} (README "A fleet")`);
+    }
+    this.stsChecked = true;
   }
 
   health(): RemoteKmsHealth {
@@ -184,7 +219,8 @@ export class AwsKeyService implements KeyService {
     } catch (e) {
       const err = toKeyServiceError(op, e);
       this.lastError = { Operation: op, ...(err.awsName ? { AwsName: err.awsName } : {}), Message: err.message, Time: new Date().toISOString() };
-      if (err.awsName !== undefined && err.awsName !== 'KMSInternalException' && err.awsName !== 'ThrottlingException' && err.awsName !== 'KeyUnavailableException') {
+      // A throttle is an answer (README "A fleet": the SDK's retries back off, the key cache rides it out as "not now").
+      if (err.awsName !== undefined && !isServerFault(e)) {
         this.answered(); // KMS answered: it is up, whatever it said
       } else {
         this.unanswered(probe, err);
@@ -294,12 +330,33 @@ export class AwsKeyService implements KeyService {
   }
 }
 
-/** Network errors: the KMS or STS endpoint did not answer (as opposed to refusing or lacking credentials). */
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENETDOWN', 'EAI_AGAIN', 'EPIPE', 'ECONNABORTED']);
+/**
+ * An SDK error for an HTTP 5xx: a modeled server fault (the KMS model marks DependencyTimeoutException,
+ * KMSInternalException, KeyUnavailableException `server`) or an unmodeled status >= 500 (a load
+ * balancer's 502/503). KMS failed to answer the request, as a timeout does; the key cache treats
+ * it as "not now" (none of these is in AUTHORITATIVE_REFUSALS).
+ */
+export function isServerFault(e: unknown): boolean {
+  const x = e as { $fault?: unknown; $metadata?: { httpStatusCode?: unknown } } | undefined;
+  const status = x?.$metadata?.httpStatusCode;
+  return x?.$fault === 'server' || (typeof status === 'number' && status >= 500);
+}
+
+/**
+ * Network errors: the KMS or STS endpoint did not answer (as opposed to refusing or lacking credentials).
+ * Name resolution counts: a service-discovery name answers NXDOMAIN while its KMS is unhealthy
+ * (getaddrinfo EAI_NONAME/EAI_NODATA, which Node reports as ENOTFOUND), or the resolver fails
+ * (EAI_AGAIN, EAI_FAIL). A mistyped host name waits too, its error shown in `ebsd status`.
+ * Other EAI_* codes (bad flags, family, service) are this process's own mistakes: waiting would not change them.
+ */
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENETDOWN', 'EPIPE', 'ECONNABORTED',
+  'ENOTFOUND', 'EAI_NONAME', 'EAI_NODATA', 'EAI_AGAIN', 'EAI_FAIL',
+]);
 
 /**
  * True when `e` (or what it wraps) says the endpoint could not be reached:
- * a socket error or a timeout. Missing credentials and refusals are not:
+ * its name did not resolve, a socket error, or a timeout. Missing credentials and refusals are not:
  * waiting would not change them.
  */
 export function isUnreachable(e: unknown): boolean {

@@ -233,9 +233,15 @@ export class VolumeManager {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const instanceId = o.instanceId ?? (await loadInstanceId(dir));
     const m = new VolumeManager({ ...o, instanceId }, await Catalog.load(dir, (o.logger ?? silentLogger).child({ component: 'volume' })));
-    await m.recover();
-    await m.retirePendingGrants();
-    await m.attachments.grants.retireOrphans();
+    try {
+      await m.recover();
+      await m.retirePendingGrants();
+      await m.attachments.grants.retireOrphans();
+    } catch (e) {
+      // Nothing half open is left behind: the caller may open again (the daemon's retry while its KMS comes up).
+      await m.close().catch((err) => (o.logger ?? silentLogger).error({ err: errInfo(err) }, 'could not close the volume manager after a failed open'));
+      throw e;
+    }
     return m;
   }
 

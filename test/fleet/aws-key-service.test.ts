@@ -3,8 +3,12 @@
  * --kms-only --kms-listen` on loopback, credentials from the environment
  * only: the names the key cache sorts refusals by, AccessDenied naming the
  * missing permission, and the circuit: opened by a dead KMS, failing fast
- * without a network call, closed by the first answer once it is back.
+ * without a network call, closed by the first answer once it is back; opened
+ * too by server faults (DependencyTimeoutException and other 5xx answers, from
+ * a small AWS JSON 1.1 server on loopback standing in for a failing KMS), not
+ * by a throttle.
  */
+import { createServer, type Server } from 'node:http';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AwsKeyService } from '../../src/volume/aws-key-service.js';
@@ -16,7 +20,7 @@ import { restartOnSamePort } from '../helpers/ports.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { until } from './netns.js';
 
-const VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
+const VARS = ['AWS_ENDPOINT_URL_STS', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
 const ANY: Caller = { arn: 'ignored', accountId: '000000000000', type: 'Root' };
 const CTX = { 'aws:ebs:id': 'vol-0123456789abcdef0' };
 
@@ -121,13 +125,37 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     try {
       const noAws = Object.fromEntries(VARS.map((k) => [k, undefined]));
       const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-endpoint', url], {
-        env: { ...noAws, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true', AWS_CONFIG_FILE: `${other.dir}/none`, AWS_SHARED_CREDENTIALS_FILE: `${other.dir}/none`, HOME: other.dir }, timeoutMs: 60_000,
+        env: { ...noAws, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: url, AWS_EC2_METADATA_DISABLED: 'true', AWS_CONFIG_FILE: `${other.dir}/none`, AWS_SHARED_CREDENTIALS_FILE: `${other.dir}/none`, HOME: other.dir }, timeoutMs: 60_000,
       });
       expect(r.code).toBe(9);
       expect(r.stderr).toMatch(/GetCallerIdentity: cannot tell who this host is to http:\/\/127\.0\.0\.1:\d+ \(credentials from the AWS chain/);
       const bad = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-region', 'eu-west-1'], { timeoutMs: 60_000 });
       expect(bad.code).not.toBe(0);
       expect(bad.stderr).toContain('--kms-region');
+    } finally {
+      await other.cleanup();
+    }
+  });
+
+  it('a --kms-endpoint that is not AWS with no STS endpoint configured is refused at start (GetCallerIdentity would go to AWS); with AWS_ENDPOINT_URL_STS the host starts', async () => {
+    const other = new Env('awsks-nosts');
+    try {
+      const hostEnv = {
+        AWS_ACCESS_KEY_ID: creds.host!.AccessKeyId, AWS_SECRET_ACCESS_KEY: creds.host!.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true',
+        AWS_CONFIG_FILE: `${other.dir}/none`, AWS_SHARED_CREDENTIALS_FILE: `${other.dir}/none`,
+      };
+      const noAws = Object.fromEntries(VARS.map((k) => [k, undefined]));
+      // Refused before any request is built to completion: the endpoint is resolved by the SDK, nothing is signed or sent.
+      const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', other.state, '--mount', other.mnt, '--kms-endpoint', url], { env: { ...noAws, ...hostEnv, HOME: other.dir }, timeoutMs: 60_000 });
+      expect(r.code, r.stderr).not.toBe(0);
+      expect(r.stderr).toContain(`--kms-endpoint ${url} is not an AWS endpoint, but no STS endpoint is configured: GetCallerIdentity would go to https://sts.us-east-1.amazonaws.com`);
+      expect(r.stderr).toContain(`Set AWS_ENDPOINT_URL_STS (or AWS_ENDPOINT_URL, or endpoint_url in the AWS profile) to the KMS host's listener, e.g. AWS_ENDPOINT_URL_STS=${url}`);
+      // STS configured for STS alone (the KMS client takes --kms-endpoint): the host starts as the user.
+      for (const k of VARS) delete process.env[k];
+      Object.assign(process.env, hostEnv, { AWS_ENDPOINT_URL_STS: url });
+      await other.start(['--kms-endpoint', url]);
+      expect((await other.ok(['status'])).Daemon.Kms).toMatchObject({ Endpoint: url, HostPrincipal: expect.stringMatching(/:user\/host$/) });
+      expect(await other.stop()).toBe(0);
     } finally {
       await other.cleanup();
     }
@@ -173,5 +201,90 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     } finally {
       await host.cleanup();
     }
+  });
+});
+
+/**
+ * A KMS that answers every request with an AWS JSON 1.1 error (a real HTTP
+ * peer on loopback; ebsd's own KMS has no way to answer DependencyTimeoutException).
+ * `reply` is what it answers now; `requests` counts what reached it.
+ */
+class FailingKms {
+  reply = { status: 500, type: 'DependencyTimeoutException' };
+  requests = 0;
+  private server: Server | undefined;
+
+  async start(): Promise<string> {
+    this.server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        this.requests++;
+        const { status, type } = this.reply;
+        const body = JSON.stringify({ __type: type, message: `${type} from the test's KMS` });
+        res.writeHead(status, { 'content-type': 'application/x-amz-json-1.1', 'x-amzn-requestid': `req-${this.requests}`, 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      });
+    });
+    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', () => r()));
+    return `http://127.0.0.1:${(this.server.address() as { port: number }).port}`;
+  }
+
+  async stop(): Promise<void> {
+    this.server?.closeAllConnections();
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+}
+
+describe('AwsKeyService against a KMS answering server faults', () => {
+  const sts = new Env('awsks-5xx');
+  const failing = new FailingKms();
+  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
+  let ks: AwsKeyService | undefined;
+
+  beforeAll(async () => {
+    ensureBuilt();
+    // STS (GetCallerIdentity) from a real --kms-only daemon; the KMS calls go to the failing server.
+    const url = (await startKmsDaemon(sts)).url;
+    await sts.ok(['iam', 'create-user', 'host']);
+    const k = (await sts.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
+    for (const v of VARS) delete process.env[v];
+    Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: url, AWS_EC2_METADATA_DISABLED: 'true' });
+  }, 60_000);
+
+  afterAll(async () => {
+    ks?.close();
+    await failing.stop();
+    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+    await sts.cleanup();
+  });
+
+  it('DependencyTimeoutException, KMSInternalException and an unmodeled 503 open the circuit after the configured failures; each stays "not now" for the key cache; a throttle does not', async () => {
+    const endpoint = await failing.start();
+    // Open for 5 s, as in the dead-KMS case above: the fail-fast check must not outlast it.
+    ks = new AwsKeyService({ endpoint, maxAttempts: 1, circuitFailures: 4, circuitOpenMs: 5_000 });
+    await ks.hostPrincipal();
+    const decrypt = () => ks!.decrypt({ CiphertextBlob: new Uint8Array(64), EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
+
+    // A throttle is an answer: it neither counts toward the circuit nor leaves it open.
+    failing.reply = { status: 400, type: 'ThrottlingException' };
+    for (let i = 0; i < 5; i++) expect(await decrypt()).toMatchObject({ code: 'KMS_UNAVAILABLE', awsName: 'ThrottlingException', authoritative: false });
+    expect(ks.health()).toMatchObject({ Circuit: 'closed', ConsecutiveFailures: 0 });
+
+    const faults = [{ status: 500, type: 'DependencyTimeoutException' }, { status: 500, type: 'KMSInternalException' }, { status: 500, type: 'DependencyTimeoutException' }, { status: 503, type: 'ServiceUnavailable' }];
+    for (const [i, f] of faults.entries()) {
+      failing.reply = f;
+      const e = await decrypt();
+      expect(e).toBeInstanceOf(KeyServiceError);
+      expect(e).toMatchObject({ authoritative: false }); // not a refusal: the key cache serves until max-stale
+      if (f.type.endsWith('Exception')) expect(e).toMatchObject({ awsName: f.type });
+      expect(ks.health()).toMatchObject({ ConsecutiveFailures: i + 1, Circuit: i + 1 < 4 ? 'closed' : 'open' });
+    }
+    expect(failing.requests).toBe(5 + 4);
+    const h = ks.health();
+    expect(h).toMatchObject({ Circuit: 'open', NextProbeTime: expect.any(String), LastError: { Operation: 'Decrypt' } });
+    // Open: a call fails at once, nothing reaches the KMS.
+    const fast = await decrypt();
+    expect((fast as Error).message).toMatch(/circuit open/);
+    expect(failing.requests).toBe(9);
   });
 });

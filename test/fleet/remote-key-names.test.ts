@@ -95,30 +95,33 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
   });
 
   it('an alias moved after the check cannot carry a create, a restore or a copy to the key the check did not judge', async () => {
-    // A snapshot under K1 first (its creation takes longer than the name cache lives).
+    // An alias of its own, first resolved below: the host remembers a name for 30 s from its first
+    // resolution, and alias/x was resolved by the cases before, so its entry could expire midway here.
+    await a.ok(['kms', 'create-alias', '--alias-name', 'alias/moved', '--target-key-id', arn]);
+    // A snapshot under K1 first.
     const vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', arn])).VolumeId as string;
     const snap = (await b.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId as string;
     await alicePolicy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }, { Effect: 'Deny', Action: 'kms:*', Resource: arn2 });
     try {
-      // Judged: alias/x is K1, allowed (the host remembers the answer, remote-key-names.ts).
-      const first = await create('alias/x');
+      // Judged: alias/moved is K1, allowed (the host remembers the answer, remote-key-names.ts).
+      const first = await create('alias/moved');
       expect(first.code, first.stderr).toBe(0);
       expect(JSON.parse(first.stdout).KmsKeyId).toBe(arn);
-      await a.ok(['kms', 'update-alias', '--alias-name', 'alias/x', '--target-key-id', arn2]);
-      // Judged on K1 again (the remembered answer): the create must use K1, not whatever the KMS resolves alias/x to now.
-      const moved = await create('alias/x');
+      await a.ok(['kms', 'update-alias', '--alias-name', 'alias/moved', '--target-key-id', arn2]);
+      // Judged on K1 again (the remembered answer): the create must use K1, not whatever the KMS resolves alias/moved to now.
+      const moved = await create('alias/moved');
       expect(moved.code, moved.stderr).toBe(0);
       expect(JSON.parse(moved.stdout).KmsKeyId).toBe(arn);
-      const restored = await b.cli(['volume', 'create', '--snapshot-id', snap, '--kms-key', 'alias/x', '--wait', '--output', 'json'], { uid: ALICE });
+      const restored = await b.cli(['volume', 'create', '--snapshot-id', snap, '--kms-key', 'alias/moved', '--wait', '--output', 'json'], { uid: ALICE });
       expect(restored.code, restored.stderr).toBe(0);
       expect(JSON.parse(restored.stdout)).toMatchObject({ State: 'available', KmsKeyId: arn });
-      const copied = await b.cli(['snapshot', 'copy', snap, '--kms-key-id', 'alias/x', '--wait', '--output', 'json'], { uid: ALICE });
+      const copied = await b.cli(['snapshot', 'copy', snap, '--kms-key-id', 'alias/moved', '--wait', '--output', 'json'], { uid: ALICE });
       expect(copied.code, copied.stderr).toBe(0);
       expect(JSON.parse(copied.stdout)).toMatchObject({ State: 'completed', KmsKeyId: arn });
       // Nothing on this host is under the denied key.
       expect((await b.ok(['volume', 'ls'])).Volumes.map((v: { KmsKeyId?: string }) => v.KmsKeyId)).not.toContain(arn2);
     } finally {
-      await a.ok(['kms', 'update-alias', '--alias-name', 'alias/x', '--target-key-id', arn]);
+      await a.ok(['kms', 'delete-alias', '--alias-name', 'alias/moved']);
     }
   });
 

@@ -8,8 +8,12 @@
  * Meanwhile its metrics say the KMS does not answer and the volume is not
  * served (ebsd_kms_remote_reachable, ebsd_volumes_unserved), then that it is.
  * The SDK's "node >= 22" notice appears nowhere in the daemon's output.
+ * A KMS host name that does not resolve (ENOTFOUND) is waited for the same way.
+ * Opening the volumes once the KMS answers is all or nothing: a failed open
+ * leaves the volume API refusing (ServiceUnavailable) and is tried afresh.
  */
-import { openSync, readSync, writeSync, closeSync, constants } from 'node:fs';
+import { openSync, readSync, writeSync, closeSync, constants, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
@@ -226,5 +230,97 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     const log = await host.untilLog(/volume recorded attached is served again/);
     expect(log.match(/KMS did not answer the re-attach of volumes recorded attached/g)).toHaveLength(1);
     expect(log.match(/volume recorded attached is served again/g)).toHaveLength(1);
+  });
+});
+
+describe('a host daemon whose KMS host name does not resolve', () => {
+  const host = new Env('nxkms-host');
+  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
+  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
+
+  beforeAll(() => ensureBuilt(), 60_000);
+
+  afterAll(async () => {
+    await host.cleanup();
+    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+  });
+
+  it('comes up and waits (getaddrinfo ENOTFOUND is unreachable, as ECONNREFUSED is), and refuses volume operations with ServiceUnavailable', async () => {
+    // .invalid is reserved never to resolve, and a DNS label holds at most 63 octets, so a 64-octet
+    // one cannot be put in a query: glibc's getaddrinfo fails it as EAI_NONAME (Node: ENOTFOUND)
+    // without asking any resolver, so no query leaves the machine, whatever /etc/resolv.conf says.
+    const url = `https://${'a'.repeat(64)}.invalid`;
+    // Never sent: no connection is made. STS at the same name, as a fleet host's profile would say.
+    useHostCredentials({ AccessKeyId: 'AKIAIOSFODNN7EXAMPLE', SecretAccessKey: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' }, { AWS_ENDPOINT_URL: url });
+    await host.start(['--kms-endpoint', url]);
+    const st = await status();
+    expect(st.Daemon.Kms).toMatchObject({ Endpoint: url, State: 'unreachable', Waiting: { Attempts: expect.any(Number), LastError: expect.stringContaining('ENOTFOUND') } });
+    const refused = await host.cli(['volume', 'create', '--size', '16MiB', '--kms-key', 'alias/aws/ebs']);
+    expect(refused.code, refused.stderr).toBe(10);
+    expect(refused.stderr).toContain('ServiceUnavailable');
+    // A status call tries again at once: still waiting, still the same reason, still one warning.
+    await until('a second try', async () => ((await status()).Daemon.Kms.Waiting.Attempts >= 2 ? true : undefined), 30_000);
+    expect((await status()).Daemon.Kms.Waiting.LastError).toContain('ENOTFOUND');
+    expect(host.daemonLog().match(/KMS unreachable at start/g)).toHaveLength(1);
+    expect(await host.stop()).toBe(0);
+  });
+});
+
+describe('a host whose volumes fail to open once its KMS answers', () => {
+  const kms = new Env('openfail-kms');
+  const host = new Env('openfail-host');
+  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
+  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
+
+  beforeAll(() => ensureBuilt(), 60_000);
+
+  afterAll(async () => {
+    await host.cleanup();
+    await kms.cleanup();
+    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+  });
+
+  it('publishes nothing of a failed open (volume operations stay ServiceUnavailable), and opens everything afresh on the next try', async () => {
+    const { url, k, keyArn } = await kmsWithHostUser(kms);
+    useHostCredentials(k, { AWS_ENDPOINT_URL: url });
+    const { vol, data } = await attachedAndStopped(host, url, keyArn, 'open-fails-once');
+    await kms.stop();
+
+    // The last part openVolumes opens (the snapshot copier's markers, <state>/snapshots-local/copies)
+    // cannot be: a file where its directory goes. The volume manager and snapshots open before it.
+    const copies = join(host.state, 'snapshots-local', 'copies');
+    rmSync(copies, { recursive: true, force: true });
+    writeFileSync(copies, '');
+    await host.start(['--kms-endpoint', url, '--key-cache-ttl', '2s']);
+    expect((await status()).Daemon.Kms.State).toBe('unreachable');
+    await restartOnSamePort(kms, ['--kms-only', '--kms-listen', new URL(url).host]);
+    // A status call makes the resolver try at once (at most once a second).
+    await until('an open of the volumes that failed', async () => {
+      await status();
+      return /could not open the volumes after the KMS answered/.test(host.daemonLog()) || undefined;
+    }, 90_000);
+    const st = await status();
+    expect(st.Daemon.Kms.Waiting.LastError).toContain('copies');
+    expect(st.Volumes).toEqual([expect.objectContaining({ VolumeId: vol, Attached: false })]);
+    // Nothing of the failed open is served: every volume operation is refused as while waiting (no TypeError on a half-set daemon).
+    for (const args of [['volume', 'create', '--size', '16MiB', '--kms-key', keyArn], ['volume', 'ls'], ['attach', vol]]) {
+      const refused = await host.cli(args);
+      expect(refused.code, `${args.join(' ')}: ${refused.stderr}`).toBe(10);
+      expect(refused.stderr).toContain('ServiceUnavailable');
+    }
+
+    rmSync(copies);
+    mkdirSync(copies, { mode: 0o700 });
+    const back = await until('the volume re-attached', async () => {
+      const v = (await status()).Volumes.find((x: any) => x.VolumeId === vol);
+      return v?.Attached ? v : undefined;
+    }, 90_000);
+    expect(back.KeyCache.State).toMatch(/cached|refreshing/);
+    expect((await status()).Daemon.Kms.Waiting).toBeUndefined();
+    await readsBackAndDetaches(host, vol, data);
+    const log = await host.untilLog(/host principal resolved, volumes open/);
+    expect(log.match(/host principal resolved, volumes open/g)).toHaveLength(1);
+    expect(log).not.toContain('could not close after a failed open');
+    expect(await host.stop()).toBe(0);
   });
 });
