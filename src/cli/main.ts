@@ -14,7 +14,7 @@ import { createLogger } from '../util/logger.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, dryRunMember, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
-import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, table, type OutputFormat } from './output.js';
+import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, printableCell, table, type OutputFormat } from './output.js';
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
 import { topCommand } from './top.js';
@@ -686,7 +686,8 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 function reportError(e: unknown, argv: string[]): number {
-  const write = (s: string): void => void process.stderr.write(`ebsd: ${s}\n`);
+  // Messages carry names and texts callers chose (tags, policy documents, remote services' messages): shown, never acted on.
+  const write = (s: string): void => void process.stderr.write(`ebsd: ${printableCell(s)}\n`);
   if (e instanceof ServiceError) {
     write(`${e.awsName}: ${e.message}`);
     return exitCodeFor(e.awsName, e.status);
@@ -695,6 +696,11 @@ function reportError(e: unknown, argv: string[]): number {
     const dir = stateDirUsed ?? stateDirArg(argv) ?? (process.env.EBSD_STATE_DIR || DEFAULT_STATE_DIR);
     if (/permission denied/.test(e.reason)) {
       write(`${e.message}: every directory above the socket must be searchable (the state dir is 0711)`);
+      return EXIT.NO_DAEMON;
+    }
+    if (/stopped or stuck/.test(e.reason)) {
+      // It accepts connections, so it runs: starting another would only fail on its lock.
+      write(`${e.message}. Look at its log and \`systemctl status ebsd\` (a SIGSTOPped or blocked process answers nothing)`);
       return EXIT.NO_DAEMON;
     }
     write(`${e.message}. Is the daemon running? Start it with: ebsd daemon --state-dir ${dir} (or set EBSD_STATE_DIR / --state-dir to the right one)`);

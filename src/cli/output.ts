@@ -44,11 +44,18 @@ export function applyQuery(v: unknown, query: string | undefined): unknown {
   return mapped ? cur.filter((x) => x !== undefined && x !== null) : cur[0] ?? null;
 }
 
-/** C0 controls, DEL and C1 controls: what a terminal may act on (ESC and CSI start sequences, BEL ends OSC). */
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+/**
+ * C0 controls, DEL and C1 controls: what a terminal may act on (ESC and CSI start sequences, BEL
+ * ends OSC); and the bidirectional and line-separator controls (U+061C, U+200E/F, U+202A-E,
+ * U+2066-9, U+2028/9), which reorder or break a row as displayed without being escape sequences.
+ */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
 
-/** `\x1b` for ESC: the character's code as a visible escape. */
-const visible = (c: string): string => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+/** `\x1b` for ESC, `\u202e` for a bidi override: the character's code as a visible escape. */
+const visible = (c: string): string => {
+  const n = c.charCodeAt(0);
+  return n <= 0xff ? `\\x${n.toString(16).padStart(2, '0')}` : `\\u${n.toString(16).padStart(4, '0')}`;
+};
 
 /**
  * A value made safe to print on a terminal: every C0 and C1 control character

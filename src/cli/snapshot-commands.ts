@@ -3,7 +3,7 @@ import { callDaemon, socketPathFor } from './client.js';
 import { EXIT } from './exit-codes.js';
 import { DRY_RUN_OPTION, UsageError, dryRunMember, refuseEmpty, wholeNumber } from './kms-args.js';
 import { snapshotCopyCommand } from './snapshot-copy-command.js';
-import { applyQuery, defaultFormat, print, table, type OutputFormat } from './output.js';
+import { applyQuery, defaultFormat, print, printableCell, table, type OutputFormat } from './output.js';
 
 /**
  * `ebsd snapshot create|ls|describe|delete` (EC2 CreateSnapshot,
@@ -148,7 +148,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             res = await waitFor(g, String(res.SnapshotId), Math.max(50, a.pollInterval));
             if (res.State === 'error') {
               // The answer still goes to stdout (it names the snapshot); stderr says why the exit code is not 0.
-              process.stderr.write(`ebsd: ${String(res.SnapshotId)} ended in state 'error'${res.StateMessage ? `: ${String(res.StateMessage)}` : ''}\n`);
+              process.stderr.write(`ebsd: ${String(res.SnapshotId)} ended in state 'error'${res.StateMessage ? `: ${printableCell(String(res.StateMessage))}` : ''}\n`);
               setExitCode(EXIT.SERVICE);
             }
           }

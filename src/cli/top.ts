@@ -200,7 +200,7 @@ export function renderTop(status: R, now: Samples | undefined, before: Samples |
 
 async function scrape(url: string, quit: AbortSignal): Promise<Samples | undefined> {
   try {
-    const res = await fetch(url, { signal: AbortSignal.any([quit, AbortSignal.timeout(900)]) });
+    const res = await fetch(url, { signal: quit });
     return res.ok ? parseMetrics(await res.text()) : undefined;
   } catch {
     return undefined;
@@ -232,8 +232,10 @@ export function topCommand(y: Argv): Argv {
       let stop = false;
       let outError: Error | undefined;
       let wake: () => void = () => {};
-      const quitting = new AbortController();
-      const quit = (): void => { stop = true; wake(); quitting.abort(new Error('quit')); };
+      // One controller per refresh, ended by quit or its own timer: AbortSignal.any over a signal
+      // that lives as long as top would keep every refresh's combined signal (a slow leak).
+      let frameAbort = new AbortController();
+      const quit = (): void => { stop = true; wake(); frameAbort.abort(new Error('quit')); };
       // The reader went away (`| head -1`): stop quietly with exit 0, as other line tools do.
       // Node ignores SIGPIPE, so this arrives as an EPIPE error on stdout; anything else is raised.
       const onOutError = (e: NodeJS.ErrnoException): void => {
@@ -252,19 +254,22 @@ export function topCommand(y: Argv): Argv {
       try {
         let pid: unknown;
         for (let frame = 0; !stop; frame++) {
-          const timeout = AbortSignal.timeout(STATUS_TIMEOUT_MS);
-          const status = await callDaemon(socket, 'ebsd.Status', {}, { signal: AbortSignal.any([quitting.signal, timeout]) }).catch((e: unknown) => {
+          const ctl = (frameAbort = new AbortController());
+          let timedOut = false;
+          const timer = setTimeout(() => { timedOut = true; ctl.abort(new Error('timeout')); }, STATUS_TIMEOUT_MS);
+          const status = await callDaemon(socket, 'ebsd.Status', {}, { signal: ctl.signal }).catch((e: unknown) => {
             if (stop) return undefined;
-            if (timeout.aborted) throw new DaemonUnreachableError(socket, `no answer to Status within ${STATUS_TIMEOUT_MS / 1000} s (daemon stopped or stuck?)`);
+            if (timedOut) throw new DaemonUnreachableError(socket, `no answer to Status within ${STATUS_TIMEOUT_MS / 1000} s: the daemon is stopped or stuck`);
             throw e;
-          });
+          }).finally(() => clearTimeout(timer));
           if (!status) break;
           // A restarted daemon's counters start again: rates across the restart would be wrong.
           const d = (status.Daemon ?? {}) as R;
           if (d.Pid !== pid) before = undefined;
           pid = d.Pid;
           const url = typeof d.MetricsUrl === 'string' ? d.MetricsUrl : undefined;
-          const now = url ? await scrape(url, quitting.signal) : undefined;
+          const scrapeTimer = setTimeout(() => ctl.abort(new Error('timeout')), 900);
+          const now = url ? await scrape(url, ctl.signal).finally(() => clearTimeout(scrapeTimer)) : undefined;
           const at = performance.now();
           if (stop) break;
           // JSON documents, like --once, start at the second scrape, so each one has its rates.

@@ -151,11 +151,12 @@ export class Attachments {
         throw new VolumeError('VOLUME_IN_USE', `vol ${rec.volumeId} is already attached to ${rec.attachment?.instanceId ?? this.instanceId}`, { awsName: 'VolumeInUse' });
       }
       if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
-      if (rec.pendingGrantRetirements?.length) await this.grants.retirePending(rec);
       if (formatOf(rec).measurementOnly) this.checkUnencryptedAllowed('attach');
       const device = req.Device ?? `/dev/ebsd/${rec.volumeId}`;
       this.pending.set(rec.volumeId, { instanceId: this.instanceId, device, since: new Date().toISOString() });
       try {
+        // Grants an earlier detach could not retire go first (KMS calls: the attach shows `attaching` meanwhile).
+        if (rec.pendingGrantRetirements?.length) await this.grants.retirePending(rec);
         return await this.attachRecorded(rec, device, caller);
       } finally {
         this.pending.delete(rec.volumeId);

@@ -580,7 +580,7 @@ export class VolumeManager {
       // Precondition: never below what the header says, whatever the catalog says.
       if (size <= h.size) throw invalidParameter(`New size ${size} must be larger than the size ${h.size} the image header of ${rec.volumeId} records; volumes only grow.`);
       const original = rec.size;
-      rec.modifying = { originalSize: original, targetSize: size, since: new Date().toISOString() };
+      rec.modifying = { originalSize: original, targetSize: size, since: startTime };
       await this.catalog.put(rec);
       faultPoint('modify.after-intent');
       try {
@@ -588,7 +588,7 @@ export class VolumeManager {
         await formatOf(rec).resize(path, size);
       } catch (e) {
         this.log.warn({ volumeId: rec.volumeId, err: errInfo(e) }, 'ModifyVolume failed; settling from the image header');
-        const settled = await this.recovery.settleModify(rec).then(
+        const settled = await this.recovery.settleModify(rec, `failed and rolled back: ${errInfo(e).message ?? String(e)}`).then(
           () => true,
           (err) => (this.log.error({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not settle the failed modify; the next start retries'), false),
         );

@@ -85,7 +85,7 @@ export class VolumeRecovery {
    * size and the header's. The file is grown to cover the header's size if
    * it falls short; it is never shrunk.
    */
-  async settleModify(rec: VolumeRecord): Promise<void> {
+  async settleModify(rec: VolumeRecord, why?: string): Promise<void> {
     const m = rec.modifying!;
     const h = await this.imageSize(rec);
     await growImageFile(join(this.o.dir, rec.image), h.dataOffset + h.size);
@@ -96,7 +96,7 @@ export class VolumeRecovery {
     rec.lastModification = {
       originalSize: m.originalSize, targetSize: m.targetSize, startTime: m.since, endTime: new Date().toISOString(),
       state: completed ? 'completed' : 'failed',
-      ...(completed ? {} : { statusMessage: `interrupted and rolled back to ${size} bytes (the size the image header records)` }),
+      ...(completed ? {} : { statusMessage: `${why ?? 'interrupted'}; rolled back to ${size} bytes (the size the image header records)` }),
     };
     await this.o.catalog.put(rec);
     this.o.log.warn({ volumeId: rec.volumeId, originalSize: m.originalSize, targetSize: m.targetSize, headerSize: h.size, size }, 'settled an interrupted ModifyVolume from the image header');

@@ -33,6 +33,8 @@ describe('CLI output', () => {
     expect(printableCell(hostile)).toBe(shown);
     expect(printableCell('vol-1 données ✓')).toBe('vol-1 données ✓');
     expect(printableCell('a\tb\nc\u0000')).toBe('a\\x09b\\x0ac\\x00');
+    // Bidi overrides and isolates, and the line separators, reorder or break a row: shown as \uNNNN.
+    expect(printableCell('vol\u202egpj.exe\u2066x\u2069\u2028')).toBe('vol\\u202egpj.exe\\u2066x\\u2069\\u2028');
   });
 
   it('tables and key-value output escape control characters in cells and keys; JSON keeps the exact value; text only on a terminal', () => {
