@@ -219,7 +219,15 @@ export class SnapshotManager {
 
   /**
    * A volume is being detached (its file hidden, no new requests): once every
-   * accepted write reached the disk, save its tracking with the clean mark.
+   * accepted write reached the disk and is durable (fdatasync, inside the
+   * write pause), save its tracking with the clean mark. The clean mark says
+   * "the image differs from the base only in these blocks", so it must not
+   * be durable before the data it describes: with the save first, a failed
+   * (EIO) or interrupted (power) last flush of the detach would leave a clean
+   * file over blocks that never reached the disk, and the next snapshot would
+   * be an incremental missing them. A flush that fails leaves the dirty mark
+   * written at attach: the next snapshot copies every block
+   * (docs/architecture.md §12.3).
    */
   async volumeDetaching(volumeId: string, dev: BlockDevice | undefined): Promise<void> {
     const t = this.trackers.get(volumeId);
@@ -228,10 +236,13 @@ export class SnapshotManager {
     const src = asSnapshotSource(dev);
     try {
       await t.ready();
-      const save = async (): Promise<void> => this.tracking.saveClean(volumeId, t.snapshotForSave());
-      if (src) await src.withWritesPaused(save);
-      else await save();
-      src?.setWriteGate(undefined);
+      // The gate was installed through this device's SnapshotSource (volumeAttached); without it nothing can be flushed.
+      if (!dev || !src) throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `no data path to flush for ${volumeId}`);
+      await src.withWritesPaused(async () => {
+        await dev.flush();
+        await this.tracking.saveClean(volumeId, t.snapshotForSave());
+      });
+      src.setWriteGate(undefined);
       if (t.stale) await this.tracking.markDirty(volumeId);
     } catch (e) {
       this.log.warn({ volumeId, err: errInfo(e) }, 'could not save changed-block tracking at detach; the next snapshot copies every block');
