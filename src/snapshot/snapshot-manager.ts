@@ -300,12 +300,16 @@ export class SnapshotManager {
       faultPoint('snapshot.after-pending');
       this.running.set(snapshotId, run);
       try {
-        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run);
+        // A detached volume's tracking is read once: the volume is held, so its file cannot change meanwhile.
+        const detached = src ? undefined : await this.detachedTracking(v.volumeId, snapshotId);
+        const tracker = this.trackers.get(v.volumeId);
+        const base = src ? ((await tracker?.ready()), tracker?.base) : detached!.base;
+        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run, base);
         run.parentId = parent?.snapshotId;
         const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
         const plan = src
           ? await this.pointInTimeAttached(v, src, parent, nBlocks, run)
-          : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks);
+          : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks, detached!);
         this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
         isAccepted = true;
         accepted(toEc2Snapshot(m));
@@ -335,11 +339,10 @@ export class SnapshotManager {
    * so it is the one an incremental can use); otherwise the latest such
    * snapshot, found by listing every manifest (the snapshot then reads every
    * block, which costs far more than the listing). The parent comes pinned
-   * (pinParent): undefined when it was deleted meanwhile.
+   * (pinParent): undefined when it was deleted meanwhile. `base`: the
+   * tracking's base (undefined: unknown).
    */
-  private async parentOf(volumeId: string, dek: string | undefined, run: RunningCreate): Promise<SnapshotManifest | undefined> {
-    const t = this.trackers.get(volumeId);
-    const base = t ? ((await t.ready()), t.base) : (await this.tracking.load(volumeId).catch(() => undefined))?.base;
+  private async parentOf(volumeId: string, dek: string | undefined, run: RunningCreate, base: string | undefined): Promise<SnapshotManifest | undefined> {
     if (base) {
       const m = await this.o.store.getManifest(base).catch(() => undefined);
       if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return this.pinParent(m, run);
@@ -408,9 +411,22 @@ export class SnapshotManager {
     return plan!;
   }
 
-  private async pointInTimeDetached(v: VolumeForSnapshot, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number): Promise<SnapshotPlan> {
+  /**
+   * The tracking of a detached volume, as its file says; a file that cannot
+   * be read or is not well formed (torn, damaged, edited) is "unknown": the
+   * snapshot copies every block, never fails for it (docs/architecture.md §12.3).
+   */
+  private async detachedTracking(volumeId: string, snapshotId: string): Promise<TrackingState> {
+    try {
+      return await this.tracking.load(volumeId);
+    } catch (e) {
+      this.log.warn({ snapshotId, volumeId, err: errInfo(e) }, 'changed-block tracking cannot be read: the snapshot copies every block');
+      return { base: undefined, changed: new BlockBitmap() };
+    }
+  }
+
+  private async pointInTimeDetached(v: VolumeForSnapshot, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number, before: TrackingState): Promise<SnapshotPlan> {
     // Held by withVolumeForSnapshot: nobody attaches, grows or deletes the volume while we read its image.
-    const before = await this.tracking.load(v.volumeId);
     const incremental = parent !== undefined && before.base === parent.snapshotId;
     const indexes = incremental ? [...before.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
     const f = await openImageForRead(v.imagePath);
