@@ -71,7 +71,16 @@ export class BlockBitmap {
     return Buffer.from(this.bits.subarray(0, end)).toString('base64');
   }
 
+  /**
+   * The bitmap toBase64() wrote; anything else (characters outside the
+   * alphabet, missing or extra padding, any other non-canonical form:
+   * Buffer.from skips what it does not understand and would read "fewer
+   * blocks") is a RangeError. The check: the bytes encode back to `s` exactly.
+   */
   static fromBase64(s: string): BlockBitmap {
-    return new BlockBitmap(Buffer.from(s, 'base64'));
+    if (typeof s !== 'string') throw new TypeError('s: not a string');
+    const bytes = Buffer.from(s, 'base64');
+    if (bytes.toString('base64') !== s) throw new RangeError('s: not the canonical base64 of a block bitmap');
+    return new BlockBitmap(bytes);
   }
 }
