@@ -257,7 +257,7 @@ export class SnapshotManager {
    * the background, holding the volume (VolumeManager.withVolumeForSnapshot).
    */
   createSnapshot(req: CreateSnapshotRequest, caller: Caller): Promise<Ec2Snapshot> {
-    if (this.closing) return Promise.reject(new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' }));
+    if (this.closing) return Promise.reject(shuttingDown());
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const startTime = new Date().toISOString();
     const startedMs = performance.now();
@@ -265,7 +265,7 @@ export class SnapshotManager {
     const answer = new Promise<Ec2Snapshot>((res) => (accepted = res));
     let isAccepted = false;
     const job = this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
-      if (this.closing) throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });
+      if (this.closing) throw shuttingDown();
       if (v.state !== 'available' && v.state !== 'in-use') {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
       }
@@ -274,6 +274,8 @@ export class SnapshotManager {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
       }
       const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
+      // close() aborts only the runs it finds in `running`: one that began during the read refuses here, nothing written yet.
+      if (this.closing) throw shuttingDown();
       const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
       const m: SnapshotManifest = {
         formatVersion: 1,
@@ -299,6 +301,8 @@ export class SnapshotManager {
       await this.markers.putPending(m);
       faultPoint('snapshot.after-pending');
       this.running.set(snapshotId, run);
+      // A close() that began while the pending manifest was written did not find this run: aborted as it would have been.
+      if (this.closing) run.abort ??= shutDownDuring();
       try {
         // A detached volume's tracking is read once: the volume is held, so its file cannot change meanwhile.
         const detached = src ? undefined : await this.detachedTracking(v.volumeId, snapshotId);
@@ -449,6 +453,8 @@ export class SnapshotManager {
     let batch: BlockBatch | undefined;
     let headerStored: Promise<BlockHash> | undefined;
     try {
+      // Aborted before the copy began (close() during the point in time): recorded `error` at once.
+      if (run.abort) throw run.abort;
       const inherited = new Map<number, BlockHash>();
       if (plan.incremental && parent) {
         const reread = new Set(plan.indexes);
@@ -696,7 +702,7 @@ export class SnapshotManager {
     this.closing = true;
     const runs = [...this.running.values()];
     for (const r of runs) {
-      r.abort = new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
+      r.abort = shutDownDuring();
       void r.cow?.end();
     }
     // The copy notices the abort at its next block and records the snapshot `error`.
@@ -723,6 +729,9 @@ interface SnapshotPlan {
   rollback: () => void;
   close: () => Promise<void>;
 }
+
+const shuttingDown = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });
+const shutDownDuring = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
 
 function sortBlocks(m: ReadonlyMap<number, BlockHash>): [number, BlockHash][] {
   return [...m.entries()].sort((a, b) => a[0] - b[0]);
