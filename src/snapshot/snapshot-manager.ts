@@ -12,7 +12,7 @@ import { faultPoint } from '../util/fault-point.js';
 import { KeyedMutex } from '../util/lock.js';
 import { errInfo } from '../volume/errors.js';
 import { syncWriteGuard } from '../volume/native-io.js';
-import { BlockBitmap } from './block-bitmap.js';
+import { BlockBitmap, BlockRange } from './block-bitmap.js';
 import { copyBlocks, putUnlessStored } from './block-copier.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from './change-tracker.js';
 import { CowSession } from './cow-session.js';
@@ -396,23 +396,41 @@ export class SnapshotManager {
       await readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
       return buf;
     };
-    let plan: SnapshotPlan | undefined;
+    // Everything that does not need the pause is prepared before it: all writes of the volume wait while it lasts.
+    const every = new BlockRange(nBlocks);
+    const cowOptions = { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) };
+    let at: { before: TrackingState; incremental: boolean; cow: CowSession } | undefined;
     await src.withWritesPaused(() => {
       // The point in time: no write is in flight, and none passes until the gate holds the copy-on-write set.
+      // Constant work whatever the volume's size (docs/architecture.md §12.2): the tracker's epoch and the session, whose
+      // set of blocks is the range of every block or the epoch's bitmap as it is (begin() starts a new one for later
+      // writes, so nothing changes it while the session reads it).
+      let incremental = false;
+      let cow: CowSession | undefined;
       const before = t.begin((b) => {
-        const incremental = parent !== undefined && b.base === parent.snapshotId;
-        const indexes = incremental ? [...b.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
-        const cow = new CowSession(indexes, readRaw, { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
-        run.cow = cow;
-        run.pacer = new CopyPacer(() => cow.writes);
-        const pacer = run.pacer;
-        plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()), recycle: (buf) => cow.buffers.give(buf), nextFirst: () => cow.nextCaptured(), pace: () => pacer.before(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => void cow.end() };
+        incremental = parent !== undefined && b.base === parent.snapshotId;
+        cow = new CowSession(incremental ? b.changed : every, readRaw, cowOptions);
         return cow;
       });
-      plan!.commit = (id) => t.commit(id);
-      plan!.rollback = () => t.rollback(before);
+      run.cow = cow!;
+      run.pacer = new CopyPacer(() => cow!.writes);
+      at = { before, incremental, cow: cow! };
     });
-    return plan!;
+    const { before, incremental, cow } = at!;
+    const pacer = run.pacer!;
+    const indexes = incremental ? [...before.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
+    return {
+      incremental,
+      indexes,
+      read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()),
+      recycle: (buf) => cow.buffers.give(buf),
+      nextFirst: () => cow.nextCaptured(),
+      pace: () => pacer.before(),
+      tracking: before,
+      commit: (id) => t.commit(id),
+      rollback: () => t.rollback(before),
+      close: async () => void cow.end(),
+    };
   }
 
   /**
