@@ -93,6 +93,13 @@ export class BlockBitmap implements BlockSet {
     }
   }
 
+  /** Removes every member >= `limit`. */
+  truncate(limit: number): void {
+    for (let byte = Math.floor(Math.max(0, limit) / 8); byte < this.bits.length; byte++) {
+      for (let bit = 0; bit < 8; bit++) if (byte * 8 + bit >= limit) this.delete(byte * 8 + bit);
+    }
+  }
+
   /** Adds every member of `other`. */
   or(other: BlockBitmap): void {
     for (const i of other.indexes()) this.add(i);

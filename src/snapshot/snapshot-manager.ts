@@ -12,7 +12,7 @@ import { faultPoint } from '../util/fault-point.js';
 import { KeyedMutex } from '../util/lock.js';
 import { errInfo } from '../volume/errors.js';
 import { syncWriteGuard } from '../volume/native-io.js';
-import { BlockBitmap, BlockRange } from './block-bitmap.js';
+import { BlockBitmap, BlockRange, type BlockSet } from './block-bitmap.js';
 import { copyBlocks, putUnlessStored } from './block-copier.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from './change-tracker.js';
 import { CowSession } from './cow-session.js';
@@ -418,10 +418,10 @@ export class SnapshotManager {
     });
     const { before, incremental, cow } = at!;
     const pacer = run.pacer!;
-    const indexes = incremental ? [...before.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
     return {
       incremental,
-      indexes,
+      // The copier reads the session's set (not changed by anyone from the point in time on): no list of indexes.
+      blocks: incremental ? before.changed : every,
       read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()),
       recycle: (buf) => cow.buffers.give(buf),
       nextFirst: () => cow.nextCaptured(),
@@ -450,11 +450,12 @@ export class SnapshotManager {
   private async pointInTimeDetached(v: VolumeForSnapshot, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number, before: TrackingState): Promise<SnapshotPlan> {
     // Held by withVolumeForSnapshot: nobody attaches, grows or deletes the volume while we read its image.
     const incremental = parent !== undefined && before.base === parent.snapshotId;
-    const indexes = incremental ? [...before.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
+    // A block past the end cannot have been written; one from a damaged file is not read.
+    before.changed.truncate(nBlocks);
     const f = await openImageForRead(v.imagePath);
     return {
       incremental,
-      indexes,
+      blocks: incremental ? before.changed : new BlockRange(nBlocks),
       read: imageBlockReader(f, dataOffset, v.size),
       tracking: before,
       commit: (id) => this.tracking.saveClean(v.volumeId, { base: id, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking')),
@@ -475,8 +476,7 @@ export class SnapshotManager {
       if (run.abort) throw run.abort;
       const inherited = new Map<number, BlockHash>();
       if (plan.incremental && parent) {
-        const reread = new Set(plan.indexes);
-        for (const [i, h] of parent.blocks) if (i < nBlocks && !reread.has(i)) inherited.set(i, h);
+        for (const [i, h] of parent.blocks) if (i < nBlocks && !plan.blocks.has(i)) inherited.set(i, h);
         if (this.o.store.singleWriter) {
           // The parent may be deleted meanwhile: its blocks, pinned since its manifest was read (pinParent), stay until
           // this manifest names them; only this daemon collects this store, so the pins are enough.
@@ -514,7 +514,7 @@ export class SnapshotManager {
       const t0 = performance.now();
       const res = await copyBlocks({
         ...(batch ? { batch } : {}),
-        indexes: plan.indexes,
+        blocks: plan.blocks,
         read: plan.read,
         ...(plan.nextFirst ? { nextFirst: plan.nextFirst } : {}),
         ...(plan.pace ? { pace: plan.pace } : {}),
@@ -567,7 +567,7 @@ export class SnapshotManager {
       const t3 = performance.now();
       await plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow?.newSlabs ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.blocks.size, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow?.newSlabs ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
@@ -734,7 +734,8 @@ export class SnapshotManager {
 
 interface SnapshotPlan {
   incremental: boolean;
-  indexes: number[];
+  /** The blocks to read: a range (full) or the tracking's bitmap (incremental), sized by the volume in bits at most. */
+  blocks: BlockSet;
   read: (i: number) => Promise<Buffer>;
   nextFirst?: () => number | undefined;
   /** The copier's pacing against the volume's writes (attached volumes). */
