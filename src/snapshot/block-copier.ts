@@ -1,12 +1,17 @@
 import { sha256HexOffLoop } from '../util/sha256.js';
+import { BlockBitmap, type BlockSet } from './block-bitmap.js';
 import type { BlockBatch, BlockHash, SnapshotStore } from './types.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 
 const ZERO_BLOCK = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
 
 export interface CopyPlan {
-  /** Block indexes to read, ascending. */
-  indexes: number[];
+  /**
+   * The blocks to read (ascending): a BlockRange or a BlockBitmap, never a
+   * list or a Set of indexes, which would not hold the 2^27 blocks of a
+   * 64 TiB volume (V8 caps a Set or Map at 2^24 entries).
+   */
+  blocks: BlockSet;
   /** Reads block `i` as it was at the snapshot's point in time (512 KiB). */
   read: (i: number) => Promise<Buffer>;
   /** A block to read before the next in order (a block a write captured), if any. */
@@ -64,9 +69,10 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
   let zeroBlocks = 0;
   let storedBlocks = 0;
   const found = new Set<BlockHash>();
-  const total = p.indexes.length;
-  const done = new Set<number>();
-  let cursor = 0;
+  const total = p.blocks.size;
+  // One bit per block: a volume's worth costs 16 MiB at 64 TiB.
+  const done = new BlockBitmap();
+  const order = p.blocks.indexes();
   let finished = 0;
   const next = (): number | undefined => {
     for (;;) {
@@ -76,11 +82,12 @@ export async function copyBlocks(p: CopyPlan): Promise<CopyResult> {
         return first;
       }
       if (first !== undefined) return undefined; // cannot happen: a captured block is taken once
-      while (cursor < total && done.has(p.indexes[cursor]!)) cursor++;
-      if (cursor >= total) return undefined;
-      const i = p.indexes[cursor++]!;
-      done.add(i);
-      return i;
+      for (let r = order.next(); !r.done; r = order.next()) {
+        if (done.has(r.value)) continue;
+        done.add(r.value);
+        return r.value;
+      }
+      return undefined;
     }
   };
   let failure: unknown;

@@ -6,6 +6,7 @@ import { atomicWrite, fsyncDir } from '../util/atomic-write.js';
 import { readTextIfExists } from '../util/read-if-exists.js';
 import { parseStateJson } from '../util/state-json.js';
 import { BlockBitmap } from './block-bitmap.js';
+import { SnapshotError } from './errors.js';
 import type { CowSession, SyncRawReader } from './cow-session.js';
 
 /**
@@ -31,6 +32,7 @@ interface TrackingFile {
 }
 
 const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
+const SNAPSHOT_ID = /^snap-[0-9a-f]{17}$/;
 
 /** The tracking files of this host (local state: tracking describes this host's writes, whatever store the snapshots live in). */
 export class TrackingFiles {
@@ -47,14 +49,34 @@ export class TrackingFiles {
     return join(this.dir, `${volumeId}.json`);
   }
 
-  /** The tracking recorded clean, or an unknown base when there is none (never written, or a crash left the dirty mark). */
+  /**
+   * The tracking recorded clean, or an unknown base when there is none
+   * (never written, or a crash left the dirty mark). A file that is not
+   * exactly what saveClean or markDirty writes (not JSON, another
+   * formatVersion, another volume, a clean mark without a snapshot id or
+   * without a well-formed `changed` bitmap) is SNAPSHOT_CORRUPT: callers
+   * take it as unknown (the next snapshot is full). Reading a damaged file
+   * as "nothing changed" would make that snapshot an incremental missing
+   * every write since the base.
+   */
   async load(volumeId: string): Promise<TrackingState> {
     const p = this.path(volumeId);
     const text = await readTextIfExists(p);
     if (text === undefined) return { base: undefined, changed: new BlockBitmap() };
-    const f = parseStateJson('SNAPSHOT_CORRUPT', p, text) as TrackingFile;
-    if (f.clean !== true || f.volumeId !== volumeId || typeof f.baseSnapshotId !== 'string') return { base: undefined, changed: new BlockBitmap() };
-    return { base: f.baseSnapshotId, changed: typeof f.changed === 'string' ? BlockBitmap.fromBase64(f.changed) : new BlockBitmap() };
+    const f = parseStateJson('SNAPSHOT_CORRUPT', p, text) as Partial<TrackingFile> | null;
+    const corrupt = (why: string): SnapshotError => new SnapshotError('SNAPSHOT_CORRUPT', `${p} is corrupt: ${why}`);
+    if (typeof f !== 'object' || f === null || Array.isArray(f)) throw corrupt('not a JSON object');
+    if (f.formatVersion !== 1) throw corrupt(`formatVersion ${JSON.stringify(f.formatVersion)}, not 1`);
+    if (f.volumeId !== volumeId) throw corrupt(`it names volume ${JSON.stringify(f.volumeId)}`);
+    if (typeof f.clean !== 'boolean') throw corrupt('`clean` is not true or false');
+    if (!f.clean) return { base: undefined, changed: new BlockBitmap() };
+    if (typeof f.baseSnapshotId !== 'string' || !SNAPSHOT_ID.test(f.baseSnapshotId)) throw corrupt('a clean mark without a snapshot id in `baseSnapshotId`');
+    if (typeof f.changed !== 'string') throw corrupt('a clean mark without the `changed` bitmap');
+    try {
+      return { base: f.baseSnapshotId, changed: BlockBitmap.fromBase64(f.changed) };
+    } catch (e) {
+      throw new SnapshotError('SNAPSHOT_CORRUPT', `${p} is corrupt: \`changed\` is not a block bitmap`, { cause: e });
+    }
   }
 
   /** Durable when it resolves. */

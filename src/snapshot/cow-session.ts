@@ -1,6 +1,6 @@
 import type { SyncRawReader } from '../volume/write-gate.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
-import { BlockBitmap } from './block-bitmap.js';
+import { BlockBitmap, type BlockSet } from './block-bitmap.js';
 import { COW_SECTOR, CowSpill } from './cow-spill.js';
 import { CowMemory, type SessionSlots } from './cow-memory.js';
 import { SnapshotError } from './errors.js';
@@ -58,15 +58,22 @@ interface BlockCow {
  * passes the gate only once that sector's old bytes are captured (tryPass
  * answers false, beforeWrite waits while a capture is in flight). take(i)
  * reads the block, then, in the same turn of the event loop as that read's
- * completion, drops the block from `pending` and patches in every sector
+ * completion, marks the block taken (no longer pending) and patches in every sector
  * captured by then. A patched sector holds bytes read before any write to
  * it passed; every other sector had no write pass before the read ended, so
  * the read saw its point-in-time bytes (a capture still in flight then is
  * discarded: its write is still held, and the read's bytes are the same).
  */
 export class CowSession {
-  private readonly pending = new BlockBitmap();
-  private pendingCount = 0;
+  /**
+   * The snapshot's blocks, as given: read, never changed (the caller does not
+   * change it either while the session lives). A block is pending while it is
+   * a member and not in `taken`.
+   */
+  private readonly members: BlockSet;
+  /** Members take() has read: no longer pending. */
+  private readonly taken = new BlockBitmap();
+  private pendingCount: number;
   private readonly blocks = new Map<number, BlockCow>();
   /** Blocks with captured sectors not yet handed to the copier, in capture order. */
   private readonly queue = new Set<number>();
@@ -93,12 +100,21 @@ export class CowSession {
     return this.mem.newSlabs;
   }
 
-  constructor(indexes: Iterable<number>, private readonly read: RawReader, o: CowSessionOptions = {}) {
-    for (const i of indexes) {
-      if (this.pending.has(i)) continue;
-      this.pending.add(i);
-      this.pendingCount++;
+  /**
+   * `blocks`: the blocks to copy. A BlockSet is used as it is, so the
+   * session's set-up costs the same for any volume size: it runs inside
+   * the write pause (docs/architecture.md §12.2). A list is copied into a
+   * bitmap first (tests, small sets).
+   */
+  constructor(blocks: BlockSet | Iterable<number>, private readonly read: RawReader, o: CowSessionOptions = {}) {
+    if (isBlockSet(blocks)) {
+      this.members = blocks;
+    } else {
+      const b = new BlockBitmap();
+      for (const i of blocks) b.add(i);
+      this.members = b;
     }
+    this.pendingCount = this.members.size;
     // Never more than the pending blocks' bytes: a session cannot need more, so a small volume does not take the budget from the next.
     const need = this.pendingCount * SNAPSHOT_BLOCK_BYTES;
     // Without a shared pool, one of its own: maxMemoryBytes with a spill file; without one, memory is the only
@@ -132,7 +148,7 @@ export class CowSession {
     let need = false;
     for (let s = s0; s < s1; s++) {
       const b = Math.floor(s / PER_BLOCK);
-      if (!this.pending.has(b)) {
+      if (!this.isPending(b)) {
         s = (b + 1) * PER_BLOCK - 1;
         continue;
       }
@@ -148,7 +164,7 @@ export class CowSession {
     if (!readNow(buf, s0 * COW_SECTOR)) return false;
     for (let s = s0; s < s1; s++) {
       const b = Math.floor(s / PER_BLOCK);
-      if (!this.pending.has(b)) continue;
+      if (!this.isPending(b)) continue;
       const st = this.blockCow(b);
       const k = s - b * PER_BLOCK;
       if (st.old[k] === undefined) this.keep(b, st, k, buf, (s - s0) * COW_SECTOR);
@@ -169,7 +185,7 @@ export class CowSession {
     const s1 = Math.ceil((pos + len) / COW_SECTOR);
     const waits: Promise<void>[] = [];
     for (let b = Math.floor(s0 / PER_BLOCK); b * PER_BLOCK < s1; b++) {
-      if (!this.pending.has(b)) continue;
+      if (!this.isPending(b)) continue;
       const st = this.blockCow(b);
       const k0 = Math.max(s0 - b * PER_BLOCK, 0);
       const k1 = Math.min(s1 - b * PER_BLOCK, PER_BLOCK);
@@ -199,7 +215,7 @@ export class CowSession {
   nextCaptured(): number | undefined {
     for (const i of this.queue) {
       this.queue.delete(i);
-      if (this.pending.has(i) && !this.handed.has(i)) {
+      if (this.isPending(i) && !this.handed.has(i)) {
         this.handed.add(i);
         return i;
       }
@@ -213,15 +229,15 @@ export class CowSession {
    */
   async take(i: number): Promise<Buffer | undefined> {
     if (this.failed) throw this.failed;
-    if (!this.pending.has(i)) return undefined;
+    if (!this.isPending(i)) return undefined;
     this.handed.add(i);
     this.queue.delete(i);
     const buf = this.buffers.take();
     await this.read(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
     if (this.failed) throw this.failed;
-    if (!this.pending.has(i)) return undefined; // taken twice: the caller's bug, never silently wrong
+    if (!this.isPending(i)) return undefined; // taken twice: the caller's bug, never silently wrong
     // Same turn as the read's completion: from here writes to block i pass at once.
-    this.pending.delete(i);
+    this.taken.add(i);
     this.pendingCount--;
     const st = this.blocks.get(i);
     if (!st) return buf;
@@ -256,6 +272,11 @@ export class CowSession {
     this.fail(new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the snapshot ended'));
     this.buffers.clear();
     await this.spill?.close();
+  }
+
+  /** Block `b` is part of the snapshot and the copier has not read it yet. */
+  private isPending(b: number): boolean {
+    return this.members.has(b) && !this.taken.has(b);
   }
 
   private blockCow(b: number): BlockCow {
@@ -306,4 +327,8 @@ export class CowSession {
     this.mem.close();
     this.ownPool?.trim();
   }
+}
+
+function isBlockSet(x: BlockSet | Iterable<number>): x is BlockSet {
+  return typeof (x as BlockSet).has === 'function' && typeof (x as BlockSet).size === 'number';
 }

@@ -12,7 +12,7 @@ import { faultPoint } from '../util/fault-point.js';
 import { KeyedMutex } from '../util/lock.js';
 import { errInfo } from '../volume/errors.js';
 import { syncWriteGuard } from '../volume/native-io.js';
-import { BlockBitmap } from './block-bitmap.js';
+import { BlockBitmap, BlockRange, type BlockSet } from './block-bitmap.js';
 import { copyBlocks, putUnlessStored } from './block-copier.js';
 import { ChangeTracker, TrackingFiles, type TrackingState } from './change-tracker.js';
 import { CowSession } from './cow-session.js';
@@ -219,7 +219,15 @@ export class SnapshotManager {
 
   /**
    * A volume is being detached (its file hidden, no new requests): once every
-   * accepted write reached the disk, save its tracking with the clean mark.
+   * accepted write reached the disk and is durable (fdatasync, inside the
+   * write pause), save its tracking with the clean mark. The clean mark says
+   * "the image differs from the base only in these blocks", so it must not
+   * be durable before the data it describes: with the save first, a failed
+   * (EIO) or interrupted (power) last flush of the detach would leave a clean
+   * file over blocks that never reached the disk, and the next snapshot would
+   * be an incremental missing them. A flush that fails leaves the dirty mark
+   * written at attach: the next snapshot copies every block
+   * (docs/architecture.md §12.3).
    */
   async volumeDetaching(volumeId: string, dev: BlockDevice | undefined): Promise<void> {
     const t = this.trackers.get(volumeId);
@@ -228,10 +236,13 @@ export class SnapshotManager {
     const src = asSnapshotSource(dev);
     try {
       await t.ready();
-      const save = async (): Promise<void> => this.tracking.saveClean(volumeId, t.snapshotForSave());
-      if (src) await src.withWritesPaused(save);
-      else await save();
-      src?.setWriteGate(undefined);
+      // The gate was installed through this device's SnapshotSource (volumeAttached); without it nothing can be flushed.
+      if (!dev || !src) throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `no data path to flush for ${volumeId}`);
+      await src.withWritesPaused(async () => {
+        await dev.flush();
+        await this.tracking.saveClean(volumeId, t.snapshotForSave());
+      });
+      src.setWriteGate(undefined);
       if (t.stale) await this.tracking.markDirty(volumeId);
     } catch (e) {
       this.log.warn({ volumeId, err: errInfo(e) }, 'could not save changed-block tracking at detach; the next snapshot copies every block');
@@ -246,7 +257,7 @@ export class SnapshotManager {
    * the background, holding the volume (VolumeManager.withVolumeForSnapshot).
    */
   createSnapshot(req: CreateSnapshotRequest, caller: Caller): Promise<Ec2Snapshot> {
-    if (this.closing) return Promise.reject(new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' }));
+    if (this.closing) return Promise.reject(shuttingDown());
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const startTime = new Date().toISOString();
     const startedMs = performance.now();
@@ -254,7 +265,7 @@ export class SnapshotManager {
     const answer = new Promise<Ec2Snapshot>((res) => (accepted = res));
     let isAccepted = false;
     const job = this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
-      if (this.closing) throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });
+      if (this.closing) throw shuttingDown();
       if (v.state !== 'available' && v.state !== 'in-use') {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
       }
@@ -263,6 +274,8 @@ export class SnapshotManager {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
       }
       const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
+      // close() aborts only the runs it finds in `running`: one that began during the read refuses here, nothing written yet.
+      if (this.closing) throw shuttingDown();
       const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
       const m: SnapshotManifest = {
         formatVersion: 1,
@@ -288,13 +301,19 @@ export class SnapshotManager {
       await this.markers.putPending(m);
       faultPoint('snapshot.after-pending');
       this.running.set(snapshotId, run);
+      // A close() that began while the pending manifest was written did not find this run: aborted as it would have been.
+      if (this.closing) run.abort ??= shutDownDuring();
       try {
-        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run);
+        // A detached volume's tracking is read once: the volume is held, so its file cannot change meanwhile.
+        const detached = src ? undefined : await this.detachedTracking(v.volumeId, snapshotId);
+        const tracker = this.trackers.get(v.volumeId);
+        const base = src ? ((await tracker?.ready()), tracker?.base) : detached!.base;
+        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run, base);
         run.parentId = parent?.snapshotId;
         const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
         const plan = src
           ? await this.pointInTimeAttached(v, src, parent, nBlocks, run)
-          : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks);
+          : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks, detached!);
         this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
         isAccepted = true;
         accepted(toEc2Snapshot(m));
@@ -324,11 +343,10 @@ export class SnapshotManager {
    * so it is the one an incremental can use); otherwise the latest such
    * snapshot, found by listing every manifest (the snapshot then reads every
    * block, which costs far more than the listing). The parent comes pinned
-   * (pinParent): undefined when it was deleted meanwhile.
+   * (pinParent): undefined when it was deleted meanwhile. `base`: the
+   * tracking's base (undefined: unknown).
    */
-  private async parentOf(volumeId: string, dek: string | undefined, run: RunningCreate): Promise<SnapshotManifest | undefined> {
-    const t = this.trackers.get(volumeId);
-    const base = t ? ((await t.ready()), t.base) : (await this.tracking.load(volumeId).catch(() => undefined))?.base;
+  private async parentOf(volumeId: string, dek: string | undefined, run: RunningCreate, base: string | undefined): Promise<SnapshotManifest | undefined> {
     if (base) {
       const m = await this.o.store.getManifest(base).catch(() => undefined);
       if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return this.pinParent(m, run);
@@ -378,34 +396,66 @@ export class SnapshotManager {
       await readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
       return buf;
     };
-    let plan: SnapshotPlan | undefined;
+    // Everything that does not need the pause is prepared before it: all writes of the volume wait while it lasts.
+    const every = new BlockRange(nBlocks);
+    const cowOptions = { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) };
+    let at: { before: TrackingState; incremental: boolean; cow: CowSession } | undefined;
     await src.withWritesPaused(() => {
       // The point in time: no write is in flight, and none passes until the gate holds the copy-on-write set.
+      // Constant work whatever the volume's size (docs/architecture.md §12.2): the tracker's epoch and the session, whose
+      // set of blocks is the range of every block or the epoch's bitmap as it is (begin() starts a new one for later
+      // writes, so nothing changes it while the session reads it).
+      let incremental = false;
+      let cow: CowSession | undefined;
       const before = t.begin((b) => {
-        const incremental = parent !== undefined && b.base === parent.snapshotId;
-        const indexes = incremental ? [...b.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
-        const cow = new CowSession(indexes, readRaw, { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
-        run.cow = cow;
-        run.pacer = new CopyPacer(() => cow.writes);
-        const pacer = run.pacer;
-        plan = { incremental, indexes, read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()), recycle: (buf) => cow.buffers.give(buf), nextFirst: () => cow.nextCaptured(), pace: () => pacer.before(), tracking: b, commit: () => {}, rollback: () => {}, close: async () => void cow.end() };
+        incremental = parent !== undefined && b.base === parent.snapshotId;
+        cow = new CowSession(incremental ? b.changed : every, readRaw, cowOptions);
         return cow;
       });
-      plan!.commit = (id) => t.commit(id);
-      plan!.rollback = () => t.rollback(before);
+      run.cow = cow!;
+      run.pacer = new CopyPacer(() => cow!.writes);
+      at = { before, incremental, cow: cow! };
     });
-    return plan!;
+    const { before, incremental, cow } = at!;
+    const pacer = run.pacer!;
+    return {
+      incremental,
+      // The copier reads the session's set (not changed by anyone from the point in time on): no list of indexes.
+      blocks: incremental ? before.changed : every,
+      read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()),
+      recycle: (buf) => cow.buffers.give(buf),
+      nextFirst: () => cow.nextCaptured(),
+      pace: () => pacer.before(),
+      tracking: before,
+      commit: (id) => t.commit(id),
+      rollback: () => t.rollback(before),
+      close: async () => void cow.end(),
+    };
   }
 
-  private async pointInTimeDetached(v: VolumeForSnapshot, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number): Promise<SnapshotPlan> {
+  /**
+   * The tracking of a detached volume, as its file says; a file that cannot
+   * be read or is not well formed (torn, damaged, edited) is "unknown": the
+   * snapshot copies every block, never fails for it (docs/architecture.md §12.3).
+   */
+  private async detachedTracking(volumeId: string, snapshotId: string): Promise<TrackingState> {
+    try {
+      return await this.tracking.load(volumeId);
+    } catch (e) {
+      this.log.warn({ snapshotId, volumeId, err: errInfo(e) }, 'changed-block tracking cannot be read: the snapshot copies every block');
+      return { base: undefined, changed: new BlockBitmap() };
+    }
+  }
+
+  private async pointInTimeDetached(v: VolumeForSnapshot, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number, before: TrackingState): Promise<SnapshotPlan> {
     // Held by withVolumeForSnapshot: nobody attaches, grows or deletes the volume while we read its image.
-    const before = await this.tracking.load(v.volumeId);
     const incremental = parent !== undefined && before.base === parent.snapshotId;
-    const indexes = incremental ? [...before.changed.indexes(nBlocks)] : Array.from({ length: nBlocks }, (_, i) => i);
+    // A block past the end cannot have been written; one from a damaged file is not read.
+    before.changed.truncate(nBlocks);
     const f = await openImageForRead(v.imagePath);
     return {
       incremental,
-      indexes,
+      blocks: incremental ? before.changed : new BlockRange(nBlocks),
       read: imageBlockReader(f, dataOffset, v.size),
       tracking: before,
       commit: (id) => this.tracking.saveClean(v.volumeId, { base: id, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking')),
@@ -422,10 +472,11 @@ export class SnapshotManager {
     let batch: BlockBatch | undefined;
     let headerStored: Promise<BlockHash> | undefined;
     try {
+      // Aborted before the copy began (close() during the point in time): recorded `error` at once.
+      if (run.abort) throw run.abort;
       const inherited = new Map<number, BlockHash>();
       if (plan.incremental && parent) {
-        const reread = new Set(plan.indexes);
-        for (const [i, h] of parent.blocks) if (i < nBlocks && !reread.has(i)) inherited.set(i, h);
+        for (const [i, h] of parent.blocks) if (i < nBlocks && !plan.blocks.has(i)) inherited.set(i, h);
         if (this.o.store.singleWriter) {
           // The parent may be deleted meanwhile: its blocks, pinned since its manifest was read (pinParent), stay until
           // this manifest names them; only this daemon collects this store, so the pins are enough.
@@ -463,7 +514,7 @@ export class SnapshotManager {
       const t0 = performance.now();
       const res = await copyBlocks({
         ...(batch ? { batch } : {}),
-        indexes: plan.indexes,
+        blocks: plan.blocks,
         read: plan.read,
         ...(plan.nextFirst ? { nextFirst: plan.nextFirst } : {}),
         ...(plan.pace ? { pace: plan.pace } : {}),
@@ -516,7 +567,7 @@ export class SnapshotManager {
       const t3 = performance.now();
       await plan.commit(m.snapshotId);
       this.log.info(
-        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.indexes.length, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow?.newSlabs ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
+        { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.blocks.size, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow?.newSlabs ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
       );
       this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
@@ -669,7 +720,7 @@ export class SnapshotManager {
     this.closing = true;
     const runs = [...this.running.values()];
     for (const r of runs) {
-      r.abort = new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
+      r.abort = shutDownDuring();
       void r.cow?.end();
     }
     // The copy notices the abort at its next block and records the snapshot `error`.
@@ -683,7 +734,8 @@ export class SnapshotManager {
 
 interface SnapshotPlan {
   incremental: boolean;
-  indexes: number[];
+  /** The blocks to read: a range (full) or the tracking's bitmap (incremental), sized by the volume in bits at most. */
+  blocks: BlockSet;
   read: (i: number) => Promise<Buffer>;
   nextFirst?: () => number | undefined;
   /** The copier's pacing against the volume's writes (attached volumes). */
@@ -696,6 +748,9 @@ interface SnapshotPlan {
   rollback: () => void;
   close: () => Promise<void>;
 }
+
+const shuttingDown = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });
+const shutDownDuring = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
 
 function sortBlocks(m: ReadonlyMap<number, BlockHash>): [number, BlockHash][] {
   return [...m.entries()].sort((a, b) => a[0] - b[0]);

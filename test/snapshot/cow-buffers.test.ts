@@ -6,6 +6,7 @@ import { CowSpill, COW_SECTOR } from '../../src/snapshot/cow-spill.js';
 import { copyBlocks } from '../../src/snapshot/block-copier.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
+import { BlockRange } from '../../src/snapshot/block-bitmap.js';
 import { seeded } from '../crypto/seeded.js';
 import { tempDirPerTest } from '../helpers/temp-dir.js';
 
@@ -83,7 +84,7 @@ describe('snapshot buffer reuse', () => {
     const recycled: Buffer[] = [];
     const batch = store.openBlockBatch!();
     const res = await copyBlocks({
-      indexes: blocks.map((_, i) => i),
+      blocks: new BlockRange(n),
       read: async (i) => {
         const buf = pool.take();
         blocks[i]!.copy(buf);

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CowSession } from '../../src/snapshot/cow-session.js';
+import { BlockRange } from '../../src/snapshot/block-bitmap.js';
 import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
 import { printSeedOnFailure, seeded, SEED, type SeededRandom } from '../crypto/seeded.js';
 import { tempDirPerTest } from '../helpers/temp-dir.js';
@@ -60,7 +61,8 @@ function start(label: string, o: { maxMemoryBytes?: number; spillPath?: string }
   const disk = rnd.bytes(BLOCKS * B);
   const pit = Buffer.from(disk);
   const io = tornDisk(rnd, disk);
-  const cow = new CowSession(Array.from({ length: BLOCKS }, (_, i) => i), io.read, o);
+  // A full snapshot's set, as SnapshotManager gives it: the range of every block.
+  const cow = new CowSession(new BlockRange(BLOCKS), io.read, o);
   return { disk, pit, cow, io, rnd };
 }
 
