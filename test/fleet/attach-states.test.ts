@@ -12,7 +12,7 @@ import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { until } from './netns.js';
-import { createRemoteHostUser, hostBEnv, hostKeyPolicy, restoreAwsEnv, savedAwsEnv } from './remote-host.js';
+import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
 
 describe('attachment states while the KMS call of an attach or a detach is out', () => {
   const a = new Env('ast-kms');
@@ -41,12 +41,7 @@ describe('attachment states while the KMS call of an attach or a detach is out',
     try {
       if (kmsPid) process.kill(kmsPid, 'SIGCONT');
     } catch { /* gone already */ }
-    try {
-      await b.cleanup();
-      await a.cleanup();
-    } finally {
-      restoreAwsEnv(saved);
-    }
+    await cleanupHostAndKms(b, a, saved);
   }, 60_000);
 
   it('shows attaching, then attached; detaching, then no attachment', async () => {

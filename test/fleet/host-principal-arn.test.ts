@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, Env, ensureBuilt, run } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
-import { restoreAwsEnv, savedAwsEnv, setAwsEnv } from './remote-host.js';
+import { cleanupHostAndKms, savedAwsEnv, setAwsEnv } from './remote-host.js';
 
 describe('--host-principal-arn', () => {
   const kms = new Env('hostarn-kms');
@@ -63,12 +63,7 @@ describe('--host-principal-arn', () => {
   }, 60_000);
 
   afterAll(async () => {
-    try {
-      await host.cleanup();
-      await kms.cleanup();
-    } finally {
-      restoreAwsEnv(saved);
-    }
+    await cleanupHostAndKms(host, kms, saved);
   });
 
   it('a role of another name, another account, or a malformed ARN is refused at start, naming both the given ARN and the STS identity', async () => {

@@ -53,3 +53,13 @@ export function hostBEnv(h: RemoteHostUser, url: string): void {
 export function restoreAwsEnv(saved: Record<string, string | undefined>): void {
   setAwsEnv(saved as Record<string, string>);
 }
+
+/** A remote-KMS test's end: the host daemon, then the KMS daemon, cleaned up, and the AWS_* environment put back whatever happens. */
+export async function cleanupHostAndKms(host: Env, kms: Env, saved: Record<string, string | undefined>): Promise<void> {
+  try {
+    await host.cleanup();
+    await kms.cleanup();
+  } finally {
+    restoreAwsEnv(saved);
+  }
+}

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
-import { createRemoteHostUser, hostBEnv, hostKeyPolicy, restoreAwsEnv, savedAwsEnv } from './remote-host.js';
+import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
 
 const ALICE = 1000;
 const VIA_EC2 = { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com' } };
@@ -51,12 +51,7 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
   }, 180_000);
 
   afterAll(async () => {
-    try {
-      await b.cleanup();
-      await a.cleanup();
-    } finally {
-      restoreAwsEnv(saved);
-    }
+    await cleanupHostAndKms(b, a, saved);
   }, 60_000);
 
   it('a Deny of kms:* on the key\'s ARN holds for the alias name, the alias ARN and the bare key id', async () => {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
-import { createRemoteHostUser, hostBEnv, hostKeyPolicy, restoreAwsEnv, savedAwsEnv } from '../fleet/remote-host.js';
+import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from '../fleet/remote-host.js';
 
 const ALICE = 1000;
 
@@ -53,12 +53,7 @@ describe('remote KMS: a restore needs the local caller\'s permission on the snap
   }, 180_000);
 
   afterAll(async () => {
-    try {
-      await b.cleanup();
-      await a.cleanup();
-    } finally {
-      restoreAwsEnv(saved);
-    }
+    await cleanupHostAndKms(b, a, saved);
   }, 60_000);
 
   it('under another key without kms:Decrypt on the snapshot key: UnauthorizedOperation naming it, nothing created', async () => {
