@@ -6,10 +6,11 @@ import { defineConfig } from 'vitest/config';
  * directories, port 0, namespaces and links carrying the pid) and cleans it up;
  * that lets files run WORKERS at a time (docs/architecture.md §10). Most of
  * their time is spent waiting on daemons, mounts and child processes, so more
- * workers than cores shorten the run: on this 2-core machine, at 0e427be (194
- * files), 2 workers took 622 s and 3 took 568 s, every test passing in both
- * (the files' own times grow by a third with 3: the cores are nearly busy,
- * so more would add little). EBSD_TEST_WORKERS overrides it.
+ * workers than cores shorten the run, a little: on this 2-core machine, with
+ * 194 files, 2 workers took 622 s and 3 took 568 s and 618 s (two runs), every
+ * test passing in all three; the files' own times grow by a third or more with
+ * 3, so the cores are nearly busy and more would add nothing.
+ * EBSD_TEST_WORKERS overrides it.
  *
  * SERIAL files run one at a time, after the others, with nothing beside them:
  * the tmpfs run starts a vitest of its own (with its own workers), the control
