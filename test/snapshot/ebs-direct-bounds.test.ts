@@ -1,22 +1,21 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KmsService } from '../../src/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations } from '../../src/kms/authz/index.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { KmsService } from '../../src/kms/kms-core.js';
 import type { Caller } from '../../src/kms/types.js';
 import { KmsCoreKeyService } from '../../src/volume/key-service.js';
 import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
-import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import type { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { EbsDirect, MAX_SNAPSHOT_BLOCKS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
-import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
+import { parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotStore } from '../../src/snapshot/types.js';
 import { MANIFEST_MAX_BYTES } from '../../src/snapshot/manifest-check.js';
 import type { EbsDirectError } from '../../src/snapshot/ebs-direct-errors.js';
 import { EbsApi } from '../../src/daemon/ebs-api.js';
 import { silentLogger } from '../../src/util/logger.js';
+import { ACCOUNT, BLOCK, REGION, T0, ebsDirectWorld, putReq, refused, type EbsDirectWorld } from './ebs-direct-world.js';
 
 /**
  * The EBS direct APIs' bounds in memory, size and time: the read APIs over
@@ -27,15 +26,11 @@ import { silentLogger } from '../../src/util/logger.js';
  * real directory store; the store's getManifest is counted through a proxy of
  * the real object.
  */
-const ACCOUNT = '111122223333';
-const REGION = 'us-east-1';
-const BLOCK = 512 * 1024;
-const T0 = Date.parse('2026-11-30T09:00:00Z');
-
+const world = ebsDirectWorld('ebsd-ebs-cache-');
 let dir = '';
 let kms: KmsService;
 let root: Caller;
-let authz: Awaited<ReturnType<typeof openAuthz>>;
+let authz: EbsDirectWorld['authz'];
 let store: DirSnapshotStore;
 let now = T0;
 const xts = selectXtsEngine('auto');
@@ -87,15 +82,6 @@ function testTimers(): { schedule: Scheduler; live: () => { fn: () => Promise<vo
     },
   };
 }
-const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBlock({
-  SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
-});
-async function refused(p: Promise<unknown>, awsName: string, reason?: string): Promise<void> {
-  const e = (await p.then(() => undefined, (x: unknown) => x)) as { awsName?: string; reason?: string; message?: string } | undefined;
-  expect(e, `expected ${awsName}`).toBeDefined();
-  expect(e!.awsName, e!.message).toBe(awsName);
-  if (reason) expect(e!.reason, e!.message).toBe(reason);
-}
 type Listed = { BlockIndex: number; BlockToken: string };
 type Changed = { BlockIndex: number; FirstBlockToken?: string; SecondBlockToken?: string };
 
@@ -107,17 +93,8 @@ async function snapshot(d: EbsDirect, blocks: Map<number, Buffer>, parent?: stri
   return id;
 }
 
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'ebsd-ebs-cache-'));
-  authz = await openAuthz({ stateDir: dir, kmsDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION });
-  kms = await KmsService.open({ stateDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
-  registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
-  root = authz.identities.callerForUid(0);
-  store = await DirSnapshotStore.open(join(dir, 'snapshots'));
-}, 30_000);
-afterAll(async () => {
-  await kms?.close();
-  rmSync(dir, { recursive: true, force: true });
+beforeAll(() => {
+  ({ dir, authz, kms, root, store } = world);
 });
 
 describe('EbsDirect: cached completed manifests', () => {

@@ -1,29 +1,23 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KmsService } from '../../src/kms/kms-core.js';
-import { openAuthz, registerAuthzOperations } from '../../src/kms/authz/index.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { KmsService } from '../../src/kms/kms-core.js';
 import type { Caller } from '../../src/kms/types.js';
 import { KmsCoreKeyService } from '../../src/volume/key-service.js';
 import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
-import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import type { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { EbsDirect } from '../../src/snapshot/ebs-direct.js';
 import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS } from '../../src/snapshot/ebs-direct-tokens.js';
 import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
+import { ACCOUNT, BLOCK, REGION, T0, ebsDirectWorld, putReq, refused } from './ebs-direct-world.js';
 
 /**
  * The EBS direct APIs with an injected clock (the tests take time as an
  * input): token expiry, StartSnapshot Timeout, restart recovery, client
  * tokens and limits. Real KMS core in-process, real directory store.
  */
-const ACCOUNT = '111122223333';
-const REGION = 'us-east-1';
-const BLOCK = 512 * 1024;
-const T0 = Date.parse('2026-11-30T09:00:00Z');
-
+const world = ebsDirectWorld('ebsd-ebs-direct-');
 let dir = '';
 let kms: KmsService;
 let root: Caller;
@@ -34,28 +28,10 @@ const xts = selectXtsEngine('auto');
 
 const direct = (o: { maxPending?: number; pin?: SnapshotGc['pin'] } = {}): EbsDirect =>
   new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, ...o });
-const putReq = (snap: string, index: number, data: Buffer) => parsePutSnapshotBlock({
-  SnapshotId: snap, BlockIndex: index, BlockData: data, DataLength: BLOCK, Checksum: createHash('sha256').update(data).digest('base64'), ChecksumAlgorithm: 'SHA256',
-});
-async function refused(p: Promise<unknown>, awsName: string, reason?: string): Promise<void> {
-  const e = (await p.then(() => undefined, (x: unknown) => x)) as { awsName?: string; reason?: string; message?: string } | undefined;
-  expect(e, `expected ${awsName}`).toBeDefined();
-  expect(e!.awsName, e!.message).toBe(awsName);
-  if (reason) expect(e!.reason, e!.message).toBe(reason);
-}
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'ebsd-ebs-direct-'));
-  const authz = await openAuthz({ stateDir: dir, kmsDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION });
-  kms = await KmsService.open({ stateDir: join(dir, 'kms'), accountId: ACCOUNT, region: REGION, authorizer: authz.authorizer, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 } });
-  registerAuthzOperations(kms, authz.authorizer, { onKeyDeleted: kms.context.onKeyDeleted });
-  root = authz.identities.callerForUid(0);
+  ({ dir, kms, root, store } = world);
   keyArn = ((await kms.call('CreateKey', {}, root)) as { KeyMetadata: { Arn: string } }).KeyMetadata.Arn;
-  store = await DirSnapshotStore.open(join(dir, 'snapshots'));
-}, 30_000);
-afterAll(async () => {
-  await kms?.close();
-  rmSync(dir, { recursive: true, force: true });
 });
 
 describe('EbsDirect with an injected clock', () => {
