@@ -8,7 +8,7 @@
  * finish within the host's 5 s request timeout.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { Env, ensureBuilt, type CliResult } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { until } from './netns.js';
@@ -24,6 +24,26 @@ describe('attachment states while the KMS call of an attach or a detach is out',
   const describe1 = async (): Promise<any> => (await callDaemon(socketPathFor(b.state), 'ebsd.DescribeVolumes', { VolumeIds: [vol] })).Volumes[0];
   const byStatus = async (status: string): Promise<string[]> =>
     (await callDaemon(socketPathFor(b.state), 'ebsd.DescribeVolumes', { Filters: [{ Name: 'attachment.status', Values: [status] }] })).Volumes.map((v: any) => v.VolumeId);
+
+  /**
+   * `start` run with the KMS stopped, which holds its KMS call open; once DescribeVolumes shows the
+   * attachment `state` (and the attachment.status filter finds it) the KMS goes on. The volume as
+   * then described, and what `start` started.
+   */
+  async function seenWhileKmsStopped(state: string, start: () => Promise<CliResult>): Promise<{ seen: any; done: Promise<CliResult> }> {
+    process.kill(kmsPid, 'SIGSTOP');
+    const done = start();
+    try {
+      const seen = await until(`the ${state} under way`, async () => {
+        const v = await describe1();
+        return v.Attachments[0]?.State === state ? v : undefined;
+      }, 15_000);
+      expect(await byStatus(state)).toEqual([vol]);
+      return { seen, done };
+    } finally {
+      process.kill(kmsPid, 'SIGCONT');
+    }
+  }
 
   beforeAll(async () => {
     ensureBuilt();
@@ -47,38 +67,17 @@ describe('attachment states while the KMS call of an attach or a detach is out',
   it('shows attaching, then attached; detaching, then no attachment', async () => {
     expect(await describe1()).toMatchObject({ State: 'available', Attachments: [] });
 
-    process.kill(kmsPid, 'SIGSTOP');
-    const attach = b.cli(['attach', vol, '--output', 'json']);
-    let seen: any;
-    try {
-      seen = await until('the attach under way', async () => {
-        const v = await describe1();
-        return v.Attachments[0]?.State === 'attaching' ? v : undefined;
-      }, 15_000);
-      expect(await byStatus('attaching')).toEqual([vol]);
-    } finally {
-      process.kill(kmsPid, 'SIGCONT');
-    }
-    expect(seen).toMatchObject({ State: 'in-use', Attachments: [{ VolumeId: vol, Device: `/dev/ebsd/${vol}`, State: 'attaching', DeleteOnTermination: false }] });
-    const attached = await attach;
+    const attach = await seenWhileKmsStopped('attaching', () => b.cli(['attach', vol, '--output', 'json']));
+    expect(attach.seen).toMatchObject({ State: 'in-use', Attachments: [{ VolumeId: vol, Device: `/dev/ebsd/${vol}`, State: 'attaching', DeleteOnTermination: false }] });
+    const attached = await attach.done;
     expect(attached.code, attached.stderr).toBe(0);
     expect(JSON.parse(attached.stdout).State).toBe('attached');
     expect(await describe1()).toMatchObject({ State: 'in-use', Attachments: [{ State: 'attached' }] });
     expect(await byStatus('attaching')).toEqual([]);
 
-    process.kill(kmsPid, 'SIGSTOP');
-    const detach = b.cli(['detach', vol, '--output', 'json']);
-    try {
-      seen = await until('the detach under way', async () => {
-        const v = await describe1();
-        return v.Attachments[0]?.State === 'detaching' ? v : undefined;
-      }, 15_000);
-      expect(await byStatus('detaching')).toEqual([vol]);
-    } finally {
-      process.kill(kmsPid, 'SIGCONT');
-    }
-    expect(seen).toMatchObject({ State: 'in-use', Attachments: [{ VolumeId: vol, State: 'detaching' }] });
-    const detached = await detach;
+    const detach = await seenWhileKmsStopped('detaching', () => b.cli(['detach', vol, '--output', 'json']));
+    expect(detach.seen).toMatchObject({ State: 'in-use', Attachments: [{ VolumeId: vol, State: 'detaching' }] });
+    const detached = await detach.done;
     expect(detached.code, detached.stderr).toBe(0);
     expect(JSON.parse(detached.stdout).State).toBe('detached');
     expect(await describe1()).toMatchObject({ State: 'available', Attachments: [] });

@@ -22,6 +22,7 @@ import { startKmsDaemon } from '../kms-net/helpers.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { parseMetrics } from '../../src/cli/top.js';
 import { until } from './netns.js';
+import { cleanupHostAndKms, savedAwsEnv } from './remote-host.js';
 import { SEED, printSeedOnFailure, seeded } from '../crypto/seeded.js';
 
 const VARS = ['AWS_ENDPOINT_URL_STS', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED', 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'];
@@ -65,23 +66,30 @@ async function kmsWithHostUser(kms: Env): Promise<{ url: string; k: { AccessKeyI
   const keyArn = (await kms.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
   return { url, k, keyArn };
 }
+/**
+ * The daemons of one describe: `host` and `kms`, cleaned up after it (after `stopFirst`, e.g. a
+ * proxy), the AWS_* environment put back; `status` is the host's, straight from its socket (a poll
+ * spawns no CLI process).
+ */
+function daemonsOf(hostName: string, kmsName: string, stopFirst?: () => Promise<void> | undefined): { host: Env; kms: Env; status: () => Promise<any> } {
+  const kms = new Env(kmsName);
+  const host = new Env(hostName);
+  const saved = savedAwsEnv();
+  beforeAll(() => ensureBuilt(), 60_000);
+  afterAll(async () => {
+    try {
+      await stopFirst?.();
+    } finally {
+      await cleanupHostAndKms(host, kms, saved);
+    }
+  });
+  return { host, kms, status: async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {}) };
+}
 printSeedOnFailure();
 
 describe('a host daemon started while its KMS is down', () => {
-  const kms = new Env('nokms-kms');
-  const host = new Env('nokms-host');
-  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
+  const { host, kms, status } = daemonsOf('nokms-host', 'nokms-kms');
   let url = '';
-  /** Status straight from the socket: a poll spawns no CLI process. */
-  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
-
-  beforeAll(() => ensureBuilt(), 60_000);
-
-  afterAll(async () => {
-    await host.cleanup();
-    await kms.cleanup();
-    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
-  });
 
   it('comes up, says it waits, refuses volume operations with ServiceUnavailable, and re-attaches its volume when the KMS starts', async () => {
     const made = await kmsWithHostUser(kms);
@@ -175,23 +183,8 @@ class TcpProxy {
 }
 
 describe('a host restarted while STS answers and the KMS does not', () => {
-  const kms = new Env('kmsdown-kms');
-  const host = new Env('kmsdown-host');
-  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
   let proxy: TcpProxy | undefined;
-  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
-
-  beforeAll(() => ensureBuilt(), 60_000);
-
-  afterAll(async () => {
-    try {
-      await proxy?.stop();
-      await host.cleanup();
-      await kms.cleanup();
-    } finally {
-      for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
-    }
-  });
+  const { host, kms, status } = daemonsOf('kmsdown-host', 'kmsdown-kms', () => proxy?.stop());
 
   it('retries the re-attach with back-off, shows why in status, and serves the volume again once the KMS answers', async () => {
     const { url, k, keyArn } = await kmsWithHostUser(kms);
@@ -234,16 +227,7 @@ describe('a host restarted while STS answers and the KMS does not', () => {
 });
 
 describe('a host daemon whose KMS host name does not resolve', () => {
-  const host = new Env('nxkms-host');
-  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
-  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
-
-  beforeAll(() => ensureBuilt(), 60_000);
-
-  afterAll(async () => {
-    await host.cleanup();
-    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
-  });
+  const { host, status } = daemonsOf('nxkms-host', 'nxkms-kms');
 
   it('comes up and waits (getaddrinfo ENOTFOUND is unreachable, as ECONNREFUSED is), and refuses volume operations with ServiceUnavailable', async () => {
     // .invalid is reserved never to resolve, and a DNS label holds at most 63 octets, so a 64-octet
@@ -267,18 +251,7 @@ describe('a host daemon whose KMS host name does not resolve', () => {
 });
 
 describe('a host whose volumes fail to open once its KMS answers', () => {
-  const kms = new Env('openfail-kms');
-  const host = new Env('openfail-host');
-  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
-  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
-
-  beforeAll(() => ensureBuilt(), 60_000);
-
-  afterAll(async () => {
-    await host.cleanup();
-    await kms.cleanup();
-    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
-  });
+  const { host, kms, status } = daemonsOf('openfail-host', 'openfail-kms');
 
   it('publishes nothing of a failed open (volume operations stay ServiceUnavailable), and opens everything afresh on the next try', async () => {
     const { url, k, keyArn } = await kmsWithHostUser(kms);
