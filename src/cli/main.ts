@@ -18,7 +18,7 @@ import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, printable
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
 import { topCommand } from './top.js';
-import { parseFilters, snapshotCommands } from './snapshot-commands.js';
+import { describeListing, snapshotCommands } from './snapshot-commands.js';
 import { waitWithProgress } from './wait-progress.js';
 import { ebsCommands } from './ebs-commands.js';
 
@@ -366,14 +366,7 @@ function volumeCommands(y: Argv): Argv {
               .option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
-            const filters = parseFilters(a.filters ?? []);
-            const res = await call(g, 'ebsd.DescribeVolumesModifications', {
-              ...(a.volumeIds?.length ? { VolumeIds: a.volumeIds } : {}),
-              ...(filters.length ? { Filters: filters } : {}),
-              ...(a.maxResults !== undefined ? { MaxResults: a.maxResults } : {}),
-              ...(a.nextToken !== undefined ? { NextToken: a.nextToken } : {}),
-              ...dryRunMember(a),
-            });
+            const res = await call(g, 'ebsd.DescribeVolumesModifications', { ...(a.volumeIds?.length ? { VolumeIds: a.volumeIds } : {}), ...describeListing(a) });
             show(g, res, () => table(res.VolumesModifications as R[], [
               ['VOLUME', (r) => r.VolumeId], ['STATE', (r) => r.ModificationState],
               ['FROM', (r) => humanBytes(r.OriginalSizeBytes as number)], ['TO', (r) => humanBytes(r.TargetSizeBytes as number)],

@@ -88,6 +88,20 @@ export function parseFilters(items: string[]): R[] {
   });
 }
 
+/**
+ * An EC2 Describe call's listing members from its CLI options (`--filters`, `--max-results`,
+ * `--next-token`, `--dry-run`), each only when given: DescribeSnapshots, DescribeVolumesModifications.
+ */
+export function describeListing(a: { filters?: string[]; maxResults?: number; nextToken?: string; dryRun?: boolean }): R {
+  const filters = parseFilters(a.filters ?? []);
+  return {
+    ...(filters.length ? { Filters: filters } : {}),
+    ...(a.maxResults !== undefined ? { MaxResults: a.maxResults } : {}),
+    ...(a.nextToken !== undefined ? { NextToken: a.nextToken } : {}),
+    ...dryRunMember(a),
+  };
+}
+
 /** A bar for a terminal: `[##########..........]  50%`. */
 export function progressBar(percent: number, width = 30): string {
   const p = Math.max(0, Math.min(100, percent));
@@ -190,14 +204,10 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             .option('dry-run', DRY_RUN_OPTION),
         async (a) => {
           const g = a as unknown as Globals;
-          const filters = parseFilters(a.filters ?? []);
           const res = await call(g, 'ebsd.DescribeSnapshots', {
             ...(a.snapshotIds?.length ? { SnapshotIds: a.snapshotIds } : {}),
-            ...(filters.length ? { Filters: filters } : {}),
             ...(a.ownerIds?.length ? { OwnerIds: a.ownerIds } : {}),
-            ...(a.maxResults !== undefined ? { MaxResults: a.maxResults } : {}),
-            ...(a.nextToken !== undefined ? { NextToken: a.nextToken } : {}),
-            ...dryRunMember(a),
+            ...describeListing(a),
           });
           show(g, res);
         },
