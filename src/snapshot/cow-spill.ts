@@ -1,4 +1,4 @@
-import { promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { nativeIo } from '../volume/native-io.js';
@@ -29,10 +29,11 @@ interface Chunk {
  * sector), never fsynced (its bytes matter only while the snapshot runs).
  * A chunk is reused once every slot in it was released.
  *
- * The file is unlinked as soon as it is open, so it has no name while in
- * use: a crash or SIGKILL leaves nothing behind, and close() frees its
- * space. The snapshot manager also sweeps the directory at start-up, for a
- * crash between the open and the unlink.
+ * The file never has a name (O_TMPFILE in its directory), so a crash or
+ * SIGKILL leaves nothing behind, and close() frees its space. On a
+ * filesystem without O_TMPFILE it is unlinked as soon as it is open, and the
+ * snapshot manager sweeps the directory at start-up for a crash between the
+ * open and the unlink.
  *
  * Until a chunk's write is done its bytes are served from memory; a chunk is
  * reused only once its write has finished (two writes of one place never race).
@@ -185,14 +186,28 @@ export class CowSpill {
   private open(): Promise<FileHandle> {
     this.fh ??= (async () => {
       await fsp.mkdir(dirname(this.path), { recursive: true, mode: 0o700 });
-      const fh = await fsp.open(this.path, 'w+', 0o600);
-      // Nameless from here on: nothing to leak.
-      await fsp.rm(this.path, { force: true });
+      const fh = await openNameless(this.path);
       if (!this.closed) this.fd = fh.fd;
       return fh;
     })();
     return this.fh;
   }
+}
+
+/** Linux's O_TMPFILE (__O_TMPFILE | O_DIRECTORY); Node's fs.constants does not carry it. */
+const O_TMPFILE = 0o20000000 | 0o200000;
+
+/** An unnamed file in path's directory; open-then-unlink where the filesystem has no O_TMPFILE. */
+async function openNameless(path: string): Promise<FileHandle> {
+  try {
+    return await fsp.open(dirname(path), O_TMPFILE | fsConstants.O_RDWR, 0o600);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EOPNOTSUPP' && code !== 'EISDIR' && code !== 'EINVAL') throw e;
+  }
+  const fh = await fsp.open(path, 'w+', 0o600);
+  await fsp.rm(path, { force: true });
+  return fh;
 }
 
 async function writeAll(fh: FileHandle, buf: Buffer, pos: number): Promise<void> {
