@@ -10,7 +10,7 @@ import type { Registry } from 'prom-client';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { isLoopback } from '../util/loopback.js';
-import { ConnectionGuard, ConnectionThrottledError, refuseSocket, type Admission } from './connection-guard.js';
+import { callerKey, ConnectionGuard, ConnectionThrottledError, refuseSocket, type Admission } from './connection-guard.js';
 
 /**
  * Limits of the metrics listener. Prometheus holds one keep-alive connection
@@ -28,12 +28,19 @@ export const METRICS_LIMITS = Object.freeze({
   requestTimeoutMs: 10_000,
   keepAliveTimeoutMs: 5_000,
   maxRequestsPerConnection: 1_000,
+  /**
+   * Requests one connection may have unanswered (pipelined); past it the
+   * connection is closed. A scraper sends one at a time; without a cap a slow
+   * reader pipelining hundreds would have each answer kept in memory (a
+   * shared collect answers them all at once).
+   */
+  maxUnansweredPerConnection: 4,
   /** Least time between the end of one collect and the start of the next (scrapes in between share it). */
   minCollectGapMs: 100,
 });
 
-/** An admitted connection: its source, the requests it has being answered, its slot. Map order is age. */
-interface OpenConnection { source: string; busy: number; admission: Admission }
+/** An admitted connection: its source (connection-guard.ts callerKey), the requests it has being answered, its slot. Map order is age. */
+interface OpenConnection { key: string; busy: number; answered: number; admission: Admission }
 
 export class MetricsListener {
   private server: Server | undefined;
@@ -59,8 +66,9 @@ export class MetricsListener {
    * limit takes the place of the oldest connection with no request being
    * answered (of its source, for the per-source limit; of any, for the total),
    * which is closed: answering takes milliseconds, so holding connections open
-   * (keep-alive, or headers sent slowly) cannot keep a scraper out. Only when
-   * every connection is being answered is the new one refused (503, closed).
+   * (keep-alive, or headers sent slowly) cannot keep a scraper out, and
+   * connections kept busy take no more than their sources' share of the total
+   * (`makeRoom` says how). Otherwise the new one is refused (503, closed).
    */
   async listen(spec: string, log: Logger): Promise<{ host: string; port: number }> {
     const { host, port } = parseListen(spec);
@@ -81,8 +89,15 @@ export class MetricsListener {
       req.resume(); // a GET has no body; anything sent is dropped
       const c = this.open.get(req.socket);
       if (c) {
+        if (c.busy >= l.maxUnansweredPerConnection) {
+          req.socket.destroy();
+          return;
+        }
         c.busy++;
-        res.once('close', () => c.busy--);
+        res.once('close', () => {
+          c.busy--;
+          if (res.writableFinished) c.answered++;
+        });
       }
       if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
         res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
@@ -95,14 +110,14 @@ export class MetricsListener {
     });
     // Admitted ones, plus room for the 503 answers of refused ones (refuseSocket closes them within a second).
     server.maxConnections = l.maxTotal * 2;
-    // Pipelined requests on one connection each wait for an answer; past this many, node answers 503 and closes.
+    // Requests over the life of one connection; past this many, node answers 503 and closes.
     server.maxRequestsPerSocket = l.maxRequestsPerConnection;
     // A connection that sends nothing at all (not even a request line) is closed after this much silence.
     server.timeout = l.headersTimeoutMs;
     server.on('connection', (s: Socket) => {
       const source = (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
       let admitted = guard.admit(source);
-      if (admitted instanceof ConnectionThrottledError && this.evictIdle(admitted.reason === 'per-caller-limit' ? source : undefined)) {
+      if (admitted instanceof ConnectionThrottledError && this.makeRoom(source, admitted.reason === 'per-caller-limit')) {
         admitted = guard.admit(source);
       }
       if (admitted instanceof ConnectionThrottledError) {
@@ -110,7 +125,7 @@ export class MetricsListener {
         return;
       }
       const admission = admitted;
-      this.open.set(s, { source, busy: 0, admission });
+      this.open.set(s, { key: callerKey(source), busy: 0, answered: 0, admission });
       s.on('close', () => {
         this.open.delete(s);
         admission.release();
@@ -139,16 +154,40 @@ export class MetricsListener {
   }
 
   /**
-   * Close the oldest admitted connection with no request being answered, of
-   * `source` when given; its slot is free when this returns true.
+   * Make room for a connection of `source` that a limit refused, by closing
+   * one admitted connection; true when its slot is free.
+   *
+   * Over the per-source limit: the oldest of `source` with no request being
+   * answered; if every one is busy, the source competes only with itself and
+   * is refused. Over the total: the oldest with no request being answered of
+   * a source holding more than `source` does; else the oldest connection
+   * already answered once of the source holding the most, when it holds at
+   * least two more than `source`. So connections held open cannot keep a
+   * scraper out, connections kept busy take no more than their sources'
+   * equal shares of the total, a source holding none gets in while another
+   * holds many, and a source can never take the place of one holding as few
+   * as it does (nor a connection waiting for its first answer).
    */
-  private evictIdle(source?: string): boolean {
-    for (const [s, c] of this.open) {
-      if (c.busy > 0 || (source !== undefined && c.source !== source)) continue;
+  private makeRoom(source: string, perSource: boolean): boolean {
+    const key = callerKey(source);
+    const evict = (s: Socket, c: OpenConnection): true => {
       this.open.delete(s);
       c.admission.release();
       s.destroy();
       return true;
+    };
+    if (perSource) {
+      for (const [s, c] of this.open) if (c.busy === 0 && c.key === key) return evict(s, c);
+      return false;
+    }
+    const held = new Map<string, number>();
+    for (const c of this.open.values()) held.set(c.key, (held.get(c.key) ?? 0) + 1);
+    const mine = held.get(key) ?? 0;
+    for (const [s, c] of this.open) if (c.busy === 0 && held.get(c.key)! > mine) return evict(s, c);
+    // Sources by what they hold, most first: the first with an answered connection gives it.
+    const bySize = [...held].filter(([, n]) => n >= mine + 2).sort((x, y) => y[1] - x[1]);
+    for (const [top] of bySize) {
+      for (const [s, c] of this.open) if (c.key === top && c.answered > 0) return evict(s, c);
     }
     return false;
   }

@@ -250,28 +250,52 @@ console.log(JSON.stringify(counts));`;
     }
   });
 
-  it('keep-alive connections that scrape all the time cannot keep a scraper of the same source out', async () => {
-    const agent = new Agent({ keepAlive: true, maxSockets: METRICS_LIMITS.maxPerSource });
+  it('connections kept busy (a request always waiting) take no more than their share: over the total, a source holding none still scrapes', async () => {
+    // 4 sources x 16 keep-alive connections, each asking again the moment it is answered: every slot busy nearly all the time.
     let stop = false;
-    const loops = Array.from({ length: METRICS_LIMITS.maxPerSource }, async () => {
-      while (!stop) {
-        await new Promise<void>((r) => {
-          const req = request({ host: '127.0.0.1', port, path: '/metrics', localAddress: '127.0.0.1', agent }, (res) => { res.resume(); res.on('end', () => r()); });
-          req.on('error', () => r());
-          req.end();
-        });
-        await new Promise((r) => setTimeout(r, 50));
-      }
+    const agents: Agent[] = [];
+    const loops = [1, 2, 3, 4].flatMap((src) => {
+      const agent = new Agent({ keepAlive: true, maxSockets: METRICS_LIMITS.maxPerSource });
+      agents.push(agent);
+      return Array.from({ length: METRICS_LIMITS.maxPerSource }, async () => {
+        while (!stop) {
+          await new Promise<void>((r) => {
+            const req = request({ host: '127.0.0.1', port, path: '/metrics', localAddress: `127.0.4.${src}`, agent }, (res) => { res.resume(); res.on('end', () => r()); });
+            req.on('error', () => r());
+            req.end();
+          });
+        }
+      });
     });
     try {
-      await new Promise((r) => setTimeout(r, 500)); // every keep-alive connection is open and scraping
-      for (let i = 0; i < 5; i++) expect(await scrapeFrom(port, '127.0.0.1')).toBe(200);
+      await new Promise((r) => setTimeout(r, 500)); // every connection open and answered at least once
+      for (let i = 0; i < 5; i++) expect(await scrapeFrom(port, `127.0.4.${9 + i}`), 'a source holding none').toBe(200);
     } finally {
       stop = true;
       await Promise.all(loops);
-      agent.destroy();
+      for (const a of agents) a.destroy();
     }
-  });
+  }, 30_000);
+
+  it('a connection with more than a few requests unanswered (a slow reader pipelining) is closed, not answered into memory', async () => {
+    const s = connect({ host: '127.0.0.1', port, localAddress: '127.0.0.1' });
+    s.pause();
+    s.on('error', () => {});
+    await new Promise((r) => s.once('connect', r));
+    s.write('GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.repeat(900));
+    const closed = new Promise<number>((r) => {
+      let bytes = 0;
+      s.on('data', (d) => (bytes += d.length));
+      s.on('close', () => r(bytes));
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    s.resume();
+    const bytes = await closed;
+    // At most the answers to the requests it was allowed (the last may be cut short).
+    const one = (await scrape(port)).text.length;
+    expect(bytes).toBeLessThanOrEqual((METRICS_LIMITS.maxUnansweredPerConnection + 1) * (one + 512));
+    expect(await scrapeFrom(port, '127.0.0.1')).toBe(200);
+  }, 30_000);
 
   it('a flood of 200 connections from many loopback sources holds at most the total limit open, a new source still scrapes during it, and the control socket keeps answering', async () => {
     const conns: { s: Socket; closed: Promise<string> }[] = [];
