@@ -13,7 +13,8 @@ import { VolumeManager, type VolumeAuditEvent } from '../volume/volume-manager.j
 import { Catalog } from '../volume/catalog.js';
 import type { XtsEngine } from '../crypto/xts.js';
 import { KmsCoreKeyService } from '../volume/key-service.js';
-import { AwsKeyService, isUnreachable } from '../volume/aws-key-service.js';
+import type { AwsKeyService } from '../volume/aws-key-service.js';
+import { isUnreachable } from '../volume/unreachable.js';
 import { HostResolver } from './host-resolver.js';
 import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../volume/key-cache.js';
 import { BlockFileSystem, FuseMount } from '../fuse/index.js';
@@ -228,6 +229,8 @@ export class Daemon {
     let host: Caller = { arn: ids.roleArn(HOST_ROLE), accountId: ids.accountId, type: 'Role', ...(hostRoleId ? { principalId: hostRoleId } : {}) };
     if (cfg.kmsEndpoint !== undefined) {
       // The host acts as whoever the AWS credential chain makes it; the remote KMS's key policies decide.
+      // The AWS SDK is loaded only here: a daemon with the bundled KMS starts without it (~0.3 s less).
+      const { AwsKeyService } = await import('../volume/aws-key-service.js');
       this.remoteKms = new AwsKeyService({
         endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}),
         ...(cfg.hostPrincipalArn !== undefined ? { hostPrincipalArn: cfg.hostPrincipalArn } : {}), logger: log.child({ component: 'remote-kms' }),

@@ -2,7 +2,8 @@ import type { Caller } from '../kms/types.js';
 import { backoffDelayMs } from '../util/backoff.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { isUnreachable, type AwsKeyService } from '../volume/aws-key-service.js';
+import type { AwsKeyService } from '../volume/aws-key-service.js';
+import { isUnreachable } from '../volume/unreachable.js';
 import { errInfo } from '../volume/errors.js';
 
 /** EC2's server error for a temporary failure; volume operations get it while the host waits for its KMS. */

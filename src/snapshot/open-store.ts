@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { ArgRangeError } from '../util/errors.js';
 import { DirSnapshotStore } from './dir-store.js';
 import type { CollectableStore } from './gc.js';
-import { S3SnapshotStore, type S3SnapshotStoreOptions } from './s3-store.js';
+import type { S3SnapshotStoreOptions } from './s3-store.js';
 
 /** `<state>/snapshots`: the default store's directory. */
 export const SNAPSHOTS_DIR = 'snapshots';
@@ -25,6 +25,8 @@ export async function openSnapshotStore(
   if (!m) {
     throw new ArgRangeError('--snapshot-store', `"${spec}" is not a snapshot store: give s3://BUCKET[/PREFIX], or leave it out for ${join(stateDir, SNAPSHOTS_DIR)}`);
   }
+  // The S3 client is loaded only for an S3 store: the directory store's daemon starts without it.
+  const { S3SnapshotStore } = await import('./s3-store.js');
   try {
     return await S3SnapshotStore.open({ ...s3, bucket: m[1]!, prefix: m[2] ?? '' });
   } catch (e) {
