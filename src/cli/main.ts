@@ -10,7 +10,6 @@ import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
 // FUSE and crypto code the daemon needs (measured: ~0.6 s -> ~0.15 s per call).
 import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, VERSION, type DaemonConfig } from '../daemon/config.js';
-import { createLogger } from '../util/logger.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, dryRunMember, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
@@ -169,6 +168,8 @@ function daemonCommand(y: Argv): Argv {
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
       if (a.tlsCert !== undefined) cfg.tls = { certFile: a.tlsCert, keyFile: a.tlsKey! };
       const format = (a.logFormat as 'json' | 'pretty' | undefined) ?? (process.stdout.isTTY ? 'pretty' : 'json');
+      // pino is loaded for the daemon only: every other command starts without it.
+      const { createLogger } = await import('../util/logger.js');
       const log = createLogger({ level: cfg.logLevel, name: 'ebsd', format });
       try {
         const { runDaemon } = await import('../daemon/daemon.js');
