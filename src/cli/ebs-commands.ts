@@ -126,7 +126,7 @@ export function ebsCommands(y: Argv): Argv {
           .option('description', { type: 'string' })
           .option('tags', { type: 'array', string: true, describe: 'Key=k,Value=v ...' })
           .option('client-token', { type: 'string' })
-          .option('encrypted', { type: 'boolean' })
+          .option('encrypted', { type: 'boolean', describe: 'omitted: encrypted unless the daemon runs with --allow-unencrypted (EBS encryption by default); --no-encrypted (Encrypted false) only there' })
           .option('kms-key-arn', { type: 'string' })
           .option('timeout', { type: 'string', coerce: wholeNumber('--timeout'), describe: 'minutes to CompleteSnapshot, 10–4320 (default 60)' }),
       async (a) => {

@@ -118,7 +118,7 @@ function daemonCommand(y: Argv): Argv {
         .option('allow-unencrypted', {
           type: 'boolean',
           default: false,
-          describe: 'permit measurement-only PLAINTEXT volumes (ebsd volume create --cipher none); refused otherwise',
+          describe: 'permit measurement-only PLAINTEXT volumes (ebsd volume create --cipher none) and unencrypted EBS direct StartSnapshot snapshots (EBS encryption by default off); refused otherwise',
         })
         // Gone (see the handler); declared so that its refusal explains what replaced it.
         .option('cipher', { type: 'string', hidden: true })

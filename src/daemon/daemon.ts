@@ -198,7 +198,7 @@ export class Daemon {
   private async startServices(created: boolean): Promise<void> {
     const { cfg, log, paths } = this;
     if (cfg.allowUnencrypted) {
-      log.warn({ allowUnencrypted: true }, '--allow-unencrypted: this daemon will create and attach PLAINTEXT volumes (--cipher none) on request; for measurement only');
+      log.warn({ allowUnencrypted: true }, '--allow-unencrypted: this daemon will create and attach PLAINTEXT volumes (--cipher none) and begin unencrypted EBS direct snapshots on request; for measurement only');
     }
     const { hsmPassphrase } = this.secrets;
     this.secrets = {}; // needed to open the domain only
@@ -400,6 +400,8 @@ export class Daemon {
           store, gc, pendingDir: join(paths.root, 'ebs-direct-pending'), keys: new KmsCoreKeyService(this.kmsCore!), xts: engine,
           evaluator: this.authz!.authorizer.evaluator, accountId: ids.accountId, region: ids.region,
           audit: this.kms!.audit, log: log.child({ component: 'ebs-direct' }),
+          // As for volumes: without --allow-unencrypted no plaintext snapshot is begun (EBS encryption by default).
+          allowUnencrypted: cfg.allowUnencrypted,
         });
       }
       // Restore and copy (docs/architecture.md §14): a source is held against DeleteSnapshot while read.

@@ -232,6 +232,8 @@ function _snapshotsOf(op: string, input: Record<string, unknown>): string[] {
 export async function openEbsApi(o: {
   store: SnapshotStore; gc?: SnapshotGc; pendingDir: string; keys: KeyService; xts: XtsEngine; evaluator: PolicyEvaluator; accountId: string; region: string;
   audit: EbsApiOptions['audit']; log: Logger;
+  /** EBS encryption by default is off (the daemon's --allow-unencrypted): StartSnapshot may make unencrypted snapshots. */
+  allowUnencrypted?: boolean;
   /** Where the hidden tuning variables are read (process.env by default). */
   env?: NodeJS.ProcessEnv;
 }): Promise<EbsApi> {
@@ -240,6 +242,7 @@ export async function openEbsApi(o: {
   const direct = new EbsDirect({
     store, pendingDir: o.pendingDir, keys: o.keys, xts: o.xts, accountId: o.accountId, region: o.region, log: o.log, ...(gc ? { pin: (h: Iterable<string>) => gc.pin(h) } : {}),
     ...(tuning.keyTtlMs !== undefined ? { keyTtlMs: tuning.keyTtlMs } : {}),
+    ...(o.allowUnencrypted ? { allowUnencrypted: true } : {}),
   });
   // A deleted snapshot's cached manifest goes with it (ebs-direct-manifests.ts).
   const unsubscribe = gc?.onManifestDeleted((id) => direct.forgetSnapshot(id));

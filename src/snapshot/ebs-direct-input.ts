@@ -153,8 +153,10 @@ export function parseStartSnapshot(b: Body): StartSnapshotInput {
   if (out.ParentSnapshotId !== undefined && out.KmsKeyArn !== undefined) {
     throw validation('INVALID_PARAMETER_VALUE', 'ParentSnapshotId and KmsKeyArn cannot be given together: a snapshot is encrypted with its parent\'s KMS key (to change the key, CopySnapshot the parent with --kms-key-id first)');
   }
-  if (out.KmsKeyArn !== undefined && out.Encrypted !== true && out.ParentSnapshotId === undefined) {
-    throw validation('INVALID_PARAMETER_VALUE', 'KmsKeyArn needs Encrypted set to true');
+  // Encryption outcomes, no parent: Encrypted False with a KmsKeyArn "fails with ValidationException", encryption by default
+  // enabled or not. KmsKeyArn with Encrypted omitted depends on that setting: src/snapshot/ebs-direct-encryption.ts.
+  if (out.KmsKeyArn !== undefined && out.Encrypted === false) {
+    throw validation('INVALID_PARAMETER_VALUE', 'KmsKeyArn cannot be given with Encrypted false: a KMS key is for an encrypted snapshot (set Encrypted to true or omit it)');
   }
   return out;
 }

@@ -13,6 +13,7 @@ import { PendingMarkers } from './pending-markers.js';
 import { MANIFEST_MAX_BYTES, isSnapshotId } from './manifest-check.js';
 import { concurrentLimit, conflict, fromKmsError, internal, notFound, quotaExceeded, validation } from './ebs-direct-errors.js';
 import { encryptedSnapshotHeader, plainSnapshotHeader } from './ebs-direct-header.js';
+import { startSnapshotEncryption } from './ebs-direct-encryption.js';
 import {
   BLOCKS_PER_GIB, DEFAULT_TIMEOUT_MIN,
   type CompleteSnapshotInput, type GetSnapshotBlockInput, type ListChangedBlocksInput, type ListSnapshotBlocksInput,
@@ -128,6 +129,14 @@ export interface EbsDirectOptions {
   maxSnapshotBlocks?: number;
   /** Blocks of completed manifests kept in memory (MANIFEST_CACHE_BLOCKS); tests set fewer. */
   manifestCacheBlocks?: number;
+  /**
+   * EBS encryption by default is disabled: StartSnapshot makes an unencrypted snapshot when
+   * Encrypted is not true and the parent (if any) is unencrypted. Off by default, so every
+   * snapshot begun here is encrypted (`alias/aws/ebs` unless KmsKeyArn says otherwise) and an
+   * unencrypted parent is refused (ebs-direct-encryption.ts); the daemon turns it on only
+   * with `--allow-unencrypted`, as it does for plaintext volumes.
+   */
+  allowUnencrypted?: boolean;
 }
 
 /** A completed snapshot as the read APIs serve it (ebs-direct-manifests.ts). */
@@ -431,7 +440,11 @@ export class EbsDirect {
     if (parent && i.VolumeSize < parent.volumeSize) {
       throw validation('INVALID_VOLUME_SIZE', `VolumeSize ${i.VolumeSize} is smaller than the parent ${parent.snapshotId}'s ${parent.volumeSize} GiB`);
     }
-    const encrypted = parent ? parent.encrypted : i.Encrypted === true;
+    const outcome = startSnapshotEncryption(i, {
+      ...(parent ? { parent: { snapshotId: parent.snapshotId, encrypted: parent.encrypted } } : {}),
+      byDefault: this.o.allowUnencrypted !== true, defaultKey: DEFAULT_KMS_KEY,
+    });
+    const encrypted = outcome.encrypted;
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const sizeBytes = i.VolumeSize * 1024 ** 3;
     const manifest: SnapshotManifest = {
@@ -441,8 +454,8 @@ export class EbsDirect {
       ...(parent ? { parentSnapshotId: parent.snapshotId } : {}),
     };
     let header: { bytes: Buffer; dataOffset: number };
-    if (encrypted) {
-      header = await this._newKey(manifest, parent, i.KmsKeyArn ?? DEFAULT_KMS_KEY, sizeBytes, caller);
+    if (outcome.encrypted) {
+      header = await this._newKey(manifest, parent, 'keyId' in outcome ? outcome.keyId : undefined, sizeBytes, caller);
     } else {
       header = plainSnapshotHeader(snapshotId, sizeBytes);
     }
@@ -641,8 +654,8 @@ export class EbsDirect {
 
   // ---- helpers -------------------------------------------------------------
 
-  /** A new data key for an unparented encrypted snapshot, or the parent's; the header for it. Fills kmsKeyId, wrappedKey, dataEncryptionKeyId. */
-  private async _newKey(m: SnapshotManifest, parent: SnapshotManifest | undefined, keyId: string, sizeBytes: number, caller: Caller): Promise<{ bytes: Buffer; dataOffset: number }> {
+  /** A new data key under `keyId` for an unparented encrypted snapshot, or the parent's; the header for it. Fills kmsKeyId, wrappedKey, dataEncryptionKeyId. */
+  private async _newKey(m: SnapshotManifest, parent: SnapshotManifest | undefined, keyId: string | undefined, sizeBytes: number, caller: Caller): Promise<{ bytes: Buffer; dataOffset: number }> {
     const via: Caller = { ...caller, viaService: this.viaService };
     let wrapped: { ciphertextBlob: string; keyArn: string; encryptionContext: Record<string, string> };
     if (parent) {
@@ -650,6 +663,7 @@ export class EbsDirect {
       wrapped = parent.wrappedKey;
       m.dataEncryptionKeyId = parent.dataEncryptionKeyId ?? randomUUID();
     } else {
+      if (keyId === undefined) throw internal(`no KMS key chosen for the encrypted snapshot ${m.snapshotId}`);
       const ctx = { 'aws:ebs:id': m.snapshotId };
       let gen: { CiphertextBlob: Uint8Array; KeyId: string };
       try {

@@ -26,7 +26,7 @@ let store: DirSnapshotStore;
 let now = T0;
 const xts = selectXtsEngine('auto');
 
-const direct = (o: { maxPending?: number; pin?: SnapshotGc['pin'] } = {}): EbsDirect =>
+const direct = (o: { maxPending?: number; pin?: SnapshotGc['pin']; allowUnencrypted?: boolean } = {}): EbsDirect =>
   new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, ...o });
 
 beforeAll(async () => {
@@ -103,7 +103,8 @@ describe('EbsDirect with an injected clock', () => {
     now = T0;
     // The collector's clock an hour ahead of the store's: every unreferenced block is old enough to go.
     const gc = new SnapshotGc(store, { graceMs: 0, now: () => Date.now() + 3_600_000 });
-    const d = direct({ pin: (h) => gc.pin(h) });
+    // Unencrypted (--allow-unencrypted), so the stored block's hash is the plaintext's.
+    const d = direct({ pin: (h) => gc.pin(h), allowUnencrypted: true });
     const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root)).SnapshotId as string;
     const a = randomBytes(BLOCK);
     await d.putSnapshotBlock(putReq(snap, 9, a), root);
@@ -146,5 +147,44 @@ describe('EbsDirect with an injected clock', () => {
     expect(() => parseStartSnapshot({ VolumeSize: 1, Timeout: 9 })).toThrow(/Timeout/);
     expect(() => parsePutSnapshotBlock({ SnapshotId: s1, BlockIndex: 0, BlockData: Buffer.alloc(4096), DataLength: 4096, Checksum: 'AA==', ChecksumAlgorithm: 'SHA256' })).toThrow(/DataLength must be an integer from 524288 to 524288/);
     d.close();
+  });
+
+  it('StartSnapshot encryption follows AWS\'s "Encryption outcomes for EBS direct APIs": enabled by default, disabled only with allowUnencrypted', async () => {
+    now = T0;
+    const byDefault = direct();
+    const allowing = direct({ allowUnencrypted: true });
+    const start = (d: EbsDirect, body: Record<string, unknown>) => d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ...body }), root);
+    const done = async (r: Record<string, unknown>, d: EbsDirect): Promise<string> => {
+      await d.completeSnapshot({ SnapshotId: r.SnapshotId as string, ChangedBlocksCount: 0 });
+      return r.SnapshotId as string;
+    };
+    // No parent, enabled: Encrypted omitted or true -> KmsKeyArn or the account's default key for EBS; Encrypted false -> ValidationException.
+    const omitted = await start(byDefault, {});
+    const ebsKey = ((await kms.call('DescribeKey', { KeyId: 'alias/aws/ebs' }, root)) as { KeyMetadata: { Arn: string } }).KeyMetadata.Arn;
+    expect(omitted).toMatchObject({ KmsKeyArn: ebsKey, SseType: 'sse-ebs' });
+    expect(await start(byDefault, { Encrypted: true })).toMatchObject({ KmsKeyArn: ebsKey, SseType: 'sse-ebs' });
+    expect(await start(byDefault, { KmsKeyArn: keyArn })).toMatchObject({ KmsKeyArn: keyArn, SseType: 'sse-ebs' });
+    expect(await start(byDefault, { Encrypted: true, KmsKeyArn: keyArn })).toMatchObject({ KmsKeyArn: keyArn });
+    await refused(start(byDefault, { Encrypted: false }), 'ValidationException', 'INVALID_PARAMETER_VALUE');
+    await expect(start(byDefault, { Encrypted: false })).rejects.toThrow(/Encrypted false .* started without --allow-unencrypted/);
+    // Encrypted false with a KmsKeyArn: refused whatever the setting.
+    expect(() => parseStartSnapshot({ VolumeSize: 1, Encrypted: false, KmsKeyArn: keyArn })).toThrow(/KmsKeyArn cannot be given with Encrypted false/);
+    // Disabled (allowUnencrypted): unencrypted unless Encrypted is true; KmsKeyArn alone stays refused, as before.
+    const plain = await start(allowing, {});
+    expect(plain).toMatchObject({ SseType: 'none' });
+    expect(plain.KmsKeyArn).toBeUndefined();
+    expect(await start(allowing, { Encrypted: false })).toMatchObject({ SseType: 'none' });
+    expect(await start(allowing, { Encrypted: true })).toMatchObject({ KmsKeyArn: ebsKey });
+    await refused(start(allowing, { KmsKeyArn: keyArn }), 'ValidationException', 'INVALID_PARAMETER_VALUE');
+    // Parents: an unencrypted one is refused when enabled (copy it encrypted first), taken as it is when disabled; an encrypted one gives its key.
+    const plainParent = await done(plain, allowing);
+    const encParent = await done(omitted, byDefault);
+    await refused(start(byDefault, { ParentSnapshotId: plainParent }), 'ValidationException', 'INVALID_PARAMETER_VALUE');
+    await expect(start(byDefault, { ParentSnapshotId: plainParent })).rejects.toThrow(new RegExp(`ParentSnapshotId ${plainParent} is an unencrypted snapshot.*--encrypted`));
+    expect(await start(allowing, { ParentSnapshotId: plainParent })).toMatchObject({ ParentSnapshotId: plainParent, SseType: 'none' });
+    expect(await start(byDefault, { ParentSnapshotId: encParent })).toMatchObject({ ParentSnapshotId: encParent, KmsKeyArn: ebsKey, SseType: 'sse-ebs' });
+    expect(await start(allowing, { ParentSnapshotId: encParent })).toMatchObject({ ParentSnapshotId: encParent, KmsKeyArn: ebsKey, SseType: 'sse-ebs' });
+    byDefault.close();
+    allowing.close();
   });
 });

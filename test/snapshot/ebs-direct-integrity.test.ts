@@ -65,8 +65,9 @@ async function setup(o: { maxPending?: number; maxClientTokens?: number; gc?: bo
   const gc = new SnapshotGc(store);
   const timers = new TestTimers();
   const clock = { now: Date.now() };
+  // No KMS here: plaintext snapshots, as a daemon started with --allow-unencrypted begins them.
   const d = new EbsDirect({
-    store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1',
+    store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1', allowUnencrypted: true,
     now: () => clock.now, schedule: timers.schedule, pin: (h) => gc.pin(h), ...(o.maxPending !== undefined ? { maxPending: o.maxPending } : {}),
     ...(o.maxClientTokens !== undefined ? { maxClientTokens: o.maxClientTokens } : {}),
   });
@@ -288,7 +289,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     };
     const store = storeWith(real, { putBlock: async (h, b) => { await deleteNow('header-put'); return real.putBlock(h, b); } });
     const d = new EbsDirect({
-      store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1',
+      store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1', allowUnencrypted: true,
       pin: async (h) => { await deleteNow('pin'); return gc.pin(h); },
     });
     closers.push(() => d.close());

@@ -232,14 +232,14 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     expect(all.map((x) => x.BlockIndex)).toEqual([0, 1, 2, 7]);
     expect((await getBlock(child, 0, all[0]!.BlockToken)).equals(p.get(0)!)).toBe(true);
 
-    // Another data key (a new StartSnapshot) and an unencrypted snapshot: other lineages.
+    // Another data key (a new StartSnapshot) under the same key or under aws/ebs (no Encrypted, encryption by default): other lineages.
     const other = (await start({ VolumeSize: 1, Encrypted: true, KmsKeyArn: keyArn })).SnapshotId;
     await put(other, 1, p.get(1)!);
     await complete(other, new Map([[1, p.get(1)!]]));
-    const plain = (await start({ VolumeSize: 1 })).SnapshotId;
-    await put(plain, 1, p.get(1)!);
-    await complete(plain, new Map([[1, p.get(1)!]]));
-    for (const second of [other, plain]) {
+    const byDefault = (await start({ VolumeSize: 1 })).SnapshotId;
+    await put(byDefault, 1, p.get(1)!);
+    await complete(byDefault, new Map([[1, p.get(1)!]]));
+    for (const second of [other, byDefault]) {
       const r = await raw('ListChangedBlocks', { FirstSnapshotId: parent, SecondSnapshotId: second });
       expect(r.status).toBe(400);
       expect(r.body).toMatchObject({ __type: 'ValidationException', Reason: 'UNRELATED_SNAPSHOTS' });
@@ -247,8 +247,31 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     const cli = await env.cli(['ebs', 'list-changed-blocks', '--first-snapshot-id', parent, '--second-snapshot-id', other]);
     expect(cli.code).toBe(7);
     expect(cli.stderr).toMatch(/ValidationException: .*not of one lineage/);
-    // The plaintext snapshot's block is stored as written.
-    expect(storedBlock(manifest(plain).blocks[0][1]).equals(p.get(1)!)).toBe(true);
+  }, 120_000);
+
+  it('without --allow-unencrypted (EBS encryption by default): no Encrypted is encrypted under aws/ebs, stored as ciphertext and read back as plaintext; KmsKeyArn alone picks the key; Encrypted false is ValidationException', async () => {
+    const ebsKey = (await env.ok(['kms', 'describe-key', '--key-id', 'alias/aws/ebs'])).KeyMetadata.Arn;
+    const st = await start({ VolumeSize: 1 });
+    expect(st).toMatchObject({ KmsKeyArn: ebsKey, SseType: 'sse-ebs' });
+    const snap = st.SnapshotId;
+    const blocks = new Map([[0, randomBytes(BLOCK)], [9, randomBytes(BLOCK)]]);
+    for (const [i, d] of blocks) await put(snap, i, d);
+    await complete(snap, blocks);
+    const m = manifest(snap);
+    expect(m).toMatchObject({ encrypted: true, kmsKeyId: ebsKey });
+    for (const [i, hash] of m.blocks as [number, string][]) expect(storedBlock(hash).equals(blocks.get(i)!), `block ${i} stored as ciphertext`).toBe(false);
+    for (const b of await listAll(snap)) expect((await getBlock(snap, b.BlockIndex, b.BlockToken)).equals(blocks.get(b.BlockIndex)!), `block ${b.BlockIndex}`).toBe(true);
+    expect((await env.ok(['snapshot', 'describe', snap])).Snapshots[0]).toMatchObject({ Encrypted: true, KmsKeyId: ebsKey });
+
+    // KmsKeyArn with Encrypted omitted: that key ("encrypted using the KMS key specified for KmsKeyArn").
+    expect(await start({ VolumeSize: 1, KmsKeyArn: keyArn })).toMatchObject({ KmsKeyArn: keyArn, SseType: 'sse-ebs' });
+    // Encrypted false: no unencrypted snapshot on this daemon; nothing is left pending.
+    const before = readdirSync(join(env.state, 'snapshots', 'manifests')).length;
+    const r = await raw('StartSnapshot', { VolumeSize: 1, Encrypted: false });
+    expect(r.status).toBe(400);
+    expect(r.body).toMatchObject({ __type: 'ValidationException', Reason: 'INVALID_PARAMETER_VALUE' });
+    expect(r.body.message).toMatch(/Encrypted false .*--allow-unencrypted/);
+    expect(readdirSync(join(env.state, 'snapshots', 'manifests')).length).toBe(before);
   }, 120_000);
 
   it('block tokens are bound to snapshot, index and content: forged, extended or moved ones are refused', async () => {
@@ -392,5 +415,44 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     const tagged = await tagger(['start-snapshot', '--volume-size', '1', '--tags', 'Key=owner,Value=tagger']);
     expect(tagged.code, tagged.stderr).toBe(0);
     expect(manifest(tagged.json().SnapshotId).tags).toEqual([{ Key: 'owner', Value: 'tagger' }]);
+  }, 120_000);
+
+  // Last: it restarts the daemon (same state) with --allow-unencrypted, then without it again.
+  it('with --allow-unencrypted (encryption by default disabled) the same requests make unencrypted snapshots, as before; without it, such a snapshot as ParentSnapshotId is ValidationException until copied encrypted', async () => {
+    await env.stop();
+    await env.start(['--allow-unencrypted']);
+    const st = await start({ VolumeSize: 1 });
+    expect(st).toMatchObject({ SseType: 'none' });
+    expect(st.KmsKeyArn).toBeUndefined();
+    const plain = st.SnapshotId;
+    const d = randomBytes(BLOCK);
+    await put(plain, 3, d);
+    await complete(plain, new Map([[3, d]]));
+    expect(manifest(plain)).toMatchObject({ encrypted: false, kmsKeyId: '' });
+    // The plaintext snapshot's block is stored as written.
+    expect(storedBlock(manifest(plain).blocks[0][1]).equals(d)).toBe(true);
+    expect((await getBlock(plain, 3, (await listAll(plain))[0]!.BlockToken)).equals(d)).toBe(true);
+    expect(await start({ VolumeSize: 1, Encrypted: false })).toMatchObject({ SseType: 'none' });
+    const child = await start({ VolumeSize: 1, ParentSnapshotId: plain });
+    expect(child).toMatchObject({ ParentSnapshotId: plain, SseType: 'none' });
+    await complete(child.SnapshotId, new Map());
+    // KmsKeyArn alone is still refused here (encryption by default disabled, as before).
+    await refusedWith(start({ VolumeSize: 1, KmsKeyArn: keyArn }), 'ValidationException', /KmsKeyArn needs Encrypted/);
+
+    await env.stop();
+    await env.start();
+    const before = readdirSync(join(env.state, 'snapshots', 'manifests')).length;
+    const r = await raw('StartSnapshot', { VolumeSize: 1, ParentSnapshotId: plain });
+    expect(r.status).toBe(400);
+    expect(r.body).toMatchObject({ __type: 'ValidationException', Reason: 'INVALID_PARAMETER_VALUE' });
+    expect(r.body.message).toContain(`ParentSnapshotId ${plain} is an unencrypted snapshot`);
+    expect(r.body.message).toContain(`ebsd snapshot copy ${plain} --encrypted`);
+    expect(readdirSync(join(env.state, 'snapshots', 'manifests')).length).toBe(before);
+    // As the refusal says: an encrypted copy is a parent.
+    const copy = (await env.ok(['snapshot', 'copy', plain, '--encrypted', '--wait'])).SnapshotId;
+    const next = await start({ VolumeSize: 1, ParentSnapshotId: copy });
+    expect(next).toMatchObject({ ParentSnapshotId: copy, SseType: 'sse-ebs' });
+    await complete(next.SnapshotId, new Map());
+    expect((await getBlock(next.SnapshotId, 3, (await listAll(next.SnapshotId))[0]!.BlockToken)).equals(d)).toBe(true);
   }, 120_000);
 });
