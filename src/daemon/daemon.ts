@@ -409,7 +409,7 @@ export class Daemon {
       copier = await SnapshotCopier.open({
         store, keyService: m.keyService, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
         localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
-        onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log,
+        onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log, allowUnencrypted: cfg.allowUnencrypted,
       });
       const { resumed, failed } = await m.resumeAttachments();
       if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');

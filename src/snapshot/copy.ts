@@ -67,6 +67,13 @@ export interface SnapshotCopierOptions {
   logger?: Logger;
   /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 16. */
   window?: number;
+  /**
+   * EBS encryption by default is off (the daemon's --allow-unencrypted): a
+   * copy of an unencrypted snapshot stays unencrypted unless Encrypted is
+   * true. Off (the default), every copy is encrypted, under KmsKeyId or
+   * `alias/aws/ebs`, as EC2 copies with encryption by default enabled.
+   */
+  allowUnencrypted?: boolean;
   /** Timers of the background settle of markers the store could not answer for (PendingMarkers); default the system clock. */
   clock?: Clock;
   /** First wait before such a marker is tried again (doubled each time, up to 5 minutes); default 5 s. */
@@ -165,7 +172,7 @@ export class SnapshotCopier {
       }
       const snap = await checkedSnapshot(this.o.store, req.SourceSnapshotId, src);
       const via: Caller = { ...caller, viaService: `ec2.${this.o.region}.amazonaws.com` };
-      const encrypt = src.encrypted || req.Encrypted === true;
+      const encrypt = src.encrypted || req.Encrypted === true || !this.o.allowUnencrypted;
       // Same key: the source's (none given, or one resolving to its ARN); else a new data key.
       let targetKey: string | undefined;
       if (src.encrypted) {

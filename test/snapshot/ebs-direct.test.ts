@@ -454,5 +454,11 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     expect(next).toMatchObject({ ParentSnapshotId: copy, SseType: 'sse-ebs' });
     await complete(next.SnapshotId, new Map());
     expect((await getBlock(next.SnapshotId, 3, (await listAll(next.SnapshotId))[0]!.BlockToken)).equals(d)).toBe(true);
+    // CopySnapshot with encryption by default: the copy of an unencrypted snapshot is encrypted without --encrypted (aws/ebs).
+    const byDefault = (await env.ok(['snapshot', 'copy', plain, '--wait'])).SnapshotId;
+    expect(manifest(byDefault)).toMatchObject({ encrypted: true, kmsKeyId: manifest(copy).kmsKeyId });
+    expect(manifest(copy).kmsKeyId).toMatch(/^arn:aws:kms:/);
+    // Stored as ciphertext: another content hash than the plaintext block's.
+    expect(manifest(byDefault).blocks[0][1]).not.toBe(manifest(plain).blocks[0][1]);
   }, 120_000);
 });

@@ -79,6 +79,7 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
     const copier = await SnapshotCopier.open({
       store, keyService: kms.keyService, xtsEngine: await testEngine(), region: 'us-east-1', accountId: '111122223333',
       localDir: join(t.dir, 'snapshots-local', 'copies'), pin: (hs) => gc.pin(hs), hold: (id) => sm!.hold(id),
+      allowUnencrypted: true, // as the volume manager: encryption by default off, so plaintext sources copy as they are
     });
     const caller = kms.root;
     const k = kms;
