@@ -194,8 +194,12 @@ export class CowSpill {
   }
 }
 
-/** Linux's O_TMPFILE (__O_TMPFILE | O_DIRECTORY); Node's fs.constants does not carry it. */
-const O_TMPFILE = 0o20000000 | 0o200000;
+/**
+ * Linux's O_TMPFILE: __O_TMPFILE (the same on x86 and arm64) | O_DIRECTORY
+ * (which differs between them: taken from fs.constants). Node's
+ * fs.constants does not carry O_TMPFILE itself.
+ */
+const O_TMPFILE = 0o20000000 | fsConstants.O_DIRECTORY;
 
 /** An unnamed file in path's directory; open-then-unlink where the filesystem has no O_TMPFILE. */
 async function openNameless(path: string): Promise<FileHandle> {
