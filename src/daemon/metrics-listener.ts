@@ -10,16 +10,19 @@ import type { Registry } from 'prom-client';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { isLoopback } from '../util/loopback.js';
+import { LoopbackPeerUids } from './loopback-peers.js';
 import { callerKey, ConnectionGuard, ConnectionThrottledError, refuseSocket, type Admission } from './connection-guard.js';
 
 /**
  * Limits of the metrics listener. Prometheus holds one keep-alive connection
- * per target and `ebsd top` one per viewer, so a few per source are plenty;
- * on loopback every local user is a source (127.0.0.0/8), so the total is
- * what keeps the daemon's file descriptors for its control socket and volumes.
+ * per target and `ebsd top` one per viewer, so a few per source are plenty.
+ * A source is an address (an IPv6 /64), except on loopback, where any local
+ * user may use any address of 127.0.0.0/8: there the source is the local
+ * user owning the client's socket (loopback-peers.ts). The total is what
+ * keeps the daemon's file descriptors for its control socket and volumes.
  */
 export const METRICS_LIMITS = Object.freeze({
-  /** Open connections from one address (an IPv6 /64, connection-guard.ts callerKey). */
+  /** Open connections from one source: an address (an IPv6 /64, connection-guard.ts callerKey), or on loopback one local user. */
   maxPerSource: 16,
   /** Open connections of all sources together; node drops connections past twice this at accept. */
   maxTotal: 64,
@@ -34,18 +37,29 @@ export const METRICS_LIMITS = Object.freeze({
    * reader pipelining hundreds would have each answer kept in memory (a
    * shared collect answers them all at once).
    */
-  maxUnansweredPerConnection: 4,
+  maxUnansweredPerConnection: 2,
   /** Least time between the end of one collect and the start of the next (scrapes in between share it). */
   minCollectGapMs: 100,
 });
 
-/** An admitted connection: its source (connection-guard.ts callerKey), the requests it has being answered, its slot. Map order is age. */
-interface OpenConnection { key: string; busy: number; answered: number; admission: Admission }
+/**
+ * An admitted connection: its source (`uid:N` on loopback, else
+ * connection-guard.ts callerKey of its address), the requests it has being
+ * answered and answered so far, its slot; `retired` once it gave its slot to
+ * another while answering (closed when those answers are written).
+ */
+interface OpenConnection { key: string; busy: number; answered: number; admission: Admission; retired: boolean }
 
 export class MetricsListener {
   private server: Server | undefined;
   private guard: ConnectionGuard | undefined;
+  /** Admitted connections holding a slot; Map order is age. */
   private readonly open = new Map<Socket, OpenConnection>();
+  /** Every accepted socket's admission, decided once its source is known (undefined: refused). */
+  private readonly admitting = new WeakMap<Socket, Promise<OpenConnection | undefined>>();
+  /** Requests that arrived on refused sockets (answered 503 already, closing within a second). */
+  private readonly refusedRequests = new WeakMap<Socket, number>();
+  private readonly peers = new LoopbackPeerUids();
   /** The collect that scrapes arriving now will share, not started yet; the one running (see `collect`). */
   private queued: Promise<string> | undefined;
   private running: Promise<string> | undefined;
@@ -63,12 +77,11 @@ export class MetricsListener {
    * past a hard ceiling at accept, idle
    * and slow connections are closed by the header, request and keep-alive
    * timeouts, and scrapes share collects (`collect`). A connection over a
-   * limit takes the place of the oldest connection with no request being
-   * answered (of its source, for the per-source limit; of any, for the total),
-   * which is closed: answering takes milliseconds, so holding connections open
-   * (keep-alive, or headers sent slowly) cannot keep a scraper out, and
-   * connections kept busy take no more than their sources' share of the total
-   * (`makeRoom` says how). Otherwise the new one is refused (503, closed).
+   * limit may take the place of another (`makeRoom` says which): holding
+   * connections open (keep-alive, or headers sent slowly) cannot keep a
+   * scraper out, and connections kept busy take no more than their sources'
+   * equal shares of the total. Otherwise the new one is refused (503,
+   * closed). On loopback a source is a local user, not an address.
    */
   async listen(spec: string, log: Logger): Promise<{ host: string; port: number }> {
     const { host, port } = parseListen(spec);
@@ -87,26 +100,39 @@ export class MetricsListener {
       connectionsCheckingInterval: 1_000,
     }, (req, res) => {
       req.resume(); // a GET has no body; anything sent is dropped
-      const c = this.open.get(req.socket);
-      if (c) {
-        if (c.busy >= l.maxUnansweredPerConnection) {
-          req.socket.destroy();
+      const socket = req.socket;
+      const decided = this.admitting.get(socket);
+      if (!decided) {
+        socket.destroy();
+        return;
+      }
+      void decided.then((c) => {
+        if (!c) {
+          // A refused socket was answered 503 and closes within a second; a client pipelining on it is cut off.
+          const n = (this.refusedRequests.get(socket) ?? 0) + 1;
+          this.refusedRequests.set(socket, n);
+          if (n > l.maxUnansweredPerConnection) socket.destroy();
+          return;
+        }
+        if (c.retired || c.busy >= l.maxUnansweredPerConnection) {
+          socket.destroy();
           return;
         }
         c.busy++;
         res.once('close', () => {
           c.busy--;
           if (res.writableFinished) c.answered++;
+          if (c.retired && c.busy === 0) socket.destroy();
         });
-      }
-      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
-        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
-        return;
-      }
-      this.collect().then(
-        (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text),
-        (err) => { log.error({ err }, 'metrics scrape failed'); res.writeHead(500).end(); },
-      );
+        if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+          res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
+          return;
+        }
+        this.collect().then(
+          (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType, ...(c.retired ? { Connection: 'close' } : {}) }).end(text),
+          (err) => { log.error({ err }, 'metrics scrape failed'); res.writeHead(500).end(); },
+        );
+      });
     });
     // Admitted ones, plus room for the 503 answers of refused ones (refuseSocket closes them within a second).
     server.maxConnections = l.maxTotal * 2;
@@ -115,21 +141,12 @@ export class MetricsListener {
     // A connection that sends nothing at all (not even a request line) is closed after this much silence.
     server.timeout = l.headersTimeoutMs;
     server.on('connection', (s: Socket) => {
-      const source = (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
-      let admitted = guard.admit(source);
-      if (admitted instanceof ConnectionThrottledError && this.makeRoom(source, admitted.reason === 'per-caller-limit')) {
-        admitted = guard.admit(source);
-      }
-      if (admitted instanceof ConnectionThrottledError) {
-        refuseSocket(s, admitted);
-        return;
-      }
-      const admission = admitted;
-      this.open.set(s, { key: callerKey(source), busy: 0, answered: 0, admission });
-      s.on('close', () => {
-        this.open.delete(s);
-        admission.release();
-      });
+      const address = (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
+      // On loopback the source is the local user owning the client's socket; elsewhere its address.
+      const source = isLoopback(address) && s.remoteAddress && s.remotePort !== undefined && s.localPort !== undefined
+        ? this.peers.uidOf(s.remoteAddress, s.remotePort, s.localPort).then((uid) => (uid === undefined ? callerKey(address) : `uid:${uid}`))
+        : Promise.resolve(callerKey(address));
+      this.admitting.set(s, source.then((key) => this.admit(s, key, guard)));
     });
     // What node found wrong, said: 431 for headers over the limit, 408 for a request not sent in time, 400 otherwise.
     server.on('clientError', (e: NodeJS.ErrnoException, s: Socket) => {
@@ -153,41 +170,69 @@ export class MetricsListener {
     return { host, port: bound };
   }
 
+  /** Count `s` for `key` (making room if a limit is reached), or refuse it; undefined when refused or already gone. */
+  private admit(s: Socket, key: string, guard: ConnectionGuard): OpenConnection | undefined {
+    if (s.destroyed) return undefined;
+    let admitted = guard.admit(key);
+    if (admitted instanceof ConnectionThrottledError && this.makeRoom(key, admitted.reason === 'per-caller-limit')) {
+      admitted = guard.admit(key);
+    }
+    if (admitted instanceof ConnectionThrottledError) {
+      refuseSocket(s, admitted);
+      return undefined;
+    }
+    const admission = admitted;
+    const c: OpenConnection = { key, busy: 0, answered: 0, admission, retired: false };
+    this.open.set(s, c);
+    s.on('close', () => {
+      this.open.delete(s);
+      admission.release();
+    });
+    return c;
+  }
+
   /**
-   * Make room for a connection of `source` that a limit refused, by closing
-   * one admitted connection; true when its slot is free.
+   * Make room for a connection of source `key` that a limit refused; true
+   * when a slot was freed.
    *
-   * Over the per-source limit: the oldest of `source` with no request being
-   * answered; if every one is busy, the source competes only with itself and
-   * is refused. Over the total: the oldest with no request being answered of
-   * a source holding more than `source` does; else the oldest connection
-   * already answered once of the source holding the most, when it holds at
-   * least two more than `source`. So connections held open cannot keep a
-   * scraper out, connections kept busy take no more than their sources'
-   * equal shares of the total, a source holding none gets in while another
-   * holds many, and a source can never take the place of one holding as few
-   * as it does (nor a connection waiting for its first answer).
+   * Over the per-source limit: the oldest of `key` with no request being
+   * answered, closed; if every one is busy, the source competes only with
+   * itself and is refused. Over the total: the oldest with no request being
+   * answered of a source holding more than `key` does, closed; else the
+   * oldest connection already answered once of the source holding the most,
+   * when it holds at least two more than `key`: it gives its slot now and is
+   * closed once the answers it is waiting for are written (its scrape is not
+   * lost). So connections held open cannot keep a scraper out, connections
+   * kept busy take no more than their sources' equal shares of the total, a
+   * source holding none gets in while another holds many, and a source never
+   * takes the place of one holding as few as it does, nor of a connection
+   * waiting for its first answer.
    */
-  private makeRoom(source: string, perSource: boolean): boolean {
-    const key = callerKey(source);
-    const evict = (s: Socket, c: OpenConnection): true => {
+  private makeRoom(key: string, perSource: boolean): boolean {
+    const close = (s: Socket, c: OpenConnection): true => {
       this.open.delete(s);
       c.admission.release();
       s.destroy();
       return true;
     };
     if (perSource) {
-      for (const [s, c] of this.open) if (c.busy === 0 && c.key === key) return evict(s, c);
+      for (const [s, c] of this.open) if (c.busy === 0 && c.key === key) return close(s, c);
       return false;
     }
     const held = new Map<string, number>();
     for (const c of this.open.values()) held.set(c.key, (held.get(c.key) ?? 0) + 1);
     const mine = held.get(key) ?? 0;
-    for (const [s, c] of this.open) if (c.busy === 0 && held.get(c.key)! > mine) return evict(s, c);
+    for (const [s, c] of this.open) if (c.busy === 0 && held.get(c.key)! > mine) return close(s, c);
     // Sources by what they hold, most first: the first with an answered connection gives it.
     const bySize = [...held].filter(([, n]) => n >= mine + 2).sort((x, y) => y[1] - x[1]);
     for (const [top] of bySize) {
-      for (const [s, c] of this.open) if (c.key === top && c.answered > 0) return evict(s, c);
+      for (const [s, c] of this.open) {
+        if (c.key !== top || c.answered === 0) continue;
+        this.open.delete(s);
+        c.admission.release();
+        c.retired = true; // closed when its busy answers are written (the request handler)
+        return true;
+      }
     }
     return false;
   }
