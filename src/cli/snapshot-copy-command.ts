@@ -23,8 +23,8 @@ export const snapshotCopyCommand: CommandModule<object, any> = {
   builder: (b) =>
     b
       .positional('snapshot-id', { type: 'string', demandOption: true })
-      .option('kms-key-id', { type: 'string', describe: 'key id, ARN or alias for the copy (default: the source\'s key)' })
-      .option('encrypted', { type: 'boolean', describe: 'encrypt the copy of an unencrypted snapshot' })
+      .option('kms-key-id', { type: 'string', describe: 'key id, ARN or alias for the copy (default: the source\'s key, else alias/aws/ebs); for an unencrypted source on a daemon with --allow-unencrypted, only with --encrypted' })
+      .option('encrypted', { type: 'boolean', describe: 'encrypt the copy of an unencrypted snapshot; needed only on a daemon with --allow-unencrypted (otherwise such a copy is encrypted anyway: EBS encryption by default)' })
       .option('description', { type: 'string', describe: 'up to 255 characters' })
       .option('source-region', { type: 'string', describe: 'the source snapshot\'s region (default: the daemon\'s)' })
       .option('tag', { type: 'array', string: true, describe: 'tags of the copy, Key=Value' })
@@ -42,7 +42,7 @@ export const snapshotCopyCommand: CommandModule<object, any> = {
     let res = await call('ebsd.CopySnapshot', {
       SourceSnapshotId: a.snapshotId,
       SourceRegion: region,
-      ...(a.kmsKeyId !== undefined ? { KmsKeyId: a.kmsKeyId, Encrypted: true } : {}),
+      ...(a.kmsKeyId !== undefined ? { KmsKeyId: a.kmsKeyId } : {}),
       ...(a.encrypted !== undefined ? { Encrypted: a.encrypted } : {}),
       ...(a.description !== undefined ? { Description: a.description } : {}),
       ...(tags.length ? { TagSpecifications: [{ ResourceType: 'snapshot', Tags: tags }] } : {}),

@@ -50,8 +50,9 @@ export function parseCopySnapshotRequest(body: unknown): CopySnapshotRequest & {
 
 /**
  * Runs a CopySnapshot: authorization (ec2:CopySnapshot on the source and on
- * `snapshot/*`, Ec2Authorizer.checkCopySnapshot) once the source manifest is
- * read and before anything is written; a refusal goes to `deny`, which audits it.
+ * `snapshot/*`, Ec2Authorizer.checkCopySnapshot, with `ec2:Encrypted` the
+ * copy's as the copier decides it) once the source manifest is read and before
+ * anything is written; a refusal goes to `deny`, which audits it.
  */
 export function copySnapshot(
   o: { copier: SnapshotCopier; authz: Ec2Authorizer },
@@ -62,9 +63,9 @@ export function copySnapshot(
 ): Promise<unknown> {
   const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
   const { DryRun: _d, ...copy } = req as CopySnapshotRequest & { DryRun?: true };
-  return o.copier.copySnapshot(copy, caller, async (src: SnapshotManifest | undefined) => {
-    const encrypted = src?.encrypted === true || req.Encrypted === true;
-    const refusal = o.authz.checkCopySnapshot(req.SourceSnapshotId, src ? toEc2Snapshot(src) : undefined, { encrypted, tags }, caller);
+  return o.copier.copySnapshot(copy, caller, async (src: SnapshotManifest | undefined, target: { encrypted: boolean }) => {
+    // ec2:Encrypted is the copy's, as the copier decides it (copyIsEncrypted: with EBS encryption by default, encrypted even without Encrypted).
+    const refusal = o.authz.checkCopySnapshot(req.SourceSnapshotId, src ? toEc2Snapshot(src) : undefined, { encrypted: target.encrypted, tags }, caller);
     if (refusal) await deny(refusal);
   // Authorized, and the source and target key checked as the real call checks them (a source that does
   // not exist is InvalidSnapshot.NotFound, not DryRunOperation): a dry run ends there, before anything is written.

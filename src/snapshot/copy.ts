@@ -27,11 +27,24 @@ export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
 const PUTS_AT_ONCE = 4;
 
+/**
+ * Whether a copy is encrypted (Amazon EC2 API Reference, CopySnapshot,
+ * `Encrypted` and `KmsKeyId`): the copy of an encrypted snapshot always is;
+ * that of an unencrypted one when `Encrypted` is true or EBS encryption by
+ * default is enabled (a daemon without --allow-unencrypted), under `KmsKeyId`
+ * else `alias/aws/ebs`. Decided here only: the copier makes the copy so, and
+ * the authorization judges `ec2:Encrypted` on it (docs/architecture.md §14.2,
+ * §14.3), so a policy sees what the copy will be.
+ */
+export function copyIsEncrypted(sourceEncrypted: boolean, req: Pick<CopySnapshotRequest, 'Encrypted'>, encryptionByDefault: boolean): boolean {
+  return sourceEncrypted || req.Encrypted === true || encryptionByDefault;
+}
+
 export interface CopySnapshotRequest {
   SourceSnapshotId: string;
   SourceRegion: string;
   Description?: string;
-  /** EC2: only `true` (encrypt the copy of an unencrypted snapshot); a copy of an encrypted snapshot is encrypted anyway. */
+  /** EC2: only `true` (encrypt the copy of an unencrypted snapshot when encryption by default is disabled); a copy of an encrypted snapshot is encrypted anyway. */
   Encrypted?: boolean;
   KmsKeyId?: string;
   TagSpecifications?: { ResourceType: 'snapshot'; Tags: { Key: string; Value: string }[] }[];
@@ -70,8 +83,10 @@ export interface SnapshotCopierOptions {
   /**
    * EBS encryption by default is off (the daemon's --allow-unencrypted): a
    * copy of an unencrypted snapshot stays unencrypted unless Encrypted is
-   * true. Off (the default), every copy is encrypted, under KmsKeyId or
-   * `alias/aws/ebs`, as EC2 copies with encryption by default enabled.
+   * true, and KmsKeyId without Encrypted true is refused. Off (the default),
+   * every copy is encrypted, under KmsKeyId (accepted alone) or
+   * `alias/aws/ebs`, as EC2 copies with encryption by default enabled
+   * (copyIsEncrypted).
    */
   allowUnencrypted?: boolean;
   /** Timers of the background settle of markers the store could not answer for (PendingMarkers); default the system clock. */
@@ -150,11 +165,13 @@ export class SnapshotCopier {
    * the copy continues in the background. The source is held against
    * DeleteSnapshot before its manifest is read (a delete either refuses,
    * InvalidSnapshot.InUse, or has finished: InvalidSnapshot.NotFound here);
-   * `authorize` runs once the source is read and before anything is written.
+   * `authorize` runs once the source is read and before anything is written,
+   * told whether the copy will be encrypted (copyIsEncrypted; a source that
+   * does not exist is taken as unencrypted: only the request is known).
    */
   async copySnapshot(
     req: CopySnapshotRequest, caller: Caller,
-    authorize?: (source: SnapshotManifest | undefined) => Promise<void>,
+    authorize?: (source: SnapshotManifest | undefined, copy: { encrypted: boolean }) => Promise<void>,
     /** A dry run: stops (throws) once the request, the source and the target key are checked as the real call checks them, before anything is written. */
     dryRun?: () => Promise<never>,
   ): Promise<{ SnapshotId: string; Tags?: { Key: string; Value: string }[] }> {
@@ -165,14 +182,16 @@ export class SnapshotCopier {
     const release = (await this.o.hold?.(req.SourceSnapshotId)) ?? (() => {});
     try {
       const src = await this.o.store.getManifest(req.SourceSnapshotId);
-      await authorize?.(src);
+      const encrypt = copyIsEncrypted(src?.encrypted === true, req, !this.o.allowUnencrypted);
+      await authorize?.(src, { encrypted: encrypt });
       if (!src) throw snapshotNotFound(req.SourceSnapshotId);
-      if (req.KmsKeyId !== undefined && req.Encrypted !== true && !src.encrypted) {
-        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId needs Encrypted true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterDependency' });
+      // EC2: "If KmsKeyId is specified, the encrypted state must be true". With encryption by
+      // default it is (the copy is encrypted under KmsKeyId); without it, only Encrypted true makes it so.
+      if (req.KmsKeyId !== undefined && !encrypt) {
+        throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId needs Encrypted true to encrypt the copy of an unencrypted snapshot (EBS encryption by default is disabled: the daemon runs with --allow-unencrypted)', { awsName: 'InvalidParameterDependency' });
       }
       const snap = await checkedSnapshot(this.o.store, req.SourceSnapshotId, src);
       const via: Caller = { ...caller, viaService: `ec2.${this.o.region}.amazonaws.com` };
-      const encrypt = src.encrypted || req.Encrypted === true || !this.o.allowUnencrypted;
       // Same key: the source's (none given, or one resolving to its ARN); else a new data key.
       let targetKey: string | undefined;
       if (src.encrypted) {

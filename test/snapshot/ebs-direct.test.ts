@@ -418,7 +418,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
   }, 120_000);
 
   // Last: it restarts the daemon (same state) with --allow-unencrypted, then without it again.
-  it('with --allow-unencrypted (encryption by default disabled) the same requests make unencrypted snapshots, as before; without it, such a snapshot as ParentSnapshotId is ValidationException until copied encrypted', async () => {
+  it('with --allow-unencrypted (encryption by default disabled) the same requests make unencrypted snapshots, as before; without it, such a snapshot as ParentSnapshotId is ValidationException until copied encrypted; CopySnapshot follows the setting (KmsKeyId alone, ec2:Encrypted of the copy)', async () => {
     await env.stop();
     await env.start(['--allow-unencrypted']);
     const st = await start({ VolumeSize: 1 });
@@ -438,6 +438,36 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     await complete(child.SnapshotId, new Map());
     // KmsKeyArn alone is still refused here (encryption by default disabled, as before).
     await refusedWith(start({ VolumeSize: 1, KmsKeyArn: keyArn }), 'ValidationException', /KmsKeyArn needs Encrypted/);
+    // CopySnapshot likewise: KmsKeyId without Encrypted is refused here (EC2: "the encrypted state must be true").
+    const kmsAlone = await env.cli(['snapshot', 'copy', plain, '--kms-key-id', keyArn]);
+    expect(kmsAlone.code).toBe(7);
+    expect(kmsAlone.stderr).toMatch(/InvalidParameterDependency.*KmsKeyId needs Encrypted true/);
+
+    // ec2:Encrypted of CopySnapshot on snapshot/* is the copy's, as the copier decides it. Two users
+    // may copy `plain` only to an encrypted copy (enc-only) or only to an unencrypted one (plain-only).
+    const copyUser = async (name: string, uid: number, encrypted: 'true' | 'false') => {
+      await env.ok(['iam', 'create-user', name]);
+      await env.ok(['iam', 'map-uid', String(uid), `user/${name}`]);
+      const doc = join(env.dir, `${name}.json`);
+      writeFileSync(doc, JSON.stringify({ Version: '2012-10-17', Statement: [
+        { Effect: 'Allow', Action: 'ec2:CopySnapshot', Resource: `arn:aws:ec2:${region}::snapshot/${plain}` },
+        { Effect: 'Allow', Action: 'ec2:CopySnapshot', Resource: `arn:aws:ec2:${region}::snapshot/*`, Condition: { StringEquals: { 'ec2:Encrypted': encrypted } } },
+        { Effect: 'Allow', Action: 'ec2:DescribeSnapshots', Resource: '*' },
+        { Effect: 'Allow', Action: 'kms:*', Resource: '*', Condition: { StringEquals: { 'kms:ViaService': `ec2.${region}.amazonaws.com` } } },
+      ] }));
+      await env.ok(['iam', 'put-policy', `user/${name}`, '--policy-name', 'copy', '--policy-document', `file://${doc}`]);
+      return (args: string[]) => env.cli(['snapshot', 'copy', plain, ...args, '--output', 'json'], { uid });
+    };
+    const encOnly = await copyUser('enc-only', ALICE + 2, 'true');
+    const plainOnly = await copyUser('plain-only', ALICE + 3, 'false');
+    const refusedOnTarget = new RegExp(`UnauthorizedOperation.*ec2:CopySnapshot on resource: arn:aws:ec2:${region}::snapshot/\\*`);
+    // Encryption by default disabled: without --encrypted the copy is unencrypted.
+    const encRefused = await encOnly([]);
+    expect(encRefused.code).toBe(4);
+    expect(encRefused.stderr).toMatch(refusedOnTarget);
+    const plainCopied = await plainOnly(['--wait']);
+    expect(plainCopied.code, plainCopied.stderr).toBe(0);
+    expect(manifest(plainCopied.json().SnapshotId)).toMatchObject({ state: 'completed', encrypted: false });
 
     await env.stop();
     await env.start();
@@ -460,5 +490,16 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     expect(manifest(copy).kmsKeyId).toMatch(/^arn:aws:kms:/);
     // Stored as ciphertext: another content hash than the plaintext block's.
     expect(manifest(byDefault).blocks[0][1]).not.toBe(manifest(plain).blocks[0][1]);
+    // Authorized as what it is: an encrypted copy (ec2:Encrypted true), though the request has no Encrypted.
+    const encCopied = await encOnly(['--wait']);
+    expect(encCopied.code, encCopied.stderr).toBe(0);
+    expect(manifest(encCopied.json().SnapshotId)).toMatchObject({ state: 'completed', encrypted: true });
+    const plainRefused = await plainOnly([]);
+    expect(plainRefused.code).toBe(4);
+    expect(plainRefused.stderr).toMatch(refusedOnTarget);
+    // KmsKeyId alone is accepted with encryption by default (EC2: omit Encrypted then): the copy is under that key.
+    const underKey = (await env.ok(['snapshot', 'copy', plain, '--kms-key-id', keyArn, '--wait'])).SnapshotId;
+    expect(manifest(underKey)).toMatchObject({ state: 'completed', encrypted: true, kmsKeyId: keyArn });
+    expect(manifest(underKey).wrappedKey.keyArn).toBe(keyArn);
   }, 120_000);
 });
