@@ -52,7 +52,7 @@ describe('access, concurrency and secrecy through the real daemon', () => {
     }
     await env.untilClosed(a, b);
     await Promise.all([env.ok(['detach', a]), env.ok(['detach', b])]);
-    const ls = await env.ok(['volume', 'ls']);
+    const ls = await env.api('ebsd.DescribeVolumes');
     expect(ls.Volumes.filter((v: { State: string }) => v.State === 'available')).toHaveLength(2);
   });
 
@@ -68,8 +68,8 @@ describe('access, concurrency and secrecy through the real daemon', () => {
     const denied = events.filter((e) => e.errorCode === 'AccessDeniedException' && String(e.userIdentity?.arn).endsWith(':uid/65534'));
     expect(denied.map((e) => e.eventName)).toEqual(expect.arrayContaining(['Status', 'ListKeys', 'CreateVolume']));
 
-    await env.ok(['iam', 'create-user', 'nobody-user']);
-    await env.ok(['iam', 'map-uid', String(NOBODY), 'user/nobody-user']);
+    await env.api('ebsd.IamCreateUser', { UserName: 'nobody-user' });
+    await env.api('ebsd.IamMapUid', { Uid: NOBODY, Principal: 'user/nobody-user' });
     const ok = await env.cli(['status', '--output', 'json'], { uid: NOBODY });
     expect(ok.code).toBe(0);
     expect(ok.json().Caller.Arn).toMatch(/:user\/nobody-user$/);
@@ -89,11 +89,9 @@ describe('access, concurrency and secrecy through the real daemon', () => {
   });
 
   it('every error is one line with the AWS exception name and the documented exit code', async () => {
-    const key = await env.ok(['kms', 'create-key', '--description', 'errors']);
-    const pt = join(env.dir, 'pt.bin');
+    const key = await env.api('TrentService.CreateKey', { Description: 'errors' });
     const { writeFileSync } = await import('node:fs');
-    writeFileSync(pt, 'not secret');
-    const enc = await env.ok(['kms', 'encrypt', '--key-id', key.KeyMetadata.KeyId, '--plaintext', `fileb://${pt}`, '--encryption-context', 'purpose=a']);
+    const enc = await env.api('TrentService.Encrypt', { KeyId: key.KeyMetadata.KeyId, Plaintext: Buffer.from('not secret').toString('base64'), EncryptionContext: { purpose: 'a' } });
     writeFileSync(join(env.dir, 'ct-err.bin'), Buffer.from(enc.CiphertextBlob, 'base64'));
     const cases: [string[], number, RegExp][] = [
       [['volume', 'create', '--size', '3MiB+1'], 7, /^ebsd: InvalidParameterValue: Invalid value '3MiB\+1' for Size/],
@@ -119,14 +117,14 @@ describe('access, concurrency and secrecy through the real daemon', () => {
     const keyFile = join(env.dir, 'known.key');
     const { writeFileSync } = await import('node:fs');
     writeFileSync(keyFile, known, { mode: 0o600 });
-    const key = await env.ok(['kms', 'create-key', '--description', 'secrecy']);
+    const key = await env.api('TrentService.CreateKey', { Description: 'secrecy' });
     const enc = await env.ok(['kms', 'encrypt', '--key-id', key.KeyMetadata.KeyId, '--plaintext', `fileb://${keyFile}`, '--encryption-context', 'purpose=test']);
     writeFileSync(join(env.dir, 'ct.bin'), Buffer.from(enc.CiphertextBlob, 'base64'));
     const re = await env.ok(['kms', 're-encrypt', '--ciphertext-blob', `fileb://${join(env.dir, 'ct.bin')}`, '--source-encryption-context', 'purpose=test', '--destination-key-id', key.KeyMetadata.KeyId]);
     expect(re.CiphertextBlob).toBeTruthy();
 
-    const vol = (await env.ok(['volume', 'create', '--size', '8MiB', '--kms-key', key.KeyMetadata.Arn])).VolumeId;
-    await env.ok(['attach', vol]);
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '8MiB', KmsKeyId: key.KeyMetadata.Arn })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     const fd = openSync(env.file(vol), 'r+');
     try {
       writeSync(fd, known, 0, known.length, 5 * 4096 + 100);
@@ -138,8 +136,9 @@ describe('access, concurrency and secrecy through the real daemon', () => {
       closeSync(fd);
     }
     await env.untilClosed(vol);
-    await env.ok(['detach', vol]);
-    await env.ok(['audit', 'verify']);
+    await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+    expect((await env.api('ebsd.AuditVerify')).ok).toBe(true);
+
 
     const forms = [known.toString('hex'), known.toString('base64'), known.subarray(0, 24).toString('base64').slice(0, 30), known.toString('base64url')];
     const haystacks: [string, string][] = [

@@ -162,13 +162,13 @@ describe('bounded resources per caller on the control socket', () => {
     await poll(() => counted() > 64, 300);
     expect(throttled().every((e) => e.additionalEventData.localUid === NOBODY)).toBe(true);
     expect(throttled().length, 'aggregated: far fewer events than refusals').toBeLessThan(counted() / 8);
-    await poll(async () => (await env.ok(['status'])).Daemon.Control.Connections === 0);
+    await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Connections === 0);
   });
 
   it('2000 partial bodies from a mapped uid: RSS stays bounded and the buffered bytes are released when they close', async () => {
     // Mapped (to a user with no policy): the per-caller caps of mapped callers are what this measures.
-    await env.ok(['iam', 'create-user', 'partial']);
-    await env.ok(['iam', 'map-uid', String(NOBODY), 'user/partial']);
+    await env.api('ebsd.IamCreateUser', { UserName: 'partial' });
+    await env.api('ebsd.IamMapUid', { Uid: NOBODY, Principal: 'user/partial' });
     const pid = env.pid!;
     const before = rssKiB(pid);
     let during = 0;
@@ -179,9 +179,9 @@ describe('bounded resources per caller on the control socket', () => {
       const child = h.child;
       try {
         // Wait until the daemon has taken in what the admitted connections sent.
-        await poll(async () => (await env.ok(['status'])).Daemon.Control.BufferedBodyBytes >= 32 * 512 * 1024);
+        await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.BufferedBodyBytes >= 32 * 512 * 1024);
         during = rssKiB(pid);
-        const st = await env.ok(['status']);
+        const st = await env.api('ebsd.Status');
         expect(st.Daemon.Control.Connections).toBeLessThanOrEqual(64);
         expect(st.Daemon.Control.BufferedBodyBytes).toBeLessThanOrEqual(64 * MiB);
       } finally {
@@ -190,7 +190,7 @@ describe('bounded resources per caller on the control socket', () => {
     } finally {
       await env.ok(['iam', 'unmap-uid', String(NOBODY)]);
     }
-    const st = await poll(async () => { const s = await env.ok(['status']); return s.Daemon.Control.Connections === 0 && s; });
+    const st = await poll(async () => { const s = await env.api('ebsd.Status'); return s.Daemon.Control.Connections === 0 && s; });
     expect(st.Daemon.Control.BufferedBodyBytes).toBe(0);
     const after = rssKiB(pid);
     console.log(`RSS with ${out.connected} partial 512 KiB bodies from uid ${NOBODY}: ${before} -> ${during} KiB, ${after} KiB after they closed`);
@@ -199,39 +199,39 @@ describe('bounded resources per caller on the control socket', () => {
   });
 
   it('unmapped uids flooding with partial bodies cannot starve a mapped caller: they share 16 connections and 4 MiB of their own', async () => {
-    await env.ok(['iam', 'create-user', 'steady']);
-    await env.ok(['iam', 'map-uid', '1000', 'user/steady']);
+    await env.api('ebsd.IamCreateUser', { UserName: 'steady' });
+    await env.api('ebsd.IamMapUid', { Uid: 1000, Principal: 'user/steady' });
     // Two unmapped uids, 100 connections each, each sending 256 KiB - 1 of a 1 MiB body and holding: before their
     // own guard, every uid mapped or not drew on the one 128 MiB body buffer (and 64 connections per uid, 512 in all).
     const part = String(256 * 1024 - 1);
     const floods = [await hostile(['hold', sock(), '100', part], 2001), await hostile(['hold', sock(), '100', part], 2002)];
     try {
       // Each unmapped uid may buffer an eighth of their 4 MiB (512 KiB): wait until both hold bodies.
-      await poll(async () => (await env.ok(['status'])).Daemon.Control.Unmapped.BufferedBodyBytes >= 2 * (256 * 1024 - 1));
-      const st = await env.ok(['status']);
+      await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Unmapped.BufferedBodyBytes >= 2 * (256 * 1024 - 1));
+      const st = await env.api('ebsd.Status');
       expect(st.Daemon.Control.Unmapped.Connections).toBeLessThanOrEqual(16);
       expect(st.Daemon.Control.Unmapped.BufferedBodyBytes).toBeLessThanOrEqual(4 * MiB);
       const steady = await env.cli(['volume', 'ls', '--output', 'json'], { uid: 1000 });
       expect(steady.code, steady.stderr).toBe(0);
     } finally {
       for (const f of floods) await release(f.child);
-      await env.ok(['iam', 'unmap-uid', '1000']);
+      await env.api('ebsd.IamUnmapUid', { Uid: 1000 });
     }
-    await poll(async () => (await env.ok(['status'])).Daemon.Control.Connections === 0);
+    await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Connections === 0);
   });
 
   it('refused requests with an 8 KB User-Agent cost bounded audit bytes, aggregated with a count', async () => {
     const n = 300;
     const ua = 8192;
     const auditBytes = (): number => statSync(join(env.state, 'kms', 'audit', 'events.ndjson')).size;
-    await env.ok(['audit', 'verify']); // seal whatever is pending first
+    expect((await env.api('ebsd.AuditVerify')).ok).toBe(true); // seal whatever is pending first
     const b0 = auditBytes();
     const seq0 = events(env).at(-1).sequenceNumber;
     const { out } = await hostile(['refused', sock(), String(n), String(ua), 'ebsd.DescribeVolumes']);
     const { out: out2 } = await hostile(['refused', sock(), String(n), String(ua), 'TrentService.Encrypt']);
     expect(out).toEqual({ 400: n });
     expect(out2).toEqual({ 400: n });
-    await env.ok(['audit', 'verify']); // writes the pending aggregate events and seals them
+    expect((await env.api('ebsd.AuditVerify')).ok).toBe(true); // writes the pending aggregate events and seals them
     const bytes = auditBytes() - b0;
     const perRequest = bytes / (2 * n);
     console.log(`audit bytes per refused request (8 KB User-Agent, ${2 * n} requests): ${perRequest.toFixed(1)}`);
@@ -248,7 +248,7 @@ describe('bounded resources per caller on the control socket', () => {
       expect(e.userAgent.endsWith('...(truncated)')).toBe(true);
     }
     expect(perRequest).toBeLessThan(200); // old daemon: ~8,900 bytes per request
-    expect((await env.ok(['audit', 'verify'])).ok).toBe(true);
+    expect((await env.api('ebsd.AuditVerify')).ok).toBe(true);
   });
 });
 
@@ -274,8 +274,8 @@ describe('a full state dir', () => {
   });
 
   it('keeps refreshing an attached volume\'s key through the audit reserve, drops refused events first, and says so in status', async () => {
-    const vol = await env.ok(['volume', 'create', '--size', '8MiB', '--name', 'full']);
-    await env.ok(['attach', vol.VolumeId]);
+    const vol = await env.api('ebsd.CreateVolume', { Size: '8MiB', Name: 'full' });
+    await env.api('ebsd.AttachVolume', { VolumeId: vol.VolumeId });
     const fd = openSync(env.file(vol.VolumeId), 'r+');
     try {
       writeSync(fd, Buffer.alloc(4096, 0xab), 0, 4096, 0);
@@ -292,9 +292,10 @@ describe('a full state dir', () => {
       // Refused callers while the disk is full: their events are the first to go.
       await hostile(['refused', sock(), '50', '8192', 'ebsd.DescribeVolumes']);
       // Key confirmation (TTL 1 s) needs audited KMS calls (the shared key check, a grant Decrypt): it must keep succeeding.
-      const first = (await env.ok(['status'])).Volumes[0].KeyCache.LastUnwrapTime;
+      const first = (await env.api('ebsd.Status')).Volumes[0].KeyCache.LastUnwrapTime;
       const st = await poll(async () => {
-        const s = await env.ok(['status']);
+        const s = await env.api('ebsd.Status');
+
         const kc = s.Volumes[0].KeyCache;
         return kc.LastUnwrapTime > first && s.Daemon.Audit.State === 'reserve-in-use' && s;
       }, 150);

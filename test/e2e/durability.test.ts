@@ -83,8 +83,8 @@ describe('durability through the real daemon', () => {
   beforeAll(async () => {
     ensureBuilt();
     await env.start();
-    vol = (await env.ok(['volume', 'create', '--size', '64MiB', '--name', 'dur'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '64MiB', Name: 'dur' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
   });
   afterAll(() => env.cleanup());
 
@@ -94,8 +94,8 @@ describe('durability through the real daemon', () => {
     const job = JSON.parse(w.stdout.slice(w.stdout.indexOf('{'))).jobs[0];
     expect(job.error).toBe(0);
     await env.untilClosed(vol);
-    await env.ok(['detach', vol]);
-    await env.ok(['attach', vol]);
+    await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     const v = await run('fio', fioArgs(env.file(vol), ['--verify_only']));
     expect(v.code, v.stderr + v.stdout).toBe(0);
     expect(JSON.parse(v.stdout.slice(v.stdout.indexOf('{'))).jobs[0].error).toBe(0);
@@ -106,15 +106,15 @@ describe('durability through the real daemon', () => {
 
     // The old endpoint is dead ("Transport endpoint is not connected"); the daemon must recover it.
     await env.start();
-    const st = await env.ok(['status']);
+    const st = await env.api('ebsd.Status');
     expect(st.Volumes.find((x: { VolumeId: string }) => x.VolumeId === vol)).toMatchObject({ Attached: true });
     expect(st.Daemon.WriteBehind).toBe(true);
     expectBlocks(env.file(vol), last, 'fsync-acknowledged');
   });
 
   it('ext4 is clean after journal replay when the daemon is killed under fsync-ing file writes', async () => {
-    const vol2 = (await env.ok(['volume', 'create', '--size', '64MiB', '--name', 'ext4crash'])).VolumeId;
-    await env.ok(['attach', vol2]);
+    const vol2 = (await env.api('ebsd.CreateVolume', { Size: '64MiB', Name: 'ext4crash' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol2 });
     const loop = await env.losetup(vol2);
     await run('mkfs.ext4', ['-q', '-F', loop]);
     const fs = await env.mountFs(loop, 'crashfs');
@@ -154,7 +154,8 @@ describe('durability through the real daemon', () => {
   it('--no-write-behind: every acknowledged write survives SIGKILL of the daemon without any fsync', async () => {
     await env.stop();
     await env.start(['--no-write-behind']);
-    expect((await env.ok(['status'])).Daemon.WriteBehind).toBe(false);
+    expect((await env.api('ebsd.Status')).Daemon.WriteBehind).toBe(false);
+
     // Overwrite the first blocks with a different pattern first, so a write
     // that was acknowledged but lost would leave the old pattern behind.
     const old = openSync(env.file(vol), 'r+');

@@ -1,4 +1,4 @@
-import { existsSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt, run } from './helpers.js';
@@ -30,12 +30,9 @@ describe('EC2 authorization of volume operations (real daemon, uid 1000 as user/
   const alice = (args: string[]) => env.cli([...args, '--output', 'json'], { uid: ALICE });
   const events = (): AuditEvent[] => env.auditText().trim().split('\n').map((l) => JSON.parse(l) as AuditEvent);
   const aliceEvents = (): AuditEvent[] => events().filter((e) => String(e.userIdentity?.arn).endsWith(':user/alice'));
-  const putPolicy = (name: string, doc: unknown): Promise<unknown> => {
-    const file = join(env.dir, `${name}.json`);
-    writeFileSync(file, JSON.stringify(doc));
-    return env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', name, '--policy-document', `file://${file}`]);
-  };
-  const rootVolumes = async (): Promise<{ VolumeId: string; SizeBytes: number; State: string }[]> => (await env.ok(['volume', 'ls'])).Volumes;
+  const putPolicy = (name: string, doc: unknown): Promise<unknown> =>
+    env.api('ebsd.IamPutPolicy', { Principal: 'user/alice', PolicyName: name, PolicyDocument: JSON.stringify(doc) });
+  const rootVolumes = async (): Promise<{ VolumeId: string; SizeBytes: number; State: string }[]> => (await env.api('ebsd.DescribeVolumes')).Volumes;
   const refused = (r: { code: number; stderr: string; stdout: string }, action: string, resource: string, why = 'because no identity-based policy allows the'): void => {
     expect(r.code, r.stderr).toBe(4);
     expect(r.stdout).toBe('');
@@ -49,14 +46,15 @@ describe('EC2 authorization of volume operations (real daemon, uid 1000 as user/
   beforeAll(async () => {
     ensureBuilt();
     await env.start();
-    volA = (await env.ok(['volume', 'create', '--size', '16MiB', '--name', 'a', '--tag', 'team=a'])).VolumeId;
-    volB = (await env.ok(['volume', 'create', '--size', '16MiB', '--name', 'b', '--tag', 'team=b'])).VolumeId;
-    await env.ok(['attach', volA]);
-    const st = await env.ok(['status']);
+    const tagged = (team: string) => [{ ResourceType: 'volume', Tags: [{ Key: 'team', Value: team }] }];
+    volA = (await env.api('ebsd.CreateVolume', { Size: '16MiB', Name: 'a', TagSpecifications: tagged('a') })).VolumeId;
+    volB = (await env.api('ebsd.CreateVolume', { Size: '16MiB', Name: 'b', TagSpecifications: tagged('b') })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: volA });
+    const st = await env.api('ebsd.Status');
     account = st.Daemon.AccountId;
     region = st.Daemon.Region;
-    await env.ok(['iam', 'create-user', 'alice']);
-    await env.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+    await env.api('ebsd.IamCreateUser', { UserName: 'alice' });
+    await env.api('ebsd.IamMapUid', { Uid: ALICE, Principal: 'user/alice' });
   }, 120_000);
   afterAll(() => env.cleanup());
 
@@ -192,18 +190,19 @@ describe('EC2 authorization of volume operations (real daemon, uid 1000 as user/
     await putPolicy('no-delete', { Version: '2012-10-17', Statement: [{ Effect: 'Deny', Action: 'ec2:DeleteVolume', Resource: '*' }] });
     refused(await alice(['volume', 'delete', mine]), 'ec2:DeleteVolume', volArn(mine), 'with an explicit deny in an identity-based policy');
     expect((await rootVolumes()).map((v) => v.VolumeId)).toContain(mine);
-    await env.ok(['iam', 'delete-policy', 'user/alice', 'no-delete']);
+    await env.api('ebsd.IamDeletePolicy', { Principal: 'user/alice', PolicyName: 'no-delete' });
     const del = await alice(['volume', 'delete', mine]);
     expect(del.code, del.stderr).toBe(0);
     expect((await rootVolumes()).map((v) => v.VolumeId)).not.toContain(mine);
 
     // Root: sees everything, may do everything, without any policy.
-    expect((await env.ok(['status'])).Volumes.map((v: { VolumeId: string }) => v.VolumeId).sort()).toEqual([volA, volB].sort());
-    await env.ok(['attach', volB]);
-    await env.ok(['detach', volB, '--force']);
-    await env.ok(['volume', 'modify', volB, '--size', '32MiB']);
-    await env.ok(['volume', 'delete', volB]);
+    expect((await env.api('ebsd.Status')).Volumes.map((v: { VolumeId: string }) => v.VolumeId).sort()).toEqual([volA, volB].sort());
+    await env.api('ebsd.AttachVolume', { VolumeId: volB });
+    await env.api('ebsd.DetachVolume', { VolumeId: volB, Force: true });
+    await env.api('ebsd.ModifyVolume', { VolumeId: volB, Size: '32MiB' });
+    await env.api('ebsd.DeleteVolume', { VolumeId: volB });
     expect((await rootVolumes()).map((v) => v.VolumeId)).toEqual([volA]);
-    await env.ok(['audit', 'verify']);
+    expect((await env.api('ebsd.AuditVerify')).ok).toBe(true);
+
   });
 });

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt, rawControlCall } from './helpers.js';
+import { settled } from '../snapshot/helpers.js';
 
 /**
  * EC2 API conformance of the volume operations, through the real daemon and
@@ -19,7 +20,13 @@ const MiB = 1024 * 1024;
 
 describe('EC2 conformance of the volume API (real daemon)', () => {
   const env = new Env('ec2-conf');
-  const volumeIds = async (): Promise<string[]> => ((await env.ok(['volume', 'ls'])).Volumes as { VolumeId: string }[]).map((v) => v.VolumeId).sort();
+  const volumeIds = async (): Promise<string[]> => ((await env.api('ebsd.DescribeVolumes')).Volumes as { VolumeId: string }[]).map((v) => v.VolumeId).sort();
+  /** A completed snapshot of `volumeId` (set-up: what `snapshot create --wait` does, without a CLI process). */
+  const snapshotOf = async (volumeId: string): Promise<string> => {
+    const s = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: volumeId })).SnapshotId);
+    expect(s.State).toBe('completed');
+    return s.SnapshotId as string;
+  };
 
   beforeAll(async () => {
     ensureBuilt();
@@ -30,7 +37,7 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
   it('CreateVolume ClientToken: a repeat answers the same volume (also after a restart and while the first runs), other parameters are IdempotentParameterMismatch, a deleted volume frees its token', async () => {
     const before = await volumeIds();
     const first = await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'idem', '--client-token', 'tok-1']);
-    const again = await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'idem', '--client-token', 'tok-1']);
+    const again = await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'idem', ClientToken: 'tok-1' });
     expect(again.VolumeId).toBe(first.VolumeId);
     expect(again.State).toBe('available');
     expect(await volumeIds()).toEqual([...before, first.VolumeId].sort());
@@ -61,7 +68,7 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     expect(afterRestart.body.VolumeId).toBe(first.VolumeId);
 
     // A deleted volume's token is forgotten: the next use creates a new volume.
-    await env.ok(['volume', 'delete', first.VolumeId]);
+    await env.api('ebsd.DeleteVolume', { VolumeId: first.VolumeId });
     const fresh = await raw(env, 'CreateVolume', { Size: 4 * MiB, Name: 'idem', ClientToken: 'tok-1' });
     expect(fresh.status).toBe(200);
     expect(fresh.body.VolumeId).not.toBe(first.VolumeId);
@@ -78,7 +85,7 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
 
   it('AttachVolume and DetachVolume take EC2\'s InstanceId and Device: this host\'s id attaches, another is InvalidInstanceID.NotFound, a malformed one InvalidInstanceID.Malformed', async () => {
     const host = readFileSync(join(env.state, 'volumes', 'instance-id'), 'utf8').trim();
-    const vol = (await env.ok(['volume', 'create', '--size', '4MiB'])).VolumeId as string;
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB' })).VolumeId as string;
     const other = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: 'i-0123456789abcdef0', Device: '/dev/sdf' });
     expect(other.status).toBe(400);
     expect(other.body).toMatchObject({ __type: 'InvalidInstanceID.NotFound', message: expect.stringMatching(/^The instance ID 'i-0123456789abcdef0' does not exist/) });
@@ -88,12 +95,12 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     expect((await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: host, DryRun: true })).body.__type).toBe('DryRunOperation');
     const bad = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: 'i-xyz', Device: '/dev/sdf' });
     expect(bad.body.__type).toBe('InvalidInstanceID.Malformed');
-    expect((await env.ok(['volume', 'describe', vol])).Volumes[0].State).toBe('available');
+    expect((await env.api('ebsd.DescribeVolumes', { VolumeIds: [vol] })).Volumes[0].State).toBe('available');
 
     const ok = await raw(env, 'AttachVolume', { VolumeId: vol, InstanceId: host, Device: '/dev/sdf' });
     expect(ok.status, JSON.stringify(ok.body)).toBe(200);
     expect(ok.body).toMatchObject({ VolumeId: vol, InstanceId: host, Device: '/dev/sdf', State: 'attached' });
-    const att = (await env.ok(['volume', 'describe', vol])).Volumes[0].Attachments[0];
+    const att = (await env.api('ebsd.DescribeVolumes', { VolumeIds: [vol] })).Volumes[0].Attachments[0];
     expect(att).toMatchObject({ InstanceId: host, Device: '/dev/sdf' });
 
     // The CLI takes them too, and exits 5 (not found) as for an unknown volume.
@@ -112,13 +119,13 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
 
   it('DryRun on every EC2 operation: checked, authorized, then DryRunOperation (412) with nothing changed and an audit event; UnauthorizedOperation when not allowed', async () => {
     const dry = 'Request would have succeeded, but DryRun flag is set.';
-    const vol = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'dry'])).VolumeId as string;
-    const attached = (await env.ok(['volume', 'create', '--size', '4MiB'])).VolumeId as string;
-    await env.ok(['attach', attached]);
-    const snap = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId as string;
-    const region = (await env.ok(['status'])).Daemon.Region as string;
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'dry' })).VolumeId as string;
+    const attached = (await env.api('ebsd.CreateVolume', { Size: '4MiB' })).VolumeId as string;
+    await env.api('ebsd.AttachVolume', { VolumeId: attached });
+    const snap = await snapshotOf(vol);
+    const region = (await env.api('ebsd.Status')).Daemon.Region as string;
     const volumesBefore = await volumeIds();
-    const snapshotsBefore = ((await env.ok(['snapshot', 'ls'])).Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId).sort();
+    const snapshotsBefore = ((await env.api('ebsd.DescribeSnapshots')).Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId).sort();
 
     const calls: [string, Record<string, unknown>][] = [
       ['CreateVolume', { Size: 4 * MiB }],
@@ -150,9 +157,9 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
 
     // Nothing changed.
     expect(await volumeIds()).toEqual(volumesBefore);
-    const described = (await env.ok(['volume', 'describe', vol, attached])).Volumes as { VolumeId: string; State: string; SizeBytes: number }[];
+    const described = (await env.api('ebsd.DescribeVolumes', { VolumeIds: [vol, attached] })).Volumes as { VolumeId: string; State: string; SizeBytes: number }[];
     expect(described.map((v) => [v.VolumeId, v.State, v.SizeBytes]).sort()).toEqual([[vol, 'available', 4 * MiB], [attached, 'in-use', 4 * MiB]].sort());
-    expect(((await env.ok(['snapshot', 'ls'])).Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId).sort()).toEqual(snapshotsBefore);
+    expect(((await env.api('ebsd.DescribeSnapshots')).Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId).sort()).toEqual(snapshotsBefore);
 
     // The CLI's --dry-run.
     for (const args of [['volume', 'create', '--size', '4MiB', '--dry-run'], ['volume', 'ls', '--dry-run'], ['volume', 'describe', vol, '--dry-run'], ['volume', 'modify', vol, '--size', '8MiB', '--dry-run'],
@@ -170,8 +177,8 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     expect(dryEvents.every((e) => e.eventSource === 'ec2.amazonaws.com')).toBe(true);
 
     // Without the permission: UnauthorizedOperation, not DryRunOperation.
-    await env.ok(['iam', 'create-user', 'dryrunner']);
-    await env.ok(['iam', 'map-uid', '1000', 'user/dryrunner']);
+    await env.api('ebsd.IamCreateUser', { UserName: 'dryrunner' });
+    await env.api('ebsd.IamMapUid', { Uid: 1000, Principal: 'user/dryrunner' });
     const denied = await env.cli(['volume', 'delete', vol, '--dry-run'], { uid: 1000 });
     expect(denied.code).toBe(4);
     expect(denied.stderr).toMatch(/^ebsd: UnauthorizedOperation: /);
@@ -183,14 +190,14 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
       const r = await env.cli(args, { uid: 1000 });
       expect(r.stderr, args.join(' ')).toMatch(/^ebsd: UnauthorizedOperation: /);
     }
-    await env.ok(['iam', 'put-policy', 'user/dryrunner', '--policy-name', 'list', '--policy-document',
-      JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['ec2:DescribeVolumes', 'ec2:DescribeSnapshots'], Resource: '*' }] })]);
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/dryrunner', PolicyName: 'list',
+      PolicyDocument: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['ec2:DescribeVolumes', 'ec2:DescribeSnapshots'], Resource: '*' }] }) });
     for (const args of [['volume', 'ls', '--dry-run'], ['snapshot', 'ls', '--dry-run']]) {
       const r = await env.cli(args, { uid: 1000 });
       expect(r.stderr, args.join(' ')).toMatch(/^ebsd: DryRunOperation: /);
     }
     await env.untilClosed(attached);
-    await env.ok(['detach', attached]);
+    await env.api('ebsd.DetachVolume', { VolumeId: attached, Force: false });
   }, 120_000);
 
   it('DescribeVolumes MaxResults over 500 is taken as 500 (EC2), not refused; below 5 and with VolumeIds it still is', async () => {
@@ -204,17 +211,17 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
   }, 60_000);
 
   it('a volume shows gp3\'s Iops, Throughput and MultiAttachEnabled, and the multi-attach-enabled filter matches it', async () => {
-    const created = await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'gp3']);
+    const created = await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'gp3' });
     expect(created).toMatchObject({ VolumeType: 'gp3', Iops: 3000, Throughput: 125, MultiAttachEnabled: false });
-    const [v] = (await env.ok(['volume', 'describe', created.VolumeId])).Volumes;
+    const [v] = (await env.api('ebsd.DescribeVolumes', { VolumeIds: [created.VolumeId] })).Volumes;
     expect(v).toMatchObject({ VolumeType: 'gp3', Iops: 3000, Throughput: 125, MultiAttachEnabled: false });
     const f = await raw(env, 'DescribeVolumes', { Filters: [{ Name: 'multi-attach-enabled', Values: ['false'] }, { Name: 'tag:Name', Values: ['gp3'] }] });
     expect((f.body.Volumes as { VolumeId: string; MultiAttachEnabled: boolean }[]).map((x) => [x.VolumeId, x.MultiAttachEnabled])).toEqual([[created.VolumeId, false]]);
   }, 60_000);
 
   it('a restore (CreateVolume with SnapshotId) with a KmsKeyId that does not exist fails at once and creates nothing; a restored volume shows its key ARN while creating', async () => {
-    const src = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId as string;
-    const snap = (await env.ok(['snapshot', 'create', src, '--wait'])).SnapshotId as string;
+    const src = (await env.api('ebsd.CreateVolume', { Size: '16MiB' })).VolumeId as string;
+    const snap = await snapshotOf(src);
     const before = await volumeIds();
     const bad = await raw(env, 'CreateVolume', { SnapshotId: snap, KmsKeyId: 'alias/nope' });
     expect(bad.status, JSON.stringify(bad.body)).toBe(400);
@@ -224,19 +231,20 @@ describe('EC2 conformance of the volume API (real daemon)', () => {
     expect(await volumeIds()).toEqual(before);
 
     // Another key: the answer (creating) already names its ARN, as the finished volume does.
-    const key = await env.ok(['kms', 'create-key']);
-    await env.ok(['kms', 'create-alias', '--alias-name', 'alias/restore-to', '--target-key-id', key.KeyMetadata.KeyId]);
+    const key = await env.api('TrentService.CreateKey');
+    await env.api('TrentService.CreateAlias', { AliasName: 'alias/restore-to', TargetKeyId: key.KeyMetadata.KeyId });
     const restored = await raw(env, 'CreateVolume', { SnapshotId: snap, KmsKeyId: 'alias/restore-to' });
     expect(restored.status, JSON.stringify(restored.body)).toBe(200);
     expect(restored.body).toMatchObject({ Encrypted: true, KmsKeyId: key.KeyMetadata.Arn, SnapshotId: snap });
     // The snapshot's own key when none is given.
-    const srcKey = (await env.ok(['volume', 'describe', src])).Volumes[0].KmsKeyId as string;
+    const srcKey = (await env.api('ebsd.DescribeVolumes', { VolumeIds: [src] })).Volumes[0].KmsKeyId as string;
     const same = await raw(env, 'CreateVolume', { SnapshotId: snap });
     expect(same.body).toMatchObject({ Encrypted: true, KmsKeyId: srcKey });
     for (const id of [restored.body.VolumeId as string, same.body.VolumeId as string]) {
       let v: { State: string; KmsKeyId: string } | undefined;
       for (let i = 0; i < 200; i++) {
-        v = (await env.ok(['volume', 'describe', id])).Volumes[0];
+        v = (await env.api('ebsd.DescribeVolumes', { VolumeIds: [id] })).Volumes[0];
+
         if (v!.State !== 'creating') break;
         await new Promise((r) => setTimeout(r, 50));
       }

@@ -29,7 +29,7 @@ describe('edge validation through the real daemon', () => {
   afterAll(() => env.cleanup());
 
   it('refuses null, non-object and reserved tags, oversized names and 51 tags, naming the member; status and ls keep working', async () => {
-    const before = await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'keep']);
+    const before = await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'keep' });
     const bad: [string, RegExp][] = [
       ['{"Size":4194304,"TagSpecifications":[{"ResourceType":"volume","Tags":[null]}]}', /TagSpecifications\[0\]\.Tags\[0\] must be an object, got null/],
       ['{"Size":4194304,"TagSpecifications":[{"ResourceType":"volume","Tags":["x"]}]}', /TagSpecifications\[0\]\.Tags\[0\] must be an object/],
@@ -65,7 +65,7 @@ describe('edge validation through the real daemon', () => {
     const ls = await env.cli(['volume', 'ls', '--output', 'table']);
     expect(ls.code).toBe(0);
     expect(ls.stdout).toContain(before.VolumeId);
-    const all = await env.ok(['volume', 'ls']);
+    const all = await env.api('ebsd.DescribeVolumes');
     expect(all.Volumes.map((v: { VolumeId: string }) => v.VolumeId).sort()).toEqual([before.VolumeId, fifty.VolumeId].sort());
     expect(readFileSync(join(env.state, 'volumes', 'catalog.json')).length).toBeLessThan(64 * 1024);
   });
@@ -104,8 +104,8 @@ describe('edge validation through the real daemon', () => {
   });
 
   it('pages DescribeVolumes with MaxResults and NextToken', async () => {
-    for (let i = 0; i < 6; i++) await env.ok(['volume', 'create', '--size', '4MiB', '--name', `page-${i}`]);
-    const all = (await env.ok(['volume', 'ls'])).Volumes.map((v: { VolumeId: string }) => v.VolumeId).sort();
+    for (let i = 0; i < 6; i++) await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: `page-${i}` });
+    const all = (await env.api('ebsd.DescribeVolumes')).Volumes.map((v: { VolumeId: string }) => v.VolumeId).sort();
     expect(all.length).toBeGreaterThanOrEqual(6);
     const seen: string[] = [];
     let token: string | undefined;
@@ -170,12 +170,12 @@ describe('edge validation through the real daemon', () => {
   });
 
   it('a bad --query is a usage error naming the expression, before anything is sent', async () => {
-    const keysBefore = (await env.ok(['kms', 'list-keys'])).Keys.length;
+    const keysBefore = (await env.api('TrentService.ListKeys')).Keys.length;
     const r = await env.cli(['kms', 'create-key', '--query', "KeyMetadata[?KeyId=='x']"]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/^ebsd: unsupported --query expression "KeyMetadata\[\?KeyId=='x'\]"/);
     expect(r.stderr).not.toMatch(NO_STACK);
-    expect((await env.ok(['kms', 'list-keys'])).Keys.length).toBe(keysBefore);
+    expect((await env.api('TrentService.ListKeys')).Keys.length).toBe(keysBefore);
     const ok = await env.cli(['status', '--query', 'Daemon.Pid', '--output', 'text']);
     expect(ok.stdout.trim()).toBe(String(env.pid));
   });
@@ -192,8 +192,9 @@ describe('edge validation through the real daemon', () => {
   });
 
   it('create-key --alias: a bad, reserved, missing or taken alias is refused before the key is made (no orphan key)', async () => {
-    await env.ok(['kms', 'create-key', '--alias', 'alias/edge-taken']);
-    const keys = async (): Promise<number> => (await env.ok(['kms', 'list-keys'])).Keys.length;
+    const taken = (await env.api('TrentService.CreateKey')).KeyMetadata.KeyId as string;
+    await env.api('TrentService.CreateAlias', { AliasName: 'alias/edge-taken', TargetKeyId: taken });
+    const keys = async (): Promise<number> => (await env.api('TrentService.ListKeys')).Keys.length;
     const before = await keys();
     const cases: [string[], number, RegExp][] = [
       [['--alias', 'bad-name'], 2, /^ebsd: --alias "bad-name": an alias name is alias\/ then/],
@@ -210,7 +211,7 @@ describe('edge validation through the real daemon', () => {
     }
     expect(await keys()).toBe(before);
     const made = await env.ok(['kms', 'create-key', '--alias', 'alias/edge-new']);
-    expect((await env.ok(['kms', 'describe-key', '--key-id', 'alias/edge-new'])).KeyMetadata.KeyId).toBe(made.KeyMetadata.KeyId);
+    expect((await env.api('TrentService.DescribeKey', { KeyId: 'alias/edge-new' })).KeyMetadata.KeyId).toBe(made.KeyMetadata.KeyId);
   });
 
   it('a boolean flag takes no value, or true/false: --dry-run TRUE is a dry run, --dry-run yes a usage error', async () => {
@@ -226,13 +227,13 @@ describe('edge validation through the real daemon', () => {
     const bypass = await env.cli(['kms', 'put-key-policy', '--key-id', 'alias/edge-new', '--policy', '{}', '--bypass-policy-lockout-safety-check', 'yes']);
     expect(bypass.code).toBe(2);
     expect(bypass.stderr).toMatch(/--bypass-policy-lockout-safety-check takes no value/);
-    const vol = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'bool'])).VolumeId as string;
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'bool' })).VolumeId as string;
     for (const args of [['detach', vol, '--force=yes'], ['volume', 'create', '--size', '4MiB', '--wait=1']]) {
       const r = await env.cli(args);
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr, args.join(' ')).toMatch(/^ebsd: --(force|wait) takes no value, or true or false; got "(yes|1)"/);
     }
-    await env.ok(['volume', 'delete', vol]);
+    await env.api('ebsd.DeleteVolume', { VolumeId: vol });
   });
 
   it('an unknown subcommand is a usage error, not a silent exit 0', async () => {
@@ -248,17 +249,17 @@ describe('edge validation through the real daemon', () => {
     expect(r.code, r.stderr).toBe(0);
     const id = r.stdout.trim();
     expect(id).toMatch(/^vol-[0-9a-f]{17}$/);
-    expect((await env.ok(['volume', 'describe', id])).Volumes[0].SizeBytes).toBe(8 * 1024 * 1024);
+    expect((await env.api('ebsd.DescribeVolumes', { VolumeIds: [id] })).Volumes[0].SizeBytes).toBe(8 * 1024 * 1024);
     const st = await env.cli(['status', '--state-dir', join(env.dir, 'nope'), '--state-dir', env.state, '--query', 'Daemon.Pid', '--output', 'text']);
     expect(st.code, st.stderr).toBe(0);
     expect(st.stdout.trim()).toBe(String(env.pid));
     await env.ok(['iam', 'put-policy', 'user/edge-user', '--policy-name', 'first', '--policy-name', 'last', '--policy-document', '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:ListKeys","Resource":"*"}]}']);
-    expect(await env.ok(['iam', 'list-policies', 'user/edge-user'])).toEqual({ PolicyNames: ['last'] });
-    await env.ok(['volume', 'delete', id]);
+    expect(await env.api('ebsd.IamListPolicies', { Principal: 'user/edge-user' })).toEqual({ PolicyNames: ['last'] });
+    await env.api('ebsd.DeleteVolume', { VolumeId: id });
   });
 
   it('an empty filter, key or name is a usage error naming the option, never dropped', async () => {
-    const vols = async (): Promise<number> => (await env.ok(['volume', 'ls'])).Volumes.length;
+    const vols = async (): Promise<number> => (await env.api('ebsd.DescribeVolumes')).Volumes.length;
     const n = await vols();
     const cases: [string[], string][] = [
       [['volume', 'create', '--size', '4MiB', '--kms-key', ''], 'kms-key'],
@@ -279,7 +280,7 @@ describe('edge validation through the real daemon', () => {
   });
 
   it('--query projections leave out missing values; a path to nothing is null (JSON) or None (text)', async () => {
-    const vol = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'q'])).VolumeId as string;
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'q' })).VolumeId as string;
     const dev = await env.cli(['volume', 'ls', '--query', 'Volumes[].Attachments[0].Device', '--output', 'text']);
     expect(dev.code).toBe(0);
     expect(dev.stdout).not.toMatch(/undefined|None|null/);
@@ -289,7 +290,7 @@ describe('edge validation through the real daemon', () => {
     expect(none.stdout).toBe('null\n');
     const text = await env.cli(['status', '--query', 'Daemon.Nope', '--output', 'text']);
     expect(text.stdout).toBe('None\n');
-    await env.ok(['volume', 'delete', vol]);
+    await env.api('ebsd.DeleteVolume', { VolumeId: vol });
   });
 
   it('a number option takes decimal digits only; bad --tags JSON is a usage error; both before anything is sent', async () => {
@@ -310,7 +311,7 @@ describe('edge validation through the real daemon', () => {
       expect(r.stderr, args.join(' ')).toMatch(msg);
       expect(r.stderr, args.join(' ')).not.toMatch(NO_STACK);
     }
-    expect((await env.ok(['iam', 'list-roles'])).Roles.map((x: { RoleName: string }) => x.RoleName)).not.toContain('edge-role');
+    expect((await env.api('ebsd.IamListRoles')).Roles.map((x: { RoleName: string }) => x.RoleName)).not.toContain('edge-role');
   });
 
   it('the state dir: EBSD_STATE_DIR= is unset, --state-dir= is refused, --state-dir=X is named in the hint, a file is not a daemon', async () => {
@@ -331,7 +332,7 @@ describe('edge validation through the real daemon', () => {
   });
 
   it('carries an encryption-context key named __proto__ to the KMS', async () => {
-    const key = (await env.ok(['kms', 'create-key', '--description', 'proto'])).KeyMetadata.KeyId as string;
+    const key = (await env.api('TrentService.CreateKey', { Description: 'proto' })).KeyMetadata.KeyId as string;
     const pt = join(env.dir, 'pt');
     writeFileSync(pt, 'proto-bound');
     const enc = await env.ok(['kms', 'encrypt', '--key-id', key, '--plaintext', `fileb://${pt}`, '--encryption-context', '__proto__=x,app=y']);
@@ -361,8 +362,8 @@ describe('state files and catalog records that are damaged', () => {
 
   it('a catalog record with malformed tags does not break status or ls; a corrupt catalog.json stops the start naming the file', async () => {
     await env.start();
-    const a = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'a'])).VolumeId as string;
-    const b = (await env.ok(['volume', 'create', '--size', '4MiB', '--name', 'b'])).VolumeId as string;
+    const a = (await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'a' })).VolumeId as string;
+    const b = (await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'b' })).VolumeId as string;
     expect(await env.stop()).toBe(0);
 
     // As a daemon before this change could have written it.
@@ -377,7 +378,7 @@ describe('state files and catalog records that are damaged', () => {
     const ls = await env.cli(['volume', 'ls', '--output', 'table']);
     expect(ls.code).toBe(0);
     expect(ls.stdout).toMatch(new RegExp(`${a}\\s+a\\s`));
-    const vols = (await env.ok(['volume', 'ls'])).Volumes as { VolumeId: string; Tags: unknown }[];
+    const vols = (await env.api('ebsd.DescribeVolumes')).Volumes as { VolumeId: string; Tags: unknown }[];
     expect(vols.find((v) => v.VolumeId === a)!.Tags).toEqual([{ Key: 'Name', Value: 'a' }]);
     expect(vols.find((v) => v.VolumeId === b)!.Tags).toEqual([]);
     expect(await env.untilLog('catalog record had malformed tags')).toContain('catalog record had malformed tags');
@@ -417,7 +418,8 @@ describe('a full disk under the KMS state', () => {
   });
 
   it('says "no space left on device" and names the file, exit 10', async () => {
-    await env.ok(['kms', 'create-key', '--description', 'before']);
+    await env.api('TrentService.CreateKey', { Description: 'before' });
+
     // Fill the filesystem: dd stops at ENOSPC.
     spawnSync('dd', ['if=/dev/zero', `of=${join(env.state, 'fill')}`, 'bs=1M'], { encoding: 'utf8' });
     const r = await env.cli(['kms', 'create-key', '--description', 'after']);

@@ -17,8 +17,8 @@ describe('growing an attached volume under a loop device (real daemon)', () => {
   beforeAll(async () => {
     ensureBuilt();
     await env.start();
-    vol = (await env.ok(['volume', 'create', '--size', '8MiB'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '8MiB' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     loop = await env.losetup(vol);
   }, 60_000);
   afterAll(() => env.cleanup(), 60_000);

@@ -23,8 +23,8 @@ describe('O_TRUNC and truncate on a volume file (real daemon, FUSE mount)', () =
   beforeAll(async () => {
     ensureBuilt();
     await env.start();
-    vol = (await env.ok(['volume', 'create', '--size', '8MiB', '--name', 'otrunc'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '8MiB', Name: 'otrunc' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     img = join(env.dir, 'image');
   });
   afterAll(() => env.cleanup());

@@ -1,5 +1,3 @@
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt, rawControlCall } from './helpers.js';
 
@@ -20,11 +18,8 @@ describe('DescribeVolumesModifications (real daemon)', () => {
   let plain = ''; // never modified
 
   const alice = (args: string[]) => env.cli([...args, '--output', 'json'], { uid: ALICE });
-  const putPolicy = (doc: unknown): Promise<unknown> => {
-    const file = join(env.dir, 'alice.json');
-    writeFileSync(file, JSON.stringify(doc));
-    return env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'p', '--policy-document', `file://${file}`]);
-  };
+  const putPolicy = (doc: unknown): Promise<unknown> =>
+    env.api('ebsd.IamPutPolicy', { Principal: 'user/alice', PolicyName: 'p', PolicyDocument: JSON.stringify(doc) });
 
   beforeAll(async () => {
     ensureBuilt();
@@ -36,9 +31,10 @@ describe('DescribeVolumesModifications (real daemon)', () => {
     }
     // The first one grows twice: only the latest modification is shown.
     await env.ok(['volume', 'modify', vols[0]!, '--size', '2GiB']);
-    plain = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId;
-    await env.ok(['iam', 'create-user', 'alice']);
-    await env.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+    plain = (await env.api('ebsd.CreateVolume', { Size: '16MiB' })).VolumeId;
+    await env.api('ebsd.IamCreateUser', { UserName: 'alice' });
+    await env.api('ebsd.IamMapUid', { Uid: ALICE, Principal: 'user/alice' });
+
   }, 180_000);
   afterAll(() => env.cleanup());
 

@@ -50,11 +50,11 @@ describe('attachment states while the KMS call of an attach or a detach is out',
     const { url } = await startKmsDaemon(a);
     kmsPid = a.pid!;
     const host = await createRemoteHostUser(a);
-    const arn = (await a.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
-    await a.ok(['kms', 'put-key-policy', '--key-id', arn, '--policy-name', 'default', '--policy', hostKeyPolicy(host)]);
+    const arn = (await a.api('TrentService.CreateKey')).KeyMetadata.Arn as string;
+    await a.api('TrentService.PutKeyPolicy', { KeyId: arn, PolicyName: 'default', Policy: hostKeyPolicy(host) });
     hostBEnv(host, url);
     await b.start(['--kms-endpoint', url]);
-    vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', arn])).VolumeId as string;
+    vol = (await b.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: arn })).VolumeId as string;
   }, 180_000);
 
   afterAll(async () => {
@@ -86,10 +86,11 @@ describe('attachment states while the KMS call of an attach or a detach is out',
   it('an attach the KMS refuses leaves the volume available, with no attachment shown', async () => {
     // Host B's user loses kms:CreateGrant on the key: the attach fails at the grant.
     const arn = (await describe1()).KmsKeyId as string;
-    await a.ok(['kms', 'put-key-policy', '--key-id', arn, '--policy-name', 'default', '--policy', JSON.stringify({
+    await a.api('TrentService.PutKeyPolicy', { KeyId: arn, PolicyName: 'default', Policy: JSON.stringify({
       Version: '2012-10-17',
       Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${arn.split(':')[4]}:root` }, Action: 'kms:*', Resource: '*' }],
-    })]);
+    }) });
+
     const r = await b.cli(['attach', vol]);
     expect(r.code, r.stderr).not.toBe(0);
     expect(r.stderr).toContain('AccessDenied');

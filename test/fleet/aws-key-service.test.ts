@@ -48,11 +48,11 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     ensureBuilt();
     url = (await startKmsDaemon(env)).url;
     for (const u of ['host', 'nobody']) {
-      await env.ok(['iam', 'create-user', u]);
-      creds[u] = (await env.ok(['iam', 'create-access-key', '--user-name', u])).AccessKey;
+      await env.api('ebsd.IamCreateUser', { UserName: u });
+      creds[u] = (await env.api('ebsd.IamCreateAccessKey', { UserName: u })).AccessKey;
     }
-    await env.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
-    keyArn = (await env.ok(['kms', 'create-key'])).KeyMetadata.Arn;
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/host', PolicyName: 'kms', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }) });
+    keyArn = (await env.api('TrentService.CreateKey')).KeyMetadata.Arn;
   }, 60_000);
 
   afterAll(async () => {
@@ -67,11 +67,11 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     const gen = await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY);
     const blob = gen.CiphertextBlob;
     expect((await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY)).Plaintext).toHaveLength(64);
-    await env.ok(['kms', 'disable-key', '--key-id', keyArn]);
+    await env.api('TrentService.DisableKey', { KeyId: keyArn });
     const off = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch((e: unknown) => e);
     expect(off).toBeInstanceOf(KeyServiceError);
     expect(off).toMatchObject({ code: 'KMS_REFUSED', awsName: 'DisabledException', authoritative: true });
-    await env.ok(['kms', 'enable-key', '--key-id', keyArn]);
+    await env.api('TrentService.EnableKey', { KeyId: keyArn });
 
     const nobody = await as('nobody');
     const denied = await nobody.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY).catch((e: unknown) => e);
@@ -81,12 +81,12 @@ describe('AwsKeyService against a --kms-only daemon', () => {
   });
 
   it('deleted host credentials are a refusal (UnrecognizedClientException); a bad signature or an expired session is not', async () => {
-    await env.ok(['iam', 'create-user', 'gone']);
-    creds.gone = (await env.ok(['iam', 'create-access-key', '--user-name', 'gone'])).AccessKey;
-    await env.ok(['iam', 'put-policy', 'user/gone', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+    await env.api('ebsd.IamCreateUser', { UserName: 'gone' });
+    creds.gone = (await env.api('ebsd.IamCreateAccessKey', { UserName: 'gone' })).AccessKey;
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/gone', PolicyName: 'kms', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }) });
     const ks = await as('gone');
     const blob = (await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY)).CiphertextBlob;
-    await env.ok(['iam', 'delete-access-key', '--user-name', 'gone', '--access-key-id', creds.gone.AccessKeyId]);
+    await env.api('ebsd.IamDeleteAccessKey', { UserName: 'gone', AccessKeyId: creds.gone.AccessKeyId });
     const e = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
     expect(e).toMatchObject({ code: 'KMS_REFUSED', awsName: 'UnrecognizedClientException', authoritative: true });
     for (const name of ['InvalidSignatureException', 'ExpiredTokenException']) {
@@ -154,7 +154,7 @@ describe('AwsKeyService against a --kms-only daemon', () => {
       for (const k of VARS) delete process.env[k];
       Object.assign(process.env, hostEnv, { AWS_ENDPOINT_URL_STS: url });
       await other.start(['--kms-endpoint', url]);
-      expect((await other.ok(['status'])).Daemon.Kms).toMatchObject({ Endpoint: url, HostPrincipal: expect.stringMatching(/:user\/host$/) });
+      expect((await other.api('ebsd.Status')).Daemon.Kms).toMatchObject({ Endpoint: url, HostPrincipal: expect.stringMatching(/:user\/host$/) });
       expect(await other.stop()).toBe(0);
     } finally {
       await other.cleanup();
@@ -162,25 +162,25 @@ describe('AwsKeyService against a --kms-only daemon', () => {
   });
 
   it('with a remote KMS, the local identity decides what a local caller may do with a key (the remote policy judges only the host)', async () => {
-    await env.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/host', PolicyName: 'kms', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }) });
     for (const k of VARS) delete process.env[k];
     Object.assign(process.env, { AWS_ACCESS_KEY_ID: creds.host!.AccessKeyId, AWS_SECRET_ACCESS_KEY: creds.host!.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
     const host = new Env('awsks-host');
     try {
       await host.start(['--kms-endpoint', url, '--metrics-listen', '127.0.0.1:0']);
       const ALICE = 1000;
-      await host.ok(['iam', 'create-user', 'alice']);
-      await host.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
-      await host.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'ec2', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'ec2:*', Resource: '*' }] })]);
+      await host.api('ebsd.IamCreateUser', { UserName: 'alice' });
+      await host.api('ebsd.IamMapUid', { Uid: ALICE, Principal: 'user/alice' });
+      await host.api('ebsd.IamPutPolicy', { Principal: 'user/alice', PolicyName: 'ec2', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'ec2:*', Resource: '*' }] }) });
       const create = () => host.cli(['volume', 'create', '--size', '64MiB', '--kms-key', keyArn, '--output', 'json'], { uid: ALICE });
       // EC2 allows it, the host may use the key, but alice may not: refused before any KMS call.
       const refused = await create();
       expect(refused.code).toBe(4);
       expect(refused.stderr).toContain('UnauthorizedOperation');
       expect(refused.stderr).toContain(`kms:GenerateDataKeyWithoutPlaintext on resource: ${keyArn}`);
-      expect((await host.ok(['volume', 'ls'])).Volumes).toHaveLength(0);
+      expect((await host.api('ebsd.DescribeVolumes')).Volumes).toHaveLength(0);
       // A local identity policy for the key (through EC2, as EBS asks) lets her create; attaching needs CreateGrant.
-      await host.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'key', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:GenerateDataKeyWithoutPlaintext', Resource: keyArn, Condition: { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com' } } }] })]);
+      await host.api('ebsd.IamPutPolicy', { Principal: 'user/alice', PolicyName: 'key', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:GenerateDataKeyWithoutPlaintext', Resource: keyArn, Condition: { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com' } } }] }) });
       const created = await create();
       expect(created.code, created.stderr).toBe(0);
       const vol = JSON.parse(created.stdout).VolumeId as string;
@@ -188,10 +188,10 @@ describe('AwsKeyService against a --kms-only daemon', () => {
       expect(attach.code).toBe(4);
       expect(attach.stderr).toContain('kms:CreateGrant');
       // Root is not judged by identity policies: it attaches through the host's grant.
-      expect((await host.ok(['attach', vol])).State).toBe('attached');
-      expect((await host.ok(['detach', vol])).State).toBe('detached');
+      expect((await host.api('ebsd.AttachVolume', { VolumeId: vol })).State).toBe('attached');
+      expect((await host.api('ebsd.DetachVolume', { VolumeId: vol, Force: false })).State).toBe('detached');
       // The remote KMS's calls are metered like the embedded core's (ebsd_kms_requests_total).
-      const metricsUrl = (await host.ok(['status'])).Daemon.MetricsUrl as string;
+      const metricsUrl = (await host.api('ebsd.Status')).Daemon.MetricsUrl as string;
       const text = await (await fetch(metricsUrl)).text();
       const count = (op: string, outcome: string): number => Number(new RegExp(`^ebsd_kms_requests_total\\{operation="${op}",outcome="${outcome}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
       expect(count('GenerateDataKeyWithoutPlaintext', 'ok')).toBe(1);
@@ -245,8 +245,9 @@ describe('AwsKeyService against a KMS answering server faults', () => {
     ensureBuilt();
     // STS (GetCallerIdentity) from a real --kms-only daemon; the KMS calls go to the failing server.
     const url = (await startKmsDaemon(sts)).url;
-    await sts.ok(['iam', 'create-user', 'host']);
-    const k = (await sts.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
+    await sts.api('ebsd.IamCreateUser', { UserName: 'host' });
+    const k = (await sts.api('ebsd.IamCreateAccessKey', { UserName: 'host' })).AccessKey;
+
     for (const v of VARS) delete process.env[v];
     Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: url, AWS_EC2_METADATA_DISABLED: 'true' });
   }, 60_000);

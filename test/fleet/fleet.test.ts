@@ -51,7 +51,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
     return d;
   };
   const file = (h: string, vol: string): string => join(dir, h, 'mnt', vol);
-  const volumeOf = async (h: string, vol: string): Promise<any> => (await hosts[h]!.ok(['status'])).Volumes.find((v: any) => v.VolumeId === vol);
+  const volumeOf = async (h: string, vol: string): Promise<any> => (await hosts[h]!.api('ebsd.Status')).Volumes.find((v: any) => v.VolumeId === vol);
   const keyPolicy = (roles: string[]): string => JSON.stringify({
     Version: '2012-10-17',
     Statement: [
@@ -69,19 +69,19 @@ describe('a fleet on one KMS, in network namespaces', () => {
     await sh('openssl', ['x509', '-req', '-in', join(dir, 'server.csr'), '-CA', join(dir, 'ca.pem'), '-CAkey', join(dir, 'ca.key'), '-CAcreateserial', '-out', join(dir, 'server.pem'), '-days', '1', '-extfile', join(dir, 'ext.cnf')]);
     net.create();
     await kms.start();
-    await kms.ok(['iam', 'create-user', 'fleet']);
-    const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'fleet'])).AccessKey;
-    const users = (await kms.ok(['iam', 'list-users'])).Users;
+    await kms.api('ebsd.IamCreateUser', { UserName: 'fleet' });
+    const k = (await kms.api('ebsd.IamCreateAccessKey', { UserName: 'fleet' })).AccessKey;
+    const users = (await kms.api('ebsd.IamListUsers')).Users;
     const userArn = users.find((u: any) => u.UserName === 'fleet').Arn as string;
     accountId = userArn.split(':')[4]!;
     writeFileSync(join(dir, 'credentials'), `[base]\naws_access_key_id = ${k.AccessKeyId}\naws_secret_access_key = ${k.SecretAccessKey}\n`, { mode: 0o600 });
     for (const role of ['host-a', 'host-b', 'host-c']) {
-      await kms.ok(['iam', 'create-role', role]);
-      await kms.ok(['iam', 'update-assume-role-policy', '--role-name', role, '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: userArn }, Action: 'sts:AssumeRole' }] })]);
-      await kms.ok(['iam', 'put-policy', `role/${role}`, '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
+      await kms.api('ebsd.IamCreateRole', { RoleName: role });
+      await kms.api('ebsd.IamUpdateAssumeRolePolicy', { RoleName: role, PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: userArn }, Action: 'sts:AssumeRole' }] }) });
+      await kms.api('ebsd.IamPutPolicy', { Principal: `role/${role}`, PolicyName: 'housekeeping', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] }) });
     }
-    keyArn = (await kms.ok(['kms', 'create-key', '--description', 'fleet volumes'])).KeyMetadata.Arn;
-    await kms.ok(['kms', 'put-key-policy', '--key-id', keyArn, '--policy-name', 'default', '--policy', keyPolicy(['host-a', 'host-b'])]);
+    keyArn = (await kms.api('TrentService.CreateKey', { Description: 'fleet volumes' })).KeyMetadata.Arn;
+    await kms.api('TrentService.PutKeyPolicy', { KeyId: keyArn, PolicyName: 'default', Policy: keyPolicy(['host-a', 'host-b']) });
     await Promise.all([hostDaemon('host-a', 'a', 'host-a').start(), hostDaemon('host-b', 'b', 'host-b').start()]);
   }, 120_000);
 
@@ -98,13 +98,13 @@ describe('a fleet on one KMS, in network namespaces', () => {
 
   it('both hosts create, attach, write, detach and re-attach under one customer key; the KMS audit names each host role and address', async () => {
     for (const h of ['host-a', 'host-b']) {
-      const vol = (await hosts[h]!.ok(['volume', 'create', '--size', '32MiB', '--kms-key', keyArn])).VolumeId as string;
-      await hosts[h]!.ok(['attach', vol]);
+      const vol = (await hosts[h]!.api('ebsd.CreateVolume', { Size: '32MiB', KmsKeyId: keyArn })).VolumeId as string;
+      await hosts[h]!.api('ebsd.AttachVolume', { VolumeId: vol });
       const data = randomBytes(MiB);
       await writeDirect(file(h, vol), data);
       await hosts[h]!.untilClosed(vol); // dd's close reaches the daemon as FUSE RELEASE after dd exits
-      await hosts[h]!.ok(['detach', vol]);
-      await hosts[h]!.ok(['attach', vol]);
+      await hosts[h]!.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+      await hosts[h]!.api('ebsd.AttachVolume', { VolumeId: vol });
       expect((await readDirect(file(h, vol), MiB)).equals(data)).toBe(true);
       patterns.set(h, data);
       // A loaded machine may time a refresh call out (TTL/2) between the attach and this status: the volume is
@@ -123,7 +123,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
       // Which volume: the grant's encryption-context constraint names it. On whose request: the local caller.
       const grants = mine.filter((e) => e.eventName === 'CreateGrant');
       expect(JSON.stringify(grants)).toMatch(/aws:ebs:id.{0,8}vol-[0-9a-f]{17}/);
-      const localCaller = (await hosts[h]!.ok(['status'])).Caller.Arn as string;
+      const localCaller = (await hosts[h]!.api('ebsd.Status')).Caller.Arn as string;
       expect(grants.map((e) => e.userAgent)).toEqual(grants.map(() => expect.stringContaining(`ebsd-on-behalf-of/${localCaller}`)));
       // Create's unwrap is on the caller's behalf; attach's and refresh's Decrypts through the grant are the host's own.
       const decrypts = mine.filter((e) => e.eventName === 'Decrypt').map((e) => String(e.userAgent).includes('ebsd-on-behalf-of/'));
@@ -133,7 +133,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
   });
 
   it('KMS killed: both hosts keep serving until max-stale; restarted, refresh resumes without re-attach', async () => {
-    const vols = await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.ok(['status'])).Volumes.find((v: any) => v.Attached).VolumeId] as const));
+    const vols = await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.api('ebsd.Status')).Volumes.find((v: any) => v.Attached).VolumeId] as const));
     const grantsBefore = kmsAudit().filter((e) => e.eventName === 'CreateGrant').length;
     // A loaded machine may time out a call before the outage too: kill the KMS right after one pass that saw
     // both volumes cached (one host may flap while the other is asked), and judge the logs from the kill on.
@@ -153,7 +153,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
       expect((await readDirect(file(h, vol), more.length, 4 * MiB)).equals(more)).toBe(true);
       expect((await readDirect(file(h, vol), MiB)).equals(patterns.get(h)!)).toBe(true);
       // Several refreshes fail (shared rounds every TTL/4, circuit probes) before the KMS comes back.
-      await until(`${h}: several failed calls`, async () => ((await hosts[h]!.ok(['status'])).Daemon.Kms.ConsecutiveFailures >= 4 ? true : undefined));
+      await until(`${h}: several failed calls`, async () => ((await hosts[h]!.api('ebsd.Status')).Daemon.Kms.ConsecutiveFailures >= 4 ? true : undefined));
     }
     const restartedAt = Date.now();
     await kms.start();
@@ -187,24 +187,24 @@ describe('a fleet on one KMS, in network namespaces', () => {
   });
 
   it('disable-key on the KMS host: both hosts\' volumes fail with EIO within one TTL; enable-key and re-attach: the data verifies', async () => {
-    const vols = await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.ok(['status'])).Volumes.find((v: any) => v.Attached).VolumeId] as const));
-    await kms.ok(['kms', 'disable-key', '--key-id', keyArn]);
+    const vols = await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.api('ebsd.Status')).Volumes.find((v: any) => v.Attached).VolumeId] as const));
+    await kms.api('TrentService.DisableKey', { KeyId: keyArn });
     for (const [h, vol] of vols) {
       const st = await until(`${h} impaired`, async () => { const v = await volumeOf(h, vol); return v.KeyCache.State === 'impaired' ? v : undefined; }, 15_000);
       expect(st.KeyCache.Impaired).toMatchObject({ Reason: 'kms-refused', AwsName: 'DisabledException' });
       await expect(readDirect(file(h, vol), 4096)).rejects.toThrow(/Input\/output error/);
     }
-    await kms.ok(['kms', 'enable-key', '--key-id', keyArn]);
+    await kms.api('TrentService.EnableKey', { KeyId: keyArn });
     for (const [h, vol] of vols) {
-      await hosts[h]!.ok(['detach', vol, '--force']);
-      await hosts[h]!.ok(['attach', vol]);
+      await hosts[h]!.api('ebsd.DetachVolume', { VolumeId: vol, Force: true });
+      await hosts[h]!.api('ebsd.AttachVolume', { VolumeId: vol });
       expect((await readDirect(file(h, vol), MiB)).equals(patterns.get(h)!)).toBe(true);
     }
   });
 
   it('revoke-grant under the README key policy (the host may also Decrypt by policy): that host\'s volume is impaired (grant-revoked), the other host\'s keeps serving; grant names carry each host\'s InstanceId', async () => {
-    const vols = Object.fromEntries(await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.ok(['status'])).Volumes.find((v: any) => v.Attached).VolumeId as string] as const)));
-    const listed = (await kms.ok(['kms', 'list-grants', '--key-id', keyArn])).Grants as { GrantId: string; Name?: string }[];
+    const vols = Object.fromEntries(await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.api('ebsd.Status')).Volumes.find((v: any) => v.Attached).VolumeId as string] as const)));
+    const listed = (await kms.api('TrentService.ListGrants', { KeyId: keyArn })).Grants as { GrantId: string; Name?: string }[];
     const grantOf = (vol: string) => listed.find((g) => g.Name?.endsWith(`-${vol}`) && g.Name.startsWith('ebsd-attach-i-'));
     const [ga, gb] = [grantOf(vols['host-a']!), grantOf(vols['host-b']!)];
     expect(ga && gb).toBeTruthy();
@@ -220,8 +220,8 @@ describe('a fleet on one KMS, in network namespaces', () => {
     // host-b may be between a timed-out call and the next round under load: it comes back to cached, not impaired.
     await until('host-b cached', async () => { const v = await volumeOf('host-b', vols['host-b']!); return /cached|refreshing/.test(v.KeyCache.State) ? v : undefined; }, 15_000);
     expect((await readDirect(file('host-b', vols['host-b']!), MiB)).equals(patterns.get('host-b')!)).toBe(true);
-    await hosts['host-a']!.ok(['detach', vols['host-a']!, '--force']);
-    await hosts['host-a']!.ok(['attach', vols['host-a']!]);
+    await hosts['host-a']!.api('ebsd.DetachVolume', { VolumeId: vols['host-a']!, Force: true });
+    await hosts['host-a']!.api('ebsd.AttachVolume', { VolumeId: vols['host-a']! });
     expect((await readDirect(file('host-a', vols['host-a']!), MiB)).equals(patterns.get('host-a')!)).toBe(true);
   });
 
@@ -231,10 +231,11 @@ describe('a fleet on one KMS, in network namespaces', () => {
     const r = await c.cli(['volume', 'create', '--size', '32MiB', '--kms-key', keyArn]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain(`kms:GenerateDataKeyWithoutPlaintext denied for arn:aws:iam::${accountId}:role/host-c on ${keyArn}`);
-    expect((await c.ok(['volume', 'ls'])).Volumes ?? []).toEqual([]);
+    expect((await c.api('ebsd.DescribeVolumes')).Volumes ?? []).toEqual([]);
     // host-b, once taken out of the key policy, cannot attach its own volume any more.
-    const vol = (await hosts['host-b']!.ok(['volume', 'create', '--size', '32MiB', '--kms-key', keyArn])).VolumeId as string;
-    await kms.ok(['kms', 'put-key-policy', '--key-id', keyArn, '--policy-name', 'default', '--policy', keyPolicy(['host-a'])]);
+    const vol = (await hosts['host-b']!.api('ebsd.CreateVolume', { Size: '32MiB', KmsKeyId: keyArn })).VolumeId as string;
+    await kms.api('TrentService.PutKeyPolicy', { KeyId: keyArn, PolicyName: 'default', Policy: keyPolicy(['host-a']) });
+
     const a = await hosts['host-b']!.cli(['attach', vol]);
     expect(a.code).not.toBe(0);
     expect(a.stderr).toContain(`kms:CreateGrant denied for arn:aws:iam::${accountId}:role/host-b on ${keyArn}`);

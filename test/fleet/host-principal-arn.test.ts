@@ -37,20 +37,20 @@ describe('--host-principal-arn', () => {
   beforeAll(async () => {
     ensureBuilt();
     url = (await startKmsDaemon(kms)).url;
-    const userArn = (await kms.ok(['iam', 'create-user', 'fleet'])).User.Arn as string;
+    const userArn = (await kms.api('ebsd.IamCreateUser', { UserName: 'fleet' })).User.Arn as string;
     account = userArn.split(':')[4]!;
-    const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'fleet'])).AccessKey;
-    await kms.ok(['iam', 'create-role', 'host-a']);
-    await kms.ok(['iam', 'update-assume-role-policy', '--role-name', 'host-a', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: userArn }, Action: 'sts:AssumeRole' }] })]);
-    await kms.ok(['iam', 'put-policy', 'role/host-a', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
-    keyArn = (await kms.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
-    await kms.ok(['kms', 'put-key-policy', '--key-id', keyArn, '--policy-name', 'default', '--policy', JSON.stringify({
+    const k = (await kms.api('ebsd.IamCreateAccessKey', { UserName: 'fleet' })).AccessKey;
+    await kms.api('ebsd.IamCreateRole', { RoleName: 'host-a' });
+    await kms.api('ebsd.IamUpdateAssumeRolePolicy', { RoleName: 'host-a', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: userArn }, Action: 'sts:AssumeRole' }] }) });
+    await kms.api('ebsd.IamPutPolicy', { Principal: 'role/host-a', PolicyName: 'housekeeping', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] }) });
+    keyArn = (await kms.api('TrentService.CreateKey')).KeyMetadata.Arn as string;
+    await kms.api('TrentService.PutKeyPolicy', { KeyId: keyArn, PolicyName: 'default', Policy: JSON.stringify({
       Version: '2012-10-17',
       Statement: [
         { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
         { Sid: 'Host', Effect: 'Allow', Principal: { AWS: roleArn('', 'host-a') }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
       ],
-    })]);
+    }) });
     // The host's chain: a role session of host-a through STS at the KMS daemon, as README "A fleet" sets it up.
     const aws = join(host.dir, 'aws');
     mkdirSync(aws);
@@ -84,8 +84,8 @@ describe('--host-principal-arn', () => {
   it('a role ARN with a path whose last segment is the session\'s role is the host principal: the grant names it as given', async () => {
     const withPath = roleArn('fleet/', 'host-a');
     await host.start(['--kms-endpoint', url, '--host-principal-arn', withPath]);
-    expect((await host.ok(['status'])).Daemon.Kms.HostPrincipal).toBe(withPath);
-    const vol = (await host.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId as string;
+    expect((await host.api('ebsd.Status')).Daemon.Kms.HostPrincipal).toBe(withPath);
+    const vol = (await host.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: keyArn })).VolumeId as string;
     // ebsd's IAM has no role paths: its KMS refuses a grantee that does not exist, and says which one the host sent.
     const attach = await host.cli(['attach', vol]);
     expect(attach.code).not.toBe(0);
@@ -96,13 +96,14 @@ describe('--host-principal-arn', () => {
   it('the role ARN as it exists is the grantee and retiring principal of the attach grant (ebsd kms list-grants on the KMS host)', async () => {
     const asIs = roleArn('', 'host-a');
     await host.start(['--kms-endpoint', url, '--host-principal-arn', asIs]);
-    expect((await host.ok(['status'])).Daemon.Kms.HostPrincipal).toBe(asIs);
-    const vol = (await host.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId as string;
-    expect((await host.ok(['attach', vol])).State).toBe('attached');
+    expect((await host.api('ebsd.Status')).Daemon.Kms.HostPrincipal).toBe(asIs);
+    const vol = (await host.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: keyArn })).VolumeId as string;
+    expect((await host.api('ebsd.AttachVolume', { VolumeId: vol })).State).toBe('attached');
     const grants = (await kms.ok(['kms', 'list-grants', '--key-id', keyArn])).Grants as { Name?: string; GranteePrincipal: string; RetiringPrincipal?: string }[];
     expect(grants.filter((g) => g.Name?.endsWith(vol))).toEqual([expect.objectContaining({ GranteePrincipal: asIs, RetiringPrincipal: asIs })]);
     await host.untilClosed(vol);
-    expect((await host.ok(['detach', vol])).State).toBe('detached');
+    expect((await host.api('ebsd.DetachVolume', { VolumeId: vol, Force: false })).State).toBe('detached');
+
     expect(await host.stop()).toBe(0);
   });
 });

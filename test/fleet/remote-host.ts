@@ -14,9 +14,10 @@ export interface RemoteHostUser {
 }
 
 export async function createRemoteHostUser(a: Env): Promise<RemoteHostUser> {
-  const hostArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
-  const key = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
-  await a.ok(['iam', 'put-policy', 'user/host-b', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
+  const hostArn = (await a.api('ebsd.IamCreateUser', { UserName: 'host-b' })).User.Arn as string;
+  const key = (await a.api('ebsd.IamCreateAccessKey', { UserName: 'host-b' })).AccessKey;
+  await a.api('ebsd.IamPutPolicy', { Principal: 'user/host-b', PolicyName: 'housekeeping', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] }) });
+
   return { hostArn, account: hostArn.split(':')[4]!, key };
 }
 

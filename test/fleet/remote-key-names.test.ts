@@ -8,10 +8,9 @@
  * serves the KMS (--kms-only on loopback); host B uses it for uid 1000
  * (user/alice).
  */
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { settled } from '../snapshot/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
 
@@ -27,27 +26,33 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
   let names: Record<string, string> = {};
 
   const alicePolicy = async (...statements: unknown[]): Promise<void> => {
-    const file = join(b.dir, 'alice.json');
-    writeFileSync(file, JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ec2:*', Resource: '*' }, ...statements] }));
-    await b.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'p', '--policy-document', `file://${file}`]);
+    await b.api('ebsd.IamPutPolicy', { Principal: 'user/alice', PolicyName: 'p', PolicyDocument: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ec2:*', Resource: '*' }, ...statements] }) });
   };
+  /** Root's volume under `key` and a completed snapshot of it (set-up: no CLI process). */
+  const snapshotUnder = async (key: string): Promise<string> => {
+    const vol = (await b.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: key })).VolumeId as string;
+    const s = await settled(b, (await b.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    expect(s.State).toBe('completed');
+    return s.SnapshotId as string;
+  };
+  const volumeCount = async (): Promise<number> => (await b.api('ebsd.DescribeVolumes')).Volumes.length;
   const create = (key: string) => b.cli(['volume', 'create', '--size', '16MiB', '--kms-key', key, '--output', 'json'], { uid: ALICE });
 
   beforeAll(async () => {
     ensureBuilt();
     const { url } = await startKmsDaemon(a);
     const host = await createRemoteHostUser(a);
-    const meta = (await a.ok(['kms', 'create-key', '--description', 'K'])).KeyMetadata;
+    const meta = (await a.api('TrentService.CreateKey', { Description: 'K' })).KeyMetadata;
     arn = meta.Arn;
     // K2: usable by the host too; the alias-move test denies it to alice.
-    arn2 = (await a.ok(['kms', 'create-key', '--description', 'K2'])).KeyMetadata.Arn;
-    for (const id of [arn, arn2]) await a.ok(['kms', 'put-key-policy', '--key-id', id, '--policy-name', 'default', '--policy', hostKeyPolicy(host)]);
-    await a.ok(['kms', 'create-alias', '--alias-name', 'alias/x', '--target-key-id', arn]);
+    arn2 = (await a.api('TrentService.CreateKey', { Description: 'K2' })).KeyMetadata.Arn;
+    for (const id of [arn, arn2]) await a.api('TrentService.PutKeyPolicy', { KeyId: id, PolicyName: 'default', Policy: hostKeyPolicy(host) });
+    await a.api('TrentService.CreateAlias', { AliasName: 'alias/x', TargetKeyId: arn });
     names = { 'alias name': 'alias/x', 'alias ARN': arn.replace(/key\/.*$/, 'alias/x'), 'key id': meta.KeyId };
     hostBEnv(host, url);
     await b.start(['--kms-endpoint', url]);
-    await b.ok(['iam', 'create-user', 'alice']);
-    await b.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+    await b.api('ebsd.IamCreateUser', { UserName: 'alice' });
+    await b.api('ebsd.IamMapUid', { Uid: ALICE, Principal: 'user/alice' });
   }, 180_000);
 
   afterAll(async () => {
@@ -56,13 +61,13 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
 
   it('a Deny of kms:* on the key\'s ARN holds for the alias name, the alias ARN and the bare key id', async () => {
     await alicePolicy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }, { Effect: 'Deny', Action: 'kms:*', Resource: arn });
-    const before = (await b.ok(['volume', 'ls'])).Volumes.length;
+    const before = await volumeCount();
     for (const [what, name] of Object.entries({ ARN: arn, ...names })) {
       const r = await create(name);
       expect(r.code, `${what}: ${r.stderr}`).toBe(4);
       expect(r.stderr).toContain(`kms:GenerateDataKeyWithoutPlaintext on resource: ${arn} with an explicit deny`);
     }
-    expect((await b.ok(['volume', 'ls'])).Volumes).toHaveLength(before);
+    expect(await volumeCount()).toBe(before);
   });
 
   it('an Allow scoped to the key\'s ARN lets the alias be used; kms:RequestAlias is the alias the request named', async () => {
@@ -81,8 +86,7 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
   });
 
   it('a restore under the snapshot\'s own key named by its alias is the same key: ReEncrypt on the ARN decides, not Decrypt', async () => {
-    const vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', arn])).VolumeId as string;
-    const snap = (await b.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId as string;
+    const snap = await snapshotUnder(arn);
     await alicePolicy({ Effect: 'Allow', Action: ['kms:ReEncryptFrom', 'kms:ReEncryptTo'], Resource: arn, Condition: VIA_EC2 });
     const r = await b.cli(['volume', 'create', '--snapshot-id', snap, '--kms-key', 'alias/x', '--wait', '--output', 'json'], { uid: ALICE });
     expect(r.code, r.stderr).toBe(0);
@@ -94,8 +98,7 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
     // resolution, and alias/x was resolved by the cases before, so its entry could expire midway here.
     await a.ok(['kms', 'create-alias', '--alias-name', 'alias/moved', '--target-key-id', arn]);
     // A snapshot under K1 first.
-    const vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', arn])).VolumeId as string;
-    const snap = (await b.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId as string;
+    const snap = await snapshotUnder(arn);
     await alicePolicy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }, { Effect: 'Deny', Action: 'kms:*', Resource: arn2 });
     try {
       // Judged: alias/moved is K1, allowed (the host remembers the answer, remote-key-names.ts).
@@ -114,7 +117,7 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
       expect(copied.code, copied.stderr).toBe(0);
       expect(JSON.parse(copied.stdout)).toMatchObject({ State: 'completed', KmsKeyId: arn });
       // Nothing on this host is under the denied key.
-      expect((await b.ok(['volume', 'ls'])).Volumes.map((v: { KmsKeyId?: string }) => v.KmsKeyId)).not.toContain(arn2);
+      expect((await b.api('ebsd.DescribeVolumes')).Volumes.map((v: { KmsKeyId?: string }) => v.KmsKeyId)).not.toContain(arn2);
     } finally {
       await a.ok(['kms', 'delete-alias', '--alias-name', 'alias/moved']);
     }
@@ -122,10 +125,11 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
 
   it('a name the KMS does not know is refused as the KMS refuses it, with nothing created', async () => {
     await alicePolicy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' });
-    const before = (await b.ok(['volume', 'ls'])).Volumes.length;
+    const before = await volumeCount();
     const r = await create('alias/nope');
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/NotFoundException/);
-    expect((await b.ok(['volume', 'ls'])).Volumes).toHaveLength(before);
+    expect(await volumeCount()).toBe(before);
+
   });
 });

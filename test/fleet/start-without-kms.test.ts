@@ -30,8 +30,8 @@ const VARS = ['AWS_ENDPOINT_URL_STS', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KE
 /** A 16 MiB volume under `keyArn` created, attached and written (4 KiB from `seed`) through `kmsUrl`; the host then stops with it recorded in-use. */
 async function attachedAndStopped(host: Env, kmsUrl: string, keyArn: string, seed: string): Promise<{ vol: string; data: Buffer }> {
   await host.start(['--kms-endpoint', kmsUrl, '--key-cache-ttl', '2s']);
-  const vol = (await host.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId as string;
-  await host.ok(['attach', vol]);
+  const vol = (await host.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: keyArn })).VolumeId as string;
+  await host.api('ebsd.AttachVolume', { VolumeId: vol });
   const data = seeded(seed).bytes(4096);
   const fd = openSync(host.file(vol), constants.O_RDWR | constants.O_DIRECT);
   writeSync(fd, data, 0, 4096, 0);
@@ -48,7 +48,7 @@ async function readsBackAndDetaches(host: Env, vol: string, data: Buffer): Promi
   closeSync(fd);
   expect(out.equals(data), `seed ${SEED}`).toBe(true);
   await host.untilClosed(vol); // FUSE RELEASE reaches the daemon after close() returns
-  expect((await host.ok(['detach', vol])).State).toBe('detached');
+  expect((await host.api('ebsd.DetachVolume', { VolumeId: vol, Force: false })).State).toBe('detached');
 }
 
 /** The host's credentials and `endpoints` (AWS_ENDPOINT_URL…) as the only AWS settings of this process, which the host daemon inherits. */
@@ -60,10 +60,11 @@ function useHostCredentials(k: { AccessKeyId: string; SecretAccessKey: string },
 /** A KMS daemon started in `kms` with a user `host` allowed kms:*, its access key, and a key: what every case's host needs. */
 async function kmsWithHostUser(kms: Env): Promise<{ url: string; k: { AccessKeyId: string; SecretAccessKey: string }; keyArn: string }> {
   const url = (await startKmsDaemon(kms)).url;
-  await kms.ok(['iam', 'create-user', 'host']);
-  await kms.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
-  const k = (await kms.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
-  const keyArn = (await kms.ok(['kms', 'create-key'])).KeyMetadata.Arn as string;
+  await kms.api('ebsd.IamCreateUser', { UserName: 'host' });
+  await kms.api('ebsd.IamPutPolicy', { Principal: 'user/host', PolicyName: 'kms', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }) });
+  const k = (await kms.api('ebsd.IamCreateAccessKey', { UserName: 'host' })).AccessKey;
+  const keyArn = (await kms.api('TrentService.CreateKey')).KeyMetadata.Arn as string;
+
   return { url, k, keyArn };
 }
 /**

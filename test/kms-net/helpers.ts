@@ -69,11 +69,13 @@ export interface AccessKey { AccessKeyId: string; SecretAccessKey: string; UserN
 /**
  * IAM user `name` (with the inline policy `policy`, named `policyName`, if given) and one access key,
  * as `ebsd iam create-access-key` prints it. `arn` and `accountId` come from create-user.
+ * Set-up: straight to the control socket (Env.api), no CLI process per call.
  */
 export async function makeAccessKey(env: Env, name: string, policy?: string, policyName = 'kms'): Promise<{ key: AccessKey; arn: string; accountId: string }> {
-  const arn = (await env.ok(['iam', 'create-user', name])).User.Arn as string;
-  if (policy !== undefined) await env.ok(['iam', 'put-policy', `user/${name}`, '--policy-name', policyName, '--policy-document', policy]);
-  const key = (await env.ok(['iam', 'create-access-key', '--user-name', name])).AccessKey as AccessKey;
+  const arn = (await env.api('ebsd.IamCreateUser', { UserName: name })).User.Arn as string;
+  if (policy !== undefined) await env.api('ebsd.IamPutPolicy', { Principal: `user/${name}`, PolicyName: policyName, PolicyDocument: policy });
+  const key = (await env.api('ebsd.IamCreateAccessKey', { UserName: name })).AccessKey as AccessKey;
+
   return { key, arn, accountId: arn.split(':')[4]! };
 }
 

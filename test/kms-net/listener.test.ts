@@ -51,11 +51,12 @@ describe.each(FRONT_THREADS)('KMS and STS over HTTP + SigV4, real SDK clients (-
     ensureBuilt();
     ({ url } = await startKmsDaemon(env, { frontThreads: front }));
     ({ key: alice, accountId } = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin'));
-    await env.ok(['iam', 'create-role', 'app']);
-    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', KMS_ADMIN_POLICY]);
-    await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'app', '--policy-document',
-      JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${accountId}:user/alice` }, Action: 'sts:AssumeRole' }] })]);
+    await env.api('ebsd.IamCreateRole', { RoleName: 'app' });
+    await env.api('ebsd.IamPutPolicy', { Principal: 'role/app', PolicyName: 'admin', PolicyDocument: KMS_ADMIN_POLICY });
+    await env.api('ebsd.IamUpdateAssumeRolePolicy', { RoleName: 'app', PolicyDocument:
+      JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${accountId}:user/alice` }, Action: 'sts:AssumeRole' }] }) });
   });
+
   afterAll(async () => {
     chain.restore();
     await env.cleanup();

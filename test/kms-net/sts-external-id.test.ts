@@ -43,9 +43,10 @@ describe('AssumeRole trust-policy Conditions over the listener: SDK and aws CLI'
       ['elsewhere', { IpAddress: { 'aws:SourceIp': '10.0.0.0/8' } }],
       ['tlsonly', { Bool: { 'aws:SecureTransport': 'true' } }],
     ] as const) {
-      await env.ok(['iam', 'create-role', role]);
-      await env.ok(['iam', 'put-policy', `role/${role}`, '--policy-name', 'kms', '--policy-document', KMS_ADMIN_POLICY]);
-      await env.ok(['iam', 'update-assume-role-policy', '--role-name', role, '--policy-document', trust(cond)]);
+      await env.api('ebsd.IamCreateRole', { RoleName: role });
+      await env.api('ebsd.IamPutPolicy', { Principal: `role/${role}`, PolicyName: 'kms', PolicyDocument: KMS_ADMIN_POLICY });
+      await env.api('ebsd.IamUpdateAssumeRolePolicy', { RoleName: role, PolicyDocument: trust(cond) });
+
     }
     partnerArn = `arn:aws:iam::${accountId}:role/partner`;
     elsewhereArn = `arn:aws:iam::${accountId}:role/elsewhere`;

@@ -73,8 +73,8 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
   });
 
   it('the FUSE mount serves an attached volume as before', async () => {
-    const vol = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId as string;
-    await env.ok(['attach', vol]);
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB' })).VolumeId as string;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     const data = randomBytes(4096);
     const fd = openSync(env.file(vol), 'r+');
     try {
@@ -86,7 +86,7 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
       closeSync(fd);
     }
     await env.untilClosed(vol);
-    await env.ok(['detach', vol]);
+    await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
   });
 });
 

@@ -49,8 +49,8 @@ describe('PR_SET_IO_FLUSHER on a daemon serving a loop device (root, FUSE)', () 
   beforeAll(async () => {
     ensureBuilt();
     await env.start(['--log-level', 'debug']);
-    vol = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     const loop = await env.losetup(vol);
     // Some I/O through the loop device, so the FUSE and pool threads are all there.
     const w = await run('dd', ['if=/dev/urandom', `of=${loop}`, 'bs=1M', 'count=4', 'oflag=direct', 'status=none']);
@@ -76,7 +76,7 @@ describe('PR_SET_IO_FLUSHER on a daemon serving a loop device (root, FUSE)', () 
     expect(await env.untilLog(said)).toContain(said);
     expect(env.daemonLog()).not.toContain('PR_SET_IO_FLUSHER set');
     for (const [, f] of threadFlags(env.pid!)) expect(f & IO_FLUSHER).toBe(0);
-    const st = await env.ok(['status']);
+    const st = await env.api('ebsd.Status');
     expect(st.Volumes.find((x: { VolumeId: string }) => x.VolumeId === vol)).toMatchObject({ Attached: true });
   });
 });

@@ -86,8 +86,8 @@ describe('Prometheus metrics from a running daemon', () => {
     ensureBuilt();
     await env.start(['--metrics-listen', '127.0.0.1:0']);
     port = await metricsPort(env);
-    vol = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
   }, 90_000);
   afterAll(() => env.cleanup(), 60_000);
 

@@ -154,8 +154,8 @@ describe('sd_notify protocol of the daemon', () => {
     ensureBuilt();
     // A volume recorded as attached, so the next start has one to re-attach before READY=1.
     await env.start();
-    vol = (await env.ok(['volume', 'create', '--size', '16MiB'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     await env.stop();
   }, 90_000);
   afterAll(async () => {

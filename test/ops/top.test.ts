@@ -41,9 +41,9 @@ describe('ebsd top in tmux', () => {
     ensureBuilt();
     expect(spawnSync('tmux', ['-V']).status, 'tmux is installed by scripts/setup.sh').toBe(0);
     await env.start(['--metrics-listen', '127.0.0.1:0', '--key-cache-ttl', '2s']);
-    keyId = (await env.ok(['kms', 'create-key', '--description', 'top'])).KeyMetadata.KeyId;
-    vol = (await env.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyId, '--name', 'hot'])).VolumeId;
-    await env.ok(['attach', vol]);
+    keyId = (await env.api('TrentService.CreateKey', { Description: 'top' })).KeyMetadata.KeyId;
+    vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: keyId, Name: 'hot' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
   }, 90_000);
   afterAll(async () => {
     tmux('kill-session', '-t', session);
@@ -71,7 +71,7 @@ describe('ebsd top in tmux', () => {
     }
 
     // Withdraw the key: the volume is impaired within one TTL, and top paints its row red (SGR 41).
-    await env.ok(['kms', 'disable-key', '--key-id', keyId]);
+    await env.api('TrentService.DisableKey', { KeyId: keyId });
     const red = await until('an impaired row', (s) => s.includes('IMPAIRED'));
     const row = red.split('\n').find((l) => l.includes(vol))!;
     expect(row).toMatch(/\x1b\[[0-9;]*41m/);
@@ -95,8 +95,9 @@ describe('ebsd top --output json', () => {
   beforeAll(async () => {
     ensureBuilt();
     await env.start(['--metrics-listen', '127.0.0.1:0']);
-    vol = (await env.ok(['volume', 'create', '--size', '16MiB', '--name', 'piped'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB', Name: 'piped' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
+
   }, 90_000);
   afterAll(() => env.cleanup(), 60_000);
 

@@ -39,8 +39,8 @@ describe('copy-on-write spilling to a file, through the daemon', () => {
     } finally {
       delete process.env.EBSD_TEST_COW_MEMORY_BYTES;
     }
-    vol = (await env.ok(['volume', 'create', '--size', '128MiB', '--cipher', 'none'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '128MiB', Cipher: 'none' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
   }, 60_000);
 
   afterAll(async () => {

@@ -189,9 +189,9 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     expect(clash).toBeInstanceOf(ConflictException);
   }, 60_000);
   it('a StartSnapshot snapshot describes as VolumeId vol-ffffffff (EC2\'s id for a snapshot of no volume); KmsKeyArn with ParentSnapshotId is ValidationException', async () => {
-    const other = (await env.ok(['kms', 'create-key', '--description', 'another'])).KeyMetadata.Arn as string;
+    const other = (await env.api('TrentService.CreateKey', { Description: 'another' })).KeyMetadata.Arn as string;
     const { snap } = await oneBlock({ KmsKeyArn: keyArn });
-    const d = (await env.ok(['snapshot', 'describe', snap])).Snapshots[0];
+    const d = (await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0];
     expect(d).toMatchObject({ SnapshotId: snap, VolumeId: 'vol-ffffffff', State: 'completed', Encrypted: true, KmsKeyId: keyArn });
     const byVolume = await api(env)('DescribeSnapshots', { Filters: [{ Name: 'volume-id', Values: ['vol-ffffffff'] }] });
     expect(byVolume.Snapshots.map((x: { SnapshotId: string }) => x.SnapshotId)).toContain(snap);
@@ -239,7 +239,7 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
   }, 120_000);
 
   it('one Decrypt per caller and snapshot, not per block; once the key is disabled, the next call past the key TTL fails as KMS says', async () => {
-    const own = (await env.ok(['kms', 'create-key', '--description', 'disabled later'])).KeyMetadata as { KeyId: string; Arn: string };
+    const own = (await env.api('TrentService.CreateKey', { Description: 'disabled later' })).KeyMetadata as { KeyId: string; Arn: string };
     const { snap, data, token } = await oneBlock({ KmsKeyArn: own.Arn });
     const carol = await clientOf('carol', 3);
     const get = async (): Promise<Buffer> => {
@@ -258,7 +258,8 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     await sock('ebsd.IamPutPolicy', { Principal: 'user/carol', PolicyName: 'ebs', PolicyDocument: policy });
     expect((await get()).equals(data)).toBe(true);
 
-    await env.ok(['kms', 'disable-key', '--key-id', own.KeyId]);
+    await env.api('TrentService.DisableKey', { KeyId: own.KeyId });
+
     // Polled, bounded: calls within the TTL may still be served from the cached key; the first past it asks KMS and is refused.
     let refusal: any;
     for (let i = 0; i < 200 && !refusal; i++) {

@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
+import { settled } from './helpers.js';
 
 /**
  * Issue 17 point 6: the EBS direct APIs against the real daemon (child
@@ -67,10 +68,10 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
   beforeAll(async () => {
     ensureBuilt();
     await env.start();
-    const st = await env.ok(['status']);
+    const st = await env.api('ebsd.Status');
     account = st.Daemon.AccountId;
     region = st.Daemon.Region;
-    keyArn = (await env.ok(['kms', 'create-key', '--description', 'ebs-direct test'])).KeyMetadata.Arn;
+    keyArn = (await env.api('TrentService.CreateKey', { Description: 'ebs-direct test' })).KeyMetadata.Arn;
   }, 120_000);
   afterAll(() => env.cleanup());
 
@@ -114,7 +115,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     // KMS (as root), sector s of block i decrypts with tweak = 512-byte unit number (i·128 + s)·8.
     const blobFile = join(env.dir, 'blob');
     writeFileSync(blobFile, Buffer.from(m.wrappedKey.ciphertextBlob, 'base64'));
-    const dec = await env.ok(['kms', 'decrypt', '--ciphertext-blob', `fileb://${blobFile}`, '--encryption-context', `aws:ebs:id=${snap}`]);
+    const dec = await env.api('TrentService.Decrypt', { CiphertextBlob: readFileSync(blobFile).toString('base64'), EncryptionContext: { 'aws:ebs:id': snap } });
     const key = Buffer.from(dec.Plaintext, 'base64');
     expect(key.length).toBe(64);
     for (const [i, hash] of m.blocks as [number, string][]) {
@@ -143,7 +144,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
 
     // A volume restored from it (CreateVolume --snapshot-id, same key) reads back what was put.
     const restored = (await env.ok(['volume', 'create', '--snapshot-id', snap, '--wait'])).VolumeId;
-    await env.ok(['attach', restored]);
+    await env.api('ebsd.AttachVolume', { VolumeId: restored });
     const fd = openSync(env.file(restored), 'r');
     try {
       for (const [i, want] of blocks) {
@@ -155,7 +156,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
       closeSync(fd);
     }
     await env.untilClosed(restored); // FUSE RELEASE reaches the daemon after close() returns
-    await env.ok(['detach', restored]);
+    await env.api('ebsd.DetachVolume', { VolumeId: restored, Force: false });
 
     // Audited as EBS calls; no block data and no data key in the audit log.
     const audit = env.auditText();
@@ -303,8 +304,13 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
 
   it('two CreateSnapshot snapshots of a volume with 1 MiB rewritten between them: ListChangedBlocks names exactly those 2 blocks, GetSnapshotBlock returns what was written', async () => {
     const MiB = 1024 * 1024;
-    const vol = (await env.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId;
-    await env.ok(['attach', vol]);
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: keyArn })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
+    const snapshotOf = async (volumeId: string): Promise<string> => {
+      const s = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: volumeId })).SnapshotId);
+      expect(s.State).toBe('completed');
+      return s.SnapshotId;
+    };
     const before = randomBytes(16 * MiB);
     const rewrite = randomBytes(MiB);
     const writeAt = (buf: Buffer, off: number): void => {
@@ -317,11 +323,11 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
       }
     };
     writeAt(before, 0);
-    const s1 = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
+    const s1 = await snapshotOf(vol);
     writeAt(rewrite, 3 * MiB); // blocks 6 and 7
-    const s2 = (await env.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
+    const s2 = await snapshotOf(vol);
     await env.untilClosed(vol); // writeAt's close: FUSE RELEASE comes after close() returns
-    await env.ok(['detach', vol]);
+    await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
 
     const changed = await ebs('ListChangedBlocks', { FirstSnapshotId: s1, SecondSnapshotId: s2 });
     expect(changed.ChangedBlocks.map((b: R) => b.BlockIndex)).toEqual([6, 7]);
@@ -349,8 +355,8 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     const d = randomBytes(BLOCK);
     await put(snap, 4, d);
     await complete(snap, new Map([[4, d]]));
-    await env.ok(['iam', 'create-user', 'alice']);
-    await env.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+    await env.api('ebsd.IamCreateUser', { UserName: 'alice' });
+    await env.api('ebsd.IamMapUid', { Uid: ALICE, Principal: 'user/alice' });
     const alice = (args: string[]) => env.cli(['ebs', ...args, '--output', 'json'], { uid: ALICE });
 
     const denied = await alice(['list-snapshot-blocks', '--snapshot-id', snap]);
@@ -359,7 +365,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
 
     const policy = join(env.dir, 'ebs-only.json');
     writeFileSync(policy, JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ebs:*', Resource: `arn:aws:ec2:${region}::snapshot/*` }] }));
-    await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'ebs', '--policy-document', `file://${policy}`]);
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/alice', PolicyName: 'ebs', PolicyDocument: readFileSync(policy, 'utf8') });
     const list = await alice(['list-snapshot-blocks', '--snapshot-id', snap]);
     expect(list.code, list.stderr).toBe(0);
     const token = list.json().Blocks[0].BlockToken;
@@ -379,7 +385,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
 
     // Given kms:Decrypt on the key, alice reads the plaintext.
     writeFileSync(policy, JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:Decrypt', Resource: keyArn }] }));
-    await env.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'decrypt', '--policy-document', `file://${policy}`]);
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/alice', PolicyName: 'decrypt', PolicyDocument: readFileSync(policy, 'utf8') });
     const get2 = await alice(['get-snapshot-block', '--snapshot-id', snap, '--block-index', '4', '--block-token', token, out]);
     expect(get2.code, get2.stderr).toBe(0);
     expect(readFileSync(out).equals(d)).toBe(true);
@@ -392,12 +398,12 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
   }, 120_000);
 
   it('StartSnapshot with Tags also needs ec2:CreateTags (ec2:CreateAction StartSnapshot), as AWS authorizes it; refused, nothing is left pending', async () => {
-    await env.ok(['iam', 'create-user', 'tagger']);
-    await env.ok(['iam', 'map-uid', String(ALICE + 1), 'user/tagger']);
+    await env.api('ebsd.IamCreateUser', { UserName: 'tagger' });
+    await env.api('ebsd.IamMapUid', { Uid: ALICE + 1, Principal: 'user/tagger' });
     const tagger = (args: string[]) => env.cli(['ebs', ...args, '--output', 'json'], { uid: ALICE + 1 });
     const policy = join(env.dir, 'tagger.json');
     writeFileSync(policy, JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ebs:*', Resource: `arn:aws:ec2:${region}::snapshot/*` }] }));
-    await env.ok(['iam', 'put-policy', 'user/tagger', '--policy-name', 'ebs', '--policy-document', `file://${policy}`]);
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/tagger', PolicyName: 'ebs', PolicyDocument: readFileSync(policy, 'utf8') });
     const manifests = (): number => readdirSync(join(env.state, 'snapshots', 'manifests')).length;
 
     const before = manifests();
@@ -411,7 +417,8 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
 
     // ec2:CreateTags limited to StartSnapshot's tagging: tagged starts pass.
     writeFileSync(policy, JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'ec2:CreateTags', Resource: `arn:aws:ec2:${region}::snapshot/*`, Condition: { StringEquals: { 'ec2:CreateAction': 'StartSnapshot' } } }] }));
-    await env.ok(['iam', 'put-policy', 'user/tagger', '--policy-name', 'tag-at-start', '--policy-document', `file://${policy}`]);
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/tagger', PolicyName: 'tag-at-start', PolicyDocument: readFileSync(policy, 'utf8') });
+
     const tagged = await tagger(['start-snapshot', '--volume-size', '1', '--tags', 'Key=owner,Value=tagger']);
     expect(tagged.code, tagged.stderr).toBe(0);
     expect(manifest(tagged.json().SnapshotId).tags).toEqual([{ Key: 'owner', Value: 'tagger' }]);

@@ -5,10 +5,9 @@
  * kms:ReEncryptFrom + kms:ReEncryptTo (same key), with kms:ViaService. Host A
  * serves the KMS on loopback; host B restores for uid 1000 (user/alice).
  */
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { settled } from './helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
 import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from '../fleet/remote-host.js';
 
@@ -21,9 +20,8 @@ describe('remote KMS: a restore needs the local caller\'s permission on the snap
   let k = '';
   let k2 = '';
   let snap = '';
-  const alicePolicy = (extra: unknown[]): Promise<unknown> => {
-    const file = join(b.dir, 'alice.json');
-    writeFileSync(file, JSON.stringify({
+  const alicePolicy = (extra: unknown[]): Promise<unknown> =>
+    b.api('ebsd.IamPutPolicy', { Principal: 'user/alice', PolicyName: 'p', PolicyDocument: JSON.stringify({
       Version: '2012-10-17',
       Statement: [
         { Effect: 'Allow', Action: ['ec2:CreateVolume', 'ec2:DescribeVolumes'], Resource: '*' },
@@ -31,25 +29,26 @@ describe('remote KMS: a restore needs the local caller\'s permission on the snap
         { Effect: 'Allow', Action: 'kms:GenerateDataKeyWithoutPlaintext', Resource: k2 },
         ...extra,
       ],
-    }));
-    return b.ok(['iam', 'put-policy', 'user/alice', '--policy-name', 'p', '--policy-document', `file://${file}`]);
-  };
-  const volumeCount = async (): Promise<number> => (await b.ok(['volume', 'ls'])).Volumes.length;
+    }) });
+  const volumeCount = async (): Promise<number> => (await b.api('ebsd.DescribeVolumes')).Volumes.length;
 
   beforeAll(async () => {
     ensureBuilt();
     await a.start(['--kms-listen', '127.0.0.1:0']);
     const kmsAt = await kmsUrl(a);
     const host = await createRemoteHostUser(a);
-    k = (await a.ok(['kms', 'create-key', '--description', 'K: the snapshot key'])).KeyMetadata.Arn;
-    k2 = (await a.ok(['kms', 'create-key', '--description', 'K2: alice may use'])).KeyMetadata.Arn;
-    for (const id of [k, k2]) await a.ok(['kms', 'put-key-policy', '--key-id', id, '--policy-name', 'default', '--policy', hostKeyPolicy(host)]);
+    k = (await a.api('TrentService.CreateKey', { Description: 'K: the snapshot key' })).KeyMetadata.Arn;
+    k2 = (await a.api('TrentService.CreateKey', { Description: 'K2: alice may use' })).KeyMetadata.Arn;
+    for (const id of [k, k2]) await a.api('TrentService.PutKeyPolicy', { KeyId: id, PolicyName: 'default', Policy: hostKeyPolicy(host) });
     hostBEnv(host, kmsAt);
     await b.start(['--kms-endpoint', kmsAt]);
-    const vol = (await b.ok(['volume', 'create', '--size', '16MiB', '--kms-key', k])).VolumeId;
-    snap = (await b.ok(['snapshot', 'create', vol, '--wait'])).SnapshotId;
-    await b.ok(['iam', 'create-user', 'alice']);
-    await b.ok(['iam', 'map-uid', String(ALICE), 'user/alice']);
+    const vol = (await b.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: k })).VolumeId;
+    const s = await settled(b, (await b.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    expect(s.State).toBe('completed');
+    snap = s.SnapshotId;
+    await b.api('ebsd.IamCreateUser', { UserName: 'alice' });
+    await b.api('ebsd.IamMapUid', { Uid: ALICE, Principal: 'user/alice' });
+
   }, 180_000);
 
   afterAll(async () => {

@@ -2,6 +2,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { settled } from './helpers.js';
 
 /**
  * Issue 17, finding 1: CreateVolume with SnapshotId is authorized on the
@@ -23,21 +24,21 @@ describe('CreateVolume from a snapshot: authorization on the snapshot (real daem
   const env = new Env('snap-restore-authz');
   let snap = '';
   const as = (uid: number, args: string[]) => env.cli([...args, '--output', 'json'], { uid });
-  const putPolicy = (user: string, doc: unknown): Promise<unknown> => {
-    const file = join(env.dir, `${user}.json`);
-    writeFileSync(file, JSON.stringify(doc));
-    return env.ok(['iam', 'put-policy', `user/${user}`, '--policy-name', 'p', '--policy-document', `file://${file}`]);
-  };
-  const volumeIds = async (): Promise<string[]> => ((await env.ok(['volume', 'ls'])).Volumes as { VolumeId: string }[]).map((v) => v.VolumeId).sort();
+  const putPolicy = (user: string, doc: unknown): Promise<unknown> =>
+    env.api('ebsd.IamPutPolicy', { Principal: `user/${user}`, PolicyName: 'p', PolicyDocument: JSON.stringify(doc) });
+  const volumeIds = async (): Promise<string[]> => ((await env.api('ebsd.DescribeVolumes')).Volumes as { VolumeId: string }[]).map((v) => v.VolumeId).sort();
 
   beforeAll(async () => {
     ensureBuilt();
     await env.start();
-    const vol = (await env.ok(['volume', 'create', '--size', '16MiB', '--tag', 'team=root'])).VolumeId;
-    snap = (await env.ok(['snapshot', 'create', vol, '--tag', 'team=root', '--wait'])).SnapshotId;
+    const teamRoot = (ResourceType: string) => [{ ResourceType, Tags: [{ Key: 'team', Value: 'root' }] }];
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB', TagSpecifications: teamRoot('volume') })).VolumeId;
+    const s = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: vol, TagSpecifications: teamRoot('snapshot') })).SnapshotId);
+    expect(s.State).toBe('completed');
+    snap = s.SnapshotId;
     for (const [user, uid] of [['alice', ALICE], ['bob', BOB]] as const) {
-      await env.ok(['iam', 'create-user', user]);
-      await env.ok(['iam', 'map-uid', String(uid), `user/${user}`]);
+      await env.api('ebsd.IamCreateUser', { UserName: user });
+      await env.api('ebsd.IamMapUid', { Uid: uid, Principal: `user/${user}` });
     }
     // alice: volumes and KMS, and an explicit Deny on every snapshot.
     await putPolicy('alice', {
@@ -88,7 +89,8 @@ describe('CreateVolume from a snapshot: authorization on the snapshot (real daem
     const bad = join(env.state, 'snapshots', 'manifests', 'snap-0123456789abcdef0.json');
     writeFileSync(bad, JSON.stringify({ formatVersion: 1, snapshotId: 'snap-0123456789abcdef0', blocks: [], tags: 'x' }));
     try {
-      const r = await env.ok(['snapshot', 'describe']);
+      const r = await env.api('ebsd.DescribeSnapshots');
+
       expect((r.Snapshots as { SnapshotId: string }[]).map((x) => x.SnapshotId)).toEqual([snap]);
     } finally {
       rmSync(bad, { force: true });

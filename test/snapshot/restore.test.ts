@@ -17,6 +17,7 @@ import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { SNAPSHOT_BLOCK_BYTES } from '../../src/snapshot/types.js';
 import { makeSnapshot } from './make-snapshot.js';
+import { settled } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 4 * MiB;
@@ -37,12 +38,8 @@ describe('volume create --snapshot-id', () => {
 
   async function detach(id: string): Promise<void> {
     // FUSE RELEASE follows close(): poll our own handles away before an orderly detach.
-    for (let i = 0; i < 500; i++) {
-      const v = (await env.ok(['status'])).Volumes.find((x: { VolumeId: string }) => x.VolumeId === id);
-      if (!v?.OpenHandles) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    await env.ok(['detach', id]);
+    await env.untilClosed(id);
+    await env.api('ebsd.DetachVolume', { VolumeId: id, Force: false });
   }
 
   const image = (id: string): string => join(env.state, 'volumes', `${id}.img`);
@@ -61,18 +58,17 @@ describe('volume create --snapshot-id', () => {
   beforeAll(async () => {
     ensureBuilt();
     await env.start(['--key-cache-ttl', '1s']);
-    keyA = (await env.ok(['kms', 'create-key', '--description', 'restore A'])).KeyMetadata.Arn;
-    keyB = (await env.ok(['kms', 'create-key', '--description', 'restore B'])).KeyMetadata.Arn;
-    vol = (await env.ok(['volume', 'create', '--size', '4MiB', '--kms-key', keyA])).VolumeId;
-    await env.ok(['attach', vol]);
+    keyA = (await env.api('TrentService.CreateKey', { Description: 'restore A' })).KeyMetadata.Arn;
+    keyB = (await env.api('TrentService.CreateKey', { Description: 'restore B' })).KeyMetadata.Arn;
+    vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB', KmsKeyId: keyA })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     expect((await fio(env.file(vol), '64k', 'write')).code).toBe(0);
     await detach(vol);
-    const c = await env.cli(['snapshot', 'create', vol, '--wait', '--output', 'json']);
-    expect(c.code, c.stderr).toBe(0);
-    expect(c.json()).toMatchObject({ State: 'completed', Encrypted: true, KmsKeyId: keyA });
-    snap = c.json().SnapshotId;
+    const c = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    expect(c).toMatchObject({ State: 'completed', Encrypted: true, KmsKeyId: keyA });
+    snap = c.SnapshotId;
     // Overwrite everything: the original now holds B's data, which A's verify refuses.
-    await env.ok(['attach', vol]);
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     expect((await fio(env.file(vol), '32k', 'write')).code).toBe(0);
     expect((await fio(env.file(vol), '32k', 'verify')).code).toBe(0);
     expect((await fio(env.file(vol), '64k', 'verify')).code).not.toBe(0);
@@ -98,11 +94,11 @@ describe('volume create --snapshot-id', () => {
     expect(m.blocks.length).toBe(SIZE / SNAPSHOT_BLOCK_BYTES);
     for (const [i, hash] of m.blocks) expect(readImageBlock(v.VolumeId, i).equals(await store.getBlock(hash))).toBe(true);
     expect(spawnSync('cryptsetup', ['luksDump', image(v.VolumeId)]).status).toBe(0);
-    await env.ok(['attach', v.VolumeId]);
+    await env.api('ebsd.AttachVolume', { VolumeId: v.VolumeId });
     expect((await fio(env.file(v.VolumeId), '64k', 'verify')).code).toBe(0);
     await detach(v.VolumeId);
     // The original still holds the overwrite.
-    await env.ok(['attach', vol]);
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     expect((await fio(env.file(vol), '32k', 'verify')).code).toBe(0);
     await detach(vol);
     const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
@@ -122,9 +118,9 @@ describe('volume create --snapshot-id', () => {
     // Past the snapshot's size the volume is a hole (reads as zeros).
     expect(readImageBlock(v.VolumeId, SIZE / SNAPSHOT_BLOCK_BYTES).every((x) => x === 0)).toBe(true);
     expect(spawnSync('cryptsetup', ['luksDump', image(v.VolumeId)]).status).toBe(0);
-    await env.ok(['kms', 'disable-key', '--key-id', keyA]);
+    await env.api('TrentService.DisableKey', { KeyId: keyA });
     try {
-      await env.ok(['attach', v.VolumeId]);
+      await env.api('ebsd.AttachVolume', { VolumeId: v.VolumeId });
       expect((await fio(env.file(v.VolumeId), '64k', 'verify')).code).toBe(0);
       await detach(v.VolumeId);
       // A same-key restore now needs the disabled key: refused, and the failed volume ends in `error`.
@@ -132,7 +128,7 @@ describe('volume create --snapshot-id', () => {
       expect(same.code).toBe(6);
       expect(same.stderr).toMatch(/IncorrectState: vol-[0-9a-f]{17} from snap-[0-9a-f]{17} ended in state 'error': DisabledException/);
     } finally {
-      await env.ok(['kms', 'enable-key', '--key-id', keyA]);
+      await env.api('TrentService.EnableKey', { KeyId: keyA });
     }
   }, 90_000);
 
@@ -166,18 +162,18 @@ describe('volume create --snapshot-id', () => {
     const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
     expect(ev.some((e) => e.eventName === 'CopySnapshot' && e.requestParameters?.snapshotId === s2.SnapshotId && e.additionalEventData?.sourceSnapshotId === snap)).toBe(true);
     expect(ev.some((e) => e.eventName === 'GenerateDataKeyWithoutPlaintext' && e.requestParameters?.encryptionContext?.['aws:ebs:id'] === s2.SnapshotId)).toBe(true);
-    await env.ok(['kms', 'disable-key', '--key-id', keyA]);
+    await env.api('TrentService.DisableKey', { KeyId: keyA });
     try {
       const v = await env.cli(['volume', 'create', '--snapshot-id', s2.SnapshotId, '--wait', '--output', 'json']);
       expect(v.code, v.stderr).toBe(0);
       const id = v.json().VolumeId;
       expect(v.json()).toMatchObject({ State: 'available', KmsKeyId: keyB });
       expect(spawnSync('cryptsetup', ['luksDump', image(id)]).status).toBe(0);
-      await env.ok(['attach', id]);
+      await env.api('ebsd.AttachVolume', { VolumeId: id });
       expect((await fio(env.file(id), '64k', 'verify')).code).toBe(0);
       await detach(id);
     } finally {
-      await env.ok(['kms', 'enable-key', '--key-id', keyA]);
+      await env.api('TrentService.EnableKey', { KeyId: keyA });
     }
   }, 90_000);
 
@@ -198,11 +194,11 @@ describe('volume create --snapshot-id', () => {
       delete process.env.EBSD_TEST_FAULT;
     }
     // CreateVolume answers `creating`; the daemon dies once the blocks are written, before `available`.
-    const r = await env.ok(['volume', 'create', '--snapshot-id', snap, '--kms-key', keyB]);
+    const r = await env.api('ebsd.CreateVolume', { SnapshotId: snap, KmsKeyId: keyB });
     expect(r.State).toBe('creating');
     await dead();
     await env.start(['--key-cache-ttl', '1s']);
-    const after = (await env.ok(['volume', 'ls'])).Volumes.map((x: { VolumeId: string }) => x.VolumeId);
+    const after = (await env.api('ebsd.DescribeVolumes')).Volumes.map((x: { VolumeId: string }) => x.VolumeId);
     expect(after).not.toContain(r.VolumeId);
     expect(readdirSync(join(env.state, 'volumes')).filter((f) => f.includes(r.VolumeId))).toEqual([]);
     await env.stop();
@@ -212,7 +208,8 @@ describe('volume create --snapshot-id', () => {
     } finally {
       delete process.env.EBSD_TEST_FAULT;
     }
-    const c = await env.ok(['snapshot', 'copy', snap, '--kms-key-id', keyB]);
+    const region = (await env.api('ebsd.Status')).Daemon.Region as string;
+    const c = await env.api('ebsd.CopySnapshot', { SourceSnapshotId: snap, SourceRegion: region, KmsKeyId: keyB, Encrypted: true });
     await dead();
     await env.start(['--key-cache-ttl', '1s']);
     const store = await DirSnapshotStore.open(join(env.state, 'snapshots'));
@@ -220,7 +217,7 @@ describe('volume create --snapshot-id', () => {
     expect(last).toMatchObject({ state: 'error', blocks: [] });
     expect(last.header).toBeUndefined();
     expect(last.stateMessage).toMatch(/stopped.*while the snapshot was being copied/);
-    expect((await env.ok(['snapshot', 'describe', last.snapshotId])).Snapshots[0]).toMatchObject({ State: 'error' });
+    expect((await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [last.snapshotId] })).Snapshots[0]).toMatchObject({ State: 'error' });
     // What the failed copy stored is garbage: a sweep (no grace) frees it, and leaves no block unnamed or named but missing.
     const swept = await new SnapshotGc(store, { graceMs: 0 }).sweep();
     expect(swept.deleted).toBeGreaterThan(0);
@@ -233,9 +230,9 @@ describe('volume create --snapshot-id', () => {
 
   it('authorization: ec2:CreateVolume on the snapshot ARN and ec2:CopySnapshot through identity policies; the KMS calls are the caller\'s, via EC2', async () => {
     const UID = 4242;
-    await env.ok(['iam', 'create-user', 'carol']);
-    await env.ok(['iam', 'map-uid', String(UID), 'user/carol']);
-    const policy = (statements: object[]) => env.ok(['iam', 'put-policy', 'user/carol', '--policy-name', 'p', '--policy-document', JSON.stringify({ Version: '2012-10-17', Statement: statements })]);
+    await env.api('ebsd.IamCreateUser', { UserName: 'carol' });
+    await env.api('ebsd.IamMapUid', { Uid: UID, Principal: 'user/carol' });
+    const policy = (statements: object[]) => env.api('ebsd.IamPutPolicy', { Principal: 'user/carol', PolicyName: 'p', PolicyDocument: JSON.stringify({ Version: '2012-10-17', Statement: statements }) });
     const base = [
       { Effect: 'Allow', Action: ['ec2:CreateVolume'], Resource: 'arn:aws:ec2:*:*:volume/*' },
       { Effect: 'Allow', Action: ['ec2:DescribeVolumes', 'ec2:DescribeSnapshots'], Resource: '*' },
@@ -289,7 +286,8 @@ describe('volume create --snapshot-id', () => {
     expect(p.code).toBe(6);
     expect(p.stderr).toMatch(/IncorrectState.*'pending'/);
     // Nothing was created by any refusal.
-    const vols = (await env.ok(['volume', 'ls'])).Volumes.map((x: { VolumeId: string; State: string }) => x.State);
+    const vols = (await env.api('ebsd.DescribeVolumes')).Volumes
+.map((x: { VolumeId: string; State: string }) => x.State);
     expect(vols.filter((s: string) => s === 'creating')).toEqual([]);
   }, 60_000);
 });

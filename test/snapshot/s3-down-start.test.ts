@@ -47,10 +47,10 @@ describe('daemon start with the S3 store down and pending markers left', () => {
       AWS_CONFIG_FILE: '/nonexistent', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
     });
     await env.start(['--snapshot-store', 's3://ebsd-snapshots/down']);
-    const vol = (await env.ok(['volume', 'create', '--size', '4MiB'])).VolumeId as string;
-    await env.ok(['attach', vol]);
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB' })).VolumeId as string;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
     expect(existsSync(env.file(vol))).toBe(true);
-    await env.ok(['detach', vol]);
+    await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
     const warnings = (log: string) => log.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; snapshotId?: string; component?: string; msg: string })
       .filter((l) => l.level === 40 && l.snapshotId === LEFT);
     // Written before the ready line, but the log file takes the daemon's output through a pipe and a write

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
 import { startS3Server, type S3Server } from './s3-helpers.js';
+import { settled } from './helpers.js';
 
 const MiB = 1 << 20;
 
@@ -42,18 +43,18 @@ describe('a snapshot in S3 restores on another daemon', () => {
     await a.start(['--snapshot-store', store(), '--kms-listen', '127.0.0.1:0']);
     kmsAt = await kmsUrl(a);
     // B's identity at A's KMS: an IAM user whose key policy entry lets it use the key as a host.
-    userArn = (await a.ok(['iam', 'create-user', 'host-b'])).User.Arn as string;
-    const k = (await a.ok(['iam', 'create-access-key', '--user-name', 'host-b'])).AccessKey;
+    userArn = (await a.api('ebsd.IamCreateUser', { UserName: 'host-b' })).User.Arn as string;
+    const k = (await a.api('ebsd.IamCreateAccessKey', { UserName: 'host-b' })).AccessKey;
     const account = userArn.split(':')[4];
-    await a.ok(['iam', 'put-policy', 'user/host-b', '--policy-name', 'housekeeping', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] })]);
-    keyArn = (await a.ok(['kms', 'create-key', '--description', 'shared volumes'])).KeyMetadata.Arn;
-    await a.ok(['kms', 'put-key-policy', '--key-id', keyArn, '--policy-name', 'default', '--policy', JSON.stringify({
+    await a.api('ebsd.IamPutPolicy', { Principal: 'user/host-b', PolicyName: 'housekeeping', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListRetirableGrants', Resource: '*' }] }) });
+    keyArn = (await a.api('TrentService.CreateKey', { Description: 'shared volumes' })).KeyMetadata.Arn;
+    await a.api('TrentService.PutKeyPolicy', { KeyId: keyArn, PolicyName: 'default', Policy: JSON.stringify({
       Version: '2012-10-17',
       Statement: [
         { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' },
         { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: userArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
       ],
-    })]);
+    }) });
     // The same access key signs B's KMS calls and its S3 calls: s3rver must know it.
     await server.addAccessKey(k.AccessKeyId, k.SecretAccessKey);
     setEnv({
@@ -73,8 +74,8 @@ describe('a snapshot in S3 restores on another daemon', () => {
   }, 60_000);
 
   it('A snapshots a volume into the S3 store; the objects are there, not in A\'s state dir', async () => {
-    vol = (await a.ok(['volume', 'create', '--size', '16MiB', '--kms-key', keyArn])).VolumeId;
-    await a.ok(['attach', vol]);
+    vol = (await a.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: keyArn })).VolumeId;
+    await a.api('ebsd.AttachVolume', { VolumeId: vol });
     const fd = openSync(a.file(vol), 'r+');
     try {
       writeSync(fd, data, 0, data.length, MiB);
@@ -82,23 +83,23 @@ describe('a snapshot in S3 restores on another daemon', () => {
       closeSync(fd);
     }
     await a.untilClosed(vol); // FUSE RELEASE reaches the daemon after close() returns
-    await a.ok(['detach', vol]);
-    snap = await a.ok(['snapshot', 'create', vol, '--description', 'to host b', '--wait']);
+    await a.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+    snap = await settled(a, (await a.api('ebsd.CreateSnapshot', { VolumeId: vol, Description: 'to host b' })).SnapshotId);
     expect(snap).toMatchObject({ State: 'completed', VolumeId: vol, KmsKeyId: keyArn, Encrypted: true });
     expect(existsSync(server.objectFile(`fleet/manifests/${snap.SnapshotId}.json`))).toBe(true);
     // 3 MiB from 1 MiB on: blocks 2..7 of 512 KiB, each a store object.
     const blocks = readdirSync(join(server.dir, server.bucket, 'fleet', 'blocks')).filter((n) => n.endsWith('._S3rver_object'));
     expect(blocks.length).toBe(6 + 1); // and the LUKS2 header area
     expect(existsSync(join(a.state, 'snapshots', 'manifests', `${snap.SnapshotId}.json`))).toBe(false);
-    expect((await a.ok(['status'])).Daemon.SnapshotStore).toBe(store());
+    expect((await a.api('ebsd.Status')).Daemon.SnapshotStore).toBe(store());
     expect(await a.untilLog('"snapshot store answers"')).toContain('"snapshot store answers"');
   });
 
   it('B, with its own state dir, describes the same snapshot from the store', async () => {
-    const d = await b.ok(['snapshot', 'describe', snap.SnapshotId]);
+    const d = await b.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap.SnapshotId] });
     expect(d.Snapshots).toHaveLength(1);
     expect(d.Snapshots[0]).toMatchObject({ SnapshotId: snap.SnapshotId, State: 'completed', VolumeId: vol, KmsKeyId: keyArn, DataEncryptionKeyId: snap.DataEncryptionKeyId, Description: 'to host b' });
-    expect((await b.ok(['status'])).Daemon.SnapshotStore).toBe(store());
+    expect((await b.api('ebsd.Status')).Daemon.SnapshotStore).toBe(store());
   });
 
   it('B restores it (volume create --snapshot-id), attaches it and reads the same bytes', async () => {
@@ -108,21 +109,22 @@ describe('a snapshot in S3 restores on another daemon', () => {
     // Same KMS key: the snapshot's data key is shared (ReEncrypt at A's KMS to the new volume's context).
     expect(restored).toMatchObject({ Encrypted: true, KmsKeyId: keyArn, State: 'available' });
     expect(existsSync(join(b.state, 'volumes', `${restored.VolumeId}.img`))).toBe(true);
-    await b.ok(['attach', restored.VolumeId]);
+    await b.api('ebsd.AttachVolume', { VolumeId: restored.VolumeId });
     const file = b.file(restored.VolumeId);
     expect(readAt(file, MiB, data.length).equals(data)).toBe(true);
     expect(readAt(file, 0, MiB).equals(Buffer.alloc(MiB))).toBe(true); // never written on A: zeros
     await b.untilClosed(restored.VolumeId); // readAt's close: FUSE RELEASE comes after close() returns
-    await b.ok(['detach', restored.VolumeId]);
+    await b.api('ebsd.DetachVolume', { VolumeId: restored.VolumeId, Force: false });
     // B's key came from A's KMS, as B's host identity: A's audit log says so.
     const byB = a.auditText().trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.userIdentity?.arn === userArn && !e.errorCode);
     for (const op of ['CreateGrant', 'Decrypt']) expect(byB.map((e) => e.eventName)).toContain(op);
   });
 
   it('A deletes the snapshot: its manifest leaves the store at once, its blocks stay for the grace period (B may be writing)', async () => {
-    await a.ok(['snapshot', 'delete', snap.SnapshotId]);
+    await a.api('ebsd.DeleteSnapshot', { SnapshotId: snap.SnapshotId });
     expect(existsSync(server.objectFile(`fleet/manifests/${snap.SnapshotId}.json`))).toBe(false);
-    expect((await b.ok(['snapshot', 'describe'])).Snapshots.map((x: any) => x.SnapshotId)).not.toContain(snap.SnapshotId);
+    expect((await b.api('ebsd.DescribeSnapshots')).Snapshots
+.map((x: any) => x.SnapshotId)).not.toContain(snap.SnapshotId);
     const blocks = readdirSync(join(server.dir, server.bucket, 'fleet', 'blocks')).filter((n) => n.endsWith('._S3rver_object'));
     expect(blocks.length).toBe(7);
   });

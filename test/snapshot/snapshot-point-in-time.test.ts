@@ -19,8 +19,8 @@ describe('snapshot of an attached volume under write load', () => {
   beforeAll(async () => {
     ensureBuilt();
     await env.start(['--allow-unencrypted']);
-    vol = (await env.ok(['volume', 'create', '--size', '128MiB', '--cipher', 'none'])).VolumeId;
-    await env.ok(['attach', vol]);
+    vol = (await env.api('ebsd.CreateVolume', { Size: '128MiB', Cipher: 'none' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
   }, 60_000);
 
   afterAll(async () => {

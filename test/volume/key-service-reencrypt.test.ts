@@ -86,18 +86,19 @@ let awsImpl: Impl;
 beforeAll(async () => {
   ensureBuilt();
   const { url } = await startKmsDaemon(env);
-  await env.ok(['iam', 'create-user', 'host']);
+  await env.api('ebsd.IamCreateUser', { UserName: 'host' });
   const cred = (await env.ok(['iam', 'create-access-key', '--user-name', 'host'])).AccessKey;
-  await env.ok(['iam', 'put-policy', 'user/host', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] })]);
+  await env.api('ebsd.IamPutPolicy', { Principal: 'user/host', PolicyName: 'kms', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }) });
   for (const k of VARS) delete process.env[k];
   Object.assign(process.env, { AWS_ACCESS_KEY_ID: cred.AccessKeyId, AWS_SECRET_ACCESS_KEY: cred.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL: url, AWS_EC2_METADATA_DISABLED: 'true' });
   aws = new AwsKeyService({ endpoint: url });
   const host = await aws.hostPrincipal();
-  const key = async (): Promise<string> => (await env.ok(['kms', 'create-key'])).KeyMetadata.Arn;
+  const key = async (): Promise<string> => (await env.api('TrentService.CreateKey')).KeyMetadata.Arn;
   awsImpl = {
     ks: aws, caller: host, keyA: await key(), keyB: await key(),
-    disable: async (a) => void (await env.ok(['kms', 'disable-key', '--key-id', a])),
-    enable: async (a) => void (await env.ok(['kms', 'enable-key', '--key-id', a])),
+    disable: async (a) => void (await env.api('TrentService.DisableKey', { KeyId: a })),
+    enable: async (a) => void (await env.api('TrentService.EnableKey', { KeyId: a })),
+
   };
 }, 60_000);
 afterAll(async () => {
