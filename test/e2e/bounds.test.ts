@@ -298,7 +298,7 @@ describe('a full state dir', () => {
 
         const kc = s.Volumes[0].KeyCache;
         return kc.LastUnwrapTime > first && s.Daemon.Audit.State === 'reserve-in-use' && s;
-      }, 150);
+      }, 600);
       expect(st.Volumes[0].KeyCache.State).not.toBe('impaired');
       expect(st.Daemon.Problem).toMatch(/audit log: disk full/);
       expect(st.Daemon.Audit.DroppedRefusalEvents).toBeGreaterThan(0);

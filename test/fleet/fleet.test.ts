@@ -188,13 +188,13 @@ describe('a fleet on one KMS, in network namespaces', () => {
 
   it('disable-key on the KMS host: both hosts\' volumes fail with EIO within one TTL; enable-key and re-attach: the data verifies', async () => {
     const vols = await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.api('ebsd.Status')).Volumes.find((v: any) => v.Attached).VolumeId] as const));
-    await kms.api('TrentService.DisableKey', { KeyId: keyArn });
+    await kms.ok(['kms', 'disable-key', '--key-id', keyArn]); // through the CLI: the title names it
     for (const [h, vol] of vols) {
       const st = await until(`${h} impaired`, async () => { const v = await volumeOf(h, vol); return v.KeyCache.State === 'impaired' ? v : undefined; }, 15_000);
       expect(st.KeyCache.Impaired).toMatchObject({ Reason: 'kms-refused', AwsName: 'DisabledException' });
       await expect(readDirect(file(h, vol), 4096)).rejects.toThrow(/Input\/output error/);
     }
-    await kms.api('TrentService.EnableKey', { KeyId: keyArn });
+    await kms.ok(['kms', 'enable-key', '--key-id', keyArn]);
     for (const [h, vol] of vols) {
       await hosts[h]!.api('ebsd.DetachVolume', { VolumeId: vol, Force: true });
       await hosts[h]!.api('ebsd.AttachVolume', { VolumeId: vol });

@@ -209,7 +209,7 @@ describe('volume create --snapshot-id', () => {
       delete process.env.EBSD_TEST_FAULT;
     }
     const region = (await env.api('ebsd.Status')).Daemon.Region as string;
-    const c = await env.api('ebsd.CopySnapshot', { SourceSnapshotId: snap, SourceRegion: region, KmsKeyId: keyB, Encrypted: true });
+    const c = await env.api('ebsd.CopySnapshot', { SourceSnapshotId: snap, SourceRegion: region, KmsKeyId: keyB });
     await dead();
     await env.start(['--key-cache-ttl', '1s']);
     const store = await DirSnapshotStore.open(join(env.state, 'snapshots'));
