@@ -175,16 +175,20 @@ export class ConnectionGuard {
     return (this.o.now ?? Date.now)();
   }
 
-  /** Count a new connection of `caller`, or say why it is refused. */
-  admit(caller: string | number): Admission | ConnectionThrottledError {
+  /**
+   * Count a new connection of `caller`, or say why it is refused. `address`:
+   * the connection's source address, for a refusal's row when the caller is
+   * not an address (a local user on loopback, `uid:N`).
+   */
+  admit(caller: string | number, address?: string): Admission | ConnectionThrottledError {
     const key = callerKey(caller);
     if (key === this.o.exemptKey) return { release: () => {} };
     const mine = this.perCaller.get(key) ?? 0;
     if (mine >= this.limits.maxPerCaller) {
-      return this.refuse(key, 'per-caller-limit', `caller ${key} already holds ${mine} connections (limit ${this.limits.maxPerCaller})`, String(caller));
+      return this.refuse(key, 'per-caller-limit', `caller ${key} already holds ${mine} connections (limit ${this.limits.maxPerCaller})`, address ?? String(caller));
     }
     if (this.total >= this.limits.maxTotal) {
-      return this.refuse(key, 'total-limit', `${this.total} connections open (limit ${this.limits.maxTotal})`, String(caller));
+      return this.refuse(key, 'total-limit', `${this.total} connections open (limit ${this.limits.maxTotal})`, address ?? String(caller));
     }
     this.perCaller.set(key, mine + 1);
     this.total++;

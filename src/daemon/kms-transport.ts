@@ -7,7 +7,8 @@
  * It runs either on the daemon's main thread (`--kms-front-threads 0`) or in
  * the front-end worker (kms-front-worker.ts, `--kms-front-threads 1`); the
  * guard and its limits are the same object in both: admission per source
- * address at accept (before any TLS handshake), a 503 on plain HTTP past a
+ * at accept (an address; on loopback, the local user owning the
+ * client's socket; before any TLS handshake), a 503 on plain HTTP past a
  * cap, header and body size limits, header, request, idle and handshake
  * timeouts, and the bytes of bodies buffered at once (per address and in all).
  */
@@ -18,8 +19,9 @@ import type { TLSSocket } from 'node:tls';
 import {
   ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, refuseSocket, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
+import { connectionSource } from './loopback-peers.js';
 
-/** Listener limits: the connection guard's, with `maxPerCaller` counted per source address. */
+/** Listener limits: the connection guard's, with `maxPerCaller` counted per source (an address, or on loopback a local user). */
 export type ListenerLimits = ConnectionLimits;
 
 /**
@@ -138,23 +140,10 @@ export class HttpTransport {
     const server = o.tls
       ? createHttpsServer({ ...opts, cert: o.tls.cert, key: o.tls.key, handshakeTimeout: l.headersTimeoutMs }, handler)
       : createHttpServer(opts, handler);
-    // Admitted on the TCP connection, before any TLS handshake is paid for.
-    server.on('connection', (s: Socket) => {
-      const admitted = this.guard.admit(sourceAddress(s));
-      if (admitted instanceof ConnectionThrottledError) {
-        this.refused.add(s);
-        // Over TLS a plaintext answer would be noise to the client: close at once.
-        if (o.tls) s.destroy(); else refuseSocket(s, admitted);
-        return;
-      }
-      this.sockets.add(s);
-      s.on('close', () => {
-        this.sockets.delete(s);
-        admitted.release();
-        const c = this.conns.get(s);
-        if (c) o.onConnectionClosed?.(c);
-      });
-    });
+    // Admitted on the TCP connection, before any TLS handshake is paid for. A source is its address,
+    // except on loopback, where any local user may use any address of 127.0.0.0/8: there it is the
+    // local user owning the client's socket, so one user cannot take the connections remote hosts need.
+    server.on('connection', (s: Socket) => void this.admit(s, connectionSource(s), sourceAddress(s)));
     server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -163,6 +152,26 @@ export class HttpTransport {
     this.server = server;
     const a = server.address() as { address: string; port: number };
     return { host: a.address, port: a.port, protocol: o.tls ? 'https' : 'http' };
+  }
+
+  /** Count `s` for `caller` (an address, or `uid:N` on loopback), or refuse it; whether it was admitted. */
+  private admit(s: Socket, caller: string, address: string): boolean {
+    if (s.destroyed) return false;
+    const admitted = this.guard.admit(caller, address);
+    if (admitted instanceof ConnectionThrottledError) {
+      this.refused.add(s);
+      // Over TLS a plaintext answer would be noise to the client: close at once.
+      if (this.o.tls) s.destroy(); else refuseSocket(s, admitted);
+      return false;
+    }
+    this.sockets.add(s);
+    s.on('close', () => {
+      this.sockets.delete(s);
+      admitted.release();
+      const c = this.conns.get(s);
+      if (c) this.o.onConnectionClosed?.(c);
+    });
+    return true;
   }
 
   /** Stop accepting, close every connection, report the refusals still pending. */

@@ -10,8 +10,8 @@ import type { Registry } from 'prom-client';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { isLoopback } from '../util/loopback.js';
-import { LoopbackPeerUids } from './loopback-peers.js';
-import { callerKey, ConnectionGuard, ConnectionThrottledError, refuseSocket, type Admission } from './connection-guard.js';
+import { connectionSource } from './loopback-peers.js';
+import { ConnectionGuard, ConnectionThrottledError, refuseSocket, type Admission } from './connection-guard.js';
 
 /**
  * Limits of the metrics listener. Prometheus holds one keep-alive connection
@@ -55,11 +55,10 @@ export class MetricsListener {
   private guard: ConnectionGuard | undefined;
   /** Admitted connections holding a slot; Map order is age. */
   private readonly open = new Map<Socket, OpenConnection>();
-  /** Every accepted socket's admission, decided once its source is known (undefined: refused). */
-  private readonly admitting = new WeakMap<Socket, Promise<OpenConnection | undefined>>();
+  /** Connections that gave their slot while answering: closed once those answers are written. */
+  private readonly retiring = new WeakMap<Socket, OpenConnection>();
   /** Requests that arrived on refused sockets (answered 503 already, closing within a second). */
   private readonly refusedRequests = new WeakMap<Socket, number>();
-  private readonly peers = new LoopbackPeerUids();
   /** The collect that scrapes arriving now will share, not started yet; the one running (see `collect`). */
   private queued: Promise<string> | undefined;
   private running: Promise<string> | undefined;
@@ -101,38 +100,32 @@ export class MetricsListener {
     }, (req, res) => {
       req.resume(); // a GET has no body; anything sent is dropped
       const socket = req.socket;
-      const decided = this.admitting.get(socket);
-      if (!decided) {
+      const c = this.open.get(socket) ?? this.retiring.get(socket);
+      if (!c) {
+        // A refused socket was answered 503 and closes within a second; a client pipelining on it is cut off.
+        const n = (this.refusedRequests.get(socket) ?? 0) + 1;
+        this.refusedRequests.set(socket, n);
+        if (n > l.maxUnansweredPerConnection) socket.destroy();
+        return;
+      }
+      if (c.retired || c.busy >= l.maxUnansweredPerConnection) {
         socket.destroy();
         return;
       }
-      void decided.then((c) => {
-        if (!c) {
-          // A refused socket was answered 503 and closes within a second; a client pipelining on it is cut off.
-          const n = (this.refusedRequests.get(socket) ?? 0) + 1;
-          this.refusedRequests.set(socket, n);
-          if (n > l.maxUnansweredPerConnection) socket.destroy();
-          return;
-        }
-        if (c.retired || c.busy >= l.maxUnansweredPerConnection) {
-          socket.destroy();
-          return;
-        }
-        c.busy++;
-        res.once('close', () => {
-          c.busy--;
-          if (res.writableFinished) c.answered++;
-          if (c.retired && c.busy === 0) socket.destroy();
-        });
-        if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
-          res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
-          return;
-        }
-        this.collect().then(
-          (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType, ...(c.retired ? { Connection: 'close' } : {}) }).end(text),
-          (err) => { log.error({ err }, 'metrics scrape failed'); res.writeHead(500).end(); },
-        );
+      c.busy++;
+      res.once('close', () => {
+        c.busy--;
+        if (res.writableFinished) c.answered++;
+        if (c.retired && c.busy === 0) socket.destroy();
       });
+      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n');
+        return;
+      }
+      this.collect().then(
+        (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType, ...(c.retired ? { Connection: 'close' } : {}) }).end(text),
+        (err) => { log.error({ err }, 'metrics scrape failed'); res.writeHead(500).end(); },
+      );
     });
     // Admitted ones, plus room for the 503 answers of refused ones (refuseSocket closes them within a second).
     server.maxConnections = l.maxTotal * 2;
@@ -140,14 +133,7 @@ export class MetricsListener {
     server.maxRequestsPerSocket = l.maxRequestsPerConnection;
     // A connection that sends nothing at all (not even a request line) is closed after this much silence.
     server.timeout = l.headersTimeoutMs;
-    server.on('connection', (s: Socket) => {
-      const address = (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
-      // On loopback the source is the local user owning the client's socket; elsewhere its address.
-      const source = isLoopback(address) && s.remoteAddress && s.remotePort !== undefined && s.localPort !== undefined
-        ? this.peers.uidOf(s.remoteAddress, s.remotePort, s.localPort).then((uid) => (uid === undefined ? callerKey(address) : `uid:${uid}`))
-        : Promise.resolve(callerKey(address));
-      this.admitting.set(s, source.then((key) => this.admit(s, key, guard)));
-    });
+    server.on('connection', (s: Socket) => void this.admit(s, connectionSource(s), guard));
     // What node found wrong, said: 431 for headers over the limit, 408 for a request not sent in time, 400 otherwise.
     server.on('clientError', (e: NodeJS.ErrnoException, s: Socket) => {
       if (!s.writable) { s.destroy(); return; }
@@ -231,6 +217,7 @@ export class MetricsListener {
         this.open.delete(s);
         c.admission.release();
         c.retired = true; // closed when its busy answers are written (the request handler)
+        this.retiring.set(s, c);
         return true;
       }
     }

@@ -62,6 +62,12 @@ export interface NativeAddon extends NativeIo {
   /** Throws an Error with code ERR_PEERCRED, `errno` and `syscall` on failure. */
   peerCred(fd: number): PeerCred;
   /**
+   * The uid owning the client's socket of a local TCP connection (its address
+   * and port, then the server's), by one exact sock_diag lookup; -1 when the
+   * kernel has no such socket. Throws on malformed arguments.
+   */
+  tcpPeerUid(clientAddress: string, clientPort: number, serverAddress: string, serverPort: number): number;
+  /**
    * flock(fd, LOCK_EX | LOCK_NB): true when this open file now holds the lock,
    * false when another open file holds it. Throws an Error with code ERR_FLOCK,
    * `errno` and `syscall` on any other failure (EBADF, ENOLCK, ...).

@@ -1,22 +1,24 @@
 /**
  * The KMS network listener shares the control socket's connection guard
- * (src/daemon/connection-guard.ts), keyed by source address: one address
- * flooding connections hits its own cap (128 by default, below the overall
- * 1024), a client from another address still gets through, and the
- * refusals are audited in aggregate. Daemon as a child process
+ * (src/daemon/connection-guard.ts), keyed by source: an address, or on
+ * loopback the local user owning the client's socket. One source flooding
+ * connections hits its own cap (128 by default, below the overall 1024),
+ * another still gets through, and the refusals are audited in aggregate. Daemon as a child process
  * (`--kms-only --kms-listen 127.0.0.1:0`), the guard in the front-end worker
  * and on the main thread (`--kms-front-threads 1`, `0`); the flood is bounded
  * and closed in cleanup, also on failure.
  */
 import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
+import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FRONT_THREADS, KMS_ADMIN_POLICY, answers, auditEvents, makeAccessKey, signedBytes, startKmsDaemon } from './helpers.js';
 import { MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/kms-transport.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 const FLOOD = 200;
-const PER_ADDRESS = 128; // DEFAULT_LIMITS.maxPerCaller of src/daemon/kms-listener.ts
+const PER_SOURCE = 128; // DEFAULT_LIMITS.maxPerCaller of src/daemon/kms-listener.ts
+const NOBODY = 65534;
 
 /**
  * One raw request from `localAddress`: `head` (request line and headers, without the blank line), then
@@ -72,6 +74,21 @@ function post(url: URL, localAddress: string, userAgent = 'listener-guard-test')
   });
 }
 
+/** The same request as `post`, sent by a process of local user `uid` (setpriv). */
+function postAs(uid: number, url: URL, localAddress: string): Promise<{ status: number; body: any }> {
+  const code = `const r=require('http').request({host:${JSON.stringify(url.hostname)},port:${Number(url.port)},localAddress:${JSON.stringify(localAddress)},method:'POST',path:'/',agent:false,`
+    + `headers:{'X-Amz-Target':'TrentService.ListKeys','Content-Type':'application/x-amz-json-1.1'}},(res)=>{let t='';res.on('data',(c)=>t+=c);`
+    + `res.on('end',()=>process.stdout.write(JSON.stringify({status:res.statusCode,body:JSON.parse(t||'{}')})))});r.on('error',(e)=>{process.stderr.write(String(e));process.exit(1)});r.end('{}')`;
+  return new Promise((resolve, reject) => {
+    const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('exit', (c) => (c === 0 ? resolve(JSON.parse(out)) : reject(new Error(`request as uid ${uid}: exit ${c}: ${err}`))));
+  });
+}
+
 async function poll<T>(fn: () => T | undefined | false, tries = 300, everyMs = 100): Promise<T> {
   for (let i = 0; i < tries; i++) {
     const v = fn();
@@ -97,11 +114,12 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     await env.cleanup();
   });
 
-  it(`${FLOOD} connections from 127.0.0.1: the cap holds, 127.0.0.2 gets through, refusals audited in aggregate`, async () => {
+  it(`${FLOOD} connections from one local user on two loopback addresses: its cap holds across them, another local user gets through, refusals audited in aggregate`, async () => {
     let refused503 = 0;
     let closed = 0;
-    await Promise.all(Array.from({ length: FLOOD }, () => new Promise<void>((resolve) => {
-      const s = connect({ host: url.hostname, port: Number(url.port), localAddress: '127.0.0.1' });
+    // On loopback a source is the local user owning the client's socket (any user may use any address of 127/8).
+    await Promise.all(Array.from({ length: FLOOD }, (_, i) => new Promise<void>((resolve) => {
+      const s = connect({ host: url.hostname, port: Number(url.port), localAddress: i % 2 ? '127.0.0.3' : '127.0.0.1' });
       flood.push(s);
       s.on('connect', () => {
         // Headers of a request whose body never comes: the connection stays busy.
@@ -112,30 +130,31 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
       s.on('error', () => resolve());
       s.on('close', () => { closed++; resolve(); });
     })));
-    // Everything past the per-address cap is answered 503 and closed; the admitted ones stay open.
-    await poll(() => refused503 + closed >= FLOOD - PER_ADDRESS && refused503 > 0);
-    expect(FLOOD - closed).toBeGreaterThanOrEqual(PER_ADDRESS);
+    // Everything past the user's cap is answered 503 and closed, whichever address; the admitted ones stay open.
+    await poll(() => refused503 + closed >= FLOOD - PER_SOURCE && refused503 > 0);
+    expect(FLOOD - closed).toBeGreaterThanOrEqual(PER_SOURCE);
 
-    const same = await post(url, '127.0.0.1');
-    expect(same.status).toBe(503);
+    const same = await post(url, '127.0.0.2');
+    expect(same.status, 'the same user from a third address').toBe(503);
     expect(same.body.__type).toBe('ThrottlingException');
-    // Another address has its own count: it reaches the listener (and SigV4 refuses the unsigned request).
-    const other = await post(url, '127.0.0.2');
+    // Another local user has its own count: it reaches the listener (and SigV4 refuses the unsigned request).
+    const other = await postAs(NOBODY, url, '127.0.0.2');
     expect(other.status).not.toBe(503);
     expect(other.body.__type).toBe('MissingAuthenticationTokenException');
 
     for (const s of flood) s.destroy();
-    // One event per (address, reason) and window, with the count; none per connection. The flood and the
+    // One event per (source, reason) and window, with the count; none per connection. The flood and the
     // request after it usually fall in one 3 s window; a loaded machine may spread them over a second one.
     const refusals = (): Record<string, any>[] => events().filter((e) => e.eventName === 'KmsConnection');
     const all = await poll(() => {
       const r = refusals();
-      return r.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 0), 0) >= FLOOD - PER_ADDRESS + 1 && r;
+      return r.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 0), 0) >= FLOOD - PER_SOURCE + 1 && r;
     });
     expect(all.length).toBeLessThanOrEqual(2);
     for (const e of all) {
       expect(e.errorCode).toBe('ThrottlingException');
-      expect(e.sourceIPAddress).toBe('127.0.0.1');
+      expect(e.additionalEventData.caller).toBe('uid:0');
+      expect(['127.0.0.1', '127.0.0.2', '127.0.0.3']).toContain(e.sourceIPAddress);
     }
   }, 90_000);
 

@@ -1,6 +1,8 @@
 import { describe, expect, test } from 'vitest';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
+import { spawn } from 'node:child_process';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { loopPollCheck, nativeAddon, nativeAddonPath, nativeIo } from '../../src/native/addon.js';
 
 // src/native/addon.ts is the one loader of the addon. awaitLoopEvent reads one of
@@ -22,6 +24,31 @@ describe('loopPollCheck', () => {
 });
 
 describe.skipIf(nativeAddon === null)('the loaded addon', () => {
+  test('tcpPeerUid: the uid owning the client end of a loopback connection (root, and 65534 through setpriv), -1 for none, typed errors', async () => {
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const port = (srv.address() as AddressInfo).port;
+    const seen: { from: string; uid: number }[] = [];
+    srv.on('connection', (s) => {
+      seen.push({ from: s.remoteAddress!, uid: nativeAddon!.tcpPeerUid(s.remoteAddress!, s.remotePort!, s.localAddress!, s.localPort!) });
+    });
+    try {
+      const mine = connect({ host: '127.0.0.1', port, localAddress: '127.0.0.8' });
+      await once(mine, 'connect');
+      const child = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e',
+        `const s=require('net').connect({host:'127.0.0.1',port:${port},localAddress:'127.0.0.9'});s.on('connect',()=>setTimeout(()=>s.end(),500));s.on('error',()=>{})`]);
+      for (let i = 0; i < 100 && seen.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      await once(child, 'exit');
+      mine.destroy();
+      expect(seen).toEqual(expect.arrayContaining([{ from: '127.0.0.8', uid: 0 }, { from: '127.0.0.9', uid: 65534 }]));
+      expect(nativeAddon!.tcpPeerUid('127.0.0.7', 1, '127.0.0.1', port)).toBe(-1);
+      expect(() => nativeAddon!.tcpPeerUid('not an address', 1, '127.0.0.1', port)).toThrow(/one family/);
+      expect(() => nativeAddon!.tcpPeerUid('127.0.0.1', 70000, '127.0.0.1', port)).toThrow(/two ports/);
+    } finally {
+      srv.close();
+    }
+  });
+
   test('offers the loop poll on this Node: built against its libuv, the fd verified as an eventfd', () => {
     expect(nativeAddon!.libuvBuiltAgainst!.split('.').slice(0, 2)).toEqual(process.versions.uv.split('.').slice(0, 2));
     expect(loopPollCheck(nativeAddon)).toBeNull();
