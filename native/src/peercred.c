@@ -4,8 +4,9 @@
  * The daemon identifies control-socket callers by this uid (docs/architecture.md §5.1).
  *
  * tcpPeerUid(clientAddr, clientPort, serverAddr, serverPort) -> the uid owning
- * the client's socket of a local TCP connection, or -1 when the kernel has no
- * such socket: one exact sock_diag lookup (netlink NETLINK_SOCK_DIAG,
+ * the client's socket of a local TCP connection; -1 when the kernel has no
+ * such connected socket (closed, or a TIME_WAIT stub), -2 when netlink could
+ * not be asked (e.g. a seccomp filter refusing AF_NETLINK): one exact sock_diag lookup (netlink NETLINK_SOCK_DIAG,
  * sock_diag(7)), no table dump. Loopback listeners count connections per
  * local user with it (src/daemon/loopback-peers.ts).
  */
@@ -107,7 +108,11 @@ static int64_t diag_uid(int family, const uint8_t src[16], uint16_t sport, const
     if (n > 0 && NLMSG_OK(h, (size_t)n)) {
       if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY && h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct inet_diag_msg))) {
         const struct inet_diag_msg *m = NLMSG_DATA(h);
-        uid = (int64_t)m->idiag_uid;
+        /* Only the connected socket asked for, still owned by a file: the exact lookup falls back to a
+           listening socket on that port (another user's), and a socket its owner closed (a time-wait or
+           orphaned one, inode 0) reports uid 0, not its owner's. */
+        int full = m->idiag_state != 10 /* TCP_LISTEN */ && m->idiag_inode != 0;
+        uid = full && m->id.idiag_sport == sport && m->id.idiag_dport == dport ? (int64_t)m->idiag_uid : -1;
       } else {
         uid = -1; /* NLMSG_ERROR: ENOENT when no such socket */
       }
@@ -144,7 +149,7 @@ static napi_value tcp_peer_uid(napi_env env, napi_callback_info info) {
     uid = diag_uid(AF_INET, c4, htons((uint16_t)cport), s4, htons((uint16_t)sport));
   }
   napi_value out;
-  NAPI_CALL(env, napi_create_int64(env, uid < 0 ? -1 : uid, &out));
+  NAPI_CALL(env, napi_create_int64(env, uid, &out));
   return out;
 }
 

@@ -150,6 +150,8 @@ function ipv6Groups(text: string): number[] | undefined {
 export class ConnectionGuard {
   readonly limits: ConnectionLimits;
   private readonly perCaller = new Map<string, number>();
+  /** A caller that is not an address (a local user on loopback, `uid:N`): the address of its last connection, for refusal rows. */
+  private readonly addressOf = new Map<string, string>();
   private total = 0;
   private buffered = 0;
   /** Body bytes buffered per (non-exempt) caller. */
@@ -192,6 +194,7 @@ export class ConnectionGuard {
     }
     this.perCaller.set(key, mine + 1);
     this.total++;
+    if (address !== undefined && address !== key) this.addressOf.set(key, address);
     let released = false;
     return {
       release: () => {
@@ -200,7 +203,10 @@ export class ConnectionGuard {
         this.total--;
         const n = (this.perCaller.get(key) ?? 1) - 1;
         if (n > 0) this.perCaller.set(key, n);
-        else this.perCaller.delete(key);
+        else {
+          this.perCaller.delete(key);
+          this.addressOf.delete(key);
+        }
       },
     };
   }
@@ -327,6 +333,7 @@ export class ConnectionGuard {
   }
 
   private refuse(key: string, reason: RefusalReason, detail: string, raw: string = key): ConnectionThrottledError {
+    if (raw === key) raw = this.addressOf.get(key) ?? raw;
     const t = this.now();
     const k = `${key}\0${reason}`;
     const s = this.refusals.get(k);

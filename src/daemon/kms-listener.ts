@@ -31,6 +31,7 @@ import { decodeKmsRequest, encodeResponse, toWireError, wipeRequestSecrets } fro
 import { refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent } from './audit-events.js';
 import { ebsRestRequest, ebsUnsignedPayload, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
 import { ConnectionThrottledError, type RefusalSummary } from './connection-guard.js';
+import { loopbackLookupProblem } from './loopback-peers.js';
 import {
   DEFAULT_LIMITS, HttpTransport, rawHeader, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse,
 } from './kms-transport.js';
@@ -112,6 +113,9 @@ export class KmsListener {
       throw new EbsdError('KMS_LISTEN_PLAINTEXT', `--kms-listen ${o.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
     }
     const common = { host: o.host, port: o.port, limits: this.limits, onRefusals: (rows: RefusalSummary[]) => this.auditThrottled(rows), ...(o.tls ? { tls: o.tls } : {}) };
+    void loopbackLookupProblem().then((problem) => {
+      if (problem) o.log.warn({ problem }, 'KMS listener: loopback clients are counted per address, not per local user, so one local user can hold the connections remote hosts need');
+    });
     if (o.frontThreads === 1) {
       const fatal = o.onFatal ?? ((e: Error) => { throw e; });
       const front = await FrontWorker.start({ ...common, handle: (r) => this.handleWire(r), log: o.log, onFatal: fatal });

@@ -113,6 +113,8 @@ export class HttpTransport {
   /** Connections answered 503 at accept: anything the HTTP parser still makes of them is ignored. */
   private readonly refused = new WeakSet<Socket>();
   private readonly conns = new WeakMap<Socket, WireConnection>();
+  /** Each connection's source for the body budget and in-flight refusals (an address, or `uid:N` on loopback). */
+  private readonly sources = new WeakMap<Socket, string>();
   /** Requests handed over and not yet answered, per connection. */
   private readonly inFlight = new WeakMap<Socket, number>();
   readonly guard: ConnectionGuard;
@@ -198,10 +200,21 @@ export class HttpTransport {
     return c;
   }
 
+  /** The source a connection's bodies and requests count against, as its admission did (loopback-peers.ts); once per connection. */
+  private sourceOf(socket: Socket): string {
+    let key = this.sources.get(socket);
+    if (key === undefined) {
+      key = connectionSource(socket);
+      this.sources.set(socket, key);
+    }
+    return key;
+  }
+
   private serve(req: IncomingMessage, res: ServerResponse): void {
     if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
     const socket = req.socket;
     const conn = this.connection(socket);
+    const source = this.sourceOf(socket);
     let reserved = 0;
     let answered = false;
     /** A body refused while it streamed in: answered once it has been read to its end, then the connection closes. */
@@ -210,7 +223,7 @@ export class HttpTransport {
       if (answered) return;
       answered = true;
       this.inFlight.set(socket, (this.inFlight.get(socket) ?? 1) - 1);
-      this.guard.releaseBody(conn.sourceIp, reserved);
+      this.guard.releaseBody(source, reserved);
       reserved = 0;
       try {
         if (closeAfter) res.shouldKeepAlive = false; // node sends Connection: close and ends the socket after the answer
@@ -229,14 +242,14 @@ export class HttpTransport {
     const waiting = this.inFlight.get(socket) ?? 0;
     this.inFlight.set(socket, waiting + 1);
     if (waiting >= MAX_IN_FLIGHT_PER_CONNECTION) {
-      this.guard.refuseInFlight(conn.sourceIp, MAX_IN_FLIGHT_PER_CONNECTION);
+      this.guard.refuseInFlight(source, MAX_IN_FLIGHT_PER_CONNECTION);
       req.resume();
       hand(EMPTY, { kind: 'in-flight', limit: MAX_IN_FLIGHT_PER_CONNECTION });
       return;
     }
-    readBody(req, this.guard, conn.sourceIp).then(
+    readBody(req, this.guard, source).then(
       (b) => {
-        if (!answered) reserved = b.reserved; else this.guard.releaseBody(conn.sourceIp, b.reserved);
+        if (!answered) reserved = b.reserved; else this.guard.releaseBody(source, b.reserved);
         hand(b.body);
       },
       (e: WireBodyError & { drained?: boolean }) => {

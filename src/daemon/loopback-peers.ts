@@ -8,33 +8,73 @@
  * count per local user, as the control socket does with SO_PEERCRED.
  */
 
-import type { Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { nativeAddon } from '../native/addon.js';
 import { isLoopback } from '../util/loopback.js';
 import { callerKey } from './connection-guard.js';
 
+/** Loopback clients whose socket the kernel no longer shows as connected (closed already): one source for all of them. */
+export const LOOPBACK_UNKNOWN = 'loopback:closed';
+
 /**
- * The source a connection counts against: `uid:N` for a loopback client whose
- * socket the kernel shows, else its address (an IPv4-mapped IPv6 address as
- * IPv4, an IPv6 one by its /64: connection-guard.ts callerKey).
+ * The source a connection counts against: `uid:N` for a loopback client,
+ * `loopback:closed` for a loopback client whose socket is already gone (a
+ * TIME_WAIT stub tells no owner), else its address (an IPv4-mapped IPv6
+ * address as IPv4, an IPv6 one by its /64: connection-guard.ts callerKey).
+ * Where the kernel cannot be asked (no addon, netlink refused by a seccomp
+ * filter) a loopback client counts by address: `loopbackLookupProblem` says so.
  */
 export function connectionSource(s: Socket): string {
   const address = (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
   if (isLoopback(address)) {
     const uid = loopbackPeerUid(s);
-    if (uid !== undefined) return `uid:${uid}`;
+    if (uid >= 0) return `uid:${uid}`;
+    if (uid === -1) return LOOPBACK_UNKNOWN;
   }
   return callerKey(address);
 }
 
-/** The uid owning the client's end of the loopback connection `s`; undefined when the kernel does not show it. */
-export function loopbackPeerUid(s: Socket): number | undefined {
+/** The uid owning the client's end of the loopback connection `s`; -1 when it is gone, -2 when the kernel cannot be asked. */
+export function loopbackPeerUid(s: Socket): number {
   const { remoteAddress, remotePort, localAddress, localPort } = s;
-  if (!nativeAddon || remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) return undefined;
+  if (typeof nativeAddon?.tcpPeerUid !== 'function' || remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) return -2;
   try {
-    const uid = nativeAddon.tcpPeerUid(remoteAddress, remotePort, localAddress, localPort);
-    return uid >= 0 ? uid : undefined;
+    return nativeAddon.tcpPeerUid(remoteAddress, remotePort, localAddress, localPort);
   } catch {
-    return undefined;
+    return -2;
+  }
+}
+
+/**
+ * Why loopback clients cannot be told apart here, or undefined when they can:
+ * a connection of this process to itself must be found as this process's uid.
+ * A listener logs it at start (loopback clients then count by address).
+ */
+export async function loopbackLookupProblem(): Promise<string | undefined> {
+  if (typeof nativeAddon?.tcpPeerUid !== 'function') return 'the native addon has no tcpPeerUid (rebuild it: scripts/build-native.mjs)';
+  const server = createServer();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve());
+    });
+    const port = (server.address() as { port: number }).port;
+    const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+    const client = connect({ host: '127.0.0.1', port });
+    client.on('error', () => {});
+    try {
+      const s = await accepted;
+      const uid = loopbackPeerUid(s);
+      s.destroy();
+      const me = process.getuid?.() ?? -1;
+      if (uid === me) return undefined;
+      return uid === -2 ? 'netlink (sock_diag) refused: allow AF_NETLINK (systemd RestrictAddressFamilies)' : `the lookup found uid ${uid} for this process (uid ${me})`;
+    } finally {
+      client.destroy();
+    }
+  } catch (e) {
+    return `the self-check failed: ${(e as Error).message}`;
+  } finally {
+    server.close();
   }
 }

@@ -10,7 +10,7 @@ import type { Registry } from 'prom-client';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { isLoopback } from '../util/loopback.js';
-import { connectionSource } from './loopback-peers.js';
+import { connectionSource, loopbackLookupProblem } from './loopback-peers.js';
 import { ConnectionGuard, ConnectionThrottledError, refuseSocket, type Admission } from './connection-guard.js';
 
 /**
@@ -40,6 +40,10 @@ export const METRICS_LIMITS = Object.freeze({
   maxUnansweredPerConnection: 2,
   /** Least time between the end of one collect and the start of the next (scrapes in between share it). */
   minCollectGapMs: 100,
+  /** A connection whose oldest request has waited this long (its answers unread) counts as idle when room is made. */
+  stalledAnswerMs: 2_000,
+  /** Refused connections given a 503 and a moment to read it at once; past them, refused ones are closed at once. */
+  maxLingeringRefused: 16,
 });
 
 /**
@@ -48,7 +52,7 @@ export const METRICS_LIMITS = Object.freeze({
  * answered and answered so far, its slot; `retired` once it gave its slot to
  * another while answering (closed when those answers are written).
  */
-interface OpenConnection { key: string; busy: number; answered: number; admission: Admission; retired: boolean }
+interface OpenConnection { key: string; busy: number; answered: number; admission: Admission; retired: boolean; busySince: number }
 
 export class MetricsListener {
   private server: Server | undefined;
@@ -57,6 +61,8 @@ export class MetricsListener {
   private readonly open = new Map<Socket, OpenConnection>();
   /** Connections that gave their slot while answering: closed once those answers are written. */
   private readonly retiring = new WeakMap<Socket, OpenConnection>();
+  /** Refused connections still open for their 503 (refuseSocket). */
+  private lingering = 0;
   /** Requests that arrived on refused sockets (answered 503 already, closing within a second). */
   private readonly refusedRequests = new WeakMap<Socket, number>();
   /** The collect that scrapes arriving now will share, not started yet; the one running (see `collect`). */
@@ -112,7 +118,7 @@ export class MetricsListener {
         socket.destroy();
         return;
       }
-      c.busy++;
+      if (c.busy++ === 0) c.busySince = performance.now();
       res.once('close', () => {
         c.busy--;
         if (res.writableFinished) c.answered++;
@@ -153,6 +159,9 @@ export class MetricsListener {
       // Allowed (an operator may firewall it), but said: the listener has no access control (README "Running in production").
       log.warn({ metricsListen: spec, host, port: bound }, '--metrics-listen is not a loopback address: anyone who can reach it reads every attached volume\'s id, I/O and key-cache state; bind it to 127.0.0.1 or firewall the port');
     }
+    void loopbackLookupProblem().then((problem) => {
+      if (problem) log.warn({ problem }, 'metrics listener: loopback clients are counted per address, not per local user, so one local user can keep a scraper out');
+    });
     return { host, port: bound };
   }
 
@@ -164,11 +173,19 @@ export class MetricsListener {
       admitted = guard.admit(key);
     }
     if (admitted instanceof ConnectionThrottledError) {
-      refuseSocket(s, admitted);
+      // A 503 for the first few; past them, closed at once, so refused connections lingering for their
+      // answer cannot fill node's accept ceiling (server.maxConnections) and keep everyone out.
+      if (this.lingering < METRICS_LIMITS.maxLingeringRefused) {
+        this.lingering++;
+        s.once('close', () => this.lingering--);
+        refuseSocket(s, admitted);
+      } else {
+        s.destroy();
+      }
       return undefined;
     }
     const admission = admitted;
-    const c: OpenConnection = { key, busy: 0, answered: 0, admission, retired: false };
+    const c: OpenConnection = { key, busy: 0, answered: 0, admission, retired: false, busySince: 0 };
     this.open.set(s, c);
     s.on('close', () => {
       this.open.delete(s);
@@ -180,6 +197,9 @@ export class MetricsListener {
   /**
    * Make room for a connection of source `key` that a limit refused; true
    * when a slot was freed.
+   *
+   * Idle below means no request being answered, or answers left unread past
+   * METRICS_LIMITS.stalledAnswerMs (a slow reader holding its slot).
    *
    * Over the per-source limit: the oldest of `key` with no request being
    * answered, closed; if every one is busy, the source competes only with
@@ -195,6 +215,9 @@ export class MetricsListener {
    * waiting for its first answer.
    */
   private makeRoom(key: string, perSource: boolean): boolean {
+    // No request being answered, or answers unread for longer than a scraper takes (a slow reader holding its slot).
+    const now = performance.now();
+    const idle = (c: OpenConnection): boolean => c.busy === 0 || now - c.busySince > METRICS_LIMITS.stalledAnswerMs;
     const close = (s: Socket, c: OpenConnection): true => {
       this.open.delete(s);
       c.admission.release();
@@ -202,13 +225,13 @@ export class MetricsListener {
       return true;
     };
     if (perSource) {
-      for (const [s, c] of this.open) if (c.busy === 0 && c.key === key) return close(s, c);
+      for (const [s, c] of this.open) if (idle(c) && c.key === key) return close(s, c);
       return false;
     }
     const held = new Map<string, number>();
     for (const c of this.open.values()) held.set(c.key, (held.get(c.key) ?? 0) + 1);
     const mine = held.get(key) ?? 0;
-    for (const [s, c] of this.open) if (c.busy === 0 && held.get(c.key)! > mine) return close(s, c);
+    for (const [s, c] of this.open) if (idle(c) && held.get(c.key)! > mine) return close(s, c);
     // Sources by what they hold, most first: the first with an answered connection gives it.
     const bySize = [...held].filter(([, n]) => n >= mine + 2).sort((x, y) => y[1] - x[1]);
     for (const [top] of bySize) {

@@ -64,7 +64,8 @@ export interface NativeAddon extends NativeIo {
   /**
    * The uid owning the client's socket of a local TCP connection (its address
    * and port, then the server's), by one exact sock_diag lookup; -1 when the
-   * kernel has no such socket. Throws on malformed arguments.
+   * kernel has no such connected socket, -2 when netlink could not be asked.
+   * Throws on malformed arguments.
    */
   tcpPeerUid(clientAddress: string, clientPort: number, serverAddress: string, serverPort: number): number;
   /**

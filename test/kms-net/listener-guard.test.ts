@@ -74,11 +74,12 @@ function post(url: URL, localAddress: string, userAgent = 'listener-guard-test')
   });
 }
 
-/** The same request as `post`, sent by a process of local user `uid` (setpriv). */
-function postAs(uid: number, url: URL, localAddress: string): Promise<{ status: number; body: any }> {
+/** The same request as `post`, sent by a process of local user `uid` (setpriv); with `bodyBytes`, a body of that many spaces. */
+function postAs(uid: number, url: URL, localAddress: string, bodyBytes = 0): Promise<{ status: number; body: any }> {
   const code = `const r=require('http').request({host:${JSON.stringify(url.hostname)},port:${Number(url.port)},localAddress:${JSON.stringify(localAddress)},method:'POST',path:'/',agent:false,`
     + `headers:{'X-Amz-Target':'TrentService.ListKeys','Content-Type':'application/x-amz-json-1.1'}},(res)=>{let t='';res.on('data',(c)=>t+=c);`
-    + `res.on('end',()=>process.stdout.write(JSON.stringify({status:res.statusCode,body:JSON.parse(t||'{}')})))});r.on('error',(e)=>{process.stderr.write(String(e));process.exit(1)});r.end('{}')`;
+    + `res.on('end',()=>process.stdout.write(JSON.stringify({status:res.statusCode,body:JSON.parse(t||'{}')})))});r.on('error',(e)=>{process.stderr.write(String(e));process.exit(1)});`
+    + `r.end(${bodyBytes} ? Buffer.alloc(${bodyBytes}, 0x20) : '{}')`;
   return new Promise((resolve, reject) => {
     const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -185,7 +186,7 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     expect(r).toMatchObject({ status: 413, connection: 'close', closed: true, body: { __type: 'RequestEntityTooLargeException' } });
   }, 60_000);
 
-  it('one address\'s bodies are held to 48 MiB: the one past it is read to its end, answered ThrottlingException and closed; another address still sends its bodies', async () => {
+  it('one source\'s bodies are held to 48 MiB (on loopback a local user, whatever its addresses): the one past it is read to its end, answered ThrottlingException and closed; another user still sends its bodies', async () => {
     const MiB = 1 << 20;
     const N = 49; // 49 x (1 MiB - 1) does not fit in 48 MiB: at least one body is refused
     const head = `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: ${MiB}\r\n\r\n`;
@@ -201,8 +202,11 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     // The refusal happens as the bytes arrive; the aggregated audit record says when it has.
     const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.5' && e.errorMessage === 'connection refused: body-budget'));
     expect(ev.errorCode).toBe('ThrottlingException');
-    // Meanwhile another address's body is read and reaches SigV4.
-    const other = await rawExchange(url, '127.0.0.6', `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: ${512 * 1024}`, [Buffer.alloc(512 * 1024, 0x20)]);
+    // The same user from another address shares the budget: its body is refused too.
+    const same = await rawExchange(url, '127.0.0.6', `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: ${512 * 1024}`, [Buffer.alloc(512 * 1024, 0x20)]);
+    expect(same).toMatchObject({ status: 400, body: { __type: 'ThrottlingException' } });
+    // Meanwhile another local user's body is read and reaches SigV4.
+    const other = await postAs(NOBODY, url, '127.0.0.6', 512 * 1024);
     expect(other).toMatchObject({ status: 400, body: { __type: 'MissingAuthenticationTokenException' } });
     // Now the last bytes: every request gets an answer, none a reset; the refused ones ThrottlingException and a close.
     const outcomes = await Promise.all(got.map((s) => new Promise<string>((resolve) => {

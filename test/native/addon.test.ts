@@ -4,6 +4,7 @@ import { Worker } from 'node:worker_threads';
 import { spawn } from 'node:child_process';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { loopPollCheck, nativeAddon, nativeAddonPath, nativeIo } from '../../src/native/addon.js';
+import { loopbackLookupProblem } from '../../src/daemon/loopback-peers.js';
 
 // src/native/addon.ts is the one loader of the addon. awaitLoopEvent reads one of
 // libuv's private fields, so it is offered only when the running libuv is the
@@ -24,7 +25,7 @@ describe('loopPollCheck', () => {
 });
 
 describe.skipIf(nativeAddon === null)('the loaded addon', () => {
-  test('tcpPeerUid: the uid owning the client end of a loopback connection (root, and 65534 through setpriv), -1 for none, typed errors', async () => {
+  test('tcpPeerUid: the uid owning the client end of a loopback connection (root, and 65534 through setpriv), -1 for none or a listening socket, typed errors', async () => {
     const srv = createServer();
     await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
     const port = (srv.address() as AddressInfo).port;
@@ -42,6 +43,26 @@ describe.skipIf(nativeAddon === null)('the loaded addon', () => {
       mine.destroy();
       expect(seen).toEqual(expect.arrayContaining([{ from: '127.0.0.8', uid: 0 }, { from: '127.0.0.9', uid: 65534 }]));
       expect(nativeAddon!.tcpPeerUid('127.0.0.7', 1, '127.0.0.1', port)).toBe(-1);
+      // The kernel's exact lookup falls back to a listening socket on the port asked: never taken as the client's.
+      expect(nativeAddon!.tcpPeerUid('127.0.0.1', port, '127.0.0.7', 1)).toBe(-1);
+      expect(await loopbackLookupProblem(), 'the daemon\'s start-up self-check').toBeUndefined();
+      // A client gone before its connection is looked at (its socket closed: no owner left) is not root's.
+      const srv2 = createServer();
+      await new Promise<void>((r) => srv2.listen(0, '127.0.0.1', r));
+      const port2 = (srv2.address() as AddressInfo).port;
+      const gone = new Promise<number>((resolve) => srv2.once('connection', (s) => {
+        const [ra, rp, la, lp] = [s.remoteAddress!, s.remotePort!, s.localAddress!, s.localPort!];
+        s.on('error', () => {});
+        setTimeout(() => resolve(nativeAddon!.tcpPeerUid(ra, rp, la, lp)), 200);
+      }));
+      const quick = connect({ host: '127.0.0.1', port: port2, localAddress: '127.0.0.10' });
+      quick.on('connect', () => quick.end());
+      quick.on('error', () => {});
+      try {
+        expect(await gone).toBe(-1);
+      } finally {
+        srv2.close();
+      }
       expect(() => nativeAddon!.tcpPeerUid('not an address', 1, '127.0.0.1', port)).toThrow(/one family/);
       expect(() => nativeAddon!.tcpPeerUid('127.0.0.1', 70000, '127.0.0.1', port)).toThrow(/two ports/);
     } finally {
