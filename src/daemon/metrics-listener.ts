@@ -42,7 +42,11 @@ export const METRICS_LIMITS = Object.freeze({
   minCollectGapMs: 100,
   /** A connection whose oldest request has waited this long (its answers unread) counts as idle when room is made. */
   stalledAnswerMs: 2_000,
-  /** Refused connections given a 503 and a moment to read it at once; past them, refused ones are closed at once. */
+  /**
+   * Refused connections given a 503 and a moment to read it at once, and busy connections that gave
+   * their slot still finishing their answers; past this many of either, such connections are closed at
+   * once (they are outside the count of the limits above, and must not fill node's accept ceiling).
+   */
   maxLingeringRefused: 16,
 });
 
@@ -61,8 +65,9 @@ export class MetricsListener {
   private readonly open = new Map<Socket, OpenConnection>();
   /** Connections that gave their slot while answering: closed once those answers are written. */
   private readonly retiring = new WeakMap<Socket, OpenConnection>();
-  /** Refused connections still open for their 503 (refuseSocket). */
+  /** Refused connections still open for their 503 (refuseSocket); retired ones still answering. */
   private lingering = 0;
+  private retiringCount = 0;
   /** Requests that arrived on refused sockets (answered 503 already, closing within a second). */
   private readonly refusedRequests = new WeakMap<Socket, number>();
   /** The collect that scrapes arriving now will share, not started yet; the one running (see `collect`). */
@@ -237,10 +242,15 @@ export class MetricsListener {
     for (const [top] of bySize) {
       for (const [s, c] of this.open) {
         if (c.key !== top || c.answered === 0) continue;
+        // Past a few connections already closing after their answers, closed at once: they are outside
+        // the guard's count, and must not fill node's accept ceiling.
+        if (this.retiringCount >= METRICS_LIMITS.maxLingeringRefused) return close(s, c);
         this.open.delete(s);
         c.admission.release();
         c.retired = true; // closed when its busy answers are written (the request handler)
         this.retiring.set(s, c);
+        this.retiringCount++;
+        s.once('close', () => this.retiringCount--);
         return true;
       }
     }
