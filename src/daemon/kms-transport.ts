@@ -10,7 +10,7 @@
  * at accept (an address; on loopback, the local user owning the
  * client's socket; before any TLS handshake), a 503 on plain HTTP past a
  * cap, header and body size limits, header, request, idle and handshake
- * timeouts, and the bytes of bodies buffered at once (per address and in all).
+ * timeouts, and the bytes of bodies buffered at once (per source and in all).
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
