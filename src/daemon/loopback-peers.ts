@@ -9,6 +9,7 @@
  */
 
 import { connect, createServer, type Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { nativeAddon } from '../native/addon.js';
 import { isLoopback } from '../util/loopback.js';
 import { callerKey } from './connection-guard.js';
@@ -17,7 +18,8 @@ import { callerKey } from './connection-guard.js';
 export const LOOPBACK_UNKNOWN = 'loopback:closed';
 
 /**
- * The source a connection counts against: `uid:N` for a loopback client,
+ * The source a connection counts against: `uid:N` for a loopback client, or a
+ * client on another of this host's own addresses (a local user all the same),
  * `loopback:closed` for a loopback client whose socket is already gone (a
  * TIME_WAIT stub tells no owner), else its address (an IPv4-mapped IPv6
  * address as IPv4, an IPv6 one by its /64: connection-guard.ts callerKey).
@@ -30,11 +32,28 @@ export function connectionSource(s: Socket): string {
     const uid = loopbackPeerUid(s);
     if (uid >= 0) return `uid:${uid}`;
     if (uid === -1) return LOOPBACK_UNKNOWN;
+  } else if (isOwnAddress(address)) {
+    // A local user connecting through one of this host's other addresses (to a wildcard listener) is the same user.
+    const uid = loopbackPeerUid(s);
+    if (uid >= 0) return `uid:${uid}`;
   }
   return callerKey(address);
 }
 
-/** The uid owning the client's end of the loopback connection `s`; -1 when it is gone, -2 when the kernel cannot be asked. */
+/** This host's addresses (os.networkInterfaces), read again at most every 5 s. */
+let ownAddresses: { at: number; set: Set<string> } | undefined;
+
+function isOwnAddress(address: string): boolean {
+  const now = Date.now();
+  if (!ownAddresses || now - ownAddresses.at > 5_000) {
+    const set = new Set<string>();
+    for (const list of Object.values(networkInterfaces())) for (const i of list ?? []) set.add(i.address);
+    ownAddresses = { at: now, set };
+  }
+  return ownAddresses.set.has(address);
+}
+
+/** The uid owning the client's end of the local connection `s`; -1 when it is gone (or not local), -2 when the kernel cannot be asked. */
 export function loopbackPeerUid(s: Socket): number {
   const { remoteAddress, remotePort, localAddress, localPort } = s;
   if (typeof nativeAddon?.tcpPeerUid !== 'function' || remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) return -2;
