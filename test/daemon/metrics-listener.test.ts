@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { request } from 'node:http';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { Gauge } from 'prom-client';
 import { DaemonMetrics } from '../../src/daemon/metrics.js';
 import { METRICS_LIMITS } from '../../src/daemon/metrics-listener.js';
@@ -37,6 +37,65 @@ describe('metrics listener: concurrent scrapes share collects', () => {
     expect(collects).toBeLessThan(METRICS_LIMITS.maxPerSource / 2);
     expect(new Set(texts.map((t) => /^test_collects (\d+)$/m.exec(t)![1])).size).toBe(collects);
   });
+});
+
+describe('metrics listener: slow readers', () => {
+  let m: DaemonMetrics | undefined;
+  const held: Socket[] = [];
+  afterEach(async () => {
+    for (const s of held.splice(0)) s.destroy();
+    await m?.close();
+    m = undefined;
+  });
+
+  /** A GET /metrics from 127.0.0.1 on a connection of its own: the status, or the error code. */
+  const scrape = (port: number): Promise<number | string> => new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)); });
+    req.on('error', (e) => resolve((e as NodeJS.ErrnoException).code ?? 'error'));
+    req.end();
+  });
+
+  it('a connection whose answers sit unread past stalledAnswerMs gives its slot to a scraper of its source; refused ones past the lingering cap are closed at once', async () => {
+    m = new DaemonMetrics();
+    // An answer of ~8 MiB: more than loopback's socket buffers take, so an unread one stays unwritten.
+    const big = new Gauge({ name: 'test_big', help: 'x'.repeat(1000), labelNames: ['n'], registers: [m.registry] });
+    for (let i = 0; i < 20_000; i++) big.set({ n: `${i}-${'y'.repeat(300)}` }, i);
+    const { port } = await m.listen('127.0.0.1:0', silentLogger);
+    // This process is one source (one local user): its limit of connections, each with two requests and reading nothing.
+    for (let i = 0; i < METRICS_LIMITS.maxPerSource; i++) {
+      const s = connect({ host: '127.0.0.1', port });
+      s.pause();
+      s.on('error', () => {});
+      await new Promise((r) => s.once('connect', r));
+      s.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(2));
+      held.push(s);
+    }
+    await new Promise((r) => setTimeout(r, 500)); // every one is being answered, its answer stuck unread
+    // Busy, not yet stalled: the source competes only with itself. 40 more connections held open at once: each is
+    // refused; the first few get a 503 and linger to read it, past the cap they are closed at once.
+    // (They read nothing until all 40 are in: a refused connection that reads its 503 at once would free its place.)
+    const late: Socket[] = [];
+    const burst = Promise.all(Array.from({ length: 40 }, () => new Promise<string>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.pause();
+      held.push(s);
+      late.push(s);
+      let got = '';
+      s.on('data', (d) => (got += d.toString('latin1')));
+      s.on('error', () => {});
+      s.on('close', () => resolve(got.startsWith('HTTP/1.1 503') ? '503' : got === '' ? 'closed' : got.slice(0, 12)));
+    })));
+    await new Promise((r) => setTimeout(r, 300));
+    for (const s of late) s.resume();
+    const outcomes = await burst;
+    const answered = outcomes.filter((r) => r === '503').length;
+    expect(answered, JSON.stringify(outcomes)).toBeGreaterThan(0);
+    expect(answered, 'at most the lingering cap get a 503 at once; the rest are closed').toBeLessThanOrEqual(METRICS_LIMITS.maxLingeringRefused);
+    expect(outcomes.filter((r) => r === 'closed').length).toBe(40 - answered);
+    await new Promise((r) => setTimeout(r, METRICS_LIMITS.stalledAnswerMs + 200));
+    // Stalled now: one of them is closed to make room, and the scraper is answered.
+    expect(await scrape(port)).toBe(200);
+  }, 30_000);
 });
 
 describe('metrics listener off loopback', () => {
