@@ -72,7 +72,7 @@ async function kmsWithHostUser(kms: Env): Promise<{ url: string; k: { AccessKeyI
  * proxy), the AWS_* environment put back; `status` is the host's, straight from its socket (a poll
  * spawns no CLI process).
  */
-function daemonsOf(hostName: string, kmsName: string, stopFirst?: () => Promise<void> | undefined): { host: Env; kms: Env; status: () => Promise<any> } {
+function daemonsOf(hostName: string, kmsName: string, stopFirst?: () => Promise<void> | undefined): { host: Env; kms: Env; status: () => Promise<any>; reattached: (vol: string, ms: number) => Promise<any> } {
   const kms = new Env(kmsName);
   const host = new Env(hostName);
   const saved = savedAwsEnv();
@@ -84,12 +84,23 @@ function daemonsOf(hostName: string, kmsName: string, stopFirst?: () => Promise<
       await cleanupHostAndKms(host, kms, saved);
     }
   });
-  return { host, kms, status: async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {}) };
+  const status = async (): Promise<any> => callDaemon(socketPathFor(host.state), 'ebsd.Status', {});
+  /** Waits (up to `ms`) for `vol` to be attached again, its key cached and the host waiting for no KMS; the volume's status. */
+  const reattached = async (vol: string, ms: number): Promise<any> => {
+    const back = await until('the volume re-attached', async () => {
+      const v = (await status()).Volumes.find((x: any) => x.VolumeId === vol);
+      return v?.Attached ? v : undefined;
+    }, ms);
+    expect(back.KeyCache.State).toMatch(/cached|refreshing/);
+    expect((await status()).Daemon.Kms.Waiting).toBeUndefined();
+    return back;
+  };
+  return { host, kms, status, reattached };
 }
 printSeedOnFailure();
 
 describe('a host daemon started while its KMS is down', () => {
-  const { host, kms, status } = daemonsOf('nokms-host', 'nokms-kms');
+  const { host, kms, status, reattached } = daemonsOf('nokms-host', 'nokms-kms');
   let url = '';
 
   it('comes up, says it waits, refuses volume operations with ServiceUnavailable, and re-attaches its volume when the KMS starts', async () => {
@@ -118,12 +129,7 @@ describe('a host daemon started while its KMS is down', () => {
 
     // Back on its old port: the host knows only that address.
     await restartOnSamePort(kms, ['--kms-only', '--kms-listen', new URL(url).host]);
-    const back = await until('the volume re-attached', async () => {
-      const v = (await status()).Volumes.find((x: any) => x.VolumeId === vol);
-      return v?.Attached ? v : undefined;
-    }, 60_000);
-    expect(back.KeyCache.State).toMatch(/cached|refreshing/);
-    expect((await status()).Daemon.Kms.Waiting).toBeUndefined();
+    await reattached(vol, 60_000);
     const served = parseMetrics(await (await fetch(metricsUrl)).text());
     expect(served.get(`ebsd_kms_remote_reachable{endpoint="${url}"}`)).toBe(1);
     expect(served.get('ebsd_volumes_unserved')).toBe(0);
@@ -252,7 +258,7 @@ describe('a host daemon whose KMS host name does not resolve', () => {
 });
 
 describe('a host whose volumes fail to open once its KMS answers', () => {
-  const { host, kms, status } = daemonsOf('openfail-host', 'openfail-kms');
+  const { host, kms, status, reattached } = daemonsOf('openfail-host', 'openfail-kms');
 
   it('publishes nothing of a failed open (volume operations stay ServiceUnavailable), and opens everything afresh on the next try', async () => {
     const { url, k, keyArn } = await kmsWithHostUser(kms);
@@ -285,12 +291,7 @@ describe('a host whose volumes fail to open once its KMS answers', () => {
 
     rmSync(copies);
     mkdirSync(copies, { mode: 0o700 });
-    const back = await until('the volume re-attached', async () => {
-      const v = (await status()).Volumes.find((x: any) => x.VolumeId === vol);
-      return v?.Attached ? v : undefined;
-    }, 90_000);
-    expect(back.KeyCache.State).toMatch(/cached|refreshing/);
-    expect((await status()).Daemon.Kms.Waiting).toBeUndefined();
+    await reattached(vol, 90_000);
     await readsBackAndDetaches(host, vol, data);
     const log = await host.untilLog(/host principal resolved, volumes open/);
     expect(log.match(/host principal resolved, volumes open/g)).toHaveLength(1);
