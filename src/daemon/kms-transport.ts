@@ -19,7 +19,7 @@ import type { TLSSocket } from 'node:tls';
 import {
   ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, refuseSocket, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
-import { connectionSource } from './loopback-peers.js';
+import { connectionSource, sourceAddress } from './loopback-peers.js';
 
 /** Listener limits: the connection guard's, with `maxPerCaller` counted per source (an address, or on loopback a local user). */
 export type ListenerLimits = ConnectionLimits;
@@ -102,10 +102,6 @@ export interface TransportOptions {
   onConnectionClosed?: (c: WireConnection) => void;
 }
 
-/** The client's address as the guard counts it (an IPv4-mapped IPv6 address as IPv4). */
-function sourceAddress(s: Socket): string {
-  return (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
-}
 
 export class HttpTransport {
   private server: Server | undefined;
@@ -167,6 +163,7 @@ export class HttpTransport {
       return false;
     }
     this.sockets.add(s);
+    this.sources.set(s, caller); // the same source for its bodies (sourceOf): a plain HTTP request's socket is this one
     s.on('close', () => {
       this.sockets.delete(s);
       admitted.release();
@@ -200,7 +197,7 @@ export class HttpTransport {
     return c;
   }
 
-  /** The source a connection's bodies and requests count against, as its admission did (loopback-peers.ts); once per connection. */
+  /** The source a connection's bodies and requests count against, as its admission did (loopback-peers.ts); looked up once per TLS connection (its socket is not the one admitted). */
   private sourceOf(socket: Socket): string {
     let key = this.sources.get(socket);
     if (key === undefined) {

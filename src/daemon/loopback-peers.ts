@@ -27,7 +27,7 @@ export const LOOPBACK_UNKNOWN = 'loopback:closed';
  * filter) a loopback client counts by address: `loopbackLookupProblem` says so.
  */
 export function connectionSource(s: Socket): string {
-  const address = (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
+  const address = sourceAddress(s);
   if (isLoopback(address)) {
     const uid = loopbackPeerUid(s);
     if (uid >= 0) return `uid:${uid}`;
@@ -38,6 +38,11 @@ export function connectionSource(s: Socket): string {
     if (uid >= 0) return `uid:${uid}`;
   }
   return callerKey(address);
+}
+
+/** The client's address as the limits count it (an IPv4-mapped IPv6 address as IPv4). */
+export function sourceAddress(s: Socket): string {
+  return (s.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
 }
 
 /** This host's addresses (os.networkInterfaces), read again at most every 5 s. */
@@ -67,9 +72,17 @@ export function loopbackPeerUid(s: Socket): number {
 /**
  * Why loopback clients cannot be told apart here, or undefined when they can:
  * a connection of this process to itself must be found as this process's uid.
- * A listener logs it at start (loopback clients then count by address).
+ * A listener logs it at start (loopback clients then count by address); the
+ * check runs once per process, whichever listener asks first.
  */
-export async function loopbackLookupProblem(): Promise<string | undefined> {
+export function loopbackLookupProblem(): Promise<string | undefined> {
+  lookupChecked ??= checkLookup();
+  return lookupChecked;
+}
+
+let lookupChecked: Promise<string | undefined> | undefined;
+
+async function checkLookup(): Promise<string | undefined> {
   if (typeof nativeAddon?.tcpPeerUid !== 'function') return 'the native addon has no tcpPeerUid (rebuild it: scripts/build-native.mjs)';
   const server = createServer();
   try {
