@@ -35,6 +35,10 @@ export function callDaemon(socketPath: string, target: string, body: Record<stri
     const req = request(
       {
         socketPath,
+        // A connection per call. Node's global agent would keep the last one and reuse it even after the
+        // daemon closed it idle (5 s): a caller whose event loop was blocked that long (a spawnSync, a
+        // long computation) has not yet seen the close, and its request fails with EPIPE or ECONNRESET.
+        agent: false,
         ...(opts.signal ? { signal: opts.signal } : {}),
         method: 'POST',
         path: '/',

@@ -1,6 +1,7 @@
 import { ec2Event, safeDetails } from './audit-events.js';
 import type { Caller } from '../kms/types.js';
 import type { SnapshotAuditEvent, SnapshotManager } from '../snapshot/snapshot-manager.js';
+import type { SnapshotManifest } from '../snapshot/types.js';
 import { SNAPSHOT_FILTER_NAMES, page, toEc2Snapshot, type Ec2Snapshot } from '../snapshot/snapshot-view.js';
 import type { Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
 import {
@@ -159,8 +160,12 @@ export class SnapshotApi {
       }
       case 'DescribeSnapshots': {
         const { MaxResults, NextToken, ...query } = req.input;
+        // Each named manifest is read once, for the check and the answer: a poll of a snapshot under way
+        // reads it while the copy keeps libuv's pool busy, and every read waits behind the copy's.
+        const named = new Map<string, SnapshotManifest | undefined>();
         for (const id of query.SnapshotIds ?? []) {
-          const m = await snapshots.getManifest(id);
+          const m = named.has(id) ? named.get(id) : await snapshots.getManifest(id);
+          named.set(id, m);
           const refusal = m ? authz.checkSnapshot('DescribeSnapshots', toEc2Snapshot(m), caller) : authz.checkSnapshotId('DescribeSnapshots', id, caller);
           if (refusal) await deny(refusal, undefined);
         }
@@ -172,7 +177,7 @@ export class SnapshotApi {
           await dry(undefined);
         }
         // Only the snapshots the caller may describe (ec2:DescribeSnapshots, per snapshot).
-        const all: Ec2Snapshot[] = (await snapshots.describeSnapshots(query)).map(toEc2Snapshot).filter((s) => authz.checkSnapshot('DescribeSnapshots', s, caller) === undefined);
+        const all: Ec2Snapshot[] = (await snapshots.describeSnapshots(query, named)).map(toEc2Snapshot).filter((s) => authz.checkSnapshot('DescribeSnapshots', s, caller) === undefined);
         return page(all, MaxResults, NextToken);
       }
       case 'DeleteSnapshot': {

@@ -643,14 +643,17 @@ export class SnapshotManager {
 
   // ---- DescribeSnapshots / DeleteSnapshot ---------------------------------
 
-  /** Every snapshot in the store matching the ids and filters; an id that does not exist is InvalidSnapshot.NotFound. */
-  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }): Promise<SnapshotSummary[]> {
+  /**
+   * Every snapshot in the store matching the ids and filters; an id that does not exist is InvalidSnapshot.NotFound.
+   * `read`: manifests of named ids the caller has just read (undefined: not found), used instead of reading them again.
+   */
+  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }, read?: ReadonlyMap<string, SnapshotManifest | undefined>): Promise<SnapshotSummary[]> {
     // Summaries: each manifest's block list is dropped once read, so a listing holds no block lists.
     let all: SnapshotSummary[];
     if (q.SnapshotIds?.length) {
       all = [];
       for (const id of q.SnapshotIds) {
-        const m = await this.o.store.getManifest(id);
+        const m = read?.has(id) ? read.get(id) : await this.o.store.getManifest(id);
         if (!m) throw snapshotNotFound(id);
         all.push(summaryOf(m));
       }
