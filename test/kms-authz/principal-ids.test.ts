@@ -334,3 +334,146 @@ describe('role trust policies bind users and roles to their unique ids', () => {
     expect(data.RoleIds).toEqual({ app: roleId(kms, 'app') });
   });
 });
+
+describe('grants bind their grantee and retiring principals to their principal ids', () => {
+  interface Made { GrantId: string; GrantToken: string }
+  interface Listed { GrantId: string; GranteePrincipal: string; RetiringPrincipal?: string }
+  /** A key only the account may use (default policy, no identity policies): a grant is the callers' only way in. */
+  async function keyAndBlob(kms: Kms): Promise<{ keyArn: string; blob: Uint8Array }> {
+    const keyArn = ((await kms.core.call('CreateKey', {}, root(kms))).KeyMetadata as { Arn: string }).Arn;
+    const blob = (await kms.core.call('Encrypt', { KeyId: keyArn, Plaintext: Buffer.from('secret') }, root(kms))).CiphertextBlob as Uint8Array;
+    return { keyArn, blob };
+  }
+  const grant = async (kms: Kms, keyArn: string, grantee: string, retiring?: string, extra: Record<string, unknown> = {}): Promise<Made> =>
+    (await kms.core.call('CreateGrant', { KeyId: keyArn, GranteePrincipal: grantee, ...(retiring ? { RetiringPrincipal: retiring } : {}), Operations: ['Decrypt'], ...extra }, root(kms))) as unknown as Made;
+  const decrypt = (kms: Kms, blob: Uint8Array, caller: Caller): Promise<string> => awsName(kms.core.call('Decrypt', { CiphertextBlob: blob }, caller));
+  const retire = (kms: Kms, keyArn: string, g: Made, caller: Caller, byToken = false): Promise<string> =>
+    awsName(kms.core.call('RetireGrant', byToken ? { GrantToken: g.GrantToken } : { KeyId: keyArn, GrantId: g.GrantId }, caller));
+  const listed = async (kms: Kms, keyArn: string, extra: Record<string, unknown> = {}): Promise<Listed[]> =>
+    (await kms.core.call('ListGrants', { KeyId: keyArn, ...extra }, root(kms))).Grants as Listed[];
+  const retirable = async (kms: Kms, principal: string): Promise<string[]> =>
+    ((await kms.core.call('ListRetirableGrants', { RetiringPrincipal: principal }, root(kms))).Grants as Listed[]).map((g) => g.GrantId);
+  const grantsFile = (dir: string): { grants: Record<string, unknown>[] } => JSON.parse(readFileSync(join(dir, 'kms', 'grants.json'), 'utf8'));
+
+  it('a user deleted and created again under its name: Decrypt through the grant and RetireGrant as its retiring principal are refused; ListGrants / ListRetirableGrants show the old AIDA id', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    for (const u of ['alice', 'bob']) await ids.createUser(u);
+    const { keyArn, blob } = await keyAndBlob(kms);
+    const alice = ids.userArn('alice');
+    const bob = ids.userArn('bob');
+    const own = await grant(kms, keyArn, alice, alice, { Name: 'alice-decrypt' }); // alice: grantee and retiring principal
+    const bobs = await grant(kms, keyArn, bob, alice); // alice retires bob's grant
+    expect(await decrypt(kms, blob, userCaller(kms, 'alice'))).toBe('no error');
+    expect(await retirable(kms, alice)).toEqual([own.GrantId, bobs.GrantId]);
+
+    const oldId = userId(kms, 'alice');
+    const alice2 = await recreateUser(kms, 'alice');
+    expect(await decrypt(kms, blob, alice2)).toBe('AccessDeniedException');
+    expect(await decrypt(kms, blob, userCaller(kms, 'bob'))).toBe('no error'); // bob's own grant is untouched
+    for (const g of [own, bobs]) {
+      expect(await retire(kms, keyArn, g, alice2)).toBe('AccessDeniedException');
+      expect(await retire(kms, keyArn, g, alice2, true)).toBe('AccessDeniedException');
+    }
+    // Listed as AWS lists a grant whose principal was deleted: the id it was bound to in place of the ARN.
+    expect(await listed(kms, keyArn)).toEqual([
+      expect.objectContaining({ GrantId: own.GrantId, GranteePrincipal: oldId, RetiringPrincipal: oldId }),
+      expect.objectContaining({ GrantId: bobs.GrantId, GranteePrincipal: bob, RetiringPrincipal: oldId }),
+    ]);
+    expect((await listed(kms, keyArn, { GranteePrincipal: alice }))).toEqual([]);
+    expect((await listed(kms, keyArn, { GranteePrincipal: oldId })).map((g) => g.GrantId)).toEqual([own.GrantId]);
+    expect(await retirable(kms, alice)).toEqual([]);
+    expect(await retirable(kms, oldId)).toEqual([own.GrantId, bobs.GrantId]);
+
+    // The same Name and properties for the new alice is another grantee: a new grant, not the old one again.
+    const fresh2 = await grant(kms, keyArn, alice, alice, { Name: 'alice-decrypt' });
+    expect(fresh2.GrantId).not.toBe(own.GrantId);
+    expect(await decrypt(kms, blob, alice2)).toBe('no error');
+    expect(await retirable(kms, alice)).toEqual([fresh2.GrantId]);
+    expect(await retire(kms, keyArn, fresh2, alice2)).toBe('no error');
+    // The account that made them still retires the orphaned ones.
+    expect(await retire(kms, keyArn, own, root(kms))).toBe('no error');
+    expect(await retire(kms, keyArn, bobs, root(kms), true)).toBe('no error');
+    expect(await listed(kms, keyArn)).toEqual([]);
+  });
+
+  it('a role deleted and created again: its new sessions get nothing from a grant to the role\'s ARN or to a session ARN, and may not retire it; the grant is listed with the old AROA id', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    await ids.createRole('app', { path: '/svc/' });
+    await ids.createRole('ops');
+    const { keyArn, blob } = await keyAndBlob(kms);
+    const app = ids.roleArn('app');
+    const toRole = await grant(kms, keyArn, app, app, { Operations: ['Decrypt', 'RetireGrant'] });
+    const toSession = await grant(kms, keyArn, ids.sessionArn('app', 'job-1'));
+    const opsGrant = await grant(kms, keyArn, ids.roleArn('ops'), app);
+    expect(await decrypt(kms, blob, ids.assumeRole('app', 'job-2'))).toBe('no error');
+
+    const oldId = roleId(kms, 'app');
+    await ids.deleteRole('app');
+    await ids.createRole('app', { path: '/svc/' });
+    for (const s of ['job-1', 'job-2']) expect(await decrypt(kms, blob, ids.assumeRole('app', s))).toBe('AccessDeniedException');
+    expect(await decrypt(kms, blob, ids.assumeRole('ops', 'x1'))).toBe('no error');
+    for (const g of [toRole, opsGrant]) expect(await retire(kms, keyArn, g, ids.assumeRole('app', 'job-1'))).toBe('AccessDeniedException');
+    expect(await retire(kms, keyArn, toSession, ids.assumeRole('app', 'job-1'))).toBe('AccessDeniedException');
+    const l = await listed(kms, keyArn);
+    expect(l.find((g) => g.GrantId === toRole.GrantId)).toMatchObject({ GranteePrincipal: oldId, RetiringPrincipal: oldId });
+    expect(l.find((g) => g.GrantId === opsGrant.GrantId)).toMatchObject({ GranteePrincipal: ids.roleArn('ops'), RetiringPrincipal: oldId });
+    expect(l.find((g) => g.GrantId === toSession.GrantId)).toMatchObject({ GranteePrincipal: ids.sessionArn('app', 'job-1') }); // a session ARN is listed as written
+    expect(await retirable(kms, app)).toEqual([]);
+
+    // A grant made to the new role is bound to it and covers its sessions.
+    const again = await grant(kms, keyArn, app, app);
+    expect(await decrypt(kms, blob, ids.assumeRole('app', 'job-1'))).toBe('no error');
+    expect(await retire(kms, keyArn, again, ids.assumeRole('app', 'job-3'))).toBe('no error');
+    expect(await decrypt(kms, blob, ids.assumeRole('app', 'job-1'))).toBe('AccessDeniedException');
+  });
+
+  it('bindings persist across a restart; grants stored before bindings are bound when the KMS opens, to the principals existing then, and written back', async () => {
+    const { kms, dir, slot } = await fresh();
+    const ids = kms.identities;
+    for (const u of ['alice', 'erin', 'ghost']) await ids.createUser(u);
+    await ids.createRole('app');
+    const { keyArn, blob } = await keyAndBlob(kms);
+    const kept = await grant(kms, keyArn, ids.userArn('alice'), ids.userArn('alice'));
+    const aliceId = userId(kms, 'alice');
+    expect(grantsFile(dir).grants[0]).toMatchObject({ granteeId: aliceId, retiringId: aliceId });
+    await kms.close();
+
+    // Restarted: the binding is read back, not made again against an alice created since.
+    let k2 = slot.kms = await openTestKms(dir);
+    const alice2 = await recreateUser(k2, 'alice');
+    expect(await decrypt(k2, blob, alice2)).toBe('AccessDeniedException');
+    expect(await retire(k2, keyArn, kept, alice2)).toBe('AccessDeniedException');
+    expect((await listed(k2, keyArn))[0]).toMatchObject({ GranteePrincipal: aliceId, RetiringPrincipal: aliceId });
+
+    // Grants as a binary before bindings wrote them: no ids.
+    const erin = await grant(k2, keyArn, k2.identities.userArn('erin'), k2.identities.roleArn('app'));
+    const ghost = await grant(k2, keyArn, k2.identities.userArn('ghost'));
+    const toRoot = await grant(k2, keyArn, `arn:aws:iam::${ACCT}:root`);
+    await k2.identities.deleteUser('ghost'); // gone before the upgrade: its ARN binds to nobody
+    await k2.close();
+    const f = grantsFile(dir);
+    for (const g of f.grants) { delete g.granteeId; delete g.retiringId; }
+    writeFileSync(join(dir, 'kms', 'grants.json'), JSON.stringify({ ...f }));
+
+    k2 = slot.kms = await openTestKms(dir);
+    const byId = new Map(grantsFile(dir).grants.map((g) => [g.GrantId as string, g]));
+    // Bound to whoever holds each ARN at the upgrade: the re-created alice, erin, the role, nobody for ghost; the root is not bound.
+    expect(byId.get(kept.GrantId)).toMatchObject({ granteeId: userId(k2, 'alice'), retiringId: userId(k2, 'alice') });
+    expect(byId.get(erin.GrantId)).toMatchObject({ granteeId: userId(k2, 'erin'), retiringId: roleId(k2, 'app') });
+    expect(byId.get(ghost.GrantId)).toMatchObject({ granteeId: '' });
+    expect(byId.get(toRoot.GrantId)).not.toHaveProperty('granteeId');
+    // Same access as before the upgrade for the principals that exist.
+    expect(await decrypt(k2, blob, userCaller(k2, 'erin'))).toBe('no error');
+    expect(await decrypt(k2, blob, userCaller(k2, 'alice'))).toBe('no error');
+    // Bound now: a principal created afterwards under a bound name gets nothing, nor one under the name that bound to nobody.
+    expect(await decrypt(k2, blob, await recreateUser(k2, 'erin'))).toBe('AccessDeniedException');
+    expect(await decrypt(k2, blob, await k2.identities.createUser('ghost'))).toBe('AccessDeniedException');
+    expect((await listed(k2, keyArn)).find((g) => g.GrantId === ghost.GrantId)).toMatchObject({ GranteePrincipal: k2.identities.userArn('ghost') });
+    await k2.identities.deleteRole('app');
+    await k2.identities.createRole('app');
+    expect(await retire(k2, keyArn, erin, k2.identities.assumeRole('app', 's1'))).toBe('AccessDeniedException');
+    expect(readdirSync(join(dir, 'kms')).filter((n) => n.includes('.tmp'))).toEqual([]);
+  });
+});

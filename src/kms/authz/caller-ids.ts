@@ -26,7 +26,11 @@ export interface CallerIds {
   readonly roleArn?: string;
   /** `role:<acct>:<name>`: how grants and key policies find a role's sessions. */
   readonly roleKey?: string;
-  /** Keys a grantee lookup tries: the ARN itself, then `roleKey`. */
+  /**
+   * Keys a grant's principal lookup tries (grants.ts): the ARN itself, then `roleKey`, then the
+   * principal ids a bound grant names: a user's or role's own (AIDA…, AROA…), a session's
+   * `AROA…:session` and its role's AROA….
+   */
   readonly granteeKeys: readonly string[];
 }
 
@@ -55,7 +59,7 @@ export function callerIds(c: Caller): CallerIds {
     isSession,
     ...(uniqueId ? { uniqueId } : {}),
     ...(m ? { roleName: m[4]!, roleArn: `arn:${m[1]}:iam::${acct}:role/${m[4]}`, roleKey } : {}),
-    granteeKeys: roleKey ? [c.arn, roleKey] : [c.arn],
+    granteeKeys: [c.arn, ...(roleKey ? [roleKey] : []), ...(isSession && uniqueId ? [pid!] : []), ...(uniqueId ? [uniqueId] : [])],
   };
   if (cache.size > 10_000) cache.clear();
   cache.set(c.arn, ids);

@@ -15,6 +15,7 @@ import type { GrantSource, GrantView } from './evaluate.js';
 import { EC_OPERATIONS } from './evaluate.js';
 import { isServicePrincipal, parsePrincipalArn } from './policy-document.js';
 import { callerIds } from './caller-ids.js';
+import { grantPrincipalId, type GrantPrincipalDirectory } from './principal-bindings.js';
 import type { GrantConstraints } from './request-context.js';
 import { dataMap } from '../data-map.js';
 import { page } from '../paging.js';
@@ -27,6 +28,12 @@ import { parseStateJson } from '../../util/state-json.js';
  * RevokeGrant). Grants only allow, never deny. Every change is on disk
  * (one JSON file, atomic replace) before the call returns, so a grant is
  * usable the moment CreateGrant answers, with or without its token.
+ *
+ * A grantee or retiring principal that is a user, role or role session of the account is bound,
+ * when the grant is made, to its principal id (principal-bindings.ts, `grantPrincipalId`), as
+ * AWS KMS binds it: a principal deleted and created again under the same ARN is not the grant's
+ * grantee, nor its retiring principal, and ListGrants / ListRetirableGrants show a deleted
+ * user's or role's ARN as the id it was bound to. docs/architecture.md §5.4.
  */
 
 /** Operations a grant may allow (KMS API reference, CreateGrant `Operations`). */
@@ -82,6 +89,13 @@ interface StoredGrant {
   Constraints?: GrantConstraints;
   /** SHA-256 (hex) of each token issued for this grant; the tokens themselves are never stored. */
   tokenHashes: string[];
+  /**
+   * The principal id GranteePrincipal was bound to (`grantPrincipalId`): `''` nobody; absent, not
+   * bound (root, service, another account), or a record written before bindings, bound at open.
+   */
+  granteeId?: string;
+  /** The same for RetiringPrincipal. */
+  retiringId?: string;
 }
 
 interface GrantFileV1 {
@@ -101,6 +115,9 @@ export interface CreateGrantInput {
 export interface PreparedGrant {
   granteePrincipal: string;
   retiringPrincipal?: string;
+  /** The principal ids they are bound to, when the store has a directory (`grantPrincipalId`). */
+  granteeId?: string;
+  retiringId?: string;
   operations: readonly string[];
   constraints?: GrantConstraints;
   name?: string;
@@ -139,19 +156,17 @@ const _orderKey = (g: StoredGrant): string => `${String(g.CreationDate).padStart
 interface Ordered { g: StoredGrant; k: string }
 const _byOrderKey = (a: Ordered, b: Ordered): number => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0);
 
-/** Lookup key for a grantee: a role and its sessions share `role:<acct>:<name>`. */
-function _granteeKey(principal: string): string {
+/**
+ * Lookup key for a grant's principal, among the caller's `granteeKeys` (caller-ids.ts). Bound: the
+ * principal id (a user's AIDA…, a role's AROA…, which its sessions carry too, a session's
+ * `AROA…:name`), or undefined for one bound to nobody: it matches no caller. Not bound: a role
+ * and its sessions share `role:<acct>:<name>`; any other principal is its ARN.
+ */
+function _principalKey(principal: string, boundId: string | undefined): string | undefined {
+  if (boundId !== undefined) return boundId === '' ? undefined : boundId;
   const f = parsePrincipalArn(principal);
   if (f?.kind === 'role') return `role:${f.account}:${f.name}`;
   return principal;
-}
-
-
-/** Is `caller` the principal `principal` names (a role names its sessions too)? */
-export function principalIs(caller: Caller, principal: string | undefined): boolean {
-  if (principal === undefined) return false;
-  const k = _granteeKey(principal);
-  return callerIds(caller).granteeKeys.includes(k);
 }
 
 /** Operations valid for a key's spec and usage (KMS Developer Guide, "Grant operations"). */
@@ -215,8 +230,10 @@ export function checkGrantTokens(v: unknown): string[] | undefined {
   return v as string[];
 }
 
-function _sameGrant(g: StoredGrant, grantee: string, retiring: string | undefined, ops: string[], c: GrantConstraints | undefined): boolean {
-  if (g.GranteePrincipal !== grantee || g.RetiringPrincipal !== retiring) return false;
+function _sameGrant(g: StoredGrant, p: PreparedGrant, ops: string[], c: GrantConstraints | undefined): boolean {
+  if (g.GranteePrincipal !== p.granteePrincipal || g.RetiringPrincipal !== p.retiringPrincipal) return false;
+  // The same ARN bound to another principal (deleted and created again) is another grantee.
+  if (g.granteeId !== p.granteeId || g.retiringId !== p.retiringId) return false;
   if (g.Operations.length !== ops.length || !ops.every((o) => g.Operations.includes(o))) return false;
   return JSON.stringify(g.Constraints ?? null) === JSON.stringify(c ?? null);
 }
@@ -236,22 +253,41 @@ export class GrantStore implements GrantSource {
   private _orderBuilds = 0;
   private writing: Promise<void> = Promise.resolve();
 
-  private constructor(private readonly file: string, private readonly principalExists?: (arn: string) => boolean) {}
+  /** The identity generation `orderByRetiring` was built at: a listing shows a deleted principal by its id. */
+  private _orderGeneration: number | undefined;
+
+  private constructor(
+    private readonly file: string,
+    private readonly principalExists?: (arn: string) => boolean,
+    private readonly principals?: GrantPrincipalDirectory,
+  ) {}
 
   /**
    * Open (or create on first change) the grant file, e.g. `<state>/kms/grants.json`.
-   * `principalExists` validates grantee / retiring principals of the local account.
+   * `principalExists` validates grantee / retiring principals of the local account;
+   * `principals` binds them to their principal ids (without it, nothing is bound: every
+   * principal matches by ARN). A grant stored before bindings is bound here, to the principal
+   * of its ARN existing now (`''`, nobody, if none), so each keeps the access it had and a
+   * principal created later under the name gets none of it; the file is written back once.
    */
-  static async open(file: string, opts: { principalExists?: (arn: string) => boolean } = {}): Promise<GrantStore> {
+  static async open(file: string, opts: { principalExists?: (arn: string) => boolean; principals?: GrantPrincipalDirectory } = {}): Promise<GrantStore> {
     checkString('file', file);
     await fsp.mkdir(dirname(file), { recursive: true, mode: 0o700 });
-    const s = new GrantStore(file, opts.principalExists);
+    const s = new GrantStore(file, opts.principalExists, opts.principals);
     const text = await readTextIfExists(file);
+    let bound = 0;
     if (text !== undefined) {
       const data = parseStateJson('GRANTS_CORRUPT', file, text) as GrantFileV1;
       if (!data || data.version !== FILE_VERSION || !Array.isArray(data.grants)) throw new EbsdError('GRANTS_CORRUPT', `${file}: unsupported or corrupt grant file`);
-      for (const g of data.grants) s._index(g);
+      for (const g of data.grants) {
+        if ((g.granteeId !== undefined && typeof g.granteeId !== 'string') || (g.retiringId !== undefined && typeof g.retiringId !== 'string')) {
+          throw new EbsdError('GRANTS_CORRUPT', `${file}: grant ${String(g.GrantId)} has a principal id that is not a string`);
+        }
+        if (s._bindStored(g)) bound++;
+        s._index(g);
+      }
     }
+    if (bound > 0) await s._persist(() => {});
     return s;
   }
 
@@ -261,10 +297,24 @@ export class GrantStore implements GrantSource {
   grantsFor(keyArn: string, caller: Caller): readonly GrantView[] {
     const m = this.byGrantee.get(keyArn);
     if (!m) return NONE;
-    const keys = callerIds(caller).granteeKeys;
-    const a = m.get(keys[0]!);
-    const b = keys.length > 1 ? m.get(keys[1]!) : undefined;
-    return a && b ? [...a, ...b] : (a ?? b ?? NONE);
+    let out: readonly GrantView[] = NONE;
+    for (const k of callerIds(caller).granteeKeys) {
+      const l = m.get(k);
+      if (l) out = out.length ? [...out, ...l] : l; // one hit (the usual case): the stored list itself
+    }
+    return out;
+  }
+
+  /**
+   * Is `caller` the grant's grantee or retiring principal (`which`)? By the principal id it was
+   * bound to: a principal created again under the ARN is not; a role names its sessions too.
+   */
+  isPrincipalOf(g: Pick<Grant, 'KeyId' | 'GrantId'>, which: 'GranteePrincipal' | 'RetiringPrincipal', caller: Caller): boolean {
+    const s = this.byKey.get(g.KeyId)?.get(g.GrantId);
+    const arn = s?.[which];
+    if (!s || arn === undefined) return false;
+    const k = _principalKey(arn, which === 'GranteePrincipal' ? s.granteeId : s.retiringId);
+    return k !== undefined && callerIds(caller).granteeKeys.includes(k);
   }
 
   // ---- operations ------------------------------------------------------------------
@@ -294,9 +344,13 @@ export class GrantStore implements GrantSource {
       }
       name = input.Name;
     }
+    const granteeId = this._boundId(grantee);
+    const retiringId = retiring !== undefined ? this._boundId(retiring) : undefined;
     return {
       granteePrincipal: grantee,
       ...(retiring !== undefined ? { retiringPrincipal: retiring } : {}),
+      ...(granteeId !== undefined ? { granteeId } : {}),
+      ...(retiringId !== undefined ? { retiringId } : {}),
       operations: ops,
       ...(constraints ? { constraints } : {}),
       ...(name !== undefined ? { name } : {}),
@@ -312,6 +366,8 @@ export class GrantStore implements GrantSource {
     const p = 'granteePrincipal' in input ? input : this.prepare(key, input);
     const grantee = p.granteePrincipal;
     const retiring = p.retiringPrincipal;
+    const granteeId = p.granteeId;
+    const retiringId = p.retiringId;
     const ops = [...p.operations];
     const constraints = p.constraints;
     const name = p.name;
@@ -338,6 +394,8 @@ export class GrantStore implements GrantSource {
       Operations: ops,
       ...(constraints ? { Constraints: constraints } : {}),
       tokenHashes: [_hash(token)],
+      ...(granteeId !== undefined ? { granteeId } : {}),
+      ...(retiringId !== undefined ? { retiringId } : {}),
     };
     this._index(g);
     await this._persist(() => this._unindex(g));
@@ -356,26 +414,40 @@ export class GrantStore implements GrantSource {
   byGrantToken(token: string): Grant | undefined {
     checkGrantTokens([token]);
     const g = this.byToken.get(_hash(token));
-    return g ? grantListEntry(g) : undefined;
+    return g ? this._entry(g) : undefined;
   }
 
   get(keyArn: string, grantId: string): Grant | undefined {
     const g = this.byKey.get(keyArn)?.get(grantId);
-    return g ? grantListEntry(g) : undefined;
+    return g ? this._entry(g) : undefined;
   }
 
-  /** ListGrants: the key's grants, oldest first, optionally filtered (paging: `_page`). */
+  /**
+   * ListGrants: the key's grants, oldest first, optionally filtered (paging: `_page`). The
+   * GranteePrincipal filter matches the grantee as listed: a deleted one by its id.
+   */
   list(keyArn: string, opts: { Limit?: unknown; Marker?: unknown; GrantId?: unknown; GranteePrincipal?: unknown } = {}): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
     let all = this._ordered(this.orderByKey, keyArn, () => this.byKey.get(keyArn)?.values() ?? []);
     if (opts.GrantId !== undefined) all = all.filter((x) => x.g.GrantId === opts.GrantId);
-    if (opts.GranteePrincipal !== undefined) all = all.filter((x) => x.g.GranteePrincipal === opts.GranteePrincipal);
+    if (opts.GranteePrincipal !== undefined) all = all.filter((x) => this._shown(x.g.GranteePrincipal, x.g.granteeId) === opts.GranteePrincipal);
     return this._page(all, opts.Limit, opts.Marker);
   }
 
-  /** ListRetirableGrants: grants in any key whose RetiringPrincipal is `principal`. */
+  /**
+   * ListRetirableGrants: grants in any key whose RetiringPrincipal, as listed, is `principal`: a
+   * grant whose retiring user or role was deleted is listed under the id it was bound to, not
+   * under the ARN (nor for a principal created again under it).
+   */
   listRetirable(principal: string, opts: { Limit?: unknown; Marker?: unknown } = {}): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
+    const gen = this.principals?.generation;
+    if (gen !== this._orderGeneration) {
+      this.orderByRetiring.clear(); // a principal deleted or created since: a grant may be listed under another name
+      this._orderGeneration = gen;
+    }
     const all = this._ordered(this.orderByRetiring, principal, function* (this: GrantStore) {
-      for (const m of this.byKey.values()) for (const g of m.values()) if (g.RetiringPrincipal === principal) yield g;
+      for (const m of this.byKey.values()) {
+        for (const g of m.values()) if (g.RetiringPrincipal !== undefined && this._shown(g.RetiringPrincipal, g.retiringId) === principal) yield g;
+      }
     }.bind(this));
     return this._page(all, opts.Limit, opts.Marker);
   }
@@ -386,7 +458,7 @@ export class GrantStore implements GrantSource {
     if (!g) throw new NotFoundException(`Grant ID ${grantId} not found for key ${keyArn}`);
     this._unindex(g);
     await this._persist(() => this._index(g));
-    return grantListEntry(g);
+    return this._entry(g);
   }
 
   /** Drop every grant of a deleted key (named by ARN or by key id). */
@@ -423,7 +495,7 @@ export class GrantStore implements GrantSource {
     const keyGrants = this.byKey.get(key.arn);
     if (p.name === undefined || !keyGrants) return undefined;
     for (const g of keyGrants.values()) {
-      if (g.Name === p.name && _sameGrant(g, p.granteePrincipal, p.retiringPrincipal, [...p.operations], p.constraints)) return g;
+      if (g.Name === p.name && _sameGrant(g, p, [...p.operations], p.constraints)) return g;
     }
     return undefined;
   }
@@ -441,7 +513,7 @@ export class GrantStore implements GrantSource {
    */
   private _page(sorted: readonly Ordered[], limit: unknown, marker: unknown): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
     const p = page({ Limit: limit, Marker: marker }, sorted, LIMITS.listDefault, LIMITS.listMax, (x) => x.k);
-    return { Grants: p.items.map((x) => grantListEntry(x.g)), ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}), Truncated: p.Truncated };
+    return { Grants: p.items.map((x) => this._entry(x.g)), ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}), Truncated: p.Truncated };
   }
 
   private _principal(v: unknown, name: string, required: boolean): string | undefined {
@@ -457,6 +529,45 @@ export class GrantStore implements GrantSource {
       throw new ValidationException(`${name} "${v}" is not a valid principal: no such identity`);
     }
     return v;
+  }
+
+  /** The principal id `arn` binds to now (`grantPrincipalId`); undefined without a directory or for an unbound principal. */
+  private _boundId(arn: string): string | undefined {
+    return this.principals ? grantPrincipalId(arn, this.principals) : undefined;
+  }
+
+  /** Bind a record stored before bindings (no ids) to the principals existing now. True if it changed. */
+  private _bindStored(g: StoredGrant): boolean {
+    let changed = false;
+    if (g.granteeId === undefined) {
+      const id = this._boundId(g.GranteePrincipal);
+      if (id !== undefined) { g.granteeId = id; changed = true; }
+    }
+    if (g.RetiringPrincipal !== undefined && g.retiringId === undefined) {
+      const id = this._boundId(g.RetiringPrincipal);
+      if (id !== undefined) { g.retiringId = id; changed = true; }
+    }
+    return changed;
+  }
+
+  /**
+   * A grant's principal as ListGrants shows it: its ARN while the user or role it was bound to
+   * still holds it; otherwise the unique id it was bound to, as AWS KMS shows a deleted
+   * principal (and as GetKeyPolicy does, principal-bindings.ts `shownPolicy`). One bound to
+   * nobody, or a session's (`AROA…:name`), stays as written.
+   */
+  private _shown(arn: string, boundId: string | undefined): string {
+    if (boundId === undefined || boundId === '' || boundId.includes(':') || !this.principals) return arn;
+    return this.principals.uniqueIdOf(arn) === boundId ? arn : boundId;
+  }
+
+  /** `grantListEntry` of a stored grant, its principals as `_shown`. */
+  private _entry(g: StoredGrant): Grant {
+    const e = grantListEntry(g);
+    const grantee = this._shown(g.GranteePrincipal, g.granteeId);
+    const retiring = g.RetiringPrincipal !== undefined ? this._shown(g.RetiringPrincipal, g.retiringId) : undefined;
+    if (grantee === e.GranteePrincipal && retiring === e.RetiringPrincipal) return e;
+    return { ...e, GranteePrincipal: grantee, ...(retiring !== undefined ? { RetiringPrincipal: retiring } : {}) };
   }
 
   private _operations(v: unknown, key: KeyFacts): string[] {
@@ -487,7 +598,9 @@ export class GrantStore implements GrantSource {
   /** A grant was added or removed: its key's and its retiring principal's list orders are rebuilt on the next page. */
   private _orderChanged(g: StoredGrant): void {
     this.orderByKey.delete(g.KeyId);
+    // Listed under its ARN, or under the id it was bound to once that principal is deleted.
     if (g.RetiringPrincipal !== undefined) this.orderByRetiring.delete(g.RetiringPrincipal);
+    if (g.retiringId) this.orderByRetiring.delete(g.retiringId);
   }
 
   private _index(g: StoredGrant): void {
@@ -495,12 +608,14 @@ export class GrantStore implements GrantSource {
     let m = this.byKey.get(g.KeyId);
     if (!m) this.byKey.set(g.KeyId, (m = new Map()));
     m.set(g.GrantId, g);
-    let gm = this.byGrantee.get(g.KeyId);
-    if (!gm) this.byGrantee.set(g.KeyId, (gm = new Map()));
-    const k = _granteeKey(g.GranteePrincipal);
-    const list = gm.get(k);
-    if (list) list.push(g);
-    else gm.set(k, [g]);
+    const k = _principalKey(g.GranteePrincipal, g.granteeId);
+    if (k !== undefined) { // bound to nobody: in no caller's lookup
+      let gm = this.byGrantee.get(g.KeyId);
+      if (!gm) this.byGrantee.set(g.KeyId, (gm = new Map()));
+      const list = gm.get(k);
+      if (list) list.push(g);
+      else gm.set(k, [g]);
+    }
     for (const h of g.tokenHashes) this.byToken.set(h, g);
   }
 
@@ -510,9 +625,9 @@ export class GrantStore implements GrantSource {
     m?.delete(g.GrantId);
     if (m?.size === 0) this.byKey.delete(g.KeyId);
     const gm = this.byGrantee.get(g.KeyId);
-    const k = _granteeKey(g.GranteePrincipal);
-    const list = gm?.get(k)?.filter((x) => x !== g);
-    if (gm) {
+    const k = _principalKey(g.GranteePrincipal, g.granteeId);
+    const list = k === undefined ? undefined : gm?.get(k)?.filter((x) => x !== g);
+    if (gm && k !== undefined) {
       if (list && list.length) gm.set(k, list);
       else gm.delete(k);
       if (gm.size === 0) this.byGrantee.delete(g.KeyId);

@@ -37,6 +37,7 @@ export async function openAuthz(opts: { stateDir: string; kmsDir: string } & Ide
     ...(opts.accountId ? { accountId: opts.accountId } : {}),
     ...(opts.region ? { region: opts.region } : {}),
   });
-  const grants = await GrantStore.open(join(opts.kmsDir, GRANTS_FILE), { principalExists: identities.principalExists });
+  // Grantee and retiring principals bound to their principal ids (principal-bindings.ts, `grantPrincipalId`).
+  const grants = await GrantStore.open(join(opts.kmsDir, GRANTS_FILE), { principalExists: identities.principalExists, principals: identities });
   return { identities, grants, authorizer: new PolicyAuthorizer({ identities, grants }) };
 }

@@ -2,7 +2,7 @@ import type { Authorizer, AuthorizationDecision, AuthorizationRequest } from '..
 import type { KeyView } from '../key-record.js';
 import type { Caller } from '../types.js';
 import { PolicyEvaluator, type Decision, type DenyReason } from './evaluate.js';
-import { checkGrantTokens, parseConstraints, principalIs, type GrantStore, type Grant } from './grants.js';
+import { checkGrantTokens, parseConstraints, type GrantStore, type Grant } from './grants.js';
 import type { Identities } from './identities.js';
 import { managedKeyRefusal } from './managed-keys.js';
 import type { PolicyCache } from './policy-document.js';
@@ -80,10 +80,13 @@ function _newGrant(r: Readonly<Record<string, unknown>>): NewGrantInfo | undefin
   };
 }
 
-/** Who may retire a grant without any policy (KMS Developer Guide, "Retiring and revoking grants"). */
-export function mayRetireByGrant(g: Grant, caller: Caller): boolean {
-  if (principalIs(caller, g.RetiringPrincipal)) return true;
-  if (g.Operations.includes('RetireGrant') && principalIs(caller, g.GranteePrincipal)) return true;
+/**
+ * Who may retire a grant without any policy (KMS Developer Guide, "Retiring and revoking grants"):
+ * its principals as `grants` bound them, so a user or role created again under their ARN may not.
+ */
+export function mayRetireByGrant(grants: GrantStore, g: Grant, caller: Caller): boolean {
+  if (grants.isPrincipalOf(g, 'RetiringPrincipal', caller)) return true;
+  if (g.Operations.includes('RetireGrant') && grants.isPrincipalOf(g, 'GranteePrincipal', caller)) return true;
   return caller.type === 'Root' && g.IssuingAccount === caller.arn;
 }
 
@@ -178,7 +181,7 @@ export class PolicyAuthorizer implements Authorizer {
     const authz = this.toAuthzRequest(req);
     const resource = authz.resource ?? authz.key?.arn ?? '*';
     const g = req.caller.type === 'Unknown' ? undefined : this._grantOf(req);
-    if (g && mayRetireByGrant(g, req.caller)) {
+    if (g && mayRetireByGrant(this.grants, g, req.caller)) {
       const d = this.evaluator.evaluate(authz, { useGrants: false });
       if (!d.allowed && (d.reason === 'explicit-deny-key-policy' || d.reason === 'explicit-deny-identity-policy')) return d;
       return { allowed: true, by: 'grant', grantId: g.GrantId };

@@ -41,6 +41,35 @@ export function bindPrincipals(arns: Iterable<string>, dir: PrincipalDirectory):
   return out;
 }
 
+/** What binding a grant's principals needs beyond a policy's: a session ARN names its role without its path. */
+export interface GrantPrincipalDirectory extends PrincipalDirectory {
+  /** The unique id (RoleId, AROA…) of the role `name`, or undefined if there is none. */
+  roleId(name: string): string | undefined;
+  /** Bumped on every identity change (a principal deleted or created shows differently in a listing). */
+  readonly generation: number;
+}
+
+/**
+ * The principal id a grant's grantee or retiring principal is bound to when the grant is
+ * made, as AWS KMS binds it (a grant to a principal since deleted is listed with that id, and
+ * one created again under the name is not its grantee: docs/architecture.md §5.4): a user's
+ * UserId (AIDA…), a role's RoleId (AROA…, which covers its sessions), and for an assumed-role
+ * session ARN the session's principal id (`AROA…:session`, the role's id and the session
+ * name). `''`: such a principal of the account does not exist (a grant stored before bindings,
+ * naming one deleted by then): it names nobody. Undefined: not bound (the account root, a
+ * service principal, another account's ARN), matched by name.
+ */
+export function grantPrincipalId(arn: string, dir: GrantPrincipalDirectory): string | undefined {
+  const form = parsePrincipalArn(arn);
+  if (!form || form.account !== dir.accountId) return undefined;
+  if (form.kind === 'user' || form.kind === 'role') return dir.uniqueIdOf(arn) ?? '';
+  if (form.kind === 'session') {
+    const rid = dir.roleId(form.role);
+    return rid ? `${rid}:${form.session}` : '';
+  }
+  return undefined;
+}
+
 /** The key-policy binder the KMS core stores every key policy with (`KmsService.bindKeyPolicies`). */
 export function keyPolicyBinder(dir: PrincipalDirectory): (policy: string) => Record<string, string> | undefined {
   return (policy) => bindPrincipals(parsePolicy(policy, { kind: 'key', maxBytes: Number.MAX_SAFE_INTEGER }).principalArns, dir);
