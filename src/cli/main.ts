@@ -133,6 +133,7 @@ function daemonCommand(y: Argv): Argv {
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
         .option('refusal-window', { type: 'string', describe: 'how long refusals of one caller are summed into one audit event (1s to 10m; default 10s)' })
         .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
+        .option('volume-modification-window', { type: 'string', describe: 'the rolling window in which a volume may be modified (ModifyVolume) at most 4 times, as EC2 allows (default 24h; 0 = no limit)' })
         .option('snapshot-gc-grace', { type: 'string', hidden: true, describe: 'keep unreferenced snapshot blocks younger than this (default 1h)' })
         .option('write-behind', {
           type: 'boolean',
@@ -162,6 +163,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
         ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory') } : {}),
         ...(a.refusalWindow !== undefined ? { refusalWindowMs: refusalWindow(a.refusalWindow) } : {}),
+        ...(a.volumeModificationWindow !== undefined ? { volumeModificationWindowMs: parseDuration(a.volumeModificationWindow, '--volume-modification-window', Number.MAX_SAFE_INTEGER) } : {}),
         ...(a.snapshotGcGrace !== undefined ? { snapshotGcGraceMs: parseDuration(a.snapshotGcGrace, '--snapshot-gc-grace', Number.MAX_SAFE_INTEGER) } : {}),
         ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
       };
@@ -362,7 +364,7 @@ function volumeCommands(y: Argv): Argv {
             b
               .positional('volume-ids', { type: 'string', array: true })
               .option('filters', { type: 'array', string: true, describe: 'Name=modification-state,Values=completed or JSON; repeatable' })
-              .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: '5..500' })
+              .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: '1..500' })
               .option('next-token', { type: 'string' })
               .option('dry-run', DRY_RUN_OPTION),
           async (a) => {

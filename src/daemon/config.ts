@@ -80,6 +80,12 @@ export interface DaemonConfig {
    * MemTotal/16, the cgroup memory limit/8). Past it, captures spill to a file.
    */
   snapshotCowMemoryBytes?: number;
+  /**
+   * The rolling window in which a volume may be modified at most four times
+   * (ModifyVolume, EC2's limit; README "How often a volume can be modified"); default 24 h. Shorter for
+   * tests, or for an operator who wants volumes to grow more often than EC2 allows.
+   */
+  volumeModificationWindowMs?: number;
 }
 
 /** `HOST:PORT`, `[::1]:PORT` -> host and port; a RangeError naming the flag otherwise. */
@@ -120,6 +126,9 @@ export function checkDaemonConfig(c: DaemonConfig): void {
     if (u?.protocol === 'http:' && !isLoopback(u.hostname)) {
       throw new ArgRangeError('--kms-endpoint', `"${c.kmsEndpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
     }
+  }
+  if (c.volumeModificationWindowMs !== undefined && (!Number.isSafeInteger(c.volumeModificationWindowMs) || c.volumeModificationWindowMs < 0)) {
+    throw new ArgRangeError('--volume-modification-window', `must be a non-negative duration, got ${String(c.volumeModificationWindowMs)} ms`);
   }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);

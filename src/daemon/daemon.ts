@@ -352,6 +352,7 @@ export class Daemon {
         region: ids.region,
         ...(cfg.keyCacheTtlMs !== undefined ? { keyCacheTtlMs: cfg.keyCacheTtlMs } : {}),
         ...(cfg.keyCacheMaxStaleMs !== undefined ? { keyCacheMaxStaleMs: cfg.keyCacheMaxStaleMs } : {}),
+        ...(cfg.volumeModificationWindowMs !== undefined ? { modificationWindowMs: cfg.volumeModificationWindowMs } : {}),
         allowUnencrypted: cfg.allowUnencrypted,
         openCount: (id) => bfs.openCount(id),
         // The FUSE table changes inside the volume's mutex, with the attachment (attach, detach, resume, close).
@@ -847,7 +848,10 @@ export class Daemon {
     return { Volumes: page, ...(next ? { NextToken: next } : {}) };
   }
 
-  /** Paged as describeVolumes (by volume id); authorized as a whole (ec2-authz.ts), so nothing is filtered per volume. */
+  /**
+   * Paged as describeVolumes (by volume id), with VolumeIds too (ec2-requests.ts, MODIFICATIONS_PAGING);
+   * authorized as a whole (ec2-authz.ts), so nothing is filtered per volume.
+   */
   private describeVolumesModifications(input: DescribeVolumesInput): unknown {
     const { MaxResults, NextToken, ...query } = input;
     const all = this.mgr!.describeVolumesModifications(query).VolumesModifications;

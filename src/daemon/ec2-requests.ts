@@ -16,7 +16,7 @@ import { charCount } from '../util/char-count.js';
  *   `volume`; Name (ebsd's shortcut for the Name tag) is a tag value;
  *   VolumeId `vol-` + 17 hex; Filters: at most 50, Name 1..255 characters,
  *   Values an array of at most 200 strings of at most 255 characters;
- *   MaxResults at least 5, over 500 taken as 500; DryRun a boolean; ClientToken 1..64 printable ASCII; unknown members are refused (UnknownParameter), as EC2 does.
+ *   MaxResults at least 5 (DescribeVolumesModifications: 1), over 500 taken as 500; DryRun a boolean; ClientToken 1..64 printable ASCII; unknown members are refused (UnknownParameter), as EC2 does.
  *
  * Errors carry EC2's names: InvalidParameterValue, InvalidParameter,
  * MissingParameter, UnknownParameter, InvalidFilter, TagLimitExceeded,
@@ -175,7 +175,7 @@ function parseMembers(op: Ec2Operation, m: (k: string) => unknown): Ec2Request {
     case 'ModifyVolume':
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), Size: size(m('Size')) } };
     case 'DescribeVolumesModifications':
-      return { op, input: describeVolumes(m, MODIFICATION_FILTER_NAMES) };
+      return { op, input: describeVolumes(m, MODIFICATION_FILTER_NAMES, MODIFICATIONS_PAGING) };
     case 'AttachVolume':
       return { op, input: { VolumeId: volumeId(m('VolumeId'), 'VolumeId'), ...instanceAndDevice(m) } };
     case 'DetachVolume': {
@@ -278,8 +278,22 @@ export function tag(v: unknown, at: string): Tag {
   return { Key: key, Value: value };
 }
 
-/** DescribeVolumes' members, and DescribeVolumesModifications' (the same, with its own filter names). */
-function describeVolumes(m: (k: string) => unknown, filterNames: ReadonlySet<string> = VOLUME_FILTER_NAMES): DescribeVolumesInput {
+/**
+ * How a Describe pages (README, the `ebsd volume ls|…` row): DescribeVolumes'
+ * MaxResults is 5..500 and not with VolumeIds. EC2 states for
+ * DescribeVolumesModifications only "up to a limit of 500", with no minimum
+ * and no rule against VolumeIds: any whole number from 1, over 500 taken as
+ * 500, and VolumeIds page like the rest.
+ */
+interface Paging {
+  min: number;
+  withIds: boolean;
+}
+const VOLUMES_PAGING: Paging = { min: MAX_RESULTS_MIN, withIds: false };
+const MODIFICATIONS_PAGING: Paging = { min: 1, withIds: true };
+
+/** DescribeVolumes' members, and DescribeVolumesModifications' (the same, with its own filter names and paging). */
+function describeVolumes(m: (k: string) => unknown, filterNames: ReadonlySet<string> = VOLUME_FILTER_NAMES, paging: Paging = VOLUMES_PAGING): DescribeVolumesInput {
   const out: DescribeVolumesInput = {};
   const ids = m('VolumeIds');
   if (ids !== undefined) out.VolumeIds = volumeIds(ids, 'VolumeIds');
@@ -287,15 +301,15 @@ function describeVolumes(m: (k: string) => unknown, filterNames: ReadonlySet<str
   if (filters !== undefined) out.Filters = filterList(filters, filterNames);
   const max = m('MaxResults');
   if (max !== undefined) {
-    if (typeof max !== 'number' || !Number.isSafeInteger(max) || max < MAX_RESULTS_MIN) {
-      throw invalidValue('MaxResults', `Invalid value ${printable(max)} for MaxResults: an integer of at least ${MAX_RESULTS_MIN} (values over ${MAX_RESULTS_MAX} return ${MAX_RESULTS_MAX} items)`);
+    if (typeof max !== 'number' || !Number.isSafeInteger(max) || max < paging.min) {
+      throw invalidValue('MaxResults', `Invalid value ${printable(max)} for MaxResults: an integer of at least ${paging.min} (values over ${MAX_RESULTS_MAX} return ${MAX_RESULTS_MAX} items)`);
     }
     // EC2: "If this parameter is set to a value larger than 500, only 500 items are returned."
     out.MaxResults = Math.min(max, MAX_RESULTS_MAX);
   }
   const token = m('NextToken');
   if (token !== undefined) out.NextToken = string(token, 'NextToken', 1, NEXT_TOKEN_MAX);
-  if (out.VolumeIds?.length && (out.MaxResults !== undefined || out.NextToken !== undefined)) {
+  if (!paging.withIds && out.VolumeIds?.length && (out.MaxResults !== undefined || out.NextToken !== undefined)) {
     throw new Ec2RequestError('EC2_INVALID_PARAMETER_COMBINATION', 'MaxResults', 'The parameters VolumeIds and MaxResults/NextToken cannot be used together');
   }
   return out;

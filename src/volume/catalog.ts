@@ -55,6 +55,13 @@ export interface VolumeRecord {
    */
   lastModification?: LastModification;
   /**
+   * StartTime (ISO) of the volume's latest ModifyVolume requests, oldest first, at
+   * most MODIFICATIONS_PER_WINDOW (volume-manager.ts): what EC2's limit of modifications
+   * in a rolling window is counted from. Recorded with the modify's intent, so a
+   * restart, a crash or a modify that failed does not give the count back.
+   */
+  modificationStarts?: string[];
+  /**
    * Intent of a DetachVolume under way, written after the device is closed
    * and before the grant is retired. A restart that finds it finishes the
    * detach (retire the grant, record `available`) instead of resuming an

@@ -48,6 +48,8 @@ export type VolumeErrorCode =
   | 'VOLUME_IMAGE_CORRUPT' // IncorrectState: the image file is not what its header must be (plain-image.ts)
   | 'VOLUME_INSTANCE_NOT_FOUND' // InvalidInstanceID.NotFound: AttachVolume/DetachVolume naming an instance other than this host
   | 'VOLUME_MODIFICATION_NOT_FOUND' // InvalidVolumeModification.NotFound: DescribeVolumesModifications of a volume never modified
+  | 'VOLUME_MODIFICATION_IN_PROGRESS' // IncorrectModificationState: ModifyVolume while the previous modification is under way
+  | 'VOLUME_MODIFICATION_RATE_EXCEEDED' // VolumeModificationRateExceeded: ModifyVolume past the modifications a volume may have in the window
   | 'VOLUME_IDEMPOTENT_MISMATCH' // IdempotentParameterMismatch: a CreateVolume ClientToken reused with other parameters
   | 'VOLUME_IO'; // EIO or any other backing-file failure
 

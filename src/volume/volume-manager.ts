@@ -33,6 +33,13 @@ export const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 const GP3_IOPS = 3000;
 const GP3_THROUGHPUT_MIBPS = 125;
 const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
+/**
+ * EC2's limit on ModifyVolume (README, "How often a volume can be modified"): a volume may be modified at
+ * most this many times in a rolling window, DEFAULT_MODIFICATION_WINDOW_MS
+ * unless the daemon is given another (`--volume-modification-window`).
+ */
+export const MODIFICATIONS_PER_WINDOW = 4;
+export const DEFAULT_MODIFICATION_WINDOW_MS = 24 * 3_600_000;
 
 /** Audit-worthy volume events, for the daemon to append to its audit trail. */
 export interface VolumeAuditEvent {
@@ -71,6 +78,11 @@ export interface VolumeManagerOptions {
   /** Open FUSE handles on a volume's file; detach refuses while > 0 unless forced. */
   openCount?: (volumeId: string) => number;
   onImpaired?: (ev: ImpairedEvent) => void;
+  /**
+   * The rolling window of ModifyVolume's limit of MODIFICATIONS_PER_WINDOW per volume;
+   * default DEFAULT_MODIFICATION_WINDOW_MS (EC2's 24 hours).
+   */
+  modificationWindowMs?: number;
   /** ModifyVolume grew a volume (attached or not); an attached device's `size` already reports `size`. */
   onResized?: (ev: { volumeId: string; size: number; originalSize: number; attached: boolean }) => void;
   onAudit?: (ev: VolumeAuditEvent) => void;
@@ -562,25 +574,34 @@ export class VolumeManager {
   // ---- ModifyVolume ------------------------------------------------------
 
   /**
-   * Grow only. Everything is checked before anything changes (state, size,
-   * the image is a regular file, its header's size); then an intent record,
-   * the sparse file grown (never shrunk), the header, and the catalog. A
-   * crash anywhere in between is settled at the next start from the header
+   * Grow only. Everything is checked before anything changes (state, no
+   * modification under way, size, EC2's limit of modifications in a rolling
+   * window, the image is a regular file, its header's size); then an intent
+   * record (with this modification's start, counted from then on), the
+   * sparse file grown (never shrunk), the header, and the catalog. A crash
+   * anywhere in between is settled at the next start from the header
    * (settleModify), so header, file and catalog agree again.
    */
   async modifyVolume(req: { VolumeId: string; Size: number | string }, caller: Caller) {
     const startTime = new Date().toISOString(); // EC2's StartTime: when the call came in
+    // A modify arriving while another one of the volume is under way is refused, as EC2
+    // does, not queued behind it.
+    refuseWhileModifying(this.record(req.VolumeId));
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
       if (rec.state !== 'available' && rec.state !== 'in-use') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
+      // An intent left by a modify that could not be settled (the next start retries it).
+      refuseWhileModifying(rec);
       const size = parseVolumeSize(req.Size);
       if (size <= rec.size) throw invalidParameter(`New size ${size} must be larger than the current size ${rec.size}; volumes only grow.`);
+      const starts = this.modificationStartsWithin(rec, Date.parse(startTime));
       const path = join(this.dir, rec.image);
       const h = await this.recovery.imageSize(rec);
       // Precondition: never below what the header says, whatever the catalog says.
       if (size <= h.size) throw invalidParameter(`New size ${size} must be larger than the size ${h.size} the image header of ${rec.volumeId} records; volumes only grow.`);
       const original = rec.size;
       rec.modifying = { originalSize: original, targetSize: size, since: startTime };
+      rec.modificationStarts = [...starts, startTime].slice(-MODIFICATIONS_PER_WINDOW);
       await this.catalog.put(rec);
       faultPoint('modify.after-intent');
       try {
@@ -614,6 +635,29 @@ export class VolumeManager {
       this.audit({ eventName: 'ModifyVolume', volumeId: rec.volumeId, principal: caller.arn, details: { originalSize: original, targetSize: size } });
       return { VolumeModification: this.modificationOf(rec)! };
     });
+  }
+
+  /**
+   * The volume's recorded modification starts (oldest first, at most
+   * MODIFICATIONS_PER_WINDOW); VolumeModificationRateExceeded when all of them
+   * fall in the rolling window that ends `now`, naming when the oldest leaves it.
+   */
+  private modificationStartsWithin(rec: VolumeRecord, now: number): string[] {
+    const window = this.o.modificationWindowMs ?? DEFAULT_MODIFICATION_WINDOW_MS;
+    const starts = (Array.isArray(rec.modificationStarts) ? rec.modificationStarts : [])
+      .filter((t): t is string => typeof t === 'string' && Number.isFinite(Date.parse(t)))
+      .slice(-MODIFICATIONS_PER_WINDOW);
+    const recent = starts.filter((t) => Date.parse(t) > now - window);
+    if (recent.length >= MODIFICATIONS_PER_WINDOW) {
+      const again = new Date(Date.parse(recent[0]!) + window).toISOString();
+      throw new VolumeError(
+        'VOLUME_MODIFICATION_RATE_EXCEEDED',
+        `You've reached the maximum modification rate per volume limit: volume '${rec.volumeId}' was modified ${MODIFICATIONS_PER_WINDOW} times ` +
+          `in a rolling ${windowText(window)} period. You can modify it again after ${again}.`,
+        { awsName: 'VolumeModificationRateExceeded' },
+      );
+    }
+    return starts;
   }
 
   // ---- DescribeVolumesModifications --------------------------------------
@@ -767,4 +811,18 @@ function wantsPlaintext(req: CreateVolumeRequest): boolean {
   if (c === 'none' && req.Encrypted === true) throw invalidParameter('Cipher none contradicts Encrypted true');
   if (c === 'aes-xts-plain64' && req.Encrypted === false) throw invalidParameter('Cipher aes-xts-plain64 contradicts Encrypted false');
   return c === 'none' || req.Encrypted === false;
+}
+
+/** IncorrectModificationState while a modification of the volume is under way (its intent is recorded), as EC2 answers. */
+function refuseWhileModifying(rec: VolumeRecord): void {
+  if (!rec.modifying) return;
+  throw new VolumeError('VOLUME_MODIFICATION_IN_PROGRESS', `Volume ${rec.volumeId} cannot be modified in modification state MODIFYING`, { awsName: 'IncorrectModificationState' });
+}
+
+/** 86400000 -> `24-hour`, 90000 -> `90-second`, 2500 -> `2500-millisecond`: the window as a refusal names it. */
+function windowText(ms: number): string {
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}-hour`;
+  if (ms % 60_000 === 0) return `${ms / 60_000}-minute`;
+  if (ms % 1000 === 0) return `${ms / 1000}-second`;
+  return `${ms}-millisecond`;
 }

@@ -31,6 +31,18 @@ describe('--refusal-window', () => {
   });
 });
 
+describe('--volume-modification-window', () => {
+  it('is any non-negative duration (no timer: compared with start times); a config built in code is held to it', () => {
+    expect(parseDuration('24h', '--volume-modification-window', Number.MAX_SAFE_INTEGER)).toBe(24 * H);
+    expect(parseDuration('9000h', '--volume-modification-window', Number.MAX_SAFE_INTEGER)).toBe(9000 * H);
+    expect(() => parseDuration('soon', '--volume-modification-window', Number.MAX_SAFE_INTEGER)).toThrow(/--volume-modification-window/);
+    const base = { stateDir: '/tmp/x', mountDir: '/tmp/m', logLevel: 'info', allowUnencrypted: false };
+    expect(() => checkDaemonConfig({ ...base, volumeModificationWindowMs: -1 })).toThrow(/--volume-modification-window.*non-negative/);
+    expect(() => checkDaemonConfig({ ...base, volumeModificationWindowMs: 1.5 })).toThrow(/--volume-modification-window/);
+    expect(() => checkDaemonConfig({ ...base, volumeModificationWindowMs: 0 })).not.toThrow();
+  });
+});
+
 describe('durations that feed a timer', () => {
   it('parseDuration takes up to 2^31-1 ms and refuses more, naming the flag and the limit', () => {
     expect(parseDuration('596h', '--key-cache-max-stale')).toBe(596 * H);

@@ -1,3 +1,6 @@
+import { createHash } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt, rawControlCall } from './helpers.js';
 
@@ -95,7 +98,19 @@ describe('DescribeVolumesModifications (real daemon)', () => {
     } while (token);
     expect(pages).toBe(2);
     expect(seen).toEqual([...vols].sort());
-    const mixed = await rawControlCall(env.state, 'ebsd.DescribeVolumesModifications', { VolumeIds: [vols[0]], MaxResults: 5 });
+    // Unlike DescribeVolumes, EC2's reference sets no minimum for MaxResults here (only "up to a
+    // limit of 500") and no rule against VolumeIds: the named volumes page the same way.
+    const named = [vols[4]!, vols[1]!, vols[2]!];
+    const first = await rawControlCall(env.state, 'ebsd.DescribeVolumesModifications', { VolumeIds: named, MaxResults: 2 });
+    expect(first.status, JSON.stringify(first.body)).toBe(200);
+    const second = await rawControlCall(env.state, 'ebsd.DescribeVolumesModifications', { VolumeIds: named, MaxResults: 2, NextToken: first.body.NextToken });
+    expect(second.status, JSON.stringify(second.body)).toBe(200);
+    expect(second.body.NextToken).toBeUndefined();
+    expect([...first.body.VolumesModifications, ...second.body.VolumesModifications].map((x: { VolumeId: string }) => x.VolumeId)).toEqual([...named].sort());
+    const zero = await rawControlCall(env.state, 'ebsd.DescribeVolumesModifications', { MaxResults: 0 });
+    expect(zero.body.__type).toBe('InvalidParameterValue');
+    // DescribeVolumes keeps its own rules: MaxResults 5..500, not with VolumeIds.
+    const mixed = await rawControlCall(env.state, 'ebsd.DescribeVolumes', { VolumeIds: [vols[0]], MaxResults: 5 });
     expect(mixed.status).not.toBe(200);
     expect(JSON.stringify(mixed.body)).toContain('cannot be used together');
   });
@@ -116,4 +131,85 @@ describe('DescribeVolumesModifications (real daemon)', () => {
     // Refusals and dry runs are audited; a Describe that succeeds is not (as every Describe here).
     expect(mine.map((e) => e.errorCode ?? 'ok')).toEqual(['Client.UnauthorizedOperation', 'Client.DryRunOperation']);
   });
+});
+
+/**
+ * EC2's limit on ModifyVolume: at most 4 modifications of a volume in a
+ * rolling 24-hour period (README, "How often a volume can be modified"). The fifth
+ * is VolumeModificationRateExceeded and changes nothing; the count is kept in
+ * the catalog, so a restart does not give it back; once the oldest of the four
+ * leaves the window (here `--volume-modification-window 3s`) a modify passes again.
+ */
+describe('ModifyVolume\'s limit of modifications in a rolling window (real daemon)', () => {
+  const env = new Env('volmodrate');
+  const catalog = (): string => readFileSync(join(env.state, 'volumes', 'catalog.json'), 'utf8');
+  const image = (id: string): string => join(env.state, 'volumes', `${id}.img`);
+  const digest = (id: string): string => createHash('sha256').update(readFileSync(image(id))).digest('hex');
+  const modify = (id: string, size: string) => rawControlCall(env.state, 'ebsd.ModifyVolume', { VolumeId: id, Size: size });
+  /** Four modifications that pass (16 -> 20 -> 24 -> 28 -> 32 MiB); their StartTimes. */
+  const fourModifications = async (id: string): Promise<string[]> => {
+    const starts: string[] = [];
+    for (const size of ['20MiB', '24MiB', '28MiB', '32MiB']) {
+      const r = await modify(id, size);
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      starts.push(r.body.VolumeModification.StartTime);
+    }
+    return starts;
+  };
+  const rateRefusal = (again: string) =>
+    new RegExp(`VolumeModificationRateExceeded: You've reached the maximum modification rate per volume limit: volume 'vol-[0-9a-f]{17}' was modified 4 times in a rolling \\S+ period\\. You can modify it again after ${again.replace(/[.]/g, '\\.')}\\.`);
+
+  beforeAll(() => ensureBuilt());
+  afterAll(() => env.cleanup(), 60_000);
+
+  it('the fifth modify in the window is VolumeModificationRateExceeded (exit 6) and changes nothing; a restart keeps the count', async () => {
+    await env.start(['--volume-modification-window', '1h']);
+    const id = (await rawControlCall(env.state, 'ebsd.CreateVolume', { Size: '16MiB' })).body.VolumeId as string;
+    const starts = await fourModifications(id);
+    const again = new Date(Date.parse(starts[0]!) + 3_600_000).toISOString();
+
+    const before = { catalog: catalog(), image: digest(id), stat: statSync(image(id)) };
+    const fifth = await env.cli(['volume', 'modify', id, '--size', '36MiB']);
+    expect(fifth.code, fifth.stderr).toBe(6);
+    expect(fifth.stderr).toMatch(rateRefusal(again));
+    expect(fifth.stderr).toContain('in a rolling 1-hour period');
+    // Nothing changed: catalog, image (header and data) and its size; DescribeVolumes and
+    // DescribeVolumesModifications still tell the fourth modification.
+    expect(catalog()).toBe(before.catalog);
+    expect(digest(id)).toBe(before.image);
+    expect(statSync(image(id)).size).toBe(before.stat.size);
+    expect((await env.api('ebsd.DescribeVolumes', { VolumeIds: [id] })).Volumes[0].SizeBytes).toBe(32 * MiB);
+    expect((await env.api('ebsd.DescribeVolumesModifications', { VolumeIds: [id] })).VolumesModifications).toEqual([
+      expect.objectContaining({ ModificationState: 'completed', OriginalSizeBytes: 28 * MiB, TargetSizeBytes: 32 * MiB, StartTime: starts[3] }),
+    ]);
+
+    // The count is in the catalog: a restarted daemon refuses the fifth the same way.
+    await env.stop();
+    await env.start(['--volume-modification-window', '1h']);
+    const r = await modify(id, '36MiB');
+    expect(r.status).toBe(400);
+    expect(r.body.__type).toBe('VolumeModificationRateExceeded');
+    expect(`${r.body.__type}: ${r.body.message}`).toMatch(rateRefusal(again));
+    expect(catalog()).toBe(before.catalog);
+    expect(digest(id)).toBe(before.image);
+    await env.stop();
+  }, 180_000);
+
+  it('once the oldest of the four leaves the window, a modify passes again', async () => {
+    await env.start(['--volume-modification-window', '3s']);
+    const id = (await rawControlCall(env.state, 'ebsd.CreateVolume', { Size: '16MiB' })).body.VolumeId as string;
+    const starts = await fourModifications(id);
+    const again = Date.parse(starts[0]!) + 3000;
+    const refused = await modify(id, '36MiB');
+    // The four took well under 3 s (the refusal names when the window lets the next one in).
+    expect(refused.body.__type, JSON.stringify(refused.body)).toBe('VolumeModificationRateExceeded');
+    expect(`${refused.body.__type}: ${refused.body.message}`).toMatch(rateRefusal(new Date(again).toISOString()));
+    expect(refused.body.message).toContain('in a rolling 3-second period');
+    await new Promise((res) => setTimeout(res, Math.max(0, again - Date.now()) + 50));
+    const passed = await modify(id, '36MiB');
+    expect(passed.status, JSON.stringify(passed.body)).toBe(200);
+    expect(passed.body.VolumeModification).toMatchObject({ ModificationState: 'completed', OriginalSizeBytes: 32 * MiB, TargetSizeBytes: 36 * MiB });
+    expect((await env.api('ebsd.DescribeVolumes', { VolumeIds: [id] })).Volumes[0].SizeBytes).toBe(36 * MiB);
+    await env.stop();
+  }, 120_000);
 });

@@ -301,6 +301,44 @@ describe('attach, I/O, detach, re-attach', () => {
     expect(audits.filter((a) => a.eventName === 'ModifyVolume').map((a) => a.details)).toEqual([{ originalSize: MiB, targetSize: 2 * MiB }]);
   });
 
+  test('a modify while another one of the volume is under way is IncorrectModificationState, not queued; the fifth in the window is VolumeModificationRateExceeded', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    const luks2 = formatOf({});
+    const real = luks2.resize.bind(luks2);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let entered!: () => void;
+    const inResize = new Promise<void>((r) => (entered = r));
+    // Injected: the first modify's header update waits until released (its intent is recorded by then).
+    const spy = vi.spyOn(luks2, 'resize').mockImplementationOnce(async (path, size) => {
+      entered();
+      await held;
+      return real(path, size);
+    });
+    try {
+      const first = mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '2MiB' }, kms.user);
+      await inResize;
+      await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: '3MiB' }, kms.user)).rejects.toMatchObject({
+        code: 'VOLUME_MODIFICATION_IN_PROGRESS', awsName: 'IncorrectModificationState', message: `Volume ${v.VolumeId} cannot be modified in modification state MODIFYING`,
+      });
+      expect(mgr.describeVolumesModifications({ VolumeIds: [v.VolumeId] }).VolumesModifications[0]).toMatchObject({ ModificationState: 'modifying', TargetSizeBytes: 2 * MiB });
+      release();
+      await expect(first).resolves.toMatchObject({ VolumeModification: { ModificationState: 'completed', TargetSizeBytes: 2 * MiB } });
+    } finally {
+      release();
+      spy.mockRestore();
+    }
+    // The refused one did not count: three more pass, the fifth is refused and changes nothing.
+    for (const size of [3, 4, 5]) await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: size * MiB }, kms.user);
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.SizeBytes).toBe(5 * MiB);
+    const err = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 6 * MiB }, kms.user).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'VOLUME_MODIFICATION_RATE_EXCEEDED', awsName: 'VolumeModificationRateExceeded' });
+    expect((err as Error).message).toMatch(new RegExp(`^You've reached the maximum modification rate per volume limit: volume '${v.VolumeId}' was modified 4 times in a rolling 24-hour period\\. You can modify it again after \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z\\.$`));
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.SizeBytes).toBe(5 * MiB);
+    expect(mgr.describeVolumesModifications({ VolumeIds: [v.VolumeId] }).VolumesModifications[0]).toMatchObject({ OriginalSizeBytes: 4 * MiB, TargetSizeBytes: 5 * MiB });
+    expect(audits.filter((a) => a.eventName === 'ModifyVolume')).toHaveLength(4);
+  });
+
   test('swapping the tokens of two volumes fails the attach', async () => {
     const a = await mgr.createVolume({ Size: MiB }, kms.user);
     const b = await mgr.createVolume({ Size: MiB }, kms.user);
