@@ -99,6 +99,8 @@ export function parseListenAddress(v: string, name = '--kms-listen'): { host: st
 export const VERSION = '0.1.0';
 export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
 export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
+/** The longest --volume-modification-window: a year (a window past JavaScript's dates could not name when the volume may be modified again). */
+export const MAX_MODIFICATION_WINDOW_MS = 365 * 24 * 3_600_000;
 
 export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
@@ -127,8 +129,8 @@ export function checkDaemonConfig(c: DaemonConfig): void {
       throw new ArgRangeError('--kms-endpoint', `"${c.kmsEndpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
     }
   }
-  if (c.volumeModificationWindowMs !== undefined && (!Number.isSafeInteger(c.volumeModificationWindowMs) || c.volumeModificationWindowMs < 0)) {
-    throw new ArgRangeError('--volume-modification-window', `must be a non-negative duration, got ${String(c.volumeModificationWindowMs)} ms`);
+  if (c.volumeModificationWindowMs !== undefined && (!Number.isSafeInteger(c.volumeModificationWindowMs) || c.volumeModificationWindowMs < 0 || c.volumeModificationWindowMs > MAX_MODIFICATION_WINDOW_MS)) {
+    throw new ArgRangeError('--volume-modification-window', `must be a duration from 0 to ${durationLimit(MAX_MODIFICATION_WINDOW_MS)}, got ${String(c.volumeModificationWindowMs)} ms`);
   }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);

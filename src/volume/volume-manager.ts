@@ -195,6 +195,8 @@ export class VolumeManager {
   readonly viaService: string;
   readonly instanceId: string;
   private readonly mutex = new KeyedMutex();
+  /** Volumes with a ModifyVolume accepted and not yet answered (a second one is refused, not queued). */
+  private readonly modifyAccepted = new Set<string>();
   private readonly attachments: Attachments;
   private readonly recovery: VolumeRecovery;
   /** Volumes whose image a background create is writing, with its progress (0-100). */
@@ -585,8 +587,11 @@ export class VolumeManager {
   async modifyVolume(req: { VolumeId: string; Size: number | string }, caller: Caller) {
     const startTime = new Date().toISOString(); // EC2's StartTime: when the call came in
     // A modify arriving while another one of the volume is under way is refused, as EC2
-    // does, not queued behind it.
+    // does, not queued behind it: "under way" from its acceptance here, not only once its
+    // intent is recorded (it may wait for the volume's lock first).
     refuseWhileModifying(this.record(req.VolumeId));
+    if (this.modifyAccepted.has(req.VolumeId)) throw modificationUnderWay(req.VolumeId);
+    this.modifyAccepted.add(req.VolumeId);
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
       if (rec.state !== 'available' && rec.state !== 'in-use') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
@@ -594,7 +599,8 @@ export class VolumeManager {
       refuseWhileModifying(rec);
       const size = parseVolumeSize(req.Size);
       if (size <= rec.size) throw invalidParameter(`New size ${size} must be larger than the current size ${rec.size}; volumes only grow.`);
-      const starts = this.modificationStartsWithin(rec, Date.parse(startTime));
+      // The window ends now, not at the arrival: a start may have left it while this call waited for the lock.
+      const starts = this.modificationStartsWithin(rec, Date.now());
       const path = join(this.dir, rec.image);
       const h = await this.recovery.imageSize(rec);
       // Precondition: never below what the header says, whatever the catalog says.
@@ -634,7 +640,7 @@ export class VolumeManager {
       }
       this.audit({ eventName: 'ModifyVolume', volumeId: rec.volumeId, principal: caller.arn, details: { originalSize: original, targetSize: size } });
       return { VolumeModification: this.modificationOf(rec)! };
-    });
+    }).finally(() => this.modifyAccepted.delete(req.VolumeId));
   }
 
   /**
@@ -644,12 +650,17 @@ export class VolumeManager {
    */
   private modificationStartsWithin(rec: VolumeRecord, now: number): string[] {
     const window = this.o.modificationWindowMs ?? DEFAULT_MODIFICATION_WINDOW_MS;
-    const starts = (Array.isArray(rec.modificationStarts) ? rec.modificationStarts : [])
+    // A record from before the limit existed has only its last modification: that one counts.
+    const recorded = Array.isArray(rec.modificationStarts) ? rec.modificationStarts : rec.lastModification ? [rec.lastModification.startTime] : [];
+    const starts = recorded
       .filter((t): t is string => typeof t === 'string' && Number.isFinite(Date.parse(t)))
       .slice(-MODIFICATIONS_PER_WINDOW);
-    const recent = starts.filter((t) => Date.parse(t) > now - window);
+    if (window === 0) return starts; // --volume-modification-window 0: no limit
+    // A start later than now (the clock was set back) counts as made now: it locks the volume out
+    // for one window at most, not until the clock catches up with it.
+    const recent = starts.map((t) => Math.min(Date.parse(t), now)).filter((t) => t > now - window);
     if (recent.length >= MODIFICATIONS_PER_WINDOW) {
-      const again = new Date(Date.parse(recent[0]!) + window).toISOString();
+      const again = new Date(Math.min(...recent) + window).toISOString();
       throw new VolumeError(
         'VOLUME_MODIFICATION_RATE_EXCEEDED',
         `You've reached the maximum modification rate per volume limit: volume '${rec.volumeId}' was modified ${MODIFICATIONS_PER_WINDOW} times ` +
@@ -815,8 +826,11 @@ function wantsPlaintext(req: CreateVolumeRequest): boolean {
 
 /** IncorrectModificationState while a modification of the volume is under way (its intent is recorded), as EC2 answers. */
 function refuseWhileModifying(rec: VolumeRecord): void {
-  if (!rec.modifying) return;
-  throw new VolumeError('VOLUME_MODIFICATION_IN_PROGRESS', `Volume ${rec.volumeId} cannot be modified in modification state MODIFYING`, { awsName: 'IncorrectModificationState' });
+  if (rec.modifying) throw modificationUnderWay(rec.volumeId);
+}
+
+function modificationUnderWay(volumeId: string): VolumeError {
+  return new VolumeError('VOLUME_MODIFICATION_IN_PROGRESS', `Volume ${volumeId} cannot be modified in modification state MODIFYING`, { awsName: 'IncorrectModificationState' });
 }
 
 /** 86400000 -> `24-hour`, 90000 -> `90-second`, 2500 -> `2500-millisecond`: the window as a refusal names it. */

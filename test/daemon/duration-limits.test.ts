@@ -8,7 +8,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { checkDaemonConfig, parseDuration, refusalWindow } from '../../src/daemon/config.js';
+import { checkDaemonConfig, MAX_MODIFICATION_WINDOW_MS, parseDuration, refusalWindow } from '../../src/daemon/config.js';
 import { MAX_TIMER_MS, type Clock, type TimerHandle } from '../../src/util/clock.js';
 import { KeyCache, type KeyCheckMembership } from '../../src/volume/key-cache.js';
 import { ensureBuilt } from '../e2e/helpers.js';
@@ -32,13 +32,15 @@ describe('--refusal-window', () => {
 });
 
 describe('--volume-modification-window', () => {
-  it('is any non-negative duration (no timer: compared with start times); a config built in code is held to it', () => {
-    expect(parseDuration('24h', '--volume-modification-window', Number.MAX_SAFE_INTEGER)).toBe(24 * H);
-    expect(parseDuration('9000h', '--volume-modification-window', Number.MAX_SAFE_INTEGER)).toBe(9000 * H);
-    expect(() => parseDuration('soon', '--volume-modification-window', Number.MAX_SAFE_INTEGER)).toThrow(/--volume-modification-window/);
+  it('is a duration from 0 to a year (no timer: compared with start times; longer could not be named as a date); a config built in code is held to it', () => {
+    expect(parseDuration('24h', '--volume-modification-window', MAX_MODIFICATION_WINDOW_MS)).toBe(24 * H);
+    expect(parseDuration('8760h', '--volume-modification-window', MAX_MODIFICATION_WINDOW_MS)).toBe(8760 * H);
+    expect(() => parseDuration('8761h', '--volume-modification-window', MAX_MODIFICATION_WINDOW_MS)).toThrow(/--volume-modification-window .* is too long/);
+    expect(() => parseDuration('soon', '--volume-modification-window', MAX_MODIFICATION_WINDOW_MS)).toThrow(/--volume-modification-window/);
     const base = { stateDir: '/tmp/x', mountDir: '/tmp/m', logLevel: 'info', allowUnencrypted: false };
-    expect(() => checkDaemonConfig({ ...base, volumeModificationWindowMs: -1 })).toThrow(/--volume-modification-window.*non-negative/);
+    expect(() => checkDaemonConfig({ ...base, volumeModificationWindowMs: -1 })).toThrow(/--volume-modification-window.*from 0 to/);
     expect(() => checkDaemonConfig({ ...base, volumeModificationWindowMs: 1.5 })).toThrow(/--volume-modification-window/);
+    expect(() => checkDaemonConfig({ ...base, volumeModificationWindowMs: 2400000000 * H })).toThrow(/--volume-modification-window.*from 0 to/);
     expect(() => checkDaemonConfig({ ...base, volumeModificationWindowMs: 0 })).not.toThrow();
   });
 });

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, openSync, readSync, closeSync, writeFileSync, readdirSync, readlinkSync, rmSync, statfsSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, readSync, closeSync, writeFileSync, readdirSync, readlinkSync, rmSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { VolumeManager, type VolumeManagerOptions, type VolumeAuditEvent } from '../../src/volume/volume-manager.js';
@@ -337,6 +337,41 @@ describe('attach, I/O, detach, re-attach', () => {
     expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.SizeBytes).toBe(5 * MiB);
     expect(mgr.describeVolumesModifications({ VolumeIds: [v.VolumeId] }).VolumesModifications[0]).toMatchObject({ OriginalSizeBytes: 4 * MiB, TargetSizeBytes: 5 * MiB });
     expect(audits.filter((a) => a.eventName === 'ModifyVolume')).toHaveLength(4);
+  });
+
+  test('the modification limit: a second modify issued before the first took the lock is refused; starts after now (a clock set back) count as now; window 0 is no limit; a record from before the limit counts its last modification', async () => {
+    const v = await mgr.createVolume({ Size: MiB }, kms.user);
+    // Both issued in the same turn: the second is refused at once, not queued behind the first.
+    const first = mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 2 * MiB }, kms.user);
+    await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 3 * MiB }, kms.user)).rejects.toMatchObject({ awsName: 'IncorrectModificationState' });
+    await first;
+    const catalogPath = join(t.dir, 'volumes', 'catalog.json');
+    const editRecord = async (edit: (r: Record<string, unknown>) => void, extra: Partial<VolumeManagerOptions> = {}) => {
+      await mgr.close();
+      const c = JSON.parse(readFileSync(catalogPath, 'utf8')) as { volumes: Record<string, unknown>[] };
+      edit(c.volumes.find((r) => r.volumeId === v.VolumeId)!);
+      writeFileSync(catalogPath, JSON.stringify(c));
+      mgr = await manager(extra);
+    };
+    // Four starts a year ahead: refused for one window from now, not until the clock reaches them.
+    const ahead = new Date(Date.now() + 365 * 24 * 3_600_000).toISOString();
+    await editRecord((r) => void (r.modificationStarts = [ahead, ahead, ahead, ahead]));
+    const before = Date.now();
+    const err = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 3 * MiB }, kms.user).catch((e: unknown) => e as Error);
+    expect(err).toMatchObject({ awsName: 'VolumeModificationRateExceeded' });
+    const again = Date.parse(/again after (\S+)\.$/.exec(err.message)![1]!);
+    expect(again).toBeGreaterThanOrEqual(before + 24 * 3_600_000);
+    expect(again).toBeLessThanOrEqual(Date.now() + 24 * 3_600_000);
+    // --volume-modification-window 0: no limit, whatever is recorded.
+    await editRecord(() => {}, { modificationWindowMs: 0 });
+    await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 3 * MiB }, kms.user)).resolves.toMatchObject({ VolumeModification: { TargetSizeBytes: 3 * MiB } });
+    // A record written before the limit existed (no starts, its last modification just now): that one counts, three more pass.
+    await editRecord((r) => {
+      delete r.modificationStarts;
+      r.lastModification = { ...(r.lastModification as object), startTime: new Date().toISOString() };
+    });
+    for (const size of [4, 5, 6]) await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: size * MiB }, kms.user);
+    await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 7 * MiB }, kms.user)).rejects.toMatchObject({ awsName: 'VolumeModificationRateExceeded' });
   });
 
   test('swapping the tokens of two volumes fails the attach', async () => {
