@@ -14,7 +14,9 @@ import { api, detachWhenClosed, refusal, settled } from './helpers.js';
  * (no race with the copy), and no block is copied before the volume's later
  * writes: a snapshot that took any of them (a copy-on-write session missing
  * from the new attachment's gate, a read of the new bytes) restores to
- * something other than the point-in-time bytes.
+ * something other than the point-in-time bytes. A daemon killed during such
+ * a copy still leaves the snapshot `error` after the restart (its pending
+ * marker), and the next snapshot is complete.
  */
 const B = 512 * 1024;
 const SIZE = 8 * B;
@@ -150,5 +152,29 @@ describe('a volume is not held while its snapshot is pending', () => {
     expect(done.State).toBe('completed');
     const r = await restored(s.SnapshotId);
     expect(r.bytes.equals(pit), 'the deleted volume\'s point-in-time bytes, read through the copy\'s own handle').toBe(true);
+  }, 120_000);
+
+  it('a daemon killed during the copy, after the volume was detached and written again: the snapshot ends error after the restart, and the next one is complete', async () => {
+    const vol = (await call('CreateVolume', { Size: SIZE })).VolumeId as string;
+    await call('AttachVolume', { VolumeId: vol });
+    writeFile(vol, randomBytes(SIZE));
+    await env.untilClosed(vol);
+    writeFileSync(gate, '');
+    const s = await call('CreateSnapshot', { VolumeId: vol });
+    await detachWhenClosed(env, vol);
+    await call('AttachVolume', { VolumeId: vol });
+    const now = randomBytes(SIZE);
+    writeFile(vol, now);
+    await detachWhenClosed(env, vol);
+    await env.kill9();
+    rmSync(gate);
+    await env.start(); // without the gate
+    const failed = await settled(env, s.SnapshotId);
+    expect(failed.State).toBe('error');
+    // The tracking names the snapshot that never completed: the next snapshot is full, never an incremental missing writes.
+    const next = await settled(env, (await call('CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    expect(next.State).toBe('completed');
+    const r = await restored(next.SnapshotId);
+    expect(r.bytes.equals(now)).toBe(true);
   }, 120_000);
 });
