@@ -241,23 +241,45 @@ export class ChangeTracker implements WriteGate {
    * tracking up to now to `makeCow` (which decides what to copy) and starts
    * a new epoch (writes from now on belong to the next snapshot), with the
    * returned CowSession holding back writes to blocks not yet copied.
+   *
+   * The new epoch names `snapshotId` as its base at once, not when the
+   * snapshot completes: the bits from here on are exactly the writes since
+   * its point in time, which a detach may save and a later attach load
+   * while the copy still runs. Naming a snapshot still pending (or one that
+   * ends `error`) is safe: a base is used only when it is a completed
+   * snapshot (SnapshotManager.parentOf), so until then the next snapshot
+   * copies every block; a failed one is undone by rollback()
+   * (docs/architecture.md §12.3).
    */
-  begin(makeCow: (before: TrackingState) => CowSession): TrackingState {
+  begin(snapshotId: string, makeCow: (before: TrackingState) => CowSession): TrackingState {
     const before = this.state;
     this.cow = makeCow(before);
-    this.state = { base: before.base, changed: new BlockBitmap() };
+    this.state = { base: snapshotId, changed: new BlockBitmap() };
     return before;
   }
 
-  /** The snapshot completed: it is the new base. */
-  commit(snapshotId: string): void {
-    this.cow = undefined;
-    this.state.base = snapshotId;
+  /**
+   * Installs a copy-on-write session of a snapshot still copying (taken
+   * while the volume was attached before, or detached): call before the
+   * gate is installed, so no write of this attachment passes without it.
+   */
+  setCow(cow: CowSession): void {
+    this.cow = cow;
   }
 
-  /** The snapshot failed: its blocks count as changed again, against the old base. */
-  rollback(before: TrackingState): void {
-    this.cow = undefined;
+  /** The session's snapshot ended (completed or failed): writes no longer pass it. */
+  dropCow(cow: CowSession): void {
+    if (this.cow === cow) this.cow = undefined;
+  }
+
+  /**
+   * The snapshot `snapshotId` failed: if the tracking still names it as its
+   * base, its blocks count as changed again, against the base before it.
+   * Any other base (a later snapshot's, or unknown) is left as it is.
+   */
+  rollback(snapshotId: string, before: TrackingState): void {
+    if (this.state.base !== snapshotId) return;
+    this.state.base = before.base;
     this.state.changed.or(before.changed);
   }
 

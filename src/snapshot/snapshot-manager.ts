@@ -1,4 +1,4 @@
-import { promises as fsp } from 'node:fs';
+import { existsSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { sha256HexOffLoop } from '../util/sha256.js';
@@ -22,7 +22,7 @@ import { SnapshotError, snapshotNotFound } from './errors.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
 import { FilterBudget } from '../util/ec2-filter.js';
-import { imageBlockReader, openImageForRead, readImageHeader } from './volume-image.js';
+import { openImageDataReader, readImageHeader, type ImageDataReader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
 import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
@@ -75,6 +75,8 @@ export interface SnapshotManagerOptions {
   clock?: Clock;
   /** First wait before such a marker is tried again (doubled each time, up to 5 minutes); default 5 s. */
   markerRetryMs?: number;
+  /** Opens a create's own read handle on the image (tests hold its reads); default openImageDataReader. */
+  openReader?: typeof openImageDataReader;
 }
 
 export interface CreateSnapshotRequest {
@@ -123,6 +125,11 @@ export class SnapshotManager {
   /** Snapshots a restore or copy reads: DeleteSnapshot refuses them (InvalidSnapshot.InUse). */
   private readonly holds = new Map<string, number>();
   private readonly deleting = new KeyedMutex();
+  /** Creates of one volume, one after the other (createSnapshot). */
+  private readonly creates = new KeyedMutex();
+  /** The copy-on-write session of each volume whose snapshot is still copying: every attachment's gate holds it until the copy ends. */
+  private readonly cows = new Map<string, CowSession>();
+  private readonly openReader: typeof openImageDataReader;
   private closing = false;
   /** Creates under way, accepted or not: close() waits for them. */
   private readonly jobs = new Set<Promise<unknown>>();
@@ -140,6 +147,7 @@ export class SnapshotManager {
   private constructor(private readonly o: SnapshotManagerOptions, private readonly tracking: TrackingFiles, private readonly markers: PendingMarkers) {
     this.log = (o.logger ?? silentLogger).child({ component: 'snapshot' });
     this.cowMemory = o.cowMemory ?? new CowMemory(resolveCowBudget().bytes);
+    this.openReader = o.openReader ?? openImageDataReader;
   }
 
   /** Where copy-on-write sessions spill captured sectors beyond their memory cap: `<local>/cow`. */
@@ -209,6 +217,10 @@ export class SnapshotManager {
     const src = asSnapshotSource(dev);
     if (!src) return;
     const t = new ChangeTracker(dev.volumeId, this.tracking);
+    // A snapshot still copying (taken before a detach, or while detached): its session is in the gate before the gate is
+    // in the device, so no write of this attachment reaches a block it has not copied yet (docs/architecture.md §12.1).
+    const cow = this.cows.get(dev.volumeId);
+    if (cow) t.setCow(cow);
     this.trackers.set(dev.volumeId, t);
     src.setWriteGate(t);
     void t.ready().then((err) => {
@@ -254,7 +266,12 @@ export class SnapshotManager {
   /**
    * Accepts a snapshot: writes its `pending` manifest, takes the point in
    * time, and resolves with EC2's CreateSnapshot answer; the copy goes on in
-   * the background, holding the volume (VolumeManager.withVolumeForSnapshot).
+   * the background. The volume is held (VolumeManager.withVolumeForSnapshot)
+   * for the set-up only: the copy reads through its own handle on the image
+   * and its copy-on-write session stays in every gate of the volume until
+   * it ends, so attach, detach, grow and delete go on meanwhile
+   * (docs/architecture.md §12.1). Creates of one volume run one after the
+   * other: a second waits (unanswered) until the first's copy ended.
    */
   createSnapshot(req: CreateSnapshotRequest, caller: Caller): Promise<Ec2Snapshot> {
     if (this.closing) return Promise.reject(shuttingDown());
@@ -264,67 +281,77 @@ export class SnapshotManager {
     let accepted: (s: Ec2Snapshot) => void = () => {};
     const answer = new Promise<Ec2Snapshot>((res) => (accepted = res));
     let isAccepted = false;
-    const job = this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
-      if (this.closing) throw shuttingDown();
-      if (v.state !== 'available' && v.state !== 'in-use') {
-        throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
-      }
-      const src = asSnapshotSource(v.device);
-      if (v.state === 'in-use' && (!v.device || !src || !this.trackers.has(v.volumeId))) {
-        throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
-      }
-      const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
-      // close() aborts only the runs it finds in `running`: one that began during the read refuses here, nothing written yet.
-      if (this.closing) throw shuttingDown();
-      const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
-      const m: SnapshotManifest = {
-        formatVersion: 1,
-        snapshotId,
-        volumeId: v.volumeId,
-        volumeSize: Math.ceil(v.size / GiB),
-        state: 'pending',
-        progress: 0,
-        startTime,
-        description: req.Description ?? '',
-        tags,
-        ownerId: this.o.accountId,
-        encrypted: v.encrypted,
-        kmsKeyId: v.encrypted ? v.kmsKeyId : '',
-        ...(hdr.dataEncryptionKeyId ? { dataEncryptionKeyId: hdr.dataEncryptionKeyId } : {}),
-        ...(hdr.wrappedKey ? { wrappedKey: hdr.wrappedKey } : {}),
-        dataOffset: hdr.dataOffset,
-        blocks: [],
-      };
-      let settle!: () => void;
-      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (settle = r)), terminal: false };
-      // Crash from here on: recover() turns the pending manifest into error.
-      await this.markers.putPending(m);
-      faultPoint('snapshot.after-pending');
-      this.running.set(snapshotId, run);
-      // A close() that began while the pending manifest was written did not find this run: aborted as it would have been.
-      if (this.closing) run.abort ??= shutDownDuring();
+    const job = this.creates.run(String(req.VolumeId), async () => {
+      // Filled inside the volume's mutex; what the finally below lets go of.
+      const ctx: { run?: RunningCreate; settle?: () => void } = {};
       try {
-        // A detached volume's tracking is read once: the volume is held, so its file cannot change meanwhile.
-        const detached = src ? undefined : await this.detachedTracking(v.volumeId, snapshotId);
-        const tracker = this.trackers.get(v.volumeId);
-        const base = src ? ((await tracker?.ready()), tracker?.base) : detached!.base;
-        const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run, base);
-        run.parentId = parent?.snapshotId;
-        const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
-        const plan = src
-          ? await this.pointInTimeAttached(v, src, parent, nBlocks, run)
-          : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks, detached!);
+        const set = await this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
+          if (this.closing) throw shuttingDown();
+          if (v.state !== 'available' && v.state !== 'in-use') {
+            throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
+          }
+          const src = asSnapshotSource(v.device);
+          if (v.state === 'in-use' && (!v.device || !src || !this.trackers.has(v.volumeId))) {
+            throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
+          }
+          const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
+          // close() aborts only the runs it finds in `running`: one that began during the read refuses here, nothing written yet.
+          if (this.closing) throw shuttingDown();
+          const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
+          const m: SnapshotManifest = {
+            formatVersion: 1,
+            snapshotId,
+            volumeId: v.volumeId,
+            volumeSize: Math.ceil(v.size / GiB),
+            state: 'pending',
+            progress: 0,
+            startTime,
+            description: req.Description ?? '',
+            tags,
+            ownerId: this.o.accountId,
+            encrypted: v.encrypted,
+            kmsKeyId: v.encrypted ? v.kmsKeyId : '',
+            ...(hdr.dataEncryptionKeyId ? { dataEncryptionKeyId: hdr.dataEncryptionKeyId } : {}),
+            ...(hdr.wrappedKey ? { wrappedKey: hdr.wrappedKey } : {}),
+            dataOffset: hdr.dataOffset,
+            blocks: [],
+          };
+          const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (ctx.settle = r)), terminal: false };
+          ctx.run = run;
+          // Crash from here on: recover() turns the pending manifest into error.
+          await this.markers.putPending(m);
+          faultPoint('snapshot.after-pending');
+          this.running.set(snapshotId, run);
+          // A close() that began while the pending manifest was written did not find this run: aborted as it would have been.
+          if (this.closing) run.abort ??= shutDownDuring();
+          // A detached volume's tracking is read once: the volume is held, so its file cannot change meanwhile.
+          const detached = src ? undefined : await this.detachedTracking(v.volumeId, snapshotId);
+          const tracker = this.trackers.get(v.volumeId);
+          const base = src ? ((await tracker?.ready()), tracker?.base) : detached!.base;
+          const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run, base);
+          run.parentId = parent?.snapshotId;
+          const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
+          const plan = src
+            ? await this.pointInTimeAttached(v, src, hdr.dataOffset, parent, nBlocks, run)
+            : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks, detached!, run);
+          return { v, m, header: hdr.header, parent, plan };
+        });
+        // The volume is free from here on (docs/architecture.md §12.1): the copy reads through its own handle.
+        const { v, m, header, parent, plan } = set;
         this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
         isAccepted = true;
         accepted(toEc2Snapshot(m));
-        await this.copy(m, hdr.header, v, plan, parent, run);
+        await this.copy(m, header, v, plan, parent, ctx.run!);
       } finally {
-        for (const p of run.pins) p.release();
-        this.running.delete(snapshotId);
-        // Without a terminal manifest the marker stays, so the snapshot cannot stay `pending` for good: settled in the background, else at the next start.
-        if (run.terminal) await this.markers.remove(snapshotId).catch(() => {});
-        else this.markers.retry(snapshotId);
-        settle();
+        const run = ctx.run;
+        if (run) {
+          for (const p of run.pins) p.release();
+          this.running.delete(snapshotId);
+          // Without a terminal manifest the marker stays, so the snapshot cannot stay `pending` for good: settled in the background, else at the next start.
+          if (run.terminal) await this.markers.remove(snapshotId).catch(() => {});
+          else this.markers.retry(snapshotId);
+          ctx.settle?.();
+        }
       }
     });
     this.jobs.add(job);
@@ -382,55 +409,53 @@ export class SnapshotManager {
     return undefined;
   }
 
-  private async pointInTimeAttached(v: VolumeForSnapshot, src: SnapshotSource, parent: SnapshotManifest | undefined, nBlocks: number, run: RunningCreate): Promise<SnapshotPlan> {
+  private async pointInTimeAttached(v: VolumeForSnapshot, src: SnapshotSource, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number, run: RunningCreate): Promise<SnapshotPlan> {
     const t = this.trackers.get(v.volumeId)!;
     await t.ready();
-    // Only bytes inside the volume are read: a last block past its end (a size not a multiple of 512 KiB) is
-    // zero-padded to 512 KiB, as imageBlockReader pads it for a detached volume (docs/format.md, "Snapshot blocks").
-    const readRaw = (pos: number, len: number, into: Buffer): Promise<void> => {
-      const inside = Math.max(0, Math.min(len, v.size - pos));
-      if (inside < len) into.fill(0, inside, len);
-      return inside > 0 ? src.readRaw(pos, inside, into) : Promise.resolve();
-    };
-    const read = async (i: number, buf: Buffer): Promise<Buffer> => {
-      await readRaw(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
-      return buf;
-    };
-    // Everything that does not need the pause is prepared before it: all writes of the volume wait while it lasts.
-    const every = new BlockRange(nBlocks);
-    const cowOptions = { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) };
-    let at: { before: TrackingState; incremental: boolean; cow: CowSession } | undefined;
-    await src.withWritesPaused(() => {
-      // The point in time: no write is in flight, and none passes until the gate holds the copy-on-write set.
-      // Constant work whatever the volume's size (docs/architecture.md §12.2): the tracker's epoch and the session, whose
-      // set of blocks is the range of every block or the epoch's bitmap as it is (begin() starts a new one for later
-      // writes, so nothing changes it while the session reads it).
-      let incremental = false;
-      let cow: CowSession | undefined;
-      const before = t.begin((b) => {
-        incremental = parent !== undefined && b.base === parent.snapshotId;
-        cow = new CowSession(incremental ? b.changed : every, readRaw, cowOptions);
-        return cow;
+    // The copy's own handle, in the device's mode: a detach closing the device's fd does not end the copy.
+    const reader = await this.openReader(v.imagePath, dataOffset, v.volumeId, { direct: src.backingDirect === true });
+    try {
+      const readRaw = clampedReader(reader, v.size);
+      // Everything that does not need the pause is prepared before it: all writes of the volume wait while it lasts.
+      const every = new BlockRange(nBlocks);
+      const cowOptions = { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) };
+      let at: { before: TrackingState; incremental: boolean; cow: CowSession } | undefined;
+      await src.withWritesPaused(() => {
+        // The point in time: no write is in flight, and none passes until the gate holds the copy-on-write set.
+        // Constant work whatever the volume's size (docs/architecture.md §12.2): the tracker's epoch and the session, whose
+        // set of blocks is the range of every block or the epoch's bitmap as it is (begin() starts a new one for later
+        // writes, so nothing changes it while the session reads it).
+        let incremental = false;
+        let cow: CowSession | undefined;
+        const before = t.begin(run.snapshotId, (b) => {
+          incremental = parent !== undefined && b.base === parent.snapshotId;
+          cow = new CowSession(incremental ? b.changed : every, readRaw, cowOptions);
+          return cow;
+        });
+        // A later attachment of the volume installs it too (volumeAttached), until the copy ends.
+        this.cows.set(v.volumeId, cow!);
+        run.cow = cow!;
+        run.pacer = new CopyPacer(() => cow!.writes);
+        at = { before, incremental, cow: cow! };
       });
-      run.cow = cow!;
-      run.pacer = new CopyPacer(() => cow!.writes);
-      at = { before, incremental, cow: cow! };
-    });
-    const { before, incremental, cow } = at!;
-    const pacer = run.pacer!;
-    return {
-      incremental,
-      // The copier reads the session's set (not changed by anyone from the point in time on): no list of indexes.
-      blocks: incremental ? before.changed : every,
-      read: async (i) => (await cow.take(i)) ?? read(i, cow.buffers.take()),
-      recycle: (buf) => cow.buffers.give(buf),
-      nextFirst: () => cow.nextCaptured(),
-      pace: () => pacer.before(),
-      tracking: before,
-      commit: (id) => t.commit(id),
-      rollback: () => t.rollback(before),
-      close: async () => void cow.end(),
-    };
+      const { before, incremental, cow } = at!;
+      const pacer = run.pacer!;
+      return {
+        incremental,
+        // The copier reads the session's set (not changed by anyone from the point in time on): no list of indexes.
+        blocks: incremental ? before.changed : every,
+        read: async (i) => (await cow.take(i)) ?? readBlock(readRaw, i, cow.buffers.take()),
+        recycle: (buf) => cow.buffers.give(buf),
+        nextFirst: () => cow.nextCaptured(),
+        pace: () => pacer.before(),
+        tracking: before,
+        rollback: () => this.rollbackTracking(v.volumeId, run.snapshotId, before),
+        close: () => this.endCow(v.volumeId, cow, reader),
+      };
+    } catch (e) {
+      await reader.close().catch(() => {});
+      throw e;
+    }
   }
 
   /**
@@ -447,21 +472,83 @@ export class SnapshotManager {
     }
   }
 
-  private async pointInTimeDetached(v: VolumeForSnapshot, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number, before: TrackingState): Promise<SnapshotPlan> {
-    // Held by withVolumeForSnapshot: nobody attaches, grows or deletes the volume while we read its image.
+  private async pointInTimeDetached(v: VolumeForSnapshot, dataOffset: number, parent: SnapshotManifest | undefined, nBlocks: number, before: TrackingState, run: RunningCreate): Promise<SnapshotPlan> {
     const incremental = parent !== undefined && before.base === parent.snapshotId;
     // A block past the end cannot have been written; one from a damaged file is not read.
     before.changed.truncate(nBlocks);
-    const f = await openImageForRead(v.imagePath);
-    return {
-      incremental,
-      blocks: incremental ? before.changed : new BlockRange(nBlocks),
-      read: imageBlockReader(f, dataOffset, v.size),
-      tracking: before,
-      commit: (id) => this.tracking.saveClean(v.volumeId, { base: id, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking')),
-      rollback: () => {},
-      close: () => f.close(),
-    };
+    const blocks = incremental ? before.changed : new BlockRange(nBlocks);
+    // Buffered, as every attachment opens its image (openImageDataReader): an attach during the copy shares the page cache.
+    const reader = await this.openReader(v.imagePath, dataOffset, v.volumeId);
+    try {
+      const readRaw = clampedReader(reader, v.size);
+      // No write can reach the image now (the volume is held, no device): the point in time is here. An attach
+      // during the copy installs this session in its gate before its first write passes (volumeAttached).
+      const cow = new CowSession(blocks, readRaw, { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
+      this.cows.set(v.volumeId, cow);
+      run.cow = cow;
+      run.pacer = new CopyPacer(() => cow.writes);
+      const pacer = run.pacer;
+      // The tracking names this snapshot as its base from its point in time (ChangeTracker.begin says why that is
+      // safe while it is pending): an attach during the copy loads it and tracks on top of it. Written inside the
+      // volume's lock, before any attach can read the file. A failed write leaves the old clean file, still true
+      // (every block written since its base is in it), so the next snapshot is merely larger.
+      await this.tracking.saveClean(v.volumeId, { base: run.snapshotId, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking'));
+      return {
+        incremental,
+        blocks,
+        read: async (i) => (await cow.take(i)) ?? readBlock(readRaw, i, cow.buffers.take()),
+        recycle: (buf) => cow.buffers.give(buf),
+        nextFirst: () => cow.nextCaptured(),
+        pace: () => pacer.before(),
+        tracking: before,
+        rollback: () => this.rollbackTracking(v.volumeId, run.snapshotId, before),
+        close: () => this.endCow(v.volumeId, cow, reader),
+      };
+    } catch (e) {
+      await reader.close().catch(() => {});
+      throw e;
+    }
+  }
+
+  /**
+   * The snapshot `snapshotId` failed: the tracking that names it as its base
+   * (ChangeTracker.begin) goes back to the base before it, its blocks
+   * changed again, whether it is an attached volume's tracker or the file of
+   * a detached one. Inside the volume's lock, so no attach loads or detach
+   * saves the file meanwhile; a volume deleted since has nothing to undo.
+   * Undone or not, it is never wrong: a base that is not a completed
+   * snapshot only makes the next snapshot copy every block.
+   */
+  private async rollbackTracking(volumeId: string, snapshotId: string, before: TrackingState): Promise<void> {
+    try {
+      await this.o.volumes.withVolumeForSnapshot(volumeId, async () => {
+        const t = this.trackers.get(volumeId);
+        if (t) {
+          await t.ready();
+          t.rollback(snapshotId, before);
+          return;
+        }
+        const now = await this.tracking.load(volumeId);
+        if (now.base !== snapshotId) return;
+        now.changed.or(before.changed);
+        await this.tracking.saveClean(volumeId, { base: before.base, changed: now.changed });
+      });
+    } catch (e) {
+      this.log.warn({ snapshotId, volumeId, err: errInfo(e) }, 'could not undo the changed-block tracking of the failed snapshot; the next snapshot copies every block');
+    }
+  }
+
+  /**
+   * The copy ended: its session leaves the volume's gate (whichever
+   * attachment holds it now) and the map later attachments install from,
+   * then its captures are freed and its read handle closed once no capture
+   * read is under way.
+   */
+  private async endCow(volumeId: string, cow: CowSession, reader: ImageDataReader): Promise<void> {
+    if (this.cows.get(volumeId) === cow) this.cows.delete(volumeId);
+    this.trackers.get(volumeId)?.dropCow(cow);
+    await cow.end();
+    await reader.close();
   }
 
   private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate): Promise<void> {
@@ -512,10 +599,11 @@ export class SnapshotManager {
       })();
       headerStored.catch(() => {});
       const t0 = performance.now();
+      const gate = process.env.EBSD_TEST_SNAPSHOT_COPY_GATE;
       const res = await copyBlocks({
         ...(batch ? { batch } : {}),
         blocks: plan.blocks,
-        read: plan.read,
+        read: gate ? async (i) => ((await copyGate(gate, () => run.abort !== undefined)), plan.read(i)) : plan.read,
         ...(plan.nextFirst ? { nextFirst: plan.nextFirst } : {}),
         ...(plan.pace ? { pace: plan.pace } : {}),
         ...(plan.recycle ? { recycle: plan.recycle } : {}),
@@ -565,7 +653,7 @@ export class SnapshotManager {
       await this.o.store.putManifest(done);
       run.terminal = true;
       const t3 = performance.now();
-      await plan.commit(m.snapshotId);
+      // The tracking names this snapshot as its base since its point in time (ChangeTracker.begin): nothing to commit.
       this.log.info(
         { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.blocks.size, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow?.newSlabs ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
@@ -575,7 +663,6 @@ export class SnapshotManager {
       // The header's put may still be under way: the batch is dropped after it, not beside it.
       await headerStored?.catch(() => {});
       await batch?.abort().catch(() => {});
-      plan.rollback();
       const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
       this.log.error({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'snapshot failed');
       await progressWrite;
@@ -584,6 +671,8 @@ export class SnapshotManager {
         (err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; its marker is kept and it is marked error once the store answers (or at the next start)'),
       );
       this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
+      // After the error is recorded: the undo takes the volume's lock, which an attach may hold for a while.
+      await plan.rollback();
       throw e;
     } finally {
       await plan.close().catch(() => {});
@@ -746,10 +835,34 @@ interface SnapshotPlan {
   /** Hands a block's buffer back to the reader once stored (attached volumes). */
   recycle?: (buf: Buffer) => void;
   tracking: TrackingState;
-  /** Awaited inside the volume's lock (detached) so a later attach's dirty mark cannot be overwritten by a late clean save. */
-  commit: (snapshotId: string) => void | Promise<void>;
-  rollback: () => void;
+  /** The snapshot failed: the tracking that names it goes back to its parent's base (SnapshotManager.rollbackTracking). */
+  rollback: () => Promise<void>;
+  /** The copy ended: its session leaves the volume's gates, its read handle is closed. */
   close: () => Promise<void>;
+}
+
+/** Reads of the data segment as the snapshot sees it: bytes past the snapshot's size (a volume grown since) read as zeros, as a last partial block is padded (docs/format.md, "Snapshot blocks"). */
+function clampedReader(r: ImageDataReader, size: number): (pos: number, len: number, into: Buffer) => Promise<void> {
+  return (pos, len, into) => {
+    const inside = Math.max(0, Math.min(len, size - pos));
+    if (inside < len) into.fill(0, inside, len);
+    return inside > 0 ? r.read(pos, inside, into) : Promise.resolve();
+  };
+}
+
+/**
+ * Test-only, as EBSD_TEST_FAULT (src/util/fault-point.ts): while the file
+ * EBSD_TEST_SNAPSHOT_COPY_GATE names exists, the copier waits before each
+ * block (polled), so an end-to-end test acts on a volume whose snapshot is
+ * surely still pending, without racing the copy. Unset, nothing waits.
+ */
+async function copyGate(path: string, aborted: () => boolean): Promise<void> {
+  while (!aborted() && existsSync(path)) await new Promise((r) => setTimeout(r, 20));
+}
+
+async function readBlock(read: (pos: number, len: number, into: Buffer) => Promise<void>, i: number, buf: Buffer): Promise<Buffer> {
+  await read(i * SNAPSHOT_BLOCK_BYTES, SNAPSHOT_BLOCK_BYTES, buf);
+  return buf;
 }
 
 const shuttingDown = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });

@@ -1,6 +1,8 @@
 import { constants } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { fileSize, openBackingFile, type BackingFile, type FdBackingFile } from '../volume/backing-file.js';
+import { BackingIo } from '../volume/backing-io.js';
+import { silentLogger } from '../util/logger.js';
 import { checkDataSegmentFits, parseLuks2Header } from '../volume/luks2-header.js';
 import { readPlainImage } from '../volume/plain-image.js';
 import { LUKS2_DATA_OFFSET, type Luks2Volume } from '../volume/luks2-json.js';
@@ -119,5 +121,48 @@ export function imageBlockReader(f: BackingFile, dataOffset: number, size: numbe
     await readFully(f, buf.subarray(0, len), dataOffset + start);
     buf.fill(0, len);
     return buf;
+  };
+}
+
+/**
+ * A snapshot's own read-only handle on an image's data segment
+ * (docs/architecture.md §12.1): the copy and its copy-on-write captures read
+ * through it, so they go on whatever happens to the volume meanwhile. An open
+ * fd keeps the file's bytes after DeleteVolume unlinks it, and a detach
+ * closing the device's fd does not touch this one.
+ */
+export interface ImageDataReader {
+  /** The on-disk bytes of the data segment [pos, pos + len) into `into`; past the end of the file, zeros. */
+  read(pos: number, len: number, into: Buffer): Promise<void>;
+  /** Waits for the reads under way, then closes the fd: never closed under a read, whose fd number could be reused meanwhile. */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens an ImageDataReader. `direct`: O_DIRECT, as the device writing the
+ * image opened it, so the reads and that device's writes meet on the disk,
+ * never through a page-cache page one side does not see; buffered otherwise,
+ * the mode every attachment of ebsd's opens its image in
+ * (src/volume/image-format.ts), so buffered reads and writes share the page cache.
+ */
+export async function openImageDataReader(path: string, dataOffset: number, volumeId: string, o: { direct?: boolean } = {}): Promise<ImageDataReader> {
+  const io = new BackingIo(await openBackingFile(path, constants.O_RDONLY, { direct: o.direct === true }), { volumeId, dataOffset, logger: silentLogger });
+  const reads = new Set<Promise<void>>();
+  let closing: Promise<void> | undefined;
+  return {
+    read(pos, len, into) {
+      if (closing) return Promise.reject(new SnapshotError('SNAPSHOT_INCORRECT_STATE', `the snapshot's read handle on ${volumeId} is closed`));
+      const r = io.readRaw(into, pos, len);
+      const done: Promise<void> = r.then(() => {}, () => {}).finally(() => reads.delete(done));
+      reads.add(done);
+      return r;
+    },
+    close() {
+      closing ??= (async () => {
+        while (reads.size) await Promise.allSettled([...reads]);
+        await io.close();
+      })();
+      return closing;
+    },
   };
 }

@@ -404,6 +404,11 @@ export abstract class SectorDevice implements BlockDevice, SnapshotSource {
     if (this.behind.lost !== null) throw this.behind.lost;
   }
 
+  /** SnapshotSource: the backing file is open O_DIRECT (a snapshot's own read handle opens it so too). */
+  get backingDirect(): boolean {
+    return this.io.direct;
+  }
+
   /** SnapshotSource: the gate every later write passes (undefined removes it); docs/architecture.md §3.7. */
   setWriteGate(gate: WriteGate | undefined): void {
     this.io.setGate(gate ?? null);

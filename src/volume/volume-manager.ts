@@ -553,8 +553,9 @@ export class VolumeManager {
    * Runs `fn` holding the volume's mutex, with what a snapshot reads of the
    * volume: its record's view, the image path, and the attached device (if
    * any). Attach, detach, modify and delete of this volume wait until `fn`
-   * settles, so a detached volume's image is not attached, grown or removed
-   * while a snapshot reads it (docs/architecture.md §12).
+   * settles. A snapshot holds it for its set-up only (header, pending
+   * manifest, point in time), not for its copy, which reads through its own
+   * handle on the image (docs/architecture.md §12.1).
    */
   withVolumeForSnapshot<T>(volumeId: string, fn: (v: VolumeForSnapshot) => Promise<T>): Promise<T> {
     return this.mutex.run(volumeId, async () => {

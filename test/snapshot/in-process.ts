@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import type { Caller } from '../../src/kms/types.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
-import { SnapshotManager, type SnapshotVolumes } from '../../src/snapshot/snapshot-manager.js';
+import { SnapshotManager, type SnapshotManagerOptions, type SnapshotVolumes } from '../../src/snapshot/snapshot-manager.js';
 import { SnapshotRestore, type RestoreVolumeRequest } from '../../src/snapshot/restore.js';
 import { SnapshotCopier, type CopySnapshotRequest } from '../../src/snapshot/copy.js';
 import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
@@ -49,6 +49,8 @@ export interface SnapshotHarnessOptions {
   wrapStore?: (s: DirSnapshotStore) => SnapshotStore;
   /** Between the SnapshotManager and an attached volume's device, as the snapshot sees it (the data path keeps the real one). */
   wrapDevice?: (dev: BlockDevice) => BlockDevice;
+  /** Opens a create's own read handle on the image (SnapshotManagerOptions.openReader): a test may hold its reads. */
+  openReader?: SnapshotManagerOptions['openReader'];
 }
 
 export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promise<SnapshotHarness> {
@@ -73,7 +75,7 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
     const volumes: SnapshotVolumes = wrapDevice
       ? { withVolumeForSnapshot: (id, fn) => m.withVolumeForSnapshot(id, (v) => fn(v.device ? { ...v, device: wrapDevice(v.device) } : v)), describeVolumes: () => m.describeVolumes() }
       : m;
-    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333' });
+    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333', ...(o.openReader ? { openReader: o.openReader } : {}) });
     snaps = sm;
     const restore = new SnapshotRestore({ store, volumes: m, hold: (id) => sm!.hold(id) });
     const copier = await SnapshotCopier.open({

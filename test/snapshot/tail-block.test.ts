@@ -5,12 +5,13 @@ import { join } from 'node:path';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
+import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 
 /**
  * A volume whose size is not a multiple of 512 KiB (CreateVolume takes any
  * multiple of 4 KiB from 1 MiB): its last snapshot block is partial, stored
  * zero-padded to 512 KiB whether the volume is attached (read through the
- * real SectorDevice, every block, the last one too, overwritten after the
+ * snapshot's own handle on the image, every block, the last one too, overwritten after the
  * point in time and before its copy, so through the copy-on-write capture) or detached (read from the
  * image), and restored byte for byte, the image keeping its exact size
  * (docs/format.md, "Snapshot blocks"). Encrypted (same key, another key, and a
@@ -44,22 +45,20 @@ describe.each([['encrypted', false], ['plaintext', true]] as const)('a %s volume
     let release!: () => void;
     const released = new Promise<void>((r) => (release = r));
     h = await openSnapshotHarness({
-      wrapDevice: (dev) =>
-        new Proxy(dev, {
-          get(target, key) {
-            const v = Reflect.get(target, key, target) as unknown;
-            if (typeof v !== 'function') return v;
-            if (key !== 'readRaw') return v.bind(target);
-            const readRaw = v as (pos: number, len: number, into: Buffer) => Promise<void>;
-            return async (pos: number, len: number, into: Buffer): Promise<void> => {
-              if (holding && into.length === B) {
-                held++;
-                await released;
-              }
-              return readRaw.call(target, pos, len, into);
-            };
+      // The copy reads through its own handle on the image (docs/architecture.md §12.1): its 512 KiB reads are held.
+      openReader: async (...a) => {
+        const r = await openImageDataReader(...a);
+        return {
+          read: async (pos, len, into) => {
+            if (holding && into.length === B) {
+              held++;
+              await released;
+            }
+            return r.read(pos, len, into);
           },
-        }),
+          close: () => r.close(),
+        };
+      },
     });
     vol = (await h.mgr.createVolume({ Size: SIZE, ...(plain ? { Cipher: 'none' as const } : {}) }, h.caller)).VolumeId;
     await h.mgr.attachVolume({ VolumeId: vol }, h.caller);
