@@ -473,11 +473,24 @@ function auditCommands(y: Argv): Argv {
         show(g, res, () =>
           res.ok
             ? `audit log OK: ${res.events} events, ${res.digests} signed digests, sealed through #${res.sealedThrough}`
-            : `AUDIT LOG FAILED VERIFICATION: ${kv(res.problem)}`,
+            : auditProblemsText(res),
         );
       })
       .demandCommand(1, 'name an audit subcommand: tail, verify'),
   );
+}
+
+/** Every problem `ebsd audit verify` found, one line each: where (file:line), what, which event. */
+function auditProblemsText(res: R): string {
+  // A daemon from before the list answers only the first problem.
+  const list = (Array.isArray(res.problems) ? res.problems : res.problem ? [res.problem] : []) as R[];
+  const count = typeof res.problemCount === 'number' ? res.problemCount : list.length;
+  const lines = list.map((p) => {
+    const where = p.file === undefined ? '-' : `${String(p.file)}${p.line === undefined ? '' : `:${String(p.line)}`}`;
+    return `  ${printableCell(where)}  ${printableCell(String(p.kind))}  #${String(p.sequence)}: ${printableCell(String(p.detail))}`;
+  });
+  if (count > list.length) lines.push(`  ... and ${count - list.length} more (the first ${list.length} are listed)`);
+  return [`AUDIT LOG FAILED VERIFICATION: ${count} problem${count === 1 ? '' : 's'}`, ...lines].join('\n');
 }
 
 function listenAddress(v: string): { host: string; port: number } {
