@@ -20,7 +20,7 @@ import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../vol
 import { BlockFileSystem, FuseMount } from '../fuse/index.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { checkDaemonConfig, type DaemonConfig } from './config.js';
+import { checkDaemonConfig, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } from './config.js';
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
@@ -235,6 +235,7 @@ export class Daemon {
         endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}),
         ...(cfg.hostPrincipalArn !== undefined ? { hostPrincipalArn: cfg.hostPrincipalArn } : {}), logger: log.child({ component: 'remote-kms' }),
       });
+      this.remoteKms.startIdleProbe(cfg.kmsProbeIntervalMs ?? DEFAULT_KMS_PROBE_INTERVAL_MS);
       try {
         host = await this.remoteKms.hostPrincipal();
         log.info({ kmsEndpoint: cfg.kmsEndpoint, hostPrincipal: host.arn }, 'volume keys from a remote KMS');
