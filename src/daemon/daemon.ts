@@ -714,9 +714,11 @@ export class Daemon {
 
   /**
    * A snapshot event from the managers. One a control request caused is awaited by its answer,
-   * which fails if the write does (request-audit.ts); others (a snapshot's completion) are logged.
+   * which fails if the write does (request-audit.ts). Resolves once written: a snapshot's
+   * SnapshotCompleted is awaited before the snapshot shows completed (auditCompletion), and fails
+   * it if the write does; a failed write is logged here in any case.
    */
-  private auditSnapshot(ev: SnapshotAuditEvent): void {
+  private auditSnapshot(ev: SnapshotAuditEvent): Promise<void> {
     const ids = this.authz!.identities;
     // The request's own caller carries its user agent; its request id is the one it is answered with.
     const req = this.ec2Audit.requestOf(ev.principal);
@@ -726,6 +728,7 @@ export class Daemon {
     })();
     if (req) this.ec2Audit.track(write);
     write.catch((err: unknown) => this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event'));
+    return write;
   }
 
   /** A volume event from the volume manager, awaited by the request that caused it as auditSnapshot's are. */

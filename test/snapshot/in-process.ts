@@ -2,9 +2,9 @@ import { join } from 'node:path';
 import type { Caller } from '../../src/kms/types.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
-import { SnapshotManager, type SnapshotVolumes } from '../../src/snapshot/snapshot-manager.js';
+import { SnapshotManager, type SnapshotAuditEvent, type SnapshotVolumes } from '../../src/snapshot/snapshot-manager.js';
 import { SnapshotRestore, type RestoreVolumeRequest } from '../../src/snapshot/restore.js';
-import { SnapshotCopier, type CopySnapshotRequest } from '../../src/snapshot/copy.js';
+import { SnapshotCopier, type CopyAuditEvent, type CopySnapshotRequest } from '../../src/snapshot/copy.js';
 import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
 import type { VolumeManager } from '../../src/volume/volume-manager.js';
 import type { BlockDevice } from '../../src/volume/types.js';
@@ -49,6 +49,8 @@ export interface SnapshotHarnessOptions {
   wrapStore?: (s: DirSnapshotStore) => SnapshotStore;
   /** Between the SnapshotManager and an attached volume's device, as the snapshot sees it (the data path keeps the real one). */
   wrapDevice?: (dev: BlockDevice) => BlockDevice;
+  /** The audit seam of the SnapshotManager and the SnapshotCopier (the daemon writes these events to its audit log). */
+  onAudit?: (ev: SnapshotAuditEvent | CopyAuditEvent) => void | Promise<void>;
 }
 
 export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promise<SnapshotHarness> {
@@ -73,13 +75,14 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
     const volumes: SnapshotVolumes = wrapDevice
       ? { withVolumeForSnapshot: (id, fn) => m.withVolumeForSnapshot(id, (v) => fn(v.device ? { ...v, device: wrapDevice(v.device) } : v)), describeVolumes: () => m.describeVolumes() }
       : m;
-    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333' });
+    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333', ...(o.onAudit ? { onAudit: o.onAudit } : {}) });
     snaps = sm;
     const restore = new SnapshotRestore({ store, volumes: m, hold: (id) => sm!.hold(id) });
     const copier = await SnapshotCopier.open({
       store, keyService: kms.keyService, xtsEngine: await testEngine(), region: 'us-east-1', accountId: '111122223333',
       localDir: join(t.dir, 'snapshots-local', 'copies'), pin: (hs) => gc.pin(hs), hold: (id) => sm!.hold(id),
       allowUnencrypted: true, // as the volume manager: encryption by default off, so plaintext sources copy as they are
+      ...(o.onAudit ? { onAudit: o.onAudit } : {}),
     });
     const caller = kms.root;
     const k = kms;
