@@ -128,6 +128,7 @@ function daemonCommand(y: Argv): Argv {
         .option('kms-only', { type: 'boolean', default: false, describe: 'run the KMS alone (with --kms-listen): no FUSE mount, no volume service' })
         .option('kms-front-threads', { type: 'string', coerce: wholeNumber('--kms-front-threads'), describe: '--kms-listen\'s TLS and HTTP: 0 on the main thread, 1 on a front-end worker thread (default: 1 with --kms-only, 0 otherwise)' })
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
+        .option('kms-probe-interval', { type: 'string', describe: 'with --kms-endpoint: after this long without a request to it, ask it whether it answers (ebsd_kms_remote_reachable, ebsd status; default 30s, 0 = never)' })
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('host-principal-arn', { type: 'string', describe: 'this host\'s role (or user) ARN for grants at --kms-endpoint, for a role with a path (STS names a session by its role\'s name only); must agree with STS GetCallerIdentity' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
@@ -159,6 +160,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsFrontThreads !== undefined ? { kmsFrontThreads: a.kmsFrontThreads as 0 | 1 } : {}),
         ...(a.kmsEndpoint !== undefined ? { kmsEndpoint: a.kmsEndpoint } : {}),
         ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
+        ...(a.kmsProbeInterval !== undefined ? { kmsProbeIntervalMs: parseDuration(a.kmsProbeInterval, '--kms-probe-interval') } : {}),
         ...(a.hostPrincipalArn !== undefined ? { hostPrincipalArn: a.hostPrincipalArn } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
         ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory') } : {}),
@@ -475,11 +477,24 @@ function auditCommands(y: Argv): Argv {
         show(g, res, () =>
           res.ok
             ? `audit log OK: ${res.events} events, ${res.digests} signed digests, sealed through #${res.sealedThrough}`
-            : `AUDIT LOG FAILED VERIFICATION: ${kv(res.problem)}`,
+            : auditProblemsText(res),
         );
       })
       .demandCommand(1, 'name an audit subcommand: tail, verify'),
   );
+}
+
+/** Every problem `ebsd audit verify` found, one line each: where (file:line), what, which event. */
+function auditProblemsText(res: R): string {
+  // A daemon from before the list answers only the first problem.
+  const list = (Array.isArray(res.problems) ? res.problems : res.problem ? [res.problem] : []) as R[];
+  const count = typeof res.problemCount === 'number' ? res.problemCount : list.length;
+  const lines = list.map((p) => {
+    const where = p.file === undefined ? '-' : `${String(p.file)}${p.line === undefined ? '' : `:${String(p.line)}`}`;
+    return `  ${printableCell(where)}  ${printableCell(String(p.kind))}  #${String(p.sequence)}: ${printableCell(String(p.detail))}`;
+  });
+  if (count > list.length) lines.push(`  ... and ${count - list.length} more (the first ${list.length} are listed)`);
+  return [`AUDIT LOG FAILED VERIFICATION: ${count} problem${count === 1 ? '' : 's'}`, ...lines].join('\n');
 }
 
 function listenAddress(v: string): { host: string; port: number } {

@@ -60,6 +60,12 @@ export interface DaemonConfig {
   /** Region of `kmsEndpoint`; default: AWS_REGION or the profile's `region`. */
   kmsRegion?: string;
   /**
+   * How long the host goes without a request to `kmsEndpoint` before it sends one probe
+   * (AwsKeyService.startIdleProbe), so that an outage of its KMS shows while it is idle
+   * (ebsd_kms_remote_reachable, `ebsd status`); default 30 s, 0: never.
+   */
+  kmsProbeIntervalMs?: number;
+  /**
    * The host's principal for grants at `kmsEndpoint`, when STS's answer does not name it as
    * written: a role with a path (README.md, "A fleet"). Checked against STS at start.
    */
@@ -101,12 +107,15 @@ export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
 export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 /** The longest --volume-modification-window: a year (a window past JavaScript's dates could not name when the volume may be modified again). */
 export const MAX_MODIFICATION_WINDOW_MS = 365 * 24 * 3_600_000;
+/** Default of DaemonConfig.kmsProbeIntervalMs. */
+export const DEFAULT_KMS_PROBE_INTERVAL_MS = 30_000;
 
 export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
   if (c.kmsEndpoint !== undefined && c.kmsOnly) throw new ArgRangeError('--kms-endpoint', 'a --kms-only daemon serves the KMS; it does not use a remote one');
   if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
   if (c.hostPrincipalArn !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--host-principal-arn', 'needs --kms-endpoint');
+  if (c.kmsProbeIntervalMs !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-probe-interval', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
   if (c.kmsFrontThreads !== undefined && c.kmsFrontThreads !== 0 && c.kmsFrontThreads !== 1) throw new ArgRangeError('--kms-front-threads', `must be 0 or 1, got ${String(c.kmsFrontThreads)}`);
   // A config built in code, not through the CLI's parse, is held to the same range.

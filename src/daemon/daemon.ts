@@ -20,7 +20,7 @@ import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../vol
 import { BlockFileSystem, FuseMount } from '../fuse/index.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { checkDaemonConfig, type DaemonConfig } from './config.js';
+import { checkDaemonConfig, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } from './config.js';
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
@@ -235,6 +235,7 @@ export class Daemon {
         endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}),
         ...(cfg.hostPrincipalArn !== undefined ? { hostPrincipalArn: cfg.hostPrincipalArn } : {}), logger: log.child({ component: 'remote-kms' }),
       });
+      this.remoteKms.startIdleProbe(cfg.kmsProbeIntervalMs ?? DEFAULT_KMS_PROBE_INTERVAL_MS);
       try {
         host = await this.remoteKms.hostPrincipal();
         log.info({ kmsEndpoint: cfg.kmsEndpoint, hostPrincipal: host.arn }, 'volume keys from a remote KMS');
@@ -714,9 +715,11 @@ export class Daemon {
 
   /**
    * A snapshot event from the managers. One a control request caused is awaited by its answer,
-   * which fails if the write does (request-audit.ts); others (a snapshot's completion) are logged.
+   * which fails if the write does (request-audit.ts). Resolves once written: a snapshot's
+   * SnapshotCompleted is awaited before the snapshot shows completed (auditCompletion), and fails
+   * it if the write does; a failed write is logged here in any case.
    */
-  private auditSnapshot(ev: SnapshotAuditEvent): void {
+  private auditSnapshot(ev: SnapshotAuditEvent): Promise<void> {
     const ids = this.authz!.identities;
     // The request's own caller carries its user agent; its request id is the one it is answered with.
     const req = this.ec2Audit.requestOf(ev.principal);
@@ -726,6 +729,7 @@ export class Daemon {
     })();
     if (req) this.ec2Audit.track(write);
     write.catch((err: unknown) => this.log.error({ err, snapshotId: ev.snapshotId, eventName: ev.eventName }, 'could not audit a snapshot event'));
+    return write;
   }
 
   /** A volume event from the volume manager, awaited by the request that caused it as auditSnapshot's are. */

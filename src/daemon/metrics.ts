@@ -247,7 +247,7 @@ export class DaemonMetrics {
       },
     });
     new Gauge({
-      name: 'ebsd_kms_remote_reachable', help: '1 while the --kms-endpoint answers, 0 while it does not (waiting for it at start, or its last call unanswered); absent with the embedded KMS',
+      name: 'ebsd_kms_remote_reachable', help: '1 while the --kms-endpoint answers, 0 while it does not (waiting for it at start, or its last call unanswered; an idle host probes it every --kms-probe-interval); absent with the embedded KMS',
       labelNames: ['endpoint'], registers,
       collect() {
         this.reset();

@@ -10,7 +10,7 @@ import type { KeyService } from '../volume/key-service.js';
 import { buildLuks2Json, VOLUME_KEY_BYTES } from '../volume/luks2-json.js';
 import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.js';
 import { VolumeError } from '../volume/errors.js';
-import { SnapshotError, snapshotNotFound } from './errors.js';
+import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
 import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { reencryptBlock } from './reencrypt.js';
@@ -76,7 +76,8 @@ export interface SnapshotCopierOptions {
    * source's manifest is read (SnapshotManager.hold: atomic with a delete).
    */
   hold?: (snapshotId: string) => Promise<() => void>;
-  onAudit?: (ev: CopyAuditEvent) => void;
+  /** Resolves once the event is written; SnapshotCompleted is awaited before the copy shows completed (auditCompletion). */
+  onAudit?: (ev: CopyAuditEvent) => void | Promise<void>;
   logger?: Logger;
   /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 16. */
   window?: number;
@@ -289,13 +290,13 @@ export class SnapshotCopier {
         await this.reencrypt(snap, m, targetKey, via, pins);
       }
       faultPoint('copy.before-complete');
+      await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, details: { sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length } });
       m.state = 'completed';
       m.progress = 100;
       m.changedBlocks = m.blocks.length;
       m.completionTime = new Date().toISOString();
       await this.o.store.putManifest(m);
       onTerminal();
-      this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, details: { sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length } });
       this.log.info({ snapshotId: m.snapshotId, sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length, reEncrypted: targetKey !== undefined }, 'snapshot copied');
     } finally {
       for (const p of pins) p.release();

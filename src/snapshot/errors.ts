@@ -13,7 +13,24 @@ export type SnapshotErrorCode =
   | 'SNAPSHOT_INVALID_PARAMETER' // InvalidParameterValue / ValidationException
   | 'SNAPSHOT_BLOCK_NOT_FOUND' // a block a manifest names is missing from the store
   | 'SNAPSHOT_CORRUPT' // a manifest or block that does not read back as written (hash, JSON)
-  | 'SNAPSHOT_STORE'; // the store failed (I/O, S3 error)
+  | 'SNAPSHOT_STORE' // the store failed (I/O, S3 error)
+  | 'SNAPSHOT_NOT_AUDITED'; // its SnapshotCompleted event could not be written: it does not complete
+
+/**
+ * `SnapshotCompleted` through `onAudit`, awaited before the manifest that says `completed`:
+ * once DescribeSnapshots (on this host or, on a shared store, any other) shows the state, its
+ * event is in the audit log, as CloudTrail records an event no later than its effect shows. An
+ * event that cannot be written fails the snapshot (docs/architecture.md §5.8: what cannot be
+ * audited does not take effect). Should the manifest's write fail after it, `SnapshotFailed`
+ * follows in the log.
+ */
+export async function auditCompletion<E>(onAudit: ((ev: E) => void | Promise<void>) | undefined, ev: E): Promise<void> {
+  try {
+    await onAudit?.(ev);
+  } catch (e) {
+    throw new SnapshotError('SNAPSHOT_NOT_AUDITED', `its SnapshotCompleted event could not be written to the audit log: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+  }
+}
 
 export class SnapshotError extends EbsdError {
   declare readonly code: SnapshotErrorCode;

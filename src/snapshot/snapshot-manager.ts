@@ -18,7 +18,7 @@ import { ChangeTracker, TrackingFiles, type TrackingState } from './change-track
 import { CowSession } from './cow-session.js';
 import { CowMemory, resolveCowBudget } from './cow-memory.js';
 import { CopyPacer } from './cow-pacer.js';
-import { SnapshotError, snapshotNotFound } from './errors.js';
+import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
 import { FilterBudget } from '../util/ec2-filter.js';
@@ -64,7 +64,8 @@ export interface SnapshotManagerOptions {
    * inherits until its manifest names them.
    */
   gc: Pick<SnapshotGc, 'pin' | 'deleteSnapshot'>;
-  onAudit?: (ev: SnapshotAuditEvent) => void;
+  /** Resolves once the event is written; SnapshotCompleted is awaited before the snapshot shows completed (auditCompletion). */
+  onAudit?: (ev: SnapshotAuditEvent) => void | Promise<void>;
   logger?: Logger;
   /**
    * Memory for captured sectors, shared by every snapshot of this daemon
@@ -649,7 +650,8 @@ export class SnapshotManager {
       // them may have freed it since (its age read just before our touch). Asked again, one request
       // each, so the completed manifest never names a block that is gone: the create fails instead.
       if (!this.o.store.singleWriter) await this.checkFound(m.snapshotId, headerFound ? [...res.found, headerHash] : [...res.found]);
-      // Every block is durable (putBlock resolved); now the manifest that names them.
+      // Every block is durable (putBlock resolved); the event, then the manifest that names them and shows it completed.
+      await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
       await this.o.store.putManifest(done);
       run.terminal = true;
       const t3 = performance.now();
@@ -658,7 +660,6 @@ export class SnapshotManager {
         { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.blocks.size, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow?.newSlabs ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
         'snapshot completed',
       );
-      this.o.onAudit?.({ eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
     } catch (e) {
       // The header's put may still be under way: the batch is dropped after it, not beside it.
       await headerStored?.catch(() => {});

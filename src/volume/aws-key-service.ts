@@ -4,6 +4,8 @@ import {
   DescribeKeyCommand,
   GenerateDataKeyWithoutPlaintextCommand,
   KMSClient,
+  type KMSClientConfig,
+  ListKeysCommand,
   ListRetirableGrantsCommand,
   ReEncryptCommand,
   RetireGrantCommand,
@@ -100,6 +102,12 @@ export class AwsKeyService implements KeyService {
   private lastSuccess: number | undefined;
   private lastError: RemoteKmsHealth['LastError'];
   private readonly calls: Record<string, number> = {};
+  /** When a request last went out and settled (answered or not); a call the open circuit failed at once does not count. */
+  private lastSent = Date.now();
+  private probeEveryMs = 0;
+  private probeTimer: NodeJS.Timeout | undefined;
+  private probeClient: { send: (c: any) => Promise<unknown>; destroy: () => void } | undefined;
+  private closed = false;
 
   constructor(opts: AwsKeyServiceOptions) {
     let url: URL;
@@ -198,8 +206,72 @@ export class AwsKeyService implements KeyService {
   }
 
   close(): void {
+    this.closed = true;
+    clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
+    this.probeClient?.destroy(); // a probe in flight fails; nothing after it is scheduled
     this.kms.destroy();
     this.sts.destroy();
+  }
+
+  /**
+   * While no request has gone to the KMS for `intervalMs`, one probe (probeOnce), so that an
+   * idle host's health() — `ebsd status`, ebsd_kms_remote_reachable — follows its KMS going
+   * away and coming back instead of keeping what its last call saw. One at a time: the next is
+   * scheduled when the last has settled. Stopped by close(). `intervalMs` 0: no probes.
+   */
+  startIdleProbe(intervalMs: number): void {
+    if (!Number.isInteger(intervalMs) || intervalMs < 0) throw new ArgRangeError('intervalMs', `must be a whole number of milliseconds >= 0, got ${intervalMs}`);
+    if (intervalMs === 0 || this.closed || this.probeEveryMs > 0) return;
+    this.probeEveryMs = intervalMs;
+    this.scheduleProbe();
+  }
+
+  private scheduleProbe(): void {
+    if (this.closed) return;
+    this.probeTimer = setTimeout(() => void this.probeIfIdle(), Math.max(0, this.lastSent + this.probeEveryMs - Date.now()));
+    this.probeTimer.unref();
+  }
+
+  private async probeIfIdle(): Promise<void> {
+    this.probeTimer = undefined;
+    try {
+      if (!this.closed && Date.now() - this.lastSent >= this.probeEveryMs) await this.probeOnce();
+    } finally {
+      this.scheduleProbe();
+    }
+  }
+
+  /**
+   * One authenticated request to the KMS endpoint itself, one attempt: any HTTP answer below 500,
+   * a refusal included, says the KMS answers (as in call()); no answer or a server fault counts
+   * as a failed call, and enough of them in a row open the circuit. Another host's `ebsd daemon
+   * --kms-only` is asked STS GetCallerIdentity on the same listener, which answers it without an
+   * audit record (src/daemon/kms-listener.ts, sts()): an idle fleet does not fill the KMS host's
+   * audit log. AWS KMS serves no STS, so it is asked ListKeys (Limit 1), which CloudTrail records.
+   */
+  private async probeOnce(): Promise<void> {
+    const aws = isAwsHost(new URL(this.endpoint).hostname);
+    const op = aws ? 'ListKeys' : 'GetCallerIdentity';
+    if (!this.probeClient) {
+      const config = { ...this.clientConfig, maxAttempts: 1, endpoint: this.endpoint };
+      // clientConfig is the region, retries and request handler both clients were built from (constructor).
+      this.probeClient = aws ? new KMSClient(config as KMSClientConfig) : new STSClient(config);
+    }
+    this.calls[op] = (this.calls[op] ?? 0) + 1;
+    try {
+      await this.probeClient.send(aws ? new ListKeysCommand({ Limit: 1 }) : new GetCallerIdentityCommand({}));
+      this.answered();
+    } catch (e) {
+      if (this.closed) return;
+      const err = toKeyServiceError(op, e);
+      this.lastError = { Operation: op, ...(err.awsName ? { AwsName: err.awsName } : {}), Message: err.message, Time: new Date().toISOString() };
+      const status = (e as { $metadata?: { httpStatusCode?: unknown } } | undefined)?.$metadata?.httpStatusCode;
+      if (typeof status === 'number' && status < 500) this.answered();
+      else this.unanswered(false, err);
+    } finally {
+      this.lastSent = Date.now();
+    }
   }
 
   private async call<T>(op: string, send: () => Promise<T>, keyId: string | undefined, opts?: CallOptions): Promise<T> {
@@ -231,6 +303,7 @@ export class AwsKeyService implements KeyService {
       throw err;
     } finally {
       if (probe) this.probing = false;
+      this.lastSent = Date.now();
     }
   }
 

@@ -12,7 +12,7 @@
  * Opening the volumes once the KMS answers is all or nothing: a failed open
  * leaves the volume API refusing (ServiceUnavailable) and is tried afresh.
  */
-import { openSync, readSync, writeSync, closeSync, constants, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { openSync, readSync, readFileSync, writeSync, closeSync, constants, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -140,6 +140,39 @@ describe('a host daemon started while its KMS is down', () => {
     expect(log.match(/host principal resolved, volumes open/g)).toHaveLength(1);
     expect(log).not.toContain('NodeVersionSupportWarning');
     expect(kms.daemonLog()).not.toContain('NodeVersionSupportWarning');
+  });
+});
+
+describe('an idle host whose KMS goes away and comes back', () => {
+  const { host, kms, status } = daemonsOf('idle-host', 'idle-kms');
+
+  it('asks it after each --kms-probe-interval without a call: ebsd_kms_remote_reachable goes to 0 while the KMS is killed and back to 1 once it answers; the KMS host audits no probe', async () => {
+    const { url, k } = await kmsWithHostUser(kms);
+    useHostCredentials(k, { AWS_ENDPOINT_URL: url });
+    // No volume: nothing but the probes goes to the KMS.
+    await host.start(['--kms-endpoint', url, '--kms-probe-interval', '300ms', '--metrics-listen', '127.0.0.1:0']);
+    const metricsUrl = (await status()).Daemon.MetricsUrl as string;
+    const reachable = async (): Promise<number | undefined> => parseMetrics(await (await fetch(metricsUrl)).text()).get(`ebsd_kms_remote_reachable{endpoint="${url}"}`);
+    const probes = async (): Promise<number> => ((await status()).Daemon.Kms.Calls.GetCallerIdentity as number | undefined) ?? 0;
+    expect(await reachable()).toBe(1);
+
+    // Probes go out while the host is idle, and the KMS host's audit log records none of them (STS GetCallerIdentity).
+    const auditLog = join(kms.state, 'kms', 'audit', 'events.ndjson');
+    const audited = readFileSync(auditLog, 'utf8');
+    const first = await probes();
+    await until('three idle probes', async () => ((await probes()) >= first + 3 ? true : undefined), 20_000);
+    expect(readFileSync(auditLog, 'utf8')).toBe(audited);
+    expect(await reachable()).toBe(1);
+
+    await kms.kill9();
+    await until('the gauge at 0', async () => ((await reachable()) === 0 ? true : undefined), 20_000);
+    expect((await status()).Daemon.Kms.LastError).toMatchObject({ Operation: 'GetCallerIdentity', Message: expect.stringContaining('ECONNREFUSED') });
+
+    // Back on its old port: the host knows only that address.
+    await restartOnSamePort(kms, ['--kms-only', '--kms-listen', new URL(url).host]);
+    await until('the gauge at 1', async () => ((await reachable()) === 1 ? true : undefined), 20_000);
+    expect((await status()).Daemon.Kms).toMatchObject({ ConsecutiveFailures: 0, Circuit: 'closed' });
+    expect(await host.stop()).toBe(0);
   });
 });
 

@@ -2,7 +2,7 @@ import { describe, it, expect, vi } from 'vitest';
 import { existsSync, promises as fsp, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { verifyAuditLog } from '../../src/kms/audit/verify.js';
+import { MAX_AUDIT_PROBLEMS, verifyAuditLog } from '../../src/kms/audit/verify.js';
 import pino from 'pino';
 import { openKms, admin, sealedAuditLog, tempDir, FakeClock } from './helpers.js';
 
@@ -225,6 +225,65 @@ describe('audit log truncation', () => {
       const res = verifyAuditLog(dir);
       expect(res).toMatchObject({ ok: false, sealedThrough: 6 });
       expect(res.problem).toMatchObject({ kind: 'removed', sequence: 3 });
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
+describe('audit verify reports every problem, not only the first', () => {
+  it('a log damaged in two separate places: both are named (file, line, kind), the first also as `problem`', async () => {
+    const t = tempDir();
+    try {
+      await sealedAuditLog(t.dir, 14, { auditDigestEvery: 5 }); // events 0..14, digests through 4, 9, 14
+      const dir = join(t.dir, 'audit');
+      const path = join(dir, 'events.ndjson');
+      const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
+      const ids = lines.map((l) => (JSON.parse(l) as { eventID: string }).eventID);
+      const damaged = [...lines];
+      damaged[2] = damaged[2]!.replace('"DescribeKey"', '"Decrypt"'); // an event inside a digest's range
+      damaged.splice(11, 1); // event 11 removed
+      writeFileSync(path, damaged.join('\n') + '\n');
+
+      const res = verifyAuditLog(dir);
+      expect(res).toMatchObject({ ok: false, events: 14, sealedThrough: 14, problemCount: 2 });
+      expect(res.problems).toEqual([
+        expect.objectContaining({ kind: 'modified', sequence: 2, file: 'events.ndjson', line: 3, eventID: ids[2], detail: 'event 2 does not match the hash recorded in event 3' }),
+        expect.objectContaining({ kind: 'removed', sequence: 11, file: 'events.ndjson', line: 12, detail: 'event 11 is absent (next present: 12)' }),
+      ]);
+      expect(res.problem).toEqual(res.problems[0]);
+
+      // Swapped events, a forged line and a cut tail, on top: each once, in log order.
+      const more = [...damaged];
+      [more[6], more[7]] = [more[7]!, more[6]!];
+      more.splice(9, 0, '{"forged":true}');
+      writeFileSync(path, more.slice(0, -2).join('\n') + '\n'); // events 13 and 14 cut off
+      const all = verifyAuditLog(dir);
+      expect(all.problems.map((p) => [p.kind, p.sequence, p.line])).toEqual([
+        ['modified', 2, 3], ['reordered', 6, 7], ['modified', 9, 10], ['removed', 11, 13], ['missing', 13, undefined],
+      ]);
+      expect(all.problemCount).toBe(5);
+
+      writeFileSync(path, lines.join('\n') + '\n');
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, problems: [], problemCount: 0 });
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('past MAX_AUDIT_PROBLEMS the problems are counted, not listed', async () => {
+    const t = tempDir();
+    try {
+      await sealedAuditLog(t.dir, 2 * MAX_AUDIT_PROBLEMS + 40, { auditDigestEvery: 1000 });
+      const dir = join(t.dir, 'audit');
+      const path = join(dir, 'events.ndjson');
+      const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
+      // Every other event from 1 on removed: one gap each.
+      writeFileSync(path, lines.filter((_, i) => i % 2 === 0).join('\n') + '\n');
+      const res = verifyAuditLog(dir);
+      expect(res.problemCount).toBe(Math.floor(lines.length / 2));
+      expect(res.problems).toHaveLength(MAX_AUDIT_PROBLEMS);
+      expect(res.problems.every((p, i) => p.kind === 'removed' && p.sequence === 2 * i + 1)).toBe(true);
     } finally {
       t.cleanup();
     }

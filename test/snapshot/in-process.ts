@@ -2,9 +2,9 @@ import { join } from 'node:path';
 import type { Caller } from '../../src/kms/types.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
-import { SnapshotManager, type SnapshotManagerOptions, type SnapshotVolumes } from '../../src/snapshot/snapshot-manager.js';
+import { SnapshotManager, type SnapshotAuditEvent, type SnapshotManagerOptions, type SnapshotVolumes } from '../../src/snapshot/snapshot-manager.js';
 import { SnapshotRestore, type RestoreVolumeRequest } from '../../src/snapshot/restore.js';
-import { SnapshotCopier, type CopySnapshotRequest } from '../../src/snapshot/copy.js';
+import { SnapshotCopier, type CopyAuditEvent, type CopySnapshotRequest } from '../../src/snapshot/copy.js';
 import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
 import type { VolumeManager } from '../../src/volume/volume-manager.js';
 import type { BlockDevice } from '../../src/volume/types.js';
@@ -51,6 +51,8 @@ export interface SnapshotHarnessOptions {
   wrapDevice?: (dev: BlockDevice) => BlockDevice;
   /** Opens a create's own read handle on the image (SnapshotManagerOptions.openReader): a test may hold its reads. */
   openReader?: SnapshotManagerOptions['openReader'];
+  /** The audit seam of the SnapshotManager and the SnapshotCopier (the daemon writes these events to its audit log). */
+  onAudit?: (ev: SnapshotAuditEvent | CopyAuditEvent) => void | Promise<void>;
 }
 
 export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promise<SnapshotHarness> {
@@ -75,13 +77,14 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
     const volumes: SnapshotVolumes = wrapDevice
       ? { withVolumeForSnapshot: (id, fn) => m.withVolumeForSnapshot(id, (v) => fn(v.device ? { ...v, device: wrapDevice(v.device) } : v)), describeVolumes: () => m.describeVolumes() }
       : m;
-    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333', ...(o.openReader ? { openReader: o.openReader } : {}) });
+    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333', ...(o.openReader ? { openReader: o.openReader } : {}), ...(o.onAudit ? { onAudit: o.onAudit } : {}) });
     snaps = sm;
     const restore = new SnapshotRestore({ store, volumes: m, hold: (id) => sm!.hold(id) });
     const copier = await SnapshotCopier.open({
       store, keyService: kms.keyService, xtsEngine: await testEngine(), region: 'us-east-1', accountId: '111122223333',
       localDir: join(t.dir, 'snapshots-local', 'copies'), pin: (hs) => gc.pin(hs), hold: (id) => sm!.hold(id),
       allowUnencrypted: true, // as the volume manager: encryption by default off, so plaintext sources copy as they are
+      ...(o.onAudit ? { onAudit: o.onAudit } : {}),
     });
     const caller = kms.root;
     const k = kms;

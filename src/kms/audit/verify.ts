@@ -1,8 +1,9 @@
 /**
  * `verifyAuditLog(dir)`: checks the hash chain across the sealed log files
  * (`events.<first sequence>.ndjson`, oldest first) and the live
- * `events.ndjson`, read as one stream, and the signed digests in `digests/`, and names the first event that was modified,
- * removed, reordered or is missing (truncation of the sealed part).
+ * `events.ndjson`, read as one stream, and the signed digests in `digests/`, and names every event that was modified,
+ * removed, reordered or is missing (truncation of the sealed part), the first
+ * `MAX_AUDIT_PROBLEMS` of them listed and the rest counted.
  * The seal high-water mark (`<kms>/audit-mark.json`, seal-mark.ts) names the
  * last digest the daemon signed: digests that end before it are reported
  * `missing-digest` (deleted digests, however consistent what remains is).
@@ -26,7 +27,7 @@ export interface AuditProblem {
   eventID?: string;
   /** 1-based line in `file`, when the event is there. */
   line?: number;
-  /** The log file holding the event (events.ndjson or a sealed events.<seq>.ndjson). */
+  /** The log file holding the event (events.ndjson or a sealed events.<seq>.ndjson), or the digest (digests/<seq>.json). */
   file?: string;
   detail: string;
 }
@@ -37,18 +38,42 @@ export interface AuditVerifyResult {
   digests: number;
   /** Log files read, oldest first. */
   files: string[];
-  /** Last sequence number covered by a valid signed digest (-1: none). */
+  /**
+   * Last sequence number covered by the valid signed digests, contiguous from
+   * the first (-1: none); a digest past a broken link does not count.
+   */
   sealedThrough: number;
   /** Last sequence the seal high-water mark says was signed (absent: no mark). */
   markThrough?: number;
+  /** The first problem found (`problems[0]`); absent when `ok`. */
   problem?: AuditProblem;
+  /** Every problem found, in the order found, the first `MAX_AUDIT_PROBLEMS` of them. */
+  problems: AuditProblem[];
+  /** How many problems were found in all (more than `problems.length` past the bound). */
+  problemCount: number;
 }
 
-/** `markPath`: the seal high-water mark (default: `audit-mark.json` beside `dir`). */
+/** How many problems one verification lists; past it they are only counted. */
+export const MAX_AUDIT_PROBLEMS = 100;
+
+/**
+ * `markPath`: the seal high-water mark (default: `audit-mark.json` beside `dir`).
+ * Verification goes on past a problem, so a damaged log is described in one
+ * pass: after each problem it takes up the chain again at the next line it
+ * can (a removed range is reported once, a reordered run once, a modified
+ * event once however many checks it fails).
+ */
 export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markPath?: string } = {}): AuditVerifyResult {
   const pem = opts.publicKeyPem ?? readFileSync(join(dir, PUBLIC_KEY_FILE), 'utf8');
   const pub = createPublicKey(pem);
   const fp = sha256hex(pem);
+
+  const problems: AuditProblem[] = [];
+  let problemCount = 0;
+  const report = (p: AuditProblem): void => {
+    problemCount++;
+    if (problems.length < MAX_AUDIT_PROBLEMS) problems.push(p);
+  };
 
   // 1. Digests: signatures, chain, contiguous coverage.
   const ddir = join(dir, DIGEST_DIR);
@@ -57,23 +82,31 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   const files = auditLogFiles(dir);
   let prevHash: string | null = null;
   let covered = -1;
-  let mark: SealMark | undefined;
-  const res = (problem?: AuditProblem, events = 0): AuditVerifyResult => ({
-    ok: !problem, events, digests: digests.length, files, sealedThrough: covered,
-    ...(mark ? { markThrough: mark.lastSequence } : {}),
-    ...(problem ? { problem } : {}),
-  });
+  let sealedThrough: number | undefined; // set at the first broken link
+  // After an unreadable digest the next one cannot follow it: that break is the one already reported.
+  let afterBadDigest = false;
   for (const n of names) {
     let d: DigestFile;
     try { d = JSON.parse(readFileSync(join(ddir, n), 'utf8')) as DigestFile; } catch {
-      return res({ kind: 'bad-digest', sequence: Number(n.slice(0, 12)), detail: `digest ${n} is not valid JSON` });
+      report({ kind: 'bad-digest', sequence: Number(n.slice(0, 12)), file: join(DIGEST_DIR, n), detail: `digest ${n} is not valid JSON` });
+      sealedThrough ??= covered;
+      afterBadDigest = true;
+      continue;
     }
     const sigOk = typeof d.signature === 'string' && d.publicKeyFingerprint === fp &&
       edVerify(null, Buffer.from(digestPayload(d)), pub, Buffer.from(d.signature, 'base64'));
-    if (!sigOk) return res({ kind: 'bad-digest', sequence: d.lastSequence, detail: `digest ${n} has an invalid signature` });
-    if (d.previousDigestHash !== prevHash || d.firstSequence !== covered + 1) {
-      return res({ kind: 'bad-digest', sequence: d.lastSequence, detail: `digest ${n} does not follow the previous digest (a digest was removed or replaced)` });
+    if (!sigOk) {
+      report({ kind: 'bad-digest', sequence: d.lastSequence, file: join(DIGEST_DIR, n), detail: `digest ${n} has an invalid signature` });
+      sealedThrough ??= covered;
+      afterBadDigest = true;
+      continue;
     }
+    if (d.previousDigestHash !== prevHash || d.firstSequence !== covered + 1) {
+      if (!afterBadDigest) report({ kind: 'bad-digest', sequence: d.lastSequence, file: join(DIGEST_DIR, n), detail: `digest ${n} does not follow the previous digest (a digest was removed or replaced)` });
+      sealedThrough ??= covered;
+    }
+    // Signed by the HSM's key, so its anchor is checked whatever came before it.
+    afterBadDigest = false;
     prevHash = sha256hex(digestPayload(d));
     covered = d.lastSequence;
     digests.push(d);
@@ -83,64 +116,113 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   // 1b. The seal high-water mark: the digests must reach the last one signed.
   const markPath = opts.markPath ?? markPathOf(dir);
   const m = readSealMark(markPath, pub, fp);
-  if (m.error) return res({ kind: 'bad-mark', sequence: -1, detail: m.error });
-  mark = m.mark;
+  if (m.error) report({ kind: 'bad-mark', sequence: -1, detail: m.error });
+  const mark: SealMark | undefined = m.error ? undefined : m.mark;
   if (mark && mark.lastSequence > covered) {
-    return res({ kind: 'missing-digest', sequence: covered + 1,
+    report({ kind: 'missing-digest', sequence: covered + 1,
       detail: `digests sealing events ${covered + 1}..${mark.lastSequence} are missing: the seal high-water mark ${markPath} records digest ${mark.digestFile} as signed` });
-  }
-  if (mark) {
+  } else if (mark) {
     const d = digestAt.get(mark.lastSequence);
     if (!d || sha256hex(digestPayload(d)) !== mark.digestHash) {
-      return res({ kind: 'bad-digest', sequence: mark.lastSequence, detail: `digest ${mark.digestFile} is not the one the seal high-water mark ${markPath} records` });
+      report({ kind: 'bad-digest', sequence: mark.lastSequence, detail: `digest ${mark.digestFile} is not the one the seal high-water mark ${markPath} records` });
     }
   }
 
   // 2. Events: sequence, chain, digest anchors; one file in memory at a time.
   let expected = 0;
-  let prevLineHash = GENESIS_HASH;
+  /** Hash of the last event taken in order; undefined: the line before it is lost (removed or unreadable), nothing to check against. */
+  let prevLineHash: string | undefined = GENESIS_HASH;
   let prevId: string | undefined;
   let prevAt: { file: string; line: number } | undefined;
+  /** The last event already reported as modified: the next event's link to it is not reported again. */
+  let modifiedSeq = -1;
+  /** Unreadable lines since the last event read: each may stand for one event (a modified line) or none (an inserted one). */
+  let junk = 0;
   let count = 0;
+  /** One event read as a line: its checks against the chain and its digest. */
+  type Line = { seq: number; hash: string; prevHash: unknown; eventID?: string; at: { file: string; line: number } };
+  const take = (e: Line): void => {
+    if (prevLineHash !== undefined && e.prevHash !== prevLineHash && modifiedSeq !== e.seq - 1) {
+      report(e.seq === 0
+        ? { kind: 'modified', sequence: 0, ...e.at, eventID: e.eventID, detail: 'first event does not start the chain' }
+        : { kind: 'modified', sequence: e.seq - 1, ...(prevAt ?? {}), ...(prevId ? { eventID: prevId } : {}), detail: `event ${e.seq - 1} does not match the hash recorded in event ${e.seq}` });
+    }
+    const d = digestAt.get(e.seq);
+    if (d && d.lastEventHash !== e.hash) {
+      report({ kind: 'modified', sequence: e.seq, ...e.at, eventID: e.eventID, detail: `event ${e.seq} does not match the hash sealed in its digest` });
+      modifiedSeq = e.seq;
+    }
+    prevLineHash = e.hash;
+    prevId = e.eventID;
+    prevAt = e.at;
+    expected = e.seq + 1;
+  };
   for (const file of files) {
     const text = readFileSync(join(dir, file), 'utf8');
     const lines = text.length ? text.replace(/\n$/, '').split('\n') : [];
     // Every line's sequence number, parsed only when one is out of place (to tell reordered from removed).
-    const seqsOf = (): (number | undefined)[] => lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } });
+    let seqs: (number | undefined)[] | undefined;
+    const seqsOf = (): (number | undefined)[] => (seqs ??= lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } }));
+    /** Events read ahead of `expected` (a reordered run), checked once the chain reaches them. */
+    const early = new Map<number, Line>();
     for (let i = 0; i < lines.length; i++, count++) {
       const line = lines[i]!;
       const at = { file, line: i + 1 };
-      let ev: { sequenceNumber?: unknown; previousEventHash?: unknown; eventID?: string };
-      try { ev = JSON.parse(line); } catch {
-        return res({ kind: 'modified', sequence: expected, ...at, detail: `${file} line ${i + 1} is not valid JSON` }, count);
+      let ev: { sequenceNumber?: unknown; previousEventHash?: unknown; eventID?: string } | undefined;
+      try { ev = JSON.parse(line); } catch { /* reported below */ }
+      const s = ev?.sequenceNumber;
+      if (typeof s !== 'number') {
+        report({ kind: 'modified', sequence: expected + junk, ...at, detail: `${file} line ${i + 1} ${ev === undefined ? 'is not valid JSON' : 'has no sequence number'}` });
+        modifiedSeq = expected + junk;
+        junk++;
+        continue;
       }
-      const s = ev.sequenceNumber;
-      if (typeof s !== 'number') return res({ kind: 'modified', sequence: expected, ...at, detail: `${file} line ${i + 1} has no sequence number` }, count);
-      if (s !== expected) {
-        if (s < expected || seqsOf().indexOf(expected, i + 1) >= 0) {
-          return res({ kind: 'reordered', sequence: Math.min(s, expected), ...at, eventID: ev.eventID, detail: `event ${s} found where event ${expected} belongs` }, count);
+      const e: Line = { seq: s, hash: sha256hex(line), prevHash: ev!.previousEventHash, eventID: ev!.eventID, at };
+      if (junk > 0 && s > expected) {
+        // The unreadable lines were (up to `junk` of) the events expected..s-1, each reported: nothing to link this one to.
+        expected = Math.min(s, expected + junk);
+        prevLineHash = undefined;
+      }
+      junk = 0;
+      if (s < expected || early.has(s)) {
+        report({ kind: 'reordered', sequence: s, ...at, eventID: e.eventID, detail: `event ${s} found after event ${expected - 1}${early.has(s) ? ' (twice)' : ''}` });
+        continue; // the chain goes on from the event before it
+      }
+      if (s > expected) {
+        if (early.size > 0 || seqsOf().indexOf(expected, i + 1) >= 0) {
+          if (early.size === 0) report({ kind: 'reordered', sequence: expected, ...at, eventID: e.eventID, detail: `event ${s} found where event ${expected} belongs` });
+          early.set(s, e);
+          continue;
         }
-        return res({ kind: 'removed', sequence: expected, ...at, detail: `event ${expected} is absent (next present: ${s})` }, count);
+        report({ kind: 'removed', sequence: expected, ...at, detail: s === expected + 1 ? `event ${expected} is absent (next present: ${s})` : `events ${expected}..${s - 1} are absent (next present: ${s})` });
+        expected = s;
+        prevLineHash = undefined;
       }
-      if (ev.previousEventHash !== prevLineHash) {
-        return res(expected === 0
-          ? { kind: 'modified', sequence: 0, ...at, eventID: ev.eventID, detail: 'first event does not start the chain' }
-          : { kind: 'modified', sequence: expected - 1, ...(prevAt ?? {}), ...(prevId ? { eventID: prevId } : {}), detail: `event ${expected - 1} does not match the hash recorded in event ${expected}` }, count);
+      take(e);
+      for (let next = early.get(expected); next; next = early.get(expected)) {
+        early.delete(next.seq);
+        take(next);
       }
-      prevLineHash = sha256hex(line);
-      const d = digestAt.get(s);
-      if (d && d.lastEventHash !== prevLineHash) {
-        return res({ kind: 'modified', sequence: s, ...at, eventID: ev.eventID, detail: `event ${s} does not match the hash sealed in its digest` }, count);
+    }
+    // A run read ahead whose place never came (only with unreadable lines among it): taken in order, its gaps reported.
+    for (const e of [...early.values()].sort((a, b) => a.seq - b.seq)) {
+      if (e.seq > expected) {
+        report({ kind: 'removed', sequence: expected, ...e.at, detail: `events ${expected}..${e.seq - 1} are absent (next present: ${e.seq})` });
+        prevLineHash = undefined;
       }
-      prevId = ev.eventID;
-      prevAt = at;
-      expected++;
+      take(e);
     }
   }
+  if (junk > 0) expected += 1; // a last unreadable line stands for the event it was (reported)
   if (covered >= expected) {
-    return res({ kind: 'missing', sequence: expected, detail: `events ${expected}..${covered} are sealed by a digest but absent from the log (truncated)` }, count);
+    report({ kind: 'missing', sequence: expected, detail: `events ${expected}..${covered} are sealed by a digest but absent from the log (truncated)` });
   }
-  return res(undefined, count);
+  return {
+    ok: problemCount === 0, events: count, digests: digests.length, files, sealedThrough: sealedThrough ?? covered,
+    ...(mark ? { markThrough: mark.lastSequence } : {}),
+    ...(problems.length ? { problem: problems[0] } : {}),
+    problems, problemCount,
+  };
 }
 
 /**
