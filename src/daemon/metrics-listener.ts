@@ -75,7 +75,8 @@ export class MetricsListener {
   private running: Promise<string> | undefined;
   private lastCollectEnd = -Infinity;
 
-  constructor(private readonly registry: Registry) {}
+  /** `stalledAnswerMs`: METRICS_LIMITS.stalledAnswerMs unless a test needs a setup slower than it to count nothing as stalled. */
+  constructor(private readonly registry: Registry, private readonly stalledAnswerMs: number = METRICS_LIMITS.stalledAnswerMs) {}
 
   /**
    * Serve `GET /metrics` on HOST:PORT; resolves with the bound address (PORT 0: a free port).
@@ -222,7 +223,7 @@ export class MetricsListener {
   private makeRoom(key: string, perSource: boolean): boolean {
     // No request being answered, or answers unread for longer than a scraper takes (a slow reader holding its slot).
     const now = performance.now();
-    const idle = (c: OpenConnection): boolean => c.busy === 0 || now - c.busySince > METRICS_LIMITS.stalledAnswerMs;
+    const idle = (c: OpenConnection): boolean => c.busy === 0 || now - c.busySince > this.stalledAnswerMs;
     const close = (s: Socket, c: OpenConnection): true => {
       this.open.delete(s);
       c.admission.release();

@@ -371,8 +371,8 @@ export class DaemonMetrics {
   }
 
   /** Serve `GET /metrics` on HOST:PORT (metrics-listener.ts); resolves with the bound address (PORT 0: a free port). */
-  async listen(spec: string, log: Logger): Promise<{ host: string; port: number }> {
-    const l = new MetricsListener(this.registry);
+  async listen(spec: string, log: Logger, opts: { stalledAnswerMs?: number } = {}): Promise<{ host: string; port: number }> {
+    const l = new MetricsListener(this.registry, opts.stalledAnswerMs);
     const at = await l.listen(spec, log);
     this.listener = l;
     return at;

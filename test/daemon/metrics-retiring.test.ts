@@ -107,7 +107,9 @@ describe('metrics listener: busy connections that give their slot', () => {
     const gate = new Promise<void>((r) => (open = r));
     // Every collect waits for the gate: each GET /metrics is being answered until the test opens it.
     new Gauge({ name: 'test_gate', help: 'held until the test lets the collect end', registers: [m.registry], async collect() { await gate; this.set(1); } });
-    const { port } = await m.listen('127.0.0.1:0', silentLogger);
+    // Nothing counts as stalled while the test sets up (six client processes on a loaded machine may take
+    // longer than the 2 s limit): a stalled connection would be closed as idle instead of retiring.
+    const { port } = await m.listen('127.0.0.1:0', silentLogger, { stalledAnswerMs: 10 * 60_000 });
     const l = METRICS_LIMITS;
     const full = l.maxTotal / l.maxPerSource; // sources that fill the total
     const incoming = 10; // connections of each of two newcomers: each takes a busy connection's slot
