@@ -8,6 +8,7 @@
  */
 import { join } from 'node:path';
 import { EbsdError } from '../util/errors.js';
+import { silentLogger, type Logger } from '../util/logger.js';
 import { KmsService, type KmsOptions } from './kms-core.js';
 import { openAuthz, registerAuthzOperations } from './authz/index.js';
 import { keyPolicyBinder } from './authz/principal-bindings.js';
@@ -50,6 +51,7 @@ export async function openKms(o: OpenKmsOptions): Promise<Kms> {
   try {
     // Key policies are stored bound to their principals' unique ids; one stored before that is bound now.
     await kms.bindKeyPolicies(keyPolicyBinder(ids));
+    _logGrantMigration(authz.grants, (core.logger ?? silentLogger).child({ component: 'kms' }));
   } catch (e) {
     await kms.close();
     throw e;
@@ -66,4 +68,19 @@ export async function openKms(o: OpenKmsOptions): Promise<Kms> {
       try { await kms.close(); } finally { await ids.flush(); await authz.grants.flush(); }
     })()),
   };
+}
+
+/**
+ * Grants stored before bindings were bound when the grant store opened (grants.ts,
+ * `GrantStore.open`); said here, as the key-policy migration says its own (kms-core.ts
+ * `bindKeyPolicies`): how many, and how many now serve nobody, which an operator may want to
+ * make again for the principal meant.
+ */
+function _logGrantMigration(grants: GrantStore, log: Logger): void {
+  const { bound, nobody } = grants.migration;
+  if (bound === 0) return;
+  log.info({ grants: bound }, 'bound the principals of stored grants to their unique ids');
+  if (nobody > 0) {
+    log.warn({ grants: nobody }, 'stored grants name users, roles or sessions that do not exist (or are of another partition): they are bound to nobody and give nothing in that role (ListGrants shows them; create them again once the principal exists)');
+  }
 }

@@ -14,7 +14,9 @@ import type { Caller } from '../../src/kms/types.js';
 import { AccessKeyStore } from '../../src/kms/sts/access-keys.js';
 import { TrustPolicies, TRUST_FILE } from '../../src/kms/sts/trust-policies.js';
 import { StsService } from '../../src/kms/sts/sts-service.js';
-import { ACCT, awsName, doc, openTestKms, tempDir } from './helpers.js';
+import { ACCT, REGION, awsName, doc, openTestKms, tempDir } from './helpers.js';
+import { openKms } from '../../src/kms/open-kms.js';
+import { createLogger } from '../../src/util/logger.js';
 import type { TempDir } from '../helpers/temp-dir.js';
 
 const ROOT = `arn:aws:iam::${ACCT}:root`;
@@ -351,8 +353,10 @@ describe('grants bind their grantee and retiring principals to their principal i
     awsName(kms.core.call('RetireGrant', byToken ? { GrantToken: g.GrantToken } : { KeyId: keyArn, GrantId: g.GrantId }, caller));
   const listed = async (kms: Kms, keyArn: string, extra: Record<string, unknown> = {}): Promise<Listed[]> =>
     (await kms.core.call('ListGrants', { KeyId: keyArn, ...extra }, root(kms))).Grants as Listed[];
+  /** GrantIds sorted: two grants made in the same second are listed in GrantId order, which is random. */
   const retirable = async (kms: Kms, principal: string): Promise<string[]> =>
-    ((await kms.core.call('ListRetirableGrants', { RetiringPrincipal: principal }, root(kms))).Grants as Listed[]).map((g) => g.GrantId);
+    ((await kms.core.call('ListRetirableGrants', { RetiringPrincipal: principal }, root(kms))).Grants as Listed[]).map((g) => g.GrantId).sort();
+  const grantIds = (...gs: Made[]): string[] => gs.map((g) => g.GrantId).sort();
   const grantsFile = (dir: string): { grants: Record<string, unknown>[] } => JSON.parse(readFileSync(join(dir, 'kms', 'grants.json'), 'utf8'));
 
   it('a user deleted and created again under its name: Decrypt through the grant and RetireGrant as its retiring principal are refused; ListGrants / ListRetirableGrants show the old AIDA id', async () => {
@@ -365,7 +369,7 @@ describe('grants bind their grantee and retiring principals to their principal i
     const own = await grant(kms, keyArn, alice, alice, { Name: 'alice-decrypt' }); // alice: grantee and retiring principal
     const bobs = await grant(kms, keyArn, bob, alice); // alice retires bob's grant
     expect(await decrypt(kms, blob, userCaller(kms, 'alice'))).toBe('no error');
-    expect(await retirable(kms, alice)).toEqual([own.GrantId, bobs.GrantId]);
+    expect(await retirable(kms, alice)).toEqual(grantIds(own, bobs));
 
     const oldId = userId(kms, 'alice');
     const alice2 = await recreateUser(kms, 'alice');
@@ -376,14 +380,14 @@ describe('grants bind their grantee and retiring principals to their principal i
       expect(await retire(kms, keyArn, g, alice2, true)).toBe('AccessDeniedException');
     }
     // Listed as AWS lists a grant whose principal was deleted: the id it was bound to in place of the ARN.
-    expect(await listed(kms, keyArn)).toEqual([
-      expect.objectContaining({ GrantId: own.GrantId, GranteePrincipal: oldId, RetiringPrincipal: oldId }),
-      expect.objectContaining({ GrantId: bobs.GrantId, GranteePrincipal: bob, RetiringPrincipal: oldId }),
-    ]);
+    const l = await listed(kms, keyArn);
+    expect(l).toHaveLength(2);
+    expect(l.find((g) => g.GrantId === own.GrantId)).toMatchObject({ GranteePrincipal: oldId, RetiringPrincipal: oldId });
+    expect(l.find((g) => g.GrantId === bobs.GrantId)).toMatchObject({ GranteePrincipal: bob, RetiringPrincipal: oldId });
     expect((await listed(kms, keyArn, { GranteePrincipal: alice }))).toEqual([]);
     expect((await listed(kms, keyArn, { GranteePrincipal: oldId })).map((g) => g.GrantId)).toEqual([own.GrantId]);
     expect(await retirable(kms, alice)).toEqual([]);
-    expect(await retirable(kms, oldId)).toEqual([own.GrantId, bobs.GrantId]);
+    expect(await retirable(kms, oldId)).toEqual(grantIds(own, bobs));
 
     // The same Name and properties for the new alice is another grantee: a new grant, not the old one again.
     const fresh2 = await grant(kms, keyArn, alice, alice, { Name: 'alice-decrypt' });
@@ -475,5 +479,135 @@ describe('grants bind their grantee and retiring principals to their principal i
     await k2.identities.createRole('app');
     expect(await retire(k2, keyArn, erin, k2.identities.assumeRole('app', 's1'))).toBe('AccessDeniedException');
     expect(readdirSync(join(dir, 'kms')).filter((n) => n.includes('.tmp'))).toEqual([]);
+  });
+
+  it('a grant to a session ARN serves that session: job-1 decrypts through it, job-2 of the same role is refused; job-1 retires it as its retiring principal', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    await ids.createRole('app');
+    const { keyArn, blob } = await keyAndBlob(kms); // default policy: the session grant is the sessions' only way in
+    const job1 = ids.sessionArn('app', 'job-1');
+    const g = await grant(kms, keyArn, job1, job1);
+    expect(await decrypt(kms, blob, ids.assumeRole('app', 'job-1'))).toBe('no error');
+    expect(await decrypt(kms, blob, ids.assumeRole('app', 'job-2'))).toBe('AccessDeniedException');
+    expect(await retirable(kms, job1)).toEqual([g.GrantId]);
+    expect(await retire(kms, keyArn, g, ids.assumeRole('app', 'job-2'))).toBe('AccessDeniedException');
+    expect(await retire(kms, keyArn, g, ids.assumeRole('app', 'job-1'))).toBe('no error');
+    expect(await decrypt(kms, blob, ids.assumeRole('app', 'job-1'))).toBe('AccessDeniedException');
+  });
+
+  it('a user, role or session ARN of the account in another partition is refused as a principal that does not exist is; a key policy Deny on kms:GranteePrincipal is not got around through one', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    await ids.createRole('app');
+    for (const u of ['alice', 'delegate']) await ids.createUser(u);
+    const cn = (arn: string): string => arn.replace(/^arn:aws:/, 'arn:aws-cn:');
+    const target = ids.sessionArn('app', 'admin');
+    const policy = doc(rootAdmin,
+      { Sid: 'delegate', Effect: 'Allow', Principal: { AWS: ids.userArn('delegate') }, Action: 'kms:CreateGrant', Resource: '*' },
+      { Sid: 'never-admin', Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:CreateGrant', Resource: '*', Condition: { StringEquals: { 'kms:GranteePrincipal': target } } });
+    const keyArn = ((await kms.core.call('CreateKey', { Policy: policy }, root(kms))).KeyMetadata as { Arn: string }).Arn;
+    const blob = (await kms.core.call('Encrypt', { KeyId: keyArn, Plaintext: Buffer.from('s') }, root(kms))).CiphertextBlob as Uint8Array;
+    const refusal = async (member: 'GranteePrincipal' | 'RetiringPrincipal', arn: string, caller = root(kms)): Promise<unknown> => {
+      const req = { KeyId: keyArn, GranteePrincipal: ids.userArn('alice'), [member]: arn, Operations: ['Decrypt'] };
+      return kms.core.call('CreateGrant', req, caller).then(() => 'no error', (e: unknown) => e);
+    };
+    // The answer for a principal of the account that does not exist, which the other partition's are to it.
+    const nobody = ids.userArn('nobody');
+    const none = await refusal('GranteePrincipal', nobody) as { awsName: string; message: string };
+    expect(none).toMatchObject({ awsName: 'ValidationException', message: expect.stringContaining(nobody) });
+    for (const arn of [cn(target), cn(ids.roleArn('app')), cn(ids.userArn('alice'))]) {
+      for (const member of ['GranteePrincipal', 'RetiringPrincipal'] as const) {
+        expect(await refusal(member, arn), `${member} ${arn}`).toMatchObject({ awsName: 'ValidationException', message: none.message.replace(nobody, arn).replace('GranteePrincipal', member) });
+      }
+    }
+    // Through the delegate: the real ARN is denied by the key policy, the other partition's spelling refused.
+    const delegate = userCaller(kms, 'delegate');
+    expect(await awsName(kms.core.call('CreateGrant', { KeyId: keyArn, GranteePrincipal: target, Operations: ['Decrypt'] }, delegate))).toBe('AccessDeniedException');
+    expect(await refusal('GranteePrincipal', cn(target), delegate)).toMatchObject({ awsName: 'ValidationException' });
+    expect(await decrypt(kms, blob, ids.assumeRole('app', 'admin'))).toBe('AccessDeniedException');
+    expect(await listed(kms, keyArn)).toEqual([]);
+    // A key policy naming one is refused as one naming a principal that does not exist.
+    for (const p of [nobody, cn(ids.userArn('alice'))]) {
+      await expect(kms.core.call('PutKeyPolicy', { KeyId: keyArn, Policy: doc(rootAdmin, allow(p)) }, root(kms)))
+        .rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringContaining(p) });
+    }
+  });
+
+  it('stored grants naming another partition\'s ARNs bind to nobody when the KMS opens (also a session one the first version of bindings bound to the local session); the count is logged', async () => {
+    const { kms, dir, slot } = await fresh();
+    const ids = kms.identities;
+    await ids.createRole('app');
+    for (const u of ['alice', 'ghost']) await ids.createUser(u);
+    const { keyArn, blob } = await keyAndBlob(kms);
+    const admin = ids.sessionArn('app', 'admin');
+    const crossBound = await grant(kms, keyArn, admin, admin); // to be spelt aws-cn with its ids kept, as the first version of bindings stored it
+    const toRole = await grant(kms, keyArn, ids.roleArn('app'));
+    const toUser = await grant(kms, keyArn, ids.userArn('alice'));
+    const kept = await grant(kms, keyArn, ids.userArn('alice'), ids.userArn('ghost'));
+    await ids.deleteUser('ghost'); // gone before the upgrade: kept's retiring principal binds to nobody
+    await kms.close();
+    const f = grantsFile(dir);
+    const cn = (arn: string): string => arn.replace(/^arn:aws:/, 'arn:aws-cn:');
+    for (const g of f.grants) {
+      if (g.GrantId === crossBound.GrantId) {
+        expect(g).toMatchObject({ granteeId: `${roleId(kms, 'app')}:admin`, retiringId: `${roleId(kms, 'app')}:admin` });
+        g.GranteePrincipal = cn(admin);
+        g.RetiringPrincipal = cn(admin);
+      } else {
+        delete g.granteeId; delete g.retiringId; // as a binary before bindings wrote them
+        if (g.GrantId !== kept.GrantId) g.GranteePrincipal = cn(g.GranteePrincipal as string);
+      }
+    }
+    writeFileSync(join(dir, 'kms', 'grants.json'), JSON.stringify(f));
+
+    const logged: Record<string, unknown>[] = [];
+    const logger = createLogger({ level: 'info', destination: { write: (l: string) => { logged.push(JSON.parse(l) as Record<string, unknown>); } } });
+    const k2 = slot.kms = await openKms({ stateDir: dir, accountId: ACCT, region: REGION, hsmMode: 'inline', passphrase: 'test-passphrase', scryptCost: { N: 2 ** 10, r: 8, p: 1 }, logger });
+    const byId = new Map(grantsFile(dir).grants.map((g) => [g.GrantId as string, g]));
+    expect(byId.get(crossBound.GrantId)).toMatchObject({ granteeId: '', retiringId: '' });
+    expect(byId.get(toRole.GrantId)).toMatchObject({ granteeId: '' });
+    expect(byId.get(toUser.GrantId)).toMatchObject({ granteeId: '' });
+    expect(byId.get(kept.GrantId)).toMatchObject({ granteeId: userId(k2, 'alice'), retiringId: '' });
+    expect(k2.grants.migration).toEqual({ bound: 4, nobody: 4 });
+    expect(logged.filter((l) => l.level === 40)).toEqual([expect.objectContaining({ grants: 4, msg: expect.stringContaining('bound to nobody') })]);
+    expect(logged.filter((l) => l.level === 30 && l.grants === 4)).toHaveLength(1);
+
+    // Only kept serves anyone: alice. The admin session gets nothing from the aws-cn grants, nor may retire one.
+    expect(await decrypt(k2, blob, userCaller(k2, 'alice'))).toBe('no error');
+    for (const s of ['admin', 'job-9']) expect(await decrypt(k2, blob, k2.identities.assumeRole('app', s))).toBe('AccessDeniedException');
+    expect(await retire(k2, keyArn, crossBound, k2.identities.assumeRole('app', 'admin'))).toBe('AccessDeniedException');
+    expect(await retirable(k2, cn(admin))).toEqual([]);
+    // A retiring principal bound to nobody is not listed for its ARN, whose holder now may not retire it.
+    const ghost2 = await k2.identities.createUser('ghost');
+    expect(await retirable(k2, k2.identities.userArn('ghost'))).toEqual([]);
+    expect(await retire(k2, keyArn, kept, ghost2)).toBe('AccessDeniedException');
+    await k2.close();
+    // Bound once: nothing to bind at the next open.
+    const k3 = slot.kms = await openTestKms(dir);
+    expect(k3.grants.migration).toEqual({ bound: 0, nobody: 0 });
+  });
+
+  it('ListRetirableGrants for a session ARN lists only grants its session now may retire: one bound to a session of a role since created again is listed under its AROA…:session id', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    await ids.createRole('app');
+    await ids.createUser('alice');
+    const { keyArn } = await keyAndBlob(kms);
+    const job1 = ids.sessionArn('app', 'job-1');
+    const g = await grant(kms, keyArn, ids.userArn('alice'), job1);
+    expect(await retirable(kms, job1)).toEqual([g.GrantId]);
+    const oldId = roleId(kms, 'app');
+    await ids.deleteRole('app');
+    expect(await retirable(kms, job1)).toEqual([]);
+    await ids.createRole('app');
+    expect(await retirable(kms, job1)).toEqual([]);
+    expect(await retire(kms, keyArn, g, ids.assumeRole('app', 'job-1'))).toBe('AccessDeniedException');
+    expect(await retirable(kms, `${oldId}:job-1`)).toEqual([g.GrantId]);
+    // A grant made now for job-1 binds to the new role's session, and is listed for the ARN.
+    const g2 = await grant(kms, keyArn, ids.userArn('alice'), job1);
+    expect(await retirable(kms, job1)).toEqual([g2.GrantId]);
+    expect(await retire(kms, keyArn, g2, ids.assumeRole('app', 'job-1'))).toBe('no error');
+    expect(await retirable(kms, `${oldId}:job-1`)).toEqual([g.GrantId]);
   });
 });

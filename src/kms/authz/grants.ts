@@ -123,6 +123,14 @@ export interface PreparedGrant {
   name?: string;
 }
 
+/** What `GrantStore.open` bound of the grants it read (`GrantStore.migration`). */
+export interface GrantMigration {
+  /** Grants given principal ids at open (stored before bindings, or bound across partitions). */
+  readonly bound: number;
+  /** Of those, the grants with a grantee or retiring principal bound to nobody: they serve nobody in that role. */
+  readonly nobody: number;
+}
+
 export interface KeyFacts {
   arn: string;
   accountId: string;
@@ -256,6 +264,13 @@ export class GrantStore implements GrantSource {
   /** The identity generation `orderByRetiring` was built at: a listing shows a deleted principal by its id. */
   private _orderGeneration: number | undefined;
 
+  /**
+   * What `open` bound of the grants it read (`open`'s migration): `bound`, grants given principal
+   * ids; `nobody`, those of them with a principal bound to nobody. The opener logs them
+   * (open-kms.ts), as the key-policy migration logs its own.
+   */
+  private _migration: GrantMigration = { bound: 0, nobody: 0 };
+
   private constructor(
     private readonly file: string,
     private readonly principalExists?: (arn: string) => boolean,
@@ -267,8 +282,12 @@ export class GrantStore implements GrantSource {
    * `principalExists` validates grantee / retiring principals of the local account;
    * `principals` binds them to their principal ids (without it, nothing is bound: every
    * principal matches by ARN). A grant stored before bindings is bound here, to the principal
-   * of its ARN existing now (`''`, nobody, if none), so each keeps the access it had and a
-   * principal created later under the name gets none of it; the file is written back once.
+   * whose ARN is exactly its ARN now (`''`, nobody, if none), so a principal created later under
+   * the name gets none of it. Most keep the access they had; not one whose ARN names no
+   * principal exactly (deleted, or a role ARN of another path or partition, which matched the
+   * role's sessions by name): it serves nobody (`migration` counts them). A principal of the
+   * account bound across partitions (a session ARN of another partition, as the first version
+   * of bindings bound it) is bound to nobody too. The file is written back once.
    */
   static async open(file: string, opts: { principalExists?: (arn: string) => boolean; principals?: GrantPrincipalDirectory } = {}): Promise<GrantStore> {
     checkString('file', file);
@@ -276,6 +295,7 @@ export class GrantStore implements GrantSource {
     const s = new GrantStore(file, opts.principalExists, opts.principals);
     const text = await readTextIfExists(file);
     let bound = 0;
+    let nobody = 0;
     if (text !== undefined) {
       const data = parseStateJson('GRANTS_CORRUPT', file, text) as GrantFileV1;
       if (!data || data.version !== FILE_VERSION || !Array.isArray(data.grants)) throw new EbsdError('GRANTS_CORRUPT', `${file}: unsupported or corrupt grant file`);
@@ -283,12 +303,20 @@ export class GrantStore implements GrantSource {
         if ((g.granteeId !== undefined && typeof g.granteeId !== 'string') || (g.retiringId !== undefined && typeof g.retiringId !== 'string')) {
           throw new EbsdError('GRANTS_CORRUPT', `${file}: grant ${String(g.GrantId)} has a principal id that is not a string`);
         }
-        if (s._bindStored(g)) bound++;
+        const b = s._bindStored(g);
+        if (b !== 'kept') bound++;
+        if (b === 'nobody') nobody++;
         s._index(g);
       }
     }
     if (bound > 0) await s._persist(() => {});
+    s._migration = { bound, nobody };
     return s;
+  }
+
+  /** What `open` bound of the stored grants (see `open`); zero counts when there was nothing to bind. */
+  get migration(): GrantMigration {
+    return { ...this._migration };
   }
 
   // ---- GrantSource (evaluator) -----------------------------------------------------
@@ -434,9 +462,12 @@ export class GrantStore implements GrantSource {
   }
 
   /**
-   * ListRetirableGrants: grants in any key whose RetiringPrincipal, as listed, is `principal`: a
-   * grant whose retiring user or role was deleted is listed under the id it was bound to, not
-   * under the ARN (nor for a principal created again under it).
+   * ListRetirableGrants: grants in any key whose RetiringPrincipal, as listed, is `principal`, and
+   * that `principal` may retire: a grant whose retiring user or role was deleted is listed under
+   * the id it was bound to, not under the ARN (nor for a principal created again under it). A
+   * grant listed under its ARN whose binding is not the ARN's holder now (bound to nobody; a
+   * session's, `AROA…:name`, of a role since deleted or created again) is not listed for the
+   * ARN, whose holder could not retire it; a session's is listed under that id instead.
    */
   listRetirable(principal: string, opts: { Limit?: unknown; Marker?: unknown } = {}): { Grants: Grant[]; NextMarker?: string; Truncated: boolean } {
     const gen = this.principals?.generation;
@@ -446,7 +477,7 @@ export class GrantStore implements GrantSource {
     }
     const all = this._ordered(this.orderByRetiring, principal, function* (this: GrantStore) {
       for (const m of this.byKey.values()) {
-        for (const g of m.values()) if (g.RetiringPrincipal !== undefined && this._shown(g.RetiringPrincipal, g.retiringId) === principal) yield g;
+        for (const g of m.values()) if (this._retirableBy(g, principal)) yield g;
       }
     }.bind(this));
     return this._page(all, opts.Limit, opts.Marker);
@@ -536,18 +567,44 @@ export class GrantStore implements GrantSource {
     return this.principals ? grantPrincipalId(arn, this.principals) : undefined;
   }
 
-  /** Bind a record stored before bindings (no ids) to the principals existing now. True if it changed. */
-  private _bindStored(g: StoredGrant): boolean {
-    let changed = false;
-    if (g.granteeId === undefined) {
-      const id = this._boundId(g.GranteePrincipal);
-      if (id !== undefined) { g.granteeId = id; changed = true; }
-    }
-    if (g.RetiringPrincipal !== undefined && g.retiringId === undefined) {
-      const id = this._boundId(g.RetiringPrincipal);
-      if (id !== undefined) { g.retiringId = id; changed = true; }
-    }
-    return changed;
+  /**
+   * Bind a record stored before bindings (no ids) to the principals existing now, and unbind a
+   * principal bound across partitions (a session ARN of another partition, which the first
+   * version of bindings bound to the local role's session). `kept`: nothing changed; `nobody`:
+   * a principal of it is now bound to nobody; `bound`: bound, each to a principal.
+   */
+  private _bindStored(g: StoredGrant): 'kept' | 'bound' | 'nobody' {
+    const grantee = this._rebound(g.GranteePrincipal, g.granteeId);
+    const retiring = g.RetiringPrincipal !== undefined ? this._rebound(g.RetiringPrincipal, g.retiringId) : undefined;
+    if (grantee !== undefined) g.granteeId = grantee;
+    if (retiring !== undefined) g.retiringId = retiring;
+    if (grantee === undefined && retiring === undefined) return 'kept';
+    return grantee === '' || retiring === '' ? 'nobody' : 'bound';
+  }
+
+  /** The id a stored principal binds to now if that changes (`_bindStored`), else undefined. */
+  private _rebound(arn: string, stored: string | undefined): string | undefined {
+    if (stored === undefined) return this._boundId(arn);
+    // A stored binding is kept, unless across partitions: grantPrincipalId gives '' for those.
+    return stored !== '' && this._boundId(arn) === '' && !this._inPartition(arn) ? '' : undefined;
+  }
+
+  /** Whether `arn` is in the partition of the principal directory (true without one). */
+  private _inPartition(arn: string): boolean {
+    return !this.principals || arn.startsWith(`arn:${this.principals.partition}:`);
+  }
+
+  /** Whether ListRetirableGrants for `principal` lists `g` (see `listRetirable`). */
+  private _retirableBy(g: StoredGrant, principal: string): boolean {
+    const arn = g.RetiringPrincipal;
+    if (arn === undefined) return false;
+    const id = g.retiringId;
+    const shown = this._shown(arn, id);
+    if (!this.principals || id === undefined) return shown === principal; // not bound: by name
+    // A session's binding is shown as its ARN: while that ARN names another session (or none), under the id.
+    if (shown !== principal) return id === principal && id.includes(':') && this._boundId(arn) !== id;
+    // Shown as its ARN: for the ARN only while it binds to the same principal now; shown as a deleted principal's id: for that id.
+    return arn !== principal || (id !== '' && this._boundId(arn) === id);
   }
 
   /**

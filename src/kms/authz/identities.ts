@@ -285,17 +285,21 @@ export class Identities {
 
   // ---- principals and callers ------------------------------------------------------
 
-  /** Whether a principal ARN of this account names an existing identity (for key-policy validation). */
+  /**
+   * Whether a principal ARN of this account names an existing identity (key-policy and grant
+   * validation): partition, account and path included, as `uniqueIdOf` matches them; a session
+   * ARN by its role's name (STS ARNs carry no path).
+   */
   principalExists = (arn: string): boolean => {
     if (arn === this.rootArn) return true;
-    const m = /^arn:[\w-]+:iam::(\d{12}):(user|role)(\/.*)?\/([^/]+)$/.exec(arn);
+    const m = /^arn:([\w-]+):iam::(\d{12}):(user|role)(\/.*)?\/([^/]+)$/.exec(arn);
     if (m) {
-      if (m[1] !== this.accountId) return false;
-      const rec = m[2] === 'user' ? this.data.users[m[4]!] : this.data.roles[m[4]!];
-      return !!rec && rec.path === (m[3] ?? '') + '/';
+      if (m[1] !== this.partition || m[2] !== this.accountId) return false;
+      const rec = m[3] === 'user' ? this.data.users[m[5]!] : this.data.roles[m[5]!];
+      return !!rec && rec.path === (m[4] ?? '') + '/';
     }
-    const s = /^arn:[\w-]+:sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
-    if (s) return s[1] === this.accountId && !!this.data.roles[s[2]!];
+    const s = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/.exec(arn);
+    if (s) return s[1] === this.partition && s[2] === this.accountId && !!this.data.roles[s[3]!];
     return false;
   };
 

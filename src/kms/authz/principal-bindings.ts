@@ -43,6 +43,8 @@ export function bindPrincipals(arns: Iterable<string>, dir: PrincipalDirectory):
 
 /** What binding a grant's principals needs beyond a policy's: a session ARN names its role without its path. */
 export interface GrantPrincipalDirectory extends PrincipalDirectory {
+  /** The partition of the account (`aws`): a user, role or session ARN of the account in another one names nobody. */
+  readonly partition: string;
   /** The unique id (RoleId, AROA…) of the role `name`, or undefined if there is none. */
   roleId(name: string): string | undefined;
   /** Bumped on every identity change (a principal deleted or created shows differently in a listing). */
@@ -56,12 +58,17 @@ export interface GrantPrincipalDirectory extends PrincipalDirectory {
  * UserId (AIDA…), a role's RoleId (AROA…, which covers its sessions), and for an assumed-role
  * session ARN the session's principal id (`AROA…:session`, the role's id and the session
  * name). `''`: such a principal of the account does not exist (a grant stored before bindings,
- * naming one deleted by then): it names nobody. Undefined: not bound (the account root, a
- * service principal, another account's ARN), matched by name.
+ * naming one deleted by then), or the ARN is in another partition than the account's, whose
+ * principals this account's never are (CreateGrant refuses such an ARN; one stored before that
+ * binds here): it names nobody. Undefined: not bound (the account root, a service principal,
+ * another account's ARN), matched by name.
  */
 export function grantPrincipalId(arn: string, dir: GrantPrincipalDirectory): string | undefined {
   const form = parsePrincipalArn(arn);
-  if (!form || form.account !== dir.accountId) return undefined;
+  if (!form || form.account !== dir.accountId || form.kind === 'root') return undefined;
+  // A session ARN names its role without path or partition: checked here, or `arn:aws-cn:…/app/s`
+  // would bind to the local role `app`'s session `s` (uniqueIdOf checks a user's or role's ARN whole).
+  if (!arn.startsWith(`arn:${dir.partition}:`)) return '';
   if (form.kind === 'user' || form.kind === 'role') return dir.uniqueIdOf(arn) ?? '';
   if (form.kind === 'session') {
     const rid = dir.roleId(form.role);
