@@ -110,6 +110,12 @@ interface RunningCreate {
   settled: Promise<void>;
   /** A terminal manifest (`completed` or `error`) is durable: only then may the pending marker go. */
   terminal: boolean;
+  /**
+   * The last of this create's manifests the store has durably: DescribeSnapshots answers from it
+   * while the run lasts (no one else writes a running create's manifest), instead of reading it
+   * from the store, where each read queues behind the copy's jobs on libuv's pool.
+   */
+  written?: SnapshotManifest;
 }
 
 /**
@@ -322,6 +328,7 @@ export class SnapshotManager {
           // Crash from here on: recover() turns the pending manifest into error.
           await this.markers.putPending(m);
           faultPoint('snapshot.after-pending');
+          run.written = m;
           this.running.set(snapshotId, run);
           // A close() that began while the pending manifest was written did not find this run: aborted as it would have been.
           if (this.closing) run.abort ??= shutDownDuring();
@@ -622,7 +629,8 @@ export class SnapshotManager {
             recorded = step;
             const progress = Math.min(99, Math.floor((done / total) * 100));
             const blocks = sortBlocks(new Map([...inherited, ...sofar]));
-            progressWrite = progressWrite.then(() => this.o.store.putManifest({ ...m, progress, blocks })).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
+            const shown: SnapshotManifest = { ...m, progress, blocks };
+            progressWrite = progressWrite.then(() => this.o.store.putManifest(shown)).then(() => void (run.written = shown)).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
           }
         },
       });
@@ -654,6 +662,7 @@ export class SnapshotManager {
       await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
       await this.o.store.putManifest(done);
       run.terminal = true;
+      run.written = done;
       const t3 = performance.now();
       // The tracking names this snapshot as its base since its point in time (ChangeTracker.begin): nothing to commit.
       this.log.info(
@@ -667,8 +676,9 @@ export class SnapshotManager {
       const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
       this.log.error({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'snapshot failed');
       await progressWrite;
-      await this.o.store.putManifest(failedManifest(m, why)).then(
-        () => void (run.terminal = true),
+      const failed = failedManifest(m, why);
+      await this.o.store.putManifest(failed).then(
+        () => void ((run.terminal = true), (run.written = failed)),
         (err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; its marker is kept and it is marked error once the store answers (or at the next start)'),
       );
       this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
@@ -743,7 +753,7 @@ export class SnapshotManager {
     if (q.SnapshotIds?.length) {
       all = [];
       for (const id of q.SnapshotIds) {
-        const m = read?.has(id) ? read.get(id) : await this.o.store.getManifest(id);
+        const m = read?.has(id) ? read.get(id) : await this.getManifest(id);
         if (!m) throw snapshotNotFound(id);
         all.push(summaryOf(m));
       }
@@ -755,8 +765,9 @@ export class SnapshotManager {
     return all.filter((m) => (!owners?.length || owners.includes(m.ownerId)) && matchesFilters(m, q.Filters ?? [], budget));
   }
 
+  /** A snapshot's manifest: for a create this daemon runs, the last one it wrote durably (RunningCreate.written). */
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
-    return this.o.store.getManifest(snapshotId);
+    return this.running.get(snapshotId)?.written ?? this.o.store.getManifest(snapshotId);
   }
 
   /**

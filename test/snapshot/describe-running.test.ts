@@ -1,0 +1,87 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { openImageDataReader } from '../../src/snapshot/volume-image.js';
+import { summaryOf } from '../../src/snapshot/manifest-check.js';
+import type { SnapshotStore } from '../../src/snapshot/types.js';
+import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
+
+const B = 512 * 1024;
+const BLOCKS = 16;
+
+/**
+ * DescribeSnapshots of a create this daemon runs answers from the last
+ * manifest the create wrote durably (SnapshotManager.getManifest), not from a
+ * store read queued behind the copy's jobs: the same answer the store gives,
+ * pending, with progress, then completed, and no read of that manifest.
+ */
+describe('DescribeSnapshots of a running create', () => {
+  let h: SnapshotHarness | undefined;
+  afterEach(async () => {
+    await h?.close();
+    h = undefined;
+  });
+
+  it('answers what the store holds (pending, progress, completed) without reading the manifest from the store', async () => {
+    const reads = new Map<string, number>();
+    const waiting: (() => void)[] = [];
+    let passed = 0;
+    let holding = true;
+    h = await openSnapshotHarness({
+      // Every getManifest the SnapshotManager makes of the store is counted per id.
+      wrapStore: (s) => new Proxy(s, {
+        get(target, prop, recv) {
+          const v = Reflect.get(target, prop, recv) as unknown;
+          if (prop === 'getManifest') return (id: string) => ((reads.set(id, (reads.get(id) ?? 0) + 1)), s.getManifest(id));
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      }) as SnapshotStore,
+      // The copy's block reads: four pass, the rest wait until the test lets them go, one by one.
+      openReader: async (...a) => {
+        const r = await openImageDataReader(...a);
+        return {
+          read: async (pos, len, into) => {
+            if (into.length === B && holding && ++passed > 4) await new Promise<void>((res) => waiting.push(res));
+            return r.read(pos, len, into);
+          },
+          close: () => r.close(),
+        };
+      },
+    });
+    const { snaps, store, caller } = h;
+    const vol = (await h.mgr.createVolume({ Size: BLOCKS * B }, caller)).VolumeId;
+    await h.mgr.attachVolume({ VolumeId: vol }, caller);
+    await h.mgr.getBlockDevice(vol)!.write(0, randomBytes(BLOCKS * B));
+    const id = (await snaps.createSnapshot({ VolumeId: vol }, caller)).SnapshotId;
+    const described = async () => (await snaps.describeSnapshots({ SnapshotIds: [id] }))[0]!;
+    const stored = async () => summaryOf((await store.getManifest(id))!);
+    const until = async (what: string, ok: () => boolean | Promise<boolean>) => {
+      for (let i = 0; !(await ok()); i++) {
+        if (i > 1000) throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+
+    await until('held reads', () => waiting.length > 0);
+    const readsBefore = reads.get(id) ?? 0;
+    expect(await described()).toEqual(await stored());
+    expect((await described()).state).toBe('pending');
+    expect((await snaps.getManifest(id))?.state).toBe('pending');
+
+    // Past a second since the copy began, the next block done records progress (directory store: at most once a second).
+    await new Promise((r) => setTimeout(r, 1100));
+    waiting.shift()!();
+    await until('a progress write', async () => (await stored()).progress > 0);
+    await until('the progress shown', async () => (await described()).progress > 0);
+    expect(await described()).toEqual(await stored());
+    expect((await described()).state).toBe('pending');
+    // No manifest read of the running create from the store for any of these answers.
+    expect(reads.get(id) ?? 0).toBe(readsBefore);
+
+    holding = false;
+    for (const go of waiting.splice(0)) go();
+    await until('completed', async () => (await described()).state === 'completed');
+    // Completed is shown only once the store has it (the summary equal to the store's, block count included).
+    expect(await described()).toEqual(await stored());
+    expect((await stored()).state).toBe('completed');
+  });
+});
