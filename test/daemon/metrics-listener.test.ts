@@ -60,7 +60,10 @@ describe('metrics listener: slow readers', () => {
     // An answer of ~8 MiB: more than loopback's socket buffers take, so an unread one stays unwritten.
     const big = new Gauge({ name: 'test_big', help: 'x'.repeat(1000), labelNames: ['n'], registers: [m.registry] });
     for (let i = 0; i < 20_000; i++) big.set({ n: `${i}-${'y'.repeat(300)}` }, i);
-    const { port } = await m.listen('127.0.0.1:0', silentLogger);
+    // Longer than the listener's 2 s, so the set-up below (an ~8 MiB collect per answer) cannot reach it on a loaded
+    // machine: stalled too early, the held connections would be closed to admit the burst instead of refusing it.
+    const stalledAnswerMs = 6_000;
+    const { port } = await m.listen('127.0.0.1:0', silentLogger, { stalledAnswerMs });
     // This process is one source (one local user): its limit of connections, each with two requests and reading nothing.
     for (let i = 0; i < METRICS_LIMITS.maxPerSource; i++) {
       const s = connect({ host: '127.0.0.1', port });
@@ -92,7 +95,7 @@ describe('metrics listener: slow readers', () => {
     expect(answered, JSON.stringify(outcomes)).toBeGreaterThan(0);
     expect(answered, 'at most the lingering cap get a 503 at once; the rest are closed').toBeLessThanOrEqual(METRICS_LIMITS.maxLingeringRefused);
     expect(outcomes.filter((r) => r === 'closed').length).toBe(40 - answered);
-    await new Promise((r) => setTimeout(r, METRICS_LIMITS.stalledAnswerMs + 200));
+    await new Promise((r) => setTimeout(r, stalledAnswerMs + 200));
     // Stalled now: one of them is closed to make room, and the scraper is answered.
     expect(await scrape(port)).toBe(200);
   }, 30_000);
