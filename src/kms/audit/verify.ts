@@ -160,9 +160,21 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   for (const file of files) {
     const text = readFileSync(join(dir, file), 'utf8');
     const lines = text.length ? text.replace(/\n$/, '').split('\n') : [];
-    // Every line's sequence number, parsed only when one is out of place (to tell reordered from removed).
-    let seqs: (number | undefined)[] | undefined;
-    const seqsOf = (): (number | undefined)[] => (seqs ??= lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } }));
+    // Each sequence number's last line in this file, built only when one is out of place (to tell
+    // reordered from removed) and then once: a search of the lines after each out-of-place event
+    // would make a log with every other event removed cost quadratic time.
+    let lastLine: Map<number, number> | undefined;
+    const laterLine = (seq: number, i: number): boolean => {
+      if (!lastLine) {
+        lastLine = new Map();
+        for (let j = 0; j < lines.length; j++) {
+          let s: unknown;
+          try { s = (JSON.parse(lines[j]!) as { sequenceNumber?: unknown }).sequenceNumber; } catch { continue; }
+          if (typeof s === 'number') lastLine.set(s, j);
+        }
+      }
+      return (lastLine.get(seq) ?? -1) > i;
+    };
     /** Events read ahead of `expected` (a reordered run), checked once the chain reaches them. */
     const early = new Map<number, Line>();
     for (let i = 0; i < lines.length; i++, count++) {
@@ -189,7 +201,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
         continue; // the chain goes on from the event before it
       }
       if (s > expected) {
-        if (early.size > 0 || seqsOf().indexOf(expected, i + 1) >= 0) {
+        if (early.size > 0 || laterLine(expected, i)) {
           if (early.size === 0) report({ kind: 'reordered', sequence: expected, ...at, eventID: e.eventID, detail: `event ${s} found where event ${expected} belongs` });
           early.set(s, e);
           continue;
