@@ -184,8 +184,8 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
       try { ev = JSON.parse(line); } catch { /* reported below */ }
       const s = ev?.sequenceNumber;
       if (typeof s !== 'number') {
+        // Not yet marked as `modifiedSeq`: if it was inserted, the event after it is checked in full (below).
         report({ kind: 'modified', sequence: expected + junk, ...at, detail: `${file} line ${i + 1} ${ev === undefined ? 'is not valid JSON' : 'has no sequence number'}` });
-        modifiedSeq = expected + junk;
         junk++;
         continue;
       }
@@ -194,7 +194,11 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
         // The unreadable lines were (up to `junk` of) the events expected..s-1, each reported: nothing to link this one to.
         expected = Math.min(s, expected + junk);
         prevLineHash = undefined;
+        modifiedSeq = expected - 1;
       }
+      // Otherwise they were inserted (or stand for an event out of place): the chain goes on from the
+      // event before them, and the link to this event is still checked, so a modification of this
+      // event is reported too, not hidden behind the junk.
       junk = 0;
       if (s < expected || early.has(s)) {
         report({ kind: 'reordered', sequence: s, ...at, eventID: e.eventID, detail: `event ${s} found after event ${expected - 1}${early.has(s) ? ' (twice)' : ''}` });
