@@ -297,6 +297,23 @@ describe('audit verify reports every problem, not only the first', () => {
     }
   });
 
+  it('a digest duplicated under a later name is reported once and does not take the coverage back', async () => {
+    const t = tempDir();
+    try {
+      await sealedAuditLog(t.dir, 14, { auditDigestEvery: 5 }); // digests through 4, 9, 14; the mark at 14
+      const dir = join(t.dir, 'audit');
+      const ddir = join(dir, 'digests');
+      const first = readdirSync(ddir).sort()[0]!;
+      writeFileSync(join(ddir, '999999999999.json'), readFileSync(join(ddir, first)));
+      const res = verifyAuditLog(dir);
+      // Before, coverage fell back to the copy's end (4): the mark's digest (14) was reported missing too.
+      expect(res.problems.map((p) => [p.kind, p.file])).toEqual([['bad-digest', join('digests', '999999999999.json')]]);
+      expect(res).toMatchObject({ sealedThrough: 14, markThrough: 14, problemCount: 1 });
+    } finally {
+      t.cleanup();
+    }
+  });
+
   it('past MAX_AUDIT_PROBLEMS the problems are counted, not listed', async () => {
     const t = tempDir();
     try {

@@ -108,7 +108,8 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
     // Signed by the HSM's key, so its anchor is checked whatever came before it.
     afterBadDigest = false;
     prevHash = sha256hex(digestPayload(d));
-    covered = d.lastSequence;
+    // A duplicated (older) digest does not take the coverage back.
+    covered = Math.max(covered, d.lastSequence);
     digests.push(d);
   }
   const digestAt = new Map(digests.map((d) => [d.lastSequence, d]));
