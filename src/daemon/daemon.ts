@@ -919,11 +919,11 @@ export class Daemon {
     };
   }
 
-  /** The --kms-endpoint and whether it answers now: not while the host waits for it at start, nor while its last call went unanswered. */
+  /** The --kms-endpoint and whether it answers now: not while the host waits for it at start, nor while its last call or idle probe went unanswered. */
   private remoteKmsReachability(): { endpoint: string; reachable: boolean } {
     const remote = this.remoteKms!;
     const waiting = this.hostResolver !== undefined && !this.hostResolver.done;
-    return { endpoint: remote.endpoint, reachable: !waiting && remote.health().ConsecutiveFailures === 0 };
+    return { endpoint: remote.endpoint, reachable: !waiting && remote.health().Reachable };
   }
 
   /**

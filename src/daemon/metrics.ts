@@ -92,7 +92,7 @@ export interface MetricsSources {
   kmsCallLoad?(): { active: number; waiting: number; callers: number };
   /**
    * With --kms-endpoint only: the endpoint, and whether it answers (false while the host waits
-   * for it at start, host-resolver.ts, and while its last call went unanswered).
+   * for it at start, host-resolver.ts, and while its last call or idle probe went unanswered).
    */
   remoteKms?(): { endpoint: string; reachable: boolean };
   /** Volumes recorded in-use on this host but not served (waiting for the KMS at start, or a failed resume). */
@@ -247,7 +247,7 @@ export class DaemonMetrics {
       },
     });
     new Gauge({
-      name: 'ebsd_kms_remote_reachable', help: '1 while the --kms-endpoint answers, 0 while it does not (waiting for it at start, or its last call unanswered; an idle host probes it every --kms-probe-interval); absent with the embedded KMS',
+      name: 'ebsd_kms_remote_reachable', help: '1 while the --kms-endpoint answers, 0 while it does not (waiting for it at start, or its last call or probe unanswered; an idle host probes it every --kms-probe-interval, ±20 %); absent with the embedded KMS',
       labelNames: ['endpoint'], registers,
       collect() {
         this.reset();

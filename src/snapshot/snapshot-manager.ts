@@ -175,7 +175,12 @@ export class SnapshotManager {
       store: o.store,
       why: 'The daemon stopped (crash or restart) while the snapshot was being created.',
       log,
-      onSettled: (s) => log.warn({ snapshotId: s.snapshotId, volumeId: s.volumeId }, 'snapshot interrupted by a restart: marked error'),
+      onSettled: (s) => {
+        log.warn({ snapshotId: s.snapshotId, volumeId: s.volumeId }, 'snapshot interrupted by a restart: marked error');
+        // A SnapshotCompleted may already be in the audit log (it is written before the manifest): the log says how it
+        // ended, as docs/architecture.md §5.8 promises; a write that fails is logged by the daemon only.
+        void Promise.resolve(o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: s.snapshotId, volumeId: s.volumeId, details: { reason: 'the daemon restarted during the create' } })).catch(() => {});
+      },
       ...(o.clock ? { clock: o.clock } : {}),
       ...(o.markerRetryMs !== undefined ? { retryMs: o.markerRetryMs } : {}),
     });
@@ -660,6 +665,7 @@ export class SnapshotManager {
       if (!this.o.store.singleWriter) await this.checkFound(m.snapshotId, headerFound ? [...res.found, headerHash] : [...res.found]);
       // Every block is durable (putBlock resolved); the event, then the manifest that names them and shows it completed.
       await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
+      faultPoint('snapshot.after-completed-event');
       await this.o.store.putManifest(done);
       run.terminal = true;
       run.written = done;

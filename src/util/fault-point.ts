@@ -13,6 +13,7 @@
  *   gc.after-manifest-delete  snapshot gc: the manifest is gone, its blocks are not yet
  *   snapshot.after-pending  snapshot create: the pending manifest is written, no point in time yet
  *   snapshot.after-blocks   snapshot create: every block is durable, the manifest still says pending
+ *   snapshot.after-completed-event  snapshot create: SnapshotCompleted is in the audit log, the manifest still says pending
  *   snapshot-store.after-pack-sync  directory store batch: the pack is durable, its index not yet written
  */
 export function faultPoint(name: string): void {

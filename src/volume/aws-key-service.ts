@@ -58,8 +58,21 @@ export interface RemoteKmsHealth {
   LastSuccessTime?: string;
   LastError?: { Operation: string; AwsName?: string; Message: string; Time: string };
   ConsecutiveFailures: number;
+  /**
+   * Whether the last request that went out, a call or an idle probe, was answered (a refusal
+   * included). Probes set only this (and LastSuccessTime, LastError): never the circuit.
+   */
+  Reachable: boolean;
   /** KMS calls made, by operation (one SDK call, retries included, counts once). */
   Calls: Record<string, number>;
+}
+
+/**
+ * The idle probe's wait, `intervalMs` ±20 % (`random` in [0, 1)): the hosts of a fleet, started
+ * together, do not all probe their KMS in the same instant, interval after interval.
+ */
+export function probeDelayMs(intervalMs: number, random: () => number = Math.random): number {
+  return Math.round(intervalMs * (0.8 + 0.4 * random()));
 }
 
 const DEFAULTS = { connectionTimeoutMs: 2_000, requestTimeoutMs: 5_000, maxAttempts: 3, circuitFailures: 3, circuitOpenMs: 1_000, circuitMaxOpenMs: 30_000 };
@@ -100,11 +113,14 @@ export class AwsKeyService implements KeyService {
   private openMs: number;
   private probing = false;
   private lastSuccess: number | undefined;
+  private reachable = true;
   private lastError: RemoteKmsHealth['LastError'];
   private readonly calls: Record<string, number> = {};
   /** When a request last went out and settled (answered or not); a call the open circuit failed at once does not count. */
   private lastSent = Date.now();
   private probeEveryMs = 0;
+  /** This round's idle time before a probe: probeEveryMs ±20 % (probeDelayMs), drawn again after each probe. */
+  private probeAfterMs = 0;
   private probeTimer: NodeJS.Timeout | undefined;
   private probeClient: { send: (c: any) => Promise<unknown>; destroy: () => void } | undefined;
   private closed = false;
@@ -201,6 +217,7 @@ export class AwsKeyService implements KeyService {
       ...(this.lastSuccess !== undefined ? { LastSuccessTime: new Date(this.lastSuccess).toISOString() } : {}),
       ...(this.lastError ? { LastError: { ...this.lastError } } : {}),
       ConsecutiveFailures: this.failures,
+      Reachable: this.reachable,
       Calls: { ...this.calls },
     };
   }
@@ -218,25 +235,30 @@ export class AwsKeyService implements KeyService {
    * While no request has gone to the KMS for `intervalMs`, one probe (probeOnce), so that an
    * idle host's health() — `ebsd status`, ebsd_kms_remote_reachable — follows its KMS going
    * away and coming back instead of keeping what its last call saw. One at a time: the next is
-   * scheduled when the last has settled. Stopped by close(). `intervalMs` 0: no probes.
+   * scheduled when the last has settled, after `intervalMs` ±20 % (probeDelayMs). Stopped by
+   * close(). `intervalMs` 0: no probes.
    */
   startIdleProbe(intervalMs: number): void {
     if (!Number.isInteger(intervalMs) || intervalMs < 0) throw new ArgRangeError('intervalMs', `must be a whole number of milliseconds >= 0, got ${intervalMs}`);
     if (intervalMs === 0 || this.closed || this.probeEveryMs > 0) return;
     this.probeEveryMs = intervalMs;
+    this.probeAfterMs = probeDelayMs(intervalMs);
     this.scheduleProbe();
   }
 
   private scheduleProbe(): void {
     if (this.closed) return;
-    this.probeTimer = setTimeout(() => void this.probeIfIdle(), Math.max(0, this.lastSent + this.probeEveryMs - Date.now()));
+    this.probeTimer = setTimeout(() => void this.probeIfIdle(), Math.max(0, this.lastSent + this.probeAfterMs - Date.now()));
     this.probeTimer.unref();
   }
 
   private async probeIfIdle(): Promise<void> {
     this.probeTimer = undefined;
     try {
-      if (!this.closed && Date.now() - this.lastSent >= this.probeEveryMs) await this.probeOnce();
+      if (!this.closed && Date.now() - this.lastSent >= this.probeAfterMs) {
+        await this.probeOnce();
+        this.probeAfterMs = probeDelayMs(this.probeEveryMs);
+      }
     } finally {
       this.scheduleProbe();
     }
@@ -244,8 +266,10 @@ export class AwsKeyService implements KeyService {
 
   /**
    * One authenticated request to the KMS endpoint itself, one attempt: any HTTP answer below 500,
-   * a refusal included, says the KMS answers (as in call()); no answer or a server fault counts
-   * as a failed call, and enough of them in a row open the circuit. Another host's `ebsd daemon
+   * a refusal included, says the KMS answers (as in call()); no answer or a server fault says it
+   * does not. Either sets Reachable only: the circuit counts the calls volumes need, and an idle
+   * host's failed probe must not fail its next attach at once. A refusal is not a LastError (the
+   * host policy need not allow the probe's action; README "A fleet"). Another host's `ebsd daemon
    * --kms-only` is asked STS GetCallerIdentity on the same listener, which answers it without an
    * audit record (src/daemon/kms-listener.ts, sts()): an idle fleet does not fill the KMS host's
    * audit log. AWS KMS serves no STS, so it is asked ListKeys (Limit 1), which CloudTrail records.
@@ -261,14 +285,17 @@ export class AwsKeyService implements KeyService {
     this.calls[op] = (this.calls[op] ?? 0) + 1;
     try {
       await this.probeClient.send(aws ? new ListKeysCommand({ Limit: 1 }) : new GetCallerIdentityCommand({}));
-      this.answered();
+      this.probeAnswered();
     } catch (e) {
       if (this.closed) return;
-      const err = toKeyServiceError(op, e);
-      this.lastError = { Operation: op, ...(err.awsName ? { AwsName: err.awsName } : {}), Message: err.message, Time: new Date().toISOString() };
       const status = (e as { $metadata?: { httpStatusCode?: unknown } } | undefined)?.$metadata?.httpStatusCode;
-      if (typeof status === 'number' && status < 500) this.answered();
-      else this.unanswered(false, err);
+      if (typeof status === 'number' && status < 500) {
+        this.probeAnswered();
+      } else {
+        const err = toKeyServiceError(op, e);
+        this.lastError = { Operation: op, ...(err.awsName ? { AwsName: err.awsName } : {}), Message: err.message, Time: new Date().toISOString() };
+        this.reachable = false;
+      }
     } finally {
       this.lastSent = Date.now();
     }
@@ -307,8 +334,14 @@ export class AwsKeyService implements KeyService {
     }
   }
 
+  private probeAnswered(): void {
+    this.lastSuccess = Date.now();
+    this.reachable = true;
+  }
+
   private answered(): void {
     this.lastSuccess = Date.now();
+    this.reachable = true;
     if (this.openUntil > 0) this.log.info({ kmsEndpoint: this.endpoint, failures: this.failures }, 'KMS answers again; circuit closed');
     this.failures = 0;
     this.openUntil = 0;
@@ -317,6 +350,7 @@ export class AwsKeyService implements KeyService {
 
   private unanswered(probe: boolean, err: KeyServiceError): void {
     this.failures++;
+    this.reachable = false;
     if (probe) {
       this.openMs = Math.min(this.openMs * 2, this.o.circuitMaxOpenMs);
       this.openUntil = Date.now() + this.openMs;

@@ -11,7 +11,7 @@
 import { createServer, type Server } from 'node:http';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AwsKeyService } from '../../src/volume/aws-key-service.js';
+import { AwsKeyService, probeDelayMs } from '../../src/volume/aws-key-service.js';
 import { KeyServiceError } from '../../src/volume/errors.js';
 import { toKeyServiceError } from '../../src/volume/key-service.js';
 import type { Caller } from '../../src/kms/types.js';
@@ -287,5 +287,60 @@ describe('AwsKeyService against a KMS answering server faults', () => {
     const fast = await decrypt();
     expect((fast as Error).message).toMatch(/circuit open/);
     expect(failing.requests).toBe(9);
+  });
+
+  it('idle probes set only Reachable: failing ones neither count toward the circuit nor open it, the next call goes out; a refused one is reachable and no LastError', async () => {
+    const f = new FailingKms();
+    const endpoint = await f.start();
+    // Two failures would open the circuit for a minute, were probes counted.
+    const probing = new AwsKeyService({ endpoint, maxAttempts: 1, circuitFailures: 2, circuitOpenMs: 60_000 });
+    try {
+      await probing.hostPrincipal();
+      // Not AWS's host name: the probe is STS GetCallerIdentity, here answered by the failing server.
+      const probes = (): number => probing.health().Calls.GetCallerIdentity ?? 0;
+      f.reply = { status: 503, type: 'ServiceUnavailable' };
+      probing.startIdleProbe(20);
+      await until('four unanswered probes', () => (probes() >= 4 ? true : undefined));
+      expect(probing.health()).toMatchObject({ Reachable: false, Circuit: 'closed', ConsecutiveFailures: 0, LastError: { Operation: 'GetCallerIdentity' } });
+
+      // A refusal: the call went out (no "circuit open"), and it is LastError as any call's refusal is.
+      f.reply = { status: 400, type: 'AccessDeniedException' };
+      const requests = f.requests;
+      const e = await probing.decrypt({ CiphertextBlob: new Uint8Array(64), EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
+      expect(e).toMatchObject({ awsName: 'AccessDeniedException', authoritative: true });
+      expect(f.requests).toBeGreaterThan(requests);
+      expect(probing.health()).toMatchObject({ Reachable: true, LastError: { Operation: 'Decrypt', AwsName: 'AccessDeniedException' } });
+
+      // Probes refused (as AWS KMS refuses ListKeys to a host policy without it): reachable, LastError still the Decrypt's.
+      const seen = probes();
+      await until('two refused probes', () => (probes() >= seen + 2 ? true : undefined));
+      expect(probing.health()).toMatchObject({ Reachable: true, Circuit: 'closed', LastError: { Operation: 'Decrypt' } });
+
+      // Unanswered again: unreachable, the circuit untouched.
+      f.reply = { status: 503, type: 'ServiceUnavailable' };
+      await until('unreachable again', () => (probing.health().Reachable ? undefined : true));
+      const seen2 = probes();
+      await until('three more unanswered probes', () => (probes() >= seen2 + 3 ? true : undefined));
+      expect(probing.health()).toMatchObject({ Reachable: false, Circuit: 'closed', ConsecutiveFailures: 0 });
+    } finally {
+      probing.close();
+      await f.stop();
+    }
+  });
+});
+
+describe("the idle probe's wait", () => {
+  it('is the interval ±20 %, drawn from the random source given', () => {
+    expect(probeDelayMs(30_000, () => 0)).toBe(24_000);
+    expect(probeDelayMs(30_000, () => 0.5)).toBe(30_000);
+    expect(probeDelayMs(30_000, () => 1 - 2 ** -53)).toBe(36_000);
+    // A seeded generator (Park-Miller, seed 1): the waits spread over the whole range.
+    let seed = 1;
+    const random = (): number => (seed = (seed * 48_271) % 2_147_483_647) / 2_147_483_647;
+    const waits = Array.from({ length: 200 }, () => probeDelayMs(30_000, random));
+    expect(Math.min(...waits)).toBeGreaterThanOrEqual(24_000);
+    expect(Math.max(...waits)).toBeLessThanOrEqual(36_000);
+    expect(waits.filter((w) => w < 27_000).length).toBeGreaterThan(20);
+    expect(waits.filter((w) => w > 33_000).length).toBeGreaterThan(20);
   });
 });

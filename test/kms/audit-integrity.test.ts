@@ -271,6 +271,49 @@ describe('audit verify reports every problem, not only the first', () => {
     }
   });
 
+  it('an unreadable line inserted before a modified event: both are reported; one that replaces an event: once', async () => {
+    const t = tempDir();
+    try {
+      await sealedAuditLog(t.dir, 9, { auditDigestEvery: 1000 }); // events 0..9, one digest through 9
+      const dir = join(t.dir, 'audit');
+      const path = join(dir, 'events.ndjson');
+      const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
+      const modified = [...lines];
+      modified[5] = modified[5]!.replace('"DescribeKey"', '"Decrypt"');
+      expect(modified[5]).not.toBe(lines[5]);
+
+      // Inserted junk does not stand for an event: event 5 still links to 4, and 6's link to 5 is checked.
+      writeFileSync(path, [...modified.slice(0, 5), 'garbage{', ...modified.slice(5)].join('\n') + '\n');
+      expect(verifyAuditLog(dir).problems.map((p) => [p.kind, p.sequence, p.line, p.detail])).toEqual([
+        ['modified', 5, 6, 'events.ndjson line 6 is not valid JSON'],
+        ['modified', 5, 7, 'event 5 does not match the hash recorded in event 6'],
+      ]);
+
+      // Junk in place of event 5 stands for it: reported once, 6's link to it not reported again.
+      writeFileSync(path, [...lines.slice(0, 5), '{"forged":true}', ...lines.slice(6)].join('\n') + '\n');
+      expect(verifyAuditLog(dir).problems.map((p) => [p.kind, p.sequence, p.line])).toEqual([['modified', 5, 6]]);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('a digest duplicated under a later name is reported once and does not take the coverage back', async () => {
+    const t = tempDir();
+    try {
+      await sealedAuditLog(t.dir, 14, { auditDigestEvery: 5 }); // digests through 4, 9, 14; the mark at 14
+      const dir = join(t.dir, 'audit');
+      const ddir = join(dir, 'digests');
+      const first = readdirSync(ddir).sort()[0]!;
+      writeFileSync(join(ddir, '999999999999.json'), readFileSync(join(ddir, first)));
+      const res = verifyAuditLog(dir);
+      // Before, coverage fell back to the copy's end (4): the mark's digest (14) was reported missing too.
+      expect(res.problems.map((p) => [p.kind, p.file])).toEqual([['bad-digest', join('digests', '999999999999.json')]]);
+      expect(res).toMatchObject({ sealedThrough: 14, markThrough: 14, problemCount: 1 });
+    } finally {
+      t.cleanup();
+    }
+  });
+
   it('past MAX_AUDIT_PROBLEMS the problems are counted, not listed', async () => {
     const t = tempDir();
     try {

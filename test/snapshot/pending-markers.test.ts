@@ -24,7 +24,7 @@ import { SnapshotCopier, type CopyAuditEvent } from '../../src/snapshot/copy.js'
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
-import { SnapshotManager } from '../../src/snapshot/snapshot-manager.js';
+import { SnapshotManager, type SnapshotAuditEvent } from '../../src/snapshot/snapshot-manager.js';
 import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
 import { ManualClock } from '../volume/helpers/manual-clock.js';
 import { unusedPort } from '../helpers/ports.js';
@@ -95,12 +95,15 @@ describe('pending markers', () => {
     const marker = join(local, 'pending', SnapshotId);
     expect(existsSync(marker), 'marker kept').toBe(true);
     expect((await h.store.getManifest(SnapshotId))!.state).toBe('pending');
-    const again = await SnapshotManager.open({ store: h.store, localDir: local, volumes: h.mgr, accountId: ACCOUNT, gc });
+    const events: SnapshotAuditEvent[] = [];
+    const again = await SnapshotManager.open({ store: h.store, localDir: local, volumes: h.mgr, accountId: ACCOUNT, gc, onAudit: (ev) => void events.push(ev) });
     try {
       const m = (await h.store.getManifest(SnapshotId))!;
       expect(m).toMatchObject({ state: 'error', blocks: [] });
       expect(m.stateMessage).toMatch(/stopped .*while the snapshot was being created/);
       expect(existsSync(marker)).toBe(false);
+      // As the copier's recovery does: the audit log says it failed (docs/architecture.md §5.8).
+      expect(events).toEqual([{ eventName: 'SnapshotFailed', snapshotId: SnapshotId, volumeId: vol, details: { reason: 'the daemon restarted during the create' } }]);
       // No longer pending: DeleteSnapshot takes it.
       await again.deleteSnapshot(SnapshotId, h.root);
     } finally {

@@ -188,4 +188,31 @@ describe('snapshots of a detached volume', () => {
     for (const h of [nm.header, ...nm.blocks.map((b: [number, string]) => b[1])]) expect(present.has(h), h).toBe(true);
     await call('DeleteSnapshot', { SnapshotId: s.SnapshotId });
   }, 90_000);
+
+  it('a daemon killed after SnapshotCompleted is audited, before the manifest says completed: after the restart the log says SnapshotFailed after it', async () => {
+    await env.stop();
+    process.env.EBSD_TEST_FAULT = 'snapshot.after-completed-event';
+    try {
+      await env.start();
+    } finally {
+      delete process.env.EBSD_TEST_FAULT;
+    }
+    const pid = env.pid!;
+    const s = await call('CreateSnapshot', { VolumeId: vol });
+    const alive = (): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+    for (let i = 0; alive() && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(alive()).toBe(false);
+    expect(manifestOf(s.SnapshotId).state).toBe('pending');
+    const named = (e: any): boolean => e.requestParameters?.snapshotId === s.SnapshotId;
+    expect(env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter(named).map((e) => e.eventName)).toContain('SnapshotCompleted');
+    await env.kill9(); // forget the dead child
+    await env.start();
+    const d = (await call('DescribeSnapshots', { SnapshotIds: [s.SnapshotId] })).Snapshots[0];
+    expect(d).toMatchObject({ SnapshotId: s.SnapshotId, State: 'error' });
+    const events = (await auditUntil((e) => e.eventName === 'SnapshotFailed' && named(e))).filter(named);
+    const names = events.map((e) => e.eventName);
+    expect(names.indexOf('SnapshotFailed')).toBeGreaterThan(names.indexOf('SnapshotCompleted'));
+    expect(events[names.indexOf('SnapshotFailed')].additionalEventData).toEqual({ reason: 'the daemon restarted during the create' });
+    await call('DeleteSnapshot', { SnapshotId: s.SnapshotId });
+  }, 90_000);
 });

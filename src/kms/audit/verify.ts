@@ -108,7 +108,8 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
     // Signed by the HSM's key, so its anchor is checked whatever came before it.
     afterBadDigest = false;
     prevHash = sha256hex(digestPayload(d));
-    covered = d.lastSequence;
+    // A duplicated (older) digest does not take the coverage back.
+    covered = Math.max(covered, d.lastSequence);
     digests.push(d);
   }
   const digestAt = new Map(digests.map((d) => [d.lastSequence, d]));
@@ -160,9 +161,21 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   for (const file of files) {
     const text = readFileSync(join(dir, file), 'utf8');
     const lines = text.length ? text.replace(/\n$/, '').split('\n') : [];
-    // Every line's sequence number, parsed only when one is out of place (to tell reordered from removed).
-    let seqs: (number | undefined)[] | undefined;
-    const seqsOf = (): (number | undefined)[] => (seqs ??= lines.map((l) => { try { return (JSON.parse(l) as { sequenceNumber?: number }).sequenceNumber; } catch { return undefined; } }));
+    // Each sequence number's last line in this file, built only when one is out of place (to tell
+    // reordered from removed) and then once: a search of the lines after each out-of-place event
+    // would make a log with every other event removed cost quadratic time.
+    let lastLine: Map<number, number> | undefined;
+    const laterLine = (seq: number, i: number): boolean => {
+      if (!lastLine) {
+        lastLine = new Map();
+        for (let j = 0; j < lines.length; j++) {
+          let s: unknown;
+          try { s = (JSON.parse(lines[j]!) as { sequenceNumber?: unknown }).sequenceNumber; } catch { continue; }
+          if (typeof s === 'number') lastLine.set(s, j);
+        }
+      }
+      return (lastLine.get(seq) ?? -1) > i;
+    };
     /** Events read ahead of `expected` (a reordered run), checked once the chain reaches them. */
     const early = new Map<number, Line>();
     for (let i = 0; i < lines.length; i++, count++) {
@@ -172,8 +185,8 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
       try { ev = JSON.parse(line); } catch { /* reported below */ }
       const s = ev?.sequenceNumber;
       if (typeof s !== 'number') {
+        // Not yet marked as `modifiedSeq`: if it was inserted, the event after it is checked in full (below).
         report({ kind: 'modified', sequence: expected + junk, ...at, detail: `${file} line ${i + 1} ${ev === undefined ? 'is not valid JSON' : 'has no sequence number'}` });
-        modifiedSeq = expected + junk;
         junk++;
         continue;
       }
@@ -182,14 +195,18 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
         // The unreadable lines were (up to `junk` of) the events expected..s-1, each reported: nothing to link this one to.
         expected = Math.min(s, expected + junk);
         prevLineHash = undefined;
+        modifiedSeq = expected - 1;
       }
+      // Otherwise they were inserted (or stand for an event out of place): the chain goes on from the
+      // event before them, and the link to this event is still checked, so a modification of this
+      // event is reported too, not hidden behind the junk.
       junk = 0;
       if (s < expected || early.has(s)) {
         report({ kind: 'reordered', sequence: s, ...at, eventID: e.eventID, detail: `event ${s} found after event ${expected - 1}${early.has(s) ? ' (twice)' : ''}` });
         continue; // the chain goes on from the event before it
       }
       if (s > expected) {
-        if (early.size > 0 || seqsOf().indexOf(expected, i + 1) >= 0) {
+        if (early.size > 0 || laterLine(expected, i)) {
           if (early.size === 0) report({ kind: 'reordered', sequence: expected, ...at, eventID: e.eventID, detail: `event ${s} found where event ${expected} belongs` });
           early.set(s, e);
           continue;
