@@ -346,10 +346,13 @@ export class SnapshotManager {
         });
         // The volume is free from here on (docs/architecture.md §12.1): the copy reads through its own handle.
         const { v, m, header, parent, plan } = set;
-        this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
-        isAccepted = true;
-        accepted(toEc2Snapshot(m));
-        await this.copy(m, header, v, plan, parent, ctx.run!);
+        // The event and the answer run inside copy()'s failure handling: a throw there still ends the session and undoes the tracking.
+        await this.copy(m, header, v, plan, parent, ctx.run!, () => {
+          this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
+          const answerOf = toEc2Snapshot(m);
+          isAccepted = true;
+          accepted(answerOf);
+        });
       } finally {
         const run = ctx.run;
         if (run) {
@@ -559,14 +562,26 @@ export class SnapshotManager {
     await reader.close();
   }
 
-  private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate): Promise<void> {
+  /**
+   * The snapshot from its set-up on: `accept` (the CreateSnapshot event and answer) first, then the copy and the
+   * terminal manifest. Whatever throws from `accept` on ends as a failed snapshot: recorded `error`, its session
+   * out of every gate, its tracking undone.
+   */
+  private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate, accept: () => void): Promise<void> {
     const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
     let recorded = 0;
     let lastRecordMs = performance.now();
     let progressWrite: Promise<void> = Promise.resolve();
     let batch: BlockBatch | undefined;
     let headerStored: Promise<BlockHash> | undefined;
+    let closed = false;
+    const close = async (): Promise<void> => {
+      if (closed) return;
+      closed = true;
+      await plan.close().catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'could not end the copy-on-write session or close the read handle'));
+    };
     try {
+      accept();
       // Aborted before the copy began (close() during the point in time): recorded `error` at once.
       if (run.abort) throw run.abort;
       const inherited = new Map<number, BlockHash>();
@@ -681,12 +696,18 @@ export class SnapshotManager {
         () => void ((run.terminal = true), (run.written = failed)),
         (err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; its marker is kept and it is marked error once the store answers (or at the next start)'),
       );
-      this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
+      try {
+        void this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
+      } catch (err) {
+        this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not audit the failed snapshot');
+      }
+      // The session first: a failed snapshot has nothing to capture, and the undo may wait a while for the volume's lock.
+      await close();
       // After the error is recorded: the undo takes the volume's lock, which an attach may hold for a while.
       await plan.rollback();
       throw e;
     } finally {
-      await plan.close().catch(() => {});
+      await close();
     }
   }
 

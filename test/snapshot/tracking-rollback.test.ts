@@ -119,3 +119,52 @@ test.each([
   expect(bytes.subarray(0, B).equals(content.subarray(0, B)), 'block 0, written between S0 and S1').toBe(true);
   expect(bytes.equals(content)).toBe(true);
 }, 60_000);
+
+test('a throw between the set-up and the copy (the CreateSnapshot event refused) fails the snapshot and still undoes its tracking', async () => {
+  let refuseEvent = false;
+  let reads: Set<number> | undefined;
+  h = await openSnapshotHarness({
+    onAudit: (ev) => {
+      if (refuseEvent && ev.eventName === 'CreateSnapshot') throw new Error('injected: the CreateSnapshot event cannot be handed on');
+    },
+    openReader: async (...a) => {
+      const r = await openImageDataReader(...a);
+      return {
+        read: async (pos, len, into) => {
+          if (len === B) reads?.add(pos / B);
+          return r.read(pos, len, into);
+        },
+        close: () => r.close(),
+      };
+    },
+  });
+  const hh = h;
+  const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;
+  await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
+  const d = hh.mgr.getBlockDevice(vol)!;
+  const content = randomBytes(SIZE);
+  await d.write(0, content);
+  const s0 = await hh.snapshot(vol);
+  expect(s0.state).toBe('completed');
+  const b0 = randomBytes(B);
+  content.set(b0, 0);
+  await d.write(0, b0);
+
+  refuseEvent = true;
+  await expect(hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller)).rejects.toThrow(/injected/);
+  refuseEvent = false;
+  // Its session left the gate: a write to a block it would have copied passes, and the next snapshot takes it.
+  const b3 = randomBytes(B);
+  content.set(b3, 3 * B);
+  await d.write(3 * B, b3);
+
+  reads = new Set();
+  const s2 = await hh.snapshot(vol);
+  expect(s2.state).toBe('completed');
+  expect(s2.parentSnapshotId).toBe(s0.snapshotId);
+  expect([...reads].sort((a, b) => a - b), 'an incremental on S0: the failed snapshot gave its bits back').toEqual([0, 3]);
+  reads = undefined;
+  await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+  const r = await hh.restoreVolume({ SnapshotId: s2.snapshotId });
+  expect((await hh.readVolume(r.volumeId)).equals(content)).toBe(true);
+}, 60_000);
