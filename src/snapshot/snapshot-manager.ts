@@ -545,6 +545,11 @@ export class SnapshotManager {
         await this.tracking.saveClean(volumeId, { base: before.base, changed: now.changed });
       });
     } catch (e) {
+      // Deleted meanwhile (DeleteVolume went on during the copy): no tracking left to undo, nor a next snapshot.
+      if ((e as { code?: unknown })?.code === 'VOLUME_NOT_FOUND') {
+        this.log.info({ snapshotId, volumeId }, 'the volume of the failed snapshot was deleted meanwhile: no changed-block tracking to undo');
+        return;
+      }
       this.log.warn({ snapshotId, volumeId, err: errInfo(e) }, 'could not undo the changed-block tracking of the failed snapshot; the next snapshot copies every block');
     }
   }
