@@ -284,6 +284,7 @@ export class SnapshotManager {
   createSnapshot(req: CreateSnapshotRequest, caller: Caller): Promise<Ec2Snapshot> {
     if (this.closing) return Promise.reject(shuttingDown());
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
+    // The time the request arrived: the pending manifest, written before the point in time, has it until copy() restamps it before the answer.
     const startTime = new Date().toISOString();
     const startedMs = performance.now();
     let accepted: (s: Ec2Snapshot) => void = () => {};
@@ -403,7 +404,7 @@ export class SnapshotManager {
       // Crash from here on: recover() turns the pending manifest into error.
       await this.markers.putPending(m);
       faultPoint('snapshot.after-pending');
-      run.written = m;
+      run.written = { ...m }; // what the store has: m gets the point in time as its StartTime below
       this.running.set(snapshotId, run);
       // A close() that began while the pending manifest was written did not find this run: aborted as it would have been.
       if (this.closing) run.abort ??= shutDownDuring();
@@ -417,6 +418,10 @@ export class SnapshotManager {
       const plan = src
         ? await this.pointInTimeAttached(v, src, hdr.dataOffset, parent, nBlocks, run)
         : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks, detached!, run);
+      // EC2's StartTime is when the snapshot was initiated: its point in time, not the request's arrival (the volume's
+      // lock, the header read, the pending manifest and the parent's look-up come between). copy() restamps the stored
+      // pending manifest before the answer; every later manifest carries it.
+      m.startTime = plan.pointInTime;
       return { v, m, header: hdr.header, parent, plan };
     });
   }
@@ -477,7 +482,7 @@ export class SnapshotManager {
       // Everything that does not need the pause is prepared before it: all writes of the volume wait while it lasts.
       const every = new BlockRange(nBlocks);
       const cowOptions = { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) };
-      let at: { before: TrackingState; incremental: boolean; cow: CowSession } | undefined;
+      let at: { before: TrackingState; incremental: boolean; cow: CowSession; time: string } | undefined;
       await src.withWritesPaused(() => {
         // The point in time: no write is in flight, and none passes until the gate holds the copy-on-write set.
         // Constant work whatever the volume's size (docs/architecture.md §12.2): the tracker's epoch and the session, whose
@@ -494,12 +499,13 @@ export class SnapshotManager {
         this.cows.set(v.volumeId, cow!);
         run.cow = cow!;
         run.pacer = new CopyPacer(() => cow!.writes);
-        at = { before, incremental, cow: cow! };
+        at = { before, incremental, cow: cow!, time: new Date().toISOString() };
       });
-      const { before, incremental, cow } = at!;
+      const { before, incremental, cow, time } = at!;
       const pacer = run.pacer!;
       return {
         incremental,
+        pointInTime: time,
         // The copier reads the session's set (not changed by anyone from the point in time on): no list of indexes.
         blocks: incremental ? before.changed : every,
         read: async (i) => (await cow.take(i)) ?? readBlock(readRaw, i, cow.buffers.take()),
@@ -542,6 +548,7 @@ export class SnapshotManager {
       // No write can reach the image now (the volume is held, no device): the point in time is here. An attach
       // during the copy installs this session in its gate before its first write passes (volumeAttached).
       const cow = new CowSession(blocks, readRaw, { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
+      const pointInTime = new Date().toISOString();
       this.cows.set(v.volumeId, cow);
       run.cow = cow;
       run.pacer = new CopyPacer(() => cow.writes);
@@ -553,6 +560,7 @@ export class SnapshotManager {
       await this.tracking.saveClean(v.volumeId, { base: run.snapshotId, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking'));
       return {
         incremental,
+        pointInTime,
         blocks,
         read: async (i) => (await cow.take(i)) ?? readBlock(readRaw, i, cow.buffers.take()),
         recycle: (buf) => cow.buffers.give(buf),
@@ -633,6 +641,12 @@ export class SnapshotManager {
       await plan.close().catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'could not end the copy-on-write session or close the read handle'));
     };
     try {
+      // The stored pending manifest has the time the set-up began (it is written before the point in time): restamped
+      // before the answer, so the answer, DescribeSnapshots and the store agree from the start (the volume is free already).
+      if (run.written?.startTime !== m.startTime) {
+        await this.o.store.putManifest(m);
+        run.written = m;
+      }
       accept();
       // Aborted before the copy began (close() during the point in time): recorded `error` at once.
       if (run.abort) throw run.abort;
@@ -911,6 +925,8 @@ export class SnapshotManager {
 
 interface SnapshotPlan {
   incremental: boolean;
+  /** When the point in time was taken (ISO 8601): the snapshot's StartTime. */
+  pointInTime: string;
   /** The blocks to read: a range (full) or the tracking's bitmap (incremental), sized by the volume in bits at most. */
   blocks: BlockSet;
   read: (i: number) => Promise<Buffer>;
