@@ -33,7 +33,7 @@ export const EXIT_CODES_HELP = `Exit codes:
   4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)
   5  not found (NotFoundException, ResourceNotFoundException, InvalidVolume.NotFound, InvalidVolumeID.Malformed, NoSuchEntity)
   6  conflicting state (VolumeInUse, IncorrectState, IncorrectModificationState, VolumeModificationRateExceeded,
-     DisabledException, KMSInvalidStateException, AlreadyExists)
+     ConcurrentSnapshotLimitExceeded, DisabledException, KMSInvalidStateException, AlreadyExists)
   7  invalid request (ValidationException, InvalidParameterValue, InvalidFilter, TagLimitExceeded, UnknownParameter,
      MalformedPolicyDocument, InvalidCiphertextException,
      OperationNotPermitted: --cipher none on a daemon started without --allow-unencrypted, ...)
@@ -44,7 +44,7 @@ export const EXIT_CODES_HELP = `Exit codes:
 
 const NOT_FOUND = new Set(['ResourceNotFoundException', 'NotFoundException', 'InvalidVolume.NotFound', 'InvalidVolumeModification.NotFound', 'InvalidVolumeID.Malformed', 'InvalidSnapshot.NotFound', 'InvalidSnapshotID.Malformed', 'InvalidInstanceID.NotFound', 'InvalidInstanceID.Malformed', 'NoSuchEntityException', 'InvalidGrantIdException', 'InvalidAliasNameException']);
 const CONFLICT = new Set([
-  'VolumeInUse', 'InvalidSnapshot.InUse', 'IncorrectState', 'IncorrectModificationState', 'VolumeModificationRateExceeded', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
+  'VolumeInUse', 'InvalidSnapshot.InUse', 'IncorrectState', 'IncorrectModificationState', 'VolumeModificationRateExceeded', 'ConcurrentSnapshotLimitExceeded', 'DisabledException', 'KMSInvalidStateException', 'AlreadyExistsException',
   'EntityAlreadyExistsException', 'DeleteConflictException', 'LimitExceededException', 'ConflictException',
 ]);
 /**

@@ -14,6 +14,7 @@ export type SnapshotErrorCode =
   | 'SNAPSHOT_BLOCK_NOT_FOUND' // a block a manifest names is missing from the store
   | 'SNAPSHOT_CORRUPT' // a manifest or block that does not read back as written (hash, JSON)
   | 'SNAPSHOT_STORE' // the store failed (I/O, S3 error)
+  | 'SNAPSHOT_CONCURRENT_LIMIT' // ConcurrentSnapshotLimitExceeded: CreateSnapshot of a volume whose snapshot is still pending
   | 'SNAPSHOT_NOT_AUDITED'; // its SnapshotCompleted event could not be written: it does not complete
 
 /**

@@ -132,7 +132,7 @@ export class SnapshotManager {
   /** Snapshots a restore or copy reads: DeleteSnapshot refuses them (InvalidSnapshot.InUse). */
   private readonly holds = new Map<string, number>();
   private readonly deleting = new KeyedMutex();
-  /** Creates of one volume, one after the other (createSnapshot). */
+  /** The set-ups of one volume's creates, one after the other (createSnapshot): the copies are not in it. */
   private readonly creates = new KeyedMutex();
   /** The copy-on-write session of each volume whose snapshot is still copying: every attachment's gate holds it until the copy ends. */
   private readonly cows = new Map<string, CowSession>();
@@ -282,91 +282,61 @@ export class SnapshotManager {
    * for the set-up only: the copy reads through its own handle on the image
    * and its copy-on-write session stays in every gate of the volume until
    * it ends, so attach, detach, grow and delete go on meanwhile
-   * (docs/architecture.md §12.1). Creates of one volume run one after the
-   * other: a second waits (unanswered) until the first's copy ended.
+   * (docs/architecture.md §12.1). One pending snapshot per volume: a
+   * create of a volume whose snapshot by this daemon is still pending is
+   * refused at once (ConcurrentSnapshotLimitExceeded), nothing changed.
    */
   createSnapshot(req: CreateSnapshotRequest, caller: Caller): Promise<Ec2Snapshot> {
     if (this.closing) return Promise.reject(shuttingDown());
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
+    // The time the request arrived: the pending manifest, written before the point in time, has it until copy() restamps it before the answer.
     const startTime = new Date().toISOString();
     const startedMs = performance.now();
     let accepted: (s: Ec2Snapshot) => void = () => {};
     const answer = new Promise<Ec2Snapshot>((res) => (accepted = res));
     let isAccepted = false;
-    const job = this.creates.run(String(req.VolumeId), async () => {
-      // Filled inside the volume's mutex; what the finally below lets go of.
+    const job = (async () => {
+      // Filled inside the volume's mutex; what letGo() lets go of.
       const ctx: { run?: RunningCreate; settle?: () => void } = {};
+      let gone = false;
+      const letGo = async (): Promise<void> => {
+        const run = ctx.run;
+        if (!run || gone) return;
+        gone = true;
+        for (const p of run.pins) p.release();
+        this.running.delete(snapshotId);
+        // Without a terminal manifest the marker stays, so the snapshot cannot stay `pending` for good: settled in the background, else at the next start.
+        if (run.terminal) await this.markers.remove(snapshotId).catch(() => {});
+        else this.markers.retry(snapshotId);
+        ctx.settle?.();
+      };
       try {
-        const set = await this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
-          if (this.closing) throw shuttingDown();
-          if (v.state !== 'available' && v.state !== 'in-use') {
-            throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
+        const set = await this.creates.run(String(req.VolumeId), async () => {
+          // A create whose terminal manifest is durable (no longer pending to anyone who asks) may still be letting go of
+          // its session, pins and marker, and undoing its tracking (which takes the volume's lock): this one waits for that.
+          const before = this.pendingCreateOf(String(req.VolumeId));
+          if (before?.terminal) await before.settled;
+          try {
+            return await this.setUp(req, snapshotId, startTime, startedMs, ctx);
+          } catch (e) {
+            // Within the set-up's turn: the next create of the volume does not find this one still running.
+            await letGo();
+            throw e;
           }
-          const src = asSnapshotSource(v.device);
-          if (v.state === 'in-use' && (!v.device || !src || !this.trackers.has(v.volumeId))) {
-            throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
-          }
-          const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
-          // close() aborts only the runs it finds in `running`: one that began during the read refuses here, nothing written yet.
-          if (this.closing) throw shuttingDown();
-          const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
-          const m: SnapshotManifest = {
-            formatVersion: 1,
-            snapshotId,
-            volumeId: v.volumeId,
-            volumeSize: Math.ceil(v.size / GiB),
-            state: 'pending',
-            progress: 0,
-            startTime,
-            description: req.Description ?? '',
-            tags,
-            ownerId: this.o.accountId,
-            encrypted: v.encrypted,
-            kmsKeyId: v.encrypted ? v.kmsKeyId : '',
-            ...(hdr.dataEncryptionKeyId ? { dataEncryptionKeyId: hdr.dataEncryptionKeyId } : {}),
-            ...(hdr.wrappedKey ? { wrappedKey: hdr.wrappedKey } : {}),
-            dataOffset: hdr.dataOffset,
-            blocks: [],
-          };
-          const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (ctx.settle = r)), terminal: false };
-          ctx.run = run;
-          // Crash from here on: recover() turns the pending manifest into error.
-          await this.markers.putPending(m);
-          faultPoint('snapshot.after-pending');
-          run.written = m;
-          this.running.set(snapshotId, run);
-          // A close() that began while the pending manifest was written did not find this run: aborted as it would have been.
-          if (this.closing) run.abort ??= shutDownDuring();
-          // A detached volume's tracking is read once: the volume is held, so its file cannot change meanwhile.
-          const detached = src ? undefined : await this.detachedTracking(v.volumeId, snapshotId);
-          const tracker = this.trackers.get(v.volumeId);
-          const base = src ? ((await tracker?.ready()), tracker?.base) : detached!.base;
-          const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run, base);
-          run.parentId = parent?.snapshotId;
-          const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
-          const plan = src
-            ? await this.pointInTimeAttached(v, src, hdr.dataOffset, parent, nBlocks, run)
-            : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks, detached!, run);
-          return { v, m, header: hdr.header, parent, plan };
         });
         // The volume is free from here on (docs/architecture.md §12.1): the copy reads through its own handle.
         const { v, m, header, parent, plan } = set;
-        this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
-        isAccepted = true;
-        accepted(toEc2Snapshot(m));
-        await this.copy(m, header, v, plan, parent, ctx.run!);
+        // The event and the answer run inside copy()'s failure handling: a throw there still ends the session and undoes the tracking.
+        await this.copy(m, header, v, plan, parent, ctx.run!, () => {
+          this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
+          const answerOf = toEc2Snapshot(m);
+          isAccepted = true;
+          accepted(answerOf);
+        });
       } finally {
-        const run = ctx.run;
-        if (run) {
-          for (const p of run.pins) p.release();
-          this.running.delete(snapshotId);
-          // Without a terminal manifest the marker stays, so the snapshot cannot stay `pending` for good: settled in the background, else at the next start.
-          if (run.terminal) await this.markers.remove(snapshotId).catch(() => {});
-          else this.markers.retry(snapshotId);
-          ctx.settle?.();
-        }
+        await letGo();
       }
-    });
+    })();
     this.jobs.add(job);
     void job.catch(() => {}).finally(() => this.jobs.delete(job));
     const done = job.catch((e: unknown) => {
@@ -374,6 +344,91 @@ export class SnapshotManager {
       // After the answer the failure is the snapshot's state (error), already recorded by copy().
     });
     return Promise.race([answer, done.then(() => answer)]);
+  }
+
+  /**
+   * This daemon's create of the volume that has not let go yet: the pending one if there is one (at most one, createSnapshot),
+   * else one whose terminal manifest is durable (a create may start beside it: it no longer captures anything the next needs).
+   */
+  private pendingCreateOf(volumeId: string): RunningCreate | undefined {
+    let ending: RunningCreate | undefined;
+    for (const r of this.running.values()) {
+      if (r.volumeId !== volumeId) continue;
+      if (!r.terminal) return r;
+      ending ??= r;
+    }
+    return ending;
+  }
+
+  /**
+   * Steps 1 and 2 of a create (docs/architecture.md §12.1), inside the volume's lock: checks, the `pending`
+   * manifest and marker, the parent, the point in time. `ctx.run` is set once there is something to let go of.
+   */
+  private setUp(req: CreateSnapshotRequest, snapshotId: string, startTime: string, startedMs: number, ctx: { run?: RunningCreate; settle?: () => void }): Promise<{ v: VolumeForSnapshot; m: SnapshotManifest; header: Buffer; parent: SnapshotManifest | undefined; plan: SnapshotPlan }> {
+    return this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
+      if (this.closing) throw shuttingDown();
+      if (v.state !== 'available' && v.state !== 'in-use') {
+        throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
+      }
+      // One pending snapshot per volume (EC2 allows five): two at once would need a copy-on-write session and a
+      // changed-block epoch each, and an incremental whose parent is still pending (docs/architecture.md §12.1).
+      // Refused at once rather than queued: a client that timed out waiting would retry, and each retry would
+      // queue one more snapshot (CreateSnapshot has no ClientToken).
+      const busy = this.pendingCreateOf(v.volumeId);
+      if (busy && !busy.terminal) {
+        throw new SnapshotError('SNAPSHOT_CONCURRENT_LIMIT', `The volume '${v.volumeId}' has a pending snapshot '${busy.snapshotId}': ebsd takes one pending snapshot per volume; create the next once it has left 'pending'.`, { awsName: 'ConcurrentSnapshotLimitExceeded' });
+      }
+      const src = asSnapshotSource(v.device);
+      if (v.state === 'in-use' && (!v.device || !src || !this.trackers.has(v.volumeId))) {
+        throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
+      }
+      const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
+      // close() aborts only the runs it finds in `running`: one that began during the read refuses here, nothing written yet.
+      if (this.closing) throw shuttingDown();
+      const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
+      const m: SnapshotManifest = {
+        formatVersion: 1,
+        snapshotId,
+        volumeId: v.volumeId,
+        volumeSize: Math.ceil(v.size / GiB),
+        state: 'pending',
+        progress: 0,
+        startTime,
+        description: req.Description ?? '',
+        tags,
+        ownerId: this.o.accountId,
+        encrypted: v.encrypted,
+        kmsKeyId: v.encrypted ? v.kmsKeyId : '',
+        ...(hdr.dataEncryptionKeyId ? { dataEncryptionKeyId: hdr.dataEncryptionKeyId } : {}),
+        ...(hdr.wrappedKey ? { wrappedKey: hdr.wrappedKey } : {}),
+        dataOffset: hdr.dataOffset,
+        blocks: [],
+      };
+      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (ctx.settle = r)), terminal: false };
+      ctx.run = run;
+      // Crash from here on: recover() turns the pending manifest into error.
+      await this.markers.putPending(m);
+      faultPoint('snapshot.after-pending');
+      run.written = { ...m }; // what the store has: m gets the point in time as its StartTime below
+      this.running.set(snapshotId, run);
+      // A close() that began while the pending manifest was written did not find this run: aborted as it would have been.
+      if (this.closing) run.abort ??= shutDownDuring();
+      // A detached volume's tracking is read once: the volume is held, so its file cannot change meanwhile.
+      const detached = src ? undefined : await this.detachedTracking(v.volumeId, snapshotId);
+      const tracker = this.trackers.get(v.volumeId);
+      const base = src ? ((await tracker?.ready()), tracker?.base) : detached!.base;
+      const parent = await this.parentOf(v.volumeId, m.dataEncryptionKeyId, run, base);
+      run.parentId = parent?.snapshotId;
+      const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
+      const plan = src
+        ? await this.pointInTimeAttached(v, src, hdr.dataOffset, parent, nBlocks, run)
+        : await this.pointInTimeDetached(v, hdr.dataOffset, parent, nBlocks, detached!, run);
+      // EC2's StartTime is when the snapshot was initiated: its point in time, not the request's arrival (the volume's
+      // lock, the header read, the pending manifest and the parent's look-up come between). copy() restamps the stored
+      // pending manifest before the answer; every later manifest carries it.
+      m.startTime = plan.pointInTime;
+      return { v, m, header: hdr.header, parent, plan };
+    });
   }
 
   /**
@@ -432,7 +487,7 @@ export class SnapshotManager {
       // Everything that does not need the pause is prepared before it: all writes of the volume wait while it lasts.
       const every = new BlockRange(nBlocks);
       const cowOptions = { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) };
-      let at: { before: TrackingState; incremental: boolean; cow: CowSession } | undefined;
+      let at: { before: TrackingState; incremental: boolean; cow: CowSession; time: string } | undefined;
       await src.withWritesPaused(() => {
         // The point in time: no write is in flight, and none passes until the gate holds the copy-on-write set.
         // Constant work whatever the volume's size (docs/architecture.md §12.2): the tracker's epoch and the session, whose
@@ -449,12 +504,13 @@ export class SnapshotManager {
         this.cows.set(v.volumeId, cow!);
         run.cow = cow!;
         run.pacer = new CopyPacer(() => cow!.writes);
-        at = { before, incremental, cow: cow! };
+        at = { before, incremental, cow: cow!, time: new Date().toISOString() };
       });
-      const { before, incremental, cow } = at!;
+      const { before, incremental, cow, time } = at!;
       const pacer = run.pacer!;
       return {
         incremental,
+        pointInTime: time,
         // The copier reads the session's set (not changed by anyone from the point in time on): no list of indexes.
         blocks: incremental ? before.changed : every,
         read: async (i) => (await cow.take(i)) ?? readBlock(readRaw, i, cow.buffers.take()),
@@ -497,6 +553,7 @@ export class SnapshotManager {
       // No write can reach the image now (the volume is held, no device): the point in time is here. An attach
       // during the copy installs this session in its gate before its first write passes (volumeAttached).
       const cow = new CowSession(blocks, readRaw, { memory: this.cowMemory, spillPath: join(this.cowDir, `${run.snapshotId}.spill`) });
+      const pointInTime = new Date().toISOString();
       this.cows.set(v.volumeId, cow);
       run.cow = cow;
       run.pacer = new CopyPacer(() => cow.writes);
@@ -508,6 +565,7 @@ export class SnapshotManager {
       await this.tracking.saveClean(v.volumeId, { base: run.snapshotId, changed: new BlockBitmap() }).catch((e: unknown) => this.log.warn({ volumeId: v.volumeId, err: errInfo(e) }, 'could not save changed-block tracking'));
       return {
         incremental,
+        pointInTime,
         blocks,
         read: async (i) => (await cow.take(i)) ?? readBlock(readRaw, i, cow.buffers.take()),
         recycle: (buf) => cow.buffers.give(buf),
@@ -547,6 +605,11 @@ export class SnapshotManager {
         await this.tracking.saveClean(volumeId, { base: before.base, changed: now.changed });
       });
     } catch (e) {
+      // Deleted meanwhile (DeleteVolume went on during the copy): no tracking left to undo, nor a next snapshot.
+      if ((e as { code?: unknown })?.code === 'VOLUME_NOT_FOUND') {
+        this.log.info({ snapshotId, volumeId }, 'the volume of the failed snapshot was deleted meanwhile: no changed-block tracking to undo');
+        return;
+      }
       this.log.warn({ snapshotId, volumeId, err: errInfo(e) }, 'could not undo the changed-block tracking of the failed snapshot; the next snapshot copies every block');
     }
   }
@@ -564,14 +627,32 @@ export class SnapshotManager {
     await reader.close();
   }
 
-  private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate): Promise<void> {
+  /**
+   * The snapshot from its set-up on: `accept` (the CreateSnapshot event and answer) first, then the copy and the
+   * terminal manifest. Whatever throws from `accept` on ends as a failed snapshot: recorded `error`, its session
+   * out of every gate, its tracking undone.
+   */
+  private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate, accept: () => void): Promise<void> {
     const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
     let recorded = 0;
     let lastRecordMs = performance.now();
     let progressWrite: Promise<void> = Promise.resolve();
     let batch: BlockBatch | undefined;
     let headerStored: Promise<BlockHash> | undefined;
+    let closed = false;
+    const close = async (): Promise<void> => {
+      if (closed) return;
+      closed = true;
+      await plan.close().catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'could not end the copy-on-write session or close the read handle'));
+    };
     try {
+      // The stored pending manifest has the time the set-up began (it is written before the point in time): restamped
+      // before the answer, so the answer, DescribeSnapshots and the store agree from the start (the volume is free already).
+      if (run.written?.startTime !== m.startTime) {
+        await this.o.store.putManifest(m);
+        run.written = m;
+      }
+      accept();
       // Aborted before the copy began (close() during the point in time): recorded `error` at once.
       if (run.abort) throw run.abort;
       const inherited = new Map<number, BlockHash>();
@@ -687,12 +768,18 @@ export class SnapshotManager {
         () => void ((run.terminal = true), (run.written = failed)),
         (err: unknown) => this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not record the failed snapshot; its marker is kept and it is marked error once the store answers (or at the next start)'),
       );
-      this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
+      try {
+        void this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { reason: why } });
+      } catch (err) {
+        this.log.error({ snapshotId: m.snapshotId, err: errInfo(err) }, 'could not audit the failed snapshot');
+      }
+      // The session first: a failed snapshot has nothing to capture, and the undo may wait a while for the volume's lock.
+      await close();
       // After the error is recorded: the undo takes the volume's lock, which an attach may hold for a while.
       await plan.rollback();
       throw e;
     } finally {
-      await plan.close().catch(() => {});
+      await close();
     }
   }
 
@@ -844,6 +931,8 @@ export class SnapshotManager {
 
 interface SnapshotPlan {
   incremental: boolean;
+  /** When the point in time was taken (ISO 8601): the snapshot's StartTime. */
+  pointInTime: string;
   /** The blocks to read: a range (full) or the tracking's bitmap (incremental), sized by the volume in bits at most. */
   blocks: BlockSet;
   read: (i: number) => Promise<Buffer>;

@@ -90,7 +90,8 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
     const k = kms;
     const settled = async (snapshotId: string): Promise<SnapshotManifest> => {
       for (;;) {
-        const man = await store.getManifest(snapshotId);
+        // As DescribeSnapshots sees it: a create's state once its manifest is durable (the store's file shows a moment before).
+        const man = await sm!.getManifest(snapshotId);
         if (man && man.state !== 'pending') return man;
         await new Promise((r) => setTimeout(r, 10));
       }

@@ -16,7 +16,8 @@ import { api, detachWhenClosed, refusal, settled } from './helpers.js';
  * from the new attachment's gate, a read of the new bytes) restores to
  * something other than the point-in-time bytes. A daemon killed during such
  * a copy still leaves the snapshot `error` after the restart (its pending
- * marker), and the next snapshot is complete.
+ * marker), and the next snapshot is complete: full, even when a completed
+ * snapshot precedes the failed one (the tracking names the failed one).
  */
 const B = 512 * 1024;
 const SIZE = 8 * B;
@@ -26,14 +27,19 @@ describe('a volume is not held while its snapshot is pending', () => {
   const call = api(env);
   const gate = join(env.dir, 'copy-gate');
 
-  beforeAll(async () => {
-    ensureBuilt();
+  /** The daemon, started (again after a kill) with the copy gate: it waits only while the gate's file exists. */
+  const start = async (): Promise<void> => {
     process.env.EBSD_TEST_SNAPSHOT_COPY_GATE = gate;
     try {
       await env.start();
     } finally {
       delete process.env.EBSD_TEST_SNAPSHOT_COPY_GATE;
     }
+  };
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await start();
   }, 60_000);
 
   afterAll(() => env.cleanup());
@@ -168,7 +174,7 @@ describe('a volume is not held while its snapshot is pending', () => {
     await detachWhenClosed(env, vol);
     await env.kill9();
     rmSync(gate);
-    await env.start(); // without the gate
+    await start(); // the gate's file is gone: nothing waits
     const failed = await settled(env, s.SnapshotId);
     expect(failed.State).toBe('error');
     // The tracking names the snapshot that never completed: the next snapshot is full, never an incremental missing writes.
@@ -176,5 +182,47 @@ describe('a volume is not held while its snapshot is pending', () => {
     expect(next.State).toBe('completed');
     const r = await restored(next.SnapshotId);
     expect(r.bytes.equals(now)).toBe(true);
+  }, 120_000);
+
+  it.each([['detached'], ['attached']] as const)('a daemon killed while a snapshot with a completed parent was pending: the next snapshot (%s) copies every block, so writes before and after the failed one are in it', async (next) => {
+    // S0 completed; block 0 written; S1 taken detached and held pending, its point in time naming it as the tracking's
+    // base; block 1 written by a new attachment; SIGKILL. S1 ends error, and the tracking on disk names S1 (the clean file
+    // of the last detach): its bits are only block 1, relative to S1. S2 must not use them against S0 (an incremental on
+    // S0 with block 1 alone would miss block 0, written between S0 and S1): a base that is not completed means full.
+    const vol = (await call('CreateVolume', { Size: SIZE })).VolumeId as string;
+    await call('AttachVolume', { VolumeId: vol });
+    const content = randomBytes(SIZE);
+    writeFile(vol, content);
+    await detachWhenClosed(env, vol);
+    const s0 = await settled(env, (await call('CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    expect(s0.State).toBe('completed');
+    await call('AttachVolume', { VolumeId: vol });
+    const b0 = randomBytes(B);
+    writeFile(vol, b0, 0);
+    content.set(b0, 0);
+    await detachWhenClosed(env, vol);
+
+    writeFileSync(gate, '');
+    const s1 = await call('CreateSnapshot', { VolumeId: vol });
+    await call('AttachVolume', { VolumeId: vol });
+    const b1 = randomBytes(B);
+    writeFile(vol, b1, B);
+    content.set(b1, B);
+    await detachWhenClosed(env, vol);
+    await env.kill9();
+    rmSync(gate);
+    await start();
+    expect((await settled(env, s1.SnapshotId)).State).toBe('error');
+
+    // Taken detached, S2 reads the tracking file; attached, the tracker that loaded it (both paths decide "incremental").
+    if (next === 'attached') await call('AttachVolume', { VolumeId: vol });
+    const s2 = await settled(env, (await call('CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    expect(s2.State).toBe('completed');
+    if (next === 'attached') await detachWhenClosed(env, vol);
+    const r = await restored(s2.SnapshotId);
+    expect(r.bytes.subarray(0, B).equals(content.subarray(0, B)), 'block 0, written between S0 and S1').toBe(true);
+    expect(r.bytes.subarray(B, 2 * B).equals(content.subarray(B, 2 * B)), 'block 1, written while S1 was pending').toBe(true);
+    expect(r.bytes.equals(content)).toBe(true);
+    await call('DeleteVolume', { VolumeId: vol });
   }, 120_000);
 });

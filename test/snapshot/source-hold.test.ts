@@ -175,11 +175,13 @@ describe('source snapshot held against DeleteSnapshot', () => {
       },
     }) as SnapshotStore;
     const s2 = await SnapshotManager.open({ store: shared, localDir: join(h.dir, 'local-inherited'), volumes: h.mgr, accountId: ACCOUNT, gc });
+    // As DescribeSnapshots sees it (the store's file shows `completed` a moment before the write is durable, and the
+    // next create of the volume is refused until then: one pending snapshot per volume).
     const settled = async (id: string): Promise<SnapshotManifest> => {
-      let m = await h.store.getManifest(id);
+      let m = await s2.getManifest(id);
       for (let i = 0; i < 500 && m?.state === 'pending'; i++) {
         await new Promise((r) => setTimeout(r, 20));
-        m = await h.store.getManifest(id);
+        m = await s2.getManifest(id);
       }
       return m!;
     };
