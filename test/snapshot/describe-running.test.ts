@@ -63,8 +63,13 @@ describe('DescribeSnapshots of a running create', () => {
 
     await until('held reads', () => waiting.length > 0);
     const readsBefore = reads.get(id) ?? 0;
-    expect(await described()).toEqual(await stored());
-    expect((await described()).state).toBe('pending');
+    // The same, but for StartTime: the point in time, which the stored pending manifest (written before it) gets
+    // with the next write (docs/architecture.md §12.1).
+    const first = await described();
+    const pendingStored = await stored();
+    expect({ ...first, startTime: '' }).toEqual({ ...pendingStored, startTime: '' });
+    expect(first.startTime >= pendingStored.startTime).toBe(true);
+    expect(first.state).toBe('pending');
     expect((await snaps.getManifest(id))?.state).toBe('pending');
 
     // Past a second since the copy began, the next block done records progress (directory store: at most once a second).
@@ -73,6 +78,7 @@ describe('DescribeSnapshots of a running create', () => {
     await until('a progress write', async () => (await stored()).progress > 0);
     await until('the progress shown', async () => (await described()).progress > 0);
     expect(await described()).toEqual(await stored());
+    expect((await described()).startTime).toBe(first.startTime);
     expect((await described()).state).toBe('pending');
     // No manifest read of the running create from the store for any of these answers.
     expect(reads.get(id) ?? 0).toBe(readsBefore);
