@@ -126,6 +126,17 @@ interface RunningCreate {
  * DeleteSnapshot over the manifests of a SnapshotStore, and recovery of
  * creates a crash interrupted.
  */
+/**
+ * Thrown by a create's set-up, inside the volume's lock, when the volume's previous create has ended
+ * (its terminal manifest durable) but not let go yet: the create waits for it outside the lock (the
+ * previous one's undo of its tracking takes that lock) and tries again.
+ */
+class LetGoFirst extends Error {
+  constructor(readonly run: RunningCreate) {
+    super(`snapshot ${run.snapshotId} is letting go of its volume`);
+  }
+}
+
 export class SnapshotManager {
   private readonly log: Logger;
   private readonly trackers = new Map<string, ChangeTracker>();
@@ -315,14 +326,29 @@ export class SnapshotManager {
         const set = await this.creates.run(String(req.VolumeId), async () => {
           // A create whose terminal manifest is durable (no longer pending to anyone who asks) may still be letting go of
           // its session, pins and marker, and undoing its tracking (which takes the volume's lock): this one waits for that.
-          const before = this.pendingCreateOf(String(req.VolumeId));
-          if (before?.terminal) await before.settled;
-          try {
-            return await this.setUp(req, snapshotId, startTime, startedMs, ctx);
-          } catch (e) {
-            // Within the set-up's turn: the next create of the volume does not find this one still running.
-            await letGo();
-            throw e;
+          for (;;) {
+            const before = this.pendingCreateOf(String(req.VolumeId));
+            if (before?.terminal) await before.settled;
+            try {
+              return await this.setUp(req, snapshotId, startTime, startedMs, ctx);
+            } catch (e) {
+              // One that ended while this create waited for the volume's lock: waited for outside the lock (its undo takes it).
+              if (e instanceof LetGoFirst) {
+                await e.run.settled;
+                continue;
+              }
+              // A pending manifest already written is ended `error` at once, not left pending until the marker's retry.
+              const run = ctx.run;
+              if (run?.written && !run.terminal) {
+                await this.o.store.putManifest(failedManifest(run.written, `The snapshot could not be created: ${(e as Error)?.message ?? String(e)}`)).then(
+                  () => void (run.terminal = true),
+                  () => {}, // the marker's retry ends it
+                );
+              }
+              // Within the set-up's turn: the next create of the volume does not find this one still running.
+              await letGo();
+              throw e;
+            }
           }
         });
         // The volume is free from here on (docs/architecture.md §12.1): the copy reads through its own handle.
@@ -376,7 +402,8 @@ export class SnapshotManager {
       // Refused at once rather than queued: a client that timed out waiting would retry, and each retry would
       // queue one more snapshot (CreateSnapshot has no ClientToken).
       const busy = this.pendingCreateOf(v.volumeId);
-      if (busy && !busy.terminal) {
+      if (busy?.terminal) throw new LetGoFirst(busy);
+      if (busy) {
         throw new SnapshotError('SNAPSHOT_CONCURRENT_LIMIT', `The volume '${v.volumeId}' has a pending snapshot '${busy.snapshotId}': ebsd takes one pending snapshot per volume; create the next once it has left 'pending'.`, { awsName: 'ConcurrentSnapshotLimitExceeded' });
       }
       const src = asSnapshotSource(v.device);
@@ -711,7 +738,9 @@ export class SnapshotManager {
             const progress = Math.min(99, Math.floor((done / total) * 100));
             const blocks = sortBlocks(new Map([...inherited, ...sofar]));
             const shown: SnapshotManifest = { ...m, progress, blocks };
-            progressWrite = progressWrite.then(() => this.o.store.putManifest(shown)).then(() => void (run.written = shown)).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
+            // Kept without its block list: no one reads a running create's blocks from it (only state, progress, tags,
+            // key), and a list of every block so far would stay in memory until the next progress write.
+            progressWrite = progressWrite.then(() => this.o.store.putManifest(shown)).then(() => void (run.written = { ...shown, blocks: [] })).catch((e: unknown) => this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e) }, 'could not record progress'));
           }
         },
       });
@@ -846,7 +875,11 @@ export class SnapshotManager {
         all.push(summaryOf(m));
       }
     } else {
-      all = await this.o.store.listManifestSummaries();
+      // A create this daemon runs as it answers it by id (its point in time as StartTime, as soon as it is taken).
+      all = (await this.o.store.listManifestSummaries()).map((m) => {
+        const shown = this.running.get(m.snapshotId)?.written;
+        return shown ? summaryOf(shown) : m;
+      });
     }
     const owners = q.OwnerIds?.map((o) => (o === 'self' ? this.o.accountId : o));
     const budget = new FilterBudget(); // one per request (ec2-filter.ts)

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { EXIT, exitCodeFor } from '../../src/cli/exit-codes.js';
+import type { SnapshotStore } from '../../src/snapshot/types.js';
 import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
 
 /**
@@ -69,4 +70,87 @@ test.each([['attached'], ['detached']] as const)('a second create of the volume 
   const next = await hh.snapshot(vol);
   expect(next.state).toBe('completed');
   expect(next.parentSnapshotId).toBe(first.SnapshotId);
+}, 60_000);
+
+test('a create that waited for the volume\'s lock while the previous one failed waits for it to let go (its tracking undone), then is an incremental on the last completed snapshot', async () => {
+  const gate = { holding: false, fail: false, released: Promise.resolve() };
+  let release = (): void => {};
+  const events: { eventName: string; snapshotId: string; details?: Record<string, unknown> }[] = [];
+  h = await openSnapshotHarness({
+    openReader: async (...a) => {
+      const r = await openImageDataReader(...a);
+      return {
+        read: async (pos, len, into) => {
+          if (gate.holding && len === B) await gate.released;
+          if (gate.fail && len === B) throw new Error('injected read failure');
+          return r.read(pos, len, into);
+        },
+        close: () => r.close(),
+      };
+    },
+    onAudit: (ev) => void events.push(ev as (typeof events)[number]),
+  });
+  const hh = h;
+  const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;
+  await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
+  const dev = hh.mgr.getBlockDevice(vol)!;
+  await dev.write(0, randomBytes(SIZE));
+  const s0 = await hh.snapshot(vol);
+  expect(s0.state).toBe('completed');
+  await dev.write(0, randomBytes(4096)); // block 0 changed since s0
+
+  // A: held, then failing; its failure undoes the tracking (s0 as base, block 0 changed), which takes the volume's lock.
+  gate.holding = true;
+  gate.released = new Promise<void>((r) => (release = r));
+  const a = await hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller);
+  // Someone holds the volume's lock (an attach or a modify would): B waits for it with A still pending.
+  let unlock!: () => void;
+  const held = new Promise<void>((r) => (unlock = r));
+  let inLock!: () => void;
+  const entered = new Promise<void>((r) => (inLock = r));
+  const other = hh.mgr.withVolumeForSnapshot(vol, async () => { inLock(); await held; });
+  await entered;
+  const b = hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller);
+  await new Promise((r) => setTimeout(r, 50));
+  gate.fail = true;
+  gate.holding = false;
+  release();
+  expect((await hh.settled(a.SnapshotId)).state).toBe('error'); // terminal; its undo now waits behind B for the lock
+  gate.fail = false;
+  unlock();
+  await other;
+  const answered = await b;
+  const done = await hh.settled(answered.SnapshotId);
+  expect(done.state).toBe('completed');
+  expect(done.parentSnapshotId).toBe(s0.snapshotId);
+  // Incremental on s0, reading the one changed block: A's undo came first (started beside A's, B would copy every block).
+  const completed = events.find((e) => e.eventName === 'SnapshotCompleted' && e.snapshotId === answered.SnapshotId);
+  expect(completed?.details).toMatchObject({ incremental: true, changedBlocks: 1 });
+  await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+}, 60_000);
+
+test('a create whose set-up fails after its pending manifest is written ends error at once (the refusal is the caller\'s answer); the next create is taken', async () => {
+  let failList = true;
+  h = await openSnapshotHarness({
+    // The parent's look-up lists every manifest (no tracking base yet): that listing fails once.
+    wrapStore: (s) => new Proxy(s, {
+      get(t, k) {
+        if (k === 'listManifestIds') return async () => { if (failList) { failList = false; throw new Error('injected listing failure'); } return t.listManifestIds(); };
+        const v = Reflect.get(t, k, t) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    }) as SnapshotStore,
+  });
+  const hh = h;
+  const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;
+  await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
+  await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(SIZE));
+  await expect(hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller)).rejects.toThrow(/injected listing failure/);
+  // Its manifest says error already, not pending until the marker's retry.
+  const listed = await hh.snaps.describeSnapshots({});
+  expect(listed.map((x) => x.state)).toEqual(['error']);
+  expect(listed[0]!.stateMessage).toMatch(/could not be created: injected listing failure/);
+  const next = await hh.snapshot(vol);
+  expect(next.state).toBe('completed');
+  await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
 }, 60_000);

@@ -70,6 +70,9 @@ describe('DescribeSnapshots of a running create', () => {
     expect({ ...first, startTime: '' }).toEqual({ ...pendingStored, startTime: '' });
     expect(first.startTime >= pendingStored.startTime).toBe(true);
     expect(first.state).toBe('pending');
+    // A listing shows it as by id (the point in time as StartTime), and a start-time filter with it finds it.
+    expect((await snaps.describeSnapshots({})).find((x) => x.snapshotId === id)).toEqual(first);
+    expect((await snaps.describeSnapshots({ Filters: [{ Name: 'start-time', Values: [first.startTime] }] })).map((x) => x.snapshotId)).toEqual([id]);
     expect((await snaps.getManifest(id))?.state).toBe('pending');
 
     // Past a second since the copy began, the next block done records progress (directory store: at most once a second).
