@@ -134,7 +134,7 @@ function daemonCommand(y: Argv): Argv {
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
         .option('refusal-window', { type: 'string', describe: 'how long refusals of one caller are summed into one audit event (1s to 10m; default 10s)' })
         .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
-        .option('volume-modification-window', { type: 'string', describe: 'the rolling window in which a volume may be modified (ModifyVolume) at most 4 times, as EC2 allows (default 24h; 0 = no limit)' })
+        .option('volume-modification-window', { type: 'string', describe: 'the rolling window in which a volume may be modified (ModifyVolume) at most 4 times, as EC2 allows (default 24h, at most 8760h; 0 = no limit)' })
         .option('snapshot-gc-grace', { type: 'string', hidden: true, describe: 'keep unreferenced snapshot blocks younger than this (default 1h)' })
         .option('write-behind', {
           type: 'boolean',
