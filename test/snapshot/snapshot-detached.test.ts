@@ -30,6 +30,24 @@ describe('snapshots of a detached volume', () => {
     throw new Error('no such audit event');
   };
   const manifestOf = (id: string): any => JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${id}.json`), 'utf8'));
+  /** A daemon started with the fault point `fault` (EBSD_TEST_FAULT), then a CreateSnapshot: the fault point kills it; polled until it is gone, the snapshot still pending on disk. */
+  const createKilledAt = async (fault: string): Promise<any> => {
+    await env.stop();
+    process.env.EBSD_TEST_FAULT = fault;
+    try {
+      await env.start();
+    } finally {
+      delete process.env.EBSD_TEST_FAULT;
+    }
+    const pid = env.pid!;
+    const s = await call('CreateSnapshot', { VolumeId: vol });
+    expect(s.State).toBe('pending');
+    const alive = (): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+    for (let i = 0; alive() && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(alive()).toBe(false);
+    expect(manifestOf(s.SnapshotId).state).toBe('pending');
+    return s;
+  };
 
   beforeAll(async () => {
     ensureBuilt();
@@ -158,21 +176,7 @@ describe('snapshots of a detached volume', () => {
   }, 90_000);
 
   it('a daemon killed after the blocks are durable, before the manifest says completed, leaves the snapshot error and referencing nothing', async () => {
-    await env.stop();
-    process.env.EBSD_TEST_FAULT = 'snapshot.after-blocks';
-    try {
-      await env.start();
-    } finally {
-      delete process.env.EBSD_TEST_FAULT;
-    }
-    const pid = env.pid!;
-    const s = await call('CreateSnapshot', { VolumeId: vol });
-    expect(s.State).toBe('pending');
-    // The fault point kills the daemon once the copy is durable; poll until it is gone.
-    const alive = (): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
-    for (let i = 0; alive() && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
-    expect(alive()).toBe(false);
-    expect(manifestOf(s.SnapshotId).state).toBe('pending');
+    const s = await createKilledAt('snapshot.after-blocks');
     await env.kill9(); // forget the dead child
     await env.start();
     const d = (await call('DescribeSnapshots', { SnapshotIds: [s.SnapshotId] })).Snapshots[0];
@@ -190,19 +194,7 @@ describe('snapshots of a detached volume', () => {
   }, 90_000);
 
   it('a daemon killed after SnapshotCompleted is audited, before the manifest says completed: after the restart the log says SnapshotFailed after it', async () => {
-    await env.stop();
-    process.env.EBSD_TEST_FAULT = 'snapshot.after-completed-event';
-    try {
-      await env.start();
-    } finally {
-      delete process.env.EBSD_TEST_FAULT;
-    }
-    const pid = env.pid!;
-    const s = await call('CreateSnapshot', { VolumeId: vol });
-    const alive = (): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
-    for (let i = 0; alive() && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
-    expect(alive()).toBe(false);
-    expect(manifestOf(s.SnapshotId).state).toBe('pending');
+    const s = await createKilledAt('snapshot.after-completed-event');
     const named = (e: any): boolean => e.requestParameters?.snapshotId === s.SnapshotId;
     expect(env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter(named).map((e) => e.eventName)).toContain('SnapshotCompleted');
     await env.kill9(); // forget the dead child
