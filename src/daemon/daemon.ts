@@ -413,6 +413,8 @@ export class Daemon {
         localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
         onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log, allowUnencrypted: cfg.allowUnencrypted,
       });
+      const copies = copier;
+      snaps.showCopies((id) => copies.runningManifest(id));
       const { resumed, failed } = await m.resumeAttachments();
       if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
       // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.

@@ -114,6 +114,12 @@ export interface SnapshotCopierOptions {
 export class SnapshotCopier {
   private readonly log: Logger;
   private readonly running = new Set<Promise<void>>();
+  /**
+   * Each copy under way: the last of its manifests the store has durably (a pending or progress one
+   * without its block list, which no reader of a running copy's manifest needs). DescribeSnapshots
+   * answers from it (runningManifest), not from a store read queued behind the copy's jobs on libuv's pool.
+   */
+  private readonly written = new Map<string, SnapshotManifest>();
 
   private constructor(private readonly o: SnapshotCopierOptions, private readonly markers: PendingMarkers, log: Logger) {
     this.log = log;
@@ -231,6 +237,7 @@ export class SnapshotCopier {
       }
       // Crash from here on: recover() turns the pending manifest into error.
       await this.markers.putPending(m);
+      this.written.set(snapshotId, { ...m, blocks: [] });
       faultPoint('copy.after-pending');
       this.o.onAudit?.({
         eventName: 'CopySnapshot', snapshotId, volumeId: src.volumeId, principal: caller.arn,
@@ -242,8 +249,9 @@ export class SnapshotCopier {
         .catch(async (e) => {
           const why = e instanceof VolumeError || e instanceof SnapshotError || (e as { awsName?: string })?.awsName ? `${(e as { awsName?: string }).awsName ?? (e as { code: string }).code}: ${(e as Error).message}` : 'internal error (see the daemon log)';
           this.log.warn({ snapshotId, sourceSnapshotId: src.snapshotId, err: { message: (e as Error)?.message } }, 'snapshot copy failed');
-          await this.o.store.putManifest(failedManifest(m, why)).then(
-            () => void (terminal = true),
+          const failed = failedManifest(m, why);
+          await this.o.store.putManifest(failed).then(
+            () => void ((terminal = true), this.written.set(snapshotId, failed)),
             (err) => this.log.error({ snapshotId, err: { message: (err as Error)?.message } }, 'could not record the failed copy; its marker is kept and it is marked error once the store answers (or at the next start)'),
           );
           this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, details: { reason: why } });
@@ -253,6 +261,7 @@ export class SnapshotCopier {
           if (terminal) await this.markers.remove(snapshotId).catch(() => {});
           else this.markers.retry(snapshotId);
           this.running.delete(job);
+          this.written.delete(snapshotId);
         });
       this.running.add(job);
       return { SnapshotId: snapshotId, ...(tags.length ? { Tags: tags } : {}) };
@@ -260,6 +269,11 @@ export class SnapshotCopier {
       release();
       throw e;
     }
+  }
+
+  /** The manifest of a copy under way as the store has it durably (see `written`); undefined for any other snapshot. */
+  runningManifest(snapshotId: string): SnapshotManifest | undefined {
+    return this.written.get(snapshotId);
   }
 
   /** Resolves when every copy under way has ended (tests, shutdown). */
@@ -296,6 +310,7 @@ export class SnapshotCopier {
       m.changedBlocks = m.blocks.length;
       m.completionTime = new Date().toISOString();
       await this.o.store.putManifest(m);
+      this.written.set(m.snapshotId, { ...m });
       onTerminal();
       this.log.info({ snapshotId: m.snapshotId, sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length, reEncrypted: targetKey !== undefined }, 'snapshot copied');
     } finally {
@@ -411,6 +426,7 @@ export class SnapshotCopier {
       if (pct >= shown + 10 && pct < 100) {
         shown = pct;
         await store.putManifest({ ...m, progress: pct });
+        this.written.set(m.snapshotId, { ...m, progress: pct, blocks: [] });
       }
     };
     try {

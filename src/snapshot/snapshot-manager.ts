@@ -141,6 +141,7 @@ export class SnapshotManager {
   private readonly log: Logger;
   private readonly trackers = new Map<string, ChangeTracker>();
   private readonly running = new Map<string, RunningCreate>();
+  private copies: ((snapshotId: string) => SnapshotManifest | undefined) | undefined;
   /** Snapshots a restore or copy reads: DeleteSnapshot refuses them (InvalidSnapshot.InUse). */
   private readonly holds = new Map<string, number>();
   private readonly deleting = new KeyedMutex();
@@ -877,7 +878,7 @@ export class SnapshotManager {
     } else {
       // A create this daemon runs as it answers it by id (its point in time as StartTime, as soon as it is taken).
       all = (await this.o.store.listManifestSummaries()).map((m) => {
-        const shown = this.running.get(m.snapshotId)?.written;
+        const shown = this.runningManifest(m.snapshotId);
         return shown ? summaryOf(shown) : m;
       });
     }
@@ -886,9 +887,22 @@ export class SnapshotManager {
     return all.filter((m) => (!owners?.length || owners.includes(m.ownerId)) && matchesFilters(m, q.Filters ?? [], budget));
   }
 
-  /** A snapshot's manifest: for a create this daemon runs, the last one it wrote durably (RunningCreate.written). */
+  /**
+   * A snapshot's manifest: for a create this daemon runs, the last one it wrote durably
+   * (RunningCreate.written); for a copy under way, what the copier says (showCopies).
+   */
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
-    return this.running.get(snapshotId)?.written ?? this.o.store.getManifest(snapshotId);
+    return this.runningManifest(snapshotId) ?? this.o.store.getManifest(snapshotId);
+  }
+
+  /** A create or copy this daemon runs, as DescribeSnapshots shows it (no store read); undefined for any other. */
+  private runningManifest(snapshotId: string): SnapshotManifest | undefined {
+    return this.running.get(snapshotId)?.written ?? this.copies?.(snapshotId);
+  }
+
+  /** The copier's running copies (SnapshotCopier.runningManifest), answered as this manager's own running creates are. */
+  showCopies(lookup: (snapshotId: string) => SnapshotManifest | undefined): void {
+    this.copies = lookup;
   }
 
   /**

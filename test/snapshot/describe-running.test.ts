@@ -93,4 +93,35 @@ describe('DescribeSnapshots of a running create', () => {
     expect(await described()).toEqual(await stored());
     expect((await stored()).state).toBe('completed');
   });
+
+  it('a copy under another key is answered from the copier while it runs, as the store has it, then completed', async () => {
+    const reads = new Map<string, number>();
+    h = await openSnapshotHarness({
+      wrapStore: (s) => new Proxy(s, {
+        get(target, prop, recv) {
+          const v = Reflect.get(target, prop, recv) as unknown;
+          if (prop === 'getManifest') return (id: string) => ((reads.set(id, (reads.get(id) ?? 0) + 1)), s.getManifest(id));
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      }) as SnapshotStore,
+    });
+    const { snaps, store, caller } = h;
+    const vol = (await h.mgr.createVolume({ Size: BLOCKS * B }, caller)).VolumeId;
+    await h.mgr.attachVolume({ VolumeId: vol }, caller);
+    await h.mgr.getBlockDevice(vol)!.write(0, randomBytes(BLOCKS * B));
+    const source = await h.snapshot(vol);
+    const other = await h.kms.createKey();
+    const { SnapshotId: id } = await h.copier.copySnapshot({ SourceSnapshotId: source.snapshotId, SourceRegion: 'us-east-1', KmsKeyId: other }, caller);
+    // At once (the copy cannot have ended within these microtasks): answered from the copier, equal to the store's pending manifest.
+    const first = (await snaps.describeSnapshots({ SnapshotIds: [id] }))[0]!;
+    expect(reads.get(id) ?? 0).toBe(0);
+    expect(first).toEqual(summaryOf((await store.getManifest(id))!));
+    expect(first.state).toBe('pending');
+    expect((await snaps.describeSnapshots({})).find((x) => x.snapshotId === id)).toEqual(first);
+    await h.copier.settled();
+    const done = (await snaps.describeSnapshots({ SnapshotIds: [id] }))[0]!;
+    expect(done.state).toBe('completed');
+    expect(done).toEqual(summaryOf((await store.getManifest(id))!));
+    await h.mgr.detachVolume({ VolumeId: vol }, caller);
+  });
 });

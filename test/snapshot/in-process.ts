@@ -86,6 +86,7 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
       allowUnencrypted: true, // as the volume manager: encryption by default off, so plaintext sources copy as they are
       ...(o.onAudit ? { onAudit: o.onAudit } : {}),
     });
+    sm.showCopies((id) => copier.runningManifest(id)); // as the daemon wires them
     const caller = kms.root;
     const k = kms;
     const settled = async (snapshotId: string): Promise<SnapshotManifest> => {
