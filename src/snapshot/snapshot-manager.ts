@@ -27,13 +27,15 @@ import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotMan
 import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { skipCorrupt, summaryOf } from './manifest-check.js';
-import type { Clock } from '../util/clock.js';
+import { systemClock, withTimeout, type Clock } from '../util/clock.js';
 
 const GiB = 1024 ** 3;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
 const PROGRESS_STEPS = 10;
 /** On a single-writer store, progress is recorded at most once per this many milliseconds. */
 const PROGRESS_MIN_MS = 1000;
+/** How long a failed set-up waits for its `error` manifest to be written before leaving it to the marker's retry. */
+const SETUP_FAILURE_WRITE_MS = 2000;
 /** Volumes whose last header area is kept to skip hashing an unchanged one (at most 16 MiB each). */
 const HEADER_CACHE_VOLUMES = 4;
 
@@ -338,13 +340,20 @@ export class SnapshotManager {
                 await e.run.settled;
                 continue;
               }
-              // A pending manifest already written is ended `error` at once, not left pending until the marker's retry.
+              // A pending manifest already written is ended `error` at once, not left pending until the marker's retry,
+              // and audited as it ends. The write is bounded: a set-up that failed on an unhealthy store must not hold
+              // the caller's answer, and the volume's next creates, for the store client's whole timeout (the marker's
+              // retry ends it then, and audits it).
               const run = ctx.run;
               if (run?.written && !run.terminal) {
-                await this.o.store.putManifest(failedManifest(run.written, `The snapshot could not be created: ${(e as Error)?.message ?? String(e)}`)).then(
-                  () => void (run.terminal = true),
-                  () => {}, // the marker's retry ends it
-                );
+                const why = `The snapshot could not be created: ${(e as Error)?.message ?? String(e)}`;
+                const failed = failedManifest(run.written, why);
+                const wrote = await withTimeout(this.o.clock ?? systemClock, this.o.store.putManifest(failed), SETUP_FAILURE_WRITE_MS).then(() => true, () => false);
+                if (wrote) {
+                  run.terminal = true;
+                  run.written = failed;
+                  void Promise.resolve(this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, volumeId: run.volumeId, details: { reason: why } })).catch(() => {});
+                }
               }
               // Within the set-up's turn: the next create of the volume does not find this one still running.
               await letGo();

@@ -1,5 +1,7 @@
 import { afterEach, expect, test } from 'vitest';
 import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { EXIT, exitCodeFor } from '../../src/cli/exit-codes.js';
@@ -131,7 +133,9 @@ test('a create that waited for the volume\'s lock while the previous one failed 
 
 test('a create whose set-up fails after its pending manifest is written ends error at once (the refusal is the caller\'s answer); the next create is taken', async () => {
   let failList = true;
+  const events: { eventName: string; snapshotId: string; details?: Record<string, unknown> }[] = [];
   h = await openSnapshotHarness({
+    onAudit: (ev) => void events.push(ev as (typeof events)[number]),
     // The parent's look-up lists every manifest (no tracking base yet): that listing fails once.
     wrapStore: (s) => new Proxy(s, {
       get(t, k) {
@@ -150,6 +154,11 @@ test('a create whose set-up fails after its pending manifest is written ends err
   const listed = await hh.snaps.describeSnapshots({});
   expect(listed.map((x) => x.state)).toEqual(['error']);
   expect(listed[0]!.stateMessage).toMatch(/could not be created: injected listing failure/);
+  // Its end is audited, with the reason; its marker is gone (nothing left for a retry or the next start).
+  expect(events.filter((e) => e.snapshotId === listed[0]!.snapshotId)).toEqual([
+    expect.objectContaining({ eventName: 'SnapshotFailed', details: { reason: expect.stringMatching(/injected listing failure/) } }),
+  ]);
+  expect(readdirSync(join(hh.t.dir, 'snapshots-local', 'pending'))).toEqual([]);
   const next = await hh.snapshot(vol);
   expect(next.state).toBe('completed');
   await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
