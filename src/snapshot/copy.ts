@@ -96,6 +96,9 @@ export interface SnapshotCopierOptions {
   markerRetryMs?: number;
 }
 
+/** The StateMessage of a copy a restart interrupted. */
+const COPY_INTERRUPTED = 'The daemon stopped (crash or restart) while the snapshot was being copied.';
+
 /**
  * CopySnapshot (docs/architecture.md §14.2), within this region and store.
  * The new snapshot's manifest is written `pending` before anything else
@@ -131,9 +134,11 @@ export class SnapshotCopier {
     const markers = await PendingMarkers.open({
       dir: o.localDir,
       store: o.store,
-      why: 'The daemon stopped (crash or restart) while the snapshot was being copied.',
+      why: COPY_INTERRUPTED,
       log,
-      onSettled: (m) => {
+      onSettled: (m, why) => {
+        // A copy that failed and said why was audited SnapshotFailed as it failed; only its `error` manifest waited for the store.
+        if (why !== COPY_INTERRUPTED) return log.warn({ snapshotId: m.snapshotId, reason: why }, 'failed snapshot copy marked error once the store answered');
         log.warn({ snapshotId: m.snapshotId }, 'snapshot copy interrupted by a restart: marked error');
         o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId: m.snapshotId, details: { reason: 'restart during copy' } });
       },
@@ -245,10 +250,13 @@ export class SnapshotCopier {
       });
       // A terminal manifest (`completed` or `error`) durable: only then may the marker go.
       let terminal = false;
+      /** Why the copy failed, once it did: the StateMessage the marker's retry writes if the `error` write failed. */
+      let failedWhy: string | undefined;
       const job = this.run(snap, m, targetKey, via, () => (terminal = true))
         .catch(async (e) => {
           const why = e instanceof VolumeError || e instanceof SnapshotError || (e as { awsName?: string })?.awsName ? `${(e as { awsName?: string }).awsName ?? (e as { code: string }).code}: ${(e as Error).message}` : 'internal error (see the daemon log)';
           this.log.warn({ snapshotId, sourceSnapshotId: src.snapshotId, err: { message: (e as Error)?.message } }, 'snapshot copy failed');
+          failedWhy = why;
           const failed = failedManifest(m, why);
           await this.o.store.putManifest(failed).then(
             () => void ((terminal = true), this.written.set(snapshotId, failed)),
@@ -259,7 +267,7 @@ export class SnapshotCopier {
         .finally(async () => {
           release();
           if (terminal) await this.markers.remove(snapshotId).catch(() => {});
-          else this.markers.retry(snapshotId);
+          else this.markers.retry(snapshotId, failedWhy);
           this.running.delete(job);
           this.written.delete(snapshotId);
         });

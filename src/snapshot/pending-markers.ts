@@ -16,11 +16,11 @@ export interface PendingMarkersOptions {
   /** `<state>/snapshots-local/pending` (creates) or `.../copies` (copies). */
   dir: string;
   store: SnapshotStore;
-  /** The StateMessage of a manifest a marker finds still `pending`. */
+  /** The StateMessage of a manifest a marker finds still `pending` (unless retry() was told why). */
   why: string;
   log: Logger;
-  /** Called once a still-`pending` manifest was durably written `error` (log, audit). */
-  onSettled?: (m: SnapshotManifest) => void;
+  /** Called once a still-`pending` manifest was durably written `error` (log, audit), with the StateMessage written. */
+  onSettled?: (m: SnapshotManifest, why: string) => void;
   /** Timers for the retries (tests drive a manual clock); default the system clock, unref'd. */
   clock?: Clock;
   retryMs?: number;
@@ -47,8 +47,8 @@ export class PendingMarkers {
   private readonly clock: Clock;
   private readonly retryMs: number;
   private readonly maxRetryMs: number;
-  /** Markers to settle at the next retry. */
-  private readonly unsettled = new Set<string>();
+  /** Markers to settle at the next retry, each with why its run ended if it said (else `why`, a restart). */
+  private readonly unsettled = new Map<string, string | undefined>();
   private timer: TimerHandle | undefined;
   private delayMs: number;
   private closed = false;
@@ -105,22 +105,25 @@ export class PendingMarkers {
       if (!SNAPSHOT_ID.test(name)) continue;
       const r = await this.trySettle(name);
       if (r === 'marked') settled.push(name);
-      else if (r === 'kept') this.unsettled.add(name);
+      else if (r === 'kept') this.unsettled.set(name, undefined);
     }
     this.schedule();
     return settled;
   }
 
-  /** A run ended without a terminal manifest (its writes failed): its marker is settled in the background. */
-  retry(snapshotId: string): void {
+  /**
+   * A run ended without a terminal manifest (its writes failed): its marker is settled in the background,
+   * the manifest written `error` with `why` (what ended the run; default: the options' `why`, a restart).
+   */
+  retry(snapshotId: string, why?: string): void {
     if (this.closed) return;
-    this.unsettled.add(snapshotId);
+    this.unsettled.set(snapshotId, why);
     this.schedule();
   }
 
   /** Markers still waiting for the store (tests, status). */
   get waiting(): string[] {
-    return [...this.unsettled];
+    return [...this.unsettled.keys()];
   }
 
   /** Shutdown: no more retries; markers left stay for the next start's recover(). */
@@ -147,9 +150,9 @@ export class PendingMarkers {
 
   private async retryAll(): Promise<void> {
     let progressed = false;
-    for (const id of [...this.unsettled]) {
+    for (const [id, why] of [...this.unsettled]) {
       if (this.closed) return;
-      if ((await this.trySettle(id)) !== 'kept') {
+      if ((await this.trySettle(id, why)) !== 'kept') {
         this.unsettled.delete(id);
         progressed = true;
       }
@@ -159,14 +162,14 @@ export class PendingMarkers {
   }
 
   /** 'marked': written `error` now; 'done': nothing was pending; 'kept': the store failed, the marker stays. */
-  private async trySettle(snapshotId: string): Promise<'marked' | 'done' | 'kept'> {
+  private async trySettle(snapshotId: string, why: string = this.o.why): Promise<'marked' | 'done' | 'kept'> {
     let marked = false;
     try {
       const m = await this.o.store.getManifest(snapshotId);
       if (m?.state === 'pending') {
-        await this.o.store.putManifest(failedManifest(m, this.o.why));
+        await this.o.store.putManifest(failedManifest(m, why));
         marked = true;
-        this.o.onSettled?.(m);
+        this.o.onSettled?.(m, why);
       }
       await this.remove(snapshotId);
       return marked ? 'marked' : 'done';

@@ -34,6 +34,8 @@ const GiB = 1024 ** 3;
 const PROGRESS_STEPS = 10;
 /** On a single-writer store, progress is recorded at most once per this many milliseconds. */
 const PROGRESS_MIN_MS = 1000;
+/** The StateMessage of a create a restart interrupted. */
+const CREATE_INTERRUPTED = 'The daemon stopped (crash or restart) while the snapshot was being created.';
 /** How long a failed set-up waits for its `error` manifest to be written before leaving it to the marker's retry. */
 const SETUP_FAILURE_WRITE_MS = 2000;
 /** Volumes whose last header area is kept to skip hashing an unchanged one (at most 16 MiB each). */
@@ -119,15 +121,10 @@ interface RunningCreate {
    * reading it from the store, where each read queues behind the copy's jobs on libuv's pool.
    */
   written?: SnapshotManifest;
+  /** Why the run failed, once it did: the StateMessage its marker's retry writes if its own `error` write failed. */
+  failure?: string;
 }
 
-/**
- * EC2 snapshots of this host's volumes (docs/architecture.md §12):
- * CreateSnapshot (point in time, copy-on-write on an attached volume,
- * incremental through changed-block tracking), DescribeSnapshots and
- * DeleteSnapshot over the manifests of a SnapshotStore, and recovery of
- * creates a crash interrupted.
- */
 /**
  * Thrown by a create's set-up, inside the volume's lock, when the volume's previous create has ended
  * (its terminal manifest durable) but not let go yet: the create waits for it outside the lock (the
@@ -139,6 +136,13 @@ class LetGoFirst extends Error {
   }
 }
 
+/**
+ * EC2 snapshots of this host's volumes (docs/architecture.md §12):
+ * CreateSnapshot (point in time, copy-on-write on an attached volume,
+ * incremental through changed-block tracking), DescribeSnapshots and
+ * DeleteSnapshot over the manifests of a SnapshotStore, and recovery of
+ * creates a crash interrupted.
+ */
 export class SnapshotManager {
   private readonly log: Logger;
   private readonly trackers = new Map<string, ChangeTracker>();
@@ -188,9 +192,11 @@ export class SnapshotManager {
     const markers = await PendingMarkers.open({
       dir: join(o.localDir, 'pending'),
       store: o.store,
-      why: 'The daemon stopped (crash or restart) while the snapshot was being created.',
+      why: CREATE_INTERRUPTED,
       log,
-      onSettled: (s) => {
+      onSettled: (s, why) => {
+        // A run that failed and said why was audited SnapshotFailed as it failed; only its `error` manifest waited for the store.
+        if (why !== CREATE_INTERRUPTED) return log.warn({ snapshotId: s.snapshotId, volumeId: s.volumeId, reason: why }, 'failed snapshot marked error once the store answered');
         log.warn({ snapshotId: s.snapshotId, volumeId: s.volumeId }, 'snapshot interrupted by a restart: marked error');
         // A SnapshotCompleted may already be in the audit log (it is written before the manifest): the log says how it
         // ended, as docs/architecture.md §5.8 promises; a write that fails is logged by the daemon only.
@@ -322,7 +328,7 @@ export class SnapshotManager {
         this.running.delete(snapshotId);
         // Without a terminal manifest the marker stays, so the snapshot cannot stay `pending` for good: settled in the background, else at the next start.
         if (run.terminal) await this.markers.remove(snapshotId).catch(() => {});
-        else this.markers.retry(snapshotId);
+        else this.markers.retry(snapshotId, run.failure);
         ctx.settle?.();
       };
       try {
@@ -347,13 +353,15 @@ export class SnapshotManager {
               const run = ctx.run;
               if (run?.written && !run.terminal) {
                 const why = `The snapshot could not be created: ${(e as Error)?.message ?? String(e)}`;
+                run.failure = why;
                 const failed = failedManifest(run.written, why);
                 const wrote = await withTimeout(this.o.clock ?? systemClock, this.o.store.putManifest(failed), SETUP_FAILURE_WRITE_MS).then(() => true, () => false);
                 if (wrote) {
                   run.terminal = true;
                   run.written = failed;
-                  void Promise.resolve(this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, volumeId: run.volumeId, details: { reason: why } })).catch(() => {});
                 }
+                // Audited as it fails, as copy() audits a failed copy, whether its `error` manifest is written now or by the retry.
+                void Promise.resolve(this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, volumeId: run.volumeId, details: { reason: why } })).catch(() => {});
               }
               // Within the set-up's turn: the next create of the volume does not find this one still running.
               await letGo();
@@ -797,6 +805,7 @@ export class SnapshotManager {
       const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
       this.log.error({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'snapshot failed');
       await progressWrite;
+      run.failure = why;
       const failed = failedManifest(m, why);
       await this.o.store.putManifest(failed).then(
         () => void ((run.terminal = true), (run.written = failed)),

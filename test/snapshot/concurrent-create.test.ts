@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { EXIT, exitCodeFor } from '../../src/cli/exit-codes.js';
-import type { SnapshotStore } from '../../src/snapshot/types.js';
+import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
 import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
 
 /**
@@ -161,5 +161,40 @@ test('a create whose set-up fails after its pending manifest is written ends err
   expect(readdirSync(join(hh.t.dir, 'snapshots-local', 'pending'))).toEqual([]);
   const next = await hh.snapshot(vol);
   expect(next.state).toBe('completed');
+  await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+}, 60_000);
+
+test('a create whose completed and error manifests the store refuses is ended error by its marker\'s retry with its own reason, audited SnapshotFailed once', async () => {
+  let refuse = true;
+  const events: { eventName: string; snapshotId: string; details?: Record<string, unknown> }[] = [];
+  h = await openSnapshotHarness({
+    markerRetryMs: 50,
+    onAudit: (ev) => void events.push(ev as (typeof events)[number]),
+    wrapStore: (s) => new Proxy(s, {
+      get(t, k) {
+        if (k === 'putManifest') return async (m: SnapshotManifest) => { if (refuse && m.state !== 'pending') throw new Error('injected store outage'); await t.putManifest(m); };
+        const v = Reflect.get(t, k, t) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    }) as SnapshotStore,
+  });
+  const hh = h;
+  const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;
+  await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
+  await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(SIZE));
+  const { SnapshotId: id } = await hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller);
+  const named = () => events.filter((e) => e.snapshotId === id).map((e) => e.eventName);
+  for (let i = 0; !named().includes('SnapshotFailed'); i++) {
+    if (i > 1000) throw new Error('no SnapshotFailed');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  expect((await hh.store.getManifest(id))?.state).toBe('pending'); // the store refused both writes
+  refuse = false;
+  const done = await hh.settled(id);
+  expect(done.state).toBe('error');
+  // The run's own reason, not a restart's.
+  expect(done.stateMessage).toMatch(/^The snapshot could not be completed: .*injected store outage/);
+  await new Promise((r) => setTimeout(r, 200)); // a second SnapshotFailed from the retry would be in by now
+  expect(named().filter((n) => n === 'SnapshotFailed')).toHaveLength(1);
   await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
 }, 60_000);
