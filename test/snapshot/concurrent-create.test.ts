@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { EXIT, exitCodeFor } from '../../src/cli/exit-codes.js';
-import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
-import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
+import type { SnapshotManifest } from '../../src/snapshot/types.js';
+import { openSnapshotHarness, overrideStore, type SnapshotHarness } from './in-process.js';
 
 /**
  * One pending snapshot per volume (docs/architecture.md §12.1): a second
@@ -137,13 +137,12 @@ test('a create whose set-up fails after its pending manifest is written ends err
   h = await openSnapshotHarness({
     onAudit: (ev) => void events.push(ev as (typeof events)[number]),
     // The parent's look-up lists every manifest (no tracking base yet): that listing fails once.
-    wrapStore: (s) => new Proxy(s, {
-      get(t, k) {
-        if (k === 'listManifestIds') return async () => { if (failList) { failList = false; throw new Error('injected listing failure'); } return t.listManifestIds(); };
-        const v = Reflect.get(t, k, t) as unknown;
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    wrapStore: (s) => overrideStore(s, {
+      listManifestIds: async () => {
+        if (failList) { failList = false; throw new Error('injected listing failure'); }
+        return s.listManifestIds();
       },
-    }) as SnapshotStore,
+    }),
   });
   const hh = h;
   const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;
@@ -170,13 +169,12 @@ test('a create whose completed and error manifests the store refuses is ended er
   h = await openSnapshotHarness({
     markerRetryMs: 50,
     onAudit: (ev) => void events.push(ev as (typeof events)[number]),
-    wrapStore: (s) => new Proxy(s, {
-      get(t, k) {
-        if (k === 'putManifest') return async (m: SnapshotManifest) => { if (refuse && m.state !== 'pending') throw new Error('injected store outage'); await t.putManifest(m); };
-        const v = Reflect.get(t, k, t) as unknown;
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    wrapStore: (s) => overrideStore(s, {
+      putManifest: async (m: SnapshotManifest) => {
+        if (refuse && m.state !== 'pending') throw new Error('injected store outage');
+        await s.putManifest(m);
       },
-    }) as SnapshotStore,
+    }),
   });
   const hh = h;
   const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;

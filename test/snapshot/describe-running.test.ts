@@ -2,8 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { summaryOf } from '../../src/snapshot/manifest-check.js';
-import type { SnapshotStore } from '../../src/snapshot/types.js';
-import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
+import { openSnapshotHarness, overrideStore, type SnapshotHarness } from './in-process.js';
 
 const B = 512 * 1024;
 const BLOCKS = 16;
@@ -28,13 +27,7 @@ describe('DescribeSnapshots of a running create', () => {
     let holding = true;
     h = await openSnapshotHarness({
       // Every getManifest the SnapshotManager makes of the store is counted per id.
-      wrapStore: (s) => new Proxy(s, {
-        get(target, prop, recv) {
-          const v = Reflect.get(target, prop, recv) as unknown;
-          if (prop === 'getManifest') return (id: string) => ((reads.set(id, (reads.get(id) ?? 0) + 1)), s.getManifest(id));
-          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-        },
-      }) as SnapshotStore,
+      wrapStore: (s) => overrideStore(s, { getManifest: (id: string) => ((reads.set(id, (reads.get(id) ?? 0) + 1)), s.getManifest(id)) }),
       // The copy's block reads: four pass, the rest wait until the test lets them go, one by one.
       openReader: async (...a) => {
         const r = await openImageDataReader(...a);
@@ -97,13 +90,7 @@ describe('DescribeSnapshots of a running create', () => {
   it('a copy under another key is answered from the copier while it runs, as the store has it, then completed', async () => {
     const reads = new Map<string, number>();
     h = await openSnapshotHarness({
-      wrapStore: (s) => new Proxy(s, {
-        get(target, prop, recv) {
-          const v = Reflect.get(target, prop, recv) as unknown;
-          if (prop === 'getManifest') return (id: string) => ((reads.set(id, (reads.get(id) ?? 0) + 1)), s.getManifest(id));
-          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-        },
-      }) as SnapshotStore,
+      wrapStore: (s) => overrideStore(s, { getManifest: (id: string) => ((reads.set(id, (reads.get(id) ?? 0) + 1)), s.getManifest(id)) }),
     });
     const { snaps, store, caller } = h;
     const vol = (await h.mgr.createVolume({ Size: BLOCKS * B }, caller)).VolumeId;

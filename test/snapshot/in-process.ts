@@ -57,6 +57,20 @@ export interface SnapshotHarnessOptions {
   markerRetryMs?: number;
 }
 
+/**
+ * `s` as a wrapStore gives it to the SnapshotManager, with the methods in `over` in place of its own
+ * (fault injection, counting calls); every other member is the store's, bound to it.
+ */
+export function overrideStore(s: DirSnapshotStore, over: Partial<SnapshotStore>): SnapshotStore {
+  return new Proxy(s, {
+    get(t, k) {
+      if (Object.prototype.hasOwnProperty.call(over, k)) return (over as Record<string | symbol, unknown>)[k];
+      const v = Reflect.get(t, k, t) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  }) as SnapshotStore;
+}
+
 export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promise<SnapshotHarness> {
   const t = tempDir('ebsd-snap-inproc-');
   let kms: KmsHarness | undefined;

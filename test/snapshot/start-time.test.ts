@@ -1,7 +1,7 @@
 import { afterEach, expect, test } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
-import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
+import type { SnapshotManifest } from '../../src/snapshot/types.js';
+import { openSnapshotHarness, overrideStore, type SnapshotHarness } from './in-process.js';
 
 /**
  * A snapshot's StartTime is its point in time, as EC2's is when the snapshot
@@ -20,21 +20,15 @@ test.each([['attached'], ['detached']] as const)('StartTime of a snapshot of the
   let pendingWritten: string | undefined;
   h = await openSnapshotHarness({
     wrapStore: (s) =>
-      new Proxy(s, {
-        get(t, k) {
-          if (k === 'putManifest') {
-            return async (m: SnapshotManifest) => {
-              await t.putManifest(m);
-              if (m.state === 'pending' && pendingWritten === undefined) {
-                await new Promise((r) => setTimeout(r, 5));
-                pendingWritten = new Date().toISOString();
-              }
-            };
+      overrideStore(s, {
+        putManifest: async (m: SnapshotManifest) => {
+          await s.putManifest(m);
+          if (m.state === 'pending' && pendingWritten === undefined) {
+            await new Promise((r) => setTimeout(r, 5));
+            pendingWritten = new Date().toISOString();
           }
-          const v = Reflect.get(t, k, t) as unknown;
-          return typeof v === 'function' ? v.bind(t) : v;
         },
-      }) as SnapshotStore,
+      }),
   });
   const hh = h;
   const vol = (await hh.mgr.createVolume({ Size: 2 * 1024 * 1024 }, hh.caller)).VolumeId;
