@@ -334,7 +334,13 @@ export class AwsKeyService implements KeyService {
     }
   }
 
+  /**
+   * The KMS answered a probe. A circuit that calls opened is closed by it (unless a trial call is
+   * out, which decides): the KMS answers, so the next attach may go out at once instead of failing
+   * fast until the open period ends while the gauge already says reachable.
+   */
   private probeAnswered(): void {
+    if (this.openUntil > 0 && !this.probing) return this.answered();
     this.lastSuccess = Date.now();
     this.reachable = true;
   }

@@ -40,6 +40,8 @@ const VOLUME_ID = /^vol-[0-9a-f]{17}$/;
  */
 export const MODIFICATIONS_PER_WINDOW = 4;
 export const DEFAULT_MODIFICATION_WINDOW_MS = 24 * 3_600_000;
+/** A recorded modification start at most this far ahead of the clock still counts (as made now); further ahead it does not. */
+const CLOCK_SKEW_MS = 5 * 60_000;
 
 /** Audit-worthy volume events, for the daemon to append to its audit trail. */
 export interface VolumeAuditEvent {
@@ -657,9 +659,14 @@ export class VolumeManager {
       .filter((t): t is string => typeof t === 'string' && Number.isFinite(Date.parse(t)))
       .slice(-MODIFICATIONS_PER_WINDOW);
     if (window === 0) return starts; // --volume-modification-window 0: no limit
-    // A start later than now (the clock was set back) counts as made now: it locks the volume out
-    // for one window at most, not until the clock catches up with it.
-    const recent = starts.map((t) => Math.min(Date.parse(t), now)).filter((t) => t > now - window);
+    // A start later than now: the clock was set back. Within CLOCK_SKEW_MS it counts as made now (a
+    // small step back does not lose a modification); further ahead it cannot be placed and is not
+    // counted, so a clock set back by days does not lock the volume out until it catches up.
+    const recent = starts
+      .map((t) => Date.parse(t))
+      .filter((t) => t <= now + CLOCK_SKEW_MS)
+      .map((t) => Math.min(t, now))
+      .filter((t) => t > now - window);
     if (recent.length >= MODIFICATIONS_PER_WINDOW) {
       const again = new Date(Math.min(...recent) + window).toISOString();
       throw new VolumeError(

@@ -353,18 +353,26 @@ describe('attach, I/O, detach, re-attach', () => {
       writeFileSync(catalogPath, JSON.stringify(c));
       mgr = await manager(extra);
     };
-    // Four starts a year ahead: refused for one window from now, not until the clock reaches them.
-    const ahead = new Date(Date.now() + 365 * 24 * 3_600_000).toISOString();
-    await editRecord((r) => void (r.modificationStarts = [ahead, ahead, ahead, ahead]));
+    // Four starts a minute ahead (a small step back of the clock): they count, as made now; the volume
+    // may be modified again one window from now.
+    const soon = new Date(Date.now() + 60_000).toISOString();
+    await editRecord((r) => void (r.modificationStarts = [soon, soon, soon, soon]));
     const before = Date.now();
     const err = await mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 3 * MiB }, kms.user).catch((e: unknown) => e as Error);
     expect(err).toMatchObject({ awsName: 'VolumeModificationRateExceeded' });
     const again = Date.parse(/again after (\S+)\.$/.exec(err.message)![1]!);
     expect(again).toBeGreaterThanOrEqual(before + 24 * 3_600_000);
     expect(again).toBeLessThanOrEqual(Date.now() + 24 * 3_600_000);
-    // --volume-modification-window 0: no limit, whatever is recorded.
-    await editRecord(() => {}, { modificationWindowMs: 0 });
+    // Four starts a year ahead (the clock was set back by a year): they cannot be placed and do not count.
+    const ahead = new Date(Date.now() + 365 * 24 * 3_600_000).toISOString();
+    await editRecord((r) => void (r.modificationStarts = [ahead, ahead, ahead, ahead]));
     await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 3 * MiB }, kms.user)).resolves.toMatchObject({ VolumeModification: { TargetSizeBytes: 3 * MiB } });
+    // A refused modify leaves the volume modifiable (nothing kept from it): a size not larger, then a real one.
+    await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 3 * MiB }, kms.user)).rejects.toMatchObject({ awsName: 'InvalidParameterValue' });
+    await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 3.25 * MiB }, kms.user)).resolves.toMatchObject({ VolumeModification: { TargetSizeBytes: 3.25 * MiB } });
+    // --volume-modification-window 0: no limit, whatever is recorded.
+    await editRecord((r) => void (r.modificationStarts = [soon, soon, soon, soon]), { modificationWindowMs: 0 });
+    await expect(mgr.modifyVolume({ VolumeId: v.VolumeId, Size: 3.5 * MiB }, kms.user)).resolves.toMatchObject({ VolumeModification: { TargetSizeBytes: 3.5 * MiB } });
     // A record written before the limit existed (no starts, its last modification just now): that one counts, three more pass.
     await editRecord((r) => {
       delete r.modificationStarts;
