@@ -139,6 +139,19 @@ describe('key policies bind users and roles to their unique ids', () => {
     expect(await useKey(kms, keyId, ids.assumeRole('app', 'job-1'))).toBe('no error');
   });
 
+  it('a key policy may name a session of a role with a path (the session ARN carries no path): accepted, and it covers that session only', async () => {
+    const { kms } = await fresh();
+    const ids = kms.identities;
+    await ids.createRole('app', { path: '/svc/' });
+    const job1 = ids.assumeRole('app', 'job-1');
+    expect(job1.arn).toBe(`arn:aws:sts::${ACCT}:assumed-role/app/job-1`);
+    const keyId = await keyWith(kms, rootAdmin, allow(job1.arn, 'job1'));
+    expect(await useKey(kms, keyId, job1)).toBe('no error');
+    expect(await useKey(kms, keyId, ids.assumeRole('app', 'job-2'))).toBe('AccessDeniedException');
+    // A session of a role that does not exist is still refused.
+    await expect(keyWith(kms, rootAdmin, allow(`arn:aws:sts::${ACCT}:assumed-role/nope/job-1`, 'nope'))).rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException' });
+  });
+
   it('bindings persist: a principal re-created while the KMS is closed, or after a reopen, is still refused', async () => {
     const { kms, dir, slot } = await fresh();
     await kms.identities.createUser('alice');

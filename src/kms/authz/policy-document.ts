@@ -167,8 +167,8 @@ function _principalSet(v: unknown, where: string, opts: ParseOptions, byName: bo
         }
         if (!form) throw malformedPolicy(`${INVALID_PRINCIPALS}: "${p}" is not an account id or a principal ARN`);
         if (opts.accountId && form.account === opts.accountId && form.kind !== 'root' && opts.principalExists) {
-          const check = form.kind === 'session' ? p.replace(/:sts::(\d{12}):assumed-role\/([^/]+)\/.*$/, ':iam::$1:role/$2') : p;
-          if (!opts.principalExists(check)) throw malformedPolicy(`${INVALID_PRINCIPALS}: "${p}" does not exist in account ${opts.accountId}`);
+          // A session ARN is checked as one (its role by name: a session ARN carries no path, and a role with one exists).
+          if (!opts.principalExists(p)) throw malformedPolicy(`${INVALID_PRINCIPALS}: "${p}" does not exist in account ${opts.accountId}`);
         }
         if (form.kind === 'root') accounts.add(form.account);
         else {
