@@ -327,45 +327,28 @@ describe('AwsKeyService against a KMS answering server faults', () => {
       await f.stop();
     }
   });
-});
-
-describe('an answered idle probe and an open circuit', () => {
-  const sts = new Env('awsks-probe-circuit');
-  const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
-  beforeAll(async () => {
-    ensureBuilt();
-    const url = (await startKmsDaemon(sts)).url;
-    await sts.api('ebsd.IamCreateUser', { UserName: 'host' });
-    const k = (await sts.api('ebsd.IamCreateAccessKey', { UserName: 'host' })).AccessKey;
-    for (const v of VARS) delete process.env[v];
-    Object.assign(process.env, { AWS_ACCESS_KEY_ID: k.AccessKeyId, AWS_SECRET_ACCESS_KEY: k.SecretAccessKey, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: url, AWS_EC2_METADATA_DISABLED: 'true' });
-  }, 60_000);
-  afterAll(async () => {
-    for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
-    await sts.cleanup();
-  });
 
   it('closes a circuit that calls opened: the next call goes out at once, not after the open period', async () => {
     const f = new FailingKms();
     const endpoint = await f.start();
-    const ks = new AwsKeyService({ endpoint, maxAttempts: 1, circuitFailures: 2, circuitOpenMs: 60_000 });
+    const opened = new AwsKeyService({ endpoint, maxAttempts: 1, circuitFailures: 2, circuitOpenMs: 60_000 });
     try {
-      await ks.hostPrincipal();
-      const decrypt = () => ks.decrypt({ CiphertextBlob: new Uint8Array(64), EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
+      await opened.hostPrincipal();
+      const decrypt = () => opened.decrypt({ CiphertextBlob: new Uint8Array(64), EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
       f.reply = { status: 503, type: 'ServiceUnavailable' };
       await decrypt();
       await decrypt();
-      expect(ks.health()).toMatchObject({ Circuit: 'open', Reachable: false });
+      expect(opened.health()).toMatchObject({ Circuit: 'open', Reachable: false });
       // The KMS answers again (a refusal is an answer); an idle probe finds it.
       f.reply = { status: 400, type: 'AccessDeniedException' };
-      ks.startIdleProbe(20);
-      await until('the circuit closed by an answered probe', () => (ks.health().Circuit === 'closed' ? true : undefined));
-      expect(ks.health()).toMatchObject({ Reachable: true, ConsecutiveFailures: 0 });
+      opened.startIdleProbe(20);
+      await until('the circuit closed by an answered probe', () => (opened.health().Circuit === 'closed' ? true : undefined));
+      expect(opened.health()).toMatchObject({ Reachable: true, ConsecutiveFailures: 0 });
       const requests = f.requests;
       expect(await decrypt()).toMatchObject({ awsName: 'AccessDeniedException' }); // went out: not "circuit open"
       expect(f.requests).toBeGreaterThan(requests);
     } finally {
-      ks.close();
+      opened.close();
       await f.stop();
     }
   });

@@ -3,10 +3,9 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SnapshotError } from '../../src/snapshot/errors.js';
-import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { EXIT, exitCodeFor } from '../../src/cli/exit-codes.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
-import { openSnapshotHarness, overrideStore, type SnapshotHarness } from './in-process.js';
+import { openSnapshotHarness, overrideStore, readerBefore, type SnapshotHarness } from './in-process.js';
 
 /**
  * One pending snapshot per volume (docs/architecture.md §12.1): a second
@@ -31,16 +30,9 @@ test.each([['attached'], ['detached']] as const)('a second create of the volume 
   const released = new Promise<void>((r) => (release = r));
   h = await openSnapshotHarness({
     // The first snapshot's block reads wait: it stays pending for as long as the test needs.
-    openReader: async (...a) => {
-      const r = await openImageDataReader(...a);
-      return {
-        read: async (pos, len, into) => {
-          if (holding && len === B) await released;
-          return r.read(pos, len, into);
-        },
-        close: () => r.close(),
-      };
-    },
+    openReader: readerBefore(async (pos, len, into) => {
+      if (holding && len === B) await released;
+    }),
   });
   const hh = h;
   const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;
@@ -79,17 +71,10 @@ test('a create that waited for the volume\'s lock while the previous one failed 
   let release = (): void => {};
   const events: { eventName: string; snapshotId: string; details?: Record<string, unknown> }[] = [];
   h = await openSnapshotHarness({
-    openReader: async (...a) => {
-      const r = await openImageDataReader(...a);
-      return {
-        read: async (pos, len, into) => {
-          if (gate.holding && len === B) await gate.released;
-          if (gate.fail && len === B) throw new Error('injected read failure');
-          return r.read(pos, len, into);
-        },
-        close: () => r.close(),
-      };
-    },
+    openReader: readerBefore(async (pos, len, into) => {
+      if (gate.holding && len === B) await gate.released;
+      if (gate.fail && len === B) throw new Error('injected read failure');
+    }),
     onAudit: (ev) => void events.push(ev as (typeof events)[number]),
   });
   const hh = h;

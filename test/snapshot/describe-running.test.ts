@@ -1,8 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { summaryOf } from '../../src/snapshot/manifest-check.js';
-import { openSnapshotHarness, overrideStore, type SnapshotHarness } from './in-process.js';
+import { openSnapshotHarness, overrideStore, readerBefore, type SnapshotHarness } from './in-process.js';
 
 const B = 512 * 1024;
 const BLOCKS = 16;
@@ -29,16 +28,9 @@ describe('DescribeSnapshots of a running create', () => {
       // Every getManifest the SnapshotManager makes of the store is counted per id.
       wrapStore: (s) => overrideStore(s, { getManifest: (id: string) => ((reads.set(id, (reads.get(id) ?? 0) + 1)), s.getManifest(id)) }),
       // The copy's block reads: four pass, the rest wait until the test lets them go, one by one.
-      openReader: async (...a) => {
-        const r = await openImageDataReader(...a);
-        return {
-          read: async (pos, len, into) => {
-            if (into.length === B && holding && ++passed > 4) await new Promise<void>((res) => waiting.push(res));
-            return r.read(pos, len, into);
-          },
-          close: () => r.close(),
-        };
-      },
+      openReader: readerBefore(async (pos, len, into) => {
+        if (into.length === B && holding && ++passed > 4) await new Promise<void>((res) => waiting.push(res));
+      }),
     });
     const { snaps, store, caller } = h;
     const vol = (await h.mgr.createVolume({ Size: BLOCKS * B }, caller)).VolumeId;

@@ -8,6 +8,7 @@ import { SnapshotCopier, type CopyAuditEvent, type CopySnapshotRequest } from '.
 import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
 import type { VolumeManager } from '../../src/volume/volume-manager.js';
 import type { BlockDevice } from '../../src/volume/types.js';
+import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { tempDir, type TempDir } from '../helpers/temp-dir.js';
 import { kmsHarness, type KmsHarness } from '../volume/helpers/kms.js';
 import { openTestManager } from '../volume/helpers/manager.js';
@@ -69,6 +70,23 @@ export function overrideStore(s: DirSnapshotStore, over: Partial<SnapshotStore>)
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
     },
   }) as SnapshotStore;
+}
+
+/**
+ * An `openReader` for the harness: the copy's own read handle on the image (openImageDataReader),
+ * with `before` awaited ahead of each of its reads (a test holds, counts or fails them there).
+ */
+export function readerBefore(before: (pos: number, len: number, into: Buffer) => Promise<void>): SnapshotManagerOptions['openReader'] {
+  return async (...a) => {
+    const r = await openImageDataReader(...a);
+    return {
+      read: async (pos, len, into) => {
+        await before(pos, len, into);
+        return r.read(pos, len, into);
+      },
+      close: () => r.close(),
+    };
+  };
 }
 
 export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promise<SnapshotHarness> {

@@ -4,8 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
-import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
-import { openImageDataReader } from '../../src/snapshot/volume-image.js';
+import { openSnapshotHarness, readerBefore, type SnapshotHarness } from './in-process.js';
 
 /**
  * A volume whose size is not a multiple of 512 KiB (CreateVolume takes any
@@ -46,19 +45,12 @@ describe.each([['encrypted', false], ['plaintext', true]] as const)('a %s volume
     const released = new Promise<void>((r) => (release = r));
     h = await openSnapshotHarness({
       // The copy reads through its own handle on the image (docs/architecture.md §12.1): its 512 KiB reads are held.
-      openReader: async (...a) => {
-        const r = await openImageDataReader(...a);
-        return {
-          read: async (pos, len, into) => {
-            if (holding && into.length === B) {
-              held++;
-              await released;
-            }
-            return r.read(pos, len, into);
-          },
-          close: () => r.close(),
-        };
-      },
+      openReader: readerBefore(async (pos, len, into) => {
+        if (holding && into.length === B) {
+          held++;
+          await released;
+        }
+      }),
     });
     vol = (await h.mgr.createVolume({ Size: SIZE, ...(plain ? { Cipher: 'none' as const } : {}) }, h.caller)).VolumeId;
     await h.mgr.attachVolume({ VolumeId: vol }, h.caller);

@@ -1,8 +1,7 @@
 import { afterEach, expect, test } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import type { SnapshotManifest, SnapshotStore } from '../../src/snapshot/types.js';
-import { openImageDataReader } from '../../src/snapshot/volume-image.js';
-import { openSnapshotHarness, type SnapshotHarness } from './in-process.js';
+import { openSnapshotHarness, readerBefore, type SnapshotHarness } from './in-process.js';
 
 /**
  * A snapshot that fails without a crash (here its `completed` manifest cannot
@@ -52,19 +51,12 @@ test.each([
           return typeof v === 'function' ? v.bind(t) : v;
         },
       }) as SnapshotStore,
-    openReader: async (...a) => {
-      const r = await openImageDataReader(...a);
-      return {
-        read: async (pos, len, into) => {
-          if (len === B) {
-            reads?.add(pos / B);
-            if (holding) await released;
-          }
-          return r.read(pos, len, into);
-        },
-        close: () => r.close(),
-      };
-    },
+    openReader: readerBefore(async (pos, len, into) => {
+      if (len === B) {
+        reads?.add(pos / B);
+        if (holding) await released;
+      }
+    }),
   });
   const hh = h;
   const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;
@@ -127,16 +119,9 @@ test('a throw between the set-up and the copy (the CreateSnapshot event refused)
     onAudit: (ev) => {
       if (refuseEvent && ev.eventName === 'CreateSnapshot') throw new Error('injected: the CreateSnapshot event cannot be handed on');
     },
-    openReader: async (...a) => {
-      const r = await openImageDataReader(...a);
-      return {
-        read: async (pos, len, into) => {
-          if (len === B) reads?.add(pos / B);
-          return r.read(pos, len, into);
-        },
-        close: () => r.close(),
-      };
-    },
+    openReader: readerBefore(async (pos, len, into) => {
+      if (len === B) reads?.add(pos / B);
+    }),
   });
   const hh = h;
   const vol = (await hh.mgr.createVolume({ Size: SIZE }, hh.caller)).VolumeId;
