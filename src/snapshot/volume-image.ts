@@ -8,7 +8,6 @@ import { readPlainImage } from '../volume/plain-image.js';
 import { LUKS2_DATA_OFFSET, type Luks2Volume } from '../volume/luks2-json.js';
 import type { VolumeForSnapshot } from '../volume/volume-manager.js';
 import type { SnapshotManifest } from './types.js';
-import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 import { SnapshotError } from './errors.js';
 
 /** What a snapshot records of the image besides its data blocks. */
@@ -95,7 +94,7 @@ async function readArea(path: string, into: Buffer): Promise<Buffer> {
   }
 }
 
-export function openImageForRead(path: string): Promise<FdBackingFile> {
+function openImageForRead(path: string): Promise<FdBackingFile> {
   return openBackingFile(path, constants.O_RDONLY);
 }
 
@@ -110,18 +109,6 @@ export async function readFully(f: BackingFile, buf: Buffer, pos: number): Promi
     }
     done += n;
   }
-}
-
-/** A block reader over a detached volume's image: data block `i`, zero-padded to 512 KiB past the data size. */
-export function imageBlockReader(f: BackingFile, dataOffset: number, size: number): (i: number) => Promise<Buffer> {
-  return async (i) => {
-    const buf = Buffer.allocUnsafeSlow(SNAPSHOT_BLOCK_BYTES);
-    const start = i * SNAPSHOT_BLOCK_BYTES;
-    const len = Math.max(0, Math.min(SNAPSHOT_BLOCK_BYTES, size - start));
-    await readFully(f, buf.subarray(0, len), dataOffset + start);
-    buf.fill(0, len);
-    return buf;
-  };
 }
 
 /**
