@@ -114,6 +114,9 @@ export class AwsKeyService implements KeyService {
   private probing = false;
   private lastSuccess: number | undefined;
   private reachable = true;
+  /** Requests sent so far (calls and probes), and the number of the one whose outcome `reachable` shows. */
+  private sentSeq = 0;
+  private reachableSeq = 0;
   private lastError: RemoteKmsHealth['LastError'];
   private readonly calls: Record<string, number> = {};
   /** When a request last went out and settled (answered or not); a call the open circuit failed at once does not count. */
@@ -283,18 +286,19 @@ export class AwsKeyService implements KeyService {
       this.probeClient = aws ? new KMSClient(config as KMSClientConfig) : new STSClient(config);
     }
     this.calls[op] = (this.calls[op] ?? 0) + 1;
+    const seq = ++this.sentSeq;
     try {
       await this.probeClient.send(aws ? new ListKeysCommand({ Limit: 1 }) : new GetCallerIdentityCommand({}));
-      this.probeAnswered();
+      this.probeAnswered(seq);
     } catch (e) {
       if (this.closed) return;
       const status = (e as { $metadata?: { httpStatusCode?: unknown } } | undefined)?.$metadata?.httpStatusCode;
       if (typeof status === 'number' && status < 500) {
-        this.probeAnswered();
+        this.probeAnswered(seq);
       } else {
         const err = toKeyServiceError(op, e);
         this.lastError = { Operation: op, ...(err.awsName ? { AwsName: err.awsName } : {}), Message: err.message, Time: new Date().toISOString() };
-        this.reachable = false;
+        this.showReachable(seq, false);
       }
     } finally {
       this.lastSent = Date.now();
@@ -313,18 +317,19 @@ export class AwsKeyService implements KeyService {
       probe = this.probing = true;
     }
     this.calls[op] = (this.calls[op] ?? 0) + 1;
+    const seq = ++this.sentSeq;
     try {
       const r = await send();
-      this.answered();
+      this.answered(seq);
       return r;
     } catch (e) {
       const err = toKeyServiceError(op, e);
       this.lastError = { Operation: op, ...(err.awsName ? { AwsName: err.awsName } : {}), Message: err.message, Time: new Date().toISOString() };
       // A throttle is an answer (README "A fleet": the SDK's retries back off, the key cache rides it out as "not now").
       if (err.awsName !== undefined && !isServerFault(e)) {
-        this.answered(); // KMS answered: it is up, whatever it said
+        this.answered(seq); // KMS answered: it is up, whatever it said
       } else {
-        this.unanswered(probe, err);
+        this.unanswered(probe, err, seq);
       }
       if (err.awsName === 'AccessDeniedException') throw this.denied(op, keyId, e);
       throw err;
@@ -339,24 +344,35 @@ export class AwsKeyService implements KeyService {
    * out, which decides): the KMS answers, so the next attach may go out at once instead of failing
    * fast until the open period ends while the gauge already says reachable.
    */
-  private probeAnswered(): void {
-    if (this.openUntil > 0 && !this.probing) return this.answered();
+  private probeAnswered(seq: number): void {
+    if (this.openUntil > 0 && !this.probing) return this.answered(seq);
     this.lastSuccess = Date.now();
-    this.reachable = true;
+    this.showReachable(seq, true);
   }
 
-  private answered(): void {
+  /**
+   * Reachable is the outcome of the last request sent (KmsHealth): a request's outcome is shown
+   * unless one sent after it has already settled (a probe unanswered after a later call was
+   * answered must not show an answering KMS as unreachable until the next probe).
+   */
+  private showReachable(seq: number, reachable: boolean): void {
+    if (seq < this.reachableSeq) return;
+    this.reachableSeq = seq;
+    this.reachable = reachable;
+  }
+
+  private answered(seq: number): void {
     this.lastSuccess = Date.now();
-    this.reachable = true;
+    this.showReachable(seq, true);
     if (this.openUntil > 0) this.log.info({ kmsEndpoint: this.endpoint, failures: this.failures }, 'KMS answers again; circuit closed');
     this.failures = 0;
     this.openUntil = 0;
     this.openMs = this.o.circuitOpenMs;
   }
 
-  private unanswered(probe: boolean, err: KeyServiceError): void {
+  private unanswered(probe: boolean, err: KeyServiceError, seq: number): void {
     this.failures++;
-    this.reachable = false;
+    this.showReachable(seq, false);
     if (probe) {
       this.openMs = Math.min(this.openMs * 2, this.o.circuitMaxOpenMs);
       this.openUntil = Date.now() + this.openMs;

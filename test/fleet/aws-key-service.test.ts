@@ -212,6 +212,9 @@ describe('AwsKeyService against a --kms-only daemon', () => {
 class FailingKms {
   reply = { status: 500, type: 'DependencyTimeoutException' };
   requests = 0;
+  /** While set, STS requests (the idle probe: no X-Amz-Target) are not answered until released, then with `reply`. */
+  holdProbes = false;
+  readonly held: Array<() => void> = [];
   private server: Server | undefined;
 
   async start(): Promise<string> {
@@ -219,10 +222,14 @@ class FailingKms {
       req.resume();
       req.on('end', () => {
         this.requests++;
-        const { status, type } = this.reply;
-        const body = JSON.stringify({ __type: type, message: `${type} from the test's KMS` });
-        res.writeHead(status, { 'content-type': 'application/x-amz-json-1.1', 'x-amzn-requestid': `req-${this.requests}`, 'content-length': Buffer.byteLength(body) });
-        res.end(body);
+        const answer = (): void => {
+          const { status, type } = this.reply;
+          const body = JSON.stringify({ __type: type, message: `${type} from the test's KMS` });
+          res.writeHead(status, { 'content-type': 'application/x-amz-json-1.1', 'x-amzn-requestid': `req-${this.requests}`, 'content-length': Buffer.byteLength(body) });
+          res.end(body);
+        };
+        if (this.holdProbes && req.headers['x-amz-target'] === undefined) this.held.push(answer);
+        else answer();
       });
     });
     await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', () => r()));
@@ -324,6 +331,36 @@ describe('AwsKeyService against a KMS answering server faults', () => {
       expect(probing.health()).toMatchObject({ Reachable: false, Circuit: 'closed', ConsecutiveFailures: 0 });
     } finally {
       probing.close();
+      await f.stop();
+    }
+  });
+
+  it('a probe that fails after a later call was answered does not show the KMS unreachable (Reachable is the last request sent)', async () => {
+    const f = new FailingKms();
+    const endpoint = await f.start();
+    const racing = new AwsKeyService({ endpoint, maxAttempts: 1, circuitFailures: 2, circuitOpenMs: 60_000 });
+    try {
+      await racing.hostPrincipal();
+      f.holdProbes = true;
+      racing.startIdleProbe(20);
+      await until('a probe held by the KMS', () => (f.held.length > 0 ? true : undefined));
+      // A call sent after the probe is answered (a refusal is an answer): reachable.
+      f.reply = { status: 400, type: 'AccessDeniedException' };
+      expect(await racing.decrypt({ CiphertextBlob: new Uint8Array(64), EncryptionContext: CTX }, ANY).catch((x: unknown) => x)).toMatchObject({ awsName: 'AccessDeniedException' });
+      expect(racing.health()).toMatchObject({ Reachable: true });
+      // Then the probe, sent before that call, fails: its error is recorded, but it is not the last request's outcome.
+      f.reply = { status: 503, type: 'ServiceUnavailable' };
+      f.held.shift()!();
+      await until('the late probe failure recorded', () => (racing.health().LastError?.Operation === 'GetCallerIdentity' ? true : undefined));
+      expect(racing.health()).toMatchObject({ Reachable: true, Circuit: 'closed' });
+      // The next probe (sent after the call) failing does show it.
+      await until('the next probe held', () => (f.held.length > 0 ? true : undefined));
+      f.held.shift()!();
+      await until('unreachable after the next probe', () => (racing.health().Reachable ? undefined : true));
+    } finally {
+      racing.close();
+      f.holdProbes = false;
+      for (const answer of f.held.splice(0)) answer();
       await f.stop();
     }
   });
