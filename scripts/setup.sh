@@ -26,6 +26,7 @@ declare -A NEED=(
   [openssl]=/usr/bin/openssl
   [systemd]=/usr/bin/systemd-analyze
   [tmux]=/usr/bin/tmux
+  [nghttp2-client]=/usr/bin/h2load
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

@@ -15,7 +15,9 @@
 // --client lean (default): kms-lean-client.mjs, raw keep-alive sockets writing the SDK's bytes (signed once per
 //                 second) and reading answers by Content-Length, in --client-threads worker threads (0: the
 //                 main thread, the default), so the client's CPU per call is a small fraction of the daemon's;
-//                 `node`: node's http/https request with an Agent per path (what this bench used before).
+//                 `node`: node's http/https request with an Agent per path (what this bench used before);
+//                 `h2load`: nghttp2's h2load (C, --h1) on the HTTPS path replaying one request signed as each phase
+//                 starts (kms-h2load-client.mjs; `apt-get install nghttp2-client`), the lean client on the socket.
 // --baseline DIR: a second build (a checkout with dist/ and native/build/, e.g. the commit before a change)
 //                 runs as a second daemon; phases alternate baseline/this build in every run (A/B interleaved),
 //                 so both see the same machine load.
@@ -35,6 +37,7 @@ import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { createHash, createHmac } from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { leanClient } from './kms-lean-client.mjs';
+import { h2loadClient } from './kms-h2load-client.mjs';
 
 const arg = (n, d) => { const i = process.argv.indexOf(`--${n}`); return i > 0 ? process.argv[i + 1] : d; };
 const seconds = Number(arg('seconds', '5'));
@@ -142,10 +145,11 @@ async function startDaemon(name, root, prof, extraNodeArgs = [], extraArgs = [])
     for (let i = 0; i < 300; i++) await f('Decrypt', req); // warm-up: connections, JIT, signing-key cache
   }
   const lean = {};
-  if (clientKind === 'lean') {
+  if (clientKind === 'lean' || clientKind === 'h2load') {
     const base = { op: 'Decrypt', body: req, conns: concurrency, threads: clientThreads };
+    const netClient = { ...base, url, ca: readFileSync(join(dir, 'c.pem')), accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey, region: 'us-east-1' };
     lean.socket = await leanClient({ ...base, socketPath: join(state, 'ebsd.sock') });
-    lean[NET] = await leanClient({ ...base, url, ca: readFileSync(join(dir, 'c.pem')), accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey, region: 'us-east-1' });
+    lean[NET] = clientKind === 'h2load' ? await h2loadClient(netClient) : await leanClient(netClient);
     for (const c of Object.values(lean)) { await c.check(dk.Plaintext); await c.run(0.5); } // every connection answers the data key; warm-up
     leanClients.push(...Object.values(lean));
     sockAgent.destroy(); netAgent.destroy(); // their sockets would count against the listener's per-address cap
@@ -182,7 +186,9 @@ async function phase(d, path) {
   const s = Number(process.hrtime.bigint() - t0) / 1e9; const c = process.cpuUsage(c0); const dcpu = (cpuOf(d.child.pid) - d0) / 1000;
   const threads = {};
   for (const [k, v] of threadsOf(d.child.pid)) threads[k] = (v - (th0.get(k) ?? 0)) * 1000 / n; // µs per call
-  return { threads, perSec: n / s, daemonCores: dcpu / s, clientCores: (c.user + c.system) / 1e6 / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
+  // h2load's CPU is its own process's (kms-h2load-client.mjs); this process only waits meanwhile.
+  const clientCpu = d.lean[path]?.lastCpuSeconds ?? (c.user + c.system) / 1e6;
+  return { threads, perSec: n / s, daemonCores: dcpu / s, clientCores: clientCpu / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
 }
 
 // Killed mid-run: stop the daemons and remove the directory too (the finally below would not run).
@@ -208,7 +214,7 @@ try {
       }
     }
   }
-  console.log(`Decrypt (64-byte data key), ${seconds} s per phase, ${runs} run(s), concurrency ${concurrency}, client ${clientKind}${clientKind === 'lean' ? ` (${clientThreads} thread(s))` : ''}, signing ${clientKind === 'lean' ? 'per-second' : signMode}, load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
+  console.log(`Decrypt (64-byte data key), ${seconds} s per phase, ${runs} run(s), concurrency ${concurrency}, client ${clientKind}${clientKind === 'lean' ? ` (${clientThreads} thread(s))` : clientKind === 'h2load' ? ' over HTTPS, lean on the socket' : ''}, signing ${clientKind === 'lean' ? 'per-second' : clientKind === 'h2load' ? 'once per phase' : signMode}, load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
   console.log('build     path          calls/s  daemon CPU (cores)  daemon µs/call  calls per daemon CPU-s  client CPU (cores)');
   for (const [k, xs] of rows) {
     const [name, path] = k.split('\0');
