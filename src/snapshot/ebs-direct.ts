@@ -812,11 +812,13 @@ export class EbsDirect {
 
   /**
    * Same data key (encrypted), or for unencrypted snapshots the same volume
-   * or a common ancestor within MAX_CHAIN parent links (one the other's
+   * or a common ancestor within MAX_CHAIN lineage links (one the other's
    * ancestor, or siblings of one parent): "snapshots of the same
-   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). Parent
-   * links and answers are kept (ebs-direct-manifests.ts): a completed
-   * snapshot's parent never changes.
+   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). A link
+   * is the parent, else the snapshot the volume was restored from
+   * (lineageLink), so a restored volume's snapshots are of its source's
+   * lineage. Links and answers are kept (ebs-direct-manifests.ts): a
+   * completed snapshot's links never change.
    */
   private async _sameLineage(a: SnapshotSummary, b: SnapshotSummary): Promise<boolean> {
     if (a.encrypted !== b.encrypted) return false;
