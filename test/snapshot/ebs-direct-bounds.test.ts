@@ -9,7 +9,7 @@ import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
 import type { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { EbsDirect, MAX_SNAPSHOT_BLOCKS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
-import { parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
+import { parseListChangedBlocks, parseListSnapshotBlocks, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotStore } from '../../src/snapshot/types.js';
 import { MANIFEST_MAX_BYTES } from '../../src/snapshot/manifest-check.js';
 import type { EbsDirectError } from '../../src/snapshot/ebs-direct-errors.js';
@@ -130,10 +130,18 @@ describe('EbsDirect: cached completed manifests', () => {
         expect((got.BlockData as Buffer).equals(data.get(b.BlockIndex)!)).toBe(true);
       }
       await refused(d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: sorted[0]! + 1, BlockToken: seen[0]!.BlockToken }, root), 'ValidationException', 'INVALID_BLOCK_TOKEN');
+      // MaxResults under 100: "the API will return at least 100 results" (EBS direct APIs FAQ), as the wire parses it.
+      for (const MaxResults of [0, 1, 99]) {
+        const few = await d.listSnapshotBlocks(parseListSnapshotBlocks({ SnapshotId: snap, MaxResults }));
+        expect((few.Blocks as Listed[]).map((b) => b.BlockIndex), `MaxResults ${MaxResults}`).toEqual(sorted.slice(0, 100));
+        const fewChanged = await d.listChangedBlocks(parseListChangedBlocks({ SecondSnapshotId: snap, MaxResults }));
+        expect((fewChanged.ChangedBlocks as Changed[]).map((b) => b.BlockIndex), `MaxResults ${MaxResults}`).toEqual(sorted.slice(0, 100));
+      }
+      for (const MaxResults of [-1, 10_001, 1.5]) expect(() => parseListSnapshotBlocks({ SnapshotId: snap, MaxResults }), `MaxResults ${MaxResults}`).toThrow(/MaxResults/);
       const all = await d.listChangedBlocks({ SecondSnapshotId: snap, MaxResults: 10_000 });
       expect((all.ChangedBlocks as Changed[]).map((b) => b.BlockIndex)).toEqual(sorted);
 
-      // 250 gets, 5 listings: one read of the manifest.
+      // 250 gets, 11 listings: one read of the manifest.
       expect(reads.get(snap)).toBe(1);
     } finally {
       await d.close();
