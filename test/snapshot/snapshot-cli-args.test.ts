@@ -44,6 +44,12 @@ describe('snapshot arguments, requests and views', () => {
     expect(matchesFilters(b, [{ Name: 'tag-key', Values: ['*'] }])).toBe(false);
     expect(matchesFilters(b, [{ Name: 'progress', Values: ['40%'] }, { Name: 'description', Values: ['night*'] }])).toBe(true);
     expect(toEc2Snapshot(b)).toMatchObject({ Progress: '40%', State: 'pending', StorageTier: 'standard', KmsKeyId: 'arn:k' });
+    // EC2's storage-tier (archive | standard) and owner-alias (Amazon's list: no ebsd snapshot has one) are filters too.
+    const tierOrAlias = [{ Name: 'storage-tier', Values: ['standard'] }, { Name: 'owner-alias', Values: ['amazon'] }];
+    expect(parseSnapshotRequest('DescribeSnapshots', { Filters: tierOrAlias })).toEqual({ op: 'DescribeSnapshots', input: { Filters: tierOrAlias } });
+    expect(matchesFilters(a, [{ Name: 'storage-tier', Values: ['standard'] }])).toBe(true);
+    expect(matchesFilters(a, [{ Name: 'storage-tier', Values: ['archive'] }])).toBe(false);
+    expect(matchesFilters(a, [{ Name: 'owner-alias', Values: ['amazon', '*'] }])).toBe(false);
     const all = [toEc2Snapshot(b), toEc2Snapshot(a)];
     const p1 = page(all, 5, undefined);
     expect(p1.Snapshots.map((s) => s.SnapshotId)).toEqual(['snap-0000000000000000a', 'snap-0000000000000000b']);
