@@ -27,7 +27,10 @@ describe('snapshot arguments, requests and views', () => {
     expect(code(() => parseSnapshotRequest('CreateSnapshot', { VolumeId: 'vol-1' }))).toBe('InvalidVolumeID.Malformed');
     expect(code(() => parseSnapshotRequest('DeleteSnapshot', { SnapshotId: 'snap-1' }))).toBe('InvalidSnapshotID.Malformed');
     expect(code(() => parseSnapshotRequest('DescribeSnapshots', { SnapshotIds: ['snap-0123456789abcdef0'], MaxResults: 5 }))).toBe('InvalidParameterCombination');
-    expect(code(() => parseSnapshotRequest('DescribeSnapshots', { MaxResults: 1001 }))).toBe('InvalidParameterValue');
+    // "This value can be between 5 and 1000; if MaxResults is given a value larger than 1000, only 1000 results are returned."
+    expect(code(() => parseSnapshotRequest('DescribeSnapshots', { MaxResults: 4 }))).toBe('InvalidParameterValue');
+    expect(code(() => parseSnapshotRequest('DescribeSnapshots', { MaxResults: 1.5 }))).toBe('InvalidParameterValue');
+    expect(parseSnapshotRequest('DescribeSnapshots', { MaxResults: 5000 })).toEqual({ op: 'DescribeSnapshots', input: { MaxResults: 1000 } });
     const tags = Array.from({ length: 51 }, (_, i) => ({ Key: `k${i}`, Value: '' }));
     expect(code(() => parseSnapshotRequest('CreateSnapshot', { VolumeId: 'vol-0123456789abcdef0', TagSpecifications: [{ ResourceType: 'snapshot', Tags: tags }] }))).toBe('TagLimitExceeded');
     expect(code(() => parseSnapshotRequest('CreateSnapshot', { VolumeId: 'vol-0123456789abcdef0', TagSpecifications: [{ ResourceType: 'snapshot', Tags: [{ Key: 'aws:x', Value: '' }] }] }))).toBe('InvalidParameterValue');
