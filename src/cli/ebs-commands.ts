@@ -74,7 +74,7 @@ async function paginate(g: Globals, op: string, body: R, key: string, all: boole
 }
 
 const pageOptions = (b: Argv): Argv => b
-  .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: 'blocks per page, 100–10000' })
+  .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: 'blocks per page, at most 10000 (under 100 is taken as 100)' })
   .option('next-token', { type: 'string', describe: 'continue a listing (implies --no-paginate)' })
   .option('starting-block-index', { type: 'string', coerce: wholeNumber('--starting-block-index'), describe: 'list from this block index' })
   .option('paginate', { type: 'boolean', default: true, describe: 'follow NextToken to the end (--no-paginate: one page)' });

@@ -199,7 +199,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
             .positional('snapshot-ids', { type: 'string', array: true })
             .option('filters', { type: 'array', string: true, describe: 'Name=status,Values=completed or JSON; repeatable' })
             .option('owner-ids', { type: 'array', string: true, describe: 'account ids or self' })
-            .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: '5..1000' })
+            .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: 'at least 5 (over 1000 returns 1000)' })
             .option('next-token', { type: 'string' })
             .option('dry-run', DRY_RUN_OPTION),
         async (a) => {

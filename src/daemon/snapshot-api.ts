@@ -14,8 +14,9 @@ import {
  * at the edge with EC2's limits and error names (Amazon EC2 API Reference:
  * CreateSnapshot, DescribeSnapshots, DeleteSnapshot): Description at most
  * 255 characters; TagSpecifications ResourceType `snapshot`; SnapshotIds at
- * most 1000 of `snap-` + 17 hex; MaxResults 5..1000, not with SnapshotIds; DryRun;
- * unknown members refused (UnknownParameter).
+ * most 1000 of `snap-` + 17 hex; MaxResults at least 5 ("if MaxResults is given a
+ * value larger than 1000, only 1000 results are returned": taken as 1000, not
+ * refused), not with SnapshotIds; DryRun; unknown members refused (UnknownParameter).
  */
 export const SNAPSHOT_OPS: ReadonlySet<string> = new Set(['CreateSnapshot', 'DescribeSnapshots', 'DeleteSnapshot']);
 
@@ -71,10 +72,10 @@ function parseMembers(op: SnapshotRequest['op'], m: (k: string) => unknown): Sna
       if (owners !== undefined) input.OwnerIds = array(owners, 'OwnerIds', SNAPSHOT_IDS_MAX).map((x, i) => string(x, `OwnerIds[${i}]`, 1, 64));
       const max = m('MaxResults');
       if (max !== undefined) {
-        if (typeof max !== 'number' || !Number.isInteger(max) || max < MAX_RESULTS_MIN || max > MAX_RESULTS_MAX) {
-          throw invalidValue('MaxResults', `Invalid value ${printable(max)} for MaxResults: an integer from ${MAX_RESULTS_MIN} to ${MAX_RESULTS_MAX}`);
+        if (typeof max !== 'number' || !Number.isSafeInteger(max) || max < MAX_RESULTS_MIN) {
+          throw invalidValue('MaxResults', `Invalid value ${printable(max)} for MaxResults: an integer of at least ${MAX_RESULTS_MIN} (values over ${MAX_RESULTS_MAX} return ${MAX_RESULTS_MAX} items)`);
         }
-        input.MaxResults = max;
+        input.MaxResults = Math.min(max, MAX_RESULTS_MAX);
       }
       const token = m('NextToken');
       if (token !== undefined) {

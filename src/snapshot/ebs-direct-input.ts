@@ -88,9 +88,19 @@ function _show(v: unknown): string {
   return v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v;
 }
 
-/** MaxResults: 100–10000 (EBS direct APIs FAQ: below 100 is refused). */
+/** MaxResults as the API reference bounds it: 100 to 10000. */
+export const MIN_MAX_RESULTS = 100;
+export const MAX_MAX_RESULTS = 10_000;
+
+/**
+ * MaxResults: at most 10000; a value from 0 to 99 is taken as 100, not refused: "If you
+ * submit a request with a MaxResult parameter value of under 100, and there are more than
+ * 100 blocks in the snapshot, then the API will return at least 100 results" (EBS direct
+ * APIs FAQ). A negative or fractional value, or one past 10000, is ValidationException.
+ */
 function _page(b: Body): { MaxResults?: number; NextToken?: string; StartingBlockIndex?: number } {
-  const MaxResults = _int(b, 'MaxResults', 100, 10_000, false);
+  const asked = _int(b, 'MaxResults', 0, MAX_MAX_RESULTS, false);
+  const MaxResults = asked === undefined ? undefined : Math.max(MIN_MAX_RESULTS, asked);
   const NextToken = _str(b, 'NextToken', 256, B64ISH, 'INVALID_PAGE_TOKEN');
   const StartingBlockIndex = _int(b, 'StartingBlockIndex', 0, Number.MAX_SAFE_INTEGER, false, 'INVALID_BLOCK');
   return { ...(MaxResults !== undefined ? { MaxResults } : {}), ...(NextToken !== undefined ? { NextToken } : {}), ...(StartingBlockIndex !== undefined ? { StartingBlockIndex } : {}) };

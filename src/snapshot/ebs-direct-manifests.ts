@@ -97,7 +97,7 @@ export class CompletedManifests {
   private readonly entries = new Map<string, Entry>();
   private readonly loading = new Map<string, Promise<ReadSnapshot | undefined>>();
   private held = 0;
-  /** snapshot id -> its ParentSnapshotId ('' for none), completed snapshots only. */
+  /** snapshot id -> its lineage link (lineageLink: '' for none), completed snapshots only. */
   private readonly parents = new Map<string, string>();
   private readonly lineage = new Map<string, boolean>();
   /** Counts forget() calls: a read begun before one is not kept (it may have raced the delete). */
@@ -143,13 +143,13 @@ export class CompletedManifests {
     this.lineage.clear();
   }
 
-  /** The ParentSnapshotId of a completed snapshot, from memory when known; undefined when it is not there (any more). */
+  /** The lineage link of a completed snapshot (lineageLink), from memory when known; undefined when it is not there (any more). */
   async parentOf(id: string): Promise<string | undefined> {
     const known = this.parents.get(id);
     if (known !== undefined) return known;
     const m = this.entries.get(id)?.summary ?? await this.o.load(id);
     if (!m) return undefined;
-    const parent = m.parentSnapshotId ?? '';
+    const parent = lineageLink(m);
     if (m.state === 'completed') this._link(id, parent);
     return parent;
   }
@@ -177,7 +177,7 @@ export class CompletedManifests {
     const entry: Entry = { summary, blocks: new BlockList(blocks), cost: blocks.length + ENTRY_OVERHEAD_BLOCKS, loadedAt: this.o.now() };
     // Kept only if no forget() came meanwhile.
     if (forgets !== this.forgets) return entry;
-    this._link(id, m.parentSnapshotId ?? '');
+    this._link(id, lineageLink(m));
     if (entry.cost <= (this.o.maxBlocks ?? MANIFEST_CACHE_BLOCKS)) {
       this._drop(id);
       this.entries.set(id, entry);
@@ -202,4 +202,14 @@ export class CompletedManifests {
     if (this.parents.size >= MAX_LINKS && !this.parents.has(id)) this.parents.delete(this.parents.keys().next().value!);
     this.parents.set(id, parent);
   }
+}
+
+/**
+ * The snapshot one step up a snapshot's lineage: its parent (the snapshot it
+ * is incremental to, or StartSnapshot's ParentSnapshotId), else the snapshot
+ * its volume was created from (a restored volume's first snapshot has no
+ * parent, yet is of its source's lineage); '' for none.
+ */
+export function lineageLink(m: SnapshotSummary): string {
+  return m.parentSnapshotId ?? m.sourceSnapshotId ?? '';
 }

@@ -54,14 +54,31 @@ export const MAX_PENDING_SNAPSHOTS = 100;
  */
 const MAX_CLIENT_TOKENS = 1_000;
 /**
- * Blocks one snapshot may hold (its parent's and those written), so that its
- * manifest always fits the store's MANIFEST_MAX_BYTES: 79 bytes a block at
- * worst (`[134217727,"<64 hex>"],`, BlockIndex below 65536 GiB x 2048), 1 MiB
- * left for the rest (50 tags, description, wrapped key). 836,206 blocks
- * (~408 GiB written); PutSnapshotBlock past it is ServiceQuotaExceededException
- * (docs/architecture.md §15), never a CompleteSnapshot that fails at the end.
+ * What bounds a snapshot's blocks here. EBS bounds them by VolumeSize alone
+ * (BlockIndex below VolumeSize x 2048); ebsd also needs the manifest naming
+ * them (the parent's and those written) to fit the store's MANIFEST_MAX_BYTES,
+ * as every snapshot's does, CreateSnapshot's too. So PutSnapshotBlock of a new
+ * index is refused (ServiceQuotaExceededException, docs/architecture.md §15)
+ * when the completed manifest would pass that limit, counted exactly: each
+ * block's entry by its index's digits (manifestEntryBytes), the rest of the
+ * manifest as it is (its tags, description and wrapped key are fixed at
+ * StartSnapshot) plus MANIFEST_SLACK_BYTES; never a CompleteSnapshot that fails
+ * at the end. A child of a parent CreateSnapshot made thus takes new indexes
+ * as long as its manifest fits, however many blocks the parent holds.
+ *
+ * MAX_SNAPSHOT_BLOCKS is the count every snapshot reaches whatever its indexes:
+ * 79 bytes a block at worst (`[134217727,"<64 hex>"],`, BlockIndex below
+ * 65536 GiB x 2048), 1 MiB left for the rest. 836,206 blocks (~408 GiB
+ * written); narrower indexes hold more (77 bytes below 10^7: ~858 Ki).
  */
 export const MAX_SNAPSHOT_BLOCKS = Math.floor((MANIFEST_MAX_BYTES - 1024 * 1024) / 79);
+/** Room left in a manifest beyond its measured size (the store's trailing newline, a longer completionTime or stateMessage). */
+const MANIFEST_SLACK_BYTES = 1024;
+
+/** Bytes a block's entry takes in a manifest's JSON: `[index,"<64 hex>"],` (the last entry's comma counted too). */
+export function manifestEntryBytes(index: number): number {
+  return String(index).length + 70;
+}
 /** KMS default key for EBS, as CreateVolume uses it. */
 const DEFAULT_KMS_KEY = 'alias/aws/ebs';
 /** Parent links followed looking for a common lineage (ListChangedBlocks). */
@@ -125,8 +142,10 @@ export interface EbsDirectOptions {
   sweepSchedule?: Scheduler;
   /** How long a data key unwrapped for a caller is kept (DEFAULT_SNAPSHOT_KEY_TTL_MS); 0 keeps none. */
   keyTtlMs?: number;
-  /** Blocks a snapshot may hold (MAX_SNAPSHOT_BLOCKS); tests set fewer. */
+  /** Blocks a snapshot may hold, counted (tests); by default only its manifest's size bounds them (MAX_SNAPSHOT_BLOCKS). */
   maxSnapshotBlocks?: number;
+  /** The largest manifest a snapshot begun here may reach (MANIFEST_MAX_BYTES); tests set less. */
+  maxManifestBytes?: number;
   /** Blocks of completed manifests kept in memory (MANIFEST_CACHE_BLOCKS); tests set fewer. */
   manifestCacheBlocks?: number;
   /**
@@ -150,6 +169,10 @@ interface Pending {
   manifest: SnapshotManifest;
   /** Every block of the snapshot: the parent's, overlaid by those written. */
   blocks: Map<number, BlockHash>;
+  /** Bytes the entries of `blocks` take in the manifest (manifestEntryBytes each). */
+  blockBytes: number;
+  /** Bytes the entries may take: the manifest limit less the rest of the completed manifest (MAX_SNAPSHOT_BLOCKS). */
+  blockBudget: number;
   /** Blocks written to this snapshot: index -> SHA-256 of the plaintext (the caller's Checksum). */
   written: Map<number, Buffer>;
   inflight: Set<number>;
@@ -479,8 +502,15 @@ export class EbsDirect {
     }
     releaseSlot();
     const timeoutMs = (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000;
+    // The completed manifest but its blocks: everything else in it is fixed from here (MAX_SNAPSHOT_BLOCKS).
+    const rest = Buffer.byteLength(JSON.stringify({
+      ...manifest, state: 'completed', progress: 100, completionTime: manifest.startTime, changedBlocks: Number.MAX_SAFE_INTEGER, blocks: [],
+    }), 'utf8');
+    let blockBytes = 0;
+    for (const [x] of manifest.blocks) blockBytes += manifestEntryBytes(x);
     this.pending.set(snapshotId, {
-      manifest, blocks: new Map(manifest.blocks), written: new Map(), inflight: new Set(),
+      manifest, blocks: new Map(manifest.blocks), blockBytes, blockBudget: (this.o.maxManifestBytes ?? MANIFEST_MAX_BYTES) - rest - MANIFEST_SLACK_BYTES,
+      written: new Map(), inflight: new Set(),
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
       dirty: false, saving: Promise.resolve(), completing: false,
     });
@@ -507,11 +537,19 @@ export class EbsDirect {
     if (p.inflight.has(i.BlockIndex)) throw validation('CONFLICTING_BLOCK_UPDATE', `block ${i.BlockIndex} of ${i.SnapshotId} is being written by another request`);
     if (!p.blocks.has(i.BlockIndex)) {
       // A new index: counted with the new indexes still being put, so concurrent puts cannot pass the limit together.
-      const cap = this.o.maxSnapshotBlocks ?? MAX_SNAPSHOT_BLOCKS;
       let adding = 1;
-      for (const x of p.inflight) if (!p.blocks.has(x)) adding++;
-      if (p.blocks.size + adding > cap) {
+      let bytes = manifestEntryBytes(i.BlockIndex);
+      for (const x of p.inflight) {
+        if (p.blocks.has(x)) continue;
+        adding++;
+        bytes += manifestEntryBytes(x);
+      }
+      const cap = this.o.maxSnapshotBlocks;
+      if (cap !== undefined && p.blocks.size + adding > cap) {
         throw quotaExceeded(`${i.SnapshotId} holds ${p.blocks.size} block(s) (its parent's and those written); a snapshot holds at most ${cap}, so block ${i.BlockIndex} is not written (blocks already held may be written again)`);
+      }
+      if (p.blockBytes + bytes > p.blockBudget) {
+        throw quotaExceeded(`${i.SnapshotId} holds ${p.blocks.size} block(s) (its parent's and those written), and its manifest would pass the snapshot store's ${this.o.maxManifestBytes ?? MANIFEST_MAX_BYTES}-byte limit with one more, so block ${i.BlockIndex} is not written (blocks already held may be written again; at least ${MAX_SNAPSHOT_BLOCKS} blocks always fit)`);
       }
     }
     // Synchronously after _pending's check: CompleteSnapshot sees this put in flight and refuses until it ends.
@@ -525,6 +563,7 @@ export class EbsDirect {
       if (this.o.pin) pin = await this.o.pin([hash]);
       // Put even when present: a new age keeps another host's collector off it until our manifest names it.
       await this.o.store.putBlock(hash, data);
+      if (!p.blocks.has(i.BlockIndex)) p.blockBytes += manifestEntryBytes(i.BlockIndex);
       p.blocks.set(i.BlockIndex, hash);
       p.written.set(i.BlockIndex, digest);
       // One pin per index: the block this index held before is no longer this snapshot's.
@@ -812,11 +851,13 @@ export class EbsDirect {
 
   /**
    * Same data key (encrypted), or for unencrypted snapshots the same volume
-   * or a common ancestor within MAX_CHAIN parent links (one the other's
+   * or a common ancestor within MAX_CHAIN lineage links (one the other's
    * ancestor, or siblings of one parent): "snapshots of the same
-   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). Parent
-   * links and answers are kept (ebs-direct-manifests.ts): a completed
-   * snapshot's parent never changes.
+   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). A link
+   * is the parent, else the snapshot the volume was restored from
+   * (lineageLink), so a restored volume's snapshots are of its source's
+   * lineage. Links and answers are kept (ebs-direct-manifests.ts): a
+   * completed snapshot's links never change.
    */
   private async _sameLineage(a: SnapshotSummary, b: SnapshotSummary): Promise<boolean> {
     if (a.encrypted !== b.encrypted) return false;

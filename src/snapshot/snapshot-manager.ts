@@ -448,6 +448,8 @@ export class SnapshotManager {
         ...(hdr.dataEncryptionKeyId ? { dataEncryptionKeyId: hdr.dataEncryptionKeyId } : {}),
         ...(hdr.wrappedKey ? { wrappedKey: hdr.wrappedKey } : {}),
         dataOffset: hdr.dataOffset,
+        // A restored volume's snapshots stay in its source snapshot's lineage (ListChangedBlocks).
+        ...(v.snapshotId ? { sourceSnapshotId: v.snapshotId } : {}),
         blocks: [],
       };
       const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (ctx.settle = r)), terminal: false };

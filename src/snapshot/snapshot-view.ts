@@ -55,9 +55,12 @@ export function toEc2Snapshot(m: SnapshotSummary): Ec2Snapshot {
   };
 }
 
-/** DescribeSnapshots filter names ebsd serves (`tag:<key>` besides). */
+/**
+ * DescribeSnapshots filter names ebsd serves (`tag:<key>` besides): EC2's (Amazon EC2 API
+ * Reference, DescribeSnapshots, Filters) but `transfer-type`, and `kms-key-id`, ebsd's own.
+ */
 export const SNAPSHOT_FILTER_NAMES: ReadonlySet<string> = new Set([
-  'description', 'encrypted', 'owner-id', 'progress', 'snapshot-id', 'start-time', 'status', 'tag-key', 'volume-id', 'volume-size', 'kms-key-id',
+  'description', 'encrypted', 'owner-alias', 'owner-id', 'progress', 'snapshot-id', 'start-time', 'status', 'storage-tier', 'tag-key', 'volume-id', 'volume-size', 'kms-key-id',
 ]);
 
 export interface SnapshotFilter {
@@ -82,11 +85,14 @@ function matchesAll(m: SnapshotSummary, filters: readonly SnapshotFilter[], budg
     switch (f.Name) {
       case 'description': return ok(s.Description);
       case 'encrypted': return ok(String(s.Encrypted));
+      // An alias from Amazon's list (`amazon`) for snapshots Amazon owns: an ebsd snapshot has none, so it matches nothing.
+      case 'owner-alias': return false;
       case 'owner-id': return ok(s.OwnerId);
       case 'progress': return ok(s.Progress);
       case 'snapshot-id': return ok(s.SnapshotId);
       case 'start-time': return ok(s.StartTime);
       case 'status': return ok(s.State);
+      case 'storage-tier': return ok(s.StorageTier);
       case 'tag-key': return s.Tags.some((t) => ok(t.Key));
       case 'volume-id': return ok(s.VolumeId);
       case 'volume-size': return ok(String(s.VolumeSize));

@@ -60,6 +60,13 @@ export interface SnapshotManifest {
   /** The previous snapshot of the same lineage this one was taken incrementally against, if any. */
   parentSnapshotId?: string;
   /**
+   * The snapshot the source volume was created from (CreateVolume's
+   * SnapshotId), on a volume's snapshots: it ties them to that snapshot's
+   * lineage for ListChangedBlocks when no `parentSnapshotId` does
+   * (docs/architecture.md, "EBS direct APIs", Lineage).
+   */
+  sourceSnapshotId?: string;
+  /**
    * Written blocks only, ascending by index: [block index, hash]. An index
    * not listed reads as zeros (never written, or a hole in the image).
    */

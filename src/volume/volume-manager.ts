@@ -128,6 +128,8 @@ export interface VolumeForSnapshot {
   kmsKeyId: string;
   tags: { Key: string; Value: string }[];
   imagePath: string;
+  /** The snapshot the volume was created from (DescribeVolumes' SnapshotId), if any. */
+  snapshotId?: string;
   /** The attached device, when this host serves the volume. */
   device?: BlockDevice;
 }
@@ -571,6 +573,7 @@ export class VolumeManager {
         kmsKeyId: rec.kmsKeyId,
         tags: rec.tags.map((t) => ({ ...t })),
         imagePath: join(this.dir, rec.image),
+        ...(rec.snapshotId ? { snapshotId: rec.snapshotId } : {}),
         ...(device ? { device } : {}),
       });
     });

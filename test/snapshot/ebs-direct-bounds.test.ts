@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { KmsService } from '../../src/kms/kms-core.js';
@@ -9,7 +9,7 @@ import { selectXtsEngine } from '../../src/crypto/xts-engine.js';
 import type { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { EbsDirect, MAX_SNAPSHOT_BLOCKS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
-import { parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
+import { parseListChangedBlocks, parseListSnapshotBlocks, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotStore } from '../../src/snapshot/types.js';
 import { MANIFEST_MAX_BYTES } from '../../src/snapshot/manifest-check.js';
 import type { EbsDirectError } from '../../src/snapshot/ebs-direct-errors.js';
@@ -130,10 +130,18 @@ describe('EbsDirect: cached completed manifests', () => {
         expect((got.BlockData as Buffer).equals(data.get(b.BlockIndex)!)).toBe(true);
       }
       await refused(d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: sorted[0]! + 1, BlockToken: seen[0]!.BlockToken }, root), 'ValidationException', 'INVALID_BLOCK_TOKEN');
+      // MaxResults under 100: "the API will return at least 100 results" (EBS direct APIs FAQ), as the wire parses it.
+      for (const MaxResults of [0, 1, 99]) {
+        const few = await d.listSnapshotBlocks(parseListSnapshotBlocks({ SnapshotId: snap, MaxResults }));
+        expect((few.Blocks as Listed[]).map((b) => b.BlockIndex), `MaxResults ${MaxResults}`).toEqual(sorted.slice(0, 100));
+        const fewChanged = await d.listChangedBlocks(parseListChangedBlocks({ SecondSnapshotId: snap, MaxResults }));
+        expect((fewChanged.ChangedBlocks as Changed[]).map((b) => b.BlockIndex), `MaxResults ${MaxResults}`).toEqual(sorted.slice(0, 100));
+      }
+      for (const MaxResults of [-1, 10_001, 1.5]) expect(() => parseListSnapshotBlocks({ SnapshotId: snap, MaxResults }), `MaxResults ${MaxResults}`).toThrow(/MaxResults/);
       const all = await d.listChangedBlocks({ SecondSnapshotId: snap, MaxResults: 10_000 });
       expect((all.ChangedBlocks as Changed[]).map((b) => b.BlockIndex)).toEqual(sorted);
 
-      // 250 gets, 5 listings: one read of the manifest.
+      // 250 gets, 11 listings: one read of the manifest.
       expect(reads.get(snap)).toBe(1);
     } finally {
       await d.close();
@@ -289,6 +297,57 @@ describe('EbsDirect: blocks per snapshot', () => {
       await d.close();
     }
   });
+  it('a child of a CreateSnapshot parent holding more than MAX_SNAPSHOT_BLOCKS blocks takes new indexes below its VolumeSize while its manifest fits the store; past that, ServiceQuotaExceededException', async () => {
+    now = T0;
+    // What CreateSnapshot stores for a 1 TiB plaintext volume with 840,000 written blocks of one content
+    // (blocks are content-addressed): a manifest of 61 MiB, within the store's limit, past MAX_SNAPSHOT_BLOCKS.
+    const data = randomBytes(BLOCK);
+    const hash = createHash('sha256').update(data).digest('hex');
+    await store.putBlock(hash, data);
+    const n = 840_000;
+    expect(n).toBeGreaterThan(MAX_SNAPSHOT_BLOCKS);
+    const parent = 'snap-0c0ffee0000000001';
+    await store.putManifest({
+      formatVersion: 1, snapshotId: parent, volumeId: 'vol-0c0ffee0000000001', volumeSize: 1024, state: 'completed', progress: 100,
+      startTime: new Date(T0).toISOString(), completionTime: new Date(T0).toISOString(), description: '', tags: [], ownerId: ACCOUNT,
+      encrypted: false, kmsKeyId: '', dataOffset: 4096, blocks: Array.from({ length: n }, (_, i) => [i, hash] as [number, string]), changedBlocks: n,
+    });
+    const d = new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, allowUnencrypted: true });
+    try {
+      // EBS bounds a child's blocks by its VolumeSize (BlockIndex below VolumeSize x 2048); the store's manifest limit is ebsd's.
+      const child = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1024, ParentSnapshotId: parent }), root)).SnapshotId as string;
+      const written = new Map<number, Buffer>([[n + 10, randomBytes(BLOCK)], [1024 * 2048 - 1, randomBytes(BLOCK)], [5, randomBytes(BLOCK)]]);
+      for (const [i, b] of written) await d.putSnapshotBlock(putReq(child, i, b), root);
+      expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: written.size })).toEqual({ Status: 'completed' });
+      const m = (await store.getManifest(child))!;
+      expect(m.blocks.length).toBe(n + 2);
+      expect(m.blocks.at(-1)![0]).toBe(1024 * 2048 - 1);
+
+      // A child whose manifest would pass the store's limit (here a lower one: room for a few hundred more blocks)
+      // is refused at the put, not at CompleteSnapshot; rewrites still go.
+      const limit = readFileSync(join(dir, 'snapshots', 'manifests', `${parent}.json`)).length + 20_000;
+      const d2 = new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, allowUnencrypted: true, maxManifestBytes: limit });
+      try {
+        const full = (await d2.startSnapshot(parseStartSnapshot({ VolumeSize: 1024, ParentSnapshotId: parent }), root)).SnapshotId as string;
+        let added = 0;
+        let refusal: EbsDirectError | undefined;
+        for (let i = n; !refusal; i++) {
+          await d2.putSnapshotBlock(putReq(full, i, data), root).then(() => added++, (e: EbsDirectError) => (refusal = e));
+        }
+        expect([refusal.awsName, refusal.httpStatus, refusal.reason]).toEqual(['ServiceQuotaExceededException', 402, 'DEPENDENCY_SERVICE_QUOTA_EXCEEDED']);
+        expect(added).toBeGreaterThan(0);
+        await d2.putSnapshotBlock(putReq(full, 0, randomBytes(BLOCK)), root); // a rewrite
+        expect(await d2.completeSnapshot({ SnapshotId: full, ChangedBlocksCount: added + 1 })).toEqual({ Status: 'completed' });
+        const text = readFileSync(join(dir, 'snapshots', 'manifests', `${full}.json`));
+        expect(text.length).toBeLessThanOrEqual(limit);
+        expect(added).toBeGreaterThan(100);
+      } finally {
+        await d2.close();
+      }
+    } finally {
+      await d.close();
+    }
+  }, 120_000);
 });
 
 describe('EbsDirect: StartSnapshot Timeout on a timer', () => {

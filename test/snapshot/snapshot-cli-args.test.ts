@@ -27,7 +27,10 @@ describe('snapshot arguments, requests and views', () => {
     expect(code(() => parseSnapshotRequest('CreateSnapshot', { VolumeId: 'vol-1' }))).toBe('InvalidVolumeID.Malformed');
     expect(code(() => parseSnapshotRequest('DeleteSnapshot', { SnapshotId: 'snap-1' }))).toBe('InvalidSnapshotID.Malformed');
     expect(code(() => parseSnapshotRequest('DescribeSnapshots', { SnapshotIds: ['snap-0123456789abcdef0'], MaxResults: 5 }))).toBe('InvalidParameterCombination');
-    expect(code(() => parseSnapshotRequest('DescribeSnapshots', { MaxResults: 1001 }))).toBe('InvalidParameterValue');
+    // "This value can be between 5 and 1000; if MaxResults is given a value larger than 1000, only 1000 results are returned."
+    expect(code(() => parseSnapshotRequest('DescribeSnapshots', { MaxResults: 4 }))).toBe('InvalidParameterValue');
+    expect(code(() => parseSnapshotRequest('DescribeSnapshots', { MaxResults: 1.5 }))).toBe('InvalidParameterValue');
+    expect(parseSnapshotRequest('DescribeSnapshots', { MaxResults: 5000 })).toEqual({ op: 'DescribeSnapshots', input: { MaxResults: 1000 } });
     const tags = Array.from({ length: 51 }, (_, i) => ({ Key: `k${i}`, Value: '' }));
     expect(code(() => parseSnapshotRequest('CreateSnapshot', { VolumeId: 'vol-0123456789abcdef0', TagSpecifications: [{ ResourceType: 'snapshot', Tags: tags }] }))).toBe('TagLimitExceeded');
     expect(code(() => parseSnapshotRequest('CreateSnapshot', { VolumeId: 'vol-0123456789abcdef0', TagSpecifications: [{ ResourceType: 'snapshot', Tags: [{ Key: 'aws:x', Value: '' }] }] }))).toBe('InvalidParameterValue');
@@ -44,6 +47,12 @@ describe('snapshot arguments, requests and views', () => {
     expect(matchesFilters(b, [{ Name: 'tag-key', Values: ['*'] }])).toBe(false);
     expect(matchesFilters(b, [{ Name: 'progress', Values: ['40%'] }, { Name: 'description', Values: ['night*'] }])).toBe(true);
     expect(toEc2Snapshot(b)).toMatchObject({ Progress: '40%', State: 'pending', StorageTier: 'standard', KmsKeyId: 'arn:k' });
+    // EC2's storage-tier (archive | standard) and owner-alias (Amazon's list: no ebsd snapshot has one) are filters too.
+    const tierOrAlias = [{ Name: 'storage-tier', Values: ['standard'] }, { Name: 'owner-alias', Values: ['amazon'] }];
+    expect(parseSnapshotRequest('DescribeSnapshots', { Filters: tierOrAlias })).toEqual({ op: 'DescribeSnapshots', input: { Filters: tierOrAlias } });
+    expect(matchesFilters(a, [{ Name: 'storage-tier', Values: ['standard'] }])).toBe(true);
+    expect(matchesFilters(a, [{ Name: 'storage-tier', Values: ['archive'] }])).toBe(false);
+    expect(matchesFilters(a, [{ Name: 'owner-alias', Values: ['amazon', '*'] }])).toBe(false);
     const all = [toEc2Snapshot(b), toEc2Snapshot(a)];
     const p1 = page(all, 5, undefined);
     expect(p1.Snapshots.map((s) => s.SnapshotId)).toEqual(['snap-0000000000000000a', 'snap-0000000000000000b']);
