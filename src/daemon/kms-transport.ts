@@ -331,7 +331,12 @@ function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string)
       if (refused) { fail(refused); return; }
       if (settled) return;
       settled = true; // settled: a later 'close' must not give the bytes back twice
-      resolve({ body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), reserved });
+      if (chunks.length === 1) { resolve({ body: chunks[0]!, reserved }); return; }
+      // Joined into one buffer, which its owner zeroes once answered: the pieces are zeroed now
+      // (best effort, as every wipe in JS), or a plaintext would outlive the body it was read into.
+      const body = Buffer.concat(chunks);
+      for (const c of chunks) c.fill(0);
+      resolve({ body, reserved });
     });
   });
 }
