@@ -75,6 +75,7 @@ export interface WireRequest {
 export interface WireResponse {
   status: number;
   headers: string[] | Record<string, string | number>;
+  /** A Buffer is the answer's own: the transport zeroes it once written. */
   body: string | Buffer;
 }
 
@@ -225,7 +226,11 @@ export class HttpTransport {
       try {
         if (closeAfter) res.shouldKeepAlive = false; // node sends Connection: close and ends the socket after the answer
         res.writeHead(w.status, w.headers as string[]);
-        res.end(w.body);
+        const body = w.body;
+        res.end(body);
+        // A binary body is the answer's own (GetSnapshotBlock's block, in the clear): zeroed once
+        // written or once the connection is gone ('close' comes after 'finish'). A string cannot be.
+        if (typeof body !== 'string') res.once('close', () => body.fill(0));
       } catch {
         // An answer node will not write (a header it refuses): the connection is unusable, not the listener.
         socket.destroy();
