@@ -53,10 +53,12 @@ export function decodeKmsRequest(body: Record<string, unknown>): Record<string, 
 }
 
 /**
- * Members of a KMS response that hold secrets (AWS KMS API Reference): `Plaintext` of Decrypt,
- * GenerateDataKey and GenerateRandom, `PrivateKeyPlaintext` of GenerateDataKeyPair.
+ * Members of a response that hold secrets (AWS KMS API Reference): `Plaintext` of Decrypt,
+ * GenerateDataKey and GenerateRandom, `PrivateKeyPlaintext` of GenerateDataKeyPair; and
+ * `BlockData` of EBS direct GetSnapshotBlock (EBS direct APIs reference), the block in the
+ * clear when the snapshot is encrypted.
  */
-export const RESPONSE_SECRETS: readonly string[] = ['Plaintext', 'PrivateKeyPlaintext'];
+export const RESPONSE_SECRETS: readonly string[] = ['Plaintext', 'PrivateKeyPlaintext', 'BlockData'];
 
 /**
  * Every Uint8Array anywhere in the response becomes base64; every key is kept (`__proto__` too).
