@@ -125,7 +125,11 @@ export function exactBytes<T extends object>(o: T, transfer: ArrayBuffer[], owne
     if (!(v instanceof Uint8Array)) continue;
     const whole = v.buffer;
     if (v.byteLength !== whole.byteLength) {
-      const copy = new Uint8Array(v); // a new ArrayBuffer of exactly byteLength
+      // A new ArrayBuffer of exactly byteLength, allocated as one: V8 keeps a small typed array's
+      // bytes (up to 64) on its own heap and copies them out when `.buffer` is first read, leaving
+      // the heap copy (a plaintext or data key) behind, unwiped, until the GC reuses it.
+      const copy = new Uint8Array(new ArrayBuffer(v.byteLength));
+      copy.set(v);
       if (owned) wipe(v);
       r[k] = copy;
       transfer.push(copy.buffer);
