@@ -38,16 +38,22 @@ function _put(out: Record<string, unknown>, k: string, v: unknown): void {
  */
 export function decodeKmsRequest(body: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(body)) {
-    if (k === 'Recipient' && v !== undefined && v !== null) {
-      throw new UnsupportedOperationException('Recipient (attestation-bound responses for Nitro Enclaves) is not supported by this KMS.', { code: 'KMS_RECIPIENT_UNSUPPORTED' });
-    }
-    if (REQUEST_BLOBS.has(k) && v !== null && v !== undefined) {
-      if (typeof v !== 'string' || !isBase64(v)) {
-        throw new KmsError('SerializationException', `${k} must be a base64-encoded blob (RFC 4648 with padding)`, { code: 'KMS_BAD_BLOB' });
+  try {
+    for (const [k, v] of Object.entries(body)) {
+      if (k === 'Recipient' && v !== undefined && v !== null) {
+        throw new UnsupportedOperationException('Recipient (attestation-bound responses for Nitro Enclaves) is not supported by this KMS.', { code: 'KMS_RECIPIENT_UNSUPPORTED' });
       }
-      _put(out, k, Buffer.from(v, 'base64'));
-    } else _put(out, k, v);
+      if (REQUEST_BLOBS.has(k) && v !== null && v !== undefined) {
+        if (typeof v !== 'string' || !isBase64(v)) {
+          throw new KmsError('SerializationException', `${k} must be a base64-encoded blob (RFC 4648 with padding)`, { code: 'KMS_BAD_BLOB' });
+        }
+        _put(out, k, Buffer.from(v, 'base64'));
+      } else _put(out, k, v);
+    }
+  } catch (e) {
+    // Refused part way: a Plaintext decoded before the refusal is nobody's but ours, so wiped here.
+    wipeRequestSecrets(out);
+    throw e;
   }
   return out;
 }

@@ -62,3 +62,17 @@ describe('worker HSM: no copy of a secret outlives the call', () => {
     expect(countInOwnMemory(secret)).toBe(0);
   }, 60_000);
 });
+
+describe('the edge: a request refused while it is decoded', () => {
+  it('leaves no copy of a Plaintext it had already decoded (a later member refused it)', () => {
+    const plain = Buffer.allocUnsafeSlow(48);
+    randomFillSync(plain);
+    const secret = invert(plain);
+    const b64 = plain.toString('base64');
+    plain.fill(0);
+    // Members are decoded in order: Plaintext first, then Recipient (refused) or a malformed blob.
+    expect(() => decodeKmsRequest({ KeyId: keyId, Plaintext: b64, Recipient: { AttestationDocument: 'AAAA' } })).toThrow(/Recipient/);
+    expect(() => decodeKmsRequest({ KeyId: keyId, Plaintext: b64, CiphertextBlob: 'not base64!' })).toThrow(/CiphertextBlob must be a base64-encoded blob/);
+    expect(countInOwnMemory(secret)).toBe(0);
+  }, 60_000);
+});
