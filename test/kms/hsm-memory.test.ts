@@ -50,8 +50,8 @@ describe('worker HSM: no copy of a secret outlives the call', () => {
     expect(countInOwnMemory(key)).toBe(0);
   }, 60_000);
 
-  it('Encrypt: the request\'s plaintext, once answered and wiped', async () => {
-    const plain = Buffer.allocUnsafeSlow(48);
+  it.each([48, 4096])('Encrypt: the request\'s plaintext (%i bytes), once answered and wiped', async (n) => {
+    const plain = Buffer.allocUnsafeSlow(n);
     randomFillSync(plain);
     const secret = invert(plain);
     const b64 = plain.toString('base64');
