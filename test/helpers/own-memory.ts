@@ -21,13 +21,21 @@ export function invert(secret: Uint8Array): Buffer {
 
 /** How many times the secret whose inverse is `inverted` is in this process's writable memory. */
 export function countInOwnMemory(inverted: Uint8Array): number {
+  return countInMemory('self', inverted);
+}
+
+/**
+ * The same in another process's memory (`pid`): root may read it even when the process made
+ * itself non-dumpable, as the daemon does (CAP_SYS_PTRACE, docs/architecture.md §5.10).
+ */
+export function countInMemory(pid: number | 'self', inverted: Uint8Array): number {
   const CHUNK = 1 << 20;
   const chunk = Buffer.allocUnsafeSlow(CHUNK);
   const overlap = inverted.length - 1; // a copy across two reads is found in the second
-  const fd = openSync('/proc/self/mem', 'r');
+  const fd = openSync(`/proc/${pid}/mem`, 'r');
   let hits = 0;
   try {
-    for (const line of readFileSync('/proc/self/maps', 'utf8').split('\n')) {
+    for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
       const [range, perms, , , , path] = line.split(/\s+/);
       if (!range || !perms?.startsWith('rw') || path === '[vvar]' || path === '[vsyscall]') continue;
       const [start, end] = range.split('-').map((x) => parseInt(x, 16)) as [number, number];

@@ -1,10 +1,13 @@
 /**
  * The HSM domain key is in memory once, in the buffer openDomain returns
  * (docs/architecture.md §5.6, §6.5): opening or creating a domain leaves no
- * other copy of it in the clear. Observed from outside the code: after the
- * caller wipes the key it was given, this process's own memory
+ * other whole copy of it in the clear. Observed from outside the code: after
+ * the caller wipes the key it was given, this process's own memory
  * (/proc/self/mem, test/helpers/own-memory.ts) holds the key nowhere, freed
- * memory included. Real domain files, under a KEK file and under a passphrase.
+ * memory included. Not ours to wipe, so not claimed (§6.5): the buffer node's
+ * Decipher.update frees after copying its output, of which malloc overwrites
+ * the first bytes (the key's head) when it frees it. Real domain files, under
+ * a KEK file and under a passphrase.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { openDomain } from '../../src/kms/hsm/domain.js';
