@@ -64,3 +64,14 @@ describe('a token that fails authentication leaves its plaintext nowhere', () =>
     expect(countInOwnMemory(inverse)).toBe(0);
   }, 60_000);
 });
+
+describe('a new access-key or session secret', () => {
+  it('leaves the random bytes it is the base64 of nowhere: only its text leaves the HSM (a string, not wipeable)', () => {
+    const made = engine.handle({ op: 'newSecret', kind: 'access-key', id: 'AKIAEXAMPLE', context: new Uint8Array(0) } as HsmRequest) as { secret: string; sealed: Uint8Array };
+    expect(made.secret).toMatch(/^[A-Za-z0-9+/]{40}$/);
+    const raw = Buffer.from(made.secret, 'base64');
+    const inverse = invert(raw);
+    raw.fill(0);
+    expect(countInOwnMemory(inverse)).toBe(0);
+  }, 60_000);
+});

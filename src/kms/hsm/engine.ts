@@ -347,7 +347,7 @@ export class HsmEngine {
    */
   private newSecret(kind: SecretKind, id: string, context: Uint8Array): { secret: string; sealed: Uint8Array } {
     const raw = this.drbg.bytes(30);
-    const secret = Buffer.from(Buffer.from(raw).toString('base64'), 'latin1');
+    const secret = Buffer.from(raw.toString('base64'), 'latin1'); // raw itself: a copy of it would stay unwiped
     try {
       const iv = this.drbg.bytes(IV_LEN);
       const c = createCipheriv('aes-256-gcm', this.domain.domainKey, iv);
