@@ -185,7 +185,8 @@ export class FrontWorker {
       let body: string | Uint8Array;
       if (typeof w.body === 'string') body = w.body;
       else {
-        body = new Uint8Array(w.body);
+        body = new Uint8Array(new ArrayBuffer(w.body.length)); // off V8's heap even when small (protocol.ts exactBytes says why)
+        body.set(w.body);
         w.body.fill(0);
       }
       this.out.push(id, w.status, h, null, body);
