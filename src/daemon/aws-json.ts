@@ -38,25 +38,33 @@ function _put(out: Record<string, unknown>, k: string, v: unknown): void {
  */
 export function decodeKmsRequest(body: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(body)) {
-    if (k === 'Recipient' && v !== undefined && v !== null) {
-      throw new UnsupportedOperationException('Recipient (attestation-bound responses for Nitro Enclaves) is not supported by this KMS.', { code: 'KMS_RECIPIENT_UNSUPPORTED' });
-    }
-    if (REQUEST_BLOBS.has(k) && v !== null && v !== undefined) {
-      if (typeof v !== 'string' || !isBase64(v)) {
-        throw new KmsError('SerializationException', `${k} must be a base64-encoded blob (RFC 4648 with padding)`, { code: 'KMS_BAD_BLOB' });
+  try {
+    for (const [k, v] of Object.entries(body)) {
+      if (k === 'Recipient' && v !== undefined && v !== null) {
+        throw new UnsupportedOperationException('Recipient (attestation-bound responses for Nitro Enclaves) is not supported by this KMS.', { code: 'KMS_RECIPIENT_UNSUPPORTED' });
       }
-      _put(out, k, Buffer.from(v, 'base64'));
-    } else _put(out, k, v);
+      if (REQUEST_BLOBS.has(k) && v !== null && v !== undefined) {
+        if (typeof v !== 'string' || !isBase64(v)) {
+          throw new KmsError('SerializationException', `${k} must be a base64-encoded blob (RFC 4648 with padding)`, { code: 'KMS_BAD_BLOB' });
+        }
+        _put(out, k, Buffer.from(v, 'base64'));
+      } else _put(out, k, v);
+    }
+  } catch (e) {
+    // Refused part way: a Plaintext decoded before the refusal is nobody's but ours, so wiped here.
+    wipeRequestSecrets(out);
+    throw e;
   }
   return out;
 }
 
 /**
- * Members of a KMS response that hold secrets (AWS KMS API Reference): `Plaintext` of Decrypt,
- * GenerateDataKey and GenerateRandom, `PrivateKeyPlaintext` of GenerateDataKeyPair.
+ * Members of a response that hold secrets (AWS KMS API Reference): `Plaintext` of Decrypt,
+ * GenerateDataKey and GenerateRandom, `PrivateKeyPlaintext` of GenerateDataKeyPair; and
+ * `BlockData` of EBS direct GetSnapshotBlock (EBS direct APIs reference), the block in the
+ * clear when the snapshot is encrypted.
  */
-export const RESPONSE_SECRETS: readonly string[] = ['Plaintext', 'PrivateKeyPlaintext'];
+export const RESPONSE_SECRETS: readonly string[] = ['Plaintext', 'PrivateKeyPlaintext', 'BlockData'];
 
 /**
  * Every Uint8Array anywhere in the response becomes base64; every key is kept (`__proto__` too).

@@ -4,6 +4,7 @@ import type { PolicyEvaluator } from '../kms/authz/index.js';
 import type { ContextValue } from '../kms/authz/conditions.js';
 import { buildEvent, truncateField } from '../kms/audit/event.js';
 import type { Logger } from '../util/logger.js';
+import { wipe } from '../util/wipe.js';
 import { EbsDirect } from '../snapshot/ebs-direct.js';
 import { SnapshotThrottle, type ThrottledOperation } from '../snapshot/ebs-direct-throttle.js';
 import type { SnapshotGc } from '../snapshot/gc.js';
@@ -79,8 +80,22 @@ export class EbsApi {
     return `arn:aws:ec2:${this.o.region}::snapshot/${id}`;
   }
 
+  /**
+   * One call, checked, authorized, run and audited. PutSnapshotBlock's block (plaintext for an
+   * encrypted snapshot) is zeroed once the call is over, answered or refused: EbsDirect encrypts a
+   * copy, and the block given is this edge's (decoded here from base64, or the REST request's body,
+   * which its listener zeroes again once answered). Best effort, as every wipe in JS.
+   */
   async call(op: string, body: Record<string, unknown>, caller: Caller, peer: { requestId: string; uid?: number }): Promise<unknown> {
     const req = this._parse(op, body);
+    try {
+      return await this._call(op, req, caller, peer);
+    } finally {
+      if (req.op === 'PutSnapshotBlock') wipe(req.input.BlockData);
+    }
+  }
+
+  private async _call(op: string, req: EbsRequest, caller: Caller, peer: { requestId: string; uid?: number }): Promise<unknown> {
     const input = req.input as unknown as Record<string, unknown>;
     const snaps = _snapshotsOf(op, input);
     await this._authorize(op, input, snaps, caller, peer);
@@ -108,6 +123,7 @@ export class EbsApi {
     try {
       await this._audit(op, input, out, undefined, caller, peer.requestId);
     } catch (x) {
+      if (out?.BlockData instanceof Uint8Array) wipe(out.BlockData); // GetSnapshotBlock's block, not given out
       this.o.log.error({ err: x, op }, 'could not audit an EBS direct API call');
       throw internal(`${op}: the call could not be audited, so it is not answered`, x);
     }
@@ -123,11 +139,20 @@ export class EbsApi {
       case 'CompleteSnapshot': return { op, input: parseCompleteSnapshot(body) };
       case 'PutSnapshotBlock': {
         const data = body.BlockData;
-        // The body is JSON, so the block travels as base64; decoded strictly (a malformed one is not a shorter block).
+        // From the REST binding: the request body's bytes (ebs-rest.ts). Over the socket the body is JSON,
+        // so the block travels as base64; decoded strictly (a malformed one is not a shorter block).
+        if (data instanceof Uint8Array) return { op, input: parsePutSnapshotBlock(body) };
         if (data !== undefined && (typeof data !== 'string' || !BASE64.test(data))) {
           throw validation('INVALID_CONTENT_ENCODING', 'BlockData must be base64 (RFC 4648, padded)');
         }
-        return { op, input: parsePutSnapshotBlock({ ...body, ...(typeof data === 'string' ? { BlockData: Buffer.from(data, 'base64') } : {}) }) };
+        if (data === undefined) return { op, input: parsePutSnapshotBlock(body) };
+        const bytes = Buffer.from(data, 'base64');
+        try {
+          return { op, input: parsePutSnapshotBlock({ ...body, BlockData: bytes }) };
+        } catch (e) {
+          wipe(bytes); // refused: nobody else holds it
+          throw e;
+        }
       }
     }
     throw validation('INVALID_PARAMETER_VALUE', `unknown EBS direct operation ${op.slice(0, 64)}`);

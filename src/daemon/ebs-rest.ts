@@ -79,7 +79,9 @@ export function ebsRestRequest(req: RestRequest, body: Buffer): { op: string; me
       put(out, 'BlockToken', q.get('blockToken'));
       break;
     case 'PutSnapshotBlock':
-      Object.assign(out, { SnapshotId: m[1], BlockIndex: Number(m[2]), BlockData: body.toString('base64') });
+      // The body itself, not a base64 string of it: a block may be plaintext, and a string cannot be
+      // wiped; the listener zeroes the body once answered, the EBS direct API once it has taken a copy.
+      Object.assign(out, { SnapshotId: m[1], BlockIndex: Number(m[2]), BlockData: body });
       put(out, 'DataLength', num(h('x-amz-data-length')));
       put(out, 'Progress', num(h('x-amz-progress')));
       put(out, 'Checksum', h('x-amz-checksum'));

@@ -31,6 +31,8 @@ import { MAX_IN_FLIGHT_PER_CONNECTION, type ListenerLimits, type WireBodyError, 
 export const REQ_FIELDS = 8;
 /** Fields per answer: id, status, content type or headers, request id or null, body. */
 export const ANS_FIELDS = 5;
+/** Where the body sits among an answer's fields. */
+const ANS_BODY = 4;
 /** `bodyError` on the wire: 0 none. */
 export const BODY_ERRORS = ['', 'too-large', 'body-budget', 'aborted', 'in-flight'] as const;
 
@@ -178,8 +180,15 @@ export class FrontWorker {
     if (Array.isArray(h) && h.length === 6 && h[0] === 'Content-Type' && h[2] === 'Content-Length' && h[4] === 'x-amzn-RequestId' && typeof w.body === 'string') {
       this.out.push(id, w.status, h[1], h[5], w.body);
     } else {
-      // A binary body as its own bytes: a pooled Buffer would clone its whole pool.
-      const body = typeof w.body === 'string' ? w.body : new Uint8Array(w.body);
+      // A binary body as its own bytes (a pooled Buffer would clone its whole pool), moved to the
+      // worker (flush); the answer's buffer, which may hold a plaintext block, is zeroed once copied.
+      let body: string | Uint8Array;
+      if (typeof w.body === 'string') body = w.body;
+      else {
+        body = new Uint8Array(new ArrayBuffer(w.body.length)); // off V8's heap even when small (protocol.ts exactBytes says why)
+        body.set(w.body);
+        w.body.fill(0);
+      }
       this.out.push(id, w.status, h, null, body);
     }
     if (!this.scheduled) {
@@ -193,7 +202,10 @@ export class FrontWorker {
     if (this.out.length === 0 || this.dead) return;
     const a = this.out;
     this.out = [];
-    this.worker.postMessage({ t: 'answers', a } satisfies FrontCommand);
+    // Binary bodies are moved, not cloned: no copy of a block stays on this thread.
+    const moved: ArrayBuffer[] = [];
+    for (let i = ANS_BODY; i < a.length; i += ANS_FIELDS) if (a[i] instanceof Uint8Array) moved.push((a[i] as Uint8Array).buffer as ArrayBuffer);
+    this.worker.postMessage({ t: 'answers', a } satisfies FrontCommand, moved);
   }
 }
 

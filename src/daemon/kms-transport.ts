@@ -75,6 +75,7 @@ export interface WireRequest {
 export interface WireResponse {
   status: number;
   headers: string[] | Record<string, string | number>;
+  /** A Buffer is the answer's own: the transport zeroes it once written. */
   body: string | Buffer;
 }
 
@@ -225,7 +226,11 @@ export class HttpTransport {
       try {
         if (closeAfter) res.shouldKeepAlive = false; // node sends Connection: close and ends the socket after the answer
         res.writeHead(w.status, w.headers as string[]);
-        res.end(w.body);
+        const body = w.body;
+        res.end(body);
+        // A binary body is the answer's own (GetSnapshotBlock's block, in the clear): zeroed once
+        // written or once the connection is gone ('close' comes after 'finish'). A string cannot be.
+        if (typeof body !== 'string') res.once('close', () => body.fill(0));
       } catch {
         // An answer node will not write (a header it refuses): the connection is unusable, not the listener.
         socket.destroy();
@@ -331,7 +336,12 @@ function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string)
       if (refused) { fail(refused); return; }
       if (settled) return;
       settled = true; // settled: a later 'close' must not give the bytes back twice
-      resolve({ body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), reserved });
+      if (chunks.length === 1) { resolve({ body: chunks[0]!, reserved }); return; }
+      // Joined into one buffer, which its owner zeroes once answered: the pieces are zeroed now
+      // (best effort, as every wipe in JS), or a plaintext would outlive the body it was read into.
+      const body = Buffer.concat(chunks);
+      for (const c of chunks) c.fill(0);
+      resolve({ body, reserved });
     });
   });
 }

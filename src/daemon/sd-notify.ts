@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { childEnv } from '../util/child-env.js';
 import type { Logger } from '../util/logger.js';
 
 /**
@@ -77,7 +78,7 @@ export class SdNotify {
     return new Promise<void>((resolve) => {
       let err = '';
       // --no-block: no BARRIER=1 round trip; the message already carries our PID.
-      const p = spawn(this.bin, ['--no-block', ...assignments], { env: { ...process.env, NOTIFY_SOCKET: socket }, stdio: ['ignore', 'ignore', 'pipe'] });
+      const p = spawn(this.bin, ['--no-block', ...assignments], { env: childEnv({ NOTIFY_SOCKET: socket }), stdio: ['ignore', 'ignore', 'pipe'] });
       p.stderr!.on('data', (c: Buffer) => (err += c.toString()));
       const timer = setTimeout(() => p.kill('SIGKILL'), 10_000);
       timer.unref();

@@ -4,6 +4,7 @@ import { promisify } from 'node:util';
 import Fuse from 'fuse-native';
 import type { FuseOps, FuseOptions } from 'fuse-native';
 import { EbsdError } from '../util/errors.js';
+import { childEnv } from '../util/child-env.js';
 import type { Logger } from '../util/logger.js';
 import { appendMountOptions, EXTRA_MOUNT_OPTIONS, fuseNativeOptions, MAX_IO } from './mount-options.js';
 
@@ -104,10 +105,10 @@ export async function recoverStaleMount(dir: string, log: Logger): Promise<boole
 
 async function lazyUnmount(dir: string, log: Logger): Promise<void> {
   try {
-    await run('fusermount', ['-uz', dir]);
+    await run('fusermount', ['-uz', dir], { env: childEnv() });
     return;
   } catch (err) {
     log.debug({ mount: dir, err: (err as Error).message }, 'fusermount -uz failed');
   }
-  await run('umount', ['-l', dir]);
+  await run('umount', ['-l', dir], { env: childEnv() });
 }

@@ -1,4 +1,4 @@
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomFillSync, timingSafeEqual } from 'node:crypto';
 import { wipe } from '../util/wipe.js';
 
 /**
@@ -32,8 +32,9 @@ export class TokenSigner {
   /** `key` for tests only (32 bytes, copied); a fresh random key otherwise. */
   constructor(key?: Uint8Array) {
     this.key = Buffer.allocUnsafeSlow(32);
-    if (key) Buffer.from(key).copy(this.key);
-    else randomBytes(32).copy(this.key);
+    // Into the key's own buffer: a randomBytes() or Buffer.from() copied from would stay unwiped.
+    if (key) this.key.set(key.subarray(0, 32));
+    else randomFillSync(this.key);
   }
 
   /** A block token for block `index` of `snapshotId` holding content `hash`, valid until `expiresAtMs`. */

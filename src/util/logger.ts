@@ -16,6 +16,10 @@ export const REDACT_FIELDS: readonly string[] = [
   // Access-key and STS session secrets, as AWS answers name them and as the SDKs' credential objects
   // and the SigV4 header carry them, and the signing key derived from a secret.
   'SecretAccessKey', 'secretAccessKey', 'SessionToken', 'sessionToken', 'x-amz-security-token', 'signingKey',
+  // The SigV4 header (a signature a replay within the skew could use), as node's headers and rawHeaders name it.
+  'authorization', 'Authorization',
+  // Grant tokens as the volume catalog stores them (src/volume/catalog.ts), and an EBS direct block (plaintext).
+  'grantToken', 'BlockData',
 ];
 const SENSITIVE: ReadonlySet<string> = new Set(REDACT_FIELDS);
 const CENSOR = '[redacted]';

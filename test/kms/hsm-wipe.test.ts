@@ -59,15 +59,18 @@ describe('exactBytes', () => {
     expect(transfer).toEqual([field.buffer]);
   });
 
-  it('not owned (a request): the caller\'s buffers are neither wiped nor listed; only the copy of a pooled one moves', () => {
+  it('not owned (a request): the caller\'s buffers are neither wiped nor listed; a copy of each moves, an exact one\'s too (a clone would leave its bytes in the freed clone buffer)', () => {
     const secret = randomBytes(32);
     const field = pooled(secret);
-    const mine = exact(randomBytes(16));
+    const ctxBytes = randomBytes(16);
+    const mine = exact(ctxBytes);
     const transfer: ArrayBuffer[] = [];
     const o = exactBytes({ plaintext: field as Uint8Array, ctx: mine }, transfer, false);
     expect(Buffer.from(field).equals(secret)).toBe(true);
-    expect(o.ctx).toBe(mine);
-    expect(transfer).toEqual([o.plaintext.buffer]);
+    expect(Buffer.from(mine).equals(ctxBytes)).toBe(true);
+    expect(o.ctx).not.toBe(mine);
+    expect(Buffer.from(o.ctx).equals(ctxBytes)).toBe(true);
+    expect(transfer).toEqual([o.plaintext.buffer, o.ctx.buffer]);
     expect(transfer).not.toContain(mine.buffer);
   });
 });

@@ -12,7 +12,10 @@
  *   - the environment systemd-notify runs with (a stand-in on PATH writes it
  *     to a file), and the daemon's own /proc/<pid>/environ, lack the
  *     passphrase, while the HSM domain was still sealed under it; the FUSE
- *     mount serves a volume as before.
+ *     mount serves a volume as before;
+ *   - the AWS SDK's secret variables (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN),
+ *     which the daemon keeps for its own SDK clients (a remote KMS, an S3
+ *     store), are not in systemd-notify's environment either (childEnv).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -27,9 +30,15 @@ const coreLimits = (pid: number): string | undefined => readFileSync(`/proc/${pi
 describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUSE)', () => {
   const env = new Env('harden');
   const passphrase = `hsm-pass-${randomBytes(12).toString('hex')}`;
+  // The shape of an SDK's environment credentials; nothing in this daemon uses them.
+  const awsSecret = `aws-secret-${randomBytes(12).toString('hex')}`;
+  const awsToken = `aws-token-${randomBytes(12).toString('hex')}`;
   const bin = join(env.dir, 'bin');
   const dumps = join(env.dir, 'notify-env');
-  const saved = { PATH: process.env.PATH, NOTIFY_SOCKET: process.env.NOTIFY_SOCKET, EBSD_HSM_PASSPHRASE: process.env.EBSD_HSM_PASSPHRASE };
+  const saved = {
+    PATH: process.env.PATH, NOTIFY_SOCKET: process.env.NOTIFY_SOCKET, EBSD_HSM_PASSPHRASE: process.env.EBSD_HSM_PASSPHRASE,
+    AWS_SECRET_ACCESS_KEY: process.env.AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN: process.env.AWS_SESSION_TOKEN,
+  };
 
   beforeAll(async () => {
     ensureBuilt();
@@ -38,7 +47,7 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
     // A stand-in for systemd-notify(1): it writes the environment it was given, one file per run.
     // Written aside and renamed: the test reads only whole dumps (a file name seen while `env` still writes would read empty).
     writeFileSync(join(bin, 'systemd-notify'), `#!/bin/sh\nenv > ${dumps}/$$.tmp && mv ${dumps}/$$.tmp ${dumps}/$$.env\n`, { mode: 0o755 });
-    Object.assign(process.env, { PATH: `${bin}:${process.env.PATH}`, NOTIFY_SOCKET: '@ebsd-test-harden-unused', EBSD_HSM_PASSPHRASE: passphrase });
+    Object.assign(process.env, { PATH: `${bin}:${process.env.PATH}`, NOTIFY_SOCKET: '@ebsd-test-harden-unused', EBSD_HSM_PASSPHRASE: passphrase, AWS_SECRET_ACCESS_KEY: awsSecret, AWS_SESSION_TOKEN: awsToken });
     try {
       await env.start(['--log-level', 'debug']);
     } finally {
@@ -70,6 +79,20 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
     const domain = JSON.parse(readFileSync(join(env.state, 'kms', 'hsm', 'domain.json'), 'utf8')) as { kekSource: string };
     expect(domain.kekSource).toBe('passphrase');
     expect(env.daemonLog()).not.toContain(passphrase);
+  });
+
+  it('systemd-notify ran without the AWS SDK\'s secret variables (the daemon keeps them for its own SDK clients)', async () => {
+    const whole = (): string[] => readdirSync(dumps).filter((f) => f.endsWith('.env'));
+    for (let i = 0; i < 500 && whole().length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    const runs = whole().map((f) => readFileSync(join(dumps, f), 'utf8'));
+    expect(runs.length).toBeGreaterThan(0);
+    for (const e of runs) {
+      expect(e).toContain('NOTIFY_SOCKET=@ebsd-test-harden-unused');
+      expect(e).not.toMatch(/^AWS_SECRET_ACCESS_KEY=|^AWS_SESSION_TOKEN=/m);
+      expect(e).not.toContain(awsSecret);
+      expect(e).not.toContain(awsToken);
+    }
+    expect(env.daemonLog()).not.toContain(awsSecret);
   });
 
   it('the FUSE mount serves an attached volume as before', async () => {

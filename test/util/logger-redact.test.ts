@@ -43,6 +43,20 @@ describe('logger redaction (the factory owns the list)', () => {
     expect(text()).toContain('ASIAEXAMPLE'); // the key id is not a secret
   });
 
+  test('what the state and the wire name otherwise: a catalog record\'s grant token, the SigV4 header, an EBS direct block', () => {
+    const { log, text } = capture();
+    // volumes/catalog.json (src/volume/catalog.ts): the attachment's and a pending retirement's token, camelCase.
+    log.info({ rec: { volumeId: 'vol-1', attachment: { grantId: 'g-1', grantToken: SECRET }, pendingGrantRetirements: [{ grantId: 'g-2', grantToken: SECRET }] } }, 'record');
+    // A request's headers: the Authorization header is a signature any replay within the skew could use.
+    log.info({ headers: { authorization: `AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20261201/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=${SECRET}` } }, 'request');
+    log.info({ raw: { Authorization: SECRET } }, 'request');
+    // EBS direct GetSnapshotBlock / PutSnapshotBlock: the block, in the clear for an encrypted snapshot.
+    log.info({ out: { BlockData: SECRET, Checksum: 'c' } }, 'block');
+    expect(text()).not.toContain(SECRET);
+    expect(text()).toContain('vol-1');
+    expect(text()).toContain('g-2');
+  });
+
   test('the caller\'s object is never changed, and is returned as is when nothing is censored', () => {
     const o = { req: { Plaintext: SECRET }, n: 1 };
     const r = redact(o) as typeof o;

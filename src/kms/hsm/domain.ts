@@ -6,7 +6,7 @@
  * Opening never rewrites anything: a wrong passphrase, a missing KEK file or a
  * tampered domain file is an HsmDomainError and the files stay as they were.
  */
-import { createCipheriv, createDecipheriv, randomBytes, generateKeyPairSync, createPublicKey, createPrivateKey } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes, randomFillSync, generateKeyPairSync, createPublicKey, createPrivateKey } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, openSync, writeSync, fsyncSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { scrypt } from '@noble/hashes/scrypt.js';
@@ -106,7 +106,16 @@ export function openDomain(kmsDir: string, passphrase?: string, opts: { scryptCo
     const d = createDecipheriv('aes-256-gcm', kek, Buffer.from(f.iv, 'base64'));
     d.setAAD(AAD);
     d.setAuthTag(sealed.subarray(sealed.length - 16));
-    plain = Buffer.concat([d.update(sealed.subarray(0, sealed.length - 16)), d.final()]);
+    // GCM's final() adds no bytes: update's output is the whole plaintext, kept and wiped as `plain`
+    // (a concat would leave this buffer, the domain key and audit key in the clear, unwiped).
+    const out = d.update(sealed.subarray(0, sealed.length - 16));
+    try {
+      d.final();
+    } catch (e) {
+      wipe(out); // unauthenticated, but it may still be the domain under a tampered tag
+      throw e;
+    }
+    plain = out;
   } catch {
     throw new HsmDomainError('HSM_DOMAIN_UNSEAL_FAILED',
       f.kekSource === 'passphrase' ? 'wrong HSM passphrase, or the domain file was tampered with; nothing was changed'
@@ -142,7 +151,7 @@ export function openDomain(kmsDir: string, passphrase?: string, opts: { scryptCo
 function createDomain(path: string, kekPath: string, passphrase?: string, scryptCost?: ScryptCost): Domain {
   const cost = chooseScryptCost(scryptCost);
   const domainKey = Buffer.allocUnsafeSlow(32);
-  randomBytes(32).copy(domainKey);
+  randomFillSync(domainKey); // in place: a randomBytes() copied from would stay in the clear, unwiped
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
   const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });
   let kek: Buffer;

@@ -76,15 +76,19 @@ export class HsmEngine {
   /** Plaintext material of a handle. The caller must wipe it. */
   private unwrap(k: KeyHandle): Buffer {
     const t = k.ekt;
+    let out: Buffer | undefined;
     try {
       if (t.length < 1 + IV_LEN + TAG_LEN + 1 || t[0] !== EKT_VERSION) throw new Error('format');
       const d = createDecipheriv('aes-256-gcm', this.domain.domainKey, t.subarray(1, 1 + IV_LEN));
       d.setAAD(this.ektAad(k.arn, k.hbkId));
       d.setAuthTag(t.subarray(t.length - TAG_LEN));
-      const out = d.update(t.subarray(1 + IV_LEN, t.length - TAG_LEN));
+      out = d.update(t.subarray(1 + IV_LEN, t.length - TAG_LEN));
       d.final();
       return out;
     } catch {
+      // GCM decrypts before it authenticates: a token under another ARN or key id (its AAD) still
+      // decrypts to the real material, which must not stay behind in the clear.
+      wipe(out);
       throw new KMSInternalException(
         `The key material token of ${k.arn} (material ${Buffer.from(k.hbkId).toString('hex')}) failed authentication; this key is unusable`,
         { code: 'KMS_KEY_MATERIAL_CORRUPT' },
@@ -343,7 +347,7 @@ export class HsmEngine {
    */
   private newSecret(kind: SecretKind, id: string, context: Uint8Array): { secret: string; sealed: Uint8Array } {
     const raw = this.drbg.bytes(30);
-    const secret = Buffer.from(Buffer.from(raw).toString('base64'), 'latin1');
+    const secret = Buffer.from(raw.toString('base64'), 'latin1'); // raw itself: a copy of it would stay unwiped
     try {
       const iv = this.drbg.bytes(IV_LEN);
       const c = createCipheriv('aes-256-gcm', this.domain.domainKey, iv);
@@ -357,15 +361,18 @@ export class HsmEngine {
 
   /** The secret inside a seal made by newSecret; the caller wipes it. A seal that fails authentication names no secret. */
   private unsealSecret(kind: SecretKind, id: string, context: Uint8Array, sealed: Uint8Array): Buffer {
+    let out: Buffer | undefined;
     try {
       if (sealed.length < 1 + IV_LEN + TAG_LEN + 1 || sealed[0] !== SECRET_VERSION) throw new Error('format');
       const d = createDecipheriv('aes-256-gcm', this.domain.domainKey, sealed.subarray(1, 1 + IV_LEN));
       d.setAAD(this.secretAad(kind, id, context));
       d.setAuthTag(sealed.subarray(sealed.length - TAG_LEN));
-      const out = d.update(sealed.subarray(1 + IV_LEN, sealed.length - TAG_LEN));
+      out = d.update(sealed.subarray(1 + IV_LEN, sealed.length - TAG_LEN));
       d.final();
       return out;
     } catch {
+      // A session token whose clear part was altered (the AAD) still decrypts to the real secret: wiped.
+      wipe(out);
       throw new KmsError('UnrecognizedClientException', `The sealed secret of ${kind} ${id} failed authentication.`, { code: 'KMS_SECRET_UNSEAL_FAILED' });
     }
   }

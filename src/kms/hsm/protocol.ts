@@ -113,7 +113,8 @@ export interface HsmReplyBatch { seq: number; res: ({ ok: true; v: unknown } | {
  * (the HSM worker's replies, which carry plaintext and data keys). A field
  * that is exact already is then transferred as is, and the original of a
  * copied field is wiped (best effort: src/util/wipe.ts). Not owned (a
- * request, whose buffers are the caller's): only the copies move; the
+ * request, whose buffers are the caller's): every field is copied and the
+ * copies move (none is cloned: the clone's buffer is freed unwiped); the
  * caller's buffers are neither wiped nor detached.
  *
  * Mutates and returns `o`.
@@ -124,8 +125,14 @@ export function exactBytes<T extends object>(o: T, transfer: ArrayBuffer[], owne
     const v = r[k];
     if (!(v instanceof Uint8Array)) continue;
     const whole = v.buffer;
-    if (v.byteLength !== whole.byteLength) {
-      const copy = new Uint8Array(v); // a new ArrayBuffer of exactly byteLength
+    // Not owned, a field is copied even when exact: cloned, its bytes (an Encrypt's 4 KiB plaintext)
+    // would also pass through the structured-clone buffer, which is freed without being wiped.
+    if (v.byteLength !== whole.byteLength || !owned) {
+      // A new ArrayBuffer of exactly byteLength, allocated as one: V8 keeps a small typed array's
+      // bytes (up to 64) on its own heap and copies them out when `.buffer` is first read, leaving
+      // the heap copy (a plaintext or data key) behind, unwiped, until the GC reuses it.
+      const copy = new Uint8Array(new ArrayBuffer(v.byteLength));
+      copy.set(v);
       if (owned) wipe(v);
       r[k] = copy;
       transfer.push(copy.buffer);

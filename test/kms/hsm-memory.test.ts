@@ -1,0 +1,80 @@
+/**
+ * A data key or plaintext that crosses the HSM boundary leaves no copy of itself
+ * behind once the edge has wiped what it holds (docs/architecture.md §5.6, §6.5):
+ * with the HSM in its worker thread, after Decrypt and Encrypt through the
+ * edge's own functions (aws-json.ts: the request decoded, the response
+ * encoded, the request's Plaintext wiped), this process's memory
+ * (/proc/self/mem, freed memory included; test/helpers/own-memory.ts) holds
+ * no whole copy of the secret. The base64 text of an answer is not searched:
+ * strings cannot be wiped, as §6.5 says. Not covered, because not ours to
+ * wipe (§6.5): the buffer node's Cipher.update frees after copying its output
+ * to one of the exact length, which keeps a data key drawn from the DRBG's
+ * keystream whole (GenerateDataKey is therefore not searched here) and
+ * a decrypted plaintext less the bytes malloc writes over when it frees it.
+ * Real KMS core, real worker HSM.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomFillSync } from 'node:crypto';
+import type { KmsService } from '../../src/kms/kms-core.js';
+import { decodeKmsRequest, encodeResponse, wipeRequestSecrets } from '../../src/daemon/aws-json.js';
+import { countInOwnMemory, invert } from '../helpers/own-memory.js';
+import { admin, openKms, tempDir } from './helpers.js';
+import type { TempDir } from '../helpers/temp-dir.js';
+
+let t: TempDir;
+let kms: KmsService;
+let keyId = '';
+
+beforeAll(async () => {
+  t = tempDir('ebsd-hsm-memory-');
+  kms = await openKms(t.dir, { hsmMode: 'worker' });
+  keyId = ((await kms.call('CreateKey', {}, admin)) as { KeyMetadata: { KeyId: string } }).KeyMetadata.KeyId;
+});
+afterAll(async () => {
+  await kms.close();
+  t.cleanup();
+});
+
+describe('worker HSM: no copy of a secret outlives the call', () => {
+  it('Decrypt: the plaintext, once the answer is encoded', async () => {
+    const plain = Buffer.allocUnsafeSlow(48);
+    randomFillSync(plain);
+    const secret = invert(plain);
+    const enc = decodeKmsRequest({ KeyId: keyId, Plaintext: plain.toString('base64') });
+    plain.fill(0);
+    const { CiphertextBlob } = (await kms.call('Encrypt', enc, admin)) as { CiphertextBlob: Uint8Array };
+    wipeRequestSecrets(enc);
+    const req = decodeKmsRequest({ CiphertextBlob: Buffer.from(CiphertextBlob).toString('base64') });
+    const out = (await kms.call('Decrypt', req, admin)) as { Plaintext: Uint8Array };
+    expect(out.Plaintext.length).toBe(48);
+    encodeResponse(out);
+    wipeRequestSecrets(req);
+    expect(countInOwnMemory(secret)).toBe(0);
+  }, 60_000);
+
+  it.each([48, 4096])('Encrypt: the request\'s plaintext (%i bytes), once answered and wiped', async (n) => {
+    const plain = Buffer.allocUnsafeSlow(n);
+    randomFillSync(plain);
+    const secret = invert(plain);
+    const b64 = plain.toString('base64');
+    plain.fill(0);
+    const req = decodeKmsRequest({ KeyId: keyId, Plaintext: b64 });
+    await kms.call('Encrypt', req, admin);
+    wipeRequestSecrets(req);
+    expect(countInOwnMemory(secret)).toBe(0);
+  }, 60_000);
+});
+
+describe('the edge: a request refused while it is decoded', () => {
+  it('leaves no copy of a Plaintext it had already decoded (a later member refused it)', () => {
+    const plain = Buffer.allocUnsafeSlow(48);
+    randomFillSync(plain);
+    const secret = invert(plain);
+    const b64 = plain.toString('base64');
+    plain.fill(0);
+    // Members are decoded in order: Plaintext first, then Recipient (refused) or a malformed blob.
+    expect(() => decodeKmsRequest({ KeyId: keyId, Plaintext: b64, Recipient: { AttestationDocument: 'AAAA' } })).toThrow(/Recipient/);
+    expect(() => decodeKmsRequest({ KeyId: keyId, Plaintext: b64, CiphertextBlob: 'not base64!' })).toThrow(/CiphertextBlob must be a base64-encoded blob/);
+    expect(countInOwnMemory(secret)).toBe(0);
+  }, 60_000);
+});
