@@ -409,7 +409,7 @@ export class Daemon {
       // Restore and copy (docs/architecture.md §14): a source is held against DeleteSnapshot while read.
       const restore = new SnapshotRestore({ store, volumes: m, hold: (id) => snaps.hold(id), logger: log });
       copier = await SnapshotCopier.open({
-        store, keyService: m.keyService, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
+        store, keyService: m.keyService, opGrants: m.opGrants, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
         localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
         onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log, allowUnencrypted: cfg.allowUnencrypted,
       });

@@ -6,6 +6,7 @@ import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { faultPoint } from '../util/fault-point.js';
 import type { KeyService } from '../volume/key-service.js';
+import { grantTokensOf, type OpGrants } from '../volume/op-grants.js';
 import type { CreateVolumeRequest, ImageBuildContext, ImageBuilt, VolumeManager } from '../volume/volume-manager.js';
 import { buildLuks2Json, verifyVolumeKey, VOLUME_KEY_BYTES, type Luks2Volume } from '../volume/luks2-json.js';
 import { createLuks2, createLuks2From, parseLuks2Header } from '../volume/luks2-header.js';
@@ -179,15 +180,23 @@ export class SnapshotRestore {
   private async buildSameKey(snap: OpenedSnapshot, o: ImageBuildContext, details: Record<string, unknown>): Promise<ImageBuilt> {
     const wk = snap.manifest.wrappedKey!;
     const ctx = { 'aws:ebs:id': o.volumeId };
-    const r = await o.keyService.reEncrypt(
-      {
-        CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
-        SourceKeyId: wk.keyArn,
-        SourceEncryptionContext: wk.encryptionContext,
-        DestinationKeyId: wk.keyArn,
-        DestinationEncryptionContext: ctx,
-      },
-      o.via,
+    // Two short-lived grants (op-grants.ts): ReEncryptFrom on the snapshot's context, ReEncryptTo on the new volume's.
+    const grants = [
+      { keyId: wk.keyArn, operations: ['ReEncryptFrom' as const], context: wk.encryptionContext },
+      { keyId: wk.keyArn, operations: ['ReEncryptTo' as const], context: ctx },
+    ];
+    const r = await this.volumes.opGrants.run(`${o.volumeId}-rewrap`, grants, o.via, (use) =>
+      o.keyService.reEncrypt(
+        {
+          CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
+          SourceKeyId: wk.keyArn,
+          SourceEncryptionContext: wk.encryptionContext,
+          DestinationKeyId: wk.keyArn,
+          DestinationEncryptionContext: ctx,
+          ...grantTokensOf(use),
+        },
+        use.caller,
+      ),
     );
     await createLuks2From(o.path, snap.header, {
       size: o.size,
@@ -215,7 +224,7 @@ export class SnapshotRestore {
     let to: XtsContext | null = null;
     try {
       if (m.encrypted) {
-        oldKey = await unwrapSnapshotKey(o.keyService, snap, o.via);
+        oldKey = await unwrapSnapshotKey(o.keyService, snap, o.via, { grants: this.volumes.opGrants, stepId: `${o.volumeId}-source-key` });
         from = o.xtsEngine.createContext(oldKey);
         wipe(oldKey);
       }
@@ -317,11 +326,16 @@ export async function checkedSnapshot(store: SnapshotStore, snapshotId: string, 
 /**
  * The snapshot's data key, unwrapped on the caller's behalf (Decrypt with the
  * context it was wrapped under) and checked against the snapshot's LUKS2
- * digest. The caller wipes it.
+ * digest. With `through`, the Decrypt is the host's through a short-lived
+ * `[Decrypt]` grant on that context (op-grants.ts), retired right after. The
+ * caller wipes it.
  */
-export async function unwrapSnapshotKey(ks: KeyService, snap: OpenedSnapshot, via: Caller): Promise<Uint8Array> {
+export async function unwrapSnapshotKey(ks: KeyService, snap: OpenedSnapshot, via: Caller, through?: { grants: OpGrants; stepId: string }): Promise<Uint8Array> {
   const wk = snap.manifest.wrappedKey!;
-  const key = (await ks.decrypt({ CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'), KeyId: wk.keyArn, EncryptionContext: wk.encryptionContext }, via)).Plaintext;
+  const req = { CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'), KeyId: wk.keyArn, EncryptionContext: wk.encryptionContext };
+  const key = through
+    ? await through.grants.run(through.stepId, [{ keyId: wk.keyArn, operations: ['Decrypt'], context: wk.encryptionContext }], via, async (use) => (await ks.decrypt({ ...req, ...grantTokensOf(use) }, use.caller)).Plaintext)
+    : (await ks.decrypt(req, via)).Plaintext;
   try {
     if (key.length !== VOLUME_KEY_BYTES) throw corrupt(snap.manifest, `its data key unwrapped to ${key.length} bytes`);
     verifyVolumeKey(snap.luks2!, key);

@@ -14,6 +14,7 @@ import type { ImpairedEvent, KeyCacheState } from './key-cache.js';
 import type { Clock } from '../util/clock.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { Attachments } from './attachments.js';
+import { grantTokensOf, OpGrants } from './op-grants.js';
 import { VolumeRecovery } from './volume-recovery.js';
 import { loadInstanceId } from './instance-id.js';
 import type { BlockDevice } from './types.js';
@@ -200,6 +201,8 @@ export class VolumeManager {
   /** Volumes with a ModifyVolume accepted and not yet answered (a second one is refused, not queued). */
   private readonly modifyAccepted = new Set<string>();
   private readonly attachments: Attachments;
+  /** Short-lived grants of create, restore and copy steps (op-grants.ts). */
+  readonly opGrants: OpGrants;
   private readonly recovery: VolumeRecovery;
   /** Volumes whose image a background create is writing, with its progress (0-100). */
   private readonly building = new Map<string, number>();
@@ -211,6 +214,7 @@ export class VolumeManager {
     this.ks = guardKeyService(o.keyService);
     this.viaService = `ec2.${o.region ?? 'us-east-1'}.amazonaws.com`;
     this.instanceId = o.instanceId!; // open() fills it in
+    this.opGrants = new OpGrants(this.ks, o.hostPrincipal, this.instanceId, this.log);
     this.attachments = new Attachments({
       dir: this.dir,
       catalog,
@@ -323,23 +327,29 @@ export class VolumeManager {
   /**
    * docs/architecture.md §6.1: a new volume key, GenerateDataKeyWithoutPlaintext
    * under `keyId` with context `{"aws:ebs:id": volumeId}` on the caller's
-   * behalf via EC2, unwrapped once (Decrypt, on the caller's behalf too) for
-   * the LUKS2 digest or a re-encryption. The caller wipes `key`.
+   * behalf via EC2, unwrapped once for the LUKS2 digest or a re-encryption:
+   * Decrypt as the host through a short-lived `[Decrypt]` grant on the
+   * volume's context (op-grants.ts), retired right after. The caller wipes `key`.
    */
   async newDataKey(keyId: string, volumeId: string, via: Caller): Promise<{ key: Uint8Array; blob: Uint8Array; keyArn: string }> {
     const ctx = { 'aws:ebs:id': volumeId };
-    for (let i = 0; ; i++) {
-      const gen = await this.ks.generateDataKeyWithoutPlaintext({ KeyId: keyId, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
-      const key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
-      if (key.length !== VOLUME_KEY_BYTES) {
+    const generate = (id: string) => this.ks.generateDataKeyWithoutPlaintext({ KeyId: id, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
+    let gen = await generate(keyId);
+    // The grant names the key by the ARN KMS answered: CreateGrant takes no alias.
+    return this.opGrants.run(`${volumeId}-new-key`, [{ keyId: gen.KeyId, operations: ['Decrypt'], context: ctx }], via, async (use) => {
+      for (let i = 0; ; i++) {
+        if (i > 0) gen = await generate(gen.KeyId); // the key the grant is on
+        const key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx, ...grantTokensOf(use) }, use.caller)).Plaintext;
+        if (key.length !== VOLUME_KEY_BYTES) {
+          wipe(key);
+          throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
+        }
+        // docs/architecture.md §3.5: K1 = K2 is refused by XTS (FIPS); regenerate.
+        // Compared in place (xtsKeyHalvesEqual): no copy of K1 in Node's Buffer pool.
+        if (!xtsKeyHalvesEqual(key) || i >= 3) return { key, blob: gen.CiphertextBlob, keyArn: gen.KeyId };
         wipe(key);
-        throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
       }
-      // docs/architecture.md §3.5: K1 = K2 is refused by XTS (FIPS); regenerate.
-      // Compared in place (xtsKeyHalvesEqual): no copy of K1 in Node's Buffer pool.
-      if (!xtsKeyHalvesEqual(key) || i >= 3) return { key, blob: gen.CiphertextBlob, keyArn: gen.KeyId };
-      wipe(key);
-    }
+    });
   }
 
   /**

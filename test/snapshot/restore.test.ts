@@ -228,7 +228,7 @@ describe('volume create --snapshot-id', () => {
     expect([...named].filter((h) => !present.has(h))).toEqual([]);
   }, 120_000);
 
-  it('authorization: ec2:CreateVolume on the snapshot ARN and ec2:CopySnapshot through identity policies; the KMS calls are the caller\'s, via EC2', async () => {
+  it('authorization: ec2:CreateVolume on the snapshot ARN and ec2:CopySnapshot through identity policies; the caller\'s KMS calls (the op grants) via EC2, the key used by the host through them', async () => {
     const UID = 4242;
     await env.api('ebsd.IamCreateUser', { UserName: 'carol' });
     await env.api('ebsd.IamMapUid', { Uid: UID, Principal: 'user/carol' });
@@ -249,9 +249,15 @@ describe('volume create --snapshot-id', () => {
     const ok = await carol(['volume', 'create', '--snapshot-id', snap, '--wait']);
     expect(ok.code, ok.stderr).toBe(0);
     const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
-    const re = ev.find((e) => e.eventName === 'ReEncrypt' && e.requestParameters?.destinationEncryptionContext?.['aws:ebs:id'] === ok.json().VolumeId);
-    expect(re.userIdentity.arn).toMatch(/:user\/carol$/);
-    expect(re.userIdentity.invokedBy).toBe('ec2.us-east-1.amazonaws.com');
+    // The caller's KMS calls are the CreateGrants of the restore's short-lived grants (src/volume/op-grants.ts), via EC2;
+    // the ReEncrypt is the host's own through them (its key policy needs no kms:ReEncrypt*).
+    const newVol = ok.json().VolumeId as string;
+    const opGrants = ev.filter((e) => e.eventName === 'CreateGrant' && JSON.stringify(e.requestParameters ?? {}).includes(`${newVol}-rewrap`));
+    expect(opGrants).toHaveLength(2);
+    for (const g of opGrants) expect(g.userIdentity).toMatchObject({ arn: expect.stringMatching(/:user\/carol$/), invokedBy: 'ec2.us-east-1.amazonaws.com' });
+    const re = ev.find((e) => e.eventName === 'ReEncrypt' && e.requestParameters?.destinationEncryptionContext?.['aws:ebs:id'] === newVol);
+    expect(re.errorCode).toBeUndefined();
+    expect(re.userIdentity.arn).toMatch(/:role\/ebsd-host$/);
     // CopySnapshot: the new snapshot/* needs the request tag team=a, and tags need ec2:CreateTags (CreateAction CopySnapshot).
     const noTag = await carol(['snapshot', 'copy', snap]);
     expect(noTag.code).toBe(4);

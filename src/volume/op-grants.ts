@@ -1,0 +1,124 @@
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import { toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
+import { errInfo } from './errors.js';
+
+/** Grants named so belong to one create, restore or copy step: `ebsd-op-<instance id>-<step id>`. */
+export const OP_GRANT_PREFIX = 'ebsd-op-';
+
+/** The operations a step's grant may carry: the unwrap of a data key, the re-wrap of one under a new context. */
+export type OpGrantOperation = 'Decrypt' | 'ReEncryptFrom' | 'ReEncryptTo';
+
+/** One grant a step needs: on `keyId` (an ARN or key id, never an alias), these operations, for contexts holding `context`. */
+export interface OpGrantRequest {
+  keyId: string;
+  operations: OpGrantOperation[];
+  context: EncryptionContext;
+}
+
+/** How a step makes its KMS calls: as `caller`, with `GrantTokens` when it goes through grants. */
+export interface KeyUse {
+  caller: Caller;
+  grantTokens?: string[];
+}
+
+/** A step id as grant names may carry it (KMS allows `[a-zA-Z0-9:/_-]`, 256 characters in all). */
+const STEP_ID = /^[a-zA-Z0-9:/_-]{1,200}$/;
+
+/** The op grant's name; the InstanceId tells hosts sharing one role apart, as in attach grant names. */
+export function opGrantName(instanceId: string, stepId: string, n: number): string {
+  return `${OP_GRANT_PREFIX}${instanceId}-${stepId}-${n}`;
+}
+
+/** Whose op grant this is: the InstanceId its name carries, or undefined when it is not an op grant. */
+export function opGrantInstance(name: string | undefined): string | undefined {
+  if (!name?.startsWith(OP_GRANT_PREFIX)) return undefined;
+  return /^(i-[0-9a-zA-Z]+)-/.exec(name.slice(OP_GRANT_PREFIX.length))?.[1];
+}
+
+/**
+ * Short-lived grants for the steps that unwrap or re-wrap a data key outside an
+ * attachment (docs/architecture.md §6.1, §14): a new volume's digest, the
+ * snapshot key a restore or copy under another key decrypts, the re-wrap of a
+ * restore or copy under the same key. As EBS does, the host uses a key only
+ * through a grant made for that step: CreateGrant on the caller's behalf
+ * (grantee and retiring principal: the host; only the step's operations; an
+ * EncryptionContextSubset naming the volume or snapshot), the call as the host
+ * with the grant token, RetireGrant right after, on failure too. So a host
+ * role's key policy needs no kms:Decrypt, and KMS refuses a host whose attach
+ * grant was revoked (README "A fleet").
+ *
+ * A crash between CreateGrant and RetireGrant leaves the grant: the start-up
+ * sweep retires this host's `ebsd-op-<instance>-…` grants (AttachGrants.retireOrphans).
+ *
+ * A CreateGrant refused with AccessDeniedException (a key policy from before
+ * op grants, allowing the step's own operation but not kms:CreateGrant to this
+ * caller) falls back to the call on the caller's behalf without a grant, as
+ * every step was made before: KMS still judges that call itself.
+ */
+export class OpGrants {
+  constructor(
+    private readonly ks: KeyService,
+    private readonly host: Caller,
+    private readonly instanceId: string,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * `fn` with the grants of `grants`, retired when it settles. `stepId` names
+   * them (`vol-…-new-key`); `via` is the caller acting through EC2, on whose
+   * behalf the grants are made.
+   */
+  async run<T>(stepId: string, grants: OpGrantRequest[], via: Caller, fn: (use: KeyUse) => Promise<T>): Promise<T> {
+    if (typeof stepId !== 'string' || !STEP_ID.test(stepId)) throw new RangeError(`stepId: ${String(stepId)} is not a grant name part`);
+    if (!grants.length) throw new RangeError('grants: at least one');
+    const made: { grantId: string; grantToken: string; keyId: string }[] = [];
+    try {
+      for (const [n, g] of grants.entries()) {
+        try {
+          const r = await this.ks.createGrant(
+            {
+              KeyId: g.keyId,
+              GranteePrincipal: this.host.arn,
+              RetiringPrincipal: this.host.arn,
+              Operations: [...g.operations],
+              Constraints: { EncryptionContextSubset: { ...g.context } },
+              Name: opGrantName(this.instanceId, stepId, n),
+            },
+            via,
+          );
+          made.push({ grantId: r.GrantId, grantToken: r.GrantToken, keyId: g.keyId });
+        } catch (e) {
+          const err = toKeyServiceError('CreateGrant', e);
+          if (err.awsName !== 'AccessDeniedException') throw err;
+          this.log.info({ step: stepId, keyId: g.keyId }, 'CreateGrant refused for a key step: calling without a grant on the caller\'s behalf (a key policy that allows the operation itself)');
+          await this.retire(stepId, made.splice(0));
+          return await fn({ caller: via });
+        }
+      }
+      return await fn({ caller: this.host, grantTokens: made.map((m) => m.grantToken) });
+    } finally {
+      await this.retire(stepId, made);
+    }
+  }
+
+  /** RetireGrant as the host, by token; a failure is logged (the next start's sweep retires what is left), never thrown. */
+  private async retire(stepId: string, made: { grantId: string; grantToken: string; keyId: string }[]): Promise<void> {
+    for (const g of made) {
+      try {
+        await this.ks.retireGrant({ GrantToken: g.grantToken }, this.host);
+      } catch (e) {
+        const err = toKeyServiceError('RetireGrant', e);
+        const gone = err.awsName === 'NotFoundException' || err.awsName === 'InvalidGrantIdException' || err.awsName === 'InvalidGrantTokenException';
+        if (gone) continue;
+        this.log.warn({ step: stepId, grantId: g.grantId, keyId: g.keyId, err: errInfo(err) }, 'could not retire a key step\'s grant; the next start retires it');
+      }
+    }
+    made.length = 0;
+  }
+}
+
+/** `GrantTokens` for a request made with `use`: none when the step calls without grants. */
+export function grantTokensOf(use: KeyUse): { GrantTokens?: string[] } {
+  return use.grantTokens?.length ? { GrantTokens: use.grantTokens } : {};
+}
