@@ -66,14 +66,16 @@ export interface OpenedSnapshot {
  * encrypted snapshot is always encrypted; the snapshot must be `completed`.
  *
  * - Same KMS key (none given, or the snapshot's): the data key is shared.
- *   ReEncrypt (on the caller's behalf, via EC2) binds the wrapped key to the
- *   new volume's context, so its attach grant works; the blocks are copied as
+ *   ReEncrypt (as the host, through short-lived grants made on the caller's
+ *   behalf via EC2, op-grants.ts) binds the wrapped key to the new volume's
+ *   context, so its attach grant works; the blocks are copied as
  *   they are stored, ciphertext; the header is the snapshot's with the token,
  *   label and uuid changed: the LUKS2 digest stays, attach verifies the key
  *   as for any volume.
  * - Another key: a new data key under it, the snapshot's key unwrapped
- *   (Decrypt on the caller's behalf: it needs kms:Decrypt on the old key, as
- *   EBS requires), every block decrypted and encrypted again, both keys
+ *   (Decrypt as the host through a short-lived grant made on the caller's
+ *   behalf; with a remote KMS the caller's identity policy needs kms:Decrypt
+ *   on the old key, as EBS requires: restore-authz.ts), every block decrypted and encrypted again, both keys
  *   wiped, a new LUKS2 header. The old key is then no longer needed.
  *
  * The volume is `creating` while blocks are written and `available` after; a
