@@ -80,6 +80,34 @@ describe('CreateVolume through the real KMS core', () => {
     // The user cannot do the same without EC2 (identity policy conditioned on kms:ViaService).
     await expect(kms.core.call('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/aws/ebs', NumberOfBytes: 64 }, kms.user)).rejects.toMatchObject({ awsName: 'AccessDeniedException' });
   });
+
+  test('the digest\'s Decrypt is the host\'s through a short-lived [Decrypt] grant the caller made via EC2, retired at once', async () => {
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    const ev = await kms.auditEvents();
+    const cg = ev.filter((e) => e.eventName === 'CreateGrant');
+    expect(cg).toHaveLength(1);
+    expect(cg[0]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
+    expect(JSON.stringify(cg[0]!.requestParameters)).toContain(`ebsd-op-${mgr.instanceId}-${v.VolumeId}-new-key-0`);
+    const dec = ev.filter((e) => e.eventName === 'Decrypt');
+    expect(dec.map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
+    expect(ev.filter((e) => e.eventName === 'RetireGrant').map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
+    expect(await kms.grantIds(arn)).toEqual([]);
+  });
+
+  test('a caller refused kms:CreateGrant but allowed kms:Decrypt via EC2 (a policy from before op grants) still creates: the Decrypt is its own', async () => {
+    await kms.authz.identities.attachPolicy('user/alice', 'ebs-via-ec2', JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:DescribeKey'], Resource: '*', Condition: { StringEquals: { 'kms:ViaService': VIA } } }],
+    }));
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    expect(v.State).toBe('available');
+    const ev = await kms.auditEvents();
+    expect(ev.filter((e) => e.eventName === 'CreateGrant').map((e) => e.errorCode)).toEqual(['AccessDeniedException']);
+    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, VIA, undefined]]);
+    expect(await kms.grantIds(arn)).toEqual([]);
+  });
 });
 
 describe('attach grant lifecycle', () => {
