@@ -7,7 +7,7 @@ import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { faultPoint } from '../util/fault-point.js';
 import type { KeyService } from '../volume/key-service.js';
-import { grantTokensOf, type KeyUse, type OpGrants } from '../volume/op-grants.js';
+import { grantTokensOf, withKeyUse, type KeyUse, type OpGrantRequest, type OpGrants } from '../volume/op-grants.js';
 import { buildLuks2Json, VOLUME_KEY_BYTES } from '../volume/luks2-json.js';
 import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.js';
 import { VolumeError } from '../volume/errors.js';
@@ -65,8 +65,9 @@ export interface SnapshotCopierOptions {
   keyService: KeyService;
   /**
    * Short-lived grants for the copy's unwraps and re-wraps (op-grants.ts,
-   * VolumeManager.opGrants): the host then needs no kms:Decrypt. Without
-   * them, every call is made on the caller's behalf without a grant.
+   * VolumeManager.opGrants; a remote KMS only): the host then needs no
+   * kms:Decrypt. Without them (the embedded KMS), every call is made on the
+   * caller's behalf without a grant, and judged as the caller's.
    */
   opGrants?: OpGrants;
   xtsEngine: XtsEngine;
@@ -363,9 +364,9 @@ export class SnapshotCopier {
     );
   }
 
-  /** `fn` through the step's short-lived grants (op-grants.ts), or on the caller's behalf without them when the copier has none. */
-  private withGrants<T>(stepId: string, grants: Parameters<OpGrants['run']>[1], via: Caller, fn: (use: KeyUse) => Promise<T>): Promise<T> {
-    return this.o.opGrants ? this.o.opGrants.run(stepId, grants, via, fn) : fn({ caller: via });
+  /** `fn` through the step's short-lived grants (op-grants.ts), or on the caller's behalf without them when the copier has none (the embedded KMS). */
+  private withGrants<T>(stepId: string, grants: OpGrantRequest[], via: Caller, fn: (use: KeyUse) => Promise<T>): Promise<T> {
+    return withKeyUse(this.o.opGrants, stepId, grants, via, fn);
   }
 
   /** A new data key under `keyId` (context the new snapshot), every block re-encrypted and stored, a new header. */

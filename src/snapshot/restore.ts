@@ -6,7 +6,7 @@ import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { faultPoint } from '../util/fault-point.js';
 import type { KeyService } from '../volume/key-service.js';
-import { grantTokensOf, type OpGrants } from '../volume/op-grants.js';
+import { grantTokensOf, withKeyUse, type OpGrants } from '../volume/op-grants.js';
 import type { CreateVolumeRequest, ImageBuildContext, ImageBuilt, VolumeManager } from '../volume/volume-manager.js';
 import { buildLuks2Json, verifyVolumeKey, VOLUME_KEY_BYTES, type Luks2Volume } from '../volume/luks2-json.js';
 import { createLuks2, createLuks2From, parseLuks2Header } from '../volume/luks2-header.js';
@@ -66,16 +66,18 @@ export interface OpenedSnapshot {
  * encrypted snapshot is always encrypted; the snapshot must be `completed`.
  *
  * - Same KMS key (none given, or the snapshot's): the data key is shared.
- *   ReEncrypt (as the host, through short-lived grants made on the caller's
- *   behalf via EC2, op-grants.ts) binds the wrapped key to the new volume's
- *   context, so its attach grant works; the blocks are copied as
- *   they are stored, ciphertext; the header is the snapshot's with the token,
- *   label and uuid changed: the LUKS2 digest stays, attach verifies the key
- *   as for any volume.
+ *   ReEncrypt binds the wrapped key to the new volume's context, so its
+ *   attach grant works: on the caller's behalf via EC2 with the embedded
+ *   KMS; with a remote KMS as the host, through short-lived grants made on
+ *   the caller's behalf (op-grants.ts). The blocks are copied as they are
+ *   stored, ciphertext; the header is the snapshot's with the token, label
+ *   and uuid changed: the LUKS2 digest stays, attach verifies the key as for
+ *   any volume.
  * - Another key: a new data key under it, the snapshot's key unwrapped
- *   (Decrypt as the host through a short-lived grant made on the caller's
- *   behalf; with a remote KMS the caller's identity policy needs kms:Decrypt
- *   on the old key, as EBS requires: restore-authz.ts), every block decrypted and encrypted again, both keys
+ *   (Decrypt on the caller's behalf: it needs kms:Decrypt on the old key, as
+ *   EBS requires; with a remote KMS the Decrypt is the host's through a
+ *   short-lived grant, and the local check of restore-authz.ts asks that of
+ *   the caller), every block decrypted and encrypted again, both keys
  *   wiped, a new LUKS2 header. The old key is then no longer needed.
  *
  * The volume is `creating` while blocks are written and `available` after; a
@@ -182,12 +184,12 @@ export class SnapshotRestore {
   private async buildSameKey(snap: OpenedSnapshot, o: ImageBuildContext, details: Record<string, unknown>): Promise<ImageBuilt> {
     const wk = snap.manifest.wrappedKey!;
     const ctx = { 'aws:ebs:id': o.volumeId };
-    // Two short-lived grants (op-grants.ts): ReEncryptFrom on the snapshot's context, ReEncryptTo on the new volume's.
+    // With a remote KMS, two short-lived grants (op-grants.ts): ReEncryptFrom on the snapshot's context, ReEncryptTo on the new volume's.
     const grants = [
       { keyId: wk.keyArn, operations: ['ReEncryptFrom' as const], context: wk.encryptionContext },
       { keyId: wk.keyArn, operations: ['ReEncryptTo' as const], context: ctx },
     ];
-    const r = await this.volumes.opGrants.run(`${o.volumeId}-rewrap`, grants, o.via, (use) =>
+    const r = await withKeyUse(this.volumes.opGrants, `${o.volumeId}-rewrap`, grants, o.via, (use) =>
       o.keyService.reEncrypt(
         {
           CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
@@ -226,7 +228,8 @@ export class SnapshotRestore {
     let to: XtsContext | null = null;
     try {
       if (m.encrypted) {
-        oldKey = await unwrapSnapshotKey(o.keyService, snap, o.via, { grants: this.volumes.opGrants, stepId: `${o.volumeId}-source-key` });
+        const grants = this.volumes.opGrants;
+        oldKey = await unwrapSnapshotKey(o.keyService, snap, o.via, grants ? { grants, stepId: `${o.volumeId}-source-key` } : undefined);
         from = o.xtsEngine.createContext(oldKey);
         wipe(oldKey);
       }

@@ -48,6 +48,12 @@ export function opGrantInstance(name: string | undefined): string | undefined {
  * role's key policy needs no kms:Decrypt, and KMS refuses a host whose attach
  * grant was revoked (README "A fleet").
  *
+ * Only with a remote KMS (--kms-endpoint), whose key policy for the host role
+ * these grants serve. The embedded KMS judges the local caller itself, so
+ * there each step's Decrypt or ReEncrypt stays the caller's, via EC2: an
+ * explicit Deny of kms:Decrypt for the caller must still refuse a create
+ * (withKeyUse without an OpGrants; VolumeManagerOptions.opGrants).
+ *
  * A crash between CreateGrant and RetireGrant leaves the grant: the start-up
  * sweep retires this host's `ebsd-op-<instance>-…` grants (AttachGrants.retireOrphans).
  *
@@ -116,6 +122,16 @@ export class OpGrants {
     }
     made.length = 0;
   }
+}
+
+/**
+ * `fn` through the step's op grants when there are any (a remote KMS), else
+ * on the caller's behalf via EC2 without a grant (the embedded KMS, which
+ * then judges the step's own Decrypt or ReEncrypt as the caller's:
+ * docs/architecture.md §6.1).
+ */
+export function withKeyUse<T>(grants: OpGrants | undefined, stepId: string, reqs: OpGrantRequest[], via: Caller, fn: (use: KeyUse) => Promise<T>): Promise<T> {
+  return grants ? grants.run(stepId, reqs, via, fn) : fn({ caller: via });
 }
 
 /** `GrantTokens` for a request made with `use`: none when the step calls without grants. */

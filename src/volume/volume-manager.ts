@@ -14,7 +14,7 @@ import type { ImpairedEvent, KeyCacheState } from './key-cache.js';
 import type { Clock } from '../util/clock.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { Attachments } from './attachments.js';
-import { grantTokensOf, OpGrants } from './op-grants.js';
+import { grantTokensOf, OpGrants, withKeyUse } from './op-grants.js';
 import { VolumeRecovery } from './volume-recovery.js';
 import { loadInstanceId } from './instance-id.js';
 import type { BlockDevice } from './types.js';
@@ -60,6 +60,13 @@ export interface VolumeManagerOptions {
   /** The host principal: grantee and retiring principal of attach grants, caller of grant Decrypts. */
   hostPrincipal: Caller;
   xtsEngine: XtsEngine;
+  /**
+   * Create, restore and copy use a key through short-lived op grants
+   * (op-grants.ts). The daemon sets it with a remote KMS only: there the host
+   * role's key policy needs no kms:Decrypt. Off (the embedded KMS), each
+   * step's Decrypt or ReEncrypt is the caller's own via EC2, judged as such.
+   */
+  opGrants?: boolean;
   /** Region for kms:ViaService `ec2.<region>.amazonaws.com`; default us-east-1. */
   region?: string;
   /** InstanceId recorded in attachments and named in attach grants; default the one in `<stateDir>/volumes/instance-id`, drawn at random at the first start (instance-id.ts). */
@@ -201,8 +208,8 @@ export class VolumeManager {
   /** Volumes with a ModifyVolume accepted and not yet answered (a second one is refused, not queued). */
   private readonly modifyAccepted = new Set<string>();
   private readonly attachments: Attachments;
-  /** Short-lived grants of create, restore and copy steps (op-grants.ts). */
-  readonly opGrants: OpGrants;
+  /** Short-lived grants of create, restore and copy steps (op-grants.ts); undefined when their calls are the caller's own (VolumeManagerOptions.opGrants). */
+  readonly opGrants: OpGrants | undefined;
   private readonly recovery: VolumeRecovery;
   /** Volumes whose image a background create is writing, with its progress (0-100). */
   private readonly building = new Map<string, number>();
@@ -214,7 +221,7 @@ export class VolumeManager {
     this.ks = guardKeyService(o.keyService);
     this.viaService = `ec2.${o.region ?? 'us-east-1'}.amazonaws.com`;
     this.instanceId = o.instanceId!; // open() fills it in
-    this.opGrants = new OpGrants(this.ks, o.hostPrincipal, this.instanceId, this.log);
+    this.opGrants = o.opGrants ? new OpGrants(this.ks, o.hostPrincipal, this.instanceId, this.log) : undefined;
     this.attachments = new Attachments({
       dir: this.dir,
       catalog,
@@ -328,15 +335,16 @@ export class VolumeManager {
    * docs/architecture.md §6.1: a new volume key, GenerateDataKeyWithoutPlaintext
    * under `keyId` with context `{"aws:ebs:id": volumeId}` on the caller's
    * behalf via EC2, unwrapped once for the LUKS2 digest or a re-encryption:
-   * Decrypt as the host through a short-lived `[Decrypt]` grant on the
-   * volume's context (op-grants.ts), retired right after. The caller wipes `key`.
+   * with op grants (a remote KMS), Decrypt as the host through a short-lived
+   * `[Decrypt]` grant on the volume's context (op-grants.ts), retired right
+   * after; else Decrypt on the caller's behalf too. The caller wipes `key`.
    */
   async newDataKey(keyId: string, volumeId: string, via: Caller): Promise<{ key: Uint8Array; blob: Uint8Array; keyArn: string }> {
     const ctx = { 'aws:ebs:id': volumeId };
     const generate = (id: string) => this.ks.generateDataKeyWithoutPlaintext({ KeyId: id, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
     let gen = await generate(keyId);
     // The grant names the key by the ARN KMS answered: CreateGrant takes no alias.
-    return this.opGrants.run(`${volumeId}-new-key`, [{ keyId: gen.KeyId, operations: ['Decrypt'], context: ctx }], via, async (use) => {
+    return withKeyUse(this.opGrants, `${volumeId}-new-key`, [{ keyId: gen.KeyId, operations: ['Decrypt'], context: ctx }], via, async (use) => {
       for (let i = 0; ; i++) {
         if (i > 0) gen = await generate(gen.KeyId); // the key the grant is on
         const key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx, ...grantTokensOf(use) }, use.caller)).Plaintext;

@@ -6,6 +6,7 @@ import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
+import { opGrantName } from '../../src/volume/op-grants.js';
 import { ManualClock } from './helpers/manual-clock.js';
 
 /**
@@ -81,6 +82,38 @@ describe('CreateVolume through the real KMS core', () => {
     await expect(kms.core.call('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/aws/ebs', NumberOfBytes: 64 }, kms.user)).rejects.toMatchObject({ awsName: 'AccessDeniedException' });
   });
 
+  test('the digest\'s Decrypt is the caller\'s own, via EC2, and the embedded KMS judges it: no op grant', async () => {
+    const arn = await kms.createKey();
+    await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    const ev = await kms.auditEvents();
+    expect(ev.filter((e) => e.eventName === 'CreateGrant')).toEqual([]);
+    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, VIA, undefined]]);
+  });
+
+  test('a caller allowed GenerateDataKeyWithoutPlaintext, DescribeKey and CreateGrant via EC2 but denied kms:Decrypt and kms:ReEncrypt* cannot create: the embedded KMS refuses its Decrypt', async () => {
+    await kms.authz.identities.attachPolicy('user/alice', 'ebs-via-ec2', JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:DescribeKey', 'kms:CreateGrant'], Resource: '*', Condition: { StringEquals: { 'kms:ViaService': VIA } } },
+        { Effect: 'Deny', Action: ['kms:Decrypt', 'kms:ReEncrypt*'], Resource: '*' },
+      ],
+    }));
+    const arn = await kms.createKey();
+    await expect(mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user)).rejects.toMatchObject({ code: 'KMS_REFUSED', awsName: 'AccessDeniedException' });
+    const ev = await kms.auditEvents();
+    expect(ev.filter((e) => e.eventName === 'CreateGrant')).toEqual([]);
+    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.user.arn, 'AccessDeniedException']]);
+    expect(mgr.describeVolumes().Volumes).toEqual([]);
+    expect(await kms.grantIds(arn)).toEqual([]);
+  });
+});
+
+describe('CreateVolume with op grants (a remote KMS: VolumeManagerOptions.opGrants)', () => {
+  beforeEach(async () => {
+    await mgr.close();
+    mgr = await manager({ opGrants: true });
+  });
+
   test('the digest\'s Decrypt is the host\'s through a short-lived [Decrypt] grant the caller made via EC2, retired at once', async () => {
     const arn = await kms.createKey();
     const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
@@ -88,7 +121,7 @@ describe('CreateVolume through the real KMS core', () => {
     const cg = ev.filter((e) => e.eventName === 'CreateGrant');
     expect(cg).toHaveLength(1);
     expect(cg[0]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
-    expect(JSON.stringify(cg[0]!.requestParameters)).toContain(`ebsd-op-${mgr.instanceId}-${v.VolumeId}-new-key-0`);
+    expect(JSON.stringify(cg[0]!.requestParameters)).toContain(opGrantName(mgr.instanceId, `${v.VolumeId}-new-key`, 0));
     const dec = ev.filter((e) => e.eventName === 'Decrypt');
     expect(dec.map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
     expect(ev.filter((e) => e.eventName === 'RetireGrant').map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
@@ -129,7 +162,7 @@ describe('attach grant lifecycle', () => {
       }),
     ]);
     const ev = await kms.auditEvents();
-    // The attach grant's (create's short-lived op grant, made and retired before it, is src/volume/op-grants.ts's).
+    // The attach grant's (with op grants, a create's short-lived grant would come first: src/volume/op-grants.ts).
     const cg = ev.findIndex((e) => e.eventName === 'CreateGrant' && JSON.stringify(e.requestParameters ?? {}).includes('ebsd-attach-'));
     expect(ev[cg]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
     const dec = ev.slice(cg + 1).find((e) => e.eventName === 'Decrypt');
