@@ -10,11 +10,11 @@ import { wipe } from '../util/wipe.js';
 import { KeyedMutex } from '../util/lock.js';
 import { fsyncDir } from '../util/atomic-write.js';
 import { Catalog, type VolumeRecord, type VolumeState } from './catalog.js';
-import type { ImpairedEvent, KeyCacheState } from './key-cache.js';
+import { DEFAULT_KEY_CACHE_TTL_MS, type ImpairedEvent, type KeyCacheState } from './key-cache.js';
 import type { Clock } from '../util/clock.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { Attachments } from './attachments.js';
-import { grantTokensOf, OpGrants, withKeyUse } from './op-grants.js';
+import { grantTokensOf, OpGrants, opGrantRetryMs, withKeyUse } from './op-grants.js';
 import { VolumeRecovery } from './volume-recovery.js';
 import { loadInstanceId } from './instance-id.js';
 import type { BlockDevice } from './types.js';
@@ -221,7 +221,9 @@ export class VolumeManager {
     this.ks = guardKeyService(o.keyService);
     this.viaService = `ec2.${o.region ?? 'us-east-1'}.amazonaws.com`;
     this.instanceId = o.instanceId!; // open() fills it in
-    this.opGrants = o.opGrants ? new OpGrants(this.ks, o.hostPrincipal, this.instanceId, this.log) : undefined;
+    this.opGrants = o.opGrants
+      ? new OpGrants(this.ks, o.hostPrincipal, this.instanceId, this.log, { retryMs: opGrantRetryMs(o.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS), ...(o.clock ? { clock: o.clock } : {}) })
+      : undefined;
     this.attachments = new Attachments({
       dir: this.dir,
       catalog,
@@ -751,8 +753,9 @@ export class VolumeManager {
   }
 
   /** Shutdown: stop every attachment (drain, fdatasync, wipe) but keep catalog `in-use`, so a restart resumes them. */
-  close(): Promise<void> {
-    return this.attachments.close();
+  async close(): Promise<void> {
+    await this.opGrants?.close();
+    await this.attachments.close();
   }
 
   // ---- internals ---------------------------------------------------------

@@ -141,6 +141,28 @@ describe('CreateVolume with op grants (a remote KMS: VolumeManagerOptions.opGran
     expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, VIA, undefined]]);
     expect(await kms.grantIds(arn)).toEqual([]);
   });
+
+  test('a RetireGrant KMS does not answer is retried every TTL/4 until it does: the op grant is gone without a restart', async () => {
+    const clock = new ManualClock();
+    await mgr.close();
+    mgr = await manager({ opGrants: true, clock, keyCacheTtlMs: 4_000 }); // retries every 1 s (opGrantRetryMs)
+    const arn = await kms.createKey();
+    kms.setRetireFails(true);
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    expect(v.State).toBe('available');
+    const left = await kms.grantIds(arn);
+    expect(left).toHaveLength(1);
+    expect(mgr.opGrants!.unretiredGrantIds).toEqual(left);
+    await clock.advance(1_000); // KMS still not answering RetireGrant: kept for the next retry
+    expect(await kms.grantIds(arn)).toEqual(left);
+    kms.setRetireFails(false);
+    const n0 = (await kms.auditEvents()).length;
+    await clock.advance(1_000);
+    expect(await kms.grantIds(arn)).toEqual([]);
+    expect(mgr.opGrants!.unretiredGrantIds).toEqual([]);
+    expect((await kms.auditEvents()).slice(n0).filter((e) => e.eventName === 'RetireGrant').map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
+    expect(clock.pending).toBe(0); // nothing left to retry: no timer armed
+  });
 });
 
 describe('attach grant lifecycle', () => {
