@@ -3,6 +3,7 @@ import type { Caller } from '../kms/types.js';
 import { toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
 import { errInfo } from './errors.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import { faultPoint } from '../util/fault-point.js';
 
 /** Grants named so belong to one create, restore or copy step: `ebsd-op-<instance id>-<step id>`. */
 export const OP_GRANT_PREFIX = 'ebsd-op-';
@@ -143,6 +144,7 @@ export class OpGrants {
             via,
           );
           made.push({ grantId: r.GrantId, grantToken: r.GrantToken, keyId: g.keyId, stepId });
+          faultPoint('op-grant.after-create');
         } catch (e) {
           const err = toKeyServiceError('CreateGrant', e);
           if (err.awsName !== 'AccessDeniedException') throw err;

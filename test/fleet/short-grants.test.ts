@@ -10,12 +10,15 @@
  * --kms-endpoint, signing as the IAM user host-b.
  */
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { auditEvents, startKmsDaemon } from '../kms-net/helpers.js';
 import { seededBytes, printSeedOnFailure } from '../crypto/seeded.js';
 import { settled } from '../snapshot/helpers.js';
 import { until } from './netns.js';
+import { opGrantName } from '../../src/volume/op-grants.js';
 import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, savedAwsEnv, type RemoteHostUser } from './remote-host.js';
 
 const randomBytes = seededBytes('fleet/short-grants');
@@ -39,8 +42,6 @@ describe('a host without kms:Decrypt in the key policy: every unwrap through a s
   const saved = savedAwsEnv();
   let k = '';
   let k2 = '';
-  let vol = '';
-  let snap = '';
   const data = randomBytes(MiB);
   let kmsAt = '';
   const hostArgs = (): string[] => ['--kms-endpoint', kmsAt, '--key-cache-ttl', '2s', '--key-cache-max-stale', '60s'];
@@ -79,7 +80,7 @@ describe('a host without kms:Decrypt in the key policy: every unwrap through a s
   }, 60_000);
 
   it('create, attach, write and read, snapshot, restore under the same key and another, copy under both: the op grants are retired', async () => {
-    vol = (await b.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: k })).VolumeId as string;
+    const vol = (await b.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: k })).VolumeId as string;
     await b.api('ebsd.AttachVolume', { VolumeId: vol });
     await writeDirect(b.file(vol), data);
     expect((await readDirect(b.file(vol), MiB)).equals(data)).toBe(true);
@@ -87,7 +88,7 @@ describe('a host without kms:Decrypt in the key policy: every unwrap through a s
     await b.api('ebsd.DetachVolume', { VolumeId: vol });
     const s = await settled(b, (await b.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId);
     expect(s.State).toBe('completed');
-    snap = s.SnapshotId;
+    const snap = s.SnapshotId as string;
 
     const same = await restoreAndRead(snap);
     expect(same.kmsKeyId).toBe(k);
@@ -118,37 +119,54 @@ describe('a host without kms:Decrypt in the key policy: every unwrap through a s
   });
 
   it('an attach grant revoked right after attach, before any check round: the next Decrypt through it is refused and the volume impaired', async () => {
-    await b.api('ebsd.AttachVolume', { VolumeId: vol });
-    expect((await readDirect(b.file(vol), MiB)).equals(data)).toBe(true);
-    const g = (await grantsOn(k)).find((x) => x.Name?.startsWith('ebsd-attach-') && x.Name.endsWith(`-${vol}`));
-    expect(g).toBeTruthy();
-    await a.api('TrentService.RevokeGrant', { KeyId: k, GrantId: g!.GrantId });
-    // The first round misses the grant and sends the volume to decrypt through it: KMS refuses (no policy Allow to fall back on).
-    const st = await until('impaired', async () => { const v = await status(vol); return v?.KeyCache?.State === 'impaired' ? v : undefined; }, 30_000);
-    expect(st.KeyCache.Impaired.Reason).toBe('kms-refused');
-    expect(st.KeyCache.Impaired.AwsName).toMatch(/AccessDeniedException|InvalidGrantTokenException/);
-    await expect(readDirect(b.file(vol), 4096)).rejects.toThrow(/Input\/output error/);
-    await b.api('ebsd.DetachVolume', { VolumeId: vol, Force: true });
+    const vol = (await b.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: k })).VolumeId as string;
+    try {
+      await b.api('ebsd.AttachVolume', { VolumeId: vol });
+      await writeDirect(b.file(vol), data);
+      expect((await readDirect(b.file(vol), MiB)).equals(data)).toBe(true);
+      const g = (await grantsOn(k)).find((x) => x.Name?.startsWith('ebsd-attach-') && x.Name.endsWith(`-${vol}`));
+      expect(g).toBeTruthy();
+      await a.api('TrentService.RevokeGrant', { KeyId: k, GrantId: g!.GrantId });
+      // The first round misses the grant and sends the volume to decrypt through it: KMS refuses (no policy Allow to fall back on).
+      const st = await until('impaired', async () => { const v = await status(vol); return v?.KeyCache?.State === 'impaired' ? v : undefined; }, 30_000);
+      expect(st.KeyCache.Impaired.Reason).toBe('kms-refused');
+      expect(st.KeyCache.Impaired.AwsName).toMatch(/AccessDeniedException|InvalidGrantTokenException/);
+      await expect(readDirect(b.file(vol), 4096)).rejects.toThrow(/Input\/output error/);
+    } finally {
+      if ((await volume(vol))?.Attachments?.length) await b.api('ebsd.DetachVolume', { VolumeId: vol, Force: true });
+    }
   });
 
-  it('an op grant a crash left behind is retired at the next start; another instance\'s is left alone', async () => {
-    await b.api('ebsd.AttachVolume', { VolumeId: vol });
-    const instance = (await volume(vol)).Attachments[0].InstanceId as string;
-    await b.untilClosed(vol);
-    await b.api('ebsd.DetachVolume', { VolumeId: vol });
-    const hostArn = (await a.api('ebsd.IamListUsers')).Users.find((u: any) => u.UserName === 'host-b').Arn as string;
-    const leave = async (name: string): Promise<string> => (await a.api('TrentService.CreateGrant', {
-      KeyId: k, GranteePrincipal: hostArn, RetiringPrincipal: hostArn, Operations: ['Decrypt'],
-      Constraints: { EncryptionContextSubset: { 'aws:ebs:id': vol } }, Name: name,
-    })).GrantId;
-    const mine = await leave(`ebsd-op-${instance}-${vol}-new-key-0`);
-    const theirs = await leave(`ebsd-op-i-0123456789abcdef0-${vol}-new-key-0`);
-    await b.kill9();
-    await b.start(hostArgs());
-    const ids = (await grantsOn(k)).map((g) => g.GrantId);
-    expect(ids).not.toContain(mine);
-    expect(ids).toContain(theirs);
-    await a.api('TrentService.RevokeGrant', { KeyId: k, GrantId: theirs });
+  it('an op grant a crash left behind (killed between its CreateGrant and its use) is retired at the next start; another instance\'s is left alone', async () => {
+    const instance = readFileSync(join(b.state, 'volumes', 'instance-id'), 'utf8').trim();
+    let theirs: string | undefined;
+    try {
+      await b.stop();
+      process.env.EBSD_TEST_FAULT = 'op-grant.after-create';
+      try {
+        await b.start(hostArgs());
+      } finally {
+        delete process.env.EBSD_TEST_FAULT;
+      }
+      // The create's [Decrypt] grant is made, then the daemon dies before the Decrypt and the RetireGrant.
+      await expect(b.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: k })).rejects.toThrow();
+      await b.kill9(); // gone already: its output flushed
+      const creating = (JSON.parse(readFileSync(join(b.state, 'volumes', 'catalog.json'), 'utf8')).volumes as { volumeId: string; state: string }[]).filter((v) => v.state === 'creating');
+      expect(creating).toHaveLength(1);
+      const vol = creating[0]!.volumeId;
+      const mine = opGrantName(instance, `${vol}-new-key`, 0);
+      expect(await opGrantsLeft()).toEqual([mine]);
+      const hostArn = (await a.api('ebsd.IamListUsers')).Users.find((u: any) => u.UserName === 'host-b').Arn as string;
+      const other = opGrantName('i-0123456789abcdef0', `${vol}-new-key`, 0);
+      theirs = (await a.api('TrentService.CreateGrant', {
+        KeyId: k, GranteePrincipal: hostArn, RetiringPrincipal: hostArn, Operations: ['Decrypt'],
+        Constraints: { EncryptionContextSubset: { 'aws:ebs:id': vol } }, Name: other,
+      })).GrantId as string;
+      await b.start(hostArgs());
+      expect(await opGrantsLeft()).toEqual([other]);
+    } finally {
+      if (theirs) await a.api('TrentService.RevokeGrant', { KeyId: k, GrantId: theirs });
+    }
   });
 });
 
