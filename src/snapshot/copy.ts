@@ -87,7 +87,7 @@ export interface SnapshotCopierOptions {
   /** Resolves once the event is written; SnapshotCompleted is awaited before the copy shows completed (auditCompletion). */
   onAudit?: (ev: CopyAuditEvent) => void | Promise<void>;
   logger?: Logger;
-  /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 16. */
+  /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.5); default 16. */
   window?: number;
   /**
    * EBS encryption by default is off (the daemon's --allow-unencrypted): a
@@ -426,7 +426,7 @@ export class SnapshotCopier {
 
   /**
    * The source's blocks through the restore's pipeline (docs/architecture.md
-   * §14.4): read and checked by the store, re-encrypted and hashed (SHA-256
+   * §14.5): read and checked by the store, re-encrypted and hashed (SHA-256
    * on the libuv pool) `window` blocks ahead, then pinned and stored, a few
    * puts at once; through one BlockBatch when the store offers it (one wait
    * for the disk, every block durable before the completed manifest names

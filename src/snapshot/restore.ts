@@ -28,7 +28,7 @@ export interface SnapshotRestoreOptions {
   store: SnapshotStore;
   volumes: VolumeManager;
   logger?: Logger;
-  /** Blocks read and transformed ahead of the image writer (docs/architecture.md §14.4); default 16. */
+  /** Blocks read and transformed ahead of the image writer (docs/architecture.md §14.5); default 16. */
   window?: number;
   /** How the image is written (runs, writes at once, early writeback). */
   writer?: ImageWriterOptions;
@@ -258,7 +258,7 @@ export class SnapshotRestore {
   /**
    * Every stored block into the image at dataOffset + index·512 KiB,
    * re-encrypted when `from`/`to` are given, then one fdatasync: the
-   * pipeline of docs/architecture.md §14.4 (store reads, XTS on the pool and
+   * pipeline of docs/architecture.md §14.5 (store reads, XTS on the pool and
    * image writes overlapped, bounded by `window` blocks).
    */
   private async copyBlocks(snap: OpenedSnapshot, o: ImageBuildContext, dataOffset: number, from: XtsContext | null, to: XtsContext | null): Promise<void> {

@@ -10,6 +10,7 @@
  * --kms-endpoint, signing as the IAM user host-b.
  */
 import { spawnSync } from 'node:child_process';
+import { CreateGrantCommand, KMSClient, type CreateGrantCommandInput } from '@aws-sdk/client-kms';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -25,13 +26,25 @@ const randomBytes = seededBytes('fleet/short-grants');
 printSeedOnFailure();
 const MiB = 1 << 20;
 
-/** The README's key policy for a customer key: the account everything, the host no kms:Decrypt nor kms:ReEncrypt*. */
+/**
+ * The README's key policy for a customer key, in its narrower form: the account everything;
+ * the host no kms:Decrypt nor kms:ReEncrypt*, and kms:CreateGrant only for grants of Decrypt,
+ * ReEncryptFrom, ReEncryptTo to itself, retired by itself. Every grant ebsd makes (attach
+ * grants, op grants) must pass these conditions for the tests below to succeed.
+ */
 function grantOnlyPolicy(h: RemoteHostUser): string {
   return JSON.stringify({
     Version: '2012-10-17',
     Statement: [
       { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${h.account}:root` }, Action: 'kms:*', Resource: '*' },
-      { Sid: 'EbsdHosts', Effect: 'Allow', Principal: { AWS: h.hostArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:CreateGrant', 'kms:DescribeKey'], Resource: '*' },
+      { Sid: 'EbsdHosts', Effect: 'Allow', Principal: { AWS: h.hostArn }, Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:DescribeKey'], Resource: '*' },
+      {
+        Sid: 'EbsdHostGrants', Effect: 'Allow', Principal: { AWS: h.hostArn }, Action: 'kms:CreateGrant', Resource: '*',
+        Condition: {
+          'ForAllValues:StringEquals': { 'kms:GrantOperations': ['Decrypt', 'ReEncryptFrom', 'ReEncryptTo'] },
+          StringEquals: { 'kms:GranteePrincipal': h.hostArn, 'kms:RetiringPrincipal': h.hostArn },
+        },
+      },
     ],
   });
 }
@@ -42,6 +55,7 @@ describe('a host without kms:Decrypt in the key policy: every unwrap through a s
   const saved = savedAwsEnv();
   let k = '';
   let k2 = '';
+  let host: RemoteHostUser;
   const data = randomBytes(MiB);
   let kmsAt = '';
   const hostArgs = (): string[] => ['--kms-endpoint', kmsAt, '--key-cache-ttl', '2s', '--key-cache-max-stale', '60s'];
@@ -66,7 +80,7 @@ describe('a host without kms:Decrypt in the key policy: every unwrap through a s
   beforeAll(async () => {
     ensureBuilt();
     const { url } = await startKmsDaemon(a);
-    const host = await createRemoteHostUser(a);
+    host = await createRemoteHostUser(a);
     k = (await a.api('TrentService.CreateKey', { Description: 'K' })).KeyMetadata.Arn;
     k2 = (await a.api('TrentService.CreateKey', { Description: 'K2' })).KeyMetadata.Arn;
     for (const id of [k, k2]) await a.api('TrentService.PutKeyPolicy', { KeyId: id, PolicyName: 'default', Policy: grantOnlyPolicy(host) });
@@ -116,6 +130,18 @@ describe('a host without kms:Decrypt in the key policy: every unwrap through a s
     const hostKeyCalls = events.filter((e) => (e.eventName === 'Decrypt' || e.eventName === 'ReEncrypt') && String(e.userIdentity?.arn).endsWith(':user/host-b'));
     expect(hostKeyCalls.length).toBeGreaterThan(0);
     expect(hostKeyCalls.filter((e) => e.errorCode)).toEqual([]);
+    // Every CreateGrant ebsd made (attach and op grants) passed the policy's CreateGrant conditions...
+    expect(events.filter((e) => e.eventName === 'CreateGrant' && e.errorCode)).toEqual([]);
+    // ... which do bite: the host may not grant another operation, nor to another principal.
+    const asHost = new KMSClient({ endpoint: kmsAt, region: 'us-east-1', credentials: { accessKeyId: host.key.AccessKeyId, secretAccessKey: host.key.SecretAccessKey } });
+    try {
+      const grant = (over: Partial<CreateGrantCommandInput>) => asHost.send(new CreateGrantCommand({ KeyId: k, GranteePrincipal: host.hostArn, RetiringPrincipal: host.hostArn, Operations: ['Decrypt'], ...over }));
+      await expect(grant({ Operations: ['Decrypt', 'Encrypt'] })).rejects.toMatchObject({ name: 'AccessDeniedException' });
+      await expect(grant({ GranteePrincipal: `arn:aws:iam::${host.account}:root` })).rejects.toMatchObject({ name: 'AccessDeniedException' });
+      await expect(grant({ RetiringPrincipal: `arn:aws:iam::${host.account}:root` })).rejects.toMatchObject({ name: 'AccessDeniedException' });
+    } finally {
+      asHost.destroy();
+    }
   });
 
   it('an attach grant revoked right after attach, before any check round: the next Decrypt through it is refused and the volume impaired', async () => {
