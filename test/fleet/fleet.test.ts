@@ -204,7 +204,7 @@ describe('a fleet on one KMS, in network namespaces', () => {
     }
   });
 
-  it('revoke-grant under a key policy that still allows the host kms:Decrypt (the README's before op grants): that host\'s volume is impaired (grant-revoked), the other host\'s keeps serving; grant names carry each host\'s InstanceId', async () => {
+  it('revoke-grant under a key policy that still allows the host kms:Decrypt (the README\'s before op grants): that host\'s volume is impaired (grant-revoked), the other host\'s keeps serving; grant names carry each host\'s InstanceId', async () => {
     const vols = Object.fromEntries(await Promise.all(['host-a', 'host-b'].map(async (h) => [h, (await hosts[h]!.api('ebsd.Status')).Volumes.find((v: any) => v.Attached).VolumeId as string] as const)));
     const listed = (await kms.api('TrentService.ListGrants', { KeyId: keyArn })).Grants as { GrantId: string; Name?: string }[];
     const grantOf = (vol: string) => listed.find((g) => g.Name?.endsWith(`-${vol}`) && g.Name.startsWith('ebsd-attach-i-'));
