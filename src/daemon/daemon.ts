@@ -349,6 +349,8 @@ export class Daemon {
         // Remote calls are metered here; the embedded core's through kmsCore.
         keyService: this.remoteKms ? (this.metrics ? this.metrics.meterKeyService(this.remoteKms) : this.remoteKms) : new KmsCoreKeyService(this.kmsCore!),
         hostPrincipal: host,
+        // Op grants with a remote KMS only: the embedded KMS judges each step's Decrypt or ReEncrypt as the caller's (op-grants.ts).
+        opGrants: this.remoteKms !== undefined,
         xtsEngine: engine,
         region: ids.region,
         ...(cfg.keyCacheTtlMs !== undefined ? { keyCacheTtlMs: cfg.keyCacheTtlMs } : {}),
@@ -409,7 +411,7 @@ export class Daemon {
       // Restore and copy (docs/architecture.md §14): a source is held against DeleteSnapshot while read.
       const restore = new SnapshotRestore({ store, volumes: m, hold: (id) => snaps.hold(id), logger: log });
       copier = await SnapshotCopier.open({
-        store, keyService: m.keyService, xtsEngine: engine, region: ids.region, accountId: ids.accountId,
+        store, keyService: m.keyService, ...(m.opGrants ? { opGrants: m.opGrants } : {}), xtsEngine: engine, region: ids.region, accountId: ids.accountId,
         localDir: join(paths.root, 'snapshots-local', 'copies'), pin: (h) => gc.pin(h), hold: (id) => snaps.hold(id),
         onAudit: (ev) => this.auditSnapshot(ev as SnapshotAuditEvent), logger: log, allowUnencrypted: cfg.allowUnencrypted,
       });

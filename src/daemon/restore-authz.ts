@@ -7,7 +7,7 @@ import { judgeRemoteKeyUse, type RemoteKeyNames, type ResolvedKeyName } from './
 
 /**
  * What a volume from a snapshot, or a snapshot copy, needs of the caller on
- * the source snapshot (docs/architecture.md §14.3): EC2 authorizes
+ * the source snapshot (docs/architecture.md §14.4): EC2 authorizes
  * `ec2:CreateVolume` / `ec2:CopySnapshot` on the snapshot's ARN with its
  * tags and condition keys, besides the request's own resource. With a remote
  * KMS the restore's KMS calls are signed as this host, so the local identity

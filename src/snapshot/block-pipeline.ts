@@ -2,7 +2,7 @@ import { SnapshotError } from './errors.js';
 import { SNAPSHOT_BLOCK_BYTES, type SnapshotManifest, type SnapshotStore } from './types.js';
 
 /**
- * The read side of a restore or a copy (docs/architecture.md §14.4): every
+ * The read side of a restore or a copy (docs/architecture.md §14.5): every
  * block of a manifest read from the store (which checks its SHA-256 against
  * its name), transformed in place (re-encrypted, or left as it is), and
  * handed to a sink in manifest order, with the stages overlapped and bounded:

@@ -7,6 +7,7 @@ import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { faultPoint } from '../util/fault-point.js';
 import type { KeyService } from '../volume/key-service.js';
+import { grantTokensOf, withKeyUse, type KeyUse, type OpGrantRequest, type OpGrants } from '../volume/op-grants.js';
 import { buildLuks2Json, VOLUME_KEY_BYTES } from '../volume/luks2-json.js';
 import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.js';
 import { VolumeError } from '../volume/errors.js';
@@ -62,6 +63,13 @@ export interface CopyAuditEvent {
 export interface SnapshotCopierOptions {
   store: SnapshotStore;
   keyService: KeyService;
+  /**
+   * Short-lived grants for the copy's unwraps and re-wraps (op-grants.ts,
+   * VolumeManager.opGrants; a remote KMS only): the host then needs no
+   * kms:Decrypt. Without them (the embedded KMS), every call is made on the
+   * caller's behalf without a grant, and judged as the caller's.
+   */
+  opGrants?: OpGrants;
   xtsEngine: XtsEngine;
   /** This region: SourceRegion must name it (a copy between regions needs another region's store). */
   region: string;
@@ -79,7 +87,7 @@ export interface SnapshotCopierOptions {
   /** Resolves once the event is written; SnapshotCompleted is awaited before the copy shows completed (auditCompletion). */
   onAudit?: (ev: CopyAuditEvent) => void | Promise<void>;
   logger?: Logger;
-  /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.4); default 16. */
+  /** Blocks read and re-encrypted ahead of the store's puts (docs/architecture.md §14.5); default 16. */
   window?: number;
   /**
    * EBS encryption by default is off (the daemon's --allow-unencrypted): a
@@ -293,7 +301,7 @@ export class SnapshotCopier {
     const pins: BlockPin[] = [];
     try {
       if (targetKey === undefined) {
-        if (snap.manifest.encrypted) await this.checkSameKeyUse(snap, via);
+        if (snap.manifest.encrypted) await this.checkSameKeyUse(snap, m, via);
         // Same data key: the same objects. Pinned until the completed manifest names them.
         const named = [snap.manifest.header!, ...snap.manifest.blocks.map(([, h]) => h)];
         pins.push(await this.o.pin(named));
@@ -338,18 +346,27 @@ export class SnapshotCopier {
    * (AccessDeniedException, DisabledException) ends the copy `error`, as the
    * other-key copy's Decrypt does.
    */
-  private async checkSameKeyUse(snap: OpenedSnapshot, via: Caller): Promise<void> {
+  private async checkSameKeyUse(snap: OpenedSnapshot, m: SnapshotManifest, via: Caller): Promise<void> {
     const wk = snap.manifest.wrappedKey!;
-    await this.o.keyService.reEncrypt(
-      {
-        CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
-        SourceKeyId: wk.keyArn,
-        SourceEncryptionContext: wk.encryptionContext,
-        DestinationKeyId: wk.keyArn,
-        DestinationEncryptionContext: wk.encryptionContext,
-      },
-      via,
+    // Through a short-lived [ReEncryptFrom, ReEncryptTo] grant on the source's context (op-grants.ts).
+    await this.withGrants(`${m.snapshotId}-rewrap`, [{ keyId: wk.keyArn, operations: ['ReEncryptFrom', 'ReEncryptTo'], context: wk.encryptionContext }], via, (use) =>
+      this.o.keyService.reEncrypt(
+        {
+          CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
+          SourceKeyId: wk.keyArn,
+          SourceEncryptionContext: wk.encryptionContext,
+          DestinationKeyId: wk.keyArn,
+          DestinationEncryptionContext: wk.encryptionContext,
+          ...grantTokensOf(use),
+        },
+        use.caller,
+      ),
     );
+  }
+
+  /** `fn` through the step's short-lived grants (op-grants.ts), or on the caller's behalf without them when the copier has none (the embedded KMS). */
+  private withGrants<T>(stepId: string, grants: OpGrantRequest[], via: Caller, fn: (use: KeyUse) => Promise<T>): Promise<T> {
+    return withKeyUse(this.o.opGrants, stepId, grants, via, fn);
   }
 
   /** A new data key under `keyId` (context the new snapshot), every block re-encrypted and stored, a new header. */
@@ -362,21 +379,24 @@ export class SnapshotCopier {
     let to: XtsContext | null = null;
     try {
       if (snap.manifest.encrypted) {
-        oldKey = await unwrapSnapshotKey(ks, snap, via);
+        oldKey = await unwrapSnapshotKey(ks, snap, via, this.o.opGrants ? { grants: this.o.opGrants, stepId: `${m.snapshotId}-source-key` } : undefined);
         from = this.o.xtsEngine.createContext(oldKey);
         wipe(oldKey);
       }
-      let blob: Uint8Array;
-      let keyArn: string;
-      for (let i = 0; ; i++) {
-        const gen = await ks.generateDataKeyWithoutPlaintext({ KeyId: keyId, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
-        newKey = (await ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
-        blob = gen.CiphertextBlob;
-        keyArn = gen.KeyId;
-        // XTS refuses K1 = K2 (docs/architecture.md §3.5): regenerate. Compared in place: no copy of K1 in Node's Buffer pool.
-        if (newKey.length !== VOLUME_KEY_BYTES || !xtsKeyHalvesEqual(newKey) || i >= 3) break;
-        wipe(newKey);
-      }
+      const generate = (id: string) => ks.generateDataKeyWithoutPlaintext({ KeyId: id, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
+      let gen = await generate(keyId);
+      // Unwrapped through a short-lived [Decrypt] grant on the new snapshot's context, on the key KMS answered (CreateGrant takes no alias).
+      newKey = await this.withGrants(`${m.snapshotId}-new-key`, [{ keyId: gen.KeyId, operations: ['Decrypt'], context: ctx }], via, async (use) => {
+        for (let i = 0; ; i++) {
+          if (i > 0) gen = await generate(gen.KeyId);
+          const key = (await ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx, ...grantTokensOf(use) }, use.caller)).Plaintext;
+          // XTS refuses K1 = K2 (docs/architecture.md §3.5): regenerate. Compared in place: no copy of K1 in Node's Buffer pool.
+          if (key.length !== VOLUME_KEY_BYTES || !xtsKeyHalvesEqual(key) || i >= 3) return key;
+          wipe(key);
+        }
+      });
+      const blob = gen.CiphertextBlob;
+      const keyArn = gen.KeyId;
       if (newKey.length !== VOLUME_KEY_BYTES) throw new SnapshotError('SNAPSHOT_STORE', `KMS returned a ${newKey.length}-byte data key`);
       const json = buildLuks2Json({
         size: snap.size,
@@ -406,7 +426,7 @@ export class SnapshotCopier {
 
   /**
    * The source's blocks through the restore's pipeline (docs/architecture.md
-   * §14.4): read and checked by the store, re-encrypted and hashed (SHA-256
+   * §14.5): read and checked by the store, re-encrypted and hashed (SHA-256
    * on the libuv pool) `window` blocks ahead, then pinned and stored, a few
    * puts at once; through one BlockBatch when the store offers it (one wait
    * for the disk, every block durable before the completed manifest names

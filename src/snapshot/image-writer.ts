@@ -5,7 +5,7 @@ import type { BlockSink } from './block-pipeline.js';
 import { SNAPSHOT_BLOCK_BYTES } from './types.js';
 
 /**
- * The write side of a restore (docs/architecture.md §14.4): blocks taken in
+ * The write side of a restore (docs/architecture.md §14.5): blocks taken in
  * manifest order are gathered into runs of consecutive blocks and written
  * with one writev(2) per run (no copy into a bigger buffer), at most
  * `maxWrites` runs at once. Each run written is handed to the kernel's

@@ -6,6 +6,7 @@ import { silentLogger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
 import { faultPoint } from '../util/fault-point.js';
 import type { KeyService } from '../volume/key-service.js';
+import { grantTokensOf, withKeyUse, type OpGrants } from '../volume/op-grants.js';
 import type { CreateVolumeRequest, ImageBuildContext, ImageBuilt, VolumeManager } from '../volume/volume-manager.js';
 import { buildLuks2Json, verifyVolumeKey, VOLUME_KEY_BYTES, type Luks2Volume } from '../volume/luks2-json.js';
 import { createLuks2, createLuks2From, parseLuks2Header } from '../volume/luks2-header.js';
@@ -27,7 +28,7 @@ export interface SnapshotRestoreOptions {
   store: SnapshotStore;
   volumes: VolumeManager;
   logger?: Logger;
-  /** Blocks read and transformed ahead of the image writer (docs/architecture.md §14.4); default 16. */
+  /** Blocks read and transformed ahead of the image writer (docs/architecture.md §14.5); default 16. */
   window?: number;
   /** How the image is written (runs, writes at once, early writeback). */
   writer?: ImageWriterOptions;
@@ -65,14 +66,18 @@ export interface OpenedSnapshot {
  * encrypted snapshot is always encrypted; the snapshot must be `completed`.
  *
  * - Same KMS key (none given, or the snapshot's): the data key is shared.
- *   ReEncrypt (on the caller's behalf, via EC2) binds the wrapped key to the
- *   new volume's context, so its attach grant works; the blocks are copied as
- *   they are stored, ciphertext; the header is the snapshot's with the token,
- *   label and uuid changed: the LUKS2 digest stays, attach verifies the key
- *   as for any volume.
+ *   ReEncrypt binds the wrapped key to the new volume's context, so its
+ *   attach grant works: on the caller's behalf via EC2 with the embedded
+ *   KMS; with a remote KMS as the host, through short-lived grants made on
+ *   the caller's behalf (op-grants.ts). The blocks are copied as they are
+ *   stored, ciphertext; the header is the snapshot's with the token, label
+ *   and uuid changed: the LUKS2 digest stays, attach verifies the key as for
+ *   any volume.
  * - Another key: a new data key under it, the snapshot's key unwrapped
  *   (Decrypt on the caller's behalf: it needs kms:Decrypt on the old key, as
- *   EBS requires), every block decrypted and encrypted again, both keys
+ *   EBS requires; with a remote KMS the Decrypt is the host's through a
+ *   short-lived grant, and the local check of restore-authz.ts asks that of
+ *   the caller), every block decrypted and encrypted again, both keys
  *   wiped, a new LUKS2 header. The old key is then no longer needed.
  *
  * The volume is `creating` while blocks are written and `available` after; a
@@ -179,15 +184,23 @@ export class SnapshotRestore {
   private async buildSameKey(snap: OpenedSnapshot, o: ImageBuildContext, details: Record<string, unknown>): Promise<ImageBuilt> {
     const wk = snap.manifest.wrappedKey!;
     const ctx = { 'aws:ebs:id': o.volumeId };
-    const r = await o.keyService.reEncrypt(
-      {
-        CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
-        SourceKeyId: wk.keyArn,
-        SourceEncryptionContext: wk.encryptionContext,
-        DestinationKeyId: wk.keyArn,
-        DestinationEncryptionContext: ctx,
-      },
-      o.via,
+    // With a remote KMS, two short-lived grants (op-grants.ts): ReEncryptFrom on the snapshot's context, ReEncryptTo on the new volume's.
+    const grants = [
+      { keyId: wk.keyArn, operations: ['ReEncryptFrom' as const], context: wk.encryptionContext },
+      { keyId: wk.keyArn, operations: ['ReEncryptTo' as const], context: ctx },
+    ];
+    const r = await withKeyUse(this.volumes.opGrants, `${o.volumeId}-rewrap`, grants, o.via, (use) =>
+      o.keyService.reEncrypt(
+        {
+          CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'),
+          SourceKeyId: wk.keyArn,
+          SourceEncryptionContext: wk.encryptionContext,
+          DestinationKeyId: wk.keyArn,
+          DestinationEncryptionContext: ctx,
+          ...grantTokensOf(use),
+        },
+        use.caller,
+      ),
     );
     await createLuks2From(o.path, snap.header, {
       size: o.size,
@@ -215,7 +228,8 @@ export class SnapshotRestore {
     let to: XtsContext | null = null;
     try {
       if (m.encrypted) {
-        oldKey = await unwrapSnapshotKey(o.keyService, snap, o.via);
+        const grants = this.volumes.opGrants;
+        oldKey = await unwrapSnapshotKey(o.keyService, snap, o.via, grants ? { grants, stepId: `${o.volumeId}-source-key` } : undefined);
         from = o.xtsEngine.createContext(oldKey);
         wipe(oldKey);
       }
@@ -244,7 +258,7 @@ export class SnapshotRestore {
   /**
    * Every stored block into the image at dataOffset + index·512 KiB,
    * re-encrypted when `from`/`to` are given, then one fdatasync: the
-   * pipeline of docs/architecture.md §14.4 (store reads, XTS on the pool and
+   * pipeline of docs/architecture.md §14.5 (store reads, XTS on the pool and
    * image writes overlapped, bounded by `window` blocks).
    */
   private async copyBlocks(snap: OpenedSnapshot, o: ImageBuildContext, dataOffset: number, from: XtsContext | null, to: XtsContext | null): Promise<void> {
@@ -317,11 +331,16 @@ export async function checkedSnapshot(store: SnapshotStore, snapshotId: string, 
 /**
  * The snapshot's data key, unwrapped on the caller's behalf (Decrypt with the
  * context it was wrapped under) and checked against the snapshot's LUKS2
- * digest. The caller wipes it.
+ * digest. With `through`, the Decrypt is the host's through a short-lived
+ * `[Decrypt]` grant on that context (op-grants.ts), retired right after. The
+ * caller wipes it.
  */
-export async function unwrapSnapshotKey(ks: KeyService, snap: OpenedSnapshot, via: Caller): Promise<Uint8Array> {
+export async function unwrapSnapshotKey(ks: KeyService, snap: OpenedSnapshot, via: Caller, through?: { grants: OpGrants; stepId: string }): Promise<Uint8Array> {
   const wk = snap.manifest.wrappedKey!;
-  const key = (await ks.decrypt({ CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'), KeyId: wk.keyArn, EncryptionContext: wk.encryptionContext }, via)).Plaintext;
+  const req = { CiphertextBlob: Buffer.from(wk.ciphertextBlob, 'base64'), KeyId: wk.keyArn, EncryptionContext: wk.encryptionContext };
+  const key = through
+    ? await through.grants.run(through.stepId, [{ keyId: wk.keyArn, operations: ['Decrypt'], context: wk.encryptionContext }], via, async (use) => (await ks.decrypt({ ...req, ...grantTokensOf(use) }, use.caller)).Plaintext)
+    : (await ks.decrypt(req, via)).Plaintext;
   try {
     if (key.length !== VOLUME_KEY_BYTES) throw corrupt(snap.manifest, `its data key unwrapped to ${key.length} bytes`);
     verifyVolumeKey(snap.luks2!, key);

@@ -9,6 +9,7 @@
  * The names in use, each beside the step it follows:
  *   attach.after-grant      volume-manager attach: CreateGrant returned, nothing recorded yet
  *   detach.after-retire     detach: the grant is retired, the catalog still says in-use
+ *   op-grant.after-create   op-grants.ts: a create, restore or copy step's grant made, not yet used nor retired
  *   modify.after-header     modify: the LUKS2 header says the new size, the catalog the old
  *   gc.after-manifest-delete  snapshot gc: the manifest is gone, its blocks are not yet
  *   snapshot.after-pending  snapshot create: the pending manifest is written, no point in time yet

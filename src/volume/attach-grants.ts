@@ -4,6 +4,7 @@ import type { KeyedMutex } from '../util/lock.js';
 import type { Catalog, VolumeRecord } from './catalog.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { errInfo } from './errors.js';
+import { opGrantInstance } from './op-grants.js';
 
 /** Grants named so belong to an attachment: `ebsd-attach-<instance id>-<volume id>`. */
 export const ATTACH_GRANT_PREFIX = 'ebsd-attach-';
@@ -114,6 +115,11 @@ export class AttachGrants {
    * another host's live attachments). `onlyVolumeId` limits the sweep to one
    * volume (DeleteVolume). Returns the grant ids retired. Never throws for
    * KMS errors: a sweep that cannot list is logged and retried at the next start.
+   *
+   * The whole sweep (no `onlyVolumeId`: at open, before any create, restore or
+   * copy runs) also retires this host's op grants, `ebsd-op-<this instance>-…`
+   * (op-grants.ts): each lives only while one step runs, so any found then was
+   * left by a crash.
    */
   async retireOrphans(onlyVolumeId?: string): Promise<string[]> {
     const list = this.ks.listRetirableGrants?.bind(this.ks);
@@ -125,6 +131,10 @@ export class AttachGrants {
       for (let page = 0; page < 1000; page++) {
         const r = await list({ RetiringPrincipal: this.host.arn, Limit: 100, ...(marker ? { Marker: marker } : {}) }, this.host);
         for (const g of r.Grants) {
+          if (onlyVolumeId === undefined && opGrantInstance(g.Name) === this.instanceId) {
+            orphans.push({ volumeId: '', grantId: g.GrantId, keyArn: g.KeyId });
+            continue;
+          }
           const n = parseAttachGrantName(g.Name);
           if (!n) continue;
           if (onlyVolumeId !== undefined && n.volumeId !== onlyVolumeId) continue;
@@ -147,7 +157,7 @@ export class AttachGrants {
     if (unattributed) this.log.info({ grants: unattributed }, 'attach grants named the old way (ebsd-attach-<vol>) for volumes this host does not know: left alone, they may be another host\'s on the same role');
     const retired: string[] = [];
     for (const g of orphans) if (await this.retireOne(g.volumeId, g, 'orphan')) retired.push(g.grantId);
-    if (orphans.length) this.log.warn({ grantIds: orphans.map((g) => g.grantId), retired: retired.length }, 'retired attach grants that no attachment holds');
+    if (orphans.length) this.log.warn({ grantIds: orphans.map((g) => g.grantId), retired: retired.length }, 'retired attach and op grants that nothing holds');
     return retired;
   }
 }

@@ -77,8 +77,12 @@ export function probeDelayMs(intervalMs: number, random: () => number = Math.ran
 
 const DEFAULTS = { connectionTimeoutMs: 2_000, requestTimeoutMs: 5_000, maxAttempts: 3, circuitFailures: 3, circuitOpenMs: 1_000, circuitMaxOpenMs: 30_000 };
 
-/** The permissions the host role needs in the key policy, named in AccessDenied messages (README "A fleet"). */
-const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:CreateGrant', 'kms:DescribeKey'];
+/**
+ * The permissions the host role needs in the key policy, named in AccessDenied messages (README "A fleet").
+ * No kms:Decrypt nor kms:ReEncrypt*: the host unwraps and re-wraps data keys only through grants
+ * (attach grants; a create's, restore's or copy's short-lived op grants, src/volume/op-grants.ts).
+ */
+const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:CreateGrant', 'kms:DescribeKey'];
 
 /**
  * KeyService over the AWS KMS protocol (`@aws-sdk/client-kms`): AWS KMS
@@ -305,7 +309,8 @@ export class AwsKeyService implements KeyService {
     }
   }
 
-  private async call<T>(op: string, send: () => Promise<T>, keyId: string | undefined, opts?: CallOptions): Promise<T> {
+  /** `viaGrant`: the request carries grant tokens, so an AccessDenied means the grant does not allow it (denied()). */
+  private async call<T>(op: string, send: () => Promise<T>, keyId: string | undefined, opts?: CallOptions & { viaGrant?: boolean }): Promise<T> {
     const now = Date.now();
     let probe = false;
     // A bypassing call goes out while the circuit is open but is not its probe:
@@ -331,7 +336,7 @@ export class AwsKeyService implements KeyService {
       } else {
         this.unanswered(probe, err, seq);
       }
-      if (err.awsName === 'AccessDeniedException') throw this.denied(op, keyId, e);
+      if (err.awsName === 'AccessDeniedException') throw this.denied(op, keyId, e, opts?.viaGrant === true);
       throw err;
     } finally {
       if (probe) this.probing = false;
@@ -383,10 +388,18 @@ export class AwsKeyService implements KeyService {
     }
   }
 
-  /** AccessDenied, made to name the permission and the principal that lacks it (README "A fleet"). */
-  private denied(op: string, keyId: string | undefined, cause: unknown): KeyServiceError {
+  /**
+   * AccessDenied, made to name the permission and the principal that lacks it (README "A fleet").
+   * A call through a grant is refused when the grant is gone (revoked, retired) or does not cover
+   * the request: no key-policy Allow is the fix for that, so the message says so instead.
+   */
+  private denied(op: string, keyId: string | undefined, cause: unknown, viaGrant: boolean): KeyServiceError {
     const who = this.host?.arn ?? 'this host';
     const on = keyId ?? 'the key';
+    if (viaGrant) {
+      return new KeyServiceError(op, 'AccessDeniedException', true,
+        `kms:${op} through a grant denied for ${who} on ${on}: the grant was revoked or retired, or does not allow this request (README "A fleet")`, cause);
+    }
     return new KeyServiceError(op, 'AccessDeniedException', true,
       `kms:${op} denied for ${who} on ${on}: add an Allow for "${who}" with ${HOST_KEY_ACTIONS.join(', ')} to the key policy (README "A fleet")`, cause);
   }
@@ -430,15 +443,15 @@ export class AwsKeyService implements KeyService {
     return this.call('Decrypt', async () => {
       const r = await this.kms.send(this.onBehalfOf(new DecryptCommand(req), caller));
       return { Plaintext: r.Plaintext!, KeyId: r.KeyId! };
-    }, req.KeyId, opts);
+    }, req.KeyId, { ...opts, viaGrant: !!req.GrantTokens?.length });
   }
 
-  /** ReEncrypt of a snapshot's data key for a volume restored under the same key (signed as the host, on the caller's behalf). */
+  /** ReEncrypt of a snapshot's data key for a restore or copy under the same key (signed as the host; through op grants, op-grants.ts). */
   reEncrypt(req: Parameters<KeyService['reEncrypt']>[0], caller: Caller) {
     return this.call('ReEncrypt', async () => {
       const r = await this.kms.send(this.onBehalfOf(new ReEncryptCommand(req), caller));
       return { CiphertextBlob: r.CiphertextBlob!, SourceKeyId: r.SourceKeyId!, KeyId: r.KeyId! };
-    }, req.DestinationKeyId);
+    }, req.DestinationKeyId, { viaGrant: !!req.GrantTokens?.length });
   }
 
   async retireGrant(req: Parameters<KeyService['retireGrant']>[0], _caller: Caller): Promise<void> {

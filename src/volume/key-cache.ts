@@ -239,7 +239,8 @@ export class KeyCache implements CheckedCache {
   /**
    * The shared check saw this volume's grant listed, then a complete list
    * without it: impaired without a Decrypt, whose success would prove nothing
-   * when the key policy itself allows the host kms:Decrypt (docs/architecture.md §6.3).
+   * when the key policy itself allows the host kms:Decrypt (older policies;
+   * the README's no longer does, docs/architecture.md §6.3).
    */
   async grantGone(message: string): Promise<void> {
     if (this.stopped || this._impaired) return;

@@ -10,10 +10,11 @@ import { wipe } from '../util/wipe.js';
 import { KeyedMutex } from '../util/lock.js';
 import { fsyncDir } from '../util/atomic-write.js';
 import { Catalog, type VolumeRecord, type VolumeState } from './catalog.js';
-import type { ImpairedEvent, KeyCacheState } from './key-cache.js';
+import { DEFAULT_KEY_CACHE_TTL_MS, type ImpairedEvent, type KeyCacheState } from './key-cache.js';
 import type { Clock } from '../util/clock.js';
 import { toKeyServiceError, type KeyService } from './key-service.js';
 import { Attachments } from './attachments.js';
+import { grantTokensOf, OpGrants, opGrantRetryMs, withKeyUse } from './op-grants.js';
 import { VolumeRecovery } from './volume-recovery.js';
 import { loadInstanceId } from './instance-id.js';
 import type { BlockDevice } from './types.js';
@@ -59,6 +60,13 @@ export interface VolumeManagerOptions {
   /** The host principal: grantee and retiring principal of attach grants, caller of grant Decrypts. */
   hostPrincipal: Caller;
   xtsEngine: XtsEngine;
+  /**
+   * Create, restore and copy use a key through short-lived op grants
+   * (op-grants.ts). The daemon sets it with a remote KMS only: there the host
+   * role's key policy needs no kms:Decrypt. Off (the embedded KMS), each
+   * step's Decrypt or ReEncrypt is the caller's own via EC2, judged as such.
+   */
+  opGrants?: boolean;
   /** Region for kms:ViaService `ec2.<region>.amazonaws.com`; default us-east-1. */
   region?: string;
   /** InstanceId recorded in attachments and named in attach grants; default the one in `<stateDir>/volumes/instance-id`, drawn at random at the first start (instance-id.ts). */
@@ -202,6 +210,8 @@ export class VolumeManager {
   /** Volumes with a ModifyVolume accepted and not yet answered (a second one is refused, not queued). */
   private readonly modifyAccepted = new Set<string>();
   private readonly attachments: Attachments;
+  /** Short-lived grants of create, restore and copy steps (op-grants.ts); undefined when their calls are the caller's own (VolumeManagerOptions.opGrants). */
+  readonly opGrants: OpGrants | undefined;
   private readonly recovery: VolumeRecovery;
   /** Volumes whose image a background create is writing, with its progress (0-100). */
   private readonly building = new Map<string, number>();
@@ -213,6 +223,9 @@ export class VolumeManager {
     this.ks = guardKeyService(o.keyService);
     this.viaService = `ec2.${o.region ?? 'us-east-1'}.amazonaws.com`;
     this.instanceId = o.instanceId!; // open() fills it in
+    this.opGrants = o.opGrants
+      ? new OpGrants(this.ks, o.hostPrincipal, this.instanceId, this.log, { retryMs: opGrantRetryMs(o.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS), ...(o.clock ? { clock: o.clock } : {}) })
+      : undefined;
     this.attachments = new Attachments({
       dir: this.dir,
       catalog,
@@ -325,23 +338,30 @@ export class VolumeManager {
   /**
    * docs/architecture.md §6.1: a new volume key, GenerateDataKeyWithoutPlaintext
    * under `keyId` with context `{"aws:ebs:id": volumeId}` on the caller's
-   * behalf via EC2, unwrapped once (Decrypt, on the caller's behalf too) for
-   * the LUKS2 digest or a re-encryption. The caller wipes `key`.
+   * behalf via EC2, unwrapped once for the LUKS2 digest or a re-encryption:
+   * with op grants (a remote KMS), Decrypt as the host through a short-lived
+   * `[Decrypt]` grant on the volume's context (op-grants.ts), retired right
+   * after; else Decrypt on the caller's behalf too. The caller wipes `key`.
    */
   async newDataKey(keyId: string, volumeId: string, via: Caller): Promise<{ key: Uint8Array; blob: Uint8Array; keyArn: string }> {
     const ctx = { 'aws:ebs:id': volumeId };
-    for (let i = 0; ; i++) {
-      const gen = await this.ks.generateDataKeyWithoutPlaintext({ KeyId: keyId, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
-      const key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx }, via)).Plaintext;
-      if (key.length !== VOLUME_KEY_BYTES) {
+    const generate = (id: string) => this.ks.generateDataKeyWithoutPlaintext({ KeyId: id, NumberOfBytes: VOLUME_KEY_BYTES, EncryptionContext: ctx }, via);
+    let gen = await generate(keyId);
+    // The grant names the key by the ARN KMS answered: CreateGrant takes no alias.
+    return withKeyUse(this.opGrants, `${volumeId}-new-key`, [{ keyId: gen.KeyId, operations: ['Decrypt'], context: ctx }], via, async (use) => {
+      for (let i = 0; ; i++) {
+        if (i > 0) gen = await generate(gen.KeyId); // the key the grant is on
+        const key = (await this.ks.decrypt({ CiphertextBlob: gen.CiphertextBlob, KeyId: gen.KeyId, EncryptionContext: ctx, ...grantTokensOf(use) }, use.caller)).Plaintext;
+        if (key.length !== VOLUME_KEY_BYTES) {
+          wipe(key);
+          throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
+        }
+        // docs/architecture.md §3.5: K1 = K2 is refused by XTS (FIPS); regenerate.
+        // Compared in place (xtsKeyHalvesEqual): no copy of K1 in Node's Buffer pool.
+        if (!xtsKeyHalvesEqual(key) || i >= 3) return { key, blob: gen.CiphertextBlob, keyArn: gen.KeyId };
         wipe(key);
-        throw new VolumeError('VOLUME_IO', `KMS returned a ${key.length}-byte data key`);
       }
-      // docs/architecture.md §3.5: K1 = K2 is refused by XTS (FIPS); regenerate.
-      // Compared in place (xtsKeyHalvesEqual): no copy of K1 in Node's Buffer pool.
-      if (!xtsKeyHalvesEqual(key) || i >= 3) return { key, blob: gen.CiphertextBlob, keyArn: gen.KeyId };
-      wipe(key);
-    }
+    });
   }
 
   /**
@@ -736,8 +756,9 @@ export class VolumeManager {
   }
 
   /** Shutdown: stop every attachment (drain, fdatasync, wipe) but keep catalog `in-use`, so a restart resumes them. */
-  close(): Promise<void> {
-    return this.attachments.close();
+  async close(): Promise<void> {
+    await this.opGrants?.close();
+    await this.attachments.close();
   }
 
   // ---- internals ---------------------------------------------------------

@@ -1,6 +1,6 @@
 /**
  * The restore pipeline (src/snapshot/block-pipeline.ts, image-writer.ts,
- * docs/architecture.md §14.4) in process, with the real KMS core, a real
+ * docs/architecture.md §14.5) in process, with the real KMS core, a real
  * VolumeManager, the directory store and real files: blocks under another
  * key and under the same key land where they belong (runs across a hole), a
  * corrupted stored block fails the restore with SNAPSHOT_CORRUPT and leaves

@@ -249,9 +249,11 @@ describe('volume create --snapshot-id', () => {
     const ok = await carol(['volume', 'create', '--snapshot-id', snap, '--wait']);
     expect(ok.code, ok.stderr).toBe(0);
     const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
+    // The embedded KMS judges the caller's own ReEncrypt, via EC2 (no op grants: those are for a remote KMS, src/volume/op-grants.ts).
     const re = ev.find((e) => e.eventName === 'ReEncrypt' && e.requestParameters?.destinationEncryptionContext?.['aws:ebs:id'] === ok.json().VolumeId);
     expect(re.userIdentity.arn).toMatch(/:user\/carol$/);
     expect(re.userIdentity.invokedBy).toBe('ec2.us-east-1.amazonaws.com');
+    expect(ev.filter((e) => e.eventName === 'CreateGrant' && JSON.stringify(e.requestParameters ?? {}).includes('ebsd-op-'))).toEqual([]);
     // CopySnapshot: the new snapshot/* needs the request tag team=a, and tags need ec2:CreateTags (CreateAction CopySnapshot).
     const noTag = await carol(['snapshot', 'copy', snap]);
     expect(noTag.code).toBe(4);
@@ -265,6 +267,37 @@ describe('volume create --snapshot-id', () => {
     expect(copied.json()).toMatchObject({ State: 'completed', Tags: [{ Key: 'team', Value: 'a' }] });
     const denied = ev.filter((e) => e.errorCode === 'Client.UnauthorizedOperation' && e.eventName === 'CreateVolume');
     expect(denied.length).toBeGreaterThan(0);
+  }, 90_000);
+
+  it('the embedded KMS judges the caller\'s own Decrypt and ReEncrypt: allowed CreateGrant via EC2 but denied kms:Decrypt and kms:ReEncrypt*, the caller can neither create, restore nor copy', async () => {
+    const UID = 4343;
+    await env.api('ebsd.IamCreateUser', { UserName: 'dave' });
+    await env.api('ebsd.IamMapUid', { Uid: UID, Principal: 'user/dave' });
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/dave', PolicyName: 'p', PolicyDocument: JSON.stringify({ Version: '2012-10-17', Statement: [
+      { Effect: 'Allow', Action: ['ec2:CreateVolume', 'ec2:CopySnapshot', 'ec2:DescribeVolumes', 'ec2:DescribeSnapshots'], Resource: '*' },
+      { Effect: 'Allow', Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:DescribeKey', 'kms:CreateGrant'], Resource: '*', Condition: { StringEquals: { 'kms:ViaService': 'ec2.us-east-1.amazonaws.com' } } },
+      { Effect: 'Deny', Action: ['kms:Decrypt', 'kms:ReEncrypt*'], Resource: '*' },
+    ] }) });
+    const dave = (args: string[]) => env.cli([...args, '--output', 'json'], { uid: UID });
+    const before = (await env.api('ebsd.DescribeVolumes')).Volumes.length as number;
+
+    const created = await dave(['volume', 'create', '--size', '4MiB', '--kms-key', keyA, '--wait']);
+    expect(created.code).not.toBe(0);
+    expect(created.stderr).toMatch(/AccessDeniedException/);
+    const restored = await dave(['volume', 'create', '--snapshot-id', snap, '--wait']);
+    expect(restored.code).not.toBe(0);
+    expect(restored.stderr).toMatch(/AccessDeniedException/);
+    const copied = await dave(['snapshot', 'copy', snap, '--wait']);
+    expect(copied.stderr).toMatch(/AccessDeniedException/);
+    expect((await env.api('ebsd.DescribeVolumes')).Volumes.filter((v: { State: string }) => v.State === 'available').length).toBeLessThanOrEqual(before);
+
+    // Each refusal is the KMS's, of dave's own call via EC2; no op grant was made for him.
+    const ev = env.auditText().trim().split('\n').map((l) => JSON.parse(l));
+    const his = ev.filter((e) => /:user\/dave$/.test(String(e.userIdentity?.arn)));
+    const refused = his.filter((e) => (e.eventName === 'Decrypt' || e.eventName === 'ReEncrypt') && e.errorCode === 'AccessDeniedException');
+    expect(refused.map((e) => e.eventName).sort()).toEqual(['Decrypt', 'ReEncrypt', 'ReEncrypt']);
+    for (const e of refused) expect(e.userIdentity.invokedBy).toBe('ec2.us-east-1.amazonaws.com');
+    expect(his.filter((e) => e.eventName === 'CreateGrant')).toEqual([]);
   }, 90_000);
 
   it("EC2's refusals: smaller than the snapshot, unencrypted from encrypted, unknown or pending snapshot, malformed id", async () => {

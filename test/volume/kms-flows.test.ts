@@ -6,6 +6,7 @@ import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
+import { opGrantName } from '../../src/volume/op-grants.js';
 import { ManualClock } from './helpers/manual-clock.js';
 
 /**
@@ -80,6 +81,88 @@ describe('CreateVolume through the real KMS core', () => {
     // The user cannot do the same without EC2 (identity policy conditioned on kms:ViaService).
     await expect(kms.core.call('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/aws/ebs', NumberOfBytes: 64 }, kms.user)).rejects.toMatchObject({ awsName: 'AccessDeniedException' });
   });
+
+  test('the digest\'s Decrypt is the caller\'s own, via EC2, and the embedded KMS judges it: no op grant', async () => {
+    const arn = await kms.createKey();
+    await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    const ev = await kms.auditEvents();
+    expect(ev.filter((e) => e.eventName === 'CreateGrant')).toEqual([]);
+    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, VIA, undefined]]);
+  });
+
+  test('a caller allowed GenerateDataKeyWithoutPlaintext, DescribeKey and CreateGrant via EC2 but denied kms:Decrypt and kms:ReEncrypt* cannot create: the embedded KMS refuses its Decrypt', async () => {
+    await kms.authz.identities.attachPolicy('user/alice', 'ebs-via-ec2', JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:DescribeKey', 'kms:CreateGrant'], Resource: '*', Condition: { StringEquals: { 'kms:ViaService': VIA } } },
+        { Effect: 'Deny', Action: ['kms:Decrypt', 'kms:ReEncrypt*'], Resource: '*' },
+      ],
+    }));
+    const arn = await kms.createKey();
+    await expect(mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user)).rejects.toMatchObject({ code: 'KMS_REFUSED', awsName: 'AccessDeniedException' });
+    const ev = await kms.auditEvents();
+    expect(ev.filter((e) => e.eventName === 'CreateGrant')).toEqual([]);
+    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.user.arn, 'AccessDeniedException']]);
+    expect(mgr.describeVolumes().Volumes).toEqual([]);
+    expect(await kms.grantIds(arn)).toEqual([]);
+  });
+});
+
+describe('CreateVolume with op grants (a remote KMS: VolumeManagerOptions.opGrants)', () => {
+  beforeEach(async () => {
+    await mgr.close();
+    mgr = await manager({ opGrants: true });
+  });
+
+  test('the digest\'s Decrypt is the host\'s through a short-lived [Decrypt] grant the caller made via EC2, retired at once', async () => {
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    const ev = await kms.auditEvents();
+    const cg = ev.filter((e) => e.eventName === 'CreateGrant');
+    expect(cg).toHaveLength(1);
+    expect(cg[0]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
+    expect(JSON.stringify(cg[0]!.requestParameters)).toContain(opGrantName(mgr.instanceId, `${v.VolumeId}-new-key`, 0));
+    const dec = ev.filter((e) => e.eventName === 'Decrypt');
+    expect(dec.map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
+    expect(ev.filter((e) => e.eventName === 'RetireGrant').map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
+    expect(await kms.grantIds(arn)).toEqual([]);
+  });
+
+  test('a caller refused kms:CreateGrant but allowed kms:Decrypt via EC2 (a policy from before op grants) still creates: the Decrypt is its own', async () => {
+    await kms.authz.identities.attachPolicy('user/alice', 'ebs-via-ec2', JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: ['kms:GenerateDataKeyWithoutPlaintext', 'kms:Decrypt', 'kms:DescribeKey'], Resource: '*', Condition: { StringEquals: { 'kms:ViaService': VIA } } }],
+    }));
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    expect(v.State).toBe('available');
+    const ev = await kms.auditEvents();
+    expect(ev.filter((e) => e.eventName === 'CreateGrant').map((e) => e.errorCode)).toEqual(['AccessDeniedException']);
+    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, VIA, undefined]]);
+    expect(await kms.grantIds(arn)).toEqual([]);
+  });
+
+  test('a RetireGrant KMS does not answer is retried every TTL/4 until it does: the op grant is gone without a restart', async () => {
+    const clock = new ManualClock();
+    await mgr.close();
+    mgr = await manager({ opGrants: true, clock, keyCacheTtlMs: 4_000 }); // retries every 1 s (opGrantRetryMs)
+    const arn = await kms.createKey();
+    kms.setRetireFails(true);
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    expect(v.State).toBe('available');
+    const left = await kms.grantIds(arn);
+    expect(left).toHaveLength(1);
+    expect(mgr.opGrants!.unretiredGrantIds).toEqual(left);
+    await clock.advance(1_000); // KMS still not answering RetireGrant: kept for the next retry
+    expect(await kms.grantIds(arn)).toEqual(left);
+    kms.setRetireFails(false);
+    const n0 = (await kms.auditEvents()).length;
+    await clock.advance(1_000);
+    expect(await kms.grantIds(arn)).toEqual([]);
+    expect(mgr.opGrants!.unretiredGrantIds).toEqual([]);
+    expect((await kms.auditEvents()).slice(n0).filter((e) => e.eventName === 'RetireGrant').map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
+    expect(clock.pending).toBe(0); // nothing left to retry: no timer armed
+  });
 });
 
 describe('attach grant lifecycle', () => {
@@ -101,7 +184,8 @@ describe('attach grant lifecycle', () => {
       }),
     ]);
     const ev = await kms.auditEvents();
-    const cg = ev.findIndex((e) => e.eventName === 'CreateGrant');
+    // The attach grant's (with op grants, a create's short-lived grant would come first: src/volume/op-grants.ts).
+    const cg = ev.findIndex((e) => e.eventName === 'CreateGrant' && JSON.stringify(e.requestParameters ?? {}).includes('ebsd-attach-'));
     expect(ev[cg]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
     const dec = ev.slice(cg + 1).find((e) => e.eventName === 'Decrypt');
     expect(dec?.userIdentity.arn).toBe(kms.host.arn);
@@ -111,9 +195,10 @@ describe('attach grant lifecycle', () => {
     expect(kms.authz.identities.listPolicies('role/EbsdHost')).toEqual(['housekeeping']);
     expect(kms.authz.identities.getPolicy('role/EbsdHost', 'housekeeping')).not.toMatch(/Decrypt|kms:\*/);
 
+    const seen = ev.length;
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
     expect(await kms.grantIds(arn)).toEqual([]);
-    const retire = (await kms.auditEvents()).filter((e) => e.eventName === 'RetireGrant');
+    const retire = (await kms.auditEvents()).slice(seen).filter((e) => e.eventName === 'RetireGrant');
     expect(retire.map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
     expect(catalogRecord(v.VolumeId).pendingGrantRetirements).toBeUndefined();
   });

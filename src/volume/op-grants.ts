@@ -1,0 +1,238 @@
+import type { Logger } from 'pino';
+import type { Caller } from '../kms/types.js';
+import { toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
+import { errInfo } from './errors.js';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import { faultPoint } from '../util/fault-point.js';
+
+/** Grants named so belong to one create, restore or copy step: `ebsd-op-<instance id>-<step id>`. */
+export const OP_GRANT_PREFIX = 'ebsd-op-';
+
+/** The operations a step's grant may carry: the unwrap of a data key, the re-wrap of one under a new context. */
+export type OpGrantOperation = 'Decrypt' | 'ReEncryptFrom' | 'ReEncryptTo';
+
+/** One grant a step needs: on `keyId` (an ARN or key id, never an alias), these operations, for contexts holding `context`. */
+export interface OpGrantRequest {
+  keyId: string;
+  operations: OpGrantOperation[];
+  context: EncryptionContext;
+}
+
+/** How a step makes its KMS calls: as `caller`, with `GrantTokens` when it goes through grants. */
+export interface KeyUse {
+  caller: Caller;
+  grantTokens?: string[];
+}
+
+/** One op grant made: enough to retire it by token as the host, and to name it in logs. */
+interface MadeGrant {
+  grantId: string;
+  grantToken: string;
+  keyId: string;
+  stepId: string;
+}
+
+/**
+ * How often a failed op-grant retirement is tried again: TTL/4 (as the shared
+ * key check retries an unreachable KMS, docs/architecture.md §6.3), within
+ * [1 s, 30 s], so a grant KMS could not retire outlives its step by little more
+ * than the KMS outage, well within the TTL a revocation takes to be seen.
+ * A TTL of 0 (keys held until detach) retries every 30 s.
+ */
+export function opGrantRetryMs(keyCacheTtlMs: number): number {
+  if (!(keyCacheTtlMs > 0)) return 30_000;
+  return Math.min(30_000, Math.max(1_000, keyCacheTtlMs / 4));
+}
+
+export interface OpGrantsOptions {
+  /** Time and timers of the retirement retries (tests drive them); default the system's. */
+  clock?: Clock;
+  /** How long after a failed RetireGrant it is tried again, and again while it fails. */
+  retryMs: number;
+}
+
+/** A step id as grant names may carry it (KMS allows `[a-zA-Z0-9:/_-]`, 256 characters in all). */
+const STEP_ID = /^[a-zA-Z0-9:/_-]{1,200}$/;
+
+/** The op grant's name; the InstanceId tells hosts sharing one role apart, as in attach grant names. */
+export function opGrantName(instanceId: string, stepId: string, n: number): string {
+  return `${OP_GRANT_PREFIX}${instanceId}-${stepId}-${n}`;
+}
+
+/** Whose op grant this is: the InstanceId its name carries, or undefined when it is not an op grant. */
+export function opGrantInstance(name: string | undefined): string | undefined {
+  if (!name?.startsWith(OP_GRANT_PREFIX)) return undefined;
+  return /^(i-[0-9a-zA-Z]+)-/.exec(name.slice(OP_GRANT_PREFIX.length))?.[1];
+}
+
+/**
+ * Short-lived grants for the steps that unwrap or re-wrap a data key outside an
+ * attachment (docs/architecture.md §6.1, §14): a new volume's digest, the
+ * snapshot key a restore or copy under another key decrypts, the re-wrap of a
+ * restore or copy under the same key. As EBS does, the host uses a key only
+ * through a grant made for that step: CreateGrant on the caller's behalf
+ * (grantee and retiring principal: the host; only the step's operations; an
+ * EncryptionContextSubset naming the volume or snapshot), the call as the host
+ * with the grant token, RetireGrant right after, on failure too. So a host
+ * role's key policy needs no kms:Decrypt, and KMS refuses a host whose attach
+ * grant was revoked (README "A fleet").
+ *
+ * Only with a remote KMS (--kms-endpoint), whose key policy for the host role
+ * these grants serve. The embedded KMS judges the local caller itself, so
+ * there each step's Decrypt or ReEncrypt stays the caller's, via EC2: an
+ * explicit Deny of kms:Decrypt for the caller must still refuse a create
+ * (withKeyUse without an OpGrants; VolumeManagerOptions.opGrants).
+ *
+ * A RetireGrant KMS did not answer (unreachable, timed out) leaves a live
+ * grant the host no longer needs: it is kept and tried again every `retryMs`
+ * until KMS answers, so a failed retirement does not leave a [Decrypt] grant
+ * alive until the next restart (docs/architecture.md §6.1). A crash between
+ * CreateGrant and RetireGrant leaves the grant too: the start-up sweep retires
+ * this host's `ebsd-op-<instance>-…` grants (AttachGrants.retireOrphans), and
+ * so does it whatever a close left unretired.
+ *
+ * A CreateGrant refused with AccessDeniedException (a key policy from before
+ * op grants, allowing the step's own operation but not kms:CreateGrant to this
+ * caller) falls back to the call on the caller's behalf without a grant, as
+ * every step was made before: KMS still judges that call itself.
+ */
+export class OpGrants {
+  private readonly clock: Clock;
+  /** Grants whose RetireGrant KMS did not answer, by grant id: retried every retryMs. */
+  private readonly unretired = new Map<string, MadeGrant>();
+  private timer: TimerHandle | null = null;
+  private retrying: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly ks: KeyService,
+    private readonly host: Caller,
+    private readonly instanceId: string,
+    private readonly log: Logger,
+    private readonly o: OpGrantsOptions,
+  ) {
+    if (!(o.retryMs > 0)) throw new RangeError(`retryMs: ${o.retryMs} is not a positive delay`);
+    this.clock = o.clock ?? systemClock;
+  }
+
+  /** Ids of the grants whose retirement failed and is still to be retried (tests, logs). */
+  get unretiredGrantIds(): string[] {
+    return [...this.unretired.keys()];
+  }
+
+  /**
+   * `fn` with the grants of `grants`, retired when it settles. `stepId` names
+   * them (`vol-…-new-key`); `via` is the caller acting through EC2, on whose
+   * behalf the grants are made.
+   */
+  async run<T>(stepId: string, grants: OpGrantRequest[], via: Caller, fn: (use: KeyUse) => Promise<T>): Promise<T> {
+    if (typeof stepId !== 'string' || !STEP_ID.test(stepId)) throw new RangeError(`stepId: ${String(stepId)} is not a grant name part`);
+    if (!grants.length) throw new RangeError('grants: at least one');
+    const made: MadeGrant[] = [];
+    try {
+      for (const [n, g] of grants.entries()) {
+        try {
+          const r = await this.ks.createGrant(
+            {
+              KeyId: g.keyId,
+              GranteePrincipal: this.host.arn,
+              RetiringPrincipal: this.host.arn,
+              Operations: [...g.operations],
+              Constraints: { EncryptionContextSubset: { ...g.context } },
+              Name: opGrantName(this.instanceId, stepId, n),
+            },
+            via,
+          );
+          made.push({ grantId: r.GrantId, grantToken: r.GrantToken, keyId: g.keyId, stepId });
+          faultPoint('op-grant.after-create');
+        } catch (e) {
+          const err = toKeyServiceError('CreateGrant', e);
+          if (err.awsName !== 'AccessDeniedException') throw err;
+          this.log.info({ step: stepId, keyId: g.keyId }, 'CreateGrant refused for a key step: calling without a grant on the caller\'s behalf (a key policy that allows the operation itself)');
+          await this.retire(made.splice(0));
+          return await fn({ caller: via });
+        }
+      }
+      return await fn({ caller: this.host, grantTokens: made.map((m) => m.grantToken) });
+    } finally {
+      await this.retire(made);
+    }
+  }
+
+  /** Stop retrying; what is still unretired is left to the next start's sweep. Waits for a retry under way. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+    await this.retrying;
+    if (this.unretired.size) this.log.warn({ grantIds: this.unretiredGrantIds }, 'key step grants still unretired at close; the next start retires them');
+  }
+
+  /** RetireGrant of each, as the host; one KMS did not answer is kept and retried (retryLater). Never throws. */
+  private async retire(made: MadeGrant[]): Promise<void> {
+    for (const g of made) {
+      if (await this.retireOne(g)) continue;
+      this.unretired.set(g.grantId, g);
+      this.log.warn({ step: g.stepId, grantId: g.grantId, keyId: g.keyId, retryMs: this.o.retryMs }, 'could not retire a key step\'s grant: KMS did not answer; retrying');
+    }
+    made.length = 0;
+    this.retryLater();
+  }
+
+  /**
+   * True when there is nothing left to retry: retired now, already gone, or
+   * refused by KMS (an authoritative answer, as AttachGrants.retireOne: a retry
+   * would get the same; the start sweep tries once more). False when KMS did not answer.
+   */
+  private async retireOne(g: MadeGrant): Promise<boolean> {
+    try {
+      await this.ks.retireGrant({ GrantToken: g.grantToken }, this.host);
+      return true;
+    } catch (e) {
+      const err = toKeyServiceError('RetireGrant', e);
+      const gone = err.awsName === 'NotFoundException' || err.awsName === 'InvalidGrantIdException' || err.awsName === 'InvalidGrantTokenException';
+      if (gone) return true;
+      if (err.authoritative) {
+        this.log.warn({ step: g.stepId, grantId: g.grantId, keyId: g.keyId, err: errInfo(err) }, 'KMS refused RetireGrant of a key step\'s grant; not retrying (revoke it as the account if it still exists)');
+        return true;
+      }
+      return false;
+    }
+  }
+
+  private retryLater(): void {
+    if (this.closed || this.timer || this.retrying || this.unretired.size === 0) return;
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = null;
+      this.retrying = this.retryUnretired().finally(() => {
+        this.retrying = null;
+        this.retryLater();
+      });
+      return this.retrying;
+    }, this.o.retryMs);
+  }
+
+  private async retryUnretired(): Promise<void> {
+    for (const g of [...this.unretired.values()]) {
+      if (this.closed) return;
+      if (!(await this.retireOne(g))) continue;
+      this.unretired.delete(g.grantId);
+      this.log.info({ step: g.stepId, grantId: g.grantId, keyId: g.keyId }, 'retired a key step\'s grant on retry');
+    }
+  }
+}
+
+/**
+ * `fn` through the step's op grants when there are any (a remote KMS), else
+ * on the caller's behalf via EC2 without a grant (the embedded KMS, which
+ * then judges the step's own Decrypt or ReEncrypt as the caller's:
+ * docs/architecture.md §6.1).
+ */
+export function withKeyUse<T>(grants: OpGrants | undefined, stepId: string, reqs: OpGrantRequest[], via: Caller, fn: (use: KeyUse) => Promise<T>): Promise<T> {
+  return grants ? grants.run(stepId, reqs, via, fn) : fn({ caller: via });
+}
+
+/** `GrantTokens` for a request made with `use`: none when the step calls without grants. */
+export function grantTokensOf(use: KeyUse): { GrantTokens?: string[] } {
+  return use.grantTokens?.length ? { GrantTokens: use.grantTokens } : {};
+}
