@@ -1,8 +1,8 @@
 /**
  * The HSM engine's per-batch cache of unwrapped key materials must not let a
  * request skip the token's authentication: the token (EKT) authenticates the
- * ARN and the hbkId (its AAD), so a cached unwrap may only serve a request
- * naming the same token, ARN and hbkId (and key spec). Review finding 5.
+ * ARN, the hbkId, the key spec and usage (its AAD), so a cached unwrap may only
+ * serve a request naming the same token and all four. Review finding 5.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
@@ -22,8 +22,8 @@ describe('HSM batch material cache', () => {
     t = tempDir('ebsd-hsm-batch-cache-');
     engine = new HsmEngine(openDomain(t.dir));
     const hbkId = randomBytes(32);
-    const { ekt } = engine.handle({ op: 'generateKey', arn: ARN, hbkId, spec: 'SYMMETRIC_DEFAULT' }) as { ekt: Uint8Array };
-    key = { arn: ARN, hbkId, ekt, spec: 'SYMMETRIC_DEFAULT' };
+    const { ekt } = engine.handle({ op: 'generateKey', arn: ARN, hbkId, spec: 'SYMMETRIC_DEFAULT', usage: 'ENCRYPT_DECRYPT' }) as { ekt: Uint8Array };
+    key = { arn: ARN, hbkId, ekt, spec: 'SYMMETRIC_DEFAULT', usage: 'ENCRYPT_DECRYPT' };
   });
   afterAll(() => {
     engine.endBatch();
@@ -44,6 +44,18 @@ describe('HSM batch material cache', () => {
       expect(encrypt(key)).not.toThrow();
       expect(encrypt({ ...key, hbkId: randomBytes(32) })).toThrow(expect.objectContaining(corrupt));
       expect(encrypt(key)).not.toThrow(); // the genuine handle still hits
+    } finally {
+      engine.endBatch();
+    }
+  });
+
+  it('inside a batch, the same token under another key spec or usage still fails', () => {
+    engine.beginBatch();
+    try {
+      expect(encrypt(key)).not.toThrow();
+      expect(encrypt({ ...key, spec: 'HMAC_256' })).toThrow(expect.objectContaining(corrupt));
+      expect(() => engine.handle({ op: 'generateMac', key: { ...key, spec: 'HMAC_256', usage: 'GENERATE_VERIFY_MAC' }, algorithm: 'HMAC_SHA_256', message: Buffer.from('m') }))
+        .toThrow(expect.objectContaining(corrupt));
     } finally {
       engine.endBatch();
     }

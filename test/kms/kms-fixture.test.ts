@@ -9,7 +9,7 @@
  * The test works on a copy: opening a KMS appends audit events.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cpSync, readFileSync } from 'node:fs';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openKms, type Kms } from '../../src/kms/open-kms.js';
@@ -114,4 +114,54 @@ describe('kms-v1 fixture', () => {
     expect(r.problem).toBeUndefined();
     expect(r.ok).toBe(true);
   });
+});
+
+/**
+ * kms-v1's tokens are of EKT format 1, which did not authenticate the key spec and usage:
+ * opening re-seals them in format 2 (kms-core.ts, `resealKeyTokens`), after checking that the
+ * material fits the spec and usage stored beside it (docs/kms-format.md §Exported key token).
+ */
+describe('kms-v1 fixture: key material tokens re-sealed on open', () => {
+  const tokenVersions = (state: string, keyId: string): number[] =>
+    (JSON.parse(readFileSync(join(state, 'kms', 'keys', `${keyId}.json`), 'utf8')) as { materials: { ekt: string }[] }).materials.map((m) => b64(m.ekt)[0]!);
+  const editKey = (state: string, keyId: string, fields: Record<string, string>): void => {
+    const f = join(state, 'kms', 'keys', `${keyId}.json`);
+    writeFileSync(f, JSON.stringify({ ...JSON.parse(readFileSync(f, 'utf8')), ...fields }));
+  };
+
+  it('format 1 tokens become format 2 and keep working; one whose material does not fit its edited spec is refused, and stays as it was', async () => {
+    const t = tempDir('ebsd-kms-v1-reseal-');
+    let opened: Kms | undefined;
+    try {
+      const state = join(t.dir, 'state');
+      cpSync(join(FIX, 'state'), state, { recursive: true });
+      for (const id of Object.values(EXPECTED.keys)) expect(tokenVersions(state, id).every((v) => v === 1)).toBe(true);
+      editKey(state, EXPECTED.keys.ecc, { keySpec: 'ECC_NIST_P384' }); // a P-256 key relabelled
+      opened = await openKms({ stateDir: state, passphrase: PASSPHRASE }); // the worker HSM, as the daemon runs it: the re-seal crosses postMessage
+      for (const role of ['main', 'second', 'rsa'] as const) expect(tokenVersions(state, EXPECTED.keys[role]), role).toEqual(role === 'main' ? [2, 2] : [2]);
+      expect(tokenVersions(state, EXPECTED.keys.ecc)).toEqual([1]);
+      const sig = await opened.core.call('Sign', { KeyId: EXPECTED.keys.ecc, SigningAlgorithm: 'ECDSA_SHA_384', Message: Buffer.from('m') }, admin).catch((e) => e);
+      expect(sig).toMatchObject({ awsName: 'KMSInternalException', code: 'KMS_KEY_MATERIAL_CORRUPT' });
+      expect(sig.message).toContain(EXPECTED.keys.ecc);
+      await opened.close();
+
+      // Reopened: the re-sealed tokens decrypt every recorded blob; a spec edited now is refused by the token itself.
+      editKey(state, EXPECTED.keys.second, { keySpec: 'HMAC_256', keyUsage: 'GENERATE_VERIFY_MAC' });
+      opened = await openKms({ stateDir: state, passphrase: PASSPHRASE, hsmMode: 'inline' });
+      for (const b of EXPECTED.blobs.filter((x) => x.keyId.endsWith(EXPECTED.keys.main) || x.keyId.endsWith(EXPECTED.keys.rsa))) {
+        const r = await opened.core.call('Decrypt', {
+          CiphertextBlob: b64(b.ciphertextBlob),
+          ...(b.encryptionContext ? { EncryptionContext: b.encryptionContext } : {}),
+          ...(b.encryptionAlgorithm ? { KeyId: b.keyId, EncryptionAlgorithm: b.encryptionAlgorithm } : {}),
+        }, admin);
+        expect(Buffer.from(r.Plaintext as Uint8Array).toString('base64'), b.name).toBe(b.plaintext);
+      }
+      const mac = await opened.core.call('GenerateMac', { KeyId: EXPECTED.keys.second, MacAlgorithm: 'HMAC_SHA_256', Message: Buffer.from('m') }, admin).catch((e) => e);
+      expect(mac).toMatchObject({ awsName: 'KMSInternalException', code: 'KMS_KEY_MATERIAL_CORRUPT' });
+      expect(mac.message).toContain(EXPECTED.keys.second);
+    } finally {
+      await opened?.close();
+      t.cleanup();
+    }
+  }, 60_000);
 });
