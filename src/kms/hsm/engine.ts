@@ -62,6 +62,7 @@ export class HsmEngine {
    * usage it was made for. Version 1 (read only): "ebsd/ekt/v1" ‖ u16 len(arn) ‖ arn ‖ hbkId.
    */
   private ektAad(version: number, k: EktBinding): Buffer {
+    if (k.hbkId.length !== HBK_ID_LEN) throw new ValidationException('hbkId must be 32 bytes');
     const a = Buffer.from(k.arn, 'utf8');
     if (version === EKT_V1) return Buffer.concat([EKT_V1_AAD_PREFIX, u16(a.length), a, k.hbkId]);
     const s = Buffer.from(k.spec, 'utf8'), u = Buffer.from(k.usage, 'utf8');
@@ -88,7 +89,6 @@ export class HsmEngine {
   private unwrap(k: KeyHandle): Buffer {
     const t = k.ekt;
     const version = t[0];
-    const id = `${k.arn} (material ${Buffer.from(k.hbkId).toString('hex')})`;
     let out: Buffer | undefined;
     try {
       if (t.length < 1 + IV_LEN + TAG_LEN + 1 || (version !== EKT_V1 && version !== EKT_VERSION)) throw new Error('format');
@@ -99,15 +99,20 @@ export class HsmEngine {
       d.final();
     } catch {
       if (out) wipe(out);
+      const binds = version === EKT_V1
+        ? 'a version 1 token binds the key ARN and material id'
+        : version === EKT_VERSION
+          ? 'a version 2 token binds the key ARN, material id, spec and usage'
+          : `token version ${version ?? 'none'} is not one this HSM reads`;
       throw new KMSInternalException(
-        `The key material token of ${id} failed authentication for key spec ${k.spec} and usage ${k.usage} (the token binds the key ARN, material id, spec and usage); this key is unusable`,
+        `The key material token of ${materialName(k)} failed authentication for key spec ${k.spec} and usage ${k.usage} (${binds}); this key is unusable`,
         { code: 'KMS_KEY_MATERIAL_CORRUPT' },
       );
     }
     if (version === EKT_V1 && !materialFits(out, k.spec, k.usage)) {
       wipe(out);
       throw new KMSInternalException(
-        `The key material of ${id} does not fit its stored key spec ${k.spec} and usage ${k.usage}; this key is unusable`,
+        `The key material of ${materialName(k)} does not fit its stored key spec ${k.spec} and usage ${k.usage}; this key is unusable`,
         { code: 'KMS_KEY_MATERIAL_CORRUPT' },
       );
     }
@@ -420,6 +425,11 @@ export class HsmEngine {
 
 /** What a token is bound to: a KeyHandle without its token. */
 export type EktBinding = Omit<KeyHandle, 'ekt'>;
+
+/** "<arn> (material <hbkId hex>)", for error messages: names the key, never its token or material. */
+function materialName(k: EktBinding): string {
+  return `${k.arn} (material ${Buffer.from(k.hbkId).toString('hex')})`;
+}
 
 function u16(n: number): Buffer {
   const b = Buffer.allocUnsafe(2);
