@@ -5,7 +5,7 @@
  * serve a request naming the same token and all four. Review finding 5.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomBytes } from 'node:crypto';
+import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
 import { openDomain } from '../../src/kms/hsm/domain.js';
 import { HsmEngine } from '../../src/kms/hsm/engine.js';
 import type { KeyHandle } from '../../src/kms/hsm/protocol.js';
@@ -59,5 +59,25 @@ describe('HSM batch material cache', () => {
     } finally {
       engine.endBatch();
     }
+  });
+
+  it('inside a batch, the same token and spec under another usage still fails (an RSA key for ENCRYPT_DECRYPT used to sign)', () => {
+    // RSA_2048 allows both usages, so only the usage in the cache key (and the token's AAD) tells
+    // them apart: with the usage dropped from the cache key, the Sign below is served the material
+    // the decryption cached and succeeds.
+    const hbkId = randomBytes(32);
+    const { ekt, publicKey } = engine.handle({ op: 'generateKey', arn: ARN, hbkId, spec: 'RSA_2048', usage: 'ENCRYPT_DECRYPT' }) as { ekt: Uint8Array; publicKey: Uint8Array };
+    const rsa: KeyHandle = { arn: ARN, hbkId, ekt, spec: 'RSA_2048', usage: 'ENCRYPT_DECRYPT' };
+    const blob = publicEncrypt({ key: createPublicKey({ key: Buffer.from(publicKey), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, Buffer.from('p'));
+    const sign = (k: KeyHandle) => () => engine.handle({ op: 'sign', key: k, algorithm: 'RSASSA_PSS_SHA_256', message: Buffer.from('m'), messageType: 'RAW' });
+    engine.beginBatch();
+    try {
+      const { plaintext } = engine.handle({ op: 'rsaDecrypt', key: rsa, algorithm: 'RSAES_OAEP_SHA_256', blob }) as { plaintext: Uint8Array };
+      expect(Buffer.from(plaintext).toString()).toBe('p');
+      expect(sign({ ...rsa, usage: 'SIGN_VERIFY' })).toThrow(expect.objectContaining(corrupt));
+    } finally {
+      engine.endBatch();
+    }
+    expect(sign({ ...rsa, usage: 'SIGN_VERIFY' })).toThrow(expect.objectContaining(corrupt)); // and outside a batch
   });
 });
