@@ -225,8 +225,14 @@ export class KmsService implements KmsCore {
    * whoever can edit a key file could relabel the material (a symmetric key as HMAC_256, whose
    * GenerateMac computes the one-time keys of its ciphertexts, hsm/kdf.ts). The HSM opens each
    * one as version 1 (its material must fit the stored spec and usage) and seals it again bound
-   * to them; the record is written back, once. A token that does not open is left as it is and
-   * logged: calls on that key fail as they did before (KMS_KEY_MATERIAL_CORRUPT), the KMS still opens.
+   * to them; the record is written back once, and only if a token in it was replaced. A token
+   * that does not open is left as it is and logged: calls on that key fail as they did before
+   * (KMS_KEY_MATERIAL_CORRUPT), the KMS still opens.
+   *
+   * Each re-sealed material is logged at warn level and recorded as an `AwsServiceEvent`
+   * `ReSealKeyMaterial` in the audit log (docs/kms-format.md §Audit log): a state dir is re-sealed
+   * once, so the same material re-sealed again on a later start is the visible trace of a key
+   * file rolled back to its version 1 copy. Neither names a token or material byte.
    */
   private async resealKeyTokens(): Promise<void> {
     const ks = this.context.keystore;
@@ -243,16 +249,34 @@ export class KmsService implements KmsCore {
         }
       }
       if (fresh.size === 0) continue;
+      const replaced: string[] = [];
       try {
-        await ks.update(k.keyId, (r) => {
+        await ks.updateIfChanged(k.keyId, (r) => {
+          replaced.length = 0;
           // Bound to the spec and usage the HSM checked: written only over the record it was given.
-          if (r.keySpec !== k.keySpec || r.keyUsage !== k.keyUsage) return;
-          for (const m of r.materials) { const f = fresh.get(m.id); if (f && m.ekt === f.from) m.ekt = f.to; }
+          if (r.keySpec !== k.keySpec || r.keyUsage !== k.keyUsage) return false;
+          for (const m of r.materials) {
+            const f = fresh.get(m.id);
+            if (f && m.ekt === f.from) { m.ekt = f.to; replaced.push(m.id); }
+          }
+          return replaced.length > 0;
         });
-        resealed += fresh.size;
       } catch (err) {
         // The old tokens still serve (checked against spec and usage); the next open tries again.
         this.log.error({ err, keyArn: k.arn }, 'could not write the re-sealed key material tokens of a key');
+        continue;
+      }
+      resealed += replaced.length;
+      for (const materialId of replaced) {
+        const fields = { keyArn: k.arn, materialId, keySpec: k.keySpec, keyUsage: k.keyUsage };
+        this.log.warn({ ...fields, version: EKT_VERSION }, 're-sealed a key material token of an older format to bind its key spec and usage; the same material re-sealed again on a later start means its key file was rolled back');
+        try {
+          await this.serviceEvent('ReSealKeyMaterial', k, this.clock(), {
+            keyMaterialId: materialId, keySpec: k.keySpec, keyUsage: k.keyUsage, keyMaterialTokenVersion: EKT_VERSION,
+          });
+        } catch (err) {
+          this.log.error({ err, ...fields }, 'could not record the re-seal of a key material token in the audit log');
+        }
       }
     }
     if (resealed > 0) this.log.info({ tokens: resealed, version: EKT_VERSION }, 're-sealed key material tokens to bind their key spec and usage');
