@@ -103,6 +103,22 @@ export class Keystore {
     });
   }
 
+  /**
+   * As `update`, but the record is written (and replaced) only when `mutate` returns true, i.e.
+   * only when it changed something. Answers whether it wrote.
+   */
+  async updateIfChanged(keyId: string, mutate: (r: KeyRecord) => boolean): Promise<boolean> {
+    return this.mutex.run(keyId, async () => {
+      const cur = this.get(keyId);
+      if (!cur) throw new KMSInternalException(`key ${keyId} vanished during update`);
+      const next = structuredClone(cur);
+      if (!mutate(next)) return false;
+      await atomicWrite(join(this.keyDir, `${keyId}.json`), JSON.stringify(next));
+      this.keys.set(keyId, next);
+      return true;
+    });
+  }
+
   async remove(keyId: string): Promise<void> {
     await this.mutex.run(keyId, async () => {
       // Aliases first: a crash in between leaves a key without aliases, never dangling aliases.

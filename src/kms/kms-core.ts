@@ -20,7 +20,7 @@ import { AuditLog } from './audit/audit-log.js';
 import { buildEvent } from './audit/event.js';
 import { InvalidArnException, KMSInternalException, NotFoundException } from './errors.js';
 import type { KeyRecord, KeyView } from './key-record.js';
-import type { KeyHandle } from './hsm/protocol.js';
+import { EKT_VERSION, type KeyHandle } from './hsm/protocol.js';
 import { createKeyRecord, registerKeyOperations } from './ops/keys.js';
 import { registerCryptoOperations } from './ops/crypto.js';
 import { registerAsymmetricOperations } from './ops/asymmetric.js';
@@ -141,6 +141,7 @@ export class KmsService implements KmsCore {
       });
       const svc = new KmsService(opts, log, clock, keystore, hsm, audit);
       svc.nextDue = -Infinity; // first call (or tick) computes the real schedule
+      await svc.resealKeyTokens();
       return svc;
     } catch (e) {
       await hsm.close();
@@ -216,6 +217,69 @@ export class KmsService implements KmsCore {
       const nobody = Object.keys(b).filter((arn) => b[arn] === '');
       if (nobody.length) this.log.warn({ keyArn: k.arn, principals: nobody }, 'a stored key policy names users or roles that do not exist: they are bound to nobody and get nothing (put the policy again once they exist)');
     }
+  }
+
+  /**
+   * Re-seal every key material token older than EKT_VERSION (docs/kms-format.md §Exported key
+   * token): version 1 tokens do not authenticate the key spec and usage stored beside them, so
+   * whoever can edit a key file could relabel the material (a symmetric key as HMAC_256, whose
+   * GenerateMac computes the one-time keys of its ciphertexts, hsm/kdf.ts). The HSM opens each
+   * one as version 1 (its material must fit the stored spec and usage) and seals it again bound
+   * to them; the record is written back once, and only if a token in it was replaced. A token
+   * that does not open is left as it is and logged: calls on that key fail as they did before
+   * (KMS_KEY_MATERIAL_CORRUPT), the KMS still opens.
+   *
+   * Each re-sealed material is logged at warn level and recorded as an `AwsServiceEvent`
+   * `ReSealKeyMaterial` in the audit log (docs/kms-format.md §Audit log): a state dir is re-sealed
+   * once, so the same material re-sealed again on a later start is the visible trace of a key
+   * file rolled back to its version 1 copy. Neither names a token or material byte.
+   */
+  private async resealKeyTokens(): Promise<void> {
+    const ks = this.context.keystore;
+    let resealed = 0;
+    for (const k of ks.all()) {
+      const fresh = new Map<string, { from: string; to: string }>();
+      for (const m of k.materials) {
+        if (Buffer.from(m.ekt, 'base64')[0] === EKT_VERSION) continue;
+        try {
+          const r = await this.context.hsm.call({ op: 'resealKeyToken', key: this.handle(k, m.id) });
+          fresh.set(m.id, { from: m.ekt, to: Buffer.from(r.ekt).toString('base64') });
+        } catch (err) {
+          this.log.error({ err, keyArn: k.arn, materialId: m.id }, 'a key material token of an older format does not open; it is not re-sealed, and the key cannot use this material');
+        }
+      }
+      if (fresh.size === 0) continue;
+      const replaced: string[] = [];
+      try {
+        await ks.updateIfChanged(k.keyId, (r) => {
+          replaced.length = 0;
+          // Bound to the spec and usage the HSM checked: written only over the record it was given.
+          if (r.keySpec !== k.keySpec || r.keyUsage !== k.keyUsage) return false;
+          for (const m of r.materials) {
+            const f = fresh.get(m.id);
+            if (f && m.ekt === f.from) { m.ekt = f.to; replaced.push(m.id); }
+          }
+          return replaced.length > 0;
+        });
+      } catch (err) {
+        // The old tokens still serve (checked against spec and usage); the next open tries again.
+        this.log.error({ err, keyArn: k.arn }, 'could not write the re-sealed key material tokens of a key');
+        continue;
+      }
+      resealed += replaced.length;
+      for (const materialId of replaced) {
+        const fields = { keyArn: k.arn, materialId, keySpec: k.keySpec, keyUsage: k.keyUsage };
+        this.log.warn({ ...fields, version: EKT_VERSION }, 're-sealed a key material token of an older format to bind its key spec and usage; the same material re-sealed again on a later start means its key file was rolled back');
+        try {
+          await this.serviceEvent('ReSealKeyMaterial', k, this.clock(), {
+            keyMaterialId: materialId, keySpec: k.keySpec, keyUsage: k.keyUsage, keyMaterialTokenVersion: EKT_VERSION,
+          });
+        } catch (err) {
+          this.log.error({ err, ...fields }, 'could not record the re-seal of a key material token in the audit log');
+        }
+      }
+    }
+    if (resealed > 0) this.log.info({ tokens: resealed, version: EKT_VERSION }, 're-sealed key material tokens to bind their key spec and usage');
   }
 
   /** The audit log every KMS call is recorded in; the daemon appends its volume events and refusals to it. */
@@ -331,7 +395,7 @@ export class KmsService implements KmsCore {
     const m = materialId === undefined ? k.materials[k.materials.length - 1] : k.materials.find((x) => x.id === materialId);
     if (!m) throw new KMSInternalException(`key material ${materialId} of ${k.arn} not found`);
     // Exact-size arrays: they cross postMessage on every call (protocol.ts, exactBytes).
-    const h: KeyHandle = Object.freeze({ arn: k.arn, hbkId: new Uint8Array(Buffer.from(m.id, 'hex')), ekt: new Uint8Array(Buffer.from(m.ekt, 'base64')), spec: k.keySpec });
+    const h: KeyHandle = Object.freeze({ arn: k.arn, hbkId: new Uint8Array(Buffer.from(m.id, 'hex')), ekt: new Uint8Array(Buffer.from(m.ekt, 'base64')), spec: k.keySpec, usage: k.keyUsage });
     byId.set(cacheId, h);
     return h;
   }

@@ -93,7 +93,7 @@ export interface CreateSnapshotRequest {
 /** The snapshot surface of a device, when the data path provides it (src/volume/write-gate.ts). */
 export function asSnapshotSource(dev: BlockDevice | undefined): SnapshotSource | undefined {
   const d = dev as Partial<SnapshotSource> | undefined;
-  return d && typeof d.setWriteGate === 'function' && typeof d.withWritesPaused === 'function' && typeof d.readRaw === 'function' ? (d as SnapshotSource) : undefined;
+  return d && typeof d.setWriteGate === 'function' && typeof d.withWritesPaused === 'function' ? (d as SnapshotSource) : undefined;
 }
 
 /** One snapshot being created: what it holds while its manifest does not name its blocks yet. */

@@ -423,23 +423,6 @@ export abstract class SectorDevice implements BlockDevice, SnapshotSource {
     return this.writes.run(fn);
   }
 
-  /**
-   * SnapshotSource: the on-disk bytes of the data segment [pos, pos + len)
-   * (ciphertext for an encrypted volume), zeros past the end of a short file.
-   * Never waits for a write: a gate's pass() may call it while a write waits.
-   */
-  async readRaw(pos: number, len: number, into: Buffer): Promise<void> {
-    this.enter();
-    try {
-      this.checkRange(pos, len);
-      if (!Buffer.isBuffer(into)) throw new ArgTypeError('into', 'a Buffer', into);
-      if (into.length < len) throw new RangeError(`into must hold at least len (${len}) bytes, has ${into.length}`);
-      if (len > 0) await this.io.readRaw(into, pos, len);
-    } finally {
-      this.leave();
-    }
-  }
-
   /** Grow (ModifyVolume): the caller has already grown the file and the header. */
   resize(newSize: number): void {
     checkSafeInt('newSize', newSize, this._size);

@@ -44,8 +44,6 @@ export interface SnapshotSource {
    * inside `fn`.
    */
   withWritesPaused<T>(fn: () => Promise<T> | T): Promise<T>;
-  /** Reads raw on-disk bytes (ciphertext for an encrypted volume) of the data segment [pos, pos + len) into `into`; past-EOF reads as zeros. */
-  readRaw(pos: number, len: number, into: Buffer): Promise<void>;
   /**
    * True when the device's backing file is open O_DIRECT: a snapshot's own
    * read handle on the image is then opened so too (page-cache coherence,

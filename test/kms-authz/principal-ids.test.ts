@@ -14,7 +14,7 @@ import type { Caller } from '../../src/kms/types.js';
 import { AccessKeyStore } from '../../src/kms/sts/access-keys.js';
 import { TrustPolicies, TRUST_FILE } from '../../src/kms/sts/trust-policies.js';
 import { StsService } from '../../src/kms/sts/sts-service.js';
-import { ACCT, REGION, awsName, doc, openTestKms, tempDir } from './helpers.js';
+import { ACCT, OTHER, REGION, awsName, doc, openTestKms, tempDir } from './helpers.js';
 import { openKms } from '../../src/kms/open-kms.js';
 import { createLogger } from '../../src/util/logger.js';
 import type { TempDir } from '../helpers/temp-dir.js';
@@ -545,6 +545,22 @@ describe('grants bind their grantee and retiring principals to their principal i
       await expect(kms.core.call('PutKeyPolicy', { KeyId: keyArn, Policy: doc(rootAdmin, allow(p)) }, root(kms)))
         .rejects.toMatchObject({ awsName: 'MalformedPolicyDocumentException', message: expect.stringContaining(p) });
     }
+  });
+
+  it('a root ARN of another partition is refused as GranteePrincipal or RetiringPrincipal, naming the member; another account\'s root of this partition is a grantee', async () => {
+    const { kms } = await fresh();
+    const { keyArn } = await keyAndBlob(kms);
+    const ownRoot = `arn:aws:iam::${ACCT}:root`;
+    for (const arn of [`arn:aws-cn:iam::${ACCT}:root`, `arn:aws-us-gov:iam::${OTHER}:root`]) {
+      for (const member of ['GranteePrincipal', 'RetiringPrincipal'] as const) {
+        const err = await kms.core.call('CreateGrant', { KeyId: keyArn, GranteePrincipal: ownRoot, [member]: arn, Operations: ['Decrypt'] }, root(kms)).catch((e: unknown) => e);
+        expect(err, `${member} ${arn}`).toMatchObject({ awsName: 'ValidationException', message: expect.stringContaining(`${member} "${arn}"`) });
+      }
+    }
+    expect(await listed(kms, keyArn)).toEqual([]);
+    const other = `arn:aws:iam::${OTHER}:root`;
+    await kms.core.call('CreateGrant', { KeyId: keyArn, GranteePrincipal: other, RetiringPrincipal: ownRoot, Operations: ['Decrypt'] }, root(kms));
+    expect((await listed(kms, keyArn)).length).toBe(1);
   });
 
   it('stored grants naming another partition\'s ARNs bind to nobody when the KMS opens (also a session one the first version of bindings bound to the local session); the count is logged', async () => {

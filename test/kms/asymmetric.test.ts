@@ -179,7 +179,8 @@ describe('EMSA-PSS-VERIFY of a DIGEST signature (the HSM engine on a real domain
       const hbkId = randomBytes(32);
       const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 65537 });
       const n = Buffer.from(privateKey.export({ format: 'jwk' }).n!, 'base64url');
-      const key = { arn, hbkId, ekt: engine.wrap(arn, hbkId, privateKey.export({ format: 'der', type: 'pkcs8' })), spec: 'RSA_2048' };
+      const bind = { arn, hbkId, spec: 'RSA_2048', usage: 'SIGN_VERIFY' };
+      const key = { ...bind, ekt: engine.wrap(bind, privateKey.export({ format: 'der', type: 'pkcs8' })) };
       const mHash = createHash('sha256').update('message').digest();
       const sigOf = (em: Buffer) => privateDecrypt({ key: privateKey, padding: constants.RSA_NO_PADDING }, em); // RSASP1: em^d mod n
       const verifyIt = (signature: Buffer) => () => engine.handle({ op: 'verify', key, algorithm: 'RSASSA_PSS_SHA_256', message: mHash, messageType: 'DIGEST', signature });

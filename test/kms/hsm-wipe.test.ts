@@ -86,8 +86,8 @@ describe('the HSM side of a batch (the engine on a real domain, a real MessageCh
     t = tempDir('ebsd-hsm-wipe-');
     engine = new HsmEngine(openDomain(t.dir));
     const hbkId = randomBytes(32);
-    const { ekt } = engine.handle({ op: 'generateKey', arn: ARN, hbkId, spec: 'SYMMETRIC_DEFAULT' }) as { ekt: Uint8Array };
-    key = { arn: ARN, hbkId, ekt, spec: 'SYMMETRIC_DEFAULT' };
+    const { ekt } = engine.handle({ op: 'generateKey', arn: ARN, hbkId, spec: 'SYMMETRIC_DEFAULT', usage: 'ENCRYPT_DECRYPT' }) as { ekt: Uint8Array };
+    key = { arn: ARN, hbkId, ekt, spec: 'SYMMETRIC_DEFAULT', usage: 'ENCRYPT_DECRYPT' };
     ({ port1: a, port2: b } = new MessageChannel());
   });
   afterAll(() => {
@@ -140,7 +140,7 @@ describe('through the real HSM worker thread', () => {
     t = tempDir('ebsd-hsm-wipe-worker-');
     hsm = await startHsm({ stateDir: t.dir }, 'worker');
     const hbkId = randomBytes(32);
-    key = { arn: ARN, hbkId, ekt: (await hsm.call({ op: 'generateKey', arn: ARN, hbkId, spec: 'SYMMETRIC_DEFAULT' })).ekt, spec: 'SYMMETRIC_DEFAULT' };
+    key = { arn: ARN, hbkId, ekt: (await hsm.call({ op: 'generateKey', arn: ARN, hbkId, spec: 'SYMMETRIC_DEFAULT', usage: 'ENCRYPT_DECRYPT' })).ekt, spec: 'SYMMETRIC_DEFAULT', usage: 'ENCRYPT_DECRYPT' };
   });
   afterAll(async () => {
     await hsm.close();

@@ -118,6 +118,39 @@ describe('keystore', () => {
     t.cleanup();
   }, 30_000);
 
+  it('a key whose stored spec or usage is edited in its file is refused, naming the key; the token binds them', async () => {
+    const t = tempDir();
+    try {
+      let kms = await openKms(t.dir, { hsmMode: 'inline' });
+      const sym = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      const rsa = (await kms.call('CreateKey', { KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' }, admin)).KeyMetadata as { KeyId: string };
+      const good = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      await kms.close();
+      const edit = (id: string, fields: Record<string, string>): string => {
+        const f = join(t.dir, 'keys', `${id}.json`);
+        const r = JSON.parse(readFileSync(f, 'utf8'));
+        writeFileSync(f, JSON.stringify({ ...r, ...fields }));
+        return r.materials[0].ekt as string;
+      };
+      // Relabelled as HMAC_256, the symmetric key's GenerateMac would compute its ciphertexts' one-time keys (hsm/kdf.ts).
+      const symEkt = edit(sym.KeyId, { keySpec: 'HMAC_256', keyUsage: 'GENERATE_VERIFY_MAC' });
+      edit(rsa.KeyId, { keyUsage: 'SIGN_VERIFY' }); // usage only: same material, other protocol
+      kms = await openKms(t.dir, { hsmMode: 'inline' });
+      const mac = await kms.call('GenerateMac', { KeyId: sym.KeyId, MacAlgorithm: 'HMAC_SHA_256', Message: Buffer.from('m') }, admin).catch((e) => e);
+      expect(mac).toMatchObject({ awsName: 'KMSInternalException', code: 'KMS_KEY_MATERIAL_CORRUPT' });
+      expect(mac.message).toContain(sym.KeyId);
+      expect(mac.message).toContain('HMAC_256');
+      expect(mac.message).not.toContain(symEkt);
+      const sig = await kms.call('Sign', { KeyId: rsa.KeyId, SigningAlgorithm: 'RSASSA_PSS_SHA_256', Message: Buffer.from('m') }, admin).catch((e) => e);
+      expect(sig).toMatchObject({ awsName: 'KMSInternalException', code: 'KMS_KEY_MATERIAL_CORRUPT' });
+      expect(sig.message).toContain(rsa.KeyId);
+      expect(await awsError(kms.call('Encrypt', { KeyId: good.KeyId, Plaintext: Buffer.from('x') }, admin))).toBe('no error');
+      await kms.close();
+    } finally {
+      t.cleanup();
+    }
+  }, 30_000);
+
   it('SIGKILL during updates leaves old or new state, never a corrupt one', async () => {
     const t = tempDir();
     let kms: Awaited<ReturnType<typeof openKms>> | undefined;

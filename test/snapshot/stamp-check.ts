@@ -18,7 +18,8 @@ import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
  *
  * The volume must be a measurement-only plaintext one (at least 128 MiB:
  * stamps in the first 64 MiB, fio in the next) so the stored blocks can be
- * read; an encrypted volume takes the same path with ciphertext (readRaw).
+ * read; an encrypted volume takes the same path with ciphertext (the copy's
+ * own read handle, openImageDataReader).
  * `whileRunning` is called while the snapshot is pending (polled with it).
  */
 const SECTORS = 16384; // the stamp writer's 64 MiB

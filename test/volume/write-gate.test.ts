@@ -8,6 +8,7 @@ import { openBackingFile } from '../../src/volume/backing-file.js';
 import { nativeIo, syncWriteGuard } from '../../src/volume/native-io.js';
 import { LUKS2_DATA_OFFSET } from '../../src/volume/luks2-json.js';
 import type { WriteGate } from '../../src/volume/write-gate.js';
+import { openImageDataReader, type ImageDataReader } from '../../src/snapshot/volume-image.js';
 import { BlockFileSystem, FuseMount } from '../../src/fuse/index.js';
 import { createLogger } from '../../src/util/logger.js';
 import { dataSegmentBytes, tmpDir, VOL, freshImage } from './helpers/image.js';
@@ -56,6 +57,17 @@ function recordingGate(fast = true): WriteGate & { calls: Call[] } {
     },
   };
 }
+
+/**
+ * The image's own read handle, as a snapshot's copy opens one beside the attached device
+ * (src/snapshot/snapshot-manager.ts): O_DIRECT when the device's backing file is.
+ */
+function imageReader(dev: SectorDevice): Promise<ImageDataReader> {
+  return openImageDataReader(img, LUKS2_DATA_OFFSET, VOL, { direct: dev.backingDirect === true });
+}
+
+/** One read on the pool through `r`: a round trip a write already on its way there would not be overtaken by. */
+const poolRoundTrip = (r: ImageDataReader, pos: number, len: number): Promise<void> => r.read(pos, len, Buffer.alloc(len));
 
 const sectorRange = (off: number, len: number): [number, number] => {
   const p = Math.floor(off / SS) * SS;
@@ -117,6 +129,7 @@ describe.skipIf(nativeIo === null).each(makers)('write gate on the %s device', (
 
   test.each<Mode>(['write', 'behind', 'direct'])('a gate answering "wait" holds a write via %s off the disk until pass() resolves', async (mode) => {
     const dev = await make(mode === 'direct');
+    const reader = await imageReader(dev);
     let open!: () => void;
     const calls: [number, number][] = [];
     let tries = 0;
@@ -145,8 +158,8 @@ describe.skipIf(nativeIo === null).each(makers)('write gate on the %s device', (
         void done.then(() => (settled = true));
         await expect.poll(() => calls.length).toBe(1);
         expect(calls[0]).toEqual([p, l]);
-        // A pool round trip (a raw read) cannot overtake a write that is not on its way.
-        await dev.readRaw(p, l, Buffer.alloc(l));
+        // A pool round trip (a read of the same range, as a snapshot's copy reads) cannot overtake a write that is not on its way.
+        await poolRoundTrip(reader, p, l);
         expect(settled).toBe(false);
         expect(disk(p, l).equals(old), 'bytes reached the disk before pass() resolved').toBe(true);
         open();
@@ -158,12 +171,14 @@ describe.skipIf(nativeIo === null).each(makers)('write gate on the %s device', (
       }
       if (mode !== 'direct') expect(tries).toBeGreaterThan(0);
     } finally {
+      await reader.close();
       await dev.close();
     }
   });
 
   test('withWritesPaused waits for an acknowledged write-behind, holds new writes, and lets them go after', async () => {
     const dev = await make(false);
+    const reader = await imageReader(dev);
     const rnd = seeded(`write-gate pause ${_name}`);
     try {
       for (const onPool of [false, true]) {
@@ -179,14 +194,14 @@ describe.skipIf(nativeIo === null).each(makers)('write gate on the %s device', (
           expect(dev.writeBehind(8 * SS, rnd.bytes(SS))).toBeNull();
           let wrote = false;
           const later = dev.write(16 * SS, Buffer.alloc(SS, fill)).then(() => (wrote = true));
-          await dev.readRaw(16 * SS, SS, Buffer.alloc(SS)); // a pool round trip
+          await poolRoundTrip(reader, 16 * SS, SS);
           await new Promise((r) => setImmediate(r));
           expect(wrote).toBe(false);
           expect(disk(16 * SS, SS).equals(Buffer.alloc(SS, fill))).toBe(false);
           return { later };
         });
         // The completion has not run: the pause must not start fn yet.
-        await dev.readRaw(0, SS, Buffer.alloc(SS));
+        await poolRoundTrip(reader, 0, SS);
         expect(seen).toBeNull();
         complete!();
         const { later } = await paused;
@@ -194,34 +209,46 @@ describe.skipIf(nativeIo === null).each(makers)('write gate on the %s device', (
         const back = Buffer.alloc(4 * SS);
         await dev.read(0, 4 * SS, back);
         expect(back.equals(a)).toBe(true);
-        // What fn saw on disk is what the write-behind put there.
+        // What fn saw on disk is what the write-behind put there, as a snapshot's copy reads it.
         const raw = Buffer.alloc(4 * SS);
-        await dev.readRaw(0, 4 * SS, raw);
+        await reader.read(0, 4 * SS, raw);
         expect(raw.equals(seen!)).toBe(true);
         await later;
         expect(disk(16 * SS, SS).equals(Buffer.alloc(SS, fill)) === (_name === 'plaintext')).toBe(true);
         syncWriteGuard.record(0);
       }
     } finally {
+      await reader.close();
       await dev.close();
     }
   });
 
-  test('readRaw returns the on-disk bytes (ciphertext when encrypted), zeros where the file has none', async () => {
-    const dev = await make(false);
+  test.each([false, true])('the image\'s own read handle (a snapshot\'s copy) sees the device\'s writes as on disk (ciphertext when encrypted), O_DIRECT %s; zeros past the end', async (direct) => {
+    const dev = await make(direct);
+    const reader = await imageReader(dev); // opened before the writes, as a copy's is while the volume is written
     try {
-      const data = seeded(`raw ${_name}`).bytes(3 * SS);
+      expect(dev.backingDirect === true).toBe(direct);
+      const data = seeded(`raw ${_name} ${direct}`).bytes(3 * SS);
       await dev.write(SS, data);
+      await dev.write(SIZE - SS, data.subarray(0, SS));
       for (const [pos, len] of [[0, 5 * SS], [SS + 17, 4000], [SIZE - SS, SS]] as const) {
         const raw = Buffer.alloc(len);
-        await dev.readRaw(pos, len, raw);
-        expect(raw.equals(disk(pos, len))).toBe(true);
+        await reader.read(pos, len, raw);
+        expect(raw.equals(disk(pos, len)), `${len} B at ${pos}`).toBe(true);
       }
       const raw = Buffer.alloc(3 * SS);
-      await dev.readRaw(SS, 3 * SS, raw);
+      await reader.read(SS, 3 * SS, raw);
       expect(raw.equals(data)).toBe(dev instanceof PlainBlockDevice);
-      await expect(dev.readRaw(SIZE - SS, 2 * SS, Buffer.alloc(2 * SS))).rejects.toMatchObject({ code: 'VOLUME_OUT_OF_RANGE' });
+      const back = Buffer.alloc(3 * SS);
+      await dev.read(SS, 3 * SS, back);
+      expect(back.equals(data)).toBe(true);
+      // Past the end of the file: zeros (the copy clamps to the volume size, snapshot-manager.ts clampedReader).
+      const tail = Buffer.alloc(2 * SS, 0xee);
+      await reader.read(SIZE - SS, 2 * SS, tail);
+      expect(tail.subarray(0, SS).equals(disk(SIZE - SS, SS))).toBe(true);
+      expect(tail.subarray(SS).equals(Buffer.alloc(SS))).toBe(true);
     } finally {
+      await reader.close();
       await dev.close();
     }
   });

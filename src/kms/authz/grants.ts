@@ -556,6 +556,12 @@ export class GrantStore implements GrantSource {
     if (isServicePrincipal(v)) return v;
     const f = parsePrincipalArn(v);
     if (!f) throw new ValidationException(`${name} "${v}" is not a valid principal ARN`);
+    // A user, role or session ARN of another partition is refused below as one that does not exist;
+    // a root ARN is not looked up (another account's root is a valid grantee), so its partition is
+    // checked here: no caller of this KMS is ever in another partition, so such a grant serves nobody.
+    if (f.kind === 'root' && !this._inPartition(v)) {
+      throw new ValidationException(`${name} "${v}" is not a valid principal: not in partition ${this.principals!.partition}, the partition of this KMS`);
+    }
     if (this.principalExists && f.kind !== 'root' && !this.principalExists(v)) {
       throw new ValidationException(`${name} "${v}" is not a valid principal: no such identity`);
     }

@@ -13,16 +13,17 @@ import { p256, p384, p521 } from '@noble/curves/nist.js';
 import { secp256k1 } from '@noble/curves/secp256k1.js';
 import { wipe } from '../../util/wipe.js';
 import { encodeHeader, parseBlob, HBK_ID_LEN, KDF_NONCE_LEN, IV_LEN, TAG_LEN } from '../blob.js';
-import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, HASH_LEN, rsaOaepMaxPlaintext } from '../key-spec.js';
+import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, HASH_LEN, rsaOaepMaxPlaintext, allowedUsages, KEY_SPECS, type KeySpec, type KeyUsage } from '../key-spec.js';
 import { KmsError, InvalidCiphertextException, KMSInternalException, IncorrectKeyException, ValidationException, KMSInvalidSignatureException } from '../errors.js';
 import { deriveOneTimeKey } from './kdf.js';
 import { Drbg } from './drbg.js';
 import type { Domain } from './domain.js';
-import type { CipherEndpoint, HsmRequest, KeyHandle, SecretKind } from './protocol.js';
+import { EKT_VERSION, type CipherEndpoint, type HsmRequest, type KeyHandle, type SecretKind } from './protocol.js';
 import { deriveSigningKey } from '../sigv4/signing-key.js';
 
-const EKT_VERSION = 1;
-const EKT_AAD_PREFIX = Buffer.from('ebsd/ekt/v1', 'utf8');
+const EKT_V1 = 1;
+const EKT_V1_AAD_PREFIX = Buffer.from('ebsd/ekt/v1', 'utf8');
+const EKT_V2_AAD_PREFIX = Buffer.from('ebsd/ekt/v2', 'utf8');
 const SECRET_VERSION = 1;
 const SECRET_AAD_PREFIX = Buffer.from('ebsd/secret/v1\0', 'utf8');
 
@@ -55,59 +56,83 @@ export class HsmEngine {
 
   // ---- exported key tokens --------------------------------------------
 
-  private ektAad(arn: string, hbkId: Uint8Array): Buffer {
-    const a = Buffer.from(arn, 'utf8');
-    const out = Buffer.allocUnsafe(EKT_AAD_PREFIX.length + 2 + a.length + hbkId.length);
-    EKT_AAD_PREFIX.copy(out, 0);
-    out.writeUInt16BE(a.length, EKT_AAD_PREFIX.length);
-    a.copy(out, EKT_AAD_PREFIX.length + 2);
-    out.set(hbkId, EKT_AAD_PREFIX.length + 2 + a.length);
-    return out;
+  /**
+   * docs/kms-format.md §Exported key token. Version 2: "ebsd/ekt/v2" ‖ u16 len(arn) ‖ arn ‖
+   * hbkId ‖ u8 len(spec) ‖ spec ‖ u8 len(usage) ‖ usage, so a token opens only for the spec and
+   * usage it was made for. Version 1 (read only): "ebsd/ekt/v1" ‖ u16 len(arn) ‖ arn ‖ hbkId.
+   */
+  private ektAad(version: number, k: EktBinding): Buffer {
+    if (k.hbkId.length !== HBK_ID_LEN) throw new ValidationException('hbkId must be 32 bytes');
+    const a = Buffer.from(k.arn, 'utf8');
+    if (version === EKT_V1) return Buffer.concat([EKT_V1_AAD_PREFIX, u16(a.length), a, k.hbkId]);
+    const s = Buffer.from(k.spec, 'utf8'), u = Buffer.from(k.usage, 'utf8');
+    if (s.length > 0xff || u.length > 0xff) throw new ValidationException('key spec and usage must be at most 255 bytes');
+    return Buffer.concat([EKT_V2_AAD_PREFIX, u16(a.length), a, k.hbkId, Buffer.of(s.length), s, Buffer.of(u.length), u]);
   }
 
-  /** EKT = version ‖ iv(12) ‖ AES-256-GCM(domainKey, material, AAD = "ebsd/ekt/v1" ‖ arn ‖ hbkId) ‖ tag(16). */
-  wrap(arn: string, hbkId: Uint8Array, material: Uint8Array): Uint8Array {
+  /** EKT = 0x02 ‖ iv(12) ‖ AES-256-GCM(domainKey, material, AAD = ektAad(2, k)) ‖ tag(16). */
+  wrap(k: EktBinding, material: Uint8Array): Uint8Array {
     const iv = this.drbg.bytes(IV_LEN);
     const c = createCipheriv('aes-256-gcm', this.domain.domainKey, iv);
-    c.setAAD(this.ektAad(arn, hbkId));
+    c.setAAD(this.ektAad(EKT_VERSION, k));
     return Buffer.concat([Buffer.of(EKT_VERSION), iv, c.update(material), c.final(), c.getAuthTag()]);
   }
 
-  /** Plaintext material of a handle. The caller must wipe it. */
+  /**
+   * Plaintext material of a handle. The caller must wipe it.
+   *
+   * A version 1 token does not authenticate the spec and usage, so its material must at least
+   * fit them (materialFits): that refuses every relabelling but SYMMETRIC_DEFAULT <-> HMAC_256 with
+   * the usage edited as well (32 random bytes either way) and an RSA key's usage. The KMS
+   * re-seals version 1 tokens in version 2 when it opens (kms-core.ts, `resealKeyTokens`).
+   */
   private unwrap(k: KeyHandle): Buffer {
     const t = k.ekt;
+    const version = t[0];
     let out: Buffer | undefined;
     try {
-      if (t.length < 1 + IV_LEN + TAG_LEN + 1 || t[0] !== EKT_VERSION) throw new Error('format');
+      if (t.length < 1 + IV_LEN + TAG_LEN + 1 || (version !== EKT_V1 && version !== EKT_VERSION)) throw new Error('format');
       const d = createDecipheriv('aes-256-gcm', this.domain.domainKey, t.subarray(1, 1 + IV_LEN));
-      d.setAAD(this.ektAad(k.arn, k.hbkId));
+      d.setAAD(this.ektAad(version, k));
       d.setAuthTag(t.subarray(t.length - TAG_LEN));
       out = d.update(t.subarray(1 + IV_LEN, t.length - TAG_LEN));
       d.final();
-      return out;
     } catch {
-      // GCM decrypts before it authenticates: a token under another ARN or key id (its AAD) still
-      // decrypts to the real material, which must not stay behind in the clear.
+      // GCM decrypts before it authenticates: a token under another ARN, key id, spec or usage (its AAD)
+      // still decrypts to the real material, which must not stay behind in the clear.
       wipe(out);
+      const binds = version === EKT_V1
+        ? 'a version 1 token binds the key ARN and material id'
+        : version === EKT_VERSION
+          ? 'a version 2 token binds the key ARN, material id, spec and usage'
+          : `token version ${version ?? 'none'} is not one this HSM reads`;
       throw new KMSInternalException(
-        `The key material token of ${k.arn} (material ${Buffer.from(k.hbkId).toString('hex')}) failed authentication; this key is unusable`,
+        `The key material token of ${materialName(k)} failed authentication for key spec ${k.spec} and usage ${k.usage} (${binds}); this key is unusable`,
         { code: 'KMS_KEY_MATERIAL_CORRUPT' },
       );
     }
+    if (version === EKT_V1 && !materialFits(out, k.spec, k.usage)) {
+      wipe(out);
+      throw new KMSInternalException(
+        `The key material of ${materialName(k)} does not fit its stored key spec ${k.spec} and usage ${k.usage}; this key is unusable`,
+        { code: 'KMS_KEY_MATERIAL_CORRUPT' },
+      );
+    }
+    return out;
   }
 
   private withMaterial<T>(k: KeyHandle, fn: (m: Buffer) => T): T {
     const cache = this.batchMaterials;
     if (cache) {
-      // The token authenticates arn and hbkId (its AAD): a cached unwrap may serve only a request
-      // naming the same token, arn and hbkId, or a request under another hbkId would skip the
-      // authentication. The spec is not in the AAD (that would change the token format); it is in
-      // the key so a handle under another spec at least never shares another's cached material.
+      // The token authenticates arn, hbkId, spec and usage (its AAD; version 1 checks the
+      // material against spec and usage instead): a cached unwrap may serve only a request naming
+      // the same token and all four, or a request under another spec would skip that check.
       const id = JSON.stringify([
         Buffer.from(k.ekt.buffer, k.ekt.byteOffset, k.ekt.byteLength).toString('latin1'),
         k.arn,
         Buffer.from(k.hbkId.buffer, k.hbkId.byteOffset, k.hbkId.byteLength).toString('hex'),
         k.spec,
+        k.usage,
       ]);
       let m = cache.get(id);
       if (!m) {
@@ -287,7 +312,8 @@ export class HsmEngine {
 
   handle(r: HsmRequest): unknown {
     switch (r.op) {
-      case 'generateKey': return this.generateKey(r.arn, r.hbkId, r.spec);
+      case 'generateKey': return this.generateKey({ arn: r.arn, hbkId: r.hbkId, spec: r.spec, usage: r.usage });
+      case 'resealKeyToken': return { ekt: this.withMaterial(r.key, (m) => this.wrap(r.key, m)) };
       case 'encrypt': return { blob: this.symEncrypt(r.key, r.plaintext, r.ctx) };
       case 'decrypt': return { plaintext: this.symDecrypt(r.key, r.blob, r.ctx) };
       case 'generateDataKey': {
@@ -382,21 +408,57 @@ export class HsmEngine {
     return this.withMaterial(k, (m) => createHmac(h, m).update(message).digest()); // RFC 2104
   }
 
-  private generateKey(arn: string, hbkId: Uint8Array, spec: string): { ekt: Uint8Array; publicKey?: Uint8Array } {
-    if (hbkId.length !== HBK_ID_LEN) throw new ValidationException('hbkId must be 32 bytes');
+  private generateKey(k: EktBinding): { ekt: Uint8Array; publicKey?: Uint8Array } {
+    const { spec } = k;
+    if (k.hbkId.length !== HBK_ID_LEN) throw new ValidationException('hbkId must be 32 bytes');
+    if (!KEY_SPECS.includes(spec as KeySpec) || !allowedUsages(spec as KeySpec).includes(k.usage as KeyUsage)) {
+      throw new ValidationException(`unsupported key spec ${spec} with usage ${k.usage}`);
+    }
     if (spec === 'SYMMETRIC_DEFAULT' || isHmac(spec)) {
       const m = this.drbg.bytes(spec === 'SYMMETRIC_DEFAULT' ? 32 : HMAC_KEY_BYTES[spec]!);
-      try { return { ekt: this.wrap(arn, hbkId, m) }; } finally { wipe(m); }
+      try { return { ekt: this.wrap(k, m) }; } finally { wipe(m); }
     }
-    if (!isRsa(spec) && !isEcc(spec)) throw new ValidationException(`unsupported key spec ${spec}`);
     const { privateKey, publicKey } = genPair(spec);
     const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });
     try {
-      return { ekt: this.wrap(arn, hbkId, pkcs8), publicKey: publicKey.export({ format: 'der', type: 'spki' }) };
+      return { ekt: this.wrap(k, pkcs8), publicKey: publicKey.export({ format: 'der', type: 'spki' }) };
     } finally {
       wipe(pkcs8);
     }
   }
+}
+
+/** What a token is bound to: a KeyHandle without its token. */
+export type EktBinding = Omit<KeyHandle, 'ekt'>;
+
+/** "<arn> (material <hbkId hex>)", for error messages: names the key, never its token or material. */
+function materialName(k: EktBinding): string {
+  return `${k.arn} (material ${Buffer.from(k.hbkId).toString('hex')})`;
+}
+
+function u16(n: number): Buffer {
+  const b = Buffer.allocUnsafe(2);
+  b.writeUInt16BE(n);
+  return b;
+}
+
+/**
+ * Whether unwrapped material has the shape of `spec` and `usage` is one the spec allows: the
+ * key length (symmetric, HMAC), or the PKCS#8 key's type and size or curve (RSA, ECC).
+ */
+function materialFits(m: Buffer, spec: string, usage: string): boolean {
+  if (!KEY_SPECS.includes(spec as KeySpec) || !allowedUsages(spec as KeySpec).includes(usage as KeyUsage)) return false;
+  if (spec === 'SYMMETRIC_DEFAULT') return m.length === 32;
+  if (isHmac(spec)) return m.length === HMAC_KEY_BYTES[spec];
+  let key: KeyObject;
+  try {
+    key = createPrivateKey({ key: m, format: 'der', type: 'pkcs8' });
+  } catch {
+    return false;
+  }
+  const d = key.asymmetricKeyDetails;
+  if (isRsa(spec)) return key.asymmetricKeyType === 'rsa' && d?.modulusLength === RSA_BITS[spec];
+  return key.asymmetricKeyType === 'ec' && d?.namedCurve === EC_CURVE[spec];
 }
 
 function genPair(spec: string): { privateKey: KeyObject; publicKey: KeyObject } {

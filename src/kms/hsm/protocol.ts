@@ -12,11 +12,20 @@ export interface KeyHandle {
   arn: string;
   /** 32-byte HSM backing key id (AWS "key material id"). */
   hbkId: Uint8Array;
-  /** Exported key token: AES-256-GCM of the material under the domain key. */
+  /** Exported key token: AES-256-GCM of the material under the domain key (docs/kms-format.md §Exported key token). */
   ekt: Uint8Array;
-  /** Key spec of the KMS key, e.g. SYMMETRIC_DEFAULT, RSA_2048. */
+  /** Key spec of the KMS key, e.g. SYMMETRIC_DEFAULT, RSA_2048; a version 2 token authenticates it. */
   spec: string;
+  /** Key usage of the KMS key, e.g. ENCRYPT_DECRYPT; a version 2 token authenticates it. */
+  usage: string;
 }
+
+/**
+ * The exported key token format the HSM writes (its first byte). Version 1 bound only the key
+ * ARN and material id; version 2 binds the key spec and usage too. The KMS re-seals the version 1
+ * tokens of a state dir when it opens (kms-core.ts, `resealKeyTokens`).
+ */
+export const EKT_VERSION = 2;
 
 /** Where a ReEncrypt reads from / writes to. */
 export interface CipherEndpoint {
@@ -28,7 +37,8 @@ export interface CipherEndpoint {
 }
 
 export type HsmRequest =
-  | { op: 'generateKey'; arn: string; hbkId: Uint8Array; spec: string }
+  | { op: 'generateKey'; arn: string; hbkId: Uint8Array; spec: string; usage: string }
+  | { op: 'resealKeyToken'; key: KeyHandle }
   | { op: 'encrypt'; key: KeyHandle; plaintext: Uint8Array; ctx: Uint8Array }
   | { op: 'decrypt'; key: KeyHandle; blob: Uint8Array; ctx: Uint8Array }
   | { op: 'generateDataKey'; key: KeyHandle; bytes: number; ctx: Uint8Array; wantPlaintext: boolean }
@@ -48,6 +58,8 @@ export type HsmRequest =
 
 export interface HsmResults {
   generateKey: { ekt: Uint8Array; publicKey?: Uint8Array };
+  /** The same material in a token of format EKT_VERSION. */
+  resealKeyToken: { ekt: Uint8Array };
   encrypt: { blob: Uint8Array };
   decrypt: { plaintext: Uint8Array };
   generateDataKey: { blob: Uint8Array; plaintext?: Uint8Array };

@@ -55,7 +55,7 @@ export async function createKeyRecord(ctx: OperationContext, p: {
   const keyId = p.keyId ?? randomUUID();
   const arn = `arn:aws:kms:${ctx.region}:${ctx.accountId}:key/${keyId}`;
   const hbkId = randomBytes(32);
-  const g = await ctx.hsm.call({ op: 'generateKey', arn, hbkId, spec: p.keySpec });
+  const g = await ctx.hsm.call({ op: 'generateKey', arn, hbkId, spec: p.keySpec, usage: p.keyUsage });
   const managed = p.keyManager === 'AWS';
   const policy = p.policy ?? defaultKeyPolicy(ctx.accountId);
   const bound = ctx.keyPolicyBinder?.(policy);

@@ -15,7 +15,7 @@ export const MAX_ON_DEMAND_ROTATIONS = 25;
 /** New HBK version; the old ones stay so old ciphertexts still decrypt. */
 export async function rotateKey(ctx: OperationContext, key: KeyRecord, type: 'AUTOMATIC' | 'ON_DEMAND', now: number): Promise<KeyRecord> {
   const hbkId = randomBytes(32);
-  const g = await ctx.hsm.call({ op: 'generateKey', arn: key.arn, hbkId, spec: key.keySpec });
+  const g = await ctx.hsm.call({ op: 'generateKey', arn: key.arn, hbkId, spec: key.keySpec, usage: key.keyUsage });
   await ctx.keystore.update(key.keyId, (k) => {
     k.materials.push({ id: hbkId.toString('hex'), ekt: Buffer.from(g.ekt).toString('base64'), createdAt: now, origin: type });
     if (type === 'ON_DEMAND') k.rotation.onDemandCount++;
