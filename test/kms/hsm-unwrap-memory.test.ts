@@ -44,9 +44,9 @@ describe('a token that fails authentication leaves its plaintext nowhere', () =>
   it('a key token presented under another key ARN: the backing key it decrypts to is wiped', () => {
     const { bytes, inverse } = secretBytes(32);
     const hbkId = randomBytes(32);
-    const ekt = engine.wrap(ARN, hbkId, bytes);
+    const ekt = engine.wrap({ arn: ARN, hbkId, spec: 'SYMMETRIC_DEFAULT', usage: 'ENCRYPT_DECRYPT' }, bytes);
     bytes.fill(0);
-    const key: KeyHandle = { arn: OTHER, hbkId, ekt, spec: 'SYMMETRIC_DEFAULT' };
+    const key: KeyHandle = { arn: OTHER, hbkId, ekt, spec: 'SYMMETRIC_DEFAULT', usage: 'ENCRYPT_DECRYPT' };
     expect(() => engine.handle({ op: 'encrypt', key, plaintext: new Uint8Array(16), ctx: new Uint8Array(4) } as HsmRequest)).toThrow(/failed authentication/);
     expect(countInOwnMemory(inverse)).toBe(0);
   }, 60_000);
