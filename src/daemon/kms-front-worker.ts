@@ -8,7 +8,8 @@ import { writeFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RefusalSummary } from './connection-guard.js';
 import { HttpTransport, type TransportRequest, type WireConnection } from './kms-transport.js';
-import { BODY_ERRORS, ANS_FIELDS, type FrontCommand, type FrontInit, type FrontMessage } from './kms-front.js';
+import { BODY_ERRORS, ANS_FIELDS, REQ_FIELDS, type FrontCommand, type FrontInit, type FrontMessage } from './kms-front.js';
+import { HANDOFF_CHUNK } from '../kms/hsm/hsm-client.js';
 
 const port = parentPort!;
 
@@ -72,6 +73,8 @@ function onRequest(r: TransportRequest): void {
   const be = r.bodyError ? BODY_ERRORS.indexOf(r.bodyError.kind) : 0;
   reqs.push(id, cid, r.method, r.url, r.rawHeaders.join('\n'), bodyBytes, r.body.length, be);
   if (r.body.length > 0) { bodies.push(r.body); bodyBytes += r.body.length; }
+  // A full chunk goes now: the main thread starts on it while this thread reads the next requests.
+  if (reqs.length >= HANDOFF_CHUNK * REQ_FIELDS) return flush();
   schedule();
 }
 

@@ -10,7 +10,9 @@
  * copied or answered, docs/architecture.md §5.2).
  *
  * Hand-off, batched per event-loop turn both ways (one `postMessage` per
- * turn, as the HSM client does): requests as a flat array with one header
+ * turn, as the HSM client does, or per HANDOFF_CHUNK requests or answers
+ * when a turn has more, so that each thread starts on the first ones while
+ * the other prepares the rest): requests as a flat array with one header
  * string each, and all bodies of a batch in one transferred ArrayBuffer; a
  * connection's address and TLS session once per connection. Answers as a flat
  * array. The worker keeps each body's bytes reserved in the guard's body budget
@@ -23,7 +25,7 @@
 import { Worker } from 'node:worker_threads';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { devLoaderUrl } from '../kms/hsm/hsm-client.js';
+import { devLoaderUrl, HANDOFF_CHUNK } from '../kms/hsm/hsm-client.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { MAX_IN_FLIGHT_PER_CONNECTION, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse } from './kms-transport.js';
 
@@ -191,6 +193,7 @@ export class FrontWorker {
       }
       this.out.push(id, w.status, h, null, body);
     }
+    if (this.out.length >= HANDOFF_CHUNK * ANS_FIELDS) return this.flush();
     if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(() => this.flush());

@@ -28,6 +28,13 @@ function fromWire(e: HsmWireError): Error {
   return new EbsdError(e.code, e.message);
 }
 
+/**
+ * A batch leaves once it holds this many requests, without waiting for the end of the turn: the
+ * worker then starts on them while this thread prepares the rest, instead of every request of a
+ * large turn reaching the worker (and its answer coming back) only after the whole turn's work.
+ */
+export const HANDOFF_CHUNK = 16;
+
 interface Pending { resolve: (v: unknown) => void; reject: (e: Error) => void }
 
 export async function startHsm(init: HsmInit, mode: 'worker' | 'inline' = 'worker'): Promise<Hsm> {
@@ -74,6 +81,7 @@ class WorkerHsm implements Hsm {
     return new Promise((resolve, reject) => {
       this.queue.push(exactBytes(req, this.transfer, false));
       this.waiting.push({ resolve: resolve as (v: unknown) => void, reject });
+      if (this.queue.length >= HANDOFF_CHUNK) return this.flush();
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => this.flush());
