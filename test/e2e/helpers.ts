@@ -103,7 +103,10 @@ export class Env {
   async start(extra: string[] = []): Promise<void> {
     // A daemon that died on its own (a fault point) and was not stopped: its last lines go in before the new one's.
     const prev = this.daemon;
-    if (prev && (prev.exitCode !== null || prev.signalCode !== null)) await this.flushed(prev);
+    // Still running (a test that failed before its stop()): refused here, so cleanup() still holds it and stops it,
+    // instead of the new child replacing it and the old one outliving the run.
+    if (prev && prev.exitCode === null && prev.signalCode === null) throw new Error(`Env.start: this Env's daemon (pid ${prev.pid}) is still running; stop() it first`);
+    if (prev) await this.flushed(prev);
     await startDaemonChild(this.log, process.execPath, [CLI, 'daemon', '--state-dir', this.state, '--mount', this.mnt, ...extra], undefined,
       (p, out) => { this.daemon = p; this.out = out; }, (p) => this.flushed(p));
   }
