@@ -96,7 +96,12 @@ port.on('message', (m: FrontCommand) => {
     const a = m.a;
     for (let i = 0; i < a.length; i += ANS_FIELDS) {
       const r = pending.get(a[i] as number);
-      if (!r) continue;
+      if (!r) {
+        // Its connection went meanwhile: a binary answer's bytes (a plaintext block) are zeroed, not dropped.
+        const gone = a[i + 4];
+        if (gone instanceof Uint8Array) gone.fill(0);
+        continue;
+      }
       pending.delete(a[i] as number);
       const status = a[i + 1] as number;
       const body = a[i + 4] as string | Uint8Array;

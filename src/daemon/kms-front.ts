@@ -176,7 +176,10 @@ export class FrontWorker {
   }
 
   private answer(id: number, w: WireResponse): void {
-    if (this.dead || this.closing) return;
+    if (this.dead || this.closing) {
+      if (typeof w.body !== 'string') w.body.fill(0); // not sent: a binary answer is zeroed all the same
+      return;
+    }
     const h = w.headers;
     // The listener's JSON and XML answers travel as (content type, request id); node's flat form is rebuilt in the worker.
     if (Array.isArray(h) && h.length === 6 && h[0] === 'Content-Type' && h[2] === 'Content-Length' && h[4] === 'x-amzn-RequestId' && typeof w.body === 'string') {
@@ -202,7 +205,12 @@ export class FrontWorker {
 
   private flush(): void {
     this.scheduled = false;
-    if (this.out.length === 0 || this.dead) return;
+    if (this.out.length === 0) return;
+    if (this.dead) {
+      for (let i = 4; i < this.out.length; i += ANS_FIELDS) { const b = this.out[i]; if (b instanceof Uint8Array) b.fill(0); }
+      this.out = [];
+      return;
+    }
     const a = this.out;
     this.out = [];
     // Binary bodies are moved, not cloned: no copy of a block stays on this thread.

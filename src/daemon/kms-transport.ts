@@ -229,10 +229,13 @@ export class HttpTransport {
         const body = w.body;
         res.end(body);
         // A binary body is the answer's own (GetSnapshotBlock's block, in the clear): zeroed once
-        // written or once the connection is gone ('close' comes after 'finish'). A string cannot be.
-        if (typeof body !== 'string') res.once('close', () => body.fill(0));
+        // written ('close' comes after 'finish') or once the connection is gone. A client gone before
+        // the answer: the response's 'close' came already; an answer queued behind a pipelined one never
+        // reaches the socket and gets no 'close' of its own: the socket's says it is gone. A string cannot be zeroed.
+        if (typeof body !== 'string') zeroWhenDone(res, socket, body);
       } catch {
         // An answer node will not write (a header it refuses): the connection is unusable, not the listener.
+        if (typeof w.body !== 'string') w.body.fill(0);
         socket.destroy();
       }
     };
@@ -344,4 +347,19 @@ function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string)
       resolve({ body, reserved });
     });
   });
+}
+
+/** Zero `body` once `res` is written or its connection is gone, whichever comes first (HttpTransport.serve). */
+function zeroWhenDone(res: ServerResponse, socket: Socket, body: Uint8Array): void {
+  if (res.closed || res.destroyed || socket.destroyed) {
+    body.fill(0);
+    return;
+  }
+  const zero = (): void => {
+    body.fill(0);
+    res.off('close', zero);
+    socket.off('close', zero);
+  };
+  res.once('close', zero);
+  socket.once('close', zero);
 }

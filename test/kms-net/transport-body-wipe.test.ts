@@ -103,6 +103,37 @@ describe('a binary answer is zeroed once written', () => {
     await until(() => isZero(block));
   }, 30_000);
 
+  it('when the client has gone before the answer: zeroed all the same', async () => {
+    const block = randomBytes(BLOCK);
+    let answer: (() => void) | undefined;
+    transport = new HttpTransport({ host: '127.0.0.1', port: 0, limits: DEFAULT_LIMITS, onRefusals: () => {}, onRequest: (r) => { answer = () => r.respond(blockAnswer(block)); } });
+    const { port } = await transport.listen();
+    const s = connect(port, '127.0.0.1');
+    s.write('GET /snapshots/snap-0123456789abcdef0/blocks/0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    await until(() => answer !== undefined);
+    s.destroy(); // an SDK's timeout: the client goes, the daemon answers later
+    await new Promise((r) => setTimeout(r, 200));
+    answer!();
+    await until(() => isZero(block));
+  }, 30_000);
+
+  it('an answer queued behind a pipelined one, the client gone: zeroed all the same', async () => {
+    const first = randomBytes(BLOCK);
+    const second = randomBytes(BLOCK);
+    const answers: (() => void)[] = [];
+    transport = new HttpTransport({ host: '127.0.0.1', port: 0, limits: DEFAULT_LIMITS, onRefusals: () => {}, onRequest: (r) => { const b = answers.length === 0 ? first : second; answers.push(() => r.respond(blockAnswer(b))); } });
+    const { port } = await transport.listen();
+    const s = connect(port, '127.0.0.1');
+    const req = 'GET /snapshots/snap-0123456789abcdef0/blocks/0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n';
+    s.write(req + req); // two requests pipelined on one connection
+    await until(() => answers.length === 2);
+    answers[1]!(); // the second answer first: node queues it behind the first, unanswered yet
+    s.destroy();
+    await new Promise((r) => setTimeout(r, 200));
+    answers[0]!();
+    await until(() => isZero(first) && isZero(second));
+  }, 30_000);
+
   it('across the front-end worker (--kms-front-threads 1): the main thread\'s buffer once handed over', async () => {
     const sent = randomBytes(BLOCK);
     const block = Buffer.from(sent);
