@@ -81,7 +81,7 @@ export function manifestEntryBytes(index: number): number {
 }
 /** KMS default key for EBS, as CreateVolume uses it. */
 const DEFAULT_KMS_KEY = 'alias/aws/ebs';
-/** Parent links followed looking for a common lineage (ListChangedBlocks). */
+/** Snapshots visited from each side (through parent and source links) looking for a common lineage (ListChangedBlocks). */
 const MAX_CHAIN = 10_000;
 /** With a store other daemons write (S3), a cached completed manifest is read again this long after (a delete elsewhere shows within it). */
 const SHARED_MANIFEST_MAX_AGE_MS = 60_000;
@@ -853,10 +853,11 @@ export class EbsDirect {
    * Same data key (encrypted), or for unencrypted snapshots the same volume
    * or a common ancestor within MAX_CHAIN lineage links (one the other's
    * ancestor, or siblings of one parent): "snapshots of the same
-   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). A link
-   * is the parent, else the snapshot the volume was restored from
-   * (lineageLink), so a restored volume's snapshots are of its source's
-   * lineage. Links and answers are kept (ebs-direct-manifests.ts): a
+   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). A
+   * snapshot's links are its parent and the snapshot its volume was restored
+   * from (lineageLinks), both walked breadth-first, so a restored volume's
+   * snapshots are of its source's lineage even after the snapshot between
+   * them is deleted. Links and answers are kept (ebs-direct-manifests.ts): a
    * completed snapshot's links never change.
    */
   private async _sameLineage(a: SnapshotSummary, b: SnapshotSummary): Promise<boolean> {
@@ -864,16 +865,27 @@ export class EbsDirect {
     if (a.encrypted) return a.dataEncryptionKeyId !== undefined && a.dataEncryptionKeyId === b.dataEncryptionKeyId;
     if (a.volumeId !== '' && a.volumeId === b.volumeId) return true;
     return this.manifests.related(a.snapshotId, b.snapshotId, async () => {
-      // A parent named but since deleted still joins its children: the chain goes through its id and stops there.
+      // A snapshot named but since deleted still joins those naming it: the walk reaches its id and stops there.
       const ancestors = new Set<string>();
-      for (let id: string | undefined = a.snapshotId; id && !ancestors.has(id) && ancestors.size < MAX_CHAIN; id = await this.manifests.parentOf(id)) ancestors.add(id);
-      const seen = new Set<string>();
-      for (let id: string | undefined = b.snapshotId; id && !seen.has(id) && seen.size < MAX_CHAIN; id = await this.manifests.parentOf(id)) {
-        if (ancestors.has(id)) return true;
-        seen.add(id);
-      }
-      return false;
+      await this._walkLineage(a.snapshotId, ancestors, () => false);
+      return this._walkLineage(b.snapshotId, new Set<string>(), (id) => ancestors.has(id));
     });
+  }
+
+  /** Breadth-first up the lineage links from `start`, each snapshot once and at most MAX_CHAIN in `seen`; true as soon as `found` says so. */
+  private async _walkLineage(start: string, seen: Set<string>, found: (id: string) => boolean): Promise<boolean> {
+    const queue = [start];
+    seen.add(start);
+    for (let at = 0; at < queue.length; at++) {
+      const id = queue[at]!;
+      if (found(id)) return true;
+      for (const next of (await this.manifests.linksOf(id)) ?? []) {
+        if (seen.has(next) || seen.size >= MAX_CHAIN) continue;
+        seen.add(next);
+        queue.push(next);
+      }
+    }
+    return false;
   }
 }
 

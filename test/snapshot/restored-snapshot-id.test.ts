@@ -70,5 +70,19 @@ describe('SnapshotId of a restored volume', () => {
     } finally {
       await d.close();
     }
+
+    // The restored volume's first snapshot deleted: the third still names the source, so it stays of its lineage.
+    await h.snaps.deleteSnapshot(second.snapshotId, h.caller);
+    const d2 = new EbsDirect({ store: h.store, pendingDir: join(h.t.dir, 'ebs-pending-2'), keys: h.kms.keyService, xts: await testEngine(), accountId: '111122223333', region: 'us-east-1', allowUnencrypted: true });
+    try {
+      const changed = async (a: string, b: string): Promise<number[]> =>
+        ((await d2.listChangedBlocks({ FirstSnapshotId: a, SecondSnapshotId: b })).ChangedBlocks as { BlockIndex: number }[]).map((c) => c.BlockIndex);
+      expect(await changed(first.snapshotId, third.snapshotId)).toEqual([2, 3]);
+      expect(await changed(third.snapshotId, first.snapshotId)).toEqual([2, 3]);
+      const e = (await d2.listChangedBlocks({ FirstSnapshotId: unrelated.snapshotId, SecondSnapshotId: third.snapshotId }).then(() => undefined, (x: unknown) => x)) as { awsName?: string; reason?: string } | undefined;
+      expect([e?.awsName, e?.reason]).toEqual(['ValidationException', 'UNRELATED_SNAPSHOTS']);
+    } finally {
+      await d2.close();
+    }
   }, 120_000);
 });
