@@ -62,9 +62,12 @@ const MAX_CLIENT_TOKENS = 1_000;
  * when the completed manifest would pass that limit, counted exactly: each
  * block's entry by its index's digits (manifestEntryBytes), the rest of the
  * manifest as it is (its tags, description and wrapped key are fixed at
- * StartSnapshot) plus MANIFEST_SLACK_BYTES; never a CompleteSnapshot that fails
- * at the end. A child of a parent CreateSnapshot made thus takes new indexes
- * as long as its manifest fits, however many blocks the parent holds.
+ * StartSnapshot) plus MANIFEST_SLACK_BYTES. A StartSnapshot whose completed
+ * manifest would already pass it with the parent's blocks alone (a parent near
+ * the limit, a child with a long Description or many Tags) is refused the same
+ * way, before anything is written; never a CompleteSnapshot that fails at the
+ * end. A child of a parent CreateSnapshot made thus takes new indexes as long
+ * as its manifest fits, however many blocks the parent holds.
  *
  * MAX_SNAPSHOT_BLOCKS is the count every snapshot reaches whatever its indexes:
  * 79 bytes a block at worst (`[134217727,"<64 hex>"],`, BlockIndex below
@@ -483,6 +486,22 @@ export class EbsDirect {
       header = plainSnapshotHeader(snapshotId, sizeBytes);
     }
     const headerHash = sha256(header.bytes).toString('hex');
+    // The completed manifest but its blocks: everything else in it is fixed from here (MAX_SNAPSHOT_BLOCKS).
+    const rest = Buffer.byteLength(JSON.stringify({
+      ...manifest, header: headerHash, dataOffset: header.dataOffset,
+      state: 'completed', progress: 100, completionTime: manifest.startTime, changedBlocks: Number.MAX_SAFE_INTEGER, blocks: [],
+    }), 'utf8');
+    const limit = this.o.maxManifestBytes ?? MANIFEST_MAX_BYTES;
+    let blockBytes = 0;
+    for (const [x] of parent?.blocks ?? []) blockBytes += manifestEntryBytes(x);
+    // Precondition: the completed manifest naming the parent's blocks fits the store (entries less the last comma, the
+    // store's newline), else the child is refused here, before anything is written, never at CompleteSnapshot with
+    // an InternalServerException the SDKs retry. The pending manifest is smaller (no completionTime nor changedBlocks).
+    const completedBytes = rest + blockBytes - (parent?.blocks.length ? 1 : 0) + 1;
+    if (completedBytes > limit) {
+      const what = parent ? `a child of ${parent.snapshotId} would have a manifest of ${completedBytes} bytes (the parent's ${parent.blocks.length} block(s), ` : `the snapshot would have a manifest of ${completedBytes} bytes (`;
+      throw quotaExceeded(`${what}its description, tags and key), over the snapshot store's ${limit}-byte limit, so it is not started (a shorter Description or fewer Tags may fit)`);
+    }
     const headerPin = this.o.pin ? await this.o.pin([headerHash]) : undefined;
     try {
       // Put even when present: a new age keeps another host's collector off it until our manifest names it.
@@ -502,14 +521,8 @@ export class EbsDirect {
     }
     releaseSlot();
     const timeoutMs = (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000;
-    // The completed manifest but its blocks: everything else in it is fixed from here (MAX_SNAPSHOT_BLOCKS).
-    const rest = Buffer.byteLength(JSON.stringify({
-      ...manifest, state: 'completed', progress: 100, completionTime: manifest.startTime, changedBlocks: Number.MAX_SAFE_INTEGER, blocks: [],
-    }), 'utf8');
-    let blockBytes = 0;
-    for (const [x] of manifest.blocks) blockBytes += manifestEntryBytes(x);
     this.pending.set(snapshotId, {
-      manifest, blocks: new Map(manifest.blocks), blockBytes, blockBudget: (this.o.maxManifestBytes ?? MANIFEST_MAX_BYTES) - rest - MANIFEST_SLACK_BYTES,
+      manifest, blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
       written: new Map(), inflight: new Set(),
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
       dirty: false, saving: Promise.resolve(), completing: false,
