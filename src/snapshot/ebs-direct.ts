@@ -72,7 +72,7 @@ const MAX_CLIENT_TOKENS = 1_000;
  * MAX_SNAPSHOT_BLOCKS is the count every snapshot reaches whatever its indexes:
  * 79 bytes a block at worst (`[134217727,"<64 hex>"],`, BlockIndex below
  * 65536 GiB x 2048), 1 MiB left for the rest. 836,206 blocks (~408 GiB
- * written); narrower indexes hold more (77 bytes below 10^7: ~858 Ki).
+ * written); narrower indexes hold more (77 bytes below 10^7: ~858,000).
  */
 export const MAX_SNAPSHOT_BLOCKS = Math.floor((MANIFEST_MAX_BYTES - 1024 * 1024) / 79);
 /** Room left in a manifest beyond its measured size (the store's trailing newline, a longer completionTime or stateMessage). */

@@ -274,6 +274,18 @@ describe('EbsDirect: blocks per snapshot', () => {
     expect(widest.length * MAX_SNAPSHOT_BLOCKS + 1024 * 1024).toBeLessThanOrEqual(MANIFEST_MAX_BYTES);
   });
 
+  it('the block counts ebs-direct.ts and docs/architecture.md give are the ones the limit makes (836,206 at the widest index, ~858,000 below 10^7)', () => {
+    const root = join(import.meta.dirname, '..', '..');
+    const narrow = Math.floor((MANIFEST_MAX_BYTES - 1024 * 1024) / `[${10 ** 7 - 1},"${'f'.repeat(64)}"],`.length);
+    expect(narrow).toBe(857_925);
+    for (const f of ['src/snapshot/ebs-direct.ts', 'docs/architecture.md']) {
+      const text = readFileSync(join(root, f), 'utf8');
+      expect(text, f).toContain(MAX_SNAPSHOT_BLOCKS.toLocaleString('en-US'));
+      expect(text, f).toContain(`~${Math.round(narrow / 1000)},000`);
+      expect(text, f).not.toMatch(/858 Ki/);
+    }
+  });
+
   it('a put of a new index past the limit (parent blocks + written, in flight included) is ServiceQuotaExceededException 402; rewrites still go, and it completes', async () => {
     now = T0;
     const d = direct(store, { maxSnapshotBlocks: 4 });
