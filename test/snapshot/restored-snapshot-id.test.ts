@@ -81,6 +81,11 @@ describe('SnapshotId of a restored volume', () => {
       expect(await changed(third.snapshotId, first.snapshotId)).toEqual([2, 3]);
       const e = (await d2.listChangedBlocks({ FirstSnapshotId: unrelated.snapshotId, SecondSnapshotId: third.snapshotId }).then(() => undefined, (x: unknown) => x)) as { awsName?: string; reason?: string } | undefined;
       expect([e?.awsName, e?.reason]).toEqual(['ValidationException', 'UNRELATED_SNAPSHOTS']);
+      // A copy drops its source's parent (it names every block) and keeps the source's volume and sourceSnapshotId (copy.ts).
+      const copied = await h.copy({ SourceSnapshotId: third.snapshotId });
+      expect(copied).toMatchObject({ state: 'completed', encrypted: false, volumeId: third.volumeId, sourceSnapshotId: first.snapshotId });
+      expect(copied.parentSnapshotId).toBeUndefined();
+      expect(await changed(first.snapshotId, copied.snapshotId)).toEqual([2, 3]);
     } finally {
       await d2.close();
     }
