@@ -237,6 +237,11 @@ export class SnapshotCopier {
       };
       delete m.completionTime;
       delete m.stateMessage;
+      // The copy names every block itself: it is incremental to nothing, so it has no parent. Its
+      // sourceSnapshotId (the snapshot the source's volume was created from) is kept on purpose: the
+      // copy keeps the source's volumeId too, so an unencrypted copy is of its source's volume and
+      // that volume's lineage for ListChangedBlocks either way (docs/architecture.md, "Lineage"),
+      // and an encrypted copy is compared by its DataEncryptionKeyId alone, never by this link.
       delete m.parentSnapshotId;
       delete m.changedBlocks;
       delete m.header;

@@ -97,8 +97,8 @@ export class CompletedManifests {
   private readonly entries = new Map<string, Entry>();
   private readonly loading = new Map<string, Promise<ReadSnapshot | undefined>>();
   private held = 0;
-  /** snapshot id -> its lineage link (lineageLink: '' for none), completed snapshots only. */
-  private readonly parents = new Map<string, string>();
+  /** snapshot id -> its lineage links (lineageLinks: none, one or two), completed snapshots only. */
+  private readonly parents = new Map<string, readonly string[]>();
   private readonly lineage = new Map<string, boolean>();
   /** Counts forget() calls: a read begun before one is not kept (it may have raced the delete). */
   private forgets = 0;
@@ -143,15 +143,15 @@ export class CompletedManifests {
     this.lineage.clear();
   }
 
-  /** The lineage link of a completed snapshot (lineageLink), from memory when known; undefined when it is not there (any more). */
-  async parentOf(id: string): Promise<string | undefined> {
+  /** The lineage links of a completed snapshot (lineageLinks), from memory when known; undefined when it is not there (any more). */
+  async linksOf(id: string): Promise<readonly string[] | undefined> {
     const known = this.parents.get(id);
     if (known !== undefined) return known;
     const m = this.entries.get(id)?.summary ?? await this.o.load(id);
     if (!m) return undefined;
-    const parent = lineageLink(m);
-    if (m.state === 'completed') this._link(id, parent);
-    return parent;
+    const links = lineageLinks(m);
+    if (m.state === 'completed') this._link(id, links);
+    return links;
   }
 
   /** A lineage answer for the unordered pair, computed once by `decide` (snapshots' links never change). */
@@ -177,7 +177,7 @@ export class CompletedManifests {
     const entry: Entry = { summary, blocks: new BlockList(blocks), cost: blocks.length + ENTRY_OVERHEAD_BLOCKS, loadedAt: this.o.now() };
     // Kept only if no forget() came meanwhile.
     if (forgets !== this.forgets) return entry;
-    this._link(id, lineageLink(m));
+    this._link(id, lineageLinks(m));
     if (entry.cost <= (this.o.maxBlocks ?? MANIFEST_CACHE_BLOCKS)) {
       this._drop(id);
       this.entries.set(id, entry);
@@ -198,18 +198,23 @@ export class CompletedManifests {
     this.held -= old.cost;
   }
 
-  private _link(id: string, parent: string): void {
+  private _link(id: string, links: readonly string[]): void {
     if (this.parents.size >= MAX_LINKS && !this.parents.has(id)) this.parents.delete(this.parents.keys().next().value!);
-    this.parents.set(id, parent);
+    this.parents.set(id, links);
   }
 }
 
 /**
- * The snapshot one step up a snapshot's lineage: its parent (the snapshot it
- * is incremental to, or StartSnapshot's ParentSnapshotId), else the snapshot
+ * The snapshots one step up a snapshot's lineage: its parent (the snapshot it
+ * is incremental to, or StartSnapshot's ParentSnapshotId) and the snapshot
  * its volume was created from (a restored volume's first snapshot has no
- * parent, yet is of its source's lineage); '' for none.
+ * parent, yet is of its source's lineage). Both, not the parent alone: once
+ * a restored volume's first snapshot is deleted, its later snapshots reach
+ * their source only through their own `sourceSnapshotId`.
  */
-export function lineageLink(m: SnapshotSummary): string {
-  return m.parentSnapshotId ?? m.sourceSnapshotId ?? '';
+export function lineageLinks(m: SnapshotSummary): readonly string[] {
+  const links: string[] = [];
+  if (m.parentSnapshotId) links.push(m.parentSnapshotId);
+  if (m.sourceSnapshotId && m.sourceSnapshotId !== m.parentSnapshotId) links.push(m.sourceSnapshotId);
+  return links;
 }

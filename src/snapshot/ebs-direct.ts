@@ -62,14 +62,17 @@ const MAX_CLIENT_TOKENS = 1_000;
  * when the completed manifest would pass that limit, counted exactly: each
  * block's entry by its index's digits (manifestEntryBytes), the rest of the
  * manifest as it is (its tags, description and wrapped key are fixed at
- * StartSnapshot) plus MANIFEST_SLACK_BYTES; never a CompleteSnapshot that fails
- * at the end. A child of a parent CreateSnapshot made thus takes new indexes
- * as long as its manifest fits, however many blocks the parent holds.
+ * StartSnapshot) plus MANIFEST_SLACK_BYTES. A StartSnapshot whose completed
+ * manifest would already pass it with the parent's blocks alone (a parent near
+ * the limit, a child with a long Description or many Tags) is refused the same
+ * way, before anything is written; never a CompleteSnapshot that fails at the
+ * end. A child of a parent CreateSnapshot made thus takes new indexes as long
+ * as its manifest fits, however many blocks the parent holds.
  *
  * MAX_SNAPSHOT_BLOCKS is the count every snapshot reaches whatever its indexes:
  * 79 bytes a block at worst (`[134217727,"<64 hex>"],`, BlockIndex below
  * 65536 GiB x 2048), 1 MiB left for the rest. 836,206 blocks (~408 GiB
- * written); narrower indexes hold more (77 bytes below 10^7: ~858 Ki).
+ * written); narrower indexes hold more (77 bytes below 10^7: ~858,000).
  */
 export const MAX_SNAPSHOT_BLOCKS = Math.floor((MANIFEST_MAX_BYTES - 1024 * 1024) / 79);
 /** Room left in a manifest beyond its measured size (the store's trailing newline, a longer completionTime or stateMessage). */
@@ -81,7 +84,7 @@ export function manifestEntryBytes(index: number): number {
 }
 /** KMS default key for EBS, as CreateVolume uses it. */
 const DEFAULT_KMS_KEY = 'alias/aws/ebs';
-/** Parent links followed looking for a common lineage (ListChangedBlocks). */
+/** Snapshots visited from each side (through parent and source links) looking for a common lineage (ListChangedBlocks). */
 const MAX_CHAIN = 10_000;
 /** With a store other daemons write (S3), a cached completed manifest is read again this long after (a delete elsewhere shows within it). */
 const SHARED_MANIFEST_MAX_AGE_MS = 60_000;
@@ -483,6 +486,22 @@ export class EbsDirect {
       header = plainSnapshotHeader(snapshotId, sizeBytes);
     }
     const headerHash = sha256(header.bytes).toString('hex');
+    // The completed manifest but its blocks: everything else in it is fixed from here (MAX_SNAPSHOT_BLOCKS).
+    const rest = Buffer.byteLength(JSON.stringify({
+      ...manifest, header: headerHash, dataOffset: header.dataOffset,
+      state: 'completed', progress: 100, completionTime: manifest.startTime, changedBlocks: Number.MAX_SAFE_INTEGER, blocks: [],
+    }), 'utf8');
+    const limit = this.o.maxManifestBytes ?? MANIFEST_MAX_BYTES;
+    let blockBytes = 0;
+    for (const [x] of parent?.blocks ?? []) blockBytes += manifestEntryBytes(x);
+    // Precondition: the completed manifest naming the parent's blocks fits the store (entries less the last comma, the
+    // store's newline), else the child is refused here, before anything is written, never at CompleteSnapshot with
+    // an InternalServerException the SDKs retry. The pending manifest is smaller (no completionTime nor changedBlocks).
+    const completedBytes = rest + blockBytes - (parent?.blocks.length ? 1 : 0) + 1;
+    if (completedBytes > limit) {
+      const what = parent ? `a child of ${parent.snapshotId} would have a manifest of ${completedBytes} bytes (the parent's ${parent.blocks.length} block(s), ` : `the snapshot would have a manifest of ${completedBytes} bytes (`;
+      throw quotaExceeded(`${what}its description, tags and key), over the snapshot store's ${limit}-byte limit, so it is not started (a shorter Description or fewer Tags may fit)`);
+    }
     const headerPin = this.o.pin ? await this.o.pin([headerHash]) : undefined;
     try {
       // Put even when present: a new age keeps another host's collector off it until our manifest names it.
@@ -502,14 +521,8 @@ export class EbsDirect {
     }
     releaseSlot();
     const timeoutMs = (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000;
-    // The completed manifest but its blocks: everything else in it is fixed from here (MAX_SNAPSHOT_BLOCKS).
-    const rest = Buffer.byteLength(JSON.stringify({
-      ...manifest, state: 'completed', progress: 100, completionTime: manifest.startTime, changedBlocks: Number.MAX_SAFE_INTEGER, blocks: [],
-    }), 'utf8');
-    let blockBytes = 0;
-    for (const [x] of manifest.blocks) blockBytes += manifestEntryBytes(x);
     this.pending.set(snapshotId, {
-      manifest, blocks: new Map(manifest.blocks), blockBytes, blockBudget: (this.o.maxManifestBytes ?? MANIFEST_MAX_BYTES) - rest - MANIFEST_SLACK_BYTES,
+      manifest, blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
       written: new Map(), inflight: new Set(),
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
       dirty: false, saving: Promise.resolve(), completing: false,
@@ -853,10 +866,11 @@ export class EbsDirect {
    * Same data key (encrypted), or for unencrypted snapshots the same volume
    * or a common ancestor within MAX_CHAIN lineage links (one the other's
    * ancestor, or siblings of one parent): "snapshots of the same
-   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). A link
-   * is the parent, else the snapshot the volume was restored from
-   * (lineageLink), so a restored volume's snapshots are of its source's
-   * lineage. Links and answers are kept (ebs-direct-manifests.ts): a
+   * volume/snapshot lineage" (EBS API reference, ListChangedBlocks). A
+   * snapshot's links are its parent and the snapshot its volume was restored
+   * from (lineageLinks), both walked breadth-first, so a restored volume's
+   * snapshots are of its source's lineage even after the snapshot between
+   * them is deleted. Links and answers are kept (ebs-direct-manifests.ts): a
    * completed snapshot's links never change.
    */
   private async _sameLineage(a: SnapshotSummary, b: SnapshotSummary): Promise<boolean> {
@@ -864,16 +878,27 @@ export class EbsDirect {
     if (a.encrypted) return a.dataEncryptionKeyId !== undefined && a.dataEncryptionKeyId === b.dataEncryptionKeyId;
     if (a.volumeId !== '' && a.volumeId === b.volumeId) return true;
     return this.manifests.related(a.snapshotId, b.snapshotId, async () => {
-      // A parent named but since deleted still joins its children: the chain goes through its id and stops there.
+      // A snapshot named but since deleted still joins those naming it: the walk reaches its id and stops there.
       const ancestors = new Set<string>();
-      for (let id: string | undefined = a.snapshotId; id && !ancestors.has(id) && ancestors.size < MAX_CHAIN; id = await this.manifests.parentOf(id)) ancestors.add(id);
-      const seen = new Set<string>();
-      for (let id: string | undefined = b.snapshotId; id && !seen.has(id) && seen.size < MAX_CHAIN; id = await this.manifests.parentOf(id)) {
-        if (ancestors.has(id)) return true;
-        seen.add(id);
-      }
-      return false;
+      await this._walkLineage(a.snapshotId, ancestors, () => false);
+      return this._walkLineage(b.snapshotId, new Set<string>(), (id) => ancestors.has(id));
     });
+  }
+
+  /** Breadth-first up the lineage links from `start`, each snapshot once and at most MAX_CHAIN in `seen`; true as soon as `found` says so. */
+  private async _walkLineage(start: string, seen: Set<string>, found: (id: string) => boolean): Promise<boolean> {
+    const queue = [start];
+    seen.add(start);
+    for (let at = 0; at < queue.length; at++) {
+      const id = queue[at]!;
+      if (found(id)) return true;
+      for (const next of (await this.manifests.linksOf(id)) ?? []) {
+        if (seen.has(next) || seen.size >= MAX_CHAIN) continue;
+        seen.add(next);
+        queue.push(next);
+      }
+    }
+    return false;
   }
 }
 

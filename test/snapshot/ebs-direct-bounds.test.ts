@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { KmsService } from '../../src/kms/kms-core.js';
@@ -274,6 +274,18 @@ describe('EbsDirect: blocks per snapshot', () => {
     expect(widest.length * MAX_SNAPSHOT_BLOCKS + 1024 * 1024).toBeLessThanOrEqual(MANIFEST_MAX_BYTES);
   });
 
+  it('the block counts ebs-direct.ts and docs/architecture.md give are the ones the limit makes (836,206 at the widest index, ~858,000 below 10^7)', () => {
+    const root = join(import.meta.dirname, '..', '..');
+    const narrow = Math.floor((MANIFEST_MAX_BYTES - 1024 * 1024) / `[${10 ** 7 - 1},"${'f'.repeat(64)}"],`.length);
+    expect(narrow).toBe(857_925);
+    for (const f of ['src/snapshot/ebs-direct.ts', 'docs/architecture.md']) {
+      const text = readFileSync(join(root, f), 'utf8');
+      expect(text, f).toContain(MAX_SNAPSHOT_BLOCKS.toLocaleString('en-US'));
+      expect(text, f).toContain(`~${Math.round(narrow / 1000)},000`);
+      expect(text, f).not.toMatch(/858 Ki/);
+    }
+  });
+
   it('a put of a new index past the limit (parent blocks + written, in flight included) is ServiceQuotaExceededException 402; rewrites still go, and it completes', async () => {
     now = T0;
     const d = direct(store, { maxSnapshotBlocks: 4 });
@@ -295,6 +307,51 @@ describe('EbsDirect: blocks per snapshot', () => {
       expect((await store.getManifest(child))?.blocks.length).toBe(4);
     } finally {
       await d.close();
+    }
+  });
+  it('a child whose completed manifest (the parent\'s blocks, its own description and tags) would pass the store\'s limit is refused at StartSnapshot (ServiceQuotaExceededException 402), nothing written; one that fits completes within it', async () => {
+    now = T0;
+    const d = direct(store);
+    const parent = await snapshot(d, new Map([[0, randomBytes(BLOCK)], [1, randomBytes(BLOCK)], [7, randomBytes(BLOCK)]]));
+    await d.close();
+    // A limit just above the parent's manifest: room for a child's parentSnapshotId and a longer changedBlocks, not for a long Description.
+    const limit = readFileSync(join(dir, 'snapshots', 'manifests', `${parent}.json`)).length + 200;
+    const d2 = new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, maxManifestBytes: limit });
+    try {
+      const manifests = async (): Promise<string[]> => (await store.listManifests()).map((m) => m.snapshotId).sort();
+      const blocks = async (): Promise<number> => {
+        let n = 0;
+        for await (const _ of store.listBlocks()) n++;
+        return n;
+      };
+      const before = { manifests: await manifests(), blocks: await blocks(), markers: readdirSync(join(dir, 'pending')).sort() };
+      const e = (await d2.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent, Description: 'd'.repeat(255) }), root)
+        .then(() => undefined, (x: unknown) => x)) as EbsDirectError | undefined;
+      expect([e?.awsName, e?.httpStatus, e?.reason]).toEqual(['ServiceQuotaExceededException', 402, 'DEPENDENCY_SERVICE_QUOTA_EXCEEDED']);
+      expect(e?.message).toMatch(new RegExp(`${parent}.*${limit}-byte limit`));
+      expect({ manifests: await manifests(), blocks: await blocks(), markers: readdirSync(join(dir, 'pending')).sort() }).toEqual(before);
+      // Tags count as the Description does.
+      await refused(d2.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent, Tags: [{ Key: 'k', Value: 'v'.repeat(255) }] }), root), 'ServiceQuotaExceededException');
+
+      const child = (await d2.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent }), root)).SnapshotId as string;
+      await d2.putSnapshotBlock(putReq(child, 1, randomBytes(BLOCK)), root); // a rewrite
+      expect(await d2.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 1 })).toEqual({ Status: 'completed' });
+      const size = readFileSync(join(dir, 'snapshots', 'manifests', `${child}.json`)).length;
+      expect(size).toBeLessThanOrEqual(limit);
+      // Counted exactly, with the widest changedBlocks (16 digits where this child wrote 1): refused one byte short of that.
+      const at = async (max: number): Promise<Record<string, unknown>> => {
+        const x = new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, maxManifestBytes: max });
+        try {
+          const started = await x.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent }), root);
+          return await x.completeSnapshot({ SnapshotId: started.SnapshotId as string, ChangedBlocksCount: 0 });
+        } finally {
+          await x.close();
+        }
+      };
+      await refused(at(size + 15 - 1), 'ServiceQuotaExceededException');
+      expect(await at(size + 15)).toEqual({ Status: 'completed' });
+    } finally {
+      await d2.close();
     }
   });
   it('a child of a CreateSnapshot parent holding more than MAX_SNAPSHOT_BLOCKS blocks takes new indexes below its VolumeSize while its manifest fits the store; past that, ServiceQuotaExceededException', async () => {

@@ -70,5 +70,24 @@ describe('SnapshotId of a restored volume', () => {
     } finally {
       await d.close();
     }
+
+    // The restored volume's first snapshot deleted: the third still names the source, so it stays of its lineage.
+    await h.snaps.deleteSnapshot(second.snapshotId, h.caller);
+    const d2 = new EbsDirect({ store: h.store, pendingDir: join(h.t.dir, 'ebs-pending-2'), keys: h.kms.keyService, xts: await testEngine(), accountId: '111122223333', region: 'us-east-1', allowUnencrypted: true });
+    try {
+      const changed = async (a: string, b: string): Promise<number[]> =>
+        ((await d2.listChangedBlocks({ FirstSnapshotId: a, SecondSnapshotId: b })).ChangedBlocks as { BlockIndex: number }[]).map((c) => c.BlockIndex);
+      expect(await changed(first.snapshotId, third.snapshotId)).toEqual([2, 3]);
+      expect(await changed(third.snapshotId, first.snapshotId)).toEqual([2, 3]);
+      const e = (await d2.listChangedBlocks({ FirstSnapshotId: unrelated.snapshotId, SecondSnapshotId: third.snapshotId }).then(() => undefined, (x: unknown) => x)) as { awsName?: string; reason?: string } | undefined;
+      expect([e?.awsName, e?.reason]).toEqual(['ValidationException', 'UNRELATED_SNAPSHOTS']);
+      // A copy drops its source's parent (it names every block) and keeps the source's volume and sourceSnapshotId (copy.ts).
+      const copied = await h.copy({ SourceSnapshotId: third.snapshotId });
+      expect(copied).toMatchObject({ state: 'completed', encrypted: false, volumeId: third.volumeId, sourceSnapshotId: first.snapshotId });
+      expect(copied.parentSnapshotId).toBeUndefined();
+      expect(await changed(first.snapshotId, copied.snapshotId)).toEqual([2, 3]);
+    } finally {
+      await d2.close();
+    }
   }, 120_000);
 });
