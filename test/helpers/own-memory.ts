@@ -8,7 +8,9 @@
  * The caller never holds the secret itself: it passes the secret with every
  * byte inverted (`invert`), and each chunk read is inverted before it is
  * searched. The pattern in memory is the inverted secret, which an inverted
- * chunk shows as the secret itself, so the search never finds its own pattern.
+ * chunk shows as the secret itself, so the search never finds its own pattern;
+ * the chunk is zeroed once searched, so it never holds the secret when its
+ * own mapping is read.
  */
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 
@@ -45,6 +47,10 @@ export function countInMemory(pid: number | 'self', inverted: Uint8Array): numbe
         try { n = readSync(fd, chunk, 0, len, at); } catch { break; } // unmapped since maps was read
         for (let i = 0; i < n; i++) chunk[i] = ~chunk[i]! & 0xff;
         for (let i = chunk.indexOf(inverted); i >= 0 && i + inverted.length <= n; i = chunk.indexOf(inverted, i + 1)) hits++;
+        // An inverted chunk that held the caller's pattern now holds the secret itself; left
+        // there, it is found again when the mapping that holds `chunk` is read: a copy that
+        // is the search's own. Zeroed before the next read.
+        chunk.fill(0);
         if (n < len || at + len >= end) break;
       }
     }
