@@ -139,6 +139,7 @@ describe('systemd units', () => {
     expect(unit).toMatch(/^DeviceAllow=\/dev\/fuse rw$/m);
     expect(unit).toMatch(/^WatchdogSec=60s$/m); // the daemon pings every half interval (sd-notify.ts)
     expect(unit).toMatch(/^LimitCORE=0$/m); // no core file of a process holding keys (test/ops/hardening.test.ts: the daemon's own RLIMIT_CORE)
+    expect(unit).toMatch(/^MemorySwapMax=0$/m); // keys and plaintext never reach swap (docs/architecture.md §5.10)
     // A private mount namespace would hide the FUSE mount from the host.
     expect(unit).not.toMatch(/^(ProtectSystem|ProtectHome|PrivateTmp|PrivateDevices|ReadWritePaths|PrivateMounts)=/m);
   });
