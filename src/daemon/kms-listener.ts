@@ -132,6 +132,7 @@ export class KmsListener {
     const t = this.transport;
     this.transport = undefined;
     await t?.close();
+    this.forgetSigningKeys(); // no request can come any more: the cached keys and their timers go
   }
 
   /** Connections refused by the limits, already summed per (address, reason) by the guard. */

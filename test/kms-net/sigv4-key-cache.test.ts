@@ -5,10 +5,12 @@ import { deriveSigningKey } from '../../src/kms/sigv4/signing-key.js';
 import { SigV4Verifier, toAmzDate } from '../../src/kms/sigv4/verifier.js';
 import { canonicalRequest, sha256Hex, stringToSign, type WireRequest } from '../../src/kms/sigv4/canonical.js';
 import { Sha256 } from './smithy-sha256.js';
+import { ManualClock } from '../volume/helpers/manual-clock.js';
 
 // The verifier keeps each signing key (kSigning) as a copy of its own and wipes key material it is
 // done with: the buffer the HSM handed over at once, the cached copies on forget() (an access key
-// deleted or deactivated) and when a new day evicts keys older than yesterday's.
+// deleted or deactivated) and once no request can use them (their scope day and the 15 minutes of
+// skew past it are over), by the next request or by a timer on an idle endpoint.
 
 
 const secret = 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY';
@@ -44,16 +46,46 @@ describe('SigV4 verifier: the signing-key cache wipes what it is done with', () 
     expect((await v.verify(day1)).principal).toBe('alice'); // derived again, not the wiped copy
     expect(handedOver).toHaveLength(2);
 
-    // Two days later: the 28th's key is older than yesterday once the 30th has been seen.
+    // The 28th's key verifies a request signed at 23:59 on the 28th until 00:14 on the 29th; a request
+    // after that wipes it.
     const old = cached()[0]!;
-    now = Date.UTC(2026, 10, 29, 12, 0, 0);
+    now = Date.UTC(2026, 10, 29, 0, 10, 0);
     expect((await v.verify(await signedAt(now))).principal).toBe('alice');
     expect(old.every((b) => b === 0)).toBe(false); // yesterday's key is kept around midnight
-    now = Date.UTC(2026, 10, 30, 12, 0, 0);
+    now = Date.UTC(2026, 10, 29, 12, 0, 0);
     expect((await v.verify(await signedAt(now))).principal).toBe('alice');
     expect(old.every((b) => b === 0)).toBe(true);
-    expect(cached()).toHaveLength(2);
+    expect(cached()).toHaveLength(1);
     await expect(v.verify({ ...(await signedAt(now)), body: Buffer.from(body.replace('AAAA', 'AAAB')) })).rejects.toMatchObject({ awsName: 'InvalidSignatureException' });
+  });
+
+  it('on an idle endpoint a timer wipes each key once its day and the skew past it are over', async () => {
+    const clock = new ManualClock(Date.UTC(2026, 10, 28, 23, 50, 0));
+    const v = new SigV4Verifier({ region: 'us-east-1', services: ['kms'], clock,
+      credentials: (id) => ({ principal: id, cacheId: id, signingKey: async (d, r, s) => deriveSigningKey(Buffer.from(secret), d, r, s) }) });
+    // The cache is private; read here only to see what it keeps and what it wipes.
+    const cached = (): Buffer[] => [...(v as unknown as { keys: Map<string, { key: Buffer }> }).keys.values()].map((c) => c.key);
+    const wiped = (b: Buffer): boolean => b.every((x) => x === 0);
+
+    await v.verify(await signedAt(clock.now())); // the 28th's key
+    await v.verify(await signedAt(clock.now() + 12 * 60_000)); // the 29th's, signed by a clock 12 minutes ahead
+    const [k28, k29] = cached();
+    expect(clock.pending).toBe(1);
+    // No request from here on. Until 00:15 on the 29th a request signed at 23:59:59 on the 28th is still good.
+    await clock.advance(Date.UTC(2026, 10, 29, 0, 15, 0) - clock.now());
+    expect([wiped(k28!), wiped(k29!)]).toEqual([false, false]);
+    await clock.advance(1_000);
+    expect([wiped(k28!), wiped(k29!)]).toEqual([true, false]);
+    expect(cached()).toHaveLength(1);
+    await clock.advance(Date.UTC(2026, 10, 30, 0, 15, 1) - clock.now());
+    expect(wiped(k29!)).toBe(true);
+    expect(cached()).toHaveLength(0);
+    expect(clock.pending).toBe(0); // nothing armed once the cache is empty
+    // forget() disarms the timer too.
+    await v.verify(await signedAt(clock.now()));
+    expect(clock.pending).toBe(1);
+    v.forget();
+    expect(clock.pending).toBe(0);
   });
 
   // The cache holds a key per (credential, day, region, service) and must let go of every key older than

@@ -7,6 +7,7 @@
  * HSM round trip (README.md, "KMS over the network").
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { MAX_TIMER_MS, systemClock, type Clock, type TimerHandle } from '../../util/clock.js';
 import { wipe } from '../../util/wipe.js';
 import { ALGORITHM, canonicalRequest, headerMap, sha256Hex, stringToSign, type WireRequest } from './canonical.js';
 import { SigV4Error } from './errors.js';
@@ -34,6 +35,12 @@ export interface VerifierOptions<P> {
   credentials: CredentialSource<P>;
   now?: () => number;
   /**
+   * Arms the timer that wipes cached signing keys no request can use any more, on an idle
+   * endpoint too (and gives `now` when that is absent): systemClock by default, whose timers
+   * are unref'd.
+   */
+  clock?: Clock;
+  /**
    * Whether `x-amz-content-sha256: UNSIGNED-PAYLOAD` is accepted for this request (the
    * literal then stands for the payload hash, SigV4 "Signature Calculations for the
    * Authorization Header"), and the headers that must then be signed: the EBS direct
@@ -56,19 +63,33 @@ interface Parsed { accessKeyId: string; date: string; region: string; service: s
 /** Headers that decide what a request does or who makes it: signed whenever sent (the AWS SDKs and CLI sign them). */
 const MUST_SIGN_WHEN_PRESENT = ['x-amz-target', 'content-type'] as const;
 
-/** A cached signing key and the credential-scope date it is good for. */
-interface CachedKey { key: Buffer; date: string }
+/** A cached signing key, and the last moment a request could use it (usableUntil of its scope date). */
+interface CachedKey { key: Buffer; until: number }
 
 const DAY_MS = 86_400_000;
 
+/**
+ * The last moment a key for the credential-scope date `date` (YYYYMMDD, checked by the caller) can
+ * verify a request: the scope date is the request's X-Amz-Date day, and a request is accepted up to
+ * MAX_SKEW_MS after it was signed, so up to the skew past the end of that day.
+ */
+function usableUntil(date: string): number {
+  return Date.UTC(+date.slice(0, 4), +date.slice(4, 6) - 1, +date.slice(6, 8)) + DAY_MS + MAX_SKEW_MS;
+}
+
 export class SigV4Verifier<P> {
   private readonly keys = new Map<string, CachedKey>();
-  /** The UTC day (days since the epoch) the cache was last swept on; a new day sweeps it again. */
-  private cacheDay = -1;
+  /** The earliest `until` in the cache (Infinity when empty): past it, a sweep has keys to wipe. */
+  private sweepAt = Infinity;
+  /** The timer armed for sweepAt, so keys go on an idle endpoint too. */
+  private timer: TimerHandle | undefined;
+  private readonly clock: Clock;
   private readonly now: () => number;
 
   constructor(private readonly opts: VerifierOptions<P>) {
-    this.now = opts.now ?? Date.now;
+    const clock = opts.clock ?? systemClock;
+    this.clock = clock;
+    this.now = opts.now ?? (() => clock.now());
   }
 
   /** The credential scope's service for a request, or a refusal. */
@@ -139,15 +160,41 @@ export class SigV4Verifier<P> {
     return { accessKeyId: p.accessKeyId, principal: cred.principal, service: p.service, ...(token !== undefined ? { sessionToken: token } : {}) };
   }
 
-  /** Drop every cached signing key (an access key was deleted or deactivated). */
+  /** Drop every cached signing key (an access key was deleted or deactivated, or the listener closes). */
   forget(): void {
     for (const c of this.keys.values()) wipe(c.key);
     this.keys.clear();
+    this.sweepAt = Infinity;
+    this.disarm();
+  }
+
+  /** Wipe and drop every key no request can use any more at `now`, then arm the timer for the next. */
+  private sweep(now: number): void {
+    let next = Infinity;
+    for (const [id, c] of this.keys) {
+      if (c.until < now) { wipe(c.key); this.keys.delete(id); } else if (c.until < next) next = c.until;
+    }
+    this.sweepAt = next;
+    this.arm(now);
+  }
+
+  /** A timer for the first moment past sweepAt; none when the cache is empty. */
+  private arm(now: number): void {
+    this.disarm();
+    if (this.sweepAt === Infinity) return;
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, this.sweepAt + 1 - now));
+    this.timer = this.clock.setTimeout(() => { this.timer = undefined; this.sweep(this.now()); }, delay);
+  }
+
+  private disarm(): void {
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.timer = undefined;
   }
 
   /**
    * The signature the request should carry: HMAC-SHA256 of the string to sign under the signing
-   * key (kSigning), which is cached and wiped on eviction and by forget().
+   * key (kSigning), which is cached and wiped by forget() and once no request can use it (its scope
+   * day and the skew past it are over): by the next request, or by a timer on an idle endpoint.
    *
    * Precondition: the HMAC is computed in the same turn as the key is taken from the cache (or put
    * there), with no await in between. A key handed back to the caller would be used a microtask
@@ -156,15 +203,9 @@ export class SigV4Verifier<P> {
    */
   private async expectedSignature(cred: Credential<P>, date: string, region: string, service: string, now: number, stringToSign: string): Promise<Buffer> {
     if (this.keys.size >= CACHE_MAX) this.forget();
-    const today = Math.floor(now / DAY_MS); // a number: no date formatting per request
-    if (today !== this.cacheDay) {
-      // A new day: the skew check still lets yesterday's keys through around midnight, older ones never,
-      // whatever day the cache last saw (a quiet day in between evicts both days before it). The date is
-      // the entry's own field: a cache id may hold anything (a session's holds its token).
-      const yesterday = toAmzDate(now - DAY_MS).slice(0, 8);
-      for (const [id, c] of this.keys) if (c.date < yesterday) { wipe(c.key); this.keys.delete(id); }
-      this.cacheDay = today;
-    }
+    // A number compare per request; the timer does the same on an idle endpoint. The bound is the
+    // entry's own field: a cache id may hold anything (a session's holds its token).
+    if (now > this.sweepAt) this.sweep(now);
     const id = `${cred.cacheId}\0${date}\0${region}\0${service}`;
     let k = this.keys.get(id)?.key;
     if (!k) {
@@ -178,7 +219,12 @@ export class SigV4Verifier<P> {
       }
       // Requests that arrived together derived it together: keep the first, wipe the others.
       const first = this.keys.get(id)?.key;
-      if (first) { wipe(k); k = first; } else this.keys.set(id, { key: k, date });
+      if (first) { wipe(k); k = first; } else {
+        const until = usableUntil(date);
+        this.keys.set(id, { key: k, until });
+        // The timer may have swept this day while the key was derived: armed again, it wipes it next turn.
+        if (until < this.sweepAt || this.timer === undefined) { this.sweepAt = Math.min(this.sweepAt, until); this.arm(this.now()); }
+      }
     }
     // node's HMAC: a hand-written one from cached pads saved under 1 µs of a verification's ~16
     // (docs/benchmarks.md, "KMS over the network"), not worth its code.
