@@ -568,9 +568,14 @@ export class EbsDirect {
     // Synchronously after _pending's check: CompleteSnapshot sees this put in flight and refuses until it ends.
     p.inflight.add(i.BlockIndex);
     let pin: BlockPin | undefined;
+    // Our own copy, encrypted in place: while it holds the plaintext (the key refused, the KMS not answering), a failure wipes it.
+    const data = Buffer.from(i.BlockData);
+    let sealed = !p.manifest.encrypted;
     try {
-      const data = Buffer.from(i.BlockData); // our own copy: encrypted in place
-      if (p.manifest.encrypted) await this._withKey(p.manifest, caller, 'PutSnapshotBlock', (x) => x.encrypt(data, i.BlockIndex * SECTORS_PER_BLOCK * 8, XTS_OPTS));
+      if (p.manifest.encrypted) {
+        await this._withKey(p.manifest, caller, 'PutSnapshotBlock', (x) => x.encrypt(data, i.BlockIndex * SECTORS_PER_BLOCK * 8, XTS_OPTS));
+        sealed = true;
+      }
       const hash = sha256(data).toString('hex');
       // Pinned before it is put: a sweep deleting an equal block finishes first, then ours is written.
       if (this.o.pin) pin = await this.o.pin([hash]);
@@ -588,6 +593,7 @@ export class EbsDirect {
       p.deadline = this.now() + p.timeoutMs;
       this._scheduleSave(p);
     } finally {
+      if (!sealed) data.fill(0);
       pin?.release(); // not put: not ours to hold
       p.inflight.delete(i.BlockIndex);
     }

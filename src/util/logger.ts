@@ -16,7 +16,8 @@ export const REDACT_FIELDS: readonly string[] = [
   // Access-key and STS session secrets, as AWS answers name them and as the SDKs' credential objects
   // and the SigV4 header carry them, and the signing key derived from a secret.
   'SecretAccessKey', 'secretAccessKey', 'SessionToken', 'sessionToken', 'x-amz-security-token', 'signingKey',
-  // The SigV4 header (a signature a replay within the skew could use), as node's headers and rawHeaders name it.
+  // The SigV4 header (a signature a replay within the skew could use), as node's headers object names it (a key:
+  // rawHeaders is a flat array of names and values, which redaction does not look into: never log it).
   'authorization', 'Authorization',
   // Grant tokens as the volume catalog stores them (src/volume/catalog.ts), and an EBS direct block (plaintext).
   'grantToken', 'BlockData',

@@ -11,6 +11,7 @@ import { encodeResponse } from '../../src/daemon/aws-json.js';
 import { ebsRestRequest } from '../../src/daemon/ebs-rest.js';
 import { silentLogger } from '../../src/util/logger.js';
 import { ACCOUNT, BLOCK, REGION, T0, ebsDirectWorld } from './ebs-direct-world.js';
+import { countInOwnMemory, invert } from '../helpers/own-memory.js';
 
 /**
  * A block of an encrypted snapshot is in the clear only at the edge that takes or gives it
@@ -61,6 +62,26 @@ describe('EBS direct: a plaintext block does not outlive its call', () => {
         expect(wire.Checksum).toBe(sha(plain));
         expect(isZero(block)).toBe(true);
       }
+    } finally {
+      await api.close();
+    }
+  }, 60_000);
+
+  it('a PutSnapshotBlock whose key is refused leaves its copy of the block nowhere (it was never encrypted)', async () => {
+    const k = ((await kms.call('CreateKey', {}, root)) as { KeyMetadata: { Arn: string } }).KeyMetadata.Arn;
+    const d = new EbsDirect({ store: world.store, pendingDir: join(world.dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => T0 });
+    const api = new EbsApi({ direct: d, evaluator: world.authz.authorizer.evaluator, accountId: ACCOUNT, region: REGION, audit: kms.audit, manifest: (id) => d.snapshotSummary(id), log: silentLogger });
+    try {
+      const snap = ((await api.call('StartSnapshot', { VolumeSize: 1, Encrypted: true, KmsKeyArn: k }, root, { requestId: 'd1' })) as { SnapshotId: string }).SnapshotId;
+      await kms.call('DisableKey', { KeyId: k }, root);
+      // The test holds the block only inverted (and in the buffer it gives, which the call zeroes).
+      const given = randomBytes(BLOCK);
+      const checksum = sha(given);
+      const inverse = invert(given);
+      const refused = await api.call('PutSnapshotBlock', { SnapshotId: snap, BlockIndex: 1, BlockData: given, DataLength: BLOCK, Checksum: checksum, ChecksumAlgorithm: 'SHA256' }, root, { requestId: 'd2' }).then(() => undefined, (e: unknown) => e);
+      expect(refused).toBeDefined();
+      expect(isZero(given)).toBe(true);
+      expect(countInOwnMemory(inverse)).toBe(0);
     } finally {
       await api.close();
     }

@@ -3,8 +3,9 @@
  * order, post the replies, and leave no secret behind on this thread. The
  * replies' byte fields are transferred, not copied (exactBytes, owned): once
  * posted, this thread holds no copy of a plaintext or data key it returned.
- * The requests' plaintexts (Encrypt's, RSA encryption's) were cloned to this
- * thread for the batch only and are wiped after it. Wiping is best effort
+ * The requests' plaintexts (Encrypt's, RSA encryption's) were moved to this
+ * thread (copies the main thread made and transferred, exactBytes) for the
+ * batch only and are wiped after it. Wiping is best effort
  * (src/util/wipe.ts); docs/architecture.md §5.6.
  */
 import { EbsdError } from '../../util/errors.js';
