@@ -42,6 +42,8 @@ int ebsd_get_int(napi_env env, napi_value v, const char *name, int64_t min, int6
   } while (0)
 
 napi_status ebsd_init_xts(napi_env env, napi_value exports);
+/* aesCtrInPlace (aes-ctr.c), on the same libgcrypt. */
+napi_status ebsd_init_aes_ctr(napi_env env, napi_value exports);
 /* libgcrypt's version once initialised (xts.c), NULL if older than our header. */
 const char *ebsd_cipher_library(void);
 napi_status ebsd_init_peercred(napi_env env, napi_value exports);

@@ -59,6 +59,13 @@ export interface NativeAddon extends NativeIo {
   /** Runs on the libuv thread pool; `data` stays referenced until the promise settles. */
   encrypt(ctx: NativeXtsHandle, data: Uint8Array, firstTweak: bigint, unitSize: number, tweakStep: number): Promise<void>;
   decrypt(ctx: NativeXtsHandle, data: Uint8Array, firstTweak: bigint, unitSize: number, tweakStep: number): Promise<void>;
+  /**
+   * AES-256-CTR over `buf` in place (native/src/aes-ctr.c, libgcrypt): the
+   * 16-byte `counter` is the first counter block, incremented big-endian;
+   * `key` (32 bytes) and `counter` are left as they were. Absent in an addon
+   * built before aes-ctr.c.
+   */
+  aesCtrInPlace?(key: Uint8Array, counter: Uint8Array, buf: Uint8Array): void;
   /** Throws an Error with code ERR_PEERCRED, `errno` and `syscall` on failure. */
   peerCred(fd: number): PeerCred;
   /**
@@ -181,6 +188,13 @@ export const nativeIo: NativeIo | null = pickIo(loaded.addon);
 /** The addon's startWriteback, or null (addon missing or built before it): then the final fdatasync writes everything. */
 export const startWriteback: ((fd: number, pos: number, len: number) => Promise<void>) | null =
   loaded.addon && typeof loaded.addon.startWriteback === 'function' ? loaded.addon.startWriteback.bind(loaded.addon) : null;
+
+/**
+ * The addon's in-place AES-256-CTR, or null (addon missing or built before
+ * aes-ctr.c): the HSM's DRBG then keeps node's Cipher (src/kms/hsm/drbg.ts).
+ */
+export const aesCtrInPlace: ((key: Uint8Array, counter: Uint8Array, buf: Uint8Array) => void) | null =
+  loaded.addon && typeof loaded.addon.aesCtrInPlace === 'function' ? loaded.addon.aesCtrInPlace.bind(loaded.addon) : null;
 
 export function isNativeAvailable(): boolean {
   return nativeAddon !== null;

@@ -6,11 +6,12 @@
  * encoded, the request's Plaintext wiped), this process's memory
  * (/proc/self/mem, freed memory included; test/helpers/own-memory.ts) holds
  * no whole copy of the secret. The base64 text of an answer is not searched:
- * strings cannot be wiped, as §6.5 says. Not covered, because not ours to
- * wipe (§6.5): the buffer node's Cipher.update frees after copying its output
- * to one of the exact length, which keeps a data key drawn from the DRBG's
- * keystream whole (GenerateDataKey is therefore not searched here) and
- * a decrypted plaintext less the bytes malloc writes over when it frees it.
+ * strings cannot be wiped, as §6.5 says. GenerateDataKey's key is drawn from
+ * the DRBG in place on the native addon's AES (§6.5), so no copy of it is
+ * left. Not covered, because not ours to wipe (§6.5): the buffer node's
+ * Decipher.update frees after copying its output to one of the exact length,
+ * which keeps a decrypted plaintext less the bytes malloc writes over when it
+ * frees it.
  * Real KMS core, real worker HSM.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +19,7 @@ import { randomFillSync } from 'node:crypto';
 import type { KmsService } from '../../src/kms/kms-core.js';
 import { decodeKmsRequest, encodeResponse, wipeRequestSecrets } from '../../src/daemon/aws-json.js';
 import { countInOwnMemory, invert } from '../helpers/own-memory.js';
+import { nativeAesCtr } from '../../src/kms/hsm/drbg.js';
 import { admin, openKms, tempDir } from './helpers.js';
 import type { TempDir } from '../helpers/temp-dir.js';
 
@@ -49,6 +51,18 @@ describe('worker HSM: no copy of a secret outlives the call', () => {
     expect(out.Plaintext.length).toBe(48);
     encodeResponse(out);
     wipeRequestSecrets(req);
+    expect(countInOwnMemory(secret)).toBe(0);
+  }, 60_000);
+
+  // Without the addon the DRBG falls back to node's Cipher, which leaves a copy (§6.5).
+  it.skipIf(nativeAesCtr === null).each([32, 64])('GenerateDataKey: the data key (%i bytes), once the answer is encoded', async (n) => {
+    // The key is drawn from the HSM's DRBG (docs/architecture.md §6.5: generated in place on the
+    // addon's libgcrypt, no Cipher.update copy), sealed, handed over and encoded; the test holds only its inverse.
+    const req = decodeKmsRequest({ KeyId: keyId, NumberOfBytes: n });
+    const out = (await kms.call('GenerateDataKey', req, admin)) as { Plaintext: Uint8Array };
+    expect(out.Plaintext.length).toBe(n);
+    const secret = invert(out.Plaintext);
+    encodeResponse(out);
     expect(countInOwnMemory(secret)).toBe(0);
   }, 60_000);
 

@@ -161,7 +161,7 @@ export class HsmEngine {
    */
   private symEncrypt(k: KeyHandle, plaintext: Uint8Array | ((rnd: Buffer) => Uint8Array), ctx: Uint8Array, extra = 0): Uint8Array {
     return this.withMaterial(k, (hbk) => {
-      // One DRBG draw (one reseed) per call: the DRBG is pure-JS AES, ~35 µs a draw.
+      // One DRBG draw (one reseed) per call: each reseed is an AES key schedule (docs/benchmarks.md).
       const r = extra > 0 ? this.drbg.bytes(KDF_NONCE_LEN + IV_LEN + extra) : this.drbg.bytes(KDF_NONCE_LEN + IV_LEN);
       const nonce = r.subarray(0, KDF_NONCE_LEN);
       const iv = r.subarray(KDF_NONCE_LEN, KDF_NONCE_LEN + IV_LEN);
