@@ -138,16 +138,21 @@ describe.skipIf(nativeIo === null)('native io.c', () => {
     }
     expect(idle).toBe(-1);
     // A worker's message reaches this loop as a uv_async_send: the poll sees it.
-    const w = new Worker("require('node:worker_threads').parentPort.once('message', (p) => setTimeout(() => p.postMessage('hi'), 20))", { eval: true });
+    const w = new Worker("require('node:worker_threads').parentPort.once('message', (p) => setTimeout(() => p.postMessage('hi'), 200))", { eval: true });
     try {
       await once(w, 'online');
       const { port1, port2 } = new MessageChannel();
       const got = once(port1, 'message');
       w.postMessage(port2, [port2]);
-      // One loop turn first, so wake-ups already pending (the worker starting up) are
-      // run and the poll below waits for the worker's message (else it may answer 0).
-      await new Promise((r) => setImmediate(r));
-      expect(io.awaitLoopEvent!(1_000_000)).toBe(1);
+      // A loop turn before each poll, so wake-ups already pending (the worker starting up, another
+      // thread of this process) are run: a poll that finds one pending answers 0 at once, and the
+      // next turn runs it. The worker answers 200 ms after it got the port, long after those.
+      let woke = 0;
+      for (let i = 0; i < 20 && woke === 0; i++) {
+        await new Promise((r) => setImmediate(r));
+        woke = io.awaitLoopEvent!(1_000_000);
+      }
+      expect(woke).toBe(1);
       // The poll consumed nothing: the message is still delivered.
       expect((await got)[0]).toBe('hi');
       port1.close();
