@@ -1,6 +1,7 @@
 /*
  * ebsd native addon entry point: batch AES-256-XTS over runs of data units
  * (xts.c, on libgcrypt), in-place AES-256-CTR for the HSM's DRBG (aes-ctr.c),
+ * in-place AES-256-GCM decryption for the HSM (aes-gcm.c),
  * control-socket peer credentials (peercred.c), non-blocking positioned I/O for the volume data path (io.c), the daemon's state-dir lock
  * (flock.c) and early writeback of a restored image (writeback.c).
  */
@@ -69,6 +70,7 @@ static napi_value init(napi_env env, napi_value exports) {
   NAPI_CALL(env, napi_set_named_property(env, exports, "cipherLibrary", lib));
   NAPI_CALL(env, ebsd_init_xts(env, exports));
   NAPI_CALL(env, ebsd_init_aes_ctr(env, exports));
+  NAPI_CALL(env, ebsd_init_aes_gcm(env, exports));
   NAPI_CALL(env, ebsd_init_peercred(env, exports));
   NAPI_CALL(env, ebsd_init_io(env, exports));
   NAPI_CALL(env, ebsd_init_flock(env, exports));

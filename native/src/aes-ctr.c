@@ -20,8 +20,8 @@
 #define CTR_KEY_LEN 32
 #define CTR_BLOCK 16
 
-/* A Uint8Array (or Buffer) argument named `name`, of exactly `want` bytes unless want is 0. */
-static int get_u8(napi_env env, napi_value v, const char *name, size_t want, uint8_t **data, size_t *len) {
+/* ebsd_native.h: a Uint8Array (or Buffer) argument named `name`, of exactly `want` bytes unless want is 0. */
+int ebsd_get_u8(napi_env env, napi_value v, const char *name, size_t want, uint8_t **data, size_t *len) {
   bool is_ta = false;
   char msg[96];
   if (napi_is_typedarray(env, v, &is_ta) != napi_ok) { ebsd_throw_napi(env, "napi_is_typedarray"); return 0; }
@@ -58,9 +58,9 @@ static napi_value aes_ctr_in_place(napi_env env, napi_callback_info info) {
   if (argc < 3) return ebsd_throw(env, "ERR_ARG_TYPE", "expected (key, counter, buf)");
   uint8_t *key, *ctr, *buf;
   size_t klen, clen, len;
-  if (!get_u8(env, argv[0], "key", CTR_KEY_LEN, &key, &klen)) return NULL;
-  if (!get_u8(env, argv[1], "counter", CTR_BLOCK, &ctr, &clen)) return NULL;
-  if (!get_u8(env, argv[2], "buf", 0, &buf, &len)) return NULL;
+  if (!ebsd_get_u8(env, argv[0], "key", CTR_KEY_LEN, &key, &klen)) return NULL;
+  if (!ebsd_get_u8(env, argv[1], "counter", CTR_BLOCK, &ctr, &clen)) return NULL;
+  if (!ebsd_get_u8(env, argv[2], "buf", 0, &buf, &len)) return NULL;
   if (ebsd_cipher_library() == NULL)
     return ebsd_throw(env, "AES_CTR_CIPHER", "libgcrypt at run time is older than the " GCRYPT_VERSION " the addon was built with");
 

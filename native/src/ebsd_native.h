@@ -21,6 +21,10 @@ napi_value ebsd_make_error(napi_env env, const char *code, const char *msg);
 /* Read a JS number that must be an integer in [min, max] into *out; on failure
  * throws ERR_ARG_TYPE / ERR_ARG_RANGE naming `name` and returns 0. */
 int ebsd_get_int(napi_env env, napi_value v, const char *name, int64_t min, int64_t max, int64_t *out);
+/* Read a Uint8Array (or Buffer) of exactly `want` bytes (any length if want is 0) into
+ * *data, *len (aes-ctr.c); on failure throws ERR_ARG_TYPE / ERR_ARG_RANGE naming `name`
+ * and returns 0. */
+int ebsd_get_u8(napi_env env, napi_value v, const char *name, size_t want, uint8_t **data, size_t *len);
 
 #define NAPI_CALL(env, call)                                                   \
   do {                                                                         \
@@ -44,6 +48,8 @@ int ebsd_get_int(napi_env env, napi_value v, const char *name, int64_t min, int6
 napi_status ebsd_init_xts(napi_env env, napi_value exports);
 /* aesCtrInPlace (aes-ctr.c), on the same libgcrypt. */
 napi_status ebsd_init_aes_ctr(napi_env env, napi_value exports);
+/* aesGcmDecryptInPlace (aes-gcm.c), on the same libgcrypt. */
+napi_status ebsd_init_aes_gcm(napi_env env, napi_value exports);
 /* libgcrypt's version once initialised (xts.c), NULL if older than our header. */
 const char *ebsd_cipher_library(void);
 napi_status ebsd_init_peercred(napi_env env, napi_value exports);

@@ -66,6 +66,13 @@ export interface NativeAddon extends NativeIo {
    * built before aes-ctr.c.
    */
   aesCtrInPlace?(key: Uint8Array, counter: Uint8Array, buf: Uint8Array): void;
+  /**
+   * AES-256-GCM decryption of `buf` in place (native/src/aes-gcm.c, libgcrypt):
+   * 32-byte `key`, 12-byte `iv`, 16-byte `tag`. True if the tag authenticates
+   * `aad` and `buf`; false with `buf` zeroed otherwise. Absent in an addon
+   * built before aes-gcm.c.
+   */
+  aesGcmDecryptInPlace?(key: Uint8Array, iv: Uint8Array, aad: Uint8Array, buf: Uint8Array, tag: Uint8Array): boolean;
   /** Throws an Error with code ERR_PEERCRED, `errno` and `syscall` on failure. */
   peerCred(fd: number): PeerCred;
   /**
@@ -195,6 +202,13 @@ export const startWriteback: ((fd: number, pos: number, len: number) => Promise<
  */
 export const aesCtrInPlace: ((key: Uint8Array, counter: Uint8Array, buf: Uint8Array) => void) | null =
   loaded.addon && typeof loaded.addon.aesCtrInPlace === 'function' ? loaded.addon.aesCtrInPlace.bind(loaded.addon) : null;
+
+/**
+ * The addon's in-place AES-256-GCM decryption, or null (addon missing or built
+ * before aes-gcm.c): the HSM then keeps node's Decipher (src/kms/hsm/gcm-open.ts).
+ */
+export const aesGcmDecryptInPlace: ((key: Uint8Array, iv: Uint8Array, aad: Uint8Array, buf: Uint8Array, tag: Uint8Array) => boolean) | null =
+  loaded.addon && typeof loaded.addon.aesGcmDecryptInPlace === 'function' ? loaded.addon.aesGcmDecryptInPlace.bind(loaded.addon) : null;
 
 export function isNativeAvailable(): boolean {
   return nativeAddon !== null;

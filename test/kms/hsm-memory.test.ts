@@ -8,10 +8,11 @@
  * no whole copy of the secret. The base64 text of an answer is not searched:
  * strings cannot be wiped, as §6.5 says. GenerateDataKey's key is drawn from
  * the DRBG in place on the native addon's AES (§6.5), so no copy of it is
- * left. Not covered, because not ours to wipe (§6.5): the buffer node's
- * Decipher.update frees after copying its output to one of the exact length,
- * which keeps a decrypted plaintext less the bytes malloc writes over when it
- * frees it.
+ * left. Decrypt's plaintext is opened in place on the addon's AES-GCM (§6.5),
+ * so the HSM leaves no copy of it either: searched whole, and from its 33rd
+ * byte on, the part that node's Decipher.update left in the buffer it freed
+ * (malloc writes its free-list pointers over the first bytes of a freed
+ * chunk, so a whole-plaintext search alone missed that copy).
  * Real KMS core, real worker HSM.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,6 +21,7 @@ import type { KmsService } from '../../src/kms/kms-core.js';
 import { decodeKmsRequest, encodeResponse, wipeRequestSecrets } from '../../src/daemon/aws-json.js';
 import { countInOwnMemory, invert } from '../helpers/own-memory.js';
 import { nativeAesCtr } from '../../src/kms/hsm/drbg.js';
+import { nativeAesGcmDecrypt } from '../../src/kms/hsm/gcm-open.js';
 import { admin, openKms, tempDir } from './helpers.js';
 import type { TempDir } from '../helpers/temp-dir.js';
 
@@ -38,8 +40,8 @@ afterAll(async () => {
 });
 
 describe('worker HSM: no copy of a secret outlives the call', () => {
-  it('Decrypt: the plaintext, once the answer is encoded', async () => {
-    const plain = Buffer.allocUnsafeSlow(48);
+  it.each([48, 4096])('Decrypt: the plaintext (%i bytes), once the answer is encoded', async (n) => {
+    const plain = Buffer.allocUnsafeSlow(n);
     randomFillSync(plain);
     const secret = invert(plain);
     const enc = decodeKmsRequest({ KeyId: keyId, Plaintext: plain.toString('base64') });
@@ -48,10 +50,12 @@ describe('worker HSM: no copy of a secret outlives the call', () => {
     wipeRequestSecrets(enc);
     const req = decodeKmsRequest({ CiphertextBlob: Buffer.from(CiphertextBlob).toString('base64') });
     const out = (await kms.call('Decrypt', req, admin)) as { Plaintext: Uint8Array };
-    expect(out.Plaintext.length).toBe(48);
+    expect(out.Plaintext.length).toBe(n);
     encodeResponse(out);
     wipeRequestSecrets(req);
     expect(countInOwnMemory(secret)).toBe(0);
+    // The HSM side: without the addon, node's Decipher leaves this part behind (§6.5).
+    if (nativeAesGcmDecrypt !== null) expect(countInOwnMemory(secret.subarray(32))).toBe(0);
   }, 60_000);
 
   // Without the addon the DRBG falls back to node's Cipher, which leaves a copy (§6.5).

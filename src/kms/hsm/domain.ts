@@ -6,7 +6,7 @@
  * Opening never rewrites anything: a wrong passphrase, a missing KEK file or a
  * tampered domain file is an HsmDomainError and the files stay as they were.
  */
-import { createCipheriv, createDecipheriv, randomBytes, randomFillSync, generateKeyPairSync, createPublicKey, createPrivateKey } from 'node:crypto';
+import { createCipheriv, randomBytes, randomFillSync, generateKeyPairSync, createPublicKey, createPrivateKey } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, openSync, writeSync, fsyncSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { scrypt } from '@noble/hashes/scrypt.js';
@@ -14,6 +14,7 @@ import { atomicWriteSync } from '../../util/atomic-write.js';
 import { wipe } from '../../util/wipe.js';
 import { HsmDomainError } from '../errors.js';
 import { HSM_PASSPHRASE_ENV } from './protocol.js';
+import { gcmOpen } from './gcm-open.js';
 
 const DOMAIN_VERSION = 1;
 /** scrypt cost: N = 2^15, r = 8, p = 1 (RFC 7914 §2 recommends N ≥ 2^14 for interactive use). */
@@ -103,18 +104,12 @@ export function openDomain(kmsDir: string, passphrase?: string, opts: { scryptCo
   let plain: Buffer | undefined;
   try {
     const sealed = Buffer.from(f.sealed, 'base64');
-    const d = createDecipheriv('aes-256-gcm', kek, Buffer.from(f.iv, 'base64'));
-    d.setAAD(AAD);
-    d.setAuthTag(sealed.subarray(sealed.length - 16));
-    // GCM's final() adds no bytes: update's output is the whole plaintext, kept and wiped as `plain`
-    // (a concat would leave this buffer, the domain key and audit key in the clear, unwiped).
-    const out = d.update(sealed.subarray(0, sealed.length - 16));
-    try {
-      d.final();
-    } catch (e) {
-      wipe(out); // unauthenticated, but it may still be the domain under a tampered tag
-      throw e;
-    }
+    if (sealed.length < 16) throw new Error('format');
+    // Opened in place into one buffer, kept and wiped as `plain` (gcm-open.ts, docs/architecture.md
+    // §6.5); null, with nothing left in the clear, when the tag fails (it may still be the domain
+    // under a tampered tag).
+    const out = gcmOpen(kek, Buffer.from(f.iv, 'base64'), AAD, sealed.subarray(0, sealed.length - 16), sealed.subarray(sealed.length - 16));
+    if (!out) throw new Error('authentication');
     plain = out;
   } catch {
     throw new HsmDomainError('HSM_DOMAIN_UNSEAL_FAILED',

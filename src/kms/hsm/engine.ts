@@ -5,7 +5,7 @@
  * asymmetric keys are freed by the GC, not zeroized).
  */
 import {
-  createCipheriv, createDecipheriv, createHmac, createPrivateKey, createPublicKey, generateKeyPairSync,
+  createCipheriv, createHmac, createPrivateKey, createPublicKey, generateKeyPairSync,
   privateDecrypt, publicEncrypt, sign as nodeSign, verify as nodeVerify, constants, timingSafeEqual,
   createHash, type KeyObject,
 } from 'node:crypto';
@@ -17,6 +17,7 @@ import { HMAC_KEY_BYTES, RSA_BITS, EC_CURVE, isRsa, isEcc, isHmac, signingHash, 
 import { KmsError, InvalidCiphertextException, KMSInternalException, IncorrectKeyException, ValidationException, KMSInvalidSignatureException } from '../errors.js';
 import { deriveOneTimeKey } from './kdf.js';
 import { Drbg } from './drbg.js';
+import { gcmOpen } from './gcm-open.js';
 import type { Domain } from './domain.js';
 import { EKT_VERSION, type CipherEndpoint, type HsmRequest, type KeyHandle, type SecretKind } from './protocol.js';
 import { deriveSigningKey } from '../sigv4/signing-key.js';
@@ -92,14 +93,13 @@ export class HsmEngine {
     let out: Buffer | undefined;
     try {
       if (t.length < 1 + IV_LEN + TAG_LEN + 1 || (version !== EKT_V1 && version !== EKT_VERSION)) throw new Error('format');
-      const d = createDecipheriv('aes-256-gcm', this.domain.domainKey, t.subarray(1, 1 + IV_LEN));
-      d.setAAD(this.ektAad(version, k));
-      d.setAuthTag(t.subarray(t.length - TAG_LEN));
-      out = d.update(t.subarray(1 + IV_LEN, t.length - TAG_LEN));
-      d.final();
-    } catch {
+      // Opened in place into a buffer the caller wipes (gcm-open.ts, docs/architecture.md §6.5).
       // GCM decrypts before it authenticates: a token under another ARN, key id, spec or usage (its AAD)
-      // still decrypts to the real material, which must not stay behind in the clear.
+      // still decrypts to the real material, which gcmOpen zeroes before answering null.
+      out = gcmOpen(this.domain.domainKey, t.subarray(1, 1 + IV_LEN), this.ektAad(version, k),
+        t.subarray(1 + IV_LEN, t.length - TAG_LEN), t.subarray(t.length - TAG_LEN)) ?? undefined;
+      if (!out) throw new Error('authentication');
+    } catch {
       wipe(out);
       const binds = version === EKT_V1
         ? 'a version 1 token binds the key ARN and material id'
@@ -186,16 +186,10 @@ export class HsmEngine {
     return this.withMaterial(k, (hbk) => {
       const otk = deriveOneTimeKey(hbk, k.hbkId, p.nonce);
       try {
-        const d = createDecipheriv('aes-256-gcm', otk, p.iv);
-        d.setAAD(Buffer.concat([p.header, ctx]));
-        d.setAuthTag(p.body.subarray(p.body.length - TAG_LEN));
-        const out = d.update(p.body.subarray(0, p.body.length - TAG_LEN));
-        try {
-          d.final();
-        } catch {
-          wipe(out);
-          throw new InvalidCiphertextException('The ciphertext or its encryption context failed authentication.');
-        }
+        // In place into a buffer the caller wipes; null (the buffer zeroed) if the tag fails (gcm-open.ts).
+        const out = gcmOpen(otk, p.iv, Buffer.concat([p.header, ctx]),
+          p.body.subarray(0, p.body.length - TAG_LEN), p.body.subarray(p.body.length - TAG_LEN));
+        if (!out) throw new InvalidCiphertextException('The ciphertext or its encryption context failed authentication.');
         return out;
       } finally {
         wipe(otk);
@@ -390,14 +384,13 @@ export class HsmEngine {
     let out: Buffer | undefined;
     try {
       if (sealed.length < 1 + IV_LEN + TAG_LEN + 1 || sealed[0] !== SECRET_VERSION) throw new Error('format');
-      const d = createDecipheriv('aes-256-gcm', this.domain.domainKey, sealed.subarray(1, 1 + IV_LEN));
-      d.setAAD(this.secretAad(kind, id, context));
-      d.setAuthTag(sealed.subarray(sealed.length - TAG_LEN));
-      out = d.update(sealed.subarray(1 + IV_LEN, sealed.length - TAG_LEN));
-      d.final();
+      // In place into a buffer the caller wipes (gcm-open.ts). A session token whose clear part was
+      // altered (the AAD) still decrypts to the real secret: gcmOpen zeroes it and answers null.
+      out = gcmOpen(this.domain.domainKey, sealed.subarray(1, 1 + IV_LEN), this.secretAad(kind, id, context),
+        sealed.subarray(1 + IV_LEN, sealed.length - TAG_LEN), sealed.subarray(sealed.length - TAG_LEN)) ?? undefined;
+      if (!out) throw new Error('authentication');
       return out;
     } catch {
-      // A session token whose clear part was altered (the AAD) still decrypts to the real secret: wiped.
       wipe(out);
       throw new KmsError('UnrecognizedClientException', `The sealed secret of ${kind} ${id} failed authentication.`, { code: 'KMS_SECRET_UNSEAL_FAILED' });
     }
