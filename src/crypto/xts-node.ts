@@ -3,7 +3,7 @@ import type { XtsContext, XtsEngine } from './xts.js';
 import { _checkKey, _tweakBlock, type CheckedRun } from './xts-check.js';
 import { XtsError } from './xts-errors.js';
 import { _OnThreadXtsContext } from './xts-on-thread.js';
-import { wipe } from '../util/wipe.js';
+import { secretBuffer, wipe } from '../util/wipe.js';
 
 /**
  * AES-256-XTS on node:crypto, one Cipheriv per data unit. The fallback when
@@ -22,7 +22,7 @@ class NodeXtsContext extends _OnThreadXtsContext {
 
   constructor(key: Uint8Array) {
     super();
-    this.#key = Buffer.allocUnsafeSlow(64);
+    this.#key = secretBuffer(64); // off V8's heap (wipe.ts)
     this.#key.set(key);
   }
 

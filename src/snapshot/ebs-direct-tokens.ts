@@ -1,5 +1,5 @@
 import { createHmac, randomFillSync, timingSafeEqual } from 'node:crypto';
-import { wipe } from '../util/wipe.js';
+import { secretBuffer, wipe } from '../util/wipe.js';
 
 /**
  * Block tokens and page tokens of the EBS direct APIs: opaque to the caller,
@@ -31,7 +31,7 @@ export class TokenSigner {
 
   /** `key` for tests only (32 bytes, copied); a fresh random key otherwise. */
   constructor(key?: Uint8Array) {
-    this.key = Buffer.allocUnsafeSlow(32);
+    this.key = secretBuffer(32); // off V8's heap (wipe.ts)
     // Into the key's own buffer: a randomBytes() or Buffer.from() copied from would stay unwiped.
     if (key) this.key.set(key.subarray(0, 32));
     else randomFillSync(this.key);

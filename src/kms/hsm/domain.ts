@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readFileSync, openSync, writeSync, fsyncSync, cl
 import { join } from 'node:path';
 import { scrypt } from '@noble/hashes/scrypt.js';
 import { atomicWriteSync } from '../../util/atomic-write.js';
-import { wipe } from '../../util/wipe.js';
+import { secretBuffer, wipe } from '../../util/wipe.js';
 import { HsmDomainError } from '../errors.js';
 import { HSM_PASSPHRASE_ENV } from './protocol.js';
 import { gcmOpen } from './gcm-open.js';
@@ -119,7 +119,7 @@ export function openDomain(kmsDir: string, passphrase?: string, opts: { scryptCo
     wipe(kek);
   }
   try {
-    const domainKey = Buffer.allocUnsafeSlow(32);
+    const domainKey = secretBuffer(32);
     plain.copy(domainKey, 0, 0, 32);
     const auditPrivateKey = createPrivateKey({ key: plain.subarray(32), format: 'der', type: 'pkcs8' });
     // Only iv and sealed are authenticated: the stored auditPublicKey is a convenience copy that
@@ -145,7 +145,7 @@ export function openDomain(kmsDir: string, passphrase?: string, opts: { scryptCo
 
 function createDomain(path: string, kekPath: string, passphrase?: string, scryptCost?: ScryptCost): Domain {
   const cost = chooseScryptCost(scryptCost);
-  const domainKey = Buffer.allocUnsafeSlow(32);
+  const domainKey = secretBuffer(32);
   randomFillSync(domainKey); // in place: a randomBytes() copied from would stay in the clear, unwiped
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
   const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });

@@ -8,7 +8,7 @@
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { MAX_TIMER_MS, systemClock, type Clock, type TimerHandle } from '../../util/clock.js';
-import { wipe } from '../../util/wipe.js';
+import { secretBuffer, wipe } from '../../util/wipe.js';
 import { ALGORITHM, canonicalRequest, headerMap, sha256Hex, stringToSign, type WireRequest } from './canonical.js';
 import { SigV4Error } from './errors.js';
 
@@ -212,7 +212,7 @@ export class SigV4Verifier<P> {
       const raw = await cred.signingKey(date, region, service);
       try {
         // A copy of its own, outside node's buffer pool, for as long as it is cached.
-        k = Buffer.allocUnsafeSlow(raw.length);
+        k = secretBuffer(raw.length); // off V8's heap too (wipe.ts): a 32-byte key would be on it
         k.set(raw);
       } finally {
         wipe(raw); // best effort, as every wipe in JS
