@@ -20,36 +20,6 @@
 #define CTR_KEY_LEN 32
 #define CTR_BLOCK 16
 
-/* ebsd_native.h: a Uint8Array (or Buffer) argument named `name`, of exactly `want` bytes unless want is 0. */
-int ebsd_get_u8(napi_env env, napi_value v, const char *name, size_t want, uint8_t **data, size_t *len) {
-  bool is_ta = false;
-  char msg[96];
-  if (napi_is_typedarray(env, v, &is_ta) != napi_ok) { ebsd_throw_napi(env, "napi_is_typedarray"); return 0; }
-  if (is_ta) {
-    napi_typedarray_type type;
-    size_t n;
-    void *p;
-    if (napi_get_typedarray_info(env, v, &type, &n, &p, NULL, NULL) != napi_ok) {
-      ebsd_throw_napi(env, "napi_get_typedarray_info");
-      return 0;
-    }
-    if (type == napi_uint8_array) {
-      if (p == NULL && n != 0) { ebsd_throw(env, "ERR_ARG_TYPE", "buffer is detached"); return 0; }
-      if (want != 0 && n != want) {
-        snprintf(msg, sizeof msg, "%s must be %zu bytes", name, want);
-        ebsd_throw(env, "ERR_ARG_RANGE", msg);
-        return 0;
-      }
-      *data = (uint8_t *)p;
-      *len = n;
-      return 1;
-    }
-  }
-  snprintf(msg, sizeof msg, "%s must be a Uint8Array or Buffer", name);
-  ebsd_throw(env, "ERR_ARG_TYPE", msg);
-  return 0;
-}
-
 static napi_value aes_ctr_in_place(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];

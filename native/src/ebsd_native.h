@@ -22,7 +22,7 @@ napi_value ebsd_make_error(napi_env env, const char *code, const char *msg);
  * throws ERR_ARG_TYPE / ERR_ARG_RANGE naming `name` and returns 0. */
 int ebsd_get_int(napi_env env, napi_value v, const char *name, int64_t min, int64_t max, int64_t *out);
 /* Read a Uint8Array (or Buffer) of exactly `want` bytes (any length if want is 0) into
- * *data, *len (aes-ctr.c); on failure throws ERR_ARG_TYPE / ERR_ARG_RANGE naming `name`
+ * *data, *len (addon.c); on failure throws ERR_ARG_TYPE / ERR_ARG_RANGE naming `name`
  * and returns 0. */
 int ebsd_get_u8(napi_env env, napi_value v, const char *name, size_t want, uint8_t **data, size_t *len);
 

@@ -164,30 +164,6 @@ static int get_ctx(napi_env env, napi_value v, xts_ctx **out) {
   return 1;
 }
 
-static int get_bytes(napi_env env, napi_value v, const char *name, uint8_t **data, size_t *len) {
-  bool is_ta = false;
-  char msg[96];
-  if (napi_is_typedarray(env, v, &is_ta) != napi_ok) { ebsd_throw_napi(env, "napi_is_typedarray"); return 0; }
-  if (is_ta) {
-    napi_typedarray_type type;
-    size_t n;
-    void *p;
-    if (napi_get_typedarray_info(env, v, &type, &n, &p, NULL, NULL) != napi_ok) {
-      ebsd_throw_napi(env, "napi_get_typedarray_info");
-      return 0;
-    }
-    if (type == napi_uint8_array) {
-      *data = (uint8_t *)p;
-      *len = n;
-      if (*data == NULL && n != 0) { ebsd_throw(env, "ERR_ARG_TYPE", "buffer is detached"); return 0; }
-      return 1;
-    }
-  }
-  snprintf(msg, sizeof msg, "%s must be a Uint8Array or Buffer", name);
-  ebsd_throw(env, "ERR_ARG_TYPE", msg);
-  return 0;
-}
-
 static int get_u64_bigint(napi_env env, napi_value v, const char *name, uint64_t *out) {
   napi_valuetype t;
   char msg[96];
@@ -227,7 +203,7 @@ static int parse_run(napi_env env, napi_callback_info info, run_args *a) {
   if (argc < 5) { ebsd_throw(env, "ERR_ARG_TYPE", "expected (ctx, data, firstTweak, unitSize, tweakStep)"); return 0; }
   int64_t unit, step;
   if (!get_ctx(env, argv[0], &a->ctx)) return 0;
-  if (!get_bytes(env, argv[1], "data", &a->data, &a->len)) return 0;
+  if (!ebsd_get_u8(env, argv[1], "data", 0, &a->data, &a->len)) return 0;
   if (!get_u64_bigint(env, argv[2], "firstTweak", &a->tweak)) return 0;
   if (!ebsd_get_int(env, argv[3], "unitSize", 16, XTS_MAX_UNIT, &unit)) return 0;
   if (!ebsd_get_int(env, argv[4], "tweakStep", 0, 0xffffffffLL, &step)) return 0;
@@ -270,7 +246,7 @@ static napi_value create_context(napi_env env, napi_callback_info info) {
   if (argc < 1) return ebsd_throw(env, "ERR_ARG_TYPE", "key must be a Uint8Array or Buffer");
   uint8_t *key;
   size_t klen;
-  if (!get_bytes(env, argv[0], "key", &key, &klen)) return NULL;
+  if (!ebsd_get_u8(env, argv[0], "key", 0, &key, &klen)) return NULL;
   if (klen != XTS_KEY_LEN) return ebsd_throw(env, "XTS_BAD_KEY_LENGTH", "key must be 64 bytes (K1 || K2)");
   /* IEEE 1619-2018 §5.1 / SP 800-38E: K1 and K2 must differ. */
   if (halves_equal(key)) return ebsd_throw(env, "XTS_WEAK_KEY", "key halves K1 and K2 must differ");
