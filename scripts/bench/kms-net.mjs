@@ -6,7 +6,11 @@
 // Build first:  npx tsc -p .   then:
 //   node scripts/bench/kms-net.mjs [--seconds 5] [--concurrency 64] [--runs 3] [--baseline DIR] [--cpu-prof DIR]
 //                                  [--sign each|per-second] [--listener https|http] [--client lean|node] [--client-threads N] [--only socket|net|floor]
-//                                  [--daemon-node-args '--max-semi-space-size=64'] [--floor] [--kms-front-threads 0|1]
+//                                  [--daemon-node-args '--max-semi-space-size=64'] [--floor] [--kms-front-threads 0|1] [--warmup-seconds 5]
+// --warmup-seconds N (default 5): before the first timed run, each path of each daemon serves the same load for N
+//          seconds, untimed. V8 optimises a daemon's code on three isolates (main, front end, HSM), and under this
+//          load that went on for ~10 s (--trace-opt, perf): after 300 sequential calls alone, the first timed phase
+//          paid for that compilation on V8's helper threads (docs/benchmarks.md, "JIT warm-up").
 // --kms-front-threads N: passed to this build's daemon (not the baseline's): 0 TLS and HTTP on the main thread,
 //          1 on the front-end worker (the default with --kms-only). The per-thread line names that worker
 //          `ebsd-kms-front` (it names its own thread); every other unnamed thread is `node`.
@@ -52,6 +56,7 @@ const listener = arg('listener', 'https');
 const nodeArgs = (arg('daemon-node-args', '') || '').split(' ').filter(Boolean); // V8/node flags for this build's daemon (e.g. --max-semi-space-size=64)
 const frontThreads = arg('kms-front-threads', undefined);
 const floor = process.argv.includes('--floor'); // also time kms-net-floor.mjs: node's HTTPS server answering a fixed body, nothing else
+const warmupSeconds = Number(arg('warmup-seconds', '5'));
 const only = arg('only', undefined); // socket | net: time one path alone (for a profile of it); floor (with --floor): the floor alone // http: the listener without TLS (loopback), to tell TLS's cost from SigV4's
 const NET = `${listener}+sigv4`;
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -202,8 +207,17 @@ try {
   if (floor) builds.push(await startFloor(builds.at(-1).floorAnswer, builds.at(-1).key, builds.at(-1).req));
   const rows = new Map();
   const loads = [];
+  const paths = only === 'socket' ? ['socket'] : only === 'net' || only === 'floor' ? [NET] : ['socket', NET];
+  if (warmupSeconds > 0) {
+    for (const path of paths) {
+      for (const d of builds) {
+        if (d.lean[path]) await d.lean[path].run(warmupSeconds);
+        else if (d.paths[path]) { const until = Date.now() + warmupSeconds * 1000; await Promise.all(Array.from({ length: concurrency }, async () => { while (Date.now() < until) await d.paths[path]('Decrypt', d.req); })); }
+      }
+    }
+  }
   for (let r = 0; r < runs; r++) {
-    for (const path of only === 'socket' ? ['socket'] : only === 'net' || only === 'floor' ? [NET] : ['socket', NET]) {
+    for (const path of paths) {
       for (const d of r % 2 ? [...builds].reverse() : builds) {
         if (!d.lean[path] && !d.paths[path]) continue; // the floor has no socket path
         if (only === 'floor' && d.name !== 'floor') continue;
@@ -214,7 +228,7 @@ try {
       }
     }
   }
-  console.log(`Decrypt (64-byte data key), ${seconds} s per phase, ${runs} run(s), concurrency ${concurrency}, client ${clientKind}${clientKind === 'lean' ? ` (${clientThreads} thread(s))` : clientKind === 'h2load' ? ' over HTTPS, lean on the socket' : ''}, signing ${clientKind === 'lean' ? 'per-second' : clientKind === 'h2load' ? 'once per phase' : signMode}, load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
+  console.log(`Decrypt (64-byte data key), ${seconds} s per phase after ${warmupSeconds} s of warm-up per path, ${runs} run(s), concurrency ${concurrency}, client ${clientKind}${clientKind === 'lean' ? ` (${clientThreads} thread(s))` : clientKind === 'h2load' ? ' over HTTPS, lean on the socket' : ''}, signing ${clientKind === 'lean' ? 'per-second' : clientKind === 'h2load' ? 'once per phase' : signMode}, load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
   console.log('build     path          calls/s  daemon CPU (cores)  daemon µs/call  calls per daemon CPU-s  client CPU (cores)');
   for (const [k, xs] of rows) {
     const [name, path] = k.split('\0');
