@@ -1026,6 +1026,12 @@ export class Daemon {
       if (typeof v !== 'string' || v === '') throw new EbsdError('MISSING_PARAMETER', `${k} is required`, { awsName: 'InvalidInputException' });
       return v;
     };
+    /** A UserName member naming a user that exists, as IAM requires of the access-key operations (undefined: none given). */
+    const existingUser = (v: unknown): string | undefined => {
+      if (typeof v !== 'string') return undefined;
+      if (!ids.listUsers().some((u) => u.UserName === v)) throw new EbsdError('IAM_NO_SUCH_ENTITY', `The user with name ${v} cannot be found.`, { awsName: 'NoSuchEntityException' });
+      return v;
+    };
     const uid = (): number => {
       const v = b.Uid;
       // A uid_t is 32 bits and (uid_t)-1 means "no uid" (setresuid): 0 .. 2^32-2.
@@ -1079,23 +1085,17 @@ export class Daemon {
         return { Mapping: ids.listUidMappings().find((m) => m.uid === b.Uid) };
       case 'UnmapUid': await ids.unmapUid(uid()); return {};
       case 'ListUidMappings': return { Mappings: ids.listUidMappings() };
-      case 'CreateAccessKey': {
-        const user = str('UserName');
-        if (!ids.listUsers().some((u) => u.UserName === user)) {
-          throw new EbsdError('IAM_NO_SUCH_ENTITY', `The user with name ${user} cannot be found.`, { awsName: 'NoSuchEntityException' });
-        }
-        return { AccessKey: await this.accessKeys!.create(user) };
-      }
-      case 'ListAccessKeys': {
-        const user = typeof b.UserName === 'string' ? b.UserName : undefined;
-        return { AccessKeyMetadata: this.accessKeys!.list(user), IsTruncated: false };
-      }
+      case 'CreateAccessKey':
+        return { AccessKey: await this.accessKeys!.create(existingUser(str('UserName'))!) };
+      case 'ListAccessKeys':
+        // IAM API Reference, ListAccessKeys: a UserName that names no user is NoSuchEntity, not an empty list.
+        return { AccessKeyMetadata: this.accessKeys!.list(existingUser(b.UserName)), IsTruncated: false };
       case 'UpdateAccessKey':
-        await this.accessKeys!.update(str('AccessKeyId'), str('Status') as 'Active', typeof b.UserName === 'string' ? b.UserName : undefined);
+        await this.accessKeys!.update(str('AccessKeyId'), str('Status') as 'Active', existingUser(b.UserName));
         this.listener?.forgetSigningKeys();
         return {};
       case 'DeleteAccessKey':
-        await this.accessKeys!.delete(str('AccessKeyId'), typeof b.UserName === 'string' ? b.UserName : undefined);
+        await this.accessKeys!.delete(str('AccessKeyId'), existingUser(b.UserName));
         this.listener?.forgetSigningKeys();
         return {};
       case 'UpdateAssumeRolePolicy': {

@@ -11,7 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
-import { STSClient, AssumeRoleCommand } from '@aws-sdk/client-sts';
+import { STSClient, AssumeRoleCommand, type STSServiceException } from '@aws-sdk/client-sts';
 import { KMS_ADMIN_POLICY, StandardChain, auditEvents, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { buildEvent, buildEventJson } from '../../src/kms/audit/event.js';
@@ -129,6 +129,29 @@ describe('CloudTrail sessionContext for calls made with assumed-role session cre
       for (const v of Object.values(e.requestParameters as Record<string, string>)) expect(v.length).toBeLessThanOrEqual(2048 + '...(truncated)'.length);
     }
     expect(refused.some((e) => (e.requestParameters.roleArn as string).endsWith('...(truncated)'))).toBe(true);
+  });
+
+  it('AssumeRole member constraints are worded as STS words them: each bound on its own, every broken one in one ValidationError (@aws-sdk/client-sts)', async () => {
+    chain.use(keyVars(alice, url));
+    const sts = new STSClient({ maxAttempts: 1 });
+    const v = "at 'roleSessionName' failed to satisfy constraint:";
+    try {
+      for (const [input, message] of [
+        [{ RoleSessionName: 'a' }, `1 validation error detected: Value 'a' ${v} Member must have length greater than or equal to 2`],
+        [{ RoleSessionName: 'n'.repeat(65) }, `1 validation error detected: Value '${'n'.repeat(64)}...' ${v} Member must have length less than or equal to 64`],
+        [{ RoleSessionName: 'two words' }, `1 validation error detected: Value 'two words' ${v} Member must satisfy regular expression pattern: [\\w+=,.@-]*`],
+        [{ DurationSeconds: 899 }, "1 validation error detected: Value '899' at 'durationSeconds' failed to satisfy constraint: Member must have value greater than or equal to 900"],
+        [{ DurationSeconds: 43_201 }, "1 validation error detected: Value '43201' at 'durationSeconds' failed to satisfy constraint: Member must have value less than or equal to 43200"],
+        [{ ExternalId: 'x' }, "1 validation error detected: Value at 'externalId' failed to satisfy constraint: Member must have length greater than or equal to 2"],
+        [{ RoleSessionName: 'a', DurationSeconds: 600 },
+          `2 validation errors detected: Value 'a' ${v} Member must have length greater than or equal to 2; Value '600' at 'durationSeconds' failed to satisfy constraint: Member must have value greater than or equal to 900`],
+      ] as const) {
+        const e = await sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: 'ok', ...input })).then(() => undefined, (x: STSServiceException) => x);
+        expect({ input, name: e?.name, status: e?.$metadata.httpStatusCode, message: e?.message }).toEqual({ input, name: 'ValidationError', status: 400, message });
+      }
+    } finally {
+      sts.destroy();
+    }
   });
 
   it('the object path and the serialized path of the audit event agree on a sessionContext', () => {

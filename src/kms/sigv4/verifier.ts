@@ -96,7 +96,17 @@ export class SigV4Verifier<P> {
   async verify(req: WireRequest): Promise<Verified<P>> {
     const headers = headerMap(req.headers);
     const auth = headers.get('authorization');
-    if (auth === undefined || auth === '') throw new SigV4Error('MissingAuthenticationToken', 'Missing Authentication Token');
+    if (auth === undefined || auth === '') {
+      const presigned = queryAuthentication(req.target);
+      // Query-string authentication (a presigned URL) is SigV4 too, but this endpoint does not take it: a presigned
+      // request may be replayed by whoever holds the URL for up to X-Amz-Expires (7 days), where a signed header's
+      // is bounded by the 15 minutes of skew, and no ebsd client needs one (docs/architecture.md §5.2). Said so,
+      // rather than "Missing Authentication Token" to a request that plainly carries a signature.
+      if (presigned) {
+        throw new SigV4Error('IncompleteSignature', 'Query-string authentication (a presigned URL: X-Amz-Signature, X-Amz-Credential in the query string) is not accepted by this endpoint; sign the request in the Authorization header.', presigned.accessKeyId);
+      }
+      throw new SigV4Error('MissingAuthenticationToken', 'Missing Authentication Token');
+    }
     const p = parseAuthorization(auth);
     const amzDate = headers.get('x-amz-date') ?? httpDateToAmz(headers.get('date'));
     if (!amzDate) {
@@ -269,6 +279,20 @@ export function parseAuthorization(auth: string): Parsed {
     throw new SigV4Error('IncompleteSignature', 'SignedHeaders must be lower-case header names separated by semicolons.', accessKeyId);
   }
   return { accessKeyId, date, region, service, terminator, signedHeaders, signature };
+}
+
+/**
+ * Whether the request-target carries SigV4 query-string authentication (AWS General Reference, "Authentication
+ * methods": X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, … in the query), and the access key id it names.
+ * Read only for a request without an Authorization header.
+ */
+function queryAuthentication(target: string): { accessKeyId?: string } | undefined {
+  const q = target.indexOf('?');
+  if (q < 0) return undefined;
+  const params = new URLSearchParams(target.slice(q + 1));
+  if (!params.has('X-Amz-Signature') && !params.has('X-Amz-Algorithm') && !params.has('X-Amz-Credential')) return undefined;
+  const id = (params.get('X-Amz-Credential') ?? '').split('/')[0]!.slice(0, 128);
+  return id === '' ? {} : { accessKeyId: id };
 }
 
 /**

@@ -44,6 +44,10 @@ export const ROLE_ARN_MAX = 2048;
 export const EXTERNAL_ID_MIN = 2;
 export const EXTERNAL_ID_MAX = 1224;
 const EXTERNAL_ID_RE = /^[\w+=,.@:/-]*$/;
+/** AssumeRole RoleSessionName (STS API Reference, AssumeRole): 2 to 64 characters of this set. */
+export const SESSION_NAME_MIN = 2;
+export const SESSION_NAME_MAX = 64;
+const SESSION_NAME_RE = /^[\w+=,.@-]*$/;
 
 /** The token's clear part: `rid` is the role's unique id (RoleId), `iat` the issue time (ms). */
 interface SessionMeta { v: number; id: string; role: string; rid: string; session: string; exp: number; iat?: number }
@@ -114,25 +118,8 @@ export class StsService {
     }
     if (!p.RoleArn) throw new StsError('MissingParameter', 'The request must contain the parameter RoleArn');
     if (!p.RoleSessionName) throw new StsError('MissingParameter', 'The request must contain the parameter RoleSessionName');
-    // STS API Reference, AssumeRole: RoleArn 20..2048 characters, RoleSessionName 2..64 of [\w+=,.@-]. Checked
-    // before anything else reads them; a value quoted back is cut (the request body may hold a megabyte).
-    const quote = (v: string): string => (v.length > 64 ? `${v.slice(0, 64)}...` : v);
-    const arnLength = p.RoleArn.length < ROLE_ARN_MIN ? `greater than or equal to ${ROLE_ARN_MIN}` : p.RoleArn.length > ROLE_ARN_MAX ? `less than or equal to ${ROLE_ARN_MAX}` : undefined;
-    if (arnLength) throw new StsError('ValidationError', `1 validation error detected: Value '${quote(p.RoleArn)}' at 'roleArn' failed to satisfy constraint: Member must have length ${arnLength}`);
-    const m = /^arn:[\w-]+:iam::(\d{12}):role(?:\/.*)?\/([\w+=,.@-]+)$/.exec(p.RoleArn);
-    if (!m) throw new StsError('ValidationError', `${p.RoleArn} is invalid`);
-    if (!/^[\w+=,.@-]{2,64}$/.test(p.RoleSessionName)) {
-      throw new StsError('ValidationError', `1 validation error detected: Value '${quote(p.RoleSessionName)}' at 'roleSessionName' failed to satisfy constraint: ${p.RoleSessionName.length < 2 || p.RoleSessionName.length > 64 ? 'Member must have length between 2 and 64' : 'Member must satisfy regular expression pattern: [\\w+=,.@-]*'}`);
-    }
-    // Digits only: Number() would also read '9e2', '0x384', ' 900 ' and '900.0' as 900.
-    if (p.DurationSeconds !== undefined && !/^[0-9]{1,9}$/.test(p.DurationSeconds)) {
-      throw new StsError('ValidationError', `1 validation error detected: Value '${p.DurationSeconds.slice(0, 64)}' at 'durationSeconds' failed to satisfy constraint: Member must be an integer written in decimal digits`);
-    }
+    const m = checkAssumeRoleMembers(p);
     const duration = p.DurationSeconds === undefined ? DEFAULT_SESSION_S : Number(p.DurationSeconds);
-    if (duration < MIN_SESSION_S || duration > MAX_SESSION_S) {
-      throw new StsError('ValidationError', `1 validation error detected: Value '${p.DurationSeconds}' at 'durationSeconds' failed to satisfy constraint: Member must have value between ${MIN_SESSION_S} and ${MAX_SESSION_S}`);
-    }
-    if (p.ExternalId !== undefined) checkExternalId(p.ExternalId);
     const role = m[2]!;
     const notAuthorized = new StsError('AccessDenied', `User: ${caller.arn} is not authorized to perform: sts:AssumeRole on resource: ${p.RoleArn}`);
     // The role is named by its ARN, path and partition included: an ARN that is not the role's own (another
@@ -220,14 +207,46 @@ export class StsService {
 }
 
 /**
- * STS API Reference, AssumeRole, ExternalId: length 2..1224, pattern `[\w+=,.@:/-]*`. The
- * message leaves the value out, as AWS does for a member it treats as sensitive ("Value at").
+ * AssumeRole's member constraints (STS API Reference, AssumeRole): RoleArn 20..2048 characters,
+ * RoleSessionName 2..64 of `[\w+=,.@-]`, DurationSeconds 900..43200, ExternalId 2..1224 of
+ * `[\w+=,.@:/-]`. Checked before anything else reads them. Like STS, every broken constraint is
+ * reported in one ValidationError ("2 validation errors detected: …; …"), each bound in its own
+ * words ("Member must have length less than or equal to 64", "Member must have value greater than
+ * or equal to 900"), as clients and people match them. A value quoted back is cut (the request
+ * body may hold a megabyte); the ExternalId's is left out, as the audit and the log leave it out.
+ * Then the RoleArn must name a role ("… is invalid"): its account and name.
  */
-function checkExternalId(v: string): void {
-  const broken = v.length < EXTERNAL_ID_MIN ? `Member must have length greater than or equal to ${EXTERNAL_ID_MIN}`
-    : v.length > EXTERNAL_ID_MAX ? `Member must have length less than or equal to ${EXTERNAL_ID_MAX}`
-      : !EXTERNAL_ID_RE.test(v) ? 'Member must satisfy regular expression pattern: [\\w+=,.@:\\/-]*' : undefined;
-  if (broken) throw new StsError('ValidationError', `1 validation error detected: Value at 'externalId' failed to satisfy constraint: ${broken}`);
+function checkAssumeRoleMembers(p: AssumeRoleParams): RegExpExecArray {
+  const arn = p.RoleArn ?? '';
+  const name = p.RoleSessionName ?? '';
+  const quote = (v: string): string => (v.length > 64 ? `${v.slice(0, 64)}...` : v);
+  const broken: string[] = [];
+  const length = (v: string, min: number, max: number): string | undefined =>
+    v.length < min ? `Member must have length greater than or equal to ${min}` : v.length > max ? `Member must have length less than or equal to ${max}` : undefined;
+  const violated = (member: string, value: string | undefined, constraint: string | undefined): void => {
+    if (constraint) broken.push(`Value ${value === undefined ? '' : `'${quote(value)}' `}at '${member}' failed to satisfy constraint: ${constraint}`);
+  };
+  violated('roleArn', arn, length(arn, ROLE_ARN_MIN, ROLE_ARN_MAX));
+  violated('roleSessionName', name, length(name, SESSION_NAME_MIN, SESSION_NAME_MAX));
+  violated('roleSessionName', name, SESSION_NAME_RE.test(name) ? undefined : 'Member must satisfy regular expression pattern: [\\w+=,.@-]*');
+  const d = p.DurationSeconds;
+  // Digits only: Number() would also read '9e2', '0x384', ' 900 ' and '900.0' as 900.
+  if (d !== undefined && !/^[0-9]{1,9}$/.test(d)) violated('durationSeconds', d, 'Member must be an integer written in decimal digits');
+  else if (d !== undefined) {
+    const n = Number(d);
+    violated('durationSeconds', d, n < MIN_SESSION_S ? `Member must have value greater than or equal to ${MIN_SESSION_S}` : n > MAX_SESSION_S ? `Member must have value less than or equal to ${MAX_SESSION_S}` : undefined);
+  }
+  const x = p.ExternalId;
+  if (x !== undefined) {
+    violated('externalId', undefined, length(x, EXTERNAL_ID_MIN, EXTERNAL_ID_MAX));
+    violated('externalId', undefined, EXTERNAL_ID_RE.test(x) ? undefined : 'Member must satisfy regular expression pattern: [\\w+=,.@:\\/-]*');
+  }
+  if (broken.length > 0) {
+    throw new StsError('ValidationError', `${broken.length} validation error${broken.length > 1 ? 's' : ''} detected: ${broken.join('; ')}`);
+  }
+  const m = /^arn:[\w-]+:iam::(\d{12}):role(?:\/.*)?\/([\w+=,.@-]+)$/.exec(arn);
+  if (!m) throw new StsError('ValidationError', `${arn} is invalid`);
+  return m;
 }
 
 function u16(n: number): Buffer {
