@@ -36,4 +36,22 @@ describe('DescribeSnapshots: SnapshotIds and transfer-type as EC2', () => {
     expect((await env.ok(['snapshot', 'describe', snap, snap])).Snapshots.map((s: { SnapshotId: string }) => s.SnapshotId)).toEqual([snap]);
     expect(await refusal(call('DescribeSnapshots', { SnapshotIds: [snap, 'snap-00000000000000000', snap] }))).toBe('InvalidSnapshot.NotFound');
   }, 60_000);
+
+  it('shows TransferType standard on a copy only, and transfer-type matches it (the copy\'s manifest records it)', async () => {
+    const [s, c] = (await call('DescribeSnapshots', { SnapshotIds: [snap, copy] })).Snapshots as Record<string, unknown>[];
+    const byId = new Map([s, c].map((x) => [x!.SnapshotId, x!]));
+    expect(byId.get(copy)!.TransferType).toBe('standard');
+    expect(byId.get(snap)).not.toHaveProperty('TransferType');
+    const manifest = JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${copy}.json`), 'utf8'));
+    expect(manifest.transferType).toBe('standard');
+
+    const filtered = async (values: string[]): Promise<string[]> => ids(await call('DescribeSnapshots', { Filters: [{ Name: 'transfer-type', Values: values }] }));
+    expect(await filtered(['standard'])).toEqual([copy]);
+    expect(await filtered(['time-based'])).toEqual([]);
+    expect(await filtered(['*'])).toEqual([copy]);
+    expect(await filtered(['time-based', 'stand*'])).toEqual([copy]);
+    // With SnapshotIds the filter still applies (EC2 ANDs them); and through the CLI's shorthand.
+    expect(ids(await call('DescribeSnapshots', { SnapshotIds: [snap, copy], Filters: [{ Name: 'transfer-type', Values: ['standard'] }] }))).toEqual([copy]);
+    expect(ids(await env.ok(['snapshot', 'describe', '--filters', 'Name=transfer-type,Values=standard']))).toEqual([copy]);
+  }, 60_000);
 });
