@@ -164,8 +164,8 @@ export class SnapshotApi {
         // Each named manifest is read once, for the check and the answer: a poll of a snapshot under way
         // reads it while the copy keeps libuv's pool busy, and every read waits behind the copy's.
         const named = new Map<string, SnapshotManifest | undefined>();
-        for (const id of query.SnapshotIds ?? []) {
-          const m = named.has(id) ? named.get(id) : await snapshots.getManifest(id);
+        for (const id of new Set(query.SnapshotIds)) {
+          const m = await snapshots.getManifest(id);
           named.set(id, m);
           const refusal = m ? authz.checkSnapshot('DescribeSnapshots', toEc2Snapshot(m), caller) : authz.checkSnapshotId('DescribeSnapshots', id, caller);
           if (refusal) await deny(refusal, undefined);

@@ -233,6 +233,7 @@ export class SnapshotCopier {
         description: req.Description ?? `Copied for DestinationSnapshot ${snapshotId} from SourceSnapshot ${src.snapshotId}`,
         tags,
         ownerId: this.o.accountId,
+        transferType: 'standard',
         blocks: [],
       };
       delete m.completionTime;

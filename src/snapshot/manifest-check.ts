@@ -141,6 +141,7 @@ export function parseManifest(where: string, snapshotId: string, text: string): 
   if (m.parentSnapshotId !== undefined && !isSnapshotId(m.parentSnapshotId)) throw bad(`parentSnapshotId ${show(m.parentSnapshotId)} is not a snapshot id`);
   if (m.sourceSnapshotId !== undefined && !isSnapshotId(m.sourceSnapshotId)) throw bad(`sourceSnapshotId ${show(m.sourceSnapshotId)} is not a snapshot id`);
   if (m.changedBlocks !== undefined) int('changedBlocks', 0, Number.MAX_SAFE_INTEGER);
+  if (m.transferType !== undefined && m.transferType !== 'standard') throw bad(`transferType ${show(m.transferType)} is not 'standard'`);
   if (!Array.isArray(m.blocks)) throw bad('blocks is not an array');
   // Block i holds bytes [i·512 KiB, (i+1)·512 KiB) of a volumeSize-GiB volume.
   const end = (m.volumeSize as number) * BLOCKS_PER_GIB;

@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { createExclusive } from '../util/exclusive-create.js';
 import { fsyncDir } from '../util/atomic-write.js';
-import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import type { Clock } from '../util/clock.js';
+import { RetrySet } from '../util/retry-set.js';
 import { errInfo } from '../volume/errors.js';
 import type { SnapshotManifest, SnapshotStore } from './types.js';
 
@@ -44,22 +45,16 @@ export interface PendingMarkersOptions {
  * run still under way is never touched.
  */
 export class PendingMarkers {
-  private readonly clock: Clock;
-  private readonly retryMs: number;
-  private readonly maxRetryMs: number;
   /** Markers to settle at the next retry, each with why its run ended if it said (else `why`, a restart). */
-  private readonly unsettled = new Map<string, string | undefined>();
-  private timer: TimerHandle | undefined;
-  private delayMs: number;
-  private closed = false;
-  /** The retry under way, if any (close() waits for it). */
-  private retrying: Promise<void> | undefined;
+  private readonly unsettled: RetrySet<string | undefined>;
 
   private constructor(private readonly o: PendingMarkersOptions) {
-    this.clock = o.clock ?? systemClock;
-    this.retryMs = o.retryMs ?? DEFAULT_RETRY_MS;
-    this.maxRetryMs = o.maxRetryMs ?? DEFAULT_MAX_RETRY_MS;
-    this.delayMs = this.retryMs;
+    this.unsettled = new RetrySet({
+      attempt: async (id, why) => (await this.trySettle(id, why)) !== 'kept',
+      firstMs: o.retryMs ?? DEFAULT_RETRY_MS,
+      maxMs: o.maxRetryMs ?? DEFAULT_MAX_RETRY_MS,
+      ...(o.clock ? { clock: o.clock } : {}),
+    });
   }
 
   static async open(o: PendingMarkersOptions): Promise<PendingMarkers> {
@@ -105,9 +100,8 @@ export class PendingMarkers {
       if (!SNAPSHOT_ID.test(name)) continue;
       const r = await this.trySettle(name);
       if (r === 'marked') settled.push(name);
-      else if (r === 'kept') this.unsettled.set(name, undefined);
+      else if (r === 'kept') this.unsettled.add(name, undefined);
     }
-    this.schedule();
     return settled;
   }
 
@@ -116,49 +110,17 @@ export class PendingMarkers {
    * the manifest written `error` with `why` (what ended the run; default: the options' `why`, a restart).
    */
   retry(snapshotId: string, why?: string): void {
-    if (this.closed) return;
-    this.unsettled.set(snapshotId, why);
-    this.schedule();
+    this.unsettled.add(snapshotId, why);
   }
 
   /** Markers still waiting for the store (tests, status). */
   get waiting(): string[] {
-    return [...this.unsettled.keys()];
+    return this.unsettled.keys;
   }
 
   /** Shutdown: no more retries; markers left stay for the next start's recover(). */
   async close(): Promise<void> {
-    this.closed = true;
-    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
-    this.timer = undefined;
-    await this.retrying;
-  }
-
-  private schedule(): void {
-    if (this.closed || this.timer !== undefined || this.retrying || this.unsettled.size === 0) return;
-    const delay = this.delayMs;
-    this.delayMs = Math.min(this.delayMs * 2, this.maxRetryMs);
-    this.timer = this.clock.setTimeout(() => {
-      this.timer = undefined;
-      this.retrying = this.retryAll().finally(() => {
-        this.retrying = undefined;
-        this.schedule();
-      });
-      return this.retrying;
-    }, delay);
-  }
-
-  private async retryAll(): Promise<void> {
-    let progressed = false;
-    for (const [id, why] of [...this.unsettled]) {
-      if (this.closed) return;
-      if ((await this.trySettle(id, why)) !== 'kept') {
-        this.unsettled.delete(id);
-        progressed = true;
-      }
-    }
-    // The store answered: the next failure starts the backoff over.
-    if (progressed || this.unsettled.size === 0) this.delayMs = this.retryMs;
+    await this.unsettled.close();
   }
 
   /** 'marked': written `error` now; 'done': nothing was pending; 'kept': the store failed, the marker stays. */

@@ -883,6 +883,7 @@ export class SnapshotManager {
 
   /**
    * Every snapshot in the store matching the ids and filters; an id that does not exist is InvalidSnapshot.NotFound.
+   * SnapshotIds scopes the listing to a set of snapshots, as EC2's does: one named twice is listed once.
    * `read`: manifests of named ids the caller has just read (undefined: not found), used instead of reading them again.
    */
   async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }, read?: ReadonlyMap<string, SnapshotManifest | undefined>): Promise<SnapshotSummary[]> {
@@ -890,7 +891,7 @@ export class SnapshotManager {
     let all: SnapshotSummary[];
     if (q.SnapshotIds?.length) {
       all = [];
-      for (const id of q.SnapshotIds) {
+      for (const id of new Set(q.SnapshotIds)) {
         const m = read?.has(id) ? read.get(id) : await this.getManifest(id);
         if (!m) throw snapshotNotFound(id);
         all.push(summaryOf(m));

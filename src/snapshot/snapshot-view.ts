@@ -24,6 +24,8 @@ export interface Ec2Snapshot {
   DataEncryptionKeyId?: string;
   Tags: { Key: string; Value: string }[];
   StorageTier: 'standard';
+  /** A copy's only (SnapshotManifest.transferType). */
+  TransferType?: 'standard';
 }
 
 /**
@@ -52,15 +54,17 @@ export function toEc2Snapshot(m: SnapshotSummary): Ec2Snapshot {
     ...(m.dataEncryptionKeyId ? { DataEncryptionKeyId: m.dataEncryptionKeyId } : {}),
     Tags: m.tags.map((t) => ({ Key: t.Key, Value: t.Value })),
     StorageTier: 'standard',
+    ...(m.transferType ? { TransferType: m.transferType } : {}),
   };
 }
 
 /**
  * DescribeSnapshots filter names ebsd serves (`tag:<key>` besides): EC2's (Amazon EC2 API
- * Reference, DescribeSnapshots, Filters) but `transfer-type`, and `kms-key-id`, ebsd's own.
+ * Reference, DescribeSnapshots, Filters), and `kms-key-id`, ebsd's own.
  */
 export const SNAPSHOT_FILTER_NAMES: ReadonlySet<string> = new Set([
-  'description', 'encrypted', 'owner-alias', 'owner-id', 'progress', 'snapshot-id', 'start-time', 'status', 'storage-tier', 'tag-key', 'volume-id', 'volume-size', 'kms-key-id',
+  'description', 'encrypted', 'owner-alias', 'owner-id', 'progress', 'snapshot-id', 'start-time', 'status', 'storage-tier', 'tag-key',
+  'transfer-type', 'volume-id', 'volume-size', 'kms-key-id',
 ]);
 
 export interface SnapshotFilter {
@@ -94,6 +98,8 @@ function matchesAll(m: SnapshotSummary, filters: readonly SnapshotFilter[], budg
       case 'status': return ok(s.State);
       case 'storage-tier': return ok(s.StorageTier);
       case 'tag-key': return s.Tags.some((t) => ok(t.Key));
+      // TransferType, which EC2 shows on copies only: a snapshot without it matches no value, as owner-alias.
+      case 'transfer-type': return s.TransferType !== undefined && ok(s.TransferType);
       case 'volume-id': return ok(s.VolumeId);
       case 'volume-size': return ok(String(s.VolumeSize));
       case 'kms-key-id': return ok(s.KmsKeyId ?? '');

@@ -73,6 +73,12 @@ export interface SnapshotManifest {
   blocks: [number, BlockHash][];
   /** Blocks this snapshot stored or changed relative to `parentSnapshotId` (all of `blocks` without a parent). */
   changedBlocks?: number;
+  /**
+   * On a copy (CopySnapshot) only, as EC2 shows TransferType only on copies: `standard`, the
+   * one kind of copy ebsd makes (it takes no CompletionDurationMinutes, so no time-based copy).
+   * Absent from copies made before ebsd recorded it.
+   */
+  transferType?: 'standard';
 }
 
 /** A manifest without its block list: what DescribeSnapshots shows. */

@@ -2,7 +2,8 @@ import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import { toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
 import { errInfo } from './errors.js';
-import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import type { Clock } from '../util/clock.js';
+import { RetrySet } from '../util/retry-set.js';
 import { faultPoint } from '../util/fault-point.js';
 
 /** Grants named so belong to one create, restore or copy step: `ebsd-op-<instance id>-<step id>`. */
@@ -97,12 +98,8 @@ export function opGrantInstance(name: string | undefined): string | undefined {
  * every step was made before: KMS still judges that call itself.
  */
 export class OpGrants {
-  private readonly clock: Clock;
   /** Grants whose RetireGrant KMS did not answer, by grant id: retried every retryMs. */
-  private readonly unretired = new Map<string, MadeGrant>();
-  private timer: TimerHandle | null = null;
-  private retrying: Promise<void> | null = null;
-  private closed = false;
+  private readonly unretired: RetrySet<MadeGrant>;
 
   constructor(
     private readonly ks: KeyService,
@@ -112,12 +109,20 @@ export class OpGrants {
     private readonly o: OpGrantsOptions,
   ) {
     if (!(o.retryMs > 0)) throw new RangeError(`retryMs: ${o.retryMs} is not a positive delay`);
-    this.clock = o.clock ?? systemClock;
+    this.unretired = new RetrySet({
+      attempt: async (_id, g) => {
+        if (!(await this.retireOne(g))) return false;
+        this.log.info({ step: g.stepId, grantId: g.grantId, keyId: g.keyId }, 'retired a key step\'s grant on retry');
+        return true;
+      },
+      firstMs: o.retryMs, // maxMs unset: a fixed period
+      ...(o.clock ? { clock: o.clock } : {}),
+    });
   }
 
   /** Ids of the grants whose retirement failed and is still to be retried (tests, logs). */
   get unretiredGrantIds(): string[] {
-    return [...this.unretired.keys()];
+    return this.unretired.keys;
   }
 
   /**
@@ -161,22 +166,18 @@ export class OpGrants {
 
   /** Stop retrying; what is still unretired is left to the next start's sweep. Waits for a retry under way. */
   async close(): Promise<void> {
-    this.closed = true;
-    if (this.timer) this.clock.clearTimeout(this.timer);
-    this.timer = null;
-    await this.retrying;
+    await this.unretired.close();
     if (this.unretired.size) this.log.warn({ grantIds: this.unretiredGrantIds }, 'key step grants still unretired at close; the next start retires them');
   }
 
-  /** RetireGrant of each, as the host; one KMS did not answer is kept and retried (retryLater). Never throws. */
+  /** RetireGrant of each, as the host; one KMS did not answer is kept and retried (`unretired`). Never throws. */
   private async retire(made: MadeGrant[]): Promise<void> {
     for (const g of made) {
       if (await this.retireOne(g)) continue;
-      this.unretired.set(g.grantId, g);
+      this.unretired.add(g.grantId, g);
       this.log.warn({ step: g.stepId, grantId: g.grantId, keyId: g.keyId, retryMs: this.o.retryMs }, 'could not retire a key step\'s grant: KMS did not answer; retrying');
     }
     made.length = 0;
-    this.retryLater();
   }
 
   /**
@@ -197,27 +198,6 @@ export class OpGrants {
         return true;
       }
       return false;
-    }
-  }
-
-  private retryLater(): void {
-    if (this.closed || this.timer || this.retrying || this.unretired.size === 0) return;
-    this.timer = this.clock.setTimeout(() => {
-      this.timer = null;
-      this.retrying = this.retryUnretired().finally(() => {
-        this.retrying = null;
-        this.retryLater();
-      });
-      return this.retrying;
-    }, this.o.retryMs);
-  }
-
-  private async retryUnretired(): Promise<void> {
-    for (const g of [...this.unretired.values()]) {
-      if (this.closed) return;
-      if (!(await this.retireOne(g))) continue;
-      this.unretired.delete(g.grantId);
-      this.log.info({ step: g.stepId, grantId: g.grantId, keyId: g.keyId }, 'retired a key step\'s grant on retry');
     }
   }
 }

@@ -22,13 +22,13 @@ const good = (over: Record<string, unknown> = {}): Record<string, unknown> => ({
 const parse = (v: unknown): unknown => parseManifest('test', GOOD, JSON.stringify(v));
 
 describe('parseManifest: every field a reader uses', () => {
-  it('accepts a well-formed manifest (with wrapped key, tags, parent, source snapshot, completion time)', () => {
+  it('accepts a well-formed manifest (with wrapped key, tags, parent, source snapshot, completion time, a copy\'s transfer type)', () => {
     const m = good({
-      tags: [{ Key: 'team', Value: '' }], completionTime: '2026-11-30T09:01:00.000Z', parentSnapshotId: BAD, sourceSnapshotId: BAD, changedBlocks: 1,
+      tags: [{ Key: 'team', Value: '' }], completionTime: '2026-11-30T09:01:00.000Z', parentSnapshotId: BAD, sourceSnapshotId: BAD, changedBlocks: 1, transferType: 'standard',
       wrappedKey: { ciphertextBlob: 'AQID', keyArn: 'arn:aws:kms:us-east-1:123456789012:key/k', encryptionContext: { 'aws:ebs:id': 'vol-0123456789abcdef0' } },
     });
     expect(parse(m)).toEqual(m);
-    expect(toEc2Snapshot(parse(m) as never).Tags).toEqual([{ Key: 'team', Value: '' }]);
+    expect(toEc2Snapshot(parse(m) as never)).toMatchObject({ Tags: [{ Key: 'team', Value: '' }], TransferType: 'standard' });
   });
 
   const cases: [string, Record<string, unknown>][] = [
@@ -53,6 +53,7 @@ describe('parseManifest: every field a reader uses', () => {
     ['wrappedKey context value not a string', { wrappedKey: { ciphertextBlob: 'AQID', keyArn: 'k', encryptionContext: { a: 1 } } }],
     ['parentSnapshotId malformed', { parentSnapshotId: 'snap-1' }],
     ['sourceSnapshotId malformed', { sourceSnapshotId: 'vol-0123456789abcdef0' }],
+    ['transferType time-based (ebsd makes standard copies only)', { transferType: 'time-based' }],
     ['dataOffset negative', { dataOffset: -1 }],
     ['a block index past volumeSize (1 GiB = 2048 blocks)', { blocks: [[2048, HASH]] }],
     ['blocks out of order', { blocks: [[2, HASH], [1, HASH]] }],
