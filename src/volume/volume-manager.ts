@@ -712,7 +712,8 @@ export class VolumeManager {
    * modified are left out. `Filters` are EC2's (volume-filters.ts).
    */
   describeVolumesModifications(req: { VolumeIds?: string[]; Filters?: Filter[] } = {}): { VolumesModifications: VolumeModification[] } {
-    const recs = req.VolumeIds?.length ? req.VolumeIds.map((id) => this.record(id)) : this.catalog.list();
+    // A volume named twice is listed once, as DescribeVolumes and DescribeSnapshots list it.
+    const recs = req.VolumeIds?.length ? [...new Set(req.VolumeIds)].map((id) => this.record(id)) : this.catalog.list();
     const out: VolumeModification[] = [];
     for (const r of recs) {
       const m = this.modificationOf(r);

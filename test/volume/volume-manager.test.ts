@@ -336,6 +336,9 @@ describe('attach, I/O, detach, re-attach', () => {
     expect((err as Error).message).toMatch(new RegExp(`^You've reached the maximum modification rate per volume limit: volume '${v.VolumeId}' was modified 4 times in a rolling 24-hour period\\. You can modify it again after \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z\\.$`));
     expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId] }).Volumes[0]!.SizeBytes).toBe(5 * MiB);
     expect(mgr.describeVolumesModifications({ VolumeIds: [v.VolumeId] }).VolumesModifications[0]).toMatchObject({ OriginalSizeBytes: 4 * MiB, TargetSizeBytes: 5 * MiB });
+    // Named twice, listed once (as DescribeVolumes).
+    expect(mgr.describeVolumesModifications({ VolumeIds: [v.VolumeId, v.VolumeId] }).VolumesModifications.map((m) => m.VolumeId)).toEqual([v.VolumeId]);
+    expect(mgr.describeVolumes({ VolumeIds: [v.VolumeId, v.VolumeId] }).Volumes.map((x) => x.VolumeId)).toEqual([v.VolumeId]);
     expect(audits.filter((a) => a.eventName === 'ModifyVolume')).toHaveLength(4);
   });
 
