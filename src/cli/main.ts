@@ -135,6 +135,7 @@ function daemonCommand(y: Argv): Argv {
         .option('refusal-window', { type: 'string', describe: 'how long refusals of one caller are summed into one audit event (1s to 10m; default 10s)' })
         .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
         .option('volume-modification-window', { type: 'string', describe: 'the rolling window in which a volume may be modified (ModifyVolume) at most 4 times, as EC2 allows (default 24h, at most 8760h; 0 = no limit)' })
+        .option('stop-timeout', { type: 'string', describe: 'how long a stop (SIGTERM) may take before the daemon gives up, logs the step it was stuck at and exits 1 (default 90s, under the systemd unit\'s TimeoutStopSec=120)' })
         .option('snapshot-gc-grace', { type: 'string', hidden: true, describe: 'keep unreferenced snapshot blocks younger than this (default 1h)' })
         .option('write-behind', {
           type: 'boolean',
@@ -168,6 +169,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.volumeModificationWindow !== undefined ? { volumeModificationWindowMs: parseDuration(a.volumeModificationWindow, '--volume-modification-window', MAX_MODIFICATION_WINDOW_MS) } : {}),
         ...(a.snapshotGcGrace !== undefined ? { snapshotGcGraceMs: parseDuration(a.snapshotGcGrace, '--snapshot-gc-grace', Number.MAX_SAFE_INTEGER) } : {}),
         ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
+        ...(a.stopTimeout !== undefined ? { stopTimeoutMs: parseDuration(a.stopTimeout, '--stop-timeout') } : {}),
       };
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
       if (a.tlsCert !== undefined) cfg.tls = { certFile: a.tlsCert, keyFile: a.tlsKey! };
@@ -179,12 +181,43 @@ function daemonCommand(y: Argv): Argv {
         const { runDaemon } = await import('../daemon/daemon.js');
         await runDaemon(cfg, log);
       } catch (e) {
-        log.fatal({ err: e }, 'daemon failed');
-        process.stderr.write(`ebsd daemon: ${(e as Error).message}\n`);
+        // A stop given up on (src/daemon/stop-deadline.ts) left something running that holds the
+        // process: it exits here, now, rather than waiting for what never ends.
+        const gaveUp = (e as { code?: unknown }).code === 'STOP_TIMEOUT';
+        reportDaemonFailure(log, e);
+        if (gaveUp) process.exit(EXIT.INTERNAL);
         exitCode = EXIT.DAEMON_START;
       }
+      exitWhenHeld(log);
     },
   );
+}
+
+/** The daemon's last words; they must not throw (stderr may be a closed pipe). */
+function reportDaemonFailure(log: import('../util/logger.js').Logger, e: unknown): void {
+  try {
+    log.fatal({ err: e }, 'daemon failed');
+    process.stderr.write(`ebsd daemon: ${(e as Error).message}\n`);
+  } catch {
+    // nowhere to say it
+  }
+}
+
+/**
+ * The daemon has stopped; nothing of it should keep the process alive. If something still
+ * holds the event loop a moment later (a native handle left referenced, a socket or timer
+ * nobody closed: a daemon that logged "stopped" and never exited), say what, and exit anyway,
+ * non-zero. The timer is unreferenced: a process with nothing left exits at once, as before.
+ */
+function exitWhenHeld(log: import('../util/logger.js').Logger): void {
+  setTimeout(() => {
+    try {
+      log.error({ resources: process.getActiveResourcesInfo() }, 'the daemon stopped but its process was still held; exiting');
+    } catch {
+      // nowhere to say it
+    }
+    process.exit(process.exitCode === undefined || process.exitCode === EXIT.OK ? EXIT.INTERNAL : process.exitCode);
+  }, 2_000).unref();
 }
 
 function kmsCommand(y: Argv): Argv {

@@ -92,6 +92,12 @@ export interface DaemonConfig {
    * tests, or for an operator who wants volumes to grow more often than EC2 allows.
    */
   volumeModificationWindowMs?: number;
+  /**
+   * How long a stop (SIGTERM, SIGINT, SIGHUP) may take before the daemon gives up on it, logs the
+   * step it was stuck at and exits non-zero (src/daemon/stop-deadline.ts); default 90 s, under the
+   * unit's TimeoutStopSec (contrib/systemd/ebsd.service).
+   */
+  stopTimeoutMs?: number;
 }
 
 /** `HOST:PORT`, `[::1]:PORT` -> host and port; a RangeError naming the flag otherwise. */
@@ -140,6 +146,9 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   }
   if (c.volumeModificationWindowMs !== undefined && (!Number.isSafeInteger(c.volumeModificationWindowMs) || c.volumeModificationWindowMs < 0 || c.volumeModificationWindowMs > MAX_MODIFICATION_WINDOW_MS)) {
     throw new ArgRangeError('--volume-modification-window', `must be a duration from 0 to ${durationLimit(MAX_MODIFICATION_WINDOW_MS)}, got ${String(c.volumeModificationWindowMs)} ms`);
+  }
+  if (c.stopTimeoutMs !== undefined && (!Number.isSafeInteger(c.stopTimeoutMs) || c.stopTimeoutMs < 1 || c.stopTimeoutMs > MAX_TIMER_MS)) {
+    throw new ArgRangeError('--stop-timeout', `must be a duration from 1 ms to ${durationLimit(MAX_TIMER_MS)}, got ${String(c.stopTimeoutMs)} ms`);
   }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);

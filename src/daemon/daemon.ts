@@ -52,9 +52,11 @@ import { SNAPSHOT_OPS, SnapshotApi, parseSnapshotRequest, snapshotEvent, type Sn
 import { EbsApi, openEbsApi } from './ebs-api.js';
 import { hardenProcess, setIoFlusherAtStart, type StartSecrets } from './process-hardening.js';
 import { RequestAudit } from './request-audit.js';
+import { DEFAULT_STOP_TIMEOUT_MS, StopDeadline } from './stop-deadline.js';
 
 export { VERSION } from './config.js';
 import { VERSION } from './config.js';
+import { faultHang } from '../util/fault-point.js';
 /** The largest uid a mapping may name: uid_t is 32 bits and 2^32-1 is (uid_t)-1, "no uid". */
 export const MAX_UID = 2 ** 32 - 2;
 
@@ -138,6 +140,10 @@ export class Daemon {
   private waitingVolumes: { VolumeId: string; SizeBytes: number; KmsKeyId: string; Encrypted: boolean }[] = [];
   private xtsEngine: XtsEngine | undefined;
   private stopping: Promise<void> | undefined;
+  /** The step doStop is at, for the log of a stop that outlasts its deadline. */
+  private stopStep = 'not begun';
+  /** Armed by the first request to stop (runDaemon's signal, or stop()); see stop-deadline.ts. */
+  readonly deadline: StopDeadline;
   /** Operations (README "Running in production"): metrics when --metrics-listen, readiness when $NOTIFY_SOCKET. */
   private readonly metrics: DaemonMetrics | undefined;
   private readonly notify: SdNotify;
@@ -167,6 +173,7 @@ export class Daemon {
     this.paths = statePaths(cfg.stateDir);
     this.metrics = cfg.metricsListen !== undefined ? new DaemonMetrics() : undefined;
     this.notify = new SdNotify(log);
+    this.deadline = new StopDeadline(cfg.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, () => this.stopStep);
   }
 
   private fail!: (e: Error) => void; // declared before `failed`, whose initializer sets it
@@ -477,13 +484,17 @@ export class Daemon {
    * next start resumes them), unmount, close KMS, release the lock.
    */
   stop(): Promise<void> {
-    this.stopping ??= this.doStop();
+    // Bounded (stop-deadline.ts): a step that never ends (a peer that never answers, a handle
+    // nobody settles) rejects this with STOP_TIMEOUT, and the CLI exits non-zero.
+    this.deadline.arm('stop');
+    this.stopping ??= this.deadline.race(this.doStop());
     return this.stopping;
   }
 
   private async doStop(): Promise<void> {
     const { log } = this;
     const step = async (what: string, fn: () => Promise<unknown> | undefined): Promise<void> => {
+      this.stopStep = what;
       try { await fn(); } catch (err) { log.error({ err, step: what }, 'shutdown step failed'); }
     };
     if (this.ticker) clearInterval(this.ticker);
@@ -496,7 +507,10 @@ export class Daemon {
     await step('host resolver', () => this.hostResolver?.stop());
     await step('resume retry', () => this.resumeRetry?.stop());
     await step('ebs direct', async () => this.ebs?.close());
-    await step('drain FUSE', () => this.bfs?.drainAll());
+    await step('drain FUSE', async () => {
+      await faultHang('stop.drain');
+      await this.bfs?.drainAll();
+    });
     await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
     await step('snapshot copies', () => this.copier?.close()); // markers still waiting for the store stay for the next start
     this.snapshotStore?.close?.(); // after the manifests above are written
@@ -507,6 +521,7 @@ export class Daemon {
     this.remoteKms?.close();
     await step('lock', () => this.lock?.release());
     this.notify.stopWatchdog(); // pinged through the drain: a drain of many volumes may outlast the interval
+    this.stopStep = 'stopped';
     log.info('ebsd daemon stopped');
   }
 
@@ -1118,14 +1133,22 @@ export async function runDaemon(cfg: DaemonConfig, log: Logger): Promise<void> {
   let signalled: (sig: NodeJS.Signals) => void = () => {};
   const got = new Promise<NodeJS.Signals>((r) => (signalled = r));
   const onSig = (sig: NodeJS.Signals): void => {
-    log.info({ signal: sig }, 'shutting down');
+    // The stop is asked for and its deadline armed before anything that could throw: a log line
+    // to a closed pipe must not keep the daemon from stopping.
     signalled(sig);
+    d.deadline.arm(sig);
+    try {
+      log.info({ signal: sig }, 'shutting down');
+    } catch {
+      // nowhere to say it
+    }
   };
   process.on('SIGTERM', onSig);
   process.on('SIGINT', onSig);
   process.on('SIGHUP', onSig);
   try {
-    await d.start();
+    // A signal during the start is answered once it is done, within the same deadline.
+    await d.deadline.race(d.start());
     // Keep the event loop alive: fuse-native's handles are unref'd.
     const keepAlive = setInterval(() => {}, 1 << 30);
     const why = await Promise.race([got, d.failed]);
@@ -1133,6 +1156,7 @@ export async function runDaemon(cfg: DaemonConfig, log: Logger): Promise<void> {
     await d.stop();
     if (why instanceof Error) throw why; // main.ts logs it and exits non-zero
   } finally {
+    d.deadline.disarm();
     process.off('SIGTERM', onSig);
     process.off('SIGINT', onSig);
     process.off('SIGHUP', onSig);

@@ -57,6 +57,10 @@ declare module 'fuse-native' {
     mount(cb: (err: Error | null) => void): void;
     unmount(cb: (err: Error | null) => void): void;
     _fuseOptions(): string;
+    /** nanoresource's close step: `fusermount -uz`, then (only if that succeeded) the native release. */
+    _close(cb: (err: Error | null) => void): void;
+    /** The native fuse_thread_t of a mount (null before one). */
+    _thread: Buffer | null;
     static unmount(mnt: string, cb: (err: Error | null) => void): void;
     static EPERM: number; static ENOENT: number; static EIO: number; static EBADF: number;
     static EINVAL: number; static ENOSPC: number; static EACCES: number; static EISDIR: number;

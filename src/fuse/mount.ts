@@ -1,5 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import Fuse from 'fuse-native';
 import type { FuseOps, FuseOptions } from 'fuse-native';
@@ -9,6 +11,17 @@ import type { Logger } from '../util/logger.js';
 import { appendMountOptions, EXTRA_MOUNT_OPTIONS, fuseNativeOptions, MAX_IO } from './mount-options.js';
 
 const run = promisify(execFile);
+
+/**
+ * fuse-native's own addon: node-gyp-build requires the same file fuse-native loaded, so this is
+ * the module instance its mount made (require's cache), not a second copy.
+ */
+interface FuseNativeBinding { fuse_native_unmount(mnt: string, thread: Buffer): void }
+function fuseNativeBinding(): FuseNativeBinding {
+  const req = createRequire(import.meta.url);
+  const fuseNativeMain = req.resolve('fuse-native');
+  return (createRequire(fuseNativeMain)('node-gyp-build') as (dir: string) => FuseNativeBinding)(dirname(fuseNativeMain));
+}
 
 export { MAX_IO };
 
@@ -23,6 +36,27 @@ class BlockFuse extends Fuse {
 
   override _fuseOptions(): string {
     return appendMountOptions(super._fuseOptions(), this.extra);
+  }
+
+  /**
+   * fuse-native 2.2.6 releases its native handle (fuse_native_unmount: the uv_async its mount
+   * keeps referenced) only when its `fusermount -uz` succeeds. When the mount is already gone
+   * (unmounted from outside, its directory removed) fusermount fails, the handle stays, and the
+   * event loop never empties: the daemon logged "stopped" and never exited. Released here
+   * whatever fusermount answered: the process is done with this mount either way (FuseMount.unmount
+   * still tries a lazy umount when fusermount failed).
+   */
+  override _close(cb: (err: Error | null) => void): void {
+    super._close((err) => {
+      if (err && this._thread) {
+        try {
+          fuseNativeBinding().fuse_native_unmount(this.mnt, this._thread);
+        } catch (e) {
+          return cb(new AggregateError([err, e], `${err.message}; and the native handle could not be released`));
+        }
+      }
+      cb(err);
+    });
   }
 }
 
@@ -77,6 +111,11 @@ export class FuseMount {
       await new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())));
       this.log.info({ mount: this.mountDir }, 'FUSE unmounted');
     } catch (err) {
+      // Unmounted from outside (fusermount -uz, umount -l), its directory removed: nothing left to unmount.
+      if (!(await isMountPoint(this.mountDir))) {
+        this.log.warn({ mount: this.mountDir, err: (err as Error).message }, 'FUSE mount already gone (unmounted or removed from outside)');
+        return;
+      }
       this.log.warn({ mount: this.mountDir, err }, 'FUSE unmount failed; trying a lazy umount');
       await lazyUnmount(this.mountDir, this.log);
     }
@@ -101,6 +140,20 @@ export async function recoverStaleMount(dir: string, log: Logger): Promise<boole
   await lazyUnmount(dir, log);
   await fsp.stat(dir); // throws if still dead: better a clear failure than a second stale layer
   return true;
+}
+
+/**
+ * Whether `dir` is a mount point in this mount namespace: field 5 of a line of
+ * /proc/self/mountinfo (proc(5)), where a space, tab, newline or backslash is written as \ooo.
+ */
+export async function isMountPoint(dir: string): Promise<boolean> {
+  const want = resolve(dir);
+  const info = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return info.split('\n').some((line) => {
+    const at = line.split(' ')[4];
+    return at !== undefined && unescape(at) === want;
+  });
 }
 
 async function lazyUnmount(dir: string, log: Logger): Promise<void> {

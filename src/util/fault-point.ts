@@ -16,10 +16,25 @@
  *   snapshot.after-blocks   snapshot create: every block is durable, the manifest still says pending
  *   snapshot.after-completed-event  snapshot create: SnapshotCompleted is in the audit log, the manifest still says pending
  *   snapshot-store.after-pack-sync  directory store batch: the pack is durable, its index not yet written
+ *
+ * faultHang's points, where the step waits for ever instead:
+ *   stop.drain               daemon stop: the FUSE drain never ends (src/daemon/stop-deadline.ts bounds it)
  */
 export function faultPoint(name: string): void {
   const want = process.env.EBSD_TEST_FAULT;
   if (!want) return;
   if (!want.split(',').includes(name)) return;
   process.kill(process.pid, 'SIGKILL');
+}
+
+/**
+ * Test-only hang: when `EBSD_TEST_FAULT` names the point, a promise that never settles and a
+ * referenced timer holding the event loop, as a step awaiting a peer that never answers would;
+ * otherwise resolved at once.
+ */
+export function faultHang(name: string): Promise<void> {
+  const want = process.env.EBSD_TEST_FAULT;
+  if (!want || !want.split(',').includes(name)) return Promise.resolve();
+  setInterval(() => {}, 1 << 30);
+  return new Promise<void>(() => {});
 }

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { CLI, Env, ROOT, ensureBuilt, run } from '../e2e/helpers.js';
+import { DEFAULT_STOP_TIMEOUT_MS } from '../../src/daemon/stop-deadline.js';
 
 /**
  * systemd integration: the shipped units pass `systemd-analyze verify`, and
@@ -115,6 +116,13 @@ describe('systemd units', () => {
     } finally {
       rmSync(other, { recursive: true, force: true });
     }
+  });
+
+  it('TimeoutStopSec of ebsd.service outlasts the daemon\'s own stop bound (--stop-timeout, plus 2 s for a process held after it stopped)', () => {
+    const unit = readFileSync(join(ROOT, 'contrib', 'systemd', 'ebsd.service'), 'utf8');
+    const m = /^TimeoutStopSec=(\d+)s?$/m.exec(unit);
+    expect(m, 'TimeoutStopSec=<seconds> in ebsd.service').not.toBeNull();
+    expect(Number(m![1]) * 1000).toBeGreaterThan(DEFAULT_STOP_TIMEOUT_MS + 2_000);
   });
 
   it('systemd-analyze verify accepts every unit (templates as instances)', async () => {
