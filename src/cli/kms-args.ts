@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { KMS_MEMBERS } from './kms-members.js';
+import { KMS_MEMBERS, KMS_REQUIRED } from './kms-members.js';
 
 /**
  * AWS-CLI-style arguments for `ebsd kms <operation>`: kebab-case flags map to
@@ -66,6 +66,22 @@ export function wholeNumber(flag: string): (v: unknown) => number {
   };
 }
 
+/**
+ * A yargs `coerce` for a number of seconds that may have a fraction (`0.5`, `2`): decimal digits with
+ * an optional `.digits`, from `min` to `max`. yargs' `type: 'number'` made `abc` NaN, which reached
+ * `ebsd speed` as an internal error with a stack and `ebsd top` as "got NaN".
+ */
+export function decimalSeconds(flag: string, min: number, max: number): (v: unknown) => number {
+  return (v: unknown): number => {
+    const last = Array.isArray(v) ? v[v.length - 1] : v;
+    if (typeof last === 'number' && last >= min && last <= max) return last; // a default
+    const s = String(last);
+    const n = /^\d+(\.\d+)?$/.test(s) ? Number(s) : NaN;
+    if (!(n >= min && n <= max)) throw new UsageError(`${flag} must be a number of seconds from ${min} to ${max}, got "${s}"`);
+    return n;
+  };
+}
+
 export const kebabToPascal = (s: string): string => s.split('-').map((w) => (w ? w[0]!.toUpperCase() + w.slice(1) : '')).join('');
 export const pascalToKebab = (s: string): string => s.replace(/([a-z0-9])([A-Z])/g, '$1-$2').toLowerCase();
 
@@ -108,6 +124,15 @@ export function parseKmsArgs(tokens: string[], operation?: string): Record<strin
   }
   if (unknown.length) throw new UsageError(`Unknown options: ${unknown.join(', ')}`);
   return req;
+}
+
+/**
+ * Refuse a request that leaves out a member `operation` requires, naming the flags to add in the
+ * AWS CLI's words (`the following arguments are required: --key-id, --plaintext`), before it is sent.
+ */
+export function checkRequiredMembers(req: Record<string, unknown>, operation: string): void {
+  const missing = (KMS_REQUIRED[operation] ?? []).filter((m) => !Object.hasOwn(req, m));
+  if (missing.length) throw new UsageError(`the following arguments are required: ${missing.map((m) => `--${pascalToKebab(m)}`).join(', ')}`);
 }
 
 function convert(member: string, values: string[], negate: boolean): unknown {
