@@ -135,6 +135,17 @@ export function checkRequiredMembers(req: Record<string, unknown>, operation: st
   if (missing.length) throw new UsageError(`the following arguments are required: ${missing.map((m) => `--${pascalToKebab(m)}`).join(', ')}`);
 }
 
+/**
+ * `ebsd kms <operation> --help`: the flags that operation takes, its required ones marked, as the
+ * AWS CLI's `aws kms <operation> help` lists its parameters (the general help named none of them).
+ */
+export function kmsFlagsHelp(operation: string): string {
+  const required = new Set(KMS_REQUIRED[operation] ?? []);
+  const flags = (KMS_MEMBERS[operation] ?? []).map((m) => `--${pascalToKebab(m)}${required.has(m) ? ' (required)' : ''}`);
+  for (const f of CLI_ONLY[operation] ?? []) flags.push(`--${f}`);
+  return `${pascalToKebab(operation)} takes: ${flags.length ? flags.join(', ') : 'no flags'}`;
+}
+
 function convert(member: string, values: string[], negate: boolean): unknown {
   if (BOOLEANS.has(member)) {
     // As the AWS CLI: a boolean flag stands alone (`--dry-run`, `--no-dry-run`); an explicit

@@ -12,7 +12,7 @@ import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
-import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
+import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
 import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, printableCell, table, type OutputFormat } from './output.js';
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
@@ -193,7 +193,7 @@ function kmsCommand(y: Argv): Argv {
     'kms <operation> [args..]',
     'Call a KMS operation (AWS CLI style: ebsd kms encrypt --key-id alias/app --plaintext fileb://f)',
     (b) =>
-      b
+      kmsOperationEpilogue(b)
         .positional('operation', { type: 'string', describe: `one of: ${ops.join(', ')}` })
         .option('alias', { type: 'string', describe: 'create-key only: also create this alias for the new key' })
         .strict(false)
@@ -245,6 +245,15 @@ async function keyArnFilter(g: Globals, key: string): Promise<string> {
     if (e instanceof ServiceError) throw new ServiceError(e.awsName, `${e.message} (--kms-key ${key} is resolved to its key ARN with DescribeKey; give the ARN to filter without it)`, e.status);
     throw e;
   }
+}
+
+/** `ebsd kms encrypt --help`: the general help, then the flags encrypt takes (kmsFlagsHelp). */
+function kmsOperationEpilogue(b: Argv): Argv {
+  if (!process.argv.includes('--help')) return b;
+  const raw = hideBin(process.argv);
+  const op = raw.slice(raw.indexOf('kms') + 1).find((t) => !t.startsWith('-'));
+  const known = op === undefined ? undefined : KMS_OPERATIONS.find((o) => pascalToKebab(o) === op);
+  return known ? b.epilogue(kmsFlagsHelp(known)) : b;
 }
 
 /** AWS: `alias/` then letters, digits, `/ _ -`; 1-256 characters; `alias/aws/` is reserved (src/kms/ops/aliases.ts). */

@@ -264,6 +264,14 @@ describe('edge validation through the real daemon', () => {
     expect(rg.stderr).not.toMatch(/arguments are required/);
   });
 
+  it('ebsd kms <operation> --help lists the flags that operation takes, the required ones marked', async () => {
+    const enc = await env.cli(['kms', 'encrypt', '--help']);
+    expect(enc.code).toBe(0);
+    expect(enc.stdout.replace(/\s+/g, ' ')).toContain('encrypt takes: --key-id (required), --plaintext (required), --encryption-context, --grant-tokens, --encryption-algorithm, --dry-run');
+    expect((await env.cli(['kms', 'create-key', '--help'])).stdout.replace(/\s+/g, ' ')).toMatch(/create-key takes: --policy, --description, .*--alias/);
+    expect((await env.cli(['kms', '--help'])).stdout).not.toMatch(/ takes: /);
+  });
+
   it('a seconds option that is no number, or out of range, is a usage error quoting it (speed --seconds, top --interval)', async () => {
     const cases: [string[], string][] = [
       [['speed', '--seconds', 'abc'], '--seconds must be a number of seconds from 0.01 to 600, got "abc"'],
