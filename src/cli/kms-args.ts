@@ -51,6 +51,20 @@ export function refuseEmpty(a: Record<string, unknown>, ...options: string[]): v
 }
 
 /**
+ * `--tag Key=Value` (repeatable) of volume create, snapshot create and snapshot copy: the first `=`
+ * splits; `Key=` is an empty value, and a tag with no `=` is refused rather than taken as an empty
+ * value (snapshot copy refused it while the creates took `--tag team` as team="").
+ */
+export function tagArgs(values: readonly unknown[] | undefined): { Key: string; Value: string }[] {
+  return (values ?? []).map((t) => {
+    const s = String(t);
+    const eq = s.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--tag: expected Key=Value, got "${s}"`);
+    return { Key: s.slice(0, eq), Value: s.slice(eq + 1) };
+  });
+}
+
+/**
  * A yargs `coerce` for a whole-number option: decimal digits only, up to 2^53-1. yargs' own
  * `type: 'number'` turns `abc` into NaN (sent as null: "Invalid value 'null'") and takes `0x10` as 16.
  * Given twice, the last value counts (as every option: main.ts normalizeArgs).

@@ -12,7 +12,7 @@ import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
-import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
+import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, tagArgs, wholeNumber } from './kms-args.js';
 import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, printableCell, table, type OutputFormat } from './output.js';
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
@@ -308,10 +308,7 @@ function volumeCommands(y: Argv): Argv {
             refuseEmpty(a, 'kms-key', 'name', 'snapshot-id', 'size', 'client-token');
             if (a.cipher === 'none' && a.kmsKey !== undefined) throw new UsageError('--kms-key cannot be combined with --cipher none: a plaintext volume has no key');
             if (a.size === undefined && a.snapshotId === undefined) throw new UsageError('volume create needs --size or --snapshot-id');
-            const tags = (a.tag ?? []).map((t) => {
-              const [k, ...rest] = String(t).split('=');
-              return { Key: k!, Value: rest.join('=') };
-            });
+            const tags = tagArgs(a.tag);
             let res = await call(g, 'ebsd.CreateVolume', {
               ...(a.size !== undefined ? { Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size } : {}),
               ...(a.snapshotId !== undefined ? { SnapshotId: a.snapshotId } : {}),
@@ -383,6 +380,7 @@ function volumeCommands(y: Argv): Argv {
           (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
+            refuseEmpty(a, 'size');
             show(g, await call(g, 'ebsd.ModifyVolume', { VolumeId: a.volumeId, Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size, ...dryRunMember(a) }));
           },
         )
@@ -762,7 +760,7 @@ function reportError(e: unknown, argv: string[]): number {
   }
   if (e instanceof UsageError || (e as Error)?.name === 'YError') {
     const m = (e as Error).message;
-    const text = unknownOptions(m) ?? invalidChoices(m) ?? m.replace(/\s*\n\s*/g, ' ');
+    const text = unknownOptions(m) ?? invalidChoices(m) ?? missingOptions(m) ?? m.replace(/\s*\n\s*/g, ' ');
     // A message that already says which help to read (`ebsd kms --help`, a usage line) needs no second pointer.
     write(/--help|\(usage: /.test(text) ? text : `${text} (see ebsd --help)`);
     return EXIT.USAGE;
@@ -819,6 +817,13 @@ function invalidChoices(message: string): string | undefined {
   const args = [...message.matchAll(/Argument: ([^,]+), Given: (.*?), Choices: (.*)$/gm)];
   if (!args.length) return undefined;
   return args.map(([, name, given, choices]) => `--${name}: invalid choice ${given} (choose from ${choices!.trim()})`).join('; ');
+}
+
+/** yargs' "Missing required arguments: policy-name, policy-document" in the AWS CLI's words: "the following arguments are required: --policy-name, --policy-document". */
+function missingOptions(message: string): string | undefined {
+  const m = /^Missing required arguments?: (.*)$/.exec(message);
+  if (!m) return undefined;
+  return `the following arguments are required: ${m[1]!.split(', ').map((o) => (o.length === 1 ? `-${o}` : `--${o}`)).join(', ')}`;
 }
 
 /** yargs' "Unknown arguments: bogus, kye-id" in the AWS CLI's words: "Unknown options: --bogus, --kye-id". */

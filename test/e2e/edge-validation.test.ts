@@ -248,6 +248,17 @@ describe('edge validation through the real daemon', () => {
       [['attach'], 'attach: the following arguments are required: <volume-id> (usage: ebsd attach <volume-id>)'],
       [['volume', 'delete'], 'volume delete: the following arguments are required: <volume-id> (usage: ebsd volume delete <volume-id>)'],
       [['iam', 'map-uid', '5'], 'iam map-uid: the following arguments are required: <principal> (usage: ebsd iam map-uid <uid> <principal>)'],
+      // yargs' "Missing required arguments: policy-name, policy-document", with the flags' dashes.
+      [['iam', 'put-policy', 'user/x'], 'the following arguments are required: --policy-name, --policy-document (see ebsd --help)'],
+      [['ebs', 'list-snapshot-blocks'], 'the following arguments are required: --snapshot-id (see ebsd --help)'],
+      [['volume', 'modify', 'vol-0123456789abcdef0'], 'the following arguments are required: --size (see ebsd --help)'],
+      // An empty value is refused as volume create's is, not sent (InvalidParameterValue naming the wire member).
+      [['volume', 'modify', 'vol-0123456789abcdef0', '--size='], '--size: empty value (see ebsd --help)'],
+      [['snapshot', 'copy', 'snap-0123456789abcdef0', '--kms-key-id='], '--kms-key-id: empty value (see ebsd --help)'],
+      // --tag is Key=Value for the creates as for copy (volume create took `--tag team` as team="").
+      [['volume', 'create', '--size', '4MiB', '--tag', 'team'], '--tag: expected Key=Value, got "team" (see ebsd --help)'],
+      [['snapshot', 'create', 'vol-0123456789abcdef0', '--tag', '=v'], '--tag: expected Key=Value, got "=v" (see ebsd --help)'],
+      [['snapshot', 'copy', 'snap-0123456789abcdef0', '--tag', 'x'], '--tag: expected Key=Value, got "x" (see ebsd --help)'],
       // One pointer to help, the one that lists operations.
       [['kms', 'bogus-op'], 'unknown KMS operation "bogus-op" (see `ebsd kms --help`)'],
     ];
