@@ -369,7 +369,7 @@ function volumeCommands(y: Argv): Argv {
             show(g, res, () => table(res.Volumes as R[], [...volumeColumns, ['ATTACHED AS', (r) => (r.Attachments as R[])[0]?.Device]]));
           },
         )
-        .command('describe <volume-ids..>', 'Describe volumes', (b) => b.positional('volume-ids', { type: 'string', array: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
+        .command('describe <volume-ids..>', 'Describe volumes (EC2 DescribeVolumes)', (b) => b.positional('volume-ids', { type: 'string', array: true, describe: 'one or more vol-… ids' }).option('dry-run', DRY_RUN_OPTION), async (a) => {
           const g = a as unknown as Globals;
           const res = await call(g, 'ebsd.DescribeVolumes', { VolumeIds: a.volumeIds, ...dryRunMember(a) });
           show(g, res);
@@ -377,7 +377,7 @@ function volumeCommands(y: Argv): Argv {
         .command(
           'modify <volume-id>',
           'Grow a volume (EC2 ModifyVolume; grow only)',
-          (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION),
+          (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true, describe: 'the new size, larger than the current one: bytes or 16GiB, 1TiB (multiple of 4 KiB)' }).option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
             refuseEmpty(a, 'size');
@@ -480,7 +480,7 @@ function auditCommands(y: Argv): Argv {
       .command(
         'tail',
         'Show the last audit events',
-        (b) => b.option('n', { alias: 'limit', type: 'string', coerce: wholeNumber('-n'), default: '20' }),
+        (b) => b.option('n', { alias: 'limit', type: 'string', coerce: wholeNumber('-n'), default: '20', describe: 'how many of the latest events (1 to 10000)' }),
         async (a) => {
           const g = a as unknown as Globals;
           if (!Number.isInteger(a.n) || a.n < 1 || a.n > 10_000) throw new UsageError(`-n must be an integer from 1 to 10000, got ${String(a.n)}`);

@@ -281,6 +281,9 @@ describe('edge validation through the real daemon', () => {
     expect(enc.stdout.replace(/\s+/g, ' ')).toContain('encrypt takes: --key-id (required), --plaintext (required), --encryption-context, --grant-tokens, --encryption-algorithm, --dry-run');
     expect((await env.cli(['kms', 'create-key', '--help'])).stdout.replace(/\s+/g, ' ')).toMatch(/create-key takes: --policy, --description, .*--alias/);
     expect((await env.cli(['kms', '--help'])).stdout).not.toMatch(/ takes: /);
+    // Options that had no description at all.
+    expect((await env.cli(['volume', 'modify', '--help'])).stdout).toMatch(/--size\s+the new size, larger than the current one/);
+    expect((await env.cli(['audit', 'tail', '--help'])).stdout).toMatch(/-n, --limit\s+how many of the latest events/);
   });
 
   it('a seconds option that is no number, or out of range, is a usage error quoting it (speed --seconds, top --interval)', async () => {
