@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync, readFileSync, realpathSync, renameSync, statSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { ServiceError } from './client.js';
@@ -25,6 +25,7 @@ export interface InstallUnitsResult {
 export function installUnits(opts: { dir: string; bin?: string; reload: boolean }): InstallUnitsResult {
   const bin = opts.bin ?? UNITS_BIN;
   if (!bin.startsWith('/')) throw new UsageError(`--bin must be an absolute path (systemd runs ExecStart= without a PATH search), got "${bin}"`);
+  checkExecutable(bin);
   if (!existsSync(opts.dir)) throw new UsageError(`--dir ${opts.dir} does not exist`);
   const names = readdirSync(UNITS_SOURCE).filter((n) => n.endsWith('.service')).sort();
   for (const name of names) {
@@ -46,6 +47,27 @@ export function installUnits(opts: { dir: string; bin?: string; reload: boolean 
     }
   }
   return { Directory: opts.dir, Installed: names, DaemonReload: reload };
+}
+
+/**
+ * The units run `bin` as ExecStart=: one that is missing (no /usr/local/bin/ebsd link: ebsd built
+ * without scripts/setup.sh, or the link left dangling) or not executable would install fine and fail
+ * only at `systemctl start` (status=203/EXEC), so it is refused here, naming the path and the one
+ * this command runs from.
+ */
+function checkExecutable(bin: string): void {
+  let why: string | undefined;
+  try {
+    if (!statSync(bin).isFile()) why = 'is not a file';
+    else accessSync(bin, constants.X_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    why = code === 'ENOENT' ? 'does not exist (or is a dangling link)' : code === 'EACCES' ? 'is not executable' : `cannot be run (${code ?? (e as Error).message})`;
+  }
+  if (why === undefined) return;
+  let self = process.argv[1] ?? '';
+  try { self = realpathSync(self); } catch { /* shown as given */ }
+  throw new UsageError(`--bin ${bin} ${why}: the units would fail to start (203/EXEC). Give --bin the ebsd executable (this command runs ${self}; scripts/setup.sh makes it executable and links it to ${UNITS_BIN})`);
 }
 
 /** `ebsd install-units [--dir D] [--bin PATH] [--no-reload]` (local, no daemon). */

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { KMS_MEMBERS } from './kms-members.js';
+import { KMS_MEMBERS, KMS_REQUIRED } from './kms-members.js';
 
 /**
  * AWS-CLI-style arguments for `ebsd kms <operation>`: kebab-case flags map to
@@ -51,6 +51,20 @@ export function refuseEmpty(a: Record<string, unknown>, ...options: string[]): v
 }
 
 /**
+ * `--tag Key=Value` (repeatable) of volume create, snapshot create and snapshot copy: the first `=`
+ * splits; `Key=` is an empty value, and a tag with no `=` is refused rather than taken as an empty
+ * value (snapshot copy refused it while the creates took `--tag team` as team="").
+ */
+export function tagArgs(values: readonly unknown[] | undefined): { Key: string; Value: string }[] {
+  return (values ?? []).map((t) => {
+    const s = String(t);
+    const eq = s.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--tag: expected Key=Value, got "${s}"`);
+    return { Key: s.slice(0, eq), Value: s.slice(eq + 1) };
+  });
+}
+
+/**
  * A yargs `coerce` for a whole-number option: decimal digits only, up to 2^53-1. yargs' own
  * `type: 'number'` turns `abc` into NaN (sent as null: "Invalid value 'null'") and takes `0x10` as 16.
  * Given twice, the last value counts (as every option: main.ts normalizeArgs).
@@ -62,6 +76,22 @@ export function wholeNumber(flag: string): (v: unknown) => number {
     const s = String(last);
     const n = /^\d+$/.test(s) ? Number(s) : NaN;
     if (!Number.isSafeInteger(n)) throw new UsageError(`${flag} must be a whole number (decimal digits), got "${s}"`);
+    return n;
+  };
+}
+
+/**
+ * A yargs `coerce` for a number of seconds that may have a fraction (`0.5`, `2`): decimal digits with
+ * an optional `.digits`, from `min` to `max`. yargs' `type: 'number'` made `abc` NaN, which reached
+ * `ebsd speed` as an internal error with a stack and `ebsd top` as "got NaN".
+ */
+export function decimalSeconds(flag: string, min: number, max: number): (v: unknown) => number {
+  return (v: unknown): number => {
+    const last = Array.isArray(v) ? v[v.length - 1] : v;
+    if (typeof last === 'number' && last >= min && last <= max) return last; // a default
+    const s = String(last);
+    const n = /^\d+(\.\d+)?$/.test(s) ? Number(s) : NaN;
+    if (!(n >= min && n <= max)) throw new UsageError(`${flag} must be a number of seconds from ${min} to ${max}, got "${s}"`);
     return n;
   };
 }
@@ -108,6 +138,26 @@ export function parseKmsArgs(tokens: string[], operation?: string): Record<strin
   }
   if (unknown.length) throw new UsageError(`Unknown options: ${unknown.join(', ')}`);
   return req;
+}
+
+/**
+ * Refuse a request that leaves out a member `operation` requires, naming the flags to add in the
+ * AWS CLI's words (`the following arguments are required: --key-id, --plaintext`), before it is sent.
+ */
+export function checkRequiredMembers(req: Record<string, unknown>, operation: string): void {
+  const missing = (KMS_REQUIRED[operation] ?? []).filter((m) => !Object.hasOwn(req, m));
+  if (missing.length) throw new UsageError(`the following arguments are required: ${missing.map((m) => `--${pascalToKebab(m)}`).join(', ')}`);
+}
+
+/**
+ * `ebsd kms <operation> --help`: the flags that operation takes, its required ones marked, as the
+ * AWS CLI's `aws kms <operation> help` lists its parameters (the general help named none of them).
+ */
+export function kmsFlagsHelp(operation: string): string {
+  const required = new Set(KMS_REQUIRED[operation] ?? []);
+  const flags = (KMS_MEMBERS[operation] ?? []).map((m) => `--${pascalToKebab(m)}${required.has(m) ? ' (required)' : ''}`);
+  for (const f of CLI_ONLY[operation] ?? []) flags.push(`--${f}`);
+  return `${pascalToKebab(operation)} takes: ${flags.length ? flags.join(', ') : 'no flags'}`;
 }
 
 function convert(member: string, values: string[], negate: boolean): unknown {

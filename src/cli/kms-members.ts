@@ -53,3 +53,50 @@ export const KMS_MEMBERS: Readonly<Record<string, readonly string[]>> = {
   RetireGrant: ['GrantToken', 'KeyId', 'GrantId', 'DryRun'],
   RevokeGrant: ['KeyId', 'GrantId', 'DryRun'],
 };
+
+/**
+ * The members each operation requires ("Required: Yes" in its AWS KMS API Reference page). The AWS CLI
+ * refuses a command without them before sending anything ("the following arguments are required:
+ * --key-id"); so does `ebsd kms`, where the service's answer ("Value at 'keyId' failed to satisfy
+ * constraint: Member must not be null", exit 7) named the wire member, not the flag to add.
+ * PolicyName of PutKeyPolicy and GetKeyPolicy is optional (it defaults to `default`); RetireGrant
+ * needs GrantToken or KeyId with GrantId, which the service checks.
+ */
+export const KMS_REQUIRED: Readonly<Record<string, readonly string[]>> = {
+  DescribeKey: ['KeyId'],
+  UpdateKeyDescription: ['KeyId', 'Description'],
+  EnableKey: ['KeyId'],
+  DisableKey: ['KeyId'],
+  ScheduleKeyDeletion: ['KeyId'],
+  CancelKeyDeletion: ['KeyId'],
+  EnableKeyRotation: ['KeyId'],
+  DisableKeyRotation: ['KeyId'],
+  GetKeyRotationStatus: ['KeyId'],
+  RotateKeyOnDemand: ['KeyId'],
+  ListKeyRotations: ['KeyId'],
+  CreateAlias: ['AliasName', 'TargetKeyId'],
+  UpdateAlias: ['AliasName', 'TargetKeyId'],
+  DeleteAlias: ['AliasName'],
+  Encrypt: ['KeyId', 'Plaintext'],
+  Decrypt: ['CiphertextBlob'],
+  ReEncrypt: ['CiphertextBlob', 'DestinationKeyId'],
+  GenerateDataKey: ['KeyId'],
+  GenerateDataKeyWithoutPlaintext: ['KeyId'],
+  GenerateDataKeyPair: ['KeyId', 'KeyPairSpec'],
+  GenerateDataKeyPairWithoutPlaintext: ['KeyId', 'KeyPairSpec'],
+  Sign: ['KeyId', 'Message', 'SigningAlgorithm'],
+  Verify: ['KeyId', 'Message', 'Signature', 'SigningAlgorithm'],
+  GetPublicKey: ['KeyId'],
+  GenerateMac: ['Message', 'KeyId', 'MacAlgorithm'],
+  VerifyMac: ['Message', 'KeyId', 'MacAlgorithm', 'Mac'],
+  TagResource: ['KeyId', 'Tags'],
+  UntagResource: ['KeyId', 'TagKeys'],
+  ListResourceTags: ['KeyId'],
+  PutKeyPolicy: ['KeyId', 'Policy'],
+  GetKeyPolicy: ['KeyId'],
+  ListKeyPolicies: ['KeyId'],
+  CreateGrant: ['KeyId', 'GranteePrincipal', 'Operations'],
+  ListGrants: ['KeyId'],
+  ListRetirableGrants: ['RetiringPrincipal'],
+  RevokeGrant: ['KeyId', 'GrantId'],
+};

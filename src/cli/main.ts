@@ -12,7 +12,7 @@ import { hideBin } from 'yargs/helpers';
 import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
-import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, dryRunMember, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, wholeNumber } from './kms-args.js';
+import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, tagArgs, wholeNumber } from './kms-args.js';
 import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, printableCell, table, type OutputFormat } from './output.js';
 import { completionCommand } from './completion.js';
 import { installUnitsCommand } from './install-units.js';
@@ -226,7 +226,7 @@ function kmsCommand(y: Argv): Argv {
     'kms <operation> [args..]',
     'Call a KMS operation (AWS CLI style: ebsd kms encrypt --key-id alias/app --plaintext fileb://f)',
     (b) =>
-      b
+      kmsOperationEpilogue(b)
         .positional('operation', { type: 'string', describe: `one of: ${ops.join(', ')}` })
         .option('alias', { type: 'string', describe: 'create-key only: also create this alias for the new key' })
         .strict(false)
@@ -242,6 +242,7 @@ function kmsCommand(y: Argv): Argv {
       const raw = hideBin(process.argv);
       const at = raw.indexOf(String(a.operation), raw.indexOf('kms') + 1);
       const req = parseKmsArgs(raw.slice(at + 1), op);
+      checkRequiredMembers(req, op);
       const alias = op === 'CreateKey' && a.alias !== undefined ? await aliasForNewKey(g, a.alias) : undefined;
       const res = await call(g, `TrentService.${op}`, req);
       if (alias !== undefined) {
@@ -260,6 +261,32 @@ function kmsCommand(y: Argv): Argv {
       show(g, res);
     },
   );
+}
+
+/**
+ * `volume ls --kms-key`: volumes show their key as an ARN, and the filter matches that, so the
+ * `alias/app` or key id `volume create --kms-key` takes matched nothing, silently. A value that is no
+ * ARN and no wildcard pattern is resolved to its key's ARN first (DescribeKey as the caller): an alias
+ * that does not exist is refused (NotFoundException) instead of listing nothing.
+ */
+async function keyArnFilter(g: Globals, key: string): Promise<string> {
+  if (key.startsWith('arn:') || /[*?]/.test(key)) return key;
+  try {
+    const res = await call(g, 'TrentService.DescribeKey', { KeyId: key });
+    return String((res.KeyMetadata as R).Arn);
+  } catch (e) {
+    if (e instanceof ServiceError) throw new ServiceError(e.awsName, `${e.message} (--kms-key ${key} is resolved to its key ARN with DescribeKey; give the ARN to filter without it)`, e.status);
+    throw e;
+  }
+}
+
+/** `ebsd kms encrypt --help`: the general help, then the flags encrypt takes (kmsFlagsHelp). */
+function kmsOperationEpilogue(b: Argv): Argv {
+  if (!process.argv.includes('--help')) return b;
+  const raw = hideBin(process.argv);
+  const op = raw.slice(raw.indexOf('kms') + 1).find((t) => !t.startsWith('-'));
+  const known = op === undefined ? undefined : KMS_OPERATIONS.find((o) => pascalToKebab(o) === op);
+  return known ? b.epilogue(kmsFlagsHelp(known)) : b;
 }
 
 /** AWS: `alias/` then letters, digits, `/ _ -`; 1-256 characters; `alias/aws/` is reserved (src/kms/ops/aliases.ts). */
@@ -314,10 +341,7 @@ function volumeCommands(y: Argv): Argv {
             refuseEmpty(a, 'kms-key', 'name', 'snapshot-id', 'size', 'client-token');
             if (a.cipher === 'none' && a.kmsKey !== undefined) throw new UsageError('--kms-key cannot be combined with --cipher none: a plaintext volume has no key');
             if (a.size === undefined && a.snapshotId === undefined) throw new UsageError('volume create needs --size or --snapshot-id');
-            const tags = (a.tag ?? []).map((t) => {
-              const [k, ...rest] = String(t).split('=');
-              return { Key: k!, Value: rest.join('=') };
-            });
+            const tags = tagArgs(a.tag);
             let res = await call(g, 'ebsd.CreateVolume', {
               ...(a.size !== undefined ? { Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size } : {}),
               ...(a.snapshotId !== undefined ? { SnapshotId: a.snapshotId } : {}),
@@ -365,7 +389,7 @@ function volumeCommands(y: Argv): Argv {
             b
               .option('state', { type: 'string', describe: 'filter: available | in-use | creating | deleting | error' })
               .option('name', { type: 'string', describe: 'filter: Name tag' })
-              .option('kms-key', { type: 'string', describe: 'filter: key ARN' })
+              .option('kms-key', { type: 'string', describe: 'filter: key ARN (wildcards * ?), or a key id or alias, resolved to its ARN with DescribeKey' })
               .option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
@@ -373,12 +397,12 @@ function volumeCommands(y: Argv): Argv {
             const Filters: R[] = [];
             if (a.state !== undefined) Filters.push({ Name: 'status', Values: [a.state] });
             if (a.name !== undefined) Filters.push({ Name: 'tag:Name', Values: [a.name] });
-            if (a.kmsKey !== undefined) Filters.push({ Name: 'kms-key-id', Values: [a.kmsKey] });
+            if (a.kmsKey !== undefined) Filters.push({ Name: 'kms-key-id', Values: [await keyArnFilter(g, a.kmsKey)] });
             const res = await call(g, 'ebsd.DescribeVolumes', { ...(Filters.length ? { Filters } : {}), ...dryRunMember(a) });
             show(g, res, () => table(res.Volumes as R[], [...volumeColumns, ['ATTACHED AS', (r) => (r.Attachments as R[])[0]?.Device]]));
           },
         )
-        .command('describe <volume-ids..>', 'Describe volumes', (b) => b.positional('volume-ids', { type: 'string', array: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
+        .command('describe <volume-ids..>', 'Describe volumes (EC2 DescribeVolumes)', (b) => b.positional('volume-ids', { type: 'string', array: true, describe: 'one or more vol-… ids' }).option('dry-run', DRY_RUN_OPTION), async (a) => {
           const g = a as unknown as Globals;
           const res = await call(g, 'ebsd.DescribeVolumes', { VolumeIds: a.volumeIds, ...dryRunMember(a) });
           show(g, res);
@@ -386,9 +410,10 @@ function volumeCommands(y: Argv): Argv {
         .command(
           'modify <volume-id>',
           'Grow a volume (EC2 ModifyVolume; grow only)',
-          (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION),
+          (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true, describe: 'the new size, larger than the current one: bytes or 16GiB, 1TiB (multiple of 4 KiB)' }).option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
+            refuseEmpty(a, 'size');
             show(g, await call(g, 'ebsd.ModifyVolume', { VolumeId: a.volumeId, Size: /^\d+$/.test(a.size) ? Number(a.size) : a.size, ...dryRunMember(a) }));
           },
         )
@@ -488,7 +513,7 @@ function auditCommands(y: Argv): Argv {
       .command(
         'tail',
         'Show the last audit events',
-        (b) => b.option('n', { alias: 'limit', type: 'string', coerce: wholeNumber('-n'), default: '20' }),
+        (b) => b.option('n', { alias: 'limit', type: 'string', coerce: wholeNumber('-n'), default: '20', describe: 'how many of the latest events (1 to 10000)' }),
         async (a) => {
           const g = a as unknown as Globals;
           if (!Number.isInteger(a.n) || a.n < 1 || a.n > 10_000) throw new UsageError(`-n must be an integer from 1 to 10000, got ${String(a.n)}`);
@@ -617,10 +642,10 @@ function speedCommand(y: Argv): Argv {
   return y.command(
     'speed',
     'Self-test and measure the XTS engines (local, no daemon)',
-    (b) => b.option('json', { type: 'boolean', default: false }).option('seconds', { type: 'number', default: 0.5, describe: 'per measurement' }),
+    (b) => b.option('json', { type: 'boolean', default: false }).option('seconds', { type: 'string', default: 0.5, coerce: decimalSeconds('--seconds', 0.01, 600), describe: 'per measurement (0.01 to 600)' }),
     async (a) => {
       const { runSpeed } = await import('../crypto/speed.js');
-      const report = await runSpeed({ seconds: a.seconds });
+      const report = await runSpeed({ seconds: Number(a.seconds) });
       if (a.json || a.output === 'json') {
         process.stdout.write(JSON.stringify(report, null, 4) + '\n');
         return;
@@ -706,8 +731,8 @@ export async function main(argv: string[]): Promise<number> {
     .recommendCommands()
     .wrap(Math.min(120, process.stdout.columns || 100))
     // yargs' own refusals (unknown option, missing argument, bad choice) are usage errors, exit 2.
-    .fail((msg, err) => {
-      throw err ?? new UsageError(msg);
+    .fail((msg, err, usage) => {
+      throw err ?? new UsageError(missingPositionals(msg, usage) ?? msg);
     });
   y = daemonCommand(y);
   y = kmsCommand(y);
@@ -768,7 +793,9 @@ function reportError(e: unknown, argv: string[]): number {
   }
   if (e instanceof UsageError || (e as Error)?.name === 'YError') {
     const m = (e as Error).message;
-    write(`${unknownOptions(m) ?? invalidChoices(m) ?? m.replace(/\s*\n\s*/g, ' ')} (see ebsd --help)`);
+    const text = unknownOptions(m) ?? invalidChoices(m) ?? missingOptions(m) ?? m.replace(/\s*\n\s*/g, ' ');
+    // A message that already says which help to read (`ebsd kms --help`, a usage line) needs no second pointer.
+    write(/--help|\(usage: /.test(text) ? text : `${text} (see ebsd --help)`);
     return EXIT.USAGE;
   }
   const err = e as { code?: string; message?: string };
@@ -782,6 +809,26 @@ function reportError(e: unknown, argv: string[]): number {
   }
   write(`internal error: ${(e as Error)?.stack ?? String(e)}`);
   return EXIT.INTERNAL;
+}
+
+/**
+ * yargs' "Not enough non-option arguments: got 0, need at least 1" names neither the argument nor the
+ * command. From the failing command's usage line (`$0 iam map-uid <uid> <principal>`, which yargs hands
+ * `.fail` as its third argument) and the count it got: `iam map-uid: the following arguments are
+ * required: <principal> (usage: ebsd iam map-uid <uid> <principal>)`, as the AWS CLI names what is missing.
+ * Guarded: a yargs whose third argument has no getUsage keeps its own message.
+ */
+function missingPositionals(message: string, usage: unknown): string | undefined {
+  const m = /^Not enough non-option arguments: got (\d+), need at least \d+$/.exec(message);
+  const getUsage = (usage as { getUsage?: () => unknown } | undefined)?.getUsage;
+  if (!m || typeof getUsage !== 'function') return undefined;
+  const line = (getUsage.call(usage) as unknown[][] | undefined)?.[0]?.[0];
+  if (typeof line !== 'string') return undefined;
+  const words = line.replace(/^\$0/, 'ebsd').split(' ');
+  const command = words.slice(1).filter((w) => !/^[<[]/.test(w)).join(' ');
+  const missing = words.filter((w) => w.startsWith('<')).slice(Number(m[1]));
+  if (!missing.length) return undefined;
+  return `${command}: the following arguments are required: ${missing.join(', ')} (usage: ${words.join(' ')})`;
 }
 
 /** The last --state-dir of the command line, `--state-dir X` or `--state-dir=X`. */
@@ -803,6 +850,13 @@ function invalidChoices(message: string): string | undefined {
   const args = [...message.matchAll(/Argument: ([^,]+), Given: (.*?), Choices: (.*)$/gm)];
   if (!args.length) return undefined;
   return args.map(([, name, given, choices]) => `--${name}: invalid choice ${given} (choose from ${choices!.trim()})`).join('; ');
+}
+
+/** yargs' "Missing required arguments: policy-name, policy-document" in the AWS CLI's words: "the following arguments are required: --policy-name, --policy-document". */
+function missingOptions(message: string): string | undefined {
+  const m = /^Missing required arguments?: (.*)$/.exec(message);
+  if (!m) return undefined;
+  return `the following arguments are required: ${m[1]!.split(', ').map((o) => (o.length === 1 ? `-${o}` : `--${o}`)).join(', ')}`;
 }
 
 /** yargs' "Unknown arguments: bogus, kye-id" in the AWS CLI's words: "Unknown options: --bogus, --kye-id". */

@@ -74,6 +74,10 @@ function printableLayout(s: string): string {
 }
 
 export function print(v: unknown, fmt: OutputFormat, table?: () => string): void {
+  // An empty response (CreateAlias, EnableKey, DeleteVolume, ...) prints nothing, in every format, as the
+  // AWS CLI does ("This command produces no output"); `{}` and `(empty)` told a script nothing either.
+  // A command that draws its own table for people still draws it.
+  if (isEmptyObject(v) && !(fmt === 'table' && table)) return;
   if (fmt === 'json') {
     // null, not {}, for a --query that names nothing (as the AWS CLI prints it).
     process.stdout.write(JSON.stringify(v === undefined ? null : v, null, 4) + '\n');
@@ -85,6 +89,10 @@ export function print(v: unknown, fmt: OutputFormat, table?: () => string): void
     // table() and kv() escape their cells; a command's own table callback may add lines of its own.
     process.stdout.write(printableLayout(table ? table() : kv(v)) + '\n');
   }
+}
+
+function isEmptyObject(v: unknown): boolean {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 0;
 }
 
 function toText(v: unknown, printable: boolean): string {

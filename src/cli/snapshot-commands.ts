@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { callDaemon, socketPathFor } from './client.js';
 import { EXIT } from './exit-codes.js';
-import { DRY_RUN_OPTION, UsageError, dryRunMember, refuseEmpty, wholeNumber } from './kms-args.js';
+import { DRY_RUN_OPTION, UsageError, dryRunMember, refuseEmpty, tagArgs, wholeNumber } from './kms-args.js';
 import { snapshotCopyCommand } from './snapshot-copy-command.js';
 import { applyQuery, defaultFormat, print, printableCell, table, type OutputFormat } from './output.js';
 
@@ -147,10 +147,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
         async (a) => {
           const g = a as unknown as Globals;
           const specs = a.tagSpecifications ? parseTagSpecifications(a.tagSpecifications) : [];
-          const tags = (a.tag ?? []).map((t) => {
-            const [k, ...rest] = String(t).split('=');
-            return { Key: k!, Value: rest.join('=') };
-          });
+          const tags = tagArgs(a.tag);
           if (tags.length) specs.push({ ResourceType: 'snapshot', Tags: tags });
           let res = await call(g, 'ebsd.CreateSnapshot', {
             VolumeId: a.volumeId,

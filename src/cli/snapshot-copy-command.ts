@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { callDaemon, socketPathFor } from './client.js';
-import { DRY_RUN_OPTION, UsageError, dryRunMember } from './kms-args.js';
+import { DRY_RUN_OPTION, dryRunMember, refuseEmpty, tagArgs } from './kms-args.js';
 import { applyQuery, defaultFormat, print, type OutputFormat } from './output.js';
 import { waitWithProgress } from './wait-progress.js';
 
@@ -33,11 +33,8 @@ export const snapshotCopyCommand: CommandModule<object, any> = {
   handler: async (a) => {
     const g = a as unknown as Globals;
     const call = (target: string, body: R = {}): Promise<R> => callDaemon(socketPathFor(g.stateDir), target, body);
-    const tags = ((a.tag as string[] | undefined) ?? []).map((t) => {
-      const eq = String(t).indexOf('=');
-      if (eq <= 0) throw new UsageError(`--tag: expected Key=Value, got "${t}"`);
-      return { Key: String(t).slice(0, eq), Value: String(t).slice(eq + 1) };
-    });
+    refuseEmpty(a, 'kms-key-id', 'source-region');
+    const tags = tagArgs(a.tag as string[] | undefined);
     const region = (a.sourceRegion as string | undefined) ?? (((await call('ebsd.Status')).Daemon as R).Region as string);
     let res = await call('ebsd.CopySnapshot', {
       SourceSnapshotId: a.snapshotId,

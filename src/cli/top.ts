@@ -1,6 +1,6 @@
 import type { Argv } from 'yargs';
 import { callDaemon, DaemonUnreachableError, socketPathFor } from './client.js';
-import { UsageError } from './kms-args.js';
+import { decimalSeconds } from './kms-args.js';
 import { applyQuery, printableCell } from './output.js';
 
 /**
@@ -213,12 +213,11 @@ export function topCommand(y: Argv): Argv {
     'Live view of attached volumes: IOPS, MB/s, p99 latency, handles, key cache (q to quit); --output json: one JSON line per refresh',
     (b) =>
       b
-        .option('interval', { type: 'number', default: 1, describe: 'seconds between refreshes' })
+        .option('interval', { type: 'string', default: 1, coerce: decimalSeconds('--interval', 0.2, 3600), describe: 'seconds between refreshes (0.2 to 3600)' })
         .option('once', { type: 'boolean', default: false, describe: 'print one screen (two scrapes one interval apart) and exit' }),
     async (a) => {
       const stateDir = String(a.stateDir);
       const interval = Number(a.interval);
-      if (!Number.isFinite(interval) || interval < 0.2 || interval > 3600) throw new UsageError(`--interval must be between 0.2 and 3600 seconds, got ${a.interval}`);
       const socket = socketPathFor(stateDir);
       const out = process.stdout;
       // --output json, as every command takes it: no screen, one compact JSON document per

@@ -56,8 +56,16 @@ export async function prepareStateDir(p: StatePaths): Promise<{ created: boolean
     await fsp.mkdir(p.root, { mode: 0o711 });
     created = true;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EEXIST') {
+      const why = code === 'ENOENT' ? 'its parent directory does not exist' : code === 'ENOTDIR' ? 'a path component is not a directory' : code === 'EACCES' ? 'permission denied' : String(code ?? (e as Error).message);
+      throw new EbsdError('STATE_DIR_UNUSABLE', `cannot create the state dir ${p.root} (--state-dir, EBSD_STATE_DIR): ${why}`, { cause: e });
+    }
   }
+  // Before the chmod below: a --state-dir naming a file (a typo, ~/.bashrc) must not have its mode
+  // changed to 0711 on the way to failing. A symlink to a directory is a directory here.
+  const st = await fsp.stat(p.root);
+  if (!st.isDirectory()) throw new EbsdError('STATE_DIR_UNUSABLE', `the state dir ${p.root} (--state-dir, EBSD_STATE_DIR) is not a directory; nothing was changed`);
   // mkdir's mode is filtered by the umask; chmod states the mode exactly.
   await fsp.chmod(p.root, 0o711);
   for (const d of [p.kms, p.volumes]) {

@@ -86,7 +86,11 @@ export class FuseMount {
   async mount(): Promise<void> {
     if (this.fuse) return;
     await recoverStaleMount(this.mountDir, this.log);
-    await fsp.mkdir(this.mountDir, { recursive: true, mode: 0o755 });
+    // mkdir of an existing file said only "EEXIST: file already exists, mkdir '…'".
+    await fsp.mkdir(this.mountDir, { recursive: true, mode: 0o755 }).catch((e: NodeJS.ErrnoException) => {
+      const why = e.code === 'EEXIST' ? 'it is not a directory' : e.code === 'ENOTDIR' ? 'a path component is not a directory' : e.code === 'EACCES' ? 'permission denied' : String(e.code ?? e.message);
+      throw new EbsdError('FUSE_MOUNT_FAILED', `cannot mount FUSE at ${this.mountDir} (--mount): ${why}`, { cause: e });
+    });
     const allowOther = this.opts.allowOther ?? process.getuid?.() === 0;
     const fuse = new BlockFuse(
       this.mountDir,

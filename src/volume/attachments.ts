@@ -148,7 +148,7 @@ export class Attachments {
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
       if (this.live.has(rec.volumeId) || rec.state === 'in-use') {
-        throw new VolumeError('VOLUME_IN_USE', `vol ${rec.volumeId} is already attached to ${rec.attachment?.instanceId ?? this.instanceId}`, { awsName: 'VolumeInUse' });
+        throw new VolumeError('VOLUME_IN_USE', `${rec.volumeId} is already attached to ${rec.attachment?.instanceId ?? this.instanceId}`, { awsName: 'VolumeInUse' });
       }
       if (rec.state !== 'available') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
       if (formatOf(rec).measurementOnly) this.checkUnencryptedAllowed('attach');

@@ -20,13 +20,22 @@ export function parseVolumeSize(v: unknown, name = 'Size'): number {
   let bytes: number;
   if (typeof v === 'number') bytes = v;
   else if (typeof v === 'string') {
-    const m = /^\s*([0-9]{1,20})\s*([A-Za-z]{0,3})\s*$/.exec(v);
-    const unit = m ? UNITS.get(m[2]!) : undefined;
-    if (!m || unit === undefined) throw invalidParameter(`Invalid value '${v.slice(0, 64)}' for ${name}. Use bytes or a suffix KiB, MiB, GiB, TiB: ${SIZE_UNIT_HINT}.`);
-    bytes = Number(m[1]) * unit;
+    // Said apart, so a refusal names what is wrong: a sign, a fraction, a unit, or (below) the range.
+    const m = /^\s*(-?)([0-9]+)(\.[0-9]*)?\s*([A-Za-z]{0,3})\s*$/.exec(v);
+    const shown = v.slice(0, 64);
+    const unit = m ? UNITS.get(m[4]!) : undefined;
+    if (m && unit !== undefined && m[1] === '' && m[3] !== undefined) {
+      throw invalidParameter(`Invalid value '${shown}' for ${name}: a whole number of bytes or of its unit (1536MiB for 1.5GiB). ${SIZE_UNIT_HINT}.`);
+    }
+    if (m && m[1] === '' && unit === undefined) {
+      throw invalidParameter(`Invalid value '${shown}' for ${name}: unknown unit '${m[4]}' (use KiB, MiB, GiB or TiB). ${SIZE_UNIT_HINT}.`);
+    }
+    if (!m || unit === undefined) throw invalidParameter(`Invalid value '${shown}' for ${name}. Use bytes or a suffix KiB, MiB, GiB, TiB: ${SIZE_UNIT_HINT}.`);
+    // A negative or a 30-digit size is out of range, and said so (Number of the digits is at worst Infinity).
+    bytes = m[1] === '-' ? -1 : Number(m[2]) * unit;
   } else throw invalidParameter(`${name} is required`);
   if (!Number.isSafeInteger(bytes) || bytes < MIN_VOLUME_SIZE || bytes > MAX_VOLUME_SIZE) {
-    throw invalidParameter(`Invalid value '${String(v)}' for ${name}: must be from 1 MiB to 64 TiB. ${SIZE_UNIT_HINT}.`);
+    throw invalidParameter(`Invalid value '${String(v).slice(0, 64)}' for ${name}: must be from 1 MiB to 64 TiB. ${SIZE_UNIT_HINT}.`);
   }
   if (bytes % 4096 !== 0) throw invalidParameter(`Invalid value '${String(v)}' for ${name}: must be a multiple of 4 KiB.`);
   return bytes;

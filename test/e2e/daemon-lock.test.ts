@@ -74,6 +74,24 @@ describe('daemon lock: one daemon per state dir', () => {
     expect((await second()).code).toBe(9);
   }, 90_000);
 
+  it('a --state-dir or --mount that names a file exits 9 naming it, and leaves the file as it was (no chmod 0711)', async () => {
+    const file = join(env.dir, 'not-a-dir');
+    writeFileSync(file, 'x', { mode: 0o644 });
+    const mode = (): number => statSync(file).mode & 0o7777;
+    const asState = await run(process.execPath, [CLI, 'daemon', '--state-dir', file, '--mount', mnt2], { timeoutMs: 30_000 });
+    expect(asState.code, asState.stderr).toBe(9);
+    expect(asState.stderr).toContain(`the state dir ${file} (--state-dir, EBSD_STATE_DIR) is not a directory; nothing was changed`);
+    expect(mode()).toBe(0o644); // it was made 0711 on the way to "ENOTDIR: not a directory, mkdir '…/kms'"
+    const below = await run(process.execPath, [CLI, 'daemon', '--state-dir', join(env.dir, 'no-parent', 'state'), '--mount', mnt2], { timeoutMs: 30_000 });
+    expect(below.code).toBe(9);
+    expect(below.stderr).toMatch(/cannot create the state dir .*no-parent\/state \(--state-dir, EBSD_STATE_DIR\): its parent directory does not exist/);
+    const asMount = await run(process.execPath, [CLI, 'daemon', '--state-dir', join(env.dir, 'state-m'), '--mount', file], { timeoutMs: 30_000 });
+    expect(asMount.code, asMount.stderr).toBe(9);
+    expect(asMount.stderr).toContain(`cannot mount FUSE at ${file} (--mount): it is not a directory`);
+    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(` ${file} `);
+    expect(mode()).toBe(0o644);
+  }, 90_000);
+
   it('an orderly stop removes the pid file and the socket, and keeps the lock file', async () => {
     expect(await env.stop()).toBe(0);
     expect(existsSync(pidFile())).toBe(false);

@@ -236,6 +236,121 @@ describe('edge validation through the real daemon', () => {
     await env.api('ebsd.DeleteVolume', { VolumeId: vol });
   });
 
+  it('a missing argument is a usage error naming it, before anything is sent: KMS members as the AWS CLI names them, positionals with the usage line', async () => {
+    const events = (): number => env.auditText().trim().split('\n').length;
+    const before = events();
+    const cases: [string[], string][] = [
+      [['kms', 'describe-key'], 'the following arguments are required: --key-id (see ebsd --help)'],
+      [['kms', 'encrypt', '--key-id', 'alias/aws/ebs'], 'the following arguments are required: --plaintext (see ebsd --help)'],
+      [['kms', 'create-grant', '--key-id', 'alias/aws/ebs'], 'the following arguments are required: --grantee-principal, --operations (see ebsd --help)'],
+      [['kms', 'enable-key'], 'the following arguments are required: --key-id (see ebsd --help)'],
+      [['kms'], 'kms: the following arguments are required: <operation> (usage: ebsd kms <operation> [args..])'],
+      [['attach'], 'attach: the following arguments are required: <volume-id> (usage: ebsd attach <volume-id>)'],
+      [['volume', 'delete'], 'volume delete: the following arguments are required: <volume-id> (usage: ebsd volume delete <volume-id>)'],
+      [['iam', 'map-uid', '5'], 'iam map-uid: the following arguments are required: <principal> (usage: ebsd iam map-uid <uid> <principal>)'],
+      // yargs' "Missing required arguments: policy-name, policy-document", with the flags' dashes.
+      [['iam', 'put-policy', 'user/x'], 'the following arguments are required: --policy-name, --policy-document (see ebsd --help)'],
+      [['ebs', 'list-snapshot-blocks'], 'the following arguments are required: --snapshot-id (see ebsd --help)'],
+      [['volume', 'modify', 'vol-0123456789abcdef0'], 'the following arguments are required: --size (see ebsd --help)'],
+      // An empty value is refused as volume create's is, not sent (InvalidParameterValue naming the wire member).
+      [['volume', 'modify', 'vol-0123456789abcdef0', '--size='], '--size: empty value (see ebsd --help)'],
+      [['snapshot', 'copy', 'snap-0123456789abcdef0', '--kms-key-id='], '--kms-key-id: empty value (see ebsd --help)'],
+      // --tag is Key=Value for the creates as for copy (volume create took `--tag team` as team="").
+      [['volume', 'create', '--size', '4MiB', '--tag', 'team'], '--tag: expected Key=Value, got "team" (see ebsd --help)'],
+      [['snapshot', 'create', 'vol-0123456789abcdef0', '--tag', '=v'], '--tag: expected Key=Value, got "=v" (see ebsd --help)'],
+      [['snapshot', 'copy', 'snap-0123456789abcdef0', '--tag', 'x'], '--tag: expected Key=Value, got "x" (see ebsd --help)'],
+      // One pointer to help, the one that lists operations.
+      [['kms', 'bogus-op'], 'unknown KMS operation "bogus-op" (see `ebsd kms --help`)'],
+    ];
+    for (const [args, msg] of cases) {
+      const r = await env.cli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toBe(`ebsd: ${msg}\n`);
+      expect(r.stdout, args.join(' ')).toBe('');
+    }
+    // Nothing reached the daemon: no KMS event for the refused commands.
+    expect(events()).toBe(before);
+    // Members the operation does not require are not asked for (RetireGrant: a token, or key and grant ids).
+    const rg = await env.cli(['kms', 'retire-grant']);
+    expect(rg.stderr).not.toMatch(/arguments are required/);
+  });
+
+  it('ebsd kms <operation> --help lists the flags that operation takes, the required ones marked', async () => {
+    const enc = await env.cli(['kms', 'encrypt', '--help']);
+    expect(enc.code).toBe(0);
+    expect(enc.stdout.replace(/\s+/g, ' ')).toContain('encrypt takes: --key-id (required), --plaintext (required), --encryption-context, --grant-tokens, --encryption-algorithm, --dry-run');
+    expect((await env.cli(['kms', 'create-key', '--help'])).stdout.replace(/\s+/g, ' ')).toMatch(/create-key takes: --policy, --description, .*--alias/);
+    expect((await env.cli(['kms', '--help'])).stdout).not.toMatch(/ takes: /);
+    // Options that had no description at all.
+    expect((await env.cli(['volume', 'modify', '--help'])).stdout).toMatch(/--size\s+the new size, larger than the current one/);
+    expect((await env.cli(['audit', 'tail', '--help'])).stdout).toMatch(/-n, --limit\s+how many of the latest events/);
+  });
+
+  it('a seconds option that is no number, or out of range, is a usage error quoting it (speed --seconds, top --interval)', async () => {
+    const cases: [string[], string][] = [
+      [['speed', '--seconds', 'abc'], '--seconds must be a number of seconds from 0.01 to 600, got "abc"'],
+      [['speed', '--seconds', '0'], '--seconds must be a number of seconds from 0.01 to 600, got "0"'],
+      [['top', '--once', '--interval', 'abc'], '--interval must be a number of seconds from 0.2 to 3600, got "abc"'],
+      [['top', '--once', '--interval', '-1'], '--interval must be a number of seconds from 0.2 to 3600, got "-1"'],
+      [['top', '--once', '--interval', '1e3'], '--interval must be a number of seconds from 0.2 to 3600, got "1e3"'],
+    ];
+    for (const [args, msg] of cases) {
+      const r = await env.cli(args);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(2);
+      expect(r.stderr, args.join(' ')).toBe(`ebsd: ${msg} (see ebsd --help)\n`);
+    }
+    const top = await env.cli(['top', '--once', '--interval', '0.2', '--output', 'json']);
+    expect(top.code, top.stderr).toBe(0);
+    expect(Array.isArray(JSON.parse(top.stdout).volumes)).toBe(true); // a fraction is taken (no rates here: no --metrics-listen)
+  });
+
+  it('an empty response prints nothing in any format, as the AWS CLI does; --query on it prints null', async () => {
+    const key = (await env.api('TrentService.CreateKey', { Description: 'quiet' })).KeyMetadata.KeyId as string;
+    for (const output of ['json', 'text', 'table']) {
+      for (const args of [['kms', 'create-alias', '--alias-name', `alias/quiet-${output}`, '--target-key-id', key], ['kms', 'disable-key', '--key-id', key], ['kms', 'enable-key', '--key-id', key]]) {
+        const r = await env.cli([...args, '--output', output]);
+        expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+        expect(r.stdout, `${args.join(' ')} --output ${output}`).toBe('');
+      }
+    }
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB' })).VolumeId as string;
+    const del = await env.cli(['volume', 'delete', vol, '--output', 'json']);
+    expect(del.code, del.stderr).toBe(0);
+    expect(del.stdout).toBe('');
+    const q = await env.cli(['kms', 'enable-key', '--key-id', key, '--query', 'KeyId', '--output', 'json']);
+    expect(q.stdout).toBe('null\n');
+  });
+
+  it('volume ls --kms-key takes the key id or alias volume create takes; an alias that does not exist is refused, not an empty list', async () => {
+    const key = (await env.api('TrentService.CreateKey', { Description: 'ls' })).KeyMetadata as { KeyId: string; Arn: string };
+    await env.api('TrentService.CreateAlias', { AliasName: 'alias/edge-ls', TargetKeyId: key.KeyId });
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB', KmsKeyId: 'alias/edge-ls' })).VolumeId as string;
+    for (const k of ['alias/edge-ls', key.KeyId, key.Arn, `${key.Arn.slice(0, -4)}*`]) {
+      expect(await env.ok(['volume', 'ls', '--kms-key', k, '--query', 'Volumes[].VolumeId']), k).toEqual([vol]);
+    }
+    const nope = await env.cli(['volume', 'ls', '--kms-key', 'alias/edge-ls-nope']);
+    expect(nope.code).toBe(5);
+    expect(nope.stderr).toMatch(/^ebsd: NotFoundException: .*alias\/edge-ls-nope.*resolved to its key ARN with DescribeKey/);
+    expect(nope.stdout).toBe('');
+    await env.api('ebsd.DeleteVolume', { VolumeId: vol });
+  });
+
+  it('a refused size says what is wrong with it: a fraction, an unknown unit, out of range', async () => {
+    const cases: [string, RegExp][] = [
+      ['1.5GiB', /for Size: a whole number of bytes or of its unit \(1536MiB for 1\.5GiB\)/],
+      ['8gb', /for Size: unknown unit 'gb' \(use KiB, MiB, GiB or TiB\)/],
+      ['-1', /for Size: must be from 1 MiB to 64 TiB/],
+      ['99999999999999999999999GiB', /for Size: must be from 1 MiB to 64 TiB/],
+      ['0', /for Size: (a positive whole number of bytes|must be from 1 MiB to 64 TiB)/],
+    ];
+    for (const [size, re] of cases) {
+      const r = await env.cli(['volume', 'create', '--size', size]);
+      expect(r.code, `${size}: ${r.stderr}`).toBe(7);
+      expect(r.stderr, size).toMatch(new RegExp(`^ebsd: InvalidParameterValue: Invalid value '${size.replace(/[.*+?]/g, '\\$&')}' ${re.source}`));
+      expect(r.stderr.trim().split('\n'), size).toHaveLength(1);
+    }
+  });
+
   it('an unknown subcommand is a usage error, not a silent exit 0', async () => {
     for (const args of [['snapshot', 'restore', 'x'], ['iam', 'bogus'], ['ebs', 'bogus-op'], ['audit', 'bogus'], ['volume', 'bogus']]) {
       const r = await env.cli(args);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -87,7 +87,10 @@ describe('systemd units', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('ebsd install-units copies every unit (0644) and says daemon-reload cannot run without systemd', async () => {
-    const r = await run(process.execPath, [CLI, 'install-units', '--dir', dir, '--output', 'json']);
+    // --bin: this checkout's CLI, made executable by test/global-setup.ts. The default, the machine-wide
+    // /usr/local/bin/ebsd link, points at whichever checkout ran setup.sh last, or nowhere.
+    accessSync(CLI, constants.X_OK);
+    const r = await run(process.execPath, [CLI, 'install-units', '--dir', dir, '--bin', CLI, '--output', 'json']);
     expect(r.code, r.stderr).toBe(0);
     const res = r.json();
     const shipped = readdirSync(join(ROOT, 'contrib', 'systemd')).filter((n) => n.endsWith('.service')).sort();
@@ -95,7 +98,7 @@ describe('systemd units', () => {
     expect(shipped).toEqual(['ebsd-attach@.service', 'ebsd-loop@.service', 'ebsd.service']);
     for (const n of shipped) {
       expect(statSync(join(dir, n)).mode & 0o777).toBe(0o644);
-      expect(readFileSync(join(dir, n), 'utf8')).toBe(readFileSync(join(ROOT, 'contrib', 'systemd', n), 'utf8'));
+      expect(readFileSync(join(dir, n), 'utf8')).toBe(readFileSync(join(ROOT, 'contrib', 'systemd', n), 'utf8').split('/usr/local/bin/ebsd').join(CLI));
     }
     // This machine does not boot with systemd (no /run/systemd/system): no reload attempted.
     expect(res.DaemonReload).toBe(existsSync('/run/systemd/system') ? 'done' : 'systemd-not-running');
@@ -104,11 +107,13 @@ describe('systemd units', () => {
   it('--bin rewrites ExecStart, and a relative --bin is a usage error (exit 2)', async () => {
     const other = mkdtempSync('/tmp/ebsd-units-bin-');
     try {
-      const r = await run(process.execPath, [CLI, 'install-units', '--dir', other, '--bin', '/opt/ebsd/bin/ebsd', '--no-reload', '--output', 'json']);
+      const bin = join(other, 'opt-ebsd');
+      writeFileSync(bin, '#!/bin/sh\n', { mode: 0o755 });
+      const r = await run(process.execPath, [CLI, 'install-units', '--dir', other, '--bin', bin, '--no-reload', '--output', 'json']);
       expect(r.code, r.stderr).toBe(0);
       expect(r.json().DaemonReload).toBe('skipped');
       const unit = readFileSync(join(other, 'ebsd.service'), 'utf8');
-      expect(unit).toMatch(/^ExecStart=\/opt\/ebsd\/bin\/ebsd daemon /m);
+      expect(unit).toContain(`\nExecStart=${bin} daemon `);
       expect(unit).not.toMatch(/\/usr\/local\/bin\/ebsd/);
       const bad = await run(process.execPath, [CLI, 'install-units', '--dir', other, '--bin', 'ebsd']);
       expect(bad.code).toBe(2);
@@ -123,6 +128,26 @@ describe('systemd units', () => {
     const m = /^TimeoutStopSec=(\d+)s?$/m.exec(unit);
     expect(m, 'TimeoutStopSec=<seconds> in ebsd.service').not.toBeNull();
     expect(Number(m![1]) * 1000).toBeGreaterThan(DEFAULT_STOP_TIMEOUT_MS + 2_000);
+  });
+
+  it('a --bin that is missing, a directory or not executable is refused (exit 2, naming it) and installs nothing', async () => {
+    const other = mkdtempSync('/tmp/ebsd-units-nobin-');
+    try {
+      const plain = join(other, 'not-executable');
+      writeFileSync(plain, '#!/bin/sh\n', { mode: 0o644 });
+      const dest = join(other, 'units');
+      mkdirSync(dest);
+      for (const [bin, why] of [[join(other, 'missing'), 'does not exist'], [other, 'is not a file'], [plain, 'is not executable']] as const) {
+        const r = await run(process.execPath, [CLI, 'install-units', '--dir', dest, '--bin', bin, '--no-reload']);
+        expect(r.code, r.stderr).toBe(2);
+        expect(r.stderr).toContain(`ebsd: --bin ${bin} ${why}`);
+        expect(r.stderr).toContain('203/EXEC');
+        expect(r.stderr.trim().split('\n')).toHaveLength(1);
+        expect(readdirSync(dest)).toEqual([]);
+      }
+    } finally {
+      rmSync(other, { recursive: true, force: true });
+    }
   });
 
   it('systemd-analyze verify accepts every unit (templates as instances)', async () => {

@@ -186,7 +186,8 @@ describe('attach, I/O, detach, re-attach', () => {
   test('one attachment at a time: second attach refused; a live lock from another manager refused; a stale lock broken', async () => {
     const v = await mgr.createVolume({ Size: MiB }, kms.user);
     await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
-    await expect(mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'VolumeInUse' });
+    // EC2's wording: "vol-… is already attached to …" (it once read "vol vol-…").
+    await expect(mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ awsName: 'VolumeInUse', message: expect.stringMatching(new RegExp(`^${v.VolumeId} is already attached to i-`)) });
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
     // A lock held by this live process (as another daemon would hold it):
     const lockPath = `${img(v.VolumeId)}.lock`;
