@@ -1,6 +1,7 @@
 import { ArgRangeError } from '../util/errors.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
 import { isLoopback } from '../util/loopback.js';
+import { endpointUserinfo } from '../util/endpoint-url.js';
 
 export interface DaemonConfig {
   /** Default /var/lib/ebsd. */
@@ -109,6 +110,7 @@ export function parseListenAddress(v: string, name = '--kms-listen'): { host: st
 }
 
 export const VERSION = '0.1.0';
+
 export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
 export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 /** The longest --volume-modification-window: a year (a window past JavaScript's dates could not name when the volume may be modified again). */
@@ -140,6 +142,7 @@ export function checkDaemonConfig(c: DaemonConfig): void {
     } catch {
       u = undefined; // the client names what is wrong with it
     }
+    if (u && (u.username || u.password)) throw endpointUserinfo(u);
     if (u?.protocol === 'http:' && !isLoopback(u.hostname)) {
       throw new ArgRangeError('--kms-endpoint', `"${c.kmsEndpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
     }

@@ -396,6 +396,7 @@ export class Daemon {
         onAudit: (ev) => this.auditSnapshot(ev),
         logger: log,
         cowMemory: new CowMemory(cowBudget.bytes),
+        ...(this.metrics ? { onCreateEnded: this.metrics.observeSnapshotEnd } : {}),
       });
       const snaps = snapshots;
       const snapshotApi = new SnapshotApi({ snapshots: snaps, authz: ec2Authz });
@@ -460,6 +461,7 @@ export class Daemon {
     const bfs = this.bfs;
     const audit = this.kms!.audit;
     const auditFrom = audit.writtenThrough;
+    audit.onBatchWritten = m.observeAuditBatch;
     m.bind({
       attached: () => bfs?.volumeIds() ?? [],
       openHandles: (id) => bfs?.openCount(id) ?? 0,
@@ -467,9 +469,14 @@ export class Daemon {
       // Read at scrape time: a host waiting for its KMS at start opens its volumes later (host-resolver.ts).
       keyCaches: () => this.mgr?.describeKeyCaches() ?? [],
       auditEventsWritten: () => audit.writtenThrough - auditFrom,
+      auditHealth: () => {
+        const h = audit.health();
+        return { state: h.State, droppedRefusalEvents: h.DroppedRefusalEvents, tampered: h.Integrity === 'tampered', failedEvents: audit.failedWrites };
+      },
       kmsCallLoad: () => this.kms?.callLoad ?? { active: 0, waiting: 0, callers: 0 },
       ...(this.remoteKms ? { remoteKms: () => this.remoteKmsReachability() } : {}),
       volumesUnserved: () => this.unservedVolumeCount(),
+      snapshotsInProgress: () => this.snapshots?.inProgress() ?? [],
     });
     const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
     const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;

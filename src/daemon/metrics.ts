@@ -3,6 +3,7 @@ import { LATENCY_SAMPLE, type IoObserver } from '../fuse/block-file-system.js';
 import type { Caller, KmsCore, KmsRequest, KmsResponse } from '../kms/types.js';
 import type { Logger } from '../util/logger.js';
 import type { KeyService } from '../volume/key-service.js';
+import { VERSION } from './config.js';
 import { MetricsListener } from './metrics-listener.js';
 
 /**
@@ -18,9 +19,14 @@ import { MetricsListener } from './metrics-listener.js';
  * and the registry reads them at scrape time.
  */
 
-/** Request latency bucket bounds, seconds: 10 µs .. 1 s (a page-cache hit is ~20 µs, a flush ~ms). */
+/**
+ * Request latency bucket bounds, seconds: 10 µs .. 10 s (a page-cache hit is ~20 µs, a flush ~ms).
+ * Past 1 s on purpose: a flush (fdatasync of the backing file) under heavy write-back, or a write
+ * held by dirty-page throttling, takes seconds, and a stalled backing disk is exactly what an
+ * operator looks for; with a last bound of 1 s all of that sat in +Inf and a p99 read "1".
+ */
 export const LATENCY_BUCKETS_SECONDS: readonly number[] = [
-  0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+  0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 ];
 /**
  * KMS call latency bucket bounds, seconds: 100 µs .. 30 s. An embedded-core
@@ -88,6 +94,12 @@ export interface MetricsSources {
   keyCaches(): { VolumeId: string; State: string; LastUnwrapTime?: string; ExpiryTime?: string }[];
   /** Audit events written by this daemon since it started. */
   auditEventsWritten(): number;
+  /**
+   * The audit log's health, as `ebsd status` shows it (src/kms/audit/audit-log.ts AuditLog.health):
+   * its disk state, refused callers' events dropped while the disk was short, whether it was found
+   * tampered at start, and events whose write failed (the audited calls failed with them).
+   */
+  auditHealth?(): { state: string; droppedRefusalEvents: number; tampered: boolean; failedEvents: number };
   /** KMS calls in the core and waiting for a turn (src/kms/fair-gate.ts); absent when the KMS is on another host. */
   kmsCallLoad?(): { active: number; waiting: number; callers: number };
   /**
@@ -95,6 +107,8 @@ export interface MetricsSources {
    * for it at start, host-resolver.ts, and while its last call or idle probe went unanswered).
    */
   remoteKms?(): { endpoint: string; reachable: boolean };
+  /** This daemon's snapshot creates under way, each with the share of its blocks copied (snapshot-manager.ts inProgress). */
+  snapshotsInProgress?(): { volumeId: string; copiedRatio: number }[];
   /** Volumes recorded in-use on this host but not served (waiting for the KMS at start, or a failed resume). */
   volumesUnserved(): number;
 }
@@ -106,6 +120,18 @@ export function outcomeOf(err: unknown): string {
   if (name === 'AccessDeniedException' || name === 'UnauthorizedOperation') return 'denied';
   return typeof name === 'string' ? name : 'InternalError';
 }
+
+/** Audit batch write (and fdatasync) bounds, seconds: 50 µs (page cache) .. 10 s (a disk that stalls). */
+export const AUDIT_WRITE_BUCKETS_SECONDS: readonly number[] = [
+  0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
+/**
+ * Snapshot create bounds, seconds: 0.1 s (a small incremental) .. 6 h (a first full copy of a large
+ * volume to a slow store); EBS snapshots of large volumes take hours too.
+ */
+export const SNAPSHOT_BUCKETS_SECONDS: readonly number[] = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600];
+/** AuditLog's disk states (src/kms/audit/disk-reserve.ts DiskState), each a series from start. */
+const AUDIT_STATES = ['ok', 'reserve-in-use', 'failing'] as const;
 
 /** The KMS calls of the volume-key path (create, attach, key refresh), counted from 0 per outcome below. */
 const ZEROED_KMS_OPERATIONS = ['GenerateDataKeyWithoutPlaintext', 'CreateGrant', 'Decrypt'] as const;
@@ -132,13 +158,23 @@ export class DaemonMetrics {
   private readonly kmsCalls: Counter<'operation' | 'outcome'>;
   private readonly kmsLatency: Histogram<'operation'>;
   private readonly controlCalls: Counter<'operation' | 'result'>;
+  private readonly auditWrite: Histogram<'result'>;
+  private readonly snapshotDuration: Histogram<'state'>;
   private readonly labelSeen = new Map<string, Set<string>>();
   private sources: MetricsSources | undefined;
   private listener: MetricsListener | undefined;
 
   constructor() {
     const registers = [this.registry];
-    promClient.collectDefaultMetrics({ register: this.registry, prefix: 'ebsd_' });
+    // The standard process and runtime metrics under their standard names (process_cpu_seconds_total,
+    // process_open_fds, process_start_time_seconds, nodejs_*), not ebsd_-prefixed: they are what generic
+    // dashboards and alerts (open fds near the limit, restarts) query, and the job label says whose they are.
+    promClient.collectDefaultMetrics({ register: this.registry });
+    new Gauge({
+      name: 'ebsd_build_info', help: 'Always 1; the running ebsd version as a label (which hosts run which release)',
+      labelNames: ['version'], registers,
+      collect() { this.set({ version: VERSION }, 1); },
+    });
     const self = this;
     const vols = (): VolumeIoStats[] => self.liveVolumes();
     new Counter({
@@ -270,6 +306,66 @@ export class DaemonMetrics {
         this.inc(self.sources?.auditEventsWritten() ?? 0);
       },
     });
+    new Gauge({
+      name: 'ebsd_audit_log_state', help: `1 for the audit log's disk state (${AUDIT_STATES.join(', ')}: past the reserve, audited KMS calls fail)`,
+      labelNames: ['state'], registers,
+      collect() {
+        this.reset();
+        const h = self.sources?.auditHealth?.();
+        if (h) for (const st of AUDIT_STATES) this.set({ state: st }, h.state === st ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_audit_log_tampered', help: '1 when the audit log did not reach its seal high-water mark at start (nothing is signed until an operator looks), else 0',
+      registers,
+      collect() {
+        const h = self.sources?.auditHealth?.();
+        if (h) this.set(h.tampered ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'ebsd_audit_events_failed_total', help: 'Audit events whose write failed; the KMS calls they recorded failed with them',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(self.sources?.auditHealth?.().failedEvents ?? 0);
+      },
+    });
+    new Counter({
+      name: 'ebsd_audit_refusal_events_dropped_total', help: 'Refused callers\' audit events dropped (counted, not written) while the audit disk was short',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(self.sources?.auditHealth?.().droppedRefusalEvents ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_snapshots_in_progress', help: 'Snapshot creates of this daemon under way (pending: from their pending manifest to completed or error)',
+      registers,
+      collect() {
+        this.set(self.sources?.snapshotsInProgress?.().length ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_snapshot_copied_ratio', help: 'Share (0..1) of the blocks copied by the volume\'s snapshot under way; absent when none is (one at a time per volume)',
+      labelNames: ['volume_id'], registers,
+      collect() {
+        this.reset();
+        for (const r of self.sources?.snapshotsInProgress?.() ?? []) this.set({ volume_id: r.volumeId }, r.copiedRatio);
+      },
+    });
+    this.snapshotDuration = new Histogram({
+      name: 'ebsd_snapshot_create_duration_seconds', help: 'Snapshot creates, CreateSnapshot to completed or error, by the state they ended in (its _count: creates ended)',
+      labelNames: ['state'], buckets: [...SNAPSHOT_BUCKETS_SECONDS], registers,
+    });
+    this.snapshotDuration.zero({ state: 'completed' });
+    this.snapshotDuration.zero({ state: 'error' });
+    this.auditWrite = new Histogram({
+      name: 'ebsd_audit_write_duration_seconds', help: 'Audit log batch writes (events written together, fdatasync included when the log syncs each event), by result',
+      labelNames: ['result'], buckets: [...AUDIT_WRITE_BUCKETS_SECONDS], registers,
+    });
+    this.auditWrite.zero({ result: 'ok' });
+    this.auditWrite.zero({ result: 'failed' });
     // The failures EbsdKmsErrors (contrib/prometheus/ebsd-alerts.yml) watches, at 0 from start on the
     // volume-key path: a series created at its first error has no earlier sample, and rate() misses that burst.
     for (const operation of ZEROED_KMS_OPERATIONS) {
@@ -285,6 +381,16 @@ export class DaemonMetrics {
   bind(sources: MetricsSources): void {
     this.sources = sources;
   }
+
+  /** AuditLog.onBatchWritten: one observation per batch written or failed. */
+  readonly observeAuditBatch = (_events: number, seconds: number, ok: boolean): void => {
+    this.auditWrite.observe({ result: ok ? 'ok' : 'failed' }, seconds);
+  };
+
+  /** SnapshotManager's onCreateEnded: one observation per create ended. */
+  readonly observeSnapshotEnd = (state: 'completed' | 'error', seconds: number): void => {
+    this.snapshotDuration.observe({ state }, seconds);
+  };
 
   /** The BlockFileSystem `observe` option: one stats object per volume, kept across detach/attach. */
   readonly observeVolume = (volumeId: string): IoObserver => {

@@ -82,6 +82,11 @@ export interface SnapshotManagerOptions {
   markerRetryMs?: number;
   /** Opens a create's own read handle on the image (tests hold its reads); default openImageDataReader. */
   openReader?: typeof openImageDataReader;
+  /**
+   * Called once per create that got as far as its `pending` manifest, when it ends `completed` or
+   * `error`, with the seconds from CreateSnapshot to that end: the daemon's metrics (src/daemon/metrics.ts).
+   */
+  onCreateEnded?: (state: 'completed' | 'error', seconds: number) => void;
 }
 
 export interface CreateSnapshotRequest {
@@ -123,6 +128,9 @@ interface RunningCreate {
   written?: SnapshotManifest;
   /** Why the run failed, once it did: the StateMessage its marker's retry writes if its own `error` write failed. */
   failure?: string;
+  /** Blocks copied so far and to copy (0 and 0 until the copy starts): `inProgress`. */
+  copied: number;
+  toCopy: number;
 }
 
 /**
@@ -360,6 +368,7 @@ export class SnapshotManager {
                   run.terminal = true;
                   run.written = failed;
                 }
+                this.ended('error', run);
                 // Audited as it fails, as copy() audits a failed copy, whether its `error` manifest is written now or by the retry.
                 void Promise.resolve(this.o.onAudit?.({ eventName: 'SnapshotFailed', snapshotId, volumeId: run.volumeId, details: { reason: why } })).catch(() => {});
               }
@@ -389,6 +398,25 @@ export class SnapshotManager {
       // After the answer the failure is the snapshot's state (error), already recorded by copy().
     });
     return Promise.race([answer, done.then(() => answer)]);
+  }
+
+  /**
+   * This daemon's creates under way (from their `pending` manifest to their end), each with the share of
+   * its blocks copied so far (0 until the copy starts): the daemon's metrics.
+   */
+  inProgress(): { volumeId: string; copiedRatio: number }[] {
+    const out: { volumeId: string; copiedRatio: number }[] = [];
+    for (const r of this.running.values()) if (!r.terminal && r.failure === undefined) out.push({ volumeId: r.volumeId, copiedRatio: r.toCopy > 0 ? r.copied / r.toCopy : 0 });
+    return out;
+  }
+
+  /** onCreateEnded, once per run; an observer that throws must not change how the snapshot ends. */
+  private ended(state: 'completed' | 'error', run: RunningCreate): void {
+    try {
+      this.o.onCreateEnded?.(state, (performance.now() - run.startedMs) / 1000);
+    } catch (e) {
+      this.log.warn({ snapshotId: run.snapshotId, err: errInfo(e) }, 'the snapshot end observer threw');
+    }
   }
 
   /**
@@ -452,7 +480,7 @@ export class SnapshotManager {
         ...(v.snapshotId ? { sourceSnapshotId: v.snapshotId } : {}),
         blocks: [],
       };
-      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (ctx.settle = r)), terminal: false };
+      const run: RunningCreate = { snapshotId, volumeId: v.volumeId, parentId: undefined, pins: [], abort: undefined, startedMs, guardAtStart: { trips: syncWriteGuard.trips, held: syncWriteGuard.held }, settled: new Promise<void>((r) => (ctx.settle = r)), terminal: false, copied: 0, toCopy: 0 };
       ctx.run = run;
       // Crash from here on: recover() turns the pending manifest into error.
       await this.markers.putPending(m);
@@ -747,6 +775,8 @@ export class SnapshotManager {
         pin: async (h) => void run.pins.push(await this.o.gc.pin([h])),
         aborted: () => run.abort,
         onProgress: (done, total, sofar) => {
+          run.copied = done;
+          run.toCopy = total;
           // Bounded: one manifest write per tenth, never two at once; on a store only this daemon
           // collects, where the write only reports Progress, not before a second has passed since
           // the last (a small incremental is done before anyone could watch it).
@@ -795,6 +825,7 @@ export class SnapshotManager {
       run.terminal = true;
       run.written = done;
       const t3 = performance.now();
+      this.ended('completed', run);
       // The tracking names this snapshot as its base since its point in time (ChangeTracker.begin): nothing to commit.
       this.log.info(
         { snapshotId: m.snapshotId, volumeId: m.volumeId, incremental: plan.incremental, blocksRead: plan.blocks.size, blocksStored: res.storedBlocks, zeroBlocks: res.zeroBlocks, changedBlocks, blocks: blocks.length, cowSectors: run.cow?.capturedSectors ?? 0, cowSpilledSectors: run.cow?.spilledSectors ?? 0, cowNewSlabs: run.cow?.newSlabs ?? 0, pacedBlocks: run.pacer?.pacedBlocks ?? 0, cowPoolCaptures: run.cow?.poolCaptures ?? 0, writeTrips: syncWriteGuard.trips - run.guardAtStart.trips, writesHeld: syncWriteGuard.held - run.guardAtStart.held, startMs: Math.round(t0 - run.startedMs), copyMs: Math.round(t1 - t0), durableMs: Math.round(t2 - t1), manifestMs: Math.round(t3 - t2) },
@@ -806,6 +837,7 @@ export class SnapshotManager {
       await batch?.abort().catch(() => {});
       const why = run.abort ? 'The daemon shut down while the snapshot was being created.' : `The snapshot could not be completed: ${(e as Error)?.message ?? String(e)}`;
       this.log.error({ snapshotId: m.snapshotId, volumeId: m.volumeId, err: errInfo(e) }, 'snapshot failed');
+      this.ended('error', run);
       await progressWrite;
       run.failure = why;
       const failed = failedManifest(m, why);

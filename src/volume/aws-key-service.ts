@@ -17,6 +17,7 @@ import type { Caller } from '../kms/types.js';
 import { ArgRangeError } from '../util/errors.js';
 import { caBundleAgent } from '../util/ca-bundle.js';
 import { isLoopback } from '../util/loopback.js';
+import { endpointUserinfo } from '../util/endpoint-url.js';
 import { silentLogger } from '../util/logger.js';
 import { KeyServiceError } from './errors.js';
 export { isUnreachable } from './unreachable.js';
@@ -139,6 +140,7 @@ export class AwsKeyService implements KeyService {
     } catch {
       throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}" is not a URL (e.g. https://10.0.0.1:4599)`);
     }
+    if (url.username || url.password) throw endpointUserinfo(url);
     if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}": only http(s) URLs`);
     // A Decrypt answer carries the plaintext volume key: plain HTTP only to this machine, as the listener allows it.
     if (url.protocol === 'http:' && !isLoopback(url.hostname)) {

@@ -7,9 +7,11 @@ import { join } from 'node:path';
 import { Env, ROOT, ensureBuilt, run } from '../e2e/helpers.js';
 import { parseMetrics } from '../../src/cli/top.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
-import { KMS_LATENCY_BUCKETS_SECONDS } from '../../src/daemon/metrics.js';
+import { KMS_LATENCY_BUCKETS_SECONDS, LATENCY_BUCKETS_SECONDS } from '../../src/daemon/metrics.js';
+import { VERSION } from '../../src/daemon/config.js';
+import { settled } from '../snapshot/helpers.js';
 import { METRICS_LIMITS } from '../../src/daemon/metrics-listener.js';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 
 const BUSY_CLIENT = join(ROOT, 'test', 'ops', 'metrics-busy-client.mjs');
 
@@ -135,6 +137,10 @@ describe('Prometheus metrics from a running daemon', () => {
         expect(s.get(`ebsd_volume_request_duration_seconds_bucket{${L},operation="${op}",le="+Inf"}`)).toBe(count(op));
       }
       expect(s.has(`ebsd_volume_request_duration_seconds_bucket{${L},operation="read",le="0.00001"}`)).toBe(true);
+      // Up to 10 s: a flush under heavy write-back or a stalled backing disk takes seconds, and must not all read "+Inf".
+      const volBounds = [...s.keys()].filter((k) => k.startsWith(`ebsd_volume_request_duration_seconds_bucket{${L},operation="flush",`)).map((k) => /le="([^"]+)"/.exec(k)![1]);
+      expect(volBounds).toEqual([...LATENCY_BUCKETS_SECONDS.map(String), '+Inf']);
+      expect(volBounds).toContain('10');
       expect(s.get(`ebsd_volume_request_duration_seconds_sum{${L},operation="flush"}`)).toBeGreaterThan(0);
       expect(s.get(`ebsd_volume_requests_in_flight{${L}}`)).toBe(0);
 
@@ -229,7 +235,8 @@ console.log(JSON.stringify(counts));`;
     expect(used.size).toBeGreaterThanOrEqual(4);
     const { text } = await scrape(port);
     const exported = new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!));
-    for (const name of used) expect(exported, name).toContain(name);
+    // A histogram's series are its name plus _bucket, _sum or _count.
+    for (const name of used) expect(exported, name).toContain(exported.has(name) ? name : name.replace(/_(bucket|sum|count)$/, ''));
   });
 
   it('bounds the connections one source holds: one past the limit takes the place of the oldest idle one, which is closed; scrapes from that source and another still succeed', async () => {
@@ -328,6 +335,74 @@ console.log(JSON.stringify(counts));`;
       for (const c of conns) c.s.destroy();
     }
   }, 60_000);
+
+  it('follows the exposition conventions: the standard process_ and nodejs_ metrics under their own names, ebsd_build_info, HELP and TYPE for each, counters in _total', async () => {
+    const { text, samples } = await scrape(port);
+    // Generic dashboards and alerts query these names (open fds near the limit, restarts): not ebsd_-prefixed.
+    for (const name of ['process_cpu_seconds_total', 'process_open_fds', 'process_max_fds', 'process_resident_memory_bytes', 'process_start_time_seconds', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_seconds']) {
+      expect(samples.has(name), name).toBe(true);
+    }
+    expect(text).not.toMatch(/^ebsd_(process|nodejs)_/m);
+    expect(samples.get(`ebsd_build_info{version="${VERSION}"}`)).toBe(1);
+    const help = new Set([...text.matchAll(/^# HELP (\S+) \S/gm)].map((m) => m[1]!));
+    const types = [...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => ({ name: m[1]!, type: m[2]! }));
+    expect(types.length).toBeGreaterThan(20);
+    for (const { name, type } of types) {
+      expect(help, `HELP of ${name}`).toContain(name);
+      // Ours only: prom-client's own nodejs_active_*_total are gauges.
+      if (!name.startsWith('ebsd_')) continue;
+      if (type === 'counter') expect(name, 'a counter ends in _total').toMatch(/_total$/);
+      else expect(name, `a ${type} does not end in _total`).not.toMatch(/_total$/);
+      if (type === 'histogram') expect(name, 'a histogram has its unit').toMatch(/_(seconds|bytes)$/);
+    }
+  });
+
+  it('reports the audit log\'s state and write latency, and counts events whose write failed (the file made immutable)', async () => {
+    const s0 = (await scrape(port)).samples;
+    expect(s0.get('ebsd_audit_log_state{state="ok"}')).toBe(1);
+    expect(s0.get('ebsd_audit_log_state{state="failing"}')).toBe(0);
+    expect(s0.get('ebsd_audit_log_tampered')).toBe(0);
+    expect(s0.get('ebsd_audit_events_failed_total')).toBe(0);
+    expect(s0.get('ebsd_audit_refusal_events_dropped_total')).toBe(0);
+    // Every earlier call was audited in some batch; the failed series exists at 0 before the first failure.
+    expect(s0.get('ebsd_audit_write_duration_seconds_count{result="ok"}')).toBeGreaterThanOrEqual(1);
+    expect(s0.get('ebsd_audit_write_duration_seconds_count{result="failed"}')).toBe(0);
+    const events = join(env.state, 'kms', 'audit', 'events.ndjson');
+    const chattr = (flag: '+i' | '-i'): void => {
+      const r = spawnSync('chattr', [flag, events], { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`chattr ${flag} ${events}: ${r.stderr}`);
+    };
+    chattr('+i');
+    try {
+      await expect(env.api('TrentService.CreateKey', { Description: 'not audited, not created' })).rejects.toThrow();
+    } finally {
+      chattr('-i');
+    }
+    const s1 = (await scrape(port)).samples;
+    expect(s1.get('ebsd_audit_events_failed_total')).toBeGreaterThanOrEqual(1);
+    expect(s1.get('ebsd_audit_write_duration_seconds_count{result="failed"}')).toBeGreaterThanOrEqual(1);
+    // Writable again: the next call is audited, and counted ok.
+    await env.api('TrentService.ListKeys', {});
+    const s2 = (await scrape(port)).samples;
+    expect(s2.get('ebsd_audit_write_duration_seconds_count{result="ok"}')).toBeGreaterThan(s1.get('ebsd_audit_write_duration_seconds_count{result="ok"}')!);
+    expect(s2.get('ebsd_audit_events_failed_total')).toBe(s1.get('ebsd_audit_events_failed_total'));
+  });
+
+  it('reports snapshot creates: none in progress when idle, and each ended one in the duration histogram by its state', async () => {
+    const s0 = (await scrape(port)).samples;
+    expect(s0.get('ebsd_snapshots_in_progress')).toBe(0);
+    expect(s0.get('ebsd_snapshot_create_duration_seconds_count{state="error"}')).toBe(0);
+    const before = s0.get('ebsd_snapshot_create_duration_seconds_count{state="completed"}')!;
+    expect(before).toBe(0);
+    const snap = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    expect(snap.State).toBe('completed');
+    const s1 = (await scrape(port)).samples;
+    expect(s1.get('ebsd_snapshot_create_duration_seconds_count{state="completed"}')).toBe(before + 1);
+    expect(s1.get('ebsd_snapshot_create_duration_seconds_sum{state="completed"}')).toBeGreaterThan(0);
+    expect(s1.get('ebsd_snapshot_create_duration_seconds_bucket{le="21600",state="completed"}')).toBe(before + 1);
+    expect(s1.get('ebsd_snapshots_in_progress')).toBe(0);
+    expect([...s1.keys()].some((k) => k.startsWith('ebsd_snapshot_copied_ratio{'))).toBe(false);
+  });
 
   it('answers 404 off /metrics', async () => {
     const res = await fetch(`http://127.0.0.1:${port}/secrets`);

@@ -150,6 +150,14 @@ describe('systemd units', () => {
     }
   });
 
+  it('ebsd.service puts the daemon last for the OOM killer, yet not out of its reach (OOMScoreAdjust in -999..-500)', () => {
+    const unit = readFileSync(join(ROOT, 'contrib', 'systemd', 'ebsd.service'), 'utf8');
+    const m = /^OOMScoreAdjust=(-?\d+)$/m.exec(unit);
+    expect(m, 'OOMScoreAdjust=<n> in ebsd.service').not.toBeNull();
+    expect(Number(m![1])).toBeLessThanOrEqual(-500);
+    expect(Number(m![1])).toBeGreaterThan(-1000); // -1000 would exempt a leaking daemon entirely
+  });
+
   it('systemd-analyze verify accepts every unit (templates as instances)', async () => {
     const sa = spawnSync('systemd-analyze', ['--version'], { encoding: 'utf8' });
     expect(sa.status, 'systemd-analyze is installed by scripts/setup.sh').toBe(0);

@@ -162,6 +162,14 @@ export class AuditLog {
   private readonly rotateBytes: number;
   private readonly sealIntervalMs: number;
   private readonly clock: () => number;
+  /**
+   * Called once per batch written, or failed, with its events and the seconds its write (and
+   * fdatasync, with `fsync: 'event'`) took: the daemon's metrics (src/daemon/metrics.ts). A batch
+   * that failed failed every audited call in it, so that is what an operator must see first.
+   */
+  onBatchWritten: ((events: number, seconds: number, ok: boolean) => void) | undefined;
+  /** Events whose write failed since open (their calls failed with them). */
+  private failedEvents = 0;
 
   private constructor(private readonly o: AuditOptions) {
     this.fsyncMode = o.fsync ?? 'none';
@@ -309,6 +317,20 @@ export class AuditLog {
     return this.flushedSeq;
   }
 
+  /** Events whose write failed since the log was opened. */
+  get failedWrites(): number {
+    return this.failedEvents;
+  }
+
+  /** onBatchWritten, if set; an observer that throws must not fail the events just written. */
+  private observeBatch(events: number, t0: number, ok: boolean): void {
+    try {
+      this.onBatchWritten?.(events, (performance.now() - t0) / 1000, ok);
+    } catch (e) {
+      this.o.log.warn({ err: e }, 'audit: the batch observer threw');
+    }
+  }
+
   /** Append one event; resolves when it is durable per the fsync mode. */
   append(event: Record<string, unknown>): Promise<void> {
     return this.appendJson(openJson(event));
@@ -417,6 +439,7 @@ export class AuditLog {
         hash = sha256hex(line);
         lines.push(line + '\n');
       }
+      const t0 = performance.now();
       try {
         const start = this.liveBytes;
         await this.writeAll(Buffer.from(lines.join('')));
@@ -424,9 +447,12 @@ export class AuditLog {
         this.flushedSeq = seq;
         this.flushedHash = hash;
         this.disk.wrote();
+        this.observeBatch(batch.length, t0, true);
         for (const p of batch) p.resolve();
       } catch (e) {
         this.o.log.error({ err: e, file: join(this.o.dir, EVENTS_FILE) }, 'audit log write failed');
+        this.failedEvents += batch.length;
+        this.observeBatch(batch.length, t0, false);
         for (const p of batch) p.reject(e);
       }
       if (this.liveBytes >= this.rotateBytes) await this.rotate().catch((e) => this.o.log.error({ err: e }, 'audit log rotation failed'));
