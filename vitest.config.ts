@@ -67,6 +67,7 @@ const UNIT = [
   'test/util/util.test.ts',
   'test/util/logger-redact.test.ts',
   'test/util/atomic-write-temps.test.ts',
+  'test/util/retry-set.test.ts',
 ];
 const SERIAL = [
   'test/volume/tmpfs.test.ts',
