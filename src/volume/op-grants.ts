@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
-import { toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
+import { listAllRetirableGrants, toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
 import { errInfo } from './errors.js';
 import type { Clock } from '../util/clock.js';
 import { RetrySet } from '../util/retry-set.js';
@@ -29,6 +29,17 @@ export interface KeyUse {
 interface MadeGrant {
   grantId: string;
   grantToken: string;
+  keyId: string;
+  stepId: string;
+}
+
+/**
+ * A grant KMS may have made while its CreateGrant went unanswered (the answer
+ * lost, the SDK's retries timed out too): this host never learnt its id or
+ * token, so it is found by its name (unique per step) and retired by id.
+ */
+interface LostGrant {
+  name: string;
   keyId: string;
   stepId: string;
 }
@@ -98,8 +109,8 @@ export function opGrantInstance(name: string | undefined): string | undefined {
  * every step was made before: KMS still judges that call itself.
  */
 export class OpGrants {
-  /** Grants whose RetireGrant KMS did not answer, by grant id: retried every retryMs. */
-  private readonly unretired: RetrySet<MadeGrant>;
+  /** Grants whose RetireGrant KMS did not answer, by grant id, and grants a CreateGrant KMS did not answer may have made, by name: retried every retryMs. */
+  private readonly unretired: RetrySet<MadeGrant | LostGrant>;
 
   constructor(
     private readonly ks: KeyService,
@@ -111,6 +122,7 @@ export class OpGrants {
     if (!(o.retryMs > 0)) throw new RangeError(`retryMs: ${o.retryMs} is not a positive delay`);
     this.unretired = new RetrySet({
       attempt: async (_id, g) => {
+        if ('name' in g) return this.retireLost(g);
         if (!(await this.retireOne(g))) return false;
         this.log.info({ step: g.stepId, grantId: g.grantId, keyId: g.keyId }, 'retired a key step\'s grant on retry');
         return true;
@@ -136,6 +148,7 @@ export class OpGrants {
     const made: MadeGrant[] = [];
     try {
       for (const [n, g] of grants.entries()) {
+        const name = opGrantName(this.instanceId, stepId, n);
         try {
           const r = await this.ks.createGrant(
             {
@@ -144,7 +157,7 @@ export class OpGrants {
               RetiringPrincipal: this.host.arn,
               Operations: [...g.operations],
               Constraints: { EncryptionContextSubset: { ...g.context } },
-              Name: opGrantName(this.instanceId, stepId, n),
+              Name: name,
             },
             via,
           );
@@ -152,6 +165,11 @@ export class OpGrants {
           faultPoint('op-grant.after-create');
         } catch (e) {
           const err = toKeyServiceError('CreateGrant', e);
+          if (!err.authoritative) {
+            // No answer is not "no grant": KMS may have made it and the answer been lost.
+            this.unretired.add(`name:${name}`, { name, keyId: g.keyId, stepId });
+            this.log.warn({ step: stepId, keyId: g.keyId, grantName: name, retryMs: this.o.retryMs }, 'CreateGrant for a key step not answered: KMS may have made the grant; looking for it by name to retire it');
+          }
           if (err.awsName !== 'AccessDeniedException') throw err;
           this.log.info({ step: stepId, keyId: g.keyId }, 'CreateGrant refused for a key step: calling without a grant on the caller\'s behalf (a key policy that allows the operation itself)');
           await this.retire(made.splice(0));
@@ -181,13 +199,35 @@ export class OpGrants {
   }
 
   /**
+   * The grants named `g.name` among those this host may retire, retired by id. True when
+   * the list was complete and KMS answered each retirement (or this KeyService cannot list:
+   * the next start's sweep is all there is); false to try again.
+   */
+  private async retireLost(g: LostGrant): Promise<boolean> {
+    let listed: Awaited<ReturnType<typeof listAllRetirableGrants>>;
+    try {
+      listed = await listAllRetirableGrants(this.ks, this.host);
+    } catch {
+      return false; // KMS still away (or refusing the list): tried again, and by the next start's sweep
+    }
+    if (!listed) return true;
+    let answered = true;
+    for (const found of listed.grants.filter((x) => x.Name === g.name)) {
+      const done = await this.retireOne({ grantId: found.GrantId, grantToken: '', keyId: found.KeyId, stepId: g.stepId });
+      if (done) this.log.info({ step: g.stepId, grantId: found.GrantId, keyId: found.KeyId }, 'retired a key step\'s grant whose CreateGrant was not answered');
+      answered &&= done;
+    }
+    return answered && listed.complete;
+  }
+
+  /**
    * True when there is nothing left to retry: retired now, already gone, or
    * refused by KMS (an authoritative answer, as AttachGrants.retireOne: a retry
    * would get the same; the start sweep tries once more). False when KMS did not answer.
    */
   private async retireOne(g: MadeGrant): Promise<boolean> {
     try {
-      await this.ks.retireGrant({ GrantToken: g.grantToken }, this.host);
+      await this.ks.retireGrant(g.grantToken ? { GrantToken: g.grantToken } : { KeyId: g.keyId, GrantId: g.grantId }, this.host);
       return true;
     } catch (e) {
       const err = toKeyServiceError('RetireGrant', e);
