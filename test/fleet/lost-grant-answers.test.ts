@@ -6,7 +6,8 @@
  * with the same Name, times out again) or refuses a RetireGrant. Once the KMS
  * answers again, B retires the grant by itself, without a restart or another
  * attach of the volume: an attach grant of a failed attach, one a detach could
- * not retire, and the op grant of a failed create.
+ * not retire (of a volume kept, or deleted meanwhile), and the op grant of a
+ * failed create.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -76,6 +77,18 @@ describe('grants whose CreateGrant answer or RetireGrant was lost are retired on
     await b.api('ebsd.DetachVolume', { VolumeId: vol });
     expect(proxy!.faulted.retiregrant).toBeGreaterThan(0);
     expect((await b.api('ebsd.DescribeVolumes', { VolumeIds: [vol] })).Volumes[0].State).toBe('available');
+    expect(await named(`ebsd-attach-${instance}-${vol}`)).toHaveLength(1);
+    proxy!.set({});
+    await untilNone(`ebsd-attach-${instance}-${vol}`);
+  }, 120_000);
+
+  it('a volume deleted while its detach\'s grant is still unretired: the grant is found by name and retired once the KMS answers', async () => {
+    const vol = (await b.api('ebsd.CreateVolume', { Size: '16MiB', KmsKeyId: k })).VolumeId as string;
+    await b.api('ebsd.AttachVolume', { VolumeId: vol });
+    proxy!.set({ RetireGrant: 'refuse', ListRetirableGrants: 'refuse' });
+    await b.api('ebsd.DetachVolume', { VolumeId: vol });
+    await b.api('ebsd.DeleteVolume', { VolumeId: vol });
+    expect((await b.api('ebsd.DescribeVolumes', {})).Volumes.map((v: any) => v.VolumeId)).not.toContain(vol);
     expect(await named(`ebsd-attach-${instance}-${vol}`)).toHaveLength(1);
     proxy!.set({});
     await untilNone(`ebsd-attach-${instance}-${vol}`);
