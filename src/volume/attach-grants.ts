@@ -2,10 +2,10 @@ import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
 import type { KeyedMutex } from '../util/lock.js';
 import type { Catalog, VolumeRecord } from './catalog.js';
-import { listAllRetirableGrants, toKeyServiceError, type KeyService } from './key-service.js';
+import { GRANT_CONSISTENCY_MS, listAllRetirableGrants, toKeyServiceError, type KeyService } from './key-service.js';
 import { errInfo } from './errors.js';
 import { opGrantInstance } from './op-grants.js';
-import type { Clock } from '../util/clock.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import { RetrySet } from '../util/retry-set.js';
 
 /** Grants named so belong to an attachment: `ebsd-attach-<instance id>-<volume id>`. */
@@ -28,6 +28,8 @@ function parseAttachGrantName(name: string | undefined): { instanceId?: string; 
   if (!m) return undefined;
   return { ...(m[1] ? { instanceId: m[1] } : {}), volumeId: m[2]! };
 }
+
+type PendingGrant = NonNullable<VolumeRecord['pendingGrantRetirements']>[number];
 
 export interface AttachGrantsOptions {
   /** How long after KMS did not answer a retirement (or a CreateGrant) it is tried again, and again while it does not. */
@@ -53,8 +55,15 @@ export interface AttachGrantsOptions {
 export class AttachGrants {
   /** Volumes whose grants are tried again in the background (retryLater). */
   private readonly unsettled: RetrySet<true>;
-  /** Of those, the ones to sweep for grants made for them that nobody heard of (a CreateGrant KMS did not answer). */
-  private readonly sweepPending = new Set<string>();
+  /**
+   * Of those, the ones to sweep for grants made for them that nobody heard of (a CreateGrant KMS
+   * did not answer, a deleted volume), each with the time before which a complete sweep that finds
+   * nothing does not end it: KMS grants are eventually consistent (GRANT_CONSISTENCY_MS).
+   */
+  private readonly sweepPending = new Map<string, number>();
+  /** Pending retirements of volumes deleted meanwhile (their record is gone): still retired by token. */
+  private readonly unrecorded = new Map<string, PendingGrant[]>();
+  private readonly clock: Clock;
 
   constructor(
     private readonly ks: KeyService,
@@ -66,6 +75,7 @@ export class AttachGrants {
     o: AttachGrantsOptions,
   ) {
     if (!(o.retryMs > 0)) throw new RangeError(`retryMs: ${o.retryMs} is not a positive delay`);
+    this.clock = o.clock ?? systemClock;
     this.unsettled = new RetrySet({
       attempt: (volumeId) => this.settle(volumeId),
       firstMs: o.retryMs, // maxMs unset: a fixed period
@@ -75,11 +85,18 @@ export class AttachGrants {
 
   /**
    * Try `volumeId`'s grants again in the background until KMS answers: its recorded
-   * pendingGrantRetirements, and with `sweep` (a CreateGrant KMS did not answer) any
-   * grant named for this host and volume that its record does not hold (retireOrphans).
+   * pendingGrantRetirements (or `grants`, those of a volume whose record is deleted), and
+   * with `sweep` any grant named for this host and volume that its record does not hold
+   * (retireOrphans). `sweep: 'lost-create'` (a CreateGrant KMS did not answer) keeps
+   * sweeping for GRANT_CONSISTENCY_MS even when a list finds nothing, as a grant just
+   * made may not be listed yet.
    */
-  retryLater(volumeId: string, o: { sweep: boolean }): void {
-    if (o.sweep) this.sweepPending.add(volumeId);
+  retryLater(volumeId: string, o: { sweep: boolean | 'lost-create'; grants?: readonly PendingGrant[] }): void {
+    if (o.sweep) {
+      const until = o.sweep === 'lost-create' ? this.clock.now() + GRANT_CONSISTENCY_MS : 0;
+      this.sweepPending.set(volumeId, Math.max(until, this.sweepPending.get(volumeId) ?? 0));
+    }
+    if (o.grants?.length) this.unrecorded.set(volumeId, [...(this.unrecorded.get(volumeId) ?? []), ...o.grants]);
     this.unsettled.add(volumeId, true);
   }
 
@@ -91,7 +108,10 @@ export class AttachGrants {
   /** Stop retrying; what is left stays recorded (pending retirements) or is found by the next start's sweep. */
   async close(): Promise<void> {
     await this.unsettled.close();
-    if (this.unsettled.size) this.log.warn({ volumeIds: this.unsettledVolumeIds }, 'attach grants still to be retired at close; the next start retries them');
+    if (this.unsettled.size) {
+      const grantIds = [...this.unrecorded.values()].flat().map((g) => g.grantId);
+      this.log.warn({ volumeIds: this.unsettledVolumeIds, ...(grantIds.length ? { grantIds } : {}) }, 'attach grants still to be retired at close; the next start retries them (those of deleted volumes: its sweep by name)');
+    }
   }
 
   /** One retry of `volumeId`, under its mutex (an attach under way holds it, so its new grant is never taken for a stray). True when nothing is left. Never throws. */
@@ -100,9 +120,20 @@ export class AttachGrants {
       return await this.mutex.run(volumeId, async () => {
         const rec = this.catalog.get(volumeId);
         if (rec?.pendingGrantRetirements?.length) await this.retirePending(rec);
-        const pendingLeft = !!this.catalog.get(volumeId)?.pendingGrantRetirements?.length;
-        if (this.sweepPending.has(volumeId)) {
-          if (!(await this.sweep(volumeId, true)).complete) return false;
+        const kept = this.unrecorded.get(volumeId);
+        if (kept) {
+          const left: PendingGrant[] = [];
+          for (const g of kept) if (!(await this.retireOne(volumeId, g, 'retry'))) left.push(g);
+          if (left.length) this.unrecorded.set(volumeId, left);
+          else this.unrecorded.delete(volumeId);
+        }
+        const pendingLeft = !!this.catalog.get(volumeId)?.pendingGrantRetirements?.length || this.unrecorded.has(volumeId);
+        const until = this.sweepPending.get(volumeId);
+        if (until !== undefined) {
+          const r = await this.sweep(volumeId, true);
+          if (!r.complete) return false;
+          // A list that may not show the grant yet (eventual consistency) does not end the sweep.
+          if (!r.refused && !r.retired.length && this.clock.now() < until) return false;
           this.sweepPending.delete(volumeId);
         }
         if (!pendingLeft) this.log.info({ volumeId }, 'attach grants KMS did not answer for earlier are settled');
@@ -198,13 +229,19 @@ export class AttachGrants {
   }
 
   /** retireOrphans, telling also whether it is `complete`: listed to the end, and KMS answered every retirement. */
-  private async sweep(onlyVolumeId?: string, retrying = false): Promise<{ retired: string[]; complete: boolean }> {
+  private async sweep(onlyVolumeId?: string, retrying = false): Promise<{ retired: string[]; complete: boolean; refused?: true }> {
     const orphans: { volumeId: string; grantId: string; keyArn: string }[] = [];
     let unattributed = 0;
     let listed: Awaited<ReturnType<typeof listAllRetirableGrants>>;
     try {
       listed = await listAllRetirableGrants(this.ks, this.host);
     } catch (e) {
+      const err = toKeyServiceError('ListRetirableGrants', e);
+      if (err.authoritative) {
+        // A host that may not list its grants (no kms:ListRetirableGrants) never will by retrying: done.
+        this.log.warn({ volumeId: onlyVolumeId, awsName: err.awsName }, 'KMS refused ListRetirableGrants: attach grants without an attachment cannot be found by name (allow kms:ListRetirableGrants, or revoke them as the account)');
+        return { retired: [], complete: true, refused: true };
+      }
       // A background retry fails every retryMs while KMS is away: not a line each time.
       if (retrying) this.log.debug({ volumeId: onlyVolumeId, err: errInfo(e) }, 'could not list the host\'s retirable grants; trying again');
       else this.log.warn({ err: errInfo(e) }, 'could not list the host\'s retirable grants; attach grants without an attachment stay until the next start');

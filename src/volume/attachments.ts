@@ -192,7 +192,7 @@ export class Attachments {
       ).catch((e: unknown) => {
         // No answer is not "no grant": KMS may have made it and the answer been lost. Found by
         // its name and retired once KMS answers (AttachGrants.retryLater), not at the next start.
-        if (!toKeyServiceError('CreateGrant', e).authoritative) this.grants.retryLater(rec.volumeId, { sweep: true });
+        if (!toKeyServiceError('CreateGrant', e).authoritative) this.grants.retryLater(rec.volumeId, { sweep: 'lost-create' });
         throw e;
       });
       // A crash from here until the catalog says in-use leaves a live grant with no record:

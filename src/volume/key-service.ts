@@ -78,6 +78,13 @@ export interface RetirableGrant {
 }
 
 /**
+ * How long a grant KMS made may take to show throughout KMS, its lists included: "usually less
+ * than five minutes" (AWS KMS API reference, CreateGrant: eventual consistency). A search by name
+ * for a grant whose CreateGrant went unanswered does not end on an empty list before then.
+ */
+export const GRANT_CONSISTENCY_MS = 5 * 60_000;
+
+/**
  * Every grant `host` may retire: ListRetirableGrants as the host, 100 a page, at most 1000
  * pages. `complete` is false when a page said Truncated without a NextMarker, or the pages
  * did not end: a grant missing from such a list may still exist. Throws what the list

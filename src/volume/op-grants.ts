@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
-import { listAllRetirableGrants, toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
+import { GRANT_CONSISTENCY_MS, listAllRetirableGrants, toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
 import { errInfo } from './errors.js';
-import type { Clock } from '../util/clock.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import { RetrySet } from '../util/retry-set.js';
 import { faultPoint } from '../util/fault-point.js';
 
@@ -42,6 +42,8 @@ interface LostGrant {
   name: string;
   keyId: string;
   stepId: string;
+  /** Until then a list without it does not end the search: a grant just made may not be listed yet (GRANT_CONSISTENCY_MS). */
+  until: number;
 }
 
 /**
@@ -167,7 +169,7 @@ export class OpGrants {
           const err = toKeyServiceError('CreateGrant', e);
           if (!err.authoritative) {
             // No answer is not "no grant": KMS may have made it and the answer been lost.
-            this.unretired.add(`name:${name}`, { name, keyId: g.keyId, stepId });
+            this.unretired.add(`name:${name}`, { name, keyId: g.keyId, stepId, until: (this.o.clock ?? systemClock).now() + GRANT_CONSISTENCY_MS });
             this.log.warn({ step: stepId, keyId: g.keyId, grantName: name, retryMs: this.o.retryMs }, 'CreateGrant for a key step not answered: KMS may have made the grant; looking for it by name to retire it');
           }
           if (err.awsName !== 'AccessDeniedException') throw err;
@@ -200,24 +202,30 @@ export class OpGrants {
 
   /**
    * The grants named `g.name` among those this host may retire, retired by id. True when
-   * the list was complete and KMS answered each retirement (or this KeyService cannot list:
-   * the next start's sweep is all there is); false to try again.
+   * the list was complete and KMS answered each retirement, once one was found or `g.until`
+   * has passed (a grant just made may not be listed yet); true too when this host may not
+   * list (an authoritative refusal) or this KeyService cannot: the next start's sweep is
+   * all there is. False to try again.
    */
   private async retireLost(g: LostGrant): Promise<boolean> {
     let listed: Awaited<ReturnType<typeof listAllRetirableGrants>>;
     try {
       listed = await listAllRetirableGrants(this.ks, this.host);
-    } catch {
-      return false; // KMS still away (or refusing the list): tried again, and by the next start's sweep
+    } catch (e) {
+      const err = toKeyServiceError('ListRetirableGrants', e);
+      if (!err.authoritative) return false; // KMS still away: tried again, and by the next start's sweep
+      this.log.warn({ step: g.stepId, keyId: g.keyId, grantName: g.name, awsName: err.awsName }, 'KMS refused ListRetirableGrants: a key step\'s grant whose CreateGrant was not answered cannot be found by name (allow kms:ListRetirableGrants, or revoke it as the account)');
+      return true;
     }
     if (!listed) return true;
     let answered = true;
-    for (const found of listed.grants.filter((x) => x.Name === g.name)) {
-      const done = await this.retireOne({ grantId: found.GrantId, grantToken: '', keyId: found.KeyId, stepId: g.stepId });
-      if (done) this.log.info({ step: g.stepId, grantId: found.GrantId, keyId: found.KeyId }, 'retired a key step\'s grant whose CreateGrant was not answered');
+    const found = listed.grants.filter((x) => x.Name === g.name);
+    for (const f of found) {
+      const done = await this.retireOne({ grantId: f.GrantId, grantToken: '', keyId: f.KeyId, stepId: g.stepId });
+      if (done) this.log.info({ step: g.stepId, grantId: f.GrantId, keyId: f.KeyId }, 'retired a key step\'s grant whose CreateGrant was not answered');
       answered &&= done;
     }
-    return answered && listed.complete;
+    return answered && listed.complete && (found.length > 0 || (this.o.clock ?? systemClock).now() >= g.until);
   }
 
   /**
