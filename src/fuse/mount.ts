@@ -39,7 +39,12 @@ class BlockFuse extends Fuse {
   }
 
   /**
-   * fuse-native 2.2.6 releases its native handle (fuse_native_unmount: the uv_async its mount
+   * fuse-native 2.2.6's own close step (its static `Fuse.unmount`) runs `fusermount -uz` through
+   * a shell with the daemon's whole environment: AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN,
+   * which the daemon keeps for its SDK clients, would reach a dumpable child
+   * (docs/architecture.md §5.10). Done here instead, with childEnv(), as lazyUnmount does.
+   *
+   * And fuse-native releases its native handle (fuse_native_unmount: the uv_async its mount
    * keeps referenced) only when its `fusermount -uz` succeeds. When the mount is already gone
    * (unmounted from outside, its directory removed) fusermount fails, the handle stays, and the
    * event loop never empties: the daemon logged "stopped" and never exited. Released here
@@ -47,13 +52,13 @@ class BlockFuse extends Fuse {
    * still tries a lazy umount when fusermount failed).
    */
   override _close(cb: (err: Error | null) => void): void {
-    super._close((err) => {
-      if (err && this._thread) {
-        try {
-          fuseNativeBinding().fuse_native_unmount(this.mnt, this._thread);
-        } catch (e) {
-          return cb(new AggregateError([err, e], `${err.message}; and the native handle could not be released`));
-        }
+    execFile('fusermount', ['-uz', this.mnt], { env: childEnv() }, (unmountErr) => {
+      const err = unmountErr ? Object.assign(unmountErr, { unmountFailure: true }) : null;
+      if (!this._thread) return cb(err);
+      try {
+        fuseNativeBinding().fuse_native_unmount(this.mnt, this._thread);
+      } catch (e) {
+        return cb(err ? new AggregateError([err, e], `${err.message}; and the native handle could not be released`) : (e as Error));
       }
       cb(err);
     });

@@ -10,8 +10,9 @@ import { faultPoint } from '../util/fault-point.js';
 import { DEFAULT_KEY_CACHE_TTL_MS, type ImpairedEvent } from './key-cache.js';
 import { KeyCheck } from './key-check.js';
 import type { Clock } from '../util/clock.js';
-import type { KeyService } from './key-service.js';
+import { toKeyServiceError, type KeyService } from './key-service.js';
 import { attachGrantName, AttachGrants } from './attach-grants.js';
+import { opGrantRetryMs } from './op-grants.js';
 import type { BlockDevice } from './types.js';
 import type { Attachment } from './attachment.js';
 import type { Luks2Volume } from './luks2-json.js';
@@ -109,8 +110,8 @@ export class Attachments {
     this.openCount = o.openCount ?? (() => 0);
     this.expose = o.expose ?? (() => {});
     this.hide = o.hide ?? (async () => {});
-    this.grants = new AttachGrants(o.ks, o.host, o.instanceId, o.catalog, o.mutex, o.log);
     const ttlMs = o.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
+    this.grants = new AttachGrants(o.ks, o.host, o.instanceId, o.catalog, o.mutex, o.log, { retryMs: opGrantRetryMs(ttlMs), ...(o.clock ? { clock: o.clock } : {}) });
     this.keyCheck = ttlMs > 0 ? new KeyCheck({ ks: o.ks, host: o.host, ttlMs, ...(o.clock ? { clock: o.clock } : {}), ...(o.random ? { random: o.random } : {}), logger: o.log }) : undefined;
   }
 
@@ -188,7 +189,12 @@ export class Attachments {
           Name: attachGrantName(this.instanceId, rec.volumeId),
         },
         { ...caller, viaService: this.viaService },
-      );
+      ).catch((e: unknown) => {
+        // No answer is not "no grant": KMS may have made it and the answer been lost. Found by
+        // its name and retired once KMS answers (AttachGrants.retryLater), not at the next start.
+        if (!toKeyServiceError('CreateGrant', e).authoritative) this.grants.retryLater(rec.volumeId, { sweep: 'lost-create' });
+        throw e;
+      });
       // A crash from here until the catalog says in-use leaves a live grant with no record:
       // the next start finds it by name and retires it (AttachGrants.retireOrphans).
       faultPoint('attach.after-grant');
@@ -214,7 +220,10 @@ export class Attachments {
       await this.teardown(att).catch(() => {});
       if (att.grantId) {
         const g = { grantId: att.grantId, keyArn: att.keyArn, grantToken: att.grantToken };
-        if (!(await this.grants.retireOne(rec.volumeId, g, 'failed attach'))) (before.pendingGrantRetirements ??= []).push({ ...g, since: attachTime });
+        if (!(await this.grants.retireOne(rec.volumeId, g, 'failed attach'))) {
+          (before.pendingGrantRetirements ??= []).push({ ...g, since: attachTime });
+          this.grants.retryLater(rec.volumeId, { sweep: false });
+        }
       }
       if (recorded || before.pendingGrantRetirements?.length) {
         await this.catalog.put(before).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record the rolled-back attach'));
@@ -339,8 +348,11 @@ export class Attachments {
       const g = { grantId: a.grantId, keyArn: rec.kmsKeyId, ...(a.grantToken ? { grantToken: a.grantToken } : {}) };
       grantRetired = await this.grants.retireOne(rec.volumeId, g, 'detach');
       // The key is already wiped; a grant left behind only lets this host decrypt again.
-      // Keep it so the next start or attach retires it (never forget a live grant).
-      if (!grantRetired) (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
+      // Kept, and tried again until KMS answers (never forget a live grant).
+      if (!grantRetired) {
+        (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
+        this.grants.retryLater(rec.volumeId, { sweep: false });
+      }
     }
     faultPoint('detach.after-retire');
     delete rec.attachment;
@@ -352,6 +364,7 @@ export class Attachments {
 
   /** Shutdown: stop every attachment (drain, fdatasync, wipe) but keep catalog `in-use`, so a restart resumes them. */
   async close(): Promise<void> {
+    await this.grants.close();
     await this.keyCheck?.stop();
     for (const [id, att] of this.live) {
       await this.mutex.run(id, async () => {
@@ -432,6 +445,7 @@ export class Attachments {
         if (!(await this.grants.retireOne(rec.volumeId, g, 'failed attach'))) {
           (rec.pendingGrantRetirements ??= []).push({ ...g, since: new Date().toISOString() });
           await this.catalog.put(rec).catch((err) => this.log.warn({ volumeId: rec.volumeId, err: errInfo(err) }, 'could not record a pending grant retirement'));
+          this.grants.retryLater(rec.volumeId, { sweep: false });
         }
       }
       await lock.release();

@@ -78,6 +78,34 @@ export interface RetirableGrant {
 }
 
 /**
+ * How long a grant KMS made may take to show throughout KMS, its lists included: "usually less
+ * than five minutes" (AWS KMS API reference, CreateGrant: eventual consistency). A search by name
+ * for a grant whose CreateGrant went unanswered does not end on an empty list before then.
+ */
+export const GRANT_CONSISTENCY_MS = 5 * 60_000;
+
+/**
+ * Every grant `host` may retire: ListRetirableGrants as the host, 100 a page, at most 1000
+ * pages. `complete` is false when a page said Truncated without a NextMarker, or the pages
+ * did not end: a grant missing from such a list may still exist. Throws what the list
+ * threw; undefined when the KeyService cannot list.
+ */
+export async function listAllRetirableGrants(ks: KeyService, host: Caller): Promise<{ grants: RetirableGrant[]; complete: boolean } | undefined> {
+  const list = ks.listRetirableGrants?.bind(ks);
+  if (!list) return undefined;
+  const grants: RetirableGrant[] = [];
+  let marker: string | undefined;
+  for (let page = 0; page < 1000; page++) {
+    const r = await list({ RetiringPrincipal: host.arn, Limit: 100, ...(marker ? { Marker: marker } : {}) }, host);
+    grants.push(...r.Grants);
+    if (!r.Truncated) return { grants, complete: true };
+    if (!r.NextMarker) break;
+    marker = r.NextMarker;
+  }
+  return { grants, complete: false };
+}
+
+/**
  * KMS answers that mean "no" rather than "not now": the key is disabled or
  * pending deletion, the grant is gone, the caller is denied, the blob does
  * not belong to this key/context, the host's access key does not exist

@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { Caller } from '../kms/types.js';
-import { toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
+import { GRANT_CONSISTENCY_MS, listAllRetirableGrants, toKeyServiceError, type EncryptionContext, type KeyService } from './key-service.js';
 import { errInfo } from './errors.js';
-import type { Clock } from '../util/clock.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import { RetrySet } from '../util/retry-set.js';
 import { faultPoint } from '../util/fault-point.js';
 
@@ -31,6 +31,19 @@ interface MadeGrant {
   grantToken: string;
   keyId: string;
   stepId: string;
+}
+
+/**
+ * A grant KMS may have made while its CreateGrant went unanswered (the answer
+ * lost, the SDK's retries timed out too): this host never learnt its id or
+ * token, so it is found by its name (unique per step) and retired by id.
+ */
+interface LostGrant {
+  name: string;
+  keyId: string;
+  stepId: string;
+  /** Until then a list without it does not end the search: a grant just made may not be listed yet (GRANT_CONSISTENCY_MS). */
+  until: number;
 }
 
 /**
@@ -98,8 +111,8 @@ export function opGrantInstance(name: string | undefined): string | undefined {
  * every step was made before: KMS still judges that call itself.
  */
 export class OpGrants {
-  /** Grants whose RetireGrant KMS did not answer, by grant id: retried every retryMs. */
-  private readonly unretired: RetrySet<MadeGrant>;
+  /** Grants whose RetireGrant KMS did not answer, by grant id, and grants a CreateGrant KMS did not answer may have made, by name: retried every retryMs. */
+  private readonly unretired: RetrySet<MadeGrant | LostGrant>;
 
   constructor(
     private readonly ks: KeyService,
@@ -111,6 +124,7 @@ export class OpGrants {
     if (!(o.retryMs > 0)) throw new RangeError(`retryMs: ${o.retryMs} is not a positive delay`);
     this.unretired = new RetrySet({
       attempt: async (_id, g) => {
+        if ('name' in g) return this.retireLost(g);
         if (!(await this.retireOne(g))) return false;
         this.log.info({ step: g.stepId, grantId: g.grantId, keyId: g.keyId }, 'retired a key step\'s grant on retry');
         return true;
@@ -136,6 +150,7 @@ export class OpGrants {
     const made: MadeGrant[] = [];
     try {
       for (const [n, g] of grants.entries()) {
+        const name = opGrantName(this.instanceId, stepId, n);
         try {
           const r = await this.ks.createGrant(
             {
@@ -144,7 +159,7 @@ export class OpGrants {
               RetiringPrincipal: this.host.arn,
               Operations: [...g.operations],
               Constraints: { EncryptionContextSubset: { ...g.context } },
-              Name: opGrantName(this.instanceId, stepId, n),
+              Name: name,
             },
             via,
           );
@@ -152,6 +167,11 @@ export class OpGrants {
           faultPoint('op-grant.after-create');
         } catch (e) {
           const err = toKeyServiceError('CreateGrant', e);
+          if (!err.authoritative) {
+            // No answer is not "no grant": KMS may have made it and the answer been lost.
+            this.unretired.add(`name:${name}`, { name, keyId: g.keyId, stepId, until: (this.o.clock ?? systemClock).now() + GRANT_CONSISTENCY_MS });
+            this.log.warn({ step: stepId, keyId: g.keyId, grantName: name, retryMs: this.o.retryMs }, 'CreateGrant for a key step not answered: KMS may have made the grant; looking for it by name to retire it');
+          }
           if (err.awsName !== 'AccessDeniedException') throw err;
           this.log.info({ step: stepId, keyId: g.keyId }, 'CreateGrant refused for a key step: calling without a grant on the caller\'s behalf (a key policy that allows the operation itself)');
           await this.retire(made.splice(0));
@@ -181,13 +201,41 @@ export class OpGrants {
   }
 
   /**
+   * The grants named `g.name` among those this host may retire, retired by id. True when
+   * the list was complete and KMS answered each retirement, once one was found or `g.until`
+   * has passed (a grant just made may not be listed yet); true too when this host may not
+   * list (an authoritative refusal) or this KeyService cannot: the next start's sweep is
+   * all there is. False to try again.
+   */
+  private async retireLost(g: LostGrant): Promise<boolean> {
+    let listed: Awaited<ReturnType<typeof listAllRetirableGrants>>;
+    try {
+      listed = await listAllRetirableGrants(this.ks, this.host);
+    } catch (e) {
+      const err = toKeyServiceError('ListRetirableGrants', e);
+      if (!err.authoritative) return false; // KMS still away: tried again, and by the next start's sweep
+      this.log.warn({ step: g.stepId, keyId: g.keyId, grantName: g.name, awsName: err.awsName }, 'KMS refused ListRetirableGrants: a key step\'s grant whose CreateGrant was not answered cannot be found by name (allow kms:ListRetirableGrants, or revoke it as the account)');
+      return true;
+    }
+    if (!listed) return true;
+    let answered = true;
+    const found = listed.grants.filter((x) => x.Name === g.name);
+    for (const f of found) {
+      const done = await this.retireOne({ grantId: f.GrantId, grantToken: '', keyId: f.KeyId, stepId: g.stepId });
+      if (done) this.log.info({ step: g.stepId, grantId: f.GrantId, keyId: f.KeyId }, 'retired a key step\'s grant whose CreateGrant was not answered');
+      answered &&= done;
+    }
+    return answered && listed.complete && (found.length > 0 || (this.o.clock ?? systemClock).now() >= g.until);
+  }
+
+  /**
    * True when there is nothing left to retry: retired now, already gone, or
    * refused by KMS (an authoritative answer, as AttachGrants.retireOne: a retry
    * would get the same; the start sweep tries once more). False when KMS did not answer.
    */
   private async retireOne(g: MadeGrant): Promise<boolean> {
     try {
-      await this.ks.retireGrant({ GrantToken: g.grantToken }, this.host);
+      await this.ks.retireGrant(g.grantToken ? { GrantToken: g.grantToken } : { KeyId: g.keyId, GrantId: g.grantId }, this.host);
       return true;
     } catch (e) {
       const err = toKeyServiceError('RetireGrant', e);

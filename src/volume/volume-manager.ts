@@ -532,7 +532,10 @@ export class VolumeManager {
       if (this.attachments.get(rec.volumeId)) throw new VolumeError('VOLUME_IN_USE', `Volume ${rec.volumeId} is still attached on this host`, { awsName: 'VolumeInUse' });
       if (rec.pendingGrantRetirements?.length) await this.attachments.grants.retirePending(rec);
       if (rec.pendingGrantRetirements?.length) {
-        this.log.warn({ volumeId: rec.volumeId, grantIds: rec.pendingGrantRetirements.map((g) => g.grantId) }, 'deleting a volume whose attach grants could not be retired; revoke them with RevokeGrant');
+        // The record goes with the volume: its grants are kept in memory and retired by token once KMS
+        // answers, and swept for by name too (AttachGrants.retryLater).
+        this.attachments.grants.retryLater(rec.volumeId, { sweep: true, grants: rec.pendingGrantRetirements });
+        this.log.warn({ volumeId: rec.volumeId, grantIds: rec.pendingGrantRetirements.map((g) => g.grantId) }, 'deleting a volume whose attach grants could not be retired yet; they are retired by name once KMS answers (or revoke them with RevokeGrant)');
       }
       // Attach grants a crash left without a record would outlive the volume: retire them too.
       await this.attachments.grants.retireOrphans(rec.volumeId);

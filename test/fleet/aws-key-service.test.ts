@@ -10,7 +10,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AwsKeyService, probeDelayMs } from '../../src/volume/aws-key-service.js';
 import { KeyServiceError } from '../../src/volume/errors.js';
 import { toKeyServiceError } from '../../src/volume/key-service.js';
@@ -91,6 +91,29 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     expect(e).toMatchObject({ code: 'KMS_REFUSED', awsName: 'UnrecognizedClientException', authoritative: true });
     for (const name of ['InvalidSignatureException', 'ExpiredTokenException']) {
       expect(toKeyServiceError('Decrypt', { name, message: 'x' })).toMatchObject({ awsName: name, authoritative: false });
+    }
+  });
+
+  it('a host clock 20 minutes off (past SigV4\'s 15 minutes), behind or ahead: the SDK takes the offset from the KMS\'s Date header and the call succeeds, not "not now" until max-stale', async () => {
+    const ks = await as('host');
+    const blob = (await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY)).CiphertextBlob;
+    // Clients without retries, resolved before the clock goes off: one per skew (each learns its own offset).
+    const once = { [-20 * 60_000]: await as('host', { maxAttempts: 1 }), [20 * 60_000]: await as('host', { maxAttempts: 1 }) };
+    for (const skewMs of [-20 * 60_000, 20 * 60_000]) {
+      // Only Date is faked (timers stay real): this process's clock is off, the KMS daemon's is not.
+      vi.useFakeTimers({ toFake: ['Date'] });
+      try {
+        vi.setSystemTime(Date.now() + skewMs);
+        expect((await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY)).Plaintext).toHaveLength(64);
+        expect(ks.health()).toMatchObject({ Circuit: 'closed', ConsecutiveFailures: 0 });
+        // The skew was real: a client without retries (its clock as far off) is refused once, ridden out as "not now", then corrected.
+        const e = await once[skewMs]!.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY).catch((x: unknown) => x);
+        expect(e).toMatchObject({ awsName: 'InvalidSignatureException', authoritative: false });
+        expect((e as Error).message).toMatch(skewMs < 0 ? /Signature expired/ : /Signature not yet current/);
+        expect((await once[skewMs]!.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX }, ANY)).Plaintext).toHaveLength(64);
+      } finally {
+        vi.useRealTimers();
+      }
     }
   });
 

@@ -15,16 +15,19 @@
  *     mount serves a volume as before;
  *   - the AWS SDK's secret variables (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN),
  *     which the daemon keeps for its own SDK clients (a remote KMS, an S3
- *     store), are not in systemd-notify's environment either (childEnv).
+ *     store), are not in systemd-notify's environment either (childEnv), nor
+ *     in the `fusermount -uz` the daemon's stop runs (a stand-in on PATH writes
+ *     its environment, then runs the real one).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, createWriteStream, mkdirSync, openSync, readFileSync, readSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, createWriteStream, mkdirSync, openSync, readFileSync, readSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { CLI, Env, ensureBuilt, untilReady } from '../e2e/helpers.js';
 
 const NOBODY = 65534;
+const FUSERMOUNT = ['/usr/bin/fusermount', '/bin/fusermount'].find((f) => existsSync(f)) ?? '/usr/bin/fusermount';
 const coreLimits = (pid: number): string | undefined => readFileSync(`/proc/${pid}/limits`, 'utf8').split('\n').find((l) => l.startsWith('Max core file size'));
 
 describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUSE)', () => {
@@ -35,6 +38,7 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
   const awsToken = `aws-token-${randomBytes(12).toString('hex')}`;
   const bin = join(env.dir, 'bin');
   const dumps = join(env.dir, 'notify-env');
+  const unmountDumps = join(env.dir, 'fusermount-env');
   const saved = {
     PATH: process.env.PATH, NOTIFY_SOCKET: process.env.NOTIFY_SOCKET, EBSD_HSM_PASSPHRASE: process.env.EBSD_HSM_PASSPHRASE,
     AWS_SECRET_ACCESS_KEY: process.env.AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN: process.env.AWS_SESSION_TOKEN,
@@ -44,9 +48,12 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
     ensureBuilt();
     mkdirSync(bin);
     mkdirSync(dumps);
+    mkdirSync(unmountDumps);
     // A stand-in for systemd-notify(1): it writes the environment it was given, one file per run.
     // Written aside and renamed: the test reads only whole dumps (a file name seen while `env` still writes would read empty).
     writeFileSync(join(bin, 'systemd-notify'), `#!/bin/sh\nenv > ${dumps}/$$.tmp && mv ${dumps}/$$.tmp ${dumps}/$$.env\n`, { mode: 0o755 });
+    // A stand-in for fusermount(1) that writes its environment, then does the real unmount.
+    writeFileSync(join(bin, 'fusermount'), `#!/bin/sh\nenv > ${unmountDumps}/$$.tmp && mv ${unmountDumps}/$$.tmp ${unmountDumps}/$$.env\nexec ${FUSERMOUNT} "$@"\n`, { mode: 0o755 });
     Object.assign(process.env, { PATH: `${bin}:${process.env.PATH}`, NOTIFY_SOCKET: '@ebsd-test-harden-unused', EBSD_HSM_PASSPHRASE: passphrase, AWS_SECRET_ACCESS_KEY: awsSecret, AWS_SESSION_TOKEN: awsToken });
     try {
       await env.start(['--log-level', 'debug']);
@@ -110,6 +117,21 @@ describe('a daemon started with EBSD_HSM_PASSPHRASE and NOTIFY_SOCKET (root, FUS
     }
     await env.untilClosed(vol);
     await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+  });
+
+  // Last: it stops the daemon. fuse-native's own unmount ran `fusermount -uz` through a shell with the
+  // daemon's whole environment, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN included (docs/architecture.md §5.10).
+  it('the fusermount -uz its stop runs gets the environment without the AWS SDK\'s secret variables', async () => {
+    expect(await env.stop()).toBe(0);
+    const runs = readdirSync(unmountDumps).filter((f) => f.endsWith('.env')).map((f) => readFileSync(join(unmountDumps, f), 'utf8'));
+    expect(runs.length).toBeGreaterThan(0);
+    for (const e of runs) {
+      expect(e).toContain(`PATH=${bin}:`); // it is the environment the daemon gave it
+      expect(e).not.toMatch(/^AWS_SECRET_ACCESS_KEY=|^AWS_SESSION_TOKEN=/m);
+      expect(e).not.toContain(awsSecret);
+      expect(e).not.toContain(awsToken);
+    }
+    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(` ${env.mnt} `);
   });
 });
 

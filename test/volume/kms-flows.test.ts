@@ -8,6 +8,8 @@ import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
 import { openTestManager } from './helpers/manager.js';
 import { opGrantName } from '../../src/volume/op-grants.js';
 import { ManualClock } from './helpers/manual-clock.js';
+import { KeyServiceError } from '../../src/volume/errors.js';
+import { GRANT_CONSISTENCY_MS, type KeyService } from '../../src/volume/key-service.js';
 
 /**
  * docs/architecture.md §6 end to end through the real KMS core (policy authorizer, grants,
@@ -39,6 +41,32 @@ const catalogRecord = (id: string) =>
   (JSON.parse(readFileSync(join(t.dir, 'volumes', 'catalog.json'), 'utf8')).volumes as { volumeId: string; attachment?: { grantId: string }; pendingGrantRetirements?: { grantId: string; keyArn: string }[] }[]).find(
     (v) => v.volumeId === id,
   )!;
+/**
+ * The harness's KeyService with two network faults: `loseCreateAnswers` CreateGrants are made by
+ * KMS and their answer lost (thrown as unreachable), and while `hideGrants` a ListRetirableGrants
+ * answers without the grants it names (a list KMS has not caught up on yet: eventual consistency).
+ */
+function lossyKeyService(base: KeyService) {
+  const f = { loseCreateAnswers: 0, hideGrants: undefined as RegExp | undefined };
+  const ks: KeyService = {
+    ...base,
+    async createGrant(req, caller) {
+      const r = await base.createGrant(req, caller);
+      if (f.loseCreateAnswers > 0 && f.loseCreateAnswers--) throw new KeyServiceError('CreateGrant', 'RequestTimeout', false, 'answer lost (test fault injection)');
+      return r;
+    },
+    async listRetirableGrants(req, caller) {
+      const r = await base.listRetirableGrants!(req, caller);
+      return f.hideGrants ? { ...r, Grants: r.Grants.filter((g) => !f.hideGrants!.test(g.Name ?? '')) } : r;
+    },
+  };
+  return { ks, f };
+}
+/** The host may not list its grants (its identity policy without kms:ListRetirableGrants). */
+async function denyHostListing(): Promise<void> {
+  await kms.authz.identities.detachPolicy('role/EbsdHost', 'housekeeping');
+  await kms.authz.identities.attachPolicy('role/EbsdHost', 'describe-only', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['kms:DescribeKey'], Resource: '*' }] }));
+}
 const call = (op: string, req: Record<string, unknown>) => kms.core.call(op, req, kms.root) as Promise<Record<string, any>>;
 
 /** Move the manual clock one TTL on: everything the key cache does in that time has happened when this returns. */
@@ -163,6 +191,40 @@ describe('CreateVolume with op grants (a remote KMS: VolumeManagerOptions.opGran
     expect((await kms.auditEvents()).slice(n0).filter((e) => e.eventName === 'RetireGrant').map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
     expect(clock.pending).toBe(0); // nothing left to retry: no timer armed
   });
+
+  test('a CreateGrant whose answer was lost, on a host that may not list its grants: the search by name ends with a warning, not retried forever', async () => {
+    const clock = new ManualClock();
+    const { ks, f } = lossyKeyService(kms.keyService);
+    await mgr.close();
+    mgr = await manager({ opGrants: true, clock, keyCacheTtlMs: 4_000, keyService: ks });
+    const arn = await kms.createKey();
+    await denyHostListing();
+    f.loseCreateAnswers = 1;
+    await expect(mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user)).rejects.toMatchObject({ code: 'KMS_UNAVAILABLE' });
+    expect(mgr.opGrants!.unretiredGrantIds).toHaveLength(1);
+    await clock.advance(1_000); // AccessDeniedException on the list: authoritative, nothing to gain by asking again
+    expect(mgr.opGrants!.unretiredGrantIds).toEqual([]);
+    expect(clock.pending).toBe(0);
+  });
+
+  test('a CreateGrant whose answer was lost and whose grant the list does not show yet: searched for until it does (eventual consistency), then retired', async () => {
+    const clock = new ManualClock();
+    const { ks, f } = lossyKeyService(kms.keyService);
+    await mgr.close();
+    mgr = await manager({ opGrants: true, clock, keyCacheTtlMs: 4_000, keyService: ks });
+    const arn = await kms.createKey();
+    f.loseCreateAnswers = 1;
+    f.hideGrants = /^ebsd-op-/;
+    await expect(mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user)).rejects.toMatchObject({ code: 'KMS_UNAVAILABLE' });
+    expect(await kms.grantIds(arn)).toHaveLength(1);
+    await clock.advance(3_000); // complete lists without it: kept
+    expect(mgr.opGrants!.unretiredGrantIds).toHaveLength(1);
+    f.hideGrants = undefined;
+    await clock.advance(1_000);
+    expect(await kms.grantIds(arn)).toEqual([]);
+    expect(mgr.opGrants!.unretiredGrantIds).toEqual([]);
+    expect(clock.pending).toBe(0);
+  });
 });
 
 describe('attach grant lifecycle', () => {
@@ -271,6 +333,68 @@ describe('attach grant lifecycle', () => {
     kms.setRetireFails(false);
     await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
     expect(await kms.grantIds(arn)).toEqual([]);
+  });
+
+  test('an attach whose CreateGrant answer was lost, attached again before the retry: the sweep never takes the live attachment\'s grant', async () => {
+    const clock = new ManualClock();
+    const { ks, f } = lossyKeyService(kms.keyService);
+    await mgr.close();
+    mgr = await manager({ clock, keyCacheTtlMs: 4_000, keyService: ks }); // retries every 1 s
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    f.loseCreateAnswers = 1;
+    await expect(mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'KMS_UNAVAILABLE' });
+    const lost = await kms.grantIds(arn);
+    expect(lost).toHaveLength(1);
+    // CreateGrant is idempotent by Name: the attach gets the grant whose answer was lost.
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(catalogRecord(v.VolumeId).attachment!.grantId).toBe(lost[0]);
+    // Sweeps all through the consistency window: the grant is held, never retired.
+    for (let t = 0; t < GRANT_CONSISTENCY_MS + 2_000; t += 4_000) await oneTtl(clock, 4_000);
+    expect(await kms.grantIds(arn)).toEqual(lost);
+    await mgr.getBlockDevice(v.VolumeId)!.write(0, Buffer.alloc(4096, 7));
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(await kms.grantIds(arn)).toEqual([]);
+    expect(clock.pending).toBe(0);
+  });
+
+  test('an attach whose CreateGrant answer was lost and whose grant the list does not show yet: swept for until it does, then retired', async () => {
+    const clock = new ManualClock();
+    const { ks, f } = lossyKeyService(kms.keyService);
+    await mgr.close();
+    mgr = await manager({ clock, keyCacheTtlMs: 4_000, keyService: ks });
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    f.loseCreateAnswers = 1;
+    f.hideGrants = /^ebsd-attach-/;
+    await expect(mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user)).rejects.toMatchObject({ code: 'KMS_UNAVAILABLE' });
+    expect(await kms.grantIds(arn)).toHaveLength(1);
+    await clock.advance(3_000); // complete lists without it: still swept for
+    expect(await kms.grantIds(arn)).toHaveLength(1);
+    f.hideGrants = undefined;
+    await clock.advance(1_000);
+    expect(await kms.grantIds(arn)).toEqual([]);
+    expect(clock.pending).toBe(0);
+  });
+
+  test('DeleteVolume while the detach\'s grant is unretired, on a host that may not list its grants: the grant is retired by token once KMS answers, and the retries end', async () => {
+    const clock = new ManualClock();
+    await mgr.close();
+    mgr = await manager({ clock, keyCacheTtlMs: 4_000 });
+    const arn = await kms.createKey();
+    const v = await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
+    await mgr.attachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await denyHostListing();
+    kms.setRetireFails(true);
+    await mgr.detachVolume({ VolumeId: v.VolumeId }, kms.user);
+    await mgr.deleteVolume({ VolumeId: v.VolumeId }, kms.user);
+    expect(await kms.grantIds(arn)).toHaveLength(1);
+    await clock.advance(1_000); // KMS still not answering RetireGrant: kept
+    expect(await kms.grantIds(arn)).toHaveLength(1);
+    kms.setRetireFails(false);
+    await clock.advance(1_000);
+    expect(await kms.grantIds(arn)).toEqual([]);
+    expect(clock.pending).toBe(0);
   });
 
   test('RetireGrant failing at detach: the next start retires it', async () => {
