@@ -189,7 +189,12 @@ export class AwsKeyService implements KeyService {
       account = me.Account!;
     } catch (e) {
       const err = toKeyServiceError('GetCallerIdentity', e);
-      throw new KeyServiceError('GetCallerIdentity', err.awsName, err.authoritative, `cannot tell who this host is to ${this.endpoint} (credentials from the AWS chain: AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, environment): ${(e as Error)?.message ?? String(e)}`, e);
+      const msg = (e as Error)?.message ?? String(e);
+      // A certificate that does not verify never reached the credentials: say so, and where trust comes from.
+      const why = isTlsVerifyError(e)
+        ? `the endpoint's TLS certificate did not verify against the trusted CAs (the system's, AWS_CA_BUNDLE, NODE_EXTRA_CA_CERTS): ${msg}`
+        : `credentials from the AWS chain: AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, environment: ${msg}`;
+      throw new KeyServiceError('GetCallerIdentity', err.awsName, err.authoritative, `cannot tell who this host is to ${this.endpoint} (${why})`, e);
     }
     const session = SESSION_RE.exec(arn);
     const host: Caller = this.givenPrincipal
@@ -488,4 +493,13 @@ export function isServerFault(e: unknown): boolean {
   return x?.$fault === 'server' || (typeof status === 'number' && status >= 500);
 }
 
-
+/**
+ * Whether `e` (or its cause) is Node's refusal of a peer certificate (tls.TLSSocket's verify error codes,
+ * openssl verify(1) names such as UNABLE_TO_VERIFY_LEAF_SIGNATURE, and ERR_TLS_CERT_ALTNAME_INVALID).
+ */
+export function isTlsVerifyError(e: unknown): boolean {
+  for (let x = e as { code?: unknown; cause?: unknown } | undefined, depth = 0; x && depth < 4; x = x.cause as typeof x, depth++) {
+    if (typeof x.code === 'string' && /^(UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|CERT_|ERR_TLS_CERT_ALTNAME_INVALID$|HOSTNAME_MISMATCH$)/.test(x.code)) return true;
+  }
+  return false;
+}
