@@ -4,12 +4,13 @@
  * (`<state-dir>/ebsd.sock`), except `ebsd daemon` (which is the daemon) and
  * `ebsd speed` (local). Exit codes live here and in ./exit-codes.ts only.
  */
+import { totalmem } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
 // FUSE and crypto code the daemon needs (measured: ~0.6 s -> ~0.15 s per call).
-import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, VERSION, type DaemonConfig } from '../daemon/config.js';
+import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, tagArgs, wholeNumber } from './kms-args.js';
@@ -133,7 +134,7 @@ function daemonCommand(y: Argv): Argv {
         .option('host-principal-arn', { type: 'string', describe: 'this host\'s role (or user) ARN for grants at --kms-endpoint, for a role with a path (STS names a session by its role\'s name only); must agree with STS GetCallerIdentity' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
         .option('refusal-window', { type: 'string', describe: 'how long refusals of one caller are summed into one audit event (1s to 10m; default 10s)' })
-        .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
+        .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes; 4KiB to the host\'s memory); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
         .option('volume-modification-window', { type: 'string', describe: 'the rolling window in which a volume may be modified (ModifyVolume) at most 4 times, as EC2 allows (default 24h, at most 8760h; 0 = no limit)' })
         .option('stop-timeout', { type: 'string', describe: 'how long a stop (SIGTERM) may take before the daemon gives up, logs the step it was stuck at and exits 1 (default 90s, under the systemd unit\'s TimeoutStopSec=120)' })
         .option('snapshot-gc-grace', { type: 'string', hidden: true, describe: 'keep unreferenced snapshot blocks younger than this (default 1h)' })
@@ -164,12 +165,12 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsProbeInterval !== undefined ? { kmsProbeIntervalMs: parseDuration(a.kmsProbeInterval, '--kms-probe-interval') } : {}),
         ...(a.hostPrincipalArn !== undefined ? { hostPrincipalArn: a.hostPrincipalArn } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
-        ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory') } : {}),
+        ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory', MIN_SNAPSHOT_COW_MEMORY, totalmem(), "this host's memory") } : {}),
         ...(a.refusalWindow !== undefined ? { refusalWindowMs: refusalWindow(a.refusalWindow) } : {}),
         ...(a.volumeModificationWindow !== undefined ? { volumeModificationWindowMs: parseDuration(a.volumeModificationWindow, '--volume-modification-window', MAX_MODIFICATION_WINDOW_MS) } : {}),
         ...(a.snapshotGcGrace !== undefined ? { snapshotGcGraceMs: parseDuration(a.snapshotGcGrace, '--snapshot-gc-grace', Number.MAX_SAFE_INTEGER) } : {}),
         ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
-        ...(a.stopTimeout !== undefined ? { stopTimeoutMs: parseDuration(a.stopTimeout, '--stop-timeout') } : {}),
+        ...(a.stopTimeout !== undefined ? { stopTimeoutMs: parseDuration(a.stopTimeout, '--stop-timeout', undefined, 1) } : {}),
       };
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
       if (a.tlsCert !== undefined) cfg.tls = { certFile: a.tlsCert, keyFile: a.tlsKey! };

@@ -115,6 +115,12 @@ export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
 export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 /** The longest --volume-modification-window: a year (a window past JavaScript's dates could not name when the volume may be modified again). */
 export const MAX_MODIFICATION_WINDOW_MS = 365 * 24 * 3_600_000;
+/**
+ * The smallest --snapshot-cow-memory: one 4 KiB slot (COW_SECTOR, src/snapshot/cow-spill.ts, not
+ * imported: the CLI loads this file for every command). The budget is rounded down to whole slots,
+ * so less was a budget of 0, every capture spilled to the file.
+ */
+export const MIN_SNAPSHOT_COW_MEMORY = 4096;
 /** Default of DaemonConfig.kmsProbeIntervalMs. */
 export const DEFAULT_KMS_PROBE_INTERVAL_MS = 30_000;
 
@@ -153,6 +159,9 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.stopTimeoutMs !== undefined && (!Number.isSafeInteger(c.stopTimeoutMs) || c.stopTimeoutMs < 1 || c.stopTimeoutMs > MAX_TIMER_MS)) {
     throw new ArgRangeError('--stop-timeout', `must be a duration from 1 ms to ${durationLimit(MAX_TIMER_MS)}, got ${String(c.stopTimeoutMs)} ms`);
   }
+  if (c.snapshotCowMemoryBytes !== undefined && (!Number.isSafeInteger(c.snapshotCowMemoryBytes) || c.snapshotCowMemoryBytes < MIN_SNAPSHOT_COW_MEMORY)) {
+    throw new ArgRangeError('--snapshot-cow-memory', `must be a whole number of bytes, at least ${MIN_SNAPSHOT_COW_MEMORY}, got ${String(c.snapshotCowMemoryBytes)}`);
+  }
   for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
     // Both feed timers (src/volume/key-cache.ts): past MAX_TIMER_MS Node fires them after 1 ms.
@@ -163,30 +172,39 @@ export function checkDaemonConfig(c: DaemonConfig): void {
 
 /** `--refusal-window`: a duration from 1 s to 10 min (parseDuration's forms). */
 export function refusalWindow(v: string | number): number {
-  const ms = parseDuration(v, '--refusal-window', 10 * 60_000);
-  if (ms < 1000) throw new ArgRangeError('--refusal-window', `must be at least 1s, got ${ms} ms`);
-  return ms;
+  return parseDuration(v, '--refusal-window', 10 * 60_000, 1000);
 }
 
 /**
- * `300`, `300s`, `5m`, `1h`, `250ms` -> milliseconds, at most `maxMs`; an
- * ArgRangeError naming the flag otherwise. The default, MAX_TIMER_MS, is for a
- * value that feeds a timer (src/util/clock.ts): a longer key-cache max-stale
- * would expire at once, a longer TTL would refresh in a loop.
+ * A decimal number (`12`, `1.5`) times an integer unit, exactly: `1.0001KiB` is 1024.1024
+ * bytes and `0.0001s` 0.1 ms, which floating point would round to a whole number (or to 0,
+ * which several flags read as "never" or "no limit") without a word.
  */
-export function parseDuration(v: string | number, name: string, maxMs: number = MAX_TIMER_MS): number {
-  let ms: number;
-  if (typeof v === 'number') {
-    if (!Number.isFinite(v) || v < 0) throw new ArgRangeError(name, `must be a non-negative duration, got ${v}`);
-    ms = Math.round(v * 1000);
-  } else {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(v);
-    if (!m) throw new ArgRangeError(name, `"${v}" is not a duration (e.g. 300, 300s, 5m, 1h, 250ms)`);
-    const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
-    ms = Math.round(Number(m[1]) * mult);
-  }
-  if (!(ms <= maxMs)) throw new ArgRangeError(name, `${String(v)} is too long: at most ${durationLimit(maxMs)}`);
-  return ms;
+function _decimalTimes(int: string, frac: string, unit: number): { value: bigint; whole: boolean } {
+  const scale = 10n ** BigInt(frac.length);
+  const scaled = BigInt(int + frac) * BigInt(unit);
+  return { value: scaled / scale, whole: scaled % scale === 0n };
+}
+
+/**
+ * `300`, `300s`, `5m`, `1h`, `250ms` -> milliseconds, from `minMs` to `maxMs`; an
+ * ArgRangeError naming the flag and the value otherwise. A fraction of a millisecond
+ * (`0.0001s`, `1.5ms`) is refused: it used to round, and `0.0001s` became 0, which
+ * --key-cache-ttl reads as "until detach" and --kms-probe-interval as "never".
+ * The default maximum, MAX_TIMER_MS, is for a value that feeds a timer
+ * (src/util/clock.ts): a longer key-cache max-stale would expire at once, a longer
+ * TTL would refresh in a loop. A number is seconds (a config built in code).
+ */
+export function parseDuration(v: string | number, name: string, maxMs: number = MAX_TIMER_MS, minMs = 0): number {
+  const s = String(v);
+  const m = /^\s*(\d+)(?:\.(\d+))?\s*(ms|s|m|h)?\s*$/.exec(s);
+  if (!m) throw new ArgRangeError(name, `"${s}" is not a duration (e.g. 300, 300s, 5m, 1h, 250ms)`);
+  const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[3] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  const { value, whole } = _decimalTimes(m[1]!, m[2] ?? '', mult);
+  if (value > BigInt(maxMs)) throw new ArgRangeError(name, `${s} is too long: at most ${durationLimit(maxMs)}`);
+  if (!whole) throw new ArgRangeError(name, `${s} is not a whole number of milliseconds`);
+  if (value < BigInt(minMs)) throw new ArgRangeError(name, `${s} is too short: at least ${minMs % 1000 === 0 ? `${minMs / 1000}s` : `${minMs} ms`}`);
+  return Number(value);
 }
 
 function durationLimit(ms: number): string {
@@ -195,11 +213,19 @@ function durationLimit(ms: number): string {
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
 
-/** `1073741824`, `64MiB`, `1.5GiB`, `512K` -> bytes (binary units, rounded down to a byte); an ArgRangeError naming the flag otherwise. */
-export function parseByteSize(v: string | number, name: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]{0,3})\s*$/.exec(String(v));
-  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
-  const bytes = m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : NaN;
-  if (!Number.isSafeInteger(bytes)) throw new ArgRangeError(name, `"${String(v)}" is not a size (bytes, or a number with KiB, MiB, GiB or TiB, e.g. 64MiB, 1.5GiB)`);
-  return bytes;
+/**
+ * `1073741824`, `64MiB`, `1.5GiB`, `512K` -> bytes (binary units), from `minBytes` to
+ * `maxBytes` (`maxIs` says what that is); an ArgRangeError naming the flag and the value otherwise. A fraction of a
+ * byte is refused: `1.5` (no unit: bytes) used to become 1 byte, below any budget's unit.
+ */
+export function parseByteSize(v: string | number, name: string, minBytes = 0, maxBytes = Number.MAX_SAFE_INTEGER, maxIs?: string): number {
+  const s = String(v);
+  const m = /^\s*(\d+)(?:\.(\d+))?\s*([A-Za-z]{0,3})\s*$/.exec(s);
+  const unit = m ? SIZE_UNITS[m[3]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new ArgRangeError(name, `"${s}" is not a size (bytes, or a number with KiB, MiB, GiB or TiB, e.g. 64MiB, 1.5GiB)`);
+  const { value, whole } = _decimalTimes(m[1]!, m[2] ?? '', unit);
+  if (value > BigInt(maxBytes)) throw new ArgRangeError(name, `${s} is too large: at most ${maxBytes} bytes${maxIs ? ` (${maxIs})` : ''}`);
+  if (!whole) throw new ArgRangeError(name, `${s} is not a whole number of bytes${m[3] ? '' : ' (a number without a unit is bytes)'}`);
+  if (value < BigInt(minBytes)) throw new ArgRangeError(name, `${s} is too small: at least ${minBytes} bytes`);
+  return Number(value);
 }

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, Env, ensureBuilt, rawControlCall, run } from './helpers.js';
@@ -541,4 +542,56 @@ describe('a full disk under the KMS state', () => {
     expect(r.code).toBe(10);
     expect(r.stderr).toMatch(/^ebsd: KMSInternalException: An internal error occurred: no space left on device \(ENOSPC\) writing (\/\S+\/kms\/\S+|the audit log kms\/audit\/events\.ndjson)\n$/);
   });
+});
+
+describe('ebsd daemon: size and duration flags', () => {
+  let dir: string;
+  beforeAll(() => {
+    ensureBuilt();
+    dir = mkdtempSync(join(tmpdir(), 'ebsd-e2e-daemon-flags-'));
+  });
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  // A fraction of the unit a flag is kept in (a byte, a millisecond) used to round: `1.5` became a
+  // 1-byte budget (0 once rounded to 4 KiB slots, so every capture spilled) and `0.0001s` became 0,
+  // which --key-cache-ttl reads as "until detach" and --kms-probe-interval as "never".
+  const refused: [string, string, RegExp][] = [
+    ['--snapshot-cow-memory', '1.5', /not a whole number of bytes \(a number without a unit is bytes\)/],
+    ['--snapshot-cow-memory', '1.0001KiB', /not a whole number of bytes/],
+    ['--snapshot-cow-memory', '0', /too small: at least 4096 bytes/],
+    ['--snapshot-cow-memory', '4095', /too small: at least 4096 bytes/],
+    ['--snapshot-cow-memory', '1000TiB', /too large: at most \d+ bytes \(this host's memory\)/],
+    ['--snapshot-cow-memory', '99999999999999999999TiB', /too large/],
+    ['--snapshot-cow-memory', 'NaN', /"NaN" is not a size/],
+    ['--snapshot-cow-memory', '-1', /"-1" is not a size/],
+    ['--key-cache-ttl', '0.0001s', /not a whole number of milliseconds/],
+    ['--key-cache-ttl', '-5', /"-5" is not a duration/],
+    ['--key-cache-max-stale', '1.5ms', /not a whole number of milliseconds/],
+    ['--key-cache-max-stale', 'NaN', /"NaN" is not a duration/],
+    ['--kms-probe-interval', '0.5ms', /not a whole number of milliseconds/],
+    ['--refusal-window', '0.5s', /too short: at least 1s/],
+    ['--refusal-window', '1e3', /"1e3" is not a duration/],
+    ['--volume-modification-window', '0.0000001h', /not a whole number of milliseconds/],
+    ['--volume-modification-window', '99999999999999999999h', /too long/],
+    ['--stop-timeout', '0', /too short: at least 1 ms/],
+    ['--stop-timeout', '0.1ms', /not a whole number of milliseconds/],
+    ['--stop-timeout', '597h', /too long: at most 2147483647 ms/],
+  ];
+
+  it('a fraction of a byte or millisecond, 0 where it means nothing, a negative, NaN or huge value: exit 2 naming the flag and the value, nothing touched', async () => {
+    const state = join(dir, 'state');
+    const mnt = join(dir, 'mnt');
+    for (const [flag, value, why] of refused) {
+      // `--flag=value`: a value starting with `-` is the flag's, not an option of its own.
+      const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', state, '--mount', mnt, `${flag}=${value}`], { timeoutMs: 30_000 });
+      expect(r.code, `${flag} ${value}: ${r.stderr}`).toBe(2);
+      expect(r.stderr, `${flag} ${value}`).toContain(flag);
+      expect(r.stderr, `${flag} ${value}`).toContain(value);
+      expect(r.stderr, `${flag} ${value}`).toMatch(why);
+      expect(existsSync(state), `${flag} ${value}`).toBe(false);
+      expect(existsSync(mnt), `${flag} ${value}`).toBe(false);
+    }
+  }, 120_000);
 });
