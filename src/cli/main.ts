@@ -10,7 +10,7 @@ import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
 // FUSE and crypto code the daemon needs (measured: ~0.6 s -> ~0.15 s per call).
-import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, VERSION, type DaemonConfig } from '../daemon/config.js';
+import { checkDaemonFlags, DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, tagArgs, wholeNumber } from './kms-args.js';
@@ -174,6 +174,8 @@ function daemonCommand(y: Argv): Argv {
       };
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
       if (a.tlsCert !== undefined) cfg.tls = { certFile: a.tlsCert, keyFile: a.tlsKey! };
+      // Every flag's value and the flags each needs, before the daemon touches the state dir or the mount: exit 2.
+      checkDaemonFlags(cfg);
       const format = (a.logFormat as 'json' | 'pretty' | undefined) ?? (process.stdout.isTTY ? 'pretty' : 'json');
       // pino is loaded for the daemon only: every other command starts without it.
       const { createLogger } = await import('../util/logger.js');

@@ -1,4 +1,6 @@
+import { isIP } from 'node:net';
 import { ArgRangeError } from '../util/errors.js';
+import { isRegionName, parseIamPrincipalArn } from '../util/aws-names.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
 import { isLoopback } from '../util/loopback.js';
 import { endpointUserinfo } from '../util/endpoint-url.js';
@@ -109,6 +111,23 @@ export function parseListenAddress(v: string, name = '--kms-listen'): { host: st
   return { host: m[1] ?? m[2]!, port };
 }
 
+/**
+ * `--metrics-listen HOST:PORT`: an IP address (or `localhost`) and a port, `[::1]:9464` for IPv6;
+ * src/daemon/metrics-listener.ts binds it.
+ */
+export function parseMetricsListen(spec: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || !host || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
+    throw new ArgRangeError('--metrics-listen', `must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`);
+  }
+  return { host, port };
+}
+
+/** `s3://BUCKET[/PREFIX]`, the one form --snapshot-store takes (src/snapshot/open-store.ts). */
+const S3_STORE_RE = /^s3:\/\/([^/]+)(?:\/(.*))?$/;
+
 export const VERSION = '0.1.0';
 
 export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
@@ -124,7 +143,34 @@ export const MIN_SNAPSHOT_COW_MEMORY = 4096;
 /** Default of DaemonConfig.kmsProbeIntervalMs. */
 export const DEFAULT_KMS_PROBE_INTERVAL_MS = 30_000;
 
-export function checkDaemonConfig(c: DaemonConfig): void {
+/**
+ * What is wrong with the command line by itself: a flag's value not of its form or out of its range,
+ * or a flag without the one it needs. `ebsd daemon` checks this before it touches anything and exits 2
+ * (usage, src/cli/exit-codes.ts); checkDaemonConfig checks it again for a config built in code.
+ * Pure: no file, socket or lookup.
+ */
+export function checkDaemonFlags(c: DaemonConfig): void {
+  if (c.region !== undefined && !isRegionName(c.region)) throw new ArgRangeError('--region', `"${c.region}" is not a region name (e.g. us-east-1, eu-west-2)`);
+  if (c.kmsRegion !== undefined && !isRegionName(c.kmsRegion)) throw new ArgRangeError('--kms-region', `"${c.kmsRegion}" is not a region name (e.g. us-east-1, eu-west-2)`);
+  if (c.metricsListen !== undefined) parseMetricsListen(c.metricsListen);
+  if (c.snapshotStore !== undefined && !S3_STORE_RE.test(c.snapshotStore)) {
+    throw new ArgRangeError('--snapshot-store', `"${c.snapshotStore}" is not a snapshot store: give s3://BUCKET[/PREFIX], or leave it out for STATE_DIR/snapshots`);
+  }
+  if (c.kmsEndpoint !== undefined) {
+    let u: URL | undefined;
+    try {
+      u = new URL(c.kmsEndpoint);
+    } catch {
+      u = undefined;
+    }
+    // Not repeated as given: a user:password@ in it stays out of the message (src/util/endpoint-url.ts).
+    const shown = c.kmsEndpoint.replace(/\/\/[^/]*@/, '//');
+    if (!u) throw new ArgRangeError('--kms-endpoint', `"${shown}" is not a URL (e.g. https://10.0.0.1:4599)`);
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new ArgRangeError('--kms-endpoint', `"${shown}": only http(s) URLs`);
+  }
+  if (c.hostPrincipalArn !== undefined && !parseIamPrincipalArn(c.hostPrincipalArn)) {
+    throw new ArgRangeError('--host-principal-arn', `"${c.hostPrincipalArn}" is not an IAM role or user ARN (arn:aws:iam::111122223333:role/fleet/host-a)`);
+  }
   if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
   if (c.kmsEndpoint !== undefined && c.kmsOnly) throw new ArgRangeError('--kms-endpoint', 'a --kms-only daemon serves the KMS; it does not use a remote one');
   if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
@@ -132,26 +178,9 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsProbeIntervalMs !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-probe-interval', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
   if (c.kmsFrontThreads !== undefined && c.kmsFrontThreads !== 0 && c.kmsFrontThreads !== 1) throw new ArgRangeError('--kms-front-threads', `must be 0 or 1, got ${String(c.kmsFrontThreads)}`);
-  // A config built in code, not through the CLI's parse, is held to the same range.
+  // A config built in code, not through the CLI's parse, is held to the same ranges.
   if (c.refusalWindowMs !== undefined && (!Number.isSafeInteger(c.refusalWindowMs) || c.refusalWindowMs < 1000 || c.refusalWindowMs > 10 * 60_000)) {
     throw new ArgRangeError('--refusal-window', `must be from 1s to 10m, got ${String(c.refusalWindowMs)} ms`);
-  }
-  // Checked before anything starts; the listener checks again (it may be built without a config).
-  if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
-    throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
-  }
-  // Checked before anything starts; the KMS client checks again (src/volume/aws-key-service.ts).
-  if (c.kmsEndpoint !== undefined) {
-    let u: URL | undefined;
-    try {
-      u = new URL(c.kmsEndpoint);
-    } catch {
-      u = undefined; // the client names what is wrong with it
-    }
-    if (u && (u.username || u.password)) throw endpointUserinfo(u);
-    if (u?.protocol === 'http:' && !isLoopback(u.hostname)) {
-      throw new ArgRangeError('--kms-endpoint', `"${c.kmsEndpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
-    }
   }
   if (c.volumeModificationWindowMs !== undefined && (!Number.isSafeInteger(c.volumeModificationWindowMs) || c.volumeModificationWindowMs < 0 || c.volumeModificationWindowMs > MAX_MODIFICATION_WINDOW_MS)) {
     throw new ArgRangeError('--volume-modification-window', `must be a duration from 0 to ${durationLimit(MAX_MODIFICATION_WINDOW_MS)}, got ${String(c.volumeModificationWindowMs)} ms`);
@@ -166,6 +195,32 @@ export function checkDaemonConfig(c: DaemonConfig): void {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
     // Both feed timers (src/volume/key-cache.ts): past MAX_TIMER_MS Node fires them after 1 ms.
     if (v !== undefined && v > MAX_TIMER_MS) throw new ArgRangeError(name, `must be at most ${durationLimit(MAX_TIMER_MS)}, got ${v}`);
+  }
+}
+
+/**
+ * checkDaemonFlags, then what the daemon refuses to run with although the command line is well
+ * formed: plain HTTP off loopback, credentials in --kms-endpoint. Those are "refused configuration",
+ * exit 9 (src/cli/exit-codes.ts), as the daemon refuses them at start.
+ */
+export function checkDaemonConfig(c: DaemonConfig): void {
+  checkDaemonFlags(c);
+  // Checked before anything starts; the listener checks again (it may be built without a config).
+  if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
+    throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
+  }
+  // Checked before anything starts; the KMS client checks again (src/volume/aws-key-service.ts).
+  if (c.kmsEndpoint !== undefined) {
+    let u: URL | undefined;
+    try {
+      u = new URL(c.kmsEndpoint);
+    } catch {
+      u = undefined; // checkDaemonFlags refused it
+    }
+    if (u && (u.username || u.password)) throw endpointUserinfo(u);
+    if (u?.protocol === 'http:' && !isLoopback(u.hostname)) {
+      throw new ArgRangeError('--kms-endpoint', `"${c.kmsEndpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
+    }
   }
 }
 

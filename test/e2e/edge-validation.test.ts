@@ -595,3 +595,57 @@ describe('ebsd daemon: size and duration flags', () => {
     }
   }, 120_000);
 });
+
+describe('ebsd daemon: a bad flag value is a usage error, a refused configuration is not', () => {
+  let dir: string;
+  beforeAll(() => {
+    ensureBuilt();
+    dir = mkdtempSync(join(tmpdir(), 'ebsd-e2e-daemon-usage-'));
+  });
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  // --metrics-listen and --region were checked by the daemon after it had prepared the state dir
+  // (exit 9, "could not start"), while other bad flag values exited 2 (src/cli/exit-codes.ts).
+  const usage: [string[], string][] = [
+    [['--metrics-listen', 'nope'], '--metrics-listen must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "nope"'],
+    [['--metrics-listen', '127.0.0.1:70000'], '--metrics-listen must be HOST:PORT'],
+    [['--region', 'Mars'], '--region "Mars" is not a region name'],
+    [['--region', 'us-east-1 '], '--region "us-east-1 " is not a region name'],
+    [['--kms-endpoint', 'https://x', '--kms-region', 'moon'], '--kms-region "moon" is not a region name'],
+    [['--kms-endpoint', 'not a url'], '--kms-endpoint "not a url" is not a URL'],
+    [['--kms-endpoint', 'ftp://10.0.0.1'], '--kms-endpoint "ftp://10.0.0.1": only http(s) URLs'],
+    [['--kms-endpoint', 'https://x', '--host-principal-arn', 'role/host-a'], '--host-principal-arn "role/host-a" is not an IAM role or user ARN'],
+    [['--snapshot-store', 'ftp://host/snaps'], '--snapshot-store "ftp://host/snaps" is not a snapshot store'],
+    [['--kms-listen', '127.0.0.1:0', '--kms-front-threads', '2'], '--kms-front-threads must be 0 or 1, got 2'],
+    [['--kms-listen', 'nohost'], '--kms-listen "nohost" is not HOST:PORT'],
+    [['--kms-only'], '--kms-only needs --kms-listen'],
+    [['--kms-region', 'eu-west-1'], '--kms-region needs --kms-endpoint'],
+    [['--tls-cert', '/nonexistent/c.pem', '--tls-key', '/nonexistent/k.pem'], '--tls-cert needs --kms-listen'],
+  ];
+
+  it('exit 2 naming the flag and the value, before the state dir or the mount is touched', async () => {
+    const state = join(dir, 'state');
+    const mnt = join(dir, 'mnt');
+    for (const [flags, message] of usage) {
+      const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', state, '--mount', mnt, ...flags], { timeoutMs: 30_000 });
+      expect(r.code, `${flags.join(' ')}: ${r.stderr}`).toBe(2);
+      expect(r.stderr, flags.join(' ')).toContain(message);
+      expect(existsSync(state), flags.join(' ')).toBe(false);
+      expect(existsSync(mnt), flags.join(' ')).toBe(false);
+    }
+  }, 120_000);
+
+  it('a well-formed command line the daemon refuses to run with stays exit 9 (refused configuration), and does not echo a password', async () => {
+    const state = join(dir, 'state9');
+    const plain = await run(process.execPath, [CLI, 'daemon', '--state-dir', state, '--kms-only', '--kms-listen', '0.0.0.0:0'], { timeoutMs: 30_000 });
+    expect(plain.code, plain.stderr).toBe(9);
+    expect(plain.stderr).toMatch(/plain HTTP is allowed only on a loopback address/);
+    const secret = await run(process.execPath, [CLI, 'daemon', '--state-dir', state, '--mount', join(dir, 'mnt9'), '--kms-endpoint', 'https://u:hunter2@10.0.0.1:99999'], { timeoutMs: 30_000 });
+    expect(secret.code, secret.stderr).toBe(2); // port 99999: not a URL, said without the password
+    expect(secret.stderr).toContain('--kms-endpoint "https://10.0.0.1:99999" is not a URL');
+    expect(secret.stderr).not.toContain('hunter2');
+    expect(existsSync(state)).toBe(false);
+  }, 60_000);
+});
