@@ -20,14 +20,19 @@ function raw(env: Env, target: string, body: string): Promise<Answer> {
 
 const NO_STACK = /\n\s+at /;
 
+// Each Env is made in its describe's beforeAll, not when the file is collected: a run filtered
+// with -t collects every describe but runs the hooks of the selected ones only, and an Env made at
+// collection left its /tmp/ebsd-e2e-* dir behind.
+
 describe('edge validation through the real daemon', () => {
-  const env = new Env('edge');
+  let env: Env;
 
   beforeAll(async () => {
     ensureBuilt();
+    env = new Env('edge');
     await env.start();
   });
-  afterAll(() => env.cleanup());
+  afterAll(() => env?.cleanup());
 
   it('refuses null, non-object and reserved tags, oversized names and 51 tags, naming the member; status and ls keep working', async () => {
     const before = await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'keep' });
@@ -471,10 +476,13 @@ describe('edge validation through the real daemon', () => {
 });
 
 describe('state files and catalog records that are damaged', () => {
-  const env = new Env('edge-state');
+  let env: Env;
 
-  beforeAll(() => ensureBuilt());
-  afterAll(() => env.cleanup());
+  beforeAll(() => {
+    ensureBuilt();
+    env = new Env('edge-state');
+  });
+  afterAll(() => env?.cleanup());
 
   it('a catalog record with malformed tags does not break status or ls; a corrupt catalog.json stops the start naming the file', async () => {
     await env.start();
@@ -515,11 +523,12 @@ describe('state files and catalog records that are damaged', () => {
 });
 
 describe('a full disk under the KMS state', () => {
-  const env = new Env('edge-enospc');
+  let env: Env;
   let mounted = false;
 
   beforeAll(async () => {
     ensureBuilt();
+    env = new Env('edge-enospc');
     // The state dir on a small tmpfs of its own, so filling it touches nothing else.
     mkdirSync(env.state, { recursive: true });
     const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=32m,mode=0711', 'tmpfs', env.state], { encoding: 'utf8' });
@@ -528,6 +537,7 @@ describe('a full disk under the KMS state', () => {
     await env.start();
   });
   afterAll(async () => {
+    if (!env) return;
     await env.stop().catch(() => {});
     if (mounted) spawnSync('umount', ['-l', env.state]);
     await env.cleanup();
