@@ -20,6 +20,45 @@ function raw(env: Env, target: string, body: string): Promise<Answer> {
 
 const NO_STACK = /\n\s+at /;
 
+/** The commands a --help lists (`  ebsd volume create ...`), as words. */
+function subcommands(help: string): string[][] {
+  const section = help.split('\n\n').find((p) => p.startsWith('Commands:')) ?? '';
+  return [...section.matchAll(/^ {2}ebsd ((?:[a-z][\w-]* ?)+)/gm)].map((m) => m[1]!.trim().split(' '));
+}
+
+/**
+ * The options and positionals of a --help with no description: the text after the name, once the
+ * trailing `[string] [required] [default: []]` groups are taken off, is empty. An entry starts
+ * with `  -` or `  name`; yargs puts what does not fit on following lines.
+ */
+function undescribed(help: string): string[] {
+  const out: string[] = [];
+  for (const section of help.split('\n\n').filter((p) => /^(Options|Positionals):/.test(p))) {
+    const entries: string[] = [];
+    for (const line of section.split('\n').slice(1)) {
+      if (/^ {2}[-a-z]/.test(line)) entries.push(line);
+      else if (entries.length) entries[entries.length - 1] += ` ${line.trim()}`;
+    }
+    for (const e of entries) {
+      const m = /^ {2}((?:-{1,2}[\w-]+|[a-z][\w-]*)(?:, -{1,2}[\w-]+)*)(.*)$/.exec(e)!;
+      let rest = m[2]!.trim();
+      for (let prev = ''; prev !== rest;) {
+        prev = rest;
+        rest = rest.replace(/\s*\[(?:[^[\]]|\[[^\]]*\])*\]$/, '').trim();
+      }
+      if (!rest) out.push(m[1]!);
+    }
+  }
+  return out;
+}
+
+/** fn over items, at most `width` at a time, answers in the items' order. */
+async function inBatches<T, U>(items: T[], width: number, fn: (t: T) => Promise<U>): Promise<U[]> {
+  const out: U[] = [];
+  for (let i = 0; i < items.length; i += width) out.push(...(await Promise.all(items.slice(i, i + width).map(fn))));
+  return out;
+}
+
 // Each Env is made in its describe's beforeAll, not when the file is collected: a run filtered
 // with -t collects every describe but runs the hooks of the selected ones only, and an Env made at
 // collection left its /tmp/ebsd-e2e-* dir behind.
@@ -281,7 +320,7 @@ describe('edge validation through the real daemon', () => {
     expect(rg.stderr).not.toMatch(/arguments are required/);
   });
 
-  it('ebsd kms <operation> --help lists the flags that operation takes, the required ones marked', async () => {
+  it('ebsd kms <operation> --help lists the flags that operation takes, the required ones marked; every command\'s --help describes every option and positional', async () => {
     const enc = await env.cli(['kms', 'encrypt', '--help']);
     expect(enc.code).toBe(0);
     expect(enc.stdout.replace(/\s+/g, ' ')).toContain('encrypt takes: --key-id (required), --plaintext (required), --encryption-context, --grant-tokens, --encryption-algorithm, --dry-run');
@@ -290,7 +329,32 @@ describe('edge validation through the real daemon', () => {
     // Options that had no description at all.
     expect((await env.cli(['volume', 'modify', '--help'])).stdout).toMatch(/--size\s+the new size, larger than the current one/);
     expect((await env.cli(['audit', 'tail', '--help'])).stdout).toMatch(/-n, --limit\s+how many of the latest events/);
-  });
+
+    // Every command's --help, walked from `ebsd --help`: no option or positional without a description.
+    const bare: string[] = [];
+    let commands = 0;
+    const seen = new Set<string>();
+    let level: string[][] = [[]];
+    while (level.length) {
+      const helps = await inBatches(level, 4, (words) => run(process.execPath, [CLI, ...words, '--help'], { timeoutMs: 30_000 }));
+      const next: string[][] = [];
+      helps.forEach((h, i) => {
+        const words = level[i]!;
+        expect(h.code, `ebsd ${words.join(' ')} --help: ${h.stderr}`).toBe(0);
+        commands++;
+        for (const name of undescribed(h.stdout)) bare.push(`ebsd ${words.join(' ')} ${name}`);
+        for (const sub of subcommands(h.stdout)) {
+          if (sub.length > words.length && !seen.has(sub.join(' '))) {
+            seen.add(sub.join(' '));
+            next.push(sub);
+          }
+        }
+      });
+      level = next;
+    }
+    expect(commands).toBeGreaterThan(40); // the walk reached the subcommands (52 when written)
+    expect(bare, 'options and positionals whose --help line has no description').toEqual([]);
+  }, 120_000);
 
   it('a seconds option that is no number, or out of range, is a usage error quoting it (speed --seconds, top --interval)', async () => {
     const cases: [string[], string][] = [
