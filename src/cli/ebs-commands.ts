@@ -91,15 +91,15 @@ export function ebsCommands(y: Argv): Argv {
   return y.command('ebs', 'EBS direct APIs: read and write snapshots block by block (AWS CLI style)', (e) =>
     e
       .command('list-snapshot-blocks', 'Blocks of a snapshot, with block tokens (ListSnapshotBlocks)', (b) =>
-        pageOptions(b).option('snapshot-id', { type: 'string', demandOption: true }),
+        pageOptions(b).option('snapshot-id', { type: 'string', demandOption: true, describe: 'The ID of the snapshot from which to get block indexes and block tokens' }),
       async (a) => {
         const g = a as unknown as Globals;
         show(g, await paginate(g, 'ListSnapshotBlocks', { SnapshotId: a.snapshotId, ...pageMembers(a) }, 'Blocks', a.paginate !== false && a.nextToken === undefined));
       })
       .command('list-changed-blocks', 'Blocks that differ between two snapshots of one lineage (ListChangedBlocks)', (b) =>
         pageOptions(b)
-          .option('first-snapshot-id', { type: 'string' })
-          .option('second-snapshot-id', { type: 'string', demandOption: true }),
+          .option('first-snapshot-id', { type: 'string', describe: 'The ID of the first snapshot to use for the comparison (omitted: every block written to the second)' })
+          .option('second-snapshot-id', { type: 'string', demandOption: true, describe: 'The ID of the second snapshot to use for the comparison' }),
       async (a) => {
         const g = a as unknown as Globals;
         const body = { ...(a.firstSnapshotId !== undefined ? { FirstSnapshotId: a.firstSnapshotId } : {}), SecondSnapshotId: a.secondSnapshotId, ...pageMembers(a) };
@@ -108,9 +108,9 @@ export function ebsCommands(y: Argv): Argv {
       .command('get-snapshot-block <outfile>', 'Write one block\'s plaintext to OUTFILE; print its checksum (GetSnapshotBlock)', (b) =>
         b
           .positional('outfile', { type: 'string', describe: 'where the 512 KiB block is written' })
-          .option('snapshot-id', { type: 'string', demandOption: true })
-          .option('block-index', { type: 'string', coerce: wholeNumber('--block-index'), demandOption: true })
-          .option('block-token', { type: 'string', demandOption: true }),
+          .option('snapshot-id', { type: 'string', demandOption: true, describe: 'The ID of the snapshot containing the block from which to get data' })
+          .option('block-index', { type: 'string', coerce: wholeNumber('--block-index'), demandOption: true, describe: 'The block index of the block from which to get data (logical offset / 524288)' })
+          .option('block-token', { type: 'string', demandOption: true, describe: 'The block token of the block from which to get data (from list-snapshot-blocks or list-changed-blocks)' }),
       async (a) => {
         const g = a as unknown as Globals;
         checkOutfile(String(a.outfile));
@@ -122,12 +122,12 @@ export function ebsCommands(y: Argv): Argv {
       .command('start-snapshot', 'Begin a snapshot to write with put-snapshot-block (StartSnapshot)', (b) =>
         b
           .option('volume-size', { type: 'string', coerce: wholeNumber('--volume-size'), demandOption: true, describe: 'GiB, 1–65536' })
-          .option('parent-snapshot-id', { type: 'string' })
-          .option('description', { type: 'string' })
+          .option('parent-snapshot-id', { type: 'string', describe: 'The ID of the parent snapshot; omit it for the first snapshot of a volume' })
+          .option('description', { type: 'string', describe: 'A description for the snapshot' })
           .option('tags', { type: 'array', string: true, describe: 'Key=k,Value=v ...' })
-          .option('client-token', { type: 'string' })
+          .option('client-token', { type: 'string', describe: 'A unique, case-sensitive identifier that you provide to ensure the idempotency of the request' })
           .option('encrypted', { type: 'boolean', describe: 'omitted: encrypted unless the daemon runs with --allow-unencrypted (EBS encryption by default); --no-encrypted (Encrypted false) only there' })
-          .option('kms-key-arn', { type: 'string' })
+          .option('kms-key-arn', { type: 'string', describe: 'The ARN of the KMS key to be used to encrypt the snapshot (default: the account\'s default key for EBS)' })
           .option('timeout', { type: 'string', coerce: wholeNumber('--timeout'), describe: 'minutes to CompleteSnapshot, 10–4320 (default 60)' }),
       async (a) => {
         const g = a as unknown as Globals;
@@ -144,13 +144,13 @@ export function ebsCommands(y: Argv): Argv {
       })
       .command('put-snapshot-block', 'Write one 512 KiB block to a pending snapshot (PutSnapshotBlock)', (b) =>
         b
-          .option('snapshot-id', { type: 'string', demandOption: true })
-          .option('block-index', { type: 'string', coerce: wholeNumber('--block-index'), demandOption: true })
+          .option('snapshot-id', { type: 'string', demandOption: true, describe: 'The ID of the snapshot' })
+          .option('block-index', { type: 'string', coerce: wholeNumber('--block-index'), demandOption: true, describe: 'The block index of the block in which to write the data (logical offset / 524288)' })
           .option('block-data', { type: 'string', demandOption: true, describe: 'file holding the block (path or fileb://path)' })
-          .option('data-length', { type: 'string', coerce: wholeNumber('--data-length'), demandOption: true })
+          .option('data-length', { type: 'string', coerce: wholeNumber('--data-length'), demandOption: true, describe: 'The size of the data to write to the block, in bytes; only 524288 is supported' })
           .option('checksum', { type: 'string', demandOption: true, describe: 'SHA256 of the block, base64' })
-          .option('checksum-algorithm', { type: 'string', demandOption: true, choices: ['SHA256'] })
-          .option('progress', { type: 'string', coerce: wholeNumber('--progress') }),
+          .option('checksum-algorithm', { type: 'string', demandOption: true, choices: ['SHA256'], describe: 'The algorithm used to generate the checksum' })
+          .option('progress', { type: 'string', coerce: wholeNumber('--progress'), describe: 'The progress of the write process, as a percentage' }),
       async (a) => {
         const g = a as unknown as Globals;
         const path = String(a.blockData).replace(/^fileb?:\/\//, '');
@@ -162,11 +162,11 @@ export function ebsCommands(y: Argv): Argv {
       })
       .command('complete-snapshot', 'Seal a pending snapshot (CompleteSnapshot)', (b) =>
         b
-          .option('snapshot-id', { type: 'string', demandOption: true })
-          .option('changed-blocks-count', { type: 'string', coerce: wholeNumber('--changed-blocks-count'), demandOption: true })
+          .option('snapshot-id', { type: 'string', demandOption: true, describe: 'The ID of the snapshot' })
+          .option('changed-blocks-count', { type: 'string', coerce: wholeNumber('--changed-blocks-count'), demandOption: true, describe: 'The number of blocks that were written to the snapshot' })
           .option('checksum', { type: 'string', describe: 'SHA256 over the written blocks\' SHA256 digests in index order, base64' })
-          .option('checksum-algorithm', { type: 'string', choices: ['SHA256'] })
-          .option('checksum-aggregation-method', { type: 'string', choices: ['LINEAR'] }),
+          .option('checksum-algorithm', { type: 'string', choices: ['SHA256'], describe: 'The algorithm used to generate the checksum' })
+          .option('checksum-aggregation-method', { type: 'string', choices: ['LINEAR'], describe: 'The aggregation method used to generate the checksum' }),
       async (a) => {
         const g = a as unknown as Globals;
         show(g, await call(g, 'CompleteSnapshot', {

@@ -5,7 +5,7 @@ export const EXIT = {
   OK: 0,
   /** Unexpected failure (a bug, or a service error without an AWS name). */
   INTERNAL: 1,
-  /** Bad command line. */
+  /** Bad command line: an unknown option, a missing argument, a value not of its flag's form (`ebsd daemon --region Mars`), a flag without the one it needs. */
   USAGE: 2,
   /** The daemon is not running or its socket cannot be reached. */
   NO_DAEMON: 3,
@@ -19,7 +19,10 @@ export const EXIT = {
   INVALID: 7,
   /** `ebsd audit verify` found the audit log modified, truncated or reordered. */
   AUDIT_FAILED: 8,
-  /** The daemon could not start (another daemon holds the state dir, mount failed, refused config). */
+  /**
+   * The daemon could not start (another daemon holds the state dir, mount failed) or refused a well-formed
+   * configuration (plain HTTP off loopback, credentials in --kms-endpoint). A malformed flag is USAGE, checked first.
+   */
   DAEMON_START: 9,
   /** A service-side failure (KMS internal error, dependency timeout) or throttling (retry later). */
   SERVICE: 10,
@@ -28,7 +31,7 @@ export const EXIT = {
 export const EXIT_CODES_HELP = `Exit codes:
   0  success
   1  unexpected internal error
-  2  usage error (bad command line)
+  2  usage error (bad command line, an ebsd daemon flag's value included)
   3  daemon not running / control socket unreachable
   4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)
   5  not found (NotFoundException, ResourceNotFoundException, InvalidVolume.NotFound, InvalidVolumeID.Malformed, NoSuchEntity)
@@ -38,7 +41,7 @@ export const EXIT_CODES_HELP = `Exit codes:
      MalformedPolicyDocument, InvalidCiphertextException,
      OperationNotPermitted: --cipher none on a daemon started without --allow-unencrypted, ...)
   8  audit verification failed
-  9  daemon could not start (already running on this state dir, mount failed, refused configuration)
+  9  daemon could not start (already running on this state dir, mount failed, refused configuration: plain HTTP off loopback, ...)
  10  service failure (KMSInternalException, DependencyTimeoutException, InternalFailure, EC2's InternalError, IAM's ServiceFailure, a corrupt image: *.Corrupt;
      ThrottlingException, RequestLimitExceeded: too many requests or connections, retry later)`;
 

@@ -4,12 +4,13 @@
  * (`<state-dir>/ebsd.sock`), except `ebsd daemon` (which is the daemon) and
  * `ebsd speed` (local). Exit codes live here and in ./exit-codes.ts only.
  */
+import { totalmem } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
 // FUSE and crypto code the daemon needs (measured: ~0.6 s -> ~0.15 s per call).
-import { DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, VERSION, type DaemonConfig } from '../daemon/config.js';
+import { checkDaemonFlags, DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, tagArgs, wholeNumber } from './kms-args.js';
@@ -112,7 +113,7 @@ function daemonCommand(y: Argv): Argv {
         .option('region', { type: 'string', describe: 'AWS region name (fixed when the state dir is initialised; default us-east-1)' })
         .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach; at most 596h)' })
         .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h; at most 596h)' })
-        .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] })
+        .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], describe: 'the least severe log lines written (env EBSD_LOG_LEVEL)' })
         .option('log-format', { type: 'string', choices: ['json', 'pretty'], describe: 'log lines: pretty (readable) or json (default: pretty on a terminal, json otherwise)' })
         .option('metrics-listen', { type: 'string', describe: 'serve Prometheus /metrics on HOST:PORT (e.g. 127.0.0.1:9464)' })
         .option('allow-unencrypted', {
@@ -133,7 +134,7 @@ function daemonCommand(y: Argv): Argv {
         .option('host-principal-arn', { type: 'string', describe: 'this host\'s role (or user) ARN for grants at --kms-endpoint, for a role with a path (STS names a session by its role\'s name only); must agree with STS GetCallerIdentity' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
         .option('refusal-window', { type: 'string', describe: 'how long refusals of one caller are summed into one audit event (1s to 10m; default 10s)' })
-        .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
+        .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes; 4KiB to the host\'s memory); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
         .option('volume-modification-window', { type: 'string', describe: 'the rolling window in which a volume may be modified (ModifyVolume) at most 4 times, as EC2 allows (default 24h, at most 8760h; 0 = no limit)' })
         .option('stop-timeout', { type: 'string', describe: 'how long a stop (SIGTERM) may take before the daemon gives up, logs the step it was stuck at and exits 1 (default 90s, under the systemd unit\'s TimeoutStopSec=120)' })
         .option('snapshot-gc-grace', { type: 'string', hidden: true, describe: 'keep unreferenced snapshot blocks younger than this (default 1h)' })
@@ -164,15 +165,17 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsProbeInterval !== undefined ? { kmsProbeIntervalMs: parseDuration(a.kmsProbeInterval, '--kms-probe-interval') } : {}),
         ...(a.hostPrincipalArn !== undefined ? { hostPrincipalArn: a.hostPrincipalArn } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
-        ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory') } : {}),
+        ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory', MIN_SNAPSHOT_COW_MEMORY, totalmem(), "this host's memory") } : {}),
         ...(a.refusalWindow !== undefined ? { refusalWindowMs: refusalWindow(a.refusalWindow) } : {}),
         ...(a.volumeModificationWindow !== undefined ? { volumeModificationWindowMs: parseDuration(a.volumeModificationWindow, '--volume-modification-window', MAX_MODIFICATION_WINDOW_MS) } : {}),
         ...(a.snapshotGcGrace !== undefined ? { snapshotGcGraceMs: parseDuration(a.snapshotGcGrace, '--snapshot-gc-grace', Number.MAX_SAFE_INTEGER) } : {}),
         ...(a.metricsListen !== undefined ? { metricsListen: a.metricsListen } : {}),
-        ...(a.stopTimeout !== undefined ? { stopTimeoutMs: parseDuration(a.stopTimeout, '--stop-timeout') } : {}),
+        ...(a.stopTimeout !== undefined ? { stopTimeoutMs: parseDuration(a.stopTimeout, '--stop-timeout', undefined, 1) } : {}),
       };
       if ((a.tlsCert === undefined) !== (a.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
       if (a.tlsCert !== undefined) cfg.tls = { certFile: a.tlsCert, keyFile: a.tlsKey! };
+      // Every flag's value and the flags each needs, before the daemon touches the state dir or the mount: exit 2.
+      checkDaemonFlags(cfg);
       const format = (a.logFormat as 'json' | 'pretty' | undefined) ?? (process.stdout.isTTY ? 'pretty' : 'json');
       // pino is loaded for the daemon only: every other command starts without it.
       const { createLogger } = await import('../util/logger.js');
@@ -410,7 +413,7 @@ function volumeCommands(y: Argv): Argv {
         .command(
           'modify <volume-id>',
           'Grow a volume (EC2 ModifyVolume; grow only)',
-          (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true, describe: 'the new size, larger than the current one: bytes or 16GiB, 1TiB (multiple of 4 KiB)' }).option('dry-run', DRY_RUN_OPTION),
+          (b) => b.positional('volume-id', { type: 'string', demandOption: true, describe: 'The ID of the volume (vol-…)' }).option('size', { type: 'string', demandOption: true, describe: 'the new size, larger than the current one: bytes or 16GiB, 1TiB (multiple of 4 KiB)' }).option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
             refuseEmpty(a, 'size');
@@ -422,10 +425,10 @@ function volumeCommands(y: Argv): Argv {
           'The latest modification of each volume (EC2 DescribeVolumesModifications)',
           (b) =>
             b
-              .positional('volume-ids', { type: 'string', array: true })
+              .positional('volume-ids', { type: 'string', array: true, describe: 'The IDs of the volumes (default: every volume)' })
               .option('filters', { type: 'array', string: true, describe: 'Name=modification-state,Values=completed or JSON; repeatable' })
               .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: '1..500' })
-              .option('next-token', { type: 'string' })
+              .option('next-token', { type: 'string', describe: 'The token returned by a previous paginated request' })
               .option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
@@ -437,7 +440,7 @@ function volumeCommands(y: Argv): Argv {
             ]));
           },
         )
-        .command('delete <volume-id>', 'Delete an available volume and its image', (b) => b.positional('volume-id', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
+        .command('delete <volume-id>', 'Delete an available volume and its image', (b) => b.positional('volume-id', { type: 'string', demandOption: true, describe: 'The ID of the volume (vol-…)' }).option('dry-run', DRY_RUN_OPTION), async (a) => {
           const g = a as unknown as Globals;
           await call(g, 'ebsd.DeleteVolume', { VolumeId: a.volumeId, ...dryRunMember(a) });
           if (fmt(g) === 'table') process.stdout.write(`deleted ${a.volumeId}\n`);
@@ -450,7 +453,7 @@ function volumeCommands(y: Argv): Argv {
       'Attach a volume: its file appears under the mount',
       (b) =>
         b
-          .positional('volume-id', { type: 'string', demandOption: true })
+          .positional('volume-id', { type: 'string', demandOption: true, describe: 'The ID of the volume (vol-…)' })
           .option('instance-id', { type: 'string', describe: 'EC2 InstanceId: must be this host\'s (<state-dir>/volumes/instance-id)' })
           .option('device', { type: 'string', describe: 'EC2 Device: recorded and shown only (default /dev/ebsd/VOL); the volume is the file under the mount' })
           .option('dry-run', DRY_RUN_OPTION),
@@ -472,7 +475,7 @@ function volumeCommands(y: Argv): Argv {
       'Detach a volume (refused while its file is open, unless --force)',
       (b) =>
         b
-          .positional('volume-id', { type: 'string', demandOption: true })
+          .positional('volume-id', { type: 'string', demandOption: true, describe: 'The ID of the volume (vol-…)' })
           .option('force', { type: 'boolean', default: false, describe: 'detach even while open: open handles get EIO' })
           .option('instance-id', { type: 'string', describe: 'EC2 InstanceId: must be this host\'s' })
           .option('dry-run', DRY_RUN_OPTION),
@@ -563,10 +566,25 @@ function listenAddress(v: string): { host: string; port: number } {
   }
 }
 
+/** `ebsd iam` positionals, in the AWS CLI's words for the members they stand for. */
+const IAM_POSITIONALS: Record<string, string> = {
+  uid: 'a local uid, 0 to 4294967294',
+  principal: 'user/<name> or role/<name>: the user or role the policy is embedded in',
+  'policy-name': 'The name of the inline policy',
+};
+
+function iamPositional(cmd: string, name: string): string {
+  if (name !== 'name') return IAM_POSITIONALS[name] ?? name;
+  const [verb, what] = cmd.split(' ')[0]!.split('-');
+  return `The name of the ${what} to ${verb}`;
+}
+
+const ACCESS_KEY_ID_OPTION = { type: 'string', demandOption: true, describe: 'The access key ID (AKIA…) of the secret access key' } as const;
+
 function iamCommands(y: Argv): Argv {
   const simple = (v: Argv, cmd: string, desc: string, op: string, toBody: (a: R) => R, tableFn?: (res: R) => string): Argv =>
     // Positionals declared, or strictOptions() takes them for unknown options.
-    v.command(cmd, desc, (b) => [...cmd.matchAll(/<([^>]+)>/g)].reduce((y, m) => y.positional(m[1]!, { type: 'string' }), b), async (a) => {
+    v.command(cmd, desc, (b) => [...cmd.matchAll(/<([^>]+)>/g)].reduce((y, m) => y.positional(m[1]!, { type: 'string', describe: iamPositional(cmd, m[1]!) }), b), async (a) => {
       const g = a as unknown as Globals;
       const res = await call(g, `ebsd.Iam${op}`, toBody(a as R));
       show(g, res, tableFn ? () => tableFn(res) : undefined);
@@ -578,7 +596,7 @@ function iamCommands(y: Argv): Argv {
     v.command(
       'create-role <name>',
       'Create an IAM role',
-      (b) => b.positional('name', { type: 'string' }).option('max-session-duration', { type: 'string', coerce: wholeNumber('--max-session-duration'), describe: 'longest AssumeRole session, seconds (3600..43200; default 3600)' }),
+      (b) => b.positional('name', { type: 'string', describe: 'The name of the role to create' }).option('max-session-duration', { type: 'string', coerce: wholeNumber('--max-session-duration'), describe: 'longest AssumeRole session, seconds (3600..43200; default 3600)' }),
       async (a) => {
         const g = a as unknown as Globals;
         show(g, await call(g, 'ebsd.IamCreateRole', { RoleName: a.name, ...(a.maxSessionDuration !== undefined ? { MaxSessionDuration: a.maxSessionDuration } : {}) }));
@@ -589,7 +607,7 @@ function iamCommands(y: Argv): Argv {
     v.command(
       'map-uid <uid> <principal>',
       'Map a local uid to root, user/<name>, role/<name> or an ARN',
-      (b) => b.positional('uid', { type: 'string' }).positional('principal', { type: 'string' }).option('session-name', { type: 'string', describe: 'roles: session name (default uid-<n>)' }),
+      (b) => b.positional('uid', { type: 'string', describe: IAM_POSITIONALS.uid }).positional('principal', { type: 'string', describe: 'root, user/<name>, role/<name> or an IAM user or role ARN' }).option('session-name', { type: 'string', describe: 'roles: session name (default uid-<n>)' }),
       async (a) => {
         const g = a as unknown as Globals;
         show(g, await call(g, 'ebsd.IamMapUid', { Uid: parseUid(a.uid), Principal: a.principal, ...(a.sessionName ? { SessionName: a.sessionName } : {}) }));
@@ -600,7 +618,7 @@ function iamCommands(y: Argv): Argv {
     v.command(
       'put-policy <principal>',
       'Attach (create or replace) an inline identity policy on user/<n> or role/<n>',
-      (b) => b.positional('principal', { type: 'string' }).option('policy-name', { type: 'string', demandOption: true }).option('policy-document', { type: 'string', demandOption: true, describe: 'JSON or file://path' }),
+      (b) => b.positional('principal', { type: 'string', describe: IAM_POSITIONALS.principal }).option('policy-name', { type: 'string', demandOption: true, describe: 'The name of the policy document' }).option('policy-document', { type: 'string', demandOption: true, describe: 'The policy document: JSON or file://path' }),
       async (a) => {
         const g = a as unknown as Globals;
         show(g, await call(g, 'ebsd.IamPutPolicy', { Principal: a.principal, PolicyName: a.policyName, PolicyDocument: readArg(a.policyDocument, '--policy-document') }));
@@ -610,7 +628,7 @@ function iamCommands(y: Argv): Argv {
     simple(v, 'get-policy <principal> <policy-name>', 'Show an inline identity policy', 'GetPolicy', (a) => ({ Principal: a.principal, PolicyName: a.policyName }));
     simple(v, 'list-policies <principal>', 'List inline identity policies', 'ListPolicies', (a) => ({ Principal: a.principal }));
     const keyTable = (r: R): string => table(r.AccessKeyMetadata as R[], [['USER', (x) => x.UserName], ['ACCESS KEY ID', (x) => x.AccessKeyId], ['STATUS', (x) => x.Status], ['CREATED', (x) => x.CreateDate]]);
-    const userName = (b: Argv): Argv => b.option('user-name', { type: 'string', describe: 'IAM user name' });
+    const userName = (b: Argv): Argv => b.option('user-name', { type: 'string', describe: 'The name of the IAM user' });
     const iam = (cmd: string, desc: string, op: string, build: (b: Argv) => Argv, toBody: (a: R) => R, tableFn?: (res: R) => string): Argv =>
       v.command(cmd, desc, build, async (a) => {
         const g = a as unknown as Globals;
@@ -623,16 +641,16 @@ function iamCommands(y: Argv): Argv {
     iam('list-access-keys', 'List access keys (of one user with --user-name)', 'ListAccessKeys', userName,
       (a) => (a.userName ? { UserName: a.userName } : {}), keyTable);
     iam('update-access-key', 'Set an access key Active or Inactive', 'UpdateAccessKey',
-      (b) => userName(b).option('access-key-id', { type: 'string', demandOption: true }).option('status', { type: 'string', choices: ['Active', 'Inactive'], demandOption: true }),
+      (b) => userName(b).option('access-key-id', ACCESS_KEY_ID_OPTION).option('status', { type: 'string', choices: ['Active', 'Inactive'], demandOption: true, describe: 'The status you want to assign to the secret access key: Active can sign calls, Inactive cannot' }),
       (a) => ({ AccessKeyId: a.accessKeyId, Status: a.status, ...(a.userName ? { UserName: a.userName } : {}) }));
     iam('delete-access-key', 'Delete an access key', 'DeleteAccessKey',
-      (b) => userName(b).option('access-key-id', { type: 'string', demandOption: true }),
+      (b) => userName(b).option('access-key-id', ACCESS_KEY_ID_OPTION),
       (a) => ({ AccessKeyId: a.accessKeyId, ...(a.userName ? { UserName: a.userName } : {}) }));
     iam('update-role', "Change a role: its MaxSessionDuration (the longest session AssumeRole grants)", 'UpdateRole',
-      (b) => b.option('role-name', { type: 'string', demandOption: true }).option('max-session-duration', { type: 'string', coerce: wholeNumber('--max-session-duration'), demandOption: true, describe: 'seconds, 3600..43200' }),
+      (b) => b.option('role-name', { type: 'string', demandOption: true, describe: 'The name of the role that you want to modify' }).option('max-session-duration', { type: 'string', coerce: wholeNumber('--max-session-duration'), demandOption: true, describe: 'seconds, 3600..43200' }),
       (a) => ({ RoleName: a.roleName, MaxSessionDuration: a.maxSessionDuration }));
     iam('update-assume-role-policy', "Set a role's trust policy: who may sts:AssumeRole it over --kms-listen", 'UpdateAssumeRolePolicy',
-      (b) => b.option('role-name', { type: 'string', demandOption: true }).option('policy-document', { type: 'string', demandOption: true, describe: 'JSON or file://path' }),
+      (b) => b.option('role-name', { type: 'string', demandOption: true, describe: 'The name of the role to update with the new policy' }).option('policy-document', { type: 'string', demandOption: true, describe: 'The policy that grants an entity permission to assume the role: JSON or file://path' }),
       (a) => ({ RoleName: a.roleName, PolicyDocument: readArg(a.policyDocument as string, '--policy-document') }));
     return v.demandCommand(1, 'name an iam subcommand');
   });
@@ -642,7 +660,7 @@ function speedCommand(y: Argv): Argv {
   return y.command(
     'speed',
     'Self-test and measure the XTS engines (local, no daemon)',
-    (b) => b.option('json', { type: 'boolean', default: false }).option('seconds', { type: 'string', default: 0.5, coerce: decimalSeconds('--seconds', 0.01, 600), describe: 'per measurement (0.01 to 600)' }),
+    (b) => b.option('json', { type: 'boolean', default: false, describe: 'print the report as JSON (as --output json)' }).option('seconds', { type: 'string', default: 0.5, coerce: decimalSeconds('--seconds', 0.01, 600), describe: 'per measurement (0.01 to 600)' }),
     async (a) => {
       const { runSpeed } = await import('../crypto/speed.js');
       const report = await runSpeed({ seconds: Number(a.seconds) });

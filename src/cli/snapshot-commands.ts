@@ -137,7 +137,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
         'Snapshot a volume (EC2 CreateSnapshot): point in time, incremental; prints the snapshot id',
         (b) =>
           b
-            .positional('volume-id', { type: 'string', demandOption: true })
+            .positional('volume-id', { type: 'string', demandOption: true, describe: 'The ID of the volume (vol-…)' })
             .option('description', { type: 'string', describe: 'up to 255 characters' })
             .option('tag-specifications', { type: 'string', describe: 'ResourceType=snapshot,Tags=[{Key=k,Value=v}] or JSON' })
             .option('tag', { type: 'array', string: true, describe: 'tags, Key=Value (shortcut for --tag-specifications)' })
@@ -193,11 +193,11 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
         'Describe snapshots (EC2 DescribeSnapshots)',
         (b) =>
           b
-            .positional('snapshot-ids', { type: 'string', array: true })
+            .positional('snapshot-ids', { type: 'string', array: true, describe: 'The snapshot IDs (default: every snapshot)' })
             .option('filters', { type: 'array', string: true, describe: 'Name=status,Values=completed or JSON; repeatable' })
             .option('owner-ids', { type: 'array', string: true, describe: 'account ids or self' })
             .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: 'at least 5 (over 1000 returns 1000)' })
-            .option('next-token', { type: 'string' })
+            .option('next-token', { type: 'string', describe: 'The token returned by a previous paginated request' })
             .option('dry-run', DRY_RUN_OPTION),
         async (a) => {
           const g = a as unknown as Globals;
@@ -209,7 +209,7 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
           show(g, res);
         },
       )
-      .command('delete <snapshot-id>', 'Delete a snapshot (EC2 DeleteSnapshot); frees the blocks no other snapshot references', (b) => b.positional('snapshot-id', { type: 'string', demandOption: true }).option('dry-run', DRY_RUN_OPTION), async (a) => {
+      .command('delete <snapshot-id>', 'Delete a snapshot (EC2 DeleteSnapshot); frees the blocks no other snapshot references', (b) => b.positional('snapshot-id', { type: 'string', demandOption: true, describe: 'The ID of the snapshot (snap-…)' }).option('dry-run', DRY_RUN_OPTION), async (a) => {
         const g = a as unknown as Globals;
         await call(g, 'ebsd.DeleteSnapshot', { SnapshotId: a.snapshotId, ...dryRunMember(a) });
         if (fmt(g) === 'table') process.stdout.write(`deleted ${a.snapshotId}\n`);

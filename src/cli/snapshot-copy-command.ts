@@ -22,7 +22,7 @@ export const snapshotCopyCommand: CommandModule<object, any> = {
   describe: 'Copy a snapshot (EC2 CopySnapshot); another --kms-key-id re-encrypts every block; prints the new snapshot id',
   builder: (b) =>
     b
-      .positional('snapshot-id', { type: 'string', demandOption: true })
+      .positional('snapshot-id', { type: 'string', demandOption: true, describe: 'The ID of the snapshot to copy (snap-…)' })
       .option('kms-key-id', { type: 'string', describe: 'key id, ARN or alias for the copy (default: the source\'s key, else alias/aws/ebs); for an unencrypted source on a daemon with --allow-unencrypted, only with --encrypted' })
       .option('encrypted', { type: 'boolean', describe: 'encrypt the copy of an unencrypted snapshot; needed only on a daemon with --allow-unencrypted (otherwise such a copy is encrypted anyway: EBS encryption by default)' })
       .option('description', { type: 'string', describe: 'up to 255 characters' })

@@ -1,4 +1,6 @@
+import { isIP } from 'node:net';
 import { ArgRangeError } from '../util/errors.js';
+import { isRegionName, parseIamPrincipalArn } from '../util/aws-names.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
 import { isLoopback } from '../util/loopback.js';
 import { endpointUserinfo } from '../util/endpoint-url.js';
@@ -109,16 +111,66 @@ export function parseListenAddress(v: string, name = '--kms-listen'): { host: st
   return { host: m[1] ?? m[2]!, port };
 }
 
+/**
+ * `--metrics-listen HOST:PORT`: an IP address (or `localhost`) and a port, `[::1]:9464` for IPv6;
+ * src/daemon/metrics-listener.ts binds it.
+ */
+export function parseMetricsListen(spec: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || !host || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
+    throw new ArgRangeError('--metrics-listen', `must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`);
+  }
+  return { host, port };
+}
+
+/** `s3://BUCKET[/PREFIX]`, the one form --snapshot-store takes (src/snapshot/open-store.ts). */
+const S3_STORE_RE = /^s3:\/\/([^/]+)(?:\/(.*))?$/;
+
 export const VERSION = '0.1.0';
 
 export const DEFAULT_STATE_DIR = '/var/lib/ebsd';
 export const DEFAULT_MOUNT_DIR = '/mnt/ebsd';
 /** The longest --volume-modification-window: a year (a window past JavaScript's dates could not name when the volume may be modified again). */
 export const MAX_MODIFICATION_WINDOW_MS = 365 * 24 * 3_600_000;
+/**
+ * The smallest --snapshot-cow-memory: one 4 KiB slot (COW_SECTOR, src/snapshot/cow-spill.ts, not
+ * imported: the CLI loads this file for every command). The budget is rounded down to whole slots,
+ * so less was a budget of 0, every capture spilled to the file.
+ */
+export const MIN_SNAPSHOT_COW_MEMORY = 4096;
 /** Default of DaemonConfig.kmsProbeIntervalMs. */
 export const DEFAULT_KMS_PROBE_INTERVAL_MS = 30_000;
 
-export function checkDaemonConfig(c: DaemonConfig): void {
+/**
+ * What is wrong with the command line by itself: a flag's value not of its form or out of its range,
+ * or a flag without the one it needs. `ebsd daemon` checks this before it touches anything and exits 2
+ * (usage, src/cli/exit-codes.ts); checkDaemonConfig checks it again for a config built in code.
+ * Pure: no file, socket or lookup.
+ */
+export function checkDaemonFlags(c: DaemonConfig): void {
+  if (c.region !== undefined && !isRegionName(c.region)) throw new ArgRangeError('--region', `"${c.region}" is not a region name (e.g. us-east-1, eu-west-2)`);
+  if (c.kmsRegion !== undefined && !isRegionName(c.kmsRegion)) throw new ArgRangeError('--kms-region', `"${c.kmsRegion}" is not a region name (e.g. us-east-1, eu-west-2)`);
+  if (c.metricsListen !== undefined) parseMetricsListen(c.metricsListen);
+  if (c.snapshotStore !== undefined && !S3_STORE_RE.test(c.snapshotStore)) {
+    throw new ArgRangeError('--snapshot-store', `"${c.snapshotStore}" is not a snapshot store: give s3://BUCKET[/PREFIX], or leave it out for STATE_DIR/snapshots`);
+  }
+  if (c.kmsEndpoint !== undefined) {
+    let u: URL | undefined;
+    try {
+      u = new URL(c.kmsEndpoint);
+    } catch {
+      u = undefined;
+    }
+    // Not repeated as given: a user:password@ in it stays out of the message (src/util/endpoint-url.ts).
+    const shown = c.kmsEndpoint.replace(/\/\/[^/]*@/, '//');
+    if (!u) throw new ArgRangeError('--kms-endpoint', `"${shown}" is not a URL (e.g. https://10.0.0.1:4599)`);
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new ArgRangeError('--kms-endpoint', `"${shown}": only http(s) URLs`);
+  }
+  if (c.hostPrincipalArn !== undefined && !parseIamPrincipalArn(c.hostPrincipalArn)) {
+    throw new ArgRangeError('--host-principal-arn', `"${c.hostPrincipalArn}" is not an IAM role or user ARN (arn:aws:iam::111122223333:role/fleet/host-a)`);
+  }
   if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
   if (c.kmsEndpoint !== undefined && c.kmsOnly) throw new ArgRangeError('--kms-endpoint', 'a --kms-only daemon serves the KMS; it does not use a remote one');
   if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
@@ -126,10 +178,33 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   if (c.kmsProbeIntervalMs !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-probe-interval', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
   if (c.kmsFrontThreads !== undefined && c.kmsFrontThreads !== 0 && c.kmsFrontThreads !== 1) throw new ArgRangeError('--kms-front-threads', `must be 0 or 1, got ${String(c.kmsFrontThreads)}`);
-  // A config built in code, not through the CLI's parse, is held to the same range.
+  // A config built in code, not through the CLI's parse, is held to the same ranges.
   if (c.refusalWindowMs !== undefined && (!Number.isSafeInteger(c.refusalWindowMs) || c.refusalWindowMs < 1000 || c.refusalWindowMs > 10 * 60_000)) {
     throw new ArgRangeError('--refusal-window', `must be from 1s to 10m, got ${String(c.refusalWindowMs)} ms`);
   }
+  if (c.volumeModificationWindowMs !== undefined && (!Number.isSafeInteger(c.volumeModificationWindowMs) || c.volumeModificationWindowMs < 0 || c.volumeModificationWindowMs > MAX_MODIFICATION_WINDOW_MS)) {
+    throw new ArgRangeError('--volume-modification-window', `must be a duration from 0 to ${durationLimit(MAX_MODIFICATION_WINDOW_MS)}, got ${String(c.volumeModificationWindowMs)} ms`);
+  }
+  if (c.stopTimeoutMs !== undefined && (!Number.isSafeInteger(c.stopTimeoutMs) || c.stopTimeoutMs < 1 || c.stopTimeoutMs > MAX_TIMER_MS)) {
+    throw new ArgRangeError('--stop-timeout', `must be a duration from 1 ms to ${durationLimit(MAX_TIMER_MS)}, got ${String(c.stopTimeoutMs)} ms`);
+  }
+  if (c.snapshotCowMemoryBytes !== undefined && (!Number.isSafeInteger(c.snapshotCowMemoryBytes) || c.snapshotCowMemoryBytes < MIN_SNAPSHOT_COW_MEMORY)) {
+    throw new ArgRangeError('--snapshot-cow-memory', `must be a whole number of bytes, at least ${MIN_SNAPSHOT_COW_MEMORY}, got ${String(c.snapshotCowMemoryBytes)}`);
+  }
+  for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
+    if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
+    // Both feed timers (src/volume/key-cache.ts): past MAX_TIMER_MS Node fires them after 1 ms.
+    if (v !== undefined && v > MAX_TIMER_MS) throw new ArgRangeError(name, `must be at most ${durationLimit(MAX_TIMER_MS)}, got ${v}`);
+  }
+}
+
+/**
+ * checkDaemonFlags, then what the daemon refuses to run with although the command line is well
+ * formed: plain HTTP off loopback, credentials in --kms-endpoint. Those are "refused configuration",
+ * exit 9 (src/cli/exit-codes.ts), as the daemon refuses them at start.
+ */
+export function checkDaemonConfig(c: DaemonConfig): void {
+  checkDaemonFlags(c);
   // Checked before anything starts; the listener checks again (it may be built without a config).
   if (c.kmsListen && !c.tls && !isLoopback(c.kmsListen.host)) {
     throw new ArgRangeError('--kms-listen', `${c.kmsListen.host}: plain HTTP is allowed only on a loopback address; give --tls-cert and --tls-key`);
@@ -140,53 +215,51 @@ export function checkDaemonConfig(c: DaemonConfig): void {
     try {
       u = new URL(c.kmsEndpoint);
     } catch {
-      u = undefined; // the client names what is wrong with it
+      u = undefined; // checkDaemonFlags refused it
     }
     if (u && (u.username || u.password)) throw endpointUserinfo(u);
     if (u?.protocol === 'http:' && !isLoopback(u.hostname)) {
       throw new ArgRangeError('--kms-endpoint', `"${c.kmsEndpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
     }
   }
-  if (c.volumeModificationWindowMs !== undefined && (!Number.isSafeInteger(c.volumeModificationWindowMs) || c.volumeModificationWindowMs < 0 || c.volumeModificationWindowMs > MAX_MODIFICATION_WINDOW_MS)) {
-    throw new ArgRangeError('--volume-modification-window', `must be a duration from 0 to ${durationLimit(MAX_MODIFICATION_WINDOW_MS)}, got ${String(c.volumeModificationWindowMs)} ms`);
-  }
-  if (c.stopTimeoutMs !== undefined && (!Number.isSafeInteger(c.stopTimeoutMs) || c.stopTimeoutMs < 1 || c.stopTimeoutMs > MAX_TIMER_MS)) {
-    throw new ArgRangeError('--stop-timeout', `must be a duration from 1 ms to ${durationLimit(MAX_TIMER_MS)}, got ${String(c.stopTimeoutMs)} ms`);
-  }
-  for (const [name, v] of [['keyCacheTtlMs', c.keyCacheTtlMs], ['keyCacheMaxStaleMs', c.keyCacheMaxStaleMs]] as const) {
-    if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
-    // Both feed timers (src/volume/key-cache.ts): past MAX_TIMER_MS Node fires them after 1 ms.
-    if (v !== undefined && v > MAX_TIMER_MS) throw new ArgRangeError(name, `must be at most ${durationLimit(MAX_TIMER_MS)}, got ${v}`);
-  }
 }
 
 
 /** `--refusal-window`: a duration from 1 s to 10 min (parseDuration's forms). */
 export function refusalWindow(v: string | number): number {
-  const ms = parseDuration(v, '--refusal-window', 10 * 60_000);
-  if (ms < 1000) throw new ArgRangeError('--refusal-window', `must be at least 1s, got ${ms} ms`);
-  return ms;
+  return parseDuration(v, '--refusal-window', 10 * 60_000, 1000);
 }
 
 /**
- * `300`, `300s`, `5m`, `1h`, `250ms` -> milliseconds, at most `maxMs`; an
- * ArgRangeError naming the flag otherwise. The default, MAX_TIMER_MS, is for a
- * value that feeds a timer (src/util/clock.ts): a longer key-cache max-stale
- * would expire at once, a longer TTL would refresh in a loop.
+ * A decimal number (`12`, `1.5`) times an integer unit, exactly: `1.0001KiB` is 1024.1024
+ * bytes and `0.0001s` 0.1 ms, which floating point would round to a whole number (or to 0,
+ * which several flags read as "never" or "no limit") without a word.
  */
-export function parseDuration(v: string | number, name: string, maxMs: number = MAX_TIMER_MS): number {
-  let ms: number;
-  if (typeof v === 'number') {
-    if (!Number.isFinite(v) || v < 0) throw new ArgRangeError(name, `must be a non-negative duration, got ${v}`);
-    ms = Math.round(v * 1000);
-  } else {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(v);
-    if (!m) throw new ArgRangeError(name, `"${v}" is not a duration (e.g. 300, 300s, 5m, 1h, 250ms)`);
-    const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
-    ms = Math.round(Number(m[1]) * mult);
-  }
-  if (!(ms <= maxMs)) throw new ArgRangeError(name, `${String(v)} is too long: at most ${durationLimit(maxMs)}`);
-  return ms;
+function _decimalTimes(int: string, frac: string, unit: number): { value: bigint; whole: boolean } {
+  const scale = 10n ** BigInt(frac.length);
+  const scaled = BigInt(int + frac) * BigInt(unit);
+  return { value: scaled / scale, whole: scaled % scale === 0n };
+}
+
+/**
+ * `300`, `300s`, `5m`, `1h`, `250ms` -> milliseconds, from `minMs` to `maxMs`; an
+ * ArgRangeError naming the flag and the value otherwise. A fraction of a millisecond
+ * (`0.0001s`, `1.5ms`) is refused: it used to round, and `0.0001s` became 0, which
+ * --key-cache-ttl reads as "until detach" and --kms-probe-interval as "never".
+ * The default maximum, MAX_TIMER_MS, is for a value that feeds a timer
+ * (src/util/clock.ts): a longer key-cache max-stale would expire at once, a longer
+ * TTL would refresh in a loop. A number is seconds (a config built in code).
+ */
+export function parseDuration(v: string | number, name: string, maxMs: number = MAX_TIMER_MS, minMs = 0): number {
+  const s = String(v);
+  const m = /^\s*(\d+)(?:\.(\d+))?\s*(ms|s|m|h)?\s*$/.exec(s);
+  if (!m) throw new ArgRangeError(name, `"${s}" is not a duration (e.g. 300, 300s, 5m, 1h, 250ms)`);
+  const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[3] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  const { value, whole } = _decimalTimes(m[1]!, m[2] ?? '', mult);
+  if (value > BigInt(maxMs)) throw new ArgRangeError(name, `${s} is too long: at most ${durationLimit(maxMs)}`);
+  if (!whole) throw new ArgRangeError(name, `${s} is not a whole number of milliseconds`);
+  if (value < BigInt(minMs)) throw new ArgRangeError(name, `${s} is too short: at least ${minMs % 1000 === 0 ? `${minMs / 1000}s` : `${minMs} ms`}`);
+  return Number(value);
 }
 
 function durationLimit(ms: number): string {
@@ -195,11 +268,19 @@ function durationLimit(ms: number): string {
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
 
-/** `1073741824`, `64MiB`, `1.5GiB`, `512K` -> bytes (binary units, rounded down to a byte); an ArgRangeError naming the flag otherwise. */
-export function parseByteSize(v: string | number, name: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]{0,3})\s*$/.exec(String(v));
-  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
-  const bytes = m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : NaN;
-  if (!Number.isSafeInteger(bytes)) throw new ArgRangeError(name, `"${String(v)}" is not a size (bytes, or a number with KiB, MiB, GiB or TiB, e.g. 64MiB, 1.5GiB)`);
-  return bytes;
+/**
+ * `1073741824`, `64MiB`, `1.5GiB`, `512K` -> bytes (binary units), from `minBytes` to
+ * `maxBytes` (`maxIs` says what that is); an ArgRangeError naming the flag and the value otherwise. A fraction of a
+ * byte is refused: `1.5` (no unit: bytes) used to become 1 byte, below any budget's unit.
+ */
+export function parseByteSize(v: string | number, name: string, minBytes = 0, maxBytes = Number.MAX_SAFE_INTEGER, maxIs?: string): number {
+  const s = String(v);
+  const m = /^\s*(\d+)(?:\.(\d+))?\s*([A-Za-z]{0,3})\s*$/.exec(s);
+  const unit = m ? SIZE_UNITS[m[3]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new ArgRangeError(name, `"${s}" is not a size (bytes, or a number with KiB, MiB, GiB or TiB, e.g. 64MiB, 1.5GiB)`);
+  const { value, whole } = _decimalTimes(m[1]!, m[2] ?? '', unit);
+  if (value > BigInt(maxBytes)) throw new ArgRangeError(name, `${s} is too large: at most ${maxBytes} bytes${maxIs ? ` (${maxIs})` : ''}`);
+  if (!whole) throw new ArgRangeError(name, `${s} is not a whole number of bytes${m[3] ? '' : ' (a number without a unit is bytes)'}`);
+  if (value < BigInt(minBytes)) throw new ArgRangeError(name, `${s} is too small: at least ${minBytes} bytes`);
+  return Number(value);
 }

@@ -41,7 +41,6 @@ import { AccessKeyStore } from '../kms/sts/access-keys.js';
 import { TrustPolicies } from '../kms/sts/trust-policies.js';
 import { StsService } from '../kms/sts/sts-service.js';
 import { DaemonMetrics } from './metrics.js';
-import { parseListen } from './metrics-listener.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
@@ -182,7 +181,6 @@ export class Daemon {
 
   async start(): Promise<void> {
     checkDaemonConfig(this.cfg);
-    if (this.cfg.metricsListen !== undefined) parseListen(this.cfg.metricsListen); // refuse a bad flag before mounting
     if (!isNativeAvailable()) {
       // SO_PEERCRED is how callers are identified; without it nobody can be judged.
       throw new EbsdError('NATIVE_ADDON_MISSING', `the native addon is required to identify control-socket callers: ${nativeLoadError?.message}`);

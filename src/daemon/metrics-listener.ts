@@ -5,9 +5,10 @@
  */
 
 import { createServer, type Server } from 'node:http';
-import { isIP, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { EbsdError } from '../util/errors.js';
+import { parseMetricsListen } from './config.js';
 import type { Logger } from '../util/logger.js';
 import { isLoopback } from '../util/loopback.js';
 import { connectionSource, loopbackLookupProblem } from './loopback-peers.js';
@@ -95,7 +96,7 @@ export class MetricsListener {
    * closed). On loopback a source is a local user, not an address.
    */
   async listen(spec: string, log: Logger): Promise<{ host: string; port: number }> {
-    const { host, port } = parseListen(spec);
+    const { host, port } = parseMetricsListen(spec);
     const l = METRICS_LIMITS;
     const guard = new ConnectionGuard({
       maxPerCaller: l.maxPerSource, maxTotal: l.maxTotal, headersTimeoutMs: l.headersTimeoutMs,
@@ -297,13 +298,3 @@ export class MetricsListener {
   }
 }
 
-/** `127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:0` -> host and port (typed error naming the flag otherwise). */
-export function parseListen(spec: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
-  const host = m?.[1] ?? m?.[2];
-  const port = Number(m?.[3]);
-  if (!m || !host || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
-    throw new EbsdError('BAD_METRICS_LISTEN', `--metrics-listen must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`, { awsName: 'ValidationException' });
-  }
-  return { host, port };
-}

@@ -1,6 +1,7 @@
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import type { Caller } from '../kms/types.js';
 import { ArgRangeError } from '../util/errors.js';
+import { parseIamPrincipalArn, type IamPrincipalArn } from '../util/aws-names.js';
 
 /**
  * Who a host is to a remote KMS, beside what STS answers (src/volume/aws-key-service.ts,
@@ -46,25 +47,7 @@ export async function resolvedStsEndpoint(config: ConstructorParameters<typeof S
 /** An assumed-role session as STS names it: partition, account, role name (no path), session name. */
 export const SESSION_RE = /^arn:([\w-]+):sts::(\d{12}):assumed-role\/([^/]+)\/[^/]+$/;
 
-export interface IamPrincipalArn {
-  arn: string;
-  partition: string;
-  account: string;
-  type: 'role' | 'user';
-  /** The last segment: the role's or user's name. */
-  name: string;
-}
-
-/**
- * `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME` (or `user/`), PATH optional: IAM's
- * path is `/`-separated printable ASCII, a role's or user's name at most 64 of
- * [A-Za-z0-9+=,.@_-]; undefined for anything else.
- */
-export function parseIamPrincipalArn(v: string): IamPrincipalArn | undefined {
-  if (typeof v !== 'string' || v.length > 2048) return undefined;
-  const m = /^arn:([a-z][a-z0-9-]*):iam::(\d{12}):(role|user)\/(?:[\x21-\x7e]{1,510}\/)?([\w+=,.@-]{1,64})$/.exec(v);
-  return m ? { arn: v, partition: m[1]!, account: m[2]!, type: m[3] as 'role' | 'user', name: m[4]! } : undefined;
-}
+export { parseIamPrincipalArn, type IamPrincipalArn };
 
 /**
  * The host principal `--host-principal-arn` gives, if it is who STS says the

@@ -8,7 +8,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { checkDaemonConfig, MAX_MODIFICATION_WINDOW_MS, parseDuration, refusalWindow } from '../../src/daemon/config.js';
+import { checkDaemonConfig, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, parseByteSize, parseDuration, refusalWindow } from '../../src/daemon/config.js';
+import { COW_SECTOR } from '../../src/snapshot/cow-spill.js';
 import { MAX_TIMER_MS, type Clock, type TimerHandle } from '../../src/util/clock.js';
 import { KeyCache, type KeyCheckMembership } from '../../src/volume/key-cache.js';
 import { ensureBuilt } from '../e2e/helpers.js';
@@ -28,6 +29,36 @@ describe('--refusal-window', () => {
     expect(() => checkDaemonConfig({ ...base, refusalWindowMs: 0 })).toThrow(/--refusal-window.*from 1s to 10m/);
     expect(() => checkDaemonConfig({ ...base, refusalWindowMs: 2 ** 31 })).toThrow(/--refusal-window/);
     expect(() => checkDaemonConfig({ ...base, refusalWindowMs: 3000 })).not.toThrow();
+  });
+});
+
+describe('fractions of the unit a flag is kept in', () => {
+  it('parseDuration is exact in decimal: whole milliseconds are taken, a fraction of one is refused (it rounded, 0.0001s to 0)', () => {
+    expect(parseDuration('0.3s', '--x')).toBe(300);
+    expect(parseDuration('1.001s', '--x')).toBe(1001);
+    expect(parseDuration('0.5', '--x')).toBe(500);
+    expect(parseDuration('1.5m', '--x')).toBe(90_000);
+    expect(parseDuration('0', '--key-cache-ttl')).toBe(0);
+    for (const v of ['0.0001s', '1.5ms', '0.0000001h', '1.0005']) expect(() => parseDuration(v, '--x')).toThrow(`--x ${v} is not a whole number of milliseconds`);
+    expect(() => parseDuration('0', '--stop-timeout', undefined, 1)).toThrow('--stop-timeout 0 is too short: at least 1 ms');
+  });
+
+  it('parseByteSize is exact in decimal: a fraction of a byte is refused; limits name the flag and the value', () => {
+    expect(parseByteSize('1.5GiB', '--x')).toBe(1.5 * 2 ** 30);
+    expect(parseByteSize('0.5KiB', '--x')).toBe(512);
+    expect(parseByteSize('4096', '--x')).toBe(4096);
+    expect(() => parseByteSize('1.5', '--x')).toThrow('--x 1.5 is not a whole number of bytes (a number without a unit is bytes)');
+    expect(() => parseByteSize('1.0001KiB', '--x')).toThrow('--x 1.0001KiB is not a whole number of bytes');
+    expect(() => parseByteSize('2K', '--x', 4096)).toThrow('--x 2K is too small: at least 4096 bytes');
+    expect(() => parseByteSize('2G', '--x', 0, 2 ** 30, "this host's memory")).toThrow("--x 2G is too large: at most 1073741824 bytes (this host's memory)");
+    expect(() => parseByteSize('99999999999999999999T', '--x')).toThrow(/--x 99999999999999999999T is too large/);
+  });
+
+  it('--snapshot-cow-memory is at least one copy-on-write slot; a config built in code is held to it', () => {
+    expect(MIN_SNAPSHOT_COW_MEMORY).toBe(COW_SECTOR);
+    const base = { stateDir: '/tmp/x', mountDir: '/tmp/m', logLevel: 'info', allowUnencrypted: false };
+    for (const v of [0, 1.5, 4095, Number.NaN]) expect(() => checkDaemonConfig({ ...base, snapshotCowMemoryBytes: v })).toThrow(/--snapshot-cow-memory must be a whole number of bytes, at least 4096/);
+    expect(() => checkDaemonConfig({ ...base, snapshotCowMemoryBytes: 4096 })).not.toThrow();
   });
 });
 

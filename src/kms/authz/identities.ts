@@ -3,6 +3,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { atomicWrite } from '../../util/atomic-write.js';
 import { EbsdError, ArgTypeError, ArgRangeError, checkString } from '../../util/errors.js';
 import { readTextIfExists } from '../../util/read-if-exists.js';
+import { REGION_RE } from '../../util/aws-names.js';
 import type { Caller } from '../types.js';
 import { parsePolicy, type CompiledPolicy, PolicyCache } from './policy-document.js';
 import { callerIds } from './caller-ids.js';
@@ -76,7 +77,6 @@ const NAME_RE = /^[\w+=,.@-]{1,64}$/;
 const SESSION_RE = /^[\w+=,.@-]{2,64}$/;
 const PATH_RE = /^\/(?:[\x21-\x7E]*\/)?$/;
 const POLICY_NAME_RE = /^[\w+=,.@-]{1,128}$/;
-const REGION_RE = /^[a-z]{2}(-[a-z]+)+-\d+$/;
 
 function _id(prefix: 'AIDA' | 'AROA'): string {
   const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
