@@ -21,6 +21,7 @@ import { buildEvent, buildEventJson, MAX_ERROR_MESSAGE, truncateField, type Audi
 import { AccessDeniedException, DryRunOperationException, KMSInternalException, KmsError, UnknownOperationException, ValidationException } from './errors.js';
 import { checkRequestShape } from './request-shape.js';
 import { checkKeyState } from './key-state.js';
+import { UNSERVED_OPERATIONS, unservedOperation } from './unserved.js';
 
 /**
  * The operations whose request has a DryRun member (the KMS API model; docs/architecture.md §5.4).
@@ -271,7 +272,10 @@ export class Dispatcher {
     };
     if (recordable) {
       try {
-        if (!entry) throw new UnknownOperationException(`Unknown operation ${operation}`);
+        if (!entry) {
+          // An AWS KMS operation ebsd does not serve is a typed refusal naming it (unserved.ts); any other name is unknown.
+          throw UNSERVED_OPERATIONS.has(operation) ? unservedOperation(operation) : new UnknownOperationException(`Unknown operation ${operation}`);
+        }
         response = await entry.handler(ctx, call);
         if (!authorized) throw new KMSInternalException(`operation ${operation} did not authorize its caller`, { code: 'KMS_UNAUTHORIZED_HANDLER' });
         // A dry run that returns never reached its stop (a handler bug): its answer is withheld.
@@ -294,7 +298,7 @@ export class Dispatcher {
       requestId: call.requestId,
       eventId: randomUUID(),
       resources: call.resources,
-      readOnly: entry?.readOnly ?? false,
+      readOnly: entry?.readOnly ?? READ_ONLY_OPERATIONS.has(operation),
       time: now,
       ...(call.additionalEventData ? { additionalEventData: call.additionalEventData } : {}),
     };

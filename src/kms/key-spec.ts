@@ -16,6 +16,24 @@ export const KEY_SPECS: readonly KeySpec[] = [
   'HMAC_224', 'HMAC_256', 'HMAC_384', 'HMAC_512',
 ];
 
+/**
+ * KeySpec values of the KMS API (@aws-sdk/client-kms `KeySpec`) this KMS cannot create: valid
+ * requests it refuses with UnsupportedOperationException, never "not in the enum value set".
+ * `CustomerMasterKeySpec`, the deprecated name, has only SM2 of these.
+ */
+export const UNSUPPORTED_KEY_SPECS: readonly string[] = [
+  'ECC_NIST_EDWARDS25519', 'ML_DSA_44', 'ML_DSA_65', 'ML_DSA_87', 'ML_KEM_512', 'ML_KEM_768', 'ML_KEM_1024', 'SM2',
+];
+
+/** Why a spec of UNSUPPORTED_KEY_SPECS (or data key pair spec) is refused. */
+export function unsupportedSpecReason(spec: string): string {
+  // AWS KMS: SM2 keys and data key pairs exist only in the China Regions.
+  if (spec === 'SM2') return 'SM2 is available only in China Regions';
+  if (spec.startsWith('ML_DSA_')) return 'ebsd has no ML-DSA keys';
+  if (spec.startsWith('ML_KEM_')) return 'ebsd has no ML-KEM keys';
+  return 'ebsd has no Ed25519 keys';
+}
+
 export const isRsa = (s: string): boolean => s.startsWith('RSA_');
 export const isEcc = (s: string): boolean => s.startsWith('ECC_');
 export const isHmac = (s: string): boolean => s.startsWith('HMAC_');
@@ -79,7 +97,10 @@ export function rsaOaepMaxPlaintext(spec: string, alg: string): number {
   return k - 2 * h - 2;
 }
 
-/** Data key pair specs accepted by GenerateDataKeyPair (no HMAC, no SM2 here). */
+/** Data key pair specs accepted by GenerateDataKeyPair (no HMAC; SM2, Ed25519 and ML-KEM: UNSUPPORTED_DATA_KEY_PAIR_SPECS). */
 export const DATA_KEY_PAIR_SPECS: readonly string[] = [
   'RSA_2048', 'RSA_3072', 'RSA_4096', 'ECC_NIST_P256', 'ECC_NIST_P384', 'ECC_NIST_P521', 'ECC_SECG_P256K1',
 ];
+
+/** DataKeyPairSpec values of the KMS API this KMS refuses with UnsupportedOperationException. */
+export const UNSUPPORTED_DATA_KEY_PAIR_SPECS: readonly string[] = ['ECC_NIST_EDWARDS25519', 'ML_KEM_512', 'ML_KEM_768', 'ML_KEM_1024', 'SM2'];

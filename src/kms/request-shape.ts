@@ -29,7 +29,7 @@ const MEMBER_TYPES: ReadonlyMap<string, MemberType> = new Map([
   ..._types('string', 'KeyId KeySpec EncryptionAlgorithm SigningAlgorithm MacAlgorithm MessageType KeyUsage Description AliasName '
     + 'TargetKeyId Marker DestinationKeyId SourceKeyId SourceEncryptionAlgorithm DestinationEncryptionAlgorithm KeyPairSpec Origin '
     + 'GranteePrincipal RetiringPrincipal GrantId GrantToken Name PolicyName KeyMaterialId IncludeKeyMaterial Policy '
-    + 'CustomKeyStoreId CustomerMasterKeySpec XksKeyId KeyAgreementAlgorithm'),
+    + 'CustomKeyStoreId CustomerMasterKeySpec XksKeyId KeyAgreementAlgorithm GranteeServicePrincipal RetiringServicePrincipal'),
   ..._types('integer', 'NumberOfBytes PendingWindowInDays RotationPeriodInDays Limit'),
   ..._types('boolean', 'MultiRegion BypassPolicyLockoutSafetyCheck DryRun'),
   ..._types('blob', 'Plaintext CiphertextBlob Message Signature Mac'),
@@ -126,7 +126,12 @@ function _checkMember(name: string, t: MemberType, v: unknown): void {
       return;
     case 'constraints':
       if (!_isPlainObject(v)) throw fail(name, 'Member must be an object');
-      for (const k of Object.keys(v)) if (v[k] !== undefined && v[k] !== null) _checkStringMap(`${name}.${k}`, v[k]);
+      // GrantConstraints: two string maps, and SourceArn, a string.
+      for (const k of Object.keys(v)) {
+        if (v[k] === undefined || v[k] === null) continue;
+        if (k === 'SourceArn') _checkString(`${name}.${k}`, v[k]);
+        else _checkStringMap(`${name}.${k}`, v[k]);
+      }
       return;
   }
 }

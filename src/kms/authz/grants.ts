@@ -9,6 +9,7 @@ import {
   InvalidGrantTokenException,
   LimitExceededException,
   NotFoundException,
+  UnsupportedOperationException,
   ValidationException,
 } from '../errors.js';
 import type { GrantSource, GrantView } from './evaluate.js';
@@ -36,12 +37,26 @@ import { parseStateJson } from '../../util/state-json.js';
  * user's or role's ARN as the id it was bound to. docs/architecture.md §5.4.
  */
 
-/** Operations a grant may allow (KMS API reference, CreateGrant `Operations`). */
+/**
+ * Operations a grant may allow (KMS API reference, CreateGrant `Operations`). Encapsulate and
+ * Decapsulate are for ML-KEM keys, which ebsd cannot create: `operationsForKey` never allows them.
+ */
 export const GRANT_OPERATIONS: readonly string[] = [
   'Decrypt', 'Encrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncryptFrom', 'ReEncryptTo',
   'Sign', 'Verify', 'GetPublicKey', 'CreateGrant', 'RetireGrant', 'DescribeKey',
   'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext', 'GenerateMac', 'VerifyMac', 'DeriveSharedSecret',
+  'Encapsulate', 'Decapsulate',
 ];
+
+/**
+ * A request member for grants to AWS service principals (CreateGrant GranteeServicePrincipal,
+ * RetiringServicePrincipal, Constraints.SourceArn; ListGrants GranteeServicePrincipal;
+ * ListRetirableGrants RetiringServicePrincipal): an API member ebsd does not support, refused
+ * naming it rather than ignored (an ignored list filter would answer every grant).
+ */
+export function serviceGrantsUnsupported(member: string): UnsupportedOperationException {
+  return new UnsupportedOperationException(`${member} is not supported by this KMS: ebsd has no grants to AWS service principals`, { code: 'KMS_SERVICE_GRANT_UNSUPPORTED' });
+}
 const GRANT_OPERATION_SET = new Set(GRANT_OPERATIONS);
 /** Operations a constrained grant may carry: those with an encryption context, plus the three the constraint ignores. */
 const CONSTRAINABLE = new Set([...EC_OPERATIONS, 'CreateGrant', 'RetireGrant', 'DescribeKey']);
@@ -212,6 +227,8 @@ export function parseConstraints(v: unknown): GrantConstraints | undefined {
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'object' || Array.isArray(v)) throw new ValidationException('Constraints must be an object');
   for (const k of Object.keys(v)) {
+    // An API member (KMS API reference, GrantConstraints) for grants to service principals, which ebsd does not have.
+    if (k === 'SourceArn') throw serviceGrantsUnsupported('Constraints.SourceArn');
     if (k !== 'EncryptionContextEquals' && k !== 'EncryptionContextSubset') throw new ValidationException(`Constraints: unknown member "${k}"`);
   }
   const c = v as Record<string, unknown>;

@@ -15,7 +15,7 @@ import { PolicyAuthorizer } from './policy-authorizer.js';
 export { PolicyAuthorizer, keyInfo, denialReason, mayRetireByGrant } from './policy-authorizer.js';
 export { registerAuthzOperations, LOCKOUT_MESSAGE } from './operations.js';
 export { Identities, IamError, IDENTITIES_FILE } from './identities.js';
-export { GrantStore, grantListEntry, GRANT_OPERATIONS, LIMITS as GRANT_LIMITS, checkGrantTokens, parseConstraints, operationsForKey } from './grants.js';
+export { GrantStore, grantListEntry, GRANT_OPERATIONS, LIMITS as GRANT_LIMITS, checkGrantTokens, parseConstraints, operationsForKey, serviceGrantsUnsupported } from './grants.js';
 export { PolicyEvaluator, constraintsHold, grantNoBroader, denialMessage } from './evaluate.js';
 export type { Decision, DenyReason, GrantSource, GrantView } from './evaluate.js';
 export { parsePolicy, PolicyCache, MAX_KEY_POLICY_BYTES } from './policy-document.js';

@@ -2,7 +2,7 @@ import type { CallContext, KeyPolicyValidator, NewKeyPolicyCheck, OperationConte
 import { InvalidGrantIdException, InvalidMarkerException, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
 import type { KeyRecord } from '../key-record.js';
 import type { KmsResponse } from '../types.js';
-import { checkGrantTokens, grantListEntry, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
+import { checkGrantTokens, grantListEntry, serviceGrantsUnsupported, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
 import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
 import { parsePolicy } from './policy-document.js';
 import { bindPrincipals, shownPolicy } from './principal-bindings.js';
@@ -62,6 +62,11 @@ function _policyName(v: unknown): void {
   if (v === undefined || v === null) return;
   if (typeof v !== 'string' || !/^[\w]{1,128}$/.test(v)) throw new ValidationException('PolicyName must be 1 to 128 characters of [a-zA-Z0-9_]');
   if (v !== POLICY_NAME) throw new NotFoundException(`No such policy: ${v}. The only valid policy name is "default".`);
+}
+
+/** A service-principal member of a grant request, refused if present (grants.ts, `serviceGrantsUnsupported`). */
+function _noServicePrincipal(r: Record<string, unknown>, ...members: string[]): void {
+  for (const m of members) if (r[m] !== undefined && r[m] !== null) throw serviceGrantsUnsupported(m);
 }
 
 const _facts = (k: KeyRecord): KeyFacts => ({ arn: k.arn, accountId: k.accountId, keySpec: k.keySpec, keyUsage: k.keyUsage });
@@ -133,6 +138,7 @@ export function registerAuthzOperations(
   const createGrant = async (ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
     const r = call.request;
     const keyId = _keyId(r.KeyId);
+    _noServicePrincipal(r, 'GranteeServicePrincipal', 'RetiringServicePrincipal');
     const tokens = checkGrantTokens(r.GrantTokens);
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     const facts = _facts(key);
@@ -150,6 +156,7 @@ export function registerAuthzOperations(
     const keyId = _keyId(r.KeyId);
     const grantId = r.GrantId === undefined ? undefined : _grantId(r.GrantId);
     const grantee = _optString(r, 'GranteePrincipal', 256);
+    _noServicePrincipal(r, 'GranteeServicePrincipal');
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     await call.authorize({ key, stateCheck: false });
     const page = grants.list(key.arn, {
@@ -163,6 +170,7 @@ export function registerAuthzOperations(
 
   const listRetirableGrants = async (_ctx: OperationContext, call: CallContext): Promise<KmsResponse> => {
     const r = call.request;
+    _noServicePrincipal(r, 'RetiringServicePrincipal');
     const principal = _optString(r, 'RetiringPrincipal', 256);
     if (principal === undefined) throw new ValidationException('RetiringPrincipal is required');
     await call.authorize({});

@@ -2,13 +2,16 @@
 import type { Dispatcher } from '../dispatcher.js';
 import { InvalidKeyUsageException, KMSInvalidMacException, UnsupportedOperationException, ValidationException } from '../errors.js';
 import { canonicalContext } from '../blob.js';
-import { DATA_KEY_PAIR_SPECS, encryptionAlgorithms, macAlgorithms, signingAlgorithms } from '../key-spec.js';
+import { DATA_KEY_PAIR_SPECS, UNSUPPORTED_DATA_KEY_PAIR_SPECS, encryptionAlgorithms, macAlgorithms, signingAlgorithms, unsupportedSpecReason } from '../key-spec.js';
 import { optContext, optEnum, optStrList, reqBytes, reqEnum, reqStr } from '../validate.js';
 import { requireUsage } from './crypto.js';
 
 const SIGN_ALGS = [
   'RSASSA_PSS_SHA_256', 'RSASSA_PSS_SHA_384', 'RSASSA_PSS_SHA_512', 'RSASSA_PKCS1_V1_5_SHA_256', 'RSASSA_PKCS1_V1_5_SHA_384',
   'RSASSA_PKCS1_V1_5_SHA_512', 'ECDSA_SHA_256', 'ECDSA_SHA_384', 'ECDSA_SHA_512', 'SM2DSA',
+  // API values for key specs ebsd cannot create (key-spec.ts, UNSUPPORTED_KEY_SPECS): no key here
+  // allows them, so they are InvalidKeyUsageException ("incompatible with key spec"), as SM2DSA is.
+  'ED25519_SHA_512', 'ED25519_PH_SHA_512', 'ML_DSA_SHAKE_256',
 ] as const;
 const MAC_ALGS = ['HMAC_SHA_224', 'HMAC_SHA_256', 'HMAC_SHA_384', 'HMAC_SHA_512'] as const;
 
@@ -53,8 +56,10 @@ export function registerAsymmetricOperations(d: Dispatcher): void {
     d.registerOperation(op, async (ctx, call) => {
       const r = call.request;
       const { key, requestAlias } = await ctx.resolveKey(reqStr(r, 'KeyId'));
-      const pairSpec = reqEnum(r, 'KeyPairSpec', [...DATA_KEY_PAIR_SPECS, 'SM2'] as const);
-      if (pairSpec === 'SM2') throw new UnsupportedOperationException('SM2 is available only in China Regions');
+      const pairSpec = reqEnum(r, 'KeyPairSpec', [...DATA_KEY_PAIR_SPECS, ...UNSUPPORTED_DATA_KEY_PAIR_SPECS]);
+      if (UNSUPPORTED_DATA_KEY_PAIR_SPECS.includes(pairSpec)) {
+        throw new UnsupportedOperationException(`KeyPairSpec ${pairSpec} is not supported by this KMS: ${unsupportedSpecReason(pairSpec)}`, { code: 'KMS_KEY_SPEC_UNSUPPORTED' });
+      }
       const ec = optContext(r);
       await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [] });
       if (key.keySpec !== 'SYMMETRIC_DEFAULT') throw new InvalidKeyUsageException(`${key.arn} is not a symmetric encryption KMS key.`);

@@ -4,7 +4,7 @@ import type { Dispatcher, OperationContext } from '../dispatcher.js';
 import {
   MalformedPolicyDocumentException, TagException, UnsupportedOperationException, ValidationException,
 } from '../errors.js';
-import { KEY_SPECS, allowedUsages, type KeySpec, type KeyUsage } from '../key-spec.js';
+import { KEY_SPECS, UNSUPPORTED_KEY_SPECS, allowedUsages, unsupportedSpecReason, type KeySpec, type KeyUsage } from '../key-spec.js';
 import type { KeyRecord } from '../key-record.js';
 import { keyMetadata, epochSeconds } from '../key-metadata.js';
 import { defaultKeyPolicy } from '../authorizer.js';
@@ -78,18 +78,31 @@ export function requireCustomerManaged(k: KeyRecord, op: string): void {
   if (k.keyManager === 'AWS') throw new UnsupportedOperationException(`${op} is not supported on AWS managed key ${k.arn}`);
 }
 
+/**
+ * A key spec member: a value outside the API's enum is ValidationException; an API value this
+ * KMS cannot create (`unsupported`) is UnsupportedOperationException naming the member.
+ */
+function _spec(r: KmsRequest, name: string, unsupported: readonly string[]): KeySpec | undefined {
+  const v = optEnum<string>(r, name, [...KEY_SPECS, ...unsupported]);
+  if (v !== undefined && unsupported.includes(v)) {
+    throw new UnsupportedOperationException(`${name} ${v} is not supported by this KMS: ${unsupportedSpecReason(v)}`, { code: 'KMS_KEY_SPEC_UNSUPPORTED' });
+  }
+  return v as KeySpec | undefined;
+}
+
 export function registerKeyOperations(d: Dispatcher): void {
   d.registerOperation('CreateKey', async (ctx, call) => {
     const r = call.request;
     // CustomerMasterKeySpec is the deprecated name of KeySpec ("they work the same way; only
     // the names differ"): one request gives one or the other, never both.
-    const keySpec = optEnum(r, 'KeySpec', KEY_SPECS);
-    const cmkSpec = optEnum(r, 'CustomerMasterKeySpec', KEY_SPECS);
+    const keySpec = _spec(r, 'KeySpec', UNSUPPORTED_KEY_SPECS);
+    const cmkSpec = _spec(r, 'CustomerMasterKeySpec', ['SM2']);
     if (keySpec !== undefined && cmkSpec !== undefined) {
       throw new ValidationException('You cannot specify both KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated; use KeySpec.');
     }
     const spec = (keySpec ?? cmkSpec ?? 'SYMMETRIC_DEFAULT') as KeySpec;
-    const usage = optEnum<KeyUsage>(r, 'KeyUsage', ['ENCRYPT_DECRYPT', 'SIGN_VERIFY', 'GENERATE_VERIFY_MAC', 'KEY_AGREEMENT' as KeyUsage]);
+    // KEY_AGREEMENT and ENCAPSULATE_DECAPSULATE are API values: refused below as unsupported or as incompatible with the spec.
+    const usage = optEnum<KeyUsage>(r, 'KeyUsage', ['ENCRYPT_DECRYPT', 'SIGN_VERIFY', 'GENERATE_VERIFY_MAC', 'KEY_AGREEMENT', 'ENCAPSULATE_DECAPSULATE'] as KeyUsage[]);
     const allowed = allowedUsages(spec);
     // AWS accepts KEY_AGREEMENT for the NIST curves (DeriveSharedSecret); ebsd has no
     // DeriveSharedSecret, so such a key is a valid request ebsd does not support.
@@ -107,6 +120,10 @@ export function registerKeyOperations(d: Dispatcher): void {
     const origin = optStr(r, 'Origin') ?? 'AWS_KMS';
     if (!['AWS_KMS', 'EXTERNAL', 'AWS_CLOUDHSM', 'EXTERNAL_KEY_STORE'].includes(origin)) {
       throw new ValidationException(`1 validation error detected: Value at 'origin' failed to satisfy constraint: Member must satisfy enum value set`);
+    }
+    // KMS API reference, CreateKey: XksKeyId "is not valid for KMS keys with any other Origin value" than EXTERNAL_KEY_STORE.
+    if (r.XksKeyId !== undefined && r.XksKeyId !== null && origin !== 'EXTERNAL_KEY_STORE') {
+      throw new ValidationException(`XksKeyId is valid only for a KMS key with Origin EXTERNAL_KEY_STORE, not ${origin}`);
     }
     if (origin !== 'AWS_KMS') throw new UnsupportedOperationException(`Origin ${origin} is not supported by this KMS`);
     if (optBool(r, 'MultiRegion')) throw new UnsupportedOperationException('Multi-Region keys are not supported by this KMS');

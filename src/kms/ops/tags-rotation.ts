@@ -5,7 +5,7 @@ import { LimitExceededException, TagException, UnsupportedOperationException, Va
 import type { KeyRecord } from '../key-record.js';
 import { epochSeconds } from '../key-metadata.js';
 import { page } from '../paging.js';
-import { optInt, optStrList, reqStr } from '../validate.js';
+import { optEnum, optInt, optStrList, reqStr } from '../validate.js';
 import { DEFAULT_ROTATION_DAYS, parseTags, requireCustomerManaged } from './keys.js';
 
 const DAY = 86_400_000;
@@ -118,12 +118,20 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
 
   d.registerOperation('ListKeyRotations', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
+    // KMS API reference, ListKeyRotations: ROTATIONS_ONLY (the default) lists the materials rotations
+    // made; ALL_KEY_MATERIAL adds the first one (no imported material here), which has no
+    // RotationDate nor RotationType. The last material is CURRENT, the others NON_CURRENT.
+    const include = optEnum(call.request, 'IncludeKeyMaterial', ['ALL_KEY_MATERIAL', 'ROTATIONS_ONLY'] as const) ?? 'ROTATIONS_ONLY';
     await call.authorize({ key, stateCheck: false });
     requireRotatable(key);
-    const rot = key.materials.filter((m) => m.origin !== 'CREATE');
-    const p = page(call.request, rot, 100, 1000);
+    const current = key.materials[key.materials.length - 1];
+    const listed = include === 'ALL_KEY_MATERIAL' ? key.materials : key.materials.filter((m) => m.origin !== 'CREATE');
+    const p = page(call.request, listed, 100, 1000);
     return {
-      Rotations: p.items.map((m) => ({ KeyId: key.arn, KeyMaterialId: m.id, RotationDate: epochSeconds(m.createdAt), RotationType: m.origin })),
+      Rotations: p.items.map((m) => ({
+        KeyId: key.arn, KeyMaterialId: m.id, KeyMaterialState: m === current ? 'CURRENT' : 'NON_CURRENT',
+        ...(m.origin === 'CREATE' ? {} : { RotationDate: epochSeconds(m.createdAt), RotationType: m.origin }),
+      })),
       Truncated: p.Truncated, ...(p.NextMarker ? { NextMarker: p.NextMarker } : {}),
     };
   });
