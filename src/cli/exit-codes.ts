@@ -3,7 +3,10 @@
  */
 export const EXIT = {
   OK: 0,
-  /** Unexpected failure (a bug, or a service error without an AWS name). */
+  /**
+   * Unexpected failure (a bug, or a service error without an AWS name); also `ebsd daemon` giving up a stop
+   * that outlasted --stop-timeout, or whose process was still held after it stopped (src/daemon/stop-deadline.ts).
+   */
   INTERNAL: 1,
   /** Bad command line: an unknown option, a missing argument, a value not of its flag's form (`ebsd daemon --region Mars`), a flag without the one it needs. */
   USAGE: 2,
@@ -30,7 +33,7 @@ export const EXIT = {
 
 export const EXIT_CODES_HELP = `Exit codes:
   0  success
-  1  unexpected internal error
+  1  unexpected internal error (ebsd daemon: a stop that did not finish within --stop-timeout)
   2  usage error (bad command line, an ebsd daemon flag's value included)
   3  daemon not running / control socket unreachable
   4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)

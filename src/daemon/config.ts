@@ -3,7 +3,7 @@ import { ArgRangeError } from '../util/errors.js';
 import { isRegionName, parseIamPrincipalArn } from '../util/aws-names.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
 import { isLoopback } from '../util/loopback.js';
-import { endpointUserinfo } from '../util/endpoint-url.js';
+import { endpointUserinfo, shownEndpoint } from '../util/endpoint-url.js';
 
 export interface DaemonConfig {
   /** Default /var/lib/ebsd. */
@@ -164,7 +164,7 @@ export function checkDaemonFlags(c: DaemonConfig): void {
       u = undefined;
     }
     // Not repeated as given: a user:password@ in it stays out of the message (src/util/endpoint-url.ts).
-    const shown = c.kmsEndpoint.replace(/\/\/[^/]*@/, '//');
+    const shown = shownEndpoint(c.kmsEndpoint);
     if (!u) throw new ArgRangeError('--kms-endpoint', `"${shown}" is not a URL (e.g. https://10.0.0.1:4599)`);
     if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new ArgRangeError('--kms-endpoint', `"${shown}": only http(s) URLs`);
   }

@@ -17,7 +17,7 @@ import type { Caller } from '../kms/types.js';
 import { ArgRangeError } from '../util/errors.js';
 import { caBundleAgent } from '../util/ca-bundle.js';
 import { isLoopback } from '../util/loopback.js';
-import { endpointUserinfo } from '../util/endpoint-url.js';
+import { endpointUserinfo, shownEndpoint } from '../util/endpoint-url.js';
 import { silentLogger } from '../util/logger.js';
 import { KeyServiceError } from './errors.js';
 export { isUnreachable } from './unreachable.js';
@@ -138,13 +138,13 @@ export class AwsKeyService implements KeyService {
     try {
       url = new URL(opts.endpoint);
     } catch {
-      throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}" is not a URL (e.g. https://10.0.0.1:4599)`);
+      throw new ArgRangeError('--kms-endpoint', `"${shownEndpoint(opts.endpoint)}" is not a URL (e.g. https://10.0.0.1:4599)`);
     }
     if (url.username || url.password) throw endpointUserinfo(url);
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}": only http(s) URLs`);
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ArgRangeError('--kms-endpoint', `"${shownEndpoint(opts.endpoint)}": only http(s) URLs`);
     // A Decrypt answer carries the plaintext volume key: plain HTTP only to this machine, as the listener allows it.
     if (url.protocol === 'http:' && !isLoopback(url.hostname)) {
-      throw new ArgRangeError('--kms-endpoint', `"${opts.endpoint}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
+      throw new ArgRangeError('--kms-endpoint', `"${shownEndpoint(opts.endpoint)}": plain HTTP is allowed only to a loopback address (KMS answers carry plaintext volume keys); use https://`);
     }
     if (opts.hostPrincipalArn !== undefined) {
       this.givenPrincipal = parseIamPrincipalArn(opts.hostPrincipalArn);

@@ -5,7 +5,7 @@
  * The daemon refuses such a --kms-endpoint before it starts (checkDaemonConfig).
  */
 import { describe, expect, it } from 'vitest';
-import { checkDaemonConfig } from '../../src/daemon/config.js';
+import { checkDaemonConfig, checkDaemonFlags } from '../../src/daemon/config.js';
 import { AwsKeyService } from '../../src/volume/aws-key-service.js';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,12 +46,26 @@ describe('--kms-endpoint: no user name or password in the URL', () => {
     }
   });
 
+  it('a malformed endpoint with one in it (no scheme, a bad port, another scheme) is refused without repeating it either', () => {
+    const base = { stateDir: '/x', mountDir: '/y', logLevel: 'info', allowUnencrypted: false };
+    // 'host-a:s3cr3t-token@…' parses as a URL of scheme 'host-a:' with no user name; the port 99999 does not parse at all.
+    for (const endpoint of ['host-a:s3cr3t-token@10.0.0.1:4599', 'https://host-a:s3cr3t-token@10.0.0.1:99999', 'ftp://host-a:s3cr3t-token@10.0.0.1/x@y']) {
+      for (const f of [() => new AwsKeyService({ endpoint, region: 'us-east-1' }), () => checkDaemonFlags({ ...base, kmsEndpoint: endpoint })]) {
+        let msg = '';
+        try { f(); } catch (e) { msg = (e as Error).message; }
+        expect(msg, endpoint).toMatch(/^--kms-endpoint "[^"]*10\.0\.0\.1[^"]*"/);
+        expect(msg, endpoint).not.toContain('s3cr3t');
+      }
+    }
+  });
+
   it('a real daemon given one refuses to start, naming the flag, without printing the secret or touching the state dir', async () => {
     ensureBuilt();
     const dir = mkdtempSync(join(tmpdir(), 'ebsd-endpoint-userinfo-'));
     try {
       const r = await run(process.execPath, [CLI, 'daemon', '--state-dir', join(dir, 'state'), '--mount', join(dir, 'mnt'), '--kms-endpoint', WITH_USERINFO[0]!], { timeoutMs: 60_000 });
-      expect(r.code, r.stderr + r.stdout).not.toBe(0);
+      // Refused configuration, not a malformed flag: exit 9 (src/cli/exit-codes.ts DAEMON_START).
+      expect(r.code, r.stderr + r.stdout).toBe(9);
       expect(r.stderr + r.stdout).toMatch(refusal);
       expect(r.stderr + r.stdout).not.toContain('s3cr3t');
       expect(existsSync(join(dir, 'state'))).toBe(false);
