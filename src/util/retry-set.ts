@@ -3,8 +3,10 @@ import { systemClock, type Clock, type TimerHandle } from './clock.js';
 export interface RetrySetOptions<V> {
   /**
    * Tries one item again: true when it is done with (it leaves the set), false
-   * to keep it for the next pass. Must not throw: a caller catches and logs
-   * its own failures, as it knows what they mean.
+   * to keep it for the next pass. A caller catches and logs its own failures,
+   * as it knows what they mean; one that throws anyway keeps its item, as false
+   * does (a background pass has nobody to reject to: the rejection would end
+   * the process).
    */
   attempt: (key: string, value: V) => Promise<boolean>;
   /** The wait before a pass, at first and again after a pass that settled something. */
@@ -86,7 +88,7 @@ export class RetrySet<V> {
     let settled = false;
     for (const [key, value] of [...this.items]) {
       if (this.closed) return;
-      if (!(await this.o.attempt(key, value))) continue;
+      if (!(await this.o.attempt(key, value).catch(() => false))) continue;
       this.items.delete(key);
       settled = true;
     }

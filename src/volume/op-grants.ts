@@ -187,7 +187,8 @@ export class OpGrants {
   /** Stop retrying; what is still unretired is left to the next start's sweep. Waits for a retry under way. */
   async close(): Promise<void> {
     await this.unretired.close();
-    if (this.unretired.size) this.log.warn({ grantIds: this.unretiredGrantIds }, 'key step grants still unretired at close; the next start retires them');
+    // Keys are grant ids, or `name:<grant name>` for a grant whose CreateGrant KMS did not answer (no id known).
+    if (this.unretired.size) this.log.warn({ grants: this.unretiredGrantIds }, 'key step grants still unretired at close (by id, or name: for a CreateGrant not answered); the next start retires them');
   }
 
   /** RetireGrant of each, as the host; one KMS did not answer is kept and retried (`unretired`). Never throws. */

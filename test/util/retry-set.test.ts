@@ -57,6 +57,27 @@ describe('RetrySet', () => {
     expect(tries.slice(at).map(([t]) => t)).toEqual([24_000, 26_000]);
   });
 
+  it('an attempt that throws keeps its item for the next pass, and the items after it are still tried', async () => {
+    const clock = new ManualClock(0);
+    const tries: string[] = [];
+    let failA = true;
+    const set = new RetrySet<string>({ firstMs: 1_000, clock, attempt: async (k) => {
+      tries.push(k);
+      if (k === 'a' && failA) throw new Error('attempt failed unexpectedly');
+      return true;
+    } });
+    set.add('a', '');
+    set.add('b', '');
+    await clock.advance(1_000);
+    expect(tries).toEqual(['a', 'b']);
+    expect(set.keys).toEqual(['a']);
+    failA = false;
+    await clock.advance(1_000);
+    expect(tries).toEqual(['a', 'b', 'a']);
+    expect(set.size).toBe(0);
+    expect(clock.pending).toBe(0);
+  });
+
   it('a value given again replaces the one the next pass tries', async () => {
     const { clock, tries, set } = setUp({ firstMs: 10 });
     set.add('a', 'first');
