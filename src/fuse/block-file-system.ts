@@ -357,10 +357,19 @@ export class BlockFileSystem {
         const e = this.handles.get(fh);
         return cb(e ? this.resize(e, size) : EBADF);
       },
+      // The names and modes in the mount are the daemon's (attach adds a file, detach removes it):
+      // every change from outside is EPERM. An op left out would answer ENOSYS, "Function not
+      // implemented", which reads as a broken mount (`mv` onto a volume file, `mkdir` in the mount).
       chmod: (_path, _mode, cb) => cb(EPERM),
       chown: (_path, _uid, _gid, cb) => cb(EPERM),
       create: (_path, _mode, cb) => cb(EPERM),
       unlink: (_path, cb) => cb(EPERM),
+      rename: (_src, _dest, cb) => cb(EPERM),
+      link: (_src, _dest, cb) => cb(EPERM),
+      symlink: (_src, _dest, cb) => cb(EPERM),
+      mkdir: (_path, _mode, cb) => cb(EPERM),
+      rmdir: (_path, cb) => cb(EPERM),
+      mknod: (_path, _mode, _dev, cb) => cb(EPERM),
     };
   }
 

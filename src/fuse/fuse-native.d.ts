@@ -35,6 +35,12 @@ declare module 'fuse-native' {
     chown?(path: string, uid: number, gid: number, cb: Cb): void;
     create?(path: string, mode: number, cb: (err: number, fd?: number) => void): void;
     unlink?(path: string, cb: Cb): void;
+    rename?(src: string, dest: string, cb: Cb): void;
+    link?(src: string, dest: string, cb: Cb): void;
+    symlink?(src: string, dest: string, cb: Cb): void;
+    mkdir?(path: string, mode: number, cb: Cb): void;
+    rmdir?(path: string, cb: Cb): void;
+    mknod?(path: string, mode: number, dev: number, cb: Cb): void;
   }
 
   export interface FuseOptions {

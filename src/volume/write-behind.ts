@@ -102,7 +102,11 @@ export class WriteBehind {
 
   private lose(e: unknown, s0: number): void {
     const cause = ioError(e, `volume ${this.o.volumeId} sector ${s0}: write`);
-    this.lost ??= new VolumeError('VOLUME_IO', `volume ${this.o.volumeId}: a write acknowledged earlier could not be written (${cause.message})`, { cause });
+    // Its cause is named in the message, not chained: the FUSE boundary reads errno from the
+    // cause chain (src/fuse/errno.ts), and a lost write is EIO at every later flush (README,
+    // "Durability and the data path"), not the ENOSPC of the moment it was lost, which no
+    // longer holds once space is freed while the data is still gone.
+    this.lost ??= new VolumeError('VOLUME_IO', `volume ${this.o.volumeId}: a write acknowledged earlier could not be written (${cause.message})`);
     this.o.logger.error({ volumeId: this.o.volumeId, sector: s0, err: { code: cause.code, message: cause.message } }, 'write-behind failed after its reply; every later flush reports it');
   }
 }

@@ -71,6 +71,21 @@ describe('FUSE block files over an in-memory BlockDevice', () => {
     await expect(fsp.writeFile(join(mnt, 'new'), 'x')).rejects.toBeTruthy();
   });
 
+  it('keeps its names: rename, link, unlink, symlink, mkdir, mknod, chmod and chown all fail with EPERM, the file unchanged', async () => {
+    const other = join(mnt, 'vol-0fedcba9876543210');
+    await expect(fsp.rename(file, other)).rejects.toMatchObject({ code: 'EPERM' });
+    await expect(fsp.link(file, other)).rejects.toMatchObject({ code: 'EPERM' });
+    await expect(fsp.unlink(file)).rejects.toMatchObject({ code: 'EPERM' });
+    await expect(fsp.symlink(file, other)).rejects.toMatchObject({ code: 'EPERM' });
+    await expect(fsp.mkdir(other)).rejects.toMatchObject({ code: 'EPERM' });
+    await expect(sh('mknod', [other, 'p'])).rejects.toMatchObject({ stderr: expect.stringMatching(/Operation not permitted/) });
+    await expect(fsp.chmod(file, 0o644)).rejects.toMatchObject({ code: 'EPERM' });
+    await expect(fsp.chown(file, 1000, 1000)).rejects.toMatchObject({ code: 'EPERM' });
+    expect(await fsp.readdir(mnt)).toEqual([dev.volumeId]);
+    const st = await fsp.stat(file);
+    expect([st.mode & 0o777, st.uid, st.size]).toEqual([0o600, process.getuid!(), 64 * MiB]);
+  });
+
   it('tracks open handles so a volume cannot be removed while open', async () => {
     const fh = await fsp.open(file, 'r');
     try {
