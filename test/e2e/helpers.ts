@@ -71,10 +71,28 @@ export async function sh(cmd: string, args: string[]): Promise<string> {
 }
 
 export class Env {
-  readonly dir: string;
-  readonly state: string;
-  readonly mnt: string;
-  readonly log: string;
+  /**
+   * The directory, made at first use (not in the constructor): most files make their Env at
+   * collection, and a run filtered with `-t` that skips a describe runs neither its beforeAll
+   * nor its afterAll, so a directory made at collection was left behind in /tmp.
+   */
+  private made: string | undefined;
+  get dir(): string {
+    if (this.made === undefined) {
+      this.made = mkdtempSync(join('/tmp', `ebsd-e2e-${this.name}-`));
+      chmodSync(this.made, 0o755); // other uids must reach the socket below it
+    }
+    return this.made;
+  }
+  get state(): string {
+    return join(this.dir, 'state');
+  }
+  get mnt(): string {
+    return join(this.dir, 'mnt');
+  }
+  get log(): string {
+    return join(this.dir, 'daemon.log');
+  }
   /** Every CLI output, for the known-key test. */
   readonly outputs: string[] = [];
   private daemon: ChildProcess | undefined;
@@ -83,13 +101,7 @@ export class Env {
   private readonly loops = new Set<string>();
   private readonly fsMounts = new Set<string>();
 
-  constructor(name: string) {
-    this.dir = mkdtempSync(join('/tmp', `ebsd-e2e-${name}-`));
-    chmodSync(this.dir, 0o755); // other uids must reach the socket below it
-    this.state = join(this.dir, 'state');
-    this.mnt = join(this.dir, 'mnt');
-    this.log = join(this.dir, 'daemon.log');
-  }
+  constructor(private readonly name: string) {}
 
   file(volumeId: string): string {
     return join(this.mnt, volumeId);
@@ -215,8 +227,9 @@ export class Env {
     for (const m of this.fsMounts) { spawnSync('umount', [m]); spawnSync('umount', ['-l', m]); }
     for (const l of this.loops) spawnSync('losetup', ['-d', l]);
     await this.stop().catch(() => {});
+    if (this.made === undefined) return; // never used: nothing was made
     spawnSync('fusermount', ['-uz', this.mnt]);
-    rmSync(this.dir, { recursive: true, force: true });
+    rmSync(this.made, { recursive: true, force: true });
   }
 
   /**
