@@ -29,6 +29,18 @@ export const MAX_BODY_VALUES = 20_000;
 export const MAX_LOGGED_TARGET = 128;
 
 /**
+ * Requests one connection may have waiting for answers (HTTP/1.1 pipelining;
+ * the CLI and the daemon's own clients send one at a time). node's parser
+ * reads pipelined requests as fast as they arrive, answered or not, so
+ * without this cap one connection could put any number of calls into the
+ * daemon at once, past every per-uid connection cap. Past it a request is
+ * answered ThrottlingException without being read, and the refusals are
+ * audited in aggregate, as on the KMS listener (kms-transport.ts). Root is
+ * not capped, as it is nowhere on this socket.
+ */
+export const MAX_IN_FLIGHT_PER_CONNECTION = 32;
+
+/**
  * What all uids mapped to no principal may hold together: they are refused
  * every operation (AccessDeniedException), so a few connections are enough to
  * read that answer, and nothing they send counts against mapped callers.
@@ -76,6 +88,8 @@ export class ControlServer {
   private readonly guardOf = new WeakMap<Socket, ConnectionGuard>();
   private readonly isMapped: (uid: number) => boolean;
   private inflight = 0;
+  /** Requests read and not yet answered, per connection (MAX_IN_FLIGHT_PER_CONNECTION). */
+  private readonly inFlightOn = new WeakMap<Socket, number>();
   private idle: (() => void)[] = [];
 
   constructor(
@@ -174,11 +188,19 @@ export class ControlServer {
     const requestId = randomUUID();
     const cred = this.creds.get(req.socket);
     const target = String(req.headers['x-amz-target'] ?? '');
+    const socket = req.socket;
+    const waiting = this.inFlightOn.get(socket) ?? 0;
+    this.inFlightOn.set(socket, waiting + 1);
     this.inflight++;
     let status = 200;
     let errorType: string | undefined;
+    let throttled = false;
     try {
       if (!cred) throw new EbsdError('PEER_UNKNOWN', 'peer credentials unavailable', { awsName: 'AccessDeniedException' });
+      if (waiting >= MAX_IN_FLIGHT_PER_CONNECTION && cred.uid !== 0) {
+        req.resume(); // not read: node drops the body before the connection's next request
+        throw (this.guardOf.get(socket) ?? this.guard).refuseInFlight(cred.uid, MAX_IN_FLIGHT_PER_CONNECTION);
+      }
       if (req.method !== 'POST') throw new EbsdError('BAD_METHOD', 'use POST with X-Amz-Target', { awsName: 'ValidationException' });
       if (!target) throw new EbsdError('NO_TARGET', 'missing X-Amz-Target header', { awsName: 'ValidationException' });
       const ua = req.headers['user-agent'];
@@ -197,6 +219,7 @@ export class ControlServer {
       const w = toWireError(e);
       // 413 and 503 come from the connection limits, not from a service.
       if (e instanceof RequestTooLargeError || e instanceof ConnectionThrottledError) w.status = e.httpStatus;
+      throttled = e instanceof ConnectionThrottledError;
       status = w.status;
       errorType = w.body.__type;
       if (status >= 500 && status !== 503) this.log.error({ target: truncateField(target, MAX_LOGGED_TARGET), requestId, err: e }, 'control request failed');
@@ -204,9 +227,11 @@ export class ControlServer {
     } finally {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       // Never the body: requests carry plaintext and blobs. A refused or unmapped caller's line is at debug:
-      // its refusals are audited in aggregate, and it may send as many as the connection limits let it.
-      const refused = !cred || !(this.o.isMapped?.(cred.uid) ?? true) || errorType === 'AccessDeniedException' || errorType === 'UnauthorizedOperation';
+      // its refusals are audited in aggregate, and it may send as many as the connection limits let it; so are
+      // the limits' own refusals (ConnectionThrottledError), which the guard reports in aggregate.
+      const refused = throttled || !cred || !(this.o.isMapped?.(cred.uid) ?? true) || errorType === 'AccessDeniedException' || errorType === 'UnauthorizedOperation';
       this.log[refused ? 'debug' : 'info']({ target: truncateField(target, MAX_LOGGED_TARGET), uid: cred?.uid, peerPid: cred?.pid, status, errorType, requestId, ms: Math.round(ms * 10) / 10 }, 'control request');
+      this.inFlightOn.set(socket, (this.inFlightOn.get(socket) ?? 1) - 1);
       if (--this.inflight === 0) for (const r of this.idle.splice(0)) r();
     }
   }
