@@ -17,7 +17,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import {
-  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, refuseSocket, type ConnectionLimits, type RefusalSummary,
+  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, answerClientError, refuseSocket, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
 import { connectionSource, sourceAddress } from './loopback-peers.js';
 
@@ -143,7 +143,9 @@ export class HttpTransport {
     // except on loopback, where any local user may use any address of 127.0.0.0/8: there it is the
     // local user owning the client's socket, so one user cannot take the connections remote hosts need.
     server.on('connection', (s: Socket) => void this.admit(s, connectionSource(s), sourceAddress(s)));
-    server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
+    // 431, 408 or 400, then closed within a second even if the client neither reads nor closes (a slowloris
+    // trickling bytes past the timeouts would otherwise keep its half-open connection and its slot).
+    server.on('clientError', (e: NodeJS.ErrnoException, s: Socket) => answerClientError(e, s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(o.port, o.host, () => { server.off('error', reject); resolve(); });
