@@ -96,6 +96,23 @@ describe('KMS transport: slow clients hold a connection only until a timeout', (
     }, 60_000);
   }
 
+  it('100 connections that send nothing and never read: all cut off within the header timeout and a linger, their slots given back', async () => {
+    const port = await start();
+    const socks = Array.from({ length: 100 }, () => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.pause();
+      s.on('error', () => {});
+      return s;
+    });
+    try {
+      await poll(() => t!.guard.usage().connections === 100);
+      // Before the fix they were answered 400 with a half-close and held until the client closed: never.
+      await poll(() => t!.guard.usage().connections === 0, 500);
+    } finally {
+      for (const s of socks) s.destroy();
+    }
+  }, 60_000);
+
   it('a keep-alive connection left idle after its answer: closed, its slot given back', async () => {
     const port = await start();
     const s = connect({ host: '127.0.0.1', port });
