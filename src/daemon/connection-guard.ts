@@ -238,6 +238,17 @@ export class ConnectionGuard {
   }
 
   /**
+   * Count `bytes` held for `caller` in the body budget whatever it holds
+   * already (an answer a connection must be able to get even past the budget,
+   * kms-transport.ts); given back with `releaseBody` as a reservation is.
+   */
+  holdBody(caller: string | number, bytes: number): void {
+    const key = callerKey(caller);
+    this.buffered += bytes;
+    if (key !== this.o.exemptKey) this.bufferedBy.set(key, (this.bufferedBy.get(key) ?? 0) + bytes);
+  }
+
+  /**
    * A request refused because its connection already has `limit` requests
    * waiting for answers (HTTP/1.1 pipelining): counted with the other
    * refusals, audited in aggregate.
