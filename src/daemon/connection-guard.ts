@@ -16,7 +16,7 @@
  * limits; the header and time limits are node's own server options, set from
  * `limits` by the listener (control-server.ts shows how).
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { EbsdError } from '../util/errors.js';
 
@@ -413,6 +413,26 @@ export function answerClientError(e: NodeJS.ErrnoException, s: Socket, detail: (
     : e.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] as const : [400, 'Bad Request'] as const;
   const body = `${text}${detail(status) ? `: ${detail(status)}` : ''}\n`;
   answerAndClose(s, `HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/**
+ * Run `done` once, when `res` is written or its connection is gone, whichever
+ * comes first. A client gone before the answer: the response's 'close' came
+ * already; an answer queued behind a pipelined one never reaches the socket
+ * and gets no 'close' of its own: the socket's says it is gone.
+ */
+export function whenWritten(res: ServerResponse, socket: Socket, done: () => void): void {
+  if (res.closed || res.destroyed || socket.destroyed) {
+    done();
+    return;
+  }
+  const once = (): void => {
+    res.off('close', once);
+    socket.off('close', once);
+    done();
+  };
+  res.once('close', once);
+  socket.once('close', once);
 }
 
 const LINGER_MAX = 256;

@@ -8,7 +8,7 @@ import { parseStrictJson } from '../util/strict-json.js';
 import type { Logger } from '../util/logger.js';
 import { encodeResponse, toWireError } from './aws-json.js';
 import { truncateField } from '../kms/audit/event.js';
-import { ConnectionGuard, ConnectionThrottledError, RequestTooLargeError, refuseSocket, type ConnectionLimits, type RefusalSummary } from './connection-guard.js';
+import { ConnectionGuard, ConnectionThrottledError, RequestTooLargeError, refuseSocket, whenWritten, type ConnectionLimits, type RefusalSummary } from './connection-guard.js';
 
 /** Who is on the other end of a control connection, from the kernel (SO_PEERCRED), never from the request. */
 export interface PeerIdentity {
@@ -90,6 +90,8 @@ export class ControlServer {
   private inflight = 0;
   /** Requests read and not yet answered, per connection (MAX_IN_FLIGHT_PER_CONNECTION). */
   private readonly inFlightOn = new WeakMap<Socket, number>();
+  /** Answers handed to node and not yet written, per connection (held in the body budget until they are). */
+  private readonly unwritten = new WeakMap<Socket, number>();
   private idle: (() => void)[] = [];
 
   constructor(
@@ -189,6 +191,8 @@ export class ControlServer {
     const cred = this.creds.get(req.socket);
     const target = String(req.headers['x-amz-target'] ?? '');
     const socket = req.socket;
+    // Each answer waits for its socket's 'close' (whenWritten), up to MAX_IN_FLIGHT_PER_CONNECTION of them at once.
+    if (socket.getMaxListeners() < MAX_IN_FLIGHT_PER_CONNECTION + 16) socket.setMaxListeners(MAX_IN_FLIGHT_PER_CONNECTION + 16);
     const waiting = this.inFlightOn.get(socket) ?? 0;
     this.inFlightOn.set(socket, waiting + 1);
     this.inflight++;
@@ -214,7 +218,7 @@ export class ControlServer {
         throw e;
       }
       const out = await this.handler(target, body, peer);
-      send(res, 200, encodeResponse(out ?? {}), requestId);
+      this.answer(res, cred.uid, 200, encodeResponse(out ?? {}), requestId);
     } catch (e) {
       const w = toWireError(e);
       // 413 and 503 come from the connection limits, not from a service.
@@ -223,7 +227,7 @@ export class ControlServer {
       status = w.status;
       errorType = w.body.__type;
       if (status >= 500 && status !== 503) this.log.error({ target: truncateField(target, MAX_LOGGED_TARGET), requestId, err: e }, 'control request failed');
-      send(res, w.status, w.body, requestId);
+      this.answer(res, cred?.uid, w.status, w.body, requestId);
     } finally {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       // Never the body: requests carry plaintext and blobs. A refused or unmapped caller's line is at debug:
@@ -234,6 +238,43 @@ export class ControlServer {
       this.inFlightOn.set(socket, (this.inFlightOn.get(socket) ?? 1) - 1);
       if (--this.inflight === 0) for (const r of this.idle.splice(0)) r();
     }
+  }
+
+  /**
+   * Write an answer, held in the caller's body budget until node has written it: a client pipelining
+   * GetSnapshotBlock (~700 KB of JSON each) without reading would otherwise have node hold every answer for as
+   * long as it keeps the connection. Past the caller's share, a connection with answers it has not read gets
+   * ThrottlingException instead (one with none unwritten always gets its answer); an answer not written within
+   * the request timeout closes its connection. As on the KMS listener (kms-transport.ts).
+   */
+  private answer(res: ServerResponse, uid: number | undefined, status: number, body: unknown, requestId: string): void {
+    const socket = res.socket;
+    const guard = socket ? this.guardOf.get(socket) : undefined;
+    if (!socket || !guard || uid === undefined) {
+      send(res, status, body, requestId);
+      return;
+    }
+    let text = JSON.stringify(body);
+    const bytes = Buffer.byteLength(text);
+    const unwritten = this.unwritten.get(socket) ?? 0;
+    let held = bytes;
+    if (!guard.reserveBody(uid, bytes)) {
+      if (unwritten === 0) guard.holdBody(uid, bytes);
+      else {
+        status = 503;
+        text = JSON.stringify({ __type: 'ThrottlingException', message: 'too many requests: this caller has too many answers it has not read yet; read them, then retry' });
+        held = 0;
+      }
+    }
+    this.unwritten.set(socket, unwritten + 1);
+    const unsent = setTimeout(() => socket.destroy(), guard.limits.requestTimeoutMs);
+    unsent.unref();
+    whenWritten(res, socket, () => {
+      clearTimeout(unsent);
+      this.unwritten.set(socket, (this.unwritten.get(socket) ?? 1) - 1);
+      guard.releaseBody(uid, held);
+    });
+    sendText(res, status, text, requestId);
   }
 
   /** The body as a JSON object: read within the limits (ConnectionGuard.readBody), then parsed strictly. */
@@ -256,7 +297,10 @@ function readPeer(s: Socket): PeerCred {
 }
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string): void {
-  const text = JSON.stringify(body);
+  sendText(res, status, JSON.stringify(body), requestId);
+}
+
+function sendText(res: ServerResponse, status: number, text: string, requestId: string): void {
   res.writeHead(status, {
     'Content-Type': 'application/x-amz-json-1.1',
     'Content-Length': Buffer.byteLength(text),

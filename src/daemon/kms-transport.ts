@@ -17,7 +17,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import {
-  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, answerClientError, refuseSocket, type ConnectionLimits, type RefusalSummary,
+  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, answerClientError, refuseSocket, whenWritten, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
 import { connectionSource, sourceAddress } from './loopback-peers.js';
 
@@ -382,21 +382,6 @@ function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string)
       resolve({ body, reserved });
     });
   });
-}
-
-/** Run `done` once, when `res` is written or its connection is gone, whichever comes first (HttpTransport.serve). */
-function whenWritten(res: ServerResponse, socket: Socket, done: () => void): void {
-  if (res.closed || res.destroyed || socket.destroyed) {
-    done();
-    return;
-  }
-  const once = (): void => {
-    res.off('close', once);
-    socket.off('close', once);
-    done();
-  };
-  res.once('close', once);
-  socket.once('close', once);
 }
 
 /**

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ControlServer, MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/control-server.js';
 import type { RefusalSummary } from '../../src/daemon/connection-guard.js';
 import { silentLogger } from '../../src/util/logger.js';
@@ -52,7 +52,7 @@ describe('control socket: requests in flight per connection', () => {
     await server?.close(1_000);
     server = undefined;
   });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it(`${PIPELINED} pipelined requests on one connection: at most ${MAX_IN_FLIGHT_PER_CONNECTION} reach the handler, the rest are ThrottlingException, refusals in aggregate; every request is answered`, async () => {
     const path = join(dir, 'ebsd.sock');
@@ -101,4 +101,33 @@ describe('control socket: requests in flight per connection', () => {
     expect(rows).toHaveLength(1); // one row for the uid, not one per request
     expect(rows[0]!.count).toBe(throttled);
   });
+
+  it('answers a client never reads: held in the uid\'s body budget until written (past it, ThrottlingException), the connection closed within the request timeout', async () => {
+    const path = join(dir, 'ebsd.sock');
+    const PER_CALLER = 4 << 20;
+    const ANSWER = 700_000; // a GetSnapshotBlock answer: 512 KiB of block in base64
+    let maxHeld = 0;
+    let answered = 0;
+    server = new ControlServer(path, async () => {
+      answered++;
+      return { BlockData: 'A'.repeat(ANSWER) };
+    }, silentLogger, { limits: { headersTimeoutMs: 1_000, requestTimeoutMs: 2_000, maxBufferedBodyBytes: 4 * PER_CALLER, maxBufferedBodyBytesPerCaller: PER_CALLER } });
+    chmodSync(dir, 0o755);
+    await server.listen();
+    const sample = setInterval(() => { maxHeld = Math.max(maxHeld, server!.guard.usage().bufferedBodyBytes); }, 1);
+    // A process of uid 65534: 4 connections, each pipelining 32 requests, never reading; it lives until killed.
+    const one = 'POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: ebs.GetSnapshotBlock\r\nContent-Length: 2\r\n\r\n{}';
+    const code = `for(let i=0;i<4;i++){const s=require('net').connect(${JSON.stringify(path)});s.pause();s.on('error',()=>{});s.on('connect',()=>s.write(${JSON.stringify(one)}.repeat(${MAX_IN_FLIGHT_PER_CONNECTION})));}setInterval(()=>{},1000);`;
+    const child = spawn('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, '-e', code], { stdio: 'ignore' });
+    try {
+      await poll(() => answered >= 4 && server!.guard.usage().connections === 4);
+      await poll(() => server!.guard.usage().connections === 0, 500); // before: held as long as the client lived
+      expect(maxHeld).toBeGreaterThan(0);
+      expect(maxHeld).toBeLessThanOrEqual(PER_CALLER + 4 * (ANSWER + 1024)); // its share, and one answer per connection past it
+      await poll(() => server!.guard.usage().bufferedBodyBytes === 0);
+    } finally {
+      clearInterval(sample);
+      child.kill('SIGKILL');
+    }
+  }, 60_000);
 });
