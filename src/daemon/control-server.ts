@@ -218,7 +218,9 @@ export class ControlServer {
         throw e;
       }
       const out = await this.handler(target, body, peer);
-      this.answer(res, cred.uid, 200, encodeResponse(out ?? {}), requestId);
+      // An answer replaced by a ThrottlingException (answer): a limit's refusal, logged at debug as the others.
+      status = this.answer(res, cred.uid, 200, encodeResponse(out ?? {}), requestId);
+      throttled = status !== 200;
     } catch (e) {
       const w = toWireError(e);
       // 413 and 503 come from the connection limits, not from a service.
@@ -227,7 +229,9 @@ export class ControlServer {
       status = w.status;
       errorType = w.body.__type;
       if (status >= 500 && status !== 503) this.log.error({ target: truncateField(target, MAX_LOGGED_TARGET), requestId, err: e }, 'control request failed');
-      this.answer(res, cred?.uid, w.status, w.body, requestId);
+      const sent = this.answer(res, cred?.uid, w.status, w.body, requestId);
+      if (sent !== status) throttled = true;
+      status = sent;
     } finally {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       // Never the body: requests carry plaintext and blobs. A refused or unmapped caller's line is at debug:
@@ -245,26 +249,25 @@ export class ControlServer {
    * GetSnapshotBlock (~700 KB of JSON each) without reading would otherwise have node hold every answer for as
    * long as it keeps the connection. Past the caller's share, a connection with answers it has not read gets
    * ThrottlingException instead (one with none unwritten always gets its answer); an answer not written within
-   * the request timeout closes its connection. As on the KMS listener (kms-transport.ts).
+   * the request timeout closes its connection. As on the KMS listener (kms-transport.ts). Returns the status sent.
    */
-  private answer(res: ServerResponse, uid: number | undefined, status: number, body: unknown, requestId: string): void {
+  private answer(res: ServerResponse, uid: number | undefined, status: number, body: unknown, requestId: string): number {
     const socket = res.socket;
     const guard = socket ? this.guardOf.get(socket) : undefined;
     if (!socket || !guard || uid === undefined) {
       send(res, status, body, requestId);
-      return;
+      return status;
     }
     let text = JSON.stringify(body);
     const bytes = Buffer.byteLength(text);
     const unwritten = this.unwritten.get(socket) ?? 0;
     let held = bytes;
-    if (!guard.reserveBody(uid, bytes)) {
-      if (unwritten === 0) guard.holdBody(uid, bytes);
-      else {
-        status = 503;
-        text = JSON.stringify({ __type: 'ThrottlingException', message: 'too many requests: this caller has too many answers it has not read yet; read them, then retry' });
-        held = 0;
-      }
+    // holdBody when the answer goes out whatever the budget: a failed reserveBody counts a refusal (kms-transport.ts).
+    if (unwritten === 0) guard.holdBody(uid, bytes);
+    else if (!guard.reserveBody(uid, bytes)) {
+      status = 503;
+      text = JSON.stringify({ __type: 'ThrottlingException', message: 'too many requests: this caller has too many answers it has not read yet; read them, then retry' });
+      held = 0;
     }
     this.unwritten.set(socket, unwritten + 1);
     const unsent = setTimeout(() => socket.destroy(), guard.limits.requestTimeoutMs);
@@ -275,6 +278,7 @@ export class ControlServer {
       guard.releaseBody(uid, held);
     });
     sendText(res, status, text, requestId);
+    return status;
   }
 
   /** The body as a JSON object: read within the limits (ConnectionGuard.readBody), then parsed strictly. */

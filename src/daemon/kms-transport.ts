@@ -239,13 +239,13 @@ export class HttpTransport {
       const bytes = typeof w.body === 'string' ? Buffer.byteLength(w.body) : w.body.length;
       const unwritten = this.unwritten.get(socket) ?? 0;
       let held = bytes;
-      if (!this.guard.reserveBody(source, bytes)) {
-        if (unwritten === 0) this.guard.holdBody(source, bytes);
-        else {
-          if (typeof w.body !== 'string') w.body.fill(0);
-          w = unreadAnswersRefusal();
-          held = 0;
-        }
+      // holdBody, not reserveBody, when the answer goes out whatever the budget: a failed reserveBody counts a
+      // refusal, and the answer refused nothing (a reading client past its share would be audited as throttled).
+      if (unwritten === 0) this.guard.holdBody(source, bytes);
+      else if (!this.guard.reserveBody(source, bytes)) {
+        if (typeof w.body !== 'string') w.body.fill(0);
+        w = unreadAnswersRefusal();
+        held = 0;
       }
       this.unwritten.set(socket, unwritten + 1);
       const unsent = setTimeout(() => socket.destroy(), this.guard.limits.requestTimeoutMs);
