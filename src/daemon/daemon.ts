@@ -282,7 +282,7 @@ export class Daemon {
           { secureTransport: tls !== undefined }),
         kms: (op, req, caller, requestId) => this.kmsCore!.call(op, req, caller, requestId),
         audit: (ev) => kms.audit.append(ev),
-        auditRefusal: (key, ev, from) => kms.audit.appendRefusal(key, ev, from),
+        auditRefusal: (key, ev) => kms.audit.appendRefusal(key, ev),
         ...(this.ebs ? { ebs: (op: string, members: Record<string, unknown>, caller: Caller, requestId: string) => this.ebs!.call(op, members, caller, { requestId }) as Promise<Record<string, unknown>> } : {}),
         log: log.child({ component: 'kms-listener' }),
         frontThreads: cfg.kmsFrontThreads ?? (cfg.kmsOnly ? 1 : 0),

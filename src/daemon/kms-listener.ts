@@ -30,8 +30,7 @@ import type { AssumeRoleParams } from '../kms/sts/assume-role-context.js';
 import { decodeKmsRequest, encodeResponse, toWireError, wipeRequestSecrets } from './aws-json.js';
 import { refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent } from './audit-events.js';
 import { ebsRestRequest, ebsUnsignedPayload, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
-import { ConnectionThrottledError, callerKey, type RefusalSummary } from './connection-guard.js';
-import type { RefusalSource } from '../kms/audit/refusal-aggregator.js';
+import { ConnectionThrottledError, type RefusalSummary } from './connection-guard.js';
 import { loopbackLookupProblem } from './loopback-peers.js';
 import {
   DEFAULT_LIMITS, HttpTransport, rawHeader, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse,
@@ -58,7 +57,7 @@ export interface KmsListenerOptions {
    * (AuditLog.appendRefusal), so a client looping bad signatures costs
    * bounded audit bytes. Without it, each refusal goes to `audit`.
    */
-  auditRefusal?: (key: string, event: () => Record<string, unknown>, from?: RefusalSource) => Promise<void>;
+  auditRefusal?: (key: string, event: () => Record<string, unknown>) => Promise<void>;
   log: Logger;
   limits?: Partial<ListenerLimits>;
   /** Clock for SigV4 and session expiry (tests inject one). */
@@ -302,7 +301,7 @@ export class KmsListener {
       return e;
     };
     const key = `kms-listener\0${conn.sourceIp}\0${caller.accessKeyId ?? '-'}\0kms.amazonaws.com\0${truncateField(operation, 128)}\0${refusedKmsRequestReason(err)}`;
-    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build, { group: `arn\0${caller.arn}`, authenticated: true }) : this.o.audit(build());
+    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build) : this.o.audit(build());
     await written.catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
   }
 
@@ -326,11 +325,7 @@ export class KmsListener {
     this.o.log.debug({ refusal: err.awsName, accessKeyId: err.accessKeyId, sourceIp, eventName: name, requestId }, 'KMS network request refused');
     // Per (address, access key, operation, reason): the message says why (signature, clock skew, region, ...).
     const key = `kms-listener\0${sourceIp}\0${err.accessKeyId ?? '-'}\0${source}\0${name}\0${truncateField(err.message, 256)}`;
-    // The access key id and the operation are the client's to choose, a new key with every request: its budget
-    // of keys is its source's (an IPv6 /64; all of loopback together, where any local user may take any of
-    // 127.0.0.0/8), and unauthenticated (refusal-aggregator.ts).
-    const from: RefusalSource = { group: `addr\0${isLoopback(sourceIp) ? 'loopback' : callerKey(sourceIp)}`, authenticated: false };
-    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build, from) : this.o.audit(build());
+    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build) : this.o.audit(build());
     await written.catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
   }
 }

@@ -42,7 +42,7 @@ import { createPublicKey, hash } from 'node:crypto';
 import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
-import { RefusalAggregator, type RefusalSource } from './refusal-aggregator.js';
+import { RefusalAggregator } from './refusal-aggregator.js';
 import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-files.js';
 import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
 import { markPathOf, readSealMark, writeSealMark, type SealMark } from './seal-mark.js';
@@ -349,10 +349,9 @@ export class AuditLog {
    * A refused caller's event (unmapped uid, throttled connection): aggregated
    * per `key` — say caller, operation and reason — within the refusal window,
    * and dropped (counted) while the disk is short. Resolves when written or counted.
-   * `from`: whom it is of, so one flooder cannot take the keys others' refusals need (refusal-aggregator.ts).
    */
-  appendRefusal(key: string, event: () => Record<string, unknown>, from?: RefusalSource): Promise<void> {
-    return this.refusals.add(key, event, from);
+  appendRefusal(key: string, event: () => Record<string, unknown>): Promise<void> {
+    return this.refusals.add(key, event);
   }
 
   /** Disk state, for `ebsd status`. */

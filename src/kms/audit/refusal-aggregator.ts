@@ -13,17 +13,8 @@
  * event stands for, beyond those already written one by one.
  *
  * At most `maxKeys` keys are tracked per window; refusals under further keys
- * are folded into an overflow row (eventName `RefusalsOverflow`). So that
- * whoever floods cannot take every key and turn everyone else's refusals
- * into anonymous counts (an unauthenticated client can make a new key per
- * request: each a new access key id), a refusal may say whom it is of
- * (`RefusalSource`): a group (a source address, a principal, a uid) holds
- * at most `maxKeysPerGroup` keys, its further ones counted in an overflow
- * row of its own (which still names it); and the groups of unauthenticated
- * refusals hold at most half of `maxKeys` together, so a flood of them from
- * many addresses still leaves room for principals' refusals (an
- * AccessDenied). Per window the events written stay at most
- * (burst + 1) x maxKeys + 2, whatever the callers send.
+ * are folded into one overflow row (eventName `RefusalsOverflow`). Per window
+ * that bounds the events written to (burst + 1) x maxKeys + 1, whatever the caller sends.
  */
 import { randomUUID } from 'node:crypto';
 
@@ -33,8 +24,6 @@ export interface RefusalAggregatorOptions {
   /** Refusals per key and window written one by one before counting starts. */
   burst?: number;
   clock?: () => number;
-  /** Keys one group (RefusalSource.group) holds per window before its further keys fold into its own overflow row. */
-  maxKeysPerGroup?: number;
   /** Write one event (the audit log's droppable path). */
   write: (event: Record<string, unknown>) => Promise<void>;
 }
@@ -52,35 +41,19 @@ interface Row {
 export const DEFAULT_REFUSAL_WINDOW_MS = 10_000;
 export const DEFAULT_REFUSAL_KEYS = 64;
 export const DEFAULT_REFUSAL_BURST = 5;
-export const DEFAULT_REFUSAL_KEYS_PER_GROUP = 8;
-/** Every overflow row's key starts so: the overall ones below, and a group's (`${OVERFLOW}\0${group}`). */
 const OVERFLOW = '\0overflow';
-const OVERFLOW_UNAUTHENTICATED = '\0overflow-unauthenticated';
-
-/** Whom a refusal is of, for the key budgets: without it, its key is a group of its own, counted as authenticated. */
-export interface RefusalSource {
-  /** A source address (an IPv6 /64), a principal ARN, a uid: what one caller cannot multiply at will. */
-  group: string;
-  /** False for a request whose credentials did not verify: its group is only where it came from. */
-  authenticated: boolean;
-}
 
 export class RefusalAggregator {
   private rows = new Map<string, Row>();
-  /** This window's keys per group, and the rows (keys and group overflow rows) of unauthenticated groups. */
-  private groupKeys = new Map<string, number>();
-  private unauthenticatedRows = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly windowMs: number;
   private readonly maxKeys: number;
-  private readonly maxKeysPerGroup: number;
   private readonly burst: number;
   private readonly clock: () => number;
 
   constructor(private readonly o: RefusalAggregatorOptions) {
     this.windowMs = o.windowMs ?? DEFAULT_REFUSAL_WINDOW_MS;
     this.maxKeys = o.maxKeys ?? DEFAULT_REFUSAL_KEYS;
-    this.maxKeysPerGroup = o.maxKeysPerGroup ?? DEFAULT_REFUSAL_KEYS_PER_GROUP;
     this.burst = o.burst ?? DEFAULT_REFUSAL_BURST;
     this.clock = o.clock ?? Date.now;
   }
@@ -89,21 +62,12 @@ export class RefusalAggregator {
    * Record one refusal. Resolves when its event is written (within the
    * burst) or counted (a repeat past it). `event` is built only when it will be used.
    */
-  add(key: string, event: () => Record<string, unknown>, from?: RefusalSource): Promise<void> {
+  add(key: string, event: () => Record<string, unknown>): Promise<void> {
     const now = this.clock();
-    const group = from?.group ?? key;
-    const unauthenticated = from?.authenticated === false;
     let k = key;
-    if (!this.rows.has(k)) {
-      if ((this.groupKeys.get(group) ?? 0) >= this.maxKeysPerGroup) k = `${OVERFLOW}\0${group}`;
-      const tracked = this.rows.size - (this.rows.has(OVERFLOW) ? 1 : 0) - (this.rows.has(OVERFLOW_UNAUTHENTICATED) ? 1 : 0);
-      if (!this.rows.has(k) && (tracked >= this.maxKeys || (unauthenticated && this.unauthenticatedRows >= this.maxKeys >> 1))) {
-        k = unauthenticated ? OVERFLOW_UNAUTHENTICATED : OVERFLOW;
-      }
-    }
-    const overflow = k.startsWith(OVERFLOW);
+    if (!this.rows.has(k) && this.rows.size >= this.maxKeys) k = OVERFLOW;
     const row = this.rows.get(k);
-    if (row && !overflow && row.written < this.burst) {
+    if (row && k !== OVERFLOW && row.written < this.burst) {
       row.written++;
       return this.o.write(event());
     }
@@ -114,17 +78,14 @@ export class RefusalAggregator {
       return Promise.resolve();
     }
     const ev = event();
-    if (k !== OVERFLOW && k !== OVERFLOW_UNAUTHENTICATED) {
-      if (k === key) this.groupKeys.set(group, (this.groupKeys.get(group) ?? 0) + 1);
-      if (unauthenticated) this.unauthenticatedRows++;
-    }
-    this.arm();
-    if (overflow) {
+    if (k === OVERFLOW) {
       ev.eventName = 'RefusalsOverflow';
       this.rows.set(k, { last: ev, count: 1, written: 0, firstTime: now, lastTime: now });
+      this.arm();
       return Promise.resolve();
     }
     this.rows.set(k, { last: ev, count: 0, written: 1, firstTime: now, lastTime: now });
+    this.arm();
     return this.o.write(ev);
   }
 
@@ -138,13 +99,11 @@ export class RefusalAggregator {
     this.timer = undefined;
     const rows = [...this.rows.entries()];
     this.rows = new Map();
-    this.groupKeys = new Map();
-    this.unauthenticatedRows = 0;
     const writes: Promise<void>[] = [];
     for (const [k, r] of rows) {
       if (r.count === 0) continue;
       const ev: Record<string, unknown> = { ...r.last, eventID: randomUUID() };
-      if (k.startsWith(OVERFLOW)) ev.eventName = 'RefusalsOverflow';
+      if (k === OVERFLOW) ev.eventName = 'RefusalsOverflow';
       const extra = (ev.additionalEventData && typeof ev.additionalEventData === 'object' ? ev.additionalEventData : {}) as Record<string, unknown>;
       ev.additionalEventData = {
         ...extra,
