@@ -16,6 +16,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ControlServer, MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/control-server.js';
 import type { RefusalSummary } from '../../src/daemon/connection-guard.js';
 import { silentLogger } from '../../src/util/logger.js';
+import { poll } from '../helpers/poll.js';
 
 const PIPELINED = 200;
 const NOBODY = 65534;
@@ -36,14 +37,6 @@ function pipelineAs(uid: number, path: string, request: string, count: number): 
   });
 }
 
-async function poll<T>(fn: () => T | undefined | false, tries = 300, everyMs = 20): Promise<T> {
-  for (let i = 0; i < tries; i++) {
-    const v = fn();
-    if (v) return v;
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-  throw new Error('condition not reached');
-}
 
 describe('control socket: requests in flight per connection', () => {
   const dir = mkdtempSync(join(tmpdir(), 'ebsd-ctl-pipe-'));
@@ -121,7 +114,7 @@ describe('control socket: requests in flight per connection', () => {
     const child = spawn('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, '-e', code], { stdio: 'ignore' });
     try {
       await poll(() => answered >= 4 && server!.guard.usage().connections === 4);
-      await poll(() => server!.guard.usage().connections === 0, 500); // before: held as long as the client lived
+      await poll(() => server!.guard.usage().connections === 0, { tries: 500 }); // before: held as long as the client lived
       expect(maxHeld).toBeGreaterThan(0);
       expect(maxHeld).toBeLessThanOrEqual(PER_CALLER + 4 * (ANSWER + 1024)); // its share, and one answer per connection past it
       await poll(() => server!.guard.usage().bufferedBodyBytes === 0);

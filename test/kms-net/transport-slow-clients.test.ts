@@ -11,17 +11,10 @@
 import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_LIMITS, HttpTransport } from '../../src/daemon/kms-transport.js';
+import { poll } from '../helpers/poll.js';
 
 const TICK_MS = 100;
 
-async function poll<T>(fn: () => T | undefined | false, tries = 300, everyMs = 20): Promise<T> {
-  for (let i = 0; i < tries; i++) {
-    const v = fn();
-    if (v) return v;
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-  throw new Error('condition not reached');
-}
 
 /**
  * Connect and write `head` at once, then `trickled` one byte every TICK_MS,
@@ -107,7 +100,7 @@ describe('KMS transport: slow clients hold a connection only until a timeout', (
     try {
       await poll(() => t!.guard.usage().connections === 100);
       // Before the fix they were answered 400 with a half-close and held until the client closed: never.
-      await poll(() => t!.guard.usage().connections === 0, 500);
+      await poll(() => t!.guard.usage().connections === 0, { tries: 500 });
     } finally {
       for (const s of socks) s.destroy();
     }

@@ -15,18 +15,14 @@ import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_LIMITS, HttpTransport } from '../../src/daemon/kms-transport.js';
+import { poll } from '../helpers/poll.js';
+
+/** This file's polling: how many tries, how far apart. */
+const POLL = { tries: 400, everyMs: 25 };
 
 const BLOCK = 512 * 1024;
 const PER_CALLER = 4 << 20;
 
-async function poll<T>(fn: () => T | undefined | false, tries = 400, everyMs = 25): Promise<T> {
-  for (let i = 0; i < tries; i++) {
-    const v = fn();
-    if (v) return v;
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-  throw new Error('condition not reached');
-}
 
 describe('KMS transport: answers the client does not read', () => {
   let t: HttpTransport | undefined;
@@ -64,11 +60,11 @@ describe('KMS transport: answers the client does not read', () => {
       s.on('connect', () => s.write(req));
       socks.push(s);
     }
-    await poll(() => answered >= 8); // each connection's first request at least
+    await poll(() => answered >= 8, POLL); // each connection's first request at least
     // The kernel takes a few MB of each connection's answers; the rest node would hold. Held for the caller: its budget,
     // past which only a connection with no answer unwritten gets one more (one answer each at most).
     expect(maxHeld).toBeLessThanOrEqual(PER_CALLER + 8 * BLOCK);
-    await poll(() => t!.guard.usage().connections === 0);
+    await poll(() => t!.guard.usage().connections === 0, POLL);
     expect(t!.guard.usage().bufferedBodyBytes).toBe(0);
   }, 60_000);
 
@@ -90,7 +86,7 @@ describe('KMS transport: answers the client does not read', () => {
       expect(body.length).toBe(BLOCK);
       expect(body.every((b) => b === 7)).toBe(true);
     }
-    await poll(() => t!.guard.usage().bufferedBodyBytes === 0);
+    await poll(() => t!.guard.usage().bufferedBodyBytes === 0, POLL);
     expect(t!.guard.usage().refusalsPending).toBe(0); // an answer that went out is not a refusal
   }, 60_000);
 });
