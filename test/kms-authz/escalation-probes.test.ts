@@ -232,6 +232,51 @@ describe('more probes', () => {
   });
 });
 
+describe('RetireGrant delegated by the key\'s account through IAM', () => {
+  // KMS Developer Guide, "Retiring and revoking grants": the account that owns the KMS key can delegate
+  // kms:RetireGrant to an IAM principal in the account; the permission is not effective in a key policy.
+  it('an identity policy allowing kms:RetireGrant lets a principal of the account retire any grant of the key; a key policy Allow does not', async () => {
+    const ids = kms.identities;
+    await ids.createUser('janitor');
+    await ids.mapUid(1010, 'user/janitor');
+    await ids.createUser('keyadmin');
+    await ids.mapUid(1011, 'user/keyadmin');
+    const janitor = ids.callerForUid(1010);
+    const keyadmin = ids.callerForUid(1011);
+    const k = await newKey(doc(
+      { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCT}:root` }, Action: 'kms:*', Resource: '*' },
+      { Effect: 'Allow', Principal: { AWS: keyadmin.arn }, Action: 'kms:RetireGrant', Resource: '*' },
+    ));
+    const g1 = await grant(k, root, { GranteePrincipal: bob.arn, Operations: ['DescribeKey'] });
+    const g2 = await grant(k, root, { GranteePrincipal: bob.arn, Operations: ['Encrypt'] });
+    // The key policy's Allow is not effective for RetireGrant.
+    expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g1.GrantId }, keyadmin))).toBe('AccessDeniedException');
+    expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g1.GrantId }, janitor))).toBe('AccessDeniedException');
+    // Delegated through IAM, scoped to this key: by grant id and by token.
+    await ids.attachPolicy('user/janitor', 'retire', doc({ Effect: 'Allow', Action: 'kms:RetireGrant', Resource: k }));
+    expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g1.GrantId }, janitor))).toBe('no error');
+    expect(await awsName(call('RetireGrant', { GrantToken: g2.GrantToken }, janitor))).toBe('no error');
+    // Not on another key the IAM policy does not name.
+    const other = await newKey();
+    const g3 = await grant(other, root, { GranteePrincipal: bob.arn, Operations: ['DescribeKey'] });
+    expect(await awsName(call('RetireGrant', { KeyId: other, GrantId: g3.GrantId }, janitor))).toBe('AccessDeniedException');
+    // An explicit Deny, in the key policy or an identity policy, still wins.
+    const g4 = await grant(k, root, { GranteePrincipal: bob.arn, Operations: ['DescribeKey'] });
+    await ids.attachPolicy('user/janitor', 'fence', doc({ Effect: 'Deny', Action: 'kms:RetireGrant', Resource: '*' }));
+    expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g4.GrantId }, janitor))).toBe('AccessDeniedException');
+    await ids.detachPolicy('user/janitor', 'fence');
+    await call('PutKeyPolicy', { KeyId: k, Policy: doc(
+      { Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCT}:root` }, Action: 'kms:*', Resource: '*' },
+      { Effect: 'Deny', Principal: { AWS: janitor.arn }, Action: 'kms:RetireGrant', Resource: '*' },
+    ) }, root);
+    expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g4.GrantId }, janitor))).toBe('AccessDeniedException');
+    // A dry run answers as the real call would.
+    await call('PutKeyPolicy', { KeyId: k, Policy: doc({ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCT}:root` }, Action: 'kms:*', Resource: '*' }) }, root);
+    expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g4.GrantId, DryRun: true }, janitor))).toBe('DryRunOperationException');
+    expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g4.GrantId }, janitor))).toBe('no error');
+  });
+});
+
 describe('audit', () => {
   it('every AccessDeniedException above is an audit event naming the principal', async () => {
     const denied = auditEventsIn(t.dir).filter((e) => e.errorCode === 'AccessDeniedException');
