@@ -212,18 +212,9 @@ export class PolicyEvaluator {
       }
     }
 
-    let idAllow = false;
-    if (!id.isRoot && !id.isService) {
-      for (const p of this.identityPolicies(caller)) {
-        for (const st of p.statements) {
-          if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
-          if (st.effect === 'Allow' && idAllow) continue;
-          if (!_conditionsHold(st, ctx)) continue;
-          if (st.effect === 'Deny') return deny('explicit-deny-identity-policy', st.sid);
-          idAllow = true;
-        }
-      }
-    }
+    const idp = id.isRoot || id.isService ? undefined : this._identityEffect(caller, action, resource, ctx);
+    if (idp?.effect === 'Deny') return deny('explicit-deny-identity-policy', idp.sid);
+    const idAllow = idp?.effect === 'Allow';
 
     if (!req.key) {
       if (id.isRoot) return { allowed: true, by: 'account-root' };
@@ -242,6 +233,35 @@ export class PolicyEvaluator {
       }
     }
     return deny(keyViaAccount ? 'no-identity-policy-allow' : 'no-key-policy-allow');
+  }
+
+  /**
+   * Do the caller's identity policies alone allow the request: an Allow and no Deny, whatever the
+   * key policy says? For the one action a key policy cannot allow, RetireGrant delegated by the
+   * key's account to its IAM principals (policy-authorizer.ts, `_decideRetire`). The account root,
+   * services and unknown callers have no identity policies: false.
+   */
+  identityAllows(req: AuthzRequest): boolean {
+    if (req.caller.type === 'Unknown') return false;
+    const id = callerIds(req.caller);
+    if (id.isRoot || id.isService) return false;
+    const resource = req.resource ?? req.key?.arn ?? '*';
+    return this._identityEffect(req.caller, req.action, resource, new RequestContext(req, this.roleArn))?.effect === 'Allow';
+  }
+
+  /** The caller's identity policies on the request: the first Deny that applies, else an Allow, else undefined. */
+  private _identityEffect(caller: Caller, action: string, resource: string, ctx: RequestContext): { effect: 'Deny'; sid?: string } | { effect: 'Allow' } | undefined {
+    let allow = false;
+    for (const p of this.identityPolicies(caller)) {
+      for (const st of p.statements) {
+        if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
+        if (st.effect === 'Allow' && allow) continue;
+        if (!_conditionsHold(st, ctx)) continue;
+        if (st.effect === 'Deny') return { effect: 'Deny', ...(st.sid ? { sid: st.sid } : {}) };
+        allow = true;
+      }
+    }
+    return allow ? { effect: 'Allow' } : undefined;
   }
 
   /** Decide, throwing AccessDeniedException (message as AWS's) on denial. */

@@ -66,6 +66,9 @@ function _keyInfo(k: KeyView): KeyInfo {
   };
 }
 
+/** The account id of an account root ARN (`arn:aws:iam::111122223333:root`), a grant's IssuingAccount. */
+const _accountOf = (rootArn: string): string | undefined => /^arn:[\w-]+:iam::(\d{12}):root$/.exec(rootArn)?.[1];
+
 const _str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
 
 function _newGrant(r: Readonly<Record<string, unknown>>): NewGrantInfo | undefined {
@@ -174,8 +177,11 @@ export class PolicyAuthorizer implements Authorizer {
    * RetireGrant is authorized by the grant, not by policies (AWS KMS, "Retiring and revoking
    * grants"): its retiring principal, its grantee if that grant includes RetireGrant, or the
    * account that created it. "The kms:RetireGrant permission alone does not allow principals to
-   * retire a grant", so a key-policy or IAM Allow of kms:RetireGrant, or another grant of the
-   * caller's listing RetireGrant, retires nothing; an explicit Deny still refuses.
+   * retire a grant" and "is not effective in a key policy", so a key-policy Allow of
+   * kms:RetireGrant, or another grant of the caller's listing RetireGrant, retires nothing. The
+   * account that owns the key may delegate its own right to its IAM principals, though: an
+   * identity policy of a principal of that account (the grant's issuing account) allowing
+   * kms:RetireGrant on the key retires any grant of it. An explicit Deny still refuses.
    */
   private _decideRetire(req: AuthorizationRequest): Decision {
     const authz = this.toAuthzRequest(req);
@@ -190,9 +196,12 @@ export class PolicyAuthorizer implements Authorizer {
     // No such grant: a caller the policies allow learns that (NotFoundException from the operation); others are refused.
     if (!g) return d;
     if (!d.allowed && d.reason !== 'no-key-policy-allow' && d.reason !== 'no-identity-policy-allow') return d; // an explicit Deny, an unknown caller
+    if (_accountOf(g.IssuingAccount) === req.caller.accountId && authz.key?.accountId === req.caller.accountId && this.evaluator.identityAllows(authz)) {
+      return { allowed: true, by: 'iam-policy' };
+    }
     return {
       allowed: false, reason: 'no-key-policy-allow',
-      message: `User: ${req.caller.arn} is not authorized to perform: kms:RetireGrant on resource: ${resource} because the grant does not allow it: only its retiring principal, its grantee when the grant includes RetireGrant, or the account that created it may retire a grant`,
+      message: `User: ${req.caller.arn} is not authorized to perform: kms:RetireGrant on resource: ${resource} because the grant does not allow it: only its retiring principal, its grantee when the grant includes RetireGrant, or the account that created it (itself, or an IAM principal of it whose identity policy allows kms:RetireGrant on the key) may retire a grant`,
     };
   }
 
