@@ -100,3 +100,17 @@ export const KMS_REQUIRED: Readonly<Record<string, readonly string[]>> = {
   ListRetirableGrants: ['RetiringPrincipal'],
   RevokeGrant: ['KeyId', 'GrantId'],
 };
+
+/**
+ * The KMS list operations the AWS CLI pages through (botocore's KMS paginators: input Marker, limit
+ * Limit, output NextMarker while Truncated), and the member each gathers its results in.
+ */
+export const KMS_PAGED: Readonly<Record<string, string>> = {
+  ListKeys: 'Keys',
+  ListAliases: 'Aliases',
+  ListGrants: 'Grants',
+  ListRetirableGrants: 'Grants',
+  ListKeyPolicies: 'PolicyNames',
+  ListResourceTags: 'Tags',
+  ListKeyRotations: 'Rotations',
+};
