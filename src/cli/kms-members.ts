@@ -52,6 +52,7 @@ export const KMS_MEMBERS: Readonly<Record<string, readonly string[]>> = {
   ListRetirableGrants: ['RetiringPrincipal', ...PAGING],
   RetireGrant: ['GrantToken', 'KeyId', 'GrantId', 'DryRun'],
   RevokeGrant: ['KeyId', 'GrantId', 'DryRun'],
+  DescribeCustomKeyStores: ['CustomKeyStoreId', 'CustomKeyStoreName', ...PAGING],
 };
 
 /**
@@ -113,4 +114,5 @@ export const KMS_PAGED: Readonly<Record<string, string>> = {
   ListKeyPolicies: 'PolicyNames',
   ListResourceTags: 'Tags',
   ListKeyRotations: 'Rotations',
+  DescribeCustomKeyStores: 'CustomKeyStores',
 };

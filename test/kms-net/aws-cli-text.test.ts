@@ -68,6 +68,8 @@ describe('ebsd kms --output text is the AWS CLI\'s text output', () => {
       ['list-keys', '--query', 'Truncated'],
       ['list-grants', '--key-id', sym, '--query', 'Grants[].Operations'],
       ['list-grants', '--key-id', ecc],
+      ['describe-custom-key-stores'],
+      ['describe-custom-key-stores', '--limit', '5'],
     ];
     for (const args of commands) {
       const [a, e] = await Promise.all([aws(args), ebsd(args)]);
