@@ -18,7 +18,7 @@ export const KMS_OPERATIONS = [
   'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext',
   'GenerateRandom', 'Sign', 'Verify', 'GetPublicKey', 'GenerateMac', 'VerifyMac', 'TagResource', 'UntagResource',
   'ListResourceTags', 'PutKeyPolicy', 'GetKeyPolicy', 'ListKeyPolicies', 'CreateGrant', 'ListGrants',
-  'ListRetirableGrants', 'RetireGrant', 'RevokeGrant',
+  'ListRetirableGrants', 'RetireGrant', 'RevokeGrant', 'DescribeCustomKeyStores',
 ] as const;
 
 const BLOBS = new Set(['Plaintext', 'CiphertextBlob', 'Message', 'Signature', 'Mac']);

@@ -52,6 +52,7 @@ export const KMS_MEMBERS: Readonly<Record<string, readonly string[]>> = {
   ListRetirableGrants: ['RetiringPrincipal', ...PAGING],
   RetireGrant: ['GrantToken', 'KeyId', 'GrantId', 'DryRun'],
   RevokeGrant: ['KeyId', 'GrantId', 'DryRun'],
+  DescribeCustomKeyStores: ['CustomKeyStoreId', 'CustomKeyStoreName', ...PAGING],
 };
 
 /**
@@ -99,4 +100,19 @@ export const KMS_REQUIRED: Readonly<Record<string, readonly string[]>> = {
   ListGrants: ['KeyId'],
   ListRetirableGrants: ['RetiringPrincipal'],
   RevokeGrant: ['KeyId', 'GrantId'],
+};
+
+/**
+ * The KMS list operations the AWS CLI pages through (botocore's KMS paginators: input Marker, limit
+ * Limit, output NextMarker while Truncated), and the member each gathers its results in.
+ */
+export const KMS_PAGED: Readonly<Record<string, string>> = {
+  ListKeys: 'Keys',
+  ListAliases: 'Aliases',
+  ListGrants: 'Grants',
+  ListRetirableGrants: 'Grants',
+  ListKeyPolicies: 'PolicyNames',
+  ListResourceTags: 'Tags',
+  ListKeyRotations: 'Rotations',
+  DescribeCustomKeyStores: 'CustomKeyStores',
 };

@@ -13,6 +13,7 @@ import { hideBin } from 'yargs/helpers';
 import { checkDaemonFlags, DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
+import { kmsPages } from './kms-pages.js';
 import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, tagArgs, wholeNumber } from './kms-args.js';
 import { applyQuery, checkQuery, defaultFormat, humanBytes, kv, print, printableCell, table, type OutputFormat } from './output.js';
 import { completionCommand } from './completion.js';
@@ -247,7 +248,7 @@ function kmsCommand(y: Argv): Argv {
       const req = parseKmsArgs(raw.slice(at + 1), op);
       checkRequiredMembers(req, op);
       const alias = op === 'CreateKey' && a.alias !== undefined ? await aliasForNewKey(g, a.alias) : undefined;
-      const res = await call(g, `TrentService.${op}`, req);
+      const res = await kmsPages(op, req, (r) => call(g, `TrentService.${op}`, r));
       if (alias !== undefined) {
         const keyId = (res.KeyMetadata as R).KeyId as string;
         try {

@@ -1,9 +1,10 @@
 import { UsageError } from './kms-args.js';
+import { formatText } from './text-format.js';
 
 /**
  * Output formats: `json` (AWS-CLI-shaped: the response object, 4-space
- * indented, blobs base64), `text` (scalars bare, for scripts with --query)
- * and `table` (for people; the default on a terminal).
+ * indented, blobs base64), `text` (the AWS CLI's text format, src/cli/text-format.ts:
+ * for scripts, with or without --query) and `table` (for people; the default on a terminal).
  */
 export type OutputFormat = 'json' | 'table' | 'text';
 
@@ -84,7 +85,7 @@ export function print(v: unknown, fmt: OutputFormat, table?: () => string): void
   } else if (fmt === 'text') {
     // Text feeds scripts (`--query … --output text`): values are exact, except on a terminal.
     const tty = process.stdout.isTTY === true;
-    process.stdout.write(toText(v, tty) + '\n');
+    process.stdout.write(formatText(v === undefined ? null : v, tty ? printableCell : undefined));
   } else {
     // table() and kv() escape their cells; a command's own table callback may add lines of its own.
     process.stdout.write(printableLayout(table ? table() : kv(v)) + '\n');
@@ -93,15 +94,6 @@ export function print(v: unknown, fmt: OutputFormat, table?: () => string): void
 
 function isEmptyObject(v: unknown): boolean {
   return v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 0;
-}
-
-function toText(v: unknown, printable: boolean): string {
-  if (v === null || v === undefined) return 'None';
-  const raw = (x: unknown): string => (x === null || x === undefined ? 'None' : typeof x === 'object' ? JSON.stringify(x) : String(x));
-  const cell = printable ? (x: unknown): string => printableCell(raw(x)) : raw;
-  if (Array.isArray(v)) return v.map(cell).join('\t');
-  if (typeof v === 'object') return Object.values(v).map(cell).join('\t');
-  return cell(v);
 }
 
 /** Nested object as indented `Key: value` lines. */

@@ -26,6 +26,7 @@ import { registerCryptoOperations } from './ops/crypto.js';
 import { registerAsymmetricOperations } from './ops/asymmetric.js';
 import { registerAliasOperations } from './ops/aliases.js';
 import { registerTagAndRotationOperations, rotateKey } from './ops/tags-rotation.js';
+import { registerCustomKeyStoreOperations } from './ops/custom-key-stores.js';
 import { FairGate } from './fair-gate.js';
 
 export interface KmsOptions {
@@ -118,6 +119,7 @@ export class KmsService implements KmsCore {
     registerAsymmetricOperations(this.dispatcher);
     registerAliasOperations(this.dispatcher);
     registerTagAndRotationOperations(this.dispatcher);
+    registerCustomKeyStoreOperations(this.dispatcher);
   }
 
   static async open(opts: KmsOptions): Promise<KmsService> {

@@ -29,7 +29,7 @@ const MEMBER_TYPES: ReadonlyMap<string, MemberType> = new Map([
   ..._types('string', 'KeyId KeySpec EncryptionAlgorithm SigningAlgorithm MacAlgorithm MessageType KeyUsage Description AliasName '
     + 'TargetKeyId Marker DestinationKeyId SourceKeyId SourceEncryptionAlgorithm DestinationEncryptionAlgorithm KeyPairSpec Origin '
     + 'GranteePrincipal RetiringPrincipal GrantId GrantToken Name PolicyName KeyMaterialId IncludeKeyMaterial Policy '
-    + 'CustomKeyStoreId CustomerMasterKeySpec XksKeyId KeyAgreementAlgorithm GranteeServicePrincipal RetiringServicePrincipal'),
+    + 'CustomKeyStoreId CustomKeyStoreName CustomerMasterKeySpec XksKeyId KeyAgreementAlgorithm GranteeServicePrincipal RetiringServicePrincipal'),
   ..._types('integer', 'NumberOfBytes PendingWindowInDays RotationPeriodInDays Limit'),
   ..._types('boolean', 'MultiRegion BypassPolicyLockoutSafetyCheck DryRun'),
   ..._types('blob', 'Plaintext CiphertextBlob Message Signature Mac'),

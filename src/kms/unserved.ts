@@ -16,7 +16,6 @@ const FEATURE: Readonly<Record<string, string>> = {
   DisconnectCustomKeyStore: 'custom key stores',
   DeleteCustomKeyStore: 'custom key stores',
   UpdateCustomKeyStore: 'custom key stores',
-  DescribeCustomKeyStores: 'custom key stores',
   GetParametersForImport: 'imported key material',
   ImportKeyMaterial: 'imported key material',
   DeleteImportedKeyMaterial: 'imported key material',

@@ -443,14 +443,15 @@ export class SnapshotManager {
       if (v.state !== 'available' && v.state !== 'in-use') {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The volume '${v.volumeId}' is '${v.state}'`, { awsName: 'IncorrectState' });
       }
-      // One pending snapshot per volume (EC2 allows five): two at once would need a copy-on-write session and a
-      // changed-block epoch each, and an incremental whose parent is still pending (docs/architecture.md §12.1).
-      // Refused at once rather than queued: a client that timed out waiting would retry, and each retry would
-      // queue one more snapshot (CreateSnapshot has no ClientToken).
+      // One pending snapshot per volume (EC2 allows five, one for st1/sc1): two at once would need a copy-on-write
+      // session and a changed-block epoch each, and an incremental whose parent is still pending (docs/architecture.md
+      // §12.1). Refused at once rather than queued: a client that timed out waiting would retry, and each retry would
+      // queue one more snapshot (CreateSnapshot has no ClientToken). The message begins with EC2's own for this
+      // error, so a script that matches it matches ebsd's; then which snapshot holds the volume.
       const busy = this.pendingCreateOf(v.volumeId);
       if (busy?.terminal) throw new LetGoFirst(busy);
       if (busy) {
-        throw new SnapshotError('SNAPSHOT_CONCURRENT_LIMIT', `The volume '${v.volumeId}' has a pending snapshot '${busy.snapshotId}': ebsd takes one pending snapshot per volume; create the next once it has left 'pending'.`, { awsName: 'ConcurrentSnapshotLimitExceeded' });
+        throw new SnapshotError('SNAPSHOT_CONCURRENT_LIMIT', `Maximum allowed in-progress snapshots for a single volume exceeded. The volume '${v.volumeId}' has a pending snapshot '${busy.snapshotId}': ebsd takes one pending snapshot per volume; create the next once it has left 'pending'.`, { awsName: 'ConcurrentSnapshotLimitExceeded' });
       }
       const src = asSnapshotSource(v.device);
       if (v.state === 'in-use' && (!v.device || !src || !this.trackers.has(v.volumeId))) {

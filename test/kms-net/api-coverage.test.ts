@@ -30,10 +30,11 @@ describe('AWS KMS API coverage through @aws-sdk/client-kms', () => {
   let kms: K.KMSClient;
   let sym = '';
   let ecc = '';
+  let url = '';
 
   beforeAll(async () => {
     ensureBuilt();
-    const { url } = await startKmsDaemon(env);
+    url = (await startKmsDaemon(env)).url;
     const k = (await makeAccessKey(env, 'admin', KMS_ADMIN_POLICY)).key;
     kms = new K.KMSClient({
       endpoint: url, region: 'us-east-1', credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey },
@@ -75,7 +76,6 @@ describe('AWS KMS API coverage through @aws-sdk/client-kms', () => {
       ['ReplicateKey', kms.send(new K.ReplicateKeyCommand({ KeyId: sym, ReplicaRegion: 'us-west-2' }))],
       ['UpdatePrimaryRegion', kms.send(new K.UpdatePrimaryRegionCommand({ KeyId: sym, PrimaryRegion: 'us-west-2' }))],
       ['ConnectCustomKeyStore', kms.send(new K.ConnectCustomKeyStoreCommand({ CustomKeyStoreId: 'cks-1234567890abcdef0' }))],
-      ['DescribeCustomKeyStores', kms.send(new K.DescribeCustomKeyStoresCommand({}))],
       ['GetParametersForImport', kms.send(new K.GetParametersForImportCommand({ KeyId: sym, WrappingAlgorithm: 'RSAES_OAEP_SHA_256', WrappingKeySpec: 'RSA_2048' }))],
       ['ImportKeyMaterial', kms.send(new K.ImportKeyMaterialCommand({ KeyId: sym, ImportToken: new Uint8Array(8), EncryptedKeyMaterial: new Uint8Array(8) }))],
       ['Encapsulate', kms.send(new K.EncapsulateCommand({ KeyId: sym, EncapsulationAlgorithm: 'ML_KEM' }))],
@@ -86,8 +86,57 @@ describe('AWS KMS API coverage through @aws-sdk/client-kms', () => {
       expect([op, e?.name, e?.$metadata.httpStatusCode]).toEqual([op, 'UnsupportedOperationException', 400]);
       expect(e!.message).toMatch(new RegExp(`^${op} is not supported by this KMS`));
     }
-    const ev = auditEvents(env).find((x) => x.eventName === 'DescribeCustomKeyStores');
+    const ev = auditEvents(env).find((x) => x.eventName === 'GetParametersForImport');
     expect(ev).toMatchObject({ errorCode: 'UnsupportedOperationException', readOnly: true });
+  });
+
+  it('DescribeCustomKeyStores: an empty list, as AWS answers an account without custom key stores; an id or name names nothing', async () => {
+    const all = await kms.send(new K.DescribeCustomKeyStoresCommand({}));
+    expect([all.CustomKeyStores, all.Truncated, all.NextMarker]).toEqual([[], false, undefined]);
+    expect((await kms.send(new K.DescribeCustomKeyStoresCommand({ Limit: 1000 }))).CustomKeyStores).toEqual([]);
+    const byId = await failure(kms.send(new K.DescribeCustomKeyStoresCommand({ CustomKeyStoreId: 'cks-1234567890abcdef0' })));
+    expect([byId?.name, byId?.$metadata.httpStatusCode]).toEqual(['CustomKeyStoreNotFoundException', 400]);
+    expect(byId).toBeInstanceOf(K.CustomKeyStoreNotFoundException);
+    expect(byId!.message).toContain('cks-1234567890abcdef0');
+    const byName = await failure(kms.send(new K.DescribeCustomKeyStoresCommand({ CustomKeyStoreName: 'ExampleKeyStore' })));
+    expect(byName).toBeInstanceOf(K.CustomKeyStoreNotFoundException);
+    expect(byName!.message).toContain('ExampleKeyStore');
+    // Limit and Marker checked as the List operations check them.
+    for (const [req, name, msg] of [
+      [{ Limit: 0 }, 'ValidationException', /'limit'/],
+      [{ Limit: 1001 }, 'ValidationException', /'limit'/],
+      [{ Marker: 'bm90LWEtbWFya2Vy' }, 'InvalidMarkerException', /marker/],
+      [{ CustomKeyStoreId: 'c'.repeat(65) }, 'ValidationException', /'customKeyStoreId'/],
+      [{ CustomKeyStoreName: 'n'.repeat(257) }, 'ValidationException', /'customKeyStoreName'/],
+    ] as const) {
+      const e = await failure(kms.send(new K.DescribeCustomKeyStoresCommand(req)));
+      expect([JSON.stringify(req), e?.name, e?.$metadata.httpStatusCode]).toEqual([JSON.stringify(req), name, 400]);
+      expect(e!.message).toMatch(msg);
+    }
+    // This test's nine calls, after the empty request of the sweep above.
+    const evs = auditEvents(env).filter((x) => x.eventName === 'DescribeCustomKeyStores').slice(-9);
+    expect(evs.length).toBe(9);
+    expect(evs[0]).toMatchObject({ readOnly: true, eventSource: 'kms.amazonaws.com' });
+    expect(evs[0]!.errorCode).toBeUndefined();
+    expect(evs.find((x) => x.requestParameters?.customKeyStoreId === 'cks-1234567890abcdef0')).toMatchObject({ errorCode: 'CustomKeyStoreNotFoundException' });
+  });
+
+  it('DescribeCustomKeyStores is authorized by IAM policy alone (kms:DescribeCustomKeyStores on *); a denial is audited', async () => {
+    const other = (await makeAccessKey(env, 'lister', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:ListKeys', Resource: '*' }] }))).key;
+    const c = new K.KMSClient({ endpoint: url, region: 'us-east-1', credentials: { accessKeyId: other.AccessKeyId, secretAccessKey: other.SecretAccessKey }, maxAttempts: 1 });
+    try {
+      const e = await failure(c.send(new K.DescribeCustomKeyStoresCommand({})));
+      expect([e?.name, e?.$metadata.httpStatusCode]).toEqual(['AccessDeniedException', 400]);
+      expect(e!.message).toMatch(/not authorized to perform: kms:DescribeCustomKeyStores on resource: \*/);
+      // A CustomKeyStoreId does not tell an unauthorized caller whether the store exists.
+      const byId = await failure(c.send(new K.DescribeCustomKeyStoresCommand({ CustomKeyStoreId: 'cks-1234567890abcdef0' })));
+      expect(byId?.name).toBe('AccessDeniedException');
+      const denied = auditEvents(env).filter((x) => x.eventName === 'DescribeCustomKeyStores' && x.errorCode === 'AccessDeniedException');
+      expect(denied.length).toBeGreaterThanOrEqual(1);
+      expect(denied[0]!.userIdentity.arn).toMatch(/:user\/lister$/);
+    } finally {
+      c.destroy();
+    }
   });
 
   const cases: { name: string; call: () => Promise<unknown>; error: string; member: RegExp }[] = [

@@ -52,6 +52,8 @@ test.each([['attached'], ['detached']] as const)('a second create of the volume 
   expect(err.awsName).toBe('ConcurrentSnapshotLimitExceeded');
   expect(err.message).toContain(vol);
   expect(err.message).toContain(first.SnapshotId);
+  // EC2's message for the error first, then ebsd's limit (README.md, "Snapshots").
+  expect(err.message).toMatch(/^Maximum allowed in-progress snapshots for a single volume exceeded\. The volume '/);
   expect(err.message).toMatch(/one pending snapshot per volume/);
   expect(exitCodeFor(err.awsName), 'a conflict with the volume\'s state, as the other EC2 state refusals').toBe(EXIT.CONFLICT);
   expect((await hh.store.listManifestIds()).sort(), 'the refusal wrote nothing').toEqual(manifests);

@@ -14,7 +14,7 @@ const SAFE_REQUEST = new Set([
   'SourceEncryptionAlgorithm', 'DestinationEncryptionAlgorithm', 'KeyPairSpec', 'TagKeys', 'Tags', 'Origin', 'MultiRegion',
   'BypassPolicyLockoutSafetyCheck', 'GranteePrincipal', 'RetiringPrincipal', 'Operations', 'Constraints', 'GrantId',
   'Name', 'PolicyName', 'KeyMaterialId', 'IncludeKeyMaterial', 'DryRun',
-  'DryRunModifiers',
+  'DryRunModifiers', 'CustomKeyStoreId', 'CustomKeyStoreName',
 ]);
 /** Response fields that may be logged (CloudTrail logs few; never blobs). */
 const SAFE_RESPONSE = new Set(['KeyId', 'KeyMetadata', 'GrantId', 'KeyMaterialId', 'SigningAlgorithm', 'EncryptionAlgorithm',
