@@ -176,6 +176,51 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     }
   }, 90_000);
 
+  it('requests signed with made-up access key ids, a new one each (a new audit key each), cannot fold away a real access key\'s refusal nor a principal\'s AccessDenied: each is still its own record', async () => {
+    const insider = await makeAccessKey(env, `insider${front}`); // no policy: every KMS call is AccessDenied
+    const wrongSecret = { ...insider.key, SecretAccessKey: 'not-the-secret' };
+    const fakes = (n: number, from: number) => Promise.all(Array.from({ length: n }, (_, i) => signedBytes(url, { AccessKeyId: `AKIAFAKE${front}X${from + i}`, SecretAccessKey: 'not-a-secret', UserName: '', Status: '', CreateDate: '' }, 'ListAliases', '{}')));
+    const exchange = async (localAddress: string, reqs: Buffer[]): Promise<string[]> => {
+      const s = connect({ host: url.hostname, port: Number(url.port), localAddress });
+      try {
+        await new Promise<void>((r, j) => { s.once('connect', () => r()); s.once('error', j); });
+        const got = answers(s, reqs.length);
+        s.write(Buffer.concat(reqs));
+        return (await got).map((a) => a.body.__type as string);
+      } finally {
+        s.destroy();
+      }
+    };
+    const ROUNDS = 2;
+    const PER_ROUND = 90; // over the 64 keys a window shares among refusals nobody vouches for; 30 a connection (32 may be in flight)
+    for (let r = 0; r < ROUNDS; r++) {
+      // The flood, from three addresses at once, then at once the real key's and the principal's refusals.
+      const floods = await Promise.all([0, 1, 2].map(async (c) => exchange(`127.0.0.${11 + c}`, await fakes(PER_ROUND / 3, r * PER_ROUND + c * (PER_ROUND / 3)))));
+      for (const f of floods) expect(new Set(f)).toEqual(new Set(['UnrecognizedClientException']));
+      expect(await exchange('127.0.0.14', [await signedBytes(url, wrongSecret, 'ListAliases', '{}')])).toEqual(['InvalidSignatureException']);
+      expect(await exchange('127.0.0.14', [await signedBytes(url, insider.key, 'ListAliases', '{}')])).toEqual(['AccessDeniedException']);
+    }
+    // Each refusal of the real key and each denial a record of its own (burst 5 per key), not a count in an overflow row.
+    const own = await poll(() => {
+      const ev = events();
+      const badSig = ev.filter((e) => e.userIdentity?.accessKeyId === insider.key.AccessKeyId && e.errorCode === 'InvalidSignatureException');
+      const denied = ev.filter((e) => e.userIdentity?.arn === insider.arn && e.errorCode === 'AccessDeniedException');
+      return badSig.length + denied.length >= 2 * ROUNDS && { badSig, denied };
+    }, POLL);
+    expect(own.badSig).toHaveLength(ROUNDS);
+    expect(own.denied).toHaveLength(ROUNDS);
+    for (const e of [...own.badSig, ...own.denied]) {
+      expect(e).toMatchObject({ eventName: 'ListAliases', sourceIPAddress: '127.0.0.14' });
+      expect(e.additionalEventData?.aggregated).toBeUndefined();
+    }
+    // Every refusal of the flood accounted for, the keys past the shared budget in an overflow row.
+    const flood = await poll(() => {
+      const m = events().filter((e) => String(e.userIdentity?.accessKeyId ?? '').startsWith(`AKIAFAKE${front}X`));
+      return m.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 1), 0) === ROUNDS * PER_ROUND && m;
+    }, POLL);
+    expect(flood.some((e) => e.eventName === 'RefusalsOverflow')).toBe(true);
+  }, 90_000);
+
   it('a chunked body past 1 MiB is read to its end and answered 413 RequestEntityTooLargeException, then the connection closes', async () => {
     const parts = Array.from({ length: 20 }, () => Buffer.alloc(64 * 1024, 0x20)); // 1.25 MiB of spaces
     const r = await rawExchange(url, '127.0.0.7', `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nTransfer-Encoding: chunked`, chunked(parts));
