@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { buildEvent, MAX_PARAMETERS_JSON, truncateField } from '../kms/audit/event.js';
 import type { RefusalSummary } from './connection-guard.js';
 import type { Caller } from '../kms/types.js';
+import type { RefusalParty } from '../kms/audit/refusal-aggregator.js';
 import type { VolumeAuditEvent } from '../volume/volume-manager.js';
 import { toWireError } from './aws-json.js';
 
@@ -30,6 +31,14 @@ export const MAX_REFUSED_VOLUME_ID = 64;
 /** The key under which repeated refusals are aggregated (src/kms/audit/refusal-aggregator.ts). */
 export function refusalKey(uid: number | undefined, eventSource: string, eventName: string, reason: string): string {
   return `${uid ?? '-'}\0${eventSource}\0${truncateField(eventName, MAX_REFUSED_NAME)}\0${reason}`;
+}
+
+/**
+ * Whose refusal it is, for the aggregator's key budgets: a local user (the kernel vouches for its uid,
+ * mapped or not), else the authenticated caller (a SigV4-verified principal on the KMS listener).
+ */
+export function refusalParty(uid: number | undefined, caller: Caller): RefusalParty {
+  return { kind: 'principal', id: uid !== undefined ? `uid:${uid}` : caller.arn };
 }
 
 /**

@@ -9,8 +9,9 @@
  * the per-caller cap nor the overall cap, so a flood from another uid cannot
  * lock the operator out of `ebsd status` or `ebsd volume detach`.
  *
- * Refused connections are answered at once with a short HTTP 503
- * `ThrottlingException` and closed (`refuseSocket`); refusals are counted per
+ * Refused connections are answered at once with a short `ThrottlingException`
+ * and closed (`refuseSocket`): HTTP 503 on the control socket and the metrics
+ * listener, 400 on the KMS listener, as AWS KMS answers it (kms-transport.ts); refusals are counted per
  * (caller, reason) and reported in aggregate through `onRefusals`, never one
  * report per connection. `readBody` reads a request body within the body
  * limits; the header and time limits are node's own server options, set from
@@ -91,7 +92,11 @@ export class RequestTooLargeError extends EbsdError {
   }
 }
 
-/** Too many connections or buffered bytes: HTTP 503, retry later (AWS SDKs back off on ThrottlingException). */
+/**
+ * Too many connections or buffered bytes: retry later (AWS SDKs back off on ThrottlingException, by its
+ * name). `httpStatus` is the control socket's 503 (README.md, "Limits per caller"); the KMS listener
+ * answers it with KMS's 400 (aws-json.ts, KMS_ERROR_STATUS).
+ */
 export class ConnectionThrottledError extends EbsdError {
   readonly httpStatus = 503;
   constructor(readonly reason: RefusalReason, detail: string) {
@@ -367,14 +372,15 @@ export class ConnectionGuard {
 }
 
 /**
- * Answer a refused connection with a complete HTTP/1.1 503 and close it as
- * soon as the answer is handed to the kernel: the fd is freed at once, and a
- * client that reads sees a ThrottlingException rather than a reset.
+ * Answer a refused connection with a complete HTTP/1.1 answer (`status`: the error's 503 unless the
+ * listener's protocol says otherwise, the KMS listener's 400) and close it as soon as the answer is
+ * handed to the kernel: the fd is freed at once, and a client that reads sees a ThrottlingException
+ * rather than a reset.
  */
-export function refuseSocket(s: Socket, e: ConnectionThrottledError): void {
+export function refuseSocket(s: Socket, e: ConnectionThrottledError, status: number = e.httpStatus): void {
   // {"__type","message"} only: a client that reads another member first would miss the typed exception.
   const body = JSON.stringify({ __type: e.awsName, message: e.message });
-  answerAndClose(s, `HTTP/1.1 ${e.httpStatus} Service Unavailable\r\nContent-Type: application/x-amz-json-1.1\r\n`
+  answerAndClose(s, `HTTP/1.1 ${status} ${status === 400 ? 'Bad Request' : 'Service Unavailable'}\r\nContent-Type: application/x-amz-json-1.1\r\n`
     + `Content-Length: ${Buffer.byteLength(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n${body}`);
 }
 

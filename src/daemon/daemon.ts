@@ -24,7 +24,7 @@ import { checkDaemonConfig, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } f
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
-import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
+import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
 import { DryRunOperation, Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
@@ -282,7 +282,7 @@ export class Daemon {
           { secureTransport: tls !== undefined }),
         kms: (op, req, caller, requestId) => this.kmsCore!.call(op, req, caller, requestId),
         audit: (ev) => kms.audit.append(ev),
-        auditRefusal: (key, ev) => kms.audit.appendRefusal(key, ev),
+        auditRefusal: (key, ev, party) => kms.audit.appendRefusal(key, ev, party),
         ...(this.ebs ? { ebs: (op: string, members: Record<string, unknown>, caller: Caller, requestId: string) => this.ebs!.call(op, members, caller, { requestId }) as Promise<Record<string, unknown>> } : {}),
         log: log.child({ component: 'kms-listener' }),
         frontThreads: cfg.kmsFrontThreads ?? (cfg.kmsOnly ? 1 : 0),
@@ -684,7 +684,7 @@ export class Daemon {
           accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}),
         });
         return refusal ? { ...ev, errorCode: refusal.auditErrorCode } : ev;
-      });
+      }, refusalParty(peer.uid, caller));
     } catch (err) {
       this.log.error({ err }, 'could not audit a denial');
     }
@@ -704,7 +704,7 @@ export class Daemon {
       await this.kms!.audit.appendRefusal(refusalKey(peer.uid, source, op, `dry-run:${(volumeId ?? '').slice(0, 64)}`), () => ({
         ...deniedEvent(source, op, caller, answer.message, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, ...(volumeId ? { volumeId } : {}) }),
         errorCode: answer.auditErrorCode,
-      }));
+      }), refusalParty(peer.uid, caller));
     } catch (err) {
       this.log.error({ err }, 'could not audit a dry run');
     }
@@ -719,7 +719,7 @@ export class Daemon {
     const ids = this.authz!.identities;
     try {
       await this.kms!.audit.appendRefusal(refusalKey(peer.uid, 'kms.amazonaws.com', op, `undecodable\0${refusedKmsRequestReason(err)}`),
-        () => refusedKmsRequestEvent(op, caller, err, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId }));
+        () => refusedKmsRequestEvent(op, caller, err, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId }), refusalParty(peer.uid, caller));
     } catch (e) {
       this.log.error({ err: e }, 'could not audit a refused KMS request');
     }
@@ -732,7 +732,9 @@ export class Daemon {
       const uid = /^\d+$/.test(r.caller) ? Number(r.caller) : undefined;
       const caller = uid !== undefined ? ids.callerForUid(uid) : undefined;
       void this.kms!.audit.appendRefusal(`throttle\0${r.caller}\0${r.reason}`,
-        () => throttledEvent(r, { accountId: ids.accountId, region: ids.region, ...(uid !== undefined ? { uid } : {}), ...(caller ? { caller } : {}) }))
+        () => throttledEvent(r, { accountId: ids.accountId, region: ids.region, ...(uid !== undefined ? { uid } : {}), ...(caller ? { caller } : {}) }),
+        // A local user's own budget; the guard's row of everyone past its table ('*') is nobody's.
+        uid !== undefined ? { kind: 'principal', id: `uid:${uid}` } : undefined)
         .catch((err) => this.log.error({ err }, 'could not audit refused connections'));
     }
   }

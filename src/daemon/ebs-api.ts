@@ -17,7 +17,8 @@ import {
   type StartSnapshotInput,
 } from '../snapshot/ebs-direct-input.js';
 import type { SnapshotStore, SnapshotSummary } from '../snapshot/types.js';
-import { deniedEvent, refusalKey } from './audit-events.js';
+import { deniedEvent, refusalKey, refusalParty } from './audit-events.js';
+import type { RefusalParty } from '../kms/audit/refusal-aggregator.js';
 
 /**
  * The EBS direct APIs on the control socket (docs/architecture.md, "EBS direct
@@ -52,7 +53,7 @@ export interface EbsApiOptions {
   accountId: string;
   region: string;
   /** The daemon's hash-chained audit log. */
-  audit: { append(ev: Record<string, unknown>): Promise<void>; appendRefusal(key: string, ev: () => Record<string, unknown>): Promise<void> };
+  audit: { append(ev: Record<string, unknown>): Promise<void>; appendRefusal(key: string, ev: () => Record<string, unknown>, party?: RefusalParty): Promise<void> };
   /** A snapshot's manifest (without blocks), for its tags in the authorization context (undefined when absent). */
   manifest: (snapshotId: string) => Promise<SnapshotSummary | undefined>;
   log: Logger;
@@ -206,7 +207,7 @@ export class EbsApi {
         const ev = deniedEvent(SOURCE, op, caller, d.message, { accountId: this.o.accountId, region: this.o.region, requestId: peer.requestId });
         ev.requestParameters = { snapshotId: snap };
         return ev;
-      }).catch((err) => this.o.log.error({ err }, 'could not audit an EBS direct API refusal'));
+      }, refusalParty(peer.uid, caller)).catch((err) => this.o.log.error({ err }, 'could not audit an EBS direct API refusal'));
       throw accessDenied('UNAUTHORIZED_ACCOUNT', d.message);
     }
   }

@@ -31,6 +31,7 @@ import { decodeKmsRequest, encodeResponse, toWireError, wipeRequestSecrets } fro
 import { refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent } from './audit-events.js';
 import { ebsRestRequest, ebsUnsignedPayload, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
 import { ConnectionThrottledError, type RefusalSummary } from './connection-guard.js';
+import type { RefusalParty } from '../kms/audit/refusal-aggregator.js';
 import { loopbackLookupProblem } from './loopback-peers.js';
 import {
   DEFAULT_LIMITS, HttpTransport, rawHeader, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse,
@@ -57,7 +58,7 @@ export interface KmsListenerOptions {
    * (AuditLog.appendRefusal), so a client looping bad signatures costs
    * bounded audit bytes. Without it, each refusal goes to `audit`.
    */
-  auditRefusal?: (key: string, event: () => Record<string, unknown>) => Promise<void>;
+  auditRefusal?: (key: string, event: () => Record<string, unknown>, party?: RefusalParty) => Promise<void>;
   log: Logger;
   limits?: Partial<ListenerLimits>;
   /** Clock for SigV4 and session expiry (tests inject one). */
@@ -93,10 +94,10 @@ export class KmsListener {
   constructor(private readonly o: KmsListenerOptions) {
     this.limits = { ...DEFAULT_LIMITS, ...o.limits };
     this.now = o.now ?? Date.now;
-    const v = (service: string) => new SigV4Verifier<Caller>({ region: o.region, services: [service], credentials: o.sts.credentials, now: this.now });
+    const v = (service: string) => new SigV4Verifier<Caller>({ region: o.region, services: [service], credentials: o.sts.credentials, holdsKey: o.sts.holdsAccessKey, now: this.now });
     this.kmsVerifier = v('kms');
     this.stsVerifier = v('sts');
-    this.ebsVerifier = new SigV4Verifier<Caller>({ region: o.region, services: ['ebs'], credentials: o.sts.credentials, now: this.now, unsignedPayload: ebsUnsignedPayload });
+    this.ebsVerifier = new SigV4Verifier<Caller>({ region: o.region, services: ['ebs'], credentials: o.sts.credentials, holdsKey: o.sts.holdsAccessKey, now: this.now, unsignedPayload: ebsUnsignedPayload });
   }
 
   /** Wipe the cached signing keys: an access key was deactivated or deleted (its status is checked on every request anyway). */
@@ -301,7 +302,7 @@ export class KmsListener {
       return e;
     };
     const key = `kms-listener\0${conn.sourceIp}\0${caller.accessKeyId ?? '-'}\0kms.amazonaws.com\0${truncateField(operation, 128)}\0${refusedKmsRequestReason(err)}`;
-    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build) : this.o.audit(build());
+    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build, { kind: 'principal', id: caller.arn }) : this.o.audit(build());
     await written.catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
   }
 
@@ -325,7 +326,10 @@ export class KmsListener {
     this.o.log.debug({ refusal: err.awsName, accessKeyId: err.accessKeyId, sourceIp, eventName: name, requestId }, 'KMS network request refused');
     // Per (address, access key, operation, reason): the message says why (signature, clock skew, region, ...).
     const key = `kms-listener\0${sourceIp}\0${err.accessKeyId ?? '-'}\0${source}\0${name}\0${truncateField(err.message, 256)}`;
-    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build) : this.o.audit(build());
+    // Unauthenticated (a budget shared by all, refusal-aggregator.ts) unless the access key id names a key the
+    // daemon holds (SigV4Error.keyHeld): then the key's own budget, so made-up ids cannot fold its refusals away.
+    const party: RefusalParty | undefined = err.keyHeld && err.accessKeyId !== undefined ? { kind: 'access-key', id: err.accessKeyId } : undefined;
+    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build, party) : this.o.audit(build());
     await written.catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
   }
 }

@@ -8,8 +8,8 @@
  * the front-end worker (kms-front-worker.ts, `--kms-front-threads 1`); the
  * guard and its limits are the same object in both: admission per source
  * at accept (an address; on loopback, the local user owning the
- * client's socket; before any TLS handshake), a 503 on plain HTTP past a
- * cap, header and body size limits, header, request, idle and handshake
+ * client's socket; before any TLS handshake), a ThrottlingException on plain
+ * HTTP past a cap (HTTP 400, as AWS KMS answers it), header and body size limits, header, request, idle and handshake
  * timeouts, and the bytes of bodies buffered at once (per source and in all).
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -20,6 +20,14 @@ import {
   ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, answerClientError, refuseSocket, whenWritten, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
 import { connectionSource, sourceAddress } from './loopback-peers.js';
+import { KMS_ERROR_STATUS } from './aws-json.js';
+
+/**
+ * The status of the transport's own ThrottlingExceptions (a connection past a cap, answers unread): AWS KMS
+ * answers ThrottlingException with HTTP 400 (aws-json.ts, KMS_ERROR_STATUS), not the control socket's 503;
+ * the SDKs retry it as a throttle by its `__type` either way.
+ */
+const THROTTLED_STATUS = KMS_ERROR_STATUS.ThrottlingException!;
 
 /** Listener limits: the connection guard's, with `maxPerCaller` counted per source (an address, or on loopback a local user). */
 export type ListenerLimits = ConnectionLimits;
@@ -107,7 +115,7 @@ export interface TransportOptions {
 export class HttpTransport {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
-  /** Connections answered 503 at accept: anything the HTTP parser still makes of them is ignored. */
+  /** Connections refused at accept: anything the HTTP parser still makes of them is ignored. */
   private readonly refused = new WeakSet<Socket>();
   private readonly conns = new WeakMap<Socket, WireConnection>();
   /** Each connection's source for the body budget and in-flight refusals (an address, or `uid:N` on loopback). */
@@ -164,7 +172,7 @@ export class HttpTransport {
     if (admitted instanceof ConnectionThrottledError) {
       this.refused.add(s);
       // Over TLS a plaintext answer would be noise to the client: close at once.
-      if (this.o.tls) s.destroy(); else refuseSocket(s, admitted);
+      if (this.o.tls) s.destroy(); else refuseSocket(s, admitted, THROTTLED_STATUS);
       return false;
     }
     this.sockets.add(s);
@@ -213,7 +221,7 @@ export class HttpTransport {
   }
 
   private serve(req: IncomingMessage, res: ServerResponse): void {
-    if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
+    if (this.refused.has(req.socket)) { req.resume(); return; } // answered ThrottlingException at accept; refuseSocket closes it
     const socket = req.socket;
     // Each answer waits for its socket's 'close' (whenWritten), up to MAX_IN_FLIGHT_PER_CONNECTION of them at once.
     if (socket.getMaxListeners() < MAX_IN_FLIGHT_PER_CONNECTION + 16) socket.setMaxListeners(MAX_IN_FLIGHT_PER_CONNECTION + 16);
@@ -390,5 +398,5 @@ function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string)
  */
 function unreadAnswersRefusal(): WireResponse {
   const body = JSON.stringify({ __type: 'ThrottlingException', message: 'too many requests: this caller has too many answers it has not read yet; read them, then retry' });
-  return { status: 503, headers: { 'Content-Type': 'application/x-amz-json-1.1', 'Content-Length': Buffer.byteLength(body), 'Retry-After': 1 }, body };
+  return { status: THROTTLED_STATUS, headers: { 'Content-Type': 'application/x-amz-json-1.1', 'Content-Length': Buffer.byteLength(body), 'Retry-After': 1 }, body };
 }

@@ -305,7 +305,7 @@ export class Dispatcher {
     try {
       // A denied call had no effect, so its record may be aggregated: a caller looping a refused call
       // costs bounded audit bytes (refusal-aggregator.ts), as the daemon's own refusals do.
-      if (error?.awsName === 'AccessDeniedException') await ctx.audit.appendRefusal(_refusalKey(caller, operation, error.message), () => buildEvent(input));
+      if (error?.awsName === 'AccessDeniedException') await ctx.audit.appendRefusal(_refusalKey(caller, operation, error.message), () => buildEvent(input), { kind: 'principal', id: caller.arn });
       else await ctx.audit.appendJson(buildEventJson(input));
     } catch (e) {
       // The call is not on record: the caller learns why (a full disk is named).

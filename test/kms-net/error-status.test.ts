@@ -87,7 +87,7 @@ describe('KMS exceptions: HTTP status as AWS KMS answers them, through @aws-sdk/
       [new KmsError('KeyUnavailableException', 'x'), 500],
       [new KmsError('DependencyTimeoutException', 'x'), 500],
       [new KmsError('KMSInternalException', 'x'), 500],
-      // The listener's body budget: KMS answers throttling with 400 (the connection cap at accept answers 503 before any request).
+      // The listener's body budget: KMS answers throttling with 400, as the transport does a connection past a cap at accept.
       [new ConnectionThrottledError('body-budget', 'x'), 400],
       [new KmsError('LimitExceededException', 'x'), 400],
       [new KmsError('NotFoundException', 'x'), 400],

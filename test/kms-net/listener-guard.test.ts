@@ -12,6 +12,7 @@ import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KMSClient, ListKeysCommand, type KMSServiceException } from '@aws-sdk/client-kms';
 import { FRONT_THREADS, KMS_ADMIN_POLICY, answers, auditEvents, makeAccessKey, signedBytes, startKmsDaemon } from './helpers.js';
 import { MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/kms-transport.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
@@ -112,7 +113,7 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
   });
 
   it(`${FLOOD} connections from one local user on two loopback addresses: its cap holds across them, another local user gets through, refusals audited in aggregate`, async () => {
-    let refused503 = 0;
+    let refused = 0;
     let closed = 0;
     // On loopback a source is the local user owning the client's socket (any user may use any address of 127/8).
     await Promise.all(Array.from({ length: FLOOD }, (_, i) => new Promise<void>((resolve) => {
@@ -123,20 +124,31 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
         s.write(`POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Length: 1024\r\n\r\n`);
         resolve();
       });
-      s.on('data', (d) => { if (d.toString('latin1').startsWith('HTTP/1.1 503')) refused503++; });
+      // AWS KMS answers ThrottlingException with HTTP 400 (src/daemon/aws-json.ts, KMS_ERROR_STATUS), the refusal at accept too.
+      s.on('data', (d) => { const a = d.toString('latin1'); if (a.startsWith('HTTP/1.1 400') && a.includes('"ThrottlingException"')) refused++; });
       s.on('error', () => resolve());
       s.on('close', () => { closed++; resolve(); });
     })));
-    // Everything past the user's cap is answered 503 and closed, whichever address; the admitted ones stay open.
-    await poll(() => refused503 + closed >= FLOOD - PER_SOURCE && refused503 > 0, POLL);
+    // Everything past the user's cap is answered ThrottlingException and closed, whichever address; the admitted ones stay open.
+    await poll(() => refused + closed >= FLOOD - PER_SOURCE && refused > 0, POLL);
     expect(FLOOD - closed).toBeGreaterThanOrEqual(PER_SOURCE);
 
     const same = await post(url, '127.0.0.2');
-    expect(same.status, 'the same user from a third address').toBe(503);
+    expect(same.status, 'the same user from a third address').toBe(400);
     expect(same.body.__type).toBe('ThrottlingException');
+    // @aws-sdk/client-kms, as installed, reads the 400 as a throttle by its __type: it retries (backing off), then
+    // surfaces ThrottlingException. (No credentials get that far: the connection is refused before SigV4.)
+    const sdk = new KMSClient({ endpoint: url.origin, region: 'us-east-1', maxAttempts: 3, credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'not-a-secret' } });
+    try {
+      const e = await sdk.send(new ListKeysCommand({})).then(() => undefined, (x: unknown) => x as KMSServiceException);
+      expect(e?.name).toBe('ThrottlingException');
+      expect(e!.$metadata).toMatchObject({ httpStatusCode: 400, attempts: 3 });
+      expect(e!.$fault).toBe('client');
+    } finally {
+      sdk.destroy();
+    }
     // Another local user has its own count: it reaches the listener (and SigV4 refuses the unsigned request).
     const other = await postAs(NOBODY, url, '127.0.0.2');
-    expect(other.status).not.toBe(503);
     expect(other.body.__type).toBe('MissingAuthenticationTokenException');
 
     for (const s of flood) s.destroy();
@@ -174,6 +186,51 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
       expect(e.errorCode).toBe('MissingAuthenticationTokenException');
       expect(e.userAgent.length).toBeLessThanOrEqual(1100);
     }
+  }, 90_000);
+
+  it('requests signed with made-up access key ids, a new one each (a new audit key each), cannot fold away a real access key\'s refusal nor a principal\'s AccessDenied: each is still its own record', async () => {
+    const insider = await makeAccessKey(env, `insider${front}`); // no policy: every KMS call is AccessDenied
+    const wrongSecret = { ...insider.key, SecretAccessKey: 'not-the-secret' };
+    const fakes = (n: number, from: number) => Promise.all(Array.from({ length: n }, (_, i) => signedBytes(url, { AccessKeyId: `AKIAFAKE${front}X${from + i}`, SecretAccessKey: 'not-a-secret', UserName: '', Status: '', CreateDate: '' }, 'ListAliases', '{}')));
+    const exchange = async (localAddress: string, reqs: Buffer[]): Promise<string[]> => {
+      const s = connect({ host: url.hostname, port: Number(url.port), localAddress });
+      try {
+        await new Promise<void>((r, j) => { s.once('connect', () => r()); s.once('error', j); });
+        const got = answers(s, reqs.length);
+        s.write(Buffer.concat(reqs));
+        return (await got).map((a) => a.body.__type as string);
+      } finally {
+        s.destroy();
+      }
+    };
+    const ROUNDS = 2;
+    const PER_ROUND = 90; // over the 64 keys a window shares among refusals nobody vouches for; 30 a connection (32 may be in flight)
+    for (let r = 0; r < ROUNDS; r++) {
+      // The flood, from three addresses at once, then at once the real key's and the principal's refusals.
+      const floods = await Promise.all([0, 1, 2].map(async (c) => exchange(`127.0.0.${11 + c}`, await fakes(PER_ROUND / 3, r * PER_ROUND + c * (PER_ROUND / 3)))));
+      for (const f of floods) expect(new Set(f)).toEqual(new Set(['UnrecognizedClientException']));
+      expect(await exchange('127.0.0.14', [await signedBytes(url, wrongSecret, 'ListAliases', '{}')])).toEqual(['InvalidSignatureException']);
+      expect(await exchange('127.0.0.14', [await signedBytes(url, insider.key, 'ListAliases', '{}')])).toEqual(['AccessDeniedException']);
+    }
+    // Each refusal of the real key and each denial a record of its own (burst 5 per key), not a count in an overflow row.
+    const own = await poll(() => {
+      const ev = events();
+      const badSig = ev.filter((e) => e.userIdentity?.accessKeyId === insider.key.AccessKeyId && e.errorCode === 'InvalidSignatureException');
+      const denied = ev.filter((e) => e.userIdentity?.arn === insider.arn && e.errorCode === 'AccessDeniedException');
+      return badSig.length + denied.length >= 2 * ROUNDS && { badSig, denied };
+    }, POLL);
+    expect(own.badSig).toHaveLength(ROUNDS);
+    expect(own.denied).toHaveLength(ROUNDS);
+    for (const e of [...own.badSig, ...own.denied]) {
+      expect(e).toMatchObject({ eventName: 'ListAliases', sourceIPAddress: '127.0.0.14' });
+      expect(e.additionalEventData?.aggregated).toBeUndefined();
+    }
+    // Every refusal of the flood accounted for, the keys past the shared budget in an overflow row.
+    const flood = await poll(() => {
+      const m = events().filter((e) => String(e.userIdentity?.accessKeyId ?? '').startsWith(`AKIAFAKE${front}X`));
+      return m.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 1), 0) === ROUNDS * PER_ROUND && m;
+    }, POLL);
+    expect(flood.some((e) => e.eventName === 'RefusalsOverflow')).toBe(true);
   }, 90_000);
 
   it('a chunked body past 1 MiB is read to its end and answered 413 RequestEntityTooLargeException, then the connection closes', async () => {

@@ -68,6 +68,38 @@ describe('STS session credentials', () => {
     await expect(verifyAt(t0).verify(await request({ ...c, sessionToken: forged }, t0))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
   });
 
+  it('a refusal says whether its access key id names a key the service holds (SigV4Error.keyHeld): a long-term key in the store, or a session whose token authenticated; never a made-up id, nor an expired or forged token', async () => {
+    const at = t0 + 60_000;
+    const v = new SigV4Verifier<Caller>({ region: 'us-east-1', services: ['kms'], credentials: sts.credentials, holdsKey: sts.holdsAccessKey, now: () => at });
+    const refusal = async (c: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }, signedAt = at) => {
+      const e = await v.verify(await request(c, signedAt)).then(() => undefined, (x: unknown) => x as { awsName: string; keyHeld: boolean });
+      expect(e, 'refused').toBeDefined();
+      return { awsName: e!.awsName, keyHeld: e!.keyHeld };
+    };
+    const k = await keys.create('bob');
+    expect(await refusal({ accessKeyId: k.AccessKeyId, secretAccessKey: 'not-the-secret' })).toEqual({ awsName: 'InvalidSignatureException', keyHeld: true });
+    expect(await refusal({ accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey }, at - 20 * 60_000)).toEqual({ awsName: 'InvalidSignatureException', keyHeld: true }); // refused before the lookup (skew)
+    expect(await refusal({ accessKeyId: 'AKIAMADEUP0000000001', secretAccessKey: 'x' })).toEqual({ awsName: 'UnrecognizedClientException', keyHeld: false });
+    expect(await refusal({ accessKeyId: 'AKIAMADEUP0000000001', secretAccessKey: 'x' }, at - 20 * 60_000)).toEqual({ awsName: 'InvalidSignatureException', keyHeld: false });
+    await keys.update(k.AccessKeyId, 'Inactive');
+    expect(await refusal({ accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey })).toEqual({ awsName: 'UnrecognizedClientException', keyHeld: true });
+
+    const r = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'held' }, t0) as any;
+    const c = { accessKeyId: r.Credentials.AccessKeyId as string, secretAccessKey: r.Credentials.SecretAccessKey as string, sessionToken: r.Credentials.SessionToken as string };
+    expect((await v.verify(await request(c, at))).principal.arn).toMatch(/assumed-role\/app\/held$/);
+    expect(await refusal({ ...c, secretAccessKey: 'not-the-secret' })).toEqual({ awsName: 'InvalidSignatureException', keyHeld: true });
+    // Before the HSM has authenticated the token, a session id proves nothing: anyone can write one, and its expiry.
+    expect(await refusal({ ...c, secretAccessKey: 'not-the-secret' }, at - 20 * 60_000)).toEqual({ awsName: 'InvalidSignatureException', keyHeld: false });
+    // Expiry is read before the HSM authenticates the token (a forged one would say the same).
+    const late = t0 + 2 * 3600_000;
+    const e = await new SigV4Verifier<Caller>({ region: 'us-east-1', services: ['kms'], credentials: sts.credentials, holdsKey: sts.holdsAccessKey, now: () => late })
+      .verify(await request(c, late)).then(() => undefined, (x: unknown) => x as { awsName: string; keyHeld: boolean });
+    expect({ awsName: e?.awsName, keyHeld: e?.keyHeld }).toEqual({ awsName: 'ExpiredTokenException', keyHeld: false });
+    const raw = Buffer.from(c.sessionToken, 'base64');
+    const forged = Buffer.from(raw.toString('latin1').replace(/"exp":(\d)/, (_, d: string) => `"exp":${(Number(d) + 1) % 10}`), 'latin1').toString('base64');
+    expect(await refusal({ ...c, sessionToken: forged })).toEqual({ awsName: 'UnrecognizedClientException', keyHeld: false });
+  });
+
   it('a session token is accepted only as issued: another base64 spelling of the same bytes is unrecognized and adds no signing-key cache entry', async () => {
     const r = await sts.assumeRole(alice, { RoleArn: ids.roleArn('app'), RoleSessionName: 'b64' }, t0) as any;
     const c = { accessKeyId: r.Credentials.AccessKeyId, secretAccessKey: r.Credentials.SecretAccessKey, sessionToken: r.Credentials.SessionToken as string };

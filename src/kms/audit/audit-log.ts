@@ -42,7 +42,7 @@ import { createPublicKey, hash } from 'node:crypto';
 import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
-import { RefusalAggregator } from './refusal-aggregator.js';
+import { RefusalAggregator, type RefusalParty } from './refusal-aggregator.js';
 import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-files.js';
 import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
 import { markPathOf, readSealMark, writeSealMark, type SealMark } from './seal-mark.js';
@@ -349,9 +349,10 @@ export class AuditLog {
    * A refused caller's event (unmapped uid, throttled connection): aggregated
    * per `key` — say caller, operation and reason — within the refusal window,
    * and dropped (counted) while the disk is short. Resolves when written or counted.
+   * `party`: whose refusal it is, the budget its key takes (none: unauthenticated; refusal-aggregator.ts).
    */
-  appendRefusal(key: string, event: () => Record<string, unknown>): Promise<void> {
-    return this.refusals.add(key, event);
+  appendRefusal(key: string, event: () => Record<string, unknown>, party?: RefusalParty): Promise<void> {
+    return this.refusals.add(key, event, party);
   }
 
   /** Disk state, for `ebsd status`. */

@@ -12,9 +12,32 @@
  * contents, `additionalEventData`). `count` is the number of refusals that
  * event stands for, beyond those already written one by one.
  *
- * At most `maxKeys` keys are tracked per window; refusals under further keys
- * are folded into one overflow row (eventName `RefusalsOverflow`). Per window
- * that bounds the events written to (burst + 1) x maxKeys + 1, whatever the caller sends.
+ * Keys are budgeted by whose refusal it is (`RefusalParty`), so that a flood
+ * of refusals nobody can vouch for cannot take the keys a known caller's
+ * refusal needs: an unauthenticated client can make a new key with every
+ * request (a new made-up access key id each time), and with one table for
+ * all, a real key's or a principal's refusal would then be only a count in
+ * an anonymous overflow row.
+ *
+ * - Unauthenticated refusals (no party: no access key id, or one the daemon
+ *   does not hold; a session key whose token did not authenticate) share
+ *   `maxKeys` keys a window; refusals under further keys are folded into one
+ *   overflow row (eventName `RefusalsOverflow`).
+ * - A held access key whose request did not verify (`{ kind: 'access-key' }`:
+ *   the key is real, the request not proven its holder's) has
+ *   `maxKeysPerAccessKey` keys of its own, then an overflow row of its own,
+ *   which names it (its first folded refusal's record, renamed).
+ * - An authenticated principal's refusal (`{ kind: 'principal' }`: a denial
+ *   after SigV4 verified, or of a local uid, which the kernel vouches for)
+ *   has `maxKeysPerPrincipal` keys of its own, then its own overflow row.
+ *
+ * Parties are what the daemon holds (access keys, IAM principals, local
+ * users), which a caller without credentials cannot multiply; as a backstop
+ * for memory, all parties together hold at most `maxPartyRows` rows, past
+ * which their new keys fold into one more overflow row. So per window the
+ * events written stay at most (burst + 1) x (maxKeys + maxPartyRows) + 2,
+ * and under any flood of unauthenticated refusals (burst + 1) x maxKeys + 1
+ * of theirs, whatever is sent.
  */
 import { randomUUID } from 'node:crypto';
 
@@ -24,6 +47,12 @@ export interface RefusalAggregatorOptions {
   /** Refusals per key and window written one by one before counting starts. */
   burst?: number;
   clock?: () => number;
+  /** Keys one held access key (RefusalParty `access-key`) has per window before its own overflow row. */
+  maxKeysPerAccessKey?: number;
+  /** Keys one principal (RefusalParty `principal`) has per window before its own overflow row. */
+  maxKeysPerPrincipal?: number;
+  /** Rows (keys and their overflow rows) of all parties together per window: a backstop for memory. */
+  maxPartyRows?: number;
   /** Write one event (the audit log's droppable path). */
   write: (event: Record<string, unknown>) => Promise<void>;
 }
@@ -41,33 +70,61 @@ interface Row {
 export const DEFAULT_REFUSAL_WINDOW_MS = 10_000;
 export const DEFAULT_REFUSAL_KEYS = 64;
 export const DEFAULT_REFUSAL_BURST = 5;
+export const DEFAULT_REFUSAL_KEYS_PER_ACCESS_KEY = 8;
+export const DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL = 32;
+export const DEFAULT_REFUSAL_PARTY_ROWS = 1024;
+/** Every overflow row's key starts so: the unauthenticated one, a party's (`${OVERFLOW}\0${party}`) and the parties' backstop. */
 const OVERFLOW = '\0overflow';
+const OVERFLOW_PARTIES = '\0overflow\0\0parties';
+
+/**
+ * Whose refusal it is, for the key budgets; none: unauthenticated (the shared budget).
+ * `access-key`: the access key id (held by the daemon: SigV4Error.keyHeld). `principal`: the
+ * caller's ARN, or `uid:N` for a local user.
+ */
+export type RefusalParty = { kind: 'access-key'; id: string } | { kind: 'principal'; id: string };
+
+/** A party's use of its budget this window: its keys (its overflow row not counted). */
+interface PartyUse { keys: number }
 
 export class RefusalAggregator {
   private rows = new Map<string, Row>();
+  /** This window's parties, and their rows together (keys and overflow rows). */
+  private parties = new Map<string, PartyUse>();
+  private partyRows = 0;
+  /** Unauthenticated keys this window (the shared budget). */
+  private sharedKeys = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly windowMs: number;
   private readonly maxKeys: number;
+  private readonly maxKeysPerAccessKey: number;
+  private readonly maxKeysPerPrincipal: number;
+  private readonly maxPartyRows: number;
   private readonly burst: number;
   private readonly clock: () => number;
 
   constructor(private readonly o: RefusalAggregatorOptions) {
     this.windowMs = o.windowMs ?? DEFAULT_REFUSAL_WINDOW_MS;
     this.maxKeys = o.maxKeys ?? DEFAULT_REFUSAL_KEYS;
+    this.maxKeysPerAccessKey = o.maxKeysPerAccessKey ?? DEFAULT_REFUSAL_KEYS_PER_ACCESS_KEY;
+    this.maxKeysPerPrincipal = o.maxKeysPerPrincipal ?? DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL;
+    this.maxPartyRows = o.maxPartyRows ?? DEFAULT_REFUSAL_PARTY_ROWS;
     this.burst = o.burst ?? DEFAULT_REFUSAL_BURST;
     this.clock = o.clock ?? Date.now;
   }
 
   /**
-   * Record one refusal. Resolves when its event is written (within the
-   * burst) or counted (a repeat past it). `event` is built only when it will be used.
+   * Record one refusal of `party` (none: unauthenticated). Resolves when its event is written (within
+   * the burst) or counted (a repeat past it). `event` is built only when it will be used.
    */
-  add(key: string, event: () => Record<string, unknown>): Promise<void> {
+  add(key: string, event: () => Record<string, unknown>, party?: RefusalParty): Promise<void> {
     const now = this.clock();
-    let k = key;
-    if (!this.rows.has(k) && this.rows.size >= this.maxKeys) k = OVERFLOW;
+    // A party's keys are apart from the shared ones and from other parties', whatever the caller put in `key`.
+    const own = party ? _partyKey(party, key) : key;
+    const k = this.rows.has(own) ? own : this.slot(own, party);
+    const overflow = k.startsWith(OVERFLOW);
     const row = this.rows.get(k);
-    if (row && k !== OVERFLOW && row.written < this.burst) {
+    if (row && !overflow && row.written < this.burst) {
       row.written++;
       return this.o.write(event());
     }
@@ -78,15 +135,37 @@ export class RefusalAggregator {
       return Promise.resolve();
     }
     const ev = event();
-    if (k === OVERFLOW) {
+    this.arm();
+    if (overflow) {
       ev.eventName = 'RefusalsOverflow';
       this.rows.set(k, { last: ev, count: 1, written: 0, firstTime: now, lastTime: now });
-      this.arm();
       return Promise.resolve();
     }
     this.rows.set(k, { last: ev, count: 0, written: 1, firstTime: now, lastTime: now });
-    this.arm();
     return this.o.write(ev);
+  }
+
+  /**
+   * The row a new key (`own`, as add() names it) goes to: its own while its budget lasts, else its
+   * budget's overflow row. Counts what it takes.
+   */
+  private slot(own: string, party: RefusalParty | undefined): string {
+    if (!party) {
+      if (this.sharedKeys >= this.maxKeys) return OVERFLOW;
+      this.sharedKeys++;
+      return own;
+    }
+    const id = `${party.kind}\0${party.id}`;
+    const use = this.parties.get(id) ?? { keys: 0 };
+    const full = use.keys >= (party.kind === 'access-key' ? this.maxKeysPerAccessKey : this.maxKeysPerPrincipal);
+    const k = full ? `${OVERFLOW}\0${id}` : own;
+    if (full && this.rows.has(k)) return k;
+    // A new row: the party's next key, or its overflow row.
+    if (this.partyRows >= this.maxPartyRows) return OVERFLOW_PARTIES;
+    this.partyRows++;
+    if (!full) use.keys++;
+    this.parties.set(id, use);
+    return k;
   }
 
   /**
@@ -99,11 +178,14 @@ export class RefusalAggregator {
     this.timer = undefined;
     const rows = [...this.rows.entries()];
     this.rows = new Map();
+    this.parties = new Map();
+    this.partyRows = 0;
+    this.sharedKeys = 0;
     const writes: Promise<void>[] = [];
     for (const [k, r] of rows) {
       if (r.count === 0) continue;
       const ev: Record<string, unknown> = { ...r.last, eventID: randomUUID() };
-      if (k === OVERFLOW) ev.eventName = 'RefusalsOverflow';
+      if (k.startsWith(OVERFLOW)) ev.eventName = 'RefusalsOverflow';
       const extra = (ev.additionalEventData && typeof ev.additionalEventData === 'object' ? ev.additionalEventData : {}) as Record<string, unknown>;
       ev.additionalEventData = {
         ...extra,
@@ -132,4 +214,9 @@ export class RefusalAggregator {
     this.timer = setTimeout(() => { this.timer = undefined; void this.flush().catch(() => {}); }, this.windowMs);
     this.timer.unref();
   }
+}
+
+/** A party's key in the table: apart from the shared keys and from every other party's. */
+function _partyKey(party: RefusalParty, key: string): string {
+  return `\0${party.kind}\0${party.id}\0${key}`;
 }

@@ -19,6 +19,13 @@ const NAMES: Record<SigV4Refusal, { json: string; query: string; queryStatus: nu
 export class SigV4Error extends EbsdError {
   /** The access key id the request named, if it got that far (for the audit record). */
   readonly accessKeyId: string | undefined;
+  /**
+   * Set by the verifier: `accessKeyId` names a key this service holds (a long-term key in its store,
+   * active or not, or a session whose token the HSM authenticated). Not proof that the request is its
+   * holder's (the signature did not verify), but not a made-up id either: the refusal audit keeps a
+   * budget of its own for each such key (src/kms/audit/refusal-aggregator.ts).
+   */
+  keyHeld = false;
   constructor(readonly refusal: SigV4Refusal, message: string, accessKeyId?: string) {
     super(NAMES[refusal].code, message, { awsName: NAMES[refusal].json });
     this.accessKeyId = accessKeyId;

@@ -49,6 +49,12 @@ export interface VerifierOptions<P> {
    * is hashed and a claimed UNSIGNED-PAYLOAD does not match it.
    */
   unsignedPayload?: (method: string, target: string) => { mustSign: readonly string[]; mustSignWhenPresent?: readonly string[] } | undefined;
+  /**
+   * Whether `accessKeyId` names a key the service holds, without deriving anything (a map lookup):
+   * marks a refusal SigV4Error.keyHeld. A session key (stateless) is held only once its token has
+   * authenticated in the HSM, which the verifier knows itself; so this answers for long-term keys.
+   */
+  holdsKey?: (accessKeyId: string) => boolean;
 }
 
 export interface Verified<P> {
@@ -92,8 +98,18 @@ export class SigV4Verifier<P> {
     this.now = opts.now ?? (() => clock.now());
   }
 
-  /** The credential scope's service for a request, or a refusal. */
-  async verify(req: WireRequest): Promise<Verified<P>> {
+  /** The credential scope's service for a request, or a refusal (SigV4Error, keyHeld set when it is). */
+  verify(req: WireRequest): Promise<Verified<P>> {
+    const derived = { done: false };
+    return this.check(req, derived).catch((e: unknown) => {
+      // The signing key derived: the key is held, and a session's token authenticated in the HSM.
+      if (e instanceof SigV4Error && e.accessKeyId !== undefined && (derived.done || this.opts.holdsKey?.(e.accessKeyId) === true)) e.keyHeld = true;
+      throw e;
+    });
+  }
+
+  /** verify(), setting `derived.done` once the credential's signing key is in hand. */
+  private async check(req: WireRequest, derived: { done: boolean }): Promise<Verified<P>> {
     const headers = headerMap(req.headers);
     const auth = headers.get('authorization');
     if (auth === undefined || auth === '') {
@@ -163,6 +179,7 @@ export class SigV4Verifier<P> {
     const canonical = canonicalRequest(req, p.signedHeaders, payloadHash, headers);
     const sts = stringToSign(amzDate, `${p.date}/${p.region}/${p.service}/aws4_request`, canonical);
     const expected = await this.expectedSignature(cred, p.date, p.region, p.service, now, sts);
+    derived.done = true;
     const given = Buffer.from(p.signature, 'hex');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
       throw new SigV4Error('InvalidSignature', 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.', p.accessKeyId);

@@ -102,6 +102,13 @@ export class StsService {
     };
   };
 
+  /**
+   * Whether `id` names a long-term access key in the store, active or not (the verifier's holdsKey). A
+   * session's key is stateless (its token carries it): held only once the token authenticates in the
+   * HSM, which the verifier sees itself; ExpiredToken is decided before that, so it proves nothing.
+   */
+  readonly holdsAccessKey = (id: string): boolean => !id.startsWith('ASIA') && this.keys.forSigning(id) !== undefined;
+
   getCallerIdentity(caller: Caller): { UserId: string; Account: string; Arn: string } {
     return { UserId: caller.principalId ?? caller.accountId, Account: caller.accountId, Arn: caller.arn };
   }
