@@ -347,6 +347,8 @@ function stsError(e: unknown): { status: number; code: string; message: string }
   if (e instanceof SigV4Error) return { status: e.queryStatus, code: e.queryCode, message: e.message };
   if (e instanceof StsError) return { status: e.status, code: e.awsName!, message: e.message };
   if (e instanceof BodyTooLarge) return { status: 413, code: 'RequestEntityTooLarge', message: e.message };
+  // STS throttles with 400 `Throttling` (Sender), not KMS's ThrottlingException; SDKs retry on either code.
+  if (e instanceof ConnectionThrottledError) return { status: 400, code: 'Throttling', message: e.message };
   return { status: 500, code: 'InternalFailure', message: 'An internal error occurred.' };
 }
 

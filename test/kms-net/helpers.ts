@@ -142,11 +142,24 @@ export async function signedBytes(url: URL, key: AccessKey, op: string, body: st
   return Buffer.concat([Buffer.from(`${head}\r\n`), Buffer.from(body)]);
 }
 
+/** An STS request (AWS Query protocol) as signedBytes makes a KMS one: `Action=<action>` and `params`, signed for service `sts`. */
+export async function signedStsBytes(url: URL, key: AccessKey, action: string, params: Record<string, string> = {}): Promise<Buffer> {
+  const signer = new SignatureV4({ credentials: { accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey }, region: 'us-east-1', service: 'sts', sha256: Sha256 });
+  const body = new URLSearchParams({ Action: action, Version: '2011-06-15', ...params }).toString();
+  const r = await signer.sign({
+    method: 'POST', protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: '/', query: {},
+    headers: { host: url.host, 'content-type': 'application/x-www-form-urlencoded; charset=utf-8', 'content-length': String(Buffer.byteLength(body)) }, body,
+  });
+  let head = 'POST / HTTP/1.1\r\n';
+  for (const [k, v] of Object.entries(r.headers)) head += `${k}: ${v}\r\n`;
+  return Buffer.concat([Buffer.from(`${head}\r\n`), Buffer.from(body)]);
+}
+
 /** Reads `n` HTTP/1.1 answers (Content-Length framed) from `s`, in the order they come. */
-export function answers(s: Socket, n: number): Promise<{ status: number; body: any }[]> {
+export function answers(s: Socket, n: number): Promise<{ status: number; body: any; text: string }[]> {
   return new Promise((resolve, reject) => {
     let buf = Buffer.alloc(0);
-    const out: { status: number; body: any }[] = [];
+    const out: { status: number; body: any; text: string }[] = [];
     s.on('data', (c: Buffer) => {
       buf = Buffer.concat([buf, c]);
       for (;;) {
@@ -155,7 +168,9 @@ export function answers(s: Socket, n: number): Promise<{ status: number; body: a
         const head = buf.subarray(0, end).toString('latin1');
         const len = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
         if (buf.length < end + 4 + len) return;
-        out.push({ status: Number(head.slice(9, 12)), body: JSON.parse(buf.subarray(end + 4, end + 4 + len).toString('utf8') || '{}') });
+        // JSON answers (KMS) parsed; XML ones (STS) only as text.
+        const text = buf.subarray(end + 4, end + 4 + len).toString('utf8');
+        out.push({ status: Number(head.slice(9, 12)), body: /content-type: *text\/xml/i.test(head) ? {} : JSON.parse(text || '{}'), text });
         buf = buf.subarray(end + 4 + len);
         if (out.length === n) { resolve(out); return; }
       }

@@ -13,7 +13,7 @@ import { request } from 'node:http';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSClient, ListKeysCommand, type KMSServiceException } from '@aws-sdk/client-kms';
-import { FRONT_THREADS, KMS_ADMIN_POLICY, answers, auditEvents, makeAccessKey, signedBytes, startKmsDaemon } from './helpers.js';
+import { FRONT_THREADS, KMS_ADMIN_POLICY, answers, auditEvents, makeAccessKey, signedBytes, signedStsBytes, startKmsDaemon } from './helpers.js';
 import { MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/kms-transport.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { poll } from '../helpers/poll.js';
@@ -299,5 +299,25 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     s.destroy();
     const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.4' && e.errorMessage === 'connection refused: in-flight-limit'), POLL);
     expect(ev.additionalEventData.aggregated.count).toBe(N - MAX_IN_FLIGHT_PER_CONNECTION);
+  }, 60_000);
+
+  it('the same on STS: the requests past the cap are 400 Throttling in STS\'s XML (Sender), as STS throttles, not 500 InternalFailure', async () => {
+    const N = 48;
+    const s = connect({ host: url.hostname, port: Number(url.port), localAddress: '127.0.0.5' });
+    flood.push(s);
+    await new Promise<void>((r, j) => { s.once('connect', r); s.once('error', j); });
+    const { key } = await makeAccessKey(env, 'sts-pipeliner', KMS_ADMIN_POLICY);
+    const one = await signedStsBytes(url, key, 'GetCallerIdentity');
+    const got = answers(s, N);
+    s.write(Buffer.concat(Array.from({ length: N }, () => one)));
+    const replies = await got;
+    expect(replies.slice(0, MAX_IN_FLIGHT_PER_CONNECTION).every((a) => a.status === 200 && a.text.includes('<GetCallerIdentityResult>'))).toBe(true);
+    const refused = replies.slice(MAX_IN_FLIGHT_PER_CONNECTION);
+    expect(refused.length).toBe(N - MAX_IN_FLIGHT_PER_CONNECTION);
+    for (const a of refused) {
+      expect(a.status).toBe(400);
+      expect(a.text).toMatch(/<Type>Sender<\/Type><Code>Throttling<\/Code><Message>[^<]*in flight on this connection[^<]*<\/Message>/);
+    }
+    s.destroy();
   }, 60_000);
 });
