@@ -39,6 +39,26 @@ export interface CollectableStore extends SnapshotStore {
  */
 export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
 
+/**
+ * A block's delete is sent only this long after the request that read its age
+ * was sent, and abandoned (AbortSignal) when the window runs out: S3 has no
+ * delete conditional on age, so a host that touched the block after that read
+ * (a create that found it) learns it is safe by asking again once the window
+ * has surely passed (FOUND_RECHECK_MS; docs/architecture.md §13.3). An age
+ * read that came back late keeps its block to the next sweep.
+ */
+export const DEFAULT_DELETE_WINDOW_MS = 5_000;
+
+/**
+ * How long after its last touch a create (or copy) on a shared store waits
+ * before it asks again for the blocks it found rather than put: the delete
+ * window, plus as much again for a delete already received by the store when
+ * its sender gave up (the store acts on a request within milliseconds; five
+ * seconds is the margin). A block present then is past every collector
+ * decision made before the touch (docs/architecture.md §13.3).
+ */
+export const FOUND_RECHECK_MS = 2 * DEFAULT_DELETE_WINDOW_MS;
+
 /** Store requests (age lookups, deletes, presence checks) in flight at once: S3 answers each in one round trip. */
 export const STORE_REQUESTS_IN_FLIGHT = 16;
 
@@ -51,6 +71,8 @@ export const MARK_READERS = 4;
 
 export interface SnapshotGcOptions {
   graceMs?: number;
+  /** DEFAULT_DELETE_WINDOW_MS unless given (tests shorten it); a store's readers must wait longer (FOUND_RECHECK_MS). */
+  deleteWindowMs?: number;
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
   now?: () => number;
   /**
@@ -93,7 +115,10 @@ export interface BlockPin {
  * after the second mark, just before its delete (one request each on S3):
  * the ages that chose the candidates may be minutes old, and a block another
  * daemon put or touched since, for a snapshot whose pending manifest does not
- * name it yet, is young again and kept.
+ * name it yet, is young again and kept. That delete is sent within
+ * deleteWindowMs of the age request, or not at all, so a daemon that touched
+ * the block just after the read learns by asking again FOUND_RECHECK_MS later
+ * (docs/architecture.md §13.3, rule 5).
  *
  * Pins: an operation pins a block before it checks for it or relies on it
  * (`await gc.pin(hashes)`): pin() waits for a delete of that block already
@@ -102,6 +127,7 @@ export interface BlockPin {
  */
 export class SnapshotGc {
   readonly graceMs: number;
+  readonly deleteWindowMs: number;
   private readonly now: () => number;
   private readonly log: Logger;
   private readonly live: () => Iterable<BlockHash>;
@@ -114,6 +140,7 @@ export class SnapshotGc {
 
   constructor(private readonly store: CollectableStore, opts: SnapshotGcOptions = {}) {
     this.graceMs = opts.graceMs ?? DEFAULT_GC_GRACE_MS;
+    this.deleteWindowMs = opts.deleteWindowMs ?? DEFAULT_DELETE_WINDOW_MS;
     this.now = opts.now ?? Date.now;
     this.log = opts.log ?? silentLogger;
     this.live = opts.live ?? (() => []);
@@ -229,10 +256,17 @@ export class SnapshotGc {
       const deleteBlocks = this.store.deleteBlocks?.bind(this.store);
       if (deleteBlocks) {
         const unmarked = doomed.filter((h) => !marked.refs.has(h));
+        const asked = performance.now();
         const agesNow = await this.agesOf(unmarked);
+        // Ages read longer ago than the delete window are stale: kept, for the next sweep.
+        const late = performance.now() - asked >= this.deleteWindowMs;
         // Pins are checked last, synchronously before the delete starts; pin() waits for it.
         const go = unmarked.filter((h) => {
           if (!stillOld(agesNow.get(h))) return false;
+          if (late) {
+            keptYoung++;
+            return false;
+          }
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;
             return false;
@@ -252,16 +286,30 @@ export class SnapshotGc {
       } else {
         await inParallel(doomed, STORE_REQUESTS_IN_FLIGHT, async (h) => {
           if (marked.refs.has(h)) return;
+          const asked = performance.now();
           if (!stillOld(await this.store.blockModifiedMs(h))) return;
           // Pins are checked last, synchronously before the delete starts; pin() waits for it.
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;
             return;
           }
-          const p = this.store.deleteBlock(h);
+          // The delete lands within the window of the age read, or not at all: a host that touched the
+          // block since asks again only after the window (FOUND_RECHECK_MS), and then finds it or not.
+          const left = this.deleteWindowMs - (performance.now() - asked);
+          if (left <= 0) {
+            keptYoung++;
+            return;
+          }
+          const signal = AbortSignal.timeout(Math.ceil(left));
+          const p = this.store.deleteBlock(h, { signal });
           this.deleting.set(h, p.catch(() => {}));
           try {
             await p;
+          } catch (e) {
+            // Given up at the window's end: maybe deleted, maybe not; a later sweep sees which.
+            if (!signal.aborted) throw e;
+            keptYoung++;
+            return;
           } finally {
             this.deleting.delete(h);
           }

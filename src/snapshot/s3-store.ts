@@ -225,9 +225,9 @@ export class S3SnapshotStore implements CollectableStore {
     }
   }
 
-  async deleteBlock(hash: BlockHash): Promise<void> {
+  async deleteBlock(hash: BlockHash, opts: { signal?: AbortSignal } = {}): Promise<void> {
     checkBlockHash(hash);
-    await this.deleteKey(this.key('blocks', hash));
+    await this.deleteKey(this.key('blocks', hash), opts.signal);
   }
 
   async *listBlocks(): AsyncIterable<BlockHash> {
@@ -384,10 +384,10 @@ export class S3SnapshotStore implements CollectableStore {
     await this.bucketAsk;
   }
 
-  private async deleteKey(key: string): Promise<void> {
+  private async deleteKey(key: string, signal?: AbortSignal): Promise<void> {
     try {
-      // S3 answers 204 for an absent key too.
-      await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+      // S3 answers 204 for an absent key too. An aborted signal ends the attempt under way and the retries.
+      await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }), signal ? { abortSignal: signal } : {});
     } catch (e) {
       throw this.fail('DeleteObject', key, e);
     }

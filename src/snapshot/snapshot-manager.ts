@@ -24,7 +24,7 @@ import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } 
 import { FilterBudget } from '../util/ec2-filter.js';
 import { openImageDataReader, readImageHeader, type ImageDataReader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
-import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
+import { FOUND_RECHECK_MS, MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { skipCorrupt, summaryOf } from './manifest-check.js';
 import { systemClock, withTimeout, type Clock } from '../util/clock.js';
@@ -80,6 +80,8 @@ export interface SnapshotManagerOptions {
   clock?: Clock;
   /** First wait before such a marker is tried again (doubled each time, up to 5 minutes); default 5 s. */
   markerRetryMs?: number;
+  /** On a shared store, the wait between a create's last touch of a block it found and its asking again (FOUND_RECHECK_MS unless given). */
+  foundRecheckMs?: number;
   /** Opens a create's own read handle on the image (tests hold its reads); default openImageDataReader. */
   openReader?: typeof openImageDataReader;
   /**
@@ -814,10 +816,19 @@ export class SnapshotManager {
         blocks,
         changedBlocks,
       };
-      // A block found in the store was touched, not put: on a store other daemons collect, one of
-      // them may have freed it since (its age read just before our touch). Asked again, one request
-      // each, so the completed manifest never names a block that is gone: the create fails instead.
-      if (!this.o.store.singleWriter) await this.checkFound(m.snapshotId, headerFound ? [...res.found, headerHash] : [...res.found]);
+      // A block found in the store (or inherited) was touched, not put: on a store other daemons
+      // collect, one of them may have read its age just before our touch and delete it after. Its
+      // delete lands within its window of that read or never (gc.ts): asked again once the window
+      // has passed since our last touch (the end of the copy), one request each, so the completed
+      // manifest never names a block that is gone: the create fails instead. Inherited blocks are
+      // safe while the parent's manifest still exists then (a collector deletes them only after
+      // removing it, and our pending manifest names them since); otherwise each is asked too.
+      if (!this.o.store.singleWriter) {
+        const found = headerFound ? [...res.found, headerHash] : [...res.found];
+        if (found.length || inherited.size) await new Promise((r) => setTimeout(r, Math.max(0, t1 + (this.o.foundRecheckMs ?? FOUND_RECHECK_MS) - performance.now())));
+        if (inherited.size && !(await this.o.store.getManifest(parent!.snapshotId))) found.push(...new Set(inherited.values()));
+        await this.checkFound(m.snapshotId, found);
+      }
       // Every block is durable (putBlock resolved); the event, then the manifest that names them and shows it completed.
       await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
       faultPoint('snapshot.after-completed-event');

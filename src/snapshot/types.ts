@@ -124,8 +124,12 @@ export interface SnapshotStore {
    * present block is put again.
    */
   touchBlock?(hash: BlockHash): Promise<boolean>;
-  /** Absent is not an error. */
-  deleteBlock(hash: BlockHash): Promise<void>;
+  /**
+   * Absent is not an error. `signal`: a store that deletes over the network
+   * gives up when it aborts (the collector's delete window, src/snapshot/gc.ts),
+   * throwing; the delete may have landed or not.
+   */
+  deleteBlock(hash: BlockHash, opts?: { signal?: AbortSignal }): Promise<void>;
   listBlocks(): AsyncIterable<BlockHash>;
   /** Replaces the manifest atomically (readers see the old or the new one), durable when it resolves. */
   putManifest(m: SnapshotManifest): Promise<void>;

@@ -56,6 +56,8 @@ export interface SnapshotHarnessOptions {
   onAudit?: (ev: SnapshotAuditEvent | CopyAuditEvent) => void | Promise<void>;
   /** The SnapshotManager's first wait before a marker is tried again (SnapshotManagerOptions.markerRetryMs). */
   markerRetryMs?: number;
+  /** The SnapshotManager's wait before it asks again for the blocks a create found (SnapshotManagerOptions.foundRecheckMs). */
+  foundRecheckMs?: number;
 }
 
 /**
@@ -111,7 +113,7 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
     const volumes: SnapshotVolumes = wrapDevice
       ? { withVolumeForSnapshot: (id, fn) => m.withVolumeForSnapshot(id, (v) => fn(v.device ? { ...v, device: wrapDevice(v.device) } : v)), describeVolumes: () => m.describeVolumes() }
       : m;
-    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333', ...(o.openReader ? { openReader: o.openReader } : {}), ...(o.onAudit ? { onAudit: o.onAudit } : {}), ...(o.markerRetryMs !== undefined ? { markerRetryMs: o.markerRetryMs } : {}) });
+    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333', ...(o.openReader ? { openReader: o.openReader } : {}), ...(o.onAudit ? { onAudit: o.onAudit } : {}), ...(o.markerRetryMs !== undefined ? { markerRetryMs: o.markerRetryMs } : {}), ...(o.foundRecheckMs !== undefined ? { foundRecheckMs: o.foundRecheckMs } : {}) });
     snaps = sm;
     const restore = new SnapshotRestore({ store, volumes: m, hold: (id) => sm!.hold(id) });
     const copier = await SnapshotCopier.open({
