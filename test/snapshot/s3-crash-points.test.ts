@@ -4,9 +4,13 @@
  * after the restart every snapshot is `completed` or `error` (none left
  * `pending`), no manifest names a block the store lacks, a sweep frees what
  * the killed operations left unnamed, and the snapshots that completed
- * restore to their data.
+ * restore to their data. And S3 answering 500 (s3-server.mjs `fail-puts`) to
+ * a create's block PUTs or to its pending manifest: the snapshot ends
+ * `error`, or CreateSnapshot is refused, naming S3's error; nothing shows
+ * completed, the volume reads as before.
  */
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
@@ -150,5 +154,63 @@ describe('SIGKILL at each snapshot fault point, S3 store', () => {
     expect(got.equals(data)).toBe(true);
     await env.untilClosed(restored.VolumeId);
     await env.api('ebsd.DetachVolume', { VolumeId: restored.VolumeId, Force: false });
+  }, 120_000);
+
+  it('S3 answers 500 to every block PUT mid-create: the snapshot ends error naming S3\'s error, names no block, the volume reads as before; once S3 answers, a snapshot completes', async () => {
+    await server.failPuts(`${PREFIX}/blocks/`);
+    let s: any;
+    try {
+      // Data the store has none of yet, so the create must put blocks.
+      await env.api('ebsd.AttachVolume', { VolumeId: vol });
+      const fd = openSync(env.file(vol), 'r+');
+      try {
+        writeSync(fd, randomBytes(MiB), 0, MiB, 2 * MiB);
+      } finally {
+        closeSync(fd);
+      }
+      await env.untilClosed(vol);
+      await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+      s = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    } finally {
+      await server.failPuts(undefined);
+    }
+    expect(s.State).toBe('error');
+    expect(s.StateMessage).toMatch(/InternalError/);
+    expect((await store.getManifest(s.SnapshotId))!).toMatchObject({ state: 'error', blocks: [] });
+    await expectConsistent(false);
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
+    const fd = openSync(env.file(vol), 'r');
+    const got = Buffer.alloc(data.length);
+    try {
+      readSync(fd, got, 0, got.length, 0);
+    } finally {
+      closeSync(fd);
+    }
+    expect(got.equals(data)).toBe(true);
+    await env.untilClosed(vol);
+    await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+    const again = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId);
+    expect(again.State).toBe('completed');
+    await expectConsistent(false);
+  }, 120_000);
+
+  it('S3 answers 500 to the pending manifest\'s PUT: CreateSnapshot is refused naming S3\'s error; once S3 answers, the marker is settled and no snapshot shows', async () => {
+    await server.failPuts(`${PREFIX}/manifests/`);
+    const before = new Set(await store.listManifestIds());
+    let refused: unknown;
+    try {
+      refused = await env.api('ebsd.CreateSnapshot', { VolumeId: vol }).then(() => undefined, (e: unknown) => e);
+    } finally {
+      await server.failPuts(undefined);
+    }
+    expect((refused as Error | undefined)?.message).toMatch(/PutObject .*manifests\/snap-[0-9a-f]{17}\.json failed: InternalError \(HTTP 500\)/);
+    // The marker is retried in the background (first after 5 s): polled until it is gone.
+    const markers = join(env.state, 'snapshots-local', 'pending');
+    for (let i = 0; readdirSync(markers).some((n) => n.startsWith('snap-')); i++) {
+      if (i > 1500) throw new Error(`markers left: ${readdirSync(markers).join(', ')}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect((await store.listManifestIds()).filter((x) => !before.has(x))).toEqual([]);
+    expect((await env.api('ebsd.DescribeSnapshots', {})).Snapshots.filter((x: { SnapshotId: string }) => !before.has(x.SnapshotId))).toEqual([]);
   }, 120_000);
 });

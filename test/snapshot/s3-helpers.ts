@@ -16,6 +16,8 @@ export interface S3Server {
   env: Record<string, string>;
   /** Accept these credentials too (e.g. a host's access key that also signs its KMS calls). */
   addAccessKey(accessKeyId: string, secretAccessKey: string): Promise<void>;
+  /** Every PUT of a key starting with `prefix` fails with HTTP 500 InternalError from now on; undefined stops it. */
+  failPuts(prefix: string | undefined): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -59,6 +61,11 @@ export async function startS3Server(bucket = 'ebsd-snapshots'): Promise<S3Server
         child.stdin!.write(`${id} ${secret}\n`);
         const l = await nextLine();
         if (l !== `added ${id}`) throw new Error(`s3rver did not add the key: ${l}`);
+      },
+      failPuts: async (prefix) => {
+        child.stdin!.write(`fail-puts ${prefix ?? '-'}\n`);
+        const l = await nextLine();
+        if (l !== `fail-puts ${prefix ?? '-'}`) throw new Error(`s3rver did not take fail-puts: ${l}`);
       },
       stop,
     };
