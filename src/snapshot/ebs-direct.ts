@@ -7,7 +7,7 @@ import { wipe } from '../util/wipe.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
-import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
+import { FOUND_RECHECK_MS, STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { PendingMarkers } from './pending-markers.js';
 import { MANIFEST_MAX_BYTES, isSnapshotId } from './manifest-check.js';
@@ -151,6 +151,8 @@ export interface EbsDirectOptions {
   maxManifestBytes?: number;
   /** Blocks of completed manifests kept in memory (MANIFEST_CACHE_BLOCKS); tests set fewer. */
   manifestCacheBlocks?: number;
+  /** On a shared store, the wait between the last put and CompleteSnapshot's check of the blocks (FOUND_RECHECK_MS unless given). */
+  foundRecheckMs?: number;
   /**
    * EBS encryption by default is disabled: StartSnapshot makes an unencrypted snapshot when
    * Encrypted is not true and the parent (if any) is unencrypted. Off by default, so every
@@ -195,6 +197,8 @@ interface Pending {
   saving: Promise<void>;
   /** CompleteSnapshot is writing the manifest: puts are refused, the snapshot is not swept. */
   completing: boolean;
+  /** performance.now() after the last put (the header's, then each block's): CompleteSnapshot on a shared store asks again only FOUND_RECHECK_MS after it. */
+  lastPutMs: number;
 }
 
 export class EbsDirect {
@@ -525,7 +529,7 @@ export class EbsDirect {
       manifest, blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
       written: new Map(), inflight: new Set(),
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
-      dirty: false, saving: Promise.resolve(), completing: false,
+      dirty: false, saving: Promise.resolve(), completing: false, lastPutMs: performance.now(),
     });
     this._armSweep();
     const response = {
@@ -584,6 +588,7 @@ export class EbsDirect {
       if (!p.blocks.has(i.BlockIndex)) p.blockBytes += manifestEntryBytes(i.BlockIndex);
       p.blocks.set(i.BlockIndex, hash);
       p.written.set(i.BlockIndex, digest);
+      p.lastPutMs = performance.now();
       // One pin per index: the block this index held before is no longer this snapshot's.
       p.pins.get(i.BlockIndex)?.release();
       if (pin) p.pins.set(i.BlockIndex, pin);
@@ -638,7 +643,7 @@ export class EbsDirect {
     };
     try {
       await p.saving; // a pending save in progress lands first, never after `completed`
-      await this._checkPresent(p);
+      await this._checkPresent(p, await this._pastOtherCollectors(p));
       await this.o.store.putManifest(m);
     } catch (e) {
       p.completing = false;
@@ -653,9 +658,33 @@ export class EbsDirect {
     return { Status: 'completed' };
   }
 
-  /** Every block written to `p` and its header are in the store; InternalServerException naming the missing ones otherwise. */
-  private async _checkPresent(p: Pending): Promise<void> {
-    const want = new Map<BlockHash, number[]>();
+  /**
+   * On a store other hosts collect: a block this snapshot put may have been an orphan whose age another host's
+   * collector read just before our put, its delete landing just after; that delete lands within the collector's
+   * window of its read or never (gc.ts). So the check waits until FOUND_RECHECK_MS after our last put. The parent's
+   * blocks are safe while its manifest exists (a collector frees them only after removing it, and our pending
+   * manifest names them since StartSnapshot); a parent deleted meanwhile has them touched now and asked again
+   * after the wait too (docs/architecture.md §13.3, rule 5). Returns those inherited indexes to check, by hash.
+   */
+  private async _pastOtherCollectors(p: Pending): Promise<Map<BlockHash, number[]>> {
+    const inherited = new Map<BlockHash, number[]>();
+    if (this.o.store.singleWriter) return inherited;
+    const parentId = p.manifest.parentSnapshotId;
+    if (parentId && !(await this.o.store.getManifest(parentId))) {
+      for (const [x, h] of p.blocks) if (!p.written.has(x)) inherited.set(h, [...(inherited.get(h) ?? []), x]);
+      const touch = this.o.store.touchBlock?.bind(this.o.store);
+      // A block gone already fails the check below; one present is young from here on.
+      if (touch) await inParallel([...inherited.keys()], STORE_REQUESTS_IN_FLIGHT, async (h) => void (await touch(h)));
+      p.lastPutMs = performance.now();
+    }
+    const wait = p.lastPutMs + (this.o.foundRecheckMs ?? FOUND_RECHECK_MS) - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    return inherited;
+  }
+
+  /** Every block written to `p` (and `inherited`) and its header are in the store; InternalServerException naming the missing ones otherwise. */
+  private async _checkPresent(p: Pending, inherited: Map<BlockHash, number[]> = new Map()): Promise<void> {
+    const want = new Map<BlockHash, number[]>(inherited);
     for (const x of p.written.keys()) {
       const h = p.blocks.get(x)!;
       want.set(h, [...(want.get(h) ?? []), x]);
