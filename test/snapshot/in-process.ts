@@ -56,6 +56,8 @@ export interface SnapshotHarnessOptions {
   onAudit?: (ev: SnapshotAuditEvent | CopyAuditEvent) => void | Promise<void>;
   /** The SnapshotManager's first wait before a marker is tried again (SnapshotManagerOptions.markerRetryMs). */
   markerRetryMs?: number;
+  /** Where the directory store lives (default `<temp>/snapshots`): a test may give a small filesystem of its own. */
+  snapshotsDir?: string;
   /** The SnapshotManager's wait before it asks again for the blocks a create found (SnapshotManagerOptions.foundRecheckMs). */
   foundRecheckMs?: number;
 }
@@ -98,7 +100,7 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
   let snaps: SnapshotManager | undefined;
   try {
     kms = await kmsHarness(join(t.dir, 'kms'));
-    const store = await DirSnapshotStore.open(join(t.dir, 'snapshots'), { removeTemps: true });
+    const store = await DirSnapshotStore.open(o.snapshotsDir ?? join(t.dir, 'snapshots'), { removeTemps: true });
     const gc = new SnapshotGc(store, { graceMs: 0 });
     let sm: SnapshotManager | undefined;
     const m = await openTestManager(t.dir, kms, {
