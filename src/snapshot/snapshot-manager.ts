@@ -825,7 +825,11 @@ export class SnapshotManager {
       // removing it, and our pending manifest names them since); otherwise each is asked too.
       if (!this.o.store.singleWriter) {
         const found = headerFound ? [...res.found, headerHash] : [...res.found];
-        if (found.length || inherited.size) await new Promise((r) => setTimeout(r, Math.max(0, t1 + (this.o.foundRecheckMs ?? FOUND_RECHECK_MS) - performance.now())));
+        if (found.length || inherited.size) {
+          // Every block is read: the copy-on-write session and the read handle go now, not after the wait.
+          await close();
+          await new Promise((r) => setTimeout(r, Math.max(0, t1 + (this.o.foundRecheckMs ?? FOUND_RECHECK_MS) - performance.now())));
+        }
         if (inherited.size && !(await this.o.store.getManifest(parent!.snapshotId))) found.push(...new Set(inherited.values()));
         await this.checkFound(m.snapshotId, found);
       }
