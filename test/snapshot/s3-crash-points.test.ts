@@ -194,7 +194,7 @@ describe('SIGKILL at each snapshot fault point, S3 store', () => {
     await expectConsistent(false);
   }, 120_000);
 
-  it('S3 answers 500 to the pending manifest\'s PUT: CreateSnapshot is refused naming S3\'s error; once S3 answers, the marker is settled and no snapshot shows', async () => {
+  it('S3 answers 500 to the pending manifest\'s PUT: CreateSnapshot is refused naming S3\'s error; once S3 answers, the marker is settled, no snapshot shows, and the next create completes', async () => {
     await server.failPuts(`${PREFIX}/manifests/`);
     const before = new Set(await store.listManifestIds());
     let refused: unknown;
@@ -212,5 +212,7 @@ describe('SIGKILL at each snapshot fault point, S3 store', () => {
     }
     expect((await store.listManifestIds()).filter((x) => !before.has(x))).toEqual([]);
     expect((await env.api('ebsd.DescribeSnapshots', {})).Snapshots.filter((x: { SnapshotId: string }) => !before.has(x.SnapshotId))).toEqual([]);
+    // The refused create holds nothing of the volume: the next one completes.
+    expect((await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId)).State).toBe('completed');
   }, 120_000);
 });
