@@ -258,8 +258,10 @@ export class SnapshotGc {
         const unmarked = doomed.filter((h) => !marked.refs.has(h));
         const asked = performance.now();
         const agesNow = await this.agesOf(unmarked);
-        // Ages read longer ago than the delete window are stale: kept, for the next sweep.
-        const late = performance.now() - asked >= this.deleteWindowMs;
+        // Ages read longer ago than the delete window are stale: kept, for the next sweep. Not on a store only this
+        // daemon writes (the directory store): no other host touches its blocks, and its pins cover this one's
+        // writers, so a long sweep of a large store is not made to keep everything.
+        const late = !this.store.singleWriter && performance.now() - asked >= this.deleteWindowMs;
         // Pins are checked last, synchronously before the delete starts; pin() waits for it.
         const go = unmarked.filter((h) => {
           if (!stillOld(agesNow.get(h))) return false;

@@ -214,7 +214,7 @@ describe.each(stores)('collector on %s', (_name, open) => {
     expect(await store.hasBlock(freed.hash)).toBe(true);
   });
 
-  withStore('a delete is sent only within the delete window of its age read: a late answer keeps the block; an aborted delete leaves it', async (store) => {
+  withStore('a delete is sent only within the delete window of its age read on a shared store: a late answer keeps the block; an aborted delete leaves it', async (store) => {
     const b = block(1024);
     await store.putBlock(b.hash, b.data);
     // Every age request answered after the window (a slow store, a stalled host): nothing is deleted.
@@ -226,6 +226,11 @@ describe.each(stores)('collector on %s', (_name, open) => {
       },
     });
     const r = await new SnapshotGc(slow, { graceMs: 0, deleteWindowMs: 50, now: () => Date.now() + HOUR }).sweep();
+    if (store.singleWriter) {
+      // Only this daemon writes the directory store: no other host's touch to wait out, the block goes.
+      expect(r).toMatchObject({ deleted: 1 });
+      return;
+    }
     expect(r).toMatchObject({ deleted: 0, keptYoung: 1 });
     expect(await store.hasBlock(b.hash)).toBe(true);
     // S3: the window's AbortSignal ends the request (and its retries); the object stays.
