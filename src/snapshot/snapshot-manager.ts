@@ -111,6 +111,8 @@ interface RunningCreate {
   /** Pins on the blocks put or inherited so far: garbage collection spares them until the manifest names them. */
   pins: BlockPin[];
   abort: unknown;
+  /** Ends the wait before the shared store's re-check at once (close()), set only while that wait is under way. */
+  wake?: () => void;
   cow?: CowSession;
   /** performance.now() when CreateSnapshot arrived: the log's split of the snapshot's time. */
   startedMs: number;
@@ -828,7 +830,9 @@ export class SnapshotManager {
         if (found.length || inherited.size) {
           // Every block is read: the copy-on-write session and the read handle go now, not after the wait.
           await close();
-          await new Promise((r) => setTimeout(r, Math.max(0, t1 + (this.o.foundRecheckMs ?? FOUND_RECHECK_MS) - performance.now())));
+          await untilRecheck(run, t1 + (this.o.foundRecheckMs ?? FOUND_RECHECK_MS) - performance.now());
+          // Shutdown during the wait: the create ends `error` as any other under way does, not `completed` seconds later.
+          if (run.abort) throw run.abort;
         }
         if (inherited.size && !(await this.o.store.getManifest(parent!.snapshotId))) found.push(...new Set(inherited.values()));
         await this.checkFound(m.snapshotId, found);
@@ -1028,6 +1032,7 @@ export class SnapshotManager {
     const runs = [...this.running.values()];
     for (const r of runs) {
       r.abort = shutDownDuring();
+      r.wake?.();
       void r.cow?.end();
     }
     // The copy notices the abort at its next block and records the snapshot `error`.
@@ -1086,6 +1091,20 @@ async function readBlock(read: RawReader, i: number, buf: Buffer): Promise<Buffe
 }
 
 const shuttingDown = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });
+/** Resolves `ms` from now, or at once when `run` is aborted (SnapshotManager.close()); the timer never outlives it. */
+function untilRecheck(run: RunningCreate, ms: number): Promise<void> {
+  if (run.abort !== undefined || ms <= 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      run.wake = undefined;
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    run.wake = done;
+  });
+}
+
 const shutDownDuring = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
 
 function sortBlocks(m: ReadonlyMap<number, BlockHash>): [number, BlockHash][] {

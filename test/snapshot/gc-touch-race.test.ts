@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, test } from 'vitest';
 import type { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { openImageDataReader } from '../../src/snapshot/volume-image.js';
 import { SnapshotCopier } from '../../src/snapshot/copy.js';
 import { SnapshotGc, type CollectableStore } from '../../src/snapshot/gc.js';
 import { manifestHashes } from '../../src/snapshot/manifest-check.js';
@@ -106,6 +107,94 @@ describe('a create on one host, a collector on another, sharing the store', () =
     expect(m.stateMessage).toMatch(new RegExp(`gone since.*${target}`));
     expect(m.blocks).toEqual([]);
     expect((await hh.readVolume(vol)).equals(data)).toBe(true);
+  }, 30_000);
+
+  test('the collector\'s delete reaches the store late, yet within its window: the create asks again only past the window, so the delete given up leaves the block, and the snapshot completes whole', async () => {
+    // The other host's delete is delivered (a slow network) only once this host's create has asked again for
+    // the block; sent within the window, it lands then unless the window has run out (its AbortSignal).
+    const window = 2_000;
+    let asked: () => void = () => {};
+    const askedAgain = new Promise<void>((r) => (asked = r));
+    let target = '';
+    h = await openSnapshotHarness({
+      foundRecheckMs: window + RECHECK_MS,
+      wrapStore: (s) =>
+        overrideStore(s, {
+          singleWriter: undefined,
+          hasBlock: async (hash: string) => {
+            const r = await s.hasBlock(hash);
+            if (hash === target) asked();
+            return r;
+          },
+        }),
+    });
+    const hh = h;
+    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
+    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
+    await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(MiB));
+    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const s1 = await hh.snapshot(vol);
+    target = s1.blocks[0]![1];
+    let child = '';
+    let nth = 0;
+    const other: CollectableStore = Object.assign(Object.create(hh.store) as CollectableStore, {
+      deleteBlocks: undefined,
+      blockModifiedMs: async (hash: string) => {
+        const before = await hh.store.blockModifiedMs(hash);
+        if (hash === target && ++nth === 2) {
+          child = (await hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller)).SnapshotId;
+          // Answered once the create has touched the block, well within the window.
+          while ((await hh.store.blockModifiedMs(hash)) === before) await new Promise((r) => setTimeout(r, 2));
+        }
+        return before;
+      },
+      deleteBlock: async (hash: string, o: { signal?: AbortSignal } = {}) => {
+        if (hash === target) await askedAgain;
+        o.signal?.throwIfAborted();
+        await hh.store.deleteBlock(hash);
+      },
+    });
+    const d = await new SnapshotGc(other, { graceMs: 0, deleteWindowMs: window }).deleteSnapshot(s1.snapshotId);
+    expect(child).not.toBe('');
+    expect(d.result.keptYoung).toBeGreaterThan(0);
+    const m = await hh.settled(child);
+    expect(m.state).toBe('completed');
+    await expectWhole(hh.store, m);
+  }, 30_000);
+
+  test('shutdown while a create waits to ask again: the wait ends at once and the snapshot is recorded error', async () => {
+    let armed = false;
+    let waiting: () => void = () => {};
+    const inWait = new Promise<void>((r) => (waiting = r));
+    h = await openSnapshotHarness({
+      wrapStore: (s) => overrideStore(s, { singleWriter: undefined }),
+      // Far longer than the test's timeout: only close() can end it.
+      foundRecheckMs: 10 * 60_000,
+      // The create closes its read handle just before the wait.
+      openReader: async (...a: Parameters<typeof openImageDataReader>) => {
+        const r = await openImageDataReader(...a);
+        return { read: (pos, len, into) => r.read(pos, len, into), close: async () => {
+          await r.close();
+          if (armed) waiting();
+        } };
+      },
+    });
+    const hh = h;
+    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
+    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
+    await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(MiB));
+    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    // The first snapshot puts every block: nothing found, no wait.
+    const s1 = await hh.snapshot(vol);
+    expect(s1.state).toBe('completed');
+    armed = true;
+    // The second inherits (or finds) them all: it waits before asking again.
+    const s2 = (await hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller)).SnapshotId;
+    await inWait;
+    await hh.snaps.close();
+    const m = (await hh.store.getManifest(s2))!;
+    expect(m.state).toBe('error');
+    expect(m.stateMessage).toMatch(/shut down/);
   }, 30_000);
 
   test('an incremental child inheriting its parent\'s block, the parent deleted on the other host: the child completes whole, or ends error', async () => {
