@@ -220,6 +220,8 @@ export class EbsDirect {
   /** The sweep armed for the earliest Timeout deadline (`at`, ms since the epoch), while any snapshot is pending. */
   private sweepTimer: { at: number; call: ScheduledCall } | undefined;
   private closed = false;
+  /** Ends each CompleteSnapshot's wait before its shared-store check (_pastOtherCollectors) at once: close(). */
+  private readonly recheckWaits = new Set<() => void>();
   private readonly tokens: TokenSigner;
   private readonly now: () => number;
   private readonly viaService: string;
@@ -295,6 +297,7 @@ export class EbsDirect {
    */
   async close(): Promise<void> {
     this.closed = true;
+    for (const wake of [...this.recheckWaits]) wake();
     this.sweepTimer?.call.cancel();
     this.sweepTimer = undefined;
     for (const p of this.pending.values()) this._cancelSave(p);
@@ -647,7 +650,7 @@ export class EbsDirect {
       await this.o.store.putManifest(m);
     } catch (e) {
       p.completing = false;
-      if (p.dirty) this._scheduleSave(p);
+      if (p.dirty && !this.closed) this._scheduleSave(p);
       this._armSweep(); // its Timeout counts again
       throw e;
     }
@@ -678,7 +681,19 @@ export class EbsDirect {
       p.lastPutMs = performance.now();
     }
     const wait = p.lastPutMs + (this.o.foundRecheckMs ?? FOUND_RECHECK_MS) - performance.now();
-    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    if (wait > 0 && !this.closed) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          this.recheckWaits.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, wait);
+        this.recheckWaits.add(done);
+      });
+    }
+    // Shut down meanwhile: nothing more is written; the snapshot stays pending (recover() marks it at the next start).
+    if (this.closed) throw internal(`the daemon shut down before CompleteSnapshot of ${p.manifest.snapshotId} could check its blocks; the snapshot stays pending`);
     return inherited;
   }
 

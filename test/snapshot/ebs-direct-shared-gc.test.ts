@@ -79,4 +79,17 @@ describe('EBS direct on a shared store, another host collecting', () => {
     for (const h of manifestHashes(m)) expect(await store.hasBlock(h), `${child} names ${h}`).toBe(true);
     d.close();
   }, 30_000);
+
+  it('shutdown while CompleteSnapshot waits to check its blocks: the wait ends at once, the call is refused, the snapshot stays pending', async () => {
+    const { dir, kms, root, store } = world;
+    const shared = overrideStore(store, { singleWriter: undefined });
+    // Far longer than the test's timeout: only close() can end it.
+    const d = new EbsDirect({ store: shared, pendingDir: join(dir, 'pending3'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, allowUnencrypted: true, foundRecheckMs: 10 * 60_000 });
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Encrypted: false }), root)).SnapshotId as string;
+    await d.putSnapshotBlock(putReq(snap, 0, randomBytes(BLOCK)), root);
+    const completing = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }).catch((e: unknown) => e);
+    await d.close();
+    expect(await completing).toMatchObject({ awsName: 'InternalServerException' });
+    expect((await store.getManifest(snap))?.state).toBe('pending');
+  }, 30_000);
 });
