@@ -16,7 +16,7 @@
  * limits; the header and time limits are node's own server options, set from
  * `limits` by the listener (control-server.ts shows how).
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { EbsdError } from '../util/errors.js';
 
@@ -238,6 +238,17 @@ export class ConnectionGuard {
   }
 
   /**
+   * Count `bytes` held for `caller` in the body budget whatever it holds
+   * already (an answer a connection must be able to get even past the budget,
+   * kms-transport.ts); given back with `releaseBody` as a reservation is.
+   */
+  holdBody(caller: string | number, bytes: number): void {
+    const key = callerKey(caller);
+    this.buffered += bytes;
+    if (key !== this.o.exemptKey) this.bufferedBy.set(key, (this.bufferedBy.get(key) ?? 0) + bytes);
+  }
+
+  /**
    * A request refused because its connection already has `limit` requests
    * waiting for answers (HTTP/1.1 pipelining): counted with the other
    * refusals, audited in aggregate.
@@ -363,21 +374,65 @@ export class ConnectionGuard {
 export function refuseSocket(s: Socket, e: ConnectionThrottledError): void {
   // {"__type","message"} only: a client that reads another member first would miss the typed exception.
   const body = JSON.stringify({ __type: e.awsName, message: e.message });
-  const head = `HTTP/1.1 ${e.httpStatus} Service Unavailable\r\nContent-Type: application/x-amz-json-1.1\r\n`
-    + `Content-Length: ${Buffer.byteLength(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n`;
+  answerAndClose(s, `HTTP/1.1 ${e.httpStatus} Service Unavailable\r\nContent-Type: application/x-amz-json-1.1\r\n`
+    + `Content-Length: ${Buffer.byteLength(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/**
+ * Write `answer` (a whole HTTP response) and close the connection within
+ * LINGER_MS whatever the client does. Half-close and keep reading what the
+ * client sends: closing a Unix socket with unread data resets it, and the
+ * client would see ECONNRESET instead of the answer. The socket closes when
+ * the client does, or after the grace: node's servers allow half-open
+ * connections, so a client that never reads nor closes (a slowloris still
+ * trickling bytes) would otherwise keep the connection, and its slot in the
+ * caps, for good. Past LINGER_MAX lingering sockets, closed at once (fds stay
+ * bounded).
+ */
+export function answerAndClose(s: Socket, answer: string): void {
   s.on('error', () => {}); // the peer may already be gone
-  // Half-close and keep reading what the client sends: closing a Unix socket
-  // with unread data resets it, and the client would see ECONNRESET instead
-  // of the answer. The socket closes when the client does, or after a short
-  // grace; past LINGER_MAX lingering sockets, at once (fds stay bounded).
   if (lingering >= LINGER_MAX) {
-    s.end(head + body, () => s.destroy());
+    s.end(answer, () => s.destroy());
     return;
   }
   lingering++;
   s.once('close', () => lingering--);
-  s.end(head + body);
+  s.end(answer);
   setTimeout(() => s.destroy(), LINGER_MS).unref();
+}
+
+/**
+ * Answer what node's HTTP parser refused on a connection (a server's
+ * 'clientError') and close it with answerAndClose: 431 for headers over the
+ * limit, 408 for a request not sent within the header or request timeout,
+ * 400 otherwise. `detail` says which limit, for the answer's text.
+ */
+export function answerClientError(e: NodeJS.ErrnoException, s: Socket, detail: (status: 400 | 408 | 431) => string = () => ''): void {
+  if (!s.writable) { s.destroy(); return; }
+  const [status, text] = e.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] as const
+    : e.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] as const : [400, 'Bad Request'] as const;
+  const body = `${text}${detail(status) ? `: ${detail(status)}` : ''}\n`;
+  answerAndClose(s, `HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/**
+ * Run `done` once, when `res` is written or its connection is gone, whichever
+ * comes first. A client gone before the answer: the response's 'close' came
+ * already; an answer queued behind a pipelined one never reaches the socket
+ * and gets no 'close' of its own: the socket's says it is gone.
+ */
+export function whenWritten(res: ServerResponse, socket: Socket, done: () => void): void {
+  if (res.closed || res.destroyed || socket.destroyed) {
+    done();
+    return;
+  }
+  const once = (): void => {
+    res.off('close', once);
+    socket.off('close', once);
+    done();
+  };
+  res.once('close', once);
+  socket.once('close', once);
 }
 
 const LINGER_MAX = 256;

@@ -8,7 +8,7 @@ import { parseStrictJson } from '../util/strict-json.js';
 import type { Logger } from '../util/logger.js';
 import { encodeResponse, toWireError } from './aws-json.js';
 import { truncateField } from '../kms/audit/event.js';
-import { ConnectionGuard, ConnectionThrottledError, RequestTooLargeError, refuseSocket, type ConnectionLimits, type RefusalSummary } from './connection-guard.js';
+import { ConnectionGuard, ConnectionThrottledError, RequestTooLargeError, refuseSocket, whenWritten, type ConnectionLimits, type RefusalSummary } from './connection-guard.js';
 
 /** Who is on the other end of a control connection, from the kernel (SO_PEERCRED), never from the request. */
 export interface PeerIdentity {
@@ -27,6 +27,18 @@ const MAX_BODY_DEPTH = 64;
 export const MAX_BODY_VALUES = 20_000;
 /** The X-Amz-Target as logged: a header may be 16 KB long, a log line need not be (cut and marked, truncateField). */
 export const MAX_LOGGED_TARGET = 128;
+
+/**
+ * Requests one connection may have waiting for answers (HTTP/1.1 pipelining;
+ * the CLI and the daemon's own clients send one at a time). node's parser
+ * reads pipelined requests as fast as they arrive, answered or not, so
+ * without this cap one connection could put any number of calls into the
+ * daemon at once, past every per-uid connection cap. Past it a request is
+ * answered ThrottlingException without being read, and the refusals are
+ * audited in aggregate, as on the KMS listener (kms-transport.ts). Root is
+ * not capped, as it is nowhere on this socket.
+ */
+export const MAX_IN_FLIGHT_PER_CONNECTION = 32;
 
 /**
  * What all uids mapped to no principal may hold together: they are refused
@@ -76,6 +88,10 @@ export class ControlServer {
   private readonly guardOf = new WeakMap<Socket, ConnectionGuard>();
   private readonly isMapped: (uid: number) => boolean;
   private inflight = 0;
+  /** Requests read and not yet answered, per connection (MAX_IN_FLIGHT_PER_CONNECTION). */
+  private readonly inFlightOn = new WeakMap<Socket, number>();
+  /** Answers handed to node and not yet written, per connection (held in the body budget until they are). */
+  private readonly unwritten = new WeakMap<Socket, number>();
   private idle: (() => void)[] = [];
 
   constructor(
@@ -174,11 +190,21 @@ export class ControlServer {
     const requestId = randomUUID();
     const cred = this.creds.get(req.socket);
     const target = String(req.headers['x-amz-target'] ?? '');
+    const socket = req.socket;
+    // Each answer waits for its socket's 'close' (whenWritten), up to MAX_IN_FLIGHT_PER_CONNECTION of them at once.
+    if (socket.getMaxListeners() < MAX_IN_FLIGHT_PER_CONNECTION + 16) socket.setMaxListeners(MAX_IN_FLIGHT_PER_CONNECTION + 16);
+    const waiting = this.inFlightOn.get(socket) ?? 0;
+    this.inFlightOn.set(socket, waiting + 1);
     this.inflight++;
     let status = 200;
     let errorType: string | undefined;
+    let throttled = false;
     try {
       if (!cred) throw new EbsdError('PEER_UNKNOWN', 'peer credentials unavailable', { awsName: 'AccessDeniedException' });
+      if (waiting >= MAX_IN_FLIGHT_PER_CONNECTION && cred.uid !== 0) {
+        req.resume(); // not read: node drops the body before the connection's next request
+        throw (this.guardOf.get(socket) ?? this.guard).refuseInFlight(cred.uid, MAX_IN_FLIGHT_PER_CONNECTION);
+      }
       if (req.method !== 'POST') throw new EbsdError('BAD_METHOD', 'use POST with X-Amz-Target', { awsName: 'ValidationException' });
       if (!target) throw new EbsdError('NO_TARGET', 'missing X-Amz-Target header', { awsName: 'ValidationException' });
       const ua = req.headers['user-agent'];
@@ -192,23 +218,67 @@ export class ControlServer {
         throw e;
       }
       const out = await this.handler(target, body, peer);
-      send(res, 200, encodeResponse(out ?? {}), requestId);
+      // An answer replaced by a ThrottlingException (answer): a limit's refusal, logged at debug as the others.
+      status = this.answer(res, cred.uid, 200, encodeResponse(out ?? {}), requestId);
+      throttled = status !== 200;
     } catch (e) {
       const w = toWireError(e);
       // 413 and 503 come from the connection limits, not from a service.
       if (e instanceof RequestTooLargeError || e instanceof ConnectionThrottledError) w.status = e.httpStatus;
+      throttled = e instanceof ConnectionThrottledError;
       status = w.status;
       errorType = w.body.__type;
       if (status >= 500 && status !== 503) this.log.error({ target: truncateField(target, MAX_LOGGED_TARGET), requestId, err: e }, 'control request failed');
-      send(res, w.status, w.body, requestId);
+      const sent = this.answer(res, cred?.uid, w.status, w.body, requestId);
+      if (sent !== status) throttled = true;
+      status = sent;
     } finally {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       // Never the body: requests carry plaintext and blobs. A refused or unmapped caller's line is at debug:
-      // its refusals are audited in aggregate, and it may send as many as the connection limits let it.
-      const refused = !cred || !(this.o.isMapped?.(cred.uid) ?? true) || errorType === 'AccessDeniedException' || errorType === 'UnauthorizedOperation';
+      // its refusals are audited in aggregate, and it may send as many as the connection limits let it; so are
+      // the limits' own refusals (ConnectionThrottledError), which the guard reports in aggregate.
+      const refused = throttled || !cred || !(this.o.isMapped?.(cred.uid) ?? true) || errorType === 'AccessDeniedException' || errorType === 'UnauthorizedOperation';
       this.log[refused ? 'debug' : 'info']({ target: truncateField(target, MAX_LOGGED_TARGET), uid: cred?.uid, peerPid: cred?.pid, status, errorType, requestId, ms: Math.round(ms * 10) / 10 }, 'control request');
+      this.inFlightOn.set(socket, (this.inFlightOn.get(socket) ?? 1) - 1);
       if (--this.inflight === 0) for (const r of this.idle.splice(0)) r();
     }
+  }
+
+  /**
+   * Write an answer, held in the caller's body budget until node has written it: a client pipelining
+   * GetSnapshotBlock (~700 KB of JSON each) without reading would otherwise have node hold every answer for as
+   * long as it keeps the connection. Past the caller's share, a connection with answers it has not read gets
+   * ThrottlingException instead (one with none unwritten always gets its answer); an answer not written within
+   * the request timeout closes its connection. As on the KMS listener (kms-transport.ts). Returns the status sent.
+   */
+  private answer(res: ServerResponse, uid: number | undefined, status: number, body: unknown, requestId: string): number {
+    const socket = res.socket;
+    const guard = socket ? this.guardOf.get(socket) : undefined;
+    if (!socket || !guard || uid === undefined) {
+      send(res, status, body, requestId);
+      return status;
+    }
+    let text = JSON.stringify(body);
+    const bytes = Buffer.byteLength(text);
+    const unwritten = this.unwritten.get(socket) ?? 0;
+    let held = bytes;
+    // holdBody when the answer goes out whatever the budget: a failed reserveBody counts a refusal (kms-transport.ts).
+    if (unwritten === 0) guard.holdBody(uid, bytes);
+    else if (!guard.reserveBody(uid, bytes)) {
+      status = 503;
+      text = JSON.stringify({ __type: 'ThrottlingException', message: 'too many requests: this caller has too many answers it has not read yet; read them, then retry' });
+      held = 0;
+    }
+    this.unwritten.set(socket, unwritten + 1);
+    const unsent = setTimeout(() => socket.destroy(), guard.limits.requestTimeoutMs);
+    unsent.unref();
+    whenWritten(res, socket, () => {
+      clearTimeout(unsent);
+      this.unwritten.set(socket, (this.unwritten.get(socket) ?? 1) - 1);
+      guard.releaseBody(uid, held);
+    });
+    sendText(res, status, text, requestId);
+    return status;
   }
 
   /** The body as a JSON object: read within the limits (ConnectionGuard.readBody), then parsed strictly. */
@@ -231,7 +301,10 @@ function readPeer(s: Socket): PeerCred {
 }
 
 function send(res: ServerResponse, status: number, body: unknown, requestId: string): void {
-  const text = JSON.stringify(body);
+  sendText(res, status, JSON.stringify(body), requestId);
+}
+
+function sendText(res: ServerResponse, status: number, text: string, requestId: string): void {
   res.writeHead(status, {
     'Content-Type': 'application/x-amz-json-1.1',
     'Content-Length': Buffer.byteLength(text),

@@ -12,15 +12,31 @@ import { parseStrictJson } from '../util/strict-json.js';
  * GetSnapshotBlock / PutSnapshotBlock, `x-amz-*` headers, timestamps as
  * epoch seconds, errors as `{message, Reason}` with `x-amzn-ErrorType`.
  */
-const SNAP = '(snap-[0-9a-f]{1,59})';
+/**
+ * A path label: any one segment. The route is chosen by the path's shape alone; the
+ * snapshot id and block index in it are checked as members (ebs-direct-input.ts), so one
+ * the model refuses (`snap-ABC`, `vol-…`, a negative index) is ValidationException with
+ * its Reason (INVALID_SNAPSHOT_ID, INVALID_BLOCK), as the socket answers it, not an
+ * unknown operation the SDKs cannot name.
+ */
+const LABEL = '([^/]+)';
 const ROUTES: { method: string; path: RegExp; op: string }[] = [
-  { method: 'GET', path: new RegExp(`^/snapshots/${SNAP}/blocks$`), op: 'ListSnapshotBlocks' },
-  { method: 'GET', path: new RegExp(`^/snapshots/${SNAP}/changedblocks$`), op: 'ListChangedBlocks' },
-  { method: 'GET', path: new RegExp(`^/snapshots/${SNAP}/blocks/([0-9]{1,16})$`), op: 'GetSnapshotBlock' },
-  { method: 'PUT', path: new RegExp(`^/snapshots/${SNAP}/blocks/([0-9]{1,16})$`), op: 'PutSnapshotBlock' },
+  { method: 'GET', path: new RegExp(`^/snapshots/${LABEL}/blocks$`), op: 'ListSnapshotBlocks' },
+  { method: 'GET', path: new RegExp(`^/snapshots/${LABEL}/changedblocks$`), op: 'ListChangedBlocks' },
+  { method: 'GET', path: new RegExp(`^/snapshots/${LABEL}/blocks/${LABEL}$`), op: 'GetSnapshotBlock' },
+  { method: 'PUT', path: new RegExp(`^/snapshots/${LABEL}/blocks/${LABEL}$`), op: 'PutSnapshotBlock' },
   { method: 'POST', path: /^\/snapshots$/, op: 'StartSnapshot' },
-  { method: 'POST', path: new RegExp(`^/snapshots/completion/${SNAP}$`), op: 'CompleteSnapshot' },
+  { method: 'POST', path: new RegExp(`^/snapshots/completion/${LABEL}$`), op: 'CompleteSnapshot' },
 ];
+
+/** A path label as sent (the SDKs percent-encode labels); a malformed escape stays as it is, for the member check to refuse. */
+function label(v: string): string {
+  try {
+    return decodeURIComponent(v);
+  } catch {
+    return v;
+  }
+}
 /** Success statuses of the REST binding. */
 const STATUS: Record<string, number> = { StartSnapshot: 201, PutSnapshotBlock: 201, CompleteSnapshot: 202 };
 
@@ -58,7 +74,7 @@ export function ebsRestRequest(req: RestRequest, body: Buffer): { op: string; me
   const url = new URL(req.url ?? '/', 'http://localhost');
   const route = ROUTES.find((r) => r.method === req.method && r.path.test(url.pathname));
   if (!route) return undefined;
-  const m = route.path.exec(url.pathname)!;
+  const m = route.path.exec(url.pathname)!.map((x, i) => (i === 0 ? x : label(x)));
   const q = url.searchParams;
   const h = (k: string): string | undefined => {
     const v = req.headers[k];
@@ -75,13 +91,13 @@ export function ebsRestRequest(req: RestRequest, body: Buffer): { op: string; me
       put(out, 'StartingBlockIndex', num(q.get('startingBlockIndex')));
       break;
     case 'GetSnapshotBlock':
-      Object.assign(out, { SnapshotId: m[1], BlockIndex: Number(m[2]) });
+      Object.assign(out, { SnapshotId: m[1], BlockIndex: num(m[2]) });
       put(out, 'BlockToken', q.get('blockToken'));
       break;
     case 'PutSnapshotBlock':
       // The body itself, not a base64 string of it: a block may be plaintext, and a string cannot be
       // wiped; the listener zeroes the body once answered, the EBS direct API once it has taken a copy.
-      Object.assign(out, { SnapshotId: m[1], BlockIndex: Number(m[2]), BlockData: body });
+      Object.assign(out, { SnapshotId: m[1], BlockIndex: num(m[2]), BlockData: body });
       put(out, 'DataLength', num(h('x-amz-data-length')));
       put(out, 'Progress', num(h('x-amz-progress')));
       put(out, 'Checksum', h('x-amz-checksum'));

@@ -17,7 +17,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import {
-  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, refuseSocket, type ConnectionLimits, type RefusalSummary,
+  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, answerClientError, refuseSocket, whenWritten, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
 import { connectionSource, sourceAddress } from './loopback-peers.js';
 
@@ -114,6 +114,8 @@ export class HttpTransport {
   private readonly sources = new WeakMap<Socket, string>();
   /** Requests handed over and not yet answered, per connection. */
   private readonly inFlight = new WeakMap<Socket, number>();
+  /** Answers handed to node and not yet written, per connection (held in the body budget until they are). */
+  private readonly unwritten = new WeakMap<Socket, number>();
   readonly guard: ConnectionGuard;
 
   constructor(private readonly o: TransportOptions) {
@@ -143,7 +145,9 @@ export class HttpTransport {
     // except on loopback, where any local user may use any address of 127.0.0.0/8: there it is the
     // local user owning the client's socket, so one user cannot take the connections remote hosts need.
     server.on('connection', (s: Socket) => void this.admit(s, connectionSource(s), sourceAddress(s)));
-    server.on('clientError', (_e, s: Socket) => { if (s.writable) s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n'); else s.destroy(); });
+    // 431, 408 or 400, then closed within a second even if the client neither reads nor closes (a slowloris
+    // trickling bytes past the timeouts would otherwise keep its half-open connection and its slot).
+    server.on('clientError', (e: NodeJS.ErrnoException, s: Socket) => answerClientError(e, s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(o.port, o.host, () => { server.off('error', reject); resolve(); });
@@ -211,29 +215,60 @@ export class HttpTransport {
   private serve(req: IncomingMessage, res: ServerResponse): void {
     if (this.refused.has(req.socket)) { req.resume(); return; } // answered 503 at accept; refuseSocket closes it
     const socket = req.socket;
+    // Each answer waits for its socket's 'close' (whenWritten), up to MAX_IN_FLIGHT_PER_CONNECTION of them at once.
+    if (socket.getMaxListeners() < MAX_IN_FLIGHT_PER_CONNECTION + 16) socket.setMaxListeners(MAX_IN_FLIGHT_PER_CONNECTION + 16);
     const conn = this.connection(socket);
     const source = this.sourceOf(socket);
     let reserved = 0;
     let answered = false;
     /** A body refused while it streamed in: answered once it has been read to its end, then the connection closes. */
     let closeAfter = false;
-    const respond = (w: WireResponse): void => {
+    const respond = (answer: WireResponse): void => {
       if (answered) return;
       answered = true;
       this.inFlight.set(socket, (this.inFlight.get(socket) ?? 1) - 1);
       this.guard.releaseBody(source, reserved);
       reserved = 0;
+      let w = answer;
+      // The answer is held for the caller until it is written: in the body budget, as its request was, and for at
+      // most the request timeout. A client that pipelines and never reads would otherwise have node hold every
+      // answer (512 KiB GetSnapshotBlock blocks, in the clear) for as long as it keeps the connection open.
+      // Past the caller's share, a connection with none of its answers unwritten still gets this one (counted all
+      // the same: a client that reads is never refused its answer, nor a refusal its own); one that has answers
+      // it has not read yet gets a ThrottlingException instead.
+      const bytes = typeof w.body === 'string' ? Buffer.byteLength(w.body) : w.body.length;
+      const unwritten = this.unwritten.get(socket) ?? 0;
+      let held = bytes;
+      // holdBody, not reserveBody, when the answer goes out whatever the budget: a failed reserveBody counts a
+      // refusal, and the answer refused nothing (a reading client past its share would be audited as throttled).
+      if (unwritten === 0) this.guard.holdBody(source, bytes);
+      else if (!this.guard.reserveBody(source, bytes)) {
+        if (typeof w.body !== 'string') w.body.fill(0);
+        w = unreadAnswersRefusal();
+        held = 0;
+      }
+      this.unwritten.set(socket, unwritten + 1);
+      const unsent = setTimeout(() => socket.destroy(), this.guard.limits.requestTimeoutMs);
+      unsent.unref();
       try {
         if (closeAfter) res.shouldKeepAlive = false; // node sends Connection: close and ends the socket after the answer
         res.writeHead(w.status, w.headers as string[]);
         const body = w.body;
         res.end(body);
-        // A binary body is the answer's own (GetSnapshotBlock's block, in the clear): zeroed once
-        // written ('close' comes after 'finish') or once the connection is gone. A client gone before
-        // the answer: the response's 'close' came already; an answer queued behind a pipelined one never
+        // Once written ('close' comes after 'finish') or once the connection is gone: a binary body, the answer's
+        // own (GetSnapshotBlock's block, in the clear), zeroed, and its bytes given back to the budget. A client gone
+        // before the answer: the response's 'close' came already; an answer queued behind a pipelined one never
         // reaches the socket and gets no 'close' of its own: the socket's says it is gone. A string cannot be zeroed.
-        if (typeof body !== 'string') zeroWhenDone(res, socket, body);
+        whenWritten(res, socket, () => {
+          clearTimeout(unsent);
+          this.unwritten.set(socket, (this.unwritten.get(socket) ?? 1) - 1);
+          if (typeof body !== 'string') body.fill(0);
+          this.guard.releaseBody(source, held);
+        });
       } catch {
+        clearTimeout(unsent);
+        this.unwritten.set(socket, (this.unwritten.get(socket) ?? 1) - 1);
+        this.guard.releaseBody(source, held);
         // An answer node will not write (a header it refuses): the connection is unusable, not the listener.
         if (typeof w.body !== 'string') w.body.fill(0);
         socket.destroy();
@@ -349,17 +384,11 @@ function readBody(req: IncomingMessage, guard: ConnectionGuard, address: string)
   });
 }
 
-/** Zero `body` once `res` is written or its connection is gone, whichever comes first (HttpTransport.serve). */
-function zeroWhenDone(res: ServerResponse, socket: Socket, body: Uint8Array): void {
-  if (res.closed || res.destroyed || socket.destroyed) {
-    body.fill(0);
-    return;
-  }
-  const zero = (): void => {
-    body.fill(0);
-    res.off('close', zero);
-    socket.off('close', zero);
-  };
-  res.once('close', zero);
-  socket.once('close', zero);
+/**
+ * The answer instead of one that would take the caller past its share of the body budget: it holds that much
+ * in answers it has not read yet (or bodies being read). ThrottlingException, as a refused connection's.
+ */
+function unreadAnswersRefusal(): WireResponse {
+  const body = JSON.stringify({ __type: 'ThrottlingException', message: 'too many requests: this caller has too many answers it has not read yet; read them, then retry' });
+  return { status: 503, headers: { 'Content-Type': 'application/x-amz-json-1.1', 'Content-Length': Buffer.byteLength(body), 'Retry-After': 1 }, body };
 }

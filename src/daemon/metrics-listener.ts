@@ -12,7 +12,7 @@ import { parseMetricsListen } from './config.js';
 import type { Logger } from '../util/logger.js';
 import { isLoopback } from '../util/loopback.js';
 import { connectionSource, loopbackLookupProblem } from './loopback-peers.js';
-import { ConnectionGuard, ConnectionThrottledError, refuseSocket, type Admission } from './connection-guard.js';
+import { ConnectionGuard, ConnectionThrottledError, answerClientError, refuseSocket, type Admission } from './connection-guard.js';
 
 /**
  * Limits of the metrics listener. Prometheus holds one keep-alive connection
@@ -147,14 +147,11 @@ export class MetricsListener {
     // A connection that sends nothing at all (not even a request line) is closed after this much silence.
     server.timeout = l.headersTimeoutMs;
     server.on('connection', (s: Socket) => void this.admit(s, connectionSource(s), guard));
-    // What node found wrong, said: 431 for headers over the limit, 408 for a request not sent in time, 400 otherwise.
-    server.on('clientError', (e: NodeJS.ErrnoException, s: Socket) => {
-      if (!s.writable) { s.destroy(); return; }
-      const [status, text] = e.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large']
-        : e.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
-      const body = `${text}: ${status === 431 ? `headers over ${l.maxHeaderBytes} bytes` : status === 408 ? `the request was not sent within ${l.requestTimeoutMs / 1000} s` : 'not an HTTP request this listener reads (GET /metrics)'}\n`;
-      s.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-    });
+    // What node found wrong, said: 431 for headers over the limit, 408 for a request not sent in time, 400 otherwise;
+    // then closed within a second even if the client neither reads nor closes (answerAndClose).
+    server.on('clientError', (e: NodeJS.ErrnoException, s: Socket) => answerClientError(e, s, (status) => (status === 431
+      ? `headers over ${l.maxHeaderBytes} bytes` : status === 408 ? `the request was not sent within ${l.requestTimeoutMs / 1000} s`
+        : 'not an HTTP request this listener reads (GET /metrics)')));
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e) => reject(new EbsdError('METRICS_LISTEN', `--metrics-listen ${spec}: ${(e as Error).message}`)));
       server.listen(port, host, () => resolve());

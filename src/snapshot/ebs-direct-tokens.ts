@@ -5,7 +5,7 @@ import { secretBuffer, wipe } from '../util/wipe.js';
  * Block tokens and page tokens of the EBS direct APIs: opaque to the caller,
  * verifiable by this daemon. A token is base64 of
  *
- *   kind (1) ‖ expiry, Unix seconds (8, big-endian) ‖ [next index (8)] ‖ HMAC-SHA256 (32)
+ *   kind (1) ‖ expiry, Unix milliseconds (8, big-endian) ‖ [next index (8)] ‖ HMAC-SHA256 (32)
  *
  * where the HMAC (RFC 2104) is keyed by a random 32-byte key held in memory
  * only and covers the kind, the expiry and what the token stands for: the
@@ -17,7 +17,9 @@ import { secretBuffer, wipe } from '../util/wipe.js';
  * guide, "Concepts"); callers list again.
  *
  * Lifetimes as EBS gives them (user guide, FAQ): block tokens seven days,
- * page tokens (NextToken) 60 minutes.
+ * page tokens (NextToken) 60 minutes. The expiry is kept to the millisecond:
+ * a block token is good until exactly the ExpiryTime its listing answered
+ * (whole seconds would end it up to a second before).
  */
 export const BLOCK_TOKEN_TTL_MS = 7 * 24 * 3600 * 1000;
 export const PAGE_TOKEN_TTL_MS = 60 * 60 * 1000;
@@ -69,7 +71,7 @@ export class TokenSigner {
   private _head(kind: number, expiresAtMs: number, next: number | undefined): Buffer {
     const h = Buffer.alloc(next === undefined ? 9 : 17);
     h[0] = kind;
-    h.writeBigUInt64BE(BigInt(Math.floor(expiresAtMs / 1000)), 1);
+    h.writeBigUInt64BE(BigInt(Math.floor(expiresAtMs)), 1);
     if (next !== undefined) h.writeBigUInt64BE(BigInt(next), 9);
     return h;
   }
@@ -92,7 +94,7 @@ export class TokenSigner {
     const head = raw.subarray(0, headLen);
     const next = paged ? Number(head.readBigUInt64BE(9)) : 0;
     if (!Number.isSafeInteger(next)) return undefined;
-    return { head, mac: raw.subarray(headLen), expiresAtMs: Number(head.readBigUInt64BE(1)) * 1000, next };
+    return { head, mac: raw.subarray(headLen), expiresAtMs: Number(head.readBigUInt64BE(1)), next };
   }
 
   private _macOk(t: { head: Buffer; mac: Buffer }, subject: string): boolean {

@@ -47,6 +47,15 @@ const ZERO_SECTOR = Buffer.alloc(SECTOR_SIZE);
 /** Snapshots begun with StartSnapshot and not yet completed, at once, per daemon (ConcurrentLimitExceededException past it). */
 export const MAX_PENDING_SNAPSHOTS = 100;
 /**
+ * Of those, what one principal (one ARN: a user, a role session) may hold. The
+ * pending slots are the daemon's, not each caller's, and a snapshot may stay
+ * pending for three days (Timeout 4320): without a share, one caller allowed
+ * ebs:StartSnapshot could take all of them and leave every other caller
+ * ConcurrentLimitExceededException until they time out. A quarter: a backup
+ * tool's few parallel uploads fit; four callers are needed to fill the daemon.
+ */
+export const MAX_PENDING_PER_CALLER = 25;
+/**
  * StartSnapshot ClientTokens remembered for idempotency. An entry keeps the
  * request's SHA-256 and the answer (up to 50 tags: tens of KB at most), so
  * the map stays within tens of MB; the tokens of pending snapshots are never
@@ -128,6 +137,8 @@ export interface EbsDirectOptions {
   /** Token HMAC key, tests only. */
   tokenKey?: Uint8Array;
   maxPending?: number;
+  /** Pending snapshots one principal may hold (MAX_PENDING_PER_CALLER; at most `maxPending`). */
+  maxPendingPerCaller?: number;
   /** ClientTokens remembered (MAX_CLIENT_TOKENS); tests set fewer. */
   maxClientTokens?: number;
   /**
@@ -172,6 +183,8 @@ interface Completed {
 /** A snapshot between StartSnapshot and CompleteSnapshot: held here, its manifest in the store says `pending`. */
 interface Pending {
   manifest: SnapshotManifest;
+  /** Whose StartSnapshot began it (the caller's ARN): its slot counts against that principal's share. */
+  owner: string;
   /** Every block of the snapshot: the parent's, overlaid by those written. */
   blocks: Map<number, BlockHash>;
   /** Bytes the entries of `blocks` take in the manifest (manifestEntryBytes each). */
@@ -215,6 +228,8 @@ export class EbsDirect {
   private readonly clientTokens = new Map<string, { request: string; response: Promise<Record<string, unknown>>; snapshotId?: string }>();
   /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
   private starting = 0;
+  /** `starting`, per principal ARN. */
+  private readonly startingBy = new Map<string, number>();
   private readonly schedule: Scheduler;
   private readonly sweepSchedule: Scheduler;
   /** The sweep armed for the earliest Timeout deadline (`at`, ms since the epoch), while any snapshot is pending. */
@@ -418,10 +433,22 @@ export class EbsDirect {
     if (this.pending.size + this.starting >= max) {
       throw concurrentLimit(`${this.pending.size + this.starting} snapshots are already pending (at most ${max}): complete one first`);
     }
+    const owner = caller.arn;
+    const share = Math.min(max, this.o.maxPendingPerCaller ?? MAX_PENDING_PER_CALLER);
+    let mine = this.startingBy.get(owner) ?? 0;
+    for (const p of this.pending.values()) if (p.owner === owner) mine++;
+    if (mine >= share) {
+      throw concurrentLimit(`${owner} already has ${mine} snapshots pending (at most ${share} per principal, of ${max} in all): complete one first`);
+    }
     this.starting++;
+    this.startingBy.set(owner, (this.startingBy.get(owner) ?? 0) + 1);
     let held = true;
     const release = (): void => {
-      if (held) this.starting--;
+      if (held) {
+        this.starting--;
+        const n = (this.startingBy.get(owner) ?? 1) - 1;
+        if (n > 0) this.startingBy.set(owner, n); else this.startingBy.delete(owner);
+      }
       held = false;
     };
     const started = this._begin(i, caller, release).finally(release);
@@ -529,7 +556,7 @@ export class EbsDirect {
     releaseSlot();
     const timeoutMs = (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000;
     this.pending.set(snapshotId, {
-      manifest, blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
+      manifest, owner: caller.arn, blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
       written: new Map(), inflight: new Set(),
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
       dirty: false, saving: Promise.resolve(), completing: false, lastPutMs: performance.now(),

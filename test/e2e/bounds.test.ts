@@ -4,6 +4,10 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ROOT, ensureBuilt } from './helpers.js';
+import { poll } from '../helpers/poll.js';
+
+/** This file's polling: how many tries, how far apart. */
+const POLL = { tries: 200, everyMs: 100 };
 
 /**
  * What an unmapped local uid (65534) can make the daemon consume: connections,
@@ -52,14 +56,6 @@ function rssKiB(pid: number): number {
 const fdCount = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
 
 /** Poll `fn` until it returns a truthy value (bounded by `tries`). */
-async function poll<T>(fn: () => Promise<T | undefined | false> | T | undefined | false, tries = 200, everyMs = 100): Promise<T> {
-  for (let i = 0; i < tries; i++) {
-    const v = await fn();
-    if (v) return v;
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-  throw new Error('condition not reached');
-}
 
 function post(socketPath: string, target: string, body: Buffer | string, o: { chunked?: boolean } = {}): Promise<{ status: number; body: any; error?: string }> {
   return new Promise((resolve) => {
@@ -159,10 +155,10 @@ describe('bounded resources per caller on the control socket', () => {
     // The flood's ThrottlingException refusals are audited in aggregate (an event per refusal window, with its count).
     const throttled = (): any[] => events(env).filter((e) => e.eventName === 'ControlConnection' && e.errorCode === 'ThrottlingException');
     const counted = (): number => throttled().reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 1), 0);
-    await poll(() => counted() > 64, 300);
+    await poll(() => counted() > 64, { tries: 300, everyMs: 100 });
     expect(throttled().every((e) => e.additionalEventData.localUid === NOBODY)).toBe(true);
     expect(throttled().length, 'aggregated: far fewer events than refusals').toBeLessThan(counted() / 8);
-    await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Connections === 0);
+    await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Connections === 0, POLL);
   });
 
   it('2000 partial bodies from a mapped uid: RSS stays bounded and the buffered bytes are released when they close', async () => {
@@ -179,7 +175,7 @@ describe('bounded resources per caller on the control socket', () => {
       const child = h.child;
       try {
         // Wait until the daemon has taken in what the admitted connections sent.
-        await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.BufferedBodyBytes >= 32 * 512 * 1024);
+        await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.BufferedBodyBytes >= 32 * 512 * 1024, POLL);
         during = rssKiB(pid);
         const st = await env.api('ebsd.Status');
         expect(st.Daemon.Control.Connections).toBeLessThanOrEqual(64);
@@ -190,7 +186,7 @@ describe('bounded resources per caller on the control socket', () => {
     } finally {
       await env.ok(['iam', 'unmap-uid', String(NOBODY)]);
     }
-    const st = await poll(async () => { const s = await env.api('ebsd.Status'); return s.Daemon.Control.Connections === 0 && s; });
+    const st = await poll(async () => { const s = await env.api('ebsd.Status'); return s.Daemon.Control.Connections === 0 && s; }, POLL);
     expect(st.Daemon.Control.BufferedBodyBytes).toBe(0);
     const after = rssKiB(pid);
     console.log(`RSS with ${out.connected} partial 512 KiB bodies from uid ${NOBODY}: ${before} -> ${during} KiB, ${after} KiB after they closed`);
@@ -207,7 +203,7 @@ describe('bounded resources per caller on the control socket', () => {
     const floods = [await hostile(['hold', sock(), '100', part], 2001), await hostile(['hold', sock(), '100', part], 2002)];
     try {
       // Each unmapped uid may buffer an eighth of their 4 MiB (512 KiB): wait until both hold bodies.
-      await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Unmapped.BufferedBodyBytes >= 2 * (256 * 1024 - 1));
+      await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Unmapped.BufferedBodyBytes >= 2 * (256 * 1024 - 1), POLL);
       const st = await env.api('ebsd.Status');
       expect(st.Daemon.Control.Unmapped.Connections).toBeLessThanOrEqual(16);
       expect(st.Daemon.Control.Unmapped.BufferedBodyBytes).toBeLessThanOrEqual(4 * MiB);
@@ -217,7 +213,7 @@ describe('bounded resources per caller on the control socket', () => {
       for (const f of floods) await release(f.child);
       await env.api('ebsd.IamUnmapUid', { Uid: 1000 });
     }
-    await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Connections === 0);
+    await poll(async () => (await env.api('ebsd.Status')).Daemon.Control.Connections === 0, POLL);
   });
 
   it('refused requests with an 8 KB User-Agent cost bounded audit bytes, aggregated with a count', async () => {
@@ -298,7 +294,7 @@ describe('a full state dir', () => {
 
         const kc = s.Volumes[0].KeyCache;
         return kc.LastUnwrapTime > first && s.Daemon.Audit.State === 'reserve-in-use' && s;
-      }, 600);
+      }, { tries: 600, everyMs: 100 });
       expect(st.Volumes[0].KeyCache.State).not.toBe('impaired');
       expect(st.Daemon.Problem).toMatch(/audit log: disk full/);
       expect(st.Daemon.Audit.DroppedRefusalEvents).toBeGreaterThan(0);

@@ -15,6 +15,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FRONT_THREADS, KMS_ADMIN_POLICY, answers, auditEvents, makeAccessKey, signedBytes, startKmsDaemon } from './helpers.js';
 import { MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/kms-transport.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
+import { poll } from '../helpers/poll.js';
+
+/** This file's polling: how many tries, how far apart. */
+const POLL = { tries: 300, everyMs: 100 };
 
 const FLOOD = 200;
 const PER_SOURCE = 128; // DEFAULT_LIMITS.maxPerCaller of src/daemon/kms-listener.ts
@@ -90,14 +94,6 @@ function postAs(uid: number, url: URL, localAddress: string, bodyBytes = 0): Pro
   });
 }
 
-async function poll<T>(fn: () => T | undefined | false, tries = 300, everyMs = 100): Promise<T> {
-  for (let i = 0; i < tries; i++) {
-    const v = fn();
-    if (v) return v;
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-  throw new Error('condition not reached');
-}
 
 describe.each(FRONT_THREADS)('KMS listener: connection guard per source address (--kms-front-threads %i)', (front) => {
   const env = new Env('kmsguard');
@@ -132,7 +128,7 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
       s.on('close', () => { closed++; resolve(); });
     })));
     // Everything past the user's cap is answered 503 and closed, whichever address; the admitted ones stay open.
-    await poll(() => refused503 + closed >= FLOOD - PER_SOURCE && refused503 > 0);
+    await poll(() => refused503 + closed >= FLOOD - PER_SOURCE && refused503 > 0, POLL);
     expect(FLOOD - closed).toBeGreaterThanOrEqual(PER_SOURCE);
 
     const same = await post(url, '127.0.0.2');
@@ -150,7 +146,7 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     const all = await poll(() => {
       const r = refusals();
       return r.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 0), 0) >= FLOOD - PER_SOURCE + 1 && r;
-    });
+    }, POLL);
     expect(all.length).toBeLessThanOrEqual(2);
     for (const e of all) {
       expect(e.errorCode).toBe('ThrottlingException');
@@ -171,7 +167,7 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     const all = await poll(() => {
       const m = mine();
       return m.reduce((n, e) => n + (e.additionalEventData?.aggregated?.count ?? 1), 0) === N && m;
-    });
+    }, POLL);
     // At most (burst 5 + 1 summary) per 3 s window; one event per request would be N.
     expect(all.length).toBeLessThanOrEqual(N / 8);
     for (const e of all) {
@@ -200,7 +196,7 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
       s.on('connect', () => { s.write(head); s.write(Buffer.alloc(MiB - 1, 0x20), () => resolve(s)); });
     })));
     // The refusal happens as the bytes arrive; the aggregated audit record says when it has.
-    const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.5' && e.errorMessage === 'connection refused: body-budget'));
+    const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.5' && e.errorMessage === 'connection refused: body-budget'), POLL);
     expect(ev.errorCode).toBe('ThrottlingException');
     // The same user from another address shares the budget: its body is refused too.
     const same = await rawExchange(url, '127.0.0.6', `POST / HTTP/1.1\r\nHost: ${url.host}\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: ${512 * 1024}`, [Buffer.alloc(512 * 1024, 0x20)]);
@@ -244,7 +240,7 @@ describe.each(FRONT_THREADS)('KMS listener: connection guard per source address 
     expect(replies.slice(0, MAX_IN_FLIGHT_PER_CONNECTION).every((a) => a.status === 200)).toBe(true);
     expect(replies.slice(MAX_IN_FLIGHT_PER_CONNECTION).every((a) => a.type === 'ThrottlingException' && a.status === 400)).toBe(true);
     s.destroy();
-    const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.4' && e.errorMessage === 'connection refused: in-flight-limit'));
+    const ev = await poll(() => events().find((e) => e.sourceIPAddress === '127.0.0.4' && e.errorMessage === 'connection refused: in-flight-limit'), POLL);
     expect(ev.additionalEventData.aggregated.count).toBe(N - MAX_IN_FLIGHT_PER_CONNECTION);
   }, 60_000);
 });

@@ -18,6 +18,8 @@ const cases: [string, AuditInput][] = [
   }],
   ['denied, two resources, read-only', { ...base, caller: alice, request: { KeyId: 'alias/x' }, errorCode: 'AccessDeniedException', errorMessage: 'User: … "because"', readOnly: true, resources: ['arn:a:b:c:1:key/a', 'arn:a:b:c:2:key/b'] }],
   ['error without message', { ...base, caller: alice, errorCode: 'KMSInternalException' }],
+  ['Decrypt without an algorithm, via EC2', { ...base, caller: alice, request: { CiphertextBlob: new Uint8Array(8) }, resources: ['arn:aws:kms:us-east-1:111122223333:key/k'] }],
+  ['CreateGrant', { ...base, eventName: 'CreateGrant', caller: host, request: { KeyId: 'k', GranteePrincipal: 'p', Operations: ['Decrypt'] }, response: { GrantId: 'g', GrantToken: 'secret-grant-token' }, resources: ['arn:aws:kms:us-east-1:111122223333:key/k'] }],
 ];
 
 describe('audit event serialization', () => {
@@ -38,5 +40,36 @@ describe('audit event serialization', () => {
     const s = buildEventJson(cases[1]![1]);
     expect(s).not.toContain('secret-token');
     expect(s).not.toMatch(/ciphertextBlob|plaintext/i);
+  });
+});
+
+/**
+ * Record shapes as the AWS KMS Developer Guide's CloudTrail examples ("Examples of AWS KMS log
+ * entries") and the CloudTrail userIdentity element show them.
+ */
+describe('audit records as CloudTrail writes them', () => {
+  const key = `arn:aws:kms:us-east-1:${ACCOUNT}:key/k`;
+  it('a service event (RotateKey, DeleteKey) is invokedBy, from and by "AWS Internal" (ct-rotatekey, ct-delete-key)', () => {
+    const ev = buildEvent({ ...base, eventName: 'DeleteKey', eventType: 'AwsServiceEvent', resources: [key] });
+    expect(ev.userIdentity).toEqual({ accountId: ACCOUNT, invokedBy: 'AWS Internal' });
+    expect(ev).toMatchObject({ sourceIPAddress: 'AWS Internal', userAgent: 'AWS Internal', requestParameters: null, responseElements: null });
+  });
+  it("a call EC2 makes for a caller: invokedBy, sourceIPAddress and userAgent are EC2's service name, without the region", () => {
+    // EBS's GenerateDataKeyWithoutPlaintext for a caller: userIdentity the caller's with invokedBy the
+    // service, sourceIPAddress and userAgent the same name (KMS Developer Guide, "Amazon EC2 example two").
+    const ev = buildEvent({ ...base, eventName: 'GenerateDataKeyWithoutPlaintext', caller: alice, resources: [key] });
+    expect(ev.userIdentity).toMatchObject({ arn: alice.arn, invokedBy: 'ec2.amazonaws.com' });
+    expect(ev).toMatchObject({ sourceIPAddress: 'ec2.amazonaws.com', userAgent: 'ec2.amazonaws.com' });
+  });
+  it('Decrypt always records encryptionAlgorithm in requestParameters, SYMMETRIC_DEFAULT when the request named none (ct-decrypt)', () => {
+    const ev = buildEvent({ ...base, caller: host, request: { CiphertextBlob: new Uint8Array(8), EncryptionContext: { a: 'b' } }, resources: [key] });
+    expect(ev.requestParameters).toEqual({ encryptionContext: { a: 'b' }, encryptionAlgorithm: 'SYMMETRIC_DEFAULT' });
+    const rsa = buildEvent({ ...base, caller: host, request: { CiphertextBlob: new Uint8Array(8), KeyId: key, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }, resources: [key] });
+    expect(rsa.requestParameters).toEqual({ keyId: key, encryptionAlgorithm: 'RSAES_OAEP_SHA_256' });
+  });
+  it('CreateGrant records the key ARN in responseElements.keyId, and never the grant token (ct-creategrant)', () => {
+    const input: AuditInput = { ...base, eventName: 'CreateGrant', caller: host, request: { KeyId: 'alias/x', GranteePrincipal: 'p', Operations: ['Decrypt'] }, response: { GrantId: 'g', GrantToken: 'secret-grant-token' }, resources: [key] };
+    expect(buildEvent(input).responseElements).toEqual({ grantId: 'g', keyId: key });
+    expect(buildEventJson(input)).not.toContain('secret-grant-token');
   });
 });

@@ -48,6 +48,41 @@ describe('audit log rotation', () => {
     }
   });
 
+  it('a whole sealed file deleted: in the middle, its range is "removed"; the newest with the live file after it, "missing"', async () => {
+    const t = tempDir();
+    try {
+      const kms = await openKms(t.dir, { auditRotateBytes: 8 * 1024, auditDigestEvery: 1_000_000, auditReserveBytes: 0 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let i = 0; i < 60; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.close(); // seals the live file too
+      const dir = join(t.dir, 'audit');
+      const sealed = readdirSync(dir).filter((f) => SEALED_FILE.test(f)).sort();
+      expect(sealed.length).toBeGreaterThanOrEqual(3);
+      const firsts = new Map(sealed.map((f) => [f, JSON.parse(readFileSync(join(dir, f), 'utf8').split('\n')[0]!).sequenceNumber as number]));
+      const first = (f: string): number => firsts.get(f)!;
+      const keep = new Map(readdirSync(dir).filter((f) => f.endsWith('.ndjson')).map((f) => [f, readFileSync(join(dir, f))]));
+      const put = (): void => { for (const [f, b] of keep) writeFileSync(join(dir, f), b); };
+
+      rmSync(join(dir, sealed[1]!));
+      const mid = verifyAuditLog(dir);
+      expect(mid.ok).toBe(false);
+      expect(mid.problems).toEqual([expect.objectContaining({ kind: 'removed', sequence: first(sealed[1]!), file: sealed[2]!, line: 1 })]);
+      expect(mid.problem!.detail).toContain(`events ${first(sealed[1]!)}..${first(sealed[2]!) - 1} are absent`);
+      put();
+
+      const newest = sealed[sealed.length - 1]!;
+      rmSync(join(dir, newest));
+      rmSync(join(dir, 'events.ndjson'));
+      const tail = verifyAuditLog(dir);
+      expect(tail.ok).toBe(false);
+      expect(tail.problems).toEqual([expect.objectContaining({ kind: 'missing', sequence: first(newest) })]);
+      put();
+      expect(verifyAuditLog(dir).ok).toBe(true);
+    } finally {
+      t.cleanup();
+    }
+  });
+
   it('after the log is truncated, the sequence continues after the last digest and sealing goes on (no reused numbers)', async () => {
     const t = tempDir();
     try {

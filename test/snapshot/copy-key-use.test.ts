@@ -19,6 +19,8 @@ import type { Caller } from '../../src/kms/types.js';
 import { ACCOUNT, REGION, missingBlocks, openInProcessHost, type InProcessHost } from './in-process-host.js';
 
 const VIA = `ec2.${REGION}.amazonaws.com`;
+/** What the audit records as invokedBy: CloudTrail's service name, without the region (docs/kms-format.md, "Audit log"). */
+const INVOKED_BY = 'ec2.amazonaws.com';
 
 describe('same-key CopySnapshot: the caller must be allowed to use the snapshot key', () => {
   let h: InProcessHost;
@@ -57,7 +59,7 @@ describe('same-key CopySnapshot: the caller must be allowed to use the snapshot 
     expect(m.stateMessage).toMatch(new RegExp(`^AccessDeniedException: ReEncrypt: User: ${carol.arn} is not authorized to perform: kms:ReEncryptFrom on resource: ${h.key}`));
     const refused = auditEvents().filter((e) => e.eventName === 'ReEncrypt' && e.userIdentity?.arn === carol.arn);
     expect(refused).toHaveLength(1);
-    expect(refused[0]).toMatchObject({ errorCode: 'AccessDeniedException', userIdentity: { invokedBy: VIA }, requestParameters: { sourceKeyId: h.key, destinationKeyId: h.key } });
+    expect(refused[0]).toMatchObject({ errorCode: 'AccessDeniedException', userIdentity: { invokedBy: INVOKED_BY }, requestParameters: { sourceKeyId: h.key, destinationKeyId: h.key } });
     // The other-key copy ends the same way when the caller may not use the snapshot's key (its Decrypt).
     const other = (await h.kms.call('CreateKey', { Description: 'other' }, h.root)).KeyMetadata.Arn as string;
     await policy([{ Effect: 'Allow', Action: ['kms:DescribeKey', 'kms:GenerateDataKeyWithoutPlaintext'], Resource: other }]);
@@ -80,7 +82,7 @@ describe('same-key CopySnapshot: the caller must be allowed to use the snapshot 
     expect(await missingBlocks(h.store, m)).toEqual([]);
     const re = auditEvents().filter((e) => e.eventName === 'ReEncrypt' && e.userIdentity?.arn === carol.arn && !e.errorCode);
     expect(re).toHaveLength(1);
-    expect(re[0]!.userIdentity.invokedBy).toBe(VIA);
+    expect(re[0]!.userIdentity.invokedBy).toBe(INVOKED_BY);
   });
 
   it('the new data key of an other-key copy: K1 = K2 is checked in place, never copied into Node\'s Buffer pool', async () => {

@@ -68,6 +68,38 @@ describe('EbsDirect with an injected clock', () => {
     d.close();
   }, 30_000);
 
+  it('a block token is good until the ExpiryTime its listing gave, to the millisecond, and a NextToken for its full 60 minutes, whatever the clock\'s milliseconds', async () => {
+    // Listed at .750 of a second: a token kept only whole seconds would die 750 ms before the ExpiryTime it came with.
+    const at = T0 + 750;
+    now = at;
+    const d = direct();
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Encrypted: true, KmsKeyArn: keyArn }), root)).SnapshotId as string;
+    for (let i = 0; i < 101; i++) await d.putSnapshotBlock(putReq(snap, i, randomBytes(BLOCK)), root);
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 101 });
+    const listed = await d.listSnapshotBlocks({ SnapshotId: snap, MaxResults: 100 });
+    const expiry = Date.parse(listed.ExpiryTime as string);
+    expect(expiry).toBe(at + BLOCK_TOKEN_TTL_MS);
+    const token = (listed.Blocks as { BlockIndex: number; BlockToken: string }[])[3]!.BlockToken;
+    const get = () => d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: 3, BlockToken: token }, root);
+    now = expiry - 1;
+    expect((await get()).DataLength).toBe(BLOCK);
+    now = expiry;
+    await refused(get(), 'ValidationException', 'INVALID_BLOCK_TOKEN');
+
+    const changed = await d.listChangedBlocks({ SecondSnapshotId: snap, MaxResults: 100 });
+    const second = (changed.ChangedBlocks as { BlockIndex: number; SecondBlockToken: string }[])[3]!.SecondBlockToken;
+    now = Date.parse(changed.ExpiryTime as string) - 1;
+    expect((await d.getSnapshotBlock({ SnapshotId: snap, BlockIndex: 3, BlockToken: second }, root)).DataLength).toBe(BLOCK);
+
+    now = at;
+    const page = (await d.listSnapshotBlocks({ SnapshotId: snap, MaxResults: 100 })).NextToken as string;
+    now = at + PAGE_TOKEN_TTL_MS - 1;
+    expect((await d.listSnapshotBlocks({ SnapshotId: snap, NextToken: page })).Blocks).toHaveLength(1);
+    now = at + PAGE_TOKEN_TTL_MS;
+    await refused(d.listSnapshotBlocks({ SnapshotId: snap, NextToken: page }), 'ValidationException', 'INVALID_PAGE_TOKEN');
+    await d.close();
+  }, 30_000);
+
   it('a snapshot idle for its Timeout (counted from its start, then from its last block) becomes error; one pending at a restart becomes error too, never completed', async () => {
     now = T0;
     const d = direct();

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Caller } from '../../src/kms/types.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
-import { EbsDirect, PENDING_MANIFEST_EVERY_MS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
+import { EbsDirect, MAX_PENDING_PER_CALLER, MAX_PENDING_SNAPSHOTS, PENDING_MANIFEST_EVERY_MS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
 import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
 import { tempDirPerTest } from '../helpers/temp-dir.js';
@@ -59,7 +59,7 @@ class TestTimers {
   }
 }
 
-async function setup(o: { maxPending?: number; maxClientTokens?: number; gc?: boolean } = {}) {
+async function setup(o: { maxPending?: number; maxPendingPerCaller?: number; maxClientTokens?: number; gc?: boolean } = {}) {
   const dir = tmp();
   const store = await DirSnapshotStore.open(join(dir, 'snapshots'));
   const gc = new SnapshotGc(store);
@@ -70,6 +70,7 @@ async function setup(o: { maxPending?: number; maxClientTokens?: number; gc?: bo
     store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1', allowUnencrypted: true,
     now: () => clock.now, schedule: timers.schedule, pin: (h) => gc.pin(h), ...(o.maxPending !== undefined ? { maxPending: o.maxPending } : {}),
     ...(o.maxClientTokens !== undefined ? { maxClientTokens: o.maxClientTokens } : {}),
+    ...(o.maxPendingPerCaller !== undefined ? { maxPendingPerCaller: o.maxPendingPerCaller } : {}),
   });
   closers.push(() => d.close());
   return { dir, store, gc, timers, clock, d };
@@ -223,6 +224,27 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(again).toEqual(x);
     expect((await store.listManifests()).length).toBe(before);
     await expect(d.startSnapshot(parseStartSnapshot({ VolumeSize: 2, ClientToken: 'retry-1' }), caller)).rejects.toMatchObject({ awsName: 'ConflictException' });
+  });
+
+  it('one principal holds at most its share of the pending snapshots: past it its StartSnapshot is ConcurrentLimitExceededException, while another principal still starts one', async () => {
+    const { d } = await setup({ maxPending: 8, maxPendingPerCaller: 2 });
+    const hog: Caller = { ...caller, arn: `arn:aws:iam::${ACCOUNT}:user/hog`, principalId: 'AIDAHOG' };
+    const other: Caller = { ...caller, arn: `arn:aws:iam::${ACCOUNT}:user/other`, principalId: 'AIDAOTHER' };
+    // Started all at once and one after the other: the share holds both ways.
+    const got = await Promise.allSettled(Array.from({ length: 10 }, () => d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 4320 }), hog)));
+    expect(got.filter((r) => r.status === 'fulfilled')).toHaveLength(2);
+    for (const r of got) if (r.status === 'rejected') expect((r.reason as { awsName?: string }).awsName).toBe('ConcurrentLimitExceededException');
+    await expect(d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), hog)).rejects.toMatchObject({ awsName: 'ConcurrentLimitExceededException' });
+    const mine = await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), other);
+    expect(mine.Status).toBe('pending');
+    // Completing one of the hog's gives it back one slot.
+    const first = got.find((r): r is PromiseFulfilledResult<Record<string, unknown>> => r.status === 'fulfilled')!.value;
+    await d.completeSnapshot({ SnapshotId: first.SnapshotId as string, ChangedBlocksCount: 0 });
+    expect((await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), hog)).Status).toBe('pending');
+  });
+
+  it('by default one principal may hold a quarter of the pending snapshots (MAX_PENDING_PER_CALLER of MAX_PENDING_SNAPSHOTS)', () => {
+    expect(MAX_PENDING_PER_CALLER).toBe(MAX_PENDING_SNAPSHOTS / 4);
   });
 
   it('past the ClientToken bound the oldest token of a snapshot no longer pending is forgotten, never a pending one', async () => {

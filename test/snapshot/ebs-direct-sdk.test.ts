@@ -188,6 +188,28 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     const clash = await rejection(ebs.send(new StartSnapshotCommand({ VolumeSize: 2, ClientToken: 'same-token' })));
     expect(clash).toBeInstanceOf(ConflictException);
   }, 60_000);
+  it('a SnapshotId or BlockIndex the model refuses (pattern, range) is ValidationException with its Reason, as the socket answers it, never an unknown operation', async () => {
+    // Thunks: each call is made in turn, so a failed expectation leaves none in flight.
+    const cases: [string, () => Promise<unknown>, string][] = [
+      ['upper-case hex', () => ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: 'snap-ABC' })), 'INVALID_SNAPSHOT_ID'],
+      ['a volume id', () => ebs.send(new ListChangedBlocksCommand({ SecondSnapshotId: 'vol-0123456789abcdef0' })), 'INVALID_SNAPSHOT_ID'],
+      ['first id', () => ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: 'vol-0123456789abcdef0', SecondSnapshotId: 'snap-0123456789abcdef0' })), 'INVALID_SNAPSHOT_ID'],
+      ['past 64 characters', () => ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: `snap-${'a'.repeat(60)}` })), 'INVALID_SNAPSHOT_ID'],
+      ['completion of no snapshot id', () => ebs.send(new CompleteSnapshotCommand({ SnapshotId: 'ami-0123', ChangedBlocksCount: 0 })), 'INVALID_SNAPSHOT_ID'],
+      ['a negative BlockIndex', () => ebs.send(new GetSnapshotBlockCommand({ SnapshotId: 'snap-0123456789abcdef0', BlockIndex: -1, BlockToken: 'AAAA' })), 'INVALID_BLOCK'],
+    ];
+    for (const [what, p, reason] of cases) {
+      const e = await rejection(p());
+      expect(e, `${what}: ${e}`).toBeInstanceOf(ValidationException);
+      expect(e.Reason, what).toBe(reason);
+      expect(e.$metadata.httpStatusCode, what).toBe(400);
+    }
+    const data = randomBytes(BLOCK);
+    const put = await rejection(ebs.send(new PutSnapshotBlockCommand({ SnapshotId: 'snap-XYZ', BlockIndex: 0, BlockData: data, DataLength: BLOCK, Checksum: sha(data).toString('base64'), ChecksumAlgorithm: 'SHA256' })));
+    expect(put).toBeInstanceOf(ValidationException);
+    expect(put.Reason).toBe('INVALID_SNAPSHOT_ID');
+  }, 60_000);
+
   it('a StartSnapshot snapshot describes as VolumeId vol-ffffffff (EC2\'s id for a snapshot of no volume); KmsKeyArn with ParentSnapshotId is ValidationException', async () => {
     const other = (await env.api('TrentService.CreateKey', { Description: 'another' })).KeyMetadata.Arn as string;
     const { snap } = await oneBlock({ KmsKeyArn: keyArn });

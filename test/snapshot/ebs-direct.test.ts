@@ -291,7 +291,7 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     const flipped = Buffer.from(t0, 'base64');
     flipped[flipped.length - 1]! ^= 1;
     const later = Buffer.from(t0, 'base64');
-    later.writeBigUInt64BE(later.readBigUInt64BE(1) + 3600n, 1); // an expiry pushed out, MAC unchanged
+    later.writeBigUInt64BE(later.readBigUInt64BE(1) + 3_600_000n, 1); // an expiry pushed out an hour (milliseconds), MAC unchanged
     for (const [what, index, token] of [['forged MAC', 0, flipped.toString('base64')], ['extended expiry', 0, later.toString('base64')], ['another index, same content', 2, t0], ['another index', 1, t0], ['garbage', 0, 'AAAA']] as const) {
       const r = await raw('GetSnapshotBlock', { SnapshotId: snap, BlockIndex: index, BlockToken: token });
       expect(r.status, what).toBe(400);

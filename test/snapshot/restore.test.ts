@@ -252,7 +252,7 @@ describe('volume create --snapshot-id', () => {
     // The embedded KMS judges the caller's own ReEncrypt, via EC2 (no op grants: those are for a remote KMS, src/volume/op-grants.ts).
     const re = ev.find((e) => e.eventName === 'ReEncrypt' && e.requestParameters?.destinationEncryptionContext?.['aws:ebs:id'] === ok.json().VolumeId);
     expect(re.userIdentity.arn).toMatch(/:user\/carol$/);
-    expect(re.userIdentity.invokedBy).toBe('ec2.us-east-1.amazonaws.com');
+    expect(re.userIdentity.invokedBy).toBe('ec2.amazonaws.com'); // CloudTrail's service name, not kms:ViaService's
     expect(ev.filter((e) => e.eventName === 'CreateGrant' && JSON.stringify(e.requestParameters ?? {}).includes('ebsd-op-'))).toEqual([]);
     // CopySnapshot: the new snapshot/* needs the request tag team=a, and tags need ec2:CreateTags (CreateAction CopySnapshot).
     const noTag = await carol(['snapshot', 'copy', snap]);
@@ -296,7 +296,7 @@ describe('volume create --snapshot-id', () => {
     const his = ev.filter((e) => /:user\/dave$/.test(String(e.userIdentity?.arn)));
     const refused = his.filter((e) => (e.eventName === 'Decrypt' || e.eventName === 'ReEncrypt') && e.errorCode === 'AccessDeniedException');
     expect(refused.map((e) => e.eventName).sort()).toEqual(['Decrypt', 'ReEncrypt', 'ReEncrypt']);
-    for (const e of refused) expect(e.userIdentity.invokedBy).toBe('ec2.us-east-1.amazonaws.com');
+    for (const e of refused) expect(e.userIdentity.invokedBy).toBe('ec2.amazonaws.com');
     expect(his.filter((e) => e.eventName === 'CreateGrant')).toEqual([]);
   }, 90_000);
 

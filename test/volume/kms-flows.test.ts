@@ -5,6 +5,9 @@ import { VolumeManager, type VolumeManagerOptions } from '../../src/volume/volum
 import type { ImpairedEvent } from '../../src/volume/key-cache.js';
 import { tmpDir } from './helpers/image.js';
 import { kmsHarness, VIA, type KmsHarness } from './helpers/kms.js';
+
+/** What the audit records as invokedBy: CloudTrail's service name, without the region (docs/kms-format.md, "Audit log"). */
+const INVOKED_BY = 'ec2.amazonaws.com';
 import { openTestManager } from './helpers/manager.js';
 import { opGrantName } from '../../src/volume/op-grants.js';
 import { ManualClock } from './helpers/manual-clock.js';
@@ -103,7 +106,7 @@ describe('CreateVolume through the real KMS core', () => {
     const v = await mgr.createVolume({ Size: MiB }, kms.user);
     const ev = (await kms.auditEvents()).filter((e) => e.eventName === 'GenerateDataKeyWithoutPlaintext');
     expect(ev).toHaveLength(1);
-    expect(ev[0]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
+    expect(ev[0]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: INVOKED_BY });
     expect(JSON.stringify(ev[0]!.requestParameters)).toContain(JSON.stringify({ 'aws:ebs:id': v.VolumeId }));
     expect(ev[0]!.errorCode).toBeUndefined();
     // The user cannot do the same without EC2 (identity policy conditioned on kms:ViaService).
@@ -115,7 +118,7 @@ describe('CreateVolume through the real KMS core', () => {
     await mgr.createVolume({ Size: MiB, KmsKeyId: arn }, kms.user);
     const ev = await kms.auditEvents();
     expect(ev.filter((e) => e.eventName === 'CreateGrant')).toEqual([]);
-    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, VIA, undefined]]);
+    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, INVOKED_BY, undefined]]);
   });
 
   test('a caller allowed GenerateDataKeyWithoutPlaintext, DescribeKey and CreateGrant via EC2 but denied kms:Decrypt and kms:ReEncrypt* cannot create: the embedded KMS refuses its Decrypt', async () => {
@@ -148,7 +151,7 @@ describe('CreateVolume with op grants (a remote KMS: VolumeManagerOptions.opGran
     const ev = await kms.auditEvents();
     const cg = ev.filter((e) => e.eventName === 'CreateGrant');
     expect(cg).toHaveLength(1);
-    expect(cg[0]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
+    expect(cg[0]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: INVOKED_BY });
     expect(JSON.stringify(cg[0]!.requestParameters)).toContain(opGrantName(mgr.instanceId, `${v.VolumeId}-new-key`, 0));
     const dec = ev.filter((e) => e.eventName === 'Decrypt');
     expect(dec.map((e) => [e.userIdentity.arn, e.errorCode])).toEqual([[kms.host.arn, undefined]]);
@@ -166,7 +169,7 @@ describe('CreateVolume with op grants (a remote KMS: VolumeManagerOptions.opGran
     expect(v.State).toBe('available');
     const ev = await kms.auditEvents();
     expect(ev.filter((e) => e.eventName === 'CreateGrant').map((e) => e.errorCode)).toEqual(['AccessDeniedException']);
-    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, VIA, undefined]]);
+    expect(ev.filter((e) => e.eventName === 'Decrypt').map((e) => [e.userIdentity.arn, e.userIdentity.invokedBy, e.errorCode])).toEqual([[kms.user.arn, INVOKED_BY, undefined]]);
     expect(await kms.grantIds(arn)).toEqual([]);
   });
 
@@ -248,7 +251,7 @@ describe('attach grant lifecycle', () => {
     const ev = await kms.auditEvents();
     // The attach grant's (with op grants, a create's short-lived grant would come first: src/volume/op-grants.ts).
     const cg = ev.findIndex((e) => e.eventName === 'CreateGrant' && JSON.stringify(e.requestParameters ?? {}).includes('ebsd-attach-'));
-    expect(ev[cg]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: VIA });
+    expect(ev[cg]!.userIdentity).toMatchObject({ arn: kms.user.arn, invokedBy: INVOKED_BY });
     const dec = ev.slice(cg + 1).find((e) => e.eventName === 'Decrypt');
     expect(dec?.userIdentity.arn).toBe(kms.host.arn);
     expect(dec?.userIdentity.invokedBy).toBeUndefined();

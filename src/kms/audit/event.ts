@@ -65,6 +65,45 @@ function _boundParamsJson(json: string): string {
   return json.length > MAX_PARAMETERS_JSON ? _OMITTED_JSON : json;
 }
 
+/**
+ * Who a service event is by: CloudTrail records what KMS does by itself (RotateKey, DeleteKey)
+ * as invoked by, from and with the agent "AWS Internal" (docs/kms-format.md, "Audit log").
+ */
+export const AWS_INTERNAL = 'AWS Internal';
+
+/**
+ * The service name CloudTrail records for a call a service makes for a caller: `invokedBy`,
+ * `sourceIPAddress` and `userAgent` all name the service without a region (`ec2.amazonaws.com`;
+ * docs/kms-format.md, "Audit log"). `viaService` is the `kms:ViaService` value, which has the
+ * region (`ec2.us-east-1.amazonaws.com`) and stays what policies are judged on.
+ */
+export function invokedByOf(viaService: string): string {
+  return viaService.replace(/^([a-z0-9-]+)\.[a-z]{2}(?:-[a-z]+)+-\d+\.(amazonaws\.com(?:\.cn)?)$/, '$1.$2');
+}
+
+/**
+ * requestParameters: the allow-listed members, and what CloudTrail adds. A Decrypt always has
+ * `encryptionAlgorithm`, SYMMETRIC_DEFAULT (the API's default) when the request named none
+ * (docs/kms-format.md, "Audit log").
+ */
+function _requestFields(i: AuditInput): Record<string, unknown> | null {
+  const out = safeFields(i.request, SAFE_REQUEST);
+  if (i.eventName === 'Decrypt' && i.request && out?.encryptionAlgorithm === undefined) {
+    return { ...out, encryptionAlgorithm: 'SYMMETRIC_DEFAULT' };
+  }
+  return out;
+}
+
+/**
+ * responseElements: the allow-listed members, and what CloudTrail adds. A CreateGrant's has the key
+ * ARN as `keyId`, though the operation does not return it (docs/kms-format.md, "Audit log").
+ */
+function _responseFields(i: AuditInput): Record<string, unknown> | null {
+  const out = safeFields(i.response, SAFE_RESPONSE);
+  if (i.eventName === 'CreateGrant' && out && i.resources[0] !== undefined) return { ...out, keyId: i.resources[0] };
+  return out;
+}
+
 export interface AuditInput {
   eventName: string;
   caller?: Caller;
@@ -100,13 +139,23 @@ export function userIdentityOf(c: Caller): Record<string, unknown> {
     ...(c.accessKeyId ? { accessKeyId: c.accessKeyId } : {}),
     ...(c.userName ? { userName: c.userName } : {}),
     ...(c.sessionContext ? { sessionContext: c.sessionContext } : {}),
-    ...(c.viaService ? { invokedBy: c.viaService } : {}),
+    ...(c.viaService ? { invokedBy: invokedByOf(c.viaService) } : {}),
   };
+}
+
+/** sourceIPAddress: the caller's address, or the service that called for it (invokedByOf). */
+function _sourceOf(c: Caller | undefined): string {
+  return c ? (c.viaService ? invokedByOf(c.viaService) : c.sourceIp ?? '127.0.0.1') : AWS_INTERNAL;
+}
+
+/** userAgent: the caller's (bounded), or the service that called for it, as CloudTrail records either. */
+function _agentOf(c: Caller | undefined): string {
+  return c ? (c.viaService ? invokedByOf(c.viaService) : truncateField(c.userAgent ?? 'ebsd', MAX_USER_AGENT)) : AWS_INTERNAL;
 }
 
 export function buildEvent(i: AuditInput): Record<string, unknown> {
   const c = i.caller;
-  const userIdentity = c ? userIdentityOf(c) : { accountId: i.accountId, invokedBy: 'kms.amazonaws.com' };
+  const userIdentity = c ? userIdentityOf(c) : { accountId: i.accountId, invokedBy: AWS_INTERNAL };
   const ev: Record<string, unknown> = {
     eventVersion: '1.08',
     userIdentity,
@@ -114,10 +163,10 @@ export function buildEvent(i: AuditInput): Record<string, unknown> {
     eventSource: 'kms.amazonaws.com',
     eventName: i.eventName,
     awsRegion: i.region,
-    sourceIPAddress: c ? (c.viaService ?? c.sourceIp ?? '127.0.0.1') : 'kms.amazonaws.com',
-    userAgent: c ? truncateField(c.userAgent ?? 'ebsd', MAX_USER_AGENT) : 'kms.amazonaws.com',
-    requestParameters: _boundParams(safeFields(i.request, SAFE_REQUEST)),
-    responseElements: _boundParams(safeFields(i.response, SAFE_RESPONSE)),
+    sourceIPAddress: _sourceOf(c),
+    userAgent: _agentOf(c),
+    requestParameters: _boundParams(_requestFields(i)),
+    responseElements: _boundParams(_responseFields(i)),
   };
   if (i.errorCode) {
     ev.errorCode = i.errorCode;
@@ -191,14 +240,14 @@ function _time(t: number): string {
  */
 export function buildEventJson(i: AuditInput): string {
   const c = i.caller;
-  let s = '{"eventVersion":"1.08","userIdentity":' + (c ? _identity(c) : _q({ accountId: i.accountId, invokedBy: 'kms.amazonaws.com' }))
+  let s = '{"eventVersion":"1.08","userIdentity":' + (c ? _identity(c) : _q({ accountId: i.accountId, invokedBy: AWS_INTERNAL }))
     + ',"eventTime":' + _time(i.time)
     + ',"eventSource":"kms.amazonaws.com","eventName":' + _q(i.eventName)
     + ',"awsRegion":' + _q(i.region)
-    + ',"sourceIPAddress":' + _q(c ? (c.viaService ?? c.sourceIp ?? '127.0.0.1') : 'kms.amazonaws.com')
-    + ',"userAgent":' + _q(c ? truncateField(c.userAgent ?? 'ebsd', MAX_USER_AGENT) : 'kms.amazonaws.com')
-    + ',"requestParameters":' + _boundParamsJson(_q(safeFields(i.request, SAFE_REQUEST)))
-    + ',"responseElements":' + _boundParamsJson(_q(safeFields(i.response, SAFE_RESPONSE)));
+    + ',"sourceIPAddress":' + _q(_sourceOf(c))
+    + ',"userAgent":' + _q(_agentOf(c))
+    + ',"requestParameters":' + _boundParamsJson(_q(_requestFields(i)))
+    + ',"responseElements":' + _boundParamsJson(_q(_responseFields(i)));
   if (i.errorCode) {
     s += ',"errorCode":' + _q(i.errorCode) + (i.errorMessage === undefined ? '' : ',"errorMessage":' + _q(truncateField(i.errorMessage, MAX_ERROR_MESSAGE)));
   }
