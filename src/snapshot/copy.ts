@@ -12,7 +12,8 @@ import { buildLuks2Json, VOLUME_KEY_BYTES } from '../volume/luks2-json.js';
 import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.js';
 import { VolumeError } from '../volume/errors.js';
 import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
-import { FOUND_RECHECK_MS, STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
+import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
+import { recheckMsOf } from './store-settings.js';
 import { inParallel } from '../util/in-parallel.js';
 import { reencryptBlock } from './reencrypt.js';
 import { bytesInside, checkedSnapshot, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
@@ -78,7 +79,7 @@ export interface SnapshotCopierOptions {
   localDir: string;
   /** Pins blocks against the collector while the copy has not yet named them in a completed manifest. */
   pin: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
-  /** On a shared store, the wait between a same-key copy's touches of the source's objects and its asking again (FOUND_RECHECK_MS unless given). */
+  /** On a shared store, the wait between a same-key copy's touches of the source's objects and its asking again (the store's deleteWindows().recheckMs unless given). */
   foundRecheckMs?: number;
   /**
    * DeleteSnapshot refuses the source while the copy reads it
@@ -327,7 +328,8 @@ export class SnapshotCopier {
         // objects are safe if the source's manifest still exists (a collector frees them only after
         // removing it, and our pending manifest names them since); otherwise each is asked again.
         if (touch) {
-          await new Promise((r) => setTimeout(r, this.o.foundRecheckMs ?? FOUND_RECHECK_MS));
+          const wait = await recheckMsOf(this.o.store, this.o.foundRecheckMs);
+          await new Promise((r) => setTimeout(r, wait));
           if (!(await this.o.store.getManifest(snap.manifest.snapshotId))) {
             const gone: BlockHash[] = [];
             await inParallel([...new Set(named)], STORE_REQUESTS_IN_FLIGHT, async (h) => {

@@ -7,7 +7,8 @@ import { wipe } from '../util/wipe.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
-import { FOUND_RECHECK_MS, STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
+import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
+import { recheckMsOf } from './store-settings.js';
 import { inParallel } from '../util/in-parallel.js';
 import { PendingMarkers } from './pending-markers.js';
 import { MANIFEST_MAX_BYTES, isSnapshotId } from './manifest-check.js';
@@ -162,7 +163,7 @@ export interface EbsDirectOptions {
   maxManifestBytes?: number;
   /** Blocks of completed manifests kept in memory (MANIFEST_CACHE_BLOCKS); tests set fewer. */
   manifestCacheBlocks?: number;
-  /** On a shared store, the wait between the last put and CompleteSnapshot's check of the blocks (FOUND_RECHECK_MS unless given). */
+  /** On a shared store, the wait between the last put and CompleteSnapshot's check of the blocks (the store's deleteWindows().recheckMs unless given). */
   foundRecheckMs?: number;
   /**
    * EBS encryption by default is disabled: StartSnapshot makes an unencrypted snapshot when
@@ -210,7 +211,7 @@ interface Pending {
   saving: Promise<void>;
   /** CompleteSnapshot is writing the manifest: puts are refused, the snapshot is not swept. */
   completing: boolean;
-  /** performance.now() after the last put (the header's, then each block's): CompleteSnapshot on a shared store asks again only FOUND_RECHECK_MS after it. */
+  /** performance.now() after the last put (the header's, then each block's): CompleteSnapshot on a shared store asks again only the store's recheckMs after it. */
   lastPutMs: number;
 }
 
@@ -691,7 +692,7 @@ export class EbsDirect {
   /**
    * On a store other hosts collect: a block this snapshot put may have been an orphan whose age another host's
    * collector read just before our put, its delete landing just after; that delete lands within the collector's
-   * window of its read or never (gc.ts). So the check waits until FOUND_RECHECK_MS after our last put. The parent's
+   * window of its read or never (gc.ts). So the check waits until the store's recheckMs (store-settings.ts) after our last put. The parent's
    * blocks are safe while its manifest exists (a collector frees them only after removing it, and our pending
    * manifest names them since StartSnapshot); a parent deleted meanwhile has them touched now and asked again
    * after the wait too (docs/architecture.md §13.3, rule 5). Returns those inherited indexes to check, by hash.
@@ -707,7 +708,7 @@ export class EbsDirect {
       if (touch) await inParallel([...inherited.keys()], STORE_REQUESTS_IN_FLIGHT, async (h) => void (await touch(h)));
       p.lastPutMs = performance.now();
     }
-    const wait = p.lastPutMs + (this.o.foundRecheckMs ?? FOUND_RECHECK_MS) - performance.now();
+    const wait = p.lastPutMs + (await recheckMsOf(this.o.store, this.o.foundRecheckMs)) - performance.now();
     if (wait > 0 && !this.closed) {
       await new Promise<void>((resolve) => {
         const done = (): void => {

@@ -1,4 +1,5 @@
 import type { SnapshotError } from './errors.js';
+import type { DeleteWindows } from './store-settings.js';
 
 /**
  * Snapshots (docs/architecture.md, "Snapshots"): a volume's data segment as
@@ -99,6 +100,13 @@ export interface SnapshotStore {
    * host's collector (src/snapshot/snapshot-manager.ts). Absent: shared.
    */
   readonly singleWriter?: boolean;
+  /**
+   * On a store several daemons write (no singleWriter): the collector's delete
+   * window and the writers' wait after it, as the store records them for every
+   * host (src/snapshot/store-settings.ts). Read from the store once; a failed
+   * read throws and is tried again at the next call. Absent: the defaults.
+   */
+  deleteWindows?(): Promise<DeleteWindows>;
   /** Stores `data` under `hash` (the caller computed it); durable when it resolves; a present block is left as it is. */
   putBlock(hash: BlockHash, data: Uint8Array): Promise<void>;
   /**
