@@ -82,7 +82,31 @@ describe('a create on one host, a collector on another, sharing the store', () =
   test('the collector deletes the found block within its window, after the touch: the create, asking again past the window, ends error naming it; the volume is unaffected', async () => {
     // A window long enough for the create's set-up before its touch; the create asks again past it.
     const window = 2_000;
-    h = await openSnapshotHarness({ wrapStore: (s) => overrideStore(s, { singleWriter: undefined }), foundRecheckMs: window + RECHECK_MS });
+    let target = '';
+    let child = '';
+    let touched: () => void = () => {};
+    const touchedTarget = new Promise<void>((r) => (touched = r));
+    let collected: Promise<unknown> = Promise.resolve();
+    h = await openSnapshotHarness({
+      foundRecheckMs: window + RECHECK_MS,
+      wrapStore: (s) =>
+        overrideStore(s, {
+          singleWriter: undefined,
+          // The create's touch of the block under test, once it has renewed its age: the other host's collector
+          // deletes it right after. (Not the block's age seen changing: a packed block's age is its pack's, which
+          // the collector's own frees of the pack's other blocks renew too.)
+          touchBlock: async (hash: string) => {
+            const r = await s.touchBlock(hash);
+            if (hash === target && r) touched();
+            return r;
+          },
+          // A `completed` manifest waits for that delete: a create that never asked again would name a block gone.
+          putManifest: async (m: SnapshotManifest) => {
+            if (m.snapshotId === child && m.state === 'completed') await collected;
+            return s.putManifest(m);
+          },
+        }),
+    });
     const hh = h;
     const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
     const data = randomBytes(MiB);
@@ -90,16 +114,74 @@ describe('a create on one host, a collector on another, sharing the store', () =
     await hh.mgr.getBlockDevice(vol)!.write(0, data);
     await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
     const s1 = await hh.snapshot(vol);
-    const target = s1.blocks[0]![1];
-    let child = '';
+    target = s1.blocks[0]![1];
     const gc = otherHostGc(hh.store, async (hash, nth) => {
       if (hash !== target || nth !== 2) return;
-      const before = await hh.store.blockModifiedMs(hash);
       child = (await hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller)).SnapshotId;
-      // Answered as soon as the create has touched the block (its age renewed), well within the window.
-      while ((await hh.store.blockModifiedMs(hash)) === before) await new Promise((r) => setTimeout(r, 2));
+      // Answered once the create has touched the block (its age renewed), well within the window.
+      await touchedTarget;
     }, window);
-    const d = await gc.deleteSnapshot(s1.snapshotId);
+    const deleting = gc.deleteSnapshot(s1.snapshotId);
+    collected = deleting.catch(() => {});
+    const d = await deleting;
+    expect(d.result.deleted).toBeGreaterThan(0);
+    expect(await hh.store.hasBlock(target)).toBe(false);
+    const m = await hh.settled(child);
+    expect(m.state).toBe('error');
+    expect(m.stateMessage).toMatch(new RegExp(`gone since.*${target}`));
+    expect(m.blocks).toEqual([]);
+    expect((await hh.readVolume(vol)).equals(data)).toBe(true);
+  }, 30_000);
+
+  test('a block the create put because another collector freed its older copy, the first collector deleting it after the put within its window: the create, asking again past the window, ends error naming it', async () => {
+    // The other host's collector reads the age of s1's block, a second collector frees it, this host's create finds it
+    // gone and puts it again, and only then does the first collector's delete (within its window) land: the put is no
+    // safer than a touch.
+    const window = 3_000;
+    let target = '';
+    let child = '';
+    let committed: () => void = () => {};
+    let collected: Promise<unknown> = Promise.resolve();
+    h = await openSnapshotHarness({
+      foundRecheckMs: window + RECHECK_MS,
+      wrapStore: (s) =>
+        overrideStore(s, {
+          singleWriter: undefined,
+          openBlockBatch: () => {
+            const b = s.openBlockBatch();
+            return { put: (hash, bytes) => b.put(hash, bytes), abort: () => b.abort(), commit: async () => {
+              await b.commit();
+              committed();
+            } };
+          },
+          putManifest: async (m: SnapshotManifest) => {
+            if (m.snapshotId === child && m.state === 'completed') await collected;
+            return s.putManifest(m);
+          },
+        }),
+    });
+    const hh = h;
+    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
+    const data = randomBytes(MiB);
+    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
+    await hh.mgr.getBlockDevice(vol)!.write(0, data);
+    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const s1 = await hh.snapshot(vol);
+    target = s1.blocks[0]![1];
+    // s1's own commit is past: the next is the create's below.
+    const putAgain = new Promise<void>((r) => (committed = r));
+    const gc = otherHostGc(hh.store, async (hash, nth) => {
+      if (hash !== target || nth !== 2) return;
+      // The second collector's delete of the older copy.
+      await hh.store.deleteBlock(target);
+      child = (await hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller)).SnapshotId;
+      // Answered once the create's blocks, this one put again among them, are in the store.
+      await putAgain;
+      expect(await hh.store.hasBlock(target)).toBe(true);
+    }, window);
+    const deleting = gc.deleteSnapshot(s1.snapshotId);
+    collected = deleting.catch(() => {});
+    const d = await deleting;
     expect(d.result.deleted).toBeGreaterThan(0);
     expect(await hh.store.hasBlock(target)).toBe(false);
     const m = await hh.settled(child);
@@ -184,11 +266,8 @@ describe('a create on one host, a collector on another, sharing the store', () =
     await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
     await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(MiB));
     await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
-    // The first snapshot puts every block: nothing found, no wait.
-    const s1 = await hh.snapshot(vol);
-    expect(s1.state).toBe('completed');
     armed = true;
-    // The second inherits (or finds) them all: it waits before asking again.
+    // Every create on a shared store waits before asking again for its blocks, one that put them all too.
     const s2 = (await hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller)).SnapshotId;
     await inWait;
     await hh.snaps.close();

@@ -17,7 +17,7 @@ import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
 import { manifestHashes } from '../../src/snapshot/manifest-check.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
-import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
+import { S3RVER_CREDENTIALS, startS3Server, useTestDeleteWindows, type S3Server } from './s3-helpers.js';
 import { settled } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -78,6 +78,7 @@ describe('SIGKILL at each snapshot fault point, S3 store', () => {
   beforeAll(async () => {
     ensureBuilt();
     server = await startS3Server();
+    await useTestDeleteWindows(server, PREFIX);
     for (const k of Object.keys(process.env)) if (k.startsWith('AWS_')) delete process.env[k];
     Object.assign(process.env, server.env);
     store = await S3SnapshotStore.open({ bucket: server.bucket, prefix: PREFIX, endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS });

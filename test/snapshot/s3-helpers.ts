@@ -74,3 +74,22 @@ export async function startS3Server(bucket = 'ebsd-snapshots'): Promise<S3Server
     throw e;
   }
 }
+
+/**
+ * The collector's delete window and its margin this suite's S3 stores record
+ * (`PREFIX/settings.json`, docs/architecture.md §13.1): s3rver on loopback acts
+ * on a request within milliseconds, so a store's writers need not wait the
+ * default 10 s after their last put before asking again for their blocks.
+ */
+export const TEST_DELETE_WINDOWS = { deleteWindowMs: 250, deleteMarginMs: 250 };
+
+/** Records TEST_DELETE_WINDOWS in the store at `prefix`, before any daemon uses it. */
+export async function useTestDeleteWindows(server: S3Server, prefix: string): Promise<void> {
+  const { S3SnapshotStore } = await import('../../src/snapshot/s3-store.js');
+  const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix, endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS });
+  try {
+    await s.putSettings(TEST_DELETE_WINDOWS);
+  } finally {
+    s.close();
+  }
+}
