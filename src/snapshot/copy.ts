@@ -13,6 +13,7 @@ import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.
 import { VolumeError } from '../volume/errors.js';
 import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
 import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
+import { recheckMsOf } from './store-settings.js';
 import { inParallel } from '../util/in-parallel.js';
 import { reencryptBlock } from './reencrypt.js';
 import { bytesInside, checkedSnapshot, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
@@ -78,6 +79,8 @@ export interface SnapshotCopierOptions {
   localDir: string;
   /** Pins blocks against the collector while the copy has not yet named them in a completed manifest. */
   pin: (hashes: Iterable<BlockHash>) => Promise<BlockPin>;
+  /** On a shared store, the wait between a same-key copy's touches of the source's objects and its asking again (the store's deleteWindows().recheckMs unless given). */
+  foundRecheckMs?: number;
   /**
    * DeleteSnapshot refuses the source while the copy reads it
    * (InvalidSnapshot.InUse); resolves with the release. Taken before the
@@ -320,6 +323,21 @@ export class SnapshotCopier {
         await inParallel([...new Set(named)], STORE_REQUESTS_IN_FLIGHT, async (h) => {
           if (!inMemory?.(h) && !(await (touch ?? this.o.store.hasBlock.bind(this.o.store))(h))) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${h} of the source ${snap.manifest.snapshotId} is missing from ${this.o.store.location}`);
         });
+        // A collector on another host may have read an object's age just before our touch and delete it
+        // after; its delete lands within its window of that read or never (gc.ts). Past the window, the
+        // objects are safe if the source's manifest still exists (a collector frees them only after
+        // removing it, and our pending manifest names them since); otherwise each is asked again.
+        if (touch) {
+          const wait = await recheckMsOf(this.o.store, this.o.foundRecheckMs);
+          await new Promise((r) => setTimeout(r, wait));
+          if (!(await this.o.store.getManifest(snap.manifest.snapshotId))) {
+            const gone: BlockHash[] = [];
+            await inParallel([...new Set(named)], STORE_REQUESTS_IN_FLIGHT, async (h) => {
+              if (!(await this.o.store.hasBlock(h))) gone.push(h);
+            });
+            if (gone.length) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${gone[0]} of the source ${snap.manifest.snapshotId}, deleted meanwhile, is gone from ${this.o.store.location}${gone.length > 1 ? ` (and ${gone.length - 1} more)` : ''}`);
+          }
+        }
         m.header = snap.manifest.header!;
         m.blocks = snap.manifest.blocks.map(([i, h]) => [i, h]);
       } else {

@@ -8,6 +8,7 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
 import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
+import { recheckMsOf } from './store-settings.js';
 import { inParallel } from '../util/in-parallel.js';
 import { PendingMarkers } from './pending-markers.js';
 import { MANIFEST_MAX_BYTES, isSnapshotId } from './manifest-check.js';
@@ -162,6 +163,8 @@ export interface EbsDirectOptions {
   maxManifestBytes?: number;
   /** Blocks of completed manifests kept in memory (MANIFEST_CACHE_BLOCKS); tests set fewer. */
   manifestCacheBlocks?: number;
+  /** On a shared store, the wait between the last put and CompleteSnapshot's check of the blocks (the store's deleteWindows().recheckMs unless given). */
+  foundRecheckMs?: number;
   /**
    * EBS encryption by default is disabled: StartSnapshot makes an unencrypted snapshot when
    * Encrypted is not true and the parent (if any) is unencrypted. Off by default, so every
@@ -208,6 +211,8 @@ interface Pending {
   saving: Promise<void>;
   /** CompleteSnapshot is writing the manifest: puts are refused, the snapshot is not swept. */
   completing: boolean;
+  /** performance.now() after the last put (the header's, then each block's): CompleteSnapshot on a shared store asks again only the store's recheckMs after it. */
+  lastPutMs: number;
 }
 
 export class EbsDirect {
@@ -231,6 +236,8 @@ export class EbsDirect {
   /** The sweep armed for the earliest Timeout deadline (`at`, ms since the epoch), while any snapshot is pending. */
   private sweepTimer: { at: number; call: ScheduledCall } | undefined;
   private closed = false;
+  /** Ends each CompleteSnapshot's wait before its shared-store check (_pastOtherCollectors) at once: close(). */
+  private readonly recheckWaits = new Set<() => void>();
   private readonly tokens: TokenSigner;
   private readonly now: () => number;
   private readonly viaService: string;
@@ -306,6 +313,7 @@ export class EbsDirect {
    */
   async close(): Promise<void> {
     this.closed = true;
+    for (const wake of [...this.recheckWaits]) wake();
     this.sweepTimer?.call.cancel();
     this.sweepTimer = undefined;
     for (const p of this.pending.values()) this._cancelSave(p);
@@ -552,7 +560,7 @@ export class EbsDirect {
       manifest, owner: caller.arn, blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
       written: new Map(), inflight: new Set(),
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
-      dirty: false, saving: Promise.resolve(), completing: false,
+      dirty: false, saving: Promise.resolve(), completing: false, lastPutMs: performance.now(),
     });
     this._armSweep();
     const response = {
@@ -611,6 +619,7 @@ export class EbsDirect {
       if (!p.blocks.has(i.BlockIndex)) p.blockBytes += manifestEntryBytes(i.BlockIndex);
       p.blocks.set(i.BlockIndex, hash);
       p.written.set(i.BlockIndex, digest);
+      p.lastPutMs = performance.now();
       // One pin per index: the block this index held before is no longer this snapshot's.
       p.pins.get(i.BlockIndex)?.release();
       if (pin) p.pins.set(i.BlockIndex, pin);
@@ -665,11 +674,11 @@ export class EbsDirect {
     };
     try {
       await p.saving; // a pending save in progress lands first, never after `completed`
-      await this._checkPresent(p);
+      await this._checkPresent(p, await this._pastOtherCollectors(p));
       await this.o.store.putManifest(m);
     } catch (e) {
       p.completing = false;
-      if (p.dirty) this._scheduleSave(p);
+      if (p.dirty && !this.closed) this._scheduleSave(p);
       this._armSweep(); // its Timeout counts again
       throw e;
     }
@@ -680,9 +689,45 @@ export class EbsDirect {
     return { Status: 'completed' };
   }
 
-  /** Every block written to `p` and its header are in the store; InternalServerException naming the missing ones otherwise. */
-  private async _checkPresent(p: Pending): Promise<void> {
-    const want = new Map<BlockHash, number[]>();
+  /**
+   * On a store other hosts collect: a block this snapshot put may have been an orphan whose age another host's
+   * collector read just before our put, its delete landing just after; that delete lands within the collector's
+   * window of its read or never (gc.ts). So the check waits until the store's recheckMs (store-settings.ts) after our last put. The parent's
+   * blocks are safe while its manifest exists (a collector frees them only after removing it, and our pending
+   * manifest names them since StartSnapshot); a parent deleted meanwhile has them touched now and asked again
+   * after the wait too (docs/architecture.md §13.3, rule 5). Returns those inherited indexes to check, by hash.
+   */
+  private async _pastOtherCollectors(p: Pending): Promise<Map<BlockHash, number[]>> {
+    const inherited = new Map<BlockHash, number[]>();
+    if (this.o.store.singleWriter) return inherited;
+    const parentId = p.manifest.parentSnapshotId;
+    if (parentId && !(await this.o.store.getManifest(parentId))) {
+      for (const [x, h] of p.blocks) if (!p.written.has(x)) inherited.set(h, [...(inherited.get(h) ?? []), x]);
+      const touch = this.o.store.touchBlock?.bind(this.o.store);
+      // A block gone already fails the check below; one present is young from here on.
+      if (touch) await inParallel([...inherited.keys()], STORE_REQUESTS_IN_FLIGHT, async (h) => void (await touch(h)));
+      p.lastPutMs = performance.now();
+    }
+    const wait = p.lastPutMs + (await recheckMsOf(this.o.store, this.o.foundRecheckMs)) - performance.now();
+    if (wait > 0 && !this.closed) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          this.recheckWaits.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, wait);
+        this.recheckWaits.add(done);
+      });
+    }
+    // Shut down meanwhile: nothing more is written; the snapshot stays pending (recover() marks it at the next start).
+    if (this.closed) throw internal(`the daemon shut down before CompleteSnapshot of ${p.manifest.snapshotId} could check its blocks; the snapshot stays pending`);
+    return inherited;
+  }
+
+  /** Every block written to `p` (and `inherited`) and its header are in the store; InternalServerException naming the missing ones otherwise. */
+  private async _checkPresent(p: Pending, inherited: Map<BlockHash, number[]> = new Map()): Promise<void> {
+    const want = new Map<BlockHash, number[]>(inherited);
     for (const x of p.written.keys()) {
       const h = p.blocks.get(x)!;
       want.set(h, [...(want.get(h) ?? []), x]);

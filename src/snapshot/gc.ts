@@ -4,6 +4,7 @@ import { silentLogger } from '../util/logger.js';
 import { checkBlockHash, manifestHashes } from './manifest-check.js';
 import { inParallel } from '../util/in-parallel.js';
 import type { BlockHash, SnapshotStore } from './types.js';
+import { DEFAULT_DELETE_WINDOW_MS } from './store-settings.js';
 
 /** A block as a store lists it for the collector: `modifiedMs` is when it was last put (the store's clock). */
 export interface BlockWithAge {
@@ -39,6 +40,18 @@ export interface CollectableStore extends SnapshotStore {
  */
 export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
 
+/**
+ * A block's delete is sent only within the store's delete window (its
+ * deleteWindows(), DEFAULT_DELETE_WINDOW_MS without one) of the request that
+ * read its age, and abandoned (AbortSignal) when the window runs out: S3 has
+ * no delete conditional on age, so a host that put or touched the block after
+ * that read (a create naming it) learns it is safe by asking again once the
+ * window and a margin have surely passed (DeleteWindows.recheckMs;
+ * docs/architecture.md §13.3). An age read that came back late keeps its
+ * block to the next sweep.
+ */
+export { DEFAULT_DELETE_WINDOW_MS };
+
 /** Store requests (age lookups, deletes, presence checks) in flight at once: S3 answers each in one round trip. */
 export const STORE_REQUESTS_IN_FLIGHT = 16;
 
@@ -51,6 +64,8 @@ export const MARK_READERS = 4;
 
 export interface SnapshotGcOptions {
   graceMs?: number;
+  /** The store's deleteWindows() (DEFAULT_DELETE_WINDOW_MS without it) unless given; the store's writers wait longer (recheckMs). */
+  deleteWindowMs?: number;
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
   now?: () => number;
   /**
@@ -93,7 +108,10 @@ export interface BlockPin {
  * after the second mark, just before its delete (one request each on S3):
  * the ages that chose the candidates may be minutes old, and a block another
  * daemon put or touched since, for a snapshot whose pending manifest does not
- * name it yet, is young again and kept.
+ * name it yet, is young again and kept. That delete is sent within
+ * deleteWindowMs of the age request, or not at all, so a daemon that touched
+ * the block just after the read learns by asking again the store's recheckMs later
+ * (docs/architecture.md §13.3, rule 5).
  *
  * Pins: an operation pins a block before it checks for it or relies on it
  * (`await gc.pin(hashes)`): pin() waits for a delete of that block already
@@ -102,6 +120,7 @@ export interface BlockPin {
  */
 export class SnapshotGc {
   readonly graceMs: number;
+  private readonly deleteWindowMs: number | undefined;
   private readonly now: () => number;
   private readonly log: Logger;
   private readonly live: () => Iterable<BlockHash>;
@@ -114,6 +133,7 @@ export class SnapshotGc {
 
   constructor(private readonly store: CollectableStore, opts: SnapshotGcOptions = {}) {
     this.graceMs = opts.graceMs ?? DEFAULT_GC_GRACE_MS;
+    this.deleteWindowMs = opts.deleteWindowMs;
     this.now = opts.now ?? Date.now;
     this.log = opts.log ?? silentLogger;
     this.live = opts.live ?? (() => []);
@@ -220,6 +240,8 @@ export class SnapshotGc {
       // have put or touched a block since, for a snapshot whose pending manifest does not name it
       // yet. Each block's age is read again just before it is deleted and judged by the same rule
       // (against the second mark's pending snapshots).
+      // Read before the ages below, so its round trip (once per start) never eats into a window.
+      const windowMs = this.deleteWindowMs ?? (this.store.singleWriter ? Number.POSITIVE_INFINITY : ((await this.store.deleteWindows?.())?.deleteWindowMs ?? DEFAULT_DELETE_WINDOW_MS));
       const stillOld = (modifiedMs: number | undefined): boolean => {
         if (modifiedMs === undefined) return false; // already gone
         if (now - modifiedMs >= this.graceMs && modifiedMs < pendingFromNow) return true;
@@ -229,10 +251,19 @@ export class SnapshotGc {
       const deleteBlocks = this.store.deleteBlocks?.bind(this.store);
       if (deleteBlocks) {
         const unmarked = doomed.filter((h) => !marked.refs.has(h));
+        const asked = performance.now();
         const agesNow = await this.agesOf(unmarked);
+        // Ages read longer ago than the delete window are stale: kept, for the next sweep. Not on a store only this
+        // daemon writes (the directory store): no other host touches its blocks, and its pins cover this one's
+        // writers, so a long sweep of a large store is not made to keep everything.
+        const late = !this.store.singleWriter && performance.now() - asked >= windowMs;
         // Pins are checked last, synchronously before the delete starts; pin() waits for it.
         const go = unmarked.filter((h) => {
           if (!stillOld(agesNow.get(h))) return false;
+          if (late) {
+            keptYoung++;
+            return false;
+          }
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;
             return false;
@@ -252,16 +283,30 @@ export class SnapshotGc {
       } else {
         await inParallel(doomed, STORE_REQUESTS_IN_FLIGHT, async (h) => {
           if (marked.refs.has(h)) return;
+          const asked = performance.now();
           if (!stillOld(await this.store.blockModifiedMs(h))) return;
           // Pins are checked last, synchronously before the delete starts; pin() waits for it.
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;
             return;
           }
-          const p = this.store.deleteBlock(h);
+          // The delete lands within the window of the age read, or not at all: a host that touched the
+          // block since asks again only after the window and a margin (recheckMs), and then finds it or not.
+          const left = windowMs - (performance.now() - asked);
+          if (left <= 0) {
+            keptYoung++;
+            return;
+          }
+          const signal = Number.isFinite(left) ? AbortSignal.timeout(Math.ceil(left)) : undefined;
+          const p = this.store.deleteBlock(h, signal ? { signal } : {});
           this.deleting.set(h, p.catch(() => {}));
           try {
             await p;
+          } catch (e) {
+            // Given up at the window's end: maybe deleted, maybe not; a later sweep sees which.
+            if (!signal?.aborted) throw e;
+            keptYoung++;
+            return;
           } finally {
             this.deleting.delete(h);
           }

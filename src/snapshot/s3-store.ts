@@ -16,6 +16,7 @@ import { SnapshotError } from './errors.js';
 import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, readListedManifests, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotSummary } from './types.js';
+import { DEFAULT_DELETE_WINDOWS, formatStoreSettings, parseStoreSettings, type DeleteWindows, type StoreSettings } from './store-settings.js';
 
 export interface S3SnapshotStoreOptions {
   bucket: string;
@@ -48,6 +49,8 @@ const DEFAULTS = { connectionTimeoutMs: 3_000, requestTimeoutMs: 30_000, maxAtte
 
 /** A bucket HeadBucket found is not asked for again, on a HEAD's 404, for this long. */
 const BUCKET_SEEN_MS = 60_000;
+/** The store's settings object is a few dozen bytes; more is not read. */
+const SETTINGS_MAX_BYTES = 4096;
 
 /** Manifest reads in flight at once while listing. */
 const LIST_READERS = 16;
@@ -91,6 +94,8 @@ export class S3SnapshotStore implements CollectableStore {
   /** When HeadBucket last found the bucket (performance.now()), and the HeadBucket in flight (bucketBehind404). */
   private bucketSeenAt = Number.NEGATIVE_INFINITY;
   private bucketAsk: Promise<void> | undefined;
+  /** deleteWindows(): the settings object's read, once it began (dropped when it fails). */
+  private windowsRead: Promise<DeleteWindows> | undefined;
 
   private constructor(private readonly s3: S3Client, bucket: string, prefix: string, endpoint: string | undefined, private readonly pageSize: number, private readonly maxAttempts: number) {
     this.bucket = bucket;
@@ -139,6 +144,44 @@ export class S3SnapshotStore implements CollectableStore {
 
   private key(kind: 'blocks' | 'manifests', name: string): string {
     return `${this.prefix ? `${this.prefix}/` : ''}${kind}/${name}`;
+  }
+
+  /** `PREFIX/settings.json`: the settings every host sharing the store follows (src/snapshot/store-settings.ts). */
+  private settingsKey(): string {
+    return `${this.prefix ? `${this.prefix}/` : ''}settings.json`;
+  }
+
+  /**
+   * The delete windows `PREFIX/settings.json` records, or the defaults without
+   * it; read once, at the first snapshot or sweep after start (a store that
+   * does not answer then is asked again at the next). Hosts read it at
+   * different times, so it is changed only with every daemon sharing the
+   * store stopped (docs/architecture.md §13.1).
+   */
+  deleteWindows(): Promise<DeleteWindows> {
+    this.windowsRead ??= this.readWindows().catch((e: unknown) => {
+      this.windowsRead = undefined;
+      throw e;
+    });
+    return this.windowsRead;
+  }
+
+  private async readWindows(): Promise<DeleteWindows> {
+    const key = this.settingsKey();
+    const data = await this.getObject(key, SETTINGS_MAX_BYTES, (where, bytes) => new SnapshotError('SNAPSHOT_CORRUPT', `store settings ${where} are ${bytes} bytes, over the ${SETTINGS_MAX_BYTES}-byte limit`));
+    return data ? parseStoreSettings(`s3://${this.bucket}/${key}`, data.toString('utf8')) : DEFAULT_DELETE_WINDOWS;
+  }
+
+  /** Writes `PREFIX/settings.json` (a new store's, or with every daemon sharing it stopped: deleteWindows()). */
+  async putSettings(s: StoreSettings): Promise<void> {
+    const key = this.settingsKey();
+    const body = Buffer.from(formatStoreSettings(`s3://${this.bucket}/${key}`, s));
+    try {
+      await this.s3.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ContentType: 'application/json' }));
+    } catch (e) {
+      throw this.fail('PutObject', key, e);
+    }
+    this.windowsRead = undefined;
   }
 
   private fail(op: string, key: string, e: unknown): SnapshotError {
@@ -225,9 +268,9 @@ export class S3SnapshotStore implements CollectableStore {
     }
   }
 
-  async deleteBlock(hash: BlockHash): Promise<void> {
+  async deleteBlock(hash: BlockHash, opts: { signal?: AbortSignal } = {}): Promise<void> {
     checkBlockHash(hash);
-    await this.deleteKey(this.key('blocks', hash));
+    await this.deleteKey(this.key('blocks', hash), opts.signal);
   }
 
   async *listBlocks(): AsyncIterable<BlockHash> {
@@ -384,10 +427,10 @@ export class S3SnapshotStore implements CollectableStore {
     await this.bucketAsk;
   }
 
-  private async deleteKey(key: string): Promise<void> {
+  private async deleteKey(key: string, signal?: AbortSignal): Promise<void> {
     try {
-      // S3 answers 204 for an absent key too.
-      await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+      // S3 answers 204 for an absent key too. An aborted signal ends the attempt under way and the retries.
+      await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }), signal ? { abortSignal: signal } : {});
     } catch (e) {
       throw this.fail('DeleteObject', key, e);
     }

@@ -26,6 +26,7 @@ import { openImageDataReader, readImageHeader, type ImageDataReader } from './vo
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
 import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
+import { recheckMsOf } from './store-settings.js';
 import { skipCorrupt, summaryOf } from './manifest-check.js';
 import { systemClock, withTimeout, type Clock } from '../util/clock.js';
 
@@ -80,6 +81,8 @@ export interface SnapshotManagerOptions {
   clock?: Clock;
   /** First wait before such a marker is tried again (doubled each time, up to 5 minutes); default 5 s. */
   markerRetryMs?: number;
+  /** On a shared store, the wait between a create's last put or touch and its asking again for its blocks (the store's deleteWindows().recheckMs unless given). */
+  foundRecheckMs?: number;
   /** Opens a create's own read handle on the image (tests hold its reads); default openImageDataReader. */
   openReader?: typeof openImageDataReader;
   /**
@@ -109,6 +112,8 @@ interface RunningCreate {
   /** Pins on the blocks put or inherited so far: garbage collection spares them until the manifest names them. */
   pins: BlockPin[];
   abort: unknown;
+  /** Ends the wait before the shared store's re-check at once (close()), set only while that wait is under way. */
+  wake?: () => void;
   cow?: CowSession;
   /** performance.now() when CreateSnapshot arrived: the log's split of the snapshot's time. */
   startedMs: number;
@@ -755,11 +760,10 @@ export class SnapshotManager {
       batch = this.o.store.openBlockBatch?.();
       const b = batch;
       // The header area (16 MiB for LUKS2) is hashed on libuv's pool while the blocks are copied.
-      let headerFound = false;
       headerStored = (async (): Promise<BlockHash> => {
         const { hash: h, bytes } = await this.headerHash(m.volumeId, header);
         run.pins.push(await this.o.gc.pin([h]));
-        headerFound = !(await putUnlessStored(this.o.store, b, h, bytes));
+        await putUnlessStored(this.o.store, b, h, bytes);
         return h;
       })();
       headerStored.catch(() => {});
@@ -815,10 +819,25 @@ export class SnapshotManager {
         blocks,
         changedBlocks,
       };
-      // A block found in the store was touched, not put: on a store other daemons collect, one of
-      // them may have freed it since (its age read just before our touch). Asked again, one request
-      // each, so the completed manifest never names a block that is gone: the create fails instead.
-      if (!this.o.store.singleWriter) await this.checkFound(m.snapshotId, headerFound ? [...res.found, headerHash] : [...res.found]);
+      // On a store other daemons collect, a collector may have read the age of a block this create names just
+      // before our reference to it, and delete it after: one found in the store (touched, not put); one put
+      // because our touch found it gone, when an older copy's age was read before (by a collector whose delete
+      // lands after our put, while another's delete made our touch miss); an inherited one whose parent is
+      // deleted meanwhile. Its delete lands within the store's window of that read and margin, or never (gc.ts):
+      // every block is asked again once that has passed since our last put or touch (the batch's commit), one
+      // request each, so the completed manifest never names a block that is gone: the create fails instead.
+      // Inherited blocks are safe while the parent's manifest still exists then (a collector deletes them only
+      // after removing it, and our pending manifest names them since); otherwise each is asked too.
+      if (!this.o.store.singleWriter) {
+        const named = [...new Set([...res.hashes.values(), headerHash])];
+        // Every block is read: the copy-on-write session and the read handle go now, not after the wait.
+        await close();
+        await untilRecheck(run, t2 + (await recheckMsOf(this.o.store, this.o.foundRecheckMs)) - performance.now());
+        // Shutdown during the wait: the create ends `error` as any other under way does, not `completed` seconds later.
+        if (run.abort) throw run.abort;
+        if (inherited.size && !(await this.o.store.getManifest(parent!.snapshotId))) named.push(...new Set(inherited.values()));
+        await this.checkStillThere(m.snapshotId, named);
+      }
       // Every block is durable (putBlock resolved); the event, then the manifest that names them and shows it completed.
       await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
       faultPoint('snapshot.after-completed-event');
@@ -861,15 +880,15 @@ export class SnapshotManager {
     }
   }
 
-  /** Every hash in `found` is still in the store; SNAPSHOT_BLOCK_NOT_FOUND naming the missing ones otherwise. */
-  private async checkFound(snapshotId: string, found: BlockHash[]): Promise<void> {
+  /** Every hash in `named` is still in the store; SNAPSHOT_BLOCK_NOT_FOUND naming the missing ones otherwise. */
+  private async checkStillThere(snapshotId: string, named: BlockHash[]): Promise<void> {
     const missing: BlockHash[] = [];
-    await inParallel(found, STORE_REQUESTS_IN_FLIGHT, async (h) => {
+    await inParallel(named, STORE_REQUESTS_IN_FLIGHT, async (h) => {
       if (!(await this.o.store.hasBlock(h))) missing.push(h);
     });
     if (missing.length === 0) return;
     const shown = missing.slice(0, 5).join(', ') + (missing.length > 5 ? `, … (${missing.length} in all)` : '');
-    throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `${snapshotId}: block(s) found in ${this.o.store.location} and not stored again are gone since (freed by a collector sharing the store?): ${shown}`);
+    throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `${snapshotId}: block(s) this snapshot stored in or found in ${this.o.store.location} are gone since (freed by a collector sharing the store?): ${shown}`);
   }
 
   /**
@@ -1014,6 +1033,7 @@ export class SnapshotManager {
     const runs = [...this.running.values()];
     for (const r of runs) {
       r.abort = shutDownDuring();
+      r.wake?.();
       void r.cow?.end();
     }
     // The copy notices the abort at its next block and records the snapshot `error`.
@@ -1072,6 +1092,20 @@ async function readBlock(read: RawReader, i: number, buf: Buffer): Promise<Buffe
 }
 
 const shuttingDown = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon is shutting down', { awsName: 'IncorrectState' });
+/** Resolves `ms` from now, or at once when `run` is aborted (SnapshotManager.close()); the timer never outlives it. */
+function untilRecheck(run: RunningCreate, ms: number): Promise<void> {
+  if (run.abort !== undefined || ms <= 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      run.wake = undefined;
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    run.wake = done;
+  });
+}
+
 const shutDownDuring = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
 
 function sortBlocks(m: ReadonlyMap<number, BlockHash>): [number, BlockHash][] {

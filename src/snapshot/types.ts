@@ -1,4 +1,5 @@
 import type { SnapshotError } from './errors.js';
+import type { DeleteWindows } from './store-settings.js';
 
 /**
  * Snapshots (docs/architecture.md, "Snapshots"): a volume's data segment as
@@ -99,6 +100,13 @@ export interface SnapshotStore {
    * host's collector (src/snapshot/snapshot-manager.ts). Absent: shared.
    */
   readonly singleWriter?: boolean;
+  /**
+   * On a store several daemons write (no singleWriter): the collector's delete
+   * window and the writers' wait after it, as the store records them for every
+   * host (src/snapshot/store-settings.ts). Read from the store once; a failed
+   * read throws and is tried again at the next call. Absent: the defaults.
+   */
+  deleteWindows?(): Promise<DeleteWindows>;
   /** Stores `data` under `hash` (the caller computed it); durable when it resolves; a present block is left as it is. */
   putBlock(hash: BlockHash, data: Uint8Array): Promise<void>;
   /**
@@ -124,8 +132,12 @@ export interface SnapshotStore {
    * present block is put again.
    */
   touchBlock?(hash: BlockHash): Promise<boolean>;
-  /** Absent is not an error. */
-  deleteBlock(hash: BlockHash): Promise<void>;
+  /**
+   * Absent is not an error. `signal`: a store that deletes over the network
+   * gives up when it aborts (the collector's delete window, src/snapshot/gc.ts),
+   * throwing; the delete may have landed or not.
+   */
+  deleteBlock(hash: BlockHash, opts?: { signal?: AbortSignal }): Promise<void>;
   listBlocks(): AsyncIterable<BlockHash>;
   /** Replaces the manifest atomically (readers see the old or the new one), durable when it resolves. */
   putManifest(m: SnapshotManifest): Promise<void>;

@@ -214,6 +214,35 @@ describe.each(stores)('collector on %s', (_name, open) => {
     expect(await store.hasBlock(freed.hash)).toBe(true);
   });
 
+  withStore('a delete is sent only within the delete window of its age read on a shared store: a late answer keeps the block; an aborted delete leaves it', async (store) => {
+    const b = block(1024);
+    await store.putBlock(b.hash, b.data);
+    // Every age request answered after the window (a slow store, a stalled host): nothing is deleted.
+    const slow: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      blockModifiedMs: async (h: string) => {
+        const age = await store.blockModifiedMs(h);
+        await new Promise((r) => setTimeout(r, 150));
+        return age;
+      },
+    });
+    const r = await new SnapshotGc(slow, { graceMs: 0, deleteWindowMs: 50, now: () => Date.now() + HOUR }).sweep();
+    if (store.singleWriter) {
+      // Only this daemon writes the directory store: no other host's touch to wait out, the block goes.
+      expect(r).toMatchObject({ deleted: 1 });
+      return;
+    }
+    expect(r).toMatchObject({ deleted: 0, keptYoung: 1 });
+    expect(await store.hasBlock(b.hash)).toBe(true);
+    // S3: the window's AbortSignal ends the request (and its retries); the object stays.
+    if (!store.deleteBlocks) {
+      await expect(store.deleteBlock(b.hash, { signal: AbortSignal.abort() })).rejects.toBeDefined();
+      expect(await store.hasBlock(b.hash)).toBe(true);
+    }
+    // Answered in time: freed.
+    expect(await new SnapshotGc(store, { graceMs: 0, deleteWindowMs: 5_000, now: () => Date.now() + HOUR }).sweep()).toMatchObject({ deleted: 1 });
+    expect(await store.hasBlock(b.hash)).toBe(false);
+  });
+
   withStore('a manifest that cannot be read stops the sweep before anything is deleted', async (store) => {
     const b = block(1024);
     await putSnapshot(store, [b]);

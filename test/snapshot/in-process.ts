@@ -56,6 +56,10 @@ export interface SnapshotHarnessOptions {
   onAudit?: (ev: SnapshotAuditEvent | CopyAuditEvent) => void | Promise<void>;
   /** The SnapshotManager's first wait before a marker is tried again (SnapshotManagerOptions.markerRetryMs). */
   markerRetryMs?: number;
+  /** Where the directory store lives (default `<temp>/snapshots`): a test may give a small filesystem of its own. */
+  snapshotsDir?: string;
+  /** The SnapshotManager's wait before it asks again for the blocks a create found (SnapshotManagerOptions.foundRecheckMs). */
+  foundRecheckMs?: number;
 }
 
 /**
@@ -96,7 +100,7 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
   let snaps: SnapshotManager | undefined;
   try {
     kms = await kmsHarness(join(t.dir, 'kms'));
-    const store = await DirSnapshotStore.open(join(t.dir, 'snapshots'), { removeTemps: true });
+    const store = await DirSnapshotStore.open(o.snapshotsDir ?? join(t.dir, 'snapshots'), { removeTemps: true });
     const gc = new SnapshotGc(store, { graceMs: 0 });
     let sm: SnapshotManager | undefined;
     const m = await openTestManager(t.dir, kms, {
@@ -111,7 +115,7 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
     const volumes: SnapshotVolumes = wrapDevice
       ? { withVolumeForSnapshot: (id, fn) => m.withVolumeForSnapshot(id, (v) => fn(v.device ? { ...v, device: wrapDevice(v.device) } : v)), describeVolumes: () => m.describeVolumes() }
       : m;
-    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333', ...(o.openReader ? { openReader: o.openReader } : {}), ...(o.onAudit ? { onAudit: o.onAudit } : {}), ...(o.markerRetryMs !== undefined ? { markerRetryMs: o.markerRetryMs } : {}) });
+    sm = await SnapshotManager.open({ store: o.wrapStore ? o.wrapStore(store) : store, gc, localDir: join(t.dir, 'snapshots-local'), volumes, accountId: '111122223333', ...(o.openReader ? { openReader: o.openReader } : {}), ...(o.onAudit ? { onAudit: o.onAudit } : {}), ...(o.markerRetryMs !== undefined ? { markerRetryMs: o.markerRetryMs } : {}), ...(o.foundRecheckMs !== undefined ? { foundRecheckMs: o.foundRecheckMs } : {}) });
     snaps = sm;
     const restore = new SnapshotRestore({ store, volumes: m, hold: (id) => sm!.hold(id) });
     const copier = await SnapshotCopier.open({

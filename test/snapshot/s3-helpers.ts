@@ -16,6 +16,8 @@ export interface S3Server {
   env: Record<string, string>;
   /** Accept these credentials too (e.g. a host's access key that also signs its KMS calls). */
   addAccessKey(accessKeyId: string, secretAccessKey: string): Promise<void>;
+  /** Every PUT of a key starting with `prefix` fails with HTTP 500 InternalError from now on; undefined stops it. */
+  failPuts(prefix: string | undefined): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -60,10 +62,34 @@ export async function startS3Server(bucket = 'ebsd-snapshots'): Promise<S3Server
         const l = await nextLine();
         if (l !== `added ${id}`) throw new Error(`s3rver did not add the key: ${l}`);
       },
+      failPuts: async (prefix) => {
+        child.stdin!.write(`fail-puts ${prefix ?? '-'}\n`);
+        const l = await nextLine();
+        if (l !== `fail-puts ${prefix ?? '-'}`) throw new Error(`s3rver did not take fail-puts: ${l}`);
+      },
       stop,
     };
   } catch (e) {
     await stop();
     throw e;
+  }
+}
+
+/**
+ * The collector's delete window and its margin this suite's S3 stores record
+ * (`PREFIX/settings.json`, docs/architecture.md §13.1): s3rver on loopback acts
+ * on a request within milliseconds, so a store's writers need not wait the
+ * default 10 s after their last put before asking again for their blocks.
+ */
+export const TEST_DELETE_WINDOWS = { deleteWindowMs: 250, deleteMarginMs: 250 };
+
+/** Records TEST_DELETE_WINDOWS in the store at `prefix`, before any daemon uses it. */
+export async function useTestDeleteWindows(server: S3Server, prefix: string): Promise<void> {
+  const { S3SnapshotStore } = await import('../../src/snapshot/s3-store.js');
+  const s = await S3SnapshotStore.open({ bucket: server.bucket, prefix, endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS });
+  try {
+    await s.putSettings(TEST_DELETE_WINDOWS);
+  } finally {
+    s.close();
   }
 }

@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
-import { startS3Server, type S3Server } from './s3-helpers.js';
+import { startS3Server, useTestDeleteWindows, type S3Server } from './s3-helpers.js';
 import { settled } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -39,6 +39,7 @@ describe('a snapshot in S3 restores on another daemon', () => {
   beforeAll(async () => {
     ensureBuilt();
     server = await startS3Server();
+    await useTestDeleteWindows(server, 'fleet');
     setEnv(server.env);
     await a.start(['--snapshot-store', store(), '--kms-listen', '127.0.0.1:0']);
     kmsAt = await kmsUrl(a);

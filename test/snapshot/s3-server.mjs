@@ -9,6 +9,9 @@
 // at a time (a GET reads the object whole), which restores S3's semantics.
 // Each stdin line "ACCESS_KEY_ID SECRET" adds credentials it accepts (s3rver
 // checks the key id, not SigV4 signatures) and is answered "added ACCESS_KEY_ID".
+// A line "fail-puts PREFIX" makes every PUT of a key starting with PREFIX fail
+// with HTTP 500 InternalError (a store error mid-snapshot); "fail-puts -"
+// stops it. Answered "fail-puts PREFIX".
 import { createInterface } from 'node:readline';
 import { Readable } from 'node:stream';
 import S3rver from 's3rver';
@@ -19,8 +22,14 @@ const server = new S3rver({ address: '127.0.0.1', port: 0, directory, silent: tr
 _serializePerKey(server.store);
 const { port } = await server.run();
 process.stdout.write(`${JSON.stringify({ port })}\n`);
+let failPuts;
 createInterface({ input: process.stdin }).on('line', (l) => {
   const [id, secret] = l.trim().split(/\s+/);
+  if (id === 'fail-puts') {
+    failPuts = secret === '-' ? undefined : secret;
+    process.stdout.write(`fail-puts ${secret}\n`);
+    return;
+  }
   if (!id || !secret) return;
   AWSAccount.DUMMY_ACCOUNT.createKeyPair(id, secret);
   process.stdout.write(`added ${id}\n`);
@@ -48,6 +57,8 @@ function _serializePerKey(store) {
   store.putObject = async (object) => {
     // The body arrives first, outside the lock; only the write to disk holds it.
     if (object.content && !Buffer.isBuffer(object.content)) object.content = await readAll(object.content);
+    // Not an S3Error: s3rver answers it 500 InternalError.
+    if (failPuts !== undefined && object.key.startsWith(failPuts)) throw new Error(`injected failure of the PUT of ${object.key}`);
     return locked(object.bucket, object.key, () => put(object));
   };
   store.getObject = (bucket, key, options) => locked(bucket, key, async () => {

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { openSnapshotStore } from '../../src/snapshot/open-store.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
+import { DEFAULT_DELETE_WINDOWS } from '../../src/snapshot/store-settings.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { unusedPort } from '../helpers/ports.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -281,5 +282,34 @@ describe('failures are SnapshotError SNAPSHOT_STORE naming S3\'s error, never a 
     }
     expect(e!.code).toBe('SNAPSHOT_STORE');
     expect(e!.message).toMatch(/GetObject .*ECONNREFUSED/);
+  });
+});
+
+describe('the store settings object (PREFIX/settings.json): the delete windows every host follows', () => {
+  test('absent: the defaults; written: its figures, read back by a second host; one a daemon cannot follow is refused naming it', async () => {
+    const open = (): Promise<S3SnapshotStore> => S3SnapshotStore.open({ bucket: server.bucket, prefix: 'settings', endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS });
+    const a = await open();
+    const b = await open();
+    try {
+      expect(await a.deleteWindows()).toEqual(DEFAULT_DELETE_WINDOWS);
+      await a.putSettings({ deleteWindowMs: 300, deleteMarginMs: 200 });
+      expect(existsSync(server.objectFile('settings/settings.json'))).toBe(true);
+      expect(await b.deleteWindows()).toEqual({ deleteWindowMs: 300, recheckMs: 500 });
+      // Refused before it is written.
+      await expect(a.putSettings({ deleteWindowMs: 0 })).rejects.toThrow(/deleteWindowMs is 0/);
+      writeFileSync(server.objectFile('settings/settings.json'), '{"formatVersion":2}');
+      const c = await open();
+      try {
+        const e = await c.deleteWindows().catch((x: unknown) => x);
+        expect(e).toBeInstanceOf(SnapshotError);
+        expect((e as SnapshotError).code).toBe('SNAPSHOT_CORRUPT');
+        expect((e as Error).message).toContain(`s3://${server.bucket}/settings/settings.json have formatVersion 2`);
+      } finally {
+        c.close();
+      }
+    } finally {
+      a.close();
+      b.close();
+    }
   });
 });
