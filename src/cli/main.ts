@@ -10,7 +10,7 @@ import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
 // FUSE and crypto code the daemon needs (measured: ~0.6 s -> ~0.15 s per call).
-import { checkDaemonFlags, DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, VERSION, type DaemonConfig } from '../daemon/config.js';
+import { checkDaemonFlags, DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, MAX_KMS_REQUEST_TIMEOUT_MS, MIN_KMS_REQUEST_TIMEOUT_MS, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, VERSION, type DaemonConfig } from '../daemon/config.js';
 import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { kmsPages } from './kms-pages.js';
@@ -131,6 +131,7 @@ function daemonCommand(y: Argv): Argv {
         .option('kms-front-threads', { type: 'string', coerce: wholeNumber('--kms-front-threads'), describe: '--kms-listen\'s TLS and HTTP: 0 on the main thread, 1 on a front-end worker thread (default: 1 with --kms-only, 0 otherwise)' })
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
         .option('kms-probe-interval', { type: 'string', describe: 'with --kms-endpoint: after this long without a request to it, ask it whether it answers (ebsd_kms_remote_reachable, ebsd status; default 30s, 0 = never)' })
+        .option('kms-request-timeout', { type: 'string', describe: 'with --kms-endpoint: how long each attempt of a call waits for its answer before the SDK retries it (3 attempts; 100ms to 10m; default 5s)' })
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('host-principal-arn', { type: 'string', describe: 'this host\'s role (or user) ARN for grants at --kms-endpoint, for a role with a path (STS names a session by its role\'s name only); must agree with STS GetCallerIdentity' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
@@ -164,6 +165,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsEndpoint !== undefined ? { kmsEndpoint: a.kmsEndpoint } : {}),
         ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
         ...(a.kmsProbeInterval !== undefined ? { kmsProbeIntervalMs: parseDuration(a.kmsProbeInterval, '--kms-probe-interval') } : {}),
+        ...(a.kmsRequestTimeout !== undefined ? { kmsRequestTimeoutMs: parseDuration(a.kmsRequestTimeout, '--kms-request-timeout', MAX_KMS_REQUEST_TIMEOUT_MS, MIN_KMS_REQUEST_TIMEOUT_MS) } : {}),
         ...(a.hostPrincipalArn !== undefined ? { hostPrincipalArn: a.hostPrincipalArn } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
         ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory', MIN_SNAPSHOT_COW_MEMORY, totalmem(), "this host's memory") } : {}),

@@ -69,6 +69,11 @@ export interface DaemonConfig {
    */
   kmsProbeIntervalMs?: number;
   /**
+   * Each HTTP attempt's whole-request timeout at `kmsEndpoint` (AwsKeyService requestTimeoutMs):
+   * how long an attempt waits for an answer before the SDK retries it; default 5 s.
+   */
+  kmsRequestTimeoutMs?: number;
+  /**
    * The host's principal for grants at `kmsEndpoint`, when STS's answer does not name it as
    * written: a role with a path (README.md, "A fleet"). Checked against STS at start.
    */
@@ -142,6 +147,9 @@ export const MAX_MODIFICATION_WINDOW_MS = 365 * 24 * 3_600_000;
 export const MIN_SNAPSHOT_COW_MEMORY = 4096;
 /** Default of DaemonConfig.kmsProbeIntervalMs. */
 export const DEFAULT_KMS_PROBE_INTERVAL_MS = 30_000;
+/** Range of DaemonConfig.kmsRequestTimeoutMs (--kms-request-timeout): 100 ms to 10 min. */
+export const MIN_KMS_REQUEST_TIMEOUT_MS = 100;
+export const MAX_KMS_REQUEST_TIMEOUT_MS = 10 * 60_000;
 
 /**
  * What is wrong with the command line by itself: a flag's value not of its form or out of its range,
@@ -176,6 +184,7 @@ export function checkDaemonFlags(c: DaemonConfig): void {
   if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
   if (c.hostPrincipalArn !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--host-principal-arn', 'needs --kms-endpoint');
   if (c.kmsProbeIntervalMs !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-probe-interval', 'needs --kms-endpoint');
+  if (c.kmsRequestTimeoutMs !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-request-timeout', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
   if (c.kmsFrontThreads !== undefined && c.kmsFrontThreads !== 0 && c.kmsFrontThreads !== 1) throw new ArgRangeError('--kms-front-threads', `must be 0 or 1, got ${String(c.kmsFrontThreads)}`);
   // A config built in code, not through the CLI's parse, is held to the same ranges.
@@ -184,6 +193,9 @@ export function checkDaemonFlags(c: DaemonConfig): void {
   }
   if (c.volumeModificationWindowMs !== undefined && (!Number.isSafeInteger(c.volumeModificationWindowMs) || c.volumeModificationWindowMs < 0 || c.volumeModificationWindowMs > MAX_MODIFICATION_WINDOW_MS)) {
     throw new ArgRangeError('--volume-modification-window', `must be a duration from 0 to ${durationLimit(MAX_MODIFICATION_WINDOW_MS)}, got ${String(c.volumeModificationWindowMs)} ms`);
+  }
+  if (c.kmsRequestTimeoutMs !== undefined && (!Number.isSafeInteger(c.kmsRequestTimeoutMs) || c.kmsRequestTimeoutMs < MIN_KMS_REQUEST_TIMEOUT_MS || c.kmsRequestTimeoutMs > MAX_KMS_REQUEST_TIMEOUT_MS)) {
+    throw new ArgRangeError('--kms-request-timeout', `must be a duration from ${MIN_KMS_REQUEST_TIMEOUT_MS} ms to ${durationLimit(MAX_KMS_REQUEST_TIMEOUT_MS)}, got ${String(c.kmsRequestTimeoutMs)} ms`);
   }
   if (c.stopTimeoutMs !== undefined && (!Number.isSafeInteger(c.stopTimeoutMs) || c.stopTimeoutMs < 1 || c.stopTimeoutMs > MAX_TIMER_MS)) {
     throw new ArgRangeError('--stop-timeout', `must be a duration from 1 ms to ${durationLimit(MAX_TIMER_MS)}, got ${String(c.stopTimeoutMs)} ms`);

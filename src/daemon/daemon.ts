@@ -238,6 +238,7 @@ export class Daemon {
       const { AwsKeyService } = await import('../volume/aws-key-service.js');
       this.remoteKms = new AwsKeyService({
         endpoint: cfg.kmsEndpoint, ...(cfg.kmsRegion ? { region: cfg.kmsRegion } : {}),
+        ...(cfg.kmsRequestTimeoutMs !== undefined ? { requestTimeoutMs: cfg.kmsRequestTimeoutMs } : {}),
         ...(cfg.hostPrincipalArn !== undefined ? { hostPrincipalArn: cfg.hostPrincipalArn } : {}), logger: log.child({ component: 'remote-kms' }),
       });
       this.remoteKms.startIdleProbe(cfg.kmsProbeIntervalMs ?? DEFAULT_KMS_PROBE_INTERVAL_MS);

@@ -64,6 +64,30 @@ export function run(cmd: string, args: string[], opts: { uid?: number; gid?: num
   });
 }
 
+/**
+ * fn over items, at most `width` at a time (a new one starts as soon as one ends), answers in the
+ * items' order. For independent CLI calls of one test: each is a process of its own (~0.35 s of
+ * start-up), so four at a time shorten the test, and on a 2-core machine more would only queue.
+ */
+export async function pooled<T, U>(items: readonly T[], fn: (t: T) => Promise<U>, width = 4): Promise<U[]> {
+  const out: U[] = new Array(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
+  return out;
+}
+
+/** Pairs of a[i] and b[i], to check each answer of pooled() against its case; lengths must agree. */
+export function zip<A, B>(a: readonly A[], b: readonly B[]): [A, B][] {
+  if (a.length !== b.length) throw new Error(`zip: ${a.length} cases, ${b.length} answers`);
+  return a.map((x, i) => [x, b[i]!]);
+}
+
 export async function sh(cmd: string, args: string[]): Promise<string> {
   const r = await run(cmd, args);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} -> ${r.code}\n${r.stderr}${r.stdout}`);

@@ -42,7 +42,9 @@ describe('grants whose CreateGrant answer or RetireGrant was lost are retired on
     const via = await proxy.start();
     hostBEnv(host, via);
     // TTL 2 s: grants are retried every TTL/4, at least 1 s (op-grants.ts opGrantRetryMs).
-    await b.start(['--kms-endpoint', via, '--key-cache-ttl', '2s', '--key-cache-max-stale', '120s']);
+    // A lost answer costs the SDK's 3 attempts of --kms-request-timeout each: 2 s, not the default 5 s
+    // (the two drop-answer tests took 16.5 s each), still well above a loaded machine's round trip.
+    await b.start(['--kms-endpoint', via, '--key-cache-ttl', '2s', '--key-cache-max-stale', '120s', '--kms-request-timeout', '2s']);
     instance = readFileSync(join(b.state, 'volumes', 'instance-id'), 'utf8').trim();
   }, 120_000);
 
