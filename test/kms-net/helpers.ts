@@ -158,6 +158,8 @@ export async function signedStsBytes(url: URL, key: AccessKey, action: string, p
 /** Reads `n` HTTP/1.1 answers (Content-Length framed) from `s`, in the order they come. */
 export function answers(s: Socket, n: number): Promise<{ status: number; body: any; text: string }[]> {
   return new Promise((resolve, reject) => {
+    // A socket closed before the listeners below are added would never call them: fail now, not at the test's timeout.
+    if (s.destroyed || s.readyState === 'closed') { reject(new Error('connection already closed')); return; }
     let buf = Buffer.alloc(0);
     const out: { status: number; body: any; text: string }[] = [];
     s.on('data', (c: Buffer) => {
