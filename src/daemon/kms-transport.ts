@@ -180,8 +180,6 @@ export class HttpTransport {
     s.on('close', () => {
       this.sockets.delete(s);
       admitted.release();
-      const c = this.conns.get(s);
-      if (c) this.o.onConnectionClosed?.(c);
     });
     return true;
   }
@@ -207,6 +205,12 @@ export class HttpTransport {
     c = { sourceIp: (s.remoteAddress ?? '').replace(/^::ffff:/, '') };
     if (protocol) c.tls = { tlsVersion: protocol, ...(t.getCipher?.()?.standardName ? { cipherSuite: t.getCipher!()!.standardName } : {}) };
     this.conns.set(s, c);
+    // On the socket that carried the requests: over TLS that is the TLS socket, not the TCP socket admitted at
+    // accept (whose close would find no connection under its own key, and the front-end worker would never
+    // report the connection gone: kms-front.ts would keep it for good).
+    const made = c;
+    if (s.closed) this.o.onConnectionClosed?.(made); // the worker holds it until the request it is read for (closedEarly)
+    else s.once('close', () => this.o.onConnectionClosed?.(made));
     return c;
   }
 
