@@ -20,6 +20,7 @@ import {
   ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, answerClientError, refuseSocket, whenWritten, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
 import { connectionSource, sourceAddress } from './loopback-peers.js';
+import { ANSWER_SLICE_BYTES, AnswerProgress, endPaced, hasHeader } from './answer-writer.js';
 import { KMS_ERROR_STATUS } from './aws-json.js';
 
 /**
@@ -124,6 +125,8 @@ export class HttpTransport {
   private readonly inFlight = new WeakMap<Socket, number>();
   /** Answers handed to node and not yet written, per connection (held in the body budget until they are). */
   private readonly unwritten = new WeakMap<Socket, number>();
+  /** Per connection with answers: how much of them the kernel has taken, and the idle timer over them. */
+  private readonly progress = new WeakMap<Socket, AnswerProgress>();
   readonly guard: ConnectionGuard;
 
   constructor(private readonly o: TransportOptions) {
@@ -180,8 +183,6 @@ export class HttpTransport {
     s.on('close', () => {
       this.sockets.delete(s);
       admitted.release();
-      const c = this.conns.get(s);
-      if (c) this.o.onConnectionClosed?.(c);
     });
     return true;
   }
@@ -207,6 +208,12 @@ export class HttpTransport {
     c = { sourceIp: (s.remoteAddress ?? '').replace(/^::ffff:/, '') };
     if (protocol) c.tls = { tlsVersion: protocol, ...(t.getCipher?.()?.standardName ? { cipherSuite: t.getCipher!()!.standardName } : {}) };
     this.conns.set(s, c);
+    // On the socket that carried the requests: over TLS that is the TLS socket, not the TCP socket admitted at
+    // accept (whose close would find no connection under its own key, and the front-end worker would never
+    // report the connection gone: kms-front.ts would keep it for good).
+    const made = c;
+    if (s.closed) this.o.onConnectionClosed?.(made); // the worker holds it until the request it is read for (closedEarly)
+    else s.once('close', () => this.o.onConnectionClosed?.(made));
     return c;
   }
 
@@ -218,6 +225,18 @@ export class HttpTransport {
       this.sources.set(socket, key);
     }
     return key;
+  }
+
+  /** The connection's answer progress (answer-writer.ts), made at its first answer; its idle period is the request timeout. */
+  private progressOf(socket: Socket): AnswerProgress {
+    let p = this.progress.get(socket);
+    if (!p) {
+      const made = new AnswerProgress(this.guard.limits.requestTimeoutMs, () => socket.destroy());
+      socket.once('close', () => made.close());
+      this.progress.set(socket, made);
+      p = made;
+    }
+    return p;
   }
 
   private serve(req: IncomingMessage, res: ServerResponse): void {
@@ -238,9 +257,10 @@ export class HttpTransport {
       this.guard.releaseBody(source, reserved);
       reserved = 0;
       let w = answer;
-      // The answer is held for the caller until it is written: in the body budget, as its request was, and for at
-      // most the request timeout. A client that pipelines and never reads would otherwise have node hold every
-      // answer (512 KiB GetSnapshotBlock blocks, in the clear) for as long as it keeps the connection open.
+      // The answer is held for the caller until it is written: in the body budget, as its request was, and only
+      // while the client keeps reading (answer-writer.ts: the kernel must take 16 KiB of the connection's answers
+      // in each request-timeout period). A client that pipelines and never reads would otherwise have node hold
+      // every answer (512 KiB GetSnapshotBlock blocks, in the clear) for as long as it keeps the connection open.
       // Past the caller's share, a connection with none of its answers unwritten still gets this one (counted all
       // the same: a client that reads is never refused its answer, nor a refusal its own); one that has answers
       // it has not read yet gets a ThrottlingException instead.
@@ -256,25 +276,30 @@ export class HttpTransport {
         held = 0;
       }
       this.unwritten.set(socket, unwritten + 1);
-      const unsent = setTimeout(() => socket.destroy(), this.guard.limits.requestTimeoutMs);
-      unsent.unref();
+      const progress = this.progressOf(socket);
+      const sent = typeof w.body === 'string' ? Buffer.byteLength(w.body) : w.body.length;
+      let taken = 0;
+      const took = (n: number): void => { taken += n; progress.took(n); };
+      progress.owe(sent);
       try {
         if (closeAfter) res.shouldKeepAlive = false; // node sends Connection: close and ends the socket after the answer
+        // Written a slice at a time (answer-writer.ts): node would send a body without a length chunked.
+        if (sent > ANSWER_SLICE_BYTES && !hasHeader(w.headers, 'content-length')) res.setHeader('Content-Length', sent);
         res.writeHead(w.status, w.headers as string[]);
         const body = w.body;
-        res.end(body);
+        endPaced(res, body, took);
         // Once written ('close' comes after 'finish') or once the connection is gone: a binary body, the answer's
         // own (GetSnapshotBlock's block, in the clear), zeroed, and its bytes given back to the budget. A client gone
         // before the answer: the response's 'close' came already; an answer queued behind a pipelined one never
         // reaches the socket and gets no 'close' of its own: the socket's says it is gone. A string cannot be zeroed.
         whenWritten(res, socket, () => {
-          clearTimeout(unsent);
+          took(sent - taken); // what it still counts as owed, if anything (nothing once the connection is gone)
           this.unwritten.set(socket, (this.unwritten.get(socket) ?? 1) - 1);
           if (typeof body !== 'string') body.fill(0);
           this.guard.releaseBody(source, held);
         });
       } catch {
-        clearTimeout(unsent);
+        took(sent - taken);
         this.unwritten.set(socket, (this.unwritten.get(socket) ?? 1) - 1);
         this.guard.releaseBody(source, held);
         // An answer node will not write (a header it refuses): the connection is unusable, not the listener.

@@ -10,8 +10,14 @@
  */
 import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DEFAULT_LIMITS, HttpTransport } from '../../src/daemon/kms-transport.js';
+import { DEFAULT_LIMITS, HttpTransport, type WireResponse } from '../../src/daemon/kms-transport.js';
+import { FrontWorker } from '../../src/daemon/kms-front.js';
+import { silentLogger } from '../../src/util/logger.js';
 import { poll } from '../helpers/poll.js';
+import { readFileSync } from 'node:fs';
+import { tempDir, type TempDir } from '../helpers/temp-dir.js';
+import { makeTestCa } from './helpers.js';
+import { pacedGet, parseAnswer } from './paced-reader.js';
 
 const TICK_MS = 100;
 
@@ -117,5 +123,91 @@ describe('KMS transport: slow clients hold a connection only until a timeout', (
     await closed;
     expect(answer).toMatch(/^HTTP\/1\.1 200/);
     await poll(() => t!.guard.usage().connections === 0);
+  }, 60_000);
+});
+
+/**
+ * The other way: a client reading a long answer slowly (a slow link, a throttled backup job). The answer is
+ * written as fast as the client reads, and kept only while it reads (src/daemon/answer-writer.ts): a request
+ * timeout is an idle timeout on answers, not a deadline. The answer is 8 MiB, more than loopback's kernel
+ * buffers take at once (about 4 MB), read 128 KiB every 25 ms: several request timeouts long in all, far more
+ * than 16 KiB per timeout. On the main thread and across the front-end worker (`--kms-front-threads 1`), whose
+ * transport is the same, and there over TLS too (the default with --kms-only): node counts a TLS socket's
+ * writes done, as a plain one's, once the kernel has taken their records.
+ */
+describe.each([
+  ['main thread', false],
+  ['front-end worker', false],
+  ['front-end worker, TLS', true],
+] as const)('KMS transport (%s): a client reading a long answer slowly', (where, withTls) => {
+  // Over TLS 12 MiB: the client's TLS socket reads ahead of it, and the kernel's buffers then take more at once.
+  const ANSWER = (withTls ? 12 : 8) << 20;
+  let t: HttpTransport | undefined;
+  let front: FrontWorker | undefined;
+  let certs: TempDir | undefined;
+  let ca: string | undefined;
+  afterEach(async () => {
+    await front?.close();
+    front = undefined;
+    await t?.close();
+    t = undefined;
+    certs?.cleanup();
+    certs = undefined;
+  });
+
+  /** A listener answering every request with a copy of `answer`; its port. */
+  const start = async (answer: Buffer): Promise<number> => {
+    // 0.5 s: the 8 MiB answer takes three times that to read at this pace.
+    const limits = { ...DEFAULT_LIMITS, headersTimeoutMs: 500, requestTimeoutMs: 500, keepAliveTimeoutMs: 1_000 };
+    const w = (): WireResponse => ({ status: 200, headers: ['Content-Type', 'application/octet-stream', 'Content-Length', String(answer.length)], body: Buffer.from(answer) });
+    if (withTls) {
+      certs = tempDir('ebsd-slow-tls-');
+      const made = await makeTestCa(certs.dir);
+      ca = readFileSync(made.ca, 'utf8');
+      const tls = { cert: readFileSync(made.cert), key: readFileSync(made.key) };
+      front = await FrontWorker.start({ host: '127.0.0.1', port: 0, tls, limits, log: silentLogger, onRefusals: () => {}, onFatal: () => {}, handle: async () => w() });
+      return front.address.port;
+    }
+    if (where === 'front-end worker') {
+      front = await FrontWorker.start({ host: '127.0.0.1', port: 0, limits, log: silentLogger, onRefusals: () => {}, onFatal: () => {}, handle: async () => w() });
+      return front.address.port;
+    }
+    t = new HttpTransport({ host: '127.0.0.1', port: 0, onRefusals: () => {}, limits, onRequest: (r) => r.respond(w()) });
+    return (await t.listen()).port;
+  };
+
+  it('gets it whole and correct, though it takes several request timeouts', async () => {
+    const answer = Buffer.alloc(ANSWER);
+    for (let i = 0; i < ANSWER; i += 4) answer.writeUInt32LE(i, i);
+    const port = await start(answer);
+    const a = parseAnswer(await pacedGet(port, { perTick: 128 * 1024, tickMs: 25, ...(ca ? { ca } : {}) }).done);
+    expect(a.status).toBe(200);
+    expect(a.body.length).toBe(ANSWER); // before the fix: cut at the request timeout, 1 MB or more short
+    expect(a.body.equals(answer)).toBe(true);
+  }, 60_000);
+
+  // Answers queued behind one being written (pipelining) are written slice by slice once their turn comes.
+  if (where === 'main thread') it('four pipelined 2 MiB answers, read at the same pace: each whole, in order, nothing left held', async () => {
+    const answer = Buffer.alloc(2 << 20);
+    for (let i = 0; i < answer.length; i += 4) answer.writeUInt32LE(i, i);
+    const port = await start(answer);
+    const s = connect({ host: '127.0.0.1', port });
+    const chunks: Buffer[] = [];
+    let thisTick = 0;
+    s.on('data', (c: Buffer) => { chunks.push(c); thisTick += c.length; if (thisTick >= 128 * 1024) s.pause(); });
+    const pace = setInterval(() => { thisTick = 0; s.resume(); }, 25);
+    const closed = new Promise((r) => s.on('close', r));
+    s.write(`${'GET /a HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(3)}GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    await closed;
+    clearInterval(pace);
+    let rest: Buffer = Buffer.concat(chunks);
+    for (let i = 0; i < 4; i++) {
+      const a = parseAnswer(rest);
+      expect(a.status).toBe(200);
+      expect(a.body.subarray(0, answer.length).equals(answer)).toBe(true);
+      rest = a.body.subarray(answer.length);
+    }
+    expect(rest.length).toBe(0);
+    expect(t!.guard.usage().bufferedBodyBytes).toBe(0);
   }, 60_000);
 });

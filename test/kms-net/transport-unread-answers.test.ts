@@ -7,15 +7,22 @@
  * held 260 MB, still after 10 s; 128 connections of one source would hold
  * 2 GiB). Answers are bodies the daemon holds for a caller too: they are
  * held in the guard's body budget until written (past it, a connection
- * with answers unread gets ThrottlingException instead), and an answer not
- * written within the request timeout closes its connection. A real HttpTransport on
+ * with answers unread gets ThrottlingException instead), and a connection
+ * whose answers the kernel takes less than 16 KiB of in a request timeout is
+ * closed (src/daemon/answer-writer.ts). A real HttpTransport on
  * loopback; the assertions are on bytes and closed connections, not time.
  */
 import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DEFAULT_LIMITS, HttpTransport } from '../../src/daemon/kms-transport.js';
+import { DEFAULT_LIMITS, HttpTransport, type WireResponse } from '../../src/daemon/kms-transport.js';
+import { FrontWorker } from '../../src/daemon/kms-front.js';
+import { silentLogger } from '../../src/util/logger.js';
 import { poll } from '../helpers/poll.js';
+import { readFileSync } from 'node:fs';
+import { tempDir, type TempDir } from '../helpers/temp-dir.js';
+import { makeTestCa } from './helpers.js';
+import { pacedGet, parseAnswer, type PacedGet } from './paced-reader.js';
 
 /** This file's polling: how many tries, how far apart. */
 const POLL = { tries: 400, everyMs: 25 };
@@ -50,7 +57,7 @@ describe('KMS transport: answers the client does not read', () => {
     return (await t.listen()).port;
   };
 
-  it('8 connections x 32 pipelined 512 KiB answers, never read: what is held for the caller stays within its budget, and the connections close within the request timeout', async () => {
+  it('8 connections x 32 pipelined 512 KiB answers, never read: what is held for the caller stays within its budget, and the connections close once a request timeout passes without progress', async () => {
     const port = await start();
     const req = 'GET /snapshots/snap-0123456789abcdef0/blocks/0?blockToken=x HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(32);
     for (let i = 0; i < 8; i++) {
@@ -88,5 +95,80 @@ describe('KMS transport: answers the client does not read', () => {
     }
     await poll(() => t!.guard.usage().bufferedBodyBytes === 0, POLL);
     expect(t!.guard.usage().refusalsPending).toBe(0); // an answer that went out is not a refusal
+  }, 60_000);
+});
+
+/**
+ * A client that stops reading in the middle of a long answer, neither reading nor closing again: the answer
+ * is kept only while the kernel takes 16 KiB of it per request timeout (src/daemon/answer-writer.ts), so the
+ * connection is cut one timeout after it stopped, the answer zeroed and given back to the budget, and the same
+ * source's next request is answered whole. A 16 MiB answer (more than loopback's kernel buffers take),
+ * a 0.5 s request timeout; on the main thread and across the front-end worker, whose transport is the same,
+ * and there over TLS too (the default with --kms-only).
+ */
+describe.each([
+  ['main thread', false],
+  ['front-end worker', false],
+  ['front-end worker, TLS', true],
+] as const)('KMS transport (%s): a client that stops reading mid-answer', (where, withTls) => {
+  // More than loopback's kernel buffers can hold for one connection (tcp_wmem's and tcp_rmem's maxima: 4 and 6 MiB by default).
+  const ANSWER = 16 << 20;
+  let t: HttpTransport | undefined;
+  let front: FrontWorker | undefined;
+  let certs: TempDir | undefined;
+  let ca: string | undefined;
+  const clients: PacedGet[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.socket.destroy();
+    await front?.close();
+    front = undefined;
+    await t?.close();
+    t = undefined;
+    certs?.cleanup();
+    certs = undefined;
+  });
+
+  const answer = Buffer.alloc(ANSWER, 0x5a);
+  /** A listener answering every request with a copy of `answer`; its port. */
+  const start = async (): Promise<number> => {
+    const limits = { ...DEFAULT_LIMITS, headersTimeoutMs: 500, requestTimeoutMs: 500 };
+    const w = (): WireResponse => ({ status: 200, headers: ['Content-Type', 'application/octet-stream', 'Content-Length', String(ANSWER)], body: Buffer.from(answer) });
+    if (withTls) {
+      certs = tempDir('ebsd-unread-tls-');
+      const made = await makeTestCa(certs.dir);
+      ca = readFileSync(made.ca, 'utf8');
+      const tls = { cert: readFileSync(made.cert), key: readFileSync(made.key) };
+      front = await FrontWorker.start({ host: '127.0.0.1', port: 0, tls, limits, log: silentLogger, onRefusals: () => {}, onFatal: () => {}, handle: async () => w() });
+      return front.address.port;
+    }
+    if (where === 'front-end worker') {
+      front = await FrontWorker.start({ host: '127.0.0.1', port: 0, limits, log: silentLogger, onRefusals: () => {}, onFatal: () => {}, handle: async () => w() });
+      return front.address.port;
+    }
+    t = new HttpTransport({ host: '127.0.0.1', port: 0, onRefusals: () => {}, limits, onRequest: (r) => r.respond(w()) });
+    return (await t.listen()).port;
+  };
+  /** Connections the listener still has (the worker's: those that carried a request). */
+  const open = (): number => (front ? front.connectionsKnown : t!.guard.usage().connections);
+
+  // The trickle on the main thread only: the other front ends differ in what carries the answer, not in the rule.
+  it.each([
+    ['stops after 1 MiB', { perTick: 256 * 1024, tickMs: 10, stopAt: 1 << 20 }],
+    ...(where === 'main thread' ? [['trickles 256 bytes every 50 ms (less than 16 KiB per timeout)', { perTick: 256, tickMs: 50 }] as const] : []),
+  ] as const)('%s: cut, its answer given back; the same source\'s next request is answered whole', async (_what, pace) => {
+    const port = await start();
+    const stalled = pacedGet(port, { ...pace, ...(ca ? { ca } : {}) });
+    clients.push(stalled);
+    await poll(() => stalled.received() > 0 && open() === 1, POLL);
+    await poll(() => open() === 0, POLL); // cut one request timeout after it stopped: no deadline, no reading
+    if (t) expect(t.guard.usage().bufferedBodyBytes).toBe(0);
+    stalled.drain();
+    const cutShort = parseAnswer(await stalled.done);
+    expect(cutShort.length).toBe(ANSWER);
+    expect(cutShort.body.length).toBeLessThan(ANSWER);
+
+    const next = parseAnswer(await pacedGet(port, { perTick: Infinity, tickMs: 1_000, ...(ca ? { ca } : {}) }).done);
+    expect(next.body.length).toBe(ANSWER);
+    expect(next.body.equals(answer)).toBe(true);
   }, 60_000);
 });
