@@ -103,8 +103,8 @@ export const KMS_REQUIRED: Readonly<Record<string, readonly string[]>> = {
 };
 
 /**
- * The KMS list operations the AWS CLI pages through (botocore's KMS paginators: input Marker, limit
- * Limit, output NextMarker while Truncated), and the member each gathers its results in.
+ * The KMS list operations the AWS CLI pages through (input Marker, limit Limit, output NextMarker
+ * while Truncated), and the member each gathers its results in.
  */
 export const KMS_PAGED: Readonly<Record<string, string>> = {
   ListKeys: 'Keys',

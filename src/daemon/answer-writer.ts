@@ -25,7 +25,7 @@ import type { ServerResponse } from 'node:http';
 
 /**
  * The size of the pieces a long body is written in, and the progress a connection owing answers must make per
- * idle period. 16 KiB: a TLS record's largest plaintext (RFC 8446 §5.1), so a slice is one record.
+ * idle period. 16 KiB: a TLS record's largest plaintext, so a slice is one record.
  */
 export const ANSWER_SLICE_BYTES = 16 * 1024;
 

@@ -34,10 +34,14 @@ export function refusalKey(uid: number | undefined, eventSource: string, eventNa
 }
 
 /**
- * Whose refusal it is, for the aggregator's key budgets: a local user (the kernel vouches for its uid,
- * mapped or not), else the authenticated caller (a SigV4-verified principal on the KMS listener).
+ * Whose refusal it is, for the aggregator's key budgets: a mapped local user (the kernel vouches for
+ * its uid, the identity map for its principal), else the authenticated caller (a SigV4-verified
+ * principal on the KMS listener). An unmapped uid is nobody the daemon holds, and a user with a
+ * subordinate uid range can connect under thousands of them: its refusals share the unauthenticated
+ * budget (undefined), so they cannot fill the principals' backstop.
  */
-export function refusalParty(uid: number | undefined, caller: Caller): RefusalParty {
+export function refusalParty(uid: number | undefined, caller: Caller): RefusalParty | undefined {
+  if (caller.type === 'Unknown') return undefined;
   return { kind: 'principal', id: uid !== undefined ? `uid:${uid}` : caller.arn };
 }
 

@@ -734,8 +734,9 @@ export class Daemon {
       const caller = uid !== undefined ? ids.callerForUid(uid) : undefined;
       void this.kms!.audit.appendRefusal(`throttle\0${r.caller}\0${r.reason}`,
         () => throttledEvent(r, { accountId: ids.accountId, region: ids.region, ...(uid !== undefined ? { uid } : {}), ...(caller ? { caller } : {}) }),
-        // A local user's own budget; the guard's row of everyone past its table ('*') is nobody's.
-        uid !== undefined ? { kind: 'principal', id: `uid:${uid}` } : undefined)
+        // A mapped local user's own budget (audit-events.ts, refusalParty); an unmapped uid's, and the guard's row of
+        // everyone past its table ('*'), are nobody's.
+        caller ? refusalParty(uid, caller) : undefined)
         .catch((err) => this.log.error({ err }, 'could not audit refused connections'));
     }
   }

@@ -274,6 +274,13 @@ describe('RetireGrant delegated by the key\'s account through IAM', () => {
     await call('PutKeyPolicy', { KeyId: k, Policy: doc({ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCT}:root` }, Action: 'kms:*', Resource: '*' }) }, root);
     expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g4.GrantId, DryRun: true }, janitor))).toBe('DryRunOperationException');
     expect(await awsName(call('RetireGrant', { KeyId: k, GrantId: g4.GrantId }, janitor))).toBe('no error');
+    // A key whose policy leaves the account's IAM policies out (no statement naming the account): the janitor's
+    // IAM Allow counts for nothing there, as for every other action on such a key.
+    const closed = await newKey(doc({ Effect: 'Allow', Principal: { AWS: keyadmin.arn }, Action: 'kms:*', Resource: '*' }));
+    const g5 = await grant(closed, keyadmin, { GranteePrincipal: bob.arn, Operations: ['DescribeKey'] });
+    await ids.attachPolicy('user/janitor', 'retire-all', doc({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }));
+    expect(await awsName(call('RetireGrant', { KeyId: closed, GrantId: g5.GrantId }, janitor))).toBe('AccessDeniedException');
+    expect(await awsName(call('RetireGrant', { GrantToken: g5.GrantToken }, janitor))).toBe('AccessDeniedException');
   });
 });
 

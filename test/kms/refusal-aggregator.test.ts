@@ -83,7 +83,7 @@ describe('RefusalAggregator', () => {
     expect(written.filter((e) => e.userIdentity?.arn === arn).map((e) => e.eventName)).toEqual(Array.from({ length: 20 }, (_, i) => `Op${i}`));
   });
 
-  it('events per window stay bounded under any mix: (burst + 1) x (maxKeys + maxPartyRows) + 2, every refusal accounted for', async () => {
+  it('events per window stay bounded under any mix: (burst + 1) x (maxKeys + 2 x maxPartyRows) + 3, every refusal accounted for', async () => {
     const written: Record<string, any>[] = [];
     const burst = 2;
     const maxKeys = 16;
@@ -100,7 +100,26 @@ describe('RefusalAggregator', () => {
       }
     }
     await agg.flush();
-    expect(written.length).toBeLessThanOrEqual((burst + 1) * (maxKeys + maxPartyRows) + 2);
+    expect(written.length).toBeLessThanOrEqual((burst + 1) * (maxKeys + 2 * maxPartyRows) + 3);
     expect(sum(written)).toBe(n);
+  });
+
+  it('forged signatures under many known access key ids fill only the access keys\' backstop: a principal\'s denial keeps its own event, and the next window starts afresh', async () => {
+    const written: Record<string, any>[] = [];
+    const maxPartyRows = 30;
+    const agg = new RefusalAggregator({ burst: 1, maxKeys: 8, maxPartyRows, maxKeysPerAccessKey: 4, write: async (ev) => { written.push(ev); } });
+    let n = 0;
+    // 50 known ids x 8 operations: far past the 30 rows access keys may hold together.
+    for (let k = 0; k < 50; k++) for (let i = 0; i < 8; i++) { const r = held(`AKIAKNOWN${k}`, `Op${i}`); await agg.add(r.key, r.event, r.party); n++; }
+    const denial = (): Promise<void> => agg.add('kms\u0000user/alice\u0000Decrypt', () => ({ eventName: 'Decrypt', errorCode: 'AccessDeniedException', userIdentity: { arn: 'user/alice' } }), { kind: 'principal', id: 'user/alice' });
+    await denial(); n++;
+    expect(written.filter((e) => e.eventName === 'Decrypt' && e.userIdentity?.arn === 'user/alice')).toHaveLength(1);
+    await agg.flush();
+    expect(sum(written)).toBe(n);
+    // flush() resets every budget: the access keys' rows as the shared keys; a new key of the first id is its own event again.
+    const before = written.length;
+    const r = held('AKIAKNOWN0', 'OpNew'); await agg.add(r.key, r.event, r.party);
+    expect(written.length).toBe(before + 1);
+    expect(written.at(-1)!.eventName).not.toBe('RefusalsOverflow');
   });
 });

@@ -31,13 +31,16 @@
  *   after SigV4 verified, or of a local uid, which the kernel vouches for)
  *   has `maxKeysPerPrincipal` keys of its own, then its own overflow row.
  *
- * Parties are what the daemon holds (access keys, IAM principals, local
- * users), which a caller without credentials cannot multiply; as a backstop
- * for memory, all parties together hold at most `maxPartyRows` rows, past
- * which their new keys fold into one more overflow row. So per window the
- * events written stay at most (burst + 1) x (maxKeys + maxPartyRows) + 2,
- * and under any flood of unauthenticated refusals (burst + 1) x maxKeys + 1
- * of theirs, whatever is sent.
+ * Parties are what the daemon holds (access keys, IAM principals, mapped
+ * local users), which a caller without credentials cannot multiply beyond
+ * what exists. As a backstop for memory, each kind of party holds at most
+ * `maxPartyRows` rows a window, past which that kind's new keys fold into an
+ * overflow row of the kind's own: access key ids are no secret (they are in
+ * audit records), so forged signatures under a hundred known ids could fill
+ * a shared backstop, and must not push a principal's denial into it. So per
+ * window the events written stay at most (burst + 1) x (maxKeys + 2 x
+ * maxPartyRows) + 3, and under any flood of unauthenticated refusals
+ * (burst + 1) x maxKeys + 1 of theirs, whatever is sent.
  */
 import { randomUUID } from 'node:crypto';
 
@@ -51,7 +54,7 @@ export interface RefusalAggregatorOptions {
   maxKeysPerAccessKey?: number;
   /** Keys one principal (RefusalParty `principal`) has per window before its own overflow row. */
   maxKeysPerPrincipal?: number;
-  /** Rows (keys and their overflow rows) of all parties together per window: a backstop for memory. */
+  /** Rows (keys and their overflow rows) of all parties of one kind together per window: a backstop for memory. */
   maxPartyRows?: number;
   /** Write one event (the audit log's droppable path). */
   write: (event: Record<string, unknown>) => Promise<void>;
@@ -75,7 +78,8 @@ export const DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL = 32;
 export const DEFAULT_REFUSAL_PARTY_ROWS = 1024;
 /** Every overflow row's key starts so: the unauthenticated one, a party's (`${OVERFLOW}\0${party}`) and the parties' backstop. */
 const OVERFLOW = '\0overflow';
-const OVERFLOW_PARTIES = '\0overflow\0\0parties';
+/** The backstop's overflow row of a kind of party. */
+const overflowParties = (kind: RefusalParty['kind']): string => `\0overflow\0\0parties\0${kind}`;
 
 /**
  * Whose refusal it is, for the key budgets; none: unauthenticated (the shared budget).
@@ -91,7 +95,7 @@ export class RefusalAggregator {
   private rows = new Map<string, Row>();
   /** This window's parties, and their rows together (keys and overflow rows). */
   private parties = new Map<string, PartyUse>();
-  private partyRows = 0;
+  private partyRows = { 'access-key': 0, principal: 0 };
   /** Unauthenticated keys this window (the shared budget). */
   private sharedKeys = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -161,8 +165,8 @@ export class RefusalAggregator {
     const k = full ? `${OVERFLOW}\0${id}` : own;
     if (full && this.rows.has(k)) return k;
     // A new row: the party's next key, or its overflow row.
-    if (this.partyRows >= this.maxPartyRows) return OVERFLOW_PARTIES;
-    this.partyRows++;
+    if (this.partyRows[party.kind] >= this.maxPartyRows) return overflowParties(party.kind);
+    this.partyRows[party.kind]++;
     if (!full) use.keys++;
     this.parties.set(id, use);
     return k;
@@ -179,7 +183,7 @@ export class RefusalAggregator {
     const rows = [...this.rows.entries()];
     this.rows = new Map();
     this.parties = new Map();
-    this.partyRows = 0;
+    this.partyRows = { 'access-key': 0, principal: 0 };
     this.sharedKeys = 0;
     const writes: Promise<void>[] = [];
     for (const [k, r] of rows) {

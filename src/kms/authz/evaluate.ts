@@ -236,17 +236,23 @@ export class PolicyEvaluator {
   }
 
   /**
-   * Do the caller's identity policies alone allow the request: an Allow and no Deny, whatever the
-   * key policy says? For the one action a key policy cannot allow, RetireGrant delegated by the
-   * key's account to its IAM principals (policy-authorizer.ts, `_decideRetire`). The account root,
-   * services and unknown callers have no identity policies: false.
+   * Do the caller's identity policies allow the request, on a key whose policy lets its account's
+   * IAM policies count (a statement naming the account, as the default key policy's "Enable IAM
+   * User Permissions" does)? For the one action a key policy cannot allow, RetireGrant delegated by
+   * the key's account to its IAM principals (policy-authorizer.ts, `_decideRetire`): a key whose
+   * policy leaves IAM out gives IAM policies nothing here either, as for every other action. The
+   * account root, services and unknown callers have no identity policies: false.
    */
   identityAllows(req: AuthzRequest): boolean {
-    if (req.caller.type === 'Unknown') return false;
+    if (req.caller.type === 'Unknown' || !req.key) return false;
     const id = callerIds(req.caller);
     if (id.isRoot || id.isService) return false;
-    const resource = req.resource ?? req.key?.arn ?? '*';
-    return this._identityEffect(req.caller, req.action, resource, new RequestContext(req, this.roleArn))?.effect === 'Allow';
+    const resource = req.resource ?? req.key.arn;
+    const ctx = new RequestContext(req, this.roleArn);
+    const kp = typeof req.key.policy === 'string' ? this.cache.get(req.key.policy, 'key', req.key.principalIds) : req.key.policy;
+    const viaAccount = kp.statements.some((st) => st.effect === 'Allow' && st.matchesAction(req.action) && st.matchesResource(resource, ctx)
+      && _statementMatch(st, id) === 1 && _conditionsHold(st, ctx));
+    return viaAccount && this._identityEffect(req.caller, req.action, resource, ctx)?.effect === 'Allow';
   }
 
   /** The caller's identity policies on the request: the first Deny that applies, else an Allow, else undefined. */

@@ -177,11 +177,12 @@ export class PolicyAuthorizer implements Authorizer {
    * RetireGrant is authorized by the grant, not by policies (AWS KMS, "Retiring and revoking
    * grants"): its retiring principal, its grantee if that grant includes RetireGrant, or the
    * account that created it. "The kms:RetireGrant permission alone does not allow principals to
-   * retire a grant" and "is not effective in a key policy", so a key-policy Allow of
+   * retire a grant", and a key policy cannot give it, so a key-policy Allow of
    * kms:RetireGrant, or another grant of the caller's listing RetireGrant, retires nothing. The
    * account that owns the key may delegate its own right to its IAM principals, though: an
    * identity policy of a principal of that account (the grant's issuing account) allowing
-   * kms:RetireGrant on the key retires any grant of it. An explicit Deny still refuses.
+   * kms:RetireGrant on the key retires any grant of it, when the key policy lets the account's IAM
+   * policies count at all (evaluate.ts, identityAllows). An explicit Deny still refuses.
    */
   private _decideRetire(req: AuthorizationRequest): Decision {
     const authz = this.toAuthzRequest(req);

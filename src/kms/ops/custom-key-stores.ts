@@ -2,8 +2,7 @@
  * DescribeCustomKeyStores. ebsd has no custom key stores (src/kms/unserved.ts refuses the operations
  * that would make or use one), so an account's listing is empty, as AWS KMS answers an account
  * without any: `{"CustomKeyStores": [], "Truncated": false}`; a CustomKeyStoreId or
- * CustomKeyStoreName names nothing, CustomKeyStoreNotFoundException (AWS KMS API Reference,
- * DescribeCustomKeyStores, Errors).
+ * CustomKeyStoreName names nothing: CustomKeyStoreNotFoundException, as AWS KMS answers it.
  */
 import type { Dispatcher } from '../dispatcher.js';
 import { CustomKeyStoreNotFoundException } from '../errors.js';
@@ -12,7 +11,7 @@ import { optStr } from '../validate.js';
 
 export function registerCustomKeyStoreOperations(d: Dispatcher): void {
   d.registerOperation('DescribeCustomKeyStores', async (_ctx, call) => {
-    // Request Syntax: CustomKeyStoreId 1-64 characters, CustomKeyStoreName 1-256.
+    // AWS's bounds: CustomKeyStoreId 1-64 characters, CustomKeyStoreName 1-256.
     const id = optStr(call.request, 'CustomKeyStoreId', 1, 64);
     const name = optStr(call.request, 'CustomKeyStoreName', 1, 256);
     // kms:DescribeCustomKeyStores is an IAM-policy-only action: no key, resource `*`.
