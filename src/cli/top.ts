@@ -21,7 +21,7 @@ const YELLOW = `${ESC}1;30;43m`;
 const BOLD = `${ESC}1m`;
 const RESET = `${ESC}0m`;
 /**
- * How long a refresh waits for the daemon's Status: a daemon stopped (SIGSTOP) or
+ * How long a refresh waits for the daemon's Status by default (--status-timeout): a daemon stopped (SIGSTOP) or
  * stuck still accepts connections, and top must then say so and end rather than
  * hang with the terminal in raw mode (q, ^C and SIGTERM also end the wait).
  */
@@ -214,10 +214,12 @@ export function topCommand(y: Argv): Argv {
     (b) =>
       b
         .option('interval', { type: 'string', default: 1, coerce: decimalSeconds('--interval', 0.2, 3600), describe: 'seconds between refreshes (0.2 to 3600)' })
-        .option('once', { type: 'boolean', default: false, describe: 'print one screen (two scrapes one interval apart) and exit' }),
+        .option('once', { type: 'boolean', default: false, describe: 'print one screen (two scrapes one interval apart) and exit' })
+        .option('status-timeout', { type: 'string', default: STATUS_TIMEOUT_MS / 1000, coerce: decimalSeconds('--status-timeout', 1, 600), describe: 'seconds a refresh waits for the daemon before top says it is stopped or stuck and exits 3 (1 to 600)' }),
     async (a) => {
       const stateDir = String(a.stateDir);
       const interval = Number(a.interval);
+      const statusTimeoutMs = Number(a.statusTimeout) * 1000;
       const socket = socketPathFor(stateDir);
       const out = process.stdout;
       // --output json, as every command takes it: no screen, one compact JSON document per
@@ -255,10 +257,10 @@ export function topCommand(y: Argv): Argv {
         for (let frame = 0; !stop; frame++) {
           const ctl = (frameAbort = new AbortController());
           let timedOut = false;
-          const timer = setTimeout(() => { timedOut = true; ctl.abort(new Error('timeout')); }, STATUS_TIMEOUT_MS);
+          const timer = setTimeout(() => { timedOut = true; ctl.abort(new Error('timeout')); }, statusTimeoutMs);
           const status = await callDaemon(socket, 'ebsd.Status', {}, { signal: ctl.signal }).catch((e: unknown) => {
             if (stop) return undefined;
-            if (timedOut) throw new DaemonUnreachableError(socket, `no answer to Status within ${STATUS_TIMEOUT_MS / 1000} s: the daemon is stopped or stuck`);
+            if (timedOut) throw new DaemonUnreachableError(socket, `no answer to Status within ${statusTimeoutMs / 1000} s: the daemon is stopped or stuck`);
             throw e;
           }).finally(() => clearTimeout(timer));
           if (!status) break;
