@@ -16,7 +16,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AWS_CLI, KMS_ADMIN_POLICY, awsCliEnv, makeAccessKey, startKmsDaemon } from './helpers.js';
-import { Env, ensureBuilt, run } from '../e2e/helpers.js';
+import { Env, ensureBuilt, pooled, run, zip } from '../e2e/helpers.js';
 
 describe('ebsd kms --output text is the AWS CLI\'s text output', () => {
   const env = new Env('kmstext');
@@ -71,8 +71,9 @@ describe('ebsd kms --output text is the AWS CLI\'s text output', () => {
       ['describe-custom-key-stores'],
       ['describe-custom-key-stores', '--limit', '5'],
     ];
-    for (const args of commands) {
-      const [a, e] = await Promise.all([aws(args), ebsd(args)]);
+    // Read-only commands, independent of each other: three pairs at a time.
+    const answers = await pooled(commands, (args) => Promise.all([aws(args), ebsd(args)]), 3);
+    for (const [args, [a, e]] of zip(commands, answers)) {
       expect([args, a.code, a.stderr]).toEqual([args, 0, '']);
       expect([args, e.code, e.stderr]).toEqual([args, 0, '']);
       expect([args, e.stdout]).toEqual([args, a.stdout]);
