@@ -107,6 +107,8 @@ export interface SnapshotCopierOptions {
   markerRetryMs?: number;
 }
 
+const shutDownDuring = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the copy', { awsName: 'IncorrectState' });
+
 /** The StateMessage of a copy a restart interrupted. */
 const COPY_INTERRUPTED = 'The daemon stopped (crash or restart) while the snapshot was being copied.';
 
@@ -134,6 +136,9 @@ export class SnapshotCopier {
    * answers from it (runningManifest), not from a store read queued behind the copy's jobs on libuv's pool.
    */
   private readonly written = new Map<string, SnapshotManifest>();
+  private closed = false;
+  /** Ends each same-key copy's wait before it asks again on a shared store at once: close(). */
+  private readonly recheckWaits = new Set<() => void>();
 
   private constructor(private readonly o: SnapshotCopierOptions, private readonly markers: PendingMarkers, log: Logger) {
     this.log = log;
@@ -177,8 +182,15 @@ export class SnapshotCopier {
     return this.markers.waiting;
   }
 
-  /** Shutdown: no more background settles (markers left stay for the next start); copies under way are not stopped. */
+  /**
+   * Shutdown: no more background settles (markers left stay for the next start). A same-key copy
+   * waiting to ask again for the source's objects ends now, `error` (its marker settles it at the
+   * next start if the store is gone by then), never `completed` during the shutdown; other copies
+   * under way are not stopped.
+   */
   async close(): Promise<void> {
+    this.closed = true;
+    for (const wake of [...this.recheckWaits]) wake();
     await this.markers.close();
   }
 
@@ -336,7 +348,19 @@ export class SnapshotCopier {
         // objects are safe if the source's manifest still exists (a collector frees them only after
         // removing it, and our pending manifest names them since); otherwise each is asked again.
         if (touch) {
-          await new Promise((r) => setTimeout(r, recheckMs));
+          if (!this.closed) {
+            await new Promise<void>((resolve) => {
+              const done = (): void => {
+                clearTimeout(timer);
+                this.recheckWaits.delete(done);
+                resolve();
+              };
+              const timer = setTimeout(done, recheckMs);
+              this.recheckWaits.add(done);
+            });
+          }
+          // Shutdown during the wait: the copy ends `error` as a create does, not `completed` during the shutdown.
+          if (this.closed) throw shutDownDuring();
           if (!(await this.o.store.getManifest(snap.manifest.snapshotId))) {
             const gone: BlockHash[] = [];
             await inParallel([...new Set(named)], STORE_REQUESTS_IN_FLIGHT, async (h) => {
