@@ -107,6 +107,8 @@ export interface SnapshotCopierOptions {
   markerRetryMs?: number;
 }
 
+const shutDownDuring = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the copy', { awsName: 'IncorrectState' });
+
 /** The StateMessage of a copy a restart interrupted. */
 const COPY_INTERRUPTED = 'The daemon stopped (crash or restart) while the snapshot was being copied.';
 
@@ -134,6 +136,9 @@ export class SnapshotCopier {
    * answers from it (runningManifest), not from a store read queued behind the copy's jobs on libuv's pool.
    */
   private readonly written = new Map<string, SnapshotManifest>();
+  private closed = false;
+  /** Ends each same-key copy's wait before it asks again on a shared store at once: close(). */
+  private readonly recheckWaits = new Set<() => void>();
 
   private constructor(private readonly o: SnapshotCopierOptions, private readonly markers: PendingMarkers, log: Logger) {
     this.log = log;
@@ -177,8 +182,15 @@ export class SnapshotCopier {
     return this.markers.waiting;
   }
 
-  /** Shutdown: no more background settles (markers left stay for the next start); copies under way are not stopped. */
+  /**
+   * Shutdown: no more background settles (markers left stay for the next start). A same-key copy
+   * waiting to ask again for the source's objects ends now, `error` (its marker settles it at the
+   * next start if the store is gone by then), never `completed` during the shutdown; other copies
+   * under way are not stopped.
+   */
   async close(): Promise<void> {
+    this.closed = true;
+    for (const wake of [...this.recheckWaits]) wake();
     await this.markers.close();
   }
 
@@ -202,6 +214,12 @@ export class SnapshotCopier {
       throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `SourceRegion '${req.SourceRegion}': this daemon serves ${this.o.region} only; a copy between regions needs the other region's store`, { awsName: 'InvalidParameterValue' });
     }
     if (req.Encrypted === false) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'Encrypted cannot be set to false: omit it, or set it to true to encrypt the copy of an unencrypted snapshot', { awsName: 'InvalidParameterValue' });
+    // On a shared store, a same-key copy's wait before it asks again for the source's objects comes from the store's
+    // settings (store-settings.ts): read beside the checks, and checked before the pending manifest, the first write,
+    // so settings this daemon cannot follow (or a store that does not answer for them) refuse the copy with nothing
+    // written, not after its touches.
+    const recheck = this.o.store.singleWriter ? undefined : recheckMsOf(this.o.store, this.o.foundRecheckMs);
+    recheck?.catch(() => {}); // awaited below; a check that fails first must not leave it unhandled
     const release = (await this.o.hold?.(req.SourceSnapshotId)) ?? (() => {});
     try {
       const src = await this.o.store.getManifest(req.SourceSnapshotId);
@@ -253,6 +271,7 @@ export class SnapshotCopier {
       // manifest names them from its first write: this daemon's pins and hold keep them from its own
       // collector only, and another host deleting the source meanwhile would free them otherwise.
       const sharedSameKey = targetKey === undefined && !this.o.store.singleWriter;
+      const recheckMs = sharedSameKey ? await recheck! : 0;
       if (sharedSameKey) {
         if (src.header) m.header = src.header;
         m.blocks = src.blocks.map(([i, h]) => [i, h]);
@@ -269,7 +288,7 @@ export class SnapshotCopier {
       let terminal = false;
       /** Why the copy failed, once it did: the StateMessage the marker's retry writes if the `error` write failed. */
       let failedWhy: string | undefined;
-      const job = this.run(snap, m, targetKey, via, () => (terminal = true))
+      const job = this.run(snap, m, targetKey, via, recheckMs, () => (terminal = true))
         .catch(async (e) => {
           const why = e instanceof VolumeError || e instanceof SnapshotError || (e as { awsName?: string })?.awsName ? `${(e as { awsName?: string }).awsName ?? (e as { code: string }).code}: ${(e as Error).message}` : 'internal error (see the daemon log)';
           this.log.warn({ snapshotId, sourceSnapshotId: src.snapshotId, err: { message: (e as Error)?.message } }, 'snapshot copy failed');
@@ -306,7 +325,8 @@ export class SnapshotCopier {
     while (this.running.size) await Promise.allSettled([...this.running]);
   }
 
-  private async run(snap: OpenedSnapshot, m: SnapshotManifest, targetKey: string | undefined, via: Caller, onTerminal: () => void): Promise<void> {
+  /** `recheckMs`: a same-key copy's wait on a shared store between its touches and its asking again (read at set-up). */
+  private async run(snap: OpenedSnapshot, m: SnapshotManifest, targetKey: string | undefined, via: Caller, recheckMs: number, onTerminal: () => void): Promise<void> {
     const pins: BlockPin[] = [];
     try {
       if (targetKey === undefined) {
@@ -328,8 +348,19 @@ export class SnapshotCopier {
         // objects are safe if the source's manifest still exists (a collector frees them only after
         // removing it, and our pending manifest names them since); otherwise each is asked again.
         if (touch) {
-          const wait = await recheckMsOf(this.o.store, this.o.foundRecheckMs);
-          await new Promise((r) => setTimeout(r, wait));
+          if (!this.closed) {
+            await new Promise<void>((resolve) => {
+              const done = (): void => {
+                clearTimeout(timer);
+                this.recheckWaits.delete(done);
+                resolve();
+              };
+              const timer = setTimeout(done, recheckMs);
+              this.recheckWaits.add(done);
+            });
+          }
+          // Shutdown during the wait: the copy ends `error` as a create does, not `completed` during the shutdown.
+          if (this.closed) throw shutDownDuring();
           if (!(await this.o.store.getManifest(snap.manifest.snapshotId))) {
             const gone: BlockHash[] = [];
             await inParallel([...new Set(named)], STORE_REQUESTS_IN_FLIGHT, async (h) => {

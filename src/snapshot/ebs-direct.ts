@@ -211,8 +211,10 @@ interface Pending {
   saving: Promise<void>;
   /** CompleteSnapshot is writing the manifest: puts are refused, the snapshot is not swept. */
   completing: boolean;
-  /** performance.now() after the last put (the header's, then each block's): CompleteSnapshot on a shared store asks again only the store's recheckMs after it. */
+  /** performance.now() after the last put (the header's, then each block's): CompleteSnapshot on a shared store asks again only recheckMs after it. */
   lastPutMs: number;
+  /** On a shared store, the store's recheckMs (store-settings.ts), read at StartSnapshot; 0 on a store only this daemon writes. */
+  recheckMs: number;
 }
 
 export class EbsDirect {
@@ -506,6 +508,12 @@ export class EbsDirect {
       byDefault: this.o.allowUnencrypted !== true, defaultKey: DEFAULT_KMS_KEY,
     });
     const encrypted = outcome.encrypted;
+    // On a shared store, CompleteSnapshot's wait before it asks again for the blocks comes from the store's settings
+    // (store-settings.ts): read beside the data key's making, and checked before the header's put, the first write, so
+    // settings this daemon cannot follow (or a store that does not answer for them) refuse the start with nothing
+    // written, not the completion after every block was put.
+    const recheck = this.o.store.singleWriter ? undefined : recheckMsOf(this.o.store, this.o.foundRecheckMs);
+    recheck?.catch(() => {}); // awaited below; a step that fails first must not leave it unhandled
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const sizeBytes = i.VolumeSize * 1024 ** 3;
     const manifest: SnapshotManifest = {
@@ -537,6 +545,7 @@ export class EbsDirect {
       const what = parent ? `a child of ${parent.snapshotId} would have a manifest of ${completedBytes} bytes (the parent's ${parent.blocks.length} block(s), ` : `the snapshot would have a manifest of ${completedBytes} bytes (`;
       throw quotaExceeded(`${what}its description, tags and key), over the snapshot store's ${limit}-byte limit, so it is not started (a shorter Description or fewer Tags may fit)`);
     }
+    const recheckMs = recheck ? await recheck : 0;
     const headerPin = this.o.pin ? await this.o.pin([headerHash]) : undefined;
     try {
       // Put even when present: a new age keeps another host's collector off it until our manifest names it.
@@ -560,7 +569,7 @@ export class EbsDirect {
       manifest, owner: caller.arn, blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
       written: new Map(), inflight: new Set(),
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
-      dirty: false, saving: Promise.resolve(), completing: false, lastPutMs: performance.now(),
+      dirty: false, saving: Promise.resolve(), completing: false, lastPutMs: performance.now(), recheckMs,
     });
     this._armSweep();
     const response = {
@@ -692,7 +701,7 @@ export class EbsDirect {
   /**
    * On a store other hosts collect: a block this snapshot put may have been an orphan whose age another host's
    * collector read just before our put, its delete landing just after; that delete lands within the collector's
-   * window of its read or never (gc.ts). So the check waits until the store's recheckMs (store-settings.ts) after our last put. The parent's
+   * window of its read or never (gc.ts). So the check waits until the store's recheckMs (store-settings.ts, read at StartSnapshot) after our last put. The parent's
    * blocks are safe while its manifest exists (a collector frees them only after removing it, and our pending
    * manifest names them since StartSnapshot); a parent deleted meanwhile has them touched now and asked again
    * after the wait too (docs/architecture.md §13.3, rule 5). Returns those inherited indexes to check, by hash.
@@ -708,7 +717,7 @@ export class EbsDirect {
       if (touch) await inParallel([...inherited.keys()], STORE_REQUESTS_IN_FLIGHT, async (h) => void (await touch(h)));
       p.lastPutMs = performance.now();
     }
-    const wait = p.lastPutMs + (await recheckMsOf(this.o.store, this.o.foundRecheckMs)) - performance.now();
+    const wait = p.lastPutMs + p.recheckMs - performance.now();
     if (wait > 0 && !this.closed) {
       await new Promise<void>((resolve) => {
         const done = (): void => {

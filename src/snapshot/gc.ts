@@ -20,7 +20,10 @@ export interface CollectableStore extends SnapshotStore {
   /**
    * deleteBlock of many at once, when the store can do better than one at a
    * time (the directory store rewrites each pack's index once, not once per
-   * block). Same contract: absent is not an error.
+   * block). Same contract: absent is not an error. It has no time bound, so
+   * the collector uses it only on a store this daemon alone writes
+   * (singleWriter); a shared store's blocks go one by one, each within its
+   * delete window.
    */
   deleteBlocks?(hashes: BlockHash[]): Promise<void>;
   /** Lets go of connections (S3); the daemon calls it on stop. */
@@ -248,22 +251,16 @@ export class SnapshotGc {
         keptYoung++;
         return false;
       };
-      const deleteBlocks = this.store.deleteBlocks?.bind(this.store);
+      // The batch delete has no time bound: only on a store this daemon alone writes (the directory store), where no
+      // other host touches its blocks and its pins cover this one's writers, so no delete window applies (rule 5). A
+      // shared store takes the windowed path below, one delete per block, even if it can delete many at once.
+      const deleteBlocks = this.store.singleWriter ? this.store.deleteBlocks?.bind(this.store) : undefined;
       if (deleteBlocks) {
         const unmarked = doomed.filter((h) => !marked.refs.has(h));
-        const asked = performance.now();
         const agesNow = await this.agesOf(unmarked);
-        // Ages read longer ago than the delete window are stale: kept, for the next sweep. Not on a store only this
-        // daemon writes (the directory store): no other host touches its blocks, and its pins cover this one's
-        // writers, so a long sweep of a large store is not made to keep everything.
-        const late = !this.store.singleWriter && performance.now() - asked >= windowMs;
         // Pins are checked last, synchronously before the delete starts; pin() waits for it.
         const go = unmarked.filter((h) => {
           if (!stillOld(agesNow.get(h))) return false;
-          if (late) {
-            keptYoung++;
-            return false;
-          }
           if (this.pins.has(h) || live.has(h)) {
             keptPinned++;
             return false;

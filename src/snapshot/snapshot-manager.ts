@@ -384,9 +384,9 @@ export class SnapshotManager {
           }
         });
         // The volume is free from here on (docs/architecture.md §12.1): the copy reads through its own handle.
-        const { v, m, header, parent, plan } = set;
+        const { v, m, header, parent, plan, recheckMs } = set;
         // The event and the answer run inside copy()'s failure handling: a throw there still ends the session and undoes the tracking.
-        await this.copy(m, header, v, plan, parent, ctx.run!, () => {
+        await this.copy(m, header, v, plan, parent, ctx.run!, recheckMs, () => {
           this.o.onAudit?.({ eventName: 'CreateSnapshot', snapshotId, volumeId: v.volumeId, principal: caller.arn, details: { incremental: plan.incremental, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } });
           const answerOf = toEc2Snapshot(m);
           isAccepted = true;
@@ -442,7 +442,7 @@ export class SnapshotManager {
    * Steps 1 and 2 of a create (docs/architecture.md §12.1), inside the volume's lock: checks, the `pending`
    * manifest and marker, the parent, the point in time. `ctx.run` is set once there is something to let go of.
    */
-  private setUp(req: CreateSnapshotRequest, snapshotId: string, startTime: string, startedMs: number, ctx: { run?: RunningCreate; settle?: () => void }): Promise<{ v: VolumeForSnapshot; m: SnapshotManifest; header: Buffer; parent: SnapshotManifest | undefined; plan: SnapshotPlan }> {
+  private setUp(req: CreateSnapshotRequest, snapshotId: string, startTime: string, startedMs: number, ctx: { run?: RunningCreate; settle?: () => void }): Promise<{ v: VolumeForSnapshot; m: SnapshotManifest; header: Buffer; parent: SnapshotManifest | undefined; plan: SnapshotPlan; recheckMs: number }> {
     return this.o.volumes.withVolumeForSnapshot(req.VolumeId, async (v) => {
       if (this.closing) throw shuttingDown();
       if (v.state !== 'available' && v.state !== 'in-use') {
@@ -462,9 +462,16 @@ export class SnapshotManager {
       if (v.state === 'in-use' && (!v.device || !src || !this.trackers.has(v.volumeId))) {
         throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', v.device ? `the data path of ${v.volumeId} cannot take a snapshot while attached` : `The volume '${v.volumeId}' is recorded in-use but not served by this host (see the daemon log)`, { awsName: 'IncorrectState' });
       }
+      // On a shared store, the wait before the create asks again for its blocks comes from the store's settings
+      // (store-settings.ts): read beside the header, and checked before anything is written, so settings this daemon
+      // cannot follow (or a store that does not answer for them) refuse the create here, nothing left behind, not
+      // after every block was read, encrypted and put.
+      const recheck = this.o.store.singleWriter ? undefined : recheckMsOf(this.o.store, this.o.foundRecheckMs);
+      recheck?.catch(() => {}); // awaited below; a header read that fails first must not leave it unhandled
       const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
       // close() aborts only the runs it finds in `running`: one that began during the read refuses here, nothing written yet.
       if (this.closing) throw shuttingDown();
+      const recheckMs = recheck ? await recheck : 0;
       const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
       const m: SnapshotManifest = {
         formatVersion: 1,
@@ -509,7 +516,7 @@ export class SnapshotManager {
       // lock, the header read, the pending manifest and the parent's look-up come between). The answer and this daemon's
       // DescribeSnapshots show it at once (copy()); every later manifest carries it.
       m.startTime = plan.pointInTime;
-      return { v, m, header: hdr.header, parent, plan };
+      return { v, m, header: hdr.header, parent, plan, recheckMs };
     });
   }
 
@@ -707,9 +714,10 @@ export class SnapshotManager {
   /**
    * The snapshot from its set-up on: `accept` (the CreateSnapshot event and answer) first, then the copy and the
    * terminal manifest. Whatever throws from `accept` on ends as a failed snapshot: recorded `error`, its session
-   * out of every gate, its tracking undone.
+   * out of every gate, its tracking undone. `recheckMs`: on a shared store, the wait from the last put or touch
+   * before every block is asked for again (the store's settings, read at set-up).
    */
-  private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate, accept: () => void): Promise<void> {
+  private async copy(m: SnapshotManifest, header: Buffer, v: VolumeForSnapshot, plan: SnapshotPlan, parent: SnapshotManifest | undefined, run: RunningCreate, recheckMs: number, accept: () => void): Promise<void> {
     const nBlocks = Math.ceil(v.size / SNAPSHOT_BLOCK_BYTES);
     let recorded = 0;
     let lastRecordMs = performance.now();
@@ -832,7 +840,7 @@ export class SnapshotManager {
         const named = [...new Set([...res.hashes.values(), headerHash])];
         // Every block is read: the copy-on-write session and the read handle go now, not after the wait.
         await close();
-        await untilRecheck(run, t2 + (await recheckMsOf(this.o.store, this.o.foundRecheckMs)) - performance.now());
+        await untilRecheck(run, t2 + recheckMs - performance.now());
         // Shutdown during the wait: the create ends `error` as any other under way does, not `completed` seconds later.
         if (run.abort) throw run.abort;
         if (inherited.size && !(await this.o.store.getManifest(parent!.snapshotId))) named.push(...new Set(inherited.values()));

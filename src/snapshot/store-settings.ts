@@ -36,10 +36,13 @@ export const DEFAULT_DELETE_WINDOWS: DeleteWindows = Object.freeze({
 /** Bounds of either figure in a settings object: one millisecond to ten minutes. */
 const MAX_SETTING_MS = 10 * 60_000;
 
+/** The members of a settings object this daemon reads; any other is refused. */
+const SETTINGS_MEMBERS: ReadonlySet<string> = new Set(['formatVersion', 'deleteWindowMs', 'deleteMarginMs']);
+
 /** The settings object's format version this daemon reads and writes. */
 export const STORE_SETTINGS_FORMAT = 1;
 
-/** The settings object as stored (`{"formatVersion":1,"deleteWindowMs":…,"deleteMarginMs":…}`); a field left out takes its default. */
+/** The settings object as stored (`{"formatVersion":1,"deleteWindowMs":…,"deleteMarginMs":…}`); a field left out takes its default, any other member is refused. */
 export interface StoreSettings {
   deleteWindowMs?: number;
   deleteMarginMs?: number;
@@ -56,6 +59,10 @@ export function parseStoreSettings(where: string, text: string): DeleteWindows {
   if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new SnapshotError('SNAPSHOT_CORRUPT', `store settings ${where} are not a JSON object`);
   const s = o as Record<string, unknown>;
   if (s.formatVersion !== STORE_SETTINGS_FORMAT) throw new SnapshotError('SNAPSHOT_CORRUPT', `store settings ${where} have formatVersion ${JSON.stringify(s.formatVersion)}; this daemon reads ${STORE_SETTINGS_FORMAT}`);
+  // A member this daemon does not know is refused, not ignored: a misspelt one (`deleteMarginMS`) would leave every
+  // host on the default, shorter perhaps than the store needs, which is the unsafe direction (docs/architecture.md §13.3).
+  const unknown = Object.keys(s).filter((k) => !SETTINGS_MEMBERS.has(k));
+  if (unknown.length) throw new SnapshotError('SNAPSHOT_CORRUPT', `store settings ${where} have member(s) ${unknown.map((k) => JSON.stringify(k)).join(', ')} this daemon does not know; it reads ${[...SETTINGS_MEMBERS].join(', ')}`);
   const window = settingMs(where, s, 'deleteWindowMs', DEFAULT_DELETE_WINDOW_MS);
   const margin = settingMs(where, s, 'deleteMarginMs', DEFAULT_DELETE_MARGIN_MS);
   return { deleteWindowMs: window, recheckMs: window + margin };

@@ -365,7 +365,13 @@ describe('a create on one host, a collector on another, sharing the store', () =
     });
     await gc.deleteSnapshot(s1.snapshotId);
     const m = (await hh.store.getManifest((await copying).SnapshotId))!;
-    expect(m.state).not.toBe('pending');
-    await expectWhole(hh.store, m);
+    if (m.state === 'error') {
+      // Ended error only for the reason under test: a source object the other host freed meanwhile (gone at the touch, or at the asking again).
+      expect(m.stateMessage).toMatch(new RegExp(`block [0-9a-f]{64} of the source ${s1.snapshotId}(, deleted meanwhile, is gone| is missing) from `));
+      expect(m.blocks).toEqual([]);
+    } else {
+      expect(m.state).toBe('completed');
+      await expectWhole(hh.store, m);
+    }
   }, 30_000);
 });

@@ -243,6 +243,26 @@ describe.each(stores)('collector on %s', (_name, open) => {
     expect(await store.hasBlock(b.hash)).toBe(false);
   });
 
+  withStore('a store shown as shared that has the batch delete: each block goes by the windowed delete, never the batch (it has no time bound)', async (store) => {
+    const b = block(1024);
+    await store.putBlock(b.hash, b.data);
+    const batches: string[][] = [];
+    const signals: (AbortSignal | undefined)[] = [];
+    const shared: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      singleWriter: undefined,
+      deleteBlocks: async (hs: string[]) => void batches.push(hs),
+      deleteBlock: async (h: string, o: { signal?: AbortSignal } = {}) => {
+        signals.push(o.signal);
+        await store.deleteBlock(h, o);
+      },
+    });
+    expect(await new SnapshotGc(shared, { graceMs: 0, deleteWindowMs: 5_000, now: () => Date.now() + HOUR }).sweep()).toMatchObject({ deleted: 1 });
+    expect(batches).toEqual([]);
+    expect(signals).toHaveLength(1);
+    expect(signals[0]).toBeInstanceOf(AbortSignal);
+    expect(await store.hasBlock(b.hash)).toBe(false);
+  });
+
   withStore('a manifest that cannot be read stops the sweep before anything is deleted', async (store) => {
     const b = block(1024);
     await putSnapshot(store, [b]);
