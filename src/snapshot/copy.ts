@@ -24,6 +24,7 @@ import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
 import { putUnlessStored } from './block-copier.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import type { Clock } from '../util/clock.js';
+import { WakeableSleeps } from '../util/wakeable-sleeps.js';
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
@@ -138,7 +139,7 @@ export class SnapshotCopier {
   private readonly written = new Map<string, SnapshotManifest>();
   private closed = false;
   /** Ends each same-key copy's wait before it asks again on a shared store at once: close(). */
-  private readonly recheckWaits = new Set<() => void>();
+  private readonly recheckWaits = new WakeableSleeps();
 
   private constructor(private readonly o: SnapshotCopierOptions, private readonly markers: PendingMarkers, log: Logger) {
     this.log = log;
@@ -190,7 +191,7 @@ export class SnapshotCopier {
    */
   async close(): Promise<void> {
     this.closed = true;
-    for (const wake of [...this.recheckWaits]) wake();
+    this.recheckWaits.wakeAll();
     await this.markers.close();
   }
 
@@ -348,17 +349,7 @@ export class SnapshotCopier {
         // objects are safe if the source's manifest still exists (a collector frees them only after
         // removing it, and our pending manifest names them since); otherwise each is asked again.
         if (touch) {
-          if (!this.closed) {
-            await new Promise<void>((resolve) => {
-              const done = (): void => {
-                clearTimeout(timer);
-                this.recheckWaits.delete(done);
-                resolve();
-              };
-              const timer = setTimeout(done, recheckMs);
-              this.recheckWaits.add(done);
-            });
-          }
+          if (!this.closed) await this.recheckWaits.sleep(recheckMs);
           // Shutdown during the wait: the copy ends `error` as a create does, not `completed` during the shutdown.
           if (this.closed) throw shutDownDuring();
           if (!(await this.o.store.getManifest(snap.manifest.snapshotId))) {

@@ -23,6 +23,7 @@ import {
 import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS, TokenSigner } from './ebs-direct-tokens.js';
 import { SnapshotKeyCache } from './ebs-direct-key-cache.js';
 import { CompletedManifests, type BlockList } from './ebs-direct-manifests.js';
+import { WakeableSleeps } from '../util/wakeable-sleeps.js';
 
 /**
  * The EBS direct APIs over a SnapshotStore (docs/architecture.md, "EBS direct APIs"):
@@ -239,7 +240,7 @@ export class EbsDirect {
   private sweepTimer: { at: number; call: ScheduledCall } | undefined;
   private closed = false;
   /** Ends each CompleteSnapshot's wait before its shared-store check (_pastOtherCollectors) at once: close(). */
-  private readonly recheckWaits = new Set<() => void>();
+  private readonly recheckWaits = new WakeableSleeps();
   private readonly tokens: TokenSigner;
   private readonly now: () => number;
   private readonly viaService: string;
@@ -315,7 +316,7 @@ export class EbsDirect {
    */
   async close(): Promise<void> {
     this.closed = true;
-    for (const wake of [...this.recheckWaits]) wake();
+    this.recheckWaits.wakeAll();
     this.sweepTimer?.call.cancel();
     this.sweepTimer = undefined;
     for (const p of this.pending.values()) this._cancelSave(p);
@@ -718,17 +719,7 @@ export class EbsDirect {
       p.lastPutMs = performance.now();
     }
     const wait = p.lastPutMs + p.recheckMs - performance.now();
-    if (wait > 0 && !this.closed) {
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          clearTimeout(timer);
-          this.recheckWaits.delete(done);
-          resolve();
-        };
-        const timer = setTimeout(done, wait);
-        this.recheckWaits.add(done);
-      });
-    }
+    if (wait > 0 && !this.closed) await this.recheckWaits.sleep(wait);
     // Shut down meanwhile: nothing more is written; the snapshot stays pending (recover() marks it at the next start).
     if (this.closed) throw internal(`the daemon shut down before CompleteSnapshot of ${p.manifest.snapshotId} could check its blocks; the snapshot stays pending`);
     return inherited;
