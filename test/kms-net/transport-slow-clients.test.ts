@@ -10,13 +10,9 @@
  */
 import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DEFAULT_LIMITS, HttpTransport, type WireResponse } from '../../src/daemon/kms-transport.js';
-import { FrontWorker } from '../../src/daemon/kms-front.js';
-import { silentLogger } from '../../src/util/logger.js';
+import { DEFAULT_LIMITS, HttpTransport } from '../../src/daemon/kms-transport.js';
+import { answeringListener, type AnsweringListener } from './answering-listener.js';
 import { poll } from '../helpers/poll.js';
-import { readFileSync } from 'node:fs';
-import { tempDir, type TempDir } from '../helpers/temp-dir.js';
-import { makeTestCa } from './helpers.js';
 import { pacedGet, parseAnswer } from './paced-reader.js';
 
 const TICK_MS = 100;
@@ -142,45 +138,25 @@ describe.each([
 ] as const)('KMS transport (%s): a client reading a long answer slowly', (where, withTls) => {
   // Over TLS 12 MiB: the client's TLS socket reads ahead of it, and the kernel's buffers then take more at once.
   const ANSWER = (withTls ? 12 : 8) << 20;
-  let t: HttpTransport | undefined;
-  let front: FrontWorker | undefined;
-  let certs: TempDir | undefined;
-  let ca: string | undefined;
+  let l: AnsweringListener | undefined;
   afterEach(async () => {
-    await front?.close();
-    front = undefined;
-    await t?.close();
-    t = undefined;
-    certs?.cleanup();
-    certs = undefined;
+    await l?.close();
+    l = undefined;
   });
 
   /** A listener answering every request with a copy of `answer`; its port. */
   const start = async (answer: Buffer): Promise<number> => {
     // 0.5 s: the 8 MiB answer takes three times that to read at this pace.
     const limits = { ...DEFAULT_LIMITS, headersTimeoutMs: 500, requestTimeoutMs: 500, keepAliveTimeoutMs: 1_000 };
-    const w = (): WireResponse => ({ status: 200, headers: ['Content-Type', 'application/octet-stream', 'Content-Length', String(answer.length)], body: Buffer.from(answer) });
-    if (withTls) {
-      certs = tempDir('ebsd-slow-tls-');
-      const made = await makeTestCa(certs.dir);
-      ca = readFileSync(made.ca, 'utf8');
-      const tls = { cert: readFileSync(made.cert), key: readFileSync(made.key) };
-      front = await FrontWorker.start({ host: '127.0.0.1', port: 0, tls, limits, log: silentLogger, onRefusals: () => {}, onFatal: () => {}, handle: async () => w() });
-      return front.address.port;
-    }
-    if (where === 'front-end worker') {
-      front = await FrontWorker.start({ host: '127.0.0.1', port: 0, limits, log: silentLogger, onRefusals: () => {}, onFatal: () => {}, handle: async () => w() });
-      return front.address.port;
-    }
-    t = new HttpTransport({ host: '127.0.0.1', port: 0, onRefusals: () => {}, limits, onRequest: (r) => r.respond(w()) });
-    return (await t.listen()).port;
+    l = await answeringListener(where === 'main thread' ? 'main thread' : 'front-end worker', withTls, answer, limits);
+    return l.port;
   };
 
   it('gets it whole and correct, though it takes several request timeouts', async () => {
     const answer = Buffer.alloc(ANSWER);
     for (let i = 0; i < ANSWER; i += 4) answer.writeUInt32LE(i, i);
     const port = await start(answer);
-    const a = parseAnswer(await pacedGet(port, { perTick: 128 * 1024, tickMs: 25, ...(ca ? { ca } : {}) }).done);
+    const a = parseAnswer(await pacedGet(port, { perTick: 128 * 1024, tickMs: 25, ...(l?.ca ? { ca: l.ca } : {}) }).done);
     expect(a.status).toBe(200);
     expect(a.body.length).toBe(ANSWER); // before the fix: cut at the request timeout, 1 MB or more short
     expect(a.body.equals(answer)).toBe(true);
@@ -208,6 +184,6 @@ describe.each([
       rest = a.body.subarray(answer.length);
     }
     expect(rest.length).toBe(0);
-    expect(t!.guard.usage().bufferedBodyBytes).toBe(0);
+    expect(l!.transport!.guard.usage().bufferedBodyBytes).toBe(0);
   }, 60_000);
 });

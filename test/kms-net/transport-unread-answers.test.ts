@@ -15,13 +15,9 @@
 import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DEFAULT_LIMITS, HttpTransport, type WireResponse } from '../../src/daemon/kms-transport.js';
-import { FrontWorker } from '../../src/daemon/kms-front.js';
-import { silentLogger } from '../../src/util/logger.js';
+import { DEFAULT_LIMITS, HttpTransport } from '../../src/daemon/kms-transport.js';
+import { answeringListener, type AnsweringListener } from './answering-listener.js';
 import { poll } from '../helpers/poll.js';
-import { readFileSync } from 'node:fs';
-import { tempDir, type TempDir } from '../helpers/temp-dir.js';
-import { makeTestCa } from './helpers.js';
 import { pacedGet, parseAnswer, type PacedGet } from './paced-reader.js';
 
 /** This file's polling: how many tries, how far apart. */
@@ -113,43 +109,23 @@ describe.each([
 ] as const)('KMS transport (%s): a client that stops reading mid-answer', (where, withTls) => {
   // More than loopback's kernel buffers can hold for one connection (tcp_wmem's and tcp_rmem's maxima: 4 and 6 MiB by default).
   const ANSWER = 16 << 20;
-  let t: HttpTransport | undefined;
-  let front: FrontWorker | undefined;
-  let certs: TempDir | undefined;
-  let ca: string | undefined;
+  let l: AnsweringListener | undefined;
   const clients: PacedGet[] = [];
   afterEach(async () => {
     for (const c of clients.splice(0)) c.socket.destroy();
-    await front?.close();
-    front = undefined;
-    await t?.close();
-    t = undefined;
-    certs?.cleanup();
-    certs = undefined;
+    await l?.close();
+    l = undefined;
   });
 
   const answer = Buffer.alloc(ANSWER, 0x5a);
   /** A listener answering every request with a copy of `answer`; its port. */
   const start = async (): Promise<number> => {
     const limits = { ...DEFAULT_LIMITS, headersTimeoutMs: 500, requestTimeoutMs: 500 };
-    const w = (): WireResponse => ({ status: 200, headers: ['Content-Type', 'application/octet-stream', 'Content-Length', String(ANSWER)], body: Buffer.from(answer) });
-    if (withTls) {
-      certs = tempDir('ebsd-unread-tls-');
-      const made = await makeTestCa(certs.dir);
-      ca = readFileSync(made.ca, 'utf8');
-      const tls = { cert: readFileSync(made.cert), key: readFileSync(made.key) };
-      front = await FrontWorker.start({ host: '127.0.0.1', port: 0, tls, limits, log: silentLogger, onRefusals: () => {}, onFatal: () => {}, handle: async () => w() });
-      return front.address.port;
-    }
-    if (where === 'front-end worker') {
-      front = await FrontWorker.start({ host: '127.0.0.1', port: 0, limits, log: silentLogger, onRefusals: () => {}, onFatal: () => {}, handle: async () => w() });
-      return front.address.port;
-    }
-    t = new HttpTransport({ host: '127.0.0.1', port: 0, onRefusals: () => {}, limits, onRequest: (r) => r.respond(w()) });
-    return (await t.listen()).port;
+    l = await answeringListener(where === 'main thread' ? 'main thread' : 'front-end worker', withTls, answer, limits);
+    return l.port;
   };
   /** Connections the listener still has (the worker's: those that carried a request). */
-  const open = (): number => (front ? front.connectionsKnown : t!.guard.usage().connections);
+  const open = (): number => (l!.front ? l!.front.connectionsKnown : l!.transport!.guard.usage().connections);
 
   // The trickle on the main thread only: the other front ends differ in what carries the answer, not in the rule.
   it.each([
@@ -157,17 +133,17 @@ describe.each([
     ...(where === 'main thread' ? [['trickles 256 bytes every 50 ms (less than 16 KiB per timeout)', { perTick: 256, tickMs: 50 }] as const] : []),
   ] as const)('%s: cut, its answer given back; the same source\'s next request is answered whole', async (_what, pace) => {
     const port = await start();
-    const stalled = pacedGet(port, { ...pace, ...(ca ? { ca } : {}) });
+    const stalled = pacedGet(port, { ...pace, ...(l?.ca ? { ca: l.ca } : {}) });
     clients.push(stalled);
     await poll(() => stalled.received() > 0 && open() === 1, POLL);
     await poll(() => open() === 0, POLL); // cut one request timeout after it stopped: no deadline, no reading
-    if (t) expect(t.guard.usage().bufferedBodyBytes).toBe(0);
+    if (l!.transport) expect(l!.transport.guard.usage().bufferedBodyBytes).toBe(0);
     stalled.drain();
     const cutShort = parseAnswer(await stalled.done);
     expect(cutShort.length).toBe(ANSWER);
     expect(cutShort.body.length).toBeLessThan(ANSWER);
 
-    const next = parseAnswer(await pacedGet(port, { perTick: Infinity, tickMs: 1_000, ...(ca ? { ca } : {}) }).done);
+    const next = parseAnswer(await pacedGet(port, { perTick: Infinity, tickMs: 1_000, ...(l?.ca ? { ca: l.ca } : {}) }).done);
     expect(next.body.length).toBe(ANSWER);
     expect(next.body.equals(answer)).toBe(true);
   }, 60_000);
