@@ -23,10 +23,7 @@ describe('SnapshotCopier.close() during a same-key copy\'s wait on a shared stor
   test('the wait ends at once and the copy ends error, naming the shutdown', async () => {
     h = await openSnapshotHarness();
     const hh = h;
-    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
-    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-    await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(MiB));
-    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const vol = await hh.writtenVolume(randomBytes(MiB));
     const s1 = await hh.snapshot(vol);
     expect(s1.state).toBe('completed');
     // Far longer than the test's timeout: only close() can end the wait.

@@ -57,10 +57,7 @@ describe('a create on one host, a collector on another, sharing the store', () =
   test('a block the create found (touched, not put) just after the collector read its age: the snapshot completes whole, or ends error', async () => {
     h = await openSnapshotHarness({ wrapStore: (s) => overrideStore(s, { singleWriter: undefined }), foundRecheckMs: RECHECK_MS });
     const hh = h;
-    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
-    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-    await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(MiB));
-    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const vol = await hh.writtenVolume(randomBytes(MiB));
     const s1 = await hh.snapshot(vol);
     expect(s1.state).toBe('completed');
     const target = s1.blocks[0]![1];
@@ -108,11 +105,8 @@ describe('a create on one host, a collector on another, sharing the store', () =
         }),
     });
     const hh = h;
-    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
     const data = randomBytes(MiB);
-    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-    await hh.mgr.getBlockDevice(vol)!.write(0, data);
-    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const vol = await hh.writtenVolume(data);
     const s1 = await hh.snapshot(vol);
     target = s1.blocks[0]![1];
     const gc = otherHostGc(hh.store, async (hash, nth) => {
@@ -161,11 +155,8 @@ describe('a create on one host, a collector on another, sharing the store', () =
         }),
     });
     const hh = h;
-    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
     const data = randomBytes(MiB);
-    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-    await hh.mgr.getBlockDevice(vol)!.write(0, data);
-    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const vol = await hh.writtenVolume(data);
     const s1 = await hh.snapshot(vol);
     target = s1.blocks[0]![1];
     // s1's own commit is past: the next is the create's below.
@@ -211,10 +202,7 @@ describe('a create on one host, a collector on another, sharing the store', () =
         }),
     });
     const hh = h;
-    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
-    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-    await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(MiB));
-    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const vol = await hh.writtenVolume(randomBytes(MiB));
     const s1 = await hh.snapshot(vol);
     target = s1.blocks[0]![1];
     let child = '';
@@ -262,10 +250,7 @@ describe('a create on one host, a collector on another, sharing the store', () =
       },
     });
     const hh = h;
-    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
-    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-    await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(MiB));
-    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const vol = await hh.writtenVolume(randomBytes(MiB));
     armed = true;
     // Every create on a shared store waits before asking again for its blocks, one that put them all too.
     const s2 = (await hh.snaps.createSnapshot({ VolumeId: vol }, hh.caller)).SnapshotId;
@@ -327,10 +312,7 @@ describe('a create on one host, a collector on another, sharing the store', () =
   test('a same-key copy of a snapshot the other host deletes: the copy completes whole, or ends error', async () => {
     h = await openSnapshotHarness();
     const hh = h;
-    const vol = (await hh.mgr.createVolume({ Size: MiB }, hh.caller)).VolumeId;
-    await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-    await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(MiB));
-    await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+    const vol = await hh.writtenVolume(randomBytes(MiB));
     const s1 = await hh.snapshot(vol);
     // This host's copier sees the store as shared; its pending manifest, naming the source's objects, waits until the other host's collector has marked.
     let hold: (() => void) | undefined;

@@ -42,6 +42,8 @@ export interface SnapshotHarness {
   restoreVolume(req: RestoreVolumeRequest): Promise<{ volumeId: string; state: string; message?: string }>;
   /** Attach, read the whole data segment, detach. */
   readVolume(volumeId: string): Promise<Buffer>;
+  /** A new volume of `data.length` bytes holding `data`: created, attached, written, detached; its id. */
+  writtenVolume(data: Buffer): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -162,6 +164,13 @@ export async function openSnapshotHarness(o: SnapshotHarnessOptions = {}): Promi
         } finally {
           await m.detachVolume({ VolumeId: volumeId }, caller);
         }
+      },
+      async writtenVolume(data) {
+        const volumeId = (await m.createVolume({ Size: data.length }, caller)).VolumeId;
+        await m.attachVolume({ VolumeId: volumeId }, caller);
+        await m.getBlockDevice(volumeId)!.write(0, data);
+        await m.detachVolume({ VolumeId: volumeId }, caller);
+        return volumeId;
       },
       async close() {
         await copier.settled();

@@ -25,6 +25,20 @@ const PREFIX = 'crash';
 
 describe('SIGKILL at each snapshot fault point, S3 store', () => {
   const env = new Env('s3-crash');
+  /** The volume's first `n` bytes as its block file serves them: attached, read, closed, detached. */
+  const readThroughFile = async (vol: string, n: number): Promise<Buffer> => {
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
+    const fd = openSync(env.file(vol), 'r');
+    const got = Buffer.alloc(n);
+    try {
+      readSync(fd, got, 0, n, 0);
+    } finally {
+      closeSync(fd);
+    }
+    await env.untilClosed(vol);
+    await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+    return got;
+  };
   let server: S3Server;
   let store: S3SnapshotStore;
   const saved = { ...process.env };
@@ -144,17 +158,7 @@ describe('SIGKILL at each snapshot fault point, S3 store', () => {
     expect(r.code, r.stderr).toBe(0);
     const restored = r.json();
     expect(restored.State).toBe('available');
-    await env.api('ebsd.AttachVolume', { VolumeId: restored.VolumeId });
-    const fd = openSync(env.file(restored.VolumeId), 'r');
-    const got = Buffer.alloc(data.length);
-    try {
-      readSync(fd, got, 0, got.length, 0);
-    } finally {
-      closeSync(fd);
-    }
-    expect(got.equals(data)).toBe(true);
-    await env.untilClosed(restored.VolumeId);
-    await env.api('ebsd.DetachVolume', { VolumeId: restored.VolumeId, Force: false });
+    expect((await readThroughFile(restored.VolumeId, data.length)).equals(data)).toBe(true);
   }, 120_000);
 
   it('S3 answers 500 to every block PUT mid-create: the snapshot ends error naming S3\'s error, names no block, the volume reads as before; once S3 answers, a snapshot completes', async () => {
@@ -179,17 +183,7 @@ describe('SIGKILL at each snapshot fault point, S3 store', () => {
     expect(s.StateMessage).toMatch(/InternalError/);
     expect((await store.getManifest(s.SnapshotId))!).toMatchObject({ state: 'error', blocks: [] });
     await expectConsistent(false);
-    await env.api('ebsd.AttachVolume', { VolumeId: vol });
-    const fd = openSync(env.file(vol), 'r');
-    const got = Buffer.alloc(data.length);
-    try {
-      readSync(fd, got, 0, got.length, 0);
-    } finally {
-      closeSync(fd);
-    }
-    expect(got.equals(data)).toBe(true);
-    await env.untilClosed(vol);
-    await env.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
+    expect((await readThroughFile(vol, data.length)).equals(data)).toBe(true);
     const again = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId);
     expect(again.State).toBe('completed');
     await expectConsistent(false);

@@ -26,10 +26,7 @@ afterEach(async () => {
 test('the snapshot deleted on another host mid-restore: the volume ends error naming the missing block, never available', async () => {
   h = await openSnapshotHarness();
   const hh = h;
-  const vol = (await hh.mgr.createVolume({ Size: 2 * MiB }, hh.caller)).VolumeId;
-  await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-  await hh.mgr.getBlockDevice(vol)!.write(0, randomBytes(2 * MiB));
-  await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+  const vol = await hh.writtenVolume(randomBytes(2 * MiB));
   const s1 = await hh.snapshot(vol);
   const dataBlocks = new Set(s1.blocks.map(([, x]) => x));
   let reads = 0;

@@ -32,11 +32,8 @@ test('ENOSPC mid-create on the directory store: error naming it, no block named,
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', mnt]);
   h = await openSnapshotHarness({ snapshotsDir: join(mnt, 'snapshots') });
   const hh = h;
-  const vol = (await hh.mgr.createVolume({ Size: 8 * MiB }, hh.caller)).VolumeId;
   const data = randomBytes(8 * MiB);
-  await hh.mgr.attachVolume({ VolumeId: vol }, hh.caller);
-  await hh.mgr.getBlockDevice(vol)!.write(0, data);
-  await hh.mgr.detachVolume({ VolumeId: vol }, hh.caller);
+  const vol = await hh.writtenVolume(data);
   const s = await hh.snapshot(vol);
   expect(s.state).toBe('error');
   expect(s.stateMessage).toMatch(/ENOSPC|no space left/i);
