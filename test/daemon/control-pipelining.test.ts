@@ -17,6 +17,7 @@ import { ControlServer, MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/co
 import type { RefusalSummary } from '../../src/daemon/connection-guard.js';
 import { silentLogger } from '../../src/util/logger.js';
 import { poll } from '../helpers/poll.js';
+import { nodeAs } from '../helpers/node-as.js';
 
 const PIPELINED = 200;
 const NOBODY = 65534;
@@ -26,15 +27,7 @@ function pipelineAs(uid: number, path: string, request: string, count: number): 
   const code = `const s=require('net').connect(${JSON.stringify(path)});let t='';s.on('data',(c)=>{t+=c.toString('latin1');`
     + `if((t.match(/HTTP\\/1\\.1 /g)||[]).length>=${count}){process.stdout.write(t);s.destroy();}});`
     + `s.on('error',(e)=>{process.stderr.write(String(e));process.exit(1)});s.on('connect',()=>s.write(${JSON.stringify(request)}.repeat(${count})));`;
-  return new Promise((resolve, reject) => {
-    const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    const timer = setTimeout(() => child.kill(), 20_000);
-    child.on('exit', (c) => { clearTimeout(timer); if (c === 0) resolve(out); else reject(new Error(`client as uid ${uid}: exit ${c}: ${err}`)); });
-  });
+  return nodeAs(uid, code, { what: 'client', timeoutMs: 20_000 });
 }
 
 

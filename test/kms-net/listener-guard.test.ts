@@ -10,13 +10,13 @@
  */
 import { connect, type Socket } from 'node:net';
 import { request } from 'node:http';
-import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSClient, ListKeysCommand, type KMSServiceException } from '@aws-sdk/client-kms';
 import { FRONT_THREADS, KMS_ADMIN_POLICY, answers, auditEvents, makeAccessKey, signedBytes, signedStsBytes, startKmsDaemon } from './helpers.js';
 import { MAX_IN_FLIGHT_PER_CONNECTION } from '../../src/daemon/kms-transport.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { poll } from '../helpers/poll.js';
+import { nodeAs } from '../helpers/node-as.js';
 
 /** This file's polling: how many tries, how far apart. */
 const POLL = { tries: 300, everyMs: 100 };
@@ -85,14 +85,7 @@ function postAs(uid: number, url: URL, localAddress: string, bodyBytes = 0): Pro
     + `headers:{'X-Amz-Target':'TrentService.ListKeys','Content-Type':'application/x-amz-json-1.1'}},(res)=>{let t='';res.on('data',(c)=>t+=c);`
     + `res.on('end',()=>process.stdout.write(JSON.stringify({status:res.statusCode,body:JSON.parse(t||'{}')})))});r.on('error',(e)=>{process.stderr.write(String(e));process.exit(1)});`
     + `r.end(${bodyBytes} ? Buffer.alloc(${bodyBytes}, 0x20) : '{}')`;
-  return new Promise((resolve, reject) => {
-    const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('exit', (c) => (c === 0 ? resolve(JSON.parse(out)) : reject(new Error(`request as uid ${uid}: exit ${c}: ${err}`))));
-  });
+  return nodeAs(uid, code, { what: 'request' }).then((out) => JSON.parse(out));
 }
 
 
