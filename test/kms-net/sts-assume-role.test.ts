@@ -6,54 +6,41 @@
  * trust policy's Principal and Action match (docs/architecture.md §5.9).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startHsm, type Hsm } from '../../src/kms/hsm/hsm-client.js';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Identities, IDENTITIES_FILE } from '../../src/kms/authz/identities.js';
-import { AccessKeyStore } from '../../src/kms/sts/access-keys.js';
-import { TrustPolicies } from '../../src/kms/sts/trust-policies.js';
-import { StsService } from '../../src/kms/sts/sts-service.js';
+import type { StsService } from '../../src/kms/sts/sts-service.js';
 import type { AssumeRoleParams } from '../../src/kms/sts/assume-role-context.js';
 import type { Caller } from '../../src/kms/types.js';
-import { PolicyEvaluator } from '../../src/kms/authz/evaluate.js';
-import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
+import { tempDir } from '../kms/helpers.js';
+import { openStsHarness, type StsHarness } from './sts-harness.js';
 
 describe('AssumeRole: trust-policy principals and actions', () => {
   const t = tempDir('ebsd-assume-');
   const t0 = Date.UTC(2026, 10, 30, 12, 0, 0);
-  let hsm: Hsm;
+  let b: StsHarness;
   let ids: Identities;
-  let trust: TrustPolicies;
   let sts: StsService;
   /** As the daemon wires it: the caller's identity policies judged by the policy evaluator. */
   let judged: StsService;
   let alice: Caller;
 
-  const put = (role: string, ...Statement: Record<string, unknown>[]) => trust.put(role, JSON.stringify({ Version: '2012-10-17', Statement }));
+  const put = (role: string, ...Statement: Record<string, unknown>[]) => b.put(role, ...Statement);
   /** 'ok' or the STS error name. */
-  const outcome = (caller: Caller, role: string, p: Partial<AssumeRoleParams> = {}, s = sts) =>
-    s.assumeRole(caller, { RoleArn: ids.roleArn(role), RoleSessionName: 'job-1', ...p }, t0).then(() => 'ok', (e: { awsName?: string }) => e.awsName ?? String(e));
+  const outcome = (caller: Caller, role: string, p: Partial<AssumeRoleParams> = {}, s = sts) => b.outcome(caller, role, p, s);
   /** A session of `role` as the verifier hands it over: assumed by `by`, then read back from its credentials. */
-  const sessionOf = async (role: string, by: Caller, s = sts): Promise<Caller> => {
-    const r = await s.assumeRole(by, { RoleArn: ids.roleArn(role), RoleSessionName: `${role}-session` }, t0) as any;
-    return { ...(s.credentials(r.Credentials.AccessKeyId, r.Credentials.SessionToken, t0 + 1000)).principal, sourceIp: '127.0.0.1' };
-  };
+  const sessionOf = (role: string, by: Caller, s = sts): Promise<Caller> => b.sessionOf(role, by, s);
 
   beforeAll(async () => {
-    hsm = await startHsm({ stateDir: t.dir, passphrase: 'test', scryptCost: TEST_SCRYPT }, 'inline');
-    ids = await Identities.open(t.dir, { region: 'us-east-1' });
+    b = await openStsHarness(t.dir, t0);
+    ({ ids, sts, judged } = b);
     alice = { ...(await ids.createUser('alice')), sourceIp: '127.0.0.1' };
     for (const r of ['app', 'chained', 'other']) await ids.createRole(r);
-    trust = await TrustPolicies.open(t.dir, ids);
-    const keys = await AccessKeyStore.open(t.dir, hsm, ids);
-    sts = new StsService(ids, keys, trust, hsm);
-    const evaluator = new PolicyEvaluator({ identityPolicies: (c) => ids.identityPolicies(c) });
-    judged = new StsService(ids, keys, trust, hsm, (caller, action, resource, context) => evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }));
     await put('app', { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' });
     await put('other', { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' });
   });
   afterAll(async () => {
-    await hsm?.close();
+    await b?.close();
     t.cleanup();
   });
 
