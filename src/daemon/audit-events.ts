@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { buildEvent, MAX_PARAMETERS_JSON, truncateField } from '../kms/audit/event.js';
 import type { RefusalSummary } from './connection-guard.js';
 import type { Caller } from '../kms/types.js';
+import { callerParty } from '../kms/caller-party.js';
 import type { RefusalParty } from '../kms/audit/refusal-aggregator.js';
 import type { VolumeAuditEvent } from '../volume/volume-manager.js';
 import { toWireError } from './aws-json.js';
@@ -35,14 +36,14 @@ export function refusalKey(uid: number | undefined, eventSource: string, eventNa
 
 /**
  * Whose refusal it is, for the aggregator's key budgets: a mapped local user (the kernel vouches for
- * its uid, the identity map for its principal), else the authenticated caller (a SigV4-verified
- * principal on the KMS listener). An unmapped uid is nobody the daemon holds, and a user with a
+ * its uid, the identity map for its principal), else the authenticated caller's party (a SigV4-verified
+ * principal on the KMS listener, a session's origin: src/kms/caller-party.ts). An unmapped uid is nobody the daemon holds, and a user with a
  * subordinate uid range can connect under thousands of them: its refusals share the unauthenticated
  * budget (undefined), so they cannot fill the principals' backstop.
  */
 export function refusalParty(uid: number | undefined, caller: Caller): RefusalParty | undefined {
   if (caller.type === 'Unknown') return undefined;
-  return { kind: 'principal', id: uid !== undefined ? `uid:${uid}` : caller.arn };
+  return { kind: 'principal', id: uid !== undefined ? `uid:${uid}` : callerParty(caller) };
 }
 
 /**

@@ -20,6 +20,7 @@ import { isLoopback } from '../util/loopback.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Caller } from '../kms/types.js';
+import { callerParty } from '../kms/caller-party.js';
 import { buildEvent, MAX_USER_AGENT, truncateField } from '../kms/audit/event.js';
 import { SigV4Error } from '../kms/sigv4/errors.js';
 import { SigV4Verifier } from '../kms/sigv4/verifier.js';
@@ -302,7 +303,7 @@ export class KmsListener {
       return e;
     };
     const key = `kms-listener\0${conn.sourceIp}\0${caller.accessKeyId ?? '-'}\0kms.amazonaws.com\0${truncateField(operation, 128)}\0${refusedKmsRequestReason(err)}`;
-    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build, { kind: 'principal', id: caller.arn }) : this.o.audit(build());
+    const written = this.o.auditRefusal ? this.o.auditRefusal(key, build, { kind: 'principal', id: callerParty(caller) }) : this.o.audit(build());
     await written.catch((x: unknown) => this.o.log.error({ err: x, requestId }, 'could not audit a refused request'));
   }
 

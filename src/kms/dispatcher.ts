@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from '../util/logger.js';
 import { EbsdError } from '../util/errors.js';
 import type { Caller, KmsRequest, KmsResponse } from './types.js';
+import { callerParty } from './caller-party.js';
 import type { AuthorizationRequest, Authorizer } from './authorizer.js';
 import type { KeyRecord, KeyView } from './key-record.js';
 import type { Keystore } from './keystore.js';
@@ -305,7 +306,7 @@ export class Dispatcher {
     try {
       // A denied call had no effect, so its record may be aggregated: a caller looping a refused call
       // costs bounded audit bytes (refusal-aggregator.ts), as the daemon's own refusals do.
-      if (error?.awsName === 'AccessDeniedException') await ctx.audit.appendRefusal(_refusalKey(caller, operation, error.message), () => buildEvent(input), { kind: 'principal', id: caller.arn });
+      if (error?.awsName === 'AccessDeniedException') await ctx.audit.appendRefusal(_refusalKey(caller, operation, error.message), () => buildEvent(input), { kind: 'principal', id: callerParty(caller) });
       else await ctx.audit.appendJson(buildEventJson(input));
     } catch (e) {
       // The call is not on record: the caller learns why (a full disk is named).

@@ -7,7 +7,9 @@
  * calls are in the core at once (authorizing, in the HSM, waiting for their
  * audit record). Past that, calls wait in one queue per caller, and a freed
  * turn goes to the callers in rotation: each caller with calls waiting gets
- * the next turn once before any caller gets a second. So one caller with
+ * the next turn once before any caller gets a second. A caller here is a
+ * party (kms-core.ts keys turns by caller-party.ts): a session's turns are
+ * its origin's, so minting sessions does not multiply them. So one caller with
  * thousands of pipelined Decrypts (128 connections x 32 in flight from one
  * address is 4,096) adds at most one call's wait per turn to another
  * caller's, where a single FIFO would put the other caller behind all of

@@ -28,6 +28,7 @@ import { registerAliasOperations } from './ops/aliases.js';
 import { registerTagAndRotationOperations, rotateKey } from './ops/tags-rotation.js';
 import { registerCustomKeyStoreOperations } from './ops/custom-key-stores.js';
 import { FairGate } from './fair-gate.js';
+import { callerParty } from './caller-party.js';
 
 export interface KmsOptions {
   /** The `kms/` directory of the state dir (created 0700 if missing). */
@@ -154,9 +155,10 @@ export class KmsService implements KmsCore {
   /** `requestId`: the id the caller answers with (x-amzn-RequestId), so the audit event carries the same one. */
   call(operation: string, request: KmsRequest, caller: Caller, requestId?: string): Promise<KmsResponse> {
     if (this.closed) return Promise.reject(new KMSInternalException('KMS core is closed', { code: 'KMS_CLOSED' }));
-    // Turns are per principal ARN: each user, role session (each fleet host's is its own) and local uid's principal.
-    // Closed while it waited for its turn: refused as a call after close is, not run against a stopped HSM and audit log.
-    return this.gate.run(caller.arn, () => (this.closed
+    // Turns are per party (caller-party.ts): each user, root and local uid's principal, and each session's origin,
+    // so that minting sessions gets no more turns. Closed while it waited for its turn: refused as a call after
+    // close is, not run against a stopped HSM and audit log.
+    return this.gate.run(callerParty(caller), () => (this.closed
       ? Promise.reject(new KMSInternalException('KMS core is closed', { code: 'KMS_CLOSED' }))
       : this.dispatcher.call(operation, request, caller, requestId)));
   }

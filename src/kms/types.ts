@@ -31,6 +31,14 @@ export interface Caller {
   accessKeyId?: string;
   /** Set for a caller signing with STS session credentials (ASIA…): who issued the session and when (CloudTrail userIdentity.sessionContext). */
   sessionContext?: SessionContext;
+  /**
+   * A session caller's origin: the long-term identity that minted its chain of sessions (the IAM
+   * user or root whose access key called AssumeRole; a session assumed by a session keeps its
+   * assumer's), read from the session token, which the HSM authenticates (docs/kms-format.md, "STS
+   * session token"). Set only by StsService; whose turn and whose refusal budget a call is
+   * (caller-party.ts), never a principal: policies, audit records and answers read `arn`.
+   */
+  origin?: string;
 }
 
 /**

@@ -3,7 +3,8 @@
  * sealed domain in `dir`), identities, trust store, access keys and two StsServices, `sts` alone and
  * `judged`, whose callers' identity policies the policy evaluator judges as the daemon wires it.
  * Session callers come from real session credentials (StsService.credentials), as the listener hands
- * them over. Time is an input (`t0`).
+ * them over. Time is an input (`t0`). Given a KMS's own `hsm` and `ids` (`on`), the services are
+ * wired on them as the daemon wires its listener's STS, and closing the harness leaves them open.
  */
 import { startHsm, type Hsm } from '../../src/kms/hsm/hsm-client.js';
 import { Identities } from '../../src/kms/authz/identities.js';
@@ -30,10 +31,10 @@ export interface StsHarness {
   close(): Promise<void>;
 }
 
-export async function openStsHarness(dir: string, t0: number): Promise<StsHarness> {
-  const hsm = await startHsm({ stateDir: dir, passphrase: 'test', scryptCost: TEST_SCRYPT }, 'inline');
+export async function openStsHarness(dir: string, t0: number, on?: { hsm: Hsm; ids: Identities }): Promise<StsHarness> {
+  const hsm = on?.hsm ?? await startHsm({ stateDir: dir, passphrase: 'test', scryptCost: TEST_SCRYPT }, 'inline');
   try {
-    const ids = await Identities.open(dir, { region: 'us-east-1' });
+    const ids = on?.ids ?? await Identities.open(dir, { region: 'us-east-1' });
     const trust = await TrustPolicies.open(dir, ids);
     const keys = await AccessKeyStore.open(dir, hsm, ids);
     const sts = new StsService(ids, keys, trust, hsm);
@@ -48,10 +49,10 @@ export async function openStsHarness(dir: string, t0: number): Promise<StsHarnes
         const r = await s.assumeRole(by, { RoleArn: ids.roleArn(role), RoleSessionName: `${role}-session` }, t0) as any;
         return { ...(s.credentials(r.Credentials.AccessKeyId, r.Credentials.SessionToken, t0 + 1000)).principal, sourceIp: '127.0.0.1' };
       },
-      close: () => hsm.close(),
+      close: () => (on ? Promise.resolve() : hsm.close()),
     };
   } catch (e) {
-    await hsm.close();
+    if (!on) await hsm.close();
     throw e;
   }
 }

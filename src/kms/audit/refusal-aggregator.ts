@@ -29,7 +29,10 @@
  *   which names it (its first folded refusal's record, renamed).
  * - An authenticated principal's refusal (`{ kind: 'principal' }`: a denial
  *   after SigV4 verified, or of a local uid, which the kernel vouches for)
- *   has `maxKeysPerPrincipal` keys of its own, then its own overflow row.
+ *   has `maxKeysPerPrincipal` keys of its own, then its own overflow row. The
+ *   party is the identity behind a session (src/kms/caller-party.ts): the
+ *   sessions one user mints share that user's keys, or minting N sessions
+ *   would give N budgets.
  *
  * Parties are what the daemon holds (access keys, IAM principals, mapped
  * local users), which a caller without credentials cannot multiply beyond
@@ -84,7 +87,7 @@ const overflowParties = (kind: RefusalParty['kind']): string => `\0overflow\0\0p
 /**
  * Whose refusal it is, for the key budgets; none: unauthenticated (the shared budget).
  * `access-key`: the access key id (held by the daemon: SigV4Error.keyHeld). `principal`: the
- * caller's ARN, or `uid:N` for a local user.
+ * caller's party (callerParty: its ARN, or a session's origin), or `uid:N` for a local user.
  */
 export type RefusalParty = { kind: 'access-key'; id: string } | { kind: 'principal'; id: string };
 

@@ -1,7 +1,7 @@
 /**
  * STS for ebsd: who a SigV4 access key stands for, GetCallerIdentity and
  * AssumeRole. Session credentials are stateless: the session token carries
- * the session (role name and unique id, session name, expiry, access key id) in clear and its
+ * the session (role name and unique id, session name, expiry, access key id, origin) in clear and its
  * secret sealed by the HSM with that clear part as associated data, so a
  * token altered in any byte fails in the HSM and a daemon restart keeps
  * sessions valid until they expire (README.md, "KMS over the network"; the
@@ -18,6 +18,7 @@ import { newAccessKeyId, type AccessKeyStore } from './access-keys.js';
 import type { TrustPolicies } from './trust-policies.js';
 import type { ContextValue } from '../authz/conditions.js';
 import { AssumeRoleContext, type AssumeRoleParams } from './assume-role-context.js';
+import { callerParty } from '../caller-party.js';
 
 /**
  * AssumeRole DurationSeconds: AWS's bounds (15 min to 12 h), default 1 h. A session may last no longer
@@ -29,13 +30,19 @@ export const MAX_SESSION_S = 43_200;
 export const DEFAULT_SESSION_S = 3_600;
 export const CHAINED_SESSION_MAX_S = 3_600;
 /**
- * 2: the clear part names the role's unique id (`rid`, AROA…), so a role deleted and created again
- * under the same name does not accept the old role's sessions. Version 1 tokens (no `rid`), issued
- * before it, are still accepted until they expire (12 h at most), the role judged by name as then:
- * refusing them would impair every fleet host whose SDK holds one (UnrecognizedClientException is
- * a refusal to a host, and the SDK does not fetch new credentials on an error).
+ * 3: the clear part also names the session's origin (`org`), the long-term identity that minted
+ * its chain (Caller.origin, src/kms/caller-party.ts), so sessions minted by one identity share its
+ * turns in the core and its refusal budget. 2 added the role's unique id (`rid`, AROA…), so a role
+ * deleted and created again under the same name does not accept the old role's sessions. Tokens
+ * of versions 1 (no `rid`) and 2 (no `org`), issued before, are still accepted until they expire
+ * (12 h at most), the role of a version 1 token judged by name as then, and the origin of either
+ * taken to be the role (all such sessions of a role share one party): refusing them would impair
+ * every fleet host whose SDK holds one (UnrecognizedClientException is a refusal to a host, and
+ * the SDK does not fetch new credentials on an error). No new token of an older version can be
+ * made: the version is in the clear part the HSM authenticates.
  */
-const TOKEN_VERSION = 2;
+const TOKEN_VERSION = 3;
+const TOKEN_VERSION_2 = 2;
 const TOKEN_VERSION_1 = 1;
 /** AssumeRole RoleArn (STS API Reference, AssumeRole): 20 to 2048 characters. */
 export const ROLE_ARN_MIN = 20;
@@ -49,8 +56,11 @@ export const SESSION_NAME_MIN = 2;
 export const SESSION_NAME_MAX = 64;
 const SESSION_NAME_RE = /^[\w+=,.@-]*$/;
 
-/** The token's clear part: `rid` is the role's unique id (RoleId), `iat` the issue time (ms). */
-interface SessionMeta { v: number; id: string; role: string; rid: string; session: string; exp: number; iat?: number }
+/**
+ * The token's clear part: `rid` is the role's unique id (RoleId), `iat` the issue time (ms), `org`
+ * the session's origin (an ARN; version 3).
+ */
+interface SessionMeta { v: number; id: string; role: string; rid: string; session: string; exp: number; iat?: number; org?: string }
 
 /**
  * What the caller's own identity policies decide about an action (src/kms/authz/evaluate.ts's
@@ -151,7 +161,10 @@ export class StsService {
     const session = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;
-    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, rid: rec.RoleId, session: p.RoleSessionName, exp: iat + duration * 1000, iat };
+    // The origin is the caller's party, never a request member: a user or the root is its own, and a
+    // session assuming a role (role chaining) passes its own origin on unchanged.
+    const org = callerParty(caller);
+    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, rid: rec.RoleId, session: p.RoleSessionName, exp: iat + duration * 1000, iat, org };
     const clear = Buffer.from(JSON.stringify(meta), 'utf8');
     const { secret, sealed } = await this.hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
     const token = Buffer.concat([Buffer.of(TOKEN_VERSION), u16(clear.length), clear, sealed]).toString('base64');
@@ -169,21 +182,25 @@ export class StsService {
     // each spelling would be a signing-key cache entry of its own (an HSM call each, and at the cache's
     // cap a flush for every caller). Re-encoding gives back the one canonical spelling.
     if (raw.toString('base64') !== token) throw invalidToken(id);
-    if (raw.length < 3 || (raw[0] !== TOKEN_VERSION && raw[0] !== TOKEN_VERSION_1)) throw invalidToken(id);
+    if (raw.length < 3 || (raw[0] !== TOKEN_VERSION && raw[0] !== TOKEN_VERSION_2 && raw[0] !== TOKEN_VERSION_1)) throw invalidToken(id);
     const n = raw.readUInt16BE(1);
     const clear = raw.subarray(3, 3 + n);
     let meta: SessionMeta;
     try { meta = JSON.parse(clear.toString('utf8')) as SessionMeta; } catch { throw invalidToken(id); }
     if (meta === null || typeof meta !== 'object' || meta.v !== raw[0] || meta.id !== id || typeof meta.exp !== 'number') throw invalidToken(id);
-    if (meta.v === TOKEN_VERSION && typeof meta.rid !== 'string') throw invalidToken(id);
+    if (meta.v !== TOKEN_VERSION_1 && typeof meta.rid !== 'string') throw invalidToken(id);
+    if (meta.v === TOKEN_VERSION && (typeof meta.org !== 'string' || meta.org === '')) throw invalidToken(id);
     // Expiry is read before the HSM has authenticated the clear part; a forged later expiry still fails there.
     if (now >= meta.exp) throw new SigV4Error('ExpiredToken', 'The security token included in the request is expired', id);
     let principal: Caller;
     try { principal = this.ids.assumeRole(meta.role, meta.session); } catch { throw invalidToken(id); }
     // The role the session was issued for, not one created since under the same name (its id differs).
     // Like the expiry, read before the HSM authenticates the clear part: a forged id fails there.
-    if (meta.v === TOKEN_VERSION && principal.principalId !== `${meta.rid}:${meta.session}`) throw invalidToken(id);
+    if (meta.v !== TOKEN_VERSION_1 && principal.principalId !== `${meta.rid}:${meta.session}`) throw invalidToken(id);
     principal.sessionContext = this.sessionContext(meta, principal);
+    // Authenticated with the rest of the clear part (a forged one fails in the HSM). Older tokens name no
+    // origin: their role stands for it, so that sessions minted before the upgrade share one party per role.
+    principal.origin = meta.v === TOKEN_VERSION ? meta.org! : this.ids.roleArn(meta.role);
     const sealed = raw.subarray(3 + n);
     return {
       principal,
