@@ -24,6 +24,7 @@ import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS, TokenSigner } from './ebs-direct
 import { SnapshotKeyCache } from './ebs-direct-key-cache.js';
 import { CompletedManifests, type BlockList } from './ebs-direct-manifests.js';
 import { WakeableSleeps } from '../util/wakeable-sleeps.js';
+import { callerParty } from '../kms/caller-party.js';
 
 /**
  * The EBS direct APIs over a SnapshotStore (docs/architecture.md, "EBS direct APIs"):
@@ -49,7 +50,9 @@ const ZERO_SECTOR = Buffer.alloc(SECTOR_SIZE);
 /** Snapshots begun with StartSnapshot and not yet completed, at once, per daemon (ConcurrentLimitExceededException past it). */
 export const MAX_PENDING_SNAPSHOTS = 100;
 /**
- * Of those, what one principal (one ARN: a user, a role session) may hold. The
+ * Of those, what one party may hold (src/kms/caller-party.ts: a user, the root, a
+ * local uid's principal; a role session counts as the identity that minted it,
+ * or minting sessions would multiply the share). The
  * pending slots are the daemon's, not each caller's, and a snapshot may stay
  * pending for three days (Timeout 4320): without a share, one caller allowed
  * ebs:StartSnapshot could take all of them and leave every other caller
@@ -185,7 +188,7 @@ interface Completed {
 /** A snapshot between StartSnapshot and CompleteSnapshot: held here, its manifest in the store says `pending`. */
 interface Pending {
   manifest: SnapshotManifest;
-  /** Whose StartSnapshot began it (the caller's ARN): its slot counts against that principal's share. */
+  /** Whose StartSnapshot began it (the caller's party, callerParty): its slot counts against that party's share. */
   owner: string;
   /** Every block of the snapshot: the parent's, overlaid by those written. */
   blocks: Map<number, BlockHash>;
@@ -437,12 +440,12 @@ export class EbsDirect {
     if (this.pending.size + this.starting >= max) {
       throw concurrentLimit(`${this.pending.size + this.starting} snapshots are already pending (at most ${max}): complete one first`);
     }
-    const owner = caller.arn;
+    const owner = callerParty(caller);
     const share = Math.min(max, this.o.maxPendingPerCaller ?? MAX_PENDING_PER_CALLER);
     let mine = this.startingBy.get(owner) ?? 0;
     for (const p of this.pending.values()) if (p.owner === owner) mine++;
     if (mine >= share) {
-      throw concurrentLimit(`${owner} already has ${mine} snapshots pending (at most ${share} per principal, of ${max} in all): complete one first`);
+      throw concurrentLimit(`${owner === caller.arn ? owner : `${caller.arn} (with the other sessions of ${owner})`} already has ${mine} snapshots pending (at most ${share} per principal, of ${max} in all): complete one first`);
     }
     this.starting++;
     this.startingBy.set(owner, (this.startingBy.get(owner) ?? 0) + 1);
@@ -567,7 +570,7 @@ export class EbsDirect {
     releaseSlot();
     const timeoutMs = (i.Timeout ?? DEFAULT_TIMEOUT_MIN) * 60_000;
     this.pending.set(snapshotId, {
-      manifest, owner: caller.arn, blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
+      manifest, owner: callerParty(caller), blocks: new Map(manifest.blocks), blockBytes, blockBudget: limit - rest - MANIFEST_SLACK_BYTES,
       written: new Map(), inflight: new Set(),
       timeoutMs, deadline: this.now() + timeoutMs, headerPin, pins: new Map(),
       dirty: false, saving: Promise.resolve(), completing: false, lastPutMs: performance.now(), recheckMs,

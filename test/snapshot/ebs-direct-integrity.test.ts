@@ -243,6 +243,20 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect((await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), hog)).Status).toBe('pending');
   });
 
+  it('the sessions one identity mints share its share: minting sessions gets no more pending snapshots (src/kms/caller-party.ts)', async () => {
+    const { d } = await setup({ maxPending: 8, maxPendingPerCaller: 2 });
+    const origin = `arn:aws:iam::${ACCOUNT}:user/minter`;
+    const session = (n: number): Caller => ({ ...caller, type: 'AssumedRole', arn: `arn:aws:sts::${ACCOUNT}:assumed-role/backup/s${n}`, principalId: `AROABACKUP:s${n}`, origin });
+    expect((await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), session(1))).Status).toBe('pending');
+    expect((await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), session(2))).Status).toBe('pending');
+    const e = await refusal(d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), session(3)));
+    expect(e.awsName).toBe('ConcurrentLimitExceededException');
+    expect(e.message).toContain(`assumed-role/backup/s3 (with the other sessions of ${origin}) already has 2 snapshots pending`);
+    // The origin itself, calling with its own key, is the same party; another user is not.
+    expect((await refusal(d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), { ...caller, arn: origin, principalId: 'AIDAMINTER' }))).awsName).toBe('ConcurrentLimitExceededException');
+    expect((await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), { ...caller, arn: `arn:aws:iam::${ACCOUNT}:user/other`, principalId: 'AIDAOTHER' })).Status).toBe('pending');
+  });
+
   it('by default one principal may hold a quarter of the pending snapshots (MAX_PENDING_PER_CALLER of MAX_PENDING_SNAPSHOTS)', () => {
     expect(MAX_PENDING_PER_CALLER).toBe(MAX_PENDING_SNAPSHOTS / 4);
   });
