@@ -1,7 +1,7 @@
 /*
  * ebsd native addon entry point: batch AES-256-XTS over runs of data units
  * (xts.c, on libgcrypt), in-place AES-256-CTR for the HSM's DRBG (aes-ctr.c),
- * in-place AES-256-GCM decryption for the HSM (aes-gcm.c),
+ * in-place AES-256-GCM encryption and decryption for the HSM (aes-gcm.c),
  * control-socket peer credentials (peercred.c), non-blocking positioned I/O for the volume data path (io.c), the daemon's state-dir lock
  * (flock.c) and early writeback of a restored image (writeback.c).
  */

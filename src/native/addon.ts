@@ -73,6 +73,13 @@ export interface NativeAddon extends NativeIo {
    * built before aes-gcm.c.
    */
   aesGcmDecryptInPlace?(key: Uint8Array, iv: Uint8Array, aad: Uint8Array, buf: Uint8Array, tag: Uint8Array): boolean;
+  /**
+   * AES-256-GCM encryption of `buf` in place (native/src/aes-gcm.c, libgcrypt):
+   * 32-byte `key`, 12-byte `iv`; returns the 16-byte tag over `aad` and the
+   * ciphertext, in a new Buffer. On a failure it throws with `buf` zeroed.
+   * Absent in an addon built before it.
+   */
+  aesGcmEncryptInPlace?(key: Uint8Array, iv: Uint8Array, aad: Uint8Array, buf: Uint8Array): Buffer;
   /** Throws an Error with code ERR_PEERCRED, `errno` and `syscall` on failure. */
   peerCred(fd: number): PeerCred;
   /**
@@ -209,6 +216,13 @@ export const aesCtrInPlace: ((key: Uint8Array, counter: Uint8Array, buf: Uint8Ar
  */
 export const aesGcmDecryptInPlace: ((key: Uint8Array, iv: Uint8Array, aad: Uint8Array, buf: Uint8Array, tag: Uint8Array) => boolean) | null =
   loaded.addon && typeof loaded.addon.aesGcmDecryptInPlace === 'function' ? loaded.addon.aesGcmDecryptInPlace.bind(loaded.addon) : null;
+
+/**
+ * The addon's in-place AES-256-GCM encryption, or null (addon missing or built
+ * before it): the HSM then seals with node's Cipher (src/kms/hsm/gcm-seal.ts).
+ */
+export const aesGcmEncryptInPlace: ((key: Uint8Array, iv: Uint8Array, aad: Uint8Array, buf: Uint8Array) => Buffer) | null =
+  loaded.addon && typeof loaded.addon.aesGcmEncryptInPlace === 'function' ? loaded.addon.aesGcmEncryptInPlace.bind(loaded.addon) : null;
 
 export function isNativeAvailable(): boolean {
   return nativeAddon !== null;

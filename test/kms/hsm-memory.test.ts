@@ -12,7 +12,10 @@
  * so the HSM leaves no copy of it either: searched whole, and from its 33rd
  * byte on, the part that node's Decipher.update left in the buffer it freed
  * (malloc writes its free-list pointers over the first bytes of a freed
- * chunk, so a whole-plaintext search alone missed that copy).
+ * chunk, so a whole-plaintext search alone missed that copy). Encrypt's
+ * plaintext is searched the same two ways; the HSM seals it in place (§6.5).
+ * Its one-time key is searched in hsm-seal-memory.test.ts, where the test can
+ * know it.
  * Real KMS core, real worker HSM.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -80,6 +83,9 @@ describe('worker HSM: no copy of a secret outlives the call', () => {
     await kms.call('Encrypt', req, admin);
     wipeRequestSecrets(req);
     expect(countInOwnMemory(secret)).toBe(0);
+    // And without the head malloc writes over when it frees a chunk (as for Decrypt): the HSM
+    // seals in place (gcm-seal.ts), and node's Cipher, the fallback, copies only its output.
+    expect(countInOwnMemory(secret.subarray(32))).toBe(0);
   }, 60_000);
 });
 

@@ -6,7 +6,7 @@
  * Opening never rewrites anything: a wrong passphrase, a missing KEK file or a
  * tampered domain file is an HsmDomainError and the files stay as they were.
  */
-import { createCipheriv, randomBytes, randomFillSync, generateKeyPairSync, createPublicKey, createPrivateKey } from 'node:crypto';
+import { randomBytes, randomFillSync, generateKeyPairSync, createPublicKey, createPrivateKey } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, openSync, writeSync, fsyncSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { scrypt } from '@noble/hashes/scrypt.js';
@@ -15,6 +15,7 @@ import { secretBuffer, wipe } from '../../util/wipe.js';
 import { HsmDomainError } from '../errors.js';
 import { HSM_PASSPHRASE_ENV } from './protocol.js';
 import { gcmOpen } from './gcm-open.js';
+import { gcmSeal } from './gcm-seal.js';
 
 const DOMAIN_VERSION = 1;
 /** scrypt cost: N = 2^15, r = 8, p = 1 (RFC 7914 §2 recommends N ≥ 2^14 for interactive use). */
@@ -164,9 +165,8 @@ function createDomain(path: string, kekPath: string, passphrase?: string, scrypt
   const plain = Buffer.concat([domainKey, pkcs8]);
   try {
     const iv = randomBytes(12);
-    const c = createCipheriv('aes-256-gcm', kek, iv);
-    c.setAAD(AAD);
-    const sealed = Buffer.concat([c.update(plain), c.final(), c.getAuthTag()]);
+    // In place (gcm-seal.ts, docs/architecture.md §6.5): the domain key and the audit key stay only in `plain`.
+    const sealed = gcmSeal(kek, iv, AAD, plain);
     const pem = publicKey.export({ format: 'pem', type: 'spki' }).toString();
     const f: DomainFile = {
       version: DOMAIN_VERSION,

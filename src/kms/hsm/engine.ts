@@ -5,7 +5,7 @@
  * asymmetric keys are freed by the GC, not zeroized).
  */
 import {
-  createCipheriv, createHmac, createPrivateKey, createPublicKey, generateKeyPairSync,
+  createHmac, createPrivateKey, createPublicKey, generateKeyPairSync,
   privateDecrypt, publicEncrypt, sign as nodeSign, verify as nodeVerify, constants, timingSafeEqual,
   createHash, type KeyObject,
 } from 'node:crypto';
@@ -18,6 +18,7 @@ import { KmsError, InvalidCiphertextException, KMSInternalException, IncorrectKe
 import { deriveOneTimeKey } from './kdf.js';
 import { Drbg } from './drbg.js';
 import { gcmOpen } from './gcm-open.js';
+import { gcmSeal } from './gcm-seal.js';
 import type { Domain } from './domain.js';
 import { EKT_VERSION, type CipherEndpoint, type HsmRequest, type KeyHandle, type SecretKind } from './protocol.js';
 import { deriveSigningKey } from '../sigv4/signing-key.js';
@@ -71,12 +72,13 @@ export class HsmEngine {
     return Buffer.concat([EKT_V2_AAD_PREFIX, u16(a.length), a, k.hbkId, Buffer.of(s.length), s, Buffer.of(u.length), u]);
   }
 
-  /** EKT = 0x02 ‖ iv(12) ‖ AES-256-GCM(domainKey, material, AAD = ektAad(2, k)) ‖ tag(16). */
+  /**
+   * EKT = 0x02 ‖ iv(12) ‖ AES-256-GCM(domainKey, material, AAD = ektAad(2, k)) ‖ tag(16).
+   * Sealed in place (gcm-seal.ts, docs/architecture.md §6.5): the material stays only in the caller's buffer.
+   */
   wrap(k: EktBinding, material: Uint8Array): Uint8Array {
     const iv = this.drbg.bytes(IV_LEN);
-    const c = createCipheriv('aes-256-gcm', this.domain.domainKey, iv);
-    c.setAAD(this.ektAad(EKT_VERSION, k));
-    return Buffer.concat([Buffer.of(EKT_VERSION), iv, c.update(material), c.final(), c.getAuthTag()]);
+    return gcmSeal(this.domain.domainKey, iv, this.ektAad(EKT_VERSION, k), material, Buffer.concat([Buffer.of(EKT_VERSION), iv]));
   }
 
   /**
@@ -168,10 +170,10 @@ export class HsmEngine {
       const otk = deriveOneTimeKey(hbk, k.hbkId, nonce);
       try {
         const header = encodeHeader(k.arn, k.hbkId, nonce, iv);
-        const c = createCipheriv('aes-256-gcm', otk, iv); // NIST SP 800-38D, 96-bit IV
-        c.setAAD(ctx.length ? Buffer.concat([header, ctx]) : header);
         const pt = typeof plaintext === 'function' ? plaintext(r.subarray(KDF_NONCE_LEN + IV_LEN)) : plaintext;
-        return Buffer.concat([header, c.update(pt), c.final(), c.getAuthTag()]);
+        // NIST SP 800-38D, 96-bit IV; in place, so the plaintext is copied nowhere but into the
+        // blob, where it becomes ciphertext, and the otk's key schedule is wiped (gcm-seal.ts).
+        return gcmSeal(otk, iv, ctx.length ? Buffer.concat([header, ctx]) : header, pt, header);
       } finally {
         wipe(otk, r.subarray(KDF_NONCE_LEN + IV_LEN));
       }
@@ -370,9 +372,7 @@ export class HsmEngine {
     const secret = Buffer.from(raw.toString('base64'), 'latin1'); // raw itself: a copy of it would stay unwiped
     try {
       const iv = this.drbg.bytes(IV_LEN);
-      const c = createCipheriv('aes-256-gcm', this.domain.domainKey, iv);
-      c.setAAD(this.secretAad(kind, id, context));
-      const sealed = Buffer.concat([Buffer.of(SECRET_VERSION), iv, c.update(secret), c.final(), c.getAuthTag()]);
+      const sealed = gcmSeal(this.domain.domainKey, iv, this.secretAad(kind, id, context), secret, Buffer.concat([Buffer.of(SECRET_VERSION), iv]));
       return { secret: secret.toString('latin1'), sealed };
     } finally {
       wipe(raw, secret);
