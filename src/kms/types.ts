@@ -31,6 +31,12 @@ export interface Caller {
   accessKeyId?: string;
   /** Set for a caller signing with STS session credentials (ASIA…): who issued the session and when (CloudTrail userIdentity.sessionContext). */
   sessionContext?: SessionContext;
+  /**
+   * The session policy a role session was issued with (AssumeRole `Policy`), as its session token
+   * carries it: the text, which the HSM authenticated with the rest of the token. It limits what the
+   * session may do (src/kms/authz/evaluate.ts; docs/architecture.md, "Session policies").
+   */
+  sessionPolicy?: string;
 }
 
 /**
