@@ -263,7 +263,8 @@ export class KmsListener {
         err = e;
       }
       try {
-        await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName }, err);
+        // CloudTrail records a session policy among the request parameters (it is not secret); bounded below.
+        await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName, policy: p.Policy }, err);
       } catch (x) {
         // A call that cannot be audited does not take effect (docs/architecture.md §5.8): the credentials are not handed out.
         this.o.log.error({ err: x, requestId }, 'could not audit an STS call');
@@ -273,7 +274,7 @@ export class KmsListener {
       const c = r!.Credentials as Record<string, string>;
       const u = r!.AssumedRoleUser as Record<string, string>;
       // The secret and the token travel only in this answer; the audit record above has neither.
-      return `<AssumeRoleResponse xmlns="${STS_NS}"><AssumeRoleResult><Credentials><AccessKeyId>${c.AccessKeyId}</AccessKeyId><SecretAccessKey>${esc(c.SecretAccessKey!)}</SecretAccessKey><SessionToken>${esc(c.SessionToken!)}</SessionToken><Expiration>${c.Expiration}</Expiration></Credentials><AssumedRoleUser><AssumedRoleId>${esc(u.AssumedRoleId!)}</AssumedRoleId><Arn>${esc(u.Arn!)}</Arn></AssumedRoleUser></AssumeRoleResult>${meta}</AssumeRoleResponse>`;
+      return `<AssumeRoleResponse xmlns="${STS_NS}"><AssumeRoleResult><Credentials><AccessKeyId>${c.AccessKeyId}</AccessKeyId><SecretAccessKey>${esc(c.SecretAccessKey!)}</SecretAccessKey><SessionToken>${esc(c.SessionToken!)}</SessionToken><Expiration>${c.Expiration}</Expiration></Credentials><AssumedRoleUser><AssumedRoleId>${esc(u.AssumedRoleId!)}</AssumedRoleId><Arn>${esc(u.Arn!)}</Arn></AssumedRoleUser>${typeof r!.PackedPolicySize === 'number' ? `<PackedPolicySize>${r!.PackedPolicySize}</PackedPolicySize>` : ''}</AssumeRoleResult>${meta}</AssumeRoleResponse>`;
     }
     throw new StsError('InvalidAction', `Could not find operation ${action ?? '(none)'} for version ${form.get('Version') ?? '(none)'}`);
   }

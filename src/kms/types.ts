@@ -39,6 +39,12 @@ export interface Caller {
    * (caller-party.ts), never a principal: policies, audit records and answers read `arn`.
    */
   origin?: string;
+  /**
+   * The session policy a role session was issued with (AssumeRole `Policy`), as its session token
+   * carries it: the text, which the HSM authenticated with the rest of the token. It limits what the
+   * session may do (src/kms/authz/evaluate.ts; docs/architecture.md, "Session policies").
+   */
+  sessionPolicy?: string;
 }
 
 /**

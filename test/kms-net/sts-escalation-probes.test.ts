@@ -19,7 +19,7 @@ describe('AssumeRole escalation probes', () => {
   // Every probe through the STS the daemon wires: identity policies judged.
   const put = (role: string, ...Statement: Record<string, unknown>[]) => b.put(role, ...Statement);
   const outcome = (caller: Caller, role: string, p: Partial<AssumeRoleParams> = {}) => b.outcome(caller, role, p, b.judged);
-  const sessionOf = (role: string, by: Caller) => b.sessionOf(role, by, b.judged);
+  const sessionOf = (role: string, by: Caller, p?: Partial<AssumeRoleParams>) => b.sessionOf(role, by, b.judged, p);
 
   beforeAll(async () => {
     b = await openStsHarness(t.dir, t0);
@@ -48,11 +48,17 @@ describe('AssumeRole escalation probes', () => {
     expect(await outcome(alice, 'narrow')).toBe('ok');
   });
 
-  it('session policies are refused, never ignored: a session has exactly its role\'s permissions', async () => {
+  it('a session policy only narrows: allowing what the role is not allowed gives the session nothing; managed policy ARNs are refused, never ignored', async () => {
     await b.ids.createRole('wide');
+    await b.ids.createRole('beyond');
     await put('wide', { Effect: 'Allow', Principal: { AWS: alice.arn }, Action: 'sts:AssumeRole' });
-    const p = { Policy: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }) } as unknown as Partial<AssumeRoleParams>;
-    expect(await outcome(alice, 'wide', p)).toBe('ValidationError');
+    // 'beyond' trusts the account: the caller's identity policies decide, and the role 'wide' has none.
+    await put('beyond', { Effect: 'Allow', Principal: { AWS: b.ids.rootArn }, Action: 'sts:AssumeRole' });
+    const p = { Policy: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: '*', Resource: '*' }] }) };
+    expect(await outcome(alice, 'wide', p)).toBe('ok');
+    const s = await sessionOf('wide', alice, p);
+    expect(s.sessionPolicy).toBe(p.Policy);
+    expect(await outcome(s, 'beyond')).toBe('AccessDenied');
     expect(await outcome(alice, 'wide', { 'PolicyArns.member.1.arn': 'arn:aws:iam::aws:policy/AdministratorAccess' } as unknown as Partial<AssumeRoleParams>)).toBe('ValidationError');
   });
 

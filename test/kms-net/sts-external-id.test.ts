@@ -87,9 +87,8 @@ describe('AssumeRole trust-policy Conditions over the listener: SDK and aws CLI'
         expect(ev, what).toMatchObject([{ eventSource: 'sts.amazonaws.com', eventName: 'AssumeRole', errorCode: 'AccessDenied', sourceIPAddress: '127.0.0.1', userIdentity: { arn: `arn:aws:iam::${accountId}:user/alice` } }]);
       }
       // Members this STS does not implement narrow or label a session: refused by name, never ignored
-      // (ignoring a session Policy would hand out a session broader than the caller asked for).
+      // (ignoring a managed session policy would hand out a session broader than the caller asked for).
       for (const [member, extra] of [
-        ['Policy', { Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Deny', Action: 'kms:*', Resource: '*' }] }) }],
         ['PolicyArns', { PolicyArns: [{ arn: 'arn:aws:iam::aws:policy/ReadOnlyAccess' }] }],
         ['Tags', { Tags: [{ Key: 'team', Value: 'a' }] }],
         ['SourceIdentity', { SourceIdentity: 'alice-laptop' }],
@@ -97,7 +96,7 @@ describe('AssumeRole trust-policy Conditions over the listener: SDK and aws CLI'
         const e = await sts.send(new AssumeRoleCommand({ RoleArn: partnerArn, RoleSessionName: 'sdk', ExternalId: EXTERNAL_ID, ...extra })).then(() => undefined, (x: unknown) => x as STSServiceException);
         expect(e, member).toBeDefined();
         expect({ member, name: e!.name, status: e!.$metadata.httpStatusCode }).toEqual({ member, name: 'ValidationError', status: 400 });
-        expect(e!.message).toContain(`AssumeRole member ${member} is not supported`);
+        expect(e!.message).toContain(member === 'PolicyArns' ? 'AssumeRole member PolicyArns.member.1.arn names a managed policy' : `AssumeRole member ${member} is not supported`);
         expect(auditEvents(env).filter((x) => x.requestID === e!.$metadata.requestId), member).toMatchObject([{ eventName: 'AssumeRole', errorCode: 'ValidationError' }]);
       }
     } finally {
@@ -109,6 +108,36 @@ describe('AssumeRole trust-policy Conditions over the listener: SDK and aws CLI'
     expect(notIam.some((x) => x.eventSource === 'sts.amazonaws.com')).toBe(true);
     expect(JSON.stringify(notIam)).not.toContain(EXTERNAL_ID);
     expect(env.daemonLog()).not.toContain(EXTERNAL_ID);
+  });
+
+  it('@aws-sdk/client-sts with an inline session Policy: PackedPolicySize, and KMS allows the session only what the policy allows too', async () => {
+    chain.use(keyVars(alice, url));
+    const sts = new STSClient({ maxAttempts: 1 });
+    const Policy = JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:ListKeys', Resource: '*' }] });
+    let r;
+    try {
+      r = await sts.send(new AssumeRoleCommand({ RoleArn: partnerArn, RoleSessionName: 'scoped', ExternalId: EXTERNAL_ID, Policy }));
+      const bad = await sts.send(new AssumeRoleCommand({ RoleArn: partnerArn, RoleSessionName: 'scoped', ExternalId: EXTERNAL_ID, Policy: '{"Statement":' })).then(() => undefined, (x: unknown) => x as STSServiceException);
+      expect({ name: bad?.name, status: bad?.$metadata.httpStatusCode }).toEqual({ name: 'MalformedPolicyDocumentException', status: 400 });
+    } finally {
+      sts.destroy();
+    }
+    expect(r.PackedPolicySize).toBeGreaterThan(0);
+    expect(r.PackedPolicySize).toBeLessThanOrEqual(100);
+    const ev = auditEvents(env).filter((x) => x.requestID === r.$metadata.requestId);
+    expect(ev).toMatchObject([{ eventName: 'AssumeRole', requestParameters: { roleSessionName: 'scoped', policy: Policy } }]);
+    chain.use(keyVars({ AccessKeyId: r.Credentials!.AccessKeyId!, SecretAccessKey: r.Credentials!.SecretAccessKey!, SessionToken: r.Credentials!.SessionToken! }, url));
+    const kms = new KMSClient({ maxAttempts: 1 });
+    try {
+      await expect(kms.send(new ListKeysCommand({}))).resolves.toHaveProperty('Keys');
+      const e = await kms.send(new CreateKeyCommand({ Description: 'not in the session policy' })).then(() => undefined, (x: unknown) => x as Error);
+      expect({ name: e?.name, message: e?.message }).toEqual({
+        name: 'AccessDeniedException',
+        message: `User: arn:aws:sts::${accountId}:assumed-role/partner/scoped is not authorized to perform: kms:CreateKey on resource: * because no session policy allows the kms:CreateKey action`,
+      });
+    } finally {
+      kms.destroy();
+    }
   });
 
   it('@aws-sdk/client-sts through a shared config profile with role_arn + source_profile + external_id', async () => {

@@ -26,8 +26,8 @@ export interface StsHarness {
   put(role: string, ...Statement: Record<string, unknown>[]): Promise<void>;
   /** AssumeRole of `role` (session `job-1` unless `p` names one) by `caller` through `s`: 'ok' or the STS error name. */
   outcome(caller: Caller, role: string, p?: Partial<AssumeRoleParams>, s?: StsService): Promise<string>;
-  /** A session (`ROLE-session`) of `role` assumed by `by` through `s`, as the verifier hands it over. */
-  sessionOf(role: string, by: Caller, s?: StsService): Promise<Caller>;
+  /** A session (`ROLE-session`) of `role` assumed by `by` through `s` (with AssumeRole members `p`), as the verifier hands it over. */
+  sessionOf(role: string, by: Caller, s?: StsService, p?: Partial<AssumeRoleParams>): Promise<Caller>;
   close(): Promise<void>;
 }
 
@@ -45,8 +45,8 @@ export async function openStsHarness(dir: string, t0: number, on?: { hsm: Hsm; i
       put: (role, ...Statement) => trust.put(role, JSON.stringify({ Version: '2012-10-17', Statement })),
       outcome: (caller, role, p = {}, s = sts) =>
         s.assumeRole(caller, { RoleArn: ids.roleArn(role), RoleSessionName: 'job-1', ...p }, t0).then(() => 'ok', (e: { awsName?: string }) => e.awsName ?? String(e)),
-      sessionOf: async (role, by, s = sts) => {
-        const r = await s.assumeRole(by, { RoleArn: ids.roleArn(role), RoleSessionName: `${role}-session` }, t0) as any;
+      sessionOf: async (role, by, s = sts, p = {}) => {
+        const r = await s.assumeRole(by, { RoleArn: ids.roleArn(role), RoleSessionName: `${role}-session`, ...p }, t0) as any;
         return { ...(s.credentials(r.Credentials.AccessKeyId, r.Credentials.SessionToken, t0 + 1000)).principal, sourceIp: '127.0.0.1' };
       },
       close: () => (on ? Promise.resolve() : hsm.close()),

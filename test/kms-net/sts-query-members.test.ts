@@ -63,12 +63,34 @@ describe('STS Query members: a POST reads its body, a GET its query string, and 
   const assume = (session: string): Record<string, string> => ({ Action: 'AssumeRole', Version: '2011-06-15', RoleArn: roleArn, RoleSessionName: session });
   const code = (xml: string): string | undefined => /<Code>([^<]*)<\/Code>/.exec(xml)?.[1];
 
-  it('POST with the members in the body: a session; a session Policy in the body: ValidationError', async () => {
+  it('POST with the members in the body: a session; with a session Policy in the body: a session with PackedPolicySize, the policy audited', async () => {
     const ok = await send('POST', {}, form(assume('body-only')));
     expect(ok.status).toBe(200);
     expect(ok.body).toContain('<AccessKeyId>ASIA');
-    const refused = await send('POST', {}, form({ ...assume('body-policy'), Policy: denyAll }));
-    expect({ status: refused.status, code: code(refused.body) }).toEqual({ status: 400, code: 'ValidationError' });
+    expect(ok.body).not.toContain('PackedPolicySize');
+    const scoped = await send('POST', {}, form({ ...assume('body-policy'), Policy: denyAll }));
+    expect(scoped.status).toBe(200);
+    // After AssumedRoleUser, as STS orders AssumeRoleResult.
+    expect(scoped.body).toMatch(/<\/AssumedRoleUser><PackedPolicySize>\d{1,3}<\/PackedPolicySize><\/AssumeRoleResult>/);
+    const ev = audit.filter((e) => e.eventName === 'AssumeRole' && e.requestParameters?.roleSessionName === 'body-policy');
+    expect(ev).toHaveLength(1);
+    expect(ev[0]!.requestParameters.policy).toBe(denyAll);
+  });
+
+  it('a session Policy that is no policy, too long, or of characters outside the set: MalformedPolicyDocument or ValidationError, no session', async () => {
+    const bad = await send('POST', {}, form({ ...assume('bad-json'), Policy: '{"Statement": [' }));
+    expect({ status: bad.status, code: code(bad.body) }).toEqual({ status: 400, code: 'MalformedPolicyDocument' });
+    const long = await send('POST', {}, form({ ...assume('long-policy'), Policy: denyAll + ' '.repeat(2049 - denyAll.length) }));
+    expect({ status: long.status, code: code(long.body) }).toEqual({ status: 400, code: 'ValidationError' });
+    expect(long.body).toContain('at &apos;policy&apos; failed to satisfy constraint: Member must have length less than or equal to 2048');
+    const chars = await send('POST', {}, form({ ...assume('wide-chars'), Policy: denyAll.replace('*', '\u0100') }));
+    expect({ status: chars.status, code: code(chars.body) }).toEqual({ status: 400, code: 'ValidationError' });
+    // The refusal is audited with the policy as sent, bounded.
+    const ev = audit.filter((e) => e.eventName === 'AssumeRole' && e.requestParameters?.roleSessionName === 'long-policy');
+    expect(ev).toHaveLength(1);
+    expect(ev[0]!.requestParameters.policy.startsWith(denyAll)).toBe(true);
+    expect(ev[0]!.requestParameters.policy.length).toBeLessThan(2100); // cut at 2048, a marker after
+    for (const r of [bad, long, chars]) expect(r.body).not.toContain('<Credentials>');
   });
 
   it('POST with a session Policy in the URL query string and AssumeRole in the body: refused, no session, the refusal audited', async () => {

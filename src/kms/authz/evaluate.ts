@@ -20,22 +20,46 @@ import { dataMap, hasMember } from '../data-map.js';
  *
  * Actions without a key (CreateKey, ListKeys, ...) are IAM-only: the account
  * root may call them, others need an identity policy.
+ *
+ * A role session issued with a session policy (Caller.sessionPolicy; IAM User
+ * Guide, "Session policies") is one more filter: an explicit Deny in it wins
+ * like any other, and what steps 2 to 4 allow counts only if the session
+ * policy allows it too, except a key-policy statement or a grant that names
+ * the session's own ARN (`arn:aws:sts::<acct>:assumed-role/<role>/<session>`):
+ * those are given to the session after it was created and are not limited by
+ * it. A statement naming the role, its account or `*` is limited
+ * (docs/architecture.md §5.9, "Session policies").
  */
 
 export type DenyReason =
   | 'unknown-caller'
   | 'explicit-deny-key-policy'
   | 'explicit-deny-identity-policy'
+  | 'explicit-deny-session-policy'
   | 'no-key-policy-allow'
-  | 'no-identity-policy-allow';
+  | 'no-identity-policy-allow'
+  | 'no-session-policy-allow';
 
+/**
+ * What a caller's session policy says about a request: absent (no session policy), an Allow, an
+ * explicit Deny, or neither (implicit: it limits whatever the request was allowed by).
+ */
+export type SessionVerdict = 'absent' | 'allow' | 'deny' | 'implicit';
+
+/**
+ * `session`: on a decision without a key (the STS judges sts:AssumeRole with one), the session
+ * policy's own verdict, for a caller that has one: a trust policy naming the session itself is not
+ * limited by it, one naming its role is (sts-service.ts).
+ */
 export type Decision =
-  | { allowed: true; by: 'key-policy' | 'iam-policy' | 'grant' | 'account-root'; grantId?: string; sid?: string }
-  | { allowed: false; reason: DenyReason; message: string; sid?: string };
+  | { allowed: true; by: 'key-policy' | 'iam-policy' | 'grant' | 'account-root'; grantId?: string; sid?: string; session?: SessionVerdict }
+  | { allowed: false; reason: DenyReason; message: string; sid?: string; session?: SessionVerdict };
 
 /** A grant as the evaluator sees it (the grant store's records satisfy this). */
 export interface GrantView {
   readonly GrantId: string;
+  /** The grantee as the grant names it: a grant naming a session's own ARN is not limited by its session policy. */
+  readonly GranteePrincipal?: string;
   readonly Operations: readonly string[];
   readonly Constraints?: GrantConstraints;
 }
@@ -127,6 +151,9 @@ function _ecEquals(a: Readonly<Record<string, string>>, b: Readonly<Record<strin
   return Object.keys(a).length === Object.keys(b).length && _ecIncludes(b, a) && _ecIncludes(a, b);
 }
 
+const _ABSENT: { verdict: SessionVerdict } = Object.freeze({ verdict: 'absent' as const });
+const _SESSION_PASSES: ReadonlySet<SessionVerdict> = new Set(['absent', 'allow']);
+
 const EMPTY_CONTEXT: Readonly<Record<string, string>> = Object.freeze(dataMap<string>());
 
 /**
@@ -165,8 +192,10 @@ export function denialMessage(caller: Caller, action: string, resource: string, 
   switch (reason) {
     case 'explicit-deny-key-policy': return `${head} with an explicit deny in a resource-based policy`;
     case 'explicit-deny-identity-policy': return `${head} with an explicit deny in an identity-based policy`;
+    case 'explicit-deny-session-policy': return `${head} with an explicit deny in a session policy`;
     case 'no-key-policy-allow': return `${head} because no resource-based policy allows the ${action} action`;
     case 'no-identity-policy-allow': return `${head} because no identity-based policy allows the ${action} action`;
+    case 'no-session-policy-allow': return `${head} because no session policy allows the ${action} action`;
     case 'unknown-caller': return `${head} because the caller${caller.uid !== undefined ? ` (uid ${caller.uid})` : ''} is not mapped to any principal`;
   }
 }
@@ -196,6 +225,7 @@ export class PolicyEvaluator {
     const id = callerIds(caller);
     const ctx = new RequestContext(req, this.roleArn);
     let keyDirect: string | null = null; // sid ('' when none) of the first direct Allow
+    let keySession = false; // a direct Allow names the caller's own session ARN
     let keyViaAccount = false;
 
     if (req.key) {
@@ -204,24 +234,38 @@ export class PolicyEvaluator {
         if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
         const m = _statementMatch(st, id);
         if (m === 0) continue;
-        if (st.effect === 'Allow' && (m === 2 ? keyDirect !== null : keyViaAccount)) continue; // already known
+        // Session ARNs are always held by name (policy-document.ts, PrincipalSet.arns).
+        const self = m === 2 && id.isSession && st.principal !== undefined && st.principal.arns.has(id.arn);
+        if (st.effect === 'Allow' && (m === 2 ? keyDirect !== null && (keySession || !self) : keyViaAccount)) continue; // already known
         if (!_conditionsHold(st, ctx)) continue;
         if (st.effect === 'Deny') return deny('explicit-deny-key-policy', st.sid);
-        if (m === 2) keyDirect = st.sid ?? '';
-        else keyViaAccount = true;
+        if (m === 2) {
+          if (keyDirect === null || self) keyDirect = st.sid ?? '';
+          keySession ||= self;
+        } else keyViaAccount = true;
       }
     }
 
     const idp = id.isRoot || id.isService ? undefined : this._identityEffect(caller, action, resource, ctx);
     if (idp?.effect === 'Deny') return deny('explicit-deny-identity-policy', idp.sid);
     const idAllow = idp?.effect === 'Allow';
+    const sp = this._sessionEffect(caller, action, resource, ctx);
+    if (sp.verdict === 'deny') return deny('explicit-deny-session-policy', sp.sid);
+    // A session policy without an Allow for the request: what the role, its account or a grant to the role allows does not count.
+    const limited = sp.verdict === 'implicit';
 
     if (!req.key) {
+      const s = sp.verdict === 'absent' ? {} : { session: sp.verdict };
       if (id.isRoot) return { allowed: true, by: 'account-root' };
-      return idAllow ? { allowed: true, by: 'iam-policy' } : deny('no-identity-policy-allow');
+      if (!idAllow) return { ...deny('no-identity-policy-allow'), ...s };
+      return limited ? { ...deny('no-session-policy-allow'), ...s } : { allowed: true, by: 'iam-policy', ...s };
     }
-    if (keyDirect !== null) return { allowed: true, by: 'key-policy', ...(keyDirect ? { sid: keyDirect } : {}) };
-    if (keyViaAccount && idAllow) return { allowed: true, by: 'iam-policy' };
+    if (keyDirect !== null && (keySession || !limited)) return { allowed: true, by: 'key-policy', ...(keyDirect ? { sid: keyDirect } : {}) };
+    let sessionMissing = keyDirect !== null; // allowed but for the session policy
+    if (keyViaAccount && idAllow) {
+      if (!limited) return { allowed: true, by: 'iam-policy' };
+      sessionMissing = true;
+    }
 
     if (opts.useGrants !== false && this.grants && action.startsWith('kms:')) {
       const op = action.slice(4);
@@ -229,10 +273,19 @@ export class PolicyEvaluator {
         if (!g.Operations.includes(op)) continue;
         if (EC_OPERATIONS.has(op) && !constraintsHold(g.Constraints, req.encryptionContext)) continue;
         if (op === 'CreateGrant' && req.grant && !grantNoBroader(g, req.grant)) continue;
+        // A grant to the role limits like a key policy naming the role; one to the session's own ARN does not.
+        if (limited && g.GranteePrincipal !== caller.arn) { sessionMissing = true; continue; }
         return { allowed: true, by: 'grant', grantId: g.GrantId };
       }
     }
-    return deny(keyViaAccount ? 'no-identity-policy-allow' : 'no-key-policy-allow');
+    return deny(sessionMissing ? 'no-session-policy-allow' : keyViaAccount ? 'no-identity-policy-allow' : 'no-key-policy-allow');
+  }
+
+  /** The caller's session policy's verdict on the request (see SessionVerdict); `absent` for a caller without one. */
+  sessionVerdict(req: AuthzRequest): SessionVerdict {
+    if (req.caller.sessionPolicy === undefined) return 'absent';
+    const resource = req.resource ?? req.key?.arn ?? '*';
+    return this._sessionEffect(req.caller, req.action, resource, new RequestContext(req, this.roleArn)).verdict;
   }
 
   /**
@@ -252,13 +305,32 @@ export class PolicyEvaluator {
     const kp = typeof req.key.policy === 'string' ? this.cache.get(req.key.policy, 'key', req.key.principalIds) : req.key.policy;
     const viaAccount = kp.statements.some((st) => st.effect === 'Allow' && st.matchesAction(req.action) && st.matchesResource(resource, ctx)
       && _statementMatch(st, id) === 1 && _conditionsHold(st, ctx));
-    return viaAccount && this._identityEffect(req.caller, req.action, resource, ctx)?.effect === 'Allow';
+    return viaAccount && this._identityEffect(req.caller, req.action, resource, ctx)?.effect === 'Allow'
+      && _SESSION_PASSES.has(this._sessionEffect(req.caller, req.action, resource, ctx).verdict);
+  }
+
+  /**
+   * The caller's session policy on the request. Its text came in the session token, which the HSM
+   * authenticated: it was parsed when AssumeRole issued the token, so it parses now; should it not
+   * (a parser grown stricter since), the session is refused everything rather than left unlimited.
+   */
+  private _sessionEffect(caller: Caller, action: string, resource: string, ctx: RequestContext): { verdict: SessionVerdict; sid?: string } {
+    const text = caller.sessionPolicy;
+    if (text === undefined) return _ABSENT; // the Decrypt hot path: no allocation
+    let p: CompiledPolicy;
+    try { p = this.cache.get(text, 'identity'); } catch { return { verdict: 'deny' }; }
+    const e = this._policiesEffect([p], action, resource, ctx);
+    return e === undefined ? { verdict: 'implicit' } : e.effect === 'Allow' ? { verdict: 'allow' } : { verdict: 'deny', ...(e.sid ? { sid: e.sid } : {}) };
   }
 
   /** The caller's identity policies on the request: the first Deny that applies, else an Allow, else undefined. */
   private _identityEffect(caller: Caller, action: string, resource: string, ctx: RequestContext): { effect: 'Deny'; sid?: string } | { effect: 'Allow' } | undefined {
+    return this._policiesEffect(this.identityPolicies(caller), action, resource, ctx);
+  }
+
+  private _policiesEffect(policies: readonly CompiledPolicy[], action: string, resource: string, ctx: RequestContext): { effect: 'Deny'; sid?: string } | { effect: 'Allow' } | undefined {
     let allow = false;
-    for (const p of this.identityPolicies(caller)) {
+    for (const p of policies) {
       for (const st of p.statements) {
         if (!st.matchesAction(action) || !st.matchesResource(resource, ctx)) continue;
         if (st.effect === 'Allow' && allow) continue;

@@ -1,7 +1,7 @@
 import type { Authorizer, AuthorizationDecision, AuthorizationRequest } from '../authorizer.js';
 import type { KeyView } from '../key-record.js';
 import type { Caller } from '../types.js';
-import { PolicyEvaluator, type Decision, type DenyReason } from './evaluate.js';
+import { PolicyEvaluator, denialMessage, type Decision, type DenyReason } from './evaluate.js';
 import { checkGrantTokens, parseConstraints, type GrantStore, type Grant } from './grants.js';
 import type { Identities } from './identities.js';
 import { managedKeyRefusal } from './managed-keys.js';
@@ -19,8 +19,10 @@ export function denialReason(reason: DenyReason, action: string, caller: Caller)
   switch (reason) {
     case 'explicit-deny-key-policy': return 'of an explicit deny in a resource-based policy';
     case 'explicit-deny-identity-policy': return 'of an explicit deny in an identity-based policy';
+    case 'explicit-deny-session-policy': return 'of an explicit deny in a session policy';
     case 'no-key-policy-allow': return `no resource-based policy allows the ${action} action`;
     case 'no-identity-policy-allow': return `no identity-based policy allows the ${action} action`;
+    case 'no-session-policy-allow': return `no session policy allows the ${action} action`;
     case 'unknown-caller': return `the caller${caller.uid !== undefined ? ` (uid ${caller.uid})` : ''} is not mapped to any principal`;
   }
 }
@@ -183,6 +185,8 @@ export class PolicyAuthorizer implements Authorizer {
    * identity policy of a principal of that account (the grant's issuing account) allowing
    * kms:RetireGrant on the key retires any grant of it, when the key policy lets the account's IAM
    * policies count at all (evaluate.ts, identityAllows). An explicit Deny still refuses.
+   * A session's session policy limits a grant that names its role as it limits the grant's other
+   * uses (evaluate.ts): one naming the session's own ARN is not limited.
    */
   private _decideRetire(req: AuthorizationRequest): Decision {
     const authz = this.toAuthzRequest(req);
@@ -190,7 +194,11 @@ export class PolicyAuthorizer implements Authorizer {
     const g = req.caller.type === 'Unknown' ? undefined : this._grantOf(req);
     if (g && mayRetireByGrant(this.grants, g, req.caller)) {
       const d = this.evaluator.evaluate(authz, { useGrants: false });
-      if (!d.allowed && (d.reason === 'explicit-deny-key-policy' || d.reason === 'explicit-deny-identity-policy')) return d;
+      if (!d.allowed && (d.reason === 'explicit-deny-key-policy' || d.reason === 'explicit-deny-identity-policy' || d.reason === 'explicit-deny-session-policy')) return d;
+      const self = g.GranteePrincipal === req.caller.arn || g.RetiringPrincipal === req.caller.arn;
+      if (!self && this.evaluator.sessionVerdict(authz) === 'implicit') {
+        return { allowed: false, reason: 'no-session-policy-allow', message: denialMessage(req.caller, req.action, resource, 'no-session-policy-allow') };
+      }
       return { allowed: true, by: 'grant', grantId: g.GrantId };
     }
     const d = this.evaluator.evaluate(authz, { useGrants: false });

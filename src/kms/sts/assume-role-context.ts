@@ -36,7 +36,9 @@ export interface AssumeRoleParams {
   RoleSessionName?: string;
   DurationSeconds?: string;
   ExternalId?: string;
-  /** Any other request member (Policy, PolicyArns.member.1.arn, Tags.member.1.Key, …): refused by assumeRole, never ignored. */
+  /** The inline session policy (session-policy.ts). */
+  Policy?: string;
+  /** Any other request member (PolicyArns.member.1.arn, Tags.member.1.Key, …): refused by assumeRole, never ignored. */
   [member: string]: string | undefined;
 }
 

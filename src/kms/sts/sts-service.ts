@@ -19,6 +19,7 @@ import type { TrustPolicies } from './trust-policies.js';
 import type { ContextValue } from '../authz/conditions.js';
 import { AssumeRoleContext, type AssumeRoleParams } from './assume-role-context.js';
 import { callerParty } from '../caller-party.js';
+import { SESSION_POLICY_MAX, SESSION_POLICY_MIN, SESSION_POLICY_RE, packSessionPolicy, sessionPolicyProblem, unpackSessionPolicy } from './session-policy.js';
 
 /**
  * AssumeRole DurationSeconds: AWS's bounds (15 min to 12 h), default 1 h. A session may last no longer
@@ -58,21 +59,27 @@ const SESSION_NAME_RE = /^[\w+=,.@-]*$/;
 
 /**
  * The token's clear part: `rid` is the role's unique id (RoleId), `iat` the issue time (ms), `org`
- * the session's origin (an ARN; version 3).
+ * the session's origin (an ARN; version 3), `sp` the session policy, packed (session-policy.ts), when
+ * AssumeRole was given one (version 3 only). Authenticated by the HSM with the rest, so a session cannot
+ * change its origin, or drop or widen its policy.
  */
-interface SessionMeta { v: number; id: string; role: string; rid: string; session: string; exp: number; iat?: number; org?: string }
+interface SessionMeta { v: number; id: string; role: string; rid: string; session: string; exp: number; iat?: number; org?: string; sp?: string }
 
 /**
  * What the caller's own identity policies decide about an action (src/kms/authz/evaluate.ts's
- * Decision has this shape): an explicit Deny is `reason: 'explicit-deny-identity-policy'`.
+ * Decision has this shape): an explicit Deny is `reason: 'explicit-deny-identity-policy'` (or
+ * `…-session-policy`). `session`: for a caller with a session policy, that policy's own verdict
+ * (evaluate.ts, SessionVerdict).
  */
-export type IdentityDecision = { allowed: true } | { allowed: false; reason: string };
+export type IdentityDecision =
+  | { allowed: true; session?: 'absent' | 'allow' | 'deny' | 'implicit' }
+  | { allowed: false; reason: string; session?: 'absent' | 'allow' | 'deny' | 'implicit' };
 
 const NO_IDENTITY_POLICY: IdentityDecision = { allowed: false, reason: 'no-identity-policy-allow' };
 
 /** STS Query-protocol errors (`<Error><Code>`), with the HTTP status STS uses. */
 export class StsError extends EbsdError {
-  constructor(awsName: 'AccessDenied' | 'ValidationError' | 'InvalidParameterValue' | 'MissingParameter' | 'InvalidAction', message: string, readonly status = awsName === 'AccessDenied' ? 403 : 400) {
+  constructor(awsName: 'AccessDenied' | 'ValidationError' | 'InvalidParameterValue' | 'MissingParameter' | 'InvalidAction' | 'MalformedPolicyDocument' | 'PackedPolicyTooLarge', message: string, readonly status = awsName === 'AccessDenied' ? 403 : 400) {
     super(`STS_${awsName.replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase()}`, message, { awsName });
   }
 }
@@ -80,7 +87,7 @@ export class StsError extends EbsdError {
 const invalidToken = (id: string): SigV4Error => new SigV4Error('UnrecognizedClient', 'The security token included in the request is invalid.', id);
 
 /** The AssumeRole members this STS implements (besides Action and Version). */
-const ASSUME_ROLE_MEMBERS = new Set(['RoleArn', 'RoleSessionName', 'DurationSeconds', 'ExternalId']);
+const ASSUME_ROLE_MEMBERS = new Set(['RoleArn', 'RoleSessionName', 'DurationSeconds', 'ExternalId', 'Policy']);
 
 export class StsService {
   constructor(
@@ -124,13 +131,18 @@ export class StsService {
   }
 
   async assumeRole(caller: Caller, p: AssumeRoleParams, now = Date.now()): Promise<Record<string, unknown>> {
-    // A session policy, tags, a source identity or an MFA code change what the session may do or who it is:
-    // this STS implements none of them, so a request carrying one is refused rather than answered with a
-    // session broader than the caller asked for.
+    // Managed session policies, tags, a source identity or an MFA code change what the session may do or
+    // who it is: this STS implements none of them, so a request carrying one is refused rather than
+    // answered with a session broader than the caller asked for.
     for (const member of Object.keys(p)) {
       if (!ASSUME_ROLE_MEMBERS.has(member)) {
         const name = member.split('.')[0]!;
-        throw new StsError('ValidationError', `AssumeRole member ${name.slice(0, 64)} is not supported by this STS (supported: RoleArn, RoleSessionName, DurationSeconds, ExternalId); the request was refused so that no session is broader than requested`);
+        if (name === 'PolicyArns') {
+          // AWS answers a managed policy's ARN that names no policy; ebsd has no managed policies (identity
+          // policies are inline, attached by name), so no ARN names one (docs/architecture.md §5.9).
+          throw new StsError('ValidationError', `AssumeRole member ${member.slice(0, 64)} names a managed policy, and this STS has none (identity policies are inline, attached to a user or role by name), so no policy ARN names one: pass the session policy inline in Policy`);
+        }
+        throw new StsError('ValidationError', `AssumeRole member ${name.slice(0, 64)} is not supported by this STS (supported: RoleArn, RoleSessionName, DurationSeconds, ExternalId, Policy); the request was refused so that no session is broader than requested`);
       }
     }
     if (!p.RoleArn) throw new StsError('MissingParameter', 'The request must contain the parameter RoleArn');
@@ -152,26 +164,43 @@ export class StsService {
     // logic"): an explicit Deny there wins even when the trust policy names the caller. Trust through the
     // account only delegates, so then they must also allow it.
     const own = this.identityDecision(caller, 'sts:AssumeRole', roleArn, ctx.extraKeys());
-    if (!own.allowed && (own.reason === 'explicit-deny-identity-policy' || trusted === 'account')) throw notAuthorized;
+    if (!own.allowed && (own.reason === 'explicit-deny-identity-policy' || own.reason === 'explicit-deny-session-policy' || trusted === 'account')) throw notAuthorized;
+    // Role chaining by a session with a session policy: a trust policy naming the caller's role (or `*`)
+    // counts only where the session policy allows sts:AssumeRole on the role, one naming the session's own
+    // ARN regardless (IAM User Guide, "Session policies"). A judge that gave no verdict: refused (fail closed).
+    const session = caller.sessionPolicy === undefined ? 'absent' : own.session ?? 'implicit';
+    if (session === 'deny' || (session === 'implicit' && trusted !== 'session')) throw notAuthorized;
     // After the decision: only a caller allowed to assume the role learns its MaxSessionDuration.
     if (caller.type === 'AssumedRole' && duration > CHAINED_SESSION_MAX_S) {
       throw new StsError('ValidationError', 'The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.');
     }
     if (duration > rec.MaxSessionDuration) throw new StsError('ValidationError', 'The requested DurationSeconds exceeds the MaxSessionDuration set for this role.');
-    const session = this.ids.assumeRole(role, p.RoleSessionName);
+    // The session policy is this session's own: a caller's session policy does not pass to the sessions it assumes.
+    const policy = p.Policy === undefined ? undefined : this.sessionPolicy(p.Policy);
+    const assumed = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;
     // The origin is the caller's party, never a request member: a user or the root is its own, and a
     // session assuming a role (role chaining) passes its own origin on unchanged.
     const org = callerParty(caller);
-    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, rid: rec.RoleId, session: p.RoleSessionName, exp: iat + duration * 1000, iat, org };
+    const meta: SessionMeta = { v: TOKEN_VERSION, id, role, rid: rec.RoleId, session: p.RoleSessionName, exp: iat + duration * 1000, iat, org, ...(policy ? { sp: policy.packed } : {}) };
     const clear = Buffer.from(JSON.stringify(meta), 'utf8');
     const { secret, sealed } = await this.hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
     const token = Buffer.concat([Buffer.of(TOKEN_VERSION), u16(clear.length), clear, sealed]).toString('base64');
     return {
       Credentials: { AccessKeyId: id, SecretAccessKey: secret, SessionToken: token, Expiration: new Date(meta.exp).toISOString() },
-      AssumedRoleUser: { AssumedRoleId: session.principalId, Arn: session.arn },
+      AssumedRoleUser: { AssumedRoleId: assumed.principalId, Arn: assumed.arn },
+      ...(policy ? { PackedPolicySize: policy.percent } : {}),
     };
+  }
+
+  /** AssumeRole's Policy, parsed as an identity-based policy and packed (session-policy.ts). */
+  private sessionPolicy(text: string): { packed: string; percent: number } {
+    const problem = sessionPolicyProblem(text);
+    if (problem !== undefined) throw new StsError('MalformedPolicyDocument', problem.slice(0, 512));
+    const packed = packSessionPolicy(text);
+    if (packed.percent > 100) throw new StsError('PackedPolicyTooLarge', `Packed policy consumes ${packed.percent}% of allotted space, please use smaller policy.`);
+    return packed;
   }
 
   private sessionCredential(id: string, token: string | undefined, now: number): Credential<Caller> {
@@ -190,6 +219,10 @@ export class StsService {
     if (meta === null || typeof meta !== 'object' || meta.v !== raw[0] || meta.id !== id || typeof meta.exp !== 'number') throw invalidToken(id);
     if (meta.v !== TOKEN_VERSION_1 && typeof meta.rid !== 'string') throw invalidToken(id);
     if (meta.v === TOKEN_VERSION && (typeof meta.org !== 'string' || meta.org === '')) throw invalidToken(id);
+    // Session policies came with version 3: an older token naming one was never issued.
+    if (meta.sp !== undefined && meta.v !== TOKEN_VERSION) throw invalidToken(id);
+    const policy = meta.sp === undefined ? undefined : unpackSessionPolicy(meta.sp);
+    if (meta.sp !== undefined && policy === undefined) throw invalidToken(id);
     // Expiry is read before the HSM has authenticated the clear part; a forged later expiry still fails there.
     if (now >= meta.exp) throw new SigV4Error('ExpiredToken', 'The security token included in the request is expired', id);
     let principal: Caller;
@@ -201,6 +234,7 @@ export class StsService {
     // Authenticated with the rest of the clear part (a forged one fails in the HSM). Older tokens name no
     // origin: their role stands for it, so that sessions minted before the upgrade share one party per role.
     principal.origin = meta.v === TOKEN_VERSION ? meta.org! : this.ids.roleArn(meta.role);
+    if (policy !== undefined) principal.sessionPolicy = policy;
     const sealed = raw.subarray(3 + n);
     return {
       principal,
@@ -233,11 +267,12 @@ export class StsService {
 /**
  * AssumeRole's member constraints (STS API Reference, AssumeRole): RoleArn 20..2048 characters,
  * RoleSessionName 2..64 of `[\w+=,.@-]`, DurationSeconds 900..43200, ExternalId 2..1224 of
- * `[\w+=,.@:/-]`. Checked before anything else reads them. Like STS, every broken constraint is
+ * `[\w+=,.@:/-]`, Policy 1..2048 of tab, LF, CR and U+0020..U+00FF. Checked before anything else reads them. Like STS, every broken constraint is
  * reported in one ValidationError ("2 validation errors detected: …; …"), each bound in its own
  * words ("Member must have length less than or equal to 64", "Member must have value greater than
  * or equal to 900"), as clients and people match them. A value quoted back is cut (the request
- * body may hold a megabyte); the ExternalId's is left out, as the audit and the log leave it out.
+ * body may hold a megabyte); the ExternalId's is left out, as the audit and the log leave it out, and the
+ * Policy's (most of a request, and recorded by the audit).
  * Then the RoleArn must name a role ("… is invalid"): its account and name.
  */
 function checkAssumeRoleMembers(p: AssumeRoleParams): RegExpExecArray {
@@ -264,6 +299,12 @@ function checkAssumeRoleMembers(p: AssumeRoleParams): RegExpExecArray {
   if (x !== undefined) {
     violated('externalId', undefined, length(x, EXTERNAL_ID_MIN, EXTERNAL_ID_MAX));
     violated('externalId', undefined, EXTERNAL_ID_RE.test(x) ? undefined : 'Member must satisfy regular expression pattern: [\\w+=,.@:\\/-]*');
+  }
+  // The policy is not quoted back either: it may be most of the request, and the audit records it bounded.
+  const pol = p.Policy;
+  if (pol !== undefined) {
+    violated('policy', undefined, length(pol, SESSION_POLICY_MIN, SESSION_POLICY_MAX));
+    violated('policy', undefined, SESSION_POLICY_RE.test(pol) ? undefined : 'Member must satisfy regular expression pattern: [\\u0009\\u000A\\u000D\\u0020-\\u00FF]+');
   }
   if (broken.length > 0) {
     throw new StsError('ValidationError', `${broken.length} validation error${broken.length > 1 ? 's' : ''} detected: ${broken.join('; ')}`);

@@ -264,18 +264,20 @@ export class TrustPolicies {
   }
 
   /**
-   * Does the role's trust policy let `caller` assume it? `'principal'`: a statement names the
-   * caller itself (or `*`); `'account'`: only the caller's account is named, which in IAM
+   * Does the role's trust policy let `caller` assume it? `'session'`: a statement names the caller,
+   * a role session, by its own session ARN (its session policy does not limit that; IAM User Guide,
+   * "Session policies"); `'principal'`: a statement names the caller itself, its role (or `*`); `'account'`: only the caller's account is named, which in IAM
    * delegates the decision to the caller's identity policies (the caller must also be allowed
    * `sts:AssumeRole` on the role; IAM User Guide, "Granting a user permissions to switch roles").
    * A statement counts only if every condition it has holds in `ctx` (a Deny too: a Deny whose
    * condition fails does not apply). Without `ctx` every condition key is absent.
    */
-  allows(role: string, caller: Caller, ctx: ConditionContext = NO_CONTEXT): 'principal' | 'account' | false {
+  allows(role: string, caller: Caller, ctx: ConditionContext = NO_CONTEXT): 'session' | 'principal' | 'account' | false {
     const stmts = this.statements(role);
     if (stmts === undefined) return false;
     const applies = (s: Statement): 0 | 1 | 2 => (s.matchesAction('sts:AssumeRole') && s.conditions.every((c) => c.test(ctx)) ? principalMatch(s.principals, caller) : 0);
     if (stmts.some((s) => s.Effect === 'Deny' && applies(s) !== 0)) return false;
+    if (caller.type === 'AssumedRole' && stmts.some((s) => s.Effect === 'Allow' && applies(s) === 2 && s.principals.arns.has(caller.arn))) return 'session';
     if (stmts.some((s) => s.Effect === 'Allow' && applies(s) === 2)) return 'principal';
     return stmts.some((s) => s.Effect === 'Allow' && applies(s) === 1) ? 'account' : false;
   }
