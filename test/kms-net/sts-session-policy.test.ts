@@ -121,15 +121,60 @@ describe('AssumeRole session policies: the session may do what both its role and
     expect(await call('Encrypt', { KeyId: bySession, Plaintext: Buffer.from('x') }, denying)).toBe(denied(denying, 'kms:Encrypt', bySession, 'with an explicit deny in a session policy'));
   });
 
-  it('a grant to the role is limited by the session policy, like a key policy naming the role; a grant to the session ARN is not', async () => {
+  it('every grant is limited by the session policy, to the role or to the session ARN alike; a session without one uses both', async () => {
     const key = await newKey();
+    const enc = (c: Caller) => call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, c);
     await kms.core.call('CreateGrant', { KeyId: key, GranteePrincipal: kms.identities.roleArn('bare'), Operations: ['Encrypt'] }, root);
     const s = await sessionOf('bare', 'granted', decryptOnlyA());
-    expect(await call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, s)).toBe(denied(s, 'kms:Encrypt', key, 'because no session policy allows the kms:Encrypt action'));
+    expect(await enc(s)).toBe(denied(s, 'kms:Encrypt', key, 'because no session policy allows the kms:Encrypt action'));
     const plain = await sessionOf('bare', 'no-policy');
-    expect(await call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, plain)).toBe('ok');
-    await kms.core.call('CreateGrant', { KeyId: key, GranteePrincipal: sessionArn('bare', 'granted'), Operations: ['Encrypt'] }, root);
-    expect(await call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, s)).toBe('ok');
+    expect(await enc(plain)).toBe('ok');
+    // A grant naming the session's own ARN, made by another principal: limited all the same.
+    const other = await newKey();
+    await kms.core.call('CreateGrant', { KeyId: other, GranteePrincipal: sessionArn('bare', 'granted'), Operations: ['Encrypt'] }, root);
+    expect(await call('Encrypt', { KeyId: other, Plaintext: Buffer.from('x') }, s)).toBe(denied(s, 'kms:Encrypt', other, 'because no session policy allows the kms:Encrypt action'));
+    const allowing = await sessionOf('bare', 'granted', stmt({ Effect: 'Allow', Action: 'kms:Encrypt', Resource: other }));
+    expect(await call('Encrypt', { KeyId: other, Plaintext: Buffer.from('x') }, allowing)).toBe('ok');
+    expect(await call('Encrypt', { KeyId: other, Plaintext: Buffer.from('x') }, await sessionOf('bare', 'granted'))).toBe('ok');
+  });
+
+  it('a session allowed only kms:CreateGrant grants its own ARN Decrypt: the grant is made, but serves only a later session of that name without a session policy', async () => {
+    // The role may create grants on the key (its key policy); Decrypt only a grant could give it.
+    const rootStmt = { Sid: 'root', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${kms.accountId}:root` }, Action: 'kms:*', Resource: '*' };
+    const key = await newKey(stmt(rootStmt, { Sid: 'grants', Effect: 'Allow', Principal: { AWS: kms.identities.roleArn('bare') }, Action: 'kms:CreateGrant', Resource: '*' }));
+    const ct = await encrypt(key);
+    const s = await sessionOf('bare', 'self-grant', stmt({ Effect: 'Allow', Action: 'kms:CreateGrant', Resource: key }));
+    expect(await call('CreateGrant', { KeyId: key, GranteePrincipal: s.arn, Operations: ['Decrypt', 'Encrypt', 'CreateGrant', 'RetireGrant'] }, s)).toBe('ok');
+    expect(await call('Decrypt', { CiphertextBlob: ct }, s)).toBe(denied(s, 'kms:Decrypt', key, 'because no session policy allows the kms:Decrypt action'));
+    expect(await call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, s)).toBe(denied(s, 'kms:Encrypt', key, 'because no session policy allows the kms:Encrypt action'));
+    // A later session of the same name with another session policy: limited by its own.
+    const later = await sessionOf('bare', 'self-grant', stmt({ Effect: 'Allow', Action: 'kms:DescribeKey', Resource: '*' }));
+    expect(await call('Decrypt', { CiphertextBlob: ct }, later)).toBe(denied(later, 'kms:Decrypt', key, 'because no session policy allows the kms:Decrypt action'));
+    // Without a session policy, the grant applies as on AWS.
+    const plain = await sessionOf('bare', 'self-grant');
+    expect(await call('Decrypt', { CiphertextBlob: ct }, plain)).toBe('ok');
+  });
+
+  it('RetireGrant through a grant is limited by the session policy: as retiring principal (its role) or as grantee with RetireGrant alike', async () => {
+    const key = await newKey();
+    const grant = async (g: Record<string, unknown>): Promise<string> =>
+      ((await kms.core.call('CreateGrant', { KeyId: key, Operations: ['Encrypt'], ...g }, root)) as { GrantId: string }).GrantId;
+    const describeOnly = stmt({ Effect: 'Allow', Action: 'kms:DescribeKey', Resource: '*' });
+    const retire = (id: string, c: Caller) => call('RetireGrant', { KeyId: key, GrantId: id }, c);
+    // Grantee the session, retiring principal its role, RetireGrant not among the operations: the right is the role's.
+    const byRole = await grant({ GranteePrincipal: sessionArn('bare', 'retirer'), RetiringPrincipal: kms.identities.roleArn('bare') });
+    const s = await sessionOf('bare', 'retirer', describeOnly);
+    expect(await retire(byRole, s)).toBe(denied(s, 'kms:RetireGrant', key, 'because no session policy allows the kms:RetireGrant action'));
+    // The grantee with RetireGrant among the grant's operations: limited too (every grant is).
+    const asGrantee = await grant({ GranteePrincipal: sessionArn('bare', 'retirer'), Operations: ['Encrypt', 'RetireGrant'] });
+    expect(await retire(asGrantee, s)).toBe(denied(s, 'kms:RetireGrant', key, 'because no session policy allows the kms:RetireGrant action'));
+    // A session policy allowing kms:RetireGrant lets the grant's right count; no session policy: as on AWS.
+    expect(await retire(byRole, await sessionOf('bare', 'retirer', stmt({ Effect: 'Allow', Action: 'kms:RetireGrant', Resource: key })))).toBe('ok');
+    expect(await retire(asGrantee, await sessionOf('bare', 'retirer'))).toBe('ok');
+    // An explicit Deny in the session policy refuses either.
+    const third = await grant({ GranteePrincipal: sessionArn('bare', 'retirer'), RetiringPrincipal: sessionArn('bare', 'retirer') });
+    const denying = await sessionOf('bare', 'retirer', stmt({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }, { Effect: 'Deny', Action: 'kms:RetireGrant', Resource: '*' }));
+    expect(await retire(third, denying)).toBe(denied(denying, 'kms:RetireGrant', key, 'with an explicit deny in a session policy'));
   });
 
   it('role chaining: the session policy limits sts:AssumeRole where the trust names the role, not where it names the session; the next session does not inherit it', async () => {
