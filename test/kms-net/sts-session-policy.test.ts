@@ -16,6 +16,9 @@ import { StsService } from '../../src/kms/sts/sts-service.js';
 import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
 import type { AssumeRoleParams } from '../../src/kms/sts/assume-role-context.js';
 import type { Caller } from '../../src/kms/types.js';
+import { KmsListener } from '../../src/daemon/kms-listener.js';
+import { RefusalAggregator, DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL } from '../../src/kms/audit/refusal-aggregator.js';
+import { silentLogger } from '../../src/util/logger.js';
 import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
 import { Sha256 } from './helpers.js';
 
@@ -27,6 +30,7 @@ describe('AssumeRole session policies: the session may do what both its role and
   let kms: Kms;
   let sts: StsService;
   let trust: TrustPolicies;
+  let keys: AccessKeyStore;
   let root: Caller;
   let alice: Caller;
   let keyA: string;
@@ -59,7 +63,7 @@ describe('AssumeRole session policies: the session may do what both its role and
     const ids = kms.identities;
     root = ids.callerForUid(0);
     alice = { ...(await ids.createUser('alice')), sourceIp: '127.0.0.1' };
-    const keys = await AccessKeyStore.open(t.dir, kms.core.hsm, ids);
+    keys = await AccessKeyStore.open(t.dir, kms.core.hsm, ids);
     trust = await TrustPolicies.open(t.dir, ids);
     const ev = kms.authorizer.evaluator;
     sts = new StsService(ids, keys, trust, kms.core.hsm, (caller, action, resource, context) => ev.evaluate({ action, caller, resource, ...(context ? { context } : {}) }));
@@ -221,6 +225,61 @@ describe('AssumeRole session policies: the session may do what both its role and
     const big = stmt({ Sid: sid, Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' });
     expect(big.length, `seed ${seed}`).toBeLessThanOrEqual(2048);
     expect(await err({ Policy: big }), `seed ${seed}`).toMatch(/^PackedPolicyTooLarge 400: Packed policy consumes (1\d\d)% of allotted space, please use smaller policy\.$/);
+  });
+
+  it('refused AssumeRole calls on the listener are audited in the caller\'s refusal budget, session policy and all: 100 make 32 records and one overflow row; an accepted one is a full event', async () => {
+    const key = await keys.create('alice');
+    const full: Record<string, any>[] = [];
+    const refusals: Record<string, any>[] = [];
+    // As the daemon wires its listener (daemon.ts: audit, and auditRefusal through the audit log's aggregator).
+    const agg = new RefusalAggregator({ write: async (e) => { refusals.push(e); }, clock: () => t0, windowMs: 600_000 });
+    const listener = new KmsListener({
+      host: '127.0.0.1', port: 0, region: 'us-east-1', accountId: kms.accountId, sts,
+      kms: (op, req, c, id) => kms.core.call(op, req, c, id), audit: async (e) => { full.push(e); },
+      auditRefusal: (k, ev, party) => agg.add(k, ev, party), log: silentLogger, now: () => t0,
+    });
+    /** A signed STS POST of `members`: status and body. */
+    const send = async (c: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }, members: Record<string, string>) => {
+      const body = new URLSearchParams({ Action: 'AssumeRole', Version: '2011-06-15', ...members }).toString();
+      const signed = await new SignatureV4({ credentials: c, region: 'us-east-1', service: 'sts', sha256: Sha256 }).sign({
+        method: 'POST', protocol: 'https:', hostname: 'sts.local', path: '/', query: {},
+        headers: { host: 'sts.local', 'content-type': 'application/x-www-form-urlencoded' }, body,
+      }, { signingDate: new Date(t0) });
+      const w = await listener.handleWire({ method: 'POST', url: '/', rawHeaders: Object.entries(signed.headers as Record<string, string>).flat(), body: Buffer.from(body), conn: { sourceIp: '127.0.0.1' } });
+      return { status: w.status, body: String(w.body) };
+    };
+    const asAlice = { accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey };
+    const N = 100;
+    const policy = decryptOnlyA().padEnd(2048, ' '); // the longest a Policy member may be
+    // Each names another role that does not exist: a new message, so a new aggregation key, each time.
+    for (let i = 0; i < N; i++) {
+      const r = await send(asAlice, { RoleArn: `arn:aws:iam::${kms.accountId}:role/nobody-${i}`, RoleSessionName: 'flood', Policy: policy });
+      expect(r.status).toBe(403);
+      expect(r.body).toContain('<Code>AccessDenied</Code>');
+    }
+    // A session alice minted is alice's party: its refusal lands in her budget, already spent.
+    const minted = (await assume(alice, 'worker', 'minted')).Credentials;
+    const bySession = await send({ accessKeyId: minted.AccessKeyId, secretAccessKey: minted.SecretAccessKey, sessionToken: minted.SessionToken }, { RoleArn: `arn:aws:iam::${kms.accountId}:role/nobody-s`, RoleSessionName: 'flood' });
+    expect(bySession.status).toBe(403);
+    await agg.flush(); // the window's summaries
+    expect(full).toHaveLength(0);
+    const one = refusals.filter((e) => e.eventName === 'AssumeRole');
+    expect(one).toHaveLength(DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL);
+    for (const e of one) {
+      expect(e).toMatchObject({ eventSource: 'sts.amazonaws.com', errorCode: 'AccessDenied', userIdentity: { arn: alice.arn } });
+      expect(e.requestParameters.policy.startsWith(decryptOnlyA())).toBe(true);
+    }
+    const overflow = refusals.filter((e) => e.eventName === 'RefusalsOverflow');
+    expect(overflow).toHaveLength(1);
+    expect(overflow[0]!.additionalEventData.aggregated.count).toBe(N + 1 - DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL);
+    expect(refusals).toHaveLength(DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL + 1);
+    // Accepted: a full event, its session policy among the request parameters, whatever the budget.
+    const ok = await send(asAlice, { RoleArn: kms.identities.roleArn('worker'), RoleSessionName: 'accepted', Policy: decryptOnlyA() });
+    expect(ok.status).toBe(200);
+    expect(full).toHaveLength(1);
+    expect(full[0]).toMatchObject({ eventName: 'AssumeRole', eventSource: 'sts.amazonaws.com', requestParameters: { roleSessionName: 'accepted', policy: decryptOnlyA() } });
+    expect(full[0]!.errorCode).toBeUndefined();
+    expect(refusals).toHaveLength(DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL + 1);
   });
 
   it('the session policy travels in the token, authenticated: a token with its policy changed or dropped fails as a tampered token does', async () => {
