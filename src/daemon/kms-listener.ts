@@ -202,7 +202,7 @@ export class KmsListener {
           wipeRequestSecrets(request); // decoded here: ours to wipe, as on the control socket (aws-json.ts)
         }
       }
-      const xml = await this.sts(form!, caller, requestId, unread);
+      const xml = await this.sts(form!, caller, requestId, req.conn, unread);
       return xmlAnswer(200, xml, requestId);
     } catch (e) {
       const internal = query ? stsError(e).status >= 500 : toWireError(e).status >= 500;
@@ -242,7 +242,7 @@ export class KmsListener {
   }
 
   /** `unread`: the request also carries members where they are not read (handleWire): refused, an AssumeRole audited as refused. */
-  private async sts(form: URLSearchParams, caller: Caller, requestId: string, unread?: StsError): Promise<string> {
+  private async sts(form: URLSearchParams, caller: Caller, requestId: string, conn: WireConnection, unread?: StsError): Promise<string> {
     const action = form.get('Action');
     if (unread && action !== 'AssumeRole') throw unread;
     const meta = `<ResponseMetadata><RequestId>${requestId}</RequestId></ResponseMetadata>`;
@@ -264,7 +264,7 @@ export class KmsListener {
       }
       try {
         // CloudTrail records a session policy among the request parameters (it is not secret); bounded below.
-        await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName, policy: p.Policy }, err);
+        await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName, policy: p.Policy }, err, conn);
       } catch (x) {
         // A call that cannot be audited does not take effect (docs/architecture.md §5.8): the credentials are not handed out.
         this.o.log.error({ err: x, requestId }, 'could not audit an STS call');
@@ -279,17 +279,33 @@ export class KmsListener {
     throw new StsError('InvalidAction', `Could not find operation ${action ?? '(none)'} for version ${form.get('Version') ?? '(none)'}`);
   }
 
-  private async auditSts(eventName: string, caller: Caller, requestId: string, params: Record<string, unknown>, err: unknown): Promise<void> {
-    const e = buildEvent({
-      eventName, caller, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(), resources: [], readOnly: false, time: this.now(),
-      ...(err ? { errorCode: (err as EbsdError).awsName ?? 'InternalFailure', errorMessage: (err as Error).message } : {}),
-    });
-    e.eventSource = 'sts.amazonaws.com';
-    // Set after buildEvent, so bounded here: each value cut as CloudTrail cuts a long field (a refused
-    // request's RoleArn may be most of a 1 MiB body); the longest valid one (RoleArn, 2048 characters) stays whole.
-    const max = 2048;
-    e.requestParameters = Object.fromEntries(Object.entries(params).flatMap(([k, v]) => (v === undefined ? [] : [[k, typeof v === 'string' ? truncateField(v, max) : v]])));
-    await this.o.audit(e);
+  /**
+   * An STS call's event. An accepted call (or one that failed inside, a 5xx) is written in full; a
+   * refused one (4xx: had no effect) is aggregated as the core aggregates a denied KMS call
+   * (dispatcher.ts), in the budget of the caller's party (caller-party.ts; docs/architecture.md
+   * §5.7), so a caller looping a refused AssumeRole, each with a session policy of up to 2048
+   * characters, costs bounded audit bytes.
+   */
+  private async auditSts(eventName: string, caller: Caller, requestId: string, params: Record<string, unknown>, err: unknown, conn: WireConnection): Promise<void> {
+    const build = (): Record<string, unknown> => {
+      const e = buildEvent({
+        eventName, caller, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(), resources: [], readOnly: false, time: this.now(),
+        ...(err ? { errorCode: (err as EbsdError).awsName ?? 'InternalFailure', errorMessage: (err as Error).message } : {}),
+      });
+      e.eventSource = 'sts.amazonaws.com';
+      // Set after buildEvent, so bounded here: each value cut as CloudTrail cuts a long field (a refused
+      // request's RoleArn may be most of a 1 MiB body); the longest valid one (RoleArn, 2048 characters) stays whole.
+      const max = 2048;
+      e.requestParameters = Object.fromEntries(Object.entries(params).flatMap(([k, v]) => (v === undefined ? [] : [[k, typeof v === 'string' ? truncateField(v, max) : v]])));
+      return e;
+    };
+    const refused = err !== undefined && stsError(err).status < 500;
+    if (!refused || !this.o.auditRefusal) return this.o.audit(build());
+    // Per (address, access key, operation, error and its message), as the listener's other refusals; the
+    // caller passed SigV4 here, so its party's budget (an unauthenticated caller never reaches STS).
+    const { code, message } = stsError(err);
+    const key = `kms-listener\0${conn.sourceIp}\0${caller.accessKeyId ?? '-'}\0sts.amazonaws.com\0${truncateField(eventName, 128)}\0${code}\0${truncateField(message, 256)}`;
+    return this.o.auditRefusal(key, build, { kind: 'principal', id: callerParty(caller) });
   }
 
   /**

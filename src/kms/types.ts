@@ -33,10 +33,11 @@ export interface Caller {
   sessionContext?: SessionContext;
   /**
    * A session caller's origin: the long-term identity that minted its chain of sessions (the IAM
-   * user or root whose access key called AssumeRole; a session assumed by a session keeps its
-   * assumer's), read from the session token, which the HSM authenticates (docs/kms-format.md, "STS
-   * session token"). Set only by StsService; whose turn and whose refusal budget a call is
-   * (caller-party.ts), never a principal: policies, audit records and answers read `arn`.
+   * user whose access key called AssumeRole; a session assumed by a session keeps its assumer's;
+   * the role's ARN for a version 1 or 2 token), read from the session token, which the HSM
+   * authenticates (docs/kms-format.md, "STS session token"). Set only by StsService; whose turn
+   * and whose refusal budget a call is (caller-party.ts), never a principal: policies, audit
+   * records and answers read `arn`.
    */
   origin?: string;
   /**

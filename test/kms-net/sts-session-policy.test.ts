@@ -16,6 +16,9 @@ import { StsService } from '../../src/kms/sts/sts-service.js';
 import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
 import type { AssumeRoleParams } from '../../src/kms/sts/assume-role-context.js';
 import type { Caller } from '../../src/kms/types.js';
+import { KmsListener } from '../../src/daemon/kms-listener.js';
+import { RefusalAggregator, DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL } from '../../src/kms/audit/refusal-aggregator.js';
+import { silentLogger } from '../../src/util/logger.js';
 import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
 import { Sha256 } from './helpers.js';
 
@@ -27,6 +30,7 @@ describe('AssumeRole session policies: the session may do what both its role and
   let kms: Kms;
   let sts: StsService;
   let trust: TrustPolicies;
+  let keys: AccessKeyStore;
   let root: Caller;
   let alice: Caller;
   let keyA: string;
@@ -59,7 +63,7 @@ describe('AssumeRole session policies: the session may do what both its role and
     const ids = kms.identities;
     root = ids.callerForUid(0);
     alice = { ...(await ids.createUser('alice')), sourceIp: '127.0.0.1' };
-    const keys = await AccessKeyStore.open(t.dir, kms.core.hsm, ids);
+    keys = await AccessKeyStore.open(t.dir, kms.core.hsm, ids);
     trust = await TrustPolicies.open(t.dir, ids);
     const ev = kms.authorizer.evaluator;
     sts = new StsService(ids, keys, trust, kms.core.hsm, (caller, action, resource, context) => ev.evaluate({ action, caller, resource, ...(context ? { context } : {}) }));
@@ -121,15 +125,60 @@ describe('AssumeRole session policies: the session may do what both its role and
     expect(await call('Encrypt', { KeyId: bySession, Plaintext: Buffer.from('x') }, denying)).toBe(denied(denying, 'kms:Encrypt', bySession, 'with an explicit deny in a session policy'));
   });
 
-  it('a grant to the role is limited by the session policy, like a key policy naming the role; a grant to the session ARN is not', async () => {
+  it('every grant is limited by the session policy, to the role or to the session ARN alike; a session without one uses both', async () => {
     const key = await newKey();
+    const enc = (c: Caller) => call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, c);
     await kms.core.call('CreateGrant', { KeyId: key, GranteePrincipal: kms.identities.roleArn('bare'), Operations: ['Encrypt'] }, root);
     const s = await sessionOf('bare', 'granted', decryptOnlyA());
-    expect(await call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, s)).toBe(denied(s, 'kms:Encrypt', key, 'because no session policy allows the kms:Encrypt action'));
+    expect(await enc(s)).toBe(denied(s, 'kms:Encrypt', key, 'because no session policy allows the kms:Encrypt action'));
     const plain = await sessionOf('bare', 'no-policy');
-    expect(await call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, plain)).toBe('ok');
-    await kms.core.call('CreateGrant', { KeyId: key, GranteePrincipal: sessionArn('bare', 'granted'), Operations: ['Encrypt'] }, root);
-    expect(await call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, s)).toBe('ok');
+    expect(await enc(plain)).toBe('ok');
+    // A grant naming the session's own ARN, made by another principal: limited all the same.
+    const other = await newKey();
+    await kms.core.call('CreateGrant', { KeyId: other, GranteePrincipal: sessionArn('bare', 'granted'), Operations: ['Encrypt'] }, root);
+    expect(await call('Encrypt', { KeyId: other, Plaintext: Buffer.from('x') }, s)).toBe(denied(s, 'kms:Encrypt', other, 'because no session policy allows the kms:Encrypt action'));
+    const allowing = await sessionOf('bare', 'granted', stmt({ Effect: 'Allow', Action: 'kms:Encrypt', Resource: other }));
+    expect(await call('Encrypt', { KeyId: other, Plaintext: Buffer.from('x') }, allowing)).toBe('ok');
+    expect(await call('Encrypt', { KeyId: other, Plaintext: Buffer.from('x') }, await sessionOf('bare', 'granted'))).toBe('ok');
+  });
+
+  it('a session allowed only kms:CreateGrant grants its own ARN Decrypt: the grant is made, but serves only a later session of that name without a session policy', async () => {
+    // The role may create grants on the key (its key policy); Decrypt only a grant could give it.
+    const rootStmt = { Sid: 'root', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${kms.accountId}:root` }, Action: 'kms:*', Resource: '*' };
+    const key = await newKey(stmt(rootStmt, { Sid: 'grants', Effect: 'Allow', Principal: { AWS: kms.identities.roleArn('bare') }, Action: 'kms:CreateGrant', Resource: '*' }));
+    const ct = await encrypt(key);
+    const s = await sessionOf('bare', 'self-grant', stmt({ Effect: 'Allow', Action: 'kms:CreateGrant', Resource: key }));
+    expect(await call('CreateGrant', { KeyId: key, GranteePrincipal: s.arn, Operations: ['Decrypt', 'Encrypt', 'CreateGrant', 'RetireGrant'] }, s)).toBe('ok');
+    expect(await call('Decrypt', { CiphertextBlob: ct }, s)).toBe(denied(s, 'kms:Decrypt', key, 'because no session policy allows the kms:Decrypt action'));
+    expect(await call('Encrypt', { KeyId: key, Plaintext: Buffer.from('x') }, s)).toBe(denied(s, 'kms:Encrypt', key, 'because no session policy allows the kms:Encrypt action'));
+    // A later session of the same name with another session policy: limited by its own.
+    const later = await sessionOf('bare', 'self-grant', stmt({ Effect: 'Allow', Action: 'kms:DescribeKey', Resource: '*' }));
+    expect(await call('Decrypt', { CiphertextBlob: ct }, later)).toBe(denied(later, 'kms:Decrypt', key, 'because no session policy allows the kms:Decrypt action'));
+    // Without a session policy, the grant applies as on AWS.
+    const plain = await sessionOf('bare', 'self-grant');
+    expect(await call('Decrypt', { CiphertextBlob: ct }, plain)).toBe('ok');
+  });
+
+  it('RetireGrant through a grant is limited by the session policy: as retiring principal (its role) or as grantee with RetireGrant alike', async () => {
+    const key = await newKey();
+    const grant = async (g: Record<string, unknown>): Promise<string> =>
+      ((await kms.core.call('CreateGrant', { KeyId: key, Operations: ['Encrypt'], ...g }, root)) as { GrantId: string }).GrantId;
+    const describeOnly = stmt({ Effect: 'Allow', Action: 'kms:DescribeKey', Resource: '*' });
+    const retire = (id: string, c: Caller) => call('RetireGrant', { KeyId: key, GrantId: id }, c);
+    // Grantee the session, retiring principal its role, RetireGrant not among the operations: the right is the role's.
+    const byRole = await grant({ GranteePrincipal: sessionArn('bare', 'retirer'), RetiringPrincipal: kms.identities.roleArn('bare') });
+    const s = await sessionOf('bare', 'retirer', describeOnly);
+    expect(await retire(byRole, s)).toBe(denied(s, 'kms:RetireGrant', key, 'because no session policy allows the kms:RetireGrant action'));
+    // The grantee with RetireGrant among the grant's operations: limited too (every grant is).
+    const asGrantee = await grant({ GranteePrincipal: sessionArn('bare', 'retirer'), Operations: ['Encrypt', 'RetireGrant'] });
+    expect(await retire(asGrantee, s)).toBe(denied(s, 'kms:RetireGrant', key, 'because no session policy allows the kms:RetireGrant action'));
+    // A session policy allowing kms:RetireGrant lets the grant's right count; no session policy: as on AWS.
+    expect(await retire(byRole, await sessionOf('bare', 'retirer', stmt({ Effect: 'Allow', Action: 'kms:RetireGrant', Resource: key })))).toBe('ok');
+    expect(await retire(asGrantee, await sessionOf('bare', 'retirer'))).toBe('ok');
+    // An explicit Deny in the session policy refuses either.
+    const third = await grant({ GranteePrincipal: sessionArn('bare', 'retirer'), RetiringPrincipal: sessionArn('bare', 'retirer') });
+    const denying = await sessionOf('bare', 'retirer', stmt({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }, { Effect: 'Deny', Action: 'kms:RetireGrant', Resource: '*' }));
+    expect(await retire(third, denying)).toBe(denied(denying, 'kms:RetireGrant', key, 'with an explicit deny in a session policy'));
   });
 
   it('role chaining: the session policy limits sts:AssumeRole where the trust names the role, not where it names the session; the next session does not inherit it', async () => {
@@ -176,6 +225,61 @@ describe('AssumeRole session policies: the session may do what both its role and
     const big = stmt({ Sid: sid, Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' });
     expect(big.length, `seed ${seed}`).toBeLessThanOrEqual(2048);
     expect(await err({ Policy: big }), `seed ${seed}`).toMatch(/^PackedPolicyTooLarge 400: Packed policy consumes (1\d\d)% of allotted space, please use smaller policy\.$/);
+  });
+
+  it('refused AssumeRole calls on the listener are audited in the caller\'s refusal budget, session policy and all: 100 make 32 records and one overflow row; an accepted one is a full event', async () => {
+    const key = await keys.create('alice');
+    const full: Record<string, any>[] = [];
+    const refusals: Record<string, any>[] = [];
+    // As the daemon wires its listener (daemon.ts: audit, and auditRefusal through the audit log's aggregator).
+    const agg = new RefusalAggregator({ write: async (e) => { refusals.push(e); }, clock: () => t0, windowMs: 600_000 });
+    const listener = new KmsListener({
+      host: '127.0.0.1', port: 0, region: 'us-east-1', accountId: kms.accountId, sts,
+      kms: (op, req, c, id) => kms.core.call(op, req, c, id), audit: async (e) => { full.push(e); },
+      auditRefusal: (k, ev, party) => agg.add(k, ev, party), log: silentLogger, now: () => t0,
+    });
+    /** A signed STS POST of `members`: status and body. */
+    const send = async (c: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }, members: Record<string, string>) => {
+      const body = new URLSearchParams({ Action: 'AssumeRole', Version: '2011-06-15', ...members }).toString();
+      const signed = await new SignatureV4({ credentials: c, region: 'us-east-1', service: 'sts', sha256: Sha256 }).sign({
+        method: 'POST', protocol: 'https:', hostname: 'sts.local', path: '/', query: {},
+        headers: { host: 'sts.local', 'content-type': 'application/x-www-form-urlencoded' }, body,
+      }, { signingDate: new Date(t0) });
+      const w = await listener.handleWire({ method: 'POST', url: '/', rawHeaders: Object.entries(signed.headers as Record<string, string>).flat(), body: Buffer.from(body), conn: { sourceIp: '127.0.0.1' } });
+      return { status: w.status, body: String(w.body) };
+    };
+    const asAlice = { accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey };
+    const N = 100;
+    const policy = decryptOnlyA().padEnd(2048, ' '); // the longest a Policy member may be
+    // Each names another role that does not exist: a new message, so a new aggregation key, each time.
+    for (let i = 0; i < N; i++) {
+      const r = await send(asAlice, { RoleArn: `arn:aws:iam::${kms.accountId}:role/nobody-${i}`, RoleSessionName: 'flood', Policy: policy });
+      expect(r.status).toBe(403);
+      expect(r.body).toContain('<Code>AccessDenied</Code>');
+    }
+    // A session alice minted is alice's party: its refusal lands in her budget, already spent.
+    const minted = (await assume(alice, 'worker', 'minted')).Credentials;
+    const bySession = await send({ accessKeyId: minted.AccessKeyId, secretAccessKey: minted.SecretAccessKey, sessionToken: minted.SessionToken }, { RoleArn: `arn:aws:iam::${kms.accountId}:role/nobody-s`, RoleSessionName: 'flood' });
+    expect(bySession.status).toBe(403);
+    await agg.flush(); // the window's summaries
+    expect(full).toHaveLength(0);
+    const one = refusals.filter((e) => e.eventName === 'AssumeRole');
+    expect(one).toHaveLength(DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL);
+    for (const e of one) {
+      expect(e).toMatchObject({ eventSource: 'sts.amazonaws.com', errorCode: 'AccessDenied', userIdentity: { arn: alice.arn } });
+      expect(e.requestParameters.policy.startsWith(decryptOnlyA())).toBe(true);
+    }
+    const overflow = refusals.filter((e) => e.eventName === 'RefusalsOverflow');
+    expect(overflow).toHaveLength(1);
+    expect(overflow[0]!.additionalEventData.aggregated.count).toBe(N + 1 - DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL);
+    expect(refusals).toHaveLength(DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL + 1);
+    // Accepted: a full event, its session policy among the request parameters, whatever the budget.
+    const ok = await send(asAlice, { RoleArn: kms.identities.roleArn('worker'), RoleSessionName: 'accepted', Policy: decryptOnlyA() });
+    expect(ok.status).toBe(200);
+    expect(full).toHaveLength(1);
+    expect(full[0]).toMatchObject({ eventName: 'AssumeRole', eventSource: 'sts.amazonaws.com', requestParameters: { roleSessionName: 'accepted', policy: decryptOnlyA() } });
+    expect(full[0]!.errorCode).toBeUndefined();
+    expect(refusals).toHaveLength(DEFAULT_REFUSAL_KEYS_PER_PRINCIPAL + 1);
   });
 
   it('the session policy travels in the token, authenticated: a token with its policy changed or dropped fails as a tampered token does', async () => {

@@ -24,11 +24,13 @@ import { dataMap, hasMember } from '../data-map.js';
  * A role session issued with a session policy (Caller.sessionPolicy; IAM User
  * Guide, "Session policies") is one more filter: an explicit Deny in it wins
  * like any other, and what steps 2 to 4 allow counts only if the session
- * policy allows it too, except a key-policy statement or a grant that names
- * the session's own ARN (`arn:aws:sts::<acct>:assumed-role/<role>/<session>`):
- * those are given to the session after it was created and are not limited by
- * it. A statement naming the role, its account or `*` is limited
- * (docs/architecture.md §5.9, "Session policies").
+ * policy allows it too, except a key-policy statement whose Principal names
+ * the session's own ARN (`arn:aws:sts::<acct>:assumed-role/<role>/<session>`),
+ * which IAM does not limit. A statement naming the role, its account or `*` is
+ * limited, and so is every grant, whether its grantee is the role or the
+ * session's own ARN: a session may create a grant to itself, so a grant it
+ * could not be limited by would let it out of its policy (docs/architecture.md
+ * §5.9, "Session policies").
  */
 
 export type DenyReason =
@@ -58,8 +60,6 @@ export type Decision =
 /** A grant as the evaluator sees it (the grant store's records satisfy this). */
 export interface GrantView {
   readonly GrantId: string;
-  /** The grantee as the grant names it: a grant naming a session's own ARN is not limited by its session policy. */
-  readonly GranteePrincipal?: string;
   readonly Operations: readonly string[];
   readonly Constraints?: GrantConstraints;
 }
@@ -251,7 +251,7 @@ export class PolicyEvaluator {
     const idAllow = idp?.effect === 'Allow';
     const sp = this._sessionEffect(caller, action, resource, ctx);
     if (sp.verdict === 'deny') return deny('explicit-deny-session-policy', sp.sid);
-    // A session policy without an Allow for the request: what the role, its account or a grant to the role allows does not count.
+    // A session policy without an Allow for the request: what the role, its account or any grant allows does not count.
     const limited = sp.verdict === 'implicit';
 
     if (!req.key) {
@@ -273,8 +273,8 @@ export class PolicyEvaluator {
         if (!g.Operations.includes(op)) continue;
         if (EC_OPERATIONS.has(op) && !constraintsHold(g.Constraints, req.encryptionContext)) continue;
         if (op === 'CreateGrant' && req.grant && !grantNoBroader(g, req.grant)) continue;
-        // A grant to the role limits like a key policy naming the role; one to the session's own ARN does not.
-        if (limited && g.GranteePrincipal !== caller.arn) { sessionMissing = true; continue; }
+        // Every grant, to the role or to the session's own ARN: the session could grant itself what its policy withholds.
+        if (limited) { sessionMissing = true; continue; }
         return { allowed: true, by: 'grant', grantId: g.GrantId };
       }
     }

@@ -185,8 +185,10 @@ export class PolicyAuthorizer implements Authorizer {
    * identity policy of a principal of that account (the grant's issuing account) allowing
    * kms:RetireGrant on the key retires any grant of it, when the key policy lets the account's IAM
    * policies count at all (evaluate.ts, identityAllows). An explicit Deny still refuses.
-   * A session's session policy limits a grant that names its role as it limits the grant's other
-   * uses (evaluate.ts): one naming the session's own ARN is not limited.
+   * A session with a session policy retires through a grant only where its session policy allows
+   * kms:RetireGrant, whether the grant names its role or its own session ARN, as grantee or as
+   * retiring principal: every grant is limited by a session policy (evaluate.ts), the right to
+   * retire one included (docs/architecture.md §5.9). A caller without one retires as on AWS.
    */
   private _decideRetire(req: AuthorizationRequest): Decision {
     const authz = this.toAuthzRequest(req);
@@ -195,8 +197,7 @@ export class PolicyAuthorizer implements Authorizer {
     if (g && mayRetireByGrant(this.grants, g, req.caller)) {
       const d = this.evaluator.evaluate(authz, { useGrants: false });
       if (!d.allowed && (d.reason === 'explicit-deny-key-policy' || d.reason === 'explicit-deny-identity-policy' || d.reason === 'explicit-deny-session-policy')) return d;
-      const self = g.GranteePrincipal === req.caller.arn || g.RetiringPrincipal === req.caller.arn;
-      if (!self && this.evaluator.sessionVerdict(authz) === 'implicit') {
+      if (this.evaluator.sessionVerdict(authz) === 'implicit') {
         return { allowed: false, reason: 'no-session-policy-allow', message: denialMessage(req.caller, req.action, resource, 'no-session-policy-allow') };
       }
       return { allowed: true, by: 'grant', grantId: g.GrantId };

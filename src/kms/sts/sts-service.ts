@@ -180,8 +180,8 @@ export class StsService {
     const assumed = this.ids.assumeRole(role, p.RoleSessionName);
     const id = newAccessKeyId('ASIA');
     const iat = Math.floor(now / 1000) * 1000;
-    // The origin is the caller's party, never a request member: a user or the root is its own, and a
-    // session assuming a role (role chaining) passes its own origin on unchanged.
+    // The origin is the caller's party, never a request member: an IAM user (the only holder of an access
+    // key) is its own, and a session assuming a role (role chaining) passes its own origin on unchanged.
     const org = callerParty(caller);
     const meta: SessionMeta = { v: TOKEN_VERSION, id, role, rid: rec.RoleId, session: p.RoleSessionName, exp: iat + duration * 1000, iat, org, ...(policy ? { sp: policy.packed } : {}) };
     const clear = Buffer.from(JSON.stringify(meta), 'utf8');
