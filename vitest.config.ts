@@ -37,7 +37,6 @@ const UNIT = [
   'test/daemon/ec2-authz.test.ts',
   'test/daemon/ec2-requests.test.ts',
   'test/docs/citations.test.ts',
-  'test/docs/isolation.test.ts',
   'test/kms-authz/conditions.test.ts',
   'test/kms-authz/core-integration.test.ts',
   'test/kms-authz/core-refusal-audit.test.ts',
@@ -70,38 +69,6 @@ const UNIT = [
   'test/util/atomic-write-temps.test.ts',
   'test/util/retry-set.test.ts',
 ];
-/**
- * Files that change what the process shares with the next file in its worker (process.env,
- * process.on handlers, vi.mock, fake timers, the umask or uid): each runs in a fresh worker
- * process (isolate: true). Every other file shares its worker with the files before it
- * (isolate: false): a fresh process per file cost ~0.6 s of CPU (vitest's runner and the
- * file's imports, the AWS SDK's among them, loaded again), measured on test/kms-net (33 files:
- * 118 s of CPU isolated, 99 s shared, every test passing both ways), and the suite is CPU-bound.
- * A file that starts something (a daemon, a mount, a server) stops it in its own afterAll, as
- * every file here does, so what a file leaves is only what its modules cache. A file that
- * begins to change process-wide state goes in this list (test/docs/isolation.test.ts checks it).
- */
-export const ISOLATED = [
-  'test/daemon/answer-progress.test.ts',
-  'test/e2e/daemon-stop.test.ts',
-  'test/e2e/volume-state.test.ts',
-  'test/fleet/aws-key-service.test.ts',
-  'test/fleet/short-grants.test.ts',
-  'test/fleet/start-without-kms.test.ts',
-  'test/ops/hardening.test.ts',
-  'test/ops/systemd.test.ts',
-  'test/snapshot/cow-daemon.test.ts',
-  'test/snapshot/ebs-direct-sdk.test.ts',
-  'test/snapshot/restore.test.ts',
-  'test/snapshot/s3-crash-points.test.ts',
-  'test/snapshot/s3-down-start.test.ts',
-  'test/snapshot/s3-restore.test.ts',
-  'test/snapshot/s3-settings.test.ts',
-  'test/snapshot/s3-store.test.ts',
-  'test/snapshot/snapshot-detached.test.ts',
-  'test/snapshot/snapshot-no-hold.test.ts',
-  'test/volume/key-service-reencrypt.test.ts',
-];
 const SERIAL = [
   'test/volume/tmpfs.test.ts',
   'test/e2e/bounds.test.ts',
@@ -117,8 +84,7 @@ export default defineConfig({
     maxWorkers: WORKERS,
     projects: [
       { extends: true, test: { name: 'unit', include: UNIT, isolate: false } },
-      { extends: true, test: { name: 'shared', include: ['test/**/*.test.ts'], exclude: [...UNIT, ...SERIAL, ...ISOLATED], isolate: false } },
-      { extends: true, test: { name: 'isolated', include: ISOLATED } },
+      { extends: true, test: { name: 'shared', include: ['test/**/*.test.ts'], exclude: [...UNIT, ...SERIAL] } },
       // fileParallelism: false gives this project one worker; vitest runs such a
       // project's files after every other group, each on its own.
       { extends: true, test: { name: 'serial', include: SERIAL, fileParallelism: false } },
