@@ -9,6 +9,7 @@ import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { api } from './helpers.js';
+import { rejection } from '../helpers/rejection.js';
 
 /**
  * Issue 17, EBS direct APIs driven by the real AWS SDK (@aws-sdk/client-ebs)
@@ -38,16 +39,6 @@ async function sdkClient(endpoint: string, region: string, key: { AccessKeyId: s
       else process.env[k] = v;
     }
   }
-}
-
-/** The error a promise rejects with (the test fails if it resolves). */
-async function rejection(p: Promise<unknown>): Promise<any> {
-  try {
-    await p;
-  } catch (e) {
-    return e;
-  }
-  throw new Error('expected the call to fail');
 }
 
 describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen)', () => {

@@ -6,6 +6,7 @@ import {
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { callDaemon, socketPathFor } from '../../src/cli/client.js';
 import { api } from './helpers.js';
+import { rejection } from '../helpers/rejection.js';
 
 /**
  * StartSnapshot ClientTokens across a daemon restart (docs/architecture.md
@@ -17,16 +18,6 @@ import { api } from './helpers.js';
  */
 const BLOCK = 512 * 1024;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('base64');
-
-/** The error a promise rejects with (the test fails if it resolves). */
-async function rejection(p: Promise<unknown>): Promise<any> {
-  try {
-    await p;
-  } catch (e) {
-    return e;
-  }
-  throw new Error('expected the call to fail');
-}
 
 describe('StartSnapshot ClientTokens survive a daemon restart (real daemon, SIGKILL, @aws-sdk/client-ebs)', () => {
   const env = new Env('ebs-tokens');
