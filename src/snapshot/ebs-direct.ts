@@ -539,11 +539,10 @@ export class EbsDirect {
     });
     const encrypted = outcome.encrypted;
     // On a shared store, CompleteSnapshot's wait before it asks again for the blocks comes from the store's settings
-    // (store-settings.ts): read beside the data key's making, and checked before the header's put, the first write, so
-    // settings this daemon cannot follow (or a store that does not answer for them) refuse the start with nothing
-    // written, not the completion after every block was put.
-    const recheck = this.o.store.singleWriter ? undefined : recheckMsOf(this.o.store, this.o.foundRecheckMs);
-    recheck?.catch(() => {}); // awaited below; a step that fails first must not leave it unhandled
+    // (store-settings.ts): read before the data key is made, so settings this daemon cannot follow (or a store that
+    // does not answer for them) refuse the start with nothing written and no KMS call, not the completion after every
+    // block was put. The store reads them once (a failed read is tried again by the next start).
+    const recheckMs = this.o.store.singleWriter ? 0 : await recheckMsOf(this.o.store, this.o.foundRecheckMs);
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const sizeBytes = i.VolumeSize * 1024 ** 3;
     const manifest: SnapshotManifest = {
@@ -577,7 +576,6 @@ export class EbsDirect {
       const what = parent ? `a child of ${parent.snapshotId} would have a manifest of ${completedBytes} bytes (the parent's ${parent.blocks.length} block(s), ` : `the snapshot would have a manifest of ${completedBytes} bytes (`;
       throw quotaExceeded(`${what}its description, tags and key), over the snapshot store's ${limit}-byte limit, so it is not started (a shorter Description or fewer Tags may fit)`);
     }
-    const recheckMs = recheck ? await recheck : 0;
     const headerPin = this.o.pin ? await this.o.pin([headerHash]) : undefined;
     try {
       // Put even when present: a new age keeps another host's collector off it until our manifest names it.

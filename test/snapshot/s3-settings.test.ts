@@ -89,10 +89,13 @@ describe('a shared store whose settings.json is malformed', () => {
     expect(markers()).toEqual([]);
   }, 60_000);
 
-  it('StartSnapshot is refused too, before its header is put', async () => {
+  it('StartSnapshot is refused too, before its data key is made and its header put', async () => {
+    const keyCalls = (): number => env.auditText().trim().split('\n').filter((l) => l && /^GenerateDataKey/.test(JSON.parse(l).eventName)).length;
+    const before = keyCalls();
     await expect(env.api('ebs.StartSnapshot', { VolumeSize: 1 })).rejects.toThrow(where());
     expect(objects()).toEqual([]);
     expect(markers()).toEqual([]);
+    expect(keyCalls()).toBe(before); // no KMS call for a start the settings refuse
   }, 60_000);
 
   it('with the settings mended the same create completes; a same-key copy under malformed settings is refused before its pending manifest', async () => {
