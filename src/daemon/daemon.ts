@@ -40,7 +40,7 @@ import { copySnapshot, parseCopySnapshotRequest } from './copy-snapshot-api.js';
 import { AccessKeyStore } from '../kms/sts/access-keys.js';
 import { TrustPolicies } from '../kms/sts/trust-policies.js';
 import { StsService } from '../kms/sts/sts-service.js';
-import { DaemonMetrics } from './metrics.js';
+import type { DaemonMetrics } from './metrics.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
@@ -144,7 +144,8 @@ export class Daemon {
   /** Armed by the first request to stop (runDaemon's signal, or stop()); see stop-deadline.ts. */
   readonly deadline: StopDeadline;
   /** Operations (README "Running in production"): metrics when --metrics-listen, readiness when $NOTIFY_SOCKET. */
-  private readonly metrics: DaemonMetrics | undefined;
+  /** Made in start() with --metrics-listen only: prom-client (and what it loads) is read then, not by every daemon. */
+  private metrics: DaemonMetrics | undefined;
   private readonly notify: SdNotify;
   /** The KMS core as every caller in here uses it: metered when metrics are on. */
   private kmsCore: KmsCore | undefined;
@@ -170,7 +171,6 @@ export class Daemon {
 
   constructor(private readonly cfg: DaemonConfig, private readonly log: Logger) {
     this.paths = statePaths(cfg.stateDir);
-    this.metrics = cfg.metricsListen !== undefined ? new DaemonMetrics() : undefined;
     this.notify = new SdNotify(log);
     this.deadline = new StopDeadline(cfg.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, () => this.stopStep);
   }
@@ -187,6 +187,7 @@ export class Daemon {
     }
     // Before anything is spawned or opened: no core dumps, the HSM passphrase out of the environment.
     this.secrets = hardenProcess(this.log);
+    if (this.cfg.metricsListen !== undefined) this.metrics = new (await import('./metrics.js')).DaemonMetrics();
     // Before the FUSE thread and the KMS workers exist: they inherit it.
     await setIoFlusherAtStart(this.log);
     const { created, lock, removedTemps } = await prepareStateDir(this.paths);
