@@ -267,8 +267,6 @@ export class SnapshotCopier {
       // and an encrypted copy is compared by its DataEncryptionKeyId alone, never by this link.
       delete m.parentSnapshotId;
       delete m.changedBlocks;
-      // The source's StartSnapshot token is the source's: a retry of it must find the source, not this copy.
-      delete m.clientToken;
       delete m.header;
       // A same-key copy names the source's objects. On a store other daemons collect, the pending
       // manifest names them from its first write: this daemon's pins and hold keep them from its own

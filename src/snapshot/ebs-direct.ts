@@ -24,7 +24,6 @@ import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS, TokenSigner } from './ebs-direct
 import { SnapshotKeyCache } from './ebs-direct-key-cache.js';
 import { CompletedManifests, type BlockList } from './ebs-direct-manifests.js';
 import { WakeableSleeps } from '../util/wakeable-sleeps.js';
-import { ClientTokens, MAX_CLIENT_TOKENS, startSnapshotAnswer, startSnapshotDigest, type ClientTokenEntry } from './ebs-direct-client-tokens.js';
 import { callerParty } from '../kms/caller-party.js';
 
 /**
@@ -61,6 +60,13 @@ export const MAX_PENDING_SNAPSHOTS = 100;
  * tool's few parallel uploads fit; four callers are needed to fill the daemon.
  */
 export const MAX_PENDING_PER_CALLER = 25;
+/**
+ * StartSnapshot ClientTokens remembered for idempotency. An entry keeps the
+ * request's SHA-256 and the answer (up to 50 tags: tens of KB at most), so
+ * the map stays within tens of MB; the tokens of pending snapshots are never
+ * the ones forgotten.
+ */
+const MAX_CLIENT_TOKENS = 1_000;
 /**
  * What bounds a snapshot's blocks here. EBS bounds them by VolumeSize alone
  * (BlockIndex below VolumeSize x 2048); ebsd also needs the manifest naming
@@ -220,17 +226,13 @@ export class EbsDirect {
   private markers: Promise<PendingMarkers> | undefined;
   /**
    * StartSnapshot idempotency: ClientToken -> the request it came with and
-   * its answer (ebs-direct-client-tokens.ts). Kept after the snapshot
-   * completes or fails, as AWS answers a retry "after it has completed
-   * successfully" with the original result (docs/architecture.md §15), and
-   * across a restart (each snapshot's manifest records its token: loaded
-   * from the store by _loadTokens); forgotten when the start fails or the
-   * snapshot is gone, and past MAX_CLIENT_TOKENS the oldest of a snapshot no
-   * longer pending first.
+   * its answer (a promise: a retry during the first call gets the same
+   * snapshot). Kept after the snapshot completes or fails, as AWS answers a
+   * retry "after it has completed successfully" with the original result
+   * (docs/architecture.md §15); forgotten when the start fails, and past
+   * MAX_CLIENT_TOKENS the oldest of a snapshot no longer pending first.
    */
-  private readonly clientTokens: ClientTokens;
-  /** The store's tokens read into clientTokens (begun by recover(), awaited by a StartSnapshot with a token); unset again when the read failed. */
-  private tokensLoading: Promise<void> | undefined;
+  private readonly clientTokens = new Map<string, { request: string; response: Promise<Record<string, unknown>>; snapshotId?: string }>();
   /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
   private starting = 0;
   /** `starting`, per principal ARN. */
@@ -252,7 +254,6 @@ export class EbsDirect {
 
   constructor(private readonly o: EbsDirectOptions) {
     this.tokens = new TokenSigner(o.tokenKey);
-    this.clientTokens = new ClientTokens(o.maxClientTokens ?? MAX_CLIENT_TOKENS);
     this.now = o.now ?? Date.now;
     this.viaService = `ec2.${o.region}.amazonaws.com`;
     this.schedule = o.schedule ?? unrefTimer;
@@ -273,29 +274,7 @@ export class EbsDirect {
   async recover(): Promise<string[]> {
     // At start, before any StartSnapshot: every marker is a snapshot a previous run left pending. A store that
     // does not answer (an S3 outage) keeps its marker, retried in the background, and does not stop the start.
-    const marked = await (await this._markers()).recover();
-    // The ClientTokens the manifests record, read in the background: a StartSnapshot with a token waits for them.
-    this._loadTokens().catch((e) => this.o.log?.warn({ store: this.o.store.location, err: (e as Error).message }, 'StartSnapshot ClientTokens not read from the store yet; read again at the next StartSnapshot with a token'));
-    return marked;
-  }
-
-  /**
-   * The ClientTokens of the snapshots in the store (their manifests'
-   * `clientToken`), into clientTokens once: pending snapshots' and the
-   * newest others' up to its bound. A failed read is tried again by the next
-   * call. A manifest the store cannot parse is left out (it is no snapshot
-   * a retry could be answered with).
-   */
-  private _loadTokens(): Promise<void> {
-    if (!this.tokensLoading) {
-      const run = this.o.store.listManifestSummaries({ onCorrupt: () => {} }).then((all) => {
-        const n = this.clientTokens.load(all);
-        if (n > 0) this.o.log?.info({ tokens: n }, 'StartSnapshot ClientTokens read from the snapshot manifests');
-      });
-      this.tokensLoading = run;
-      run.catch(() => { if (this.tokensLoading === run) this.tokensLoading = undefined; });
-    }
-    return this.tokensLoading;
+    return (await this._markers()).recover();
   }
 
   /** The markers of this daemon's pending snapshots (pending-markers.ts), opened on first use. */
@@ -447,26 +426,14 @@ export class EbsDirect {
 
   async startSnapshot(i: StartSnapshotInput, caller: Caller): Promise<Record<string, unknown>> {
     await this._sweep();
-    const token = i.ClientToken;
-    if (token !== undefined) {
-      try {
-        await this._loadTokens();
-      } catch (e) {
-        // Starting without them could make a second snapshot for a retry: refused, and the SDKs retry.
-        throw internal(`the ClientTokens of the snapshots in ${this.o.store.location} cannot be read (${(e as Error).message}); StartSnapshot with a ClientToken is refused until they are`);
-      }
-    }
     // From here to the first await, synchronous: the token and the slot are taken before any other start runs.
-    const request = startSnapshotDigest(i, caller);
+    const token = i.ClientToken;
+    const request = createHash('sha256').update(JSON.stringify({ ...i, caller: caller.arn })).digest('base64');
     if (token !== undefined) {
       const seen = this.clientTokens.get(token);
       if (seen) {
         if (seen.request !== request) throw conflict(`ClientToken ${token} was used for a different StartSnapshot request`);
-        if (seen.snapshotId === undefined || this.pending.has(seen.snapshotId) || (await this._snapshotExists(seen.snapshotId))) return seen.response;
-        // Its snapshot was deleted: EBS does not say what a retry then gets; the token is free again and this
-        // retry starts a new snapshot (docs/architecture.md §15). A concurrent retry finds the new entry.
-        this.clientTokens.forget(token, seen);
-        return this.startSnapshot(i, caller);
+        return seen.response;
       }
     }
     const max = this.o.maxPending ?? MAX_PENDING_SNAPSHOTS;
@@ -491,17 +458,26 @@ export class EbsDirect {
       }
       held = false;
     };
-    const started = this._begin(i, caller, release, token !== undefined ? { token, request } : undefined).finally(release);
+    const started = this._begin(i, caller, release).finally(release);
     if (token !== undefined) {
-      const entry: ClientTokenEntry = { request, response: started };
-      this.clientTokens.add(token, entry, (id) => this.pending.has(id));
-      started.then((r) => { entry.snapshotId = r.SnapshotId as string; }, () => this.clientTokens.forget(token, entry));
+      // Bounded: the oldest token of a snapshot no longer pending is forgotten first (a retry that late starts a new
+      // snapshot); a pending snapshot's token stays, so a retry of a long upload's start never makes a second one.
+      if (this.clientTokens.size >= (this.o.maxClientTokens ?? MAX_CLIENT_TOKENS)) {
+        for (const [t, e] of this.clientTokens) {
+          if (e.snapshotId === undefined || this.pending.has(e.snapshotId)) continue;
+          this.clientTokens.delete(t);
+          break;
+        }
+      }
+      const entry: { request: string; response: Promise<Record<string, unknown>>; snapshotId?: string } = { request, response: started };
+      this.clientTokens.set(token, entry);
+      started.then((r) => { entry.snapshotId = r.SnapshotId as string; }, () => { if (this.clientTokens.get(token) === entry) this.clientTokens.delete(token); });
     }
     return started;
   }
 
   /** StartSnapshot past the limit: `releaseSlot` is called as the snapshot takes its place in `pending` (or on failure, by the caller). */
-  private async _begin(i: StartSnapshotInput, caller: Caller, releaseSlot: () => void, clientToken: { token: string; request: string } | undefined): Promise<Record<string, unknown>> {
+  private async _begin(i: StartSnapshotInput, caller: Caller, releaseSlot: () => void): Promise<Record<string, unknown>> {
     // The parent's blocks are pinned until the pending manifest names them, then read again: a DeleteSnapshot of the
     // parent in between either finished (not found now) or leaves them to this snapshot, never a child naming freed blocks.
     let parentPin: BlockPin | undefined;
@@ -521,15 +497,13 @@ export class EbsDirect {
       }
     }
     try {
-      return await this._beginWith(i, parent, caller, releaseSlot, clientToken);
+      return await this._beginWith(i, parent, caller, releaseSlot);
     } finally {
       parentPin?.release();
     }
   }
 
-  private async _beginWith(
-    i: StartSnapshotInput, parent: SnapshotManifest | undefined, caller: Caller, releaseSlot: () => void, clientToken: { token: string; request: string } | undefined,
-  ): Promise<Record<string, unknown>> {
+  private async _beginWith(i: StartSnapshotInput, parent: SnapshotManifest | undefined, caller: Caller, releaseSlot: () => void): Promise<Record<string, unknown>> {
     if (parent && i.VolumeSize < parent.volumeSize) {
       throw validation('INVALID_VOLUME_SIZE', `VolumeSize ${i.VolumeSize} is smaller than the parent ${parent.snapshotId}'s ${parent.volumeSize} GiB`);
     }
@@ -550,8 +524,6 @@ export class EbsDirect {
       startTime: new Date(this.now()).toISOString(), description: i.Description ?? '', tags: i.Tags ?? [], ownerId: this.o.accountId,
       encrypted, kmsKeyId: '', dataOffset: 0, blocks: [],
       ...(parent ? { parentSnapshotId: parent.snapshotId } : {}),
-      // The token in the manifest from its first write on, so a restart never forgets it (ebs-direct-client-tokens.ts).
-      ...(clientToken ? { clientToken: { ...clientToken, ...(parent ? { parentSnapshotId: parent.snapshotId } : {}) } } : {}),
     };
     let header: { bytes: Buffer; dataOffset: number };
     if (outcome.encrypted) {
@@ -602,8 +574,13 @@ export class EbsDirect {
       dirty: false, saving: Promise.resolve(), completing: false, lastPutMs: performance.now(), recheckMs,
     });
     this._armSweep();
-    // The answer a retry with its ClientToken gets too, rebuilt from the manifest after a restart.
-    const response = startSnapshotAnswer(manifest);
+    const response = {
+      SnapshotId: snapshotId, OwnerId: this.o.accountId, Status: 'pending', StartTime: manifest.startTime,
+      VolumeSize: i.VolumeSize, BlockSize: SNAPSHOT_BLOCK_BYTES, Description: manifest.description, Tags: manifest.tags,
+      ...(parent ? { ParentSnapshotId: parent.snapshotId } : {}),
+      ...(encrypted ? { KmsKeyArn: manifest.kmsKeyId } : {}),
+      SseType: encrypted ? 'sse-ebs' : 'none',
+    };
     this.o.log?.info({ snapshotId, encrypted, parentSnapshotId: parent?.snapshotId, volumeSize: i.VolumeSize, keyArn: manifest.kmsKeyId || undefined }, 'StartSnapshot: snapshot pending');
     return response;
   }
@@ -796,11 +773,6 @@ export class EbsDirect {
       this.o.log?.warn({ snapshotId: p.manifest.snapshotId, err: (e as Error).message }, 'pending manifest not saved; retrying at the next interval');
       if (this.pending.get(p.manifest.snapshotId) === p) this._scheduleSave(p);
     }
-  }
-
-  /** Whether the snapshot's manifest is still in the store (a retried ClientToken's snapshot may have been deleted since). */
-  private async _snapshotExists(id: string): Promise<boolean> {
-    return (await this.o.store.getManifest(id)) !== undefined;
   }
 
   /** `p` left `pending` (completed or error): its timer and pins go (its ClientToken stays: a retry gets the original answer). */

@@ -67,9 +67,6 @@ const VOLUME_GIB_MAX = 65536;
 /** 512 KiB blocks per GiB. */
 const BLOCKS_PER_GIB = 2048;
 const TEXT_MAX = 4096;
-/** StartSnapshot's ClientToken as ebs-direct-input.ts takes it; its request digest is a SHA-256 in base64. */
-const CLIENT_TOKEN_MAX = 255;
-const REQUEST_DIGEST = /^[A-Za-z0-9+/]{43}=$/;
 
 /**
  * A manifest's text as a store read it back, checked in every field a
@@ -145,15 +142,6 @@ export function parseManifest(where: string, snapshotId: string, text: string): 
   if (m.sourceSnapshotId !== undefined && !isSnapshotId(m.sourceSnapshotId)) throw bad(`sourceSnapshotId ${show(m.sourceSnapshotId)} is not a snapshot id`);
   if (m.changedBlocks !== undefined) int('changedBlocks', 0, Number.MAX_SAFE_INTEGER);
   if (m.transferType !== undefined && m.transferType !== 'standard') throw bad(`transferType ${show(m.transferType)} is not 'standard'`);
-  if (m.clientToken !== undefined) {
-    const t = m.clientToken as { token?: unknown; request?: unknown; parentSnapshotId?: unknown } | null;
-    if (typeof t !== 'object' || t === null || Array.isArray(t)
-      || typeof t.token !== 'string' || t.token.length === 0 || t.token.length > CLIENT_TOKEN_MAX
-      || typeof t.request !== 'string' || !REQUEST_DIGEST.test(t.request)
-      || (t.parentSnapshotId !== undefined && !isSnapshotId(t.parentSnapshotId))) {
-      throw bad('clientToken is not {token (1-255 characters), request (SHA-256, base64), parentSnapshotId?}');
-    }
-  }
   if (!Array.isArray(m.blocks)) throw bad('blocks is not an array');
   // Block i holds bytes [i·512 KiB, (i+1)·512 KiB) of a volumeSize-GiB volume.
   const end = (m.volumeSize as number) * BLOCKS_PER_GIB;

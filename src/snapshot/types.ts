@@ -80,15 +80,6 @@ export interface SnapshotManifest {
    * Absent from copies made before ebsd recorded it.
    */
   transferType?: 'standard';
-  /**
-   * On a snapshot begun by StartSnapshot with a ClientToken only: the token,
-   * the SHA-256 (base64) of the request it came with and its caller's ARN,
-   * and the request's ParentSnapshotId (an `error` manifest drops its parent
-   * link), so a restarted daemon answers a retry with this snapshot
-   * (src/snapshot/ebs-direct-client-tokens.ts). Absent from manifests made
-   * before ebsd recorded it: their tokens are forgotten at a restart.
-   */
-  clientToken?: { token: string; request: string; parentSnapshotId?: string };
 }
 
 /** A manifest without its block list: what DescribeSnapshots shows. */
