@@ -235,7 +235,7 @@ export class EbsDirect {
   private readonly clientTokens = new Map<string, { request: string; response: Promise<Record<string, unknown>>; snapshotId?: string }>();
   /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
   private starting = 0;
-  /** `starting`, per principal ARN. */
+  /** `starting`, per party (callerParty). */
   private readonly startingBy = new Map<string, number>();
   private readonly schedule: Scheduler;
   private readonly sweepSchedule: Scheduler;
@@ -445,7 +445,7 @@ export class EbsDirect {
     let mine = this.startingBy.get(owner) ?? 0;
     for (const p of this.pending.values()) if (p.owner === owner) mine++;
     if (mine >= share) {
-      throw concurrentLimit(`${owner === caller.arn ? owner : `${caller.arn} (with the other sessions of ${owner})`} already has ${mine} snapshots pending (at most ${share} per principal, of ${max} in all): complete one first`);
+      throw concurrentLimit(`${owner === caller.arn ? owner : `${caller.arn} (with the other sessions minted by the same identity)`} already has ${mine} snapshots pending (at most ${share} per principal, of ${max} in all): complete one first`);
     }
     this.starting++;
     this.startingBy.set(owner, (this.startingBy.get(owner) ?? 0) + 1);
