@@ -188,8 +188,9 @@ export class Daemon {
     // Before anything is spawned or opened: no core dumps, the HSM passphrase out of the environment.
     this.secrets = hardenProcess(this.log);
     if (this.cfg.metricsListen !== undefined) this.metrics = new (await import('./metrics.js')).DaemonMetrics();
-    // Before the FUSE thread and the KMS workers exist: they inherit it.
-    await setIoFlusherAtStart(this.log);
+    // Before the FUSE thread and the KMS workers exist: they inherit it. A KMS-only daemon serves no
+    // volume file, so no write-back goes through it: nothing to set, and no warning that would say otherwise.
+    if (!this.cfg.kmsOnly) await setIoFlusherAtStart(this.log);
     const { created, lock, removedTemps } = await prepareStateDir(this.paths);
     this.lock = lock;
     if (removedTemps.length) this.log.info({ removed: removedTemps }, 'removed temp files of interrupted atomic writes');

@@ -264,7 +264,9 @@ export class KmsListener {
       }
       try {
         // CloudTrail records a session policy among the request parameters (it is not secret); bounded below.
-        await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName, policy: p.Policy }, err, conn);
+        // durationSeconds as CloudTrail records it, a number (as sent when it is not digits: refused anyway).
+        const duration = p.DurationSeconds === undefined ? undefined : /^\d{1,9}$/.test(p.DurationSeconds) ? Number(p.DurationSeconds) : p.DurationSeconds;
+        await this.auditSts('AssumeRole', caller, requestId, { roleArn: p.RoleArn, roleSessionName: p.RoleSessionName, durationSeconds: duration, policy: p.Policy }, err, conn, r && assumeRoleResponseElements(r));
       } catch (x) {
         // A call that cannot be audited does not take effect (docs/architecture.md §5.8): the credentials are not handed out.
         this.o.log.error({ err: x, requestId }, 'could not audit an STS call');
@@ -286,7 +288,7 @@ export class KmsListener {
    * §5.7), so a caller looping a refused AssumeRole, each with a session policy of up to 2048
    * characters, costs bounded audit bytes.
    */
-  private async auditSts(eventName: string, caller: Caller, requestId: string, params: Record<string, unknown>, err: unknown, conn: WireConnection): Promise<void> {
+  private async auditSts(eventName: string, caller: Caller, requestId: string, params: Record<string, unknown>, err: unknown, conn: WireConnection, response?: Record<string, unknown>): Promise<void> {
     const build = (): Record<string, unknown> => {
       const e = buildEvent({
         eventName, caller, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(), resources: [], readOnly: false, time: this.now(),
@@ -297,6 +299,7 @@ export class KmsListener {
       // request's RoleArn may be most of a 1 MiB body); the longest valid one (RoleArn, 2048 characters) stays whole.
       const max = 2048;
       e.requestParameters = Object.fromEntries(Object.entries(params).flatMap(([k, v]) => (v === undefined ? [] : [[k, typeof v === 'string' ? truncateField(v, max) : v]])));
+      if (response && !err) e.responseElements = response;
       return e;
     };
     const refused = err !== undefined && stsError(err).status < 500;
@@ -368,6 +371,23 @@ function stsError(e: unknown): { status: number; code: string; message: string }
   // STS throttles with 400 `Throttling` (Sender), not KMS's ThrottlingException; SDKs retry on either code.
   if (e instanceof ConnectionThrottledError) return { status: 400, code: 'Throttling', message: e.message };
   return { status: 500, code: 'InternalFailure', message: 'An internal error occurred.' };
+}
+
+/**
+ * An accepted AssumeRole's responseElements, as CloudTrail records them (the credentials' access key id
+ * and expiration, the assumed-role user, packedPolicySize), so that a later call's ASIA access key id
+ * leads to the AssumeRole event and the identity that minted it. Unlike CloudTrail, no sessionToken:
+ * nothing of a credential but its access key id reaches the audit (README, Security model, Audit).
+ */
+function assumeRoleResponseElements(r: Record<string, unknown>): Record<string, unknown> {
+  const c = r.Credentials as Record<string, string>;
+  const u = r.AssumedRoleUser as Record<string, string>;
+  return {
+    // In whole seconds, as the event's eventTime.
+    credentials: { accessKeyId: c.AccessKeyId, expiration: c.Expiration!.replace(/\.\d{3}Z$/, 'Z') },
+    assumedRoleUser: { assumedRoleId: u.AssumedRoleId, arn: u.Arn },
+    ...(typeof r.PackedPolicySize === 'number' ? { packedPolicySize: r.PackedPolicySize } : {}),
+  };
 }
 
 function esc(s: string): string {

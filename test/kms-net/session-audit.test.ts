@@ -85,6 +85,37 @@ describe('CloudTrail sessionContext for calls made with assumed-role session cre
     expect(env.auditText()).not.toContain(creds.SecretAccessKey!);
   });
 
+  it('the AssumeRole event records durationSeconds and, as CloudTrail, the minted access key id, expiration and assumed-role user: a session\'s calls lead back to who minted it', async () => {
+    chain.use(keyVars(alice, url));
+    const sts = new STSClient({});
+    const r = await sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: 'traced', DurationSeconds: 900 }));
+    sts.destroy();
+    const creds = r.Credentials!;
+    chain.use(keyVars({ AccessKeyId: creds.AccessKeyId!, SecretAccessKey: creds.SecretAccessKey!, SessionToken: creds.SessionToken! }, url));
+    const kms = new KMSClient({});
+    try {
+      await kms.send(new CreateKeyCommand({ Description: 'traced' }));
+    } finally {
+      kms.destroy();
+    }
+    // From the session's KMS event, by its ASIA key id, to the AssumeRole event and the user behind it.
+    const used = events().find((e) => e.eventName === 'CreateKey' && e.userIdentity?.accessKeyId === creds.AccessKeyId)!;
+    const minted = events().filter((e) => e.eventName === 'AssumeRole' && e.responseElements?.credentials?.accessKeyId === used.userIdentity.accessKeyId);
+    expect(minted).toHaveLength(1);
+    expect(minted[0]).toMatchObject({
+      eventSource: 'sts.amazonaws.com',
+      userIdentity: { type: 'IAMUser', arn: `arn:aws:iam::${accountId}:user/alice`, accessKeyId: alice.AccessKeyId },
+      requestParameters: { roleArn, roleSessionName: 'traced', durationSeconds: 900 },
+    });
+    expect(minted[0]!.responseElements).toEqual({
+      credentials: { accessKeyId: creds.AccessKeyId, expiration: creds.Expiration!.toISOString().replace(/\.\d{3}Z$/, 'Z') },
+      assumedRoleUser: { assumedRoleId: r.AssumedRoleUser!.AssumedRoleId, arn: r.AssumedRoleUser!.Arn },
+    });
+    // The session token and secret stay out of it.
+    expect(env.auditText()).not.toContain(creds.SessionToken!);
+    expect(env.auditText()).not.toContain(creds.SecretAccessKey!);
+  });
+
   it('MaxSessionDuration: 3600 unless the role says more (update-role, list-roles); a longer DurationSeconds is the SDK\'s ValidationError', async () => {
     chain.use(keyVars(alice, url));
     const sts = new STSClient({});
@@ -126,7 +157,7 @@ describe('CloudTrail sessionContext for calls made with assumed-role session cre
     expect(refused.length).toBeGreaterThanOrEqual(3);
     for (const e of refused) {
       expect(JSON.stringify(e).length).toBeLessThan(8 * 1024);
-      for (const v of Object.values(e.requestParameters as Record<string, string>)) expect(v.length).toBeLessThanOrEqual(2048 + '...(truncated)'.length);
+      for (const v of Object.values(e.requestParameters as Record<string, string | number>)) expect(String(v).length).toBeLessThanOrEqual(2048 + '...(truncated)'.length);
     }
     expect(refused.some((e) => (e.requestParameters.roleArn as string).endsWith('...(truncated)'))).toBe(true);
   });

@@ -80,3 +80,16 @@ describe('PR_SET_IO_FLUSHER on a daemon serving a loop device (root, FUSE)', () 
     expect(st.Volumes.find((x: { VolumeId: string }) => x.VolumeId === vol)).toMatchObject({ Attached: true });
   });
 });
+
+describe('PR_SET_IO_FLUSHER is not asked for by a KMS-only daemon (no volume file writes back through it)', () => {
+  const env = new Env('ioflusher-kms');
+  afterAll(() => env.cleanup(), 60_000);
+
+  it('--kms-only: no prctl, so neither "set" nor a warning about loop devices, and no thread has the flags', async () => {
+    ensureBuilt();
+    await env.start(['--kms-only', '--kms-listen', '127.0.0.1:0', '--log-level', 'debug']);
+    await env.untilLog('ebsd daemon ready');
+    expect(env.daemonLog()).not.toContain('PR_SET_IO_FLUSHER');
+    for (const [, f] of threadFlags(env.pid!)) expect(f & IO_FLUSHER).toBe(0);
+  }, 60_000);
+});

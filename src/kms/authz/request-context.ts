@@ -154,6 +154,14 @@ export class RequestContext implements ConditionContext {
         return c.userAgent;
       case 'aws:viaawsservice':
         return c.viaService ? 'true' : 'false';
+      // Present only in a request signed with temporary credentials (IAM User Guide, "AWS global
+      // condition context keys"), so a Deny on aws:TokenIssueTime revokes the sessions issued before
+      // a time, as IAM's "Revoke active sessions" writes it (docs/architecture.md §5.4). MFA is never
+      // part of an ebsd session.
+      case 'aws:tokenissuetime':
+        return c.sessionContext?.attributes.creationDate;
+      case 'aws:multifactorauthpresent':
+        return c.sessionContext ? c.sessionContext.attributes.mfaAuthenticated : undefined;
       case 'aws:currenttime':
         return new Date(r.now ?? Date.now()).toISOString();
       case 'aws:epochtime':

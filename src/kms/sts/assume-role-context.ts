@@ -16,8 +16,9 @@
  *   signed for (SigV4 refuses any other).
  * - `aws:ResourceAccount`: the role's account.
  * - `aws:MultiFactorAuthPresent`, `aws:TokenIssueTime`: present only for a
- *   caller signing with temporary credentials (role chaining); MFA is never
- *   part of an ebsd session, so the former is then "false".
+ *   caller signing with temporary credentials (role chaining), as in any
+ *   request (request-context.ts); MFA is never part of an ebsd session, so the
+ *   former is then "false".
  *
  * `sts:DurationSeconds` is not among them: the STS service authorization
  * reference lists it for GetServiceBearerToken only, so in an AssumeRole it is
@@ -68,11 +69,6 @@ export class AssumeRoleContext implements ConditionContext {
     ]);
     if (p.ExternalId !== undefined) own.set('sts:externalid', p.ExternalId);
     if (p.RoleSessionName !== undefined) own.set('sts:rolesessionname', p.RoleSessionName);
-    const session = caller.sessionContext;
-    if (session) {
-      own.set('aws:multifactorauthpresent', session.attributes.mfaAuthenticated);
-      if (session.attributes.creationDate !== undefined) own.set('aws:tokenissuetime', session.attributes.creationDate);
-    }
     this.own = own;
   }
 
