@@ -711,6 +711,8 @@ export class EbsDirect {
     try {
       await p.saving; // a pending save in progress lands first, never after `completed`
       await this._checkPresent(p, await this._pastOtherCollectors(p));
+      // Completed after the wait and check on a shared store, not when CompleteSnapshot arrived (as snapshot-manager.ts).
+      m.completionTime = new Date(this.now()).toISOString();
       await this.o.store.putManifest(m);
     } catch (e) {
       p.completing = false;
