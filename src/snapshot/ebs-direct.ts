@@ -914,7 +914,7 @@ export class EbsDirect {
     if (p && !p.completing) return p;
     if (p) throw validation('INVALID_SNAPSHOT_ID', `${id} is being completed (CompleteSnapshot in progress): it takes no more blocks and is not completed twice`);
     const m = await this._manifest(id);
-    throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; blocks can be written only to a snapshot begun with StartSnapshot and still pending`);
+    throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; only a snapshot begun with StartSnapshot and still pending takes blocks (PutSnapshotBlock) or CompleteSnapshot`);
   }
 
   /**
