@@ -153,9 +153,12 @@ export function ebsCommands(y: Argv): Argv {
           .option('progress', { type: 'string', coerce: wholeNumber('--progress'), describe: 'The progress of the write process, as a percentage' }),
       async (a) => {
         const g = a as unknown as Globals;
-        const path = String(a.blockData).replace(/^fileb?:\/\//, '');
+        // A path or fileb://path; an error names it as given (`--block-data fileb://b5: no such file`).
+        const given = String(a.blockData);
+        const scheme = /^fileb?:\/\//.exec(given)?.[0] ?? '';
+        const data = readLocalFile(given.slice(scheme.length), `--block-data ${scheme}`);
         show(g, await call(g, 'PutSnapshotBlock', {
-          SnapshotId: a.snapshotId, BlockIndex: a.blockIndex, BlockData: readLocalFile(path, '--block-data').toString('base64'),
+          SnapshotId: a.snapshotId, BlockIndex: a.blockIndex, BlockData: data.toString('base64'),
           DataLength: a.dataLength, Checksum: a.checksum, ChecksumAlgorithm: a.checksumAlgorithm,
           ...(a.progress !== undefined ? { Progress: a.progress } : {}),
         }));

@@ -396,6 +396,9 @@ function volumeCommands(y: Argv): Argv {
               .option('state', { type: 'string', describe: 'filter: available | in-use | creating | deleting | error' })
               .option('name', { type: 'string', describe: 'filter: Name tag' })
               .option('kms-key', { type: 'string', describe: 'filter: key ARN (wildcards * ?), or a key id or alias, resolved to its ARN with DescribeKey' })
+              .option('filters', { type: 'array', string: true, describe: 'EC2 filters, Name=snapshot-id,Values=snap-… or JSON; repeatable, with the filters above' })
+              .option('max-results', { type: 'string', coerce: wholeNumber('--max-results'), describe: 'at least 5 (over 500 returns 500)' })
+              .option('next-token', { type: 'string', describe: 'The token returned by a previous paginated request' })
               .option('dry-run', DRY_RUN_OPTION),
           async (a) => {
             const g = a as unknown as Globals;
@@ -404,7 +407,10 @@ function volumeCommands(y: Argv): Argv {
             if (a.state !== undefined) Filters.push({ Name: 'status', Values: [a.state] });
             if (a.name !== undefined) Filters.push({ Name: 'tag:Name', Values: [a.name] });
             if (a.kmsKey !== undefined) Filters.push({ Name: 'kms-key-id', Values: [await keyArnFilter(g, a.kmsKey)] });
-            const res = await call(g, 'ebsd.DescribeVolumes', { ...(Filters.length ? { Filters } : {}), ...dryRunMember(a) });
+            // DescribeVolumes' filters (README, "CLI reference"), as `snapshot describe --filters` takes DescribeSnapshots'.
+            const listing = describeListing(a);
+            Filters.push(...((listing.Filters as R[] | undefined) ?? []));
+            const res = await call(g, 'ebsd.DescribeVolumes', { ...listing, ...(Filters.length ? { Filters } : {}) });
             show(g, res, () => table(res.Volumes as R[], [...volumeColumns, ['ATTACHED AS', (r) => (r.Attachments as R[])[0]?.Device]]));
           },
         )

@@ -260,6 +260,12 @@ export class SnapshotCopier {
       };
       delete m.completionTime;
       delete m.stateMessage;
+      if (targetKey !== undefined && src.encrypted) {
+        // Another key (an ARN, resolved above): the copy is under it from the start, pending or failed, as EC2
+        // shows it; its data key does not exist yet, so no DataEncryptionKeyId (the source's is not the copy's).
+        m.kmsKeyId = targetKey;
+        delete m.dataEncryptionKeyId;
+      }
       // The copy names every block itself: it is incremental to nothing, so it has no parent. Its
       // sourceSnapshotId (the snapshot the source's volume was created from) is kept on purpose: the
       // copy keeps the source's volumeId too, so an unencrypted copy is of its source's volume and

@@ -686,6 +686,8 @@ export class EbsDirect {
     try {
       await p.saving; // a pending save in progress lands first, never after `completed`
       await this._checkPresent(p, await this._pastOtherCollectors(p));
+      // Completed after the wait and check on a shared store, not when CompleteSnapshot arrived (as snapshot-manager.ts).
+      m.completionTime = new Date(this.now()).toISOString();
       await this.o.store.putManifest(m);
     } catch (e) {
       p.completing = false;
@@ -882,7 +884,7 @@ export class EbsDirect {
     if (p && !p.completing) return p;
     if (p) throw validation('INVALID_SNAPSHOT_ID', `${id} is being completed (CompleteSnapshot in progress): it takes no more blocks and is not completed twice`);
     const m = await this._manifest(id);
-    throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; blocks can be written only to a snapshot begun with StartSnapshot and still pending`);
+    throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; only a snapshot begun with StartSnapshot and still pending takes blocks (PutSnapshotBlock) or CompleteSnapshot`);
   }
 
   /**

@@ -821,7 +821,6 @@ export class SnapshotManager {
         ...m,
         state: 'completed',
         progress: 100,
-        completionTime: new Date().toISOString(),
         header: headerHash,
         ...(parent ? { parentSnapshotId: parent.snapshotId } : {}),
         blocks,
@@ -846,6 +845,9 @@ export class SnapshotManager {
         if (inherited.size && !(await this.o.store.getManifest(parent!.snapshotId))) named.push(...new Set(inherited.values()));
         await this.checkStillThere(m.snapshotId, named);
       }
+      // Completed now, not when the last block was stored: on a shared store the check above came between, and
+      // CompletionTime is when DescribeSnapshots can first show `completed` (as a copy's, copy.ts).
+      done.completionTime = new Date().toISOString();
       // Every block is durable (putBlock resolved); the event, then the manifest that names them and shows it completed.
       await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
       faultPoint('snapshot.after-completed-event');

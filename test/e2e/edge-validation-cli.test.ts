@@ -92,6 +92,26 @@ describe('the command line by itself', () => {
       expect(r.stderr, args.join(' ')).toMatch(/^ebsd: Unknown commands?: (restore, x|bogus|bogus-op) \(see ebsd --help\)/);
     }
   });
+
+  it('ebs put-snapshot-block: a --block-data that cannot be read is named as given, path or fileb://, before any daemon is asked', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebsd-e2e-block-data-'));
+    try {
+      const missing = join(dir, 'missing.bin');
+      const put = (data: string): string[] => ['ebs', 'put-snapshot-block', '--state-dir', join(dir, 'no-daemon'), '--snapshot-id', 'snap-0123456789abcdef0',
+        '--block-index', '0', '--block-data', data, '--data-length', '524288', '--checksum', 'AAAA', '--checksum-algorithm', 'SHA256'];
+      const cases: [string, string][] = [
+        [missing, `--block-data ${missing}: no such file`],
+        [`fileb://${missing}`, `--block-data fileb://${missing}: no such file`],
+        [`file://${dir}`, `--block-data file://${dir}: is a directory, not a file`],
+      ];
+      for (const [[data, message], r] of zip(cases, await pooled(cases.map(([d]) => put(d)), cli))) {
+        expect(r.code, data).toBe(2);
+        expect(r.stderr, data).toBe(`ebsd: ${message} (see ebsd --help)\n`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('ebsd daemon: size and duration flags', () => {

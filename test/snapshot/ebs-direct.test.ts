@@ -198,8 +198,9 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     expect(blocks.map((x) => x.BlockIndex)).toEqual([0, 3]);
     expect((await getBlock(snap, 3, blocks[1]!.BlockToken)).equals(c)).toBe(true);
     // Completed: no more writes, no second completion.
-    await refusedWith(put(snap, 4, a), 'ValidationException', /completed/);
-    await refusedWith(complete(snap, written), 'ValidationException', /completed/);
+    await refusedWith(put(snap, 4, a), 'ValidationException', /is completed; .*takes blocks \(PutSnapshotBlock\)/);
+    // The refusal of a second CompleteSnapshot names it, not only block writes.
+    await refusedWith(complete(snap, written), 'ValidationException', /is completed; .*or CompleteSnapshot$/);
     await refusedWith(ebs('ListSnapshotBlocks', { SnapshotId: 'snap-0123456789abcdef0' }), 'ResourceNotFoundException');
   }, 120_000);
 

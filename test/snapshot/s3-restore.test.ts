@@ -8,14 +8,18 @@
  */
 import { closeSync, existsSync, openSync, readSync, readdirSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { kmsUrl } from '../kms-net/helpers.js';
-import { startS3Server, useTestDeleteWindows, type S3Server } from './s3-helpers.js';
+import { TEST_DELETE_WINDOWS, startS3Server, useTestDeleteWindows, type S3Server } from './s3-helpers.js';
 import { settled } from './helpers.js';
 
 const MiB = 1 << 20;
+/** The wait of a writer on this suite's shared store before it asks again for its blocks (s3-helpers.ts). */
+const RECHECK_MS = TEST_DELETE_WINDOWS.deleteWindowMs + TEST_DELETE_WINDOWS.deleteMarginMs;
+/** A timer may fire a millisecond or so before its time as Date counts it. */
+const TIMER_SLACK_MS = 20;
 
 describe('a snapshot in S3 restores on another daemon', () => {
   const a = new Env('s3-restore-a');
@@ -88,6 +92,8 @@ describe('a snapshot in S3 restores on another daemon', () => {
     await a.api('ebsd.DetachVolume', { VolumeId: vol, Force: false });
     snap = await settled(a, (await a.api('ebsd.CreateSnapshot', { VolumeId: vol, Description: 'to host b' })).SnapshotId);
     expect(snap).toMatchObject({ State: 'completed', VolumeId: vol, KmsKeyId: keyArn, Encrypted: true });
+    // Shown completed only after the shared store's recheck wait from its last block: so is its CompletionTime.
+    expect(Date.parse(snap.CompletionTime) - Date.parse(snap.StartTime)).toBeGreaterThanOrEqual(RECHECK_MS - TIMER_SLACK_MS);
     expect(existsSync(server.objectFile(`fleet/manifests/${snap.SnapshotId}.json`))).toBe(true);
     // 3 MiB from 1 MiB on: blocks 2..7 of 512 KiB, each a store object.
     const blocks = readdirSync(join(server.dir, server.bucket, 'fleet', 'blocks')).filter((n) => n.endsWith('._S3rver_object'));
@@ -129,6 +135,19 @@ describe('a snapshot in S3 restores on another daemon', () => {
 .map((x: any) => x.SnapshotId)).not.toContain(snap.SnapshotId);
     const blocks = readdirSync(join(server.dir, server.bucket, 'fleet', 'blocks')).filter((n) => n.endsWith('._S3rver_object'));
     expect(blocks.length).toBe(7);
+  });
+
+  it('EBS direct on the shared store: CompleteSnapshot answers after the recheck wait, and CompletionTime is then, not when the last block was put', async () => {
+    const started = await a.api('ebs.StartSnapshot', { VolumeSize: 1, KmsKeyArn: keyArn });
+    const block = randomBytes(MiB / 2);
+    const putSent = Date.now();
+    await a.api('ebs.PutSnapshotBlock', { SnapshotId: started.SnapshotId, BlockIndex: 3, BlockData: block.toString('base64'), DataLength: block.length,
+      Checksum: createHash('sha256').update(block).digest('base64'), ChecksumAlgorithm: 'SHA256' });
+    expect(await a.api('ebs.CompleteSnapshot', { SnapshotId: started.SnapshotId, ChangedBlocksCount: 1 })).toEqual({ Status: 'completed' });
+    const [d] = (await a.api('ebsd.DescribeSnapshots', { SnapshotIds: [started.SnapshotId] })).Snapshots;
+    expect(d).toMatchObject({ State: 'completed', Progress: '100%' });
+    expect(Date.parse(d.CompletionTime) - putSent).toBeGreaterThanOrEqual(RECHECK_MS - TIMER_SLACK_MS);
+    await a.api('ebsd.DeleteSnapshot', { SnapshotId: started.SnapshotId });
   });
 });
 
