@@ -1081,8 +1081,9 @@ export class Daemon {
         return { User: { UserName: c.userName, Arn: c.arn, UserId: c.principalId } };
       }
       case 'DeleteUser':
-        // IAM refuses to delete a user who still has access keys (IAM API Reference, DeleteUser): one
-        // write, to identities.json, and no key outlives its user to sign for a later one of the name.
+        // IAM refuses to delete a user who still has access keys or inline policies (IAM API Reference,
+        // DeleteUser): both checked before anything is written, then one write, to identities.json, and
+        // no key outlives its user to sign for a later one of the name.
         this.accessKeys!.assertNoKeys(str('UserName'));
         await ids.deleteUser(str('UserName'));
         return {};
@@ -1094,6 +1095,8 @@ export class Daemon {
       case 'UpdateRole': await ids.updateRole(str('RoleName'), maxSession()); return {};
       case 'DeleteRole':
         if (str('RoleName') === HOST_ROLE) throw new EbsdError('IAM_PROTECTED', `${HOST_ROLE} is the host's own role`, { awsName: 'DeleteConflictException' });
+        // Refused (inline policies left: DeleteConflict) before anything is written; the trust policy is dropped
+        // only once the role is gone (docs/architecture.md §5.4).
         await ids.deleteRole(str('RoleName'));
         await this.trust!.delete(str('RoleName'));
         return {};
@@ -1111,8 +1114,15 @@ export class Daemon {
         return { Mapping: ids.listUidMappings().find((m) => m.uid === b.Uid) };
       case 'UnmapUid': await ids.unmapUid(uid()); return {};
       case 'ListUidMappings': return { Mappings: ids.listUidMappings() };
-      case 'CreateAccessKey':
+      case 'CreateAccessKey': {
+        // IAM API Reference, CreateAccessKey: without UserName the key is the caller's own, and for the account
+        // root a root access key. ebsd has no root access keys (a key belongs to a user: access-keys.ts), and
+        // only the root calls Iam* targets (docs/architecture.md §5.1), so the user must be named.
+        if (b.UserName === undefined) {
+          throw new EbsdError('MISSING_PARAMETER', 'UserName is required: ebsd has no access keys for the account root, only for IAM users; name the user (ebsd iam create-access-key --user-name NAME)', { awsName: 'InvalidInputException' });
+        }
         return { AccessKey: await this.accessKeys!.create(existingUser(str('UserName'))!) };
+      }
       case 'ListAccessKeys':
         // IAM API Reference, ListAccessKeys: a UserName that names no user is NoSuchEntity, not an empty list.
         return { AccessKeyMetadata: this.accessKeys!.list(existingUser(b.UserName)), IsTruncated: false };
