@@ -495,19 +495,20 @@ function statusCommand(y: Argv): Argv {
   return y.command('status', 'Daemon, volumes and key-cache state', () => {}, async (a) => {
     const g = a as unknown as Globals;
     const res = await call(g, 'ebsd.Status');
+    // A --kms-only daemon serves no volumes: no volume table (the JSON keeps its empty Volumes).
+    const kmsOnly = (res.Daemon as R | undefined)?.KmsOnly === true;
     show(g, res, () =>
       [
         kv(res.Daemon),
         `Caller: ${(res.Caller as R).Arn} (uid ${(res.Caller as R).Uid})`,
-        '',
-        table(res.Volumes as R[], [
+        ...(kmsOnly ? [] : ['', table(res.Volumes as R[], [
           ['VOLUME ID', (r) => r.VolumeId], ['NAME', (r) => r.Name], ['SIZE', (r) => humanBytes(r.SizeBytes)], ['STATE', (r) => r.State],
           ['ENCRYPTED', encryptedCell], ['PATH', (r) => r.Path], ['OPEN', (r) => r.OpenHandles], ['KEY CACHE', keyCacheCell],
           ['LAST UNWRAP', (r) => shortTime((r.KeyCache as R | undefined)?.LastUnwrapTime)],
           ['NEXT REFRESH', (r) => shortTime((r.KeyCache as R | undefined)?.NextRefreshTime)],
           ['EXPIRES', (r) => shortTime((r.KeyCache as R | undefined)?.ExpiryTime)],
         ]),
-        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)',
+        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)']),
       ].join('\n'),
     );
   });

@@ -153,6 +153,8 @@ export class Daemon {
   private kmsOps: ReadonlySet<string> = new Set();
   /** Where /metrics is served (Status shows it; `ebsd top` reads it). */
   private metricsUrl: string | undefined;
+  /** Where --kms-listen bound (Status shows it: with port 0 it is known only once bound). */
+  private kmsUrl: string | undefined;
   /** Snapshot blocks and manifests (--snapshot-store) and their collector; none on a --kms-only daemon. */
   private snapshotStore: CollectableStore | undefined;
   private snapshotGc: SnapshotGc | undefined;
@@ -294,6 +296,7 @@ export class Daemon {
       });
       const a = await this.listener.listen();
       kmsUrl = `${a.protocol}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
+      this.kmsUrl = kmsUrl;
     }
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
@@ -930,15 +933,24 @@ export class Daemon {
         KeyCache: { State: 'attaching' as const },
       }) as unknown as (typeof volumes)[number]));
     }
+    // What applies to volumes only (the mount, the XTS engine, write-behind, the key cache): not on a --kms-only daemon, which serves none.
+    const volumeSettings = this.cfg.kmsOnly ? {} : {
+      MountDir: this.cfg.mountDir, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
+    };
+    const keyCacheSettings = this.cfg.kmsOnly ? {} : {
+      KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
+    };
     return {
       Daemon: {
-        Pid: process.pid, Version: VERSION, StateDir: this.paths.root, MountDir: this.cfg.mountDir, Socket: this.paths.socket,
-        AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
+        Pid: process.pid, Version: VERSION, StateDir: this.paths.root, Socket: this.paths.socket, ...(this.cfg.kmsOnly ? { KmsOnly: true } : {}),
+        AccountId: ids.accountId, Region: ids.region, ...volumeSettings,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+        // The listeners' bound URLs (port 0 picks a free one): here as well as in the ready log line.
+        ...(this.kmsUrl ? { KmsUrl: this.kmsUrl } : {}),
         ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
         ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
         Kms: this.remoteKms ? { ...this.remoteKms.health(), ...this.waitingForKms() } : { Endpoint: 'embedded' },
-        KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
+        ...keyCacheSettings,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
         ...(this.server ? { Control: this.server.usage() } : {}),
