@@ -39,7 +39,8 @@ export const EXIT_CODES_HELP = `Exit codes:
   4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)
   5  not found (NotFoundException, ResourceNotFoundException, InvalidVolume.NotFound, InvalidVolumeID.Malformed, NoSuchEntity)
   6  conflicting state (VolumeInUse, IncorrectState, IncorrectModificationState, VolumeModificationRateExceeded,
-     ConcurrentSnapshotLimitExceeded, DisabledException, KMSInvalidStateException, AlreadyExists)
+     ConcurrentSnapshotLimitExceeded, DisabledException, KMSInvalidStateException, AlreadyExists,
+     DeleteConflict: an IAM user or role that still has access keys or inline policies)
   7  invalid request (ValidationException, InvalidParameterValue, InvalidFilter, TagLimitExceeded, UnknownParameter,
      MalformedPolicyDocument, InvalidCiphertextException,
      OperationNotPermitted: --cipher none on a daemon started without --allow-unencrypted, ...)

@@ -501,19 +501,20 @@ function statusCommand(y: Argv): Argv {
   return y.command('status', 'Daemon, volumes and key-cache state', () => {}, async (a) => {
     const g = a as unknown as Globals;
     const res = await call(g, 'ebsd.Status');
+    // A --kms-only daemon serves no volumes: no volume table (the JSON keeps its empty Volumes).
+    const kmsOnly = (res.Daemon as R | undefined)?.KmsOnly === true;
     show(g, res, () =>
       [
         kv(res.Daemon),
         `Caller: ${(res.Caller as R).Arn} (uid ${(res.Caller as R).Uid})`,
-        '',
-        table(res.Volumes as R[], [
+        ...(kmsOnly ? [] : ['', table(res.Volumes as R[], [
           ['VOLUME ID', (r) => r.VolumeId], ['NAME', (r) => r.Name], ['SIZE', (r) => humanBytes(r.SizeBytes)], ['STATE', (r) => r.State],
           ['ENCRYPTED', encryptedCell], ['PATH', (r) => r.Path], ['OPEN', (r) => r.OpenHandles], ['KEY CACHE', keyCacheCell],
           ['LAST UNWRAP', (r) => shortTime((r.KeyCache as R | undefined)?.LastUnwrapTime)],
           ['NEXT REFRESH', (r) => shortTime((r.KeyCache as R | undefined)?.NextRefreshTime)],
           ['EXPIRES', (r) => shortTime((r.KeyCache as R | undefined)?.ExpiryTime)],
         ]),
-        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)',
+        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)']),
       ].join('\n'),
     );
   });
@@ -600,7 +601,7 @@ function iamCommands(y: Argv): Argv {
     });
   return y.command('iam', 'Users, roles, identity policies and uid mappings (account root only)', (v) => {
     simple(v, 'create-user <name>', 'Create an IAM user', 'CreateUser', (a) => ({ UserName: a.name }));
-    simple(v, 'delete-user <name>', 'Delete an IAM user (and its inline policies and uid mappings); refused while it has access keys', 'DeleteUser', (a) => ({ UserName: a.name }));
+    simple(v, 'delete-user <name>', 'Delete an IAM user (and its uid mappings); refused while it has access keys or inline policies', 'DeleteUser', (a) => ({ UserName: a.name }));
     simple(v, 'list-users', 'List IAM users', 'ListUsers', () => ({}), (r) => table(r.Users as R[], [['USER', (x) => x.UserName], ['ARN', (x) => x.Arn], ['POLICIES', (x) => (x.PolicyNames as string[]).join(',')]]));
     v.command(
       'create-role <name>',
@@ -611,7 +612,7 @@ function iamCommands(y: Argv): Argv {
         show(g, await call(g, 'ebsd.IamCreateRole', { RoleName: a.name, ...(a.maxSessionDuration !== undefined ? { MaxSessionDuration: a.maxSessionDuration } : {}) }));
       },
     );
-    simple(v, 'delete-role <name>', 'Delete an IAM role', 'DeleteRole', (a) => ({ RoleName: a.name }));
+    simple(v, 'delete-role <name>', 'Delete an IAM role (and its trust policy and uid mappings); refused while it has inline policies', 'DeleteRole', (a) => ({ RoleName: a.name }));
     simple(v, 'list-roles', 'List IAM roles', 'ListRoles', () => ({}), (r) => table(r.Roles as R[], [['ROLE', (x) => x.RoleName], ['ARN', (x) => x.Arn], ['MAX SESSION', (x) => x.MaxSessionDuration], ['POLICIES', (x) => (x.PolicyNames as string[]).join(',')]]));
     v.command(
       'map-uid <uid> <principal>',
@@ -645,9 +646,11 @@ function iamCommands(y: Argv): Argv {
         show(g, res, tableFn ? () => tableFn(res) : undefined);
       });
     // The secret is in this answer only (as `aws iam create-access-key` prints it); the daemon keeps it sealed.
-    iam('create-access-key', 'Create an access key (AKIA…) for SigV4 calls to --kms-listen; prints its secret once', 'CreateAccessKey',
-      (b) => userName(b).demandOption('user-name'), (a) => ({ UserName: a.userName }));
-    iam('list-access-keys', 'List access keys (of one user with --user-name)', 'ListAccessKeys', userName,
+    // --user-name is optional to the parser, as in `aws iam create-access-key`: the daemon decides whose key a call
+    // without it makes (the caller's own in IAM; ebsd has no root access keys, so it names the flag to give).
+    iam('create-access-key', 'Create an access key (AKIA…) for an IAM user, for SigV4 calls to --kms-listen; prints its secret once', 'CreateAccessKey',
+      userName, (a) => (a.userName !== undefined ? { UserName: a.userName } : {}));
+    iam('list-access-keys', "List access keys (of one user with --user-name; without it, every user's)", 'ListAccessKeys', userName,
       (a) => (a.userName ? { UserName: a.userName } : {}), keyTable);
     iam('update-access-key', 'Set an access key Active or Inactive', 'UpdateAccessKey',
       (b) => userName(b).option('access-key-id', ACCESS_KEY_ID_OPTION).option('status', { type: 'string', choices: ['Active', 'Inactive'], demandOption: true, describe: 'The status you want to assign to the secret access key: Active can sign calls, Inactive cannot' }),

@@ -153,6 +153,8 @@ export class Daemon {
   private kmsOps: ReadonlySet<string> = new Set();
   /** Where /metrics is served (Status shows it; `ebsd top` reads it). */
   private metricsUrl: string | undefined;
+  /** Where --kms-listen bound (Status shows it: with port 0 it is known only once bound). */
+  private kmsUrl: string | undefined;
   /** Snapshot blocks and manifests (--snapshot-store) and their collector; none on a --kms-only daemon. */
   private snapshotStore: CollectableStore | undefined;
   private snapshotGc: SnapshotGc | undefined;
@@ -294,6 +296,7 @@ export class Daemon {
       });
       const a = await this.listener.listen();
       kmsUrl = `${a.protocol}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
+      this.kmsUrl = kmsUrl;
     }
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
@@ -930,15 +933,24 @@ export class Daemon {
         KeyCache: { State: 'attaching' as const },
       }) as unknown as (typeof volumes)[number]));
     }
+    // What applies to volumes only (the mount, the XTS engine, write-behind, the key cache): not on a --kms-only daemon, which serves none.
+    const volumeSettings = this.cfg.kmsOnly ? {} : {
+      MountDir: this.cfg.mountDir, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
+    };
+    const keyCacheSettings = this.cfg.kmsOnly ? {} : {
+      KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
+    };
     return {
       Daemon: {
-        Pid: process.pid, Version: VERSION, StateDir: this.paths.root, MountDir: this.cfg.mountDir, Socket: this.paths.socket,
-        AccountId: ids.accountId, Region: ids.region, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
+        Pid: process.pid, Version: VERSION, StateDir: this.paths.root, Socket: this.paths.socket, ...(this.cfg.kmsOnly ? { KmsOnly: true } : {}),
+        AccountId: ids.accountId, Region: ids.region, ...volumeSettings,
         StartedAt: new Date(this.startedAt).toISOString(), UptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+        // The listeners' bound URLs (port 0 picks a free one): here as well as in the ready log line.
+        ...(this.kmsUrl ? { KmsUrl: this.kmsUrl } : {}),
         ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
         ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
         Kms: this.remoteKms ? { ...this.remoteKms.health(), ...this.waitingForKms() } : { Endpoint: 'embedded' },
-        KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
+        ...keyCacheSettings,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
         ...(this.server ? { Control: this.server.usage() } : {}),
@@ -1081,8 +1093,9 @@ export class Daemon {
         return { User: { UserName: c.userName, Arn: c.arn, UserId: c.principalId } };
       }
       case 'DeleteUser':
-        // IAM refuses to delete a user who still has access keys (IAM API Reference, DeleteUser): one
-        // write, to identities.json, and no key outlives its user to sign for a later one of the name.
+        // IAM refuses to delete a user who still has access keys or inline policies (IAM API Reference,
+        // DeleteUser): both checked before anything is written, then one write, to identities.json, and
+        // no key outlives its user to sign for a later one of the name.
         this.accessKeys!.assertNoKeys(str('UserName'));
         await ids.deleteUser(str('UserName'));
         return {};
@@ -1094,6 +1107,8 @@ export class Daemon {
       case 'UpdateRole': await ids.updateRole(str('RoleName'), maxSession()); return {};
       case 'DeleteRole':
         if (str('RoleName') === HOST_ROLE) throw new EbsdError('IAM_PROTECTED', `${HOST_ROLE} is the host's own role`, { awsName: 'DeleteConflictException' });
+        // Refused (inline policies left: DeleteConflict) before anything is written; the trust policy is dropped
+        // only once the role is gone (docs/architecture.md §5.4).
         await ids.deleteRole(str('RoleName'));
         await this.trust!.delete(str('RoleName'));
         return {};
@@ -1111,8 +1126,15 @@ export class Daemon {
         return { Mapping: ids.listUidMappings().find((m) => m.uid === b.Uid) };
       case 'UnmapUid': await ids.unmapUid(uid()); return {};
       case 'ListUidMappings': return { Mappings: ids.listUidMappings() };
-      case 'CreateAccessKey':
+      case 'CreateAccessKey': {
+        // IAM API Reference, CreateAccessKey: without UserName the key is the caller's own, and for the account
+        // root a root access key. ebsd has no root access keys (a key belongs to a user: access-keys.ts), and
+        // only the root calls Iam* targets (docs/architecture.md §5.1), so the user must be named.
+        if (b.UserName === undefined) {
+          throw new EbsdError('MISSING_PARAMETER', 'UserName is required: ebsd has no access keys for the account root, only for IAM users; name the user (ebsd iam create-access-key --user-name NAME)', { awsName: 'InvalidInputException' });
+        }
         return { AccessKey: await this.accessKeys!.create(existingUser(str('UserName'))!) };
+      }
       case 'ListAccessKeys':
         // IAM API Reference, ListAccessKeys: a UserName that names no user is NoSuchEntity, not an empty list.
         return { AccessKeyMetadata: this.accessKeys!.list(existingUser(b.UserName)), IsTruncated: false };

@@ -54,6 +54,35 @@ describe('identities', () => {
     expect(ids.callerForUid(7).type).toBe('Unknown');
   });
 
+  it('DeleteUser and DeleteRole are refused (DeleteConflictException) while inline policies are left, with nothing changed on disk', async () => {
+    t = tempDir();
+    const ids = await Identities.open(t.dir, { accountId: '111122223333' });
+    await ids.createUser('alice');
+    await ids.createRole('app');
+    await ids.mapUid(1000, 'user/alice');
+    await ids.mapUid(1001, 'role/app');
+    await ids.attachPolicy('user/alice', 'p', doc({ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }));
+    await ids.attachPolicy('role/app', 'p', doc({ Effect: 'Allow', Action: 'kms:Decrypt', Resource: '*' }));
+    const file = join(t.dir, 'identities.json');
+    const before = readFileSync(file, 'utf8');
+    const generation = ids.generation;
+    for (const refused of [ids.deleteUser('alice'), ids.deleteRole('app')]) {
+      await expect(refused).rejects.toMatchObject({ code: 'IAM_DELETE_CONFLICT', awsName: 'DeleteConflictException', message: 'Cannot delete entity, must delete policies first.' });
+    }
+    expect(readFileSync(file, 'utf8')).toBe(before);
+    expect(ids.generation).toBe(generation);
+    expect(ids.callerForUid(1000)).toMatchObject({ type: 'IAMUser', userName: 'alice' });
+    expect(ids.callerForUid(1001)).toMatchObject({ type: 'AssumedRole' });
+    // Once the policies are deleted, each goes, its uid mapping with it.
+    await ids.detachPolicy('user/alice', 'p');
+    await ids.detachPolicy('role/app', 'p');
+    await ids.deleteUser('alice');
+    await ids.deleteRole('app');
+    expect(ids.callerForUid(1000).type).toBe('Unknown');
+    expect(ids.callerForUid(1001).type).toBe('Unknown');
+    expect(ids.listUidMappings().map((m) => m.uid)).toEqual([0]);
+  });
+
   it('IAM errors: duplicates, missing entities, malformed identity policies', async () => {
     t = tempDir();
     const ids = await Identities.open(t.dir, { accountId: '111122223333' });

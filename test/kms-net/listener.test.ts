@@ -14,7 +14,7 @@ import {
 } from '@aws-sdk/client-kms';
 import { STSClient, GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { FRONT_THREADS, KMS_ADMIN_POLICY, Sha256, StandardChain, auditEvents, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { FRONT_THREADS, KMS_ADMIN_POLICY, Sha256, StandardChain, auditEvents, keyVars, kmsUrl, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt, run, CLI } from '../e2e/helpers.js';
 
 describe.each(FRONT_THREADS)('KMS and STS over HTTP + SigV4, real SDK clients (--kms-front-threads %i)', (front) => {
@@ -161,4 +161,50 @@ describe.each(FRONT_THREADS)('KMS and STS over HTTP + SigV4, real SDK clients (-
       await other.cleanup();
     }
   });
+});
+
+/**
+ * `ebsd status` names the URL each listener bound (with port 0 the ready log line was the only other place to
+ * find it), on a --kms-only daemon as on one serving volumes, and leaves out of a --kms-only daemon's status
+ * what applies to volumes only (README, "KMS over the network").
+ */
+describe('ebsd status names the listeners a daemon has, and a --kms-only one shows no volume settings', () => {
+  const VOLUME_ONLY = ['MountDir', 'AllowUnencrypted', 'XtsEngine', 'WriteBehind', 'KeyCacheTtlSeconds', 'KeyCacheMaxStaleSeconds'];
+  const kmsOnly = new Env('kmsnet-status');
+  const full = new Env('kmsnet-status-full');
+  afterAll(async () => {
+    await kmsOnly.cleanup();
+    await full.cleanup();
+  }, 60_000);
+
+  it('--kms-only with --metrics-listen: KmsUrl and MetricsUrl (both answer), KmsOnly, no volume-only setting, no volume table', async () => {
+    ensureBuilt();
+    const { url } = await startKmsDaemon(kmsOnly, { extra: ['--metrics-listen', '127.0.0.1:0'] });
+    const st = await kmsOnly.ok(['status']);
+    expect(st.Daemon).toMatchObject({ KmsOnly: true, KmsUrl: url, MetricsUrl: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/) });
+    for (const k of VOLUME_ONLY) expect(st.Daemon, k).not.toHaveProperty(k);
+    expect(st.Volumes).toEqual([]);
+    // The URLs are the listeners' own: the KMS one answers an unsigned request with KMS's refusal, the metrics one its page.
+    const kms = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': 'TrentService.ListKeys' }, body: '{}' });
+    expect(((await kms.json()) as { __type: string }).__type).toBe('MissingAuthenticationTokenException');
+    expect((await fetch(st.Daemon.MetricsUrl)).status).toBe(200);
+    const text = await kmsOnly.cli(['status', '--output', 'table']);
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toContain(`KmsUrl: ${url}`);
+    expect(text.stdout).toContain(`MetricsUrl: ${st.Daemon.MetricsUrl}`);
+    for (const k of [...VOLUME_ONLY, '(none)', 'EXPIRES']) expect(text.stdout, k).not.toContain(k);
+  }, 60_000);
+
+  it('a daemon serving volumes with --kms-listen: KmsUrl beside its volume settings', async () => {
+    ensureBuilt();
+    await full.start(['--kms-listen', '127.0.0.1:0']);
+    const url = await kmsUrl(full);
+    const st = await full.ok(['status']);
+    expect(st.Daemon).toMatchObject({ KmsUrl: url, MountDir: full.mnt, WriteBehind: expect.any(Boolean), XtsEngine: expect.any(String), KeyCacheTtlSeconds: expect.any(Number) });
+    expect(st.Daemon).not.toHaveProperty('KmsOnly');
+    expect(st.Daemon).not.toHaveProperty('MetricsUrl');
+    const text = await full.cli(['status', '--output', 'table']);
+    expect(text.stdout).toContain(`KmsUrl: ${url}`);
+    expect(text.stdout).toContain('(times UTC; EXPIRES'); // the volume table (empty: "(none)") and its note
+  }, 60_000);
 });

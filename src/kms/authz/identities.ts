@@ -91,6 +91,11 @@ function _checkName(what: string, name: unknown, re = NAME_RE): asserts name is 
   if (!re.test(name)) throw new IamError('InvalidInputException', `${what} "${name}" does not match ${re}`);
 }
 
+/** DeleteUser's and DeleteRole's precondition: no inline policy left (IAM's DeleteConflict, HTTP 409, in its words). */
+function _assertNoPolicies(rec: EntityRecord): void {
+  if (Object.keys(rec.policies).length > 0) throw new IamError('DeleteConflictException', 'Cannot delete entity, must delete policies first.');
+}
+
 export class Identities {
   private data: IdentityFileV1;
   private readonly file: string;
@@ -175,8 +180,14 @@ export class Identities {
     return this.callerFor(this.userArn(name))!;
   }
 
+  /**
+   * DeleteUser. Refused while the user has inline policies (IAM API Reference, DeleteUser: they are
+   * deleted first), before anything changes; its uid mappings go with it (ebsd's own: docs/architecture.md §5.3).
+   */
   async deleteUser(name: string): Promise<void> {
-    if (!this.data.users[name]) throw new IamError('NoSuchEntityException', `The user with name ${name} cannot be found.`);
+    const rec = this.data.users[name];
+    if (!rec) throw new IamError('NoSuchEntityException', `The user with name ${name} cannot be found.`);
+    _assertNoPolicies(rec);
     const arn = this.userArn(name);
     delete this.data.users[name];
     for (const [uid, r] of Object.entries(this.data.uids)) if (r.principal === arn) delete this.data.uids[uid];
@@ -205,8 +216,15 @@ export class Identities {
     await this._changed();
   }
 
+  /**
+   * DeleteRole. Refused while the role has inline policies (IAM API Reference, DeleteRole: they are
+   * deleted first; ebsd has no managed policies or instance profiles), before anything changes; its
+   * uid mappings go with it (ebsd's own: docs/architecture.md §5.3).
+   */
   async deleteRole(name: string): Promise<void> {
-    if (!this.data.roles[name]) throw new IamError('NoSuchEntityException', `The role with name ${name} cannot be found.`);
+    const rec = this.data.roles[name];
+    if (!rec) throw new IamError('NoSuchEntityException', `The role with name ${name} cannot be found.`);
+    _assertNoPolicies(rec);
     const arn = this.roleArn(name);
     delete this.data.roles[name];
     for (const [uid, r] of Object.entries(this.data.uids)) if (r.principal === arn) delete this.data.uids[uid];
