@@ -27,7 +27,7 @@ import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
 import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
-import { DryRunOperation, Ec2Authorizer, type UnauthorizedOperation } from './ec2-authz.js';
+import { DryRunOperation, Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
 import { judgeRemoteKeyUse, RemoteKeyNames } from './remote-key-names.js';
 import { ResumeRetry } from '../volume/resume-retry.js';
 import type { RefusalSummary } from './connection-guard.js';
@@ -607,7 +607,11 @@ export class Daemon {
     // Only a well-formed id reaches the audit record of a refusal (a body member may be 1 MB long).
     const volumeId = typeof body.VolumeId === 'string' && VOLUME_ID_RE.test(body.VolumeId) ? body.VolumeId : undefined;
     if (caller.type === 'Unknown') {
-      await this.deny(source, eventName, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
+      const why = `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`;
+      // An EC2 operation is refused as EC2 refuses one (UnauthorizedOperation), whoever the caller: a mapped user
+      // without a policy and an unmapped uid get the same exception name.
+      const ec2 = source === 'ec2.amazonaws.com' ? new UnauthorizedOperation(`User: ${caller.arn} is not authorized to perform: ec2:${eventName} because ${why}`) : undefined;
+      await this.deny(source, eventName, caller, why, peer, volumeId, ec2);
     }
     const rootOnly = iam || op.startsWith('Audit');
     if (rootOnly && caller.type !== 'Root') {
@@ -683,7 +687,7 @@ export class Daemon {
     const ids = this.authz!.identities;
     // Aggregated per (uid, operation, reason) and bounded in size (audit-events.ts), so a refused flood costs
     // bounded audit bytes; a policy refusal keeps its volume in the key, so different volumes stay apart.
-    const reason = refusal ? `ec2-policy:${(volumeId ?? '').slice(0, 64)}` : caller.type === 'Unknown' ? 'unmapped-uid' : 'root-only';
+    const reason = caller.type === 'Unknown' ? 'unmapped-uid' : refusal ? `ec2-policy:${(volumeId ?? '').slice(0, 64)}` : 'root-only';
     try {
       await this.kms!.audit.appendRefusal(refusalKey(peer.uid, source, op, reason), () => {
         const ev = deniedEvent(source, op, caller, message, {

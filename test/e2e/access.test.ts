@@ -62,11 +62,14 @@ describe('access, concurrency and secrecy through the real daemon', () => {
     expect(st.stderr).toMatch(/^ebsd: AccessDeniedException: .*uid\/65534/);
     const k = await env.cli(['kms', 'list-keys'], { uid: NOBODY });
     expect(k.code).toBe(4);
+    // An EC2 operation is refused as EC2 refuses one, as for a mapped user without a policy.
     const v = await env.cli(['volume', 'create', '--size', '4MiB'], { uid: NOBODY });
     expect(v.code).toBe(4);
+    expect(v.stderr).toMatch(/^ebsd: UnauthorizedOperation: You are not authorized to perform this operation\. .*uid\/65534.*ec2:CreateVolume.*not mapped/);
     const events = readFileSync(join(env.state, 'kms', 'audit', 'events.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    const denied = events.filter((e) => e.errorCode === 'AccessDeniedException' && String(e.userIdentity?.arn).endsWith(':uid/65534'));
-    expect(denied.map((e) => e.eventName)).toEqual(expect.arrayContaining(['Status', 'ListKeys', 'CreateVolume']));
+    const mine = events.filter((e) => String(e.userIdentity?.arn).endsWith(':uid/65534'));
+    expect(mine.filter((e) => e.errorCode === 'AccessDeniedException').map((e) => e.eventName)).toEqual(expect.arrayContaining(['Status', 'ListKeys']));
+    expect(mine.filter((e) => e.errorCode === 'Client.UnauthorizedOperation').map((e) => e.eventName)).toContain('CreateVolume');
 
     await env.api('ebsd.IamCreateUser', { UserName: 'nobody-user' });
     await env.api('ebsd.IamMapUid', { Uid: NOBODY, Principal: 'user/nobody-user' });

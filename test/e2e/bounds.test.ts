@@ -225,14 +225,14 @@ describe('bounded resources per caller on the control socket', () => {
     const seq0 = events(env).at(-1).sequenceNumber;
     const { out } = await hostile(['refused', sock(), String(n), String(ua), 'ebsd.DescribeVolumes']);
     const { out: out2 } = await hostile(['refused', sock(), String(n), String(ua), 'TrentService.Encrypt']);
-    expect(out).toEqual({ 400: n });
-    expect(out2).toEqual({ 400: n });
+    expect(out).toEqual({ 403: n }); // EC2's UnauthorizedOperation
+    expect(out2).toEqual({ 400: n }); // KMS's AccessDeniedException
     expect((await env.api('ebsd.AuditVerify')).ok).toBe(true); // writes the pending aggregate events and seals them
     const bytes = auditBytes() - b0;
     const perRequest = bytes / (2 * n);
     console.log(`audit bytes per refused request (8 KB User-Agent, ${2 * n} requests): ${perRequest.toFixed(1)}`);
     const added = events(env).filter((e) => e.sequenceNumber > seq0);
-    const refused = added.filter((e) => e.userIdentity.type === 'Unknown' && e.errorCode === 'AccessDeniedException');
+    const refused = added.filter((e) => e.userIdentity.type === 'Unknown' && (e.errorCode === 'AccessDeniedException' || e.errorCode === 'Client.UnauthorizedOperation'));
     // Every refusal is accounted for: one event written at once, the repeats in the aggregate's count.
     for (const [source, name] of [['ec2.amazonaws.com', 'DescribeVolumes'], ['kms.amazonaws.com', 'Encrypt']]) {
       const mine = refused.filter((e) => e.eventSource === source && e.eventName === name);
