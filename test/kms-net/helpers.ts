@@ -80,6 +80,20 @@ export async function makeAccessKey(env: Env, name: string, policy?: string, pol
 }
 
 /** Every variable of the standard credential chain a test may set; cleared before each use. */
+/**
+ * A `--kms-only` daemon with user alice (kms:* policy, an access key) and role `app` (kms:*) that
+ * alice may assume: the set-up of the session tests.
+ */
+export async function startWithAliceAndApp(env: Env): Promise<{ url: string; alice: AccessKey; accountId: string; roleArn: string }> {
+  const { url } = await startKmsDaemon(env);
+  const { key: alice, accountId } = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin');
+  await env.ok(['iam', 'create-role', 'app']);
+  await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', KMS_ADMIN_POLICY]);
+  await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'app', '--policy-document',
+    JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${accountId}:user/alice` }, Action: 'sts:AssumeRole' }] })]);
+  return { url, alice, accountId, roleArn: `arn:aws:iam::${accountId}:role/app` };
+}
+
 export const CRED_VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
 
 /**

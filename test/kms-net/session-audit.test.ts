@@ -12,7 +12,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { STSClient, AssumeRoleCommand, type STSServiceException } from '@aws-sdk/client-sts';
-import { KMS_ADMIN_POLICY, StandardChain, auditEvents, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { StandardChain, auditEvents, keyVars, startWithAliceAndApp, type AccessKey } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { buildEvent, buildEventJson } from '../../src/kms/audit/event.js';
 import type { Caller } from '../../src/kms/types.js';
@@ -23,19 +23,13 @@ describe('CloudTrail sessionContext for calls made with assumed-role session cre
   let url = '';
   let accountId = '';
   let roleArn = '';
-  let alice = { AccessKeyId: '', SecretAccessKey: '' };
+  let alice: AccessKey;
 
   const events = (): Record<string, any>[] => auditEvents(env);
 
   beforeAll(async () => {
     ensureBuilt();
-    ({ url } = await startKmsDaemon(env));
-    ({ key: alice, accountId } = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin'));
-    await env.ok(['iam', 'create-role', 'app']);
-    roleArn = `arn:aws:iam::${accountId}:role/app`;
-    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', KMS_ADMIN_POLICY]);
-    await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'app', '--policy-document',
-      JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${accountId}:user/alice` }, Action: 'sts:AssumeRole' }] })]);
+    ({ url, alice, accountId, roleArn } = await startWithAliceAndApp(env));
   });
   afterAll(async () => {
     chain.restore();

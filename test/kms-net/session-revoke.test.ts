@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSClient, ListKeysCommand } from '@aws-sdk/client-kms';
 import { STSClient, AssumeRoleCommand } from '@aws-sdk/client-sts';
-import { KMS_ADMIN_POLICY, StandardChain, keyVars, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { StandardChain, keyVars, startWithAliceAndApp, type AccessKey } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 describe('aws:TokenIssueTime in KMS requests: a Deny on it revokes older sessions', () => {
@@ -18,16 +18,11 @@ describe('aws:TokenIssueTime in KMS requests: a Deny on it revokes older session
   const chain = new StandardChain();
   let url = '';
   let accountId = '';
-  let alice = { AccessKeyId: '', SecretAccessKey: '' };
+  let alice: AccessKey;
 
   beforeAll(async () => {
     ensureBuilt();
-    ({ url } = await startKmsDaemon(env));
-    ({ key: alice, accountId } = await makeAccessKey(env, 'alice', KMS_ADMIN_POLICY, 'admin'));
-    await env.ok(['iam', 'create-role', 'app']);
-    await env.ok(['iam', 'put-policy', 'role/app', '--policy-name', 'admin', '--policy-document', KMS_ADMIN_POLICY]);
-    await env.ok(['iam', 'update-assume-role-policy', '--role-name', 'app', '--policy-document',
-      JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${accountId}:user/alice` }, Action: 'sts:AssumeRole' }] })]);
+    ({ url, alice, accountId } = await startWithAliceAndApp(env));
   });
   afterAll(async () => {
     chain.restore();
