@@ -265,6 +265,7 @@ export class SnapshotCopier {
         // shows it; its data key does not exist yet, so no DataEncryptionKeyId (the source's is not the copy's).
         m.kmsKeyId = targetKey;
         delete m.dataEncryptionKeyId;
+        delete m.wrappedKey; // the source's data key under the source's key: not this copy's
       }
       // The copy names every block itself: it is incremental to nothing, so it has no parent. Its
       // sourceSnapshotId (the snapshot the source's volume was created from) is kept on purpose: the

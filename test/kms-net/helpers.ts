@@ -79,7 +79,6 @@ export async function makeAccessKey(env: Env, name: string, policy?: string, pol
   return { key, arn, accountId: arn.split(':')[4]! };
 }
 
-/** Every variable of the standard credential chain a test may set; cleared before each use. */
 /**
  * A `--kms-only` daemon with user alice (kms:* policy, an access key) and role `app` (kms:*) that
  * alice may assume: the set-up of the session tests.
@@ -94,6 +93,7 @@ export async function startWithAliceAndApp(env: Env): Promise<{ url: string; ali
   return { url, alice, accountId, roleArn: `arn:aws:iam::${accountId}:role/app` };
 }
 
+/** Every variable of the standard credential chain a test may set; cleared before each use. */
 export const CRED_VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_EC2_METADATA_DISABLED'];
 
 /**

@@ -16,6 +16,7 @@ import { SigV4Verifier } from '../../src/kms/sigv4/verifier.js';
 import type { Caller } from '../../src/kms/types.js';
 import { tempDir, TEST_SCRYPT } from '../kms/helpers.js';
 import { PolicyEvaluator } from '../../src/kms/authz/evaluate.js';
+import { RequestContext } from '../../src/kms/authz/request-context.js';
 
 describe('STS session credentials', () => {
   const t = tempDir('ebsd-sts-');
@@ -171,6 +172,24 @@ describe('STS session credentials', () => {
     flen.writeUInt16BE(forgedClear.length);
     const forged = Buffer.concat([Buffer.of(1), flen, forgedClear, sealed]).toString('base64');
     await expect(verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: forged }, at))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
+  });
+
+  it('a version 1 token without an issue time (before iat was recorded) is taken as issued at the epoch, so a revoke-older-sessions Deny reaches it', async () => {
+    const id = 'ASIA' + 'R'.repeat(16);
+    const clear = Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'older', exp: t0 + 3600_000 }), 'utf8');
+    const { secret, sealed } = await hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(clear.length);
+    const token = Buffer.concat([Buffer.of(1), len, clear, sealed]).toString('base64');
+    const at = t0 + 60_000;
+    const v = await verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, at));
+    // Keys are looked up lower-cased (conditions.ts folds them).
+    const ctx = new RequestContext({ action: 'kms:ListKeys', caller: v.principal });
+    expect(ctx.get('aws:tokenissuetime')).toBe('1970-01-01T00:00:00Z');
+    expect(ctx.get('aws:multifactorauthpresent')).toBe('false');
+    // A long-term principal carries neither key.
+    const user = new RequestContext({ action: 'kms:ListKeys', caller: alice });
+    expect([user.get('aws:tokenissuetime'), user.get('aws:multifactorauthpresent')]).toEqual([undefined, undefined]);
   });
 
   it('the trust policy decides who may assume the role; DurationSeconds is bounded to 15 min .. 12 h (the role\'s MaxSessionDuration)', async () => {

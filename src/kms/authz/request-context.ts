@@ -158,8 +158,9 @@ export class RequestContext implements ConditionContext {
       // condition context keys"), so a Deny on aws:TokenIssueTime revokes the sessions issued before
       // a time, as IAM's "Revoke active sessions" writes it (docs/architecture.md §5.4). MFA is never
       // part of an ebsd session.
+      // A version 1 session token recorded no issue time: taken as the epoch, so every revoke Deny reaches it.
       case 'aws:tokenissuetime':
-        return c.sessionContext?.attributes.creationDate;
+        return c.sessionContext ? c.sessionContext.attributes.creationDate ?? '1970-01-01T00:00:00Z' : undefined;
       case 'aws:multifactorauthpresent':
         return c.sessionContext ? c.sessionContext.attributes.mfaAuthenticated : undefined;
       case 'aws:currenttime':
