@@ -30,16 +30,19 @@ export interface Ec2Snapshot {
 
 /**
  * The VolumeId EC2 shows for a snapshot made from no volume of this account
- * (EBS direct StartSnapshot): the API reference calls it "an arbitrary volume
- * ID that should not be used for any purpose"; EC2 answers `vol-ffffffff`.
- * Manifests keep `''` (no volume), so lineage checks never match on it.
+ * (EBS direct StartSnapshot) and for a copy (CopySnapshot): the API reference
+ * calls it "an arbitrary volume ID that should not be used for any purpose";
+ * EC2 answers `vol-ffffffff`. Manifests keep `''` (no volume), so lineage
+ * checks never match on it; a copy's manifest keeps its source's volume for
+ * lineage (copy.ts), shown as EC2 shows it, so a `volume-id` filter (a script
+ * pruning a volume's old snapshots) never finds the copies made of them.
  */
 export const NO_VOLUME_ID = 'vol-ffffffff';
 
 export function toEc2Snapshot(m: SnapshotSummary): Ec2Snapshot {
   return {
     SnapshotId: m.snapshotId,
-    VolumeId: m.volumeId || NO_VOLUME_ID,
+    VolumeId: m.transferType !== undefined ? NO_VOLUME_ID : m.volumeId || NO_VOLUME_ID,
     State: m.state,
     ...(m.stateMessage ? { StateMessage: m.stateMessage } : {}),
     StartTime: m.startTime,

@@ -37,6 +37,15 @@ describe('DescribeSnapshots: SnapshotIds and transfer-type as EC2', () => {
     expect(await refusal(call('DescribeSnapshots', { SnapshotIds: [snap, 'snap-00000000000000000', snap] }))).toBe('InvalidSnapshot.NotFound');
   }, 60_000);
 
+  it('shows a copy\'s VolumeId as EC2 does (vol-ffffffff), so volume-id lists the volume\'s own snapshots, never the copies made of them', async () => {
+    const byId = new Map(((await call('DescribeSnapshots', { SnapshotIds: [snap, copy] })).Snapshots as { SnapshotId: string; VolumeId: string }[]).map((s) => [s.SnapshotId, s.VolumeId]));
+    expect(byId.get(snap)).toMatch(/^vol-[0-9a-f]{17}$/);
+    expect(byId.get(copy)).toBe('vol-ffffffff');
+    expect(ids(await call('DescribeSnapshots', { Filters: [{ Name: 'volume-id', Values: [byId.get(snap)!] }] }))).toEqual([snap]);
+    // The copy's manifest still names the source's volume: its lineage (ListChangedBlocks) is unchanged.
+    expect(JSON.parse(readFileSync(join(env.state, 'snapshots', 'manifests', `${copy}.json`), 'utf8')).volumeId).toBe(byId.get(snap));
+  }, 60_000);
+
   it('shows TransferType standard on a copy only, and transfer-type matches it (the copy\'s manifest records it)', async () => {
     const [s, c] = (await call('DescribeSnapshots', { SnapshotIds: [snap, copy] })).Snapshots as Record<string, unknown>[];
     const byId = new Map([s, c].map((x) => [x!.SnapshotId, x!]));
