@@ -240,7 +240,8 @@ export class SnapshotCopier {
         const arn = req.KmsKeyId === undefined ? src.wrappedKey!.keyArn : (await this.o.keyService.describeKey({ KeyId: req.KmsKeyId }, via)).KeyMetadata.Arn;
         if (arn !== src.wrappedKey!.keyArn) targetKey = arn;
       } else if (encrypt) {
-        targetKey = req.KmsKeyId ?? DEFAULT_EBS_KEY;
+        // Resolved to its ARN now, as a restore resolves it (restore.ts): the copy shows its key from the start.
+        targetKey = (await this.o.keyService.describeKey({ KeyId: req.KmsKeyId ?? DEFAULT_EBS_KEY }, via)).KeyMetadata.Arn;
       }
       if (dryRun) await dryRun();
       const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
@@ -260,9 +261,11 @@ export class SnapshotCopier {
       };
       delete m.completionTime;
       delete m.stateMessage;
-      if (targetKey !== undefined && src.encrypted) {
-        // Another key (an ARN, resolved above): the copy is under it from the start, pending or failed, as EC2
-        // shows it; its data key does not exist yet, so no DataEncryptionKeyId (the source's is not the copy's).
+      if (targetKey !== undefined) {
+        // Another key, or an unencrypted source copied encrypted (an ARN, resolved above): the copy is under it
+        // from the start, pending or failed, as EC2 shows it; its data key does not exist yet, so no
+        // DataEncryptionKeyId (the source's is not the copy's).
+        m.encrypted = true;
         m.kmsKeyId = targetKey;
         delete m.dataEncryptionKeyId;
         delete m.wrappedKey; // the source's data key under the source's key: not this copy's
