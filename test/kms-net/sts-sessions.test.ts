@@ -152,14 +152,22 @@ describe('STS session credentials', () => {
     expect((await verify(fresh)).principal.principalId).toBe(`${ids.listRoles().find((r) => r.RoleName === 'ephemeral')!.RoleId}:gone`);
   });
 
+  /** A version 1 session token (first byte 0x01) of this clear part: `clear` and a seal, as a daemon before the role id issued it. */
+  const tokenOf = (clear: Buffer, sealed: Uint8Array): string => {
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(clear.length);
+    return Buffer.concat([Buffer.of(1), len, clear, sealed]).toString('base64');
+  };
+  const v1Token = async (meta: Record<string, unknown>): Promise<{ secret: string; sealed: Uint8Array; token: string }> => {
+    const clear = Buffer.from(JSON.stringify(meta), 'utf8');
+    const { secret, sealed } = await hsm.call({ op: 'newSecret', kind: 'session', id: meta.id as string, context: clear });
+    return { secret, sealed, token: tokenOf(clear, sealed) };
+  };
+
   it('a token of the format before the role id (version 1, sealed by the same HSM) works until it expires, then is expired; a forged one is unrecognized', async () => {
     const id = 'ASIA' + 'Q'.repeat(16);
     const iat = t0;
-    const clear = Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'legacy', exp: iat + 3600_000, iat }), 'utf8');
-    const { secret, sealed } = await hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
-    const len = Buffer.alloc(2);
-    len.writeUInt16BE(clear.length);
-    const token = Buffer.concat([Buffer.of(1), len, clear, sealed]).toString('base64');
+    const { secret, sealed, token } = await v1Token({ v: 1, id, role: 'app', session: 'legacy', exp: iat + 3600_000, iat });
     // Issued before an upgrade: a fleet host's SDK holds it until it expires, and a refusal would impair its volumes.
     const at = t0 + 60_000;
     const v = await verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, at));
@@ -167,20 +175,13 @@ describe('STS session credentials', () => {
     const late = iat + 3600_000;
     await expect(verifyAt(late).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, late))).rejects.toMatchObject({ awsName: 'ExpiredTokenException' });
     // Its clear part is still authenticated by the HSM: a later expiry written in is refused.
-    const forgedClear = Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'legacy', exp: iat + 7200_000, iat }), 'utf8');
-    const flen = Buffer.alloc(2);
-    flen.writeUInt16BE(forgedClear.length);
-    const forged = Buffer.concat([Buffer.of(1), flen, forgedClear, sealed]).toString('base64');
+    const forged = tokenOf(Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'legacy', exp: iat + 7200_000, iat }), 'utf8'), sealed);
     await expect(verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: forged }, at))).rejects.toMatchObject({ awsName: 'UnrecognizedClientException' });
   });
 
   it('a version 1 token without an issue time (before iat was recorded) is taken as issued at the epoch, so a revoke-older-sessions Deny reaches it', async () => {
     const id = 'ASIA' + 'R'.repeat(16);
-    const clear = Buffer.from(JSON.stringify({ v: 1, id, role: 'app', session: 'older', exp: t0 + 3600_000 }), 'utf8');
-    const { secret, sealed } = await hsm.call({ op: 'newSecret', kind: 'session', id, context: clear });
-    const len = Buffer.alloc(2);
-    len.writeUInt16BE(clear.length);
-    const token = Buffer.concat([Buffer.of(1), len, clear, sealed]).toString('base64');
+    const { secret, token } = await v1Token({ v: 1, id, role: 'app', session: 'older', exp: t0 + 3600_000 });
     const at = t0 + 60_000;
     const v = await verifyAt(at).verify(await request({ accessKeyId: id, secretAccessKey: secret, sessionToken: token }, at));
     // Keys are looked up lower-cased (conditions.ts folds them).
