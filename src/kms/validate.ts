@@ -34,6 +34,15 @@ export function checkKeyPolicySize(policy: string): void {
 const lc = (s: string) => s[0]!.toLowerCase() + s.slice(1);
 const fail = (name: string, c: string) =>
   new ValidationException(`1 validation error detected: Value at '${lc(name)}' failed to satisfy constraint: ${c}`);
+/**
+ * The same naming the value, as AWS does where it can show one: `Value null at 'keyId'` for a
+ * member that is missing, `Value '1001' at 'limit'` for a number out of range. Strings and blobs
+ * stay unquoted (they may be a plaintext, a policy of 32 KiB, or a caller's secret).
+ */
+const missing = (name: string) =>
+  new ValidationException(`1 validation error detected: Value null at '${lc(name)}' failed to satisfy constraint: Member must not be null`);
+const outOfRange = (name: string, v: number, c: string) =>
+  new ValidationException(`1 validation error detected: Value '${v}' at '${lc(name)}' failed to satisfy constraint: ${c}`);
 
 export function optStr(req: KmsRequest, name: string, min = 1, max = 2048): string | undefined {
   const v = req[name];
@@ -46,7 +55,7 @@ export function optStr(req: KmsRequest, name: string, min = 1, max = 2048): stri
 
 export function reqStr(req: KmsRequest, name: string, min = 1, max = 2048): string {
   const v = optStr(req, name, min, max);
-  if (v === undefined) throw fail(name, 'Member must not be null');
+  if (v === undefined) throw missing(name);
   return v;
 }
 
@@ -54,14 +63,14 @@ export function optInt(req: KmsRequest, name: string, min: number, max: number):
   const v = req[name];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v)) throw fail(name, 'Member must be an integer');
-  if (v < min) throw fail(name, `Member must have value greater than or equal to ${min}`);
-  if (v > max) throw fail(name, `Member must have value less than or equal to ${max}`);
+  if (v < min) throw outOfRange(name, v, `Member must have value greater than or equal to ${min}`);
+  if (v > max) throw outOfRange(name, v, `Member must have value less than or equal to ${max}`);
   return v;
 }
 
 export function reqInt(req: KmsRequest, name: string, min: number, max: number): number {
   const v = optInt(req, name, min, max);
-  if (v === undefined) throw fail(name, 'Member must not be null');
+  if (v === undefined) throw missing(name);
   return v;
 }
 
@@ -83,7 +92,7 @@ export function optBytes(req: KmsRequest, name: string, min: number, max: number
 
 export function reqBytes(req: KmsRequest, name: string, min: number, max: number): Uint8Array {
   const v = optBytes(req, name, min, max);
-  if (v === undefined) throw fail(name, 'Member must not be null');
+  if (v === undefined) throw missing(name);
   return v;
 }
 
@@ -96,7 +105,7 @@ export function optEnum<T extends string>(req: KmsRequest, name: string, values:
 
 export function reqEnum<T extends string>(req: KmsRequest, name: string, values: readonly T[]): T {
   const v = optEnum(req, name, values);
-  if (v === undefined) throw fail(name, 'Member must not be null');
+  if (v === undefined) throw missing(name);
   return v;
 }
 

@@ -105,10 +105,13 @@ describe('symmetric operations', () => {
   it('GenerateRandom', async () => {
     const r = await kms.call('GenerateRandom', { NumberOfBytes: 48 }, admin);
     expect((r.Plaintext as Uint8Array).length).toBe(48);
-    expect(await awsError(kms.call('GenerateRandom', { NumberOfBytes: 1025 }, admin))).toBe('ValidationException');
+    // Named with its value, as AWS names a number out of range.
+    await expect(kms.call('GenerateRandom', { NumberOfBytes: 1025 }, admin)).rejects.toMatchObject({
+      awsName: 'ValidationException', message: "1 validation error detected: Value '1025' at 'numberOfBytes' failed to satisfy constraint: Member must have value less than or equal to 1024",
+    });
     // NumberOfBytes is required, not 32 by default.
     await expect(kms.call('GenerateRandom', {}, admin)).rejects.toMatchObject({
-      awsName: 'ValidationException', message: "1 validation error detected: Value at 'numberOfBytes' failed to satisfy constraint: Member must not be null",
+      awsName: 'ValidationException', message: "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: Member must not be null",
     });
     // No custom key stores here: any CustomKeyStoreId names none.
     await expect(kms.call('GenerateRandom', { NumberOfBytes: 16, CustomKeyStoreId: 'cks-1234567890abcdef0' }, admin)).rejects.toMatchObject({

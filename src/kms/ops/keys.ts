@@ -171,7 +171,7 @@ export function registerKeyOperations(d: Dispatcher): void {
   d.registerOperation('UpdateKeyDescription', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const description = optStr(call.request, 'Description', 0, 8192);
-    if (description === undefined) throw new ValidationException("1 validation error detected: Value at 'description' failed to satisfy constraint: Member must not be null");
+    if (description === undefined) throw new ValidationException("1 validation error detected: Value null at 'description' failed to satisfy constraint: Member must not be null");
     await call.authorize({ key });
     requireCustomerManaged(key, 'UpdateKeyDescription');
     await ctx.keystore.update(key.keyId, (k) => { k.description = description; });

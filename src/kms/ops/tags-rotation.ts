@@ -35,7 +35,7 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
   d.registerOperation('TagResource', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const tags = parseTags(call.request);
-    if (!tags) throw new ValidationException("1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must not be null");
+    if (!tags) throw new ValidationException("1 validation error detected: Value null at 'tags' failed to satisfy constraint: Member must not be null");
     await call.authorize({ key });
     requireCustomerManaged(key, 'TagResource');
     await ctx.keystore.update(key.keyId, (k) => {
@@ -51,7 +51,7 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
   d.registerOperation('UntagResource', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const keys = optStrList(call.request, 'TagKeys', 50, 128);
-    if (!keys) throw new ValidationException("1 validation error detected: Value at 'tagKeys' failed to satisfy constraint: Member must not be null");
+    if (!keys) throw new ValidationException("1 validation error detected: Value null at 'tagKeys' failed to satisfy constraint: Member must not be null");
     await call.authorize({ key });
     requireCustomerManaged(key, 'UntagResource');
     await ctx.keystore.update(key.keyId, (k) => { k.tags = k.tags.filter((t) => !keys.includes(t.TagKey)); });
