@@ -32,17 +32,15 @@ export function checkKeyPolicySize(policy: string): void {
 }
 
 const lc = (s: string) => s[0]!.toLowerCase() + s.slice(1);
-const fail = (name: string, c: string) =>
-  new ValidationException(`1 validation error detected: Value at '${lc(name)}' failed to satisfy constraint: ${c}`);
 /**
- * The same naming the value, as AWS does where it can show one: `Value null at 'keyId'` for a
- * member that is missing, `Value '1001' at 'limit'` for a number out of range. Strings and blobs
- * stay unquoted (they may be a plaintext, a policy of 32 KiB, or a caller's secret).
+ * `value` named as AWS names it where it can show one: `null` for a member that is missing, `'1001'`
+ * for a number out of range. Strings and blobs are never shown (they may be a plaintext, a policy of
+ * 32 KiB, or a caller's secret).
  */
-const missing = (name: string) =>
-  new ValidationException(`1 validation error detected: Value null at '${lc(name)}' failed to satisfy constraint: Member must not be null`);
-const outOfRange = (name: string, v: number, c: string) =>
-  new ValidationException(`1 validation error detected: Value '${v}' at '${lc(name)}' failed to satisfy constraint: ${c}`);
+const fail = (name: string, c: string, value?: null | number) =>
+  new ValidationException(`1 validation error detected: Value ${value === undefined ? '' : value === null ? 'null ' : `'${value}' `}at '${lc(name)}' failed to satisfy constraint: ${c}`);
+/** A required member that is absent, in AWS's words (`Value null at 'tags' … Member must not be null`). */
+export const missing = (name: string) => fail(name, 'Member must not be null', null);
 
 export function optStr(req: KmsRequest, name: string, min = 1, max = 2048): string | undefined {
   const v = req[name];
@@ -63,8 +61,8 @@ export function optInt(req: KmsRequest, name: string, min: number, max: number):
   const v = req[name];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v)) throw fail(name, 'Member must be an integer');
-  if (v < min) throw outOfRange(name, v, `Member must have value greater than or equal to ${min}`);
-  if (v > max) throw outOfRange(name, v, `Member must have value less than or equal to ${max}`);
+  if (v < min) throw fail(name, `Member must have value greater than or equal to ${min}`, v);
+  if (v > max) throw fail(name, `Member must have value less than or equal to ${max}`, v);
   return v;
 }
 

@@ -187,17 +187,35 @@ export function grantNoBroader(parent: GrantView, child: NewGrantInfo): boolean 
   return false;
 }
 
+/** The kind of policy each reason names, in AWS's words ("… in a resource-based policy"). */
+const _POLICY_KIND: Record<Exclude<DenyReason, 'unknown-caller'>, string> = {
+  'explicit-deny-key-policy': 'a resource-based policy',
+  'explicit-deny-identity-policy': 'an identity-based policy',
+  'explicit-deny-session-policy': 'a session policy',
+  'no-key-policy-allow': 'resource-based policy',
+  'no-identity-policy-allow': 'identity-based policy',
+  'no-session-policy-allow': 'session policy',
+};
+
+/** An explicit deny's policy kind, or else what follows "because " in AWS's message. */
+function _denial(reason: DenyReason, action: string, caller: Caller): { explicitDenyIn?: string; because: string } {
+  if (reason === 'unknown-caller') return { because: `the caller${caller.uid !== undefined ? ` (uid ${caller.uid})` : ''} is not mapped to any principal` };
+  const kind = _POLICY_KIND[reason];
+  return reason.startsWith('explicit-deny-')
+    ? { explicitDenyIn: kind, because: `of an explicit deny in ${kind}` }
+    : { because: `no ${kind} allows the ${action} action` };
+}
+
+/** AWS's AccessDenied message: "User: … is not authorized to perform: … on resource: … with an explicit deny in … / because …". */
 export function denialMessage(caller: Caller, action: string, resource: string, reason: DenyReason): string {
   const head = `User: ${caller.arn} is not authorized to perform: ${action} on resource: ${resource}`;
-  switch (reason) {
-    case 'explicit-deny-key-policy': return `${head} with an explicit deny in a resource-based policy`;
-    case 'explicit-deny-identity-policy': return `${head} with an explicit deny in an identity-based policy`;
-    case 'explicit-deny-session-policy': return `${head} with an explicit deny in a session policy`;
-    case 'no-key-policy-allow': return `${head} because no resource-based policy allows the ${action} action`;
-    case 'no-identity-policy-allow': return `${head} because no identity-based policy allows the ${action} action`;
-    case 'no-session-policy-allow': return `${head} because no session policy allows the ${action} action`;
-    case 'unknown-caller': return `${head} because the caller${caller.uid !== undefined ? ` (uid ${caller.uid})` : ''} is not mapped to any principal`;
-  }
+  const d = _denial(reason, action, caller);
+  return d.explicitDenyIn !== undefined ? `${head} with an explicit deny in ${d.explicitDenyIn}` : `${head} because ${d.because}`;
+}
+
+/** The tail the dispatcher puts after "… on resource: <arn> because " (policy-authorizer.ts). */
+export function denialReason(reason: DenyReason, action: string, caller: Caller): string {
+  return _denial(reason, action, caller).because;
 }
 
 export class PolicyEvaluator {

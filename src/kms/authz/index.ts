@@ -12,11 +12,11 @@ import { GrantStore } from './grants.js';
 import { Identities, type IdentitiesInit } from './identities.js';
 import { PolicyAuthorizer } from './policy-authorizer.js';
 
-export { PolicyAuthorizer, keyInfo, denialReason, mayRetireByGrant } from './policy-authorizer.js';
+export { PolicyAuthorizer, keyInfo, mayRetireByGrant } from './policy-authorizer.js';
 export { registerAuthzOperations, LOCKOUT_MESSAGE } from './operations.js';
 export { Identities, IamError, IDENTITIES_FILE } from './identities.js';
 export { GrantStore, grantListEntry, GRANT_OPERATIONS, LIMITS as GRANT_LIMITS, checkGrantTokens, parseConstraints, operationsForKey, serviceGrantsUnsupported } from './grants.js';
-export { PolicyEvaluator, constraintsHold, grantNoBroader, denialMessage } from './evaluate.js';
+export { PolicyEvaluator, constraintsHold, grantNoBroader, denialMessage, denialReason } from './evaluate.js';
 export type { Decision, DenyReason, GrantSource, GrantView } from './evaluate.js';
 export { parsePolicy, PolicyCache, MAX_KEY_POLICY_BYTES } from './policy-document.js';
 export type { CompiledPolicy, CompiledStatement } from './policy-document.js';

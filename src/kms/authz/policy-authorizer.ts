@@ -1,7 +1,7 @@
 import type { Authorizer, AuthorizationDecision, AuthorizationRequest } from '../authorizer.js';
 import type { KeyView } from '../key-record.js';
 import type { Caller } from '../types.js';
-import { PolicyEvaluator, denialMessage, type Decision, type DenyReason } from './evaluate.js';
+import { PolicyEvaluator, denialMessage, denialReason, type Decision } from './evaluate.js';
 import { checkGrantTokens, parseConstraints, type GrantStore, type Grant } from './grants.js';
 import type { Identities } from './identities.js';
 import { managedKeyRefusal } from './managed-keys.js';
@@ -13,19 +13,6 @@ import { dataMap } from '../data-map.js';
  * The core's `Authorizer`, backed by key policies, identity policies and
  * grants. Synchronous: the Decrypt hot path never waits on a promise here.
  */
-
-/** The tail the dispatcher puts after "… on resource: <arn> because ". */
-export function denialReason(reason: DenyReason, action: string, caller: Caller): string {
-  switch (reason) {
-    case 'explicit-deny-key-policy': return 'of an explicit deny in a resource-based policy';
-    case 'explicit-deny-identity-policy': return 'of an explicit deny in an identity-based policy';
-    case 'explicit-deny-session-policy': return 'of an explicit deny in a session policy';
-    case 'no-key-policy-allow': return `no resource-based policy allows the ${action} action`;
-    case 'no-identity-policy-allow': return `no identity-based policy allows the ${action} action`;
-    case 'no-session-policy-allow': return `no session policy allows the ${action} action`;
-    case 'unknown-caller': return `the caller${caller.uid !== undefined ? ` (uid ${caller.uid})` : ''} is not mapped to any principal`;
-  }
-}
 
 const _tagCache = new WeakMap<object, Record<string, string>>();
 function _tags(list: readonly { TagKey: string; TagValue: string }[] | undefined): Record<string, string> | undefined {

@@ -8,7 +8,7 @@ import { KEY_SPECS, UNSUPPORTED_KEY_SPECS, allowedUsages, unsupportedSpecReason,
 import type { KeyRecord } from '../key-record.js';
 import { keyMetadata, epochSeconds } from '../key-metadata.js';
 import { defaultKeyPolicy } from '../authorizer.js';
-import { MAX_POLICY_DEPTH, checkKeyPolicySize, optBool, optEnum, optInt, optStr, optStrList, reqStr } from '../validate.js';
+import { MAX_POLICY_DEPTH, checkKeyPolicySize, missing, optBool, optEnum, optInt, optStr, optStrList, reqStr } from '../validate.js';
 import { parseStrictJson } from '../../util/strict-json.js';
 import { charCount } from '../../util/char-count.js';
 import { page } from '../paging.js';
@@ -171,7 +171,7 @@ export function registerKeyOperations(d: Dispatcher): void {
   d.registerOperation('UpdateKeyDescription', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const description = optStr(call.request, 'Description', 0, 8192);
-    if (description === undefined) throw new ValidationException("1 validation error detected: Value null at 'description' failed to satisfy constraint: Member must not be null");
+    if (description === undefined) throw missing('Description');
     await call.authorize({ key });
     requireCustomerManaged(key, 'UpdateKeyDescription');
     await ctx.keystore.update(key.keyId, (k) => { k.description = description; });

@@ -1,11 +1,11 @@
 /** TagResource, UntagResource, ListResourceTags; Enable/DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand, ListKeyRotations. */
 import { randomBytes } from 'node:crypto';
 import type { Dispatcher, OperationContext } from '../dispatcher.js';
-import { LimitExceededException, TagException, UnsupportedOperationException, ValidationException } from '../errors.js';
+import { LimitExceededException, TagException, UnsupportedOperationException } from '../errors.js';
 import type { KeyRecord } from '../key-record.js';
 import { epochSeconds } from '../key-metadata.js';
 import { page } from '../paging.js';
-import { optEnum, optInt, optStrList, reqStr } from '../validate.js';
+import { missing, optEnum, optInt, optStrList, reqStr } from '../validate.js';
 import { DEFAULT_ROTATION_DAYS, parseTags, requireCustomerManaged } from './keys.js';
 
 const DAY = 86_400_000;
@@ -35,7 +35,7 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
   d.registerOperation('TagResource', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const tags = parseTags(call.request);
-    if (!tags) throw new ValidationException("1 validation error detected: Value null at 'tags' failed to satisfy constraint: Member must not be null");
+    if (!tags) throw missing('Tags');
     await call.authorize({ key });
     requireCustomerManaged(key, 'TagResource');
     await ctx.keystore.update(key.keyId, (k) => {
@@ -51,7 +51,7 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
   d.registerOperation('UntagResource', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const keys = optStrList(call.request, 'TagKeys', 50, 128);
-    if (!keys) throw new ValidationException("1 validation error detected: Value null at 'tagKeys' failed to satisfy constraint: Member must not be null");
+    if (!keys) throw missing('TagKeys');
     await call.authorize({ key });
     requireCustomerManaged(key, 'UntagResource');
     await ctx.keystore.update(key.keyId, (k) => { k.tags = k.tags.filter((t) => !keys.includes(t.TagKey)); });
