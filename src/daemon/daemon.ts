@@ -607,11 +607,7 @@ export class Daemon {
     // Only a well-formed id reaches the audit record of a refusal (a body member may be 1 MB long).
     const volumeId = typeof body.VolumeId === 'string' && VOLUME_ID_RE.test(body.VolumeId) ? body.VolumeId : undefined;
     if (caller.type === 'Unknown') {
-      const why = `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`;
-      // An EC2 operation is refused as EC2 refuses one (UnauthorizedOperation), whoever the caller: a mapped user
-      // without a policy and an unmapped uid get the same exception name.
-      const ec2 = source === 'ec2.amazonaws.com' ? new UnauthorizedOperation(`User: ${caller.arn} is not authorized to perform: ec2:${eventName} because ${why}`) : undefined;
-      await this.deny(source, eventName, caller, why, peer, volumeId, ec2);
+      await this.deny(source, eventName, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
     }
     const rootOnly = iam || op.startsWith('Audit');
     if (rootOnly && caller.type !== 'Root') {
@@ -682,12 +678,16 @@ export class Daemon {
     throw new EbsdError('UNKNOWN_TARGET', `unknown operation ebsd.${op}`, { awsName: 'UnknownOperationException' });
   }
 
-  private async deny(source: string, op: string, caller: Caller, why: string, peer: PeerIdentity, volumeId?: string, refusal?: UnauthorizedOperation): Promise<never> {
-    const message = refusal?.message ?? `User: ${caller.arn} is not authorized to perform: ${source.split('.')[0]}:${op} because ${why}`;
+  private async deny(source: string, op: string, caller: Caller, why: string, peer: PeerIdentity, volumeId?: string, policyRefusal?: UnauthorizedOperation): Promise<never> {
+    const said = `User: ${caller.arn} is not authorized to perform: ${source.split('.')[0]}:${op} because ${why}`;
+    // An EC2 operation is refused as EC2 refuses one (UnauthorizedOperation), whatever refused it: a policy,
+    // or an unmapped uid, which a mapped user without a policy would otherwise answer differently from.
+    const refusal = policyRefusal ?? (source === 'ec2.amazonaws.com' ? new UnauthorizedOperation(said) : undefined);
+    const message = refusal?.message ?? said;
     const ids = this.authz!.identities;
     // Aggregated per (uid, operation, reason) and bounded in size (audit-events.ts), so a refused flood costs
     // bounded audit bytes; a policy refusal keeps its volume in the key, so different volumes stay apart.
-    const reason = caller.type === 'Unknown' ? 'unmapped-uid' : refusal ? `ec2-policy:${(volumeId ?? '').slice(0, 64)}` : 'root-only';
+    const reason = caller.type === 'Unknown' ? 'unmapped-uid' : policyRefusal ? `ec2-policy:${(volumeId ?? '').slice(0, 64)}` : 'root-only';
     try {
       await this.kms!.audit.appendRefusal(refusalKey(peer.uid, source, op, reason), () => {
         const ev = deniedEvent(source, op, caller, message, {
