@@ -219,8 +219,8 @@ export class SnapshotCopier {
     // settings (store-settings.ts): read beside the checks, and checked before the pending manifest, the first write,
     // so settings this daemon cannot follow (or a store that does not answer for them) refuse the copy with nothing
     // written, not after its touches.
-    const recheck = this.o.store.singleWriter ? undefined : recheckMsOf(this.o.store, this.o.foundRecheckMs);
-    recheck?.catch(() => {}); // awaited below; a check that fails first must not leave it unhandled
+    const recheck = recheckMsOf(this.o.store, this.o.foundRecheckMs);
+    recheck.catch(() => {}); // awaited below; a check that fails first must not leave it unhandled
     const release = (await this.o.hold?.(req.SourceSnapshotId)) ?? (() => {});
     try {
       const src = await this.o.store.getManifest(req.SourceSnapshotId);
@@ -282,7 +282,7 @@ export class SnapshotCopier {
       // manifest names them from its first write: this daemon's pins and hold keep them from its own
       // collector only, and another host deleting the source meanwhile would free them otherwise.
       const sharedSameKey = targetKey === undefined && !this.o.store.singleWriter;
-      const recheckMs = sharedSameKey ? await recheck! : 0;
+      const recheckMs = sharedSameKey ? await recheck : 0;
       if (sharedSameKey) {
         if (src.header) m.header = src.header;
         m.blocks = src.blocks.map(([i, h]) => [i, h]);

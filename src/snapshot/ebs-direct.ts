@@ -516,7 +516,7 @@ export class EbsDirect {
     // (store-settings.ts): read before the data key is made, so settings this daemon cannot follow (or a store that
     // does not answer for them) refuse the start with nothing written and no KMS call, not the completion after every
     // block was put. The store reads them once (a failed read is tried again by the next start).
-    const recheckMs = this.o.store.singleWriter ? 0 : await recheckMsOf(this.o.store, this.o.foundRecheckMs);
+    const recheckMs = await recheckMsOf(this.o.store, this.o.foundRecheckMs);
     const snapshotId = `snap-${randomBytes(9).toString('hex').slice(0, 17)}`;
     const sizeBytes = i.VolumeSize * 1024 ** 3;
     const manifest: SnapshotManifest = {

@@ -466,12 +466,12 @@ export class SnapshotManager {
       // (store-settings.ts): read beside the header, and checked before anything is written, so settings this daemon
       // cannot follow (or a store that does not answer for them) refuse the create here, nothing left behind, not
       // after every block was read, encrypted and put.
-      const recheck = this.o.store.singleWriter ? undefined : recheckMsOf(this.o.store, this.o.foundRecheckMs);
-      recheck?.catch(() => {}); // awaited below; a header read that fails first must not leave it unhandled
+      const recheck = recheckMsOf(this.o.store, this.o.foundRecheckMs);
+      recheck.catch(() => {}); // awaited below; a header read that fails first must not leave it unhandled
       const hdr = await readImageHeader(v, (n) => this.headerBuffer(n));
       // close() aborts only the runs it finds in `running`: one that began during the read refuses here, nothing written yet.
       if (this.closing) throw shuttingDown();
-      const recheckMs = recheck ? await recheck : 0;
+      const recheckMs = await recheck;
       const tags = (req.TagSpecifications ?? []).flatMap((s) => s.Tags);
       const m: SnapshotManifest = {
         formatVersion: 1,

@@ -84,7 +84,12 @@ function settingMs(where: string, s: Record<string, unknown>, name: string, dflt
   return v as number;
 }
 
-/** A writer's wait after its last put or touch before it asks again (`override`: its own option, for tests on a store shown as shared). */
-export async function recheckMsOf(store: { deleteWindows?(): Promise<DeleteWindows> }, override?: number): Promise<number> {
+/**
+ * A writer's wait after its last put or touch before it asks again: none on a store only this daemon
+ * writes (no other host's collector to wait out), else the store's settings (`override`: its own
+ * option, for tests on a store shown as shared).
+ */
+export async function recheckMsOf(store: { singleWriter?: boolean; deleteWindows?(): Promise<DeleteWindows> }, override?: number): Promise<number> {
+  if (store.singleWriter) return 0;
   return override ?? (await store.deleteWindows?.())?.recheckMs ?? DEFAULT_DELETE_WINDOWS.recheckMs;
 }
