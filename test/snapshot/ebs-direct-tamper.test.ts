@@ -77,6 +77,23 @@ describe('EBS direct APIs over a store whose manifest names another snapshot\'s 
     expect(got.error).toMatch(/^InternalServerException: GetSnapshotBlock: .* does not match the LUKS2 digest of its header/);
   });
 
+  it('a manifest carrying another snapshot\'s wrapped key: a same-key restore and copy are refused naming it, not left to fail at the first attach', async () => {
+    const a = await snapshotOf(randomBytes(BLOCK));
+    const b = await snapshotOf(randomBytes(BLOCK));
+    alter(a, b, ['wrappedKey']);
+    const volumesBefore = (await env.api('ebsd.DescribeVolumes')).Volumes.length;
+    const snapshotsBefore = (await env.api('ebsd.DescribeSnapshots')).Snapshots.length;
+    // Refused with the store's corruption (InternalFailure, exit 10) before anything is created.
+    const restore = await env.cli(['volume', 'create', '--snapshot-id', a, '--wait', '--output', 'json']);
+    expect(restore.code, restore.stdout).toBe(10);
+    expect(restore.stderr).toContain(`InternalFailure: Snapshot '${a}' cannot be read: its wrapped data key is not the one its LUKS2 header names`);
+    expect((await env.api('ebsd.DescribeVolumes')).Volumes.length).toBe(volumesBefore);
+    const copy = await env.cli(['snapshot', 'copy', a, '--wait', '--output', 'json']);
+    expect(copy.code, copy.stdout).toBe(10);
+    expect(copy.stderr).toContain(`InternalFailure: Snapshot '${a}' cannot be read: its wrapped data key is not the one its LUKS2 header names`);
+    expect((await env.api('ebsd.DescribeSnapshots')).Snapshots.length).toBe(snapshotsBefore);
+  });
+
   it('an unaltered encrypted snapshot and a child of it read back as written (the key check passes)', async () => {
     const d = randomBytes(BLOCK);
     const a = await snapshotOf(d);
