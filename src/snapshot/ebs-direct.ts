@@ -4,6 +4,7 @@ import type { XtsContext, XtsEngine } from '../crypto/xts.js';
 import type { KeyService } from '../volume/key-service.js';
 import { VOLUME_KEY_BYTES, SECTOR_SIZE, verifyVolumeKey, type Luks2Volume } from '../volume/luks2-json.js';
 import { parseLuks2Header } from '../volume/luks2-header.js';
+import { parsePlainHeader } from '../volume/plain-image.js';
 import { wipe } from '../util/wipe.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
@@ -258,8 +259,11 @@ export class EbsDirect {
   private readonly dataKeys: SnapshotKeyCache;
   /** Completed manifests, parsed once and indexed (ebs-direct-manifests.ts). */
   private readonly manifests: CompletedManifests;
-  /** LUKS2 headers of encrypted snapshots by their hash, parsed once (HEADER_DIGESTS_MAX, least recently used out). */
-  private readonly headerDigests = new Map<BlockHash, Promise<Luks2Volume>>();
+  /**
+   * Snapshot headers checked against their manifests, by kind and hash (`luks2:<hash>`: the parsed LUKS2
+   * header; `plain:<hash>`: null, a plaintext-image marker), parsed once (HEADER_DIGESTS_MAX, least recently used out).
+   */
+  private readonly headerDigests = new Map<string, Promise<Luks2Volume | null>>();
 
   constructor(private readonly o: EbsDirectOptions) {
     this.tokens = new TokenSigner(o.tokenKey);
@@ -428,6 +432,7 @@ export class EbsDirect {
     const data = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
     stored.copy(data);
     if (m.encrypted) await this._withKey(m, caller, 'GetSnapshotBlock', (x) => decryptBlock(x, data, i.BlockIndex));
+    else await this._checkPlain(m, 'GetSnapshotBlock');
     return { BlockData: data, DataLength: SNAPSHOT_BLOCK_BYTES, Checksum: sha256(data).toString('base64'), ChecksumAlgorithm: 'SHA256' };
   }
 
@@ -542,7 +547,7 @@ export class EbsDirect {
     }
     const headerHash = sha256(header.bytes).toString('hex');
     // PutSnapshotBlock checks the caller's key against this header (_checkKey): parsed here, not read back.
-    if (outcome.encrypted) this._rememberHeader(headerHash, Promise.resolve(parseLuks2Header(header.bytes, `snapshot ${snapshotId} header`).volume));
+    if (outcome.encrypted) this._rememberHeader(`luks2:${headerHash}`, Promise.resolve(parseLuks2Header(header.bytes, `snapshot ${snapshotId} header`).volume));
     // The completed manifest but its blocks: everything else in it is fixed from here (MAX_SNAPSHOT_BLOCKS).
     const rest = Buffer.byteLength(JSON.stringify({
       ...manifest, header: headerHash, dataOffset: header.dataOffset,
@@ -886,7 +891,9 @@ export class EbsDirect {
     if (!m.header) throw internal(`${op}: the encrypted snapshot ${where} names no header, so its data key cannot be checked; no block is read or written with it`);
     let v: Luks2Volume;
     try {
-      v = await this._header(m);
+      const h = await this._header(m);
+      if (!h) throw new Error('it is not a LUKS2 header');
+      v = h;
     } catch (e) {
       throw internal(`${op}: the header of ${where} cannot be read to check its data key: ${(e as Error)?.message ?? String(e)}`, e);
     }
@@ -897,32 +904,57 @@ export class EbsDirect {
     }
   }
 
-  /** The parsed LUKS2 header of an encrypted snapshot (store-checked against its hash), kept by hash. */
-  private _header(m: SnapshotSummary): Promise<Luks2Volume> {
+  /**
+   * The snapshot's header as its manifest says it is (store-checked against its hash): an encrypted
+   * snapshot's parsed LUKS2 header, or null for an unencrypted one's plaintext-image marker, as a restore
+   * requires them (restore.ts checkedSnapshot). Kept by kind and hash; a failed read or parse is not kept.
+   */
+  private _header(m: SnapshotSummary): Promise<Luks2Volume | null> {
     const hash = m.header!;
-    const kept = this.headerDigests.get(hash);
+    const id = `${m.encrypted ? 'luks2' : 'plain'}:${hash}`;
+    const kept = this.headerDigests.get(id);
     if (kept) {
-      this.headerDigests.delete(hash); // re-inserted: most recently used last
-      this.headerDigests.set(hash, kept);
+      this.headerDigests.delete(id); // re-inserted: most recently used last
+      this.headerDigests.set(id, kept);
       return kept;
     }
     const loading = (async () => {
       // Read only if no larger than the manifest says (the store refuses a larger object unread), hashed by the store.
       const bytes = await this.o.store.getBlock(hash, m.dataOffset);
       if (bytes.length !== m.dataOffset) throw new Error(`its header is ${bytes.length} bytes, the manifest says the data starts at ${m.dataOffset}`);
+      if (!m.encrypted) {
+        parsePlainHeader(bytes, `snapshot ${m.snapshotId} header`);
+        return null;
+      }
       const v = parseLuks2Header(bytes, `snapshot ${m.snapshotId} header`).volume;
       if (v.dataOffset !== m.dataOffset) throw new Error(`its LUKS2 data offset ${v.dataOffset} is not the manifest's ${m.dataOffset}`);
       return v;
     })();
-    this._rememberHeader(hash, loading);
+    this._rememberHeader(id, loading);
     // A failed read is not kept: the next call reads again.
-    loading.catch(() => { if (this.headerDigests.get(hash) === loading) this.headerDigests.delete(hash); });
+    loading.catch(() => { if (this.headerDigests.get(id) === loading) this.headerDigests.delete(id); });
     return loading;
   }
 
-  private _rememberHeader(hash: BlockHash, v: Promise<Luks2Volume>): void {
-    this.headerDigests.delete(hash);
-    this.headerDigests.set(hash, v);
+  /**
+   * Precondition of serving an unencrypted snapshot's blocks as they are stored: its header is the
+   * plaintext-image marker, as a restore requires. A manifest altered in the store to say `encrypted:
+   * false` of a snapshot whose header is LUKS2 would otherwise have GetSnapshotBlock hand out its
+   * ciphertext as the block's data.
+   */
+  private async _checkPlain(m: SnapshotSummary, op: string): Promise<void> {
+    const where = `${m.snapshotId} in ${this.o.store.location}`;
+    if (!m.header) throw internal(`${op}: the unencrypted snapshot ${where} names no header; no block is read`);
+    try {
+      await this._header(m);
+    } catch (e) {
+      throw internal(`${op}: the manifest of ${where} says it is unencrypted, but its header is not an unencrypted snapshot's (${(e as Error)?.message ?? String(e)}); no block is read`, e);
+    }
+  }
+
+  private _rememberHeader(id: string, v: Promise<Luks2Volume | null>): void {
+    this.headerDigests.delete(id);
+    this.headerDigests.set(id, v);
     while (this.headerDigests.size > HEADER_DIGESTS_MAX) this.headerDigests.delete(this.headerDigests.keys().next().value!);
   }
 

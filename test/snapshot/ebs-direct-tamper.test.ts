@@ -77,6 +77,17 @@ describe('EBS direct APIs over a store whose manifest names another snapshot\'s 
     expect(got.error).toMatch(/^InternalServerException: GetSnapshotBlock: .* does not match the LUKS2 digest of its header/);
   });
 
+  it('a manifest flipped to encrypted false: GetSnapshotBlock is refused, never the ciphertext handed out as the block', async () => {
+    const d = randomBytes(BLOCK);
+    const a = await snapshotOf(d);
+    const m = JSON.parse(readFileSync(manifestPath(a), 'utf8'));
+    m.encrypted = false;
+    writeFileSync(manifestPath(a), JSON.stringify(m));
+    const got = await read3(a);
+    expect(got.data, 'the stored ciphertext was served as the block').toBeUndefined();
+    expect(got.error).toMatch(new RegExp(`^InternalServerException: GetSnapshotBlock: the manifest of ${a} in .* says it is unencrypted, but its header is not an unencrypted snapshot's`));
+  });
+
   it('a manifest carrying another snapshot\'s wrapped key: a same-key restore and copy are refused naming it, not left to fail at the first attach', async () => {
     const a = await snapshotOf(randomBytes(BLOCK));
     const b = await snapshotOf(randomBytes(BLOCK));
