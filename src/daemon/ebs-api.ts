@@ -52,8 +52,15 @@ export interface EbsApiOptions {
   evaluator: PolicyEvaluator;
   accountId: string;
   region: string;
-  /** The daemon's hash-chained audit log. */
-  audit: { append(ev: Record<string, unknown>): Promise<void>; appendRefusal(key: string, ev: () => Record<string, unknown>, party?: RefusalParty): Promise<void> };
+  /**
+   * The daemon's hash-chained audit log; `health().State` 'failing' (its disk full and its reserve
+   * used up) refuses the operations that change state before they start.
+   */
+  audit: {
+    append(ev: Record<string, unknown>): Promise<void>;
+    appendRefusal(key: string, ev: () => Record<string, unknown>, party?: RefusalParty): Promise<void>;
+    health?(): { State: string; LastError?: string };
+  };
   /** A snapshot's manifest (without blocks), for its tags in the authorization context (undefined when absent). */
   manifest: (snapshotId: string) => Promise<SnapshotSummary | undefined>;
   log: Logger;
@@ -97,6 +104,12 @@ export class EbsApi {
   }
 
   private async _call(op: string, req: EbsRequest, caller: Caller, peer: { requestId: string; uid?: number }): Promise<unknown> {
+    // A call that cannot be audited must not take effect (docs/architecture.md §5.8): while the log takes no event, a
+    // block put, a snapshot begun or completed would be answered InternalServerException after it took effect, unrecorded.
+    const health = READ_ONLY.has(op) ? undefined : this.o.audit.health?.();
+    if (health?.State === 'failing') {
+      throw internal(`${op} was not started: the audit log kms/audit/events.ndjson cannot be written (${health.LastError ?? 'disk full'}); nothing was changed`);
+    }
     const input = req.input as unknown as Record<string, unknown>;
     const snaps = _snapshotsOf(op, input);
     await this._authorize(op, input, snaps, caller, peer);

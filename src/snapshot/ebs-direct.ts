@@ -2,7 +2,9 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { Caller } from '../kms/types.js';
 import type { XtsContext, XtsEngine } from '../crypto/xts.js';
 import type { KeyService } from '../volume/key-service.js';
-import { VOLUME_KEY_BYTES, SECTOR_SIZE } from '../volume/luks2-json.js';
+import { VOLUME_KEY_BYTES, SECTOR_SIZE, verifyVolumeKey, type Luks2Volume } from '../volume/luks2-json.js';
+import { parseLuks2Header } from '../volume/luks2-header.js';
+import { parsePlainHeader } from '../volume/plain-image.js';
 import { wipe } from '../util/wipe.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
@@ -112,6 +114,12 @@ const SHARED_MANIFEST_MAX_AGE_MS = 60_000;
  * to its 72-hour Timeout keeps its blocks.
  */
 export const PENDING_MANIFEST_EVERY_MS = 5 * 60_000;
+
+/**
+ * Parsed LUKS2 headers kept for the data key's check (_checkKey), by the header object's
+ * SHA-256: a header is content-addressed, so what a hash names never changes. A few KB each.
+ */
+const HEADER_DIGESTS_MAX = 64;
 
 /** The Timeout sweep is not run again sooner than this after a sweep that left an overdue snapshot (a put or CompleteSnapshot in flight on it). */
 const SWEEP_RETRY_MS = 1_000;
@@ -251,6 +259,11 @@ export class EbsDirect {
   private readonly dataKeys: SnapshotKeyCache;
   /** Completed manifests, parsed once and indexed (ebs-direct-manifests.ts). */
   private readonly manifests: CompletedManifests;
+  /**
+   * Snapshot headers checked against their manifests, by kind and hash (`luks2:<hash>`: the parsed LUKS2
+   * header; `plain:<hash>`: null, a plaintext-image marker), parsed once (HEADER_DIGESTS_MAX, least recently used out).
+   */
+  private readonly headerDigests = new Map<string, Promise<Luks2Volume | null>>();
 
   constructor(private readonly o: EbsDirectOptions) {
     this.tokens = new TokenSigner(o.tokenKey);
@@ -419,6 +432,7 @@ export class EbsDirect {
     const data = Buffer.alloc(SNAPSHOT_BLOCK_BYTES);
     stored.copy(data);
     if (m.encrypted) await this._withKey(m, caller, 'GetSnapshotBlock', (x) => decryptBlock(x, data, i.BlockIndex));
+    else await this._checkPlain(m, 'GetSnapshotBlock');
     return { BlockData: data, DataLength: SNAPSHOT_BLOCK_BYTES, Checksum: sha256(data).toString('base64'), ChecksumAlgorithm: 'SHA256' };
   }
 
@@ -532,6 +546,8 @@ export class EbsDirect {
       header = plainSnapshotHeader(snapshotId, sizeBytes);
     }
     const headerHash = sha256(header.bytes).toString('hex');
+    // PutSnapshotBlock checks the caller's key against this header (_checkKey): parsed here, not read back.
+    if (outcome.encrypted) this._rememberHeader(`luks2:${headerHash}`, Promise.resolve(parseLuks2Header(header.bytes, `snapshot ${snapshotId} header`).volume));
     // The completed manifest but its blocks: everything else in it is fixed from here (MAX_SNAPSHOT_BLOCKS).
     const rest = Buffer.byteLength(JSON.stringify({
       ...manifest, header: headerHash, dataOffset: header.dataOffset,
@@ -813,6 +829,8 @@ export class EbsDirect {
     let key: Uint8Array | undefined;
     try {
       key = await this._unwrap(m, via, 'StartSnapshot');
+      // The child's blocks start as the parent's ciphertext: its key must be the one the parent's header names.
+      if (parent) await this._checkKey(parent, key, 'StartSnapshot');
       return encryptedSnapshotHeader({
         snapshotId: m.snapshotId, sizeBytes, dataKey: key, keyArn: wrapped.keyArn,
         ciphertextBlob: Buffer.from(wrapped.ciphertextBlob, 'base64'), encryptionContext: wrapped.encryptionContext,
@@ -848,8 +866,96 @@ export class EbsDirect {
     const w = m.wrappedKey;
     // Everything a key policy or grant may judge the caller on is in the id: another principal, access key, uid, address or
     // transport (aws:SecureTransport) unwraps for itself.
-    const id = JSON.stringify([caller.arn, caller.principalId, caller.accessKeyId, caller.uid, caller.sourceIp, caller.secureTransport, m.snapshotId, w?.keyArn, w?.ciphertextBlob]);
-    await this.dataKeys.use(id, () => this._unwrap(m, { ...caller, viaService: this.viaService }, op), fn);
+    const id = JSON.stringify([caller.arn, caller.principalId, caller.accessKeyId, caller.uid, caller.sourceIp, caller.secureTransport, m.snapshotId, w?.keyArn, w?.ciphertextBlob, m.header]);
+    await this.dataKeys.use(id, async () => {
+      const key = await this._unwrap(m, { ...caller, viaService: this.viaService }, op);
+      try {
+        await this._checkKey(m, key, op);
+      } catch (e) {
+        wipe(key); // refused: nobody else holds it (best effort, as every wipe in JS)
+        throw e;
+      }
+      return key;
+    }, fn);
+  }
+
+  /**
+   * Precondition of any block read or written with `key`: it is the key the snapshot's LUKS2 header
+   * digest names, as restore and attach require (restore.ts unwrapSnapshotKey, image-format.ts). The
+   * manifest's wrapped key and header come from the store; one altered there (another snapshot's
+   * wrapped key, another header) would otherwise decrypt blocks to wrong bytes that GetSnapshotBlock
+   * hands out with a matching Checksum, or encrypt a child's blocks under a key its parent's are not in.
+   */
+  private async _checkKey(m: SnapshotSummary, key: Uint8Array, op: string): Promise<void> {
+    const where = `${m.snapshotId} in ${this.o.store.location}`;
+    if (!m.header) throw internal(`${op}: the encrypted snapshot ${where} names no header, so its data key cannot be checked; no block is read or written with it`);
+    let v: Luks2Volume;
+    try {
+      const h = await this._header(m);
+      if (!h) throw new Error('it is not a LUKS2 header');
+      v = h;
+    } catch (e) {
+      throw internal(`${op}: the header of ${where} cannot be read to check its data key: ${(e as Error)?.message ?? String(e)}`, e);
+    }
+    try {
+      verifyVolumeKey(v, key);
+    } catch (e) {
+      throw internal(`${op}: the data key KMS unwrapped for ${where} does not match the LUKS2 digest of its header: the manifest's wrapped key or header is not the snapshot's (altered in the store); no block is read or written with it`, e);
+    }
+  }
+
+  /**
+   * The snapshot's header as its manifest says it is (store-checked against its hash): an encrypted
+   * snapshot's parsed LUKS2 header, or null for an unencrypted one's plaintext-image marker, as a restore
+   * requires them (restore.ts checkedSnapshot). Kept by kind and hash; a failed read or parse is not kept.
+   */
+  private _header(m: SnapshotSummary): Promise<Luks2Volume | null> {
+    const hash = m.header!;
+    const id = `${m.encrypted ? 'luks2' : 'plain'}:${hash}`;
+    const kept = this.headerDigests.get(id);
+    if (kept) {
+      this.headerDigests.delete(id); // re-inserted: most recently used last
+      this.headerDigests.set(id, kept);
+      return kept;
+    }
+    const loading = (async () => {
+      // Read only if no larger than the manifest says (the store refuses a larger object unread), hashed by the store.
+      const bytes = await this.o.store.getBlock(hash, m.dataOffset);
+      if (bytes.length !== m.dataOffset) throw new Error(`its header is ${bytes.length} bytes, the manifest says the data starts at ${m.dataOffset}`);
+      if (!m.encrypted) {
+        parsePlainHeader(bytes, `snapshot ${m.snapshotId} header`);
+        return null;
+      }
+      const v = parseLuks2Header(bytes, `snapshot ${m.snapshotId} header`).volume;
+      if (v.dataOffset !== m.dataOffset) throw new Error(`its LUKS2 data offset ${v.dataOffset} is not the manifest's ${m.dataOffset}`);
+      return v;
+    })();
+    this._rememberHeader(id, loading);
+    // A failed read is not kept: the next call reads again.
+    loading.catch(() => { if (this.headerDigests.get(id) === loading) this.headerDigests.delete(id); });
+    return loading;
+  }
+
+  /**
+   * Precondition of serving an unencrypted snapshot's blocks as they are stored: its header is the
+   * plaintext-image marker, as a restore requires. A manifest altered in the store to say `encrypted:
+   * false` of a snapshot whose header is LUKS2 would otherwise have GetSnapshotBlock hand out its
+   * ciphertext as the block's data.
+   */
+  private async _checkPlain(m: SnapshotSummary, op: string): Promise<void> {
+    const where = `${m.snapshotId} in ${this.o.store.location}`;
+    if (!m.header) throw internal(`${op}: the unencrypted snapshot ${where} names no header; no block is read`);
+    try {
+      await this._header(m);
+    } catch (e) {
+      throw internal(`${op}: the manifest of ${where} says it is unencrypted, but its header is not an unencrypted snapshot's (${(e as Error)?.message ?? String(e)}); no block is read`, e);
+    }
+  }
+
+  private _rememberHeader(id: string, v: Promise<Luks2Volume | null>): void {
+    this.headerDigests.delete(id);
+    this.headerDigests.set(id, v);
+    while (this.headerDigests.size > HEADER_DIGESTS_MAX) this.headerDigests.delete(this.headerDigests.keys().next().value!);
   }
 
   private async _manifest(id: string): Promise<SnapshotManifest> {

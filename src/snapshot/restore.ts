@@ -322,6 +322,10 @@ export async function checkedSnapshot(store: SnapshotStore, snapshotId: string, 
     if (!m.wrappedKey) throw corrupt(m, 'it is encrypted but carries no wrapped key');
     const v = parseLuks2Header(header, `snapshot ${snapshotId} header`).volume;
     if (v.dataOffset !== m.dataOffset) throw corrupt(m, `its LUKS2 data offset ${v.dataOffset} is not the manifest's ${m.dataOffset}`);
+    // Every writer stores the wrapped key its header's token names (volume-image.ts, copy.ts, ebs-direct-header.ts). A
+    // same-key restore or copy never sees the plaintext key, so a manifest naming another wrapped key is caught here,
+    // before anything is created, not at the restored volume's first attach (the LUKS2 digest check).
+    if (!sameWrappedKey(m.wrappedKey, v)) throw corrupt(m, 'its wrapped data key is not the one its LUKS2 header names');
     return { manifest: m, header, size: v.size, luks2: v };
   }
   const p = parsePlainHeader(header, `snapshot ${snapshotId} header`);
@@ -370,6 +374,15 @@ export function bytesInside(snap: OpenedSnapshot, index: number, data: Buffer): 
     throw corrupt(snap.manifest, `block ${index} (${data.length} bytes) holds bytes other than zeros past the snapshot's end (${snap.size} bytes: ${inside} of the block's bytes are inside)`);
   }
   return inside;
+}
+
+/** The manifest's wrapped key is the one the LUKS2 token of its header names (key, blob and context alike). */
+function sameWrappedKey(w: NonNullable<SnapshotManifest['wrappedKey']>, v: Luks2Volume): boolean {
+  const t = v.token;
+  const a = Object.entries(w.encryptionContext);
+  const b = t.encryption_context;
+  return t.key_arn === w.keyArn && t.ciphertext_blob === w.ciphertextBlob
+    && a.length === Object.keys(b).length && a.every(([k, x]) => Object.hasOwn(b, k) && b[k] === x);
 }
 
 function corrupt(m: SnapshotManifest, why: string): SnapshotError {
