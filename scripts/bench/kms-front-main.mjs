@@ -57,17 +57,17 @@ try {
   const ids = opened.identities;
   const caller = await ids.createUser('bench');
   await ids.attachPolicy(ids.userArn('bench'), 'kms', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }));
-  const keys = await AccessKeyStore.open(dir, core.hsm);
+  const keys = await AccessKeyStore.open(dir, core.hsm, ids);
   const key = await keys.create('bench');
-  const trust = await TrustPolicies.open(dir);
+  const trust = await TrustPolicies.open(dir, ids, log);
   const sts = new StsService(ids, keys, trust, core.hsm,
-    (caller, action, resource, context) => opened.authorizer.evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }).allowed,
+    (caller, action, resource, context) => opened.authorizer.evaluator.evaluate({ action, caller, resource, ...(context ? { context } : {}) }),
     { secureTransport: true });
   const listener = new KmsListener({
     host: '127.0.0.1', port: 0, region: REGION, accountId: ids.accountId, sts, log,
     kms: (op, req, caller, requestId) => core.call(op, req, caller, requestId),
     audit: (ev) => core.audit.append(ev),
-    auditRefusal: (k, ev) => core.audit.appendRefusal(k, ev),
+    auditRefusal: (k, ev, party) => core.audit.appendRefusal(k, ev, party),
   });
   const EncryptionContext = { purpose: 'bench' };
   const created = await core.call('CreateKey', { Description: 'front-main bench' }, caller);
