@@ -45,8 +45,10 @@ export interface KmsOptions {
   passphrase?: string;
   /** 'event': every audit event is fdatasync'ed before the call returns. Default 'none' (page cache). */
   auditFsync?: 'none' | 'event';
-  /** Seal a signed audit digest every N events (default 1000). */
+  /** Seal a signed audit digest every N events (default 1000), at most once a minute (`auditDigestMinIntervalMs`). */
   auditDigestEvery?: number;
+  /** The least time between two audit digests due by count (default 60 s; 0: none). */
+  auditDigestMinIntervalMs?: number;
   /** `tick()` seals the audit log once its last digest is this old (default 1 hour). */
   auditSealIntervalMs?: number;
   /** Rotate the live audit file past this size (default 64 MiB), and the full-disk reserve (default 4 MiB); audit-log.ts. */
@@ -137,6 +139,7 @@ export class KmsService implements KmsCore {
       const audit = await AuditLog.open({
         dir: join(opts.stateDir, 'audit'), hsm, log, fsync: opts.auditFsync ?? 'none', clock,
         ...(opts.auditDigestEvery ? { digestEvery: opts.auditDigestEvery } : {}),
+        ...(opts.auditDigestMinIntervalMs !== undefined ? { digestMinIntervalMs: opts.auditDigestMinIntervalMs } : {}),
         ...(opts.auditSealIntervalMs !== undefined ? { sealIntervalMs: opts.auditSealIntervalMs } : {}),
         ...(opts.auditRotateBytes ? { rotateBytes: opts.auditRotateBytes } : {}),
         ...(opts.auditReserveBytes !== undefined ? { reserveBytes: opts.auditReserveBytes } : {}),

@@ -59,7 +59,7 @@ describe('audit log integrity', () => {
   it('a replaced or unsigned mark is reported; a digest chain that ends early is reported against the mark', async () => {
     const t = tempDir();
     try {
-      await sealedAuditLog(t.dir, 5, { auditReserveBytes: 0, auditDigestEvery: 2 });
+      await sealedAuditLog(t.dir, 5, { auditReserveBytes: 0, auditDigestEvery: 2, auditDigestMinIntervalMs: 0 });
       const dir = join(t.dir, 'audit');
       const digests = readdirSync(join(dir, 'digests')).sort();
       expect(digests.length).toBeGreaterThanOrEqual(3);
@@ -96,7 +96,7 @@ describe('audit log in the tampered state', () => {
 
       const lines: string[] = [];
       const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
-      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 2, clock: clock.now, logger });
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 2, auditDigestMinIntervalMs: 0, clock: clock.now, logger });
       expect(kms.audit.health()).toMatchObject({ Integrity: 'tampered' });
       const count = (re: RegExp): number => lines.filter((l) => re.test(l)).length;
       expect(count(/does not match its seal high-water mark/)).toBe(1);
@@ -171,6 +171,72 @@ describe('audit sealing from tick', () => {
   });
 });
 
+describe('audit digests due by count', () => {
+  it('a busy log signs at most one a minute: 2,000 calls in the same minute make no digest, the next minute one', async () => {
+    const t = tempDir();
+    const clock = new FakeClock();
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      // digestEvery 10: before the minimum interval, these 20 waves of 100 calls signed a digest per wave.
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 10, clock: clock.now });
+      const dir = join(t.dir, 'audit');
+      const digests = (): string[] => readdirSync(join(dir, 'digests')).sort();
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let wave = 0; wave < 20; wave++) {
+        await Promise.all(Array.from({ length: 100 }, () => kms!.call('DescribeKey', { KeyId: k.KeyId }, admin)));
+        await kms.audit.sealsSettled();
+      }
+      expect(digests()).toEqual([]);
+      clock.t += 59_999;
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.audit.sealsSettled();
+      expect(digests()).toEqual([]);
+      clock.t += 1;
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.audit.sealsSettled();
+      expect(digests()).toEqual(['000000002002.json']); // events 0 (CreateKey) to 2002: all written so far
+      for (let i = 0; i < 30; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.audit.sealsSettled();
+      expect(digests()).toHaveLength(1);
+      clock.t += 60_000;
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.audit.sealsSettled();
+      expect(digests()).toEqual(['000000002002.json', '000000002033.json']);
+      await kms.close();
+      kms = undefined;
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, events: 2034, sealedThrough: 2033 });
+    } finally {
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+
+  it('events written while a digest is signed, across rotations, are each covered once: the log verifies', async () => {
+    const t = tempDir();
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      // Every batch may start a digest (no interval, 3 events), signed while the next batches are written,
+      // and the live file rotates every ~16 KiB (a rotation waits for the digest being signed).
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 3, auditDigestMinIntervalMs: 0, auditRotateBytes: 16 * 1024 });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      for (let wave = 0; wave < 24; wave++) {
+        await Promise.all(Array.from({ length: 20 }, () => kms!.call('DescribeKey', { KeyId: k.KeyId }, admin)));
+      }
+      await kms.close();
+      kms = undefined;
+      const dir = join(t.dir, 'audit');
+      const files = readdirSync(dir).filter((f) => f.startsWith('events.'));
+      expect(files.length).toBeGreaterThan(2);
+      const digests = readdirSync(join(dir, 'digests'));
+      expect(digests.length).toBeGreaterThanOrEqual(files.length - 1); // one per rotated file at least, and those due by count
+      expect(verifyAuditLog(dir)).toMatchObject({ ok: true, events: 481, sealedThrough: 480, problemCount: 0 });
+    } finally {
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+});
+
 describe('audit write failures', () => {
   it("a failed fdatasync fails that call and cuts its event back out: the chain stays whole, no number is reused", async () => {
     const t = tempDir();
@@ -235,7 +301,7 @@ describe('audit verify reports every problem, not only the first', () => {
   it('a log damaged in two separate places: both are named (file, line, kind), the first also as `problem`', async () => {
     const t = tempDir();
     try {
-      await sealedAuditLog(t.dir, 14, { auditDigestEvery: 5 }); // events 0..14, digests through 4, 9, 14
+      await sealedAuditLog(t.dir, 14, { auditDigestEvery: 5, auditDigestMinIntervalMs: 0 }); // events 0..14, digests through 4, 9, 14
       const dir = join(t.dir, 'audit');
       const path = join(dir, 'events.ndjson');
       const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
@@ -300,7 +366,7 @@ describe('audit verify reports every problem, not only the first', () => {
   it('a digest duplicated under a later name is reported once and does not take the coverage back', async () => {
     const t = tempDir();
     try {
-      await sealedAuditLog(t.dir, 14, { auditDigestEvery: 5 }); // digests through 4, 9, 14; the mark at 14
+      await sealedAuditLog(t.dir, 14, { auditDigestEvery: 5, auditDigestMinIntervalMs: 0 }); // digests through 4, 9, 14; the mark at 14
       const dir = join(t.dir, 'audit');
       const ddir = join(dir, 'digests');
       const first = readdirSync(ddir).sort()[0]!;

@@ -9,7 +9,7 @@ import { openKms, admin, sealedAuditLog, stranger, tempDir, awsError } from './h
 describe('audit log', () => {
   it('one CloudTrail event per call (allowed, denied, failed); verify detects modify/remove/reorder/truncate', async () => {
     const t = tempDir();
-    const kms = await openKms(t.dir, { auditDigestEvery: 5, auditFsync: 'event' });
+    const kms = await openKms(t.dir, { auditDigestEvery: 5, auditDigestMinIntervalMs: 0, auditFsync: 'event' });
     const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string; Arn: string };
     await kms.call('Encrypt', { KeyId: k.KeyId, Plaintext: Buffer.from('x'), EncryptionContext: { purpose: 'test' } }, admin);
     await awsError(kms.call('DescribeKey', { KeyId: k.KeyId }, stranger));
@@ -139,7 +139,7 @@ describe('audit log', () => {
 describe('audit verification on a worker thread (verifyAuditLogOffThread, as the daemon runs it)', () => {
   it('answers what verifyAuditLog answers, intact and tampered; an unreadable log is an error naming the directory', async () => {
     const t = tempDir();
-    await sealedAuditLog(t.dir, 9, { auditDigestEvery: 4 }); // the close seals the last 2 events
+    await sealedAuditLog(t.dir, 9, { auditDigestEvery: 4, auditDigestMinIntervalMs: 0 }); // the close seals the last 2 events
     const dir = join(t.dir, 'audit');
     const intact = await verifyAuditLogOffThread(dir);
     expect(intact).toEqual(verifyAuditLog(dir));

@@ -34,7 +34,10 @@ export async function openKms(dir: string, extra: Partial<KmsOptions> = {}): Pro
 export async function sealedAuditLog(dir: string, n: number, extra: Partial<KmsOptions> = {}): Promise<string> {
   const kms = await openKms(dir, extra);
   const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
-  for (let i = 0; i < n; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+  for (let i = 0; i < n; i++) {
+    await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+    await kms.audit.sealsSettled(); // a digest due by count is signed beside later calls: here, before them
+  }
   await kms.close();
   return k.KeyId;
 }

@@ -56,6 +56,11 @@ export const GENESIS_HASH = '0'.repeat(64);
 export const DEFAULT_ROTATE_BYTES = 64 << 20;
 /** `sealIfDue` (the daemon's tick) seals once the last digest is this old (CloudTrail delivers digests hourly). */
 export const DEFAULT_SEAL_INTERVAL_MS = 3_600_000;
+/**
+ * A digest due by count (`digestEvery`) is signed at most this often: a busy KMS (thousands of calls a
+ * second) would otherwise sign a digest, and keep its file for good, every few hundred milliseconds.
+ */
+export const DEFAULT_DIGEST_MIN_INTERVAL_MS = 60_000;
 /** While tampered, the "not signing" warning repeats at most this often (the start-up error is the first). */
 export const TAMPERED_WARN_MS = 3_600_000;
 export interface AuditOptions {
@@ -63,8 +68,10 @@ export interface AuditOptions {
   hsm: Hsm;
   log: Logger;
   fsync?: 'none' | 'event';
-  /** Seal a digest after this many events (default 1000). */
+  /** Seal a digest after this many events (default 1000), at most once per `digestMinIntervalMs`. */
   digestEvery?: number;
+  /** The least time between two digests due by count (default 60 s; 0: none). */
+  digestMinIntervalMs?: number;
   clock?: () => number;
   /** Rotate the live file once it passes this many bytes (default 64 MiB). */
   rotateBytes?: number;
@@ -140,6 +147,13 @@ export class AuditLog {
   private flushing: Promise<void> | null = null;
   /** Writes, seals and rotations run one at a time, in order. */
   private queue: Promise<void> = Promise.resolve();
+  /**
+   * Digests are signed one at a time, in order (each names the one before it), whether due by count
+   * (off the write queue: events go on being written while one is signed) or asked for under `queue`.
+   */
+  private sealChain: Promise<void> = Promise.resolve();
+  /** The digest due by count being signed, if one is: one at a time. */
+  private countSeal: Promise<void> | undefined;
   private fingerprint = '';
   /**
    * The HSM's audit public key (derived from its sealed private key). `ebsd audit verify` checks
@@ -159,6 +173,7 @@ export class AuditLog {
   private readonly refusals: RefusalAggregator;
   private readonly fsyncMode: 'none' | 'event';
   private readonly digestEvery: number;
+  private readonly digestMinIntervalMs: number;
   private readonly rotateBytes: number;
   private readonly sealIntervalMs: number;
   private readonly clock: () => number;
@@ -174,6 +189,7 @@ export class AuditLog {
   private constructor(private readonly o: AuditOptions) {
     this.fsyncMode = o.fsync ?? 'none';
     this.digestEvery = o.digestEvery ?? 1000;
+    this.digestMinIntervalMs = o.digestMinIntervalMs ?? DEFAULT_DIGEST_MIN_INTERVAL_MS;
     this.rotateBytes = o.rotateBytes ?? DEFAULT_ROTATE_BYTES;
     this.clock = o.clock ?? Date.now;
     this.sealStartTime = this.clock();
@@ -407,11 +423,6 @@ export class AuditLog {
     this.flushing = this.exclusive(async () => {
       this.flushing = null; // events appended from here on need another pass
       await this.writePending();
-      // While tampered nothing is signed, and sealedThrough never moves: checking
-      // here would reach sealNow on every batch once digestEvery events are written.
-      if (!this.integrityProblem && this.flushedSeq - this.sealedThrough >= this.digestEvery) {
-        await this.sealNow(EVENTS_FILE).catch((e) => this.o.log.error({ err: e }, 'audit seal failed'));
-      }
     });
     return this.flushing;
   }
@@ -449,6 +460,7 @@ export class AuditLog {
         this.flushedHash = hash;
         this.disk.wrote();
         this.observeBatch(batch.length, t0, true);
+        this.sealIfCounted();
         for (const p of batch) p.resolve();
       } catch (e) {
         this.o.log.error({ err: e, file: join(this.o.dir, EVENTS_FILE) }, 'audit log write failed');
@@ -511,6 +523,8 @@ export class AuditLog {
   /** Seal the live file under its sealed name and continue the chain in a new live file (under `exclusive`). */
   private async rotate(): Promise<void> {
     if (this.flushedSeq < this.liveFirstSeq) return;
+    // A digest being signed names the live file: it ends before the file takes its sealed name.
+    await this.sealChain;
     const name = sealedName(this.liveFirstSeq);
     await this.fh.datasync();
     await this.fh.close();
@@ -521,7 +535,7 @@ export class AuditLog {
     this.liveFirstSeq = this.flushedSeq + 1;
     this.sealedFiles++;
     // A failed seal (disk, HSM) leaves these events for the next digest to cover.
-    await this.sealNow(name).catch((e) => this.o.log.error({ err: e, file: name }, 'audit seal of a rotated file failed'));
+    await this.sealInTurn(name).catch((e) => this.o.log.error({ err: e, file: name }, 'audit seal of a rotated file failed'));
     this.o.log.info({ file: name, lastSequence: this.flushedSeq }, 'audit log rotated');
   }
 
@@ -532,7 +546,7 @@ export class AuditLog {
       const summaries = this.refusals.flush();
       await this.writePending();
       await summaries.catch(() => {});
-      await this.sealNow(EVENTS_FILE);
+      await this.sealInTurn(EVENTS_FILE);
     });
   }
 
@@ -550,18 +564,52 @@ export class AuditLog {
       const summaries = this.refusals.flush();
       await this.writePending();
       await summaries.catch(() => {});
-      await this.sealNow(EVENTS_FILE);
+      await this.sealInTurn(EVENTS_FILE);
     });
   }
 
+  /**
+   * Start a digest if `digestEvery` events are unsealed and the last digest is at least
+   * `digestMinIntervalMs` old. Not awaited: the calls whose events were just written answer now,
+   * not after two HSM signatures and the fdatasyncs of a digest (which covers what is written when
+   * it starts; later events wait for the next one). While tampered nothing is signed and
+   * sealedThrough never moves, so nothing starts.
+   */
+  private sealIfCounted(): void {
+    if (this.integrityProblem || this.countSeal || this.flushedSeq - this.sealedThrough < this.digestEvery) return;
+    if (this.clock() - this.lastSealAt < this.digestMinIntervalMs) return;
+    this.countSeal = this.sealInTurn(EVENTS_FILE)
+      .catch((e) => this.o.log.error({ err: e }, 'audit seal failed'))
+      .finally(() => { this.countSeal = undefined; });
+  }
+
+  /** Resolves once every digest started so far is signed and written (or has failed, which is logged). */
+  sealsSettled(): Promise<void> {
+    return this.sealChain;
+  }
+
+  /** sealNow after every digest already asked for (sealChain). */
+  private sealInTurn(logFile: string): Promise<void> {
+    const run = this.sealChain.then(() => this.sealNow(logFile));
+    this.sealChain = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Sign a digest of every event written when it starts. Run through sealInTurn only: it may run
+   * beside writePending (a digest due by count), so it reads the chain's end once, before the
+   * fdatasync that makes those events durable, and later events wait for the next digest.
+   */
   private async sealNow(logFile: string): Promise<void> {
-    if (this.flushedSeq <= this.sealedThrough) return;
+    const lastSequence = this.flushedSeq;
+    const lastEventHash = this.flushedHash;
+    if (lastSequence <= this.sealedThrough) return;
     if (this.integrityProblem) {
       // Said at start (error) and then at most hourly: a seal on close, rotation or request is refused quietly in between.
       const now = this.clock();
       if (now - this.tamperedWarnedAt >= TAMPERED_WARN_MS) {
         this.tamperedWarnedAt = now;
-        this.o.log.warn({ problem: this.integrityProblem, unsignedFrom: this.sealedThrough + 1, unsignedThrough: this.flushedSeq },
+        this.o.log.warn({ problem: this.integrityProblem, unsignedFrom: this.sealedThrough + 1, unsignedThrough: lastSequence },
           'audit log is in the tampered state; not signing a digest');
       }
       return;
@@ -572,8 +620,8 @@ export class AuditLog {
       digestVersion: 1,
       logFile,
       firstSequence: this.sealedThrough + 1,
-      lastSequence: this.flushedSeq,
-      lastEventHash: this.flushedHash,
+      lastSequence,
+      lastEventHash,
       previousDigestHash: this.prevDigestHash,
       digestStartTime: new Date(this.sealStartTime).toISOString(),
       digestEndTime: new Date(now).toISOString(),
