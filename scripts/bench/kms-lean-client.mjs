@@ -5,6 +5,7 @@
 // Content-Length. No http.Agent, no IncomingMessage, no JSON parse of the answers while timing: its CPU
 // per call is a small fraction of the daemon's, so the daemon gets the machine.
 // Runs in the calling thread (threads 0) or in worker threads that each own `conns / threads` sockets.
+// `lastLatency`: p10/p50/p90/p99 (µs) of the last run's calls, each from its write to its answer read whole.
 import { connect as tlsConnect } from 'node:tls';
 import { connect as netConnect } from 'node:net';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
@@ -117,12 +118,18 @@ async function threadLoad(o) {
   await Promise.all(conns.map((c) => c.open()));
   let n = 0;
   let bad;
+  /** Each answered call's latency, µs, from its write to its answer read whole (the last run's). */
+  let lat = [];
   const run = async (until) => {
     n = 0;
+    lat = [];
     await Promise.all(conns.map(async (c) => {
       while (Date.now() < until) {
-        const r = await c.send(await source());
+        const bytes = await source();
+        const t0 = process.hrtime.bigint();
+        const r = await c.send(bytes);
         if (r.status !== 200) { bad ??= `HTTP ${r.status}: ${r.body.toString().slice(0, 300)}`; return; }
+        lat.push(Number(process.hrtime.bigint() - t0) / 1000);
         n++;
       }
     }));
@@ -134,7 +141,14 @@ async function threadLoad(o) {
     const r = await c.send(await source());
     return r.status === 200 ? JSON.parse(r.body.toString()).Plaintext : undefined;
   }));
-  return { run, plaintexts, close: () => { for (const c of conns) c.close(); } };
+  return { run, plaintexts, latencies: () => lat, close: () => { for (const c of conns) c.close(); } };
+}
+
+/** p10, p50, p90, p99 of latencies in µs. */
+function percentiles(xs) {
+  const s = Float64Array.from(xs).sort();
+  const q = (f) => (s.length ? s[Math.min(s.length - 1, Math.floor(f * s.length))] : NaN);
+  return { p10: q(0.1), p50: q(0.5), p90: q(0.9), p99: q(0.99) };
 }
 
 /**
@@ -145,13 +159,19 @@ async function threadLoad(o) {
 export async function leanClient(o) {
   if (!o.threads) {
     const t = await threadLoad(o);
-    return {
-      run: (seconds) => t.run(Date.now() + seconds * 1000),
+    const c = {
+      lastLatency: undefined,
+      run: async (seconds) => {
+        const n = await t.run(Date.now() + seconds * 1000);
+        c.lastLatency = percentiles(t.latencies());
+        return n;
+      },
       check: async (plaintext) => {
         if ((await t.plaintexts()).some((p) => p !== plaintext)) throw new Error('lean client: a Decrypt did not return the data key; refusing to time');
       },
       close: async () => t.close(),
     };
+    return c;
   }
   const workers = [];
   for (let i = 0; i < o.threads; i++) {
@@ -165,10 +185,12 @@ export async function leanClient(o) {
     const onErr = (e) => { w.off('message', onMsg); fail(e); };
     w.once('message', onMsg); w.once('error', onErr); w.postMessage(m);
   });
-  return {
+  const c = {
+    lastLatency: undefined,
     run: async (seconds) => {
       const until = Date.now() + seconds * 1000;
       const r = await Promise.all(workers.map((w) => ask(w, { until })));
+      c.lastLatency = percentiles(r.flatMap((x) => x.lat));
       return r.reduce((a, x) => a + x.n, 0);
     },
     check: async (plaintext) => {
@@ -179,6 +201,7 @@ export async function leanClient(o) {
     },
     close: async () => { await Promise.all(workers.map((w) => w.terminate())); },
   };
+  return c;
 }
 
 if (!isMainThread && workerData?.conns !== undefined) {
@@ -186,7 +209,7 @@ if (!isMainThread && workerData?.conns !== undefined) {
   parentPort.on('message', async (m) => {
     try {
       if (m.check) parentPort.postMessage({ plaintexts: await t.plaintexts() });
-      else parentPort.postMessage({ n: await t.run(m.until) });
+      else { const n = await t.run(m.until); parentPort.postMessage({ n, lat: t.latencies() }); }
     } catch (e) {
       parentPort.postMessage({ error: String(e?.stack ?? e) });
     }

@@ -32,6 +32,10 @@
 // It checks one Decrypt on each path of each daemon returns the data key before timing anything
 // (docs/architecture.md §11.14). `daemon µs/call` is daemon CPU (every thread) per served call;
 // `calls per daemon CPU-s` its inverse: what the daemon serves per second of one core.
+// `run-queue wait`: per thread of the daemon, the time it was runnable but waiting for a CPU
+// (/proc/<pid>/task/*/schedstat) per served call; with `request latency` (lean client: each call from
+// its write to its answer) it tells a rate held by CPU time from one held by hand-offs between threads
+// waiting for their turn on the cores.
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, readFileSync, readdirSync, writeFileSync, createWriteStream } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
@@ -80,6 +84,22 @@ const threadsOf = (pid) => {
       const f = st.slice(st.lastIndexOf(') ') + 2).split(' ');
       out.set(comm, (out.get(comm) ?? 0) + (Number(f[11]) + Number(f[12])) * 10);
     } catch { /* the thread ended */ }
+  }
+  return out;
+};
+/**
+ * Time each thread (by comm) of a process spent runnable but waiting for a CPU, ms (/proc/<pid>/task/<tid>/schedstat,
+ * second field, ns): the scheduler's share of a request's latency, which CPU time does not show.
+ */
+const runqWaitOf = (pid) => {
+  const out = new Map();
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const comm = t === String(pid) ? 'main' : st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'));
+      const wait = Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[1]) / 1e6;
+      out.set(comm, (out.get(comm) ?? 0) + wait);
+    } catch { /* the thread ended, or no schedstat */ }
   }
   return out;
 };
@@ -185,15 +205,17 @@ async function phase(d, path) {
   if (d.lean[path]) await d.lean[path].run(0.3); // reconnect what the server closed while the other phases ran, outside the timing
   const until = Date.now() + seconds * 1000;
   let n = 0;
-  const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const th0 = threadsOf(d.child.pid); const t0 = process.hrtime.bigint();
+  const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const th0 = threadsOf(d.child.pid); const w0 = runqWaitOf(d.child.pid); const t0 = process.hrtime.bigint();
   if (d.lean[path]) n = await d.lean[path].run(seconds);
   else await Promise.all(Array.from({ length: concurrency }, async () => { while (Date.now() < until) { await f('Decrypt', d.req); n++; } }));
   const s = Number(process.hrtime.bigint() - t0) / 1e9; const c = process.cpuUsage(c0); const dcpu = (cpuOf(d.child.pid) - d0) / 1000;
   const threads = {};
   for (const [k, v] of threadsOf(d.child.pid)) threads[k] = (v - (th0.get(k) ?? 0)) * 1000 / n; // µs per call
+  const waits = {};
+  for (const [k, v] of runqWaitOf(d.child.pid)) waits[k] = (v - (w0.get(k) ?? 0)) * 1000 / n; // µs per call
   // h2load's CPU is its own process's (kms-h2load-client.mjs); this process only waits meanwhile.
   const clientCpu = d.lean[path]?.lastCpuSeconds ?? (c.user + c.system) / 1e6;
-  return { threads, perSec: n / s, daemonCores: dcpu / s, clientCores: clientCpu / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
+  return { threads, waits, latency: d.lean[path]?.lastLatency, perSec: n / s, daemonCores: dcpu / s, clientCores: clientCpu / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
 }
 
 // Killed mid-run: stop the daemons and remove the directory too (the finally below would not run).
@@ -240,6 +262,21 @@ try {
     const names = [...new Set(xs.flatMap((x) => Object.keys(x.threads)))].sort();
     const [name, path] = k.split('\0');
     console.log(`${name.padEnd(9)} ${path.padEnd(12)} ${names.map((t) => `${t} ${median(xs.map((x) => x.threads[t] ?? 0)).toFixed(0)}`).join(', ')}`);
+  }
+  console.log('daemon threads\' run-queue wait, µs/call (median; runnable, waiting for a CPU):');
+  for (const [k, xs] of rows) {
+    const names = [...new Set(xs.flatMap((x) => Object.keys(x.waits)))].filter((t) => xs.some((x) => (x.waits[t] ?? 0) >= 1)).sort();
+    const [name, path] = k.split('\0');
+    console.log(`${name.padEnd(9)} ${path.padEnd(12)} ${names.map((t) => `${t} ${median(xs.map((x) => x.waits[t] ?? 0)).toFixed(0)}`).join(', ')}`);
+  }
+  if ([...rows.values()].some((xs) => xs[0].latency)) {
+    console.log('request latency at the client, ms (median of runs):');
+    for (const [k, xs] of rows) {
+      if (!xs[0].latency) continue;
+      const [name, path] = k.split('\0');
+      const m = (q) => median(xs.map((x) => x.latency[q])) / 1000;
+      console.log(`${name.padEnd(9)} ${path.padEnd(12)} p10 ${m('p10').toFixed(2)}, p50 ${m('p50').toFixed(2)}, p90 ${m('p90').toFixed(2)}, p99 ${m('p99').toFixed(2)}`);
+    }
   }
   for (const d of only ? [] : builds.filter((b) => b.name !== 'floor')) {
     const a = median(rows.get(`${d.name}\0socket`).map((x) => x.perSec));
