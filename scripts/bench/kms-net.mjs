@@ -74,34 +74,24 @@ class Sha256 {
 }
 
 const cpuOf = (pid) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) * 10; }; // ms, CLK_TCK 100
-/** CPU ms per thread name (comm) of a process: where the daemon's CPU goes (main thread, HSM worker, GC helpers, libuv pool). */
+/**
+ * Per thread name (comm) of a process, ms: its CPU time (where the daemon's CPU goes: main thread, HSM worker,
+ * GC helpers, libuv pool) and its time runnable but waiting for a CPU (/proc/<pid>/task/<tid>/schedstat, second
+ * field, ns: the scheduler's share of a request's latency, which CPU time does not show).
+ */
 const threadsOf = (pid) => {
-  const out = new Map();
+  const cpu = new Map();
+  const wait = new Map();
   for (const t of readdirSync(`/proc/${pid}/task`)) {
     try {
       const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
       const comm = t === String(pid) ? 'main' : st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'));
       const f = st.slice(st.lastIndexOf(') ') + 2).split(' ');
-      out.set(comm, (out.get(comm) ?? 0) + (Number(f[11]) + Number(f[12])) * 10);
+      cpu.set(comm, (cpu.get(comm) ?? 0) + (Number(f[11]) + Number(f[12])) * 10);
+      wait.set(comm, (wait.get(comm) ?? 0) + Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[1]) / 1e6);
     } catch { /* the thread ended */ }
   }
-  return out;
-};
-/**
- * Time each thread (by comm) of a process spent runnable but waiting for a CPU, ms (/proc/<pid>/task/<tid>/schedstat,
- * second field, ns): the scheduler's share of a request's latency, which CPU time does not show.
- */
-const runqWaitOf = (pid) => {
-  const out = new Map();
-  for (const t of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
-      const comm = t === String(pid) ? 'main' : st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'));
-      const wait = Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[1]) / 1e6;
-      out.set(comm, (out.get(comm) ?? 0) + wait);
-    } catch { /* the thread ended, or no schedstat */ }
-  }
-  return out;
+  return { cpu, wait };
 };
 const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[s.length >> 1]; };
 const daemons = [];
@@ -205,14 +195,15 @@ async function phase(d, path) {
   if (d.lean[path]) await d.lean[path].run(0.3); // reconnect what the server closed while the other phases ran, outside the timing
   const until = Date.now() + seconds * 1000;
   let n = 0;
-  const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const th0 = threadsOf(d.child.pid); const w0 = runqWaitOf(d.child.pid); const t0 = process.hrtime.bigint();
+  const c0 = process.cpuUsage(); const d0 = cpuOf(d.child.pid); const th0 = threadsOf(d.child.pid); const t0 = process.hrtime.bigint();
   if (d.lean[path]) n = await d.lean[path].run(seconds);
   else await Promise.all(Array.from({ length: concurrency }, async () => { while (Date.now() < until) { await f('Decrypt', d.req); n++; } }));
   const s = Number(process.hrtime.bigint() - t0) / 1e9; const c = process.cpuUsage(c0); const dcpu = (cpuOf(d.child.pid) - d0) / 1000;
   const threads = {};
-  for (const [k, v] of threadsOf(d.child.pid)) threads[k] = (v - (th0.get(k) ?? 0)) * 1000 / n; // µs per call
   const waits = {};
-  for (const [k, v] of runqWaitOf(d.child.pid)) waits[k] = (v - (w0.get(k) ?? 0)) * 1000 / n; // µs per call
+  const th1 = threadsOf(d.child.pid);
+  for (const [k, v] of th1.cpu) threads[k] = (v - (th0.cpu.get(k) ?? 0)) * 1000 / n; // µs per call
+  for (const [k, v] of th1.wait) waits[k] = (v - (th0.wait.get(k) ?? 0)) * 1000 / n;
   // h2load's CPU is its own process's (kms-h2load-client.mjs); this process only waits meanwhile.
   const clientCpu = d.lean[path]?.lastCpuSeconds ?? (c.user + c.system) / 1e6;
   return { threads, waits, latency: d.lean[path]?.lastLatency, perSec: n / s, daemonCores: dcpu / s, clientCores: clientCpu / s, daemonUs: (dcpu * 1e6) / n, load: loadavg()[0] };
