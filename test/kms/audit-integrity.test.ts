@@ -1,5 +1,5 @@
 import { describe, it, expect, vi } from 'vitest';
-import { existsSync, promises as fsp, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, promises as fsp, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { MAX_AUDIT_PROBLEMS, verifyAuditLog } from '../../src/kms/audit/verify.js';
@@ -205,6 +205,45 @@ describe('audit digests due by count', () => {
       await kms.close();
       kms = undefined;
       expect(verifyAuditLog(dir)).toMatchObject({ ok: true, events: 2034, sealedThrough: 2033 });
+    } finally {
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+
+  it('a digest due by count that fails is tried again a minute later, not with every batch', async () => {
+    const t = tempDir();
+    const clock = new FakeClock();
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      const lines: string[] = [];
+      const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
+      kms = await openKms(t.dir, { auditReserveBytes: 0, auditDigestEvery: 2, clock: clock.now, logger });
+      const failed = (): number => lines.filter((l) => l.includes('audit seal failed')).length;
+      const ddir = join(t.dir, 'audit', 'digests');
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      rmSync(ddir, { recursive: true });
+      writeFileSync(ddir, 'not a directory'); // every digest's write now fails (ENOTDIR)
+      clock.t += 60_000;
+      for (let i = 0; i < 20; i++) {
+        await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+        await kms.audit.sealsSettled();
+      }
+      expect(failed()).toBe(1);
+      clock.t += 60_000;
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.audit.sealsSettled();
+      expect(failed()).toBe(2);
+      rmSync(ddir);
+      mkdirSync(ddir);
+      clock.t += 60_000;
+      await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      await kms.audit.sealsSettled();
+      expect(failed()).toBe(2);
+      expect(readdirSync(ddir)).toEqual(['000000000022.json']);
+      await kms.close();
+      kms = undefined;
+      expect(verifyAuditLog(join(t.dir, 'audit'))).toMatchObject({ ok: true, sealedThrough: 22 });
     } finally {
       await kms?.close().catch(() => {});
       t.cleanup();

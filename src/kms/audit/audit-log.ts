@@ -154,6 +154,8 @@ export class AuditLog {
   private sealChain: Promise<void> = Promise.resolve();
   /** The digest due by count being signed, if one is: one at a time. */
   private countSeal: Promise<void> | undefined;
+  /** After a digest due by count failed (disk, HSM), the next is not tried before this (clock ms). */
+  private countSealRetryAt = -Infinity;
   private fingerprint = '';
   /**
    * The HSM's audit public key (derived from its sealed private key). `ebsd audit verify` checks
@@ -577,9 +579,14 @@ export class AuditLog {
    */
   private sealIfCounted(): void {
     if (this.integrityProblem || this.countSeal || this.flushedSeq - this.sealedThrough < this.digestEvery) return;
-    if (this.clock() - this.lastSealAt < this.digestMinIntervalMs) return;
+    const now = this.clock();
+    if (now - this.lastSealAt < this.digestMinIntervalMs || now < this.countSealRetryAt) return;
     this.countSeal = this.sealInTurn(EVENTS_FILE)
-      .catch((e) => this.o.log.error({ err: e }, 'audit seal failed'))
+      .catch((e) => {
+        // Not again with every batch written: a full disk or a failing HSM would be asked as often as calls come.
+        this.countSealRetryAt = this.clock() + this.digestMinIntervalMs;
+        this.o.log.error({ err: e }, 'audit seal failed');
+      })
       .finally(() => { this.countSeal = undefined; });
   }
 
