@@ -39,13 +39,14 @@
  * loss; concurrent events share one fdatasync (group commit).
  */
 import { createPublicKey, hash } from 'node:crypto';
-import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync } from 'node:fs';
+import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
 import { RefusalAggregator, type RefusalParty } from './refusal-aggregator.js';
 import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-files.js';
 import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
 import { markPathOf, readSealMark, writeSealMark, type SealMark } from './seal-mark.js';
+import { readPruneRecord, writePruneRecord } from './prune-record.js';
 import type { Logger } from '../../util/logger.js';
 import type { Hsm } from '../hsm/hsm-client.js';
 
@@ -98,6 +99,18 @@ export interface AuditHealth {
   /** tampered: the log does not reach the seal high-water mark (IntegrityProblem says how); nothing is signed. */
   Integrity: 'ok' | 'tampered';
   IntegrityProblem?: string;
+  /** The last event `ebsd audit prune` removed (the log begins after it); absent: nothing was pruned. */
+  PrunedThroughSequence?: number;
+}
+
+/** What `AuditLog.prune` removed. */
+export interface PruneResult {
+  /** The last event removed, by this prune or an earlier one (-1: none ever). */
+  PrunedThroughSequence: number;
+  /** The sealed log files removed, oldest first. */
+  FilesRemoved: string[];
+  DigestsRemoved: number;
+  BytesFreed: number;
 }
 
 export interface DigestFile {
@@ -156,6 +169,8 @@ export class AuditLog {
   private countSeal: Promise<void> | undefined;
   /** After a digest due by count failed (disk, HSM), the next is not tried before this (clock ms). */
   private countSealRetryAt = -Infinity;
+  /** The last event pruned (prune-record.ts); -1: none. */
+  private prunedThrough = -1;
   private fingerprint = '';
   /**
    * The HSM's audit public key (derived from its sealed private key). `ebsd audit verify` checks
@@ -243,6 +258,9 @@ export class AuditLog {
       const end = Date.parse(lastDigest.digestEndTime);
       if (Number.isFinite(end)) this.lastSealAt = Math.min(end, this.lastSealAt);
     }
+    const pruned = readPruneRecord(dir, createPublicKey(pem), this.fingerprint);
+    if (pruned.record) this.prunedThrough = pruned.record.prunedThrough;
+    else if (pruned.error) this.o.log.warn({ dir, problem: pruned.error }, 'audit: the prune record is not valid; ebsd audit verify will report the events it names as removed');
     this.markPath = this.o.markPath ?? markPathOf(dir);
     const { mark, error } = readSealMark(this.markPath, createPublicKey(pem), this.fingerprint);
     const problem = error ?? (mark ? this.checkMark(mark, lastDigest, files, tail) : undefined);
@@ -383,6 +401,7 @@ export class AuditLog {
       SealedFiles: this.sealedFiles,
       Integrity: this.integrityProblem ? 'tampered' : 'ok',
       ...(this.integrityProblem ? { IntegrityProblem: this.integrityProblem } : {}),
+      ...(this.prunedThrough >= 0 ? { PrunedThroughSequence: this.prunedThrough } : {}),
       ...(this.disk.lastError ? { LastError: this.disk.lastError } : {}),
       ...(this.disk.state !== 'ok' ? { Since: new Date(this.disk.since).toISOString() } : {}),
     };
@@ -414,9 +433,9 @@ export class AuditLog {
     });
   }
 
-  private exclusive(fn: () => Promise<void>): Promise<void> {
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.queue.then(fn);
-    this.queue = run.catch(() => {});
+    this.queue = run.then(() => {}, () => {});
     return run;
   }
 
@@ -652,6 +671,72 @@ export class AuditLog {
     await this.seal();
     await this.fh.close();
   }
+
+  /**
+   * Remove the oldest sealed log files whose every event is older than `before` (ms), with the
+   * digests that cover only them (docs/kms-format.md, Retention). Only whole sealed files go, oldest
+   * first and without a gap, each ending where a digest ends (so the kept log starts at a signed
+   * link); never the live file, nor the newest digest (the seal mark names it) or what it covers.
+   * In order: the call's own event (`eventFor`, with what is to go: a removal that cannot be
+   * audited does not happen), the signed prune record naming the last event removed (what
+   * verify starts from), then the deletions; a crash between them leaves files that the next
+   * prune removes and verify skips. Refused while the log is tampered.
+   */
+  prune(before: number, eventFor: (plan: { prunedThrough: number; files: string[] }) => Record<string, unknown>): Promise<PruneResult> {
+    return this.exclusive(async () => {
+      await this.writePending();
+      await this.sealChain;
+      const { dir } = this.o;
+      if (this.integrityProblem) {
+        throw new Error(`the audit log ${join(dir, EVENTS_FILE)} is in the tampered state (${this.integrityProblem}): nothing is pruned while its history cannot be vouched for`);
+      }
+      const prior = readPruneRecord(dir, createPublicKey(this.publicKeyPem), this.fingerprint);
+      if (prior.error) throw new Error(`${prior.error}: nothing is pruned over it`);
+      const prunedSoFar = prior.record?.prunedThrough ?? -1;
+      const digests = new Map<number, { name: string; hash: string; lastEventHash: string }>();
+      for (const name of readdirSync(join(dir, DIGEST_DIR)).filter((f) => /^\d{12}\.json$/.test(f))) {
+        const d = JSON.parse(readFileSync(join(dir, DIGEST_DIR, name), 'utf8')) as DigestFile;
+        digests.set(d.lastSequence, { name, hash: sha256hex(digestPayload(d)), lastEventHash: d.lastEventHash });
+      }
+      const newest = Math.max(-1, ...digests.keys());
+      const plan: { file: string; bytes: number; last: number; hash: string }[] = [];
+      for (const file of auditLogFiles(dir).filter((f) => f !== EVENTS_FILE)) {
+        const last = lastEventOf(join(dir, file));
+        if (!last) break;
+        const bytes = statSync(join(dir, file)).size;
+        if (last.seq <= prunedSoFar) { plan.push({ file, bytes, last: last.seq, hash: last.hash }); continue; } // left by a crash mid-prune
+        const d = digests.get(last.seq);
+        if (!(Date.parse(last.time) < before) || !d || last.seq >= newest) break;
+        if (d.lastEventHash !== last.hash) throw new Error(`event ${last.seq} in ${file} does not match the hash its digest ${d.name} sealed: run ebsd audit verify; nothing is pruned`);
+        plan.push({ file, bytes, last: last.seq, hash: last.hash });
+      }
+      const through = plan.length ? plan[plan.length - 1]! : undefined;
+      if (!through || through.last <= prunedSoFar) {
+        // Nothing new to remove (a crash's leftovers, if any, go with the next prune that removes more).
+        return { PrunedThroughSequence: prunedSoFar, FilesRemoved: [], DigestsRemoved: 0, BytesFreed: 0 };
+      }
+      const written = this.enqueue(openJson(eventFor({ prunedThrough: through.last, files: plan.map((p) => p.file) })), false);
+      await this.writePending();
+      await written;
+      await writePruneRecord(dir, this.o.hsm, {
+        prunedThrough: through.last, lastEventHash: through.hash, lastDigestHash: digests.get(through.last)!.hash,
+        before: new Date(before).toISOString(), time: new Date(this.clock()).toISOString(), publicKeyFingerprint: this.fingerprint,
+      });
+      this.prunedThrough = through.last;
+      let removed = 0;
+      for (const [seq, d] of digests) {
+        if (seq > through.last) continue;
+        unlinkSync(join(dir, DIGEST_DIR, d.name));
+        removed++;
+      }
+      await fsyncDir(join(dir, DIGEST_DIR));
+      for (const p of plan) unlinkSync(join(dir, p.file));
+      await fsyncDir(dir);
+      this.sealedFiles -= plan.length;
+      this.o.log.info({ prunedThrough: through.last, files: plan.length, digests: removed }, 'audit log pruned');
+      return { PrunedThroughSequence: through.last, FilesRemoved: plan.map((p) => p.file), DigestsRemoved: removed, BytesFreed: plan.reduce((a, p) => a + p.bytes, 0) };
+    });
+  }
 }
 
 /** An event object as JSON without its closing brace and without chain fields. */
@@ -675,4 +760,23 @@ function lineHashAt(dir: string, files: string[], seq: number): string | undefin
     if (typeof first === 'number' && first <= seq) return undefined;
   }
   return undefined;
+}
+
+/** The last event of a log file: its sequence, time and line hash; undefined when it holds none. */
+function lastEventOf(path: string): { seq: number; time: string; hash: string } | undefined {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const n = Math.min(size, 1 << 20); // an event is far smaller than 1 MiB (fields are bounded, event.ts)
+    const buf = Buffer.alloc(n);
+    readSync(fd, buf, 0, n, size - n);
+    const text = buf.toString('utf8').replace(/\n$/, '');
+    const line = text.slice(text.lastIndexOf('\n') + 1);
+    if (!line) return undefined;
+    const ev = JSON.parse(line) as { sequenceNumber?: unknown; eventTime?: unknown };
+    if (typeof ev.sequenceNumber !== 'number' || typeof ev.eventTime !== 'string') return undefined;
+    return { seq: ev.sequenceNumber, time: ev.eventTime, hash: sha256hex(line) };
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -16,9 +16,11 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { devLoaderUrl } from '../hsm/hsm-client.js';
 import { markPathOf, readSealMark, type SealMark } from './seal-mark.js';
+import { readPruneRecord } from './prune-record.js';
 import { DIGEST_DIR, GENESIS_HASH, PUBLIC_KEY_FILE, auditLogFiles, digestPayload, sha256hex, type DigestFile } from './audit-log.js';
+import { EVENTS_FILE } from './log-files.js';
 
-export type AuditProblemKind = 'modified' | 'removed' | 'reordered' | 'missing' | 'bad-digest' | 'missing-digest' | 'bad-mark';
+export type AuditProblemKind = 'modified' | 'removed' | 'reordered' | 'missing' | 'bad-digest' | 'missing-digest' | 'bad-mark' | 'bad-prune-record';
 
 export interface AuditProblem {
   kind: AuditProblemKind;
@@ -45,6 +47,8 @@ export interface AuditVerifyResult {
   sealedThrough: number;
   /** Last sequence the seal high-water mark says was signed (absent: no mark). */
   markThrough?: number;
+  /** The last event `ebsd audit prune` removed, from its signed record: the log is checked from the next (absent: none). */
+  prunedThrough?: number;
   /** The first problem found (`problems[0]`); absent when `ok`. */
   problem?: AuditProblem;
   /** Every problem found, in the order found, the first `MAX_AUDIT_PROBLEMS` of them. */
@@ -75,13 +79,25 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
     if (problems.length < MAX_AUDIT_PROBLEMS) problems.push(p);
   };
 
+  // 0. A signed prune record: the log begins after the last event it removed (prune-record.ts).
+  const pr = readPruneRecord(dir, pub, fp);
+  if (pr.error) report({ kind: 'bad-prune-record', sequence: -1, detail: `${pr.error}: the log is checked as if nothing had been pruned` });
+  const pruned = pr.record;
+  const start = pruned ? pruned.prunedThrough : -1;
+
   // 1. Digests: signatures, chain, contiguous coverage.
   const ddir = join(dir, DIGEST_DIR);
-  const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f)).sort() : [];
+  // Named by their last sequence: those a prune removed (left by a crash during one) are not read.
+  const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f) && Number(f.slice(0, 12)) > start).sort() : [];
   const digests: DigestFile[] = [];
-  const files = auditLogFiles(dir);
-  let prevHash: string | null = null;
-  let covered = -1;
+  const all = auditLogFiles(dir);
+  // A sealed file followed by one that starts at or before the first kept event holds only pruned events.
+  const files = all.filter((f, i) => {
+    const next = all[i + 1];
+    return f === EVENTS_FILE || next === undefined || next === EVENTS_FILE || Number(next.slice(7, 19)) > start + 1;
+  });
+  let prevHash: string | null = pruned ? pruned.lastDigestHash : null;
+  let covered = start;
   let sealedThrough: number | undefined; // set at the first broken link
   // After an unreadable digest the next one cannot follow it: that break is the one already reported.
   let afterBadDigest = false;
@@ -130,9 +146,9 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   }
 
   // 2. Events: sequence, chain, digest anchors; one file in memory at a time.
-  let expected = 0;
+  let expected = start + 1;
   /** Hash of the last event taken in order; undefined: the line before it is lost (removed or unreadable), nothing to check against. */
-  let prevLineHash: string | undefined = GENESIS_HASH;
+  let prevLineHash: string | undefined = pruned ? pruned.lastEventHash : GENESIS_HASH;
   let prevId: string | undefined;
   let prevAt: { file: string; line: number } | undefined;
   /** The last event already reported as modified: the next event's link to it is not reported again. */
@@ -146,6 +162,8 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
     if (prevLineHash !== undefined && e.prevHash !== prevLineHash && modifiedSeq !== e.seq - 1) {
       report(e.seq === 0
         ? { kind: 'modified', sequence: 0, ...e.at, eventID: e.eventID, detail: 'first event does not start the chain' }
+        : pruned && e.seq === start + 1
+        ? { kind: 'modified', sequence: e.seq, ...e.at, eventID: e.eventID, detail: `event ${e.seq} does not follow event ${start}, the last one pruned (its hash is in the prune record)` }
         : { kind: 'modified', sequence: e.seq - 1, ...(prevAt ?? {}), ...(prevId ? { eventID: prevId } : {}), detail: `event ${e.seq - 1} does not match the hash recorded in event ${e.seq}` });
     }
     const d = digestAt.get(e.seq);
@@ -184,6 +202,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
       let ev: { sequenceNumber?: unknown; previousEventHash?: unknown; eventID?: string } | undefined;
       try { ev = JSON.parse(line); } catch { /* reported below */ }
       const s = ev?.sequenceNumber;
+      if (typeof s === 'number' && s <= start) { count--; continue; } // pruned (a file a crash left whole): not read
       if (typeof s !== 'number') {
         // Not yet marked as `modifiedSeq`: if it was inserted, the event after it is checked in full (below).
         report({ kind: 'modified', sequence: expected + junk, ...at, detail: `${file} line ${i + 1} ${ev === undefined ? 'is not valid JSON' : 'has no sequence number'}` });
@@ -237,6 +256,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   return {
     ok: problemCount === 0, events: count, digests: digests.length, files, sealedThrough: sealedThrough ?? covered,
     ...(mark ? { markThrough: mark.lastSequence } : {}),
+    ...(pruned ? { prunedThrough: start } : {}),
     ...(problems.length ? { problem: problems[0] } : {}),
     problems, problemCount,
   };
@@ -244,7 +264,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
 
 /**
  * `verifyAuditLog` on a worker thread. It reads every log file, 64 MiB each
- * and never pruned, and hashes and parses every line: on the daemon's main
+ * kept until `ebsd audit prune` removes them, and hashes and parses every line: on the daemon's main
  * thread that would stop FUSE requests and key refreshes for as long (2.4 s
  * for 100,000 events on a loaded machine; docs/benchmarks.md, "Audit
  * verification off the main thread"). The worker reads only the log; a
