@@ -39,7 +39,7 @@
  * loss; concurrent events share one fdatasync (group commit).
  */
 import { createPublicKey, hash } from 'node:crypto';
-import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
 import { RefusalAggregator, type RefusalParty } from './refusal-aggregator.js';
@@ -694,16 +694,16 @@ export class AuditLog {
       if (prior.error) throw new Error(`${prior.error}: nothing is pruned over it`);
       const prunedSoFar = prior.record?.prunedThrough ?? -1;
       const digests = new Map<number, { name: string; hash: string; lastEventHash: string }>();
-      for (const name of readdirSync(join(dir, DIGEST_DIR)).filter((f) => /^\d{12}\.json$/.test(f))) {
-        const d = JSON.parse(readFileSync(join(dir, DIGEST_DIR, name), 'utf8')) as DigestFile;
+      for (const name of (await fsp.readdir(join(dir, DIGEST_DIR))).filter((f) => /^\d{12}\.json$/.test(f))) {
+        const d = JSON.parse(await fsp.readFile(join(dir, DIGEST_DIR, name), 'utf8')) as DigestFile;
         digests.set(d.lastSequence, { name, hash: sha256hex(digestPayload(d)), lastEventHash: d.lastEventHash });
       }
       const newest = Math.max(-1, ...digests.keys());
       const plan: { file: string; bytes: number; last: number; hash: string }[] = [];
       for (const file of auditLogFiles(dir).filter((f) => f !== EVENTS_FILE)) {
-        const last = lastEventOf(join(dir, file));
+        const last = await lastEventOf(join(dir, file));
         if (!last) break;
-        const bytes = statSync(join(dir, file)).size;
+        const { bytes } = last;
         if (last.seq <= prunedSoFar) { plan.push({ file, bytes, last: last.seq, hash: last.hash }); continue; } // left by a crash mid-prune
         const d = digests.get(last.seq);
         if (!(Date.parse(last.time) < before) || !d || last.seq >= newest) break;
@@ -723,14 +723,15 @@ export class AuditLog {
         before: new Date(before).toISOString(), time: new Date(this.clock()).toISOString(), publicKeyFingerprint: this.fingerprint,
       });
       this.prunedThrough = through.last;
+      // On the pool, not the event loop: a year's prune is thousands of files, and FUSE requests wait on the loop.
       let removed = 0;
       for (const [seq, d] of digests) {
         if (seq > through.last) continue;
-        unlinkSync(join(dir, DIGEST_DIR, d.name));
+        await fsp.unlink(join(dir, DIGEST_DIR, d.name));
         removed++;
       }
       await fsyncDir(join(dir, DIGEST_DIR));
-      for (const p of plan) unlinkSync(join(dir, p.file));
+      for (const p of plan) await fsp.unlink(join(dir, p.file));
       await fsyncDir(dir);
       this.sealedFiles -= plan.length;
       this.o.log.info({ prunedThrough: through.last, files: plan.length, digests: removed }, 'audit log pruned');
@@ -762,21 +763,30 @@ function lineHashAt(dir: string, files: string[], seq: number): string | undefin
   return undefined;
 }
 
-/** The last event of a log file: its sequence, time and line hash; undefined when it holds none. */
-function lastEventOf(path: string): { seq: number; time: string; hash: string } | undefined {
-  const fd = openSync(path, 'r');
+/**
+ * The last event of a log file: its sequence, time, line hash and the file's size; undefined when it
+ * holds none. Reads the file's last 64 KiB (an event is rarely longer), then up to 1 MiB (fields are
+ * bounded, event.ts), through the pool.
+ */
+async function lastEventOf(path: string): Promise<{ seq: number; time: string; hash: string; bytes: number } | undefined> {
+  const fh = await fsp.open(path, 'r');
   try {
-    const size = fstatSync(fd).size;
-    const n = Math.min(size, 1 << 20); // an event is far smaller than 1 MiB (fields are bounded, event.ts)
-    const buf = Buffer.alloc(n);
-    readSync(fd, buf, 0, n, size - n);
-    const text = buf.toString('utf8').replace(/\n$/, '');
-    const line = text.slice(text.lastIndexOf('\n') + 1);
-    if (!line) return undefined;
-    const ev = JSON.parse(line) as { sequenceNumber?: unknown; eventTime?: unknown };
-    if (typeof ev.sequenceNumber !== 'number' || typeof ev.eventTime !== 'string') return undefined;
-    return { seq: ev.sequenceNumber, time: ev.eventTime, hash: sha256hex(line) };
+    const size = (await fh.stat()).size;
+    for (const want of [64 << 10, 1 << 20]) {
+      const n = Math.min(size, want);
+      const buf = Buffer.alloc(n);
+      await fh.read(buf, 0, n, size - n);
+      const text = buf.toString('utf8').replace(/\n$/, '');
+      const cut = text.lastIndexOf('\n');
+      if (cut < 0 && n < size && n < (1 << 20)) continue; // the last line starts further back
+      const line = text.slice(cut + 1);
+      if (!line) return undefined;
+      const ev = JSON.parse(line) as { sequenceNumber?: unknown; eventTime?: unknown };
+      if (typeof ev.sequenceNumber !== 'number' || typeof ev.eventTime !== 'string') return undefined;
+      return { seq: ev.sequenceNumber, time: ev.eventTime, hash: sha256hex(line), bytes: size };
+    }
+    return undefined;
   } finally {
-    closeSync(fd);
+    await fh.close();
   }
 }
