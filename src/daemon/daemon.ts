@@ -1052,12 +1052,21 @@ export class Daemon {
     }
     if (before > Date.now()) throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'Before', `Before ${b.Before as string} is in the future: only events already written can be pruned`);
     const ids = this.authz!.identities;
-    try {
-      return await this.kms!.audit.prune(before, (plan) => auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: new Date(before).toISOString(), ...plan }));
-    } catch (e) {
-      if (e instanceof EbsdError) throw e;
-      throw new EbsdError('AUDIT_PRUNE_REFUSED', `ebsd.AuditPrune: ${(e as Error)?.message ?? String(e)}`, { awsName: 'IncorrectState', cause: e });
-    }
+    const stopping = (): EbsdError => new EbsdError('SHUTTING_DOWN', 'ebsd.AuditPrune: the daemon is shutting down; nothing was pruned', { awsName: 'ServiceUnavailable' });
+    if (this.stopping) throw stopping();
+    // In the verifications' queue: a verification reading the log while files go would report them removed.
+    return this.verifying.run('audit', async () => {
+      if (this.stopping) throw stopping();
+      const audit = this.kms!.audit;
+      try {
+        return await audit.prune(before,
+          () => verifyAuditLogOffThread(join(this.paths.kms, 'audit'), { publicKeyPem: audit.publicKeyPem, signal: this.verifyAbort.signal }),
+          (plan) => auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: new Date(before).toISOString(), ...plan }));
+      } catch (e) {
+        if (e instanceof EbsdError) throw e;
+        throw new EbsdError('AUDIT_PRUNE_FAILED', `ebsd.AuditPrune: ${(e as Error)?.message ?? String(e)}`, { awsName: 'InternalError', cause: e });
+      }
+    });
   }
 
   /**

@@ -26,6 +26,9 @@ async function twoAges(dir: string, clock: FakeClock) {
 const eventFor = (plan: { prunedThrough: number; files: string[] }) =>
   auditPruneEvent(admin, { accountId: ACCOUNT, region: REGION, requestId: 'req-prune', before: 'test', ...plan });
 
+/** The verification prune runs first, as the daemon gives it (verifyAuditLogOffThread) but in this thread. */
+const verifyOf = (kmsDir: string) => async () => verifyAuditLog(join(kmsDir, 'audit'));
+
 const sealed = (audit: string): string[] => readdirSync(audit).filter((f) => /^events\.\d{12}\.ndjson$/.test(f)).sort();
 
 describe('audit log pruning', () => {
@@ -50,7 +53,7 @@ describe('audit log pruning', () => {
       const day0Files = before.filter((f) => lastTime(f) < day0 + 5 * DAY);
       expect(day0Files.length).toBeGreaterThan(2);
 
-      const res = await kms.audit.prune(day0 + 5 * DAY, eventFor);
+      const res = await kms.audit.prune(day0 + 5 * DAY, verifyOf(t.dir), eventFor);
       expect(res.FilesRemoved).toEqual(day0Files);
       for (const f of res.FilesRemoved) expect(existsSync(join(audit, f))).toBe(false);
       expect(res.BytesFreed).toBeGreaterThan(res.FilesRemoved.length * 4096);
@@ -83,7 +86,7 @@ describe('audit log pruning', () => {
       kms = await openKms(t.dir, { auditReserveBytes: 0, auditRotateBytes: 8 * 1024, auditDigestEvery: 1_000_000, clock: clock.now });
       expect(kms.audit.health()).toMatchObject({ PrunedThroughSequence: res.PrunedThroughSequence, Integrity: 'ok' });
       clock.t += 20 * DAY;
-      const again = await kms.audit.prune(clock.t - 15 * DAY, eventFor);
+      const again = await kms.audit.prune(clock.t - 15 * DAY, verifyOf(t.dir), eventFor);
       expect(again.PrunedThroughSequence).toBeGreaterThan(res.PrunedThroughSequence);
       // The newest digest, and the file it covers, always stay.
       const newest = readdirSync(join(audit, 'digests')).sort().at(-1)!;
@@ -91,6 +94,55 @@ describe('audit log pruning', () => {
       await kms.close();
       kms = undefined;
       expect(verifyAuditLog(audit)).toMatchObject({ ok: true, prunedThrough: again.PrunedThroughSequence });
+    } finally {
+      await kms?.close().catch(() => {});
+      t.cleanup();
+    }
+  });
+
+  it('refuses a log that does not verify (a file deleted by hand, a time backdated), removing nothing; forged low-numbered lines are reported', async () => {
+    const t = tempDir();
+    const clock = new FakeClock();
+    const day0 = clock.t;
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      ({ kms } = await twoAges(t.dir, clock));
+      const audit = join(t.dir, 'audit');
+      const files = sealed(audit);
+      const digests = readdirSync(join(audit, 'digests')).sort();
+      const refusal = async (): Promise<string> => {
+        try { await kms!.audit.prune(day0 + 5 * DAY, verifyOf(t.dir), eventFor); } catch (e) { return `${(e as { awsName?: string }).awsName}: ${(e as Error).message}`; }
+        return 'pruned';
+      };
+      // A sealed file deleted by hand: a prune would take the evidence of it with it.
+      const second = readFileSync(join(audit, files[1]!));
+      rmSync(join(audit, files[1]!));
+      expect(await refusal()).toMatch(/^IncorrectState: ebsd audit verify reports \d+ problems? in the log \(the first: removed at event \d+.*: nothing was pruned$/);
+      writeFileSync(join(audit, files[1]!), second);
+      // A day-10 event backdated to day 0 (so that its file would look old enough): the chain breaks.
+      const late = files.find((f) => readFileSync(join(audit, f), 'utf8').includes(new Date(day0 + 10 * DAY).toISOString().slice(0, 10)))!;
+      const text = readFileSync(join(audit, late), 'utf8');
+      writeFileSync(join(audit, late), text.replaceAll(new Date(day0 + 10 * DAY).toISOString().slice(0, 10), new Date(day0).toISOString().slice(0, 10)));
+      expect(await refusal()).toMatch(/^IncorrectState: .*the first: modified/);
+      writeFileSync(join(audit, late), text);
+      expect(sealed(audit)).toEqual(files);
+      expect(readdirSync(join(audit, 'digests')).sort().slice(0, digests.length)).toEqual(digests);
+      expect(existsSync(join(audit, 'pruned.json'))).toBe(false);
+
+      // Lines numbered before the log's start are reported, not skipped: on a log never pruned (negative)...
+      const first = join(audit, files[0]!);
+      const orig = readFileSync(first, 'utf8');
+      writeFileSync(first, orig + '{"eventName":"ScheduleKeyDeletion","sequenceNumber":-1}\n');
+      expect(verifyAuditLog(audit).problems.map((p) => p.kind)).toContain('reordered');
+      writeFileSync(first, orig);
+      // ...and after a prune (at or before prunedThrough).
+      const res = await kms.audit.prune(day0 + 5 * DAY, verifyOf(t.dir), eventFor);
+      const kept = join(audit, sealed(audit)[0]!);
+      const keptText = readFileSync(kept, 'utf8');
+      writeFileSync(kept, keptText + `{"eventName":"ScheduleKeyDeletion","sequenceNumber":${res.PrunedThroughSequence - 2}}\n`);
+      expect(verifyAuditLog(audit).problem).toMatchObject({ kind: 'reordered', sequence: res.PrunedThroughSequence - 2 });
+      writeFileSync(kept, keptText);
+      expect(verifyAuditLog(audit)).toMatchObject({ ok: true });
     } finally {
       await kms?.close().catch(() => {});
       t.cleanup();
@@ -110,18 +162,16 @@ describe('audit log pruning', () => {
       for (const f of files) cpSync(join(audit, f), join(spare, f));
       cpSync(join(audit, 'digests'), join(spare, 'digests'), { recursive: true });
 
-      const res = await kms.audit.prune(day0 + 5 * DAY, eventFor);
+      const res = await kms.audit.prune(day0 + 5 * DAY, verifyOf(t.dir), eventFor);
       expect(res.FilesRemoved.length).toBeGreaterThan(1);
       // As if the daemon died after writing the record, before its deletions.
       for (const f of res.FilesRemoved) cpSync(join(spare, f), join(audit, f));
       for (const d of readdirSync(join(spare, 'digests'))) if (!existsSync(join(audit, 'digests', d))) cpSync(join(spare, 'digests', d), join(audit, 'digests', d));
       expect(verifyAuditLog(audit)).toMatchObject({ ok: true, prunedThrough: res.PrunedThroughSequence });
-      const next = await kms.audit.prune(day0 + 5 * DAY, eventFor);
-      expect(next).toMatchObject({ PrunedThroughSequence: res.PrunedThroughSequence, FilesRemoved: [] }); // nothing new to remove
-      clock.t += 30 * DAY;
-      await kms.call('DescribeKey', { KeyId: (await kms.call('ListKeys', {}, admin) as { Keys: { KeyId: string }[] }).Keys[0]!.KeyId }, admin);
-      const more = await kms.audit.prune(clock.t - 20 * DAY, eventFor);
-      expect(more.FilesRemoved.slice(0, res.FilesRemoved.length)).toEqual(res.FilesRemoved); // the leftovers went too
+      // Nothing new is old enough: the leftovers go all the same, under the record already written.
+      const next = await kms.audit.prune(day0 + 5 * DAY, verifyOf(t.dir), eventFor);
+      expect(next).toMatchObject({ PrunedThroughSequence: res.PrunedThroughSequence, FilesRemoved: res.FilesRemoved });
+      for (const f of res.FilesRemoved) expect(existsSync(join(audit, f))).toBe(false);
       await kms.close();
       kms = undefined;
       expect(verifyAuditLog(audit)).toMatchObject({ ok: true });

@@ -47,6 +47,8 @@ import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-fil
 import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
 import { markPathOf, readSealMark, writeSealMark, type SealMark } from './seal-mark.js';
 import { readPruneRecord, writePruneRecord } from './prune-record.js';
+import type { AuditVerifyResult } from './verify.js';
+import { EbsdError } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
 import type { Hsm } from '../hsm/hsm-client.js';
 
@@ -581,7 +583,10 @@ export class AuditLog {
     return this.exclusive(async () => {
       await this.writePending();
       if (this.integrityProblem || this.flushedSeq <= this.sealedThrough) return;
-      if (this.clock() - this.lastSealAt < this.sealIntervalMs && this.flushedSeq - this.sealedThrough < this.digestEvery) return;
+      const age = this.clock() - this.lastSealAt;
+      // Due by count as sealIfCounted judges it: at most one a minute however busy.
+      const byCount = this.flushedSeq - this.sealedThrough >= this.digestEvery && age >= this.digestMinIntervalMs;
+      if (age < this.sealIntervalMs && !byCount) return;
       const summaries = this.refusals.flush();
       await this.writePending();
       await summaries.catch(() => {});
@@ -675,67 +680,92 @@ export class AuditLog {
   /**
    * Remove the oldest sealed log files whose every event is older than `before` (ms), with the
    * digests that cover only them (docs/kms-format.md, Retention). Only whole sealed files go, oldest
-   * first and without a gap, each ending where a digest ends (so the kept log starts at a signed
-   * link); never the live file, nor the newest digest (the seal mark names it) or what it covers.
-   * In order: the call's own event (`eventFor`, with what is to go: a removal that cannot be
-   * audited does not happen), the signed prune record naming the last event removed (what
-   * verify starts from), then the deletions; a crash between them leaves files that the next
-   * prune removes and verify skips. Refused while the log is tampered.
+   * first and without a gap, the last of them ending where a digest ends (so the kept log starts at
+   * a signed link); never the live file, nor the newest digest (the seal mark names it) or what it
+   * covers. Only over a log that verifies whole (`verify`, run first on a worker): a prune must not
+   * launder a removal or an edit by taking the evidence with it, nor be steered by forged times.
+   * In order: the call's own event (`eventFor`, with what is to go), made durable and signed by a
+   * digest (a removal that cannot be audited does not happen), the signed prune record naming the
+   * last event removed (what verify starts from), then the deletions; files a crash left after
+   * the record are removed by the next prune. Refused (IncorrectState) while the log is tampered
+   * or does not verify.
    */
-  prune(before: number, eventFor: (plan: { prunedThrough: number; files: string[] }) => Record<string, unknown>): Promise<PruneResult> {
+  async prune(before: number, verify: () => Promise<AuditVerifyResult>, eventFor: (plan: { prunedThrough: number; files: string[] }) => Record<string, unknown>): Promise<PruneResult> {
+    const { dir } = this.o;
+    const refused = (why: string): EbsdError => new EbsdError('AUDIT_PRUNE_REFUSED', `${why}: nothing was pruned`, { awsName: 'IncorrectState' });
+    if (this.integrityProblem) throw refused(`the audit log ${join(dir, EVENTS_FILE)} is in the tampered state (${this.integrityProblem})`);
+    await this.seal(); // what verify reads is then signed to its last event
+    const v = await verify();
+    if (!v.ok) {
+      const p = v.problem!;
+      throw refused(`ebsd audit verify reports ${v.problemCount} problem${v.problemCount === 1 ? '' : 's'} in the log (the first: ${p.kind} at event ${p.sequence}${p.file ? `, ${p.file}` : ''}: ${p.detail})`);
+    }
     return this.exclusive(async () => {
       await this.writePending();
       await this.sealChain;
-      const { dir } = this.o;
-      if (this.integrityProblem) {
-        throw new Error(`the audit log ${join(dir, EVENTS_FILE)} is in the tampered state (${this.integrityProblem}): nothing is pruned while its history cannot be vouched for`);
-      }
       const prior = readPruneRecord(dir, createPublicKey(this.publicKeyPem), this.fingerprint);
-      if (prior.error) throw new Error(`${prior.error}: nothing is pruned over it`);
+      if (prior.error) throw refused(prior.error);
       const prunedSoFar = prior.record?.prunedThrough ?? -1;
-      const digests = new Map<number, { name: string; hash: string; lastEventHash: string }>();
-      for (const name of (await fsp.readdir(join(dir, DIGEST_DIR))).filter((f) => /^\d{12}\.json$/.test(f))) {
-        const d = JSON.parse(await fsp.readFile(join(dir, DIGEST_DIR, name), 'utf8')) as DigestFile;
-        digests.set(d.lastSequence, { name, hash: sha256hex(digestPayload(d)), lastEventHash: d.lastEventHash });
-      }
-      const newest = Math.max(-1, ...digests.keys());
-      const plan: { file: string; bytes: number; last: number; hash: string }[] = [];
+      // Digests by their name (their last sequence, 12 digits); only the one at the cut is read.
+      const digestNames = (await fsp.readdir(join(dir, DIGEST_DIR))).filter((f) => /^\d{12}\.json$/.test(f));
+      const digestSeqs = new Set(digestNames.map((n) => Number(n.slice(0, 12))));
+      const newest = Math.max(-1, ...digestSeqs);
+      type Planned = { file: string; bytes: number; last: number; hash: string };
+      const leftovers: Planned[] = [];
+      const plan: Planned[] = [];
+      let pending: Planned[] = [];
+      let next = prunedSoFar + 1;
       for (const file of auditLogFiles(dir).filter((f) => f !== EVENTS_FILE)) {
         const last = await lastEventOf(join(dir, file));
         if (!last) break;
-        const { bytes } = last;
-        if (last.seq <= prunedSoFar) { plan.push({ file, bytes, last: last.seq, hash: last.hash }); continue; } // left by a crash mid-prune
-        const d = digests.get(last.seq);
-        if (!(Date.parse(last.time) < before) || !d || last.seq >= newest) break;
-        if (d.lastEventHash !== last.hash) throw new Error(`event ${last.seq} in ${file} does not match the hash its digest ${d.name} sealed: run ebsd audit verify; nothing is pruned`);
-        plan.push({ file, bytes, last: last.seq, hash: last.hash });
+        const p = { file, bytes: last.bytes, last: last.seq, hash: last.hash };
+        if (last.seq <= prunedSoFar) { leftovers.push(p); continue; } // left by a crash after the record
+        // Verified above; the names are checked again here, so a gap can never be cut across.
+        if (Number(file.slice(7, 19)) !== next || !(Date.parse(last.time) < before) || last.seq >= newest) break;
+        next = last.seq + 1;
+        pending.push(p);
+        // A file whose end no digest marks (its rotation's seal failed) goes only with a later one that has one.
+        if (digestSeqs.has(last.seq)) { plan.push(...pending); pending = []; }
       }
-      const through = plan.length ? plan[plan.length - 1]! : undefined;
-      if (!through || through.last <= prunedSoFar) {
-        // Nothing new to remove (a crash's leftovers, if any, go with the next prune that removes more).
-        return { PrunedThroughSequence: prunedSoFar, FilesRemoved: [], DigestsRemoved: 0, BytesFreed: 0 };
+      const through = plan.at(-1);
+      let record: { lastDigestHash: string } | undefined;
+      if (through) {
+        const d = JSON.parse(await fsp.readFile(join(dir, DIGEST_DIR, digestName(through.last)), 'utf8')) as DigestFile;
+        if (d.lastEventHash !== through.hash) throw refused(`event ${through.last} in ${through.file} does not match the hash its digest sealed`);
+        record = { lastDigestHash: sha256hex(digestPayload(d)) };
+        const written = this.enqueue(openJson(eventFor({ prunedThrough: through.last, files: plan.map((x) => x.file) })), false);
+        await this.writePending();
+        await written;
+        // Durable and signed before anything goes: a removal whose record could be lost or cut off unsigned does not happen.
+        await this.sealInTurn(EVENTS_FILE);
+        await writePruneRecord(dir, this.o.hsm, {
+          prunedThrough: through.last, lastEventHash: through.hash, lastDigestHash: record.lastDigestHash,
+          before: new Date(before).toISOString(), time: new Date(this.clock()).toISOString(), publicKeyFingerprint: this.fingerprint,
+        });
+        this.prunedThrough = through.last;
       }
-      const written = this.enqueue(openJson(eventFor({ prunedThrough: through.last, files: plan.map((p) => p.file) })), false);
-      await this.writePending();
-      await written;
-      await writePruneRecord(dir, this.o.hsm, {
-        prunedThrough: through.last, lastEventHash: through.hash, lastDigestHash: digests.get(through.last)!.hash,
-        before: new Date(before).toISOString(), time: new Date(this.clock()).toISOString(), publicKeyFingerprint: this.fingerprint,
-      });
-      this.prunedThrough = through.last;
+      const gone = [...leftovers, ...plan];
+      if (gone.length === 0) return { PrunedThroughSequence: prunedSoFar, FilesRemoved: [], DigestsRemoved: 0, BytesFreed: 0 };
+      const cut = through?.last ?? prunedSoFar;
       // On the pool, not the event loop: a year's prune is thousands of files, and FUSE requests wait on the loop.
-      let removed = 0;
-      for (const [seq, d] of digests) {
-        if (seq > through.last) continue;
-        await fsp.unlink(join(dir, DIGEST_DIR, d.name));
-        removed++;
+      try {
+        let removed = 0;
+        for (const n of digestNames) {
+          if (Number(n.slice(0, 12)) > cut) continue;
+          await fsp.unlink(join(dir, DIGEST_DIR, n));
+          removed++;
+        }
+        await fsyncDir(join(dir, DIGEST_DIR));
+        for (const x of gone) {
+          await fsp.unlink(join(dir, x.file));
+          this.sealedFiles--;
+        }
+        await fsyncDir(dir);
+        this.o.log.info({ prunedThrough: cut, files: gone.length, digests: removed }, 'audit log pruned');
+        return { PrunedThroughSequence: cut, FilesRemoved: gone.map((x) => x.file), DigestsRemoved: removed, BytesFreed: gone.reduce((a, x) => a + x.bytes, 0) };
+      } catch (e) {
+        throw new EbsdError('AUDIT_PRUNE_PARTIAL', `the audit log is pruned through event ${cut} (recorded in ${join(dir, 'pruned.json')}), but not every file went: ${(e as Error)?.message ?? String(e)}; run ebsd audit prune again to finish`, { awsName: 'InternalError', cause: e });
       }
-      await fsyncDir(join(dir, DIGEST_DIR));
-      for (const p of plan) await fsp.unlink(join(dir, p.file));
-      await fsyncDir(dir);
-      this.sealedFiles -= plan.length;
-      this.o.log.info({ prunedThrough: through.last, files: plan.length, digests: removed }, 'audit log pruned');
-      return { PrunedThroughSequence: through.last, FilesRemoved: plan.map((p) => p.file), DigestsRemoved: removed, BytesFreed: plan.reduce((a, p) => a + p.bytes, 0) };
     });
   }
 }

@@ -11,7 +11,7 @@
  * truncation of that tail is undetectable until the next seal (see docs).
  */
 import { createPublicKey, verify as edVerify } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { devLoaderUrl } from '../hsm/hsm-client.js';
@@ -91,10 +91,14 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f) && Number(f.slice(0, 12)) > start).sort() : [];
   const digests: DigestFile[] = [];
   const all = auditLogFiles(dir);
-  // A sealed file followed by one that starts at or before the first kept event holds only pruned events.
+  // Sealed files a crash left after a prune's record (events at or before `start` only): by the next file's
+  // name, or for the last sealed one by its own last event. Any other line at or before `start` is reordered.
   const files = all.filter((f, i) => {
+    if (f === EVENTS_FILE || start < 0) return true;
     const next = all[i + 1];
-    return f === EVENTS_FILE || next === undefined || next === EVENTS_FILE || Number(next.slice(7, 19)) > start + 1;
+    if (next !== undefined && next !== EVENTS_FILE) return Number(next.slice(7, 19)) > start + 1;
+    const last = lastSequenceOf(join(dir, f));
+    return last === undefined || last > start;
   });
   let prevHash: string | null = pruned ? pruned.lastDigestHash : null;
   let covered = start;
@@ -202,7 +206,6 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
       let ev: { sequenceNumber?: unknown; previousEventHash?: unknown; eventID?: string } | undefined;
       try { ev = JSON.parse(line); } catch { /* reported below */ }
       const s = ev?.sequenceNumber;
-      if (typeof s === 'number' && s <= start) { count--; continue; } // pruned (a file a crash left whole): not read
       if (typeof s !== 'number') {
         // Not yet marked as `modifiedSeq`: if it was inserted, the event after it is checked in full (below).
         report({ kind: 'modified', sequence: expected + junk, ...at, detail: `${file} line ${i + 1} ${ev === undefined ? 'is not valid JSON' : 'has no sequence number'}` });
@@ -289,4 +292,22 @@ export function verifyAuditLogOffThread(dir: string, opts: { markPath?: string; 
     // A daemon stopping does not wait for a read of the whole log: the thread is ended.
     opts.signal?.addEventListener('abort', () => reject(new Error(`audit verification of ${dir} stopped: ${String(opts.signal!.reason)}`)), { once: true });
   }).finally(() => void worker.terminate());
+}
+
+/** The sequence number of a log file's last line (its last 1 MiB read); undefined when it has none readable. */
+function lastSequenceOf(path: string): number | undefined {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const n = Math.min(size, 1 << 20);
+    const buf = Buffer.alloc(n);
+    readSync(fd, buf, 0, n, size - n);
+    const text = buf.toString('utf8').replace(/\n$/, '');
+    const s = (JSON.parse(text.slice(text.lastIndexOf('\n') + 1)) as { sequenceNumber?: unknown }).sequenceNumber;
+    return typeof s === 'number' ? s : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
 }
