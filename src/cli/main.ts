@@ -547,12 +547,34 @@ function auditCommands(y: Argv): Argv {
         if (res.ok !== true) exitCode = EXIT.AUDIT_FAILED;
         show(g, res, () =>
           res.ok
-            ? `audit log OK: ${res.events} events, ${res.digests} signed digests, sealed through #${res.sealedThrough}`
+            ? `audit log OK: ${res.events} events, ${res.digests} signed digests, sealed through #${res.sealedThrough}${typeof res.prunedThrough === 'number' ? ` (pruned through #${res.prunedThrough})` : ''}`
             : auditProblemsText(res),
         );
       })
-      .demandCommand(1, 'name an audit subcommand: tail, verify'),
+      .command(
+        'prune',
+        'Remove sealed audit log files whose events are all older than --before (the log then begins after them; audit verify checks it from there)',
+        (b) => b.option('before', { type: 'string', demandOption: true, describe: 'an ISO 8601 date or time (2026-09-01, 2026-09-01T00:00:00Z), or an age: 90d, 12h' }),
+        async (a) => {
+          const g = a as unknown as Globals;
+          const res = await call(g, 'ebsd.AuditPrune', { Before: pruneBefore(String(a.before)) });
+          const files = res.FilesRemoved as string[];
+          show(g, res, () =>
+            files.length
+              ? `removed ${files.length} sealed file${files.length === 1 ? '' : 's'} (${res.BytesFreed} bytes) and ${res.DigestsRemoved} digest${res.DigestsRemoved === 1 ? '' : 's'}; the log now begins after event #${res.PrunedThroughSequence}`
+              : `nothing to remove: no sealed file holds only events older than ${String(a.before)} (the live file and the newest digest's events are kept)`,
+          );
+        },
+      )
+      .demandCommand(1, 'name an audit subcommand: tail, verify, prune'),
   );
+}
+
+/** `--before` of `ebsd audit prune`: an age (`90d`, `12h`) becomes the time that long ago; a date or time goes as given (the daemon checks it). */
+function pruneBefore(v: string): string {
+  const age = /^(\d{1,6})([dh])$/.exec(v);
+  if (!age) return v;
+  return new Date(Date.now() - Number(age[1]) * (age[2] === 'd' ? 86_400_000 : 3_600_000)).toISOString();
 }
 
 /** Every problem `ebsd audit verify` found, one line each: where (file:line), what, which event. */

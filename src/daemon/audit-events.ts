@@ -291,3 +291,20 @@ export function iamEvent(
 function _boundIam(v: Record<string, unknown> | null): Record<string, unknown> | null {
   return v && JSON.stringify(v).length > MAX_PARAMETERS_JSON ? { omitted: true } : v;
 }
+
+/**
+ * `ebsd audit prune` (AuditLog.prune), written before anything is removed: who asked, the time
+ * asked for, and what goes (the last event removed and the sealed files). eventSource `ebsd`, as
+ * the daemon's other own operations are recorded.
+ */
+export function auditPruneEvent(caller: Caller, o: { accountId: string; region: string; requestId: string; before: string; prunedThrough: number; files: string[] }): Record<string, unknown> {
+  const e = buildEvent({
+    eventName: 'AuditPrune', caller, accountId: o.accountId, region: o.region, requestId: o.requestId,
+    eventId: randomUUID(), resources: [], readOnly: false, time: Date.now(),
+  });
+  e.eventSource = 'ebsd';
+  e.requestParameters = { before: o.before };
+  e.responseElements = { prunedThroughSequence: o.prunedThrough, filesRemoved: o.files };
+  if (caller.uid !== undefined) e.additionalEventData = { localUid: caller.uid };
+  return e;
+}

@@ -24,7 +24,7 @@ import { checkDaemonConfig, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } f
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
-import { deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
+import { auditPruneEvent, deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
 import { DryRunOperation, Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
@@ -83,6 +83,7 @@ const HOST_KEY_STATE_DOC = JSON.stringify({
  *   ebsd.Status              daemon, volumes, key-cache state
  *   ebsd.AuditTail           last N audit events        (account root only)
  *   ebsd.AuditVerify         hash chain + signed digests (account root only)
+ *   ebsd.AuditPrune          remove sealed log files older than Before (account root only)
  *   ebsd.Iam<Op>             CreateUser, DeleteUser, ListUsers, CreateRole, UpdateRole,
  *                            DeleteRole, ListRoles, PutPolicy, DeletePolicy, GetPolicy, MapUid,
  *                            UnmapUid, ListUidMappings      (account root only)
@@ -92,7 +93,7 @@ const HOST_KEY_STATE_DOC = JSON.stringify({
  */
 const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeStatus', 'DeleteVolume', 'AttachVolume', 'DetachVolume', 'ModifyVolume', 'DescribeVolumesModifications']);
 /** The daemon's other own operations (ebsd.<op>; ebsd.Iam<op> are audit-events.ts isIamOperation's). */
-const EBSD_OPS = new Set(['CopySnapshot', 'Status', 'AuditTail', 'AuditVerify']);
+const EBSD_OPS = new Set(['CopySnapshot', 'Status', 'AuditTail', 'AuditVerify', 'AuditPrune']);
 
 export class Daemon {
   private lock: PidLock | undefined;
@@ -674,6 +675,7 @@ export class Daemon {
     if (op === 'Status') return this.status(caller);
     if (op === 'AuditTail') return this.auditTail(body);
     if (op === 'AuditVerify') return this.auditVerify(body);
+    if (op === 'AuditPrune') return this.auditPrune(body, caller, peer);
     if (iam) return this.auditedIamOp(op.slice(3), body, caller, peer);
     throw new EbsdError('UNKNOWN_TARGET', `unknown operation ebsd.${op}`, { awsName: 'UnknownOperationException' });
   }
@@ -1032,6 +1034,38 @@ export class Daemon {
       if (b.Seal !== false) await this.kms!.sealAudit();
       // Against the HSM's own public key: the PEM file beside the log is only a copy anyone who can write the state dir could swap.
       return verifyAuditLogOffThread(join(this.paths.kms, 'audit'), { publicKeyPem: this.kms!.audit.publicKeyPem, signal: this.verifyAbort.signal });
+    });
+  }
+
+  /**
+   * Remove the sealed audit files whose events are all older than `Before` (AuditLog.prune): the
+   * call's event, then a signed record of where the log now begins, then the files and the digests
+   * that covered only them. Verification takes the chain up after them (docs/kms-format.md, Retention).
+   */
+  private async auditPrune(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
+    const unknown = Object.keys(b).filter((k) => k !== 'Before');
+    if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.AuditPrune (it takes Before)`);
+    if (b.Before === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Before', 'The request must contain the parameter Before: an ISO 8601 time; sealed log files whose events are all older go');
+    const before = typeof b.Before === 'string' && /^\d{4}-\d{2}-\d{2}(T[\d:.]+(Z|[+-]\d{2}:\d{2}))?$/.test(b.Before) ? Date.parse(b.Before) : NaN;
+    if (!Number.isFinite(before)) {
+      throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'Before', `Before ${JSON.stringify(String(b.Before).slice(0, 64))} is not an ISO 8601 date or time (e.g. 2026-09-01 or 2026-09-01T00:00:00Z)`);
+    }
+    if (before > Date.now()) throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'Before', `Before ${b.Before as string} is in the future: only events already written can be pruned`);
+    const ids = this.authz!.identities;
+    const stopping = (): EbsdError => new EbsdError('SHUTTING_DOWN', 'ebsd.AuditPrune: the daemon is shutting down; nothing was pruned', { awsName: 'ServiceUnavailable' });
+    if (this.stopping) throw stopping();
+    // In the verifications' queue: a verification reading the log while files go would report them removed.
+    return this.verifying.run('audit', async () => {
+      if (this.stopping) throw stopping();
+      const audit = this.kms!.audit;
+      try {
+        return await audit.prune(before,
+          () => verifyAuditLogOffThread(join(this.paths.kms, 'audit'), { publicKeyPem: audit.publicKeyPem, signal: this.verifyAbort.signal }),
+          (plan) => auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: new Date(before).toISOString(), ...plan }));
+      } catch (e) {
+        if (e instanceof EbsdError) throw e;
+        throw new EbsdError('AUDIT_PRUNE_FAILED', `ebsd.AuditPrune: ${(e as Error)?.message ?? String(e)}`, { awsName: 'InternalError', cause: e });
+      }
     });
   }
 

@@ -113,4 +113,22 @@ describe('audit verify on a damaged daemon log', () => {
     for (const form of [secret, Buffer.from(secret).toString('base64'), Buffer.from(secret).toString('hex')]) expect(saved.live).not.toContain(form);
     expect(saved.live).toContain('"encryptionContext":{"round":"2"}');
   });
+
+  // Last: refused calls add events to the log the tests above restore.
+  it('ebsd audit prune: nothing sealed to remove on a young log; a bad --before exits 7 naming it; another uid is refused (exit 4)', async () => {
+    const none = await env.cli(['audit', 'prune', '--before', '30d', '--output', 'table']);
+    expect(none).toMatchObject({ code: 0 });
+    expect(none.stdout).toMatch(/^nothing to remove: no sealed file holds only events older than 30d/);
+    expect(await env.ok(['audit', 'prune', '--before', '2026-01-01'])).toEqual({ PrunedThroughSequence: -1, FilesRemoved: [], DigestsRemoved: 0, BytesFreed: 0 });
+    const future = await env.cli(['audit', 'prune', '--before', '2999-01-01T00:00:00Z']);
+    expect(future.code).toBe(7);
+    expect(future.stderr).toMatch(/^ebsd: InvalidParameterValue: Before 2999-01-01T00:00:00Z is in the future/);
+    const bad = await env.cli(['audit', 'prune', '--before', 'last week']);
+    expect(bad.code).toBe(7);
+    expect(bad.stderr).toMatch(/^ebsd: InvalidParameterValue: Before "last week" is not an ISO 8601 date or time/);
+    const other = await env.cli(['audit', 'prune', '--before', '30d'], { uid: 65534 });
+    expect(other.code).toBe(4);
+    expect(other.stderr).toMatch(/AccessDeniedException: .*ebsd:AuditPrune/);
+    expect(await verify()).toMatchObject({ ok: true });
+  });
 });

@@ -46,6 +46,9 @@ import { RefusalAggregator, type RefusalParty } from './refusal-aggregator.js';
 import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-files.js';
 import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
 import { markPathOf, readSealMark, writeSealMark, type SealMark } from './seal-mark.js';
+import { readPruneRecord, writePruneRecord } from './prune-record.js';
+import type { AuditVerifyResult } from './verify.js';
+import { EbsdError } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
 import type { Hsm } from '../hsm/hsm-client.js';
 
@@ -98,6 +101,18 @@ export interface AuditHealth {
   /** tampered: the log does not reach the seal high-water mark (IntegrityProblem says how); nothing is signed. */
   Integrity: 'ok' | 'tampered';
   IntegrityProblem?: string;
+  /** The last event `ebsd audit prune` removed (the log begins after it); absent: nothing was pruned. */
+  PrunedThroughSequence?: number;
+}
+
+/** What `AuditLog.prune` removed. */
+export interface PruneResult {
+  /** The last event removed, by this prune or an earlier one (-1: none ever). */
+  PrunedThroughSequence: number;
+  /** The sealed log files removed, oldest first. */
+  FilesRemoved: string[];
+  DigestsRemoved: number;
+  BytesFreed: number;
 }
 
 export interface DigestFile {
@@ -156,6 +171,8 @@ export class AuditLog {
   private countSeal: Promise<void> | undefined;
   /** After a digest due by count failed (disk, HSM), the next is not tried before this (clock ms). */
   private countSealRetryAt = -Infinity;
+  /** The last event pruned (prune-record.ts); -1: none. */
+  private prunedThrough = -1;
   private fingerprint = '';
   /**
    * The HSM's audit public key (derived from its sealed private key). `ebsd audit verify` checks
@@ -243,6 +260,9 @@ export class AuditLog {
       const end = Date.parse(lastDigest.digestEndTime);
       if (Number.isFinite(end)) this.lastSealAt = Math.min(end, this.lastSealAt);
     }
+    const pruned = readPruneRecord(dir, createPublicKey(pem), this.fingerprint);
+    if (pruned.record) this.prunedThrough = pruned.record.prunedThrough;
+    else if (pruned.error) this.o.log.warn({ dir, problem: pruned.error }, 'audit: the prune record is not valid; ebsd audit verify will report the events it names as removed');
     this.markPath = this.o.markPath ?? markPathOf(dir);
     const { mark, error } = readSealMark(this.markPath, createPublicKey(pem), this.fingerprint);
     const problem = error ?? (mark ? this.checkMark(mark, lastDigest, files, tail) : undefined);
@@ -383,6 +403,7 @@ export class AuditLog {
       SealedFiles: this.sealedFiles,
       Integrity: this.integrityProblem ? 'tampered' : 'ok',
       ...(this.integrityProblem ? { IntegrityProblem: this.integrityProblem } : {}),
+      ...(this.prunedThrough >= 0 ? { PrunedThroughSequence: this.prunedThrough } : {}),
       ...(this.disk.lastError ? { LastError: this.disk.lastError } : {}),
       ...(this.disk.state !== 'ok' ? { Since: new Date(this.disk.since).toISOString() } : {}),
     };
@@ -414,9 +435,9 @@ export class AuditLog {
     });
   }
 
-  private exclusive(fn: () => Promise<void>): Promise<void> {
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.queue.then(fn);
-    this.queue = run.catch(() => {});
+    this.queue = run.then(() => {}, () => {});
     return run;
   }
 
@@ -562,7 +583,10 @@ export class AuditLog {
     return this.exclusive(async () => {
       await this.writePending();
       if (this.integrityProblem || this.flushedSeq <= this.sealedThrough) return;
-      if (this.clock() - this.lastSealAt < this.sealIntervalMs && this.flushedSeq - this.sealedThrough < this.digestEvery) return;
+      const age = this.clock() - this.lastSealAt;
+      // Due by count as sealIfCounted judges it: at most one a minute however busy.
+      const byCount = this.flushedSeq - this.sealedThrough >= this.digestEvery && age >= this.digestMinIntervalMs;
+      if (age < this.sealIntervalMs && !byCount) return;
       const summaries = this.refusals.flush();
       await this.writePending();
       await summaries.catch(() => {});
@@ -652,6 +676,98 @@ export class AuditLog {
     await this.seal();
     await this.fh.close();
   }
+
+  /**
+   * Remove the oldest sealed log files whose every event is older than `before` (ms), with the
+   * digests that cover only them (docs/kms-format.md, Retention). Only whole sealed files go, oldest
+   * first and without a gap, the last of them ending where a digest ends (so the kept log starts at
+   * a signed link); never the live file, nor the newest digest (the seal mark names it) or what it
+   * covers. Only over a log that verifies whole (`verify`, run first on a worker): a prune must not
+   * launder a removal or an edit by taking the evidence with it, nor be steered by forged times.
+   * In order: the call's own event (`eventFor`, with what is to go), made durable and signed by a
+   * digest (a removal that cannot be audited does not happen), the signed prune record naming the
+   * last event removed (what verify starts from), then the deletions; files a crash left after
+   * the record are removed by the next prune. Refused (IncorrectState) while the log is tampered
+   * or does not verify.
+   */
+  async prune(before: number, verify: () => Promise<AuditVerifyResult>, eventFor: (plan: { prunedThrough: number; files: string[] }) => Record<string, unknown>): Promise<PruneResult> {
+    const { dir } = this.o;
+    const refused = (why: string): EbsdError => new EbsdError('AUDIT_PRUNE_REFUSED', `${why}: nothing was pruned`, { awsName: 'IncorrectState' });
+    if (this.integrityProblem) throw refused(`the audit log ${join(dir, EVENTS_FILE)} is in the tampered state (${this.integrityProblem})`);
+    await this.seal(); // what verify reads is then signed to its last event
+    const v = await verify();
+    if (!v.ok) {
+      const p = v.problem!;
+      throw refused(`ebsd audit verify reports ${v.problemCount} problem${v.problemCount === 1 ? '' : 's'} in the log (the first: ${p.kind} at event ${p.sequence}${p.file ? `, ${p.file}` : ''}: ${p.detail})`);
+    }
+    return this.exclusive(async () => {
+      await this.writePending();
+      await this.sealChain;
+      const prior = readPruneRecord(dir, createPublicKey(this.publicKeyPem), this.fingerprint);
+      if (prior.error) throw refused(prior.error);
+      const prunedSoFar = prior.record?.prunedThrough ?? -1;
+      // Digests by their name (their last sequence, 12 digits); only the one at the cut is read.
+      const digestNames = (await fsp.readdir(join(dir, DIGEST_DIR))).filter((f) => /^\d{12}\.json$/.test(f));
+      const digestSeqs = new Set(digestNames.map((n) => Number(n.slice(0, 12))));
+      const newest = Math.max(-1, ...digestSeqs);
+      type Planned = { file: string; bytes: number; last: number; hash: string };
+      const leftovers: Planned[] = [];
+      const plan: Planned[] = [];
+      let pending: Planned[] = [];
+      let next = prunedSoFar + 1;
+      for (const file of auditLogFiles(dir).filter((f) => f !== EVENTS_FILE)) {
+        const last = await lastEventOf(join(dir, file));
+        if (!last) break;
+        const p = { file, bytes: last.bytes, last: last.seq, hash: last.hash };
+        if (last.seq <= prunedSoFar) { leftovers.push(p); continue; } // left by a crash after the record
+        // Verified above; the names are checked again here, so a gap can never be cut across.
+        if (Number(file.slice(7, 19)) !== next || !(Date.parse(last.time) < before) || last.seq >= newest) break;
+        next = last.seq + 1;
+        pending.push(p);
+        // A file whose end no digest marks (its rotation's seal failed) goes only with a later one that has one.
+        if (digestSeqs.has(last.seq)) { plan.push(...pending); pending = []; }
+      }
+      const through = plan.at(-1);
+      let record: { lastDigestHash: string } | undefined;
+      if (through) {
+        const d = JSON.parse(await fsp.readFile(join(dir, DIGEST_DIR, digestName(through.last)), 'utf8')) as DigestFile;
+        if (d.lastEventHash !== through.hash) throw refused(`event ${through.last} in ${through.file} does not match the hash its digest sealed`);
+        record = { lastDigestHash: sha256hex(digestPayload(d)) };
+        const written = this.enqueue(openJson(eventFor({ prunedThrough: through.last, files: plan.map((x) => x.file) })), false);
+        await this.writePending();
+        await written;
+        // Durable and signed before anything goes: a removal whose record could be lost or cut off unsigned does not happen.
+        await this.sealInTurn(EVENTS_FILE);
+        await writePruneRecord(dir, this.o.hsm, {
+          prunedThrough: through.last, lastEventHash: through.hash, lastDigestHash: record.lastDigestHash,
+          before: new Date(before).toISOString(), time: new Date(this.clock()).toISOString(), publicKeyFingerprint: this.fingerprint,
+        });
+        this.prunedThrough = through.last;
+      }
+      const gone = [...leftovers, ...plan];
+      if (gone.length === 0) return { PrunedThroughSequence: prunedSoFar, FilesRemoved: [], DigestsRemoved: 0, BytesFreed: 0 };
+      const cut = through?.last ?? prunedSoFar;
+      // On the pool, not the event loop: a year's prune is thousands of files, and FUSE requests wait on the loop.
+      try {
+        let removed = 0;
+        for (const n of digestNames) {
+          if (Number(n.slice(0, 12)) > cut) continue;
+          await fsp.unlink(join(dir, DIGEST_DIR, n));
+          removed++;
+        }
+        await fsyncDir(join(dir, DIGEST_DIR));
+        for (const x of gone) {
+          await fsp.unlink(join(dir, x.file));
+          this.sealedFiles--;
+        }
+        await fsyncDir(dir);
+        this.o.log.info({ prunedThrough: cut, files: gone.length, digests: removed }, 'audit log pruned');
+        return { PrunedThroughSequence: cut, FilesRemoved: gone.map((x) => x.file), DigestsRemoved: removed, BytesFreed: gone.reduce((a, x) => a + x.bytes, 0) };
+      } catch (e) {
+        throw new EbsdError('AUDIT_PRUNE_PARTIAL', `the audit log is pruned through event ${cut} (recorded in ${join(dir, 'pruned.json')}), but not every file went: ${(e as Error)?.message ?? String(e)}; run ebsd audit prune again to finish`, { awsName: 'InternalError', cause: e });
+      }
+    });
+  }
 }
 
 /** An event object as JSON without its closing brace and without chain fields. */
@@ -675,4 +791,32 @@ function lineHashAt(dir: string, files: string[], seq: number): string | undefin
     if (typeof first === 'number' && first <= seq) return undefined;
   }
   return undefined;
+}
+
+/**
+ * The last event of a log file: its sequence, time, line hash and the file's size; undefined when it
+ * holds none. Reads the file's last 64 KiB (an event is rarely longer), then up to 1 MiB (fields are
+ * bounded, event.ts), through the pool.
+ */
+async function lastEventOf(path: string): Promise<{ seq: number; time: string; hash: string; bytes: number } | undefined> {
+  const fh = await fsp.open(path, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    for (const want of [64 << 10, 1 << 20]) {
+      const n = Math.min(size, want);
+      const buf = Buffer.alloc(n);
+      await fh.read(buf, 0, n, size - n);
+      const text = buf.toString('utf8').replace(/\n$/, '');
+      const cut = text.lastIndexOf('\n');
+      if (cut < 0 && n < size && n < (1 << 20)) continue; // the last line starts further back
+      const line = text.slice(cut + 1);
+      if (!line) return undefined;
+      const ev = JSON.parse(line) as { sequenceNumber?: unknown; eventTime?: unknown };
+      if (typeof ev.sequenceNumber !== 'number' || typeof ev.eventTime !== 'string') return undefined;
+      return { seq: ev.sequenceNumber, time: ev.eventTime, hash: sha256hex(line), bytes: size };
+    }
+    return undefined;
+  } finally {
+    await fh.close();
+  }
 }

@@ -11,14 +11,16 @@
  * truncation of that tail is undetectable until the next seal (see docs).
  */
 import { createPublicKey, verify as edVerify } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { devLoaderUrl } from '../hsm/hsm-client.js';
 import { markPathOf, readSealMark, type SealMark } from './seal-mark.js';
+import { readPruneRecord } from './prune-record.js';
 import { DIGEST_DIR, GENESIS_HASH, PUBLIC_KEY_FILE, auditLogFiles, digestPayload, sha256hex, type DigestFile } from './audit-log.js';
+import { EVENTS_FILE } from './log-files.js';
 
-export type AuditProblemKind = 'modified' | 'removed' | 'reordered' | 'missing' | 'bad-digest' | 'missing-digest' | 'bad-mark';
+export type AuditProblemKind = 'modified' | 'removed' | 'reordered' | 'missing' | 'bad-digest' | 'missing-digest' | 'bad-mark' | 'bad-prune-record';
 
 export interface AuditProblem {
   kind: AuditProblemKind;
@@ -45,6 +47,8 @@ export interface AuditVerifyResult {
   sealedThrough: number;
   /** Last sequence the seal high-water mark says was signed (absent: no mark). */
   markThrough?: number;
+  /** The last event `ebsd audit prune` removed, from its signed record: the log is checked from the next (absent: none). */
+  prunedThrough?: number;
   /** The first problem found (`problems[0]`); absent when `ok`. */
   problem?: AuditProblem;
   /** Every problem found, in the order found, the first `MAX_AUDIT_PROBLEMS` of them. */
@@ -75,13 +79,29 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
     if (problems.length < MAX_AUDIT_PROBLEMS) problems.push(p);
   };
 
+  // 0. A signed prune record: the log begins after the last event it removed (prune-record.ts).
+  const pr = readPruneRecord(dir, pub, fp);
+  if (pr.error) report({ kind: 'bad-prune-record', sequence: -1, detail: `${pr.error}: the log is checked as if nothing had been pruned` });
+  const pruned = pr.record;
+  const start = pruned ? pruned.prunedThrough : -1;
+
   // 1. Digests: signatures, chain, contiguous coverage.
   const ddir = join(dir, DIGEST_DIR);
-  const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f)).sort() : [];
+  // Named by their last sequence: those a prune removed (left by a crash during one) are not read.
+  const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f) && Number(f.slice(0, 12)) > start).sort() : [];
   const digests: DigestFile[] = [];
-  const files = auditLogFiles(dir);
-  let prevHash: string | null = null;
-  let covered = -1;
+  const all = auditLogFiles(dir);
+  // Sealed files a crash left after a prune's record (events at or before `start` only): by the next file's
+  // name, or for the last sealed one by its own last event. Any other line at or before `start` is reordered.
+  const files = all.filter((f, i) => {
+    if (f === EVENTS_FILE || start < 0) return true;
+    const next = all[i + 1];
+    if (next !== undefined && next !== EVENTS_FILE) return Number(next.slice(7, 19)) > start + 1;
+    const last = lastSequenceOf(join(dir, f));
+    return last === undefined || last > start;
+  });
+  let prevHash: string | null = pruned ? pruned.lastDigestHash : null;
+  let covered = start;
   let sealedThrough: number | undefined; // set at the first broken link
   // After an unreadable digest the next one cannot follow it: that break is the one already reported.
   let afterBadDigest = false;
@@ -130,9 +150,9 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   }
 
   // 2. Events: sequence, chain, digest anchors; one file in memory at a time.
-  let expected = 0;
+  let expected = start + 1;
   /** Hash of the last event taken in order; undefined: the line before it is lost (removed or unreadable), nothing to check against. */
-  let prevLineHash: string | undefined = GENESIS_HASH;
+  let prevLineHash: string | undefined = pruned ? pruned.lastEventHash : GENESIS_HASH;
   let prevId: string | undefined;
   let prevAt: { file: string; line: number } | undefined;
   /** The last event already reported as modified: the next event's link to it is not reported again. */
@@ -146,6 +166,8 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
     if (prevLineHash !== undefined && e.prevHash !== prevLineHash && modifiedSeq !== e.seq - 1) {
       report(e.seq === 0
         ? { kind: 'modified', sequence: 0, ...e.at, eventID: e.eventID, detail: 'first event does not start the chain' }
+        : pruned && e.seq === start + 1
+        ? { kind: 'modified', sequence: e.seq, ...e.at, eventID: e.eventID, detail: `event ${e.seq} does not follow event ${start}, the last one pruned (its hash is in the prune record)` }
         : { kind: 'modified', sequence: e.seq - 1, ...(prevAt ?? {}), ...(prevId ? { eventID: prevId } : {}), detail: `event ${e.seq - 1} does not match the hash recorded in event ${e.seq}` });
     }
     const d = digestAt.get(e.seq);
@@ -237,6 +259,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   return {
     ok: problemCount === 0, events: count, digests: digests.length, files, sealedThrough: sealedThrough ?? covered,
     ...(mark ? { markThrough: mark.lastSequence } : {}),
+    ...(pruned ? { prunedThrough: start } : {}),
     ...(problems.length ? { problem: problems[0] } : {}),
     problems, problemCount,
   };
@@ -244,7 +267,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
 
 /**
  * `verifyAuditLog` on a worker thread. It reads every log file, 64 MiB each
- * and never pruned, and hashes and parses every line: on the daemon's main
+ * kept until `ebsd audit prune` removes them, and hashes and parses every line: on the daemon's main
  * thread that would stop FUSE requests and key refreshes for as long (2.4 s
  * for 100,000 events on a loaded machine; docs/benchmarks.md, "Audit
  * verification off the main thread"). The worker reads only the log; a
@@ -269,4 +292,22 @@ export function verifyAuditLogOffThread(dir: string, opts: { markPath?: string; 
     // A daemon stopping does not wait for a read of the whole log: the thread is ended.
     opts.signal?.addEventListener('abort', () => reject(new Error(`audit verification of ${dir} stopped: ${String(opts.signal!.reason)}`)), { once: true });
   }).finally(() => void worker.terminate());
+}
+
+/** The sequence number of a log file's last line (its last 1 MiB read); undefined when it has none readable. */
+function lastSequenceOf(path: string): number | undefined {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const n = Math.min(size, 1 << 20);
+    const buf = Buffer.alloc(n);
+    readSync(fd, buf, 0, n, size - n);
+    const text = buf.toString('utf8').replace(/\n$/, '');
+    const s = (JSON.parse(text.slice(text.lastIndexOf('\n') + 1)) as { sequenceNumber?: unknown }).sequenceNumber;
+    return typeof s === 'number' ? s : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
 }
