@@ -195,6 +195,7 @@ export class Daemon {
     if (!this.cfg.kmsOnly) await setIoFlusherAtStart(this.log);
     const { created, lock, removedTemps } = await prepareStateDir(this.paths);
     this.lock = lock;
+    if (lock.pidFileProblem) this.log.warn({ pidFile: this.paths.pidFile }, lock.pidFileProblem);
     if (removedTemps.length) this.log.info({ removed: removedTemps }, 'removed temp files of interrupted atomic writes');
     try {
       await this.startServices(created);
