@@ -253,8 +253,15 @@ export class AuditLog {
         'audit log does not match its seal high-water mark (tampered?); events are still written, but no digest is signed');
     } else if (!mark && lastDigest) {
       // Digests from before the mark existed: the mark starts from them.
+      // (Or the mark write after the last digest failed: a disk that was full at the stop.)
       this.o.log.warn({ dir, mark: this.markPath, lastSequence: lastDigest.lastSequence }, 'audit: no seal high-water mark; starting one from the last digest on disk');
-      await this.writeMark(lastDigest, last!);
+      try {
+        await this.writeMark(lastDigest, last!);
+      } catch (e) {
+        // A full disk must not keep the daemon (and its volumes) down: the next digest writes the mark.
+        if (!isNoSpace(e)) throw e;
+        this.o.log.warn({ dir, mark: this.markPath, err: e }, 'audit: no room to write the seal high-water mark now (disk full); the next digest writes it');
+      }
     }
     if (lastDigest && this.flushedSeq < lastDigest.lastSequence) {
       // The files end before events a signed digest covers: the log was
@@ -270,7 +277,7 @@ export class AuditLog {
     this.fh = await fsp.open(path, 'a', 0o600);
     this.liveBytes = (await this.fh.stat()).size;
     this.liveFirstSeq = this.liveBytes > 0 && tail && files[files.length - 1] === EVENTS_FILE ? tail.first : this.flushedSeq + 1;
-    await this.disk.ensure();
+    await this.disk.open();
   }
 
   /** Why the files on disk do not reach `mark`, or undefined when they do. */
