@@ -992,6 +992,7 @@ export class Daemon {
   private unservedProblem(volumeId: string): Record<string, unknown> {
     const r = this.resumeRetry?.state(volumeId);
     if (!r) return { Problem: 'recorded attached but not served (KMS refused the re-attach, or it failed); see daemon log; detach it' };
+    if (r.DiskFull) return { Problem: `recorded attached, not served yet: the state dir's disk is full (${r.LastError}); retrying with back-off until there is room`, Resume: r };
     return { Problem: `recorded attached, not served yet: the KMS did not answer the re-attach (${r.AwsName ?? r.LastError}); retrying with back-off`, Resume: r };
   }
 
