@@ -10,6 +10,20 @@ import { Env, ensureBuilt, untilText } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
+/** The port of --metrics-listen 127.0.0.1:0, from the daemon's log. */
+async function metricsPort(env: Env): Promise<number> {
+  const m = /"metrics":"http:\/\/127\.0\.0\.1:(\d+)\/metrics"/.exec(await env.untilLog(/"metrics":"http:\/\/127\.0\.0\.1:\d+\/metrics"/));
+  expect(m).not.toBeNull();
+  return Number(m![1]);
+}
+
+/** One sample of a scrape, or undefined when the series is absent. */
+async function sample(port: number, series: string): Promise<number | undefined> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
 /** Write `path` (appending) until the filesystem refuses with ENOSPC: not a byte of data space left. */
 function fill(path: string): void {
   const fd = openSync(path, 'a');
@@ -52,9 +66,13 @@ describe('a daemon (re)started on a full state dir', () => {
   });
 
   it('starts, says what it could not write, serves the volume recorded attached once there is room, and gets its audit reserve back', async () => {
-    await env.start();
+    await env.start(['--metrics-listen', '127.0.0.1:0']);
+    const port = await metricsPort(env);
     const vol = (await env.api('ebsd.CreateVolume', { Size: '8MiB', Name: 'state-full' })).VolumeId as string;
     await env.api('ebsd.AttachVolume', { VolumeId: vol });
+    // The series the EbsdVolumeIoErrors alert takes rate() of exists before the first error.
+    const enospc = `ebsd_volume_io_errors_total{volume_id="${vol}",operation="write",errno="ENOSPC"}`;
+    expect(await sample(port, enospc)).toBe(0);
     const pattern = Buffer.alloc(64 * 1024);
     for (let i = 0; i < pattern.length; i++) pattern[i] = (i * 131 + 7) & 0xff;
     const fd = openSync(env.file(vol), 'r+');
@@ -66,6 +84,15 @@ describe('a daemon (re)started on a full state dir', () => {
     // The disk fills up while the daemon runs: its next audited call releases the reserve and writes
     // on in the space that freed; then that space goes too.
     fill(filler());
+    // A write to a block of the (sparse) image never written before has no room: ENOSPC, counted.
+    const wfd = openSync(env.file(vol), 'r+');
+    try {
+      expect(() => { writeSync(wfd, Buffer.alloc(4096, 1), 0, 4096, 4 * MiB); fdatasyncSync(wfd); }).toThrow(/ENOSPC/);
+    } finally {
+      closeSync(wfd);
+    }
+    await env.untilClosed(vol);
+    expect(await sample(port, enospc)).toBeGreaterThanOrEqual(1);
     const keyId = 'alias/aws/ebs';
     for (let i = 0; i < 200 && (await env.api('ebsd.Status')).Daemon.Audit.State === 'ok'; i++) await env.api('TrentService.DescribeKey', { KeyId: keyId });
     expect((await env.api('ebsd.Status')).Daemon.Audit.State).toBe('reserve-in-use');
