@@ -112,6 +112,7 @@ describe('a daemon (re)started on a full state dir', () => {
     let st = await env.api('ebsd.Status');
     expect(st.Daemon.Audit).toMatchObject({ State: 'reserve-in-use', ReserveBytes: 0 });
     expect(st.Daemon.Audit.LastError).toMatch(/ENOSPC/);
+    expect(st.Daemon.Problem).toMatch(/^audit log: disk full \(reserve-in-use\); free space in /);
 
     // No room for the image's attach lock: the volume is recorded attached, not served, and says why.
     const v = st.Volumes.find((x: { VolumeId: string }) => x.VolumeId === vol);
