@@ -147,3 +147,48 @@ describe('a daemon (re)started on a full state dir', () => {
     await env.api('ebsd.DetachVolume', { VolumeId: vol });
   }, 120_000);
 });
+
+describe('an idle daemon whose state dir was full', () => {
+  const env = new Env('state-full-idle');
+  let mounted = false;
+
+  beforeAll(() => {
+    ensureBuilt();
+    mkdirSync(env.state);
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,mode=0711', 'ebsd-test-state-full-idle', env.state], { encoding: 'utf8' });
+    expect(m.status, m.stderr).toBe(0);
+    mounted = true;
+  });
+  afterAll(async () => {
+    await env.stop().catch(() => {});
+    spawnSync('fusermount', ['-uz', env.mnt]);
+    if (mounted) spawnSync('umount', [env.state]);
+    await env.cleanup();
+  });
+
+  it('gets its audit reserve back once space is freed, with nothing to audit meanwhile (status and alerts stop saying disk full)', async () => {
+    // Full while it runs: an audited call releases the reserve, whose space is then taken too;
+    // stopped, the last free page taken, started again: no room for a reserve at start.
+    await env.start();
+    const fillers = [0, 1, 2].map((i) => join(env.state, `filler.${i}`));
+    fill(fillers[0]!);
+    for (let i = 0; i < 200 && (await env.api('ebsd.Status')).Daemon.Audit.State === 'ok'; i++) await env.api('TrentService.ListKeys');
+    fill(fillers[1]!);
+    expect(await env.stop()).toBe(0);
+    fill(fillers[2]!);
+    await env.start();
+    let audit = (await env.api('ebsd.Status')).Daemon.Audit as { State: string; ReserveBytes: number };
+    expect(audit).toMatchObject({ ReserveBytes: 0 });
+    expect(audit.State).not.toBe('ok');
+    const eventsBefore = env.auditText().length;
+    for (const f of fillers) rmSync(f);
+    // Only status is asked (not audited for root): no event is written that would bring the reserve back on its way.
+    for (let i = 0; i < 300 && audit.State !== 'ok'; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      audit = (await env.api('ebsd.Status')).Daemon.Audit;
+    }
+    expect(audit).toMatchObject({ State: 'ok', ReserveBytes: 4 * MiB });
+    expect(env.auditText().length).toBe(eventsBefore);
+    expect(await env.untilLog('audit log: disk space is back; reserve restored')).toMatch(/"was":"reserve-in-use"/);
+  }, 90_000);
+});

@@ -179,6 +179,8 @@ export class AuditLog {
   private readonly rotateBytes: number;
   private readonly sealIntervalMs: number;
   private readonly clock: () => number;
+  /** While short of disk: tries the reserve again with no event to write (diskRecheck). */
+  private diskRecheck: NodeJS.Timeout | undefined;
   /**
    * Called once per batch written, or failed, with its events and the seconds its write (and
    * fdatasync, with `fsync: 'event'`) took: the daemon's metrics (src/daemon/metrics.ts). A batch
@@ -278,6 +280,14 @@ export class AuditLog {
     this.liveBytes = (await this.fh.stat()).size;
     this.liveFirstSeq = this.liveBytes > 0 && tail && files[files.length - 1] === EVENTS_FILE ? tail.first : this.flushedSeq + 1;
     await this.disk.open();
+    // The reserve is re-created on the way to writing an event; a daemon with nothing to audit
+    // (no volume, no caller) would stay reserve-in-use or failing, its alert firing, long after
+    // the operator freed the space. So it is also tried on a timer, in the write queue, while not
+    // ok (DiskReserve rate-limits the tries and checks statfs first: cheap when nothing changed).
+    this.diskRecheck = setInterval(() => {
+      if (this.disk.state !== 'ok') void this.exclusive(() => this.disk.maybeRecover()).catch(() => {});
+    }, DISK_RECHECK_MS);
+    this.diskRecheck.unref();
   }
 
   /** Why the files on disk do not reach `mark`, or undefined when they do. */
@@ -656,10 +666,14 @@ export class AuditLog {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.diskRecheck);
     await this.seal();
     await this.fh.close();
   }
 }
+
+/** How often a log short of disk tries its reserve again when no event comes to write. */
+const DISK_RECHECK_MS = 10_000;
 
 /** An event object as JSON without its closing brace and without chain fields. */
 function openJson(event: Record<string, unknown>): string {
