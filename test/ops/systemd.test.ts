@@ -82,9 +82,14 @@ class NotifyListener {
 }
 
 describe('systemd units', () => {
-  const dir = mkdtempSync('/tmp/ebsd-units-');
-  beforeAll(() => ensureBuilt());
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  // Made in beforeAll, not at collection: a run filtered with -t to another describe runs
+  // neither hook, and a directory made at collection was left behind in /tmp.
+  let dir = '';
+  beforeAll(() => {
+    ensureBuilt();
+    dir = mkdtempSync('/tmp/ebsd-units-');
+  });
+  afterAll(() => { if (dir) rmSync(dir, { recursive: true, force: true }); });
 
   it('ebsd install-units copies every unit (0644) and says daemon-reload cannot run without systemd', async () => {
     // --bin: this checkout's CLI, made executable by test/global-setup.ts. The default, the machine-wide
