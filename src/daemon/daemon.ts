@@ -196,6 +196,7 @@ export class Daemon {
     if (!this.cfg.kmsOnly) await setIoFlusherAtStart(this.log);
     const { created, lock, removedTemps } = await prepareStateDir(this.paths);
     this.lock = lock;
+    if (lock.pidFileProblem) this.log.warn({ pidFile: this.paths.pidFile }, lock.pidFileProblem);
     if (removedTemps.length) this.log.info({ removed: removedTemps }, 'removed temp files of interrupted atomic writes');
     try {
       await this.startServices(created);
@@ -993,6 +994,7 @@ export class Daemon {
   private unservedProblem(volumeId: string): Record<string, unknown> {
     const r = this.resumeRetry?.state(volumeId);
     if (!r) return { Problem: 'recorded attached but not served (KMS refused the re-attach, or it failed); see daemon log; detach it' };
+    if (r.DiskFull) return { Problem: `recorded attached, not served yet: the state dir's disk is full (${r.LastError}); retrying with back-off until there is room`, Resume: r };
     return { Problem: `recorded attached, not served yet: the KMS did not answer the re-attach (${r.AwsName ?? r.LastError}); retrying with back-off`, Resume: r };
   }
 

@@ -61,7 +61,9 @@ export class VolumeIoStats {
 
   constructor(readonly volumeId: string) {
     // The EIO series exist from attach at 0: rate() needs a sample before the first error to see it.
+    // So does write ENOSPC: the backing filesystem (the state dir's) full, as the alert rules watch.
     for (const op of OPS) this.errors.set(`${op} EIO`, 0);
+    this.errors.set('write ENOSPC', 0);
   }
 
   /** The FUSE IoObserver: no allocation on success. */

@@ -121,11 +121,24 @@ export class PidLock {
     try {
       await atomicWrite(paths.pidFile, `${process.pid}\n`, 0o600);
     } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT') {
+        // The pid file is for people and scripts only; the lock is held. A disk that is full must
+        // not keep the daemon from starting (its audit reserve is there for this: README, "State
+        // directory"); the caller logs it. A pid file a previous daemon left would name the wrong
+        // process: removed (an unlink needs no space).
+        await fsp.rm(paths.pidFile, { force: true }).catch(() => {});
+        lock.pidFileProblem = `could not write ${paths.pidFile} (${code === 'ENOSPC' ? 'no space left on device' : 'disk quota exceeded'}, ${code}); it is informational only, the daemon runs without it`;
+        return lock;
+      }
       await lock.release();
-      throw e;
+      throw new EbsdError('STATE_DIR_UNUSABLE', `could not write the pid file ${paths.pidFile}: ${(e as Error).message}`, { cause: e });
     }
     return lock;
   }
+
+  /** Why the pid file could not be written (the state dir's disk full), or undefined. */
+  pidFileProblem: string | undefined;
 
   /**
    * Remove the pid file (the holder's by construction, whatever it now

@@ -2,7 +2,8 @@ import { promises as fsp } from 'node:fs';
 
 /**
  * Create `path` with O_CREAT|O_EXCL, write `data` and fsync it. Returns false
- * (and writes nothing) if the file already exists; any other error is thrown.
+ * (and writes nothing) if the file already exists; any other error is thrown, and a
+ * file this call created but could not write is removed first.
  * O_EXCL creation is atomic on local filesystems and NFSv3+, so of several
  * racing callers exactly one gets true: the basis of the pid and attach locks.
  */
@@ -17,8 +18,13 @@ export async function createExclusive(path: string, data: string | Uint8Array, m
   try {
     await fh.writeFile(data);
     await fh.sync();
-  } finally {
-    await fh.close();
+  } catch (e) {
+    // Created but not written (ENOSPC, EDQUOT, EIO): an empty file left here would read as a
+    // lock whose owner is between O_EXCL and its write, and refuse every caller for a while.
+    await fh.close().catch(() => {});
+    await fsp.rm(path, { force: true }).catch(() => {});
+    throw e;
   }
+  await fh.close();
   return true;
 }

@@ -62,7 +62,7 @@ export class AttachLock {
     const path = `${imagePath}.lock`;
     const me: LockOwner = { pid: process.pid, startTime: procStartTime(process.pid), bootId: bootId(), host: hostname(), volumeId, since: new Date().toISOString() };
     for (let attempt = 0; attempt < 2; attempt++) {
-      if (await createExclusive(path, JSON.stringify(me))) return new AttachLock(path);
+      if (await createExclusive(path, JSON.stringify(me)).catch((e: unknown) => { throw lockFileError(e, path, volumeId); })) return new AttachLock(path);
       const owner = await readOwner(path);
       // An unreadable lock younger than 10 s may be a live owner between O_EXCL and its write.
       const fresh = owner === null && (await fsp.stat(path).then((s) => Date.now() - s.mtimeMs < 10_000, () => false));
@@ -78,6 +78,13 @@ export class AttachLock {
   async release(): Promise<void> {
     await fsp.rm(this.path, { force: true });
   }
+}
+
+/** The lock file could not be made: say which file and why; a full disk is VOLUME_NO_SPACE (resume-retry.ts retries it). */
+function lockFileError(e: unknown, path: string, volumeId: string): VolumeError {
+  const code = (e as NodeJS.ErrnoException).code;
+  const why = code === 'ENOSPC' ? 'no space left on device (ENOSPC)' : code === 'EDQUOT' ? 'disk quota exceeded (EDQUOT)' : (e as Error).message;
+  return new VolumeError(code === 'ENOSPC' || code === 'EDQUOT' ? 'VOLUME_NO_SPACE' : 'VOLUME_IO', `volume ${volumeId}: could not create its attach lock ${path}: ${why}`, { cause: e });
 }
 
 export async function readOwner(path: string): Promise<LockOwner | null> {

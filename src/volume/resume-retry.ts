@@ -10,6 +10,10 @@ import { KeyServiceError, errInfo } from './errors.js';
  * KeyServiceError that is not authoritative, key-service.ts) are re-attached
  * again in the background with back-off (src/util/backoff.ts) until the KMS
  * answers, as a host waiting for STS at start is (src/daemon/host-resolver.ts).
+ * So are those that failed because the state dir's disk is full (ENOSPC or EDQUOT making
+ * the image's attach lock, volume/attach-lock.ts): the audit log keeps a reserve so that
+ * attached volumes keep working on a full disk (README, "Security model", Full disk), and a
+ * restart (the watchdog's, an upgrade's) must not leave them unserved once space returns.
  * A refusal (AccessDenied, a disabled key, a revoked grant) is not retried:
  * the volume stays recorded attached and unserved until detached, as before.
  * Tries are logged when the kind of failure changes, not per retry. Only
@@ -25,6 +29,8 @@ export interface ResumeWaiting {
   /** The AWS exception of the last failure, when KMS named one (ThrottlingException, KMSInternalException). */
   AwsName?: string;
   LastError: string;
+  /** True when the last failure was the state dir's disk being full (not the KMS). */
+  DiskFull?: boolean;
 }
 
 export interface ResumeOutcome {
@@ -40,12 +46,18 @@ export interface ResumeRetryOptions {
   random?: () => number;
 }
 
-/** True when the failure means "KMS did not answer" rather than "no": worth trying again. */
+/** True when the failure means "KMS did not answer" (or "no room on disk") rather than "no": worth trying again. */
 export function isTransientResumeFailure(e: unknown): boolean {
-  for (let x = e as { cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
-    if (x instanceof KeyServiceError) return !x.authoritative;
+  return resumeFailureKind(e) !== undefined;
+}
+
+/** `kms`: the KMS did not answer; `disk`: the state dir's disk is full; undefined: not worth retrying. */
+export function resumeFailureKind(e: unknown): 'kms' | 'disk' | undefined {
+  for (let x = e as { cause?: unknown; code?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
+    if (x instanceof KeyServiceError) return x.authoritative ? undefined : 'kms';
+    if (x.code === 'VOLUME_NO_SPACE' || x.code === 'ENOSPC' || x.code === 'EDQUOT') return 'disk';
   }
-  return false;
+  return undefined;
 }
 
 interface Entry {
@@ -53,6 +65,7 @@ interface Entry {
   attempts: number;
   awsName?: string;
   lastError: string;
+  diskFull: boolean;
 }
 
 export class ResumeRetry {
@@ -79,16 +92,18 @@ export class ResumeRetry {
   add(failed: ResumeOutcome['failed']): string[] {
     const now = this.clock.now();
     const added: string[] = [];
+    const noRoom: string[] = [];
     for (const f of failed) {
-      if (!isTransientResumeFailure(f.error)) continue;
+      const kind = resumeFailureKind(f.error);
+      if (kind === undefined) continue;
       const info = errInfo(f.error);
-      this.waiting.set(f.volumeId, { since: now, attempts: 1, ...(typeof info.awsName === 'string' ? { awsName: info.awsName } : {}), lastError: String(info.message ?? 'KMS did not answer') });
-      added.push(f.volumeId);
+      this.waiting.set(f.volumeId, { since: now, attempts: 1, ...(typeof info.awsName === 'string' ? { awsName: info.awsName } : {}), lastError: String(info.message ?? 'KMS did not answer'), diskFull: kind === 'disk' });
+      (kind === 'disk' ? noRoom : added).push(f.volumeId);
     }
-    if (added.length) {
-      this.log.warn({ volumeIds: added }, 'KMS did not answer the re-attach of volumes recorded attached: retrying with back-off until it does');
-      if (!this.timer && !this.running) this.schedule();
-    }
+    if (added.length) this.log.warn({ volumeIds: added }, 'KMS did not answer the re-attach of volumes recorded attached: retrying with back-off until it does');
+    if (noRoom.length) this.log.warn({ volumeIds: noRoom }, "the state dir's disk is full: volumes recorded attached could not be re-attached; retrying with back-off until there is room");
+    added.push(...noRoom);
+    if (added.length && !this.timer && !this.running) this.schedule();
     return added;
   }
 
@@ -99,7 +114,7 @@ export class ResumeRetry {
     return {
       Since: new Date(e.since).toISOString(), Attempts: e.attempts,
       ...(this.nextTry !== null ? { NextTryTime: new Date(this.nextTry).toISOString() } : {}),
-      ...(e.awsName ? { AwsName: e.awsName } : {}), LastError: e.lastError,
+      ...(e.awsName ? { AwsName: e.awsName } : {}), LastError: e.lastError, ...(e.diskFull ? { DiskFull: true } : {}),
     };
   }
 
@@ -159,7 +174,7 @@ export class ResumeRetry {
     for (const id of out.resumed) {
       const e = this.waiting.get(id);
       this.waiting.delete(id);
-      this.log.info({ volumeId: id, attempts: (e?.attempts ?? 0) + 1, waitedMs: e ? this.clock.now() - e.since : undefined }, 'KMS answers: volume recorded attached is served again');
+      this.log.info({ volumeId: id, attempts: (e?.attempts ?? 0) + 1, waitedMs: e ? this.clock.now() - e.since : undefined }, e?.diskFull ? 'room on the disk again: volume recorded attached is served again' : 'KMS answers: volume recorded attached is served again');
     }
     const failed = new Map(out.failed.map((f) => [f.volumeId, f.error]));
     for (const id of ids) {
@@ -171,16 +186,18 @@ export class ResumeRetry {
         this.waiting.delete(id);
         continue;
       }
-      if (!isTransientResumeFailure(err)) {
+      const kind = resumeFailureKind(err);
+      if (kind === undefined) {
         this.waiting.delete(id);
         this.log.error({ volumeId: id, err: errInfo(err) }, 'KMS refused the re-attach: the volume stays recorded attached and unserved (detach it)');
         continue;
       }
       const info = errInfo(err);
       const msg = String(info.message ?? 'KMS did not answer');
-      if (info.awsName !== e.awsName) this.log.warn({ volumeId: id, err: info }, 're-attach still failing; retrying');
+      if (info.awsName !== e.awsName || (kind === 'disk') !== e.diskFull) this.log.warn({ volumeId: id, err: info }, 're-attach still failing; retrying');
       e.attempts++;
       e.lastError = msg;
+      e.diskFull = kind === 'disk';
       if (typeof info.awsName === 'string') e.awsName = info.awsName; else delete e.awsName;
     }
     if (!this.waiting.size) this.round = 0;

@@ -82,9 +82,14 @@ class NotifyListener {
 }
 
 describe('systemd units', () => {
-  const dir = mkdtempSync('/tmp/ebsd-units-');
-  beforeAll(() => ensureBuilt());
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  // Made in beforeAll, not at collection: a run filtered with -t to another describe runs
+  // neither hook, and a directory made at collection was left behind in /tmp.
+  let dir = '';
+  beforeAll(() => {
+    ensureBuilt();
+    dir = mkdtempSync('/tmp/ebsd-units-');
+  });
+  afterAll(() => { if (dir) rmSync(dir, { recursive: true, force: true }); });
 
   it('ebsd install-units copies every unit (0644) and says daemon-reload cannot run without systemd', async () => {
     // --bin: this checkout's CLI, made executable by test/global-setup.ts. The default, the machine-wide
@@ -283,4 +288,76 @@ describe('sd_notify protocol of the daemon', () => {
       watch.stop();
     }
   });
+});
+
+/**
+ * The commands of contrib/systemd/ebsd-loop@.service as systemd would run them for one instance
+ * (no systemd boots here): the specifiers the unit uses expanded (`%i` the instance, `%%` a
+ * literal %), `$$` a literal $, and the unit's /mnt/ebsd the test daemon's mount.
+ */
+function loopUnitCommand(key: 'ExecStart' | 'ExecStop', volumeId: string, mount: string): string[] {
+  const unit = readFileSync(join(ROOT, 'contrib', 'systemd', 'ebsd-loop@.service'), 'utf8');
+  const line = new RegExp(`^${key}=(.*)$`, 'm').exec(unit)?.[1];
+  expect(line, key).toBeDefined();
+  const expanded = line!.replace(/%%|%i/g, (m) => (m === '%%' ? '%' : volumeId)).split('$$').join('$').split('/mnt/ebsd/').join(`${mount}/`);
+  const sh = /^\/bin\/sh -c '(.*)'$/.exec(expanded);
+  return sh ? ['/bin/sh', '-c', sh[1]!] : expanded.split(' ');
+}
+
+/** The loop devices whose backing file the kernel names after this volume, wherever its mount went. */
+function loopsOver(volumeId: string): string[] {
+  const found: string[] = [];
+  for (const n of readdirSync('/sys/block').filter((x) => x.startsWith('loop'))) {
+    let b = '';
+    try { b = readFileSync(`/sys/block/${n}/loop/backing_file`, 'utf8').trim(); } catch { continue; }
+    if (b.replace(/ \(deleted\)$/, '').endsWith(`/${volumeId}`)) found.push(`/dev/${n}`);
+  }
+  return found;
+}
+
+describe('ebsd-loop@.service commands', () => {
+  const env = new Env('loop-unit');
+  let vol = '';
+
+  beforeAll(async () => {
+    ensureBuilt();
+    await env.start();
+    vol = (await env.api('ebsd.CreateVolume', { Size: '16MiB' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
+  }, 90_000);
+  afterAll(async () => {
+    for (const d of loopsOver(vol)) spawnSync('losetup', ['-d', d]);
+    await env.cleanup();
+  }, 60_000);
+
+  const exec = (key: 'ExecStart' | 'ExecStop'): { status: number | null; stdout: string; stderr: string } => {
+    const [cmd, ...args] = loopUnitCommand(key, vol, env.mnt);
+    const r = spawnSync(cmd!, args, { encoding: 'utf8' });
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  };
+
+  it('ExecStop detaches the loop device ExecStart made, also after the daemon under it was killed and restarted (its backing file then named /<vol>)', async () => {
+    // While the daemon serves the file.
+    const a = exec('ExecStart');
+    expect(a.status, a.stderr).toBe(0);
+    expect(loopsOver(vol)).toEqual([a.stdout.trim()]);
+    const s1 = exec('ExecStop');
+    expect(s1.status, s1.stderr).toBe(0);
+    expect(loopsOver(vol)).toEqual([]);
+
+    // The daemon dies under the loop device and comes back (Restart=on-failure after a crash or
+    // the watchdog): the volume file is a new one, the old loop device answers EIO and the kernel
+    // names its backing file by what is left of the old mount's path.
+    const b = exec('ExecStart');
+    expect(b.status, b.stderr).toBe(0);
+    const dev = b.stdout.trim();
+    await env.kill9();
+    await env.start();
+    expect(existsSync(env.file(vol))).toBe(true);
+    expect(readFileSync(`/sys/block/${dev.slice('/dev/'.length)}/loop/backing_file`, 'utf8').trim()).toBe(`/${vol}`);
+    expect(loopsOver(vol)).toEqual([dev]);
+    const s2 = exec('ExecStop');
+    expect(s2.status, s2.stderr).toBe(0);
+    expect(loopsOver(vol)).toEqual([]);
+  }, 90_000);
 });

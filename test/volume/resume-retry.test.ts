@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { KeyServiceError, VolumeError } from '../../src/volume/errors.js';
-import { isTransientResumeFailure, ResumeRetry, type ResumeOutcome } from '../../src/volume/resume-retry.js';
+import { isTransientResumeFailure, resumeFailureKind, ResumeRetry, type ResumeOutcome } from '../../src/volume/resume-retry.js';
 import { ManualClock, seededRandom } from './helpers/manual-clock.js';
 
 const unreachable = () => new KeyServiceError('Decrypt', undefined, false, 'connect ECONNREFUSED 127.0.0.1:1');
@@ -20,6 +20,16 @@ describe('ResumeRetry', () => {
     expect(isTransientResumeFailure(new VolumeError('VOLUME_IMPAIRED', 'x', { cause: unreachable() }))).toBe(true);
     expect(isTransientResumeFailure(denied())).toBe(false);
     expect(isTransientResumeFailure(new Error('EACCES'))).toBe(false);
+  });
+
+  it('tells "the state dir\'s disk is full" (retried: space comes back) from other file errors', () => {
+    const enospc = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    expect(resumeFailureKind(new VolumeError('VOLUME_NO_SPACE', 'lock', { cause: enospc }))).toBe('disk');
+    expect(resumeFailureKind(new VolumeError('VOLUME_IO', 'x', { cause: enospc }))).toBe('disk');
+    expect(resumeFailureKind(Object.assign(new Error('quota'), { code: 'EDQUOT' }))).toBe('disk');
+    expect(resumeFailureKind(unreachable())).toBe('kms');
+    expect(resumeFailureKind(Object.assign(new Error('EACCES'), { code: 'EACCES' }))).toBeUndefined();
+    expect(resumeFailureKind(new VolumeError('VOLUME_IO', 'x'))).toBeUndefined();
   });
 
   it('retries the unanswered ones with back-off until they come back; a refusal and a detached volume drop out', async () => {

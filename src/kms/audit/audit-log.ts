@@ -196,6 +196,8 @@ export class AuditLog {
   private readonly rotateBytes: number;
   private readonly sealIntervalMs: number;
   private readonly clock: () => number;
+  /** While short of disk: tries the reserve again with no event to write (diskRecheck). */
+  private diskRecheck: NodeJS.Timeout | undefined;
   /**
    * Called once per batch written, or failed, with its events and the seconds its write (and
    * fdatasync, with `fsync: 'event'`) took: the daemon's metrics (src/daemon/metrics.ts). A batch
@@ -273,8 +275,15 @@ export class AuditLog {
         'audit log does not match its seal high-water mark (tampered?); events are still written, but no digest is signed');
     } else if (!mark && lastDigest) {
       // Digests from before the mark existed: the mark starts from them.
+      // (Or the mark write after the last digest failed: a disk that was full at the stop.)
       this.o.log.warn({ dir, mark: this.markPath, lastSequence: lastDigest.lastSequence }, 'audit: no seal high-water mark; starting one from the last digest on disk');
-      await this.writeMark(lastDigest, last!);
+      try {
+        await this.writeMark(lastDigest, last!);
+      } catch (e) {
+        // A full disk must not keep the daemon (and its volumes) down: the next digest writes the mark.
+        if (!isNoSpace(e)) throw e;
+        this.o.log.warn({ dir, mark: this.markPath, err: e }, 'audit: no room to write the seal high-water mark now (disk full); the next digest writes it');
+      }
     }
     if (lastDigest && this.flushedSeq < lastDigest.lastSequence) {
       // The files end before events a signed digest covers: the log was
@@ -290,7 +299,15 @@ export class AuditLog {
     this.fh = await fsp.open(path, 'a', 0o600);
     this.liveBytes = (await this.fh.stat()).size;
     this.liveFirstSeq = this.liveBytes > 0 && tail && files[files.length - 1] === EVENTS_FILE ? tail.first : this.flushedSeq + 1;
-    await this.disk.ensure();
+    await this.disk.open();
+    // The reserve is re-created on the way to writing an event; a daemon with nothing to audit
+    // (no volume, no caller) would stay reserve-in-use or failing, its alert firing, long after
+    // the operator freed the space. So it is also tried on a timer, in the write queue, while not
+    // ok (DiskReserve rate-limits the tries and checks statfs first: cheap when nothing changed).
+    this.diskRecheck = setInterval(() => {
+      if (this.disk.state !== 'ok') void this.exclusive(() => this.disk.maybeRecover()).catch(() => {});
+    }, DISK_RECHECK_MS);
+    this.diskRecheck.unref();
   }
 
   /** Why the files on disk do not reach `mark`, or undefined when they do. */
@@ -673,6 +690,7 @@ export class AuditLog {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.diskRecheck);
     await this.seal();
     await this.fh.close();
   }
@@ -769,6 +787,9 @@ export class AuditLog {
     });
   }
 }
+
+/** How often a log short of disk tries its reserve again when no event comes to write. */
+const DISK_RECHECK_MS = 10_000;
 
 /** An event object as JSON without its closing brace and without chain fields. */
 function openJson(event: Record<string, unknown>): string {

@@ -45,6 +45,20 @@ export class DiskReserve {
     this.path = join(o.dir, RESERVE_FILE);
   }
 
+  /**
+   * At open: hold the reserve. On a disk with no room for it (a start while the disk is full,
+   * e.g. a restart by the watchdog) the log has no reserve to fall back on: that is
+   * `reserve-in-use`, not `ok`, so status, metrics and alerts say so and the reserve is
+   * re-created once there is room (maybeRecover), as after a release.
+   */
+  async open(): Promise<void> {
+    if (await this.ensure()) return;
+    this.lastTry = this.o.clock();
+    this.set('reserve-in-use', this.ensureError ?? new Error('no room for the audit reserve'), 'at start');
+  }
+
+  private ensureError: unknown;
+
   /** Zero-fill the reserve up to its size (zeros, so the blocks are really allocated). False if the disk has no room. */
   async ensure(): Promise<boolean> {
     if (this.o.bytes === 0) return true;
@@ -58,6 +72,7 @@ export class DiskReserve {
       this.held = size;
       return true;
     } catch (e) {
+      this.ensureError = e;
       await fh?.close().catch(() => {});
       fh = undefined;
       await fsp.rm(this.path, { force: true }).catch(() => {}); // a partial reserve would only take space from the log
@@ -101,7 +116,7 @@ export class DiskReserve {
     if (await this.ensure()) this.set('ok');
   }
 
-  private set(state: DiskState, err?: unknown): void {
+  private set(state: DiskState, err?: unknown, atStart?: 'at start'): void {
     if (err) this.lastError = String((err as Error).message ?? err);
     if (state === this.state) return;
     const was = this.state;
@@ -112,6 +127,9 @@ export class DiskReserve {
       this.o.log.warn({ dir, was, droppedRefusalEvents: this.dropped }, 'audit log: disk space is back; reserve restored');
     } else if (state === 'reserve-in-use' && was === 'failing') {
       this.o.log.warn({ dir }, 'audit log: writing again; the reserve is not restored yet (disk still nearly full)');
+    } else if (state === 'reserve-in-use' && atStart) {
+      this.o.log.error({ dir, reserveBytes: this.o.bytes, err },
+        'audit log: DISK FULL at start: no room for the audit reserve; refused callers\' events are dropped until space returns');
     } else if (state === 'reserve-in-use') {
       this.o.log.error({ dir, reserveBytes: this.o.bytes },
         'audit log: DISK FULL; released the audit reserve, refused callers\' events are dropped until space returns');
