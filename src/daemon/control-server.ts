@@ -238,7 +238,9 @@ export class ControlServer {
       // its refusals are audited in aggregate, and it may send as many as the connection limits let it; so are
       // the limits' own refusals (ConnectionThrottledError), which the guard reports in aggregate.
       const refused = throttled || !cred || !(this.o.isMapped?.(cred.uid) ?? true) || errorType === 'AccessDeniedException' || errorType === 'UnauthorizedOperation';
-      this.log[refused ? 'debug' : 'info']({ target: truncateField(target, MAX_LOGGED_TARGET), uid: cred?.uid, peerPid: cred?.pid, status, errorType, requestId, ms: Math.round(ms * 10) / 10 }, 'control request');
+      // An answered ebsd.Status too: `ebsd top` and monitoring poll it every second or so (86,400 lines a day each).
+      const polled = target === 'ebsd.Status' && status === 200;
+      this.log[refused || polled ? 'debug' : 'info']({ target: truncateField(target, MAX_LOGGED_TARGET), uid: cred?.uid, peerPid: cred?.pid, status, errorType, requestId, ms: Math.round(ms * 10) / 10 }, 'control request');
       this.inFlightOn.set(socket, (this.inFlightOn.get(socket) ?? 1) - 1);
       if (--this.inflight === 0) for (const r of this.idle.splice(0)) r();
     }

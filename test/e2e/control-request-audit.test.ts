@@ -2,8 +2,8 @@
  * What a control request leaves behind, by the request: its EC2 events carry
  * the request id it was answered with (`x-amzn-RequestId`) and its User-Agent,
  * as CloudTrail's requestID and userAgent are the answered request's; its log
- * line names the target cut to 128 characters, and an unmapped caller's line
- * is at debug, not info. Real daemon, requests straight to the control socket
+ * line names the target cut to 128 characters, and an unmapped caller's line,
+ * like an answered ebsd.Status (polled by `ebsd top`), is at debug, not info. Real daemon, requests straight to the control socket
  * (as root from this process, as uid 65534 from a child).
  */
 import { request } from 'node:http';
@@ -56,10 +56,12 @@ describe('control requests in the audit log and the metrics', () => {
     expect(evs[0]!.userIdentity.type).toBe('Root');
   });
 
-  it('the log line cuts a long target to 128 characters, and an unmapped caller\'s lines are not at info', async () => {
+  it('the log line cuts a long target to 128 characters; an unmapped caller\'s lines and an answered Status are not at info', async () => {
     const long = `ebsd.${'L'.repeat(8000)}`;
     const rootCall = await call(env, long, {}, 'root-agent');
     expect(rootCall.status).toBe(400);
+    const polled = await call(env, 'ebsd.Status', {}, 'ebsd-top');
+    expect(polled.status).toBe(200);
     const marker = `Unmapped${Date.now()}`;
     const script = `import { request } from 'node:http';
 for (const t of ['ebsd.DescribeVolumes', 'ebsd.${marker}', 'TrentService.${marker}']) {
@@ -82,6 +84,8 @@ for (const t of ['ebsd.DescribeVolumes', 'ebsd.${marker}', 'TrentService.${marke
     expect(longLine?.target).toBe(`${long.slice(0, 128)}...(truncated)`);
     expect(lines.some((l) => l.requestId === last.requestId)).toBe(true);
     expect(lines.filter((l) => l.uid === 65534)).toEqual([]);
+    // An answered Status (ebsd top polls it every second) is at debug, not info.
+    expect(lines.filter((l) => l.requestId === polled.requestId)).toEqual([]);
     expect(env.daemonLog()).not.toContain(marker);
   });
 });
