@@ -137,13 +137,14 @@ describe('a daemon (re)started on a full state dir', () => {
     expect(readFileSync(env.log, 'utf8')).toMatch(/room on the disk again: volume recorded attached is served again/);
 
     // The audit reserve is re-created once there is room (tried at most every 5 s, on an audited call).
-    let audit: { State?: string; ReserveBytes?: number } = {};
+    let audit: { State?: string; ReserveBytes?: number; LastError?: string } = {};
     for (let i = 0; i < 300 && audit.State !== 'ok'; i++) {
       await env.api('TrentService.DescribeKey', { KeyId: keyId });
       audit = (await env.api('ebsd.Status')).Daemon.Audit;
       if (audit.State !== 'ok') await new Promise((r) => setTimeout(r, 100));
     }
     expect(audit).toMatchObject({ State: 'ok', ReserveBytes: 4 * MiB });
+    expect(audit.LastError).toBeUndefined(); // the error of the full disk is not shown once space is back
     await env.api('ebsd.DetachVolume', { VolumeId: vol });
   }, 120_000);
 });

@@ -122,6 +122,8 @@ export class DiskReserve {
     const was = this.state;
     this.state = state;
     this.since = this.o.clock();
+    // The error that took the space is history once it is back: `ebsd status` shows LastError only while short.
+    if (state === 'ok') this.lastError = undefined;
     const { dir } = this.o;
     if (state === 'ok') {
       this.o.log.warn({ dir, was, droppedRefusalEvents: this.dropped }, 'audit log: disk space is back; reserve restored');
