@@ -11,9 +11,13 @@ import { VolumeError } from './errors.js';
  * addon, and both vanish silently on some network filesystems. O_EXCL
  * creation is atomic on local filesystems and NFSv3+. A daemon that crashed
  * leaves the file behind, so the lock is judged stale (and broken) when the
- * recorded process is gone: a different boot id (reboot), no such pid, or a
- * pid whose start time differs (pid reused). The break is unlink + retry
- * O_EXCL once; two breakers racing cannot both win the second O_EXCL.
+ * recorded process is gone: a different boot id (reboot), no such pid, a
+ * pid whose start time differs (pid reused), or a process that has exited
+ * and waits to be reaped (a zombie: kill(pid, 0) still succeeds on it, but it
+ * holds no file and serves nothing; proc(5), /proc/pid/stat state Z or X). A
+ * daemon restarted at once after a crash meets that last case whenever the
+ * dead one's parent is slow to reap it. The break is unlink + retry O_EXCL
+ * once; two breakers racing cannot both win the second O_EXCL.
  */
 export interface LockOwner {
   pid: number;
@@ -24,14 +28,20 @@ export interface LockOwner {
   since: string;
 }
 
-function procStartTime(pid: number): string | null {
+/** Fields 3 (state) and 22 (starttime) of /proc/<pid>/stat (proc(5)); null when it cannot be read. */
+function procStat(pid: number): { state: string; startTime: string | null } | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Field 22 (starttime); fields after the parenthesised comm, which may contain spaces.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+    // The fields after the parenthesised comm, which may contain spaces: [0] is field 3.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { state: f[0] ?? '', startTime: f[19] ?? null };
   } catch {
     return null;
   }
+}
+
+function procStartTime(pid: number): string | null {
+  return procStat(pid)?.startTime ?? null;
 }
 
 function bootId(): string | null {
@@ -51,8 +61,10 @@ export function isStale(o: LockOwner): boolean {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ESRCH') return true;
   }
-  const st = procStartTime(o.pid);
-  return o.startTime !== null && st !== null && st !== o.startTime;
+  const st = procStat(o.pid);
+  if (st === null) return false;
+  if (st.state === 'Z' || st.state === 'X') return true; // exited, not yet reaped: its files are closed
+  return o.startTime !== null && st.startTime !== null && st.startTime !== o.startTime;
 }
 
 export class AttachLock {
