@@ -14,7 +14,7 @@ import { VolumeError } from './errors.js';
  * recorded process is gone: a different boot id (reboot), no such pid, a
  * pid whose start time differs (pid reused), or a process that has exited
  * and waits to be reaped (a zombie: kill(pid, 0) still succeeds on it, but it
- * holds no file and serves nothing; proc(5), /proc/pid/stat state Z or X). A
+ * holds no file and serves nothing: its /proc/<pid>/stat state is Z or X). A
  * daemon restarted at once after a crash meets that last case whenever the
  * dead one's parent is slow to reap it. The break is unlink + retry O_EXCL
  * once; two breakers racing cannot both win the second O_EXCL.
@@ -28,7 +28,7 @@ export interface LockOwner {
   since: string;
 }
 
-/** Fields 3 (state) and 22 (starttime) of /proc/<pid>/stat (proc(5)); null when it cannot be read. */
+/** Fields 3 (state) and 22 (starttime) of /proc/<pid>/stat; null when it cannot be read. */
 function procStat(pid: number): { state: string; startTime: string | null } | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');

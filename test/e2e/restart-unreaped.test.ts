@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, Env, ensureBuilt, rawControlCall } from './helpers.js';
 
-/** Field 3 of /proc/<pid>/stat (proc(5)), or undefined once the pid is gone. */
+/** Field 3 (the state) of /proc/<pid>/stat, or undefined once the pid is gone. */
 function procState(pid: number): string | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
