@@ -1,8 +1,10 @@
 import { promises as fsp } from 'node:fs';
+import { withPath } from './errors.js';
 
 /**
  * Create `path` with O_CREAT|O_EXCL, write `data` and fsync it. Returns false
- * (and writes nothing) if the file already exists; any other error is thrown.
+ * (and writes nothing) if the file already exists; any other error is thrown,
+ * naming the file, once the file it made is removed again.
  * O_EXCL creation is atomic on local filesystems and NFSv3+, so of several
  * racing callers exactly one gets true: the basis of the pid and attach locks.
  */
@@ -17,8 +19,13 @@ export async function createExclusive(path: string, data: string | Uint8Array, m
   try {
     await fh.writeFile(data);
     await fh.sync();
-  } finally {
-    await fh.close();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    // The file is ours (O_EXCL made it) and holds nothing whole: left behind, an attach lock
+    // reads as another process's attach under way (attach-lock.ts) until it is 10 s old.
+    await fsp.rm(path, { force: true }).catch(() => {});
+    throw withPath(e, path);
   }
+  await fh.close();
   return true;
 }
