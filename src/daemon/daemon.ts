@@ -824,6 +824,8 @@ export class Daemon {
       case 'AttachVolume': {
         // The manager exposes the file inside the volume's mutex (VolumeManagerOptions.expose).
         const id = req.input.VolumeId;
+        // Its file would be served nowhere: refused before the grant, the key and the catalog.
+        if (this.fuse?.lost()) throw new EbsdError('FUSE_MOUNT_LOST', `ebsd.AttachVolume: ${this.mountLostProblem()}`, { awsName: 'ServiceUnavailable' });
         const r = await mgr.attachVolume(req.input, caller);
         const plain = mgr.getBlockDevice(id)?.unencrypted === true;
         return { ...r, Path: this.pathOf(id), Encrypted: !plain, ...(plain ? { Unencrypted: true } : {}) };
@@ -958,7 +960,7 @@ export class Daemon {
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
         ...(this.server ? { Control: this.server.usage() } : {}),
-        ...(audit.State !== 'ok' ? { Problem: `audit log: disk full (${audit.State}); free space in ${this.paths.root}` } : {}),
+        ...this.daemonProblem(audit.State),
       },
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
@@ -985,6 +987,20 @@ export class Daemon {
       if (v.State === 'in-use' && v.Attachments[0]?.State === 'attached' && !this.bfs?.has(v.VolumeId)) n++;
     }
     return n;
+  }
+
+  /** What is wrong with the daemon as a whole (a full disk, its mount gone), or nothing. */
+  private daemonProblem(auditState: string): { Problem?: string } {
+    const problems = [
+      ...(auditState !== 'ok' ? [`audit log: disk full (${auditState}); free space in ${this.paths.root}`] : []),
+      ...(this.fuse?.lost() ? [this.mountLostProblem()] : []),
+    ];
+    return problems.length ? { Problem: problems.join('; ') } : {};
+  }
+
+  private mountLostProblem(): string {
+    return `the FUSE mount ${this.cfg.mountDir} was unmounted from outside: no volume file can be opened (those open then stay served); `
+      + 'restart the daemon to mount it again (the volumes recorded as attached come back)';
   }
 
   /** Why a volume recorded attached is not served, and its retry when there is one. */
