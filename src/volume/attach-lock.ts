@@ -16,7 +16,9 @@ import { VolumeError } from './errors.js';
  * and waits to be reaped (a zombie: kill(pid, 0) still succeeds on it, but it
  * holds no file and serves nothing: its /proc/<pid>/stat state is Z or X). A
  * daemon restarted at once after a crash meets that last case whenever the
- * dead one's parent is slow to reap it. The break is unlink + retry O_EXCL
+ * dead one's parent is slow to reap it. A lock naming another host is left
+ * alone, unless its boot id is this kernel's (the host was renamed, or a
+ * container came back under a new name). The break is unlink + retry O_EXCL
  * once; two breakers racing cannot both win the second O_EXCL.
  */
 export interface LockOwner {
@@ -53,8 +55,12 @@ function bootId(): string | null {
 }
 
 export function isStale(o: LockOwner): boolean {
-  if (o.host !== hostname()) return false; // another host's lock: never ours to judge
   const b = bootId();
+  // Another host's lock is never ours to judge. One written under this very kernel (its boot id) is
+  // this machine's whatever the host was called then: a container started again under a new host
+  // name, a renamed host. Judged by name alone, it named a live owner forever after a crash.
+  const thisKernel = o.bootId !== null && b !== null && o.bootId === b;
+  if (o.host !== hostname() && !thisKernel) return false;
   if (o.bootId && b && o.bootId !== b) return true;
   try {
     process.kill(o.pid, 0);
@@ -80,7 +86,9 @@ export class AttachLock {
       const fresh = owner === null && (await fsp.stat(path).then((s) => Date.now() - s.mtimeMs < 10_000, () => false));
       if (fresh) throw new VolumeError('VOLUME_LOCKED', `volume ${volumeId} is being attached by another process`, { awsName: 'VolumeInUse' });
       if (owner && !isStale(owner)) {
-        throw new VolumeError('VOLUME_LOCKED', `volume ${volumeId} is attached by pid ${owner.pid} on ${owner.host} since ${owner.since}`, { awsName: 'VolumeInUse' });
+        // Another host's: say how to free it should that host be gone (or renamed and rebooted since).
+        const gone = owner.host !== hostname() ? `; if ${owner.host} no longer runs that daemon, remove ${path}` : '';
+        throw new VolumeError('VOLUME_LOCKED', `volume ${volumeId} is attached by pid ${owner.pid} on ${owner.host} since ${owner.since}${gone}`, { awsName: 'VolumeInUse' });
       }
       await fsp.rm(path, { force: true }); // stale or unreadable (crash mid-write): break it
     }
