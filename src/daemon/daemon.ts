@@ -135,6 +135,8 @@ export class Daemon {
   private hostResolver: HostResolver | undefined;
   /** Volumes recorded attached whose re-attach the KMS did not answer: retried with back-off (resume-retry.ts). */
   private resumeRetry: ResumeRetry | undefined;
+  /** Why the re-attach at start of a volume recorded attached failed for good (not retried): shown by status until it is served. */
+  private readonly resumeFailures = new Map<string, string>();
   /** Meanwhile: the volumes the catalog records as attached here, shown as waiting in `ebsd status`. */
   private waitingVolumes: { VolumeId: string; SizeBytes: number; KmsKeyId: string; Encrypted: boolean }[] = [];
   private xtsEngine: XtsEngine | undefined;
@@ -433,7 +435,12 @@ export class Daemon {
       if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
       // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.
       const resumeRetry = new ResumeRetry({ resume: (only) => m.resumeAttachments(only), logger: log.child({ component: 'resume-retry' }) });
-      resumeRetry.add(failed);
+      const retried = new Set(resumeRetry.add(failed));
+      for (const f of failed) {
+        if (retried.has(f.volumeId)) continue;
+        const { awsName, message } = f.error as { awsName?: unknown; message?: unknown };
+        this.resumeFailures.set(f.volumeId, `${typeof awsName === 'string' ? `${awsName}: ` : ''}${typeof message === 'string' ? message : String(f.error)}`);
+      }
       // Published together (nothing awaited in between, so no request runs among them); `mgr` last.
       this.host = host;
       this.ec2Authz = ec2Authz;
@@ -1006,6 +1013,8 @@ export class Daemon {
   /** Why a volume recorded attached is not served, and its retry when there is one. */
   private unservedProblem(volumeId: string): Record<string, unknown> {
     const r = this.resumeRetry?.state(volumeId);
+    const why = this.resumeFailures.get(volumeId);
+    if (!r && why !== undefined) return { Problem: `recorded attached but not served: the re-attach failed (${why}); detach it` };
     if (!r) return { Problem: 'recorded attached but not served (KMS refused the re-attach, or it failed); see daemon log; detach it' };
     return { Problem: `recorded attached, not served yet: the KMS did not answer the re-attach (${r.AwsName ?? r.LastError}); retrying with back-off`, Resume: r };
   }

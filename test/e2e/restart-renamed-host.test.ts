@@ -86,4 +86,20 @@ describe('restart under another host name (UTS namespace)', () => {
     rmSync(lock);
     expect((await rawControlCall(env.state, 'ebsd.AttachVolume', { VolumeId: other })).status).toBe(200);
   });
+
+  it('a re-attach at start refused by such a lock: ebsd status says why and how to free it', async () => {
+    const other = (await env.api('ebsd.CreateVolume', { Size: '4MiB', Name: 'held' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: other });
+    await env.stop(); // the attachment stays recorded; the lock goes with the daemon
+    const lock = join(env.state, 'volumes', `${other}.img.lock`);
+    writeFileSync(lock, JSON.stringify({ pid: 1, startTime: '1', bootId: '00000000-0000-4000-8000-000000000000', host: 'ebsd-elsewhere', volumeId: other, since: '2026-01-01T00:00:00.000Z' }), { mode: 0o600 });
+    await env.start();
+    const v = (await env.api('ebsd.Status')).Volumes.find((x: { VolumeId: string }) => x.VolumeId === other);
+    expect(v.Attached).toBe(false);
+    expect(v.Problem).toBe(`recorded attached but not served: the re-attach failed (VolumeInUse: volume ${other} is attached by pid 1 on ebsd-elsewhere since 2026-01-01T00:00:00.000Z; if ebsd-elsewhere no longer runs that daemon, remove ${lock}); detach it`);
+    rmSync(lock);
+    await env.api('ebsd.DetachVolume', { VolumeId: other });
+    await env.api('ebsd.AttachVolume', { VolumeId: other });
+    expect(existsSync(env.file(other))).toBe(true);
+  });
 });
