@@ -98,11 +98,13 @@ export class FuseMount {
       const why = e.code === 'EEXIST' ? 'it is not a directory' : e.code === 'ENOTDIR' ? 'a path component is not a directory' : e.code === 'EACCES' ? 'permission denied' : String(e.code ?? e.message);
       throw new EbsdError('FUSE_MOUNT_FAILED', `cannot mount FUSE at ${this.mountDir} (--mount): ${why}`, { cause: e });
     });
-    // Resolved before the mount covers it: afterwards a stat of it would be a FUSE request to this thread.
+    // Resolved before the mount covers it (afterwards a stat of it would be a FUSE request to this
+    // thread), and mounted there: fusermount refuses to unmount through a symlink ("Invalid
+    // argument"), and the kernel lists the mount under this path, never the one given.
     const at = await fsp.realpath(this.mountDir);
     const allowOther = this.opts.allowOther ?? process.getuid?.() === 0;
     const fuse = new BlockFuse(
-      this.mountDir,
+      at,
       this.ops,
       fuseNativeOptions(allowOther),
       EXTRA_MOUNT_OPTIONS, // mount-options.ts: shared with the benchmark scripts
@@ -141,12 +143,12 @@ export class FuseMount {
       this.log.info({ mount: this.mountDir }, 'FUSE unmounted');
     } catch (err) {
       // Unmounted from outside (fusermount -uz, umount -l), its directory removed: nothing left to unmount.
-      if (!(await isMountPoint(this.mountDir))) {
+      if (!(await isMountPoint(fuse.mnt))) {
         this.log.warn({ mount: this.mountDir, err: (err as Error).message }, 'FUSE mount already gone (unmounted or removed from outside)');
         return;
       }
       this.log.warn({ mount: this.mountDir, err }, 'FUSE unmount failed; trying a lazy umount');
-      await lazyUnmount(this.mountDir, this.log);
+      await lazyUnmount(fuse.mnt, this.log);
     }
   }
 }
