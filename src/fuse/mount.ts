@@ -102,6 +102,16 @@ export class FuseMount {
     // thread), and mounted there: fusermount refuses to unmount through a symlink ("Invalid
     // argument"), and the kernel lists the mount under this path, never the one given.
     const at = await fsp.realpath(this.mountDir);
+    // libfuse refuses a directory that holds anything ("fuse failed", its reason only on stderr):
+    // said here with what is in it. A mount point (another daemon's mount) is left to the mount's
+    // own refusal, "Mountpoint in use".
+    if (!(await isMountPoint(at))) {
+      const held = await fsp.readdir(at).catch(() => [] as string[]);
+      if (held.length) {
+        const shown = held.slice(0, 3).join(', ') + (held.length > 3 ? `, … (${held.length} entries)` : '');
+        throw new EbsdError('FUSE_MOUNT_FAILED', `cannot mount FUSE at ${this.mountDir} (--mount): the directory is not empty (${shown}); give an empty directory`);
+      }
+    }
     const allowOther = this.opts.allowOther ?? process.getuid?.() === 0;
     const fuse = new BlockFuse(
       at,
