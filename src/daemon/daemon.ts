@@ -646,6 +646,9 @@ export class Daemon {
       if (req.dryRun) {
         // What the real call would refuse before any effect, a dry run refuses too.
         if (req.op === 'AttachVolume' || req.op === 'DetachVolume') this.mgr!.checkInstance(req.input.InstanceId);
+        // The size as the call parses it (unit, range, 4 KiB, what the image filesystem holds): a dry run
+        // of `--size abc` or `--size 65TiB` answered "would have succeeded".
+        if ((req.op === 'CreateVolume' || req.op === 'ModifyVolume') && req.input.Size !== undefined) await checkImageSizeFits(this.mgr!.dir, req.input.Size, 'Size');
         if ((req.op === 'DescribeVolumes' || req.op === 'DescribeVolumeStatus') && !req.input.VolumeIds?.length) {
           const listing = req.op;
           const mgr = this.mgr!;
