@@ -649,6 +649,8 @@ export class Daemon {
         // The size as the call parses it (unit, range, 4 KiB, what the image filesystem holds): a dry run
         // of `--size abc` or `--size 65TiB` answered "would have succeeded".
         if ((req.op === 'CreateVolume' || req.op === 'ModifyVolume') && req.input.Size !== undefined) await checkImageSizeFits(this.mgr!.dir, req.input.Size, 'Size');
+        // And what a modify refuses of the volume as it is (a size that does not grow it, its state, the rate limit).
+        if (req.op === 'ModifyVolume') this.mgr!.checkModify(req.input);
         if ((req.op === 'DescribeVolumes' || req.op === 'DescribeVolumeStatus') && !req.input.VolumeIds?.length) {
           const listing = req.op;
           const mgr = this.mgr!;

@@ -4,8 +4,9 @@ import { Env, ensureBuilt, rawControlCall } from './helpers.js';
 /**
  * DryRun answers what the call would (README, "EC2 request members": checked and authorized as
  * it would be). CreateVolume and ModifyVolume with a Size the real call refuses (`abc`, 4097,
- * 65TiB, not a multiple of 4 KiB) answered DryRunOperation, "Request would have succeeded";
- * now the same InvalidParameterValue as the real call, and nothing is created or changed.
+ * 65TiB, not a multiple of 4 KiB) answered DryRunOperation, "Request would have succeeded",
+ * and so did a ModifyVolume that does not grow the volume or is past the rate limit; now each
+ * gets the real call's refusal, word for word, and nothing is created or changed.
  */
 describe('DryRun of CreateVolume and ModifyVolume checks Size as the call does (real daemon)', () => {
   const env = new Env('dry-size');
@@ -40,5 +41,18 @@ describe('DryRun of CreateVolume and ModifyVolume checks Size as the call does (
     expect(dry).toMatchObject({ status: 412, body: { __type: 'DryRunOperation' } });
     const mod = await rawControlCall(env.state, 'ebsd.ModifyVolume', { VolumeId: vol, Size: '8MiB', DryRun: true });
     expect(mod).toMatchObject({ status: 412, body: { __type: 'DryRunOperation' } });
+  });
+
+  it('a modify the volume as it is refuses (no growth, past the rate limit) is refused by its dry run too', async () => {
+    for (const Size of ['4MiB', '1MiB']) {
+      const real = await rawControlCall(env.state, 'ebsd.ModifyVolume', { VolumeId: vol, Size });
+      expect(real.body.message, Size).toMatch(/must be larger than the current size/);
+      expect(await rawControlCall(env.state, 'ebsd.ModifyVolume', { VolumeId: vol, Size, DryRun: true })).toEqual(real);
+    }
+    for (const mib of [8, 12, 16, 20]) await env.api('ebsd.ModifyVolume', { VolumeId: vol, Size: `${mib}MiB` });
+    const real = await rawControlCall(env.state, 'ebsd.ModifyVolume', { VolumeId: vol, Size: '24MiB' });
+    expect(real.body.__type).toBe('VolumeModificationRateExceeded');
+    expect(await rawControlCall(env.state, 'ebsd.ModifyVolume', { VolumeId: vol, Size: '24MiB', DryRun: true })).toEqual(real);
+    expect((await env.api('ebsd.DescribeVolumes', { VolumeIds: [vol] })).Volumes[0].SizeBytes).toBe(20 * 1024 * 1024);
   });
 });
