@@ -651,6 +651,8 @@ export class Daemon {
         if ((req.op === 'CreateVolume' || req.op === 'ModifyVolume') && req.input.Size !== undefined) await checkImageSizeFits(this.mgr!.dir, req.input.Size, 'Size');
         // And what a modify refuses of the volume as it is (a size that does not grow it, its state, the rate limit).
         if (req.op === 'ModifyVolume') this.mgr!.checkModify(req.input);
+        // A restore: a size below the snapshot's, a plaintext volume of an encrypted snapshot.
+        if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) await this.restore!.checkCreate({ ...req.input, SnapshotId: req.input.SnapshotId });
         if ((req.op === 'DescribeVolumes' || req.op === 'DescribeVolumeStatus') && !req.input.VolumeIds?.length) {
           const listing = req.op;
           const mgr = this.mgr!;

@@ -55,4 +55,19 @@ describe('DryRun of CreateVolume and ModifyVolume checks Size as the call does (
     expect(await rawControlCall(env.state, 'ebsd.ModifyVolume', { VolumeId: vol, Size: '24MiB', DryRun: true })).toEqual(real);
     expect((await env.api('ebsd.DescribeVolumes', { VolumeIds: [vol] })).Volumes[0].SizeBytes).toBe(20 * 1024 * 1024);
   });
+
+  it('a restore smaller than its snapshot is refused by its dry run too', async () => {
+    const snap = (await env.api('ebsd.CreateSnapshot', { VolumeId: vol })).SnapshotId;
+    for (let i = 0; i < 600; i++) {
+      const state = (await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0].State;
+      if (state !== 'pending') break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const before = (await env.api('ebsd.DescribeVolumes', {})).Volumes.length;
+    const real = await rawControlCall(env.state, 'ebsd.CreateVolume', { SnapshotId: snap, Size: '8MiB' });
+    expect(real.body.message).toMatch(/is smaller than snapshot/);
+    expect(await rawControlCall(env.state, 'ebsd.CreateVolume', { SnapshotId: snap, Size: '8MiB', DryRun: true })).toEqual(real);
+    expect(await rawControlCall(env.state, 'ebsd.CreateVolume', { SnapshotId: snap, Size: '20MiB', DryRun: true })).toMatchObject({ status: 412, body: { __type: 'DryRunOperation' } });
+    expect((await env.api('ebsd.DescribeVolumes', {})).Volumes.length).toBe(before);
+  });
 });
