@@ -5,6 +5,7 @@
  */
 
 import { KmsError, UnsupportedOperationException } from '../kms/errors.js';
+import { noSpaceMessage } from '../util/errors.js';
 import { wipe } from '../util/wipe.js';
 
 /** KMS request members of type Blob (AWS KMS API reference). */
@@ -161,5 +162,9 @@ export function toWireError(e: unknown): WireError {
   if (err instanceof TypeError || err instanceof RangeError || code === 'ERR_ARG_TYPE' || code === 'ERR_ARG_RANGE') {
     return { status: 400, body: { __type: 'ValidationException', message } };
   }
+  // A full disk under an operation that raised no typed error (a catalog or lock write of the
+  // EC2 volume operations): named with its file, as the KMS names it, not Node's bare message.
+  const full = noSpaceMessage(e);
+  if (full !== undefined) return { status: 500, body: { __type: 'InternalFailure', message: `An internal error occurred: ${full}` } };
   return { status: 500, body: { __type: 'InternalFailure', message } };
 }

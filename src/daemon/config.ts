@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { resolve, sep } from 'node:path';
 import { ArgRangeError } from '../util/errors.js';
 import { isRegionName, parseIamPrincipalArn } from '../util/aws-names.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
@@ -158,6 +159,15 @@ export const MAX_KMS_REQUEST_TIMEOUT_MS = 10 * 60_000;
  * Pure: no file, socket or lookup.
  */
 export function checkDaemonFlags(c: DaemonConfig): void {
+  if (!c.kmsOnly) {
+    // Judged on the paths as given (a symlink between them goes unseen): a mount over the state dir
+    // hides the daemon's own files from it, one under it is a directory of the daemon's own.
+    const state = resolve(c.stateDir);
+    const mount = resolve(c.mountDir);
+    const within = (inner: string, outer: string): boolean => inner === outer || inner.startsWith(outer.endsWith(sep) ? outer : outer + sep);
+    if (within(mount, state)) throw new ArgRangeError('--mount', `${c.mountDir} is the state dir or inside it (${c.stateDir}): give the FUSE mount a directory of its own`);
+    if (within(state, mount)) throw new ArgRangeError('--state-dir', `${c.stateDir} is inside the FUSE mount directory ${c.mountDir}: the mount would hide it`);
+  }
   if (c.region !== undefined && !isRegionName(c.region)) throw new ArgRangeError('--region', `"${c.region}" is not a region name (e.g. us-east-1, eu-west-2)`);
   if (c.kmsRegion !== undefined && !isRegionName(c.kmsRegion)) throw new ArgRangeError('--kms-region', `"${c.kmsRegion}" is not a region name (e.g. us-east-1, eu-west-2)`);
   if (c.metricsListen !== undefined) parseMetricsListen(c.metricsListen);

@@ -136,6 +136,8 @@ export class Daemon {
   private hostResolver: HostResolver | undefined;
   /** Volumes recorded attached whose re-attach the KMS did not answer: retried with back-off (resume-retry.ts). */
   private resumeRetry: ResumeRetry | undefined;
+  /** Why the re-attach at start of a volume recorded attached failed for good (not retried): shown by status until it is served. */
+  private readonly resumeFailures = new Map<string, string>();
   /** Meanwhile: the volumes the catalog records as attached here, shown as waiting in `ebsd status`. */
   private waitingVolumes: { VolumeId: string; SizeBytes: number; KmsKeyId: string; Encrypted: boolean }[] = [];
   private xtsEngine: XtsEngine | undefined;
@@ -435,7 +437,12 @@ export class Daemon {
       if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
       // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.
       const resumeRetry = new ResumeRetry({ resume: (only) => m.resumeAttachments(only), logger: log.child({ component: 'resume-retry' }) });
-      resumeRetry.add(failed);
+      const retried = new Set(resumeRetry.add(failed));
+      for (const f of failed) {
+        if (retried.has(f.volumeId)) continue;
+        const { awsName, message } = f.error as { awsName?: unknown; message?: unknown };
+        this.resumeFailures.set(f.volumeId, `${typeof awsName === 'string' ? `${awsName}: ` : ''}${typeof message === 'string' ? message : String(f.error)}`);
+      }
       // Published together (nothing awaited in between, so no request runs among them); `mgr` last.
       this.host = host;
       this.ec2Authz = ec2Authz;
@@ -641,6 +648,13 @@ export class Daemon {
       if (req.dryRun) {
         // What the real call would refuse before any effect, a dry run refuses too.
         if (req.op === 'AttachVolume' || req.op === 'DetachVolume') this.mgr!.checkInstance(req.input.InstanceId);
+        // The size as the call parses it (unit, range, 4 KiB, what the image filesystem holds): a dry run
+        // of `--size abc` or `--size 65TiB` answered "would have succeeded".
+        if ((req.op === 'CreateVolume' || req.op === 'ModifyVolume') && req.input.Size !== undefined) await checkImageSizeFits(this.mgr!.dir, req.input.Size, 'Size');
+        // And what a modify refuses of the volume as it is (a size that does not grow it, its state, the rate limit).
+        if (req.op === 'ModifyVolume') this.mgr!.checkModify(req.input);
+        // A restore: a size below the snapshot's, a plaintext volume of an encrypted snapshot.
+        if (req.op === 'CreateVolume' && req.input.SnapshotId !== undefined) await this.restore!.checkCreate({ ...req.input, SnapshotId: req.input.SnapshotId });
         if ((req.op === 'DescribeVolumes' || req.op === 'DescribeVolumeStatus') && !req.input.VolumeIds?.length) {
           const listing = req.op;
           const mgr = this.mgr!;
@@ -827,6 +841,8 @@ export class Daemon {
       case 'AttachVolume': {
         // The manager exposes the file inside the volume's mutex (VolumeManagerOptions.expose).
         const id = req.input.VolumeId;
+        // Its file would be served nowhere: refused before the grant, the key and the catalog.
+        if (this.fuse?.lost()) throw new EbsdError('FUSE_MOUNT_LOST', `ebsd.AttachVolume: ${this.mountLostProblem()}`, { awsName: 'ServiceUnavailable' });
         const r = await mgr.attachVolume(req.input, caller);
         const plain = mgr.getBlockDevice(id)?.unencrypted === true;
         return { ...r, Path: this.pathOf(id), Encrypted: !plain, ...(plain ? { Unencrypted: true } : {}) };
@@ -961,7 +977,7 @@ export class Daemon {
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
         ...(this.server ? { Control: this.server.usage() } : {}),
-        ...(audit.State !== 'ok' ? { Problem: `audit log: disk full (${audit.State}); free space in ${this.paths.root}` } : {}),
+        ...this.daemonProblem(audit.State),
       },
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
@@ -990,9 +1006,25 @@ export class Daemon {
     return n;
   }
 
+  /** What is wrong with the daemon as a whole (a full disk, its mount gone), or nothing. */
+  private daemonProblem(auditState: string): { Problem?: string } {
+    const problems = [
+      ...(auditState !== 'ok' ? [`audit log: disk full (${auditState}); free space in ${this.paths.root}`] : []),
+      ...(this.fuse?.lost() ? [this.mountLostProblem()] : []),
+    ];
+    return problems.length ? { Problem: problems.join('; ') } : {};
+  }
+
+  private mountLostProblem(): string {
+    return `the FUSE mount ${this.cfg.mountDir} was unmounted from outside: no volume file can be opened (those open then stay served); `
+      + 'restart the daemon to mount it again (the volumes recorded as attached come back)';
+  }
+
   /** Why a volume recorded attached is not served, and its retry when there is one. */
   private unservedProblem(volumeId: string): Record<string, unknown> {
     const r = this.resumeRetry?.state(volumeId);
+    const why = this.resumeFailures.get(volumeId);
+    if (!r && why !== undefined) return { Problem: `recorded attached but not served: the re-attach failed (${why}); detach it` };
     if (!r) return { Problem: 'recorded attached but not served (KMS refused the re-attach, or it failed); see daemon log; detach it' };
     if (r.DiskFull) return { Problem: `recorded attached, not served yet: the state dir's disk is full (${r.LastError}); retrying with back-off until there is room`, Resume: r };
     return { Problem: `recorded attached, not served yet: the KMS did not answer the re-attach (${r.AwsName ?? r.LastError}); retrying with back-off`, Resume: r };

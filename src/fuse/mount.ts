@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -79,6 +79,8 @@ export interface MountOptions {
 export class FuseMount {
   private fuse: BlockFuse | undefined;
   private readonly log: Logger;
+  /** Where the kernel lists the mount (the directory with symlinks resolved) and its device, once mounted. */
+  private entry: { at: string; device: string } | undefined;
 
   constructor(readonly mountDir: string, private readonly ops: FuseOps, private readonly opts: MountOptions) {
     this.log = opts.logger;
@@ -96,9 +98,23 @@ export class FuseMount {
       const why = e.code === 'EEXIST' ? 'it is not a directory' : e.code === 'ENOTDIR' ? 'a path component is not a directory' : e.code === 'EACCES' ? 'permission denied' : String(e.code ?? e.message);
       throw new EbsdError('FUSE_MOUNT_FAILED', `cannot mount FUSE at ${this.mountDir} (--mount): ${why}`, { cause: e });
     });
+    // Resolved before the mount covers it (afterwards a stat of it would be a FUSE request to this
+    // thread), and mounted there: fusermount refuses to unmount through a symlink ("Invalid
+    // argument"), and the kernel lists the mount under this path, never the one given.
+    const at = await fsp.realpath(this.mountDir);
+    // libfuse refuses a directory that holds anything ("fuse failed", its reason only on stderr):
+    // said here with what is in it. A mount point (another daemon's mount) is left to the mount's
+    // own refusal, "Mountpoint in use".
+    if (!(await isMountPoint(at))) {
+      const held = await fsp.readdir(at).catch(() => [] as string[]);
+      if (held.length) {
+        const shown = held.slice(0, 3).join(', ') + (held.length > 3 ? `, … (${held.length} entries)` : '');
+        throw new EbsdError('FUSE_MOUNT_FAILED', `cannot mount FUSE at ${this.mountDir} (--mount): the directory is not empty (${shown}); give an empty directory`);
+      }
+    }
     const allowOther = this.opts.allowOther ?? process.getuid?.() === 0;
     const fuse = new BlockFuse(
-      this.mountDir,
+      at,
       this.ops,
       fuseNativeOptions(allowOther),
       EXTRA_MOUNT_OPTIONS, // mount-options.ts: shared with the benchmark scripts
@@ -109,24 +125,40 @@ export class FuseMount {
       throw new EbsdError('FUSE_MOUNT_FAILED', `cannot mount FUSE at ${this.mountDir}: ${err.message}`, { cause: err });
     });
     this.fuse = fuse;
+    // The last fuse.ebsd mount at the directory is this one (mounts stack); none found: lost() never says so.
+    const device = mountEntries(await fsp.readFile('/proc/self/mountinfo', 'utf8')).filter((e) => e.at === at && e.type === 'fuse.ebsd').pop()?.device;
+    this.entry = device === undefined ? undefined : { at, device };
     this.log.info({ mount: this.mountDir, maxWrite: MAX_IO }, 'FUSE mounted');
+  }
+
+  /**
+   * Whether the mount was taken away from outside (`fusermount -u`, `umount`, a lazy umount):
+   * mounted by this process, and its entry no longer in /proc/self/mountinfo. The kernel tells
+   * the daemon nothing when that happens, and a file attached afterwards would be served nowhere.
+   * Reads only mountinfo, never the mount itself, whose requests this thread serves.
+   */
+  lost(): boolean {
+    const entry = this.entry;
+    if (!this.fuse || entry === undefined) return false;
+    return !mountEntries(readFileSync('/proc/self/mountinfo', 'utf8')).some((e) => e.at === entry.at && e.device === entry.device);
   }
 
   async unmount(): Promise<void> {
     const fuse = this.fuse;
     if (!fuse) return;
     this.fuse = undefined;
+    this.entry = undefined;
     try {
       await new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())));
       this.log.info({ mount: this.mountDir }, 'FUSE unmounted');
     } catch (err) {
       // Unmounted from outside (fusermount -uz, umount -l), its directory removed: nothing left to unmount.
-      if (!(await isMountPoint(this.mountDir))) {
+      if (!(await isMountPoint(fuse.mnt))) {
         this.log.warn({ mount: this.mountDir, err: (err as Error).message }, 'FUSE mount already gone (unmounted or removed from outside)');
         return;
       }
       this.log.warn({ mount: this.mountDir, err }, 'FUSE unmount failed; trying a lazy umount');
-      await lazyUnmount(this.mountDir, this.log);
+      await lazyUnmount(fuse.mnt, this.log);
     }
   }
 }
@@ -152,17 +184,28 @@ export async function recoverStaleMount(dir: string, log: Logger): Promise<boole
 }
 
 /**
- * Whether `dir` is a mount point in this mount namespace: field 5 of a line of
- * /proc/self/mountinfo (proc(5)), where a space, tab, newline or backslash is written as \ooo.
+ * Whether `dir` is a mount point in this mount namespace (a line of /proc/self/mountinfo names it).
  */
 export async function isMountPoint(dir: string): Promise<boolean> {
   const want = resolve(dir);
-  const info = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  return mountEntries(await fsp.readFile('/proc/self/mountinfo', 'utf8')).some((e) => e.at === want);
+}
+
+/**
+ * The lines of /proc/self/mountinfo (proc(5)): field 3 the device (major:minor), field 5 the mount
+ * point, where a space, tab, newline or backslash is written as \ooo, and after the `-` separator
+ * the filesystem type.
+ */
+function mountEntries(info: string): { device: string; at: string; type: string }[] {
   const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return info.split('\n').some((line) => {
-    const at = line.split(' ')[4];
-    return at !== undefined && unescape(at) === want;
-  });
+  const out: { device: string; at: string; type: string }[] = [];
+  for (const line of info.split('\n')) {
+    const f = line.split(' ');
+    const sep = f.indexOf('-', 6);
+    if (f.length < 5 || sep < 0) continue;
+    out.push({ device: f[2]!, at: unescape(f[4]!), type: f[sep + 1] ?? '' });
+  }
+  return out;
 }
 
 async function lazyUnmount(dir: string, log: Logger): Promise<void> {

@@ -9,7 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../util/logger.js';
-import { EbsdError } from '../util/errors.js';
+import { EbsdError, noSpaceMessage } from '../util/errors.js';
 import type { Caller, KmsRequest, KmsResponse } from './types.js';
 import { callerParty } from './caller-party.js';
 import type { AuthorizationRequest, Authorizer } from './authorizer.js';
@@ -322,10 +322,6 @@ export class Dispatcher {
  * an operator knows what to free; anything else stays opaque (no internals leak).
  */
 function internalMessage(e: unknown, writing = 'the KMS state directory'): string {
-  const err = e as NodeJS.ErrnoException | undefined;
-  if (err?.code === 'ENOSPC' || err?.code === 'EDQUOT') {
-    const what = err.code === 'ENOSPC' ? 'no space left on device' : 'disk quota exceeded';
-    return `An internal error occurred: ${what} (${err.code}) writing ${err.path ?? writing}`;
-  }
-  return 'An internal error occurred.';
+  const full = noSpaceMessage(e, writing);
+  return full === undefined ? 'An internal error occurred.' : `An internal error occurred: ${full}`;
 }

@@ -113,19 +113,19 @@ export class SnapshotRestore {
     }
   }
 
+  /**
+   * What createVolume refuses of the request and the snapshot before anything is made, as it
+   * words it: a DryRun's answer (the manifest is read, nothing held or written).
+   */
+  async checkCreate(req: RestoreVolumeRequest): Promise<void> {
+    refuseRestore(await openSnapshot(this.store, req.SnapshotId), req);
+  }
+
   /** createVolume with the snapshot held; `held.started` once the build owns the release. */
   private async createVolumeHeld(req: RestoreVolumeRequest, caller: Caller, release: () => void, held: { started: boolean }): ReturnType<VolumeManager['createVolume']> {
     const snap = await openSnapshot(this.store, req.SnapshotId);
     const m = snap.manifest;
-    const size = req.Size === undefined ? snap.size : parseVolumeSize(req.Size);
-    if (size < snap.size) {
-      throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `Volume of size ${size} bytes is smaller than snapshot '${m.snapshotId}', expect size >= ${snap.size} bytes`, { awsName: 'InvalidParameterValue' });
-    }
-    const plainAsked = req.Cipher === 'none' || req.Encrypted === false;
-    if (m.encrypted && plainAsked) {
-      throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `Snapshot '${m.snapshotId}' is encrypted: a volume created from it is always encrypted (Encrypted false / Cipher none refused)`, { awsName: 'InvalidParameterCombination' });
-    }
-    if (plainAsked && req.KmsKeyId !== undefined) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key', { awsName: 'InvalidParameterCombination' });
+    const { size, plainAsked } = refuseRestore(snap, req);
     // The new volume's key, resolved before anything is created: a key that does not exist (or the caller may not
     // describe) fails the request, as it does without SnapshotId, and the volume shows its key ARN while `creating`.
     const target = await this.targetKey(snap, req, plainAsked, caller);
@@ -387,4 +387,19 @@ function sameWrappedKey(w: NonNullable<SnapshotManifest['wrappedKey']>, v: Luks2
 
 function corrupt(m: SnapshotManifest, why: string): SnapshotError {
   return new SnapshotError('SNAPSHOT_CORRUPT', `Snapshot '${m.snapshotId}' cannot be read: ${why}`);
+}
+
+/** The size and cipher a restore of `snap` asks for, refused as CreateVolume refuses them. */
+function refuseRestore(snap: Awaited<ReturnType<typeof openSnapshot>>, req: RestoreVolumeRequest): { size: number; plainAsked: boolean } {
+  const m = snap.manifest;
+  const size = req.Size === undefined ? snap.size : parseVolumeSize(req.Size);
+  if (size < snap.size) {
+    throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `Volume of size ${size} bytes is smaller than snapshot '${m.snapshotId}', expect size >= ${snap.size} bytes`, { awsName: 'InvalidParameterValue' });
+  }
+  const plainAsked = req.Cipher === 'none' || req.Encrypted === false;
+  if (m.encrypted && plainAsked) {
+    throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `Snapshot '${m.snapshotId}' is encrypted: a volume created from it is always encrypted (Encrypted false / Cipher none refused)`, { awsName: 'InvalidParameterCombination' });
+  }
+  if (plainAsked && req.KmsKeyId !== undefined) throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', 'KmsKeyId cannot be given for an unencrypted volume (Cipher none / Encrypted false): it has no key', { awsName: 'InvalidParameterCombination' });
+  return { size, plainAsked };
 }

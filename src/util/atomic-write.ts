@@ -1,6 +1,7 @@
 import { promises as fsp, openSync, writeSync, fsyncSync, closeSync, renameSync, type Dirent } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { withPath } from './errors.js';
 
 /** `.<name>.<12 hex>.tmp` beside the target: hidden, and recognisable by removeAtomicWriteTemps. */
 function tempName(path: string): string {
@@ -89,11 +90,4 @@ export function atomicWriteSync(path: string, data: Uint8Array | string, mode = 
 export async function fsyncDir(dir: string): Promise<void> {
   const dh = await fsp.open(dir, 'r');
   try { await dh.sync(); } finally { await dh.close(); }
-}
-
-/** An errno error from writing through a handle carries no path; name the file being replaced (ENOSPC, EIO). */
-function withPath(e: unknown, path: string): unknown {
-  const err = e as NodeJS.ErrnoException | undefined;
-  if (err && typeof err === 'object' && typeof err.code === 'string' && err.path === undefined) err.path = path;
-  return e;
 }

@@ -22,6 +22,26 @@ export class EbsdError extends Error {
   }
 }
 
+/** An errno error from writing through a handle carries no path; name the file written (ENOSPC, EIO). */
+export function withPath(e: unknown, path: string): unknown {
+  const err = e as NodeJS.ErrnoException | undefined;
+  if (err && typeof err === 'object' && typeof err.code === 'string' && err.path === undefined) err.path = path;
+  return e;
+}
+
+/**
+ * What a caller is told of an errno error raised because the disk is full
+ * (ENOSPC) or the quota spent (EDQUOT): the condition and the file, so an
+ * operator knows what to free (Node's own message names only the syscall:
+ * "ENOSPC: no space left on device, write"). Undefined for any other error.
+ */
+export function noSpaceMessage(e: unknown, writing = 'the state directory'): string | undefined {
+  const err = e as NodeJS.ErrnoException | undefined;
+  if (err?.code !== 'ENOSPC' && err?.code !== 'EDQUOT') return undefined;
+  const what = err.code === 'ENOSPC' ? 'no space left on device' : 'disk quota exceeded';
+  return `${what} (${err.code}) writing ${err.path ?? writing}`;
+}
+
 /** Invalid argument type at a public entry point (docs/architecture.md §11.3). */
 export class ArgTypeError extends TypeError {
   readonly code = 'ERR_ARG_TYPE';

@@ -1,9 +1,10 @@
 import { promises as fsp } from 'node:fs';
+import { withPath } from './errors.js';
 
 /**
  * Create `path` with O_CREAT|O_EXCL, write `data` and fsync it. Returns false
- * (and writes nothing) if the file already exists; any other error is thrown, and a
- * file this call created but could not write is removed first.
+ * (and writes nothing) if the file already exists; any other error is thrown,
+ * naming the file, once the file it made is removed again.
  * O_EXCL creation is atomic on local filesystems and NFSv3+, so of several
  * racing callers exactly one gets true: the basis of the pid and attach locks.
  */
@@ -19,11 +20,11 @@ export async function createExclusive(path: string, data: string | Uint8Array, m
     await fh.writeFile(data);
     await fh.sync();
   } catch (e) {
-    // Created but not written (ENOSPC, EDQUOT, EIO): an empty file left here would read as a
-    // lock whose owner is between O_EXCL and its write, and refuse every caller for a while.
     await fh.close().catch(() => {});
+    // The file is ours (O_EXCL made it) and holds nothing whole: left behind, an attach lock
+    // reads as another process's attach under way (attach-lock.ts) until it is 10 s old.
     await fsp.rm(path, { force: true }).catch(() => {});
-    throw e;
+    throw withPath(e, path);
   }
   await fh.close();
   return true;

@@ -623,13 +623,8 @@ export class VolumeManager {
     this.modifyAccepted.add(req.VolumeId);
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
-      if (rec.state !== 'available' && rec.state !== 'in-use') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
-      // An intent left by a modify that could not be settled (the next start retries it).
-      refuseWhileModifying(rec);
-      const size = parseVolumeSize(req.Size);
-      if (size <= rec.size) throw invalidParameter(`New size ${size} must be larger than the current size ${rec.size}; volumes only grow.`);
       // The window ends now, not at the arrival: a start may have left it while this call waited for the lock.
-      const starts = this.modificationStartsWithin(rec, Date.now());
+      const { size, starts } = this.refuseModify(rec, req.Size);
       const path = join(this.dir, rec.image);
       const h = await this.recovery.imageSize(rec);
       // Precondition: never below what the header says, whatever the catalog says.
@@ -670,6 +665,27 @@ export class VolumeManager {
       this.audit({ eventName: 'ModifyVolume', volumeId: rec.volumeId, principal: caller.arn, details: { originalSize: original, targetSize: size } });
       return { VolumeModification: this.modificationOf(rec)! };
     }).finally(() => this.modifyAccepted.delete(req.VolumeId));
+  }
+
+  /**
+   * What ModifyVolume would refuse before it changes anything, as it words it: a DryRun's
+   * answer (no lock taken, nothing changed). A modify already accepted counts as under way.
+   */
+  checkModify(req: { VolumeId: string; Size: number | string }): void {
+    const rec = this.record(req.VolumeId);
+    refuseWhileModifying(rec);
+    if (this.modifyAccepted.has(req.VolumeId)) throw modificationUnderWay(req.VolumeId);
+    this.refuseModify(rec, req.Size);
+  }
+
+  /** ModifyVolume's refusals of the volume as it is now; the new size and the starts in the window. */
+  private refuseModify(rec: VolumeRecord, requested: number | string): { size: number; starts: string[] } {
+    if (rec.state !== 'available' && rec.state !== 'in-use') throw incorrectState(`The volume '${rec.volumeId}' is '${rec.state}'`);
+    // An intent left by a modify that could not be settled (the next start retries it).
+    refuseWhileModifying(rec);
+    const size = parseVolumeSize(requested);
+    if (size <= rec.size) throw invalidParameter(`New size ${size} must be larger than the current size ${rec.size}; volumes only grow.`);
+    return { size, starts: this.modificationStartsWithin(rec, Date.now()) };
   }
 
   /**

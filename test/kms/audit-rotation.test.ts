@@ -168,4 +168,37 @@ describe('audit log on a full disk', () => {
       t.cleanup();
     }
   });
+
+  it('a quiet daemon restores the reserve on its tick once space is back, with no audited call to prompt it', async () => {
+    const t = tempDir();
+    const small = join(t.dir, 'small');
+    mkdirSync(small);
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
+    expect(m.status, String(m.stderr)).toBe(0);
+    let kms: Awaited<ReturnType<typeof openKms>> | undefined;
+    try {
+      const clock = { t: Date.now() };
+      kms = await openKms(small, { auditReserveBytes: 256 * 1024, auditDigestEvery: 1_000_000, clock: () => clock.t });
+      const k = (await kms.call('CreateKey', {}, admin)).KeyMetadata as { KeyId: string };
+      const filler = openSync(join(small, 'filler'), 'w');
+      try { for (;;) writeSync(filler, Buffer.alloc(64 * 1024)); } catch (e) { expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC'); }
+      closeSync(filler);
+      for (let i = 0; i < 1000 && kms.audit.health().State === 'ok'; i++) await kms.call('DescribeKey', { KeyId: k.KeyId }, admin);
+      expect(kms.audit.health()).toMatchObject({ State: 'reserve-in-use', ReserveBytes: 0 });
+
+      // Space comes back while nobody calls the KMS: `ebsd status` must not say "disk full" until someone does.
+      rmSync(join(small, 'filler'));
+      clock.t += 6_000;
+      await kms.tick();
+      expect(kms.audit.health()).toMatchObject({ State: 'ok', ReserveBytes: 256 * 1024 });
+      await kms.close();
+      kms = undefined;
+      const res = verifyAuditLog(join(small, 'audit'));
+      expect(res.ok, JSON.stringify(res.problem)).toBe(true);
+    } finally {
+      await kms?.close().catch(() => {});
+      spawnSync('umount', ['-l', small]);
+      t.cleanup();
+    }
+  });
 });

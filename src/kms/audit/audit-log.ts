@@ -594,10 +594,14 @@ export class AuditLog {
    * Seal if events are unsealed and the last digest is `sealIntervalMs` old
    * (or `digestEvery` events behind); for the daemon's periodic tick, so a
    * quiet daemon does not write a digest (two HSM signatures, fsyncs, one file
-   * kept for good) every tick.
+   * kept for good) every tick. Short of disk, the tick also tries to re-create
+   * the reserve: otherwise only the next event written does, and a quiet
+   * daemon would report a full disk (`ebsd status`, the metrics) long after
+   * space came back.
    */
   sealIfDue(): Promise<void> {
     return this.exclusive(async () => {
+      if (this.disk.state !== 'ok') await this.disk.maybeRecover();
       await this.writePending();
       if (this.integrityProblem || this.flushedSeq <= this.sealedThrough) return;
       const age = this.clock() - this.lastSealAt;
