@@ -53,7 +53,7 @@ describe('the volumes directory full (real daemon, tmpfs)', () => {
 
     const attach = await rawControlCall(env.state, 'ebsd.AttachVolume', { VolumeId: vol });
     expect(attach.status).toBe(500);
-    expect(attach.body.message).toBe(`An internal error occurred: no space left on device (ENOSPC) writing ${volumes}/${vol}.img.lock`);
+    expect(attach.body.message).toBe(`volume ${vol}: could not create its attach lock ${volumes}/${vol}.img.lock: no space left on device (ENOSPC)`);
     // The lock the failed attach began is gone: left empty, it read as another attach under way.
     expect(readdirSync(volumes).filter((f) => f.endsWith('.lock'))).toEqual([]);
 
