@@ -1098,7 +1098,7 @@ export class Daemon {
           (plan) => auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: new Date(before).toISOString(), ...plan }));
       } catch (e) {
         if (e instanceof EbsdError) throw e;
-        throw new EbsdError('AUDIT_PRUNE_FAILED', `ebsd.AuditPrune: ${(e as Error)?.message ?? String(e)}`, { awsName: 'InternalError', cause: e });
+        throw new EbsdError('AUDIT_PRUNE_FAILED', `ebsd.AuditPrune: ${(e as Error)?.message ?? String(e)}`, { awsName: 'InternalFailure', cause: e });
       }
     });
   }

@@ -141,10 +141,16 @@ export class KmsListener {
   private auditThrottled(rows: RefusalSummary[]): void {
     this.o.log.warn({ refusals: rows }, 'KMS network connections refused (connection limits)');
     for (const r of rows) {
-      const e = throttledEvent(r, { accountId: this.o.accountId, region: this.o.region });
-      e.eventName = 'KmsConnection';
-      e.sourceIPAddress = r.sourceAddress ?? r.caller; // a row of an IPv6 /64: its first address (the /64 is additionalEventData.caller)
-      void this.o.audit(e).catch((x: unknown) => this.o.log.error({ err: x }, 'could not audit refused KMS connections'));
+      const build = (): Record<string, unknown> => {
+        const e = throttledEvent(r, { accountId: this.o.accountId, region: this.o.region });
+        e.eventName = 'KmsConnection';
+        e.sourceIPAddress = r.sourceAddress ?? r.caller; // a row of an IPv6 /64: its first address (the /64 is additionalEventData.caller)
+        return e;
+      };
+      // As a refusal (nobody's budget: the caller never authenticated), so that short of disk these are
+      // dropped and counted before any audited call's event, as the control socket's are.
+      const written = this.o.auditRefusal ? this.o.auditRefusal(`kms-listener-throttle\0${r.caller}\0${r.reason}`, build) : this.o.audit(build());
+      void written.catch((x: unknown) => this.o.log.error({ err: x }, 'could not audit refused KMS connections'));
     }
   }
 
@@ -292,7 +298,8 @@ export class KmsListener {
     const build = (): Record<string, unknown> => {
       const e = buildEvent({
         eventName, caller, accountId: this.o.accountId, region: this.o.region, requestId, eventId: randomUUID(), resources: [], readOnly: false, time: this.now(),
-        ...(err ? { errorCode: (err as EbsdError).awsName ?? 'InternalFailure', errorMessage: (err as Error).message } : {}),
+        // The code the client was answered with (stsError: Throttling, not KMS's ThrottlingException).
+        ...(err ? { errorCode: stsError(err).code, errorMessage: (err as Error).message } : {}),
       });
       e.eventSource = 'sts.amazonaws.com';
       // Set after buildEvent, so bounded here: each value cut as CloudTrail cuts a long field (a refused

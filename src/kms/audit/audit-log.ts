@@ -46,7 +46,7 @@ import { RefusalAggregator, type RefusalParty } from './refusal-aggregator.js';
 import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-files.js';
 import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
 import { markPathOf, readSealMark, writeSealMark, type SealMark } from './seal-mark.js';
-import { readPruneRecord, writePruneRecord } from './prune-record.js';
+import { PRUNE_FILE, readPruneRecord, writePruneRecord } from './prune-record.js';
 import type { AuditVerifyResult } from './verify.js';
 import { EbsdError } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
@@ -786,7 +786,7 @@ export class AuditLog {
         this.o.log.info({ prunedThrough: cut, files: gone.length, digests: removed }, 'audit log pruned');
         return { PrunedThroughSequence: cut, FilesRemoved: gone.map((x) => x.file), DigestsRemoved: removed, BytesFreed: gone.reduce((a, x) => a + x.bytes, 0) };
       } catch (e) {
-        throw new EbsdError('AUDIT_PRUNE_PARTIAL', `the audit log is pruned through event ${cut} (recorded in ${join(dir, 'pruned.json')}), but not every file went: ${(e as Error)?.message ?? String(e)}; run ebsd audit prune again to finish`, { awsName: 'InternalError', cause: e });
+        throw new EbsdError('AUDIT_PRUNE_PARTIAL', `the audit log is pruned through event ${cut} (recorded in ${join(dir, PRUNE_FILE)}), but not every file went: ${(e as Error)?.message ?? String(e)}; run ebsd audit prune again to finish`, { awsName: 'InternalFailure', cause: e });
       }
     });
   }
