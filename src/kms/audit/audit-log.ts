@@ -43,7 +43,7 @@ import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, f
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
 import { RefusalAggregator, type RefusalParty } from './refusal-aggregator.js';
-import { EVENTS_FILE, auditLogFiles, readLastLines, sealedName } from './log-files.js';
+import { DIGEST_FILE, EVENTS_FILE, auditLogFiles, digestSeqOf, readLastLines, sealedFirstSeq, sealedName } from './log-files.js';
 import { DEFAULT_RESERVE_BYTES, DiskReserve, isNoSpace, type DiskState } from './disk-reserve.js';
 import { markPathOf, readSealMark, writeSealMark, type SealMark } from './seal-mark.js';
 import { PRUNE_FILE, readPruneRecord, writePruneRecord } from './prune-record.js';
@@ -251,7 +251,7 @@ export class AuditLog {
       this.flushedSeq = tail.last;
       this.flushedHash = tail.hash;
     }
-    const digests = readdirSync(join(dir, DIGEST_DIR)).filter((f) => /^\d{12}\.json$/.test(f)).sort();
+    const digests = readdirSync(join(dir, DIGEST_DIR)).filter((f) => DIGEST_FILE.test(f)).sort();
     const last = digests[digests.length - 1];
     let lastDigest: DigestFile | undefined;
     if (last) {
@@ -604,10 +604,8 @@ export class AuditLog {
       if (this.disk.state !== 'ok') await this.disk.maybeRecover();
       await this.writePending();
       if (this.integrityProblem || this.flushedSeq <= this.sealedThrough) return;
-      const age = this.clock() - this.lastSealAt;
-      // Due by count as sealIfCounted judges it: at most one a minute however busy.
-      const byCount = this.flushedSeq - this.sealedThrough >= this.digestEvery && age >= this.digestMinIntervalMs;
-      if (age < this.sealIntervalMs && !byCount) return;
+      const now = this.clock();
+      if (now - this.lastSealAt < this.sealIntervalMs && !this.dueByCount(now)) return;
       const summaries = this.refusals.flush();
       await this.writePending();
       await summaries.catch(() => {});
@@ -623,9 +621,9 @@ export class AuditLog {
    * sealedThrough never moves, so nothing starts.
    */
   private sealIfCounted(): void {
-    if (this.integrityProblem || this.countSeal || this.flushedSeq - this.sealedThrough < this.digestEvery) return;
+    if (this.integrityProblem || this.countSeal) return;
     const now = this.clock();
-    if (now - this.lastSealAt < this.digestMinIntervalMs || now < this.countSealRetryAt) return;
+    if (!this.dueByCount(now) || now < this.countSealRetryAt) return;
     this.countSeal = this.sealInTurn(EVENTS_FILE)
       .catch((e) => {
         // Not again with every batch written: a full disk or a failing HSM would be asked as often as calls come.
@@ -633,6 +631,11 @@ export class AuditLog {
         this.o.log.error({ err: e }, 'audit seal failed');
       })
       .finally(() => { this.countSeal = undefined; });
+  }
+
+  /** `digestEvery` events unsealed, and the last digest at least `digestMinIntervalMs` old. */
+  private dueByCount(now: number): boolean {
+    return this.flushedSeq - this.sealedThrough >= this.digestEvery && now - this.lastSealAt >= this.digestMinIntervalMs;
   }
 
   /** Resolves once every digest started so far is signed and written (or has failed, which is logged). */
@@ -729,8 +732,8 @@ export class AuditLog {
       if (prior.error) throw refused(prior.error);
       const prunedSoFar = prior.record?.prunedThrough ?? -1;
       // Digests by their name (their last sequence, 12 digits); only the one at the cut is read.
-      const digestNames = (await fsp.readdir(join(dir, DIGEST_DIR))).filter((f) => /^\d{12}\.json$/.test(f));
-      const digestSeqs = new Set(digestNames.map((n) => Number(n.slice(0, 12))));
+      const digestNames = (await fsp.readdir(join(dir, DIGEST_DIR))).filter((f) => DIGEST_FILE.test(f));
+      const digestSeqs = new Set(digestNames.map(digestSeqOf));
       const newest = Math.max(-1, ...digestSeqs);
       type Planned = { file: string; bytes: number; last: number; hash: string };
       const leftovers: Planned[] = [];
@@ -743,7 +746,7 @@ export class AuditLog {
         const p = { file, bytes: last.bytes, last: last.seq, hash: last.hash };
         if (last.seq <= prunedSoFar) { leftovers.push(p); continue; } // left by a crash after the record
         // Verified above; the names are checked again here, so a gap can never be cut across.
-        if (Number(file.slice(7, 19)) !== next || !(Date.parse(last.time) < before) || last.seq >= newest) break;
+        if (sealedFirstSeq(file) !== next || !(Date.parse(last.time) < before) || last.seq >= newest) break;
         next = last.seq + 1;
         pending.push(p);
         // A file whose end no digest marks (its rotation's seal failed) goes only with a later one that has one.
@@ -773,7 +776,7 @@ export class AuditLog {
       try {
         let removed = 0;
         for (const n of digestNames) {
-          if (Number(n.slice(0, 12)) > cut) continue;
+          if (digestSeqOf(n) > cut) continue;
           await fsp.unlink(join(dir, DIGEST_DIR, n));
           removed++;
         }

@@ -9,6 +9,12 @@ export const EVENTS_FILE = 'events.ndjson';
 /** A sealed, rotated log file: `events.<first sequence>.ndjson`. */
 export const sealedName = (firstSeq: number): string => `events.${String(firstSeq).padStart(12, '0')}.ndjson`;
 export const SEALED_FILE = /^events\.\d{12}\.ndjson$/;
+/** The first sequence of a sealed file, from its name. */
+export const sealedFirstSeq = (name: string): number => Number(name.slice('events.'.length, 'events.'.length + 12));
+/** A digest file: `digests/<last sequence, 12 digits>.json`. */
+export const DIGEST_FILE = /^\d{12}\.json$/;
+/** The last sequence a digest covers, from its name. */
+export const digestSeqOf = (name: string): number => Number(name.slice(0, 12));
 
 /** The log files of an audit dir, oldest first: the sealed ones by first sequence, then the live one. */
 export function auditLogFiles(dir: string): string[] {

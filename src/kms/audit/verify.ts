@@ -18,7 +18,7 @@ import { devLoaderUrl } from '../hsm/hsm-client.js';
 import { markPathOf, readSealMark, type SealMark } from './seal-mark.js';
 import { readPruneRecord } from './prune-record.js';
 import { DIGEST_DIR, GENESIS_HASH, PUBLIC_KEY_FILE, auditLogFiles, digestPayload, sha256hex, type DigestFile } from './audit-log.js';
-import { EVENTS_FILE } from './log-files.js';
+import { DIGEST_FILE, EVENTS_FILE, digestSeqOf, sealedFirstSeq } from './log-files.js';
 
 export type AuditProblemKind = 'modified' | 'removed' | 'reordered' | 'missing' | 'bad-digest' | 'missing-digest' | 'bad-mark' | 'bad-prune-record';
 
@@ -88,7 +88,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   // 1. Digests: signatures, chain, contiguous coverage.
   const ddir = join(dir, DIGEST_DIR);
   // Named by their last sequence: those a prune removed (left by a crash during one) are not read.
-  const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => /^\d{12}\.json$/.test(f) && Number(f.slice(0, 12)) > start).sort() : [];
+  const names = existsSync(ddir) ? readdirSync(ddir).filter((f) => DIGEST_FILE.test(f) && digestSeqOf(f) > start).sort() : [];
   const digests: DigestFile[] = [];
   const all = auditLogFiles(dir);
   // Sealed files a crash left after a prune's record (events at or before `start` only): by the next file's
@@ -96,7 +96,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   const files = all.filter((f, i) => {
     if (f === EVENTS_FILE || start < 0) return true;
     const next = all[i + 1];
-    if (next !== undefined && next !== EVENTS_FILE) return Number(next.slice(7, 19)) > start + 1;
+    if (next !== undefined && next !== EVENTS_FILE) return sealedFirstSeq(next) > start + 1;
     const last = lastSequenceOf(join(dir, f));
     return last === undefined || last > start;
   });
@@ -108,7 +108,7 @@ export function verifyAuditLog(dir: string, opts: { publicKeyPem?: string; markP
   for (const n of names) {
     let d: DigestFile;
     try { d = JSON.parse(readFileSync(join(ddir, n), 'utf8')) as DigestFile; } catch {
-      report({ kind: 'bad-digest', sequence: Number(n.slice(0, 12)), file: join(DIGEST_DIR, n), detail: `digest ${n} is not valid JSON` });
+      report({ kind: 'bad-digest', sequence: digestSeqOf(n), file: join(DIGEST_DIR, n), detail: `digest ${n} is not valid JSON` });
       sealedThrough ??= covered;
       afterBadDigest = true;
       continue;
