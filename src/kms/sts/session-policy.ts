@@ -12,6 +12,7 @@
  */
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { parsePolicy } from '../authz/policy-document.js';
+import { MalformedPolicyDocumentException } from '../errors.js';
 
 /** AssumeRole Policy (STS API Reference, AssumeRole): 1 to 2048 characters of this set. */
 export const SESSION_POLICY_MIN = 1;
@@ -26,7 +27,9 @@ export function sessionPolicyProblem(text: string): string | undefined {
     parsePolicy(text, { kind: 'identity' });
     return undefined;
   } catch (e) {
-    return (e as Error).message;
+    // Only the parser's refusal is the policy's fault; anything else (a bug) is not answered as a bad policy.
+    if (e instanceof MalformedPolicyDocumentException) return e.message;
+    throw e;
   }
 }
 
