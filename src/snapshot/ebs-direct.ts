@@ -119,7 +119,7 @@ export const PENDING_MANIFEST_EVERY_MS = 5 * 60_000;
  * Parsed LUKS2 headers kept for the data key's check (_checkKey), by the header object's
  * SHA-256: a header is content-addressed, so what a hash names never changes. A few KB each.
  */
-const HEADER_DIGESTS_MAX = 64;
+const PARSED_HEADERS_MAX = 64;
 
 /** The Timeout sweep is not run again sooner than this after a sweep that left an overdue snapshot (a put or CompleteSnapshot in flight on it). */
 const SWEEP_RETRY_MS = 1_000;
@@ -261,9 +261,9 @@ export class EbsDirect {
   private readonly manifests: CompletedManifests;
   /**
    * Snapshot headers checked against their manifests, by kind and hash (`luks2:<hash>`: the parsed LUKS2
-   * header; `plain:<hash>`: null, a plaintext-image marker), parsed once (HEADER_DIGESTS_MAX, least recently used out).
+   * header; `plain:<hash>`: null, a plaintext-image marker), parsed once (PARSED_HEADERS_MAX, least recently used out).
    */
-  private readonly headerDigests = new Map<string, Promise<Luks2Volume | null>>();
+  private readonly parsedHeaders = new Map<string, Promise<Luks2Volume | null>>();
 
   constructor(private readonly o: EbsDirectOptions) {
     this.tokens = new TokenSigner(o.tokenKey);
@@ -912,10 +912,10 @@ export class EbsDirect {
   private _header(m: SnapshotSummary): Promise<Luks2Volume | null> {
     const hash = m.header!;
     const id = `${m.encrypted ? 'luks2' : 'plain'}:${hash}`;
-    const kept = this.headerDigests.get(id);
+    const kept = this.parsedHeaders.get(id);
     if (kept) {
-      this.headerDigests.delete(id); // re-inserted: most recently used last
-      this.headerDigests.set(id, kept);
+      this.parsedHeaders.delete(id); // re-inserted: most recently used last
+      this.parsedHeaders.set(id, kept);
       return kept;
     }
     const loading = (async () => {
@@ -932,7 +932,7 @@ export class EbsDirect {
     })();
     this._rememberHeader(id, loading);
     // A failed read is not kept: the next call reads again.
-    loading.catch(() => { if (this.headerDigests.get(id) === loading) this.headerDigests.delete(id); });
+    loading.catch(() => { if (this.parsedHeaders.get(id) === loading) this.parsedHeaders.delete(id); });
     return loading;
   }
 
@@ -953,9 +953,9 @@ export class EbsDirect {
   }
 
   private _rememberHeader(id: string, v: Promise<Luks2Volume | null>): void {
-    this.headerDigests.delete(id);
-    this.headerDigests.set(id, v);
-    while (this.headerDigests.size > HEADER_DIGESTS_MAX) this.headerDigests.delete(this.headerDigests.keys().next().value!);
+    this.parsedHeaders.delete(id);
+    this.parsedHeaders.set(id, v);
+    while (this.parsedHeaders.size > PARSED_HEADERS_MAX) this.parsedHeaders.delete(this.parsedHeaders.keys().next().value!);
   }
 
   private async _manifest(id: string): Promise<SnapshotManifest> {
