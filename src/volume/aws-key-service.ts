@@ -403,6 +403,16 @@ export class AwsKeyService implements KeyService {
   private denied(op: string, keyId: string | undefined, cause: unknown, viaGrant: boolean): KeyServiceError {
     const who = this.host?.arn ?? 'this host';
     const on = keyId ?? 'the key';
+    // An explicit Deny wins over every Allow and grant, so neither piece of advice below would help:
+    // a Deny on the host's role (a revoked session's AWSRevokeOlderSessions, README "KMS over the
+    // network") refuses calls through a live grant too. The KMS says so only in its message, worded
+    // as AWS words it ("... with an explicit deny in an identity-based policy", src/kms/authz/evaluate.ts).
+    const kmsMessage = (cause as { message?: unknown } | undefined)?.message;
+    const deny = typeof kmsMessage === 'string' ? /with an explicit deny in (an? [a-z -]*?(?:policy|boundary))/.exec(kmsMessage) : null;
+    if (deny) {
+      return new KeyServiceError(op, 'AccessDeniedException', true,
+        `kms:${op} denied for ${who} on ${on} by an explicit deny in ${deny[1]}; no Allow or grant overrides a Deny: remove it (KMS: ${kmsMessage}) (README "A fleet")`, cause);
+    }
     if (viaGrant) {
       return new KeyServiceError(op, 'AccessDeniedException', true,
         `kms:${op} through a grant denied for ${who} on ${on}: the grant was revoked or retired, or does not allow this request (README "A fleet")`, cause);

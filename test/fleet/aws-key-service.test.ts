@@ -80,6 +80,26 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     expect(nobody.health().Circuit).toBe('closed'); // a refusal is an answer
   });
 
+  it('an explicit Deny on the host (a revoked session) is named as one, not as a revoked grant nor a missing key-policy Allow', async () => {
+    await env.api('ebsd.IamCreateUser', { UserName: 'denied' });
+    creds.denied = (await env.api('ebsd.IamCreateAccessKey', { UserName: 'denied' })).AccessKey;
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/denied', PolicyName: 'kms', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }) });
+    const ks = await as('denied');
+    const blob = (await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY)).CiphertextBlob;
+    const { GrantToken } = await env.api('TrentService.CreateGrant', { KeyId: keyArn, GranteePrincipal: ks.health().HostPrincipal, Operations: ['Decrypt'], Constraints: { EncryptionContextSubset: CTX } });
+    expect((await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX, GrantTokens: [GrantToken] }, ANY)).Plaintext).toHaveLength(64);
+    // The grant stays; a Deny on the principal, as a role's AWSRevokeOlderSessions is, refuses the call through it.
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/denied', PolicyName: 'revoke', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Deny', Action: '*', Resource: '*' }] }) });
+    const viaGrant = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX, GrantTokens: [GrantToken] }, ANY).catch((e: unknown) => e);
+    expect(viaGrant).toMatchObject({ code: 'KMS_REFUSED', awsName: 'AccessDeniedException', authoritative: true });
+    expect((viaGrant as Error).message).toContain(`kms:Decrypt denied for ${ks.health().HostPrincipal} on the key by an explicit deny in an identity-based policy; no Allow or grant overrides a Deny`);
+    expect((viaGrant as Error).message).not.toContain('the grant was revoked');
+    const direct = await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY).catch((e: unknown) => e);
+    expect((direct as Error).message).toContain(`kms:GenerateDataKeyWithoutPlaintext denied for ${ks.health().HostPrincipal} on ${keyArn} by an explicit deny in an identity-based policy`);
+    expect((direct as Error).message).toContain('(KMS: User: '); // the KMS's own words follow
+    expect((direct as Error).message).not.toContain('add an Allow');
+  });
+
   it('deleted host credentials are a refusal (UnrecognizedClientException); a bad signature or an expired session is not', async () => {
     await env.api('ebsd.IamCreateUser', { UserName: 'gone' });
     creds.gone = (await env.api('ebsd.IamCreateAccessKey', { UserName: 'gone' })).AccessKey;
