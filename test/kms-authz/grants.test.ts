@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { statSync, watch, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { GrantStore, checkGrantTokens, parseConstraints, LIMITS } from '../../src/kms/authz/grants.js';
 import { constraintsHold } from '../../src/kms/authz/evaluate.js';
 import { ACCT, KEY_ARN, tempDir } from './helpers.js';
@@ -105,7 +106,49 @@ describe('grant store', () => {
     expect(await store.removeKey('1234abcd-12ab-34cd-56ef-1234567890ab')).toBe(2);
     expect(store.countForKey(KEY_ARN)).toBe(0);
   });
+
+  it('changes made while a write is under way share the next write (one rewrite per change put every host behind every other\'s), each durable when it resolves', async () => {
+    const { file, store } = await open();
+    await store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'] });
+    const writes: string[] = [];
+    const watcher = watch(dirname(file), (event, name) => { if (event === 'rename' && name === 'grants.json') writes.push(name); });
+    try {
+      const made = await Promise.all(Array.from({ length: 64 }, (_, i) => store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'], Name: `g-${i}` })));
+      expect(new Set(made.map((g) => g.GrantId)).size).toBe(64);
+      await until(() => writes.length > 0);
+    } finally {
+      watcher.close();
+    }
+    // The first change's write, then one for the 63 made while it ran: not 64 rewrites of the whole file.
+    expect(writes.length).toBeLessThanOrEqual(2);
+    expect((await GrantStore.open(file)).list(KEY_ARN, { Limit: 100 }).Grants).toHaveLength(65);
+  });
+
+  it('a write that fails undoes every change it held, and each of their callers gets the error', async () => {
+    const { file, store } = await open();
+    const kept = await store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'] });
+    // Root writes anywhere, but not into an immutable directory (ext4, as the state dir's).
+    const dir = dirname(file);
+    if (spawnSync('chattr', ['+i', dir]).status !== 0) throw new Error(`chattr +i ${dir} failed: this test needs a file system with the immutable attribute`);
+    try {
+      const results = await Promise.allSettled([
+        ...Array.from({ length: 8 }, (_, i) => store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'], Name: `n-${i}` })),
+        store.remove(KEY_ARN, kept.GrantId),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(Array(9).fill('rejected'));
+    } finally {
+      spawnSync('chattr', ['-i', dir]);
+    }
+    expect(store.list(KEY_ARN).Grants.map((g) => g.GrantId)).toEqual([kept.GrantId]);
+    expect(store.byGrantToken(kept.GrantToken)?.GrantId).toBe(kept.GrantId);
+    expect((await GrantStore.open(file)).list(KEY_ARN).Grants.map((g) => g.GrantId)).toEqual([kept.GrantId]);
+  });
 });
+
+/** Poll (the watcher's events come from the event loop), bounded as a safety net. */
+async function until(ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 20));
+}
 
 describe('grant constraints with a "__proto__" key', () => {
   it('are kept as a pair, survive a reopen, and match only contexts that hold the pair', async () => {
