@@ -53,7 +53,11 @@ export interface RemoteKmsHealth {
   Endpoint: string;
   Region: string;
   HostPrincipal: string;
-  /** closed: calls go out; open: calls fail at once until NextProbeTime; half-open: one probe is out. */
+  /**
+   * closed: calls go out; open: calls fail at once until NextProbeTime; half-open: the open period
+   * is over and the circuit has not closed: the next call goes out as its trial (or one is out),
+   * and fails the circuit open again for twice as long unless the KMS answers.
+   */
   Circuit: 'closed' | 'open' | 'half-open';
   NextProbeTime?: string;
   LastSuccessTime?: string;
@@ -226,7 +230,8 @@ export class AwsKeyService implements KeyService {
       Endpoint: this.endpoint,
       Region: this.region,
       HostPrincipal: this.host?.arn ?? '',
-      Circuit: this.probing ? 'half-open' : this.openUntil > now ? 'open' : 'closed',
+      // openUntil stays set until an answer closes the circuit, also once its period is over.
+      Circuit: this.openUntil === 0 ? 'closed' : this.openUntil > now && !this.probing ? 'open' : 'half-open',
       ...(this.openUntil > now ? { NextProbeTime: new Date(this.openUntil).toISOString() } : {}),
       ...(this.lastSuccess !== undefined ? { LastSuccessTime: new Date(this.lastSuccess).toISOString() } : {}),
       ...(this.lastError ? { LastError: { ...this.lastError } } : {}),

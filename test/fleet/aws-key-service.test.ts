@@ -16,7 +16,7 @@ import { KeyServiceError } from '../../src/volume/errors.js';
 import { toKeyServiceError } from '../../src/volume/key-service.js';
 import type { Caller } from '../../src/kms/types.js';
 import { CLI, Env, ensureBuilt, run } from '../e2e/helpers.js';
-import { restartOnSamePort } from '../helpers/ports.js';
+import { restartOnSamePort, unusedPort } from '../helpers/ports.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { until } from './netns.js';
 
@@ -161,6 +161,19 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     // One line per transition, however many calls failed in between.
     expect(lines.filter((l) => l.includes('circuit open, calls fail fast'))).toHaveLength(1);
     expect(lines.filter((l) => l.includes('circuit closed'))).toHaveLength(1);
+  });
+
+  it('a circuit whose open period is over shows half-open until an answer closes it, not closed with the failures still counted', async () => {
+    // STS (where the host learns who it is) answers; the KMS endpoint is a port nothing listens on.
+    const dead = `http://127.0.0.1:${await unusedPort()}`;
+    const ks = await as('host', { endpoint: dead, maxAttempts: 1, circuitOpenMs: 300, connectionTimeoutMs: 1000, requestTimeoutMs: 2000 });
+    for (let i = 0; i < 3; i++) await ks.decrypt({ CiphertextBlob: new Uint8Array(200), EncryptionContext: CTX }, ANY).catch(() => undefined);
+    expect(ks.health()).toMatchObject({ Circuit: 'open', ConsecutiveFailures: 3, NextProbeTime: expect.any(String) });
+    const over = await until('the open period over', () => { const h = ks.health(); return h.NextProbeTime === undefined ? h : undefined; });
+    expect(over).toMatchObject({ Circuit: 'half-open', ConsecutiveFailures: 3, Reachable: false });
+    // Its trial fails: open again (for twice as long), as the log said once.
+    await ks.decrypt({ CiphertextBlob: new Uint8Array(200), EncryptionContext: CTX }, ANY).catch(() => undefined);
+    expect(ks.health()).toMatchObject({ Circuit: 'open', ConsecutiveFailures: 4 });
   });
 
   it('a daemon that cannot tell who it is to the KMS does not start, and says where credentials come from; --kms-region needs --kms-endpoint', async () => {
