@@ -252,6 +252,7 @@ export class HttpTransport {
     this.held.delete(s);
     h.admission.release();
     h.retired = true;
+    this.guard.noteGaveSlot(h.source, sourceAddress(s));
     if (now) {
       s.destroy();
     } else {

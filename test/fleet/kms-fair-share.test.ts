@@ -7,7 +7,7 @@
  * ten addresses, opening a new one whenever one closes; host `b` then connects afresh.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt, sh } from '../e2e/helpers.js';
@@ -60,9 +60,13 @@ describe('KMS listener: one host holding every connection from many addresses', 
   chmodSync(dir, 0o755);
   const net = new NetnsFleet(['kms', 'a', 'b']);
   const kms = new NsDaemon(() => net.ns.kms!, join(dir, 'kms'), join(dir, 'kms.log'),
-    ['--kms-only', '--kms-listen', `10.77.0.1:${PORT}`, '--tls-cert', join(dir, 'cert.pem'), '--tls-key', join(dir, 'key.pem')], cleanEnv());
+    ['--kms-only', '--kms-listen', `10.77.0.1:${PORT}`, '--tls-cert', join(dir, 'cert.pem'), '--tls-key', join(dir, 'key.pem'), '--refusal-window', '1s'], cleanEnv());
   let hog: ChildProcess | undefined;
   let held = { open: 0, refused: 0 };
+  const kmsAudit = (): any[] => {
+    const f = join(dir, 'kms', 'kms', 'audit', 'events.ndjson');
+    return existsSync(f) ? readFileSync(f, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+  };
 
   beforeAll(async () => {
     ensureBuilt();
@@ -93,6 +97,13 @@ describe('KMS listener: one host holding every connection from many addresses', 
     expect(r.status, r.stderr).toBe(0);
     // Each one reached STS, which refused it for what it is (unsigned), not the listener for who sent it.
     expect(JSON.parse(r.stdout)).toEqual(Array(5).fill({ status: 403, code: 'MissingAuthenticationToken' }));
+    // Whose connections made room is audited, in aggregate, as the refusals are: host a's addresses, never b's.
+    const gave = await until('a gave-slot record', () => {
+      const rows = kmsAudit().filter((e) => e.eventName === 'KmsConnection' && String(e.errorMessage).includes('gave-slot'));
+      return rows.length > 0 ? rows : undefined;
+    }, 30_000);
+    expect(gave.every((e) => addrs.includes(e.sourceIPAddress))).toBe(true);
+    expect(gave[0]).toMatchObject({ errorCode: 'ThrottlingException', additionalEventData: { aggregated: { count: expect.any(Number) } } });
   });
 });
 
