@@ -16,7 +16,8 @@ import { defineConfig } from 'vitest/config';
  *
  * SERIAL files run one at a time, after the others, with nothing beside them:
  * the tmpfs run starts a vitest of its own (with its own workers), the control
- * socket floods hold thousands of connections, and runSpeed times the engines.
+ * socket floods hold thousands of connections (as the KMS listener's fair-share
+ * test does, reconnecting each as it is cut), and runSpeed times the engines.
  */
 const WORKERS = Number(process.env.EBSD_TEST_WORKERS ?? 3);
 /**
@@ -73,6 +74,7 @@ const SERIAL = [
   'test/volume/tmpfs.test.ts',
   'test/e2e/bounds.test.ts',
   'test/crypto/speed.test.ts',
+  'test/fleet/kms-fair-share.test.ts',
 ];
 
 export default defineConfig({

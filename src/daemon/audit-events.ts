@@ -113,7 +113,7 @@ export function throttledEvent(r: RefusalSummary, o: { accountId: string; region
     readOnly: true,
     time: r.lastTime,
     errorCode: 'ThrottlingException',
-    errorMessage: `connection refused: ${r.reason}`,
+    errorMessage: r.reason === 'gave-slot' ? 'connection closed: it gave its slot to a source holding fewer connections (gave-slot)' : `connection refused: ${r.reason}`,
   });
   e.eventSource = 'ebsd';
   e.requestParameters = null;

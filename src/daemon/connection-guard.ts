@@ -70,7 +70,11 @@ export const DEFAULT_LIMITS: ConnectionLimits = Object.freeze({
   refusalWindowMs: 10_000,
 });
 
-export type RefusalReason = 'per-caller-limit' | 'total-limit' | 'body-budget' | 'in-flight-limit';
+/**
+ * Why a connection or request was refused; `gave-slot`: not a refusal of a new connection but an open one
+ * closed to make room, past the overall cap, for a source holding fewer (kms-transport.ts, makeRoom).
+ */
+export type RefusalReason = 'per-caller-limit' | 'total-limit' | 'body-budget' | 'in-flight-limit' | 'gave-slot';
 
 /** One aggregated report: `count` refusals of `caller` for `reason` between `firstTime` and `lastTime`. */
 export interface RefusalSummary {
@@ -260,6 +264,14 @@ export class ConnectionGuard {
    */
   refuseInFlight(caller: string | number, limit: number): ConnectionThrottledError {
     return this.refuse(callerKey(caller), 'in-flight-limit', `${limit} requests already in flight on this connection`, String(caller));
+  }
+
+  /**
+   * A connection of `caller` that gave its slot to another source's past the overall cap (closed now, or
+   * once its answers are written): counted with the refusals, so the audit shows whose connections went.
+   */
+  noteGaveSlot(caller: string | number, address?: string): void {
+    this.refuse(callerKey(caller), 'gave-slot', 'connection closed to make room for a source holding fewer', address ?? String(caller));
   }
 
   /** Give back `bytes` that `reserveBody(caller, …)` reserved. */

@@ -17,7 +17,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import {
-  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, answerClientError, refuseSocket, whenWritten, type ConnectionLimits, type RefusalSummary,
+  ConnectionGuard, ConnectionThrottledError, DEFAULT_LIMITS as GUARD_LIMITS, answerClientError, refuseSocket, whenWritten, type Admission, type ConnectionLimits, type RefusalSummary,
 } from './connection-guard.js';
 import { connectionSource, sourceAddress } from './loopback-peers.js';
 import { ANSWER_SLICE_BYTES, AnswerProgress, endPaced, hasHeader } from './answer-writer.js';
@@ -113,9 +113,34 @@ export interface TransportOptions {
 }
 
 
+/**
+ * Connections closed after their answers to make room for another source's (HttpTransport.makeRoom) are no
+ * longer counted by the guard; past this many at once, one is closed at once instead, so they stay bounded.
+ */
+const MAX_RETIRING = 256;
+
+/** An admitted connection, as makeRoom sees it: whose, and whether a request of it is being answered. */
+interface HeldConnection {
+  source: string;
+  admission: Admission;
+  /** Requests read and not yet answered and written out. */
+  busy: number;
+  /** Gave its slot to another source's connection: closed once its answers are written. */
+  retired: boolean;
+}
+
 export class HttpTransport {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
+  /** Admitted connections (the accepted TCP sockets), oldest first, while the guard counts them. */
+  private readonly held = new Map<Socket, HeldConnection>();
+  /**
+   * A request's socket's connection: over TLS the request comes on the TLS socket, not the TCP socket admitted,
+   * so it is found by the peer's address and port (unique among open connections), kept from accept.
+   */
+  private readonly byPeer = new Map<string, HeldConnection>();
+  private readonly heldOf = new WeakMap<Socket, HeldConnection | null>();
+  private retiring = 0;
   /** Connections refused at accept: anything the HTTP parser still makes of them is ignored. */
   private readonly refused = new WeakSet<Socket>();
   private readonly conns = new WeakMap<Socket, WireConnection>();
@@ -171,7 +196,10 @@ export class HttpTransport {
   /** Count `s` for `caller` (an address, or `uid:N` on loopback), or refuse it; whether it was admitted. */
   private admit(s: Socket, caller: string, address: string): boolean {
     if (s.destroyed) return false;
-    const admitted = this.guard.admit(caller, address);
+    let admitted = this.guard.admit(caller, address);
+    if (admitted instanceof ConnectionThrottledError && admitted.reason === 'total-limit' && this.makeRoom(caller)) {
+      admitted = this.guard.admit(caller, address);
+    }
     if (admitted instanceof ConnectionThrottledError) {
       this.refused.add(s);
       // Over TLS a plaintext answer would be noise to the client: close at once.
@@ -180,11 +208,69 @@ export class HttpTransport {
     }
     this.sockets.add(s);
     this.sources.set(s, caller); // the same source for its bodies (sourceOf): a plain HTTP request's socket is this one
+    const held: HeldConnection = { source: caller, admission: admitted, busy: 0, retired: false };
+    const peer = peerKey(s);
+    this.held.set(s, held);
+    if (peer) this.byPeer.set(peer, held);
     s.on('close', () => {
       this.sockets.delete(s);
-      admitted.release();
+      this.held.delete(s);
+      if (peer && this.byPeer.get(peer) === held) this.byPeer.delete(peer);
+      held.admission.release();
     });
     return true;
+  }
+
+  /**
+   * Make room for a connection of `source` that the overall limit refused; true when a slot was freed.
+   * Per-source caps alone leave the total to whoever fills it first: a host using a few addresses
+   * (128 connections each) would keep every other host out, its refresh of volume keys included.
+   * So, as the metrics listener does (metrics-listener.ts, makeRoom): the oldest connection with
+   * no request being answered (a TLS handshake or headers still to come, or idle between requests)
+   * of a source holding at least two more than `source` does is closed; else the oldest of the
+   * source holding the most, if it holds at least two more, gives its slot now and is closed once
+   * the answers it waits for are written (none is lost). A source holding none gets in while
+   * another holds many; a source never takes the place of one holding as few as it would.
+   */
+  private makeRoom(source: string): boolean {
+    const count = new Map<string, number>();
+    for (const h of this.held.values()) count.set(h.source, (count.get(h.source) ?? 0) + 1);
+    const mine = count.get(source) ?? 0;
+    for (const [s, h] of this.held) {
+      if (h.busy === 0 && count.get(h.source)! >= mine + 2) return this.giveUp(s, h, true);
+    }
+    let top: string | undefined;
+    let most = 0;
+    for (const [src, n] of count) if (n > most) { top = src; most = n; }
+    if (top === undefined || most < mine + 2) return false;
+    for (const [s, h] of this.held) if (h.source === top) return this.giveUp(s, h, h.busy === 0 || this.retiring >= MAX_RETIRING);
+    return false;
+  }
+
+  /** `s` no longer counts: closed now, or (`now` false) once the answers it waits for are written. */
+  private giveUp(s: Socket, h: HeldConnection, now: boolean): true {
+    this.held.delete(s);
+    h.admission.release();
+    h.retired = true;
+    this.guard.noteGaveSlot(h.source, sourceAddress(s));
+    if (now) {
+      s.destroy();
+    } else {
+      this.retiring++;
+      s.once('close', () => this.retiring--);
+    }
+    return true;
+  }
+
+  /** The admitted connection a request's socket belongs to (the socket itself on plain HTTP, its TCP socket's over TLS). */
+  private connectionOf(socket: Socket): HeldConnection | undefined {
+    let h = this.heldOf.get(socket);
+    if (h === undefined) {
+      const peer = peerKey(socket);
+      h = (peer && this.byPeer.get(peer)) || null;
+      this.heldOf.set(socket, h);
+    }
+    return h ?? undefined;
   }
 
   /** Stop accepting, close every connection, report the refusals still pending. */
@@ -246,6 +332,14 @@ export class HttpTransport {
     if (socket.getMaxListeners() < MAX_IN_FLIGHT_PER_CONNECTION + 16) socket.setMaxListeners(MAX_IN_FLIGHT_PER_CONNECTION + 16);
     const conn = this.connection(socket);
     const source = this.sourceOf(socket);
+    const held = this.connectionOf(socket);
+    if (held) held.busy++;
+    /** The answer is written (or the connection gone): a connection that gave its slot closes once it has none left to write. */
+    const done = (): void => {
+      if (!held) return;
+      held.busy--;
+      if (held.retired && held.busy <= 0) socket.destroy();
+    };
     let reserved = 0;
     let answered = false;
     /** A body refused while it streamed in: answered once it has been read to its end, then the connection closes. */
@@ -266,14 +360,14 @@ export class HttpTransport {
       // it has not read yet gets a ThrottlingException instead.
       const bytes = typeof w.body === 'string' ? Buffer.byteLength(w.body) : w.body.length;
       const unwritten = this.unwritten.get(socket) ?? 0;
-      let held = bytes;
+      let kept = bytes;
       // holdBody, not reserveBody, when the answer goes out whatever the budget: a failed reserveBody counts a
       // refusal, and the answer refused nothing (a reading client past its share would be audited as throttled).
       if (unwritten === 0) this.guard.holdBody(source, bytes);
       else if (!this.guard.reserveBody(source, bytes)) {
         if (typeof w.body !== 'string') w.body.fill(0);
         w = unreadAnswersRefusal();
-        held = 0;
+        kept = 0;
       }
       this.unwritten.set(socket, unwritten + 1);
       const progress = this.progressOf(socket);
@@ -282,7 +376,9 @@ export class HttpTransport {
       const took = (n: number): void => { taken += n; progress.took(n); };
       progress.owe(sent);
       try {
-        if (closeAfter) res.shouldKeepAlive = false; // node sends Connection: close and ends the socket after the answer
+        // node sends Connection: close and ends the socket after the answer: a body refused while it streamed in,
+        // or a connection that gave its slot to another source's (makeRoom).
+        if (closeAfter || held?.retired) res.shouldKeepAlive = false;
         // Written a slice at a time (answer-writer.ts): node would send a body without a length chunked.
         if (sent > ANSWER_SLICE_BYTES && !hasHeader(w.headers, 'content-length')) res.setHeader('Content-Length', sent);
         res.writeHead(w.status, w.headers as string[]);
@@ -296,12 +392,14 @@ export class HttpTransport {
           took(sent - taken); // what it still counts as owed, if anything (nothing once the connection is gone)
           this.unwritten.set(socket, (this.unwritten.get(socket) ?? 1) - 1);
           if (typeof body !== 'string') body.fill(0);
-          this.guard.releaseBody(source, held);
+          this.guard.releaseBody(source, kept);
+          done();
         });
       } catch {
         took(sent - taken);
         this.unwritten.set(socket, (this.unwritten.get(socket) ?? 1) - 1);
-        this.guard.releaseBody(source, held);
+        this.guard.releaseBody(source, kept);
+        done();
         // An answer node will not write (a header it refuses): the connection is unusable, not the listener.
         if (typeof w.body !== 'string') w.body.fill(0);
         socket.destroy();
@@ -334,6 +432,11 @@ export class HttpTransport {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** A connection's peer as `address|port`, the same on its TCP and its TLS socket; undefined once it is gone. */
+function peerKey(s: Socket): string | undefined {
+  return s.remoteAddress !== undefined && s.remotePort !== undefined ? `${s.remoteAddress}|${s.remotePort}` : undefined;
+}
 
 /**
  * A header's value as `req.headers` would give it: the first one (`join` absent: node keeps the

@@ -53,7 +53,11 @@ export interface RemoteKmsHealth {
   Endpoint: string;
   Region: string;
   HostPrincipal: string;
-  /** closed: calls go out; open: calls fail at once until NextProbeTime; half-open: one probe is out. */
+  /**
+   * closed: calls go out; open: calls fail at once until NextProbeTime; half-open: the open period
+   * is over and the circuit has not closed: the next call goes out as its trial (or one is out),
+   * and fails the circuit open again for twice as long unless the KMS answers.
+   */
   Circuit: 'closed' | 'open' | 'half-open';
   NextProbeTime?: string;
   LastSuccessTime?: string;
@@ -226,7 +230,8 @@ export class AwsKeyService implements KeyService {
       Endpoint: this.endpoint,
       Region: this.region,
       HostPrincipal: this.host?.arn ?? '',
-      Circuit: this.probing ? 'half-open' : this.openUntil > now ? 'open' : 'closed',
+      // openUntil stays set until an answer closes the circuit, also once its period is over.
+      Circuit: this.openUntil === 0 ? 'closed' : this.openUntil > now && !this.probing ? 'open' : 'half-open',
       ...(this.openUntil > now ? { NextProbeTime: new Date(this.openUntil).toISOString() } : {}),
       ...(this.lastSuccess !== undefined ? { LastSuccessTime: new Date(this.lastSuccess).toISOString() } : {}),
       ...(this.lastError ? { LastError: { ...this.lastError } } : {}),
@@ -403,6 +408,16 @@ export class AwsKeyService implements KeyService {
   private denied(op: string, keyId: string | undefined, cause: unknown, viaGrant: boolean): KeyServiceError {
     const who = this.host?.arn ?? 'this host';
     const on = keyId ?? 'the key';
+    // An explicit Deny wins over every Allow and grant, so neither piece of advice below would help:
+    // a Deny on the host's role (a revoked session's AWSRevokeOlderSessions, README "KMS over the
+    // network") refuses calls through a live grant too. The KMS says so only in its message, worded
+    // as AWS words it ("... with an explicit deny in an identity-based policy", src/kms/authz/evaluate.ts).
+    const kmsMessage = (cause as { message?: unknown } | undefined)?.message;
+    const deny = typeof kmsMessage === 'string' ? /with an explicit deny in (an? [a-z -]*?(?:policy|boundary))/.exec(kmsMessage) : null;
+    if (deny) {
+      return new KeyServiceError(op, 'AccessDeniedException', true,
+        `kms:${op} denied for ${who} on ${on} by an explicit deny in ${deny[1]}; no Allow or grant overrides a Deny: remove it (KMS: ${kmsMessage}) (README "A fleet")`, cause);
+    }
     if (viaGrant) {
       return new KeyServiceError(op, 'AccessDeniedException', true,
         `kms:${op} through a grant denied for ${who} on ${on}: the grant was revoked or retired, or does not allow this request (README "A fleet")`, cause);

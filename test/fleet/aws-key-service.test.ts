@@ -16,7 +16,7 @@ import { KeyServiceError } from '../../src/volume/errors.js';
 import { toKeyServiceError } from '../../src/volume/key-service.js';
 import type { Caller } from '../../src/kms/types.js';
 import { CLI, Env, ensureBuilt, run } from '../e2e/helpers.js';
-import { restartOnSamePort } from '../helpers/ports.js';
+import { restartOnSamePort, unusedPort } from '../helpers/ports.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { until } from './netns.js';
 
@@ -80,6 +80,26 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     expect(nobody.health().Circuit).toBe('closed'); // a refusal is an answer
   });
 
+  it('an explicit Deny on the host (a revoked session) is named as one, not as a revoked grant nor a missing key-policy Allow', async () => {
+    await env.api('ebsd.IamCreateUser', { UserName: 'denied' });
+    creds.denied = (await env.api('ebsd.IamCreateAccessKey', { UserName: 'denied' })).AccessKey;
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/denied', PolicyName: 'kms', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }) });
+    const ks = await as('denied');
+    const blob = (await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY)).CiphertextBlob;
+    const { GrantToken } = await env.api('TrentService.CreateGrant', { KeyId: keyArn, GranteePrincipal: ks.health().HostPrincipal, Operations: ['Decrypt'], Constraints: { EncryptionContextSubset: CTX } });
+    expect((await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX, GrantTokens: [GrantToken] }, ANY)).Plaintext).toHaveLength(64);
+    // The grant stays; a Deny on the principal, as a role's AWSRevokeOlderSessions is, refuses the call through it.
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/denied', PolicyName: 'revoke', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Deny', Action: '*', Resource: '*' }] }) });
+    const viaGrant = await ks.decrypt({ CiphertextBlob: blob, EncryptionContext: CTX, GrantTokens: [GrantToken] }, ANY).catch((e: unknown) => e);
+    expect(viaGrant).toMatchObject({ code: 'KMS_REFUSED', awsName: 'AccessDeniedException', authoritative: true });
+    expect((viaGrant as Error).message).toContain(`kms:Decrypt denied for ${ks.health().HostPrincipal} on the key by an explicit deny in an identity-based policy; no Allow or grant overrides a Deny`);
+    expect((viaGrant as Error).message).not.toContain('the grant was revoked');
+    const direct = await ks.generateDataKeyWithoutPlaintext({ KeyId: keyArn, NumberOfBytes: 64, EncryptionContext: CTX }, ANY).catch((e: unknown) => e);
+    expect((direct as Error).message).toContain(`kms:GenerateDataKeyWithoutPlaintext denied for ${ks.health().HostPrincipal} on ${keyArn} by an explicit deny in an identity-based policy`);
+    expect((direct as Error).message).toContain('(KMS: User: '); // the KMS's own words follow
+    expect((direct as Error).message).not.toContain('add an Allow');
+  });
+
   it('deleted host credentials are a refusal (UnrecognizedClientException); a bad signature or an expired session is not', async () => {
     await env.api('ebsd.IamCreateUser', { UserName: 'gone' });
     creds.gone = (await env.api('ebsd.IamCreateAccessKey', { UserName: 'gone' })).AccessKey;
@@ -141,6 +161,19 @@ describe('AwsKeyService against a --kms-only daemon', () => {
     // One line per transition, however many calls failed in between.
     expect(lines.filter((l) => l.includes('circuit open, calls fail fast'))).toHaveLength(1);
     expect(lines.filter((l) => l.includes('circuit closed'))).toHaveLength(1);
+  });
+
+  it('a circuit whose open period is over shows half-open until an answer closes it, not closed with the failures still counted', async () => {
+    // STS (where the host learns who it is) answers; the KMS endpoint is a port nothing listens on.
+    const dead = `http://127.0.0.1:${await unusedPort()}`;
+    const ks = await as('host', { endpoint: dead, maxAttempts: 1, circuitOpenMs: 300, connectionTimeoutMs: 1000, requestTimeoutMs: 2000 });
+    for (let i = 0; i < 3; i++) await ks.decrypt({ CiphertextBlob: new Uint8Array(200), EncryptionContext: CTX }, ANY).catch(() => undefined);
+    expect(ks.health()).toMatchObject({ Circuit: 'open', ConsecutiveFailures: 3, NextProbeTime: expect.any(String) });
+    const over = await until('the open period over', () => { const h = ks.health(); return h.NextProbeTime === undefined ? h : undefined; });
+    expect(over).toMatchObject({ Circuit: 'half-open', ConsecutiveFailures: 3, Reachable: false });
+    // Its trial fails: open again (for twice as long), as the log said once.
+    await ks.decrypt({ CiphertextBlob: new Uint8Array(200), EncryptionContext: CTX }, ANY).catch(() => undefined);
+    expect(ks.health()).toMatchObject({ Circuit: 'open', ConsecutiveFailures: 4 });
   });
 
   it('a daemon that cannot tell who it is to the KMS does not start, and says where credentials come from; --kms-region needs --kms-endpoint', async () => {

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { GrantStore, checkGrantTokens, parseConstraints, LIMITS } from '../../src/kms/authz/grants.js';
 import { constraintsHold } from '../../src/kms/authz/evaluate.js';
 import { ACCT, KEY_ARN, tempDir } from './helpers.js';
@@ -105,7 +105,52 @@ describe('grant store', () => {
     expect(await store.removeKey('1234abcd-12ab-34cd-56ef-1234567890ab')).toBe(2);
     expect(store.countForKey(KEY_ARN)).toBe(0);
   });
+
+  it('changes made while a write is under way share the next write (one rewrite per change put every host behind every other\'s), each durable when it resolves', async () => {
+    const { file, store } = await open();
+    await store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'] });
+    const writes: string[] = [];
+    const watcher = watch(dirname(file), (event, name) => { if (event === 'rename' && name === 'grants.json') writes.push(name); });
+    try {
+      const made = await Promise.all(Array.from({ length: 64 }, (_, i) => store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'], Name: `g-${i}` })));
+      expect(new Set(made.map((g) => g.GrantId)).size).toBe(64);
+      await until(() => writes.length > 0);
+    } finally {
+      watcher.close();
+    }
+    // The first change's write, then one for the 63 made while it ran: not 64 rewrites of the whole file.
+    expect(writes.length).toBeLessThanOrEqual(2);
+    expect((await GrantStore.open(file)).list(KEY_ARN, { Limit: 100 }).Grants).toHaveLength(65);
+  });
+
+  it('a write that fails undoes every change it held, and each of their callers gets the error', async () => {
+    const { file, store } = await open();
+    const kept = await store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'] });
+    const saved = readFileSync(file);
+    // The directory gone, the write's temp file cannot be made (ENOENT): the write fails.
+    rmSync(dirname(file), { recursive: true });
+    try {
+      const results = await Promise.allSettled([
+        ...Array.from({ length: 8 }, (_, i) => store.create(facts, { GranteePrincipal: HOST, Operations: ['Decrypt'], Name: `n-${i}` })),
+        store.remove(KEY_ARN, kept.GrantId),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(Array(9).fill('rejected'));
+    } finally {
+      mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+      writeFileSync(file, saved, { mode: 0o600 });
+    }
+    expect(store.list(KEY_ARN).Grants.map((g) => g.GrantId)).toEqual([kept.GrantId]);
+    expect(store.byGrantToken(kept.GrantToken)?.GrantId).toBe(kept.GrantId);
+    // The store writes on: the next change's write holds the kept grant and only the new one.
+    await store.create(facts, { GranteePrincipal: HOST, Operations: ['Encrypt'] });
+    expect((await GrantStore.open(file)).list(KEY_ARN).Grants).toHaveLength(2);
+  });
 });
+
+/** Poll (the watcher's events come from the event loop), bounded as a safety net. */
+async function until(ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 20));
+}
 
 describe('grant constraints with a "__proto__" key', () => {
   it('are kept as a pair, survive a reopen, and match only contexts that hold the pair', async () => {

@@ -277,6 +277,8 @@ export class GrantStore implements GrantSource {
   private readonly orderByRetiring = new Map<string, Ordered[]>();
   private _orderBuilds = 0;
   private writing: Promise<void> = Promise.resolve();
+  /** The write not yet started, which changes made now join (_persist). */
+  private pendingWrite: { undos: (() => void)[]; done: Promise<void> } | undefined;
 
   /** The identity generation `orderByRetiring` was built at: a listing shows a deleted principal by its id. */
   private _orderGeneration: number | undefined;
@@ -716,24 +718,35 @@ export class GrantStore implements GrantSource {
   }
 
   /**
-   * Write the whole store (atomic replace). Writes are serialized; if this
-   * one fails, `undo` restores the in-memory state and the error propagates.
-   * Whole-file rewrites are O(grants); fine for attach/detach rates.
+   * Write the whole store (atomic replace), resolving once a write that holds this change is
+   * on disk. Writes are serialized, and the changes made while one is under way share the next
+   * (group commit): a whole-file rewrite is O(grants), and one per change put every host's
+   * CreateGrant behind every other's queued rewrites (docs/architecture.md §5.4 has the figures). If a write fails, the undos of
+   * every change it held restore the in-memory state, newest first, and each change's caller
+   * gets the error.
    */
   private _persist(undo: () => void): Promise<void> {
+    const open = this.pendingWrite;
+    if (open) {
+      open.undos.push(undo);
+      return open.done;
+    }
+    const batch: { undos: (() => void)[]; done: Promise<void> } = { undos: [undo], done: Promise.resolve() };
     const run = async (): Promise<void> => {
+      this.pendingWrite = undefined; // a change from here on is not in this snapshot: it waits for the next write
       const grants: StoredGrant[] = [];
       for (const m of this.byKey.values()) for (const g of m.values()) grants.push(g);
       const doc: GrantFileV1 = { version: FILE_VERSION, grants };
       try {
         await atomicWrite(this.file, JSON.stringify(doc) + '\n', 0o600);
       } catch (e) {
-        undo();
+        for (const u of batch.undos.reverse()) u();
         throw e;
       }
     };
-    const next = this.writing.catch(() => {}).then(run);
-    this.writing = next;
-    return next;
+    batch.done = this.writing.catch(() => {}).then(run);
+    this.pendingWrite = batch;
+    this.writing = batch.done;
+    return batch.done;
   }
 }
