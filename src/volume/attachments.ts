@@ -276,7 +276,9 @@ export class Attachments {
         resumed.push(r.volumeId);
         if (r.unencrypted) this.log.warn({ volumeId: r.volumeId, encrypted: false }, 'UNENCRYPTED volume re-attached: I/O is plaintext passthrough (measurement only)');
       } catch (e) {
-        this.log.error({ volumeId: r.volumeId, err: errInfo(e) }, 'could not resume attachment');
+        // At start, each failure once at error; a background retry's (`only`) at debug: resume-retry.ts
+        // logs when the kind of failure changes, not every 1-30 s for as long as the KMS or the disk is out.
+        this.log[only ? 'debug' : 'error']({ volumeId: r.volumeId, err: errInfo(e) }, 'could not resume attachment');
         failed.push({ volumeId: r.volumeId, error: e });
       }
     }

@@ -254,6 +254,9 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     const unserved = parseMetrics(await (await fetch(st.Daemon.MetricsUrl as string)).text());
     expect(unserved.get('ebsd_volumes_unserved')).toBe(1);
     expect(unserved.get(`ebsd_kms_remote_reachable{endpoint="${kmsUrl}"}`)).toBe(0);
+    // Retried in the background, logged once at error (at start), not once per try.
+    await until('two more tries', async () => ((await status()).Volumes.find((x: any) => x.VolumeId === vol)?.Resume?.Attempts >= 3 ? true : undefined), 30_000);
+    expect(host.daemonLog().split('\n').filter((l) => l.includes('"level":50') && l.includes('could not resume attachment'))).toHaveLength(1);
 
     await proxy.start();
     const back = await until('the volume served again', async () => {
