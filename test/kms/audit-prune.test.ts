@@ -185,6 +185,10 @@ describe('audit log pruning', () => {
       expect(forged.ok).toBe(false);
       expect(forged.problems.map((p) => p.kind)).toEqual(expect.arrayContaining(['bad-prune-record', 'removed']));
       expect(forged.prunedThrough).toBeUndefined();
+      expect(forged.problems.find((p) => p.kind === 'bad-prune-record')!.detail).toMatch(/^prune record .*pruned\.json has an invalid signature: /);
+      // A record of the wrong shape is named by the member at fault, not as a bad signature.
+      writeFileSync(rec, JSON.stringify({ ...r, prunedThrough: -3 }));
+      expect(verifyAuditLog(audit).problems.find((p) => p.kind === 'bad-prune-record')!.detail).toMatch(/^prune record .*pruned\.json has no valid prunedThrough: /);
       writeFileSync(rec, JSON.stringify(r));
 
       // Files deleted by hand (no record covers them) are events removed.

@@ -8,11 +8,10 @@
  * and the seal mark, with a prefix of its own, so a removal nobody signed (files deleted by hand) is
  * still reported as events removed, and a record cannot pass for a digest or a mark.
  */
-import { verify as edVerify, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import type { KeyObject } from 'node:crypto';
 import { join } from 'node:path';
-import { atomicWrite } from '../../util/atomic-write.js';
 import type { Hsm } from '../hsm/hsm-client.js';
+import { readSignedRecord, writeSignedRecord, type SignedKind } from './signed-record.js';
 
 export const PRUNE_FILE = 'pruned.json';
 
@@ -32,19 +31,16 @@ export interface PruneRecord {
   signature?: string;
 }
 
-/** The bytes a prune record's signature covers: a fixed prefix and the record without its signature. */
-export function prunePayload(r: PruneRecord): string {
-  const { signature: _s, ...rest } = r;
-  return 'ebsd-audit-prune/v1\n' + JSON.stringify(rest);
-}
+const PRUNE: SignedKind<PruneRecord> = {
+  what: 'prune record',
+  prefix: 'ebsd-audit-prune/v1\n',
+  badMember: (r) => r.pruneVersion !== 1 ? 'pruneVersion' : !(Number.isSafeInteger(r.prunedThrough) && (r.prunedThrough as number) >= 0) ? 'prunedThrough'
+    : typeof r.lastEventHash !== 'string' ? 'lastEventHash' : typeof r.lastDigestHash !== 'string' ? 'lastDigestHash' : undefined,
+};
 
 /** Sign `r` in the HSM and replace `audit/pruned.json` (temp file, fsync, rename, fsync dir). */
-export async function writePruneRecord(auditDir: string, hsm: Hsm, r: Omit<PruneRecord, 'pruneVersion' | 'signature'>): Promise<PruneRecord> {
-  const record: PruneRecord = { pruneVersion: 1, ...r };
-  const { signature } = await hsm.call({ op: 'signAudit', data: Buffer.from(prunePayload(record)) });
-  record.signature = Buffer.from(signature).toString('base64');
-  await atomicWrite(join(auditDir, PRUNE_FILE), JSON.stringify(record, null, 2) + '\n');
-  return record;
+export function writePruneRecord(auditDir: string, hsm: Hsm, r: Omit<PruneRecord, 'pruneVersion' | 'signature'>): Promise<PruneRecord> {
+  return writeSignedRecord(PRUNE, join(auditDir, PRUNE_FILE), hsm, { pruneVersion: 1, ...r });
 }
 
 /**
@@ -52,18 +48,5 @@ export async function writePruneRecord(auditDir: string, hsm: Hsm, r: Omit<Prune
  * validly signed by `pub` (fingerprint `fp`).
  */
 export function readPruneRecord(auditDir: string, pub: KeyObject, fp: string): { record?: PruneRecord; error?: string } {
-  const path = join(auditDir, PRUNE_FILE);
-  let text: string;
-  try { text = readFileSync(path, 'utf8'); } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
-    return { error: `prune record ${path} is unreadable (${(e as NodeJS.ErrnoException).code})` };
-  }
-  let r: PruneRecord;
-  try { r = JSON.parse(text) as PruneRecord; } catch {
-    return { error: `prune record ${path} is not valid JSON` };
-  }
-  const ok = r !== null && typeof r === 'object' && r.pruneVersion === 1 && Number.isSafeInteger(r.prunedThrough) && r.prunedThrough >= 0 &&
-    typeof r.lastEventHash === 'string' && typeof r.lastDigestHash === 'string' && typeof r.signature === 'string' &&
-    r.publicKeyFingerprint === fp && edVerify(null, Buffer.from(prunePayload(r)), pub, Buffer.from(r.signature, 'base64'));
-  return ok ? { record: r } : { error: `prune record ${path} has an invalid signature` };
+  return readSignedRecord(PRUNE, join(auditDir, PRUNE_FILE), pub, fp);
 }
