@@ -1059,16 +1059,30 @@ export class Daemon {
     return { Events: await this.kms!.audit.tail(limit) };
   }
 
-  private async auditVerify(b: Record<string, unknown>): Promise<unknown> {
-    // One at a time: each reads the whole log, on a thread of its own.
-    const stopping = (): EbsdError => new EbsdError('SHUTTING_DOWN', 'ebsd.AuditVerify: the daemon is shutting down', { awsName: 'ServiceUnavailable' });
+  private auditVerify(b: Record<string, unknown>): Promise<unknown> {
+    return this.inAuditQueue('AuditVerify', async () => {
+      if (b.Seal !== false) await this.kms!.sealAudit();
+      return this.verifyAuditOffThread();
+    });
+  }
+
+  /**
+   * `fn` in the audit log's verification queue, one at a time (each reads the whole log, on a thread
+   * of its own, and a prune must not remove files under one); refused once the daemon is stopping.
+   */
+  private inAuditQueue<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    const stopping = (): EbsdError => new EbsdError('SHUTTING_DOWN', `ebsd.${op}: the daemon is shutting down`, { awsName: 'ServiceUnavailable' });
     if (this.stopping) throw stopping();
     return this.verifying.run('audit', async () => {
-      if (this.stopping) throw stopping(); // queued behind another check while the stop began
-      if (b.Seal !== false) await this.kms!.sealAudit();
-      // Against the HSM's own public key: the PEM file beside the log is only a copy anyone who can write the state dir could swap.
-      return verifyAuditLogOffThread(join(this.paths.kms, 'audit'), { publicKeyPem: this.kms!.audit.publicKeyPem, signal: this.verifyAbort.signal });
+      if (this.stopping) throw stopping(); // queued behind another one while the stop began
+      return fn();
     });
+  }
+
+  /** verifyAuditLog of the KMS's log on a worker thread, against the HSM's own public key (the PEM file beside the log is only a copy anyone who can write the state dir could swap). */
+  private verifyAuditOffThread(): ReturnType<typeof verifyAuditLogOffThread> {
+    const audit = this.kms!.audit;
+    return verifyAuditLogOffThread(audit.dir, { publicKeyPem: audit.publicKeyPem, markPath: audit.markFile, signal: this.verifyAbort.signal });
   }
 
   /**
@@ -1086,15 +1100,9 @@ export class Daemon {
     }
     if (before > Date.now()) throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'Before', `Before ${b.Before as string} is in the future: only events already written can be pruned`);
     const ids = this.authz!.identities;
-    const stopping = (): EbsdError => new EbsdError('SHUTTING_DOWN', 'ebsd.AuditPrune: the daemon is shutting down; nothing was pruned', { awsName: 'ServiceUnavailable' });
-    if (this.stopping) throw stopping();
-    // In the verifications' queue: a verification reading the log while files go would report them removed.
-    return this.verifying.run('audit', async () => {
-      if (this.stopping) throw stopping();
-      const audit = this.kms!.audit;
+    return this.inAuditQueue('AuditPrune', async () => {
       try {
-        return await audit.prune(before,
-          () => verifyAuditLogOffThread(join(this.paths.kms, 'audit'), { publicKeyPem: audit.publicKeyPem, signal: this.verifyAbort.signal }),
+        return await this.kms!.audit.prune(before, () => this.verifyAuditOffThread(),
           (plan) => auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: new Date(before).toISOString(), ...plan }));
       } catch (e) {
         if (e instanceof EbsdError) throw e;

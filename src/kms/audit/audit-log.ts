@@ -410,6 +410,16 @@ export class AuditLog {
     return this.refusals.add(key, event, party);
   }
 
+  /** The log's directory (`<kms>/audit`). */
+  get dir(): string {
+    return this.o.dir;
+  }
+
+  /** The seal high-water mark's file (seal-mark.ts), for a verification of this log. */
+  get markFile(): string {
+    return this.markPath;
+  }
+
   /** Disk state, for `ebsd status`. */
   health(): AuditHealth {
     return {
