@@ -61,7 +61,7 @@ export const MAX_PENDING_SNAPSHOTS = 100;
  * ConcurrentLimitExceededException until they time out. A quarter: a backup
  * tool's few parallel uploads fit; four callers are needed to fill the daemon.
  */
-export const MAX_PENDING_PER_CALLER = 25;
+export const MAX_PENDING_PER_PARTY = 25;
 /**
  * StartSnapshot ClientTokens remembered for idempotency. An entry keeps the
  * request's SHA-256 and the answer (up to 50 tags: tens of KB at most), so
@@ -150,8 +150,8 @@ export interface EbsDirectOptions {
   /** Token HMAC key, tests only. */
   tokenKey?: Uint8Array;
   maxPending?: number;
-  /** Pending snapshots one principal may hold (MAX_PENDING_PER_CALLER; at most `maxPending`). */
-  maxPendingPerCaller?: number;
+  /** Pending snapshots one party may hold: an identity with the sessions it minted (caller-party.ts; MAX_PENDING_PER_PARTY; at most `maxPending`). */
+  maxPendingPerParty?: number;
   /** ClientTokens remembered (MAX_CLIENT_TOKENS); tests set fewer. */
   maxClientTokens?: number;
   /**
@@ -455,11 +455,11 @@ export class EbsDirect {
       throw concurrentLimit(`${this.pending.size + this.starting} snapshots are already pending (at most ${max}): complete one first`);
     }
     const owner = callerParty(caller);
-    const share = Math.min(max, this.o.maxPendingPerCaller ?? MAX_PENDING_PER_CALLER);
+    const share = Math.min(max, this.o.maxPendingPerParty ?? MAX_PENDING_PER_PARTY);
     let mine = this.startingBy.get(owner) ?? 0;
     for (const p of this.pending.values()) if (p.owner === owner) mine++;
     if (mine >= share) {
-      throw concurrentLimit(`${owner === caller.arn ? owner : `${caller.arn} (with the other sessions minted by the same identity)`} already has ${mine} snapshots pending (at most ${share} per principal, of ${max} in all): complete one first`);
+      throw concurrentLimit(`${owner === caller.arn ? owner : `${caller.arn} (with the other sessions minted by the same identity)`} already has ${mine} snapshots pending (at most ${share} per identity, its sessions included, of ${max} in all): complete one first`);
     }
     this.starting++;
     this.startingBy.set(owner, (this.startingBy.get(owner) ?? 0) + 1);

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Caller } from '../../src/kms/types.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
-import { EbsDirect, MAX_PENDING_PER_CALLER, MAX_PENDING_SNAPSHOTS, PENDING_MANIFEST_EVERY_MS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
+import { EbsDirect, MAX_PENDING_PER_PARTY, MAX_PENDING_SNAPSHOTS, PENDING_MANIFEST_EVERY_MS, type Scheduler } from '../../src/snapshot/ebs-direct.js';
 import { parsePutSnapshotBlock, parseStartSnapshot } from '../../src/snapshot/ebs-direct-input.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
 import { tempDirPerTest } from '../helpers/temp-dir.js';
@@ -59,7 +59,7 @@ class TestTimers {
   }
 }
 
-async function setup(o: { maxPending?: number; maxPendingPerCaller?: number; maxClientTokens?: number; gc?: boolean } = {}) {
+async function setup(o: { maxPending?: number; maxPendingPerParty?: number; maxClientTokens?: number; gc?: boolean } = {}) {
   const dir = tmp();
   const store = await DirSnapshotStore.open(join(dir, 'snapshots'));
   const gc = new SnapshotGc(store);
@@ -70,7 +70,7 @@ async function setup(o: { maxPending?: number; maxPendingPerCaller?: number; max
     store, pendingDir: join(dir, 'pending'), keys: {} as never, xts: {} as never, accountId: ACCOUNT, region: 'us-east-1', allowUnencrypted: true,
     now: () => clock.now, schedule: timers.schedule, pin: (h) => gc.pin(h), ...(o.maxPending !== undefined ? { maxPending: o.maxPending } : {}),
     ...(o.maxClientTokens !== undefined ? { maxClientTokens: o.maxClientTokens } : {}),
-    ...(o.maxPendingPerCaller !== undefined ? { maxPendingPerCaller: o.maxPendingPerCaller } : {}),
+    ...(o.maxPendingPerParty !== undefined ? { maxPendingPerParty: o.maxPendingPerParty } : {}),
   });
   closers.push(() => d.close());
   return { dir, store, gc, timers, clock, d };
@@ -227,7 +227,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
   });
 
   it('one principal holds at most its share of the pending snapshots: past it its StartSnapshot is ConcurrentLimitExceededException, while another principal still starts one', async () => {
-    const { d } = await setup({ maxPending: 8, maxPendingPerCaller: 2 });
+    const { d } = await setup({ maxPending: 8, maxPendingPerParty: 2 });
     const hog: Caller = { ...caller, arn: `arn:aws:iam::${ACCOUNT}:user/hog`, principalId: 'AIDAHOG' };
     const other: Caller = { ...caller, arn: `arn:aws:iam::${ACCOUNT}:user/other`, principalId: 'AIDAOTHER' };
     // Started all at once and one after the other: the share holds both ways.
@@ -244,7 +244,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
   });
 
   it('the sessions one identity mints share its share: minting sessions gets no more pending snapshots (src/kms/caller-party.ts)', async () => {
-    const { d } = await setup({ maxPending: 8, maxPendingPerCaller: 2 });
+    const { d } = await setup({ maxPending: 8, maxPendingPerParty: 2 });
     const origin = `arn:aws:iam::${ACCOUNT}:user/minter`;
     const session = (n: number): Caller => ({ ...caller, type: 'AssumedRole', arn: `arn:aws:sts::${ACCOUNT}:assumed-role/backup/s${n}`, principalId: `AROABACKUP:s${n}`, origin });
     expect((await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), session(1))).Status).toBe('pending');
@@ -258,8 +258,8 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect((await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), { ...caller, arn: `arn:aws:iam::${ACCOUNT}:user/other`, principalId: 'AIDAOTHER' })).Status).toBe('pending');
   });
 
-  it('by default one principal may hold a quarter of the pending snapshots (MAX_PENDING_PER_CALLER of MAX_PENDING_SNAPSHOTS)', () => {
-    expect(MAX_PENDING_PER_CALLER).toBe(MAX_PENDING_SNAPSHOTS / 4);
+  it('by default one principal may hold a quarter of the pending snapshots (MAX_PENDING_PER_PARTY of MAX_PENDING_SNAPSHOTS)', () => {
+    expect(MAX_PENDING_PER_PARTY).toBe(MAX_PENDING_SNAPSHOTS / 4);
   });
 
   it('past the ClientToken bound the oldest token of a snapshot no longer pending is forgotten, never a pending one', async () => {
