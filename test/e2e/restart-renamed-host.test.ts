@@ -3,15 +3,8 @@ import { closeSync, existsSync, fdatasyncSync, openSync, readFileSync, readSync,
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { poll } from '../helpers/poll.js';
 import { CLI, Env, ensureBuilt, rawControlCall } from './helpers.js';
-
-async function poll(what: string, ok: () => boolean | Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (await ok()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`still waiting: ${what}`);
-}
 
 const block = (): Buffer => Buffer.alloc(4096, 0x3c);
 
@@ -42,8 +35,9 @@ describe('restart under another host name (UTS namespace)', () => {
       '--state-dir', env.state, '--mount', env.mnt], { stdio: ['ignore', log, log] });
     closeSync(log);
     const exited = new Promise<void>((r) => first!.once('exit', () => r()));
-    await poll('the first daemon to answer', async () =>
-      existsSync(join(env.state, 'ebsd.sock')) && (await rawControlCall(env.state, 'ebsd.Status', {}).then((a) => a.status === 200, () => false)));
+    // The first daemon answers.
+    await poll(async () =>
+      existsSync(join(env.state, 'ebsd.sock')) && (await rawControlCall(env.state, 'ebsd.Status', {}).then((a) => a.status === 200, () => false)), { tries: 600, everyMs: 50 });
 
     vol = (await rawControlCall(env.state, 'ebsd.CreateVolume', { Size: '4MiB', Name: 'renamed' })).body.VolumeId;
     expect((await rawControlCall(env.state, 'ebsd.AttachVolume', { VolumeId: vol })).status).toBe(200);

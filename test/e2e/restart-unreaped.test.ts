@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fdatasyncSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { poll } from '../helpers/poll.js';
 import { CLI, Env, ensureBuilt, rawControlCall } from './helpers.js';
 
 /** Field 3 (the state) of /proc/<pid>/stat, or undefined once the pid is gone. */
@@ -12,14 +13,6 @@ function procState(pid: number): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-async function poll(what: string, ok: () => boolean | Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (await ok()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`still waiting: ${what}`);
 }
 
 const block = (): Buffer => Buffer.alloc(4096, 0x5a);
@@ -49,8 +42,9 @@ describe('restart while the killed daemon is an unreaped zombie', () => {
     holder = spawn('bash', ['-c', '"$@" & exec sleep 600', 'holder', process.execPath, CLI, 'daemon',
       '--state-dir', env.state, '--mount', env.mnt], { stdio: ['ignore', log, log] });
     closeSync(log);
-    await poll('the first daemon to answer', async () =>
-      existsSync(join(env.state, 'ebsd.sock')) && (await rawControlCall(env.state, 'ebsd.Status', {}).then((a) => a.status === 200, () => false)));
+    // The first daemon answers.
+    await poll(async () =>
+      existsSync(join(env.state, 'ebsd.sock')) && (await rawControlCall(env.state, 'ebsd.Status', {}).then((a) => a.status === 200, () => false)), { tries: 600, everyMs: 50 });
 
     vol = (await rawControlCall(env.state, 'ebsd.CreateVolume', { Size: '4MiB', Name: 'zombie' })).body.VolumeId;
     expect(vol).toMatch(/^vol-/);
@@ -66,7 +60,7 @@ describe('restart while the killed daemon is an unreaped zombie', () => {
     const pid = Number(readFileSync(join(env.state, 'ebsd.pid'), 'utf8').trim());
     expect(readFileSync(join(env.state, 'volumes', `${vol}.img.lock`), 'utf8')).toContain(`"pid":${pid}`);
     process.kill(pid, 'SIGKILL');
-    await poll(`pid ${pid} to become a zombie`, () => procState(pid) === 'Z');
+    await poll(() => procState(pid) === 'Z', { tries: 600, everyMs: 50 }); // the killed daemon is a zombie
 
     await env.start();
     expect(procState(pid)).toBe('Z'); // still unreaped while the new daemon re-attached
