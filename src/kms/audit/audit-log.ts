@@ -763,18 +763,16 @@ export class AuditLog {
         if (digestSeqs.has(last.seq)) { plan.push(...pending); pending = []; }
       }
       const through = plan.at(-1);
-      let record: { lastDigestHash: string } | undefined;
       if (through) {
         const d = JSON.parse(await fsp.readFile(join(dir, DIGEST_DIR, digestName(through.last)), 'utf8')) as DigestFile;
         if (d.lastEventHash !== through.hash) throw refused(`event ${through.last} in ${through.file} does not match the hash its digest sealed`);
-        record = { lastDigestHash: sha256hex(digestPayload(d)) };
         const written = this.enqueue(openJson(eventFor({ prunedThrough: through.last, files: plan.map((x) => x.file) })), false);
         await this.writePending();
         await written;
         // Durable and signed before anything goes: a removal whose record could be lost or cut off unsigned does not happen.
         await this.sealInTurn(EVENTS_FILE);
         await writePruneRecord(dir, this.o.hsm, {
-          prunedThrough: through.last, lastEventHash: through.hash, lastDigestHash: record.lastDigestHash,
+          prunedThrough: through.last, lastEventHash: through.hash, lastDigestHash: sha256hex(digestPayload(d)),
           before: new Date(before).toISOString(), time: new Date(this.clock()).toISOString(), publicKeyFingerprint: this.fingerprint,
         });
         this.prunedThrough = through.last;
