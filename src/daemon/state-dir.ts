@@ -1,6 +1,6 @@
 import { promises as fsp, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
-import { EbsdError } from '../util/errors.js';
+import { EbsdError, noSpaceWhat } from '../util/errors.js';
 import { atomicWrite, removeAtomicWriteTemps } from '../util/atomic-write.js';
 import { flockExclusive } from '../native/addon.js';
 
@@ -121,14 +121,14 @@ export class PidLock {
     try {
       await atomicWrite(paths.pidFile, `${process.pid}\n`, 0o600);
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOSPC' || code === 'EDQUOT') {
+      const full = noSpaceWhat(e);
+      if (full !== undefined) {
         // The pid file is for people and scripts only; the lock is held. A disk that is full must
         // not keep the daemon from starting (its audit reserve is there for this: README, "State
         // directory"); the caller logs it. A pid file a previous daemon left would name the wrong
         // process: removed (an unlink needs no space).
         await fsp.rm(paths.pidFile, { force: true }).catch(() => {});
-        lock.pidFileProblem = `could not write ${paths.pidFile} (${code === 'ENOSPC' ? 'no space left on device' : 'disk quota exceeded'}, ${code}); it is informational only, the daemon runs without it`;
+        lock.pidFileProblem = `could not write ${paths.pidFile} (${full}, ${(e as NodeJS.ErrnoException).code}); it is informational only, the daemon runs without it`;
         return lock;
       }
       await lock.release();

@@ -29,6 +29,18 @@ export function withPath(e: unknown, path: string): unknown {
   return e;
 }
 
+/** True for an errno error raised because the disk is full (ENOSPC) or the quota spent (EDQUOT). */
+export function isNoSpace(e: unknown): e is NodeJS.ErrnoException & { code: 'ENOSPC' | 'EDQUOT' } {
+  const c = (e as { code?: unknown } | undefined)?.code;
+  return c === 'ENOSPC' || c === 'EDQUOT';
+}
+
+/** What a full disk (isNoSpace) is called: "no space left on device" or "disk quota exceeded"; undefined for any other error. */
+export function noSpaceWhat(e: unknown): string | undefined {
+  if (!isNoSpace(e)) return undefined;
+  return e.code === 'ENOSPC' ? 'no space left on device' : 'disk quota exceeded';
+}
+
 /**
  * What a caller is told of an errno error raised because the disk is full
  * (ENOSPC) or the quota spent (EDQUOT): the condition and the file, so an
@@ -36,9 +48,9 @@ export function withPath(e: unknown, path: string): unknown {
  * "ENOSPC: no space left on device, write"). Undefined for any other error.
  */
 export function noSpaceMessage(e: unknown, writing = 'the state directory'): string | undefined {
-  const err = e as NodeJS.ErrnoException | undefined;
-  if (err?.code !== 'ENOSPC' && err?.code !== 'EDQUOT') return undefined;
-  const what = err.code === 'ENOSPC' ? 'no space left on device' : 'disk quota exceeded';
+  const what = noSpaceWhat(e);
+  if (what === undefined) return undefined;
+  const err = e as NodeJS.ErrnoException;
   return `${what} (${err.code}) writing ${err.path ?? writing}`;
 }
 

@@ -2,6 +2,7 @@ import { promises as fsp, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { createExclusive } from '../util/exclusive-create.js';
 import { VolumeError } from './errors.js';
+import { noSpaceWhat } from '../util/errors.js';
 
 /**
  * One attachment per image (docs/architecture.md §4): `<image>.lock`, created with
@@ -102,9 +103,9 @@ export class AttachLock {
 
 /** The lock file could not be made: say which file and why; a full disk is VOLUME_NO_SPACE (resume-retry.ts retries it). */
 function lockFileError(e: unknown, path: string, volumeId: string): VolumeError {
-  const code = (e as NodeJS.ErrnoException).code;
-  const why = code === 'ENOSPC' ? 'no space left on device (ENOSPC)' : code === 'EDQUOT' ? 'disk quota exceeded (EDQUOT)' : (e as Error).message;
-  return new VolumeError(code === 'ENOSPC' || code === 'EDQUOT' ? 'VOLUME_NO_SPACE' : 'VOLUME_IO', `volume ${volumeId}: could not create its attach lock ${path}: ${why}`, { cause: e });
+  const full = noSpaceWhat(e);
+  const why = full !== undefined ? `${full} (${(e as NodeJS.ErrnoException).code})` : (e as Error).message;
+  return new VolumeError(full !== undefined ? 'VOLUME_NO_SPACE' : 'VOLUME_IO', `volume ${volumeId}: could not create its attach lock ${path}: ${why}`, { cause: e });
 }
 
 export async function readOwner(path: string): Promise<LockOwner | null> {

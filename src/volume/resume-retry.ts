@@ -3,6 +3,7 @@ import { backoffDelayMs } from '../util/backoff.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import { silentLogger } from '../util/logger.js';
 import { KeyServiceError, errInfo } from './errors.js';
+import { isNoSpace } from '../util/errors.js';
 
 /**
  * Volumes recorded attached whose re-attach after a restart failed because
@@ -55,7 +56,7 @@ export function isTransientResumeFailure(e: unknown): boolean {
 export function resumeFailureKind(e: unknown): 'kms' | 'disk' | undefined {
   for (let x = e as { cause?: unknown; code?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
     if (x instanceof KeyServiceError) return x.authoritative ? undefined : 'kms';
-    if (x.code === 'VOLUME_NO_SPACE' || x.code === 'ENOSPC' || x.code === 'EDQUOT') return 'disk';
+    if (x.code === 'VOLUME_NO_SPACE' || isNoSpace(x)) return 'disk';
   }
   return undefined;
 }

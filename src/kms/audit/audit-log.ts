@@ -38,7 +38,7 @@
  * `fsync: 'event'` it resolves only after fdatasync, so it also survives power
  * loss; concurrent events share one fdatasync (group commit).
  */
-import { createPublicKey, hash } from 'node:crypto';
+import { createPublicKey, hash, type KeyObject } from 'node:crypto';
 import { promises as fsp, mkdirSync, openSync, readSync, fstatSync, closeSync, ftruncateSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir } from '../../util/atomic-write.js';
@@ -180,6 +180,8 @@ export class AuditLog {
    * could replace while the daemon runs.
    */
   publicKeyPem = '';
+  /** `publicKeyPem` as a key object, for the signed records' checks (seal mark, prune record). */
+  private publicKey!: KeyObject;
   private markPath = '';
   /** Why the log cannot be vouched for (seal-mark.ts); set at start, never cleared while running. */
   private integrityProblem: string | undefined;
@@ -262,11 +264,12 @@ export class AuditLog {
       const end = Date.parse(lastDigest.digestEndTime);
       if (Number.isFinite(end)) this.lastSealAt = Math.min(end, this.lastSealAt);
     }
-    const pruned = readPruneRecord(dir, createPublicKey(pem), this.fingerprint);
+    this.publicKey = createPublicKey(pem);
+    const pruned = readPruneRecord(dir, this.publicKey, this.fingerprint);
     if (pruned.record) this.prunedThrough = pruned.record.prunedThrough;
     else if (pruned.error) this.o.log.warn({ dir, problem: pruned.error }, 'audit: the prune record is not valid; ebsd audit verify will report the events it names as removed');
     this.markPath = this.o.markPath ?? markPathOf(dir);
-    const { mark, error } = readSealMark(this.markPath, createPublicKey(pem), this.fingerprint);
+    const { mark, error } = readSealMark(this.markPath, this.publicKey, this.fingerprint);
     const problem = error ?? (mark ? this.checkMark(mark, lastDigest, files, tail) : undefined);
     if (problem) {
       this.integrityProblem = problem;
@@ -738,7 +741,7 @@ export class AuditLog {
     return this.exclusive(async () => {
       await this.writePending();
       await this.sealChain;
-      const prior = readPruneRecord(dir, createPublicKey(this.publicKeyPem), this.fingerprint);
+      const prior = readPruneRecord(dir, this.publicKey, this.fingerprint);
       if (prior.error) throw refused(prior.error);
       const prunedSoFar = prior.record?.prunedThrough ?? -1;
       // Digests by their name (their last sequence, 12 digits); only the one at the cut is read.

@@ -26,10 +26,7 @@ const RETRY_MS = 5_000;
 
 export type DiskState = 'ok' | 'reserve-in-use' | 'failing';
 
-export const isNoSpace = (e: unknown): boolean => {
-  const c = (e as { code?: unknown })?.code;
-  return c === 'ENOSPC' || c === 'EDQUOT';
-};
+export { isNoSpace } from '../../util/errors.js';
 
 export class DiskReserve {
   state: DiskState = 'ok';
