@@ -618,8 +618,7 @@ export class VolumeManager {
     // A modify arriving while another one of the volume is under way is refused, as EC2
     // does, not queued behind it: "under way" from its acceptance here, not only once its
     // intent is recorded (it may wait for the volume's lock first).
-    refuseWhileModifying(this.record(req.VolumeId));
-    if (this.modifyAccepted.has(req.VolumeId)) throw modificationUnderWay(req.VolumeId);
+    this.refuseModifyUnderWay(req.VolumeId);
     this.modifyAccepted.add(req.VolumeId);
     return this.mutex.run(req.VolumeId, async () => {
       const rec = this.record(req.VolumeId);
@@ -672,10 +671,14 @@ export class VolumeManager {
    * answer (no lock taken, nothing changed). A modify already accepted counts as under way.
    */
   checkModify(req: { VolumeId: string; Size: number | string }): void {
-    const rec = this.record(req.VolumeId);
-    refuseWhileModifying(rec);
-    if (this.modifyAccepted.has(req.VolumeId)) throw modificationUnderWay(req.VolumeId);
-    this.refuseModify(rec, req.Size);
+    this.refuseModifyUnderWay(req.VolumeId);
+    this.refuseModify(this.record(req.VolumeId), req.Size);
+  }
+
+  /** A modify of the volume under way: its intent recorded, or accepted and waiting for the volume's lock. */
+  private refuseModifyUnderWay(volumeId: string): void {
+    refuseWhileModifying(this.record(volumeId));
+    if (this.modifyAccepted.has(volumeId)) throw modificationUnderWay(volumeId);
   }
 
   /** ModifyVolume's refusals of the volume as it is now; the new size and the starts in the window. */
