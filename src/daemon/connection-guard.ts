@@ -120,7 +120,9 @@ export interface Admission {
  */
 export function callerKey(caller: string | number): string {
   const s = String(caller);
-  if (!s.includes(':')) return s;
+  // Not an IPv6 address: an IPv4 address, a local user (`uid:0`), or a key this made already (`…::/64`).
+  // The guard is given keys on every request (its body budget), so these return before any parsing.
+  if (!s.includes(':') || !IPV6_TEXT.test(s)) return s;
   const g = ipv6Groups(s);
   if (!g) return s;
   // IPv4 clients seen through IPv4-mapped (::ffff:0:0/96) or NAT64 (64:ff9b::/96) addresses: each by its IPv4 address.
@@ -131,6 +133,9 @@ export function callerKey(caller: string | number): string {
   if ((g[0]! & 0xffc0) === 0xfe80) return s;
   return `${g.slice(0, 4).map((x) => x.toString(16)).join(':')}::/64`;
 }
+
+/** What an IPv6 address in text form may hold before its zone id (`%eth0`). */
+const IPV6_TEXT = /^[0-9a-fA-F:.]+(?:%.*)?$/;
 
 /** The eight 16-bit groups of an IPv6 address in text form (zone id dropped, trailing dotted IPv4 allowed); undefined if it is not one. */
 function ipv6Groups(text: string): number[] | undefined {
