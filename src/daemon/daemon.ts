@@ -490,6 +490,7 @@ export class Daemon {
       ...(this.remoteKms ? { remoteKms: () => this.remoteKmsReachability() } : {}),
       volumesUnserved: () => this.unservedVolumeCount(),
       snapshotsInProgress: () => this.snapshots?.inProgress() ?? [],
+      kmsListener: () => this.listener?.usage() ?? Promise.resolve(undefined),
     });
     const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
     const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -920,8 +921,11 @@ export class Daemon {
     return { VolumesModifications: page, ...(next ? { NextToken: next } : {}) };
   }
 
-  private status(caller: Caller): unknown {
+  private async status(caller: Caller): Promise<unknown> {
     const ids = this.authz!.identities;
+    // The listener's connections (its guard may live on the front-end worker: asked, not read). Which sources
+    // hold them (addresses, local users) to the account root only; the counts to every caller, as Control's.
+    const listener = this.listener ? await this.kmsListenerStatus(caller) : undefined;
     const mgr = this.mgr;
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     const caches = new Map(mgr?.describeKeyCaches().map((c) => [c.VolumeId, c]));
@@ -977,11 +981,21 @@ export class Daemon {
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
         ...(this.server ? { Control: this.server.usage() } : {}),
+        ...(listener ? { KmsListener: listener } : {}),
         ...this.daemonProblem(audit.State),
       },
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
     };
+  }
+
+  /** Daemon.KmsListener of `ebsd status`: KmsListener.usage, the busiest sources to the account root only. */
+  private async kmsListenerStatus(caller: Caller): Promise<Record<string, unknown>> {
+    const u = await this.listener!.usage();
+    if (!u) return { Problem: 'the KMS listener\'s front-end worker did not report its connections in time' };
+    if (caller.type === 'Root') return { ...u };
+    const { BusiestSources: _hidden, ...counts } = u;
+    return counts;
   }
 
   /** The --kms-endpoint and whether it answers now: not while the host waits for it at start, nor while its last call or idle probe went unanswered. */
