@@ -225,6 +225,14 @@ describe('ebsd status names the listeners a daemon has, and a --kms-only one sho
       // The table shows the section as the others.
       const table = await kmsOnly.cli(['status', '--output', 'table']);
       expect(table.stdout).toMatch(/KmsListener/);
+      // Another local user sees the counts, not which sources hold the connections.
+      await kmsOnly.ok(['iam', 'create-user', 'viewer']);
+      await kmsOnly.ok(['iam', 'map-uid', '4242', 'user/viewer']);
+      const other = await kmsOnly.cli(['status', '--output', 'json'], { uid: 4242 });
+      expect(other.code, other.stderr).toBe(0);
+      const seen = (other.json() as { Daemon: { KmsListener: Record<string, unknown> } }).Daemon.KmsListener;
+      expect(seen).toMatchObject({ Connections: 128, Sources: 1 });
+      expect(seen).not.toHaveProperty('BusiestSources');
     } finally {
       for (const s of socks) s.destroy();
     }
