@@ -134,7 +134,7 @@ export function withoutMac(m: SnapshotManifest): SnapshotManifest {
 /**
  * Makes and checks manifest MACs with one HMAC KMS key, through the KeyService the daemon's
  * volumes use (the embedded core on a single host, the remote KMS as the host in a fleet).
- * Verified MACs are remembered by (canonical digest, MAC), and verified manifest objects the
+ * Verified MACs are remembered by (snapshot id, canonical digest, MAC), and verified manifest objects the
  * store hands out again (the directory store's frozen ones) by identity, so a listing calls
  * VerifyMac once per manifest change, not once per manifest per listing.
  */
@@ -142,7 +142,7 @@ export class ManifestSigner {
   private keys: MacKeyService | undefined;
   private caller: Caller | undefined;
   private keyArnValue: string | undefined;
-  /** `${digest}:${mac}` of MACs this key made or verified, least recently used first. */
+  /** `${snapshotId}:${digest}:${mac}` of MACs this key made or verified, least recently used first. */
   private readonly verified = new Map<string, true>();
   /** Frozen manifest objects verified as they are (they cannot change). */
   private readonly verifiedObjects = new WeakSet<object>();
@@ -168,13 +168,17 @@ export class ManifestSigner {
       if (cause !== undefined) (e as { cause?: unknown }).cause = cause;
       throw e;
     };
+    const said = (e: unknown): string => {
+      const aws = (e as { awsName?: unknown }).awsName;
+      return `${typeof aws === 'string' ? `${aws}: ` : ''}${(e as Error).message}`;
+    };
     if (!keys.generateMac || !keys.verifyMac) return refuse('this daemon\'s KMS client makes no MACs (GenerateMac, VerifyMac)');
     const macKeys = keys as MacKeyService;
     let meta: Record<string, unknown>;
     try {
       meta = (await keys.describeKey({ KeyId: this.keyId }, caller)).KeyMetadata;
     } catch (e) {
-      return refuse(`cannot describe the key as ${caller.arn}: ${(e as Error).message}`, e);
+      return refuse(`cannot describe the key as ${caller.arn}: ${said(e)}`, e);
     }
     const arn = meta.Arn as string;
     if (meta.KeySpec !== 'HMAC_256') refuse(`key ${arn} has KeySpec ${String(meta.KeySpec)}; give an HMAC_256 key (create-key --key-spec HMAC_256 --key-usage GENERATE_VERIFY_MAC)`);
@@ -183,7 +187,7 @@ export class ManifestSigner {
     try {
       await macKeys.generateMac({ KeyId: arn, Message: manifestMacMessage('snap-00000000000000000', '0'.repeat(64)), MacAlgorithm: MANIFEST_MAC_ALGORITHM }, caller);
     } catch (e) {
-      refuse(`GenerateMac with key ${arn} as ${caller.arn} failed: ${(e as Error).message}`, e);
+      refuse(`GenerateMac with key ${arn} as ${caller.arn} failed: ${said(e)}`, e);
     }
     this.keys = macKeys;
     this.caller = caller;
@@ -209,7 +213,7 @@ export class ManifestSigner {
     } catch (e) {
       throw new SnapshotError('SNAPSHOT_STORE', `snapshot manifest ${m.snapshotId}: cannot make its manifest MAC with ${keyArn}: ${(e as Error).message}`, { cause: e });
     }
-    this.remember(`${digest}:${mac}`);
+    this.remember(`${m.snapshotId}:${digest}:${mac}`);
     const macField: ManifestMac = { keyArn, mac };
     return { ...bare, [MANIFEST_MAC_FIELD]: macField } as SnapshotManifest;
   }
@@ -237,7 +241,7 @@ export class ManifestSigner {
       // A member nested past what the stack holds: not a manifest ebsd wrote.
       throw corrupt(`its content cannot be put in canonical form for the manifest MAC: ${(e as Error).message}`, e);
     }
-    const seen = `${digest}:${got.mac}`;
+    const seen = `${snapshotId}:${digest}:${got.mac}`;
     if (!this.verified.has(seen)) {
       try {
         await keys.verifyMac({ KeyId: keyArn, Message: manifestMacMessage(snapshotId, digest), MacAlgorithm: MANIFEST_MAC_ALGORITHM, Mac: Buffer.from(got.mac, 'base64') }, caller);
