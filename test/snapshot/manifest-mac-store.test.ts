@@ -1,8 +1,8 @@
 /**
- * The signing store (src/snapshot/manifest-mac.ts) over a real directory store, one suite run
- * against both KeyService implementations the daemon uses: the embedded core (a single host)
- * and AwsKeyService against a real `ebsd daemon --kms-only --kms-listen` on loopback, signed as
- * a host user whose policy allows only what the README says a fleet host needs (a fleet). What
+ * The signing store (src/snapshot/manifest-mac.ts), one suite run as a single host (the
+ * embedded core over a directory store) and as a fleet host (AwsKeyService against a real
+ * `ebsd daemon --kms-only --kms-listen` on loopback, signed as a host user whose policy allows
+ * only what the README says a fleet host needs, over an S3 store on s3rver). What
  * it pins: swapped block lists and a manifest signed with another key are SNAPSHOT_CORRUPT naming
  * the manifest MAC (thrown, or reported and left out of a listing); the MAC does not depend on
  * how the JSON is laid out; a listing calls VerifyMac once per manifest change, not per listing;
@@ -15,6 +15,8 @@ import type { Caller } from '../../src/kms/types.js';
 import { AwsKeyService } from '../../src/volume/aws-key-service.js';
 import { KmsCoreKeyService, type KeyService } from '../../src/volume/key-service.js';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
+import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
 import { ManifestSigner, signedManifests } from '../../src/snapshot/manifest-mac.js';
 import type { CollectableStore } from '../../src/snapshot/gc.js';
 import type { SnapshotError } from '../../src/snapshot/errors.js';
@@ -32,6 +34,8 @@ interface Impl {
   symmetricKey: string;
   /** A caller the key's policy does not allow GenerateMac, and the KeyService it calls through. */
   denied: { ks: KeyService; caller: Caller };
+  /** A fresh, empty store, the file an object of `key` (`manifests/<id>.json`) is kept in, and its clean-up. */
+  openStore(): Promise<{ store: CollectableStore; file: (key: string) => string; close: () => void }>;
 }
 
 const H = (c: string): string => c.repeat(64);
@@ -60,21 +64,22 @@ function counting(ks: KeyService): { ks: KeyService; verifies: () => number } {
 
 function runSuite(name: string, impl: () => Impl): void {
   describe(`signed manifests: ${name}`, () => {
-    const dir = tempDir('ebsd-manifest-mac-');
     let store: CollectableStore;
-    let raw: DirSnapshotStore;
+    let raw: CollectableStore;
     let verifies: () => number;
-    const file = (id: string): string => join(dir.dir, 'manifests', `${id}.json`);
+    let objectFile: (key: string) => string;
+    let close = (): void => {};
+    const file = (id: string): string => objectFile(`manifests/${id}.json`);
     beforeAll(async () => {
       const { ks, caller, macKey } = impl();
-      raw = await DirSnapshotStore.open(dir.dir);
+      ({ store: raw, file: objectFile, close } = await impl().openStore());
       const c = counting(ks);
       verifies = c.verifies;
       const signer = new ManifestSigner(macKey);
       await signer.open(c.ks, caller);
       store = signedManifests(raw, signer);
     });
-    afterAll(() => dir.cleanup());
+    afterAll(() => close());
 
     it('signs on write; swapped block lists are refused naming the manifest MAC, thrown or left out of a listing', async () => {
       await store.putManifest(manifest(S1, [[0, H('1')]]));
@@ -142,7 +147,13 @@ beforeAll(async () => {
   const hmac = { KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC' };
   const ks = new KmsCoreKeyService(core.core);
   // The harness's host role reads key states (DescribeKey on *) and nothing more: no GenerateMac.
-  coreImpl = { ks, caller: root, macKey: await key(hmac), otherMacKey: await key(hmac), symmetricKey: await key({}), denied: { ks, caller: core.host } };
+  coreImpl = {
+    ks, caller: root, macKey: await key(hmac), otherMacKey: await key(hmac), symmetricKey: await key({}), denied: { ks, caller: core.host },
+    openStore: async () => {
+      const dir = tempDir('ebsd-manifest-mac-');
+      return { store: await DirSnapshotStore.open(dir.dir), file: (k) => join(dir.dir, k), close: dir.cleanup };
+    },
+  };
 });
 afterAll(async () => {
   await core?.close();
@@ -156,8 +167,11 @@ const env = new Env('manifest-mac-remote');
 const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
 const clients: AwsKeyService[] = [];
 let awsImpl: Impl;
+let s3: S3Server | undefined;
 beforeAll(async () => {
   ensureBuilt();
+  s3 = await startS3Server();
+  const server = s3;
   const { url } = await startKmsDaemon(env);
   // What README "Snapshot store" tells a fleet host to be allowed on the manifest key.
   const host = await makeAccessKey(env, 'host', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: ['kms:GenerateMac', 'kms:VerifyMac', 'kms:DescribeKey'], Resource: '*' }] }));
@@ -179,10 +193,16 @@ beforeAll(async () => {
   const readerKs = client(reader.key);
   const readerCaller = await readerKs.hostPrincipal();
   await readerKs.describeKey({ KeyId: symmetricKey }, readerCaller);
-  awsImpl = { ks: hostKs, caller: hostCaller, macKey: await key(hmac), otherMacKey: await key(hmac), symmetricKey, denied: { ks: readerKs, caller: readerCaller } };
+  awsImpl = { ks: hostKs, caller: hostCaller, macKey: await key(hmac), otherMacKey: await key(hmac), symmetricKey, denied: { ks: readerKs, caller: readerCaller },
+    openStore: async () => {
+      const store = await S3SnapshotStore.open({ bucket: server.bucket, prefix: 'signed', endpoint: server.endpoint, credentials: S3RVER_CREDENTIALS });
+      return { store, file: (k) => server.objectFile(`signed/${k}`), close: () => store.close() };
+    },
+  };
 }, 60_000);
 afterAll(async () => {
   for (const c of clients) c.close();
+  await s3?.stop();
   for (const k of VARS) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
   await env.cleanup();
 });
