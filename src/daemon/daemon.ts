@@ -24,7 +24,7 @@ import { checkDaemonConfig, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } f
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
-import { auditPruneEvent, deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
+import { auditPruneEvent, deniedEvent, signManifestsEvent, SIGN_EVENT_IDS, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
 import { DryRunOperation, Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
@@ -44,7 +44,7 @@ import type { DaemonMetrics } from './metrics.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
-import { ManifestSigner, signedManifests, signUnsignedManifests, unsignedManifests } from '../snapshot/manifest-mac.js';
+import { ManifestSigner, signedManifests, signManifest, surveyManifestMacs, withoutManifestMacs } from '../snapshot/manifest-mac.js';
 import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
 import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-manager.js';
 import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
@@ -358,7 +358,7 @@ export class Daemon {
     // the signing store; its key is opened with the host principal (openVolumes), and until then every
     // manifest read or write fails rather than being trusted unchecked.
     if (cfg.snapshotManifestKey !== undefined) this.manifestSigner = new ManifestSigner(cfg.snapshotManifestKey);
-    this.snapshotStore = this.manifestSigner ? signedManifests(raw, this.manifestSigner) : unsignedManifests(raw);
+    this.snapshotStore = this.manifestSigner ? signedManifests(raw, this.manifestSigner) : withoutManifestMacs(raw);
     const store = this.snapshotStore;
     // A remote store is probed, not awaited: an S3 outage must not keep volumes from being served.
     void store.check?.().then(() => log.info({ store: store.location }, 'snapshot store answers'), (err) => log.warn({ err, store: store.location }, 'snapshot store does not answer; snapshots will fail until it does'));
@@ -731,7 +731,7 @@ export class Daemon {
     if (op === 'AuditTail') return this.auditTail(body);
     if (op === 'AuditVerify') return this.auditVerify(body);
     if (op === 'AuditPrune') return this.auditPrune(body, caller, peer);
-    if (op === 'SignManifests') return this.signManifests(body);
+    if (op === 'SignManifests') return this.signManifests(body, caller, peer);
     if (iam) return this.auditedIamOp(op.slice(3), body, caller, peer);
     throw new EbsdError('UNKNOWN_TARGET', `unknown operation ebsd.${op}`, { awsName: 'UnknownOperationException' });
   }
@@ -1013,6 +1013,8 @@ export class Daemon {
         ...(this.kmsUrl ? { KmsUrl: this.kmsUrl } : {}),
         ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
         ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
+        // The key's ARN once it is open; the flag's value as given until then (a remote KMS not answered yet).
+        ...(this.manifestSigner ? { SnapshotManifestKey: this.manifestSigner.keyArn ?? this.manifestSigner.keyId } : {}),
         Kms: this.remoteKms ? { ...this.remoteKms.health(), ...this.waitingForKms() } : { Endpoint: 'embedded' },
         ...keyCacheSettings,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
@@ -1135,16 +1137,32 @@ export class Daemon {
    * `ebsd snapshot sign-manifests` (account root only): signs the store's manifests that have no
    * MAC, once, after --snapshot-manifest-key is turned on (trust on first use, manifest-mac.ts).
    */
-  private async signManifests(b: Record<string, unknown>): Promise<unknown> {
+  private async signManifests(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
     const unknown = Object.keys(b);
     if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.SignManifests (it takes none)`);
-    if (!this.manifestSigner || !this.rawSnapshotStore) {
+    const signer = this.manifestSigner;
+    const raw = this.rawSnapshotStore;
+    if (!signer || !raw) {
       throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: this daemon does not sign snapshot manifests: start it with --snapshot-manifest-key KEY', { awsName: 'UnsupportedOperation' });
     }
-    if (!this.mgr) throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: the key of --snapshot-manifest-key is not open yet (the KMS has not answered since the daemon started)', { awsName: 'UnsupportedOperation' });
-    const r = await signUnsignedManifests(this.rawSnapshotStore, this.manifestSigner);
-    this.log.info({ signed: r.signed, alreadySigned: r.alreadySigned, refused: r.refused.map((x) => x.snapshotId), store: this.rawSnapshotStore.location }, 'signed snapshot manifests that had no MAC');
-    return { Signed: r.signed, AlreadySigned: r.alreadySigned, Refused: r.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message })) };
+    if (signer.keyArn === undefined) throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: the key of --snapshot-manifest-key is not open yet (the KMS has not answered since the daemon started)', { awsName: 'UnsupportedOperation' });
+    const plan = await surveyManifestMacs(raw, signer);
+    // What is about to be trusted, in the audit log before any manifest is signed (§5.8: what cannot be audited does not take effect).
+    const ids = this.authz!.identities;
+    try {
+      for (let i = 0; i === 0 || i < plan.unsigned.length; i += SIGN_EVENT_IDS) {
+        await this.kms!.audit.append(signManifestsEvent(caller, {
+          accountId: ids.accountId, region: ids.region, requestId: peer.requestId, keyArn: signer.keyArn, store: raw.location,
+          unsigned: plan.unsigned.slice(i, i + SIGN_EVENT_IDS), alreadySigned: plan.alreadySigned, refused: plan.refused.map((r) => r.snapshotId),
+        }));
+      }
+    } catch (err) {
+      throw new EbsdError('MANIFEST_SIGNING_NOT_AUDITED', `ebsd.SignManifests: nothing signed: its event could not be written to the audit log: ${(err as Error)?.message ?? String(err)}`, { awsName: 'ServiceFailure', cause: err });
+    }
+    const signed: string[] = [];
+    for (const id of plan.unsigned) if (await signManifest(raw, signer, id)) signed.push(id);
+    this.log.info({ signed, alreadySigned: plan.alreadySigned, refused: plan.refused.map((x) => x.snapshotId), store: raw.location }, 'signed snapshot manifests that had no MAC');
+    return { Signed: signed, AlreadySigned: plan.alreadySigned, Refused: plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message })) };
   }
 
   private async auditPrune(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {

@@ -37,7 +37,7 @@ export interface ManifestMac {
 /** Verified (digest, MAC) pairs kept: one per manifest of a large store. */
 const VERIFIED_MAX = 65536;
 /** Manifests verified at once while listing (a KMS call each, the first time). */
-const LIST_VERIFIERS = 8;
+const LIST_VERIFIERS = 16;
 
 /**
  * SHA-256 (hex) of the manifest's canonical JSON: members sorted by name (UTF-16 order, as
@@ -303,7 +303,7 @@ export function signedManifests(store: CollectableStore, signer: ManifestSigner)
  * `manifestMac`. A manifest made from one read back (a copy, a progress update) would otherwise
  * carry a MAC over other content, which a daemon started with the key later refuses.
  */
-export function unsignedManifests(store: CollectableStore): CollectableStore {
+export function withoutManifestMacs(store: CollectableStore): CollectableStore {
   return wrapStore(store, { putManifest: (m: SnapshotManifest) => store.putManifest(withoutMac(m)) });
 }
 
@@ -319,37 +319,38 @@ function wrapStore(store: CollectableStore, overrides: Partial<CollectableStore>
 }
 
 /**
- * `ebsd snapshot sign-manifests`: signs every manifest in the store that has no MAC (trust on
- * first use: run it once, by root, right after turning --snapshot-manifest-key on, on a store
- * nobody else could write meanwhile). A manifest that has a MAC is left as it is, verified or
- * not: one that does not verify is exactly what signing must not bless; it is listed in `refused`.
+ * `ebsd snapshot sign-manifests`, first half: which manifests in the store have no MAC (to be
+ * signed: trust on first use, run once by root right after turning --snapshot-manifest-key on,
+ * while nothing else could have written the store), how many carry one that verifies, and which
+ * are refused: unreadable, or carrying a MAC that does not verify, which is exactly what signing
+ * must not bless. The daemon audits this plan before signManifest acts on it.
  */
-export async function signUnsignedManifests(store: CollectableStore, signer: ManifestSigner): Promise<{ signed: string[]; alreadySigned: number; refused: { snapshotId: string; message: string }[] }> {
-  const signed: string[] = [];
+export async function surveyManifestMacs(store: CollectableStore, signer: ManifestSigner): Promise<{ unsigned: string[]; alreadySigned: number; refused: { snapshotId: string; message: string }[] }> {
+  const unsigned: string[] = [];
   const refused: { snapshotId: string; message: string }[] = [];
   let alreadySigned = 0;
   for (const id of await store.listManifestIds()) {
-    let m: SnapshotManifest | undefined;
     try {
-      m = await store.getManifest(id);
+      const m = await store.getManifest(id);
+      if (!m) continue;
+      if (!ManifestSigner.hasMac(m)) {
+        unsigned.push(id);
+        continue;
+      }
+      await signer.verify(id, m);
+      alreadySigned++;
     } catch (e) {
       if (!(e instanceof SnapshotError) || e.code !== 'SNAPSHOT_CORRUPT') throw e;
       refused.push({ snapshotId: id, message: e.message });
-      continue;
     }
-    if (!m) continue;
-    if (ManifestSigner.hasMac(m)) {
-      try {
-        await signer.verify(id, m);
-        alreadySigned++;
-      } catch (e) {
-        if (!(e instanceof SnapshotError) || e.code !== 'SNAPSHOT_CORRUPT') throw e;
-        refused.push({ snapshotId: id, message: e.message });
-      }
-      continue;
-    }
-    await store.putManifest(await signer.sign(m));
-    signed.push(id);
   }
-  return { signed, alreadySigned, refused };
+  return { unsigned, alreadySigned, refused };
+}
+
+/** Second half: signs the manifest if it still has no MAC (read again: one signed meanwhile is left as it is); true when it signed it. */
+export async function signManifest(store: CollectableStore, signer: ManifestSigner, snapshotId: string): Promise<boolean> {
+  const m = await store.getManifest(snapshotId);
+  if (!m || ManifestSigner.hasMac(m)) return false;
+  await store.putManifest(await signer.sign(m));
+  return true;
 }

@@ -3,7 +3,7 @@ import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync }
 import { join } from 'node:path';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { ServiceError } from '../../src/cli/client.js';
-import { api, detachWhenClosed, settled } from './helpers.js';
+import { api, asUid, detachWhenClosed, settled } from './helpers.js';
 
 /**
  * Signed snapshot manifests (--snapshot-manifest-key, src/snapshot/manifest-mac.ts) through
@@ -99,6 +99,7 @@ describe('signed snapshot manifests', () => {
     const snap1 = await snapshot();
     await writeBlock0(0x22);
     const snap2 = await snapshot();
+    expect((await call('Status')).Daemon.SnapshotManifestKey).toBe(macKey);
     expect(readManifest(snap1).manifestMac).toMatchObject({ keyArn: macKey, mac: expect.stringMatching(/^[A-Za-z0-9+/]+=*$/) });
     expect(readManifest(snap2).blocks).not.toEqual(readManifest(snap1).blocks);
 
@@ -112,6 +113,11 @@ describe('signed snapshot manifests', () => {
     const refused = await failure(call('CreateVolume', { SnapshotId: snap2 }));
     expect(refused.message).toContain(snap2);
     expect(refused.message).toContain('manifest MAC');
+    // So are a copy of it and an EBS direct read of its block list.
+    const copyRefused = await failure(call('CopySnapshot', { SourceSnapshotId: snap2, SourceRegion: 'us-east-1' }));
+    expect(copyRefused.message).toContain('manifest MAC');
+    const ebsRefused = await failure(env.api('ebs.ListSnapshotBlocks', { SnapshotId: snap2 }));
+    expect(ebsRefused.message).toContain('manifest MAC');
     // The untouched snapshot restores its own data.
     expect(await restoredFill(snap1)).toBe(0x11);
 
@@ -122,6 +128,13 @@ describe('signed snapshot manifests', () => {
     expect((await call('DescribeSnapshots', {})).Snapshots).toEqual([]);
     expect((await failure(call('CreateVolume', { SnapshotId: snap1 }))).message).toContain('has no manifest MAC');
 
+    // sign-manifests is the account root's alone: a mapped user with every permission is refused, nothing signed.
+    await env.api('ebsd.IamCreateUser', { UserName: 'admin' });
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/admin', PolicyName: 'all', PolicyDocument: JSON.stringify({ Statement: [{ Effect: 'Allow', Action: '*', Resource: '*' }] }) });
+    await env.api('ebsd.IamMapUid', { Uid: 1000, Principal: 'user/admin' });
+    const [byUser] = await asUid(env, 1000, [['SignManifests', {}]]);
+    expect(byUser).toMatchObject({ error: { awsName: 'AccessDeniedException', message: expect.stringContaining('only the account root may call ebsd:SignManifests') } });
+    expect(readManifest(snap1).manifestMac).toBeUndefined();
     // sign-manifests (root) signs the unsigned one and leaves the rolled-back one refused (exit 6).
     const signed = await env.cli(['snapshot', 'sign-manifests', '--output', 'json']);
     expect(signed.code).toBe(6);
@@ -131,6 +144,9 @@ describe('signed snapshot manifests', () => {
     expect(r.Refused[0].Message).toContain('manifest MAC does not verify');
     expect((await call('DescribeSnapshots', {})).Snapshots.map((s: any) => s.SnapshotId)).toEqual([snap1]);
     expect(readManifest(snap1).manifestMac.keyArn).toBe(macKey);
+    // Recorded before it signed: who asked, the key, what it was about to trust and what stays refused.
+    const ev = env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((e) => e.eventName === 'SignManifests' && e.errorCode === undefined);
+    expect(ev).toMatchObject({ eventSource: 'ebsd', userIdentity: { type: 'Root' }, requestParameters: { snapshotManifestKey: macKey }, responseElements: { toSign: [snap1], refused: [snap2] } });
     await env.stop();
 
     // Without the flag the old behaviour stands: the rolled-back manifest is listed and restores snap-1's data.
