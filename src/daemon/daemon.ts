@@ -1129,11 +1129,6 @@ export class Daemon {
   }
 
   /**
-   * Remove the sealed audit files whose events are all older than `Before` (AuditLog.prune): the
-   * call's event, then a signed record of where the log now begins, then the files and the digests
-   * that covered only them. Verification takes the chain up after them (docs/kms-format.md, Retention).
-   */
-  /**
    * `ebsd snapshot sign-manifests` (account root only): signs the store's manifests that have no
    * MAC, once, after --snapshot-manifest-key is turned on (trust on first use, manifest-mac.ts).
    */
@@ -1165,6 +1160,11 @@ export class Daemon {
     return { Signed: signed, AlreadySigned: plan.alreadySigned, Refused: plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message })) };
   }
 
+  /**
+   * Remove the sealed audit files whose events are all older than `Before` (AuditLog.prune): the
+   * call's event, then a signed record of where the log now begins, then the files and the digests
+   * that covered only them. Verification takes the chain up after them (docs/kms-format.md, Retention).
+   */
   private async auditPrune(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
     const unknown = Object.keys(b).filter((k) => k !== 'Before');
     if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.AuditPrune (it takes Before)`);
