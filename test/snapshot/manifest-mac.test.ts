@@ -120,6 +120,15 @@ describe('signed snapshot manifests', () => {
     expect(ebsRefused.message).toContain('manifest MAC');
     // The untouched snapshot restores its own data.
     expect(await restoredFill(snap1)).toBe(0x11);
+    // A snapshot taken meanwhile and deleted: the delete takes effect and is
+    // audited, though the collector cannot mark past the refused manifest (its blocks wait for a later sweep).
+    const extra = await call('CreateSnapshot', { VolumeId: vol });
+    expect((await settled(env, extra.SnapshotId)).State).toBe('completed');
+    // A refused manifest is never a parent: the incremental is not taken against snap-2's rolled-back block list.
+    expect(readManifest(extra.SnapshotId).parentSnapshotId).not.toBe(snap2);
+    await call('DeleteSnapshot', { SnapshotId: extra.SnapshotId });
+    expect((await call('DescribeSnapshots', {})).Snapshots.map((x: any) => x.SnapshotId)).not.toContain(extra.SnapshotId);
+    expect(env.auditText()).toContain(`"snapshotId":"${extra.SnapshotId}"`);
 
     // A manifest whose MAC was removed is refused too: unsigned manifests are not trusted.
     const unsigned = readManifest(snap1);
