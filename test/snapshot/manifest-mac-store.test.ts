@@ -10,6 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { join } from 'node:path';
 import type { Caller } from '../../src/kms/types.js';
 import { AwsKeyService } from '../../src/volume/aws-key-service.js';
@@ -17,7 +18,7 @@ import { KmsCoreKeyService, type KeyService } from '../../src/volume/key-service
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
-import { ManifestSigner, signedManifests } from '../../src/snapshot/manifest-mac.js';
+import { canonicalDigest, ManifestSigner, manifestMacMessage, signedManifests } from '../../src/snapshot/manifest-mac.js';
 import type { CollectableStore } from '../../src/snapshot/gc.js';
 import type { SnapshotError } from '../../src/snapshot/errors.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
@@ -135,6 +136,19 @@ function runSuite(name: string, impl: () => Impl): void {
     });
   });
 }
+
+// ---- the format, pinned by answers from outside ------------------------------
+describe('canonical digest and MAC message', () => {
+  const vectors = JSON.parse(readFileSync(resolve(import.meta.dirname, '..', 'vectors', 'snapshot-manifest-mac.json'), 'utf8')) as {
+    cases: { name: string; manifest: SnapshotManifest; digest: string; message: string }[];
+  };
+  it.each(vectors.cases.map((c) => [c.name, c] as const))('%s: as Python json + hashlib computes it (test/vectors/make-manifest-mac.py)', (_name, c) => {
+    expect(canonicalDigest(c.manifest)).toBe(c.digest);
+    // Members in any order make the same digest.
+    expect(canonicalDigest(Object.fromEntries(Object.entries(c.manifest).reverse()) as unknown as SnapshotManifest)).toBe(c.digest);
+    expect(manifestMacMessage(c.manifest.snapshotId, c.digest).toString('utf8')).toBe(c.message);
+  });
+});
 
 // ---- the embedded core -------------------------------------------------------
 let core: KmsHarness;
