@@ -118,7 +118,9 @@ function macOf(m: SnapshotManifest): ManifestMac | undefined | 'malformed' {
   const v = (m as unknown as Record<string, unknown>)[MANIFEST_MAC_FIELD];
   if (v === undefined) return undefined;
   const o = v as Partial<ManifestMac> | null;
-  if (typeof o !== 'object' || o === null || typeof o.mac !== 'string' || !/^[A-Za-z0-9+/]{1,8192}={0,2}$/.test(o.mac) || typeof o.keyArn !== 'string' || o.keyArn.length > 2048) {
+  // HMAC_SHA_256: 32 bytes, 44 characters of base64. Anything else is refused here, as corrupt, rather
+  // than sent to VerifyMac, whose ValidationException would read as the KMS failing.
+  if (typeof o !== 'object' || o === null || typeof o.mac !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(o.mac) || typeof o.keyArn !== 'string' || o.keyArn.length > 2048) {
     return 'malformed';
   }
   return { keyArn: o.keyArn, mac: o.mac };
@@ -233,7 +235,7 @@ export class ManifestSigner {
     if (got === undefined) {
       throw corrupt(`it has no manifest MAC, and this daemon (--snapshot-manifest-key ${keyArn}) trusts only signed manifests; if it was written before signing was turned on, 'ebsd snapshot sign-manifests' signs it`);
     }
-    if (got === 'malformed') throw corrupt(`its manifest MAC is not {keyArn, mac (base64)}`);
+    if (got === 'malformed') throw corrupt(`its manifest MAC is not {keyArn, mac (32 bytes of HMAC_SHA_256 in base64)}`);
     let digest: string;
     try {
       digest = canonicalDigest(m);

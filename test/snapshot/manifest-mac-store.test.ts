@@ -118,7 +118,7 @@ function runSuite(name: string, impl: () => Impl): void {
       expect(verifies()).toBe(before + 1);
     });
 
-    it('refuses a manifest signed with another HMAC key, and one without a MAC', async () => {
+    it('refuses a manifest signed with another HMAC key, one without a MAC, and one whose MAC member is of another shape', async () => {
       const { ks, caller, otherMacKey } = impl();
       const other = new ManifestSigner(otherMacKey);
       await other.open(ks, caller);
@@ -126,6 +126,11 @@ function runSuite(name: string, impl: () => Impl): void {
       await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining(`it names key ${otherMacKey}`) });
       await raw.putManifest(manifest(S1, [[0, H('1')]]));
       await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('has no manifest MAC') });
+      // A MAC member of another shape (an empty MAC, a MAC of another length) is corrupt too, never sent to the KMS as is.
+      for (const mac of ['', 'AA==', Buffer.alloc(64).toString('base64')]) {
+        await raw.putManifest({ ...manifest(S1, [[0, H('1')]]), manifestMac: { keyArn: impl().macKey, mac } } as SnapshotManifest);
+        await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('its manifest MAC is not {keyArn, mac') });
+      }
     });
 
     it('refuses at open a key that is not HMAC_256, one that does not exist, and a caller that may not GenerateMac', async () => {
