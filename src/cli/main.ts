@@ -135,6 +135,7 @@ function daemonCommand(y: Argv): Argv {
         .option('kms-region', { type: 'string', describe: 'region of --kms-endpoint (default: AWS_REGION or the profile\'s region)' })
         .option('host-principal-arn', { type: 'string', describe: 'this host\'s role (or user) ARN for grants at --kms-endpoint, for a role with a path (STS names a session by its role\'s name only); must agree with STS GetCallerIdentity' })
         .option('snapshot-store', { type: 'string', describe: 'keep snapshots in s3://BUCKET[/PREFIX] (any S3-compatible store, standard AWS credential and endpoint configuration); default: STATE_DIR/snapshots' })
+        .option('snapshot-manifest-key', { type: 'string', describe: 'sign every snapshot manifest with this HMAC_256 KMS key (id, ARN or alias; GENERATE_VERIFY_MAC) and refuse manifests whose MAC is missing or wrong; off by default (README "Snapshot store")' })
         .option('refusal-window', { type: 'string', describe: 'how long refusals of one caller are summed into one audit event (1s to 10m; default 10s)' })
         .option('snapshot-cow-memory', { type: 'string', describe: 'memory for the old bytes of sectors written while snapshots of attached volumes run, shared by all of them (64MiB, 1.5GiB, bytes; 4KiB to the host\'s memory); past it they spill to a file; default min(2GiB, RAM/16, cgroup memory limit/8)' })
         .option('volume-modification-window', { type: 'string', describe: 'the rolling window in which a volume may be modified (ModifyVolume) at most 4 times, as EC2 allows (default 24h, at most 8760h; 0 = no limit)' })
@@ -168,6 +169,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsRequestTimeout !== undefined ? { kmsRequestTimeoutMs: parseDuration(a.kmsRequestTimeout, '--kms-request-timeout', MAX_KMS_REQUEST_TIMEOUT_MS, MIN_KMS_REQUEST_TIMEOUT_MS) } : {}),
         ...(a.hostPrincipalArn !== undefined ? { hostPrincipalArn: a.hostPrincipalArn } : {}),
         ...(a.snapshotStore !== undefined ? { snapshotStore: a.snapshotStore } : {}),
+        ...(a.snapshotManifestKey !== undefined ? { snapshotManifestKey: a.snapshotManifestKey } : {}),
         ...(a.snapshotCowMemory !== undefined ? { snapshotCowMemoryBytes: parseByteSize(a.snapshotCowMemory, '--snapshot-cow-memory', MIN_SNAPSHOT_COW_MEMORY, totalmem(), "this host's memory") } : {}),
         ...(a.refusalWindow !== undefined ? { refusalWindowMs: refusalWindow(a.refusalWindow) } : {}),
         ...(a.volumeModificationWindow !== undefined ? { volumeModificationWindowMs: parseDuration(a.volumeModificationWindow, '--volume-modification-window', MAX_MODIFICATION_WINDOW_MS) } : {}),

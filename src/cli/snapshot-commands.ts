@@ -216,6 +216,24 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
         else show(g, {});
       })
       .command(snapshotCopyCommand)
-      .demandCommand(1, 'name a snapshot subcommand: create, ls, describe, delete, copy'),
+      .command(
+        'sign-manifests',
+        'Sign the store\'s snapshot manifests that have no MAC, once, after starting the daemon with --snapshot-manifest-key (account root only; trust on first use)',
+        (b) => b,
+        async (a) => {
+          const g = a as unknown as Globals;
+          const res = await call(g, 'ebsd.SignManifests');
+          const refused = (res.Refused as { SnapshotId: string; Message: string }[] | undefined) ?? [];
+          if (fmt(g) === 'table') {
+            process.stdout.write(`signed ${(res.Signed as string[]).length}, already signed ${String(res.AlreadySigned)}, refused ${refused.length}\n`);
+            for (const r of refused) process.stdout.write(`refused ${r.SnapshotId}: ${r.Message}\n`);
+          } else {
+            show(g, res);
+          }
+          // A manifest whose MAC does not verify stays refused: say so in the exit status.
+          if (refused.length) setExitCode(EXIT.CONFLICT);
+        },
+      )
+      .demandCommand(1, 'name a snapshot subcommand: create, ls, describe, delete, copy, sign-manifests'),
   );
 }

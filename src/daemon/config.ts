@@ -85,6 +85,12 @@ export interface DaemonConfig {
    */
   snapshotStore?: string;
   /**
+   * A key id, ARN or alias of an HMAC_256 KMS key (GENERATE_VERIFY_MAC): every snapshot manifest
+   * is signed with it and verified on read (src/snapshot/manifest-mac.ts, docs/architecture.md §13.5).
+   * Absent: manifests are neither signed nor checked.
+   */
+  snapshotManifestKey?: string;
+  /**
    * Grace period of the snapshot store's collector (gc.ts): unreferenced blocks
    * younger than this are kept; default one hour. Tests set 0 to see a delete free blocks.
    */
@@ -174,6 +180,10 @@ export function checkDaemonFlags(c: DaemonConfig): void {
   if (c.snapshotStore !== undefined && !S3_STORE_RE.test(c.snapshotStore)) {
     throw new ArgRangeError('--snapshot-store', `"${c.snapshotStore}" is not a snapshot store: give s3://BUCKET[/PREFIX], or leave it out for STATE_DIR/snapshots`);
   }
+  if (c.snapshotManifestKey !== undefined && (c.snapshotManifestKey === '' || c.snapshotManifestKey.length > 2048)) {
+    throw new ArgRangeError('--snapshot-manifest-key', `must be a key id, key ARN, alias name or alias ARN of 1 to 2048 characters, got ${c.snapshotManifestKey.length} characters`);
+  }
+  if (c.snapshotManifestKey !== undefined && c.kmsOnly) throw new ArgRangeError('--snapshot-manifest-key', 'is for a daemon that keeps snapshots; a --kms-only daemon keeps none');
   if (c.kmsEndpoint !== undefined) {
     let u: URL | undefined;
     try {

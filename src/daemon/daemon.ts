@@ -12,7 +12,7 @@ import { isNativeAvailable, nativeLoadError } from '../native/addon.js';
 import { VolumeManager, type VolumeAuditEvent } from '../volume/volume-manager.js';
 import { Catalog } from '../volume/catalog.js';
 import type { XtsEngine } from '../crypto/xts.js';
-import { KmsCoreKeyService } from '../volume/key-service.js';
+import { KmsCoreKeyService, type KeyService } from '../volume/key-service.js';
 import type { AwsKeyService } from '../volume/aws-key-service.js';
 import { isUnreachable } from '../volume/unreachable.js';
 import { HostResolver } from './host-resolver.js';
@@ -24,7 +24,7 @@ import { checkDaemonConfig, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } f
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
-import { auditPruneEvent, deniedEvent, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
+import { auditPruneEvent, deniedEvent, signManifestsEvent, SIGN_EVENT_IDS, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
 import { DryRunOperation, Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
@@ -44,6 +44,7 @@ import type { DaemonMetrics } from './metrics.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
+import { ManifestSigner, signedManifests, signManifest, surveyManifestMacs, withoutManifestMacs } from '../snapshot/manifest-mac.js';
 import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
 import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-manager.js';
 import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
@@ -93,7 +94,9 @@ const HOST_KEY_STATE_DOC = JSON.stringify({
  */
 const VOLUME_OPS = new Set(['CreateVolume', 'DescribeVolumes', 'DescribeVolumeStatus', 'DeleteVolume', 'AttachVolume', 'DetachVolume', 'ModifyVolume', 'DescribeVolumesModifications']);
 /** The daemon's other own operations (ebsd.<op>; ebsd.Iam<op> are audit-events.ts isIamOperation's). */
-const EBSD_OPS = new Set(['CopySnapshot', 'Status', 'AuditTail', 'AuditVerify', 'AuditPrune']);
+const EBSD_OPS = new Set(['CopySnapshot', 'Status', 'AuditTail', 'AuditVerify', 'AuditPrune', 'SignManifests']);
+/** The host role's policy that lets it make and check manifest MACs with the embedded KMS's key of --snapshot-manifest-key. */
+const HOST_MANIFEST_MAC_POLICY = 'ebsd-snapshot-manifest-mac';
 
 export class Daemon {
   private lock: PidLock | undefined;
@@ -160,6 +163,10 @@ export class Daemon {
   private kmsUrl: string | undefined;
   /** Snapshot blocks and manifests (--snapshot-store) and their collector; none on a --kms-only daemon. */
   private snapshotStore: CollectableStore | undefined;
+  /** The store as opened, manifests neither signed nor verified: what sign-manifests reads (manifest-mac.ts). */
+  private rawSnapshotStore: CollectableStore | undefined;
+  /** With --snapshot-manifest-key: signs and verifies every manifest (docs/architecture.md §13.5). */
+  private manifestSigner: ManifestSigner | undefined;
   private snapshotGc: SnapshotGc | undefined;
   private gcTicker: NodeJS.Timeout | undefined;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
@@ -311,6 +318,30 @@ export class Daemon {
     this.notify.startWatchdog();
   }
 
+  /**
+   * Opens the key of --snapshot-manifest-key as the host (manifest-mac.ts). With the embedded KMS the
+   * host role is first given kms:GenerateMac and kms:VerifyMac on that key alone (an identity policy,
+   * which the key's policy must allow, as the default key policy does); with a remote KMS the key's
+   * owner grants the host that (README "Snapshot store").
+   */
+  private async openManifestSigner(signer: ManifestSigner, keys: KeyService, host: Caller): Promise<void> {
+    if (!this.remoteKms) {
+      const ids = this.authz!.identities;
+      let arn: string | undefined;
+      try {
+        arn = (await keys.describeKey({ KeyId: signer.keyId }, host)).KeyMetadata.Arn;
+      } catch {
+        // signer.open below says what is wrong with the key.
+      }
+      if (arn !== undefined) {
+        const doc = JSON.stringify({ Version: '2012-10-17', Statement: [{ Sid: 'SnapshotManifestMac', Effect: 'Allow', Action: ['kms:GenerateMac', 'kms:VerifyMac'], Resource: arn }] });
+        if (ids.getPolicy(ids.roleArn(HOST_ROLE), HOST_MANIFEST_MAC_POLICY) !== doc) await ids.attachPolicy(ids.roleArn(HOST_ROLE), HOST_MANIFEST_MAC_POLICY, doc);
+      }
+    }
+    await signer.open(keys, host);
+    this.log.info({ snapshotManifestKey: signer.keyArn, store: this.snapshotStore?.location }, 'snapshot manifests are signed and verified with a KMS HMAC key');
+  }
+
   /** FUSE mount and volume manager; a `--kms-only` daemon has neither. */
   private async startVolumeService(host: Caller): Promise<void> {
     await this.mountVolumes();
@@ -321,7 +352,13 @@ export class Daemon {
   private async mountVolumes(): Promise<void> {
     const { cfg, log, paths } = this;
     // Before the mount: a bad --snapshot-store is refused with nothing started.
-    this.snapshotStore = await openSnapshotStore(cfg.snapshotStore, paths.root);
+    const raw = await openSnapshotStore(cfg.snapshotStore, paths.root);
+    this.rawSnapshotStore = raw;
+    // Every reader and writer below (snapshots, restore, copy, the collector, EBS direct) goes through
+    // the signing store; its key is opened with the host principal (openVolumes), and until then every
+    // manifest read or write fails rather than being trusted unchecked.
+    if (cfg.snapshotManifestKey !== undefined) this.manifestSigner = new ManifestSigner(cfg.snapshotManifestKey);
+    this.snapshotStore = this.manifestSigner ? signedManifests(raw, this.manifestSigner) : withoutManifestMacs(raw);
     const store = this.snapshotStore;
     // A remote store is probed, not awaited: an S3 outage must not keep volumes from being served.
     void store.check?.().then(() => log.info({ store: store.location }, 'snapshot store answers'), (err) => log.warn({ err, store: store.location }, 'snapshot store does not answer; snapshots will fail until it does'));
@@ -358,11 +395,14 @@ export class Daemon {
     let snapshots: SnapshotManager | undefined;
     let copier: SnapshotCopier | undefined;
     let ebs: EbsApi | undefined;
+    // Remote calls are metered here; the embedded core's through kmsCore.
+    const keyService = this.remoteKms ? (this.metrics ? this.metrics.meterKeyService(this.remoteKms) : this.remoteKms) : new KmsCoreKeyService(this.kmsCore!);
     try {
+      // Before anything reads a manifest: a key that is missing, not HMAC or not usable stops the start.
+      if (this.manifestSigner) await this.openManifestSigner(this.manifestSigner, keyService, host);
       mgr = await VolumeManager.open({
         stateDir: paths.root,
-        // Remote calls are metered here; the embedded core's through kmsCore.
-        keyService: this.remoteKms ? (this.metrics ? this.metrics.meterKeyService(this.remoteKms) : this.remoteKms) : new KmsCoreKeyService(this.kmsCore!),
+        keyService,
         hostPrincipal: host,
         // Op grants with a remote KMS only: the embedded KMS judges each step's Decrypt or ReEncrypt as the caller's (op-grants.ts).
         opGrants: this.remoteKms !== undefined,
@@ -619,7 +659,7 @@ export class Daemon {
     if (caller.type === 'Unknown') {
       await this.deny(source, eventName, caller, `uid ${peer.uid} is not mapped to any principal (ebsd iam map-uid)`, peer, volumeId);
     }
-    const rootOnly = iam || op.startsWith('Audit');
+    const rootOnly = iam || op.startsWith('Audit') || op === 'SignManifests';
     if (rootOnly && caller.type !== 'Root') {
       await this.deny(source, eventName, caller, `only the account root may call ebsd:${op}`, peer, volumeId);
     }
@@ -692,6 +732,7 @@ export class Daemon {
     if (op === 'AuditTail') return this.auditTail(body);
     if (op === 'AuditVerify') return this.auditVerify(body);
     if (op === 'AuditPrune') return this.auditPrune(body, caller, peer);
+    if (op === 'SignManifests') return this.signManifests(body, caller, peer);
     if (iam) return this.auditedIamOp(op.slice(3), body, caller, peer);
     throw new EbsdError('UNKNOWN_TARGET', `unknown operation ebsd.${op}`, { awsName: 'UnknownOperationException' });
   }
@@ -976,6 +1017,8 @@ export class Daemon {
         ...(this.kmsUrl ? { KmsUrl: this.kmsUrl } : {}),
         ...(this.metricsUrl ? { MetricsUrl: this.metricsUrl } : {}),
         ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
+        // The key's ARN once it is open; the flag's value as given until then (a remote KMS not answered yet).
+        ...(this.manifestSigner ? { SnapshotManifestKey: this.manifestSigner.keyArn ?? this.manifestSigner.keyId } : {}),
         Kms: this.remoteKms ? { ...this.remoteKms.health(), ...this.waitingForKms() } : { Endpoint: 'embedded' },
         ...keyCacheSettings,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
@@ -1097,6 +1140,38 @@ export class Daemon {
   private verifyAuditOffThread(): ReturnType<typeof verifyAuditLogOffThread> {
     const audit = this.kms!.audit;
     return verifyAuditLogOffThread(audit.dir, { publicKeyPem: audit.publicKeyPem, markPath: audit.markFile, signal: this.verifyAbort.signal });
+  }
+
+  /**
+   * `ebsd snapshot sign-manifests` (account root only): signs the store's manifests that have no
+   * MAC, once, after --snapshot-manifest-key is turned on (trust on first use, manifest-mac.ts).
+   */
+  private async signManifests(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
+    const unknown = Object.keys(b);
+    if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.SignManifests (it takes none)`);
+    const signer = this.manifestSigner;
+    const raw = this.rawSnapshotStore;
+    if (!signer || !raw) {
+      throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: this daemon does not sign snapshot manifests: start it with --snapshot-manifest-key KEY', { awsName: 'UnsupportedOperation' });
+    }
+    if (signer.keyArn === undefined) throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: the key of --snapshot-manifest-key is not open yet (the KMS has not answered since the daemon started)', { awsName: 'UnsupportedOperation' });
+    const plan = await surveyManifestMacs(raw, signer);
+    // What is about to be trusted, in the audit log before any manifest is signed (§5.8: what cannot be audited does not take effect).
+    const ids = this.authz!.identities;
+    try {
+      for (let i = 0; i === 0 || i < plan.unsigned.length; i += SIGN_EVENT_IDS) {
+        await this.kms!.audit.append(signManifestsEvent(caller, {
+          accountId: ids.accountId, region: ids.region, requestId: peer.requestId, keyArn: signer.keyArn, store: raw.location,
+          unsigned: plan.unsigned.slice(i, i + SIGN_EVENT_IDS), alreadySigned: plan.alreadySigned, refused: plan.refused.map((r) => r.snapshotId),
+        }));
+      }
+    } catch (err) {
+      throw new EbsdError('MANIFEST_SIGNING_NOT_AUDITED', `ebsd.SignManifests: nothing signed: its event could not be written to the audit log: ${(err as Error)?.message ?? String(err)}`, { awsName: 'ServiceFailure', cause: err });
+    }
+    const signed: string[] = [];
+    for (const id of plan.unsigned) if (await signManifest(raw, signer, id)) signed.push(id);
+    this.log.info({ signed, alreadySigned: plan.alreadySigned, refused: plan.refused.map((x) => x.snapshotId), store: raw.location }, 'signed snapshot manifests that had no MAC');
+    return { Signed: signed, AlreadySigned: plan.alreadySigned, Refused: plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message })) };
   }
 
   /**

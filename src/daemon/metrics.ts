@@ -156,6 +156,8 @@ const KEY_SERVICE_OPERATIONS: ReadonlyMap<string, string> = new Map([
   ['retireGrant', 'RetireGrant'],
   ['describeKey', 'DescribeKey'],
   ['listRetirableGrants', 'ListRetirableGrants'],
+  ['generateMac', 'GenerateMac'],
+  ['verifyMac', 'VerifyMac'],
 ]);
 
 export class DaemonMetrics {

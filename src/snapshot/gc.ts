@@ -181,20 +181,31 @@ export class SnapshotGc {
   /**
    * Removes the snapshot's manifest, then frees the blocks it named that no
    * other manifest names (and no pin holds, and are past the grace period).
-   * Absent manifest: nothing to do (`deleted: false`).
+   * Absent manifest: nothing to do (`deleted: false`). Once the manifest is
+   * gone the snapshot is deleted, whatever its blocks' collection meets: a
+   * collection that fails (another manifest that cannot be read, which stops
+   * every mark; a store that fails) is logged and leaves the blocks to a later
+   * sweep, as a crash at that point does, instead of failing a delete that
+   * took effect (and its caller's audit event with it).
    */
   deleteSnapshot(snapshotId: string): Promise<{ deleted: boolean; result: SweepResult }> {
     return this.serial(async () => {
+      const none: SweepResult = { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 };
       const m = await this.store.getManifest(snapshotId);
-      if (!m) return { deleted: false, result: { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 } };
+      if (!m) return { deleted: false, result: none };
       await this.store.deleteManifest(snapshotId);
       for (const fn of this.deletedListeners) fn(snapshotId);
       faultPoint('gc.after-manifest-delete');
       const now = this.now();
-      // Ages are asked only for the blocks nothing else holds: one request each on S3.
-      const result = await this.collect([...new Set(manifestHashes(m))], (hs) => this.agesOf(hs), now);
-      this.log.info({ snapshotId, ...result }, 'snapshot deleted; its unshared blocks freed');
-      return { deleted: true, result };
+      try {
+        // Ages are asked only for the blocks nothing else holds: one request each on S3.
+        const result = await this.collect([...new Set(manifestHashes(m))], (hs) => this.agesOf(hs), now);
+        this.log.info({ snapshotId, ...result }, 'snapshot deleted; its unshared blocks freed');
+        return { deleted: true, result };
+      } catch (err) {
+        this.log.warn({ snapshotId, store: this.store.location, err }, 'snapshot deleted; its blocks are left to a later sweep: they could not be collected now');
+        return { deleted: true, result: none };
+      }
     });
   }
 

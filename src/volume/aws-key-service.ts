@@ -3,13 +3,16 @@ import {
   DecryptCommand,
   DescribeKeyCommand,
   GenerateDataKeyWithoutPlaintextCommand,
+  GenerateMacCommand,
   KMSClient,
   type KMSClientConfig,
   ListKeysCommand,
   ListRetirableGrantsCommand,
   ReEncryptCommand,
   RetireGrantCommand,
+  VerifyMacCommand,
   type GrantOperation,
+  type MacAlgorithmSpec,
 } from '@aws-sdk/client-kms';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import type { Logger } from 'pino';
@@ -88,6 +91,8 @@ const DEFAULTS = { connectionTimeoutMs: 2_000, requestTimeoutMs: 5_000, maxAttem
  * (attach grants; a create's, restore's or copy's short-lived op grants, src/volume/op-grants.ts).
  */
 const HOST_KEY_ACTIONS = ['kms:GenerateDataKeyWithoutPlaintext', 'kms:CreateGrant', 'kms:DescribeKey'];
+/** What a host needs on the key of --snapshot-manifest-key (src/snapshot/manifest-mac.ts). */
+const HOST_MAC_KEY_ACTIONS = ['kms:GenerateMac', 'kms:VerifyMac', 'kms:DescribeKey'];
 
 /**
  * KeyService over the AWS KMS protocol (`@aws-sdk/client-kms`): AWS KMS
@@ -423,7 +428,7 @@ export class AwsKeyService implements KeyService {
         `kms:${op} through a grant denied for ${who} on ${on}: the grant was revoked or retired, or does not allow this request (README "A fleet")`, cause);
     }
     return new KeyServiceError(op, 'AccessDeniedException', true,
-      `kms:${op} denied for ${who} on ${on}: add an Allow for "${who}" with ${HOST_KEY_ACTIONS.join(', ')} to the key policy (README "A fleet")`, cause);
+      `kms:${op} denied for ${who} on ${on}: add an Allow for "${who}" with ${(op.endsWith('Mac') ? HOST_MAC_KEY_ACTIONS : HOST_KEY_ACTIONS).join(', ')} to the key policy (README "A fleet")`, cause);
   }
 
   /**
@@ -484,6 +489,21 @@ export class AwsKeyService implements KeyService {
     return this.call('DescribeKey', async () => {
       const r = await this.kms.send(new DescribeKeyCommand(req));
       return { KeyMetadata: { ...r.KeyMetadata!, Arn: r.KeyMetadata!.Arn! } };
+    }, req.KeyId);
+  }
+
+  /** The MAC of a signed snapshot manifest (src/snapshot/manifest-mac.ts), as the host. */
+  generateMac(req: Parameters<NonNullable<KeyService['generateMac']>>[0], _caller: Caller) {
+    return this.call('GenerateMac', async () => {
+      const r = await this.kms.send(new GenerateMacCommand({ ...req, MacAlgorithm: req.MacAlgorithm as MacAlgorithmSpec }));
+      return { Mac: r.Mac!, KeyId: r.KeyId! };
+    }, req.KeyId);
+  }
+
+  verifyMac(req: Parameters<NonNullable<KeyService['verifyMac']>>[0], _caller: Caller) {
+    return this.call('VerifyMac', async () => {
+      const r = await this.kms.send(new VerifyMacCommand({ ...req, MacAlgorithm: req.MacAlgorithm as MacAlgorithmSpec }));
+      return { MacValid: r.MacValid === true, KeyId: r.KeyId! };
     }, req.KeyId);
   }
 

@@ -59,6 +59,13 @@ export interface KeyService {
   ): Promise<{ CiphertextBlob: Uint8Array; SourceKeyId: string; KeyId: string }>;
   describeKey(req: { KeyId: string; GrantTokens?: string[] }, caller: Caller): Promise<{ KeyMetadata: { Arn: string; KeyState?: string; Enabled?: boolean; [k: string]: unknown } }>;
   /**
+   * GenerateMac and VerifyMac with an HMAC KMS key: the MAC of a signed snapshot manifest
+   * (src/snapshot/manifest-mac.ts). VerifyMac of a wrong MAC throws KMSInvalidMacException.
+   * Optional: a KeyService without them cannot serve --snapshot-manifest-key.
+   */
+  generateMac?(req: { KeyId: string; Message: Uint8Array; MacAlgorithm: string }, caller: Caller): Promise<{ Mac: Uint8Array; KeyId: string }>;
+  verifyMac?(req: { KeyId: string; Message: Uint8Array; MacAlgorithm: string; Mac: Uint8Array }, caller: Caller): Promise<{ MacValid: boolean; KeyId: string }>;
+  /**
    * ListRetirableGrants, as the host: lets a restart find attach grants a
    * crash left without a catalog record. Optional: without it such grants
    * are only retired when the volume is attached again (CreateGrant is
@@ -175,5 +182,11 @@ export class KmsCoreKeyService implements KeyService {
   }
   listRetirableGrants(req: { RetiringPrincipal: string; Limit?: number; Marker?: string }, caller: Caller) {
     return this.call<{ Grants: RetirableGrant[]; NextMarker?: string; Truncated?: boolean }>('ListRetirableGrants', req, caller);
+  }
+  generateMac(req: Parameters<NonNullable<KeyService['generateMac']>>[0], caller: Caller) {
+    return this.call<{ Mac: Uint8Array; KeyId: string }>('GenerateMac', req, caller);
+  }
+  verifyMac(req: Parameters<NonNullable<KeyService['verifyMac']>>[0], caller: Caller) {
+    return this.call<{ MacValid: boolean; KeyId: string }>('VerifyMac', req, caller);
   }
 }

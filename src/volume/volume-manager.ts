@@ -866,6 +866,8 @@ function guardKeyService(ks: KeyService): KeyService {
     reEncrypt: wrap('ReEncrypt', ks.reEncrypt),
     retireGrant: wrap('RetireGrant', ks.retireGrant),
     describeKey: wrap('DescribeKey', ks.describeKey),
+    ...(ks.generateMac ? { generateMac: wrap('GenerateMac', ks.generateMac) } : {}),
+    ...(ks.verifyMac ? { verifyMac: wrap('VerifyMac', ks.verifyMac) } : {}),
   };
 }
 

@@ -11,6 +11,7 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
+import { SnapshotError } from '../../src/snapshot/errors.js';
 import { SnapshotGc, type CollectableStore } from '../../src/snapshot/gc.js';
 import { manifestHashes } from '../../src/snapshot/manifest-check.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
@@ -90,6 +91,28 @@ describe.each(stores)('collector on %s', (_name, open) => {
     expect((await gc.deleteSnapshot(a)).deleted).toBe(false);
     await gc.deleteSnapshot(b);
     expect(await blocksOf(store)).toEqual([]);
+  });
+
+  withStore('a snapshot is deleted even while another manifest cannot be read: its blocks wait for a later sweep, which frees them once it can', async (store) => {
+    const [headerA, onlyA, headerB, onlyB] = Array.from({ length: 4 }, () => block(4096));
+    const a = await putSnapshot(store, [headerA!, onlyA!]);
+    const b = await putSnapshot(store, [headerB!, onlyB!]);
+    // b's manifest does not read back (a corrupt object, or one refused for its MAC): every mark stops on it.
+    const broken: CollectableStore = Object.assign(Object.create(store) as CollectableStore, {
+      getManifest: async (id: string) => {
+        if (id === b) throw new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${b}: does not read back`);
+        return store.getManifest(id);
+      },
+    });
+    const r = await later(broken).deleteSnapshot(a);
+    expect(r).toEqual({ deleted: true, result: { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 } });
+    expect(await store.getManifest(a)).toBeUndefined();
+    // Nothing freed on a partial mark: a's blocks are still there, b's too.
+    expect(await blocksOf(store)).toEqual([headerA!.hash, onlyA!.hash, headerB!.hash, onlyB!.hash].sort());
+    await expect(later(broken).sweep()).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+    // Once b reads back, a sweep frees what only a named.
+    expect(await later(store).sweep()).toMatchObject({ deleted: 2 });
+    expect(await blocksOf(store)).toEqual([headerB!.hash, onlyB!.hash].sort());
   });
 
   withStore('a sweep frees orphans and keeps every block of every manifest, pending ones included', async (store) => {
