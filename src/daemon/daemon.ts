@@ -1180,6 +1180,29 @@ export class Daemon {
    * that covered only them. Verification takes the chain up after them (docs/kms-format.md, Retention).
    */
   private async auditPrune(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
+    const ids = this.authz!.identities;
+    const asked = typeof b.Before === 'string' ? b.Before : b.Before === undefined ? '' : JSON.stringify(b.Before);
+    const event = (o: { prunedThrough?: number; files?: string[]; error?: { code: string; message: string } }): Record<string, unknown> =>
+      auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: asked, ...o });
+    let res: { PrunedThroughSequence: number; FilesRemoved: string[] };
+    try {
+      res = await this.pruneAuditLog(b, caller, peer);
+    } catch (e) {
+      // Refused before anything was removed (a bad Before, a log that does not verify): recorded as CloudTrail records
+      // a failed call. A failure past that point (InternalFailure) may follow the call's own event: not recorded twice.
+      if (e instanceof Ec2RequestError || (e instanceof EbsdError && e.code === 'AUDIT_PRUNE_REFUSED')) {
+        await this.kms!.audit.append(event({ error: { code: e.awsName ?? e.code, message: e.message } })).catch((x: unknown) => this.log.error({ err: x }, 'could not audit a refused ebsd.AuditPrune'));
+      }
+      throw e;
+    }
+    // Nothing to remove: prune wrote no event of its own (it writes one only before removing files); the call is recorded all the same.
+    if (res.FilesRemoved.length === 0) {
+      await this.kms!.audit.append(event({ prunedThrough: res.PrunedThroughSequence, files: [] })).catch((x: unknown) => this.log.error({ err: x }, 'could not audit an ebsd.AuditPrune that removed nothing'));
+    }
+    return res;
+  }
+
+  private async pruneAuditLog(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<{ PrunedThroughSequence: number; FilesRemoved: string[] }> {
     const unknown = Object.keys(b).filter((k) => k !== 'Before');
     if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.AuditPrune (it takes Before)`);
     if (b.Before === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Before', 'The request must contain the parameter Before: an ISO 8601 time; sealed log files whose events are all older go');
