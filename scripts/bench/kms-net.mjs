@@ -13,7 +13,7 @@
 //          paid for that compilation on V8's helper threads (docs/benchmarks.md, "JIT warm-up").
 // --kms-front-threads N: passed to this build's daemon (not the baseline's): 0 TLS and HTTP on the main thread,
 //          1 on the front-end worker (the default with --kms-only). The per-thread line names that worker
-//          `ebsd-kms-front` (it names its own thread); every other unnamed thread is `node`.
+//          `ebsd-kms-front` (it names its own thread), the HSM worker `ebsd-hsm`; every other unnamed thread is `node`.
 // --floor: also time kms-net-floor.mjs, node's HTTPS server answering the same Decrypt response and doing nothing
 //          else, with the same client: the floor under any daemon built on node:https (the reference figure).
 // --client lean (default): kms-lean-client.mjs, raw keep-alive sockets writing the SDK's bytes (signed once per

@@ -467,10 +467,17 @@ function volumeCommands(y: Argv): Argv {
           .positional('volume-id', { type: 'string', demandOption: true, describe: 'The ID of the volume (vol-…)' })
           .option('instance-id', { type: 'string', describe: 'EC2 InstanceId: must be this host\'s (<state-dir>/volumes/instance-id)' })
           .option('device', { type: 'string', describe: 'EC2 Device: recorded and shown only (default /dev/ebsd/VOL); the volume is the file under the mount' })
+          .option('wait', { type: 'string', coerce: wholeNumber('--wait'), describe: `seconds to wait, up to ${MAX_ATTACH_WAIT_SECONDS}, when the volume is recorded attached to this host and not served yet (the daemon re-attaches it once its KMS answers): then its attachment once its file is there (without: refused as VolumeInUse)` })
           .option('dry-run', DRY_RUN_OPTION),
       async (a) => {
         const g = a as unknown as Globals;
         refuseEmpty(a, 'instance-id', 'device');
+        if (a.wait !== undefined && a.wait > MAX_ATTACH_WAIT_SECONDS) throw new UsageError(`--wait is at most ${MAX_ATTACH_WAIT_SECONDS} seconds (a day), got ${a.wait}`);
+        const waited = a.wait && !a.dryRun ? await untilServed(g, String(a.volumeId), a.wait) : undefined;
+        if (waited) {
+          show(g, waited, () => `${waited.VolumeId} attached at ${waited.Path}`);
+          return;
+        }
         const res = await call(g, 'ebsd.AttachVolume', {
           VolumeId: a.volumeId,
           ...(a.instanceId !== undefined ? { InstanceId: a.instanceId } : {}),
@@ -497,6 +504,38 @@ function volumeCommands(y: Argv): Argv {
         show(g, res, () => `${res.VolumeId} detached`);
       },
     );
+}
+
+/** `ebsd attach --wait`'s bound: a day (the shipped ebsd-attach@ unit waits that long for its volume). */
+const MAX_ATTACH_WAIT_SECONDS = 86_400;
+
+/**
+ * `ebsd attach --wait`: a volume recorded attached to this host but not served yet (the daemon waits for
+ * its KMS at start, or retries the re-attach; `ebsd status` shows its Problem) is waited for, up to
+ * `seconds`, instead of being refused as VolumeInUse; once its file is under the mount, the attachment as
+ * AttachVolume answers it. Undefined when the volume is not in that state (AttachVolume decides then).
+ * Past `seconds`: ServiceUnavailable (exit 10), naming what the volume still waits for.
+ */
+async function untilServed(g: Globals, volumeId: string, seconds: number): Promise<R | undefined> {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    const st = await call(g, 'ebsd.Status');
+    const v = (st.Volumes as R[]).find((x) => x.VolumeId === volumeId);
+    if (!v || v.State !== 'in-use') return undefined;
+    if (v.Attached === true) {
+      const d = (await call(g, 'ebsd.DescribeVolumes', { VolumeIds: [volumeId] })).Volumes as R[];
+      const att = ((d[0]?.Attachments as R[] | undefined) ?? [])[0] ?? {};
+      return { VolumeId: volumeId, InstanceId: att.InstanceId, Device: att.Device, State: 'attached', AttachTime: att.AttachTime, Path: v.Path };
+    }
+    // Retried by the daemon (Resume), or waiting for its KMS at start (KeyCache attaching): worth waiting for.
+    // A re-attach that failed for good ("detach it") is not.
+    const coming = v.Resume !== undefined || (v.KeyCache as R | undefined)?.State === 'attaching' || v.Problem === undefined;
+    if (!coming) throw new ServiceError('IncorrectState', `${volumeId} is recorded attached to this host and will not be served: ${String(v.Problem)}`, 400);
+    if (Date.now() >= deadline) {
+      throw new ServiceError('ServiceUnavailable', `${volumeId} is recorded attached to this host and still not served after ${seconds} s: ${String(v.Problem ?? 'being attached or detached')}`, 503);
+    }
+    await new Promise((r) => setTimeout(r, Math.min(1_000, Math.max(0, deadline - Date.now()))));
+  }
 }
 
 function statusCommand(y: Argv): Argv {

@@ -297,14 +297,19 @@ function _boundIam(v: Record<string, unknown> | null): Record<string, unknown> |
  * asked for, and what goes (the last event removed and the sealed files). eventSource `ebsd`, as
  * the daemon's other own operations are recorded.
  */
-export function auditPruneEvent(caller: Caller, o: { accountId: string; region: string; requestId: string; before: string; prunedThrough: number; files: string[] }): Record<string, unknown> {
+export function auditPruneEvent(
+  caller: Caller,
+  o: { accountId: string; region: string; requestId: string; before: string; prunedThrough?: number; files?: string[]; error?: { code: string; message: string } },
+): Record<string, unknown> {
   const e = buildEvent({
     eventName: 'AuditPrune', caller, accountId: o.accountId, region: o.region, requestId: o.requestId,
     eventId: randomUUID(), resources: [], readOnly: false, time: Date.now(),
+    ...(o.error ? { errorCode: o.error.code, errorMessage: o.error.message } : {}),
   });
   e.eventSource = 'ebsd';
-  e.requestParameters = { before: o.before };
-  e.responseElements = { prunedThroughSequence: o.prunedThrough, filesRemoved: o.files };
+  e.requestParameters = { before: truncateField(o.before, 64) };
+  // A refused call removed nothing and answered no elements (CloudTrail records a failed call's as null).
+  e.responseElements = o.error ? null : { prunedThroughSequence: o.prunedThrough, filesRemoved: o.files ?? [] };
   if (caller.uid !== undefined) e.additionalEventData = { localUid: caller.uid };
   return e;
 }

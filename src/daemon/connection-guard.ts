@@ -74,7 +74,8 @@ export const DEFAULT_LIMITS: ConnectionLimits = Object.freeze({
  * Why a connection or request was refused; `gave-slot`: not a refusal of a new connection but an open one
  * closed to make room, past the overall cap, for a source holding fewer (kms-transport.ts, makeRoom).
  */
-export type RefusalReason = 'per-caller-limit' | 'total-limit' | 'body-budget' | 'in-flight-limit' | 'gave-slot';
+export const REFUSAL_REASONS = ['per-caller-limit', 'total-limit', 'body-budget', 'in-flight-limit', 'gave-slot'] as const;
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
 /** One aggregated report: `count` refusals of `caller` for `reason` between `firstTime` and `lastTime`. */
 export interface RefusalSummary {
@@ -108,6 +109,15 @@ export class ConnectionThrottledError extends EbsdError {
   }
 }
 
+/** What a guard holds now (`ConnectionGuard.usage`). */
+export interface GuardUsage {
+  connections: number;
+  callers: number;
+  bufferedBodyBytes: number;
+  /** Refusals of the current window, not yet reported (audited once the window ends). */
+  refusalsPending: number;
+}
+
 export interface Admission {
   /** Call once when the connection closes; further calls do nothing. */
   release(): void;
@@ -120,7 +130,9 @@ export interface Admission {
  */
 export function callerKey(caller: string | number): string {
   const s = String(caller);
-  if (!s.includes(':')) return s;
+  // Not an IPv6 address: an IPv4 address, a local user (`uid:0`), or a key this made already (`…::/64`).
+  // The guard is given keys on every request (its body budget), so these return before any parsing.
+  if (!s.includes(':') || !IPV6_TEXT.test(s)) return s;
   const g = ipv6Groups(s);
   if (!g) return s;
   // IPv4 clients seen through IPv4-mapped (::ffff:0:0/96) or NAT64 (64:ff9b::/96) addresses: each by its IPv4 address.
@@ -131,6 +143,9 @@ export function callerKey(caller: string | number): string {
   if ((g[0]! & 0xffc0) === 0xfe80) return s;
   return `${g.slice(0, 4).map((x) => x.toString(16)).join(':')}::/64`;
 }
+
+/** What an IPv6 address in text form may hold before its zone id (`%eth0`). */
+const IPV6_TEXT = /^[0-9a-fA-F:.]+(?:%.*)?$/;
 
 /** The eight 16-bit groups of an IPv6 address in text form (zone id dropped, trailing dotted IPv4 allowed); undefined if it is not one. */
 function ipv6Groups(text: string): number[] | undefined {
@@ -167,6 +182,8 @@ export class ConnectionGuard {
   private readonly bufferedBy = new Map<string, number>();
   private readonly bodyPerCaller: number;
   private readonly refusals = new Map<string, RefusalSummary>();
+  /** Refusals per reason since start (`refusals` holds the current window's, per caller). */
+  private readonly refusedSinceStart: Partial<Record<RefusalReason, number>> = {};
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -343,11 +360,21 @@ export class ConnectionGuard {
     });
   }
 
-  /** Current use, for `ebsd status` and tests. */
-  usage(): { connections: number; callers: number; bufferedBodyBytes: number; refusalsPending: number } {
+  /** Current use, for `ebsd status`, the metrics and tests. */
+  usage(): GuardUsage {
     let pending = 0;
     for (const s of this.refusals.values()) pending += s.count;
     return { connections: this.total, callers: this.perCaller.size, bufferedBodyBytes: this.buffered, refusalsPending: pending };
+  }
+
+  /**
+   * `usage`, with the callers holding the most connections (at most `top`, most first) and the
+   * refusals counted since start per reason: on a KMS host, which hosts hold its slots and who
+   * was turned away (the audit has each refusal; this is the sum an operator looks at first).
+   */
+  detailedUsage(top: number): GuardUsage & { busiest: { caller: string; connections: number }[]; refused: Partial<Record<RefusalReason, number>> } {
+    const busiest = [...this.perCaller].sort((a, b) => b[1] - a[1]).slice(0, top).map(([caller, connections]) => ({ caller, connections }));
+    return { ...this.usage(), busiest, refused: { ...this.refusedSinceStart } };
   }
 
   /** Report what is pending now (also on close). */
@@ -362,6 +389,7 @@ export class ConnectionGuard {
 
   private refuse(key: string, reason: RefusalReason, detail: string, raw: string = key): ConnectionThrottledError {
     if (raw === key) raw = this.addressOf.get(key) ?? raw;
+    this.refusedSinceStart[reason] = (this.refusedSinceStart[reason] ?? 0) + 1;
     const t = this.now();
     const k = `${key}\0${reason}`;
     const s = this.refusals.get(k);

@@ -530,6 +530,7 @@ export class Daemon {
       ...(this.remoteKms ? { remoteKms: () => this.remoteKmsReachability() } : {}),
       volumesUnserved: () => this.unservedVolumeCount(),
       snapshotsInProgress: () => this.snapshots?.inProgress() ?? [],
+      kmsListener: () => this.listener?.usage() ?? Promise.resolve(undefined),
     });
     const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
     const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -961,8 +962,11 @@ export class Daemon {
     return { VolumesModifications: page, ...(next ? { NextToken: next } : {}) };
   }
 
-  private status(caller: Caller): unknown {
+  private async status(caller: Caller): Promise<unknown> {
     const ids = this.authz!.identities;
+    // The listener's connections (its guard may live on the front-end worker: asked, not read). Which sources
+    // hold them (addresses, local users) to the account root only; the counts to every caller, as Control's.
+    const listener = this.listener ? await this.kmsListenerStatus(caller) : undefined;
     const mgr = this.mgr;
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     const caches = new Map(mgr?.describeKeyCaches().map((c) => [c.VolumeId, c]));
@@ -1020,11 +1024,21 @@ export class Daemon {
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
         Audit: audit,
         ...(this.server ? { Control: this.server.usage() } : {}),
+        ...(listener ? { KmsListener: listener } : {}),
         ...this.daemonProblem(audit.State),
       },
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
     };
+  }
+
+  /** Daemon.KmsListener of `ebsd status`: KmsListener.usage, the busiest sources to the account root only. */
+  private async kmsListenerStatus(caller: Caller): Promise<Record<string, unknown>> {
+    const u = await this.listener!.usage();
+    if (!u) return { Problem: 'the KMS listener\'s front-end worker did not report its connections in time' };
+    if (caller.type === 'Root') return { ...u };
+    const { BusiestSources: _hidden, ...counts } = u;
+    return counts;
   }
 
   /** The --kms-endpoint and whether it answers now: not while the host waits for it at start, nor while its last call or idle probe went unanswered. */
@@ -1166,6 +1180,29 @@ export class Daemon {
    * that covered only them. Verification takes the chain up after them (docs/kms-format.md, Retention).
    */
   private async auditPrune(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
+    const ids = this.authz!.identities;
+    const asked = typeof b.Before === 'string' ? b.Before : b.Before === undefined ? '' : JSON.stringify(b.Before);
+    const event = (o: { prunedThrough?: number; files?: string[]; error?: { code: string; message: string } }): Record<string, unknown> =>
+      auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: asked, ...o });
+    let res: { PrunedThroughSequence: number; FilesRemoved: string[] };
+    try {
+      res = await this.pruneAuditLog(b, caller, peer);
+    } catch (e) {
+      // Refused before anything was removed (a bad Before, a log that does not verify): recorded as CloudTrail records
+      // a failed call. A failure past that point (InternalFailure) may follow the call's own event: not recorded twice.
+      if (e instanceof Ec2RequestError || (e instanceof EbsdError && e.code === 'AUDIT_PRUNE_REFUSED')) {
+        await this.kms!.audit.append(event({ error: { code: e.awsName ?? e.code, message: e.message } })).catch((x: unknown) => this.log.error({ err: x }, 'could not audit a refused ebsd.AuditPrune'));
+      }
+      throw e;
+    }
+    // Nothing to remove: prune wrote no event of its own (it writes one only before removing files); the call is recorded all the same.
+    if (res.FilesRemoved.length === 0) {
+      await this.kms!.audit.append(event({ prunedThrough: res.PrunedThroughSequence, files: [] })).catch((x: unknown) => this.log.error({ err: x }, 'could not audit an ebsd.AuditPrune that removed nothing'));
+    }
+    return res;
+  }
+
+  private async pruneAuditLog(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<{ PrunedThroughSequence: number; FilesRemoved: string[] }> {
     const unknown = Object.keys(b).filter((k) => k !== 'Before');
     if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.AuditPrune (it takes Before)`);
     if (b.Before === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Before', 'The request must contain the parameter Before: an ISO 8601 time; sealed log files whose events are all older go');

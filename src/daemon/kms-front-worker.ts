@@ -115,6 +115,10 @@ port.on('message', (m: FrontCommand) => {
     }
     return;
   }
+  if (m.t === 'usage') {
+    port.postMessage({ t: 'usage', u: transport.guard.detailedUsage(m.top) } satisfies FrontMessage);
+    return;
+  }
   if (m.t === 'close') {
     void transport.close().then(() => {
       flush(); // the refusals the close reported

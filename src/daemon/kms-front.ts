@@ -26,7 +26,7 @@ import { Worker } from 'node:worker_threads';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { devLoaderUrl, HANDOFF_CHUNK } from '../kms/hsm/hsm-client.js';
-import type { RefusalSummary } from './connection-guard.js';
+import type { ConnectionGuard, RefusalSummary } from './connection-guard.js';
 import { MAX_IN_FLIGHT_PER_CONNECTION, type ListenerLimits, type WireBodyError, type WireConnection, type WireRequest, type WireResponse } from './kms-transport.js';
 
 /** Fields per request in a batch: id, connection id, method, url, headers ("\n"-joined), body offset, body length, body error. */
@@ -59,10 +59,17 @@ export type FrontMessage =
     gone: number[];
     refusals: RefusalSummary[] | null;
   }
-  | { t: 'closed' };
+  | { t: 'closed' }
+  | { t: 'usage'; u: DetailedUsage };
 
 /** Main -> worker. */
-export type FrontCommand = { t: 'answers'; a: unknown[] } | { t: 'close' };
+export type FrontCommand = { t: 'answers'; a: unknown[] } | { t: 'close' } | { t: 'usage'; top: number };
+
+/** The guard's use as the worker reports it (ConnectionGuard.detailedUsage). */
+export type DetailedUsage = ReturnType<ConnectionGuard['detailedUsage']>;
+
+/** How long `usage` waits for the worker's answer (it answers between two batches: a busy worker still does within ms). */
+const USAGE_WAIT_MS = 1_000;
 
 export interface FrontWorkerOptions extends FrontInit {
   handle: (r: WireRequest) => Promise<WireResponse>;
@@ -81,6 +88,8 @@ export class FrontWorker {
   private closing = false;
   private dead = false;
   private closedWaiter: (() => void) | undefined;
+  /** `usage` calls waiting for the worker's answer, oldest first (it answers in order). */
+  private readonly usageWaiters: ((u: DetailedUsage | undefined) => void)[] = [];
 
   private constructor(
     private readonly worker: Worker,
@@ -123,6 +132,21 @@ export class FrontWorker {
     return this.conns.size;
   }
 
+  /**
+   * The worker's connection guard now (`top`: the busiest sources listed); undefined if the worker
+   * is gone or does not answer within USAGE_WAIT_MS (`ebsd status` then says so rather than wait).
+   */
+  usage(top: number): Promise<DetailedUsage | undefined> {
+    if (this.dead || this.closing) return Promise.resolve(undefined);
+    return new Promise((resolve) => {
+      let done = false;
+      const settle = (u: DetailedUsage | undefined): void => { if (!done) { done = true; clearTimeout(timer); resolve(u); } };
+      const timer = setTimeout(() => settle(undefined), USAGE_WAIT_MS);
+      this.usageWaiters.push(settle);
+      this.worker.postMessage({ t: 'usage', top } satisfies FrontCommand);
+    });
+  }
+
   /** Stop: the worker closes its server and connections (answers still on their way here are dropped). */
   async close(): Promise<void> {
     if (this.closing) return;
@@ -140,6 +164,7 @@ export class FrontWorker {
     if (this.dead) return;
     this.dead = true;
     this.closedWaiter?.();
+    for (const w of this.usageWaiters.splice(0)) w(undefined);
     if (this.closing) return;
     const err = new EbsdError('KMS_FRONT_DIED', `the KMS front-end worker died (${e.message}): the KMS network listener is down`);
     this.o.log.error({ err: e }, err.message);
@@ -148,6 +173,7 @@ export class FrontWorker {
 
   private onMessage(m: FrontMessage): void {
     if (m.t === 'closed') { this.closedWaiter?.(); return; }
+    if (m.t === 'usage') { this.usageWaiters.shift()?.(m.u); return; }
     if (m.t !== 'batch') return;
     const c = m.conns;
     for (let i = 0; i < c.length; i += 4) {

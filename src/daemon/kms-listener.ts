@@ -31,7 +31,7 @@ import type { AssumeRoleParams } from '../kms/sts/assume-role-context.js';
 import { decodeKmsRequest, encodeResponse, toWireError, wipeRequestSecrets } from './aws-json.js';
 import { refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent } from './audit-events.js';
 import { ebsRestRequest, ebsUnsignedPayload, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
-import { ConnectionThrottledError, type RefusalSummary } from './connection-guard.js';
+import { ConnectionThrottledError, type RefusalReason, type RefusalSummary } from './connection-guard.js';
 import type { RefusalParty } from '../kms/audit/refusal-aggregator.js';
 import { loopbackLookupProblem } from './loopback-peers.js';
 import {
@@ -74,6 +74,24 @@ export interface KmsListenerOptions {
 }
 
 const STS_NS = 'https://sts.amazonaws.com/doc/2011-06-15/';
+
+/** How many of the sources holding the most connections `usage` lists. */
+const BUSIEST_SOURCES = 5;
+
+/** `KmsListener.usage`, as `ebsd status` shows it (Daemon.KmsListener). */
+export interface KmsListenerUsage {
+  Connections: number;
+  MaxConnections: number;
+  /** Sources holding connections: an address, an IPv6 /64, or on loopback a local user (`uid:N`). */
+  Sources: number;
+  MaxConnectionsPerSource: number;
+  BusiestSources: { Source: string; Connections: number }[];
+  BufferedBodyBytes: number;
+  /** Refusals of the current window, audited once it ends (`KmsConnection` events). */
+  RefusalsPending: number;
+  /** Connections and requests refused since start, per reason (`gave-slot`: closed to make room for another source). */
+  RefusedSinceStart: Partial<Record<RefusalReason, number>>;
+}
 
 /** The only addresses plain HTTP may listen on (src/util/loopback.ts); the KMS client uses the same rule. */
 export { isLoopback } from '../util/loopback.js';
@@ -128,6 +146,24 @@ export class KmsListener {
     const a = await t.listen();
     this.transport = t;
     return a;
+  }
+
+  /**
+   * Its connections now, for `ebsd status` and the metrics: how many, from how many sources, the
+   * sources holding the most, the limits, and the connections and requests refused since start per
+   * reason (README, "KMS over the network"). Undefined when not listening, or when the front-end
+   * worker did not answer in time.
+   */
+  async usage(): Promise<KmsListenerUsage | undefined> {
+    const t = this.transport;
+    if (!t) return undefined;
+    const u = t instanceof FrontWorker ? await t.usage(BUSIEST_SOURCES) : t.guard.detailedUsage(BUSIEST_SOURCES);
+    if (!u) return undefined;
+    return {
+      Connections: u.connections, MaxConnections: this.limits.maxTotal, Sources: u.callers, MaxConnectionsPerSource: this.limits.maxPerCaller,
+      BusiestSources: u.busiest.map((b) => ({ Source: b.caller, Connections: b.connections })),
+      BufferedBodyBytes: u.bufferedBodyBytes, RefusalsPending: u.refusalsPending, RefusedSinceStart: u.refused,
+    };
   }
 
   async close(): Promise<void> {

@@ -5,6 +5,8 @@ import type { Logger } from '../util/logger.js';
 import type { KeyService } from '../volume/key-service.js';
 import { VERSION } from './config.js';
 import { MetricsListener } from './metrics-listener.js';
+import { REFUSAL_REASONS } from './connection-guard.js';
+import type { KmsListenerUsage } from './kms-listener.js';
 
 /**
  * Prometheus metrics of one daemon (`ebsd daemon --metrics-listen HOST:PORT`,
@@ -113,6 +115,8 @@ export interface MetricsSources {
   snapshotsInProgress?(): { volumeId: string; copiedRatio: number }[];
   /** Volumes recorded in-use on this host but not served (waiting for the KMS at start, or a failed resume). */
   volumesUnserved(): number;
+  /** With --kms-listen: its connections and refusals (KmsListener.usage); undefined when its front-end worker does not answer. */
+  kmsListener?(): Promise<KmsListenerUsage | undefined>;
 }
 
 /** A result label: `ok`, `denied`, or the AWS exception name (a bounded set of classes). */
@@ -293,6 +297,25 @@ export class DaemonMetrics {
         this.reset();
         const r = self.sources?.remoteKms?.();
         if (r) this.set({ endpoint: r.endpoint }, r.reachable ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_kms_listener_connections', help: 'Connections open to --kms-listen (each counted against its source\'s cap and the overall one); 0 without a listener',
+      registers,
+      async collect() {
+        this.reset();
+        const u = await self.sources?.kmsListener?.();
+        if (u) this.set(u.Connections);
+      },
+    });
+    new Counter({
+      name: 'ebsd_kms_listener_refusals_total', help: 'Connections and requests --kms-listen refused by its limits since start, per reason (gave-slot: an open connection closed to make room for another source\'s); each is audited as a KmsConnection event',
+      labelNames: ['reason'], registers,
+      async collect() {
+        const u = await self.sources?.kmsListener?.();
+        if (!u) return;
+        this.reset();
+        for (const reason of REFUSAL_REASONS) this.inc({ reason }, u.RefusedSinceStart[reason] ?? 0);
       },
     });
     new Gauge({

@@ -98,6 +98,11 @@ describe('IPv6 callers are counted by /64', () => {
     expect(callerKey('unknown')).toBe('unknown');
     expect(callerKey('1:2:3')).toBe('1:2:3'); // not an IPv6 address: counted by its own text
     expect(callerKey('1::2::3')).toBe('1::2::3');
+    // A local user on loopback, and a key made already: as they are (the guard is given keys on every request).
+    expect(callerKey('uid:0')).toBe('uid:0');
+    expect(callerKey('2001:db8:1:2::/64')).toBe('2001:db8:1:2::/64');
+    expect(callerKey(callerKey('2001:db8::1'))).toBe(callerKey('2001:db8::1'));
+    expect(callerKey('fe80::1%weird:zone')).toBe('fe80::1%weird:zone');
   });
 
   it('addresses of one /64 share the per-caller caps (connections, buffered bodies); another /64 does not', () => {

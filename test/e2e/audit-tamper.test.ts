@@ -129,6 +129,16 @@ describe('audit verify on a damaged daemon log', () => {
     const other = await env.cli(['audit', 'prune', '--before', '30d'], { uid: 65534 });
     expect(other.code).toBe(4);
     expect(other.stderr).toMatch(/AccessDeniedException: .*ebsd:AuditPrune/);
+    // Every call is in the log, as CloudTrail records calls that change nothing or fail: the two that removed
+    // nothing, the two refused for their Before (errorCode, no response elements), the other uid's denial.
+    const prunes = ((await env.ok(['audit', 'tail', '-n', '50'])).Events as Record<string, any>[]).filter((e) => e.eventName === 'AuditPrune');
+    expect(prunes.map((e) => [e.requestParameters?.before, e.errorCode ?? 'ok'])).toEqual([
+      [expect.stringMatching(/^\d{4}-\d{2}-\d{2}T/), 'ok'], ['2026-01-01', 'ok'],
+      ['2999-01-01T00:00:00Z', 'InvalidParameterValue'], ['last week', 'InvalidParameterValue'],
+      [undefined, 'AccessDeniedException'],
+    ]);
+    expect(prunes[0]).toMatchObject({ eventSource: 'ebsd', responseElements: { prunedThroughSequence: -1, filesRemoved: [] }, userIdentity: { type: 'Root' } });
+    expect(prunes[2]).toMatchObject({ responseElements: null, errorMessage: expect.stringContaining('is in the future') });
     expect(await verify()).toMatchObject({ ok: true });
   });
 });

@@ -126,9 +126,20 @@ describe('a host daemon started while its KMS is down', () => {
     expect(refused.code, refused.stderr).toBe(10);
     expect(refused.stderr).toContain('ServiceUnavailable');
     expect(refused.stderr).toContain(`KMS at ${url} has not answered`);
+    // What ebsd-attach@ runs at boot: `attach --wait` waits for the volume the daemon will re-attach, and a
+    // bound that passes says what it still waits for (exit 10), rather than failing as a plain attach does.
+    const short = await host.cli(['attach', vol, '--wait', '1']);
+    expect(short.code, short.stderr).toBe(10);
+    expect(short.stderr).toContain(`${vol} is recorded attached to this host and still not served after 1 s: waiting for the KMS at ${url}`);
+    let waitedOut = false;
+    const attaching = host.cli(['attach', vol, '--wait', '120', '--output', 'json']).finally(() => { waitedOut = true; });
 
     // Back on its old port: the host knows only that address.
+    expect(waitedOut).toBe(false); // nothing could serve the volume yet
     await restartOnSamePort(kms, ['--kms-only', '--kms-listen', new URL(url).host]);
+    const attached = await attaching;
+    expect(attached.code, attached.stderr).toBe(0);
+    expect(attached.json()).toMatchObject({ VolumeId: vol, State: 'attached', Path: host.file(vol), Device: expect.any(String), AttachTime: expect.any(String) });
     await reattached(vol, 60_000);
     const served = parseMetrics(await (await fetch(metricsUrl)).text());
     expect(served.get(`ebsd_kms_remote_reachable{endpoint="${url}"}`)).toBe(1);

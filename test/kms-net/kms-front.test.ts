@@ -43,9 +43,10 @@ describe('KMS listener with its front end on a worker thread', () => {
     return s;
   };
 
-  it('runs on its own thread, named ebsd-kms-front', () => {
+  it('runs on its own thread, named ebsd-kms-front; the HSM worker on one named ebsd-hsm', () => {
     const names = readdirSync(`/proc/${env.pid}/task`).map((t) => readFileSync(`/proc/${env.pid}/task/${t}/comm`, 'utf8').trim());
     expect(names.filter((n) => n === 'ebsd-kms-front')).toHaveLength(1);
+    expect(names.filter((n) => n === 'ebsd-hsm')).toHaveLength(1);
   });
 
   it('answers pipelined requests in order, each body intact across the hand-off', async () => {

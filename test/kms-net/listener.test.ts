@@ -6,6 +6,7 @@
  * the front-end worker and on the main thread (`--kms-front-threads 1`, `0`).
  */
 import { writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -16,6 +17,7 @@ import { STSClient, GetCallerIdentityCommand } from '@aws-sdk/client-sts';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { FRONT_THREADS, KMS_ADMIN_POLICY, Sha256, StandardChain, auditEvents, keyVars, kmsUrl, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt, run, CLI } from '../e2e/helpers.js';
+import { poll } from '../helpers/poll.js';
 
 describe.each(FRONT_THREADS)('KMS and STS over HTTP + SigV4, real SDK clients (--kms-front-threads %i)', (front) => {
   const env = new Env('kmsnet');
@@ -195,11 +197,59 @@ describe('ebsd status names the listeners a daemon has, and a --kms-only one sho
     for (const k of [...VOLUME_ONLY, '(none)', 'EXPIRES']) expect(text.stdout, k).not.toContain(k);
   }, 60_000);
 
+  it('--kms-only (the guard on the front-end worker): its connections, the busiest source and the refusals, in status and in the metrics', async () => {
+    const st0 = await kmsOnly.ok(['status']);
+    const url = new URL(st0.Daemon.KmsUrl as string);
+    const metricsUrl = st0.Daemon.MetricsUrl as string;
+    const socks: Socket[] = [];
+    try {
+      // One source (this process's user on loopback) past its cap: 128 held, the rest refused at accept.
+      for (let i = 0; i < 131; i++) {
+        const s = connect({ host: url.hostname, port: Number(url.port) });
+        s.on('error', () => {});
+        socks.push(s);
+      }
+      const st = await poll(async () => {
+        const v = await kmsOnly.ok(['status']);
+        const l = v.Daemon.KmsListener;
+        return l.Connections === 128 && (l.RefusedSinceStart['per-caller-limit'] ?? 0) >= 3 ? v : undefined;
+      }, { tries: 200, everyMs: 50 });
+      expect(st.Daemon.KmsListener).toMatchObject({
+        Connections: 128, MaxConnections: 1024, Sources: 1, MaxConnectionsPerSource: 128,
+        BusiestSources: [{ Source: 'uid:0', Connections: 128 }],
+      });
+      const text = await (await fetch(metricsUrl)).text();
+      expect(text).toMatch(/^ebsd_kms_listener_connections 128$/m);
+      expect(Number(/^ebsd_kms_listener_refusals_total\{reason="per-caller-limit"\} (\d+)$/m.exec(text)?.[1])).toBeGreaterThanOrEqual(3);
+      expect(text).toMatch(/^ebsd_kms_listener_refusals_total\{reason="total-limit"\} 0$/m);
+      // The table shows the section as the others.
+      const table = await kmsOnly.cli(['status', '--output', 'table']);
+      expect(table.stdout).toMatch(/KmsListener/);
+      // Another local user sees the counts, not which sources hold the connections.
+      await kmsOnly.ok(['iam', 'create-user', 'viewer']);
+      await kmsOnly.ok(['iam', 'map-uid', '4242', 'user/viewer']);
+      const other = await kmsOnly.cli(['status', '--output', 'json'], { uid: 4242 });
+      expect(other.code, other.stderr).toBe(0);
+      const seen = (other.json() as { Daemon: { KmsListener: Record<string, unknown> } }).Daemon.KmsListener;
+      expect(seen).toMatchObject({ Connections: 128, Sources: 1 });
+      expect(seen).not.toHaveProperty('BusiestSources');
+    } finally {
+      for (const s of socks) s.destroy();
+    }
+    const after = await poll(async () => {
+      const v = await kmsOnly.ok(['status']);
+      return v.Daemon.KmsListener.Connections === 0 ? v : undefined;
+    }, { tries: 200, everyMs: 50 });
+    expect(after.Daemon.KmsListener).toMatchObject({ Sources: 0, BusiestSources: [] });
+  }, 60_000);
+
   it('a daemon serving volumes with --kms-listen: KmsUrl beside its volume settings', async () => {
     ensureBuilt();
     await full.start(['--kms-listen', '127.0.0.1:0']);
     const url = await kmsUrl(full);
     const st = await full.ok(['status']);
+    // The guard on the main thread (no front-end worker without --kms-only): the same section.
+    expect(st.Daemon.KmsListener).toMatchObject({ Connections: expect.any(Number), MaxConnectionsPerSource: 128, RefusedSinceStart: {} });
     expect(st.Daemon).toMatchObject({ KmsUrl: url, MountDir: full.mnt, WriteBehind: expect.any(Boolean), XtsEngine: expect.any(String), KeyCacheTtlSeconds: expect.any(Number) });
     expect(st.Daemon).not.toHaveProperty('KmsOnly');
     expect(st.Daemon).not.toHaveProperty('MetricsUrl');

@@ -3,6 +3,7 @@
  * and every plaintext HBK live only on this thread's heap. It answers
  * batches of HsmRequest in order (protocol.ts, serve-batch.ts).
  */
+import { writeFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { openDomain } from './domain.js';
 import { HsmEngine } from './engine.js';
@@ -10,6 +11,9 @@ import { answerBatch, toWire } from './serve-batch.js';
 import type { HsmBatch, HsmInit } from './protocol.js';
 
 const port = parentPort!;
+
+// The thread's name in `top -H`, /proc/<pid>/task/*/comm and the benchmarks' per-thread lines.
+try { writeFileSync('/proc/thread-self/comm', 'ebsd-hsm'); } catch { /* not Linux, or /proc read-only: unnamed */ }
 const init = workerData as HsmInit;
 
 let engine: HsmEngine;
