@@ -1143,12 +1143,20 @@ export class Daemon {
   }
 
   /**
-   * `ebsd snapshot sign-manifests` (account root only): signs the store's manifests that have no
-   * MAC, once, after --snapshot-manifest-key is turned on (trust on first use, manifest-mac.ts).
+   * `ebsd snapshot sign-manifests` (account root only), in two steps (docs/architecture.md §13.5).
+   * Without ConfirmPlanDigest a dry run: lists the manifests that have no MAC, each with its
+   * canonical digest, and the plan digest over them; signs nothing (audited as a read). With it:
+   * surveys again, refuses unless the plan digest is the one given, audits the plan, then signs
+   * exactly the manifest objects surveyed, each only if a read just before writing finds the same
+   * content (signing trusts what it signs: only what root reviewed).
    */
   private async signManifests(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
-    const unknown = Object.keys(b);
-    if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.SignManifests (it takes none)`);
+    const unknown = Object.keys(b).filter((k) => k !== 'ConfirmPlanDigest');
+    if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.SignManifests (it takes ConfirmPlanDigest)`);
+    const confirm = b.ConfirmPlanDigest;
+    if (confirm !== undefined && (typeof confirm !== 'string' || !/^[0-9a-f]{64}$/.test(confirm))) {
+      throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'ConfirmPlanDigest', `ConfirmPlanDigest ${JSON.stringify(String(confirm).slice(0, 80))} is not a plan digest (64 lower-case hex digits, as the dry run of 'ebsd snapshot sign-manifests' prints)`);
+    }
     const signer = this.manifestSigner;
     const raw = this.rawSnapshotStore;
     if (!signer || !raw) {
@@ -1156,22 +1164,38 @@ export class Daemon {
     }
     if (signer.keyArn === undefined) throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: the key of --snapshot-manifest-key is not open yet (the KMS has not answered since the daemon started)', { awsName: 'UnsupportedOperation' });
     const plan = await surveyManifestMacs(raw, signer);
-    // What is about to be trusted, in the audit log before any manifest is signed (§5.8: what cannot be audited does not take effect).
+    const unsigned = plan.unsigned.map((u) => ({ snapshotId: u.snapshotId, digest: u.digest }));
+    const refused = plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message }));
+    if (confirm !== undefined && confirm !== plan.planDigest) {
+      throw new EbsdError('MANIFEST_PLAN_CHANGED', `ebsd.SignManifests: nothing signed: the unsigned manifests are not those of the plan confirmed (ConfirmPlanDigest ${confirm}; the store's now ${plan.planDigest}): run 'ebsd snapshot sign-manifests' again and review its list`, { awsName: 'IncorrectState' });
+    }
+    const dryRun = confirm === undefined;
+    // A dry run is recorded as a read; a confirmed plan, what is about to be trusted, before any manifest is signed (§5.8: what cannot be audited does not take effect).
     const ids = this.authz!.identities;
     try {
-      for (let i = 0; i === 0 || i < plan.unsigned.length; i += SIGN_EVENT_IDS) {
+      for (let i = 0; i === 0 || i < unsigned.length; i += SIGN_EVENT_IDS) {
         await this.kms!.audit.append(signManifestsEvent(caller, {
-          accountId: ids.accountId, region: ids.region, requestId: peer.requestId, keyArn: signer.keyArn, store: raw.location,
-          unsigned: plan.unsigned.slice(i, i + SIGN_EVENT_IDS), alreadySigned: plan.alreadySigned, refused: plan.refused.map((r) => r.snapshotId),
+          accountId: ids.accountId, region: ids.region, requestId: peer.requestId, keyArn: signer.keyArn, store: raw.location, dryRun, planDigest: plan.planDigest,
+          unsigned: unsigned.slice(i, i + SIGN_EVENT_IDS), alreadySigned: plan.alreadySigned, refused: plan.refused.map((r) => r.snapshotId),
         }));
       }
     } catch (err) {
       throw new EbsdError('MANIFEST_SIGNING_NOT_AUDITED', `ebsd.SignManifests: nothing signed: its event could not be written to the audit log: ${(err as Error)?.message ?? String(err)}`, { awsName: 'ServiceFailure', cause: err });
     }
+    if (dryRun) {
+      return {
+        DryRun: true, PlanDigest: plan.planDigest, AlreadySigned: plan.alreadySigned, Refused: refused,
+        Unsigned: plan.unsigned.map((u) => ({ SnapshotId: u.snapshotId, VolumeId: u.manifest.volumeId, StartTime: u.manifest.startTime, BlockCount: Array.isArray(u.manifest.blocks) ? u.manifest.blocks.length : 0, Digest: u.digest })),
+      };
+    }
     const signed: string[] = [];
-    for (const id of plan.unsigned) if (await signManifest(raw, signer, id)) signed.push(id);
-    this.log.info({ signed, alreadySigned: plan.alreadySigned, refused: plan.refused.map((x) => x.snapshotId), store: raw.location }, 'signed snapshot manifests that had no MAC');
-    return { Signed: signed, AlreadySigned: plan.alreadySigned, Refused: plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message })) };
+    for (const u of plan.unsigned) {
+      const outcome = await signManifest(raw, signer, u);
+      if (outcome === 'signed') signed.push(u.snapshotId);
+      else if (outcome === 'changed') refused.push({ SnapshotId: u.snapshotId, Message: `snapshot manifest ${u.snapshotId}: not signed: it changed after the survey (its digest is no longer ${u.digest})` });
+    }
+    this.log.info({ signed, alreadySigned: plan.alreadySigned, refused: refused.map((x) => x.SnapshotId), planDigest: plan.planDigest, store: raw.location }, 'signed snapshot manifests that had no MAC');
+    return { PlanDigest: plan.planDigest, Signed: signed, AlreadySigned: plan.alreadySigned, Refused: refused };
   }
 
   /**

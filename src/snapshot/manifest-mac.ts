@@ -233,7 +233,7 @@ export class ManifestSigner {
       new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${snapshotId}: ${why} (docs/architecture.md §13.5)`, cause === undefined ? {} : { cause });
     const got = macOf(m);
     if (got === undefined) {
-      throw corrupt(`it has no manifest MAC, and this daemon (--snapshot-manifest-key ${keyArn}) trusts only signed manifests; if it was written before signing was turned on, 'ebsd snapshot sign-manifests' signs it`);
+      throw corrupt(`it has no manifest MAC, and this daemon (--snapshot-manifest-key ${keyArn}) trusts only signed manifests`);
     }
     if (got === 'malformed') throw corrupt(`its manifest MAC is not {keyArn, mac (32 bytes of HMAC_SHA_256 in base64)}`);
     let digest: string;
@@ -320,15 +320,44 @@ function wrapStore(store: CollectableStore, overrides: Partial<CollectableStore>
   });
 }
 
+/** One manifest without a MAC as the survey read it: what --confirm signs, exactly as it was listed. */
+export interface UnsignedManifest {
+  snapshotId: string;
+  /** canonicalDigest of the manifest as read. */
+  digest: string;
+  manifest: SnapshotManifest;
+}
+
+/** What the survey found: the unsigned manifests (by id), how many verify, and which are refused. */
+export interface ManifestMacSurvey {
+  unsigned: UnsignedManifest[];
+  alreadySigned: number;
+  refused: { snapshotId: string; message: string }[];
+  /** planDigest(unsigned): what `--confirm` must name. */
+  planDigest: string;
+}
+
 /**
- * `ebsd snapshot sign-manifests`, first half: which manifests in the store have no MAC (to be
- * signed: trust on first use, run once by root right after turning --snapshot-manifest-key on,
- * while nothing else could have written the store), how many carry one that verifies, and which
- * are refused: unreadable, or carrying a MAC that does not verify, which is exactly what signing
- * must not bless. The daemon audits this plan before signManifest acts on it.
+ * The digest of a sign-manifests plan: SHA-256 (hex) over the `snapshotId:digest` lines of the
+ * unsigned manifests, sorted, each ended by a newline. Root reviews the dry run's list and
+ * confirms it by this digest; any manifest added, removed or changed since makes another one.
  */
-export async function surveyManifestMacs(store: CollectableStore, signer: ManifestSigner): Promise<{ unsigned: string[]; alreadySigned: number; refused: { snapshotId: string; message: string }[] }> {
-  const unsigned: string[] = [];
+export function planDigest(unsigned: readonly { snapshotId: string; digest: string }[]): string {
+  const h = createHash('sha256');
+  for (const line of unsigned.map((u) => `${u.snapshotId}:${u.digest}`).sort()) h.update(`${line}\n`, 'utf8');
+  return h.digest('hex');
+}
+
+/**
+ * `ebsd snapshot sign-manifests`, first half: which manifests in the store have no MAC (what
+ * signing would trust: whatever they hold, whoever wrote them, docs/architecture.md §13.5), each
+ * with its canonical digest; how many carry a MAC that verifies; and which are refused:
+ * unreadable, or carrying a MAC that does not verify, which is exactly what signing must not
+ * bless. A dry run shows this; `--confirm` repeats it and signs only if the plan digest is the
+ * one root reviewed.
+ */
+export async function surveyManifestMacs(store: CollectableStore, signer: ManifestSigner): Promise<ManifestMacSurvey> {
+  const unsigned: UnsignedManifest[] = [];
   const refused: { snapshotId: string; message: string }[] = [];
   let alreadySigned = 0;
   for (const id of await store.listManifestIds()) {
@@ -336,7 +365,7 @@ export async function surveyManifestMacs(store: CollectableStore, signer: Manife
       const m = await store.getManifest(id);
       if (!m) continue;
       if (!ManifestSigner.hasMac(m)) {
-        unsigned.push(id);
+        unsigned.push({ snapshotId: id, digest: digestOrCorrupt(id, m), manifest: m });
         continue;
       }
       await signer.verify(id, m);
@@ -346,13 +375,30 @@ export async function surveyManifestMacs(store: CollectableStore, signer: Manife
       refused.push({ snapshotId: id, message: e.message });
     }
   }
-  return { unsigned, alreadySigned, refused };
+  return { unsigned, alreadySigned, refused, planDigest: planDigest(unsigned) };
 }
 
-/** Second half: signs the manifest if it still has no MAC (read again: one signed meanwhile is left as it is); true when it signed it. */
-export async function signManifest(store: CollectableStore, signer: ManifestSigner, snapshotId: string): Promise<boolean> {
-  const m = await store.getManifest(snapshotId);
-  if (!m || ManifestSigner.hasMac(m)) return false;
-  await store.putManifest(await signer.sign(m));
-  return true;
+function digestOrCorrupt(snapshotId: string, m: SnapshotManifest): string {
+  try {
+    return canonicalDigest(m);
+  } catch (e) {
+    throw new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${snapshotId}: its content cannot be put in canonical form for the manifest MAC: ${(e as Error).message} (docs/architecture.md §13.5)`, { cause: e });
+  }
+}
+
+/** What signManifest did with one surveyed manifest. */
+export type SignOutcome = 'signed' | 'gone' | 'signed-meanwhile' | 'changed';
+
+/**
+ * Second half: signs `u.manifest`, the object the survey read (never a later read), provided a
+ * read just before writing finds the same content (the same canonical digest) still unsigned.
+ * A manifest deleted, signed or changed since the survey is left as it is, and the outcome says which.
+ */
+export async function signManifest(store: CollectableStore, signer: ManifestSigner, u: UnsignedManifest): Promise<SignOutcome> {
+  const now = await store.getManifest(u.snapshotId);
+  if (!now) return 'gone';
+  if (ManifestSigner.hasMac(now)) return 'signed-meanwhile';
+  if (digestOrCorrupt(u.snapshotId, now) !== u.digest) return 'changed';
+  await store.putManifest(await signer.sign(u.manifest));
+  return 'signed';
 }

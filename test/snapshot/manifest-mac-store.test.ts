@@ -18,7 +18,7 @@ import { KmsCoreKeyService, type KeyService } from '../../src/volume/key-service
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
-import { canonicalDigest, ManifestSigner, manifestMacMessage, signedManifests } from '../../src/snapshot/manifest-mac.js';
+import { canonicalDigest, ManifestSigner, manifestMacMessage, planDigest, signedManifests, signManifest, surveyManifestMacs } from '../../src/snapshot/manifest-mac.js';
 import type { CollectableStore } from '../../src/snapshot/gc.js';
 import type { SnapshotError } from '../../src/snapshot/errors.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
@@ -131,6 +131,29 @@ function runSuite(name: string, impl: () => Impl): void {
         await raw.putManifest({ ...manifest(S1, [[0, H('1')]]), manifestMac: { keyArn: impl().macKey, mac } } as SnapshotManifest);
         await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('its manifest MAC is not {keyArn, mac') });
       }
+    });
+
+    it('sign-manifests signs only what the survey read: a manifest changed after it is left unsigned, named as changed', async () => {
+      const S3 = 'snap-0000000000000000c';
+      const S4 = 'snap-0000000000000000d';
+      await raw.putManifest(manifest(S3, [[0, H('3')]]));
+      await raw.putManifest(manifest(S4, [[0, H('4')]]));
+      const signer = new ManifestSigner(impl().macKey);
+      await signer.open(impl().ks, impl().caller);
+      const plan = await surveyManifestMacs(raw, signer);
+      const mine = plan.unsigned.filter((u) => u.snapshotId === S3 || u.snapshotId === S4);
+      expect(mine.map((u) => [u.snapshotId, u.digest])).toEqual([[S3, canonicalDigest(manifest(S3, [[0, H('3')]]))], [S4, canonicalDigest(manifest(S4, [[0, H('4')]]))]]);
+      expect(plan.planDigest).toBe(planDigest(plan.unsigned));
+      // Between the survey and the signing a store writer points S4 at other blocks.
+      const edited = { ...manifest(S4, [[0, H('5')]]) };
+      writeFileSync(file(S4), JSON.stringify(edited));
+      expect(await signManifest(raw, signer, mine[0]!)).toBe('signed');
+      expect(await signManifest(raw, signer, mine[1]!)).toBe('changed');
+      expect((await store.getManifest(S3))?.blocks).toEqual([[0, H('3')]]);
+      await expect(store.getManifest(S4)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('has no manifest MAC') });
+      expect(JSON.parse(readFileSync(file(S4), 'utf8'))).toEqual(edited);
+      await raw.deleteManifest(S3);
+      await raw.deleteManifest(S4);
     });
 
     it('refuses at open a key that is not HMAC_256, one that does not exist, and a caller that may not GenerateMac', async () => {
