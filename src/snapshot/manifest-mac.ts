@@ -36,6 +36,8 @@ export interface ManifestMac {
 
 /** Verified (digest, MAC) pairs kept: one per manifest of a large store. */
 const VERIFIED_MAX = 65536;
+/** Refused (digest, MAC) pairs kept: enough for every bad manifest a listing meets, bounded so a store writer cannot grow it without end. */
+const FAILED_MAX = 4096;
 /** Manifests verified at once while listing (a KMS call each, the first time). */
 const LIST_VERIFIERS = 16;
 
@@ -138,7 +140,9 @@ export function withoutMac(m: SnapshotManifest): SnapshotManifest {
  * volumes use (the embedded core on a single host, the remote KMS as the host in a fleet).
  * Verified MACs are remembered by (snapshot id, canonical digest, MAC), and verified manifest objects the
  * store hands out again (the directory store's frozen ones) by identity, so a listing calls
- * VerifyMac once per manifest change, not once per manifest per listing.
+ * VerifyMac once per manifest change, not once per manifest per listing; MACs the KMS refused
+ * are remembered the same way (a manifest re-written with other content has another digest, and is
+ * checked again).
  */
 export class ManifestSigner {
   private keys: MacKeyService | undefined;
@@ -146,6 +150,8 @@ export class ManifestSigner {
   private keyArnValue: string | undefined;
   /** `${snapshotId}:${digest}:${mac}` of MACs this key made or verified, least recently used first. */
   private readonly verified = new Map<string, true>();
+  /** `${snapshotId}:${digest}:${mac}` VerifyMac refused (KMSInvalidMacException), least recently used first: a store of many bad manifests costs one VerifyMac each, not one per listing. */
+  private readonly failed = new Map<string, true>();
   /** Frozen manifest objects verified as they are (they cannot change). */
   private readonly verifiedObjects = new WeakSet<object>();
 
@@ -244,20 +250,33 @@ export class ManifestSigner {
       throw corrupt(`its content cannot be put in canonical form for the manifest MAC: ${(e as Error).message}`, e);
     }
     const seen = `${snapshotId}:${digest}:${got.mac}`;
+    const other = got.keyArn !== keyArn ? ` (it names key ${got.keyArn}; this daemon verifies with ${keyArn})` : '';
+    const invalid = `its manifest MAC does not verify: the manifest was changed, moved from another snapshot id, or signed with another key${other}`;
+    // The same content with the same MAC failed before: it fails again (HMAC is deterministic), without another KMS call.
+    if (this.failed.has(seen)) throw corrupt(invalid);
     if (!this.verified.has(seen)) {
+      let answer: { MacValid?: unknown };
       try {
-        await keys.verifyMac({ KeyId: keyArn, Message: manifestMacMessage(snapshotId, digest), MacAlgorithm: MANIFEST_MAC_ALGORITHM, Mac: Buffer.from(got.mac, 'base64') }, caller);
+        answer = await keys.verifyMac({ KeyId: keyArn, Message: manifestMacMessage(snapshotId, digest), MacAlgorithm: MANIFEST_MAC_ALGORITHM, Mac: Buffer.from(got.mac, 'base64') }, caller);
       } catch (e) {
         const aws = (e as { awsName?: unknown }).awsName;
         if (aws === 'KMSInvalidMacException') {
-          const other = got.keyArn !== keyArn ? ` (it names key ${got.keyArn}; this daemon verifies with ${keyArn})` : '';
-          throw corrupt(`its manifest MAC does not verify: the manifest was changed, moved from another snapshot id, or signed with another key${other}`, e);
+          this.rememberFailed(seen);
+          throw corrupt(invalid, e);
         }
         throw new SnapshotError('SNAPSHOT_STORE', `snapshot manifest ${snapshotId}: cannot check its manifest MAC with ${keyArn}: ${(e as Error).message}`, { cause: e });
       }
+      // VerifyMac answers MacValid true or throws; any other answer is not a verification.
+      if (answer?.MacValid !== true) throw corrupt(`${invalid}; VerifyMac answered MacValid ${JSON.stringify(answer?.MacValid) ?? 'undefined'}`);
     }
     this.remember(seen);
     if (Object.isFrozen(m)) this.verifiedObjects.add(m);
+  }
+
+  private rememberFailed(k: string): void {
+    this.failed.delete(k);
+    this.failed.set(k, true);
+    if (this.failed.size > FAILED_MAX) this.failed.delete(this.failed.keys().next().value!);
   }
 
   private remember(k: string): void {

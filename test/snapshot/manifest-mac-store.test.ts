@@ -116,6 +116,37 @@ function runSuite(name: string, impl: () => Impl): void {
       writeFileSync(file(S1), JSON.stringify({ ...text, description: 'edited' }));
       await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
       expect(verifies()).toBe(before + 1);
+      // A refusal is remembered too: listing the same bad manifest again costs no VerifyMac (nor a KMS audit event).
+      const bad: string[] = [];
+      for (let i = 0; i < 3; i++) await store.listManifestSummaries({ onCorrupt: (id) => bad.push(id) });
+      await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('manifest MAC does not verify') });
+      expect(bad).toEqual([S1, S1, S1]);
+      expect(verifies()).toBe(before + 1);
+      // Other content (another digest) is checked again.
+      writeFileSync(file(S1), JSON.stringify({ ...text, description: 'edited again' }));
+      await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+      expect(verifies()).toBe(before + 2);
+      writeFileSync(file(S1), JSON.stringify(text));
+    });
+
+    it('trusts a manifest only when VerifyMac answers MacValid true, not merely when it does not throw', async () => {
+      const { ks, caller, macKey } = impl();
+      // The real KMS's answers, MacValid turned false on the way back (a KMS or client that reports failure in the answer).
+      const saysInvalid = new Proxy(ks, {
+        get(t, p) {
+          const v = Reflect.get(t, p, t) as unknown;
+          if (p === 'verifyMac' && typeof v === 'function') return async (...a: unknown[]) => ({ ...(await (v as (...x: unknown[]) => Promise<object>).apply(t, a)), MacValid: false });
+          return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(t) : v;
+        },
+      });
+      const signer = new ManifestSigner(macKey);
+      await signer.open(saysInvalid, caller);
+      const S5 = 'snap-0000000000000000e';
+      await store.putManifest(manifest(S5, [[0, H('5')]]));
+      // A fresh signer has verified nothing yet: its VerifyMac's answer decides.
+      await expect(signedManifests(raw, signer).getManifest(S5)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('VerifyMac answered MacValid false') });
+      expect((await store.getManifest(S5))?.blocks).toEqual([[0, H('5')]]);
+      await raw.deleteManifest(S5);
     });
 
     it('refuses a manifest signed with another HMAC key, one without a MAC, and one whose MAC member is of another shape', async () => {
