@@ -44,7 +44,7 @@ import type { DaemonMetrics } from './metrics.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
-import { ManifestSigner, signedManifests, signManifest, surveyManifestMacs, withoutManifestMacs } from '../snapshot/manifest-mac.js';
+import { ManifestKeyOpener, ManifestKeyUnavailable, ManifestSigner, signedManifests, signManifest, surveyManifestMacs, withoutManifestMacs } from '../snapshot/manifest-mac.js';
 import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
 import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-manager.js';
 import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
@@ -167,6 +167,8 @@ export class Daemon {
   private rawSnapshotStore: CollectableStore | undefined;
   /** With --snapshot-manifest-key: signs and verifies every manifest (docs/architecture.md §13.5). */
   private manifestSigner: ManifestSigner | undefined;
+  /** Retries opening the manifest key when the KMS did not answer at start (manifest-mac.ts). */
+  private manifestKeyOpener: ManifestKeyOpener | undefined;
   private snapshotGc: SnapshotGc | undefined;
   private gcTicker: NodeJS.Timeout | undefined;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
@@ -338,7 +340,18 @@ export class Daemon {
         if (ids.getPolicy(ids.roleArn(HOST_ROLE), HOST_MANIFEST_MAC_POLICY) !== doc) await ids.attachPolicy(ids.roleArn(HOST_ROLE), HOST_MANIFEST_MAC_POLICY, doc);
       }
     }
-    await signer.open(keys, host);
+    try {
+      await signer.open(keys, host);
+    } catch (e) {
+      // A refusal stops the start (exit 9); a KMS that did not answer does not: the signer stays closed
+      // (every manifest read or write fails, nothing is trusted) and is opened again in the background.
+      if (!(e instanceof ManifestKeyUnavailable)) throw e;
+      if (!this.manifestKeyOpener) {
+        this.manifestKeyOpener = new ManifestKeyOpener({ signer, open: () => signer.open(keys, host), log: this.log.child({ component: 'snapshot-manifest-key' }) });
+        this.manifestKeyOpener.start(e);
+      }
+      return;
+    }
     this.log.info({ snapshotManifestKey: signer.keyArn, store: this.snapshotStore?.location }, 'snapshot manifests are signed and verified with a KMS HMAC key');
   }
 
@@ -398,7 +411,8 @@ export class Daemon {
     // Remote calls are metered here; the embedded core's through kmsCore.
     const keyService = this.remoteKms ? (this.metrics ? this.metrics.meterKeyService(this.remoteKms) : this.remoteKms) : new KmsCoreKeyService(this.kmsCore!);
     try {
-      // Before anything reads a manifest: a key that is missing, not HMAC or not usable stops the start.
+      // Before anything reads a manifest: a key that is missing, not HMAC or not usable stops the start
+      // (a KMS that does not answer does not: the key is opened in the background, manifests refused meanwhile).
       if (this.manifestSigner) await this.openManifestSigner(this.manifestSigner, keyService, host);
       mgr = await VolumeManager.open({
         stateDir: paths.root,
@@ -567,6 +581,7 @@ export class Daemon {
     await step('metrics', () => this.metrics?.close());
     await step('host resolver', () => this.hostResolver?.stop());
     await step('resume retry', () => this.resumeRetry?.stop());
+    await step('manifest key', () => this.manifestKeyOpener?.stop());
     await step('ebs direct', async () => this.ebs?.close());
     await step('drain FUSE', async () => {
       await faultHang('stop.drain');

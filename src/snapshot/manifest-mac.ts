@@ -1,7 +1,11 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { Caller } from '../kms/types.js';
 import type { KeyService } from '../volume/key-service.js';
-import { ArgRangeError } from '../util/errors.js';
+import type { Logger } from 'pino';
+import { ArgRangeError, EbsdError } from '../util/errors.js';
+import { backoffDelayMs } from '../util/backoff.js';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import { KeyServiceError, errInfo } from '../volume/errors.js';
 import { SnapshotError } from './errors.js';
 import type { CollectableStore } from './gc.js';
 import { readListedManifests, summaryOf } from './manifest-check.js';
@@ -165,13 +169,17 @@ export class ManifestSigner {
 
   /**
    * Checks the key (exists, HMAC_256, GENERATE_VERIFY_MAC, enabled) and that `caller` may use it
-   * (one GenerateMac), then signs and verifies with it. Throws ArgRangeError naming
-   * --snapshot-manifest-key and what is wrong; until it has succeeded every manifest read or
-   * write through signedManifests fails (nothing is trusted unchecked).
+   * (one GenerateMac), then signs and verifies with it. A refusal (no such key, another spec or
+   * usage, disabled, access denied) throws ArgRangeError naming --snapshot-manifest-key and what
+   * is wrong; a KMS that did not answer throws ManifestKeyUnavailable (worth trying again,
+   * ManifestKeyOpener). Until it has succeeded every manifest read or write through
+   * signedManifests fails (nothing is trusted unchecked).
    */
   async open(keys: KeyService, caller: Caller): Promise<void> {
     const flag = '--snapshot-manifest-key';
     const refuse = (why: string, cause?: unknown): never => {
+      // The KMS did not answer (unreachable, a timeout, throttled, an internal error, the circuit open): not a "no".
+      if (cause !== undefined && isKmsOutage(cause)) throw new ManifestKeyUnavailable(`${flag} ${JSON.stringify(this.keyId)}: ${why}`, cause);
       const e = new ArgRangeError(flag, `${JSON.stringify(this.keyId)}: ${why}`);
       if (cause !== undefined) (e as { cause?: unknown }).cause = cause;
       throw e;
@@ -288,6 +296,97 @@ export class ManifestSigner {
   /** True when the manifest carries a MAC of any shape (sign-manifests leaves those alone: a wrong one is what it must not bless). */
   static hasMac(m: SnapshotManifest): boolean {
     return macOf(m) !== undefined;
+  }
+}
+
+/** open() could not reach an answer from the KMS (not a refusal): the signer stays closed, and opening again may succeed. */
+export class ManifestKeyUnavailable extends EbsdError {
+  constructor(message: string, cause: unknown) {
+    const aws = (cause as { awsName?: unknown }).awsName;
+    super('MANIFEST_KEY_UNAVAILABLE', message, { ...(typeof aws === 'string' ? { awsName: aws } : {}), cause });
+  }
+}
+
+/** True when `e` (or what caused it) is a KMS call the KMS did not answer with a "no" (key-service.ts, KeyServiceError.authoritative). */
+function isKmsOutage(e: unknown): boolean {
+  for (let x = e as { cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
+    if (x instanceof KeyServiceError) return !x.authoritative;
+  }
+  return false;
+}
+
+/**
+ * Opens a ManifestSigner whose first open() met a KMS that did not answer: tries again in the
+ * background with the daemon's back-off (src/util/backoff.ts, as src/volume/resume-retry.ts
+ * does) until it opens, logging when the kind of failure changes, not per try. Meanwhile every
+ * manifest read or write fails with SNAPSHOT_STORE (ManifestSigner.ready). A refusal on a later
+ * try (the KMS now answers "no") is logged as an error and ends the retries: the daemon keeps
+ * serving volumes, and snapshots fail until it is restarted with a key it may use.
+ */
+export class ManifestKeyOpener {
+  private timer: TimerHandle | null = null;
+  private attempt = 0;
+  private lastKind: string | undefined;
+  private stopped = false;
+  private running: Promise<void> | null = null;
+  private readonly clock: Clock;
+  /** Resolves once the signer is open (never, if the retries end first). */
+  readonly opened: Promise<void>;
+  private resolveOpened!: () => void;
+
+  constructor(private readonly o: { signer: ManifestSigner; open: () => Promise<void>; log: Logger; clock?: Clock; random?: () => number }) {
+    this.clock = o.clock ?? systemClock;
+    this.opened = new Promise((r) => (this.resolveOpened = r));
+  }
+
+  /** Starts the retries after the first open failed with `first`. */
+  start(first: ManifestKeyUnavailable): void {
+    this.note(first);
+    this.schedule();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+    await this.running;
+  }
+
+  private note(e: unknown): void {
+    const aws = (e as { awsName?: unknown }).awsName;
+    const kind = typeof aws === 'string' ? aws : 'no answer';
+    if (kind === this.lastKind) return;
+    this.lastKind = kind;
+    this.o.log.warn({ err: errInfo(e), snapshotManifestKey: this.o.signer.keyId, attempts: this.attempt + 1 }, 'the KMS did not answer for the key of --snapshot-manifest-key: snapshot manifests cannot be read or written until it does; trying again with back-off');
+  }
+
+  private schedule(): void {
+    if (this.stopped || this.timer) return;
+    const ms = backoffDelayMs(++this.attempt, this.o.random);
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = null;
+      this.running = this.tryOnce().finally(() => (this.running = null));
+      return this.running;
+    }, ms);
+    (this.timer as { unref?: () => void }).unref?.();
+  }
+
+  private async tryOnce(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.o.open();
+    } catch (e) {
+      if (this.stopped) return;
+      if (e instanceof ManifestKeyUnavailable) {
+        this.note(e);
+        this.schedule();
+        return;
+      }
+      this.o.log.error({ err: errInfo(e), snapshotManifestKey: this.o.signer.keyId }, 'the KMS refused the key of --snapshot-manifest-key: snapshot manifests cannot be read or written; restart the daemon with a key it may use');
+      return;
+    }
+    this.o.log.info({ snapshotManifestKey: this.o.signer.keyArn, attempts: this.attempt + 1 }, 'the key of --snapshot-manifest-key is open: snapshot manifests are signed and verified from now on');
+    this.resolveOpened();
   }
 }
 

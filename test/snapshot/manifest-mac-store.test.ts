@@ -18,10 +18,11 @@ import { KmsCoreKeyService, type KeyService } from '../../src/volume/key-service
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
-import { canonicalDigest, ManifestSigner, manifestMacMessage, planDigest, signedManifests, signManifest, surveyManifestMacs } from '../../src/snapshot/manifest-mac.js';
+import { canonicalDigest, ManifestKeyOpener, ManifestKeyUnavailable, ManifestSigner, manifestMacMessage, planDigest, signedManifests, signManifest, surveyManifestMacs } from '../../src/snapshot/manifest-mac.js';
 import type { CollectableStore } from '../../src/snapshot/gc.js';
 import type { SnapshotError } from '../../src/snapshot/errors.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
+import { pino } from 'pino';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { tempDir } from '../helpers/temp-dir.js';
 import { makeAccessKey, startKmsDaemon } from '../kms-net/helpers.js';
@@ -241,11 +242,13 @@ const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
 const clients: AwsKeyService[] = [];
 let awsImpl: Impl;
 let s3: S3Server | undefined;
+let remoteUrl = '';
 beforeAll(async () => {
   ensureBuilt();
   s3 = await startS3Server();
   const server = s3;
   const { url } = await startKmsDaemon(env);
+  remoteUrl = url;
   // What README "Snapshot store" tells a fleet host to be allowed on the manifest key.
   const host = await makeAccessKey(env, 'host', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: ['kms:GenerateMac', 'kms:VerifyMac', 'kms:DescribeKey'], Resource: '*' }] }));
   const reader = await makeAccessKey(env, 'reader', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: ['kms:DescribeKey'], Resource: '*' }] }));
@@ -280,3 +283,32 @@ afterAll(async () => {
   await env.cleanup();
 });
 runSuite('AwsKeyService against a --kms-only daemon', () => awsImpl);
+
+// ---- a KMS that does not answer when the key is opened -----------------------
+describe('signed manifests: the KMS not answering at open', () => {
+  it('is no refusal: open throws ManifestKeyUnavailable (the daemon starts), and ManifestKeyOpener opens the key once the KMS answers', async () => {
+    const { ks, caller, macKey } = awsImpl;
+    await env.stop();
+    const signer = new ManifestSigner(macKey);
+    const err = await signer.open(ks, caller).then(() => undefined, (e: unknown) => e);
+    // Not the refusal that stops a start (exit 9): the KMS never said no.
+    expect((err as Error).name).not.toBe('ArgRangeError');
+    expect(err).toBeInstanceOf(ManifestKeyUnavailable);
+    expect((err as Error).message).toContain('--snapshot-manifest-key');
+    // Closed meanwhile: a read fails as the store failing, nothing is trusted or called corrupt.
+    await expect(signer.verify(S1, manifest(S1, []))).rejects.toMatchObject({ code: 'SNAPSHOT_STORE' });
+    const lines: string[] = [];
+    const opener = new ManifestKeyOpener({ signer, open: () => signer.open(ks, caller), log: pino({ level: 'info' }, { write: (l: string) => void lines.push(l) }) });
+    opener.start(err as ManifestKeyUnavailable);
+    await env.start(['--kms-only', '--kms-listen', new URL(remoteUrl).host]);
+    await opener.opened;
+    await opener.stop();
+    expect(signer.keyArn).toBe(macKey);
+    const signed = await signer.sign(manifest(S1, [[0, H('1')]]));
+    await signer.verify(S1, signed);
+    const logged = lines.map((l) => JSON.parse(l));
+    // Logged once per kind of failure, not per try; the opening once.
+    expect(logged.filter((l) => l.msg.startsWith('the KMS did not answer for the key of --snapshot-manifest-key'))).toHaveLength(1);
+    expect(logged.filter((l) => l.msg.startsWith('the key of --snapshot-manifest-key is open'))).toHaveLength(1);
+  }, 60_000);
+});
