@@ -1178,13 +1178,13 @@ export class Daemon {
       throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: this daemon does not sign snapshot manifests: start it with --snapshot-manifest-key KEY', { awsName: 'UnsupportedOperation' });
     }
     if (signer.keyArn === undefined) throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: the key of --snapshot-manifest-key is not open yet (the KMS has not answered since the daemon started)', { awsName: 'UnsupportedOperation' });
-    const plan = await surveyManifestMacs(raw, signer);
+    const dryRun = confirm === undefined;
+    const plan = await surveyManifestMacs(raw, signer, { keepManifests: !dryRun });
     const unsigned = plan.unsigned.map((u) => ({ snapshotId: u.snapshotId, digest: u.digest }));
     const refused = plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message }));
     if (confirm !== undefined && confirm !== plan.planDigest) {
       throw new EbsdError('MANIFEST_PLAN_CHANGED', `ebsd.SignManifests: nothing signed: the unsigned manifests are not those of the plan confirmed (ConfirmPlanDigest ${confirm}; the store's now ${plan.planDigest}): run 'ebsd snapshot sign-manifests' again and review its list`, { awsName: 'IncorrectState' });
     }
-    const dryRun = confirm === undefined;
     // A dry run is recorded as a read; a confirmed plan, what is about to be trusted, before any manifest is signed (§5.8: what cannot be audited does not take effect).
     const ids = this.authz!.identities;
     try {
@@ -1200,7 +1200,7 @@ export class Daemon {
     if (dryRun) {
       return {
         DryRun: true, PlanDigest: plan.planDigest, AlreadySigned: plan.alreadySigned, Refused: refused,
-        Unsigned: plan.unsigned.map((u) => ({ SnapshotId: u.snapshotId, VolumeId: u.manifest.volumeId, StartTime: u.manifest.startTime, BlockCount: Array.isArray(u.manifest.blocks) ? u.manifest.blocks.length : 0, Digest: u.digest })),
+        Unsigned: plan.unsigned.map((u) => ({ SnapshotId: u.snapshotId, VolumeId: u.volumeId, StartTime: u.startTime, BlockCount: u.blockCount, Digest: u.digest })),
       };
     }
     const signed: string[] = [];

@@ -443,7 +443,11 @@ export interface UnsignedManifest {
   snapshotId: string;
   /** canonicalDigest of the manifest as read. */
   digest: string;
-  manifest: SnapshotManifest;
+  volumeId: string;
+  startTime: string;
+  blockCount: number;
+  /** The manifest as read, kept only for signing (a dry run keeps none: a block list may be 64 MiB). */
+  manifest?: SnapshotManifest;
 }
 
 /** What the survey found: the unsigned manifests (by id), how many verify, and which are refused. */
@@ -474,7 +478,7 @@ export function planDigest(unsigned: readonly { snapshotId: string; digest: stri
  * bless. A dry run shows this; `--confirm` repeats it and signs only if the plan digest is the
  * one root reviewed.
  */
-export async function surveyManifestMacs(store: CollectableStore, signer: ManifestSigner): Promise<ManifestMacSurvey> {
+export async function surveyManifestMacs(store: CollectableStore, signer: ManifestSigner, o: { keepManifests: boolean } = { keepManifests: true }): Promise<ManifestMacSurvey> {
   const unsigned: UnsignedManifest[] = [];
   const refused: { snapshotId: string; message: string }[] = [];
   let alreadySigned = 0;
@@ -483,7 +487,10 @@ export async function surveyManifestMacs(store: CollectableStore, signer: Manife
       const m = await store.getManifest(id);
       if (!m) continue;
       if (!ManifestSigner.hasMac(m)) {
-        unsigned.push({ snapshotId: id, digest: digestOrCorrupt(id, m), manifest: m });
+        unsigned.push({
+          snapshotId: id, digest: digestOrCorrupt(id, m), volumeId: m.volumeId, startTime: m.startTime,
+          blockCount: Array.isArray(m.blocks) ? m.blocks.length : 0, ...(o.keepManifests ? { manifest: m } : {}),
+        });
         continue;
       }
       await signer.verify(id, m);
@@ -513,6 +520,7 @@ export type SignOutcome = 'signed' | 'gone' | 'signed-meanwhile' | 'changed';
  * A manifest deleted, signed or changed since the survey is left as it is, and the outcome says which.
  */
 export async function signManifest(store: CollectableStore, signer: ManifestSigner, u: UnsignedManifest): Promise<SignOutcome> {
+  if (!u.manifest) throw new TypeError(`snapshot manifest ${u.snapshotId}: the survey kept no manifest to sign (a dry run's survey signs nothing)`);
   const now = await store.getManifest(u.snapshotId);
   if (!now) return 'gone';
   if (ManifestSigner.hasMac(now)) return 'signed-meanwhile';
