@@ -1034,6 +1034,7 @@ export class Daemon {
         ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
         // The key's ARN once it is open; the flag's value as given until then (a remote KMS not answered yet).
         ...(this.manifestSigner ? { SnapshotManifestKey: this.manifestSigner.keyArn ?? this.manifestSigner.keyId } : {}),
+        ...(this.manifestKeyOpener?.state() ? { SnapshotManifestKeyWaiting: this.manifestKeyOpener.state() } : {}),
         Kms: this.remoteKms ? { ...this.remoteKms.health(), ...this.waitingForKms() } : { Endpoint: 'embedded' },
         ...keyCacheSettings,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).

@@ -328,6 +328,9 @@ export class ManifestKeyOpener {
   private attempt = 0;
   private lastKind: string | undefined;
   private stopped = false;
+  private gaveUp = false;
+  private since: number | undefined;
+  private lastError = '';
   private running: Promise<void> | null = null;
   private readonly clock: Clock;
   /** Resolves once the signer is open (never, if the retries end first). */
@@ -352,7 +355,15 @@ export class ManifestKeyOpener {
     await this.running;
   }
 
+  /** For `ebsd status` while the key is not open: since when, how many tries, the last failure; undefined once open or given up. */
+  state(): { Since: string; Attempts: number; LastError: string; AwsName?: string } | undefined {
+    if (this.o.signer.keyArn !== undefined || this.gaveUp || this.since === undefined) return undefined;
+    return { Since: new Date(this.since).toISOString(), Attempts: this.attempt, LastError: this.lastError, ...(this.lastKind !== 'no answer' && this.lastKind !== undefined ? { AwsName: this.lastKind } : {}) };
+  }
+
   private note(e: unknown): void {
+    this.since ??= this.clock.now();
+    this.lastError = (e as Error).message;
     const aws = (e as { awsName?: unknown }).awsName;
     const kind = typeof aws === 'string' ? aws : 'no answer';
     if (kind === this.lastKind) return;
@@ -382,6 +393,7 @@ export class ManifestKeyOpener {
         this.schedule();
         return;
       }
+      this.gaveUp = true;
       this.o.log.error({ err: errInfo(e), snapshotManifestKey: this.o.signer.keyId }, 'the KMS refused the key of --snapshot-manifest-key: snapshot manifests cannot be read or written; restart the daemon with a key it may use');
       return;
     }

@@ -55,13 +55,16 @@ describe('a manifest key the KMS does not answer for at start', () => {
     expect(proxy!.faulted.describekey).toBeGreaterThan(0);
     // Up, its key not open: sign-manifests says so (nothing is read or trusted meanwhile).
     await expect(b.api('ebsd.SignManifests', {})).rejects.toThrow('the key of --snapshot-manifest-key is not open yet');
+    expect((await b.api('ebsd.Status', {})).Daemon.SnapshotManifestKeyWaiting).toMatchObject({ Since: expect.any(String), Attempts: expect.any(Number), LastError: expect.stringContaining('DescribeKey') });
     proxy!.set({});
     const opened = 'the key of --snapshot-manifest-key is open';
     const log = await b.untilLog(opened, 60_000);
     expect(log).toContain(opened);
     // Logged once for the kind of failure, not once per try.
     expect(log.split('\n').filter((l) => l.includes(waiting))).toHaveLength(1);
-    expect((await b.api('ebsd.Status', {})).Daemon.SnapshotManifestKey).toBe(macKey);
+    const status = (await b.api('ebsd.Status', {})).Daemon;
+    expect(status.SnapshotManifestKey).toBe(macKey);
+    expect(status.SnapshotManifestKeyWaiting).toBeUndefined();
     expect(await b.api('ebsd.SignManifests', {})).toMatchObject({ DryRun: true, Unsigned: [], AlreadySigned: 0 });
   }, 120_000);
 });
