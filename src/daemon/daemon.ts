@@ -44,7 +44,9 @@ import type { DaemonMetrics } from './metrics.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
-import { ManifestKeyOpener, ManifestKeyUnavailable, ManifestSigner, signedManifests, signManifest, surveyManifestMacs, withoutManifestMacs } from '../snapshot/manifest-mac.js';
+import { ManifestKeyUnavailable, ManifestSigner, signedManifests, withoutManifestMacs } from '../snapshot/manifest-mac.js';
+import { ManifestKeyOpener } from '../snapshot/manifest-key-opener.js';
+import { signManifest, surveyManifestMacs } from '../snapshot/sign-manifests.js';
 import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
 import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-manager.js';
 import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
@@ -167,7 +169,7 @@ export class Daemon {
   private rawSnapshotStore: CollectableStore | undefined;
   /** With --snapshot-manifest-key: signs and verifies every manifest (docs/architecture.md §13.5). */
   private manifestSigner: ManifestSigner | undefined;
-  /** Retries opening the manifest key when the KMS did not answer at start (manifest-mac.ts). */
+  /** Retries opening the manifest key when the KMS did not answer at start (manifest-key-opener.ts). */
   private manifestKeyOpener: ManifestKeyOpener | undefined;
   private snapshotGc: SnapshotGc | undefined;
   private gcTicker: NodeJS.Timeout | undefined;

@@ -1,11 +1,8 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { Caller } from '../kms/types.js';
 import type { KeyService } from '../volume/key-service.js';
-import type { Logger } from 'pino';
 import { ArgRangeError, EbsdError } from '../util/errors.js';
-import { backoffDelayMs } from '../util/backoff.js';
-import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
-import { KeyServiceError, errInfo } from '../volume/errors.js';
+import { KeyServiceError } from '../volume/errors.js';
 import { SnapshotError } from './errors.js';
 import type { CollectableStore } from './gc.js';
 import { readListedManifests, summaryOf } from './manifest-check.js';
@@ -172,7 +169,7 @@ export class ManifestSigner {
    * (one GenerateMac), then signs and verifies with it. A refusal (no such key, another spec or
    * usage, disabled, access denied) throws ArgRangeError naming --snapshot-manifest-key and what
    * is wrong; a KMS that did not answer throws ManifestKeyUnavailable (worth trying again,
-   * ManifestKeyOpener). Until it has succeeded every manifest read or write through
+   * ManifestKeyOpener, manifest-key-opener.ts). Until it has succeeded every manifest read or write through
    * signedManifests fails (nothing is trusted unchecked).
    */
   async open(keys: KeyService, caller: Caller): Promise<void> {
@@ -315,93 +312,6 @@ function isKmsOutage(e: unknown): boolean {
   return false;
 }
 
-/**
- * Opens a ManifestSigner whose first open() met a KMS that did not answer: tries again in the
- * background with the daemon's back-off (src/util/backoff.ts, as src/volume/resume-retry.ts
- * does) until it opens, logging when the kind of failure changes, not per try. Meanwhile every
- * manifest read or write fails with SNAPSHOT_STORE (ManifestSigner.ready). A refusal on a later
- * try (the KMS now answers "no") is logged as an error and ends the retries: the daemon keeps
- * serving volumes, and snapshots fail until it is restarted with a key it may use.
- */
-export class ManifestKeyOpener {
-  private timer: TimerHandle | null = null;
-  private attempt = 0;
-  private lastKind: string | undefined;
-  private stopped = false;
-  private gaveUp = false;
-  private since: number | undefined;
-  private lastError = '';
-  private running: Promise<void> | null = null;
-  private readonly clock: Clock;
-  /** Resolves once the signer is open (never, if the retries end first). */
-  readonly opened: Promise<void>;
-  private resolveOpened!: () => void;
-
-  constructor(private readonly o: { signer: ManifestSigner; open: () => Promise<void>; log: Logger; clock?: Clock; random?: () => number }) {
-    this.clock = o.clock ?? systemClock;
-    this.opened = new Promise((r) => (this.resolveOpened = r));
-  }
-
-  /** Starts the retries after the first open failed with `first`. */
-  start(first: ManifestKeyUnavailable): void {
-    this.note(first);
-    this.schedule();
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.timer) this.clock.clearTimeout(this.timer);
-    this.timer = null;
-    await this.running;
-  }
-
-  /** For `ebsd status` while the key is not open: since when, how many tries, the last failure; undefined once open or given up. */
-  state(): { Since: string; Attempts: number; LastError: string; AwsName?: string } | undefined {
-    if (this.o.signer.keyArn !== undefined || this.gaveUp || this.since === undefined) return undefined;
-    return { Since: new Date(this.since).toISOString(), Attempts: this.attempt, LastError: this.lastError, ...(this.lastKind !== 'no answer' && this.lastKind !== undefined ? { AwsName: this.lastKind } : {}) };
-  }
-
-  private note(e: unknown): void {
-    this.since ??= this.clock.now();
-    this.lastError = (e as Error).message;
-    const aws = (e as { awsName?: unknown }).awsName;
-    const kind = typeof aws === 'string' ? aws : 'no answer';
-    if (kind === this.lastKind) return;
-    this.lastKind = kind;
-    this.o.log.warn({ err: errInfo(e), snapshotManifestKey: this.o.signer.keyId, attempts: this.attempt + 1 }, 'the KMS did not answer for the key of --snapshot-manifest-key: snapshot manifests cannot be read or written until it does; trying again with back-off');
-  }
-
-  private schedule(): void {
-    if (this.stopped || this.timer) return;
-    const ms = backoffDelayMs(++this.attempt, this.o.random);
-    this.timer = this.clock.setTimeout(() => {
-      this.timer = null;
-      this.running = this.tryOnce().finally(() => (this.running = null));
-      return this.running;
-    }, ms);
-    (this.timer as { unref?: () => void }).unref?.();
-  }
-
-  private async tryOnce(): Promise<void> {
-    if (this.stopped) return;
-    try {
-      await this.o.open();
-    } catch (e) {
-      if (this.stopped) return;
-      if (e instanceof ManifestKeyUnavailable) {
-        this.note(e);
-        this.schedule();
-        return;
-      }
-      this.gaveUp = true;
-      this.o.log.error({ err: errInfo(e), snapshotManifestKey: this.o.signer.keyId }, 'the KMS refused the key of --snapshot-manifest-key: snapshot manifests cannot be read or written; restart the daemon with a key it may use');
-      return;
-    }
-    this.o.log.info({ snapshotManifestKey: this.o.signer.keyArn, attempts: this.attempt + 1 }, 'the key of --snapshot-manifest-key is open: snapshot manifests are signed and verified from now on');
-    this.resolveOpened();
-  }
-}
-
 /** A KeyService that makes and checks MACs. */
 type MacKeyService = KeyService & Required<Pick<KeyService, 'generateMac' | 'verifyMac'>>;
 
@@ -448,95 +358,4 @@ function wrapStore(store: CollectableStore, overrides: Partial<CollectableStore>
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },
   });
-}
-
-/** One manifest without a MAC as the survey read it: what --confirm signs, exactly as it was listed. */
-export interface UnsignedManifest {
-  snapshotId: string;
-  /** canonicalDigest of the manifest as read. */
-  digest: string;
-  volumeId: string;
-  startTime: string;
-  blockCount: number;
-  /** The manifest as read, kept only for signing (a dry run keeps none: a block list may be 64 MiB). */
-  manifest?: SnapshotManifest;
-}
-
-/** What the survey found: the unsigned manifests (by id), how many verify, and which are refused. */
-export interface ManifestMacSurvey {
-  unsigned: UnsignedManifest[];
-  alreadySigned: number;
-  refused: { snapshotId: string; message: string }[];
-  /** planDigest(unsigned): what `--confirm` must name. */
-  planDigest: string;
-}
-
-/**
- * The digest of a sign-manifests plan: SHA-256 (hex) over the `snapshotId:digest` lines of the
- * unsigned manifests, sorted, each ended by a newline. Root reviews the dry run's list and
- * confirms it by this digest; any manifest added, removed or changed since makes another one.
- */
-export function planDigest(unsigned: readonly { snapshotId: string; digest: string }[]): string {
-  const h = createHash('sha256');
-  for (const line of unsigned.map((u) => `${u.snapshotId}:${u.digest}`).sort()) h.update(`${line}\n`, 'utf8');
-  return h.digest('hex');
-}
-
-/**
- * `ebsd snapshot sign-manifests`, first half: which manifests in the store have no MAC (what
- * signing would trust: whatever they hold, whoever wrote them, docs/architecture.md §13.5), each
- * with its canonical digest; how many carry a MAC that verifies; and which are refused:
- * unreadable, or carrying a MAC that does not verify, which is exactly what signing must not
- * bless. A dry run shows this; `--confirm` repeats it and signs only if the plan digest is the
- * one root reviewed.
- */
-export async function surveyManifestMacs(store: CollectableStore, signer: ManifestSigner, o: { keepManifests: boolean } = { keepManifests: true }): Promise<ManifestMacSurvey> {
-  const unsigned: UnsignedManifest[] = [];
-  const refused: { snapshotId: string; message: string }[] = [];
-  let alreadySigned = 0;
-  for (const id of await store.listManifestIds()) {
-    try {
-      const m = await store.getManifest(id);
-      if (!m) continue;
-      if (!ManifestSigner.hasMac(m)) {
-        unsigned.push({
-          snapshotId: id, digest: digestOrCorrupt(id, m), volumeId: m.volumeId, startTime: m.startTime,
-          blockCount: Array.isArray(m.blocks) ? m.blocks.length : 0, ...(o.keepManifests ? { manifest: m } : {}),
-        });
-        continue;
-      }
-      await signer.verify(id, m);
-      alreadySigned++;
-    } catch (e) {
-      if (!(e instanceof SnapshotError) || e.code !== 'SNAPSHOT_CORRUPT') throw e;
-      refused.push({ snapshotId: id, message: e.message });
-    }
-  }
-  return { unsigned, alreadySigned, refused, planDigest: planDigest(unsigned) };
-}
-
-function digestOrCorrupt(snapshotId: string, m: SnapshotManifest): string {
-  try {
-    return canonicalDigest(m);
-  } catch (e) {
-    throw new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${snapshotId}: its content cannot be put in canonical form for the manifest MAC: ${(e as Error).message} (docs/architecture.md §13.5)`, { cause: e });
-  }
-}
-
-/** What signManifest did with one surveyed manifest. */
-export type SignOutcome = 'signed' | 'gone' | 'signed-meanwhile' | 'changed';
-
-/**
- * Second half: signs `u.manifest`, the object the survey read (never a later read), provided a
- * read just before writing finds the same content (the same canonical digest) still unsigned.
- * A manifest deleted, signed or changed since the survey is left as it is, and the outcome says which.
- */
-export async function signManifest(store: CollectableStore, signer: ManifestSigner, u: UnsignedManifest): Promise<SignOutcome> {
-  if (!u.manifest) throw new TypeError(`snapshot manifest ${u.snapshotId}: the survey kept no manifest to sign (a dry run's survey signs nothing)`);
-  const now = await store.getManifest(u.snapshotId);
-  if (!now) return 'gone';
-  if (ManifestSigner.hasMac(now)) return 'signed-meanwhile';
-  if (digestOrCorrupt(u.snapshotId, now) !== u.digest) return 'changed';
-  await store.putManifest(await signer.sign(u.manifest));
-  return 'signed';
 }

@@ -18,7 +18,9 @@ import { KmsCoreKeyService, type KeyService } from '../../src/volume/key-service
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
-import { canonicalDigest, ManifestKeyOpener, ManifestKeyUnavailable, ManifestSigner, manifestMacMessage, planDigest, signedManifests, signManifest, surveyManifestMacs } from '../../src/snapshot/manifest-mac.js';
+import { canonicalDigest, ManifestKeyUnavailable, ManifestSigner, manifestMacMessage, signedManifests } from '../../src/snapshot/manifest-mac.js';
+import { ManifestKeyOpener } from '../../src/snapshot/manifest-key-opener.js';
+import { planDigest, signManifest, surveyManifestMacs } from '../../src/snapshot/sign-manifests.js';
 import type { CollectableStore } from '../../src/snapshot/gc.js';
 import type { SnapshotError } from '../../src/snapshot/errors.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
