@@ -167,6 +167,12 @@ describe('signed snapshot manifests', () => {
     expect(stale.stderr).toMatch(/the store's now [0-9a-f]{64}/);
     expect(readManifest(snap1).manifestMac).toBeUndefined();
     expect(auditEvents().filter((e) => e.eventName === 'SignManifests' && e.requestParameters?.confirm !== undefined)).toEqual([]);
+    // A confirmation that is not a plan digest is refused naming it, by the CLI (exit 2) and by the daemon.
+    const badCli = await env.cli(['snapshot', 'sign-manifests', '--confirm', 'abc']);
+    expect(badCli.code).toBe(2);
+    expect(badCli.stderr).toContain('--confirm "abc": not a plan digest');
+    expect((await failure(env.api('ebsd.SignManifests', { ConfirmPlanDigest: 'ABC' }))).message).toContain('ConfirmPlanDigest "ABC" is not a plan digest');
+    expect(readManifest(snap1).manifestMac).toBeUndefined();
     // Reviewed again and confirmed: it signs exactly that one and leaves the rolled-back one refused (exit 6).
     const plan2 = (await env.cli(['snapshot', 'sign-manifests', '--output', 'json'])).json();
     expect(plan2.PlanDigest).not.toBe(plan.PlanDigest);
