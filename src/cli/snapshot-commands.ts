@@ -218,19 +218,29 @@ export function snapshotCommands(y: Argv, setExitCode: (code: number) => void): 
       .command(snapshotCopyCommand)
       .command(
         'sign-manifests',
-        'Sign the store\'s snapshot manifests that have no MAC, once, after starting the daemon with --snapshot-manifest-key (account root only; trust on first use)',
-        (b) => b,
+        'Sign the store\'s snapshot manifests that have no MAC, after starting the daemon with --snapshot-manifest-key (account root only). Without --confirm a dry run: lists them and prints the plan digest; signing trusts whatever they hold, so review the list',
+        (b) => b.option('confirm', { type: 'string', requiresArg: true, describe: 'PLAN_DIGEST printed by the dry run: sign exactly the manifests it listed (refused if any changed)' }),
         async (a) => {
           const g = a as unknown as Globals;
-          const res = await call(g, 'ebsd.SignManifests');
+          if (a.confirm !== undefined && !/^[0-9a-f]{64}$/.test(a.confirm)) throw new UsageError(`--confirm ${JSON.stringify(a.confirm.slice(0, 80))}: not a plan digest (64 lower-case hex digits, as the dry run prints)`);
+          const res = await call(g, 'ebsd.SignManifests', a.confirm !== undefined ? { ConfirmPlanDigest: a.confirm } : {});
           const refused = (res.Refused as { SnapshotId: string; Message: string }[] | undefined) ?? [];
           if (fmt(g) === 'table') {
-            process.stdout.write(`signed ${(res.Signed as string[]).length}, already signed ${String(res.AlreadySigned)}, refused ${refused.length}\n`);
-            for (const r of refused) process.stdout.write(`refused ${r.SnapshotId}: ${r.Message}\n`);
+            if (res.DryRun) {
+              const unsigned = res.Unsigned as R[];
+              process.stdout.write(`dry run: ${unsigned.length} manifest(s) without a MAC; signing them trusts what they hold now, whoever wrote it (docs/architecture.md §13.5)\n`);
+              if (unsigned.length) process.stdout.write(`${table(unsigned, (['SnapshotId', 'VolumeId', 'StartTime', 'BlockCount', 'Digest'] as const).map((k): [string, (r: R) => unknown] => [k, (r) => r[k]]))}\n`);
+              process.stdout.write(`already signed ${String(res.AlreadySigned)}, refused ${refused.length}\n`);
+              for (const r of refused) process.stdout.write(`refused ${r.SnapshotId}: ${r.Message}\n`);
+              process.stdout.write(`plan digest ${String(res.PlanDigest)}\nto sign exactly these: ebsd snapshot sign-manifests --confirm ${String(res.PlanDigest)}\n`);
+            } else {
+              process.stdout.write(`signed ${(res.Signed as string[]).length}, already signed ${String(res.AlreadySigned)}, refused ${refused.length}\n`);
+              for (const r of refused) process.stdout.write(`refused ${r.SnapshotId}: ${r.Message}\n`);
+            }
           } else {
             show(g, res);
           }
-          // A manifest whose MAC does not verify stays refused: say so in the exit status.
+          // A manifest whose MAC does not verify stays refused (or one changed since the survey was not signed): say so in the exit status.
           if (refused.length) setExitCode(EXIT.CONFLICT);
         },
       )

@@ -314,25 +314,31 @@ export function auditPruneEvent(
   return e;
 }
 
-/** Snapshot ids one SignManifests event names (~23 bytes each): a store with more is recorded in several events. */
-export const SIGN_EVENT_IDS = 500;
+/** Snapshots (id and digest, ~100 bytes each) one SignManifests event names: a store with more is recorded in several events. */
+export const SIGN_EVENT_IDS = 200;
 
 /**
- * `ebsd snapshot sign-manifests` (docs/architecture.md §13.5), written before any manifest is
- * signed: who asked, the key and store, and which snapshots are about to be trusted on first use
- * (`unsigned`: at most SIGN_EVENT_IDS, the caller writes one event per such part) and which stay
- * refused (the first SIGN_EVENT_IDS and their count). eventSource `ebsd`, as the daemon's other own operations.
+ * `ebsd snapshot sign-manifests` (docs/architecture.md §13.5). A dry run (no `--confirm`) is
+ * recorded as a read: what it listed and the plan digest. With `--confirm` it is written before
+ * any manifest is signed: who asked, the key and store, the plan digest, and which snapshots
+ * (id and canonical digest) are about to be trusted (`toSign`: at most SIGN_EVENT_IDS, the caller
+ * writes one event per such part) and which stay refused (the first SIGN_EVENT_IDS and their
+ * count). eventSource `ebsd`, as the daemon's other own operations.
  */
 export function signManifestsEvent(caller: Caller, o: {
-  accountId: string; region: string; requestId: string; keyArn: string; store: string; unsigned: string[]; alreadySigned: number; refused: string[];
+  accountId: string; region: string; requestId: string; keyArn: string; store: string; dryRun: boolean; planDigest: string;
+  unsigned: { snapshotId: string; digest: string }[]; alreadySigned: number; refused: string[];
 }): Record<string, unknown> {
   const e = buildEvent({
     eventName: 'SignManifests', caller, accountId: o.accountId, region: o.region, requestId: o.requestId,
-    eventId: randomUUID(), resources: [o.keyArn], readOnly: false, time: Date.now(),
+    eventId: randomUUID(), resources: [o.keyArn], readOnly: o.dryRun, time: Date.now(),
   });
   e.eventSource = 'ebsd';
-  e.requestParameters = { snapshotManifestKey: o.keyArn, snapshotStore: o.store };
-  e.responseElements = { toSign: o.unsigned, alreadySigned: o.alreadySigned, refused: o.refused.slice(0, SIGN_EVENT_IDS), refusedCount: o.refused.length };
+  e.requestParameters = { snapshotManifestKey: o.keyArn, snapshotStore: o.store, ...(o.dryRun ? { dryRun: true } : { confirm: o.planDigest }) };
+  e.responseElements = {
+    planDigest: o.planDigest, toSign: o.unsigned.map((u) => ({ snapshotId: u.snapshotId, digest: u.digest })), alreadySigned: o.alreadySigned,
+    refused: o.refused.slice(0, SIGN_EVENT_IDS), refusedCount: o.refused.length,
+  };
   if (caller.uid !== undefined) e.additionalEventData = { localUid: caller.uid };
   return e;
 }

@@ -44,7 +44,9 @@ import type { DaemonMetrics } from './metrics.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
-import { ManifestSigner, signedManifests, signManifest, surveyManifestMacs, withoutManifestMacs } from '../snapshot/manifest-mac.js';
+import { ManifestKeyUnavailable, ManifestSigner, signedManifests, withoutManifestMacs } from '../snapshot/manifest-mac.js';
+import { ManifestKeyOpener } from '../snapshot/manifest-key-opener.js';
+import { signManifest, surveyManifestMacs } from '../snapshot/sign-manifests.js';
 import { SnapshotGc, type CollectableStore } from '../snapshot/gc.js';
 import { SnapshotManager, type SnapshotAuditEvent } from '../snapshot/snapshot-manager.js';
 import { CowMemory, resolveCowBudget } from '../snapshot/cow-memory.js';
@@ -167,6 +169,8 @@ export class Daemon {
   private rawSnapshotStore: CollectableStore | undefined;
   /** With --snapshot-manifest-key: signs and verifies every manifest (docs/architecture.md §13.5). */
   private manifestSigner: ManifestSigner | undefined;
+  /** Retries opening the manifest key when the KMS did not answer at start (manifest-key-opener.ts). */
+  private manifestKeyOpener: ManifestKeyOpener | undefined;
   private snapshotGc: SnapshotGc | undefined;
   private gcTicker: NodeJS.Timeout | undefined;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
@@ -338,7 +342,18 @@ export class Daemon {
         if (ids.getPolicy(ids.roleArn(HOST_ROLE), HOST_MANIFEST_MAC_POLICY) !== doc) await ids.attachPolicy(ids.roleArn(HOST_ROLE), HOST_MANIFEST_MAC_POLICY, doc);
       }
     }
-    await signer.open(keys, host);
+    try {
+      await signer.open(keys, host);
+    } catch (e) {
+      // A refusal stops the start (exit 9); a KMS that did not answer does not: the signer stays closed
+      // (every manifest read or write fails, nothing is trusted) and is opened again in the background.
+      if (!(e instanceof ManifestKeyUnavailable)) throw e;
+      if (!this.manifestKeyOpener) {
+        this.manifestKeyOpener = new ManifestKeyOpener({ signer, open: () => signer.open(keys, host), log: this.log.child({ component: 'snapshot-manifest-key' }) });
+        this.manifestKeyOpener.start(e);
+      }
+      return;
+    }
     this.log.info({ snapshotManifestKey: signer.keyArn, store: this.snapshotStore?.location }, 'snapshot manifests are signed and verified with a KMS HMAC key');
   }
 
@@ -398,7 +413,8 @@ export class Daemon {
     // Remote calls are metered here; the embedded core's through kmsCore.
     const keyService = this.remoteKms ? (this.metrics ? this.metrics.meterKeyService(this.remoteKms) : this.remoteKms) : new KmsCoreKeyService(this.kmsCore!);
     try {
-      // Before anything reads a manifest: a key that is missing, not HMAC or not usable stops the start.
+      // Before anything reads a manifest: a key that is missing, not HMAC or not usable stops the start
+      // (a KMS that does not answer does not: the key is opened in the background, manifests refused meanwhile).
       if (this.manifestSigner) await this.openManifestSigner(this.manifestSigner, keyService, host);
       mgr = await VolumeManager.open({
         stateDir: paths.root,
@@ -567,6 +583,7 @@ export class Daemon {
     await step('metrics', () => this.metrics?.close());
     await step('host resolver', () => this.hostResolver?.stop());
     await step('resume retry', () => this.resumeRetry?.stop());
+    await step('manifest key', () => this.manifestKeyOpener?.stop());
     await step('ebs direct', async () => this.ebs?.close());
     await step('drain FUSE', async () => {
       await faultHang('stop.drain');
@@ -1019,6 +1036,7 @@ export class Daemon {
         ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
         // The key's ARN once it is open; the flag's value as given until then (a remote KMS not answered yet).
         ...(this.manifestSigner ? { SnapshotManifestKey: this.manifestSigner.keyArn ?? this.manifestSigner.keyId } : {}),
+        ...(this.manifestKeyOpener?.state() ? { SnapshotManifestKeyWaiting: this.manifestKeyOpener.state() } : {}),
         Kms: this.remoteKms ? { ...this.remoteKms.health(), ...this.waitingForKms() } : { Endpoint: 'embedded' },
         ...keyCacheSettings,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
@@ -1143,35 +1161,59 @@ export class Daemon {
   }
 
   /**
-   * `ebsd snapshot sign-manifests` (account root only): signs the store's manifests that have no
-   * MAC, once, after --snapshot-manifest-key is turned on (trust on first use, manifest-mac.ts).
+   * `ebsd snapshot sign-manifests` (account root only), in two steps (docs/architecture.md §13.5).
+   * Without ConfirmPlanDigest a dry run: lists the manifests that have no MAC, each with its
+   * canonical digest, and the plan digest over them; signs nothing (audited as a read). With it:
+   * surveys again, refuses unless the plan digest is the one given, audits the plan, then signs
+   * exactly the manifest objects surveyed, each only if a read just before writing finds the same
+   * content (signing trusts what it signs: only what root reviewed).
    */
   private async signManifests(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
-    const unknown = Object.keys(b);
-    if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.SignManifests (it takes none)`);
+    const unknown = Object.keys(b).filter((k) => k !== 'ConfirmPlanDigest');
+    if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.SignManifests (it takes ConfirmPlanDigest)`);
+    const confirm = b.ConfirmPlanDigest;
+    if (confirm !== undefined && (typeof confirm !== 'string' || !/^[0-9a-f]{64}$/.test(confirm))) {
+      throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'ConfirmPlanDigest', `ConfirmPlanDigest ${JSON.stringify(String(confirm).slice(0, 80))} is not a plan digest (64 lower-case hex digits, as the dry run of 'ebsd snapshot sign-manifests' prints)`);
+    }
     const signer = this.manifestSigner;
     const raw = this.rawSnapshotStore;
     if (!signer || !raw) {
       throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: this daemon does not sign snapshot manifests: start it with --snapshot-manifest-key KEY', { awsName: 'UnsupportedOperation' });
     }
     if (signer.keyArn === undefined) throw new EbsdError('MANIFEST_SIGNING_OFF', 'ebsd.SignManifests: the key of --snapshot-manifest-key is not open yet (the KMS has not answered since the daemon started)', { awsName: 'UnsupportedOperation' });
-    const plan = await surveyManifestMacs(raw, signer);
-    // What is about to be trusted, in the audit log before any manifest is signed (§5.8: what cannot be audited does not take effect).
+    const dryRun = confirm === undefined;
+    const plan = await surveyManifestMacs(raw, signer, { keepManifests: !dryRun });
+    const unsigned = plan.unsigned.map((u) => ({ snapshotId: u.snapshotId, digest: u.digest }));
+    const refused = plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message }));
+    if (confirm !== undefined && confirm !== plan.planDigest) {
+      throw new EbsdError('MANIFEST_PLAN_CHANGED', `ebsd.SignManifests: nothing signed: the unsigned manifests are not those of the plan confirmed (ConfirmPlanDigest ${confirm}; the store's now ${plan.planDigest}): run 'ebsd snapshot sign-manifests' again and review its list`, { awsName: 'IncorrectState' });
+    }
+    // A dry run is recorded as a read; a confirmed plan, what is about to be trusted, before any manifest is signed (§5.8: what cannot be audited does not take effect).
     const ids = this.authz!.identities;
     try {
-      for (let i = 0; i === 0 || i < plan.unsigned.length; i += SIGN_EVENT_IDS) {
+      for (let i = 0; i === 0 || i < unsigned.length; i += SIGN_EVENT_IDS) {
         await this.kms!.audit.append(signManifestsEvent(caller, {
-          accountId: ids.accountId, region: ids.region, requestId: peer.requestId, keyArn: signer.keyArn, store: raw.location,
-          unsigned: plan.unsigned.slice(i, i + SIGN_EVENT_IDS), alreadySigned: plan.alreadySigned, refused: plan.refused.map((r) => r.snapshotId),
+          accountId: ids.accountId, region: ids.region, requestId: peer.requestId, keyArn: signer.keyArn, store: raw.location, dryRun, planDigest: plan.planDigest,
+          unsigned: unsigned.slice(i, i + SIGN_EVENT_IDS), alreadySigned: plan.alreadySigned, refused: plan.refused.map((r) => r.snapshotId),
         }));
       }
     } catch (err) {
       throw new EbsdError('MANIFEST_SIGNING_NOT_AUDITED', `ebsd.SignManifests: nothing signed: its event could not be written to the audit log: ${(err as Error)?.message ?? String(err)}`, { awsName: 'ServiceFailure', cause: err });
     }
+    if (dryRun) {
+      return {
+        DryRun: true, PlanDigest: plan.planDigest, AlreadySigned: plan.alreadySigned, Refused: refused,
+        Unsigned: plan.unsigned.map((u) => ({ SnapshotId: u.snapshotId, VolumeId: u.volumeId, StartTime: u.startTime, BlockCount: u.blockCount, Digest: u.digest })),
+      };
+    }
     const signed: string[] = [];
-    for (const id of plan.unsigned) if (await signManifest(raw, signer, id)) signed.push(id);
-    this.log.info({ signed, alreadySigned: plan.alreadySigned, refused: plan.refused.map((x) => x.snapshotId), store: raw.location }, 'signed snapshot manifests that had no MAC');
-    return { Signed: signed, AlreadySigned: plan.alreadySigned, Refused: plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message })) };
+    for (const u of plan.unsigned) {
+      const outcome = await signManifest(raw, signer, u);
+      if (outcome === 'signed') signed.push(u.snapshotId);
+      else if (outcome === 'changed') refused.push({ SnapshotId: u.snapshotId, Message: `snapshot manifest ${u.snapshotId}: not signed: it changed after the survey (its digest is no longer ${u.digest})` });
+    }
+    this.log.info({ signed, alreadySigned: plan.alreadySigned, refused: refused.map((x) => x.SnapshotId), planDigest: plan.planDigest, store: raw.location }, 'signed snapshot manifests that had no MAC');
+    return { PlanDigest: plan.planDigest, Signed: signed, AlreadySigned: plan.alreadySigned, Refused: refused };
   }
 
   /**

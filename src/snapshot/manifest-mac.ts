@@ -1,7 +1,8 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { Caller } from '../kms/types.js';
 import type { KeyService } from '../volume/key-service.js';
-import { ArgRangeError } from '../util/errors.js';
+import { ArgRangeError, EbsdError } from '../util/errors.js';
+import { KeyServiceError } from '../volume/errors.js';
 import { SnapshotError } from './errors.js';
 import type { CollectableStore } from './gc.js';
 import { readListedManifests, summaryOf } from './manifest-check.js';
@@ -36,6 +37,8 @@ export interface ManifestMac {
 
 /** Verified (digest, MAC) pairs kept: one per manifest of a large store. */
 const VERIFIED_MAX = 65536;
+/** Refused (digest, MAC) pairs kept: enough for every bad manifest a listing meets, bounded so a store writer cannot grow it without end. */
+const FAILED_MAX = 4096;
 /** Manifests verified at once while listing (a KMS call each, the first time). */
 const LIST_VERIFIERS = 16;
 
@@ -138,7 +141,9 @@ export function withoutMac(m: SnapshotManifest): SnapshotManifest {
  * volumes use (the embedded core on a single host, the remote KMS as the host in a fleet).
  * Verified MACs are remembered by (snapshot id, canonical digest, MAC), and verified manifest objects the
  * store hands out again (the directory store's frozen ones) by identity, so a listing calls
- * VerifyMac once per manifest change, not once per manifest per listing.
+ * VerifyMac once per manifest change, not once per manifest per listing; MACs the KMS refused
+ * are remembered the same way (a manifest re-written with other content has another digest, and is
+ * checked again).
  */
 export class ManifestSigner {
   private keys: MacKeyService | undefined;
@@ -146,6 +151,8 @@ export class ManifestSigner {
   private keyArnValue: string | undefined;
   /** `${snapshotId}:${digest}:${mac}` of MACs this key made or verified, least recently used first. */
   private readonly verified = new Map<string, true>();
+  /** `${snapshotId}:${digest}:${mac}` VerifyMac refused (KMSInvalidMacException), least recently used first: a store of many bad manifests costs one VerifyMac each, not one per listing. */
+  private readonly failed = new Map<string, true>();
   /** Frozen manifest objects verified as they are (they cannot change). */
   private readonly verifiedObjects = new WeakSet<object>();
 
@@ -159,13 +166,17 @@ export class ManifestSigner {
 
   /**
    * Checks the key (exists, HMAC_256, GENERATE_VERIFY_MAC, enabled) and that `caller` may use it
-   * (one GenerateMac), then signs and verifies with it. Throws ArgRangeError naming
-   * --snapshot-manifest-key and what is wrong; until it has succeeded every manifest read or
-   * write through signedManifests fails (nothing is trusted unchecked).
+   * (one GenerateMac), then signs and verifies with it. A refusal (no such key, another spec or
+   * usage, disabled, access denied) throws ArgRangeError naming --snapshot-manifest-key and what
+   * is wrong; a KMS that did not answer throws ManifestKeyUnavailable (worth trying again,
+   * ManifestKeyOpener, manifest-key-opener.ts). Until it has succeeded every manifest read or write through
+   * signedManifests fails (nothing is trusted unchecked).
    */
   async open(keys: KeyService, caller: Caller): Promise<void> {
     const flag = '--snapshot-manifest-key';
     const refuse = (why: string, cause?: unknown): never => {
+      // The KMS did not answer (unreachable, a timeout, throttled, an internal error, the circuit open): not a "no".
+      if (cause !== undefined && isKmsOutage(cause)) throw new ManifestKeyUnavailable(`${flag} ${JSON.stringify(this.keyId)}: ${why}`, cause);
       const e = new ArgRangeError(flag, `${JSON.stringify(this.keyId)}: ${why}`);
       if (cause !== undefined) (e as { cause?: unknown }).cause = cause;
       throw e;
@@ -233,7 +244,7 @@ export class ManifestSigner {
       new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${snapshotId}: ${why} (docs/architecture.md §13.5)`, cause === undefined ? {} : { cause });
     const got = macOf(m);
     if (got === undefined) {
-      throw corrupt(`it has no manifest MAC, and this daemon (--snapshot-manifest-key ${keyArn}) trusts only signed manifests; if it was written before signing was turned on, 'ebsd snapshot sign-manifests' signs it`);
+      throw corrupt(`it has no manifest MAC, and this daemon (--snapshot-manifest-key ${keyArn}) trusts only signed manifests`);
     }
     if (got === 'malformed') throw corrupt(`its manifest MAC is not {keyArn, mac (32 bytes of HMAC_SHA_256 in base64)}`);
     let digest: string;
@@ -244,20 +255,33 @@ export class ManifestSigner {
       throw corrupt(`its content cannot be put in canonical form for the manifest MAC: ${(e as Error).message}`, e);
     }
     const seen = `${snapshotId}:${digest}:${got.mac}`;
+    const other = got.keyArn !== keyArn ? ` (it names key ${got.keyArn}; this daemon verifies with ${keyArn})` : '';
+    const invalid = `its manifest MAC does not verify: the manifest was changed, moved from another snapshot id, or signed with another key${other}`;
+    // The same content with the same MAC failed before: it fails again (HMAC is deterministic), without another KMS call.
+    if (this.failed.has(seen)) throw corrupt(invalid);
     if (!this.verified.has(seen)) {
+      let answer: { MacValid?: unknown };
       try {
-        await keys.verifyMac({ KeyId: keyArn, Message: manifestMacMessage(snapshotId, digest), MacAlgorithm: MANIFEST_MAC_ALGORITHM, Mac: Buffer.from(got.mac, 'base64') }, caller);
+        answer = await keys.verifyMac({ KeyId: keyArn, Message: manifestMacMessage(snapshotId, digest), MacAlgorithm: MANIFEST_MAC_ALGORITHM, Mac: Buffer.from(got.mac, 'base64') }, caller);
       } catch (e) {
         const aws = (e as { awsName?: unknown }).awsName;
         if (aws === 'KMSInvalidMacException') {
-          const other = got.keyArn !== keyArn ? ` (it names key ${got.keyArn}; this daemon verifies with ${keyArn})` : '';
-          throw corrupt(`its manifest MAC does not verify: the manifest was changed, moved from another snapshot id, or signed with another key${other}`, e);
+          this.rememberFailed(seen);
+          throw corrupt(invalid, e);
         }
         throw new SnapshotError('SNAPSHOT_STORE', `snapshot manifest ${snapshotId}: cannot check its manifest MAC with ${keyArn}: ${(e as Error).message}`, { cause: e });
       }
+      // VerifyMac answers MacValid true or throws; any other answer is not a verification.
+      if (answer?.MacValid !== true) throw corrupt(`${invalid}; VerifyMac answered MacValid ${JSON.stringify(answer?.MacValid) ?? 'undefined'}`);
     }
     this.remember(seen);
     if (Object.isFrozen(m)) this.verifiedObjects.add(m);
+  }
+
+  private rememberFailed(k: string): void {
+    this.failed.delete(k);
+    this.failed.set(k, true);
+    if (this.failed.size > FAILED_MAX) this.failed.delete(this.failed.keys().next().value!);
   }
 
   private remember(k: string): void {
@@ -270,6 +294,22 @@ export class ManifestSigner {
   static hasMac(m: SnapshotManifest): boolean {
     return macOf(m) !== undefined;
   }
+}
+
+/** open() could not reach an answer from the KMS (not a refusal): the signer stays closed, and opening again may succeed. */
+export class ManifestKeyUnavailable extends EbsdError {
+  constructor(message: string, cause: unknown) {
+    const aws = (cause as { awsName?: unknown }).awsName;
+    super('MANIFEST_KEY_UNAVAILABLE', message, { ...(typeof aws === 'string' ? { awsName: aws } : {}), cause });
+  }
+}
+
+/** True when `e` (or what caused it) is a KMS call the KMS did not answer with a "no" (key-service.ts, KeyServiceError.authoritative). */
+function isKmsOutage(e: unknown): boolean {
+  for (let x = e as { cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
+    if (x instanceof KeyServiceError) return !x.authoritative;
+  }
+  return false;
 }
 
 /** A KeyService that makes and checks MACs. */
@@ -318,41 +358,4 @@ function wrapStore(store: CollectableStore, overrides: Partial<CollectableStore>
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },
   });
-}
-
-/**
- * `ebsd snapshot sign-manifests`, first half: which manifests in the store have no MAC (to be
- * signed: trust on first use, run once by root right after turning --snapshot-manifest-key on,
- * while nothing else could have written the store), how many carry one that verifies, and which
- * are refused: unreadable, or carrying a MAC that does not verify, which is exactly what signing
- * must not bless. The daemon audits this plan before signManifest acts on it.
- */
-export async function surveyManifestMacs(store: CollectableStore, signer: ManifestSigner): Promise<{ unsigned: string[]; alreadySigned: number; refused: { snapshotId: string; message: string }[] }> {
-  const unsigned: string[] = [];
-  const refused: { snapshotId: string; message: string }[] = [];
-  let alreadySigned = 0;
-  for (const id of await store.listManifestIds()) {
-    try {
-      const m = await store.getManifest(id);
-      if (!m) continue;
-      if (!ManifestSigner.hasMac(m)) {
-        unsigned.push(id);
-        continue;
-      }
-      await signer.verify(id, m);
-      alreadySigned++;
-    } catch (e) {
-      if (!(e instanceof SnapshotError) || e.code !== 'SNAPSHOT_CORRUPT') throw e;
-      refused.push({ snapshotId: id, message: e.message });
-    }
-  }
-  return { unsigned, alreadySigned, refused };
-}
-
-/** Second half: signs the manifest if it still has no MAC (read again: one signed meanwhile is left as it is); true when it signed it. */
-export async function signManifest(store: CollectableStore, signer: ManifestSigner, snapshotId: string): Promise<boolean> {
-  const m = await store.getManifest(snapshotId);
-  if (!m || ManifestSigner.hasMac(m)) return false;
-  await store.putManifest(await signer.sign(m));
-  return true;
 }

@@ -18,10 +18,13 @@ import { KmsCoreKeyService, type KeyService } from '../../src/volume/key-service
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
-import { canonicalDigest, ManifestSigner, manifestMacMessage, signedManifests } from '../../src/snapshot/manifest-mac.js';
+import { canonicalDigest, ManifestKeyUnavailable, ManifestSigner, manifestMacMessage, signedManifests } from '../../src/snapshot/manifest-mac.js';
+import { ManifestKeyOpener } from '../../src/snapshot/manifest-key-opener.js';
+import { planDigest, signManifest, surveyManifestMacs } from '../../src/snapshot/sign-manifests.js';
 import type { CollectableStore } from '../../src/snapshot/gc.js';
 import type { SnapshotError } from '../../src/snapshot/errors.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
+import { pino } from 'pino';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { tempDir } from '../helpers/temp-dir.js';
 import { makeAccessKey, startKmsDaemon } from '../kms-net/helpers.js';
@@ -116,6 +119,37 @@ function runSuite(name: string, impl: () => Impl): void {
       writeFileSync(file(S1), JSON.stringify({ ...text, description: 'edited' }));
       await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
       expect(verifies()).toBe(before + 1);
+      // A refusal is remembered too: listing the same bad manifest again costs no VerifyMac (nor a KMS audit event).
+      const bad: string[] = [];
+      for (let i = 0; i < 3; i++) await store.listManifestSummaries({ onCorrupt: (id) => bad.push(id) });
+      await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('manifest MAC does not verify') });
+      expect(bad).toEqual([S1, S1, S1]);
+      expect(verifies()).toBe(before + 1);
+      // Other content (another digest) is checked again.
+      writeFileSync(file(S1), JSON.stringify({ ...text, description: 'edited again' }));
+      await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+      expect(verifies()).toBe(before + 2);
+      writeFileSync(file(S1), JSON.stringify(text));
+    });
+
+    it('trusts a manifest only when VerifyMac answers MacValid true, not merely when it does not throw', async () => {
+      const { ks, caller, macKey } = impl();
+      // The real KMS's answers, MacValid turned false on the way back (a KMS or client that reports failure in the answer).
+      const saysInvalid = new Proxy(ks, {
+        get(t, p) {
+          const v = Reflect.get(t, p, t) as unknown;
+          if (p === 'verifyMac' && typeof v === 'function') return async (...a: unknown[]) => ({ ...(await (v as (...x: unknown[]) => Promise<object>).apply(t, a)), MacValid: false });
+          return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(t) : v;
+        },
+      });
+      const signer = new ManifestSigner(macKey);
+      await signer.open(saysInvalid, caller);
+      const S5 = 'snap-0000000000000000e';
+      await store.putManifest(manifest(S5, [[0, H('5')]]));
+      // A fresh signer has verified nothing yet: its VerifyMac's answer decides.
+      await expect(signedManifests(raw, signer).getManifest(S5)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('VerifyMac answered MacValid false') });
+      expect((await store.getManifest(S5))?.blocks).toEqual([[0, H('5')]]);
+      await raw.deleteManifest(S5);
     });
 
     it('refuses a manifest signed with another HMAC key, one without a MAC, and one whose MAC member is of another shape', async () => {
@@ -131,6 +165,29 @@ function runSuite(name: string, impl: () => Impl): void {
         await raw.putManifest({ ...manifest(S1, [[0, H('1')]]), manifestMac: { keyArn: impl().macKey, mac } } as SnapshotManifest);
         await expect(store.getManifest(S1)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('its manifest MAC is not {keyArn, mac') });
       }
+    });
+
+    it('sign-manifests signs only what the survey read: a manifest changed after it is left unsigned, named as changed', async () => {
+      const S3 = 'snap-0000000000000000c';
+      const S4 = 'snap-0000000000000000d';
+      await raw.putManifest(manifest(S3, [[0, H('3')]]));
+      await raw.putManifest(manifest(S4, [[0, H('4')]]));
+      const signer = new ManifestSigner(impl().macKey);
+      await signer.open(impl().ks, impl().caller);
+      const plan = await surveyManifestMacs(raw, signer);
+      const mine = plan.unsigned.filter((u) => u.snapshotId === S3 || u.snapshotId === S4);
+      expect(mine.map((u) => [u.snapshotId, u.digest])).toEqual([[S3, canonicalDigest(manifest(S3, [[0, H('3')]]))], [S4, canonicalDigest(manifest(S4, [[0, H('4')]]))]]);
+      expect(plan.planDigest).toBe(planDigest(plan.unsigned));
+      // Between the survey and the signing a store writer points S4 at other blocks.
+      const edited = { ...manifest(S4, [[0, H('5')]]) };
+      writeFileSync(file(S4), JSON.stringify(edited));
+      expect(await signManifest(raw, signer, mine[0]!)).toBe('signed');
+      expect(await signManifest(raw, signer, mine[1]!)).toBe('changed');
+      expect((await store.getManifest(S3))?.blocks).toEqual([[0, H('3')]]);
+      await expect(store.getManifest(S4)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('has no manifest MAC') });
+      expect(JSON.parse(readFileSync(file(S4), 'utf8'))).toEqual(edited);
+      await raw.deleteManifest(S3);
+      await raw.deleteManifest(S4);
     });
 
     it('refuses at open a key that is not HMAC_256, one that does not exist, and a caller that may not GenerateMac', async () => {
@@ -187,11 +244,13 @@ const saved = Object.fromEntries(VARS.map((k) => [k, process.env[k]]));
 const clients: AwsKeyService[] = [];
 let awsImpl: Impl;
 let s3: S3Server | undefined;
+let remoteUrl = '';
 beforeAll(async () => {
   ensureBuilt();
   s3 = await startS3Server();
   const server = s3;
   const { url } = await startKmsDaemon(env);
+  remoteUrl = url;
   // What README "Snapshot store" tells a fleet host to be allowed on the manifest key.
   const host = await makeAccessKey(env, 'host', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: ['kms:GenerateMac', 'kms:VerifyMac', 'kms:DescribeKey'], Resource: '*' }] }));
   const reader = await makeAccessKey(env, 'reader', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: ['kms:DescribeKey'], Resource: '*' }] }));
@@ -226,3 +285,32 @@ afterAll(async () => {
   await env.cleanup();
 });
 runSuite('AwsKeyService against a --kms-only daemon', () => awsImpl);
+
+// ---- a KMS that does not answer when the key is opened -----------------------
+describe('signed manifests: the KMS not answering at open', () => {
+  it('is no refusal: open throws ManifestKeyUnavailable (the daemon starts), and ManifestKeyOpener opens the key once the KMS answers', async () => {
+    const { ks, caller, macKey } = awsImpl;
+    await env.stop();
+    const signer = new ManifestSigner(macKey);
+    const err = await signer.open(ks, caller).then(() => undefined, (e: unknown) => e);
+    // Not the refusal that stops a start (exit 9): the KMS never said no.
+    expect((err as Error).name).not.toBe('ArgRangeError');
+    expect(err).toBeInstanceOf(ManifestKeyUnavailable);
+    expect((err as Error).message).toContain('--snapshot-manifest-key');
+    // Closed meanwhile: a read fails as the store failing, nothing is trusted or called corrupt.
+    await expect(signer.verify(S1, manifest(S1, []))).rejects.toMatchObject({ code: 'SNAPSHOT_STORE' });
+    const lines: string[] = [];
+    const opener = new ManifestKeyOpener({ signer, open: () => signer.open(ks, caller), log: pino({ level: 'info' }, { write: (l: string) => void lines.push(l) }) });
+    opener.start(err as ManifestKeyUnavailable);
+    await env.start(['--kms-only', '--kms-listen', new URL(remoteUrl).host]);
+    await opener.opened;
+    await opener.stop();
+    expect(signer.keyArn).toBe(macKey);
+    const signed = await signer.sign(manifest(S1, [[0, H('1')]]));
+    await signer.verify(S1, signed);
+    const logged = lines.map((l) => JSON.parse(l));
+    // Logged once per kind of failure, not per try; the opening once.
+    expect(logged.filter((l) => l.msg.startsWith('the KMS did not answer for the key of --snapshot-manifest-key'))).toHaveLength(1);
+    expect(logged.filter((l) => l.msg.startsWith('the key of --snapshot-manifest-key is open'))).toHaveLength(1);
+  }, 60_000);
+});

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { ServiceError } from '../../src/cli/client.js';
@@ -57,6 +58,7 @@ describe('signed snapshot manifests', () => {
     expect(buf.every((x) => x === buf[0])).toBe(true);
     return buf[0]!;
   };
+  const auditEvents = (): any[] => env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l));
   const failure = async (p: Promise<unknown>): Promise<ServiceError> => {
     try {
       await p;
@@ -128,14 +130,18 @@ describe('signed snapshot manifests', () => {
     expect(readManifest(extra.SnapshotId).parentSnapshotId).not.toBe(snap2);
     await call('DeleteSnapshot', { SnapshotId: extra.SnapshotId });
     expect((await call('DescribeSnapshots', {})).Snapshots.map((x: any) => x.SnapshotId)).not.toContain(extra.SnapshotId);
-    expect(env.auditText()).toContain(`"snapshotId":"${extra.SnapshotId}"`);
+    expect(auditEvents().find((e) => e.eventName === 'DeleteSnapshot' && e.requestParameters?.snapshotId === extra.SnapshotId)).toMatchObject({ eventSource: 'ec2.amazonaws.com' });
 
     // A manifest whose MAC was removed is refused too: unsigned manifests are not trusted.
     const unsigned = readManifest(snap1);
     delete unsigned.manifestMac;
     writeFileSync(manifestPath(snap1), `${JSON.stringify(unsigned)}\n`);
     expect((await call('DescribeSnapshots', {})).Snapshots).toEqual([]);
-    expect((await failure(call('CreateVolume', { SnapshotId: snap1 }))).message).toContain('has no manifest MAC');
+    const noMac = (await failure(call('CreateVolume', { SnapshotId: snap1 }))).message;
+    expect(noMac).toContain('has no manifest MAC');
+    // It names §13.5, not sign-manifests: a manifest stripped of its MAC is exactly what signing must not bless unreviewed.
+    expect(noMac).toContain('§13.5');
+    expect(noMac).not.toContain('sign-manifests');
 
     // sign-manifests is the account root's alone: a mapped user with every permission is refused, nothing signed.
     await env.api('ebsd.IamCreateUser', { UserName: 'admin' });
@@ -144,8 +150,33 @@ describe('signed snapshot manifests', () => {
     const [byUser] = await asUid(env, 1000, [['SignManifests', {}]]);
     expect(byUser).toMatchObject({ error: { awsName: 'AccessDeniedException', message: expect.stringContaining('only the account root may call ebsd:SignManifests') } });
     expect(readManifest(snap1).manifestMac).toBeUndefined();
-    // sign-manifests (root) signs the unsigned one and leaves the rolled-back one refused (exit 6).
-    const signed = await env.cli(['snapshot', 'sign-manifests', '--output', 'json']);
+    // sign-manifests without --confirm is a dry run (root): it lists the unsigned manifest with its digest, signs nothing, and is audited as a read.
+    const dry = await env.cli(['snapshot', 'sign-manifests', '--output', 'json']);
+    expect(dry.code).toBe(6);
+    const plan = dry.json();
+    expect(plan).toMatchObject({ DryRun: true, AlreadySigned: 0, Unsigned: [{ SnapshotId: snap1, VolumeId: vol, StartTime: unsigned.startTime, BlockCount: unsigned.blocks.length, Digest: expect.stringMatching(/^[0-9a-f]{64}$/) }] });
+    expect(plan.Refused.map((x: any) => x.SnapshotId)).toEqual([snap2]);
+    expect(plan.PlanDigest).toBe(createHash('sha256').update(`${snap1}:${plan.Unsigned[0].Digest}\n`).digest('hex'));
+    expect(readManifest(snap1).manifestMac).toBeUndefined();
+    expect(auditEvents().find((e) => e.eventName === 'SignManifests' && e.requestParameters?.dryRun === true)).toMatchObject({ readOnly: true, responseElements: { planDigest: plan.PlanDigest, toSign: [{ snapshotId: snap1, digest: plan.Unsigned[0].Digest }] } });
+    // A store writer edits the unsigned manifest after root reviewed the list: the confirmation names both plans and signs nothing.
+    writeFileSync(manifestPath(snap1), `${JSON.stringify({ ...unsigned, description: 'edited after the review' })}\n`);
+    const stale = await env.cli(['snapshot', 'sign-manifests', '--confirm', plan.PlanDigest]);
+    expect(stale.code).not.toBe(0);
+    expect(stale.stderr).toContain(plan.PlanDigest);
+    expect(stale.stderr).toMatch(/the store's now [0-9a-f]{64}/);
+    expect(readManifest(snap1).manifestMac).toBeUndefined();
+    expect(auditEvents().filter((e) => e.eventName === 'SignManifests' && e.requestParameters?.confirm !== undefined)).toEqual([]);
+    // A confirmation that is not a plan digest is refused naming it, by the CLI (exit 2) and by the daemon.
+    const badCli = await env.cli(['snapshot', 'sign-manifests', '--confirm', 'abc']);
+    expect(badCli.code).toBe(2);
+    expect(badCli.stderr).toContain('--confirm "abc": not a plan digest');
+    expect((await failure(env.api('ebsd.SignManifests', { ConfirmPlanDigest: 'ABC' }))).message).toContain('ConfirmPlanDigest "ABC" is not a plan digest');
+    expect(readManifest(snap1).manifestMac).toBeUndefined();
+    // Reviewed again and confirmed: it signs exactly that one and leaves the rolled-back one refused (exit 6).
+    const plan2 = (await env.cli(['snapshot', 'sign-manifests', '--output', 'json'])).json();
+    expect(plan2.PlanDigest).not.toBe(plan.PlanDigest);
+    const signed = await env.cli(['snapshot', 'sign-manifests', '--confirm', plan2.PlanDigest, '--output', 'json']);
     expect(signed.code).toBe(6);
     const r = signed.json();
     expect(r.Signed).toEqual([snap1]);
@@ -153,9 +184,10 @@ describe('signed snapshot manifests', () => {
     expect(r.Refused[0].Message).toContain('manifest MAC does not verify');
     expect((await call('DescribeSnapshots', {})).Snapshots.map((s: any) => s.SnapshotId)).toEqual([snap1]);
     expect(readManifest(snap1).manifestMac.keyArn).toBe(macKey);
-    // Recorded before it signed: who asked, the key, what it was about to trust and what stays refused.
-    const ev = env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((e) => e.eventName === 'SignManifests' && e.errorCode === undefined);
-    expect(ev).toMatchObject({ eventSource: 'ebsd', userIdentity: { type: 'Root' }, requestParameters: { snapshotManifestKey: macKey }, responseElements: { toSign: [snap1], refused: [snap2] } });
+    expect(readManifest(snap1).description).toBe('edited after the review');
+    // Recorded before it signed: who asked, the key, what it was about to trust (ids and digests) and what stays refused.
+    const ev = auditEvents().find((e) => e.eventName === 'SignManifests' && e.requestParameters?.confirm === plan2.PlanDigest);
+    expect(ev).toMatchObject({ eventSource: 'ebsd', readOnly: false, userIdentity: { type: 'Root' }, requestParameters: { snapshotManifestKey: macKey }, responseElements: { toSign: [{ snapshotId: snap1, digest: plan2.Unsigned[0].Digest }], refused: [snap2] } });
     await env.stop();
 
     // Without the flag the old behaviour stands: the rolled-back manifest is listed and restores snap-1's data.
