@@ -35,4 +35,59 @@ describe('KMS conformance', () => {
     await call('UpdateAlias', { AliasName: 'alias/elsewhere', TargetKeyId: k });
     expect((await call('DescribeKey', { KeyId: 'alias/elsewhere' })).KeyMetadata.KeyId).toBe(k);
   });
+
+  it('tag keys beginning with aws: in any case are reserved: TagException from CreateKey and TagResource, and nothing is tagged', async () => {
+    const k = await newKey();
+    for (const TagKey of ['aws:x', 'AWS:x', 'Aws:Owner']) {
+      expect(await awsError(call('TagResource', { KeyId: k, Tags: [{ TagKey: 'ok', TagValue: '1' }, { TagKey, TagValue: 'v' }] })), TagKey).toBe('TagException');
+      expect(await awsError(call('CreateKey', { Tags: [{ TagKey, TagValue: 'v' }] })), TagKey).toBe('TagException');
+    }
+    expect((await call('ListResourceTags', { KeyId: k })).Tags).toEqual([]);
+    await call('TagResource', { KeyId: k, Tags: [{ TagKey: 'awsx', TagValue: 'v' }, { TagKey: 'my:aws:x', TagValue: 'v' }] });
+    expect((await call('ListResourceTags', { KeyId: k })).Tags).toHaveLength(2);
+  });
+
+  describe('asymmetric encryption keys', () => {
+    let rsa: string;
+    let blob: Uint8Array;
+    const alg = 'RSAES_OAEP_SHA_256';
+    beforeAll(async () => {
+      rsa = (await call('CreateKey', { KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' })).KeyMetadata.KeyId;
+      blob = (await call('Encrypt', { KeyId: rsa, Plaintext: Buffer.from('secret'), EncryptionAlgorithm: alg })).CiphertextBlob;
+    });
+
+    it('Decrypt naming the key but not its EncryptionAlgorithm is InvalidKeyUsageException (the algorithm), not InvalidCiphertextException', async () => {
+      const e = await kms.call('Decrypt', { KeyId: rsa, CiphertextBlob: blob }, admin).catch((x: unknown) => x as Error & { awsName: string });
+      expect((e as { awsName: string }).awsName).toBe('InvalidKeyUsageException');
+      expect((e as Error).message).toContain('SYMMETRIC_DEFAULT');
+      // ReEncrypt names its source the same way.
+      const sym = await newKey();
+      expect(await awsError(call('ReEncrypt', { CiphertextBlob: blob, SourceKeyId: rsa, DestinationKeyId: sym }))).toBe('InvalidKeyUsageException');
+      // Without a KeyId nothing names the key: the blob is not a symmetric ciphertext.
+      expect(await awsError(call('Decrypt', { CiphertextBlob: blob }))).toBe('InvalidCiphertextException');
+      // A symmetric KeyId does not make an RSA ciphertext one.
+      expect(await awsError(call('Decrypt', { KeyId: sym, CiphertextBlob: blob }))).toBe('InvalidCiphertextException');
+      const d = await call('Decrypt', { KeyId: rsa, CiphertextBlob: blob, EncryptionAlgorithm: alg });
+      expect(Buffer.from(d.Plaintext).toString()).toBe('secret');
+    });
+
+    it('an encryption context with an asymmetric key is refused by Decrypt and ReEncrypt, as by Encrypt, not ignored', async () => {
+      const ec = { purpose: 'x' };
+      expect(await awsError(call('Encrypt', { KeyId: rsa, Plaintext: Buffer.from('a'), EncryptionAlgorithm: alg, EncryptionContext: ec }))).toBe('ValidationException');
+      const e = await kms.call('Decrypt', { KeyId: rsa, CiphertextBlob: blob, EncryptionAlgorithm: alg, EncryptionContext: ec }, admin).catch((x: unknown) => x as Error & { awsName: string });
+      expect((e as { awsName: string }).awsName).toBe('ValidationException');
+      expect((e as Error).message).toContain('EncryptionContext is not supported with asymmetric KMS keys');
+      const sym = await newKey();
+      expect(await awsError(call('ReEncrypt', {
+        CiphertextBlob: blob, SourceKeyId: rsa, SourceEncryptionAlgorithm: alg, SourceEncryptionContext: ec, DestinationKeyId: sym,
+      }))).toBe('ValidationException');
+      const symBlob = (await call('Encrypt', { KeyId: sym, Plaintext: Buffer.from('b') })).CiphertextBlob;
+      expect(await awsError(call('ReEncrypt', {
+        CiphertextBlob: symBlob, DestinationKeyId: rsa, DestinationEncryptionAlgorithm: alg, DestinationEncryptionContext: ec,
+      }))).toBe('ValidationException');
+      // An empty context binds nothing either way and is accepted.
+      const ok = await call('ReEncrypt', { CiphertextBlob: blob, SourceKeyId: rsa, SourceEncryptionAlgorithm: alg, SourceEncryptionContext: {}, DestinationKeyId: sym });
+      expect(Buffer.from((await call('Decrypt', { CiphertextBlob: ok.CiphertextBlob })).Plaintext).toString()).toBe('secret');
+    });
+  });
 });
