@@ -90,4 +90,36 @@ describe('KMS conformance', () => {
       expect(Buffer.from((await call('Decrypt', { CiphertextBlob: ok.CiphertextBlob })).Plaintext).toString()).toBe('secret');
     });
   });
+
+  it('Decrypt, ReEncrypt and the GenerateDataKey* responses name the key material they used (KeyMaterialId, Source/DestinationKeyMaterialId)', async () => {
+    const k = await newKey();
+    const first = (await call('DescribeKey', { KeyId: k })).KeyMetadata.CurrentKeyMaterialId as string;
+    expect(first).toMatch(/^[0-9a-f]{64}$/);
+    const old = (await call('Encrypt', { KeyId: k, Plaintext: Buffer.from('x') })).CiphertextBlob;
+    await call('RotateKeyOnDemand', { KeyId: k });
+    const current = (await call('DescribeKey', { KeyId: k })).KeyMetadata.CurrentKeyMaterialId as string;
+    expect(current).not.toBe(first);
+
+    // Decrypt names the material that decrypted: the old one for an old ciphertext.
+    expect((await call('Decrypt', { CiphertextBlob: old })).KeyMaterialId).toBe(first);
+    for (const op of ['GenerateDataKey', 'GenerateDataKeyWithoutPlaintext']) {
+      const r = await call(op, { KeyId: k, KeySpec: 'AES_256' });
+      expect(r.KeyMaterialId, op).toBe(current);
+      expect((await call('Decrypt', { CiphertextBlob: r.CiphertextBlob })).KeyMaterialId, op).toBe(current);
+    }
+    for (const op of ['GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext']) {
+      expect((await call(op, { KeyId: k, KeyPairSpec: 'ECC_NIST_P256' })).KeyMaterialId, op).toBe(current);
+    }
+    const re = await call('ReEncrypt', { CiphertextBlob: old, DestinationKeyId: k });
+    expect(re).toMatchObject({ SourceKeyMaterialId: first, DestinationKeyMaterialId: current });
+
+    // An asymmetric side has no key material id (the members are for symmetric keys only).
+    const rsa = (await call('CreateKey', { KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' })).KeyMetadata.KeyId;
+    const toRsa = await call('ReEncrypt', { CiphertextBlob: old, DestinationKeyId: rsa, DestinationEncryptionAlgorithm: 'RSAES_OAEP_SHA_256' });
+    expect(toRsa.SourceKeyMaterialId).toBe(first);
+    expect(toRsa).not.toHaveProperty('DestinationKeyMaterialId');
+    const d = await call('Decrypt', { KeyId: rsa, CiphertextBlob: toRsa.CiphertextBlob, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' });
+    expect(Buffer.from(d.Plaintext).toString()).toBe('x');
+    expect(d).not.toHaveProperty('KeyMaterialId');
+  });
 });

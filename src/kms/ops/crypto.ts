@@ -92,6 +92,14 @@ function noContextWithAsymmetric(key: KeyRecord, ec: Record<string, string> | un
   }
 }
 
+/**
+ * The material an encryption under `key` uses now: its newest, the one `ctx.handle(key)` hands the
+ * HSM (kms-core.ts) and DescribeKey names CurrentKeyMaterialId.
+ */
+export function currentMaterial(key: KeyRecord): string {
+  return key.materials[key.materials.length - 1]!.id;
+}
+
 function materialOf(key: KeyRecord, blob: Uint8Array | BlobParts): string {
   const parts = blob instanceof Uint8Array ? parseBlob(blob) : blob;
   const h = parts.hbkId;
@@ -139,14 +147,16 @@ export function registerCryptoOperations(d: Dispatcher): void {
     noContextWithAsymmetric(key, ec);
     if (ignoreCiphertext) call.stopIfDryRun();
     // A dry run decrypts too: it fails where the real call would (wrong context, tampered blob).
-    const { plaintext } = src.symmetric
-      ? await ctx.hsm.call({ op: 'decrypt', key: ctx.handle(key, materialOf(key, src.parts!)), blob: blob!, ctx: canonicalContext(ec) })
+    const material = src.symmetric ? materialOf(key, src.parts!) : undefined;
+    const { plaintext } = material !== undefined
+      ? await ctx.hsm.call({ op: 'decrypt', key: ctx.handle(key, material), blob: blob!, ctx: canonicalContext(ec) })
       : await ctx.hsm.call({ op: 'rsaDecrypt', key: ctx.handle(key), algorithm: alg, blob: blob! });
     if (call.dryRun) {
       plaintext.fill(0); // a dry run's plaintext is wiped and dropped (best effort in JS: the GC may have copied it)
       call.stopIfDryRun();
     }
-    return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg };
+    // KeyMaterialId: the material that decrypted (symmetric keys only), as the KMS API reference's Decrypt response has it.
+    return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg, ...(material !== undefined ? { KeyMaterialId: material } : {}) };
   });
 
   d.registerOperation('ReEncrypt', async (ctx, call) => {
@@ -167,8 +177,9 @@ export function registerCryptoOperations(d: Dispatcher): void {
     noContextWithAsymmetric(src.key, sctx, 'SourceEncryptionContext');
     noContextWithAsymmetric(dst.key, dctx, 'DestinationEncryptionContext');
     if (ignoreCiphertext) call.stopIfDryRun();
-    const s: CipherEndpoint = src.symmetric
-      ? { key: ctx.handle(src.key, materialOf(src.key, blob!)), algorithm: salg, ctx: canonicalContext(sctx) }
+    const srcMaterial = src.symmetric ? materialOf(src.key, blob!) : undefined;
+    const s: CipherEndpoint = srcMaterial !== undefined
+      ? { key: ctx.handle(src.key, srcMaterial), algorithm: salg, ctx: canonicalContext(sctx) }
       : { key: ctx.handle(src.key), algorithm: salg };
     const t: CipherEndpoint = { key: ctx.handle(dst.key), algorithm: dalg, ...(dalg === 'SYMMETRIC_DEFAULT' ? { ctx: canonicalContext(dctx) } : {}) };
     // A dry run re-encrypts too, inside the HSM (the plaintext never leaves it), and drops the new ciphertext.
@@ -177,6 +188,9 @@ export function registerCryptoOperations(d: Dispatcher): void {
     return {
       CiphertextBlob: out.blob, SourceKeyId: src.key.arn, KeyId: dst.key.arn,
       SourceEncryptionAlgorithm: salg, DestinationEncryptionAlgorithm: dalg,
+      // The materials each side used, for symmetric keys only (KMS API reference, ReEncrypt response).
+      ...(srcMaterial !== undefined ? { SourceKeyMaterialId: srcMaterial } : {}),
+      ...(dalg === 'SYMMETRIC_DEFAULT' ? { DestinationKeyMaterialId: currentMaterial(dst.key) } : {}),
     };
   });
 
@@ -194,7 +208,8 @@ export function registerCryptoOperations(d: Dispatcher): void {
       call.stopIfDryRun();
       const want = op === 'GenerateDataKey';
       const out = await ctx.hsm.call({ op: 'generateDataKey', key: ctx.handle(key), bytes, ctx: canonicalContext(ec), wantPlaintext: want });
-      return want ? { CiphertextBlob: out.blob, Plaintext: out.plaintext!, KeyId: key.arn } : { CiphertextBlob: out.blob, KeyId: key.arn };
+      const KeyMaterialId = currentMaterial(key);
+      return want ? { CiphertextBlob: out.blob, Plaintext: out.plaintext!, KeyId: key.arn, KeyMaterialId } : { CiphertextBlob: out.blob, KeyId: key.arn, KeyMaterialId };
     });
   }
 
