@@ -45,6 +45,9 @@ describe('KMS conformance', () => {
     expect((await call('ListResourceTags', { KeyId: k })).Tags).toEqual([]);
     await call('TagResource', { KeyId: k, Tags: [{ TagKey: 'awsx', TagValue: 'v' }, { TagKey: 'my:aws:x', TagValue: 'v' }] });
     expect((await call('ListResourceTags', { KeyId: k })).Tags).toHaveLength(2);
+    // Nor can such a tag be removed (UntagResource's TagException), and the request removes nothing.
+    expect(await awsError(call('UntagResource', { KeyId: k, TagKeys: ['awsx', 'AWS:x'] }))).toBe('TagException');
+    expect((await call('ListResourceTags', { KeyId: k })).Tags).toHaveLength(2);
   });
 
   describe('asymmetric encryption keys', () => {
