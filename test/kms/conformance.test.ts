@@ -36,7 +36,7 @@ describe('KMS conformance', () => {
     expect((await call('DescribeKey', { KeyId: 'alias/elsewhere' })).KeyMetadata.KeyId).toBe(k);
   });
 
-  it('tag keys beginning with aws: in any case are reserved: TagException from CreateKey and TagResource, and nothing is tagged', async () => {
+  it('tag keys beginning with aws: in any case are reserved: TagException from CreateKey, TagResource and UntagResource, and nothing changes', async () => {
     const k = await newKey();
     for (const TagKey of ['aws:x', 'AWS:x', 'Aws:Owner']) {
       expect(await awsError(call('TagResource', { KeyId: k, Tags: [{ TagKey: 'ok', TagValue: '1' }, { TagKey, TagValue: 'v' }] })), TagKey).toBe('TagException');
