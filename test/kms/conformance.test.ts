@@ -70,6 +70,10 @@ describe('KMS conformance', () => {
       expect(await awsError(call('Decrypt', { CiphertextBlob: blob }))).toBe('InvalidCiphertextException');
       // A symmetric KeyId does not make an RSA ciphertext one.
       expect(await awsError(call('Decrypt', { KeyId: sym, CiphertextBlob: blob }))).toBe('InvalidCiphertextException');
+      // Nor does an AWS managed alias, and looking at the request creates no AWS managed key.
+      const keys = (await call('ListKeys', { Limit: 1000 })).Keys.length;
+      expect(await awsError(call('Decrypt', { KeyId: 'alias/aws/ebs', CiphertextBlob: blob }))).toBe('InvalidCiphertextException');
+      expect((await call('ListKeys', { Limit: 1000 })).Keys).toHaveLength(keys);
       const d = await call('Decrypt', { KeyId: rsa, CiphertextBlob: blob, EncryptionAlgorithm: alg });
       expect(Buffer.from(d.Plaintext).toString()).toBe('secret');
     });

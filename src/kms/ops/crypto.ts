@@ -57,7 +57,8 @@ async function sourceKey(ctx: OperationContext, blob: Uint8Array, keyIdParam: st
     // EncryptionAlgorithm that key needs (KMS API reference, Decrypt: required for asymmetric keys).
     // Answered by the key (authorized, then InvalidKeyUsageException for SYMMETRIC_DEFAULT on its
     // key spec), not as a bad ciphertext.
-    if (!(e instanceof InvalidCiphertextException) || keyIdParam === undefined) throw e;
+    // AWS managed keys (alias/aws/…) are symmetric: never resolved here, so a bad blob does not create one.
+    if (!(e instanceof InvalidCiphertextException) || keyIdParam === undefined || /(^|:)alias\/aws\//.test(keyIdParam)) throw e;
     const named = await ctx.resolveKey(keyIdParam).catch(() => undefined);
     if (!named || named.key.keySpec === 'SYMMETRIC_DEFAULT') throw e;
     return { ...named, symmetric: false };
