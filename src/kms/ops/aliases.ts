@@ -1,12 +1,29 @@
 /** CreateAlias, UpdateAlias, DeleteAlias, ListAliases (AWS alias naming rules). */
 import type { CallContext, Dispatcher, OperationContext } from '../dispatcher.js';
-import { AlreadyExistsException, InvalidAliasNameException, NotFoundException, ValidationException } from '../errors.js';
+import { AlreadyExistsException, InvalidAliasNameException, LimitExceededException, NotFoundException, ValidationException } from '../errors.js';
+import type { AliasRecord } from '../keystore.js';
 import { epochSeconds } from '../key-metadata.js';
 import { page } from '../paging.js';
 import { optStr, reqStr } from '../validate.js';
 
 /** AWS: `alias/` then letters, digits, `/ _ -`; 1-256 characters in all. */
 const ALIAS_RE = /^alias\/[a-zA-Z0-9/_-]+$/;
+
+/** AWS KMS quota: customer-created aliases per KMS key (docs/kms-format.md, "Quotas"). */
+export const MAX_ALIASES_PER_KEY = 50;
+
+/**
+ * Refuse a 51st alias on one key, as AWS does (LimitExceededException). Counted in the alias
+ * table being changed, so two calls at once cannot both pass; `alias/aws/` aliases are AWS's own
+ * and do not count.
+ */
+function checkAliasQuota(m: ReadonlyMap<string, AliasRecord>, keyId: string, keyArn: string): void {
+  let n = 0;
+  for (const a of m.values()) if (a.TargetKeyId === keyId && !a.AliasName.startsWith('alias/aws/')) n++;
+  if (n >= MAX_ALIASES_PER_KEY) {
+    throw new LimitExceededException(`The KMS key ${keyArn} already has ${n} aliases; a KMS key can have at most ${MAX_ALIASES_PER_KEY} aliases.`);
+  }
+}
 
 function checkAliasName(name: string): void {
   if (!ALIAS_RE.test(name)) throw new InvalidAliasNameException(`Alias ${name} must begin with alias/ and contain only alphanumeric characters, forward slashes (/), underscores (_), and dashes (-).`);
@@ -30,6 +47,7 @@ export function registerAliasOperations(d: Dispatcher): void {
     await call.authorize({ key });
     await ctx.keystore.updateAliases((m) => {
       if (m.has(name)) throw new AlreadyExistsException(`An alias with the name arn:aws:kms:${ctx.region}:${ctx.accountId}:${name} already exists`);
+      checkAliasQuota(m, key.keyId, key.arn);
       m.set(name, { AliasName: name, TargetKeyId: key.keyId, CreationDate: call.now, LastUpdatedDate: call.now });
     });
     return {};
@@ -52,6 +70,7 @@ export function registerAliasOperations(d: Dispatcher): void {
       }
     }
     await ctx.keystore.updateAliases((m) => {
+      if (cur.TargetKeyId !== key.keyId) checkAliasQuota(m, key.keyId, key.arn);
       m.set(name, { ...cur, TargetKeyId: key.keyId, LastUpdatedDate: call.now });
     });
     return {};

@@ -4,7 +4,7 @@ import { InvalidKeyUsageException, KMSInvalidMacException, UnsupportedOperationE
 import { canonicalContext } from '../blob.js';
 import { DATA_KEY_PAIR_SPECS, UNSUPPORTED_DATA_KEY_PAIR_SPECS, encryptionAlgorithms, macAlgorithms, signingAlgorithms, unsupportedSpecReason } from '../key-spec.js';
 import { optContext, optEnum, optStrList, reqBytes, reqEnum, reqStr } from '../validate.js';
-import { requireUsage } from './crypto.js';
+import { currentMaterial, requireUsage } from './crypto.js';
 
 const SIGN_ALGS = [
   'RSASSA_PSS_SHA_256', 'RSASSA_PSS_SHA_384', 'RSASSA_PSS_SHA_512', 'RSASSA_PKCS1_V1_5_SHA_256', 'RSASSA_PKCS1_V1_5_SHA_384',
@@ -68,7 +68,7 @@ export function registerAsymmetricOperations(d: Dispatcher): void {
       const out = await ctx.hsm.call({ op: 'generateDataKeyPair', key: ctx.handle(key), ctx: canonicalContext(ec), pairSpec, wantPlaintext: want });
       return {
         PrivateKeyCiphertextBlob: out.privateBlob, ...(want ? { PrivateKeyPlaintext: out.privatePlaintext! } : {}),
-        PublicKey: out.publicKey, KeyId: key.arn, KeyPairSpec: pairSpec,
+        PublicKey: out.publicKey, KeyId: key.arn, KeyPairSpec: pairSpec, KeyMaterialId: currentMaterial(key),
       };
     });
   }

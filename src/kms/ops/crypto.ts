@@ -49,7 +49,20 @@ async function sourceKey(ctx: OperationContext, blob: Uint8Array, keyIdParam: st
     const r = await ctx.resolveKey(keyIdParam);
     return { ...r, symmetric: false };
   }
-  const p = parseBlob(blob);
+  let p: BlobParts;
+  try {
+    p = parseBlob(blob);
+  } catch (e) {
+    // Not a symmetric blob, and the request names an asymmetric key: the caller left out the
+    // EncryptionAlgorithm that key needs (KMS API reference, Decrypt: required for asymmetric keys).
+    // Answered by the key (authorized, then InvalidKeyUsageException for SYMMETRIC_DEFAULT on its
+    // key spec), not as a bad ciphertext.
+    // AWS managed keys (alias/aws/…) are symmetric: never resolved here, so a bad blob does not create one.
+    if (!(e instanceof InvalidCiphertextException) || keyIdParam === undefined || /(^|:)alias\/aws\//.test(keyIdParam)) throw e;
+    const named = await ctx.resolveKey(keyIdParam).catch(() => undefined);
+    if (!named || named.key.keySpec === 'SYMMETRIC_DEFAULT') throw e;
+    return { ...named, symmetric: false };
+  }
   const m = /^arn:aws:kms:([^:]+):(\d{12}):key\/([0-9a-f-]{36})$/.exec(p.arn);
   if (!m || m[1] !== ctx.region || m[2] !== ctx.accountId) throw new InvalidCiphertextException('The ciphertext refers to a KMS key this KMS does not hold.');
   const key = ctx.keystore.get(m[3]!);
@@ -67,6 +80,25 @@ async function sourceKey(ctx: OperationContext, blob: Uint8Array, keyIdParam: st
     requestAlias = named.requestAlias;
   }
   return requestAlias ? { key, requestAlias, symmetric: true, parts: p } : { key, symmetric: true, parts: p };
+}
+
+/**
+ * An encryption context is for symmetric encryption keys only (KMS API reference, Encrypt,
+ * Decrypt, ReEncrypt): given with an asymmetric key, where it would bind nothing, it is refused
+ * rather than ignored, on the way in (Encrypt) and on the way out (Decrypt, ReEncrypt) alike.
+ */
+function noContextWithAsymmetric(key: KeyRecord, ec: Record<string, string> | undefined, member = 'EncryptionContext'): void {
+  if (key.keySpec !== 'SYMMETRIC_DEFAULT' && ec && Object.keys(ec).length) {
+    throw new ValidationException(`${member} is not supported with asymmetric KMS keys (${key.arn} is ${key.keySpec})`);
+  }
+}
+
+/**
+ * The material an encryption under `key` uses now: its newest, the one `ctx.handle(key)` hands the
+ * HSM (kms-core.ts) and DescribeKey names CurrentKeyMaterialId.
+ */
+export function currentMaterial(key: KeyRecord): string {
+  return key.materials[key.materials.length - 1]!.id;
 }
 
 function materialOf(key: KeyRecord, blob: Uint8Array | BlobParts): string {
@@ -95,7 +127,7 @@ export function registerCryptoOperations(d: Dispatcher): void {
       const { blob } = await ctx.hsm.call({ op: 'encrypt', key: ctx.handle(key), plaintext, ctx: canonicalContext(ec) });
       return { CiphertextBlob: blob, KeyId: key.arn, EncryptionAlgorithm: alg };
     }
-    if (ec && Object.keys(ec).length) throw new ValidationException('EncryptionContext is not supported with asymmetric KMS keys');
+    noContextWithAsymmetric(key, ec);
     const max = rsaOaepMaxPlaintext(key.keySpec, alg);
     if (plaintext.length > max) throw new ValidationException(`Plaintext must be at most ${max} bytes for ${key.keySpec} with ${alg}`);
     call.stopIfDryRun();
@@ -113,16 +145,19 @@ export function registerCryptoOperations(d: Dispatcher): void {
     const key = src.key;
     await call.authorize({ key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
     checkEncAlg(key, alg);
+    noContextWithAsymmetric(key, ec);
     if (ignoreCiphertext) call.stopIfDryRun();
     // A dry run decrypts too: it fails where the real call would (wrong context, tampered blob).
-    const { plaintext } = src.symmetric
-      ? await ctx.hsm.call({ op: 'decrypt', key: ctx.handle(key, materialOf(key, src.parts!)), blob: blob!, ctx: canonicalContext(ec) })
+    const material = src.symmetric ? materialOf(key, src.parts!) : undefined;
+    const { plaintext } = material !== undefined
+      ? await ctx.hsm.call({ op: 'decrypt', key: ctx.handle(key, material), blob: blob!, ctx: canonicalContext(ec) })
       : await ctx.hsm.call({ op: 'rsaDecrypt', key: ctx.handle(key), algorithm: alg, blob: blob! });
     if (call.dryRun) {
       plaintext.fill(0); // a dry run's plaintext is wiped and dropped (best effort in JS: the GC may have copied it)
       call.stopIfDryRun();
     }
-    return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg };
+    // KeyMaterialId: the material that decrypted (symmetric keys only), as the KMS API reference's Decrypt response has it.
+    return { KeyId: key.arn, Plaintext: plaintext, EncryptionAlgorithm: alg, ...(material !== undefined ? { KeyMaterialId: material } : {}) };
   });
 
   d.registerOperation('ReEncrypt', async (ctx, call) => {
@@ -140,10 +175,12 @@ export function registerCryptoOperations(d: Dispatcher): void {
     await call.authorize({ action: 'kms:ReEncryptTo', key: dst.key, ...(dst.requestAlias ? { requestAlias: dst.requestAlias } : {}), ...(dctx ? { encryptionContext: dctx } : {}), grantTokens: gt });
     checkEncAlg(src.key, salg);
     checkEncAlg(dst.key, dalg);
-    if (dalg !== 'SYMMETRIC_DEFAULT' && dctx && Object.keys(dctx).length) throw new ValidationException('EncryptionContext is not supported with asymmetric KMS keys');
+    noContextWithAsymmetric(src.key, sctx, 'SourceEncryptionContext');
+    noContextWithAsymmetric(dst.key, dctx, 'DestinationEncryptionContext');
     if (ignoreCiphertext) call.stopIfDryRun();
-    const s: CipherEndpoint = src.symmetric
-      ? { key: ctx.handle(src.key, materialOf(src.key, blob!)), algorithm: salg, ctx: canonicalContext(sctx) }
+    const srcMaterial = src.symmetric ? materialOf(src.key, blob!) : undefined;
+    const s: CipherEndpoint = srcMaterial !== undefined
+      ? { key: ctx.handle(src.key, srcMaterial), algorithm: salg, ctx: canonicalContext(sctx) }
       : { key: ctx.handle(src.key), algorithm: salg };
     const t: CipherEndpoint = { key: ctx.handle(dst.key), algorithm: dalg, ...(dalg === 'SYMMETRIC_DEFAULT' ? { ctx: canonicalContext(dctx) } : {}) };
     // A dry run re-encrypts too, inside the HSM (the plaintext never leaves it), and drops the new ciphertext.
@@ -152,6 +189,9 @@ export function registerCryptoOperations(d: Dispatcher): void {
     return {
       CiphertextBlob: out.blob, SourceKeyId: src.key.arn, KeyId: dst.key.arn,
       SourceEncryptionAlgorithm: salg, DestinationEncryptionAlgorithm: dalg,
+      // The materials each side used, for symmetric keys only (KMS API reference, ReEncrypt response).
+      ...(srcMaterial !== undefined ? { SourceKeyMaterialId: srcMaterial } : {}),
+      ...(dalg === 'SYMMETRIC_DEFAULT' ? { DestinationKeyMaterialId: currentMaterial(dst.key) } : {}),
     };
   });
 
@@ -169,7 +209,8 @@ export function registerCryptoOperations(d: Dispatcher): void {
       call.stopIfDryRun();
       const want = op === 'GenerateDataKey';
       const out = await ctx.hsm.call({ op: 'generateDataKey', key: ctx.handle(key), bytes, ctx: canonicalContext(ec), wantPlaintext: want });
-      return want ? { CiphertextBlob: out.blob, Plaintext: out.plaintext!, KeyId: key.arn } : { CiphertextBlob: out.blob, KeyId: key.arn };
+      const KeyMaterialId = currentMaterial(key);
+      return want ? { CiphertextBlob: out.blob, Plaintext: out.plaintext!, KeyId: key.arn, KeyMaterialId } : { CiphertextBlob: out.blob, KeyId: key.arn, KeyMaterialId };
     });
   }
 

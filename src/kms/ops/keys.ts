@@ -28,7 +28,8 @@ export function parseTags(req: KmsRequest, name = 'Tags'): { TagKey: string; Tag
     // Characters, not UTF-16 units: a TagKey of 128 emoji is within bounds (src/util/char-count.ts).
     if (typeof TagKey !== 'string' || TagKey === '' || charCount(TagKey) > 128) throw new TagException('TagKey must be 1-128 characters');
     if (typeof TagValue !== 'string' || charCount(TagValue) > 256) throw new TagException('TagValue must be 0-256 characters');
-    if (TagKey.startsWith('aws:')) throw new TagException('Tag keys beginning with aws: are reserved');
+    // Reserved in any case (AWS:, Aws:, …), as the EC2 tags of this daemon check it (src/daemon/ec2-requests.ts).
+    if (TagKey.toLowerCase().startsWith('aws:')) throw new TagException(`Tag key ${JSON.stringify(TagKey)} is reserved: tag keys beginning with aws: (in any case) are for AWS use`);
     // A key has one value per tag key; one request naming a key twice is refused
     // (CreateKey and TagResource alike) rather than keeping one value silently.
     if (seen.has(TagKey)) throw new TagException(`Duplicate tag key in the request: ${JSON.stringify(TagKey)}; each TagKey may appear once`);
