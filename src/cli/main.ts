@@ -467,23 +467,30 @@ function volumeCommands(y: Argv): Argv {
           .positional('volume-id', { type: 'string', demandOption: true, describe: 'The ID of the volume (vol-…)' })
           .option('instance-id', { type: 'string', describe: 'EC2 InstanceId: must be this host\'s (<state-dir>/volumes/instance-id)' })
           .option('device', { type: 'string', describe: 'EC2 Device: recorded and shown only (default /dev/ebsd/VOL); the volume is the file under the mount' })
-          .option('wait', { type: 'string', coerce: wholeNumber('--wait'), describe: `seconds to wait, up to ${MAX_ATTACH_WAIT_SECONDS}, when the volume is recorded attached to this host and not served yet (the daemon re-attaches it once its KMS answers): then its attachment once its file is there (without: refused as VolumeInUse)` })
+          .option('wait', { type: 'string', coerce: wholeNumber('--wait'), describe: `seconds to wait, up to ${MAX_ATTACH_WAIT_SECONDS}, when the volume is recorded attached to this host and not served yet (the daemon re-attaches it once its KMS answers; account root, while the daemon waits for its KMS at start): then its attachment once its file is there (without: refused as VolumeInUse or ServiceUnavailable)` })
           .option('dry-run', DRY_RUN_OPTION),
       async (a) => {
         const g = a as unknown as Globals;
         refuseEmpty(a, 'instance-id', 'device');
         if (a.wait !== undefined && a.wait > MAX_ATTACH_WAIT_SECONDS) throw new UsageError(`--wait is at most ${MAX_ATTACH_WAIT_SECONDS} seconds (a day), got ${a.wait}`);
-        const waited = a.wait && !a.dryRun ? await untilServed(g, String(a.volumeId), a.wait) : undefined;
-        if (waited) {
-          show(g, waited, () => `${waited.VolumeId} attached at ${waited.Path}`);
-          return;
-        }
-        const res = await call(g, 'ebsd.AttachVolume', {
+        const req = {
           VolumeId: a.volumeId,
           ...(a.instanceId !== undefined ? { InstanceId: a.instanceId } : {}),
           ...(a.device !== undefined ? { Device: a.device } : {}),
           ...dryRunMember(a),
-        });
+        };
+        let res: R;
+        try {
+          res = await call(g, 'ebsd.AttachVolume', req);
+        } catch (e) {
+          // Refused as attached already (VolumeInUse) or while the daemon waits for its KMS (ServiceUnavailable):
+          // with --wait, a volume recorded attached to this host and not served yet is waited for. The call above
+          // was authorized and audited as any attach is; anything else it answered stands.
+          const waitable = e instanceof ServiceError && (e.awsName === 'VolumeInUse' || e.awsName === 'ServiceUnavailable');
+          const served = waitable && a.wait && !a.dryRun ? await untilServed(g, String(a.volumeId), a.wait) : undefined;
+          if (!served) throw e;
+          res = served;
+        }
         if (res.Unencrypted === true) process.stderr.write(`ebsd: ${UNENCRYPTED_WARNING}\n`);
         show(g, res, () => `${res.VolumeId} attached at ${res.Path}${res.Unencrypted ? '  (UNENCRYPTED: plaintext passthrough, measurement only)' : ''}`);
       },
@@ -510,32 +517,50 @@ function volumeCommands(y: Argv): Argv {
 const MAX_ATTACH_WAIT_SECONDS = 86_400;
 
 /**
- * `ebsd attach --wait`: a volume recorded attached to this host but not served yet (the daemon waits for
- * its KMS at start, or retries the re-attach; `ebsd status` shows its Problem) is waited for, up to
- * `seconds`, instead of being refused as VolumeInUse; once its file is under the mount, the attachment as
- * AttachVolume answers it. Undefined when the volume is not in that state (AttachVolume decides then).
- * Past `seconds`: ServiceUnavailable (exit 10), naming what the volume still waits for.
+ * `ebsd attach --wait`, after AttachVolume refused the volume as attached already or the daemon as waiting
+ * for its KMS: a volume recorded attached to this host and not served yet (`ebsd status` shows it with a
+ * Problem: re-attached by the daemon once its KMS answers, or being attached by another call) is waited
+ * for, up to `seconds`; once its file is under the mount, the attachment as AttachVolume answers it.
+ * Undefined when the volume is not in that state (served already, not this host's, not shown to the
+ * caller: the refusal stands). Past `seconds`: ServiceUnavailable (exit 10) naming what it still waits
+ * for; a re-attach that failed for good: IncorrectState (exit 6) at once.
+ *
+ * Status is asked at growing intervals (1 s doubling to 15 s): while the host waits for its KMS at start,
+ * each Status nudges the daemon to try it again (host-resolver.ts), and a recovering KMS must not get that
+ * from every waiting unit every second.
  */
 async function untilServed(g: Globals, volumeId: string, seconds: number): Promise<R | undefined> {
   const deadline = Date.now() + seconds * 1000;
-  for (;;) {
+  for (let pause = 1_000, first = true; ; pause = Math.min(pause * 2, 15_000), first = false) {
     const st = await call(g, 'ebsd.Status');
     const v = (st.Volumes as R[]).find((x) => x.VolumeId === volumeId);
     if (!v || v.State !== 'in-use') return undefined;
     if (v.Attached === true) {
+      if (first) return undefined; // served when AttachVolume refused it: VolumeInUse stands
       const d = (await call(g, 'ebsd.DescribeVolumes', { VolumeIds: [volumeId] })).Volumes as R[];
       const att = ((d[0]?.Attachments as R[] | undefined) ?? [])[0] ?? {};
-      return { VolumeId: volumeId, InstanceId: att.InstanceId, Device: att.Device, State: 'attached', AttachTime: att.AttachTime, Path: v.Path };
+      return {
+        VolumeId: volumeId, InstanceId: att.InstanceId, Device: att.Device, State: 'attached', AttachTime: att.AttachTime, Path: v.Path,
+        ...(v.Encrypted === false ? { Unencrypted: true } : {}),
+      };
     }
-    // Retried by the daemon (Resume), or waiting for its KMS at start (KeyCache attaching): worth waiting for.
-    // A re-attach that failed for good ("detach it") is not.
-    const coming = v.Resume !== undefined || (v.KeyCache as R | undefined)?.State === 'attaching' || v.Problem === undefined;
-    if (!coming) throw new ServiceError('IncorrectState', `${volumeId} is recorded attached to this host and will not be served: ${String(v.Problem)}`, 400);
+    if (!(await mayBeServed(g, v))) throw new ServiceError('IncorrectState', `${volumeId} is recorded attached to this host and will not be served: ${String(v.Problem)}`, 400);
     if (Date.now() >= deadline) {
       throw new ServiceError('ServiceUnavailable', `${volumeId} is recorded attached to this host and still not served after ${seconds} s: ${String(v.Problem ?? 'being attached or detached')}`, 503);
     }
-    await new Promise((r) => setTimeout(r, Math.min(1_000, Math.max(0, deadline - Date.now()))));
+    await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, deadline - Date.now()))));
   }
+}
+
+/**
+ * Whether a volume `ebsd status` shows recorded attached and not served will be, without an operator: the
+ * daemon retries its re-attach (Resume), waits for its KMS at start (KeyCache attaching), or another call
+ * is attaching it (DescribeVolumes: attachment `attaching`). Otherwise its re-attach failed for good.
+ */
+async function mayBeServed(g: Globals, v: R): Promise<boolean> {
+  if (v.Resume !== undefined || (v.KeyCache as R | undefined)?.State === 'attaching') return true;
+  const d = (await call(g, 'ebsd.DescribeVolumes', { VolumeIds: [v.VolumeId] })).Volumes as R[];
+  return ((d[0]?.Attachments as R[] | undefined) ?? []).some((x) => x.State === 'attaching');
 }
 
 function statusCommand(y: Argv): Argv {

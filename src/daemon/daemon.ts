@@ -1053,7 +1053,7 @@ export class Daemon {
   /** Daemon.KmsListener of `ebsd status`: KmsListener.usage, the busiest sources to the account root only. */
   private async kmsListenerStatus(caller: Caller): Promise<Record<string, unknown>> {
     const u = await this.listener!.usage();
-    if (!u) return { Problem: 'the KMS listener\'s front-end worker did not report its connections in time' };
+    if (!u) return { Problem: 'the KMS listener did not report its connections: its front-end worker did not answer within a second, or it is stopping' };
     if (caller.type === 'Root') return { ...u };
     const { BusiestSources: _hidden, ...counts } = u;
     return counts;
@@ -1223,28 +1223,38 @@ export class Daemon {
    */
   private async auditPrune(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<unknown> {
     const ids = this.authz!.identities;
+    // As sent, in every event of the call (the CLI sends an age as the time it stands for).
     const asked = typeof b.Before === 'string' ? b.Before : b.Before === undefined ? '' : JSON.stringify(b.Before);
     const event = (o: { prunedThrough?: number; files?: string[]; error?: { code: string; message: string } }): Record<string, unknown> =>
       auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: asked, ...o });
+    // AuditLog.prune writes the call's event itself, before it removes anything, when it has a plan; every other
+    // outcome (nothing to remove, only a crash's leftovers, a refusal, a failure before that event) is recorded here,
+    // so each call is in the log once, as CloudTrail records calls that change nothing or fail.
+    let recorded = false;
+    const own = (plan: { prunedThrough: number; files: string[] }): Record<string, unknown> => {
+      recorded = true;
+      return event(plan);
+    };
     let res: { PrunedThroughSequence: number; FilesRemoved: string[] };
     try {
-      res = await this.pruneAuditLog(b, caller, peer);
+      res = await this.pruneAuditLog(b, own);
     } catch (e) {
-      // Refused before anything was removed (a bad Before, a log that does not verify): recorded as CloudTrail records
-      // a failed call. A failure past that point (InternalFailure) may follow the call's own event: not recorded twice.
-      if (e instanceof Ec2RequestError || (e instanceof EbsdError && e.code === 'AUDIT_PRUNE_REFUSED')) {
-        await this.kms!.audit.append(event({ error: { code: e.awsName ?? e.code, message: e.message } })).catch((x: unknown) => this.log.error({ err: x }, 'could not audit a refused ebsd.AuditPrune'));
+      if (!recorded) {
+        const name = (e as { awsName?: unknown })?.awsName;
+        const code = typeof name === 'string' ? name : e instanceof EbsdError ? e.code : 'InternalFailure';
+        await this.kms!.audit.append(event({ error: { code, message: (e as Error)?.message ?? String(e) } }))
+          .catch((x: unknown) => this.log.error({ err: x }, 'could not audit a refused or failed ebsd.AuditPrune'));
       }
       throw e;
     }
-    // Nothing to remove: prune wrote no event of its own (it writes one only before removing files); the call is recorded all the same.
-    if (res.FilesRemoved.length === 0) {
-      await this.kms!.audit.append(event({ prunedThrough: res.PrunedThroughSequence, files: [] })).catch((x: unknown) => this.log.error({ err: x }, 'could not audit an ebsd.AuditPrune that removed nothing'));
+    if (!recorded) {
+      await this.kms!.audit.append(event({ prunedThrough: res.PrunedThroughSequence, files: res.FilesRemoved }))
+        .catch((x: unknown) => this.log.error({ err: x }, 'could not audit an ebsd.AuditPrune'));
     }
     return res;
   }
 
-  private async pruneAuditLog(b: Record<string, unknown>, caller: Caller, peer: PeerIdentity): Promise<{ PrunedThroughSequence: number; FilesRemoved: string[] }> {
+  private async pruneAuditLog(b: Record<string, unknown>, eventFor: (plan: { prunedThrough: number; files: string[] }) => Record<string, unknown>): Promise<{ PrunedThroughSequence: number; FilesRemoved: string[] }> {
     const unknown = Object.keys(b).filter((k) => k !== 'Before');
     if (unknown.length) throw new Ec2RequestError('EC2_UNKNOWN_PARAMETER', unknown[0]!, `The parameter ${unknown[0]!.slice(0, 64)} is not recognized by ebsd.AuditPrune (it takes Before)`);
     if (b.Before === undefined) throw new Ec2RequestError('EC2_MISSING_PARAMETER', 'Before', 'The request must contain the parameter Before: an ISO 8601 time; sealed log files whose events are all older go');
@@ -1253,11 +1263,9 @@ export class Daemon {
       throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'Before', `Before ${JSON.stringify(String(b.Before).slice(0, 64))} is not an ISO 8601 date or time (e.g. 2026-09-01 or 2026-09-01T00:00:00Z)`);
     }
     if (before > Date.now()) throw new Ec2RequestError('EC2_INVALID_PARAMETER_VALUE', 'Before', `Before ${b.Before as string} is in the future: only events already written can be pruned`);
-    const ids = this.authz!.identities;
     return this.inAuditQueue('AuditPrune', async () => {
       try {
-        return await this.kms!.audit.prune(before, () => this.verifyAuditOffThread(),
-          (plan) => auditPruneEvent(caller, { accountId: ids.accountId, region: ids.region, requestId: peer.requestId, before: new Date(before).toISOString(), ...plan }));
+        return await this.kms!.audit.prune(before, () => this.verifyAuditOffThread(), eventFor);
       } catch (e) {
         if (e instanceof EbsdError) throw e;
         throw new EbsdError('AUDIT_PRUNE_FAILED', `ebsd.AuditPrune: ${(e as Error)?.message ?? String(e)}`, { awsName: 'InternalFailure', cause: e });

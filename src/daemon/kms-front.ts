@@ -142,6 +142,7 @@ export class FrontWorker {
       let done = false;
       const settle = (u: DetailedUsage | undefined): void => { if (!done) { done = true; clearTimeout(timer); resolve(u); } };
       const timer = setTimeout(() => settle(undefined), USAGE_WAIT_MS);
+      timer.unref();
       this.usageWaiters.push(settle);
       this.worker.postMessage({ t: 'usage', top } satisfies FrontCommand);
     });

@@ -136,6 +136,8 @@ export const AUDIT_WRITE_BUCKETS_SECONDS: readonly number[] = [
  * volume to a slow store); EBS snapshots of large volumes take hours too.
  */
 export const SNAPSHOT_BUCKETS_SECONDS: readonly number[] = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600];
+/** How long one answer of the listener's usage serves the metrics: the series of one scrape are collected together. */
+const LISTENER_USAGE_REUSE_MS = 250;
 /** AuditLog's disk states (src/kms/audit/disk-reserve.ts DiskState), each a series from start. */
 const AUDIT_STATES = ['ok', 'reserve-in-use', 'failing'] as const;
 
@@ -170,6 +172,7 @@ export class DaemonMetrics {
   private readonly snapshotDuration: Histogram<'state'>;
   private readonly labelSeen = new Map<string, Set<string>>();
   private sources: MetricsSources | undefined;
+  private usageRead: { at: number; u: Promise<KmsListenerUsage | undefined> } | undefined;
   private listener: MetricsListener | undefined;
 
   constructor() {
@@ -303,8 +306,8 @@ export class DaemonMetrics {
       name: 'ebsd_kms_listener_connections', help: 'Connections open to --kms-listen (each counted against its source\'s cap and the overall one); 0 without a listener',
       registers,
       async collect() {
-        this.reset();
-        const u = await self.sources?.kmsListener?.();
+        // Kept as last read when the front-end worker does not answer (0 would read as "no connections").
+        const u = await self.listenerUsage();
         if (u) this.set(u.Connections);
       },
     });
@@ -312,7 +315,7 @@ export class DaemonMetrics {
       name: 'ebsd_kms_listener_refusals_total', help: 'Connections and requests --kms-listen refused by its limits since start, per reason (gave-slot: an open connection closed to make room for another source\'s); each is audited as a KmsConnection event',
       labelNames: ['reason'], registers,
       async collect() {
-        const u = await self.sources?.kmsListener?.();
+        const u = await self.listenerUsage();
         if (!u) return;
         this.reset();
         for (const reason of REFUSAL_REASONS) this.inc({ reason }, u.RefusedSinceStart[reason] ?? 0);
@@ -402,6 +405,15 @@ export class DaemonMetrics {
       name: 'ebsd_control_requests_total', help: 'Control-API requests by operation (X-Amz-Target) and result',
       labelNames: ['operation', 'result'], registers,
     });
+  }
+
+  /** The listener's usage for one scrape: its two series from one answer of the front-end worker, not two. */
+  private listenerUsage(): Promise<KmsListenerUsage | undefined> {
+    const now = Date.now();
+    if (!this.usageRead || now - this.usageRead.at > LISTENER_USAGE_REUSE_MS) {
+      this.usageRead = { at: now, u: this.sources?.kmsListener?.() ?? Promise.resolve(undefined) };
+    }
+    return this.usageRead.u;
   }
 
   /** Connect the daemon's live state; until then the gauges are empty. */

@@ -131,11 +131,9 @@ describe('a host daemon started while its KMS is down', () => {
     const short = await host.cli(['attach', vol, '--wait', '1']);
     expect(short.code, short.stderr).toBe(10);
     expect(short.stderr).toContain(`${vol} is recorded attached to this host and still not served after 1 s: waiting for the KMS at ${url}`);
-    let waitedOut = false;
-    const attaching = host.cli(['attach', vol, '--wait', '120', '--output', 'json']).finally(() => { waitedOut = true; });
+    const attaching = host.cli(['attach', vol, '--wait', '120', '--output', 'json']);
 
     // Back on its old port: the host knows only that address.
-    expect(waitedOut).toBe(false); // nothing could serve the volume yet
     await restartOnSamePort(kms, ['--kms-only', '--kms-listen', new URL(url).host]);
     const attached = await attaching;
     expect(attached.code, attached.stderr).toBe(0);
@@ -268,6 +266,10 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     // Retried in the background, logged once at error (at start), not once per try.
     await until('two more tries', async () => ((await status()).Volumes.find((x: any) => x.VolumeId === vol)?.Resume?.Attempts >= 3 ? true : undefined), 30_000);
     expect(host.daemonLog().split('\n').filter((l) => l.includes('"level":50') && l.includes('could not resume attachment'))).toHaveLength(1);
+    // attach --wait on a re-attach being retried: AttachVolume says VolumeInUse, the wait names the retry.
+    const short = await host.cli(['attach', vol, '--wait', '1']);
+    expect(short.code, short.stderr).toBe(10);
+    expect(short.stderr).toMatch(new RegExp(`${vol} is recorded attached to this host and still not served after 1 s: .*retrying with back-off`));
 
     await proxy.start();
     const back = await until('the volume served again', async () => {
@@ -276,6 +278,10 @@ describe('a host restarted while STS answers and the KMS does not', () => {
     }, 90_000);
     expect(back.Problem).toBeUndefined();
     expect(back.KeyCache.State).toMatch(/cached|refreshing/);
+    // Served already: --wait does not turn the refusal into a success.
+    const again = await host.cli(['attach', vol, '--wait', '5']);
+    expect(again.code, again.stderr).toBe(6);
+    expect(again.stderr).toContain('VolumeInUse');
     const served = parseMetrics(await (await fetch(st.Daemon.MetricsUrl as string)).text());
     expect(served.get('ebsd_volumes_unserved')).toBe(0);
     expect(served.get(`ebsd_kms_remote_reachable{endpoint="${kmsUrl}"}`)).toBe(1);

@@ -2,6 +2,8 @@
  * Limits and answers an AWS KMS user relies on, checked against the KMS API reference and the
  * KMS Developer Guide ("Resource quotas"), through the core as the daemon opens it.
  */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KmsService } from '../../src/kms/kms-core.js';
 import { admin, awsError, openKms, tempDir } from './helpers.js';
@@ -48,6 +50,20 @@ describe('KMS conformance', () => {
     // Nor can such a tag be removed (UntagResource's TagException), and the request removes nothing.
     expect(await awsError(call('UntagResource', { KeyId: k, TagKeys: ['awsx', 'AWS:x'] }))).toBe('TagException');
     expect((await call('ListResourceTags', { KeyId: k })).Tags).toHaveLength(2);
+  });
+
+  it('a tag like AWS:x that a key holds from an earlier version (which let callers add it) can still be removed', async () => {
+    const k = await newKey();
+    await kms.close();
+    const file = join(t.dir, 'keys', `${k}.json`);
+    const rec = JSON.parse(readFileSync(file, 'utf8')) as { tags: { TagKey: string; TagValue: string }[] };
+    rec.tags.push({ TagKey: 'AWS:legacy', TagValue: 'v' });
+    writeFileSync(file, JSON.stringify(rec));
+    kms = await openKms(t.dir);
+    expect((await call('ListResourceTags', { KeyId: k })).Tags).toEqual([{ TagKey: 'AWS:legacy', TagValue: 'v' }]);
+    expect(await awsError(call('UntagResource', { KeyId: k, TagKeys: ['AWS:other'] }))).toBe('TagException');
+    await call('UntagResource', { KeyId: k, TagKeys: ['AWS:legacy'] });
+    expect((await call('ListResourceTags', { KeyId: k })).Tags).toEqual([]);
   });
 
   describe('asymmetric encryption keys', () => {

@@ -70,7 +70,7 @@ export function registerAliasOperations(d: Dispatcher): void {
       }
     }
     await ctx.keystore.updateAliases((m) => {
-      if (cur.TargetKeyId !== key.keyId) checkAliasQuota(m, key.keyId, key.arn);
+      if (m.get(name)?.TargetKeyId !== key.keyId) checkAliasQuota(m, key.keyId, key.arn);
       m.set(name, { ...cur, TargetKeyId: key.keyId, LastUpdatedDate: call.now });
     });
     return {};

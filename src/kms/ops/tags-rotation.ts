@@ -52,8 +52,9 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const keys = optStrList(call.request, 'TagKeys', 50, 128);
     if (!keys) throw missing('TagKeys');
-    // The aws: prefix is AWS's in any case: such a tag cannot be removed (nor added, keys.ts parseTags).
-    const reserved = keys.find((t) => t.toLowerCase().startsWith('aws:'));
+    // The aws: prefix is AWS's in any case: such a tag cannot be removed (nor added, keys.ts parseTags), except
+    // one the key holds already: tags like `AWS:x`, which earlier versions let callers add, can still go.
+    const reserved = keys.find((t) => t.toLowerCase().startsWith('aws:') && !key.tags.some((x) => x.TagKey === t));
     if (reserved !== undefined) throw new TagException(`Tag key ${JSON.stringify(reserved)} is reserved: tag keys beginning with aws: (in any case) are for AWS use`);
     await call.authorize({ key });
     requireCustomerManaged(key, 'UntagResource');
