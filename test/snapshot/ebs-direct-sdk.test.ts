@@ -201,6 +201,37 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     expect(put.Reason).toBe('INVALID_SNAPSHOT_ID');
   }, 60_000);
 
+  it('StartSnapshot Tags as EBS and EC2 take them: any characters and a Key without Value pass, the snapshot completes and stays readable; an empty Key, an aws: Key or a Key given twice is ValidationException INVALID_TAG and starts nothing', async () => {
+    // EBS's Tag: Key `^[\S\s]+$` (at most 127), Value `^[\S\s]*$` (at most 255), both optional in the model.
+    const tags = [{ Key: 'Name', Value: 'backup #3 (daily), 50% off!' }, { Key: 'owner' }, { Key: 'équipe', Value: '東京' }];
+    const start = await ebs.send(new StartSnapshotCommand({ VolumeSize: 1, Tags: tags }));
+    const want = [{ Key: 'Name', Value: 'backup #3 (daily), 50% off!' }, { Key: 'owner', Value: '' }, { Key: 'équipe', Value: '東京' }];
+    expect(start.Tags).toEqual(want);
+    const snap = start.SnapshotId!;
+    expect((await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snap, ChangedBlocksCount: 0 }))).Status).toBe('completed');
+    expect((await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: snap }))).Blocks).toEqual([]);
+    expect((await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0].Tags).toEqual(want);
+
+    // Each of these was taken before; the empty Key made a manifest the store's check refuses, so the completed
+    // snapshot answered InternalServerException to every read and vanished from DescribeSnapshots.
+    const count = async (): Promise<number> => (await env.api('ebsd.DescribeSnapshots', {})).Snapshots.length;
+    const before = await count();
+    const cases: [string, { Key?: string; Value?: string }[], RegExp][] = [
+      ['an empty Key', [{ Key: '', Value: 'x' }], /Tags\[0\] Key must be a string of 1 to 127 characters/],
+      ['no Key', [{ Value: 'x' }], /Tags\[0\] Key must be a string of 1 to 127 characters/],
+      ['an aws: Key', [{ Key: 'k', Value: 'v' }, { Key: 'AWS:backup', Value: 'x' }], /Tags\[1\] Key "AWS:backup" begins with 'aws:'/],
+      ['a Key given twice', [{ Key: 'k', Value: '1' }, { Key: 'k', Value: '2' }], /Tags\[1\] Key "k" is given twice/],
+    ];
+    for (const [what, t, message] of cases) {
+      const e = await rejection(ebs.send(new StartSnapshotCommand({ VolumeSize: 1, Tags: t })));
+      expect(e, `${what}: ${e}`).toBeInstanceOf(ValidationException);
+      expect(e.Reason, what).toBe('INVALID_TAG');
+      expect(e.$metadata.httpStatusCode, what).toBe(400);
+      expect(e.message, what).toMatch(message);
+    }
+    expect(await count()).toBe(before);
+  }, 60_000);
+
   it('a StartSnapshot snapshot describes as VolumeId vol-ffffffff (EC2\'s id for a snapshot of no volume); KmsKeyArn with ParentSnapshotId is ValidationException', async () => {
     const other = (await env.api('TrentService.CreateKey', { Description: 'another' })).KeyMetadata.Arn as string;
     const { snap } = await oneBlock({ KmsKeyArn: keyArn });
