@@ -236,7 +236,7 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
   it('a body the listener refuses unread is answered as EBS answers (REST-JSON), never STS\'s XML: over the size limit ValidationException the SDK parses, the snapshot left pending; past the requests one connection may queue RequestThrottledException', async () => {
     const snap = (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1 }))).SnapshotId!;
     // Over the listener's 1 MiB body limit (connection-guard.ts): the SDK used to get a 413 with an XML body and threw a SyntaxError.
-    const big = randomBytes(2 * BLOCK * 2);
+    const big = randomBytes(4 * BLOCK); // 2 MiB
     const e = await rejection(ebs.send(new PutSnapshotBlockCommand({ SnapshotId: snap, BlockIndex: 0, BlockData: big, DataLength: big.length, Checksum: sha(big).toString('base64'), ChecksumAlgorithm: 'SHA256' })));
     expect(e, String(e)).toBeInstanceOf(ValidationException);
     expect(e.Reason).toBe('INVALID_PARAMETER_VALUE');
@@ -246,24 +246,24 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     await ebs.send(new PutSnapshotBlockCommand({ SnapshotId: snap, BlockIndex: 0, BlockData: data, DataLength: BLOCK, Checksum: sha(data).toString('base64'), ChecksumAlgorithm: 'SHA256' }));
     expect((await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snap, ChangedBlocksCount: 1 }))).Status).toBe('completed');
 
-    // 48 requests pipelined on one connection, past the 32 it may have waiting (kms-transport.ts): the rest are refused unread.
+    // 64 requests pipelined on one connection, past the 32 it may have waiting (kms-transport.ts): the rest are refused unread.
     const { hostname, port } = new URL(base);
     const one = `GET /snapshots/${snap}/blocks HTTP/1.1\r\nHost: ${hostname}:${port}\r\n\r\n`;
     const text = await new Promise<string>((resolve, reject) => {
       const chunks: Buffer[] = [];
-      const sock = connect(Number(port), hostname, () => sock.write(one.repeat(48)));
+      const sock = connect(Number(port), hostname, () => sock.write(one.repeat(64)));
       const done = (): void => { clearTimeout(t); sock.destroy(); resolve(Buffer.concat(chunks).toString('latin1')); };
       const t = setTimeout(done, 10_000);
       sock.on('data', (c: Buffer) => {
         chunks.push(c);
-        if ((Buffer.concat(chunks).toString('latin1').match(/HTTP\/1\.1 \d{3} /g) ?? []).length >= 48) done();
+        if ((Buffer.concat(chunks).toString('latin1').match(/HTTP\/1\.1 \d{3} /g) ?? []).length >= 64) done();
       });
       sock.on('end', done);
       sock.on('error', reject);
     });
     // A body is not followed by a line end: each answer begins where the next status line does.
     const answers = text.split(/(?=HTTP\/1\.1 \d{3} )/).filter(Boolean);
-    expect(answers.length).toBe(48);
+    expect(answers.length).toBe(64);
     expect(text).not.toContain('<ErrorResponse');
     const throttledAnswers = answers.filter((a) => /^x-amzn-ErrorType: RequestThrottledException\r$/im.test(a));
     expect(throttledAnswers.length).toBeGreaterThan(0);
