@@ -31,6 +31,8 @@ import type { AssumeRoleParams } from '../kms/sts/assume-role-context.js';
 import { decodeKmsRequest, encodeResponse, toWireError, wipeRequestSecrets } from './aws-json.js';
 import { refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent } from './audit-events.js';
 import { ebsRestRequest, ebsUnsignedPayload, sendEbsRest, sendEbsRestError } from './ebs-rest.js';
+import { throttled, validation } from '../snapshot/ebs-direct-errors.js';
+import { SNAPSHOT_BLOCK_BYTES } from '../snapshot/types.js';
 import { ConnectionThrottledError, type RefusalReason, type RefusalSummary } from './connection-guard.js';
 import type { RefusalParty } from '../kms/audit/refusal-aggregator.js';
 import { loopbackLookupProblem } from './loopback-peers.js';
@@ -205,9 +207,11 @@ export class KmsListener {
     const ua = rawHeader(raw, 'user-agent');
     let operation = typeof target === 'string' ? target.slice(target.indexOf('.') + 1) : 'Unknown';
     try {
-      if (req.bodyError) throw bodyError(req.bodyError);
       const { body, url } = req;
+      // Before the body's refusal: an EBS direct API request is answered in its own protocol (REST-JSON), which its
+      // clients can parse, never STS's XML.
       if (query && this.o.ebs && url.startsWith('/snapshots')) return await this.serveEbs(req, requestId);
+      if (req.bodyError) throw bodyError(req.bodyError);
       const queryString = url.slice(url.indexOf('?') + 1 || url.length);
       const form = query ? new URLSearchParams(req.method === 'GET' ? queryString : body.toString('utf8')) : undefined;
       if (form) operation = form.get('Action') ?? 'Unknown';
@@ -265,6 +269,7 @@ export class KmsListener {
     const ua = rawHeader(req.rawHeaders, 'user-agent');
     const out = new Answer();
     try {
+      if (req.bodyError) throw ebsBodyError(bodyError(req.bodyError));
       let verified;
       try {
         verified = await this.ebsVerifier.verify({ method: req.method, target: req.url, headers: { raw: req.rawHeaders }, body: req.body });
@@ -453,6 +458,18 @@ function bodyError(e: WireBodyError): Error {
   if (e.kind === 'body-budget') return new ConnectionThrottledError('body-budget', 'the daemon is buffering too many request bodies; retry');
   if (e.kind === 'in-flight') return new ConnectionThrottledError('in-flight-limit', `${e.limit} requests already in flight on this connection; wait for their answers`);
   return new EbsdError('REQUEST_ABORTED', 'request closed before its body was complete', { awsName: 'RequestAbortedException' });
+}
+
+/**
+ * A body the transport refused, as the EBS direct APIs name it, so the SDKs parse it as a modeled exception: one
+ * over the size limit is ValidationException (a PutSnapshotBlock body is one 524288-byte block, every other body
+ * a few KB), a full body budget or too many requests on one connection RequestThrottledException, which the SDKs
+ * retry with back-off.
+ */
+function ebsBodyError(e: Error): Error {
+  if (e instanceof BodyTooLarge) return validation('INVALID_PARAMETER_VALUE', `${e.message}: a PutSnapshotBlock body is one block of ${SNAPSHOT_BLOCK_BYTES} bytes (DataLength); the request was not read`);
+  if (e instanceof ConnectionThrottledError) return throttled('ACCOUNT_THROTTLED', e.message);
+  return e;
 }
 
 /** The request as ebs-rest.ts reads it: method, url and `headers` as node would build them (repeated ones joined with ", "). */

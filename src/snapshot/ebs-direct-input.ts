@@ -14,8 +14,17 @@ const SNAP_ID = /^snap-[0-9a-f]+$/;
 const B64ISH = /^[A-Za-z0-9+/=]+$/;
 /** KmsKeyArn: 1–2048 characters, `arn:aws[\w-]*:kms:.*`. */
 const KMS_ARN = /^arn:aws[\w-]*:kms:.*$/;
-/** Tag keys and values: `^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$`. */
-const TAG_TEXT = /^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$/u;
+/**
+ * Tag (EBS direct APIs reference): Key at most 127 characters of any kind (`^[\S\s]+$`, so at
+ * least one), Value at most 255 (`^[\S\s]*$`), each member optional in the model. A snapshot is an
+ * EC2 resource, so EC2's own rules apply too, as ebsd's CreateTags applies them
+ * (src/daemon/ec2-requests.ts `tag`): a Key is required and not empty, `aws:` (in any case) begins
+ * only AWS's keys, a Value left out is '', a key appears once per resource, and text is well-formed
+ * Unicode. The manifest check refuses an empty Key (manifest-check.ts): one let through here made a
+ * completed snapshot that no API could read or describe again.
+ */
+const TAG_KEY_MAX = 127;
+const TAG_VALUE_MAX = 255;
 
 /** VolumeSize is GiB, at most 65536 (64 TiB). */
 export const MAX_VOLUME_SIZE_GIB = 65_536;
@@ -81,6 +90,47 @@ function _required<T>(k: string, v: T | undefined, reason: 'INVALID_PARAMETER_VA
   return v;
 }
 
+/**
+ * A free-text member (Description: `^[\S\s]+$`, at most `max` characters): counted in Unicode
+ * characters as AWS counts them (char-count.ts), as the manifest check counts them, not UTF-16 units;
+ * a lone surrogate is refused (it has no UTF-8 form to store).
+ */
+function _text(b: Body, k: string, max: number): string | undefined {
+  const v = b[k];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v.length === 0 || charCount(v) > max || !_wellFormed(v)) {
+    throw validation('INVALID_PARAMETER_VALUE', `${k} must be a string of 1 to ${max} characters (well-formed Unicode), got ${_show(v)}`);
+  }
+  return v;
+}
+
+/** No lone UTF-16 surrogate: such text has no UTF-8 form to store. */
+const _wellFormed = (s: string): boolean => !/\p{Surrogate}/u.test(s);
+
+/** StartSnapshot's Tags (TAG_KEY_MAX above): ValidationException INVALID_TAG naming the tag and what is wrong with it. */
+function _tags(v: unknown): { Key: string; Value: string }[] {
+  if (!Array.isArray(v) || v.length > MAX_TAGS) throw validation('INVALID_TAG', `Tags must be a list of at most ${MAX_TAGS} {Key, Value}, got ${Array.isArray(v) ? `${v.length} tags` : _show(v)}`);
+  const seen = new Set<string>();
+  return v.map((t: unknown, i: number) => {
+    const bad = (why: string) => validation('INVALID_TAG', `Tags[${i}] ${why}`);
+    if (typeof t !== 'object' || t === null || Array.isArray(t)) throw bad(`must be {Key, Value}, got ${_show(t)}`);
+    const tag = t as Record<string, unknown>;
+    const other = Object.keys(tag).find((k) => k !== 'Key' && k !== 'Value');
+    if (other !== undefined) throw bad(`has no member ${JSON.stringify(other.slice(0, 64))}; a tag has Key and Value`);
+    const { Key, Value = '' } = tag;
+    if (typeof Key !== 'string' || Key.length === 0 || charCount(Key) > TAG_KEY_MAX || !_wellFormed(Key)) {
+      throw bad(`Key must be a string of 1 to ${TAG_KEY_MAX} characters (well-formed Unicode), got ${Key === undefined ? 'none' : _show(Key)}`);
+    }
+    if (Key.toLowerCase().startsWith('aws:')) throw bad(`Key ${_show(Key)} begins with 'aws:', which is reserved for AWS's own tags`);
+    if (typeof Value !== 'string' || charCount(Value) > TAG_VALUE_MAX || !_wellFormed(Value)) {
+      throw bad(`Value must be a string of at most ${TAG_VALUE_MAX} characters (well-formed Unicode), got ${_show(Value)}`);
+    }
+    if (seen.has(Key)) throw bad(`Key ${_show(Key)} is given twice: a snapshot has one value per tag key`);
+    seen.add(Key);
+    return { Key, Value };
+  });
+}
+
 /** A value named in a refusal: numbers and short strings as they are, anything else by its type (never a 1 MB member). */
 function _show(v: unknown): string {
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
@@ -131,7 +181,7 @@ export function parseStartSnapshot(b: Body): StartSnapshotInput {
   const out: StartSnapshotInput = { VolumeSize: _int(b, 'VolumeSize', 1, MAX_VOLUME_SIZE_GIB, true, 'INVALID_VOLUME_SIZE')! };
   const parent = _snap(b, 'ParentSnapshotId', false);
   if (parent !== undefined) out.ParentSnapshotId = parent;
-  const description = _str(b, 'Description', 255);
+  const description = _text(b, 'Description', 255);
   if (description !== undefined) out.Description = description;
   const token = _str(b, 'ClientToken', 255);
   if (token !== undefined) out.ClientToken = token;
@@ -143,17 +193,7 @@ export function parseStartSnapshot(b: Body): StartSnapshotInput {
   if (arn !== undefined) out.KmsKeyArn = arn;
   const timeout = _int(b, 'Timeout', 10, 4320, false);
   if (timeout !== undefined) out.Timeout = timeout;
-  if (b.Tags !== undefined) {
-    if (!Array.isArray(b.Tags) || b.Tags.length > MAX_TAGS) throw validation('INVALID_TAG', `Tags must be a list of at most ${MAX_TAGS} {Key, Value}`);
-    out.Tags = b.Tags.map((t: unknown, i: number) => {
-      const tag = (t ?? {}) as Record<string, unknown>;
-      const ok = typeof t === 'object' && t !== null && !Array.isArray(t) && Object.keys(tag).every((k) => k === 'Key' || k === 'Value')
-        && typeof tag.Key === 'string' && charCount(tag.Key) <= 127 && TAG_TEXT.test(tag.Key)
-        && typeof tag.Value === 'string' && charCount(tag.Value) <= 255 && TAG_TEXT.test(tag.Value);
-      if (!ok) throw validation('INVALID_TAG', `Tags[${i}] must be {Key: at most 127 characters, Value: at most 255} of letters, digits, spaces and _.:/=+-@`);
-      return { Key: tag.Key as string, Value: tag.Value as string };
-    });
-  }
+  if (b.Tags !== undefined) out.Tags = _tags(b.Tags);
   // StartSnapshot: "You can't specify ParentSnapshotId and Encrypted in the same request."
   if (out.ParentSnapshotId !== undefined && out.Encrypted !== undefined) {
     throw validation('INVALID_PARAMETER_VALUE', 'ParentSnapshotId and Encrypted cannot be given together: a snapshot takes its parent\'s encryption');

@@ -990,7 +990,9 @@ export class EbsDirect {
     if (p && !p.completing) return p;
     if (p) throw validation('INVALID_SNAPSHOT_ID', `${id} is being completed (CompleteSnapshot in progress): it takes no more blocks and is not completed twice`);
     const m = await this._manifest(id);
-    throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}; only a snapshot begun with StartSnapshot and still pending takes blocks (PutSnapshotBlock) or CompleteSnapshot`);
+    // Why it is no longer pending, when the manifest says (a Timeout passed, the daemon restarted): the caller starts again.
+    const why = m.state === 'error' && m.stateMessage ? `: ${m.stateMessage}` : '';
+    throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}${why}; only a snapshot begun with StartSnapshot and still pending takes blocks (PutSnapshotBlock) or CompleteSnapshot`);
   }
 
   /**

@@ -81,9 +81,12 @@ describe('tag lengths in Unicode characters', () => {
   });
 
   it('EBS direct StartSnapshot: Key up to 127 and Value up to 255 characters, astral letters counting one each', () => {
-    const A = '𝒜'; // U+1D49C, a letter (EBS direct tags are letters, digits, spaces and _.:/=+-@), two code units
+    const A = '𝒜'; // U+1D49C, two code units
     expect(parseStartSnapshot({ VolumeSize: 1, Tags: [{ Key: A.repeat(127), Value: A.repeat(255) }] }).Tags).toEqual([{ Key: A.repeat(127), Value: A.repeat(255) }]);
-    expect(() => parseStartSnapshot({ VolumeSize: 1, Tags: [{ Key: A.repeat(128), Value: '' }] })).toThrow(/Tags\[0\] must be \{Key: at most 127 characters/);
-    expect(() => parseStartSnapshot({ VolumeSize: 1, Tags: [{ Key: 'k', Value: A.repeat(256) }] })).toThrow(/Tags\[0\] must be \{Key: at most 127 characters/);
+    expect(() => parseStartSnapshot({ VolumeSize: 1, Tags: [{ Key: A.repeat(128), Value: '' }] })).toThrow(/Tags\[0\] Key must be a string of 1 to 127 characters/);
+    expect(() => parseStartSnapshot({ VolumeSize: 1, Tags: [{ Key: 'k', Value: A.repeat(256) }] })).toThrow(/Tags\[0\] Value must be a string of at most 255 characters/);
+    // Description likewise: 255 characters, not UTF-16 units.
+    expect(parseStartSnapshot({ VolumeSize: 1, Description: A.repeat(255) }).Description).toBe(A.repeat(255));
+    expect(() => parseStartSnapshot({ VolumeSize: 1, Description: A.repeat(256) })).toThrow(/Description must be a string of 1 to 255 characters/);
   });
 });

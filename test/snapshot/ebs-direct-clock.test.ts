@@ -111,6 +111,8 @@ describe('EbsDirect with an injected clock', () => {
     await d.putSnapshotBlock(putReq(snap, 1, randomBytes(BLOCK)), root);
     now = T0 + 10 * 60_000;
     await refused(d.putSnapshotBlock(putReq(idle, 0, randomBytes(BLOCK)), root), 'ValidationException', 'INVALID_SNAPSHOT_ID');
+    // The refusal says why the snapshot takes no more blocks.
+    await expect(d.putSnapshotBlock(putReq(idle, 0, randomBytes(BLOCK)), root)).rejects.toThrow(`${idle} is error: CompleteSnapshot did not come within the StartSnapshot Timeout;`);
     expect(await store.getManifest(idle)).toMatchObject({ state: 'error', stateMessage: expect.stringMatching(/Timeout/) });
     // An upload still writing is not cut off: 19 minutes after its start, 9 after its last block, it takes a block.
     now = T0 + 19 * 60_000;
@@ -128,6 +130,7 @@ describe('EbsDirect with an injected clock', () => {
     expect(await after.recover()).toEqual([left]);
     expect((await store.getManifest(left))?.state).toBe('error');
     await refused(after.completeSnapshot({ SnapshotId: left, ChangedBlocksCount: 1 }), 'ValidationException', 'INVALID_SNAPSHOT_ID');
+    await expect(after.completeSnapshot({ SnapshotId: left, ChangedBlocksCount: 1 })).rejects.toThrow(`${left} is error: the daemon restarted before CompleteSnapshot;`);
     after.close();
   });
 
