@@ -176,7 +176,7 @@ export class ManifestSigner {
     const flag = '--snapshot-manifest-key';
     const refuse = (why: string, cause?: unknown): never => {
       // The KMS did not answer (unreachable, a timeout, throttled, an internal error, the circuit open): not a "no".
-      if (cause !== undefined && isKmsOutage(cause)) throw new ManifestKeyUnavailable(`${flag} ${JSON.stringify(this.keyId)}: ${why}`, cause);
+      if (cause !== undefined && kmsDidNotAnswer(cause)) throw new ManifestKeyUnavailable(`${flag} ${JSON.stringify(this.keyId)}: ${why}`, cause);
       const e = new ArgRangeError(flag, `${JSON.stringify(this.keyId)}: ${why}`);
       if (cause !== undefined) (e as { cause?: unknown }).cause = cause;
       throw e;
@@ -305,7 +305,7 @@ export class ManifestKeyUnavailable extends EbsdError {
 }
 
 /** True when `e` (or what caused it) is a KMS call the KMS did not answer with a "no" (key-service.ts, KeyServiceError.authoritative). */
-function isKmsOutage(e: unknown): boolean {
+export function kmsDidNotAnswer(e: unknown): boolean {
   for (let x = e as { cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
     if (x instanceof KeyServiceError) return !x.authoritative;
   }
