@@ -5,6 +5,7 @@ import { createExclusive } from '../util/exclusive-create.js';
 import { fsyncDir } from '../util/atomic-write.js';
 import type { Clock } from '../util/clock.js';
 import { RetrySet } from '../util/retry-set.js';
+import { SnapshotError } from './errors.js';
 import { errInfo } from '../volume/errors.js';
 import type { SnapshotManifest, SnapshotStore } from './types.js';
 
@@ -138,10 +139,23 @@ export class PendingMarkers {
     } catch (e) {
       // Marked but the marker not removed: the next start finds the manifest `error` and removes it.
       if (marked) return 'marked';
-      this.o.log.warn({ snapshotId, store: this.o.store.location, err: errInfo(e) }, `snapshot ${snapshotId}, left pending by this daemon, cannot be marked error yet: the store failed; its marker is kept and it is tried again`);
+      this.o.log.warn({ snapshotId, store: this.o.store.location, err: errInfo(e) }, `snapshot ${snapshotId}, left pending by this daemon, cannot be marked error yet: ${whyNotSettled(e)}; its marker is kept and it is tried again`);
       return 'kept';
     }
   }
+}
+
+/**
+ * Why a marker's manifest could not be read or written, for its warning: a manifest this daemon
+ * refuses to trust (SNAPSHOT_CORRUPT: with --snapshot-manifest-key one written before it, without a
+ * MAC, or one whose MAC does not verify, docs/architecture.md §13.5) is not a store that failed, and
+ * does not settle by waiting.
+ */
+function whyNotSettled(e: unknown): string {
+  if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') {
+    return 'its manifest in the store is refused (see err; with --snapshot-manifest-key a manifest without a MAC or whose MAC does not verify, docs/architecture.md §13.5), which waiting does not change';
+  }
+  return 'the store (or, with --snapshot-manifest-key, the KMS) did not answer';
 }
 
 /** The `error` manifest of a snapshot that did not complete: no blocks (what it stored is garbage for the collector). */
