@@ -6,7 +6,7 @@ import { fsyncDir } from '../util/atomic-write.js';
 import type { Clock } from '../util/clock.js';
 import { RetrySet } from '../util/retry-set.js';
 import { SnapshotError } from './errors.js';
-import { errInfo } from '../volume/errors.js';
+import { errInfo, KeyServiceError } from '../volume/errors.js';
 import type { SnapshotManifest, SnapshotStore } from './types.js';
 
 const SNAPSHOT_ID = /^snap-[0-9a-f]{17}$/;
@@ -155,7 +155,11 @@ function whyNotSettled(e: unknown): string {
   if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') {
     return 'its manifest in the store is refused (see err; with --snapshot-manifest-key a manifest without a MAC or whose MAC does not verify, docs/architecture.md §13.5), which waiting does not change';
   }
-  return 'the store (or, with --snapshot-manifest-key, the KMS) did not answer';
+  for (let x = e as { cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
+    // With --snapshot-manifest-key the write needs a MAC: the KMS, not the store, is what failed.
+    if (x instanceof KeyServiceError) return x.authoritative ? 'the KMS refused its manifest MAC (see err)' : 'the KMS did not answer for its manifest MAC';
+  }
+  return 'the store failed';
 }
 
 /** The `error` manifest of a snapshot that did not complete: no blocks (what it stored is garbage for the collector). */
