@@ -35,6 +35,13 @@ export interface ManifestMac {
   mac: string;
 }
 
+/**
+ * How long a create or copy whose blocks are all stored keeps trying to write its `completed` manifest
+ * while the KMS does not answer for its MAC (SnapshotManager.putCompleted, SnapshotCopier.putCompleted):
+ * a KMS host's restart, not an outage that outlasts it. Well within the hour a block put is kept from
+ * any collector (gc.ts); each try asks again for the blocks first.
+ */
+export const COMPLETED_WRITE_KMS_WAIT_MS = 120_000;
 /** Verified (digest, MAC) pairs kept: one per manifest of a large store. */
 const VERIFIED_MAX = 65536;
 /** Refused (digest, MAC) pairs kept: enough for every bad manifest a listing meets, bounded so a store writer cannot grow it without end. */

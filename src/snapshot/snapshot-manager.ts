@@ -30,7 +30,7 @@ import { recheckMsOf } from './store-settings.js';
 import { skipCorrupt, summaryOf } from './manifest-check.js';
 import { systemClock, withTimeout, type Clock } from '../util/clock.js';
 import { backoffDelayMs } from '../util/backoff.js';
-import { kmsDidNotAnswer } from './manifest-mac.js';
+import { COMPLETED_WRITE_KMS_WAIT_MS, kmsDidNotAnswer } from './manifest-mac.js';
 
 const GiB = 1024 ** 3;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
@@ -41,13 +41,6 @@ const PROGRESS_MIN_MS = 1000;
 const CREATE_INTERRUPTED = 'The daemon stopped (crash or restart) while the snapshot was being created.';
 /** How long a failed set-up waits for its `error` manifest to be written before leaving it to the marker's retry. */
 const SETUP_FAILURE_WRITE_MS = 2000;
-/**
- * How long a create whose blocks are all stored keeps trying to write its `completed` manifest while the KMS
- * does not answer for its MAC (--snapshot-manifest-key; putCompleted): a KMS host's restart, not an outage
- * that outlasts it. Well within the hour a block put is kept from any collector (gc.ts), and each try asks
- * again for the blocks first.
- */
-const COMPLETED_WRITE_KMS_WAIT_MS = 120_000;
 /** Volumes whose last header area is kept to skip hashing an unchanged one (at most 16 MiB each). */
 const HEADER_CACHE_VOLUMES = 4;
 

@@ -5,14 +5,15 @@
  * snapshot's blocks are copied, and lets them pass again a little later. Every block is stored, so
  * the `completed` manifest's write waits for the KMS instead of ending the snapshot `error` (before:
  * `error`, unusable, though nothing was missing). The store is S3 (s3rver), shared in kind, so each
- * try asks again for the blocks first.
+ * try asks again for the blocks first. A same-key CopySnapshot's completed manifest is waited for the same way.
  */
 import { closeSync, openSync, readFileSync, readSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
-import { startS3Server, useTestDeleteWindows, type S3Server } from '../snapshot/s3-helpers.js';
+import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from '../snapshot/s3-helpers.js';
+import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { AnswerDroppingProxy } from './answer-dropping-proxy.js';
 import { until } from './netns.js';
 import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
@@ -28,6 +29,8 @@ describe('a snapshot whose completed manifest meets a KMS that does not answer',
   let macKey = '';
   let volKey = '';
   let gate = '';
+  let snapshotId = '';
+  const waiting = 'the KMS did not answer for the completed manifest';
 
   beforeAll(async () => {
     ensureBuilt();
@@ -46,7 +49,14 @@ describe('a snapshot whose completed manifest meets a KMS that does not answer',
     }) });
     s3 = await startS3Server();
     await s3.addAccessKey(host.key.AccessKeyId, host.key.SecretAccessKey);
-    await useTestDeleteWindows(s3, 'blip');
+    // Short delete windows (s3rver on loopback acts at once), long enough that a same-key copy's wait
+    // between its pending manifest and its completed one (their sum) leaves time to cut GenerateMac.
+    const settings = await S3SnapshotStore.open({ bucket: s3.bucket, prefix: 'blip', endpoint: s3.endpoint, credentials: S3RVER_CREDENTIALS });
+    try {
+      await settings.putSettings({ deleteWindowMs: 1500, deleteMarginMs: 1500 });
+    } finally {
+      settings.close();
+    }
     const u = new URL(url);
     proxy = new AnswerDroppingProxy({ host: u.hostname, port: Number(u.port) });
     const via = await proxy.start();
@@ -84,7 +94,6 @@ describe('a snapshot whose completed manifest meets a KMS that does not answer',
     // The pending manifest is signed and stored; now the KMS stops answering GenerateMac, and the copy goes on.
     proxy!.set({ GenerateMac: 'refuse' });
     unlinkSync(gate);
-    const waiting = 'the KMS did not answer for the completed manifest';
     await b.untilLog((log) => log.includes(waiting) || log.includes('snapshot failed'), 30_000);
     expect(proxy!.faulted.generatemac).toBeGreaterThan(0);
     proxy!.set({});
@@ -109,5 +118,21 @@ describe('a snapshot whose completed manifest meets a KMS that does not answer',
       closeSync(rfd);
     }
     expect(back.equals(data)).toBe(true);
+    snapshotId = snap;
   }, 180_000);
+
+  it('a same-key copy completes too once the KMS answers again', async () => {
+    const before = readFileSync(b.log, 'utf8').split(waiting).length;
+    const copy = (await b.api('ebsd.CopySnapshot', { SourceSnapshotId: snapshotId, SourceRegion: 'us-east-1' })).SnapshotId as string;
+    // Its pending manifest is signed; it now waits out the store's delete window and margin before its completed one.
+    proxy!.set({ GenerateMac: 'refuse' });
+    await b.untilLog((log) => log.split(waiting).length > before || log.includes('snapshot copy failed'), 30_000);
+    proxy!.set({});
+    const done = await until(`${copy} settled`, async () => {
+      const s = (await b.api('ebsd.DescribeSnapshots', { SnapshotIds: [copy] })).Snapshots[0];
+      return s.State === 'pending' ? undefined : s;
+    }, 90_000);
+    expect(done).toMatchObject({ SnapshotId: copy, State: 'completed', Progress: '100%' });
+    expect(readFileSync(b.log, 'utf8')).not.toContain('snapshot copy failed');
+  }, 120_000);
 });
