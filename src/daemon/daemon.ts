@@ -44,6 +44,7 @@ import type { DaemonMetrics } from './metrics.js';
 import { SdNotify } from './sd-notify.js';
 import type { KmsCore } from '../kms/types.js';
 import { openSnapshotStore } from '../snapshot/open-store.js';
+import { errInfo } from '../volume/errors.js';
 import { ManifestKeyUnavailable, ManifestSigner, signedManifests, withoutManifestMacs } from '../snapshot/manifest-mac.js';
 import { ManifestKeyOpener } from '../snapshot/manifest-key-opener.js';
 import { signManifest, surveyManifestMacs } from '../snapshot/sign-manifests.js';
@@ -139,6 +140,8 @@ export class Daemon {
   private remoteKeyNames: RemoteKeyNames | undefined;
   /** Set while a host with --kms-endpoint waits for its KMS to answer at start (host-resolver.ts). */
   private hostResolver: HostResolver | undefined;
+  /** The key of --snapshot-manifest-key refused once the host's KMS answered after the start (openManifestSigner). */
+  private manifestKeyRefusal: { Time: string; LastError: string; AwsName?: string } | undefined;
   /** Volumes recorded attached whose re-attach the KMS did not answer: retried with back-off (resume-retry.ts). */
   private resumeRetry: ResumeRetry | undefined;
   /** Why the re-attach at start of a volume recorded attached failed for good (not retried): shown by status until it is served. */
@@ -347,7 +350,17 @@ export class Daemon {
     } catch (e) {
       // A refusal stops the start (exit 9); a KMS that did not answer does not: the signer stays closed
       // (every manifest read or write fails, nothing is trusted) and is opened again in the background.
-      if (!(e instanceof ManifestKeyUnavailable)) throw e;
+      if (!(e instanceof ManifestKeyUnavailable)) {
+        // At start a refusal stops the daemon (exit 9). Once started, while the host's KMS did not answer at start
+        // (HostResolver), it must not: thrown here it failed every try of openVolumes, so the recorded volumes were
+        // never served and the KMS was shown unreachable. As a refusal met by ManifestKeyOpener's later try: volumes
+        // are served, every snapshot manifest read or write fails until a restart with a key this host may use.
+        if (!this.hostResolver) throw e;
+        const aws = (e as { awsName?: unknown }).awsName ?? (e as { cause?: { awsName?: unknown } }).cause?.awsName;
+        this.manifestKeyRefusal = { Time: new Date().toISOString(), LastError: (e as Error).message, ...(typeof aws === 'string' ? { AwsName: aws } : {}) };
+        this.log.error({ err: errInfo(e), snapshotManifestKey: signer.keyId }, 'the KMS refused the key of --snapshot-manifest-key: snapshot manifests cannot be read or written; restart the daemon with a key it may use');
+        return;
+      }
       if (!this.manifestKeyOpener) {
         this.manifestKeyOpener = new ManifestKeyOpener({ signer, open: () => signer.open(keys, host), log: this.log.child({ component: 'snapshot-manifest-key' }) });
         this.manifestKeyOpener.start(e);
@@ -1036,7 +1049,7 @@ export class Daemon {
         ...(this.snapshotStore ? { SnapshotStore: this.snapshotStore.location } : {}),
         // The key's ARN once it is open; the flag's value as given until then (a remote KMS not answered yet).
         ...(this.manifestSigner ? { SnapshotManifestKey: this.manifestSigner.keyArn ?? this.manifestSigner.keyId } : {}),
-        ...(this.manifestKeyOpener?.state() ? { SnapshotManifestKeyWaiting: this.manifestKeyOpener.state() } : {}),
+        ...this.manifestKeyProblem(),
         Kms: this.remoteKms ? { ...this.remoteKms.health(), ...this.waitingForKms() } : { Endpoint: 'embedded' },
         ...keyCacheSettings,
         // Disk state of the audit log: reserve-in-use / failing means the state dir is full (README, "Security model", Full disk).
@@ -1106,6 +1119,24 @@ export class Daemon {
   }
 
   /** `Waiting` in Daemon.Kms while the host's KMS has not answered since start. */
+  /**
+   * Why the key of --snapshot-manifest-key is not open (every snapshot manifest read or write fails meanwhile):
+   * waiting for the KMS to answer for it, or for this host's KMS to answer at all (the key is opened once the
+   * host is known), or refused on a later try (the retries ended: a restart with a key it may use is needed).
+   * Nothing once it is open.
+   */
+  private manifestKeyProblem(): Record<string, unknown> {
+    const signer = this.manifestSigner;
+    if (!signer || signer.keyArn !== undefined) return {};
+    const refused = this.manifestKeyRefusal ?? this.manifestKeyOpener?.refusal();
+    if (refused) return { SnapshotManifestKeyRefused: refused };
+    const waiting = this.manifestKeyOpener?.state();
+    if (waiting) return { SnapshotManifestKeyWaiting: waiting };
+    const host = this.hostResolver?.waiting() as { Since?: string } | undefined;
+    if (!host) return {};
+    return { SnapshotManifestKeyWaiting: { Since: host.Since ?? new Date(this.startedAt).toISOString(), Attempts: 0, LastError: 'not tried yet: this host\'s KMS has not answered since the start (Daemon.Kms.Waiting); the key is opened once it does' } };
+  }
+
   private waitingForKms(): Record<string, unknown> {
     this.hostResolver?.nudge();
     const w = this.hostResolver?.waiting();

@@ -10,7 +10,7 @@ import type { KeyService } from '../volume/key-service.js';
 import { grantTokensOf, withKeyUse, type KeyUse, type OpGrantRequest, type OpGrants } from '../volume/op-grants.js';
 import { buildLuks2Json, VOLUME_KEY_BYTES } from '../volume/luks2-json.js';
 import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.js';
-import { VolumeError } from '../volume/errors.js';
+import { errInfo, VolumeError } from '../volume/errors.js';
 import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
 import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { recheckMsOf } from './store-settings.js';
@@ -25,6 +25,8 @@ import { putUnlessStored } from './block-copier.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import type { Clock } from '../util/clock.js';
 import { WakeableSleeps } from '../util/wakeable-sleeps.js';
+import { backoffDelayMs } from '../util/backoff.js';
+import { COMPLETED_WRITE_KMS_WAIT_MS, kmsDidNotAnswer } from './manifest-mac.js';
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
@@ -339,6 +341,8 @@ export class SnapshotCopier {
   /** `recheckMs`: a same-key copy's wait on a shared store between its touches and its asking again (read at set-up). */
   private async run(snap: OpenedSnapshot, m: SnapshotManifest, targetKey: string | undefined, via: Caller, recheckMs: number, onTerminal: () => void): Promise<void> {
     const pins: BlockPin[] = [];
+    // A same-key copy on a shared store: asks again whether the source's objects are there; run again before a retried write.
+    let recheck: (() => Promise<void>) | undefined;
     try {
       if (targetKey === undefined) {
         if (snap.manifest.encrypted) await this.checkSameKeyUse(snap, m, via);
@@ -362,13 +366,15 @@ export class SnapshotCopier {
           if (!this.closed) await this.recheckWaits.sleep(recheckMs);
           // Shutdown during the wait: the copy ends `error` as a create does, not `completed` during the shutdown.
           if (this.closed) throw shutDownDuring();
-          if (!(await this.o.store.getManifest(snap.manifest.snapshotId))) {
+          recheck = async (): Promise<void> => {
+            if (await this.o.store.getManifest(snap.manifest.snapshotId)) return;
             const gone: BlockHash[] = [];
             await inParallel([...new Set(named)], STORE_REQUESTS_IN_FLIGHT, async (h) => {
               if (!(await this.o.store.hasBlock(h))) gone.push(h);
             });
             if (gone.length) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${gone[0]} of the source ${snap.manifest.snapshotId}, deleted meanwhile, is gone from ${this.o.store.location}${gone.length > 1 ? ` (and ${gone.length - 1} more)` : ''}`);
-          }
+          };
+          await recheck();
         }
         m.header = snap.manifest.header!;
         m.blocks = snap.manifest.blocks.map(([i, h]) => [i, h]);
@@ -381,12 +387,40 @@ export class SnapshotCopier {
       m.progress = 100;
       m.changedBlocks = m.blocks.length;
       m.completionTime = new Date().toISOString();
-      await this.o.store.putManifest(m);
+      await this.putCompleted(m, recheck);
       this.written.set(m.snapshotId, { ...m });
       onTerminal();
       this.log.info({ snapshotId: m.snapshotId, sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length, reEncrypted: targetKey !== undefined }, 'snapshot copied');
     } finally {
       for (const p of pins) p.release();
+    }
+  }
+
+  /**
+   * Writes a copy's `completed` manifest; with --snapshot-manifest-key a KMS that did not answer its
+   * GenerateMac is waited for, as a create's (SnapshotManager.putCompleted, docs/architecture.md §13.5):
+   * tried again with back-off for up to COMPLETED_WRITE_KMS_WAIT_MS, `recheck` first on each retry.
+   */
+  private async putCompleted(m: SnapshotManifest, recheck: (() => Promise<void>) | undefined): Promise<void> {
+    const until = performance.now() + COMPLETED_WRITE_KMS_WAIT_MS;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.o.store.putManifest(m);
+        if (attempt > 1) this.log.info({ snapshotId: m.snapshotId, attempts: attempt }, 'the KMS answers again: the completed manifest is signed and written');
+        return;
+      } catch (e) {
+        const wait = backoffDelayMs(attempt);
+        if (!kmsDidNotAnswer(e) || this.closed || performance.now() + wait > until) throw e;
+        if (attempt === 1) this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e), waitSeconds: COMPLETED_WRITE_KMS_WAIT_MS / 1000 }, 'the KMS did not answer for the completed manifest\'s MAC: every block is stored; trying again with back-off');
+        await this.recheckWaits.sleep(wait);
+        if (this.closed) throw shutDownDuring();
+        m.completionTime = new Date().toISOString();
+        try {
+          await recheck?.();
+        } catch (err) {
+          if (!kmsDidNotAnswer(err) || performance.now() + backoffDelayMs(attempt + 1) > until) throw err;
+        }
+      }
     }
   }
 

@@ -18,6 +18,7 @@ export class ManifestKeyOpener {
   private lastKind: string | undefined;
   private stopped = false;
   private gaveUp = false;
+  private refused: { Time: string; LastError: string; AwsName?: string } | undefined;
   private since: number | undefined;
   private lastError = '';
   private running: Promise<void> | null = null;
@@ -48,6 +49,11 @@ export class ManifestKeyOpener {
   state(): { Since: string; Attempts: number; LastError: string; AwsName?: string } | undefined {
     if (this.o.signer.keyArn !== undefined || this.gaveUp || this.since === undefined) return undefined;
     return { Since: new Date(this.since).toISOString(), Attempts: this.attempt, LastError: this.lastError, ...(this.lastKind !== 'no answer' && this.lastKind !== undefined ? { AwsName: this.lastKind } : {}) };
+  }
+
+  /** For `ebsd status` once a later try met a refusal and the retries ended: when, and what the KMS said; undefined otherwise. */
+  refusal(): { Time: string; LastError: string; AwsName?: string } | undefined {
+    return this.refused;
   }
 
   private note(e: unknown): void {
@@ -83,6 +89,8 @@ export class ManifestKeyOpener {
         return;
       }
       this.gaveUp = true;
+      const aws = (e as { awsName?: unknown }).awsName ?? ((e as { cause?: { awsName?: unknown } }).cause?.awsName);
+      this.refused = { Time: new Date(this.clock.now()).toISOString(), LastError: (e as Error).message, ...(typeof aws === 'string' ? { AwsName: aws } : {}) };
       this.o.log.error({ err: errInfo(e), snapshotManifestKey: this.o.signer.keyId }, 'the KMS refused the key of --snapshot-manifest-key: snapshot manifests cannot be read or written; restart the daemon with a key it may use');
       return;
     }

@@ -35,6 +35,13 @@ export interface ManifestMac {
   mac: string;
 }
 
+/**
+ * How long a create or copy whose blocks are all stored keeps trying to write its `completed` manifest
+ * while the KMS does not answer for its MAC (SnapshotManager.putCompleted, SnapshotCopier.putCompleted):
+ * a KMS host's restart, not an outage that outlasts it. Well within the hour a block put is kept from
+ * any collector (gc.ts); each try asks again for the blocks first.
+ */
+export const COMPLETED_WRITE_KMS_WAIT_MS = 120_000;
 /** Verified (digest, MAC) pairs kept: one per manifest of a large store. */
 const VERIFIED_MAX = 65536;
 /** Refused (digest, MAC) pairs kept: enough for every bad manifest a listing meets, bounded so a store writer cannot grow it without end. */
@@ -176,7 +183,7 @@ export class ManifestSigner {
     const flag = '--snapshot-manifest-key';
     const refuse = (why: string, cause?: unknown): never => {
       // The KMS did not answer (unreachable, a timeout, throttled, an internal error, the circuit open): not a "no".
-      if (cause !== undefined && isKmsOutage(cause)) throw new ManifestKeyUnavailable(`${flag} ${JSON.stringify(this.keyId)}: ${why}`, cause);
+      if (cause !== undefined && kmsDidNotAnswer(cause)) throw new ManifestKeyUnavailable(`${flag} ${JSON.stringify(this.keyId)}: ${why}`, cause);
       const e = new ArgRangeError(flag, `${JSON.stringify(this.keyId)}: ${why}`);
       if (cause !== undefined) (e as { cause?: unknown }).cause = cause;
       throw e;
@@ -305,7 +312,7 @@ export class ManifestKeyUnavailable extends EbsdError {
 }
 
 /** True when `e` (or what caused it) is a KMS call the KMS did not answer with a "no" (key-service.ts, KeyServiceError.authoritative). */
-function isKmsOutage(e: unknown): boolean {
+export function kmsDidNotAnswer(e: unknown): boolean {
   for (let x = e as { cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
     if (x instanceof KeyServiceError) return !x.authoritative;
   }

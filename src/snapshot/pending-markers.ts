@@ -5,7 +5,8 @@ import { createExclusive } from '../util/exclusive-create.js';
 import { fsyncDir } from '../util/atomic-write.js';
 import type { Clock } from '../util/clock.js';
 import { RetrySet } from '../util/retry-set.js';
-import { errInfo } from '../volume/errors.js';
+import { SnapshotError } from './errors.js';
+import { errInfo, KeyServiceError } from '../volume/errors.js';
 import type { SnapshotManifest, SnapshotStore } from './types.js';
 
 const SNAPSHOT_ID = /^snap-[0-9a-f]{17}$/;
@@ -138,10 +139,27 @@ export class PendingMarkers {
     } catch (e) {
       // Marked but the marker not removed: the next start finds the manifest `error` and removes it.
       if (marked) return 'marked';
-      this.o.log.warn({ snapshotId, store: this.o.store.location, err: errInfo(e) }, `snapshot ${snapshotId}, left pending by this daemon, cannot be marked error yet: the store failed; its marker is kept and it is tried again`);
+      this.o.log.warn({ snapshotId, store: this.o.store.location, err: errInfo(e) }, `snapshot ${snapshotId}, left pending by this daemon, cannot be marked error yet: ${whyNotSettled(e)}; its marker is kept and it is tried again`);
       return 'kept';
     }
   }
+}
+
+/**
+ * Why a marker's manifest could not be read or written, for its warning: a manifest this daemon
+ * refuses to trust (SNAPSHOT_CORRUPT: with --snapshot-manifest-key one written before it, without a
+ * MAC, or one whose MAC does not verify, docs/architecture.md §13.5) is not a store that failed, and
+ * does not settle by waiting.
+ */
+function whyNotSettled(e: unknown): string {
+  if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') {
+    return 'its manifest in the store is refused (see err; with --snapshot-manifest-key a manifest without a MAC or whose MAC does not verify, docs/architecture.md §13.5), which waiting does not change';
+  }
+  for (let x = e as { cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
+    // With --snapshot-manifest-key the write needs a MAC: the KMS, not the store, is what failed.
+    if (x instanceof KeyServiceError) return x.authoritative ? 'the KMS refused its manifest MAC (see err)' : 'the KMS did not answer for its manifest MAC';
+  }
+  return 'the store failed';
 }
 
 /** The `error` manifest of a snapshot that did not complete: no blocks (what it stored is garbage for the collector). */

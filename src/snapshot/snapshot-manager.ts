@@ -29,6 +29,8 @@ import { inParallel } from '../util/in-parallel.js';
 import { recheckMsOf } from './store-settings.js';
 import { skipCorrupt, summaryOf } from './manifest-check.js';
 import { systemClock, withTimeout, type Clock } from '../util/clock.js';
+import { backoffDelayMs } from '../util/backoff.js';
+import { COMPLETED_WRITE_KMS_WAIT_MS, kmsDidNotAnswer } from './manifest-mac.js';
 
 const GiB = 1024 ** 3;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
@@ -835,6 +837,8 @@ export class SnapshotManager {
       // request each, so the completed manifest never names a block that is gone: the create fails instead.
       // Inherited blocks are safe while the parent's manifest still exists then (a collector deletes them only
       // after removing it, and our pending manifest names them since); otherwise each is asked too.
+      // On a shared store: asks again for every block the manifest names (below); run again before a retried write.
+      let recheck: (() => Promise<void>) | undefined;
       if (!this.o.store.singleWriter) {
         const named = [...new Set([...res.hashes.values(), headerHash])];
         // Every block is read: the copy-on-write session and the read handle go now, not after the wait.
@@ -842,8 +846,12 @@ export class SnapshotManager {
         await untilRecheck(run, t2 + recheckMs - performance.now());
         // Shutdown during the wait: the create ends `error` as any other under way does, not `completed` seconds later.
         if (run.abort) throw run.abort;
-        if (inherited.size && !(await this.o.store.getManifest(parent!.snapshotId))) named.push(...new Set(inherited.values()));
-        await this.checkStillThere(m.snapshotId, named);
+        recheck = async (): Promise<void> => {
+          const asked = [...named];
+          if (inherited.size && !(await this.o.store.getManifest(parent!.snapshotId))) asked.push(...new Set(inherited.values()));
+          await this.checkStillThere(m.snapshotId, asked);
+        };
+        await recheck();
       }
       // Completed now, not when the last block was stored: on a shared store the check above came between, and
       // CompletionTime is when DescribeSnapshots can first show `completed` (as a copy's, copy.ts).
@@ -851,7 +859,7 @@ export class SnapshotManager {
       // Every block is durable (putBlock resolved); the event, then the manifest that names them and shows it completed.
       await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
       faultPoint('snapshot.after-completed-event');
-      await this.o.store.putManifest(done);
+      await this.putCompleted(done, run, recheck);
       run.terminal = true;
       run.written = done;
       const t3 = performance.now();
@@ -887,6 +895,38 @@ export class SnapshotManager {
       throw e;
     } finally {
       await close();
+    }
+  }
+
+  /**
+   * Writes a create's `completed` manifest. With --snapshot-manifest-key the write needs the KMS (GenerateMac,
+   * docs/architecture.md §13.5): a KMS that did not answer (a restart of the KMS host, a network blip) is not
+   * a reason to end a snapshot whose blocks are all stored as `error`, so the write is tried again with the
+   * daemon's back-off for up to COMPLETED_WRITE_KMS_WAIT_MS. On a shared store each retry first asks again
+   * for the blocks (`recheck`): the check must come just before the manifest that names them is written.
+   * A refusal by the KMS, a store error, or the wait running out fails the create as before.
+   */
+  private async putCompleted(done: SnapshotManifest, run: RunningCreate, recheck: (() => Promise<void>) | undefined): Promise<void> {
+    const until = performance.now() + COMPLETED_WRITE_KMS_WAIT_MS;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.o.store.putManifest(done);
+        if (attempt > 1) this.log.info({ snapshotId: done.snapshotId, attempts: attempt }, 'the KMS answers again: the completed manifest is signed and written');
+        return;
+      } catch (e) {
+        const wait = backoffDelayMs(attempt);
+        if (!kmsDidNotAnswer(e) || run.abort !== undefined || performance.now() + wait > until) throw e;
+        if (attempt === 1) this.log.warn({ snapshotId: done.snapshotId, err: errInfo(e), waitSeconds: COMPLETED_WRITE_KMS_WAIT_MS / 1000 }, 'the KMS did not answer for the completed manifest\'s MAC: every block is stored; trying again with back-off');
+        await untilRecheck(run, wait);
+        if (run.abort) throw run.abort;
+        done.completionTime = new Date().toISOString();
+        try {
+          await recheck?.();
+        } catch (err) {
+          // The parent's manifest could not be verified (the KMS again): the next try asks again.
+          if (!kmsDidNotAnswer(err) || performance.now() + backoffDelayMs(attempt + 1) > until) throw err;
+        }
+      }
     }
   }
 
