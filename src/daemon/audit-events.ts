@@ -328,13 +328,21 @@ export const SIGN_EVENT_IDS = 200;
 export function signManifestsEvent(caller: Caller, o: {
   accountId: string; region: string; requestId: string; keyArn: string; store: string; dryRun: boolean; planDigest: string;
   unsigned: { snapshotId: string; digest: string }[]; alreadySigned: number; refused: string[];
+  /** A confirmation refused (the plan it names is not the store's now): `confirm` is the digest it named, nothing was signed. */
+  error?: { code: string; message: string; confirm: string };
 }): Record<string, unknown> {
   const e = buildEvent({
     eventName: 'SignManifests', caller, accountId: o.accountId, region: o.region, requestId: o.requestId,
-    eventId: randomUUID(), resources: [o.keyArn], readOnly: o.dryRun, time: Date.now(),
+    eventId: randomUUID(), resources: [o.keyArn], readOnly: o.dryRun || o.error !== undefined, time: Date.now(),
+    ...(o.error ? { errorCode: o.error.code, errorMessage: o.error.message } : {}),
   });
   e.eventSource = 'ebsd';
-  e.requestParameters = { snapshotManifestKey: o.keyArn, snapshotStore: o.store, ...(o.dryRun ? { dryRun: true } : { confirm: o.planDigest }) };
+  e.requestParameters = { snapshotManifestKey: o.keyArn, snapshotStore: o.store, ...(o.dryRun ? { dryRun: true } : { confirm: o.error?.confirm ?? o.planDigest }) };
+  if (o.error) {
+    e.responseElements = null;
+    if (caller.uid !== undefined) e.additionalEventData = { localUid: caller.uid };
+    return e;
+  }
   e.responseElements = {
     planDigest: o.planDigest, toSign: o.unsigned.map((u) => ({ snapshotId: u.snapshotId, digest: u.digest })), alreadySigned: o.alreadySigned,
     refused: o.refused.slice(0, SIGN_EVENT_IDS), refusedCount: o.refused.length,

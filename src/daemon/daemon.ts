@@ -1216,11 +1216,18 @@ export class Daemon {
     const plan = await surveyManifestMacs(raw, signer, { keepManifests: !dryRun });
     const unsigned = plan.unsigned.map((u) => ({ snapshotId: u.snapshotId, digest: u.digest }));
     const refused = plan.refused.map((x) => ({ SnapshotId: x.snapshotId, Message: x.message }));
+    const ids = this.authz!.identities;
     if (confirm !== undefined && confirm !== plan.planDigest) {
-      throw new EbsdError('MANIFEST_PLAN_CHANGED', `ebsd.SignManifests: nothing signed: the unsigned manifests are not those of the plan confirmed (ConfirmPlanDigest ${confirm}; the store's now ${plan.planDigest}): run 'ebsd snapshot sign-manifests' again and review its list`, { awsName: 'IncorrectState' });
+      const refusedConfirm = new EbsdError('MANIFEST_PLAN_CHANGED', `ebsd.SignManifests: nothing signed: the unsigned manifests are not those of the plan confirmed (ConfirmPlanDigest ${confirm}; the store's now ${plan.planDigest}): run 'ebsd snapshot sign-manifests' again and review its list`, { awsName: 'IncorrectState' });
+      // Recorded as a refused call (the store changed between the review and the confirmation: someone wrote it).
+      await this.kms!.audit.append(signManifestsEvent(caller, {
+        accountId: ids.accountId, region: ids.region, requestId: peer.requestId, keyArn: signer.keyArn, store: raw.location, dryRun: false, planDigest: plan.planDigest,
+        unsigned, alreadySigned: plan.alreadySigned, refused: plan.refused.map((r) => r.snapshotId),
+        error: { code: 'IncorrectState', message: refusedConfirm.message, confirm },
+      })).catch((x: unknown) => this.log.error({ err: x }, 'could not audit a refused ebsd.SignManifests'));
+      throw refusedConfirm;
     }
     // A dry run is recorded as a read; a confirmed plan, what is about to be trusted, before any manifest is signed (§5.8: what cannot be audited does not take effect).
-    const ids = this.authz!.identities;
     try {
       for (let i = 0; i === 0 || i < unsigned.length; i += SIGN_EVENT_IDS) {
         await this.kms!.audit.append(signManifestsEvent(caller, {

@@ -166,7 +166,10 @@ describe('signed snapshot manifests', () => {
     expect(stale.stderr).toContain(plan.PlanDigest);
     expect(stale.stderr).toMatch(/the store's now [0-9a-f]{64}/);
     expect(readManifest(snap1).manifestMac).toBeUndefined();
-    expect(auditEvents().filter((e) => e.eventName === 'SignManifests' && e.requestParameters?.confirm !== undefined)).toEqual([]);
+    // Recorded as refused: the digest it named, IncorrectState, nothing answered.
+    expect(auditEvents().filter((e) => e.eventName === 'SignManifests' && e.requestParameters?.confirm !== undefined)).toEqual([
+      expect.objectContaining({ errorCode: 'IncorrectState', requestParameters: expect.objectContaining({ confirm: plan.PlanDigest }), responseElements: null, readOnly: true }),
+    ]);
     // A confirmation that is not a plan digest is refused naming it, by the CLI (exit 2) and by the daemon.
     const badCli = await env.cli(['snapshot', 'sign-manifests', '--confirm', 'abc']);
     expect(badCli.code).toBe(2);
