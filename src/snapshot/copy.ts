@@ -10,7 +10,7 @@ import type { KeyService } from '../volume/key-service.js';
 import { grantTokensOf, withKeyUse, type KeyUse, type OpGrantRequest, type OpGrants } from '../volume/op-grants.js';
 import { buildLuks2Json, VOLUME_KEY_BYTES } from '../volume/luks2-json.js';
 import { encodeLuks2HeaderArea, parseLuks2Header } from '../volume/luks2-header.js';
-import { errInfo, VolumeError } from '../volume/errors.js';
+import { VolumeError } from '../volume/errors.js';
 import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
 import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { recheckMsOf } from './store-settings.js';
@@ -25,8 +25,7 @@ import { putUnlessStored } from './block-copier.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import type { Clock } from '../util/clock.js';
 import { WakeableSleeps } from '../util/wakeable-sleeps.js';
-import { backoffDelayMs } from '../util/backoff.js';
-import { COMPLETED_WRITE_KMS_WAIT_MS, kmsDidNotAnswer } from './manifest-mac.js';
+import { putCompletedWaitingForKms } from './manifest-mac.js';
 
 export const DEFAULT_EBS_KEY = 'alias/aws/ebs';
 /** Store puts of a re-encrypting copy under way at once (an S3 put is a round trip; a batch put a file write). */
@@ -387,40 +386,16 @@ export class SnapshotCopier {
       m.progress = 100;
       m.changedBlocks = m.blocks.length;
       m.completionTime = new Date().toISOString();
-      await this.putCompleted(m, recheck);
+      // A KMS not answering for its MAC is waited for, as a create's (manifest-mac.ts, docs/architecture.md §13.5).
+      await putCompletedWaitingForKms(m, {
+        put: (x) => this.o.store.putManifest(x), stopped: () => this.closed, recheck, log: this.log,
+        pause: async (ms) => { await this.recheckWaits.sleep(ms); if (this.closed) throw shutDownDuring(); },
+      });
       this.written.set(m.snapshotId, { ...m });
       onTerminal();
       this.log.info({ snapshotId: m.snapshotId, sourceSnapshotId: snap.manifest.snapshotId, blocks: m.blocks.length, reEncrypted: targetKey !== undefined }, 'snapshot copied');
     } finally {
       for (const p of pins) p.release();
-    }
-  }
-
-  /**
-   * Writes a copy's `completed` manifest; with --snapshot-manifest-key a KMS that did not answer its
-   * GenerateMac is waited for, as a create's (SnapshotManager.putCompleted, docs/architecture.md §13.5):
-   * tried again with back-off for up to COMPLETED_WRITE_KMS_WAIT_MS, `recheck` first on each retry.
-   */
-  private async putCompleted(m: SnapshotManifest, recheck: (() => Promise<void>) | undefined): Promise<void> {
-    const until = performance.now() + COMPLETED_WRITE_KMS_WAIT_MS;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.o.store.putManifest(m);
-        if (attempt > 1) this.log.info({ snapshotId: m.snapshotId, attempts: attempt }, 'the KMS answers again: the completed manifest is signed and written');
-        return;
-      } catch (e) {
-        const wait = backoffDelayMs(attempt);
-        if (!kmsDidNotAnswer(e) || this.closed || performance.now() + wait > until) throw e;
-        if (attempt === 1) this.log.warn({ snapshotId: m.snapshotId, err: errInfo(e), waitSeconds: COMPLETED_WRITE_KMS_WAIT_MS / 1000 }, 'the KMS did not answer for the completed manifest\'s MAC: every block is stored; trying again with back-off');
-        await this.recheckWaits.sleep(wait);
-        if (this.closed) throw shutDownDuring();
-        m.completionTime = new Date().toISOString();
-        try {
-          await recheck?.();
-        } catch (err) {
-          if (!kmsDidNotAnswer(err) || performance.now() + backoffDelayMs(attempt + 1) > until) throw err;
-        }
-      }
     }
   }
 

@@ -2,7 +2,9 @@ import { createHash, type Hash } from 'node:crypto';
 import type { Caller } from '../kms/types.js';
 import type { KeyService } from '../volume/key-service.js';
 import { ArgRangeError, EbsdError } from '../util/errors.js';
-import { KeyServiceError } from '../volume/errors.js';
+import { errInfo, KeyServiceError } from '../volume/errors.js';
+import { backoffDelayMs } from '../util/backoff.js';
+import type { Logger } from '../util/logger.js';
 import { SnapshotError } from './errors.js';
 import type { CollectableStore } from './gc.js';
 import { readListedManifests, summaryOf } from './manifest-check.js';
@@ -37,7 +39,7 @@ export interface ManifestMac {
 
 /**
  * How long a create or copy whose blocks are all stored keeps trying to write its `completed` manifest
- * while the KMS does not answer for its MAC (SnapshotManager.putCompleted, SnapshotCopier.putCompleted):
+ * while the KMS does not answer for its MAC (putCompletedWaitingForKms):
  * a KMS host's restart, not an outage that outlasts it. Well within the hour a block put is kept from
  * any collector (gc.ts); each try asks again for the blocks first.
  */
@@ -308,6 +310,45 @@ export class ManifestKeyUnavailable extends EbsdError {
   constructor(message: string, cause: unknown) {
     const aws = (cause as { awsName?: unknown }).awsName;
     super('MANIFEST_KEY_UNAVAILABLE', message, { ...(typeof aws === 'string' ? { awsName: aws } : {}), cause });
+  }
+}
+
+/**
+ * Writes a snapshot's `completed` manifest through `o.put` (a create's, a copy's). With
+ * --snapshot-manifest-key the write needs the KMS (GenerateMac): a KMS that did not answer (a restart of
+ * the KMS host, a network blip) is no reason to end a snapshot whose blocks are all stored as `error`, so
+ * the write is tried again with the daemon's back-off for up to COMPLETED_WRITE_KMS_WAIT_MS. Before each
+ * retry: `o.pause(ms)` (which throws once the operation is stopped), a new `completionTime`, and
+ * `o.recheck` (on a shared store the blocks are asked for again just before the manifest that names them
+ * is written; a KMS not answering there is waited for too). A refusal, a store error, a stop or the wait
+ * running out throws as the write did.
+ */
+export async function putCompletedWaitingForKms(m: SnapshotManifest, o: {
+  put: (m: SnapshotManifest) => Promise<void>;
+  pause: (ms: number) => Promise<void>;
+  stopped: () => boolean;
+  recheck?: (() => Promise<void>) | undefined;
+  log: Logger;
+}): Promise<void> {
+  const until = performance.now() + COMPLETED_WRITE_KMS_WAIT_MS;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await o.put(m);
+      if (attempt > 1) o.log.info({ snapshotId: m.snapshotId, attempts: attempt }, 'the KMS answers again: the completed manifest is signed and written');
+      return;
+    } catch (e) {
+      const wait = backoffDelayMs(attempt);
+      if (!kmsDidNotAnswer(e) || o.stopped() || performance.now() + wait > until) throw e;
+      if (attempt === 1) o.log.warn({ snapshotId: m.snapshotId, err: errInfo(e), waitSeconds: COMPLETED_WRITE_KMS_WAIT_MS / 1000 }, 'the KMS did not answer for the completed manifest\'s MAC: every block is stored; trying again with back-off');
+      await o.pause(wait);
+      m.completionTime = new Date().toISOString();
+      try {
+        await o.recheck?.();
+      } catch (err) {
+        // A manifest the recheck reads (a parent's, a source's) could not be verified: the KMS again; the next try asks again.
+        if (!kmsDidNotAnswer(err) || performance.now() + backoffDelayMs(attempt + 1) > until) throw err;
+      }
+    }
   }
 }
 

@@ -29,8 +29,7 @@ import { inParallel } from '../util/in-parallel.js';
 import { recheckMsOf } from './store-settings.js';
 import { skipCorrupt, summaryOf } from './manifest-check.js';
 import { systemClock, withTimeout, type Clock } from '../util/clock.js';
-import { backoffDelayMs } from '../util/backoff.js';
-import { COMPLETED_WRITE_KMS_WAIT_MS, kmsDidNotAnswer } from './manifest-mac.js';
+import { putCompletedWaitingForKms } from './manifest-mac.js';
 
 const GiB = 1024 ** 3;
 /** Progress is recorded in the manifest at most this many times per snapshot (not per block). */
@@ -859,7 +858,11 @@ export class SnapshotManager {
       // Every block is durable (putBlock resolved); the event, then the manifest that names them and shows it completed.
       await auditCompletion(this.o.onAudit, { eventName: 'SnapshotCompleted', snapshotId: m.snapshotId, volumeId: m.volumeId, details: { incremental: plan.incremental, changedBlocks, blocksStored: res.storedBlocks } });
       faultPoint('snapshot.after-completed-event');
-      await this.putCompleted(done, run, recheck);
+      // A KMS not answering for its MAC is waited for (manifest-mac.ts, docs/architecture.md §13.5).
+      await putCompletedWaitingForKms(done, {
+        put: (x) => this.o.store.putManifest(x), stopped: () => run.abort !== undefined, recheck, log: this.log,
+        pause: async (ms) => { await untilRecheck(run, ms); if (run.abort) throw run.abort; },
+      });
       run.terminal = true;
       run.written = done;
       const t3 = performance.now();
@@ -895,38 +898,6 @@ export class SnapshotManager {
       throw e;
     } finally {
       await close();
-    }
-  }
-
-  /**
-   * Writes a create's `completed` manifest. With --snapshot-manifest-key the write needs the KMS (GenerateMac,
-   * docs/architecture.md §13.5): a KMS that did not answer (a restart of the KMS host, a network blip) is not
-   * a reason to end a snapshot whose blocks are all stored as `error`, so the write is tried again with the
-   * daemon's back-off for up to COMPLETED_WRITE_KMS_WAIT_MS. On a shared store each retry first asks again
-   * for the blocks (`recheck`): the check must come just before the manifest that names them is written.
-   * A refusal by the KMS, a store error, or the wait running out fails the create as before.
-   */
-  private async putCompleted(done: SnapshotManifest, run: RunningCreate, recheck: (() => Promise<void>) | undefined): Promise<void> {
-    const until = performance.now() + COMPLETED_WRITE_KMS_WAIT_MS;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.o.store.putManifest(done);
-        if (attempt > 1) this.log.info({ snapshotId: done.snapshotId, attempts: attempt }, 'the KMS answers again: the completed manifest is signed and written');
-        return;
-      } catch (e) {
-        const wait = backoffDelayMs(attempt);
-        if (!kmsDidNotAnswer(e) || run.abort !== undefined || performance.now() + wait > until) throw e;
-        if (attempt === 1) this.log.warn({ snapshotId: done.snapshotId, err: errInfo(e), waitSeconds: COMPLETED_WRITE_KMS_WAIT_MS / 1000 }, 'the KMS did not answer for the completed manifest\'s MAC: every block is stored; trying again with back-off');
-        await untilRecheck(run, wait);
-        if (run.abort) throw run.abort;
-        done.completionTime = new Date().toISOString();
-        try {
-          await recheck?.();
-        } catch (err) {
-          // The parent's manifest could not be verified (the KMS again): the next try asks again.
-          if (!kmsDidNotAnswer(err) || performance.now() + backoffDelayMs(attempt + 1) > until) throw err;
-        }
-      }
     }
   }
 
