@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { until } from './netns.js';
-import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
+import { cleanupHostAndKms, createManifestKey, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
 
 /** A TCP forwarder to the KMS on a port chosen before it listens: down until open(). */
 class Forwarder {
@@ -57,15 +57,8 @@ describe('status of a manifest key that is not open', () => {
     const host = await createRemoteHostUser(a);
     volKey = (await a.api('TrentService.CreateKey', { Description: 'volumes' })).KeyMetadata.Arn;
     await a.api('TrentService.PutKeyPolicy', { KeyId: volKey, PolicyName: 'default', Policy: hostKeyPolicy(host) });
-    macKey = (await a.api('TrentService.CreateKey', { KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC', Description: 'manifests' })).KeyMetadata.Arn;
     // The host may describe and verify, but not GenerateMac: a refusal once the KMS answers.
-    await a.api('TrentService.PutKeyPolicy', { KeyId: macKey, PolicyName: 'default', Policy: JSON.stringify({
-      Version: '2012-10-17',
-      Statement: [
-        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${host.account}:root` }, Action: 'kms:*', Resource: '*' },
-        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: host.hostArn }, Action: ['kms:VerifyMac', 'kms:DescribeKey'], Resource: '*' },
-      ],
-    }) });
+    macKey = await createManifestKey(a, host, ['kms:VerifyMac', 'kms:DescribeKey']);
     const u = new URL(url);
     fwd = new Forwarder({ host: u.hostname, port: Number(u.port) });
     await fwd.reserve();

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { AnswerDroppingProxy } from './answer-dropping-proxy.js';
-import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, savedAwsEnv } from './remote-host.js';
+import { cleanupHostAndKms, createManifestKey, createRemoteHostUser, hostBEnv, savedAwsEnv } from './remote-host.js';
 
 describe('a manifest key the KMS does not answer for at start', () => {
   const a = new Env('mk-kms');
@@ -24,15 +24,8 @@ describe('a manifest key the KMS does not answer for at start', () => {
     ensureBuilt();
     const { url } = await startKmsDaemon(a);
     const host = await createRemoteHostUser(a);
-    macKey = (await a.api('TrentService.CreateKey', { KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC', Description: 'manifests' })).KeyMetadata.Arn;
     // What README "Snapshot store" tells a fleet host to be allowed on the manifest key.
-    await a.api('TrentService.PutKeyPolicy', { KeyId: macKey, PolicyName: 'default', Policy: JSON.stringify({
-      Version: '2012-10-17',
-      Statement: [
-        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${host.account}:root` }, Action: 'kms:*', Resource: '*' },
-        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: host.hostArn }, Action: ['kms:GenerateMac', 'kms:VerifyMac', 'kms:DescribeKey'], Resource: '*' },
-      ],
-    }) });
+    macKey = await createManifestKey(a, host);
     const u = new URL(url);
     proxy = new AnswerDroppingProxy({ host: u.hostname, port: Number(u.port) });
     via = await proxy.start();

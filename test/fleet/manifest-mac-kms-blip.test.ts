@@ -16,7 +16,7 @@ import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from '../snapshot/s3
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { AnswerDroppingProxy } from './answer-dropping-proxy.js';
 import { until } from './netns.js';
-import { cleanupHostAndKms, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
+import { cleanupHostAndKms, createManifestKey, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
 
 const MiB = 1 << 20;
 
@@ -38,15 +38,8 @@ describe('a snapshot whose completed manifest meets a KMS that does not answer',
     const host = await createRemoteHostUser(a);
     volKey = (await a.api('TrentService.CreateKey', { Description: 'volumes' })).KeyMetadata.Arn;
     await a.api('TrentService.PutKeyPolicy', { KeyId: volKey, PolicyName: 'default', Policy: hostKeyPolicy(host) });
-    macKey = (await a.api('TrentService.CreateKey', { KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC', Description: 'manifests' })).KeyMetadata.Arn;
     // What README "Snapshot store" tells a fleet host to be allowed on the manifest key.
-    await a.api('TrentService.PutKeyPolicy', { KeyId: macKey, PolicyName: 'default', Policy: JSON.stringify({
-      Version: '2012-10-17',
-      Statement: [
-        { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${host.account}:root` }, Action: 'kms:*', Resource: '*' },
-        { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: host.hostArn }, Action: ['kms:GenerateMac', 'kms:VerifyMac', 'kms:DescribeKey'], Resource: '*' },
-      ],
-    }) });
+    macKey = await createManifestKey(a, host);
     s3 = await startS3Server();
     await s3.addAccessKey(host.key.AccessKeyId, host.key.SecretAccessKey);
     // Short delete windows (s3rver on loopback acts at once), long enough that a same-key copy's wait

@@ -32,6 +32,25 @@ export function hostKeyPolicy(h: RemoteHostUser): string {
   });
 }
 
+/** The manifest MAC actions README "Snapshot store" tells a fleet host to be allowed on the key of --snapshot-manifest-key. */
+export const MANIFEST_KEY_HOST_ACTIONS = ['kms:GenerateMac', 'kms:VerifyMac', 'kms:DescribeKey'];
+
+/**
+ * An HMAC_256 key for --snapshot-manifest-key on the KMS of `a`, its policy letting the account do
+ * everything and host B `actions` (a test of a refusal gives fewer); returns its ARN.
+ */
+export async function createManifestKey(a: Env, h: RemoteHostUser, actions: string[] = MANIFEST_KEY_HOST_ACTIONS): Promise<string> {
+  const arn = (await a.api('TrentService.CreateKey', { KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC', Description: 'manifests' })).KeyMetadata.Arn as string;
+  await a.api('TrentService.PutKeyPolicy', { KeyId: arn, PolicyName: 'default', Policy: JSON.stringify({
+    Version: '2012-10-17',
+    Statement: [
+      { Sid: 'Account', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${h.account}:root` }, Action: 'kms:*', Resource: '*' },
+      { Sid: 'HostB', Effect: 'Allow', Principal: { AWS: h.hostArn }, Action: actions, Resource: '*' },
+    ],
+  }) });
+  return arn;
+}
+
 /** The AWS_* environment now: restoreAwsEnv puts it back. */
 export function savedAwsEnv(): Record<string, string | undefined> {
   return Object.fromEntries(Object.entries(process.env).filter(([x]) => x.startsWith('AWS_')));
