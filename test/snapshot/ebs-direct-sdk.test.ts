@@ -79,9 +79,11 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
 
   beforeAll(async () => {
     ensureBuilt();
-    // Hidden knobs (src/daemon/ebs-api.ts): 4 block requests per second per snapshot, data keys kept 3 s, so the tests need not wait on AWS's figures.
+    // Hidden knobs (src/daemon/ebs-api.ts): 4 block requests per second per snapshot, data keys kept 8 s, so the tests need not wait on AWS's figures.
+    // 8 s, not less: "one Decrypt per caller and snapshot" counts one Decrypt for four calls at once, which on a loaded CI machine
+    // (the whole suite on two cores) once took longer than a 3-second key lifetime, and a second Decrypt was counted.
     process.env.EBSD_EBS_SNAPSHOT_RPS = '4';
-    process.env.EBSD_EBS_KEY_TTL_MS = '3000';
+    process.env.EBSD_EBS_KEY_TTL_MS = '8000';
     try {
       await env.start(['--kms-listen', '127.0.0.1:0']);
     } finally {
