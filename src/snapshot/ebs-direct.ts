@@ -27,6 +27,7 @@ import { SnapshotKeyCache } from './ebs-direct-key-cache.js';
 import { CompletedManifests, type BlockList } from './ebs-direct-manifests.js';
 import { WakeableSleeps } from '../util/wakeable-sleeps.js';
 import { callerParty } from '../kms/caller-party.js';
+import { putCompletedWaitingForKms } from './manifest-mac.js';
 
 /**
  * The EBS direct APIs over a SnapshotStore (docs/architecture.md, "EBS direct APIs"):
@@ -700,7 +701,9 @@ export class EbsDirect {
    * InternalServerException naming the indexes, and the snapshot stays
    * pending, so the caller can put those blocks again and complete; it is
    * not made `error`, since what is missing is known and can be rewritten.
-   * A failed manifest write also leaves it pending.
+   * A failed manifest write also leaves it pending; one the KMS did not
+   * answer (its MAC, --snapshot-manifest-key) is tried again for a while first,
+   * as a create's and a copy's (putCompletedWaitingForKms, manifest-mac.ts).
    *
    * A repeat of a CompleteSnapshot (the SDKs retry one whose answer was lost,
    * a timeout or a 5xx) that asks for the same thing gets the same answer:
@@ -745,7 +748,19 @@ export class EbsDirect {
       await this._checkPresent(p, await this._pastOtherCollectors(p));
       // Completed after the wait and check on a shared store, not when CompleteSnapshot arrived (as snapshot-manager.ts).
       m.completionTime = new Date(this.now()).toISOString();
-      await this.o.store.putManifest(m);
+      // Every block is stored: a KMS that does not answer for the manifest's MAC is waited for, as for a create or a copy
+      // (docs/architecture.md §13.5); a refusal, a store error or shutdown fails at once and the snapshot stays pending.
+      await putCompletedWaitingForKms(m, {
+        put: (x) => this.o.store.putManifest(x),
+        pause: async (ms) => {
+          await this.recheckWaits.sleep(ms);
+          if (this.closed) throw internal(`the daemon shut down while CompleteSnapshot of ${id} waited for the KMS; the snapshot stays pending`);
+        },
+        stopped: () => this.closed,
+        // On a shared store the blocks are asked for again just before each retried write (§13.1).
+        recheck: this.o.store.singleWriter ? undefined : async () => this._checkPresent(p, await this._inheritedIfParentGone(p)),
+        log: this.o.log ?? silentLogger,
+      });
     } catch (e) {
       p.completing = false;
       p.completion = undefined;
