@@ -27,6 +27,7 @@ import { SnapshotKeyCache } from './ebs-direct-key-cache.js';
 import { CompletedManifests, type BlockList } from './ebs-direct-manifests.js';
 import { WakeableSleeps } from '../util/wakeable-sleeps.js';
 import { callerParty } from '../kms/caller-party.js';
+import { putCompletedWaitingForKms } from './manifest-mac.js';
 
 /**
  * The EBS direct APIs over a SnapshotStore (docs/architecture.md, "EBS direct APIs"):
@@ -69,6 +70,11 @@ export const MAX_PENDING_PER_PARTY = 25;
  * the ones forgotten.
  */
 const MAX_CLIENT_TOKENS = 1_000;
+/**
+ * Completions remembered for a repeated CompleteSnapshot (completedBy): the snapshot id, its
+ * ChangedBlocksCount and the LINEAR checksum of the blocks it sealed, ~150 bytes each.
+ */
+const MAX_COMPLETIONS = 10_000;
 /**
  * What bounds a snapshot's blocks here. EBS bounds them by VolumeSize alone
  * (BlockIndex below VolumeSize x 2048); ebsd also needs the manifest naming
@@ -187,6 +193,16 @@ export interface EbsDirectOptions {
   allowUnencrypted?: boolean;
 }
 
+/**
+ * What a CompleteSnapshot that sealed a snapshot asked for, as a repeat of it is judged
+ * (completeSnapshot): ChangedBlocksCount, and the LINEAR checksum of the blocks it sealed
+ * (computed whether or not the call gave a Checksum, so a repeat that gives one is checked).
+ */
+interface Completion {
+  changedBlocksCount: number;
+  checksum: string;
+}
+
 /** A completed snapshot as the read APIs serve it (ebs-direct-manifests.ts). */
 interface Completed {
   summary: SnapshotSummary;
@@ -223,6 +239,8 @@ interface Pending {
   saving: Promise<void>;
   /** CompleteSnapshot is writing the manifest: puts are refused, the snapshot is not swept. */
   completing: boolean;
+  /** While `completing`: what that CompleteSnapshot asked for (checked) and its answer, which a repeat of it shares. */
+  completion?: { asked: Completion; answer: Promise<Record<string, unknown>> };
   /** performance.now() after the last put (the header's, then each block's): CompleteSnapshot on a shared store asks again only recheckMs after it. */
   lastPutMs: number;
   /** On a shared store, the store's recheckMs (store-settings.ts), read at StartSnapshot; 0 on a store only this daemon writes. */
@@ -241,6 +259,11 @@ export class EbsDirect {
    * MAX_CLIENT_TOKENS the oldest of a snapshot no longer pending first.
    */
   private readonly clientTokens = new Map<string, { request: string; response: Promise<Record<string, unknown>>; snapshotId?: string }>();
+  /**
+   * Snapshots this daemon completed, with what their CompleteSnapshot asked for (MAX_COMPLETIONS,
+   * oldest out): a repeat asking the same is answered as the first was (completeSnapshot).
+   */
+  private readonly completedBy = new Map<string, Completion>();
   /** StartSnapshot calls past the limit check and not yet in `pending`: they hold a slot. */
   private starting = 0;
   /** `starting`, per party (callerParty). */
@@ -322,6 +345,7 @@ export class EbsDirect {
   /** The snapshot was deleted (DeleteSnapshot): its cached manifest goes, so the read APIs answer ResourceNotFoundException. */
   forgetSnapshot(id: string): void {
     this.manifests.forget(id);
+    this.completedBy.delete(id);
   }
 
   /**
@@ -677,24 +701,44 @@ export class EbsDirect {
    * InternalServerException naming the indexes, and the snapshot stays
    * pending, so the caller can put those blocks again and complete; it is
    * not made `error`, since what is missing is known and can be rewritten.
-   * A failed manifest write also leaves it pending.
+   * A failed manifest write also leaves it pending; one the KMS did not
+   * answer (its MAC, --snapshot-manifest-key) is tried again for a while first,
+   * as a create's and a copy's (putCompletedWaitingForKms, manifest-mac.ts).
+   *
+   * A repeat of a CompleteSnapshot (the SDKs retry one whose answer was lost,
+   * a timeout or a 5xx) that asks for the same thing gets the same answer:
+   * while the first is still completing, its answer; once the snapshot is
+   * completed, `completed`. One that asks for something else is refused,
+   * naming what differs (docs/architecture.md §15, "Repeated CompleteSnapshot").
    */
   async completeSnapshot(i: CompleteSnapshotInput): Promise<Record<string, unknown>> {
-    const p = await this._pending(i.SnapshotId);
+    await this._sweep();
+    const p = this.pending.get(i.SnapshotId);
+    if (p?.completion) return this._repeatWhileCompleting(p.completion, i);
+    if (!p) return this._repeatOfCompleted(i);
+    // From here to `completing`, synchronous: no put or other completion runs between the checks and the seal.
     if (p.inflight.size > 0) throw validation('CONFLICTING_BLOCK_UPDATE', `${p.inflight.size} block(s) of ${i.SnapshotId} are still being written`);
     if (i.ChangedBlocksCount !== p.written.size) {
       throw validation('INVALID_PARAMETER_VALUE', `ChangedBlocksCount is ${i.ChangedBlocksCount}, but ${p.written.size} block(s) were written to ${i.SnapshotId}; the snapshot stays pending`);
     }
-    if (i.Checksum !== undefined) {
-      const order = [...p.written.keys()].sort((x, y) => x - y);
-      const agg = createHash('sha256');
-      for (const x of order) agg.update(p.written.get(x)!);
-      if (agg.digest('base64') !== i.Checksum) {
-        throw validation('INVALID_PARAMETER_VALUE', `Checksum (SHA256, LINEAR over ${order.length} block checksums in index order) does not match what was written to ${i.SnapshotId}; the snapshot stays pending`);
-      }
+    const order = [...p.written.keys()].sort((x, y) => x - y);
+    const agg = createHash('sha256');
+    for (const x of order) agg.update(p.written.get(x)!);
+    const checksum = agg.digest('base64');
+    if (i.Checksum !== undefined && checksum !== i.Checksum) {
+      throw validation('INVALID_PARAMETER_VALUE', `Checksum (SHA256, LINEAR over ${order.length} block checksums in index order) does not match what was written to ${i.SnapshotId}; the snapshot stays pending`);
     }
+    const asked: Completion = { changedBlocksCount: p.written.size, checksum };
     p.completing = true;
     this._cancelSave(p);
+    const answer = this._seal(p, asked);
+    p.completion = { asked, answer };
+    return answer;
+  }
+
+  /** CompleteSnapshot past its checks: the completed manifest written, the snapshot no longer pending; on a failure it stays pending. */
+  private async _seal(p: Pending, asked: Completion): Promise<Record<string, unknown>> {
+    const id = p.manifest.snapshotId;
     const m: SnapshotManifest = {
       ...p.manifest, state: 'completed', progress: 100, completionTime: new Date(this.now()).toISOString(),
       blocks: [...p.blocks].sort((x, y) => x[0] - y[0]), changedBlocks: p.written.size,
@@ -704,18 +748,92 @@ export class EbsDirect {
       await this._checkPresent(p, await this._pastOtherCollectors(p));
       // Completed after the wait and check on a shared store, not when CompleteSnapshot arrived (as snapshot-manager.ts).
       m.completionTime = new Date(this.now()).toISOString();
-      await this.o.store.putManifest(m);
+      // Every block is stored: a KMS that does not answer for the manifest's MAC is waited for, as for a create or a copy
+      // (docs/architecture.md §13.5); a refusal, a store error or shutdown fails at once and the snapshot stays pending.
+      await putCompletedWaitingForKms(m, {
+        put: (x) => this.o.store.putManifest(x),
+        pause: async (ms) => {
+          await this.recheckWaits.sleep(ms);
+          if (this.closed) throw internal(`the daemon shut down while CompleteSnapshot of ${id} waited for the KMS; the snapshot stays pending`);
+        },
+        stopped: () => this.closed,
+        // On a shared store the blocks are asked for again just before each retried write (§13.1).
+        recheck: this.o.store.singleWriter ? undefined : async () => this._checkPresent(p, await this._inheritedIfParentGone(p)),
+        log: this.o.log ?? silentLogger,
+      });
     } catch (e) {
       p.completing = false;
+      p.completion = undefined;
       if (p.dirty && !this.closed) this._scheduleSave(p);
       this._armSweep(); // its Timeout counts again
       throw e;
     }
-    this.pending.delete(i.SnapshotId);
+    this.pending.delete(id);
     this._forget(p);
-    await this._unmark(i.SnapshotId);
-    this.o.log?.info({ snapshotId: i.SnapshotId, blocks: m.blocks.length, changedBlocks: p.written.size }, 'CompleteSnapshot: snapshot completed');
+    this._rememberCompletion(id, asked);
+    this.o.log?.info({ snapshotId: id, blocks: m.blocks.length, changedBlocks: p.written.size }, 'CompleteSnapshot: snapshot completed');
+    await this._unmark(id);
     return { Status: 'completed' };
+  }
+
+  private _rememberCompletion(id: string, asked: Completion): void {
+    this.completedBy.delete(id);
+    this.completedBy.set(id, asked);
+    while (this.completedBy.size > MAX_COMPLETIONS) this.completedBy.delete(this.completedBy.keys().next().value!);
+  }
+
+  /**
+   * How a CompleteSnapshot differs from the completion `done`, one phrase per member; empty when it asks the same.
+   * ChecksumAlgorithm and ChecksumAggregationMethod have one value each (SHA256, LINEAR: ebs-direct-input.ts refuses
+   * any other), the ones every completion's checksum is made with, so a repeat that gives them always agrees.
+   */
+  private _differences(i: CompleteSnapshotInput, done: Completion): string[] {
+    const d: string[] = [];
+    if (i.ChangedBlocksCount !== done.changedBlocksCount) d.push(`ChangedBlocksCount is ${i.ChangedBlocksCount}, not ${done.changedBlocksCount}`);
+    if (i.Checksum !== undefined && i.Checksum !== done.checksum) d.push(`Checksum is not the LINEAR checksum of the ${done.changedBlocksCount} block(s) it sealed`);
+    return d;
+  }
+
+  /** A CompleteSnapshot while another is completing the snapshot: the same request shares that one's answer. */
+  private _repeatWhileCompleting(c: NonNullable<Pending['completion']>, i: CompleteSnapshotInput): Promise<Record<string, unknown>> {
+    const d = this._differences(i, c.asked);
+    if (d.length) {
+      throw validation('INVALID_PARAMETER_VALUE', `${i.SnapshotId} is being completed by a CompleteSnapshot with ChangedBlocksCount ${c.asked.changedBlocksCount}; this one asks for something else (${d.join('; ')}), so it is refused`);
+    }
+    return c.answer;
+  }
+
+  /**
+   * A CompleteSnapshot of a snapshot not pending here. A repeat of the completion this daemon made: `completed`
+   * if it asks the same (_differences), refused naming what differs otherwise. A snapshot begun with StartSnapshot
+   * and completed with no completion remembered here (this daemon restarted since, or another daemon sharing the
+   * store completed it): ChangedBlocksCount is judged by the manifest's `changedBlocks`; a Checksum cannot be (the
+   * blocks' plaintext digests are kept in memory only, never in the store), so a repeat with one is refused, saying
+   * so. Anything else is refused as not pending, as before.
+   */
+  private async _repeatOfCompleted(i: CompleteSnapshotInput): Promise<Record<string, unknown>> {
+    const id = i.SnapshotId;
+    const m = await this._manifest(id);
+    const done = this.completedBy.get(id);
+    // Begun with StartSnapshot: no source volume, and not a copy (types.ts).
+    const begunHere = m.volumeId === '' && m.transferType === undefined && m.changedBlocks !== undefined;
+    if (m.state === 'completed' && done) {
+      const d = this._differences(i, done);
+      if (d.length) throw validation('INVALID_PARAMETER_VALUE', `${id} is already completed, by a CompleteSnapshot with ChangedBlocksCount ${done.changedBlocksCount}; this one asks for something else (${d.join('; ')}), so it is refused`);
+      return { Status: 'completed' };
+    }
+    if (m.state === 'completed' && begunHere) {
+      if (i.ChangedBlocksCount !== m.changedBlocks) {
+        throw validation('INVALID_PARAMETER_VALUE', `${id} is already completed, with ${m.changedBlocks} block(s) written; this CompleteSnapshot asks for something else (ChangedBlocksCount is ${i.ChangedBlocksCount}, not ${m.changedBlocks}), so it is refused`);
+      }
+      if (i.Checksum !== undefined) {
+        throw validation('INVALID_PARAMETER_VALUE', `${id} is already completed, with ${m.changedBlocks} block(s) written, but this daemon holds no record of its completion's checksum (restarted since, or another daemon completed it), so the Checksum given cannot be checked: repeat without Checksum, or read the blocks back (ListSnapshotBlocks, GetSnapshotBlock)`);
+      }
+      return { Status: 'completed' };
+    }
+    // Why it is no longer pending, when the manifest says (a Timeout passed, the daemon restarted): the caller starts again.
+    const why = m.state === 'error' && m.stateMessage ? `: ${m.stateMessage}` : '';
+    throw validation('INVALID_SNAPSHOT_ID', `${id} is ${m.state}${m.volumeId ? ` (a snapshot of ${m.volumeId})` : ''}${why}; only a snapshot begun with StartSnapshot and still pending takes blocks (PutSnapshotBlock) or CompleteSnapshot`);
   }
 
   /**
@@ -727,11 +845,9 @@ export class EbsDirect {
    * after the wait too (docs/architecture.md §13.3, rule 5). Returns those inherited indexes to check, by hash.
    */
   private async _pastOtherCollectors(p: Pending): Promise<Map<BlockHash, number[]>> {
-    const inherited = new Map<BlockHash, number[]>();
-    if (this.o.store.singleWriter) return inherited;
-    const parentId = p.manifest.parentSnapshotId;
-    if (parentId && !(await this.o.store.getManifest(parentId))) {
-      for (const [x, h] of p.blocks) if (!p.written.has(x)) inherited.set(h, [...(inherited.get(h) ?? []), x]);
+    if (this.o.store.singleWriter) return new Map();
+    const inherited = await this._inheritedIfParentGone(p);
+    if (inherited.size) {
       const touch = this.o.store.touchBlock?.bind(this.o.store);
       // A block gone already fails the check below; one present is young from here on.
       if (touch) await inParallel([...inherited.keys()], STORE_REQUESTS_IN_FLIGHT, async (h) => void (await touch(h)));
@@ -741,6 +857,16 @@ export class EbsDirect {
     if (wait > 0 && !this.closed) await this.recheckWaits.sleep(wait);
     // Shut down meanwhile: nothing more is written; the snapshot stays pending (recover() marks it at the next start).
     if (this.closed) throw internal(`the daemon shut down before CompleteSnapshot of ${p.manifest.snapshotId} could check its blocks; the snapshot stays pending`);
+    return inherited;
+  }
+
+  /** The blocks `p` took from its parent (by hash: their indexes) when the parent's manifest is gone from the store; none while it is there. */
+  private async _inheritedIfParentGone(p: Pending): Promise<Map<BlockHash, number[]>> {
+    const inherited = new Map<BlockHash, number[]>();
+    const parentId = p.manifest.parentSnapshotId;
+    if (parentId && !(await this.o.store.getManifest(parentId))) {
+      for (const [x, h] of p.blocks) if (!p.written.has(x)) inherited.set(h, [...(inherited.get(h) ?? []), x]);
+    }
     return inherited;
   }
 
@@ -988,7 +1114,7 @@ export class EbsDirect {
     await this._sweep();
     const p = this.pending.get(id);
     if (p && !p.completing) return p;
-    if (p) throw validation('INVALID_SNAPSHOT_ID', `${id} is being completed (CompleteSnapshot in progress): it takes no more blocks and is not completed twice`);
+    if (p) throw validation('INVALID_SNAPSHOT_ID', `${id} is being completed (CompleteSnapshot in progress): it takes no more blocks`);
     const m = await this._manifest(id);
     // Why it is no longer pending, when the manifest says (a Timeout passed, the daemon restarted): the caller starts again.
     const why = m.state === 'error' && m.stateMessage ? `: ${m.stateMessage}` : '';

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { connect } from 'node:net';
+import { connect, createConnection, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AccessDeniedException, CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListChangedBlocksCommand, PutSnapshotBlockCommand,
@@ -39,6 +39,62 @@ async function sdkClient(endpoint: string, region: string, key: { AccessKeyId: s
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
     }
+  }
+}
+
+/**
+ * A TCP proxy on loopback in front of the daemon's listener that loses the answer of the next
+ * CompleteSnapshot (`POST /snapshots/completion/…`) once told to: the request reaches the daemon, which
+ * completes the snapshot and answers, and the client's connection is closed before the answer reaches
+ * it, as a network that drops a connection does (the SDK sees the socket hang up and retries).
+ */
+class CompletionAnswerLoser {
+  private server: Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  private toLose = 0;
+  /** Answers lost so far. */
+  lost = 0;
+
+  constructor(private readonly upstream: { host: string; port: number }) {}
+
+  async start(): Promise<string> {
+    this.server = createServer((client) => this.connection(client));
+    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', () => r()));
+    return `http://127.0.0.1:${(this.server.address() as { port: number }).port}`;
+  }
+
+  loseNextCompletion(): void {
+    this.toLose++;
+  }
+
+  async close(): Promise<void> {
+    for (const x of this.sockets) x.destroy();
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+
+  private connection(client: Socket): void {
+    const up = createConnection(this.upstream);
+    this.sockets.add(client).add(up);
+    let losing = false;
+    const end = (): void => { client.destroy(); up.destroy(); this.sockets.delete(client); this.sockets.delete(up); };
+    client.on('error', end).on('close', end);
+    up.on('error', end).on('close', end);
+    client.on('data', (chunk: Buffer) => {
+      if (this.toLose > 0 && chunk.toString('latin1', 0, 32).startsWith('POST /snapshots/completion/')) {
+        this.toLose--;
+        losing = true;
+      }
+      up.write(chunk);
+    });
+    up.on('data', (chunk: Buffer) => {
+      if (!losing) {
+        client.write(chunk);
+        return;
+      }
+      // The daemon answered: it completed the snapshot. The answer goes nowhere.
+      this.lost++;
+      end();
+    });
   }
 }
 
@@ -155,6 +211,61 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
     expect(changed.ChangedBlocks?.[0]).toMatchObject({ FirstBlockToken: expect.any(String), SecondBlockToken: expect.any(String) });
     expect(changed.VolumeSize).toBe(1);
   }, 120_000);
+
+  it('a CompleteSnapshot whose answer is lost is retried by the SDK and answered completed (202): one completed snapshot, readable; a repeat asking for something else is refused naming what differs', async () => {
+    const proxy = new CompletionAnswerLoser({ host: new URL(base).hostname, port: Number(new URL(base).port) });
+    try {
+      const lossy = await sdkClient(await proxy.start(), region, keys.get('bob')!, 3);
+      clients.push(lossy);
+      const snap = (await lossy.send(new StartSnapshotCommand({ VolumeSize: 1, Encrypted: true, KmsKeyArn: keyArn }))).SnapshotId!;
+      const blocks = new Map<number, Buffer>([[1, randomBytes(BLOCK)], [5, randomBytes(BLOCK)]]);
+      for (const [i, data] of blocks) {
+        await lossy.send(new PutSnapshotBlockCommand({ SnapshotId: snap, BlockIndex: i, BlockData: data, DataLength: BLOCK, Checksum: sha(data).toString('base64'), ChecksumAlgorithm: 'SHA256' }));
+      }
+      const agg = createHash('sha256');
+      for (const i of [...blocks.keys()].sort((a, b) => a - b)) agg.update(sha(blocks.get(i)!));
+      const checksum = agg.digest('base64');
+      const asked = { SnapshotId: snap, ChangedBlocksCount: 2, Checksum: checksum, ChecksumAlgorithm: 'SHA256', ChecksumAggregationMethod: 'LINEAR' } as const;
+
+      // The first attempt completes the snapshot and its answer is lost; the SDK's retry gets the same answer.
+      proxy.loseNextCompletion();
+      const done = await lossy.send(new CompleteSnapshotCommand(asked));
+      expect(proxy.lost).toBe(1);
+      expect(done.Status).toBe('completed');
+      expect(done.$metadata.httpStatusCode).toBe(202);
+      expect(done.$metadata.attempts).toBe(2);
+
+      // One snapshot, completed, whose blocks read back as written.
+      const described = (await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots;
+      expect(described).toHaveLength(1);
+      expect(described[0]).toMatchObject({ SnapshotId: snap, State: 'completed' });
+      const listed = (await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: snap }))).Blocks!;
+      expect(listed.map((b) => b.BlockIndex)).toEqual([1, 5]);
+      for (const b of listed) {
+        const got = await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: snap, BlockIndex: b.BlockIndex!, BlockToken: b.BlockToken! }));
+        expect(Buffer.from(await got.BlockData!.transformToByteArray()).equals(blocks.get(b.BlockIndex!)!)).toBe(true);
+      }
+
+      // The same again, with and without the checksum: the same answer, nothing changed.
+      const manifestBefore = (await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0];
+      expect((await ebs.send(new CompleteSnapshotCommand(asked))).Status).toBe('completed');
+      expect((await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snap, ChangedBlocksCount: 2 }))).Status).toBe('completed');
+      expect((await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0]).toEqual(manifestBefore);
+
+      // Asking for something else: refused, naming what differs.
+      const count = await rejection(ebs.send(new CompleteSnapshotCommand({ SnapshotId: snap, ChangedBlocksCount: 3 })));
+      expect(count).toBeInstanceOf(ValidationException);
+      expect(count.$metadata.httpStatusCode).toBe(400);
+      expect(count.message).toMatch(/already completed.*ChangedBlocksCount is 3, not 2/);
+      const other = createHash('sha256').update(sha(blocks.get(5)!)).update(sha(blocks.get(1)!)).digest('base64');
+      const sum = await rejection(ebs.send(new CompleteSnapshotCommand({ ...asked, Checksum: other })));
+      expect(sum).toBeInstanceOf(ValidationException);
+      expect(sum.message).toMatch(/already completed.*Checksum is not the LINEAR checksum of the 2 block\(s\) it sealed/);
+      expect((await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0]).toEqual(manifestBefore);
+    } finally {
+      await proxy.close();
+    }
+  }, 60_000);
 
   it('refusals arrive as the SDK\'s exception classes with their Reason', async () => {
     const missing = await rejection(ebs.send(new ListChangedBlocksCommand({ SecondSnapshotId: 'snap-0123456789abcdef0' })));

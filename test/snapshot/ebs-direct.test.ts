@@ -199,8 +199,9 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     expect((await getBlock(snap, 3, blocks[1]!.BlockToken)).equals(c)).toBe(true);
     // Completed: no more writes, no second completion.
     await refusedWith(put(snap, 4, a), 'ValidationException', /is completed; .*takes blocks \(PutSnapshotBlock\)/);
-    // The refusal of a second CompleteSnapshot names it, not only block writes.
-    await refusedWith(complete(snap, written), 'ValidationException', /is completed; .*or CompleteSnapshot$/);
+    // A repeat of the completion (an answer lost, the SDK retrying) gets its answer again; one asking for something else is refused naming it.
+    expect(await complete(snap, written)).toEqual({ Status: 'completed' });
+    await refusedWith(ebs('CompleteSnapshot', { SnapshotId: snap, ChangedBlocksCount: 3 }), 'ValidationException', /already completed.*ChangedBlocksCount is 3, not 2/);
     await refusedWith(ebs('ListSnapshotBlocks', { SnapshotId: 'snap-0123456789abcdef0' }), 'ResourceNotFoundException');
   }, 120_000);
 
@@ -511,5 +512,33 @@ describe('EBS direct APIs (real daemon, real KMS core, directory store)', () => 
     const underKey = (await env.ok(['snapshot', 'copy', plain, '--kms-key-id', keyArn, '--wait'])).SnapshotId;
     expect(manifest(underKey)).toMatchObject({ state: 'completed', encrypted: true, kmsKeyId: keyArn });
     expect(manifest(underKey).wrappedKey.keyArn).toBe(keyArn);
+  }, 120_000);
+
+  it('after a restart a repeated CompleteSnapshot is judged by the manifest: the same ChangedBlocksCount answers completed, another count is refused naming it, a Checksum is refused as no longer checkable; a snapshot left pending by the restart, or a copy, is refused as not begun here and pending', async () => {
+    const snap = (await start({ VolumeSize: 1, Encrypted: true, KmsKeyArn: keyArn })).SnapshotId as string;
+    const blocks = new Map([[2, randomBytes(BLOCK)], [9, randomBytes(BLOCK)]]);
+    for (const [i, d] of blocks) await put(snap, i, d);
+    expect(await complete(snap, blocks)).toEqual({ Status: 'completed' });
+    const open = (await start({ VolumeSize: 1, Encrypted: true, KmsKeyArn: keyArn })).SnapshotId as string;
+    await put(open, 0, randomBytes(BLOCK));
+    const copy = (await env.ok(['snapshot', 'copy', snap, '--wait'])).SnapshotId as string;
+    expect(manifest(copy)).toMatchObject({ state: 'completed', transferType: 'standard' });
+
+    await env.stop();
+    await env.start();
+    const completed = readFileSync(join(env.state, 'snapshots', 'manifests', `${snap}.json`), 'utf8');
+    // The SDK's retry of a completion whose answer was lost across the restart: the same count, answered as the first.
+    expect(await ebs('CompleteSnapshot', { SnapshotId: snap, ChangedBlocksCount: 2 })).toEqual({ Status: 'completed' });
+    await refusedWith(ebs('CompleteSnapshot', { SnapshotId: snap, ChangedBlocksCount: 3 }), 'ValidationException', /already completed, with 2 block\(s\) written.*ChangedBlocksCount is 3, not 2/);
+    await refusedWith(complete(snap, blocks), 'ValidationException', /holds no record of its completion's checksum .* cannot be checked: repeat without Checksum/);
+    expect(readFileSync(join(env.state, 'snapshots', 'manifests', `${snap}.json`), 'utf8')).toBe(completed);
+    // Not completions to repeat: the snapshot the restart ended (error), and a copy.
+    const ended = await raw('CompleteSnapshot', { SnapshotId: open, ChangedBlocksCount: 1 });
+    expect(ended.status).toBe(400);
+    expect(ended.body).toMatchObject({ __type: 'ValidationException', Reason: 'INVALID_SNAPSHOT_ID' });
+    expect(ended.body.message).toMatch(/is error: the daemon restarted before CompleteSnapshot/);
+    const copied = await raw('CompleteSnapshot', { SnapshotId: copy, ChangedBlocksCount: 2 });
+    expect(copied.body).toMatchObject({ __type: 'ValidationException', Reason: 'INVALID_SNAPSHOT_ID' });
+    expect(copied.body.message).toMatch(/is completed; only a snapshot begun with StartSnapshot and still pending/);
   }, 120_000);
 });
