@@ -15,8 +15,9 @@ import type { SnapshotManifest, SnapshotSummary } from './types.js';
  * every manifest written carries `manifestMac`, a KMS GenerateMac (HMAC_SHA_256) under an HMAC
  * KMS key, and every manifest read is checked with VerifyMac before anything trusts it. A
  * manifest without it, or with one that does not verify, is SNAPSHOT_CORRUPT, the path every
- * unreadable manifest takes (DescribeSnapshots leaves it out and logs it; restore, copy, the
- * EBS direct APIs refuse it; the collector stops its sweep).
+ * unreadable manifest takes (the snapshot is in state `error`: DescribeSnapshots shows it so and
+ * logs why; restore, copy, the EBS direct APIs refuse it; the collector stops its sweep until a
+ * DeleteSnapshot removes it, unread). ManifestMacRefused says which check failed.
  *
  * What is MACed is a short message (GenerateMac takes at most 4096 bytes, a manifest up to
  * 64 MiB): a domain label, the snapshot id, and the SHA-256 of the manifest's canonical JSON
