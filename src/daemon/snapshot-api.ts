@@ -2,7 +2,8 @@ import { ec2Event, safeDetails } from './audit-events.js';
 import type { Caller } from '../kms/types.js';
 import type { SnapshotAuditEvent, SnapshotManager } from '../snapshot/snapshot-manager.js';
 import type { SnapshotManifest } from '../snapshot/types.js';
-import { SNAPSHOT_FILTER_NAMES, isRefused, page, toEc2Snapshot, type RefusedSnapshot, type ShownSnapshot } from '../snapshot/snapshot-view.js';
+import { SNAPSHOT_FILTER_NAMES, page, toEc2Snapshot } from '../snapshot/snapshot-view.js';
+import { isRefused, type RefusedSnapshot, type ShownSnapshot } from '../snapshot/refused-snapshot.js';
 import type { Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
 import {
   Ec2RequestError, TAGS_PER_RESOURCE_MAX, array, dryRun, filterList, invalidValue, object, printable, string, tag, volumeId, type Filter, type Tag,

@@ -17,7 +17,7 @@ import { reencryptBlock } from './reencrypt.js';
 import { newPipelineStats, pipeBlocks, type PipelineStats } from './block-pipeline.js';
 import { ImageWriter, type ImageWriterOptions, type ImageWriterStats } from './image-writer.js';
 import { SNAPSHOT_BLOCK_BYTES, type SnapshotManifest, type SnapshotStore } from './types.js';
-import { refusedSnapshot, refusedSourceError } from './snapshot-view.js';
+import { refusedSnapshot, refusedSourceError } from './refused-snapshot.js';
 
 /** CreateVolume with SnapshotId: Size may be left out (the snapshot's size is taken). */
 export interface RestoreVolumeRequest extends Omit<CreateVolumeRequest, 'Size'> {

@@ -20,10 +20,11 @@ import { CowMemory, resolveCowBudget } from './cow-memory.js';
 import { CopyPacer } from './cow-pacer.js';
 import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
-import { isRefused, matchesFilters, refusedSnapshot, toEc2Snapshot, type Ec2Snapshot, type RefusedSnapshot, type ShownSnapshot, type SnapshotFilter } from './snapshot-view.js';
+import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
+import { isRefused, refusedSnapshot, type RefusedSnapshot, type ShownSnapshot } from './refused-snapshot.js';
 import { FilterBudget } from '../util/ec2-filter.js';
 import { openImageDataReader, readImageHeader, type ImageDataReader } from './volume-image.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
 import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { recheckMsOf } from './store-settings.js';
@@ -1055,7 +1056,8 @@ export class SnapshotManager {
           if (!refused) throw e;
         }
         if (refused) {
-          this.refuseDeleteWhileUsed(snapshotId, this.running.has(snapshotId));
+          // Pending as far as this daemon knows: a create or copy of that id it runs (nothing in the manifest is believed).
+          this.refuseDeleteWhileUsed(snapshotId, this.runningManifest(snapshotId) !== undefined);
           const r = await this.o.gc.deleteSnapshot(snapshotId, { refused: true });
           // Readable again by the collector's read (put back meanwhile): judged as it now reads.
           if (r.readable) continue;
