@@ -11,8 +11,9 @@ import { api, detachWhenClosed, settled } from './helpers.js';
  * MAC, is a snapshot in state `error` (DescribeSnapshots by id and in the listing, with a
  * StateMessage and nothing taken from the manifest), CreateVolume and CopySnapshot from it are
  * IncorrectState (400, not InternalFailure), an incremental whose parent it was is taken in full and
- * says so, and DeleteSnapshot removes it, after which the collector frees the blocks only it named
- * and none of the other snapshots'.
+ * says so; while it exists no sweep frees anything, whatever it claims to name; DeleteSnapshot removes
+ * it, after which the collector frees the blocks only it named (and those other deletes left) and
+ * none of the other snapshots'.
  */
 const B = 512 * 1024;
 
@@ -146,16 +147,35 @@ describe('refused snapshot manifests', () => {
     expect(log).toMatch(new RegExp(`"snapshotId":"${snap3}"[^\\n]*${snap2}[^\\n]*refused`));
     expect(await restoredFills(snap3, 3)).toEqual([0x11, 0x44, 0x33]);
 
-    // While the refused manifest exists, nothing it names is freed (a sweep cannot mark past it).
+    // The store writer edits the refused manifest further: it now names another snapshot's block (which a collector
+    // trusting it would keep) and no longer block 1's (which such a collector would free). Still refused, and neither is believed.
+    await writeBlock(4, 0x66);
+    const snap4 = await snapshot();
+    const onlyInSnap4 = hashOf(snap4, 4);
+    const edited = JSON.parse(readFileSync(manifestPath(snap2), 'utf8'));
+    edited.blocks = [[0, shared], [4, onlyInSnap4]];
+    writeFileSync(manifestPath(snap2), `${JSON.stringify(edited)}\n`);
+    expect((await call('DescribeSnapshots', { SnapshotIds: [snap2] })).Snapshots[0].State).toBe('error');
+    // A delete of another snapshot meanwhile takes effect, but frees nothing: no sweep marks past a refused manifest.
+    expect(await call('DeleteSnapshot', { SnapshotId: snap4 })).toEqual({ Return: true });
+    const leftFor = new RegExp(`"snapshotId":"${snap4}"[^\\n]*its blocks are left to a later sweep`);
+    expect(await env.untilLog(leftFor)).toMatch(leftFor);
+    expect(stored(onlyInSnap4)).toBe(true);
     expect(stored(onlyInSnap2)).toBe(true);
+    // `ebsd snapshot ls` shows it in its table, the columns nothing is known of as "-".
+    const table = await env.cli(['snapshot', 'ls', '--output', 'table']);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(new RegExp(`${snap2}\\s+-\\s+error\\s+-\\s+-\\s+-\\s+-`));
 
     // DeleteSnapshot of it succeeds, audited; the snapshot is gone on every read.
     expect(await call('DeleteSnapshot', { SnapshotId: snap2 })).toEqual({ Return: true });
     expect(existsSync(manifestPath(snap2))).toBe(false);
     expect((await failure(call('DescribeSnapshots', { SnapshotIds: [snap2] }))).awsName).toBe('InvalidSnapshot.NotFound');
     expect(auditEvents().find((e) => e.eventName === 'DeleteSnapshot' && e.requestParameters?.snapshotId === snap2)).toMatchObject({ eventSource: 'ec2.amazonaws.com' });
-    // The collector swept: the block only snap-2 named is freed; snap-1's and snap-3's are kept and restore.
+    // The collector swept at once: the block only snap-2 named is freed, and so is the deleted snap-4's, which the
+    // edited manifest claimed; snap-1's and snap-3's are kept and restore.
     expect(stored(onlyInSnap2)).toBe(false);
+    expect(stored(onlyInSnap4)).toBe(false);
     expect(stored(shared)).toBe(true);
     for (const [i, h] of readManifest(snap3).blocks as [number, string][]) expect([i, stored(h)]).toEqual([i, true]);
     expect(await restoredFills(snap1, 2)).toEqual([0x11, 0x00]);
