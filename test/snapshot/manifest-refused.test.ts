@@ -171,7 +171,10 @@ describe('refused snapshot manifests', () => {
     expect(await call('DeleteSnapshot', { SnapshotId: snap2 })).toEqual({ Return: true });
     expect(existsSync(manifestPath(snap2))).toBe(false);
     expect((await failure(call('DescribeSnapshots', { SnapshotIds: [snap2] }))).awsName).toBe('InvalidSnapshot.NotFound');
-    expect(auditEvents().find((e) => e.eventName === 'DeleteSnapshot' && e.requestParameters?.snapshotId === snap2)).toMatchObject({ eventSource: 'ec2.amazonaws.com' });
+    const deleted = auditEvents().find((e) => e.eventName === 'DeleteSnapshot' && e.requestParameters?.snapshotId === snap2);
+    expect(deleted).toMatchObject({ eventSource: 'ec2.amazonaws.com', additionalEventData: { manifestRefused: true } });
+    // Nothing of the manifest is trusted: the event names no volume.
+    expect(deleted.requestParameters.volumeId).toBeUndefined();
     // The collector swept at once: the block only snap-2 named is freed, and so is the deleted snap-4's, which the
     // edited manifest claimed; snap-1's and snap-3's are kept and restore.
     expect(stored(onlyInSnap2)).toBe(false);
