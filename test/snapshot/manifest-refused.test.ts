@@ -132,6 +132,10 @@ describe('refused snapshot manifests', () => {
     const copy = await failure(call('CopySnapshot', { SourceSnapshotId: snap2, SourceRegion: 'us-east-1' }));
     expect([copy.awsName, copy.status]).toEqual(['IncorrectState', 400]);
     expect(copy.message).toContain(snap2);
+    // So is an EBS direct read of it: ValidationException (400) as for any snapshot that is not completed.
+    const ebsList = await failure(env.api('ebs.ListSnapshotBlocks', { SnapshotId: snap2 }));
+    expect([ebsList.awsName, ebsList.status]).toEqual(['ValidationException', 400]);
+    expect(ebsList.message).toContain(`${snap2} is in state error`);
     const cliRestore = await env.cli(['volume', 'create', '--snapshot-id', snap2]);
     expect(cliRestore.code).toBe(6); // conflicting state, not 10 (a service failure to retry)
     expect(cliRestore.stderr).toContain('IncorrectState');
