@@ -31,7 +31,8 @@ const columns: Parameters<typeof table>[1] = [
   ['STATE', (r) => r.State],
   ['PROGRESS', (r) => r.Progress],
   ['SIZE (GiB)', (r) => r.VolumeSize],
-  ['ENCRYPTED', (r) => (r.Encrypted === false ? 'NO' : 'yes')],
+  // Absent on a snapshot whose manifest is refused (State error): nothing of it is known.
+  ['ENCRYPTED', (r) => (r.Encrypted === undefined ? undefined : r.Encrypted === false ? 'NO' : 'yes')],
   ['STARTED', (r) => r.StartTime],
   ['DESCRIPTION', (r) => r.Description],
 ];

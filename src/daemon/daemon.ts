@@ -464,8 +464,8 @@ export class Daemon {
       const cowBudget = resolveCowBudget(cfg.snapshotCowMemoryBytes);
       log.info({ snapshotCowMemoryBytes: cowBudget.bytes, from: cowBudget.from }, `snapshot copy-on-write memory budget ${(cowBudget.bytes / 2 ** 20).toFixed(1)} MiB`);
       snapshots = await SnapshotManager.open({
-        // DescribeSnapshots leaves out (and logs) a manifest it cannot read; the collector (gc) keeps the strict store.
-        store: describingStore(store, (snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest cannot be read: left out of DescribeSnapshots')),
+        // DescribeSnapshots shows (and logs) a manifest it cannot read or trust as a snapshot in `error`; the collector (gc) keeps the strict store.
+        store: describingStore(store, (snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest refused: the snapshot is shown in state error')),
         gc,
         localDir: join(paths.root, 'snapshots-local'),
         volumes: m,

@@ -17,6 +17,7 @@ import {
   type StartSnapshotInput,
 } from '../snapshot/ebs-direct-input.js';
 import type { SnapshotStore, SnapshotSummary } from '../snapshot/types.js';
+import { refusedSnapshot } from '../snapshot/refused-snapshot.js';
 import { deniedEvent, refusalKey, refusalParty } from './audit-events.js';
 import type { RefusalParty } from '../kms/audit/refusal-aggregator.js';
 
@@ -202,10 +203,16 @@ export class EbsApi {
       const ctx = this._common();
       // A snapshot that does not exist is judged on its id alone: refused callers learn nothing of it. Tags that
       // cannot be read fail the call (fail closed): a policy that denies by tag must not be judged without them.
+      // A manifest this daemon refuses to trust has no tags to wait for (they never become readable): judged on
+      // its id alone too, as the EC2 operations judge it, and the operation answers that it is in state error.
       let summary: SnapshotSummary | undefined;
       try {
         summary = await this.o.manifest(id);
       } catch (e) {
+        if (refusedSnapshot(id, e, this.o.accountId)) {
+          targets.push({ action, resource: this.snapshotArn(id), ctx });
+          continue;
+        }
         this.o.log.error({ err: e, op, snapshotId: id }, 'EBS direct API: the snapshot\'s tags could not be read for authorization');
         throw internal(`${op}: the tags of ${id} could not be read for authorization: ${(e as Error)?.message ?? String(e)}`, e);
       }

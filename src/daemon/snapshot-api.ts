@@ -2,7 +2,8 @@ import { ec2Event, safeDetails } from './audit-events.js';
 import type { Caller } from '../kms/types.js';
 import type { SnapshotAuditEvent, SnapshotManager } from '../snapshot/snapshot-manager.js';
 import type { SnapshotManifest } from '../snapshot/types.js';
-import { SNAPSHOT_FILTER_NAMES, page, toEc2Snapshot, type Ec2Snapshot } from '../snapshot/snapshot-view.js';
+import { SNAPSHOT_FILTER_NAMES, page, toEc2Snapshot } from '../snapshot/snapshot-view.js';
+import { isRefused, type RefusedSnapshot, type ShownSnapshot } from '../snapshot/refused-snapshot.js';
 import type { Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
 import {
   Ec2RequestError, TAGS_PER_RESOURCE_MAX, array, dryRun, filterList, invalidValue, object, printable, string, tag, volumeId, type Filter, type Tag,
@@ -163,28 +164,28 @@ export class SnapshotApi {
         const { MaxResults, NextToken, ...query } = req.input;
         // Each named manifest is read once, for the check and the answer: a poll of a snapshot under way
         // reads it while the copy keeps libuv's pool busy, and every read waits behind the copy's.
-        const named = new Map<string, SnapshotManifest | undefined>();
+        const named = new Map<string, SnapshotManifest | RefusedSnapshot | undefined>();
         for (const id of new Set(query.SnapshotIds)) {
-          const m = await snapshots.getManifest(id);
+          const m = await snapshots.getShown(id);
           named.set(id, m);
-          const refusal = m ? authz.checkSnapshot('DescribeSnapshots', toEc2Snapshot(m), caller) : authz.checkSnapshotId('DescribeSnapshots', id, caller);
+          const refusal = m ? judge(authz, 'DescribeSnapshots', m, caller) : authz.checkSnapshotId('DescribeSnapshots', id, caller);
           if (refusal) await deny(refusal, undefined);
         }
         if (req.dryRun) {
           if (!query.SnapshotIds?.length) {
-            const refusal = await authz.checkListingDryRun('DescribeSnapshots', caller, async () => (await snapshots.describeSnapshots(query)).some((m) => authz.checkSnapshot('DescribeSnapshots', toEc2Snapshot(m), caller) === undefined));
+            const refusal = await authz.checkListingDryRun('DescribeSnapshots', caller, async () => (await snapshots.describeSnapshots(query)).some((m) => judge(authz, 'DescribeSnapshots', m, caller) === undefined));
             if (refusal) await deny(refusal, undefined);
           }
           await dry(undefined);
         }
         // Only the snapshots the caller may describe (ec2:DescribeSnapshots, per snapshot).
-        const all: Ec2Snapshot[] = (await snapshots.describeSnapshots(query, named)).map(toEc2Snapshot).filter((s) => authz.checkSnapshot('DescribeSnapshots', s, caller) === undefined);
+        const all = (await snapshots.describeSnapshots(query, named)).filter((m) => judge(authz, 'DescribeSnapshots', m, caller) === undefined).map((m) => toEc2Snapshot(m));
         return page(all, MaxResults, NextToken);
       }
       case 'DeleteSnapshot': {
         const id = req.input.SnapshotId;
-        const m = await snapshots.getManifest(id);
-        const refusal = m ? authz.checkSnapshot('DeleteSnapshot', toEc2Snapshot(m), caller) : authz.checkSnapshotId('DeleteSnapshot', id, caller);
+        const m = await snapshots.getShown(id);
+        const refusal = m ? judge(authz, 'DeleteSnapshot', m, caller) : authz.checkSnapshotId('DeleteSnapshot', id, caller);
         if (refusal) await deny(refusal, undefined);
         if (req.dryRun) await dry(undefined);
         await snapshots.deleteSnapshot(id, caller);
@@ -192,6 +193,15 @@ export class SnapshotApi {
       }
     }
   }
+}
+
+/**
+ * ec2:DescribeSnapshots / ec2:DeleteSnapshot on one snapshot: with its tags, size, encryption and
+ * volume, or, for a snapshot whose manifest is refused (nothing in it trusted), on its id alone, as a
+ * snapshot that cannot be read is judged (Ec2Authorizer.checkSnapshotId).
+ */
+function judge(authz: Ec2Authorizer, op: 'DescribeSnapshots' | 'DeleteSnapshot', m: ShownSnapshot, caller: Caller): UnauthorizedOperation | undefined {
+  return isRefused(m) ? authz.checkSnapshotId(op, m.snapshotId, caller) : authz.checkSnapshot(op, toEc2Snapshot(m), caller);
 }
 
 /** A CloudTrail-shaped event for a snapshot operation or state change (eventSource ec2.amazonaws.com). */

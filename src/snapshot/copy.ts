@@ -16,7 +16,7 @@ import { STORE_REQUESTS_IN_FLIGHT, type BlockPin } from './gc.js';
 import { recheckMsOf } from './store-settings.js';
 import { inParallel } from '../util/in-parallel.js';
 import { reencryptBlock } from './reencrypt.js';
-import { bytesInside, checkedSnapshot, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
+import { bytesInside, checkedSnapshot, readSource, unwrapSnapshotKey, type OpenedSnapshot } from './restore.js';
 import { pipeBlocks } from './block-pipeline.js';
 import { sha256HexOffLoop } from '../util/sha256.js';
 import { dataEncryptionKeyId } from './volume-image.js';
@@ -224,9 +224,16 @@ export class SnapshotCopier {
     recheck.catch(() => {}); // awaited below; a check that fails first must not leave it unhandled
     const release = (await this.o.hold?.(req.SourceSnapshotId)) ?? (() => {});
     try {
-      const src = await this.o.store.getManifest(req.SourceSnapshotId);
+      // A source whose manifest is refused is authorized on its id alone, then refused (IncorrectState, readSource).
+      let refused: unknown;
+      const src = await readSource(this.o.store, req.SourceSnapshotId).catch((e: unknown) => {
+        if (!(e instanceof SnapshotError) || e.code !== 'SNAPSHOT_INCORRECT_STATE') throw e;
+        refused = e;
+        return undefined;
+      });
       const encrypt = copyIsEncrypted(src?.encrypted === true, req, !this.o.allowUnencrypted);
       await authorize?.(src, { encrypted: encrypt });
+      if (refused) throw refused;
       if (!src) throw snapshotNotFound(req.SourceSnapshotId);
       // EC2: "If KmsKeyId is specified, the encrypted state must be true". With encryption by
       // default it is (the copy is encrypted under KmsKeyId); without it, only Encrypted true makes it so.

@@ -25,6 +25,7 @@ import {
 import { BLOCK_TOKEN_TTL_MS, PAGE_TOKEN_TTL_MS, TokenSigner } from './ebs-direct-tokens.js';
 import { SnapshotKeyCache } from './ebs-direct-key-cache.js';
 import { CompletedManifests, type BlockList } from './ebs-direct-manifests.js';
+import { refusedSnapshot } from './refused-snapshot.js';
 import { WakeableSleeps } from '../util/wakeable-sleeps.js';
 import { callerParty } from '../kms/caller-party.js';
 import { putCompletedWaitingForKms } from './manifest-mac.js';
@@ -1087,7 +1088,7 @@ export class EbsDirect {
   private async _manifest(id: string): Promise<SnapshotManifest> {
     // The API takes any `snap-<hex>` up to 64 characters; ebsd's ids are `snap-` + 17 hex, so another is no snapshot here.
     if (!isSnapshotId(id)) throw notFound(id);
-    const m = await this.o.store.getManifest(id);
+    const m = await refusedAsError(id, () => this.o.store.getManifest(id));
     if (!m) throw notFound(id);
     return m;
   }
@@ -1096,7 +1097,7 @@ export class EbsDirect {
   private async _completed(id: string): Promise<Completed> {
     await this._sweep();
     if (!isSnapshotId(id)) throw notFound(id);
-    const s = await this.manifests.get(id);
+    const s = await refusedAsError(id, () => this.manifests.get(id));
     if (!s) throw notFound(id);
     if (!s.blocks) throw validation('INVALID_SNAPSHOT_ID', `${id} is ${s.summary.state}; only a completed snapshot can be read`);
     return { summary: s.summary, blocks: s.blocks };
@@ -1233,5 +1234,20 @@ async function decryptBlock(x: XtsContext, data: Buffer, blockIndex: number): Pr
     }
     if (run >= 0) await x.decrypt(data.subarray(run * SECTOR_SIZE, s * SECTOR_SIZE), (first + run) * 8, XTS_OPTS);
     run = -1;
+  }
+}
+
+/**
+ * A read of `id`'s manifest; one this daemon refuses to trust (refused-snapshot.ts) is a snapshot in
+ * state `error`, answered as any snapshot the call cannot use (ValidationException INVALID_SNAPSHOT_ID,
+ * 400), not as a failure of ours (InternalServerException, which the SDKs retry).
+ */
+async function refusedAsError<T>(id: string, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read();
+  } catch (e) {
+    const r = refusedSnapshot(id, e, '');
+    if (!r) throw e;
+    throw validation('INVALID_SNAPSHOT_ID', `${id} is in state error and cannot be used: ${r.stateMessage}`);
   }
 }

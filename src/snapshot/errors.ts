@@ -42,3 +42,21 @@ export class SnapshotError extends EbsdError {
 
 export const snapshotNotFound = (id: string): SnapshotError =>
   new SnapshotError('SNAPSHOT_NOT_FOUND', `The snapshot '${id}' does not exist.`, { awsName: 'InvalidSnapshot.NotFound' });
+
+/**
+ * Why a signed-manifest check refused a manifest (docs/architecture.md §13.5): it has no
+ * `manifestMac`; the member is not of the shape ebsd writes; the KMS said the MAC does not verify
+ * (or did not answer MacValid true); its content cannot be put in canonical form to be checked.
+ */
+export type ManifestMacRefusal = 'missing' | 'malformed' | 'invalid' | 'uncanonical';
+
+/**
+ * A manifest the signed store refuses (SNAPSHOT_CORRUPT, so every reader that skips or stops on a
+ * corrupt manifest treats it so), with `refusal` saying which check failed. Its message may quote
+ * what the manifest claims (the key it names); `refusal` holds nothing read from it.
+ */
+export class ManifestMacRefused extends SnapshotError {
+  constructor(readonly snapshotId: string, readonly refusal: ManifestMacRefusal, message: string, opts: { cause?: unknown } = {}) {
+    super('SNAPSHOT_CORRUPT', message, opts);
+  }
+}

@@ -3,7 +3,8 @@ import { faultPoint } from '../util/fault-point.js';
 import { silentLogger } from '../util/logger.js';
 import { checkBlockHash, manifestHashes } from './manifest-check.js';
 import { inParallel } from '../util/in-parallel.js';
-import type { BlockHash, SnapshotStore } from './types.js';
+import type { BlockHash, SnapshotManifest, SnapshotStore } from './types.js';
+import { SnapshotError } from './errors.js';
 import { DEFAULT_DELETE_WINDOW_MS } from './store-settings.js';
 
 /** A block as a store lists it for the collector: `modifiedMs` is when it was last put (the store's clock). */
@@ -187,12 +188,28 @@ export class SnapshotGc {
    * every mark; a store that fails) is logged and leaves the blocks to a later
    * sweep, as a crash at that point does, instead of failing a delete that
    * took effect (and its caller's audit event with it).
+   *
+   * A manifest that cannot be trusted (SNAPSHOT_CORRUPT: its MAC refused,
+   * docs/architecture.md §13.5, or unreadable) is removed unread, and the whole
+   * store is swept: its block list is never used to choose what to free (nor,
+   * while it exists, to keep: every mark stops on it), so the sweep, which
+   * marks from the manifests left, frees what only it named. `refused`: the
+   * caller found it so; should this read find it readable after all (put back
+   * meanwhile), nothing is deleted and `readable` says so, for the caller to
+   * judge it as it now reads.
    */
-  deleteSnapshot(snapshotId: string): Promise<{ deleted: boolean; result: SweepResult }> {
+  deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<{ deleted: boolean; readable?: true; result: SweepResult }> {
     return this.serial(async () => {
       const none: SweepResult = { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 };
-      const m = await this.store.getManifest(snapshotId);
+      let m: SnapshotManifest | undefined;
+      try {
+        m = await this.store.getManifest(snapshotId);
+      } catch (err) {
+        if (!(err instanceof SnapshotError) || err.code !== 'SNAPSHOT_CORRUPT') throw err;
+        return { deleted: true, result: await this.removeRefused(snapshotId, none) };
+      }
       if (!m) return { deleted: false, result: none };
+      if (opts.refused) return { deleted: false, readable: true, result: none };
       await this.store.deleteManifest(snapshotId);
       for (const fn of this.deletedListeners) fn(snapshotId);
       faultPoint('gc.after-manifest-delete');
@@ -209,16 +226,34 @@ export class SnapshotGc {
     });
   }
 
+  /** deleteSnapshot of a manifest that cannot be trusted: removed unread, then the store swept (inside serial). */
+  private async removeRefused(snapshotId: string, none: SweepResult): Promise<SweepResult> {
+    await this.store.deleteManifest(snapshotId);
+    for (const fn of this.deletedListeners) fn(snapshotId);
+    try {
+      const result = await this.sweepNow();
+      this.log.info({ snapshotId, ...result }, 'snapshot with a refused manifest deleted; the store swept');
+      return result;
+    } catch (err) {
+      this.log.warn({ snapshotId, store: this.store.location, err }, 'snapshot with a refused manifest deleted; the blocks only it named are left to a later sweep: the store could not be swept now');
+      return none;
+    }
+  }
+
   /** Frees every block no manifest names: orphans of crashes, of deleted snapshots' young blocks, of failed writes. */
   sweep(): Promise<SweepResult> {
     return this.serial(async () => {
-      const now = this.now();
-      const ages = new Map<BlockHash, number>();
-      for await (const b of this.store.listBlocksWithAge()) ages.set(b.hash, b.modifiedMs);
-      const result = await this.collect([...ages.keys()], async () => ages, now);
+      const result = await this.sweepNow();
       if (result.deleted || result.keptYoung || result.keptPinned) this.log.info({ store: this.store.location, ...result }, 'snapshot store swept');
       return result;
     });
+  }
+
+  private async sweepNow(): Promise<SweepResult> {
+    const now = this.now();
+    const ages = new Map<BlockHash, number>();
+    for await (const b of this.store.listBlocksWithAge()) ages.set(b.hash, b.modifiedMs);
+    return this.collect([...ages.keys()], async () => ages, now);
   }
 
   private async collect(hashes: BlockHash[], agesOf: (hs: BlockHash[]) => Promise<Map<BlockHash, number>>, now: number): Promise<SweepResult> {

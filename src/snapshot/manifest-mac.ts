@@ -5,7 +5,7 @@ import { ArgRangeError, EbsdError } from '../util/errors.js';
 import { errInfo, KeyServiceError } from '../volume/errors.js';
 import { backoffDelayMs } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
-import { SnapshotError } from './errors.js';
+import { ManifestMacRefused, SnapshotError, type ManifestMacRefusal } from './errors.js';
 import type { CollectableStore } from './gc.js';
 import { readListedManifests, summaryOf } from './manifest-check.js';
 import type { SnapshotManifest, SnapshotSummary } from './types.js';
@@ -15,8 +15,9 @@ import type { SnapshotManifest, SnapshotSummary } from './types.js';
  * every manifest written carries `manifestMac`, a KMS GenerateMac (HMAC_SHA_256) under an HMAC
  * KMS key, and every manifest read is checked with VerifyMac before anything trusts it. A
  * manifest without it, or with one that does not verify, is SNAPSHOT_CORRUPT, the path every
- * unreadable manifest takes (DescribeSnapshots leaves it out and logs it; restore, copy, the
- * EBS direct APIs refuse it; the collector stops its sweep).
+ * unreadable manifest takes (the snapshot is in state `error`: DescribeSnapshots shows it so and
+ * logs why; restore, copy, the EBS direct APIs refuse it; the collector stops its sweep until a
+ * DeleteSnapshot removes it, unread). ManifestMacRefused says which check failed.
  *
  * What is MACed is a short message (GenerateMac takes at most 4096 bytes, a manifest up to
  * 64 MiB): a domain label, the snapshot id, and the SHA-256 of the manifest's canonical JSON
@@ -249,25 +250,25 @@ export class ManifestSigner {
   async verify(snapshotId: string, m: SnapshotManifest): Promise<void> {
     if (this.verifiedObjects.has(m)) return;
     const { keys, caller, keyArn } = this.ready(snapshotId);
-    const corrupt = (why: string, cause?: unknown): SnapshotError =>
-      new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${snapshotId}: ${why} (docs/architecture.md §13.5)`, cause === undefined ? {} : { cause });
+    const corrupt = (refusal: ManifestMacRefusal, why: string, cause?: unknown): SnapshotError =>
+      new ManifestMacRefused(snapshotId, refusal, `snapshot manifest ${snapshotId}: ${why} (docs/architecture.md §13.5)`, cause === undefined ? {} : { cause });
     const got = macOf(m);
     if (got === undefined) {
-      throw corrupt(`it has no manifest MAC, and this daemon (--snapshot-manifest-key ${keyArn}) trusts only signed manifests`);
+      throw corrupt('missing', `it has no manifest MAC, and this daemon (--snapshot-manifest-key ${keyArn}) trusts only signed manifests`);
     }
-    if (got === 'malformed') throw corrupt(`its manifest MAC is not {keyArn, mac (32 bytes of HMAC_SHA_256 in base64)}`);
+    if (got === 'malformed') throw corrupt('malformed', `its manifest MAC is not {keyArn, mac (32 bytes of HMAC_SHA_256 in base64)}`);
     let digest: string;
     try {
       digest = canonicalDigest(m);
     } catch (e) {
       // A member nested past what the stack holds: not a manifest ebsd wrote.
-      throw corrupt(`its content cannot be put in canonical form for the manifest MAC: ${(e as Error).message}`, e);
+      throw corrupt('uncanonical', `its content cannot be put in canonical form for the manifest MAC: ${(e as Error).message}`, e);
     }
     const seen = `${snapshotId}:${digest}:${got.mac}`;
     const other = got.keyArn !== keyArn ? ` (it names key ${got.keyArn}; this daemon verifies with ${keyArn})` : '';
     const invalid = `its manifest MAC does not verify: the manifest was changed, moved from another snapshot id, or signed with another key${other}`;
     // The same content with the same MAC failed before: it fails again (HMAC is deterministic), without another KMS call.
-    if (this.failed.has(seen)) throw corrupt(invalid);
+    if (this.failed.has(seen)) throw corrupt('invalid', invalid);
     if (!this.verified.has(seen)) {
       let answer: { MacValid?: unknown };
       try {
@@ -276,12 +277,12 @@ export class ManifestSigner {
         const aws = (e as { awsName?: unknown }).awsName;
         if (aws === 'KMSInvalidMacException') {
           this.rememberFailed(seen);
-          throw corrupt(invalid, e);
+          throw corrupt('invalid', invalid, e);
         }
         throw new SnapshotError('SNAPSHOT_STORE', `snapshot manifest ${snapshotId}: cannot check its manifest MAC with ${keyArn}: ${(e as Error).message}`, { cause: e });
       }
       // VerifyMac answers MacValid true or throws; any other answer is not a verification.
-      if (answer?.MacValid !== true) throw corrupt(`${invalid}; VerifyMac answered MacValid ${JSON.stringify(answer?.MacValid) ?? 'undefined'}`);
+      if (answer?.MacValid !== true) throw corrupt('invalid', `${invalid}; VerifyMac answered MacValid ${JSON.stringify(answer?.MacValid) ?? 'undefined'}`);
     }
     this.remember(seen);
     if (Object.isFrozen(m)) this.verifiedObjects.add(m);

@@ -153,7 +153,7 @@ export class PendingMarkers {
  */
 function whyNotSettled(e: unknown): string {
   if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') {
-    return 'its manifest in the store is refused (see err; with --snapshot-manifest-key a manifest without a MAC or whose MAC does not verify, docs/architecture.md §13.5), which waiting does not change';
+    return 'its manifest in the store is refused (see err; with --snapshot-manifest-key a manifest without a MAC or whose MAC does not verify, docs/architecture.md §13.5), which waiting does not change: the snapshot is in state error, and once DeleteSnapshot removes it the next try lets the marker go';
   }
   for (let x = e as { cause?: unknown } | undefined, depth = 0; x && depth < 8; x = x.cause as typeof x, depth++) {
     // With --snapshot-manifest-key the write needs a MAC: the KMS, not the store, is what failed.

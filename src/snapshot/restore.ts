@@ -17,6 +17,7 @@ import { reencryptBlock } from './reencrypt.js';
 import { newPipelineStats, pipeBlocks, type PipelineStats } from './block-pipeline.js';
 import { ImageWriter, type ImageWriterOptions, type ImageWriterStats } from './image-writer.js';
 import { SNAPSHOT_BLOCK_BYTES, type SnapshotManifest, type SnapshotStore } from './types.js';
+import { refusedSnapshot, refusedSourceError } from './refused-snapshot.js';
 
 /** CreateVolume with SnapshotId: Size may be left out (the snapshot's size is taken). */
 export interface RestoreVolumeRequest extends Omit<CreateVolumeRequest, 'Size'> {
@@ -304,7 +305,22 @@ export class SnapshotRestore {
  * header must read back as written and say the same as the manifest.
  */
 export async function openSnapshot(store: SnapshotStore, snapshotId: string): Promise<OpenedSnapshot> {
-  return checkedSnapshot(store, snapshotId, await store.getManifest(snapshotId));
+  return checkedSnapshot(store, snapshotId, await readSource(store, snapshotId));
+}
+
+/**
+ * The manifest of a restore's or copy's source (undefined: none). One the store holds but this daemon
+ * refuses to trust (its manifest MAC, docs/architecture.md §13.5; its JSON, §13) is a snapshot in
+ * `error`, refused as any snapshot not `completed` is: IncorrectState, naming it and why, not a
+ * failure of ours (an InternalFailure the SDKs would retry).
+ */
+export async function readSource(store: SnapshotStore, snapshotId: string): Promise<SnapshotManifest | undefined> {
+  try {
+    return await store.getManifest(snapshotId);
+  } catch (e) {
+    const r = refusedSnapshot(snapshotId, e, '');
+    throw r ? refusedSourceError(r, e) : e;
+  }
 }
 
 /** openSnapshot for a manifest already read (`undefined`: it does not exist). */

@@ -21,9 +21,10 @@ import { CopyPacer } from './cow-pacer.js';
 import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
+import { isRefused, refusedSnapshot, type RefusedSnapshot, type ShownSnapshot } from './refused-snapshot.js';
 import { FilterBudget } from '../util/ec2-filter.js';
 import { openImageDataReader, readImageHeader, type ImageDataReader } from './volume-image.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore, type SnapshotSummary } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
 import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { recheckMsOf } from './store-settings.js';
@@ -533,17 +534,29 @@ export class SnapshotManager {
    */
   private async parentOf(volumeId: string, dek: string | undefined, run: RunningCreate, base: string | undefined): Promise<SnapshotManifest | undefined> {
     if (base) {
-      const m = await this.o.store.getManifest(base).catch(() => undefined);
+      const m = await this.o.store.getManifest(base).catch((err: unknown) => {
+        // Refused (docs/architecture.md §13.5): never a parent, whose block list nothing may trust. Said, since the
+        // snapshot then reads every block (against an older parent found below, or none: a full snapshot).
+        if (refusedSnapshot(base, err, this.o.accountId)) {
+          this.log.warn({ snapshotId: run.snapshotId, volumeId, parentSnapshotId: base, err: errInfo(err) }, `the parent snapshot ${base} has a refused manifest (the snapshot it stands for is in state error): this snapshot is not incremental against it and reads every block`);
+        }
+        return undefined;
+      });
       if (m && m.volumeId === volumeId && m.state === 'completed' && m.dataEncryptionKeyId === dek) return this.pinParent(m, run);
     }
     // Read one by one, keeping only the latest match's id: not every manifest's block list at once (listManifests).
     const best = { id: '', startTime: '' };
+    const refused: string[] = [];
     await inParallel(await this.o.store.listManifestIds(), MARK_READERS, async (id) => {
-      // Corrupt: left out, as DescribeSnapshots leaves it out; a store error fails the create.
-      const m = await skipCorrupt(id, () => this.o.store.getManifest(id), () => {});
+      // Corrupt: left out (its volume is unknown: nothing in it is trusted); a store error fails the create.
+      const m = await skipCorrupt(id, () => this.o.store.getManifest(id), (rid) => void refused.push(rid));
       if (!m || m.volumeId !== volumeId || m.state !== 'completed' || m.dataEncryptionKeyId !== dek) return;
       if (!best.id || m.startTime > best.startTime || (m.startTime === best.startTime && m.snapshotId < best.id)) Object.assign(best, { id: m.snapshotId, startTime: m.startTime });
     });
+    const others = refused.filter((id) => id !== base);
+    if (others.length) {
+      this.log.warn({ snapshotId: run.snapshotId, volumeId, refused: others.slice(0, 20) }, 'snapshots with refused manifests were not considered as this snapshot\'s parent (whose volume they are for is not known); if one was its latest, this snapshot reads every block');
+    }
     if (!best.id) return undefined;
     const m = await this.o.store.getManifest(best.id);
     return m ? this.pinParent(m, run) : undefined;
@@ -957,24 +970,31 @@ export class SnapshotManager {
   /**
    * Every snapshot in the store matching the ids and filters; an id that does not exist is InvalidSnapshot.NotFound.
    * SnapshotIds scopes the listing to a set of snapshots, as EC2's does: one named twice is listed once.
-   * `read`: manifests of named ids the caller has just read (undefined: not found), used instead of reading them again.
+   * A manifest this daemon refuses to trust is a snapshot in `error` (RefusedSnapshot), by id and in the listing.
+   * `read`: manifests of named ids the caller has just read (getShown; undefined: not found), used instead of reading them again.
    */
-  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }, read?: ReadonlyMap<string, SnapshotManifest | undefined>): Promise<SnapshotSummary[]> {
+  async describeSnapshots(q: { SnapshotIds?: string[]; Filters?: SnapshotFilter[]; OwnerIds?: string[] }, read?: ReadonlyMap<string, SnapshotManifest | RefusedSnapshot | undefined>): Promise<ShownSnapshot[]> {
     // Summaries: each manifest's block list is dropped once read, so a listing holds no block lists.
-    let all: SnapshotSummary[];
+    let all: ShownSnapshot[];
     if (q.SnapshotIds?.length) {
       all = [];
       for (const id of new Set(q.SnapshotIds)) {
-        const m = read?.has(id) ? read.get(id) : await this.getManifest(id);
+        const m = read?.has(id) ? read.get(id) : await this.getShown(id);
         if (!m) throw snapshotNotFound(id);
-        all.push(summaryOf(m));
+        all.push(isRefused(m) ? m : summaryOf(m));
       }
     } else {
+      const refused: RefusedSnapshot[] = [];
+      const onCorrupt = (id: string, e: SnapshotError): void => {
+        const r = refusedSnapshot(id, e, this.o.accountId);
+        if (r) refused.push(r);
+      };
       // A create this daemon runs as it answers it by id (its point in time as StartTime, as soon as it is taken).
-      all = (await this.o.store.listManifestSummaries()).map((m) => {
+      all = (await this.o.store.listManifestSummaries({ onCorrupt })).map((m) => {
         const shown = this.runningManifest(m.snapshotId);
         return shown ? summaryOf(shown) : m;
       });
+      all.push(...refused);
     }
     const owners = q.OwnerIds?.map((o) => (o === 'self' ? this.o.accountId : o));
     const budget = new FilterBudget(); // one per request (ec2-filter.ts)
@@ -987,6 +1007,22 @@ export class SnapshotManager {
    */
   async getManifest(snapshotId: string): Promise<SnapshotManifest | undefined> {
     return this.runningManifest(snapshotId) ?? this.o.store.getManifest(snapshotId);
+  }
+
+  /**
+   * getManifest, but a manifest the store holds and this daemon refuses to trust (SNAPSHOT_CORRUPT:
+   * its MAC, docs/architecture.md §13.5, or its JSON, §13) is the snapshot in `error` it stands for,
+   * with nothing taken from it but its id; any other failure (the store, the KMS) is thrown.
+   */
+  async getShown(snapshotId: string): Promise<SnapshotManifest | RefusedSnapshot | undefined> {
+    try {
+      return await this.getManifest(snapshotId);
+    } catch (e) {
+      const r = refusedSnapshot(snapshotId, e, this.o.accountId);
+      if (!r) throw e;
+      this.log.warn({ snapshotId, store: this.o.store.location, err: errInfo(e) }, 'snapshot manifest refused: the snapshot is shown in state error');
+      return r;
+    }
   }
 
   /** A create or copy this daemon runs, as DescribeSnapshots shows it (no store read); undefined for any other. */
@@ -1003,26 +1039,57 @@ export class SnapshotManager {
    * DeleteSnapshot: refused while pending (IncorrectState) or while a
    * restore or copy reads it (InvalidSnapshot.InUse); then the manifest goes,
    * and garbage collection frees the blocks no other snapshot references.
+   * A snapshot whose manifest is refused (getShown) is deleted too, its state
+   * judged only by what this daemon knows (a create or copy it runs, a hold):
+   * the manifest is removed unread and the store swept (SnapshotGc.deleteSnapshot),
+   * so nothing its block list says is used to keep or free anything.
    */
   async deleteSnapshot(snapshotId: string, caller: Caller): Promise<void> {
     await this.deleting.run(snapshotId, async () => {
-      const m = await this.o.store.getManifest(snapshotId);
-      if (!m) throw snapshotNotFound(snapshotId);
-      // DescribeSnapshots shows `completed` (or `error`) as soon as that manifest is durable, a moment before the
-      // run lets go of its pins: a delete in that moment waits for it instead of calling the snapshot pending.
-      const run = this.running.get(snapshotId);
-      if (run && m.state !== 'pending') await run.settled;
-      if (m.state === 'pending' || this.running.has(snapshotId)) {
-        throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The snapshot '${snapshotId}' is pending; delete it once it is completed or error.`, { awsName: 'IncorrectState' });
+      for (;;) {
+        let m: SnapshotManifest | undefined;
+        let refused: RefusedSnapshot | undefined;
+        try {
+          m = await this.o.store.getManifest(snapshotId);
+        } catch (e) {
+          refused = refusedSnapshot(snapshotId, e, this.o.accountId);
+          if (!refused) throw e;
+        }
+        if (refused) {
+          // Pending as far as this daemon knows: a create or copy of that id it runs (nothing in the manifest is believed).
+          this.refuseDeleteWhileUsed(snapshotId, this.runningManifest(snapshotId) !== undefined);
+          const r = await this.o.gc.deleteSnapshot(snapshotId, { refused: true });
+          // Readable again by the collector's read (put back meanwhile): judged as it now reads.
+          if (r.readable) continue;
+          if (!r.deleted) throw snapshotNotFound(snapshotId);
+          // Nothing of the manifest is trusted, so the event names no volume.
+          this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, principal: caller.arn, details: { manifestRefused: true } });
+          this.log.info({ snapshotId }, 'snapshot deleted: its manifest was refused (removed unread; the store swept)');
+          return;
+        }
+        if (!m) throw snapshotNotFound(snapshotId);
+        // DescribeSnapshots shows `completed` (or `error`) as soon as that manifest is durable, a moment before the
+        // run lets go of its pins: a delete in that moment waits for it instead of calling the snapshot pending.
+        const run = this.running.get(snapshotId);
+        if (run && m.state !== 'pending') await run.settled;
+        this.refuseDeleteWhileUsed(snapshotId, m.state === 'pending' || this.running.has(snapshotId));
+        // Manifest first (durably), then the blocks only it named: a crash between leaves orphans for a sweep.
+        await this.o.gc.deleteSnapshot(snapshotId);
+        this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, volumeId: m.volumeId, principal: caller.arn });
+        this.log.info({ snapshotId, volumeId: m.volumeId }, 'snapshot deleted');
+        return;
       }
-      if ((this.holds.get(snapshotId) ?? 0) > 0) {
-        throw new SnapshotError('SNAPSHOT_IN_USE', `The snapshot '${snapshotId}' is currently in use (a volume is being created from it, or it is being copied).`, { awsName: 'InvalidSnapshot.InUse' });
-      }
-      // Manifest first (durably), then the blocks only it named: a crash between leaves orphans for a sweep.
-      await this.o.gc.deleteSnapshot(snapshotId);
-      this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, volumeId: m.volumeId, principal: caller.arn });
-      this.log.info({ snapshotId, volumeId: m.volumeId }, 'snapshot deleted');
     });
+  }
+
+  /** DeleteSnapshot's refusals: a snapshot `pending` (IncorrectState), one a restore or copy reads (InvalidSnapshot.InUse). */
+  private refuseDeleteWhileUsed(snapshotId: string, pending: boolean): void {
+    if (pending) {
+      throw new SnapshotError('SNAPSHOT_INCORRECT_STATE', `The snapshot '${snapshotId}' is pending; delete it once it is completed or error.`, { awsName: 'IncorrectState' });
+    }
+    if ((this.holds.get(snapshotId) ?? 0) > 0) {
+      throw new SnapshotError('SNAPSHOT_IN_USE', `The snapshot '${snapshotId}' is currently in use (a volume is being created from it, or it is being copied).`, { awsName: 'InvalidSnapshot.InUse' });
+    }
   }
 
   /**

@@ -1,5 +1,6 @@
 import type { SnapshotManifest, SnapshotStore, SnapshotSummary } from './types.js';
 import { SnapshotError } from './errors.js';
+import { isRefused, type ShownSnapshot } from './refused-snapshot.js';
 import { filterMatcher, FilterTooCostlyError, type FilterBudget } from '../util/ec2-filter.js';
 
 /**
@@ -39,7 +40,13 @@ export interface Ec2Snapshot {
  */
 export const NO_VOLUME_ID = 'vol-ffffffff';
 
-export function toEc2Snapshot(m: SnapshotSummary): Ec2Snapshot {
+/** EC2's Snapshot shape of a RefusedSnapshot: what is known without trusting the manifest, nothing else. */
+export type Ec2RefusedSnapshot = Pick<Ec2Snapshot, 'SnapshotId' | 'OwnerId' | 'StorageTier'> & { State: 'error'; StateMessage: string };
+
+export function toEc2Snapshot(m: SnapshotSummary): Ec2Snapshot;
+export function toEc2Snapshot(m: ShownSnapshot): Ec2Snapshot | Ec2RefusedSnapshot;
+export function toEc2Snapshot(m: ShownSnapshot): Ec2Snapshot | Ec2RefusedSnapshot {
+  if (isRefused(m)) return { SnapshotId: m.snapshotId, State: 'error', StateMessage: m.stateMessage, OwnerId: m.ownerId, StorageTier: 'standard' };
   return {
     SnapshotId: m.snapshotId,
     VolumeId: m.transferType !== undefined ? NO_VOLUME_ID : m.volumeId || NO_VOLUME_ID,
@@ -76,7 +83,7 @@ export interface SnapshotFilter {
 }
 
 /** True when `m` passes every filter (filters AND, values of one filter OR, as EC2). */
-export function matchesFilters(m: SnapshotSummary, filters: readonly SnapshotFilter[], budget?: FilterBudget): boolean {
+export function matchesFilters(m: ShownSnapshot, filters: readonly SnapshotFilter[], budget?: FilterBudget): boolean {
   try {
     return matchesAll(m, filters, budget);
   } catch (e) {
@@ -85,13 +92,15 @@ export function matchesFilters(m: SnapshotSummary, filters: readonly SnapshotFil
   }
 }
 
-function matchesAll(m: SnapshotSummary, filters: readonly SnapshotFilter[], budget: FilterBudget | undefined): boolean {
-  const s = toEc2Snapshot(m);
+function matchesAll(m: ShownSnapshot, filters: readonly SnapshotFilter[], budget: FilterBudget | undefined): boolean {
+  // A refused snapshot has only its id, state, owner and tier: a filter on anything else matches no value of it.
+  const s: Partial<Ec2Snapshot> = toEc2Snapshot(m);
   return filters.every((f) => {
-    const ok = filterMatcher(f.Values, budget);
+    const match = filterMatcher(f.Values, budget);
+    const ok = (v: string | undefined): boolean => v !== undefined && match(v);
     switch (f.Name) {
       case 'description': return ok(s.Description);
-      case 'encrypted': return ok(String(s.Encrypted));
+      case 'encrypted': return s.Encrypted !== undefined && ok(String(s.Encrypted));
       // An alias from Amazon's list (`amazon`) for snapshots Amazon owns: an ebsd snapshot has none, so it matches nothing.
       case 'owner-alias': return false;
       case 'owner-id': return ok(s.OwnerId);
@@ -100,14 +109,14 @@ function matchesAll(m: SnapshotSummary, filters: readonly SnapshotFilter[], budg
       case 'start-time': return ok(s.StartTime);
       case 'status': return ok(s.State);
       case 'storage-tier': return ok(s.StorageTier);
-      case 'tag-key': return s.Tags.some((t) => ok(t.Key));
+      case 'tag-key': return (s.Tags ?? []).some((t) => ok(t.Key));
       // TransferType, which EC2 shows on copies only: a snapshot without it matches no value, as owner-alias.
       case 'transfer-type': return s.TransferType !== undefined && ok(s.TransferType);
       case 'volume-id': return ok(s.VolumeId);
-      case 'volume-size': return ok(String(s.VolumeSize));
-      case 'kms-key-id': return ok(s.KmsKeyId ?? '');
+      case 'volume-size': return s.VolumeSize !== undefined && ok(String(s.VolumeSize));
+      case 'kms-key-id': return s.Encrypted !== undefined && ok(s.KmsKeyId ?? '');
       default:
-        if (f.Name.startsWith('tag:')) return s.Tags.some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
+        if (f.Name.startsWith('tag:')) return (s.Tags ?? []).some((t) => t.Key === f.Name.slice(4) && ok(t.Value));
         throw new SnapshotError('SNAPSHOT_INVALID_PARAMETER', `The filter '${f.Name}' is invalid`, { awsName: 'InvalidParameterValue' });
     }
   });
@@ -126,15 +135,24 @@ export function page<T extends { SnapshotId: string }>(all: T[], maxResults: num
 /**
  * The store as DescribeSnapshots lists it: a manifest that cannot be read (a
  * shared store holds what any writer put there) is reported to `onCorrupt`
- * and left out, so one bad object does not fail every caller's listing.
+ * (the daemon logs it) and to the caller's own `onCorrupt`, if it gave one
+ * (SnapshotManager shows it as a RefusedSnapshot), and left out of the
+ * manifests, so one bad object does not fail every caller's listing.
  * Everything else is the store's; the collector keeps the store itself,
  * whose listing throws on such a manifest (no sweep on a partial mark).
  */
 export function describingStore(store: SnapshotStore, onCorrupt: (snapshotId: string, err: SnapshotError) => void): SnapshotStore {
+  type Opts = { onCorrupt?: (snapshotId: string, err: SnapshotError) => void } | undefined;
+  const both = (opts: Opts) => ({
+    onCorrupt: (id: string, err: SnapshotError) => {
+      onCorrupt(id, err);
+      opts?.onCorrupt?.(id, err);
+    },
+  });
   return new Proxy(store, {
     get(target, prop) {
-      if (prop === 'listManifests') return () => target.listManifests({ onCorrupt });
-      if (prop === 'listManifestSummaries') return () => target.listManifestSummaries({ onCorrupt });
+      if (prop === 'listManifests') return (opts: Opts) => target.listManifests(both(opts));
+      if (prop === 'listManifestSummaries') return (opts: Opts) => target.listManifestSummaries(both(opts));
       const v: unknown = Reflect.get(target, prop, target);
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },

@@ -10,7 +10,7 @@ import { api, asUid, detachWhenClosed, settled } from './helpers.js';
  * Signed snapshot manifests (--snapshot-manifest-key, src/snapshot/manifest-mac.ts) through
  * the real daemon, its embedded KMS and FUSE: a manifest rolled back to an older snapshot's
  * block list (snap-1's manifest re-labelled as snap-2) is refused naming the manifest MAC by
- * DescribeSnapshots and a restore, while an untouched snapshot restores its data; without the
+ * DescribeSnapshots (shown in state error) and a restore, while an untouched snapshot restores its data; without the
  * flag the same edit goes unseen (the old behaviour); a key that is not an HMAC key stops the
  * start; sign-manifests signs unsigned manifests once and never blesses a wrong MAC.
  */
@@ -106,10 +106,10 @@ describe('signed snapshot manifests', () => {
     expect(readManifest(snap2).blocks).not.toEqual(readManifest(snap1).blocks);
 
     rollBack(snap1, snap2);
-    // DescribeSnapshots leaves it out (as any unreadable manifest) and the log names the MAC.
-    const listed = (await call('DescribeSnapshots', {})).Snapshots.map((s: any) => s.SnapshotId);
-    expect(listed).toContain(snap1);
-    expect(listed).not.toContain(snap2);
+    // DescribeSnapshots shows it in state error, nothing taken from it (manifest-refused.test.ts), and the log names the MAC.
+    const listed = (await call('DescribeSnapshots', {})).Snapshots.map((s: any) => [s.SnapshotId, s.State]);
+    expect(listed).toContainEqual([snap1, 'completed']);
+    expect(listed).toContainEqual([snap2, 'error']);
     expect(await env.untilLog(`manifest ${snap2}: its manifest MAC does not verify`)).toContain('manifest MAC does not verify');
     // A restore of it is refused, naming the snapshot and the MAC.
     const refused = await failure(call('CreateVolume', { SnapshotId: snap2 }));
@@ -136,7 +136,7 @@ describe('signed snapshot manifests', () => {
     const unsigned = readManifest(snap1);
     delete unsigned.manifestMac;
     writeFileSync(manifestPath(snap1), `${JSON.stringify(unsigned)}\n`);
-    expect((await call('DescribeSnapshots', {})).Snapshots).toEqual([]);
+    expect((await call('DescribeSnapshots', {})).Snapshots.map((s: any) => s.State)).toEqual(['error', 'error']);
     const noMac = (await failure(call('CreateVolume', { SnapshotId: snap1 }))).message;
     expect(noMac).toContain('has no manifest MAC');
     // It names §13.5, not sign-manifests: a manifest stripped of its MAC is exactly what signing must not bless unreviewed.
@@ -185,7 +185,7 @@ describe('signed snapshot manifests', () => {
     expect(r.Signed).toEqual([snap1]);
     expect(r.Refused.map((x: any) => x.SnapshotId)).toEqual([snap2]);
     expect(r.Refused[0].Message).toContain('manifest MAC does not verify');
-    expect((await call('DescribeSnapshots', {})).Snapshots.map((s: any) => s.SnapshotId)).toEqual([snap1]);
+    expect((await call('DescribeSnapshots', { Filters: [{ Name: 'status', Values: ['completed'] }] })).Snapshots.map((s: any) => s.SnapshotId)).toEqual([snap1]);
     expect(readManifest(snap1).manifestMac.keyArn).toBe(macKey);
     expect(readManifest(snap1).description).toBe('edited after the review');
     // Recorded before it signed: who asked, the key, what it was about to trust (ids and digests) and what stays refused.
