@@ -125,7 +125,7 @@ export class EbsApi {
         case 'GetSnapshotBlock': out = await d.getSnapshotBlock(req.input, caller); break;
         case 'StartSnapshot': out = await d.startSnapshot(req.input, caller); break;
         case 'PutSnapshotBlock': out = await d.putSnapshotBlock(req.input, caller); break;
-        case 'CompleteSnapshot': out = await d.completeSnapshot(req.input); break;
+        case 'CompleteSnapshot': out = await d.completeSnapshot(req.input, caller); break;
       }
     } catch (e) {
       // The store's and anything else's failures are EBS's InternalServerException, naming what failed.

@@ -202,6 +202,8 @@ export interface EbsDirectOptions {
 interface Completion {
   changedBlocksCount: number;
   checksum: string;
+  /** The party that began the snapshot (Pending.owner): only its Checksum is compared (checksumOracle). */
+  owner: string;
 }
 
 /** A completed snapshot as the read APIs serve it (ebs-direct-manifests.ts). */
@@ -246,6 +248,18 @@ interface Pending {
   lastPutMs: number;
   /** On a shared store, the store's recheckMs (store-settings.ts), read at StartSnapshot; 0 on a store only this daemon writes. */
   recheckMs: number;
+}
+
+/**
+ * A CompleteSnapshot's Checksum is compared only for the party that began the snapshot (StartSnapshot's caller,
+ * callerParty), which wrote its blocks and knows their plaintext. The checksum is a digest of the blocks' plaintext
+ * digests: compared for anyone allowed ebs:CompleteSnapshot, every refusal and every `completed` would answer a
+ * guess at an encrypted snapshot's content for a caller who may not decrypt it (no kms:Decrypt), as often as asked.
+ * Another party's Checksum is refused unread, the same answer whatever it holds.
+ */
+function refuseChecksumOfOthers(i: CompleteSnapshotInput, owner: string, party: string): void {
+  if (party === owner) return;
+  throw validation('INVALID_PARAMETER_VALUE', `${i.SnapshotId} was begun by another identity: a CompleteSnapshot's Checksum is compared only for the identity that called StartSnapshot (its sessions included), and was not read; complete it without Checksum`);
 }
 
 export class EbsDirect {
@@ -712,11 +726,12 @@ export class EbsDirect {
    * completed, `completed`. One that asks for something else is refused,
    * naming what differs (docs/architecture.md §15, "Repeated CompleteSnapshot").
    */
-  async completeSnapshot(i: CompleteSnapshotInput): Promise<Record<string, unknown>> {
+  async completeSnapshot(i: CompleteSnapshotInput, caller: Caller): Promise<Record<string, unknown>> {
     await this._sweep();
+    const party = callerParty(caller);
     const p = this.pending.get(i.SnapshotId);
-    if (p?.completion) return this._repeatWhileCompleting(p.completion, i);
-    if (!p) return this._repeatOfCompleted(i);
+    if (p?.completion) return this._repeatWhileCompleting(p.completion, i, party);
+    if (!p) return this._repeatOfCompleted(i, party);
     // From here to `completing`, synchronous: no put or other completion runs between the checks and the seal.
     if (p.inflight.size > 0) throw validation('CONFLICTING_BLOCK_UPDATE', `${p.inflight.size} block(s) of ${i.SnapshotId} are still being written`);
     if (i.ChangedBlocksCount !== p.written.size) {
@@ -726,10 +741,11 @@ export class EbsDirect {
     const agg = createHash('sha256');
     for (const x of order) agg.update(p.written.get(x)!);
     const checksum = agg.digest('base64');
+    if (i.Checksum !== undefined) refuseChecksumOfOthers(i, p.owner, party);
     if (i.Checksum !== undefined && checksum !== i.Checksum) {
       throw validation('INVALID_PARAMETER_VALUE', `Checksum (SHA256, LINEAR over ${order.length} block checksums in index order) does not match what was written to ${i.SnapshotId}; the snapshot stays pending`);
     }
-    const asked: Completion = { changedBlocksCount: p.written.size, checksum };
+    const asked: Completion = { changedBlocksCount: p.written.size, checksum, owner: p.owner };
     p.completing = true;
     this._cancelSave(p);
     const answer = this._seal(p, asked);
@@ -765,8 +781,12 @@ export class EbsDirect {
     } catch (e) {
       p.completing = false;
       p.completion = undefined;
+      // Its Timeout counts again, from now: a completion begun just before the deadline that failed after it (a KMS
+      // wait lasts up to 2 minutes) leaves the snapshot pending, as documented, for the caller to retry; the sweep
+      // would otherwise end it at once, as one abandoned.
+      p.deadline = Math.max(p.deadline, this.now() + p.timeoutMs);
       if (p.dirty && !this.closed) this._scheduleSave(p);
-      this._armSweep(); // its Timeout counts again
+      this._armSweep();
       throw e;
     }
     this.pending.delete(id);
@@ -788,7 +808,8 @@ export class EbsDirect {
    * ChecksumAlgorithm and ChecksumAggregationMethod have one value each (SHA256, LINEAR: ebs-direct-input.ts refuses
    * any other), the ones every completion's checksum is made with, so a repeat that gives them always agrees.
    */
-  private _differences(i: CompleteSnapshotInput, done: Completion): string[] {
+  private _differences(i: CompleteSnapshotInput, done: Completion, party: string): string[] {
+    if (i.Checksum !== undefined) refuseChecksumOfOthers(i, done.owner, party);
     const d: string[] = [];
     if (i.ChangedBlocksCount !== done.changedBlocksCount) d.push(`ChangedBlocksCount is ${i.ChangedBlocksCount}, not ${done.changedBlocksCount}`);
     if (i.Checksum !== undefined && i.Checksum !== done.checksum) d.push(`Checksum is not the LINEAR checksum of the ${done.changedBlocksCount} block(s) it sealed`);
@@ -796,8 +817,8 @@ export class EbsDirect {
   }
 
   /** A CompleteSnapshot while another is completing the snapshot: the same request shares that one's answer. */
-  private _repeatWhileCompleting(c: NonNullable<Pending['completion']>, i: CompleteSnapshotInput): Promise<Record<string, unknown>> {
-    const d = this._differences(i, c.asked);
+  private _repeatWhileCompleting(c: NonNullable<Pending['completion']>, i: CompleteSnapshotInput, party: string): Promise<Record<string, unknown>> {
+    const d = this._differences(i, c.asked, party);
     if (d.length) {
       throw validation('INVALID_PARAMETER_VALUE', `${i.SnapshotId} is being completed by a CompleteSnapshot with ChangedBlocksCount ${c.asked.changedBlocksCount}; this one asks for something else (${d.join('; ')}), so it is refused`);
     }
@@ -812,14 +833,14 @@ export class EbsDirect {
    * blocks' plaintext digests are kept in memory only, never in the store), so a repeat with one is refused, saying
    * so. Anything else is refused as not pending, as before.
    */
-  private async _repeatOfCompleted(i: CompleteSnapshotInput): Promise<Record<string, unknown>> {
+  private async _repeatOfCompleted(i: CompleteSnapshotInput, party: string): Promise<Record<string, unknown>> {
     const id = i.SnapshotId;
     const m = await this._manifest(id);
     const done = this.completedBy.get(id);
     // Begun with StartSnapshot: no source volume, and not a copy (types.ts).
     const begunHere = m.volumeId === '' && m.transferType === undefined && m.changedBlocks !== undefined;
     if (m.state === 'completed' && done) {
-      const d = this._differences(i, done);
+      const d = this._differences(i, done, party);
       if (d.length) throw validation('INVALID_PARAMETER_VALUE', `${id} is already completed, by a CompleteSnapshot with ChangedBlocksCount ${done.changedBlocksCount}; this one asks for something else (${d.join('; ')}), so it is refused`);
       return { Status: 'completed' };
     }

@@ -116,7 +116,7 @@ describe('EBS direct CompleteSnapshot whose manifest MAC meets a KMS that does n
     kmsStop();
     let completing: Promise<Record<string, unknown>>;
     try {
-      completing = direct!.completeSnapshot(complete);
+      completing = direct!.completeSnapshot(complete, host);
       let failed: Error | undefined;
       completing.catch((e: Error) => { failed = e; });
       // Its GenerateMac went unanswered: the completion now waits with back-off rather than failing.
@@ -125,7 +125,7 @@ describe('EBS direct CompleteSnapshot whose manifest MAC meets a KMS that does n
         return logged(waiting) > 0 ? true : undefined;
       }, 30_000);
       // A repeat of the call meanwhile (a client whose request timed out) waits for the same completion.
-      const repeat = direct!.completeSnapshot(complete);
+      const repeat = direct!.completeSnapshot(complete, host);
       repeat.catch(() => {});
       // Still pending, not failed, while it waits.
       expect(direct!.pendingManifest(snap)?.state).toBe('pending');
@@ -153,14 +153,14 @@ describe('EBS direct CompleteSnapshot whose manifest MAC meets a KMS that does n
     const before = logged(waiting);
     await a.api('TrentService.DisableKey', { KeyId: macKey });
     try {
-      const e = await direct!.completeSnapshot(complete).then(() => undefined, (x: Error) => x);
+      const e = await direct!.completeSnapshot(complete, host).then(() => undefined, (x: Error) => x);
       expect(e?.message).toMatch(/DisabledException|disabled/i);
       expect(logged(waiting)).toBe(before);
       expect(direct!.pendingManifest(snap)).toBeDefined();
     } finally {
       await a.api('TrentService.EnableKey', { KeyId: macKey });
     }
-    expect(await direct!.completeSnapshot(complete)).toEqual({ Status: 'completed' });
+    expect(await direct!.completeSnapshot(complete, host)).toEqual({ Status: 'completed' });
     expect((await store.getManifest(snap))!.state).toBe('completed');
   }, 60_000);
 
@@ -171,14 +171,14 @@ describe('EBS direct CompleteSnapshot whose manifest MAC meets a KMS that does n
     const shared = signedManifests(rawS3, signer);
     sharedDirect = new EbsDirect({ store: shared, pendingDir: join(t!.dir, 'pending-s3'), keys: keys!, xts: selectXtsEngine('auto'), accountId: account, region: 'us-east-1', allowUnencrypted: true, log });
     const parent = await upload(sharedDirect, { indexes: [0, 1] });
-    expect(await sharedDirect.completeSnapshot(parent.complete)).toEqual({ Status: 'completed' });
+    expect(await sharedDirect.completeSnapshot(parent.complete, host)).toEqual({ Status: 'completed' });
     const [, inherited] = (await shared.getManifest(parent.snap))!.blocks.find(([i]) => i === 0)!;
     const child = await upload(sharedDirect, { parent: parent.snap, indexes: [1] });
     const before = logged(waiting);
     kmsStop();
     let failed: Error | undefined;
     try {
-      const completing = sharedDirect.completeSnapshot(child.complete);
+      const completing = sharedDirect.completeSnapshot(child.complete, host);
       completing.catch((e: Error) => { failed = e; });
       await until('the child\'s completion waiting for the KMS', async () => {
         if (failed) throw new Error(`CompleteSnapshot failed instead of waiting for the KMS: ${failed.message}`);
@@ -198,7 +198,7 @@ describe('EBS direct CompleteSnapshot whose manifest MAC meets a KMS that does n
     // Block 0 written again (the parent's data): the child completes with both.
     const zero = parent.data.get(0)!;
     await sharedDirect.putSnapshotBlock(parsePutSnapshotBlock({ SnapshotId: child.snap, BlockIndex: 0, BlockData: Buffer.from(zero), DataLength: BLOCK, Checksum: sha(zero).toString('base64'), ChecksumAlgorithm: 'SHA256' }), host);
-    expect(await sharedDirect.completeSnapshot(parseCompleteSnapshot({ SnapshotId: child.snap, ChangedBlocksCount: 2 }))).toEqual({ Status: 'completed' });
+    expect(await sharedDirect.completeSnapshot(parseCompleteSnapshot({ SnapshotId: child.snap, ChangedBlocksCount: 2 }), host)).toEqual({ Status: 'completed' });
     const m = (await shared.getManifest(child.snap))!;
     expect(m).toMatchObject({ state: 'completed', parentSnapshotId: parent.snap, changedBlocks: 2 });
     // Unencrypted: a block is stored as written, named by its SHA-256.

@@ -89,7 +89,7 @@ type Changed = { BlockIndex: number; FirstBlockToken?: string; SecondBlockToken?
 async function snapshot(d: EbsDirect, blocks: Map<number, Buffer>, parent?: string): Promise<string> {
   const id = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ...(parent ? { ParentSnapshotId: parent } : {}) }), root)).SnapshotId as string;
   for (const [i, b] of blocks) await d.putSnapshotBlock(putReq(id, i, b), root);
-  await d.completeSnapshot({ SnapshotId: id, ChangedBlocksCount: blocks.size });
+  await d.completeSnapshot({ SnapshotId: id, ChangedBlocksCount: blocks.size }, root);
   return id;
 }
 
@@ -303,7 +303,7 @@ describe('EbsDirect: blocks per snapshot', () => {
       await refused(d.putSnapshotBlock(putReq(child, 9, randomBytes(BLOCK)), root), 'ServiceQuotaExceededException');
       const last = randomBytes(BLOCK);
       await d.putSnapshotBlock(putReq(child, 5, last), root); // a rewrite
-      expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 3 })).toEqual({ Status: 'completed' });
+      expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 3 }, root)).toEqual({ Status: 'completed' });
       expect((await store.getManifest(child))?.blocks.length).toBe(4);
     } finally {
       await d.close();
@@ -335,7 +335,7 @@ describe('EbsDirect: blocks per snapshot', () => {
 
       const child = (await d2.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent }), root)).SnapshotId as string;
       await d2.putSnapshotBlock(putReq(child, 1, randomBytes(BLOCK)), root); // a rewrite
-      expect(await d2.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 1 })).toEqual({ Status: 'completed' });
+      expect(await d2.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 1 }, root)).toEqual({ Status: 'completed' });
       const size = readFileSync(join(dir, 'snapshots', 'manifests', `${child}.json`)).length;
       expect(size).toBeLessThanOrEqual(limit);
       // Counted exactly, with the widest changedBlocks (16 digits where this child wrote 1): refused one byte short of that.
@@ -343,7 +343,7 @@ describe('EbsDirect: blocks per snapshot', () => {
         const x = new EbsDirect({ store, pendingDir: join(dir, 'pending'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, now: () => now, maxManifestBytes: max });
         try {
           const started = await x.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent }), root);
-          return await x.completeSnapshot({ SnapshotId: started.SnapshotId as string, ChangedBlocksCount: 0 });
+          return await x.completeSnapshot({ SnapshotId: started.SnapshotId as string, ChangedBlocksCount: 0 }, root);
         } finally {
           await x.close();
         }
@@ -375,7 +375,7 @@ describe('EbsDirect: blocks per snapshot', () => {
       const child = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1024, ParentSnapshotId: parent }), root)).SnapshotId as string;
       const written = new Map<number, Buffer>([[n + 10, randomBytes(BLOCK)], [1024 * 2048 - 1, randomBytes(BLOCK)], [5, randomBytes(BLOCK)]]);
       for (const [i, b] of written) await d.putSnapshotBlock(putReq(child, i, b), root);
-      expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: written.size })).toEqual({ Status: 'completed' });
+      expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: written.size }, root)).toEqual({ Status: 'completed' });
       const m = (await store.getManifest(child))!;
       expect(m.blocks.length).toBe(n + 2);
       expect(m.blocks.at(-1)![0]).toBe(1024 * 2048 - 1);
@@ -394,7 +394,7 @@ describe('EbsDirect: blocks per snapshot', () => {
         expect([refusal.awsName, refusal.httpStatus, refusal.reason]).toEqual(['ServiceQuotaExceededException', 402, 'DEPENDENCY_SERVICE_QUOTA_EXCEEDED']);
         expect(added).toBeGreaterThan(0);
         await d2.putSnapshotBlock(putReq(full, 0, randomBytes(BLOCK)), root); // a rewrite
-        expect(await d2.completeSnapshot({ SnapshotId: full, ChangedBlocksCount: added + 1 })).toEqual({ Status: 'completed' });
+        expect(await d2.completeSnapshot({ SnapshotId: full, ChangedBlocksCount: added + 1 }, root)).toEqual({ Status: 'completed' });
         const text = readFileSync(join(dir, 'snapshots', 'manifests', `${full}.json`));
         expect(text.length).toBeLessThanOrEqual(limit);
         expect(added).toBeGreaterThan(100);
@@ -441,7 +441,7 @@ describe('EbsDirect: StartSnapshot Timeout on a timer', () => {
 });
 
 describe('EbsApi: the snapshot\'s tags for authorization', () => {
-  it('tags that cannot be read fail the call (InternalServerException), never authorize it without them; a missing snapshot is judged on its id', async () => {
+  it('a snapshot whose manifest cannot be read is refused as a snapshot in error (ValidationException INVALID_SNAPSHOT_ID), never authorized without its tags; a missing snapshot is judged on its id', async () => {
     now = T0;
     const d = direct(store);
     const api = new EbsApi({ direct: d, evaluator: authz.authorizer.evaluator, accountId: ACCOUNT, region: REGION, audit: kms.audit, manifest: (id) => d.snapshotSummary(id), log: silentLogger });
@@ -449,8 +449,10 @@ describe('EbsApi: the snapshot\'s tags for authorization', () => {
       const bad = 'snap-0badbadbadbadbad0';
       writeFileSync(join(dir, 'snapshots', 'manifests', `${bad}.json`), '{"formatVersion":1,');
       const e = (await api.call('ListSnapshotBlocks', { SnapshotId: bad }, root, { requestId: 'r1' }).then(() => undefined, (x: unknown) => x)) as EbsDirectError;
-      expect(e.awsName, e.message).toBe('InternalServerException');
-      expect(e.message).toMatch(/tags of snap-0badbadbadbadbad0 could not be read for authorization/);
+      // Its manifest is not trusted (nothing in it is read, its tags neither): the snapshot is in state error (docs/architecture.md §13).
+      expect(e.awsName, e.message).toBe('ValidationException');
+      expect(e.reason).toBe('INVALID_SNAPSHOT_ID');
+      expect(e.message).toMatch(/snap-0badbadbadbadbad0 is in state error and cannot be used: The snapshot's manifest cannot be read/);
       await refused(api.call('ListSnapshotBlocks', { SnapshotId: 'snap-0000000000000000a' }, root, { requestId: 'r2' }), 'ResourceNotFoundException');
     } finally {
       await api.close();

@@ -43,7 +43,7 @@ describe('EbsDirect with an injected clock', () => {
     const shared = randomBytes(BLOCK);
     for (let i = 0; i < 101; i++) data.set(i, i === 7 ? randomBytes(BLOCK) : shared);
     for (const [i, b] of data) await d.putSnapshotBlock(putReq(snap, i, b), root);
-    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 101 });
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 101 }, root);
     const listed = await d.listSnapshotBlocks({ SnapshotId: snap, MaxResults: 100 });
     expect(listed.ExpiryTime).toBe(new Date(T0 + BLOCK_TOKEN_TTL_MS).toISOString());
     const token = (listed.Blocks as { BlockIndex: number; BlockToken: string }[])[7]!.BlockToken;
@@ -75,7 +75,7 @@ describe('EbsDirect with an injected clock', () => {
     const d = direct();
     const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Encrypted: true, KmsKeyArn: keyArn }), root)).SnapshotId as string;
     for (let i = 0; i < 101; i++) await d.putSnapshotBlock(putReq(snap, i, randomBytes(BLOCK)), root);
-    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 101 });
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 101 }, root);
     const listed = await d.listSnapshotBlocks({ SnapshotId: snap, MaxResults: 100 });
     const expiry = Date.parse(listed.ExpiryTime as string);
     expect(expiry).toBe(at + BLOCK_TOKEN_TTL_MS);
@@ -120,7 +120,7 @@ describe('EbsDirect with an injected clock', () => {
     expect(await store.getManifest(snap)).toMatchObject({ state: 'pending' });
     // Then the Timeout passes after its last block without CompleteSnapshot: error.
     now = T0 + 29 * 60_000;
-    await refused(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 3 }), 'ValidationException', 'INVALID_SNAPSHOT_ID');
+    await refused(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 3 }, root), 'ValidationException', 'INVALID_SNAPSHOT_ID');
     expect(await store.getManifest(snap)).toMatchObject({ state: 'error', stateMessage: expect.stringMatching(/Timeout/) });
 
     const left = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), root)).SnapshotId as string;
@@ -129,8 +129,8 @@ describe('EbsDirect with an injected clock', () => {
     const after = direct(); // the restarted daemon
     expect(await after.recover()).toEqual([left]);
     expect((await store.getManifest(left))?.state).toBe('error');
-    await refused(after.completeSnapshot({ SnapshotId: left, ChangedBlocksCount: 1 }), 'ValidationException', 'INVALID_SNAPSHOT_ID');
-    await expect(after.completeSnapshot({ SnapshotId: left, ChangedBlocksCount: 1 })).rejects.toThrow(`${left} is error: the daemon restarted before CompleteSnapshot;`);
+    await refused(after.completeSnapshot({ SnapshotId: left, ChangedBlocksCount: 1 }, root), 'ValidationException', 'INVALID_SNAPSHOT_ID');
+    await expect(after.completeSnapshot({ SnapshotId: left, ChangedBlocksCount: 1 }, root)).rejects.toThrow(`${left} is error: the daemon restarted before CompleteSnapshot;`);
     after.close();
   });
 
@@ -147,7 +147,7 @@ describe('EbsDirect with an injected clock', () => {
     const swept = await gc.sweep();
     expect(swept.keptPinned).toBeGreaterThanOrEqual(1);
     expect(await store.hasBlock(hash)).toBe(true);
-    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 });
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, root);
     await gc.sweep();
     expect(await store.hasBlock(hash)).toBe(true);
     const listed = await d.listSnapshotBlocks({ SnapshotId: snap });
@@ -190,7 +190,7 @@ describe('EbsDirect with an injected clock', () => {
     const allowing = direct({ allowUnencrypted: true });
     const start = (d: EbsDirect, body: Record<string, unknown>) => d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ...body }), root);
     const done = async (r: Record<string, unknown>, d: EbsDirect): Promise<string> => {
-      await d.completeSnapshot({ SnapshotId: r.SnapshotId as string, ChangedBlocksCount: 0 });
+      await d.completeSnapshot({ SnapshotId: r.SnapshotId as string, ChangedBlocksCount: 0 }, root);
       return r.SnapshotId as string;
     };
     // No parent, enabled: Encrypted omitted or true -> KmsKeyArn or the account's default key for EBS; Encrypted false -> ValidationException.

@@ -111,7 +111,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     await d.putSnapshotBlock(putReq(snap, 7, c), caller);
     const timer = timers.live;
     expect(timer).toHaveLength(1);
-    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 3 });
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 3 }, caller);
     expect(timer[0]!.cancelled).toBe(true);
     expect((await store.getManifest(snap))!).toMatchObject({ state: 'completed', blocks: [[0, hex(a)], [5, hex(b)], [7, hex(c)]] });
 
@@ -133,13 +133,13 @@ describe('EBS direct APIs: snapshot integrity', () => {
     await d.putSnapshotBlock(putReq(snap, 3, b), caller);
     // Freed by a collector that did not see it named (another host, an older daemon).
     await store.deleteBlock(hex(b));
-    const e = await refusal(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }));
+    const e = await refusal(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }, caller));
     expect(e.awsName, e.message).toBe('InternalServerException');
     expect(e.message).toMatch(/block\(s\) 3 is no longer in .*put those blocks again/);
     expect((await store.getManifest(snap))!.state).toBe('pending');
     // Put again, then complete: every block named is readable.
     await d.putSnapshotBlock(putReq(snap, 3, b), caller);
-    expect(await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 })).toEqual({ Status: 'completed' });
+    expect(await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }, caller)).toEqual({ Status: 'completed' });
     const m = (await store.getManifest(snap))!;
     expect(m).toMatchObject({ state: 'completed', blocks: [[2, hex(a)], [3, hex(b)]] });
     for (const [, h] of m.blocks) expect(await store.hasBlock(h)).toBe(true);
@@ -148,10 +148,64 @@ describe('EBS direct APIs: snapshot integrity', () => {
     // The header gone: refused too (it cannot be put again through the API), still pending.
     const bare = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
     await store.deleteBlock((await store.getManifest(bare))!.header!);
-    const h = await refusal(d.completeSnapshot({ SnapshotId: bare, ChangedBlocksCount: 0 }));
+    const h = await refusal(d.completeSnapshot({ SnapshotId: bare, ChangedBlocksCount: 0 }, caller));
     expect(h.awsName, h.message).toBe('InternalServerException');
     expect(h.message).toMatch(/its header is no longer in .*start the snapshot again/);
     expect((await store.getManifest(bare))!.state).toBe('pending');
+  });
+
+  it('a CompleteSnapshot begun before the Timeout that fails after it leaves the snapshot pending, with a Timeout from the failure: its retry completes it', async () => {
+    const { store, timers, clock, d } = await setup();
+    const orig = store.putManifest.bind(store);
+    let entered!: () => void;
+    const inside = new Promise<void>((r) => (entered = r));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let fail = true;
+    store.putManifest = async (m: SnapshotManifest) => {
+      if (m.state === 'completed' && fail) {
+        fail = false;
+        entered();
+        await gate; // the write takes long (a KMS wait lasts up to 2 minutes), then fails
+        throw new Error('store unavailable (test)');
+      }
+      return orig(m);
+    };
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Timeout: 10 }), caller)).SnapshotId as string;
+    await d.putSnapshotBlock(putReq(snap, 0, randomBytes(BLOCK)), caller);
+    clock.now += 9 * 60_000; // a minute before the Timeout
+    const completing = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, caller);
+    await inside;
+    clock.now += 2 * 60_000; // the Timeout passes while the completion writes
+    release();
+    await expect(completing).rejects.toThrow(/store unavailable/);
+    await timers.runDue(); // the Timeout sweep
+    expect((await store.getManifest(snap))!.state).toBe('pending');
+    expect(await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, caller)).toEqual({ Status: 'completed' });
+    expect((await store.getManifest(snap))!.state).toBe('completed');
+  });
+
+  it('another identity\'s CompleteSnapshot Checksum is refused unread, right or wrong, pending or completed (no answer to a guess at the content); without Checksum it completes', async () => {
+    const { d } = await setup();
+    const other = { ...caller, type: 'IAMUser', arn: `arn:aws:iam::${ACCOUNT}:user/alice`, principalId: 'AIDAALICE' } as unknown as Caller;
+    const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
+    const data = randomBytes(BLOCK);
+    await d.putSnapshotBlock(putReq(snap, 0, data), caller);
+    const right = createHash('sha256').update(createHash('sha256').update(data).digest()).digest('base64');
+    const wrong = createHash('sha256').update('guess').digest('base64');
+    const ask = (c: string) => ({ SnapshotId: snap, ChangedBlocksCount: 1, Checksum: c, ChecksumAlgorithm: 'SHA256' as const, ChecksumAggregationMethod: 'LINEAR' as const });
+    for (const phase of ['pending', 'completed']) {
+      const answers = [await refusal(d.completeSnapshot(ask(right), other)), await refusal(d.completeSnapshot(ask(wrong), other))];
+      for (const a of answers) expect(a.message).toMatch(/was begun by another identity.*was not read/);
+      expect(answers[0]!.message).toBe(answers[1]!.message);
+      if (phase === 'pending') {
+        // Still pending: the right guess sealed nothing. The identity that began it completes it, its Checksum compared.
+        await expect(d.completeSnapshot(ask(wrong), caller)).rejects.toThrow(/does not match/);
+        expect(await d.completeSnapshot(ask(right), caller)).toEqual({ Status: 'completed' });
+      }
+    }
+    expect(await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, other)).toEqual({ Status: 'completed' });
+    expect(await d.completeSnapshot(ask(right), caller)).toEqual({ Status: 'completed' });
   });
 
   it('PutSnapshotBlock during CompleteSnapshot is refused (not acknowledged and dropped); a failed manifest write leaves the snapshot pending and writable', async () => {
@@ -176,7 +230,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
 
     // The manifest write fails: still pending, still writable, and completes later with every block.
     failNext = true;
-    await expect(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 })).rejects.toThrow(/store unavailable/);
+    await expect(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, caller)).rejects.toThrow(/store unavailable/);
     expect((await store.getManifest(snap))!.state).toBe('pending');
     const b = randomBytes(BLOCK);
     await d.putSnapshotBlock(putReq(snap, 1, b), caller);
@@ -186,7 +240,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     const inside = new Promise<void>((r) => (entered = r));
     let open!: () => void;
     hold = { entered, gate: new Promise<void>((r) => (open = r)) };
-    const completing = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 });
+    const completing = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }, caller);
     await inside;
     const c = randomBytes(BLOCK);
     const e = await refusal(d.putSnapshotBlock(putReq(snap, 2, c), caller));
@@ -194,10 +248,10 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(e.reason).toBe('INVALID_SNAPSHOT_ID');
     expect(e.message).toMatch(/being completed/);
     // A second complete asking for something else is refused naming it; one asking the same shares the first's answer.
-    const other = await refusal(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 3 }));
+    const other = await refusal(d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 3 }, caller));
     expect(other.reason).toBe('INVALID_PARAMETER_VALUE');
     expect(other.message).toMatch(/being completed .*ChangedBlocksCount is 3, not 2/);
-    const repeat = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 });
+    const repeat = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }, caller);
     expect(gc.isPinned(hex(c))).toBe(false);
     open();
     expect(await completing).toEqual({ Status: 'completed' });
@@ -214,7 +268,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(ok).toHaveLength(2);
     for (const r of got) if (r.status === 'rejected') expect((r.reason as { awsName?: string }).awsName).toBe('ConcurrentLimitExceededException');
     expect((await store.listManifests()).filter((m) => m.state === 'pending')).toHaveLength(2);
-    await d.completeSnapshot({ SnapshotId: ok[0]!.value.SnapshotId as string, ChangedBlocksCount: 0 });
+    await d.completeSnapshot({ SnapshotId: ok[0]!.value.SnapshotId as string, ChangedBlocksCount: 0 }, caller);
 
     // One slot free: two concurrent retries with one token take it once, and answer the same snapshot.
     const req = parseStartSnapshot({ VolumeSize: 1, ClientToken: 'retry-1' });
@@ -223,7 +277,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect((await store.listManifests()).filter((m) => m.state === 'pending')).toHaveLength(2);
     // Completed: a retry with the token answers the original result and starts nothing (AWS: a retry
     // "after it has completed successfully" returns the original result); other parameters: ConflictException.
-    await d.completeSnapshot({ SnapshotId: x.SnapshotId as string, ChangedBlocksCount: 0 });
+    await d.completeSnapshot({ SnapshotId: x.SnapshotId as string, ChangedBlocksCount: 0 }, caller);
     const before = (await store.listManifests()).length;
     const again = await d.startSnapshot(req, caller);
     expect(again).toEqual(x);
@@ -244,7 +298,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(mine.Status).toBe('pending');
     // Completing one of the hog's gives it back one slot.
     const first = got.find((r): r is PromiseFulfilledResult<Record<string, unknown>> => r.status === 'fulfilled')!.value;
-    await d.completeSnapshot({ SnapshotId: first.SnapshotId as string, ChangedBlocksCount: 0 });
+    await d.completeSnapshot({ SnapshotId: first.SnapshotId as string, ChangedBlocksCount: 0 }, caller);
     expect((await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), hog)).Status).toBe('pending');
   });
 
@@ -273,7 +327,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     const a = await start('a'); // stays pending: a long upload
     const b = await start('b');
     const c = await start('c');
-    for (const x of [b, c]) await d.completeSnapshot({ SnapshotId: x.SnapshotId as string, ChangedBlocksCount: 0 });
+    for (const x of [b, c]) await d.completeSnapshot({ SnapshotId: x.SnapshotId as string, ChangedBlocksCount: 0 }, caller);
     await start('d'); // past the bound: 'b' goes, not the older 'a'
     expect((await start('a')).SnapshotId).toBe(a.SnapshotId);
     expect((await start('c')).SnapshotId).toBe(c.SnapshotId);
@@ -294,7 +348,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     expect(gc.isPinned(hex(b))).toBe(true);
     // The same block again at the same index: still exactly one pin (released once by completion).
     await d.putSnapshotBlock(putReq(snap, 4, b), caller);
-    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 });
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, caller);
     expect(gc.isPinned(hex(b))).toBe(false);
   });
 
@@ -313,7 +367,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     // Another daemon (its own pins) sweeps before our manifest names the block.
     await new SnapshotGc(store).sweep();
     expect(await store.hasBlock(hash)).toBe(true);
-    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 });
+    await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, caller);
     expect(Buffer.from(await store.getBlock(hash)).equals(data)).toBe(true);
   });
 
@@ -339,7 +393,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
       const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1 }), caller)).SnapshotId as string;
       const blocks = [randomBytes(BLOCK), randomBytes(BLOCK)];
       for (const [i, b] of blocks.entries()) await d.putSnapshotBlock(putReq(snap, i, b), caller);
-      await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 });
+      await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 2 }, caller);
       return { snap, blocks };
     };
 
@@ -350,7 +404,7 @@ describe('EBS direct APIs: snapshot integrity', () => {
     const child = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: p1.snap }), caller)).SnapshotId as string;
     expect(during).toBeUndefined(); // the delete ran
     expect(await real.getManifest(p1.snap)).toBeUndefined();
-    expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 0 })).toEqual({ Status: 'completed' });
+    expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 0 }, caller)).toEqual({ Status: 'completed' });
     const m = (await real.getManifest(child))!;
     expect(m.blocks.map(([, h]) => h)).toEqual(p1.blocks.map(hex));
     for (const b of p1.blocks) expect(Buffer.from(await real.getBlock(hex(b))).equals(b)).toBe(true);

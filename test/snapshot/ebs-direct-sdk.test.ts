@@ -262,6 +262,18 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
       expect(sum).toBeInstanceOf(ValidationException);
       expect(sum.message).toMatch(/already completed.*Checksum is not the LINEAR checksum of the 2 block\(s\) it sealed/);
       expect((await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0]).toEqual(manifestBefore);
+
+      // Another identity allowed ebs:* (carol): her Checksum is not compared, so the right one and a wrong one get the
+      // same refusal (else each answer would tell whether a guess at the blocks' content is right); without one, completed.
+      const carol = await clientOf('carol', 1);
+      const guesses = [await rejection(carol.send(new CompleteSnapshotCommand(asked))), await rejection(carol.send(new CompleteSnapshotCommand({ ...asked, Checksum: other })))];
+      for (const g of guesses) {
+        expect(g).toBeInstanceOf(ValidationException);
+        expect(g.message).toMatch(/was begun by another identity.*was not read/);
+      }
+      expect(guesses[0].message).toBe(guesses[1].message);
+      expect((await carol.send(new CompleteSnapshotCommand({ SnapshotId: snap, ChangedBlocksCount: 2 }))).Status).toBe('completed');
+      expect((await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0]).toEqual(manifestBefore);
     } finally {
       await proxy.close();
     }

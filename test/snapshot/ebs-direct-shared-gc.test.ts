@@ -41,7 +41,7 @@ describe('EBS direct on a shared store, another host collecting', () => {
           // The sweep's age read just before its delete: this host writes the snapshot meanwhile.
           snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Encrypted: false }), root)).SnapshotId as string;
           await d.putSnapshotBlock(putReq(snap, 0, data), root);
-          completed = await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }).catch((e: unknown) => e);
+          completed = await d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, root).catch((e: unknown) => e);
         }
         return age;
       },
@@ -64,13 +64,13 @@ describe('EBS direct on a shared store, another host collecting', () => {
     const parent = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Encrypted: false }), root)).SnapshotId as string;
     await d.putSnapshotBlock(putReq(parent, 0, randomBytes(BLOCK)), root);
     await d.putSnapshotBlock(putReq(parent, 1, randomBytes(BLOCK)), root);
-    await d.completeSnapshot({ SnapshotId: parent, ChangedBlocksCount: 2 });
+    await d.completeSnapshot({ SnapshotId: parent, ChangedBlocksCount: 2 }, root);
     const child = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent }), root)).SnapshotId as string;
     await d.putSnapshotBlock(putReq(child, 1, randomBytes(BLOCK)), root);
     // The other host deletes the parent: the child's pending manifest names block 0, which stays.
     await new SnapshotGc(store, { graceMs: 0 }).deleteSnapshot(parent);
     expect(await store.getManifest(parent)).toBeUndefined();
-    expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 1 })).toEqual({ Status: 'completed' });
+    expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 1 }, root)).toEqual({ Status: 'completed' });
     const m = (await store.getManifest(child))!;
     expect(m.blocks).toHaveLength(2);
     for (const h of manifestHashes(m)) expect(await store.hasBlock(h), `${child} names ${h}`).toBe(true);
@@ -84,7 +84,7 @@ describe('EBS direct on a shared store, another host collecting', () => {
     const d = new EbsDirect({ store: shared, pendingDir: join(dir, 'pending3'), keys: new KmsCoreKeyService(kms), xts, accountId: ACCOUNT, region: REGION, allowUnencrypted: true, foundRecheckMs: 10 * 60_000 });
     const snap = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, Encrypted: false }), root)).SnapshotId as string;
     await d.putSnapshotBlock(putReq(snap, 0, randomBytes(BLOCK)), root);
-    const completing = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }).catch((e: unknown) => e);
+    const completing = d.completeSnapshot({ SnapshotId: snap, ChangedBlocksCount: 1 }, root).catch((e: unknown) => e);
     await d.close();
     expect(await completing).toMatchObject({ awsName: 'InternalServerException' });
     expect((await store.getManifest(snap))?.state).toBe('pending');
