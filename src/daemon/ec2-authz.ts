@@ -232,6 +232,18 @@ export class Ec2Authorizer {
     return this._decide('ec2:CreateTags', resource, caller, tagCtx);
   }
 
+  /**
+   * DeleteSnapshot of a snapshot whose manifest is refused (docs/architecture.md §13.5): the account root only.
+   * Nothing in the manifest is trusted, its tags neither, so a policy conditioned on them (a Deny on
+   * `ec2:ResourceTag/LegalHold`) cannot be judged; and a manifest is refused for this host's own reasons too (not
+   * yet signed when --snapshot-manifest-key was turned on, another key named): judged on its id alone, a delete
+   * that policy would have denied could go through, and it cannot be undone.
+   */
+  checkRefusedSnapshotDelete(snapshotId: string, caller: Caller): UnauthorizedOperation | undefined {
+    if (caller.type === 'Root') return undefined;
+    return new UnauthorizedOperation(`User: ${caller.arn} is not authorized to perform: ec2:DeleteSnapshot on resource: ${this.snapshotArn(snapshotId)}: its manifest is refused (not signed, or its MAC does not verify), so its tags and any policy conditioned on them cannot be read; only the account root may delete it`);
+  }
+
   /** A snapshot id that does not exist is judged on its id alone: refused callers learn nothing of it. */
   checkSnapshotId(op: 'DeleteSnapshot' | 'DescribeSnapshots', snapshotId: string, caller: Caller): UnauthorizedOperation | undefined {
     if (caller.type === 'Root') return undefined;

@@ -185,7 +185,9 @@ export class SnapshotApi {
       case 'DeleteSnapshot': {
         const id = req.input.SnapshotId;
         const m = await snapshots.getShown(id);
-        const refusal = m ? judge(authz, 'DeleteSnapshot', m, caller) : authz.checkSnapshotId('DeleteSnapshot', id, caller);
+        const refusal = !m ? authz.checkSnapshotId('DeleteSnapshot', id, caller)
+          : isRefused(m) ? authz.checkSnapshotId('DeleteSnapshot', id, caller) ?? authz.checkRefusedSnapshotDelete(id, caller)
+            : judge(authz, 'DeleteSnapshot', m, caller);
         if (refusal) await deny(refusal, undefined);
         if (req.dryRun) await dry(undefined);
         await snapshots.deleteSnapshot(id, caller);

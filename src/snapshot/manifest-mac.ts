@@ -281,8 +281,12 @@ export class ManifestSigner {
         }
         throw new SnapshotError('SNAPSHOT_STORE', `snapshot manifest ${snapshotId}: cannot check its manifest MAC with ${keyArn}: ${(e as Error).message}`, { cause: e });
       }
-      // VerifyMac answers MacValid true or throws; any other answer is not a verification.
-      if (answer?.MacValid !== true) throw corrupt('invalid', `${invalid}; VerifyMac answered MacValid ${JSON.stringify(answer?.MacValid) ?? 'undefined'}`);
+      // VerifyMac answers MacValid true or throws (KMSInvalidMacException for a MAC that does not verify): any other
+      // answer is not a verification, and not a verdict on the manifest either. Failed closed as a KMS that cannot be
+      // asked (SNAPSHOT_STORE), not as a refused manifest, which is shown in state error and may be deleted.
+      if (answer?.MacValid !== true) {
+        throw new SnapshotError('SNAPSHOT_STORE', `snapshot manifest ${snapshotId}: cannot check its manifest MAC with ${keyArn}: VerifyMac answered MacValid ${JSON.stringify(answer?.MacValid) ?? 'undefined'}, neither true nor KMSInvalidMacException`);
+      }
     }
     this.remember(seen);
     if (Object.isFrozen(m)) this.verifiedObjects.add(m);

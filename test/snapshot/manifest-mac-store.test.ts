@@ -146,8 +146,10 @@ function runSuite(name: string, impl: () => Impl): void {
       await signer.open(saysInvalid, caller);
       const S5 = 'snap-0000000000000000e';
       await store.putManifest(manifest(S5, [[0, H('5')]]));
-      // A fresh signer has verified nothing yet: its VerifyMac's answer decides.
-      await expect(signedManifests(raw, signer).getManifest(S5)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('VerifyMac answered MacValid false') });
+      // A fresh signer has verified nothing yet: its VerifyMac's answer decides. Not trusted, and not refused either (a
+      // refused manifest is shown in state error and may be deleted): a KMS answer that is neither true nor
+      // KMSInvalidMacException fails as a KMS that cannot be asked (SNAPSHOT_STORE).
+      await expect(signedManifests(raw, signer).getManifest(S5)).rejects.toMatchObject({ code: 'SNAPSHOT_STORE', message: expect.stringContaining('VerifyMac answered MacValid false') });
       expect((await store.getManifest(S5))?.blocks).toEqual([[0, H('5')]]);
       await raw.deleteManifest(S5);
     });

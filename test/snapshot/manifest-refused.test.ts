@@ -201,7 +201,17 @@ describe('refused snapshot manifests', () => {
     expect(s.VolumeId).toBeUndefined();
     const copy = await failure(call('CopySnapshot', { SourceSnapshotId: snap, SourceRegion: 'us-east-1' }));
     expect([copy.awsName, copy.status]).toEqual(['IncorrectState', 400]);
-    // Through the CLI: deleted (exit 0), and its block freed.
+    // Not by anyone but the account root: an IAM user allowed ec2:DeleteSnapshot on every snapshot is refused (a policy
+    // conditioned on its tags could not be judged; a manifest not yet signed is refused too), and it stays.
+    await env.api('ebsd.IamCreateUser', { UserName: 'deleter' });
+    await env.api('ebsd.IamMapUid', { Uid: 2731, Principal: 'user/deleter' });
+    await env.api('ebsd.IamPutPolicy', { Principal: 'user/deleter', PolicyName: 'p', PolicyDocument: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['ec2:DeleteSnapshot', 'ec2:DescribeSnapshots'], Resource: '*' }] }) });
+    const notRoot = await env.cli(['snapshot', 'delete', snap], { uid: 2731 });
+    expect(notRoot.code).toBe(4);
+    expect(notRoot.stderr).toMatch(/UnauthorizedOperation.*its manifest is refused.*only the account root may delete it/s);
+    expect((await call('DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0]).toMatchObject({ SnapshotId: snap, State: 'error' });
+    expect(stored(only)).toBe(true);
+    // Through the CLI as root: deleted (exit 0), and its block freed.
     const del = await env.cli(['snapshot', 'delete', snap]);
     expect(del.code).toBe(0);
     expect((await call('DescribeSnapshots', {})).Snapshots.map((x: any) => x.SnapshotId)).not.toContain(snap);
