@@ -131,6 +131,25 @@ export class BlockFileSystem {
     return this.entries.get(volumeId)?.open ?? 0;
   }
 
+  /**
+   * Handles still open on a file of the volume that remove() took away while they were open (a
+   * forced detach, or a stop): each request on them fails with EIO until they are closed. A loop
+   * device over the file keeps its handle until `losetup -d`, so this is what tells an operator
+   * that one is still there, also once the volume is attached again under the same path.
+   */
+  cutOffHandles(volumeId: string): number {
+    let n = 0;
+    for (const e of this.handles.values()) if (e.removed && e.dev.volumeId === volumeId) n++;
+    return n;
+  }
+
+  /** Volumes with handles cut off by remove() still open (see cutOffHandles). */
+  cutOffVolumeIds(): string[] {
+    const ids = new Set<string>();
+    for (const e of this.handles.values()) if (e.removed) ids.add(e.dev.volumeId);
+    return [...ids];
+  }
+
   /** FUSE requests running against the volume now (0 when not exposed). */
   inflightCount(volumeId: string): number {
     return this.entries.get(volumeId)?.inflight ?? 0;
