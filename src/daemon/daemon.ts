@@ -560,7 +560,6 @@ export class Daemon {
     if (!m || this.cfg.metricsListen === undefined) return undefined;
     const bfs = this.bfs;
     const audit = this.kms!.audit;
-    const auditFrom = audit.writtenThrough;
     audit.onBatchWritten = m.observeAuditBatch;
     m.bind({
       attached: () => bfs?.volumeIds() ?? [],
@@ -568,7 +567,8 @@ export class Daemon {
       inflight: (id) => bfs?.inflightCount(id) ?? 0,
       // Read at scrape time: a host waiting for its KMS at start opens its volumes later (host-resolver.ts).
       keyCaches: () => this.mgr?.describeKeyCaches() ?? [],
-      auditEventsWritten: () => audit.writtenThrough - auditFrom,
+      // Since the log was opened: the events of the start (re-attach Decrypts, grant sweeps) come before this listener.
+      auditEventsWritten: () => audit.eventsWritten,
       auditHealth: () => {
         const h = audit.health();
         return { state: h.State, droppedRefusalEvents: h.DroppedRefusalEvents, tampered: h.Integrity === 'tampered', failedEvents: audit.failedWrites };
