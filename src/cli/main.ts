@@ -113,7 +113,7 @@ function daemonCommand(y: Argv): Argv {
         .option('mount', { type: 'string', default: DEFAULT_MOUNT_DIR, describe: 'FUSE mount point: one file per attached volume' })
         .option('region', { type: 'string', describe: 'AWS region name (fixed when the state dir is initialised; default us-east-1)' })
         .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach; at most 596h)' })
-        .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h; at most 596h)' })
+        .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h, or the TTL when longer; at least the TTL, at most 596h)' })
         .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], describe: 'the least severe log lines written (env EBSD_LOG_LEVEL)' })
         .option('log-format', { type: 'string', choices: ['json', 'pretty'], describe: 'log lines: pretty (readable) or json (default: pretty on a terminal, json otherwise)' })
         .option('metrics-listen', { type: 'string', describe: 'serve Prometheus /metrics on HOST:PORT (e.g. 127.0.0.1:9464)' })

@@ -3,6 +3,7 @@ import { resolve, sep } from 'node:path';
 import { ArgRangeError } from '../util/errors.js';
 import { isRegionName, parseIamPrincipalArn } from '../util/aws-names.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
+import { DEFAULT_KEY_CACHE_TTL_MS } from '../volume/key-cache.js';
 import { isLoopback } from '../util/loopback.js';
 import { endpointUserinfo, shownEndpoint } from '../util/endpoint-url.js';
 
@@ -227,6 +228,15 @@ export function checkDaemonFlags(c: DaemonConfig): void {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
     // Both feed timers (src/volume/key-cache.ts): past MAX_TIMER_MS Node fires them after 1 ms.
     if (v !== undefined && v > MAX_TIMER_MS) throw new ArgRangeError(name, `must be at most ${durationLimit(MAX_TIMER_MS)}, got ${v}`);
+  }
+  // The key cache never holds a key to less than one TTL (src/volume/key-cache.ts takes the larger of the
+  // two): a shorter max-stale given with a TTL was raised to it without a word, and `ebsd status` still
+  // showed the value given. Refused instead; without --key-cache-max-stale, the default yields to the TTL.
+  const ttl = c.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
+  const maxStale = c.keyCacheMaxStaleMs;
+  if (maxStale !== undefined && maxStale < ttl) {
+    const ttlShown = c.keyCacheTtlMs === undefined ? `the default --key-cache-ttl (${ttl} ms)` : `--key-cache-ttl (${ttl} ms)`;
+    throw new ArgRangeError('--key-cache-max-stale', `(${maxStale} ms) is shorter than ${ttlShown}: a volume key is confirmed by its KMS once a TTL, so it cannot go stale sooner; give a max-stale of at least the TTL`);
   }
 }
 

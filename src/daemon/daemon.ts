@@ -1071,7 +1071,8 @@ export class Daemon {
       MountDir: this.cfg.mountDir, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
     };
     const keyCacheSettings = this.cfg.kmsOnly ? {} : {
-      KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
+      // What the key caches use: the default max-stale yields to a longer TTL (src/volume/key-cache.ts).
+      KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: Math.max(this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS, ttl) / 1000,
     };
     return {
       Daemon: {
