@@ -580,10 +580,20 @@ function statusCommand(y: Argv): Argv {
           ['NEXT REFRESH', (r) => shortTime((r.KeyCache as R | undefined)?.NextRefreshTime)],
           ['EXPIRES', (r) => shortTime((r.KeyCache as R | undefined)?.ExpiryTime)],
         ]),
-        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)']),
+        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)',
+        // What needs an operator (a re-attach that failed, a loop device left over a file no longer served): the
+        // table has no room for it, and leaving it out showed such a volume as in-use and cached, nothing wrong.
+        ...volumeProblems(res.Volumes as R[])]),
       ].join('\n'),
     );
   });
+}
+
+/** `ebsd status` as a table: each volume's Problem on a line of its own under it, none when no volume has one. */
+function volumeProblems(volumes: R[]): string[] {
+  const withProblem = volumes.filter((r) => typeof r.Problem === 'string' && r.Problem !== '');
+  if (withProblem.length === 0) return [];
+  return ['', 'PROBLEMS', ...withProblem.map((r) => `${printableCell(String(r.VolumeId))}: ${printableCell(String(r.Problem))}`)];
 }
 
 function auditCommands(y: Argv): Argv {

@@ -85,6 +85,8 @@ describe('stale users of a volume file: status, log and metrics say so (real dae
     const cli = await env.cli(['status', '--output', 'json']);
     expect(cli.code).toBe(0);
     expect(cli.json().Volumes.find((x: VolumeStatus) => x.VolumeId === vol).StaleLoopDevices).toEqual([dev]);
+    const tbl = await env.cli(['status', '--output', 'table']);
+    expect(tbl.stdout).toContain(`\nPROBLEMS\n${vol}: loop device ${dev} still bound to a file of this volume`);
 
     let m = await scrape(env);
     expect(m.get(`ebsd_volume_stale_loop_devices{volume_id="${vol}"}`)).toBe(1);
