@@ -458,8 +458,8 @@ export class Daemon {
           bfs.add(dev);
           snapshots?.volumeAttached(dev);
         },
-        hide: async (id, { force }) => {
-          await bfs.remove(id, { force });
+        hide: async (id, { force, shutdown }) => {
+          await bfs.remove(id, { force, ...(shutdown ? { shutdown } : {}) });
           await snapshots?.volumeDetaching(id, mgr?.getBlockDevice(id));
         },
         onAudit: (ev) => this.auditVolume(ev),
@@ -633,7 +633,7 @@ export class Daemon {
     await step('snapshot copies', () => this.copier?.close()); // markers still waiting for the store stay for the next start
     this.snapshotStore?.close?.(); // after the manifests above are written
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
-    for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
+    for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true, shutdown: true }));
     await step('unmount', () => this.fuse?.unmount());
     await step('kms', () => this.opened?.close()); // audit sealed, HSM stopped, identities and grants written
     this.remoteKms?.close();

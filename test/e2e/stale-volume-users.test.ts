@@ -122,6 +122,23 @@ describe('stale users of a volume file: status, log and metrics say so (real dae
     expect((await scrape(env)).get(`ebsd_volume_cut_off_handles{volume_id="${vol}"}`)).toBe(0);
   }, 90_000);
 
+  it('a stop (SIGTERM) with a loop device over the file: the log says the daemon was stopping, not a forced detach; the restart names the loop device', async () => {
+    const dev = await env.losetup(vol);
+    const logBefore = env.daemonLog().length;
+    expect(await env.stop()).toBe(0);
+    const stopLog = env.daemonLog().slice(logBefore);
+    const line = stopLog.split('\n').find((l) => l.includes('volume file removed while open'));
+    expect(line, stopLog).toBeDefined();
+    expect(JSON.parse(line!)).toMatchObject({ level: 40, volumeId: vol, openHandles: 1 });
+    expect(line).toContain('(daemon stopping)');
+    expect(stopLog).not.toContain('forced detach');
+
+    await env.start(args);
+    expect((await volumeStatus(env, vol)).StaleLoopDevices).toEqual([dev]);
+    await env.detachLoop(dev);
+    expect((await volumeStatus(env, vol)).StaleLoopDevices).toBeUndefined();
+  }, 90_000);
+
   it('the FUSE mount unmounted from outside: the log says so without anyone asking, and ebsd_fuse_mount_lost is 1', async () => {
     expect((await scrape(env)).get('ebsd_fuse_mount_lost')).toBe(0);
     const logBefore = env.daemonLog().length;
