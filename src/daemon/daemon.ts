@@ -240,6 +240,8 @@ export class Daemon {
     });
     this.authz = this.opened;
     this.kms = this.opened.core;
+    // From the first batch: the start's own events (the re-attach of recorded volumes) are written before the listener starts.
+    if (this.metrics) this.kms.audit.onBatchWritten = this.metrics.observeAuditBatch;
     const ids = this.authz.identities;
     if (!ids.listRoles().some((r) => r.RoleName === HOST_ROLE)) await ids.createRole(HOST_ROLE);
     // The host lists the grants it may retire, so a restart finds attach grants a crash left behind.
@@ -560,7 +562,6 @@ export class Daemon {
     if (!m || this.cfg.metricsListen === undefined) return undefined;
     const bfs = this.bfs;
     const audit = this.kms!.audit;
-    audit.onBatchWritten = m.observeAuditBatch;
     m.bind({
       attached: () => bfs?.volumeIds() ?? [],
       openHandles: (id) => bfs?.openCount(id) ?? 0,

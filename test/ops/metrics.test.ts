@@ -425,7 +425,7 @@ describe('ebsd_audit_events_written_total after a restart (real daemon)', () => 
   const env = new Env('metrics-restart');
   afterAll(() => env.cleanup(), 60_000);
 
-  it('counts every event this daemon wrote, those of its start (the re-attach of a recorded volume) included', async () => {
+  it('counts every event this daemon wrote and times its batches, those of its start (the re-attach of a recorded volume) included', async () => {
     ensureBuilt();
     const args = ['--metrics-listen', '127.0.0.1:0'];
     await env.start(args);
@@ -442,5 +442,9 @@ describe('ebsd_audit_events_written_total after a restart (real daemon)', () => 
     const port = await metricsPort(env, logBefore);
     const s = (await scrape(port)).samples;
     expect(s.get('ebsd_audit_events_written_total')).toBe(written.length);
+    // Their batch writes are timed too (one batch or more, at most one per event).
+    const batches = s.get('ebsd_audit_write_duration_seconds_count{result="ok"}')!;
+    expect(batches).toBeGreaterThanOrEqual(1);
+    expect(batches).toBeLessThanOrEqual(written.length);
   }, 90_000);
 });
