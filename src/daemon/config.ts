@@ -132,9 +132,11 @@ export function parseMetricsListen(spec: string): { host: string; port: number }
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
   const host = m?.[1] ?? m?.[2];
   const port = Number(m?.[3]);
-  if (!m || !host || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
+  if (!m || !host || (isIP(host) === 0 && host !== 'localhost')) {
     throw new ArgRangeError('--metrics-listen', `must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`);
   }
+  // Said as such: "must be HOST:PORT with an IP address" of 0.0.0.0:99999 named neither what was wrong nor the limit.
+  if (port > 65535) throw new ArgRangeError('--metrics-listen', `"${spec}": port ${port} is out of range (0 to 65535)`);
   return { host, port };
 }
 
