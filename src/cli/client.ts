@@ -19,6 +19,13 @@ export class DaemonUnreachableError extends Error {
   }
 }
 
+/**
+ * How long `ebsd status` and each refresh of `ebsd top` wait for the daemon's Status by default
+ * (--status-timeout): a daemon stopped (SIGSTOP) or stuck still accepts connections, and they must then
+ * say so and end (exit 3) rather than hang (top with the terminal in raw mode; q, ^C and SIGTERM also end its wait).
+ */
+export const STATUS_TIMEOUT_MS = 10_000;
+
 export function socketPathFor(stateDir: string): string {
   return join(stateDir, SOCKET_FILE);
 }

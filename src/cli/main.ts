@@ -11,7 +11,7 @@ import { hideBin } from 'yargs/helpers';
 // Only light modules load eagerly: a client call should not pay for the KMS,
 // FUSE and crypto code the daemon needs (measured: ~0.6 s -> ~0.15 s per call).
 import { checkDaemonFlags, DEFAULT_MOUNT_DIR, DEFAULT_STATE_DIR, MAX_KMS_REQUEST_TIMEOUT_MS, MIN_KMS_REQUEST_TIMEOUT_MS, parseByteSize, parseDuration, parseListenAddress, refusalWindow, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY, VERSION, type DaemonConfig } from '../daemon/config.js';
-import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor } from './client.js';
+import { callDaemon, DaemonUnreachableError, ServiceError, socketPathFor, STATUS_TIMEOUT_MS } from './client.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeFor } from './exit-codes.js';
 import { kmsPages } from './kms-pages.js';
 import { DRY_RUN_OPTION, KMS_OPERATIONS, UsageError, checkRequiredMembers, decimalSeconds, dryRunMember, kmsFlagsHelp, operationFromKebab, parseKmsArgs, pascalToKebab, readLocalFile, refuseEmpty, tagArgs, wholeNumber } from './kms-args.js';
@@ -113,7 +113,7 @@ function daemonCommand(y: Argv): Argv {
         .option('mount', { type: 'string', default: DEFAULT_MOUNT_DIR, describe: 'FUSE mount point: one file per attached volume' })
         .option('region', { type: 'string', describe: 'AWS region name (fixed when the state dir is initialised; default us-east-1)' })
         .option('key-cache-ttl', { type: 'string', describe: 'how long an unwrapped volume key is cached before refresh (300, 5m, 0 = until detach; at most 596h)' })
-        .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h; at most 596h)' })
+        .option('key-cache-max-stale', { type: 'string', describe: 'how long to keep a key while KMS does not answer (default 1h, or the TTL when longer; at least the TTL, at most 596h)' })
         .option('log-level', { type: 'string', default: process.env.EBSD_LOG_LEVEL ?? 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], describe: 'the least severe log lines written (env EBSD_LOG_LEVEL)' })
         .option('log-format', { type: 'string', choices: ['json', 'pretty'], describe: 'log lines: pretty (readable) or json (default: pretty on a terminal, json otherwise)' })
         .option('metrics-listen', { type: 'string', describe: 'serve Prometheus /metrics on HOST:PORT (e.g. 127.0.0.1:9464)' })
@@ -564,9 +564,21 @@ async function mayBeServed(g: Globals, v: R): Promise<boolean> {
 }
 
 function statusCommand(y: Argv): Argv {
-  return y.command('status', 'Daemon, volumes and key-cache state', () => {}, async (a) => {
+  return y.command('status', 'Daemon, volumes and key-cache state', (b) =>
+    b.option('status-timeout', { type: 'string', default: STATUS_TIMEOUT_MS / 1000, coerce: decimalSeconds('--status-timeout', 1, 600), describe: 'seconds to wait for the daemon\'s answer before saying it is stopped or stuck (exit 3; 1 to 600)' }),
+  async (a) => {
     const g = a as unknown as Globals;
-    const res = await call(g, 'ebsd.Status');
+    // A daemon stopped (SIGSTOP) or stuck still accepts the connection: without a bound, status (a health
+    // check, a script, an operator's first look) waited for ever. As `ebsd top` (--status-timeout).
+    const waitMs = Number(a.statusTimeout) * 1000;
+    const socket = socketPathFor(g.stateDir);
+    const ctl = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => { timedOut = true; ctl.abort(new Error('timeout')); }, waitMs);
+    const res = await callDaemon(socket, 'ebsd.Status', {}, { signal: ctl.signal }).catch((e: unknown) => {
+      if (timedOut) throw new DaemonUnreachableError(socket, `no answer to Status within ${waitMs / 1000} s: the daemon is stopped or stuck`);
+      throw e;
+    }).finally(() => clearTimeout(timer));
     // A --kms-only daemon serves no volumes: no volume table (the JSON keeps its empty Volumes).
     const kmsOnly = (res.Daemon as R | undefined)?.KmsOnly === true;
     show(g, res, () =>
@@ -580,10 +592,20 @@ function statusCommand(y: Argv): Argv {
           ['NEXT REFRESH', (r) => shortTime((r.KeyCache as R | undefined)?.NextRefreshTime)],
           ['EXPIRES', (r) => shortTime((r.KeyCache as R | undefined)?.ExpiryTime)],
         ]),
-        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)']),
+        '(times UTC; EXPIRES = max-stale deadline: without a KMS confirmation by then the volume is impaired)',
+        // What needs an operator (a re-attach that failed, a loop device left over a file no longer served): the
+        // table has no room for it, and leaving it out showed such a volume as in-use and cached, nothing wrong.
+        ...volumeProblems(res.Volumes as R[])]),
       ].join('\n'),
     );
   });
+}
+
+/** `ebsd status` as a table: each volume's Problem on a line of its own under it, none when no volume has one. */
+function volumeProblems(volumes: R[]): string[] {
+  const withProblem = volumes.filter((r) => typeof r.Problem === 'string' && r.Problem !== '');
+  if (withProblem.length === 0) return [];
+  return ['', 'PROBLEMS', ...withProblem.map((r) => `${printableCell(String(r.VolumeId))}: ${printableCell(String(r.Problem))}`)];
 }
 
 function auditCommands(y: Argv): Argv {

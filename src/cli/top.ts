@@ -1,5 +1,5 @@
 import type { Argv } from 'yargs';
-import { callDaemon, DaemonUnreachableError, socketPathFor } from './client.js';
+import { callDaemon, DaemonUnreachableError, socketPathFor, STATUS_TIMEOUT_MS } from './client.js';
 import { decimalSeconds } from './kms-args.js';
 import { applyQuery, printableCell } from './output.js';
 
@@ -20,12 +20,6 @@ const RED = `${ESC}1;37;41m`;
 const YELLOW = `${ESC}1;30;43m`;
 const BOLD = `${ESC}1m`;
 const RESET = `${ESC}0m`;
-/**
- * How long a refresh waits for the daemon's Status by default (--status-timeout): a daemon stopped (SIGSTOP) or
- * stuck still accepts connections, and top must then say so and end rather than
- * hang with the terminal in raw mode (q, ^C and SIGTERM also end the wait).
- */
-const STATUS_TIMEOUT_MS = 10_000;
 /** Highlight a key whose max-stale deadline is this close (seconds), or within 10 % of max-stale. */
 const NEAR_MAX_STALE_S = 300;
 

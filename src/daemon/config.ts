@@ -3,6 +3,7 @@ import { resolve, sep } from 'node:path';
 import { ArgRangeError } from '../util/errors.js';
 import { isRegionName, parseIamPrincipalArn } from '../util/aws-names.js';
 import { MAX_TIMER_MS } from '../util/clock.js';
+import { DEFAULT_KEY_CACHE_TTL_MS } from '../volume/key-cache.js';
 import { isLoopback } from '../util/loopback.js';
 import { endpointUserinfo, shownEndpoint } from '../util/endpoint-url.js';
 
@@ -131,9 +132,11 @@ export function parseMetricsListen(spec: string): { host: string; port: number }
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
   const host = m?.[1] ?? m?.[2];
   const port = Number(m?.[3]);
-  if (!m || !host || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
+  if (!m || !host || (isIP(host) === 0 && host !== 'localhost')) {
     throw new ArgRangeError('--metrics-listen', `must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`);
   }
+  // Said as such: "must be HOST:PORT with an IP address" of 0.0.0.0:99999 named neither what was wrong nor the limit.
+  if (port > 65535) throw new ArgRangeError('--metrics-listen', `"${spec}": port ${port} is out of range (0 to 65535)`);
   return { host, port };
 }
 
@@ -227,6 +230,15 @@ export function checkDaemonFlags(c: DaemonConfig): void {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ArgRangeError(name, `must be a non-negative integer, got ${v}`);
     // Both feed timers (src/volume/key-cache.ts): past MAX_TIMER_MS Node fires them after 1 ms.
     if (v !== undefined && v > MAX_TIMER_MS) throw new ArgRangeError(name, `must be at most ${durationLimit(MAX_TIMER_MS)}, got ${v}`);
+  }
+  // The key cache never holds a key to less than one TTL (src/volume/key-cache.ts takes the larger of the
+  // two): a shorter max-stale given with a TTL was raised to it without a word, and `ebsd status` still
+  // showed the value given. Refused instead; without --key-cache-max-stale, the default yields to the TTL.
+  const ttl = c.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
+  const maxStale = c.keyCacheMaxStaleMs;
+  if (maxStale !== undefined && maxStale < ttl) {
+    const ttlShown = c.keyCacheTtlMs === undefined ? `the default --key-cache-ttl (${ttl} ms)` : `--key-cache-ttl (${ttl} ms)`;
+    throw new ArgRangeError('--key-cache-max-stale', `(${maxStale} ms) is shorter than ${ttlShown}: a volume key is confirmed by its KMS once a TTL, so it cannot go stale sooner; give a max-stale of at least the TTL`);
   }
 }
 

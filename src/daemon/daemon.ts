@@ -17,7 +17,7 @@ import type { AwsKeyService } from '../volume/aws-key-service.js';
 import { isUnreachable } from '../volume/unreachable.js';
 import { HostResolver } from './host-resolver.js';
 import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../volume/key-cache.js';
-import { BlockFileSystem, FuseMount } from '../fuse/index.js';
+import { BlockFileSystem, FuseMount, staleLoopDevices } from '../fuse/index.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { checkDaemonConfig, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } from './config.js';
@@ -65,6 +65,8 @@ export const MAX_UID = 2 ** 32 - 2;
 
 /** The IAM role this host acts as: grantee and retiring principal of attach grants (docs/architecture.md §5.3, §6.2). */
 export const HOST_ROLE = 'ebsd-host';
+/** How often the daemon looks for its FUSE mount taken away from outside (README "State directory"). */
+const MOUNT_WATCH_MS = 5_000;
 const HOST_HOUSEKEEPING_POLICY = 'ebsd-host-list-retirable-grants';
 const HOST_HOUSEKEEPING_DOC = JSON.stringify({
   Version: '2012-10-17',
@@ -176,6 +178,9 @@ export class Daemon {
   private manifestKeyOpener: ManifestKeyOpener | undefined;
   private snapshotGc: SnapshotGc | undefined;
   private gcTicker: NodeJS.Timeout | undefined;
+  /** Looks for the FUSE mount taken away from outside (mountLost), so the log says so without anyone asking. */
+  private mountWatch: NodeJS.Timeout | undefined;
+  private mountLostLogged = false;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
   private ebs: EbsApi | undefined;
   /** EC2 operations and the events they write (docs/architecture.md §5.8): refused while the audit log fails, answered once written. */
@@ -235,6 +240,8 @@ export class Daemon {
     });
     this.authz = this.opened;
     this.kms = this.opened.core;
+    // From the first batch: the start's own events (the re-attach of recorded volumes) are written before the listener starts.
+    if (this.metrics) this.kms.audit.onBatchWritten = this.metrics.observeAuditBatch;
     const ids = this.authz.identities;
     if (!ids.listRoles().some((r) => r.RoleName === HOST_ROLE)) await ids.createRole(HOST_ROLE);
     // The host lists the grants it may retire, so a restart finds attach grants a crash left behind.
@@ -315,6 +322,11 @@ export class Daemon {
       const a = await this.listener.listen();
       kmsUrl = `${a.protocol}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
       this.kmsUrl = kmsUrl;
+    }
+    if (!cfg.kmsOnly) {
+      // Reads /proc/self/mountinfo only (never the mount): a few µs every MOUNT_WATCH_MS.
+      this.mountWatch = setInterval(() => void this.mountLost(), MOUNT_WATCH_MS);
+      this.mountWatch.unref();
     }
     const tickMs = cfg.tickMs ?? 60_000;
     this.ticker = setInterval(() => void this.kms?.tick().catch((err) => log.error({ err }, 'KMS tick failed')), tickMs);
@@ -448,8 +460,8 @@ export class Daemon {
           bfs.add(dev);
           snapshots?.volumeAttached(dev);
         },
-        hide: async (id, { force }) => {
-          await bfs.remove(id, { force });
+        hide: async (id, { force, shutdown }) => {
+          await bfs.remove(id, { force, ...(shutdown ? { shutdown } : {}) });
           await snapshots?.volumeDetaching(id, mgr?.getBlockDevice(id));
         },
         onAudit: (ev) => this.auditVolume(ev),
@@ -504,6 +516,14 @@ export class Daemon {
       snaps.showCopies((id) => copies.runningManifest(id));
       const { resumed, failed } = await m.resumeAttachments();
       if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
+      // A loop device a previous daemon left over one of its files answers EIO while the volume is served afresh:
+      // said once here (and by `ebsd status` while it lasts), since the kernel tells the daemon nothing.
+      const at = this.fuse?.mountedAt;
+      if (at !== undefined) {
+        for (const [volumeId, loops] of await staleLoopDevices(new Set(m.describeVolumes().Volumes.map((v) => v.VolumeId)), at)) {
+          log.warn({ volumeId, loopDevices: loops }, `loop device(s) ${loops.join(', ')} still bound to a file of ${volumeId} that a previous daemon served: every request on them fails with EIO; unmount what is on them and losetup -d them, then set up a new one over ${this.pathOf(volumeId)}`);
+        }
+      }
       // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.
       const resumeRetry = new ResumeRetry({ resume: (only) => m.resumeAttachments(only), logger: log.child({ component: 'resume-retry' }) });
       const retried = new Set(resumeRetry.add(failed));
@@ -542,15 +562,14 @@ export class Daemon {
     if (!m || this.cfg.metricsListen === undefined) return undefined;
     const bfs = this.bfs;
     const audit = this.kms!.audit;
-    const auditFrom = audit.writtenThrough;
-    audit.onBatchWritten = m.observeAuditBatch;
     m.bind({
       attached: () => bfs?.volumeIds() ?? [],
       openHandles: (id) => bfs?.openCount(id) ?? 0,
       inflight: (id) => bfs?.inflightCount(id) ?? 0,
       // Read at scrape time: a host waiting for its KMS at start opens its volumes later (host-resolver.ts).
       keyCaches: () => this.mgr?.describeKeyCaches() ?? [],
-      auditEventsWritten: () => audit.writtenThrough - auditFrom,
+      // Since the log was opened: the events of the start (re-attach Decrypts, grant sweeps) come before this listener.
+      auditEventsWritten: () => audit.eventsWritten,
       auditHealth: () => {
         const h = audit.health();
         return { state: h.State, droppedRefusalEvents: h.DroppedRefusalEvents, tampered: h.Integrity === 'tampered', failedEvents: audit.failedWrites };
@@ -558,6 +577,14 @@ export class Daemon {
       kmsCallLoad: () => this.kms?.callLoad ?? { active: 0, waiting: 0, callers: 0 },
       ...(this.remoteKms ? { remoteKms: () => this.remoteKmsReachability() } : {}),
       volumesUnserved: () => this.unservedVolumeCount(),
+      staleUsers: async () => {
+        const attached = bfs?.volumeIds() ?? [];
+        const known = this.mgr?.describeVolumes().Volumes.map((v) => v.VolumeId) ?? attached;
+        const stale = await this.staleUsers(known);
+        const ids = new Set([...attached, ...stale.keys()]);
+        return [...ids].map((volumeId) => ({ volumeId, loopDevices: stale.get(volumeId)?.loops.length ?? 0, cutOffHandles: stale.get(volumeId)?.cutOff ?? 0 }));
+      },
+      ...(this.cfg.kmsOnly ? {} : { mountLost: () => this.mountLost() }),
       snapshotsInProgress: () => this.snapshots?.inProgress() ?? [],
       kmsListener: () => this.listener?.usage() ?? Promise.resolve(undefined),
     });
@@ -589,6 +616,7 @@ export class Daemon {
     };
     if (this.ticker) clearInterval(this.ticker);
     if (this.gcTicker) clearInterval(this.gcTicker);
+    if (this.mountWatch) clearInterval(this.mountWatch);
     await step('sd_notify', () => this.notify.stopping());
     this.verifyAbort.abort('the daemon is shutting down'); // an audit verification under way answers that, its thread ended
     await step('kms listener', () => this.listener?.close());
@@ -606,7 +634,7 @@ export class Daemon {
     await step('snapshot copies', () => this.copier?.close()); // markers still waiting for the store stay for the next start
     this.snapshotStore?.close?.(); // after the manifests above are written
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
-    for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true }));
+    for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true, shutdown: true }));
     await step('unmount', () => this.fuse?.unmount());
     await step('kms', () => this.opened?.close()); // audit sealed, HSM stopped, identities and grants written
     this.remoteKms?.close();
@@ -914,7 +942,7 @@ export class Daemon {
         // The manager exposes the file inside the volume's mutex (VolumeManagerOptions.expose).
         const id = req.input.VolumeId;
         // Its file would be served nowhere: refused before the grant, the key and the catalog.
-        if (this.fuse?.lost()) throw new EbsdError('FUSE_MOUNT_LOST', `ebsd.AttachVolume: ${this.mountLostProblem()}`, { awsName: 'ServiceUnavailable' });
+        if (this.mountLost()) throw new EbsdError('FUSE_MOUNT_LOST', `ebsd.AttachVolume: ${this.mountLostProblem()}`, { awsName: 'ServiceUnavailable' });
         const r = await mgr.attachVolume(req.input, caller);
         const plain = mgr.getBlockDevice(id)?.unencrypted === true;
         return { ...r, Path: this.pathOf(id), Encrypted: !plain, ...(plain ? { Unencrypted: true } : {}) };
@@ -1001,12 +1029,18 @@ export class Daemon {
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
     const caches = new Map(mgr?.describeKeyCaches().map((c) => [c.VolumeId, c]));
     const audit = this.kms!.audit.health();
+    const described = (mgr?.describeVolumes().Volumes ?? []).filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v));
+    const stale = await this.staleUsers(described.map((v) => v.VolumeId));
     // Only the volumes the caller may describe (ec2:DescribeVolumes, per volume).
-    const volumes = (mgr?.describeVolumes().Volumes ?? []).filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v)).map((v) => {
+    const volumes = described.map((v) => {
       const attached = this.bfs!.has(v.VolumeId);
       const name = v.Tags.find((t) => t.Key === 'Name')?.Value;
       const kc = attached ? caches.get(v.VolumeId) : undefined;
       const { VolumeId: _id, Encrypted: _enc, ...keyCache } = kc ?? { VolumeId: '', Encrypted: v.Encrypted, State: 'none' as const };
+      const st = stale.get(v.VolumeId);
+      // Recorded in-use but not served: a resume failed; retried when the KMS did not answer (resume-retry.ts).
+      const unserved = v.State === 'in-use' && !attached ? this.unservedProblem(v.VolumeId) : {};
+      const problems = [unserved.Problem, st ? this.staleUsersProblem(v.VolumeId, st) : undefined].filter((p): p is string => typeof p === 'string');
       return {
         VolumeId: v.VolumeId,
         ...(name ? { Name: name } : {}),
@@ -1016,8 +1050,10 @@ export class Daemon {
         ...(v.KmsKeyId ? { KmsKeyId: v.KmsKeyId } : {}),
         Attached: attached,
         ...(attached ? { Path: this.pathOf(v.VolumeId), OpenHandles: this.bfs!.openCount(v.VolumeId) } : {}),
-        // Recorded in-use but not served: a resume failed; retried when the KMS did not answer (resume-retry.ts).
-        ...(v.State === 'in-use' && !attached ? this.unservedProblem(v.VolumeId) : {}),
+        ...(st?.loops.length ? { StaleLoopDevices: st.loops } : {}),
+        ...(st?.cutOff ? { CutOffHandles: st.cutOff } : {}),
+        ...unserved,
+        ...(problems.length ? { Problem: problems.join('; ') } : {}),
         // State: cached | refreshing | stale | impaired | held-until-detach | unencrypted | none (not attached).
         KeyCache: keyCache,
         ...(v.Encrypted ? { Kms: this.kmsOf(keyCache) } : {}),
@@ -1036,7 +1072,8 @@ export class Daemon {
       MountDir: this.cfg.mountDir, AllowUnencrypted: this.cfg.allowUnencrypted, XtsEngine: this.xtsEngineName, WriteBehind: this.writeBehind,
     };
     const keyCacheSettings = this.cfg.kmsOnly ? {} : {
-      KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: (this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS) / 1000,
+      // What the key caches use: the default max-stale yields to a longer TTL (src/volume/key-cache.ts).
+      KeyCacheTtlSeconds: ttl / 1000, KeyCacheMaxStaleSeconds: Math.max(this.cfg.keyCacheMaxStaleMs ?? DEFAULT_KEY_CACHE_MAX_STALE_MS, ttl) / 1000,
     };
     return {
       Daemon: {
@@ -1094,13 +1131,62 @@ export class Daemon {
     return n;
   }
 
+  /**
+   * What still holds a file of these volumes that is no longer served: loop devices bound to a
+   * previous daemon's file (stale-loops.ts) and handles this daemon cut off while open
+   * (BlockFileSystem.cutOffHandles). Every request on either fails with EIO, while the volume itself
+   * looks healthy. Volumes with neither are absent.
+   */
+  private async staleUsers(volumeIds: readonly string[]): Promise<Map<string, { loops: string[]; cutOff: number }>> {
+    const out = new Map<string, { loops: string[]; cutOff: number }>();
+    const at = this.fuse?.mountedAt;
+    const bfs = this.bfs;
+    if (at === undefined || !bfs) return out;
+    const loops = await staleLoopDevices(new Set(volumeIds), at);
+    for (const id of volumeIds) {
+      const l = loops.get(id) ?? [];
+      const cutOff = bfs.cutOffHandles(id);
+      if (l.length || cutOff) out.set(id, { loops: l, cutOff });
+    }
+    return out;
+  }
+
+  private staleUsersProblem(volumeId: string, st: { loops: string[]; cutOff: number }): string {
+    const parts: string[] = [];
+    if (st.loops.length) {
+      parts.push(`loop device${st.loops.length === 1 ? '' : 's'} ${st.loops.join(', ')} still bound to a file of this volume that a previous daemon served `
+        + `(it stopped or was killed under ${st.loops.length === 1 ? 'it' : 'them'}): every request on ${st.loops.length === 1 ? 'it' : 'them'} fails with EIO; `
+        + `unmount what is on ${st.loops.length === 1 ? 'it' : 'them'}, losetup -d ${st.loops.join(' ')}, and set up a new one over ${this.pathOf(volumeId)}`);
+    }
+    if (st.cutOff) {
+      parts.push(`${st.cutOff} handle${st.cutOff === 1 ? '' : 's'} of a file of this volume removed while open (a forced detach) still open `
+        + `(a loop device or a program): every request on ${st.cutOff === 1 ? 'it' : 'them'} fails with EIO; close ${st.cutOff === 1 ? 'it' : 'them'} (losetup -l lists loop devices over ${this.pathOf(volumeId)})`);
+    }
+    return parts.join('; ');
+  }
+
   /** What is wrong with the daemon as a whole (a full disk, its mount gone), or nothing. */
   private daemonProblem(auditState: string): { Problem?: string } {
     const problems = [
       ...(auditState !== 'ok' ? [`audit log: disk full (${auditState}); free space in ${this.paths.root}`] : []),
-      ...(this.fuse?.lost() ? [this.mountLostProblem()] : []),
+      ...(this.mountLost() ? [this.mountLostProblem()] : []),
     ];
     return problems.length ? { Problem: problems.join('; ') } : {};
+  }
+
+  /**
+   * Whether the FUSE mount was taken away from outside (FuseMount.lost), logged once when first seen:
+   * by the watch below, a status, a scrape or an attach, whichever comes first. The kernel tells the
+   * daemon nothing, and the files open then keep being served, so without this line the log said
+   * nothing at all while no volume file could be opened.
+   */
+  private mountLost(): boolean {
+    const lost = this.fuse?.lost() ?? false;
+    if (lost && !this.mountLostLogged) {
+      this.mountLostLogged = true;
+      this.log.error({ mount: this.cfg.mountDir }, this.mountLostProblem());
+    }
+    return lost;
   }
 
   private mountLostProblem(): string {

@@ -115,6 +115,14 @@ export interface MetricsSources {
   snapshotsInProgress?(): { volumeId: string; copiedRatio: number }[];
   /** Volumes recorded in-use on this host but not served (waiting for the KMS at start, or a failed resume). */
   volumesUnserved(): number;
+  /**
+   * What still holds a file of a volume that is no longer served, every request on it failing with EIO:
+   * loop devices bound to a previous daemon's file, handles this daemon cut off while open (`ebsd status`:
+   * StaleLoopDevices, CutOffHandles). Every attached volume, and any other with either.
+   */
+  staleUsers?(): Promise<{ volumeId: string; loopDevices: number; cutOffHandles: number }[]>;
+  /** The FUSE mount was unmounted from outside (`ebsd status`: Daemon.Problem); absent on a --kms-only daemon. */
+  mountLost?(): boolean;
   /** With --kms-listen: its connections and refusals (KmsListener.usage); undefined when its front-end worker does not answer. */
   kmsListener?(): Promise<KmsListenerUsage | undefined>;
 }
@@ -173,6 +181,7 @@ export class DaemonMetrics {
   private readonly labelSeen = new Map<string, Set<string>>();
   private sources: MetricsSources | undefined;
   private usageRead: { at: number; u: Promise<KmsListenerUsage | undefined> } | undefined;
+  private staleRead: Promise<{ volumeId: string; loopDevices: number; cutOffHandles: number }[]> | undefined;
   private listener: MetricsListener | undefined;
 
   constructor() {
@@ -328,6 +337,29 @@ export class DaemonMetrics {
         this.set(self.sources?.volumesUnserved() ?? 0);
       },
     });
+    new Gauge({
+      name: 'ebsd_volume_stale_loop_devices', help: 'Loop devices still bound to a file of the volume that a previous daemon served (it stopped or was killed under them): every request on them fails with EIO until they are detached (losetup -d)',
+      labelNames: ['volume_id'], registers,
+      async collect() {
+        this.reset();
+        for (const u of await self.staleUsersRead()) this.set({ volume_id: u.volumeId }, u.loopDevices);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_volume_cut_off_handles', help: 'Handles still open on a file of the volume removed while open (a forced detach): every request on them fails with EIO until they are closed',
+      labelNames: ['volume_id'], registers,
+      async collect() {
+        this.reset();
+        for (const u of await self.staleUsersRead()) this.set({ volume_id: u.volumeId }, u.cutOffHandles);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_fuse_mount_lost', help: '1 when the daemon\'s FUSE mount was unmounted from outside: no volume file can be opened until the daemon is restarted',
+      registers,
+      collect() {
+        this.set(self.sources?.mountLost?.() ? 1 : 0);
+      },
+    });
     new Counter({
       name: 'ebsd_audit_events_written_total', help: 'Audit events written to the hash-chained log by this daemon',
       registers,
@@ -405,6 +437,21 @@ export class DaemonMetrics {
       name: 'ebsd_control_requests_total', help: 'Control-API requests by operation (X-Amz-Target) and result',
       labelNames: ['operation', 'result'], registers,
     });
+  }
+
+  /**
+   * What holds stale volume files, for one collect: its two series from one read of sysfs, not two
+   * (the registry collects every metric at once; the read is shared while it runs, then dropped, so
+   * the next collect reads afresh and a loop device detached since is not counted).
+   */
+  private staleUsersRead(): Promise<{ volumeId: string; loopDevices: number; cutOffHandles: number }[]> {
+    if (!this.staleRead) {
+      const u = this.sources?.staleUsers?.() ?? Promise.resolve([]);
+      this.staleRead = u;
+      const drop = (): void => { if (this.staleRead === u) this.staleRead = undefined; };
+      u.then(drop, drop);
+    }
+    return this.staleRead;
   }
 
   /** The listener's usage for one scrape: its two series from one answer of the front-end worker, not two. */

@@ -131,6 +131,25 @@ export class BlockFileSystem {
     return this.entries.get(volumeId)?.open ?? 0;
   }
 
+  /**
+   * Handles still open on a file of the volume that remove() took away while they were open (a
+   * forced detach, or a stop): each request on them fails with EIO until they are closed. A loop
+   * device over the file keeps its handle until `losetup -d`, so this is what tells an operator
+   * that one is still there, also once the volume is attached again under the same path.
+   */
+  cutOffHandles(volumeId: string): number {
+    let n = 0;
+    for (const e of this.handles.values()) if (e.removed && e.dev.volumeId === volumeId) n++;
+    return n;
+  }
+
+  /** Volumes with handles cut off by remove() still open (see cutOffHandles). */
+  cutOffVolumeIds(): string[] {
+    const ids = new Set<string>();
+    for (const e of this.handles.values()) if (e.removed) ids.add(e.dev.volumeId);
+    return [...ids];
+  }
+
   /** FUSE requests running against the volume now (0 when not exposed). */
   inflightCount(volumeId: string): number {
     return this.entries.get(volumeId)?.inflight ?? 0;
@@ -140,9 +159,9 @@ export class BlockFileSystem {
    * Take the volume's file out of the mount and wait for running requests to
    * finish. Refused while the file is open unless `force` (then surviving
    * handles get EIO from now on). Returns the device so the caller can
-   * flush and close it.
+   * flush and close it. `shutdown`: the daemon is stopping (said so in the log, not "forced detach").
    */
-  async remove(volumeId: string, opts: { force?: boolean } = {}): Promise<BlockDevice | undefined> {
+  async remove(volumeId: string, opts: { force?: boolean; shutdown?: boolean } = {}): Promise<BlockDevice | undefined> {
     const e = this.entries.get(volumeId);
     if (!e) return undefined;
     if (e.open > 0 && !opts.force) {
@@ -156,7 +175,11 @@ export class BlockFileSystem {
     this.entries.delete(volumeId);
     // Said once here, not once per request: a loop device or fio on a surviving
     // handle would otherwise log a line per request (hundreds per second).
-    if (e.open > 0) {
+    if (e.open > 0 && opts.shutdown) {
+      // A stop with the file still open (README "State directory"): not a detach; the volume stays recorded
+      // attached and comes back at the next start, but a loop device over this file does not.
+      this.log.warn({ volumeId, openHandles: e.open }, 'volume file removed while open (daemon stopping): I/O on its surviving handles now fails with EIO; a loop device over it answers EIO until detached (losetup -d), also after the restart');
+    } else if (e.open > 0) {
       this.log.warn({ volumeId, openHandles: e.open }, 'volume file removed while open (forced detach): I/O on its surviving handles now fails with EIO');
     }
     if (e.inflight > 0) await new Promise<void>((r) => e.drained.push(r));

@@ -90,6 +90,11 @@ export class FuseMount {
     return this.fuse !== undefined;
   }
 
+  /** Where the mount was made (the directory with symlinks resolved: the path the kernel gives its files), once mounted. */
+  get mountedAt(): string | undefined {
+    return this.fuse?.mnt;
+  }
+
   async mount(): Promise<void> {
     if (this.fuse) return;
     await recoverStaleMount(this.mountDir, this.log);

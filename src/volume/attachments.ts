@@ -59,7 +59,7 @@ export interface AttachmentsDeps {
    * Stop serving a device: refuse while its file is open unless `force`,
    * then wait for running requests. Runs inside the volume's mutex.
    */
-  hide?: (volumeId: string, opts: { force: boolean }) => Promise<void>;
+  hide?: (volumeId: string, opts: { force: boolean; shutdown?: boolean }) => Promise<void>;
 }
 
 
@@ -89,7 +89,7 @@ export class Attachments {
   private readonly audit: (ev: AttachmentAuditEvent) => void;
   private openCount: (volumeId: string) => number;
   private readonly expose: (dev: BlockDevice) => void;
-  private readonly hide: (volumeId: string, opts: { force: boolean }) => Promise<void>;
+  private readonly hide: (volumeId: string, opts: { force: boolean; shutdown?: boolean }) => Promise<void>;
   /** Retirement of the attach grants (attach-grants.ts). */
   readonly grants: AttachGrants;
   /** One key-and-grant check per TTL for every attached volume (key-check.ts); none with TTL 0. */
@@ -370,7 +370,7 @@ export class Attachments {
     await this.keyCheck?.stop();
     for (const [id, att] of this.live) {
       await this.mutex.run(id, async () => {
-        await this.hide(id, { force: true }).then(
+        await this.hide(id, { force: true, shutdown: true }).then(
           () => this.log.debug({ volumeId: id }, 'volume file hidden for shutdown'),
           (err) => this.log.warn({ volumeId: id, err: errInfo(err) }, 'could not hide the volume file'),
         );

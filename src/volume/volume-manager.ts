@@ -105,9 +105,9 @@ export interface VolumeManagerOptions {
   /**
    * Stop serving a volume: refuse while its file is open unless `force`,
    * then drain running requests. Called inside the volume's mutex, at
-   * detach and at close, before the device is closed.
+   * detach and at close, before the device is closed (`shutdown`: at close, the daemon stopping).
    */
-  hide?: (volumeId: string, opts: { force: boolean }) => Promise<void>;
+  hide?: (volumeId: string, opts: { force: boolean; shutdown?: boolean }) => Promise<void>;
   logger?: Logger;
 }
 

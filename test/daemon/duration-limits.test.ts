@@ -12,7 +12,7 @@ import { checkDaemonConfig, MAX_MODIFICATION_WINDOW_MS, MIN_SNAPSHOT_COW_MEMORY,
 import { COW_SECTOR } from '../../src/snapshot/cow-spill.js';
 import { MAX_TIMER_MS, type Clock, type TimerHandle } from '../../src/util/clock.js';
 import { KeyCache, type KeyCheckMembership } from '../../src/volume/key-cache.js';
-import { ensureBuilt } from '../e2e/helpers.js';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 const H = 3_600_000;
 
@@ -121,4 +121,47 @@ describe('durations that feed a timer', () => {
     for (const d of delays) expect(d).toBeLessThanOrEqual(MAX_TIMER_MS);
     expect(delays[0]).toBe(MAX_TIMER_MS);
   });
+});
+
+/**
+ * The key cache holds a key at least one TTL (src/volume/key-cache.ts takes the larger of max-stale and
+ * TTL). A --key-cache-max-stale shorter than the --key-cache-ttl given with it was raised to the TTL
+ * without a word, and `ebsd status` (Daemon.KeyCacheMaxStaleSeconds) showed the value given, not the
+ * one every volume used: refused now, naming both; the default max-stale yielding to a longer TTL is
+ * what status shows.
+ */
+describe('--key-cache-max-stale against --key-cache-ttl', () => {
+  it('checkDaemonConfig refuses a max-stale shorter than the TTL, and takes one equal to it', () => {
+    const base = { stateDir: '/x', mountDir: '/y', logLevel: 'info', allowUnencrypted: false };
+    expect(() => checkDaemonConfig({ ...base, keyCacheTtlMs: 10 * H, keyCacheMaxStaleMs: H })).toThrow(/--key-cache-max-stale \(3600000 ms\) is shorter than --key-cache-ttl \(36000000 ms\)/);
+    expect(() => checkDaemonConfig({ ...base, keyCacheTtlMs: H, keyCacheMaxStaleMs: H })).not.toThrow();
+    expect(() => checkDaemonConfig({ ...base, keyCacheTtlMs: 10 * H })).not.toThrow();
+    // Alone, against the default TTL (5 min).
+    expect(() => checkDaemonConfig({ ...base, keyCacheMaxStaleMs: 60_000 })).toThrow(/--key-cache-max-stale \(60000 ms\) is shorter than the default --key-cache-ttl \(300000 ms\)/);
+    expect(() => checkDaemonConfig({ ...base, keyCacheTtlMs: 30_000, keyCacheMaxStaleMs: 60_000 })).not.toThrow();
+  });
+
+  it('ebsd daemon --key-cache-ttl 10h --key-cache-max-stale 1h: exit 2 before anything starts', () => {
+    ensureBuilt();
+    const r = spawnSync(process.execPath, ['dist/cli/main.js', 'daemon', '--key-cache-ttl', '10h', '--key-cache-max-stale', '1h', '--state-dir', '/nonexistent/ebsd-duration-test'], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr).toContain('--key-cache-max-stale (3600000 ms) is shorter than --key-cache-ttl (36000000 ms)');
+  });
+
+  it('a TTL past the default max-stale alone: status shows the max-stale the volumes use', async () => {
+    ensureBuilt();
+    const env = new Env('max-stale-shown');
+    try {
+      await env.start(['--key-cache-ttl', '2h']);
+      const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB' })).VolumeId;
+      await env.api('ebsd.AttachVolume', { VolumeId: vol });
+      const st = await env.api('ebsd.Status');
+      const v = st.Volumes.find((x: { VolumeId: string }) => x.VolumeId === vol);
+      expect(v.KeyCache.MaxStaleSeconds).toBe(7200);
+      expect(st.Daemon.KeyCacheMaxStaleSeconds).toBe(v.KeyCache.MaxStaleSeconds);
+      expect(st.Daemon.KeyCacheTtlSeconds).toBe(7200);
+    } finally {
+      await env.cleanup();
+    }
+  }, 60_000);
 });

@@ -69,10 +69,10 @@ function idleConnection(port: number, from: string): Promise<{ s: Socket; closed
   });
 }
 
-/** The port the daemon bound for --metrics-listen 127.0.0.1:0, from its log (polled: the log file is written asynchronously). */
-async function metricsPort(env: Env): Promise<number> {
+/** The port the daemon bound for --metrics-listen 127.0.0.1:0, from its log past `from` (polled: the log file is written asynchronously). */
+async function metricsPort(env: Env, from = 0): Promise<number> {
   for (let i = 0; i < 200; i++) {
-    const m = /"metrics":"http:\/\/127\.0\.0\.1:(\d+)\/metrics"/.exec(env.daemonLog());
+    const m = /"metrics":"http:\/\/127\.0\.0\.1:(\d+)\/metrics"/.exec(env.daemonLog().slice(from));
     if (m) return Number(m[1]);
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -419,4 +419,32 @@ console.log(JSON.stringify(counts));`;
       await bad.cleanup();
     }
   }, 60_000);
+});
+
+describe('ebsd_audit_events_written_total after a restart (real daemon)', () => {
+  const env = new Env('metrics-restart');
+  afterAll(() => env.cleanup(), 60_000);
+
+  it('counts every event this daemon wrote and times its batches, those of its start (the re-attach of a recorded volume) included', async () => {
+    ensureBuilt();
+    const args = ['--metrics-listen', '127.0.0.1:0'];
+    await env.start(args);
+    const vol = (await env.api('ebsd.CreateVolume', { Size: '4MiB' })).VolumeId;
+    await env.api('ebsd.AttachVolume', { VolumeId: vol });
+    expect(await env.stop()).toBe(0);
+    const lines = (): string[] => env.auditText().split('\n').filter((l) => l.length > 0);
+    const before = lines().length;
+    const logBefore = env.daemonLog().length;
+    await env.start(args);
+    // Before anything is asked of it, the start wrote the re-attach's events (ListRetirableGrants, the grant's Decrypt).
+    const written = lines().slice(before).map((l) => (JSON.parse(l) as { eventName: string }).eventName);
+    expect(written).toContain('Decrypt');
+    const port = await metricsPort(env, logBefore);
+    const s = (await scrape(port)).samples;
+    expect(s.get('ebsd_audit_events_written_total')).toBe(written.length);
+    // Their batch writes are timed too (one batch or more, at most one per event).
+    const batches = s.get('ebsd_audit_write_duration_seconds_count{result="ok"}')!;
+    expect(batches).toBeGreaterThanOrEqual(1);
+    expect(batches).toBeLessThanOrEqual(written.length);
+  }, 90_000);
 });

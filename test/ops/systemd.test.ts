@@ -135,6 +135,25 @@ describe('systemd units', () => {
     expect(Number(m![1]) * 1000).toBeGreaterThan(DEFAULT_STOP_TIMEOUT_MS + 2_000);
   });
 
+  it('a command line the daemon refuses (exit 2) is not restarted by Restart=on-failure: ebsd.service lists 2 in RestartPreventExitStatus', async () => {
+    const unit = readFileSync(join(ROOT, 'contrib', 'systemd', 'ebsd.service'), 'utf8');
+    expect(unit).toMatch(/^Restart=on-failure$/m);
+    const prevent = /^RestartPreventExitStatus=(.*)$/m.exec(unit)?.[1]?.split(/\s+/) ?? [];
+    // The unit's own ExecStart with one flag out of range, as an edit of it could leave it: what the daemon exits with.
+    const execStart = /^ExecStart=(.*)$/m.exec(unit)![1]!.split(' ');
+    expect(execStart[0]).toBe('/usr/local/bin/ebsd');
+    const dir = mkdtempSync('/tmp/ebsd-unit-usage-');
+    try {
+      const args = execStart.slice(1).map((a) => (a === '/var/lib/ebsd' ? join(dir, 'state') : a === '/mnt/ebsd' ? join(dir, 'mnt') : a));
+      const r = await run(process.execPath, [CLI, ...args, '--key-cache-ttl', '600h'], { timeoutMs: 30_000 });
+      expect(r.stderr).toContain('--key-cache-ttl 600h is too long');
+      expect(prevent).toContain(String(r.code));
+      expect(existsSync(join(dir, 'state'))).toBe(false); // refused before anything was touched: nothing a restart would change
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a --bin that is missing, a directory or not executable is refused (exit 2, naming it) and installs nothing', async () => {
     const other = mkdtempSync('/tmp/ebsd-units-nobin-');
     try {

@@ -151,6 +151,8 @@ export class AuditLog {
   private fh!: fsp.FileHandle;
   /** Last event written (its sequence number and line hash): the chain continues from here. */
   private flushedSeq = -1;
+  /** Events written since open (not a difference of sequence numbers: a truncated log's sequence jumps past a digest). */
+  private writtenEvents = 0;
   private flushedHash = GENESIS_HASH;
   private sealedThrough = -1;
   private prevDigestHash: string | null = null;
@@ -370,9 +372,14 @@ export class AuditLog {
     }
   }
 
-  /** Sequence number of the last event written to the log file (-1: none yet); metrics count from it. */
+  /** Sequence number of the last event written to the log file (-1: none yet). */
   get writtenThrough(): number {
     return this.flushedSeq;
+  }
+
+  /** Events written to the log file since it was opened (metrics: ebsd_audit_events_written_total). */
+  get eventsWritten(): number {
+    return this.writtenEvents;
   }
 
   /** Events whose write failed since the log was opened. */
@@ -511,6 +518,7 @@ export class AuditLog {
         if (this.fsyncMode === 'event') await this.syncBatch(start, seq, hash);
         this.flushedSeq = seq;
         this.flushedHash = hash;
+        this.writtenEvents += batch.length;
         this.disk.wrote();
         this.observeBatch(batch.length, t0, true);
         this.sealIfCounted();
