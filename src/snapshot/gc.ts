@@ -132,6 +132,9 @@ export class SnapshotGc {
   private readonly deleting = new Map<BlockHash, Promise<void>>();
   /** One collection at a time on this daemon. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** The background sweep of refused manifests' deletes (sweepSoon) queued and not yet begun, and the snapshots it is for. */
+  private refusedSweep: { snapshotIds: string[]; done: Promise<SweepResult | undefined> } | undefined;
+  private closed = false;
   /** Told each snapshot whose manifest deleteSnapshot removed (onManifestDeleted). */
   private readonly deletedListeners = new Set<(snapshotId: string) => void>();
 
@@ -193,23 +196,39 @@ export class SnapshotGc {
    * docs/architecture.md §13.5, or unreadable) is removed unread, and the whole
    * store is swept: its block list is never used to choose what to free (nor,
    * while it exists, to keep: every mark stops on it), so the sweep, which
-   * marks from the manifests left, frees what only it named. `refused`: the
-   * caller found it so; should this read find it readable after all (put back
-   * meanwhile), nothing is deleted and `readable` says so, for the caller to
-   * judge it as it now reads.
+   * marks from the manifests left, frees what only it named. That sweep lists
+   * and marks the whole store (minutes on a large S3 store), so it runs after
+   * the delete has answered (`sweep`, sweepSoon): a caller waiting for it would
+   * time out and retry a delete that took effect. `refused`: the caller found it
+   * so; should this read find it readable after all (put back meanwhile),
+   * nothing is deleted and `readable` says so, for the caller to judge it as it
+   * now reads.
    */
-  deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<{ deleted: boolean; readable?: true; result: SweepResult }> {
-    return this.serial(async () => {
-      const none: SweepResult = { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 };
-      let m: SnapshotManifest | undefined;
+  async deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<{ deleted: boolean; readable?: true; result: SweepResult; sweep?: Promise<SweepResult | undefined> }> {
+    const none: SweepResult = { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 };
+    /** Removed unread (SNAPSHOT_CORRUPT), or `m` as it reads. */
+    const readOrRemove = async (): Promise<{ m: SnapshotManifest | undefined } | { removed: Promise<SweepResult | undefined> }> => {
       try {
-        m = await this.store.getManifest(snapshotId);
+        return { m: await this.store.getManifest(snapshotId) };
       } catch (err) {
         if (!(err instanceof SnapshotError) || err.code !== 'SNAPSHOT_CORRUPT') throw err;
-        return { deleted: true, result: await this.removeRefused(snapshotId, none) };
+        await this.store.deleteManifest(snapshotId);
+        for (const fn of this.deletedListeners) fn(snapshotId);
+        return { removed: this.sweepSoon(snapshotId) };
       }
+    };
+    if (opts.refused) {
+      // Not queued behind the collection under way (a sweep may take minutes): no mark uses a refused manifest (each stops
+      // on it), so removing it meanwhile frees nothing a collection would have kept; a mark that reads past it goes on.
+      const r = await readOrRemove();
+      if ('removed' in r) return { deleted: true, result: none, sweep: r.removed };
+      return r.m ? { deleted: false, readable: true, result: none } : { deleted: false, result: none };
+    }
+    return this.serial(async () => {
+      const r = await readOrRemove();
+      if ('removed' in r) return { deleted: true, result: none, sweep: r.removed };
+      const m = r.m;
       if (!m) return { deleted: false, result: none };
-      if (opts.refused) return { deleted: false, readable: true, result: none };
       await this.store.deleteManifest(snapshotId);
       for (const fn of this.deletedListeners) fn(snapshotId);
       faultPoint('gc.after-manifest-delete');
@@ -226,18 +245,43 @@ export class SnapshotGc {
     });
   }
 
-  /** deleteSnapshot of a manifest that cannot be trusted: removed unread, then the store swept (inside serial). */
-  private async removeRefused(snapshotId: string, none: SweepResult): Promise<SweepResult> {
-    await this.store.deleteManifest(snapshotId);
-    for (const fn of this.deletedListeners) fn(snapshotId);
-    try {
-      const result = await this.sweepNow();
-      this.log.info({ snapshotId, ...result }, 'snapshot with a refused manifest deleted; the store swept');
-      return result;
-    } catch (err) {
-      this.log.warn({ snapshotId, store: this.store.location, err }, 'snapshot with a refused manifest deleted; the blocks only it named are left to a later sweep: the store could not be swept now');
-      return none;
+  /**
+   * The sweep a refused manifest's delete needs (deleteSnapshot), queued behind the collection under
+   * way and run in the background; resolves with its result, or undefined when it failed or did not
+   * run (the daemon stopping): logged, and the blocks only that manifest named are left to a later
+   * sweep, as after a crash. Deletes that come while it waits to begin join it: one sweep frees what
+   * each of their manifests alone named.
+   */
+  private sweepSoon(snapshotId: string): Promise<SweepResult | undefined> {
+    const queued = this.refusedSweep;
+    if (queued) {
+      queued.snapshotIds.push(snapshotId);
+      return queued.done;
     }
+    const snapshotIds = [snapshotId];
+    const done = this.serial(async () => {
+      this.refusedSweep = undefined; // begun: a delete from now on needs a sweep of its own
+      const store = this.store.location;
+      if (this.closed) {
+        this.log.warn({ snapshotIds, store }, 'snapshots with a refused manifest deleted; the blocks only they named are left to a later sweep: the daemon is stopping');
+        return undefined;
+      }
+      try {
+        const result = await this.sweepNow();
+        this.log.info({ snapshotIds, ...result }, 'snapshots with a refused manifest deleted; the store swept');
+        return result;
+      } catch (err) {
+        this.log.warn({ snapshotIds, store, err }, 'snapshots with a refused manifest deleted; the blocks only they named are left to a later sweep: the store could not be swept now');
+        return undefined;
+      }
+    });
+    this.refusedSweep = { snapshotIds, done };
+    return done;
+  }
+
+  /** A queued background sweep (sweepSoon) not yet begun is not begun: the daemon is stopping. One under way runs on (the store's close ends it). */
+  close(): void {
+    this.closed = true;
   }
 
   /** Frees every block no manifest names: orphans of crashes, of deleted snapshots' young blocks, of failed writes. */

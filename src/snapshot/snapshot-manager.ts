@@ -1041,8 +1041,9 @@ export class SnapshotManager {
    * and garbage collection frees the blocks no other snapshot references.
    * A snapshot whose manifest is refused (getShown) is deleted too, its state
    * judged only by what this daemon knows (a create or copy it runs, a hold):
-   * the manifest is removed unread and the store swept (SnapshotGc.deleteSnapshot),
-   * so nothing its block list says is used to keep or free anything.
+   * the manifest is removed unread and the store swept in the background, after
+   * the answer (SnapshotGc.deleteSnapshot), so nothing its block list says is used
+   * to keep or free anything.
    */
   async deleteSnapshot(snapshotId: string, caller: Caller): Promise<void> {
     await this.deleting.run(snapshotId, async () => {
@@ -1064,7 +1065,7 @@ export class SnapshotManager {
           if (!r.deleted) throw snapshotNotFound(snapshotId);
           // Nothing of the manifest is trusted, so the event names no volume.
           this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, principal: caller.arn, details: { manifestRefused: true } });
-          this.log.info({ snapshotId }, 'snapshot deleted: its manifest was refused (removed unread; the store swept)');
+          this.log.info({ snapshotId }, 'snapshot deleted: its manifest was refused (removed unread; the store is swept in the background)');
           return;
         }
         if (!m) throw snapshotNotFound(snapshotId);

@@ -3,7 +3,7 @@
  * C reach one KMS (a --kms-only daemon on loopback) with --kms-endpoint and sign their manifests
  * with the same HMAC key into one S3 store (s3rver). A manifest B wrote, changed by a byte in the
  * store, is a snapshot in state `error` on both hosts (listing and by id); a restore of it on C is
- * IncorrectState (400); C deletes it, and its sweep frees the block only that manifest named from
+ * IncorrectState (400); C deletes it, and its sweep (after the answer) frees the block only that manifest named from
  * the store, through the shared store's windowed deletes, and none of the other snapshot's; B then
  * no longer finds it and restores the other snapshot whole.
  */
@@ -105,12 +105,14 @@ describe('a refused manifest in a store two hosts share', () => {
     const refused = await failure(c.api('ebsd.CreateVolume', { SnapshotId: snap2.SnapshotId }));
     expect([refused.awsName, refused.status]).toEqual(['IncorrectState', 400]);
 
-    // The other host deletes it; its sweep frees from the store the block only snap-2 named, and nothing of snap-1's.
+    // The other host deletes it; its sweep, after the answer, frees from the store the block only snap-2 named, and
+    // nothing of snap-1's.
     expect(await c.api('ebsd.DeleteSnapshot', { SnapshotId: snap2.SnapshotId })).toEqual({ Return: true });
     expect(existsSync(manifestFile(snap2.SnapshotId))).toBe(false);
+    const swept = new RegExp(`"snapshotIds":\\["${snap2.SnapshotId}"\\][^\\n]*"deleted":[1-9][^\\n]*the store swept`);
+    expect(await c.untilLog(swept, 20_000)).toMatch(swept);
     expect(existsSync(blockFile(onlyInSnap2))).toBe(false);
     expect(existsSync(blockFile(shared))).toBe(true);
-    expect((await c.untilLog('snapshot with a refused manifest deleted; the store swept'))).toMatch(new RegExp(`"snapshotId":"${snap2.SnapshotId}"[^\\n]*"deleted":[1-9]`));
     // The host that wrote it no longer finds it, and restores snap-1 whole.
     expect((await failure(b.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap2.SnapshotId] }))).awsName).toBe('InvalidSnapshot.NotFound');
     const v = (await b.api('ebsd.CreateVolume', { SnapshotId: snap1 })).VolumeId as string;

@@ -1,0 +1,179 @@
+/**
+ * DeleteSnapshot of a refused manifest (docs/architecture.md §13.5) sweeps the whole store, which on
+ * a large S3 store lists and marks for minutes: the collector (src/snapshot/gc.ts) removes the
+ * manifest and answers, and sweeps after, in the background. Here the S3 store is s3rver behind a
+ * proxy on loopback that holds the sweep's listing of the blocks (ListObjectsV2 under `blocks/`)
+ * until the test lets it go, as a slow listing of a large store would: the delete has answered,
+ * the manifest gone, while the listing is held and every block still there; once the listing goes
+ * on, the sweep frees the block only the refused manifest named. A second refused delete made
+ * while the first's sweep waits to begin joins it.
+ */
+import { createServer, request, type Server } from 'node:http';
+import { writeFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { SnapshotGc } from '../../src/snapshot/gc.js';
+import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
+import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
+import { block, manifest, snapId } from './store-suite.js';
+
+const PREFIX = 'gc-refused-bg';
+/** The longest the proxy holds a listing if the test never lets it go (old code, which answers only after its sweep). */
+const HOLD_BOUND_MS = 20_000;
+
+/** A proxy in front of s3rver that holds ListObjectsV2 of the blocks while `held` is armed. */
+class ListingHoldingProxy {
+  private server: Server | undefined;
+  private armed = false;
+  private readonly waiting: (() => void)[] = [];
+  /** Block listings held now. */
+  holding = 0;
+  endpoint = '';
+
+  constructor(private readonly upstream: string) {}
+
+  async start(): Promise<void> {
+    this.server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const url = new URL(req.url!, 'http://x');
+        const blockListing = req.method === 'GET' && url.searchParams.get('list-type') === '2' && (url.searchParams.get('prefix') ?? '').endsWith('/blocks/');
+        const forward = (): void => {
+          const up = request(`${this.upstream}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
+            res.writeHead(r.statusCode!, r.headers);
+            r.pipe(res);
+          });
+          up.on('error', () => res.destroy());
+          up.end(Buffer.concat(chunks));
+        };
+        if (!blockListing || !this.armed) return forward();
+        this.holding++;
+        let gone = false;
+        const go = (): void => {
+          if (gone) return;
+          gone = true;
+          clearTimeout(bound);
+          this.holding--;
+          forward();
+        };
+        const bound = setTimeout(go, HOLD_BOUND_MS);
+        this.waiting.push(go);
+      });
+    });
+    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
+    this.endpoint = `http://127.0.0.1:${(this.server.address() as { port: number }).port}`;
+  }
+
+  hold(): void {
+    this.armed = true;
+  }
+
+  release(): void {
+    this.armed = false;
+    for (const go of this.waiting.splice(0)) go();
+  }
+
+  async stop(): Promise<void> {
+    this.release();
+    const s = this.server;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((r) => s.close(() => r()));
+  }
+}
+
+/** Polls `fn` every 20 ms, 10 s at most, until it returns true; returns its last answer. */
+async function until(fn: () => Promise<boolean> | boolean): Promise<boolean> {
+  for (let i = 0; i < 500; i++) {
+    if (await fn()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return fn();
+}
+
+describe('DeleteSnapshot of a refused manifest: the store is swept after the answer, not inside it', () => {
+  let s3: S3Server | undefined;
+  let proxy: ListingHoldingProxy | undefined;
+  let store: S3SnapshotStore | undefined;
+
+  beforeAll(async () => {
+    s3 = await startS3Server();
+    proxy = new ListingHoldingProxy(s3.endpoint);
+    await proxy.start();
+    store = await S3SnapshotStore.open({ bucket: s3.bucket, prefix: PREFIX, endpoint: proxy.endpoint, credentials: S3RVER_CREDENTIALS });
+  }, 60_000);
+
+  afterAll(async () => {
+    store?.close();
+    await proxy?.stop();
+    await s3?.stop();
+  });
+
+  test('answers once the manifest is gone while the sweep\'s block listing is held; the sweep then frees what only it named, and a second refused delete joins the queued sweep', async () => {
+    const [kept, onlyRefused, onlySecond] = [block(4096), block(4096), block(4096)];
+    for (const b of [kept, onlyRefused, onlySecond]) await store!.putBlock(b!.hash, b!.data);
+    const good = snapId();
+    await store!.putManifest(manifest(good, [[0, kept!.hash]]));
+    // Two manifests that do not read back (not JSON): refused (SNAPSHOT_CORRUPT), as one whose MAC fails is.
+    const refused = snapId();
+    const second = snapId();
+    await store!.putManifest(manifest(refused, [[0, onlyRefused!.hash]]));
+    await store!.putManifest(manifest(second, [[0, onlySecond!.hash]]));
+    for (const id of [refused, second]) writeFileSync(s3!.objectFile(`${PREFIX}/manifests/${id}.json`), '{"snapshotId": not json');
+    await expect(store!.getManifest(refused)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+
+    const gc = new SnapshotGc(store!, { graceMs: 0 });
+    proxy!.hold();
+    try {
+      const r = await gc.deleteSnapshot(refused, { refused: true });
+      // Answered: the manifest is gone, and nothing is freed yet (the old code answered only after its sweep, which the
+      // proxy let go of after HOLD_BOUND_MS, the block freed by then).
+      expect(await store!.hasBlock(onlyRefused!.hash)).toBe(true);
+      expect(r.deleted).toBe(true);
+      expect(await store!.getManifest(refused)).toBeUndefined();
+      // The sweep runs meanwhile, its listing held as a large store's would take minutes.
+      expect(await until(() => proxy!.holding > 0)).toBe(true);
+      expect(r.sweep).toBeDefined();
+      // A second refused delete while that sweep runs: answered at once too (its manifest removed), its own sweep queued.
+      const r2 = await gc.deleteSnapshot(second, { refused: true });
+      expect(r2.deleted).toBe(true);
+      expect(await store!.hasBlock(onlySecond!.hash)).toBe(true);
+    } finally {
+      proxy!.release();
+    }
+    // Once the listing goes on, the sweeps free what only the refused manifests named, and keep the other snapshot's.
+    expect(await until(async () => !(await store!.hasBlock(onlyRefused!.hash)) && !(await store!.hasBlock(onlySecond!.hash)))).toBe(true);
+    expect(await store!.hasBlock(kept!.hash)).toBe(true);
+    expect(await store!.getManifest(good)).toBeDefined();
+  }, 60_000);
+
+  test('refused deletes made while a sweep is under way join one queued sweep; a closed collector does not begin it', async () => {
+    const [a, b] = [block(4096), block(4096)];
+    for (const x of [a, b]) await store!.putBlock(x!.hash, x!.data);
+    const ids = [snapId(), snapId(), snapId()];
+    for (const id of ids) {
+      await store!.putManifest(manifest(id, [[0, a!.hash]]));
+      writeFileSync(s3!.objectFile(`${PREFIX}/manifests/${id}.json`), 'not json');
+    }
+    const gc = new SnapshotGc(store!, { graceMs: 0 });
+    proxy!.hold();
+    let queued: Promise<unknown>[] = [];
+    try {
+      const first = await gc.deleteSnapshot(ids[0]!, { refused: true });
+      expect(await until(() => proxy!.holding > 0)).toBe(true);
+      // The first's sweep is under way (its listing held): the next two queue one sweep between them.
+      const next = await Promise.all([gc.deleteSnapshot(ids[1]!, { refused: true }), gc.deleteSnapshot(ids[2]!, { refused: true })]);
+      expect(next.map((x) => x.deleted)).toEqual([true, true]);
+      expect(next[0]!.sweep).toBe(next[1]!.sweep);
+      expect(next[0]!.sweep).not.toBe(first.sweep);
+      queued = [first.sweep!, next[0]!.sweep!];
+      gc.close();
+    } finally {
+      proxy!.release();
+    }
+    const [ran, skipped] = await Promise.all(queued);
+    expect(ran).toMatchObject({ deleted: expect.any(Number) });
+    expect(skipped).toBeUndefined();
+    for (const id of ids) expect(await store!.getManifest(id)).toBeUndefined();
+  }, 60_000);
+});
