@@ -152,6 +152,12 @@ class LetGoFirst extends Error {
 }
 
 /**
+ * DeleteSnapshot of a manifest it found refused that the collector then read valid (rewritten meanwhile) reads it again
+ * and judges it as it reads, this many times at most; past that, SNAPSHOT_STORE.
+ */
+export const DELETE_REREADS_MAX = 3;
+
+/**
  * EC2 snapshots of this host's volumes (docs/architecture.md §12):
  * CreateSnapshot (point in time, copy-on-write on an attached volume,
  * incremental through changed-block tracking), DescribeSnapshots and
@@ -1047,7 +1053,7 @@ export class SnapshotManager {
    */
   async deleteSnapshot(snapshotId: string, caller: Caller): Promise<void> {
     await this.deleting.run(snapshotId, async () => {
-      for (;;) {
+      for (let flips = 0; ; flips++) {
         let m: SnapshotManifest | undefined;
         let refused: RefusedSnapshot | undefined;
         try {
@@ -1060,8 +1066,12 @@ export class SnapshotManager {
           // Pending as far as this daemon knows: a create or copy of that id it runs (nothing in the manifest is believed).
           this.refuseDeleteWhileUsed(snapshotId, this.runningManifest(snapshotId) !== undefined);
           const r = await this.o.gc.deleteSnapshot(snapshotId, { refused: true });
-          // Readable again by the collector's read (put back meanwhile): judged as it now reads.
-          if (r.readable) continue;
+          // Readable again by the collector's read (put back meanwhile): judged as it now reads, a few times at most: a
+          // manifest whose content keeps changing would otherwise hold this id's lock for as long as it does.
+          if (r.readable) {
+            if (flips < DELETE_REREADS_MAX) continue;
+            throw new SnapshotError('SNAPSHOT_STORE', `DeleteSnapshot of ${snapshotId}: its manifest was refused, then read back valid, ${flips + 1} times in a row (something keeps rewriting it in the store ${this.o.store.location}); nothing was deleted, try again once it stays as it is`);
+          }
           if (!r.deleted) throw snapshotNotFound(snapshotId);
           // Nothing of the manifest is trusted, so the event names no volume.
           this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, principal: caller.arn, details: { manifestRefused: true } });
