@@ -619,6 +619,10 @@ export class Daemon {
     if (this.mountWatch) clearInterval(this.mountWatch);
     await step('sd_notify', () => this.notify.stopping());
     this.verifyAbort.abort('the daemon is shutting down'); // an audit verification under way answers that, its thread ended
+    // Before the listeners close: a CompleteSnapshot waiting for the KMS ends now, answered (failed, the snapshot left
+    // pending) while its client is still connected, rather than completing after the KMS listener cut its client off
+    // or holding the control server's drain (10 s) for nothing. The keys stay until 'ebs direct' below.
+    await step('ebs direct waits', () => this.ebs?.stopWaits());
     await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());

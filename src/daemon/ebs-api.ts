@@ -76,6 +76,11 @@ export class EbsApi {
     this.throttle = o.throttle ?? new SnapshotThrottle();
   }
 
+  /** Ends the CompleteSnapshot waits (EbsDirect.stopWaits), before the listeners close; keys stay until close(). */
+  async stopWaits(): Promise<void> {
+    await this.o.direct.stopWaits();
+  }
+
   /** Wipe the block-token key and the cached data keys; resolves once the pending markers' retries have stopped. */
   async close(): Promise<void> {
     await this.o.direct.close();

@@ -364,6 +364,28 @@ export class EbsDirect {
   }
 
   /**
+   * The first step of the daemon's stop, before its listeners close: every
+   * CompleteSnapshot waiting (for the KMS to answer for the completed
+   * manifest's MAC, or before its shared-store check) ends now, failed, the
+   * snapshot left pending (recover() marks it at the next start), and none
+   * waits from here on. Resolves once every completion under way has settled,
+   * so each has its answer while its caller's connection is still open: none
+   * completes after its client was cut off, and none holds the control
+   * server's drain. Keys stay until close(), which the stop calls after.
+   * `boundMs`: the longest it waits for them (a store write that hangs), as
+   * long as the control server waits for its requests.
+   */
+  async stopWaits(boundMs = 10_000): Promise<void> {
+    this.closed = true;
+    this.recheckWaits.wakeAll();
+    const answers = [...this.pending.values()].flatMap((p) => (p.completion ? [p.completion.answer] : []));
+    if (!answers.length) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.allSettled(answers), new Promise<void>((r) => { timer = setTimeout(r, boundMs).unref(); })]);
+    clearTimeout(timer);
+  }
+
+  /**
    * Wipe the token key and the cached data keys, cancel the scheduled
    * manifest saves; pending snapshots are left for recover() to mark.
    * Resolves once the markers' background retries have stopped (the store
