@@ -1239,19 +1239,32 @@ export class EbsDirect {
     return this.manifests.related(a.snapshotId, b.snapshotId, async () => {
       // A snapshot named but since deleted still joins those naming it: the walk reaches its id and stops there.
       const ancestors = new Set<string>();
-      await this._walkLineage(a.snapshotId, ancestors, () => false);
-      return this._walkLineage(b.snapshotId, new Set<string>(), (id) => ancestors.has(id));
+      const pair = [a.snapshotId, b.snapshotId] as const;
+      await this._walkLineage(a.snapshotId, ancestors, () => false, pair);
+      return this._walkLineage(b.snapshotId, new Set<string>(), (id) => ancestors.has(id), pair);
     });
   }
 
-  /** Breadth-first up the lineage links from `start`, each snapshot once and at most MAX_CHAIN in `seen`; true as soon as `found` says so. */
-  private async _walkLineage(start: string, seen: Set<string>, found: (id: string) => boolean): Promise<boolean> {
+  /**
+   * Breadth-first up the lineage links from `start`, each snapshot once and at most MAX_CHAIN in `seen`; true as soon as `found` says so.
+   * A snapshot on the way whose manifest is refused (state error) ends the walk as a named one does (refusedAsError): ValidationException
+   * INVALID_SNAPSHOT_ID, naming it, the two `compared`, and why, rather than an InternalServerException a client would retry.
+   */
+  private async _walkLineage(start: string, seen: Set<string>, found: (id: string) => boolean, compared: readonly [string, string]): Promise<boolean> {
     const queue = [start];
     seen.add(start);
     for (let at = 0; at < queue.length; at++) {
       const id = queue[at]!;
       if (found(id)) return true;
-      for (const next of (await this.manifests.linksOf(id)) ?? []) {
+      let links: readonly string[] | undefined;
+      try {
+        links = await this.manifests.linksOf(id);
+      } catch (e) {
+        const r = refusedSnapshot(id, e, '');
+        if (!r) throw e;
+        throw validation('INVALID_SNAPSHOT_ID', `${compared[0]} and ${compared[1]} cannot be compared: ${id}, in the lineage between them, is in state error and cannot be read: ${r.stateMessage}`);
+      }
+      for (const next of links ?? []) {
         if (seen.has(next) || seen.size >= MAX_CHAIN) continue;
         seen.add(next);
         queue.push(next);
