@@ -27,6 +27,7 @@ import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
 import { auditPruneEvent, deniedEvent, signManifestsEvent, SIGN_EVENT_IDS, iamEvent, iamEventName, isIamOperation, refusalKey, refusalParty, refusedKmsRequestEvent, refusedKmsRequestReason, throttledEvent, volumeEvent } from './audit-events.js';
 import { SourceSnapshotAuthz } from './restore-authz.js';
 import { describingStore } from '../snapshot/snapshot-view.js';
+import { RefusedManifestWarnings } from '../snapshot/refused-snapshot.js';
 import { DryRunOperation, Ec2Authorizer, UnauthorizedOperation } from './ec2-authz.js';
 import { judgeRemoteKeyUse, RemoteKeyNames } from './remote-key-names.js';
 import { ResumeRetry } from '../volume/resume-retry.js';
@@ -475,9 +476,12 @@ export class Daemon {
       });
       const cowBudget = resolveCowBudget(cfg.snapshotCowMemoryBytes);
       log.info({ snapshotCowMemoryBytes: cowBudget.bytes, from: cowBudget.from }, `snapshot copy-on-write memory budget ${(cowBudget.bytes / 2 ** 20).toFixed(1)} MiB`);
+      // Once per daemon life per (snapshot, content or error): DescribeSnapshots, polled, lists a refused manifest every time.
+      const refusedWarnings = new RefusedManifestWarnings((snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest refused: the snapshot is shown in state error (said once per daemon start for each content or error)'));
       snapshots = await SnapshotManager.open({
         // DescribeSnapshots shows (and logs) a manifest it cannot read or trust as a snapshot in `error`; the collector (gc) keeps the strict store.
-        store: describingStore(store, (snapshotId, err) => log.warn({ snapshotId, store: store.location, err }, 'snapshot manifest refused: the snapshot is shown in state error')),
+        store: describingStore(store, (snapshotId, err) => refusedWarnings.report(snapshotId, err)),
+        refusedWarnings,
         gc,
         localDir: join(paths.root, 'snapshots-local'),
         volumes: m,

@@ -56,7 +56,10 @@ export type ManifestMacRefusal = 'missing' | 'malformed' | 'invalid' | 'uncanoni
  * what the manifest claims (the key it names); `refusal` holds nothing read from it.
  */
 export class ManifestMacRefused extends SnapshotError {
-  constructor(readonly snapshotId: string, readonly refusal: ManifestMacRefusal, message: string, opts: { cause?: unknown } = {}) {
-    super('SNAPSHOT_CORRUPT', message, opts);
+  /** The canonical digest of the content refused, when it was computed ('invalid'): the same content is refused the same way. */
+  readonly digest: string | undefined;
+  constructor(readonly snapshotId: string, readonly refusal: ManifestMacRefusal, message: string, opts: { cause?: unknown; digest?: string } = {}) {
+    super('SNAPSHOT_CORRUPT', message, opts.cause === undefined ? {} : { cause: opts.cause });
+    this.digest = opts.digest;
   }
 }

@@ -68,6 +68,14 @@ const VOLUME_GIB_MAX = 65536;
 const BLOCKS_PER_GIB = 2048;
 const TEXT_MAX = 4096;
 
+/** The most of a value read from an untrusted manifest that an error (and so the log) quotes. */
+export const QUOTED_MAX = 128;
+
+/** `s`, a value taken from an untrusted manifest (a key ARN it names, JSON.parse's excerpt of it), cut to QUOTED_MAX characters for an error message. */
+export function quoted(s: string): string {
+  return s.length <= QUOTED_MAX ? s : `${s.slice(0, QUOTED_MAX)}… (${s.length - QUOTED_MAX} more characters)`;
+}
+
 /**
  * A manifest's text as a store read it back, checked in every field a
  * reader relies on (DescribeSnapshots, authorization, restore, the
@@ -85,7 +93,8 @@ export function parseManifest(where: string, snapshotId: string, text: string): 
   try {
     v = JSON.parse(text);
   } catch (e) {
-    throw new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${where} is not valid JSON: ${(e as Error).message}`);
+    // JSON.parse's message quotes the text around the fault: what a store writer put there, cut short.
+    throw new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${where} is not valid JSON: ${quoted((e as Error).message)}`);
   }
   const bad = (why: string): SnapshotError => new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${where}: ${why}`);
   const show = (x: unknown): string => String(JSON.stringify(x)).slice(0, 100);

@@ -7,7 +7,7 @@ import { backoffDelayMs } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
 import { ManifestMacRefused, SnapshotError, type ManifestMacRefusal } from './errors.js';
 import type { CollectableStore } from './gc.js';
-import { readListedManifests, summaryOf } from './manifest-check.js';
+import { quoted, readListedManifests, summaryOf } from './manifest-check.js';
 import type { SnapshotManifest, SnapshotSummary } from './types.js';
 
 /**
@@ -250,8 +250,8 @@ export class ManifestSigner {
   async verify(snapshotId: string, m: SnapshotManifest): Promise<void> {
     if (this.verifiedObjects.has(m)) return;
     const { keys, caller, keyArn } = this.ready(snapshotId);
-    const corrupt = (refusal: ManifestMacRefusal, why: string, cause?: unknown): SnapshotError =>
-      new ManifestMacRefused(snapshotId, refusal, `snapshot manifest ${snapshotId}: ${why} (docs/architecture.md §13.5)`, cause === undefined ? {} : { cause });
+    const corrupt = (refusal: ManifestMacRefusal, why: string, cause?: unknown, digest?: string): SnapshotError =>
+      new ManifestMacRefused(snapshotId, refusal, `snapshot manifest ${snapshotId}: ${why} (docs/architecture.md §13.5)`, { ...(cause === undefined ? {} : { cause }), ...(digest ? { digest } : {}) });
     const got = macOf(m);
     if (got === undefined) {
       throw corrupt('missing', `it has no manifest MAC, and this daemon (--snapshot-manifest-key ${keyArn}) trusts only signed manifests`);
@@ -265,10 +265,11 @@ export class ManifestSigner {
       throw corrupt('uncanonical', `its content cannot be put in canonical form for the manifest MAC: ${(e as Error).message}`, e);
     }
     const seen = `${snapshotId}:${digest}:${got.mac}`;
-    const other = got.keyArn !== keyArn ? ` (it names key ${got.keyArn}; this daemon verifies with ${keyArn})` : '';
+    // The key the manifest names is the manifest's to say (up to its size limit): quoted cut short.
+    const other = got.keyArn !== keyArn ? ` (it names key ${quoted(got.keyArn)}; this daemon verifies with ${keyArn})` : '';
     const invalid = `its manifest MAC does not verify: the manifest was changed, moved from another snapshot id, or signed with another key${other}`;
     // The same content with the same MAC failed before: it fails again (HMAC is deterministic), without another KMS call.
-    if (this.failed.has(seen)) throw corrupt('invalid', invalid);
+    if (this.failed.has(seen)) throw corrupt('invalid', invalid, undefined, digest);
     if (!this.verified.has(seen)) {
       let answer: { MacValid?: unknown };
       try {
@@ -277,7 +278,7 @@ export class ManifestSigner {
         const aws = (e as { awsName?: unknown }).awsName;
         if (aws === 'KMSInvalidMacException') {
           this.rememberFailed(seen);
-          throw corrupt('invalid', invalid, e);
+          throw corrupt('invalid', invalid, e, digest);
         }
         throw new SnapshotError('SNAPSHOT_STORE', `snapshot manifest ${snapshotId}: cannot check its manifest MAC with ${keyArn}: ${(e as Error).message}`, { cause: e });
       }

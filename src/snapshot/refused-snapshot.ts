@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { ManifestMacRefused, SnapshotError } from './errors.js';
 import type { SnapshotSummary } from './types.js';
 
@@ -53,4 +54,29 @@ export function refusedSnapshot(snapshotId: string, err: unknown, ownerId: strin
  */
 export function refusedSourceError(r: RefusedSnapshot, cause: unknown): SnapshotError {
   return new SnapshotError('SNAPSHOT_INCORRECT_STATE', `Snapshot '${r.snapshotId}' is in state 'error'; only a completed snapshot can be restored or copied: ${r.stateMessage}`, { awsName: 'IncorrectState', cause });
+}
+
+/** (snapshot, content or error) pairs a daemon remembers having warned of: a store with more bad manifests warns again for the oldest. */
+export const REFUSED_WARNINGS_MAX = 4096;
+
+/**
+ * The warning for a refused manifest, given once per daemon life for each (snapshot id, what was
+ * refused: the content's digest when the MAC check got that far, the error otherwise), not once per
+ * DescribeSnapshots that lists it: a listing polled every few seconds would otherwise repeat it for
+ * ever. A manifest rewritten with other bad content, or refused for another reason, is warned of
+ * again. Bounded (REFUSED_WARNINGS_MAX, the oldest forgotten first); each pair is kept as a hash.
+ */
+export class RefusedManifestWarnings {
+  private readonly seen = new Set<string>();
+
+  constructor(private readonly warn: (snapshotId: string, err: SnapshotError) => void, private readonly max = REFUSED_WARNINGS_MAX) {}
+
+  report(snapshotId: string, err: SnapshotError): void {
+    const what = err instanceof ManifestMacRefused && err.digest ? `digest\0${err.digest}` : `error\0${err.code}\0${err.message}`;
+    const k = createHash('sha256').update(`${snapshotId}\0${what}`).digest('base64');
+    if (this.seen.has(k)) return;
+    this.seen.add(k);
+    if (this.seen.size > this.max) this.seen.delete(this.seen.values().next().value!);
+    this.warn(snapshotId, err);
+  }
 }

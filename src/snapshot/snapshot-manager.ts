@@ -21,7 +21,7 @@ import { CopyPacer } from './cow-pacer.js';
 import { auditCompletion, SnapshotError, snapshotNotFound } from './errors.js';
 import { failedManifest, PendingMarkers } from './pending-markers.js';
 import { matchesFilters, toEc2Snapshot, type Ec2Snapshot, type SnapshotFilter } from './snapshot-view.js';
-import { isRefused, refusedSnapshot, type RefusedSnapshot, type ShownSnapshot } from './refused-snapshot.js';
+import { isRefused, refusedSnapshot, type RefusedManifestWarnings, type RefusedSnapshot, type ShownSnapshot } from './refused-snapshot.js';
 import { FilterBudget } from '../util/ec2-filter.js';
 import { openImageDataReader, readImageHeader, type ImageDataReader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
@@ -71,6 +71,8 @@ export interface SnapshotManagerOptions {
    * inherits until its manifest names them.
    */
   gc: Pick<SnapshotGc, 'pin' | 'deleteSnapshot'>;
+  /** The warning for a manifest refused on a read by id (getShown), shared with the listing's, so each is given once; without it every such read warns. */
+  refusedWarnings?: RefusedManifestWarnings;
   /** Resolves once the event is written; SnapshotCompleted is awaited before the snapshot shows completed (auditCompletion). */
   onAudit?: (ev: SnapshotAuditEvent) => void | Promise<void>;
   logger?: Logger;
@@ -1026,7 +1028,8 @@ export class SnapshotManager {
     } catch (e) {
       const r = refusedSnapshot(snapshotId, e, this.o.accountId);
       if (!r) throw e;
-      this.log.warn({ snapshotId, store: this.o.store.location, err: errInfo(e) }, 'snapshot manifest refused: the snapshot is shown in state error');
+      if (this.o.refusedWarnings) this.o.refusedWarnings.report(snapshotId, e as SnapshotError);
+      else this.log.warn({ snapshotId, store: this.o.store.location, err: errInfo(e) }, 'snapshot manifest refused: the snapshot is shown in state error');
       return r;
     }
   }
