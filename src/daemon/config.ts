@@ -231,15 +231,20 @@ export function checkDaemonFlags(c: DaemonConfig): void {
     // Both feed timers (src/volume/key-cache.ts): past MAX_TIMER_MS Node fires them after 1 ms.
     if (v !== undefined && v > MAX_TIMER_MS) throw new ArgRangeError(name, `must be at most ${durationLimit(MAX_TIMER_MS)}, got ${v}`);
   }
-  // The key cache never holds a key to less than one TTL (src/volume/key-cache.ts takes the larger of the
-  // two): a shorter max-stale given with a TTL was raised to it without a word, and `ebsd status` still
-  // showed the value given. Refused instead; without --key-cache-max-stale, the default yields to the TTL.
+}
+
+/**
+ * A --key-cache-max-stale shorter than the TTL (the default one included): the key cache never holds a key
+ * to less than one TTL (src/volume/key-cache.ts takes the larger of the two), so it is raised to the TTL.
+ * Said at start (the daemon logs it) rather than refused: command lines that ran before keep running, and
+ * `ebsd status` shows the max-stale the volumes use. Undefined when nothing is raised.
+ */
+export function keyCacheMaxStaleRaised(c: Pick<DaemonConfig, 'keyCacheTtlMs' | 'keyCacheMaxStaleMs'>): string | undefined {
   const ttl = c.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
   const maxStale = c.keyCacheMaxStaleMs;
-  if (maxStale !== undefined && maxStale < ttl) {
-    const ttlShown = c.keyCacheTtlMs === undefined ? `the default --key-cache-ttl (${ttl} ms)` : `--key-cache-ttl (${ttl} ms)`;
-    throw new ArgRangeError('--key-cache-max-stale', `(${maxStale} ms) is shorter than ${ttlShown}: a volume key is confirmed by its KMS once a TTL, so it cannot go stale sooner; give a max-stale of at least the TTL`);
-  }
+  if (maxStale === undefined || maxStale >= ttl) return undefined;
+  const ttlShown = c.keyCacheTtlMs === undefined ? `the default --key-cache-ttl (${ttl} ms)` : `--key-cache-ttl (${ttl} ms)`;
+  return `--key-cache-max-stale (${maxStale} ms) is shorter than ${ttlShown}: a volume key is confirmed by its KMS once a TTL, so it cannot go stale sooner; the volumes use a max-stale of ${ttl} ms (ebsd status shows it)`;
 }
 
 /**

@@ -20,7 +20,7 @@ import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../vol
 import { BlockFileSystem, FuseMount, staleLoopDevices } from '../fuse/index.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { checkDaemonConfig, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } from './config.js';
+import { checkDaemonConfig, keyCacheMaxStaleRaised, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } from './config.js';
 import { PidLock, prepareStateDir, statePaths, type StatePaths } from './state-dir.js';
 import { ControlServer, type PeerIdentity } from './control-server.js';
 import { decodeKmsRequest, wipeRequestSecrets } from './aws-json.js';
@@ -442,6 +442,8 @@ export class Daemon {
       // Before anything reads a manifest: a key that is missing, not HMAC or not usable stops the start
       // (a KMS that does not answer does not: the key is opened in the background, manifests refused meanwhile).
       if (this.manifestSigner) await this.openManifestSigner(this.manifestSigner, keyService, host);
+      const raised = keyCacheMaxStaleRaised(cfg);
+      if (raised) log.warn(raised);
       mgr = await VolumeManager.open({
         stateDir: paths.root,
         keyService,
@@ -1151,7 +1153,10 @@ export class Daemon {
     const at = this.fuse?.mountedAt;
     const bfs = this.bfs;
     if (at === undefined || !bfs) return out;
-    const loops = await staleLoopDevices(new Set(volumeIds), at);
+    // While this daemon's own mount is lost (unmounted from outside), a loop device over `/<vol>` may be one it
+    // still serves (a lazy unmount leaves open files working): not called stale; the mount-lost Problem says
+    // what a restart will do to such devices.
+    const loops = this.fuse?.lost() ? new Map<string, string[]>() : await staleLoopDevices(new Set(volumeIds), at);
     for (const id of volumeIds) {
       const l = loops.get(id) ?? [];
       const cutOff = bfs.cutOffHandles(id);

@@ -21,8 +21,8 @@ export const SYS_BLOCK = '/sys/block';
 
 /**
  * Loop devices whose backing file is a file of one of `volumeIds` that is not the file served
- * under `mountAt` (the mount's path with symlinks resolved): `/<vol>` (its mount is gone) or
- * `<mountAt>/<vol> (deleted)`. Volume id -> the devices (`/dev/loopN`), in device order; volumes
+ * under `mountAt` (the mount's path with symlinks resolved): `/<vol>` (its mount is gone; a file of
+ * this daemon's mount cut off by a forced detach is counted as a cut-off handle instead). Volume id -> the devices (`/dev/loopN`), in device order; volumes
  * with none are absent. A loop device that goes away while it is read is skipped.
  */
 export async function staleLoopDevices(volumeIds: ReadonlySet<string>, mountAt: string, sysBlock = SYS_BLOCK): Promise<Map<string, string[]>> {
@@ -60,6 +60,8 @@ export function staleVolumeOf(backing: string, volumeIds: ReadonlySet<string>, m
   const name = path.slice(cut + 1);
   if (cut < 0 || !volumeIds.has(name)) return undefined;
   // `/<vol>`: the root of a mount no longer attached anywhere (the volume files are the mount's only entries).
-  if (dir === '') return name;
-  return deleted && dir === mountAt ? name : undefined;
+  // `<mountAt>/<vol> (deleted)` is this daemon's own file, cut off by a forced detach: counted as cut-off
+  // handles (BlockFileSystem.cutOffHandles), not twice. `mountAt` stays in the signature for callers.
+  void mountAt;
+  return dir === '' ? name : undefined;
 }
