@@ -10,10 +10,9 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
-import { ServiceError } from '../../src/cli/client.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { startS3Server, useTestDeleteWindows, type S3Server } from '../snapshot/s3-helpers.js';
-import { settled } from '../snapshot/helpers.js';
+import { serviceRefusal as failure, settled } from '../snapshot/helpers.js';
 import { cleanupHostAndKms, createManifestKey, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
 
 const B = 512 * 1024;
@@ -29,15 +28,6 @@ describe('a refused manifest in a store two hosts share', () => {
   const manifestFile = (id: string): string => s3!.objectFile(`${PREFIX}/manifests/${id}.json`);
   const blockFile = (hash: string): string => s3!.objectFile(`${PREFIX}/blocks/${hash}`);
   const hashOf = (id: string, index: number): string => (JSON.parse(readFileSync(manifestFile(id), 'utf8')).blocks as [number, string][]).find(([i]) => i === index)![1];
-  const failure = async (p: Promise<unknown>): Promise<ServiceError> => {
-    try {
-      await p;
-    } catch (e) {
-      if (e instanceof ServiceError) return e;
-      throw e;
-    }
-    throw new Error('expected a refusal');
-  };
 
   beforeAll(async () => {
     ensureBuilt();

@@ -22,6 +22,17 @@ export async function refusal(p: Promise<unknown>): Promise<string | undefined> 
   }
 }
 
+/** The refusal (ServiceError: awsName, status, message) a call fails with; throws if it succeeds or fails otherwise. */
+export async function serviceRefusal(p: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof ServiceError) return e;
+    throw e;
+  }
+  throw new Error('expected a refusal');
+}
+
 /** Polls DescribeSnapshots until the snapshot leaves `pending`; returns its description. */
 export async function settled(env: Env, snapshotId: string): Promise<any> {
   const call = api(env);

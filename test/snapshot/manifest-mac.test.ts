@@ -3,8 +3,7 @@ import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync }
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
-import { ServiceError } from '../../src/cli/client.js';
-import { api, asUid, detachWhenClosed, settled } from './helpers.js';
+import { api, asUid, detachWhenClosed, serviceRefusal as failure, settled } from './helpers.js';
 
 /**
  * Signed snapshot manifests (--snapshot-manifest-key, src/snapshot/manifest-mac.ts) through
@@ -59,15 +58,6 @@ describe('signed snapshot manifests', () => {
     return buf[0]!;
   };
   const auditEvents = (): any[] => env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l));
-  const failure = async (p: Promise<unknown>): Promise<ServiceError> => {
-    try {
-      await p;
-    } catch (e) {
-      if (e instanceof ServiceError) return e;
-      throw e;
-    }
-    throw new Error('expected a refusal');
-  };
   /** snap-1's manifest, re-labelled as `as`, written over `as`'s: a rollback to snap-1's blocks. */
   const rollBack = (from: string, as: string): void => {
     writeFileSync(manifestPath(as), `${JSON.stringify({ ...readManifest(from), snapshotId: as })}\n`);

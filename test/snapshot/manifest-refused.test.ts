@@ -2,8 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
-import { ServiceError } from '../../src/cli/client.js';
-import { api, detachWhenClosed, settled } from './helpers.js';
+import { api, detachWhenClosed, serviceRefusal as failure, settled } from './helpers.js';
 
 /**
  * A refused snapshot manifest (--snapshot-manifest-key, docs/architecture.md §13.5) through the
@@ -85,15 +84,6 @@ describe('refused snapshot manifests', () => {
     await detachWhenClosed(env, v);
     await call('DeleteVolume', { VolumeId: v });
     return fills;
-  };
-  const failure = async (p: Promise<unknown>): Promise<ServiceError> => {
-    try {
-      await p;
-    } catch (e) {
-      if (e instanceof ServiceError) return e;
-      throw e;
-    }
-    throw new Error('expected a refusal');
   };
   const auditEvents = (): any[] => env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l));
 
