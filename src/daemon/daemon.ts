@@ -526,7 +526,7 @@ export class Daemon {
       // said once here (and by `ebsd status` while it lasts), since the kernel tells the daemon nothing.
       const at = this.fuse?.mountedAt;
       if (at !== undefined) {
-        for (const [volumeId, loops] of await staleLoopDevices(new Set(m.describeVolumes().Volumes.map((v) => v.VolumeId)), at)) {
+        for (const [volumeId, loops] of await staleLoopDevices(new Set(m.describeVolumes().Volumes.map((v) => v.VolumeId)))) {
           log.warn({ volumeId, loopDevices: loops }, `loop device(s) ${loops.join(', ')} still bound to a file of ${volumeId} that a previous daemon served: every request on them fails with EIO; unmount what is on them and losetup -d them, then set up a new one over ${this.pathOf(volumeId)}`);
         }
       }
@@ -1156,7 +1156,7 @@ export class Daemon {
     // While this daemon's own mount is lost (unmounted from outside), a loop device over `/<vol>` may be one it
     // still serves (a lazy unmount leaves open files working): not called stale; the mount-lost Problem says
     // what a restart will do to such devices.
-    const loops = this.fuse?.lost() ? new Map<string, string[]>() : await staleLoopDevices(new Set(volumeIds), at);
+    const loops = this.fuse?.lost() ? new Map<string, string[]>() : await staleLoopDevices(new Set(volumeIds));
     for (const id of volumeIds) {
       const l = loops.get(id) ?? [];
       const cutOff = bfs.cutOffHandles(id);

@@ -20,12 +20,12 @@ import { join } from 'node:path';
 export const SYS_BLOCK = '/sys/block';
 
 /**
- * Loop devices whose backing file is a file of one of `volumeIds` that is not the file served
- * under `mountAt` (the mount's path with symlinks resolved): `/<vol>` (its mount is gone; a file of
- * this daemon's mount cut off by a forced detach is counted as a cut-off handle instead). Volume id -> the devices (`/dev/loopN`), in device order; volumes
- * with none are absent. A loop device that goes away while it is read is skipped.
+ * Loop devices whose backing file is a file of one of `volumeIds` on a mount that is gone: `/<vol>`
+ * (a file of this daemon's own mount cut off by a forced detach, `<mount>/<vol> (deleted)`, is
+ * counted as a cut-off handle instead). Volume id -> the devices (`/dev/loopN`), in device order;
+ * volumes with none are absent. A loop device that goes away while it is read is skipped.
  */
-export async function staleLoopDevices(volumeIds: ReadonlySet<string>, mountAt: string, sysBlock = SYS_BLOCK): Promise<Map<string, string[]>> {
+export async function staleLoopDevices(volumeIds: ReadonlySet<string>, sysBlock = SYS_BLOCK): Promise<Map<string, string[]>> {
   const found = new Map<string, string[]>();
   if (volumeIds.size === 0) return found;
   let names: string[];
@@ -42,7 +42,7 @@ export async function staleLoopDevices(volumeIds: ReadonlySet<string>, mountAt: 
     } catch {
       continue; // not bound (no backing_file), or gone meanwhile
     }
-    const volumeId = staleVolumeOf(backing, volumeIds, mountAt);
+    const volumeId = staleVolumeOf(backing, volumeIds);
     if (volumeId === undefined) continue;
     const list = found.get(volumeId);
     if (list) list.push(`/dev/${n}`);
@@ -52,7 +52,7 @@ export async function staleLoopDevices(volumeIds: ReadonlySet<string>, mountAt: 
 }
 
 /** The volume whose stale file `backing` (a backing_file line) names, or undefined when it names none or the file served now. */
-export function staleVolumeOf(backing: string, volumeIds: ReadonlySet<string>, mountAt: string): string | undefined {
+export function staleVolumeOf(backing: string, volumeIds: ReadonlySet<string>): string | undefined {
   const deleted = backing.endsWith(' (deleted)');
   const path = deleted ? backing.slice(0, -' (deleted)'.length) : backing;
   const cut = path.lastIndexOf('/');
@@ -60,8 +60,7 @@ export function staleVolumeOf(backing: string, volumeIds: ReadonlySet<string>, m
   const name = path.slice(cut + 1);
   if (cut < 0 || !volumeIds.has(name)) return undefined;
   // `/<vol>`: the root of a mount no longer attached anywhere (the volume files are the mount's only entries).
-  // `<mountAt>/<vol> (deleted)` is this daemon's own file, cut off by a forced detach: counted as cut-off
-  // handles (BlockFileSystem.cutOffHandles), not twice. `mountAt` stays in the signature for callers.
-  void mountAt;
+  // `<mount>/<vol> (deleted)` is this daemon's own file, cut off by a forced detach: counted as cut-off
+  // handles (BlockFileSystem.cutOffHandles), not twice.
   return dir === '' ? name : undefined;
 }
