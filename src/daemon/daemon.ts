@@ -1038,10 +1038,13 @@ export class Daemon {
     const listener = this.listener ? await this.kmsListenerStatus(caller) : undefined;
     const mgr = this.mgr;
     const ttl = this.cfg.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS;
+    // The stale-user scan awaits sysfs: done for every volume first, so that what follows (volume states, which
+    // are served, their key caches) is read in one turn of the event loop; read on both sides of the await, a
+    // re-attach finishing in between showed a served volume with no key cache.
+    const stale = await this.staleUsers((mgr?.describeVolumes().Volumes ?? []).map((v) => v.VolumeId));
     const caches = new Map(mgr?.describeKeyCaches().map((c) => [c.VolumeId, c]));
     const audit = this.kms!.audit.health();
     const described = (mgr?.describeVolumes().Volumes ?? []).filter((v) => this.ec2Authz!.mayDescribe('DescribeVolumes', caller, v));
-    const stale = await this.staleUsers(described.map((v) => v.VolumeId));
     // Only the volumes the caller may describe (ec2:DescribeVolumes, per volume).
     const volumes = described.map((v) => {
       const attached = this.bfs!.has(v.VolumeId);
