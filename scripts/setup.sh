@@ -27,6 +27,7 @@ declare -A NEED=(
   [systemd]=/usr/bin/systemd-analyze
   [tmux]=/usr/bin/tmux
   [nghttp2-client]=/usr/bin/h2load
+  [prometheus]=/usr/bin/promtool
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

@@ -190,6 +190,10 @@ export class DaemonMetrics {
     // process_open_fds, process_start_time_seconds, nodejs_*), not ebsd_-prefixed: they are what generic
     // dashboards and alerts (open fds near the limit, restarts) query, and the job label says whose they are.
     promClient.collectDefaultMetrics({ register: this.registry });
+    // Except prom-client's nodejs_active_{handles,requests,resources}_total: gauges named as counters, which
+    // `promtool check metrics` refuses and rate() misreads. Their per-type gauges of the same names without
+    // _total stay, and sum() of those is the total.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) this.registry.removeSingleMetric(name);
     new Gauge({
       name: 'ebsd_build_info', help: 'Always 1; the running ebsd version as a label (which hosts run which release)',
       labelNames: ['version'], registers,
@@ -255,25 +259,25 @@ export class DaemonMetrics {
         for (const kc of self.sources?.keyCaches() ?? []) for (const s of states) this.set({ volume_id: kc.VolumeId, state: s }, kc.State === s ? 1 : 0);
       },
     });
+    // Points in time as Unix timestamps (the exposition convention): an alert or a dashboard subtracts time(),
+    // and a scrape's age does not skew them as 'seconds since' would.
     new Gauge({
-      name: 'ebsd_key_cache_seconds_since_unwrap', help: 'Seconds since KMS last confirmed the volume key (attach or refresh)',
+      name: 'ebsd_key_cache_last_unwrap_timestamp_seconds', help: 'When KMS last confirmed the volume key (attach or refresh), as a Unix time (status: LastUnwrapTime)',
       labelNames: ['volume_id'], registers,
       collect() {
         this.reset();
-        const now = Date.now();
         for (const kc of self.sources?.keyCaches() ?? []) {
-          if (kc.LastUnwrapTime) this.set({ volume_id: kc.VolumeId }, (now - Date.parse(kc.LastUnwrapTime)) / 1000);
+          if (kc.LastUnwrapTime) this.set({ volume_id: kc.VolumeId }, Date.parse(kc.LastUnwrapTime) / 1000);
         }
       },
     });
     new Gauge({
-      name: 'ebsd_key_cache_seconds_to_max_stale', help: 'Seconds left before the volume is impaired unless KMS confirms its key (absent: held until detach)',
+      name: 'ebsd_key_cache_expiry_timestamp_seconds', help: 'When the volume is impaired unless KMS confirms its key first, as a Unix time (status: ExpiryTime; absent: held until detach)',
       labelNames: ['volume_id'], registers,
       collect() {
         this.reset();
-        const now = Date.now();
         for (const kc of self.sources?.keyCaches() ?? []) {
-          if (kc.ExpiryTime) this.set({ volume_id: kc.VolumeId }, Math.max(0, (Date.parse(kc.ExpiryTime) - now) / 1000));
+          if (kc.ExpiryTime) this.set({ volume_id: kc.VolumeId }, Date.parse(kc.ExpiryTime) / 1000);
         }
       },
     });

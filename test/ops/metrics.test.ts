@@ -159,10 +159,15 @@ describe('Prometheus metrics from a running daemon', () => {
     const L = `volume_id="${vol}"`;
     expect(s0.get(`ebsd_key_cache_state{${L},state="cached"}`)).toBe(1);
     expect(s0.get(`ebsd_key_cache_state{${L},state="impaired"}`)).toBe(0);
-    expect(s0.get(`ebsd_key_cache_seconds_since_unwrap{${L}}`)).toBeGreaterThanOrEqual(0);
-    const toStale = s0.get(`ebsd_key_cache_seconds_to_max_stale{${L}}`)!;
-    expect(toStale).toBeGreaterThan(0);
-    expect(toStale).toBeLessThanOrEqual(3600); // default max-stale 1 h
+    // Points in time as Unix timestamps, the same instants as status's key cache (no refresh in between: TTL 5 min).
+    const kc = (await env.api('ebsd.Status', {})).Volumes.find((v: any) => v.VolumeId === vol).KeyCache;
+    const unwrap = s0.get(`ebsd_key_cache_last_unwrap_timestamp_seconds{${L}}`)!;
+    const expiry = s0.get(`ebsd_key_cache_expiry_timestamp_seconds{${L}}`)!;
+    expect(unwrap).toBe(Date.parse(kc.LastUnwrapTime) / 1000);
+    expect(expiry).toBe(Date.parse(kc.ExpiryTime) / 1000);
+    expect(unwrap).toBeLessThanOrEqual(Date.now() / 1000);
+    expect(expiry - unwrap).toBeGreaterThan(0);
+    expect(expiry - unwrap).toBeLessThanOrEqual(3600); // default max-stale 1 h
     // The attach unwrapped through a grant: the daemon's own KMS calls are counted.
     expect(s0.get('ebsd_kms_requests_total{operation="CreateGrant",outcome="ok"}')).toBeGreaterThanOrEqual(1);
     expect(s0.get('ebsd_kms_requests_total{operation="Decrypt",outcome="ok"}')).toBeGreaterThanOrEqual(1);
@@ -349,12 +354,19 @@ console.log(JSON.stringify(counts));`;
     expect(types.length).toBeGreaterThan(20);
     for (const { name, type } of types) {
       expect(help, `HELP of ${name}`).toContain(name);
-      // Ours only: prom-client's own nodejs_active_*_total are gauges.
       if (!name.startsWith('ebsd_')) continue;
       if (type === 'counter') expect(name, 'a counter ends in _total').toMatch(/_total$/);
       else expect(name, `a ${type} does not end in _total`).not.toMatch(/_total$/);
       if (type === 'histogram') expect(name, 'a histogram has its unit').toMatch(/_(seconds|bytes)$/);
     }
+    // Prometheus's own linter over the whole exposition (ours, prom-client's process_ and nodejs_, with a volume
+    // attached so its per-volume families are in it): no complaint. And over the shipped alert rules.
+    const lint = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+    expect(lint.status, `${lint.stdout}${lint.stderr}`).toBe(0);
+    expect(`${lint.stdout}${lint.stderr}`.trim()).toBe('');
+    const rules = spawnSync('promtool', ['check', 'rules', join(ROOT, 'contrib', 'prometheus', 'ebsd-alerts.yml')], { encoding: 'utf8' });
+    expect(rules.status, `${rules.stdout}${rules.stderr}`).toBe(0);
+    expect(rules.stdout).toMatch(/SUCCESS: \d+ rules found/);
   });
 
   it('reports the audit log\'s state and write latency, and counts events whose write failed (the file made immutable)', async () => {
