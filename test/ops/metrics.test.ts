@@ -367,6 +367,10 @@ console.log(JSON.stringify(counts));`;
     const rules = spawnSync('promtool', ['check', 'rules', join(ROOT, 'contrib', 'prometheus', 'ebsd-alerts.yml')], { encoding: 'utf8' });
     expect(rules.status, `${rules.stdout}${rules.stderr}`).toBe(0);
     expect(rules.stdout).toMatch(/SUCCESS: \d+ rules found/);
+    // The alerts' own unit tests (contrib/prometheus/ebsd-alerts.test.yml): which series fire which alert, when, saying what.
+    const unit = spawnSync('promtool', ['test', 'rules', 'ebsd-alerts.test.yml'], { cwd: join(ROOT, 'contrib', 'prometheus'), encoding: 'utf8' });
+    expect(unit.status, `${unit.stdout}${unit.stderr}`).toBe(0);
+    expect(unit.stdout).toContain('SUCCESS');
   });
 
   it('reports the audit log\'s state and write latency, and counts events whose write failed (the file made immutable)', async () => {
