@@ -5,49 +5,18 @@
  * in use, while every snapshot failed), and once the KMS answers with a refusal (the host may not
  * GenerateMac) it says so (`SnapshotManifestKeyRefused`) while its volumes are served.
  */
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { startKmsDaemon } from '../kms-net/helpers.js';
 import { until } from './netns.js';
 import { cleanupHostAndKms, createManifestKey, createRemoteHostUser, hostBEnv, hostKeyPolicy, savedAwsEnv } from './remote-host.js';
-
-/** A TCP forwarder to the KMS on a port chosen before it listens: down until open(). */
-class Forwarder {
-  private server: Server | undefined;
-  private readonly sockets = new Set<Socket>();
-  port = 0;
-  constructor(private readonly to: { host: string; port: number }) {}
-  /** Reserves a port (listening, then closed): B is configured with it while nothing answers there. */
-  async reserve(): Promise<void> {
-    const s = createServer();
-    await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-    this.port = (s.address() as { port: number }).port;
-    await new Promise<void>((r) => s.close(() => r()));
-  }
-  async open(): Promise<void> {
-    this.server = createServer((c) => {
-      const up = createConnection(this.to);
-      this.sockets.add(c).add(up);
-      const end = (): void => { c.destroy(); up.destroy(); this.sockets.delete(c); this.sockets.delete(up); };
-      c.on('error', end).on('close', end);
-      up.on('error', end).on('close', end);
-      c.pipe(up);
-      up.pipe(c);
-    });
-    await new Promise<void>((r, j) => this.server!.once('error', j).listen(this.port, '127.0.0.1', () => r()));
-  }
-  async close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
-  }
-}
+import { TcpForwarder } from './tcp-forwarder.js';
 
 describe('status of a manifest key that is not open', () => {
   const a = new Env('mks-kms');
   const b = new Env('mks-host');
   const saved = savedAwsEnv();
-  let fwd: Forwarder | undefined;
+  let fwd: TcpForwarder | undefined;
   let macKey = '';
   let volKey = '';
 
@@ -60,7 +29,7 @@ describe('status of a manifest key that is not open', () => {
     // The host may describe and verify, but not GenerateMac: a refusal once the KMS answers.
     macKey = await createManifestKey(a, host, ['kms:VerifyMac', 'kms:DescribeKey']);
     const u = new URL(url);
-    fwd = new Forwarder({ host: u.hostname, port: Number(u.port) });
+    fwd = new TcpForwarder({ host: u.hostname, port: Number(u.port) });
     await fwd.reserve();
     hostBEnv(host, `http://127.0.0.1:${fwd.port}`);
   }, 60_000);
@@ -69,7 +38,7 @@ describe('status of a manifest key that is not open', () => {
     try {
       await cleanupHostAndKms(b, a, saved);
     } finally {
-      await fwd?.close();
+      await fwd?.stop();
     }
   }, 60_000);
 
@@ -79,7 +48,7 @@ describe('status of a manifest key that is not open', () => {
     expect(before.Kms.State).toBe('unreachable');
     expect(before.SnapshotManifestKeyWaiting).toMatchObject({ Since: expect.any(String), Attempts: 0, LastError: expect.stringContaining('not tried yet') });
 
-    await fwd!.open();
+    await fwd!.start();
     // The KMS answers, and refuses GenerateMac: the volume service opens (before: every try of it failed on the
     // refusal, so the recorded volumes were never served and the KMS was shown unreachable for good).
     const after = await until('the host resolved', async () => {

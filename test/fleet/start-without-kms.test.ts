@@ -14,7 +14,7 @@
  */
 import { openSync, readSync, readFileSync, writeSync, closeSync, constants, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { TcpForwarder } from './tcp-forwarder.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { restartOnSamePort } from '../helpers/ports.js';
@@ -191,60 +191,14 @@ describe('an idle host whose KMS goes away and comes back', () => {
   });
 });
 
-/**
- * A TCP proxy on loopback in front of the KMS: `stop` closes it (new
- * connections refused, open ones cut), `start` listens again on its port.
- */
-class TcpProxy {
-  private server: Server | undefined;
-  private readonly sockets = new Set<Socket>();
-  port = 0;
-  constructor(private readonly target: { host: string; port: number }) {}
-
-  async start(): Promise<void> {
-    for (let i = 0; ; i++) {
-      const server = createServer((c) => {
-        const up = connect(this.target.port, this.target.host);
-        for (const x of [c, up]) {
-          this.sockets.add(x);
-          x.on('close', () => this.sockets.delete(x));
-          x.on('error', () => {});
-        }
-        c.pipe(up).pipe(c);
-        c.on('close', () => up.destroy());
-        up.on('close', () => c.destroy());
-      });
-      try {
-        await new Promise<void>((res, rej) => {
-          server.once('error', rej);
-          server.listen(this.port, '127.0.0.1', () => res());
-        });
-        this.server = server;
-        this.port = (server.address() as { port: number }).port;
-        return;
-      } catch (e) {
-        if (i >= 20 || (e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    }
-  }
-
-  async stop(): Promise<void> {
-    const s = this.server;
-    this.server = undefined;
-    for (const x of this.sockets) x.destroy();
-    if (s) await new Promise<void>((res) => s.close(() => res()));
-  }
-}
-
 describe('a host restarted while STS answers and the KMS does not', () => {
-  let proxy: TcpProxy | undefined;
+  let proxy: TcpForwarder | undefined;
   const { host, kms, status } = daemonsOf('kmsdown-host', 'kmsdown-kms', () => proxy?.stop());
 
   it('retries the re-attach with back-off, shows why in status, and serves the volume again once the KMS answers', async () => {
     const { url, k, keyArn } = await kmsWithHostUser(kms);
     const u = new URL(url);
-    proxy = new TcpProxy({ host: u.hostname, port: Number(u.port) });
+    proxy = new TcpForwarder({ host: u.hostname, port: Number(u.port) });
     await proxy.start();
     const kmsUrl = `http://127.0.0.1:${proxy.port}`;
     // STS straight to the KMS daemon, the KMS calls through the proxy.
