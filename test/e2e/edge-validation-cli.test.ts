@@ -184,6 +184,10 @@ describe('ebsd daemon: a bad flag value is a usage error, a refused configuratio
   const usage: [string[], string][] = [
     [['--metrics-listen', 'nope'], '--metrics-listen must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "nope"'],
     [['--metrics-listen', '127.0.0.1:70000'], '--metrics-listen "127.0.0.1:70000": port 70000 is out of range (0 to 65535)'],
+    // Six digits and more were told only "must be HOST:PORT with an IP address".
+    [['--metrics-listen', '127.0.0.1:123456'], '--metrics-listen "127.0.0.1:123456": port 123456 is out of range (0 to 65535)'],
+    [['--metrics-listen', '[::1]:99999999999999999999'], '--metrics-listen "[::1]:99999999999999999999": port 99999999999999999999 is out of range (0 to 65535)'],
+    [['--kms-listen', '127.0.0.1:123456'], '--kms-listen "127.0.0.1:123456": port 123456 is out of range (0 to 65535)'],
     [['--region', 'Mars'], '--region "Mars" is not a region name'],
     [['--region', 'us-east-1 '], '--region "us-east-1 " is not a region name'],
     [['--kms-endpoint', 'https://x', '--kms-region', 'moon'], '--kms-region "moon" is not a region name'],
