@@ -95,6 +95,11 @@ export class FuseMount {
     return this.fuse?.mnt;
   }
 
+  /** The mount's device (major:minor, as mountinfo lists it), once mounted and found there. */
+  get device(): string | undefined {
+    return this.entry?.device;
+  }
+
   async mount(): Promise<void> {
     if (this.fuse) return;
     await recoverStaleMount(this.mountDir, this.log);
@@ -201,7 +206,7 @@ export async function isMountPoint(dir: string): Promise<boolean> {
  * point, where a space, tab, newline or backslash is written as \ooo, and after the `-` separator
  * the filesystem type.
  */
-function mountEntries(info: string): { device: string; at: string; type: string }[] {
+export function mountEntries(info: string): { device: string; at: string; type: string }[] {
   const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   const out: { device: string; at: string; type: string }[] = [];
   for (const line of info.split('\n')) {
