@@ -328,8 +328,13 @@ export class Daemon {
       this.kmsUrl = kmsUrl;
     }
     if (!cfg.kmsOnly) {
-      // Reads /proc/self/mountinfo only (never the mount): a few µs every MOUNT_WATCH_MS.
-      this.mountWatch = setInterval(() => void this.mountLost(), MOUNT_WATCH_MS);
+      // Reads /proc/self/mountinfo only (never the mount), every MOUNT_WATCH_MS, until the mount is seen lost: it
+      // cannot come back for this daemon (FuseMount.lost), so there is nothing left to watch for. Not a stat of the
+      // mount dir's st_dev instead: a mount stacked over ours would change it with ours still there, and a stat of
+      // our own mount is a FUSE request this process must serve (a sync one from this thread never returns).
+      this.mountWatch = setInterval(() => {
+        if (this.mountLost()) clearInterval(this.mountWatch);
+      }, MOUNT_WATCH_MS);
       this.mountWatch.unref();
     }
     const tickMs = cfg.tickMs ?? 60_000;

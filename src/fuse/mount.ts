@@ -81,6 +81,8 @@ export class FuseMount {
   private readonly log: Logger;
   /** Where the kernel lists the mount (the directory with symlinks resolved) and its device, once mounted. */
   private entry: { at: string; device: string } | undefined;
+  /** Once lost() saw the mount gone: it cannot come back for this process (nothing mounts it again). */
+  private gone = false;
 
   constructor(readonly mountDir: string, private readonly ops: FuseOps, private readonly opts: MountOptions) {
     this.log = opts.logger;
@@ -138,6 +140,7 @@ export class FuseMount {
     // The last fuse.ebsd mount at the directory is this one (mounts stack); none found: lost() never says so.
     const device = mountEntries(await fsp.readFile('/proc/self/mountinfo', 'utf8')).filter((e) => e.at === at && e.type === 'fuse.ebsd').pop()?.device;
     this.entry = device === undefined ? undefined : { at, device };
+    this.gone = false;
     this.log.info({ mount: this.mountDir, maxWrite: MAX_IO }, 'FUSE mounted');
   }
 
@@ -145,12 +148,16 @@ export class FuseMount {
    * Whether the mount was taken away from outside (`fusermount -u`, `umount`, a lazy umount):
    * mounted by this process, and its entry no longer in /proc/self/mountinfo. The kernel tells
    * the daemon nothing when that happens, and a file attached afterwards would be served nowhere.
-   * Reads only mountinfo, never the mount itself, whose requests this thread serves.
+   * Reads only mountinfo, never the mount itself, whose requests this thread serves; and only
+   * until the mount is seen gone: an entry once gone never comes back (a new mount would be a new
+   * entry, and this process makes none), so lost() answers true from then on without reading.
    */
   lost(): boolean {
     const entry = this.entry;
     if (!this.fuse || entry === undefined) return false;
-    return !mountEntries(readFileSync('/proc/self/mountinfo', 'utf8')).some((e) => e.at === entry.at && e.device === entry.device);
+    if (this.gone) return true;
+    this.gone = !mountEntries(readFileSync('/proc/self/mountinfo', 'utf8')).some((e) => e.at === entry.at && e.device === entry.device);
+    return this.gone;
   }
 
   async unmount(): Promise<void> {
