@@ -436,8 +436,12 @@ export class Daemon {
     });
     const device = fuse.device;
     if (device !== undefined) {
-      // Kept with the earlier ones still there, so a second restart elsewhere still looks under them.
-      await writeMountRecord(paths.root, { MountDir: at, Device: device, Earlier: earlier });
+      // Kept with the earlier ones still there, so a second restart elsewhere still looks under them. Not written
+      // (the state dir's disk full): the start goes on, as without a pid file (state-dir.ts); only the next start's
+      // look for loop devices under this mount dir is lost.
+      await writeMountRecord(paths.root, { MountDir: at, Device: device, Earlier: earlier }).catch((err: Error) => {
+        log.warn({ err: err.message, stateDir: paths.root }, 'could not record the mount dir in mount.json; the next start will not look for loop devices left over files of this mount if it is given another --mount');
+      });
     }
   }
 
@@ -1189,10 +1193,10 @@ export class Daemon {
     return mounts.length ? { mounts } : {};
   }
 
-  /** One row of Daemon.DeletedVolumeUsers. */
+  /** One row of Daemon.DeletedVolumeUsers (what to do is in Daemon.Problem). */
   private deletedVolumeUsers(volumeId: string, st: VolumeStaleUsers): Record<string, unknown> {
     const loops = [...st.loops.map((l) => l.device), ...st.cutOffLoops];
-    return { VolumeId: volumeId, ...(loops.length ? { LoopDevices: loops } : {}), ...(st.cutOff ? { CutOffHandles: st.cutOff } : {}), Problem: deletedVolumeProblem(volumeId, st) };
+    return { VolumeId: volumeId, ...(loops.length ? { LoopDevices: loops } : {}), ...(st.cutOff ? { CutOffHandles: st.cutOff } : {}) };
   }
 
   /** What is wrong with the daemon as a whole (a full disk, its mount gone), or nothing. */
