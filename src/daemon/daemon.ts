@@ -556,7 +556,7 @@ export class Daemon {
       const stale = await this.staleUsers(m.describeVolumes().Volumes.map((v) => v.VolumeId));
       for (const [volumeId, st] of stale.volumes) {
         if (!st.loops.length) continue;
-        log.warn({ volumeId, loopDevices: st.loops.map((l) => l.device), ...this.earlierMountsOf(st) }, volumeStaleProblem({ ...st, cutOff: 0 }, this.pathOf(volumeId)));
+        log.warn({ volumeId, loopDevices: st.loops.map((l) => l.device), ...this.earlierMountsOf(st) }, volumeStaleProblem({ ...st, cutOff: 0 }, this.pathOf(volumeId), volumeId));
       }
       for (const [volumeId, st] of stale.deleted) {
         log.warn({ volumeId, deleted: true, loopDevices: [...st.loops.map((l) => l.device), ...st.cutOffLoops], ...this.earlierMountsOf(st) }, deletedVolumeProblem(volumeId, st));

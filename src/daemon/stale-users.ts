@@ -120,18 +120,21 @@ function servedAt(loops: readonly StaleLoop[]): string {
   return mounts.length ? ` at ${mounts.join(', ')}` : '';
 }
 
-/** The Problem of a volume of the catalog with stale users; `path`: its file under this daemon's mount. */
-export function volumeStaleProblem(st: VolumeStaleUsers, path: string): string {
+/**
+ * The Problem of a volume of the catalog with stale users; `path`: its file under this daemon's mount; `volume`:
+ * how it is named (a log line names its id, a volume's row of `ebsd status` says "this volume").
+ */
+export function volumeStaleProblem(st: VolumeStaleUsers, path: string, volume = 'this volume'): string {
   const parts: string[] = [];
   const n = st.loops.length;
   if (n) {
     const devs = st.loops.map((l) => l.device);
-    parts.push(`${plural(n, 'loop device')} ${devs.join(', ')} still bound to a file of this volume that a previous daemon served${servedAt(st.loops)} `
+    parts.push(`${plural(n, 'loop device')} ${devs.join(', ')} still bound to a file of ${volume} that a previous daemon served${servedAt(st.loops)} `
       + `(it stopped or was killed under ${them(n)}): every request on ${them(n)} fails with EIO; `
       + `unmount what is on ${them(n)}, losetup -d ${devs.join(' ')}, and set up a new one over ${path}`);
   }
   if (st.cutOff) {
-    parts.push(`${st.cutOff} ${plural(st.cutOff, 'handle')} of a file of this volume removed while open (a forced detach) still open `
+    parts.push(`${st.cutOff} ${plural(st.cutOff, 'handle')} of a file of ${volume} removed while open (a forced detach) still open `
       + `(a loop device or a program): every request on ${them(st.cutOff)} fails with EIO; close ${them(st.cutOff)} (losetup -l lists loop devices over ${path})`);
   }
   return parts.join('; ');

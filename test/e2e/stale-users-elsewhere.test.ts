@@ -77,7 +77,7 @@ describe('stale users under an earlier mount dir, and of deleted volumes (real d
     const log = (await env.untilLog((l) => l.slice(logBefore).includes('still bound to a file of'))).slice(logBefore);
     const line = logLine(log, 'still bound to a file of');
     expect(line).toMatchObject({ level: 40, volumeId: vol, loopDevices: [dev], mounts: [old] });
-    expect(line.msg).toContain(`that a previous daemon served at ${old}`);
+    expect(line.msg).toContain(`loop device ${dev} still bound to a file of ${vol} that a previous daemon served at ${old}`);
     expect(line.msg).toContain(`set up a new one over ${join(other, vol)}`);
     const dead = logLine(log, 'a dead FUSE mount');
     expect(dead).toMatchObject({ level: 40, mount: old, earlierDaemon: true });
