@@ -435,11 +435,12 @@ export class Daemon {
       cutOffHandles: (id) => bfs.cutOffHandles(id), cutOffVolumeIds: () => bfs.cutOffVolumeIds(), earlier,
     });
     const device = fuse.device;
-    if (device !== undefined) {
+    const source = fuse.source;
+    if (device !== undefined && source !== undefined) {
       // Kept with the earlier ones still there, so a second restart elsewhere still looks under them. Not written
       // (the state dir's disk full): the start goes on, as without a pid file (state-dir.ts); only the next start's
       // look for loop devices under this mount dir is lost.
-      await writeMountRecord(paths.root, { MountDir: at, Device: device, Earlier: earlier }).catch((err: Error) => {
+      await writeMountRecord(paths.root, { MountDir: at, Device: device, Source: source, Earlier: earlier }).catch((err: Error) => {
         log.warn({ err: err.message, stateDir: paths.root }, 'could not record the mount dir in mount.json; the next start will not look for loop devices left over files of this mount if it is given another --mount');
       });
     }
