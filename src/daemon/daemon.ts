@@ -1206,7 +1206,7 @@ export class Daemon {
       ...(auditState !== 'ok' ? [`audit log: disk full (${auditState}); free space in ${this.paths.root}`] : []),
       ...(this.mountLost() ? [this.mountLostProblem()] : []),
       ...[...deleted].map(([id, st]) => deletedVolumeProblem(id, st)),
-    ];
+    ].filter((p) => p !== '');
     return problems.length ? { Problem: problems.join('; ') } : {};
   }
 

@@ -107,6 +107,14 @@ export class StaleUsers {
     for (const id of this.s.cutOffVolumeIds()) {
       if (!known.has(id)) entry(deleted, id).cutOff = this.s.cutOffHandles(id);
     }
+    // The loop devices over this daemon's files come from a read of sysfs up to STALE_SCAN_REUSE_MS old, the
+    // cut-off handles are counted now: after a `losetup -d` meanwhile, a loop device may still be listed whose handle
+    // is closed. Such a loop device is no longer anything (it is in cutOffLoops only while its handle is counted),
+    // and a volume left with nothing to report is no row, rather than a row with an empty Problem.
+    for (const [id, e] of deleted) {
+      if (e.cutOff === 0) e.cutOffLoops = [];
+      if (e.loops.length === 0 && e.cutOff === 0) deleted.delete(id);
+    }
     return { volumes, deleted };
   }
 }
