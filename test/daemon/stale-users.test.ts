@@ -59,4 +59,18 @@ describe('StaleUsers', () => {
     expect(meanwhile.volumes.size).toBe(0);
   });
 
+  it('callers within STALE_SCAN_REUSE_MS share one read of sysfs; the first one after it reads again', async () => {
+    const u = users();
+    bind(3, `/${KEPT}`); // a loop device over a file of a mount no longer attached: stale
+    const [a, b] = await Promise.all([u.seen([KEPT]), u.seen([KEPT])]);
+    expect(a.volumes.get(KEPT)?.loops).toEqual([{ device: '/dev/loop3' }]);
+    expect(b.volumes.get(KEPT)?.loops).toEqual([{ device: '/dev/loop3' }]);
+
+    // A second loop device bound meanwhile: not seen until the read is STALE_SCAN_REUSE_MS old (sysfs not read again).
+    bind(7, `/${KEPT}`);
+    t += STALE_SCAN_REUSE_MS - 1;
+    expect((await u.seen([KEPT])).volumes.get(KEPT)?.loops).toEqual([{ device: '/dev/loop3' }]);
+    t += 1;
+    expect((await u.seen([KEPT])).volumes.get(KEPT)?.loops).toEqual([{ device: '/dev/loop3' }, { device: '/dev/loop7' }]);
+  });
 });
