@@ -423,7 +423,7 @@ export class Daemon {
     this.bfs = bfs;
     this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
     // Where the previous daemon of this state dir served: read before this mount is recorded over it.
-    const previous = await readMountRecord(paths.root);
+    const previous = await readMountRecord(paths.root, log.child({ component: 'fuse' }));
     await this.fuse.mount();
     const fuse = this.fuse;
     const at = fuse.mountedAt!;

@@ -1,4 +1,4 @@
-import { promises as fsp } from 'node:fs';
+import { constants, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite } from '../util/atomic-write.js';
 import type { Logger } from '../util/logger.js';
@@ -23,27 +23,69 @@ export interface RecordedMount { MountDir: string; Device: string; Source: strin
 /** `mount.json`: the mount served last, and earlier ones still attached (dead) when it was made. */
 export interface MountRecord extends RecordedMount { Earlier: RecordedMount[] }
 
-/** The record, or undefined when there is none (a state dir from before it existed) or it cannot be read as one. */
-export async function readMountRecord(stateDir: string): Promise<MountRecord | undefined> {
-  let text: string;
-  try {
-    text = await fsp.readFile(join(stateDir, MOUNT_RECORD_FILE), 'utf8');
-  } catch {
+/** The most mount.json may hold: a record is well under 1 KiB per mount. */
+export const MOUNT_RECORD_MAX_BYTES = 64 * 1024;
+/** The most earlier mounts kept: more dead mounts than that of one state dir still attached is no case worth reading on. */
+export const MOUNT_RECORD_MAX_EARLIER = 16;
+
+/**
+ * The record, or undefined when there is none (a state dir from before it existed) or it cannot be
+ * read as one (said on `log`, with why). Read defensively, as any file of the state dir someone may
+ * have replaced: not through a symlink (O_NOFOLLOW), never waiting on a FIFO (O_NONBLOCK), a regular
+ * file of at most MOUNT_RECORD_MAX_BYTES; its earlier mounts each once, at most MOUNT_RECORD_MAX_EARLIER.
+ */
+export async function readMountRecord(stateDir: string, log?: Logger): Promise<MountRecord | undefined> {
+  const path = join(stateDir, MOUNT_RECORD_FILE);
+  const unread = (why: string): undefined => {
+    log?.warn({ file: path }, `${path} is not read (${why}): the start does not look for loop devices left under an earlier --mount; it is written afresh at this mount`);
     return undefined;
+  };
+  let text: string;
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined;
+    return unread(code === 'ELOOP' ? 'it is a symbolic link' : String(code ?? (e as Error).message));
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) return unread('not a regular file');
+    if (st.size > MOUNT_RECORD_MAX_BYTES) return unread(`${st.size} bytes, more than ${MOUNT_RECORD_MAX_BYTES}`);
+    const buf = Buffer.alloc(MOUNT_RECORD_MAX_BYTES + 1);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    if (bytesRead > MOUNT_RECORD_MAX_BYTES) return unread(`more than ${MOUNT_RECORD_MAX_BYTES} bytes`);
+    text = buf.subarray(0, bytesRead).toString('utf8');
+  } catch (e) {
+    return unread(String((e as NodeJS.ErrnoException).code ?? (e as Error).message));
+  } finally {
+    await fh.close();
   }
   try {
     const r = JSON.parse(text) as Partial<MountRecord>;
     const ok = (m: unknown): m is RecordedMount => ['MountDir', 'Device', 'Source'].every((k) => typeof (m as Record<string, unknown> | null)?.[k] === 'string');
-    const earlier = Array.isArray(r.Earlier) ? r.Earlier.filter(ok).map(({ MountDir, Device, Source }) => ({ MountDir, Device, Source })) : [];
-    if (!ok(r)) return undefined;
+    const listed: unknown[] = Array.isArray(r.Earlier) ? r.Earlier : [];
+    if (!ok(r)) return unread('not a mount record');
+    const seen = new Set<string>();
+    const earlier: RecordedMount[] = [];
+    for (const m of listed) {
+      if (earlier.length === MOUNT_RECORD_MAX_EARLIER) break;
+      if (!ok(m)) continue;
+      const key = JSON.stringify([m.MountDir, m.Device, m.Source]);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      earlier.push({ MountDir: m.MountDir, Device: m.Device, Source: m.Source });
+    }
     return { MountDir: r.MountDir, Device: r.Device, Source: r.Source, Earlier: earlier };
   } catch {
-    return undefined; // torn by hand; atomicWrite never leaves half a file
+    return unread('not JSON'); // torn by hand; atomicWrite never leaves half a file
   }
 }
 
 export async function writeMountRecord(stateDir: string, r: MountRecord): Promise<void> {
-  await atomicWrite(join(stateDir, MOUNT_RECORD_FILE), `${JSON.stringify(r)}\n`, 0o600);
+  const record: MountRecord = { ...r, Earlier: r.Earlier.slice(0, MOUNT_RECORD_MAX_EARLIER) };
+  await atomicWrite(join(stateDir, MOUNT_RECORD_FILE), `${JSON.stringify(record)}\n`, 0o600);
 }
 
 /**
