@@ -2,6 +2,7 @@ import { constants, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWrite } from '../util/atomic-write.js';
 import type { Logger } from '../util/logger.js';
+import { shellQuote } from '../util/shell-quote.js';
 import { mountEntries, sameMount } from './mount.js';
 
 /**
@@ -112,7 +113,7 @@ export async function earlierDeadMounts(record: MountRecord | undefined, mounted
   for (const m of found) {
     log.warn({ mount: m.MountDir, source: m.Source },
       `a dead FUSE mount of a previous daemon of this state dir is left at ${m.MountDir}: nothing is served there any more; `
-      + `once the loop devices over its files are detached (losetup -l lists them), remove it with: fusermount -u -z ${m.MountDir}`);
+      + `once the loop devices over its files are detached (losetup -l lists them), remove it with: fusermount -u -z ${shellQuote(m.MountDir)}`);
   }
   return found;
 }

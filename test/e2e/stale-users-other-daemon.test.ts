@@ -105,3 +105,34 @@ describe('a mount path reused by a daemon of another state dir (real daemons)', 
     expect(log).not.toContain(volB);
   }, 120_000);
 });
+
+describe('the advice to remove a dead mount quotes its path (real daemon)', () => {
+  const env = new Env('dead-mount-quoted');
+  let spaced = '';
+  let other = '';
+
+  afterAll(async () => {
+    await env.stop().catch(() => {});
+    if (other) spawnSync('fusermount', ['-uz', other]);
+    if (spaced) spawnSync('fusermount', ['-uz', spaced]);
+    await env.cleanup();
+  }, 60_000);
+
+  it("a mount dir with a space and a quote: `fusermount -u -z '<dir>'`, a command a shell runs as one argument", async () => {
+    ensureBuilt();
+    spaced = join(realpathSync(env.dir), "old mnt's");
+    other = join(env.dir, 'mnt-other');
+    await env.start([], { mount: spaced });
+    await env.kill9();
+    const logBefore = env.daemonLog().length;
+    await env.start([], { mount: other });
+    const log = (await env.untilLog((l) => l.slice(logBefore).includes('a dead FUSE mount'))).slice(logBefore);
+    const line = JSON.parse(log.split('\n').find((l) => l.includes('a dead FUSE mount'))!);
+    expect(line.mount).toBe(spaced);
+    const advice = /remove it with: (fusermount -u -z .*)$/.exec(line.msg as string)?.[1];
+    expect(advice).toBe(`fusermount -u -z '${spaced.replace(/'/g, `'\\''`)}'`);
+    // The shell reads it as the one path: `printf` in place of fusermount prints it back whole.
+    const words = spawnSync('sh', ['-c', advice!.replace(/^fusermount -u -z /, "printf '%s\\n' ")], { encoding: 'utf8' }).stdout;
+    expect(words).toBe(`${spaced}\n`);
+  }, 60_000);
+});
