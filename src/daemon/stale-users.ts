@@ -61,11 +61,6 @@ export class StaleUsers {
     }, STALE_SCAN_REUSE_MS, s.now);
   }
 
-  /** The dirs of earlier daemons' dead mounts still attached. */
-  earlierMounts(): string[] {
-    return this.earlier.map((m) => m.MountDir);
-  }
-
   /**
    * What holds stale files of the catalog's volumes `catalog`, and of volumes not in it. sysfs is read
    * at most once per STALE_SCAN_REUSE_MS (callers meanwhile share that read); the cut-off handles are

@@ -23,9 +23,4 @@ export class SharedRead<T> {
     );
     return r;
   }
-
-  /** Forget the kept answer: the next get() reads afresh (a running read is still shared). */
-  drop(): void {
-    this.kept = undefined;
-  }
 }
