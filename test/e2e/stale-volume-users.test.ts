@@ -150,18 +150,9 @@ describe('stale users of a volume file: status, log and metrics say so (real dae
     const line = log.split('\n').find((l) => l.includes('was unmounted from outside'));
     expect(line, log).toBeDefined();
     expect(JSON.parse(line!)).toMatchObject({ level: 50, mount: env.mnt });
-    expect((await scrape(env)).get('ebsd_fuse_mount_lost')).toBe(1);
-    // Said once, not once per look nor per tick of the watch (every 5 s): asserted once the daemon's own clock
-    // (UptimeSeconds) is past two more ticks, status and scrapes asking meanwhile.
-    const seenAt = (await env.api('ebsd.Status')).Daemon.UptimeSeconds as number;
-    for (let i = 0; i < 400; i++) {
-      const st = await env.api('ebsd.Status');
-      expect(st.Daemon.Problem).toContain('was unmounted from outside');
-      if (st.Daemon.UptimeSeconds >= seenAt + 2 * 5 + 1) break;
-      expect((await scrape(env)).get('ebsd_fuse_mount_lost')).toBe(1);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    expect((await env.api('ebsd.Status')).Daemon.UptimeSeconds).toBeGreaterThanOrEqual(seenAt + 11);
+    await env.api('ebsd.Status');
+    // Said once, not once per look (not once per tick of the watch either: test/e2e/ops-watch-cost.test.ts waits
+    // two ticks, with strace on the daemon).
     expect(env.daemonLog().slice(logBefore).split('was unmounted from outside').length - 1).toBe(1);
-  }, 90_000);
+  }, 60_000);
 });
