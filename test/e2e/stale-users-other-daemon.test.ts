@@ -18,8 +18,8 @@ import { Env, ensureBuilt, sh } from './helpers.js';
 interface DeletedUsers { VolumeId: string; LoopDevices?: string[]; CutOffHandles?: number }
 interface Status { Daemon: { Problem?: string; MetricsUrl: string; DeletedVolumeUsers?: DeletedUsers[] } }
 
-interface Record { MountDir: string; Device: string; Source: string; Earlier: { MountDir: string; Device: string; Source: string }[] }
-const record = (env: Env): Record => JSON.parse(readFileSync(join(env.state, 'mount.json'), 'utf8')) as Record;
+interface MountJson { MountDir: string; Device: string; Source: string; Earlier: { MountDir: string; Device: string; Source: string }[] }
+const record = (env: Env): MountJson => JSON.parse(readFileSync(join(env.state, 'mount.json'), 'utf8')) as MountJson;
 const fuseSourceAt = (dir: string): string[] =>
   readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')).filter((f) => f[4] === dir)
     .map((f) => { const sep = f.indexOf('-', 6); return `${f[2]} ${f[sep + 1]} ${f[sep + 2]}`; });
