@@ -28,6 +28,7 @@ declare -A NEED=(
   [tmux]=/usr/bin/tmux
   [nghttp2-client]=/usr/bin/h2load
   [prometheus]=/usr/bin/promtool
+  [strace]=/usr/bin/strace
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

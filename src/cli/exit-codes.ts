@@ -10,7 +10,10 @@ export const EXIT = {
   INTERNAL: 1,
   /** Bad command line: an unknown option, a missing argument, a value not of its flag's form (`ebsd daemon --region Mars`), a flag without the one it needs. */
   USAGE: 2,
-  /** The daemon is not running or its socket cannot be reached. */
+  /**
+   * The daemon is not running or its socket cannot be reached; or it did not answer in time (`ebsd status`,
+   * `ebsd top`: --status-timeout), stuck or overloaded.
+   */
   NO_DAEMON: 3,
   /** AccessDeniedException (KMS, IAM) or UnauthorizedOperation (EC2): the caller's uid/principal may not do this. */
   DENIED: 4,
@@ -35,7 +38,8 @@ export const EXIT_CODES_HELP = `Exit codes:
   0  success
   1  unexpected internal error (ebsd daemon: a stop that did not finish within --stop-timeout)
   2  usage error (bad command line, an ebsd daemon flag's value included)
-  3  daemon not running / control socket unreachable
+  3  daemon not running / control socket unreachable, or it did not answer in time
+     (--status-timeout of ebsd status and ebsd top: stuck or overloaded)
   4  access denied (AccessDeniedException, UnauthorizedOperation; unmapped uid)
   5  not found (NotFoundException, ResourceNotFoundException, InvalidVolume.NotFound, InvalidVolumeID.Malformed, NoSuchEntity)
   6  conflicting state (VolumeInUse, IncorrectState, IncorrectModificationState, VolumeModificationRateExceeded,

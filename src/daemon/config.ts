@@ -116,11 +116,20 @@ export interface DaemonConfig {
   stopTimeoutMs?: number;
 }
 
+/**
+ * A port's digits: at most 5 (so `000000000080` is no port 80, as a listen address of main never took
+ * it) and at most 65535.
+ */
+function portInRange(digits: string): boolean {
+  return digits.length <= 5 && Number(digits) <= 65535;
+}
+
 /** `HOST:PORT`, `[::1]:PORT` -> host and port; a RangeError naming the flag otherwise. */
 export function parseListenAddress(v: string, name = '--kms-listen'): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(v);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new ArgRangeError(name, `"${v}" is not HOST:PORT (e.g. 127.0.0.1:4599, [::1]:0)`);
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d+)$/.exec(v);
+  if (!m) throw new ArgRangeError(name, `"${v}" is not HOST:PORT (e.g. 127.0.0.1:4599, [::1]:0)`);
+  const port = Number(m[3]);
+  if (!portInRange(m[3]!)) throw new ArgRangeError(name, `"${v}": port ${m[3]} is out of range (0 to 65535, at most 5 digits)`);
   return { host: m[1] ?? m[2]!, port };
 }
 
@@ -129,14 +138,15 @@ export function parseListenAddress(v: string, name = '--kms-listen'): { host: st
  * src/daemon/metrics-listener.ts binds it.
  */
 export function parseMetricsListen(spec: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(spec);
+  // Any run of digits is taken as the port, so that one too long (127.0.0.1:123456) is said to be out of range below.
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d+)$/.exec(spec);
   const host = m?.[1] ?? m?.[2];
   const port = Number(m?.[3]);
   if (!m || !host || (isIP(host) === 0 && host !== 'localhost')) {
     throw new ArgRangeError('--metrics-listen', `must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "${spec}"`);
   }
   // Said as such: "must be HOST:PORT with an IP address" of 0.0.0.0:99999 named neither what was wrong nor the limit.
-  if (port > 65535) throw new ArgRangeError('--metrics-listen', `"${spec}": port ${port} is out of range (0 to 65535)`);
+  if (!portInRange(m[3]!)) throw new ArgRangeError('--metrics-listen', `"${spec}": port ${m[3]} is out of range (0 to 65535, at most 5 digits)`);
   return { host, port };
 }
 

@@ -17,7 +17,8 @@ import type { AwsKeyService } from '../volume/aws-key-service.js';
 import { isUnreachable } from '../volume/unreachable.js';
 import { HostResolver } from './host-resolver.js';
 import { DEFAULT_KEY_CACHE_MAX_STALE_MS, DEFAULT_KEY_CACHE_TTL_MS } from '../volume/key-cache.js';
-import { BlockFileSystem, FuseMount, staleLoopDevices } from '../fuse/index.js';
+import { BlockFileSystem, FuseMount, earlierDeadMounts, readMountRecord, writeMountRecord } from '../fuse/index.js';
+import { StaleUsers, deletedVolumeProblem, volumeStaleProblem, type StaleUsersSeen, type VolumeStaleUsers } from './stale-users.js';
 import { EbsdError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { checkDaemonConfig, keyCacheMaxStaleRaised, DEFAULT_KMS_PROBE_INTERVAL_MS, type DaemonConfig } from './config.js';
@@ -182,6 +183,8 @@ export class Daemon {
   /** Looks for the FUSE mount taken away from outside (mountLost), so the log says so without anyone asking. */
   private mountWatch: NodeJS.Timeout | undefined;
   private mountLostLogged = false;
+  /** What still holds volume files no longer served (stale-users.ts); made once the mount is up. */
+  private staleUsersOf: StaleUsers | undefined;
   /** The EBS direct APIs (target `ebs.<Operation>`); absent with --kms-only or --kms-endpoint. */
   private ebs: EbsApi | undefined;
   /** EC2 operations and the events they write (docs/architecture.md §5.8): refused while the audit log fails, answered once written. */
@@ -325,8 +328,13 @@ export class Daemon {
       this.kmsUrl = kmsUrl;
     }
     if (!cfg.kmsOnly) {
-      // Reads /proc/self/mountinfo only (never the mount): a few µs every MOUNT_WATCH_MS.
-      this.mountWatch = setInterval(() => void this.mountLost(), MOUNT_WATCH_MS);
+      // Reads /proc/self/mountinfo only (never the mount), every MOUNT_WATCH_MS, until the mount is seen lost: it
+      // cannot come back for this daemon (FuseMount.lost), so there is nothing left to watch for. Not a stat of the
+      // mount dir's st_dev instead: a mount stacked over ours would change it with ours still there, and a stat of
+      // our own mount is a FUSE request this process must serve (a sync one from this thread never returns).
+      this.mountWatch = setInterval(() => {
+        if (this.mountLost()) clearInterval(this.mountWatch);
+      }, MOUNT_WATCH_MS);
       this.mountWatch.unref();
     }
     const tickMs = cfg.tickMs ?? 60_000;
@@ -414,7 +422,28 @@ export class Daemon {
     const bfs = new BlockFileSystem({ logger: log.child({ component: 'fuse' }), writeBehind: this.writeBehind, ...(this.metrics ? { observe: this.metrics.observeVolume } : {}) });
     this.bfs = bfs;
     this.fuse = new FuseMount(cfg.mountDir, bfs.ops(), { logger: log.child({ component: 'fuse' }) });
+    // Where the previous daemon of this state dir served: read before this mount is recorded over it.
+    const previous = await readMountRecord(paths.root, log.child({ component: 'fuse' }));
     await this.fuse.mount();
+    const fuse = this.fuse;
+    const at = fuse.mountedAt!;
+    // A previous daemon killed under a loop device and this one started with another --mount: its dead mount
+    // is still at the old path, and the loop devices over its files are named under it (mount-record.ts).
+    const earlier = await earlierDeadMounts(previous, at, log.child({ component: 'fuse' }));
+    this.staleUsersOf = new StaleUsers({
+      mountedAt: () => fuse.mountedAt, lost: () => fuse.lost(),
+      cutOffHandles: (id) => bfs.cutOffHandles(id), cutOffVolumeIds: () => bfs.cutOffVolumeIds(), earlier,
+    });
+    const device = fuse.device;
+    const source = fuse.source;
+    if (device !== undefined && source !== undefined) {
+      // Kept with the earlier ones still there, so a second restart elsewhere still looks under them. Not written
+      // (the state dir's disk full): the start goes on, as without a pid file (state-dir.ts); only the next start's
+      // look for loop devices under this mount dir is lost.
+      await writeMountRecord(paths.root, { MountDir: at, Device: device, Source: source, Earlier: earlier }).catch((err: Error) => {
+        log.warn({ err: err.message, stateDir: paths.root }, 'could not record the mount dir in mount.json; the next start will not look for loop devices left over files of this mount if it is given another --mount');
+      });
+    }
   }
 
   /**
@@ -524,11 +553,14 @@ export class Daemon {
       if (resumed.length || failed.length) log.info({ resumed, failed: failed.map((f) => f.volumeId) }, 're-attached volumes recorded as attached');
       // A loop device a previous daemon left over one of its files answers EIO while the volume is served afresh:
       // said once here (and by `ebsd status` while it lasts), since the kernel tells the daemon nothing.
-      const at = this.fuse?.mountedAt;
-      if (at !== undefined) {
-        for (const [volumeId, loops] of await staleLoopDevices(new Set(m.describeVolumes().Volumes.map((v) => v.VolumeId)))) {
-          log.warn({ volumeId, loopDevices: loops }, `loop device(s) ${loops.join(', ')} still bound to a file of ${volumeId} that a previous daemon served: every request on them fails with EIO; unmount what is on them and losetup -d them, then set up a new one over ${this.pathOf(volumeId)}`);
-        }
+      // A volume deleted since (not in the catalog) is said too, when the file is under an earlier daemon's dead mount.
+      const stale = await this.staleUsers(m.describeVolumes().Volumes.map((v) => v.VolumeId));
+      for (const [volumeId, st] of stale.volumes) {
+        if (!st.loops.length) continue;
+        log.warn({ volumeId, loopDevices: st.loops.map((l) => l.device), ...this.earlierMountsOf(st) }, volumeStaleProblem({ ...st, cutOff: 0 }, this.pathOf(volumeId), volumeId));
+      }
+      for (const [volumeId, st] of stale.deleted) {
+        log.warn({ volumeId, deleted: true, loopDevices: [...st.loops.map((l) => l.device), ...st.cutOffLoops], ...this.earlierMountsOf(st) }, deletedVolumeProblem(volumeId, st));
       }
       // Those the KMS did not answer (unreachable, throttled, internal) are tried again until it does; a refusal stays.
       const resumeRetry = new ResumeRetry({ resume: (only) => m.resumeAttachments(only), logger: log.child({ component: 'resume-retry' }) });
@@ -586,9 +618,10 @@ export class Daemon {
       staleUsers: async () => {
         const attached = bfs?.volumeIds() ?? [];
         const known = this.mgr?.describeVolumes().Volumes.map((v) => v.VolumeId) ?? attached;
-        const stale = await this.staleUsers(known);
-        const ids = new Set([...attached, ...stale.keys()]);
-        return [...ids].map((volumeId) => ({ volumeId, loopDevices: stale.get(volumeId)?.loops.length ?? 0, cutOffHandles: stale.get(volumeId)?.cutOff ?? 0 }));
+        const { volumes, deleted } = await this.staleUsers(known);
+        const all = new Map([...volumes, ...deleted]);
+        const ids = new Set([...attached, ...all.keys()]);
+        return [...ids].map((volumeId) => ({ volumeId, loopDevices: all.get(volumeId)?.loops.length ?? 0, cutOffHandles: all.get(volumeId)?.cutOff ?? 0 }));
       },
       ...(this.cfg.kmsOnly ? {} : { mountLost: () => this.mountLost() }),
       snapshotsInProgress: () => this.snapshots?.inProgress() ?? [],
@@ -1051,10 +1084,10 @@ export class Daemon {
       const name = v.Tags.find((t) => t.Key === 'Name')?.Value;
       const kc = attached ? caches.get(v.VolumeId) : undefined;
       const { VolumeId: _id, Encrypted: _enc, ...keyCache } = kc ?? { VolumeId: '', Encrypted: v.Encrypted, State: 'none' as const };
-      const st = stale.get(v.VolumeId);
+      const st = stale.volumes.get(v.VolumeId);
       // Recorded in-use but not served: a resume failed; retried when the KMS did not answer (resume-retry.ts).
       const unserved = v.State === 'in-use' && !attached ? this.unservedProblem(v.VolumeId) : {};
-      const problems = [unserved.Problem, st ? this.staleUsersProblem(v.VolumeId, st) : undefined].filter((p): p is string => typeof p === 'string');
+      const problems = [unserved.Problem, st ? volumeStaleProblem(st, this.pathOf(v.VolumeId)) : undefined].filter((p): p is string => typeof p === 'string');
       return {
         VolumeId: v.VolumeId,
         ...(name ? { Name: name } : {}),
@@ -1064,7 +1097,7 @@ export class Daemon {
         ...(v.KmsKeyId ? { KmsKeyId: v.KmsKeyId } : {}),
         Attached: attached,
         ...(attached ? { Path: this.pathOf(v.VolumeId), OpenHandles: this.bfs!.openCount(v.VolumeId) } : {}),
-        ...(st?.loops.length ? { StaleLoopDevices: st.loops } : {}),
+        ...(st?.loops.length ? { StaleLoopDevices: st.loops.map((l) => l.device) } : {}),
         ...(st?.cutOff ? { CutOffHandles: st.cutOff } : {}),
         ...unserved,
         ...(problems.length ? { Problem: problems.join('; ') } : {}),
@@ -1107,7 +1140,9 @@ export class Daemon {
         Audit: audit,
         ...(this.server ? { Control: this.server.usage() } : {}),
         ...(listener ? { KmsListener: listener } : {}),
-        ...this.daemonProblem(audit.State),
+        // Volumes deleted while something still holds their file (a forced detach, then DeleteVolume): no volume row to show them in.
+        ...(stale.deleted.size ? { DeletedVolumeUsers: [...stale.deleted].map(([id, d]) => this.deletedVolumeUsers(id, d)) } : {}),
+        ...this.daemonProblem(audit.State, stale.deleted),
       },
       Caller: { Arn: caller.arn, Type: caller.type, Uid: caller.uid },
       Volumes: volumes,
@@ -1146,48 +1181,32 @@ export class Daemon {
   }
 
   /**
-   * What still holds a file of these volumes that is no longer served: loop devices bound to a
-   * previous daemon's file (stale-loops.ts) and handles this daemon cut off while open
-   * (BlockFileSystem.cutOffHandles). Every request on either fails with EIO, while the volume itself
-   * looks healthy. Volumes with neither are absent.
+   * What still holds a file of these volumes (the catalog's) that is no longer served, and of volumes no
+   * longer in the catalog (stale-users.ts); nothing on a daemon with no mount.
    */
-  private async staleUsers(volumeIds: readonly string[]): Promise<Map<string, { loops: string[]; cutOff: number }>> {
-    const out = new Map<string, { loops: string[]; cutOff: number }>();
-    const at = this.fuse?.mountedAt;
-    const bfs = this.bfs;
-    if (at === undefined || !bfs) return out;
-    // While this daemon's own mount is lost (unmounted from outside), a loop device over `/<vol>` may be one it
-    // still serves (a lazy unmount leaves open files working): not called stale; the mount-lost Problem says
-    // what a restart will do to such devices.
-    const loops = this.fuse?.lost() ? new Map<string, string[]>() : await staleLoopDevices(new Set(volumeIds));
-    for (const id of volumeIds) {
-      const l = loops.get(id) ?? [];
-      const cutOff = bfs.cutOffHandles(id);
-      if (l.length || cutOff) out.set(id, { loops: l, cutOff });
-    }
-    return out;
+  private async staleUsers(volumeIds: readonly string[]): Promise<StaleUsersSeen> {
+    return this.staleUsersOf ? this.staleUsersOf.seen(volumeIds) : { volumes: new Map(), deleted: new Map() };
   }
 
-  private staleUsersProblem(volumeId: string, st: { loops: string[]; cutOff: number }): string {
-    const parts: string[] = [];
-    if (st.loops.length) {
-      parts.push(`loop device${st.loops.length === 1 ? '' : 's'} ${st.loops.join(', ')} still bound to a file of this volume that a previous daemon served `
-        + `(it stopped or was killed under ${st.loops.length === 1 ? 'it' : 'them'}): every request on ${st.loops.length === 1 ? 'it' : 'them'} fails with EIO; `
-        + `unmount what is on ${st.loops.length === 1 ? 'it' : 'them'}, losetup -d ${st.loops.join(' ')}, and set up a new one over ${this.pathOf(volumeId)}`);
-    }
-    if (st.cutOff) {
-      parts.push(`${st.cutOff} handle${st.cutOff === 1 ? '' : 's'} of a file of this volume removed while open (a forced detach) still open `
-        + `(a loop device or a program): every request on ${st.cutOff === 1 ? 'it' : 'them'} fails with EIO; close ${st.cutOff === 1 ? 'it' : 'them'} (losetup -l lists loop devices over ${this.pathOf(volumeId)})`);
-    }
-    return parts.join('; ');
+  /** `mounts`, for a log line: where a previous daemon served the files of these loop devices, when its dead mount is still there. */
+  private earlierMountsOf(st: VolumeStaleUsers): { mounts?: string[] } {
+    const mounts = [...new Set(st.loops.map((l) => l.mount).filter((m): m is string => m !== undefined))];
+    return mounts.length ? { mounts } : {};
+  }
+
+  /** One row of Daemon.DeletedVolumeUsers (what to do is in Daemon.Problem). */
+  private deletedVolumeUsers(volumeId: string, st: VolumeStaleUsers): Record<string, unknown> {
+    const loops = [...st.loops.map((l) => l.device), ...st.cutOffLoops];
+    return { VolumeId: volumeId, ...(loops.length ? { LoopDevices: loops } : {}), ...(st.cutOff ? { CutOffHandles: st.cutOff } : {}) };
   }
 
   /** What is wrong with the daemon as a whole (a full disk, its mount gone), or nothing. */
-  private daemonProblem(auditState: string): { Problem?: string } {
+  private daemonProblem(auditState: string, deleted: ReadonlyMap<string, VolumeStaleUsers>): { Problem?: string } {
     const problems = [
       ...(auditState !== 'ok' ? [`audit log: disk full (${auditState}); free space in ${this.paths.root}`] : []),
       ...(this.mountLost() ? [this.mountLostProblem()] : []),
-    ];
+      ...[...deleted].map(([id, st]) => deletedVolumeProblem(id, st)),
+    ].filter((p) => p !== '');
     return problems.length ? { Problem: problems.join('; ') } : {};
   }
 

@@ -11,12 +11,20 @@ import type { FuseOptions } from 'fuse-native';
 /** 128 KiB: the largest request the kernel sends once big_writes is on (FUSE protocol 7.x, libfuse2). */
 export const MAX_IO = 131072;
 
-/** fuse-native's own options (it builds the `-o` string from these keys). */
-export function fuseNativeOptions(allowOther: boolean): FuseOptions {
+/** The mount source of a block-file mount without an identity of its own (the benchmark scripts). */
+export const FSNAME = 'ebsd';
+
+/**
+ * fuse-native's own options (it builds the `-o` string from these keys). `fsname`: the mount's
+ * source, the field after the type in /proc/self/mountinfo; the daemon gives each of its mounts one
+ * of its own, `ebsd:<nonce>` (mount.ts mountSource), so a mount is told from another made later at
+ * the same path with the same device number (mount-record.ts).
+ */
+export function fuseNativeOptions(allowOther: boolean, fsname: string = FSNAME): FuseOptions {
   return {
     // A disk never times out a request on its own; neither do we.
     timeout: false,
-    fsname: 'ebsd',
+    fsname,
     subtype: 'ebsd',
     maxRead: MAX_IO,
     allowOther,

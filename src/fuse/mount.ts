@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promises as fsp, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -79,8 +80,10 @@ export interface MountOptions {
 export class FuseMount {
   private fuse: BlockFuse | undefined;
   private readonly log: Logger;
-  /** Where the kernel lists the mount (the directory with symlinks resolved) and its device, once mounted. */
-  private entry: { at: string; device: string } | undefined;
+  /** Where the kernel lists the mount (the directory with symlinks resolved), its device and source, once mounted and found there. */
+  private entry: MountEntry | undefined;
+  /** Once lost() saw the mount gone: it cannot come back for this process (nothing mounts it again). */
+  private gone = false;
 
   constructor(readonly mountDir: string, private readonly ops: FuseOps, private readonly opts: MountOptions) {
     this.log = opts.logger;
@@ -93,6 +96,16 @@ export class FuseMount {
   /** Where the mount was made (the directory with symlinks resolved: the path the kernel gives its files), once mounted. */
   get mountedAt(): string | undefined {
     return this.fuse?.mnt;
+  }
+
+  /** The mount's device (major:minor, as mountinfo lists it), once mounted and found there. */
+  get device(): string | undefined {
+    return this.entry?.device;
+  }
+
+  /** The mount's source (`ebsd:<nonce>`, its own: mountSource), once mounted and found there. */
+  get source(): string | undefined {
+    return this.entry?.source;
   }
 
   async mount(): Promise<void> {
@@ -118,10 +131,11 @@ export class FuseMount {
       }
     }
     const allowOther = this.opts.allowOther ?? process.getuid?.() === 0;
+    const source = mountSource();
     const fuse = new BlockFuse(
       at,
       this.ops,
-      fuseNativeOptions(allowOther),
+      fuseNativeOptions(allowOther, source),
       EXTRA_MOUNT_OPTIONS, // mount-options.ts: shared with the benchmark scripts
     );
     await new Promise<void>((resolve, reject) => {
@@ -130,9 +144,9 @@ export class FuseMount {
       throw new EbsdError('FUSE_MOUNT_FAILED', `cannot mount FUSE at ${this.mountDir}: ${err.message}`, { cause: err });
     });
     this.fuse = fuse;
-    // The last fuse.ebsd mount at the directory is this one (mounts stack); none found: lost() never says so.
-    const device = mountEntries(await fsp.readFile('/proc/self/mountinfo', 'utf8')).filter((e) => e.at === at && e.type === 'fuse.ebsd').pop()?.device;
-    this.entry = device === undefined ? undefined : { at, device };
+    // Found by its source, which no other mount has; none found: lost() never says so.
+    this.entry = mountEntries(await fsp.readFile('/proc/self/mountinfo', 'utf8')).find((e) => e.at === at && e.type === 'fuse.ebsd' && e.source === source);
+    this.gone = false;
     this.log.info({ mount: this.mountDir, maxWrite: MAX_IO }, 'FUSE mounted');
   }
 
@@ -140,12 +154,16 @@ export class FuseMount {
    * Whether the mount was taken away from outside (`fusermount -u`, `umount`, a lazy umount):
    * mounted by this process, and its entry no longer in /proc/self/mountinfo. The kernel tells
    * the daemon nothing when that happens, and a file attached afterwards would be served nowhere.
-   * Reads only mountinfo, never the mount itself, whose requests this thread serves.
+   * Reads only mountinfo, never the mount itself, whose requests this thread serves; and only
+   * until the mount is seen gone: an entry once gone never comes back (a new mount would be a new
+   * entry, and this process makes none), so lost() answers true from then on without reading.
    */
   lost(): boolean {
     const entry = this.entry;
     if (!this.fuse || entry === undefined) return false;
-    return !mountEntries(readFileSync('/proc/self/mountinfo', 'utf8')).some((e) => e.at === entry.at && e.device === entry.device);
+    if (this.gone) return true;
+    this.gone = !mountEntries(readFileSync('/proc/self/mountinfo', 'utf8')).some((e) => sameMount(e, entry));
+    return this.gone;
   }
 
   async unmount(): Promise<void> {
@@ -197,18 +215,35 @@ export async function isMountPoint(dir: string): Promise<boolean> {
 }
 
 /**
+ * A source no other mount has, for a mount of this process: `ebsd:` and 16 random hex digits.
+ * Device numbers and mount ids are handed out lowest-free first, so another daemon mounting later
+ * at the same path gets the same ones; only the source tells the two apart (mount-record.ts).
+ */
+export function mountSource(): string {
+  return `ebsd:${randomBytes(8).toString('hex')}`;
+}
+
+/** A line of /proc/self/mountinfo: the device (major:minor), the mount point, the filesystem type and the source. */
+export interface MountEntry { device: string; at: string; type: string; source: string }
+
+/** Whether two entries are one mount: the same point, device and source (a fuse.ebsd source is unique: mountSource). */
+export function sameMount(a: Omit<MountEntry, 'type'>, b: Omit<MountEntry, 'type'>): boolean {
+  return a.at === b.at && a.device === b.device && a.source === b.source;
+}
+
+/**
  * The lines of /proc/self/mountinfo (proc(5)): field 3 the device (major:minor), field 5 the mount
  * point, where a space, tab, newline or backslash is written as \ooo, and after the `-` separator
- * the filesystem type.
+ * the filesystem type and the mount source (escaped the same way).
  */
-function mountEntries(info: string): { device: string; at: string; type: string }[] {
+export function mountEntries(info: string): MountEntry[] {
   const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  const out: { device: string; at: string; type: string }[] = [];
+  const out: MountEntry[] = [];
   for (const line of info.split('\n')) {
     const f = line.split(' ');
     const sep = f.indexOf('-', 6);
     if (f.length < 5 || sep < 0) continue;
-    out.push({ device: f[2]!, at: unescape(f[4]!), type: f[sep + 1] ?? '' });
+    out.push({ device: f[2]!, at: unescape(f[4]!), type: f[sep + 1] ?? '', source: unescape(f[sep + 2] ?? '') });
   }
   return out;
 }

@@ -11,7 +11,9 @@ import { join } from 'node:path';
  * The kernel names each loop device's backing file in sysfs (`/sys/block/loopN/loop/backing_file`),
  * as the path of that file now: one of a mount that was detached (the stale mount a new daemon
  * takes away lazily, or one unmounted from outside) is named by what is left of it, `/<vol>`, and an
- * unlinked one gets ` (deleted)`; contrib/systemd/ebsd-loop@.service finds them the same way.
+ * unlinked one gets ` (deleted)`; contrib/systemd/ebsd-loop@.service finds them the same way. A file
+ * of a dead mount still attached (a daemon killed, restarted with another --mount) keeps its full
+ * path, `<old mount>/<vol>`: found through the mount dirs the state dir recorded (mount-record.ts).
  * Only sysfs is read: the unit's DevicePolicy=closed lets the daemon open no /dev/loop*, and the
  * mount itself is never touched (its requests are served by the thread that would ask).
  */
@@ -19,48 +21,64 @@ import { join } from 'node:path';
 /** The sysfs directory of block devices; a test may give another root. */
 export const SYS_BLOCK = '/sys/block';
 
+/** A volume file's name (the EC2 volume id, docs/format.md): what a FUSE mount of ebsd holds, nothing else. */
+const VOLUME_FILE = /^vol-[0-9a-f]{17}$/;
+
+/** A bound loop device: `/dev/loopN` and its backing_file line. */
+export interface LoopBacking { device: string; backing: string }
+
 /**
- * Loop devices whose backing file is a file of one of `volumeIds` on a mount that is gone: `/<vol>`
- * (a file of this daemon's own mount cut off by a forced detach, `<mount>/<vol> (deleted)`, is
- * counted as a cut-off handle instead). Volume id -> the devices (`/dev/loopN`), in device order;
- * volumes with none are absent. A loop device that goes away while it is read is skipped.
+ * Every bound loop device and its backing file, in device order. A loop device that goes away (or
+ * is unbound) while it is read is skipped; no sysfs (a container without it): none.
  */
-export async function staleLoopDevices(volumeIds: ReadonlySet<string>, sysBlock = SYS_BLOCK): Promise<Map<string, string[]>> {
-  const found = new Map<string, string[]>();
-  if (volumeIds.size === 0) return found;
+export async function loopBackings(sysBlock = SYS_BLOCK): Promise<LoopBacking[]> {
   let names: string[];
   try {
     names = (await fsp.readdir(sysBlock)).filter((n) => /^loop[0-9]+$/.test(n));
   } catch {
-    return found; // no sysfs (a container without it): nothing can be said
+    return [];
   }
   names.sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
+  const out: LoopBacking[] = [];
   for (const n of names) {
-    let backing: string;
     try {
-      backing = (await fsp.readFile(join(sysBlock, n, 'loop', 'backing_file'), 'utf8')).replace(/\n$/, '');
+      out.push({ device: `/dev/${n}`, backing: (await fsp.readFile(join(sysBlock, n, 'loop', 'backing_file'), 'utf8')).replace(/\n$/, '') });
     } catch {
-      continue; // not bound (no backing_file), or gone meanwhile
+      // not bound (no backing_file), or gone meanwhile
     }
-    const volumeId = staleVolumeOf(backing, volumeIds);
-    if (volumeId === undefined) continue;
-    const list = found.get(volumeId);
-    if (list) list.push(`/dev/${n}`);
-    else found.set(volumeId, [`/dev/${n}`]);
   }
-  return found;
+  return out;
 }
 
-/** The volume whose stale file `backing` (a backing_file line) names, or undefined when it names none or the file served now. */
-export function staleVolumeOf(backing: string, volumeIds: ReadonlySet<string>): string | undefined {
+/**
+ * What a loop device's file is, for the daemon serving at `mountedAt` whose state dir's earlier
+ * daemons served at `earlierMounts` (dead mounts still attached there: mount-record.ts):
+ * - `detached`: `/<vol>`, a file of a mount no longer attached anywhere (whose, the path no longer
+ *   says: only a volume of this state dir's catalog may be claimed from it);
+ * - `earlier`: `<earlier mount>/<vol>`, deleted or not, a file a previous daemon of this state dir
+ *   served (`mount` says where);
+ * - `current`: `<mountedAt>/<vol>`, a file of this daemon's own mount: served now, or removed while
+ *   open (a forced detach, the volume maybe deleted since; BlockFileSystem.cutOffHandles counts
+ *   them). The kernel marks it ` (deleted)` only once a lookup of the name found it gone, so either
+ *   name may be one removed.
+ * Anything else (another program's file): undefined.
+ */
+export type LoopFile =
+  | { kind: 'detached'; volumeId: string }
+  | { kind: 'earlier'; volumeId: string; mount: string }
+  | { kind: 'current'; volumeId: string };
+
+export function loopFileOf(backing: string, mountedAt: string | undefined, earlierMounts: readonly string[]): LoopFile | undefined {
   const deleted = backing.endsWith(' (deleted)');
   const path = deleted ? backing.slice(0, -' (deleted)'.length) : backing;
   const cut = path.lastIndexOf('/');
+  if (cut < 0) return undefined;
   const dir = path.slice(0, cut);
-  const name = path.slice(cut + 1);
-  if (cut < 0 || !volumeIds.has(name)) return undefined;
+  const volumeId = path.slice(cut + 1);
+  if (!VOLUME_FILE.test(volumeId)) return undefined;
   // `/<vol>`: the root of a mount no longer attached anywhere (the volume files are the mount's only entries).
-  // `<mount>/<vol> (deleted)` is this daemon's own file, cut off by a forced detach: counted as cut-off
-  // handles (BlockFileSystem.cutOffHandles), not twice.
-  return dir === '' ? name : undefined;
+  if (dir === '') return { kind: 'detached', volumeId };
+  if (earlierMounts.includes(dir)) return { kind: 'earlier', volumeId, mount: dir };
+  if (dir === mountedAt) return { kind: 'current', volumeId };
+  return undefined;
 }

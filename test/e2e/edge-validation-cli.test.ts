@@ -150,7 +150,7 @@ describe('ebsd daemon: size and duration flags', () => {
     ['--stop-timeout', '0', /too short: at least 1 ms/],
     ['--stop-timeout', '0.1ms', /not a whole number of milliseconds/],
     ['--stop-timeout', '597h', /too long: at most 2147483647 ms/],
-    ['--metrics-listen', '127.0.0.1:99999', /port 99999 is out of range \(0 to 65535\)/],
+    ['--metrics-listen', '127.0.0.1:99999', /port 99999 is out of range \(0 to 65535, at most 5 digits\)/],
   ];
 
   it('a fraction of a byte or millisecond, 0 where it means nothing, a negative, NaN or huge value: exit 2 naming the flag and the value, nothing touched', async () => {
@@ -183,7 +183,14 @@ describe('ebsd daemon: a bad flag value is a usage error, a refused configuratio
   // (exit 9, "could not start"), while other bad flag values exited 2 (src/cli/exit-codes.ts).
   const usage: [string[], string][] = [
     [['--metrics-listen', 'nope'], '--metrics-listen must be HOST:PORT with an IP address (127.0.0.1:9464, [::1]:9464), got "nope"'],
-    [['--metrics-listen', '127.0.0.1:70000'], '--metrics-listen "127.0.0.1:70000": port 70000 is out of range (0 to 65535)'],
+    [['--metrics-listen', '127.0.0.1:70000'], '--metrics-listen "127.0.0.1:70000": port 70000 is out of range (0 to 65535'],
+    // Six digits and more were told only "must be HOST:PORT with an IP address".
+    [['--metrics-listen', '127.0.0.1:123456'], '--metrics-listen "127.0.0.1:123456": port 123456 is out of range (0 to 65535'],
+    [['--metrics-listen', '[::1]:99999999999999999999'], '--metrics-listen "[::1]:99999999999999999999": port 99999999999999999999 is out of range (0 to 65535'],
+    [['--kms-listen', '127.0.0.1:123456'], '--kms-listen "127.0.0.1:123456": port 123456 is out of range (0 to 65535'],
+    // Any run of digits was read as a number: twelve of them, leading zeros, listened on port 80.
+    [['--metrics-listen', '127.0.0.1:000000000080'], '--metrics-listen "127.0.0.1:000000000080": port 000000000080 is out of range (0 to 65535, at most 5 digits)'],
+    [['--kms-listen', '127.0.0.1:000000000080'], '--kms-listen "127.0.0.1:000000000080": port 000000000080 is out of range (0 to 65535, at most 5 digits)'],
     [['--region', 'Mars'], '--region "Mars" is not a region name'],
     [['--region', 'us-east-1 '], '--region "us-east-1 " is not a region name'],
     [['--kms-endpoint', 'https://x', '--kms-region', 'moon'], '--kms-region "moon" is not a region name'],

@@ -137,16 +137,17 @@ export class Env {
 
   /**
    * Start the daemon and wait for its "ready" log line. `opts.wrap`: a command the daemon runs
-   * under (`['prlimit', '--fsize=N']`), its arguments before node's.
+   * under (`['prlimit', '--fsize=N']`), its arguments before node's. `opts.mount`: another --mount than `mnt`
+   * (the caller unmounts it at the end).
    */
-  async start(extra: string[] = [], opts: { wrap?: string[] } = {}): Promise<void> {
+  async start(extra: string[] = [], opts: { wrap?: string[]; mount?: string } = {}): Promise<void> {
     // A daemon that died on its own (a fault point) and was not stopped: its last lines go in before the new one's.
     const prev = this.daemon;
     // Still running (a test that failed before its stop()): refused here, so cleanup() still holds it and stops it,
     // instead of the new child replacing it and the old one outliving the run.
     if (prev && prev.exitCode === null && prev.signalCode === null) throw new Error(`Env.start: this Env's daemon (pid ${prev.pid}) is still running; stop() it first`);
     if (prev) await this.flushed(prev);
-    const argv = [CLI, 'daemon', '--state-dir', this.state, '--mount', this.mnt, ...extra];
+    const argv = [CLI, 'daemon', '--state-dir', this.state, '--mount', opts.mount ?? this.mnt, ...extra];
     const [cmd, ...args] = opts.wrap?.length ? [...opts.wrap, process.execPath, ...argv] : [process.execPath, ...argv];
     await startDaemonChild(this.log, cmd!, args, undefined,
       (p, out) => { this.daemon = p; this.out = out; }, (p) => this.flushed(p));

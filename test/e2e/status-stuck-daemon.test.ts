@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, Env, ensureBuilt, run } from './helpers.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CLI, Env, ROOT, ensureBuilt, run } from './helpers.js';
 
 /**
  * `ebsd status` against a daemon that accepts connections but does not answer (stopped with SIGSTOP,
@@ -36,6 +38,14 @@ describe('ebsd status against a stopped daemon (real daemon, SIGSTOP)', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.json().Daemon.Pid).toBe(pid);
   }, 90_000);
+
+  it('the exit-code help (ebsd --help) and README say exit 3 is also a daemon that did not answer in time', async () => {
+    const help = await run(process.execPath, [CLI, '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('3  daemon not running / control socket unreachable, or it did not answer in time\n     (--status-timeout of ebsd status and ebsd top: stuck or overloaded)');
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8').replace(/\s+/g, ' ');
+    expect(readme).toContain('3 daemon not running, or it did not answer in time (`ebsd status`, `ebsd top`: `--status-timeout`; stuck or overloaded)');
+  });
 
   it('refuses a --status-timeout out of range, exit 2, naming it', async () => {
     const r = await status('--status-timeout', '0.5');
