@@ -772,8 +772,11 @@ export class Daemon {
       const req = parseEc2Request(op, body);
       // A ClientToken stands for these parameters, as the caller sent them (before a key name is resolved), and this caller.
       const tokenRequest = req.op === 'CreateVolume' && req.input.ClientToken !== undefined ? createVolumeDigest(req.input, caller) : undefined;
-      // EC2 authorization, before any state changes or KMS call on the caller's behalf.
-      const refusal = this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
+      // EC2 authorization, before any state changes or KMS call on the caller's behalf. A restore
+      // without Size makes a volume of the snapshot's size: its volume side is judged below, once
+      // the snapshot's VolumeSize is known (ec2:VolumeSize, as for a Size given).
+      const sizeFromSnapshot = req.op === 'CreateVolume' && req.input.SnapshotId !== undefined && req.input.Size === undefined;
+      const refusal = sizeFromSnapshot ? undefined : this.ec2Authz!.check(op, req.input as unknown as Record<string, unknown>, caller);
       if (refusal) await this.deny(source, op, caller, refusal.message, peer, volumeId, refusal);
       const keyCheck = await this.remoteKeyRefusal(req, caller);
       if (keyCheck.refusal) await this.deny(source, op, caller, keyCheck.refusal.message, peer, volumeId, keyCheck.refusal);
@@ -786,6 +789,12 @@ export class Daemon {
         const snap = await this.sourceSnapshotAuthz!.check({ op: 'CreateVolume', snapshotId: SnapshotId, ...(KmsKeyId !== undefined ? { kmsKeyId: KmsKeyId } : {}), plain }, caller);
         if (snap.refusal) await this.deny(source, op, caller, snap.refusal.message, peer, volumeId, snap.refusal);
         if (snap.targetKeyArn !== undefined) req.input.KmsKeyId = snap.targetKeyArn;
+        if (sizeFromSnapshot) {
+          // A snapshot that does not exist gives no size: judged without ec2:VolumeSize, the operation says NotFound.
+          const input = snap.volumeSize === undefined ? req.input : { ...req.input, Size: `${snap.volumeSize}GiB` };
+          const sized = this.ec2Authz!.check(op, input as unknown as Record<string, unknown>, caller);
+          if (sized) await this.deny(source, op, caller, sized.message, peer, volumeId, sized);
+        }
       }
       // Checked and authorized: a dry run ends here, before the volume manager.
       if (req.dryRun) {

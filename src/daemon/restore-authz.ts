@@ -47,6 +47,8 @@ export interface SourceSnapshotDecision {
   refusal?: UnauthorizedOperation;
   /** Set when a named (or default) target key was resolved and judged: the operation's KmsKeyId must be this ARN. */
   targetKeyArn?: string;
+  /** The snapshot's VolumeSize (GiB), when it exists: a restore without Size makes a volume of this size. */
+  volumeSize?: number;
 }
 
 export class SourceSnapshotAuthz {
@@ -64,7 +66,8 @@ export class SourceSnapshotAuthz {
     const onSnapshot = this.o.ec2.checkSourceSnapshot(action, m ? toEc2Snapshot(m) : req.snapshotId, caller);
     if (onSnapshot) return { refusal: onSnapshot };
     if (!m) return {};
-    return await this.keyRefusal(req, m, caller);
+    const keys = await this.keyRefusal(req, m, caller);
+    return keys.refusal ? keys : { ...keys, volumeSize: m.volumeSize };
   }
 
   /** With a remote KMS only: the caller's identity policy must allow what the host will do with the snapshot's key for it. */

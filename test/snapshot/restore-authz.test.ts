@@ -12,6 +12,8 @@ import { settled } from './helpers.js';
  */
 const ALICE = 1000;
 const BOB = 1001;
+const CAROL = 1002;
+const DAVE = 1003;
 
 interface AuditEvent {
   eventName: string;
@@ -36,7 +38,7 @@ describe('CreateVolume from a snapshot: authorization on the snapshot (real daem
     const s = await settled(env, (await env.api('ebsd.CreateSnapshot', { VolumeId: vol, TagSpecifications: teamRoot('snapshot') })).SnapshotId);
     expect(s.State).toBe('completed');
     snap = s.SnapshotId;
-    for (const [user, uid] of [['alice', ALICE], ['bob', BOB]] as const) {
+    for (const [user, uid] of [['alice', ALICE], ['bob', BOB], ['carol', CAROL], ['dave', DAVE]] as const) {
       await env.api('ebsd.IamCreateUser', { UserName: user });
       await env.api('ebsd.IamMapUid', { Uid: uid, Principal: `user/${user}` });
     }
@@ -59,8 +61,40 @@ describe('CreateVolume from a snapshot: authorization on the snapshot (real daem
         { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
       ],
     });
+    // carol: volumes of at most 1 GiB; dave: everything but volumes of 1 GiB or more. The snapshot's VolumeSize is 1.
+    await putPolicy('carol', {
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: 'ec2:CreateVolume', Resource: 'arn:aws:ec2:*:*:volume/*', Condition: { NumericLessThanEquals: { 'ec2:VolumeSize': '1' } } },
+        { Effect: 'Allow', Action: 'ec2:CreateVolume', Resource: 'arn:aws:ec2:*::snapshot/*' },
+        { Effect: 'Allow', Action: 'ec2:DescribeVolumes', Resource: '*' },
+        { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
+      ],
+    });
+    await putPolicy('dave', {
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: ['ec2:*', 'kms:*'], Resource: '*' },
+        { Effect: 'Deny', Action: 'ec2:CreateVolume', Resource: 'arn:aws:ec2:*:*:volume/*', Condition: { NumericGreaterThanEquals: { 'ec2:VolumeSize': '1' } } },
+      ],
+    });
   }, 180_000);
   afterAll(() => env.cleanup());
+
+  it('a restore without Size is judged with the snapshot\'s size as ec2:VolumeSize: a size Allow lets it through, a size Deny stops it', async () => {
+    const allowed = await as(CAROL, ['volume', 'create', '--snapshot-id', snap, '--wait']);
+    expect(allowed.code, allowed.stderr).toBe(0);
+    expect(allowed.json()).toMatchObject({ State: 'available', Size: 1 });
+    const before = await volumeIds();
+    const denied = await as(DAVE, ['volume', 'create', '--snapshot-id', snap]);
+    expect(denied.code, denied.stderr).toBe(4);
+    expect(denied.stderr).toMatch(/UnauthorizedOperation/);
+    expect(denied.stderr).toContain('ec2:CreateVolume on resource: arn:aws:ec2:');
+    expect(denied.stderr).toContain(':volume/*');
+    expect(await volumeIds()).toEqual(before);
+    // The same Deny with the size given, as before.
+    expect((await as(DAVE, ['volume', 'create', '--snapshot-id', snap, '--size', '16MiB'])).code).toBe(4);
+  });
 
   it('refused on the snapshot: UnauthorizedOperation (exit 4) naming the snapshot ARN, audited, nothing created', async () => {
     const before = await volumeIds();
