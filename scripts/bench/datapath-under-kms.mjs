@@ -1,0 +1,148 @@
+#!/usr/bin/env node
+// The volume data path while the KMS listener is loaded (issue 14, "Hardening of the listener": the volume
+// data path keeps its speed while the KMS is loaded). ONE daemon, as a host runs it: FUSE mount, an attached
+// AES-256-XTS volume, and `--kms-listen 127.0.0.1:0` with a certificate this script makes with openssl.
+// Phases alternate, same daemon, same volume, same run:
+//   quiet   fio on the volume's block file, nothing else
+//   loaded  the same fio while the lean client (kms-lean-client.mjs) floods the HTTPS listener with
+//           SigV4-signed Decrypt of a 64-byte data key, 64 keep-alive connections
+//   kms     the flood alone (what the KMS serves without the data path beside it)
+// and it prints, per workload, the medians of fio's bandwidth and IOPS in each phase and loaded/quiet, with
+// the KMS calls/s served during the loaded and kms phases. Before timing it checks that fio --verify passes
+// on the volume and that the flood's Decrypt returns the data key.
+// Build first:  npx tsc -p .   then (root: FUSE):
+//   node scripts/bench/datapath-under-kms.mjs [--seconds 5] [--rounds 3] [--size 512MiB] [--concurrency 64]
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, readFileSync, createWriteStream, existsSync } from 'node:fs';
+import { tmpdir, loadavg } from 'node:os';
+import { join, resolve } from 'node:path';
+import { leanClient } from './kms-lean-client.mjs';
+
+const arg = (n, d) => { const i = process.argv.indexOf(`--${n}`); return i > 0 ? process.argv[i + 1] : d; };
+const seconds = Number(arg('seconds', '5'));
+const rounds = Number(arg('rounds', '3'));
+const size = arg('size', '512MiB');
+const concurrency = Number(arg('concurrency', '64'));
+const ROOT = resolve(import.meta.dirname, '..', '..');
+const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+const dir = mkdtempSync(join(tmpdir(), 'ebsd-dp-kms-'));
+const state = join(dir, 'state');
+const mnt = join(dir, 'mnt');
+mkdirSync(mnt);
+
+/** fio workloads: direct I/O on the block file, as a VM or a filesystem on a loop device would issue it. */
+const WORKLOADS = {
+  'randrw-4k-qd32': ['--rw=randrw', '--bs=4k', '--iodepth=32', '--numjobs=2', '--rwmixread=50'],
+  'seqwrite-1m-qd8': ['--rw=write', '--bs=1m', '--iodepth=8', '--numjobs=1'],
+  'seqread-1m-qd8': ['--rw=read', '--bs=1m', '--iodepth=8', '--numjobs=1'],
+};
+
+const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[s.length >> 1]; };
+const cli = (...a) => { const out = execFileSync(process.execPath, [CLI, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: state } }).toString(); return out.trim() ? JSON.parse(out) : {}; };
+const cpuOf = (pid) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) * 10; }; // ms
+
+function fio(file, name, extra, secs) {
+  const out = execFileSync('fio', ['--output-format=json', `--name=${name}`, `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--time_based=1',
+    `--runtime=${secs}`, '--ramp_time=0', `--size=${size.replace(/iB$/, '').toLowerCase()}`, '--randrepeat=0', '--norandommap=1', '--group_reporting=1', '--invalidate=0', ...extra],
+  { maxBuffer: 64 << 20 }).toString();
+  const j = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
+  return { bw: (j.read.bw_bytes + j.write.bw_bytes) / 2 ** 20, iops: j.read.iops + j.write.iops };
+}
+
+let daemon;
+let flood;
+let file;
+const cleanup = () => {
+  try { if (file) cli('detach', file.split('/').pop()); } catch { /* the daemon is gone */ }
+  if (daemon && daemon.exitCode === null) daemon.kill('SIGTERM');
+};
+for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { cleanup(); try { execFileSync('fusermount', ['-u', '-z', mnt], { stdio: 'ignore' }); } catch { /* not mounted */ } rmSync(dir, { recursive: true, force: true }); process.exit(130); });
+
+try {
+  const ossl = (...a) => execFileSync('openssl', a, { stdio: 'ignore' });
+  ossl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1');
+  const log = createWriteStream(join(dir, 'daemon.log'));
+  daemon = spawn(process.execPath, [CLI, 'daemon', '--state-dir', state, '--mount', mnt, '--kms-listen', '127.0.0.1:0', '--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const url = await new Promise((ok, fail) => {
+    let buf = '';
+    const on = (c) => { log.write(c); if (buf.length < 1e5) buf += c; const m = /"kmsUrl":"([^"]+)"/.exec(buf); if (m) ok(m[1]); };
+    daemon.stdout.on('data', on); daemon.stderr.on('data', on);
+    daemon.on('exit', (c) => fail(new Error(`daemon exited ${c}: ${buf}`)));
+  });
+  cli('iam', 'create-user', 'bench');
+  cli('iam', 'put-policy', 'user/bench', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }));
+  const key = cli('iam', 'create-access-key', '--user-name', 'bench').AccessKey;
+  const keyId = cli('kms', 'create-key').KeyMetadata.KeyId;
+  const EncryptionContext = { purpose: 'bench' };
+  const dk = cli('kms', 'generate-data-key', '--key-id', keyId, '--number-of-bytes', '64', '--encryption-context', 'purpose=bench');
+  const volumeId = cli('volume', 'create', '--size', size, '--wait').VolumeId;
+  cli('attach', volumeId);
+  file = join(mnt, volumeId);
+  if (!existsSync(file)) throw new Error(`${file} did not appear after attach`);
+
+  // What is timed must be right: fio's own verify on the volume, and the flood's answers.
+  execFileSync('fio', ['--name=verify', `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1'], { stdio: 'ignore' });
+  // Every block of the working set written once: reads then decrypt written data, not holes.
+  execFileSync('fio', ['--name=fill', `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--rw=write', '--bs=1m', '--iodepth=8', `--size=${size.replace(/iB$/, '').toLowerCase()}`], { stdio: 'ignore' });
+  flood = await leanClient({ op: 'Decrypt', body: { CiphertextBlob: dk.CiphertextBlob, EncryptionContext }, conns: concurrency, threads: 0, url, ca: readFileSync(join(dir, 'c.pem')), accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey, region: 'us-east-1' });
+  await flood.check(dk.Plaintext);
+  await flood.run(5); // warm-up: JIT of the KMS path on the daemon's threads
+  for (const [name, w] of Object.entries(WORKLOADS)) fio(file, name, w, 2); // warm-up of the data path
+
+  const rows = {};
+  const loads = [];
+  const kmsAlone = [];
+  for (let r = 0; r < rounds; r++) {
+    for (const [name, w] of Object.entries(WORKLOADS)) {
+      const row = (rows[name] ??= { quiet: [], loaded: [], kmsLoaded: [], cpuQuiet: [], cpuLoaded: [] });
+      for (const phase of r % 2 ? ['loaded', 'quiet'] : ['quiet', 'loaded']) {
+        const c0 = cpuOf(daemon.pid); const t0 = Date.now();
+        if (phase === 'quiet') {
+          row.quiet.push(fio(file, name, w, seconds));
+          row.cpuQuiet.push((cpuOf(daemon.pid) - c0) / (Date.now() - t0));
+        } else {
+          await flood.run(0.3); // reconnect what the listener closed meanwhile, outside the timing
+          const c1 = cpuOf(daemon.pid); const t1 = Date.now();
+          // The flood runs on this thread's event loop; fio runs as a child meanwhile (asynchronously).
+          const calls = flood.run(seconds + 1);
+          const f = await new Promise((ok, fail) => {
+            const child = spawn('fio', ['--output-format=json', `--name=${name}`, `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--time_based=1', `--runtime=${seconds}`,
+              `--size=${size.replace(/iB$/, '').toLowerCase()}`, '--randrepeat=0', '--norandommap=1', '--group_reporting=1', '--invalidate=0', ...w], { stdio: ['ignore', 'pipe', 'inherit'] });
+            let out = '';
+            child.stdout.on('data', (c) => (out += c));
+            child.on('exit', (code) => {
+              if (code !== 0) return fail(new Error(`fio ${name} exited ${code}`));
+              const j = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
+              ok({ bw: (j.read.bw_bytes + j.write.bw_bytes) / 2 ** 20, iops: j.read.iops + j.write.iops });
+            });
+          });
+          const n = await calls;
+          row.loaded.push(f);
+          row.kmsLoaded.push(n / ((Date.now() - t1) / 1000));
+          row.cpuLoaded.push((cpuOf(daemon.pid) - c1) / (Date.now() - t1));
+        }
+        loads.push(loadavg()[0]);
+      }
+    }
+    await flood.run(0.3);
+    const t = Date.now();
+    const n = await flood.run(seconds);
+    kmsAlone.push(n / ((Date.now() - t) / 1000));
+  }
+  // The data written before timing is still right after every phase: fio verifies its own pattern again.
+  execFileSync('fio', ['--name=verify', `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1'], { stdio: 'ignore' });
+
+  console.log(`Volume data path with and without the KMS listener loaded: one daemon, ${size} AES-256-XTS volume, fio libaio direct=1, ${seconds} s per phase, ${rounds} round(s), phases alternated; flood: HTTPS+SigV4 Decrypt, ${concurrency} connections; load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
+  console.log('workload          quiet MiB/s  loaded MiB/s  loaded/quiet   quiet IOPS  loaded IOPS  KMS calls/s while loaded  daemon cores quiet/loaded');
+  for (const [name, row] of Object.entries(rows)) {
+    const q = median(row.quiet.map((x) => x.bw)); const l = median(row.loaded.map((x) => x.bw));
+    console.log(`${name.padEnd(16)} ${q.toFixed(1).padStart(12)} ${l.toFixed(1).padStart(13)} ${(l / q).toFixed(2).padStart(13)} ${median(row.quiet.map((x) => x.iops)).toFixed(0).padStart(12)} ${median(row.loaded.map((x) => x.iops)).toFixed(0).padStart(12)} ${median(row.kmsLoaded).toFixed(0).padStart(25)} ${median(row.cpuQuiet).toFixed(2).padStart(14)}/${median(row.cpuLoaded).toFixed(2)}`);
+  }
+  console.log(`KMS alone (no fio): ${median(kmsAlone).toFixed(0)} Decrypt/s (runs: ${kmsAlone.map((x) => x.toFixed(0)).join(', ')})`);
+} finally {
+  if (flood) await flood.close();
+  cleanup();
+  if (daemon && daemon.exitCode === null) await new Promise((r) => daemon.once('exit', r));
+  try { execFileSync('fusermount', ['-u', '-z', mnt], { stdio: 'ignore' }); } catch { /* the daemon unmounted it */ }
+  if (process.env.KEEP_BENCH_DIR) console.log(`kept ${dir}`); else rmSync(dir, { recursive: true, force: true });
+}
