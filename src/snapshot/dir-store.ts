@@ -3,10 +3,10 @@ import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir, removeAtomicWriteTemps } from '../util/atomic-write.js';
 import { SnapshotError } from './errors.js';
-import { checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, readListedManifests, summaryOf } from './manifest-check.js';
+import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, readListedManifests, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
 import { PackSet, sha256Hex } from './pack-store.js';
-import type { BlockBatch, BlockHash, SnapshotManifest, SnapshotSummary } from './types.js';
+import type { BlockBatch, BlockHash, RawManifest, SnapshotManifest, SnapshotSummary } from './types.js';
 
 /**
  * Bytes of completed manifests kept parsed, counted as 3 × their text (the
@@ -340,6 +340,27 @@ export class DirSnapshotStore implements CollectableStore {
   /** Every manifest, each through `keep` as soon as it is read; one at a time (local files). */
   private async readManifests<T>(opts: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }, keep: (m: SnapshotManifest) => T): Promise<T[]> {
     return readListedManifests(await this.listManifestIds(), 1, (id) => this.getManifest(id), opts.onCorrupt, keep);
+  }
+
+  /** The file's bytes as they are (a manifest is replaced by rename, so one stat and one read see the same file). */
+  async readManifestRaw(snapshotId: string): Promise<RawManifest | undefined> {
+    const p = this.manifestPath(snapshotId);
+    let fh: FileHandle;
+    try {
+      fh = await fsp.open(p, 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw this.fail('read', p, e);
+    }
+    try {
+      const st = await fh.stat();
+      const lastModified = st.mtime.toISOString();
+      if (st.size > MANIFEST_MAX_BYTES) return { bytes: st.size, lastModified };
+      const data = await fh.readFile();
+      return { data, bytes: data.length, lastModified };
+    } finally {
+      await fh.close();
+    }
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {

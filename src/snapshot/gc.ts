@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { faultPoint } from '../util/fault-point.js';
 import { silentLogger } from '../util/logger.js';
@@ -90,6 +91,18 @@ export interface SweepResult {
   keptYoung: number;
   /** Unreferenced, but pinned by an operation in progress on this daemon. */
   keptPinned: number;
+}
+
+/**
+ * A refused manifest's delete keeps this of it for the audit (SnapshotGc.deleteSnapshot): its stored
+ * bytes' SHA-256 (hex; absent when it was over the manifest limit and not read), its size, and the
+ * store's ETag and last-modified where the store gives them. Never its content.
+ */
+export interface RemovedManifest {
+  sha256?: string;
+  bytes: number;
+  etag?: string;
+  lastModified?: string;
 }
 
 /** Held by an operation while it relies on blocks no manifest names yet; release() when its manifest does (or it gave up). */
@@ -204,29 +217,34 @@ export class SnapshotGc {
    * nothing is deleted and `readable` says so, for the caller to judge it as it
    * now reads.
    */
-  async deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<{ deleted: boolean; readable?: true; result: SweepResult; sweep?: Promise<SweepResult | undefined> }> {
+  async deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<{ deleted: boolean; readable?: true; result: SweepResult; sweep?: Promise<SweepResult | undefined>; removedUnread?: RemovedManifest }> {
     const none: SweepResult = { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 };
     /** Removed unread (SNAPSHOT_CORRUPT), or `m` as it reads. */
-    const readOrRemove = async (): Promise<{ m: SnapshotManifest | undefined } | { removed: Promise<SweepResult | undefined> }> => {
+    const readOrRemove = async (): Promise<{ m: SnapshotManifest | undefined } | { removed: Promise<SweepResult | undefined>; evidence: RemovedManifest | undefined }> => {
       try {
         return { m: await this.store.getManifest(snapshotId) };
       } catch (err) {
         if (!(err instanceof SnapshotError) || err.code !== 'SNAPSHOT_CORRUPT') throw err;
+        // The only evidence of what was stored goes with it: its digest, size and the store's stamps are kept for the
+        // caller's audit event, its content never (docs/architecture.md §13.5). A read that fails fails the delete.
+        const evidence = await this.removedManifest(snapshotId);
         await this.store.deleteManifest(snapshotId);
         for (const fn of this.deletedListeners) fn(snapshotId);
-        return { removed: this.sweepSoon(snapshotId) };
+        return { removed: this.sweepSoon(snapshotId), evidence };
       }
     };
+    const removedUnread = (r: { removed: Promise<SweepResult | undefined>; evidence: RemovedManifest | undefined }) =>
+      ({ deleted: true, result: none, sweep: r.removed, ...(r.evidence ? { removedUnread: r.evidence } : {}) });
     if (opts.refused) {
       // Not queued behind the collection under way (a sweep may take minutes): no mark uses a refused manifest (each stops
       // on it), so removing it meanwhile frees nothing a collection would have kept; a mark that reads past it goes on.
       const r = await readOrRemove();
-      if ('removed' in r) return { deleted: true, result: none, sweep: r.removed };
+      if ('removed' in r) return removedUnread(r);
       return r.m ? { deleted: false, readable: true, result: none } : { deleted: false, result: none };
     }
     return this.serial(async () => {
       const r = await readOrRemove();
-      if ('removed' in r) return { deleted: true, result: none, sweep: r.removed };
+      if ('removed' in r) return removedUnread(r);
       const m = r.m;
       if (!m) return { deleted: false, result: none };
       await this.store.deleteManifest(snapshotId);
@@ -243,6 +261,18 @@ export class SnapshotGc {
         return { deleted: true, result: none };
       }
     });
+  }
+
+  /** What a refused manifest's delete records of it (RemovedManifest), read raw just before its removal; undefined from a store that cannot say. */
+  private async removedManifest(snapshotId: string): Promise<RemovedManifest | undefined> {
+    const raw = await this.store.readManifestRaw?.(snapshotId);
+    if (!raw) return undefined;
+    return {
+      bytes: raw.bytes,
+      ...(raw.data ? { sha256: createHash('sha256').update(raw.data).digest('hex') } : {}),
+      ...(raw.etag ? { etag: raw.etag } : {}),
+      ...(raw.lastModified ? { lastModified: raw.lastModified } : {}),
+    };
   }
 
   /**
