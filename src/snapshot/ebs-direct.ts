@@ -85,9 +85,9 @@ const MAX_COMPLETIONS = 10_000;
  */
 export const COMPLETION_REPEAT: unique symbol = Symbol('CompleteSnapshot repeat');
 
-/** `answer` marked as a repeat's (COMPLETION_REPEAT), a copy: the first completion's own answer stays as it is. */
+/** `answer` marked as a repeat's (COMPLETION_REPEAT, not enumerable: the answer reads as the first's), a copy: the first completion's own answer stays as it is. */
 function asRepeat(answer: Record<string, unknown>): Record<string, unknown> {
-  return { ...answer, [COMPLETION_REPEAT]: true };
+  return Object.defineProperty({ ...answer }, COMPLETION_REPEAT, { value: true, enumerable: false });
 }
 /**
  * What bounds a snapshot's blocks here. EBS bounds them by VolumeSize alone
