@@ -93,6 +93,20 @@ export interface SweepResult {
   keptPinned: number;
 }
 
+/** What SnapshotGc.deleteSnapshot did; whatever the background work meets, a delete that took effect stays `deleted`. */
+export interface DeleteOutcome {
+  /** The manifest was removed by this call (false: it was absent, or `readable` below). */
+  deleted: boolean;
+  /** Asked to remove a refused manifest, this read found it readable (put back meanwhile): nothing was deleted. */
+  readable?: true;
+  /** A readable manifest's delete: the collection of its blocks, in the background (undefined: failed or not run, logged). */
+  collected?: Promise<SweepResult | undefined>;
+  /** A refused manifest's delete: the store's sweep, in the background (undefined: failed or not run, logged). */
+  sweep?: Promise<SweepResult | undefined>;
+  /** A refused manifest's delete: what was removed (RemovedManifest), for the audit. */
+  removedUnread?: RemovedManifest;
+}
+
 /**
  * A refused manifest's delete keeps this of it for the audit (SnapshotGc.deleteSnapshot): its stored
  * bytes' SHA-256 (hex; absent when it was over the manifest limit and not read), its size, and the
@@ -196,9 +210,12 @@ export class SnapshotGc {
   }
 
   /**
-   * Removes the snapshot's manifest, then frees the blocks it named that no
-   * other manifest names (and no pin holds, and are past the grace period).
-   * Absent manifest: nothing to do (`deleted: false`). Once the manifest is
+   * Removes the snapshot's manifest and resolves, then frees the blocks it
+   * named that no other manifest names (and no pin holds, and are past the
+   * grace period) in the background, queued behind the collection under way
+   * (`collected`, collectSoon): a delete never waits for a sweep, which on a
+   * large S3 store takes minutes. Absent manifest: nothing to do (`deleted:
+   * false`). Once the manifest is
    * gone the snapshot is deleted, whatever its blocks' collection meets: a
    * collection that fails (another manifest that cannot be read, which stops
    * every mark; a store that fails) is logged and leaves the blocks to a later
@@ -217,8 +234,7 @@ export class SnapshotGc {
    * nothing is deleted and `readable` says so, for the caller to judge it as it
    * now reads.
    */
-  async deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<{ deleted: boolean; readable?: true; result: SweepResult; sweep?: Promise<SweepResult | undefined>; removedUnread?: RemovedManifest }> {
-    const none: SweepResult = { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 };
+  async deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<DeleteOutcome> {
     /** Removed unread (SNAPSHOT_CORRUPT), or `m` as it reads. */
     const readOrRemove = async (): Promise<{ m: SnapshotManifest | undefined } | { removed: Promise<SweepResult | undefined>; evidence: RemovedManifest | undefined }> => {
       try {
@@ -233,32 +249,52 @@ export class SnapshotGc {
         return { removed: this.sweepSoon(snapshotId), evidence };
       }
     };
-    const removedUnread = (r: { removed: Promise<SweepResult | undefined>; evidence: RemovedManifest | undefined }) =>
-      ({ deleted: true, result: none, sweep: r.removed, ...(r.evidence ? { removedUnread: r.evidence } : {}) });
-    if (opts.refused) {
-      // Not queued behind the collection under way (a sweep may take minutes): no mark uses a refused manifest (each stops
-      // on it), so removing it meanwhile frees nothing a collection would have kept; a mark that reads past it goes on.
-      const r = await readOrRemove();
-      if ('removed' in r) return removedUnread(r);
-      return r.m ? { deleted: false, readable: true, result: none } : { deleted: false, result: none };
-    }
+    // Neither kind of delete is queued behind the collection under way (a sweep of a large S3 store lists and marks for
+    // minutes, longer than a client waits for DeleteSnapshot's answer, which it would then retry and be told NotFound).
+    //
+    // A refused manifest: no mark uses it (each stops on it), so removing it meanwhile frees nothing a collection would
+    // have kept; a mark that reads past it goes on.
+    //
+    // A readable one: the manifest is removed at once, and the blocks it named are collected afterwards, queued behind
+    // the collection under way (collectSoon). Removing it while a collection runs is safe: a mark of that collection that
+    // read it before the removal keeps its blocks (they wait for the collection queued here); one that did not read it
+    // marks every other manifest, so it frees only blocks no other manifest names, which are what this delete frees
+    // anyway. Either mark still keeps pinned blocks (pins are checked just before each delete) and blocks younger than
+    // the grace period or put since a pending snapshot began, and a restore or copy reading this snapshot holds it
+    // (the manager refuses the delete: InvalidSnapshot.InUse). The order is the one a crash relies on: the manifest
+    // first, durably, then its blocks; a daemon that stops first leaves them to a later sweep.
+    const r = await readOrRemove();
+    if ('removed' in r) return { deleted: true, sweep: r.removed, ...(r.evidence ? { removedUnread: r.evidence } : {}) };
+    const m = r.m;
+    if (opts.refused && m) return { deleted: false, readable: true };
+    if (!m) return { deleted: false };
+    await this.store.deleteManifest(snapshotId);
+    for (const fn of this.deletedListeners) fn(snapshotId);
+    faultPoint('gc.after-manifest-delete');
+    return { deleted: true, collected: this.collectSoon(snapshotId, [...new Set(manifestHashes(m))]) };
+  }
+
+  /**
+   * The collection of a deleted snapshot's blocks (deleteSnapshot: `hashes`, those its manifest named), queued
+   * behind the collection under way and run in the background; resolves with its result, or undefined when it
+   * failed (another manifest that cannot be read, which stops every mark; a store that fails) or did not run (the
+   * daemon stopping): logged, and the blocks are left to a later sweep, as after a crash at that point.
+   */
+  private collectSoon(snapshotId: string, hashes: BlockHash[]): Promise<SweepResult | undefined> {
     return this.serial(async () => {
-      const r = await readOrRemove();
-      if ('removed' in r) return removedUnread(r);
-      const m = r.m;
-      if (!m) return { deleted: false, result: none };
-      await this.store.deleteManifest(snapshotId);
-      for (const fn of this.deletedListeners) fn(snapshotId);
-      faultPoint('gc.after-manifest-delete');
-      const now = this.now();
+      const store = this.store.location;
+      if (this.closed) {
+        this.log.warn({ snapshotId, store }, 'snapshot deleted; its blocks are left to a later sweep: the daemon is stopping');
+        return undefined;
+      }
       try {
         // Ages are asked only for the blocks nothing else holds: one request each on S3.
-        const result = await this.collect([...new Set(manifestHashes(m))], (hs) => this.agesOf(hs), now);
+        const result = await this.collect(hashes, (hs) => this.agesOf(hs), this.now());
         this.log.info({ snapshotId, ...result }, 'snapshot deleted; its unshared blocks freed');
-        return { deleted: true, result };
+        return result;
       } catch (err) {
-        this.log.warn({ snapshotId, store: this.store.location, err }, 'snapshot deleted; its blocks are left to a later sweep: they could not be collected now');
-        return { deleted: true, result: none };
+        this.log.warn({ snapshotId, store, err }, 'snapshot deleted; its blocks are left to a later sweep: they could not be collected now');
+        return undefined;
       }
     });
   }

@@ -176,4 +176,63 @@ describe('DeleteSnapshot of a refused manifest: the store is swept after the ans
     expect(skipped).toBeUndefined();
     for (const id of ids) expect(await store!.getManifest(id)).toBeUndefined();
   }, 60_000);
+  test('a readable snapshot\'s delete answers while a sweep is under way (its listing held), the manifest gone; its blocks are freed once the sweep ends, the others\' kept', async () => {
+    const [kept, onlyDeleted] = [block(4096), block(4096)];
+    for (const b of [kept, onlyDeleted]) await store!.putBlock(b!.hash, b!.data);
+    const other = snapId();
+    const deleted = snapId();
+    await store!.putManifest(manifest(other, [[0, kept!.hash]]));
+    await store!.putManifest(manifest(deleted, [[0, kept!.hash], [1, onlyDeleted!.hash]]));
+    const gc = new SnapshotGc(store!, { graceMs: 0 });
+    proxy!.hold();
+    let sweeping: Promise<unknown> = Promise.resolve();
+    let collected: Promise<unknown> | undefined;
+    try {
+      sweeping = gc.sweep();
+      expect(await until(() => proxy!.holding > 0)).toBe(true);
+      const r = await gc.deleteSnapshot(deleted);
+      // Answered while the sweep is still held (the old code queued the delete behind it: it answered only once the
+      // proxy let the listing go after HOLD_BOUND_MS); the manifest is gone, nothing freed yet.
+      expect(proxy!.holding).toBe(1);
+      expect(r.deleted).toBe(true);
+      expect(r.collected).toBeDefined();
+      collected = r.collected;
+      expect(await store!.getManifest(deleted)).toBeUndefined();
+      expect(await store!.hasBlock(onlyDeleted!.hash)).toBe(true);
+    } finally {
+      proxy!.release();
+    }
+    await sweeping;
+    // The collection ran after the sweep (queued behind it): the block only the deleted snapshot named is gone (freed
+    // by the sweep, whose mark came after the removal, or by the collection), the shared one kept.
+    expect(await collected).toMatchObject({ examined: 2 });
+    expect(await store!.hasBlock(onlyDeleted!.hash)).toBe(false);
+    expect(await store!.hasBlock(kept!.hash)).toBe(true);
+    expect(await store!.getManifest(other)).toBeDefined();
+  }, 60_000);
+
+  test('a readable snapshot\'s collection queued behind a sweep is not begun once the collector is closed; the delete stands', async () => {
+    const only = block(4096);
+    await store!.putBlock(only!.hash, only!.data);
+    const id = snapId();
+    await store!.putManifest(manifest(id, [[0, only!.hash]]));
+    const gc = new SnapshotGc(store!, { graceMs: 0 });
+    proxy!.hold();
+    let sweeping: Promise<unknown> = Promise.resolve();
+    let collected: Promise<unknown> | undefined;
+    try {
+      sweeping = gc.sweep();
+      expect(await until(() => proxy!.holding > 0)).toBe(true);
+      const r = await gc.deleteSnapshot(id);
+      expect(r.deleted).toBe(true);
+      expect(r.collected).toBeDefined();
+      collected = r.collected;
+      gc.close();
+    } finally {
+      proxy!.release();
+    }
+    await sweeping;
+    expect(await collected).toBeUndefined();
+    expect(await store!.getManifest(id)).toBeUndefined();
+  }, 60_000);
 });
