@@ -9,6 +9,7 @@
  * while the first's sweep waits to begin joins it.
  */
 import { createServer, request, type Server } from 'node:http';
+import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { SnapshotGc } from '../../src/snapshot/gc.js';
@@ -17,6 +18,8 @@ import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.j
 import { block, manifest, snapId } from './store-suite.js';
 
 const PREFIX = 'gc-refused-bg';
+/** What the refused manifests are overwritten with. */
+const NOT_JSON = '{"snapshotId": not json';
 /** The longest the proxy holds a listing if the test never lets it go (old code, which answers only after its sweep). */
 const HOLD_BOUND_MS = 20_000;
 
@@ -119,7 +122,7 @@ describe('DeleteSnapshot of a refused manifest: the store is swept after the ans
     const second = snapId();
     await store!.putManifest(manifest(refused, [[0, onlyRefused!.hash]]));
     await store!.putManifest(manifest(second, [[0, onlySecond!.hash]]));
-    for (const id of [refused, second]) writeFileSync(s3!.objectFile(`${PREFIX}/manifests/${id}.json`), '{"snapshotId": not json');
+    for (const id of [refused, second]) writeFileSync(s3!.objectFile(`${PREFIX}/manifests/${id}.json`), NOT_JSON);
     await expect(store!.getManifest(refused)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
 
     const gc = new SnapshotGc(store!, { graceMs: 0 });
@@ -131,6 +134,12 @@ describe('DeleteSnapshot of a refused manifest: the store is swept after the ans
       expect(await store!.hasBlock(onlyRefused!.hash)).toBe(true);
       expect(r.deleted).toBe(true);
       expect(await store!.getManifest(refused)).toBeUndefined();
+      // What was removed, for the audit: the SHA-256 and size of the bytes written over it, S3's ETag and LastModified.
+      const written = Buffer.from(NOT_JSON);
+      expect(r.removedUnread).toEqual({
+        sha256: createHash('sha256').update(written).digest('hex'), bytes: written.length,
+        etag: expect.stringMatching(/^"?[0-9a-f]{32}"?$/), lastModified: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+      });
       // The sweep runs meanwhile, its listing held as a large store's would take minutes.
       expect(await until(() => proxy!.holding > 0)).toBe(true);
       expect(r.sweep).toBeDefined();
