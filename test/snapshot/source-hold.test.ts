@@ -91,7 +91,8 @@ describe('source snapshot held against DeleteSnapshot', () => {
             await target.putManifest(m);
             if (m.snapshotId !== src.snapshotId && m.state === 'pending' && !firstPending) {
               firstPending = structuredClone(m);
-              otherDelete = otherHost.deleteSnapshot(src.snapshotId);
+              // Its blocks collected at this moment too (the collector does it after the delete resolves).
+              otherDelete = otherHost.deleteSnapshot(src.snapshotId).then(async (r) => ({ deleted: r.deleted, result: await r.collected }));
               await otherDelete;
             }
           };
