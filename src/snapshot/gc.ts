@@ -345,7 +345,12 @@ export class SnapshotGc {
     return done;
   }
 
-  /** A queued background sweep (sweepSoon) not yet begun is not begun: the daemon is stopping. One under way runs on (the store's close ends it). */
+  /** Resolves once every collection queued so far (deletes' collections, sweeps) has ended, however it ended. */
+  idle(): Promise<void> {
+    return this.queue.then(() => {});
+  }
+
+  /** A queued background sweep (sweepSoon) or collection (collectSoon) not yet begun is not begun: the daemon is stopping. One under way runs on (the store's close ends it). */
   close(): void {
     this.closed = true;
   }
