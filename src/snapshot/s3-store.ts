@@ -222,7 +222,7 @@ export class S3SnapshotStore implements CollectableStore {
     checkBlockHash(hash);
     const data = await this.getObject(this.key('blocks', hash), maxBytes, (where, bytes) => new SnapshotError(
       'SNAPSHOT_CORRUPT', `block ${hash} ${where} is ${bytes} bytes, over the ${maxBytes} bytes this read accepts (a block is at most ${SNAPSHOT_BLOCK_BYTES}; a header area, its manifest's dataOffset): not read`,
-    ));
+    ), hash); // bytes not hashing to its name are read again (damaged in transfer) before they are called corrupt below
     if (!data) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
     const got = createHash('sha256').update(data).digest('hex');
     if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash} in ${this.location} reads back as ${data.length} bytes hashing to ${got}`);
@@ -397,8 +397,8 @@ export class S3SnapshotStore implements CollectableStore {
   }
 
   /** getObjectWithMeta's bytes only. */
-  private async getObject(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError): Promise<Buffer | undefined> {
-    return (await this.getObjectWithMeta(key, maxBytes, tooBig))?.data;
+  private async getObject(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError, sha256?: string): Promise<Buffer | undefined> {
+    return (await this.getObjectWithMeta(key, maxBytes, tooBig, sha256))?.data;
   }
 
   /**
@@ -411,7 +411,7 @@ export class S3SnapshotStore implements CollectableStore {
    * length than its Content-Length, one the SDK finds not matching the checksum S3 stored with the
    * object (ChecksumMode ENABLED; objects are put with their SHA-256), or one not hashing to the
    * SHA-256 this store recorded in the object's metadata at its put (DIGEST_META: servers that keep
-   * no checksums, such as s3rver, keep metadata) is a transfer failure, not the object: retried,
+   * no checksums, such as s3rver, keep metadata), or, given, `sha256` (a block's name), is a transfer failure, not the object: retried,
    * and after the last attempt SNAPSHOT_STORE (retryable), never SNAPSHOT_CORRUPT, which refuses a
    * manifest (a snapshot in `error`, deletable unread). Only bytes that read back the same on every
    * attempt and still differ from the recorded digest are taken as what the store holds (someone
@@ -420,7 +420,7 @@ export class S3SnapshotStore implements CollectableStore {
    * The SDK retries a request that fails before the response; a body cut off after the headers (a
    * dropped connection, a server restart) or failing these checks is retried here, as many times.
    */
-  private async getObjectWithMeta(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError): Promise<{ data: Buffer; etag?: string; lastModified?: Date } | undefined> {
+  private async getObjectWithMeta(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError, sha256?: string): Promise<{ data: Buffer; etag?: string; lastModified?: Date } | undefined> {
     const where = `s3://${this.bucket}/${key}`;
     /** The digest of what each attempt that failed the recorded digest got; all the same: that is the stored object. */
     const mismatched = new Set<string>();
@@ -448,7 +448,7 @@ export class S3SnapshotStore implements CollectableStore {
         if (r.ContentLength !== undefined && r.ContentLength !== bytes) {
           throw new Error(`the body received is ${bytes} bytes, its Content-Length ${r.ContentLength}: cut off or padded in transfer`);
         }
-        const recorded = r.Metadata?.[DIGEST_META];
+        const recorded = sha256 ?? r.Metadata?.[DIGEST_META];
         if (recorded !== undefined) {
           const got = createHash('sha256').update(data).digest('hex');
           if (got !== recorded) {

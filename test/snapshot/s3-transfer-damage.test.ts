@@ -11,7 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
-import { code, manifest, snapId } from './store-suite.js';
+import { block, code, manifest, snapId } from './store-suite.js';
 
 type Damage = 'corrupt' | 'truncate';
 
@@ -23,7 +23,7 @@ type Damage = 'corrupt' | 'truncate';
 class BodyDamager {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
-  private armed: { damage: Damage; times: number } | undefined;
+  private armed: { damage: Damage; times: number; kind: 'manifests' | 'blocks' } | undefined;
   /** Answers damaged so far. */
   damaged = 0;
 
@@ -35,8 +35,8 @@ class BodyDamager {
     return `http://127.0.0.1:${(this.server.address() as { port: number }).port}`;
   }
 
-  damageNext(damage: Damage, times = 1): void {
-    this.armed = { damage, times };
+  damageNext(damage: Damage, times = 1, kind: 'manifests' | 'blocks' = 'manifests'): void {
+    this.armed = { damage, times, kind };
   }
 
   async close(): Promise<void> {
@@ -53,7 +53,7 @@ class BodyDamager {
     /** The answer under way is to be damaged: its head as it arrives, then how much of its body passed. */
     let damaging: { damage: Damage; head: Buffer; length?: number; passed: number; at: number } | undefined;
     client.on('data', (chunk: Buffer) => {
-      if (this.armed && this.armed.times > 0 && /^GET \S*\/manifests\//.test(chunk.toString('latin1', 0, 200))) {
+      if (this.armed && this.armed.times > 0 && new RegExp(`^GET \\S*/${this.armed.kind}/`).test(chunk.toString('latin1', 0, 200))) {
         this.armed.times--;
         damaging = { damage: this.armed.damage, head: Buffer.alloc(0), passed: 0, at: this.damaged };
         this.damaged++;
@@ -157,5 +157,22 @@ describe('S3 manifest reads damaged in transfer', () => {
     bytes[0] = 0x5b; // '{' becomes '[': not a manifest
     writeFileSync(file, bytes);
     expect(await code(store.getManifest(m.snapshotId))).toBe('SNAPSHOT_CORRUPT');
+  });
+
+  test('a block damaged in transfer is read again (its name is its SHA-256); one the store holds damaged is SNAPSHOT_CORRUPT', async () => {
+    const b = block(4096);
+    await store.putBlock(b.hash, b.data);
+    const before = proxy.damaged;
+    proxy.damageNext('corrupt', 1, 'blocks');
+    expect((await store.getBlock(b.hash)).equals(b.data)).toBe(true);
+    expect(proxy.damaged).toBe(before + 1);
+    proxy.damageNext('corrupt', 3, 'blocks');
+    expect(await code(store.getBlock(b.hash))).toBe('SNAPSHOT_STORE');
+    proxy.damageNext('corrupt', 0, 'blocks');
+    const file = server.objectFile(`${prefix}/blocks/${b.hash}`);
+    const bytes = readFileSync(file);
+    bytes[7] = bytes[7]! ^ 1;
+    writeFileSync(file, bytes);
+    expect(await code(store.getBlock(b.hash))).toBe('SNAPSHOT_CORRUPT');
   });
 });
