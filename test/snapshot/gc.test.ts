@@ -7,13 +7,13 @@
  * blocks, or anywhere in a sweep) leaves no manifest naming a missing block.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, truncateSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { SnapshotGc, type CollectableStore } from '../../src/snapshot/gc.js';
-import { manifestHashes } from '../../src/snapshot/manifest-check.js';
+import { MANIFEST_MAX_BYTES, manifestHashes } from '../../src/snapshot/manifest-check.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
 import { ensureBuilt } from '../e2e/helpers.js';
@@ -447,4 +447,24 @@ describe('collector memory (directory store, a child process)', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 120_000);
+});
+
+test('a refused manifest over the manifest limit is removed unread: its size and last-modified are recorded, no digest (its bytes are not read)', async () => {
+  const dir = mkdtempSync('/tmp/ebsd-gc-over-');
+  try {
+    const store = await DirSnapshotStore.open(dir);
+    const id = snapId();
+    await store.putManifest(manifest(id, []));
+    // Sparse: its size over MANIFEST_MAX_BYTES without writing it.
+    const size = MANIFEST_MAX_BYTES + 1;
+    truncateSync(join(dir, 'manifests', `${id}.json`), size);
+    await expect(store.getManifest(id)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+    const r = await new SnapshotGc(store, { graceMs: 0 }).deleteSnapshot(id, { refused: true });
+    expect(r).toMatchObject({ deleted: true, removedUnread: { bytes: size, lastModified: expect.stringMatching(/^\d{4}-/) } });
+    expect(r.removedUnread!.sha256).toBeUndefined();
+    expect(await store.getManifest(id)).toBeUndefined();
+    await r.sweep;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
