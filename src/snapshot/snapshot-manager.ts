@@ -1046,8 +1046,10 @@ export class SnapshotManager {
 
   /**
    * DeleteSnapshot: refused while pending (IncorrectState) or while a
-   * restore or copy reads it (InvalidSnapshot.InUse); then the manifest goes,
-   * and garbage collection frees the blocks no other snapshot references.
+   * restore or copy reads it (InvalidSnapshot.InUse); then the manifest goes and
+   * the delete answers, and garbage collection frees the blocks no other snapshot
+   * references afterwards, in the background (SnapshotGc.deleteSnapshot: it does
+   * not wait for a sweep under way).
    * A snapshot whose manifest is refused (getShown) is deleted too, its state
    * judged only by what this daemon knows (a create or copy it runs, a hold):
    * the manifest is removed unread and the store swept in the background, after
