@@ -413,19 +413,23 @@ export class S3SnapshotStore implements CollectableStore {
    * SHA-256 this store recorded in the object's metadata at its put (DIGEST_META: servers that keep
    * no checksums, such as s3rver, keep metadata), or, given, `sha256` (a block's name), is a transfer failure, not the object: retried,
    * and after the last attempt SNAPSHOT_STORE (retryable), never SNAPSHOT_CORRUPT, which refuses a
-   * manifest (a snapshot in `error`, deletable unread). Only bytes that read back the same on every
-   * attempt and still differ from the recorded digest are taken as what the store holds (someone
-   * rewrote the object keeping the old metadata): the caller judges them as such.
+   * manifest (a snapshot in `error`, deletable unread). Only the same wrong bytes read twice (the
+   * same SHA-256, not the recorded one), with no attempt damaged otherwise (another wrong digest, a
+   * wrong length, a body cut off), are taken as what the store holds (someone rewrote the object
+   * keeping the old metadata): the caller judges them as such. Anything else is transfer damage.
    *
    * The SDK retries a request that fails before the response; a body cut off after the headers (a
    * dropped connection, a server restart) or failing these checks is retried here, as many times.
    */
   private async getObjectWithMeta(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError, sha256?: string): Promise<{ data: Buffer; etag?: string; lastModified?: Date } | undefined> {
     const where = `s3://${this.bucket}/${key}`;
-    /** The digest of what each attempt that failed the recorded digest got; all the same: that is the stored object. */
-    const mismatched = new Set<string>();
+    /** Each wrong SHA-256 an attempt's body hashed to (not the recorded one), with how many attempts got it. */
+    const wrong = new Map<string, number>();
+    /** An attempt's body was damaged otherwise: cut off, of another length than its Content-Length, refused by the SDK's checksum. */
+    let damagedOtherwise = false;
     for (let attempt = 1; ; attempt++) {
       let body: (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
+      let wrongDigest = false;
       try {
         const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, ChecksumMode: 'ENABLED' }));
         body = r.Body as unknown as AsyncIterable<Uint8Array> & { destroy?: () => void };
@@ -452,9 +456,11 @@ export class S3SnapshotStore implements CollectableStore {
         if (recorded !== undefined) {
           const got = createHash('sha256').update(data).digest('hex');
           if (got !== recorded) {
-            mismatched.add(got);
-            // The same bytes on every attempt (two at least): what the store holds.
-            if (attempt >= Math.max(this.maxAttempts, 2) && mismatched.size === 1) return meta;
+            const seen = (wrong.get(got) ?? 0) + 1;
+            wrong.set(got, seen);
+            // The same wrong bytes twice, and no attempt damaged in any other way: what the store holds.
+            if (seen >= 2 && wrong.size === 1 && !damagedOtherwise) return meta;
+            wrongDigest = true;
             throw new Error(`the body received (${bytes} bytes) hashes to SHA-256 ${got}, not the ${recorded} recorded at its put: damaged in transfer`);
           }
         }
@@ -462,7 +468,10 @@ export class S3SnapshotStore implements CollectableStore {
       } catch (e) {
         if ((e as { name?: string }).name === 'NoSuchKey') return undefined;
         if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') throw e; // over the cap: not retried
-        if (body === undefined || attempt >= (mismatched.size ? Math.max(this.maxAttempts, 2) : this.maxAttempts)) throw this.fail('GetObject', key, e);
+        if (body !== undefined && !wrongDigest) damagedOtherwise = true;
+        // A wrong digest seen once, nothing else wrong: read at least once more, to tell the stored object from transfer damage.
+        const last = wrong.size === 1 && !damagedOtherwise ? Math.max(this.maxAttempts, 2) : this.maxAttempts;
+        if (body === undefined || attempt >= last) throw this.fail('GetObject', key, e);
       }
     }
   }

@@ -13,7 +13,8 @@ import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import { S3RVER_CREDENTIALS, startS3Server, type S3Server } from './s3-helpers.js';
 import { block, code, manifest, snapId } from './store-suite.js';
 
-type Damage = 'corrupt' | 'truncate';
+/** `none`: the answer passes as it is (a place in a sequence of damages). */
+type Damage = 'corrupt' | 'truncate' | 'none';
 
 /**
  * Proxies HTTP/1.1 on loopback to s3rver; while armed, the body of the answer to a GET of a manifest
@@ -23,7 +24,8 @@ type Damage = 'corrupt' | 'truncate';
 class BodyDamager {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
-  private armed: { damage: Damage; times: number; kind: 'manifests' | 'blocks' } | undefined;
+  /** The damage of each next answer to a GET under `kind`, in order. */
+  private armed: { damages: Damage[]; kind: 'manifests' | 'blocks' } | undefined;
   /** Answers damaged so far. */
   damaged = 0;
 
@@ -36,7 +38,12 @@ class BodyDamager {
   }
 
   damageNext(damage: Damage, times = 1, kind: 'manifests' | 'blocks' = 'manifests'): void {
-    this.armed = { damage, times, kind };
+    this.damageEach(Array.from({ length: times }, () => damage), kind);
+  }
+
+  /** The next answers damaged each its own way, in order. */
+  damageEach(damages: Damage[], kind: 'manifests' | 'blocks' = 'manifests'): void {
+    this.armed = { damages: [...damages], kind };
   }
 
   async close(): Promise<void> {
@@ -51,12 +58,14 @@ class BodyDamager {
     client.on('error', end).on('close', end);
     up.on('error', end).on('close', end);
     /** The answer under way is to be damaged: its head as it arrives, then how much of its body passed. */
-    let damaging: { damage: Damage; head: Buffer; length?: number; passed: number; at: number } | undefined;
+    let damaging: { damage: Exclude<Damage, 'none'>; head: Buffer; length?: number; passed: number; at: number } | undefined;
     client.on('data', (chunk: Buffer) => {
-      if (this.armed && this.armed.times > 0 && new RegExp(`^GET \\S*/${this.armed.kind}/`).test(chunk.toString('latin1', 0, 200))) {
-        this.armed.times--;
-        damaging = { damage: this.armed.damage, head: Buffer.alloc(0), passed: 0, at: this.damaged };
-        this.damaged++;
+      if (this.armed && this.armed.damages.length > 0 && new RegExp(`^GET \\S*/${this.armed.kind}/`).test(chunk.toString('latin1', 0, 200))) {
+        const damage = this.armed.damages.shift()!;
+        if (damage !== 'none') {
+          damaging = { damage, head: Buffer.alloc(0), passed: 0, at: this.damaged };
+          this.damaged++;
+        }
       }
       up.write(chunk);
     });
@@ -146,6 +155,39 @@ describe('S3 manifest reads damaged in transfer', () => {
     // Nothing was lost: read undamaged, it is as stored.
     proxy.damageNext('corrupt', 0);
     expect(await store.getManifest(m.snapshotId)).toEqual(m);
+  });
+
+  test('cut, cut, then changed by a byte (no damaged bytes seen twice): SNAPSHOT_STORE, not the stored object refused; read again, as stored', async () => {
+    const m = manifest(snapId(), [[0, 'e'.repeat(64)]], { description: 'cut twice then changed' });
+    await store.putManifest(m);
+    const before = proxy.damaged;
+    proxy.damageEach(['truncate', 'truncate', 'corrupt']);
+    const e = await store.getManifest(m.snapshotId).then(() => undefined, (err: Error & { code?: string }) => err);
+    expect(proxy.damaged).toBe(before + 3);
+    expect(e?.code).toBe('SNAPSHOT_STORE');
+    expect(e?.message).toContain('damaged in transfer');
+    expect(await store.getManifest(m.snapshotId)).toEqual(m);
+    // The same for a block (its name is its SHA-256).
+    const b = block(4096);
+    await store.putBlock(b.hash, b.data);
+    proxy.damageEach(['truncate', 'truncate', 'corrupt'], 'blocks');
+    expect(await code(store.getBlock(b.hash))).toBe('SNAPSHOT_STORE');
+    expect((await store.getBlock(b.hash)).equals(b.data)).toBe(true);
+  });
+
+  test('the stored object changed, and one of the reads also cut in transfer: SNAPSHOT_STORE (not judged on mixed damage); undamaged reads then refuse it', async () => {
+    const m = manifest(snapId(), [[0, 'f'.repeat(64)]]);
+    await store.putManifest(m);
+    const file = server.objectFile(`${prefix}/manifests/${m.snapshotId}.json`);
+    const bytes = readFileSync(file);
+    bytes[0] = 0x5b; // '{' becomes '[': not a manifest
+    writeFileSync(file, bytes);
+    const before = proxy.damaged;
+    // Read 1: the changed bytes; read 2: cut; read 3: the changed bytes again.
+    proxy.damageEach(['none', 'truncate']);
+    expect(await code(store.getManifest(m.snapshotId))).toBe('SNAPSHOT_STORE');
+    expect(proxy.damaged).toBe(before + 1);
+    expect(await code(store.getManifest(m.snapshotId))).toBe('SNAPSHOT_CORRUPT');
   });
 
   test('the stored object itself changed (the same bytes at every read): judged as stored, refused (SNAPSHOT_CORRUPT)', async () => {
