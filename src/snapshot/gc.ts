@@ -67,8 +67,18 @@ export const STORE_REQUESTS_IN_FLIGHT = 16;
  */
 export const MARK_READERS = 4;
 
+/**
+ * The most distinct block hashes the deletes' collections queued behind a collection under way hold
+ * (collectSoon merges them into one set, ~150 bytes a hash: ~150 MiB at this bound, about five fully
+ * written 100 GiB volumes' snapshots). Past it the set is dropped and a sweep of the whole store
+ * frees their blocks instead (it holds the store's block list for its own listing, once).
+ */
+export const COLLECT_CANDIDATES_MAX = 1_000_000;
+
 export interface SnapshotGcOptions {
   graceMs?: number;
+  /** COLLECT_CANDIDATES_MAX unless given (tests give a small one). */
+  collectCandidatesMax?: number;
   /** The store's deleteWindows() (DEFAULT_DELETE_WINDOW_MS without it) unless given; the store's writers wait longer (recheckMs). */
   deleteWindowMs?: number;
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
@@ -99,7 +109,11 @@ export interface DeleteOutcome {
   deleted: boolean;
   /** Asked to remove a refused manifest, this read found it readable (put back meanwhile): nothing was deleted. */
   readable?: true;
-  /** A readable manifest's delete: the collection of its blocks, in the background (undefined: failed or not run, logged). */
+  /**
+   * A readable manifest's delete: the collection of its blocks, in the background, shared with the deletes queued
+   * with it (one collection of all their blocks, or a sweep past COLLECT_CANDIDATES_MAX); resolves once its blocks
+   * were considered (undefined: failed or not run, logged).
+   */
   collected?: Promise<SweepResult | undefined>;
   /** A refused manifest's delete: the store's sweep, in the background (undefined: failed or not run, logged). */
   sweep?: Promise<SweepResult | undefined>;
@@ -161,6 +175,12 @@ export class SnapshotGc {
   private queue: Promise<unknown> = Promise.resolve();
   /** The background sweep of refused manifests' deletes (sweepSoon) queued and not yet begun, and the snapshots it is for. */
   private refusedSweep: { snapshotIds: string[]; done: Promise<SweepResult | undefined> } | undefined;
+  /**
+   * The collection of readable manifests' deletes (collectSoon) queued and not yet begun: the snapshots it is for and
+   * the blocks their manifests named, merged; `candidates` undefined once past collectCandidatesMax (a sweep instead).
+   */
+  private queuedCollection: { snapshotIds: string[]; candidates: Set<BlockHash> | undefined; done: Promise<SweepResult | undefined> } | undefined;
+  private readonly collectCandidatesMax: number;
   private closed = false;
   /** Told each snapshot whose manifest deleteSnapshot removed (onManifestDeleted). */
   private readonly deletedListeners = new Set<(snapshotId: string) => void>();
@@ -171,6 +191,7 @@ export class SnapshotGc {
     this.now = opts.now ?? Date.now;
     this.log = opts.log ?? silentLogger;
     this.live = opts.live ?? (() => []);
+    this.collectCandidatesMax = opts.collectCandidatesMax ?? COLLECT_CANDIDATES_MAX;
   }
 
   async pin(hashes: Iterable<BlockHash>): Promise<BlockPin> {
@@ -271,7 +292,7 @@ export class SnapshotGc {
     await this.store.deleteManifest(snapshotId);
     for (const fn of this.deletedListeners) fn(snapshotId);
     faultPoint('gc.after-manifest-delete');
-    return { deleted: true, collected: this.collectSoon(snapshotId, [...new Set(manifestHashes(m))]) };
+    return { deleted: true, collected: this.collectSoon(snapshotId, manifestHashes(m)) };
   }
 
   /**
@@ -279,24 +300,62 @@ export class SnapshotGc {
    * behind the collection under way and run in the background; resolves with its result, or undefined when it
    * failed (another manifest that cannot be read, which stops every mark; a store that fails) or did not run (the
    * daemon stopping): logged, and the blocks are left to a later sweep, as after a crash at that point.
+   *
+   * Deletes that come while it waits to begin join it: their hashes go into one set (a block several of them named
+   * is held once), so what waits behind a long sweep is the distinct blocks, not each delete's list. Past
+   * collectCandidatesMax distinct blocks the set is dropped and the queued collection becomes a sweep of the whole
+   * store, which frees the same blocks (every block no manifest names) without holding them meanwhile.
    */
-  private collectSoon(snapshotId: string, hashes: BlockHash[]): Promise<SweepResult | undefined> {
-    return this.serial(async () => {
+  private collectSoon(snapshotId: string, hashes: Iterable<BlockHash>): Promise<SweepResult | undefined> {
+    const queued = this.queuedCollection;
+    if (queued) {
+      queued.snapshotIds.push(snapshotId);
+      this.addCandidates(queued, hashes);
+      return queued.done;
+    }
+    const entry: { snapshotIds: string[]; candidates: Set<BlockHash> | undefined; done: Promise<SweepResult | undefined> } = {
+      snapshotIds: [snapshotId], candidates: new Set(), done: Promise.resolve(undefined),
+    };
+    this.addCandidates(entry, hashes);
+    entry.done = this.serial(async () => {
+      if (this.queuedCollection === entry) this.queuedCollection = undefined; // begun: a delete from now on queues another
+      const { snapshotIds, candidates } = entry;
+      entry.candidates = undefined;
       const store = this.store.location;
       if (this.closed) {
-        this.log.warn({ snapshotId, store }, 'snapshot deleted; its blocks are left to a later sweep: the daemon is stopping');
+        this.log.warn({ snapshotIds, store }, 'snapshots deleted; their blocks are left to a later sweep: the daemon is stopping');
         return undefined;
       }
       try {
+        if (!candidates) {
+          const result = await this.sweepNow();
+          this.log.info({ snapshotIds, candidatesMax: this.collectCandidatesMax, ...result }, 'snapshots deleted; their unshared blocks freed by a sweep of the store (more blocks queued than a collection holds)');
+          return result;
+        }
         // Ages are asked only for the blocks nothing else holds: one request each on S3.
-        const result = await this.collect(hashes, (hs) => this.agesOf(hs), this.now());
-        this.log.info({ snapshotId, ...result }, 'snapshot deleted; its unshared blocks freed');
+        const result = await this.collect([...candidates], (hs) => this.agesOf(hs), this.now());
+        this.log.info({ snapshotIds, ...result }, 'snapshots deleted; their unshared blocks freed');
         return result;
       } catch (err) {
-        this.log.warn({ snapshotId, store, err }, 'snapshot deleted; its blocks are left to a later sweep: they could not be collected now');
+        this.log.warn({ snapshotIds, store, err }, 'snapshots deleted; their blocks are left to a later sweep: they could not be collected now');
         return undefined;
       }
     });
+    this.queuedCollection = entry;
+    return entry.done;
+  }
+
+  /** `hashes` into the queued collection's set; past collectCandidatesMax the set is dropped (a sweep instead). */
+  private addCandidates(entry: { candidates: Set<BlockHash> | undefined }, hashes: Iterable<BlockHash>): void {
+    const set = entry.candidates;
+    if (!set) return;
+    for (const h of hashes) {
+      set.add(h);
+      if (set.size > this.collectCandidatesMax) {
+        entry.candidates = undefined;
+        return;
+      }
+    }
   }
 
   /** What a refused manifest's delete records of it (RemovedManifest), read raw just before its removal; undefined from a store that cannot say. */

@@ -169,7 +169,7 @@ describe('refused snapshot manifests', () => {
     expect((await call('DescribeSnapshots', { SnapshotIds: [snap2] })).Snapshots[0].State).toBe('error');
     // A delete of another snapshot meanwhile takes effect, but frees nothing: no sweep marks past a refused manifest.
     expect(await call('DeleteSnapshot', { SnapshotId: snap4 })).toEqual({ Return: true });
-    const leftFor = new RegExp(`"snapshotId":"${snap4}"[^\\n]*its blocks are left to a later sweep`);
+    const leftFor = new RegExp(`"snapshotIds":\\[[^\\]]*"${snap4}"[^\\n]*their blocks are left to a later sweep`);
     expect(await env.untilLog(leftFor)).toMatch(leftFor);
     expect(stored(onlyInSnap4)).toBe(true);
     expect(stored(onlyInSnap2)).toBe(true);

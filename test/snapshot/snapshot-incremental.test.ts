@@ -116,7 +116,7 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     const live = (ids: string[]): string[] => ids.filter((id) => existsSync(join(env.state, 'snapshots', 'manifests', `${id}.json`)));
     const referenced = (ids: string[]): Set<string> => new Set(live(ids).flatMap((id) => [manifest(id).header, ...manifest(id).blocks.map((b) => b[1])]));
     // A delete answers once the manifest is gone; its blocks are collected right after, in the background (the log says when).
-    const collected = (id: string): Promise<string> => env.untilLog(new RegExp(`"snapshotId":"${id}"[^\\n]*unshared blocks freed`));
+    const collected = (id: string): Promise<string> => env.untilLog(new RegExp(`"snapshotIds":\\[[^\\]]*"${id}"[^\\n]*unshared blocks freed`));
     await call('DeleteSnapshot', { SnapshotId: s1 });
     await collected(s1);
     expect(await storedBlocks()).toEqual(referenced([s2, s3, s4]));
