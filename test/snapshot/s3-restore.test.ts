@@ -131,6 +131,12 @@ describe('a snapshot in S3 restores on another daemon', () => {
   it('A deletes the snapshot: its manifest leaves the store at once, its blocks stay for the grace period (B may be writing)', async () => {
     await a.api('ebsd.DeleteSnapshot', { SnapshotId: snap.SnapshotId });
     expect(existsSync(server.objectFile(`fleet/manifests/${snap.SnapshotId}.json`))).toBe(false);
+    // Its blocks are collected after the answer, in the background: once the log says the collection ended, it freed
+    // none of them (all younger than the grace period).
+    const freed = new RegExp(`"snapshotIds":\\[[^\\]]*"${snap.SnapshotId}"[^\\n]*unshared blocks freed`);
+    const line = (await a.untilLog(freed)).split('\n').find((l) => freed.test(l));
+    expect(line, 'the collection of its blocks ended').toBeDefined();
+    expect(JSON.parse(line!)).toMatchObject({ examined: 7, deleted: 0, keptYoung: 7 });
     expect((await b.api('ebsd.DescribeSnapshots')).Snapshots
 .map((x: any) => x.SnapshotId)).not.toContain(snap.SnapshotId);
     const blocks = readdirSync(join(server.dir, server.bucket, 'fleet', 'blocks')).filter((n) => n.endsWith('._S3rver_object'));
