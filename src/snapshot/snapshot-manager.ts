@@ -1092,9 +1092,14 @@ export class SnapshotManager {
         this.refuseDeleteWhileUsed(snapshotId, m.state === 'pending' || this.running.has(snapshotId));
         // Manifest first (durably), then the blocks only it named: a crash between leaves orphans for a sweep.
         const r = await this.o.gc.deleteSnapshot(snapshotId);
-        // Refused by the collector's own read (rewritten since ours): removed unread, and recorded as such.
-        const removed = r.removedUnread ? { details: { manifestRefused: true, ...removedDetails(r.removedUnread) } } : {};
-        this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, volumeId: m.volumeId, principal: caller.arn, ...removed });
+        if (r.removedUnread) {
+          // Refused by the collector's own read (rewritten since ours): removed unread, and recorded as any refused
+          // manifest's delete, without a volume id (what our read said no longer describes what was removed; §13.5).
+          this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, principal: caller.arn, details: { manifestRefused: true, ...removedDetails(r.removedUnread) } });
+          this.log.info({ snapshotId }, 'snapshot deleted: its manifest was refused when the collector read it (removed unread; the store is swept in the background)');
+          return;
+        }
+        this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, volumeId: m.volumeId, principal: caller.arn });
         this.log.info({ snapshotId, volumeId: m.volumeId }, 'snapshot deleted');
         return;
       }
