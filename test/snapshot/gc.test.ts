@@ -6,8 +6,8 @@
  * collector killed with SIGKILL (at the crash point between manifest and
  * blocks, or anywhere in a sweep) leaves no manifest naming a missing block.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, truncateSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
@@ -461,6 +461,27 @@ test('a refused manifest over the manifest limit is removed unread: its size and
     await expect(store.getManifest(id)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
     const r = await new SnapshotGc(store, { graceMs: 0 }).deleteSnapshot(id, { refused: true });
     expect(r).toMatchObject({ deleted: true, removedUnread: { bytes: size, lastModified: expect.stringMatching(/^\d{4}-/) } });
+    expect(r.removedUnread!.sha256).toBeUndefined();
+    expect(await store.getManifest(id)).toBeUndefined();
+    await r.sweep;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.each([
+  ['a symlink to /dev/zero (no size, no end)', (p: string) => symlinkSync('/dev/zero', p)],
+  ['a FIFO (its open would wait for a writer)', (p: string) => void execFileSync('mkfifo', [p])],
+])('a manifest that is not a regular file, %s, is refused unread, and its delete removes it unread: size and last-modified recorded, no digest', async (_name, put) => {
+  const dir = mkdtempSync('/tmp/ebsd-gc-notfile-');
+  try {
+    const store = await DirSnapshotStore.open(dir);
+    const id = snapId();
+    const p = join(dir, 'manifests', `${id}.json`);
+    put(p);
+    await expect(store.getManifest(id)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('is not a regular file') });
+    const r = await new SnapshotGc(store, { graceMs: 0 }).deleteSnapshot(id, { refused: true });
+    expect(r).toMatchObject({ deleted: true, removedUnread: { bytes: 0, lastModified: expect.stringMatching(/^\d{4}-/) } });
     expect(r.removedUnread!.sha256).toBeUndefined();
     expect(await store.getManifest(id)).toBeUndefined();
     await r.sweep;
