@@ -673,9 +673,11 @@ export class Daemon {
       await faultHang('stop.drain');
       await this.bfs?.drainAll();
     });
+    // First: a sweep or a delete's collection queued and not begun is left to a later sweep, rather than begun while
+    // the creates and copies below wind down (it would then run on into the store's close).
+    this.snapshotGc?.close();
     await step('snapshots', () => this.snapshots?.close()); // creates under way end `error`
     await step('snapshot copies', () => this.copier?.close()); // markers still waiting for the store stay for the next start
-    this.snapshotGc?.close(); // a sweep queued after a refused manifest's delete is left to a later one
     this.snapshotStore?.close?.(); // after the manifests above are written
     await step('volumes', () => this.mgr?.close()); // hides each file, then drains and closes its device
     for (const id of this.bfs?.volumeIds() ?? []) await step(`hide ${id}`, () => this.bfs!.remove(id, { force: true, shutdown: true }));

@@ -5,7 +5,7 @@ import type { ContextValue } from '../kms/authz/conditions.js';
 import { buildEvent, truncateField } from '../kms/audit/event.js';
 import type { Logger } from '../util/logger.js';
 import { wipe } from '../util/wipe.js';
-import { EbsDirect } from '../snapshot/ebs-direct.js';
+import { COMPLETION_REPEAT, EbsDirect } from '../snapshot/ebs-direct.js';
 import { SnapshotThrottle, type ThrottledOperation } from '../snapshot/ebs-direct-throttle.js';
 import type { SnapshotGc } from '../snapshot/gc.js';
 import type { XtsEngine } from '../crypto/xts.js';
@@ -260,6 +260,8 @@ export class EbsApi {
     else if (out && (op === 'ListSnapshotBlocks' || op === 'ListChangedBlocks')) e.responseElements = { blocks: ((out.Blocks ?? out.ChangedBlocks) as unknown[]).length };
     else e.responseElements = null;
     if (err?.wireMembers?.Reason) e.additionalEventData = { reason: err.wireMembers.Reason };
+    // A CompleteSnapshot that repeated a completion (the SDK's retry of a lost answer) sealed nothing: said so, told from the completion.
+    else if (out && op === 'CompleteSnapshot' && (out as Record<PropertyKey, unknown>)[COMPLETION_REPEAT] === true) e.additionalEventData = { repeat: true };
     const snaps = _snapshotsOf(op, input);
     if (op === 'StartSnapshot' && typeof out?.SnapshotId === 'string') snaps.push(out.SnapshotId);
     e.resources = snaps.map((id) => ({ accountId: this.o.accountId, type: 'AWS::EC2::Snapshot', ARN: this.snapshotArn(id) }));

@@ -1,12 +1,12 @@
-import { promises as fsp } from 'node:fs';
+import { constants as fsc, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { atomicWrite, fsyncDir, removeAtomicWriteTemps } from '../util/atomic-write.js';
 import { SnapshotError } from './errors.js';
-import { checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, readListedManifests, summaryOf } from './manifest-check.js';
+import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, readListedManifests, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
 import { PackSet, sha256Hex } from './pack-store.js';
-import type { BlockBatch, BlockHash, SnapshotManifest, SnapshotSummary } from './types.js';
+import type { BlockBatch, BlockHash, RawManifest, SnapshotManifest, SnapshotSummary } from './types.js';
 
 /**
  * Bytes of completed manifests kept parsed, counted as 3 × their text (the
@@ -296,18 +296,24 @@ export class DirSnapshotStore implements CollectableStore {
     return m;
   }
 
-  /** The manifest's text, its size checked before it is read (a manifest is replaced by rename, never grown in place). */
+  /**
+   * The manifest's text, its size checked before it is read and the read bounded by it (a manifest is replaced by
+   * rename, never grown in place: one grown since the stat is not read past it). Anything but a regular file (a
+   * symlink to a device, a FIFO someone put there) is refused unread: it has no size to bound a read by.
+   */
   private async readManifestText(p: string): Promise<string | undefined> {
     let fh: FileHandle;
     try {
-      fh = await fsp.open(p, 'r');
+      fh = await openManifest(p);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw e;
     }
     try {
-      checkManifestBytes(p, (await fh.stat()).size, false);
-      return await fh.readFile('utf8');
+      const st = await fh.stat();
+      if (!st.isFile()) throw new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${p} is not a regular file`);
+      checkManifestBytes(p, st.size, false);
+      return (await readUpTo(fh, st.size)).toString('utf8');
     } finally {
       await fh.close();
     }
@@ -342,6 +348,30 @@ export class DirSnapshotStore implements CollectableStore {
     return readListedManifests(await this.listManifestIds(), 1, (id) => this.getManifest(id), opts.onCorrupt, keep);
   }
 
+  /**
+   * The file's bytes as they are (a manifest is replaced by rename, so one stat and one read see the same file), at
+   * most its size at the stat; over MANIFEST_MAX_BYTES, or not a regular file (no size to bound a read by), not read.
+   */
+  async readManifestRaw(snapshotId: string): Promise<RawManifest | undefined> {
+    const p = this.manifestPath(snapshotId);
+    let fh: FileHandle;
+    try {
+      fh = await openManifest(p);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw this.fail('read', p, e);
+    }
+    try {
+      const st = await fh.stat();
+      const lastModified = st.mtime.toISOString();
+      if (!st.isFile() || st.size > MANIFEST_MAX_BYTES) return { bytes: st.size, lastModified };
+      const data = await readUpTo(fh, st.size);
+      return { data, bytes: data.length, lastModified };
+    } finally {
+      await fh.close();
+    }
+  }
+
   async deleteManifest(snapshotId: string): Promise<void> {
     this.forgetParsed(snapshotId);
     await fsp.rm(this.manifestPath(snapshotId), { force: true });
@@ -352,4 +382,21 @@ export class DirSnapshotStore implements CollectableStore {
     const errno = (e as NodeJS.ErrnoException)?.code;
     return new SnapshotError('SNAPSHOT_STORE', `snapshot store: cannot ${what} ${path}: ${errno ?? (e as Error)?.message ?? String(e)}`, { cause: e });
   }
+}
+
+/** Opened for reading without blocking: a FIFO put where a manifest belongs opens at once (and is then refused as not a regular file). */
+function openManifest(p: string): Promise<FileHandle> {
+  return fsp.open(p, fsc.O_RDONLY | fsc.O_NONBLOCK);
+}
+
+/** At most `size` bytes of the file (fewer at its end): a read bounded by the size its stat gave. */
+async function readUpTo(fh: FileHandle, size: number): Promise<Buffer> {
+  const buf = Buffer.alloc(size);
+  let got = 0;
+  while (got < size) {
+    const { bytesRead } = await fh.read(buf, got, size - got, got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return buf.subarray(0, got);
 }

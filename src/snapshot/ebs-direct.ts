@@ -76,6 +76,19 @@ const MAX_CLIENT_TOKENS = 1_000;
  * ChangedBlocksCount and the LINEAR checksum of the blocks it sealed, ~150 bytes each.
  */
 const MAX_COMPLETIONS = 10_000;
+
+/**
+ * Set (true) on the answer of a CompleteSnapshot that sealed nothing: a repeat of a completion (one
+ * under way or done; completeSnapshot). A symbol, so it never reaches the wire (JSON leaves it out);
+ * the audit records it (`additionalEventData.repeat`, src/daemon/ebs-api.ts), so a repeat is told
+ * from the completion it repeats.
+ */
+export const COMPLETION_REPEAT: unique symbol = Symbol('CompleteSnapshot repeat');
+
+/** `answer` marked as a repeat's (COMPLETION_REPEAT, not enumerable: the answer reads as the first's), a copy: the first completion's own answer stays as it is. */
+function asRepeat(answer: Record<string, unknown>): Record<string, unknown> {
+  return Object.defineProperty({ ...answer }, COMPLETION_REPEAT, { value: true, enumerable: false });
+}
 /**
  * What bounds a snapshot's blocks here. EBS bounds them by VolumeSize alone
  * (BlockIndex below VolumeSize x 2048); ebsd also needs the manifest naming
@@ -844,7 +857,7 @@ export class EbsDirect {
     if (d.length) {
       throw validation('INVALID_PARAMETER_VALUE', `${i.SnapshotId} is being completed by a CompleteSnapshot with ChangedBlocksCount ${c.asked.changedBlocksCount}; this one asks for something else (${d.join('; ')}), so it is refused`);
     }
-    return c.answer;
+    return c.answer.then(asRepeat);
   }
 
   /**
@@ -864,7 +877,7 @@ export class EbsDirect {
     if (m.state === 'completed' && done) {
       const d = this._differences(i, done, party);
       if (d.length) throw validation('INVALID_PARAMETER_VALUE', `${id} is already completed, by a CompleteSnapshot with ChangedBlocksCount ${done.changedBlocksCount}; this one asks for something else (${d.join('; ')}), so it is refused`);
-      return { Status: 'completed' };
+      return asRepeat({ Status: 'completed' });
     }
     if (m.state === 'completed' && begunHere) {
       if (i.ChangedBlocksCount !== m.changedBlocks) {
@@ -873,7 +886,7 @@ export class EbsDirect {
       if (i.Checksum !== undefined) {
         throw validation('INVALID_PARAMETER_VALUE', `${id} is already completed, with ${m.changedBlocks} block(s) written, but this daemon holds no record of its completion's checksum (restarted since, or another daemon completed it), so the Checksum given cannot be checked: repeat without Checksum, or read the blocks back (ListSnapshotBlocks, GetSnapshotBlock)`);
       }
-      return { Status: 'completed' };
+      return asRepeat({ Status: 'completed' });
     }
     // Why it is no longer pending, when the manifest says (a Timeout passed, the daemon restarted): the caller starts again.
     const why = m.state === 'error' && m.stateMessage ? `: ${m.stateMessage}` : '';

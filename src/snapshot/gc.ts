@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { faultPoint } from '../util/fault-point.js';
 import { silentLogger } from '../util/logger.js';
@@ -66,8 +67,18 @@ export const STORE_REQUESTS_IN_FLIGHT = 16;
  */
 export const MARK_READERS = 4;
 
+/**
+ * The most distinct block hashes the deletes' collections queued behind a collection under way hold
+ * (collectSoon merges them into one set, ~150 bytes a hash: ~150 MiB at this bound, about five fully
+ * written 100 GiB volumes' snapshots). Past it the set is dropped and a sweep of the whole store
+ * frees their blocks instead (it holds the store's block list for its own listing, once).
+ */
+export const COLLECT_CANDIDATES_MAX = 1_000_000;
+
 export interface SnapshotGcOptions {
   graceMs?: number;
+  /** COLLECT_CANDIDATES_MAX unless given (tests give a small one). */
+  collectCandidatesMax?: number;
   /** The store's deleteWindows() (DEFAULT_DELETE_WINDOW_MS without it) unless given; the store's writers wait longer (recheckMs). */
   deleteWindowMs?: number;
   /** The clock ages are measured against; Date.now by default (tests inject theirs). */
@@ -90,6 +101,36 @@ export interface SweepResult {
   keptYoung: number;
   /** Unreferenced, but pinned by an operation in progress on this daemon. */
   keptPinned: number;
+}
+
+/** What SnapshotGc.deleteSnapshot did; whatever the background work meets, a delete that took effect stays `deleted`. */
+export interface DeleteOutcome {
+  /** The manifest was removed by this call (false: it was absent, or `readable` below). */
+  deleted: boolean;
+  /** Asked to remove a refused manifest, this read found it readable (put back meanwhile): nothing was deleted. */
+  readable?: true;
+  /**
+   * A readable manifest's delete: the collection of its blocks, in the background, shared with the deletes queued
+   * with it (one collection of all their blocks, or a sweep past COLLECT_CANDIDATES_MAX); resolves once its blocks
+   * were considered (undefined: failed or not run, logged).
+   */
+  collected?: Promise<SweepResult | undefined>;
+  /** A refused manifest's delete: the store's sweep, in the background (undefined: failed or not run, logged). */
+  sweep?: Promise<SweepResult | undefined>;
+  /** A refused manifest's delete: what was removed (RemovedManifest), for the audit. */
+  removedUnread?: RemovedManifest;
+}
+
+/**
+ * A refused manifest's delete keeps this of it for the audit (SnapshotGc.deleteSnapshot): its stored
+ * bytes' SHA-256 (hex; absent when it was over the manifest limit and not read), its size, and the
+ * store's ETag and last-modified where the store gives them. Never its content.
+ */
+export interface RemovedManifest {
+  sha256?: string;
+  bytes: number;
+  etag?: string;
+  lastModified?: string;
 }
 
 /** Held by an operation while it relies on blocks no manifest names yet; release() when its manifest does (or it gave up). */
@@ -134,6 +175,12 @@ export class SnapshotGc {
   private queue: Promise<unknown> = Promise.resolve();
   /** The background sweep of refused manifests' deletes (sweepSoon) queued and not yet begun, and the snapshots it is for. */
   private refusedSweep: { snapshotIds: string[]; done: Promise<SweepResult | undefined> } | undefined;
+  /**
+   * The collection of readable manifests' deletes (collectSoon) queued and not yet begun: the snapshots it is for and
+   * the blocks their manifests named, merged; `candidates` undefined once past collectCandidatesMax (a sweep instead).
+   */
+  private queuedCollection: { snapshotIds: string[]; candidates: Set<BlockHash> | undefined; done: Promise<SweepResult | undefined> } | undefined;
+  private readonly collectCandidatesMax: number;
   private closed = false;
   /** Told each snapshot whose manifest deleteSnapshot removed (onManifestDeleted). */
   private readonly deletedListeners = new Set<(snapshotId: string) => void>();
@@ -144,6 +191,7 @@ export class SnapshotGc {
     this.now = opts.now ?? Date.now;
     this.log = opts.log ?? silentLogger;
     this.live = opts.live ?? (() => []);
+    this.collectCandidatesMax = opts.collectCandidatesMax ?? COLLECT_CANDIDATES_MAX;
   }
 
   async pin(hashes: Iterable<BlockHash>): Promise<BlockPin> {
@@ -183,9 +231,12 @@ export class SnapshotGc {
   }
 
   /**
-   * Removes the snapshot's manifest, then frees the blocks it named that no
-   * other manifest names (and no pin holds, and are past the grace period).
-   * Absent manifest: nothing to do (`deleted: false`). Once the manifest is
+   * Removes the snapshot's manifest and resolves, then frees the blocks it
+   * named that no other manifest names (and no pin holds, and are past the
+   * grace period) in the background, queued behind the collection under way
+   * (`collected`, collectSoon): a delete never waits for a sweep, which on a
+   * large S3 store takes minutes. Absent manifest: nothing to do (`deleted:
+   * false`). Once the manifest is
    * gone the snapshot is deleted, whatever its blocks' collection meets: a
    * collection that fails (another manifest that cannot be read, which stops
    * every mark; a store that fails) is logged and leaves the blocks to a later
@@ -204,45 +255,119 @@ export class SnapshotGc {
    * nothing is deleted and `readable` says so, for the caller to judge it as it
    * now reads.
    */
-  async deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<{ deleted: boolean; readable?: true; result: SweepResult; sweep?: Promise<SweepResult | undefined> }> {
-    const none: SweepResult = { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 };
+  async deleteSnapshot(snapshotId: string, opts: { refused?: boolean } = {}): Promise<DeleteOutcome> {
     /** Removed unread (SNAPSHOT_CORRUPT), or `m` as it reads. */
-    const readOrRemove = async (): Promise<{ m: SnapshotManifest | undefined } | { removed: Promise<SweepResult | undefined> }> => {
+    const readOrRemove = async (): Promise<{ m: SnapshotManifest | undefined } | { removed: Promise<SweepResult | undefined>; evidence: RemovedManifest | undefined }> => {
       try {
         return { m: await this.store.getManifest(snapshotId) };
       } catch (err) {
         if (!(err instanceof SnapshotError) || err.code !== 'SNAPSHOT_CORRUPT') throw err;
+        // The only evidence of what was stored goes with it: its digest, size and the store's stamps are kept for the
+        // caller's audit event, its content never (docs/architecture.md §13.5). A read that fails fails the delete.
+        const evidence = await this.removedManifest(snapshotId);
         await this.store.deleteManifest(snapshotId);
         for (const fn of this.deletedListeners) fn(snapshotId);
-        return { removed: this.sweepSoon(snapshotId) };
+        return { removed: this.sweepSoon(snapshotId), evidence };
       }
     };
-    if (opts.refused) {
-      // Not queued behind the collection under way (a sweep may take minutes): no mark uses a refused manifest (each stops
-      // on it), so removing it meanwhile frees nothing a collection would have kept; a mark that reads past it goes on.
-      const r = await readOrRemove();
-      if ('removed' in r) return { deleted: true, result: none, sweep: r.removed };
-      return r.m ? { deleted: false, readable: true, result: none } : { deleted: false, result: none };
+    // Neither kind of delete is queued behind the collection under way (a sweep of a large S3 store lists and marks for
+    // minutes, longer than a client waits for DeleteSnapshot's answer, which it would then retry and be told NotFound).
+    //
+    // A refused manifest: no mark uses it (each stops on it), so removing it meanwhile frees nothing a collection would
+    // have kept; a mark that reads past it goes on.
+    //
+    // A readable one: the manifest is removed at once, and the blocks it named are collected afterwards, queued behind
+    // the collection under way (collectSoon). Removing it while a collection runs is safe: a mark of that collection that
+    // read it before the removal keeps its blocks (they wait for the collection queued here); one that did not read it
+    // marks every other manifest, so it frees only blocks no other manifest names, which are what this delete frees
+    // anyway. Either mark still keeps pinned blocks (pins are checked just before each delete) and blocks younger than
+    // the grace period or put since a pending snapshot began, and a restore or copy reading this snapshot holds it
+    // (the manager refuses the delete: InvalidSnapshot.InUse). The order is the one a crash relies on: the manifest
+    // first, durably, then its blocks; a daemon that stops first leaves them to a later sweep.
+    const r = await readOrRemove();
+    if ('removed' in r) return { deleted: true, sweep: r.removed, ...(r.evidence ? { removedUnread: r.evidence } : {}) };
+    const m = r.m;
+    if (opts.refused && m) return { deleted: false, readable: true };
+    if (!m) return { deleted: false };
+    await this.store.deleteManifest(snapshotId);
+    for (const fn of this.deletedListeners) fn(snapshotId);
+    faultPoint('gc.after-manifest-delete');
+    return { deleted: true, collected: this.collectSoon(snapshotId, manifestHashes(m)) };
+  }
+
+  /**
+   * The collection of a deleted snapshot's blocks (deleteSnapshot: `hashes`, those its manifest named), queued
+   * behind the collection under way and run in the background; resolves with its result, or undefined when it
+   * failed (another manifest that cannot be read, which stops every mark; a store that fails) or did not run (the
+   * daemon stopping): logged, and the blocks are left to a later sweep, as after a crash at that point.
+   *
+   * Deletes that come while it waits to begin join it: their hashes go into one set (a block several of them named
+   * is held once), so what waits behind a long sweep is the distinct blocks, not each delete's list. Past
+   * collectCandidatesMax distinct blocks the set is dropped and the queued collection becomes a sweep of the whole
+   * store, which frees the same blocks (every block no manifest names) without holding them meanwhile.
+   */
+  private collectSoon(snapshotId: string, hashes: Iterable<BlockHash>): Promise<SweepResult | undefined> {
+    const queued = this.queuedCollection;
+    if (queued) {
+      queued.snapshotIds.push(snapshotId);
+      this.addCandidates(queued, hashes);
+      return queued.done;
     }
-    return this.serial(async () => {
-      const r = await readOrRemove();
-      if ('removed' in r) return { deleted: true, result: none, sweep: r.removed };
-      const m = r.m;
-      if (!m) return { deleted: false, result: none };
-      await this.store.deleteManifest(snapshotId);
-      for (const fn of this.deletedListeners) fn(snapshotId);
-      faultPoint('gc.after-manifest-delete');
-      const now = this.now();
+    const entry: { snapshotIds: string[]; candidates: Set<BlockHash> | undefined; done: Promise<SweepResult | undefined> } = {
+      snapshotIds: [snapshotId], candidates: new Set(), done: Promise.resolve(undefined),
+    };
+    this.addCandidates(entry, hashes);
+    entry.done = this.serial(async () => {
+      if (this.queuedCollection === entry) this.queuedCollection = undefined; // begun: a delete from now on queues another
+      const { snapshotIds, candidates } = entry;
+      entry.candidates = undefined;
+      const store = this.store.location;
+      if (this.closed) {
+        this.log.warn({ snapshotIds, store }, 'snapshots deleted; their blocks are left to a later sweep: the daemon is stopping');
+        return undefined;
+      }
       try {
+        if (!candidates) {
+          const result = await this.sweepNow();
+          this.log.info({ snapshotIds, candidatesMax: this.collectCandidatesMax, ...result }, 'snapshots deleted; their unshared blocks freed by a sweep of the store (more blocks queued than a collection holds)');
+          return result;
+        }
         // Ages are asked only for the blocks nothing else holds: one request each on S3.
-        const result = await this.collect([...new Set(manifestHashes(m))], (hs) => this.agesOf(hs), now);
-        this.log.info({ snapshotId, ...result }, 'snapshot deleted; its unshared blocks freed');
-        return { deleted: true, result };
+        const result = await this.collect([...candidates], (hs) => this.agesOf(hs), this.now());
+        this.log.info({ snapshotIds, ...result }, 'snapshots deleted; their unshared blocks freed');
+        return result;
       } catch (err) {
-        this.log.warn({ snapshotId, store: this.store.location, err }, 'snapshot deleted; its blocks are left to a later sweep: they could not be collected now');
-        return { deleted: true, result: none };
+        this.log.warn({ snapshotIds, store, err }, 'snapshots deleted; their blocks are left to a later sweep: they could not be collected now');
+        return undefined;
       }
     });
+    this.queuedCollection = entry;
+    return entry.done;
+  }
+
+  /** `hashes` into the queued collection's set; past collectCandidatesMax the set is dropped (a sweep instead). */
+  private addCandidates(entry: { candidates: Set<BlockHash> | undefined }, hashes: Iterable<BlockHash>): void {
+    const set = entry.candidates;
+    if (!set) return;
+    for (const h of hashes) {
+      set.add(h);
+      if (set.size > this.collectCandidatesMax) {
+        entry.candidates = undefined;
+        return;
+      }
+    }
+  }
+
+  /** What a refused manifest's delete records of it (RemovedManifest), read raw just before its removal; undefined from a store that cannot say. */
+  private async removedManifest(snapshotId: string): Promise<RemovedManifest | undefined> {
+    const raw = await this.store.readManifestRaw?.(snapshotId);
+    if (!raw) return undefined;
+    return {
+      bytes: raw.bytes,
+      ...(raw.data ? { sha256: createHash('sha256').update(raw.data).digest('hex') } : {}),
+      ...(raw.etag ? { etag: raw.etag } : {}),
+      ...(raw.lastModified ? { lastModified: raw.lastModified } : {}),
+    };
   }
 
   /**
@@ -279,7 +404,12 @@ export class SnapshotGc {
     return done;
   }
 
-  /** A queued background sweep (sweepSoon) not yet begun is not begun: the daemon is stopping. One under way runs on (the store's close ends it). */
+  /** Resolves once every collection queued so far (deletes' collections, sweeps) has ended, however it ended. */
+  idle(): Promise<void> {
+    return this.queue.then(() => {});
+  }
+
+  /** A queued background sweep (sweepSoon) or collection (collectSoon) not yet begun is not begun: the daemon is stopping. One under way runs on (the store's close ends it). */
   close(): void {
     this.closed = true;
   }

@@ -15,7 +15,7 @@ import { caBundleAgent } from '../util/ca-bundle.js';
 import { SnapshotError } from './errors.js';
 import { MANIFEST_MAX_BYTES, checkBlockHash, checkManifestBytes, checkSnapshotId, isBlockHash, isSnapshotId, parseManifest, readListedManifests, summaryOf } from './manifest-check.js';
 import type { BlockWithAge, CollectableStore } from './gc.js';
-import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type SnapshotManifest, type SnapshotSummary } from './types.js';
+import { SNAPSHOT_BLOCK_BYTES, type BlockHash, type RawManifest, type SnapshotManifest, type SnapshotSummary } from './types.js';
 import { DEFAULT_DELETE_WINDOWS, formatStoreSettings, parseStoreSettings, type DeleteWindows, type StoreSettings } from './store-settings.js';
 
 export interface S3SnapshotStoreOptions {
@@ -51,6 +51,13 @@ const DEFAULTS = { connectionTimeoutMs: 3_000, requestTimeoutMs: 30_000, maxAtte
 const BUCKET_SEEN_MS = 60_000;
 /** The store's settings object is a few dozen bytes; more is not read. */
 const SETTINGS_MAX_BYTES = 4096;
+
+/**
+ * The object metadata (`x-amz-meta-ebsd-sha256`) in which a manifest's put records the SHA-256 of
+ * its bytes (hex), checked at every read (getObjectWithMeta): a store that keeps no checksum of its
+ * own (s3rver) still lets a GET tell a body damaged in transfer from the object.
+ */
+const DIGEST_META = 'ebsd-sha256';
 
 /** Manifest reads in flight at once while listing. */
 const LIST_READERS = 16;
@@ -215,7 +222,7 @@ export class S3SnapshotStore implements CollectableStore {
     checkBlockHash(hash);
     const data = await this.getObject(this.key('blocks', hash), maxBytes, (where, bytes) => new SnapshotError(
       'SNAPSHOT_CORRUPT', `block ${hash} ${where} is ${bytes} bytes, over the ${maxBytes} bytes this read accepts (a block is at most ${SNAPSHOT_BLOCK_BYTES}; a header area, its manifest's dataOffset): not read`,
-    ));
+    ), hash); // bytes not hashing to its name are read again (damaged in transfer) before they are called corrupt below
     if (!data) throw new SnapshotError('SNAPSHOT_BLOCK_NOT_FOUND', `block ${hash} is missing from the snapshot store ${this.location}`);
     const got = createHash('sha256').update(data).digest('hex');
     if (got !== hash) throw new SnapshotError('SNAPSHOT_CORRUPT', `block ${hash} in ${this.location} reads back as ${data.length} bytes hashing to ${got}`);
@@ -293,10 +300,12 @@ export class S3SnapshotStore implements CollectableStore {
     const body = Buffer.from(`${JSON.stringify(m)}\n`);
     // Never write what a reader would refuse.
     checkManifestBytes(`s3://${this.bucket}/${key}`, body.length, true);
+    const digest = createHash('sha256').update(body);
     try {
       await this.s3.send(new PutObjectCommand({
         Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length,
-        ChecksumSHA256: createHash('sha256').update(body).digest('base64'),
+        ChecksumSHA256: digest.copy().digest('base64'),
+        Metadata: { [DIGEST_META]: digest.digest('hex') },
         ContentType: 'application/json',
       }));
     } catch (e) {
@@ -313,6 +322,31 @@ export class S3SnapshotStore implements CollectableStore {
     if (!data) return undefined;
     const text = data.toString('utf8');
     return parseManifest(`s3://${this.bucket}/${key}`, snapshotId, text);
+  }
+
+  /** The object's bytes as they are, with its ETag and LastModified; over MANIFEST_MAX_BYTES its size only (Content-Length), unread. */
+  async readManifestRaw(snapshotId: string): Promise<RawManifest | undefined> {
+    checkSnapshotId(snapshotId);
+    const key = this.key('manifests', `${snapshotId}.json`);
+    let over: number | undefined;
+    const got = await this.getObjectWithMeta(key, MANIFEST_MAX_BYTES, (where, bytes) => {
+      over = bytes;
+      return new SnapshotError('SNAPSHOT_CORRUPT', `snapshot manifest ${where} is ${bytes} bytes, over the ${MANIFEST_MAX_BYTES}-byte limit`);
+    }).catch((e: unknown) => {
+      if (over !== undefined) return 'over' as const;
+      throw e;
+    });
+    if (got === 'over') {
+      // Its ETag and LastModified without its body: one HEAD.
+      try {
+        const h = await this.s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+        return { bytes: h.ContentLength ?? over!, ...(h.ETag ? { etag: h.ETag } : {}), ...(h.LastModified ? { lastModified: h.LastModified.toISOString() } : {}) };
+      } catch (e) {
+        throw this.fail('HeadObject', key, e);
+      }
+    }
+    if (!got) return undefined;
+    return { data: got.data, bytes: got.data.length, ...(got.etag ? { etag: got.etag } : {}), ...(got.lastModified ? { lastModified: got.lastModified.toISOString() } : {}) };
   }
 
   async listManifestIds(): Promise<string[]> {
@@ -362,21 +396,42 @@ export class S3SnapshotStore implements CollectableStore {
     this.s3.destroy();
   }
 
+  /** getObjectWithMeta's bytes only. */
+  private async getObject(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError, sha256?: string): Promise<Buffer | undefined> {
+    return (await this.getObjectWithMeta(key, maxBytes, tooBig, sha256))?.data;
+  }
+
   /**
-   * An object's bytes, undefined when absent; an object over `maxBytes` is
-   * refused (the error `tooBig` makes, naming the key and its size) on its
-   * Content-Length, before the body is read, or, without one (chunked), as
-   * soon as more than that has arrived: one object in a shared store cannot
-   * make a reader allocate what it likes. The SDK retries a request that
-   * fails before the response; a body cut off after the headers (a dropped
-   * connection, a server restart) is retried here, as many times.
+   * An object's bytes (with its ETag and LastModified), undefined when absent; an object over
+   * `maxBytes` is refused (the error `tooBig` makes, naming the key and its size) on its
+   * Content-Length, before the body is read, or, without one (chunked), as soon as more than that
+   * has arrived: one object in a shared store cannot make a reader allocate what it likes.
+   *
+   * What arrived is checked before anyone reads it (docs/architecture.md §13.2): a body of another
+   * length than its Content-Length, one the SDK finds not matching the checksum S3 stored with the
+   * object (ChecksumMode ENABLED; objects are put with their SHA-256), or one not hashing to the
+   * SHA-256 this store recorded in the object's metadata at its put (DIGEST_META: servers that keep
+   * no checksums, such as s3rver, keep metadata), or, given, `sha256` (a block's name), is a transfer failure, not the object: retried,
+   * and after the last attempt SNAPSHOT_STORE (retryable), never SNAPSHOT_CORRUPT, which refuses a
+   * manifest (a snapshot in `error`, deletable unread). Only the same wrong bytes read twice (the
+   * same SHA-256, not the recorded one), with no attempt damaged otherwise (another wrong digest, a
+   * wrong length, a body cut off), are taken as what the store holds (someone rewrote the object
+   * keeping the old metadata): the caller judges them as such. Anything else is transfer damage.
+   *
+   * The SDK retries a request that fails before the response; a body cut off after the headers (a
+   * dropped connection, a server restart) or failing these checks is retried here, as many times.
    */
-  private async getObject(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError): Promise<Buffer | undefined> {
+  private async getObjectWithMeta(key: string, maxBytes: number, tooBig: (where: string, bytes: number) => SnapshotError, sha256?: string): Promise<{ data: Buffer; etag?: string; lastModified?: Date } | undefined> {
     const where = `s3://${this.bucket}/${key}`;
+    /** Each wrong SHA-256 an attempt's body hashed to (not the recorded one), with how many attempts got it. */
+    const wrong = new Map<string, number>();
+    /** An attempt's body was damaged otherwise: cut off, of another length than its Content-Length, refused by the SDK's checksum. */
+    let damagedOtherwise = false;
     for (let attempt = 1; ; attempt++) {
       let body: (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
+      let wrongDigest = false;
       try {
-        const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+        const r = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, ChecksumMode: 'ENABLED' }));
         body = r.Body as unknown as AsyncIterable<Uint8Array> & { destroy?: () => void };
         if ((r.ContentLength ?? 0) > maxBytes) {
           body?.destroy?.();
@@ -392,11 +447,31 @@ export class S3SnapshotStore implements CollectableStore {
           }
           chunks.push(c);
         }
-        return Buffer.concat(chunks, bytes);
+        const data = Buffer.concat(chunks, bytes);
+        const meta = { data, ...(r.ETag ? { etag: r.ETag } : {}), ...(r.LastModified ? { lastModified: r.LastModified } : {}) };
+        if (r.ContentLength !== undefined && r.ContentLength !== bytes) {
+          throw new Error(`the body received is ${bytes} bytes, its Content-Length ${r.ContentLength}: cut off or padded in transfer`);
+        }
+        const recorded = sha256 ?? r.Metadata?.[DIGEST_META];
+        if (recorded !== undefined) {
+          const got = createHash('sha256').update(data).digest('hex');
+          if (got !== recorded) {
+            const seen = (wrong.get(got) ?? 0) + 1;
+            wrong.set(got, seen);
+            // The same wrong bytes twice, and no attempt damaged in any other way: what the store holds.
+            if (seen >= 2 && wrong.size === 1 && !damagedOtherwise) return meta;
+            wrongDigest = true;
+            throw new Error(`the body received (${bytes} bytes) hashes to SHA-256 ${got}, not the ${recorded} recorded at its put: damaged in transfer`);
+          }
+        }
+        return meta;
       } catch (e) {
         if ((e as { name?: string }).name === 'NoSuchKey') return undefined;
         if (e instanceof SnapshotError && e.code === 'SNAPSHOT_CORRUPT') throw e; // over the cap: not retried
-        if (body === undefined || attempt >= this.maxAttempts) throw this.fail('GetObject', key, e);
+        if (body !== undefined && !wrongDigest) damagedOtherwise = true;
+        // A wrong digest seen once, nothing else wrong: read at least once more, to tell the stored object from transfer damage.
+        const last = wrong.size === 1 && !damagedOtherwise ? Math.max(this.maxAttempts, 2) : this.maxAttempts;
+        if (body === undefined || attempt >= last) throw this.fail('GetObject', key, e);
       }
     }
   }

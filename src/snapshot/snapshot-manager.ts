@@ -25,7 +25,7 @@ import { isRefused, refusedSnapshot, type RefusedManifestWarnings, type RefusedS
 import { FilterBudget } from '../util/ec2-filter.js';
 import { openImageDataReader, readImageHeader, type ImageDataReader } from './volume-image.js';
 import { SNAPSHOT_BLOCK_BYTES, type BlockBatch, type BlockHash, type SnapshotManifest, type SnapshotStore } from './types.js';
-import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type SnapshotGc } from './gc.js';
+import { MARK_READERS, STORE_REQUESTS_IN_FLIGHT, type BlockPin, type RemovedManifest, type SnapshotGc } from './gc.js';
 import { inParallel } from '../util/in-parallel.js';
 import { recheckMsOf } from './store-settings.js';
 import { skipCorrupt, summaryOf } from './manifest-check.js';
@@ -1046,8 +1046,10 @@ export class SnapshotManager {
 
   /**
    * DeleteSnapshot: refused while pending (IncorrectState) or while a
-   * restore or copy reads it (InvalidSnapshot.InUse); then the manifest goes,
-   * and garbage collection frees the blocks no other snapshot references.
+   * restore or copy reads it (InvalidSnapshot.InUse); then the manifest goes and
+   * the delete answers, and garbage collection frees the blocks no other snapshot
+   * references afterwards, in the background (SnapshotGc.deleteSnapshot: it does
+   * not wait for a sweep under way).
    * A snapshot whose manifest is refused (getShown) is deleted too, its state
    * judged only by what this daemon knows (a create or copy it runs, a hold):
    * the manifest is removed unread and the store swept in the background, after
@@ -1076,8 +1078,9 @@ export class SnapshotManager {
             throw new SnapshotError('SNAPSHOT_STORE', `DeleteSnapshot of ${snapshotId}: its manifest was refused, then read back valid, ${flips + 1} times in a row (something keeps rewriting it in the store ${this.o.store.location}); nothing was deleted, try again once it stays as it is`);
           }
           if (!r.deleted) throw snapshotNotFound(snapshotId);
-          // Nothing of the manifest is trusted, so the event names no volume.
-          this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, principal: caller.arn, details: { manifestRefused: true } });
+          // Nothing of the manifest is trusted, so the event names no volume; it records what was removed (its digest, size,
+          // the store's ETag and last-modified), the only trace of the tampering left once it is gone.
+          this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, principal: caller.arn, details: { manifestRefused: true, ...removedDetails(r.removedUnread) } });
           this.log.info({ snapshotId }, 'snapshot deleted: its manifest was refused (removed unread; the store is swept in the background)');
           return;
         }
@@ -1088,7 +1091,14 @@ export class SnapshotManager {
         if (run && m.state !== 'pending') await run.settled;
         this.refuseDeleteWhileUsed(snapshotId, m.state === 'pending' || this.running.has(snapshotId));
         // Manifest first (durably), then the blocks only it named: a crash between leaves orphans for a sweep.
-        await this.o.gc.deleteSnapshot(snapshotId);
+        const r = await this.o.gc.deleteSnapshot(snapshotId);
+        if (r.removedUnread) {
+          // Refused by the collector's own read (rewritten since ours): removed unread, and recorded as any refused
+          // manifest's delete, without a volume id (what our read said no longer describes what was removed; §13.5).
+          this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, principal: caller.arn, details: { manifestRefused: true, ...removedDetails(r.removedUnread) } });
+          this.log.info({ snapshotId }, 'snapshot deleted: its manifest was refused when the collector read it (removed unread; the store is swept in the background)');
+          return;
+        }
         this.o.onAudit?.({ eventName: 'DeleteSnapshot', snapshotId, volumeId: m.volumeId, principal: caller.arn });
         this.log.info({ snapshotId, volumeId: m.volumeId }, 'snapshot deleted');
         return;
@@ -1209,6 +1219,17 @@ function untilRecheck(run: RunningCreate, ms: number): Promise<void> {
 }
 
 const shutDownDuring = (): SnapshotError => new SnapshotError('SNAPSHOT_INCORRECT_STATE', 'the daemon shut down during the snapshot', { awsName: 'IncorrectState' });
+
+/** A refused manifest's delete's audit details of what was removed (flat: audit details keep scalars only). */
+function removedDetails(r: RemovedManifest | undefined): Record<string, string | number> {
+  if (!r) return {};
+  return {
+    manifestBytes: r.bytes,
+    ...(r.sha256 ? { manifestSha256: r.sha256 } : {}),
+    ...(r.etag ? { manifestETag: r.etag } : {}),
+    ...(r.lastModified ? { manifestLastModified: r.lastModified } : {}),
+  };
+}
 
 function sortBlocks(m: ReadonlyMap<number, BlockHash>): [number, BlockHash][] {
   return [...m.entries()].sort((a, b) => a[0] - b[0]);

@@ -163,6 +163,14 @@ export interface SnapshotStore {
   listManifestIds(): Promise<string[]>;
   /** listManifests, each manifest's block list dropped once it is parsed (DescribeSnapshots): memory for the summaries, not every block. */
   listManifestSummaries(opts?: { onCorrupt?: (snapshotId: string, err: SnapshotError) => void }): Promise<SnapshotSummary[]>;
+  /**
+   * The manifest's stored bytes as they are: not parsed, not verified, undefined when absent. What a
+   * refused manifest's delete records of it before removing it (its digest, size, and the store's
+   * ETag / last-modified in the audit event; docs/architecture.md §13.5). Bounded by the store's
+   * manifest limit (MANIFEST_MAX_BYTES): a larger one is not read, `data` is absent and `bytes` is
+   * its size as the store gives it. Optional: a store without it gives no such record.
+   */
+  readManifestRaw?(snapshotId: string): Promise<RawManifest | undefined>;
   /** Absent is not an error. */
   deleteManifest(snapshotId: string): Promise<void>;
   /**
@@ -170,6 +178,18 @@ export interface SnapshotStore {
    * without it is used through putBlock, one durable put at a time.
    */
   openBlockBatch?(): BlockBatch;
+}
+
+/** A manifest's stored bytes, unparsed (SnapshotStore.readManifestRaw). */
+export interface RawManifest {
+  /** Absent when the object is over the manifest limit (not read). */
+  data?: Buffer;
+  /** Its size in bytes. */
+  bytes: number;
+  /** The store's ETag of the object (S3), as the store gives it. */
+  etag?: string;
+  /** When the store last wrote it (S3 LastModified, the file's mtime), ISO 8601. */
+  lastModified?: string;
 }
 
 /** Puts whose durability is settled together (SnapshotStore.openBlockBatch). */

@@ -251,6 +251,16 @@ describe('EBS direct APIs through @aws-sdk/client-ebs (real daemon, --kms-listen
       expect((await ebs.send(new CompleteSnapshotCommand(asked))).Status).toBe('completed');
       expect((await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snap, ChangedBlocksCount: 2 }))).Status).toBe('completed');
       expect((await env.api('ebsd.DescribeSnapshots', { SnapshotIds: [snap] })).Snapshots[0]).toEqual(manifestBefore);
+      // Audited: the completion as it was, then each repeat (the SDK's retry, the two above) marked `repeat: true`,
+      // so the log tells the one call that sealed the snapshot from those that found it sealed.
+      const completions = env.auditText().split('\n').filter(Boolean).map((l) => JSON.parse(l))
+        .filter((e) => e.eventName === 'CompleteSnapshot' && e.requestParameters?.snapshotId === snap && !e.errorCode);
+      expect(completions.map((e) => [e.responseElements, e.additionalEventData])).toEqual([
+        [{ status: 'completed' }, undefined],
+        [{ status: 'completed' }, { repeat: true }],
+        [{ status: 'completed' }, { repeat: true }],
+        [{ status: 'completed' }, { repeat: true }],
+      ]);
 
       // Asking for something else: refused, naming what differs.
       const count = await rejection(ebs.send(new CompleteSnapshotCommand({ SnapshotId: snap, ChangedBlocksCount: 3 })));

@@ -67,8 +67,10 @@ describe('EBS direct on a shared store, another host collecting', () => {
     await d.completeSnapshot({ SnapshotId: parent, ChangedBlocksCount: 2 }, root);
     const child = (await d.startSnapshot(parseStartSnapshot({ VolumeSize: 1, ParentSnapshotId: parent }), root)).SnapshotId as string;
     await d.putSnapshotBlock(putReq(child, 1, randomBytes(BLOCK)), root);
-    // The other host deletes the parent: the child's pending manifest names block 0, which stays.
-    await new SnapshotGc(store, { graceMs: 0 }).deleteSnapshot(parent);
+    // The other host deletes the parent and collects its blocks (after the delete answers, in the background): the
+    // child's pending manifest names block 0 (and the header), which stay; the parent's block 1, named by it alone, goes.
+    const collected = await (await new SnapshotGc(store, { graceMs: 0 }).deleteSnapshot(parent)).collected;
+    expect(collected).toMatchObject({ examined: 3, deleted: 1 });
     expect(await store.getManifest(parent)).toBeUndefined();
     expect(await d.completeSnapshot({ SnapshotId: child, ChangedBlocksCount: 1 }, root)).toEqual({ Status: 'completed' });
     const m = (await store.getManifest(child))!;

@@ -8,7 +8,7 @@ const [dir, mode, id] = process.argv.slice(2);
 const store = await DirSnapshotStore.open(dir);
 const gc = new SnapshotGc(store, { graceMs: 60_000, now: () => Date.now() + 120_000 });
 process.stdout.write('start\n');
-if (mode === 'delete') await gc.deleteSnapshot(id);
+if (mode === 'delete') await (await gc.deleteSnapshot(id)).collected; // the blocks are collected after the delete resolves
 else if (mode === 'summaries') process.stdout.write(`${(await store.listManifestSummaries()).length} summaries\n`);
 else await gc.sweep();
 process.stdout.write('done\n');

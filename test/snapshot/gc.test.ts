@@ -6,14 +6,14 @@
  * collector killed with SIGKILL (at the crash point between manifest and
  * blocks, or anywhere in a sweep) leaves no manifest naming a missing block.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { DirSnapshotStore } from '../../src/snapshot/dir-store.js';
 import { SnapshotError } from '../../src/snapshot/errors.js';
 import { SnapshotGc, type CollectableStore } from '../../src/snapshot/gc.js';
-import { manifestHashes } from '../../src/snapshot/manifest-check.js';
+import { MANIFEST_MAX_BYTES, manifestHashes } from '../../src/snapshot/manifest-check.js';
 import { S3SnapshotStore } from '../../src/snapshot/s3-store.js';
 import type { SnapshotManifest } from '../../src/snapshot/types.js';
 import { ensureBuilt } from '../e2e/helpers.js';
@@ -83,13 +83,14 @@ describe.each(stores)('collector on %s', (_name, open) => {
     const gc = later(store);
     const r = await gc.deleteSnapshot(a);
     expect(r.deleted).toBe(true);
-    expect(r.result.deleted).toBe(2);
+    // Its blocks are collected after the answer, in the background.
+    expect(await r.collected).toMatchObject({ deleted: 2 });
     expect(await store.getManifest(a)).toBeUndefined();
     expect(await blocksOf(store)).toEqual([shared!.hash, onlyB!.hash].sort());
     expect((await store.getBlock(shared!.hash)).equals(shared!.data)).toBe(true);
     await expectConsistent(store);
     expect((await gc.deleteSnapshot(a)).deleted).toBe(false);
-    await gc.deleteSnapshot(b);
+    await (await gc.deleteSnapshot(b)).collected;
     expect(await blocksOf(store)).toEqual([]);
   });
 
@@ -105,7 +106,9 @@ describe.each(stores)('collector on %s', (_name, open) => {
       },
     });
     const r = await later(broken).deleteSnapshot(a);
-    expect(r).toEqual({ deleted: true, result: { manifests: 0, examined: 0, deleted: 0, keptYoung: 0, keptPinned: 0 } });
+    expect(r).toEqual({ deleted: true, collected: expect.any(Promise) });
+    // The collection fails on the partial mark, logged: undefined, the delete stands.
+    expect(await r.collected).toBeUndefined();
     expect(await store.getManifest(a)).toBeUndefined();
     // Nothing freed on a partial mark: a's blocks are still there, b's too.
     expect(await blocksOf(store)).toEqual([headerA!.hash, onlyA!.hash, headerB!.hash, onlyB!.hash].sort());
@@ -232,8 +235,8 @@ describe.each(stores)('collector on %s', (_name, open) => {
       },
     });
     const d = await new SnapshotGc(deleting, { graceMs: GRACE }).deleteSnapshot(id);
+    expect(await d.collected).toMatchObject({ deleted: 1, keptYoung: 1 });
     expect(touched).toBe(true);
-    expect(d.result).toMatchObject({ deleted: 1, keptYoung: 1 });
     expect(await store.hasBlock(freed.hash)).toBe(true);
   });
 
@@ -444,4 +447,45 @@ describe('collector memory (directory store, a child process)', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 120_000);
+});
+
+test('a refused manifest over the manifest limit is removed unread: its size and last-modified are recorded, no digest (its bytes are not read)', async () => {
+  const dir = mkdtempSync('/tmp/ebsd-gc-over-');
+  try {
+    const store = await DirSnapshotStore.open(dir);
+    const id = snapId();
+    await store.putManifest(manifest(id, []));
+    // Sparse: its size over MANIFEST_MAX_BYTES without writing it.
+    const size = MANIFEST_MAX_BYTES + 1;
+    truncateSync(join(dir, 'manifests', `${id}.json`), size);
+    await expect(store.getManifest(id)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT' });
+    const r = await new SnapshotGc(store, { graceMs: 0 }).deleteSnapshot(id, { refused: true });
+    expect(r).toMatchObject({ deleted: true, removedUnread: { bytes: size, lastModified: expect.stringMatching(/^\d{4}-/) } });
+    expect(r.removedUnread!.sha256).toBeUndefined();
+    expect(await store.getManifest(id)).toBeUndefined();
+    await r.sweep;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.each([
+  ['a symlink to /dev/zero (no size, no end)', (p: string) => symlinkSync('/dev/zero', p)],
+  ['a FIFO (its open would wait for a writer)', (p: string) => void execFileSync('mkfifo', [p])],
+])('a manifest that is not a regular file, %s, is refused unread, and its delete removes it unread: size and last-modified recorded, no digest', async (_name, put) => {
+  const dir = mkdtempSync('/tmp/ebsd-gc-notfile-');
+  try {
+    const store = await DirSnapshotStore.open(dir);
+    const id = snapId();
+    const p = join(dir, 'manifests', `${id}.json`);
+    put(p);
+    await expect(store.getManifest(id)).rejects.toMatchObject({ code: 'SNAPSHOT_CORRUPT', message: expect.stringContaining('is not a regular file') });
+    const r = await new SnapshotGc(store, { graceMs: 0 }).deleteSnapshot(id, { refused: true });
+    expect(r).toMatchObject({ deleted: true, removedUnread: { bytes: 0, lastModified: expect.stringMatching(/^\d{4}-/) } });
+    expect(r.removedUnread!.sha256).toBeUndefined();
+    expect(await store.getManifest(id)).toBeUndefined();
+    await r.sweep;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

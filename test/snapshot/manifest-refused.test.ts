@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 import { api, detachWhenClosed, serviceRefusal as failure, settled } from './helpers.js';
@@ -163,11 +164,12 @@ describe('refused snapshot manifests', () => {
     const onlyInSnap4 = hashOf(snap4, 4);
     const edited = JSON.parse(readFileSync(manifestPath(snap2), 'utf8'));
     edited.blocks = [[0, shared], [4, onlyInSnap4]];
-    writeFileSync(manifestPath(snap2), `${JSON.stringify(edited)}\n`);
+    const tampered = Buffer.from(`${JSON.stringify(edited)}\n`);
+    writeFileSync(manifestPath(snap2), tampered);
     expect((await call('DescribeSnapshots', { SnapshotIds: [snap2] })).Snapshots[0].State).toBe('error');
     // A delete of another snapshot meanwhile takes effect, but frees nothing: no sweep marks past a refused manifest.
     expect(await call('DeleteSnapshot', { SnapshotId: snap4 })).toEqual({ Return: true });
-    const leftFor = new RegExp(`"snapshotId":"${snap4}"[^\\n]*its blocks are left to a later sweep`);
+    const leftFor = new RegExp(`"snapshotIds":\\[[^\\]]*"${snap4}"[^\\n]*their blocks are left to a later sweep`);
     expect(await env.untilLog(leftFor)).toMatch(leftFor);
     expect(stored(onlyInSnap4)).toBe(true);
     expect(stored(onlyInSnap2)).toBe(true);
@@ -182,6 +184,16 @@ describe('refused snapshot manifests', () => {
     expect((await failure(call('DescribeSnapshots', { SnapshotIds: [snap2] }))).awsName).toBe('InvalidSnapshot.NotFound');
     const deleted = auditEvents().find((e) => e.eventName === 'DeleteSnapshot' && e.requestParameters?.snapshotId === snap2);
     expect(deleted).toMatchObject({ eventSource: 'ec2.amazonaws.com', additionalEventData: { manifestRefused: true } });
+    // What was removed is recorded, the only trace of the tampering left: the SHA-256 and size of the bytes written
+    // above, and the file's last-modified; nothing of its content (its block list, its description).
+    expect(deleted.additionalEventData).toEqual({
+      manifestRefused: true,
+      manifestSha256: createHash('sha256').update(tampered).digest('hex'),
+      manifestBytes: tampered.length,
+      manifestLastModified: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+    });
+    expect(JSON.stringify(deleted)).not.toContain(onlyInSnap4);
+    expect(JSON.stringify(deleted)).not.toContain(shared);
     // Nothing of the manifest is trusted: the event names no volume.
     expect(deleted.requestParameters.volumeId).toBeUndefined();
     // The collector sweeps after the answer, in the background: the block only snap-2 named is freed, and so is the

@@ -88,7 +88,7 @@ describe('DirSnapshotStore pack files', () => {
     const [pack1, pack2] = [packFiles(root).slice(0, 2), packFiles(root).slice(2)];
     expect(packFiles(root)).toHaveLength(4);
     // s1 goes: its pack holds a block s2 names, so it stays, with 3 of its 4 blocks freed.
-    expect((await gc.deleteSnapshot(s1)).result).toMatchObject({ deleted: 3 });
+    expect(await (await gc.deleteSnapshot(s1)).collected).toMatchObject({ deleted: 3 });
     expect(packFiles(root)).toHaveLength(4);
     const left = [a[0]!, ...b].map((x) => x.hash).sort();
     expect(await listed(store)).toEqual(left);
@@ -96,7 +96,7 @@ describe('DirSnapshotStore pack files', () => {
     expect(await code(store.getBlock(a[1]!.hash))).toBe('SNAPSHOT_BLOCK_NOT_FOUND');
     expect((await store.getBlock(a[0]!.hash)).equals(a[0]!.data)).toBe(true);
     // s2 goes: nothing is referenced, both packs and their indexes are removed.
-    expect((await gc.deleteSnapshot(s2)).result).toMatchObject({ deleted: 3 });
+    expect(await (await gc.deleteSnapshot(s2)).collected).toMatchObject({ deleted: 3 });
     expect(packFiles(root)).toEqual([]);
     expect(await listed(store)).toEqual([]);
     expect([...pack1, ...pack2].some((n) => existsSync(join(root, 'packs', n)))).toBe(false);

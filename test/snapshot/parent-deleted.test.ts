@@ -79,7 +79,8 @@ describe.each([['detached', false], ['attached', true]] as const)('DeleteSnapsho
     // The parent goes right after the create read its manifest, before anything pinned its blocks.
     const snaps = h.snaps;
     const caller = h.caller;
-    hs.arm(s1.snapshotId, 1, () => snaps.deleteSnapshot(s1.snapshotId, caller));
+    // The delete and its collection (which runs after the delete answers, in the background) both at that moment.
+    hs.arm(s1.snapshotId, 1, () => snaps.deleteSnapshot(s1.snapshotId, caller).then(() => h!.gc.idle()));
     const s2 = await h.snapshot(vol);
     expect(hs.fired()).toBe(true);
     expect(await h.store.getManifest(s1.snapshotId)).toBeUndefined();
@@ -110,10 +111,14 @@ test('the parent deleted after its pins: the snapshot completes as an incrementa
   // The create reads the parent's manifest, pins its blocks, reads it again: the delete lands just after that.
   const snaps = h.snaps;
   const caller = h.caller;
-  let deleted: { deleted: boolean; result: { deleted: number; keptPinned: number } } | undefined;
+  let deleted: Awaited<ReturnType<typeof h.gc.deleteSnapshot>> | undefined;
   const gc = h.gc;
   const realDelete = gc.deleteSnapshot.bind(gc);
-  gc.deleteSnapshot = async (id) => (deleted = await realDelete(id));
+  gc.deleteSnapshot = async (id) => {
+    deleted = await realDelete(id);
+    await deleted.collected;
+    return deleted;
+  };
   hs.arm(s1.snapshotId, 2, () => snaps.deleteSnapshot(s1.snapshotId, caller));
   const s2 = await h.snapshot(vol);
   expect(hs.fired()).toBe(true);
@@ -121,9 +126,9 @@ test('the parent deleted after its pins: the snapshot completes as an incrementa
   expect(s2.parentSnapshotId).toBe(s1.snapshotId);
   expect(s2.changedBlocks).toBe(1);
   // None of the parent's data blocks was freed while the create held them (its header area, which the
-  // child hashes and stores itself, is not held).
+  // child hashes and stores itself, is not held). The collection runs after the delete answers: the hook waits for it.
   expect(deleted).toMatchObject({ deleted: true });
-  expect(deleted!.result.keptPinned).toBe(s1.blocks.length);
+  expect((await deleted!.collected)!.keptPinned).toBe(s1.blocks.length);
   for (const [, hash] of s1.blocks) expect(await h.store.hasBlock(hash)).toBe(true);
   for (const [, hash] of s2.blocks) expect(await h.store.hasBlock(hash)).toBe(true);
   const r = await h.restoreVolume({ SnapshotId: s2.snapshotId });

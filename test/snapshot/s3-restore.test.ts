@@ -131,6 +131,12 @@ describe('a snapshot in S3 restores on another daemon', () => {
   it('A deletes the snapshot: its manifest leaves the store at once, its blocks stay for the grace period (B may be writing)', async () => {
     await a.api('ebsd.DeleteSnapshot', { SnapshotId: snap.SnapshotId });
     expect(existsSync(server.objectFile(`fleet/manifests/${snap.SnapshotId}.json`))).toBe(false);
+    // Its blocks are collected after the answer, in the background: once the log says the collection ended, it freed
+    // none of them (all younger than the grace period).
+    const freed = new RegExp(`"snapshotIds":\\[[^\\]]*"${snap.SnapshotId}"[^\\n]*unshared blocks freed`);
+    const line = (await a.untilLog(freed)).split('\n').find((l) => freed.test(l));
+    expect(line, 'the collection of its blocks ended').toBeDefined();
+    expect(JSON.parse(line!)).toMatchObject({ examined: 7, deleted: 0, keptYoung: 7 });
     expect((await b.api('ebsd.DescribeSnapshots')).Snapshots
 .map((x: any) => x.SnapshotId)).not.toContain(snap.SnapshotId);
     const blocks = readdirSync(join(server.dir, server.bucket, 'fleet', 'blocks')).filter((n) => n.endsWith('._S3rver_object'));
@@ -143,7 +149,14 @@ describe('a snapshot in S3 restores on another daemon', () => {
     const putSent = Date.now();
     await a.api('ebs.PutSnapshotBlock', { SnapshotId: started.SnapshotId, BlockIndex: 3, BlockData: block.toString('base64'), DataLength: block.length,
       Checksum: createHash('sha256').update(block).digest('base64'), ChecksumAlgorithm: 'SHA256' });
-    expect(await a.api('ebs.CompleteSnapshot', { SnapshotId: started.SnapshotId, ChangedBlocksCount: 1 })).toEqual({ Status: 'completed' });
+    // Sent twice at once, as a client retrying one it thinks lost: the second comes while the first waits (or after
+    // it), and shares its answer; the audit tells the completion from the repeat.
+    const both = await Promise.all([0, 1].map(() => a.api('ebs.CompleteSnapshot', { SnapshotId: started.SnapshotId, ChangedBlocksCount: 1 })));
+    expect(both).toEqual([{ Status: 'completed' }, { Status: 'completed' }]);
+    const completions = a.auditText().trim().split('\n').map((l) => JSON.parse(l))
+      .filter((e) => e.eventName === 'CompleteSnapshot' && e.requestParameters?.snapshotId === started.SnapshotId);
+    // Both end at the same moment: the two events may be written in either order.
+    expect(completions.map((e) => JSON.stringify([e.errorCode ?? null, e.additionalEventData ?? null])).sort()).toEqual(['[null,null]', '[null,{"repeat":true}]']);
     const [d] = (await a.api('ebsd.DescribeSnapshots', { SnapshotIds: [started.SnapshotId] })).Snapshots;
     expect(d).toMatchObject({ State: 'completed', Progress: '100%' });
     expect(Date.parse(d.CompletionTime) - putSent).toBeGreaterThanOrEqual(RECHECK_MS - TIMER_SLACK_MS);

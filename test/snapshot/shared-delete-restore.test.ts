@@ -35,7 +35,7 @@ test('the snapshot deleted on another host mid-restore: the volume ends error na
     getBlock: async (hash: string, maxBytes?: number) => {
       if (dataBlocks.has(hash) && ++reads === 2 && !deleted) {
         deleted = true;
-        await new SnapshotGc(hh.store, { graceMs: 0 }).deleteSnapshot(s1.snapshotId);
+        await (await new SnapshotGc(hh.store, { graceMs: 0 }).deleteSnapshot(s1.snapshotId)).collected;
       }
       return hh.store.getBlock(hash, maxBytes);
     },

@@ -115,10 +115,14 @@ describe('incremental snapshots of an attached encrypted volume', () => {
     // (s4 is gone only in the case the restore finished before the delete arrived.)
     const live = (ids: string[]): string[] => ids.filter((id) => existsSync(join(env.state, 'snapshots', 'manifests', `${id}.json`)));
     const referenced = (ids: string[]): Set<string> => new Set(live(ids).flatMap((id) => [manifest(id).header, ...manifest(id).blocks.map((b) => b[1])]));
+    // A delete answers once the manifest is gone; its blocks are collected right after, in the background (the log says when).
+    const collected = (id: string): Promise<string> => env.untilLog(new RegExp(`"snapshotIds":\\[[^\\]]*"${id}"[^\\n]*unshared blocks freed`));
     await call('DeleteSnapshot', { SnapshotId: s1 });
+    await collected(s1);
     expect(await storedBlocks()).toEqual(referenced([s2, s3, s4]));
     if (del !== undefined) expect((await storedBlocks()).size).toBe(n1 + 3 - 2);
     await call('DeleteSnapshot', { SnapshotId: s2 });
+    await collected(s2);
     expect(await storedBlocks()).toEqual(referenced([s3, s4]));
     if (del !== undefined) expect((await storedBlocks()).size).toBe(n1);
   }, 180_000);

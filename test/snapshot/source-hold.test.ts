@@ -33,6 +33,7 @@ describe('source snapshot held against DeleteSnapshot', () => {
 
   afterAll(async () => {
     try {
+      await gc?.idle(); // the deletes' collections, run after they answered, before the store goes
       await snaps?.close();
     } finally {
       await h?.close();
@@ -72,8 +73,10 @@ describe('source snapshot held against DeleteSnapshot', () => {
     expect(copy.blocks).toEqual(src.blocks);
     expect(await race.outcome()).toMatchObject({ code: 'SNAPSHOT_IN_USE', awsName: 'InvalidSnapshot.InUse' });
     expect(await h.store.getManifest(src.snapshotId)).toBeDefined();
-    // Released with the copy's end: the delete now goes through, and the copy still reads whole.
+    // Released with the copy's end: the delete now goes through, and the copy still reads whole once the source's
+    // blocks were collected (after the delete answered, in the background).
     await snaps.deleteSnapshot(src.snapshotId, h.root);
+    await gc.idle();
     expect(await missingBlocks(h.store, copy)).toEqual([]);
   });
 
@@ -91,7 +94,8 @@ describe('source snapshot held against DeleteSnapshot', () => {
             await target.putManifest(m);
             if (m.snapshotId !== src.snapshotId && m.state === 'pending' && !firstPending) {
               firstPending = structuredClone(m);
-              otherDelete = otherHost.deleteSnapshot(src.snapshotId);
+              // Its blocks collected at this moment too (the collector does it after the delete resolves).
+              otherDelete = otherHost.deleteSnapshot(src.snapshotId).then(async (r) => ({ deleted: r.deleted, result: await r.collected }));
               await otherDelete;
             }
           };
@@ -248,6 +252,7 @@ describe('source snapshot held against DeleteSnapshot', () => {
         await expect(asked).rejects.toMatchObject({ code: 'SNAPSHOT_NOT_FOUND', awsName: 'InvalidSnapshot.NotFound' });
         await c2.settled();
         await h.mgr.settled();
+        await gc2.idle();
         expect((await h.store.listManifests()).map((m) => m.snapshotId).filter((id) => !before.has(id))).toEqual([]);
         expect(h.mgr.describeVolumes().Volumes.map((v) => v.VolumeId).filter((id) => !volumesBefore.has(id))).toEqual([]);
       } finally {
