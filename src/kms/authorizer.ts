@@ -25,6 +25,13 @@ export interface AuthorizationRequest {
   grantTokens?: readonly string[];
   /** The alias the caller named the key by, if any (kms:RequestAlias), e.g. `alias/app`. */
   requestAlias?: string;
+  /**
+   * ReEncrypt: whether the destination key is the source key, the one the ciphertext was
+   * encrypted under (kms:ReEncryptOnSameKey). Set by the handler from the keys it resolved:
+   * SourceKeyId is optional for a symmetric ciphertext, and an alias, a key id and an ARN may
+   * name one key, so the request's strings say nothing reliable about it.
+   */
+  reEncryptOnSameKey?: boolean;
   /** The whole request (read-only), for condition keys such as kms:GrantOperations, kms:SigningAlgorithm, kms:KeySpec. */
   request: Readonly<KmsRequest>;
   /** Time of the call (epoch ms), from the core's clock. */

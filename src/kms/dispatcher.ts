@@ -50,6 +50,11 @@ export interface AuthorizeArgs {
   encryptionContext?: Record<string, string>;
   grantTokens?: string[];
   requestAlias?: string;
+  /**
+   * ReEncrypt: whether the destination key is the key the ciphertext was encrypted under, as
+   * resolved (kms:ReEncryptOnSameKey), never as the request spells them.
+   */
+  reEncryptOnSameKey?: boolean;
   /** Key-state check to apply after authorization (default: the operation name; false: none). */
   stateCheck?: string | false;
 }
@@ -259,6 +264,7 @@ export class Dispatcher {
         if (a.encryptionContext) req.encryptionContext = a.encryptionContext;
         if (a.grantTokens) req.grantTokens = a.grantTokens;
         if (a.requestAlias) req.requestAlias = a.requestAlias;
+        if (a.reEncryptOnSameKey !== undefined) req.reEncryptOnSameKey = a.reEncryptOnSameKey;
         if (key && !call.resources.includes(key.arn)) call.resources.push(key.arn);
         let d = ctx.authorizer.authorize(req);
         if (d instanceof Promise) d = await d;

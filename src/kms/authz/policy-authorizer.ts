@@ -131,9 +131,9 @@ export class PolicyAuthorizer implements Authorizer {
     if (req.operation === 'CreateKey' || req.operation === 'PutKeyPolicy') {
       out.bypassPolicyLockoutSafetyCheck = r.BypassPolicyLockoutSafetyCheck === true;
     }
-    if (req.operation === 'ReEncrypt' && typeof r.DestinationKeyId === 'string' && typeof r.SourceKeyId === 'string') {
-      out.reEncryptOnSameKey = r.DestinationKeyId === r.SourceKeyId;
-    }
+    // From the resolved keys (AuthorizationRequest.reEncryptOnSameKey), never the request's strings: a request
+    // without SourceKeyId would leave the key out, and a Deny on it being false would not fire.
+    if (req.operation === 'ReEncrypt' && req.reEncryptOnSameKey !== undefined) out.reEncryptOnSameKey = req.reEncryptOnSameKey;
     if (req.operation === 'CreateKey' || req.operation === 'TagResource') {
       // aws:RequestTag/<k> and aws:TagKeys (KMS Developer Guide, "Controlling access with tags").
       const tags = Array.isArray(r.Tags) ? r.Tags.filter((x): x is { TagKey: string; TagValue?: unknown } =>

@@ -171,8 +171,10 @@ export function registerCryptoOperations(d: Dispatcher): void {
     const src = ignoreCiphertext ? await namedKey(ctx, optStr(r, 'SourceKeyId'), 'SourceKeyId') : await sourceKey(ctx, blob!, optStr(r, 'SourceKeyId'), salg);
     const dst = await ctx.resolveKey(reqStr(r, 'DestinationKeyId'));
     const gt = grantTokens(call);
-    await call.authorize({ action: 'kms:ReEncryptFrom', key: src.key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(sctx ? { encryptionContext: sctx } : {}), grantTokens: gt });
-    await call.authorize({ action: 'kms:ReEncryptTo', key: dst.key, ...(dst.requestAlias ? { requestAlias: dst.requestAlias } : {}), ...(dctx ? { encryptionContext: dctx } : {}), grantTokens: gt });
+    // kms:ReEncryptOnSameKey: the keys as resolved (the source from the ciphertext when SourceKeyId is left out).
+    const same = src.key.keyId === dst.key.keyId;
+    await call.authorize({ action: 'kms:ReEncryptFrom', key: src.key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(sctx ? { encryptionContext: sctx } : {}), grantTokens: gt, reEncryptOnSameKey: same });
+    await call.authorize({ action: 'kms:ReEncryptTo', key: dst.key, ...(dst.requestAlias ? { requestAlias: dst.requestAlias } : {}), ...(dctx ? { encryptionContext: dctx } : {}), grantTokens: gt, reEncryptOnSameKey: same });
     checkEncAlg(src.key, salg);
     checkEncAlg(dst.key, dalg);
     noContextWithAsymmetric(src.key, sctx, 'SourceEncryptionContext');
