@@ -55,6 +55,27 @@ function _keyInfo(k: KeyView): KeyInfo {
   };
 }
 
+const DATA_KEY_OPERATIONS: ReadonlySet<string> = new Set(['GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext']);
+
+/**
+ * kms:EncryptionAlgorithm of a request, its member's default when the member is left out (KMS
+ * Developer Guide, "AWS KMS condition keys": a condition on a request member works with its
+ * default value too; docs/architecture.md §5.4): Encrypt and Decrypt's EncryptionAlgorithm,
+ * ReEncrypt's SourceEncryptionAlgorithm for kms:ReEncryptFrom and DestinationEncryptionAlgorithm
+ * for kms:ReEncryptTo, SYMMETRIC_DEFAULT for the data-key operations (the data key is encrypted
+ * under the symmetric key). Absent, a Deny on SYMMETRIC_DEFAULT was passed by leaving the member out.
+ */
+function _encryptionAlgorithm(operation: string, action: string, r: Readonly<Record<string, unknown>>): string | undefined {
+  const DEFAULT = 'SYMMETRIC_DEFAULT';
+  if (operation === 'Encrypt' || operation === 'Decrypt') return _str(r.EncryptionAlgorithm) ?? DEFAULT;
+  if (operation === 'ReEncrypt') {
+    const member = action === 'kms:ReEncryptTo' ? r.DestinationEncryptionAlgorithm : r.SourceEncryptionAlgorithm;
+    return _str(member) ?? DEFAULT;
+  }
+  if (DATA_KEY_OPERATIONS.has(operation)) return DEFAULT;
+  return _str(r.EncryptionAlgorithm);
+}
+
 /** The account id of an account root ARN (`arn:aws:iam::111122223333:root`), a grant's IssuingAccount. */
 const _accountOf = (rootArn: string): string | undefined => /^arn:[\w-]+:iam::(\d{12}):root$/.exec(rootArn)?.[1];
 
@@ -117,11 +138,12 @@ export class PolicyAuthorizer implements Authorizer {
     if (req.encryptionContext) out.encryptionContext = req.encryptionContext;
     if (req.grantTokens) out.grantTokens = req.grantTokens;
     if (req.requestAlias) out.requestAlias = req.requestAlias;
-    const ea = _str(r.EncryptionAlgorithm); if (ea) out.encryptionAlgorithm = ea;
+    const ea = _encryptionAlgorithm(req.operation, req.action, r); if (ea) out.encryptionAlgorithm = ea;
     const sa = _str(r.SigningAlgorithm); if (sa) out.signingAlgorithm = sa;
     const ma = _str(r.MacAlgorithm); if (ma) out.macAlgorithm = ma;
     const kp = _str(r.KeyPairSpec); if (kp) out.dataKeyPairSpec = kp;
-    const mt = _str(r.MessageType); if (mt) out.messageType = mt;
+    // MessageType defaults to RAW (KMS API reference, Sign and Verify).
+    const mt = _str(r.MessageType) ?? (req.operation === 'Sign' || req.operation === 'Verify' ? 'RAW' : undefined); if (mt) out.messageType = mt;
     if (req.operation === 'CreateKey') {
       const ks = _str(r.KeySpec) ?? _str(r.CustomerMasterKeySpec) ?? 'SYMMETRIC_DEFAULT';
       out.keySpec = ks;

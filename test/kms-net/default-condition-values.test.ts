@@ -1,0 +1,76 @@
+/**
+ * Condition keys for a request member with a default carry the default when the member is left
+ * out (KMS Developer Guide, "AWS KMS condition keys": "This type of condition works even when the
+ * parameter doesn't appear in the request, such as when you use the parameter's default value";
+ * docs/architecture.md §5.4): kms:EncryptionAlgorithm is SYMMETRIC_DEFAULT for an Encrypt,
+ * Decrypt or ReEncrypt without the member and for every data-key operation, and kms:MessageType
+ * is RAW for a Sign or Verify without it. Else a Deny on the default is passed by leaving the
+ * member out, and an Allow of the default refuses the SDK's own calls. Real daemon
+ * (`--kms-only --kms-listen 127.0.0.1:0`), real @aws-sdk/client-kms.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CreateKeyCommand, DecryptCommand, EncryptCommand, GenerateDataKeyCommand, GenerateDataKeyPairCommand, KMSClient, ReEncryptCommand, SignCommand, VerifyCommand,
+} from '@aws-sdk/client-kms';
+import { REGION, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { Env, ensureBuilt } from '../e2e/helpers.js';
+
+describe('kms:EncryptionAlgorithm and kms:MessageType carry their defaults when the member is left out', () => {
+  const env = new Env('conddefault');
+  let admin: KMSClient;
+  let user: KMSClient;
+  let sym = '';
+  let other = '';
+  let signing = '';
+  const clients: KMSClient[] = [];
+
+  beforeAll(async () => {
+    ensureBuilt();
+    const { url } = await startKmsDaemon(env);
+    const client = (k: { AccessKeyId: string; SecretAccessKey: string }): KMSClient => {
+      const c = new KMSClient({ endpoint: url, region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
+      clients.push(c);
+      return c;
+    };
+    const policy = (...Statement: Record<string, unknown>[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
+    admin = client((await makeAccessKey(env, 'admin', policy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }))).key);
+    // The user may do anything with keys, but never symmetric encryption, and may sign only RAW messages.
+    user = client((await makeAccessKey(env, 'user', policy(
+      { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
+      { Sid: 'NoSymmetric', Effect: 'Deny', Action: ['kms:Encrypt', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:GenerateDataKey*'], Resource: '*', Condition: { StringEquals: { 'kms:EncryptionAlgorithm': 'SYMMETRIC_DEFAULT' } } },
+      { Sid: 'RawOnly', Effect: 'Deny', Action: ['kms:Sign', 'kms:Verify'], Resource: '*', Condition: { StringNotEquals: { 'kms:MessageType': 'RAW' } } },
+    ))).key);
+    sym = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    other = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    signing = (await admin.send(new CreateKeyCommand({ KeySpec: 'ECC_NIST_P256', KeyUsage: 'SIGN_VERIFY' }))).KeyMetadata!.Arn!;
+  });
+  afterAll(async () => {
+    for (const c of clients) c.destroy();
+    await env.cleanup();
+  });
+
+  const outcome = (p: Promise<unknown>): Promise<string> => p.then(() => 'ok', (e: Error) => e.name);
+
+  it('a Deny on SYMMETRIC_DEFAULT refuses Encrypt, Decrypt, ReEncrypt and the data-key operations without EncryptionAlgorithm', async () => {
+    const blob = (await admin.send(new EncryptCommand({ KeyId: sym, Plaintext: Buffer.from('x') }))).CiphertextBlob!;
+    expect(await outcome(user.send(new EncryptCommand({ KeyId: sym, Plaintext: Buffer.from('x') })))).toBe('AccessDeniedException');
+    expect(await outcome(user.send(new DecryptCommand({ CiphertextBlob: blob })))).toBe('AccessDeniedException');
+    expect(await outcome(user.send(new ReEncryptCommand({ CiphertextBlob: blob, DestinationKeyId: other })))).toBe('AccessDeniedException');
+    expect(await outcome(user.send(new GenerateDataKeyCommand({ KeyId: sym, KeySpec: 'AES_256' })))).toBe('AccessDeniedException');
+    expect(await outcome(user.send(new GenerateDataKeyPairCommand({ KeyId: sym, KeyPairSpec: 'ECC_NIST_P256' })))).toBe('AccessDeniedException');
+    // Named, as before.
+    expect(await outcome(user.send(new EncryptCommand({ KeyId: sym, Plaintext: Buffer.from('x'), EncryptionAlgorithm: 'SYMMETRIC_DEFAULT' })))).toBe('AccessDeniedException');
+    // The admin, without the Deny, is served.
+    expect(await outcome(admin.send(new DecryptCommand({ CiphertextBlob: blob })))).toBe('ok');
+  });
+
+  it('a Deny on MessageType other than RAW lets a Sign and Verify without MessageType through (RAW is the default), and refuses DIGEST', async () => {
+    const msg = Buffer.from('message');
+    const sig = await user.send(new SignCommand({ KeyId: signing, Message: msg, SigningAlgorithm: 'ECDSA_SHA_256' }));
+    expect(sig.Signature?.length).toBeGreaterThan(0);
+    const v = await user.send(new VerifyCommand({ KeyId: signing, Message: msg, Signature: sig.Signature!, SigningAlgorithm: 'ECDSA_SHA_256' }));
+    expect(v.SignatureValid).toBe(true);
+    const digest = Buffer.alloc(32, 7);
+    expect(await outcome(user.send(new SignCommand({ KeyId: signing, Message: digest, MessageType: 'DIGEST', SigningAlgorithm: 'ECDSA_SHA_256' })))).toBe('AccessDeniedException');
+  });
+});
