@@ -10,12 +10,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  CreateKeyCommand, DecryptCommand, EncryptCommand, GenerateDataKeyCommand, GenerateDataKeyPairCommand, KMSClient, ReEncryptCommand, SignCommand, VerifyCommand,
+  CreateKeyCommand, DecryptCommand, DescribeKeyCommand, EnableKeyRotationCommand, EncryptCommand, GenerateDataKeyCommand, GenerateDataKeyPairCommand, GetKeyRotationStatusCommand,
+  KMSClient, ReEncryptCommand, ScheduleKeyDeletionCommand, SignCommand, VerifyCommand,
 } from '@aws-sdk/client-kms';
 import { REGION, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
-describe('kms:EncryptionAlgorithm and kms:MessageType carry their defaults when the member is left out', () => {
+describe('kms:EncryptionAlgorithm, kms:MessageType, kms:ScheduleKeyDeletionPendingWindowInDays and kms:RotationPeriodInDays', () => {
   const env = new Env('conddefault');
   let admin: KMSClient;
   let user: KMSClient;
@@ -39,6 +40,9 @@ describe('kms:EncryptionAlgorithm and kms:MessageType carry their defaults when 
       { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
       { Sid: 'NoSymmetric', Effect: 'Deny', Action: ['kms:Encrypt', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:GenerateDataKey*'], Resource: '*', Condition: { StringEquals: { 'kms:EncryptionAlgorithm': 'SYMMETRIC_DEFAULT' } } },
       { Sid: 'RawOnly', Effect: 'Deny', Action: ['kms:Sign', 'kms:Verify'], Resource: '*', Condition: { StringNotEquals: { 'kms:MessageType': 'RAW' } } },
+      // The guardrails AWS documents for these two keys: no short deletion window, no rotation more often than half-yearly.
+      { Sid: 'LongWindow', Effect: 'Deny', Action: 'kms:ScheduleKeyDeletion', Resource: '*', Condition: { NumericLessThan: { 'kms:ScheduleKeyDeletionPendingWindowInDays': '30' } } },
+      { Sid: 'SlowRotation', Effect: 'Deny', Action: 'kms:EnableKeyRotation', Resource: '*', Condition: { NumericLessThan: { 'kms:RotationPeriodInDays': '180' } } },
     ))).key);
     sym = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
     other = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
@@ -72,5 +76,22 @@ describe('kms:EncryptionAlgorithm and kms:MessageType carry their defaults when 
     expect(v.SignatureValid).toBe(true);
     const digest = Buffer.alloc(32, 7);
     expect(await outcome(user.send(new SignCommand({ KeyId: signing, Message: digest, MessageType: 'DIGEST', SigningAlgorithm: 'ECDSA_SHA_256' })))).toBe('AccessDeniedException');
+  });
+
+  it('kms:ScheduleKeyDeletionPendingWindowInDays is the request\'s PendingWindowInDays, 30 when left out: a Deny under 30 refuses 7 days', async () => {
+    const k = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    expect(await outcome(user.send(new ScheduleKeyDeletionCommand({ KeyId: k, PendingWindowInDays: 7 })))).toBe('AccessDeniedException');
+    expect((await admin.send(new DescribeKeyCommand({ KeyId: k }))).KeyMetadata!.KeyState).toBe('Enabled');
+    const r = await user.send(new ScheduleKeyDeletionCommand({ KeyId: k }));
+    expect(r.PendingWindowInDays).toBe(30);
+  });
+
+  it('kms:RotationPeriodInDays is the request\'s RotationPeriodInDays, 365 when left out: a Deny under 180 refuses 90 days', async () => {
+    const k = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    expect(await outcome(user.send(new EnableKeyRotationCommand({ KeyId: k, RotationPeriodInDays: 90 })))).toBe('AccessDeniedException');
+    expect((await admin.send(new GetKeyRotationStatusCommand({ KeyId: k }))).KeyRotationEnabled).toBe(false);
+    await user.send(new EnableKeyRotationCommand({ KeyId: k }));
+    const st = await admin.send(new GetKeyRotationStatusCommand({ KeyId: k }));
+    expect([st.KeyRotationEnabled, st.RotationPeriodInDays]).toEqual([true, 365]);
   });
 });

@@ -8,6 +8,7 @@ import { managedKeyRefusal } from './managed-keys.js';
 import type { PolicyCache } from './policy-document.js';
 import type { AuthzRequest, KeyInfo, NewGrantInfo } from './request-context.js';
 import { dataMap } from '../data-map.js';
+import { DEFAULT_ROTATION_DAYS } from '../ops/keys.js';
 
 /**
  * The core's `Authorizer`, backed by key policies, identity policies and
@@ -80,6 +81,7 @@ function _encryptionAlgorithm(operation: string, action: string, r: Readonly<Rec
 const _accountOf = (rootArn: string): string | undefined => /^arn:[\w-]+:iam::(\d{12}):root$/.exec(rootArn)?.[1];
 
 const _str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+const _int = (v: unknown): number | undefined => (typeof v === 'number' && Number.isInteger(v) ? v : undefined);
 
 function _newGrant(r: Readonly<Record<string, unknown>>): NewGrantInfo | undefined {
   if (typeof r.GranteePrincipal !== 'string' || !Array.isArray(r.Operations)) return undefined;
@@ -150,6 +152,10 @@ export class PolicyAuthorizer implements Authorizer {
       out.keyUsage = _str(r.KeyUsage) ?? 'ENCRYPT_DECRYPT';
       out.keyOrigin = _str(r.Origin) ?? 'AWS_KMS';
     }
+    // Request members with a default carry it when left out (KMS API reference, ScheduleKeyDeletion, EnableKeyRotation):
+    // absent, a Deny on NumericLessThan kms:ScheduleKeyDeletionPendingWindowInDays would never fire.
+    if (req.operation === 'ScheduleKeyDeletion') out.pendingWindowInDays = _int(r.PendingWindowInDays) ?? 30;
+    if (req.operation === 'EnableKeyRotation') out.rotationPeriodInDays = _int(r.RotationPeriodInDays) ?? DEFAULT_ROTATION_DAYS;
     if (req.operation === 'CreateKey' || req.operation === 'PutKeyPolicy') {
       out.bypassPolicyLockoutSafetyCheck = r.BypassPolicyLockoutSafetyCheck === true;
     }

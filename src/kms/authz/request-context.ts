@@ -68,6 +68,10 @@ export interface AuthzRequest {
   grant?: NewGrantInfo;
   bypassPolicyLockoutSafetyCheck?: boolean;
   reEncryptOnSameKey?: boolean;
+  /** ScheduleKeyDeletion's PendingWindowInDays, 30 when left out (kms:ScheduleKeyDeletionPendingWindowInDays). */
+  pendingWindowInDays?: number;
+  /** EnableKeyRotation's RotationPeriodInDays, 365 when left out (kms:RotationPeriodInDays). */
+  rotationPeriodInDays?: number;
   /**
    * Tags the request would set (CreateKey, TagResource): aws:RequestTag/<k>, keyed by TagKey
    * as written. Keys differing only in case are one condition key with several values.
@@ -214,6 +218,10 @@ export class RequestContext implements ConditionContext {
         return r.bypassPolicyLockoutSafetyCheck === undefined ? undefined : String(r.bypassPolicyLockoutSafetyCheck);
       case 'kms:reencryptonsamekey':
         return r.reEncryptOnSameKey === undefined ? undefined : String(r.reEncryptOnSameKey);
+      case 'kms:schedulekeydeletionpendingwindowindays':
+        return r.pendingWindowInDays === undefined ? undefined : String(r.pendingWindowInDays);
+      case 'kms:rotationperiodindays':
+        return r.rotationPeriodInDays === undefined ? undefined : String(r.rotationPeriodInDays);
       case 'aws:tagkeys':
         return r.tagKeys;
     }
