@@ -143,7 +143,11 @@ export function registerAuthzOperations(
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     const facts = _facts(key);
     const prepared = grants.prepare(facts, r as unknown as CreateGrantInput);
-    await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}) });
+    // kms:EncryptionContext:<key> and kms:EncryptionContextKeys of a CreateGrant are the new grant's constraint
+    // (docs/architecture.md §5.4): without it, a Deny on a tenant's context never reached a grant constrained to it.
+    const c = prepared.constraints;
+    const ec = c?.EncryptionContextEquals ?? c?.EncryptionContextSubset;
+    await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}), ...(ec ? { encryptionContext: ec } : {}) });
     grants.checkCreate(facts, prepared);
     call.stopIfDryRun();
     const out = await grants.create(facts, prepared, call.now);
