@@ -2,7 +2,7 @@ import type { CallContext, KeyPolicyValidator, NewKeyPolicyCheck, OperationConte
 import { InvalidGrantIdException, InvalidMarkerException, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
 import type { KeyRecord } from '../key-record.js';
 import type { KmsResponse } from '../types.js';
-import { checkGrantTokens, grantListEntry, serviceGrantsUnsupported, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
+import { checkGrantTokens, grantListEntry, serviceGrantsUnsupported, type CreateGrantInput, type Grant, type KeyFacts, type PreparedGrant } from './grants.js';
 import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
 import { parsePolicy } from './policy-document.js';
 import { bindPrincipals, shownPolicy } from './principal-bindings.js';
@@ -142,12 +142,18 @@ export function registerAuthzOperations(
     const tokens = checkGrantTokens(r.GrantTokens);
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     const facts = _facts(key);
-    const prepared = grants.prepare(facts, r as unknown as CreateGrantInput);
+    // Validated (its principals looked up among the account's users and roles) before authorization, but its
+    // refusal answered after: a caller the policies refuse gets AccessDeniedException whatever the grantee,
+    // never a ValidationException telling it whether a user or role of that name exists.
+    let prepared: PreparedGrant | undefined;
+    let invalid: unknown;
+    try { prepared = grants.prepare(facts, r as unknown as CreateGrantInput); } catch (e) { invalid = e; }
     // kms:EncryptionContext:<key> and kms:EncryptionContextKeys of a CreateGrant are the new grant's constraint
     // (docs/architecture.md §5.4): without it, a Deny on a tenant's context never reached a grant constrained to it.
-    const c = prepared.constraints;
+    const c = prepared?.constraints;
     const ec = c?.EncryptionContextEquals ?? c?.EncryptionContextSubset;
     await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}), ...(ec ? { encryptionContext: ec } : {}) });
+    if (prepared === undefined) throw invalid;
     grants.checkCreate(facts, prepared);
     call.stopIfDryRun();
     const out = await grants.create(facts, prepared, call.now);
