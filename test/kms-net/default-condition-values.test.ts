@@ -13,7 +13,7 @@ import {
   CreateKeyCommand, DecryptCommand, DescribeKeyCommand, EnableKeyRotationCommand, EncryptCommand, GenerateDataKeyCommand, GenerateDataKeyPairCommand, GetKeyRotationStatusCommand,
   KMSClient, ReEncryptCommand, ScheduleKeyDeletionCommand, SignCommand, VerifyCommand,
 } from '@aws-sdk/client-kms';
-import { REGION, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { REGION, kmsUrl, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 describe('kms:EncryptionAlgorithm, kms:MessageType, kms:ScheduleKeyDeletionPendingWindowInDays and kms:RotationPeriodInDays', () => {
@@ -54,6 +54,11 @@ describe('kms:EncryptionAlgorithm, kms:MessageType, kms:ScheduleKeyDeletionPendi
   });
 
   const outcome = (p: Promise<unknown>): Promise<string> => p.then(() => 'ok', (e: Error) => e.name);
+  const kmsEndpoint = async (): Promise<string> => (await kmsUrl(env));
+  const singleRegionUser = async (policy: string): Promise<{ accessKeyId: string; secretAccessKey: string }> => {
+    const k = (await makeAccessKey(env, 'single', policy)).key;
+    return { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey };
+  };
 
   it('a Deny on SYMMETRIC_DEFAULT refuses Encrypt, Decrypt, ReEncrypt and the data-key operations without EncryptionAlgorithm', async () => {
     const blob = (await admin.send(new EncryptCommand({ KeyId: sym, Plaintext: Buffer.from('x') }))).CiphertextBlob!;
@@ -93,5 +98,15 @@ describe('kms:EncryptionAlgorithm, kms:MessageType, kms:ScheduleKeyDeletionPendi
     await user.send(new EnableKeyRotationCommand({ KeyId: k }));
     const st = await admin.send(new GetKeyRotationStatusCommand({ KeyId: k }));
     expect([st.KeyRotationEnabled, st.RotationPeriodInDays]).toEqual([true, 365]);
+  });
+
+  it('kms:MultiRegion is false for CreateKey and every key: AWS\'s "single-Region keys only" Allow lets the user create and use keys', async () => {
+    const p = (...Statement: Record<string, unknown>[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
+    const single = new KMSClient({ endpoint: await kmsEndpoint(), region: REGION, credentials: await singleRegionUser(p(
+      { Effect: 'Allow', Action: ['kms:CreateKey', 'kms:DescribeKey'], Resource: '*', Condition: { Bool: { 'kms:MultiRegion': 'false' } } },
+    )) });
+    clients.push(single);
+    const k = (await single.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    expect((await single.send(new DescribeKeyCommand({ KeyId: k }))).KeyMetadata!.MultiRegion).toBe(false);
   });
 });
