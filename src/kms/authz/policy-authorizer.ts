@@ -59,12 +59,12 @@ function _keyInfo(k: KeyView): KeyInfo {
 const DATA_KEY_OPERATIONS: ReadonlySet<string> = new Set(['GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext']);
 
 /**
- * kms:EncryptionAlgorithm of a request, its member's default when the member is left out (KMS
- * Developer Guide, "AWS KMS condition keys": a condition on a request member works with its
- * default value too; docs/architecture.md §5.4): Encrypt and Decrypt's EncryptionAlgorithm,
- * ReEncrypt's SourceEncryptionAlgorithm for kms:ReEncryptFrom and DestinationEncryptionAlgorithm
- * for kms:ReEncryptTo, SYMMETRIC_DEFAULT for the data-key operations (the data key is encrypted
- * under the symmetric key). Absent, a Deny on SYMMETRIC_DEFAULT was passed by leaving the member out.
+ * kms:EncryptionAlgorithm of a request, its member's default when the member is left out (a
+ * condition on a request member works with its default value too, docs/architecture.md §5.4):
+ * Encrypt and Decrypt's EncryptionAlgorithm, ReEncrypt's SourceEncryptionAlgorithm for
+ * kms:ReEncryptFrom and DestinationEncryptionAlgorithm for kms:ReEncryptTo, SYMMETRIC_DEFAULT for
+ * the data-key operations (the data key is encrypted under the symmetric key). Absent, a Deny on
+ * SYMMETRIC_DEFAULT was passed by leaving the member out.
  */
 function _encryptionAlgorithm(operation: string, action: string, r: Readonly<Record<string, unknown>>): string | undefined {
   const DEFAULT = 'SYMMETRIC_DEFAULT';
@@ -144,7 +144,7 @@ export class PolicyAuthorizer implements Authorizer {
     const sa = _str(r.SigningAlgorithm); if (sa) out.signingAlgorithm = sa;
     const ma = _str(r.MacAlgorithm); if (ma) out.macAlgorithm = ma;
     const kp = _str(r.KeyPairSpec); if (kp) out.dataKeyPairSpec = kp;
-    // MessageType defaults to RAW (KMS API reference, Sign and Verify).
+    // MessageType defaults to RAW in Sign and Verify (docs/architecture.md §5.4).
     const mt = _str(r.MessageType) ?? (req.operation === 'Sign' || req.operation === 'Verify' ? 'RAW' : undefined); if (mt) out.messageType = mt;
     if (req.operation === 'CreateKey') {
       const ks = _str(r.KeySpec) ?? _str(r.CustomerMasterKeySpec) ?? 'SYMMETRIC_DEFAULT';
@@ -152,8 +152,8 @@ export class PolicyAuthorizer implements Authorizer {
       out.keyUsage = _str(r.KeyUsage) ?? 'ENCRYPT_DECRYPT';
       out.keyOrigin = _str(r.Origin) ?? 'AWS_KMS';
     }
-    // Request members with a default carry it when left out (KMS API reference, ScheduleKeyDeletion, EnableKeyRotation):
-    // absent, a Deny on NumericLessThan kms:ScheduleKeyDeletionPendingWindowInDays would never fire.
+    // Request members with a default carry it when left out (docs/architecture.md §5.4): absent, a Deny on
+    // NumericLessThan kms:ScheduleKeyDeletionPendingWindowInDays would never fire.
     if (req.operation === 'ScheduleKeyDeletion') out.pendingWindowInDays = _int(r.PendingWindowInDays) ?? 30;
     if (req.operation === 'EnableKeyRotation') out.rotationPeriodInDays = _int(r.RotationPeriodInDays) ?? DEFAULT_ROTATION_DAYS;
     if (req.operation === 'CreateKey' || req.operation === 'PutKeyPolicy') {

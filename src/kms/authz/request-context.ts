@@ -219,8 +219,8 @@ export class RequestContext implements ConditionContext {
       case 'kms:reencryptonsamekey':
         return r.reEncryptOnSameKey === undefined ? undefined : String(r.reEncryptOnSameKey);
       case 'kms:multiregion':
-        // Every key has the property (KMS Developer Guide, "kms:MultiRegion"); ebsd's are all single-Region, and
-        // CreateKey refuses MultiRegion true before it is authorized (ops/keys.ts).
+        // Every key has the property (docs/architecture.md §5.4); ebsd's are all single-Region, and CreateKey
+        // refuses MultiRegion true before it is authorized (ops/keys.ts).
         return r.key || r.action.toLowerCase() === 'kms:createkey' ? 'false' : undefined;
       case 'kms:schedulekeydeletionpendingwindowindays':
         return r.pendingWindowInDays === undefined ? undefined : String(r.pendingWindowInDays);
