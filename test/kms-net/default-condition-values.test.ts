@@ -10,7 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  CreateKeyCommand, DecryptCommand, DescribeKeyCommand, EnableKeyRotationCommand, EncryptCommand, GenerateDataKeyCommand, GenerateDataKeyPairCommand, GetKeyRotationStatusCommand,
+  CreateKeyCommand, DecryptCommand, DescribeKeyCommand, GenerateRandomCommand, ListKeysCommand, EnableKeyRotationCommand, EncryptCommand, GenerateDataKeyCommand, GenerateDataKeyPairCommand, GetKeyRotationStatusCommand,
   KMSClient, ReEncryptCommand, ScheduleKeyDeletionCommand, SignCommand, VerifyCommand,
 } from '@aws-sdk/client-kms';
 import { REGION, kmsUrl, makeAccessKey, startKmsDaemon } from './helpers.js';
@@ -108,5 +108,28 @@ describe('kms:EncryptionAlgorithm, kms:MessageType, kms:ScheduleKeyDeletionPendi
     clients.push(single);
     const k = (await single.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
     expect((await single.send(new DescribeKeyCommand({ KeyId: k }))).KeyMetadata!.MultiRegion).toBe(false);
+  });
+
+  it('aws:RequestedRegion is the KMS\'s region for calls without a key too: a region lock lets CreateKey, ListKeys and GenerateRandom through', async () => {
+    const p = (...Statement: Record<string, unknown>[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
+    const k = (await makeAccessKey(env, 'regional', p(
+      { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
+      { Sid: 'RegionLock', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringNotEquals: { 'aws:RequestedRegion': [REGION] } } },
+    ))).key;
+    const regional = new KMSClient({ endpoint: await kmsEndpoint(), region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
+    clients.push(regional);
+    const key = (await regional.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    expect(await outcome(regional.send(new ListKeysCommand({})))).toBe('ok');
+    expect(await outcome(regional.send(new GenerateRandomCommand({ NumberOfBytes: 16 })))).toBe('ok');
+    expect(await outcome(regional.send(new EncryptCommand({ KeyId: key, Plaintext: Buffer.from('x') })))).toBe('ok');
+    // Locked to another region, the same user is refused everything, with a key or without.
+    const away = (await makeAccessKey(env, 'away', p(
+      { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
+      { Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringNotEquals: { 'aws:RequestedRegion': ['eu-west-1'] } } },
+    ))).key;
+    const elsewhere = new KMSClient({ endpoint: await kmsEndpoint(), region: REGION, credentials: { accessKeyId: away.AccessKeyId, secretAccessKey: away.SecretAccessKey } });
+    clients.push(elsewhere);
+    expect(await outcome(elsewhere.send(new CreateKeyCommand({})))).toBe('AccessDeniedException');
+    expect(await outcome(elsewhere.send(new EncryptCommand({ KeyId: key, Plaintext: Buffer.from('x') })))).toBe('AccessDeniedException');
   });
 });

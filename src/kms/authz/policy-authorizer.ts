@@ -137,6 +137,7 @@ export class PolicyAuthorizer implements Authorizer {
       now: req.now,
     };
     if (req.key) out.key = keyInfo(req.key);
+    out.region = req.region;
     if (req.encryptionContext) out.encryptionContext = req.encryptionContext;
     if (req.grantTokens) out.grantTokens = req.grantTokens;
     if (req.requestAlias) out.requestAlias = req.requestAlias;

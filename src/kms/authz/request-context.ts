@@ -50,6 +50,8 @@ export interface AuthzRequest {
   caller: Caller;
   /** Absent for account-level actions (CreateKey, ListKeys, ListAliases, ListRetirableGrants, GenerateRandom). */
   key?: KeyInfo;
+  /** The region the request was made to (the KMS's): aws:RequestedRegion of a call without a key. */
+  region?: string;
   /** Resource ARN the statement's Resource is matched against; default the key ARN, else `*`. */
   resource?: string;
   encryptionContext?: Readonly<Record<string, string>>;
@@ -176,7 +178,9 @@ export class RequestContext implements ConditionContext {
         // daemon's own calls are true (docs/architecture.md §5.4, "aws:SecureTransport").
         return c.secureTransport === false ? 'false' : 'true';
       case 'aws:requestedregion':
-        return r.key?.region;
+        // Every request is made to a region, a call without a key (CreateKey, ListKeys) too: absent, a region
+        // lock (Deny unless StringEquals aws:RequestedRegion) refused them all (docs/architecture.md §5.4).
+        return r.key?.region ?? r.region;
       case 'aws:resourceaccount':
         return r.key?.accountId;
       case 'kms:encryptioncontextkeys':
