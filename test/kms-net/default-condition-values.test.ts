@@ -132,4 +132,16 @@ describe('kms:EncryptionAlgorithm, kms:MessageType, kms:ScheduleKeyDeletionPendi
     expect(await outcome(elsewhere.send(new CreateKeyCommand({})))).toBe('AccessDeniedException');
     expect(await outcome(elsewhere.send(new EncryptCommand({ KeyId: key, Plaintext: Buffer.from('x') })))).toBe('AccessDeniedException');
   });
+
+  it('aws:PrincipalIsAWSService is false for a user: a key kept for AWS services (Deny when it is false) refuses the user', async () => {
+    const p = (...Statement: Record<string, unknown>[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
+    const k = (await makeAccessKey(env, 'notservice', p(
+      { Effect: 'Allow', Action: 'kms:*', Resource: '*' },
+      { Sid: 'ServicesOnly', Effect: 'Deny', Action: 'kms:Encrypt', Resource: '*', Condition: { Bool: { 'aws:PrincipalIsAWSService': 'false' } } },
+    ))).key;
+    const c = new KMSClient({ endpoint: await kmsEndpoint(), region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
+    clients.push(c);
+    expect(await outcome(c.send(new EncryptCommand({ KeyId: sym, Plaintext: Buffer.from('x') })))).toBe('AccessDeniedException');
+    expect(await outcome(c.send(new DescribeKeyCommand({ KeyId: sym })))).toBe('ok');
+  });
 });

@@ -148,6 +148,9 @@ export class RequestContext implements ConditionContext {
         return c.type === 'AssumedRole' ? this._sessionRoleArn() : c.arn;
       case 'aws:principaltype':
         return { Root: 'Account', IAMUser: 'User', AssumedRole: 'AssumedRole', Role: 'AssumedRole', AWSService: undefined, Unknown: 'Anonymous' }[c.type];
+      case 'aws:principalisawsservice':
+        // In every request (docs/architecture.md §5.4): absent, a Deny on it being false never fired.
+        return c.type === 'AWSService' ? 'true' : 'false';
       case 'aws:principalservicename':
         return c.type === 'AWSService' ? c.arn : undefined;
       case 'aws:username':
