@@ -1,11 +1,11 @@
 /**
- * Condition keys for a request member with a default carry the default when the member is left
- * out (KMS Developer Guide, "AWS KMS condition keys": "This type of condition works even when the
- * parameter doesn't appear in the request, such as when you use the parameter's default value";
- * docs/architecture.md §5.4): kms:EncryptionAlgorithm is SYMMETRIC_DEFAULT for an Encrypt,
- * Decrypt or ReEncrypt without the member and for every data-key operation, and kms:MessageType
- * is RAW for a Sign or Verify without it. Else a Deny on the default is passed by leaving the
- * member out, and an Allow of the default refuses the SDK's own calls. Real daemon
+ * Condition keys carry a value in every request they belong to (docs/architecture.md §5.4): a
+ * request member's default when the member is left out (kms:EncryptionAlgorithm SYMMETRIC_DEFAULT
+ * for Encrypt, Decrypt, ReEncrypt and every data-key operation; kms:MessageType RAW;
+ * kms:ScheduleKeyDeletionPendingWindowInDays 30; kms:RotationPeriodInDays 365), and the request's
+ * own facts (kms:MultiRegion false for every key; aws:RequestedRegion for a call without a key;
+ * aws:PrincipalIsAWSService false for a user). Else a Deny on the value is passed by leaving the
+ * member out, and an Allow of it refuses the SDK's own calls. Real daemon
  * (`--kms-only --kms-listen 127.0.0.1:0`), real @aws-sdk/client-kms.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,7 +16,7 @@ import {
 import { REGION, kmsUrl, makeAccessKey, startKmsDaemon } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
-describe('kms:EncryptionAlgorithm, kms:MessageType, kms:ScheduleKeyDeletionPendingWindowInDays and kms:RotationPeriodInDays', () => {
+describe('condition keys with a default or a fact behind them have a value in every request they belong to', () => {
   const env = new Env('conddefault');
   let admin: KMSClient;
   let user: KMSClient;
