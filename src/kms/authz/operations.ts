@@ -148,11 +148,10 @@ export function registerAuthzOperations(
     let prepared: PreparedGrant | undefined;
     let invalid: unknown;
     try { prepared = grants.prepare(facts, r as unknown as CreateGrantInput); } catch (e) { invalid = e; }
-    // kms:EncryptionContext:<key> and kms:EncryptionContextKeys of a CreateGrant are the new grant's constraint
-    // (docs/architecture.md §5.4): without it, a Deny on a tenant's context never reached a grant constrained to it.
-    const c = prepared?.constraints;
-    const ec = c?.EncryptionContextEquals ?? c?.EncryptionContextSubset;
-    await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}), ...(ec ? { encryptionContext: ec } : {}) });
+    // Every condition key of the grant (kms:GrantOperations, kms:GranteePrincipal, kms:GrantConstraintType,
+    // kms:EncryptionContext:<key>, ...) is read from the request by the authorizer, never from `prepared`, so the
+    // decision is the same whether or not the principals exist (PolicyAuthorizer.toAuthzRequest).
+    await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}) });
     if (prepared === undefined) throw invalid;
     grants.checkCreate(facts, prepared);
     call.stopIfDryRun();

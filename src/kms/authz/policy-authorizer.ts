@@ -181,6 +181,12 @@ export class PolicyAuthorizer implements Authorizer {
     if (req.operation === 'CreateGrant') {
       const g = _newGrant(r);
       if (g) out.grant = g;
+      // kms:EncryptionContext:<key> and kms:EncryptionContextKeys of a CreateGrant are the new grant's constraint
+      // (docs/architecture.md §5.4), read from the request as kms:GrantConstraintType is: never from the grant the
+      // handler prepares, which does not exist when a principal is missing, so a policy on them would judge an
+      // existing and a missing grantee apart and tell a refused caller which IAM users and roles exist.
+      const ec = g?.constraints?.EncryptionContextEquals ?? g?.constraints?.EncryptionContextSubset;
+      if (ec && !req.encryptionContext) out.encryptionContext = ec;
     }
     return out;
   }
