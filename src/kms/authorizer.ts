@@ -32,6 +32,18 @@ export interface AuthorizationRequest {
    * name one key, so the request's strings say nothing reliable about it.
    */
   reEncryptOnSameKey?: boolean;
+  /**
+   * Condition values of request members with a default, as the handler resolved and will use them
+   * (docs/architecture.md §5.4), so the authorizer judges what is done, not a second copy of the
+   * defaults: kms:EncryptionAlgorithm (Encrypt, Decrypt; ReEncrypt's source algorithm for
+   * kms:ReEncryptFrom, destination for kms:ReEncryptTo; SYMMETRIC_DEFAULT for the data-key
+   * operations), kms:MessageType (Sign, Verify), kms:ScheduleKeyDeletionPendingWindowInDays,
+   * kms:RotationPeriodInDays.
+   */
+  encryptionAlgorithm?: string;
+  messageType?: string;
+  pendingWindowInDays?: number;
+  rotationPeriodInDays?: number;
   /** The whole request (read-only), for condition keys such as kms:GrantOperations, kms:SigningAlgorithm, kms:KeySpec. */
   request: Readonly<KmsRequest>;
   /** Time of the call (epoch ms), from the core's clock. */

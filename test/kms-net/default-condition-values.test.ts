@@ -5,7 +5,9 @@
  * kms:ScheduleKeyDeletionPendingWindowInDays 30; kms:RotationPeriodInDays 365), and the request's
  * own facts (kms:MultiRegion false for every key; aws:RequestedRegion for a call without a key;
  * aws:PrincipalIsAWSService false for a user). Else a Deny on the value is passed by leaving the
- * member out, and an Allow of it refuses the SDK's own calls. Real daemon
+ * member out, and an Allow of it refuses the SDK's own calls. An Allow of the default value alone
+ * pins that the default is a value, and ReEncrypt's two checks each read their own side's
+ * algorithm. Real daemon
  * (`--kms-only --kms-listen 127.0.0.1:0`), real @aws-sdk/client-kms.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -131,6 +133,60 @@ describe('condition keys with a default or a fact behind them have a value in ev
     clients.push(elsewhere);
     expect(await outcome(elsewhere.send(new CreateKeyCommand({})))).toBe('AccessDeniedException');
     expect(await outcome(elsewhere.send(new EncryptCommand({ KeyId: key, Plaintext: Buffer.from('x') })))).toBe('AccessDeniedException');
+  });
+
+  it('the defaults are values, not just a missing key: an Allow only of the default value allows a request that leaves the member out', async () => {
+    const p = (...Statement: Record<string, unknown>[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
+    const k = (await makeAccessKey(env, 'defaults-only', p(
+      { Effect: 'Allow', Action: 'kms:ScheduleKeyDeletion', Resource: '*', Condition: { NumericGreaterThanEquals: { 'kms:ScheduleKeyDeletionPendingWindowInDays': '30' } } },
+      { Effect: 'Allow', Action: 'kms:EnableKeyRotation', Resource: '*', Condition: { NumericGreaterThanEquals: { 'kms:RotationPeriodInDays': '365' } } },
+      { Effect: 'Allow', Action: ['kms:Sign', 'kms:Verify'], Resource: '*', Condition: { StringEquals: { 'kms:MessageType': 'RAW' } } },
+      { Effect: 'Allow', Action: ['kms:Encrypt', 'kms:GenerateDataKey'], Resource: '*', Condition: { StringEquals: { 'kms:EncryptionAlgorithm': 'SYMMETRIC_DEFAULT' } } },
+    ))).key;
+    const c = new KMSClient({ endpoint: await kmsEndpoint(), region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
+    clients.push(c);
+    const doomed = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    expect(await outcome(c.send(new ScheduleKeyDeletionCommand({ KeyId: doomed, PendingWindowInDays: 29 })))).toBe('AccessDeniedException');
+    expect((await c.send(new ScheduleKeyDeletionCommand({ KeyId: doomed }))).PendingWindowInDays).toBe(30);
+    const rotated = (await admin.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    expect(await outcome(c.send(new EnableKeyRotationCommand({ KeyId: rotated, RotationPeriodInDays: 364 })))).toBe('AccessDeniedException');
+    expect(await outcome(c.send(new EnableKeyRotationCommand({ KeyId: rotated })))).toBe('ok');
+    expect((await admin.send(new GetKeyRotationStatusCommand({ KeyId: rotated }))).RotationPeriodInDays).toBe(365);
+    const msg = Buffer.from('message');
+    const sig = await c.send(new SignCommand({ KeyId: signing, Message: msg, SigningAlgorithm: 'ECDSA_SHA_256' }));
+    expect((await c.send(new VerifyCommand({ KeyId: signing, Message: msg, Signature: sig.Signature!, SigningAlgorithm: 'ECDSA_SHA_256' }))).SignatureValid).toBe(true);
+    expect(await outcome(c.send(new SignCommand({ KeyId: signing, Message: Buffer.alloc(32, 7), MessageType: 'DIGEST', SigningAlgorithm: 'ECDSA_SHA_256' })))).toBe('AccessDeniedException');
+    expect(await outcome(c.send(new EncryptCommand({ KeyId: sym, Plaintext: Buffer.from('x') })))).toBe('ok');
+    expect(await outcome(c.send(new GenerateDataKeyCommand({ KeyId: sym, KeySpec: 'AES_256' })))).toBe('ok');
+  });
+
+  it('kms:EncryptionAlgorithm is the source\'s algorithm for kms:ReEncryptFrom and the destination\'s for kms:ReEncryptTo', async () => {
+    const p = (...Statement: Record<string, unknown>[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
+    const rsa = (await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' }))).KeyMetadata!.Arn!;
+    const blob = (await admin.send(new EncryptCommand({ KeyId: rsa, Plaintext: Buffer.from('wrapped'), EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }))).CiphertextBlob!;
+    const userWith = async (name: string, ...statements: Record<string, unknown>[]): Promise<KMSClient> => {
+      const k = (await makeAccessKey(env, name, p(...statements))).key;
+      const c = new KMSClient({ endpoint: await kmsEndpoint(), region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
+      clients.push(c);
+      return c;
+    };
+    const alg = (a: string): Record<string, unknown> => ({ StringEquals: { 'kms:EncryptionAlgorithm': a } });
+    // From RSA ciphertexts to the symmetric key only (DestinationEncryptionAlgorithm left out: SYMMETRIC_DEFAULT).
+    const unwrapper = await userWith('unwrapper',
+      { Effect: 'Allow', Action: 'kms:ReEncryptFrom', Resource: '*', Condition: alg('RSAES_OAEP_SHA_256') },
+      { Effect: 'Allow', Action: 'kms:ReEncryptTo', Resource: '*', Condition: alg('SYMMETRIC_DEFAULT') });
+    // The same two statements with the actions the other way round.
+    const swapped = await userWith('swapped',
+      { Effect: 'Allow', Action: 'kms:ReEncryptFrom', Resource: '*', Condition: alg('SYMMETRIC_DEFAULT') },
+      { Effect: 'Allow', Action: 'kms:ReEncryptTo', Resource: '*', Condition: alg('RSAES_OAEP_SHA_256') });
+    // Only one of the two actions.
+    const fromOnly = await userWith('from-only', { Effect: 'Allow', Action: 'kms:ReEncryptFrom', Resource: '*' });
+    const req = (): ReEncryptCommand => new ReEncryptCommand({ CiphertextBlob: blob, SourceKeyId: rsa, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: sym });
+    const out = await unwrapper.send(req());
+    expect([out.SourceEncryptionAlgorithm, out.DestinationEncryptionAlgorithm, out.KeyId]).toEqual(['RSAES_OAEP_SHA_256', 'SYMMETRIC_DEFAULT', sym]);
+    expect(Buffer.from((await admin.send(new DecryptCommand({ CiphertextBlob: out.CiphertextBlob! }))).Plaintext!).toString()).toBe('wrapped');
+    expect(await outcome(swapped.send(req()))).toBe('AccessDeniedException');
+    expect(await outcome(fromOnly.send(req()))).toBe('AccessDeniedException');
   });
 
   it('aws:PrincipalIsAWSService is false for a user: a key kept for AWS services (Deny when it is false) refuses the user', async () => {

@@ -8,7 +8,6 @@ import { managedKeyRefusal } from './managed-keys.js';
 import type { PolicyCache } from './policy-document.js';
 import type { AuthzRequest, KeyInfo, NewGrantInfo } from './request-context.js';
 import { dataMap } from '../data-map.js';
-import { DEFAULT_ROTATION_DAYS } from '../ops/keys.js';
 
 /**
  * The core's `Authorizer`, backed by key policies, identity policies and
@@ -56,32 +55,10 @@ function _keyInfo(k: KeyView): KeyInfo {
   };
 }
 
-const DATA_KEY_OPERATIONS: ReadonlySet<string> = new Set(['GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext']);
-
-/**
- * kms:EncryptionAlgorithm of a request, its member's default when the member is left out (a
- * condition on a request member works with its default value too, docs/architecture.md §5.4):
- * Encrypt and Decrypt's EncryptionAlgorithm, ReEncrypt's SourceEncryptionAlgorithm for
- * kms:ReEncryptFrom and DestinationEncryptionAlgorithm for kms:ReEncryptTo, SYMMETRIC_DEFAULT for
- * the data-key operations (the data key is encrypted under the symmetric key). Absent, a Deny on
- * SYMMETRIC_DEFAULT was passed by leaving the member out.
- */
-function _encryptionAlgorithm(operation: string, action: string, r: Readonly<Record<string, unknown>>): string | undefined {
-  const DEFAULT = 'SYMMETRIC_DEFAULT';
-  if (operation === 'Encrypt' || operation === 'Decrypt') return _str(r.EncryptionAlgorithm) ?? DEFAULT;
-  if (operation === 'ReEncrypt') {
-    const member = action === 'kms:ReEncryptTo' ? r.DestinationEncryptionAlgorithm : r.SourceEncryptionAlgorithm;
-    return _str(member) ?? DEFAULT;
-  }
-  if (DATA_KEY_OPERATIONS.has(operation)) return DEFAULT;
-  return _str(r.EncryptionAlgorithm);
-}
-
 /** The account id of an account root ARN (`arn:aws:iam::111122223333:root`), a grant's IssuingAccount. */
 const _accountOf = (rootArn: string): string | undefined => /^arn:[\w-]+:iam::(\d{12}):root$/.exec(rootArn)?.[1];
 
 const _str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
-const _int = (v: unknown): number | undefined => (typeof v === 'number' && Number.isInteger(v) ? v : undefined);
 
 function _newGrant(r: Readonly<Record<string, unknown>>): NewGrantInfo | undefined {
   if (typeof r.GranteePrincipal !== 'string' || !Array.isArray(r.Operations)) return undefined;
@@ -141,22 +118,21 @@ export class PolicyAuthorizer implements Authorizer {
     if (req.encryptionContext) out.encryptionContext = req.encryptionContext;
     if (req.grantTokens) out.grantTokens = req.grantTokens;
     if (req.requestAlias) out.requestAlias = req.requestAlias;
-    const ea = _encryptionAlgorithm(req.operation, req.action, r); if (ea) out.encryptionAlgorithm = ea;
+    // Members with a default (docs/architecture.md §5.4): the value the handler resolved and uses
+    // (AuthorizationRequest.encryptionAlgorithm, ...), so a Deny on a default is not passed by leaving it out.
+    const ea = req.encryptionAlgorithm ?? _str(r.EncryptionAlgorithm); if (ea) out.encryptionAlgorithm = ea;
     const sa = _str(r.SigningAlgorithm); if (sa) out.signingAlgorithm = sa;
     const ma = _str(r.MacAlgorithm); if (ma) out.macAlgorithm = ma;
     const kp = _str(r.KeyPairSpec); if (kp) out.dataKeyPairSpec = kp;
-    // MessageType defaults to RAW in Sign and Verify (docs/architecture.md §5.4).
-    const mt = _str(r.MessageType) ?? (req.operation === 'Sign' || req.operation === 'Verify' ? 'RAW' : undefined); if (mt) out.messageType = mt;
+    const mt = req.messageType ?? _str(r.MessageType); if (mt) out.messageType = mt;
     if (req.operation === 'CreateKey') {
       const ks = _str(r.KeySpec) ?? _str(r.CustomerMasterKeySpec) ?? 'SYMMETRIC_DEFAULT';
       out.keySpec = ks;
       out.keyUsage = _str(r.KeyUsage) ?? 'ENCRYPT_DECRYPT';
       out.keyOrigin = _str(r.Origin) ?? 'AWS_KMS';
     }
-    // Request members with a default carry it when left out (docs/architecture.md §5.4): absent, a Deny on
-    // NumericLessThan kms:ScheduleKeyDeletionPendingWindowInDays would never fire.
-    if (req.operation === 'ScheduleKeyDeletion') out.pendingWindowInDays = _int(r.PendingWindowInDays) ?? 30;
-    if (req.operation === 'EnableKeyRotation') out.rotationPeriodInDays = _int(r.RotationPeriodInDays) ?? DEFAULT_ROTATION_DAYS;
+    if (req.pendingWindowInDays !== undefined) out.pendingWindowInDays = req.pendingWindowInDays;
+    if (req.rotationPeriodInDays !== undefined) out.rotationPeriodInDays = req.rotationPeriodInDays;
     if (req.operation === 'CreateKey' || req.operation === 'PutKeyPolicy') {
       out.bypassPolicyLockoutSafetyCheck = r.BypassPolicyLockoutSafetyCheck === true;
     }
