@@ -1,5 +1,6 @@
 import type { Caller } from '../kms/types.js';
-import type { PolicyEvaluator } from '../kms/authz/index.js';
+import type { AuthorizationRequest } from '../kms/authorizer.js';
+import { authzRequestOf, type PolicyEvaluator } from '../kms/authz/index.js';
 import { UnauthorizedOperation } from './ec2-authz.js';
 
 /**
@@ -55,19 +56,35 @@ export class RemoteKeyNames {
   }
 }
 
+/** The actions a volume operation has the host do with a symmetric key: kms:EncryptionAlgorithm is SYMMETRIC_DEFAULT. */
+const SYMMETRIC_USE: ReadonlySet<string> = new Set([
+  'kms:Encrypt', 'kms:Decrypt', 'kms:ReEncryptFrom', 'kms:ReEncryptTo', 'kms:GenerateDataKey', 'kms:GenerateDataKeyWithoutPlaintext',
+]);
+const KEY_ARN_REGION_RE = /^arn:[\w-]+:kms:([a-z0-9-]+):/;
+
 /**
  * May `caller` have the host do `action` with the key for it, through EC2
  * (`kms:ViaService` = `ec2.<region>.amazonaws.com`)? Judged by the local
- * identity policies on the key's ARN. The refusal names the ARN, and the name
- * the request used when it was another.
+ * identity policies on the key's ARN, with the request context a KMS call
+ * gets (`authzRequestOf`, docs/architecture.md §5.4): the caller via EC2
+ * (kms:ViaService, aws:ViaAWSService), aws:RequestedRegion the key's region,
+ * kms:EncryptionAlgorithm SYMMETRIC_DEFAULT for a data key, a Decrypt or a
+ * ReEncrypt, and `o.reEncryptOnSameKey` for ReEncrypt. The refusal names the
+ * ARN, and the name the request used when it was another.
  */
 export function judgeRemoteKeyUse(
   evaluator: PolicyEvaluator, region: string, action: string, name: string, key: ResolvedKeyName, caller: Caller,
+  o: { reEncryptOnSameKey?: boolean } = {},
 ): UnauthorizedOperation | undefined {
-  const d = evaluator.evaluate({
-    action, caller, resource: key.arn, ...(key.requestAlias ? { requestAlias: key.requestAlias } : {}),
-    context: new Map([['kms:ViaService', `ec2.${region}.amazonaws.com`]]),
-  });
+  const req: AuthorizationRequest = {
+    action, operation: action.startsWith('kms:ReEncrypt') ? 'ReEncrypt' : action.slice('kms:'.length),
+    caller: { ...caller, viaService: `ec2.${region}.amazonaws.com` }, accountId: caller.accountId,
+    region: KEY_ARN_REGION_RE.exec(key.arn)?.[1] ?? region, resource: key.arn, request: { KeyId: name }, now: Date.now(),
+  };
+  if (key.requestAlias) req.requestAlias = key.requestAlias;
+  if (SYMMETRIC_USE.has(action)) req.encryptionAlgorithm = 'SYMMETRIC_DEFAULT';
+  if (o.reEncryptOnSameKey !== undefined && req.operation === 'ReEncrypt') req.reEncryptOnSameKey = o.reEncryptOnSameKey;
+  const d = evaluator.evaluate(authzRequestOf(req));
   if (d.allowed) return undefined;
   const named = name === key.arn ? '' : ` (named ${name} in the request)`;
   return new UnauthorizedOperation(`${d.message}${named} (this host's KMS is remote: the local identity policy decides what a local caller may do with a key)`);

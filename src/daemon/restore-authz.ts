@@ -74,8 +74,8 @@ export class SourceSnapshotAuthz {
   private async keyRefusal(req: SourceSnapshotRequest, m: SnapshotManifest, caller: Caller): Promise<SourceSnapshotDecision> {
     const keys = this.o.remoteKeys;
     if (!keys || caller.type === 'Root') return {};
-    const decide = (action: string, name: string, key: ResolvedKeyName): UnauthorizedOperation | undefined =>
-      judgeRemoteKeyUse(this.o.evaluator, this.o.region, action, name, key, caller);
+    const decide = (action: string, name: string, key: ResolvedKeyName, sameKey?: boolean): UnauthorizedOperation | undefined =>
+      judgeRemoteKeyUse(this.o.evaluator, this.o.region, action, name, key, caller, sameKey === undefined ? {} : { reEncryptOnSameKey: sameKey });
     const outcome = (refusal: UnauthorizedOperation | undefined, to: ResolvedKeyName): SourceSnapshotDecision =>
       (refusal ? { refusal } : { targetKeyArn: to.arn });
     const source = m.encrypted ? m.wrappedKey?.keyArn : undefined;
@@ -91,7 +91,7 @@ export class SourceSnapshotAuthz {
     const from = await keys.resolve(source);
     const to = req.kmsKeyId === undefined ? from : await keys.resolve(req.kmsKeyId);
     if (to.arn === from.arn) {
-      return outcome(decide('kms:ReEncryptFrom', source, from) ?? decide('kms:ReEncryptTo', req.kmsKeyId ?? source, to), to);
+      return outcome(decide('kms:ReEncryptFrom', source, from, true) ?? decide('kms:ReEncryptTo', req.kmsKeyId ?? source, to, true), to);
     }
     return outcome(decide('kms:Decrypt', source, from) ?? decide('kms:GenerateDataKeyWithoutPlaintext', req.kmsKeyId!, to), to);
   }

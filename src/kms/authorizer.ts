@@ -25,6 +25,25 @@ export interface AuthorizationRequest {
   grantTokens?: readonly string[];
   /** The alias the caller named the key by, if any (kms:RequestAlias), e.g. `alias/app`. */
   requestAlias?: string;
+  /**
+   * ReEncrypt: whether the destination key is the source key, the one the ciphertext was
+   * encrypted under (kms:ReEncryptOnSameKey). Set by the handler from the keys it resolved:
+   * SourceKeyId is optional for a symmetric ciphertext, and an alias, a key id and an ARN may
+   * name one key, so the request's strings say nothing reliable about it.
+   */
+  reEncryptOnSameKey?: boolean;
+  /**
+   * Condition values of request members with a default, as the handler resolved and will use them
+   * (docs/architecture.md §5.4), so the authorizer judges what is done, not a second copy of the
+   * defaults: kms:EncryptionAlgorithm (Encrypt, Decrypt; ReEncrypt's source algorithm for
+   * kms:ReEncryptFrom, destination for kms:ReEncryptTo; SYMMETRIC_DEFAULT for the data-key
+   * operations), kms:MessageType (Sign, Verify), kms:ScheduleKeyDeletionPendingWindowInDays,
+   * kms:RotationPeriodInDays.
+   */
+  encryptionAlgorithm?: string;
+  messageType?: string;
+  pendingWindowInDays?: number;
+  rotationPeriodInDays?: number;
   /** The whole request (read-only), for condition keys such as kms:GrantOperations, kms:SigningAlgorithm, kms:KeySpec. */
   request: Readonly<KmsRequest>;
   /** Time of the call (epoch ms), from the core's clock. */

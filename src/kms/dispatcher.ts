@@ -50,6 +50,23 @@ export interface AuthorizeArgs {
   encryptionContext?: Record<string, string>;
   grantTokens?: string[];
   requestAlias?: string;
+  /**
+   * ReEncrypt: whether the destination key is the key the ciphertext was encrypted under, as
+   * resolved (kms:ReEncryptOnSameKey), never as the request spells them.
+   */
+  reEncryptOnSameKey?: boolean;
+  /**
+   * Condition values of request members with a default, as the handler resolved and will use them
+   * (docs/architecture.md §5.4), so the authorizer judges what is done, not a second copy of the
+   * defaults: kms:EncryptionAlgorithm (Encrypt, Decrypt; ReEncrypt's source algorithm for
+   * kms:ReEncryptFrom, destination for kms:ReEncryptTo; SYMMETRIC_DEFAULT for the data-key
+   * operations), kms:MessageType (Sign, Verify), kms:ScheduleKeyDeletionPendingWindowInDays,
+   * kms:RotationPeriodInDays.
+   */
+  encryptionAlgorithm?: string;
+  messageType?: string;
+  pendingWindowInDays?: number;
+  rotationPeriodInDays?: number;
   /** Key-state check to apply after authorization (default: the operation name; false: none). */
   stateCheck?: string | false;
 }
@@ -259,6 +276,11 @@ export class Dispatcher {
         if (a.encryptionContext) req.encryptionContext = a.encryptionContext;
         if (a.grantTokens) req.grantTokens = a.grantTokens;
         if (a.requestAlias) req.requestAlias = a.requestAlias;
+        if (a.reEncryptOnSameKey !== undefined) req.reEncryptOnSameKey = a.reEncryptOnSameKey;
+        if (a.encryptionAlgorithm) req.encryptionAlgorithm = a.encryptionAlgorithm;
+        if (a.messageType) req.messageType = a.messageType;
+        if (a.pendingWindowInDays !== undefined) req.pendingWindowInDays = a.pendingWindowInDays;
+        if (a.rotationPeriodInDays !== undefined) req.rotationPeriodInDays = a.rotationPeriodInDays;
         if (key && !call.resources.includes(key.arn)) call.resources.push(key.arn);
         let d = ctx.authorizer.authorize(req);
         if (d instanceof Promise) d = await d;

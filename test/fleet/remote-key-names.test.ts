@@ -4,7 +4,9 @@
  * the request names it (src/daemon/remote-key-names.ts): an alias name, an
  * alias ARN or a bare key id is resolved by DescribeKey as the host, and
  * kms:RequestAlias is set when an alias was used; a restore tells the
- * snapshot's key from another by ARN, as the restore itself does. Host A
+ * snapshot's key from another by ARN, as the restore itself does. The check's
+ * request context is a KMS call's (aws:RequestedRegion, kms:EncryptionAlgorithm,
+ * aws:ViaAWSService, kms:ReEncryptOnSameKey), so conditions on them judge alike. Host A
  * serves the KMS (--kms-only on loopback); host B uses it for uid 1000
  * (user/alice).
  */
@@ -121,6 +123,33 @@ describe('remote KMS: the local key check judges the key ARN, whatever the reque
     } finally {
       await a.ok(['kms', 'delete-alias', '--alias-name', 'alias/moved']);
     }
+  });
+
+  it('the check judges the context a KMS call gets: region, algorithm, via EC2, the same key of a restore', async () => {
+    const lockedTo = (region: string): Record<string, unknown> =>
+      ({ Effect: 'Deny', Action: 'kms:*', Resource: '*', Condition: { StringNotEquals: { 'aws:RequestedRegion': region } } });
+    const viaEc2Symmetric = { StringEquals: { 'kms:EncryptionAlgorithm': 'SYMMETRIC_DEFAULT' }, Bool: { 'aws:ViaAWSService': 'true' } };
+    const statements = [
+      { Effect: 'Allow', Action: 'kms:GenerateDataKeyWithoutPlaintext', Resource: arn, Condition: viaEc2Symmetric },
+      { Effect: 'Allow', Action: ['kms:ReEncryptFrom', 'kms:ReEncryptTo'], Resource: arn, Condition: { ...viaEc2Symmetric, Bool: { 'aws:ViaAWSService': 'true', 'kms:ReEncryptOnSameKey': 'true' } } },
+    ];
+    const snap = await snapshotUnder(arn);
+    await alicePolicy(...statements, lockedTo('us-east-1'));
+    const made = await create(arn);
+    expect(made.code, made.stderr).toBe(0);
+    const restored = await b.cli(['volume', 'create', '--snapshot-id', snap, '--wait', '--output', 'json'], { uid: ALICE });
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(JSON.parse(restored.stdout)).toMatchObject({ State: 'available', KmsKeyId: arn });
+    // Locked to another region, the same statements refuse both, before anything is created.
+    await alicePolicy(...statements, lockedTo('eu-west-1'));
+    const before = await volumeCount();
+    const refused = await create(arn);
+    expect(refused.code).toBe(4);
+    expect(refused.stderr).toContain(`kms:GenerateDataKeyWithoutPlaintext on resource: ${arn} with an explicit deny`);
+    const refusedRestore = await b.cli(['volume', 'create', '--snapshot-id', snap, '--output', 'json'], { uid: ALICE });
+    expect(refusedRestore.code).toBe(4);
+    expect(refusedRestore.stderr).toContain(`kms:ReEncryptFrom on resource: ${arn} with an explicit deny`);
+    expect(await volumeCount()).toBe(before);
   });
 
   it('a name the KMS does not know is refused as the KMS refuses it, with nothing created', async () => {

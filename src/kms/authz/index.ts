@@ -12,7 +12,7 @@ import { GrantStore } from './grants.js';
 import { Identities, type IdentitiesInit } from './identities.js';
 import { PolicyAuthorizer } from './policy-authorizer.js';
 
-export { PolicyAuthorizer, keyInfo, mayRetireByGrant } from './policy-authorizer.js';
+export { PolicyAuthorizer, authzRequestOf, keyInfo, mayRetireByGrant } from './policy-authorizer.js';
 export { registerAuthzOperations, LOCKOUT_MESSAGE } from './operations.js';
 export { Identities, IamError, IDENTITIES_FILE } from './identities.js';
 export { GrantStore, grantListEntry, GRANT_OPERATIONS, LIMITS as GRANT_LIMITS, checkGrantTokens, parseConstraints, operationsForKey, serviceGrantsUnsupported } from './grants.js';

@@ -2,7 +2,7 @@ import type { CallContext, KeyPolicyValidator, NewKeyPolicyCheck, OperationConte
 import { InvalidGrantIdException, InvalidMarkerException, MalformedPolicyDocumentException, NotFoundException, ValidationException } from '../errors.js';
 import type { KeyRecord } from '../key-record.js';
 import type { KmsResponse } from '../types.js';
-import { checkGrantTokens, grantListEntry, serviceGrantsUnsupported, type CreateGrantInput, type Grant, type KeyFacts } from './grants.js';
+import { checkGrantTokens, grantListEntry, serviceGrantsUnsupported, type CreateGrantInput, type Grant, type KeyFacts, type PreparedGrant } from './grants.js';
 import { keyInfo, type PolicyAuthorizer } from './policy-authorizer.js';
 import { parsePolicy } from './policy-document.js';
 import { bindPrincipals, shownPolicy } from './principal-bindings.js';
@@ -142,8 +142,17 @@ export function registerAuthzOperations(
     const tokens = checkGrantTokens(r.GrantTokens);
     const { key } = await ctx.resolveKey(keyId, { aliases: false });
     const facts = _facts(key);
-    const prepared = grants.prepare(facts, r as unknown as CreateGrantInput);
+    // Validated (its principals looked up among the account's users and roles) before authorization, but its
+    // refusal answered after: a caller the policies refuse gets AccessDeniedException whatever the grantee,
+    // never a ValidationException telling it whether a user or role of that name exists.
+    let prepared: PreparedGrant | undefined;
+    let invalid: unknown;
+    try { prepared = grants.prepare(facts, r as unknown as CreateGrantInput); } catch (e) { invalid = e; }
+    // Every condition key of the grant (kms:GrantOperations, kms:GranteePrincipal, kms:GrantConstraintType,
+    // kms:EncryptionContext:<key>, ...) is read from the request by the authorizer, never from `prepared`, so the
+    // decision is the same whether or not the principals exist (PolicyAuthorizer.toAuthzRequest).
     await call.authorize({ key, ...(tokens ? { grantTokens: tokens } : {}) });
+    if (prepared === undefined) throw invalid;
     grants.checkCreate(facts, prepared);
     call.stopIfDryRun();
     const out = await grants.create(facts, prepared, call.now);

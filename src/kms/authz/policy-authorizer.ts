@@ -82,6 +82,73 @@ export function mayRetireByGrant(grants: GrantStore, g: Grant, caller: Caller): 
   return caller.type === 'Root' && g.IssuingAccount === caller.arn;
 }
 
+/**
+ * AuthorizationRequest (core) -> AuthzRequest (evaluator): the one place a request's condition keys
+ * are built, for the core's calls and for a judgement made outside the core (a remote KMS's key
+ * use judged by the local identity policy, src/daemon/remote-key-names.ts).
+ */
+export function authzRequestOf(req: AuthorizationRequest): AuthzRequest {
+  const r = req.request;
+  const out: AuthzRequest = {
+    action: req.action,
+    caller: req.caller,
+    resource: req.resource,
+    now: req.now,
+  };
+  if (req.key) out.key = keyInfo(req.key);
+  out.region = req.region;
+  if (req.encryptionContext) out.encryptionContext = req.encryptionContext;
+  if (req.grantTokens) out.grantTokens = req.grantTokens;
+  if (req.requestAlias) out.requestAlias = req.requestAlias;
+  // Members with a default (docs/architecture.md §5.4): the value the handler resolved and uses
+  // (AuthorizationRequest.encryptionAlgorithm, ...), so a Deny on a default is not passed by leaving it out.
+  const ea = req.encryptionAlgorithm ?? _str(r.EncryptionAlgorithm); if (ea) out.encryptionAlgorithm = ea;
+  const sa = _str(r.SigningAlgorithm); if (sa) out.signingAlgorithm = sa;
+  const ma = _str(r.MacAlgorithm); if (ma) out.macAlgorithm = ma;
+  const kp = _str(r.KeyPairSpec); if (kp) out.dataKeyPairSpec = kp;
+  const mt = req.messageType ?? _str(r.MessageType); if (mt) out.messageType = mt;
+  if (req.operation === 'CreateKey') {
+    const ks = _str(r.KeySpec) ?? _str(r.CustomerMasterKeySpec) ?? 'SYMMETRIC_DEFAULT';
+    out.keySpec = ks;
+    out.keyUsage = _str(r.KeyUsage) ?? 'ENCRYPT_DECRYPT';
+    out.keyOrigin = _str(r.Origin) ?? 'AWS_KMS';
+  }
+  if (req.pendingWindowInDays !== undefined) out.pendingWindowInDays = req.pendingWindowInDays;
+  if (req.rotationPeriodInDays !== undefined) out.rotationPeriodInDays = req.rotationPeriodInDays;
+  if (req.operation === 'CreateKey' || req.operation === 'PutKeyPolicy') {
+    out.bypassPolicyLockoutSafetyCheck = r.BypassPolicyLockoutSafetyCheck === true;
+  }
+  // From the resolved keys (AuthorizationRequest.reEncryptOnSameKey), never the request's strings: a request
+  // without SourceKeyId would leave the key out, and a Deny on it being false would not fire.
+  if (req.operation === 'ReEncrypt' && req.reEncryptOnSameKey !== undefined) out.reEncryptOnSameKey = req.reEncryptOnSameKey;
+  if (req.operation === 'CreateKey' || req.operation === 'TagResource') {
+    // aws:RequestTag/<k> and aws:TagKeys (KMS Developer Guide, "Controlling access with tags").
+    const tags = Array.isArray(r.Tags) ? r.Tags.filter((x): x is { TagKey: string; TagValue?: unknown } =>
+      x !== null && typeof x === 'object' && typeof (x as { TagKey?: unknown }).TagKey === 'string') : [];
+    if (tags.length) {
+      const rt = dataMap<string>();
+      for (const x of tags) rt[x.TagKey] = typeof x.TagValue === 'string' ? x.TagValue : '';
+      out.requestTags = rt;
+      out.tagKeys = tags.map((x) => x.TagKey);
+    }
+  }
+  if (req.operation === 'UntagResource' && Array.isArray(r.TagKeys)) {
+    const keys = r.TagKeys.filter((k): k is string => typeof k === 'string');
+    if (keys.length) out.tagKeys = keys;
+  }
+  if (req.operation === 'CreateGrant') {
+    const g = _newGrant(r);
+    if (g) out.grant = g;
+    // kms:EncryptionContext:<key> and kms:EncryptionContextKeys of a CreateGrant are the new grant's constraint
+    // (docs/architecture.md §5.4), read from the request as kms:GrantConstraintType is: never from the grant the
+    // handler prepares, which does not exist when a principal is missing, so a policy on them would judge an
+    // existing and a missing grantee apart and tell a refused caller which IAM users and roles exist.
+    const ec = g?.constraints?.EncryptionContextEquals ?? g?.constraints?.EncryptionContextSubset;
+    if (ec && !req.encryptionContext) out.encryptionContext = ec;
+  }
+  return out;
+}
+
 export interface PolicyAuthorizerOptions {
   identities: Identities;
   grants: GrantStore;
@@ -104,56 +171,9 @@ export class PolicyAuthorizer implements Authorizer {
     });
   }
 
-  /** AuthorizationRequest (core) -> AuthzRequest (evaluator). */
+  /** AuthorizationRequest (core) -> AuthzRequest (evaluator): `authzRequestOf`. */
   toAuthzRequest(req: AuthorizationRequest): AuthzRequest {
-    const r = req.request;
-    const out: AuthzRequest = {
-      action: req.action,
-      caller: req.caller,
-      resource: req.resource,
-      now: req.now,
-    };
-    if (req.key) out.key = keyInfo(req.key);
-    if (req.encryptionContext) out.encryptionContext = req.encryptionContext;
-    if (req.grantTokens) out.grantTokens = req.grantTokens;
-    if (req.requestAlias) out.requestAlias = req.requestAlias;
-    const ea = _str(r.EncryptionAlgorithm); if (ea) out.encryptionAlgorithm = ea;
-    const sa = _str(r.SigningAlgorithm); if (sa) out.signingAlgorithm = sa;
-    const ma = _str(r.MacAlgorithm); if (ma) out.macAlgorithm = ma;
-    const kp = _str(r.KeyPairSpec); if (kp) out.dataKeyPairSpec = kp;
-    const mt = _str(r.MessageType); if (mt) out.messageType = mt;
-    if (req.operation === 'CreateKey') {
-      const ks = _str(r.KeySpec) ?? _str(r.CustomerMasterKeySpec) ?? 'SYMMETRIC_DEFAULT';
-      out.keySpec = ks;
-      out.keyUsage = _str(r.KeyUsage) ?? 'ENCRYPT_DECRYPT';
-      out.keyOrigin = _str(r.Origin) ?? 'AWS_KMS';
-    }
-    if (req.operation === 'CreateKey' || req.operation === 'PutKeyPolicy') {
-      out.bypassPolicyLockoutSafetyCheck = r.BypassPolicyLockoutSafetyCheck === true;
-    }
-    if (req.operation === 'ReEncrypt' && typeof r.DestinationKeyId === 'string' && typeof r.SourceKeyId === 'string') {
-      out.reEncryptOnSameKey = r.DestinationKeyId === r.SourceKeyId;
-    }
-    if (req.operation === 'CreateKey' || req.operation === 'TagResource') {
-      // aws:RequestTag/<k> and aws:TagKeys (KMS Developer Guide, "Controlling access with tags").
-      const tags = Array.isArray(r.Tags) ? r.Tags.filter((x): x is { TagKey: string; TagValue?: unknown } =>
-        x !== null && typeof x === 'object' && typeof (x as { TagKey?: unknown }).TagKey === 'string') : [];
-      if (tags.length) {
-        const rt = dataMap<string>();
-        for (const x of tags) rt[x.TagKey] = typeof x.TagValue === 'string' ? x.TagValue : '';
-        out.requestTags = rt;
-        out.tagKeys = tags.map((x) => x.TagKey);
-      }
-    }
-    if (req.operation === 'UntagResource' && Array.isArray(r.TagKeys)) {
-      const keys = r.TagKeys.filter((k): k is string => typeof k === 'string');
-      if (keys.length) out.tagKeys = keys;
-    }
-    if (req.operation === 'CreateGrant') {
-      const g = _newGrant(r);
-      if (g) out.grant = g;
-    }
-    return out;
+    return authzRequestOf(req);
   }
 
   /** The decision without the managed-key guard or grant-token checks (see `authorize`). */

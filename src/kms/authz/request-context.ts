@@ -50,6 +50,8 @@ export interface AuthzRequest {
   caller: Caller;
   /** Absent for account-level actions (CreateKey, ListKeys, ListAliases, ListRetirableGrants, GenerateRandom). */
   key?: KeyInfo;
+  /** The region the request was made to (the KMS's): aws:RequestedRegion of a call without a key. */
+  region?: string;
   /** Resource ARN the statement's Resource is matched against; default the key ARN, else `*`. */
   resource?: string;
   encryptionContext?: Readonly<Record<string, string>>;
@@ -68,6 +70,10 @@ export interface AuthzRequest {
   grant?: NewGrantInfo;
   bypassPolicyLockoutSafetyCheck?: boolean;
   reEncryptOnSameKey?: boolean;
+  /** ScheduleKeyDeletion's PendingWindowInDays, 30 when left out (kms:ScheduleKeyDeletionPendingWindowInDays). */
+  pendingWindowInDays?: number;
+  /** EnableKeyRotation's RotationPeriodInDays, 365 when left out (kms:RotationPeriodInDays). */
+  rotationPeriodInDays?: number;
   /**
    * Tags the request would set (CreateKey, TagResource): aws:RequestTag/<k>, keyed by TagKey
    * as written. Keys differing only in case are one condition key with several values.
@@ -142,6 +148,9 @@ export class RequestContext implements ConditionContext {
         return c.type === 'AssumedRole' ? this._sessionRoleArn() : c.arn;
       case 'aws:principaltype':
         return { Root: 'Account', IAMUser: 'User', AssumedRole: 'AssumedRole', Role: 'AssumedRole', AWSService: undefined, Unknown: 'Anonymous' }[c.type];
+      case 'aws:principalisawsservice':
+        // In every request (docs/architecture.md §5.4): absent, a Deny on it being false never fired.
+        return c.type === 'AWSService' ? 'true' : 'false';
       case 'aws:principalservicename':
         return c.type === 'AWSService' ? c.arn : undefined;
       case 'aws:username':
@@ -172,7 +181,9 @@ export class RequestContext implements ConditionContext {
         // daemon's own calls are true (docs/architecture.md §5.4, "aws:SecureTransport").
         return c.secureTransport === false ? 'false' : 'true';
       case 'aws:requestedregion':
-        return r.key?.region;
+        // Every request is made to a region, a call without a key (CreateKey, ListKeys) too: absent, a region
+        // lock (Deny unless StringEquals aws:RequestedRegion) refused them all (docs/architecture.md §5.4).
+        return r.key?.region ?? r.region;
       case 'aws:resourceaccount':
         return r.key?.accountId;
       case 'kms:encryptioncontextkeys':
@@ -214,6 +225,14 @@ export class RequestContext implements ConditionContext {
         return r.bypassPolicyLockoutSafetyCheck === undefined ? undefined : String(r.bypassPolicyLockoutSafetyCheck);
       case 'kms:reencryptonsamekey':
         return r.reEncryptOnSameKey === undefined ? undefined : String(r.reEncryptOnSameKey);
+      case 'kms:multiregion':
+        // Every key has the property (docs/architecture.md §5.4); ebsd's are all single-Region, and CreateKey
+        // refuses MultiRegion true before it is authorized (ops/keys.ts).
+        return r.key || r.action.toLowerCase() === 'kms:createkey' ? 'false' : undefined;
+      case 'kms:schedulekeydeletionpendingwindowindays':
+        return r.pendingWindowInDays === undefined ? undefined : String(r.pendingWindowInDays);
+      case 'kms:rotationperiodindays':
+        return r.rotationPeriodInDays === undefined ? undefined : String(r.rotationPeriodInDays);
       case 'aws:tagkeys':
         return r.tagKeys;
     }

@@ -24,7 +24,7 @@ export function registerAsymmetricOperations(d: Dispatcher): void {
       const messageType = optEnum(r, 'MessageType', ['RAW', 'DIGEST', 'EXTERNAL_MU'] as const) ?? 'RAW';
       const alg = reqEnum(r, 'SigningAlgorithm', SIGN_ALGS);
       const signature = op === 'Verify' ? reqBytes(r, 'Signature', 1, 6144) : undefined;
-      await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [] });
+      await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [], messageType });
       requireUsage(key, 'SIGN_VERIFY');
       if (!signingAlgorithms(key.keySpec, key.keyUsage)!.includes(alg)) throw new InvalidKeyUsageException(`Algorithm ${alg} is incompatible with key spec ${key.keySpec}.`);
       if (messageType === 'EXTERNAL_MU') throw new ValidationException('MessageType EXTERNAL_MU applies to ML-DSA keys only');
@@ -61,7 +61,8 @@ export function registerAsymmetricOperations(d: Dispatcher): void {
         throw new UnsupportedOperationException(`KeyPairSpec ${pairSpec} is not supported by this KMS: ${unsupportedSpecReason(pairSpec)}`, { code: 'KMS_KEY_SPEC_UNSUPPORTED' });
       }
       const ec = optContext(r);
-      await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [] });
+      // kms:EncryptionAlgorithm: the pair's private key is encrypted under the symmetric key (docs/architecture.md §5.4).
+      await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: optStrList(r, 'GrantTokens', 10) ?? [], encryptionAlgorithm: 'SYMMETRIC_DEFAULT' });
       if (key.keySpec !== 'SYMMETRIC_DEFAULT') throw new InvalidKeyUsageException(`${key.arn} is not a symmetric encryption KMS key.`);
       call.stopIfDryRun();
       const want = op === 'GenerateDataKeyPair';

@@ -120,7 +120,7 @@ export function registerCryptoOperations(d: Dispatcher): void {
     const plaintext = reqBytes(r, 'Plaintext', 1, 4096);
     const ec = optContext(r);
     const alg = optEnum(r, 'EncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
-    await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
+    await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call), encryptionAlgorithm: alg });
     checkEncAlg(key, alg);
     if (alg === 'SYMMETRIC_DEFAULT') {
       call.stopIfDryRun();
@@ -143,7 +143,7 @@ export function registerCryptoOperations(d: Dispatcher): void {
     const alg = optEnum(r, 'EncryptionAlgorithm', ENC_ALGS) ?? 'SYMMETRIC_DEFAULT';
     const src = ignoreCiphertext ? await namedKey(ctx, optStr(r, 'KeyId'), 'KeyId') : await sourceKey(ctx, blob!, optStr(r, 'KeyId'), alg);
     const key = src.key;
-    await call.authorize({ key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
+    await call.authorize({ key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call), encryptionAlgorithm: alg });
     checkEncAlg(key, alg);
     noContextWithAsymmetric(key, ec);
     if (ignoreCiphertext) call.stopIfDryRun();
@@ -171,8 +171,10 @@ export function registerCryptoOperations(d: Dispatcher): void {
     const src = ignoreCiphertext ? await namedKey(ctx, optStr(r, 'SourceKeyId'), 'SourceKeyId') : await sourceKey(ctx, blob!, optStr(r, 'SourceKeyId'), salg);
     const dst = await ctx.resolveKey(reqStr(r, 'DestinationKeyId'));
     const gt = grantTokens(call);
-    await call.authorize({ action: 'kms:ReEncryptFrom', key: src.key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(sctx ? { encryptionContext: sctx } : {}), grantTokens: gt });
-    await call.authorize({ action: 'kms:ReEncryptTo', key: dst.key, ...(dst.requestAlias ? { requestAlias: dst.requestAlias } : {}), ...(dctx ? { encryptionContext: dctx } : {}), grantTokens: gt });
+    // kms:ReEncryptOnSameKey: the keys as resolved (the source from the ciphertext when SourceKeyId is left out).
+    const same = src.key.keyId === dst.key.keyId;
+    await call.authorize({ action: 'kms:ReEncryptFrom', key: src.key, ...(src.requestAlias ? { requestAlias: src.requestAlias } : {}), ...(sctx ? { encryptionContext: sctx } : {}), grantTokens: gt, reEncryptOnSameKey: same, encryptionAlgorithm: salg });
+    await call.authorize({ action: 'kms:ReEncryptTo', key: dst.key, ...(dst.requestAlias ? { requestAlias: dst.requestAlias } : {}), ...(dctx ? { encryptionContext: dctx } : {}), grantTokens: gt, reEncryptOnSameKey: same, encryptionAlgorithm: dalg });
     checkEncAlg(src.key, salg);
     checkEncAlg(dst.key, dalg);
     noContextWithAsymmetric(src.key, sctx, 'SourceEncryptionContext');
@@ -204,7 +206,8 @@ export function registerCryptoOperations(d: Dispatcher): void {
       const n = optInt(r, 'NumberOfBytes', 1, 1024);
       if ((spec === undefined) === (n === undefined)) throw new ValidationException('Please specify either number of bytes or key spec.');
       const bytes = n ?? (spec === 'AES_128' ? 16 : 32);
-      await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call) });
+      // kms:EncryptionAlgorithm: the data key is encrypted under the symmetric key (docs/architecture.md §5.4).
+      await call.authorize({ key, ...(requestAlias ? { requestAlias } : {}), ...(ec ? { encryptionContext: ec } : {}), grantTokens: grantTokens(call), encryptionAlgorithm: 'SYMMETRIC_DEFAULT' });
       if (key.keySpec !== 'SYMMETRIC_DEFAULT') throw new InvalidKeyUsageException(`${key.arn} is not a symmetric encryption KMS key.`);
       call.stopIfDryRun();
       const want = op === 'GenerateDataKey';

@@ -194,7 +194,7 @@ export function registerKeyOperations(d: Dispatcher): void {
   d.registerOperation('ScheduleKeyDeletion', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const days = optInt(call.request, 'PendingWindowInDays', 7, 30) ?? 30;
-    await call.authorize({ key });
+    await call.authorize({ key, pendingWindowInDays: days });
     requireCustomerManaged(key, 'ScheduleKeyDeletion');
     const when = call.now + days * DAY;
     await ctx.keystore.update(key.keyId, (k) => {

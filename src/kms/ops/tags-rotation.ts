@@ -74,7 +74,7 @@ export function registerTagAndRotationOperations(d: Dispatcher): void {
   d.registerOperation('EnableKeyRotation', async (ctx, call) => {
     const { key } = await ctx.resolveKey(reqStr(call.request, 'KeyId'), { aliases: false });
     const days = optInt(call.request, 'RotationPeriodInDays', 90, 2560) ?? DEFAULT_ROTATION_DAYS;
-    await call.authorize({ key });
+    await call.authorize({ key, rotationPeriodInDays: days });
     requireCustomerManaged(key, 'EnableKeyRotation');
     requireRotatable(key);
     const next = call.now + days * DAY;
