@@ -72,6 +72,11 @@ export interface KmsListenerOptions {
    */
   frontThreads?: 0 | 1;
   /** The front-end worker died: the listener is down (the daemon exits non-zero). */
+  /**
+   * A request's turn while the volume data path is busy (data-path-first.ts), by source address;
+   * undefined back: go now. Awaited before SigV4, so a held request costs no verification yet.
+   */
+  admit?: (source: string) => Promise<void> | undefined;
   onFatal?: (e: Error) => void;
 }
 
@@ -206,6 +211,8 @@ export class KmsListener {
     const sourceIp = req.conn.sourceIp;
     const ua = rawHeader(raw, 'user-agent');
     let operation = typeof target === 'string' ? target.slice(target.indexOf('.') + 1) : 'Unknown';
+    const wait = this.o.admit?.(sourceIp);
+    if (wait) await wait;
     try {
       const { body, url } = req;
       // Before the body's refusal: an EBS direct API request is answered in its own protocol (REST-JSON), which its
