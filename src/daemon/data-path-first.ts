@@ -5,11 +5,12 @@
  * FUSE requests, routing and every cipher run up to 128 KiB run on the event
  * loop; so do SigV4, the KMS core and audit of every call from the network
  * listener and the control socket. A flood of KMS calls took the loop and the
- * cores from the data path: fio on an attached volume fell to 4 % of its speed
- * while the HTTPS listener served 7,000 Decrypt/s (docs/benchmarks.md, "The
- * data path while the KMS is loaded"). So while the data path is busy (a FUSE
- * request arrived within the last BUSY_WINDOW_MS) callers' calls are admitted
- * at most `ratePerSecond`, in turns per source as the core's FairGate takes
+ * cores from the data path: fio on an attached volume kept 9-10 % of its speed
+ * (24-32 % with the listener's TLS and HTTP on its worker thread) while the
+ * HTTPS listener served 6,200-7,300 Decrypt/s (docs/benchmarks.md, "The
+ * data path while the KMS is loaded"). So while the data path is busy (busy():
+ * a FUSE request arrived within the last BUSY_WINDOW_MS, or one runs) callers'
+ * calls are admitted at most `ratePerSecond`, in turns per source as the core's FairGate takes
  * them per party: one source's thousands of queued calls add at most one
  * call's wait per turn to another source's. When the data path is idle every
  * call passes straight through, with no promise and no timer.
@@ -22,12 +23,14 @@
 
 /** A FUSE request within this long ago: the data path is busy. */
 export const BUSY_WINDOW_MS = 10;
+/** A FUSE request running counts as busy only while requests moved within this long (not a stuck one). */
+export const STUCK_MS = 1000;
 /** Callers' calls admitted per second while the data path is busy (`--kms-rate-while-io-busy`): docs/benchmarks.md, "The data path while the KMS is loaded". */
 export const KMS_RATE_WHILE_IO_BUSY = 250;
 /**
  * How often queued calls are let through while the data path is busy, a tick's worth at once: one wake-up of
- * the loop and of the KMS's threads per 10 ms, not per call (at 1 ms, fio's sequential reads kept 0.73-0.81
- * of their speed beside 250 calls/s; at 10 ms 0.95: docs/benchmarks.md).
+ * the loop and of the KMS's threads per 10 ms, not per call (docs/benchmarks.md, "The data path while the KMS
+ * is loaded": the first trials at 1 ms kept less of fio's speed at the same rate).
  */
 const TICK_MS = 10;
 
@@ -45,6 +48,8 @@ export class DataPathFirst {
   private lastCount: number;
   private lastChangeAt = -Infinity;
   private checkedAt = -Infinity;
+  private movedAt = -Infinity;
+  private closed = false;
   private tokens: number;
   private refilledAt: number;
   private readonly burst: number;
@@ -72,20 +77,23 @@ export class DataPathFirst {
   }
 
   /**
-   * Whether the data path is busy: a FUSE request runs now, or arrived within the last BUSY_WINDOW_MS.
-   * The count is read only here, so a change seen after a longer gap than two windows may be old:
-   * it counts only with a request running now (which a busy data path almost always has).
+   * Whether the data path is busy: a FUSE request arrived within the last BUSY_WINDOW_MS, or one runs
+   * now and requests moved within STUCK_MS (a request that never completes, a hung backing file, does
+   * not pace callers for good). The count is read only here: while calls wait, the ticks read it
+   * continuously, so any move since the last read is recent however late the tick ran; otherwise a
+   * move seen after more than two windows may be old and counts only with a request running now.
    */
   busy(): boolean {
     const t = this.now();
     const n = this.o.requests();
     if (n !== this.lastCount) {
-      const recent = t - this.checkedAt <= 2 * BUSY_WINDOW_MS; // checked a tick ago (TICK_MS) while calls wait
+      const recent = this.queued > 0 || t - this.checkedAt <= 2 * BUSY_WINDOW_MS;
       this.lastCount = n;
+      this.movedAt = t;
       if (recent || this.o.inFlight() > 0) this.lastChangeAt = t;
     }
     this.checkedAt = t;
-    return t - this.lastChangeAt < BUSY_WINDOW_MS || this.o.inFlight() > 0;
+    return t - this.lastChangeAt < BUSY_WINDOW_MS || (this.o.inFlight() > 0 && t - this.movedAt < STUCK_MS);
   }
 
   /**
@@ -93,7 +101,7 @@ export class DataPathFirst {
    * comes (never rejects).
    */
   admit(source: string): Promise<void> | undefined {
-    if (this.o.ratePerSecond === 0) return undefined;
+    if (this.o.ratePerSecond === 0 || this.closed) return undefined;
     if (this.queued === 0 && (!this.busy() || this.take())) return undefined;
     this.held++;
     const p = new Promise<void>((resolve) => {
@@ -106,8 +114,9 @@ export class DataPathFirst {
     return p;
   }
 
-  /** Stop: every waiting call goes now (the daemon is stopping; its transports answer or drop them). */
+  /** Stop: every waiting call goes now, and every later one at once (the daemon is stopping; its transports answer or drop them). */
   close(): void {
+    this.closed = true;
     clearTimeout(this.timer);
     this.timer = undefined;
     while (this.queued > 0) this.release();

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { BUSY_WINDOW_MS, DataPathFirst } from '../../src/daemon/data-path-first.js';
+import { BUSY_WINDOW_MS, DataPathFirst, STUCK_MS } from '../../src/daemon/data-path-first.js';
 
 /**
  * The pacing of callers' KMS calls while the volume data path is busy, on a
@@ -50,9 +50,9 @@ describe('DataPathFirst', () => {
     expect(gate.waitingCalls).toBe(0);
   });
 
-  it('a FUSE request running holds calls without new ones arriving (a deep queue, a slow backing file)', async () => {
-    const { gate, running, order, call } = setup(100);
-    running(1);
+  it('a FUSE request running holds calls though no new one arrives (a slow backing file)', async () => {
+    const { gate, io, running, order, call } = setup(100);
+    io(); running(1);
     for (let i = 0; i < 5; i++) call('a', `a${i}`);
     expect(order).toHaveLength(1);
     await vi.advanceTimersByTimeAsync(BUSY_WINDOW_MS * 3);
@@ -94,6 +94,44 @@ describe('DataPathFirst', () => {
     gate.close();
     await vi.advanceTimersByTimeAsync(0);
     expect(order).toHaveLength(102);
+  });
+
+  it('a tick that runs late (a saturated loop) with no request running at that instant still finds the data path busy', async () => {
+    // Write-behind answers a write at once: between requests nothing runs. Requests arrive every ms.
+    const { gate, io, order, call } = setup(100);
+    io(); gate.busy(); io();
+    for (let i = 0; i < 50; i++) call('a', `a${i}`);
+    expect(order).toHaveLength(1);
+    // The loop is held: the tick due at 10 ms runs at 25 ms; requests arrived meanwhile (none runs when it does).
+    await vi.advanceTimersByTimeAsync(9);
+    io();
+    vi.setSystemTime(Date.now() + 15);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(order.length).toBeLessThanOrEqual(3); // the burst and a tick's worth, not all 50
+    expect(gate.waitingCalls).toBeGreaterThan(40);
+    gate.close();
+  });
+
+  it('a request stuck in flight (requests no longer moving) paces callers for STUCK_MS at most', async () => {
+    const { gate, io, running, order, call } = setup(100);
+    io(); gate.busy(); io(); running(1);
+    for (let i = 0; i < 300; i++) call('a', `a${i}`);
+    await vi.advanceTimersByTimeAsync(STUCK_MS / 2);
+    expect(order.length).toBeLessThan(100);
+    await vi.advanceTimersByTimeAsync(STUCK_MS);
+    expect(order).toHaveLength(300);
+  });
+
+  it('after close every call goes at once, and no timer is left', async () => {
+    const { gate, io, running, order, call } = setup(100);
+    io(); gate.busy(); io(); running(1);
+    call('a', 'a0'); call('a', 'a1'); call('b', 'b0');
+    gate.close();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(order).toHaveLength(3);
+    io(); call('a', 'late');
+    expect(order).toHaveLength(4);
+    expect(vi.getTimerCount()).toBe(0);
   });
 
   it('rate 0 never holds a call', () => {

@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { KMSClient, GenerateRandomCommand, EncryptCommand, DecryptCommand, CreateKeyCommand } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Env, ensureBuilt } from './helpers.js';
+import { Env, ensureBuilt, rawControlCall } from './helpers.js';
 import { KMS_ADMIN_POLICY, kmsUrl, makeAccessKey, REGION } from '../kms-net/helpers.js';
 
 async function scrape(url: string, name: string): Promise<number> {
@@ -71,11 +71,17 @@ describe('KMS calls beside a busy data path (real daemon, FUSE, fio, AWS SDK)', 
         const back = (await kms.send(new DecryptCommand({ CiphertextBlob: blob, EncryptionContext: { n: String(p[0]) } }))).Plaintext!;
         return Buffer.from(back).equals(p);
       }));
-      const socket = Promise.all(Array.from({ length: 5 }, () => env.ok(['kms', 'generate-random', '--number-of-bytes', '16'])));
       expect(await sdk).toEqual(plaintexts.map(() => true));
-      for (const r of await socket) expect(Buffer.from(r.Plaintext, 'base64')).toHaveLength(16);
+      const heldSdk = await scrape(metrics, 'ebsd_kms_calls_held_for_io_total');
+      expect(heldSdk).toBeGreaterThan(heldBefore);
+      // The control socket's calls wait their turns too (ten at once, each on its own connection, one uid).
+      const socket = await Promise.all(Array.from({ length: 10 }, () => rawControlCall(env.state, 'TrentService.GenerateRandom', { NumberOfBytes: 16 })));
+      for (const r of socket) {
+        expect(r.status).toBe(200);
+        expect(Buffer.from(r.body.Plaintext as string, 'base64')).toHaveLength(16);
+      }
+      expect(await scrape(metrics, 'ebsd_kms_calls_held_for_io_total')).toBeGreaterThan(heldSdk);
       expect(fio.exitCode).toBeNull(); // fio ran through all of it
-      expect(await scrape(metrics, 'ebsd_kms_calls_held_for_io_total')).toBeGreaterThan(heldBefore);
     } finally {
       fio.kill('SIGTERM');
     }
