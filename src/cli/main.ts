@@ -128,7 +128,8 @@ function daemonCommand(y: Argv): Argv {
         .option('tls-cert', { type: 'string', describe: 'PEM certificate (chain) for --kms-listen: HTTPS' })
         .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert' })
         .option('kms-only', { type: 'boolean', default: false, describe: 'run the KMS alone (with --kms-listen): no FUSE mount, no volume service' })
-        .option('kms-front-threads', { type: 'string', coerce: wholeNumber('--kms-front-threads'), describe: '--kms-listen\'s TLS and HTTP: 0 on the main thread, 1 on a front-end worker thread (default: 1 with --kms-only, 0 otherwise)' })
+        .option('kms-front-threads', { type: 'string', coerce: wholeNumber('--kms-front-threads'), describe: '--kms-listen\'s TLS and HTTP: 0 on the main thread, 1 on a front-end worker thread (default 1)' })
+        .option('kms-rate-while-io-busy', { type: 'string', coerce: wholeNumber('--kms-rate-while-io-busy'), describe: 'callers\' KMS and EBS direct calls (network and socket) admitted per second while the volume data path is busy, in turns per source; 0 = no limit (default 250)' })
         .option('kms-endpoint', { type: 'string', describe: 'volume keys from this KMS (AWS KMS or another host\'s --kms-only daemon), as the host role from the standard AWS credential chain' })
         .option('kms-probe-interval', { type: 'string', describe: 'with --kms-endpoint: after this long without a request to it, ask it whether it answers (ebsd_kms_remote_reachable, ebsd status; default 30s, 0 = never)' })
         .option('kms-request-timeout', { type: 'string', describe: 'with --kms-endpoint: how long each attempt of a call waits for its answer before the SDK retries it (3 attempts; 100ms to 10m; default 5s)' })
@@ -163,6 +164,7 @@ function daemonCommand(y: Argv): Argv {
         ...(a.kmsListen !== undefined ? { kmsListen: listenAddress(a.kmsListen) } : {}),
         ...(a.kmsOnly ? { kmsOnly: true } : {}),
         ...(a.kmsFrontThreads !== undefined ? { kmsFrontThreads: a.kmsFrontThreads as 0 | 1 } : {}),
+        ...(a.kmsRateWhileIoBusy !== undefined ? { kmsRateWhileIoBusy: a.kmsRateWhileIoBusy as number } : {}),
         ...(a.kmsEndpoint !== undefined ? { kmsEndpoint: a.kmsEndpoint } : {}),
         ...(a.kmsRegion !== undefined ? { kmsRegion: a.kmsRegion } : {}),
         ...(a.kmsProbeInterval !== undefined ? { kmsProbeIntervalMs: parseDuration(a.kmsProbeInterval, '--kms-probe-interval') } : {}),

@@ -53,9 +53,11 @@ export interface DaemonConfig {
   kmsOnly?: boolean;
   /**
    * Threads running the listener's TLS and HTTP (src/daemon/kms-front.ts): 0 the main thread,
-   * 1 a front-end worker. Default: 1 with `kmsOnly`, 0 otherwise (the FUSE data path keeps its core).
+   * 1 a front-end worker. Default 1: on the main thread a loaded listener took the FUSE data path's loop (docs/benchmarks.md, "The data path while the KMS is loaded").
    */
   kmsFrontThreads?: 0 | 1;
+  /** Callers' KMS and EBS direct calls admitted per second while the volume data path is busy; 0: no limit (data-path-first.ts). */
+  kmsRateWhileIoBusy?: number;
   /**
    * Volume keys from this KMS (AWS KMS, another host's `--kms-only` daemon) over
    * the AWS protocol, as the host's principal from the standard AWS credential
@@ -213,6 +215,7 @@ export function checkDaemonFlags(c: DaemonConfig): void {
     throw new ArgRangeError('--host-principal-arn', `"${c.hostPrincipalArn}" is not an IAM role or user ARN (arn:aws:iam::111122223333:role/fleet/host-a)`);
   }
   if (c.kmsOnly && !c.kmsListen) throw new ArgRangeError('--kms-only', 'needs --kms-listen: a KMS-only daemon serves nothing else');
+  if (c.kmsRateWhileIoBusy !== undefined && c.kmsOnly) throw new ArgRangeError('--kms-rate-while-io-busy', 'paces callers while the volume data path is busy; a --kms-only daemon serves no volumes');
   if (c.kmsEndpoint !== undefined && c.kmsOnly) throw new ArgRangeError('--kms-endpoint', 'a --kms-only daemon serves the KMS; it does not use a remote one');
   if (c.kmsRegion !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-region', 'needs --kms-endpoint');
   if (c.hostPrincipalArn !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--host-principal-arn', 'needs --kms-endpoint');
@@ -220,6 +223,7 @@ export function checkDaemonFlags(c: DaemonConfig): void {
   if (c.kmsRequestTimeoutMs !== undefined && c.kmsEndpoint === undefined) throw new ArgRangeError('--kms-request-timeout', 'needs --kms-endpoint');
   if (c.tls && !c.kmsListen) throw new ArgRangeError('--tls-cert', 'needs --kms-listen');
   if (c.kmsFrontThreads !== undefined && c.kmsFrontThreads !== 0 && c.kmsFrontThreads !== 1) throw new ArgRangeError('--kms-front-threads', `must be 0 or 1, got ${String(c.kmsFrontThreads)}`);
+  if (c.kmsRateWhileIoBusy !== undefined && (!Number.isSafeInteger(c.kmsRateWhileIoBusy) || c.kmsRateWhileIoBusy < 0 || c.kmsRateWhileIoBusy > 1_000_000)) throw new ArgRangeError('--kms-rate-while-io-busy', `must be a whole number of calls per second from 0 (no limit) to 1000000, got ${String(c.kmsRateWhileIoBusy)}`);
   // A config built in code, not through the CLI's parse, is held to the same ranges.
   if (c.refusalWindowMs !== undefined && (!Number.isSafeInteger(c.refusalWindowMs) || c.refusalWindowMs < 1000 || c.refusalWindowMs > 10 * 60_000)) {
     throw new ArgRangeError('--refusal-window', `must be from 1s to 10m, got ${String(c.refusalWindowMs)} ms`);

@@ -35,6 +35,7 @@ import { ResumeRetry } from '../volume/resume-retry.js';
 import type { RefusalSummary } from './connection-guard.js';
 import { Ec2RequestError, isEc2Operation, parseEc2Request, VOLUME_ID_RE, type CreateVolumeInput, type DescribeVolumesInput, type Ec2Request } from './ec2-requests.js';
 import { checkImageSizeFits, parseVolumeSize } from '../volume/size.js';
+import { DataPathFirst, KMS_RATE_WHILE_IO_BUSY } from './data-path-first.js';
 import { KmsListener } from './kms-listener.js';
 import { SnapshotRestore } from '../snapshot/restore.js';
 import { SnapshotCopier } from '../snapshot/copy.js';
@@ -128,6 +129,8 @@ export class Daemon {
   private fuse: FuseMount | undefined;
   private server: ControlServer | undefined;
   private listener: KmsListener | undefined;
+  /** Callers' KMS and EBS direct calls wait while the volume data path is busy (data-path-first.ts); undefined under --kms-only. */
+  private dataPathFirst: DataPathFirst | undefined;
   private accessKeys: AccessKeyStore | undefined;
   private trust: TrustPolicies | undefined;
   private ticker: NodeJS.Timeout | undefined;
@@ -306,6 +309,7 @@ export class Daemon {
     await this.server.listen();
     const metricsAt = await this.startMetrics();
     let kmsUrl: string | undefined;
+    if (!cfg.kmsOnly) this.dataPathFirst = new DataPathFirst({ requests: () => this.bfs?.requests ?? 0, inFlight: () => this.bfs?.inflightAll ?? 0, ratePerSecond: cfg.kmsRateWhileIoBusy ?? KMS_RATE_WHILE_IO_BUSY });
     if (cfg.kmsListen) {
       const kms = this.kms;
       const tls = cfg.tls ? { cert: await fsp.readFile(cfg.tls.certFile), key: await fsp.readFile(cfg.tls.keyFile) } : undefined;
@@ -319,7 +323,8 @@ export class Daemon {
         auditRefusal: (key, ev, party) => kms.audit.appendRefusal(key, ev, party),
         ...(this.ebs ? { ebs: (op: string, members: Record<string, unknown>, caller: Caller, requestId: string) => this.ebs!.call(op, members, caller, { requestId }) as Promise<Record<string, unknown>> } : {}),
         log: log.child({ component: 'kms-listener' }),
-        frontThreads: cfg.kmsFrontThreads ?? (cfg.kmsOnly ? 1 : 0),
+        frontThreads: cfg.kmsFrontThreads ?? 1,
+        ...(this.dataPathFirst ? { admit: this.dataPathFirst.admit.bind(this.dataPathFirst) } : {}),
         ...(cfg.refusalWindowMs !== undefined ? { limits: { refusalWindowMs: cfg.refusalWindowMs } } : {}),
         onFatal: (e) => this.fail(e),
       });
@@ -626,6 +631,7 @@ export class Daemon {
       ...(this.cfg.kmsOnly ? {} : { mountLost: () => this.mountLost() }),
       snapshotsInProgress: () => this.snapshots?.inProgress() ?? [],
       kmsListener: () => this.listener?.usage() ?? Promise.resolve(undefined),
+      callsHeldForIo: () => (this.dataPathFirst ? { held: this.dataPathFirst.held, waiting: this.dataPathFirst.waitingCalls } : undefined),
     });
     const { host, port } = await m.listen(this.cfg.metricsListen, this.log);
     const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -662,6 +668,7 @@ export class Daemon {
     // pending) while its client is still connected, rather than completing after the KMS listener cut its client off
     // or holding the control server's drain (10 s) for nothing. The keys stay until 'ebs direct' below.
     await step('ebs direct waits', () => this.ebs?.stopWaits());
+    this.dataPathFirst?.close(); // calls still waiting go on to the listener, which is closing
     await step('kms listener', () => this.listener?.close());
     await step('control server', () => this.server?.close());
     await step('metrics', () => this.metrics?.close());
@@ -735,8 +742,10 @@ export class Daemon {
         await this.auditUndecodable(op, caller, e, peer);
         throw e;
       }
-      // The core authorizes and audits.
+      // The core authorizes and audits; while the volume data path is busy, in turns per uid.
       try {
+        const wait = this.dataPathFirst?.admit(`uid:${peer.uid}`);
+        if (wait) await wait;
         return await this.kmsCore!.call(op, request, caller, peer.requestId);
       } finally {
         wipeRequestSecrets(request); // decoded here: ours to wipe (aws-json.ts)
@@ -749,7 +758,9 @@ export class Daemon {
       if (!this.ebs) {
         throw new EbsdError('EBS_DIRECT_UNAVAILABLE', `ebs.${op}: the EBS direct APIs are not served by a daemon with --kms-only or --kms-endpoint`, { awsName: 'UnsupportedOperation' });
       }
-      // Checked, authorized (ebs:<Operation>) and audited by the EBS API itself.
+      // Checked, authorized (ebs:<Operation>) and audited by the EBS API itself; while the volume data path is busy, in turns per uid.
+      const wait = this.dataPathFirst?.admit(`uid:${peer.uid}`);
+      if (wait) await wait;
       return this.ebs.call(op, body, caller, { requestId: peer.requestId, uid: peer.uid });
     }
     if (service !== 'ebsd' || !op) throw new EbsdError('UNKNOWN_TARGET', `unknown target "${target}"`, { awsName: 'UnknownOperationException' });

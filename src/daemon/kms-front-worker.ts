@@ -65,7 +65,7 @@ function onRequest(r: TransportRequest): void {
   if (cid === undefined) {
     cid = nextConn++;
     connIds.set(r.conn, cid);
-    conns.push(cid, r.conn.sourceIp, r.conn.tls?.tlsVersion ?? '', r.conn.tls?.cipherSuite ?? '');
+    conns.push(cid, r.conn.sourceIp, r.conn.tls?.tlsVersion ?? '', r.conn.tls?.cipherSuite ?? '', r.conn.source ?? '');
     if (closedEarly.has(r.conn)) gone.push(cid); // the main thread reads a batch's requests before its "gone"
   }
   const id = nextReq++;

@@ -51,7 +51,7 @@ export type FrontMessage =
   | { t: 'failed'; message: string; code?: string }
   | {
     t: 'batch';
-    /** [connId, sourceIp, tlsVersion or '', cipherSuite or ''] per new connection. */
+    /** [connId, sourceIp, tlsVersion or '', cipherSuite or '', source or ''] per new connection. */
     conns: (number | string)[];
     reqs: (number | string)[];
     bodies: ArrayBuffer | null;
@@ -177,8 +177,9 @@ export class FrontWorker {
     if (m.t === 'usage') { this.usageWaiters.shift()?.(m.u); return; }
     if (m.t !== 'batch') return;
     const c = m.conns;
-    for (let i = 0; i < c.length; i += 4) {
+    for (let i = 0; i < c.length; i += 5) {
       const conn: WireConnection = { sourceIp: c[i + 1] as string };
+      if (c[i + 4]) conn.source = c[i + 4] as string;
       if (c[i + 2]) conn.tls = { tlsVersion: c[i + 2] as string, ...(c[i + 3] ? { cipherSuite: c[i + 3] as string } : {}) };
       this.conns.set(c[i] as number, conn);
     }

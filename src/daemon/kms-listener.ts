@@ -73,6 +73,12 @@ export interface KmsListenerOptions {
   frontThreads?: 0 | 1;
   /** The front-end worker died: the listener is down (the daemon exits non-zero). */
   onFatal?: (e: Error) => void;
+  /**
+   * A request's turn while the volume data path is busy (data-path-first.ts), by the connection's source
+   * (as its admission counted it); undefined back: go now. Awaited before SigV4, so a held request costs
+   * no verification yet; a request the transport already refused (its body not read) is answered at once.
+   */
+  admit?: (source: string) => Promise<void> | undefined;
 }
 
 const STS_NS = 'https://sts.amazonaws.com/doc/2011-06-15/';
@@ -206,6 +212,8 @@ export class KmsListener {
     const sourceIp = req.conn.sourceIp;
     const ua = rawHeader(raw, 'user-agent');
     let operation = typeof target === 'string' ? target.slice(target.indexOf('.') + 1) : 'Unknown';
+    const wait = req.bodyError ? undefined : this.o.admit?.(req.conn.source ?? sourceIp);
+    if (wait) await wait;
     try {
       const { body, url } = req;
       // Before the body's refusal: an EBS direct API request is answered in its own protocol (REST-JSON), which its

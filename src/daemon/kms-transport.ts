@@ -46,6 +46,12 @@ export const DEFAULT_LIMITS: ListenerLimits = Object.freeze({ ...GUARD_LIMITS, m
 export interface WireConnection {
   /** The client's address (an IPv4-mapped IPv6 address as IPv4). */
   sourceIp: string;
+  /**
+   * Whom the connection counts against, as its admission counted it (loopback-peers.ts connectionSource:
+   * `uid:N` on loopback, an IPv6 address by its /64); absent where not known. The data path's pacing
+   * (data-path-first.ts) takes turns by it.
+   */
+  source?: string;
   /** The TLS session, for CloudTrail's `tlsDetails`; absent on plain HTTP. */
   tls?: { tlsVersion: string; cipherSuite?: string };
 }
@@ -291,7 +297,7 @@ export class HttpTransport {
     if (c) return c;
     const t = s as Partial<TLSSocket>;
     const protocol = typeof t.getProtocol === 'function' ? t.getProtocol() : undefined;
-    c = { sourceIp: (s.remoteAddress ?? '').replace(/^::ffff:/, '') };
+    c = { sourceIp: (s.remoteAddress ?? '').replace(/^::ffff:/, ''), source: this.sourceOf(s) };
     if (protocol) c.tls = { tlsVersion: protocol, ...(t.getCipher?.()?.standardName ? { cipherSuite: t.getCipher!()!.standardName } : {}) };
     this.conns.set(s, c);
     // On the socket that carried the requests: over TLS that is the TLS socket, not the TCP socket admitted at

@@ -125,6 +125,8 @@ export interface MetricsSources {
   mountLost?(): boolean;
   /** With --kms-listen: its connections and refusals (KmsListener.usage); undefined when its front-end worker does not answer. */
   kmsListener?(): Promise<KmsListenerUsage | undefined>;
+  /** Callers' KMS and EBS direct calls that waited for a turn while the volume data path was busy, since start, and waiting now (data-path-first.ts); absent under --kms-only. */
+  callsHeldForIo?(): { held: number; waiting: number } | undefined;
 }
 
 /** A result label: `ok`, `denied`, or the AWS exception name (a bounded set of classes). */
@@ -332,6 +334,24 @@ export class DaemonMetrics {
         if (!u) return;
         this.reset();
         for (const reason of REFUSAL_REASONS) this.inc({ reason }, u.RefusedSinceStart[reason] ?? 0);
+      },
+    });
+    new Counter({
+      name: 'ebsd_kms_calls_held_for_io_total', help: 'Callers\' KMS and EBS direct calls (network listener and control socket) that waited for a turn because the volume data path was busy (--kms-rate-while-io-busy), since start',
+      registers,
+      collect() {
+        const h = self.sources?.callsHeldForIo?.();
+        if (!h) return;
+        this.reset();
+        this.inc(h.held);
+      },
+    });
+    new Gauge({
+      name: 'ebsd_kms_calls_waiting_for_io', help: 'Callers\' KMS and EBS direct calls waiting now for a turn while the volume data path is busy',
+      registers,
+      collect() {
+        const h = self.sources?.callsHeldForIo?.();
+        if (h) this.set(h.waiting);
       },
     });
     new Gauge({

@@ -90,6 +90,9 @@ export class BlockFileSystem {
   private readonly mountedAt = Date.now();
   private readonly writeBehind: boolean;
   private readonly observe: ((volumeId: string) => IoObserver) | null;
+  /** Reads, writes and flushes received since the mount, and running now, of every volume (DataPathFirst reads them to tell a busy data path). */
+  requests = 0;
+  inflightAll = 0;
 
   constructor(opts: BlockFileSystemOptions) {
     this.log = opts.logger;
@@ -230,6 +233,7 @@ export class BlockFileSystem {
 
   /** Request finished: the in-flight count the detach drain waits on. */
   private done(e: Entry): void {
+    this.inflightAll--;
     if (--e.inflight === 0 && e.drained.length) for (const r of e.drained.splice(0)) r();
   }
 
@@ -303,6 +307,8 @@ export class BlockFileSystem {
         // No async wrapper or closure per request: one .then on the device's
         // promise (already resolved on the page-cache fast path).
         e.inflight++;
+        this.requests++;
+        this.inflightAll++;
         const t0 = e.obs !== null && ++e.tick % LATENCY_SAMPLE === 1 ? performance.now() : 0;
         let p: Promise<number>;
         try {
@@ -329,6 +335,8 @@ export class BlockFileSystem {
         const n = Math.min(len, e.dev.size - pos);
         const data = n === buf.length ? buf : buf.subarray(0, n);
         e.inflight++;
+        this.requests++;
+        this.inflightAll++;
         const t0 = e.obs !== null && ++e.tick % LATENCY_SAMPLE === 1 ? performance.now() : 0;
         if (e.submit !== null) {
           // One call, one reply: the device decides whether to write behind
@@ -413,6 +421,8 @@ export class BlockFileSystem {
     if (!e) return cb(EBADF);
     if (e.removed) return cb(this.refuseRemoved(e, 'flush', 0, 0));
     e.inflight++;
+    this.requests++;
+    this.inflightAll++;
     const t0 = e.obs !== null ? performance.now() : 0; // every flush is timed: it costs an fdatasync anyway
     let p: Promise<void>;
     try {
