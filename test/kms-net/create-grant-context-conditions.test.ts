@@ -10,7 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CreateGrantCommand, CreateKeyCommand, KMSClient, ListGrantsCommand } from '@aws-sdk/client-kms';
-import { REGION, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { makeAccessKey, startKmsDaemon, kmsClientFor } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 describe('CreateGrant: kms:EncryptionContext:<key> and kms:EncryptionContextKeys are the new grant\'s constraint', () => {
@@ -25,11 +25,7 @@ describe('CreateGrant: kms:EncryptionContext:<key> and kms:EncryptionContextKeys
   beforeAll(async () => {
     ensureBuilt();
     const { url } = await startKmsDaemon(env);
-    const client = (k: { AccessKeyId: string; SecretAccessKey: string }): KMSClient => {
-      const c = new KMSClient({ endpoint: url, region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
-      clients.push(c);
-      return c;
-    };
+    const client = (k: { AccessKeyId: string; SecretAccessKey: string }): KMSClient => kmsClientFor(url, k, clients);
     const a = await makeAccessKey(env, 'admin', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }));
     admin = client(a.key);
     const d = await makeAccessKey(env, 'delegate');

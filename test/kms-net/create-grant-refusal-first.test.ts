@@ -10,7 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CreateGrantCommand, CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
-import { KMS_ADMIN_POLICY, REGION, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { KMS_ADMIN_POLICY, makeAccessKey, startKmsDaemon, kmsClientFor } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 describe('CreateGrant by a caller without permission: AccessDeniedException whether the grantee exists or not', () => {
@@ -26,11 +26,7 @@ describe('CreateGrant by a caller without permission: AccessDeniedException whet
   beforeAll(async () => {
     ensureBuilt();
     const { url } = await startKmsDaemon(env);
-    const client = (k: { AccessKeyId: string; SecretAccessKey: string }): KMSClient => {
-      const c = new KMSClient({ endpoint: url, region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
-      clients.push(c);
-      return c;
-    };
+    const client = (k: { AccessKeyId: string; SecretAccessKey: string }): KMSClient => kmsClientFor(url, k, clients);
     const a = await makeAccessKey(env, 'admin', KMS_ADMIN_POLICY, 'admin');
     acct = a.accountId;
     admin = client(a.key);

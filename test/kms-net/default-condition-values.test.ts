@@ -15,7 +15,7 @@ import {
   CreateKeyCommand, DecryptCommand, DescribeKeyCommand, GenerateRandomCommand, ListKeysCommand, EnableKeyRotationCommand, EncryptCommand, GenerateDataKeyCommand, GenerateDataKeyPairCommand, GetKeyRotationStatusCommand,
   KMSClient, ReEncryptCommand, ScheduleKeyDeletionCommand, SignCommand, VerifyCommand,
 } from '@aws-sdk/client-kms';
-import { REGION, kmsUrl, makeAccessKey, startKmsDaemon } from './helpers.js';
+import { REGION, kmsUrl, makeAccessKey, startKmsDaemon, kmsClientFor } from './helpers.js';
 import { Env, ensureBuilt } from '../e2e/helpers.js';
 
 describe('condition keys with a default or a fact behind them have a value in every request they belong to', () => {
@@ -30,11 +30,7 @@ describe('condition keys with a default or a fact behind them have a value in ev
   beforeAll(async () => {
     ensureBuilt();
     const { url } = await startKmsDaemon(env);
-    const client = (k: { AccessKeyId: string; SecretAccessKey: string }): KMSClient => {
-      const c = new KMSClient({ endpoint: url, region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
-      clients.push(c);
-      return c;
-    };
+    const client = (k: { AccessKeyId: string; SecretAccessKey: string }): KMSClient => kmsClientFor(url, k, clients);
     const policy = (...Statement: Record<string, unknown>[]): string => JSON.stringify({ Version: '2012-10-17', Statement });
     admin = client((await makeAccessKey(env, 'admin', policy({ Effect: 'Allow', Action: 'kms:*', Resource: '*' }))).key);
     // The user may do anything with keys, but never symmetric encryption, and may sign only RAW messages.

@@ -9,6 +9,7 @@
 import { writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
+import { KMSClient } from '@aws-sdk/client-kms';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { sh, type Env } from '../e2e/helpers.js';
 import { Sha256 } from './smithy-sha256.js';
@@ -194,4 +195,11 @@ export function answers(s: Socket, n: number): Promise<{ status: number; body: a
     s.on('error', reject);
     s.on('close', () => reject(new Error(`connection closed after ${out.length} of ${n} answers`)));
   });
+}
+
+/** A @aws-sdk/client-kms client for access key `k` at the listener `url`, kept in `made` for the test's afterAll to destroy. */
+export function kmsClientFor(url: string, k: { AccessKeyId: string; SecretAccessKey: string }, made: KMSClient[]): KMSClient {
+  const c = new KMSClient({ endpoint: url, region: REGION, credentials: { accessKeyId: k.AccessKeyId, secretAccessKey: k.SecretAccessKey } });
+  made.push(c);
+  return c;
 }
