@@ -49,14 +49,36 @@ const WORKLOADS = {
 };
 
 const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[s.length >> 1]; };
-const cli = (...a) => { const out = execFileSync(process.execPath, [CLI, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: state } }).toString(); return out.trim() ? JSON.parse(out) : {}; };
+/** `ebsd … --output json` against the daemon of `stateDir`. */
+const cliAt = (stateDir) => (...a) => { const out = execFileSync(process.execPath, [CLI, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: stateDir } }).toString(); return out.trim() ? JSON.parse(out) : {}; };
+const cli = cliAt(state);
+/** fio's --size for the working set (fio reads 512m, not 512MiB). */
+const FIO_SIZE = size.replace(/iB$/, '').toLowerCase();
 const cpuOf = (pid) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) * 10; }; // ms
 
+/** One timed fio workload on `file` as a child process (this thread's event loop stays free for the flood). */
 function fio(file, name, extra, secs) {
-  const out = execFileSync('fio', ['--output-format=json', `--name=${name}`, `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--time_based=1',
-    `--runtime=${secs}`, `--ramp_time=${RAMP_S}`, `--size=${size.replace(/iB$/, '').toLowerCase()}`, '--randrepeat=0', '--norandommap=1', '--group_reporting=1', '--invalidate=0', '--lat_percentiles=1', '--percentile_list=50:99', ...extra],
-  { maxBuffer: 64 << 20 }).toString();
-  return fioResult(out);
+  return new Promise((ok, fail) => {
+    const child = spawn('fio', ['--output-format=json', `--name=${name}`, `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--time_based=1',
+      `--runtime=${secs}`, `--ramp_time=${RAMP_S}`, `--size=${FIO_SIZE}`, '--randrepeat=0', '--norandommap=1', '--group_reporting=1', '--invalidate=0', '--lat_percentiles=1', '--percentile_list=50:99', ...extra],
+    { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (c) => (out += c));
+    child.on('exit', (code) => (code === 0 ? ok(fioResult(out)) : fail(new Error(`fio ${name} exited ${code}`))));
+  });
+}
+
+/** fio writes 64 MiB of the volume with checksummed blocks and reads them back (exits non-zero on a wrong one). */
+const verifyVolume = (file) => execFileSync('fio', ['--name=verify', `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1'], { stdio: 'ignore' });
+
+/** On the daemon `run` talks to: user `bench` allowed kms:*, its access key, a key and a 64-byte data key under it. */
+function benchCaller(run) {
+  run('iam', 'create-user', 'bench');
+  run('iam', 'put-policy', 'user/bench', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }));
+  const key = run('iam', 'create-access-key', '--user-name', 'bench').AccessKey;
+  const keyId = run('kms', 'create-key').KeyMetadata.KeyId;
+  const dk = run('kms', 'generate-data-key', '--key-id', keyId, '--number-of-bytes', '64', '--encryption-context', 'purpose=bench');
+  return { key, dk };
 }
 
 /** Bandwidth (MiB/s), IOPS, and the p50/p99 of each I/O's whole latency (submission + completion, ms; reads' if any, else writes'). */
@@ -89,38 +111,28 @@ try {
     daemon.stdout.on('data', on); daemon.stderr.on('data', on);
     daemon.on('exit', (c) => fail(new Error(`daemon exited ${c}: ${buf}`)));
   });
-  cli('iam', 'create-user', 'bench');
-  cli('iam', 'put-policy', 'user/bench', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }));
-  const key = cli('iam', 'create-access-key', '--user-name', 'bench').AccessKey;
-  const keyId = cli('kms', 'create-key').KeyMetadata.KeyId;
+  let { key, dk } = benchCaller(cli);
   const EncryptionContext = { purpose: 'bench' };
-  const dk = cli('kms', 'generate-data-key', '--key-id', keyId, '--number-of-bytes', '64', '--encryption-context', 'purpose=bench');
   const volumeId = cli('volume', 'create', '--size', size, '--wait').VolumeId;
   cli('attach', volumeId);
   file = join(mnt, volumeId);
   if (!existsSync(file)) throw new Error(`${file} did not appear after attach`);
 
   // What is timed must be right: fio's own verify on the volume, and the flood's answers.
-  execFileSync('fio', ['--name=verify', `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1'], { stdio: 'ignore' });
+  verifyVolume(file);
   // Every block of the working set written once: reads then decrypt written data, not holes.
-  execFileSync('fio', ['--name=fill', `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--rw=write', '--bs=1m', '--iodepth=8', `--size=${size.replace(/iB$/, '').toLowerCase()}`], { stdio: 'ignore' });
+  execFileSync('fio', ['--name=fill', `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--rw=write', '--bs=1m', '--iodepth=8', `--size=${FIO_SIZE}`], { stdio: 'ignore' });
   let floodUrl = url;
-  let floodState = state;
   if (floodTarget === 'separate') {
-    floodState = join(dir, 'state2');
+    const floodState = join(dir, 'state2');
     const d2 = kmsDaemon = spawn(process.execPath, [CLI, 'daemon', '--state-dir', floodState, '--kms-only', '--kms-listen', '127.0.0.1:0', '--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem')], { stdio: ['ignore', 'pipe', 'pipe'] });
     floodUrl = await new Promise((ok) => { let b = ''; d2.stdout.on('data', (c) => { b += c; const m = /"kmsUrl":"([^"]+)"/.exec(b); if (m) ok(m[1]); }); });
-    const cli2 = (...a) => JSON.parse(execFileSync(process.execPath, [CLI, ...a, '--output', 'json'], { env: { ...process.env, EBSD_STATE_DIR: floodState } }).toString() || '{}');
-    cli2('iam', 'create-user', 'bench');
-    cli2('iam', 'put-policy', 'user/bench', '--policy-name', 'kms', '--policy-document', JSON.stringify({ Statement: [{ Effect: 'Allow', Action: 'kms:*', Resource: '*' }] }));
-    Object.assign(key, cli2('iam', 'create-access-key', '--user-name', 'bench').AccessKey);
-    const k2 = cli2('kms', 'create-key').KeyMetadata.KeyId;
-    Object.assign(dk, cli2('kms', 'generate-data-key', '--key-id', k2, '--number-of-bytes', '64', '--encryption-context', 'purpose=bench'));
+    ({ key, dk } = benchCaller(cliAt(floodState)));
   }
   flood = await leanClient({ op: 'Decrypt', body: { CiphertextBlob: dk.CiphertextBlob, EncryptionContext }, conns: concurrency, threads: 0, url: floodUrl, ca: readFileSync(join(dir, 'c.pem')), accessKeyId: key.AccessKeyId, secretAccessKey: key.SecretAccessKey, region: 'us-east-1' });
   await flood.check(dk.Plaintext);
   await flood.run(5); // warm-up: JIT of the KMS path on the daemon's threads
-  for (const [name, w] of Object.entries(WORKLOADS)) fio(file, name, w, 2); // warm-up of the data path
+  for (const [name, w] of Object.entries(WORKLOADS)) await fio(file, name, w, 2); // warm-up of the data path
 
   const rows = {};
   const loads = [];
@@ -131,7 +143,7 @@ try {
       for (const phase of r % 2 ? ['loaded', 'quiet'] : ['quiet', 'loaded']) {
         const c0 = cpuOf(daemon.pid); const t0 = Date.now();
         if (phase === 'quiet') {
-          row.quiet.push(fio(file, name, w, seconds));
+          row.quiet.push(await fio(file, name, w, seconds));
           row.cpuQuiet.push((cpuOf(daemon.pid) - c0) / (Date.now() - t0));
         } else {
           await flood.run(0.3); // reconnect what the listener closed meanwhile, outside the timing
@@ -139,16 +151,7 @@ try {
           // fio as a child (asynchronously); the flood on this thread's event loop from half a second after fio's
           // start until after its measured window ends (its first RAMP_S seconds are not measured): the KMS figure is
           // all from calls served while fio ran, and fio's from I/O while the flood ran.
-          const f = new Promise((ok, fail) => {
-            const child = spawn('fio', ['--output-format=json', `--name=${name}`, `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--time_based=1', `--runtime=${seconds}`, `--ramp_time=${RAMP_S}`,
-              `--size=${size.replace(/iB$/, '').toLowerCase()}`, '--randrepeat=0', '--norandommap=1', '--group_reporting=1', '--invalidate=0', '--lat_percentiles=1', '--percentile_list=50:99', ...w], { stdio: ['ignore', 'pipe', 'inherit'] });
-            let out = '';
-            child.stdout.on('data', (c) => (out += c));
-            child.on('exit', (code) => {
-              if (code !== 0) return fail(new Error(`fio ${name} exited ${code}`));
-              ok(fioResult(out));
-            });
-          });
+          const f = fio(file, name, w, seconds);
           await new Promise((r) => setTimeout(r, 500));
           const tk = Date.now();
           const n = await flood.run(seconds + RAMP_S - 0.5);
@@ -164,8 +167,8 @@ try {
     const n = await flood.run(seconds);
     kmsAlone.push(n / ((Date.now() - t) / 1000));
   }
-  // The data written before timing is still right after every phase: fio verifies its own pattern again.
-  execFileSync('fio', ['--name=verify', `--filename=${file}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1'], { stdio: 'ignore' });
+  // After every phase the volume still writes and reads back right (fio checksums each block it wrote).
+  verifyVolume(file);
 
   console.log(`Volume data path with and without the KMS listener loaded: ${floodTarget === 'separate' ? 'flood to a second (--kms-only) daemon' : 'one daemon'}, --kms-rate-while-io-busy ${rate ?? 'default'}, --kms-front-threads ${frontThreads ?? 'default'}, ${size} AES-256-XTS volume, fio libaio direct=1, ${seconds} s per phase, ${rounds} round(s), phases alternated; flood: HTTPS+SigV4 Decrypt, ${concurrency} connections; load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians`);
   console.log('workload          quiet MiB/s  loaded MiB/s  loaded/quiet   quiet IOPS  loaded IOPS  KMS calls/s while loaded  daemon cores quiet/loaded');
